@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "common/grpc_status.h"
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "common/status.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+
+namespace statestream {
+namespace {
+
+constexpr size_t kMaxMetadataKeyBytes = 128;
+constexpr size_t kMaxMetadataValueBytes = 256;
+constexpr absl::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
+
+// Length of the valid UTF-8 sequence starting at s[i], or 0 if none does.
+size_t Utf8SequenceLength(absl::string_view s, size_t i) {
+  auto byte = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  unsigned char c = byte(i);
+  if (c < 0x80) return 1;
+  size_t len;
+  unsigned char lo = 0x80, hi = 0xBF;  // range of the second byte
+  if (c >= 0xC2 && c <= 0xDF) {
+    len = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    len = 3;
+    if (c == 0xE0) lo = 0xA0;  // overlong
+    if (c == 0xED) hi = 0x9F;  // surrogates
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    len = 4;
+    if (c == 0xF0) lo = 0x90;  // overlong
+    if (c == 0xF4) hi = 0x8F;  // above U+10FFFF
+  } else {
+    return 0;
+  }
+  if (i + len > s.size()) return 0;
+  if (byte(i + 1) < lo || byte(i + 1) > hi) return 0;
+  for (size_t k = 2; k < len; ++k) {
+    if (byte(i + k) < 0x80 || byte(i + k) > 0xBF) return 0;
+  }
+  return len;
+}
+
+// `in` as valid UTF-8 of at most `max_bytes` bytes: invalid bytes become
+// U+FFFD, and truncation never splits a character.
+std::string SanitizeUtf8(absl::string_view in, size_t max_bytes) {
+  std::string out;
+  out.reserve(std::min(in.size(), max_bytes));
+  size_t i = 0;
+  while (i < in.size()) {
+    size_t len = Utf8SequenceLength(in, i);
+    absl::string_view piece = len > 0 ? in.substr(i, len) : kReplacement;
+    if (out.size() + piece.size() > max_bytes) break;
+    out.append(piece.data(), piece.size());
+    i += len > 0 ? len : 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  int code = static_cast<int>(status.code());
+  if (code < 1 || code > 16) code = static_cast<int>(grpc::StatusCode::UNKNOWN);
+  std::string message = SanitizeUtf8(status.message(), kMaxErrorMessageBytes);
+
+  google::rpc::ErrorInfo info;
+  info.set_reason(std::string(ReasonName(GetReason(status))));
+  info.set_domain(kErrorDomain);
+  for (const auto& [key, value] : GetErrorMetadata(status)) {
+    (*info.mutable_metadata())[SanitizeUtf8(key, kMaxMetadataKeyBytes)] =
+        SanitizeUtf8(value, kMaxMetadataValueBytes);
+  }
+  google::rpc::Status details;
+  details.set_code(code);
+  details.set_message(message);
+  details.add_details()->PackFrom(info);
+  return grpc::Status(static_cast<grpc::StatusCode>(code), std::move(message),
+                      details.SerializeAsString());
+}
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  auto code = static_cast<absl::StatusCode>(status.error_code());
+  google::rpc::Status details;
+  if (status.error_details().empty() ||
+      !details.ParseFromString(status.error_details())) {
+    return absl::Status(code, status.error_message());
+  }
+  for (const auto& any : details.details()) {
+    google::rpc::ErrorInfo info;
+    if (!any.Is<google::rpc::ErrorInfo>() || !any.UnpackTo(&info) ||
+        info.domain() != kErrorDomain) {
+      continue;
+    }
+    Reason reason =
+        ReasonFromName(info.reason()).value_or(Reason::kUnspecified);
+    ErrorMetadata metadata(info.metadata().begin(), info.metadata().end());
+    std::sort(metadata.begin(), metadata.end());
+    if (reason == Reason::kUnspecified && metadata.empty()) break;
+    return MakeError(code, reason, status.error_message(), std::move(metadata));
+  }
+  return absl::Status(code, status.error_message());
+}
+
+}  // namespace statestream

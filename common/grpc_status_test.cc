@@ -1,0 +1,134 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "common/grpc_status.h"
+
+#include <string>
+
+#include "common/status.h"
+#include "gmock/gmock.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+#include "gtest/gtest.h"
+
+namespace statestream {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::Pair;
+
+// Decodes the ErrorInfo a client would find in the trailer.
+google::rpc::ErrorInfo WireErrorInfo(const grpc::Status& status) {
+  google::rpc::Status details;
+  EXPECT_TRUE(details.ParseFromString(status.error_details()));
+  EXPECT_EQ(details.code(), static_cast<int>(status.error_code()));
+  EXPECT_EQ(details.message(), status.error_message());
+  EXPECT_EQ(details.details_size(), 1);
+  google::rpc::ErrorInfo info;
+  EXPECT_TRUE(details.details(0).UnpackTo(&info));
+  return info;
+}
+
+TEST(GrpcStatusTest, OkMapsToOk) {
+  EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());
+  EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).error_details().empty());
+  EXPECT_TRUE(FromGrpcStatus(grpc::Status::OK).ok());
+}
+
+TEST(GrpcStatusTest, CarriesReasonAndMetadataOnTheWire) {
+  absl::Status error =
+      MakeError(absl::StatusCode::kFailedPrecondition,
+                Reason::kPositionMismatch, "expected 10, at 42",
+                {{"actual_position", "42"}, {"actual_input_offset", "57"}});
+  grpc::Status wire = ToGrpcStatus(error);
+  EXPECT_EQ(wire.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(wire.error_message(), "expected 10, at 42");
+  google::rpc::ErrorInfo info = WireErrorInfo(wire);
+  EXPECT_EQ(info.reason(), "POSITION_MISMATCH");
+  EXPECT_EQ(info.domain(), "statestream.dev");
+  EXPECT_EQ(info.metadata().at("actual_position"), "42");
+  EXPECT_EQ(info.metadata().at("actual_input_offset"), "57");
+}
+
+TEST(GrpcStatusTest, RoundTripsEveryReason) {
+  for (int i = 0; i <= static_cast<int>(Reason::kInternal); ++i) {
+    auto reason = static_cast<Reason>(i);
+    absl::Status back = FromGrpcStatus(ToGrpcStatus(
+        MakeError(absl::StatusCode::kAborted, reason, "m", {{"k", "v"}})));
+    EXPECT_EQ(back.code(), absl::StatusCode::kAborted) << ReasonName(reason);
+    EXPECT_EQ(back.message(), "m");
+    EXPECT_EQ(GetReason(back), reason) << ReasonName(reason);
+    EXPECT_EQ(GetErrorMetadata(back, "k"), "v");
+  }
+}
+
+TEST(GrpcStatusTest, MetadataComesBackSortedByKey) {
+  absl::Status back = FromGrpcStatus(ToGrpcStatus(
+      MakeError(absl::StatusCode::kNotFound, Reason::kVersionMismatch, "gone",
+                {{"version", "3"}, {"head_version", "9"}})));
+  EXPECT_THAT(GetErrorMetadata(back),
+              ElementsAre(Pair("head_version", "9"), Pair("version", "3")));
+}
+
+TEST(GrpcStatusTest, PlainStatusGetsUnspecifiedReason) {
+  grpc::Status wire = ToGrpcStatus(absl::UnavailableError("down"));
+  EXPECT_EQ(wire.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(WireErrorInfo(wire).reason(), "REASON_UNSPECIFIED");
+  absl::Status back = FromGrpcStatus(wire);
+  EXPECT_EQ(back, absl::UnavailableError("down"));
+}
+
+TEST(GrpcStatusTest, EveryCodeMapsToTheSameNumber) {
+  for (int code = 1; code <= 16; ++code) {
+    absl::Status error(static_cast<absl::StatusCode>(code), "x");
+    grpc::Status wire = ToGrpcStatus(error);
+    EXPECT_EQ(static_cast<int>(wire.error_code()), code);
+    EXPECT_EQ(FromGrpcStatus(wire).code(), error.code());
+  }
+}
+
+TEST(GrpcStatusTest, InvalidUtf8IsReplacedAndLongMessagesTruncated) {
+  absl::Status error =
+      MakeError(absl::StatusCode::kInvalidArgument, Reason::kInvalidUtf8,
+                "bad \xC3(\xFF end", {{"text", "a\xE2\x82"}});
+  grpc::Status wire = ToGrpcStatus(error);
+  EXPECT_EQ(wire.error_message(), "bad \xEF\xBF\xBD(\xEF\xBF\xBD end");
+  EXPECT_EQ(WireErrorInfo(wire).metadata().at("text"),
+            "a\xEF\xBF\xBD\xEF\xBF\xBD");
+
+  // A 3-byte character straddling the limit is dropped whole.
+  std::string long_message(kMaxErrorMessageBytes - 1, 'x');
+  long_message += "\xE2\x82\xAC tail";
+  wire = ToGrpcStatus(absl::InternalError(long_message));
+  EXPECT_EQ(wire.error_message(), std::string(kMaxErrorMessageBytes - 1, 'x'));
+}
+
+TEST(GrpcStatusTest, ForeignOrGarbageDetailsKeepCodeAndMessage) {
+  grpc::Status garbage(grpc::StatusCode::NOT_FOUND, "nope", "\xFF\xFF\xFF");
+  EXPECT_EQ(FromGrpcStatus(garbage), absl::NotFoundError("nope"));
+
+  google::rpc::ErrorInfo info;
+  info.set_reason("SESSION_NOT_FOUND");
+  info.set_domain("example.com");
+  google::rpc::Status details;
+  details.set_code(5);
+  details.add_details()->PackFrom(info);
+  grpc::Status foreign(grpc::StatusCode::NOT_FOUND, "nope",
+                       details.SerializeAsString());
+  EXPECT_EQ(GetReason(FromGrpcStatus(foreign)), Reason::kUnspecified);
+}
+
+TEST(GrpcStatusTest, UnknownReasonNameReadsAsUnspecified) {
+  google::rpc::ErrorInfo info;
+  info.set_reason("FROM_THE_FUTURE");
+  info.set_domain(kErrorDomain);
+  (*info.mutable_metadata())["k"] = "v";
+  google::rpc::Status details;
+  details.add_details()->PackFrom(info);
+  absl::Status back = FromGrpcStatus(grpc::Status(
+      grpc::StatusCode::ABORTED, "later", details.SerializeAsString()));
+  EXPECT_EQ(back.code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(GetReason(back), Reason::kUnspecified);
+  EXPECT_EQ(GetErrorMetadata(back, "k"), "v");
+}
+
+}  // namespace
+}  // namespace statestream
