@@ -6,6 +6,7 @@ find_package(absl CONFIG REQUIRED)
 find_package(Protobuf REQUIRED)  # module mode: Debian ships no CONFIG package
 find_package(gRPC CONFIG REQUIRED)
 find_package(nlohmann_json CONFIG REQUIRED)
+find_package(ZLIB REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(HIREDIS REQUIRED IMPORTED_TARGET hiredis)
 pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)

@@ -1,0 +1,78 @@
+// SPDX-License-Identifier: Apache-2.0
+// AVX2+FMA kernels emulating 16 lanes with two 8-lane registers, so results
+// are bit-identical to kernels_avx512.cc. Compiled with -mavx2 -mfma.
+#include <immintrin.h>
+
+#include "worker/engine/kernels.h"
+#include "worker/engine/kernels_impl.h"
+
+namespace statestream::engine {
+namespace {
+
+inline __m256i Mask8(int n) {
+  // Lanes [0, n) set, n clamped to [0, 8].
+  n = n < 0 ? 0 : (n > 8 ? 8 : n);
+  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx);
+}
+
+inline __m256 WidenBF16(__m128i h) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+struct V {
+  __m256 lo, hi;  // lanes 0..7 and 8..15
+  static V Zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+  static V Set1(float f) { return {_mm256_set1_ps(f), _mm256_set1_ps(f)}; }
+  static V Load(const float* p) {
+    return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)};
+  }
+  static V LoadPartial(const float* p, int n) {
+    return {_mm256_maskload_ps(p, Mask8(n)),
+            _mm256_maskload_ps(p + 8, Mask8(n - 8))};
+  }
+  static V LoadBF16(const uint16_t* p) {
+    return {
+        WidenBF16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
+        WidenBF16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)))};
+  }
+  static V LoadBF16Partial(const uint16_t* p, int n) {
+    alignas(32) uint16_t buf[16] = {};
+    for (int i = 0; i < n && i < 16; ++i) buf[i] = p[i];
+    return LoadBF16(buf);
+  }
+  static V Fma(V a, V b, V c) {
+    return {_mm256_fmadd_ps(a.lo, b.lo, c.lo),
+            _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
+  }
+  static V Mul(V a, V b) {
+    return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)};
+  }
+  void Store(float* p) const {
+    _mm256_storeu_ps(p, lo);
+    _mm256_storeu_ps(p + 8, hi);
+  }
+  void StorePartial(float* p, int n) const {
+    _mm256_maskstore_ps(p, Mask8(n), lo);
+    _mm256_maskstore_ps(p + 8, Mask8(n - 8), hi);
+  }
+  float ReduceAdd() const {
+    __m256 h8 = _mm256_add_ps(lo, hi);
+    __m128 h4 =
+        _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
+    __m128 h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+    __m128 h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
+    return _mm_cvtss_f32(h1);
+  }
+};
+
+}  // namespace
+
+extern const Kernels kKernelsAvx2 = {
+    "avx2",
+    &kernels_impl::Gemm<V, float>,
+    &kernels_impl::Gemm<V, uint16_t>,
+    &kernels_impl::Wkv7Step<V>,
+};
+
+}  // namespace statestream::engine

@@ -1,0 +1,76 @@
+// SPDX-License-Identifier: Apache-2.0
+// Portable kernels: the same 16-lane arithmetic as the SIMD builds, one lane
+// at a time with std::fma, so results are bit-identical to them. Used on
+// CPUs without AVX2 and as the reference in kernel tests.
+#include <cmath>
+#include <cstring>
+
+#include "worker/engine/kernels.h"
+#include "worker/engine/kernels_impl.h"
+
+namespace statestream::engine {
+namespace {
+
+struct V {
+  float l[16];
+  static V Zero() { return {}; }
+  static V Set1(float f) {
+    V r;
+    for (float& x : r.l) x = f;
+    return r;
+  }
+  static V Load(const float* p) {
+    V r;
+    std::memcpy(r.l, p, sizeof(r.l));
+    return r;
+  }
+  static V LoadPartial(const float* p, int n) {
+    V r = {};
+    for (int i = 0; i < n && i < 16; ++i) r.l[i] = p[i];
+    return r;
+  }
+  static float FromBF16(uint16_t b) {
+    uint32_t u = static_cast<uint32_t>(b) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  static V LoadBF16(const uint16_t* p) { return LoadBF16Partial(p, 16); }
+  static V LoadBF16Partial(const uint16_t* p, int n) {
+    V r = {};
+    for (int i = 0; i < n && i < 16; ++i) r.l[i] = FromBF16(p[i]);
+    return r;
+  }
+  static V Fma(const V& a, const V& b, const V& c) {
+    V r;
+    for (int i = 0; i < 16; ++i) r.l[i] = std::fma(a.l[i], b.l[i], c.l[i]);
+    return r;
+  }
+  static V Mul(const V& a, const V& b) {
+    V r;
+    for (int i = 0; i < 16; ++i) r.l[i] = a.l[i] * b.l[i];
+    return r;
+  }
+  void Store(float* p) const { std::memcpy(p, l, sizeof(l)); }
+  void StorePartial(float* p, int n) const {
+    for (int i = 0; i < n && i < 16; ++i) p[i] = l[i];
+  }
+  float ReduceAdd() const {
+    float h8[8], h4[4];
+    for (int i = 0; i < 8; ++i) h8[i] = l[i] + l[i + 8];
+    for (int i = 0; i < 4; ++i) h4[i] = h8[i] + h8[i + 4];
+    float h2_0 = h4[0] + h4[2], h2_1 = h4[1] + h4[3];
+    return h2_0 + h2_1;
+  }
+};
+
+}  // namespace
+
+extern const Kernels kKernelsScalar = {
+    "scalar",
+    &kernels_impl::Gemm<V, float>,
+    &kernels_impl::Gemm<V, uint16_t>,
+    &kernels_impl::Wkv7Step<V>,
+};
+
+}  // namespace statestream::engine

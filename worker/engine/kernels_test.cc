@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "worker/engine/kernels.h"
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace statestream::engine {
+namespace {
+
+std::vector<float> Random(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(-1, 1);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+uint16_t ToBF16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+TEST(KernelsTest, GemmMatchesDoubleReferenceAndIsIdenticalAcrossBuilds) {
+  for (int in : {1, 15, 16, 17, 64, 100}) {
+    for (int rows : {1, 3, 4, 9}) {
+      const int out = 37;
+      auto w = Random(static_cast<size_t>(out) * in, in);
+      auto x = Random(static_cast<size_t>(rows) * in, rows + 100);
+      std::vector<uint16_t> wb(w.size());
+      for (size_t i = 0; i < w.size(); ++i) wb[i] = ToBF16(w[i]);
+      std::vector<float> ref(static_cast<size_t>(rows) * out);
+      const Kernels* scalar = GetKernelsByName("scalar");
+      scalar->gemm_f32(w.data(), in, x.data(), in, rows, ref.data(), out, 0,
+                       out);
+      for (int t = 0; t < rows; ++t) {
+        for (int o = 0; o < out; ++o) {
+          double d = 0;
+          for (int i = 0; i < in; ++i)
+            d += double(w[o * in + i]) * x[t * in + i];
+          EXPECT_NEAR(ref[t * out + o], d, 1e-5);
+        }
+      }
+      std::vector<float> ref_bf16(ref.size());
+      scalar->gemm_bf16(wb.data(), in, x.data(), in, rows, ref_bf16.data(), out,
+                        0, out);
+      for (const char* name : {"avx2", "avx512"}) {
+        const Kernels* k = GetKernelsByName(name);
+        if (k == nullptr) continue;
+        std::vector<float> y(ref.size()), yb(ref.size());
+        // Split the output range in two to check tiling independence.
+        k->gemm_f32(w.data(), in, x.data(), in, rows, y.data(), out, 0, 5);
+        k->gemm_f32(w.data(), in, x.data(), in, rows, y.data(), out, 5, out);
+        k->gemm_bf16(wb.data(), in, x.data(), in, rows, yb.data(), out, 0, out);
+        EXPECT_EQ(0, std::memcmp(y.data(), ref.data(), y.size() * 4))
+            << name << " in=" << in << " rows=" << rows;
+        EXPECT_EQ(0, std::memcmp(yb.data(), ref_bf16.data(), yb.size() * 4))
+            << name << " bf16 in=" << in << " rows=" << rows;
+      }
+    }
+  }
+}
+
+TEST(KernelsTest, Wkv7StepMatchesDefinition) {
+  for (int n : {8, 16, 64, 40}) {
+    auto s0 = Random(static_cast<size_t>(n) * n, 1);
+    auto r = Random(n, 2), w = Random(n, 3), k = Random(n, 4), v = Random(n, 5),
+         nkk = Random(n, 6), kka = Random(n, 7);
+    std::vector<double> want(static_cast<size_t>(n) * n), want_y(n);
+    for (int i = 0; i < n; ++i) {
+      double sa = 0;
+      for (int m = 0; m < n; ++m) sa += double(s0[i * n + m]) * nkk[m];
+      for (int j = 0; j < n; ++j) {
+        want[i * n + j] =
+            double(s0[i * n + j]) * w[j] + sa * kka[j] + double(v[i]) * k[j];
+      }
+      for (int j = 0; j < n; ++j) want_y[i] += want[i * n + j] * r[j];
+    }
+    std::vector<float> ref_s;
+    std::vector<float> ref_y;
+    for (const char* name : {"scalar", "avx2", "avx512"}) {
+      const Kernels* kern = GetKernelsByName(name);
+      if (kern == nullptr) continue;
+      std::vector<float> s = s0, y(n);
+      kern->wkv7_step(s.data(), n, r.data(), w.data(), k.data(), v.data(),
+                      nkk.data(), kka.data(), y.data());
+      for (int i = 0; i < n * n; ++i) EXPECT_NEAR(s[i], want[i], 1e-5);
+      for (int i = 0; i < n; ++i) EXPECT_NEAR(y[i], want_y[i], 1e-4);
+      if (ref_s.empty()) {
+        ref_s = s;
+        ref_y = y;
+      } else {
+        EXPECT_EQ(s, ref_s) << name;
+        EXPECT_EQ(y, ref_y) << name;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace statestream::engine

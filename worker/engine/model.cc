@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "worker/engine/model.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "worker/engine/rwkv7.h"
+
+namespace statestream::engine {
+
+const char* ArchName(Arch arch) {
+  switch (arch) {
+    case Arch::kRwkv7:
+      return "x070";
+  }
+  return "unknown";
+}
+
+void Model::InitState(float* state) const {
+  std::fill(state, state + info_.state_floats, 0.0f);
+}
+
+absl::Status Model::ValidateBatch(absl::Span<const SequenceWork> batch) const {
+  absl::flat_hash_set<const float*> states;
+  const int vocab = info_.config.vocab_size;
+  for (size_t s = 0; s < batch.size(); ++s) {
+    const SequenceWork& w = batch[s];
+    if (w.tokens.empty()) continue;
+    if (w.state == nullptr) {
+      return InvalidArgumentError(Reason::kInvalidArgument,
+                                  absl::StrCat("sequence ", s, ": no state"));
+    }
+    if (!states.insert(w.state).second) {
+      return InvalidArgumentError(
+          Reason::kInvalidArgument,
+          absl::StrCat("sequence ", s, " shares its state with another"));
+    }
+    for (size_t i = 0; i < w.tokens.size(); ++i) {
+      if (w.tokens[i] < 0 || w.tokens[i] >= vocab) {
+        return InvalidArgumentError(
+            Reason::kInvalidToken,
+            absl::StrCat("token ", w.tokens[i], " at index ", i,
+                         " is outside the vocabulary [0, ", vocab, ")"));
+      }
+    }
+    if (!w.logit_positions.empty() && w.logits == nullptr) {
+      return InvalidArgumentError(
+          Reason::kInvalidArgument,
+          absl::StrCat("sequence ", s, ": logits requested without a buffer"));
+    }
+    for (int32_t p : w.logit_positions) {
+      if (p < 0 || static_cast<size_t>(p) >= w.tokens.size()) {
+        return InvalidArgumentError(
+            Reason::kInvalidArgument,
+            absl::StrCat("logit position ", p, " outside [0, ", w.tokens.size(),
+                         ")"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Model>> LoadModel(
+    std::shared_ptr<const WeightFile> file, const ModelOptions& options) {
+  if (LooksLikeRwkv7(*file)) return LoadRwkv7(std::move(file), options);
+  return InvalidArgumentError(
+      Reason::kInvalidModelFile,
+      "unsupported architecture: the tensor names match no known RWKV "
+      "version (x070 needs blocks.N.att.r_k and blocks.N.att.w0)");
+}
+
+absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path,
+                                                 const ModelOptions& options) {
+  SS_ASSIGN_OR_RETURN(std::unique_ptr<WeightFile> file, WeightFile::Open(path));
+  return LoadModel(std::shared_ptr<const WeightFile>(std::move(file)), options);
+}
+
+}  // namespace statestream::engine

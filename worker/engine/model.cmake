@@ -1,0 +1,31 @@
+# SPDX-License-Identifier: Apache-2.0
+# ss_engine: model architectures, kernels, thread pool.
+add_library(ss_engine
+  model.cc
+  rwkv7.cc
+  weight_loader.cc
+  ops.cc
+  weight_writer.cc
+  random_model.cc
+  thread_pool.cc
+  kernels.cc
+  kernels_avx512.cc
+  kernels_avx2.cc
+  kernels_scalar.cc)
+target_include_directories(ss_engine PUBLIC ${PROJECT_SOURCE_DIR})
+target_link_libraries(ss_engine PUBLIC ss_weights ss_common absl::span
+                      absl::flat_hash_set Threads::Threads
+                      PRIVATE PkgConfig::XXHASH ZLIB::ZLIB nlohmann_json::nlohmann_json)
+# Fixed evaluation order: no compiler-chosen contractions (determinism).
+target_compile_options(ss_engine PRIVATE -ffp-contract=off)
+set_source_files_properties(kernels_avx512.cc PROPERTIES COMPILE_OPTIONS
+  "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mfma;-Wno-uninitialized;-Wno-maybe-uninitialized")
+# (GCC 12 flags its own _mm512_undefined_ps() inside the intrinsic headers.)
+set_source_files_properties(kernels_avx2.cc PROPERTIES COMPILE_OPTIONS
+  "-mavx2;-mfma")
+
+if(STATESTREAM_BUILD_TESTS)
+  ss_add_test(engine_model_test
+    SOURCES model_test.cc kernels_test.cc golden.cc
+    LIBS ss_engine nlohmann_json::nlohmann_json)
+endif()

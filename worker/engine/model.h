@@ -1,0 +1,126 @@
+// SPDX-License-Identifier: Apache-2.0
+// The engine's one seam: a loaded model is a pure step over explicit state,
+//   (weights, state, tokens) -> (logits, new state).
+// Weights are read-only after loading; a session's state is a plain fp32
+// array owned by the caller, so saving it is copying bytes. One Model serves
+// any number of sessions; Forward processes a batch of them in one pass,
+// reading each weight matrix once per pass.
+//
+// Determinism: for the same tokens from the same state, Forward produces
+// bit-identical logits and states whether the tokens come in one call or
+// many, in chunks of any size, alone or batched with other sessions, on any
+// thread count and on any of the CPU kernel builds. docs/engine.md explains
+// how the kernels guarantee it.
+#ifndef STATESTREAM_WORKER_ENGINE_MODEL_H_
+#define STATESTREAM_WORKER_ENGINE_MODEL_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "worker/engine/weight_file.h"
+
+namespace statestream::engine {
+
+enum class Arch { kRwkv7 };
+
+// "x070" for kRwkv7 (the names used by the official code).
+const char* ArchName(Arch arch);
+
+// Dimensions, all read from tensor shapes.
+struct ModelConfig {
+  Arch arch = Arch::kRwkv7;
+  int n_layer = 0;
+  int n_embd = 0;     // C
+  int n_head = 0;     // H
+  int head_size = 0;  // N; C == H * N
+  int dim_ffn = 0;
+  int vocab_size = 0;
+  // LoRA ranks (x070): decay, in-context learning rate, value residual, gate.
+  int d_decay = 0, d_aaa = 0, d_mv = 0, d_gate = 0;
+};
+
+// How weight matrices are held in memory. Compute is fp32 either way.
+enum class WeightPrecision {
+  kAsStored,  // fp32 and bf16 as in the file (no copy when possible); fp16 ->
+              // fp32
+  kF32,       // everything fp32
+  kBF16,      // large matrices rounded to bf16 (halves memory and bandwidth)
+};
+
+struct ModelOptions {
+  WeightPrecision precision = WeightPrecision::kAsStored;
+  // Engine threads including the caller's; 0 = one per hardware thread.
+  int threads = 0;
+  // Kernel build: "" = best for this CPU, or "avx512" / "avx2" / "scalar".
+  std::string kernels;
+};
+
+struct ModelInfo {
+  ModelConfig config;
+  int64_t params = 0;        // number of weights in the checkpoint
+  int64_t state_floats = 0;  // length of one session's state
+  // Architecture, dimensions and a digest (XXH3-128) of the weights exactly
+  // as the engine computes with them, e.g. "x070-L2-C128-H2-F512-V512-<hex>".
+  // A state is only valid for a model with the same fingerprint.
+  std::string fingerprint;
+  std::string kernels;  // the kernel build in use
+};
+
+// One session's work in a batch. `state` (info().state_floats floats, in the
+// canonical layout of docs/state-format.md) is read and updated in place.
+// For each entry p of `logit_positions` (an index into `tokens`), the logits
+// after tokens[p] are written to logits[j * vocab_size ...] where j is the
+// entry's index.
+struct SequenceWork {
+  absl::Span<const int32_t> tokens;
+  float* state = nullptr;
+  absl::Span<const int32_t> logit_positions;
+  float* logits = nullptr;
+};
+
+// Thread-safe: Forward may be called concurrently (calls share the thread
+// pool and are serialised inside it), but two concurrent calls must not
+// share a state buffer.
+class Model {
+ public:
+  virtual ~Model() = default;
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const ModelInfo& info() const { return info_; }
+
+  // Runs every sequence of `batch` from its state. Validates the whole batch
+  // first: an out-of-range token (INVALID_ARGUMENT, kInvalidToken), a bad
+  // position or a null buffer (INVALID_ARGUMENT) changes no state. Sequences
+  // with no tokens are left untouched.
+  virtual absl::Status Forward(absl::Span<const SequenceWork> batch) = 0;
+
+  // Writes the initial (all-zero) state into `state`.
+  void InitState(float* state) const;
+
+ protected:
+  explicit Model(ModelInfo info) : info_(std::move(info)) {}
+  absl::Status ValidateBatch(absl::Span<const SequenceWork> batch) const;
+  // For loaders, which learn the parameter count and digest last.
+  ModelInfo& mutable_info() { return info_; }
+
+ private:
+  ModelInfo info_;
+};
+
+// Detects the architecture from the tensor names and loads it. The model
+// keeps `file` alive: weights used as stored are read from its mapping.
+// Errors: INVALID_ARGUMENT / kInvalidModelFile for missing tensors, wrong
+// shapes or an unknown architecture.
+absl::StatusOr<std::unique_ptr<Model>> LoadModel(
+    std::shared_ptr<const WeightFile> file, const ModelOptions& options = {});
+// Opens `path` (.pth or .safetensors) and loads it.
+absl::StatusOr<std::unique_ptr<Model>> LoadModel(
+    const std::string& path, const ModelOptions& options = {});
+
+}  // namespace statestream::engine
+
+#endif  // STATESTREAM_WORKER_ENGINE_MODEL_H_

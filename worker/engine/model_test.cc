@@ -1,0 +1,384 @@
+// SPDX-License-Identifier: Apache-2.0
+// The RWKV-7 engine against the official reference (golden vectors), and the
+// determinism contract of model.h.
+#include "worker/engine/model.h"
+
+#include <unistd.h>
+
+#include <cstring>
+#include <random>
+
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "worker/engine/golden.h"
+#include "worker/engine/random_model.h"
+#include "worker/engine/weight_writer.h"
+
+namespace statestream::engine {
+namespace {
+
+using testing::Floats;
+using testing::Ints;
+using testing::LoadJson;
+using testing::SharedPath;
+using testing::StateFromGolden;
+using testing::ToleranceExcess;
+
+constexpr double kTol = 1e-4;  // absolute and relative, per testdata README
+
+ModelOptions Opts(int threads, const char* kernels,
+                  WeightPrecision precision = WeightPrecision::kAsStored) {
+  ModelOptions o;
+  o.threads = threads;
+  o.kernels = kernels;
+  o.precision = precision;
+  return o;
+}
+
+std::unique_ptr<Model> Load(const std::string& rel, ModelOptions opts = {}) {
+  auto model = LoadModel(SharedPath(rel), opts);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? std::move(*model) : nullptr;
+}
+
+void ExpectClose(const float* got, const std::vector<float>& want,
+                 const std::string& what) {
+  size_t where = 0;
+  double excess = ToleranceExcess(got, want, kTol, kTol, &where);
+  EXPECT_LE(excess, 0) << what << ": worst element " << where << " got "
+                       << got[where] << " want " << want[where];
+}
+
+struct GoldenCase {
+  const char* golden;
+  const char* model;
+  bool bf16;  // compare against bf16_checkpoint.logits
+};
+
+class GoldenTest : public ::testing::TestWithParam<GoldenCase> {};
+
+// Feeds the golden tokens one at a time (RNN mode), as the reference did.
+TEST_P(GoldenTest, RnnModeMatchesReference) {
+  SS_REQUIRE_SHARED_DATA();
+  const GoldenCase& gc = GetParam();
+  nlohmann::json g = LoadJson(SharedPath(gc.golden));
+  auto model = Load(gc.model);
+  ASSERT_NE(model, nullptr);
+  const ModelConfig& c = model->info().config;
+  EXPECT_EQ(c.n_layer, g["hparams"]["n_layer"].get<int>());
+  EXPECT_EQ(c.n_embd, g["hparams"]["n_embd"].get<int>());
+  EXPECT_EQ(c.vocab_size, g["hparams"]["vocab_size"].get<int>());
+  EXPECT_EQ(c.dim_ffn, g["hparams"]["dim_ffn"].get<int>());
+  EXPECT_EQ(c.n_head, g["hparams"]["n_head"].get<int>());
+
+  std::vector<int32_t> tokens = Ints(g["tokens"]);
+  std::vector<int32_t> positions = Ints(g["logits_positions"]);
+  const nlohmann::json& want_logits =
+      gc.bf16 ? g["bf16_checkpoint"]["logits"] : g["logits"];
+  std::vector<float> state(model->info().state_floats);
+  model->InitState(state.data());
+  std::vector<float> logits(c.vocab_size);
+  size_t next = 0;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    int32_t zero = 0;
+    SequenceWork w{absl::MakeConstSpan(&tokens[i], 1), state.data(),
+                   absl::MakeConstSpan(&zero, 1), logits.data()};
+    ASSERT_TRUE(model->Forward({&w, 1}).ok());
+    if (next < positions.size() && positions[next] == static_cast<int>(i)) {
+      ExpectClose(logits.data(), Floats(want_logits[next]),
+                  "logits at position " + std::to_string(i));
+      ++next;
+    }
+  }
+  EXPECT_EQ(next, positions.size());
+  if (gc.bf16) return;  // the reference states are for the fp32 weights
+  ExpectClose(state.data(), StateFromGolden(g["final_state"]["layers"]),
+              "final state");
+  // Resume: continue from the saved state.
+  std::vector<float> resumed = StateFromGolden(g["final_state"]["layers"]);
+  std::vector<int32_t> cont = Ints(g["continuation"]["tokens"]);
+  for (size_t i = 0; i < cont.size(); ++i) {
+    int32_t zero = 0;
+    SequenceWork w{absl::MakeConstSpan(&cont[i], 1), resumed.data(),
+                   absl::MakeConstSpan(&zero, 1), logits.data()};
+    ASSERT_TRUE(model->Forward({&w, 1}).ok());
+    ExpectClose(logits.data(), Floats(g["continuation"]["logits"][i]),
+                "continuation logits " + std::to_string(i));
+  }
+  if (g["continuation"].contains("final_state_after_continuation")) {
+    ExpectClose(
+        resumed.data(),
+        StateFromGolden(g["continuation"]["final_state_after_continuation"]),
+        "state after continuation");
+  }
+}
+
+// All tokens in one call (chunked sequence mode) against the reference's
+// sequence mode.
+TEST_P(GoldenTest, SequenceModeMatchesReference) {
+  SS_REQUIRE_SHARED_DATA();
+  const GoldenCase& gc = GetParam();
+  nlohmann::json g = LoadJson(SharedPath(gc.golden));
+  auto model = Load(gc.model);
+  ASSERT_NE(model, nullptr);
+  std::vector<int32_t> tokens = Ints(g["tokens"]);
+  std::vector<int32_t> positions = Ints(g["logits_positions"]);
+  const int V = model->info().config.vocab_size;
+  std::vector<float> state(model->info().state_floats, 0.0f);
+  std::vector<float> logits(positions.size() * V);
+  SequenceWork w{tokens, state.data(), positions, logits.data()};
+  ASSERT_TRUE(model->Forward({&w, 1}).ok());
+  for (size_t j = 0; j < positions.size(); ++j) {
+    // The reference's sequence mode ran on the fp32 weights; for the bf16
+    // file, compare with its (RNN-mode) bf16 goldens.
+    const nlohmann::json& want = gc.bf16 ? g["bf16_checkpoint"]["logits"][j]
+                                         : g["sequence_mode"]["logits"][j];
+    ExpectClose(&logits[j * V], Floats(want),
+                "sequence logits " + std::to_string(j));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Rwkv7Tiny, GoldenTest,
+    ::testing::Values(
+        GoldenCase{"testdata/rwkv7-tiny.golden.json", "testdata/rwkv7-tiny.pth",
+                   false},
+        GoldenCase{"testdata/rwkv7-tiny.golden.json",
+                   "testdata/rwkv7-tiny.safetensors", false},
+        GoldenCase{"testdata/rwkv7-tiny.golden.json",
+                   "testdata/rwkv7-tiny-bf16.pth", true},
+        GoldenCase{"testdata/rwkv7-tiny.golden.json",
+                   "testdata/rwkv7-tiny-bf16.safetensors", true},
+        GoldenCase{"testdata/third_party/tiny-rwkv-7v0-834K.golden.json",
+                   "testdata/third_party/tiny-rwkv-7v0-834K-bf16.pth", false}));
+
+TEST(ModelTest, FingerprintIdentifiesWeightsNotFileFormat) {
+  SS_REQUIRE_SHARED_DATA();
+  auto pth = Load("testdata/rwkv7-tiny.pth");
+  auto st = Load("testdata/rwkv7-tiny.safetensors");
+  auto bf16 = Load("testdata/rwkv7-tiny-bf16.pth");
+  auto rounded =
+      Load("testdata/rwkv7-tiny.pth", Opts(0, "", WeightPrecision::kBF16));
+  ASSERT_TRUE(pth && st && bf16 && rounded);
+  EXPECT_EQ(pth->info().fingerprint, st->info().fingerprint);
+  EXPECT_NE(pth->info().fingerprint, bf16->info().fingerprint);
+  // Rounding the fp32 file's matrices to bf16 changes what is computed.
+  EXPECT_NE(pth->info().fingerprint, rounded->info().fingerprint);
+  EXPECT_EQ(pth->info().state_floats, 2 * (2 * 128 + 2 * 64 * 64));
+}
+
+// --- Determinism -----------------------------------------------------------
+
+std::vector<int32_t> RandomTokens(int n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = static_cast<int32_t>(rng() % vocab);
+  return t;
+}
+
+struct FeedResult {
+  std::vector<float> state;
+  std::vector<float> logits;  // after the last token
+};
+
+// Feeds `tokens` in chunks of `chunk`, optionally alongside a second,
+// unrelated session in the same Forward call.
+FeedResult Feed(Model& m, const std::vector<int32_t>& tokens, size_t chunk,
+                bool with_neighbour) {
+  const int V = m.info().config.vocab_size;
+  FeedResult r{std::vector<float>(m.info().state_floats, 0.0f),
+               std::vector<float>(V)};
+  std::vector<float> other(m.info().state_floats, 0.0f);
+  std::vector<float> other_logits(V);
+  std::vector<int32_t> other_tokens = RandomTokens(7, V, 99);
+  for (size_t i = 0; i < tokens.size(); i += chunk) {
+    size_t n = std::min(chunk, tokens.size() - i);
+    int32_t last = static_cast<int32_t>(n - 1);
+    int32_t zero = 0;
+    std::vector<SequenceWork> batch;
+    if (with_neighbour) {
+      batch.push_back({other_tokens, other.data(),
+                       absl::MakeConstSpan(&zero, 1), other_logits.data()});
+    }
+    batch.push_back({absl::MakeConstSpan(&tokens[i], n), r.state.data(),
+                     absl::MakeConstSpan(&last, 1), r.logits.data()});
+    EXPECT_TRUE(m.Forward(batch).ok());
+  }
+  return r;
+}
+
+void ExpectBitIdentical(const FeedResult& a, const FeedResult& b,
+                        const std::string& what) {
+  EXPECT_EQ(0, std::memcmp(a.state.data(), b.state.data(),
+                           a.state.size() * sizeof(float)))
+      << what << ": state differs";
+  EXPECT_EQ(0, std::memcmp(a.logits.data(), b.logits.data(),
+                           a.logits.size() * sizeof(float)))
+      << what << ": logits differ";
+}
+
+TEST(ModelTest, ChunkingBatchingThreadsAndKernelsAreBitIdentical) {
+  SS_REQUIRE_SHARED_DATA();
+  for (const char* file :
+       {"testdata/rwkv7-tiny.pth", "testdata/rwkv7-tiny-bf16.pth"}) {
+    auto base = Load(file, Opts(1, "scalar"));
+    ASSERT_NE(base, nullptr);
+    std::vector<int32_t> tokens =
+        RandomTokens(150, base->info().config.vocab_size, 7);
+    FeedResult ref = Feed(*base, tokens, 1, false);
+    for (size_t chunk : {3, 64, 65, 150}) {
+      ExpectBitIdentical(ref, Feed(*base, tokens, chunk, false),
+                         std::string(file) + " chunk " + std::to_string(chunk));
+      ExpectBitIdentical(
+          ref, Feed(*base, tokens, chunk, true),
+          std::string(file) + " batched, chunk " + std::to_string(chunk));
+    }
+    for (const char* kernels : {"avx2", "avx512"}) {
+      for (int threads : {1, 2, 3}) {
+        auto m = Load(file, Opts(threads, kernels));
+        if (m == nullptr) continue;  // CPU without this instruction set
+        ExpectBitIdentical(
+            ref, Feed(*m, tokens, 17, true),
+            std::string(kernels) + " threads " + std::to_string(threads));
+      }
+    }
+  }
+}
+
+TEST(ModelTest, BadInputChangesNothing) {
+  SS_REQUIRE_SHARED_DATA();
+  auto m = Load("testdata/rwkv7-tiny.pth");
+  ASSERT_NE(m, nullptr);
+  const int V = m->info().config.vocab_size;
+  std::vector<float> state(m->info().state_floats, 0.5f);
+  std::vector<float> before = state;
+  std::vector<float> logits(V);
+  std::vector<int32_t> good = {1, 2, 3};
+  for (std::vector<int32_t> bad :
+       {std::vector<int32_t>{1, V, 2}, std::vector<int32_t>{-1}}) {
+    int32_t zero = 0;
+    SequenceWork ok{good, state.data(), absl::MakeConstSpan(&zero, 1),
+                    logits.data()};
+    SequenceWork w{bad, state.data() + 0, {}, nullptr};
+    std::vector<float> other(m->info().state_floats, 0.0f);
+    w.state = other.data();
+    SequenceWork batch[] = {ok, w};
+    absl::Status s = m->Forward(batch);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(GetReason(s), Reason::kInvalidToken) << s;
+    EXPECT_EQ(state, before) << "a rejected batch must not touch any state";
+  }
+  int32_t out_of_range = 3;
+  SequenceWork w{good, state.data(), absl::MakeConstSpan(&out_of_range, 1),
+                 logits.data()};
+  EXPECT_EQ(m->Forward({&w, 1}).code(), absl::StatusCode::kInvalidArgument);
+  SequenceWork no_buffer{good, state.data(),
+                         absl::MakeConstSpan(&out_of_range, 1), nullptr};
+  out_of_range = 0;
+  EXPECT_EQ(m->Forward({&no_buffer, 1}).code(),
+            absl::StatusCode::kInvalidArgument);
+  SequenceWork shared[] = {{good, state.data(), {}, nullptr},
+                           {good, state.data(), {}, nullptr}};
+  EXPECT_EQ(m->Forward(shared).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(state, before);
+}
+
+TEST(ModelTest, NotAModel) {
+  SS_REQUIRE_SHARED_DATA();
+  auto r = LoadModel(SharedPath("testdata/rwkv7-tiny.golden.json"));
+  EXPECT_FALSE(r.ok());
+  EXPECT_EQ(GetReason(r.status()), Reason::kInvalidModelFile) << r.status();
+  auto missing = LoadModel("/nonexistent/model.pth");
+  EXPECT_FALSE(missing.ok());
+}
+
+}  // namespace
+}  // namespace statestream::engine
+
+namespace statestream::engine {
+namespace {
+
+std::string TempPath(const std::string& name) {
+  const char* dir = std::getenv("TEST_TMPDIR");
+  return std::string(dir != nullptr ? dir : "/tmp") + "/ss_model_test_" +
+         std::to_string(getpid()) + "_" + name;
+}
+
+// Random models of other shapes, written as .pth and .safetensors in every
+// dtype, load to the same computation, and chunked equals one-by-one.
+TEST(ModelTest, RandomModelsOfOtherShapesRoundTrip) {
+  struct Shape {
+    int layers, embd, head, vocab, ffn;
+  };
+  for (Shape sh : {Shape{1, 64, 32, 100, 0}, Shape{3, 96, 32, 300, 336},
+                   Shape{2, 80, 16, 77, 200}}) {
+    RandomModelSpec spec{.n_layer = sh.layers,
+                         .n_embd = sh.embd,
+                         .vocab_size = sh.vocab,
+                         .head_size = sh.head,
+                         .dim_ffn = sh.ffn,
+                         .seed = 5};
+    auto tensors = RandomRwkv7(spec);
+    ASSERT_TRUE(tensors.ok()) << tensors.status();
+    std::string fp = "";
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      std::string fingerprint;
+      for (const char* ext : {".pth", ".safetensors"}) {
+        std::string path = TempPath(std::to_string(sh.embd) + ext);
+        ASSERT_TRUE(WriteCheckpoint(path, *tensors, dtype).ok());
+        auto m = LoadModel(path);
+        std::remove(path.c_str());
+        ASSERT_TRUE(m.ok()) << m.status();
+        const ModelConfig& c = (*m)->info().config;
+        EXPECT_EQ(c.n_layer, sh.layers);
+        EXPECT_EQ(c.n_embd, sh.embd);
+        EXPECT_EQ(c.head_size, sh.head);
+        EXPECT_EQ(c.dim_ffn, sh.ffn ? sh.ffn : 4 * sh.embd);
+        if (fingerprint.empty()) fingerprint = (*m)->info().fingerprint;
+        EXPECT_EQ((*m)->info().fingerprint, fingerprint);
+        std::vector<int32_t> tokens = RandomTokens(40, sh.vocab, 3);
+        FeedResult one = Feed(**m, tokens, 1, false);
+        ExpectBitIdentical(one, Feed(**m, tokens, 40, true), "chunked");
+        for (float v : one.state) ASSERT_TRUE(std::isfinite(v));
+      }
+      EXPECT_NE(fingerprint, fp);
+      fp = fingerprint;
+    }
+  }
+}
+
+TEST(ModelTest, MissingTensorIsAClearError) {
+  auto tensors = RandomRwkv7(
+      {.n_layer = 2, .n_embd = 64, .vocab_size = 50, .head_size = 32});
+  ASSERT_TRUE(tensors.ok());
+  for (const char* drop : {"blocks.1.att.v1", "head.weight", "blocks.0.att.r_k",
+                           "blocks.1.ffn.key.weight"}) {
+    std::vector<NamedTensor> t;
+    for (auto& x : *tensors) {
+      if (x.name != drop) t.push_back(x);
+    }
+    std::string path = TempPath("missing.safetensors");
+    ASSERT_TRUE(WriteCheckpoint(path, t, DType::kF32).ok());
+    auto m = LoadModel(path);
+    std::remove(path.c_str());
+    ASSERT_FALSE(m.ok()) << drop;
+    EXPECT_EQ(GetReason(m.status()), Reason::kInvalidModelFile);
+  }
+  // A wrong shape.
+  std::vector<NamedTensor> t = *tensors;
+  for (auto& x : t) {
+    if (x.name == "blocks.0.att.key.weight") {
+      x.shape = {32, 128};
+    }
+  }
+  std::string path = TempPath("shape.safetensors");
+  ASSERT_TRUE(WriteCheckpoint(path, t, DType::kF32).ok());
+  auto m = LoadModel(path);
+  std::remove(path.c_str());
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.status().message().find("blocks.0.att.key.weight"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace statestream::engine

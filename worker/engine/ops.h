@@ -1,0 +1,37 @@
+// SPDX-License-Identifier: Apache-2.0
+// Small per-row operations shared by the architectures, plus the threaded
+// matrix product. Scalar code with a fixed evaluation order (the engine is
+// compiled with -ffp-contract=off), so results are the same everywhere.
+// Internal to the engine.
+#ifndef STATESTREAM_WORKER_ENGINE_OPS_H_
+#define STATESTREAM_WORKER_ENGINE_OPS_H_
+
+#include <cmath>
+
+#include "worker/engine/kernels.h"
+#include "worker/engine/thread_pool.h"
+#include "worker/engine/weight_loader.h"
+
+namespace statestream::engine {
+
+// out = (x - mean) / sqrt(var + eps) * w + b over n elements (population
+// variance; sums in double). `out` may alias `x`.
+void LayerNorm(const float* x, int n, const float* w, const float* b, float eps,
+               float* out);
+
+// LayerNorm applied to each of `groups` consecutive slices of x (length
+// groups * n), with per-channel affine w/b of length groups * n.
+void GroupNorm(const float* x, int groups, int n, const float* w,
+               const float* b, float eps, float* out);
+
+inline float Sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// y[t][o] = sum_i m[o][i] * x[t][i] for t < rows, all outputs, split over the
+// pool by output tiles (never by reduction, so the result does not depend on
+// the thread count).
+void MatMul(const Kernels& k, ThreadPool& pool, const Matrix& m, const float* x,
+            int ldx, int rows, float* y, int ldy);
+
+}  // namespace statestream::engine
+
+#endif  // STATESTREAM_WORKER_ENGINE_OPS_H_

@@ -1,0 +1,34 @@
+// SPDX-License-Identifier: Apache-2.0
+// Random-weight models with official key names and shapes, for benchmarks,
+// demos and tests (`statestream model random`). Scales keep every term of
+// the forward pass visible and the state bounded over long runs.
+#ifndef STATESTREAM_WORKER_ENGINE_RANDOM_MODEL_H_
+#define STATESTREAM_WORKER_ENGINE_RANDOM_MODEL_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "worker/engine/weight_writer.h"
+
+namespace statestream::engine {
+
+struct RandomModelSpec {
+  int n_layer = 2;
+  int n_embd = 128;
+  int vocab_size = 512;
+  int head_size = 64;  // n_embd must be a multiple
+  int dim_ffn = 0;     // 0 = 4 * n_embd, as released x070 models
+  // LoRA ranks; 0 = the training code's defaults for this width.
+  int d_decay = 0, d_aaa = 0, d_mv = 0, d_gate = 0;
+  uint64_t seed = 1;
+};
+
+// An x070 state dict (without the unused layer-0 v0/v1/v2). INVALID_ARGUMENT
+// for impossible dimensions.
+absl::StatusOr<std::vector<NamedTensor>> RandomRwkv7(
+    const RandomModelSpec& spec);
+
+}  // namespace statestream::engine
+
+#endif  // STATESTREAM_WORKER_ENGINE_RANDOM_MODEL_H_

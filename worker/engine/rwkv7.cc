@@ -1,0 +1,470 @@
+// SPDX-License-Identifier: Apache-2.0
+// RWKV-7 forward pass. A call to Forward packs the tokens of all sequences
+// into chunks of up to kMaxRows rows (each sequence's tokens contiguous and
+// in order) and runs the chunk layer by layer: projections are matrix-matrix
+// products over every row of the chunk (weights read once per chunk), the
+// recurrence walks each sequence's rows in order, one task per (sequence,
+// head). See docs/engine.md.
+#include "worker/engine/rwkv7.h"
+
+#include <algorithm>
+#include <cmath>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/status.h"
+#include "worker/engine/kernels.h"
+#include "worker/engine/ops.h"
+#include "worker/engine/thread_pool.h"
+#include "worker/engine/weight_loader.h"
+
+namespace statestream::engine {
+namespace {
+
+constexpr float kLayerNormEps = 1e-5f;
+constexpr float kGroupNormEps = 64e-5f;
+constexpr float kExpMinusHalf = 0.60653065971263342f;  // e^-0.5
+constexpr int kMaxRows = 64;
+
+struct Layer {
+  std::vector<float> ln1_w, ln1_b, ln2_w, ln2_b;
+  std::vector<float> x_r, x_w, x_k, x_v, x_a, x_g;
+  std::vector<float> w0, a0, v0, k_k, k_a, r_k, ln_x_w, ln_x_b;
+  Matrix w1, w2, a1, a2, v1, v2, g1, g2;  // transposed LoRA factors
+  Matrix receptance, key, value, output;
+  std::vector<float> ffn_x_k;
+  Matrix ffn_key, ffn_value;
+};
+
+// Per-call scratch, [rows][width] row-major.
+struct Scratch {
+  explicit Scratch(const ModelConfig& c) {
+    const int d = std::max({c.d_decay, c.d_aaa, c.d_mv, c.d_gate});
+    for (auto* v : {&x, &xa, &xr, &xw, &xk, &xv, &xaa, &xg, &r, &w, &k, &v, &a,
+                    &g, &kk, &v_first, &y, &tmp}) {
+      v->resize(static_cast<size_t>(kMaxRows) * c.n_embd);
+    }
+    lora.resize(static_cast<size_t>(kMaxRows) * d);
+    ffn.resize(static_cast<size_t>(kMaxRows) * c.dim_ffn);
+  }
+  std::vector<float> x, xa, xr, xw, xk, xv, xaa, xg, r, w, k, v, a, g, kk,
+      v_first, y, tmp, lora, ffn, logits;
+};
+
+// The rows of one chunk that belong to one sequence.
+struct Segment {
+  int seq;          // index into the batch
+  int begin, end;   // rows [begin, end) of the chunk
+  int token_begin;  // index of the segment's first token in the sequence
+};
+
+class Rwkv7 final : public Model {
+ public:
+  Rwkv7(ModelInfo info, std::shared_ptr<const WeightFile> file,
+        const Kernels& kernels, int threads)
+      : Model(std::move(info)),
+        file_(std::move(file)),
+        k_(kernels),
+        pool_(threads) {}
+
+  absl::Status Init(WeightLoader& loader);
+  using Model::mutable_info;
+  absl::Status Forward(absl::Span<const SequenceWork> batch) override;
+
+ private:
+  void RunChunk(absl::Span<const SequenceWork> batch,
+                const std::vector<Segment>& segs, const int32_t* tokens,
+                int rows, Scratch& s);
+  void TimeMix(int l, absl::Span<const SequenceWork> batch,
+               const std::vector<Segment>& segs, int rows, Scratch& s);
+  void ChannelMix(int l, absl::Span<const SequenceWork> batch,
+                  const std::vector<Segment>& segs, int rows, Scratch& s);
+  float* AttShift(float* state, int l) const { return state + l * stride_; }
+  float* Wkv(float* state, int l) const { return state + l * stride_ + C(); }
+  float* FfnShift(float* state, int l) const {
+    return state + (l + 1) * stride_ - C();
+  }
+  int C() const { return info().config.n_embd; }
+
+  // Keeps the mapping alive: matrices used as stored point into it.
+  std::shared_ptr<const WeightFile> file_;
+  const Kernels& k_;
+  ThreadPool pool_;
+  std::vector<Layer> layers_;
+  Matrix emb_, head_;
+  std::vector<float> ln0_w_, ln0_b_, ln_out_w_, ln_out_b_;
+  int64_t stride_ = 0;  // state floats per layer
+};
+
+// Token shift: mix = cur + (prev - cur) * param, where prev is the previous
+// row of the same sequence, or the state for a segment's first row.
+void ShiftMix(const float* cur, const float* prev, const float* param, int n,
+              float* out) {
+  for (int i = 0; i < n; ++i) out[i] = cur[i] + (prev[i] - cur[i]) * param[i];
+}
+
+void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
+                    const std::vector<Segment>& segs, int rows, Scratch& s) {
+  const ModelConfig& c = info().config;
+  const Layer& L = layers_[l];
+  const int C = c.n_embd, H = c.n_head, N = c.head_size;
+  for (int t = 0; t < rows; ++t) {
+    LayerNorm(&s.x[t * C], C, L.ln1_w.data(), L.ln1_b.data(), kLayerNormEps,
+              &s.xa[t * C]);
+  }
+  for (const Segment& g : segs) {
+    for (int t = g.begin; t < g.end; ++t) {
+      const float* cur = &s.xa[t * C];
+      const float* prev =
+          t == g.begin ? AttShift(batch[g.seq].state, l) : &s.xa[(t - 1) * C];
+      ShiftMix(cur, prev, L.x_r.data(), C, &s.xr[t * C]);
+      ShiftMix(cur, prev, L.x_w.data(), C, &s.xw[t * C]);
+      ShiftMix(cur, prev, L.x_k.data(), C, &s.xk[t * C]);
+      ShiftMix(cur, prev, L.x_v.data(), C, &s.xv[t * C]);
+      ShiftMix(cur, prev, L.x_a.data(), C, &s.xaa[t * C]);
+      ShiftMix(cur, prev, L.x_g.data(), C, &s.xg[t * C]);
+    }
+  }
+  MatMul(k_, pool_, L.receptance, s.xr.data(), C, rows, s.r.data(), C);
+  MatMul(k_, pool_, L.key, s.xk.data(), C, rows, s.k.data(), C);
+  MatMul(k_, pool_, L.value, s.xv.data(), C, rows, s.v.data(), C);
+
+  // Decay: w = exp(-e^-0.5 * sigmoid(w0 + tanh(xw @ w1) @ w2)).
+  const int dw = L.w1.rows;
+  MatMul(k_, pool_, L.w1, s.xw.data(), C, rows, s.lora.data(), dw);
+  for (int i = 0; i < rows * dw; ++i) s.lora[i] = std::tanh(s.lora[i]);
+  MatMul(k_, pool_, L.w2, s.lora.data(), dw, rows, s.w.data(), C);
+  for (int t = 0; t < rows; ++t) {
+    for (int i = 0; i < C; ++i) {
+      float& w = s.w[t * C + i];
+      w = std::exp(-kExpMinusHalf * Sigmoid(L.w0[i] + w));
+    }
+  }
+  // In-context learning rate: a = sigmoid(a0 + (xa @ a1) @ a2).
+  const int da = L.a1.rows;
+  MatMul(k_, pool_, L.a1, s.xaa.data(), C, rows, s.lora.data(), da);
+  MatMul(k_, pool_, L.a2, s.lora.data(), da, rows, s.a.data(), C);
+  for (int t = 0; t < rows; ++t) {
+    for (int i = 0; i < C; ++i) {
+      s.a[t * C + i] = Sigmoid(L.a0[i] + s.a[t * C + i]);
+    }
+  }
+  // Gate: g = sigmoid(xg @ g1) @ g2.
+  const int dg = L.g1.rows;
+  MatMul(k_, pool_, L.g1, s.xg.data(), C, rows, s.lora.data(), dg);
+  for (int i = 0; i < rows * dg; ++i) s.lora[i] = Sigmoid(s.lora[i]);
+  MatMul(k_, pool_, L.g2, s.lora.data(), dg, rows, s.g.data(), C);
+  // Value residual: layer 0 records v_first; later layers mix towards it.
+  if (l == 0) {
+    std::copy(s.v.begin(), s.v.begin() + rows * C, s.v_first.begin());
+  } else {
+    const int dv = L.v1.rows;
+    MatMul(k_, pool_, L.v1, s.xv.data(), C, rows, s.lora.data(), dv);
+    MatMul(k_, pool_, L.v2, s.lora.data(), dv, rows, s.tmp.data(), C);
+    for (int t = 0; t < rows; ++t) {
+      for (int i = 0; i < C; ++i) {
+        const int j = t * C + i;
+        const float gate = Sigmoid(L.v0[i] + s.tmp[j]);
+        s.v[j] = s.v[j] + (s.v_first[j] - s.v[j]) * gate;
+      }
+    }
+  }
+  // kk = normalize(k * k_k) per head; k = k * (1 + (a - 1) * k_a).
+  for (int t = 0; t < rows; ++t) {
+    for (int h = 0; h < H; ++h) {
+      float* kk = &s.kk[t * C + h * N];
+      const float* k = &s.k[t * C + h * N];
+      double norm = 0;
+      for (int i = 0; i < N; ++i) {
+        kk[i] = k[i] * L.k_k[h * N + i];
+        norm += static_cast<double>(kk[i]) * kk[i];
+      }
+      const float inv =
+          1.0f / std::max(static_cast<float>(std::sqrt(norm)), 1e-12f);
+      for (int i = 0; i < N; ++i) kk[i] *= inv;
+    }
+    for (int i = 0; i < C; ++i) {
+      const int j = t * C + i;
+      s.k[j] = s.k[j] * (1.0f + (s.a[j] - 1.0f) * L.k_a[i]);
+    }
+  }
+  // The recurrence: one task per (segment, head), rows in order.
+  const int tasks = static_cast<int>(segs.size()) * H;
+  pool_.ParallelFor(tasks, [&](int task) {
+    const Segment& g = segs[task / H];
+    const int h = task % H;
+    float* S = Wkv(batch[g.seq].state, l) + static_cast<int64_t>(h) * N * N;
+    std::vector<float> neg_kk(N), kka(N);
+    for (int t = g.begin; t < g.end; ++t) {
+      const int o = t * C + h * N;
+      for (int i = 0; i < N; ++i) {
+        neg_kk[i] = -s.kk[o + i];
+        kka[i] = s.kk[o + i] * s.a[o + i];
+      }
+      k_.wkv7_step(S, N, &s.r[o], &s.w[o], &s.k[o], &s.v[o], neg_kk.data(),
+                   kka.data(), &s.y[o]);
+    }
+  });
+  // Output: GroupNorm, bonus (r.k.r_k) v, gate, projection, residual.
+  for (int t = 0; t < rows; ++t) {
+    float* y = &s.y[t * C];
+    GroupNorm(y, H, N, L.ln_x_w.data(), L.ln_x_b.data(), kGroupNormEps, y);
+    for (int h = 0; h < H; ++h) {
+      const int o = t * C + h * N;
+      float dot = 0;
+      for (int i = 0; i < N; ++i) {
+        dot += s.r[o + i] * s.k[o + i] * L.r_k[h * N + i];
+      }
+      for (int i = 0; i < N; ++i) y[h * N + i] += dot * s.v[o + i];
+    }
+    for (int i = 0; i < C; ++i) y[i] *= s.g[t * C + i];
+  }
+  MatMul(k_, pool_, L.output, s.y.data(), C, rows, s.tmp.data(), C);
+  for (int i = 0; i < rows * C; ++i) s.x[i] += s.tmp[i];
+  for (const Segment& g : segs) {
+    std::copy_n(&s.xa[(g.end - 1) * C], C, AttShift(batch[g.seq].state, l));
+  }
+}
+
+void Rwkv7::ChannelMix(int l, absl::Span<const SequenceWork> batch,
+                       const std::vector<Segment>& segs, int rows, Scratch& s) {
+  const Layer& L = layers_[l];
+  const int C = this->C(), F = info().config.dim_ffn;
+  for (int t = 0; t < rows; ++t) {
+    LayerNorm(&s.x[t * C], C, L.ln2_w.data(), L.ln2_b.data(), kLayerNormEps,
+              &s.xa[t * C]);
+  }
+  for (const Segment& g : segs) {
+    for (int t = g.begin; t < g.end; ++t) {
+      const float* prev =
+          t == g.begin ? FfnShift(batch[g.seq].state, l) : &s.xa[(t - 1) * C];
+      ShiftMix(&s.xa[t * C], prev, L.ffn_x_k.data(), C, &s.xk[t * C]);
+    }
+  }
+  MatMul(k_, pool_, L.ffn_key, s.xk.data(), C, rows, s.ffn.data(), F);
+  for (int i = 0; i < rows * F; ++i) {
+    const float r = std::max(s.ffn[i], 0.0f);
+    s.ffn[i] = r * r;
+  }
+  MatMul(k_, pool_, L.ffn_value, s.ffn.data(), F, rows, s.tmp.data(), C);
+  for (int i = 0; i < rows * C; ++i) s.x[i] += s.tmp[i];
+  for (const Segment& g : segs) {
+    std::copy_n(&s.xa[(g.end - 1) * C], C, FfnShift(batch[g.seq].state, l));
+  }
+}
+
+void Rwkv7::RunChunk(absl::Span<const SequenceWork> batch,
+                     const std::vector<Segment>& segs, const int32_t* tokens,
+                     int rows, Scratch& s) {
+  const ModelConfig& c = info().config;
+  const int C = c.n_embd, V = c.vocab_size;
+  for (int t = 0; t < rows; ++t) {
+    float* x = &s.x[t * C];
+    emb_.ReadRow(tokens[t], x);
+    LayerNorm(x, C, ln0_w_.data(), ln0_b_.data(), kLayerNormEps, x);
+  }
+  for (int l = 0; l < c.n_layer; ++l) {
+    TimeMix(l, batch, segs, rows, s);
+    ChannelMix(l, batch, segs, rows, s);
+  }
+  // Logits only for the rows asked for.
+  std::vector<float*> dest;
+  int n = 0;
+  for (const Segment& g : segs) {
+    const SequenceWork& w = batch[g.seq];
+    for (size_t j = 0; j < w.logit_positions.size(); ++j) {
+      const int p = w.logit_positions[j];
+      if (p < g.token_begin || p >= g.token_begin + (g.end - g.begin)) continue;
+      const int t = g.begin + (p - g.token_begin);
+      LayerNorm(&s.x[t * C], C, ln_out_w_.data(), ln_out_b_.data(),
+                kLayerNormEps, &s.xa[n * C]);
+      dest.push_back(w.logits + static_cast<int64_t>(j) * V);
+      ++n;
+    }
+  }
+  if (n == 0) return;
+  s.logits.resize(static_cast<size_t>(n) * V);
+  MatMul(k_, pool_, head_, s.xa.data(), C, n, s.logits.data(), V);
+  for (int i = 0; i < n; ++i) {
+    std::copy_n(&s.logits[static_cast<size_t>(i) * V], V, dest[i]);
+  }
+}
+
+absl::Status Rwkv7::Forward(absl::Span<const SequenceWork> batch) {
+  SS_RETURN_IF_ERROR(ValidateBatch(batch));
+  Scratch scratch(info().config);
+  std::vector<Segment> segs;
+  int32_t tokens[kMaxRows];
+  int rows = 0;
+  for (size_t q = 0; q < batch.size(); ++q) {
+    const SequenceWork& w = batch[q];
+    size_t i = 0;
+    while (i < w.tokens.size()) {
+      if (rows == kMaxRows) {
+        RunChunk(batch, segs, tokens, rows, scratch);
+        segs.clear();
+        rows = 0;
+      }
+      const int take = static_cast<int>(
+          std::min(w.tokens.size() - i, static_cast<size_t>(kMaxRows - rows)));
+      segs.push_back(
+          {static_cast<int>(q), rows, rows + take, static_cast<int>(i)});
+      std::copy_n(w.tokens.data() + i, take, tokens + rows);
+      rows += take;
+      i += take;
+    }
+  }
+  if (rows > 0) RunChunk(batch, segs, tokens, rows, scratch);
+  return absl::OkStatus();
+}
+
+absl::Status Rwkv7::Init(WeightLoader& ld) {
+  const ModelConfig& c = info().config;
+  const int C = c.n_embd, V = c.vocab_size, F = c.dim_ffn;
+  stride_ = 2 * C + static_cast<int64_t>(c.n_head) * c.head_size * c.head_size;
+  SS_RETURN_IF_ERROR(ld.Mat("emb.weight", V, C, &emb_));
+  SS_RETURN_IF_ERROR(ld.Vector("blocks.0.ln0.weight", C, &ln0_w_));
+  SS_RETURN_IF_ERROR(ld.Vector("blocks.0.ln0.bias", C, &ln0_b_));
+  layers_.resize(c.n_layer);
+  for (int l = 0; l < c.n_layer; ++l) {
+    Layer& L = layers_[l];
+    const std::string b = absl::StrCat("blocks.", l, ".");
+    const std::string a = b + "att.";
+    auto vec = [&](const std::string& name, int64_t n, std::vector<float>* v) {
+      return ld.Vector(name, n, v);
+    };
+    SS_RETURN_IF_ERROR(vec(b + "ln1.weight", C, &L.ln1_w));
+    SS_RETURN_IF_ERROR(vec(b + "ln1.bias", C, &L.ln1_b));
+    SS_RETURN_IF_ERROR(vec(b + "ln2.weight", C, &L.ln2_w));
+    SS_RETURN_IF_ERROR(vec(b + "ln2.bias", C, &L.ln2_b));
+    SS_RETURN_IF_ERROR(vec(a + "x_r", C, &L.x_r));
+    SS_RETURN_IF_ERROR(vec(a + "x_w", C, &L.x_w));
+    SS_RETURN_IF_ERROR(vec(a + "x_k", C, &L.x_k));
+    SS_RETURN_IF_ERROR(vec(a + "x_v", C, &L.x_v));
+    SS_RETURN_IF_ERROR(vec(a + "x_a", C, &L.x_a));
+    SS_RETURN_IF_ERROR(vec(a + "x_g", C, &L.x_g));
+    SS_RETURN_IF_ERROR(vec(a + "w0", C, &L.w0));
+    SS_RETURN_IF_ERROR(ld.MatT(a + "w1", C, c.d_decay, &L.w1));
+    SS_RETURN_IF_ERROR(ld.MatT(a + "w2", c.d_decay, C, &L.w2));
+    SS_RETURN_IF_ERROR(vec(a + "a0", C, &L.a0));
+    SS_RETURN_IF_ERROR(ld.MatT(a + "a1", C, c.d_aaa, &L.a1));
+    SS_RETURN_IF_ERROR(ld.MatT(a + "a2", c.d_aaa, C, &L.a2));
+    if (l > 0) {  // layer 0's v0/v1/v2, when present, are unused
+      SS_RETURN_IF_ERROR(vec(a + "v0", C, &L.v0));
+      SS_RETURN_IF_ERROR(ld.MatT(a + "v1", C, c.d_mv, &L.v1));
+      SS_RETURN_IF_ERROR(ld.MatT(a + "v2", c.d_mv, C, &L.v2));
+    }
+    SS_RETURN_IF_ERROR(ld.MatT(a + "g1", C, c.d_gate, &L.g1));
+    SS_RETURN_IF_ERROR(ld.MatT(a + "g2", c.d_gate, C, &L.g2));
+    SS_RETURN_IF_ERROR(vec(a + "k_k", C, &L.k_k));
+    SS_RETURN_IF_ERROR(vec(a + "k_a", C, &L.k_a));
+    SS_RETURN_IF_ERROR(vec(a + "r_k", C, &L.r_k));
+    SS_RETURN_IF_ERROR(ld.Mat(a + "receptance.weight", C, C, &L.receptance));
+    SS_RETURN_IF_ERROR(ld.Mat(a + "key.weight", C, C, &L.key));
+    SS_RETURN_IF_ERROR(ld.Mat(a + "value.weight", C, C, &L.value));
+    SS_RETURN_IF_ERROR(ld.Mat(a + "output.weight", C, C, &L.output));
+    SS_RETURN_IF_ERROR(vec(a + "ln_x.weight", C, &L.ln_x_w));
+    SS_RETURN_IF_ERROR(vec(a + "ln_x.bias", C, &L.ln_x_b));
+    SS_RETURN_IF_ERROR(vec(b + "ffn.x_k", C, &L.ffn_x_k));
+    SS_RETURN_IF_ERROR(ld.Mat(b + "ffn.key.weight", F, C, &L.ffn_key));
+    SS_RETURN_IF_ERROR(ld.Mat(b + "ffn.value.weight", C, F, &L.ffn_value));
+  }
+  SS_RETURN_IF_ERROR(ld.Vector("ln_out.weight", C, &ln_out_w_));
+  SS_RETURN_IF_ERROR(ld.Vector("ln_out.bias", C, &ln_out_b_));
+  SS_RETURN_IF_ERROR(ld.Mat("head.weight", V, C, &head_));
+  return absl::OkStatus();
+}
+
+absl::Status BadShape(absl::string_view what) {
+  return InvalidArgumentError(Reason::kInvalidModelFile, what);
+}
+
+// Reads every dimension from tensor shapes.
+absl::StatusOr<ModelConfig> ReadConfig(const WeightFile& file,
+                                       WeightLoader& ld) {
+  ModelConfig c;
+  c.arch = Arch::kRwkv7;
+  int max_block = -1;
+  for (const std::string& name : file.Names()) {
+    if (!absl::StartsWith(name, "blocks.")) continue;
+    std::vector<absl::string_view> parts = absl::StrSplit(name, '.');
+    int idx;
+    if (parts.size() < 2 || !absl::SimpleAtoi(parts[1], &idx) || idx < 0 ||
+        idx > 4096) {
+      return BadShape(absl::StrCat("bad block index in tensor name ", name));
+    }
+    max_block = std::max(max_block, idx);
+  }
+  if (max_block < 0) return BadShape("no blocks.N tensors");
+  c.n_layer = max_block + 1;
+  auto dims2 = [&](const std::string& name, int* d0, int* d1) -> absl::Status {
+    SS_ASSIGN_OR_RETURN(std::vector<int64_t> s, ld.Shape(name));
+    if (s.size() != 2 || s[0] <= 0 || s[1] <= 0 || s[0] > (1 << 24) ||
+        s[1] > (1 << 24)) {
+      return BadShape(absl::StrCat(name, " must be a non-empty 2-D tensor"));
+    }
+    *d0 = static_cast<int>(s[0]);
+    *d1 = static_cast<int>(s[1]);
+    return absl::OkStatus();
+  };
+  int unused;
+  SS_RETURN_IF_ERROR(dims2("emb.weight", &c.vocab_size, &c.n_embd));
+  SS_RETURN_IF_ERROR(dims2("blocks.0.ffn.key.weight", &c.dim_ffn, &unused));
+  SS_RETURN_IF_ERROR(dims2("blocks.0.att.r_k", &c.n_head, &c.head_size));
+  SS_RETURN_IF_ERROR(dims2("blocks.0.att.w1", &unused, &c.d_decay));
+  SS_RETURN_IF_ERROR(dims2("blocks.0.att.a1", &unused, &c.d_aaa));
+  SS_RETURN_IF_ERROR(dims2("blocks.0.att.g1", &unused, &c.d_gate));
+  if (c.n_layer > 1) {
+    SS_RETURN_IF_ERROR(dims2("blocks.1.att.v1", &unused, &c.d_mv));
+  }
+  if (static_cast<int64_t>(c.n_head) * c.head_size != c.n_embd) {
+    return BadShape(absl::StrCat("att.r_k is [", c.n_head, ",", c.head_size,
+                                 "] but n_embd is ", c.n_embd));
+  }
+  return c;
+}
+
+}  // namespace
+
+bool LooksLikeRwkv7(const WeightFile& file) {
+  return file.Find("blocks.0.att.r_k") != nullptr &&
+         file.Find("blocks.0.att.w0") != nullptr;
+}
+
+absl::StatusOr<std::unique_ptr<Model>> LoadRwkv7(
+    std::shared_ptr<const WeightFile> file, const ModelOptions& options) {
+  const Kernels* kernels = options.kernels.empty()
+                               ? &GetKernels()
+                               : GetKernelsByName(options.kernels.c_str());
+  if (kernels == nullptr) {
+    return InvalidArgumentError(
+        Reason::kInvalidArgument,
+        absl::StrCat("kernels '", options.kernels,
+                     "' are not available on this CPU"));
+  }
+  int threads = options.threads;
+  if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  WeightLoader loader(file, options.precision);
+  SS_ASSIGN_OR_RETURN(ModelConfig config, ReadConfig(*file, loader));
+  ModelInfo info;
+  info.config = config;
+  info.state_floats =
+      static_cast<int64_t>(config.n_layer) *
+      (2 * config.n_embd + static_cast<int64_t>(config.n_head) *
+                               config.head_size * config.head_size);
+  info.kernels = kernels->name;
+  auto model = std::make_unique<Rwkv7>(info, file, *kernels, threads);
+  SS_RETURN_IF_ERROR(model->Init(loader));
+  ModelInfo& final_info = model->mutable_info();
+  final_info.params = loader.params();
+  final_info.fingerprint = absl::StrCat(
+      "x070-L", config.n_layer, "-C", config.n_embd, "-H", config.n_head, "-F",
+      config.dim_ffn, "-V", config.vocab_size, "-", loader.Digest());
+  return model;
+}
+
+}  // namespace statestream::engine

@@ -1,0 +1,169 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "worker/engine/weight_loader.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status.h"
+
+namespace statestream::engine {
+namespace {
+
+absl::Status BadFile(absl::string_view msg) {
+  return InvalidArgumentError(Reason::kInvalidModelFile, msg);
+}
+
+float Bf16ToF32(uint16_t b) {
+  uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+template <typename T>
+bool Aligned(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % alignof(T) == 0;
+}
+
+}  // namespace
+
+void Matrix::ReadRow(int r, float* out) const {
+  const int64_t base = static_cast<int64_t>(r) * cols;
+  if (f32 != nullptr) {
+    std::memcpy(out, f32 + base, sizeof(float) * cols);
+  } else {
+    for (int i = 0; i < cols; ++i) out[i] = Bf16ToF32(bf16[base + i]);
+  }
+}
+
+WeightLoader::WeightLoader(std::shared_ptr<const WeightFile> file,
+                           WeightPrecision precision)
+    : file_(std::move(file)), precision_(precision), hash_(XXH3_createState()) {
+  XXH3_128bits_reset(hash_);
+}
+
+WeightLoader::~WeightLoader() { XXH3_freeState(hash_); }
+
+bool WeightLoader::Has(absl::string_view name) const {
+  return file_->Find(name) != nullptr;
+}
+
+absl::StatusOr<std::vector<int64_t>> WeightLoader::Shape(
+    absl::string_view name) const {
+  const TensorView* t = file_->Find(name);
+  if (t == nullptr) return BadFile(absl::StrCat("missing tensor ", name));
+  return t->shape;
+}
+
+absl::StatusOr<const TensorView*> WeightLoader::Get(
+    absl::string_view name, std::vector<int64_t> shape) const {
+  const TensorView* t = file_->Find(name);
+  if (t == nullptr) return BadFile(absl::StrCat("missing tensor ", name));
+  if (!shape.empty() && t->shape != shape) {
+    return BadFile(absl::StrCat("tensor ", name, " has shape [",
+                                absl::StrJoin(t->shape, ","), "], expected [",
+                                absl::StrJoin(shape, ","), "]"));
+  }
+  return t;
+}
+
+void WeightLoader::Hash(absl::string_view name,
+                        const std::vector<int64_t>& shape, const float* f32,
+                        const uint16_t* bf16, int64_t n) {
+  XXH3_128bits_update(hash_, name.data(), name.size());
+  for (int64_t d : shape) XXH3_128bits_update(hash_, &d, sizeof(d));
+  if (f32 != nullptr) {
+    XXH3_128bits_update(hash_, f32, sizeof(float) * n);
+    return;
+  }
+  // Hash bf16 weights by their fp32 values, so a model has one fingerprint
+  // whether its exact values come from a bf16 or an fp32 file.
+  float buf[4096];
+  for (int64_t i = 0; i < n; i += 4096) {
+    int64_t m = n - i < 4096 ? n - i : 4096;
+    for (int64_t j = 0; j < m; ++j) buf[j] = Bf16ToF32(bf16[i + j]);
+    XXH3_128bits_update(hash_, buf, sizeof(float) * m);
+  }
+}
+
+absl::Status WeightLoader::Vector(absl::string_view name, int64_t numel,
+                                  std::vector<float>* out) {
+  SS_ASSIGN_OR_RETURN(const TensorView* t, Get(name, {}));
+  if (t->numel() != numel) {
+    return BadFile(absl::StrCat("tensor ", name, " has ", t->numel(),
+                                " elements, expected ", numel));
+  }
+  out->resize(numel);
+  ReadAsF32(*t, out->data());
+  params_ += numel;
+  Hash(name, {numel}, out->data(), nullptr, numel);
+  return absl::OkStatus();
+}
+
+absl::Status WeightLoader::Mat(absl::string_view name, int rows, int cols,
+                               Matrix* out) {
+  SS_ASSIGN_OR_RETURN(const TensorView* t, Get(name, {rows, cols}));
+  out->rows = rows;
+  out->cols = cols;
+  const int64_t n = static_cast<int64_t>(rows) * cols;
+  const bool want_bf16 =
+      precision_ == WeightPrecision::kBF16 ||
+      (precision_ == WeightPrecision::kAsStored && t->dtype == DType::kBF16);
+  if (want_bf16) {
+    if (t->dtype == DType::kBF16 && t->contiguous() &&
+        Aligned<uint16_t>(t->data)) {
+      out->bf16 = reinterpret_cast<const uint16_t*>(t->data);
+    } else {
+      out->bf16_storage.resize(n);
+      ReadAsBF16(*t, out->bf16_storage.data());
+      out->bf16 = out->bf16_storage.data();
+    }
+  } else if (t->dtype == DType::kF32 && t->contiguous() &&
+             Aligned<float>(t->data)) {
+    out->f32 = reinterpret_cast<const float*>(t->data);
+  } else {
+    out->f32_storage.resize(n);
+    ReadAsF32(*t, out->f32_storage.data());
+    out->f32 = out->f32_storage.data();
+  }
+  params_ += n;
+  Hash(name, {rows, cols}, out->f32, out->bf16, n);
+  return absl::OkStatus();
+}
+
+absl::Status WeightLoader::MatT(absl::string_view name, int rows, int cols,
+                                Matrix* out) {
+  SS_ASSIGN_OR_RETURN(const TensorView* t, Get(name, {rows, cols}));
+  const int64_t n = static_cast<int64_t>(rows) * cols;
+  std::vector<float> tmp(n);
+  ReadAsF32(*t, tmp.data());
+  out->rows = cols;
+  out->cols = rows;
+  out->f32_storage.resize(n);
+  for (int r = 0; r < rows; ++r) {
+    for (int c = 0; c < cols; ++c) {
+      out->f32_storage[static_cast<int64_t>(c) * rows + r] =
+          tmp[static_cast<int64_t>(r) * cols + c];
+    }
+  }
+  out->f32 = out->f32_storage.data();
+  params_ += n;
+  Hash(name, {rows, cols}, tmp.data(), nullptr, n);
+  return absl::OkStatus();
+}
+
+std::string WeightLoader::Digest() const {
+  XXH128_hash_t h = XXH3_128bits_digest(hash_);
+  XXH128_canonical_t c;
+  XXH128_canonicalFromHash(&c, h);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char b : c.digest) {
+    out.push_back(kHex[b >> 4]);
+    out.push_back(kHex[b & 15]);
+  }
+  return out;
+}
+
+}  // namespace statestream::engine

@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: Apache-2.0
+// Turns checkpoint tensors into the engine's in-memory weights: validates
+// names and shapes, converts precision, keeps large matrices as zero-copy
+// views of the file where possible, counts parameters and computes the
+// weights digest of the model fingerprint. Shared by all architectures.
+// Internal to the engine.
+#ifndef STATESTREAM_WORKER_ENGINE_WEIGHT_LOADER_H_
+#define STATESTREAM_WORKER_ENGINE_WEIGHT_LOADER_H_
+
+#include <xxhash.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "worker/engine/model.h"
+#include "worker/engine/weight_file.h"
+
+namespace statestream::engine {
+
+// A row-major [rows = out][cols = in] matrix, fp32 or bf16, either owned or a
+// view into the checkpoint mapping. Exactly one of f32/bf16 is set.
+struct Matrix {
+  int rows = 0;
+  int cols = 0;
+  const float* f32 = nullptr;
+  const uint16_t* bf16 = nullptr;
+  std::vector<float> f32_storage;
+  std::vector<uint16_t> bf16_storage;
+
+  // Copies row `r` as fp32 into out[cols].
+  void ReadRow(int r, float* out) const;
+};
+
+class WeightLoader {
+ public:
+  WeightLoader(std::shared_ptr<const WeightFile> file,
+               WeightPrecision precision);
+  ~WeightLoader();
+  WeightLoader(const WeightLoader&) = delete;
+  WeightLoader& operator=(const WeightLoader&) = delete;
+
+  bool Has(absl::string_view name) const;
+  // The shape of `name`, or an error naming the missing tensor.
+  absl::StatusOr<std::vector<int64_t>> Shape(absl::string_view name) const;
+
+  // A tensor of exactly `numel` elements (any shape, e.g. [1,1,C] or [H,N]),
+  // as fp32.
+  absl::Status Vector(absl::string_view name, int64_t numel,
+                      std::vector<float>* out);
+  // A 2-D [rows][cols] tensor used as stored (a Linear weight [out][in]),
+  // in the configured precision.
+  absl::Status Mat(absl::string_view name, int rows, int cols, Matrix* out);
+  // A 2-D [rows][cols] tensor applied as `x @ M` (LoRA factors): stored
+  // transposed as [cols][rows], fp32, so it runs through the same kernels.
+  absl::Status MatT(absl::string_view name, int rows, int cols, Matrix* out);
+
+  int64_t params() const { return params_; }
+  // Hex XXH3-128 of every tensor loaded so far (name, shape, fp32 values as
+  // the engine will use them), in load order.
+  std::string Digest() const;
+
+ private:
+  absl::StatusOr<const TensorView*> Get(absl::string_view name,
+                                        std::vector<int64_t> shape) const;
+  void Hash(absl::string_view name, const std::vector<int64_t>& shape,
+            const float* f32, const uint16_t* bf16, int64_t n);
+
+  std::shared_ptr<const WeightFile> file_;
+  WeightPrecision precision_;
+  int64_t params_ = 0;
+  XXH3_state_t* hash_;
+};
+
+}  // namespace statestream::engine
+
+#endif  // STATESTREAM_WORKER_ENGINE_WEIGHT_LOADER_H_
