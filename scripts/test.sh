@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test command: configure (Release, Ninja, ccache), build everything once,
+# run every test with ctest, then check formatting. Tests that need
+# ../shared/testdata fail under CI=1 if it is missing, else skip.
+#   BUILD_DIR   build folder (default: build)
+#   SANITIZE    e.g. address,undefined: build a second tree with sanitizers
+#               and run the unit tests (label "unit") in it as well.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR=${BUILD_DIR:-build}
+JOBS=${JOBS:-$(nproc)}
+
+cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$BUILD_DIR" -j "$JOBS"
+ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
+
+if [ -n "${SANITIZE:-}" ]; then
+  SAN_DIR="$BUILD_DIR-san"
+  cmake -S . -B "$SAN_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DSTATESTREAM_SANITIZE="$SANITIZE" -DSTATESTREAM_BUILD_BENCH=OFF >/dev/null
+  cmake --build "$SAN_DIR" -j "$JOBS"
+  ctest --test-dir "$SAN_DIR" --output-on-failure -j "$JOBS" -L unit
+fi
+
+scripts/check-format.sh
