@@ -15,9 +15,13 @@ if(STATESTREAM_SANITIZE)
   add_link_options("-fsanitize=${STATESTREAM_SANITIZE}")
 endif()
 
-# ss_add_test(NAME SOURCES a.cc b.cc LIBS x y): one gtest binary, registered with ctest.
+# ss_add_test(NAME SOURCES a.cc b.cc LIBS x y [LABELS e2e]): one gtest binary,
+# registered with ctest. Tests are labelled "unit" unless LABELS says otherwise.
 function(ss_add_test name)
   cmake_parse_arguments(T "" "" "SOURCES;LIBS;LABELS" ${ARGN})
+  if(NOT T_LABELS)
+    set(T_LABELS unit)
+  endif()
   add_executable(${name} ${T_SOURCES})
   target_link_libraries(${name} PRIVATE ${T_LIBS} GTest::gmock GTest::gtest_main)
   target_compile_definitions(${name} PRIVATE
