@@ -1,0 +1,21 @@
+# SPDX-License-Identifier: Apache-2.0
+# ss_text: tokenizers (RWKV World, byte-level), UTF-8 helpers and the sampler.
+# Pure computation over bytes and floats: no I/O beyond reading a vocab file.
+add_library(ss_text
+  ${CMAKE_CURRENT_LIST_DIR}/tokenizer.cc
+  ${CMAKE_CURRENT_LIST_DIR}/world_tokenizer.cc
+  ${CMAKE_CURRENT_LIST_DIR}/byte_tokenizer.cc
+  ${CMAKE_CURRENT_LIST_DIR}/utf8.cc
+  ${CMAKE_CURRENT_LIST_DIR}/sampler.cc)
+target_include_directories(ss_text PUBLIC ${PROJECT_SOURCE_DIR})
+target_link_libraries(ss_text PUBLIC ss_common absl::status absl::statusor
+                      absl::strings absl::span)
+
+if(STATESTREAM_BUILD_TESTS)
+  # OpenSSL only for the test's sha256 check of the parsed vocabulary.
+  find_package(OpenSSL REQUIRED COMPONENTS Crypto)
+  ss_add_test(engine_text_test
+    SOURCES ${CMAKE_CURRENT_LIST_DIR}/tokenizer_test.cc
+            ${CMAKE_CURRENT_LIST_DIR}/sampler_test.cc
+    LIBS ss_text OpenSSL::Crypto nlohmann_json::nlohmann_json)
+endif()
