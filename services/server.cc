@@ -1,0 +1,157 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "services/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
+#include <grpcpp/support/server_interceptor.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+
+namespace statestream {
+
+// Counts the calls in flight, so Shutdown can stop as soon as they are done:
+// grpc::Server::Shutdown(deadline) itself waits out the whole deadline while
+// any client keeps a connection open, even an idle one. Thread-safe.
+class Server::InFlightCalls {
+ public:
+  // Waits until no call is in flight or `deadline` passes.
+  void AwaitIdle(absl::Time deadline) {
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithDeadline(absl::Condition(
+                              +[](int* count) { return *count == 0; }, &count_),
+                          deadline);
+  }
+
+  // An interceptor factory for the server builder; `this` must outlive it.
+  std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
+  MakeInterceptorFactory() {
+    return std::make_unique<Factory>(this);
+  }
+
+ private:
+  // Lives exactly as long as its call.
+  class Tracker : public grpc::experimental::Interceptor {
+   public:
+    explicit Tracker(InFlightCalls* calls) : calls_(calls) { calls_->Add(1); }
+    ~Tracker() override { calls_->Add(-1); }
+    void Intercept(
+        grpc::experimental::InterceptorBatchMethods* methods) override {
+      methods->Proceed();
+    }
+
+   private:
+    InFlightCalls* const calls_;
+  };
+
+  class Factory : public grpc::experimental::ServerInterceptorFactoryInterface {
+   public:
+    explicit Factory(InFlightCalls* calls) : calls_(calls) {}
+    grpc::experimental::Interceptor* CreateServerInterceptor(
+        grpc::experimental::ServerRpcInfo*) override {
+      return new Tracker(calls_);
+    }
+
+   private:
+    InFlightCalls* const calls_;
+  };
+
+  void Add(int delta) {
+    absl::MutexLock lock(&mu_);
+    count_ += delta;
+  }
+
+  absl::Mutex mu_;
+  int count_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+absl::StatusOr<std::pair<std::string, int>> ParseListenAddress(
+    absl::string_view address) {
+  size_t colon = address.rfind(':');
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "bad listen address \"", address, "\": ", why, " (want HOST:PORT)"));
+  };
+  if (colon == absl::string_view::npos) return bad("no port");
+  absl::string_view host = address.substr(0, colon);
+  absl::string_view port_text = address.substr(colon + 1);
+  if (host.empty()) return bad("no host");
+  if (host.front() == '[' ? host.back() != ']'
+                          : host.find(':') != absl::string_view::npos) {
+    return bad("IPv6 hosts need brackets");
+  }
+  int port = 0;
+  bool digits = !port_text.empty() && port_text.size() <= 5;
+  for (char c : port_text) digits = digits && absl::ascii_isdigit(c);
+  if (!digits || !absl::SimpleAtoi(port_text, &port) || port > 65535) {
+    return bad("port must be 0-65535");
+  }
+  return std::make_pair(std::string(host), port);
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(
+    const ServerOptions& options, ServiceSet services) {
+  auto host_port = ParseListenAddress(options.listen);
+  if (!host_port.ok()) return host_port.status();
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  // TODO(tls): TLS credentials once the gateway issue adds them.
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
+                           &port);
+  // Without this, a second server could silently share a taken port.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_send_message_bytes);
+  auto calls = std::make_unique<InFlightCalls>();
+  std::vector<
+      std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(calls->MakeInterceptorFactory());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  for (grpc::Service* service : services.services()) {
+    builder.RegisterService(service);
+  }
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.listen,
+                     " (address in use or not local?)"));
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  for (const std::string& name : services.names()) {
+    health->SetServingStatus(name, true);
+  }
+  std::string address = absl::StrCat(host_port->first, ":", port);
+  return std::unique_ptr<Server>(
+      new Server(std::move(address), std::move(services), std::move(calls),
+                 std::move(server)));
+}
+
+Server::Server(std::string address, ServiceSet services,
+               std::unique_ptr<InFlightCalls> calls,
+               std::unique_ptr<grpc::Server> server)
+    : address_(std::move(address)),
+      services_(std::move(services)),
+      calls_(std::move(calls)),
+      server_(std::move(server)) {}
+
+Server::~Server() { Shutdown(absl::ZeroDuration()); }
+
+void Server::Shutdown(absl::Duration grace) {
+  // Each step is idempotent and thread-safe.
+  server_->GetHealthCheckService()->Shutdown();
+  calls_->AwaitIdle(absl::Now() + grace);
+  server_->Shutdown(absl::ToChronoTime(absl::Now()));
+  server_->Wait();
+}
+
+}  // namespace statestream

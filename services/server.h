@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: Apache-2.0
+// A running gRPC server for one role (serve, gateway, worker): binds the
+// listen address, registers the role's services plus the standard
+// grpc.health.v1.Health and server reflection, and shuts down on request.
+#ifndef STATESTREAM_SERVICES_SERVER_H_
+#define STATESTREAM_SERVICES_SERVER_H_
+
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "services/service_set.h"
+
+namespace grpc {
+class Server;
+}  // namespace grpc
+
+namespace statestream {
+
+struct ServerOptions {
+  // HOST:PORT to listen on. HOST is an IPv4 address, a bracketed IPv6
+  // address ("[::1]") or a name; PORT 0 picks a free port.
+  std::string listen = "127.0.0.1:7700";
+  // Largest message received, in bytes (gRPC's default is 4 MiB). 8 MiB
+  // leaves room for the API's largest fields (1 MiB text chunks, 1 MiB
+  // state chunks) with margin; larger messages fail with RESOURCE_EXHAUSTED.
+  int max_receive_message_bytes = 8 << 20;
+  // Largest message sent, in bytes.
+  int max_send_message_bytes = 8 << 20;
+};
+
+// Thread-safe. Serving runs on gRPC's threads; the owner only starts and
+// stops it.
+class Server {
+ public:
+  // Binds and starts serving `services` (plus health and reflection).
+  // INVALID_ARGUMENT for a malformed listen address; UNAVAILABLE if it
+  // cannot be bound (e.g. the port is taken: port sharing is disabled).
+  static absl::StatusOr<std::unique_ptr<Server>> Start(
+      const ServerOptions& options, ServiceSet services);
+
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+  // Shuts down at once if Shutdown has not been called.
+  ~Server();
+
+  // "HOST:PORT" with the port actually bound.
+  const std::string& address() const { return address_; }
+
+  // Drains and stops: marks every health status NOT_SERVING (so load
+  // balancers stop sending calls), waits up to `grace` for the calls in
+  // flight to finish (new calls are still served meanwhile), then cancels
+  // whatever is left, closes all connections and returns. Idempotent.
+  void Shutdown(absl::Duration grace);
+
+ private:
+  class InFlightCalls;
+
+  Server(std::string address, ServiceSet services,
+         std::unique_ptr<InFlightCalls> calls,
+         std::unique_ptr<grpc::Server> server);
+
+  const std::string address_;
+  // Both outlive server_.
+  ServiceSet services_;
+  std::unique_ptr<InFlightCalls> calls_;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+// Splits "HOST:PORT" into host and port (0-65535). INVALID_ARGUMENT if
+// malformed.
+absl::StatusOr<std::pair<std::string, int>> ParseListenAddress(
+    absl::string_view address);
+
+}  // namespace statestream
+
+#endif  // STATESTREAM_SERVICES_SERVER_H_

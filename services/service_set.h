@@ -1,0 +1,47 @@
+// SPDX-License-Identifier: Apache-2.0
+// The gRPC services one server role registers, owned together so a role's
+// wiring (cli/) can build them and hand them to a Server in one piece.
+#ifndef STATESTREAM_SERVICES_SERVICE_SET_H_
+#define STATESTREAM_SERVICES_SERVICE_SET_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace grpc {
+class Service;
+}  // namespace grpc
+
+namespace statestream {
+
+// Move-only. Not thread-safe; built before the server starts.
+class ServiceSet {
+ public:
+  ServiceSet();
+  ~ServiceSet();
+  ServiceSet(ServiceSet&&);
+  ServiceSet& operator=(ServiceSet&&);
+
+  // Adds `service` under its full name (e.g. "statestream.v1.Sessions", from
+  // the generated `Service::service_full_name()`); health checks report the
+  // name SERVING while the server runs.
+  void Add(std::string full_name, std::unique_ptr<grpc::Service> service);
+
+  // In the order added.
+  const std::vector<std::string>& names() const { return names_; }
+  // Parallel to names(); owned by this set.
+  std::vector<grpc::Service*> services() const;
+
+ private:
+  std::vector<std::string> names_;
+  std::vector<std::unique_ptr<grpc::Service>> services_;
+};
+
+// The public statestream.v1 services (Sessions, Streams, Models) with every
+// rpc answering UNIMPLEMENTED: the scaffolding that the worker and gateway
+// implementations replace.
+ServiceSet UnimplementedPublicApi();
+
+}  // namespace statestream
+
+#endif  // STATESTREAM_SERVICES_SERVICE_SET_H_
