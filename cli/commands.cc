@@ -1,0 +1,22 @@
+// SPDX-License-Identifier: Apache-2.0
+// The registry of `statestream` commands: one line per command (see
+// cli/command.h for how to add one).
+#include "cli/command.h"
+
+namespace statestream::cli {
+
+// Each defined in cli/<verb>_command.cc.
+const Command& ServeCommand();
+const Command& GatewayCommand();
+const Command& WorkerCommand();
+
+const std::vector<const Command*>& AllCommands() {
+  static const auto* const kCommands = new std::vector<const Command*>{
+      &ServeCommand(),
+      &GatewayCommand(),
+      &WorkerCommand(),
+  };
+  return *kCommands;
+}
+
+}  // namespace statestream::cli

@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "cli/server_flags.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "cli/command.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:7700",
+          "Address to serve on, HOST:PORT; port 0 picks a free port. Once "
+          "ready, the server prints one line `listening on HOST:PORT` (the "
+          "port actually bound) to stdout.");
+ABSL_FLAG(int32_t, max_receive_message_bytes, 8 << 20,
+          "Largest gRPC message accepted, in bytes; larger ones fail with "
+          "RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int32_t, max_send_message_bytes, 8 << 20,
+          "Largest gRPC message sent, in bytes.");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
+          "On SIGINT/SIGTERM, how long calls in flight may take to finish "
+          "before they are cancelled (e.g. 5s, 500ms).");
+
+namespace statestream::cli {
+
+const char kServerFlagsFile[] = __FILE__;
+
+ServerOptions ServerOptionsFromFlags() {
+  ServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.max_receive_message_bytes =
+      absl::GetFlag(FLAGS_max_receive_message_bytes);
+  options.max_send_message_bytes = absl::GetFlag(FLAGS_max_send_message_bytes);
+  return options;
+}
+
+absl::Duration ShutdownGraceFromFlag() {
+  return absl::GetFlag(FLAGS_shutdown_grace);
+}
+
+int RunServer(absl::string_view role, const ServerOptions& options,
+              absl::Duration grace,
+              absl::FunctionRef<absl::StatusOr<ServiceSet>()> build) {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  if (auto address = ParseListenAddress(options.listen); !address.ok()) {
+    std::cerr << "statestream " << role
+              << ": --listen: " << address.status().message() << "\n";
+    return kExitUsage;
+  }
+  auto fail = [&](const absl::Status& status) {
+    std::cerr << "statestream " << role << ": " << status.message() << "\n";
+    return kExitFailure;
+  };
+  absl::StatusOr<ServiceSet> services = build();
+  if (!services.ok()) return fail(services.status());
+  absl::StatusOr<std::unique_ptr<Server>> server =
+      Server::Start(options, *std::move(services));
+  if (!server.ok()) return fail(server.status());
+
+  std::printf("listening on %s\n", (*server)->address().c_str());
+  std::fflush(stdout);
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  std::cerr << "statestream " << role << ": " << strsignal(signal_number)
+            << ", shutting down\n";
+  std::thread([signals] {
+    int again = 0;
+    sigwait(&signals, &again);
+    std::_Exit(kExitFailure);
+  }).detach();
+  (*server)->Shutdown(grace);
+  return kExitOk;
+}
+
+}  // namespace statestream::cli

@@ -1,0 +1,37 @@
+// SPDX-License-Identifier: Apache-2.0
+// What the server roles (serve, gateway, worker) share: the flags of their
+// gRPC server and the process lifecycle around it.
+#ifndef STATESTREAM_CLI_SERVER_FLAGS_H_
+#define STATESTREAM_CLI_SERVER_FLAGS_H_
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "services/server.h"
+#include "services/service_set.h"
+
+namespace statestream::cli {
+
+// __FILE__ of server_flags.cc, for Command::flag_files of the server roles.
+extern const char kServerFlagsFile[];
+
+// ServerOptions from --listen, --max-receive-message-bytes, ...
+ServerOptions ServerOptionsFromFlags();
+// --shutdown-grace.
+absl::Duration ShutdownGraceFromFlag();
+
+// Runs a server role until SIGINT or SIGTERM, and returns its exit code.
+// Blocks those signals first (so threads started later never take them),
+// then calls `build` for the role's services, starts the server, prints
+// exactly one line "listening on HOST:PORT" to stdout once it is ready, and
+// on the first signal shuts down with `grace` for calls in flight (exit 0).
+// A second signal exits at once (exit 1). Errors are printed to stderr
+// prefixed with "statestream <role>: " (exit 1).
+int RunServer(absl::string_view role, const ServerOptions& options,
+              absl::Duration grace,
+              absl::FunctionRef<absl::StatusOr<ServiceSet>()> build);
+
+}  // namespace statestream::cli
+
+#endif  // STATESTREAM_CLI_SERVER_FLAGS_H_
