@@ -1,0 +1,248 @@
+// SPDX-License-Identifier: Apache-2.0
+// Starts the real `statestream` binary in each server role and probes it
+// over gRPC: the `listening on` line, grpc.health.v1, server reflection, the
+// registered statestream.v1 services, message size limits and shutdown.
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <memory>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/descriptor.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+#include "tests/subprocess.h"
+
+namespace statestream {
+namespace {
+
+using ::grpc::health::v1::Health;
+using ::grpc::health::v1::HealthCheckRequest;
+using ::grpc::health::v1::HealthCheckResponse;
+using ::grpc::reflection::v1alpha::ServerReflection;
+using ::grpc::reflection::v1alpha::ServerReflectionRequest;
+using ::grpc::reflection::v1alpha::ServerReflectionResponse;
+using ::testing::HasSubstr;
+using ::testing::IsSupersetOf;
+
+constexpr absl::Duration kStartTimeout = absl::Seconds(30);
+constexpr absl::Duration kExitTimeout = absl::Seconds(15);
+
+// A `statestream <role>` process listening on a free port.
+struct RunningServer {
+  std::unique_ptr<e2e::Subprocess> process;
+  std::string address;  // HOST:PORT from the `listening on` line
+};
+
+RunningServer StartServer(const std::string& role,
+                          std::vector<std::string> extra_flags = {}) {
+  std::vector<std::string> argv = {STATESTREAM_BIN, role,
+                                   "--listen=127.0.0.1:0"};
+  argv.insert(argv.end(), extra_flags.begin(), extra_flags.end());
+  auto process = e2e::Subprocess::Start(argv);
+  EXPECT_TRUE(process.ok()) << process.status();
+  if (!process.ok()) return {};
+  auto line = (*process)->ReadStdoutLine(kStartTimeout);
+  EXPECT_TRUE(line.ok()) << line.status();
+  std::smatch match;
+  std::string text = line.value_or("");
+  EXPECT_TRUE(std::regex_match(
+      text, match, std::regex(R"(listening on (127\.0\.0\.1:(\d+)))")))
+      << text;
+  int port = 0;
+  if (match.size() == 3) {
+    EXPECT_TRUE(absl::SimpleAtoi(match[2].str(), &port));
+  }
+  EXPECT_GT(port, 0);
+  return {*std::move(process), match.size() == 3 ? match[1].str() : ""};
+}
+
+std::shared_ptr<grpc::Channel> Connect(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(-1);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
+                                   args);
+}
+
+std::unique_ptr<grpc::ClientContext> Context() {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::seconds(10));
+  return context;
+}
+
+HealthCheckResponse::ServingStatus HealthOf(grpc::Channel* channel,
+                                            const std::string& service) {
+  HealthCheckRequest request;
+  request.set_service(service);
+  HealthCheckResponse response;
+  auto context = Context();
+  grpc::Status status = Health::NewStub(std::shared_ptr<grpc::Channel>(
+                                            channel, [](grpc::Channel*) {}))
+                            ->Check(context.get(), request, &response);
+  EXPECT_TRUE(status.ok()) << service << ": " << status.error_message();
+  return response.status();
+}
+
+// Sends one reflection request and returns its response.
+ServerReflectionResponse Reflect(const std::shared_ptr<grpc::Channel>& channel,
+                                 const ServerReflectionRequest& request) {
+  auto stub = ServerReflection::NewStub(channel);
+  auto context = Context();
+  auto stream = stub->ServerReflectionInfo(context.get());
+  ServerReflectionResponse response;
+  EXPECT_TRUE(stream->Write(request));
+  EXPECT_TRUE(stream->WritesDone());
+  EXPECT_TRUE(stream->Read(&response));
+  EXPECT_TRUE(stream->Finish().ok());
+  return response;
+}
+
+class ServerRoleTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ServerRoleTest, ServesHealthReflectionAndTheApiThenStopsOnSigterm) {
+  RunningServer server = StartServer(GetParam());
+  ASSERT_NE(server.process, nullptr);
+  std::shared_ptr<grpc::Channel> channel = Connect(server.address);
+
+  EXPECT_EQ(HealthOf(channel.get(), ""), HealthCheckResponse::SERVING);
+  for (const char* service :
+       {"statestream.v1.Sessions", "statestream.v1.Streams",
+        "statestream.v1.Models"}) {
+    EXPECT_EQ(HealthOf(channel.get(), service), HealthCheckResponse::SERVING)
+        << service;
+  }
+
+  ServerReflectionRequest list;
+  list.set_list_services("");
+  ServerReflectionResponse listed = Reflect(channel, list);
+  std::vector<std::string> names;
+  for (const auto& service : listed.list_services_response().service()) {
+    names.push_back(service.name());
+  }
+  EXPECT_THAT(names,
+              IsSupersetOf({"statestream.v1.Sessions", "statestream.v1.Streams",
+                            "statestream.v1.Models", "grpc.health.v1.Health"}));
+
+  ServerReflectionRequest symbol;
+  symbol.set_file_containing_symbol("statestream.v1.Streams");
+  ServerReflectionResponse files = Reflect(channel, symbol);
+  ASSERT_GE(files.file_descriptor_response().file_descriptor_proto_size(), 1);
+  google::protobuf::FileDescriptorProto file;
+  ASSERT_TRUE(file.ParseFromString(
+      files.file_descriptor_response().file_descriptor_proto(0)));
+  EXPECT_EQ(file.name(), "statestream/v1/statestream.proto");
+
+  // The services are registered; their rpcs are not implemented yet.
+  v1::GetSessionRequest request;
+  request.set_session_id("s1");
+  v1::Session session;
+  auto context = Context();
+  grpc::Status status = v1::Sessions::NewStub(channel)->GetSession(
+      context.get(), request, &session);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+
+  server.process->Signal(SIGTERM);
+  auto exit_code = server.process->Wait(kExitTimeout);
+  ASSERT_TRUE(exit_code.ok()) << exit_code.status();
+  EXPECT_EQ(*exit_code, 0) << server.process->stderr_text();
+  EXPECT_EQ(server.process->stdout_text(),
+            "listening on " + server.address + "\n");
+}
+
+INSTANTIATE_TEST_SUITE_P(Roles, ServerRoleTest,
+                         ::testing::Values("serve", "gateway", "worker"),
+                         [](const auto& info) { return info.param; });
+
+TEST(ServeTest, SigintAlsoStopsCleanly) {
+  RunningServer server = StartServer("serve");
+  ASSERT_NE(server.process, nullptr);
+  server.process->Signal(SIGINT);
+  auto exit_code = server.process->Wait(kExitTimeout);
+  ASSERT_TRUE(exit_code.ok()) << exit_code.status();
+  EXPECT_EQ(*exit_code, 0);
+}
+
+TEST(ServeTest, StopsAtOnceWhenIdleEvenWithClientsConnected) {
+  RunningServer server = StartServer("serve", {"--shutdown-grace=30s"});
+  ASSERT_NE(server.process, nullptr);
+  std::shared_ptr<grpc::Channel> channel = Connect(server.address);
+  EXPECT_EQ(HealthOf(channel.get(), ""), HealthCheckResponse::SERVING);
+  absl::Time start = absl::Now();
+  server.process->Signal(SIGTERM);
+  auto exit_code = server.process->Wait(kExitTimeout);
+  ASSERT_TRUE(exit_code.ok()) << exit_code.status();
+  EXPECT_EQ(*exit_code, 0);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+}
+
+TEST(ServeTest, DrainsCallsInFlightForTheGracePeriod) {
+  RunningServer server = StartServer("serve", {"--shutdown-grace=1s"});
+  ASSERT_NE(server.process, nullptr);
+  auto stub = Health::NewStub(Connect(server.address));
+  grpc::ClientContext context;
+  HealthCheckRequest request;
+  auto watch = stub->Watch(&context, request);
+  HealthCheckResponse response;
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+
+  absl::Time start = absl::Now();
+  server.process->Signal(SIGTERM);
+  // Draining: health turns NOT_SERVING while the call stays open.
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
+  auto exit_code = server.process->Wait(kExitTimeout);
+  ASSERT_TRUE(exit_code.ok()) << exit_code.status();
+  EXPECT_EQ(*exit_code, 0);
+  absl::Duration took = absl::Now() - start;
+  EXPECT_GE(took, absl::Milliseconds(900));
+  EXPECT_LT(took, absl::Seconds(5));
+  context.TryCancel();
+}
+
+TEST(ServeTest, AcceptsMessagesUpToTheConfiguredLimit) {
+  RunningServer server =
+      StartServer("serve", {"--max-receive-message-bytes=8388608"});
+  ASSERT_NE(server.process, nullptr);
+  auto stub = v1::Sessions::NewStub(Connect(server.address));
+  auto call = [&](size_t bytes) {
+    v1::GetSessionRequest request;
+    request.set_session_id(std::string(bytes, 'x'));
+    v1::Session session;
+    auto context = Context();
+    return stub->GetSession(context.get(), request, &session).error_code();
+  };
+  // Over gRPC's 4 MiB default, under the 8 MiB limit: reaches the service.
+  EXPECT_EQ(call(6 << 20), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_EQ(call(9 << 20), grpc::StatusCode::RESOURCE_EXHAUSTED);
+}
+
+TEST(ServeTest, ATakenPortFailsWithExitOne) {
+  RunningServer first = StartServer("serve");
+  ASSERT_NE(first.process, nullptr);
+  auto second = e2e::Run(
+      {STATESTREAM_BIN, "serve", "--listen=" + first.address}, kStartTimeout);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->exit_code, 1);
+  EXPECT_THAT(second->err, HasSubstr("cannot listen on " + first.address));
+  EXPECT_EQ(second->out, "");
+}
+
+TEST(ServeTest, CreatesTheDataDir) {
+  std::string dir = ::testing::TempDir() + "/statestream_data/nested";
+  RunningServer server = StartServer("serve", {"--data-dir=" + dir});
+  ASSERT_NE(server.process, nullptr);
+  EXPECT_EQ(access(dir.c_str(), W_OK), 0);
+}
+
+}  // namespace
+}  // namespace statestream

@@ -1,0 +1,156 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "tests/subprocess.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+extern char** environ;
+
+namespace statestream::e2e {
+
+absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(
+    const std::vector<std::string>& argv) {
+  int out[2], err[2];
+  if (pipe2(out, O_CLOEXEC) != 0) return absl::InternalError("pipe2");
+  if (pipe2(err, O_CLOEXEC) != 0) {
+    close(out[0]);
+    close(out[1]);
+    return absl::InternalError("pipe2");
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, err[1], STDERR_FILENO);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t empty, defaults;
+  sigemptyset(&empty);
+  sigemptyset(&defaults);
+  sigaddset(&defaults, SIGINT);
+  sigaddset(&defaults, SIGTERM);
+  sigaddset(&defaults, SIGPIPE);
+  posix_spawnattr_setsigmask(&attr, &empty);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setflags(&attr,
+                           POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+
+  std::vector<char*> args;
+  for (const std::string& arg : argv)
+    args.push_back(const_cast<char*>(arg.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = 0;
+  int error = posix_spawn(&pid, args[0], &actions, &attr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  close(out[1]);
+  close(err[1]);
+  if (error != 0) {
+    close(out[0]);
+    close(err[0]);
+    return absl::InternalError(
+        absl::StrCat("posix_spawn ", argv[0], ": ", std::strerror(error)));
+  }
+  return std::unique_ptr<Subprocess>(new Subprocess(pid, out[0], err[0]));
+}
+
+Subprocess::Subprocess(pid_t pid, int out_fd, int err_fd)
+    : pid_(pid), out_fd_(out_fd), err_fd_(err_fd) {}
+
+Subprocess::~Subprocess() {
+  if (!exited_) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  if (out_fd_ >= 0) close(out_fd_);
+  if (err_fd_ >= 0) close(err_fd_);
+}
+
+void Subprocess::Pump(absl::Duration timeout) {
+  pollfd fds[2] = {{out_fd_, POLLIN, 0}, {err_fd_, POLLIN, 0}};
+  int ms = static_cast<int>(absl::ToInt64Milliseconds(timeout));
+  if (poll(fds, 2, ms) <= 0) return;
+  int* fd_of[2] = {&out_fd_, &err_fd_};
+  std::string* text_of[2] = {&out_, &err_};
+  for (int i = 0; i < 2; ++i) {
+    if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+    char buffer[4096];
+    ssize_t n = read(fds[i].fd, buffer, sizeof(buffer));
+    if (n > 0) {
+      text_of[i]->append(buffer, n);
+    } else if (n == 0 || errno != EINTR) {
+      close(*fd_of[i]);
+      *fd_of[i] = -1;
+    }
+  }
+}
+
+absl::StatusOr<std::string> Subprocess::ReadStdoutLine(absl::Duration timeout) {
+  absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    size_t newline = out_.find('\n', out_consumed_);
+    if (newline != std::string::npos) {
+      std::string line = out_.substr(out_consumed_, newline - out_consumed_);
+      out_consumed_ = newline + 1;
+      return line;
+    }
+    if (out_fd_ < 0) {
+      return absl::UnavailableError(
+          absl::StrCat("stdout closed; stderr: ", err_));
+    }
+    absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("no stdout line; stderr: ", err_));
+    }
+    Pump(std::min(left, absl::Milliseconds(100)));
+  }
+}
+
+void Subprocess::Signal(int signal_number) {
+  if (!exited_) kill(pid_, signal_number);
+}
+
+absl::StatusOr<int> Subprocess::Wait(absl::Duration timeout) {
+  absl::Time deadline = absl::Now() + timeout;
+  while (!exited_) {
+    pid_t done = waitpid(pid_, &status_, WNOHANG);
+    if (done == pid_) {
+      exited_ = true;
+      break;
+    }
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError("child still running");
+    }
+    Pump(absl::Milliseconds(20));
+  }
+  // Collect what is left in the pipes (bounded, in case a descendant holds
+  // them open).
+  absl::Time drain_deadline = absl::Now() + absl::Seconds(5);
+  while ((out_fd_ >= 0 || err_fd_ >= 0) && absl::Now() < drain_deadline) {
+    Pump(absl::Milliseconds(100));
+  }
+  if (WIFSIGNALED(status_)) return 128 + WTERMSIG(status_);
+  return WEXITSTATUS(status_);
+}
+
+absl::StatusOr<RunResult> Run(const std::vector<std::string>& argv,
+                              absl::Duration timeout) {
+  auto child = Subprocess::Start(argv);
+  if (!child.ok()) return child.status();
+  auto exit_code = (*child)->Wait(timeout);
+  if (!exit_code.ok()) return exit_code.status();
+  return RunResult{*exit_code, (*child)->stdout_text(),
+                   (*child)->stderr_text()};
+}
+
+}  // namespace statestream::e2e

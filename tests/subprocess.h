@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: Apache-2.0
+// Runs a child process with its stdout and stderr piped back, for the
+// end-to-end tests of the `statestream` binary.
+#ifndef STATESTREAM_TESTS_SUBPROCESS_H_
+#define STATESTREAM_TESTS_SUBPROCESS_H_
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace statestream::e2e {
+
+// Not thread-safe.
+class Subprocess {
+ public:
+  // Starts argv[0] (a path) with `argv`, default signal dispositions and an
+  // empty signal mask.
+  static absl::StatusOr<std::unique_ptr<Subprocess>> Start(
+      const std::vector<std::string>& argv);
+
+  Subprocess(const Subprocess&) = delete;
+  Subprocess& operator=(const Subprocess&) = delete;
+  // Kills (SIGKILL) and reaps the child if it is still running.
+  ~Subprocess();
+
+  // The next line the child writes to stdout, without the newline.
+  // DEADLINE_EXCEEDED after `timeout`; UNAVAILABLE if stdout closes first.
+  absl::StatusOr<std::string> ReadStdoutLine(absl::Duration timeout);
+
+  void Signal(int signal_number);
+
+  // Waits for the child to exit, collecting its output meanwhile. Returns
+  // the exit status, or 128 + the signal number if a signal killed it.
+  // DEADLINE_EXCEEDED after `timeout` (the child keeps running).
+  absl::StatusOr<int> Wait(absl::Duration timeout);
+
+  // All output read so far.
+  const std::string& stdout_text() const { return out_; }
+  const std::string& stderr_text() const { return err_; }
+
+ private:
+  Subprocess(pid_t pid, int out_fd, int err_fd);
+  // Reads what is available, waiting at most `timeout` for something.
+  void Pump(absl::Duration timeout);
+
+  pid_t pid_;
+  int out_fd_;
+  int err_fd_;
+  bool exited_ = false;
+  int status_ = 0;  // from waitpid, once exited_
+  std::string out_;
+  size_t out_consumed_ = 0;  // bytes of out_ returned by ReadStdoutLine
+  std::string err_;
+};
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs `argv` to completion (killing it after `timeout`).
+absl::StatusOr<RunResult> Run(const std::vector<std::string>& argv,
+                              absl::Duration timeout = absl::Seconds(30));
+
+}  // namespace statestream::e2e
+
+#endif  // STATESTREAM_TESTS_SUBPROCESS_H_
