@@ -11,13 +11,12 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "cli/command.h"
+#include "cli/model_flag.h"
 #include "cli/server_flags.h"
 
 ABSL_FLAG(std::string, data_dir, "",
           "Directory of the embedded state store, created if missing; empty "
           "keeps session state in memory only (lost on exit).");
-ABSL_FLAG(std::string, model, "",
-          "Model file to serve (.pth or .safetensors).");
 
 namespace statestream::cli {
 namespace {
@@ -57,7 +56,7 @@ int Run(const std::vector<std::string>& args) {
   ServeOptions options;
   options.server = ServerOptionsFromFlags();
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
-  options.model_path = absl::GetFlag(FLAGS_model);
+  options.model_path = ModelFlagValue();
   return RunServer("serve", options.server, ShutdownGraceFromFlag(),
                    [&]() -> absl::StatusOr<ServiceSet> {
                      absl::Status valid = CheckServeOptions(options);
@@ -76,7 +75,7 @@ const Command& ServeCommand() {
       "Serves the statestream.v1 API, grpc.health.v1 and server reflection\n"
       "from one process holding the model and an embedded state store.\n"
       "Stops cleanly on SIGINT or SIGTERM.",
-      {__FILE__, kServerFlagsFile},
+      {__FILE__, kServerFlagsFile, kModelFlagFile},
       &Run};
   return kCommand;
 }
