@@ -9,12 +9,14 @@ namespace statestream::cli {
 const Command& ServeCommand();
 const Command& GatewayCommand();
 const Command& WorkerCommand();
+const Command& ModelCommand();
+const Command& TokenizeCommand();
+const Command& DetokenizeCommand();
 
 const std::vector<const Command*>& AllCommands() {
   static const auto* const kCommands = new std::vector<const Command*>{
-      &ServeCommand(),
-      &GatewayCommand(),
-      &WorkerCommand(),
+      &ServeCommand(), &GatewayCommand(),  &WorkerCommand(),
+      &ModelCommand(), &TokenizeCommand(), &DetokenizeCommand(),
   };
   return *kCommands;
 }

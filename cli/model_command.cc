@@ -1,0 +1,244 @@
+// SPDX-License-Identifier: Apache-2.0
+// `statestream model info|eval|random`: inspect, run and create checkpoints
+// from the command line. Output is JSON so scripts and acceptance checks can
+// read it; logits are printed as the shortest decimal that parses back to
+// the same float32.
+#include <charconv>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "cli/cli_util.h"
+#include "cli/command.h"
+#include "cli/model_flag.h"
+#include "common/status.h"
+#include "nlohmann/json.hpp"
+#include "state_store/state_codec.h"
+#include "worker/engine/model.h"
+#include "worker/engine/random_model.h"
+#include "worker/engine/weight_writer.h"
+
+ABSL_FLAG(std::string, positions, "",
+          "eval: indices into --tokens whose logits to print (negative counts "
+          "from the end); default: the last.");
+ABSL_FLAG(std::string, state_in, "",
+          "eval: start from this state file instead of the zero state.");
+ABSL_FLAG(std::string, state_out, "",
+          "eval: write the final state to this file (docs/state-format.md).");
+ABSL_FLAG(int, threads, 0, "Engine threads; 0 = one per CPU.");
+ABSL_FLAG(std::string, precision, "as-stored",
+          "Weights in memory: as-stored, f32 or bf16.");
+ABSL_FLAG(std::string, arch, "x070", "random: architecture (x070).");
+ABSL_FLAG(int, layers, 2, "random: number of layers.");
+ABSL_FLAG(int, embd, 128, "random: width n_embd.");
+ABSL_FLAG(int, head_size, 64, "random: head size (divides --embd).");
+ABSL_FLAG(int, ffn, 0, "random: FFN width; 0 = 4 * embd.");
+ABSL_FLAG(uint64_t, seed, 1, "random: RNG seed.");
+ABSL_FLAG(std::string, dtype, "f32", "random: stored dtype: f32, bf16, f16.");
+ABSL_FLAG(std::string, out, "",
+          "random: output path; .safetensors or .pth by extension.");
+
+namespace statestream::cli {
+namespace {
+
+using engine::Model;
+using engine::ModelOptions;
+
+absl::StatusOr<ModelOptions> EngineOptions() {
+  ModelOptions o;
+  o.threads = absl::GetFlag(FLAGS_threads);
+  const std::string p = absl::GetFlag(FLAGS_precision);
+  if (p == "as-stored") {
+    o.precision = engine::WeightPrecision::kAsStored;
+  } else if (p == "f32") {
+    o.precision = engine::WeightPrecision::kF32;
+  } else if (p == "bf16") {
+    o.precision = engine::WeightPrecision::kBF16;
+  } else {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "--precision must be as-stored, f32 or bf16");
+  }
+  return o;
+}
+
+absl::StatusOr<std::unique_ptr<Model>> LoadFlagModel() {
+  const std::string path = ModelFlagValue();
+  if (path.empty()) {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "--model is required");
+  }
+  SS_ASSIGN_OR_RETURN(ModelOptions options, EngineOptions());
+  return engine::LoadModel(path, options);
+}
+
+std::string FloatText(float f) {
+  char buf[32];
+  auto r = std::to_chars(buf, buf + sizeof(buf), f);
+  std::string s(buf, r.ptr);
+  if (s == "inf" || s == "-inf" || s == "nan" || s == "-nan") {
+    return "null";  // JSON has no non-finite numbers
+  }
+  return s;
+}
+
+absl::Status Info() {
+  SS_ASSIGN_OR_RETURN(auto model, LoadFlagModel());
+  const engine::ModelInfo& i = model->info();
+  const engine::ModelConfig& c = i.config;
+  nlohmann::ordered_json j;
+  j["arch"] = engine::ArchName(c.arch);
+  j["n_layer"] = c.n_layer;
+  j["n_embd"] = c.n_embd;
+  j["n_head"] = c.n_head;
+  j["head_size"] = c.head_size;
+  j["dim_ffn"] = c.dim_ffn;
+  j["vocab"] = c.vocab_size;
+  j["params"] = i.params;
+  j["state_bytes"] = i.state_floats * 4;
+  j["fingerprint"] = i.fingerprint;
+  j["lora"] = {{"decay", c.d_decay},
+               {"aaa", c.d_aaa},
+               {"mv", c.d_mv},
+               {"gate", c.d_gate}};
+  j["kernels"] = i.kernels;
+  std::cout << j.dump() << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status Eval() {
+  SS_ASSIGN_OR_RETURN(std::vector<int32_t> tokens,
+                      ParseIntList(TokensFlagValue(), "--tokens"));
+  if (tokens.empty()) {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "--tokens needs at least one token id");
+  }
+  SS_ASSIGN_OR_RETURN(
+      std::vector<int32_t> requested,
+      ParseIntList(absl::GetFlag(FLAGS_positions), "--positions"));
+  if (requested.empty()) requested.push_back(-1);
+  const int n = static_cast<int>(tokens.size());
+  std::vector<int32_t> positions;
+  for (int32_t p : requested) {
+    const int32_t q = p < 0 ? p + n : p;
+    if (q < 0 || q >= n) {
+      return InvalidArgumentError(
+          Reason::kInvalidArgument,
+          absl::StrCat("position ", p, " is outside the ", n, " tokens"));
+    }
+    positions.push_back(q);
+  }
+  SS_ASSIGN_OR_RETURN(auto model, LoadFlagModel());
+  const engine::ModelInfo& info = model->info();
+  StateSnapshot snapshot;
+  snapshot.model_fingerprint = info.fingerprint;
+  snapshot.state.assign(info.state_floats, 0.0f);
+  if (const std::string in = absl::GetFlag(FLAGS_state_in); !in.empty()) {
+    SS_ASSIGN_OR_RETURN(std::string bytes, ReadFile(in));
+    SS_ASSIGN_OR_RETURN(snapshot, DecodeState(bytes));
+    SS_RETURN_IF_ERROR(
+        CheckStateMatchesModel(snapshot, info.fingerprint, info.state_floats));
+  }
+  const int V = info.config.vocab_size;
+  std::vector<float> logits(positions.size() * V);
+  engine::SequenceWork work{tokens, snapshot.state.data(), positions,
+                            logits.data()};
+  SS_RETURN_IF_ERROR(model->Forward({&work, 1}));
+  snapshot.position += tokens.size();
+  std::string line;
+  for (size_t j = 0; j < positions.size(); ++j) {
+    line = absl::StrCat("{\"position\": ", positions[j], ", \"logits\": [");
+    for (int v = 0; v < V; ++v) {
+      if (v) line += ", ";
+      line += FloatText(logits[j * V + v]);
+    }
+    line += "]}\n";
+    std::cout << line;
+  }
+  if (const std::string out = absl::GetFlag(FLAGS_state_out); !out.empty()) {
+    SS_RETURN_IF_ERROR(WriteFileAtomically(out, EncodeState(snapshot)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Random() {
+  if (absl::GetFlag(FLAGS_arch) != "x070") {
+    return InvalidArgumentError(
+        Reason::kInvalidArgument,
+        absl::StrCat("--arch ", absl::GetFlag(FLAGS_arch),
+                     " is not supported (x070)"));
+  }
+  const std::string out = absl::GetFlag(FLAGS_out);
+  if (out.empty()) {
+    return InvalidArgumentError(Reason::kInvalidArgument, "--out is required");
+  }
+  engine::DType dtype;
+  const std::string d = absl::GetFlag(FLAGS_dtype);
+  if (d == "f32") {
+    dtype = engine::DType::kF32;
+  } else if (d == "bf16") {
+    dtype = engine::DType::kBF16;
+  } else if (d == "f16") {
+    dtype = engine::DType::kF16;
+  } else {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "--dtype must be f32, bf16 or f16");
+  }
+  engine::RandomModelSpec spec;
+  spec.n_layer = absl::GetFlag(FLAGS_layers);
+  spec.n_embd = absl::GetFlag(FLAGS_embd);
+  if (!absl::SimpleAtoi(VocabFlagValue(), &spec.vocab_size)) {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "random: --vocab must be the vocabulary size");
+  }
+  spec.head_size = absl::GetFlag(FLAGS_head_size);
+  spec.dim_ffn = absl::GetFlag(FLAGS_ffn);
+  spec.seed = absl::GetFlag(FLAGS_seed);
+  SS_ASSIGN_OR_RETURN(auto tensors, engine::RandomRwkv7(spec));
+  return engine::WriteCheckpoint(out, tensors, dtype);
+}
+
+int RunModel(const std::vector<std::string>& args) {
+  const std::string verb = args.empty() ? "" : args[0];
+  absl::Status status;
+  if (verb == "info") {
+    status = Info();
+  } else if (verb == "eval") {
+    status = Eval();
+  } else if (verb == "random") {
+    status = Random();
+  } else {
+    std::cerr << "statestream model: expected a verb: info, eval or random\n";
+    return kExitUsage;
+  }
+  return ReportStatus(status);
+}
+
+}  // namespace
+
+const Command& ModelCommand() {
+  static const Command kCommand{
+      "model",
+      "Inspect, evaluate or create model checkpoints.",
+      "info|eval|random [flags]\n\n"
+      "  model info   --model PATH\n"
+      "      JSON: arch, n_layer, n_embd, n_head, head_size, dim_ffn, vocab,\n"
+      "      params, state_bytes, fingerprint.\n"
+      "  model eval   --model PATH --tokens 1,2,3 [--positions 0,7,-1]\n"
+      "               [--state-in F] [--state-out F] [--threads N]\n"
+      "      One JSON line {\"position\": p, \"logits\": [...]} per position.\n"
+      "  model random --arch x070 --layers L --embd C --vocab V\n"
+      "               [--head-size 64] [--ffn F] [--seed S] [--dtype f32]\n"
+      "               --out PATH\n"
+      "      Writes a random-weight model with official key names.",
+      {__FILE__, kModelFlagFile, kTokenFlagsFile, kVocabFlagFile},
+      &RunModel};
+  return kCommand;
+}
+
+}  // namespace statestream::cli

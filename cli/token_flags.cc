@@ -1,0 +1,24 @@
+// SPDX-License-Identifier: Apache-2.0
+// Flags shared by several client commands: --tokens (model eval,
+// detokenize) and --vocab (tokenize, detokenize: a vocab file or "bytes";
+// model random: the vocabulary size).
+#include "absl/flags/flag.h"
+#include "cli/cli_util.h"
+
+ABSL_FLAG(std::string, tokens, "", "Comma-separated token ids, e.g. 1,2,3.");
+
+ABSL_FLAG(std::string, vocab, "",
+          "tokenize/detokenize: World vocabulary file "
+          "(rwkv_vocab_v20230424.txt) or 'bytes' (token = byte); "
+          "model random: the vocabulary size.");
+
+namespace statestream::cli {
+
+const char* const kTokenFlagsFile = __FILE__;
+
+const char* const kVocabFlagFile = __FILE__;
+
+std::string TokensFlagValue() { return absl::GetFlag(FLAGS_tokens); }
+std::string VocabFlagValue() { return absl::GetFlag(FLAGS_vocab); }
+
+}  // namespace statestream::cli

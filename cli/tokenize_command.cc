@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: Apache-2.0
+// `statestream tokenize` and `statestream detokenize`.
+#include <iostream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_join.h"
+#include "cli/cli_util.h"
+#include "cli/command.h"
+#include "common/status.h"
+#include "worker/engine/tokenizer.h"
+
+namespace statestream::cli {
+namespace {
+
+absl::StatusOr<std::unique_ptr<engine::Tokenizer>> LoadFlagTokenizer() {
+  const std::string vocab = VocabFlagValue();
+  if (vocab.empty()) {
+    return InvalidArgumentError(
+        Reason::kInvalidArgument,
+        "--vocab is required (a vocab file or 'bytes')");
+  }
+  if (vocab == "bytes") return engine::MakeByteTokenizer();
+  return engine::LoadWorldTokenizer(vocab);
+}
+
+absl::Status Tokenize(const std::vector<std::string>& args) {
+  if (args.size() > 1) {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "tokenize takes one TEXT argument (or -)");
+  }
+  std::string text;
+  if (args.empty() || args[0] == "-") {
+    text.assign(std::istreambuf_iterator<char>(std::cin),
+                std::istreambuf_iterator<char>());
+  } else {
+    text = args[0];
+  }
+  SS_ASSIGN_OR_RETURN(auto tok, LoadFlagTokenizer());
+  std::cout << "[" << absl::StrJoin(tok->Encode(text), ",") << "]\n";
+  return absl::OkStatus();
+}
+
+absl::Status Detokenize(const std::vector<std::string>& args) {
+  const std::string list = TokensFlagValue();
+  if (!args.empty()) {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "detokenize takes ids from --tokens");
+  }
+  SS_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIntList(list, "--tokens"));
+  SS_ASSIGN_OR_RETURN(auto tok, LoadFlagTokenizer());
+  SS_ASSIGN_OR_RETURN(std::string bytes, tok->Decode(ids));
+  std::cout.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  std::cout.flush();
+  return absl::OkStatus();
+}
+
+int RunTokenize(const std::vector<std::string>& args) {
+  return ReportStatus(Tokenize(args));
+}
+
+int RunDetokenize(const std::vector<std::string>& args) {
+  return ReportStatus(Detokenize(args));
+}
+
+}  // namespace
+
+const Command& TokenizeCommand() {
+  static const Command kCommand{
+      "tokenize",
+      "Print the token ids of a text as a JSON array.",
+      "--vocab PATH|bytes [TEXT | -]\n\n"
+      "Encodes TEXT (or standard input for '-' or no argument) with the RWKV\n"
+      "World tokenizer (greedy longest match) or the byte tokenizer.",
+      {__FILE__, kVocabFlagFile},
+      &RunTokenize};
+  return kCommand;
+}
+
+const Command& DetokenizeCommand() {
+  static const Command kCommand{
+      "detokenize",
+      "Write the bytes of token ids to standard output.",
+      "--vocab PATH|bytes --tokens 1,2,3\n\n"
+      "Writes the raw bytes (which need not be valid UTF-8); id 0 (end of\n"
+      "text) writes nothing; an id outside the vocabulary is an error.",
+      {__FILE__, kVocabFlagFile, kTokenFlagsFile},
+      &RunDetokenize};
+  return kCommand;
+}
+
+}  // namespace statestream::cli
