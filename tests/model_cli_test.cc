@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: Apache-2.0
+// `statestream model ...`, `tokenize` and `detokenize` as the acceptance
+// checks call them: real processes, JSON output compared with the golden
+// vectors, save/resume through state files, and bad input.
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/subprocess.h"
+#include "worker/engine/golden.h"
+
+namespace statestream::e2e {
+namespace {
+
+using engine::testing::LoadJson;
+using engine::testing::SharedPath;
+
+RunResult Cli(std::vector<std::string> args) {
+  args.insert(args.begin(), STATESTREAM_BIN);
+  auto r = Run(args, absl::Seconds(60));
+  EXPECT_TRUE(r.ok()) << r.status();
+  return r.ok() ? *r : RunResult{};
+}
+
+std::string Temp(const std::string& name) {
+  return "/tmp/ss_model_cli_" + std::to_string(getpid()) + "_" + name;
+}
+
+std::vector<nlohmann::json> JsonLines(const std::string& out) {
+  std::vector<nlohmann::json> lines;
+  for (absl::string_view l : absl::StrSplit(out, '\n', absl::SkipEmpty())) {
+    lines.push_back(nlohmann::json::parse(std::string(l)));
+  }
+  return lines;
+}
+
+std::string Join(const std::vector<int>& v) { return absl::StrJoin(v, ","); }
+
+void ExpectLogitsClose(const nlohmann::json& got, const nlohmann::json& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double w = want[i].get<double>();
+    ASSERT_NEAR(got[i].get<double>(), w, 1e-4 + 1e-4 * std::abs(w)) << i;
+  }
+}
+
+TEST(ModelCliTest, InfoReportsTheShapes) {
+  SS_REQUIRE_SHARED_DATA();
+  RunResult r = Cli({"model", "info", "--model",
+                     SharedPath("testdata/rwkv7-tiny.safetensors")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["arch"], "x070");
+  EXPECT_EQ(j["n_layer"], 2);
+  EXPECT_EQ(j["n_embd"], 128);
+  EXPECT_EQ(j["n_head"], 2);
+  EXPECT_EQ(j["head_size"], 64);
+  EXPECT_EQ(j["dim_ffn"], 512);
+  EXPECT_EQ(j["vocab"], 512);
+  EXPECT_EQ(j["state_bytes"], 4 * 2 * (2 * 128 + 2 * 64 * 64));
+  EXPECT_GT(j["params"].get<int64_t>(), 0);
+  EXPECT_FALSE(j["fingerprint"].get<std::string>().empty());
+}
+
+// Every file of the tiny model, at the golden positions, then save/resume.
+TEST(ModelCliTest, EvalMatchesGoldenAndResumes) {
+  SS_REQUIRE_SHARED_DATA();
+  nlohmann::json g = LoadJson(SharedPath("testdata/rwkv7-tiny.golden.json"));
+  std::vector<int> tokens = g["tokens"].get<std::vector<int>>();
+  std::vector<int> positions = g["logits_positions"].get<std::vector<int>>();
+  for (const char* file :
+       {"rwkv7-tiny.pth", "rwkv7-tiny.safetensors", "rwkv7-tiny-bf16.pth",
+        "rwkv7-tiny-bf16.safetensors"}) {
+    const bool bf16 = std::string(file).find("bf16") != std::string::npos;
+    const std::string model = SharedPath(std::string("testdata/") + file);
+    RunResult r = Cli({"model", "eval", "--model", model, "--tokens",
+                       Join(tokens), "--positions", Join(positions)});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto lines = JsonLines(r.out);
+    ASSERT_EQ(lines.size(), positions.size());
+    const nlohmann::json& want =
+        bf16 ? g["bf16_checkpoint"]["logits"] : g["logits"];
+    for (size_t j = 0; j < positions.size(); ++j) {
+      EXPECT_EQ(lines[j]["position"], positions[j]);
+      ExpectLogitsClose(lines[j]["logits"], want[j]);
+    }
+    // Split after 20 tokens: state out, state in, same last logits (bit for
+    // bit, so the printed text is identical).
+    const std::string state = Temp("state.bin");
+    std::vector<int> head(tokens.begin(), tokens.begin() + 20);
+    std::vector<int> tail(tokens.begin() + 20, tokens.end());
+    ASSERT_EQ(Cli({"model", "eval", "--model", model, "--tokens", Join(head),
+                   "--state-out", state})
+                  .exit_code,
+              0);
+    RunResult resumed = Cli({"model", "eval", "--model", model, "--tokens",
+                             Join(tail), "--state-in", state});
+    RunResult whole =
+        Cli({"model", "eval", "--model", model, "--tokens", Join(tokens)});
+    ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+    auto a = JsonLines(resumed.out), b = JsonLines(whole.out);
+    ASSERT_EQ(a.size(), 1u);
+    ASSERT_EQ(b.size(), 1u);
+    EXPECT_EQ(a[0]["logits"], b[0]["logits"]) << file;
+    if (!bf16) {
+      // Continue from the golden final state's equivalent: the continuation.
+      const std::string full = Temp("full.bin");
+      ASSERT_EQ(Cli({"model", "eval", "--model", model, "--tokens",
+                     Join(tokens), "--state-out", full})
+                    .exit_code,
+                0);
+      std::vector<int> cont =
+          g["continuation"]["tokens"].get<std::vector<int>>();
+      RunResult c =
+          Cli({"model", "eval", "--model", model, "--tokens", Join(cont),
+               "--positions", "0,1,2,3,4", "--state-in", full});
+      ASSERT_EQ(c.exit_code, 0) << c.err;
+      auto cl = JsonLines(c.out);
+      for (size_t j = 0; j < cont.size(); ++j) {
+        ExpectLogitsClose(cl[j]["logits"], g["continuation"]["logits"][j]);
+      }
+      std::remove(full.c_str());
+    }
+    std::remove(state.c_str());
+  }
+}
+
+TEST(ModelCliTest, EvalRejectsBadInput) {
+  SS_REQUIRE_SHARED_DATA();
+  const std::string model = SharedPath("testdata/rwkv7-tiny.pth");
+  RunResult r = Cli({"model", "eval", "--model", model, "--tokens", "1,512"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("INVALID_TOKEN"), std::string::npos) << r.err;
+  r = Cli({"model", "eval", "--model", model, "--tokens", "1,x"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--tokens"), std::string::npos) << r.err;
+  r = Cli({"model", "eval", "--model", model, "--tokens", ""});
+  EXPECT_EQ(r.exit_code, 1);
+  r = Cli({"model", "eval", "--model", model, "--tokens", "1,2", "--positions",
+           "5"});
+  EXPECT_EQ(r.exit_code, 1);
+  r = Cli({"model", "eval", "--model", "/nonexistent.pth", "--tokens", "1"});
+  EXPECT_EQ(r.exit_code, 1);
+  r = Cli({"model", "eval", "--model",
+           SharedPath("testdata/rwkv7-tiny.golden.json"), "--tokens", "1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("INVALID_MODEL_FILE"), std::string::npos) << r.err;
+
+  // A corrupt state file and a state of another model.
+  const std::string state = Temp("bad_state.bin");
+  ASSERT_EQ(Cli({"model", "eval", "--model", model, "--tokens", "1,2",
+                 "--state-out", state})
+                .exit_code,
+            0);
+  r = Cli({"model", "eval", "--model",
+           SharedPath("testdata/rwkv7-tiny-bf16.pth"), "--tokens", "3",
+           "--state-in", state});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("MODEL_MISMATCH"), std::string::npos) << r.err;
+  {
+    std::fstream f(state, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.put('\x7f');
+  }
+  r = Cli({"model", "eval", "--model", model, "--tokens", "3", "--state-in",
+           state});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("STATE_CORRUPT"), std::string::npos) << r.err;
+  std::remove(state.c_str());
+  EXPECT_EQ(Cli({"model", "frobnicate"}).exit_code, 2);
+}
+
+TEST(ModelCliTest, RandomModelsLoadInBothFormats) {
+  for (const char* ext : {".pth", ".safetensors"}) {
+    const std::string path = Temp(std::string("random") + ext);
+    RunResult r =
+        Cli({"model",       "random",  "--arch", "x070",    "--layers",
+             "3",           "--embd",  "96",     "--vocab", "300",
+             "--head-size", "32",      "--ffn",  "320",     "--seed",
+             "9",           "--dtype", "bf16",   "--out",   path});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    r = Cli({"model", "info", "--model", path});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto j = nlohmann::json::parse(r.out);
+    EXPECT_EQ(j["n_layer"], 3);
+    EXPECT_EQ(j["n_head"], 3);
+    EXPECT_EQ(j["dim_ffn"], 320);
+    EXPECT_EQ(j["vocab"], 300);
+    r = Cli({"model", "eval", "--model", path, "--tokens", "1,2,299"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    std::remove(path.c_str());
+  }
+  EXPECT_EQ(Cli({"model", "random", "--arch", "x999", "--out", Temp("x.pth")})
+                .exit_code,
+            1);
+  EXPECT_EQ(Cli({"model", "random", "--embd", "100", "--head-size", "64",
+                 "--out", Temp("x.pth")})
+                .exit_code,
+            1);
+}
+
+TEST(ModelCliTest, TokenizeAndDetokenize) {
+  SS_REQUIRE_SHARED_DATA();
+  const std::string vocab = SharedPath("testdata/rwkv_vocab_v20230424.txt");
+  nlohmann::json g =
+      LoadJson(SharedPath("testdata/world-tokenizer.golden.json"));
+  int checked = 0;
+  for (const auto& c : g["encode_cases"]) {
+    const std::string text = c["text"].get<std::string>();
+    if (text.empty() || text[0] == '-') continue;  // not a CLI argument
+    RunResult r = Cli({"tokenize", "--vocab", vocab, text});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(nlohmann::json::parse(r.out), c["ids"]) << c["name"];
+    r = Cli({"detokenize", "--vocab", vocab, "--tokens",
+             Join(c["ids"].get<std::vector<int>>())});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, text) << c["name"];
+    if (++checked == 12) break;
+  }
+  RunResult r = Cli({"detokenize", "--vocab", vocab, "--tokens", "70000"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("INVALID_TOKEN"), std::string::npos) << r.err;
+  r = Cli({"tokenize", "--vocab", "bytes", "hi"});
+  EXPECT_EQ(r.out, "[104,105]\n");
+  EXPECT_EQ(Cli({"tokenize", "--vocab", "/nonexistent", "x"}).exit_code, 1);
+}
+
+}  // namespace
+}  // namespace statestream::e2e
