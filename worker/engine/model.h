@@ -73,12 +73,16 @@ struct ModelInfo {
 // canonical layout of docs/state-format.md) is read and updated in place.
 // For each entry p of `logit_positions` (an index into `tokens`), the logits
 // after tokens[p] are written to logits[j * vocab_size ...] where j is the
-// entry's index.
+// entry's index. When `last_hidden` is set, the residual stream after the
+// last layer for the last token (n_embd floats) is written there: keep it
+// with a checkpoint and Logits() recreates the next-token logits without
+// re-running a token.
 struct SequenceWork {
   absl::Span<const int32_t> tokens;
   float* state = nullptr;
   absl::Span<const int32_t> logit_positions;
   float* logits = nullptr;
+  float* last_hidden = nullptr;
 };
 
 // Thread-safe: Forward may be called concurrently (calls share the thread
@@ -97,6 +101,11 @@ class Model {
   // position or a null buffer (INVALID_ARGUMENT) changes no state. Sequences
   // with no tokens are left untouched.
   virtual absl::Status Forward(absl::Span<const SequenceWork> batch) = 0;
+
+  // Logits for `rows` hidden vectors (each n_embd floats, as written to
+  // SequenceWork::last_hidden) into logits[rows * vocab_size]. Bit-identical
+  // to the logits Forward returned for the same token.
+  virtual absl::Status Logits(const float* hidden, int rows, float* logits) = 0;
 
   // Writes the initial (all-zero) state into `state`.
   void InitState(float* state) const;

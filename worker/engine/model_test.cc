@@ -283,6 +283,22 @@ TEST(ModelTest, BadInputChangesNothing) {
   EXPECT_EQ(state, before);
 }
 
+TEST(ModelTest, LogitsFromLastHiddenEqualForwardLogits) {
+  SS_REQUIRE_SHARED_DATA();
+  auto m = Load("testdata/rwkv7-tiny-bf16.pth");
+  ASSERT_NE(m, nullptr);
+  const int V = m->info().config.vocab_size, C = m->info().config.n_embd;
+  std::vector<float> state(m->info().state_floats, 0.0f);
+  std::vector<float> logits(V), again(V), hidden(C);
+  std::vector<int32_t> tokens = RandomTokens(70, V, 11);  // spans two chunks
+  int32_t last = 69;
+  SequenceWork w{tokens, state.data(), absl::MakeConstSpan(&last, 1),
+                 logits.data(), hidden.data()};
+  ASSERT_TRUE(m->Forward({&w, 1}).ok());
+  ASSERT_TRUE(m->Logits(hidden.data(), 1, again.data()).ok());
+  EXPECT_EQ(logits, again);
+}
+
 TEST(ModelTest, NotAModel) {
   SS_REQUIRE_SHARED_DATA();
   auto r = LoadModel(SharedPath("testdata/rwkv7-tiny.golden.json"));

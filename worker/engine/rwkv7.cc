@@ -74,6 +74,7 @@ class Rwkv7 final : public Model {
   absl::Status Init(WeightLoader& loader);
   using Model::mutable_info;
   absl::Status Forward(absl::Span<const SequenceWork> batch) override;
+  absl::Status Logits(const float* hidden, int rows, float* logits) override;
 
  private:
   void RunChunk(absl::Span<const SequenceWork> batch,
@@ -271,6 +272,13 @@ void Rwkv7::RunChunk(absl::Span<const SequenceWork> batch,
     TimeMix(l, batch, segs, rows, s);
     ChannelMix(l, batch, segs, rows, s);
   }
+  for (const Segment& g : segs) {
+    const SequenceWork& w = batch[g.seq];
+    if (w.last_hidden != nullptr && g.token_begin + (g.end - g.begin) ==
+                                        static_cast<int>(w.tokens.size())) {
+      std::copy_n(&s.x[(g.end - 1) * C], C, w.last_hidden);
+    }
+  }
   // Logits only for the rows asked for.
   std::vector<float*> dest;
   int n = 0;
@@ -292,6 +300,22 @@ void Rwkv7::RunChunk(absl::Span<const SequenceWork> batch,
   for (int i = 0; i < n; ++i) {
     std::copy_n(&s.logits[static_cast<size_t>(i) * V], V, dest[i]);
   }
+}
+
+absl::Status Rwkv7::Logits(const float* hidden, int rows, float* logits) {
+  if (rows < 0 || (rows > 0 && (hidden == nullptr || logits == nullptr))) {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "Logits: bad rows or null buffer");
+  }
+  const int C = this->C(), V = info().config.vocab_size;
+  std::vector<float> normed(static_cast<size_t>(C));
+  for (int i = 0; i < rows; ++i) {
+    LayerNorm(hidden + static_cast<int64_t>(i) * C, C, ln_out_w_.data(),
+              ln_out_b_.data(), kLayerNormEps, normed.data());
+    MatMul(k_, pool_, head_, normed.data(), C, 1,
+           logits + static_cast<int64_t>(i) * V, V);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Rwkv7::Forward(absl::Span<const SequenceWork> batch) {
