@@ -26,8 +26,12 @@ size_t DTypeSize(DType dtype);
 
 // A strided view of one tensor inside a mapped file. `data` points at element
 // [0,...,0] (storage offset already applied). Shapes and strides are in
-// elements; the loader guarantees every addressable element lies inside the
-// mapping, so readers need no further bounds checks.
+// elements (rank <= 8, all non-negative); the loader guarantees every
+// addressable element lies inside the mapping, so readers need no further
+// bounds checks. `data` is only as aligned as the file makes it (torch and
+// safetensors writers align to 64/8 bytes, but nothing guarantees it): read
+// through memcpy or ReadAsF32/ReadAsBF16, not by casting to float*, unless
+// you check the alignment first.
 struct TensorView {
   DType dtype = DType::kF32;
   std::vector<int64_t> shape;
@@ -38,8 +42,11 @@ struct TensorView {
   bool contiguous() const;  // row-major with no gaps
 };
 
-// Copies `t` (any dtype, any strides) into `out`, row-major, converted to
-// fp32. `out` must hold t.numel() floats.
+// Copies `t` (any dtype, any strides, any alignment of `data`) into `out`,
+// row-major, converted to fp32 (exactly: bf16 and f16 widen without loss).
+// `out` must hold t.numel() floats. For a view made by WeightFile, numel()
+// never exceeds the elements its storage holds, so it is bounded by the
+// file's size.
 void ReadAsF32(const TensorView& t, float* out);
 // Same, rounding to bf16 (round-to-nearest-even) where the source is wider.
 void ReadAsBF16(const TensorView& t, uint16_t* out);

@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: Apache-2.0
+// safetensors: u64 LE header length N, N bytes of JSON, then the data buffer.
+// The JSON is parsed with nlohmann::json's non-throwing parser and every
+// field's type is checked before it is read.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+#include "worker/engine/weight_file_internal.h"
+
+namespace statestream::engine::internal {
+namespace {
+
+using Json = nlohmann::json;
+
+// Reads a JSON integer in [0, 2^62] (larger values cannot describe a file).
+bool GetCount(const Json& j, int64_t* out) {
+  if (!j.is_number_unsigned()) return false;
+  uint64_t v = j.get<uint64_t>();
+  if (v > (uint64_t{1} << 62)) return false;
+  *out = static_cast<int64_t>(v);
+  return true;
+}
+
+absl::StatusOr<DType> ParseDType(const Json& j, const std::string& where) {
+  if (!j.is_string()) return BadFile(absl::StrCat(where, ": dtype missing"));
+  const std::string& s = j.get_ref<const std::string&>();
+  if (s == "F32") return DType::kF32;
+  if (s == "BF16") return DType::kBF16;
+  if (s == "F16") return DType::kF16;
+  return BadFile(absl::StrCat(where, ": unsupported dtype ", Quoted(s),
+                              " (supported: F32, BF16, F16)"));
+}
+
+absl::StatusOr<TensorView> ParseTensor(const std::string& name,
+                                       const Json& info,
+                                       absl::string_view data) {
+  const std::string where = absl::StrCat("safetensors: tensor ", Quoted(name));
+  if (!info.is_object()) return BadFile(absl::StrCat(where, ": not an object"));
+  auto dtype_it = info.find("dtype");
+  auto shape_it = info.find("shape");
+  auto offsets_it = info.find("data_offsets");
+  if (dtype_it == info.end() || shape_it == info.end() ||
+      offsets_it == info.end()) {
+    return BadFile(
+        absl::StrCat(where, ": needs dtype, shape and data_offsets"));
+  }
+  TensorView v;
+  auto dtype = ParseDType(*dtype_it, where);
+  if (!dtype.ok()) return dtype.status();
+  v.dtype = *dtype;
+
+  if (!shape_it->is_array() || shape_it->size() > kMaxRank) {
+    return BadFile(
+        absl::StrCat(where, ": shape is not an array of rank <= ", kMaxRank));
+  }
+  int64_t numel = 1;
+  for (const Json& d : *shape_it) {
+    int64_t n;
+    if (!GetCount(d, &n) || MulOverflows(numel, n, &numel)) {
+      return BadFile(absl::StrCat(where, ": bad shape"));
+    }
+    v.shape.push_back(n);
+  }
+  // Row-major strides, as torch computes them (a size-0 dim counts as 1).
+  v.strides.assign(v.shape.size(), 1);
+  for (size_t d = v.shape.size(); d-- > 1;) {
+    if (MulOverflows(v.strides[d], std::max<int64_t>(v.shape[d], 1),
+                     &v.strides[d - 1])) {
+      return BadFile(absl::StrCat(where, ": bad shape"));
+    }
+  }
+
+  int64_t begin, end, bytes;
+  if (!offsets_it->is_array() || offsets_it->size() != 2 ||
+      !GetCount((*offsets_it)[0], &begin) ||
+      !GetCount((*offsets_it)[1], &end) || begin > end) {
+    return BadFile(absl::StrCat(where, ": bad data_offsets"));
+  }
+  if (MulOverflows(numel, static_cast<int64_t>(DTypeSize(v.dtype)), &bytes) ||
+      end - begin != bytes) {
+    return BadFile(absl::StrCat(where, ": data_offsets span ", end - begin,
+                                " bytes, shape and dtype need ", bytes));
+  }
+  if (static_cast<uint64_t>(end) > data.size()) {
+    return BadFile(absl::StrCat(where, ": data_offsets end ", end,
+                                " past the data buffer of ", data.size(),
+                                " bytes"));
+  }
+  v.data = reinterpret_cast<const std::byte*>(data.data()) + begin;
+  return v;
+}
+
+absl::StatusOr<TensorMap> ParseHeader(absl::string_view header,
+                                      absl::string_view data) {
+  Json root = Json::parse(header.begin(), header.end(), /*cb=*/nullptr,
+                          /*allow_exceptions=*/false);
+  if (root.is_discarded()) return BadFile("safetensors: header is not JSON");
+  if (!root.is_object()) {
+    return BadFile("safetensors: header is not a JSON object");
+  }
+  TensorMap out;
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    if (it.key() == "__metadata__") continue;
+    auto v = ParseTensor(it.key(), it.value(), data);
+    if (!v.ok()) return v.status();
+    out[it.key()] = std::move(*v);
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<TensorMap> ParseSafetensors(absl::string_view file) {
+  if (file.size() < 8) return BadFile("safetensors: file shorter than 8 bytes");
+  uint64_t n = 0;
+  for (int k = 7; k >= 0; --k) {
+    n = (n << 8) | static_cast<uint8_t>(file[static_cast<size_t>(k)]);
+  }
+  if (n > file.size() - 8) {
+    return BadFile(absl::StrCat("safetensors: header length ", n,
+                                " exceeds the file (", file.size(), " bytes)"));
+  }
+  if (n > kMaxSafetensorsHeader) {
+    return BadFile(absl::StrCat("safetensors: header length ", n,
+                                " exceeds the limit of ",
+                                kMaxSafetensorsHeader));
+  }
+  absl::string_view header = file.substr(8, static_cast<size_t>(n));
+  absl::string_view data = file.substr(8 + static_cast<size_t>(n));
+  // The parser is non-throwing and every access is type-checked; this only
+  // keeps an allocation failure inside the JSON library from escaping.
+  try {
+    return ParseHeader(header, data);
+  } catch (const std::exception& e) {
+    return BadFile(absl::StrCat("safetensors: header rejected: ", e.what()));
+  }
+}
+
+}  // namespace statestream::engine::internal

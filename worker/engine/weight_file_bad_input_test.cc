@@ -1,0 +1,409 @@
+// SPDX-License-Identifier: Apache-2.0
+// WeightFile on bad input: every malformed file must be an INVALID_ARGUMENT
+// with Reason::kInvalidModelFile that says what is wrong, never a crash.
+// Meant to run under ASan/UBSan too.
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "worker/engine/weight_file.h"
+#include "worker/engine/weight_file_internal.h"
+#include "worker/engine/weight_file_test_util.h"
+
+namespace statestream::engine {
+namespace {
+
+using ::testing::HasSubstr;
+using namespace ::statestream::engine::testing;  // NOLINT: test writers
+
+void ExpectBad(const std::string& image, const std::string& message) {
+  auto f = WeightFile::FromBuffer(image);
+  ASSERT_FALSE(f.ok()) << "accepted; expected an error containing: " << message;
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GetReason(f.status()), Reason::kInvalidModelFile);
+  EXPECT_THAT(std::string(f.status().message()), HasSubstr(message));
+}
+
+// Parses `image`; if it is accepted, reads every tensor.
+bool ParsesAndReads(const std::string& image) {
+  auto f = WeightFile::FromBuffer(image);
+  if (!f.ok()) {
+    EXPECT_EQ(GetReason(f.status()), Reason::kInvalidModelFile);
+    return false;
+  }
+  for (const std::string& name : (*f)->Names()) {
+    const TensorView* t = (*f)->Find(name);
+    EXPECT_LE(static_cast<size_t>(t->numel()), image.size());
+    std::vector<float> out(static_cast<size_t>(t->numel()));
+    ReadAsF32(*t, out.data());
+    std::vector<uint16_t> out16(out.size());
+    ReadAsBF16(*t, out16.data());
+  }
+  return true;
+}
+
+const std::vector<float> kFour = {1, 2, 3, 4};
+
+std::string GoodPickle() {
+  return StateDictPickle({{"w", "FloatStorage", "0", 4, 0, {2, 2}, {2, 1}}});
+}
+std::string GoodPth() { return BuildPth(GoodPickle(), {{"0", Bytes(kFour)}}); }
+std::string PthWith(const TensorSpec& spec) {
+  return BuildPth(StateDictPickle({spec}), {{"0", Bytes(kFour)}});
+}
+std::string PthWithPickle(const Pickle& p) {
+  return BuildPth(p.bytes(), {{"0", Bytes(kFour)}});
+}
+const char kGoodHeader[] =
+    R"({"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}})";
+std::string GoodSafetensors() {
+  return BuildSafetensors(kGoodHeader, Bytes(kFour));
+}
+std::string St(const std::string& header) {
+  return BuildSafetensors(header, Bytes(kFour));
+}
+
+TEST(WeightFileBadInput, HandBuiltBaselinesAreGood) {
+  EXPECT_TRUE(ParsesAndReads(GoodPth()));
+  EXPECT_TRUE(ParsesAndReads(GoodSafetensors()));
+}
+
+TEST(WeightFileBadInput, EmptyAndTiny) {
+  ExpectBad("", "empty");
+  ExpectBad("x", "shorter than 8");
+  ExpectBad("PK\x03\x04", "zip");
+  ExpectBad(
+      std::string("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+                  "rest",
+                  18),
+      "legacy");
+}
+
+TEST(WeightFileBadInput, EveryPrefixOfSmallFilesIsRejected) {
+  for (const std::string& image : {GoodPth(), GoodSafetensors()}) {
+    for (size_t n = 0; n < image.size(); ++n) {
+      ASSERT_FALSE(WeightFile::FromBuffer(image.substr(0, n)).ok()) << n;
+    }
+  }
+}
+
+TEST(WeightFileBadInput, FlippedBytesNeverCrash) {
+  for (const std::string& image : {GoodPth(), GoodSafetensors()}) {
+    for (size_t i = 0; i < image.size(); ++i) {
+      for (uint8_t x : {0x01, 0x80, 0xff}) {
+        std::string bad = image;
+        bad[i] = static_cast<char>(bad[i] ^ x);
+        ParsesAndReads(bad);
+      }
+    }
+  }
+}
+
+std::string ReadTestFile(const std::string& name) {
+  std::ifstream in(std::string(STATESTREAM_SHARED_DIR) + "/testdata/" + name,
+                   std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+TEST(WeightFileBadInput, TruncatedAndCorruptedTestModels) {
+  const std::string dir = std::string(STATESTREAM_SHARED_DIR) + "/testdata";
+  if (!std::filesystem::is_directory(dir)) {
+    if (std::getenv("CI") != nullptr) FAIL() << dir << " is missing";
+    GTEST_SKIP() << dir << " is missing; the shared test models are needed";
+  }
+  for (const char* name :
+       {"rwkv7-tiny-bf16.pth", "rwkv7-tiny-bf16.safetensors"}) {
+    SCOPED_TRACE(name);
+    const std::string image = ReadTestFile(name);
+    ASSERT_TRUE(ParsesAndReads(image));
+    // 600 cut points across the file, plus every cut in the last 2 KiB
+    // (the zip central directory) and the first 2 KiB (pickle, JSON).
+    std::vector<size_t> cuts;
+    for (size_t k = 0; k < 600; ++k) cuts.push_back(image.size() * k / 600);
+    for (size_t k = 1; k <= 2048; ++k) {
+      cuts.push_back(image.size() - k);
+      cuts.push_back(k);
+    }
+    for (size_t n : cuts) {
+      ASSERT_FALSE(WeightFile::FromBuffer(image.substr(0, n)).ok()) << n;
+    }
+    // Flip bytes where the structure is: the first and last 4 KiB.
+    uint32_t seed = 12345;
+    for (int k = 0; k < 400; ++k) {
+      seed = seed * 1664525u + 1013904223u;
+      size_t span = std::min<size_t>(4096, image.size());
+      size_t pos = (k % 2 == 0) ? seed % span : image.size() - 1 - seed % span;
+      std::string bad = image;
+      bad[pos] = static_cast<char>(bad[pos] ^ (1 + (seed >> 24) % 255));
+      ParsesAndReads(bad);
+    }
+  }
+}
+
+TEST(WeightFileBadInput, ZipStructure) {
+  std::string compressed = BuildZip({{"archive/data.pkl", GoodPickle(), 8},
+                                     {"archive/data/0", Bytes(kFour)}});
+  ExpectBad(compressed, "compressed (method 8)");
+  ExpectBad(BuildZip({{"archive/data/0", Bytes(kFour)}}), "no data.pkl");
+  ExpectBad(BuildZip({{"a/data.pkl", GoodPickle()},
+                      {"b/data.pkl", GoodPickle()},
+                      {"a/data/0", Bytes(kFour)}}),
+            "more than one data.pkl");
+  ExpectBad(BuildZip({{"a/data.pkl", GoodPickle()},
+                      {"a/data/0", Bytes(kFour)},
+                      {"a/data/0", Bytes(kFour)}}),
+            "appears twice");
+  ExpectBad(BuildZip({{"a/data.pkl", GoodPickle()},
+                      {"a/byteorder", "big"},
+                      {"a/data/0", Bytes(kFour)}}),
+            "little-endian");
+  std::string image = GoodPth();
+  // The central directory offset (last 6..2 bytes) pointing past the end.
+  std::string bad = image;
+  bad[bad.size() - 4] = '\x7f';
+  ExpectBad(bad, "central directory");
+  // A local header offset out of range.
+  bad = image;
+  size_t dir = image.rfind(std::string("PK\x01\x02", 4));
+  bad[dir + 45] = '\x7f';
+  ExpectBad(bad, "local header");
+}
+
+TEST(WeightFileBadInput, StorageChecks) {
+  ExpectBad(BuildPth(GoodPickle(), {{"1", Bytes(kFour)}}), "is missing");
+  ExpectBad(BuildPth(GoodPickle(), {{"0", Bytes(std::vector<float>{1})}}),
+            "less than 4 elements");
+  ExpectBad(PthWith({"w", "FloatStorage", "0", 4, 3, {2}, {1}}),
+            "reach element 4");
+  ExpectBad(PthWith({"w", "FloatStorage", "0", 4, 0, {2, 2}, {3, 1}}),
+            "reach element 4");
+  ExpectBad(PthWith({"w", "FloatStorage", "0", 4, 9, {0}, {1}}),
+            "storage offset 9");
+  ExpectBad(PthWith({"w", "FloatStorage", "0", 4, 0, {-1}, {1}}),
+            "non-negative");
+  ExpectBad(PthWith({"w", "FloatStorage", "0", 4, 0, {2}, {-1}}),
+            "non-negative");
+  ExpectBad(PthWith({"w", "FloatStorage", "0", 4, -1, {2}, {1}}),
+            "non-negative");
+  ExpectBad(PthWith({"w",
+                     "FloatStorage",
+                     "0",
+                     4,
+                     0,
+                     {1, 1, 1, 1, 1, 1, 1, 1, 1},
+                     {1, 1, 1, 1, 1, 1, 1, 1, 1}}),
+            "rank 9");
+  ExpectBad(PthWith({"w", "FloatStorage", "0", 4, 0, {2, 2}, {1}}),
+            "differ in rank");
+  ExpectBad(PthWith({"w",
+                     "FloatStorage",
+                     "0",
+                     4,
+                     0,
+                     {int64_t{1} << 40, int64_t{1} << 40},
+                     {0, 0}}),
+            "overflows");
+  ExpectBad(PthWith({"w",
+                     "FloatStorage",
+                     "0",
+                     4,
+                     0,
+                     {2, int64_t{1} << 62},
+                     {int64_t{1} << 62, 0}}),
+            "overflows");
+  ExpectBad(PthWith({"w", "FloatStorage", "0", 4, 0, {100}, {0}}),
+            "100 elements");
+  ExpectBad(PthWith({"w", "FloatStorage", "0", int64_t{1} << 62, 0, {1}, {1}}),
+            "less than");
+  ExpectBad(PthWith({"w", "DoubleStorage", "0", 2, 0, {2}, {1}}),
+            "unsupported storage type");
+  // One storage described with two dtypes.
+  ExpectBad(
+      BuildPth(StateDictPickle({{"a", "FloatStorage", "0", 4, 0, {4}, {1}},
+                                {"b", "HalfStorage", "0", 8, 0, {8}, {1}}}),
+               {{"0", Bytes(kFour)}}),
+      "inconsistently");
+}
+
+TEST(WeightFileBadInput, PickleStructure) {
+  Pickle os_system;
+  os_system.Proto()
+      .Global("os", "system")
+      .Str("echo")
+      .Op(static_cast<unsigned char>(0x85))
+      .Op('R')
+      .Op('.');
+  ExpectBad(PthWithPickle(os_system), "GLOBAL 'os.system' is not allowed");
+
+  Pickle builtins;
+  builtins.Proto().Op('}').Str("w").Global("builtins", "eval").Op('s').Op('.');
+  ExpectBad(PthWithPickle(builtins), "not allowed");
+
+  Pickle list_top;
+  list_top.Proto().Op(']').Op('.');
+  ExpectBad(PthWithPickle(list_top), "top object is not a dict");
+
+  Pickle not_tensor;
+  not_tensor.Proto().Op('}').Str("epoch").Int(3).Op('s').Op('.');
+  ExpectBad(PthWithPickle(not_tensor), "'epoch' is not a tensor");
+
+  Pickle int_key;
+  int_key.Proto().Op('}').Int(1).Int(3).Op('s').Op('.');
+  ExpectBad(PthWithPickle(int_key), "key is not a string");
+
+  Pickle unset_memo;
+  unset_memo.Proto().BinGet(3).Op('.');
+  ExpectBad(PthWithPickle(unset_memo), "memo 3 not set");
+
+  Pickle no_stop;
+  no_stop.Proto().Op('}');
+  ExpectBad(PthWithPickle(no_stop), "no STOP");
+
+  Pickle underflow;
+  underflow.Proto().Op('}').Mark().Op('s').Op('.');
+  ExpectBad(PthWithPickle(underflow), "stack underflow");
+
+  Pickle pop_mark_empty;
+  pop_mark_empty.Proto().Op('1');
+  ExpectBad(PthWithPickle(pop_mark_empty), "no MARK");
+
+  Pickle inst;
+  inst.Proto().Mark().Op('i').Raw("os\nsystem\n").Op('.');
+  ExpectBad(PthWithPickle(inst), "INST/OBJ");
+
+  Pickle unknown;
+  unknown.Proto().Op('\xff');
+  ExpectBad(PthWithPickle(unknown), "unknown opcode");
+
+  Pickle proto9;
+  proto9.Proto(9);
+  ExpectBad(PthWithPickle(proto9), "pickle protocol 9");
+
+  Pickle huge_string;
+  huge_string.Proto().Op('X').Raw(std::string("\xff\xff\xff\x7f", 4));
+  ExpectBad(PthWithPickle(huge_string), "string too long");
+
+  Pickle short_string;
+  short_string.Proto().Op('X').Raw(std::string("\x10\0\0\0abc", 7));
+  ExpectBad(PthWithPickle(short_string), "truncated string");
+
+  Pickle bad_pid;
+  bad_pid.Proto().Op('}').Str("w").Str("storage").Op('Q').Op('s').Op('.');
+  ExpectBad(PthWithPickle(bad_pid), "persistent id");
+
+  Pickle call_storage;
+  call_storage.Proto().Global("torch", "FloatStorage").Op(')').Op('R').Op('.');
+  ExpectBad(PthWithPickle(call_storage), "cannot be called");
+
+  Pickle wrong_arity;
+  wrong_arity.Proto()
+      .Global("torch._utils", "_rebuild_tensor_v2")
+      .Op(')')
+      .Op('R');
+  ExpectBad(PthWithPickle(wrong_arity), "wrong number of arguments");
+
+  Pickle big_int;
+  big_int.Proto().Op('}').Str("w").Global("torch._utils", "_rebuild_tensor");
+  big_int.Mark().Mark().Str("storage").Global("torch", "FloatStorage");
+  big_int.Str("0").Str("cpu").Op(static_cast<unsigned char>(0x8a)).Byte(9);
+  big_int.Raw(std::string("\0\0\0\0\0\0\0\0\x01", 9)).Tuple().Op('Q');
+  ExpectBad(PthWithPickle(big_int), "storage size");
+}
+
+TEST(WeightFileBadInput, PickleLimits) {
+  internal::PickleLimits limits;
+  limits.max_marks = 4;
+  limits.max_stack = 8;
+  limits.max_objects = 16;
+  limits.max_memo = 2;
+  auto parse = [&](const Pickle& p) {
+    return internal::ParseTorchPickle(p.bytes(), limits).status();
+  };
+  Pickle marks;
+  for (int i = 0; i < 5; ++i) marks.Mark();
+  EXPECT_THAT(std::string(parse(marks).message()), HasSubstr("MARK"));
+  Pickle stack;
+  for (int i = 0; i < 9; ++i) stack.Op('N');
+  EXPECT_THAT(std::string(parse(stack).message()), HasSubstr("stack too deep"));
+  Pickle objects;
+  for (int i = 0; i < 17; ++i) objects.Op('N').Op('0');
+  EXPECT_THAT(std::string(parse(objects).message()), HasSubstr("too many"));
+  Pickle memo;
+  memo.Op('N').BinPut(1).BinPut(2).BinPut(1).BinPut(3);
+  EXPECT_THAT(std::string(parse(memo).message()), HasSubstr("memo too large"));
+  internal::PickleLimits few_items;
+  few_items.max_items = 16;
+  Pickle items;
+  for (int list = 0; list < 2; ++list) {
+    items.Op(']').Mark();
+    for (int i = 0; i < 10; ++i) items.Op('N');
+    items.Op('e');
+  }
+  EXPECT_THAT(std::string(internal::ParseTorchPickle(items.bytes(), few_items)
+                              .status()
+                              .message()),
+              HasSubstr("too many container elements"));
+  // The default limits hold a deep but legal nesting.
+  Pickle deep;
+  deep.Proto();
+  for (int i = 0; i < 10000; ++i) deep.Op(']');
+  for (int i = 0; i < 9999; ++i) deep.Op('a');
+  deep.Op('0').Op('}').Op('.');
+  EXPECT_TRUE(internal::ParseTorchPickle(deep.bytes()).ok());
+}
+
+TEST(WeightFileBadInput, SafetensorsHeader) {
+  std::string bogus = GoodSafetensors();
+  bogus[7] = '\x10';
+  ExpectBad(bogus, "exceeds the file");
+  ExpectBad(std::string(8, '\xff'), "exceeds the file");
+  ExpectBad(St("{\"w\":"), "not JSON");
+  ExpectBad(St("[1,2]"), "not a JSON object");
+  ExpectBad(St(R"({"w":[1]})"), "not an object");
+  ExpectBad(St(R"({"w":{"dtype":"F32","shape":[2,2]}})"), "needs dtype");
+  ExpectBad(St(R"({"w":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})"),
+            "unsupported dtype 'F64'");
+  ExpectBad(St(R"({"w":{"dtype":7,"shape":[2],"data_offsets":[0,16]}})"),
+            "dtype missing");
+  ExpectBad(St(R"({"w":{"dtype":"F32","shape":[-4],"data_offsets":[0,16]}})"),
+            "bad shape");
+  ExpectBad(St(R"({"w":{"dtype":"F32","shape":[4.0],"data_offsets":[0,16]}})"),
+            "bad shape");
+  ExpectBad(St(R"({"w":{"dtype":"F32","shape":"4","data_offsets":[0,16]}})"),
+            "shape is not an array");
+  ExpectBad(St(R"({"w":{"dtype":"F32","shape":[1,1,1,1,1,1,1,1,1],)"
+               R"("data_offsets":[0,4]}})"),
+            "rank <= 8");
+  ExpectBad(St(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],)"
+               R"("data_offsets":[0,16]}})"),
+            "bad shape");
+  ExpectBad(St(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[16,0]}})"),
+            "bad data_offsets");
+  ExpectBad(St(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0]}})"),
+            "bad data_offsets");
+  ExpectBad(St(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":["0",16]}})"),
+            "bad data_offsets");
+  ExpectBad(St(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,12]}})"),
+            "span 12 bytes");
+  ExpectBad(St(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}})"),
+            "past the data buffer");
+  ExpectBad(
+      St(R"({"w":{"dtype":"F32","shape":[4],)"
+         R"("data_offsets":[18446744073709551600,18446744073709551615]}})"),
+      "bad data_offsets");
+  ExpectBad(St("{\"w\xff\":1}"), "not JSON");  // invalid UTF-8
+  std::string deep(100000, '[');
+  ExpectBad(St(deep), "not JSON");
+  ExpectBad(St(std::string(50000, '[') + std::string(50000, ']')),
+            "not a JSON object");
+}
+
+}  // namespace
+}  // namespace statestream::engine
