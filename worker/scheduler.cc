@@ -1,0 +1,239 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "worker/scheduler.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+
+namespace statestream::worker {
+
+Scheduler::Scheduler(engine::Model* model, const SchedulerOptions& options,
+                     Clock* clock)
+    : model_(model), options_(options), clock_(clock) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+Scheduler::~Scheduler() { Stop(); }
+
+absl::Status Scheduler::Submit(std::shared_ptr<Task> task) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) {
+    return MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
+                     "the worker is shutting down");
+  }
+  if (admitted_ >= options_.max_tasks ||
+      admitted_tokens_ + task->queued_tokens > options_.max_queued_tokens) {
+    // A rough hint: the time to drain a batch's worth of queued work.
+    const int64_t hint_ms =
+        std::clamp<int64_t>(admitted_tokens_ / 1000 + 50, 50, 5000);
+    return MakeError(
+        absl::StatusCode::kResourceExhausted, Reason::kOverloaded,
+        absl::StrCat("worker overloaded: ", admitted_, " tasks and ",
+                     admitted_tokens_, " tokens queued; retry later"),
+        {{"retry_after_ms", absl::StrCat(hint_ms)}});
+  }
+  ++admitted_;
+  admitted_tokens_ += task->queued_tokens;
+  incoming_.push_back(std::move(task));
+  return absl::OkStatus();
+}
+
+void Scheduler::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_ && !thread_.joinable()) return;
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+SchedulerStats Scheduler::stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+void Scheduler::Loop() {
+  std::vector<std::shared_ptr<Task>> active;
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto has_work = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || !incoming_.empty() || !active.empty();
+      };
+      mu_.Await(absl::Condition(&has_work));
+      while (!incoming_.empty()) {
+        active.push_back(std::move(incoming_.front()));
+        incoming_.pop_front();
+      }
+      if (stopping_) break;
+    }
+    Retire(active);
+    if (!Iterate(active)) {
+      // Every active task is idle (waiting on its owner): poll gently.
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(
+          absl::Condition(
+              +[](std::deque<std::shared_ptr<Task>>* q) { return !q->empty(); },
+              &incoming_),
+          absl::Milliseconds(1));
+    }
+  }
+  const absl::Status stopped =
+      MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
+                "the worker is shutting down");
+  for (auto& t : active) t->OnError(stopped);
+  absl::MutexLock lock(&mu_);
+  for (auto& t : incoming_) t->OnError(stopped);
+  incoming_.clear();
+  admitted_ = 0;
+  admitted_tokens_ = 0;
+}
+
+// Drops finished, cancelled and expired tasks.
+void Scheduler::Retire(std::vector<std::shared_ptr<Task>>& active) {
+  const absl::Time now = clock_->Now();
+  int removed = 0;
+  int64_t tokens = 0;
+  for (size_t i = 0; i < active.size();) {
+    Task& t = *active[i];
+    bool done = true;
+    if (t.cancelled()) {
+      t.OnError(absl::CancelledError("cancelled by the client"));
+    } else if (now >= t.deadline) {
+      t.OnError(absl::DeadlineExceededError("deadline exceeded"));
+    } else if (t.Finished()) {
+      t.OnDone();
+    } else {
+      done = false;
+    }
+    if (done) {
+      ++removed;
+      tokens += t.queued_tokens;
+      active.erase(active.begin() + static_cast<ptrdiff_t>(i));
+    } else {
+      ++i;
+    }
+  }
+  if (removed > 0) {
+    absl::MutexLock lock(&mu_);
+    admitted_ -= removed;
+    admitted_tokens_ -= tokens;
+    stats_.active_tasks = static_cast<int>(active.size());
+  }
+}
+
+bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
+  if (active.empty()) return false;
+  const engine::ModelInfo& info = model_->info();
+  const int V = info.config.vocab_size;
+  struct Entry {
+    Task* task;
+    StepRequest req;
+  };
+  std::vector<Entry> work;
+  std::vector<Task*> hidden_only;
+  int budget = options_.max_batch_tokens;
+  // Pass 1: decode steps (at most one token each) and hidden->logits.
+  // Pass 2: prefill chunks round-robin from rr_.
+  std::vector<bool> asked(active.size(), false);
+  for (size_t i = 0; i < active.size() && budget > 0; ++i) {
+    Task* t = active[i].get();
+    StepRequest r = t->NextStep(1);
+    asked[i] = true;
+    if (r.logits_from_hidden) {
+      hidden_only.push_back(t);
+    } else if (!r.tokens.empty() && !r.prefill) {
+      r.tokens = r.tokens.subspan(0, 1);
+      budget -= 1;
+      work.push_back({t, r});
+    } else if (!r.tokens.empty()) {
+      asked[i] = false;  // a prefill: ask again with its real budget below
+    }
+  }
+  const size_t n = active.size();
+  for (size_t k = 0; k < n && budget > 0; ++k) {
+    const size_t i = (rr_ + k) % n;
+    if (asked[i]) continue;
+    Task* t = active[i].get();
+    const int offer = std::min(budget, options_.prefill_chunk);
+    StepRequest r = t->NextStep(offer);
+    if (r.tokens.empty()) continue;
+    if (static_cast<int>(r.tokens.size()) > offer) {
+      r.tokens = r.tokens.subspan(0, offer);
+    }
+    budget -= static_cast<int>(r.tokens.size());
+    work.push_back({t, r});
+  }
+  rr_ = n == 0 ? 0 : (rr_ + 1) % n;
+  if (work.empty() && hidden_only.empty()) return false;
+
+  absl::Status status;
+  std::vector<float> logits;
+  if (!work.empty()) {
+    std::vector<engine::SequenceWork> batch;
+    std::vector<int32_t> last(work.size());
+    int wants = 0;
+    for (const Entry& e : work) wants += e.req.want_logits ? 1 : 0;
+    logits.resize(static_cast<size_t>(wants) * V);
+    int slot = 0;
+    std::vector<int> slot_of(work.size(), -1);
+    for (size_t i = 0; i < work.size(); ++i) {
+      const Entry& e = work[i];
+      last[i] = static_cast<int32_t>(e.req.tokens.size()) - 1;
+      engine::SequenceWork w;
+      w.tokens = e.req.tokens;
+      w.state = e.task->state();
+      w.last_hidden = e.task->last_hidden();
+      if (e.req.want_logits) {
+        w.logit_positions = absl::MakeConstSpan(&last[i], 1);
+        w.logits = logits.data() + static_cast<size_t>(slot) * V;
+        slot_of[i] = slot++;
+      }
+      batch.push_back(w);
+    }
+    status = model_->Forward(batch);
+    if (status.ok()) {
+      for (size_t i = 0; i < work.size(); ++i) {
+        work[i].task->OnStep(
+            static_cast<int>(work[i].req.tokens.size()),
+            slot_of[i] >= 0 ? logits.data() + size_t(slot_of[i]) * V : nullptr);
+      }
+    } else {
+      // Validation failed before any state changed; every task in the batch
+      // is ended (each was validated at submission, so this is a bug path).
+      for (const Entry& e : work) e.task->OnError(status);
+    }
+    absl::MutexLock lock(&mu_);
+    ++stats_.iterations;
+    for (const Entry& e : work) stats_.tokens += e.req.tokens.size();
+    stats_.max_batch_sequences = std::max<int64_t>(
+        stats_.max_batch_sequences, static_cast<int64_t>(work.size()));
+  }
+  if (!hidden_only.empty()) {
+    std::vector<float> out(V);
+    for (Task* t : hidden_only) {
+      absl::Status s = model_->Logits(t->last_hidden(), 1, out.data());
+      if (s.ok()) {
+        t->OnStep(0, out.data());
+      } else {
+        t->OnError(s);
+      }
+    }
+  }
+  if (!status.ok()) {
+    // Tasks that errored must not run again.
+    std::vector<std::shared_ptr<Task>> keep;
+    for (auto& t : active) {
+      bool failed = false;
+      for (const Entry& e : work) failed |= e.task == t.get();
+      if (!failed) keep.push_back(t);
+    }
+    absl::MutexLock lock(&mu_);
+    admitted_ -= static_cast<int>(active.size() - keep.size());
+    active.swap(keep);
+  }
+  return true;
+}
+
+}  // namespace statestream::worker

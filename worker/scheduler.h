@@ -1,0 +1,149 @@
+// SPDX-License-Identifier: Apache-2.0
+// The scheduler: the only code that calls the engine. RPC handlers submit
+// Tasks; one scheduler thread gathers the next step of every active task
+// into a batch (continuous batching), runs Model::Forward once per
+// iteration, and hands each task its logits.
+//
+// Each iteration fills a token budget: first one token for every decoding
+// task (interactive latency), then prefill chunks for ingesting tasks in
+// round-robin order, so a 100k-token document advances in chunks between
+// decode steps instead of stalling them. Admission is bounded (OVERLOADED /
+// RESOURCE_EXHAUSTED with a retry hint); cancelled tasks and tasks past
+// their deadline are dropped at the next iteration.
+#ifndef STATESTREAM_WORKER_SCHEDULER_H_
+#define STATESTREAM_WORKER_SCHEDULER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "common/clock.h"
+#include "worker/engine/model.h"
+
+namespace statestream::worker {
+
+// What a task wants from the next engine step.
+struct StepRequest {
+  // Tokens to feed (at most the `max_tokens` offered). Empty together with
+  // !logits_from_hidden means the task has nothing to do this iteration.
+  absl::Span<const int32_t> tokens;
+  // Logits after the last token fed are wanted.
+  bool want_logits = false;
+  // Instead of feeding tokens: recompute the logits of the session's last
+  // token from its stored hidden vector (Model::Logits).
+  bool logits_from_hidden = false;
+  // Prefill (bulk ingest) rather than decode; decides the share of budget.
+  bool prefill = false;
+};
+
+// One unit of work on one session's state. All methods except Cancel() run
+// on the scheduler thread, one task at a time, so a task needs no locking
+// for its own fields; results leave through the task's own thread-safe
+// channel (e.g. a gRPC reactor). The state and hidden buffers must stay
+// valid and untouched by anything else until OnDone or OnError.
+class Task {
+ public:
+  virtual ~Task() = default;
+
+  virtual float* state() = 0;        // Model::info().state_floats floats
+  virtual float* last_hidden() = 0;  // n_embd floats
+
+  // The next step, given a budget of `max_tokens` (>= 1). Must not change
+  // the task: it may be asked more than once per iteration, and only
+  // OnStep advances it. The returned span must stay valid until OnStep.
+  virtual StepRequest NextStep(int max_tokens) = 0;
+  // The step ran: the first `fed` tokens of the request were consumed (the
+  // scheduler may feed fewer than asked); `logits` is set when the request
+  // wanted them (vocab floats, valid during the call only).
+  virtual void OnStep(int fed, const float* logits) = 0;
+  // True once the task needs no further step; OnDone follows.
+  virtual bool Finished() const = 0;
+  virtual void OnDone() = 0;
+  // Ends the task (cancelled, deadline exceeded, engine error). Whatever
+  // the task fed is already in its state; the owner decides what to keep.
+  virtual void OnError(const absl::Status& status) = 0;
+
+  // Thread-safe: asks the scheduler to drop the task (client went away).
+  void Cancel() { cancelled_.store(true); }
+  bool cancelled() const { return cancelled_.load(); }
+
+  // Infinite by default.
+  absl::Time deadline = absl::InfiniteFuture();
+  // Tokens still to ingest, for admission control.
+  int64_t queued_tokens = 0;
+
+ private:
+  std::atomic<bool> cancelled_{false};
+};
+
+struct SchedulerOptions {
+  // Tokens fed to the engine per iteration, across all tasks.
+  int max_batch_tokens = 256;
+  // Tokens of one task's prefill per iteration.
+  int prefill_chunk = 64;
+  // Tasks admitted (queued or running) before Submit answers OVERLOADED.
+  int max_tasks = 1024;
+  // Sum of queued_tokens over admitted tasks before OVERLOADED.
+  int64_t max_queued_tokens = int64_t{1} << 22;
+};
+
+struct SchedulerStats {
+  int64_t iterations = 0;
+  int64_t tokens = 0;
+  int64_t max_batch_sequences = 0;
+  int active_tasks = 0;
+};
+
+// Thread-safe.
+class Scheduler {
+ public:
+  // `model` and `clock` must outlive the scheduler.
+  Scheduler(engine::Model* model, const SchedulerOptions& options,
+            Clock* clock = Clock::Real());
+  ~Scheduler();  // Stop()s
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Admits `task`, or returns RESOURCE_EXHAUSTED (reason OVERLOADED, with a
+  // "retry_after_ms" metadata hint) without calling it, or UNAVAILABLE when
+  // stopping. On admission the task will get exactly one OnDone/OnError.
+  absl::Status Submit(std::shared_ptr<Task> task);
+
+  // Ends every task with UNAVAILABLE and joins the thread. Idempotent.
+  void Stop();
+
+  SchedulerStats stats() const;
+  const engine::Model& model() const { return *model_; }
+
+ private:
+  void Loop();
+  // One iteration over `active`; false when there was nothing to do.
+  bool Iterate(std::vector<std::shared_ptr<Task>>& active);
+  void Retire(std::vector<std::shared_ptr<Task>>& active);
+
+  engine::Model* model_;
+  const SchedulerOptions options_;
+  Clock* clock_;
+
+  mutable absl::Mutex mu_;
+  std::deque<std::shared_ptr<Task>> incoming_ ABSL_GUARDED_BY(mu_);
+  int admitted_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t admitted_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  SchedulerStats stats_ ABSL_GUARDED_BY(mu_);
+
+  size_t rr_ = 0;  // round-robin start for prefill; scheduler thread only
+  std::thread thread_;
+};
+
+}  // namespace statestream::worker
+
+#endif  // STATESTREAM_WORKER_SCHEDULER_H_

@@ -1,0 +1,316 @@
+// SPDX-License-Identifier: Apache-2.0
+// The scheduler and its tasks on a real (random-weight) model: results equal
+// running the engine directly, whatever else shares the batch.
+#include "worker/scheduler.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "absl/synchronization/notification.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "worker/engine/random_model.h"
+#include "worker/engine/weight_writer.h"
+#include "worker/tasks.h"
+
+namespace statestream::worker {
+namespace {
+
+std::unique_ptr<engine::Model> SmallModel() {
+  engine::RandomModelSpec spec;
+  spec.n_layer = 2;
+  spec.n_embd = 64;
+  spec.head_size = 32;
+  spec.vocab_size = 97;
+  spec.seed = 3;
+  auto tensors = engine::RandomRwkv7(spec);
+  const std::string path =
+      "/tmp/ss_scheduler_test_" + std::to_string(getpid()) + ".safetensors";
+  EXPECT_TRUE(
+      engine::WriteCheckpoint(path, *tensors, engine::DType::kF32).ok());
+  auto model = engine::LoadModel(path);
+  std::remove(path.c_str());
+  EXPECT_TRUE(model.ok()) << model.status();
+  return std::move(*model);
+}
+
+std::vector<int32_t> Tokens(int n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = static_cast<int32_t>(rng() % 97);
+  return t;
+}
+
+// Direct engine run: state after `tokens` and the logits after the last.
+EngineState Direct(engine::Model& m, const std::vector<int32_t>& tokens,
+                   std::vector<float>* logits = nullptr) {
+  EngineState s = EngineState::Zero(m.info());
+  std::vector<float> l(m.info().config.vocab_size);
+  int32_t last = static_cast<int32_t>(tokens.size()) - 1;
+  engine::SequenceWork w{tokens, s.state.data(), absl::MakeConstSpan(&last, 1),
+                         l.data(), s.last_hidden.data()};
+  EXPECT_TRUE(m.Forward({&w, 1}).ok());
+  s.position = tokens.size();
+  if (logits != nullptr) *logits = l;
+  return s;
+}
+
+struct Waiter {
+  absl::Notification done;
+  absl::Status status;
+};
+
+TEST(SchedulerTest, ConcurrentIngestsEqualDirectRuns) {
+  auto model = SmallModel();
+  Scheduler sched(model.get(), SchedulerOptions{});
+  std::vector<std::vector<int32_t>> inputs;
+  std::vector<EngineState> states;
+  for (int i = 0; i < 12; ++i) {
+    inputs.push_back(Tokens(1 + i * 37, i));
+    states.push_back(EngineState::Zero(model->info()));
+  }
+  std::vector<Waiter> waiters(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    auto task = std::make_shared<IngestTask>(&states[i], inputs[i],
+                                             [&, i](const absl::Status& s) {
+                                               waiters[i].status = s;
+                                               waiters[i].done.Notify();
+                                             });
+    ASSERT_TRUE(sched.Submit(task).ok());
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    waiters[i].done.WaitForNotification();
+    ASSERT_TRUE(waiters[i].status.ok()) << waiters[i].status;
+    EngineState want = Direct(*model, inputs[i]);
+    EXPECT_EQ(states[i].state, want.state) << i;
+    EXPECT_EQ(states[i].last_hidden, want.last_hidden) << i;
+    EXPECT_EQ(states[i].position, inputs[i].size());
+  }
+  EXPECT_GT(sched.stats().max_batch_sequences, 1);
+}
+
+struct GenOutput {
+  std::vector<int32_t> tokens;
+  GenerateResult result;
+  absl::Status status;
+  EngineState state;
+};
+
+GenOutput Generate(Scheduler& sched, const engine::Model& m, EngineState start,
+                   GenerateSpec spec) {
+  GenOutput out;
+  out.state = std::move(start);
+  absl::Notification done;
+  auto task = std::make_shared<GenerateTask>(
+      &out.state, m.info().config.vocab_size, nullptr, spec,
+      [&](const GeneratedToken& t) { out.tokens.push_back(t.id); },
+      [&](const absl::Status& s, const GenerateResult& r) {
+        out.status = s;
+        out.result = r;
+        done.Notify();
+      });
+  EXPECT_TRUE(sched.Submit(task).ok());
+  done.WaitForNotification();
+  return out;
+}
+
+TEST(SchedulerTest, GreedyGenerationEqualsManualLoop) {
+  auto model = SmallModel();
+  Scheduler sched(model.get(), SchedulerOptions{});
+  std::vector<int32_t> prompt = Tokens(30, 1);
+  GenerateSpec spec;
+  spec.prompt = prompt;
+  spec.params.temperature = 0;
+  spec.max_tokens = 12;
+  GenOutput g = Generate(sched, *model, EngineState::Zero(model->info()), spec);
+  ASSERT_TRUE(g.status.ok()) << g.status;
+  ASSERT_EQ(g.tokens.size(), 12u);
+  EXPECT_EQ(g.result.finish, FinishReason::kMaxTokens);
+  // Manual: argmax, feed, repeat.
+  std::vector<int32_t> seq = prompt;
+  std::vector<float> logits;
+  for (int i = 0; i < 12; ++i) {
+    Direct(*model, seq, &logits);
+    int32_t best = static_cast<int32_t>(
+        std::max_element(logits.begin(), logits.end()) - logits.begin());
+    EXPECT_EQ(g.tokens[i], best) << i;
+    seq.push_back(best);
+  }
+  // The state consumed the prompt and every output token.
+  EngineState want = Direct(*model, seq);
+  EXPECT_EQ(g.state.state, want.state);
+  EXPECT_EQ(g.state.position, seq.size());
+}
+
+TEST(SchedulerTest, SeededGenerationResumesIdenticallyUnderLoad) {
+  auto model = SmallModel();
+  Scheduler sched(model.get(), SchedulerOptions{});
+  GenerateSpec spec;
+  spec.prompt = Tokens(20, 2);
+  spec.params.temperature = 0.9f;
+  spec.params.top_p = 0.9f;
+  spec.params.presence_penalty = 0.3f;
+  spec.params.penalty_decay = 0.99f;
+  spec.params.seed = 42;
+  spec.max_tokens = 20;
+  GenOutput whole =
+      Generate(sched, *model, EngineState::Zero(model->info()), spec);
+  ASSERT_TRUE(whole.status.ok());
+  // Same thing in two halves, with other sessions ingesting meanwhile.
+  std::vector<EngineState> noise(4, EngineState::Zero(model->info()));
+  for (auto& n : noise) {
+    ASSERT_TRUE(sched
+                    .Submit(std::make_shared<IngestTask>(
+                        &n, Tokens(500, 9), [](const absl::Status&) {}))
+                    .ok());
+  }
+  GenerateSpec first = spec;
+  first.max_tokens = 8;
+  GenOutput a =
+      Generate(sched, *model, EngineState::Zero(model->info()), first);
+  GenerateSpec second = spec;
+  second.prompt.clear();
+  second.max_tokens = 12;
+  second.sampler = a.result.sampler;
+  GenOutput b = Generate(sched, *model, a.state, second);
+  ASSERT_TRUE(b.status.ok()) << b.status;
+  std::vector<int32_t> joined = a.tokens;
+  joined.insert(joined.end(), b.tokens.begin(), b.tokens.end());
+  EXPECT_EQ(joined, whole.tokens);
+  EXPECT_EQ(b.state.state, whole.state.state);
+}
+
+TEST(SchedulerTest, ScoreMatchesLogSoftmax) {
+  auto model = SmallModel();
+  Scheduler sched(model.get(), SchedulerOptions{});
+  std::vector<int32_t> prefix = Tokens(10, 4), cont = Tokens(5, 5);
+  EngineState s = Direct(*model, prefix);
+  absl::Notification done;
+  std::vector<float> got;
+  auto task = std::make_shared<ScoreTask>(
+      &s, model->info().config.vocab_size, cont,
+      [&](const absl::Status& st, const std::vector<float>& lp,
+          const std::vector<bool>&) {
+        EXPECT_TRUE(st.ok()) << st;
+        got = lp;
+        done.Notify();
+      });
+  ASSERT_TRUE(sched.Submit(task).ok());
+  done.WaitForNotification();
+  ASSERT_EQ(got.size(), cont.size());
+  std::vector<int32_t> seq = prefix;
+  for (size_t i = 0; i < cont.size(); ++i) {
+    std::vector<float> logits;
+    Direct(*model, seq, &logits);
+    double max = *std::max_element(logits.begin(), logits.end()), sum = 0;
+    for (float l : logits) sum += std::exp(l - max);
+    EXPECT_NEAR(got[i], logits[cont[i]] - max - std::log(sum), 1e-5);
+    seq.push_back(cont[i]);
+  }
+}
+
+TEST(SchedulerTest, GenerationIsNotStalledByALongIngest) {
+  auto model = SmallModel();
+  SchedulerOptions opts;
+  opts.max_batch_tokens = 64;
+  opts.prefill_chunk = 32;
+  Scheduler sched(model.get(), opts);
+  EngineState big = EngineState::Zero(model->info());
+  std::atomic<bool> ingest_done{false};
+  absl::Notification ingest_finished;
+  ASSERT_TRUE(
+      sched
+          .Submit(std::make_shared<IngestTask>(&big, Tokens(20000, 6),
+                                               [&](const absl::Status&) {
+                                                 ingest_done = true;
+                                                 ingest_finished.Notify();
+                                               }))
+          .ok());
+  GenerateSpec spec;
+  spec.prompt = Tokens(5, 7);
+  spec.params.temperature = 0;
+  spec.max_tokens = 5;
+  GenOutput g = Generate(sched, *model, EngineState::Zero(model->info()), spec);
+  EXPECT_TRUE(g.status.ok());
+  EXPECT_FALSE(ingest_done.load())
+      << "a short generation waited for a 20k-token ingest";
+  ingest_finished.WaitForNotification();
+}
+
+TEST(SchedulerTest, OverloadCancelAndDeadline) {
+  auto model = SmallModel();
+  SchedulerOptions opts;
+  opts.max_tasks = 2;
+  opts.prefill_chunk = 8;
+  opts.max_batch_tokens = 8;
+  FakeClock clock;
+  Scheduler sched(model.get(), opts, &clock);
+  std::vector<EngineState> st(3, EngineState::Zero(model->info()));
+  Waiter w0, w1;
+  auto t0 = std::make_shared<IngestTask>(&st[0], Tokens(200000, 1),
+                                         [&](const absl::Status& s) {
+                                           w0.status = s;
+                                           w0.done.Notify();
+                                         });
+  auto t1 = std::make_shared<IngestTask>(&st[1], Tokens(200000, 2),
+                                         [&](const absl::Status& s) {
+                                           w1.status = s;
+                                           w1.done.Notify();
+                                         });
+  t1->deadline = clock.Now() + absl::Seconds(10);
+  ASSERT_TRUE(sched.Submit(t0).ok());
+  ASSERT_TRUE(sched.Submit(t1).ok());
+  absl::Status over = sched.Submit(std::make_shared<IngestTask>(
+      &st[2], Tokens(10, 3), [](const absl::Status&) {}));
+  EXPECT_EQ(over.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(GetReason(over), Reason::kOverloaded);
+  EXPECT_TRUE(GetErrorMetadata(over, "retry_after_ms").has_value());
+  t0->Cancel();
+  w0.done.WaitForNotification();
+  EXPECT_EQ(w0.status.code(), absl::StatusCode::kCancelled);
+  clock.Advance(absl::Seconds(11));
+  w1.done.WaitForNotification();
+  EXPECT_EQ(w1.status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_LT(st[1].position, 200000u);
+  // Room again.
+  Waiter w2;
+  ASSERT_TRUE(
+      sched
+          .Submit(std::make_shared<IngestTask>(&st[2], Tokens(10, 3),
+                                               [&](const absl::Status& s) {
+                                                 w2.status = s;
+                                                 w2.done.Notify();
+                                               }))
+          .ok());
+  w2.done.WaitForNotification();
+  EXPECT_TRUE(w2.status.ok());
+}
+
+TEST(SchedulerTest, StopEndsPendingTasks) {
+  auto model = SmallModel();
+  auto sched = std::make_unique<Scheduler>(model.get(), SchedulerOptions{});
+  EngineState s = EngineState::Zero(model->info());
+  Waiter w;
+  ASSERT_TRUE(
+      sched
+          ->Submit(std::make_shared<IngestTask>(&s, Tokens(500000, 1),
+                                                [&](const absl::Status& st) {
+                                                  w.status = st;
+                                                  w.done.Notify();
+                                                }))
+          .ok());
+  sched->Stop();
+  w.done.WaitForNotification();
+  EXPECT_EQ(w.status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(sched
+                ->Submit(std::make_shared<IngestTask>(
+                    &s, Tokens(1, 1), [](const absl::Status&) {}))
+                .code(),
+            absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace statestream::worker

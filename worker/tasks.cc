@@ -1,0 +1,222 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "worker/tasks.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/match.h"
+#include "worker/engine/utf8.h"
+
+namespace statestream::worker {
+
+EngineState EngineState::Zero(const engine::ModelInfo& info) {
+  EngineState s;
+  s.state.assign(info.state_floats, 0.0f);
+  s.last_hidden.assign(info.config.n_embd, 0.0f);
+  return s;
+}
+
+// --- IngestTask ------------------------------------------------------------
+
+IngestTask::IngestTask(EngineState* state, std::vector<int32_t> tokens,
+                       std::function<void(const absl::Status&)> done)
+    : st_(state), tokens_(std::move(tokens)), done_(std::move(done)) {
+  queued_tokens = static_cast<int64_t>(tokens_.size());
+}
+
+StepRequest IngestTask::NextStep(int max_tokens) {
+  StepRequest r;
+  const size_t n = std::min(tokens_.size() - next_,
+                            static_cast<size_t>(std::max(max_tokens, 0)));
+  r.tokens = absl::MakeConstSpan(tokens_).subspan(next_, n);
+  r.prefill = true;
+  return r;
+}
+
+void IngestTask::OnStep(int fed, const float*) {
+  next_ += static_cast<size_t>(fed);
+  st_->position += static_cast<uint64_t>(fed);
+}
+
+// --- GenerateTask ----------------------------------------------------------
+
+GenerateTask::GenerateTask(
+    EngineState* state, int vocab_size, const engine::Tokenizer* tokenizer,
+    GenerateSpec spec, std::function<void(const GeneratedToken&)> emit,
+    std::function<void(const absl::Status&, const GenerateResult&)> done)
+    : st_(state),
+      vocab_size_(vocab_size),
+      tokenizer_(tokenizer),
+      spec_(std::move(spec)),
+      sampler_(spec_.params, spec_.sampler),
+      emit_(std::move(emit)),
+      done_(std::move(done)),
+      phase_(spec_.prompt.empty() ? Phase::kFirstLogits : Phase::kPrompt) {
+  queued_tokens = static_cast<int64_t>(spec_.prompt.size()) + spec_.max_tokens;
+  if (spec_.max_tokens <= 0 && spec_.prompt.empty()) finished_ = true;
+}
+
+StepRequest GenerateTask::NextStep(int max_tokens) {
+  StepRequest r;
+  switch (phase_) {
+    case Phase::kPrompt: {
+      const size_t n = std::min(spec_.prompt.size() - prompt_next_,
+                                static_cast<size_t>(std::max(max_tokens, 0)));
+      r.tokens = absl::MakeConstSpan(spec_.prompt).subspan(prompt_next_, n);
+      r.prefill = true;
+      r.want_logits = prompt_next_ + n == spec_.prompt.size();
+      break;
+    }
+    case Phase::kFirstLogits:
+      r.logits_from_hidden = true;
+      break;
+    case Phase::kDecode:
+      r.tokens = absl::MakeConstSpan(&last_token_, 1);
+      r.want_logits = true;
+      break;
+    case Phase::kFeedLast:
+      r.tokens = absl::MakeConstSpan(&last_token_, 1);
+      break;
+  }
+  return r;
+}
+
+void GenerateTask::OnStep(int fed, const float* logits) {
+  switch (phase_) {
+    case Phase::kPrompt:
+      prompt_next_ += static_cast<size_t>(fed);
+      st_->position += static_cast<uint64_t>(fed);
+      if (prompt_next_ < spec_.prompt.size()) return;
+      if (spec_.max_tokens <= 0) {
+        finished_ = true;
+        return;
+      }
+      Sample(logits);
+      return;
+    case Phase::kFirstLogits:
+      Sample(logits);
+      return;
+    case Phase::kDecode:
+      st_->position += 1;
+      Sample(logits);
+      return;
+    case Phase::kFeedLast:
+      st_->position += 1;
+      finished_ = true;
+      return;
+  }
+}
+
+void GenerateTask::Sample(const float* logits) {
+  // The sampler uses its input as scratch: give it a copy.
+  scratch_.assign(logits, logits + vocab_size_);
+  engine::LogprobResult lp;
+  const bool want_lp = spec_.logprobs;
+  std::vector<float> raw;
+  if (want_lp) raw = scratch_;
+  const int32_t token = sampler_.Sample(absl::MakeSpan(scratch_));
+  if (want_lp) lp = engine::ComputeLogprobs(raw, token, spec_.top_logprobs);
+  last_token_ = token;
+  ++result_.generated;
+  Emit(token, want_lp ? &lp : nullptr);
+  if (sampler_.IsStop(token)) {
+    result_.finish = FinishReason::kStopToken;
+    phase_ = Phase::kFeedLast;
+    return;
+  }
+  for (const std::string& stop : spec_.stop_strings) {
+    if (!stop.empty() && absl::StrContains(text_, stop)) {
+      result_.finish = FinishReason::kStopString;
+      phase_ = Phase::kFeedLast;
+      return;
+    }
+  }
+  if (result_.generated >= spec_.max_tokens) {
+    result_.finish = FinishReason::kMaxTokens;
+    phase_ = Phase::kFeedLast;
+    return;
+  }
+  phase_ = Phase::kDecode;
+}
+
+void GenerateTask::Emit(int32_t token, const engine::LogprobResult* lp) {
+  GeneratedToken out;
+  out.id = token;
+  if (tokenizer_ != nullptr) {
+    const absl::string_view bytes = tokenizer_->TokenBytes(token);
+    text_.append(bytes.data(), bytes.size());
+  }
+  const absl::string_view pending =
+      absl::string_view(text_).substr(text_emitted_);
+  const size_t complete = engine::Utf8CompletePrefixLength(pending);
+  out.text = std::string(pending.substr(0, complete));
+  text_emitted_ += complete;
+  if (lp != nullptr) {
+    out.logprob = lp->chosen_logprob;
+    out.top = lp->top;
+  }
+  emit_(out);
+}
+
+void GenerateTask::OnDone() {
+  result_.held_back = text_.substr(text_emitted_);
+  result_.sampler = sampler_.state();
+  done_(absl::OkStatus(), result_);
+}
+
+void GenerateTask::OnError(const absl::Status& s) {
+  result_.held_back = text_.substr(text_emitted_);
+  result_.sampler = sampler_.state();
+  done_(s, result_);
+}
+
+// --- ScoreTask -------------------------------------------------------------
+
+ScoreTask::ScoreTask(
+    EngineState* state, int vocab_size, std::vector<int32_t> tokens,
+    std::function<void(const absl::Status&, const std::vector<float>&,
+                       const std::vector<bool>&)>
+        done)
+    : st_(state),
+      vocab_size_(vocab_size),
+      tokens_(std::move(tokens)),
+      done_(std::move(done)) {
+  queued_tokens = static_cast<int64_t>(tokens_.size());
+}
+
+StepRequest ScoreTask::NextStep(int) {
+  StepRequest r;
+  if (!fed_pending_) {
+    r.logits_from_hidden = true;  // logits of the state's last token
+    return r;
+  }
+  r.tokens = absl::MakeConstSpan(&tokens_[logprobs_.size() - 1], 1);
+  r.want_logits = true;
+  return r;
+}
+
+void ScoreTask::OnStep(int fed, const float* logits) {
+  st_->position += static_cast<uint64_t>(fed);
+  const int32_t want = tokens_[logprobs_.size()];
+  // Log-softmax of the wanted token, and whether it is the argmax.
+  float max = -INFINITY;
+  int32_t argmax = 0;
+  for (int i = 0; i < vocab_size_; ++i) {
+    if (logits[i] > max) {
+      max = logits[i];
+      argmax = i;
+    }
+  }
+  double sum = 0;
+  for (int i = 0; i < vocab_size_; ++i)
+    sum += std::exp(double(logits[i]) - max);
+  logprobs_.push_back(
+      static_cast<float>(double(logits[want]) - max - std::log(sum)));
+  greedy_.push_back(argmax == want);
+  fed_pending_ = true;
+}
+
+void ScoreTask::OnDone() { done_(absl::OkStatus(), logprobs_, greedy_); }
+void ScoreTask::OnError(const absl::Status& s) { done_(s, logprobs_, greedy_); }
+
+}  // namespace statestream::worker

@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: Apache-2.0
+// The scheduler tasks behind the API: ingesting tokens (Append), generating
+// (Generate) and scoring (Score). Each runs on an EngineState the caller
+// owns exclusively until the task ends (the session's live state, or a copy
+// for side branches and scoring).
+#ifndef STATESTREAM_WORKER_TASKS_H_
+#define STATESTREAM_WORKER_TASKS_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "worker/engine/model.h"
+#include "worker/engine/sampler.h"
+#include "worker/engine/tokenizer.h"
+#include "worker/scheduler.h"
+
+namespace statestream::worker {
+
+// A session's engine-side state.
+struct EngineState {
+  std::vector<float> state;        // Model::info().state_floats
+  std::vector<float> last_hidden;  // n_embd; valid when position > 0
+  uint64_t position = 0;           // tokens consumed
+
+  static EngineState Zero(const engine::ModelInfo& info);
+};
+
+// Feeds `tokens` into `state` in prefill chunks. `done` runs on the
+// scheduler thread with OK once every token is in, or the error that ended
+// it (the state then holds the tokens fed so far: `position` says how far).
+class IngestTask final : public Task {
+ public:
+  IngestTask(EngineState* state, std::vector<int32_t> tokens,
+             std::function<void(const absl::Status&)> done);
+
+  float* state() override { return st_->state.data(); }
+  float* last_hidden() override { return st_->last_hidden.data(); }
+  StepRequest NextStep(int max_tokens) override;
+  void OnStep(int fed, const float* logits) override;
+  bool Finished() const override { return next_ == tokens_.size(); }
+  void OnDone() override { done_(absl::OkStatus()); }
+  void OnError(const absl::Status& s) override { done_(s); }
+
+ private:
+  EngineState* st_;
+  std::vector<int32_t> tokens_;
+  size_t next_ = 0;
+  std::function<void(const absl::Status&)> done_;
+};
+
+enum class FinishReason { kStopToken, kStopString, kMaxTokens };
+
+struct GeneratedToken {
+  int32_t id = 0;
+  // UTF-8-complete bytes this token completes (incomplete trailing bytes
+  // are held back until a later token completes them, or the end).
+  std::string text;
+  // Only when logprobs were asked for.
+  float logprob = 0;
+  std::vector<engine::TokenLogprob> top;
+};
+
+struct GenerateSpec {
+  std::vector<int32_t> prompt;  // fed first; may be empty
+  engine::SamplingParams params;
+  engine::SamplerState sampler;  // resumed RNG and penalties
+  int max_tokens = 256;
+  std::vector<std::string> stop_strings;
+  bool logprobs = false;
+  int top_logprobs = 0;
+};
+
+struct GenerateResult {
+  FinishReason finish = FinishReason::kMaxTokens;
+  int generated = 0;
+  std::string held_back;  // trailing bytes never completed to UTF-8
+  engine::SamplerState sampler;
+};
+
+// Prompt, then sample/feed until a stop token, a stop string or max_tokens.
+// Every emitted token is also fed, so the state ends having consumed the
+// prompt and all output. `emit` and `done` run on the scheduler thread.
+class GenerateTask final : public Task {
+ public:
+  // Needs a prompt or a state with position > 0 (logits come from its last
+  // hidden vector). `tokenizer` (may be null) turns tokens into text for
+  // the output and the stop strings.
+  GenerateTask(
+      EngineState* state, int vocab_size, const engine::Tokenizer* tokenizer,
+      GenerateSpec spec, std::function<void(const GeneratedToken&)> emit,
+      std::function<void(const absl::Status&, const GenerateResult&)> done);
+
+  float* state() override { return st_->state.data(); }
+  float* last_hidden() override { return st_->last_hidden.data(); }
+  StepRequest NextStep(int max_tokens) override;
+  void OnStep(int fed, const float* logits) override;
+  bool Finished() const override { return finished_; }
+  void OnDone() override;
+  void OnError(const absl::Status& s) override;
+
+ private:
+  enum class Phase { kPrompt, kFirstLogits, kDecode, kFeedLast };
+  void Sample(const float* logits);
+  // Hands out the UTF-8-complete part of text_ with `token`.
+  void Emit(int32_t token, const engine::LogprobResult* lp);
+
+  EngineState* st_;
+  const int vocab_size_;
+  const engine::Tokenizer* tokenizer_;
+  GenerateSpec spec_;
+  engine::Sampler sampler_;
+  std::function<void(const GeneratedToken&)> emit_;
+  std::function<void(const absl::Status&, const GenerateResult&)> done_;
+  Phase phase_;
+  size_t prompt_next_ = 0;
+  int32_t last_token_ = 0;
+  bool finished_ = false;
+  GenerateResult result_;
+  std::string text_;         // all output bytes so far (for stop strings)
+  size_t text_emitted_ = 0;  // bytes of text_ handed out
+  std::vector<float> scratch_;
+};
+
+// Log-probabilities of `tokens` (non-empty) as a continuation of the state
+// (position > 0), which it advances: give it a copy. `done` gets one
+// logprob per token and whether each was the greedy choice.
+class ScoreTask final : public Task {
+ public:
+  ScoreTask(EngineState* state, int vocab_size, std::vector<int32_t> tokens,
+            std::function<void(const absl::Status&,
+                               const std::vector<float>& logprobs,
+                               const std::vector<bool>& greedy)>
+                done);
+
+  float* state() override { return st_->state.data(); }
+  float* last_hidden() override { return st_->last_hidden.data(); }
+  StepRequest NextStep(int max_tokens) override;
+  void OnStep(int fed, const float* logits) override;
+  bool Finished() const override { return logprobs_.size() == tokens_.size(); }
+  void OnDone() override;
+  void OnError(const absl::Status& s) override;
+
+ private:
+  EngineState* st_;
+  const int vocab_size_;
+  std::vector<int32_t> tokens_;
+  bool fed_pending_ = false;  // the token scored last still needs feeding
+  std::vector<float> logprobs_;
+  std::vector<bool> greedy_;
+  std::function<void(const absl::Status&, const std::vector<float>&,
+                     const std::vector<bool>&)>
+      done_;
+};
+
+}  // namespace statestream::worker
+
+#endif  // STATESTREAM_WORKER_TASKS_H_
