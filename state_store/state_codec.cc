@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "state_store/state_codec.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -67,26 +68,13 @@ class Reader {
 
 }  // namespace
 
-std::string EncodeState(const StateSnapshot& s) {
-  std::string out(kMagic, sizeof(kMagic));
-  PutBytes(&out, s.model_fingerprint);
-  PutU64(&out, s.position);
-  PutBytes(&out, s.tokenizer_tail);
-  PutBytes(&out, s.sampler_state);
-  PutU64(&out, s.state.size());
-  // fp32 little-endian; this code targets little-endian hosts only.
-  static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__);
-  out.append(reinterpret_cast<const char*>(s.state.data()),
-             s.state.size() * sizeof(float));
-  PutU32(&out, Crc32c(0, out.data(), out.size()));
-  return out;
-}
+namespace {
 
-absl::StatusOr<StateSnapshot> DecodeState(absl::string_view bytes) {
-  if (bytes.size() < sizeof(kMagic) + 4 ||
-      std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
-    return Corrupt("not a statestream state (bad magic)");
-  }
+constexpr char kMagicV2[8] = {'S', 'S', 'S', 'T', 'A', 'T', 'E', '2'};
+constexpr uint32_t kMaxChunkBytes = 1u << 26;
+constexpr uint64_t kMaxHeaderBytes = 8u << 20;
+
+absl::StatusOr<StateSnapshot> DecodeV1(absl::string_view bytes) {
   const absl::string_view body = bytes.substr(0, bytes.size() - 4);
   Reader crc_reader(bytes.substr(bytes.size() - 4));
   uint32_t want_crc;
@@ -106,7 +94,140 @@ absl::StatusOr<StateSnapshot> DecodeState(absl::string_view bytes) {
                                 " bytes follow"));
   }
   s.state.resize(n);
-  r.Raw(s.state.data(), n * sizeof(float));
+  if (n) r.Raw(s.state.data(), n * sizeof(float));
+  return s;
+}
+
+uint64_t ChunkCount(uint64_t payload, uint32_t chunk) {
+  return (payload + chunk - 1) / chunk;
+}
+
+}  // namespace
+
+std::string EncodeState(const StateSnapshot& s) {
+  // fp32 little-endian; this code targets little-endian hosts only.
+  static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__);
+  std::string header;
+  PutBytes(&header, s.model_fingerprint);
+  PutBytes(&header, s.architecture);
+  PutU32(&header, s.n_layer);
+  PutU32(&header, s.n_embd);
+  PutU32(&header, s.n_head);
+  PutU32(&header, s.head_size);
+  PutU32(&header, static_cast<uint32_t>(s.dtype));
+  PutU64(&header, s.position);
+  PutU64(&header, s.input_offset);
+  PutBytes(&header, s.tokenizer_tail);
+  PutBytes(&header, s.sampler_state);
+  PutBytes(&header, s.parent_session_id);
+  PutU64(&header, s.parent_version);
+  PutU64(&header, s.state.size());
+  PutU64(&header, s.last_hidden.size());
+  PutU32(&header, kStateChunkBytes);
+
+  const size_t state_bytes = s.state.size() * sizeof(float);
+  const size_t hidden_bytes = s.last_hidden.size() * sizeof(float);
+  const uint64_t payload = state_bytes + hidden_bytes;
+  const uint64_t chunks = ChunkCount(payload, kStateChunkBytes);
+  std::string out;
+  out.reserve(12 + header.size() + payload + 4 * chunks + 4);
+  out.append(kMagicV2, sizeof(kMagicV2));
+  PutU32(&out, static_cast<uint32_t>(header.size()));
+  out += header;
+  const size_t payload_at = out.size();
+  out.append(reinterpret_cast<const char*>(s.state.data()), state_bytes);
+  out.append(reinterpret_cast<const char*>(s.last_hidden.data()), hidden_bytes);
+  for (uint64_t c = 0; c < chunks; ++c) {
+    const uint64_t at = c * kStateChunkBytes;
+    const uint64_t n = std::min<uint64_t>(kStateChunkBytes, payload - at);
+    PutU32(&out, Crc32c(0, out.data() + payload_at + at, n));
+  }
+  // The trailer covers everything but the payload, which the chunk CRCs
+  // cover: one pass over the payload in all.
+  uint32_t crc = Crc32c(0, out.data(), payload_at);
+  crc = Crc32c(crc, out.data() + payload_at + payload, 4 * chunks);
+  PutU32(&out, crc);
+  return out;
+}
+
+uint32_t EncodedStateCrc(absl::string_view bytes) {
+  if (bytes.size() < 4) return 0;
+  uint32_t v = 0;
+  Reader(bytes.substr(bytes.size() - 4)).U32(&v);
+  return v;
+}
+
+absl::StatusOr<StateSnapshot> DecodeState(absl::string_view bytes) {
+  if (bytes.size() >= sizeof(kMagic) + 4 &&
+      std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) == 0) {
+    return DecodeV1(bytes);
+  }
+  if (bytes.size() < sizeof(kMagicV2) + 8 ||
+      std::memcmp(bytes.data(), kMagicV2, sizeof(kMagicV2)) != 0) {
+    return Corrupt("not a statestream state (bad magic)");
+  }
+  uint32_t header_len;
+  Reader(bytes.substr(8)).U32(&header_len);
+  if (header_len > kMaxHeaderBytes || bytes.size() - 16 < header_len) {
+    return Corrupt("header length out of range");
+  }
+  const size_t payload_at = 12 + header_len;
+  Reader r(bytes.substr(12, header_len));
+  StateSnapshot s;
+  uint32_t dtype, chunk_bytes;
+  uint64_t n_state, n_hidden;
+  if (!r.Bytes(&s.model_fingerprint) || !r.Bytes(&s.architecture) ||
+      !r.U32(&s.n_layer) || !r.U32(&s.n_embd) || !r.U32(&s.n_head) ||
+      !r.U32(&s.head_size) || !r.U32(&dtype) || !r.U64(&s.position) ||
+      !r.U64(&s.input_offset) || !r.Bytes(&s.tokenizer_tail) ||
+      !r.Bytes(&s.sampler_state) || !r.Bytes(&s.parent_session_id) ||
+      !r.U64(&s.parent_version) || !r.U64(&n_state) || !r.U64(&n_hidden) ||
+      !r.U32(&chunk_bytes)) {
+    return Corrupt("truncated header");
+  }
+  if (r.left() != 0) return Corrupt("header has trailing bytes");
+  if (dtype != static_cast<uint32_t>(StateDtype::kF32)) {
+    return Corrupt(absl::StrCat("unknown dtype ", dtype));
+  }
+  if (n_state > kMaxStateFloats || n_hidden > kMaxStateFloats ||
+      chunk_bytes == 0 || chunk_bytes > kMaxChunkBytes) {
+    return Corrupt("sizes out of range");
+  }
+  if (n_hidden != 0 && s.n_embd != 0 && n_hidden != s.n_embd) {
+    return Corrupt("last_hidden is not n_embd long");
+  }
+  const uint64_t payload = (n_state + n_hidden) * sizeof(float);
+  const uint64_t chunks = ChunkCount(payload, chunk_bytes);
+  const uint64_t rest = bytes.size() - payload_at;
+  if (rest != payload + 4 * chunks + 4) {
+    return Corrupt(absl::StrCat("header says ", payload, " payload bytes and ",
+                                chunks, " chunks but ", rest, " bytes follow"));
+  }
+  const char* table = bytes.data() + payload_at + payload;
+  uint32_t crc = Crc32c(0, bytes.data(), payload_at);
+  crc = Crc32c(crc, table, 4 * chunks);
+  if (crc != EncodedStateCrc(bytes)) {
+    return Corrupt("header checksum mismatch");
+  }
+  const char* p = bytes.data() + payload_at;
+  Reader crcs(absl::string_view(table, 4 * chunks));
+  for (uint64_t c = 0; c < chunks; ++c) {
+    const uint64_t at = c * chunk_bytes;
+    const uint64_t n = std::min<uint64_t>(chunk_bytes, payload - at);
+    uint32_t want = 0;
+    crcs.U32(&want);
+    if (Crc32c(0, p + at, n) != want) {
+      return Corrupt(absl::StrCat("checksum mismatch in payload chunk ", c));
+    }
+  }
+  s.dtype = StateDtype::kF32;
+  s.state.resize(n_state);
+  if (n_state) std::memcpy(s.state.data(), p, n_state * sizeof(float));
+  s.last_hidden.resize(n_hidden);
+  if (n_hidden) {
+    std::memcpy(s.last_hidden.data(), p + n_state * sizeof(float),
+                n_hidden * sizeof(float));
+  }
   return s;
 }
 

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
-// The session-state file format ("SSSTATE1"), shared by the state store, the
-// export/import API and `statestream model eval --state-in/--state-out`.
-// Layout and rationale: docs/state-format.md. Decoding trusts nothing: a
-// truncated, corrupt or oversize input is DATA_LOSS / kStateCorrupt, and a
-// state of another model is FAILED_PRECONDITION / kModelMismatch.
+// The session-state file format ("SSSTATE2"; "SSSTATE1" files still decode),
+// shared by the state store, the export/import API and `statestream model
+// eval --state-in/--state-out`. Layout and rationale: docs/state-format.md.
+// Decoding trusts nothing: a truncated, corrupt or oversize input is
+// DATA_LOSS / kStateCorrupt, and a state of another model is
+// FAILED_PRECONDITION / kModelMismatch. Functions are thread-compatible.
 #ifndef STATESTREAM_STATE_STORE_STATE_CODEC_H_
 #define STATESTREAM_STATE_STORE_STATE_CODEC_H_
 
@@ -17,24 +18,52 @@
 
 namespace statestream {
 
+// Element type of the stored state. Only fp32 exists today.
+enum class StateDtype : uint32_t { kF32 = 0 };
+
 struct StateSnapshot {
   // ModelInfo::fingerprint of the model the state belongs to.
   std::string model_fingerprint;
+  // Informational copy of the model's shape (the fingerprint already implies
+  // it): architecture name ("x070"), n_layer, n_embd, n_head, head_size.
+  // 0 / "" when unknown (e.g. an SSSTATE1 file).
+  std::string architecture;
+  uint32_t n_layer = 0, n_embd = 0, n_head = 0, head_size = 0;
+  StateDtype dtype = StateDtype::kF32;
   // Tokens consumed by the model since the session began.
   uint64_t position = 0;
+  // Input units accepted (API's input_offset: one per text byte and per
+  // token); includes the bytes of tokenizer_tail.
+  uint64_t input_offset = 0;
+  // Where a fork came from ("" / 0 when not a fork).
+  std::string parent_session_id;
+  uint64_t parent_version = 0;
   // Bytes the streaming tokenizer has not decided yet (see DESIGN.md).
   std::string tokenizer_tail;
   // Serialised sampler state (RNG, penalties); empty when never sampled.
   std::string sampler_state;
   // The recurrent state, fp32, in the model's canonical layout.
   std::vector<float> state;
+  // Optional: the residual stream after the last layer for the last consumed
+  // token (length n_embd), so a resumed session can produce next-token
+  // logits without re-running a token. Empty when absent.
+  std::vector<float> last_hidden;
 };
 
-// Upper bound on a field's length when decoding (fingerprint, tail, sampler).
+// Upper bound on a string field's length when decoding (fingerprint, tail,
+// sampler, ...), and on the floats of the state (2^32 = 16 GiB).
 inline constexpr uint32_t kMaxStateFieldBytes = 1 << 20;
+inline constexpr uint64_t kMaxStateFloats = uint64_t{1} << 32;
+// The payload (state + last_hidden) carries one CRC-32C per this many bytes.
+inline constexpr uint32_t kStateChunkBytes = 1 << 20;
 
+// Encodes in the current format (SSSTATE2).
 std::string EncodeState(const StateSnapshot& snapshot);
+// Decodes SSSTATE2 and SSSTATE1, verifying every checksum and length.
 absl::StatusOr<StateSnapshot> DecodeState(absl::string_view bytes);
+// The trailing CRC-32C of an encoded snapshot (its last 4 bytes), 0 if too
+// short. Cheap: reads no payload.
+uint32_t EncodedStateCrc(absl::string_view bytes);
 
 // OK when `snapshot` belongs to a model with this fingerprint and state size.
 absl::Status CheckStateMatchesModel(const StateSnapshot& snapshot,

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "state_store/state_codec.h"
 
+#include "common/crc32c.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
 
@@ -14,7 +15,39 @@ StateSnapshot Sample() {
   s.tokenizer_tail = std::string("\xe2\x82", 2);
   s.sampler_state = "rng";
   for (int i = 0; i < 100; ++i) s.state.push_back(i * 0.25f - 3);
+  s.architecture = "x070";
+  s.n_layer = 2;
+  s.n_embd = 4;
+  s.n_head = 1;
+  s.head_size = 4;
+  s.input_offset = 12400;
+  s.parent_session_id = "parent";
+  s.parent_version = 7;
+  s.last_hidden = {1, 2, 3, 4};
   return s;
+}
+
+// The SSSTATE1 encoding, as the first release wrote it.
+std::string EncodeV1(const StateSnapshot& s) {
+  std::string out = "SSSTATE1";
+  auto u32 = [&](uint32_t v) {
+    for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>(v >> (8 * i)));
+  };
+  auto u64 = [&](uint64_t v) {
+    for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>(v >> (8 * i)));
+  };
+  auto bytes = [&](const std::string& b) {
+    u32(b.size());
+    out += b;
+  };
+  bytes(s.model_fingerprint);
+  u64(s.position);
+  bytes(s.tokenizer_tail);
+  bytes(s.sampler_state);
+  u64(s.state.size());
+  out.append(reinterpret_cast<const char*>(s.state.data()), s.state.size() * 4);
+  u32(Crc32c(0, out.data(), out.size()));
+  return out;
 }
 
 TEST(StateCodecTest, RoundTrip) {
@@ -26,7 +59,65 @@ TEST(StateCodecTest, RoundTrip) {
   EXPECT_EQ(d->tokenizer_tail, s.tokenizer_tail);
   EXPECT_EQ(d->sampler_state, s.sampler_state);
   EXPECT_EQ(d->state, s.state);
+  EXPECT_EQ(d->architecture, "x070");
+  EXPECT_EQ(d->n_layer, 2u);
+  EXPECT_EQ(d->n_embd, 4u);
+  EXPECT_EQ(d->n_head, 1u);
+  EXPECT_EQ(d->head_size, 4u);
+  EXPECT_EQ(d->dtype, StateDtype::kF32);
+  EXPECT_EQ(d->input_offset, 12400u);
+  EXPECT_EQ(d->parent_session_id, "parent");
+  EXPECT_EQ(d->parent_version, 7u);
+  EXPECT_EQ(d->last_hidden, s.last_hidden);
   EXPECT_TRUE(CheckStateMatchesModel(*d, s.model_fingerprint, 100).ok());
+  EXPECT_EQ(EncodedStateCrc(EncodeState(s)), EncodedStateCrc(EncodeState(*d)));
+}
+
+TEST(StateCodecTest, EmptyStateRoundTrips) {
+  StateSnapshot s;
+  auto d = DecodeState(EncodeState(s));
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_TRUE(d->state.empty());
+  EXPECT_TRUE(d->last_hidden.empty());
+}
+
+TEST(StateCodecTest, DecodesFormatVersion1) {
+  StateSnapshot s = Sample();
+  auto d = DecodeState(EncodeV1(s));
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->model_fingerprint, s.model_fingerprint);
+  EXPECT_EQ(d->position, s.position);
+  EXPECT_EQ(d->tokenizer_tail, s.tokenizer_tail);
+  EXPECT_EQ(d->sampler_state, s.sampler_state);
+  EXPECT_EQ(d->state, s.state);
+  EXPECT_EQ(d->input_offset, 0u);
+  EXPECT_TRUE(d->last_hidden.empty());
+  std::string bad = EncodeV1(s);
+  bad[20] ^= 1;
+  EXPECT_EQ(GetReason(DecodeState(bad).status()), Reason::kStateCorrupt);
+}
+
+TEST(StateCodecTest, EveryPayloadChunkIsChecked) {
+  StateSnapshot s = Sample();
+  s.state.assign(700'000, 1.5f);  // 2.8 MB: three 1 MiB chunks
+  std::string bytes = EncodeState(s);
+  auto d = DecodeState(bytes);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->state, s.state);
+  // A byte in the middle of the second chunk.
+  const size_t at = bytes.size() / 2;
+  bytes[at] ^= 0x01;
+  d = DecodeState(bytes);
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(d.status().message().find("chunk 1"), absl::string_view::npos)
+      << d.status();
+}
+
+TEST(StateCodecTest, HiddenOfWrongLengthIsCorrupt) {
+  StateSnapshot s = Sample();
+  s.last_hidden = {1, 2, 3};  // n_embd is 4
+  EXPECT_EQ(GetReason(DecodeState(EncodeState(s)).status()),
+            Reason::kStateCorrupt);
 }
 
 TEST(StateCodecTest, CorruptionIsATypedError) {
@@ -36,7 +127,7 @@ TEST(StateCodecTest, CorruptionIsATypedError) {
     ASSERT_FALSE(d.ok()) << cut;
     EXPECT_EQ(GetReason(d.status()), Reason::kStateCorrupt);
   }
-  for (size_t i = 0; i < bytes.size(); i += 7) {
+  for (size_t i = 0; i < bytes.size(); ++i) {
     std::string flipped = bytes;
     flipped[i] ^= 0x10;
     auto d = DecodeState(flipped);

@@ -1,0 +1,201 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "state_store/internal/store_util.h"
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+
+namespace statestream {
+
+const char* DurabilityName(Durability d) {
+  switch (d) {
+    case Durability::kMemory:
+      return "MEMORY";
+    case Durability::kFsync:
+      return "FSYNC";
+    case Durability::kReplicated:
+      return "REPLICATED";
+  }
+  return "UNKNOWN";
+}
+
+namespace store_internal {
+namespace {
+
+bool IsAlnum(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c >= '0' && c <= '9');
+}
+
+absl::Status Invalid(absl::string_view field, absl::string_view why) {
+  return MakeError(absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
+                   absl::StrCat(field, " ", why),
+                   {{"field", std::string(field)}});
+}
+
+}  // namespace
+
+absl::Status ValidateTenant(absl::string_view t) {
+  if (t.empty() || t.size() > 64)
+    return Invalid("tenant", "must be 1-64 bytes");
+  for (char c : t) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+          c == '-')) {
+      return Invalid("tenant", "must be [a-z0-9_-]");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateKey(const SessionKey& key) {
+  SS_RETURN_IF_ERROR(ValidateTenant(key.tenant));
+  const std::string& s = key.session_id;
+  if (s.empty() || s.size() > 128 || !IsAlnum(s[0])) {
+    return Invalid("session_id", "must be 1-128 bytes, starting alphanumeric");
+  }
+  for (char c : s) {
+    if (!IsAlnum(c) && c != '.' && c != '_' && c != '-') {
+      return Invalid("session_id", "must be [A-Za-z0-9._-]");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateWorkerId(absl::string_view id) {
+  if (id.empty() || id.size() > 128) {
+    return Invalid("worker_id", "must be 1-128 bytes");
+  }
+  for (char c : id) {
+    if (!IsAlnum(c) && c != '.' && c != '_' && c != '-' && c != ':') {
+      return Invalid("worker_id", "must be [A-Za-z0-9._:-]");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateOwner(absl::string_view owner) {
+  if (owner.empty() || owner.size() > 256) {
+    return Invalid("owner", "must be 1-256 bytes");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateTtl(absl::Duration ttl, absl::string_view what) {
+  if (ttl <= absl::ZeroDuration()) return Invalid(what, "must be positive");
+  if (ttl != absl::InfiniteDuration() && ttl < absl::Milliseconds(1)) {
+    return Invalid(what, "must be at least 1 ms");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ParseListRequest(const ListSessionsRequest& r) {
+  SS_RETURN_IF_ERROR(ValidateTenant(r.tenant));
+  if (r.page_size < 1 || r.page_size > 1000) {
+    return Invalid("page_size", "must be 1-1000");
+  }
+  if (r.page_token.empty()) return std::string();
+  std::string after;
+  if (!absl::WebSafeBase64Unescape(r.page_token, &after) || after.empty() ||
+      after[0] != 'p') {
+    return Invalid("page_token", "is not a token this store issued");
+  }
+  return after.substr(1);
+}
+
+std::string MakePageToken(absl::string_view last_session_id) {
+  return absl::WebSafeBase64Escape(absl::StrCat("p", last_session_id));
+}
+
+bool LabelsMatch(const std::map<std::string, std::string>& labels,
+                 const std::map<std::string, std::string>& filter) {
+  for (const auto& [k, v] : filter) {
+    auto it = labels.find(k);
+    if (it == labels.end() || it->second != v) return false;
+  }
+  return true;
+}
+
+absl::Status SessionNotFound(const SessionKey& key) {
+  return MakeError(absl::StatusCode::kNotFound, Reason::kSessionNotFound,
+                   absl::StrCat("session ", key.session_id, " not found"),
+                   {{"session_id", key.session_id}});
+}
+
+absl::Status SessionExists(const SessionKey& key) {
+  return MakeError(absl::StatusCode::kAlreadyExists, Reason::kSessionExists,
+                   absl::StrCat("session ", key.session_id, " exists"),
+                   {{"session_id", key.session_id}});
+}
+
+absl::Status HeadMismatch(uint64_t expected, uint64_t head) {
+  return MakeError(absl::StatusCode::kFailedPrecondition,
+                   Reason::kVersionMismatch,
+                   absl::StrCat("expected version ", expected,
+                                " is not the head (", head, ")"),
+                   {{"head_version", absl::StrCat(head)}});
+}
+
+absl::Status VersionNotKept(uint64_t version, uint64_t head, uint64_t oldest) {
+  return MakeError(absl::StatusCode::kNotFound, Reason::kVersionMismatch,
+                   absl::StrCat("version ", version, " is not kept (kept: ",
+                                oldest, "..", head, ")"),
+                   {{"version", absl::StrCat(version)},
+                    {"head_version", absl::StrCat(head)},
+                    {"oldest_version", absl::StrCat(oldest)}});
+}
+
+absl::Status Fenced(uint64_t fence, uint64_t current) {
+  return MakeError(absl::StatusCode::kAborted, Reason::kFenced,
+                   absl::StrCat("fence ", fence, " is not current (", current,
+                                "): the lease was taken over"),
+                   {{"fence", absl::StrCat(current)}});
+}
+
+absl::Status LeaseBusy(absl::string_view owner) {
+  return MakeError(absl::StatusCode::kAborted, Reason::kSessionBusy,
+                   absl::StrCat("session lease is held by ", owner),
+                   {{"owner", std::string(owner)}});
+}
+
+absl::Status FingerprintMismatch(absl::string_view session_fp,
+                                 absl::string_view state_fp) {
+  return MakeError(
+      absl::StatusCode::kFailedPrecondition, Reason::kModelMismatch,
+      absl::StrCat("state of model ", state_fp,
+                   " committed to a session of model ", session_fp),
+      {{"expected_fingerprint", std::string(session_fp)},
+       {"actual_fingerprint", std::string(state_fp)}});
+}
+
+absl::Status Unavailable(absl::string_view what) {
+  return MakeError(absl::StatusCode::kUnavailable, Reason::kStoreUnavailable,
+                   absl::StrCat("state store unavailable: ", what));
+}
+
+absl::Status DurabilityNotReached(uint64_t version, Durability wanted,
+                                  Durability reached) {
+  return MakeError(
+      absl::StatusCode::kUnavailable, Reason::kStoreUnavailable,
+      absl::StrCat("version ", version, " reached durability ",
+                   DurabilityName(reached), ", not ", DurabilityName(wanted)),
+      {{"durability_reached", DurabilityName(reached)},
+       {"version", absl::StrCat(version)}});
+}
+
+VersionInfo DescribeVersion(const StateSnapshot& s, absl::string_view encoded,
+                            uint64_t version, uint64_t fence,
+                            uint32_t chunk_count) {
+  VersionInfo v;
+  v.version = version;
+  v.position = s.position;
+  v.input_offset = s.input_offset;
+  v.tail_bytes = static_cast<uint32_t>(s.tokenizer_tail.size());
+  v.fence = fence;
+  v.state_bytes = encoded.size();
+  v.chunk_count = chunk_count;
+  v.state_crc32c = EncodedStateCrc(encoded);
+  return v;
+}
+
+}  // namespace store_internal
+}  // namespace statestream

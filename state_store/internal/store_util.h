@@ -1,0 +1,52 @@
+// SPDX-License-Identifier: Apache-2.0
+// Helpers shared by the StateStore implementations: argument checks and the
+// typed errors of state_store.h. Not part of the public interface.
+#ifndef STATESTREAM_STATE_STORE_INTERNAL_STORE_UTIL_H_
+#define STATESTREAM_STATE_STORE_INTERNAL_STORE_UTIL_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "state_store/state_store.h"
+
+namespace statestream::store_internal {
+
+absl::Status ValidateKey(const SessionKey& key);
+absl::Status ValidateTenant(absl::string_view tenant);
+absl::Status ValidateWorkerId(absl::string_view id);
+absl::Status ValidateOwner(absl::string_view owner);
+// ttl > 0 (InfiniteDuration allowed); `what` names the field.
+absl::Status ValidateTtl(absl::Duration ttl, absl::string_view what);
+// Checks page_size and returns the session id the page starts after ("" for
+// the first page).
+absl::StatusOr<std::string> ParseListRequest(const ListSessionsRequest& r);
+std::string MakePageToken(absl::string_view last_session_id);
+
+bool LabelsMatch(const std::map<std::string, std::string>& labels,
+                 const std::map<std::string, std::string>& filter);
+
+absl::Status SessionNotFound(const SessionKey& key);
+absl::Status SessionExists(const SessionKey& key);
+absl::Status HeadMismatch(uint64_t expected, uint64_t head);
+absl::Status VersionNotKept(uint64_t version, uint64_t head, uint64_t oldest);
+absl::Status Fenced(uint64_t fence, uint64_t current);
+absl::Status LeaseBusy(absl::string_view owner);
+absl::Status FingerprintMismatch(absl::string_view session_fp,
+                                 absl::string_view state_fp);
+absl::Status Unavailable(absl::string_view what);
+// UNAVAILABLE/kStoreUnavailable for a commit that exists at `reached` only.
+absl::Status DurabilityNotReached(uint64_t version, Durability wanted,
+                                  Durability reached);
+
+// The VersionInfo of `snapshot` encoded as `encoded`.
+VersionInfo DescribeVersion(const StateSnapshot& snapshot,
+                            absl::string_view encoded, uint64_t version,
+                            uint64_t fence, uint32_t chunk_count);
+
+}  // namespace statestream::store_internal
+
+#endif  // STATESTREAM_STATE_STORE_INTERNAL_STORE_UTIL_H_

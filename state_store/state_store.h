@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: Apache-2.0
+// StateStore: versioned, fenced, checksummed session state (DESIGN.md,
+// "Contracts"). Three implementations share this interface and one contract
+// test suite (state_store_contract.h):
+//   memory_state_store.h  in-process, for tests and single-process use
+//   sqlite_state_store.h  embedded and durable (SQLite WAL), for `serve`
+//   redis_state_store.h   Redis standalone or Cluster, for the cluster roles
+// Documentation: docs/state-store.md.
+//
+// Model of a session. A session `(tenant, session_id)` is bound at creation
+// to one model fingerprint. Its committed states are immutable *versions*
+// 1, 2, 3, ...; the *head* is the latest. A commit names the version it
+// expects to replace (compare-and-set) and the writer's *fence*; exactly one
+// of several concurrent committers of one version wins. The last
+// `keep_versions` versions stay loadable (rollback, fork); older ones expire.
+// A session and all its data expire `ttl` after the last write (commit,
+// lease acquisition or UpdateSession); pinned sessions never expire.
+//
+// Single writer. AcquireLease grants `owner` the session's lease and bumps
+// its fence; every commit must carry the current fence, so a writer whose
+// lease was taken over is rejected with FENCED even if it still believes it
+// owns the session. An expired lease that nobody took over leaves the fence
+// current: its old holder may renew it or keep committing.
+//
+// Errors (absl::Status code / common/status.h Reason); each method lists
+// which of these it returns:
+//   INVALID_ARGUMENT / kInvalidArgument  malformed tenant, id, option
+//   NOT_FOUND / kSessionNotFound         no such session (or expired)
+//   ALREADY_EXISTS / kSessionExists      CreateSession with a taken id
+//   FAILED_PRECONDITION / kVersionMismatch  expected_version is not the head
+//                                        (metadata head_version)
+//   NOT_FOUND / kVersionMismatch         a version that is not kept (metadata
+//                                        version, head_version, oldest_version)
+//   ABORTED / kFenced                    fence is not current (metadata fence)
+//   ABORTED / kSessionBusy               AcquireLease without takeover while
+//                                        another owner's lease is live
+//   FAILED_PRECONDITION / kModelMismatch snapshot of another model
+//   DATA_LOSS / kStateCorrupt            stored bytes fail a check
+//   UNAVAILABLE / kStoreUnavailable      the store cannot be reached in time,
+//                                        or a commit did not reach the
+//                                        requested durability (metadata
+//                                        durability_reached, version: the
+//                                        version exists at that lower level)
+//
+// Thread safety: every implementation is safe for concurrent use by any
+// number of threads. Nothing returned refers to store-owned memory.
+#ifndef STATESTREAM_STATE_STORE_STATE_STORE_H_
+#define STATESTREAM_STATE_STORE_STATE_STORE_H_
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "state_store/state_codec.h"
+
+namespace statestream {
+
+// How durable a commit is. Numbers match statestream.v1.Durability.
+enum class Durability {
+  kMemory = 1,      // the store process holds it
+  kFsync = 2,       // written and fsynced by the store's host
+  kReplicated = 3,  // at least one replica holds it
+};
+// "MEMORY", "FSYNC", "REPLICATED".
+const char* DurabilityName(Durability d);
+
+// Tenant: 1-64 bytes of [a-z0-9_-]. Session id: 1-128 bytes of
+// [A-Za-z0-9._-], first byte alphanumeric (as in the public API).
+struct SessionKey {
+  std::string tenant;
+  std::string session_id;
+};
+
+// One committed, immutable version.
+struct VersionInfo {
+  uint64_t version = 0;
+  uint64_t position = 0;      // StateSnapshot::position
+  uint64_t input_offset = 0;  // StateSnapshot::input_offset
+  uint32_t tail_bytes = 0;    // size of StateSnapshot::tokenizer_tail
+  uint64_t fence = 0;         // the fence the commit carried
+  uint64_t state_bytes = 0;   // size of the encoded snapshot
+  uint32_t chunk_count = 0;   // pieces it is stored in (Redis; else 1)
+  uint32_t state_crc32c = 0;  // the encoded snapshot's trailing CRC-32C
+  // When set, this version is a rollback: a copy of that version's state.
+  uint64_t rolled_back_from = 0;
+  Durability durability = Durability::kMemory;  // reached when committed
+  absl::Time committed_at;
+};
+
+// The mutable head record of a session plus its live lease.
+struct SessionHead {
+  SessionKey key;
+  std::string model_id;           // as given at creation
+  std::string model_fingerprint;  // bound at creation, never changes
+  VersionInfo head;               // the latest committed version
+  uint64_t oldest_version = 0;    // oldest version still loadable
+  // Where a fork came from (empty / 0 when not a fork).
+  std::string parent_session_id;
+  uint64_t parent_version = 0;
+  std::map<std::string, std::string> labels;
+  // Time to live after the last write; absl::InfiniteDuration() = pinned.
+  absl::Duration ttl;
+  absl::Time created_at;
+  absl::Time updated_at;
+  // The current fence (bumped by every lease grant and by creation) and the
+  // live lease's holder ("" when no lease is live) and its expiry.
+  uint64_t fence = 0;
+  std::string owner;
+  absl::Time lease_expires_at = absl::InfinitePast();
+};
+
+struct CreateSessionRequest {
+  SessionKey key;
+  std::string model_id;
+  std::string parent_session_id;  // informational; the caller copies state
+  uint64_t parent_version = 0;
+  std::map<std::string, std::string> labels;
+  // 0 = the store's Options::default_ttl; InfiniteDuration = pinned.
+  absl::Duration ttl = absl::ZeroDuration();
+  // Version 1. Its model_fingerprint binds the session.
+  StateSnapshot initial_state;
+  Durability durability = Durability::kMemory;
+};
+
+struct CommitRequest {
+  SessionKey key;
+  uint64_t expected_version = 0;  // the current head; the new one is +1
+  uint64_t fence = 0;             // from AcquireLease (or CreateSession)
+  StateSnapshot state;            // must carry the session's fingerprint
+  Durability durability = Durability::kMemory;
+  // Recorded in VersionInfo::rolled_back_from; Rollback sets it.
+  uint64_t rolled_back_from = 0;
+};
+
+struct CommitResult {
+  VersionInfo version;  // the new version (durability = level reached)
+  SessionHead session;  // the head after the commit
+};
+
+struct LoadedVersion {
+  VersionInfo version;
+  StateSnapshot state;  // decoded and checksum-verified
+};
+
+struct ListSessionsRequest {
+  std::string tenant;
+  int page_size = 100;     // 1..1000
+  std::string page_token;  // "" = first page; else a next_page_token
+  // Only sessions whose labels include every pair here.
+  std::map<std::string, std::string> label_filter;
+};
+
+struct ListSessionsPage {
+  std::vector<SessionHead> sessions;  // ordered by session_id
+  std::string next_page_token;        // "" = no more
+};
+
+struct SessionUpdate {
+  std::optional<std::map<std::string, std::string>> labels;  // replaces all
+  std::optional<absl::Duration> ttl;  // InfiniteDuration pins; > 0
+};
+
+struct Lease {
+  std::string owner;
+  uint64_t fence = 0;
+  absl::Time expires_at;
+};
+
+struct WorkerInfo {
+  std::string worker_id;  // 1-128 bytes of [A-Za-z0-9._:-]
+  std::string address;    // host:port of its gRPC server
+  std::vector<std::string> model_fingerprints;
+  double load = 0;        // worker-defined, e.g. queued tokens / capacity
+  absl::Time expires_at;  // set by the store on read
+};
+
+class StateStore {
+ public:
+  virtual ~StateStore() = default;
+  StateStore(const StateStore&) = delete;
+  StateStore& operator=(const StateStore&) = delete;
+
+  // Creates the session with version 1 = `initial_state` and bumps its fence
+  // (the returned head's fence is usable for commits until someone acquires
+  // the lease). ALREADY_EXISTS/kSessionExists; INVALID_ARGUMENT; UNAVAILABLE.
+  virtual absl::StatusOr<CommitResult> CreateSession(
+      const CreateSessionRequest& request) = 0;
+
+  // NOT_FOUND/kSessionNotFound; UNAVAILABLE.
+  virtual absl::StatusOr<SessionHead> GetHead(const SessionKey& key) = 0;
+
+  // Loads `version` (0 = head). NOT_FOUND/kSessionNotFound,
+  // NOT_FOUND/kVersionMismatch, DATA_LOSS/kStateCorrupt, UNAVAILABLE.
+  virtual absl::StatusOr<LoadedVersion> LoadVersion(const SessionKey& key,
+                                                    uint64_t version) = 0;
+
+  // Compare-and-set of the head. Writes the new version invisibly first;
+  // readers see either the old head or the complete new one. Errors:
+  // kSessionNotFound, FAILED_PRECONDITION/kVersionMismatch, ABORTED/kFenced,
+  // kModelMismatch, UNAVAILABLE (also when the requested durability was not
+  // reached: the version then exists, see the file comment).
+  virtual absl::StatusOr<CommitResult> Commit(const CommitRequest& request) = 0;
+
+  // Commits version head+1 whose state is a copy of `version`'s (position,
+  // input_offset and tail move back; the version number moves forward).
+  // Same errors as Commit and LoadVersion.
+  virtual absl::StatusOr<CommitResult> Rollback(const SessionKey& key,
+                                                uint64_t expected_version,
+                                                uint64_t fence,
+                                                uint64_t version,
+                                                Durability durability) = 0;
+
+  // Kept versions, oldest first. kSessionNotFound; UNAVAILABLE.
+  virtual absl::StatusOr<std::vector<VersionInfo>> ListVersions(
+      const SessionKey& key) = 0;
+
+  // The tenant's live sessions. INVALID_ARGUMENT (bad token or page size).
+  virtual absl::StatusOr<ListSessionsPage> ListSessions(
+      const ListSessionsRequest& request) = 0;
+
+  // Labels and TTL (pinning); refreshes the TTL of every key.
+  // kSessionNotFound; INVALID_ARGUMENT; UNAVAILABLE.
+  virtual absl::StatusOr<SessionHead> UpdateSession(
+      const SessionKey& key, const SessionUpdate& update) = 0;
+
+  // Removes the session and every version; the fence counter survives (so a
+  // re-created session never reuses a fence). kSessionNotFound; UNAVAILABLE.
+  virtual absl::Status DeleteSession(const SessionKey& key) = 0;
+
+  // Grants `owner` the lease for `ttl` and returns the new (bumped) fence.
+  // With `takeover` false, another owner's live lease is ABORTED/
+  // kSessionBusy (metadata owner); with true it is taken over, fencing out
+  // its holder. Refreshes the session's TTL. kSessionNotFound; UNAVAILABLE.
+  virtual absl::StatusOr<Lease> AcquireLease(const SessionKey& key,
+                                             const std::string& owner,
+                                             absl::Duration ttl,
+                                             bool takeover) = 0;
+
+  // Extends the lease of `owner` holding `fence` (re-creating it if it had
+  // expired and the fence is still current). ABORTED/kFenced when the fence
+  // is no longer current or another owner holds the lease.
+  virtual absl::StatusOr<Lease> RenewLease(const SessionKey& key,
+                                           const std::string& owner,
+                                           uint64_t fence,
+                                           absl::Duration ttl) = 0;
+
+  // Drops the lease if `owner` holds it with `fence`; OK (no-op) otherwise.
+  // The fence stays, so the releasing owner may still commit until another
+  // owner acquires the lease.
+  virtual absl::Status ReleaseLease(const SessionKey& key,
+                                    const std::string& owner,
+                                    uint64_t fence) = 0;
+
+  // The live lease; an empty owner (fence = the current fence) when none.
+  // kSessionNotFound; UNAVAILABLE.
+  virtual absl::StatusOr<Lease> GetOwner(const SessionKey& key) = 0;
+
+  // Worker registry: announces or refreshes (heartbeat) `info` for `ttl`.
+  // INVALID_ARGUMENT; UNAVAILABLE.
+  virtual absl::Status RegisterWorker(const WorkerInfo& info,
+                                      absl::Duration ttl) = 0;
+  virtual absl::Status UnregisterWorker(const std::string& worker_id) = 0;
+  // Live workers, ordered by worker_id.
+  virtual absl::StatusOr<std::vector<WorkerInfo>> ListWorkers() = 0;
+
+ protected:
+  StateStore() = default;
+};
+
+}  // namespace statestream
+
+#endif  // STATESTREAM_STATE_STORE_STATE_STORE_H_

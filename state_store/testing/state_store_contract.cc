@@ -1,0 +1,481 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "state_store/testing/state_store_contract.h"
+
+#include <atomic>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "gmock/gmock.h"
+
+namespace statestream::testing {
+
+StateSnapshot TestSnapshot(uint64_t seed, size_t floats,
+                           const std::string& fingerprint) {
+  StateSnapshot s;
+  s.model_fingerprint = fingerprint;
+  s.architecture = "x070";
+  s.n_layer = 2;
+  s.n_embd = 8;
+  s.n_head = 1;
+  s.head_size = 8;
+  s.position = seed * 10;
+  s.input_offset = seed * 10 + 3;
+  s.tokenizer_tail = std::string("\xe2\x82", 2);
+  s.sampler_state = absl::StrCat("rng", seed);
+  s.state.resize(floats);
+  for (size_t i = 0; i < floats; ++i) {
+    s.state[i] = static_cast<float>((i * 2654435761u + seed) % 1000) * 0.5f;
+  }
+  s.last_hidden.assign(8, static_cast<float>(seed));
+  return s;
+}
+
+void StateStoreContractTest::SetUp() {
+  env_ = GetParam()();
+  ASSERT_NE(env_, nullptr);
+  store_ = NewStore();
+  ASSERT_NE(store_, nullptr);
+}
+
+std::unique_ptr<StateStore> StateStoreContractTest::NewStore(
+    int keep_versions) {
+  auto s = env_->NewStore(keep_versions);
+  EXPECT_TRUE(s.ok()) << s.status();
+  return s.ok() ? std::move(*s) : nullptr;
+}
+
+namespace {
+
+using ::testing::ElementsAre;
+
+const SessionKey kKey{"acme", "s1"};
+
+template <typename T>
+absl::Status StatusOf(const absl::StatusOr<T>& s) {
+  return s.status();
+}
+absl::Status StatusOf(const absl::Status& s) { return s; }
+
+#define ASSERT_OK(expr)                                  \
+  do {                                                   \
+    const absl::Status ss_ok_ = StatusOf(expr);          \
+    ASSERT_TRUE(ss_ok_.ok()) << #expr << ": " << ss_ok_; \
+  } while (0)
+
+#define EXPECT_ERROR(expr, code_, reason_)                       \
+  do {                                                           \
+    const absl::Status ss_st_ = StatusOf(expr);                  \
+    EXPECT_EQ(ss_st_.code(), absl::StatusCode::code_) << ss_st_; \
+    EXPECT_EQ(GetReason(ss_st_), Reason::reason_) << ss_st_;     \
+  } while (0)
+
+CreateSessionRequest Create(const SessionKey& key, uint64_t seed = 1) {
+  CreateSessionRequest r;
+  r.key = key;
+  r.model_id = "tiny";
+  r.labels = {{"team", "red"}};
+  r.initial_state = TestSnapshot(seed);
+  return r;
+}
+
+CommitRequest Commit(const SessionKey& key, uint64_t expected, uint64_t fence,
+                     uint64_t seed) {
+  CommitRequest r;
+  r.key = key;
+  r.expected_version = expected;
+  r.fence = fence;
+  r.state = TestSnapshot(seed);
+  return r;
+}
+
+void ExpectSameSnapshot(const StateSnapshot& a, const StateSnapshot& b) {
+  EXPECT_EQ(a.model_fingerprint, b.model_fingerprint);
+  EXPECT_EQ(a.position, b.position);
+  EXPECT_EQ(a.input_offset, b.input_offset);
+  EXPECT_EQ(a.tokenizer_tail, b.tokenizer_tail);
+  EXPECT_EQ(a.sampler_state, b.sampler_state);
+  EXPECT_EQ(a.state, b.state);
+  EXPECT_EQ(a.last_hidden, b.last_hidden);
+}
+
+TEST_P(StateStoreContractTest, CreateThenGetHeadAndLoad) {
+  auto created = store_->CreateSession(Create(kKey));
+  ASSERT_OK(created);
+  EXPECT_EQ(created->version.version, 1u);
+  EXPECT_GE(created->version.durability, Durability::kMemory);
+  auto head = store_->GetHead(kKey);
+  ASSERT_OK(head);
+  EXPECT_EQ(head->key.tenant, "acme");
+  EXPECT_EQ(head->key.session_id, "s1");
+  EXPECT_EQ(head->model_id, "tiny");
+  EXPECT_EQ(head->model_fingerprint, "x070-test-fp");
+  EXPECT_EQ(head->head.version, 1u);
+  EXPECT_EQ(head->head.position, 10u);
+  EXPECT_EQ(head->head.input_offset, 13u);
+  EXPECT_EQ(head->head.tail_bytes, 2u);
+  EXPECT_GE(head->head.chunk_count, 1u);
+  EXPECT_EQ(head->head.state_bytes, EncodeState(TestSnapshot(1)).size());
+  EXPECT_EQ(head->head.state_crc32c,
+            EncodedStateCrc(EncodeState(TestSnapshot(1))));
+  EXPECT_EQ(head->oldest_version, 1u);
+  EXPECT_EQ(head->labels.at("team"), "red");
+  EXPECT_GE(head->fence, 1u);
+  EXPECT_EQ(head->owner, "");
+  EXPECT_GT(head->ttl, absl::ZeroDuration());
+
+  for (uint64_t v : {0, 1}) {
+    auto loaded = store_->LoadVersion(kKey, v);
+    ASSERT_OK(loaded);
+    EXPECT_EQ(loaded->version.version, 1u);
+    ExpectSameSnapshot(loaded->state, TestSnapshot(1));
+  }
+}
+
+TEST_P(StateStoreContractTest, CreateTwiceIsSessionExists) {
+  ASSERT_OK(store_->CreateSession(Create(kKey)));
+  EXPECT_ERROR(store_->CreateSession(Create(kKey)), kAlreadyExists,
+               kSessionExists);
+}
+
+TEST_P(StateStoreContractTest, MissingAndMalformedKeys) {
+  EXPECT_ERROR(store_->GetHead(kKey), kNotFound, kSessionNotFound);
+  EXPECT_ERROR(store_->LoadVersion(kKey, 0), kNotFound, kSessionNotFound);
+  EXPECT_ERROR(store_->Commit(Commit(kKey, 1, 1, 2)), kNotFound,
+               kSessionNotFound);
+  EXPECT_ERROR(store_->DeleteSession(kKey), kNotFound, kSessionNotFound);
+  EXPECT_ERROR(store_->AcquireLease(kKey, "w1", absl::Seconds(10), false),
+               kNotFound, kSessionNotFound);
+  for (const SessionKey& bad :
+       {SessionKey{"", "s"}, SessionKey{"Acme", "s"}, SessionKey{"a", ""},
+        SessionKey{"a", "{x}"}, SessionKey{"a", ".x"},
+        SessionKey{"a", std::string(129, 'x')}, SessionKey{"a/b", "s"}}) {
+    SCOPED_TRACE(bad.tenant + " " + bad.session_id);
+    EXPECT_ERROR(store_->GetHead(bad), kInvalidArgument, kInvalidArgument);
+  }
+}
+
+TEST_P(StateStoreContractTest, LargeStateRoundTrips) {
+  CreateSessionRequest r = Create(kKey);
+  r.initial_state = TestSnapshot(7, 900'000);  // 3.6 MB: several chunks
+  ASSERT_OK(store_->CreateSession(r));
+  auto loaded = store_->LoadVersion(kKey, 0);
+  ASSERT_OK(loaded);
+  ExpectSameSnapshot(loaded->state, r.initial_state);
+}
+
+TEST_P(StateStoreContractTest, CommitIsCompareAndSet) {
+  auto created = store_->CreateSession(Create(kKey));
+  ASSERT_OK(created);
+  const uint64_t fence = created->session.fence;
+  auto c2 = store_->Commit(Commit(kKey, 1, fence, 2));
+  ASSERT_OK(c2);
+  EXPECT_EQ(c2->version.version, 2u);
+  EXPECT_EQ(c2->version.position, 20u);
+  EXPECT_EQ(c2->session.head.version, 2u);
+  auto stale = store_->Commit(Commit(kKey, 1, fence, 3));
+  EXPECT_ERROR(stale, kFailedPrecondition, kVersionMismatch);
+  EXPECT_EQ(GetErrorMetadata(stale.status(), "head_version"), "2");
+  EXPECT_ERROR(store_->Commit(Commit(kKey, 5, fence, 3)), kFailedPrecondition,
+               kVersionMismatch);
+  auto loaded = store_->LoadVersion(kKey, 0);
+  ASSERT_OK(loaded);
+  ExpectSameSnapshot(loaded->state, TestSnapshot(2));
+  auto v1 = store_->LoadVersion(kKey, 1);
+  ASSERT_OK(v1);
+  ExpectSameSnapshot(v1->state, TestSnapshot(1));
+}
+
+TEST_P(StateStoreContractTest, CommitOfAnotherModelIsModelMismatch) {
+  auto created = store_->CreateSession(Create(kKey));
+  ASSERT_OK(created);
+  CommitRequest r = Commit(kKey, 1, created->session.fence, 2);
+  r.state.model_fingerprint = "x070-other";
+  EXPECT_ERROR(store_->Commit(r), kFailedPrecondition, kModelMismatch);
+  auto head = store_->GetHead(kKey);
+  ASSERT_OK(head);
+  EXPECT_EQ(head->head.version, 1u);
+}
+
+TEST_P(StateStoreContractTest, TakeoverFencesOutTheOldOwner) {
+  ASSERT_OK(store_->CreateSession(Create(kKey)));
+  auto a = store_->AcquireLease(kKey, "worker-a", absl::Seconds(60), false);
+  ASSERT_OK(a);
+  auto owner = store_->GetOwner(kKey);
+  ASSERT_OK(owner);
+  EXPECT_EQ(owner->owner, "worker-a");
+  EXPECT_EQ(owner->fence, a->fence);
+  ASSERT_OK(store_->Commit(Commit(kKey, 1, a->fence, 2)));
+
+  EXPECT_ERROR(store_->AcquireLease(kKey, "worker-b", absl::Seconds(60), false),
+               kAborted, kSessionBusy);
+  auto b = store_->AcquireLease(kKey, "worker-b", absl::Seconds(60), true);
+  ASSERT_OK(b);
+  EXPECT_GT(b->fence, a->fence);
+  // The paused old owner wakes up and tries to commit, renew or release.
+  auto fenced = store_->Commit(Commit(kKey, 2, a->fence, 3));
+  EXPECT_ERROR(fenced, kAborted, kFenced);
+  EXPECT_ERROR(
+      store_->RenewLease(kKey, "worker-a", a->fence, absl::Seconds(60)),
+      kAborted, kFenced);
+  ASSERT_OK(store_->ReleaseLease(kKey, "worker-a", a->fence));
+  owner = store_->GetOwner(kKey);
+  ASSERT_OK(owner);
+  EXPECT_EQ(owner->owner, "worker-b");
+
+  auto c = store_->Commit(Commit(kKey, 2, b->fence, 3));
+  ASSERT_OK(c);
+  EXPECT_EQ(c->version.fence, b->fence);
+  ASSERT_OK(store_->RenewLease(kKey, "worker-b", b->fence, absl::Seconds(60)));
+  // Release on drain: the lease goes, the fence stays current.
+  ASSERT_OK(store_->ReleaseLease(kKey, "worker-b", b->fence));
+  owner = store_->GetOwner(kKey);
+  ASSERT_OK(owner);
+  EXPECT_EQ(owner->owner, "");
+  EXPECT_EQ(owner->fence, b->fence);
+  ASSERT_OK(store_->Commit(Commit(kKey, 3, b->fence, 4)));
+  auto d = store_->AcquireLease(kKey, "worker-d", absl::Seconds(60), false);
+  ASSERT_OK(d);
+  EXPECT_ERROR(store_->Commit(Commit(kKey, 4, b->fence, 5)), kAborted, kFenced);
+}
+
+TEST_P(StateStoreContractTest, ExpiredLeaseCanBeAcquiredOrRenewed) {
+  ASSERT_OK(store_->CreateSession(Create(kKey)));
+  auto a =
+      store_->AcquireLease(kKey, "worker-a", absl::Milliseconds(300), false);
+  ASSERT_OK(a);
+  env_->Advance(absl::Milliseconds(1500));
+  auto owner = store_->GetOwner(kKey);
+  ASSERT_OK(owner);
+  EXPECT_EQ(owner->owner, "");
+  // Nobody took over: the old holder may renew with its fence.
+  auto renewed =
+      store_->RenewLease(kKey, "worker-a", a->fence, absl::Seconds(60));
+  ASSERT_OK(renewed);
+  EXPECT_EQ(renewed->fence, a->fence);
+  owner = store_->GetOwner(kKey);
+  ASSERT_OK(owner);
+  EXPECT_EQ(owner->owner, "worker-a");
+}
+
+TEST_P(StateStoreContractTest, OldVersionsAreDroppedBeyondKeep) {
+  store_ = NewStore(3);
+  auto created = store_->CreateSession(Create(kKey));
+  ASSERT_OK(created);
+  const uint64_t fence = created->session.fence;
+  for (uint64_t v = 1; v < 6; ++v) {
+    ASSERT_OK(store_->Commit(Commit(kKey, v, fence, v + 1)));
+  }
+  auto versions = store_->ListVersions(kKey);
+  ASSERT_OK(versions);
+  std::vector<uint64_t> numbers;
+  for (const VersionInfo& v : *versions) numbers.push_back(v.version);
+  EXPECT_THAT(numbers, ElementsAre(4, 5, 6));
+  EXPECT_EQ(versions->back().position, 60u);
+  auto head = store_->GetHead(kKey);
+  ASSERT_OK(head);
+  EXPECT_EQ(head->oldest_version, 4u);
+  auto gone = store_->LoadVersion(kKey, 2);
+  EXPECT_ERROR(gone, kNotFound, kVersionMismatch);
+  EXPECT_EQ(GetErrorMetadata(gone.status(), "oldest_version"), "4");
+  EXPECT_ERROR(store_->LoadVersion(kKey, 7), kNotFound, kVersionMismatch);
+  auto v4 = store_->LoadVersion(kKey, 4);
+  ASSERT_OK(v4);
+  ExpectSameSnapshot(v4->state, TestSnapshot(4));
+}
+
+TEST_P(StateStoreContractTest, RollbackCommitsACopyAsANewVersion) {
+  auto created = store_->CreateSession(Create(kKey));
+  ASSERT_OK(created);
+  const uint64_t fence = created->session.fence;
+  ASSERT_OK(store_->Commit(Commit(kKey, 1, fence, 2)));
+  ASSERT_OK(store_->Commit(Commit(kKey, 2, fence, 3)));
+  EXPECT_ERROR(store_->Rollback(kKey, 2, fence, 1, Durability::kMemory),
+               kFailedPrecondition, kVersionMismatch);
+  EXPECT_ERROR(store_->Rollback(kKey, 3, fence + 1, 1, Durability::kMemory),
+               kAborted, kFenced);
+  auto rolled = store_->Rollback(kKey, 3, fence, 1, Durability::kMemory);
+  ASSERT_OK(rolled);
+  EXPECT_EQ(rolled->version.version, 4u);
+  EXPECT_EQ(rolled->version.rolled_back_from, 1u);
+  EXPECT_EQ(rolled->version.position, 10u);
+  EXPECT_EQ(rolled->version.input_offset, 13u);
+  auto loaded = store_->LoadVersion(kKey, 0);
+  ASSERT_OK(loaded);
+  ExpectSameSnapshot(loaded->state, TestSnapshot(1));
+}
+
+TEST_P(StateStoreContractTest, ListSessionsPagesFiltersAndIsolatesTenants) {
+  for (int i = 0; i < 5; ++i) {
+    CreateSessionRequest r = Create({"acme", absl::StrCat("s", i)});
+    r.labels = {{"team", i % 2 ? "blue" : "red"}};
+    ASSERT_OK(store_->CreateSession(r));
+  }
+  ASSERT_OK(store_->CreateSession(Create({"other", "s9"})));
+  std::vector<std::string> ids;
+  ListSessionsRequest req;
+  req.tenant = "acme";
+  req.page_size = 2;
+  for (int pages = 0; pages < 10; ++pages) {
+    auto page = store_->ListSessions(req);
+    ASSERT_OK(page);
+    EXPECT_LE(page->sessions.size(), 2u);
+    for (const SessionHead& h : page->sessions) {
+      EXPECT_EQ(h.key.tenant, "acme");
+      ids.push_back(h.key.session_id);
+    }
+    if (page->next_page_token.empty()) break;
+    req.page_token = page->next_page_token;
+  }
+  EXPECT_THAT(ids, ElementsAre("s0", "s1", "s2", "s3", "s4"));
+
+  req = ListSessionsRequest();
+  req.tenant = "acme";
+  req.label_filter = {{"team", "blue"}};
+  auto blue = store_->ListSessions(req);
+  ASSERT_OK(blue);
+  ASSERT_EQ(blue->sessions.size(), 2u);
+  EXPECT_EQ(blue->sessions[0].key.session_id, "s1");
+  EXPECT_EQ(blue->sessions[1].key.session_id, "s3");
+
+  EXPECT_ERROR(store_->GetHead({"other", "s1"}), kNotFound, kSessionNotFound);
+  EXPECT_ERROR(store_->GetHead({"acme", "s9"}), kNotFound, kSessionNotFound);
+  req.page_token = "garbage!";
+  EXPECT_ERROR(store_->ListSessions(req), kInvalidArgument, kInvalidArgument);
+  req.page_token = "";
+  req.page_size = 0;
+  EXPECT_ERROR(store_->ListSessions(req), kInvalidArgument, kInvalidArgument);
+}
+
+TEST_P(StateStoreContractTest, DeleteRemovesEverythingButTheFence) {
+  auto created = store_->CreateSession(Create(kKey));
+  ASSERT_OK(created);
+  auto a = store_->AcquireLease(kKey, "worker-a", absl::Seconds(60), false);
+  ASSERT_OK(a);
+  ASSERT_OK(store_->DeleteSession(kKey));
+  EXPECT_ERROR(store_->GetHead(kKey), kNotFound, kSessionNotFound);
+  EXPECT_ERROR(store_->LoadVersion(kKey, 1), kNotFound, kSessionNotFound);
+  ListSessionsRequest req;
+  req.tenant = kKey.tenant;
+  auto page = store_->ListSessions(req);
+  ASSERT_OK(page);
+  EXPECT_TRUE(page->sessions.empty());
+  auto again = store_->CreateSession(Create(kKey, 9));
+  ASSERT_OK(again);
+  EXPECT_GT(again->session.fence, a->fence);
+  EXPECT_EQ(again->session.owner, "");
+  EXPECT_ERROR(store_->Commit(Commit(kKey, 1, a->fence, 3)), kAborted, kFenced);
+  auto loaded = store_->LoadVersion(kKey, 0);
+  ASSERT_OK(loaded);
+  ExpectSameSnapshot(loaded->state, TestSnapshot(9));
+}
+
+TEST_P(StateStoreContractTest, SessionsExpireUnlessPinned) {
+  CreateSessionRequest r = Create({"acme", "short"});
+  r.ttl = absl::Milliseconds(400);
+  ASSERT_OK(store_->CreateSession(r));
+  r = Create({"acme", "pinned"});
+  r.ttl = absl::Milliseconds(400);
+  ASSERT_OK(store_->CreateSession(r));
+  SessionUpdate pin;
+  pin.ttl = absl::InfiniteDuration();
+  pin.labels = std::map<std::string, std::string>{{"keep", "yes"}};
+  auto pinned = store_->UpdateSession({"acme", "pinned"}, pin);
+  ASSERT_OK(pinned);
+  EXPECT_EQ(pinned->ttl, absl::InfiniteDuration());
+  EXPECT_EQ(pinned->labels.at("keep"), "yes");
+  r = Create({"acme", "long"});
+  r.ttl = absl::Hours(1);
+  ASSERT_OK(store_->CreateSession(r));
+
+  env_->Advance(absl::Milliseconds(2000));
+  EXPECT_ERROR(store_->GetHead({"acme", "short"}), kNotFound, kSessionNotFound);
+  EXPECT_ERROR(store_->LoadVersion({"acme", "short"}, 1), kNotFound,
+               kSessionNotFound);
+  auto head = store_->GetHead({"acme", "pinned"});
+  ASSERT_OK(head);
+  auto loaded = store_->LoadVersion({"acme", "pinned"}, 0);
+  ASSERT_OK(loaded);
+  ExpectSameSnapshot(loaded->state, TestSnapshot(1));
+  ASSERT_OK(store_->LoadVersion({"acme", "long"}, 0));
+  ListSessionsRequest req;
+  req.tenant = "acme";
+  auto page = store_->ListSessions(req);
+  ASSERT_OK(page);
+  ASSERT_EQ(page->sessions.size(), 2u);
+  EXPECT_EQ(page->sessions[0].key.session_id, "long");
+  EXPECT_EQ(page->sessions[1].key.session_id, "pinned");
+}
+
+TEST_P(StateStoreContractTest, ConcurrentCommittersExactlyOneWins) {
+  auto created = store_->CreateSession(Create(kKey));
+  ASSERT_OK(created);
+  const uint64_t fence = created->session.fence;
+  auto other = NewStore();  // a second process on the same data
+  ASSERT_NE(other, nullptr);
+  for (uint64_t round = 1; round <= 3; ++round) {
+    std::atomic<int> wins{0}, mismatches{0}, others{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 6; ++t) {
+      threads.emplace_back([&, t] {
+        StateStore* s = t % 2 ? other.get() : store_.get();
+        auto r = s->Commit(Commit(kKey, round, fence, round * 10 + t));
+        if (r.ok()) {
+          ++wins;
+        } else if (GetReason(r.status()) == Reason::kVersionMismatch) {
+          ++mismatches;
+        } else {
+          ++others;
+          ADD_FAILURE() << r.status();
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(wins, 1);
+    EXPECT_EQ(mismatches, 5);
+    EXPECT_EQ(others, 0);
+    auto head = store_->GetHead(kKey);
+    ASSERT_OK(head);
+    EXPECT_EQ(head->head.version, round + 1);
+    auto loaded = other->LoadVersion(kKey, 0);
+    ASSERT_OK(loaded);
+    EXPECT_EQ(loaded->state.position, head->head.position);
+  }
+}
+
+TEST_P(StateStoreContractTest, CorruptStoredBytesAreStateCorrupt) {
+  ASSERT_OK(store_->CreateSession(Create(kKey)));
+  if (!env_->CorruptStoredVersion(kKey, 1)) {
+    GTEST_SKIP() << "no way to corrupt this store's bytes";
+  }
+  EXPECT_ERROR(store_->LoadVersion(kKey, 1), kDataLoss, kStateCorrupt);
+}
+
+TEST_P(StateStoreContractTest, WorkerRegistry) {
+  WorkerInfo a{"w-a", "10.0.0.1:7000", {"fp1", "fp2"}, 0.5, {}};
+  WorkerInfo b{"w-b", "10.0.0.2:7000", {"fp1"}, 0.25, {}};
+  ASSERT_OK(store_->RegisterWorker(a, absl::Hours(1)));
+  ASSERT_OK(store_->RegisterWorker(b, absl::Milliseconds(300)));
+  a.load = 0.75;
+  ASSERT_OK(store_->RegisterWorker(a, absl::Hours(1)));  // heartbeat
+  EXPECT_ERROR(store_->RegisterWorker(WorkerInfo{"bad id", "", {}, 0, {}},
+                                      absl::Hours(1)),
+               kInvalidArgument, kInvalidArgument);
+  env_->Advance(absl::Milliseconds(1500));
+  auto workers = store_->ListWorkers();
+  ASSERT_OK(workers);
+  ASSERT_EQ(workers->size(), 1u);
+  EXPECT_EQ((*workers)[0].worker_id, "w-a");
+  EXPECT_EQ((*workers)[0].address, "10.0.0.1:7000");
+  EXPECT_THAT((*workers)[0].model_fingerprints, ElementsAre("fp1", "fp2"));
+  EXPECT_EQ((*workers)[0].load, 0.75);
+  ASSERT_OK(store_->UnregisterWorker("w-a"));
+  workers = store_->ListWorkers();
+  ASSERT_OK(workers);
+  EXPECT_TRUE(workers->empty());
+}
+
+}  // namespace
+}  // namespace statestream::testing
