@@ -17,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "worker/engine/float16.h"
 #include "worker/engine/weight_file_internal.h"
 
 namespace statestream::engine {
@@ -41,54 +42,9 @@ bool AddOverflows(int64_t a, int64_t b, int64_t* out) {
   return __builtin_add_overflow(a, b, out);
 }
 
-float BF16ToF32(uint16_t bits) {
-  uint32_t u = uint32_t{bits} << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
-float F16ToF32(uint16_t h) {
-  const uint32_t sign = uint32_t{h & 0x8000u} << 16;
-  uint32_t exp = (h >> 10) & 0x1f;
-  uint32_t mant = h & 0x3ffu;
-  uint32_t u;
-  if (exp == 0x1f) {  // inf / NaN (payload kept)
-    u = sign | 0x7f800000u | (mant << 13);
-  } else if (exp != 0) {  // normal
-    u = sign | ((exp + 112) << 23) | (mant << 13);
-  } else if (mant == 0) {  // zero
-    u = sign;
-  } else {  // subnormal: normalise
-    exp = 113;
-    while ((mant & 0x400u) == 0) {
-      mant <<= 1;
-      --exp;
-    }
-    u = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
-  }
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
-uint16_t F32ToBF16(float value) {
-  uint32_t u;
-  std::memcpy(&u, &value, sizeof(u));
-  if ((u & 0x7fffffffu) > 0x7f800000u) {  // NaN: keep sign, force quiet
-    return static_cast<uint16_t>((u >> 16) | 0x0040u);
-  }
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-
 }  // namespace internal
 
 namespace {
-
-using internal::BF16ToF32;
-using internal::F16ToF32;
-using internal::F32ToBF16;
 
 // A read-only private mapping of a whole file, unmapped on destruction.
 class Mapping {

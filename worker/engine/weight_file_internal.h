@@ -38,12 +38,6 @@ std::string Quoted(absl::string_view s);
 bool MulOverflows(int64_t a, int64_t b, int64_t* out);
 bool AddOverflows(int64_t a, int64_t b, int64_t* out);
 
-// Scalar conversions, as ReadAsF32/ReadAsBF16 apply them (weight_file.cc).
-float BF16ToF32(uint16_t bits);  // exact
-float F16ToF32(uint16_t bits);   // exact, incl. subnormals, infinities, NaN
-// Round-to-nearest-even; NaN stays a (quiet) NaN, infinities stay infinite.
-uint16_t F32ToBF16(float value);
-
 // ---- zip (zip_reader.cc) --------------------------------------------------
 
 // One member of a zip archive; `data` views the stored bytes inside the image.

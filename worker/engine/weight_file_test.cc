@@ -19,15 +19,16 @@
 #include "common/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "worker/engine/float16.h"
 #include "worker/engine/weight_file_internal.h"
 #include "worker/engine/weight_file_test_util.h"
 
 namespace statestream::engine {
 namespace {
 
-using ::statestream::engine::internal::BF16ToF32;
-using ::statestream::engine::internal::F16ToF32;
-using ::statestream::engine::internal::F32ToBF16;
+using ::statestream::engine::BF16ToF32;
+using ::statestream::engine::F16ToF32;
+using ::statestream::engine::F32ToBF16;
 using ::testing::ElementsAre;
 using namespace ::statestream::engine::testing;  // NOLINT: test writers
 
@@ -379,6 +380,24 @@ TEST(WeightFileOpen, MapsAHandBuiltFile) {
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_THAT(F32(*(*f)->Find("w")), ElementsAre(1, 2));
   std::filesystem::remove(path);
+}
+
+}  // namespace
+}  // namespace statestream::engine
+
+namespace statestream::engine {
+namespace {
+
+TEST(Float16Test, F32ToF16InvertsF16ToF32AndRoundsToNearestEven) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = F16ToF32(static_cast<uint16_t>(h));
+    if (f != f) continue;  // NaN payloads need not survive
+    EXPECT_EQ(F32ToF16(f), h) << std::hex << h;
+  }
+  EXPECT_EQ(F32ToF16(1.0f + 1.0f / 2048), 0x3C00);  // tie -> even
+  EXPECT_EQ(F32ToF16(1.0f + 3.0f / 2048), 0x3C02);  // tie -> even (up)
+  EXPECT_EQ(F32ToF16(1e6f), 0x7C00);                // overflow -> inf
+  EXPECT_EQ(F32ToF16(1e-9f), 0x0000);               // underflow -> 0
 }
 
 }  // namespace

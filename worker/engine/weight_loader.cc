@@ -6,19 +6,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
+#include "worker/engine/float16.h"
 
 namespace statestream::engine {
 namespace {
 
 absl::Status BadFile(absl::string_view msg) {
   return InvalidArgumentError(Reason::kInvalidModelFile, msg);
-}
-
-float Bf16ToF32(uint16_t b) {
-  uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
 }
 
 template <typename T>
@@ -33,7 +27,7 @@ void Matrix::ReadRow(int r, float* out) const {
   if (f32 != nullptr) {
     std::memcpy(out, f32 + base, sizeof(float) * cols);
   } else {
-    for (int i = 0; i < cols; ++i) out[i] = Bf16ToF32(bf16[base + i]);
+    for (int i = 0; i < cols; ++i) out[i] = BF16ToF32(bf16[base + i]);
   }
 }
 
@@ -82,7 +76,7 @@ void WeightLoader::Hash(absl::string_view name,
   float buf[4096];
   for (int64_t i = 0; i < n; i += 4096) {
     int64_t m = n - i < 4096 ? n - i : 4096;
-    for (int64_t j = 0; j < m; ++j) buf[j] = Bf16ToF32(bf16[i + j]);
+    for (int64_t j = 0; j < m; ++j) buf[j] = BF16ToF32(bf16[i + j]);
     XXH3_128bits_update(hash_, buf, sizeof(float) * m);
   }
 }

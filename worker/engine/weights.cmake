@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # ss_weights: checkpoint files (.pth, .safetensors) -> strided tensor views.
 set(SS_WEIGHTS_SOURCES
+  ${CMAKE_CURRENT_SOURCE_DIR}/float16.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/weight_file.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/zip_reader.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/pickle_reader.cc
