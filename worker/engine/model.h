@@ -15,6 +15,7 @@
 #define STATESTREAM_WORKER_ENGINE_MODEL_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -56,6 +57,12 @@ struct ModelOptions {
   int threads = 0;
   // Kernel build: "" = best for this CPU, or "avx512" / "avx2" / "scalar".
   std::string kernels;
+  // Debug hook for locating numerical differences: when set, called with
+  // the intermediate vectors of the first row of every chunk (layer -1 for
+  // "x_after_ln0"; names as in ../shared/testdata/README.md's trace).
+  // Feed one token per call to trace a position. Leave empty in serving.
+  std::function<void(int layer, const char* name, const float* values, int n)>
+      trace;
 };
 
 struct ModelInfo {

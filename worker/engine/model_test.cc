@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <map>
 #include <random>
 
 #include "common/status.h"
@@ -136,6 +137,45 @@ TEST_P(GoldenTest, SequenceModeMatchesReference) {
     ExpectClose(&logits[j * V], Floats(want),
                 "sequence logits " + std::to_string(j));
   }
+}
+
+// Intermediate vectors at positions 0 and 1, layer by layer (the trace
+// exists to locate a mismatch; here it must simply agree everywhere).
+TEST_P(GoldenTest, PerLayerTraceMatches) {
+  SS_REQUIRE_SHARED_DATA();
+  const GoldenCase& gc = GetParam();
+  if (gc.bf16) GTEST_SKIP() << "the trace was computed for the fp32 weights";
+  nlohmann::json g = LoadJson(SharedPath(gc.golden));
+  std::map<std::pair<int, std::string>, std::vector<float>> seen;
+  ModelOptions opts;
+  opts.trace = [&](int layer, const char* name, const float* v, int n) {
+    seen[{layer, name}].assign(v, v + n);
+  };
+  auto model = Load(gc.model, opts);
+  ASSERT_NE(model, nullptr);
+  std::vector<float> state(model->info().state_floats, 0.0f);
+  std::vector<int32_t> tokens = Ints(g["tokens"]);
+  int checked = 0;
+  for (int p = 0; p < 2; ++p) {
+    seen.clear();
+    SequenceWork w{
+        absl::MakeConstSpan(&tokens[p], 1), state.data(), {}, nullptr};
+    ASSERT_TRUE(model->Forward({&w, 1}).ok());
+    const nlohmann::json& tr = g["trace"]["positions"][std::to_string(p)];
+    ExpectClose(seen[{-1, "x_after_ln0"}].data(), Floats(tr["x_after_ln0"]),
+                "x_after_ln0");
+    for (size_t l = 0; l < tr["layers"].size(); ++l) {
+      for (const auto& [name, values] : tr["layers"][l].items()) {
+        auto it = seen.find({static_cast<int>(l), name});
+        ASSERT_NE(it, seen.end()) << "no trace of " << name;
+        ExpectClose(it->second.data(), Floats(values),
+                    "position " + std::to_string(p) + " layer " +
+                        std::to_string(l) + " " + name);
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GT(checked, 20);
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -65,11 +65,12 @@ struct Segment {
 class Rwkv7 final : public Model {
  public:
   Rwkv7(ModelInfo info, std::shared_ptr<const WeightFile> file,
-        const Kernels& kernels, int threads)
+        const Kernels& kernels, const ModelOptions& options, int threads)
       : Model(std::move(info)),
         file_(std::move(file)),
         k_(kernels),
-        pool_(threads) {}
+        pool_(threads),
+        trace_(options.trace) {}
 
   absl::Status Init(WeightLoader& loader);
   using Model::mutable_info;
@@ -90,6 +91,11 @@ class Rwkv7 final : public Model {
     return state + (l + 1) * stride_ - C();
   }
   int C() const { return info().config.n_embd; }
+  // Reports row 0 of `rows` (a [rows][n] buffer) to the trace hook.
+  void Trace(int layer, const char* name, const std::vector<float>& rows,
+             int n) const {
+    if (trace_) trace_(layer, name, rows.data(), n);
+  }
 
   // Keeps the mapping alive: matrices used as stored point into it.
   std::shared_ptr<const WeightFile> file_;
@@ -99,6 +105,7 @@ class Rwkv7 final : public Model {
   Matrix emb_, head_;
   std::vector<float> ln0_w_, ln0_b_, ln_out_w_, ln_out_b_;
   int64_t stride_ = 0;  // state floats per layer
+  std::function<void(int, const char*, const float*, int)> trace_;
 };
 
 // Token shift: mix = cur + (prev - cur) * param, where prev is the previous
@@ -130,6 +137,7 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
       ShiftMix(cur, prev, L.x_g.data(), C, &s.xg[t * C]);
     }
   }
+  Trace(l, "ln1_out", s.xa, C);
   MatMul(k_, pool_, L.receptance, s.xr.data(), C, rows, s.r.data(), C);
   MatMul(k_, pool_, L.key, s.xk.data(), C, rows, s.k.data(), C);
   MatMul(k_, pool_, L.value, s.xv.data(), C, rows, s.v.data(), C);
@@ -193,6 +201,13 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
       s.k[j] = s.k[j] * (1.0f + (s.a[j] - 1.0f) * L.k_a[i]);
     }
   }
+  Trace(l, "r", s.r, C);
+  Trace(l, "w_decay", s.w, C);
+  Trace(l, "k", s.k, C);
+  Trace(l, "v", s.v, C);
+  Trace(l, "a", s.a, C);
+  Trace(l, "g", s.g, C);
+  Trace(l, "kk", s.kk, C);
   // The recurrence: one task per (segment, head), rows in order.
   const int tasks = static_cast<int>(segs.size()) * H;
   pool_.ParallelFor(tasks, [&](int task) {
@@ -211,20 +226,25 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
     }
   });
   // Output: GroupNorm, bonus (r.k.r_k) v, gate, projection, residual.
+  Trace(l, "wkv_out", s.y, C);
   for (int t = 0; t < rows; ++t) {
     float* y = &s.y[t * C];
     GroupNorm(y, H, N, L.ln_x_w.data(), L.ln_x_b.data(), kGroupNormEps, y);
+    if (t == 0) Trace(l, "ln_x_out", s.y, C);
     for (int h = 0; h < H; ++h) {
       const int o = t * C + h * N;
       float dot = 0;
       for (int i = 0; i < N; ++i) {
         dot += s.r[o + i] * s.k[o + i] * L.r_k[h * N + i];
       }
-      for (int i = 0; i < N; ++i) y[h * N + i] += dot * s.v[o + i];
+      for (int i = 0; i < N; ++i) s.tmp[h * N + i] = dot * s.v[o + i];
+      for (int i = 0; i < N; ++i) y[h * N + i] += s.tmp[h * N + i];
     }
+    if (t == 0) Trace(l, "bonus", s.tmp, C);
     for (int i = 0; i < C; ++i) y[i] *= s.g[t * C + i];
   }
   MatMul(k_, pool_, L.output, s.y.data(), C, rows, s.tmp.data(), C);
+  Trace(l, "att_out", s.tmp, C);
   for (int i = 0; i < rows * C; ++i) s.x[i] += s.tmp[i];
   for (const Segment& g : segs) {
     std::copy_n(&s.xa[(g.end - 1) * C], C, AttShift(batch[g.seq].state, l));
@@ -246,13 +266,16 @@ void Rwkv7::ChannelMix(int l, absl::Span<const SequenceWork> batch,
       ShiftMix(&s.xa[t * C], prev, L.ffn_x_k.data(), C, &s.xk[t * C]);
     }
   }
+  Trace(l, "ln2_out", s.xa, C);
   MatMul(k_, pool_, L.ffn_key, s.xk.data(), C, rows, s.ffn.data(), F);
   for (int i = 0; i < rows * F; ++i) {
     const float r = std::max(s.ffn[i], 0.0f);
     s.ffn[i] = r * r;
   }
   MatMul(k_, pool_, L.ffn_value, s.ffn.data(), F, rows, s.tmp.data(), C);
+  Trace(l, "ffn_out", s.tmp, C);
   for (int i = 0; i < rows * C; ++i) s.x[i] += s.tmp[i];
+  Trace(l, "x_out", s.x, C);
   for (const Segment& g : segs) {
     std::copy_n(&s.xa[(g.end - 1) * C], C, FfnShift(batch[g.seq].state, l));
   }
@@ -268,6 +291,7 @@ void Rwkv7::RunChunk(absl::Span<const SequenceWork> batch,
     emb_.ReadRow(tokens[t], x);
     LayerNorm(x, C, ln0_w_.data(), ln0_b_.data(), kLayerNormEps, x);
   }
+  Trace(-1, "x_after_ln0", s.x, C);
   for (int l = 0; l < c.n_layer; ++l) {
     TimeMix(l, batch, segs, rows, s);
     ChannelMix(l, batch, segs, rows, s);
@@ -481,7 +505,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv7(
       (2 * config.n_embd + static_cast<int64_t>(config.n_head) *
                                config.head_size * config.head_size);
   info.kernels = kernels->name;
-  auto model = std::make_unique<Rwkv7>(info, file, *kernels, threads);
+  auto model = std::make_unique<Rwkv7>(info, file, *kernels, options, threads);
   SS_RETURN_IF_ERROR(model->Init(loader));
   ModelInfo& final_info = model->mutable_info();
   final_info.params = loader.params();
