@@ -2,6 +2,7 @@
 #include "state_store/internal/store_util.h"
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 
@@ -180,6 +181,35 @@ absl::Status DurabilityNotReached(uint64_t version, Durability wanted,
                    DurabilityName(reached), ", not ", DurabilityName(wanted)),
       {{"durability_reached", DurabilityName(reached)},
        {"version", absl::StrCat(version)}});
+}
+
+std::string EncodeStringMap(const std::map<std::string, std::string>& m) {
+  std::string out;
+  for (const auto& [k, v] : m)
+    absl::StrAppend(&out, k.size(), ":", k, v.size(), ":", v);
+  return out;
+}
+
+bool DecodeStringMap(absl::string_view s,
+                     std::map<std::string, std::string>* m) {
+  m->clear();
+  auto next = [&s](std::string* out) {
+    const size_t colon = s.find(':');
+    size_t n = 0;
+    if (colon == absl::string_view::npos ||
+        !absl::SimpleAtoi(s.substr(0, colon), &n) || s.size() - colon - 1 < n) {
+      return false;
+    }
+    out->assign(s.data() + colon + 1, n);
+    s.remove_prefix(colon + 1 + n);
+    return true;
+  };
+  while (!s.empty()) {
+    std::string k, v;
+    if (!next(&k) || !next(&v)) return false;
+    (*m)[k] = v;
+  }
+  return true;
 }
 
 VersionInfo DescribeVersion(const StateSnapshot& s, absl::string_view encoded,

@@ -42,6 +42,12 @@ absl::Status Unavailable(absl::string_view what);
 absl::Status DurabilityNotReached(uint64_t version, Durability wanted,
                                   Durability reached);
 
+// Length-prefixed encoding of a string map (labels) and its inverse
+// (false on malformed input).
+std::string EncodeStringMap(const std::map<std::string, std::string>& m);
+bool DecodeStringMap(absl::string_view s,
+                     std::map<std::string, std::string>* m);
+
 // The VersionInfo of `snapshot` encoded as `encoded`.
 VersionInfo DescribeVersion(const StateSnapshot& snapshot,
                             absl::string_view encoded, uint64_t version,

@@ -1,0 +1,361 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "state_store/internal/redis_client.h"
+
+#include <algorithm>
+#include <set>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/status.h"
+#include "state_store/internal/store_util.h"
+
+namespace statestream::store_internal {
+
+int KeySlot(absl::string_view key) {
+  // Hash only the part between the first '{' and the next '}', if non-empty.
+  const size_t open = key.find('{');
+  if (open != absl::string_view::npos) {
+    const size_t close = key.find('}', open + 1);
+    if (close != absl::string_view::npos && close > open + 1) {
+      key = key.substr(open + 1, close - open - 1);
+    }
+  }
+  uint16_t crc = 0;  // CRC16-CCITT (XModem), as Redis Cluster specifies.
+  for (unsigned char c : key) {
+    crc ^= static_cast<uint16_t>(c) << 8;
+    for (int i = 0; i < 8; ++i) {
+      crc = (crc & 0x8000) ? static_cast<uint16_t>((crc << 1) ^ 0x1021)
+                           : static_cast<uint16_t>(crc << 1);
+    }
+  }
+  return crc & 16383;
+}
+
+namespace {
+
+constexpr int kSlots = 16384;
+
+bool StartsWith(const redisReply* r, absl::string_view prefix) {
+  return r->type == REDIS_REPLY_ERROR &&
+         absl::string_view(r->str, r->len).substr(0, prefix.size()) == prefix;
+}
+
+bool SplitHostPort(const std::string& address, std::string* host, int* port) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos) return false;
+  *host = address.substr(0, colon);
+  return absl::SimpleAtoi(address.substr(colon + 1), port);
+}
+
+}  // namespace
+
+struct RedisClient::Node {
+  std::string address;
+  absl::Mutex mu;
+  std::vector<redisContext*> idle ABSL_GUARDED_BY(mu);
+  ~Node() {
+    for (redisContext* c : idle) redisFree(c);
+  }
+};
+
+RedisClient::RedisClient(const RedisClientOptions& options)
+    : options_(options), clock_(options.clock ? options.clock : Clock::Real()) {
+  slots_.resize(kSlots);
+}
+
+RedisClient::~RedisClient() = default;
+
+absl::StatusOr<std::unique_ptr<RedisClient>> RedisClient::Connect(
+    const RedisClientOptions& options) {
+  if (options.seeds.empty()) {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "no Redis address given");
+  }
+  std::unique_ptr<RedisClient> client(new RedisClient(options));
+  if (options.cluster) {
+    SS_RETURN_IF_ERROR(client->RefreshSlots());
+    return client;
+  }
+  absl::Status last;
+  for (const std::string& seed : options.seeds) {
+    std::string redirect;
+    auto r = client->Attempt(seed, {{"PING"}}, false, &redirect);
+    if (r.ok()) {
+      absl::MutexLock lock(&client->mu_);
+      client->standalone_address_ = seed;
+      return client;
+    }
+    last = r.status();
+  }
+  return last;
+}
+
+RedisClient::Node* RedisClient::NodeFor(const std::string& address) {
+  absl::MutexLock lock(&mu_);
+  auto& n = nodes_[address];
+  if (n == nullptr) {
+    n = std::make_unique<Node>();
+    n->address = address;
+  }
+  return n.get();
+}
+
+absl::StatusOr<std::vector<Reply>> RedisClient::Attempt(
+    const std::string& address, const std::vector<Command>& cmds, bool asking,
+    std::string* redirect) {
+  redirect->clear();
+  Node* node = NodeFor(address);
+  redisContext* c = nullptr;
+  {
+    absl::MutexLock lock(&node->mu);
+    if (!node->idle.empty()) {
+      c = node->idle.back();
+      node->idle.pop_back();
+    }
+  }
+  if (c == nullptr) {
+    std::string host;
+    int port = 0;
+    if (!SplitHostPort(address, &host, &port)) {
+      return InvalidArgumentError(Reason::kInvalidArgument,
+                                  absl::StrCat("bad Redis address ", address));
+    }
+    c = redisConnectWithTimeout(host.c_str(), port,
+                                absl::ToTimeval(options_.connect_timeout));
+    if (c == nullptr || c->err) {
+      const std::string err = c ? c->errstr : "out of memory";
+      if (c) redisFree(c);
+      return Unavailable(absl::StrCat("connect ", address, ": ", err));
+    }
+    redisSetTimeout(c, absl::ToTimeval(options_.command_timeout));
+    redisEnableKeepAlive(c);
+    if (!options_.password.empty()) {
+      Command auth = {"AUTH"};
+      if (!options_.user.empty()) auth.push_back(options_.user);
+      auth.push_back(options_.password);
+      std::string ignored;
+      // Authenticate through the normal path on this fresh context.
+      std::vector<const char*> argv;
+      std::vector<size_t> lens;
+      for (absl::string_view a : auth) {
+        argv.push_back(a.data());
+        lens.push_back(a.size());
+      }
+      Reply r(static_cast<redisReply*>(redisCommandArgv(
+          c, static_cast<int>(argv.size()), argv.data(), lens.data())));
+      if (r == nullptr) {
+        const std::string err = c->errstr;
+        redisFree(c);
+        return Unavailable(absl::StrCat("AUTH on ", address, ": ", err));
+      }
+      if (r->type == REDIS_REPLY_ERROR) {
+        const std::string err(r->str, r->len);
+        redisFree(c);
+        return MakeError(
+            absl::StatusCode::kPermissionDenied, Reason::kStoreUnavailable,
+            absl::StrCat("Redis AUTH failed on ", address, ": ", err));
+      }
+    }
+  }
+  std::vector<const char*> argv;
+  std::vector<size_t> lens;
+  auto append = [&](const Command& cmd) {
+    argv.clear();
+    lens.clear();
+    for (absl::string_view a : cmd) {
+      argv.push_back(a.data());
+      lens.push_back(a.size());
+    }
+    redisAppendCommandArgv(c, static_cast<int>(argv.size()), argv.data(),
+                           lens.data());
+  };
+  for (const Command& cmd : cmds) {
+    if (asking) append({"ASKING"});
+    append(cmd);
+  }
+  std::vector<Reply> replies;
+  replies.reserve(cmds.size());
+  const size_t expect = cmds.size() * (asking ? 2 : 1);
+  for (size_t i = 0; i < expect; ++i) {
+    void* raw = nullptr;
+    if (redisGetReply(c, &raw) != REDIS_OK || raw == nullptr) {
+      const std::string err = c->errstr;
+      redisFree(c);
+      return Unavailable(absl::StrCat(address, ": ", err));
+    }
+    Reply r(static_cast<redisReply*>(raw));
+    if (asking && i % 2 == 0) continue;  // the ASKING reply
+    replies.push_back(std::move(r));
+  }
+  {
+    absl::MutexLock lock(&node->mu);
+    if (static_cast<int>(node->idle.size()) <
+        options_.max_idle_connections_per_node) {
+      node->idle.push_back(c);
+      c = nullptr;
+    }
+  }
+  if (c != nullptr) redisFree(c);
+  for (const Reply& r : replies) {
+    if (StartsWith(r.get(), "MOVED ") || StartsWith(r.get(), "ASK ")) {
+      std::vector<std::string> parts =
+          absl::StrSplit(absl::string_view(r->str, r->len), ' ');
+      if (parts.size() == 3) {
+        *redirect = absl::StrCat(parts[0], " ", parts[2]);
+        return replies;
+      }
+    }
+    if (StartsWith(r.get(), "TRYAGAIN") || StartsWith(r.get(), "LOADING") ||
+        StartsWith(r.get(), "CLUSTERDOWN") ||
+        StartsWith(r.get(), "MASTERDOWN")) {
+      *redirect = absl::StrCat("RETRY ", absl::string_view(r->str, r->len));
+      return replies;
+    }
+  }
+  return replies;
+}
+
+absl::StatusOr<std::string> RedisClient::AddressForSlot(int slot) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!options_.cluster) return standalone_address_;
+    if (!slots_[slot].empty()) return slots_[slot];
+  }
+  SS_RETURN_IF_ERROR(RefreshSlots());
+  absl::MutexLock lock(&mu_);
+  if (slots_[slot].empty()) {
+    return Unavailable(
+        absl::StrCat("no Redis Cluster node serves slot ", slot));
+  }
+  return slots_[slot];
+}
+
+void RedisClient::SetSlot(int slot, const std::string& address) {
+  absl::MutexLock lock(&mu_);
+  slots_[slot] = address;
+}
+
+absl::Status RedisClient::RefreshSlots() {
+  std::vector<std::string> candidates = options_.seeds;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [address, node] : nodes_) candidates.push_back(address);
+  }
+  absl::Status last = Unavailable("no Redis Cluster node reachable");
+  for (const std::string& address : candidates) {
+    std::string redirect;
+    auto r = Attempt(address, {{"CLUSTER", "SLOTS"}}, false, &redirect);
+    if (!r.ok()) {
+      if (r.status().code() != absl::StatusCode::kUnavailable) {
+        return r.status();
+      }
+      last = r.status();
+      continue;
+    }
+    const redisReply* slots = (*r)[0].get();
+    if (slots->type != REDIS_REPLY_ARRAY) {
+      last = Unavailable(absl::StrCat("CLUSTER SLOTS on ", address, " failed"));
+      continue;
+    }
+    std::vector<std::string> map(kSlots);
+    std::string host;
+    int ignored_port;
+    SplitHostPort(address, &host, &ignored_port);
+    for (size_t i = 0; i < slots->elements; ++i) {
+      const redisReply* e = slots->element[i];
+      if (e->type != REDIS_REPLY_ARRAY || e->elements < 3) continue;
+      const redisReply* primary = e->element[2];
+      if (primary->type != REDIS_REPLY_ARRAY || primary->elements < 2) continue;
+      std::string node_host(primary->element[0]->str ? primary->element[0]->str
+                                                     : "");
+      if (node_host.empty() || node_host == "?") node_host = host;
+      const std::string node =
+          absl::StrCat(node_host, ":", primary->element[1]->integer);
+      const long long lo = std::max(0LL, e->element[0]->integer);
+      const long long hi =
+          std::min<long long>(kSlots - 1, e->element[1]->integer);
+      for (long long s = lo; s <= hi; ++s) map[s] = node;
+    }
+    absl::MutexLock lock(&mu_);
+    slots_ = std::move(map);
+    return absl::OkStatus();
+  }
+  return last;
+}
+
+absl::StatusOr<std::vector<Reply>> RedisClient::Run(
+    absl::string_view routing_key, const std::vector<Command>& commands) {
+  const int slot = KeySlot(routing_key);
+  const absl::Time deadline = clock_->Now() + options_.retry_deadline;
+  absl::Duration backoff = options_.backoff_initial;
+  std::string ask_address;
+  absl::Status last;
+  for (int redirects = 0; redirects < 64;) {
+    std::string address;
+    if (!ask_address.empty()) {
+      address = ask_address;
+    } else {
+      auto a = AddressForSlot(slot);
+      if (a.ok()) {
+        address = *a;
+      } else {
+        last = a.status();
+      }
+    }
+    std::string redirect;
+    absl::StatusOr<std::vector<Reply>> r =
+        address.empty()
+            ? absl::StatusOr<std::vector<Reply>>(last)
+            : Attempt(address, commands, !ask_address.empty(), &redirect);
+    const bool was_asking = !ask_address.empty();
+    ask_address.clear();
+    if (r.ok() && redirect.empty()) return r;
+    if (!r.ok() && r.status().code() != absl::StatusCode::kUnavailable) {
+      return r.status();
+    }
+    if (absl::StartsWith(redirect, "MOVED ")) {
+      SetSlot(slot, redirect.substr(6));
+      ++redirects;
+      continue;
+    }
+    if (absl::StartsWith(redirect, "ASK ") && !was_asking) {
+      ask_address = redirect.substr(4);
+      ++redirects;
+      continue;
+    }
+    last = r.ok() ? Unavailable(redirect) : r.status();
+    if (!r.ok() && options_.cluster) RefreshSlots().IgnoreError();
+    if (clock_->Now() + backoff > deadline) return last;
+    clock_->SleepFor(backoff);
+    backoff = std::min(backoff * 2, options_.backoff_max);
+  }
+  return Unavailable("too many Redis Cluster redirects");
+}
+
+absl::StatusOr<std::vector<Reply>> RedisClient::RunOnEveryPrimary(
+    const Command& command) {
+  std::set<std::string> addresses;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!options_.cluster) {
+      addresses.insert(standalone_address_);
+    } else {
+      for (const std::string& a : slots_) {
+        if (!a.empty()) addresses.insert(a);
+      }
+    }
+  }
+  std::vector<Reply> out;
+  for (const std::string& a : addresses) {
+    std::string redirect;
+    SS_ASSIGN_OR_RETURN(std::vector<Reply> r,
+                        Attempt(a, {command}, false, &redirect));
+    out.push_back(std::move(r[0]));
+  }
+  return out;
+}
+
+}  // namespace statestream::store_internal

@@ -1,0 +1,97 @@
+// SPDX-License-Identifier: Apache-2.0
+// A small synchronous Redis client over hiredis 0.14 for the state store:
+// per-node connection pools, AUTH, timeouts, retry with backoff, and Redis
+// Cluster routing (CRC16 hash slots, CLUSTER SLOTS, MOVED/ASK/TRYAGAIN),
+// which hiredis 0.14 lacks. Not part of the public interface.
+#ifndef STATESTREAM_STATE_STORE_INTERNAL_REDIS_CLIENT_H_
+#define STATESTREAM_STATE_STORE_INTERNAL_REDIS_CLIENT_H_
+
+#include <hiredis/hiredis.h>
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+
+namespace statestream::store_internal {
+
+struct ReplyDeleter {
+  void operator()(redisReply* r) const { freeReplyObject(r); }
+};
+using Reply = std::unique_ptr<redisReply, ReplyDeleter>;
+// One command: its arguments (not owned; must outlive the call).
+using Command = std::vector<absl::string_view>;
+
+// The Redis Cluster hash slot of `key` (honours {hash tags}).
+int KeySlot(absl::string_view key);
+
+struct RedisClientOptions {
+  std::vector<std::string> seeds;  // "host:port"; the first reachable is used
+  bool cluster = false;
+  std::string user;  // ACL user; "" = AUTH with password only
+  std::string password;
+  absl::Duration connect_timeout;
+  absl::Duration command_timeout;
+  absl::Duration retry_deadline;  // total time spent retrying one call
+  absl::Duration backoff_initial;
+  absl::Duration backoff_max;
+  int max_idle_connections_per_node = 8;
+  Clock* clock = nullptr;  // not owned
+};
+
+// Thread-safe.
+class RedisClient {
+ public:
+  // Connects to a seed (and loads the slot map in cluster mode).
+  static absl::StatusOr<std::unique_ptr<RedisClient>> Connect(
+      const RedisClientOptions& options);
+  ~RedisClient();
+  RedisClient(const RedisClient&) = delete;
+  RedisClient& operator=(const RedisClient&) = delete;
+
+  // Sends `commands` pipelined on one connection to the node serving
+  // `routing_key`'s slot and returns one reply per command. Error replies
+  // (other than redirects and TRYAGAIN/LOADING/CLUSTERDOWN, which are
+  // followed or retried) are returned as replies. Connection failures are
+  // retried with backoff until retry_deadline, then UNAVAILABLE/
+  // kStoreUnavailable; so every command must be safe to repeat.
+  absl::StatusOr<std::vector<Reply>> Run(absl::string_view routing_key,
+                                         const std::vector<Command>& commands);
+  // Runs one command on every primary (standalone: the server), e.g. INFO.
+  absl::StatusOr<std::vector<Reply>> RunOnEveryPrimary(const Command& command);
+
+ private:
+  struct Node;
+  explicit RedisClient(const RedisClientOptions& options);
+  Node* NodeFor(const std::string& address);
+  absl::StatusOr<std::string> AddressForSlot(int slot);
+  absl::Status RefreshSlots();
+  void SetSlot(int slot, const std::string& address);
+  // One attempt on `address`. Sets *redirect to "ASK host:port" /
+  // "MOVED host:port" or "RETRY" when the caller should try again.
+  absl::StatusOr<std::vector<Reply>> Attempt(const std::string& address,
+                                             const std::vector<Command>& cmds,
+                                             bool asking,
+                                             std::string* redirect);
+
+  const RedisClientOptions options_;
+  Clock* const clock_;
+  absl::Mutex mu_;
+  std::map<std::string, std::unique_ptr<Node>> nodes_ ABSL_GUARDED_BY(mu_);
+  // Cluster: slot -> node address ("" = unknown). Standalone: unused.
+  std::vector<std::string> slots_ ABSL_GUARDED_BY(mu_);
+  std::string standalone_address_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace statestream::store_internal
+
+#endif  // STATESTREAM_STATE_STORE_INTERNAL_REDIS_CLIENT_H_

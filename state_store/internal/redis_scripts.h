@@ -1,0 +1,235 @@
+// SPDX-License-Identifier: Apache-2.0
+// Lua scripts of the Redis state store, run with EVALSHA (EVAL on NOSCRIPT).
+// Each is atomic on its shard. Conventions: ARGV[1] is the session's key
+// prefix "ss:{tenant/session}:", ARGV[2] the fence retention (ms), ARGV[3]
+// the caller's time (ms since the epoch); the script's own arguments follow.
+// A reply is an array whose first element names the outcome ("OK", "DUP",
+// "NOTFOUND", "EXISTS", "VERSION", "NOTKEPT", "FENCED", "MODEL", "BUSY",
+// "CHUNKS"). Layout: docs/state-store.md.
+#ifndef STATESTREAM_STATE_STORE_INTERNAL_REDIS_SCRIPTS_H_
+#define STATESTREAM_STATE_STORE_INTERNAL_REDIS_SCRIPTS_H_
+
+namespace statestream::store_internal {
+
+// Helpers prepended to every session script.
+inline constexpr char kLuaPrelude[] = R"lua(
+local P = ARGV[1]
+local function touch(k, ttl)
+  if ttl < 0 then redis.call('PERSIST', k) else redis.call('PEXPIRE', k, ttl) end
+end
+local function version_keys(n)
+  local vk = P .. 'v' .. n
+  local m = redis.call('HMGET', vk, 'nonce', 'chunk_count')
+  if not m[1] then return {} end
+  local keys = {vk}
+  for i = 0, tonumber(m[2]) - 1 do keys[#keys + 1] = vk .. ':' .. m[1] .. ':c' .. i end
+  return keys
+end
+local function touch_session()
+  local h = redis.call('HMGET', P .. 'head', 'oldest', 'version', 'ttl_ms')
+  local ttl = tonumber(h[3])
+  touch(P .. 'head', ttl)
+  if ttl < 0 then redis.call('PERSIST', P .. 'fence')
+  else redis.call('PEXPIRE', P .. 'fence', ttl + tonumber(ARGV[2])) end
+  for n = tonumber(h[1]), tonumber(h[2]) do
+    for _, k in ipairs(version_keys(n)) do touch(k, ttl) end
+  end
+end
+local function chunks_present()
+  for i = 4, #KEYS do
+    if redis.call('EXISTS', KEYS[i]) == 0 then return false end
+  end
+  return true
+end
+)lua";
+
+// KEYS: head, fence, v1, chunk keys. ARGV[4] nonce, ARGV[5] number of head
+// field/value arguments that follow, then head pairs, then v1 pairs.
+inline constexpr char kLuaCreate[] = R"lua(
+local head = P .. 'head'
+if redis.call('EXISTS', head) == 1 then
+  if redis.call('HGET', head, 'version') == '1' and
+     redis.call('HGET', head, 'nonce') == ARGV[4] then return {'DUP'} end
+  return {'EXISTS'}
+end
+if not chunks_present() then return {'CHUNKS'} end
+local fence = redis.call('INCR', P .. 'fence')
+local nh = tonumber(ARGV[5])
+local hf, vf = {}, {}
+for i = 6, 5 + nh do hf[#hf + 1] = ARGV[i] end
+for i = 6 + nh, #ARGV do vf[#vf + 1] = ARGV[i] end
+vf[#vf + 1] = 'fence'
+vf[#vf + 1] = fence
+redis.call('DEL', P .. 'v1', P .. 'lease')
+redis.call('HSET', P .. 'v1', unpack(vf))
+redis.call('HSET', head, unpack(hf))
+touch_session()
+return {'OK', tostring(fence)}
+)lua";
+
+// KEYS: head, fence, new version, chunk keys. ARGV[4] expected version,
+// [5] fence, [6] fingerprint, [7] nonce, [8] keep, [9] grace ms, then the
+// new version's field/value pairs.
+inline constexpr char kLuaCommit[] = R"lua(
+local head = P .. 'head'
+local ver = redis.call('HGET', head, 'version')
+if not ver then return {'NOTFOUND'} end
+ver = tonumber(ver)
+local expected = tonumber(ARGV[4])
+if ver == expected + 1 and redis.call('HGET', head, 'nonce') == ARGV[7] then
+  return {'DUP'}
+end
+if ver ~= expected then return {'VERSION', tostring(ver)} end
+local fence = tonumber(redis.call('GET', P .. 'fence') or '0')
+if fence ~= tonumber(ARGV[5]) then return {'FENCED', tostring(fence)} end
+local fp = redis.call('HGET', head, 'fingerprint')
+if fp ~= ARGV[6] then return {'MODEL', fp} end
+if not chunks_present() then return {'CHUNKS'} end
+local new = ver + 1
+local vk = P .. 'v' .. new
+local vf = {}
+for i = 10, #ARGV do vf[#vf + 1] = ARGV[i] end
+redis.call('DEL', vk)
+redis.call('HSET', vk, unpack(vf))
+local oldest = tonumber(redis.call('HGET', head, 'oldest'))
+local new_oldest = math.max(oldest, new - tonumber(ARGV[8]) + 1)
+for n = oldest, new_oldest - 1 do
+  for _, k in ipairs(version_keys(n)) do redis.call('PEXPIRE', k, ARGV[9]) end
+end
+redis.call('HSET', head, 'version', new, 'oldest', new_oldest, 'nonce', ARGV[7],
+           'updated_ms', ARGV[3])
+touch_session()
+return {'OK'}
+)lua";
+
+// KEYS: head, fence, lease. ARGV[4] version (0 = head, -1 = head only).
+// OK reply: {'OK', head pairs, version pairs, fence, lease pairs, lease pttl,
+// head version pairs}.
+inline constexpr char kLuaRead[] = R"lua(
+local h = redis.call('HGETALL', P .. 'head')
+if #h == 0 then return {'NOTFOUND'} end
+local m = redis.call('HMGET', P .. 'head', 'version', 'oldest')
+local ver, oldest = tonumber(m[1]), tonumber(m[2])
+local want = tonumber(ARGV[4])
+if want <= 0 then want = ver end
+if want < oldest or want > ver then
+  return {'NOTKEPT', tostring(ver), tostring(oldest)}
+end
+local vm = redis.call('HGETALL', P .. 'v' .. want)
+if #vm == 0 then return {'NOTKEPT', tostring(ver), tostring(oldest)} end
+local hv = vm
+if want ~= ver then hv = redis.call('HGETALL', P .. 'v' .. ver) end
+return {'OK', h, vm, redis.call('GET', P .. 'fence') or '0',
+        redis.call('HGETALL', P .. 'lease'), redis.call('PTTL', P .. 'lease'),
+        hv}
+)lua";
+
+// KEYS: head. Reply: {'OK', pairs of each kept version...}.
+inline constexpr char kLuaVersions[] = R"lua(
+local m = redis.call('HMGET', P .. 'head', 'version', 'oldest')
+if not m[1] then return {'NOTFOUND'} end
+local out = {'OK'}
+for n = tonumber(m[2]), tonumber(m[1]) do
+  local vm = redis.call('HGETALL', P .. 'v' .. n)
+  if #vm > 0 then out[#out + 1] = vm end
+end
+return out
+)lua";
+
+// KEYS: head. ARGV[4] '1' to set labels to ARGV[5]; ARGV[6] '1' to set the
+// TTL to ARGV[7] ms (-1 = pinned).
+inline constexpr char kLuaUpdate[] = R"lua(
+local head = P .. 'head'
+if redis.call('EXISTS', head) == 0 then return {'NOTFOUND'} end
+if ARGV[4] == '1' then redis.call('HSET', head, 'labels', ARGV[5]) end
+if ARGV[6] == '1' then redis.call('HSET', head, 'ttl_ms', ARGV[7]) end
+redis.call('HSET', head, 'updated_ms', ARGV[3])
+touch_session()
+return {'OK'}
+)lua";
+
+// KEYS: head, fence, lease.
+inline constexpr char kLuaDelete[] = R"lua(
+local m = redis.call('HMGET', P .. 'head', 'version', 'oldest')
+if not m[1] then return {'NOTFOUND'} end
+for n = tonumber(m[2]), tonumber(m[1]) do
+  local keys = version_keys(n)
+  if #keys > 0 then redis.call('DEL', unpack(keys)) end
+end
+redis.call('DEL', P .. 'head', P .. 'lease')
+redis.call('PEXPIRE', P .. 'fence', ARGV[2])
+return {'OK'}
+)lua";
+
+// KEYS: head, fence, lease. ARGV[4] owner, [5] ttl ms, [6] takeover '0'/'1'.
+inline constexpr char kLuaAcquire[] = R"lua(
+if redis.call('EXISTS', P .. 'head') == 0 then return {'NOTFOUND'} end
+local lease = P .. 'lease'
+local cur = redis.call('HGET', lease, 'owner')
+if cur and cur ~= ARGV[4] and ARGV[6] == '0' then return {'BUSY', cur} end
+local f = redis.call('INCR', P .. 'fence')
+redis.call('DEL', lease)
+redis.call('HSET', lease, 'owner', ARGV[4], 'fence', f)
+redis.call('PEXPIRE', lease, ARGV[5])
+touch_session()
+return {'OK', tostring(f)}
+)lua";
+
+// KEYS: head, fence, lease. ARGV[4] owner, [5] fence, [6] ttl ms.
+inline constexpr char kLuaRenew[] = R"lua(
+if redis.call('EXISTS', P .. 'head') == 0 then return {'NOTFOUND'} end
+local f = redis.call('GET', P .. 'fence') or '0'
+if f ~= ARGV[5] then return {'FENCED', f} end
+local lease = P .. 'lease'
+local cur = redis.call('HGET', lease, 'owner')
+if cur and cur ~= ARGV[4] then return {'FENCED', f} end
+redis.call('HSET', lease, 'owner', ARGV[4], 'fence', f)
+redis.call('PEXPIRE', lease, ARGV[6])
+return {'OK'}
+)lua";
+
+// KEYS: head, fence, lease. ARGV[4] owner, [5] fence.
+inline constexpr char kLuaRelease[] = R"lua(
+local m = redis.call('HMGET', P .. 'lease', 'owner', 'fence')
+if m[1] == ARGV[4] and m[2] == ARGV[5] then redis.call('DEL', P .. 'lease') end
+return {'OK'}
+)lua";
+
+// Worker registry; ARGV[1] is the worker key prefix. KEYS: the index.
+// ARGV[4] id, [5] payload, [6] ttl ms.
+inline constexpr char kLuaRegisterWorker[] = R"lua(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', ARGV[1] .. ARGV[4], ARGV[5], 'PX', ARGV[6])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[6]), ARGV[4])
+return {'OK'}
+)lua";
+
+inline constexpr char kLuaUnregisterWorker[] = R"lua(
+redis.call('DEL', ARGV[1] .. ARGV[4])
+redis.call('ZREM', KEYS[1], ARGV[4])
+return {'OK'}
+)lua";
+
+// Reply: {'OK', id, payload, pttl, id, payload, pttl, ...}.
+inline constexpr char kLuaListWorkers[] = R"lua(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local out = {'OK'}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local v = redis.call('GET', ARGV[1] .. id)
+  if v then
+    out[#out + 1] = id
+    out[#out + 1] = v
+    out[#out + 1] = redis.call('PTTL', ARGV[1] .. id)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+)lua";
+
+}  // namespace statestream::store_internal
+
+#endif  // STATESTREAM_STATE_STORE_INTERNAL_REDIS_SCRIPTS_H_

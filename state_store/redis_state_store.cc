@@ -1,0 +1,782 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "state_store/redis_state_store.h"
+
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/status.h"
+#include "state_store/internal/redis_client.h"
+#include "state_store/internal/redis_scripts.h"
+#include "state_store/internal/store_util.h"
+
+namespace statestream {
+namespace {
+
+using store_internal::Command;
+using store_internal::Reply;
+using Fields = std::map<std::string, std::string>;
+
+enum Script {
+  kCreate,
+  kCommit,
+  kRead,
+  kVersions,
+  kUpdate,
+  kDelete,
+  kAcquire,
+  kRenew,
+  kRelease,
+  kRegisterWorker,
+  kUnregisterWorker,
+  kListWorkers,
+  kScriptCount
+};
+
+std::string ScriptSource(Script s) {
+  using namespace store_internal;
+  const char* body[] = {kLuaCreate,
+                        kLuaCommit,
+                        kLuaRead,
+                        kLuaVersions,
+                        kLuaUpdate,
+                        kLuaDelete,
+                        kLuaAcquire,
+                        kLuaRenew,
+                        kLuaRelease,
+                        kLuaRegisterWorker,
+                        kLuaUnregisterWorker,
+                        kLuaListWorkers};
+  return absl::StrCat(kLuaPrelude, body[s]);
+}
+
+std::string Str(const redisReply* r) {
+  if (r == nullptr) return "";
+  if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS ||
+      r->type == REDIS_REPLY_ERROR) {
+    return std::string(r->str, r->len);
+  }
+  if (r->type == REDIS_REPLY_INTEGER) return absl::StrCat(r->integer);
+  return "";
+}
+
+Fields Pairs(const redisReply* r) {
+  Fields f;
+  if (r == nullptr || r->type != REDIS_REPLY_ARRAY) return f;
+  for (size_t i = 0; i + 1 < r->elements; i += 2) {
+    f[Str(r->element[i])] = Str(r->element[i + 1]);
+  }
+  return f;
+}
+
+uint64_t U64(const Fields& f, const std::string& k) {
+  auto it = f.find(k);
+  uint64_t v = 0;
+  if (it != f.end() && !absl::SimpleAtoi(it->second, &v)) v = 0;
+  return v;
+}
+int64_t I64(const Fields& f, const std::string& k) {
+  auto it = f.find(k);
+  int64_t v = 0;
+  if (it != f.end() && !absl::SimpleAtoi(it->second, &v)) v = 0;
+  return v;
+}
+std::string Get(const Fields& f, const std::string& k) {
+  auto it = f.find(k);
+  return it == f.end() ? "" : it->second;
+}
+
+int64_t Ms(absl::Duration d) { return absl::ToInt64Milliseconds(d); }
+int64_t TtlMs(absl::Duration ttl) {
+  return ttl == absl::InfiniteDuration() ? -1 : std::max<int64_t>(1, Ms(ttl));
+}
+
+std::string NewNonce() {
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  return absl::StrCat(absl::Hex(rng(), absl::kZeroPad16));
+}
+
+VersionInfo ParseVersion(const Fields& f) {
+  VersionInfo v;
+  v.version = U64(f, "version");
+  v.position = U64(f, "position");
+  v.input_offset = U64(f, "input_offset");
+  v.tail_bytes = static_cast<uint32_t>(U64(f, "tail_bytes"));
+  v.fence = U64(f, "fence");
+  v.state_bytes = U64(f, "state_bytes");
+  v.chunk_count = static_cast<uint32_t>(U64(f, "chunk_count"));
+  v.state_crc32c = static_cast<uint32_t>(U64(f, "crc"));
+  v.rolled_back_from = U64(f, "rolled_back_from");
+  const uint64_t d = U64(f, "durability");
+  v.durability =
+      d >= 1 && d <= 3 ? static_cast<Durability>(d) : Durability::kMemory;
+  v.committed_at = absl::FromUnixMillis(I64(f, "committed_ms"));
+  return v;
+}
+
+std::vector<std::string> VersionFields(const VersionInfo& v,
+                                       const std::string& nonce) {
+  std::vector<std::string> out = {
+      "version",
+      absl::StrCat(v.version),
+      "position",
+      absl::StrCat(v.position),
+      "input_offset",
+      absl::StrCat(v.input_offset),
+      "tail_bytes",
+      absl::StrCat(v.tail_bytes),
+      "state_bytes",
+      absl::StrCat(v.state_bytes),
+      "chunk_count",
+      absl::StrCat(v.chunk_count),
+      "crc",
+      absl::StrCat(v.state_crc32c),
+      "rolled_back_from",
+      absl::StrCat(v.rolled_back_from),
+      "durability",
+      absl::StrCat(static_cast<int>(v.durability)),
+      "committed_ms",
+      absl::StrCat(absl::ToUnixMillis(v.committed_at)),
+      "nonce",
+      nonce};
+  if (v.fence != 0) {
+    out.push_back("fence");
+    out.push_back(absl::StrCat(v.fence));
+  }
+  return out;
+}
+
+class RedisStateStore final : public StateStore {
+ public:
+  RedisStateStore(const RedisStateStoreOptions& o,
+                  std::unique_ptr<store_internal::RedisClient> client)
+      : options_(o),
+        clock_(o.clock ? o.clock : Clock::Real()),
+        client_(std::move(client)) {}
+
+  absl::Status Init() {
+    for (int s = 0; s < kScriptCount; ++s) {
+      const std::string src = ScriptSource(static_cast<Script>(s));
+      SS_ASSIGN_OR_RETURN(auto r,
+                          client_->RunOnEveryPrimary({"SCRIPT", "LOAD", src}));
+      if (r.empty() || r[0]->type != REDIS_REPLY_STRING) {
+        return store_internal::Unavailable(absl::StrCat(
+            "SCRIPT LOAD failed: ", r.empty() ? "" : Str(r[0].get())));
+      }
+      sha_[s] = Str(r[0].get());
+    }
+    SS_ASSIGN_OR_RETURN(auto info,
+                        client_->RunOnEveryPrimary({"INFO", "server"}));
+    const std::string text = info.empty() ? "" : Str(info[0].get());
+    const size_t at = text.find("redis_version:");
+    if (at != std::string::npos) {
+      std::vector<std::string> v = absl::StrSplit(
+          text.substr(at + 14, text.find('\r', at) - at - 14), '.');
+      int major = 0, minor = 0;
+      if (v.size() >= 2 && absl::SimpleAtoi(v[0], &major) &&
+          absl::SimpleAtoi(v[1], &minor)) {
+        have_waitaof_ = major > 7 || (major == 7 && minor >= 2);
+      }
+    }
+    // FSYNC without WAITAOF: only when every write is fsynced before the
+    // reply. CONFIG may be forbidden by ACLs: then assume it is not.
+    auto cfg = client_->RunOnEveryPrimary({"CONFIG", "GET", "append*"});
+    if (cfg.ok() && !cfg->empty()) {
+      bool all = true;
+      for (const Reply& r : *cfg) {
+        const Fields f = Pairs(r.get());
+        all = all && Get(f, "appendonly") == "yes" &&
+              Get(f, "appendfsync") == "always";
+      }
+      fsync_always_ = all;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<CommitResult> CreateSession(
+      const CreateSessionRequest& r) override {
+    SS_RETURN_IF_ERROR(store_internal::ValidateKey(r.key));
+    const absl::Duration ttl =
+        r.ttl == absl::ZeroDuration() ? options_.default_ttl : r.ttl;
+    SS_RETURN_IF_ERROR(store_internal::ValidateTtl(ttl, "ttl"));
+    const std::string encoded = EncodeState(r.initial_state);
+    const std::string nonce = NewNonce();
+    const std::string now = absl::StrCat(absl::ToUnixMillis(clock_->Now()));
+    // Index first (idempotent): a session is never missing from ListSessions.
+    SS_RETURN_IF_ERROR(AddToIndex(r.key));
+    VersionInfo v = store_internal::DescribeVersion(r.initial_state, encoded, 1,
+                                                    0, Chunks(encoded.size()));
+    v.committed_at = clock_->Now();
+    v.durability = Durability::kMemory;
+    const std::vector<std::string> head = {
+        "version",     "1",
+        "oldest",      "1",
+        "nonce",       nonce,
+        "fingerprint", r.initial_state.model_fingerprint,
+        "model_id",    r.model_id,
+        "parent_sid",  r.parent_session_id,
+        "parent_ver",  absl::StrCat(r.parent_version),
+        "labels",      store_internal::EncodeStringMap(r.labels),
+        "ttl_ms",      absl::StrCat(TtlMs(ttl)),
+        "created_ms",  now,
+        "updated_ms",  now};
+    std::vector<std::string> args = {nonce, absl::StrCat(head.size())};
+    args.insert(args.end(), head.begin(), head.end());
+    for (std::string& f : VersionFields(v, nonce)) args.push_back(std::move(f));
+    Durability reached =
+        fsync_always_ ? Durability::kFsync : Durability::kMemory;
+    SS_ASSIGN_OR_RETURN(Reply reply,
+                        WriteVersion(r.key, kCreate, 1, nonce, encoded, args,
+                                     r.durability, &reached));
+    const std::string outcome = Str(reply->element[0]);
+    if (outcome == "EXISTS") return store_internal::SessionExists(r.key);
+    if (outcome != "OK" && outcome != "DUP") return Unexpected(outcome);
+    return Finish(r.key, 1, r.durability, reached);
+  }
+
+  absl::StatusOr<SessionHead> GetHead(const SessionKey& key) override {
+    SS_RETURN_IF_ERROR(store_internal::ValidateKey(key));
+    SS_ASSIGN_OR_RETURN(auto read, Read(key, -1));
+    return read.first;
+  }
+
+  absl::StatusOr<LoadedVersion> LoadVersion(const SessionKey& key,
+                                            uint64_t version) override {
+    SS_RETURN_IF_ERROR(store_internal::ValidateKey(key));
+    SS_ASSIGN_OR_RETURN(auto read, Read(key, static_cast<int64_t>(version)));
+    const auto& [head, vm] = read;
+    const VersionInfo info = ParseVersion(vm);
+    const std::string nonce = Get(vm, "nonce");
+    std::vector<std::string> keys;
+    std::vector<Command> gets;
+    for (uint32_t i = 0; i < info.chunk_count; ++i) {
+      keys.push_back(ChunkKey(key, info.version, nonce, i));
+    }
+    for (const std::string& k : keys) gets.push_back({"GET", k});
+    SS_ASSIGN_OR_RETURN(std::vector<Reply> replies,
+                        client_->Run(HeadKey(key), gets));
+    std::string bytes;
+    bytes.reserve(info.state_bytes);
+    for (size_t i = 0; i < replies.size(); ++i) {
+      const redisReply* r = replies[i].get();
+      if (r->type != REDIS_REPLY_STRING) {
+        // Expired since the read (dropped beyond keep_versions)?
+        auto again = Read(key, static_cast<int64_t>(info.version));
+        if (!again.ok()) return again.status();
+        return DataLossError(
+            Reason::kStateCorrupt,
+            absl::StrCat("state is corrupt: chunk ", i, " of version ",
+                         info.version, " is missing"));
+      }
+      bytes.append(r->str, r->len);
+    }
+    replies.clear();
+    if (bytes.size() != info.state_bytes ||
+        EncodedStateCrc(bytes) != info.state_crc32c) {
+      return DataLossError(
+          Reason::kStateCorrupt,
+          absl::StrCat("state is corrupt: version ", info.version,
+                       " does not match its recorded size and checksum"));
+    }
+    LoadedVersion out;
+    out.version = info;
+    SS_ASSIGN_OR_RETURN(out.state, DecodeState(bytes));
+    return out;
+  }
+
+  absl::StatusOr<CommitResult> Commit(const CommitRequest& r) override {
+    SS_RETURN_IF_ERROR(store_internal::ValidateKey(r.key));
+    const std::string encoded = EncodeState(r.state);
+    const std::string nonce = NewNonce();
+    const uint64_t version = r.expected_version + 1;
+    VersionInfo v = store_internal::DescribeVersion(
+        r.state, encoded, version, r.fence, Chunks(encoded.size()));
+    v.rolled_back_from = r.rolled_back_from;
+    v.committed_at = clock_->Now();
+    Durability reached =
+        fsync_always_ ? Durability::kFsync : Durability::kMemory;
+    v.durability = reached;
+    std::vector<std::string> args = {
+        absl::StrCat(r.expected_version),
+        absl::StrCat(r.fence),
+        r.state.model_fingerprint,
+        nonce,
+        absl::StrCat(options_.keep_versions),
+        absl::StrCat(Ms(options_.dropped_version_grace))};
+    for (std::string& f : VersionFields(v, nonce)) args.push_back(std::move(f));
+    SS_ASSIGN_OR_RETURN(
+        Reply reply, WriteVersion(r.key, kCommit, version, nonce, encoded, args,
+                                  r.durability, &reached));
+    const std::string outcome = Str(reply->element[0]);
+    const std::string arg = reply->elements > 1 ? Str(reply->element[1]) : "";
+    uint64_t n = 0;
+    if (outcome == "NOTFOUND") return store_internal::SessionNotFound(r.key);
+    if (outcome == "VERSION" && absl::SimpleAtoi(arg, &n)) {
+      return store_internal::HeadMismatch(r.expected_version, n);
+    }
+    if (outcome == "FENCED" && absl::SimpleAtoi(arg, &n)) {
+      return store_internal::Fenced(r.fence, n);
+    }
+    if (outcome == "MODEL") {
+      return store_internal::FingerprintMismatch(arg,
+                                                 r.state.model_fingerprint);
+    }
+    if (outcome != "OK" && outcome != "DUP") return Unexpected(outcome);
+    return Finish(r.key, version, r.durability, reached);
+  }
+
+  absl::StatusOr<CommitResult> Rollback(const SessionKey& key,
+                                        uint64_t expected_version,
+                                        uint64_t fence, uint64_t version,
+                                        Durability durability) override {
+    SS_ASSIGN_OR_RETURN(LoadedVersion old, LoadVersion(key, version));
+    CommitRequest r;
+    r.key = key;
+    r.expected_version = expected_version;
+    r.fence = fence;
+    r.state = std::move(old.state);
+    r.durability = durability;
+    r.rolled_back_from = old.version.version;
+    return Commit(r);
+  }
+
+  absl::StatusOr<std::vector<VersionInfo>> ListVersions(
+      const SessionKey& key) override {
+    SS_RETURN_IF_ERROR(store_internal::ValidateKey(key));
+    SS_ASSIGN_OR_RETURN(Reply r, Eval(key, kVersions, {}));
+    if (Str(r->element[0]) == "NOTFOUND") {
+      return store_internal::SessionNotFound(key);
+    }
+    std::vector<VersionInfo> out;
+    for (size_t i = 1; i < r->elements; ++i) {
+      out.push_back(ParseVersion(Pairs(r->element[i])));
+    }
+    return out;
+  }
+
+  absl::StatusOr<ListSessionsPage> ListSessions(
+      const ListSessionsRequest& req) override {
+    SS_ASSIGN_OR_RETURN(std::string after,
+                        store_internal::ParseListRequest(req));
+    const std::string index = IndexKey(req.tenant);
+    ListSessionsPage page;
+    std::string from = after.empty() ? "-" : absl::StrCat("(", after);
+    while (true) {
+      SS_ASSIGN_OR_RETURN(std::vector<Reply> r,
+                          client_->Run(index, {{"ZRANGEBYLEX", index, from, "+",
+                                                "LIMIT", "0", "100"}}));
+      const redisReply* ids = r[0].get();
+      if (ids->type != REDIS_REPLY_ARRAY) return Unexpected(Str(ids));
+      for (size_t i = 0; i < ids->elements; ++i) {
+        const SessionKey key{req.tenant, Str(ids->element[i])};
+        from = absl::StrCat("(", key.session_id);
+        auto head = GetHead(key);
+        if (!head.ok()) {
+          if (GetReason(head.status()) != Reason::kSessionNotFound) {
+            return head.status();
+          }
+          SS_RETURN_IF_ERROR(
+              client_->Run(index, {{"ZREM", index, key.session_id}}).status());
+          continue;
+        }
+        if (!store_internal::LabelsMatch(head->labels, req.label_filter)) {
+          continue;
+        }
+        if (static_cast<int>(page.sessions.size()) == req.page_size) {
+          page.next_page_token = store_internal::MakePageToken(
+              page.sessions.back().key.session_id);
+          return page;
+        }
+        page.sessions.push_back(std::move(*head));
+      }
+      if (ids->elements < 100) return page;
+    }
+  }
+
+  absl::StatusOr<SessionHead> UpdateSession(const SessionKey& key,
+                                            const SessionUpdate& u) override {
+    SS_RETURN_IF_ERROR(store_internal::ValidateKey(key));
+    if (u.ttl) SS_RETURN_IF_ERROR(store_internal::ValidateTtl(*u.ttl, "ttl"));
+    SS_ASSIGN_OR_RETURN(
+        Reply r,
+        Eval(key, kUpdate,
+             {u.labels ? "1" : "0",
+              u.labels ? store_internal::EncodeStringMap(*u.labels) : "",
+              u.ttl ? "1" : "0", u.ttl ? absl::StrCat(TtlMs(*u.ttl)) : ""}));
+    if (Str(r->element[0]) == "NOTFOUND") {
+      return store_internal::SessionNotFound(key);
+    }
+    return GetHead(key);
+  }
+
+  absl::Status DeleteSession(const SessionKey& key) override {
+    SS_RETURN_IF_ERROR(store_internal::ValidateKey(key));
+    SS_ASSIGN_OR_RETURN(Reply r, Eval(key, kDelete, {}));
+    if (Str(r->element[0]) == "NOTFOUND") {
+      return store_internal::SessionNotFound(key);
+    }
+    const std::string index = IndexKey(key.tenant);
+    return client_->Run(index, {{"ZREM", index, key.session_id}}).status();
+  }
+
+  absl::StatusOr<Lease> AcquireLease(const SessionKey& key,
+                                     const std::string& owner,
+                                     absl::Duration ttl,
+                                     bool takeover) override {
+    SS_RETURN_IF_ERROR(store_internal::ValidateKey(key));
+    SS_RETURN_IF_ERROR(store_internal::ValidateOwner(owner));
+    SS_RETURN_IF_ERROR(store_internal::ValidateTtl(ttl, "lease ttl"));
+    if (ttl == absl::InfiniteDuration()) ttl = absl::Hours(24 * 365);
+    const absl::Time start = clock_->Now();
+    SS_ASSIGN_OR_RETURN(
+        Reply r, Eval(key, kAcquire,
+                      {owner, absl::StrCat(TtlMs(ttl)), takeover ? "1" : "0"}));
+    const std::string outcome = Str(r->element[0]);
+    if (outcome == "NOTFOUND") return store_internal::SessionNotFound(key);
+    if (outcome == "BUSY") return store_internal::LeaseBusy(Str(r->element[1]));
+    uint64_t fence = 0;
+    if (outcome != "OK" || !absl::SimpleAtoi(Str(r->element[1]), &fence)) {
+      return Unexpected(outcome);
+    }
+    return Lease{owner, fence, start + ttl};
+  }
+
+  absl::StatusOr<Lease> RenewLease(const SessionKey& key,
+                                   const std::string& owner, uint64_t fence,
+                                   absl::Duration ttl) override {
+    SS_RETURN_IF_ERROR(store_internal::ValidateKey(key));
+    SS_RETURN_IF_ERROR(store_internal::ValidateTtl(ttl, "lease ttl"));
+    if (ttl == absl::InfiniteDuration()) ttl = absl::Hours(24 * 365);
+    const absl::Time start = clock_->Now();
+    SS_ASSIGN_OR_RETURN(
+        Reply r, Eval(key, kRenew,
+                      {owner, absl::StrCat(fence), absl::StrCat(TtlMs(ttl))}));
+    const std::string outcome = Str(r->element[0]);
+    if (outcome == "NOTFOUND") return store_internal::SessionNotFound(key);
+    uint64_t current = 0;
+    if (outcome == "FENCED" && absl::SimpleAtoi(Str(r->element[1]), &current)) {
+      return store_internal::Fenced(fence, current);
+    }
+    if (outcome != "OK") return Unexpected(outcome);
+    return Lease{owner, fence, start + ttl};
+  }
+
+  absl::Status ReleaseLease(const SessionKey& key, const std::string& owner,
+                            uint64_t fence) override {
+    SS_RETURN_IF_ERROR(store_internal::ValidateKey(key));
+    return Eval(key, kRelease, {owner, absl::StrCat(fence)}).status();
+  }
+
+  absl::StatusOr<Lease> GetOwner(const SessionKey& key) override {
+    SS_ASSIGN_OR_RETURN(SessionHead h, GetHead(key));
+    return Lease{h.owner, h.fence, h.lease_expires_at};
+  }
+
+  absl::Status RegisterWorker(const WorkerInfo& info,
+                              absl::Duration ttl) override {
+    SS_RETURN_IF_ERROR(store_internal::ValidateWorkerId(info.worker_id));
+    SS_RETURN_IF_ERROR(store_internal::ValidateTtl(ttl, "worker ttl"));
+    if (ttl == absl::InfiniteDuration()) ttl = absl::Hours(24 * 365);
+    const std::string payload = store_internal::EncodeStringMap(
+        {{"address", info.address},
+         {"models", absl::StrJoin(info.model_fingerprints, "\n")},
+         {"load", absl::StrCat(info.load)}});
+    return EvalWorkers(kRegisterWorker,
+                       {info.worker_id, payload, absl::StrCat(TtlMs(ttl))})
+        .status();
+  }
+
+  absl::Status UnregisterWorker(const std::string& worker_id) override {
+    SS_RETURN_IF_ERROR(store_internal::ValidateWorkerId(worker_id));
+    return EvalWorkers(kUnregisterWorker, {worker_id}).status();
+  }
+
+  absl::StatusOr<std::vector<WorkerInfo>> ListWorkers() override {
+    const absl::Time now = clock_->Now();
+    SS_ASSIGN_OR_RETURN(Reply r, EvalWorkers(kListWorkers, {}));
+    std::vector<WorkerInfo> out;
+    for (size_t i = 1; i + 2 < r->elements; i += 3) {
+      WorkerInfo w;
+      w.worker_id = Str(r->element[i]);
+      std::map<std::string, std::string> f;
+      if (!store_internal::DecodeStringMap(Str(r->element[i + 1]), &f)) {
+        continue;
+      }
+      w.address = f["address"];
+      if (!f["models"].empty()) {
+        w.model_fingerprints = absl::StrSplit(f["models"], '\n');
+      }
+      if (!absl::SimpleAtod(f["load"], &w.load)) w.load = 0;
+      w.expires_at = now + absl::Milliseconds(r->element[i + 2]->integer);
+      out.push_back(std::move(w));
+    }
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+      return a.worker_id < b.worker_id;
+    });
+    return out;
+  }
+
+ private:
+  std::string Prefix(const SessionKey& k) const {
+    return absl::StrCat(options_.key_prefix, ":{", k.tenant, "/", k.session_id,
+                        "}:");
+  }
+  std::string HeadKey(const SessionKey& k) const {
+    return absl::StrCat(Prefix(k), "head");
+  }
+  std::string ChunkKey(const SessionKey& k, uint64_t version,
+                       const std::string& nonce, uint32_t i) const {
+    return absl::StrCat(Prefix(k), "v", version, ":", nonce, ":c", i);
+  }
+  std::string IndexKey(const std::string& tenant) const {
+    return absl::StrCat(options_.key_prefix, ":{t:", tenant, "}:sessions");
+  }
+  std::string WorkersKey() const {
+    return absl::StrCat(options_.key_prefix, ":{workers}:index");
+  }
+  uint32_t Chunks(size_t bytes) const {
+    return static_cast<uint32_t>(std::max<size_t>(
+        1, (bytes + options_.chunk_bytes - 1) / options_.chunk_bytes));
+  }
+
+  absl::Status Unexpected(absl::string_view what) {
+    return MakeError(absl::StatusCode::kInternal, Reason::kInternal,
+                     absl::StrCat("unexpected Redis reply: ", what));
+  }
+
+  absl::Status AddToIndex(const SessionKey& key) {
+    const std::string index = IndexKey(key.tenant);
+    return client_->Run(index, {{"ZADD", index, "0", key.session_id}}).status();
+  }
+
+  // Runs `script` with `keys` and the common + `args` arguments, then
+  // `extra` commands on the same connection. EVALSHA, or EVAL on NOSCRIPT.
+  absl::StatusOr<std::vector<Reply>> RunScript(
+      absl::string_view routing, Script script,
+      const std::vector<std::string>& keys,
+      const std::vector<absl::string_view>& args,
+      const std::vector<Command>& extra) {
+    const std::string nkeys = absl::StrCat(keys.size());
+    std::string source;
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      Command cmd;
+      if (attempt == 0) {
+        cmd = {"EVALSHA", sha_[script], nkeys};
+      } else {
+        source = ScriptSource(script);
+        cmd = {"EVAL", source, nkeys};
+      }
+      for (const std::string& k : keys) cmd.push_back(k);
+      cmd.insert(cmd.end(), args.begin(), args.end());
+      std::vector<Command> cmds = {cmd};
+      cmds.insert(cmds.end(), extra.begin(), extra.end());
+      SS_ASSIGN_OR_RETURN(std::vector<Reply> r, client_->Run(routing, cmds));
+      const redisReply* first = r[0].get();
+      if (first->type == REDIS_REPLY_ERROR &&
+          Str(first).rfind("NOSCRIPT", 0) == 0) {
+        continue;
+      }
+      if (first->type != REDIS_REPLY_ARRAY || first->elements == 0) {
+        return Unexpected(Str(first));
+      }
+      return r;
+    }
+    return Unexpected("script cache keeps missing");
+  }
+
+  absl::StatusOr<Reply> Eval(const SessionKey& key, Script script,
+                             std::vector<std::string> args) {
+    const std::string prefix = Prefix(key);
+    const std::string retention = absl::StrCat(Ms(options_.fence_retention));
+    const std::string now = absl::StrCat(absl::ToUnixMillis(clock_->Now()));
+    std::vector<absl::string_view> argv = {prefix, retention, now};
+    for (const std::string& a : args) argv.push_back(a);
+    SS_ASSIGN_OR_RETURN(
+        std::vector<Reply> r,
+        RunScript(prefix, script,
+                  {prefix + "head", prefix + "fence", prefix + "lease"}, argv,
+                  {}));
+    return std::move(r[0]);
+  }
+
+  absl::StatusOr<Reply> EvalWorkers(Script script,
+                                    std::vector<std::string> args) {
+    const std::string prefix =
+        absl::StrCat(options_.key_prefix, ":{workers}:w:");
+    std::vector<absl::string_view> argv = {prefix, "0", "0"};
+    for (const std::string& a : args) argv.push_back(a);
+    SS_ASSIGN_OR_RETURN(std::vector<Reply> r,
+                        RunScript(prefix, script, {WorkersKey()}, argv, {}));
+    return std::move(r[0]);
+  }
+
+  // Writes the chunks of `encoded` (invisible: they expire unless the
+  // script links them), then runs `script` (kCreate or kCommit), followed
+  // on the same connection by the wait for `wanted` durability; updates
+  // *reached. Returns the script's reply.
+  absl::StatusOr<Reply> WriteVersion(const SessionKey& key, Script script,
+                                     uint64_t version, const std::string& nonce,
+                                     const std::string& encoded,
+                                     const std::vector<std::string>& args,
+                                     Durability wanted, Durability* reached) {
+    const std::string prefix = Prefix(key);
+    const uint32_t n = Chunks(encoded.size());
+    std::vector<std::string> keys = {prefix + "head", prefix + "fence",
+                                     absl::StrCat(prefix, "v", version)};
+    for (uint32_t i = 0; i < n; ++i) {
+      keys.push_back(ChunkKey(key, version, nonce, i));
+    }
+    const std::string pending = absl::StrCat(Ms(options_.pending_chunk_ttl));
+    std::vector<Command> sets;
+    for (uint32_t i = 0; i < n; ++i) {
+      const size_t at = size_t{i} * options_.chunk_bytes;
+      const absl::string_view piece = absl::string_view(encoded).substr(
+          at, std::min<size_t>(options_.chunk_bytes, encoded.size() - at));
+      sets.push_back({"SET", keys[3 + i], piece, "PX", pending});
+    }
+    const std::string retention = absl::StrCat(Ms(options_.fence_retention));
+    const std::string now = absl::StrCat(absl::ToUnixMillis(clock_->Now()));
+    std::vector<absl::string_view> argv = {prefix, retention, now};
+    for (const std::string& a : args) argv.push_back(a);
+    const std::string timeout = absl::StrCat(Ms(options_.durability_timeout));
+    std::vector<Command> wait;
+    if (wanted == Durability::kFsync && have_waitaof_) {
+      wait.push_back({"WAITAOF", "1", "0", timeout});
+    } else if (wanted == Durability::kReplicated) {
+      if (have_waitaof_) {
+        wait.push_back({"WAITAOF", "0", "1", timeout});
+      } else {
+        wait.push_back({"WAIT", "1", timeout});
+      }
+    }
+    // Chunks can vanish before the head swap (a Redis restart without
+    // persistence, or a commit slower than pending_chunk_ttl): rewrite them.
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      SS_ASSIGN_OR_RETURN(std::vector<Reply> set_replies,
+                          client_->Run(prefix, sets));
+      for (const Reply& r : set_replies) {
+        if (r->type == REDIS_REPLY_ERROR) return Unexpected(Str(r.get()));
+      }
+      SS_ASSIGN_OR_RETURN(std::vector<Reply> r,
+                          RunScript(prefix, script, keys, argv, wait));
+      if (Str(r[0]->element[0]) == "CHUNKS") continue;
+      if (reached != nullptr && r.size() > 1) {
+        const redisReply* w = r[1].get();
+        if (w->type == REDIS_REPLY_ARRAY && w->elements == 2) {  // WAITAOF
+          if (w->element[0]->integer >= 1) {
+            *reached = std::max(*reached, Durability::kFsync);
+          }
+          if (w->element[1]->integer >= 1) *reached = Durability::kReplicated;
+        } else if (w->type == REDIS_REPLY_INTEGER && w->integer >= 1) {
+          *reached = Durability::kReplicated;
+        }
+      }
+      return std::move(r[0]);
+    }
+    return store_internal::Unavailable("state chunks keep disappearing");
+  }
+
+  // Reports the commit of `version` with the durability reached.
+  absl::StatusOr<CommitResult> Finish(const SessionKey& key, uint64_t version,
+                                      Durability wanted, Durability reached) {
+    SS_ASSIGN_OR_RETURN(auto read, Read(key, static_cast<int64_t>(version)));
+    CommitResult out;
+    out.version = ParseVersion(read.second);
+    out.version.durability = reached;
+    out.session = std::move(read.first);
+    if (out.session.head.version == version) {
+      out.session.head.durability = reached;
+    }
+    if (reached < wanted) {
+      return store_internal::DurabilityNotReached(version, wanted, reached);
+    }
+    return out;
+  }
+
+  // The head (and the fields of `version`: 0 = head, -1 = head only).
+  absl::StatusOr<std::pair<SessionHead, Fields>> Read(const SessionKey& key,
+                                                      int64_t version) {
+    SS_ASSIGN_OR_RETURN(Reply r, Eval(key, kRead, {absl::StrCat(version)}));
+    const std::string outcome = Str(r->element[0]);
+    if (outcome == "NOTFOUND") return store_internal::SessionNotFound(key);
+    if (outcome == "NOTKEPT") {
+      uint64_t head = 0, oldest = 0;
+      (void)absl::SimpleAtoi(Str(r->element[1]), &head);
+      (void)absl::SimpleAtoi(Str(r->element[2]), &oldest);
+      return store_internal::VersionNotKept(static_cast<uint64_t>(version),
+                                            head, oldest);
+    }
+    if (outcome != "OK" || r->elements != 7) return Unexpected(outcome);
+    const Fields h = Pairs(r->element[1]);
+    Fields vm = Pairs(r->element[2]);
+    const Fields lease = Pairs(r->element[4]);
+    SessionHead s;
+    s.key = key;
+    s.model_id = Get(h, "model_id");
+    s.model_fingerprint = Get(h, "fingerprint");
+    s.oldest_version = U64(h, "oldest");
+    s.parent_session_id = Get(h, "parent_sid");
+    s.parent_version = U64(h, "parent_ver");
+    if (!store_internal::DecodeStringMap(Get(h, "labels"), &s.labels)) {
+      return DataLossError(Reason::kStateCorrupt, "session labels are corrupt");
+    }
+    const int64_t ttl = I64(h, "ttl_ms");
+    s.ttl = ttl < 0 ? absl::InfiniteDuration() : absl::Milliseconds(ttl);
+    s.created_at = absl::FromUnixMillis(I64(h, "created_ms"));
+    s.updated_at = absl::FromUnixMillis(I64(h, "updated_ms"));
+    (void)absl::SimpleAtoi(Str(r->element[3]), &s.fence);
+    const long long pttl = r->element[5]->integer;
+    if (!Get(lease, "owner").empty() && pttl > 0) {
+      s.owner = Get(lease, "owner");
+      s.lease_expires_at = clock_->Now() + absl::Milliseconds(pttl);
+    }
+    s.head = ParseVersion(Pairs(r->element[6]));
+    return std::make_pair(std::move(s), std::move(vm));
+  }
+
+  const RedisStateStoreOptions options_;
+  Clock* const clock_;
+  std::unique_ptr<store_internal::RedisClient> client_;
+  std::string sha_[kScriptCount];
+  bool have_waitaof_ = false;
+  bool fsync_always_ = false;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<StateStore>> NewRedisStateStore(
+    const RedisStateStoreOptions& options) {
+  if (options.keep_versions < 1 || options.chunk_bytes < 1024) {
+    return InvalidArgumentError(
+        Reason::kInvalidArgument,
+        "keep_versions must be >= 1 and chunk_bytes >= 1024");
+  }
+  SS_RETURN_IF_ERROR(
+      store_internal::ValidateTtl(options.default_ttl, "default_ttl"));
+  store_internal::RedisClientOptions c;
+  c.seeds = options.addresses;
+  c.cluster = options.cluster;
+  c.user = options.user;
+  c.password = options.password;
+  c.connect_timeout = options.connect_timeout;
+  c.command_timeout = options.command_timeout;
+  c.retry_deadline = options.retry_deadline;
+  c.backoff_initial = options.backoff_initial;
+  c.backoff_max = options.backoff_max;
+  c.max_idle_connections_per_node = options.max_idle_connections_per_node;
+  c.clock = options.clock;
+  SS_ASSIGN_OR_RETURN(auto client, store_internal::RedisClient::Connect(c));
+  auto store = std::make_unique<RedisStateStore>(options, std::move(client));
+  SS_RETURN_IF_ERROR(store->Init());
+  return std::unique_ptr<StateStore>(std::move(store));
+}
+
+}  // namespace statestream

@@ -1,0 +1,214 @@
+// SPDX-License-Identifier: Apache-2.0
+// The contract suite against a real redis-server and a real 6-node Redis
+// Cluster, plus Redis-specific behaviour: durability levels, AUTH, outage
+// and recovery.
+#include "state_store/redis_state_store.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "state_store/testing/redis_harness.h"
+#include "state_store/testing/state_store_contract.h"
+
+namespace statestream::testing {
+namespace {
+
+RedisServer* SharedServer() {
+  static RedisServer* server = [] {
+    auto s = RedisServer::Start({});
+    if (!s.ok()) {
+      ADD_FAILURE() << s.status();
+      return static_cast<RedisServer*>(nullptr);
+    }
+    return s->release();
+  }();
+  return server;
+}
+
+RedisCluster* SharedCluster() {
+  static RedisCluster* cluster = [] {
+    auto c = RedisCluster::Start();
+    if (!c.ok()) {
+      ADD_FAILURE() << c.status();
+      return static_cast<RedisCluster*>(nullptr);
+    }
+    return c->release();
+  }();
+  return cluster;
+}
+
+class RedisEnv : public StoreEnv {
+ public:
+  explicit RedisEnv(bool cluster) : cluster_(cluster) {
+    for (RedisServer* n : Nodes()) {
+      // Replicas refuse FLUSHALL: ignore their errors.
+      (void)n->Command({"FLUSHALL"});
+    }
+  }
+  absl::StatusOr<std::unique_ptr<StateStore>> NewStore(
+      int keep_versions) override {
+    RedisStateStoreOptions o;
+    o.addresses = cluster_
+                      ? SharedCluster()->addresses()
+                      : std::vector<std::string>{SharedServer()->address()};
+    o.cluster = cluster_;
+    o.keep_versions = keep_versions;
+    o.chunk_bytes = 256 << 10;  // several chunks for the larger test states
+    o.retry_deadline = absl::Seconds(10);
+    return NewRedisStateStore(o);
+  }
+  void Advance(absl::Duration d) override { absl::SleepFor(d); }
+  bool CorruptStoredVersion(const SessionKey& key, uint64_t version) override {
+    const std::string pattern = absl::StrCat(
+        "ss:{", key.tenant, "/", key.session_id, "}:v", version, ":*:c0");
+    for (RedisServer* n : Nodes()) {
+      auto keys = n->Command({"KEYS", pattern});
+      if (!keys.ok() || keys->empty()) continue;
+      const std::string k = keys->substr(0, keys->find('\n'));
+      auto byte = n->Command({"GETRANGE", k, "200", "200"});
+      if (!byte.ok() || byte->size() != 1) return false;
+      const std::string flipped(1, static_cast<char>((*byte)[0] ^ 0x20));
+      return n->Command({"SETRANGE", k, "200", flipped}).ok();
+    }
+    return false;
+  }
+
+ private:
+  std::vector<RedisServer*> Nodes() {
+    std::vector<RedisServer*> out;
+    if (!cluster_) {
+      if (SharedServer()) out.push_back(SharedServer());
+    } else if (RedisCluster* c = SharedCluster()) {
+      for (int i = 0; i < c->size(); ++i) out.push_back(c->node(i));
+    }
+    return out;
+  }
+  bool cluster_;
+};
+
+std::unique_ptr<StoreEnv> NewStandaloneEnv() {
+  return std::make_unique<RedisEnv>(false);
+}
+std::unique_ptr<StoreEnv> NewClusterEnv() {
+  return std::make_unique<RedisEnv>(true);
+}
+
+INSTANTIATE_TEST_SUITE_P(RedisStandalone, StateStoreContractTest,
+                         ::testing::Values(&NewStandaloneEnv));
+INSTANTIATE_TEST_SUITE_P(RedisCluster, StateStoreContractTest,
+                         ::testing::Values(&NewClusterEnv));
+
+CreateSessionRequest NewSession(const std::string& id, Durability d) {
+  CreateSessionRequest r;
+  r.key = {"acme", id};
+  r.model_id = "tiny";
+  r.initial_state = TestSnapshot(1);
+  r.durability = d;
+  return r;
+}
+
+TEST(RedisStateStoreTest, DurabilityIsReportedHonestly) {
+  // A server without AOF: MEMORY only; FSYNC and REPLICATED (no replica)
+  // are not reached, and the version exists nonetheless.
+  auto plain = RedisServer::Start({});
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  RedisStateStoreOptions o;
+  o.addresses = {(*plain)->address()};
+  o.durability_timeout = absl::Milliseconds(100);
+  auto store = NewRedisStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto c = (*store)->CreateSession(NewSession("a", Durability::kMemory));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->version.durability, Durability::kMemory);
+  CommitRequest r;
+  r.key = {"acme", "a"};
+  r.expected_version = 1;
+  r.fence = c->session.fence;
+  r.state = TestSnapshot(2);
+  r.durability = Durability::kFsync;
+  auto f = (*store)->Commit(r);
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(GetReason(f.status()), Reason::kStoreUnavailable);
+  EXPECT_EQ(GetErrorMetadata(f.status(), "durability_reached"), "MEMORY");
+  EXPECT_EQ(GetErrorMetadata(f.status(), "version"), "2");
+  r.expected_version = 2;
+  r.durability = Durability::kReplicated;
+  EXPECT_EQ(GetReason((*store)->Commit(r).status()), Reason::kStoreUnavailable);
+  auto head = (*store)->GetHead(r.key);
+  ASSERT_TRUE(head.ok());
+  EXPECT_EQ(head->head.version, 3u);
+
+  // appendfsync always: every acknowledged write is fsynced (Redis 7.0 has
+  // no WAITAOF), so FSYNC is reached.
+  auto aof = RedisServer::Start(
+      {{"--appendonly", "yes", "--appendfsync", "always"}, 0, ""});
+  ASSERT_TRUE(aof.ok()) << aof.status();
+  o.addresses = {(*aof)->address()};
+  store = NewRedisStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  c = (*store)->CreateSession(NewSession("b", Durability::kFsync));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->version.durability, Durability::kFsync);
+
+  // A replica: REPLICATED through WAIT.
+  auto replica = RedisServer::Start(
+      {{"--replicaof", "127.0.0.1", absl::StrCat((*aof)->port())}, 0, ""});
+  ASSERT_TRUE(replica.ok()) << replica.status();
+  o.durability_timeout = absl::Seconds(10);
+  store = NewRedisStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  c = (*store)->CreateSession(NewSession("c", Durability::kReplicated));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->version.durability, Durability::kReplicated);
+}
+
+TEST(RedisStateStoreTest, AuthWithAclUser) {
+  auto server = RedisServer::Start({});
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_TRUE((*server)
+                  ->Command({"ACL", "SETUSER", "statestream", "on", ">s3cret",
+                             "~ss:*", "+@all"})
+                  .ok());
+  ASSERT_TRUE((*server)->Command({"ACL", "SETUSER", "default", "off"}).ok());
+  RedisStateStoreOptions o;
+  o.addresses = {(*server)->address()};
+  auto anonymous = NewRedisStateStore(o);
+  EXPECT_FALSE(anonymous.ok());
+  o.user = "statestream";
+  o.password = "wrong";
+  auto wrong = NewRedisStateStore(o);
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kPermissionDenied);
+  o.password = "s3cret";
+  auto store = NewRedisStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_TRUE(
+      (*store)->CreateSession(NewSession("a", Durability::kMemory)).ok());
+  auto loaded = (*store)->LoadVersion({"acme", "a"}, 0);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+}
+
+TEST(RedisStateStoreTest, UnavailableWhileDownThenRecovers) {
+  auto server = RedisServer::Start({});
+  ASSERT_TRUE(server.ok()) << server.status();
+  RedisStateStoreOptions o;
+  o.addresses = {(*server)->address()};
+  o.retry_deadline = absl::Milliseconds(300);
+  auto store = NewRedisStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_TRUE(
+      (*store)->CreateSession(NewSession("a", Durability::kMemory)).ok());
+  (*server)->Kill();
+  auto head = (*store)->GetHead({"acme", "a"});
+  EXPECT_EQ(head.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(GetReason(head.status()), Reason::kStoreUnavailable);
+  ASSERT_TRUE((*server)->Restart().ok());  // no persistence: data is gone
+  EXPECT_EQ(GetReason((*store)->GetHead({"acme", "a"}).status()),
+            Reason::kSessionNotFound);
+  ASSERT_TRUE(
+      (*store)->CreateSession(NewSession("a", Durability::kMemory)).ok());
+}
+
+}  // namespace
+}  // namespace statestream::testing
