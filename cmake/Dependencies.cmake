@@ -10,6 +10,7 @@ find_package(ZLIB REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(HIREDIS REQUIRED IMPORTED_TARGET hiredis)
 pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
+pkg_check_modules(SQLITE3 REQUIRED IMPORTED_TARGET sqlite3)  # state_store
 if(STATESTREAM_BUILD_TESTS)
   find_package(GTest REQUIRED)
   include(GoogleTest)

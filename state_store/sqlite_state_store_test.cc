@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "state_store/sqlite_state_store.h"
+
+#include <sqlite3.h>
+#include <stdlib.h>
+
+#include <filesystem>
+
+#include "common/clock.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "state_store/testing/state_store_contract.h"
+
+namespace statestream::testing {
+namespace {
+
+std::string TempDir() {
+  char tmpl[] = "/tmp/ss-sqlite-XXXXXX";
+  return mkdtemp(tmpl);
+}
+
+class SqliteEnv : public StoreEnv {
+ public:
+  SqliteEnv() : dir_(TempDir()) {}
+  ~SqliteEnv() override {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  absl::StatusOr<std::unique_ptr<StateStore>> NewStore(
+      int keep_versions) override {
+    SqliteStateStoreOptions o;
+    o.path = path();
+    o.clock = &clock_;
+    o.keep_versions = keep_versions;
+    return NewSqliteStateStore(o);
+  }
+  void Advance(absl::Duration d) override { clock_.Advance(d); }
+  bool CorruptStoredVersion(const SessionKey& key, uint64_t version) override {
+    sqlite3* db = nullptr;
+    if (sqlite3_open(path().c_str(), &db) != SQLITE_OK) return false;
+    sqlite3_busy_timeout(db, 10000);
+    sqlite3_stmt* s = nullptr;
+    std::string blob;
+    bool ok = sqlite3_prepare_v2(db,
+                                 "SELECT data FROM versions WHERE tenant=? "
+                                 "AND sid=? AND version=?",
+                                 -1, &s, nullptr) == SQLITE_OK;
+    if (ok) {
+      sqlite3_bind_text(s, 1, key.tenant.c_str(), -1, SQLITE_TRANSIENT);
+      sqlite3_bind_text(s, 2, key.session_id.c_str(), -1, SQLITE_TRANSIENT);
+      sqlite3_bind_int64(s, 3, static_cast<int64_t>(version));
+      ok = sqlite3_step(s) == SQLITE_ROW;
+      if (ok) {
+        blob.assign(static_cast<const char*>(sqlite3_column_blob(s, 0)),
+                    sqlite3_column_bytes(s, 0));
+      }
+    }
+    sqlite3_finalize(s);
+    s = nullptr;
+    ok = ok && blob.size() > 100;
+    if (ok) {
+      blob[100] ^= 0x01;
+      ok = sqlite3_prepare_v2(db,
+                              "UPDATE versions SET data=? WHERE tenant=? AND "
+                              "sid=? AND version=?",
+                              -1, &s, nullptr) == SQLITE_OK;
+    }
+    if (ok) {
+      sqlite3_bind_blob(s, 1, blob.data(), static_cast<int>(blob.size()),
+                        SQLITE_TRANSIENT);
+      sqlite3_bind_text(s, 2, key.tenant.c_str(), -1, SQLITE_TRANSIENT);
+      sqlite3_bind_text(s, 3, key.session_id.c_str(), -1, SQLITE_TRANSIENT);
+      sqlite3_bind_int64(s, 4, static_cast<int64_t>(version));
+      ok = sqlite3_step(s) == SQLITE_DONE && sqlite3_changes(db) == 1;
+    }
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return ok;
+  }
+  std::string path() const { return dir_ + "/state.db"; }
+  FakeClock clock_;
+
+ private:
+  std::string dir_;
+};
+
+std::unique_ptr<StoreEnv> NewSqliteEnv() {
+  return std::make_unique<SqliteEnv>();
+}
+
+INSTANTIATE_TEST_SUITE_P(Sqlite, StateStoreContractTest,
+                         ::testing::Values(&NewSqliteEnv));
+
+TEST(SqliteStateStoreTest, SessionsSurviveReopeningAndDurabilityIsHonest) {
+  SqliteEnv env;
+  CreateSessionRequest r;
+  r.key = {"acme", "s1"};
+  r.model_id = "tiny";
+  r.initial_state = TestSnapshot(1, 300'000);
+  r.durability = Durability::kFsync;
+  uint64_t fence = 0;
+  {
+    auto store = env.NewStore(8);
+    ASSERT_TRUE(store.ok()) << store.status();
+    auto c = (*store)->CreateSession(r);
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->version.durability, Durability::kFsync);
+    fence = c->session.fence;
+    CommitRequest cr;
+    cr.key = r.key;
+    cr.expected_version = 1;
+    cr.fence = fence;
+    cr.state = TestSnapshot(2, 300'000);
+    cr.durability = Durability::kReplicated;
+    auto rep = (*store)->Commit(cr);
+    EXPECT_EQ(GetReason(rep.status()), Reason::kStoreUnavailable);
+    EXPECT_EQ(GetErrorMetadata(rep.status(), "durability_reached"), "FSYNC");
+  }
+  auto store = env.NewStore(8);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto loaded = (*store)->LoadVersion(r.key, 0);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->version.version, 2u);
+  EXPECT_EQ(loaded->state.state, TestSnapshot(2, 300'000).state);
+  auto head = (*store)->GetHead(r.key);
+  ASSERT_TRUE(head.ok());
+  EXPECT_EQ(head->fence, fence);
+}
+
+}  // namespace
+}  // namespace statestream::testing
