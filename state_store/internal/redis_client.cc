@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "state_store/internal/redis_client.h"
 
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+
 #include <algorithm>
 #include <set>
 #include <utility>
@@ -37,6 +41,40 @@ int KeySlot(absl::string_view key) {
 namespace {
 
 constexpr int kSlots = 16384;
+
+// hiredis writes with write(2): a peer that died raises SIGPIPE, which
+// kills the process by default. Blocks it in this thread for the scope and
+// swallows one raised meanwhile, without touching process-wide handlers.
+class ScopedSigpipeBlock {
+ public:
+  ScopedSigpipeBlock() {
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    sigset_t pending;
+    sigpending(&pending);
+    was_pending_ = sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, &old_);
+  }
+  ~ScopedSigpipeBlock() {
+    if (!was_pending_) {
+      sigset_t pipe, pending;
+      sigemptyset(&pipe);
+      sigaddset(&pipe, SIGPIPE);
+      sigpending(&pending);
+      if (sigismember(&pending, SIGPIPE)) {
+        timespec zero{0, 0};
+        while (sigtimedwait(&pipe, nullptr, &zero) == -1 && errno == EINTR) {
+        }
+      }
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+
+ private:
+  sigset_t old_;
+  bool was_pending_ = false;
+};
 
 bool StartsWith(const redisReply* r, absl::string_view prefix) {
   return r->type == REDIS_REPLY_ERROR &&
@@ -107,6 +145,7 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Attempt(
     const std::string& address, const std::vector<Command>& cmds, bool asking,
     std::string* redirect) {
   redirect->clear();
+  ScopedSigpipeBlock no_sigpipe;
   Node* node = NodeFor(address);
   redisContext* c = nullptr;
   {

@@ -297,7 +297,9 @@ absl::Status RedisCluster::MoveSlot(int slot) {
   std::vector<Primary> primaries;
   for (absl::string_view line : absl::StrSplit(*nodes, '\n')) {
     std::vector<std::string> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
-    if (f.size() < 8 || f[2].find("master") == std::string::npos) continue;
+    // Primaries serving slots (a fresh replica can still look like an
+    // empty master until gossip settles).
+    if (f.size() < 9 || f[2].find("master") == std::string::npos) continue;
     Primary p;
     p.id = f[0];
     const std::string addr = f[1].substr(0, f[1].find('@'));
@@ -333,9 +335,15 @@ absl::Status RedisCluster::MoveSlot(int slot) {
   RedisServer* d = node(dst->port);
   const std::string slot_text = absl::StrCat(slot);
   auto st = d->Command({"CLUSTER", "SETSLOT", slot_text, "IMPORTING", src->id});
-  if (!st.ok()) return st.status();
+  if (!st.ok()) {
+    return absl::InternalError(absl::StrCat(
+        "IMPORTING on ", d->port(), ": ", st.status().message(), "\n", *nodes));
+  }
   st = s->Command({"CLUSTER", "SETSLOT", slot_text, "MIGRATING", dst->id});
-  if (!st.ok()) return st.status();
+  if (!st.ok()) {
+    return absl::InternalError(
+        absl::StrCat("MIGRATING on ", s->port(), ": ", st.status().message()));
+  }
   while (true) {
     auto keys = s->Command({"CLUSTER", "GETKEYSINSLOT", slot_text, "10"});
     if (!keys.ok()) return keys.status();
