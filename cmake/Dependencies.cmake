@@ -3,19 +3,23 @@
 
 find_package(Threads REQUIRED)
 find_package(absl CONFIG REQUIRED)
-find_package(Protobuf REQUIRED)  # module mode: Debian ships no CONFIG package
-find_package(gRPC CONFIG REQUIRED)
+if(NOT STATESTREAM_ENGINE_ONLY)
+  find_package(Protobuf REQUIRED)  # module mode: Debian ships no CONFIG package
+  find_package(gRPC CONFIG REQUIRED)
+endif()
 find_package(nlohmann_json CONFIG REQUIRED)
 find_package(ZLIB REQUIRED)
 find_package(PkgConfig REQUIRED)
-pkg_check_modules(HIREDIS REQUIRED IMPORTED_TARGET hiredis)
+if(NOT STATESTREAM_ENGINE_ONLY)
+  pkg_check_modules(HIREDIS REQUIRED IMPORTED_TARGET hiredis)
+endif()
 pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
 pkg_check_modules(SQLITE3 REQUIRED IMPORTED_TARGET sqlite3)  # state_store
 if(STATESTREAM_BUILD_TESTS)
   find_package(GTest REQUIRED)
   include(GoogleTest)
 endif()
-if(STATESTREAM_BUILD_BENCH)
+if(STATESTREAM_BUILD_BENCH AND NOT STATESTREAM_ENGINE_ONLY)
   find_package(benchmark CONFIG REQUIRED)
 endif()
 
@@ -26,7 +30,7 @@ if(NOT STATESTREAM_CUDA STREQUAL "OFF")
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
     if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
-      set(CMAKE_CUDA_ARCHITECTURES 90)
+      set(CMAKE_CUDA_ARCHITECTURES "90-real;90-virtual")  # sm_90 + PTX
     endif()
     set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
     enable_language(CUDA)

@@ -8,6 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "worker/engine/rwkv7.h"
+#ifdef STATESTREAM_HAVE_CUDA
+#include "worker/engine/cuda/cuda_model.h"
+#endif
 
 namespace statestream::engine {
 
@@ -65,12 +68,37 @@ absl::Status Model::ValidateBatch(absl::Span<const SequenceWork> batch) const {
 
 absl::StatusOr<std::unique_ptr<Model>> LoadModel(
     std::shared_ptr<const WeightFile> file, const ModelOptions& options) {
+  if (!options.device.empty() && options.device != "cpu" &&
+      options.device != "cuda") {
+    return InvalidArgumentError(
+        Reason::kInvalidArgument,
+        absl::StrCat("unknown device '", options.device, "' (cpu or cuda)"));
+  }
+  if (options.device == "cuda") {
+#ifdef STATESTREAM_HAVE_CUDA
+    if (LooksLikeRwkv7(*file)) {
+      CudaModelOptions cuda;
+      cuda.precision = options.precision;
+      return LoadRwkv7Cuda(std::move(file), cuda);
+    }
+#else
+    return CudaDeviceStatus();
+#endif
+  }
   if (LooksLikeRwkv7(*file)) return LoadRwkv7(std::move(file), options);
   return InvalidArgumentError(
       Reason::kInvalidModelFile,
       "unsupported architecture: the tensor names match no known RWKV "
       "version (x070 needs blocks.N.att.r_k and blocks.N.att.w0)");
 }
+
+#ifndef STATESTREAM_HAVE_CUDA
+absl::Status CudaDeviceStatus() {
+  return FailedPreconditionError(
+      Reason::kInvalidArgument,
+      "no CUDA device: this build has no CUDA backend (STATESTREAM_CUDA=OFF)");
+}
+#endif
 
 absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path,
                                                  const ModelOptions& options) {

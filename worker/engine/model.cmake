@@ -29,3 +29,7 @@ if(STATESTREAM_BUILD_TESTS)
     SOURCES model_test.cc kernels_test.cc golden.cc
     LIBS ss_engine nlohmann_json::nlohmann_json)
 endif()
+
+# The CUDA backend (worker/engine/cuda/; builds only its host planner unless
+# STATESTREAM_CUDA finds nvcc).
+include(${CMAKE_CURRENT_LIST_DIR}/cuda/cuda.cmake)

@@ -63,6 +63,11 @@ struct ModelOptions {
   // Feed one token per call to trace a position. Leave empty in serving.
   std::function<void(int layer, const char* name, const float* values, int n)>
       trace;
+  // Backend: "" or "cpu", or "cuda" (GPU 0; needs a build with
+  // STATESTREAM_CUDA and a device, else FAILED_PRECONDITION). The CUDA
+  // backend matches the CPU one within tolerance, not bit for bit
+  // (docs/cuda.md); `threads`, `kernels` and `trace` do not apply to it.
+  std::string device;
 };
 
 struct ModelInfo {
@@ -133,6 +138,10 @@ class Model {
 // shapes or an unknown architecture.
 absl::StatusOr<std::unique_ptr<Model>> LoadModel(
     std::shared_ptr<const WeightFile> file, const ModelOptions& options = {});
+// OK when LoadModel can use device "cuda" here; otherwise
+// FAILED_PRECONDITION saying why (built without CUDA, or "no CUDA device").
+absl::Status CudaDeviceStatus();
+
 // Opens `path` (.pth or .safetensors) and loads it.
 absl::StatusOr<std::unique_ptr<Model>> LoadModel(
     const std::string& path, const ModelOptions& options = {});

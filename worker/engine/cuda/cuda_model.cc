@@ -1,0 +1,311 @@
+// SPDX-License-Identifier: Apache-2.0
+// engine::Model over cuda::Runner. Loading mirrors rwkv7.cc exactly (same
+// tensors, same order, same WeightLoader), so a checkpoint has the same
+// fingerprint on both backends. Forward copies each session's host state to
+// the device, runs the batch and copies it back.
+#include "worker/engine/cuda/cuda_model.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "common/status.h"
+#include "worker/engine/cuda/rwkv7_cuda.h"
+#include "worker/engine/weight_loader.h"
+
+namespace statestream::engine {
+namespace {
+
+absl::Status BadShape(absl::string_view what) {
+  return InvalidArgumentError(Reason::kInvalidModelFile, what);
+}
+
+absl::Status CudaError(absl::string_view what, const std::string& detail) {
+  return MakeError(absl::StatusCode::kInternal, Reason::kInternal,
+                   absl::StrCat("CUDA backend: ", what, ": ", detail));
+}
+
+// The dimensions from tensor shapes (as rwkv7.cc's ReadConfig).
+absl::StatusOr<ModelConfig> ReadConfig(const WeightFile& file,
+                                       WeightLoader& ld) {
+  ModelConfig c;
+  int max_block = -1;
+  for (const std::string& name : file.Names()) {
+    if (!absl::StartsWith(name, "blocks.")) continue;
+    std::vector<absl::string_view> parts = absl::StrSplit(name, '.');
+    int idx;
+    if (parts.size() < 2 || !absl::SimpleAtoi(parts[1], &idx) || idx < 0 ||
+        idx > 4096) {
+      return BadShape(absl::StrCat("bad block index in tensor name ", name));
+    }
+    max_block = std::max(max_block, idx);
+  }
+  if (max_block < 0) return BadShape("no blocks.N tensors");
+  c.n_layer = max_block + 1;
+  auto dims2 = [&](const std::string& name, int* d0, int* d1) -> absl::Status {
+    SS_ASSIGN_OR_RETURN(std::vector<int64_t> s, ld.Shape(name));
+    if (s.size() != 2 || s[0] <= 0 || s[1] <= 0 || s[0] > (1 << 24) ||
+        s[1] > (1 << 24)) {
+      return BadShape(absl::StrCat(name, " must be a non-empty 2-D tensor"));
+    }
+    *d0 = static_cast<int>(s[0]);
+    *d1 = static_cast<int>(s[1]);
+    return absl::OkStatus();
+  };
+  int unused;
+  SS_RETURN_IF_ERROR(dims2("emb.weight", &c.vocab_size, &c.n_embd));
+  SS_RETURN_IF_ERROR(dims2("blocks.0.ffn.key.weight", &c.dim_ffn, &unused));
+  SS_RETURN_IF_ERROR(dims2("blocks.0.att.r_k", &c.n_head, &c.head_size));
+  SS_RETURN_IF_ERROR(dims2("blocks.0.att.w1", &unused, &c.d_decay));
+  SS_RETURN_IF_ERROR(dims2("blocks.0.att.a1", &unused, &c.d_aaa));
+  SS_RETURN_IF_ERROR(dims2("blocks.0.att.g1", &unused, &c.d_gate));
+  if (c.n_layer > 1) {
+    SS_RETURN_IF_ERROR(dims2("blocks.1.att.v1", &unused, &c.d_mv));
+  }
+  if (static_cast<int64_t>(c.n_head) * c.head_size != c.n_embd) {
+    return BadShape(absl::StrCat("att.r_k is [", c.n_head, ",", c.head_size,
+                                 "] but n_embd is ", c.n_embd));
+  }
+  return c;
+}
+
+struct HostLayer {
+  std::vector<float> vec[cuda::kLayerVecCount];
+  Matrix mat[cuda::kLayerMatCount];
+};
+
+struct HostWeights {
+  Matrix emb, head;
+  std::vector<float> gvec[cuda::kGlobalVecCount];
+  std::vector<HostLayer> layers;
+};
+
+// Loads in rwkv7.cc's order: the digest depends on it.
+absl::Status LoadHost(const ModelConfig& c, WeightLoader& ld, HostWeights* w) {
+  using namespace cuda;  // NOLINT: the tensor enums
+  const int C = c.n_embd, V = c.vocab_size, F = c.dim_ffn;
+  SS_RETURN_IF_ERROR(ld.Mat("emb.weight", V, C, &w->emb));
+  SS_RETURN_IF_ERROR(ld.Vector("blocks.0.ln0.weight", C, &w->gvec[kLn0W]));
+  SS_RETURN_IF_ERROR(ld.Vector("blocks.0.ln0.bias", C, &w->gvec[kLn0B]));
+  w->layers.resize(c.n_layer);
+  for (int l = 0; l < c.n_layer; ++l) {
+    HostLayer& L = w->layers[l];
+    const std::string b = absl::StrCat("blocks.", l, ".");
+    const std::string a = b + "att.";
+    auto vec = [&](const std::string& name, LayerVec v) {
+      return ld.Vector(name, C, &L.vec[v]);
+    };
+    auto lora = [&](const std::string& name, int rows, int cols, LayerMat m) {
+      return ld.MatT(a + name, rows, cols, &L.mat[m]);
+    };
+    SS_RETURN_IF_ERROR(vec(b + "ln1.weight", kLn1W));
+    SS_RETURN_IF_ERROR(vec(b + "ln1.bias", kLn1B));
+    SS_RETURN_IF_ERROR(vec(b + "ln2.weight", kLn2W));
+    SS_RETURN_IF_ERROR(vec(b + "ln2.bias", kLn2B));
+    SS_RETURN_IF_ERROR(vec(a + "x_r", kXr));
+    SS_RETURN_IF_ERROR(vec(a + "x_w", kXw));
+    SS_RETURN_IF_ERROR(vec(a + "x_k", kXk));
+    SS_RETURN_IF_ERROR(vec(a + "x_v", kXv));
+    SS_RETURN_IF_ERROR(vec(a + "x_a", kXa));
+    SS_RETURN_IF_ERROR(vec(a + "x_g", kXg));
+    SS_RETURN_IF_ERROR(vec(a + "w0", kW0));
+    SS_RETURN_IF_ERROR(lora("w1", C, c.d_decay, kW1));
+    SS_RETURN_IF_ERROR(lora("w2", c.d_decay, C, kW2));
+    SS_RETURN_IF_ERROR(vec(a + "a0", kA0));
+    SS_RETURN_IF_ERROR(lora("a1", C, c.d_aaa, kA1));
+    SS_RETURN_IF_ERROR(lora("a2", c.d_aaa, C, kA2));
+    if (l > 0) {  // layer 0's v0/v1/v2, when present, are unused
+      SS_RETURN_IF_ERROR(vec(a + "v0", kV0));
+      SS_RETURN_IF_ERROR(lora("v1", C, c.d_mv, kV1));
+      SS_RETURN_IF_ERROR(lora("v2", c.d_mv, C, kV2));
+    }
+    SS_RETURN_IF_ERROR(lora("g1", C, c.d_gate, kG1));
+    SS_RETURN_IF_ERROR(lora("g2", c.d_gate, C, kG2));
+    SS_RETURN_IF_ERROR(vec(a + "k_k", kKk));
+    SS_RETURN_IF_ERROR(vec(a + "k_a", kKa));
+    SS_RETURN_IF_ERROR(vec(a + "r_k", kRk));
+    SS_RETURN_IF_ERROR(ld.Mat(a + "receptance.weight", C, C, &L.mat[kRecept]));
+    SS_RETURN_IF_ERROR(ld.Mat(a + "key.weight", C, C, &L.mat[kKey]));
+    SS_RETURN_IF_ERROR(ld.Mat(a + "value.weight", C, C, &L.mat[kValue]));
+    SS_RETURN_IF_ERROR(ld.Mat(a + "output.weight", C, C, &L.mat[kOutput]));
+    SS_RETURN_IF_ERROR(vec(a + "ln_x.weight", kLnxW));
+    SS_RETURN_IF_ERROR(vec(a + "ln_x.bias", kLnxB));
+    SS_RETURN_IF_ERROR(vec(b + "ffn.x_k", kFfnXk));
+    SS_RETURN_IF_ERROR(ld.Mat(b + "ffn.key.weight", F, C, &L.mat[kFfnKey]));
+    SS_RETURN_IF_ERROR(ld.Mat(b + "ffn.value.weight", C, F, &L.mat[kFfnValue]));
+  }
+  SS_RETURN_IF_ERROR(ld.Vector("ln_out.weight", C, &w->gvec[kLnOutW]));
+  SS_RETURN_IF_ERROR(ld.Vector("ln_out.bias", C, &w->gvec[kLnOutB]));
+  SS_RETURN_IF_ERROR(ld.Mat("head.weight", V, C, &w->head));
+  return absl::OkStatus();
+}
+
+cuda::HostMatrix View(const Matrix& m) {
+  return cuda::HostMatrix{m.rows, m.cols, m.f32, m.bf16};
+}
+
+absl::Status Upload(const HostWeights& w, cuda::Runner& r) {
+  std::string err;
+  bool ok = r.SetEmbedding(View(w.emb), &err) && r.SetHead(View(w.head), &err);
+  for (int g = 0; ok && g < cuda::kGlobalVecCount; ++g) {
+    ok = r.SetGlobalVector(static_cast<cuda::GlobalVec>(g), w.gvec[g].data(),
+                           &err);
+  }
+  for (size_t l = 0; ok && l < w.layers.size(); ++l) {
+    const HostLayer& L = w.layers[l];
+    for (int v = 0; ok && v < cuda::kLayerVecCount; ++v) {
+      if (L.vec[v].empty()) continue;
+      ok = r.SetLayerVector(l, static_cast<cuda::LayerVec>(v), L.vec[v].data(),
+                            &err);
+    }
+    for (int m = 0; ok && m < cuda::kLayerMatCount; ++m) {
+      if (L.mat[m].rows == 0) continue;
+      ok = r.SetLayerMatrix(l, static_cast<cuda::LayerMat>(m), View(L.mat[m]),
+                            &err);
+    }
+  }
+  return ok ? absl::OkStatus() : CudaError("uploading weights", err);
+}
+
+class CudaModel final : public Model {
+ public:
+  CudaModel(ModelInfo info, std::unique_ptr<cuda::Runner> runner)
+      : Model(std::move(info)), runner_(std::move(runner)) {}
+  ~CudaModel() override {
+    if (pool_ != nullptr) runner_->FreeStates(pool_);
+  }
+  using Model::mutable_info;
+
+  absl::Status Forward(absl::Span<const SequenceWork> batch) override {
+    SS_RETURN_IF_ERROR(ValidateBatch(batch));
+    absl::MutexLock lock(&mu_);
+    const int64_t sf = info().state_floats;
+    std::vector<const SequenceWork*> work;
+    for (const SequenceWork& w : batch) {
+      if (!w.tokens.empty()) work.push_back(&w);
+    }
+    if (work.empty()) return absl::OkStatus();
+    std::string err;
+    if (static_cast<int64_t>(work.size()) > pool_size_) {
+      if (pool_ != nullptr) runner_->FreeStates(pool_);
+      pool_size_ = 0;
+      pool_ = runner_->AllocStates(work.size(), &err);
+      if (pool_ == nullptr) {
+        return MakeError(absl::StatusCode::kResourceExhausted,
+                         Reason::kOverloaded,
+                         absl::StrCat("CUDA backend: ", err));
+      }
+      pool_size_ = work.size();
+    }
+    std::vector<cuda::SeqWork> seqs(work.size());
+    for (size_t i = 0; i < work.size(); ++i) {
+      const SequenceWork& w = *work[i];
+      float* dev = pool_ + i * sf;
+      if (!runner_->Upload(dev, w.state, sf, &err)) {
+        return CudaError("state upload", err);
+      }
+      seqs[i] = {w.tokens.data(),
+                 static_cast<int64_t>(w.tokens.size()),
+                 dev,
+                 w.logit_positions.data(),
+                 static_cast<int64_t>(w.logit_positions.size()),
+                 w.logits,
+                 w.last_hidden};
+    }
+    if (!runner_->Forward(seqs.data(), static_cast<int>(seqs.size()),
+                          /*logits_on_host=*/true, &err)) {
+      return CudaError("forward", err);
+    }
+    for (size_t i = 0; i < work.size(); ++i) {
+      if (!runner_->Download(work[i]->state, pool_ + i * sf, sf, &err)) {
+        return CudaError("state download", err);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Logits(const float* hidden, int rows, float* logits) override {
+    if (rows < 0 || (rows > 0 && (hidden == nullptr || logits == nullptr))) {
+      return InvalidArgumentError(Reason::kInvalidArgument,
+                                  "Logits: bad rows or null buffer");
+    }
+    absl::MutexLock lock(&mu_);
+    std::string err;
+    if (rows > 0 && !runner_->Logits(hidden, rows, logits, &err)) {
+      return CudaError("logits", err);
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::unique_ptr<cuda::Runner> runner_ ABSL_GUARDED_BY(mu_);
+  float* pool_ ABSL_GUARDED_BY(mu_) = nullptr;  // device states
+  int64_t pool_size_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace
+
+absl::Status CudaDeviceStatus() {
+  std::string why;
+  if (cuda::DeviceCount(&why) > 0) return absl::OkStatus();
+  return FailedPreconditionError(Reason::kInvalidArgument,
+                                 absl::StrCat("no CUDA device: ", why));
+}
+
+absl::StatusOr<std::unique_ptr<Model>> LoadRwkv7Cuda(
+    std::shared_ptr<const WeightFile> file, const CudaModelOptions& options) {
+  WeightLoader loader(file, options.precision);
+  SS_ASSIGN_OR_RETURN(ModelConfig config, ReadConfig(*file, loader));
+  if (!cuda::HeadSizeSupported(config.head_size)) {
+    return InvalidArgumentError(
+        Reason::kInvalidModelFile,
+        absl::StrCat("head size ", config.head_size,
+                     " is not supported by the CUDA backend (32, 64 or 128)"));
+  }
+  SS_RETURN_IF_ERROR(CudaDeviceStatus());
+  HostWeights host;
+  SS_RETURN_IF_ERROR(LoadHost(config, loader, &host));
+
+  // bf16 products only when every large matrix is bf16; a mixed file
+  // computes in fp32 (its bf16 matrices upcast exactly).
+  bool all_bf16 = host.head.bf16 != nullptr;
+  for (const HostLayer& L : host.layers) {
+    for (int m = cuda::kRecept; m < cuda::kLayerMatCount; ++m) {
+      all_bf16 = all_bf16 && L.mat[m].bf16 != nullptr;
+    }
+  }
+  cuda::Dims d{config.n_layer,   config.n_embd,  config.n_head,
+               config.head_size, config.dim_ffn, config.vocab_size,
+               config.d_decay,   config.d_aaa,   config.d_mv,
+               config.d_gate};
+  cuda::RunnerOptions ro;
+  ro.mode = !all_bf16                   ? cuda::MatMode::kF32
+            : options.split_activations ? cuda::MatMode::kBF16Split
+                                        : cuda::MatMode::kBF16;
+  ro.max_rows = std::max(1, options.max_rows);
+  ro.device = options.device;
+  ro.graphs = options.graphs;
+  std::string err;
+  std::unique_ptr<cuda::Runner> runner = cuda::Runner::Create(d, ro, &err);
+  if (runner == nullptr) return CudaError("initialising", err);
+  SS_RETURN_IF_ERROR(Upload(host, *runner));
+
+  ModelInfo info;
+  info.config = config;
+  info.state_floats = d.StateFloats();
+  info.params = loader.params();
+  info.fingerprint = absl::StrCat(
+      "x070-L", config.n_layer, "-C", config.n_embd, "-H", config.n_head, "-F",
+      config.dim_ffn, "-V", config.vocab_size, "-", loader.Digest());
+  info.kernels = absl::StrCat("cuda-", cuda::MatModeName(ro.mode), " (",
+                              cuda::DeviceName(ro.device), ")");
+  return std::make_unique<CudaModel>(std::move(info), std::move(runner));
+}
+
+}  // namespace statestream::engine
