@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: Apache-2.0
+// Commit and load latency of the Redis state store (chunked, pipelined) vs
+// one plain SET/GET of the whole encoded state, on a redis-server this
+// program starts on loopback. Usage: state_store_bench [iterations]
+// Results: bench/RESULTS.md.
+#include <hiredis/hiredis.h>
+#include <malloc.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "state_store/redis_state_store.h"
+#include "state_store/testing/redis_harness.h"
+
+namespace statestream {
+namespace {
+
+struct Stats {
+  double p50, p99;
+};
+Stats Summarize(std::vector<double> ms) {
+  std::sort(ms.begin(), ms.end());
+  return {ms[ms.size() / 2], ms[std::min(ms.size() - 1, ms.size() * 99 / 100)]};
+}
+
+int Main(int argc, char** argv) {
+  // Large values are malloc-bound in hiredis (docs/state-store.md).
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  const int iters = argc > 1 ? std::atoi(argv[1]) : 50;
+  auto server = testing::RedisServer::Start({});
+  if (!server.ok()) {
+    std::fprintf(stderr, "%s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  RedisStateStoreOptions o;
+  o.addresses = {(*server)->address()};
+  o.keep_versions = 2;
+  auto store = NewRedisStateStore(o);
+  if (!store.ok()) return 1;
+  redisContext* plain = redisConnect("127.0.0.1", (*server)->port());
+  std::printf("%-8s %-14s %10s %10s %10s %10s\n", "state", "method",
+              "commit_p50", "commit_p99", "load_p50", "load_p99");
+  for (const double mb : {2.4, 6.5, 34.0}) {
+    StateSnapshot s;
+    s.model_fingerprint = "bench";
+    s.state.assign(static_cast<size_t>(mb * 1e6 / 4), 0.5f);
+    const SessionKey key{"bench", "s"};
+    (void)(*store)->DeleteSession(key);
+    CreateSessionRequest cr;
+    cr.key = key;
+    cr.initial_state = s;
+    auto created = (*store)->CreateSession(cr);
+    if (!created.ok()) return 1;
+    std::vector<double> commit, load;
+    uint64_t version = 1;
+    for (int i = 0; i < iters; ++i) {
+      CommitRequest r;
+      r.key = key;
+      r.expected_version = version;
+      r.fence = created->session.fence;
+      r.state = s;
+      absl::Time t0 = absl::Now();
+      auto c = (*store)->Commit(r);
+      commit.push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
+      if (!c.ok()) return 1;
+      version = c->version.version;
+      t0 = absl::Now();
+      auto l = (*store)->LoadVersion(key, 0);
+      load.push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
+      if (!l.ok()) return 1;
+    }
+    Stats c = Summarize(commit), l = Summarize(load);
+    std::printf("%-8.1f %-14s %10.2f %10.2f %10.2f %10.2f\n", mb,
+                "store(chunked)", c.p50, c.p99, l.p50, l.p99);
+    // The baseline: encode + one SET; one GET + decode.
+    commit.clear();
+    load.clear();
+    for (int i = 0; i < iters; ++i) {
+      absl::Time t0 = absl::Now();
+      const std::string bytes = EncodeState(s);
+      auto* r = static_cast<redisReply*>(
+          redisCommand(plain, "SET plain %b", bytes.data(), bytes.size()));
+      freeReplyObject(r);
+      commit.push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
+      t0 = absl::Now();
+      r = static_cast<redisReply*>(redisCommand(plain, "GET plain"));
+      auto d = DecodeState(absl::string_view(r->str, r->len));
+      freeReplyObject(r);
+      load.push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
+      if (!d.ok()) return 1;
+    }
+    c = Summarize(commit);
+    l = Summarize(load);
+    std::printf("%-8.1f %-14s %10.2f %10.2f %10.2f %10.2f\n", mb,
+                "plain SET/GET", c.p50, c.p99, l.p50, l.p99);
+  }
+  redisFree(plain);
+  return 0;
+}
+
+}  // namespace
+}  // namespace statestream
+
+int main(int argc, char** argv) { return statestream::Main(argc, argv); }
