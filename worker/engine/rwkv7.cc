@@ -431,9 +431,10 @@ absl::Status BadShape(absl::string_view what) {
   return InvalidArgumentError(Reason::kInvalidModelFile, what);
 }
 
-// Reads every dimension from tensor shapes.
-absl::StatusOr<ModelConfig> ReadConfig(const WeightFile& file,
-                                       WeightLoader& ld) {
+}  // namespace
+
+absl::StatusOr<ModelConfig> ReadRwkv7Config(const WeightFile& file,
+                                            WeightLoader& ld) {
   ModelConfig c;
   c.arch = Arch::kRwkv7;
   int max_block = -1;
@@ -476,8 +477,6 @@ absl::StatusOr<ModelConfig> ReadConfig(const WeightFile& file,
   return c;
 }
 
-}  // namespace
-
 bool LooksLikeRwkv7(const WeightFile& file) {
   return file.Find("blocks.0.att.r_k") != nullptr &&
          file.Find("blocks.0.att.w0") != nullptr;
@@ -497,7 +496,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv7(
   int threads = options.threads;
   if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
   WeightLoader loader(file, options.precision);
-  SS_ASSIGN_OR_RETURN(ModelConfig config, ReadConfig(*file, loader));
+  SS_ASSIGN_OR_RETURN(ModelConfig config, ReadRwkv7Config(*file, loader));
   ModelInfo info;
   info.config = config;
   info.state_floats =

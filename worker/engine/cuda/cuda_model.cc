@@ -16,62 +16,15 @@
 #include "absl/synchronization/mutex.h"
 #include "common/status.h"
 #include "worker/engine/cuda/rwkv7_cuda.h"
+#include "worker/engine/rwkv7.h"
 #include "worker/engine/weight_loader.h"
 
 namespace statestream::engine {
 namespace {
 
-absl::Status BadShape(absl::string_view what) {
-  return InvalidArgumentError(Reason::kInvalidModelFile, what);
-}
-
 absl::Status CudaError(absl::string_view what, const std::string& detail) {
   return MakeError(absl::StatusCode::kInternal, Reason::kInternal,
                    absl::StrCat("CUDA backend: ", what, ": ", detail));
-}
-
-// The dimensions from tensor shapes (as rwkv7.cc's ReadConfig).
-absl::StatusOr<ModelConfig> ReadConfig(const WeightFile& file,
-                                       WeightLoader& ld) {
-  ModelConfig c;
-  int max_block = -1;
-  for (const std::string& name : file.Names()) {
-    if (!absl::StartsWith(name, "blocks.")) continue;
-    std::vector<absl::string_view> parts = absl::StrSplit(name, '.');
-    int idx;
-    if (parts.size() < 2 || !absl::SimpleAtoi(parts[1], &idx) || idx < 0 ||
-        idx > 4096) {
-      return BadShape(absl::StrCat("bad block index in tensor name ", name));
-    }
-    max_block = std::max(max_block, idx);
-  }
-  if (max_block < 0) return BadShape("no blocks.N tensors");
-  c.n_layer = max_block + 1;
-  auto dims2 = [&](const std::string& name, int* d0, int* d1) -> absl::Status {
-    SS_ASSIGN_OR_RETURN(std::vector<int64_t> s, ld.Shape(name));
-    if (s.size() != 2 || s[0] <= 0 || s[1] <= 0 || s[0] > (1 << 24) ||
-        s[1] > (1 << 24)) {
-      return BadShape(absl::StrCat(name, " must be a non-empty 2-D tensor"));
-    }
-    *d0 = static_cast<int>(s[0]);
-    *d1 = static_cast<int>(s[1]);
-    return absl::OkStatus();
-  };
-  int unused;
-  SS_RETURN_IF_ERROR(dims2("emb.weight", &c.vocab_size, &c.n_embd));
-  SS_RETURN_IF_ERROR(dims2("blocks.0.ffn.key.weight", &c.dim_ffn, &unused));
-  SS_RETURN_IF_ERROR(dims2("blocks.0.att.r_k", &c.n_head, &c.head_size));
-  SS_RETURN_IF_ERROR(dims2("blocks.0.att.w1", &unused, &c.d_decay));
-  SS_RETURN_IF_ERROR(dims2("blocks.0.att.a1", &unused, &c.d_aaa));
-  SS_RETURN_IF_ERROR(dims2("blocks.0.att.g1", &unused, &c.d_gate));
-  if (c.n_layer > 1) {
-    SS_RETURN_IF_ERROR(dims2("blocks.1.att.v1", &unused, &c.d_mv));
-  }
-  if (static_cast<int64_t>(c.n_head) * c.head_size != c.n_embd) {
-    return BadShape(absl::StrCat("att.r_k is [", c.n_head, ",", c.head_size,
-                                 "] but n_embd is ", c.n_embd));
-  }
-  return c;
 }
 
 struct HostLayer {
@@ -261,7 +214,7 @@ absl::Status CudaDeviceStatus() {
 absl::StatusOr<std::unique_ptr<Model>> LoadRwkv7Cuda(
     std::shared_ptr<const WeightFile> file, const CudaModelOptions& options) {
   WeightLoader loader(file, options.precision);
-  SS_ASSIGN_OR_RETURN(ModelConfig config, ReadConfig(*file, loader));
+  SS_ASSIGN_OR_RETURN(ModelConfig config, ReadRwkv7Config(*file, loader));
   if (!cuda::HeadSizeSupported(config.head_size)) {
     return InvalidArgumentError(
         Reason::kInvalidModelFile,
