@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // `statestream serve`: the all-in-one server, a worker with the public API
 // and an embedded state store.
+#include <unistd.h>
+
+#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <string>
@@ -10,13 +13,28 @@
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "cli/cli_util.h"
 #include "cli/command.h"
 #include "cli/model_flag.h"
 #include "cli/server_flags.h"
+#include "state_store/memory_state_store.h"
+#include "state_store/sqlite_state_store.h"
+#include "worker/engine/random_model.h"
+#include "worker/engine/weight_writer.h"
+#include "worker/scheduler.h"
+#include "worker/session_manager.h"
+#include "worker/worker_service.h"
 
 ABSL_FLAG(std::string, data_dir, "",
           "Directory of the embedded state store, created if missing; empty "
           "keeps session state in memory only (lost on exit).");
+ABSL_FLAG(int64_t, checkpoint_tokens, 4096,
+          "Append streams commit after this many uncommitted tokens.");
+ABSL_FLAG(absl::Duration, checkpoint_interval, absl::Seconds(5),
+          "Append streams commit once input has been uncommitted this long.");
+ABSL_FLAG(int64_t, residency_bytes, int64_t{1} << 30,
+          "Memory for resident session states; idle sessions beyond it are "
+          "evicted (least recently used first).");
 
 namespace statestream::cli {
 namespace {
@@ -25,11 +43,59 @@ struct ServeOptions {
   ServerOptions server;
   // Embedded store directory; empty: memory only.
   std::string data_dir;
-  // Model weights file; empty: none yet (the API answers UNIMPLEMENTED).
+  // Model weights file; empty: the built-in random demo model.
   std::string model_path;
+  std::string vocab_path;  // empty: beside the model
+  worker::SessionManagerOptions sessions;
 };
 
-absl::Status CheckServeOptions(const ServeOptions& options) {
+// Everything the services point into, destroyed in reverse order.
+struct Worker {
+  std::unique_ptr<engine::Model> model;
+  std::unique_ptr<engine::Tokenizer> tokenizer;
+  std::unique_ptr<StateStore> store;
+  std::unique_ptr<worker::Scheduler> scheduler;
+  std::unique_ptr<worker::SessionManager> sessions;
+  ~Worker() {
+    if (sessions) sessions->Drain();  // commit, release leases
+    sessions.reset();
+    scheduler.reset();
+  }
+};
+
+// A small byte-level RWKV-7 with random weights, generated the same way
+// every time, so `serve` works with no download. Its output is noise.
+absl::StatusOr<std::unique_ptr<engine::Model>> DemoModel() {
+  engine::RandomModelSpec spec;
+  spec.n_layer = 2;
+  spec.n_embd = 128;
+  spec.vocab_size = 256;
+  spec.seed = 20240424;
+  auto tensors = engine::RandomRwkv7(spec);
+  if (!tensors.ok()) return tensors.status();
+  const std::string path =
+      absl::StrCat(std::filesystem::temp_directory_path().string(),
+                   "/statestream-demo-", getpid(), ".safetensors");
+  absl::Status written =
+      engine::WriteCheckpoint(path, *tensors, engine::DType::kF32);
+  if (!written.ok()) return written;
+  auto model = engine::LoadModel(path);
+  std::remove(path.c_str());  // the mapping stays valid
+  return model;
+}
+
+std::string ModelIdFromPath(const std::string& path) {
+  std::string id = std::filesystem::path(path).stem().string();
+  for (char& c : id) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' &&
+        c != '-') {
+      c = '-';
+    }
+  }
+  return id.empty() ? "model" : id.substr(0, 128);
+}
+
+absl::StatusOr<ServiceSet> Build(const ServeOptions& options) {
   if (!options.data_dir.empty()) {
     std::error_code error;
     std::filesystem::create_directories(options.data_dir, error);
@@ -39,12 +105,65 @@ absl::Status CheckServeOptions(const ServeOptions& options) {
                        error ? error.message() : "not a directory"));
     }
   }
-  if (!options.model_path.empty() &&
-      !std::filesystem::is_regular_file(options.model_path)) {
-    return absl::NotFoundError(
-        absl::StrCat("--model ", options.model_path, ": no such file"));
+  auto w = std::make_shared<Worker>();
+  worker::SessionManagerOptions sessions = options.sessions;
+  if (options.model_path.empty()) {
+    auto model = DemoModel();
+    if (!model.ok()) return model.status();
+    w->model = *std::move(model);
+    sessions.model_id = "demo-random-bytes";
+    std::cerr << "statestream serve: no --model: serving the built-in demo "
+                 "model \"demo-random-bytes\" (random weights, byte-level; "
+                 "its output is noise)\n";
+  } else {
+    if (!std::filesystem::is_regular_file(options.model_path)) {
+      return absl::NotFoundError(
+          absl::StrCat("--model ", options.model_path, ": no such file"));
+    }
+    auto model = engine::LoadModel(options.model_path);
+    if (!model.ok()) return model.status();
+    w->model = *std::move(model);
+    sessions.model_id = ModelIdFromPath(options.model_path);
   }
-  return absl::OkStatus();
+  if (w->model->info().config.vocab_size == 256) {
+    w->tokenizer = *engine::MakeByteTokenizer();
+  } else {
+    std::string vocab = options.vocab_path;
+    if (vocab.empty()) {
+      vocab = (std::filesystem::path(options.model_path).parent_path() /
+               "rwkv_vocab_v20230424.txt")
+                  .string();
+    }
+    auto tokenizer = engine::LoadWorldTokenizer(vocab);
+    if (!tokenizer.ok()) {
+      return absl::Status(
+          tokenizer.status().code(),
+          absl::StrCat("--vocab ", vocab, ": ", tokenizer.status().message()));
+    }
+    w->tokenizer = *std::move(tokenizer);
+  }
+  absl::StatusOr<std::unique_ptr<StateStore>> store;
+  if (options.data_dir.empty()) {
+    store = NewMemoryStateStore(MemoryStateStoreOptions{});
+  } else {
+    SqliteStateStoreOptions sqlite;
+    sqlite.path =
+        (std::filesystem::path(options.data_dir) / "sessions.db").string();
+    store = NewSqliteStateStore(sqlite);
+  }
+  if (!store.ok()) return store.status();
+  w->store = *std::move(store);
+  w->scheduler = std::make_unique<worker::Scheduler>(
+      w->model.get(), worker::SchedulerOptions{});
+  sessions.owner = absl::StrCat("serve-", getpid());
+  auto manager = worker::SessionManager::Create(
+      sessions, w->model.get(), w->tokenizer.get(), w->scheduler.get(),
+      w->store.get());
+  if (!manager.ok()) return manager.status();
+  w->sessions = *std::move(manager);
+  ServiceSet set = worker::PublicApiServices(w->sessions.get());
+  set.Own(std::move(w));
+  return set;
 }
 
 int Run(const std::vector<std::string>& args) {
@@ -57,12 +176,13 @@ int Run(const std::vector<std::string>& args) {
   options.server = ServerOptionsFromFlags();
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.model_path = ModelFlagValue();
+  options.vocab_path = VocabFlagValue();
+  options.sessions.checkpoint_tokens = absl::GetFlag(FLAGS_checkpoint_tokens);
+  options.sessions.checkpoint_interval =
+      absl::GetFlag(FLAGS_checkpoint_interval);
+  options.sessions.residency_bytes = absl::GetFlag(FLAGS_residency_bytes);
   return RunServer("serve", options.server, ShutdownGraceFromFlag(),
-                   [&]() -> absl::StatusOr<ServiceSet> {
-                     absl::Status valid = CheckServeOptions(options);
-                     if (!valid.ok()) return valid;
-                     return UnimplementedPublicApi();
-                   });
+                   [&] { return Build(options); });
 }
 
 }  // namespace
@@ -74,8 +194,11 @@ const Command& ServeCommand() {
       "[flags]\n\n"
       "Serves the statestream.v1 API, grpc.health.v1 and server reflection\n"
       "from one process holding the model and an embedded state store.\n"
+      "Without --model it serves a small built-in demo model with random\n"
+      "weights (byte-level; its output is noise). --vocab defaults to\n"
+      "rwkv_vocab_v20230424.txt beside --model (byte-level models need none).\n"
       "Stops cleanly on SIGINT or SIGTERM.",
-      {__FILE__, kServerFlagsFile, kModelFlagFile},
+      {__FILE__, kServerFlagsFile, kModelFlagFile, kVocabFlagFile},
       &Run};
   return kCommand;
 }

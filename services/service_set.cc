@@ -10,7 +10,10 @@
 namespace statestream {
 
 ServiceSet::ServiceSet() = default;
-ServiceSet::~ServiceSet() = default;
+ServiceSet::~ServiceSet() {
+  services_.clear();
+  while (!resources_.empty()) resources_.pop_back();
+}
 ServiceSet::ServiceSet(ServiceSet&&) = default;
 ServiceSet& ServiceSet::operator=(ServiceSet&&) = default;
 
@@ -18,6 +21,10 @@ void ServiceSet::Add(std::string full_name,
                      std::unique_ptr<grpc::Service> service) {
   names_.push_back(std::move(full_name));
   services_.push_back(std::move(service));
+}
+
+void ServiceSet::Own(std::shared_ptr<void> resource) {
+  resources_.push_back(std::move(resource));
 }
 
 std::vector<grpc::Service*> ServiceSet::services() const {

@@ -27,6 +27,11 @@ class ServiceSet {
   // name SERVING while the server runs.
   void Add(std::string full_name, std::unique_ptr<grpc::Service> service);
 
+  // Keeps `resource` (e.g. what the services point into) alive until after
+  // every service is destroyed; resources are destroyed in reverse order of
+  // Own() calls, after the services.
+  void Own(std::shared_ptr<void> resource);
+
   // In the order added.
   const std::vector<std::string>& names() const { return names_; }
   // Parallel to names(); owned by this set.
@@ -34,6 +39,8 @@ class ServiceSet {
 
  private:
   std::vector<std::string> names_;
+  // Declared before services_ so that it is destroyed after them.
+  std::vector<std::shared_ptr<void>> resources_;
   std::vector<std::unique_ptr<grpc::Service>> services_;
 };
 

@@ -1,0 +1,565 @@
+// SPDX-License-Identifier: Apache-2.0
+// The public API served by a real `statestream serve` process (built-in
+// byte-level demo model): sessions, exactly-once Append under duplicates
+// and gaps, chunking independence (incl. mid-UTF-8 splits), seeded Generate,
+// side branches, Score, export/import, superseding writers, typed errors and
+// tenant isolation. No assertion depends on timing.
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <memory>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/crc32c.h"
+#include "common/grpc_status.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+#include "tests/subprocess.h"
+
+namespace statestream {
+namespace {
+
+constexpr absl::Duration kStartTimeout = absl::Seconds(60);
+
+class WorkerE2eTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto process = e2e::Subprocess::Start(
+        {STATESTREAM_BIN, "serve", "--listen=127.0.0.1:0"});
+    ASSERT_TRUE(process.ok()) << process.status();
+    server_ = process->release();
+    auto line = server_->ReadStdoutLine(kStartTimeout);
+    ASSERT_TRUE(line.ok()) << line.status() << server_->stderr_text();
+    std::smatch match;
+    ASSERT_TRUE(
+        std::regex_match(*line, match, std::regex(R"(listening on (\S+))")));
+    address_ = new std::string(match[1].str());
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    delete address_;
+  }
+
+  void TearDown() override {
+    if (HasFailure() && server_ != nullptr) {
+      auto code = server_->Wait(absl::Milliseconds(100));
+      ADD_FAILURE() << "server "
+                    << (code.ok() ? absl::StrCat("exited with ", *code)
+                                  : std::string("running"))
+                    << "; stderr:\n"
+                    << server_->stderr_text();
+    }
+  }
+
+  void SetUp() override {
+    ASSERT_NE(address_, nullptr);
+    auto channel =
+        grpc::CreateChannel(*address_, grpc::InsecureChannelCredentials());
+    sessions_ = v1::Sessions::NewStub(channel);
+    streams_ = v1::Streams::NewStub(channel);
+    models_ = v1::Models::NewStub(channel);
+  }
+
+  static std::unique_ptr<grpc::ClientContext> Ctx(
+      const std::string& tenant = "") {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(std::chrono::system_clock::now() +
+                      std::chrono::seconds(120));
+    if (!tenant.empty()) ctx->AddMetadata("x-statestream-tenant", tenant);
+    return ctx;
+  }
+
+  v1::Session Create(const std::string& id, const std::string& tenant = "") {
+    v1::CreateSessionRequest req;
+    req.set_request_id("create-" + id);
+    req.set_session_id(id);
+    v1::Session s;
+    auto ctx = Ctx(tenant);
+    grpc::Status st = sessions_->CreateSession(ctx.get(), req, &s);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return s;
+  }
+
+  absl::StatusOr<v1::Session> Get(const std::string& id,
+                                  const std::string& tenant = "") {
+    v1::GetSessionRequest req;
+    req.set_session_id(id);
+    v1::Session s;
+    auto ctx = Ctx(tenant);
+    grpc::Status st = sessions_->GetSession(ctx.get(), req, &s);
+    if (!st.ok()) return FromGrpcStatus(st);
+    return s;
+  }
+
+  // One Append call: sends every request, reads the acks, half-closes.
+  struct AppendResult {
+    std::vector<v1::AppendResponse> acks;
+    absl::Status status;
+  };
+  AppendResult Append(const std::vector<v1::AppendRequest>& requests,
+                      const std::string& tenant = "") {
+    AppendResult out;
+    auto ctx = Ctx(tenant);
+    auto stream = streams_->Append(ctx.get());
+    for (const auto& r : requests) {
+      if (!stream->Write(r)) break;
+      v1::AppendResponse ack;
+      if (!stream->Read(&ack)) break;
+      out.acks.push_back(ack);
+    }
+    stream->WritesDone();
+    v1::AppendResponse extra;
+    while (stream->Read(&extra)) out.acks.push_back(extra);
+    out.status = FromGrpcStatus(stream->Finish());
+    return out;
+  }
+
+  static v1::AppendRequest Text(const std::string& id, uint64_t offset,
+                                const std::string& text, bool flush = false,
+                                bool checkpoint = false) {
+    v1::AppendRequest r;
+    r.set_session_id(id);
+    r.set_expected_input_offset(offset);
+    r.set_text_utf8(text);
+    r.set_flush(flush);
+    r.set_checkpoint(checkpoint);
+    return r;
+  }
+
+  std::string Export(const std::string& id, absl::Status* status = nullptr,
+                     v1::StateHeader* header = nullptr,
+                     const std::string& tenant = "") {
+    v1::ExportStateRequest req;
+    req.set_session_id(id);
+    auto ctx = Ctx(tenant);
+    auto reader = sessions_->ExportState(ctx.get(), req);
+    v1::ExportStateResponse msg;
+    std::string blob;
+    while (reader->Read(&msg)) {
+      if (msg.has_header() && header != nullptr) *header = msg.header();
+      if (msg.has_chunk()) blob += msg.chunk().data();
+    }
+    absl::Status st = FromGrpcStatus(reader->Finish());
+    if (status != nullptr) *status = st;
+    EXPECT_TRUE(status != nullptr || st.ok()) << st;
+    return blob;
+  }
+
+  struct GenResult {
+    std::vector<uint32_t> tokens;
+    std::string text;
+    v1::GenerateDone done;
+    int dones = 0;
+    absl::Status status;
+  };
+  GenResult Generate(const v1::GenerateRequest& req,
+                     const std::string& tenant = "") {
+    GenResult out;
+    auto ctx = Ctx(tenant);
+    auto reader = streams_->Generate(ctx.get(), req);
+    v1::GenerateResponse msg;
+    while (reader->Read(&msg)) {
+      if (msg.has_chunk()) {
+        EXPECT_EQ(msg.chunk().index(), out.tokens.size());
+        for (uint32_t t : msg.chunk().tokens()) out.tokens.push_back(t);
+        out.text += msg.chunk().text_utf8();
+      } else {
+        out.done = msg.done();
+        ++out.dones;
+      }
+    }
+    out.status = FromGrpcStatus(reader->Finish());
+    // Exactly one `done`, last, on success; its usage counts every token.
+    if (out.status.ok()) {
+      EXPECT_EQ(out.dones, 1);
+      EXPECT_EQ(out.done.usage().output_tokens(), out.tokens.size());
+    }
+    return out;
+  }
+
+  static v1::GenerateRequest GenRequest(const std::string& id,
+                                        const std::string& request_id,
+                                        int max_tokens, bool commit) {
+    v1::GenerateRequest g;
+    g.set_session_id(id);
+    g.set_request_id(request_id);
+    g.set_max_tokens(max_tokens);
+    g.set_commit(commit);
+    g.mutable_sampling()->set_seed(42);
+    g.mutable_sampling()->set_temperature(0.8f);
+    return g;
+  }
+
+  static e2e::Subprocess* server_;
+  static std::string* address_;
+  std::unique_ptr<v1::Sessions::Stub> sessions_;
+  std::unique_ptr<v1::Streams::Stub> streams_;
+  std::unique_ptr<v1::Models::Stub> models_;
+};
+
+e2e::Subprocess* WorkerE2eTest::server_ = nullptr;
+std::string* WorkerE2eTest::address_ = nullptr;
+
+TEST_F(WorkerE2eTest, ModelsDescribeTheDemoModel) {
+  v1::ListModelsResponse list;
+  auto ctx = Ctx();
+  ASSERT_TRUE(models_->ListModels(ctx.get(), {}, &list).ok());
+  ASSERT_EQ(list.models_size(), 1);
+  EXPECT_EQ(list.models(0).model_id(), "demo-random-bytes");
+  EXPECT_EQ(list.models(0).vocab_size(), 256u);
+  EXPECT_FALSE(list.models(0).fingerprint().empty());
+}
+
+TEST_F(WorkerE2eTest, AppendIsExactlyOnce) {
+  v1::Session s = Create("exactly-once");
+  EXPECT_EQ(s.version(), 1u);
+  AppendResult a = Append({Text("exactly-once", 0, "Hello, "),
+                           Text("exactly-once", 0, "Hello, "),  // resend
+                           Text("exactly-once", 7, "world", false, true),
+                           Text("exactly-once", 3, "lo, ")});  // inside
+  ASSERT_TRUE(a.status.ok()) << a.status;
+  ASSERT_EQ(a.acks.size(), 4u);
+  EXPECT_FALSE(a.acks[0].duplicate());
+  EXPECT_EQ(a.acks[0].input_offset(), 7u);
+  EXPECT_TRUE(a.acks[1].duplicate());
+  EXPECT_EQ(a.acks[1].input_offset(), 7u);
+  EXPECT_EQ(a.acks[2].input_offset(), 12u);
+  EXPECT_EQ(a.acks[2].committed_input_offset(), 12u);
+  EXPECT_EQ(a.acks[2].version(), 2u);
+  EXPECT_TRUE(a.acks[3].duplicate());
+  EXPECT_EQ(a.acks[3].position(), 12u);  // bytes model: one token per byte
+
+  // A gap fails with the actual offsets; nothing of it is applied.
+  AppendResult gap = Append({Text("exactly-once", 20, "!")});
+  EXPECT_EQ(gap.status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(GetReason(gap.status), Reason::kPositionMismatch);
+  EXPECT_EQ(GetErrorMetadata(gap.status, "actual_input_offset"), "12");
+  EXPECT_EQ(GetErrorMetadata(gap.status, "committed_input_offset"), "12");
+  // A payload straddling the offset too.
+  AppendResult straddle = Append({Text("exactly-once", 10, "ld!!")});
+  EXPECT_EQ(GetReason(straddle.status), Reason::kPositionMismatch);
+  auto got = Get("exactly-once");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->input_offset(), 12u);
+  EXPECT_EQ(got->position(), 12u);
+}
+
+TEST_F(WorkerE2eTest, AnyChunkingGivesTheSameState) {
+  const std::string text =
+      "Grüße, 世界! \xF0\x9F\x98\x80 naïve café — stateful streams.";
+  Create("whole");
+  AppendResult whole = Append({Text("whole", 0, text, true, true)});
+  ASSERT_TRUE(whole.status.ok()) << whole.status;
+  const std::string want = Export("whole");
+  ASSERT_FALSE(want.empty());
+  for (size_t step : {1u, 2u, 3u, 5u, 7u}) {
+    const std::string id = "chunks-" + std::to_string(step);
+    Create(id);
+    std::vector<v1::AppendRequest> reqs;
+    for (size_t at = 0; at < text.size(); at += step) {
+      reqs.push_back(Text(id, at, text.substr(at, step)));
+    }
+    v1::AppendRequest last;
+    last.set_expected_input_offset(text.size());
+    last.set_flush(true);
+    last.set_checkpoint(true);
+    reqs.push_back(last);
+    AppendResult r = Append(reqs);
+    ASSERT_TRUE(r.status.ok()) << step << ": " << r.status;
+    auto got = Get(id);
+    ASSERT_TRUE(got.ok());
+    EXPECT_EQ(got->input_offset(), text.size()) << step;
+    EXPECT_EQ(got->position(), whole.acks[0].position()) << step;
+    EXPECT_EQ(Export(id), want) << "chunk size " << step;
+  }
+}
+
+TEST_F(WorkerE2eTest,
+       SeededGenerateIsReproducibleAndSideBranchesChangeNothing) {
+  Create("gen");
+  ASSERT_TRUE(
+      Append({Text("gen", 0, "Once upon a time", true, true)}).status.ok());
+  const std::string before = Export("gen");
+  GenResult a = Generate(GenRequest("gen", "side-1", 24, false));
+  GenResult b = Generate(GenRequest("gen", "side-2", 24, false));
+  ASSERT_TRUE(a.status.ok()) << a.status;
+  ASSERT_TRUE(b.status.ok()) << b.status;
+  EXPECT_EQ(a.tokens.size(), 24u);
+  EXPECT_EQ(a.tokens, b.tokens);  // same seed, same state
+  EXPECT_EQ(a.done.finish_reason(), v1::FINISH_REASON_MAX_TOKENS);
+  EXPECT_FALSE(a.done.committed());
+  EXPECT_EQ(a.done.usage().output_tokens(), 24u);
+  EXPECT_EQ(Export("gen"), before);  // untouched
+  auto s = Get("gen");
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->version(), 2u);
+
+  // Committed with the same seed: the same tokens, and the session moves.
+  GenResult c = Generate(GenRequest("gen", "commit-1", 24, true));
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  EXPECT_EQ(c.tokens, a.tokens);
+  EXPECT_TRUE(c.done.committed());
+  EXPECT_EQ(c.done.version(), 3u);
+  EXPECT_EQ(c.done.input_offset(), 16u + 24u);
+  s = Get("gen");
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->input_offset(), 40u);
+  EXPECT_EQ(s->committed_input_offset(), 40u);
+  // The text is the bytes of the tokens.
+  std::string bytes;
+  for (uint32_t t : c.tokens) bytes.push_back(static_cast<char>(t));
+  EXPECT_EQ(c.text, bytes);
+}
+
+TEST_F(WorkerE2eTest, ScoreMatchesGreedyGeneration) {
+  Create("score");
+  ASSERT_TRUE(Append({Text("score", 0, "abc", true, true)}).status.ok());
+  v1::GenerateRequest g = GenRequest("score", "greedy", 8, false);
+  g.mutable_sampling()->set_temperature(0);
+  GenResult greedy = Generate(g);
+  ASSERT_TRUE(greedy.status.ok()) << greedy.status;
+  v1::ScoreRequest req;
+  req.set_session_id("score");
+  for (uint32_t t : greedy.tokens) req.mutable_tokens()->add_ids(t);
+  v1::ScoreResponse resp;
+  auto ctx = Ctx();
+  grpc::Status st = streams_->Score(ctx.get(), req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(resp.tokens_size(), 8);
+  EXPECT_TRUE(resp.all_greedy());
+  EXPECT_LT(resp.sum_logprob(), 0);
+  EXPECT_EQ(resp.position(), 3u);
+  // Scoring from version 1 (nothing consumed) is a precondition failure.
+  req.set_version(1);
+  auto ctx2 = Ctx();
+  st = streams_->Score(ctx2.get(), req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(WorkerE2eTest, ExportImportRoundTripsAndRejectsBadBlobs) {
+  Create("exp");
+  ASSERT_TRUE(Append({Text("exp", 0, "some state", true, true)}).status.ok());
+  v1::StateHeader header;
+  const std::string blob = Export("exp", nullptr, &header);
+  ASSERT_EQ(header.total_bytes(), blob.size());
+
+  auto import = [&](const std::string& id, v1::StateHeader h,
+                    const std::string& data) {
+    auto ctx = Ctx();
+    v1::Session out;
+    auto writer = sessions_->ImportState(ctx.get(), &out);
+    v1::ImportStateRequest first;
+    first.mutable_header()->set_request_id("import-" + id);
+    first.mutable_header()->set_session_id(id);
+    first.mutable_header()->set_mode(v1::IMPORT_MODE_CREATE);
+    *first.mutable_header()->mutable_state() = h;
+    writer->Write(first);
+    for (uint32_t i = 0; i * h.chunk_bytes() < data.size(); ++i) {
+      v1::ImportStateRequest c;
+      c.mutable_chunk()->set_index(i);
+      std::string piece =
+          data.substr(size_t{i} * h.chunk_bytes(), h.chunk_bytes());
+      c.mutable_chunk()->set_data(piece);
+      c.mutable_chunk()->set_crc32c(Crc32c(0, piece.data(), piece.size()));
+      if (!writer->Write(c)) break;
+    }
+    writer->WritesDone();
+    return FromGrpcStatus(writer->Finish());
+  };
+  ASSERT_TRUE(import("imported", header, blob).ok());
+  EXPECT_EQ(Export("imported"), blob);
+  auto got = Get("imported");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->input_offset(), 10u);
+
+  v1::StateHeader foreign = header;
+  foreign.set_model_fingerprint("x070-other");
+  EXPECT_EQ(GetReason(import("foreign-model", foreign, blob)),
+            Reason::kModelMismatch);
+  std::string corrupt = blob;
+  corrupt[corrupt.size() / 2] ^= 1;
+  absl::Status bad = import("corrupt", header, corrupt);
+  EXPECT_EQ(bad.code(), absl::StatusCode::kDataLoss) << bad;
+  EXPECT_EQ(GetReason(bad), Reason::kStateCorrupt);
+  EXPECT_FALSE(Get("corrupt").ok());
+}
+
+TEST_F(WorkerE2eTest, ANewWriterSupersedesTheOld) {
+  Create("busy");
+  auto ctx1 = Ctx();
+  auto first = streams_->Append(ctx1.get());
+  ASSERT_TRUE(first->Write(Text("busy", 0, "one")));
+  v1::AppendResponse ack;
+  ASSERT_TRUE(first->Read(&ack));
+  AppendResult second = Append({Text("busy", 3, "two", false, true)});
+  ASSERT_TRUE(second.status.ok()) << second.status;
+  EXPECT_FALSE(first->Read(&ack));
+  absl::Status st = FromGrpcStatus(first->Finish());
+  EXPECT_EQ(st.code(), absl::StatusCode::kAborted) << st;
+  EXPECT_EQ(GetReason(st), Reason::kSessionBusy);
+}
+
+TEST_F(WorkerE2eTest, BadInputGetsTypedErrors) {
+  Create("bad");
+  v1::AppendRequest tokens;
+  tokens.set_session_id("bad");
+  tokens.mutable_tokens()->add_ids(65);
+  tokens.mutable_tokens()->add_ids(300);  // vocab is 256
+  absl::Status st = Append({tokens}).status;
+  EXPECT_EQ(GetReason(st), Reason::kInvalidToken) << st;
+  st = Append({Text("bad", 0, "ok\xFF")}).status;
+  EXPECT_EQ(GetReason(st), Reason::kInvalidUtf8) << st;
+  st = Append({Text("bad", 0, "caf\xC3", true)}).status;  // incomplete
+  EXPECT_EQ(GetReason(st), Reason::kInvalidUtf8) << st;
+  st = Append({Text("bad", 0, std::string((1 << 20) + 1, 'a'))}).status;
+  EXPECT_EQ(GetReason(st), Reason::kMessageTooLarge) << st;
+  auto got = Get("bad");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->input_offset(), 0u);  // nothing applied
+
+  v1::GenerateRequest g = GenRequest("bad", "nothing-yet", 4, false);
+  EXPECT_EQ(Generate(g).status.code(), absl::StatusCode::kFailedPrecondition);
+  g.mutable_sampling()->set_top_p(2);
+  g.mutable_prompt_tokens()->add_ids(1);
+  EXPECT_EQ(Generate(g).status.code(), absl::StatusCode::kInvalidArgument);
+
+  v1::CreateSessionRequest create;
+  create.set_request_id("wrong-model");
+  create.set_model_id("no-such-model");
+  v1::Session s;
+  auto ctx = Ctx();
+  st = FromGrpcStatus(sessions_->CreateSession(ctx.get(), create, &s));
+  EXPECT_EQ(GetReason(st), Reason::kModelNotFound);
+  create.set_model_id("");
+  create.clear_request_id();
+  auto ctx2 = Ctx();
+  st = FromGrpcStatus(sessions_->CreateSession(ctx2.get(), create, &s));
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+
+  EXPECT_EQ(GetReason(Get("missing").status()), Reason::kSessionNotFound);
+  EXPECT_EQ(GetReason(Append({Text("missing", 0, "x")}).status),
+            Reason::kSessionNotFound);
+}
+
+TEST_F(WorkerE2eTest, AnotherTenantsSessionIsNotFound) {
+  Create("mine", "alice");
+  ASSERT_TRUE(
+      Append({Text("mine", 0, "secret", true, true)}, "alice").status.ok());
+  auto theirs = Get("mine", "bob");
+  EXPECT_EQ(theirs.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(GetReason(theirs.status()), Reason::kSessionNotFound);
+  EXPECT_EQ(GetReason(Append({Text("mine", 6, "x")}, "bob").status),
+            Reason::kSessionNotFound);
+  EXPECT_EQ(
+      GetReason(Generate(GenRequest("mine", "g", 2, false), "bob").status),
+      Reason::kSessionNotFound);
+  absl::Status st;
+  Export("mine", &st, nullptr, "bob");
+  EXPECT_EQ(GetReason(st), Reason::kSessionNotFound);
+  EXPECT_TRUE(Get("mine", "alice").ok());
+  // A malformed tenant is UNAUTHENTICATED.
+  EXPECT_EQ(Get("mine", "Not A Tenant").status().code(),
+            absl::StatusCode::kUnauthenticated);
+}
+
+// With --data-dir the sessions survive a restart: same position, same
+// state, and the same seeded generation as without the restart.
+TEST(WorkerRestartTest, SessionsResumeAfterARestart) {
+  const std::string dir =
+      absl::StrCat(::testing::TempDir(), "/worker_e2e_restart_", getpid());
+  auto start =
+      [&]() -> std::pair<std::unique_ptr<e2e::Subprocess>, std::string> {
+    auto p =
+        e2e::Subprocess::Start({STATESTREAM_BIN, "serve",
+                                "--listen=127.0.0.1:0", "--data-dir=" + dir});
+    EXPECT_TRUE(p.ok()) << p.status();
+    if (!p.ok()) return {};
+    auto line = (*p)->ReadStdoutLine(kStartTimeout);
+    EXPECT_TRUE(line.ok()) << line.status() << (*p)->stderr_text();
+    std::smatch m;
+    std::string text = line.value_or("");
+    EXPECT_TRUE(std::regex_match(text, m, std::regex(R"(listening on (\S+))")));
+    return {*std::move(p), m.size() == 2 ? m[1].str() : ""};
+  };
+  auto generate = [](v1::Streams::Stub* stub, bool commit) {
+    v1::GenerateRequest g;
+    g.set_session_id("durable");
+    g.set_request_id(commit ? "commit" : "peek");
+    g.set_max_tokens(16);
+    g.set_commit(commit);
+    g.mutable_sampling()->set_seed(7);
+    grpc::ClientContext ctx;
+    auto reader = stub->Generate(&ctx, g);
+    v1::GenerateResponse msg;
+    std::vector<uint32_t> tokens;
+    while (reader->Read(&msg)) {
+      for (uint32_t t : msg.chunk().tokens()) tokens.push_back(t);
+    }
+    EXPECT_TRUE(reader->Finish().ok());
+    return tokens;
+  };
+
+  std::vector<uint32_t> before;
+  uint64_t position = 0;
+  {
+    auto [server, address] = start();
+    ASSERT_NE(server, nullptr);
+    auto channel =
+        grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+    auto sessions = v1::Sessions::NewStub(channel);
+    auto streams = v1::Streams::NewStub(channel);
+    v1::CreateSessionRequest create;
+    create.set_request_id("create-durable");
+    create.set_session_id("durable");
+    v1::Session s;
+    grpc::ClientContext c1;
+    ASSERT_TRUE(sessions->CreateSession(&c1, create, &s).ok());
+    grpc::ClientContext c2;
+    auto stream = streams->Append(&c2);
+    v1::AppendRequest r;
+    r.set_session_id("durable");
+    r.set_text_utf8("persist me, please");
+    r.set_flush(true);
+    r.set_checkpoint(true);
+    r.set_durability(v1::DURABILITY_FSYNC);
+    ASSERT_TRUE(stream->Write(r));
+    v1::AppendResponse ack;
+    ASSERT_TRUE(stream->Read(&ack));
+    EXPECT_EQ(ack.durability(), v1::DURABILITY_FSYNC);
+    stream->WritesDone();
+    ASSERT_TRUE(stream->Finish().ok());
+    position = ack.position();
+    before = generate(streams.get(), false);
+    server->Signal(SIGTERM);
+    auto code = server->Wait(absl::Seconds(60));
+    ASSERT_TRUE(code.ok());
+    EXPECT_EQ(*code, 0) << server->stderr_text();
+  }
+  auto [server, address] = start();
+  ASSERT_NE(server, nullptr);
+  auto channel =
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  auto sessions = v1::Sessions::NewStub(channel);
+  auto streams = v1::Streams::NewStub(channel);
+  v1::GetSessionRequest get;
+  get.set_session_id("durable");
+  v1::Session s;
+  grpc::ClientContext c;
+  ASSERT_TRUE(sessions->GetSession(&c, get, &s).ok());
+  EXPECT_EQ(s.position(), position);
+  EXPECT_EQ(s.input_offset(), 18u);
+  EXPECT_EQ(s.version(), 2u);
+  EXPECT_EQ(generate(streams.get(), false), before);
+  EXPECT_EQ(generate(streams.get(), true), before);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace statestream

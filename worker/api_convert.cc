@@ -1,0 +1,184 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "worker/api_convert.h"
+
+#include <grpcpp/server_context.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "worker/engine/utf8.h"
+
+namespace statestream::worker {
+namespace {
+
+absl::Status BadField(absl::string_view field, absl::string_view why) {
+  return MakeError(absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
+                   absl::StrCat(field, ": ", why),
+                   {{"field", std::string(field)}});
+}
+
+void ToTimestamp(absl::Time t, google::protobuf::Timestamp* out) {
+  if (t == absl::InfinitePast() || t == absl::InfiniteFuture()) return;
+  const int64_t ns = absl::ToUnixNanos(t);
+  out->set_seconds(ns / 1000000000);
+  out->set_nanos(static_cast<int32_t>(ns % 1000000000));
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> TenantOf(const grpc::CallbackServerContext& ctx) {
+  const auto& md = ctx.client_metadata();
+  auto it = md.find("x-statestream-tenant");
+  if (it == md.end()) return std::string("default");
+  std::string tenant(it->second.data(), it->second.size());
+  bool ok = !tenant.empty() && tenant.size() <= 64;
+  for (char c : tenant) {
+    ok = ok && (absl::ascii_islower(c) || absl::ascii_isdigit(c) || c == '_' ||
+                c == '-');
+  }
+  if (!ok) {
+    return MakeError(absl::StatusCode::kUnauthenticated,
+                     Reason::kUnauthenticated,
+                     "x-statestream-tenant must be 1-64 bytes of [a-z0-9_-]");
+  }
+  return tenant;
+}
+
+absl::Status CheckRequestId(const std::string& id) {
+  bool ok = !id.empty() && id.size() <= 64;
+  for (char c : id) {
+    ok = ok && (absl::ascii_isalnum(c) || c == '.' || c == '_' || c == ':' ||
+                c == '-');
+  }
+  if (!ok)
+    return BadField("request_id", "required, 1-64 bytes of [A-Za-z0-9._:-]");
+  return absl::OkStatus();
+}
+
+absl::Status CheckSessionId(const std::string& id, const char* field) {
+  bool ok = !id.empty() && id.size() <= 128 && absl::ascii_isalnum(id[0]);
+  for (char c : id) {
+    ok = ok && (absl::ascii_isalnum(c) || c == '.' || c == '_' || c == '-');
+  }
+  if (!ok) {
+    return BadField(field,
+                    "1-128 bytes of [A-Za-z0-9._-], starting alphanumeric");
+  }
+  return absl::OkStatus();
+}
+
+std::optional<Durability> DurabilityFromProto(v1::Durability d) {
+  switch (d) {
+    case v1::DURABILITY_MEMORY:
+      return Durability::kMemory;
+    case v1::DURABILITY_FSYNC:
+      return Durability::kFsync;
+    case v1::DURABILITY_REPLICATED:
+      return Durability::kReplicated;
+    default:
+      return std::nullopt;
+  }
+}
+
+v1::Durability DurabilityToProto(Durability d) {
+  return static_cast<v1::Durability>(static_cast<int>(d));
+}
+
+void SessionToProto(const SessionView& v, v1::Session* out) {
+  out->set_session_id(v.session_id);
+  out->set_model_id(v.model_id);
+  out->set_model_fingerprint(v.model_fingerprint);
+  out->set_position(v.position);
+  out->set_input_offset(v.input_offset);
+  out->set_pending_bytes(v.pending_bytes);
+  out->set_version(v.version);
+  out->set_committed_position(v.committed_position);
+  out->set_committed_input_offset(v.committed_input_offset);
+  out->set_durability(DurabilityToProto(v.durability));
+  for (const auto& [k, val] : v.labels) (*out->mutable_labels())[k] = val;
+  if (v.ttl != absl::InfiniteDuration()) {
+    out->mutable_ttl()->set_seconds(absl::ToInt64Seconds(v.ttl));
+    if (v.update_time != absl::Time()) {
+      ToTimestamp(v.update_time + v.ttl, out->mutable_expire_time());
+    }
+  }
+  ToTimestamp(v.create_time, out->mutable_create_time());
+  ToTimestamp(v.update_time, out->mutable_update_time());
+  if (!v.parent_session_id.empty()) {
+    out->mutable_parent()->set_session_id(v.parent_session_id);
+    out->mutable_parent()->set_version(v.parent_version);
+  }
+  out->set_state_bytes(v.state_bytes);
+}
+
+void ModelToProto(const SessionManager& m, v1::Model* out) {
+  const engine::ModelInfo& info = m.model().info();
+  out->set_model_id(m.options().model_id);
+  out->set_architecture(engine::ArchName(info.config.arch));
+  out->set_n_layer(info.config.n_layer);
+  out->set_n_embd(info.config.n_embd);
+  out->set_n_head(info.config.n_head);
+  out->set_head_size(info.config.head_size);
+  out->set_dim_ffn(info.config.dim_ffn);
+  out->set_vocab_size(info.config.vocab_size);
+  out->set_params(info.params);
+  out->set_state_bytes(info.state_floats * sizeof(float));
+  out->set_fingerprint(m.fingerprint());
+  out->set_tokenizer(m.tokenizer().name() == "rwkv_world"
+                         ? "rwkv_vocab_v20230424"
+                         : std::string(m.tokenizer().name()));
+  out->add_backends(v1::BACKEND_CPU);
+  out->set_weights_dtype(m.options().weights_dtype);
+  out->set_workers(1);
+}
+
+void VersionToProto(const VersionInfo& info, uint64_t parent_version,
+                    v1::Version* out) {
+  out->set_version(info.version);
+  out->set_position(info.position);
+  out->set_input_offset(info.input_offset);
+  out->set_pending_bytes(info.tail_bytes);
+  ToTimestamp(info.committed_at, out->mutable_create_time());
+  out->set_durability(DurabilityToProto(info.durability));
+  out->set_state_bytes(info.state_bytes);
+  // The store does not record what made a version; what it can tell:
+  if (info.rolled_back_from != 0) {
+    out->set_cause(v1::VERSION_CAUSE_ROLLBACK);
+    out->set_source_version(info.rolled_back_from);
+  } else if (info.version == 1) {
+    out->set_cause(parent_version != 0 ? v1::VERSION_CAUSE_FORK
+                                       : v1::VERSION_CAUSE_CREATE);
+    out->set_source_version(parent_version);
+  }
+}
+
+absl::Status CheckLabels(
+    const google::protobuf::Map<std::string, std::string>& labels) {
+  if (labels.size() > 64) return BadField("labels", "at most 64 labels");
+  for (const auto& [k, v] : labels) {
+    bool ok = !k.empty() && k.size() <= 63;
+    for (char c : k) {
+      ok = ok && (absl::ascii_isalnum(c) || c == '.' || c == '_' || c == '/' ||
+                  c == '-');
+    }
+    if (!ok)
+      return BadField("labels", "keys are 1-63 bytes of [A-Za-z0-9._/-]");
+    if (v.size() > 255 || !engine::IsValidUtf8(v)) {
+      return BadField("labels", "values are at most 255 bytes of UTF-8");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<absl::Duration> TtlFromProto(
+    bool has_ttl, const google::protobuf::Duration& ttl) {
+  if (!has_ttl) return absl::ZeroDuration();
+  const absl::Duration d =
+      absl::Seconds(ttl.seconds()) + absl::Nanoseconds(ttl.nanos());
+  if (d < absl::Seconds(1) || d > absl::Hours(24 * 365)) {
+    return BadField("ttl", "must be between 1 s and 365 days");
+  }
+  return d;
+}
+
+}  // namespace statestream::worker

@@ -1,0 +1,49 @@
+// SPDX-License-Identifier: Apache-2.0
+// Conversions between the statestream.v1 messages and the session manager's
+// plain structs, and the request checks every service shares (tenant,
+// request ids). Internal to the worker's services.
+#ifndef STATESTREAM_WORKER_API_CONVERT_H_
+#define STATESTREAM_WORKER_API_CONVERT_H_
+
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "state_store/state_store.h"
+#include "statestream/v1/statestream.pb.h"
+#include "worker/session_manager.h"
+
+namespace grpc {
+class CallbackServerContext;
+}  // namespace grpc
+
+namespace statestream::worker {
+
+// Development mode: the `x-statestream-tenant` header, or "default".
+// UNAUTHENTICATED for a malformed tenant name.
+absl::StatusOr<std::string> TenantOf(const grpc::CallbackServerContext& ctx);
+
+// 1-64 bytes of [A-Za-z0-9._:-]; INVALID_ARGUMENT (field=request_id).
+absl::Status CheckRequestId(const std::string& request_id);
+
+// Session ids as the API defines them; INVALID_ARGUMENT (field).
+absl::Status CheckSessionId(const std::string& id, const char* field);
+
+std::optional<Durability> DurabilityFromProto(v1::Durability d);
+v1::Durability DurabilityToProto(Durability d);
+
+void SessionToProto(const SessionView& view, v1::Session* out);
+void ModelToProto(const SessionManager& manager, v1::Model* out);
+void VersionToProto(const VersionInfo& info, uint64_t oldest_parent,
+                    v1::Version* out);
+
+// Labels and TTL limits of CreateSessionRequest; INVALID_ARGUMENT.
+absl::Status CheckLabels(
+    const google::protobuf::Map<std::string, std::string>& labels);
+absl::StatusOr<absl::Duration> TtlFromProto(
+    bool has_ttl, const google::protobuf::Duration& ttl);
+
+}  // namespace statestream::worker
+
+#endif  // STATESTREAM_WORKER_API_CONVERT_H_

@@ -1,0 +1,1478 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "worker/session_manager.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "common/status.h"
+#include "state_store/state_codec.h"
+#include "worker/engine/utf8.h"
+#include "worker/tasks.h"
+
+namespace statestream::worker {
+namespace {
+
+constexpr size_t kMaxTextBytes = 1 << 20;
+constexpr size_t kMaxAppendTokens = 262144;
+constexpr size_t kMaxScoreTokens = 65536;
+
+// A fixed pool of threads running closures in FIFO order.
+class Executor {
+ public:
+  explicit Executor(int threads) {
+    for (int i = 0; i < std::max(threads, 1); ++i) {
+      threads_.emplace_back([this] { Loop(); });
+    }
+  }
+  ~Executor() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  void Post(std::function<void()> fn) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(std::move(fn));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  void Loop() {
+    for (;;) {
+      std::function<void()> fn;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        fn = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      fn();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
+absl::Status Invalid(Reason reason, absl::string_view msg,
+                     ErrorMetadata md = {}) {
+  return MakeError(absl::StatusCode::kInvalidArgument, reason, msg,
+                   std::move(md));
+}
+
+absl::Status TooLarge(absl::string_view field, size_t limit) {
+  return Invalid(
+      Reason::kMessageTooLarge,
+      absl::StrCat(field, " is over its limit of ", limit),
+      {{"field", std::string(field)}, {"limit", absl::StrCat(limit)}});
+}
+
+absl::Status CheckTokens(const std::vector<int32_t>& ids, int vocab,
+                         absl::string_view field) {
+  for (int32_t id : ids) {
+    if (id < 0 || id >= vocab) {
+      return Invalid(
+          Reason::kInvalidToken,
+          absl::StrCat("token ", id, " is not below vocab_size ", vocab),
+          {{"token", absl::StrCat(id)},
+           {"vocab_size", absl::StrCat(vocab)},
+           {"field", std::string(field)}});
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status NotFound(absl::string_view id) {
+  return MakeError(absl::StatusCode::kNotFound, Reason::kSessionNotFound,
+                   absl::StrCat("session ", id, " not found"),
+                   {{"session_id", std::string(id)}});
+}
+
+absl::Status Busy() {
+  return MakeError(absl::StatusCode::kAborted, Reason::kSessionBusy,
+                   "superseded by a newer writer call on this session");
+}
+
+absl::Status Draining() {
+  return MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
+                   "the worker is draining", {{"retry_after_ms", "100"}});
+}
+
+uint64_t Fnv1a(uint64_t h, absl::string_view s) {
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+// Bytes of `text` that can start a streamed text: after a reload the UTF-8
+// carry is rebuilt from the tokenizer tail, which may be empty (byte
+// tokenizer); leading continuation bytes are then accepted once.
+size_t LeadingContinuationBytes(absl::string_view text) {
+  size_t n = 0;
+  while (n < text.size() && n < 3 &&
+         (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) {
+    ++n;
+  }
+  return n;
+}
+
+}  // namespace
+
+// One resident session.
+struct Session {
+  SessionKey key;
+  uint64_t fence = 0;  // fixed after load
+
+  absl::Mutex mu;
+  // The operation queue (strand).
+  std::deque<std::function<void()>> ops ABSL_GUARDED_BY(mu);
+  bool busy ABSL_GUARDED_BY(mu) = false;
+  // Current writer call.
+  uint64_t writer_gen ABSL_GUARDED_BY(mu) = 0;
+  bool writer_attached ABSL_GUARDED_BY(mu) = false;
+  std::function<void()> superseded ABSL_GUARDED_BY(mu);
+  enum class Gone { kNo, kEvicted, kFenced, kDeleted };
+  Gone gone ABSL_GUARDED_BY(mu) = Gone::kNo;
+  SessionView view ABSL_GUARDED_BY(mu);
+
+  // Owned by the running operation (the strand).
+  EngineState live;
+  std::string tail;        // tokenizer tail
+  std::string utf8_carry;  // incomplete UTF-8 suffix of the text so far
+  bool carry_known = true;
+  uint64_t input_offset = 0;
+  std::string sampler_state;
+  SessionHead head;
+  int64_t uncommitted_tokens = 0;
+  bool dirty = false;
+  absl::Time dirty_since;
+  int64_t last_use = 0;  // guarded by the manager's mu_
+};
+
+class SessionManager::Writer {
+ public:
+  std::shared_ptr<Session> session;
+  uint64_t gen = 0;
+};
+
+class SessionManager::Impl {
+ public:
+  Impl(const SessionManagerOptions& o, engine::Model* model,
+       const engine::Tokenizer* tok, Scheduler* sched, StateStore* store)
+      : opt_(o),
+        clock_(o.clock ? o.clock : Clock::Real()),
+        model_(model),
+        tok_(tok),
+        sched_(sched),
+        store_(store),
+        vocab_(model->info().config.vocab_size),
+        fingerprint_(
+            absl::StrCat(model->info().fingerprint, "+", tok->fingerprint())),
+        session_bytes_(
+            (model->info().state_floats + model->info().config.n_embd) *
+            int64_t{sizeof(float)}),
+        pool_(o.threads),
+        rng_(std::random_device{}()) {
+    renewer_ = std::thread([this] { RenewLoop(); });
+  }
+  ~Impl() {
+    Drain();
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    renewer_.join();
+  }
+
+  SessionManagerOptions opt_;
+  Clock* clock_;
+  engine::Model* model_;
+  const engine::Tokenizer* tok_;
+  Scheduler* sched_;
+  StateStore* store_;
+  const int vocab_;
+  const std::string fingerprint_;
+  const int64_t session_bytes_;
+  Executor pool_;
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<Session>> resident_
+      ABSL_GUARDED_BY(mu_);
+  int64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  Stats stats_ ABSL_GUARDED_BY(mu_);
+  // CreateSession idempotency: (tenant, request_id) -> session_id.
+  std::map<std::pair<std::string, std::string>, std::string> created_
+      ABSL_GUARDED_BY(mu_);
+  std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex load_mu_;  // one load at a time (a second would fence the first)
+  std::thread renewer_;
+
+  static std::string MapKey(const SessionKey& k) {
+    return absl::StrCat(k.tenant, "/", k.session_id);
+  }
+
+  Durability Dur(std::optional<Durability> d) const {
+    return d.value_or(opt_.default_durability);
+  }
+
+  // --- Residency ------------------------------------------------------------
+
+  absl::StatusOr<std::shared_ptr<Session>> Resident(const SessionKey& key) {
+    const std::string mk = MapKey(key);
+    {
+      absl::MutexLock lock(&mu_);
+      if (draining_) return Draining();
+      auto it = resident_.find(mk);
+      if (it != resident_.end()) {
+        it->second->last_use = ++tick_;
+        return it->second;
+      }
+    }
+    absl::MutexLock load(&load_mu_);
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = resident_.find(mk);
+      if (it != resident_.end()) return it->second;
+    }
+    SS_ASSIGN_OR_RETURN(SessionHead head, store_->GetHead(key));
+    if (head.model_fingerprint != fingerprint_) {
+      return MakeError(absl::StatusCode::kFailedPrecondition,
+                       Reason::kModelMismatch,
+                       "the session belongs to a model this worker does not "
+                       "serve",
+                       {{"expected_fingerprint", head.model_fingerprint},
+                        {"actual_fingerprint", fingerprint_}});
+    }
+    SS_ASSIGN_OR_RETURN(Lease lease,
+                        store_->AcquireLease(key, opt_.owner, opt_.lease_ttl,
+                                             /*takeover=*/true));
+    auto loaded = store_->LoadVersion(key, 0);
+    if (!loaded.ok()) {
+      store_->ReleaseLease(key, opt_.owner, lease.fence).IgnoreError();
+      return loaded.status();
+    }
+    auto s = std::make_shared<Session>();
+    s->key = key;
+    s->fence = lease.fence;
+    SS_RETURN_IF_ERROR(LoadInto(s.get(), *loaded, &head));
+    std::vector<std::shared_ptr<Session>> victims;
+    {
+      absl::MutexLock lock(&mu_);
+      s->last_use = ++tick_;
+      resident_[mk] = s;
+      ++stats_.loads;
+      victims = PickVictims();
+    }
+    for (auto& v : victims) Evict(v);
+    return s;
+  }
+
+  // Fills the strand-owned fields from a loaded version. Needs the strand
+  // (or exclusive ownership).
+  absl::Status LoadInto(Session* s, const LoadedVersion& v,
+                        const SessionHead* head) {
+    const StateSnapshot& snap = v.state;
+    SS_RETURN_IF_ERROR(CheckStateMatchesModel(snap, fingerprint_,
+                                              model_->info().state_floats));
+    s->live.state = snap.state;
+    s->live.position = snap.position;
+    const size_t n_embd = model_->info().config.n_embd;
+    if (snap.last_hidden.size() == n_embd) {
+      s->live.last_hidden = snap.last_hidden;
+    } else {
+      s->live.last_hidden.assign(n_embd, 0.0f);
+    }
+    s->tail = snap.tokenizer_tail;
+    const size_t complete = engine::Utf8CompletePrefixLength(s->tail);
+    s->utf8_carry = s->tail.substr(complete);
+    s->carry_known = !s->tail.empty() || snap.input_offset == 0;
+    s->input_offset = snap.input_offset;
+    s->sampler_state = snap.sampler_state;
+    if (head != nullptr) s->head = *head;
+    s->head.head = v.version;
+    s->dirty = false;
+    s->uncommitted_tokens = 0;
+    absl::MutexLock lock(&s->mu);
+    RefreshView(s);
+    return absl::OkStatus();
+  }
+
+  void RefreshView(Session* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu) {
+    SessionView v = ViewOfHead(s->head);
+    v.position = s->live.position;
+    v.input_offset = s->input_offset;
+    v.pending_bytes = static_cast<uint32_t>(s->tail.size());
+    s->view = std::move(v);
+  }
+
+  SessionView ViewOfHead(const SessionHead& h) const {
+    SessionView v;
+    v.session_id = h.key.session_id;
+    v.model_id = h.model_id;
+    v.model_fingerprint = h.model_fingerprint;
+    v.position = h.head.position;
+    v.input_offset = h.head.input_offset;
+    v.pending_bytes = h.head.tail_bytes;
+    v.version = h.head.version;
+    v.committed_position = h.head.position;
+    v.committed_input_offset = h.head.input_offset;
+    v.durability = h.head.durability;
+    v.labels = h.labels;
+    v.ttl = h.ttl;
+    v.create_time = h.created_at;
+    v.update_time = h.updated_at;
+    v.parent_session_id = h.parent_session_id;
+    v.parent_version = h.parent_version;
+    v.state_bytes = h.head.state_bytes;
+    return v;
+  }
+
+  std::vector<std::shared_ptr<Session>> PickVictims()
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::vector<std::shared_ptr<Session>> out;
+    int64_t bytes = static_cast<int64_t>(resident_.size()) * session_bytes_;
+    if (bytes <= opt_.residency_bytes) return out;
+    std::vector<std::shared_ptr<Session>> all;
+    for (auto& [k, s] : resident_) all.push_back(s);
+    std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) {
+      return a->last_use < b->last_use;
+    });
+    for (auto& s : all) {
+      if (bytes <= opt_.residency_bytes) break;
+      absl::MutexLock lock(&s->mu);
+      if (s->busy || s->writer_attached || !s->ops.empty()) continue;
+      out.push_back(s);
+      bytes -= session_bytes_;
+    }
+    return out;
+  }
+
+  // Evicts `s` if it is still idle: claims its strand (so it runs inline,
+  // on the caller's thread), commits if dirty, releases the lease, unmaps.
+  // An operation queued meanwhile finds the session gone (UNAVAILABLE,
+  // retry) once the strand is released.
+  void Evict(const std::shared_ptr<Session>& s) {
+    {
+      absl::MutexLock lock(&s->mu);
+      if (s->busy || !s->ops.empty() || s->writer_attached ||
+          s->gone != Session::Gone::kNo) {
+        return;
+      }
+      s->busy = true;
+    }
+    if (s->dirty) {
+      absl::Status st = CommitNow(s.get(), opt_.default_durability, "");
+      if (!st.ok() && GetReason(st) != Reason::kFenced) {
+        Release(s);  // keep it: its input would be lost
+        return;
+      }
+    }
+    Drop(s.get(), Session::Gone::kEvicted);
+    store_->ReleaseLease(s->key, opt_.owner, s->fence).IgnoreError();
+    {
+      absl::MutexLock lock(&mu_);
+      ++stats_.evictions;
+    }
+    Release(s);
+  }
+
+  // Unmaps `s` (if still mapped) and marks it gone.
+  void Drop(Session* s, Session::Gone why) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = resident_.find(MapKey(s->key));
+      if (it != resident_.end() && it->second.get() == s) resident_.erase(it);
+      if (why == Session::Gone::kFenced) ++stats_.fenced;
+    }
+    std::function<void()> superseded;
+    {
+      absl::MutexLock lock(&s->mu);
+      s->gone = why;
+      superseded = std::move(s->superseded);
+      s->superseded = nullptr;
+    }
+  }
+
+  absl::Status GoneError(Session* s) {
+    absl::MutexLock lock(&s->mu);
+    switch (s->gone) {
+      case Session::Gone::kNo:
+        return absl::OkStatus();
+      case Session::Gone::kDeleted:
+        return NotFound(s->key.session_id);
+      case Session::Gone::kFenced:
+        return MakeError(absl::StatusCode::kAborted, Reason::kFenced,
+                         "this worker lost the session's lease");
+      case Session::Gone::kEvicted:
+        return MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
+                         "the session was evicted; retry",
+                         {{"retry_after_ms", "10"}});
+    }
+    return absl::OkStatus();
+  }
+
+  bool IsCurrent(Session* s, uint64_t gen) {
+    absl::MutexLock lock(&s->mu);
+    return s->writer_gen == gen;
+  }
+
+  // --- The strand -----------------------------------------------------------
+
+  // Runs `op` on the pool once every earlier op of `s` has released; `op`
+  // must call Release(s) exactly once (possibly later, from a callback).
+  void RunOp(const std::shared_ptr<Session>& s, std::function<void()> op) {
+    bool start = false;
+    {
+      absl::MutexLock lock(&s->mu);
+      s->ops.push_back(std::move(op));
+      if (!s->busy) start = s->busy = true;
+    }
+    if (start) pool_.Post([this, s] { RunNext(s); });
+  }
+  void RunNext(const std::shared_ptr<Session>& s) {
+    std::function<void()> op;
+    {
+      absl::MutexLock lock(&s->mu);
+      op = std::move(s->ops.front());
+      s->ops.pop_front();
+    }
+    op();
+  }
+  void Release(const std::shared_ptr<Session>& s) {
+    bool more = false;
+    {
+      absl::MutexLock lock(&s->mu);
+      more = !s->ops.empty();
+      if (!more) s->busy = false;
+    }
+    if (more) pool_.Post([this, s] { RunNext(s); });
+  }
+  // Runs `fn` in the strand and waits for it. Not from pool threads.
+  template <typename T>
+  T RunSync(const std::shared_ptr<Session>& s, std::function<T()> fn) {
+    std::optional<T> out;
+    absl::Notification done;
+    RunOp(s, [&] {
+      out.emplace(fn());
+      Release(s);
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return std::move(*out);
+  }
+
+  // --- Commits
+  // ----------------------------------------------------------------
+
+  StateSnapshot Snapshot(const Session* s) const {
+    const auto& cfg = model_->info().config;
+    StateSnapshot snap;
+    snap.model_fingerprint = fingerprint_;
+    snap.architecture = engine::ArchName(cfg.arch);
+    snap.n_layer = cfg.n_layer;
+    snap.n_embd = cfg.n_embd;
+    snap.n_head = cfg.n_head;
+    snap.head_size = cfg.head_size;
+    snap.position = s->live.position;
+    snap.input_offset = s->input_offset;
+    snap.parent_session_id = s->head.parent_session_id;
+    snap.parent_version = s->head.parent_version;
+    snap.tokenizer_tail = s->tail;
+    snap.sampler_state = s->sampler_state;
+    snap.state = s->live.state;
+    if (s->live.position > 0) snap.last_hidden = s->live.last_hidden;
+    return snap;
+  }
+
+  // Commits the live state (strand). FENCED drops the session; a commit
+  // that exists below the requested durability resyncs the head.
+  absl::Status CommitNow(Session* s, Durability d,
+                         const std::string& /*request_id*/) {
+    CommitRequest r;
+    r.key = s->key;
+    r.expected_version = s->head.head.version;
+    r.fence = s->fence;
+    r.state = Snapshot(s);
+    r.durability = d;
+    auto res = store_->Commit(r);
+    if (!res.ok()) {
+      if (GetReason(res.status()) == Reason::kFenced) {
+        Drop(s, Session::Gone::kFenced);
+      } else if (auto h = store_->GetHead(s->key); h.ok()) {
+        if (h->head.version != s->head.head.version &&
+            h->head.input_offset == s->input_offset &&
+            h->head.position == s->live.position) {
+          s->head = *h;  // it exists at a lower durability
+          s->dirty = false;
+          s->uncommitted_tokens = 0;
+          absl::MutexLock lock(&s->mu);
+          RefreshView(s);
+        }
+      }
+      return res.status();
+    }
+    s->head = res->session;
+    s->dirty = false;
+    s->uncommitted_tokens = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      ++stats_.commits;
+    }
+    absl::MutexLock lock(&s->mu);
+    RefreshView(s);
+    return absl::OkStatus();
+  }
+
+  AppendAck Ack(Session* s, const std::string& request_id) {
+    AppendAck a;
+    a.request_id = request_id;
+    a.position = s->live.position;
+    a.input_offset = s->input_offset;
+    a.pending_bytes = static_cast<uint32_t>(s->tail.size());
+    a.version = s->head.head.version;
+    a.committed_input_offset = s->head.head.input_offset;
+    a.durability = s->head.head.durability;
+    return a;
+  }
+
+  absl::Status PositionMismatch(Session* s, uint64_t expected) {
+    return MakeError(
+        absl::StatusCode::kFailedPrecondition, Reason::kPositionMismatch,
+        absl::StrCat("expected_input_offset ", expected,
+                     " is not the session's input_offset ", s->input_offset),
+        {{"expected_input_offset", absl::StrCat(expected)},
+         {"actual_input_offset", absl::StrCat(s->input_offset)},
+         {"actual_position", absl::StrCat(s->live.position)},
+         {"committed_input_offset", absl::StrCat(s->head.head.input_offset)}});
+  }
+
+  // --- Append
+  // -----------------------------------------------------------------
+
+  void AppendOp(std::shared_ptr<Writer> w, AppendInput in,
+                std::function<void(absl::StatusOr<AppendAck>)> done) {
+    const std::shared_ptr<Session>& s = w->session;
+    auto fail = [&](absl::Status st) {
+      Release(s);
+      done(std::move(st));
+    };
+    if (absl::Status g = GoneError(s.get()); !g.ok()) return fail(g);
+    if (!IsCurrent(s.get(), w->gen)) return fail(Busy());
+    const uint64_t units =
+        in.kind == AppendInput::Kind::kText ? in.text.size() : in.tokens.size();
+    const uint64_t at = s->input_offset;
+    if (in.expected_input_offset != at) {
+      if (in.expected_input_offset + units <= at &&
+          in.expected_input_offset <= at) {
+        AppendAck ack = Ack(s.get(), in.request_id);
+        ack.duplicate = true;
+        if (in.checkpoint && s->dirty &&
+            s->head.head.input_offset < in.expected_input_offset + units) {
+          absl::Status st = CommitNow(s.get(), Dur(in.durability), "");
+          if (!st.ok()) return fail(st);
+          ack = Ack(s.get(), in.request_id);
+          ack.duplicate = true;
+        }
+        Release(s);
+        return done(ack);
+      }
+      return fail(PositionMismatch(s.get(), in.expected_input_offset));
+    }
+    // Text validity: the stream so far plus this chunk.
+    std::string carry = s->utf8_carry;
+    bool flush = in.flush || in.kind == AppendInput::Kind::kTokens;
+    if (in.kind == AppendInput::Kind::kText) {
+      absl::string_view text = in.text;
+      size_t skip = 0;
+      if (!s->carry_known && carry.empty()) {
+        skip = LeadingContinuationBytes(text);
+      }
+      const std::string joined = carry + std::string(text.substr(skip));
+      const size_t complete = engine::Utf8CompletePrefixLength(joined);
+      if (!engine::IsValidUtf8(absl::string_view(joined).substr(0, complete))) {
+        return fail(Invalid(
+            Reason::kInvalidUtf8, "text_utf8 is not valid UTF-8",
+            {{"input_offset", absl::StrCat(at)}, {"field", "text_utf8"}}));
+      }
+      carry = joined.substr(complete);
+    }
+    if (flush && !carry.empty()) {
+      return fail(Invalid(Reason::kInvalidUtf8,
+                          "text ends inside a UTF-8 character at a flush",
+                          {{"input_offset", absl::StrCat(at + units)},
+                           {"field", "text_utf8"}}));
+    }
+    std::vector<int32_t> tokens;
+    std::string new_tail = s->tail;
+    if (in.kind == AppendInput::Kind::kText || flush) {
+      engine::StreamEncodeResult r = tok_->EncodeStream(
+          s->tail,
+          in.kind == AppendInput::Kind::kText ? absl::string_view(in.text)
+                                              : absl::string_view(),
+          flush);
+      tokens = std::move(r.tokens);
+      new_tail = std::move(r.tail);
+    }
+    if (in.kind == AppendInput::Kind::kTokens) {
+      if (absl::Status st = CheckTokens(in.tokens, vocab_, "tokens.ids");
+          !st.ok()) {
+        return fail(st);
+      }
+      tokens.insert(tokens.end(), in.tokens.begin(), in.tokens.end());
+    }
+    auto finish = [this, s, w, in, units, carry, new_tail,
+                   done](uint32_t consumed) {
+      s->input_offset += units;
+      s->tail = new_tail;
+      s->utf8_carry = carry;
+      if (units > 0) s->carry_known = true;
+      if (units > 0 || consumed > 0) {
+        if (!s->dirty) s->dirty_since = clock_->Now();
+        s->dirty = true;
+      }
+      s->uncommitted_tokens += consumed;
+      {
+        absl::MutexLock lock(&s->mu);
+        RefreshView(s.get());
+      }
+      const bool policy =
+          s->dirty &&
+          (s->uncommitted_tokens >= opt_.checkpoint_tokens ||
+           clock_->Now() - s->dirty_since >= opt_.checkpoint_interval);
+      if ((in.checkpoint && s->dirty) || policy) {
+        absl::Status st = CommitNow(s.get(), Dur(in.durability), in.request_id);
+        if (!st.ok()) {
+          Release(s);
+          return done(st);
+        }
+      }
+      AppendAck ack = Ack(s.get(), in.request_id);
+      ack.tokens_consumed = consumed;
+      Release(s);
+      done(ack);
+    };
+    if (tokens.empty()) return finish(0);
+    auto work = std::make_shared<EngineState>(s->live);
+    const uint32_t n = static_cast<uint32_t>(tokens.size());
+    auto task = std::make_shared<IngestTask>(
+        work.get(), std::move(tokens),
+        [this, s, work, n, finish, done](const absl::Status& st) {
+          pool_.Post([this, s, work, n, st, finish, done] {
+            if (!st.ok()) {
+              Release(s);
+              return done(st);
+            }
+            s->live = std::move(*work);
+            finish(n);
+          });
+        });
+    if (absl::Status st = sched_->Submit(task); !st.ok()) return fail(st);
+  }
+
+  // --- Lease renewal ------------------------------------------------------
+
+  void RenewLoop() {
+    const absl::Duration every = opt_.lease_ttl / 3;
+    for (;;) {
+      std::vector<std::shared_ptr<Session>> all;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.AwaitWithTimeout(absl::Condition(&stop_), every);
+        if (stop_) return;
+        for (auto& [k, s] : resident_) all.push_back(s);
+      }
+      for (auto& s : all) {
+        auto r =
+            store_->RenewLease(s->key, opt_.owner, s->fence, opt_.lease_ttl);
+        if (!r.ok() && (GetReason(r.status()) == Reason::kFenced ||
+                        r.status().code() == absl::StatusCode::kNotFound)) {
+          Drop(s.get(), r.status().code() == absl::StatusCode::kNotFound
+                            ? Session::Gone::kDeleted
+                            : Session::Gone::kFenced);
+        }
+      }
+    }
+  }
+
+  void Drain() {
+    std::vector<std::shared_ptr<Session>> all;
+    {
+      absl::MutexLock lock(&mu_);
+      if (draining_) return;
+      draining_ = true;
+      for (auto& [k, s] : resident_) all.push_back(s);
+    }
+    for (auto& s : all) {
+      RunSync<bool>(s, [this, &s] {
+        if (GoneError(s.get()).ok()) {
+          if (s->dirty) {
+            CommitNow(s.get(), opt_.default_durability, "").IgnoreError();
+          }
+          store_->ReleaseLease(s->key, opt_.owner, s->fence).IgnoreError();
+          Drop(s.get(), Session::Gone::kEvicted);
+        }
+        return true;
+      });
+    }
+  }
+
+  std::string NewSessionId() {
+    static constexpr char kAlphabet[] = "0123456789abcdefghjkmnpqrstvwxyz";
+    absl::MutexLock lock(&mu_);
+    std::string id(26, '0');
+    for (char& c : id) c = kAlphabet[rng_() % 32];
+    return id;
+  }
+};
+
+// ---------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
+    const SessionManagerOptions& options, engine::Model* model,
+    const engine::Tokenizer* tokenizer, Scheduler* scheduler,
+    StateStore* store) {
+  if (tokenizer->vocab_size() != model->info().config.vocab_size) {
+    return MakeError(
+        absl::StatusCode::kFailedPrecondition, Reason::kModelMismatch,
+        absl::StrCat("the tokenizer has ", tokenizer->vocab_size(),
+                     " ids but the model ", model->info().config.vocab_size));
+  }
+  return std::unique_ptr<SessionManager>(new SessionManager(
+      std::make_unique<Impl>(options, model, tokenizer, scheduler, store)));
+}
+
+SessionManager::SessionManager(std::unique_ptr<Impl> impl)
+    : impl_(std::move(impl)) {}
+SessionManager::~SessionManager() = default;
+
+const SessionManagerOptions& SessionManager::options() const {
+  return impl_->opt_;
+}
+const std::string& SessionManager::fingerprint() const {
+  return impl_->fingerprint_;
+}
+const engine::Model& SessionManager::model() const { return *impl_->model_; }
+const engine::Tokenizer& SessionManager::tokenizer() const {
+  return *impl_->tok_;
+}
+
+absl::StatusOr<SessionView> SessionManager::CreateSession(
+    const std::string& tenant, const CreateParams& p) {
+  Impl& m = *impl_;
+  if (!p.model_id.empty() && p.model_id != m.opt_.model_id) {
+    return MakeError(absl::StatusCode::kNotFound, Reason::kModelNotFound,
+                     absl::StrCat("model ", p.model_id, " is not served here"),
+                     {{"model_id", p.model_id}});
+  }
+  std::string existing;
+  {
+    absl::MutexLock lock(&m.mu_);
+    if (m.draining_) return Draining();
+    auto it = m.created_.find({tenant, p.request_id});
+    if (it != m.created_.end()) existing = it->second;
+  }
+  if (!existing.empty()) return GetSession(tenant, existing);
+  CreateSessionRequest r;
+  r.key = {tenant, p.session_id.empty() ? m.NewSessionId() : p.session_id};
+  r.model_id = m.opt_.model_id;
+  r.labels = p.labels;
+  r.ttl = p.ttl;
+  r.durability = m.Dur(p.durability);
+  if (p.fork_from) {
+    SS_ASSIGN_OR_RETURN(LoadedVersion src,
+                        m.store_->LoadVersion({tenant, p.fork_from->first},
+                                              p.fork_from->second));
+    if (src.state.model_fingerprint != m.fingerprint_) {
+      return MakeError(absl::StatusCode::kFailedPrecondition,
+                       Reason::kModelMismatch,
+                       "the fork source belongs to another model",
+                       {{"expected_fingerprint", m.fingerprint_},
+                        {"actual_fingerprint", src.state.model_fingerprint}});
+    }
+    r.initial_state = std::move(src.state);
+    r.parent_session_id = p.fork_from->first;
+    r.parent_version = src.version.version;
+    r.initial_state.parent_session_id = r.parent_session_id;
+    r.initial_state.parent_version = r.parent_version;
+  } else {
+    Session blank;
+    blank.live = EngineState::Zero(m.model_->info());
+    r.initial_state = m.Snapshot(&blank);
+  }
+  SS_ASSIGN_OR_RETURN(CommitResult res, m.store_->CreateSession(r));
+  {
+    absl::MutexLock lock(&m.mu_);
+    if (!p.request_id.empty()) {
+      m.created_[{tenant, p.request_id}] = r.key.session_id;
+    }
+  }
+  return m.ViewOfHead(res.session);
+}
+
+absl::StatusOr<SessionView> SessionManager::GetSession(
+    const std::string& tenant, const std::string& session_id) {
+  Impl& m = *impl_;
+  const SessionKey key{tenant, session_id};
+  {
+    absl::MutexLock lock(&m.mu_);
+    auto it = m.resident_.find(Impl::MapKey(key));
+    if (it != m.resident_.end()) {
+      absl::MutexLock l2(&it->second->mu);
+      return it->second->view;
+    }
+  }
+  SS_ASSIGN_OR_RETURN(SessionHead h, m.store_->GetHead(key));
+  return m.ViewOfHead(h);
+}
+
+absl::StatusOr<std::pair<std::vector<SessionView>, std::string>>
+SessionManager::ListSessions(const std::string& tenant, int page_size,
+                             const std::string& page_token,
+                             const std::map<std::string, std::string>& labels,
+                             const std::string& model_id) {
+  ListSessionsRequest r;
+  r.tenant = tenant;
+  r.page_size = page_size <= 0 ? 50 : std::min(page_size, 1000);
+  r.page_token = page_token;
+  r.label_filter = labels;
+  SS_ASSIGN_OR_RETURN(ListSessionsPage page, impl_->store_->ListSessions(r));
+  std::pair<std::vector<SessionView>, std::string> out;
+  for (const SessionHead& h : page.sessions) {
+    if (!model_id.empty() && h.model_id != model_id) continue;
+    out.first.push_back(impl_->ViewOfHead(h));
+  }
+  out.second = page.next_page_token;
+  return out;
+}
+
+absl::StatusOr<SessionView> SessionManager::UpdateSession(
+    const std::string& tenant, const std::string& session_id,
+    const SessionUpdate& update) {
+  Impl& m = *impl_;
+  const SessionKey key{tenant, session_id};
+  SS_ASSIGN_OR_RETURN(SessionHead h, m.store_->UpdateSession(key, update));
+  absl::MutexLock lock(&m.mu_);
+  auto it = m.resident_.find(Impl::MapKey(key));
+  if (it != m.resident_.end()) {
+    absl::MutexLock l2(&it->second->mu);
+    it->second->view.labels = h.labels;
+    it->second->view.ttl = h.ttl;
+    it->second->view.update_time = h.updated_at;
+    return it->second->view;
+  }
+  return m.ViewOfHead(h);
+}
+
+absl::Status SessionManager::DeleteSession(const std::string& tenant,
+                                           const std::string& session_id,
+                                           bool allow_missing) {
+  Impl& m = *impl_;
+  const SessionKey key{tenant, session_id};
+  std::shared_ptr<Session> s;
+  {
+    absl::MutexLock lock(&m.mu_);
+    auto it = m.resident_.find(Impl::MapKey(key));
+    if (it != m.resident_.end()) s = it->second;
+  }
+  absl::Status st;
+  if (s != nullptr) {
+    st = m.RunSync<absl::Status>(s, [&] {
+      m.Drop(s.get(), Session::Gone::kDeleted);
+      return m.store_->DeleteSession(key);
+    });
+  } else {
+    st = m.store_->DeleteSession(key);
+  }
+  if (allow_missing && absl::IsNotFound(st)) return absl::OkStatus();
+  return st;
+}
+
+absl::StatusOr<std::vector<VersionInfo>> SessionManager::ListVersions(
+    const std::string& tenant, const std::string& session_id) {
+  SS_ASSIGN_OR_RETURN(std::vector<VersionInfo> v,
+                      impl_->store_->ListVersions({tenant, session_id}));
+  std::reverse(v.begin(), v.end());
+  return v;
+}
+
+absl::StatusOr<SessionView> SessionManager::Rollback(
+    const std::string& tenant, const std::string& session_id, uint64_t version,
+    std::optional<uint64_t> expected, std::optional<Durability> durability) {
+  Impl& m = *impl_;
+  SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
+                      m.Resident({tenant, session_id}));
+  return m.RunSync<absl::StatusOr<SessionView>>(
+      s, [&]() -> absl::StatusOr<SessionView> {
+        SS_RETURN_IF_ERROR(m.GoneError(s.get()));
+        const uint64_t head = s->head.head.version;
+        if (expected && *expected != head) {
+          return MakeError(absl::StatusCode::kFailedPrecondition,
+                           Reason::kVersionMismatch,
+                           absl::StrCat("the head is version ", head),
+                           {{"head_version", absl::StrCat(head)}});
+        }
+        auto res = m.store_->Rollback(s->key, head, s->fence, version,
+                                      m.Dur(durability));
+        if (!res.ok()) {
+          if (GetReason(res.status()) == Reason::kFenced) {
+            m.Drop(s.get(), Session::Gone::kFenced);
+          }
+          return res.status();
+        }
+        SS_ASSIGN_OR_RETURN(LoadedVersion v, m.store_->LoadVersion(s->key, 0));
+        SS_RETURN_IF_ERROR(m.LoadInto(s.get(), v, &res->session));
+        absl::MutexLock lock(&s->mu);
+        return s->view;
+      });
+}
+
+absl::StatusOr<ExportedState> SessionManager::Export(
+    const std::string& tenant, const std::string& session_id,
+    uint64_t version) {
+  SS_ASSIGN_OR_RETURN(LoadedVersion v, impl_->store_->LoadVersion(
+                                           {tenant, session_id}, version));
+  ExportedState out;
+  out.session_id = session_id;
+  out.version = v.version.version;
+  out.position = v.state.position;
+  out.input_offset = v.state.input_offset;
+  out.pending_bytes = static_cast<uint32_t>(v.state.tokenizer_tail.size());
+  out.blob = EncodeState(v.state);
+  return out;
+}
+
+absl::StatusOr<SessionView> SessionManager::Import(
+    const std::string& tenant, const std::string& blob, bool new_version,
+    const CreateParams& params, std::optional<uint64_t> expected) {
+  Impl& m = *impl_;
+  SS_ASSIGN_OR_RETURN(StateSnapshot snap, DecodeState(blob));
+  SS_RETURN_IF_ERROR(CheckStateMatchesModel(snap, m.fingerprint_,
+                                            m.model_->info().state_floats));
+  if (!snap.last_hidden.empty() &&
+      snap.last_hidden.size() !=
+          static_cast<size_t>(m.model_->info().config.n_embd)) {
+    return DataLossError(Reason::kStateCorrupt, "last_hidden has a bad size");
+  }
+  if (!new_version) {
+    CreateSessionRequest r;
+    r.key = {tenant,
+             params.session_id.empty() ? m.NewSessionId() : params.session_id};
+    r.model_id = m.opt_.model_id;
+    r.labels = params.labels;
+    r.ttl = params.ttl;
+    r.durability = m.Dur(params.durability);
+    snap.parent_session_id.clear();
+    snap.parent_version = 0;
+    r.initial_state = std::move(snap);
+    SS_ASSIGN_OR_RETURN(CommitResult res, m.store_->CreateSession(r));
+    return m.ViewOfHead(res.session);
+  }
+  SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
+                      m.Resident({tenant, params.session_id}));
+  return m.RunSync<absl::StatusOr<SessionView>>(
+      s, [&]() -> absl::StatusOr<SessionView> {
+        SS_RETURN_IF_ERROR(m.GoneError(s.get()));
+        const uint64_t head = s->head.head.version;
+        if (expected && *expected != head) {
+          return MakeError(absl::StatusCode::kFailedPrecondition,
+                           Reason::kVersionMismatch,
+                           absl::StrCat("the head is version ", head),
+                           {{"head_version", absl::StrCat(head)}});
+        }
+        snap.parent_session_id = s->head.parent_session_id;
+        snap.parent_version = s->head.parent_version;
+        CommitRequest r;
+        r.key = s->key;
+        r.expected_version = head;
+        r.fence = s->fence;
+        r.state = snap;
+        r.durability = m.Dur(params.durability);
+        auto res = m.store_->Commit(r);
+        if (!res.ok()) {
+          if (GetReason(res.status()) == Reason::kFenced) {
+            m.Drop(s.get(), Session::Gone::kFenced);
+          }
+          return res.status();
+        }
+        LoadedVersion v{res->version, std::move(snap)};
+        SS_RETURN_IF_ERROR(m.LoadInto(s.get(), v, &res->session));
+        absl::MutexLock lock(&s->mu);
+        return s->view;
+      });
+}
+
+absl::StatusOr<std::shared_ptr<SessionManager::Writer>>
+SessionManager::OpenWriter(const std::string& tenant,
+                           const std::string& session_id,
+                           std::function<void()> superseded) {
+  Impl& m = *impl_;
+  for (;;) {
+    SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
+                        m.Resident({tenant, session_id}));
+    std::function<void()> old;
+    auto w = std::make_shared<Writer>();
+    {
+      absl::MutexLock lock(&s->mu);
+      // Gone sessions are already unmapped: the next Resident() reloads.
+      if (s->gone != Session::Gone::kNo) continue;
+      old = std::move(s->superseded);
+      s->superseded = std::move(superseded);
+      w->gen = ++s->writer_gen;
+      s->writer_attached = true;
+    }
+    w->session = s;
+    if (old) m.pool_.Post(std::move(old));
+    return w;
+  }
+}
+
+void SessionManager::Append(
+    const std::shared_ptr<Writer>& w, AppendInput in,
+    std::function<void(absl::StatusOr<AppendAck>)> done) {
+  Impl& m = *impl_;
+  if (in.kind == AppendInput::Kind::kText && in.text.size() > kMaxTextBytes) {
+    m.pool_.Post([done] { done(TooLarge("text_utf8", kMaxTextBytes)); });
+    return;
+  }
+  if (in.kind == AppendInput::Kind::kTokens &&
+      in.tokens.size() > kMaxAppendTokens) {
+    m.pool_.Post([done] { done(TooLarge("tokens.ids", kMaxAppendTokens)); });
+    return;
+  }
+  m.RunOp(w->session, [&m, w, in = std::move(in), done = std::move(done)] {
+    m.AppendOp(w, std::move(in), std::move(done));
+  });
+}
+
+void SessionManager::CloseWriter(const std::shared_ptr<Writer>& w,
+                                 std::optional<Durability> durability,
+                                 std::function<void(absl::Status)> done) {
+  Impl& m = *impl_;
+  auto s = w->session;
+  m.RunOp(s, [&m, w, s, durability, done] {
+    absl::Status st = m.GoneError(s.get());
+    bool current;
+    {
+      absl::MutexLock lock(&s->mu);
+      current = s->writer_gen == w->gen;
+    }
+    if (st.ok() && !current) st = Busy();
+    if (st.ok() && s->dirty) st = m.CommitNow(s.get(), m.Dur(durability), "");
+    {
+      absl::MutexLock lock(&s->mu);
+      if (s->writer_gen == w->gen) {
+        s->writer_attached = false;
+        s->superseded = nullptr;
+      }
+    }
+    m.Release(s);
+    done(st);
+  });
+}
+
+void SessionManager::AbandonWriter(const std::shared_ptr<Writer>& w) {
+  auto& s = w->session;
+  absl::MutexLock lock(&s->mu);
+  if (s->writer_gen == w->gen) {
+    s->writer_attached = false;
+    s->superseded = nullptr;
+  }
+}
+
+namespace {
+
+class JobImpl : public SessionManager::Job {
+ public:
+  void Cancel() override {
+    std::shared_ptr<Task> t;
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      t = task_;
+    }
+    if (t) t->Cancel();
+  }
+  void Supersede() {
+    {
+      absl::MutexLock lock(&mu_);
+      superseded_ = true;
+    }
+    Cancel();
+  }
+  // False if already cancelled (then the task is not run).
+  bool SetTask(std::shared_ptr<Task> t) {
+    absl::MutexLock lock(&mu_);
+    task_ = std::move(t);
+    return !cancelled_;
+  }
+  bool superseded() {
+    absl::MutexLock lock(&mu_);
+    return superseded_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool superseded_ ABSL_GUARDED_BY(mu_) = false;
+  std::shared_ptr<Task> task_ ABSL_GUARDED_BY(mu_);
+};
+
+absl::Status CancelledError() {
+  return absl::CancelledError("the call was cancelled");
+}
+
+}  // namespace
+
+std::shared_ptr<SessionManager::Job> SessionManager::Generate(
+    const std::string& tenant, const std::string& session_id, GenerateInput in,
+    std::function<void(const GeneratedPiece&)> emit,
+    std::function<void(absl::StatusOr<GenerateOutcome>)> done) {
+  Impl& m = *impl_;
+  auto job = std::make_shared<JobImpl>();
+  m.pool_.Post([this, &m, job, tenant, session_id, in = std::move(in), emit,
+                done]() mutable {
+    std::shared_ptr<Writer> w;
+    std::shared_ptr<Session> s;
+    if (in.commit) {
+      auto wr = OpenWriter(tenant, session_id, [job] { job->Supersede(); });
+      if (!wr.ok()) return done(wr.status());
+      w = *wr;
+      s = w->session;
+    } else {
+      auto r = m.Resident({tenant, session_id});
+      if (!r.ok()) return done(r.status());
+      s = *r;
+    }
+    m.RunOp(s, [this, &m, job, s, w, in = std::move(in), emit, done]() mutable {
+      auto fail = [&](absl::Status st) {
+        if (w) AbandonWriter(w);
+        m.Release(s);
+        done(std::move(st));
+      };
+      if (absl::Status g = m.GoneError(s.get()); !g.ok()) return fail(g);
+      if (w && !m.IsCurrent(s.get(), w->gen)) return fail(Busy());
+      if (in.expected_input_offset &&
+          *in.expected_input_offset != s->input_offset) {
+        return fail(m.PositionMismatch(s.get(), *in.expected_input_offset));
+      }
+      int max_tokens =
+          in.max_tokens == 0 ? m.opt_.default_generate_tokens : in.max_tokens;
+      if (max_tokens > m.opt_.max_generate_tokens) {
+        return fail(TooLarge("max_tokens", m.opt_.max_generate_tokens));
+      }
+      if (absl::Status st = engine::Validate(in.sampling, m.vocab_); !st.ok()) {
+        return fail(st);
+      }
+      uint64_t prompt_units = 0;
+      std::vector<int32_t> prompt;
+      if (!s->utf8_carry.empty()) {
+        return fail(Invalid(Reason::kInvalidUtf8,
+                            "the session's pending text ends inside a UTF-8 "
+                            "character",
+                            {{"input_offset", absl::StrCat(s->input_offset)},
+                             {"field", "text_utf8"}}));
+      }
+      if (in.prompt_kind == GenerateInput::Prompt::kText) {
+        if (in.prompt_text.size() > kMaxTextBytes) {
+          return fail(TooLarge("prompt_text_utf8", kMaxTextBytes));
+        }
+        if (!engine::IsValidUtf8(in.prompt_text)) {
+          return fail(Invalid(Reason::kInvalidUtf8,
+                              "prompt_text_utf8 is not valid UTF-8",
+                              {{"field", "prompt_text_utf8"}}));
+        }
+        prompt = m.tok_->EncodeStream(s->tail, in.prompt_text, true).tokens;
+        prompt_units = in.prompt_text.size();
+      } else {
+        prompt = m.tok_->EncodeStream(s->tail, "", true).tokens;
+        if (in.prompt_kind == GenerateInput::Prompt::kTokens) {
+          if (in.prompt_tokens.size() > kMaxAppendTokens) {
+            return fail(TooLarge("prompt_tokens.ids", kMaxAppendTokens));
+          }
+          if (absl::Status st =
+                  CheckTokens(in.prompt_tokens, m.vocab_, "prompt_tokens.ids");
+              !st.ok()) {
+            return fail(st);
+          }
+          prompt.insert(prompt.end(), in.prompt_tokens.begin(),
+                        in.prompt_tokens.end());
+          prompt_units = in.prompt_tokens.size();
+        }
+      }
+      if (s->live.position == 0 && prompt.empty()) {
+        return fail(MakeError(absl::StatusCode::kFailedPrecondition,
+                              Reason::kInvalidArgument,
+                              "nothing consumed yet to generate from: send a "
+                              "prompt",
+                              {{"field", "prompt"}}));
+      }
+      GenerateSpec spec;
+      spec.prompt = prompt;
+      spec.params = in.sampling;
+      if (!in.has_seed) {
+        uint64_t h = 14695981039346656037ull;
+        h = Fnv1a(h, s->key.session_id);
+        h = Fnv1a(h, absl::StrCat("/", s->input_offset, "/"));
+        h = Fnv1a(h, in.request_id);
+        spec.params.seed = h;
+      }
+      spec.max_tokens = max_tokens;
+      spec.stop_strings = in.stop_strings;
+      spec.logprobs = in.logprobs;
+      spec.top_logprobs = in.top_logprobs;
+      const uint32_t input_tokens = static_cast<uint32_t>(prompt.size());
+      auto work = std::make_shared<EngineState>(s->live);
+      const uint64_t start_offset = s->input_offset;
+      if (!in.commit) m.Release(s);  // side branch: the copy is enough
+      auto text = std::make_shared<std::string>();
+      auto out_tokens = std::make_shared<std::vector<int32_t>>();
+      auto task = std::make_shared<GenerateTask>(
+          work.get(), m.vocab_, m.tok_, std::move(spec),
+          [emit, text, out_tokens](const GeneratedToken& t) {
+            out_tokens->push_back(t.id);
+            text->append(t.text);
+            GeneratedPiece p;
+            p.token = t.id;
+            p.text = t.text;
+            p.logprob = t.logprob;
+            p.top = t.top;
+            emit(p);
+          },
+          [this, &m, job, s, w, work, in, done, text, out_tokens, input_tokens,
+           prompt_units,
+           start_offset](const absl::Status& st, const GenerateResult& r) {
+            m.pool_.Post([this, &m, job, s, w, work, in, done, text, out_tokens,
+                          input_tokens, prompt_units, start_offset, st, r] {
+              auto finish = [&](absl::StatusOr<GenerateOutcome> out) {
+                if (in.commit) {
+                  AbandonWriter(w);
+                  m.Release(s);
+                }
+                done(std::move(out));
+              };
+              if (!st.ok()) {
+                return finish(job->superseded() ? Busy() : st);
+              }
+              GenerateOutcome o;
+              o.finish = static_cast<GenerateOutcome::Finish>(r.finish);
+              o.input_tokens = input_tokens;
+              o.output_tokens = static_cast<uint32_t>(r.generated);
+              o.held_back = r.held_back;
+              if (r.finish == FinishReason::kStopToken &&
+                  !out_tokens->empty()) {
+                o.stop_token = out_tokens->back();
+              }
+              if (r.finish == FinishReason::kStopString) {
+                const std::string all = *text + r.held_back;
+                for (const std::string& stop : in.stop_strings) {
+                  if (!stop.empty() && all.find(stop) != std::string::npos) {
+                    o.stop_string = stop;
+                    break;
+                  }
+                }
+              }
+              if (!in.commit) {
+                {
+                  absl::MutexLock lock(&s->mu);
+                  o.position = s->view.position;
+                  o.input_offset = s->view.input_offset;
+                  o.version = s->view.version;
+                  o.durability = s->view.durability;
+                }
+                return finish(o);
+              }
+              if (!m.IsCurrent(s.get(), w->gen)) return finish(Busy());
+              if (absl::Status g = m.GoneError(s.get()); !g.ok()) {
+                return finish(g);
+              }
+              // Commit atomically: swap in, commit, or restore on failure.
+              EngineState before = s->live;
+              const std::string tail = s->tail, sampler = s->sampler_state;
+              const uint64_t offset = s->input_offset;
+              s->live = *work;
+              s->tail.clear();
+              s->utf8_carry.clear();
+              s->input_offset = start_offset + prompt_units + r.generated;
+              s->sampler_state = r.sampler.Serialize();
+              absl::Status cs =
+                  m.CommitNow(s.get(), m.Dur(in.durability), in.request_id);
+              if (!cs.ok() && s->head.head.input_offset != s->input_offset) {
+                s->live = std::move(before);
+                s->tail = tail;
+                s->sampler_state = sampler;
+                s->input_offset = offset;
+                absl::MutexLock lock(&s->mu);
+                m.RefreshView(s.get());
+              }
+              if (!cs.ok()) return finish(cs);
+              o.committed = true;
+              o.position = s->live.position;
+              o.input_offset = s->input_offset;
+              o.version = s->head.head.version;
+              o.durability = s->head.head.durability;
+              finish(o);
+            });
+          });
+      if (!job->SetTask(task)) {
+        if (in.commit) {
+          AbandonWriter(w);
+          m.Release(s);
+        }
+        return done(CancelledError());
+      }
+      if (absl::Status st = m.sched_->Submit(task); !st.ok()) {
+        if (in.commit) {
+          AbandonWriter(w);
+          m.Release(s);
+        }
+        return done(st);
+      }
+    });
+  });
+  return job;
+}
+
+std::shared_ptr<SessionManager::Job> SessionManager::Score(
+    const std::string& tenant, const std::string& session_id, ScoreInput in,
+    std::function<void(absl::StatusOr<ScoreOutcome>)> done) {
+  Impl& m = *impl_;
+  auto job = std::make_shared<JobImpl>();
+  m.pool_.Post([&m, job, tenant, session_id, in = std::move(in), done] {
+    // Validate the continuation first.
+    std::vector<int32_t> cont;
+    if (in.is_text) {
+      if (in.text.size() > kMaxTextBytes) {
+        return done(TooLarge("text_utf8", kMaxTextBytes));
+      }
+      if (!engine::IsValidUtf8(in.text)) {
+        return done(Invalid(Reason::kInvalidUtf8,
+                            "text_utf8 is not valid UTF-8",
+                            {{"field", "text_utf8"}}));
+      }
+      cont = m.tok_->Encode(in.text);
+    } else {
+      if (in.tokens.size() > kMaxScoreTokens) {
+        return done(TooLarge("tokens.ids", kMaxScoreTokens));
+      }
+      if (absl::Status st = CheckTokens(in.tokens, m.vocab_, "tokens.ids");
+          !st.ok()) {
+        return done(st);
+      }
+      cont = in.tokens;
+    }
+    if (cont.empty()) {
+      return done(Invalid(Reason::kInvalidArgument, "the continuation is empty",
+                          {{"field", "continuation"}}));
+    }
+    auto work = std::make_shared<EngineState>();
+    auto tail = std::make_shared<std::string>();
+    auto out = std::make_shared<ScoreOutcome>();
+    auto run = [&m, job, work, tail, out, cont, done]() {
+      std::vector<int32_t> flushed =
+          m.tok_->EncodeStream(*tail, "", true).tokens;
+      out->position = work->position + flushed.size();
+      if (out->position == 0) {
+        return done(MakeError(absl::StatusCode::kFailedPrecondition,
+                              Reason::kInvalidArgument,
+                              "nothing consumed yet to predict from",
+                              {{"field", "continuation"}}));
+      }
+      out->tokens = cont;
+      auto score = [&m, job, work, out, cont, done]() {
+        auto task = std::make_shared<ScoreTask>(
+            work.get(), m.vocab_, cont,
+            [work, out, done](const absl::Status& st,
+                              const std::vector<float>& lp,
+                              const std::vector<bool>& greedy) {
+              if (!st.ok()) return done(st);
+              out->logprobs = lp;
+              out->greedy = greedy;
+              done(*out);
+            });
+        if (!job->SetTask(task)) return done(CancelledError());
+        if (absl::Status st = m.sched_->Submit(task); !st.ok()) done(st);
+      };
+      if (flushed.empty()) return score();
+      auto ingest = std::make_shared<IngestTask>(
+          work.get(), std::move(flushed),
+          [&m, score, done](const absl::Status& st) {
+            if (!st.ok()) return done(st);
+            m.pool_.Post(score);
+          });
+      if (!job->SetTask(ingest)) return done(CancelledError());
+      if (absl::Status st = m.sched_->Submit(ingest); !st.ok()) done(st);
+    };
+    const SessionKey key{tenant, session_id};
+    if (in.version != 0) {
+      auto v = m.store_->LoadVersion(key, in.version);
+      if (!v.ok()) return done(v.status());
+      if (absl::Status st = CheckStateMatchesModel(
+              v->state, m.fingerprint_, m.model_->info().state_floats);
+          !st.ok()) {
+        return done(st);
+      }
+      work->state = v->state.state;
+      work->position = v->state.position;
+      work->last_hidden = v->state.last_hidden;
+      work->last_hidden.resize(m.model_->info().config.n_embd);
+      *tail = v->state.tokenizer_tail;
+      out->input_offset = v->state.input_offset;
+      out->version = v->version.version;
+      return run();
+    }
+    auto r = m.Resident(key);
+    if (!r.ok()) return done(r.status());
+    std::shared_ptr<Session> s = *r;
+    m.RunOp(s, [&m, s, in, work, tail, out, run, done] {
+      absl::Status g = m.GoneError(s.get());
+      if (g.ok() && in.expected_input_offset &&
+          *in.expected_input_offset != s->input_offset) {
+        g = m.PositionMismatch(s.get(), *in.expected_input_offset);
+      }
+      if (!g.ok()) {
+        m.Release(s);
+        return done(g);
+      }
+      *work = s->live;
+      *tail = s->tail;
+      out->input_offset = s->input_offset;
+      out->version = s->head.head.version;
+      m.Release(s);
+      run();
+    });
+  });
+  return job;
+}
+
+void SessionManager::Drain() { impl_->Drain(); }
+
+SessionManager::Stats SessionManager::stats() const {
+  absl::MutexLock lock(&impl_->mu_);
+  Stats s = impl_->stats_;
+  s.resident = static_cast<int>(impl_->resident_.size());
+  s.resident_bytes = s.resident * impl_->session_bytes_;
+  return s;
+}
+
+}  // namespace statestream::worker

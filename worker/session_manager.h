@@ -1,0 +1,285 @@
+// SPDX-License-Identifier: Apache-2.0
+// The worker's sessions, without gRPC: a residency cache of live sessions in
+// front of a StateStore, and the operations of the public API on them
+// (proto/statestream/v1/statestream.proto is the contract; this header
+// speaks in plain structs). Engine work goes through the Scheduler only.
+//
+// Residency. A session is loaded from the store on first use, after the
+// manager takes its lease (with takeover: the fence bump makes that safe).
+// Resident sessions are kept under a byte budget; idle ones (no operation
+// running, no writer attached) are evicted least recently used first, after
+// committing any applied-but-uncommitted input, and their lease released.
+// Leases are renewed in the background while resident. A commit answered
+// FENCED (another worker took the session) drops the cached state.
+//
+// Serialisation. Operations on one session run one at a time, in arrival
+// order (a per-session queue). A session has at most one writer call (an
+// Append stream or a committing Generate); opening a new one supersedes the
+// old one, whose next request fails with ABORTED/SESSION_BUSY.
+//
+// Threading. Every method is thread-safe. Callbacks (`done`, `emit`, the
+// superseded notification) run on the manager's own threads or on the
+// scheduler's thread, never on the caller's stack; they must not block.
+#ifndef STATESTREAM_WORKER_SESSION_MANAGER_H_
+#define STATESTREAM_WORKER_SESSION_MANAGER_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "state_store/state_store.h"
+#include "worker/engine/model.h"
+#include "worker/engine/sampler.h"
+#include "worker/engine/tokenizer.h"
+#include "worker/scheduler.h"
+
+namespace statestream::worker {
+
+struct SessionManagerOptions {
+  // Public model id of the one served model, e.g. "rwkv7-demo".
+  std::string model_id = "default";
+  // Element type of the weights as served ("fp32", "bf16", "fp16").
+  std::string weights_dtype = "fp32";
+  // This worker's lease owner name (unique per process).
+  std::string owner = "worker";
+  // Lease duration; renewed every lease_ttl / 3 while resident.
+  absl::Duration lease_ttl = absl::Seconds(30);
+  // Bytes of resident sessions (state + hidden, as held in memory) kept
+  // before idle sessions are evicted (LRU).
+  int64_t residency_bytes = int64_t{1} << 30;
+  // Server checkpoint policy for Append streams: commit once this many
+  // tokens or this much time of uncommitted input has accumulated.
+  int64_t checkpoint_tokens = 4096;
+  absl::Duration checkpoint_interval = absl::Seconds(5);
+  // Durability when a request says "unspecified".
+  Durability default_durability = Durability::kMemory;
+  // Generate: max_tokens 0 means this; more than max_generate_tokens is
+  // MESSAGE_TOO_LARGE.
+  int default_generate_tokens = 256;
+  int max_generate_tokens = 8192;
+  // Threads running session operations and store I/O.
+  int threads = 4;
+  // Time source for the checkpoint policy and leases. Not owned.
+  Clock* clock = nullptr;  // nullptr = Clock::Real()
+};
+
+// A session as the API shows it (Session message).
+struct SessionView {
+  std::string session_id;
+  std::string model_id;
+  std::string model_fingerprint;
+  uint64_t position = 0;  // applied
+  uint64_t input_offset = 0;
+  uint32_t pending_bytes = 0;
+  uint64_t version = 0;  // committed head
+  uint64_t committed_position = 0;
+  uint64_t committed_input_offset = 0;
+  Durability durability = Durability::kMemory;
+  std::map<std::string, std::string> labels;
+  absl::Duration ttl;
+  absl::Time create_time, update_time;
+  std::string parent_session_id;
+  uint64_t parent_version = 0;
+  uint64_t state_bytes = 0;
+};
+
+struct CreateParams {
+  std::string request_id;
+  std::string session_id;  // "" = generate one
+  std::string model_id;    // "" = the served model
+  std::map<std::string, std::string> labels;
+  absl::Duration ttl = absl::ZeroDuration();  // 0 = store default
+  std::optional<std::pair<std::string, uint64_t>> fork_from;  // id, version
+  std::optional<Durability> durability;
+};
+
+// One Append request (AppendRequest without session_id).
+struct AppendInput {
+  std::string request_id;
+  uint64_t expected_input_offset = 0;
+  enum class Kind { kNone, kText, kTokens } kind = Kind::kNone;
+  std::string text;
+  std::vector<int32_t> tokens;
+  bool flush = false;
+  bool checkpoint = false;
+  std::optional<Durability> durability;
+};
+
+struct AppendAck {
+  std::string request_id;
+  bool duplicate = false;
+  uint32_t tokens_consumed = 0;
+  uint64_t position = 0, input_offset = 0;
+  uint32_t pending_bytes = 0;
+  uint64_t version = 0, committed_input_offset = 0;
+  Durability durability = Durability::kMemory;
+};
+
+struct GenerateInput {
+  std::string request_id;
+  std::optional<uint64_t> expected_input_offset;
+  enum class Prompt { kNone, kText, kTokens } prompt_kind = Prompt::kNone;
+  std::string prompt_text;
+  std::vector<int32_t> prompt_tokens;
+  engine::SamplingParams sampling;  // seed set iff has_seed
+  bool has_seed = false;
+  int max_tokens = 0;  // 0 = default
+  std::vector<std::string> stop_strings;
+  bool commit = false;
+  std::optional<Durability> durability;
+  bool logprobs = false;
+  int top_logprobs = 0;
+};
+
+struct GenerateOutcome {
+  enum class Finish { kStopToken, kStopString, kMaxTokens } finish;
+  int32_t stop_token = 0;
+  std::string stop_string;
+  uint32_t input_tokens = 0, output_tokens = 0;
+  std::string held_back;  // trailing bytes never completed to UTF-8
+  bool committed = false;
+  uint64_t position = 0, input_offset = 0, version = 0;
+  Durability durability = Durability::kMemory;
+};
+
+struct GeneratedPiece {
+  int32_t token = 0;
+  std::string text;  // newly complete UTF-8
+  float logprob = 0;
+  std::vector<engine::TokenLogprob> top;
+};
+
+struct ScoreInput {
+  uint64_t version = 0;  // 0 = applied state
+  std::optional<uint64_t> expected_input_offset;
+  bool is_text = false;
+  std::string text;
+  std::vector<int32_t> tokens;
+};
+
+struct ScoreOutcome {
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs;
+  std::vector<bool> greedy;
+  uint64_t position = 0, input_offset = 0, version = 0;
+};
+
+// An exported state blob and what the header describes.
+struct ExportedState {
+  std::string blob;  // EncodeState of the version's snapshot
+  std::string session_id;
+  uint64_t version = 0, position = 0, input_offset = 0;
+  uint32_t pending_bytes = 0;
+};
+
+class SessionManager {
+ public:
+  // `model`, `tokenizer`, `scheduler` and `store` must outlive the manager.
+  static absl::StatusOr<std::unique_ptr<SessionManager>> Create(
+      const SessionManagerOptions& options, engine::Model* model,
+      const engine::Tokenizer* tokenizer, Scheduler* scheduler,
+      StateStore* store);
+  ~SessionManager();  // Drain()s
+  SessionManager(const SessionManager&) = delete;
+  SessionManager& operator=(const SessionManager&) = delete;
+
+  // Served model: its id, fingerprint (model + tokenizer) and details.
+  const SessionManagerOptions& options() const;
+  const std::string& fingerprint() const;
+  const engine::Model& model() const;
+  const engine::Tokenizer& tokenizer() const;
+
+  // --- Sessions (blocking; store I/O on the caller's thread) ---------------
+  absl::StatusOr<SessionView> CreateSession(const std::string& tenant,
+                                            const CreateParams& params);
+  absl::StatusOr<SessionView> GetSession(const std::string& tenant,
+                                         const std::string& session_id);
+  absl::StatusOr<std::pair<std::vector<SessionView>, std::string>> ListSessions(
+      const std::string& tenant, int page_size, const std::string& page_token,
+      const std::map<std::string, std::string>& labels,
+      const std::string& model_id);
+  absl::StatusOr<SessionView> UpdateSession(const std::string& tenant,
+                                            const std::string& session_id,
+                                            const SessionUpdate& update);
+  absl::Status DeleteSession(const std::string& tenant,
+                             const std::string& session_id, bool allow_missing);
+  // Newest first.
+  absl::StatusOr<std::vector<VersionInfo>> ListVersions(
+      const std::string& tenant, const std::string& session_id);
+  absl::StatusOr<SessionView> Rollback(const std::string& tenant,
+                                       const std::string& session_id,
+                                       uint64_t version,
+                                       std::optional<uint64_t> expected,
+                                       std::optional<Durability> durability);
+  absl::StatusOr<ExportedState> Export(const std::string& tenant,
+                                       const std::string& session_id,
+                                       uint64_t version);
+  // `blob` is a validated, complete state blob. new_version: commit as the
+  // next version of an existing session (expected: CAS on the head); else
+  // create `params.session_id`.
+  absl::StatusOr<SessionView> Import(const std::string& tenant,
+                                     const std::string& blob, bool new_version,
+                                     const CreateParams& params,
+                                     std::optional<uint64_t> expected);
+
+  // --- Streams (asynchronous) ----------------------------------------------
+  // A writer call. Opening one supersedes the session's previous writer:
+  // `superseded` of the old one runs once (the old call should end with
+  // ABORTED/SESSION_BUSY). Close() commits applied-but-uncommitted input.
+  class Writer;
+  absl::StatusOr<std::shared_ptr<Writer>> OpenWriter(
+      const std::string& tenant, const std::string& session_id,
+      std::function<void()> superseded);
+  void Append(const std::shared_ptr<Writer>& writer, AppendInput input,
+              std::function<void(absl::StatusOr<AppendAck>)> done);
+  // Commits anything uncommitted (at `durability`) and detaches the writer.
+  void CloseWriter(const std::shared_ptr<Writer>& writer,
+                   std::optional<Durability> durability,
+                   std::function<void(absl::Status)> done);
+  // Detaches without committing (the call failed or was cancelled).
+  void AbandonWriter(const std::shared_ptr<Writer>& writer);
+
+  // Handle to cancel a running generate/score (client went away).
+  class Job {
+   public:
+    virtual ~Job() = default;
+    virtual void Cancel() = 0;
+  };
+  // `emit` gets each token in order (scheduler thread), then `done` once.
+  std::shared_ptr<Job> Generate(
+      const std::string& tenant, const std::string& session_id,
+      GenerateInput input, std::function<void(const GeneratedPiece&)> emit,
+      std::function<void(absl::StatusOr<GenerateOutcome>)> done);
+  std::shared_ptr<Job> Score(
+      const std::string& tenant, const std::string& session_id,
+      ScoreInput input, std::function<void(absl::StatusOr<ScoreOutcome>)> done);
+
+  // Stops admitting new operations (UNAVAILABLE), waits for the running
+  // ones, commits dirty sessions and releases every lease. Idempotent.
+  void Drain();
+
+  struct Stats {
+    int resident = 0;
+    int64_t resident_bytes = 0;
+    int64_t loads = 0, evictions = 0, commits = 0, fenced = 0;
+  };
+  Stats stats() const;
+
+  class Impl;
+
+ private:
+  explicit SessionManager(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace statestream::worker
+
+#endif  // STATESTREAM_WORKER_SESSION_MANAGER_H_

@@ -1,0 +1,273 @@
+// SPDX-License-Identifier: Apache-2.0
+// The session manager on the memory store and a real (random-weight,
+// byte-level) model: exactly-once appends, chunking independence, commits,
+// LRU eviction with reload, fencing, superseded writers, generation.
+#include "worker/session_manager.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "absl/synchronization/notification.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "state_store/memory_state_store.h"
+#include "worker/engine/random_model.h"
+#include "worker/engine/weight_writer.h"
+
+namespace statestream::worker {
+namespace {
+
+std::unique_ptr<engine::Model> ByteModel() {
+  engine::RandomModelSpec spec;
+  spec.n_layer = 2;
+  spec.n_embd = 64;
+  spec.head_size = 32;
+  spec.vocab_size = 256;
+  spec.seed = 5;
+  auto tensors = engine::RandomRwkv7(spec);
+  const std::string path = "/tmp/ss_session_manager_test_" +
+                           std::to_string(getpid()) + ".safetensors";
+  EXPECT_TRUE(
+      engine::WriteCheckpoint(path, *tensors, engine::DType::kF32).ok());
+  auto model = engine::LoadModel(path);
+  std::remove(path.c_str());
+  EXPECT_TRUE(model.ok()) << model.status();
+  return std::move(*model);
+}
+
+class SessionManagerTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Start(SessionManagerOptions{}); }
+
+  void Start(SessionManagerOptions options) {
+    manager_.reset();
+    if (model_ == nullptr) {
+      model_ = ByteModel();
+      tokenizer_ = *engine::MakeByteTokenizer();
+      store_ = *NewMemoryStateStore(MemoryStateStoreOptions{});
+      scheduler_ =
+          std::make_unique<Scheduler>(model_.get(), SchedulerOptions{});
+    }
+    options.owner = "test-worker";
+    auto m = SessionManager::Create(options, model_.get(), tokenizer_.get(),
+                                    scheduler_.get(), store_.get());
+    ASSERT_TRUE(m.ok()) << m.status();
+    manager_ = *std::move(m);
+  }
+
+  void Create(const std::string& id) {
+    CreateParams p;
+    p.request_id = "create-" + id;
+    p.session_id = id;
+    ASSERT_TRUE(manager_->CreateSession("t", p).ok());
+  }
+
+  std::shared_ptr<SessionManager::Writer> Open(
+      const std::string& id, absl::Notification* superseded = nullptr) {
+    auto w = manager_->OpenWriter("t", id, [superseded] {
+      if (superseded != nullptr) superseded->Notify();
+    });
+    EXPECT_TRUE(w.ok()) << w.status();
+    return w.value_or(nullptr);
+  }
+
+  absl::StatusOr<AppendAck> Append(
+      const std::shared_ptr<SessionManager::Writer>& w, uint64_t offset,
+      const std::string& text, bool flush = false, bool checkpoint = false) {
+    AppendInput in;
+    in.expected_input_offset = offset;
+    in.kind = AppendInput::Kind::kText;
+    in.text = text;
+    in.flush = flush;
+    in.checkpoint = checkpoint;
+    absl::Notification done;
+    absl::StatusOr<AppendAck> out;
+    manager_->Append(w, in, [&](absl::StatusOr<AppendAck> a) {
+      out = std::move(a);
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return out;
+  }
+
+  absl::Status Close(const std::shared_ptr<SessionManager::Writer>& w) {
+    absl::Notification done;
+    absl::Status out;
+    manager_->CloseWriter(w, std::nullopt, [&](absl::Status s) {
+      out = s;
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return out;
+  }
+
+  std::string Blob(const std::string& id) {
+    auto e = manager_->Export("t", id, 0);
+    EXPECT_TRUE(e.ok()) << e.status();
+    return e.ok() ? e->blob : "";
+  }
+
+  std::vector<int32_t> Generate(const std::string& id, bool commit,
+                                const std::string& request_id) {
+    GenerateInput in;
+    in.request_id = request_id;
+    in.max_tokens = 12;
+    in.commit = commit;
+    in.sampling.seed = 9;
+    in.has_seed = true;
+    std::vector<int32_t> tokens;
+    absl::Notification done;
+    absl::StatusOr<GenerateOutcome> out;
+    manager_->Generate(
+        "t", id, in,
+        [&](const GeneratedPiece& p) { tokens.push_back(p.token); },
+        [&](absl::StatusOr<GenerateOutcome> o) {
+          out = std::move(o);
+          done.Notify();
+        });
+    done.WaitForNotification();
+    EXPECT_TRUE(out.ok()) << out.status();
+    if (out.ok()) {
+      EXPECT_EQ(out->committed, commit);
+    }
+    return tokens;
+  }
+
+  std::unique_ptr<engine::Model> model_;
+  std::unique_ptr<engine::Tokenizer> tokenizer_;
+  std::unique_ptr<StateStore> store_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<SessionManager> manager_;
+};
+
+TEST_F(SessionManagerTest, AppendsAreExactlyOnceAndCommitOnRequest) {
+  Create("s");
+  auto w = Open("s");
+  auto a = Append(w, 0, "abc");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->input_offset, 3u);
+  EXPECT_EQ(a->position, 3u);
+  EXPECT_EQ(a->version, 1u);  // not committed yet
+  auto dup = Append(w, 1, "bc");
+  ASSERT_TRUE(dup.ok());
+  EXPECT_TRUE(dup->duplicate);
+  EXPECT_EQ(dup->input_offset, 3u);
+  auto gap = Append(w, 5, "x");
+  EXPECT_EQ(GetReason(gap.status()), Reason::kPositionMismatch);
+  EXPECT_EQ(GetErrorMetadata(gap.status(), "actual_input_offset"), "3");
+  auto c = Append(w, 3, "d", true, true);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->version, 2u);
+  EXPECT_EQ(c->committed_input_offset, 4u);
+  auto head = store_->GetHead({"t", "s"});
+  ASSERT_TRUE(head.ok());
+  EXPECT_EQ(head->head.version, 2u);
+  EXPECT_EQ(head->head.input_offset, 4u);
+  EXPECT_EQ(head->head.position, 4u);
+  // Half-close commits what is uncommitted.
+  ASSERT_TRUE(Append(w, 4, "ef").ok());
+  ASSERT_TRUE(Close(w).ok());
+  EXPECT_EQ(store_->GetHead({"t", "s"})->head.input_offset, 6u);
+}
+
+TEST_F(SessionManagerTest, ChunkingDoesNotChangeTheState) {
+  const std::string text = "h\xC3\xA9llo \xE2\x82\xAC \xF0\x9F\x98\x80!";
+  Create("whole");
+  auto w = Open("whole");
+  ASSERT_TRUE(Append(w, 0, text, true, true).ok());
+  Create("split");
+  auto v = Open("split");
+  for (size_t i = 0; i < text.size(); ++i) {
+    ASSERT_TRUE(Append(v, i, text.substr(i, 1)).ok()) << i;
+  }
+  ASSERT_TRUE(Append(v, text.size(), "", true, true).ok());
+  EXPECT_EQ(Blob("split"), Blob("whole"));
+  // A flush inside a character is INVALID_UTF8 and applies nothing.
+  auto bad = Append(v, text.size(), "\xE2\x82", true);
+  EXPECT_EQ(GetReason(bad.status()), Reason::kInvalidUtf8);
+  EXPECT_EQ(manager_->GetSession("t", "split")->input_offset, text.size());
+}
+
+TEST_F(SessionManagerTest, EvictsIdleSessionsAndReloadsThemUnchanged) {
+  SessionManagerOptions o;
+  const auto& info = model_->info();
+  o.residency_bytes = (info.state_floats + info.config.n_embd) * 4;  // one
+  Start(o);
+  for (const char* id : {"a", "b", "c"}) {
+    Create(id);
+    auto w = Open(id);
+    ASSERT_TRUE(Append(w, 0, std::string("input of ") + id).ok());
+    ASSERT_TRUE(Close(w).ok());
+  }
+  const std::string a_before = Blob("a");
+  // Touch "a" again: it was evicted (and its input committed on close).
+  auto w = Open("a");
+  auto ack = Append(w, 10, "more", true, true);
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->input_offset, 14u);
+  ASSERT_TRUE(Close(w).ok());
+  EXPECT_GT(manager_->stats().evictions, 0);
+  EXPECT_GT(manager_->stats().loads, 3);
+  // The reloaded state continues exactly like one that never left memory.
+  Create("ref");
+  auto r = Open("ref");
+  ASSERT_TRUE(Append(r, 0, "input of amore", true, true).ok());
+  EXPECT_EQ(Blob("ref"), Blob("a"));
+  EXPECT_NE(a_before, Blob("a"));
+}
+
+TEST_F(SessionManagerTest, ALostLeaseFencesTheNextCommit) {
+  Create("f");
+  auto w = Open("f");
+  ASSERT_TRUE(Append(w, 0, "x", false, true).ok());
+  // Another worker takes the session over.
+  ASSERT_TRUE(
+      store_->AcquireLease({"t", "f"}, "other", absl::Seconds(30), true).ok());
+  auto fenced = Append(w, 1, "y", false, true);
+  EXPECT_EQ(fenced.status().code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(GetReason(fenced.status()), Reason::kFenced);
+  EXPECT_EQ(store_->GetHead({"t", "f"})->head.input_offset, 1u);
+  // The cached state was dropped: a new writer reloads the committed head.
+  auto again = Open("f");
+  auto ack = Append(again, 1, "y", false, true);
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->input_offset, 2u);
+}
+
+TEST_F(SessionManagerTest, ANewWriterSupersedesTheOld) {
+  Create("w");
+  absl::Notification superseded;
+  auto first = Open("w", &superseded);
+  ASSERT_TRUE(Append(first, 0, "a").ok());
+  auto second = Open("w");
+  auto busy = Append(first, 1, "b");
+  EXPECT_EQ(GetReason(busy.status()), Reason::kSessionBusy);
+  EXPECT_TRUE(Append(second, 1, "b").ok());
+  ASSERT_TRUE(Close(second).ok());
+  superseded.WaitForNotification();  // the old call is told, exactly once
+}
+
+TEST_F(SessionManagerTest,
+       SeededGenerationIsReproducibleAndSideBranchesAreFree) {
+  Create("g");
+  auto w = Open("g");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  const std::string before = Blob("g");
+  auto side1 = Generate("g", false, "r1");
+  auto side2 = Generate("g", false, "r2");
+  EXPECT_EQ(side1.size(), 12u);
+  EXPECT_EQ(side1, side2);
+  EXPECT_EQ(Blob("g"), before);
+  auto committed = Generate("g", true, "r3");
+  EXPECT_EQ(committed, side1);
+  auto s = manager_->GetSession("t", "g");
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->input_offset, 18u);
+  EXPECT_EQ(s->committed_input_offset, 18u);
+  EXPECT_EQ(s->position, 18u);
+}
+
+}  // namespace
+}  // namespace statestream::worker

@@ -1,0 +1,419 @@
+// SPDX-License-Identifier: Apache-2.0
+// statestream.v1.Sessions over the SessionManager. Unary calls run on the
+// gRPC callback thread (their store I/O is short); ExportState and
+// ImportState stream state blobs in chunks of at most 1 MiB.
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <deque>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/crc32c.h"
+#include "common/grpc_status.h"
+#include "common/status.h"
+#include "state_store/state_codec.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+#include "worker/api_convert.h"
+#include "worker/worker_service.h"
+
+namespace statestream::worker {
+namespace {
+
+constexpr uint32_t kChunkBytes = 1 << 20;
+
+absl::Status BadField(absl::string_view field, absl::string_view why) {
+  return MakeError(absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
+                   absl::StrCat(field, ": ", why),
+                   {{"field", std::string(field)}});
+}
+
+absl::Status Corrupt(absl::string_view detail) {
+  return MakeError(absl::StatusCode::kDataLoss, Reason::kStateCorrupt,
+                   absl::StrCat("state blob rejected: ", detail),
+                   {{"detail", std::string(detail)}});
+}
+
+// Finishes a unary call with `status`.
+grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx,
+                               const absl::Status& status) {
+  auto* r = ctx->DefaultReactor();
+  r->Finish(ToGrpcStatus(status));
+  return r;
+}
+
+// Unary handlers: the tenant or finish the call with its error.
+#define SS_ASSIGN_OR_FINISH(lhs, expr)                           \
+  auto SS_CONCAT_(ss_tenant_, __LINE__) = (expr);                \
+  if (!SS_CONCAT_(ss_tenant_, __LINE__).ok())                    \
+    return Done(ctx, SS_CONCAT_(ss_tenant_, __LINE__).status()); \
+  lhs = *std::move(SS_CONCAT_(ss_tenant_, __LINE__))
+
+class ExportReactor final
+    : public grpc::ServerWriteReactor<v1::ExportStateResponse> {
+ public:
+  ExportReactor(SessionManager* m, grpc::CallbackServerContext* ctx,
+                const v1::ExportStateRequest* req) {
+    absl::StatusOr<std::string> tenant = TenantOf(*ctx);
+    absl::Status st = tenant.status();
+    if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
+    absl::StatusOr<ExportedState> e;
+    if (st.ok()) {
+      e = m->Export(*tenant, req->session_id(), req->version());
+      st = e.status();
+    }
+    if (!st.ok()) {
+      Finish(ToGrpcStatus(st));
+      return;
+    }
+    blob_ = std::move(e->blob);
+    auto* h = msg_.mutable_header();
+    h->set_format_version(1);
+    h->set_model_id(m->options().model_id);
+    h->set_model_fingerprint(m->fingerprint());
+    h->set_architecture(engine::ArchName(m->model().info().config.arch));
+    h->set_session_id(e->session_id);
+    h->set_version(e->version);
+    h->set_position(e->position);
+    h->set_input_offset(e->input_offset);
+    h->set_pending_bytes(e->pending_bytes);
+    h->set_total_bytes(blob_.size());
+    count_ =
+        static_cast<uint32_t>((blob_.size() + kChunkBytes - 1) / kChunkBytes);
+    h->set_chunk_count(count_);
+    h->set_chunk_bytes(kChunkBytes);
+    h->set_crc32c(Crc32c(0, blob_.data(), blob_.size()));
+    StartWrite(&msg_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok)
+      return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+    if (next_ == count_) return Finish(grpc::Status::OK);
+    msg_.Clear();
+    auto* c = msg_.mutable_chunk();
+    const size_t at = size_t{next_} * kChunkBytes;
+    const size_t n = std::min<size_t>(kChunkBytes, blob_.size() - at);
+    c->set_index(next_++);
+    c->set_data(blob_.data() + at, n);
+    c->set_crc32c(Crc32c(0, blob_.data() + at, n));
+    StartWrite(&msg_);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  std::string blob_;
+  v1::ExportStateResponse msg_;
+  uint32_t count_ = 0, next_ = 0;
+};
+
+class ImportReactor final
+    : public grpc::ServerReadReactor<v1::ImportStateRequest> {
+ public:
+  ImportReactor(SessionManager* m, grpc::CallbackServerContext* ctx,
+                v1::Session* out)
+      : m_(m), out_(out) {
+    absl::StatusOr<std::string> tenant = TenantOf(*ctx);
+    if (!tenant.ok()) {
+      Finish(ToGrpcStatus(tenant.status()));
+      return;
+    }
+    tenant_ = *tenant;
+    StartRead(&req_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return Complete();
+    absl::Status st = Take();
+    if (!st.ok()) return Finish(ToGrpcStatus(st));
+    StartRead(&req_);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Take() {
+    if (!have_header_) {
+      if (!req_.has_header())
+        return BadField("header", "the first message must be the header");
+      header_ = req_.header();
+      have_header_ = true;
+      SS_RETURN_IF_ERROR(CheckRequestId(header_.request_id()));
+      if (header_.mode() != v1::IMPORT_MODE_CREATE &&
+          header_.mode() != v1::IMPORT_MODE_NEW_VERSION) {
+        return BadField("mode", "required");
+      }
+      if (header_.mode() == v1::IMPORT_MODE_NEW_VERSION ||
+          !header_.session_id().empty()) {
+        SS_RETURN_IF_ERROR(CheckSessionId(header_.session_id(), "session_id"));
+      }
+      const v1::StateHeader& s = header_.state();
+      if (s.model_fingerprint() != m_->fingerprint()) {
+        return MakeError(absl::StatusCode::kFailedPrecondition,
+                         Reason::kModelMismatch,
+                         "no served model has the state's fingerprint",
+                         {{"expected_fingerprint", m_->fingerprint()},
+                          {"actual_fingerprint", s.model_fingerprint()}});
+      }
+      const engine::ModelInfo& info = m_->model().info();
+      const uint64_t limit =
+          (info.state_floats + info.config.n_embd) * sizeof(float) +
+          (uint64_t{4} << 20);
+      if (s.total_bytes() == 0 || s.total_bytes() > limit) {
+        return Corrupt("total_bytes out of range");
+      }
+      if (s.chunk_bytes() == 0 || s.chunk_bytes() > kChunkBytes ||
+          s.chunk_count() !=
+              (s.total_bytes() + s.chunk_bytes() - 1) / s.chunk_bytes()) {
+        return Corrupt("chunk_bytes/chunk_count disagree with total_bytes");
+      }
+      blob_.reserve(s.total_bytes());
+      return absl::OkStatus();
+    }
+    if (!req_.has_chunk()) return BadField("header", "sent twice");
+    const v1::StateChunk& c = req_.chunk();
+    const v1::StateHeader& s = header_.state();
+    if (c.index() != next_ || next_ >= s.chunk_count()) {
+      return Corrupt(absl::StrCat("chunk ", c.index(), " out of order"));
+    }
+    const uint64_t want =
+        std::min<uint64_t>(s.chunk_bytes(), s.total_bytes() - blob_.size());
+    if (c.data().size() != want) return Corrupt("chunk has the wrong size");
+    if (Crc32c(0, c.data().data(), c.data().size()) != c.crc32c()) {
+      return Corrupt(absl::StrCat("chunk ", c.index(), " checksum mismatch"));
+    }
+    blob_ += c.data();
+    ++next_;
+    return absl::OkStatus();
+  }
+
+  void Complete() {
+    absl::Status st;
+    const v1::StateHeader& s = header_.state();
+    if (!have_header_) {
+      st = BadField("header", "missing");
+    } else if (next_ != s.chunk_count()) {
+      st = Corrupt("missing chunks");
+    } else if (Crc32c(0, blob_.data(), blob_.size()) != s.crc32c()) {
+      st = Corrupt("blob checksum mismatch");
+    } else if (auto snap = DecodeState(blob_); !snap.ok()) {
+      st = snap.status();
+    } else if (snap->position != s.position() ||
+               snap->input_offset != s.input_offset() ||
+               snap->tokenizer_tail.size() != s.pending_bytes()) {
+      st = Corrupt("the header disagrees with the blob");
+    }
+    if (st.ok()) {
+      CreateParams p;
+      p.request_id = header_.request_id();
+      p.session_id = header_.session_id();
+      p.labels = {header_.labels().begin(), header_.labels().end()};
+      p.durability = DurabilityFromProto(header_.durability());
+      auto ttl = TtlFromProto(header_.has_ttl(), header_.ttl());
+      if (!ttl.ok()) {
+        st = ttl.status();
+      } else {
+        p.ttl = *ttl;
+        std::optional<uint64_t> expected;
+        if (header_.has_expected_version())
+          expected = header_.expected_version();
+        auto v = m_->Import(tenant_, blob_,
+                            header_.mode() == v1::IMPORT_MODE_NEW_VERSION, p,
+                            expected);
+        st = v.status();
+        if (v.ok()) SessionToProto(*v, out_);
+      }
+    }
+    Finish(ToGrpcStatus(st));
+  }
+
+  SessionManager* m_;
+  v1::Session* out_;
+  std::string tenant_;
+  v1::ImportStateRequest req_;
+  v1::ImportHeader header_;
+  bool have_header_ = false;
+  std::string blob_;
+  uint32_t next_ = 0;
+};
+
+class SessionsService final : public v1::Sessions::CallbackService {
+ public:
+  explicit SessionsService(SessionManager* m) : m_(m) {}
+
+  grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* ctx,
+                                          const v1::CreateSessionRequest* req,
+                                          v1::Session* out) override {
+    SS_ASSIGN_OR_FINISH(std::string tenant, TenantOf(*ctx));
+    absl::Status st = CheckRequestId(req->request_id());
+    if (st.ok() && !req->session_id().empty()) {
+      st = CheckSessionId(req->session_id(), "session_id");
+    }
+    if (st.ok()) st = CheckLabels(req->labels());
+    auto ttl = TtlFromProto(req->has_ttl(), req->ttl());
+    if (st.ok()) st = ttl.status();
+    if (!st.ok()) return Done(ctx, st);
+    CreateParams p;
+    p.request_id = req->request_id();
+    p.session_id = req->session_id();
+    p.model_id = req->model_id();
+    p.labels = {req->labels().begin(), req->labels().end()};
+    p.ttl = *ttl;
+    p.durability = DurabilityFromProto(req->durability());
+    if (req->has_fork_from()) {
+      st =
+          CheckSessionId(req->fork_from().session_id(), "fork_from.session_id");
+      if (!st.ok()) return Done(ctx, st);
+      p.fork_from.emplace(req->fork_from().session_id(),
+                          req->fork_from().version());
+    }
+    auto v = m_->CreateSession(tenant, p);
+    if (v.ok()) SessionToProto(*v, out);
+    return Done(ctx, v.status());
+  }
+
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* ctx,
+                                       const v1::GetSessionRequest* req,
+                                       v1::Session* out) override {
+    SS_ASSIGN_OR_FINISH(std::string tenant, TenantOf(*ctx));
+    if (absl::Status st = CheckSessionId(req->session_id(), "session_id");
+        !st.ok()) {
+      return Done(ctx, st);
+    }
+    auto v = m_->GetSession(tenant, req->session_id());
+    if (v.ok()) SessionToProto(*v, out);
+    return Done(ctx, v.status());
+  }
+
+  grpc::ServerUnaryReactor* ListSessions(
+      grpc::CallbackServerContext* ctx, const v1::ListSessionsRequest* req,
+      v1::ListSessionsResponse* out) override {
+    SS_ASSIGN_OR_FINISH(std::string tenant, TenantOf(*ctx));
+    auto page = m_->ListSessions(
+        tenant, static_cast<int>(std::min<uint32_t>(req->page_size(), 1000)),
+        req->page_token(),
+        {req->label_selector().begin(), req->label_selector().end()},
+        req->model_id());
+    if (page.ok()) {
+      for (const SessionView& v : page->first) {
+        SessionToProto(v, out->add_sessions());
+      }
+      out->set_next_page_token(page->second);
+    }
+    return Done(ctx, page.status());
+  }
+
+  grpc::ServerUnaryReactor* UpdateSession(grpc::CallbackServerContext* ctx,
+                                          const v1::UpdateSessionRequest* req,
+                                          v1::Session* out) override {
+    SS_ASSIGN_OR_FINISH(std::string tenant, TenantOf(*ctx));
+    absl::Status st = CheckRequestId(req->request_id());
+    if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
+    if (st.ok() && req->update_mask().paths_size() == 0) {
+      st = BadField("update_mask", "required");
+    }
+    SessionUpdate u;
+    for (const std::string& path : req->update_mask().paths()) {
+      if (!st.ok()) break;
+      if (path == "labels") {
+        st = CheckLabels(req->labels());
+        u.labels.emplace(req->labels().begin(), req->labels().end());
+      } else if (path == "ttl") {
+        auto ttl = TtlFromProto(req->has_ttl(), req->ttl());
+        st = ttl.status();
+        if (st.ok() && *ttl != absl::ZeroDuration()) u.ttl = *ttl;
+        if (st.ok() && *ttl == absl::ZeroDuration()) {
+          u.ttl = absl::Hours(24 * 7);
+        }
+      } else {
+        st = BadField("update_mask", absl::StrCat("unknown path ", path));
+      }
+    }
+    if (!st.ok()) return Done(ctx, st);
+    auto v = m_->UpdateSession(tenant, req->session_id(), u);
+    if (v.ok()) SessionToProto(*v, out);
+    return Done(ctx, v.status());
+  }
+
+  grpc::ServerUnaryReactor* DeleteSession(grpc::CallbackServerContext* ctx,
+                                          const v1::DeleteSessionRequest* req,
+                                          v1::DeleteSessionResponse*) override {
+    SS_ASSIGN_OR_FINISH(std::string tenant, TenantOf(*ctx));
+    absl::Status st = CheckRequestId(req->request_id());
+    if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
+    if (st.ok()) {
+      st = m_->DeleteSession(tenant, req->session_id(), req->allow_missing());
+    }
+    return Done(ctx, st);
+  }
+
+  grpc::ServerUnaryReactor* ListVersions(
+      grpc::CallbackServerContext* ctx, const v1::ListVersionsRequest* req,
+      v1::ListVersionsResponse* out) override {
+    SS_ASSIGN_OR_FINISH(std::string tenant, TenantOf(*ctx));
+    if (absl::Status st = CheckSessionId(req->session_id(), "session_id");
+        !st.ok()) {
+      return Done(ctx, st);
+    }
+    auto head = m_->GetSession(tenant, req->session_id());
+    if (!head.ok()) return Done(ctx, head.status());
+    auto versions = m_->ListVersions(tenant, req->session_id());
+    if (!versions.ok()) return Done(ctx, versions.status());
+    // Page token: the version to start below (newest first).
+    uint64_t below = UINT64_MAX;
+    if (!req->page_token().empty() &&
+        !absl::SimpleAtoi(req->page_token(), &below)) {
+      return Done(ctx, BadField("page_token", "malformed"));
+    }
+    const size_t page =
+        req->page_size() == 0 ? 50 : std::min<uint32_t>(req->page_size(), 1000);
+    for (const VersionInfo& v : *versions) {
+      if (v.version >= below) continue;
+      if (static_cast<size_t>(out->versions_size()) == page) {
+        out->set_next_page_token(
+            absl::StrCat(out->versions().rbegin()->version()));
+        break;
+      }
+      VersionToProto(v, head->parent_version, out->add_versions());
+    }
+    return Done(ctx, absl::OkStatus());
+  }
+
+  grpc::ServerUnaryReactor* RollbackSession(
+      grpc::CallbackServerContext* ctx, const v1::RollbackSessionRequest* req,
+      v1::Session* out) override {
+    SS_ASSIGN_OR_FINISH(std::string tenant, TenantOf(*ctx));
+    absl::Status st = CheckRequestId(req->request_id());
+    if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
+    if (st.ok() && req->version() == 0)
+      st = BadField("version", "required (>= 1)");
+    if (!st.ok()) return Done(ctx, st);
+    std::optional<uint64_t> expected;
+    if (req->has_expected_version()) expected = req->expected_version();
+    auto v = m_->Rollback(tenant, req->session_id(), req->version(), expected,
+                          DurabilityFromProto(req->durability()));
+    if (v.ok()) SessionToProto(*v, out);
+    return Done(ctx, v.status());
+  }
+
+  grpc::ServerWriteReactor<v1::ExportStateResponse>* ExportState(
+      grpc::CallbackServerContext* ctx,
+      const v1::ExportStateRequest* req) override {
+    return new ExportReactor(m_, ctx, req);
+  }
+
+  grpc::ServerReadReactor<v1::ImportStateRequest>* ImportState(
+      grpc::CallbackServerContext* ctx, v1::Session* out) override {
+    return new ImportReactor(m_, ctx, out);
+  }
+
+ private:
+  SessionManager* m_;
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::Service> NewSessionsService(SessionManager* manager) {
+  return std::make_unique<SessionsService>(manager);
+}
+
+}  // namespace statestream::worker

@@ -1,0 +1,550 @@
+// SPDX-License-Identifier: Apache-2.0
+// statestream.v1.Streams over the SessionManager. The reactors never call
+// the engine: they hand requests to the manager and write what its
+// callbacks (manager or scheduler threads) deliver. Each reactor keeps one
+// write in flight and queues the rest; it finishes only once no manager
+// callback is outstanding, so OnDone (which deletes it) comes last.
+#include <grpcpp/grpcpp.h>
+
+#include <deque>
+#include <memory>
+#include <optional>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "common/grpc_status.h"
+#include "common/status.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+#include "worker/api_convert.h"
+#include "worker/worker_service.h"
+
+namespace statestream::worker {
+namespace {
+
+absl::Status BadField(absl::string_view field, absl::string_view why) {
+  return MakeError(absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
+                   absl::StrCat(field, ": ", why),
+                   {{"field", std::string(field)}});
+}
+
+std::vector<int32_t> Ids(const v1::Tokens& t) {
+  std::vector<int32_t> out;
+  out.reserve(t.ids_size());
+  for (uint32_t id : t.ids()) {
+    // Ids beyond int32 map to -1: rejected as INVALID_TOKEN downstream.
+    out.push_back(id > INT32_MAX ? -1 : static_cast<int32_t>(id));
+  }
+  return out;
+}
+
+// Outlives the reactor, so late "superseded" notifications are harmless.
+template <typename R>
+struct Link {
+  absl::Mutex mu;
+  R* reactor ABSL_GUARDED_BY(mu) = nullptr;
+};
+
+// Holds a reactor's mu_; on release calls Finish if the locked section
+// decided to finish. Finish must not be called under mu_: OnDone (which
+// deletes the reactor, mutex included) may run at once on another thread.
+// Nothing may touch the reactor after a Locked that finished it.
+template <typename R>
+class Locked {
+ public:
+  explicit Locked(R* r) ABSL_NO_THREAD_SAFETY_ANALYSIS : r_(r) {
+    r_->mu_.Lock();
+  }
+  ~Locked() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    std::optional<grpc::Status> finish = std::move(r_->finish_now_);
+    r_->finish_now_.reset();
+    R* r = r_;
+    r->mu_.Unlock();
+    if (finish) r->Finish(*finish);
+  }
+  Locked(const Locked&) = delete;
+  Locked& operator=(const Locked&) = delete;
+
+ private:
+  R* r_;
+};
+
+class AppendReactor final
+    : public grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse> {
+  using ThisReactor = AppendReactor;
+
+ public:
+  AppendReactor(SessionManager* m, grpc::CallbackServerContext* ctx)
+      : m_(m), link_(std::make_shared<Link<AppendReactor>>()) {
+    {
+      absl::MutexLock lock(&link_->mu);
+      link_->reactor = this;
+    }
+    auto tenant = TenantOf(*ctx);
+    if (!tenant.ok()) {
+      Fail(tenant.status());
+      return;
+    }
+    tenant_ = *tenant;
+    StartRead(&req_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // Half-close: commit what is uncommitted and end with OK.
+      if (writer_ == nullptr) return Fail(absl::OkStatus());
+      {
+        Locked<ThisReactor> lock(this);
+        op_pending_ = true;
+      }
+      m_->CloseWriter(writer_, durability_, [this](absl::Status st) {
+        Locked<ThisReactor> lock(this);
+        op_pending_ = false;
+        closed_ = true;
+        SetFinishLocked(st);
+      });
+      return;
+    }
+    absl::Status st = Handle();
+    if (!st.ok()) Fail(st);
+  }
+
+  void OnWriteDone(bool ok) override {
+    Locked<ThisReactor> lock(this);
+    writes_.pop_front();
+    if (!ok) {
+      writes_.clear();  // the client is gone
+      SetFinishLocked(absl::CancelledError("the client went away"));
+    }
+    // Acks queued before an error still go out, then the error.
+    if (!writes_.empty()) {
+      StartWrite(&writes_.front());
+    } else {
+      writing_ = false;
+      MaybeFinishLocked();
+    }
+  }
+
+  void OnCancel() override {
+    Locked<ThisReactor> lock(this);
+    SetFinishLocked(absl::CancelledError("the client went away"));
+  }
+
+  void OnDone() override {
+    {
+      absl::MutexLock lock(&link_->mu);
+      link_->reactor = nullptr;
+    }
+    if (writer_ != nullptr && !closed_) m_->AbandonWriter(writer_);
+    delete this;
+  }
+
+ private:
+  absl::Status Handle() {
+    const v1::AppendRequest& r = req_;
+    if (writer_ == nullptr) {
+      SS_RETURN_IF_ERROR(CheckSessionId(r.session_id(), "session_id"));
+      session_id_ = r.session_id();
+      std::weak_ptr<Link<AppendReactor>> weak = link_;
+      SS_ASSIGN_OR_RETURN(writer_, m_->OpenWriter(tenant_, session_id_, [weak] {
+        auto link = weak.lock();
+        if (link == nullptr) return;
+        absl::MutexLock lock(&link->mu);
+        if (link->reactor != nullptr) link->reactor->Superseded();
+      }));
+    } else if (!r.session_id().empty() && r.session_id() != session_id_) {
+      return BadField("session_id", "differs from the call's session");
+    }
+    if (!r.request_id().empty())
+      SS_RETURN_IF_ERROR(CheckRequestId(r.request_id()));
+    AppendInput in;
+    in.request_id = r.request_id();
+    in.expected_input_offset = r.expected_input_offset();
+    if (r.has_text_utf8()) {
+      in.kind = AppendInput::Kind::kText;
+      in.text = r.text_utf8();
+    } else if (r.has_tokens()) {
+      in.kind = AppendInput::Kind::kTokens;
+      in.tokens = Ids(r.tokens());
+    }
+    in.flush = r.flush();
+    in.checkpoint = r.checkpoint();
+    in.durability = DurabilityFromProto(r.durability());
+    durability_ = in.durability;
+    {
+      Locked<ThisReactor> lock(this);
+      op_pending_ = true;
+    }
+    m_->Append(writer_, std::move(in), [this](absl::StatusOr<AppendAck> ack) {
+      OnAck(std::move(ack));
+    });
+    return absl::OkStatus();
+  }
+
+  void OnAck(absl::StatusOr<AppendAck> ack) {
+    Locked<ThisReactor> lock(this);
+    op_pending_ = false;
+    if (!ack.ok()) return SetFinishLocked(ack.status());
+    if (finish_) return MaybeFinishLocked();
+    v1::AppendResponse resp;
+    resp.set_request_id(ack->request_id);
+    resp.set_duplicate(ack->duplicate);
+    resp.set_tokens_consumed(ack->tokens_consumed);
+    resp.set_position(ack->position);
+    resp.set_input_offset(ack->input_offset);
+    resp.set_pending_bytes(ack->pending_bytes);
+    resp.set_version(ack->version);
+    resp.set_committed_input_offset(ack->committed_input_offset);
+    resp.set_durability(DurabilityToProto(ack->durability));
+    writes_.push_back(std::move(resp));
+    if (!writing_) {
+      writing_ = true;
+      StartWrite(&writes_.front());
+    }
+    StartRead(&req_);
+  }
+
+  void Superseded() {
+    Locked<ThisReactor> lock(this);
+    SetFinishLocked(MakeError(absl::StatusCode::kAborted, Reason::kSessionBusy,
+                              "superseded by a newer writer call"));
+  }
+
+  void Fail(const absl::Status& st) {
+    Locked<ThisReactor> lock(this);
+    SetFinishLocked(st);
+  }
+
+  void SetFinishLocked(const absl::Status& st)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!finish_) finish_ = st;
+    MaybeFinishLocked();
+  }
+  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!finish_ || finished_ || writing_ || op_pending_) return;
+    finished_ = true;
+    finish_now_ = ToGrpcStatus(*finish_);
+  }
+
+  SessionManager* const m_;
+  std::shared_ptr<Link<AppendReactor>> link_;
+  std::string tenant_, session_id_;
+  v1::AppendRequest req_;  // one read at a time
+  std::shared_ptr<SessionManager::Writer> writer_;
+  std::optional<Durability> durability_;
+  bool closed_ = false;
+
+  absl::Mutex mu_;
+  std::deque<v1::AppendResponse> writes_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool op_pending_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<absl::Status> finish_ ABSL_GUARDED_BY(mu_);
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // Set once, under mu_; Locked calls Finish with it after unlocking.
+  std::optional<grpc::Status> finish_now_ ABSL_GUARDED_BY(mu_);
+  template <typename R>
+  friend class Locked;
+};
+
+class GenerateReactor final
+    : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+  using ThisReactor = GenerateReactor;
+
+ public:
+  GenerateReactor(SessionManager* m, grpc::CallbackServerContext* ctx,
+                  const v1::GenerateRequest* req) {
+    absl::Status st = Start(m, ctx, *req);
+    if (!st.ok()) {
+      Locked<ThisReactor> lock(this);
+      job_done_ = true;
+      SetFinishLocked(st);
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    Locked<ThisReactor> lock(this);
+    writes_.pop_front();
+    if (!ok) {
+      if (job_) job_->Cancel();
+      writes_.clear();  // the client is gone
+      SetFinishLocked(absl::CancelledError("the client went away"));
+    }
+    // After an error the rest is dropped; after OK everything goes out.
+    if (!writes_.empty() && (!finish_ || finish_->ok())) {
+      StartWrite(&writes_.front());
+    } else {
+      writes_.clear();
+      writing_ = false;
+      MaybeFinishLocked();
+    }
+  }
+
+  void OnCancel() override {
+    Locked<ThisReactor> lock(this);
+    if (job_) job_->Cancel();
+    SetFinishLocked(absl::CancelledError("the client went away"));
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Start(SessionManager* m, grpc::CallbackServerContext* ctx,
+                     const v1::GenerateRequest& r) {
+    SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx));
+    SS_RETURN_IF_ERROR(CheckSessionId(r.session_id(), "session_id"));
+    SS_RETURN_IF_ERROR(CheckRequestId(r.request_id()));
+    GenerateInput in;
+    in.request_id = r.request_id();
+    if (r.has_expected_input_offset()) {
+      in.expected_input_offset = r.expected_input_offset();
+    }
+    if (r.has_prompt_text_utf8()) {
+      in.prompt_kind = GenerateInput::Prompt::kText;
+      in.prompt_text = r.prompt_text_utf8();
+    } else if (r.has_prompt_tokens()) {
+      in.prompt_kind = GenerateInput::Prompt::kTokens;
+      in.prompt_tokens = Ids(r.prompt_tokens());
+    }
+    const v1::SamplingParams& sp = r.sampling();
+    engine::SamplingParams& p = in.sampling;
+    if (sp.has_temperature()) p.temperature = sp.temperature();
+    if (p.temperature > 100)
+      return BadField("sampling.temperature", "at most 100");
+    if (sp.has_top_p()) p.top_p = sp.top_p();
+    if (sp.top_k() > static_cast<uint32_t>(INT32_MAX)) {
+      return BadField("sampling.top_k", "too large");
+    }
+    p.top_k = static_cast<int>(sp.top_k());
+    p.min_p = sp.min_p();
+    if (p.min_p >= 1) return BadField("sampling.min_p", "must be in [0, 1)");
+    p.presence_penalty = sp.presence_penalty();
+    p.frequency_penalty = sp.frequency_penalty();
+    if (sp.has_penalty_decay()) p.penalty_decay = sp.penalty_decay();
+    if (sp.logit_bias_size() > 1024) {
+      return MakeError(absl::StatusCode::kInvalidArgument,
+                       Reason::kMessageTooLarge, "at most 1024 logit_bias",
+                       {{"field", "sampling.logit_bias"}, {"limit", "1024"}});
+    }
+    for (const auto& [token, bias] : sp.logit_bias()) {
+      p.logit_bias.emplace_back(
+          token > INT32_MAX ? -1 : static_cast<int32_t>(token),
+          bias <= -1e9f ? -INFINITY : bias);
+    }
+    std::sort(p.logit_bias.begin(), p.logit_bias.end());
+    if (sp.has_seed()) {
+      p.seed = sp.seed();
+      in.has_seed = true;
+    }
+    if (r.stop_tokens_size() > 64) {
+      return MakeError(absl::StatusCode::kInvalidArgument,
+                       Reason::kMessageTooLarge, "at most 64 stop_tokens",
+                       {{"field", "stop_tokens"}, {"limit", "64"}});
+    }
+    for (uint32_t t : r.stop_tokens()) {
+      p.stop_tokens.push_back(t > INT32_MAX ? -1 : static_cast<int32_t>(t));
+    }
+    if (r.stop_strings_size() > 16) {
+      return MakeError(absl::StatusCode::kInvalidArgument,
+                       Reason::kMessageTooLarge, "at most 16 stop_strings",
+                       {{"field", "stop_strings"}, {"limit", "16"}});
+    }
+    for (const std::string& s : r.stop_strings()) {
+      if (s.empty() || s.size() > 256) {
+        return BadField("stop_strings", "each 1-256 bytes");
+      }
+      in.stop_strings.push_back(s);
+    }
+    in.max_tokens =
+        static_cast<int>(std::min<uint32_t>(r.max_tokens(), 1 << 30));
+    in.commit = r.commit();
+    in.durability = DurabilityFromProto(r.durability());
+    in.logprobs = r.logprobs();
+    if (r.top_logprobs() > 20) return BadField("top_logprobs", "0-20");
+    in.top_logprobs = static_cast<int>(r.top_logprobs());
+    auto job = m->Generate(
+        tenant, r.session_id(), std::move(in),
+        [this](const GeneratedPiece& p) { OnToken(p); },
+        [this](absl::StatusOr<GenerateOutcome> o) { OnOutcome(std::move(o)); });
+    Locked<ThisReactor> lock(this);
+    job_ = std::move(job);
+    return absl::OkStatus();
+  }
+
+  void OnToken(const GeneratedPiece& p) {
+    Locked<ThisReactor> lock(this);
+    if (finish_) return;
+    // Group tokens into the last queued chunk unless it is being written.
+    v1::GenerateChunk* chunk = nullptr;
+    if (writes_.size() > 1 || (!writes_.empty() && !writing_)) {
+      chunk = writes_.back().mutable_chunk();
+    } else {
+      writes_.emplace_back();
+      chunk = writes_.back().mutable_chunk();
+      chunk->set_index(emitted_);
+    }
+    ++emitted_;
+    chunk->add_tokens(static_cast<uint32_t>(p.token));
+    chunk->mutable_text_utf8()->append(p.text);
+    if (want_logprobs_ || p.logprob != 0 || !p.top.empty()) {
+      auto* lp = chunk->add_logprobs();
+      lp->set_token(static_cast<uint32_t>(p.token));
+      lp->set_logprob(p.logprob);
+      for (const auto& t : p.top) {
+        auto* top = lp->add_top();
+        top->set_token(static_cast<uint32_t>(t.id));
+        top->set_logprob(t.logprob);
+      }
+    }
+    KickLocked();
+  }
+
+  void OnOutcome(absl::StatusOr<GenerateOutcome> o) {
+    Locked<ThisReactor> lock(this);
+    job_done_ = true;
+    if (!o.ok()) return SetFinishLocked(o.status());
+    if (!o->held_back.empty()) {
+      if (writes_.size() > 1 || (!writes_.empty() && !writing_)) {
+        writes_.back().mutable_chunk()->mutable_text_utf8()->append(
+            o->held_back);
+      } else {
+        writes_.emplace_back();
+        writes_.back().mutable_chunk()->set_index(emitted_);
+        writes_.back().mutable_chunk()->set_text_utf8(o->held_back);
+      }
+    }
+    v1::GenerateResponse done;
+    auto* d = done.mutable_done();
+    switch (o->finish) {
+      case GenerateOutcome::Finish::kStopToken:
+        d->set_finish_reason(v1::FINISH_REASON_STOP_TOKEN);
+        d->set_stop_token(static_cast<uint32_t>(o->stop_token));
+        break;
+      case GenerateOutcome::Finish::kStopString:
+        d->set_finish_reason(v1::FINISH_REASON_STOP_STRING);
+        d->set_stop_string(o->stop_string);
+        break;
+      case GenerateOutcome::Finish::kMaxTokens:
+        d->set_finish_reason(v1::FINISH_REASON_MAX_TOKENS);
+        break;
+    }
+    d->mutable_usage()->set_input_tokens(o->input_tokens);
+    d->mutable_usage()->set_output_tokens(o->output_tokens);
+    d->set_committed(o->committed);
+    d->set_position(o->position);
+    d->set_input_offset(o->input_offset);
+    d->set_version(o->version);
+    d->set_durability(DurabilityToProto(o->durability));
+    writes_.push_back(std::move(done));
+    KickLocked();
+    SetFinishLocked(absl::OkStatus());
+  }
+
+  void KickLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (writing_ || writes_.empty()) return;
+    writing_ = true;
+    StartWrite(&writes_.front());
+  }
+  void SetFinishLocked(const absl::Status& st)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!finish_) finish_ = st;
+    MaybeFinishLocked();
+  }
+  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    // OK finishes after every queued write; errors drop what is queued.
+    if (!finish_ || finished_ || writing_ || !job_done_) return;
+    if (finish_->ok() && !writes_.empty()) return;
+    finished_ = true;
+    finish_now_ = ToGrpcStatus(*finish_);
+  }
+
+  absl::Mutex mu_;
+  std::shared_ptr<SessionManager::Job> job_ ABSL_GUARDED_BY(mu_);
+  std::deque<v1::GenerateResponse> writes_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool job_done_ ABSL_GUARDED_BY(mu_) = false;
+  uint32_t emitted_ ABSL_GUARDED_BY(mu_) = 0;
+  bool want_logprobs_ = false;
+  std::optional<absl::Status> finish_ ABSL_GUARDED_BY(mu_);
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // Set once, under mu_; Locked calls Finish with it after unlocking.
+  std::optional<grpc::Status> finish_now_ ABSL_GUARDED_BY(mu_);
+  template <typename R>
+  friend class Locked;
+};
+
+class StreamsService final : public v1::Streams::CallbackService {
+ public:
+  explicit StreamsService(SessionManager* m) : m_(m) {}
+
+  grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>* Append(
+      grpc::CallbackServerContext* ctx) override {
+    return new AppendReactor(m_, ctx);
+  }
+
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* ctx,
+      const v1::GenerateRequest* req) override {
+    return new GenerateReactor(m_, ctx, req);
+  }
+
+  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx,
+                                  const v1::ScoreRequest* req,
+                                  v1::ScoreResponse* out) override {
+    auto* reactor = ctx->DefaultReactor();
+    auto tenant = TenantOf(*ctx);
+    absl::Status st = tenant.status();
+    if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
+    if (st.ok() && req->top_logprobs() > 20)
+      st = BadField("top_logprobs", "0-20");
+    if (st.ok() && !req->has_text_utf8() && !req->has_tokens()) {
+      st = BadField("continuation", "required");
+    }
+    if (!st.ok()) {
+      reactor->Finish(ToGrpcStatus(st));
+      return reactor;
+    }
+    ScoreInput in;
+    in.version = req->version();
+    if (req->has_expected_input_offset()) {
+      in.expected_input_offset = req->expected_input_offset();
+    }
+    in.is_text = req->has_text_utf8();
+    in.text = req->text_utf8();
+    if (req->has_tokens()) in.tokens = Ids(req->tokens());
+    // The job cannot be cancelled from here: a unary call's reactor has no
+    // OnCancel hook; scoring is bounded (65536 tokens).
+    m_->Score(*tenant, req->session_id(), std::move(in),
+              [reactor, out](absl::StatusOr<ScoreOutcome> o) {
+                if (o.ok()) {
+                  double sum = 0;
+                  bool all = true;
+                  for (size_t i = 0; i < o->tokens.size(); ++i) {
+                    auto* t = out->add_tokens();
+                    t->set_token(static_cast<uint32_t>(o->tokens[i]));
+                    t->set_logprob(o->logprobs[i]);
+                    t->set_greedy(o->greedy[i]);
+                    sum += o->logprobs[i];
+                    all = all && o->greedy[i];
+                  }
+                  out->set_sum_logprob(sum);
+                  out->set_all_greedy(all);
+                  out->set_position(o->position);
+                  out->set_input_offset(o->input_offset);
+                  out->set_version(o->version);
+                }
+                reactor->Finish(ToGrpcStatus(o.status()));
+              });
+    return reactor;
+  }
+
+ private:
+  SessionManager* m_;
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::Service> NewStreamsService(SessionManager* manager) {
+  return std::make_unique<StreamsService>(manager);
+}
+
+}  // namespace statestream::worker
