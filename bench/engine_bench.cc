@@ -62,8 +62,9 @@ void BM_Decode(benchmark::State& st, bool bf16) {
     if (!m.Forward(work).ok()) st.SkipWithError("forward failed");
     benchmark::DoNotOptimize(logits.data());
   }
-  st.counters["tok/s"] = benchmark::Counter(
-      static_cast<double>(st.iterations()) * batch, benchmark::Counter::kIsRate);
+  st.counters["tok/s"] =
+      benchmark::Counter(static_cast<double>(st.iterations()) * batch,
+                         benchmark::Counter::kIsRate);
 }
 
 // A 256-token prompt, logits for the last token only, fed in chunks of
@@ -90,19 +91,33 @@ void BM_Prefill(benchmark::State& st, bool bf16) {
       if (!m.Forward({&w, 1}).ok()) st.SkipWithError("forward failed");
     }
   }
-  st.counters["tok/s"] = benchmark::Counter(
-      static_cast<double>(st.iterations()) * kPrompt,
-      benchmark::Counter::kIsRate);
+  st.counters["tok/s"] =
+      benchmark::Counter(static_cast<double>(st.iterations()) * kPrompt,
+                         benchmark::Counter::kIsRate);
 }
 
-BENCHMARK_CAPTURE(BM_Decode, f32, false)->Arg(1)->Arg(8)->Arg(32)
-    ->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_CAPTURE(BM_Decode, bf16, true)->Arg(1)->Arg(8)->Arg(32)
-    ->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_CAPTURE(BM_Prefill, f32, false)->Arg(1)->Arg(64)
-    ->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_CAPTURE(BM_Prefill, bf16, true)->Arg(1)->Arg(64)
-    ->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Decode, f32, false)
+    ->Arg(1)
+    ->Arg(8)
+    ->Arg(32)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Decode, bf16, true)
+    ->Arg(1)
+    ->Arg(8)
+    ->Arg(32)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Prefill, f32, false)
+    ->Arg(1)
+    ->Arg(64)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Prefill, bf16, true)
+    ->Arg(1)
+    ->Arg(64)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 }  // namespace
 }  // namespace statestream::engine
