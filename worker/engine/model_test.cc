@@ -193,6 +193,18 @@ INSTANTIATE_TEST_SUITE_P(
         GoldenCase{"testdata/third_party/tiny-rwkv-7v0-834K.golden.json",
                    "testdata/third_party/tiny-rwkv-7v0-834K-bf16.pth", false}));
 
+// The traces were computed for the fp32 weights (the trained model's values
+// are exact in bf16, so its file is the fp32 model).
+INSTANTIATE_TEST_SUITE_P(
+    Rwkv7Tiny, TraceTest,
+    ::testing::Values(
+        GoldenCase{"testdata/rwkv7-tiny.golden.json", "testdata/rwkv7-tiny.pth",
+                   false},
+        GoldenCase{"testdata/rwkv7-tiny.golden.json",
+                   "testdata/rwkv7-tiny.safetensors", false},
+        GoldenCase{"testdata/third_party/tiny-rwkv-7v0-834K.golden.json",
+                   "testdata/third_party/tiny-rwkv-7v0-834K-bf16.pth", false}));
+
 TEST(ModelTest, FingerprintIdentifiesWeightsNotFileFormat) {
   SS_REQUIRE_SHARED_DATA();
   auto pth = Load("testdata/rwkv7-tiny.pth");
