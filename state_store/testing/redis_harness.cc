@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -158,9 +159,14 @@ absl::Status RedisServer::Spawn() {
                                    "--logfile",
                                    dir_ + "/redis.log"};
   argv.insert(argv.end(), options_.args.begin(), options_.args.end());
+  const pid_t parent = getpid();
   pid_ = fork();
   if (pid_ < 0) return absl::InternalError("fork failed");
   if (pid_ == 0) {
+    // The server dies with the test process, however the test ends (a
+    // suite-wide server that is never destroyed, a crash, a timeout kill).
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(1);
     const int devnull = open("/dev/null", O_RDWR);
     dup2(devnull, 0);
     dup2(devnull, 1);
