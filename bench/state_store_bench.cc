@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "common/malloc_tuning.h"
 #include "state_store/redis_state_store.h"
 #include "state_store/testing/redis_harness.h"
 
@@ -28,7 +29,7 @@ Stats Summarize(std::vector<double> ms) {
 
 int Main(int argc, char** argv) {
   // Large values are malloc-bound in hiredis (docs/state-store.md).
-  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  if (!TuneMallocForLargeBuffers()) std::fprintf(stderr, "mallopt refused\n");
   const int iters = argc > 1 ? std::atoi(argv[1]) : 50;
   auto server = testing::RedisServer::Start({});
   if (!server.ok()) {

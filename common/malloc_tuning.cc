@@ -1,0 +1,21 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "common/malloc_tuning.h"
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+namespace statestream {
+
+bool TuneMallocForLargeBuffers() {
+#if defined(__GLIBC__)
+  // mallopt returns 1 on success; values above 32 MiB are refused on 64-bit.
+  const bool mmap_ok = mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1;
+  const bool trim_ok = mallopt(M_TRIM_THRESHOLD, 256 << 20) == 1;
+  return mmap_ok && trim_ok;
+#else
+  return false;
+#endif
+}
+
+}  // namespace statestream
