@@ -12,11 +12,13 @@ const Command& WorkerCommand();
 const Command& ModelCommand();
 const Command& TokenizeCommand();
 const Command& DetokenizeCommand();
+const Command& BenchCommand();
 
 const std::vector<const Command*>& AllCommands() {
   static const auto* const kCommands = new std::vector<const Command*>{
       &ServeCommand(), &GatewayCommand(),  &WorkerCommand(),
       &ModelCommand(), &TokenizeCommand(), &DetokenizeCommand(),
+      &BenchCommand(),
   };
   return *kCommands;
 }

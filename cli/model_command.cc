@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "cli/cli_util.h"
 #include "cli/command.h"
+#include "cli/engine_flags.h"
 #include "cli/model_flag.h"
 #include "common/status.h"
 #include "nlohmann/json.hpp"
@@ -31,16 +32,12 @@ ABSL_FLAG(std::string, state_in, "",
           "eval: start from this state file instead of the zero state.");
 ABSL_FLAG(std::string, state_out, "",
           "eval: write the final state to this file (docs/state-format.md).");
-ABSL_FLAG(int, threads, 0, "Engine threads; 0 = one per CPU.");
-ABSL_FLAG(std::string, precision, "as-stored",
-          "Weights in memory: as-stored, f32 or bf16.");
 ABSL_FLAG(std::string, arch, "x070", "random: architecture (x070).");
 ABSL_FLAG(int, layers, 2, "random: number of layers.");
 ABSL_FLAG(int, embd, 128, "random: width n_embd.");
 ABSL_FLAG(int, head_size, 64, "random: head size (divides --embd).");
 ABSL_FLAG(int, ffn, 0, "random: FFN width; 0 = 4 * embd.");
 ABSL_FLAG(uint64_t, seed, 1, "random: RNG seed.");
-ABSL_FLAG(std::string, dtype, "f32", "random: stored dtype: f32, bf16, f16.");
 ABSL_FLAG(std::string, out, "",
           "random: output path; .safetensors or .pth by extension.");
 
@@ -50,30 +47,13 @@ namespace {
 using engine::Model;
 using engine::ModelOptions;
 
-absl::StatusOr<ModelOptions> EngineOptions() {
-  ModelOptions o;
-  o.threads = absl::GetFlag(FLAGS_threads);
-  const std::string p = absl::GetFlag(FLAGS_precision);
-  if (p == "as-stored") {
-    o.precision = engine::WeightPrecision::kAsStored;
-  } else if (p == "f32") {
-    o.precision = engine::WeightPrecision::kF32;
-  } else if (p == "bf16") {
-    o.precision = engine::WeightPrecision::kBF16;
-  } else {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "--precision must be as-stored, f32 or bf16");
-  }
-  return o;
-}
-
 absl::StatusOr<std::unique_ptr<Model>> LoadFlagModel() {
   const std::string path = ModelFlagValue();
   if (path.empty()) {
     return InvalidArgumentError(Reason::kInvalidArgument,
                                 "--model is required");
   }
-  SS_ASSIGN_OR_RETURN(ModelOptions options, EngineOptions());
+  SS_ASSIGN_OR_RETURN(ModelOptions options, EngineOptionsFromFlags());
   return engine::LoadModel(path, options);
 }
 
@@ -178,8 +158,8 @@ absl::Status Random() {
     return InvalidArgumentError(Reason::kInvalidArgument, "--out is required");
   }
   engine::DType dtype;
-  const std::string d = absl::GetFlag(FLAGS_dtype);
-  if (d == "f32") {
+  const std::string d = DtypeFlagValue();
+  if (d.empty() || d == "f32") {
     dtype = engine::DType::kF32;
   } else if (d == "bf16") {
     dtype = engine::DType::kBF16;
@@ -236,7 +216,8 @@ const Command& ModelCommand() {
       "               [--head-size 64] [--ffn F] [--seed S] [--dtype f32]\n"
       "               --out PATH\n"
       "      Writes a random-weight model with official key names.",
-      {__FILE__, kModelFlagFile, kTokenFlagsFile, kVocabFlagFile},
+      {__FILE__, kModelFlagFile, kTokenFlagsFile, kVocabFlagFile,
+       kEngineFlagsFile},
       &RunModel};
   return kCommand;
 }

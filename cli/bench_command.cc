@@ -1,0 +1,221 @@
+// SPDX-License-Identifier: Apache-2.0
+// `statestream bench engine`: engine throughput on one machine, beside the
+// memory-bandwidth roofline measured in the same run. One JSON line.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <iostream>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "cli/cli_util.h"
+#include "cli/command.h"
+#include "cli/engine_flags.h"
+#include "cli/model_flag.h"
+#include "common/status.h"
+#include "nlohmann/json.hpp"
+#include "worker/engine/model.h"
+
+ABSL_FLAG(std::string, mode, "decode",
+          "decode: one token per session per step; prefill: --tokens tokens "
+          "of one session in one call.");
+ABSL_FLAG(int, batch, 1, "decode: sessions decoded together.");
+ABSL_FLAG(double, seconds, 3, "Minimum measuring time.");
+
+namespace statestream::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// Read bandwidth of `threads` threads summing a 512 MiB buffer (best of 3),
+// in bytes per second.
+double MeasureReadBandwidth(int threads) {
+  const size_t n = (size_t{512} << 20) / sizeof(uint64_t);
+  std::vector<uint64_t> buf(n, 1);
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    std::vector<uint64_t> sums(threads);
+    const auto t0 = Clock::now();
+    std::vector<std::thread> ts;
+    for (int t = 0; t < threads; ++t) {
+      ts.emplace_back([&, t] {
+        const size_t b = n * t / threads, e = n * (t + 1) / threads;
+        uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (size_t i = b; i + 4 <= e; i += 4) {
+          s0 += buf[i];
+          s1 += buf[i + 1];
+          s2 += buf[i + 2];
+          s3 += buf[i + 3];
+        }
+        sums[t] = s0 + s1 + s2 + s3;
+      });
+    }
+    for (auto& t : ts) t.join();
+    const double s = Seconds(t0, Clock::now());
+    uint64_t total = 0;
+    for (uint64_t v : sums) total += v;
+    if (total == 0) return 0;  // keeps the loop alive
+    best = std::max(best, static_cast<double>(n * sizeof(uint64_t)) / s);
+  }
+  return best;
+}
+
+// Bytes of weights a decode step reads once: every matrix except the
+// embedding (one row per token).
+double WeightBytesPerStep(const engine::ModelInfo& info, double bytes_per_w) {
+  const engine::ModelConfig& c = info.config;
+  const double emb = static_cast<double>(c.vocab_size) * c.n_embd;
+  return (static_cast<double>(info.params) - emb) * bytes_per_w;
+}
+
+absl::Status BenchEngine() {
+  const std::string mode = absl::GetFlag(FLAGS_mode);
+  if (mode != "decode" && mode != "prefill") {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "--mode must be decode or prefill");
+  }
+  const int batch = absl::GetFlag(FLAGS_batch);
+  if (batch < 1 || batch > 4096) {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "--batch must be in [1, 4096]");
+  }
+  int tokens = mode == "decode" ? 1 : 512;
+  if (const std::string t = TokensFlagValue(); !t.empty()) {
+    if (!absl::SimpleAtoi(t, &tokens) || tokens < 1 || tokens > (1 << 20)) {
+      return InvalidArgumentError(Reason::kInvalidArgument,
+                                  "--tokens must be a count in [1, 2^20]");
+    }
+  }
+  SS_ASSIGN_OR_RETURN(engine::ModelOptions options, EngineOptionsFromFlags());
+  std::string dtype = DtypeFlagValue();
+  if (dtype.empty() || dtype == "fp32" || dtype == "f32") {
+    dtype = "fp32";
+    options.precision = engine::WeightPrecision::kF32;
+  } else if (dtype == "bf16") {
+    options.precision = engine::WeightPrecision::kBF16;
+  } else if (dtype == "int8") {
+    return MakeError(absl::StatusCode::kUnimplemented, Reason::kInvalidArgument,
+                     "--dtype int8: int8 weights are not available yet "
+                     "(issue 7); use fp32 or bf16");
+  } else {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "--dtype must be fp32, bf16 or int8");
+  }
+  const std::string path = ModelFlagValue();
+  if (path.empty()) {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "--model is required");
+  }
+  SS_ASSIGN_OR_RETURN(auto model, engine::LoadModel(path, options));
+  const engine::ModelInfo& info = model->info();
+  const int V = info.config.vocab_size;
+  const int threads =
+      options.threads > 0
+          ? options.threads
+          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+
+  // Work: `sessions` states; each step feeds `per_step` tokens per session.
+  const int sessions = mode == "decode" ? batch : 1;
+  const int per_step = mode == "decode" ? 1 : tokens;
+  std::vector<std::vector<float>> states(
+      sessions, std::vector<float>(info.state_floats, 0.0f));
+  std::vector<int32_t> input(static_cast<size_t>(sessions) * per_step);
+  for (size_t i = 0; i < input.size(); ++i) {
+    input[i] = static_cast<int32_t>((i * 7919 + 13) % V);
+  }
+  std::vector<float> logits(static_cast<size_t>(sessions) * V);
+  const int32_t last = per_step - 1;
+  std::vector<engine::SequenceWork> work(sessions);
+  for (int s = 0; s < sessions; ++s) {
+    work[s].tokens = absl::MakeConstSpan(
+        &input[static_cast<size_t>(s) * per_step], per_step);
+    work[s].state = states[s].data();
+    work[s].logit_positions = absl::MakeConstSpan(&last, 1);
+    work[s].logits = &logits[static_cast<size_t>(s) * V];
+  }
+  SS_RETURN_IF_ERROR(model->Forward(work));  // warm-up
+  std::vector<double> step_s;
+  const double min_seconds = absl::GetFlag(FLAGS_seconds);
+  const auto start = Clock::now();
+  while (step_s.size() < 3 || Seconds(start, Clock::now()) < min_seconds) {
+    const auto t0 = Clock::now();
+    SS_RETURN_IF_ERROR(model->Forward(work));
+    step_s.push_back(Seconds(t0, Clock::now()));
+    if (step_s.size() >= 100000) break;
+  }
+  std::sort(step_s.begin(), step_s.end());
+  const double median = step_s[step_s.size() / 2];
+  const double tokens_per_step = static_cast<double>(sessions) * per_step;
+
+  const double bandwidth = MeasureReadBandwidth(threads);
+  const double bytes_per_w =
+      options.precision == engine::WeightPrecision::kBF16 ? 2 : 4;
+  const double step_bytes = WeightBytesPerStep(info, bytes_per_w) +
+                            2.0 * 4 * info.state_floats * sessions;
+  rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+
+  nlohmann::ordered_json j;
+  j["mode"] = mode;
+  j["dtype"] = dtype;
+  j["batch"] = sessions;
+  j["tokens"] = per_step;
+  j["threads"] = threads;
+  j["kernels"] = info.kernels;
+  j["tokens_per_s"] = tokens_per_step / median;
+  j["ms_per_step_median"] = median * 1e3;
+  j["steps"] = step_s.size();
+  j["params"] = info.params;
+  j["weight_bytes_per_step"] = WeightBytesPerStep(info, bytes_per_w);
+  j["read_bandwidth_gb_s"] = bandwidth / 1e9;
+  if (mode == "decode") {
+    // Decode is bound by reading the weights (and states) once per step.
+    const double roofline = tokens_per_step * bandwidth / step_bytes;
+    j["roofline_tokens_per_s"] = roofline;
+    j["roofline_fraction"] = (tokens_per_step / median) / roofline;
+  } else {
+    // Prefill is bound by arithmetic: 2 FLOPs per weight per token.
+    j["gflop_per_s"] =
+        2.0 * WeightBytesPerStep(info, 1) * tokens_per_step / median / 1e9;
+  }
+  j["peak_rss_mib"] = ru.ru_maxrss / 1024.0;
+  std::cout << j.dump() << "\n";
+  return absl::OkStatus();
+}
+
+int RunBench(const std::vector<std::string>& args) {
+  if (args.size() != 1 || args[0] != "engine") {
+    std::cerr << "statestream bench: expected 'engine'\n";
+    return kExitUsage;
+  }
+  return ReportStatus(BenchEngine());
+}
+
+}  // namespace
+
+const Command& BenchCommand() {
+  static const Command kCommand{
+      "bench",
+      "Measure engine throughput against the machine's memory bandwidth.",
+      "engine --model PATH --mode decode|prefill [--batch B] [--tokens N]\n"
+      "             [--dtype fp32|bf16|int8] [--threads T] [--seconds S]\n\n"
+      "Prints one JSON line: tokens_per_s (aggregate over the batch), the\n"
+      "median step time, the read bandwidth measured in the same run, the\n"
+      "decode roofline (weights + states read per step over that bandwidth)\n"
+      "and peak RSS. prefill feeds --tokens (default 512) tokens of one\n"
+      "session per call; decode feeds one token to each of --batch sessions.",
+      {__FILE__, kModelFlagFile, kEngineFlagsFile, kTokenFlagsFile},
+      &RunBench};
+  return kCommand;
+}
+
+}  // namespace statestream::cli

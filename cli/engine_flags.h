@@ -1,0 +1,26 @@
+// SPDX-License-Identifier: Apache-2.0
+// Flags shared by the commands that load a model in-process (`model`,
+// `bench engine`): --threads, --precision and --dtype.
+#ifndef STATESTREAM_CLI_ENGINE_FLAGS_H_
+#define STATESTREAM_CLI_ENGINE_FLAGS_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "worker/engine/model.h"
+
+namespace statestream::cli {
+
+// __FILE__ of cli/engine_flags.cc, for Command::flag_files.
+extern const char kEngineFlagsFile[];
+
+// ModelOptions from --threads and --precision (as-stored, f32, bf16).
+absl::StatusOr<engine::ModelOptions> EngineOptionsFromFlags();
+
+// The raw --dtype value: a storage dtype for `model random`, a weight
+// precision for `bench engine`.
+std::string DtypeFlagValue();
+
+}  // namespace statestream::cli
+
+#endif  // STATESTREAM_CLI_ENGINE_FLAGS_H_
