@@ -7,6 +7,9 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "worker/engine/rwkv4.h"
+#include "worker/engine/rwkv5.h"
+#include "worker/engine/rwkv6.h"
 #include "worker/engine/rwkv7.h"
 #ifdef STATESTREAM_HAVE_CUDA
 #include "worker/engine/cuda/cuda_model.h"
@@ -18,6 +21,12 @@ const char* ArchName(Arch arch) {
   switch (arch) {
     case Arch::kRwkv7:
       return "x070";
+    case Arch::kRwkv6:
+      return "x060";
+    case Arch::kRwkv5:
+      return "x052";
+    case Arch::kRwkv4:
+      return "v4";
   }
   return "unknown";
 }
@@ -85,11 +94,16 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(
     return CudaDeviceStatus();
 #endif
   }
+  // Detection by key set, in the order of docs/architectures.md.
   if (LooksLikeRwkv7(*file)) return LoadRwkv7(std::move(file), options);
+  if (LooksLikeRwkv6(*file)) return LoadRwkv6(std::move(file), options);
+  if (LooksLikeRwkv5(*file)) return LoadRwkv5(std::move(file), options);
+  if (LooksLikeRwkv4(*file)) return LoadRwkv4(std::move(file), options);
   return InvalidArgumentError(
       Reason::kInvalidModelFile,
       "unsupported architecture: the tensor names match no known RWKV "
-      "version (x070 needs blocks.N.att.r_k and blocks.N.att.w0)");
+      "version (x070 needs blocks.0.att.r_k and att.w0, x060 att.time_maa_x, "
+      "x052 att.time_faaaa with a 2-D att.time_decay, v4 att.time_first)");
 }
 
 #ifndef STATESTREAM_HAVE_CUDA

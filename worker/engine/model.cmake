@@ -3,6 +3,10 @@
 add_library(ss_engine
   model.cc
   rwkv7.cc
+  rwkv_common.cc
+  rwkv4.cc
+  rwkv5.cc
+  rwkv6.cc
   weight_loader.cc
   ops.cc
   weight_writer.cc
@@ -27,6 +31,9 @@ set_source_files_properties(kernels_avx2.cc PROPERTIES COMPILE_OPTIONS
 if(STATESTREAM_BUILD_TESTS)
   ss_add_test(engine_model_test
     SOURCES model_test.cc kernels_test.cc golden.cc
+    LIBS ss_engine nlohmann_json::nlohmann_json)
+  ss_add_test(engine_arch_test
+    SOURCES arch_golden_test.cc golden.cc
     LIBS ss_engine nlohmann_json::nlohmann_json)
 endif()
 

@@ -25,9 +25,10 @@
 
 namespace statestream::engine {
 
-enum class Arch { kRwkv7 };
+enum class Arch { kRwkv7, kRwkv6, kRwkv5, kRwkv4 };
 
-// "x070" for kRwkv7 (the names used by the official code).
+// "x070", "x060", "x052" (RWKV-5.2) or "v4" (the names used by the official
+// code and the golden files).
 const char* ArchName(Arch arch);
 
 // Dimensions, all read from tensor shapes.
@@ -35,12 +36,14 @@ struct ModelConfig {
   Arch arch = Arch::kRwkv7;
   int n_layer = 0;
   int n_embd = 0;     // C
-  int n_head = 0;     // H
+  int n_head = 0;     // H (0 for v4, which has no heads)
   int head_size = 0;  // N; C == H * N
   int dim_ffn = 0;
   int vocab_size = 0;
   // LoRA ranks (x070): decay, in-context learning rate, value residual, gate.
+  // x060 uses d_decay (time_decay_w1) and d_mix (time_maa_w1, per mix).
   int d_decay = 0, d_aaa = 0, d_mv = 0, d_gate = 0;
+  int d_mix = 0;
 };
 
 // How weight matrices are held in memory. Compute is fp32 either way.
@@ -119,8 +122,9 @@ class Model {
   // to the logits Forward returned for the same token.
   virtual absl::Status Logits(const float* hidden, int rows, float* logits) = 0;
 
-  // Writes the initial (all-zero) state into `state`.
-  void InitState(float* state) const;
+  // Writes the initial state of a session into `state`: all zeros, except
+  // where an architecture says otherwise (RWKV-4: pp = -1e30).
+  virtual void InitState(float* state) const;
 
  protected:
   explicit Model(ModelInfo info) : info_(std::move(info)) {}

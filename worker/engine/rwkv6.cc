@@ -1,0 +1,264 @@
+// SPDX-License-Identifier: Apache-2.0
+// RWKV-6 forward pass over chunks of rows (rwkv_common.h): data-dependent
+// token-shift mixes (a 5-way LoRA), a data-dependent decay (LoRA), the
+// x052-style recurrence with S[key][value], SiLU gate, GroupNorm 64e-5.
+#include "worker/engine/rwkv6.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "worker/engine/rwkv_common.h"
+
+namespace statestream::engine {
+namespace {
+
+using rwkv::Chunk;
+using rwkv::kFirstLayerBuffer;
+using rwkv::MixStyle;
+
+constexpr int kMixes = 5;  // w, k, v, r, g: the order of time_maa_w1/w2
+
+struct Layer {
+  std::vector<float> ln1_w, ln1_b, maa_x;
+  std::vector<float> maa[kMixes];  // time_maa_{w,k,v,r,g}
+  Matrix maa_w1;                   // transposed [5*Dm][C]
+  Matrix maa_w2[kMixes];           // each transposed [C][Dm]
+  std::vector<float> decay;        // time_decay [C]
+  Matrix decay_w1, decay_w2;       // transposed
+  std::vector<float> bonus;        // u = time_faaaa [H*N]
+  std::vector<float> ln_x_w, ln_x_b;
+  Matrix receptance, key, value, gate, output;
+  rwkv::ChannelMixWeights ffn;
+};
+
+// State per layer: att_x_prev[C], wkv[H][N(key)][N(value)], ffn_x_prev[C].
+class Rwkv6 final : public rwkv::ChunkedModel {
+ public:
+  using ChunkedModel::ChunkedModel;
+  absl::Status Init(WeightLoader& ld);
+
+ private:
+  void Block(int l, const Chunk& c) override;
+  void TimeMix(int l, const Chunk& c);
+  int64_t Stride() const {
+    const ModelConfig& c = info().config;
+    return 2 * C() + static_cast<int64_t>(c.n_head) * c.head_size * c.head_size;
+  }
+  float* AttShift(float* state, int l) const { return state + l * Stride(); }
+  float* Wkv(float* state, int l) const { return AttShift(state, l) + C(); }
+  float* FfnShift(float* state, int l) const {
+    return state + (l + 1) * Stride() - C();
+  }
+
+  std::vector<Layer> layers_;
+};
+
+void Rwkv6::TimeMix(int l, const Chunk& c) {
+  const Layer& L = layers_[l];
+  const ModelConfig& cfg = info().config;
+  const int C = cfg.n_embd, H = cfg.n_head, N = cfg.head_size, rows = c.rows;
+  const int dm = cfg.d_mix, dd = cfg.d_decay;
+  const int64_t n = static_cast<int64_t>(rows) * C;
+  int buf = kFirstLayerBuffer;
+  float* xx = c.ws.Get(1, C);
+  float* d = c.ws.Get(buf++, C);  // previous row minus current
+  float* xxx = c.ws.Get(buf++, C);
+  float* m = c.ws.Get(buf++, kMixes * dm);
+  float* lora = c.ws.Get(buf++, dd);
+  float* mf = c.ws.Get(buf++, C);
+  float* xs[kMixes];  // mixed inputs w, k, v, r, g
+  for (float*& p : xs) p = c.ws.Get(buf++, C);
+  float* r = c.ws.Get(buf++, C);
+  float* k = c.ws.Get(buf++, C);
+  float* v = c.ws.Get(buf++, C);
+  float* g = c.ws.Get(buf++, C);
+  float* w = c.ws.Get(buf++, C);
+  float* y = c.ws.Get(buf++, C);
+  float* out = c.ws.Get(buf++, C);
+  for (int t = 0; t < rows; ++t) {
+    LayerNorm(c.x + static_cast<int64_t>(t) * C, C, L.ln1_w.data(),
+              L.ln1_b.data(), rwkv::kLayerNormEps,
+              xx + static_cast<int64_t>(t) * C);
+  }
+  auto att_shift = [this, l](float* s) { return AttShift(s, l); };
+  rwkv::ForEachShift(c, xx, C, att_shift,
+                     [&](int t, const float* cur, const float* prev) {
+                       const int64_t o = static_cast<int64_t>(t) * C;
+                       for (int i = 0; i < C; ++i) {
+                         d[o + i] = prev[i] - cur[i];
+                         xxx[o + i] = cur[i] + d[o + i] * L.maa_x[i];
+                       }
+                     });
+  Trace(l, "ln1_out", xx, C);
+  // m = tanh(xxx @ maa_w1), then x_f = xx + d * (maa_f + m_f @ maa_w2[f]).
+  MatMul(k_, pool_, L.maa_w1, xxx, C, rows, m, kMixes * dm);
+  for (int64_t i = 0; i < static_cast<int64_t>(rows) * kMixes * dm; ++i) {
+    m[i] = std::tanh(m[i]);
+  }
+  for (int f = 0; f < kMixes; ++f) {
+    MatMul(k_, pool_, L.maa_w2[f], m + f * dm, kMixes * dm, rows, mf, C);
+    for (int t = 0; t < rows; ++t) {
+      for (int i = 0; i < C; ++i) {
+        const int64_t j = static_cast<int64_t>(t) * C + i;
+        xs[f][j] = xx[j] + d[j] * (L.maa[f][i] + mf[j]);
+      }
+    }
+  }
+  Mul(L.receptance, xs[3], rows, r);
+  Mul(L.key, xs[1], rows, k);
+  Mul(L.value, xs[2], rows, v);
+  Mul(L.gate, xs[4], rows, g);
+  for (int64_t i = 0; i < n; ++i) g[i] = g[i] * Sigmoid(g[i]);  // SiLU
+  // w = exp(-exp(time_decay + tanh(x_w @ decay_w1) @ decay_w2)).
+  Mul(L.decay_w1, xs[0], rows, lora);
+  for (int64_t i = 0; i < static_cast<int64_t>(rows) * dd; ++i) {
+    lora[i] = std::tanh(lora[i]);
+  }
+  Mul(L.decay_w2, lora, rows, w);
+  for (int t = 0; t < rows; ++t) {
+    for (int i = 0; i < C; ++i) {
+      float& wi = w[static_cast<int64_t>(t) * C + i];
+      wi = std::exp(-std::exp(L.decay[i] + wi));
+    }
+  }
+  Trace(l, "r", r, C);
+  Trace(l, "k", k, C);
+  Trace(l, "v", v, C);
+  Trace(l, "g", g, C);
+  Trace(l, "w_decay", w, C);
+  // The recurrence: one task per (segment, head), rows in order.
+  pool_.ParallelFor(static_cast<int>(c.segs.size()) * H, [&](int task) {
+    const rwkv::Segment& seg = c.segs[task / H];
+    const int h = task % H;
+    float* S = Wkv(c.batch[seg.seq].state, l) + static_cast<int64_t>(h) * N * N;
+    for (int t = seg.begin; t < seg.end; ++t) {
+      const int64_t o = static_cast<int64_t>(t) * C + h * N;
+      rwkv::WkvStep5(S, N, r + o, k + o, v + o, w + o, &L.bonus[h * N], y + o);
+    }
+  });
+  Trace(l, "wkv_out", y, C);
+  for (int t = 0; t < rows; ++t) {
+    float* yt = y + static_cast<int64_t>(t) * C;
+    GroupNorm(yt, H, N, L.ln_x_w.data(), L.ln_x_b.data(), rwkv::kGroupNormEps,
+              yt);
+  }
+  Trace(l, "ln_x_out", y, C);
+  for (int64_t i = 0; i < n; ++i) y[i] *= g[i];
+  Mul(L.output, y, rows, out);
+  Trace(l, "att_out", out, C);
+  for (int64_t i = 0; i < n; ++i) c.x[i] += out[i];
+  rwkv::SaveShift(c, xx, C, att_shift);
+}
+
+void Rwkv6::Block(int l, const Chunk& c) {
+  TimeMix(l, c);
+  ChannelMix(l, c, layers_[l].ffn, MixStyle::kPrevious,
+             [this, l](float* s) { return FfnShift(s, l); });
+}
+
+absl::Status Rwkv6::Init(WeightLoader& ld) {
+  const ModelConfig& cfg = info().config;
+  const int C = cfg.n_embd, dm = cfg.d_mix;
+  SS_RETURN_IF_ERROR(LoadEmbeddingAndHead(ld));
+  layers_.resize(cfg.n_layer);
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    Layer& L = layers_[l];
+    const std::string b = absl::StrCat("blocks.", l, ".");
+    const std::string a = b + "att.";
+    SS_RETURN_IF_ERROR(ld.Vector(b + "ln1.weight", C, &L.ln1_w));
+    SS_RETURN_IF_ERROR(ld.Vector(b + "ln1.bias", C, &L.ln1_b));
+    SS_RETURN_IF_ERROR(ld.Vector(a + "time_maa_x", C, &L.maa_x));
+    const char* names[kMixes] = {"w", "k", "v", "r", "g"};
+    for (int f = 0; f < kMixes; ++f) {
+      SS_RETURN_IF_ERROR(
+          ld.Vector(absl::StrCat(a, "time_maa_", names[f]), C, &L.maa[f]));
+    }
+    SS_RETURN_IF_ERROR(ld.MatT(a + "time_maa_w1", C, kMixes * dm, &L.maa_w1));
+    // time_maa_w2 is [5, Dm, C]: five x @ [Dm, C] factors, each stored
+    // transposed as [C][Dm] for the [out][in] kernels.
+    const std::string w2 = a + "time_maa_w2";
+    SS_ASSIGN_OR_RETURN(std::vector<int64_t> shape, ld.Shape(w2));
+    if (shape != std::vector<int64_t>{kMixes, dm, C}) {
+      return rwkv::BadModel(absl::StrCat("tensor ", w2, " must be [", kMixes,
+                                         ",", dm, ",", C, "]"));
+    }
+    std::vector<float> all;
+    SS_RETURN_IF_ERROR(ld.Vector(w2, int64_t{kMixes} * dm * C, &all));
+    for (int f = 0; f < kMixes; ++f) {
+      Matrix& mt = L.maa_w2[f];
+      mt.rows = C;
+      mt.cols = dm;
+      mt.f32_storage.resize(static_cast<size_t>(C) * dm);
+      for (int i = 0; i < dm; ++i) {
+        for (int o = 0; o < C; ++o) {
+          mt.f32_storage[static_cast<size_t>(o) * dm + i] =
+              all[(static_cast<size_t>(f) * dm + i) * C + o];
+        }
+      }
+      mt.f32 = mt.f32_storage.data();
+    }
+    SS_RETURN_IF_ERROR(ld.Vector(a + "time_decay", C, &L.decay));
+    SS_RETURN_IF_ERROR(
+        ld.MatT(a + "time_decay_w1", C, cfg.d_decay, &L.decay_w1));
+    SS_RETURN_IF_ERROR(
+        ld.MatT(a + "time_decay_w2", cfg.d_decay, C, &L.decay_w2));
+    SS_RETURN_IF_ERROR(ld.Vector(a + "time_faaaa", C, &L.bonus));
+    SS_RETURN_IF_ERROR(ld.Mat(a + "receptance.weight", C, C, &L.receptance));
+    SS_RETURN_IF_ERROR(ld.Mat(a + "key.weight", C, C, &L.key));
+    SS_RETURN_IF_ERROR(ld.Mat(a + "value.weight", C, C, &L.value));
+    SS_RETURN_IF_ERROR(ld.Mat(a + "gate.weight", C, C, &L.gate));
+    SS_RETURN_IF_ERROR(ld.Mat(a + "output.weight", C, C, &L.output));
+    SS_RETURN_IF_ERROR(ld.Vector(a + "ln_x.weight", C, &L.ln_x_w));
+    SS_RETURN_IF_ERROR(ld.Vector(a + "ln_x.bias", C, &L.ln_x_b));
+    SS_RETURN_IF_ERROR(rwkv::LoadChannelMix(ld, l, "time_maa_k", "time_maa_r",
+                                            C, cfg.dim_ffn, &L.ffn));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool LooksLikeRwkv6(const WeightFile& file) {
+  return file.Find("blocks.0.att.time_maa_x") != nullptr;
+}
+
+absl::StatusOr<std::unique_ptr<Model>> LoadRwkv6(
+    std::shared_ptr<const WeightFile> file, const ModelOptions& options) {
+  SS_ASSIGN_OR_RETURN(rwkv::EngineSetup setup,
+                      rwkv::ResolveEngineOptions(options));
+  WeightLoader loader(file, options.precision);
+  ModelInfo info;
+  ModelConfig& c = info.config;
+  c.arch = Arch::kRwkv6;
+  SS_RETURN_IF_ERROR(rwkv::ReadCommonConfig(*file, loader, &c));
+  SS_RETURN_IF_ERROR(
+      rwkv::Dims2(loader, "blocks.0.att.time_faaaa", &c.n_head, &c.head_size));
+  if (static_cast<int64_t>(c.n_head) * c.head_size != c.n_embd) {
+    return rwkv::BadModel(absl::StrCat("att.time_faaaa is [", c.n_head, ",",
+                                       c.head_size, "] but n_embd is ",
+                                       c.n_embd));
+  }
+  int unused, mix5;
+  SS_RETURN_IF_ERROR(
+      rwkv::Dims2(loader, "blocks.0.att.time_maa_w1", &unused, &mix5));
+  if (mix5 % kMixes != 0) {
+    return rwkv::BadModel("att.time_maa_w1's second dimension is not 5 * D");
+  }
+  c.d_mix = mix5 / kMixes;
+  SS_RETURN_IF_ERROR(
+      rwkv::Dims2(loader, "blocks.0.att.time_decay_w1", &unused, &c.d_decay));
+  info.state_floats = static_cast<int64_t>(c.n_layer) *
+                      (2 * c.n_embd + static_cast<int64_t>(c.n_head) *
+                                          c.head_size * c.head_size);
+  info.kernels = setup.kernels->name;
+  auto model = std::make_unique<Rwkv6>(info, file, *setup.kernels, options,
+                                       setup.threads);
+  SS_RETURN_IF_ERROR(model->Init(loader));
+  ModelInfo& final_info = model->mutable_info();
+  final_info.params = loader.params();
+  final_info.fingerprint = rwkv::Fingerprint(c, loader);
+  return model;
+}
+
+}  // namespace statestream::engine

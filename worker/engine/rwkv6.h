@@ -1,0 +1,23 @@
+// SPDX-License-Identifier: Apache-2.0
+// RWKV-6 "x060" (Finch). Equations: ../shared/testdata/README.md; state
+// layout: docs/architectures.md. Internal to the engine; use LoadModel().
+#ifndef STATESTREAM_WORKER_ENGINE_RWKV6_H_
+#define STATESTREAM_WORKER_ENGINE_RWKV6_H_
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "worker/engine/model.h"
+
+namespace statestream::engine {
+
+// True when the checkpoint has blocks.0.att.time_maa_x (test after x070:
+// see LoadModel).
+bool LooksLikeRwkv6(const WeightFile& file);
+
+absl::StatusOr<std::unique_ptr<Model>> LoadRwkv6(
+    std::shared_ptr<const WeightFile> file, const ModelOptions& options);
+
+}  // namespace statestream::engine
+
+#endif  // STATESTREAM_WORKER_ENGINE_RWKV6_H_

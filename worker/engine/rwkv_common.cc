@@ -1,0 +1,281 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "worker/engine/rwkv_common.h"
+
+#include <algorithm>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/status.h"
+
+namespace statestream::engine::rwkv {
+
+float* Workspace::Get(int id, size_t floats_per_row) {
+  if (bufs_.size() <= static_cast<size_t>(id)) bufs_.resize(id + 1);
+  std::vector<float>& b = bufs_[id];
+  const size_t n = floats_per_row * kMaxRows;
+  if (b.size() < n) b.resize(n);
+  return b.data();
+}
+
+void ForEachShift(
+    const Chunk& c, const float* cur, int n,
+    const std::function<float*(float* state)>& shift,
+    const std::function<void(int t, const float* cur, const float* prev)>& f) {
+  for (const Segment& g : c.segs) {
+    for (int t = g.begin; t < g.end; ++t) {
+      const float* prev = t == g.begin ? shift(c.batch[g.seq].state)
+                                       : cur + static_cast<int64_t>(t - 1) * n;
+      f(t, cur + static_cast<int64_t>(t) * n, prev);
+    }
+  }
+}
+
+void SaveShift(const Chunk& c, const float* cur, int n,
+               const std::function<float*(float* state)>& shift) {
+  for (const Segment& g : c.segs) {
+    std::copy_n(cur + static_cast<int64_t>(g.end - 1) * n, n,
+                shift(c.batch[g.seq].state));
+  }
+}
+
+absl::Status LoadChannelMix(WeightLoader& ld, int l, const char* mix_k,
+                            const char* mix_r, int C, int F,
+                            ChannelMixWeights* out) {
+  const std::string b = absl::StrCat("blocks.", l, ".");
+  const std::string f = b + "ffn.";
+  SS_RETURN_IF_ERROR(ld.Vector(b + "ln2.weight", C, &out->ln_w));
+  SS_RETURN_IF_ERROR(ld.Vector(b + "ln2.bias", C, &out->ln_b));
+  SS_RETURN_IF_ERROR(ld.Vector(f + mix_k, C, &out->mix_k));
+  SS_RETURN_IF_ERROR(ld.Vector(f + mix_r, C, &out->mix_r));
+  SS_RETURN_IF_ERROR(ld.Mat(f + "key.weight", F, C, &out->key));
+  SS_RETURN_IF_ERROR(ld.Mat(f + "receptance.weight", C, C, &out->receptance));
+  return ld.Mat(f + "value.weight", C, F, &out->value);
+}
+
+void WkvStep5(float* s, int n, const float* r, const float* k, const float* v,
+              const float* w, const float* u, float* y) {
+  for (int j = 0; j < n; ++j) y[j] = 0.0f;
+  for (int i = 0; i < n; ++i) {
+    float* si = s + static_cast<int64_t>(i) * n;
+    const float ri = r[i], ki = k[i], ui = u[i], wi = w[i];
+    for (int j = 0; j < n; ++j) {
+      const float a = ki * v[j];
+      y[j] += ri * (ui * a + si[j]);
+      si[j] = a + wi * si[j];
+    }
+  }
+}
+
+void ChunkedModel::ChannelMix(int l, const Chunk& c, const ChannelMixWeights& w,
+                              MixStyle style,
+                              const std::function<float*(float*)>& shift) {
+  const int C = this->C(), F = info().config.dim_ffn, rows = c.rows;
+  // Buffers 1 and 2 are free until the logits.
+  float* xx = c.ws.Get(1, C);
+  float* xk = c.ws.Get(kFirstLayerBuffer, C);
+  float* xr = c.ws.Get(kFirstLayerBuffer + 1, C);
+  float* r = c.ws.Get(kFirstLayerBuffer + 2, C);
+  float* kv = c.ws.Get(kFirstLayerBuffer + 3, C);
+  float* hidden = c.ws.Get(kFirstLayerBuffer + 4, F);
+  for (int t = 0; t < rows; ++t) {
+    LayerNorm(c.x + static_cast<int64_t>(t) * C, C, w.ln_w.data(),
+              w.ln_b.data(), kLayerNormEps, xx + static_cast<int64_t>(t) * C);
+  }
+  ForEachShift(c, xx, C, shift,
+               [&](int t, const float* cur, const float* prev) {
+                 const int64_t o = static_cast<int64_t>(t) * C;
+                 Mix(style, cur, prev, w.mix_k.data(), C, xk + o);
+                 Mix(style, cur, prev, w.mix_r.data(), C, xr + o);
+               });
+  Trace(l, "ln2_out", xx, C);
+  Mul(w.receptance, xr, rows, r);
+  Mul(w.key, xk, rows, hidden);
+  for (int64_t i = 0; i < static_cast<int64_t>(rows) * F; ++i) {
+    const float h = std::max(hidden[i], 0.0f);
+    hidden[i] = h * h;
+  }
+  Mul(w.value, hidden, rows, kv);
+  for (int64_t i = 0; i < static_cast<int64_t>(rows) * C; ++i) {
+    kv[i] = Sigmoid(r[i]) * kv[i];
+  }
+  Trace(l, "ffn_out", kv, C);
+  for (int64_t i = 0; i < static_cast<int64_t>(rows) * C; ++i) c.x[i] += kv[i];
+  Trace(l, "x_out", c.x, C);
+  SaveShift(c, xx, C, shift);
+}
+
+ChunkedModel::ChunkedModel(ModelInfo info,
+                           std::shared_ptr<const WeightFile> file,
+                           const Kernels& kernels, const ModelOptions& options,
+                           int threads)
+    : Model(std::move(info)),
+      k_(kernels),
+      pool_(threads),
+      file_(std::move(file)),
+      trace_(options.trace) {}
+
+absl::Status ChunkedModel::LoadEmbeddingAndHead(WeightLoader& ld) {
+  const int C = this->C(), V = info().config.vocab_size;
+  SS_RETURN_IF_ERROR(ld.Mat("emb.weight", V, C, &emb_));
+  SS_RETURN_IF_ERROR(ld.Vector("blocks.0.ln0.weight", C, &ln0_w_));
+  SS_RETURN_IF_ERROR(ld.Vector("blocks.0.ln0.bias", C, &ln0_b_));
+  SS_RETURN_IF_ERROR(ld.Vector("ln_out.weight", C, &ln_out_w_));
+  SS_RETURN_IF_ERROR(ld.Vector("ln_out.bias", C, &ln_out_b_));
+  return ld.Mat("head.weight", V, C, &head_);
+}
+
+void ChunkedModel::RunChunk(absl::Span<const SequenceWork> batch,
+                            const std::vector<Segment>& segs,
+                            const int32_t* tokens, int rows, Workspace& ws) {
+  const ModelConfig& cfg = info().config;
+  const int C = cfg.n_embd, V = cfg.vocab_size;
+  float* x = ws.Get(0, C);
+  for (int t = 0; t < rows; ++t) {
+    float* xt = x + static_cast<int64_t>(t) * C;
+    emb_.ReadRow(tokens[t], xt);
+    LayerNorm(xt, C, ln0_w_.data(), ln0_b_.data(), kLayerNormEps, xt);
+  }
+  Trace(-1, "x_after_ln0", x, C);
+  const Chunk chunk{batch, segs, rows, x, ws};
+  for (int l = 0; l < cfg.n_layer; ++l) Block(l, chunk);
+  for (const Segment& g : segs) {
+    const SequenceWork& w = batch[g.seq];
+    if (w.last_hidden != nullptr && g.token_begin + (g.end - g.begin) ==
+                                        static_cast<int>(w.tokens.size())) {
+      std::copy_n(x + static_cast<int64_t>(g.end - 1) * C, C, w.last_hidden);
+    }
+  }
+  // Logits only for the rows asked for.
+  float* normed = ws.Get(1, C);
+  std::vector<float*> dest;
+  int n = 0;
+  for (const Segment& g : segs) {
+    const SequenceWork& w = batch[g.seq];
+    for (size_t j = 0; j < w.logit_positions.size(); ++j) {
+      const int p = w.logit_positions[j];
+      if (p < g.token_begin || p >= g.token_begin + (g.end - g.begin)) continue;
+      const int t = g.begin + (p - g.token_begin);
+      LayerNorm(x + static_cast<int64_t>(t) * C, C, ln_out_w_.data(),
+                ln_out_b_.data(), kLayerNormEps,
+                normed + static_cast<int64_t>(n) * C);
+      dest.push_back(w.logits + static_cast<int64_t>(j) * V);
+      ++n;
+    }
+  }
+  if (n == 0) return;
+  float* logits = ws.Get(2, V);
+  MatMul(k_, pool_, head_, normed, C, n, logits, V);
+  for (int i = 0; i < n; ++i) {
+    std::copy_n(logits + static_cast<int64_t>(i) * V, V, dest[i]);
+  }
+}
+
+absl::Status ChunkedModel::Logits(const float* hidden, int rows,
+                                  float* logits) {
+  if (rows < 0 || (rows > 0 && (hidden == nullptr || logits == nullptr))) {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "Logits: bad rows or null buffer");
+  }
+  const int C = this->C(), V = info().config.vocab_size;
+  std::vector<float> normed(static_cast<size_t>(C));
+  for (int i = 0; i < rows; ++i) {
+    LayerNorm(hidden + static_cast<int64_t>(i) * C, C, ln_out_w_.data(),
+              ln_out_b_.data(), kLayerNormEps, normed.data());
+    MatMul(k_, pool_, head_, normed.data(), C, 1,
+           logits + static_cast<int64_t>(i) * V, V);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ChunkedModel::Forward(absl::Span<const SequenceWork> batch) {
+  SS_RETURN_IF_ERROR(ValidateBatch(batch));
+  Workspace ws;
+  std::vector<Segment> segs;
+  int32_t tokens[kMaxRows];
+  int rows = 0;
+  for (size_t q = 0; q < batch.size(); ++q) {
+    const SequenceWork& w = batch[q];
+    size_t i = 0;
+    while (i < w.tokens.size()) {
+      if (rows == kMaxRows) {
+        RunChunk(batch, segs, tokens, rows, ws);
+        segs.clear();
+        rows = 0;
+      }
+      const int take = static_cast<int>(
+          std::min(w.tokens.size() - i, static_cast<size_t>(kMaxRows - rows)));
+      segs.push_back(
+          {static_cast<int>(q), rows, rows + take, static_cast<int>(i)});
+      std::copy_n(w.tokens.data() + i, take, tokens + rows);
+      rows += take;
+      i += take;
+    }
+  }
+  if (rows > 0) RunChunk(batch, segs, tokens, rows, ws);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<EngineSetup> ResolveEngineOptions(const ModelOptions& options) {
+  const Kernels* kernels = options.kernels.empty()
+                               ? &GetKernels()
+                               : GetKernelsByName(options.kernels.c_str());
+  if (kernels == nullptr) {
+    return InvalidArgumentError(
+        Reason::kInvalidArgument,
+        absl::StrCat("kernels '", options.kernels,
+                     "' are not available on this CPU"));
+  }
+  int threads = options.threads;
+  if (threads <= 0) {
+    threads =
+        static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }
+  return EngineSetup{kernels, threads};
+}
+
+absl::Status BadModel(absl::string_view what) {
+  return InvalidArgumentError(Reason::kInvalidModelFile, what);
+}
+
+absl::Status Dims2(WeightLoader& ld, const std::string& name, int* d0,
+                   int* d1) {
+  SS_ASSIGN_OR_RETURN(std::vector<int64_t> s, ld.Shape(name));
+  if (s.size() != 2 || s[0] <= 0 || s[1] <= 0 || s[0] > (1 << 24) ||
+      s[1] > (1 << 24)) {
+    return BadModel(absl::StrCat(name, " must be a non-empty 2-D tensor"));
+  }
+  *d0 = static_cast<int>(s[0]);
+  *d1 = static_cast<int>(s[1]);
+  return absl::OkStatus();
+}
+
+absl::Status ReadCommonConfig(const WeightFile& file, WeightLoader& ld,
+                              ModelConfig* c) {
+  int max_block = -1;
+  for (const std::string& name : file.Names()) {
+    if (!absl::StartsWith(name, "blocks.")) continue;
+    std::vector<absl::string_view> parts = absl::StrSplit(name, '.');
+    int idx;
+    if (parts.size() < 2 || !absl::SimpleAtoi(parts[1], &idx) || idx < 0 ||
+        idx > 4096) {
+      return BadModel(absl::StrCat("bad block index in tensor name ", name));
+    }
+    max_block = std::max(max_block, idx);
+  }
+  if (max_block < 0) return BadModel("no blocks.N tensors");
+  c->n_layer = max_block + 1;
+  int unused;
+  SS_RETURN_IF_ERROR(Dims2(ld, "emb.weight", &c->vocab_size, &c->n_embd));
+  return Dims2(ld, "blocks.0.ffn.key.weight", &c->dim_ffn, &unused);
+}
+
+std::string Fingerprint(const ModelConfig& c, const WeightLoader& ld) {
+  return absl::StrCat(ArchName(c.arch), "-L", c.n_layer, "-C", c.n_embd, "-H",
+                      c.n_head, "-F", c.dim_ffn, "-V", c.vocab_size, "-",
+                      ld.Digest());
+}
+
+}  // namespace statestream::engine::rwkv
