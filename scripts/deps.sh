@@ -8,6 +8,7 @@ PKGS=(
   libabsl-dev libhiredis-dev libsqlite3-dev libzstd-dev libxxhash-dev zlib1g-dev
   nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
   redis-server redis-tools python3 python3-grpcio grpc-proto
+  libicu-dev  # NeoX tokenizer: NFC and Unicode categories
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -5,11 +5,16 @@ add_library(ss_text
   ${CMAKE_CURRENT_LIST_DIR}/tokenizer.cc
   ${CMAKE_CURRENT_LIST_DIR}/world_tokenizer.cc
   ${CMAKE_CURRENT_LIST_DIR}/byte_tokenizer.cc
+  ${CMAKE_CURRENT_LIST_DIR}/neox_tokenizer.cc
   ${CMAKE_CURRENT_LIST_DIR}/utf8.cc
   ${CMAKE_CURRENT_LIST_DIR}/sampler.cc)
 target_include_directories(ss_text PUBLIC ${PROJECT_SOURCE_DIR})
+# ICU for the NeoX tokenizer's NFC and Unicode categories (Debian libicu-dev).
+pkg_check_modules(ICU_UC REQUIRED IMPORTED_TARGET icu-uc)
 target_link_libraries(ss_text PUBLIC ss_common absl::status absl::statusor
-                      absl::strings absl::span)
+                      absl::strings absl::span
+                      PRIVATE PkgConfig::ICU_UC absl::flat_hash_map
+                      nlohmann_json::nlohmann_json)
 
 if(STATESTREAM_BUILD_TESTS)
   # OpenSSL only for the test's sha256 check of the parsed vocabulary.
@@ -17,5 +22,8 @@ if(STATESTREAM_BUILD_TESTS)
   ss_add_test(engine_text_test
     SOURCES ${CMAKE_CURRENT_LIST_DIR}/tokenizer_test.cc
             ${CMAKE_CURRENT_LIST_DIR}/sampler_test.cc
+    LIBS ss_text OpenSSL::Crypto nlohmann_json::nlohmann_json)
+  ss_add_test(engine_neox_tokenizer_test
+    SOURCES ${CMAKE_CURRENT_LIST_DIR}/neox_tokenizer_test.cc
     LIBS ss_text OpenSSL::Crypto nlohmann_json::nlohmann_json)
 endif()

@@ -105,6 +105,27 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadWorldTokenizer(
 absl::StatusOr<std::unique_ptr<Tokenizer>> ParseWorldTokenizer(
     absl::string_view vocab_contents);
 
+// Loads the GPT-NeoX-20B byte-level BPE tokenizer (RWKV-4 Pile / Raven) from a
+// Hugging Face tokenizer.json (model.vocab, model.merges as "a b" strings or
+// pairs, added_tokens). Encoding: special added tokens, NFC, the space-run
+// added tokens, the GPT-2 pre-tokenizer, BPE by merge rank; invalid UTF-8
+// input is read with U+FFFD substitution. Decoding: the special added
+// tokens (<|endoftext|> = end_of_text_id(), <|padding|>) contribute nothing,
+// as the RWKV code's decode (skip_special_tokens). EncodeStream keeps as its
+// tail the text after the last whitespace character that follows a
+// non-whitespace one, so the tail is not bounded by max_token_bytes() for
+// long runs without whitespace. Errors: NOT_FOUND if unreadable;
+// INVALID_ARGUMENT / kInvalidModelFile for malformed JSON or a merge naming a
+// token missing from the vocab.
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadNeoxTokenizer(
+    const std::string& path);
+absl::StatusOr<std::unique_ptr<Tokenizer>> ParseNeoxTokenizer(
+    absl::string_view json);
+// Picks the tokenizer from the file type: a JSON object (tokenizer.json) is
+// the NeoX tokenizer, anything else a World vocab file.
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFile(
+    const std::string& path);
+
 // The byte-level tokenizer: id = byte value, vocab 256, no end-of-text id
 // (id 0 is the byte 0x00), tail always empty. Never fails; StatusOr for a
 // uniform factory signature.

@@ -1,0 +1,485 @@
+// SPDX-License-Identifier: Apache-2.0
+// The GPT-NeoX-20B byte-level BPE tokenizer (RWKV-4 Pile / Raven), read from
+// a Hugging Face tokenizer.json. Pipeline (../shared/testdata/README.md):
+//   1. added tokens that are not normalized (<|endoftext|>, <|padding|>)
+//      split the raw text, leftmost-longest;
+//   2. each piece is normalized to NFC (ICU);
+//   3. normalized added tokens (the 2..24-space runs) split it again,
+//      longest match at each position;
+//   4. the GPT-2 pattern splits the rest into pre-tokens (a hand-written
+//      scanner over Unicode categories, no regex engine);
+//   5. each pre-token's UTF-8 bytes are merged by BPE rank.
+// Input that is not valid UTF-8 is read with one U+FFFD per maximal invalid
+// subpart (as Rust's from_utf8_lossy), since the reference takes text.
+#include <unicode/uchar.h>
+#include <unicode/unorm2.h>
+#include <unicode/ustring.h>
+#include <unicode/utf16.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "nlohmann/json.hpp"
+#include "worker/engine/tokenizer.h"
+#include "worker/engine/utf8.h"
+
+namespace statestream::engine {
+namespace {
+
+absl::Status BadFile(absl::string_view what) {
+  return InvalidArgumentError(Reason::kInvalidModelFile,
+                              absl::StrCat("tokenizer.json: ", what));
+}
+
+// The GPT-2 byte-level alphabet: byte -> code point.
+std::array<uint32_t, 256> ByteAlphabet() {
+  std::array<uint32_t, 256> a{};
+  uint32_t next = 0x100;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= 0x21 && b <= 0x7E) ||
+                           (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+    a[b] = printable ? b : next++;
+  }
+  return a;
+}
+
+// Code points of valid-or-repaired UTF-8, as UTF-16.
+std::u16string ToUtf16(absl::string_view bytes) {
+  const std::string valid =
+      IsValidUtf8(bytes) ? std::string(bytes) : DecodeUtf8Lossy(bytes);
+  std::u16string out(valid.size() + 1, u'\0');
+  int32_t len = 0;
+  UErrorCode err = U_ZERO_ERROR;
+  u_strFromUTF8WithSub(reinterpret_cast<UChar*>(out.data()),
+                       static_cast<int32_t>(out.size()), &len, valid.data(),
+                       static_cast<int32_t>(valid.size()), 0xFFFD, nullptr,
+                       &err);
+  out.resize(U_SUCCESS(err) ? len : 0);
+  return out;
+}
+
+std::string ToUtf8(std::u16string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size();) {
+    UChar32 c;
+    U16_NEXT(s.data(), i, s.size(), c);
+    AppendUtf8(static_cast<uint32_t>(c), &out);
+  }
+  return out;
+}
+
+enum class CharClass { kLetter, kNumber, kSpace, kOther };
+
+CharClass Classify(UChar32 c) {
+  if (u_isUWhiteSpace(c)) return CharClass::kSpace;
+  switch (u_charType(c)) {
+    case U_UPPERCASE_LETTER:
+    case U_LOWERCASE_LETTER:
+    case U_TITLECASE_LETTER:
+    case U_MODIFIER_LETTER:
+    case U_OTHER_LETTER:
+      return CharClass::kLetter;
+    case U_DECIMAL_DIGIT_NUMBER:
+    case U_LETTER_NUMBER:
+    case U_OTHER_NUMBER:
+      return CharClass::kNumber;
+    default:
+      return CharClass::kOther;
+  }
+}
+
+// Splits `s` (one piece between added tokens) with
+//   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+// calling f(begin, end) in UTF-16 units for each pre-token.
+template <typename F>
+void PreTokenize(std::u16string_view s, F f) {
+  std::vector<UChar32> cps;
+  std::vector<size_t> offs;  // UTF-16 offset of each code point, plus end
+  for (size_t i = 0; i < s.size();) {
+    offs.push_back(i);
+    UChar32 c;
+    U16_NEXT(s.data(), i, s.size(), c);
+    cps.push_back(c);
+  }
+  offs.push_back(s.size());
+  std::vector<CharClass> cls(cps.size());
+  for (size_t i = 0; i < cps.size(); ++i) cls[i] = Classify(cps[i]);
+  const size_t n = cps.size();
+  size_t i = 0;
+  while (i < n) {
+    size_t end = i;
+    // 1. Contractions (lowercase only).
+    if (cps[i] == '\'' && i + 1 < n) {
+      const UChar32 a = cps[i + 1];
+      const UChar32 b = i + 2 < n ? cps[i + 2] : 0;
+      if (a == 's' || a == 't' || a == 'm' || a == 'd') {
+        end = i + 2;
+      } else if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') ||
+                 (a == 'l' && b == 'l')) {
+        end = i + 3;
+      }
+    }
+    // 2. An optional space, then a run of one class.
+    if (end == i) {
+      const size_t j = cps[i] == ' ' && i + 1 < n ? i + 1 : i;
+      if (cls[j] != CharClass::kSpace) {
+        end = j;
+        while (end < n && cls[end] == cls[j]) ++end;
+      }
+    }
+    // 3./4. Whitespace: all of a run at the end; otherwise the run minus
+    // its last character when that leaves one; otherwise one character.
+    if (end == i) {
+      size_t k = i;
+      while (k < n && cls[k] == CharClass::kSpace) ++k;
+      end = (k == n || k - i < 2) ? k : k - 1;
+    }
+    f(offs[i], offs[end]);
+    i = end;
+  }
+}
+
+class NeoxTokenizer final : public Tokenizer {
+ public:
+  absl::Status Init(const nlohmann::json& j);
+
+  absl::string_view name() const override { return "neox_bpe"; }
+  std::string fingerprint() const override { return fingerprint_; }
+  int vocab_size() const override { return static_cast<int>(bytes_.size()); }
+  size_t max_token_bytes() const override { return max_token_bytes_; }
+  std::optional<int32_t> end_of_text_id() const override { return eot_; }
+  absl::string_view TokenBytes(int32_t id) const override {
+    if (id < 0 || id >= vocab_size() || special_[id]) return {};
+    return bytes_[id];
+  }
+  std::vector<int32_t> Encode(absl::string_view bytes) const override;
+  StreamEncodeResult EncodeStream(absl::string_view tail,
+                                  absl::string_view chunk,
+                                  bool flush) const override;
+
+ private:
+  struct Added {
+    std::u16string text;
+    int32_t id;
+  };
+  // Calls f(piece) for the text between matches of `tokens` and out(id)
+  // for each match; leftmost, longest at a position.
+  template <typename Piece>
+  void SplitAdded(std::u16string_view s, const std::vector<Added>& tokens,
+                  Piece piece, std::vector<int32_t>* out) const;
+  void Bpe(absl::string_view word, std::vector<int32_t>* out) const;
+  void EncodeNormalizedPiece(std::u16string_view s,
+                             std::vector<int32_t>* out) const;
+
+  std::vector<std::string> bytes_;  // id -> bytes
+  std::vector<bool> special_;       // decodes to nothing
+  std::array<int32_t, 256> byte_id_;
+  // (left id << 32 | right id) -> (rank << 32 | merged id)
+  absl::flat_hash_map<uint64_t, uint64_t> merges_;
+  std::vector<Added> raw_added_, normalized_added_;
+  std::optional<int32_t> eot_;
+  size_t max_token_bytes_ = 1;
+  bool streamable_ = true;
+  std::string fingerprint_;
+};
+
+template <typename Piece>
+void NeoxTokenizer::SplitAdded(std::u16string_view s,
+                               const std::vector<Added>& tokens, Piece piece,
+                               std::vector<int32_t>* out) const {
+  size_t start = 0;
+  for (size_t i = 0; i < s.size();) {
+    const Added* best = nullptr;
+    for (const Added& a : tokens) {
+      if (a.text.size() <= s.size() - i &&
+          s.compare(i, a.text.size(), a.text) == 0 &&
+          (best == nullptr || a.text.size() > best->text.size())) {
+        best = &a;
+      }
+    }
+    if (best == nullptr) {
+      ++i;
+      continue;
+    }
+    if (i > start) piece(s.substr(start, i - start));
+    out->push_back(best->id);
+    i += best->text.size();
+    start = i;
+  }
+  if (start < s.size()) piece(s.substr(start));
+}
+
+void NeoxTokenizer::Bpe(absl::string_view word,
+                        std::vector<int32_t>* out) const {
+  std::vector<int32_t> sym;
+  for (char ch : word) {
+    const int32_t id = byte_id_[static_cast<uint8_t>(ch)];
+    if (id >= 0) sym.push_back(id);  // always, for valid UTF-8
+  }
+  while (sym.size() > 1) {
+    uint64_t best = UINT64_MAX;
+    size_t at = 0;
+    for (size_t i = 0; i + 1 < sym.size(); ++i) {
+      auto it = merges_.find(static_cast<uint64_t>(sym[i]) << 32 |
+                             static_cast<uint32_t>(sym[i + 1]));
+      if (it != merges_.end() && it->second < best) {
+        best = it->second;
+        at = i;
+      }
+    }
+    if (best == UINT64_MAX) break;
+    sym[at] = static_cast<int32_t>(best & 0xFFFFFFFFu);
+    sym.erase(sym.begin() + at + 1);
+  }
+  out->insert(out->end(), sym.begin(), sym.end());
+}
+
+void NeoxTokenizer::EncodeNormalizedPiece(std::u16string_view s,
+                                          std::vector<int32_t>* out) const {
+  PreTokenize(
+      s, [&](size_t b, size_t e) { Bpe(ToUtf8(s.substr(b, e - b)), out); });
+}
+
+std::vector<int32_t> NeoxTokenizer::Encode(absl::string_view bytes) const {
+  std::vector<int32_t> out;
+  const std::u16string text = ToUtf16(bytes);
+  const UNormalizer2* nfc = nullptr;
+  UErrorCode err = U_ZERO_ERROR;
+  nfc = unorm2_getNFCInstance(&err);
+  SplitAdded(
+      text, raw_added_,
+      [&](std::u16string_view piece) {
+        std::u16string norm(piece.size() * 3 + 8, u'\0');
+        UErrorCode e = U_ZERO_ERROR;
+        int32_t len =
+            unorm2_normalize(nfc, reinterpret_cast<const UChar*>(piece.data()),
+                             static_cast<int32_t>(piece.size()),
+                             reinterpret_cast<UChar*>(norm.data()),
+                             static_cast<int32_t>(norm.size()), &e);
+        if (e == U_BUFFER_OVERFLOW_ERROR) {
+          norm.assign(len, u'\0');
+          e = U_ZERO_ERROR;
+          len = unorm2_normalize(
+              nfc, reinterpret_cast<const UChar*>(piece.data()),
+              static_cast<int32_t>(piece.size()),
+              reinterpret_cast<UChar*>(norm.data()), len, &e);
+        }
+        if (U_FAILURE(e)) {
+          norm.assign(piece);  // not reached: ICU data is built in
+        } else {
+          norm.resize(len);
+        }
+        SplitAdded(
+            norm, normalized_added_,
+            [&](std::u16string_view p) { EncodeNormalizedPiece(p, &out); },
+            &out);
+      },
+      &out);
+  return out;
+}
+
+StreamEncodeResult NeoxTokenizer::EncodeStream(absl::string_view tail,
+                                               absl::string_view chunk,
+                                               bool flush) const {
+  StreamEncodeResult r;
+  std::string text = absl::StrCat(tail, chunk);
+  if (flush) {
+    r.tokens = Encode(text);
+    return r;
+  }
+  // Nothing before a whitespace character that follows a non-whitespace
+  // one can change with more input (see docs/architectures.md): cut at the
+  // last such position and keep the rest as the tail.
+  size_t cut = 0;
+  if (streamable_) {
+    UErrorCode err = U_ZERO_ERROR;
+    const UNormalizer2* nfc = unorm2_getNFCInstance(&err);
+    bool prev_space = true;
+    for (size_t i = 0; i < text.size();) {
+      const size_t at = i;
+      UChar32 c;
+      U8_NEXT(text.data(), i, text.size(), c);
+      const bool space = c >= 0 && u_isUWhiteSpace(c);
+      if (space && !prev_space && unorm2_hasBoundaryBefore(nfc, c)) cut = at;
+      prev_space = space;
+    }
+  }
+  r.tokens = Encode(absl::string_view(text).substr(0, cut));
+  r.tail = text.substr(cut);
+  return r;
+}
+
+absl::Status NeoxTokenizer::Init(const nlohmann::json& j) {
+  const nlohmann::json* model = j.contains("model") ? &j["model"] : nullptr;
+  if (model == nullptr || !model->is_object() ||
+      model->value("type", "") != "BPE" || !model->contains("vocab") ||
+      !(*model)["vocab"].is_object() || !model->contains("merges") ||
+      !(*model)["merges"].is_array()) {
+    return BadFile("no BPE model with vocab and merges");
+  }
+  if (j.contains("pre_tokenizer") && j["pre_tokenizer"].is_object() &&
+      j["pre_tokenizer"].value("type", "") != "ByteLevel") {
+    return BadFile("only the ByteLevel pre-tokenizer is supported");
+  }
+  std::array<uint32_t, 256> alphabet = ByteAlphabet();
+  absl::flat_hash_map<uint32_t, uint8_t> to_byte;
+  for (int b = 0; b < 256; ++b) to_byte[alphabet[b]] = b;
+  // Token string (byte-level alphabet) -> bytes; other characters stand for
+  // their own UTF-8 bytes.
+  auto to_bytes = [&](const std::string& s) {
+    std::string out;
+    const std::u16string u = ToUtf16(s);
+    for (size_t i = 0; i < u.size();) {
+      UChar32 c;
+      U16_NEXT(u.data(), i, u.size(), c);
+      auto it = to_byte.find(static_cast<uint32_t>(c));
+      if (it != to_byte.end()) {
+        out.push_back(static_cast<char>(it->second));
+      } else {
+        AppendUtf8(static_cast<uint32_t>(c), &out);
+      }
+    }
+    return out;
+  };
+  constexpr int64_t kMaxVocab = 1 << 22;
+  absl::flat_hash_map<std::string, int32_t> vocab;  // alphabet string -> id
+  auto assign = [&](int64_t id, std::string bytes) -> absl::Status {
+    if (id < 0 || id >= kMaxVocab) {
+      return BadFile(absl::StrCat("token id ", id, " out of range"));
+    }
+    if (static_cast<size_t>(id) >= bytes_.size()) {
+      bytes_.resize(id + 1);
+      special_.resize(id + 1, false);
+    }
+    max_token_bytes_ = std::max(max_token_bytes_, bytes.size());
+    bytes_[id] = std::move(bytes);
+    return absl::OkStatus();
+  };
+  for (const auto& [s, id] : (*model)["vocab"].items()) {
+    if (!id.is_number_integer()) return BadFile("vocab id is not an integer");
+    SS_RETURN_IF_ERROR(assign(id.get<int64_t>(), to_bytes(s)));
+    vocab[s] = id.get<int32_t>();
+  }
+  for (int b = 0; b < 256; ++b) {
+    std::string s;
+    AppendUtf8(alphabet[b], &s);
+    auto it = vocab.find(s);
+    byte_id_[b] = it == vocab.end() ? -1 : it->second;
+  }
+  uint64_t rank = 0;
+  for (const auto& m : (*model)["merges"]) {
+    std::string left, right;
+    if (m.is_string()) {
+      const std::string s = m.get<std::string>();
+      const size_t sp = s.find(' ');
+      if (sp == std::string::npos) return BadFile("merge without a space");
+      left = s.substr(0, sp);
+      right = s.substr(sp + 1);
+    } else if (m.is_array() && m.size() == 2 && m[0].is_string() &&
+               m[1].is_string()) {
+      left = m[0].get<std::string>();
+      right = m[1].get<std::string>();
+    } else {
+      return BadFile("bad merge entry");
+    }
+    auto l = vocab.find(left), r = vocab.find(right),
+         lr = vocab.find(left + right);
+    if (l == vocab.end() || r == vocab.end() || lr == vocab.end()) {
+      return BadFile(absl::StrCat("merge ", left, " ", right,
+                                  " uses a token missing from the vocab"));
+    }
+    merges_.try_emplace(static_cast<uint64_t>(l->second) << 32 |
+                            static_cast<uint32_t>(r->second),
+                        rank << 32 | static_cast<uint32_t>(lr->second));
+    ++rank;
+  }
+  if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
+    for (const auto& a : j["added_tokens"]) {
+      if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() ||
+          !a.contains("content") || !a["content"].is_string()) {
+        return BadFile("bad added token");
+      }
+      const std::string content = a["content"].get<std::string>();
+      const int32_t id = a["id"].get<int32_t>();
+      if (content.empty()) return BadFile("empty added token");
+      SS_RETURN_IF_ERROR(assign(id, content));
+      const bool special = a.value("special", false);
+      special_[id] = special;
+      if (content == "<|endoftext|>") eot_ = id;
+      Added added{ToUtf16(content), id};
+      // Streaming cuts before whitespace: safe while no added token mixes
+      // whitespace with other characters.
+      size_t spaces = 0;
+      for (char16_t c : added.text) spaces += u_isUWhiteSpace(c) ? 1 : 0;
+      if (spaces != 0 && spaces != added.text.size()) streamable_ = false;
+      (a.value("normalized", true) ? normalized_added_ : raw_added_)
+          .push_back(std::move(added));
+    }
+  }
+  if (bytes_.empty()) return BadFile("empty vocabulary");
+  uint64_t digest = 0xcbf29ce484222325ULL;  // FNV-1a 64
+  auto mix = [&digest](const void* p, size_t n) {
+    for (size_t k = 0; k < n; ++k) {
+      digest ^= static_cast<const uint8_t*>(p)[k];
+      digest *= 0x100000001b3ULL;
+    }
+  };
+  for (size_t id = 0; id < bytes_.size(); ++id) {
+    const uint32_t len = static_cast<uint32_t>(bytes_[id].size());
+    mix(&len, 4);
+    mix(bytes_[id].data(), len);
+  }
+  mix(&rank, sizeof(rank));
+  for (const auto& m : (*model)["merges"]) {
+    const std::string s = m.dump();
+    mix(s.data(), s.size());
+  }
+  fingerprint_ = absl::StrCat("neox_bpe:", absl::Hex(digest));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> ParseNeoxTokenizer(
+    absl::string_view json) {
+  nlohmann::json j = nlohmann::json::parse(json.begin(), json.end(), nullptr,
+                                           /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return BadFile("not a JSON object");
+  }
+  auto tok = std::make_unique<NeoxTokenizer>();
+  SS_RETURN_IF_ERROR(tok->Init(j));
+  return std::unique_ptr<Tokenizer>(std::move(tok));
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadNeoxTokenizer(
+    const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return NotFoundError(Reason::kInvalidModelFile,
+                         absl::StrCat("cannot read ", path));
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ParseNeoxTokenizer(ss.str());
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFile(
+    const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return NotFoundError(Reason::kInvalidModelFile,
+                         absl::StrCat("cannot read ", path));
+  }
+  char c = 0;
+  while (in.get(c) && (c == ' ' || c == '\n' || c == '\r' || c == '\t')) {
+  }
+  if (c == '{') return LoadNeoxTokenizer(path);
+  return LoadWorldTokenizer(path);
+}
+
+}  // namespace statestream::engine

@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: Apache-2.0
+// The GPT-NeoX-20B tokenizer against neox-tokenizer.golden.json (ids from
+// the HF `tokenizers` library), decoding, and streaming == whole encoding.
+#include <openssl/evp.h>
+
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "worker/engine/tokenizer.h"
+#include "worker/engine/utf8.h"
+
+namespace statestream::engine {
+namespace {
+
+const std::string kTestdata = std::string(STATESTREAM_SHARED_DIR) + "/testdata";
+
+bool ReadFile(const std::string& path, std::string* out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::ostringstream s;
+  s << in.rdbuf();
+  *out = s.str();
+  return true;
+}
+
+std::string FromHex(const std::string& hex) {
+  std::string out;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  }
+  return out;
+}
+
+std::string ToHex(absl::string_view bytes) {
+  std::string out;
+  for (char c : bytes) {
+    absl::StrAppend(&out, absl::Hex(static_cast<uint8_t>(c), absl::kZeroPad2));
+  }
+  return out;
+}
+
+// Feeds `text` in the given chunk sizes through EncodeStream.
+std::vector<int32_t> Stream(const Tokenizer& tok, const std::string& text,
+                            const std::vector<size_t>& sizes) {
+  std::vector<int32_t> ids;
+  std::string tail;
+  size_t at = 0;
+  for (size_t i = 0; at < text.size() || i == 0; ++i) {
+    const size_t n = std::min(sizes[i % sizes.size()], text.size() - at);
+    const bool last = at + n == text.size();
+    StreamEncodeResult r = tok.EncodeStream(tail, text.substr(at, n), last);
+    ids.insert(ids.end(), r.tokens.begin(), r.tokens.end());
+    tail = r.tail;
+    at += n;
+    if (last) break;
+  }
+  EXPECT_TRUE(tail.empty());
+  return ids;
+}
+
+class NeoxTokenizerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    std::string golden;
+    if (!ReadFile(kTestdata + "/neox-tokenizer.golden.json", &golden)) return;
+    golden_ = new nlohmann::json(nlohmann::json::parse(golden));
+    auto tok = LoadNeoxTokenizer(kTestdata + "/20B_tokenizer.json");
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    tokenizer_ = tok->release();
+  }
+  static void TearDownTestSuite() {
+    delete tokenizer_;
+    delete golden_;
+    tokenizer_ = nullptr;
+    golden_ = nullptr;
+  }
+  void SetUp() override {
+    if (tokenizer_ == nullptr) {
+      if (std::getenv("CI") != nullptr) FAIL() << "no testdata under CI";
+      GTEST_SKIP() << "no testdata at " << kTestdata;
+    }
+  }
+  static Tokenizer* tokenizer_;
+  static nlohmann::json* golden_;
+};
+
+Tokenizer* NeoxTokenizerTest::tokenizer_ = nullptr;
+nlohmann::json* NeoxTokenizerTest::golden_ = nullptr;
+
+TEST_F(NeoxTokenizerTest, VocabularyMatchesTheFile) {
+  const Tokenizer& tok = *tokenizer_;
+  const nlohmann::json& checks = (*golden_)["vocab_checks"];
+  EXPECT_EQ(tok.vocab_size(),
+            (*golden_)["vocab_size_including_added_tokens"].get<int>());
+  EXPECT_EQ(tok.end_of_text_id(), 0);
+  EXPECT_EQ(tok.name(), "neox_bpe");
+  // Special tokens decode to nothing; the digest uses their text.
+  std::string stream;
+  size_t total = 0;
+  for (int32_t id = 0; id < tok.vocab_size(); ++id) {
+    std::string b(tok.TokenBytes(id));
+    if (id == 0) b = "<|endoftext|>";
+    if (id == 1) b = "<|padding|>";
+    const uint32_t v[2] = {static_cast<uint32_t>(id),
+                           static_cast<uint32_t>(b.size())};
+    stream.append(reinterpret_cast<const char*>(v), 8);
+    stream += b;
+    total += b.size();
+  }
+  EXPECT_EQ(total, checks["token_bytes_total"].get<size_t>());
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int digest_len = 0;
+  ASSERT_EQ(EVP_Digest(stream.data(), stream.size(), digest, &digest_len,
+                       EVP_sha256(), nullptr),
+            1);
+  EXPECT_EQ(
+      ToHex(absl::string_view(reinterpret_cast<char*>(digest), digest_len)),
+      checks["digest_sha256"].get<std::string>());
+  EXPECT_TRUE(tok.TokenBytes(0).empty());
+  EXPECT_TRUE(tok.TokenBytes(1).empty());
+  EXPECT_EQ(tok.TokenBytes(50254), std::string(24, ' '));
+}
+
+TEST_F(NeoxTokenizerTest, EncodeMatchesReferenceIds) {
+  int n = 0;
+  for (const auto& c : (*golden_)["encode_cases"]) {
+    const std::string text = FromHex(c["utf8_hex"].get<std::string>());
+    const std::vector<int32_t> want = c["ids"].get<std::vector<int32_t>>();
+    EXPECT_EQ(tokenizer_->Encode(text), want) << c["name"];
+    ++n;
+  }
+  EXPECT_EQ(n, 70);
+}
+
+TEST_F(NeoxTokenizerTest, DecodeRoundTripsToNfc) {
+  for (const auto& c : (*golden_)["encode_cases"]) {
+    auto bytes = tokenizer_->Decode(c["ids"].get<std::vector<int32_t>>());
+    ASSERT_TRUE(bytes.ok());
+    EXPECT_EQ(DecodeUtf8Lossy(*bytes),
+              c["decoded_skip_special_tokens"].get<std::string>())
+        << c["name"];
+  }
+}
+
+TEST_F(NeoxTokenizerTest, DecodeCases) {
+  int n = 0;
+  for (const auto& c : (*golden_)["decode_cases"]) {
+    auto bytes = tokenizer_->Decode(c["ids"].get<std::vector<int32_t>>());
+    ASSERT_TRUE(bytes.ok());
+    EXPECT_EQ(ToHex(*bytes),
+              c["bytes_hex_skip_special_tokens"].get<std::string>());
+    EXPECT_EQ(DecodeUtf8Lossy(*bytes),
+              c["decoded_skip_special_tokens"].get<std::string>());
+    ++n;
+  }
+  EXPECT_EQ(n, 13);
+  std::vector<int32_t> bad = {5, 50277};
+  auto r = tokenizer_->Decode(bad);
+  EXPECT_EQ(GetReason(r.status()), Reason::kInvalidToken);
+}
+
+TEST_F(NeoxTokenizerTest, StreamingEqualsWholeEncoding) {
+  std::string all;
+  for (const auto& c : (*golden_)["encode_cases"]) {
+    const std::string text = FromHex(c["utf8_hex"].get<std::string>());
+    const std::vector<int32_t> whole = tokenizer_->Encode(text);
+    all += text;
+    // Every split into two chunks, and byte by byte.
+    for (size_t cut = 0; cut <= text.size(); ++cut) {
+      std::vector<size_t> sizes = {cut, text.size()};
+      ASSERT_EQ(Stream(*tokenizer_, text, sizes), whole)
+          << c["name"] << " cut at " << cut;
+    }
+    EXPECT_EQ(Stream(*tokenizer_, text, {1}), whole) << c["name"];
+  }
+  const std::vector<int32_t> whole = tokenizer_->Encode(all);
+  std::mt19937 rng(3);
+  for (int run = 0; run < 20; ++run) {
+    std::vector<size_t> sizes;
+    for (int i = 0; i < 50; ++i) sizes.push_back(rng() % 40);
+    sizes.push_back(1);
+    EXPECT_EQ(Stream(*tokenizer_, all, sizes), whole) << "run " << run;
+  }
+  // The tail holds back only undecided text: after a word and a space,
+  // everything before the space is final.
+  StreamEncodeResult r = tokenizer_->EncodeStream("", "Hello world foo", false);
+  EXPECT_EQ(r.tail, " foo");
+  EXPECT_EQ(r.tokens, tokenizer_->Encode("Hello world"));
+}
+
+TEST_F(NeoxTokenizerTest, InvalidUtf8IsReadWithReplacement) {
+  EXPECT_EQ(tokenizer_->Encode("a\xff"), tokenizer_->Encode("a\xEF\xBF\xBD"));
+  EXPECT_EQ(Stream(*tokenizer_, "x\xE2\x82 y\xF0\x9F", {1}),
+            tokenizer_->Encode("x\xE2\x82 y\xF0\x9F"));
+}
+
+TEST(NeoxTokenizerFileTest, PicksTokenizerByFileType) {
+  std::string probe;
+  if (!ReadFile(kTestdata + "/20B_tokenizer.json", &probe)) {
+    GTEST_SKIP() << "no testdata";
+  }
+  auto neox = LoadTokenizerFile(kTestdata + "/20B_tokenizer.json");
+  ASSERT_TRUE(neox.ok()) << neox.status();
+  EXPECT_EQ((*neox)->name(), "neox_bpe");
+  auto world = LoadTokenizerFile(kTestdata + "/rwkv_vocab_v20230424.txt");
+  ASSERT_TRUE(world.ok()) << world.status();
+  EXPECT_EQ((*world)->name(), "rwkv_world");
+  EXPECT_FALSE(LoadTokenizerFile("/nonexistent/tokenizer.json").ok());
+}
+
+TEST(NeoxTokenizerFileTest, MalformedFilesAreErrors) {
+  for (const char* bad :
+       {"", "{", "[]", "{\"model\": {}}",
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, "
+        "\"merges\": [\"a b\"]}}",
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": -1}, "
+        "\"merges\": []}}",
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": []}}"}) {
+    auto t = ParseNeoxTokenizer(bad);
+    ASSERT_FALSE(t.ok()) << bad;
+    EXPECT_EQ(GetReason(t.status()), Reason::kInvalidModelFile) << bad;
+  }
+  // A minimal valid file: two letters and their merge.
+  auto t = ParseNeoxTokenizer(
+      "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, "
+      "\"ab\": 2}, \"merges\": [[\"a\", \"b\"]]}}");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ((*t)->Encode("abab"), (std::vector<int32_t>{2, 2}));
+}
+
+}  // namespace
+}  // namespace statestream::engine
