@@ -8,6 +8,7 @@
 #include <map>
 #include <random>
 
+#include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "worker/engine/golden.h"
@@ -434,6 +435,124 @@ TEST(ArchTest, BadTokenChangesNoState) {
   absl::Status s = m->Forward({&w, 1});
   EXPECT_EQ(GetReason(s), Reason::kInvalidToken) << s;
   EXPECT_EQ(state, before);
+}
+
+// Random models of every architecture and other shapes, as .pth and
+// .safetensors in fp32 and bf16: detected, dimensions from shapes, one
+// fingerprint per weights, chunked equals one-by-one, bounded state.
+TEST(ArchTest, RandomModelsOfEveryArchitectureRoundTrip) {
+  struct Case {
+    const char* arch;
+    int layers, embd, head, vocab, ffn;
+  };
+  for (Case k :
+       {Case{"v4", 1, 64, 0, 100, 0}, Case{"v4", 3, 96, 0, 77, 200},
+        Case{"x052", 1, 64, 32, 100, 0}, Case{"x052", 2, 96, 16, 300, 224},
+        Case{"x060", 1, 64, 32, 100, 0}, Case{"x060", 3, 96, 32, 77, 0}}) {
+    RandomModelSpec spec{.n_layer = k.layers,
+                         .n_embd = k.embd,
+                         .vocab_size = k.vocab,
+                         .head_size = k.head,
+                         .dim_ffn = k.ffn,
+                         .seed = 5};
+    auto tensors = RandomModel(k.arch, spec);
+    ASSERT_TRUE(tensors.ok()) << tensors.status();
+    std::string previous;
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      std::string fingerprint;
+      for (const char* ext : {".pth", ".safetensors"}) {
+        const std::string what = absl::StrCat(k.arch, " L", k.layers, ext);
+        std::string path = TempPath(std::to_string(k.embd) + ext);
+        ASSERT_TRUE(WriteCheckpoint(path, *tensors, dtype).ok());
+        auto m = LoadModel(path);
+        std::remove(path.c_str());
+        ASSERT_TRUE(m.ok()) << what << ": " << m.status();
+        const ModelConfig& c = (*m)->info().config;
+        EXPECT_STREQ(ArchName(c.arch), k.arch) << what;
+        EXPECT_EQ(c.n_layer, k.layers) << what;
+        EXPECT_EQ(c.n_embd, k.embd) << what;
+        EXPECT_EQ(c.head_size, k.head) << what;
+        if (k.ffn != 0) {
+          EXPECT_EQ(c.dim_ffn, k.ffn) << what;
+        }
+        if (fingerprint.empty()) fingerprint = (*m)->info().fingerprint;
+        EXPECT_EQ((*m)->info().fingerprint, fingerprint) << what;
+        std::vector<int32_t> tokens = RandomTokens(80, k.vocab, 3);
+        FeedResult one = Feed(**m, tokens, 1, false);
+        ExpectBitIdentical(one, Feed(**m, tokens, 80, true), what);
+        for (float v : one.state) {
+          ASSERT_TRUE(std::isfinite(v)) << what;
+          if (c.arch != Arch::kRwkv4) {
+            ASSERT_LT(std::fabs(v), 1e3f) << what;
+          }
+        }
+      }
+      EXPECT_NE(fingerprint, previous);
+      previous = fingerprint;
+    }
+  }
+  EXPECT_FALSE(RandomModel("x999", {}).ok());
+  EXPECT_FALSE(RandomModel("x052", {.n_embd = 100, .head_size = 64}).ok());
+}
+
+TEST(ArchTest, MissingOrMisshapenTensorIsAClearError) {
+  for (const char* arch : {"v4", "x052", "x060"}) {
+    auto tensors = RandomModel(
+        arch, {.n_layer = 2, .n_embd = 64, .vocab_size = 50, .head_size = 32});
+    ASSERT_TRUE(tensors.ok());
+    for (const char* drop :
+         {"head.weight", "blocks.1.att.output.weight",
+          "blocks.1.ffn.key.weight", "blocks.1.att.time_faaaa",
+          "blocks.1.att.time_maa_w2"}) {
+      std::vector<NamedTensor> t;
+      bool dropped = false;
+      for (auto& x : *tensors) {
+        if (x.name == drop) {
+          dropped = true;
+        } else {
+          t.push_back(x);
+        }
+      }
+      if (!dropped) continue;
+      std::string path = TempPath("missing.safetensors");
+      ASSERT_TRUE(WriteCheckpoint(path, t, DType::kF32).ok());
+      auto m = LoadModel(path);
+      std::remove(path.c_str());
+      ASSERT_FALSE(m.ok()) << arch << " without " << drop;
+      EXPECT_EQ(GetReason(m.status()), Reason::kInvalidModelFile);
+      EXPECT_NE(m.status().message().find(drop), std::string::npos)
+          << m.status();
+    }
+    std::vector<NamedTensor> t = *tensors;
+    for (auto& x : t) {
+      if (x.name == "blocks.1.att.key.weight") x.shape = {32, 128};
+    }
+    std::string path = TempPath("shape.safetensors");
+    ASSERT_TRUE(WriteCheckpoint(path, t, DType::kF32).ok());
+    auto m = LoadModel(path);
+    std::remove(path.c_str());
+    ASSERT_FALSE(m.ok()) << arch;
+    EXPECT_NE(m.status().message().find("blocks.1.att.key.weight"),
+              std::string::npos)
+        << m.status();
+  }
+}
+
+// Detection from the key set: a 1-layer x052 file (which the official
+// loader's key-order test would miss) and each architecture's marker.
+TEST(ArchTest, DetectionByKeySet) {
+  for (const char* arch : {"v4", "x052", "x060", "x070"}) {
+    auto tensors = RandomModel(
+        arch, {.n_layer = 1, .n_embd = 64, .vocab_size = 50, .head_size = 32});
+    ASSERT_TRUE(tensors.ok());
+    std::vector<NamedTensor> reversed(tensors->rbegin(), tensors->rend());
+    std::string path = TempPath("detect.pth");
+    ASSERT_TRUE(WriteCheckpoint(path, reversed, DType::kF32).ok());
+    auto m = LoadModel(path);
+    std::remove(path.c_str());
+    ASSERT_TRUE(m.ok()) << arch << ": " << m.status();
+    EXPECT_STREQ(ArchName((*m)->info().config.arch), arch);
+  }
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "worker/engine/random_model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -107,6 +109,129 @@ absl::StatusOr<std::vector<NamedTensor>> RandomRwkv7(
   t.push_back(f.Uniform("ln_out.bias", {C}, -0.1f, 0.1f));
   t.push_back(f.Uniform("head.weight", {s.vocab_size, C}, -mc, mc));
   return t;
+}
+
+namespace {
+
+// The parts every v4/x052/x060 file shares: embedding, ln0, per-layer
+// ln1/ln2 and the channel mix (mix names differ), ln_out and head. `att`
+// adds a layer's time-mix tensors.
+std::vector<NamedTensor> RandomRecurrent(
+    const RandomModelSpec& s, int64_t F, const char* ffn_mix_prefix, Filler& f,
+    const std::function<void(int l, const std::string& a,
+                             std::vector<NamedTensor>& t)>& att) {
+  const int64_t C = s.n_embd;
+  const float mc = 1.0f / std::sqrt(static_cast<float>(C));
+  const float mf = 1.0f / std::sqrt(static_cast<float>(F));
+  std::vector<NamedTensor> t;
+  t.push_back(f.Uniform("emb.weight", {s.vocab_size, C}, -1, 1));
+  for (int l = 0; l < s.n_layer; ++l) {
+    const std::string b = absl::StrCat("blocks.", l, ".");
+    if (l == 0) {
+      t.push_back(f.Uniform(b + "ln0.weight", {C}, 0.8f, 1.2f));
+      t.push_back(f.Uniform(b + "ln0.bias", {C}, -0.1f, 0.1f));
+    }
+    t.push_back(f.Uniform(b + "ln1.weight", {C}, 0.8f, 1.2f));
+    t.push_back(f.Uniform(b + "ln1.bias", {C}, -0.1f, 0.1f));
+    t.push_back(f.Uniform(b + "ln2.weight", {C}, 0.8f, 1.2f));
+    t.push_back(f.Uniform(b + "ln2.bias", {C}, -0.1f, 0.1f));
+    att(l, b + "att.", t);
+    const std::string m = b + "ffn." + ffn_mix_prefix;
+    t.push_back(f.Uniform(m + "k", {1, 1, C}, 0, 1));
+    t.push_back(f.Uniform(m + "r", {1, 1, C}, 0, 1));
+    t.push_back(f.Uniform(b + "ffn.key.weight", {F, C}, -mc, mc));
+    t.push_back(f.Uniform(b + "ffn.receptance.weight", {C, C}, -mc, mc));
+    t.push_back(f.Uniform(b + "ffn.value.weight", {C, F}, -mf, mf));
+  }
+  t.push_back(f.Uniform("ln_out.weight", {C}, 0.8f, 1.2f));
+  t.push_back(f.Uniform("ln_out.bias", {C}, -0.1f, 0.1f));
+  t.push_back(f.Uniform("head.weight", {s.vocab_size, C}, -mc, mc));
+  return t;
+}
+
+absl::Status CheckDims(const std::string& arch, const RandomModelSpec& s,
+                       bool heads) {
+  if (s.n_layer < 1 || s.n_embd < 1 || s.vocab_size < 1 || s.n_layer > 512 ||
+      s.n_embd > 65536 || s.vocab_size > (1 << 20) || s.dim_ffn < 0 ||
+      (heads && (s.head_size < 1 || s.n_embd % s.head_size != 0))) {
+    return InvalidArgumentError(
+        Reason::kInvalidArgument,
+        absl::StrCat("impossible ", arch, " dimensions: layers ", s.n_layer,
+                     ", embd ", s.n_embd, ", head size ", s.head_size,
+                     ", vocab ", s.vocab_size));
+  }
+  return absl::OkStatus();
+}
+
+int64_t TrainingFfn(int c) { return (c * 7 / 2) / 32 * 32; }
+
+}  // namespace
+
+absl::StatusOr<std::vector<NamedTensor>> RandomModel(const std::string& arch,
+                                                     const RandomModelSpec& s) {
+  if (arch == "x070") return RandomRwkv7(s);
+  if (arch != "x060" && arch != "x052" && arch != "v4") {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                absl::StrCat("unknown architecture '", arch,
+                                             "' (x070, x060, x052 or v4)"));
+  }
+  SS_RETURN_IF_ERROR(CheckDims(arch, s, arch != "v4"));
+  const int64_t C = s.n_embd;
+  const int64_t F = s.dim_ffn > 0  ? s.dim_ffn
+                    : arch == "v4" ? 4 * C
+                                   : std::max<int64_t>(32, TrainingFfn(C));
+  const float mc = 1.0f / std::sqrt(static_cast<float>(C));
+  Filler f(s.seed);
+  if (arch == "v4") {
+    return RandomRecurrent(
+        s, F, "time_mix_", f,
+        [&](int, const std::string& a, std::vector<NamedTensor>& t) {
+          t.push_back(f.Uniform(a + "time_decay", {C}, -2, 1));
+          t.push_back(f.Uniform(a + "time_first", {C}, -1, 1));
+          for (const char* m : {"k", "v", "r"}) {
+            t.push_back(f.Uniform(a + "time_mix_" + m, {1, 1, C}, 0, 1));
+          }
+          for (const char* m : {"key", "value", "receptance", "output"}) {
+            t.push_back(f.Uniform(a + m + ".weight", {C, C}, -mc, mc));
+          }
+        });
+  }
+  const int64_t H = C / s.head_size, N = s.head_size;
+  auto common_att = [&](const std::string& a, std::vector<NamedTensor>& t) {
+    t.push_back(f.Uniform(a + "time_faaaa", {H, N}, -0.5f, 0.5f));
+    for (const char* m : {"receptance", "key", "value", "gate", "output"}) {
+      t.push_back(f.Uniform(a + m + ".weight", {C, C}, -mc, mc));
+    }
+    t.push_back(f.Uniform(a + "ln_x.weight", {C}, 0.8f, 1.2f));
+    t.push_back(f.Uniform(a + "ln_x.bias", {C}, -0.1f, 0.1f));
+  };
+  if (arch == "x052") {
+    return RandomRecurrent(
+        s, F, "time_mix_", f,
+        [&](int, const std::string& a, std::vector<NamedTensor>& t) {
+          for (const char* m : {"k", "v", "r", "g"}) {
+            t.push_back(f.Uniform(a + "time_mix_" + m, {1, 1, C}, 0, 1));
+          }
+          // Per-step decays exp(-exp(d)) between about 0.5 and 0.98.
+          t.push_back(f.Uniform(a + "time_decay", {H, N}, -4.0f, -0.4f));
+          common_att(a, t);
+        });
+  }
+  const int64_t dm = s.d_mix > 0 ? s.d_mix : 32;
+  const int64_t dd = s.d_decay > 0 ? s.d_decay : 64;
+  return RandomRecurrent(
+      s, F, "time_maa_", f,
+      [&](int, const std::string& a, std::vector<NamedTensor>& t) {
+        for (const char* m : {"x", "w", "k", "v", "r", "g"}) {
+          t.push_back(f.Uniform(a + "time_maa_" + m, {1, 1, C}, 0, 1));
+        }
+        t.push_back(f.Uniform(a + "time_maa_w1", {C, 5 * dm}, -mc, mc));
+        t.push_back(f.Uniform(a + "time_maa_w2", {5, dm, C}, -0.3f, 0.3f));
+        t.push_back(f.Uniform(a + "time_decay", {1, 1, C}, -4.0f, -0.4f));
+        t.push_back(f.Uniform(a + "time_decay_w1", {C, dd}, -mc, mc));
+        t.push_back(f.Uniform(a + "time_decay_w2", {dd, C}, -0.3f, 0.3f));
+        common_att(a, t);
+      });
 }
 
 }  // namespace statestream::engine

@@ -6,6 +6,7 @@
 #define STATESTREAM_WORKER_ENGINE_RANDOM_MODEL_H_
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -18,9 +19,11 @@ struct RandomModelSpec {
   int n_embd = 128;
   int vocab_size = 512;
   int head_size = 64;  // n_embd must be a multiple
-  int dim_ffn = 0;     // 0 = 4 * n_embd, as released x070 models
+  int dim_ffn = 0;     // 0 = 4 * n_embd (x070, v4); int(3.5 * n_embd) rounded
+                       // down to a multiple of 32 (x060, x052)
   // LoRA ranks; 0 = the training code's defaults for this width.
   int d_decay = 0, d_aaa = 0, d_mv = 0, d_gate = 0;
+  int d_mix = 0;  // x060 time_maa LoRA rank; 0 = 32
   uint64_t seed = 1;
 };
 
@@ -28,6 +31,12 @@ struct RandomModelSpec {
 // for impossible dimensions.
 absl::StatusOr<std::vector<NamedTensor>> RandomRwkv7(
     const RandomModelSpec& spec);
+
+// A state dict of architecture `arch` ("x070", "x060", "x052" or "v4"; v4
+// ignores head_size). INVALID_ARGUMENT for an unknown architecture or
+// impossible dimensions.
+absl::StatusOr<std::vector<NamedTensor>> RandomModel(
+    const std::string& arch, const RandomModelSpec& spec);
 
 }  // namespace statestream::engine
 
