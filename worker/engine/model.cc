@@ -90,6 +90,9 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(
       cuda.precision = options.precision;
       return LoadRwkv7Cuda(std::move(file), cuda);
     }
+    return FailedPreconditionError(
+        Reason::kInvalidArgument,
+        "the CUDA backend runs x070 models only; load this one on the cpu");
 #else
     return CudaDeviceStatus();
 #endif
