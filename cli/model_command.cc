@@ -32,11 +32,13 @@ ABSL_FLAG(std::string, state_in, "",
           "eval: start from this state file instead of the zero state.");
 ABSL_FLAG(std::string, state_out, "",
           "eval: write the final state to this file (docs/state-format.md).");
-ABSL_FLAG(std::string, arch, "x070", "random: architecture (x070).");
+ABSL_FLAG(std::string, arch, "x070",
+          "random: architecture: x070, x060, x052 or v4.");
 ABSL_FLAG(int, layers, 2, "random: number of layers.");
 ABSL_FLAG(int, embd, 128, "random: width n_embd.");
-ABSL_FLAG(int, head_size, 64, "random: head size (divides --embd).");
-ABSL_FLAG(int, ffn, 0, "random: FFN width; 0 = 4 * embd.");
+ABSL_FLAG(int, head_size, 64,
+          "random: head size (divides --embd; not for v4).");
+ABSL_FLAG(int, ffn, 0, "random: FFN width; 0 = the architecture's default.");
 ABSL_FLAG(uint64_t, seed, 1, "random: RNG seed.");
 ABSL_FLAG(std::string, out, "",
           "random: output path; .safetensors or .pth by extension.");
@@ -82,6 +84,7 @@ absl::Status Info() {
   j["params"] = i.params;
   j["state_bytes"] = i.state_floats * 4;
   j["fingerprint"] = i.fingerprint;
+  if (c.d_mix != 0) j["lora_mix"] = c.d_mix;
   j["lora"] = {{"decay", c.d_decay},
                {"aaa", c.d_aaa},
                {"mv", c.d_mv},
@@ -118,6 +121,7 @@ absl::Status Eval() {
   StateSnapshot snapshot;
   snapshot.model_fingerprint = info.fingerprint;
   snapshot.state.assign(info.state_floats, 0.0f);
+  model->InitState(snapshot.state.data());
   if (const std::string in = absl::GetFlag(FLAGS_state_in); !in.empty()) {
     SS_ASSIGN_OR_RETURN(std::string bytes, ReadFile(in));
     SS_ASSIGN_OR_RETURN(snapshot, DecodeState(bytes));
@@ -147,12 +151,6 @@ absl::Status Eval() {
 }
 
 absl::Status Random() {
-  if (absl::GetFlag(FLAGS_arch) != "x070") {
-    return InvalidArgumentError(
-        Reason::kInvalidArgument,
-        absl::StrCat("--arch ", absl::GetFlag(FLAGS_arch),
-                     " is not supported (x070)"));
-  }
   const std::string out = absl::GetFlag(FLAGS_out);
   if (out.empty()) {
     return InvalidArgumentError(Reason::kInvalidArgument, "--out is required");
@@ -179,7 +177,8 @@ absl::Status Random() {
   spec.head_size = absl::GetFlag(FLAGS_head_size);
   spec.dim_ffn = absl::GetFlag(FLAGS_ffn);
   spec.seed = absl::GetFlag(FLAGS_seed);
-  SS_ASSIGN_OR_RETURN(auto tensors, engine::RandomRwkv7(spec));
+  SS_ASSIGN_OR_RETURN(auto tensors,
+                      engine::RandomModel(absl::GetFlag(FLAGS_arch), spec));
   return engine::WriteCheckpoint(out, tensors, dtype);
 }
 
@@ -212,7 +211,7 @@ const Command& ModelCommand() {
       "  model eval   --model PATH --tokens 1,2,3 [--positions 0,7,-1]\n"
       "               [--state-in F] [--state-out F] [--threads N]\n"
       "      One JSON line {\"position\": p, \"logits\": [...]} per position.\n"
-      "  model random --arch x070 --layers L --embd C --vocab V\n"
+      "  model random --arch x070|x060|x052|v4 --layers L --embd C --vocab V\n"
       "               [--head-size 64] [--ffn F] [--seed S] [--dtype f32]\n"
       "               --out PATH\n"
       "      Writes a random-weight model with official key names.",

@@ -23,7 +23,8 @@ absl::StatusOr<std::unique_ptr<engine::Tokenizer>> LoadFlagTokenizer() {
         "--vocab is required (a vocab file or 'bytes')");
   }
   if (vocab == "bytes") return engine::MakeByteTokenizer();
-  return engine::LoadWorldTokenizer(vocab);
+  // A tokenizer.json is the NeoX tokenizer; anything else a World vocab.
+  return engine::LoadTokenizerFile(vocab);
 }
 
 absl::Status Tokenize(const std::vector<std::string>& args) {
@@ -72,8 +73,10 @@ const Command& TokenizeCommand() {
       "tokenize",
       "Print the token ids of a text as a JSON array.",
       "--vocab PATH|bytes [TEXT | -]\n\n"
-      "Encodes TEXT (or standard input for '-' or no argument) with the RWKV\n"
-      "World tokenizer (greedy longest match) or the byte tokenizer.",
+      "Encodes TEXT (or standard input for '-' or no argument) with the\n"
+      "tokenizer the file holds: a Hugging Face tokenizer.json (the GPT-NeoX\n"
+      "20B tokenizer of RWKV-4 Pile/Raven), an RWKV World vocab (greedy\n"
+      "longest match), or 'bytes' for the byte tokenizer.",
       {__FILE__, kVocabFlagFile},
       &RunTokenize};
   return kCommand;
