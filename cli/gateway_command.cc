@@ -1,12 +1,40 @@
 // SPDX-License-Identifier: Apache-2.0
 // `statestream gateway`: a stateless front end that authenticates callers
 // and routes each session's calls to the worker that owns it.
+#include <unistd.h>
+
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "cli/command.h"
+#include "cli/redis_flags.h"
 #include "cli/server_flags.h"
+#include "common/malloc_tuning.h"
+#include "services/gateway.h"
+#include "services/tenants.h"
+#include "state_store/redis_state_store.h"
+
+ABSL_FLAG(std::string, workers, "",
+          "Static worker list HOST:PORT[,...], used besides (or, without "
+          "--redis, instead of) the Redis registry.");
+ABSL_FLAG(std::string, api_keys, "",
+          "File of \"TOKEN TENANT\" lines. Callers then authenticate with "
+          "`authorization: Bearer TOKEN`. Without it the gateway runs "
+          "UNAUTHENTICATED (development mode: tenant from the "
+          "x-statestream-tenant header).");
+ABSL_FLAG(std::string, gateway_id, "",
+          "Name sent to workers as x-statestream-forwarded-by; default "
+          "gateway-HOST-PID.");
+ABSL_FLAG(absl::Duration, upstream_stall_timeout, absl::Seconds(10),
+          "A worker that answers nothing this long while requests are "
+          "outstanding is treated as failed and the call moves on.");
+ABSL_FLAG(absl::Duration, suspect_for, absl::Seconds(5),
+          "How long a worker that failed a call is avoided.");
 
 namespace statestream::cli {
 namespace {
@@ -17,9 +45,49 @@ int Run(const std::vector<std::string>& args) {
               << "\"\n";
     return kExitUsage;
   }
-  return RunServer(
-      "gateway", ServerOptionsFromFlags(), ShutdownGraceFromFlag(),
-      []() -> absl::StatusOr<ServiceSet> { return UnimplementedPublicApi(); });
+  GatewayOptions options;
+  RedisStateStoreOptions redis = RedisOptionsFromFlags();
+  for (absl::string_view w :
+       absl::StrSplit(absl::GetFlag(FLAGS_workers), ',', absl::SkipEmpty())) {
+    options.router.static_workers.emplace_back(w);
+  }
+  if (redis.addresses.empty() && options.router.static_workers.empty()) {
+    std::cerr << "statestream gateway: give --redis (registry) or --workers\n";
+    return kExitUsage;
+  }
+  options.gateway_id = absl::GetFlag(FLAGS_gateway_id);
+  if (options.gateway_id.empty()) {
+    char host[64] = {};
+    gethostname(host, sizeof(host) - 1);
+    options.gateway_id = absl::StrCat("gateway-", host, "-", getpid());
+  }
+  options.upstream_stall_timeout = absl::GetFlag(FLAGS_upstream_stall_timeout);
+  options.router.suspect_for = absl::GetFlag(FLAGS_suspect_for);
+  const std::string keys = absl::GetFlag(FLAGS_api_keys);
+  if (!keys.empty()) {
+    auto auth = TenantAuth::FromFile(keys);
+    if (!auth.ok()) {
+      std::cerr << "statestream gateway: --api-keys: "
+                << auth.status().message() << "\n";
+      return kExitUsage;
+    }
+    options.auth = *std::move(auth);
+  } else {
+    std::cerr << "statestream gateway: WARNING: no --api-keys: running "
+                 "UNAUTHENTICATED; any caller picks its tenant with the "
+                 "x-statestream-tenant header\n";
+  }
+  TuneMallocForLargeBuffers();
+  return RunServer("gateway", ServerOptionsFromFlags(), ShutdownGraceFromFlag(),
+                   [&]() -> absl::StatusOr<ServiceSet> {
+                     std::shared_ptr<StateStore> store;
+                     if (!redis.addresses.empty()) {
+                       auto opened = NewRedisStateStore(redis);
+                       if (!opened.ok()) return opened.status();
+                       store = std::shared_ptr<StateStore>(std::move(*opened));
+                     }
+                     return GatewayServices(options, std::move(store));
+                   });
 }
 
 }  // namespace
@@ -28,11 +96,13 @@ const Command& GatewayCommand() {
   static const Command kCommand{
       "gateway",
       "Run a stateless gateway that routes sessions to workers.",
-      "[flags]\n\n"
+      "--redis HOST:PORT[,...] | --workers HOST:PORT[,...] [flags]\n\n"
       "Serves the statestream.v1 API, grpc.health.v1 and server reflection,\n"
-      "forwarding each call to the session's owner worker.\n"
+      "forwarding each call to the session's owner worker (its lease\n"
+      "holder), else to a live worker chosen by rendezvous hashing; moves\n"
+      "Append and Generate streams to another worker when one fails.\n"
       "Stops cleanly on SIGINT or SIGTERM.",
-      {__FILE__, kServerFlagsFile},
+      {__FILE__, kServerFlagsFile, kRedisFlagsFile},
       &Run};
   return kCommand;
 }

@@ -48,6 +48,13 @@ absl::Duration ShutdownGraceFromFlag() {
 int RunServer(absl::string_view role, const ServerOptions& options,
               absl::Duration grace,
               absl::FunctionRef<absl::StatusOr<ServiceSet>()> build) {
+  return RunServer(role, options, grace, build, ServerHooks{});
+}
+
+int RunServer(absl::string_view role, const ServerOptions& options,
+              absl::Duration grace,
+              absl::FunctionRef<absl::StatusOr<ServiceSet>()> build,
+              const ServerHooks& hooks) {
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
@@ -68,6 +75,13 @@ int RunServer(absl::string_view role, const ServerOptions& options,
   absl::StatusOr<std::unique_ptr<Server>> server =
       Server::Start(options, *std::move(services));
   if (!server.ok()) return fail(server.status());
+  if (hooks.started) {
+    absl::Status started = hooks.started((*server)->address());
+    if (!started.ok()) {
+      (*server)->Shutdown(absl::ZeroDuration());
+      return fail(started);
+    }
+  }
 
   std::printf("listening on %s\n", (*server)->address().c_str());
   std::fflush(stdout);
@@ -81,6 +95,7 @@ int RunServer(absl::string_view role, const ServerOptions& options,
     sigwait(&signals, &again);
     std::_Exit(kExitFailure);
   }).detach();
+  if (hooks.draining) hooks.draining();
   (*server)->Shutdown(grace);
   return kExitOk;
 }

@@ -4,6 +4,9 @@
 #ifndef STATESTREAM_CLI_SERVER_FLAGS_H_
 #define STATESTREAM_CLI_SERVER_FLAGS_H_
 
+#include <functional>
+#include <string>
+
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -31,6 +34,20 @@ absl::Duration ShutdownGraceFromFlag();
 int RunServer(absl::string_view role, const ServerOptions& options,
               absl::Duration grace,
               absl::FunctionRef<absl::StatusOr<ServiceSet>()> build);
+
+// Lifecycle hooks of RunServer, for roles that announce themselves (the
+// worker registers its bound address in the cluster registry).
+struct ServerHooks {
+  // After the server is bound and serving, before "listening on" is
+  // printed, with the bound HOST:PORT. An error stops the server (exit 1).
+  std::function<absl::Status(const std::string& address)> started;
+  // At the first SIGINT/SIGTERM, before the server drains.
+  std::function<void()> draining;
+};
+int RunServer(absl::string_view role, const ServerOptions& options,
+              absl::Duration grace,
+              absl::FunctionRef<absl::StatusOr<ServiceSet>()> build,
+              const ServerHooks& hooks);
 
 }  // namespace statestream::cli
 

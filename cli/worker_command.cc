@@ -1,15 +1,124 @@
 // SPDX-License-Identifier: Apache-2.0
 // `statestream worker`: holds sessions, runs the model and checkpoints
-// session state to Redis; reached through gateways.
+// session state to Redis; registers itself in the cluster registry so that
+// gateways can route to it.
+#include <unistd.h>
+
+#include <cctype>
+#include <filesystem>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/flags/declare.h"
+#include "absl/flags/flag.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "cli/cli_util.h"
 #include "cli/command.h"
+#include "cli/model_flag.h"
+#include "cli/redis_flags.h"
 #include "cli/server_flags.h"
+#include "common/malloc_tuning.h"
+#include "services/worker_registration.h"
+#include "state_store/redis_state_store.h"
+#include "worker/scheduler.h"
+#include "worker/session_manager.h"
+#include "worker/worker_service.h"
+
+ABSL_FLAG(std::string, worker_id, "",
+          "This worker's id in the registry and as lease owner, 1-64 bytes "
+          "of [A-Za-z0-9._-], unique per process; default worker-HOST-PID.");
+ABSL_FLAG(std::string, advertise, "",
+          "HOST:PORT gateways use to reach this worker; default the bound "
+          "--listen address.");
+ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(1),
+          "Registry heartbeat period; the entry expires after three.");
+ABSL_FLAG(absl::Duration, lease_ttl, absl::Seconds(30),
+          "Session lease duration (renewed every third of it). Takeover by "
+          "another worker never waits for it: the fence makes it safe.");
+
+// Defined by `serve` (cli/serve_command.cc) and shared with it.
+ABSL_DECLARE_FLAG(std::string, data_dir);
+ABSL_DECLARE_FLAG(int64_t, checkpoint_tokens);
+ABSL_DECLARE_FLAG(absl::Duration, checkpoint_interval);
+ABSL_DECLARE_FLAG(int64_t, residency_bytes);
 
 namespace statestream::cli {
 namespace {
+
+struct WorkerOptions {
+  ServerOptions server;
+  RedisStateStoreOptions redis;
+  std::string worker_id;
+  std::string advertise;
+  absl::Duration heartbeat_interval;
+  std::string model_path;
+  std::string vocab_path;  // empty: beside the model
+  worker::SessionManagerOptions sessions;
+};
+
+// Everything the services point into, destroyed in reverse order.
+struct Worker {
+  std::unique_ptr<engine::Model> model;
+  std::unique_ptr<engine::Tokenizer> tokenizer;
+  std::unique_ptr<StateStore> store;
+  std::unique_ptr<worker::Scheduler> scheduler;
+  std::unique_ptr<worker::SessionManager> sessions;
+  std::unique_ptr<WorkerRegistration> registration;
+  ~Worker() {
+    if (registration) registration->Stop();
+    if (sessions) sessions->Drain();  // commit, release leases
+    sessions.reset();
+    scheduler.reset();
+  }
+};
+
+std::string ModelIdFromPath(const std::string& path) {
+  std::string id = std::filesystem::path(path).stem().string();
+  for (char& c : id) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' &&
+        c != '-') {
+      c = '-';
+    }
+  }
+  return id.empty() ? "model" : id.substr(0, 128);
+}
+
+absl::Status Load(const WorkerOptions& options, Worker* w,
+                  worker::SessionManagerOptions* sessions) {
+  if (options.model_path.empty()) {
+    return absl::InvalidArgumentError("--model is required");
+  }
+  if (!std::filesystem::is_regular_file(options.model_path)) {
+    return absl::NotFoundError(
+        absl::StrCat("--model ", options.model_path, ": no such file"));
+  }
+  auto model = engine::LoadModel(options.model_path);
+  if (!model.ok()) return model.status();
+  w->model = *std::move(model);
+  sessions->model_id = ModelIdFromPath(options.model_path);
+  if (w->model->info().config.vocab_size == 256) {
+    w->tokenizer = *engine::MakeByteTokenizer();
+    return absl::OkStatus();
+  }
+  std::string vocab = options.vocab_path;
+  if (vocab.empty()) {
+    vocab = (std::filesystem::path(options.model_path).parent_path() /
+             "rwkv_vocab_v20230424.txt")
+                .string();
+  }
+  auto tokenizer = engine::LoadWorldTokenizer(vocab);
+  if (!tokenizer.ok()) {
+    return absl::Status(
+        tokenizer.status().code(),
+        absl::StrCat("--vocab ", vocab, ": ", tokenizer.status().message()));
+  }
+  w->tokenizer = *std::move(tokenizer);
+  return absl::OkStatus();
+}
 
 int Run(const std::vector<std::string>& args) {
   if (!args.empty()) {
@@ -17,9 +126,93 @@ int Run(const std::vector<std::string>& args) {
               << "\"\n";
     return kExitUsage;
   }
-  return RunServer(
-      "worker", ServerOptionsFromFlags(), ShutdownGraceFromFlag(),
-      []() -> absl::StatusOr<ServiceSet> { return UnimplementedPublicApi(); });
+  if (!absl::GetFlag(FLAGS_data_dir).empty()) {
+    std::cerr << "statestream worker: --data_dir is for `serve`; a worker "
+                 "keeps state in --redis\n";
+    return kExitUsage;
+  }
+  WorkerOptions options;
+  options.server = ServerOptionsFromFlags();
+  options.redis = RedisOptionsFromFlags();
+  if (options.redis.addresses.empty()) {
+    std::cerr << "statestream worker: --redis is required\n";
+    return kExitUsage;
+  }
+  options.worker_id = absl::GetFlag(FLAGS_worker_id);
+  if (options.worker_id.empty()) {
+    char host[64] = {};
+    gethostname(host, sizeof(host) - 1);
+    options.worker_id = absl::StrCat("worker-", host, "-", getpid());
+  }
+  options.advertise = absl::GetFlag(FLAGS_advertise);
+  options.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
+  options.model_path = ModelFlagValue();
+  options.vocab_path = VocabFlagValue();
+  options.sessions.owner = options.worker_id;
+  options.sessions.lease_ttl = absl::GetFlag(FLAGS_lease_ttl);
+  options.sessions.checkpoint_tokens = absl::GetFlag(FLAGS_checkpoint_tokens);
+  options.sessions.checkpoint_interval =
+      absl::GetFlag(FLAGS_checkpoint_interval);
+  options.sessions.residency_bytes = absl::GetFlag(FLAGS_residency_bytes);
+  TuneMallocForLargeBuffers();
+
+  std::shared_ptr<Worker> kept;
+  auto build = [&]() -> absl::StatusOr<ServiceSet> {
+    auto w = std::make_shared<Worker>();
+    worker::SessionManagerOptions sessions = options.sessions;
+    absl::Status loaded = Load(options, w.get(), &sessions);
+    if (!loaded.ok()) return loaded;
+    auto store = NewRedisStateStore(options.redis);
+    if (!store.ok()) return store.status();
+    w->store = *std::move(store);
+    w->scheduler = std::make_unique<worker::Scheduler>(
+        w->model.get(), worker::SchedulerOptions{});
+    auto manager = worker::SessionManager::Create(
+        sessions, w->model.get(), w->tokenizer.get(), w->scheduler.get(),
+        w->store.get());
+    if (!manager.ok()) return manager.status();
+    w->sessions = *std::move(manager);
+    ServiceSet set = worker::PublicApiServices(w->sessions.get());
+    set.Own(w);
+    kept = w;
+    return set;
+  };
+  ServerHooks hooks;
+  hooks.started = [&](const std::string& address) -> absl::Status {
+    WorkerRegistrationOptions reg;
+    reg.info.worker_id = options.worker_id;
+    reg.info.address = options.advertise.empty() ? address : options.advertise;
+    reg.info.model_fingerprints = {kept->sessions->fingerprint()};
+    reg.heartbeat_interval = options.heartbeat_interval;
+    worker::SessionManager* manager = kept->sessions.get();
+    reg.load_fn = [manager] {
+      return static_cast<double>(manager->stats().resident);
+    };
+    auto registration = WorkerRegistration::Start(kept->store.get(), reg);
+    if (!registration.ok()) return registration.status();
+    kept->registration = *std::move(registration);
+    std::cerr << "statestream worker: registered " << options.worker_id
+              << " at " << reg.info.address << "\n";
+    return absl::OkStatus();
+  };
+  // Leave the registry first, so gateways route new sessions elsewhere
+  // while calls in flight finish.
+  hooks.draining = [&] {
+    if (kept && kept->registration) kept->registration->Stop();
+  };
+  int code = RunServer("worker", options.server, ShutdownGraceFromFlag(), build,
+                       hooks);
+  kept.reset();
+  return code;
+}
+
+const std::string& ServeFlagsFile() {
+  static const std::string* const kFile = [] {
+    std::string path = __FILE__;
+    return new std::string(path.substr(0, path.rfind('/') + 1) +
+                           "serve_command.cc");
+  }();
+  return *kFile;
 }
 
 }  // namespace
@@ -28,11 +221,14 @@ const Command& WorkerCommand() {
   static const Command kCommand{
       "worker",
       "Run a worker that serves sessions and checkpoints them to Redis.",
-      "[flags]\n\n"
+      "--redis HOST:PORT[,...] --model PATH [flags]\n\n"
       "Serves the statestream.v1 API (as forwarded by gateways),\n"
-      "grpc.health.v1 and server reflection.\n"
-      "Stops cleanly on SIGINT or SIGTERM.",
-      {__FILE__, kServerFlagsFile},
+      "grpc.health.v1 and server reflection over a Redis state store, and\n"
+      "registers itself (address, model fingerprint, load) in the Redis\n"
+      "worker registry with a heartbeat; leaves it on SIGINT/SIGTERM, then\n"
+      "finishes calls in flight, commits and releases its sessions.",
+      {__FILE__, kServerFlagsFile, kRedisFlagsFile, kModelFlagFile,
+       kVocabFlagFile, ServeFlagsFile().c_str()},
       &Run};
   return kCommand;
 }

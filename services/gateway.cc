@@ -1,0 +1,351 @@
+// SPDX-License-Identifier: Apache-2.0
+// The gateway's shared machinery (channels, tenants, threads, the stall
+// watchdog, unary failover) and its Sessions and Models services.
+#include "services/gateway.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+#include "common/status.h"
+#include "services/gateway_internal.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+
+namespace statestream::gateway {
+
+Gateway::Gateway(GatewayOptions options, StateStore* store)
+    : options_(std::move(options)), router_(store, options_.router) {
+  watchdog_ = std::thread([this] { WatchdogLoop(); });
+}
+
+Gateway::~Gateway() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    mu_.Await(absl::Condition(
+        +[](int* n) { return *n == 0; }, &threads_));
+  }
+  watchdog_.join();
+}
+
+std::shared_ptr<grpc::Channel> Gateway::Channel(const std::string& address) {
+  absl::MutexLock lock(&mu_);
+  auto& channel = channels_[address];
+  if (channel == nullptr) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(options_.max_message_bytes);
+    args.SetMaxSendMessageSize(options_.max_message_bytes);
+    // Reconnect to a restarted worker quickly.
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    channel = grpc::CreateCustomChannel(
+        address, grpc::InsecureChannelCredentials(), args);
+  }
+  return channel;
+}
+
+absl::StatusOr<std::string> Gateway::Tenant(
+    const grpc::CallbackServerContext& ctx) {
+  const auto& md = ctx.client_metadata();
+  auto get = [&md](const char* key) -> std::optional<absl::string_view> {
+    auto it = md.find(key);
+    if (it == md.end()) return std::nullopt;
+    return absl::string_view(it->second.data(), it->second.size());
+  };
+  return options_.auth.Authenticate(get("authorization"),
+                                    get("x-statestream-tenant"));
+}
+
+std::unique_ptr<grpc::ClientContext> Gateway::UpstreamContext(
+    const grpc::CallbackServerContext& ctx, const std::string& tenant,
+    int attempt) {
+  auto client = grpc::ClientContext::FromCallbackServerContext(ctx);
+  client->AddMetadata("x-statestream-tenant", tenant);
+  client->AddMetadata("x-statestream-forwarded-by", options_.gateway_id);
+  client->AddMetadata("x-statestream-attempt", absl::StrCat(attempt));
+  return client;
+}
+
+void Gateway::Spawn(std::function<void()> fn) {
+  {
+    absl::MutexLock lock(&mu_);
+    ++threads_;
+  }
+  std::thread([this, fn = std::move(fn)] {
+    fn();
+    absl::MutexLock lock(&mu_);
+    --threads_;
+  }).detach();
+}
+
+void Gateway::Watch(Watched* call) {
+  absl::MutexLock lock(&mu_);
+  watched_.insert(call);
+}
+
+void Gateway::Unwatch(Watched* call) {
+  absl::MutexLock lock(&mu_);
+  watched_.erase(call);
+}
+
+void Gateway::WatchdogLoop() {
+  absl::MutexLock lock(&mu_);
+  while (!mu_.AwaitWithTimeout(absl::Condition(&stopping_),
+                               absl::Milliseconds(100))) {
+    const absl::Time now = absl::Now();
+    // Under mu_: a call unwatches itself before it goes away.
+    for (Watched* call : watched_) call->CheckStall(now);
+  }
+}
+
+bool Gateway::ShouldFailover(const grpc::Status& status) {
+  switch (status.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE: {
+      // Transport failures carry no ErrorInfo; a draining worker says so.
+      if (status.error_details().empty()) return true;
+      return status.error_message() == "the worker is draining";
+    }
+    case grpc::StatusCode::CANCELLED:  // the worker shut down (or stalled)
+      return true;
+    case grpc::StatusCode::ABORTED:
+      return GetReason(FromGrpcStatus(status)) == Reason::kFenced;
+    default:
+      return false;
+  }
+}
+
+grpc::Status ForwardWithFailover(
+    Gateway* gateway, const grpc::CallbackServerContext& ctx,
+    const std::string& session_id, const std::string& hash_key,
+    const std::function<grpc::Status(const std::shared_ptr<grpc::Channel>&,
+                                     grpc::ClientContext*)>& call,
+    int* attempts) {
+  auto tenant = gateway->Tenant(ctx);
+  if (!tenant.ok()) return ToGrpcStatus(tenant.status());
+  std::set<std::string> exclude;
+  grpc::Status last;
+  for (int attempt = 1; attempt <= gateway->options().max_attempts; ++attempt) {
+    absl::StatusOr<Route> route =
+        session_id.empty()
+            ? gateway->router().RouteAny(absl::StrCat(*tenant, "/", hash_key),
+                                         "", exclude)
+            : gateway->router().RouteSession({*tenant, session_id}, exclude);
+    if (!route.ok()) {
+      return attempt == 1 ? ToGrpcStatus(route.status()) : last;
+    }
+    auto client = gateway->UpstreamContext(ctx, *tenant, attempt);
+    if (attempts != nullptr) *attempts = attempt;
+    last = call(gateway->Channel(route->address), client.get());
+    if (!Gateway::ShouldFailover(last) || ctx.IsCancelled()) return last;
+    gateway->router().MarkSuspect(route->worker_id);
+    exclude.insert(route->worker_id);
+  }
+  return last;
+}
+
+namespace {
+
+using v1::Sessions;
+
+// Every rpc is one line: route key and the stub method.
+#define SS_FORWARD(Service, Method, session_expr, hash_expr)                 \
+  ForwardUnary(                                                              \
+      gateway_, ctx, req, resp, session_expr, hash_expr,                     \
+      [](const std::shared_ptr<grpc::Channel>& channel,                      \
+         grpc::ClientContext* client, const auto& request, auto* response) { \
+        return v1::Service::NewStub(channel)->Method(client, request,        \
+                                                     response);              \
+      })
+
+class SessionsService final : public v1::Sessions::CallbackService {
+ public:
+  explicit SessionsService(Gateway* gateway) : gateway_(gateway) {}
+
+  grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* ctx,
+                                          const v1::CreateSessionRequest* req,
+                                          v1::Session* resp) override {
+    // A new session has no owner: rendezvous of its id (or, for a
+    // server-generated id, of the request id, so retries land together).
+    return SS_FORWARD(
+        Sessions, CreateSession, "",
+        req->session_id().empty() ? req->request_id() : req->session_id());
+  }
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* ctx,
+                                       const v1::GetSessionRequest* req,
+                                       v1::Session* resp) override {
+    return SS_FORWARD(Sessions, GetSession, req->session_id(), "");
+  }
+  grpc::ServerUnaryReactor* ListSessions(
+      grpc::CallbackServerContext* ctx, const v1::ListSessionsRequest* req,
+      v1::ListSessionsResponse* resp) override {
+    return SS_FORWARD(Sessions, ListSessions, "", "list");
+  }
+  grpc::ServerUnaryReactor* UpdateSession(grpc::CallbackServerContext* ctx,
+                                          const v1::UpdateSessionRequest* req,
+                                          v1::Session* resp) override {
+    return SS_FORWARD(Sessions, UpdateSession, req->session_id(), "");
+  }
+  grpc::ServerUnaryReactor* DeleteSession(
+      grpc::CallbackServerContext* ctx, const v1::DeleteSessionRequest* req,
+      v1::DeleteSessionResponse* resp) override {
+    return SS_FORWARD(Sessions, DeleteSession, req->session_id(), "");
+  }
+  grpc::ServerUnaryReactor* ListVersions(
+      grpc::CallbackServerContext* ctx, const v1::ListVersionsRequest* req,
+      v1::ListVersionsResponse* resp) override {
+    return SS_FORWARD(Sessions, ListVersions, req->session_id(), "");
+  }
+  grpc::ServerUnaryReactor* RollbackSession(
+      grpc::CallbackServerContext* ctx, const v1::RollbackSessionRequest* req,
+      v1::Session* resp) override {
+    return SS_FORWARD(Sessions, RollbackSession, req->session_id(), "");
+  }
+
+  // Server streaming: resent to another worker only before the first
+  // message reached the client.
+  grpc::ServerWriteReactor<v1::ExportStateResponse>* ExportState(
+      grpc::CallbackServerContext* ctx,
+      const v1::ExportStateRequest* req) override {
+    auto* writer = new BlockingWriter<v1::ExportStateResponse>();
+    gateway_->Spawn([this, ctx, req, writer] {
+      bool delivered = false;
+      grpc::Status st = ForwardWithFailover(
+          gateway_, *ctx, req->session_id(), "",
+          [&](const std::shared_ptr<grpc::Channel>& channel,
+              grpc::ClientContext* client) {
+            auto reader = Sessions::NewStub(channel)->ExportState(client, *req);
+            v1::ExportStateResponse msg;
+            while (reader->Read(&msg)) {
+              delivered = true;
+              if (!writer->Write(msg)) client->TryCancel();
+            }
+            grpc::Status s = reader->Finish();
+            if (delivered && !s.ok() && Gateway::ShouldFailover(s)) {
+              return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                  "worker lost during export; retry");
+            }
+            return s;
+          });
+      writer->Finish(st);
+      writer->Release();
+    });
+    return writer;
+  }
+
+  // Client streaming: the whole import (at most one state) is read first,
+  // so it can be resent to another worker.
+  grpc::ServerReadReactor<v1::ImportStateRequest>* ImportState(
+      grpc::CallbackServerContext* ctx, v1::Session* resp) override {
+    class Reader final
+        : public Blocking<grpc::ServerReadReactor<v1::ImportStateRequest>> {
+     public:
+      bool Read(v1::ImportStateRequest* msg) {
+        {
+          absl::MutexLock lock(&mu_);
+          reading_ = true;
+        }
+        StartRead(msg);
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(
+            +[](bool* p) { return !*p; }, &reading_));
+        return ok_;
+      }
+      void OnReadDone(bool ok) override {
+        absl::MutexLock lock(&mu_);
+        ok_ = ok;
+        reading_ = false;
+      }
+
+     private:
+      absl::Mutex mu_;
+      bool reading_ ABSL_GUARDED_BY(mu_) = false;
+      bool ok_ ABSL_GUARDED_BY(mu_) = false;
+    };
+    auto* reader = new Reader();
+    gateway_->Spawn([this, ctx, resp, reader] {
+      std::vector<v1::ImportStateRequest> parts;
+      v1::ImportStateRequest msg;
+      while (reader->Read(&msg)) parts.push_back(std::move(msg));
+      std::string session_id, hash_key;
+      if (!parts.empty() && parts[0].has_header()) {
+        const auto& header = parts[0].header();
+        if (header.mode() == v1::IMPORT_MODE_NEW_VERSION) {
+          session_id = header.session_id();
+        } else {
+          hash_key = header.session_id().empty() ? header.request_id()
+                                                 : header.session_id();
+        }
+      }
+      grpc::Status st = ForwardWithFailover(
+          gateway_, *ctx, session_id, hash_key,
+          [&](const std::shared_ptr<grpc::Channel>& channel,
+              grpc::ClientContext* client) {
+            auto writer = Sessions::NewStub(channel)->ImportState(client, resp);
+            for (const auto& part : parts) {
+              if (!writer->Write(part)) break;
+            }
+            writer->WritesDone();
+            return writer->Finish();
+          });
+      reader->Finish(st);
+      reader->Release();
+    });
+    return reader;
+  }
+
+ private:
+  Gateway* const gateway_;
+};
+
+class ModelsService final : public v1::Models::CallbackService {
+ public:
+  explicit ModelsService(Gateway* gateway) : gateway_(gateway) {}
+
+  // Answered by one worker (every worker of a deployment usually serves the
+  // same models; aggregation across heterogeneous workers is not done yet).
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* ctx,
+                                       const v1::ListModelsRequest* req,
+                                       v1::ListModelsResponse* resp) override {
+    return SS_FORWARD(Models, ListModels, "", "models");
+  }
+  grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* ctx,
+                                     const v1::GetModelRequest* req,
+                                     v1::Model* resp) override {
+    return SS_FORWARD(Models, GetModel, "", "models");
+  }
+
+ private:
+  Gateway* const gateway_;
+};
+
+#undef SS_FORWARD
+
+}  // namespace
+}  // namespace statestream::gateway
+
+namespace statestream {
+
+absl::StatusOr<ServiceSet> GatewayServices(const GatewayOptions& options,
+                                           std::shared_ptr<StateStore> store) {
+  if (store == nullptr && options.router.static_workers.empty()) {
+    return absl::InvalidArgumentError(
+        "a gateway needs a registry (Redis) or a static worker list");
+  }
+  auto gw = std::make_shared<gateway::Gateway>(options, store.get());
+  ServiceSet set;
+  set.Own(std::move(store));  // destroyed after the gateway's threads end
+  set.Add(v1::Sessions::service_full_name(),
+          std::make_unique<gateway::SessionsService>(gw.get()));
+  set.Add(v1::Streams::service_full_name(),
+          gateway::NewStreamsService(gw.get()));
+  set.Add(v1::Models::service_full_name(),
+          std::make_unique<gateway::ModelsService>(gw.get()));
+  set.Own(std::move(gw));
+  return set;
+}
+
+}  // namespace statestream

@@ -1,0 +1,76 @@
+// SPDX-License-Identifier: Apache-2.0
+// The gateway role: serves the public API (statestream.v1 Sessions,
+// Streams, Models) by forwarding every call to a worker, holding no session
+// state of its own. Routing: services/gateway_router.h. Tenants:
+// services/tenants.h. Documentation: docs/gateway.md.
+//
+// Forwarding. Each call is authenticated (tenant), routed, and sent to the
+// worker with the caller's deadline and cancellation (gRPC propagation) and
+// the metadata x-statestream-tenant, x-statestream-forwarded-by and
+// x-statestream-attempt. Responses and errors (with their ErrorInfo) come
+// back unchanged.
+//
+// Failover. A worker that fails at the transport level (connection refused
+// or reset: UNAVAILABLE without ErrorInfo), cancels a call the client did
+// not cancel (it shut down), says it is draining, fences the call
+// (ABORTED/FENCED: another worker took the session), or stalls (no
+// response for upstream_stall_timeout while requests are outstanding) is
+// marked suspect and the call moves to the next worker:
+//   * unary calls and ExportState (before its first message) are resent;
+//   * Append keeps every request not yet covered by a reported
+//     committed_input_offset (bounded: past append_buffer_bytes the next
+//     request is forwarded with checkpoint=true, and reading from the client
+//     pauses until a commit frees room) and replays them on the new owner
+//     at their original offsets; what was applied twice comes back as a
+//     duplicate and is dropped, acks already sent are not sent again;
+//   * Generate is re-issued unchanged (same request_id and seed, so the same
+//     tokens); output already delivered is checked token by token and byte
+//     by byte and skipped. If the new output differs (the session moved:
+//     uncommitted input was lost with the worker, or another backend), the
+//     call ends with UNAVAILABLE and metadata diverged_at /
+//     delivered_tokens instead of splicing two continuations.
+// Other errors end the call as the worker sent them.
+#ifndef STATESTREAM_SERVICES_GATEWAY_H_
+#define STATESTREAM_SERVICES_GATEWAY_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "services/gateway_router.h"
+#include "services/service_set.h"
+#include "services/tenants.h"
+#include "state_store/state_store.h"
+
+namespace statestream {
+
+struct GatewayOptions {
+  // Sent as x-statestream-forwarded-by.
+  std::string gateway_id = "gateway";
+  GatewayRouterOptions router;
+  // API keys; default: development mode.
+  TenantAuth auth;
+  // A worker that answers nothing this long while requests are outstanding
+  // is treated as failed (paused, partitioned). Only speed depends on it:
+  // moving a session that was merely slow is safe (fencing).
+  absl::Duration upstream_stall_timeout = absl::Seconds(10);
+  // Workers tried per call (first attempt included).
+  int max_attempts = 5;
+  // Bytes of Append requests kept for replay per call (see above).
+  int64_t append_buffer_bytes = int64_t{64} << 20;
+  // Message size limits towards workers, bytes.
+  int max_message_bytes = 8 << 20;
+};
+
+// The three public services. `store` (registry and leases) may be null when
+// options.router.static_workers is not empty; the set keeps it. Threads: one
+// per streaming call and per unary call in flight, all joined before the set is
+// destroyed.
+absl::StatusOr<ServiceSet> GatewayServices(const GatewayOptions& options,
+                                           std::shared_ptr<StateStore> store);
+
+}  // namespace statestream
+
+#endif  // STATESTREAM_SERVICES_GATEWAY_H_

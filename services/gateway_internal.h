@@ -1,0 +1,210 @@
+// SPDX-License-Identifier: Apache-2.0
+// Shared by the gateway's services (gateway.cc: unary calls and wiring;
+// gateway_streams.cc: Append and Generate). Internal to services/.
+#ifndef STATESTREAM_SERVICES_GATEWAY_INTERNAL_H_
+#define STATESTREAM_SERVICES_GATEWAY_INTERNAL_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "services/gateway.h"
+#include "services/gateway_router.h"
+
+namespace statestream::gateway {
+
+// A call the stall watchdog looks at every 100 ms.
+class Watched {
+ public:
+  virtual ~Watched() = default;
+  virtual void CheckStall(absl::Time now) = 0;
+};
+
+// Thread-safe.
+class Gateway {
+ public:
+  Gateway(GatewayOptions options, StateStore* store);
+  // Waits for every spawned thread to end.
+  ~Gateway();
+  Gateway(const Gateway&) = delete;
+  Gateway& operator=(const Gateway&) = delete;
+
+  const GatewayOptions& options() const { return options_; }
+  GatewayRouter& router() { return router_; }
+
+  // One channel per worker address, created on first use.
+  std::shared_ptr<grpc::Channel> Channel(const std::string& address);
+  // The caller's tenant (UNAUTHENTICATED as a grpc status on failure).
+  absl::StatusOr<std::string> Tenant(const grpc::CallbackServerContext& ctx);
+  // A context for one attempt towards a worker: the caller's deadline and
+  // cancellation propagate; forwarding metadata set.
+  std::unique_ptr<grpc::ClientContext> UpstreamContext(
+      const grpc::CallbackServerContext& ctx, const std::string& tenant,
+      int attempt);
+
+  // Runs `fn` on a new thread that the destructor waits for.
+  void Spawn(std::function<void()> fn);
+
+  void Watch(Watched* call);
+  void Unwatch(Watched* call);
+
+  // Whether a worker's answer means "try another worker" (see gateway.h).
+  static bool ShouldFailover(const grpc::Status& status);
+
+ private:
+  void WatchdogLoop();
+
+  const GatewayOptions options_;
+  GatewayRouter router_;
+  absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_
+      ABSL_GUARDED_BY(mu_);
+  int threads_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::set<Watched*> watched_ ABSL_GUARDED_BY(mu_);
+  std::thread watchdog_;
+};
+
+// Blocking adaptors over the callback API, so a forwarding call can be
+// written as straight-line code on its own thread. Unlike the synchronous
+// server API, Finish may be called while a Read is pending (the read then
+// fails), so a call can end with any status while the client still sends.
+// Lifetime: created with two references, one dropped by gRPC (OnDone), one
+// by the owning thread (Release) after its last use.
+template <class Base>
+class Blocking : public Base {
+ public:
+  void Release() { Unref(); }
+
+ protected:
+  void Unref() {
+    if (refs_.fetch_sub(1) == 1) delete this;
+  }
+  void OnDone() override { Unref(); }
+  std::atomic<int> refs_{2};
+};
+
+template <class Resp>
+class BlockingWriter final : public Blocking<grpc::ServerWriteReactor<Resp>> {
+ public:
+  // One writer thread. False once the client is gone.
+  bool Write(const Resp& msg) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (broken_) return false;
+      pending_ = true;
+    }
+    this->StartWrite(&msg);
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](bool* p) { return !*p; }, &pending_));
+    return !broken_;
+  }
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    if (!ok) broken_ = true;
+    pending_ = false;
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+template <class Req, class Resp>
+class BlockingBidi final : public Blocking<grpc::ServerBidiReactor<Req, Resp>> {
+ public:
+  // One reader thread and one writer thread at a time.
+  bool Read(Req* msg) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (read_over_) return false;
+      reading_ = true;
+    }
+    this->StartRead(msg);
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](bool* p) { return !*p; }, &reading_));
+    return !read_over_;
+  }
+  bool Write(const Resp& msg) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (broken_) return false;
+      writing_ = true;
+    }
+    this->StartWrite(&msg);
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](bool* p) { return !*p; }, &writing_));
+    return !broken_;
+  }
+  void OnReadDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    if (!ok) read_over_ = true;
+    reading_ = false;
+  }
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    if (!ok) broken_ = true;
+    writing_ = false;
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_over_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// Sends one call to workers until one answers with something other than a
+// failover condition, or max_attempts are used. `session_id` non-empty:
+// route to the session's owner; else by rendezvous of `hash_key`.
+// `call(channel, context)` makes one attempt. `attempts` (optional) gets
+// the number of workers tried.
+grpc::Status ForwardWithFailover(
+    Gateway* gateway, const grpc::CallbackServerContext& ctx,
+    const std::string& session_id, const std::string& hash_key,
+    const std::function<grpc::Status(const std::shared_ptr<grpc::Channel>&,
+                                     grpc::ClientContext*)>& call,
+    int* attempts = nullptr);
+
+// Trailing metadata key: how many workers a streaming call used (1 = no
+// failover). For operators and the fault tests.
+inline constexpr char kAttemptsTrailer[] = "x-statestream-attempts";
+
+// A unary call forwarded on a gateway thread.
+template <class Req, class Resp, class Call>
+grpc::ServerUnaryReactor* ForwardUnary(Gateway* gateway,
+                                       grpc::CallbackServerContext* ctx,
+                                       const Req* req, Resp* resp,
+                                       std::string session_id,
+                                       std::string hash_key, Call call) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  gateway->Spawn([=] {
+    reactor->Finish(
+        ForwardWithFailover(gateway, *ctx, session_id, hash_key,
+                            [&](const std::shared_ptr<grpc::Channel>& channel,
+                                grpc::ClientContext* client) {
+                              return call(channel, client, *req, resp);
+                            }));
+  });
+  return reactor;
+}
+
+std::unique_ptr<grpc::Service> NewStreamsService(Gateway* gateway);
+
+}  // namespace statestream::gateway
+
+#endif  // STATESTREAM_SERVICES_GATEWAY_INTERNAL_H_

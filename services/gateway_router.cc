@@ -1,0 +1,164 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "services/gateway_router.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace statestream {
+namespace {
+
+// FNV-1a 64 then the splitmix64 finalizer: stable across processes and
+// builds (absl::Hash is seeded per process, which gateways must not be).
+uint64_t StableHash(const std::string& a, const std::string& b) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](const std::string& s) {
+    for (unsigned char c : s) {
+      h ^= c;
+      h *= 1099511628211ull;
+    }
+  };
+  mix(a);
+  h ^= 0xff;
+  h *= 1099511628211ull;
+  mix(b);
+  h ^= h >> 30;
+  h *= 0xbf58476d1ce4e5b9ull;
+  h ^= h >> 27;
+  h *= 0x94d049bb133111ebull;
+  h ^= h >> 31;
+  return h;
+}
+
+}  // namespace
+
+double RendezvousScore(const std::string& hash_key,
+                       const std::string& worker_id, double load) {
+  const uint64_t h = StableHash(hash_key, worker_id);
+  const double u = (static_cast<double>(h >> 11) + 0.5) / 9007199254740992.0;
+  const double weight = 1.0 / (1.0 + std::max(0.0, load));
+  return weight / -std::log(u);
+}
+
+GatewayRouter::GatewayRouter(StateStore* store, GatewayRouterOptions options)
+    : store_(store),
+      options_(std::move(options)),
+      clock_(options_.clock != nullptr ? options_.clock : Clock::Real()) {}
+
+absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::Workers() {
+  const absl::Time now = clock_->Now();
+  absl::MutexLock lock(&mu_);
+  if (now - workers_read_ < options_.registry_refresh) return workers_;
+  std::vector<WorkerInfo> workers;
+  if (store_ != nullptr) {
+    auto listed = store_->ListWorkers();
+    if (!listed.ok()) {
+      // Keep routing with what we knew while the registry is unreachable.
+      if (!workers_.empty()) return workers_;
+      return listed.status();
+    }
+    workers = *std::move(listed);
+  }
+  for (const std::string& address : options_.static_workers) {
+    WorkerInfo info;
+    info.worker_id = address;
+    info.address = address;
+    workers.push_back(std::move(info));
+  }
+  workers_ = std::move(workers);
+  workers_read_ = now;
+  return workers_;
+}
+
+void GatewayRouter::MarkSuspect(const std::string& worker_id) {
+  absl::MutexLock lock(&mu_);
+  suspects_[worker_id] = clock_->Now() + options_.suspect_for;
+}
+
+absl::StatusOr<Route> GatewayRouter::Pick(
+    const std::string& hash_key, const std::string& fingerprint,
+    const std::set<std::string>& exclude) {
+  auto workers = Workers();
+  if (!workers.ok()) return workers.status();
+  const absl::Time now = clock_->Now();
+  std::set<std::string> suspects;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = suspects_.begin(); it != suspects_.end();) {
+      if (it->second <= now) {
+        suspects_.erase(it++);
+      } else {
+        suspects.insert(it->first);
+        ++it;
+      }
+    }
+  }
+  // Best among healthy workers; suspects only when nothing else is left.
+  const WorkerInfo* best[2] = {nullptr, nullptr};
+  double best_score[2] = {-1, -1};
+  for (const WorkerInfo& w : *workers) {
+    if (exclude.count(w.worker_id) != 0) continue;
+    if (!fingerprint.empty() && !w.model_fingerprints.empty() &&
+        std::find(w.model_fingerprints.begin(), w.model_fingerprints.end(),
+                  fingerprint) == w.model_fingerprints.end()) {
+      continue;
+    }
+    const int tier = suspects.count(w.worker_id) != 0 ? 1 : 0;
+    const double score = RendezvousScore(hash_key, w.worker_id, w.load);
+    if (score > best_score[tier]) {
+      best_score[tier] = score;
+      best[tier] = &w;
+    }
+  }
+  const WorkerInfo* chosen = best[0] != nullptr ? best[0] : best[1];
+  if (chosen == nullptr) {
+    return absl::UnavailableError(
+        fingerprint.empty()
+            ? "no live worker"
+            : absl::StrCat("no live worker serves model fingerprint ",
+                           fingerprint));
+  }
+  return Route{chosen->worker_id, chosen->address, false};
+}
+
+absl::StatusOr<Route> GatewayRouter::RouteAny(
+    const std::string& hash_key, const std::string& fingerprint,
+    const std::set<std::string>& exclude) {
+  return Pick(hash_key, fingerprint, exclude);
+}
+
+absl::StatusOr<Route> GatewayRouter::RouteSession(
+    const SessionKey& key, const std::set<std::string>& exclude) {
+  const std::string hash_key = absl::StrCat(key.tenant, "/", key.session_id);
+  std::string fingerprint;
+  if (store_ != nullptr) {
+    // One read gives both the live lease holder and the model. Errors
+    // (missing session, store down) fall back to hashing: the worker then
+    // answers with the proper error.
+    auto head = store_->GetHead(key);
+    if (head.ok()) {
+      fingerprint = head->model_fingerprint;
+      if (!head->owner.empty() && exclude.count(head->owner) == 0) {
+        auto workers = Workers();
+        bool suspect = false;
+        {
+          absl::MutexLock lock(&mu_);
+          auto it = suspects_.find(head->owner);
+          suspect = it != suspects_.end() && it->second > clock_->Now();
+        }
+        if (workers.ok() && !suspect) {
+          for (const WorkerInfo& w : *workers) {
+            if (w.worker_id == head->owner) {
+              return Route{w.worker_id, w.address, true};
+            }
+          }
+        }
+      }
+    }
+  }
+  return Pick(hash_key, fingerprint, exclude);
+}
+
+}  // namespace statestream

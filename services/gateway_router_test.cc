@@ -1,0 +1,146 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "services/gateway_router.h"
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "common/clock.h"
+#include "gtest/gtest.h"
+#include "state_store/memory_state_store.h"
+
+namespace statestream {
+namespace {
+
+class GatewayRouterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    MemoryStateStoreOptions options;
+    options.clock = &clock_;
+    store_ = *NewMemoryStateStore(options);
+    for (const char* id : {"w1", "w2", "w3"}) Register(id, "fp-a", 0);
+  }
+
+  void Register(const std::string& id, const std::string& fingerprint,
+                double load) {
+    WorkerInfo info;
+    info.worker_id = id;
+    info.address = "addr-" + id;
+    info.model_fingerprints = {fingerprint};
+    info.load = load;
+    ASSERT_TRUE(store_->RegisterWorker(info, absl::Seconds(3)).ok());
+  }
+
+  SessionKey CreateSession(const std::string& id) {
+    CreateSessionRequest req;
+    req.key = {"t", id};
+    req.model_id = "m";
+    req.initial_state.model_fingerprint = "fp-a";
+    req.initial_state.state = {0.f, 1.f};
+    EXPECT_TRUE(store_->CreateSession(req).ok());
+    return req.key;
+  }
+
+  GatewayRouterOptions Options() {
+    GatewayRouterOptions options;
+    options.clock = &clock_;
+    options.registry_refresh = absl::ZeroDuration();
+    return options;
+  }
+
+  FakeClock clock_;
+  std::unique_ptr<StateStore> store_;
+};
+
+TEST_F(GatewayRouterTest, RendezvousIsStableAndSpreads) {
+  GatewayRouter a(store_.get(), Options()), b(store_.get(), Options());
+  std::map<std::string, int> per_worker;
+  for (int i = 0; i < 300; ++i) {
+    SessionKey key{"t", absl::StrCat("s", i)};
+    auto ra = a.RouteSession(key, {});
+    auto rb = b.RouteSession(key, {});
+    ASSERT_TRUE(ra.ok() && rb.ok());
+    EXPECT_EQ(ra->worker_id, rb->worker_id);  // every gateway agrees
+    EXPECT_FALSE(ra->owner);
+    ++per_worker[ra->worker_id];
+  }
+  ASSERT_EQ(per_worker.size(), 3u);
+  for (const auto& [id, n] : per_worker) EXPECT_GT(n, 50) << id;
+}
+
+TEST_F(GatewayRouterTest, SessionsStayPutWhenAnotherWorkerLeaves) {
+  GatewayRouter router(store_.get(), Options());
+  std::map<std::string, std::string> before;
+  for (int i = 0; i < 100; ++i) {
+    std::string id = absl::StrCat("s", i);
+    before[id] = router.RouteSession({"t", id}, {})->worker_id;
+  }
+  ASSERT_TRUE(store_->UnregisterWorker("w3").ok());
+  for (const auto& [id, worker] : before) {
+    auto now = router.RouteSession({"t", id}, {});
+    ASSERT_TRUE(now.ok());
+    if (worker != "w3") {
+      EXPECT_EQ(now->worker_id, worker) << id;
+    }
+    EXPECT_NE(now->worker_id, "w3");
+  }
+}
+
+TEST_F(GatewayRouterTest, LiveOwnerWinsUnlessExcludedOrSuspect) {
+  GatewayRouter router(store_.get(), Options());
+  SessionKey key = CreateSession("owned");
+  std::string hashed = router.RouteSession(key, {})->worker_id;
+  std::string owner = hashed == "w1" ? "w2" : "w1";
+  ASSERT_TRUE(store_->AcquireLease(key, owner, absl::Seconds(30), true).ok());
+  auto route = router.RouteSession(key, {});
+  ASSERT_TRUE(route.ok());
+  EXPECT_EQ(route->worker_id, owner);
+  EXPECT_EQ(route->address, "addr-" + owner);
+  EXPECT_TRUE(route->owner);
+  // A failed owner is skipped; the session goes where hashing says.
+  EXPECT_EQ(router.RouteSession(key, {owner})->worker_id, hashed);
+  router.MarkSuspect(owner);
+  EXPECT_EQ(router.RouteSession(key, {})->worker_id, hashed);
+  clock_.Advance(absl::Seconds(6));  // suspicion ends (the lease is live)
+  for (const char* id : {"w1", "w2", "w3"}) Register(id, "fp-a", 0);
+  EXPECT_EQ(router.RouteSession(key, {})->worker_id, owner);
+}
+
+TEST_F(GatewayRouterTest, FiltersByModelAndFailsWithoutWorkers) {
+  Register("other", "fp-b", 0);
+  GatewayRouter router(store_.get(), Options());
+  SessionKey key = CreateSession("m");
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_NE(router.RouteSession(key, {})->worker_id, "other");
+  }
+  auto none = router.RouteSession(key, {"w1", "w2", "w3"});
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kUnavailable);
+  // A suspect is still used when nothing else is left.
+  router.MarkSuspect("w1");
+  EXPECT_EQ(router.RouteSession(key, {"w2", "w3"})->worker_id, "w1");
+}
+
+TEST_F(GatewayRouterTest, LoadShiftsNewSessions) {
+  Register("w1", "fp-a", 50);  // heavily loaded
+  GatewayRouter router(store_.get(), Options());
+  int to_w1 = 0;
+  for (int i = 0; i < 300; ++i) {
+    if (router.RouteAny(absl::StrCat("k", i), "", {})->worker_id == "w1") {
+      ++to_w1;
+    }
+  }
+  EXPECT_LT(to_w1, 30);  // ~1/101 of an equal share
+}
+
+TEST_F(GatewayRouterTest, StaticWorkersWithoutStore) {
+  GatewayRouterOptions options = Options();
+  options.static_workers = {"127.0.0.1:1", "127.0.0.1:2"};
+  GatewayRouter router(nullptr, options);
+  auto route = router.RouteSession({"t", "s"}, {});
+  ASSERT_TRUE(route.ok());
+  EXPECT_EQ(route->worker_id, route->address);
+}
+
+}  // namespace
+}  // namespace statestream

@@ -1,0 +1,386 @@
+// SPDX-License-Identifier: Apache-2.0
+// The gateway's Streams service: Append with replay-based failover,
+// Generate with resume-and-skip failover, Score forwarded like any unary
+// call (see gateway.h for the contracts).
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <deque>
+#include <set>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/grpc_status.h"
+#include "common/status.h"
+#include "services/gateway_internal.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+
+namespace statestream::gateway {
+namespace {
+
+using AppendBidi = BlockingBidi<v1::AppendRequest, v1::AppendResponse>;
+
+// One client Append call. Threads: Run (routes, reads worker acks, writes
+// them to the client), ReadClient (client -> log), and per attempt Send
+// (log -> worker).
+class AppendCall final : public Watched {
+ public:
+  AppendCall(Gateway* gateway, grpc::CallbackServerContext* ctx,
+             AppendBidi* client, std::string tenant)
+      : gateway_(gateway),
+        ctx_(ctx),
+        client_(client),
+        tenant_(std::move(tenant)) {}
+
+  // Serves the call to its end (Finish included).
+  void Run() {
+    std::thread reader([this] { ReadClient(); });
+    grpc::Status final_status = Forward();
+    ctx_->AddTrailingMetadata(kAttemptsTrailer, absl::StrCat(attempts_));
+    client_->Finish(final_status);
+    {
+      absl::MutexLock lock(&mu_);
+      finished_ = true;
+    }
+    reader.join();
+  }
+
+  void CheckStall(absl::Time now) override {
+    absl::MutexLock lock(&mu_);
+    if (upstream_ != nullptr && !stalled_ && attempt_sent_ > attempt_acked_ &&
+        now - last_progress_ > gateway_->options().upstream_stall_timeout) {
+      stalled_ = true;
+      upstream_->TryCancel();
+    }
+  }
+
+ private:
+  struct Entry {
+    v1::AppendRequest request;
+    uint64_t seq = 0;  // index among the client's requests
+    uint64_t end = 0;  // expected_input_offset + units
+    int64_t bytes = 0;
+  };
+
+  void ReadClient() {
+    const int64_t limit = gateway_->options().append_buffer_bytes;
+    v1::AppendRequest request;
+    while (true) {
+      {
+        absl::MutexLock lock(&mu_);
+        auto room = [this, limit]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+          return finished_ || log_bytes_ <= 2 * limit;
+        };
+        mu_.Await(absl::Condition(&room));
+        if (finished_) break;
+      }
+      if (!client_->Read(&request)) break;
+      Entry e;
+      e.bytes = static_cast<int64_t>(request.ByteSizeLong());
+      uint64_t units = request.has_tokens() ? request.tokens().ids_size()
+                                            : request.text_utf8().size();
+      e.end = request.expected_input_offset() + units;
+      e.request = std::move(request);
+      absl::MutexLock lock(&mu_);
+      if (session_id_.empty()) session_id_ = e.request.session_id();
+      // Past the bound, make the worker commit so the log can shrink.
+      if (log_bytes_ + e.bytes > limit) e.request.set_checkpoint(true);
+      e.seq = next_seq_++;
+      log_bytes_ += e.bytes;
+      log_.push_back(std::move(e));
+    }
+    absl::MutexLock lock(&mu_);
+    client_done_ = true;
+  }
+
+  // Writes log entries from `seq` on to the worker, then half-closes once
+  // the client has.
+  void Send(
+      grpc::ClientReaderWriter<v1::AppendRequest, v1::AppendResponse>* stream,
+      uint64_t seq) {
+    while (true) {
+      v1::AppendRequest request;
+      {
+        absl::MutexLock lock(&mu_);
+        auto ready = [this, seq]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+          return attempt_over_ || seq < next_seq_ || client_done_;
+        };
+        mu_.Await(absl::Condition(&ready));
+        if (attempt_over_) return;
+        if (seq >= next_seq_) break;  // client done, everything sent
+        if (log_.empty() || seq < log_.front().seq) return;  // cannot happen
+        request = log_[seq - log_.front().seq].request;
+        if (request.session_id().empty()) request.set_session_id(session_id_);
+        if (attempt_sent_ == attempt_acked_) last_progress_ = absl::Now();
+        ++attempt_sent_;
+      }
+      if (!stream->Write(request)) return;
+      ++seq;
+    }
+    stream->WritesDone();
+  }
+
+  grpc::Status Forward() {
+    {
+      absl::MutexLock lock(&mu_);
+      auto started = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return !log_.empty() || client_done_;
+      };
+      mu_.Await(absl::Condition(&started));
+      if (log_.empty()) return grpc::Status::OK;  // nothing was sent
+      if (session_id_.empty()) {
+        return ToGrpcStatus(InvalidArgumentError(
+            Reason::kInvalidArgument,
+            "session_id is required in the first request"));
+      }
+    }
+    gateway_->Watch(this);
+    std::set<std::string> exclude;
+    grpc::Status status;
+    // max_attempts bounds consecutive attempts without progress: a long
+    // stream may lose many workers over its life.
+    const int max_failures = gateway_->options().max_attempts;
+    for (int attempt = 1, failures = 0; failures < max_failures; ++attempt) {
+      auto route =
+          gateway_->router().RouteSession({tenant_, session_id_}, exclude);
+      if (!route.ok()) {
+        if (attempt == 1) status = ToGrpcStatus(route.status());
+        break;
+      }
+      bool stalled = false, client_gone = false, progressed = false;
+      attempts_ = attempt;
+      status = Attempt(*route, attempt, &stalled, &client_gone, &progressed);
+      if (status.ok() || client_gone || ctx_->IsCancelled()) break;
+      if (!stalled && !Gateway::ShouldFailover(status)) break;
+      gateway_->router().MarkSuspect(route->worker_id);
+      exclude.insert(route->worker_id);
+      failures = progressed ? 1 : failures + 1;
+      if (progressed) exclude = {route->worker_id};
+      absl::SleepFor(
+          std::min(absl::Milliseconds(50) * failures, absl::Milliseconds(500)));
+    }
+    gateway_->Unwatch(this);
+    return status;
+  }
+
+  grpc::Status Attempt(const Route& route, int attempt, bool* stalled,
+                       bool* client_gone, bool* progressed) {
+    auto context = gateway_->UpstreamContext(*ctx_, tenant_, attempt);
+    auto stream = v1::Streams::NewStub(gateway_->Channel(route.address))
+                      ->Append(context.get());
+    uint64_t seq;
+    {
+      absl::MutexLock lock(&mu_);
+      upstream_ = context.get();
+      attempt_over_ = false;
+      stalled_ = false;
+      attempt_sent_ = attempt_acked_ = 0;
+      last_progress_ = absl::Now();
+      // Replay everything not known to be committed (and acked).
+      seq = log_.empty() ? next_seq_ : log_.front().seq;
+    }
+    std::thread sender([this, s = stream.get(), seq] { Send(s, seq); });
+    v1::AppendResponse ack;
+    while (stream->Read(&ack)) {
+      bool deliver;
+      {
+        absl::MutexLock lock(&mu_);
+        ++attempt_acked_;
+        last_progress_ = absl::Now();
+        deliver = seq >= acked_;  // else a replayed request's second ack
+        if (deliver) acked_ = seq + 1;
+        committed_ = std::max(committed_, ack.committed_input_offset());
+        while (!log_.empty() && log_.front().seq < acked_ &&
+               log_.front().end <= committed_) {
+          log_bytes_ -= log_.front().bytes;
+          log_.pop_front();
+        }
+        ++seq;
+      }
+      if (deliver && !client_->Write(ack)) {
+        *client_gone = true;
+        context->TryCancel();
+        break;
+      }
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      attempt_over_ = true;
+    }
+    sender.join();
+    grpc::Status status = stream->Finish();
+    absl::MutexLock lock(&mu_);
+    upstream_ = nullptr;
+    *stalled = stalled_;
+    *progressed = attempt_acked_ > 0;
+    return status;
+  }
+
+  Gateway* const gateway_;
+  grpc::CallbackServerContext* const ctx_;
+  AppendBidi* const client_;
+  const std::string tenant_;
+  int attempts_ = 0;  // Run's thread only
+
+  absl::Mutex mu_;
+  std::string session_id_ ABSL_GUARDED_BY(mu_);
+  std::deque<Entry> log_ ABSL_GUARDED_BY(mu_);
+  int64_t log_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;  // requests read
+  uint64_t acked_ ABSL_GUARDED_BY(mu_) = 0;     // acks sent to the client
+  uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
+  bool client_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // The attempt in progress.
+  grpc::ClientContext* upstream_ ABSL_GUARDED_BY(mu_) = nullptr;
+  bool attempt_over_ ABSL_GUARDED_BY(mu_) = false;
+  bool stalled_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t attempt_sent_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t attempt_acked_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time last_progress_ ABSL_GUARDED_BY(mu_);
+};
+
+// Forwards one Generate, skipping output the client already has after a
+// failover. Returns the worker's status, or UNAVAILABLE if a re-run
+// diverged from what was delivered.
+grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
+                             const v1::GenerateRequest& request,
+                             BlockingWriter<v1::GenerateResponse>* client) {
+  std::vector<uint32_t> tokens;  // delivered
+  std::string text;              // delivered
+  int attempts = 0;
+  grpc::Status status = ForwardWithFailover(
+      gateway, ctx, request.session_id(), "",
+      [&](const std::shared_ptr<grpc::Channel>& channel,
+          grpc::ClientContext* upstream) {
+        auto reader =
+            v1::Streams::NewStub(channel)->Generate(upstream, request);
+        size_t regen_tokens = 0;
+        std::string regen_text;
+        std::optional<size_t> diverged;
+        v1::GenerateResponse msg;
+        while (reader->Read(&msg)) {
+          v1::GenerateResponse out;
+          if (msg.has_chunk()) {
+            const v1::GenerateChunk& in = msg.chunk();
+            v1::GenerateChunk* chunk = out.mutable_chunk();
+            chunk->set_index(static_cast<uint32_t>(tokens.size()));
+            for (int i = 0; i < in.tokens_size() && !diverged; ++i) {
+              const size_t k = regen_tokens + i;
+              if (k < tokens.size()) {
+                if (tokens[k] != in.tokens(i)) diverged = k;
+                continue;
+              }
+              chunk->add_tokens(in.tokens(i));
+              if (i < in.logprobs_size()) {
+                *chunk->add_logprobs() = in.logprobs(i);
+              }
+            }
+            regen_tokens += in.tokens_size();
+            const size_t before = regen_text.size();
+            regen_text += in.text_utf8();
+            const size_t overlap = std::min(regen_text.size(), text.size());
+            if (!diverged && before < overlap &&
+                regen_text.compare(before, overlap - before, text, before,
+                                   overlap - before) != 0) {
+              diverged = tokens.size();
+            }
+            if (diverged) {
+              upstream->TryCancel();
+              break;
+            }
+            if (regen_text.size() > text.size()) {
+              chunk->set_text_utf8(
+                  regen_text.substr(std::max(before, text.size())));
+            }
+            if (chunk->tokens_size() == 0 && chunk->text_utf8().empty()) {
+              continue;  // all of it was delivered before
+            }
+            tokens.insert(tokens.end(), chunk->tokens().begin(),
+                          chunk->tokens().end());
+            text += chunk->text_utf8();
+          } else {
+            out = msg;
+          }
+          if (!client->Write(out)) {
+            upstream->TryCancel();
+            break;
+          }
+        }
+        grpc::Status status = reader->Finish();
+        if (diverged) {
+          return ToGrpcStatus(MakeError(
+              absl::StatusCode::kUnavailable, Reason::kUnspecified,
+              "the generation could not be resumed identically after a "
+              "worker failure (the session's applied state changed); the "
+              "output so far was not committed: retry the request",
+              {{"diverged_at", absl::StrCat(*diverged)},
+               {"delivered_tokens", absl::StrCat(tokens.size())}}));
+        }
+        return status;
+      },
+      &attempts);
+  ctx.AddTrailingMetadata(kAttemptsTrailer, absl::StrCat(attempts));
+  return status;
+}
+
+class StreamsService final : public v1::Streams::CallbackService {
+ public:
+  explicit StreamsService(Gateway* gateway) : gateway_(gateway) {}
+
+  grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>* Append(
+      grpc::CallbackServerContext* ctx) override {
+    auto* client = new AppendBidi();
+    auto tenant = gateway_->Tenant(*ctx);
+    if (!tenant.ok()) {
+      client->Finish(ToGrpcStatus(tenant.status()));
+      client->Release();
+      return client;
+    }
+    gateway_->Spawn([this, ctx, client, tenant = *std::move(tenant)] {
+      AppendCall(gateway_, ctx, client, tenant).Run();
+      client->Release();
+    });
+    return client;
+  }
+
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* ctx,
+      const v1::GenerateRequest* req) override {
+    auto* client = new BlockingWriter<v1::GenerateResponse>();
+    gateway_->Spawn([this, ctx, req, client] {
+      client->Finish(ForwardGenerate(gateway_, *ctx, *req, client));
+      client->Release();
+    });
+    return client;
+  }
+
+  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx,
+                                  const v1::ScoreRequest* req,
+                                  v1::ScoreResponse* resp) override {
+    return ForwardUnary(
+        gateway_, ctx, req, resp, req->session_id(), "",
+        [](const std::shared_ptr<grpc::Channel>& channel,
+           grpc::ClientContext* client, const v1::ScoreRequest& request,
+           v1::ScoreResponse* response) {
+          return v1::Streams::NewStub(channel)->Score(client, request,
+                                                      response);
+        });
+  }
+
+ private:
+  Gateway* const gateway_;
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::Service> NewStreamsService(Gateway* gateway) {
+  return std::make_unique<StreamsService>(gateway);
+}
+
+}  // namespace statestream::gateway

@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "services/worker_registration.h"
+
+#include <iostream>
+#include <utility>
+
+namespace statestream {
+
+absl::StatusOr<std::unique_ptr<WorkerRegistration>> WorkerRegistration::Start(
+    StateStore* store, WorkerRegistrationOptions options) {
+  if (options.heartbeat_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("heartbeat_interval must be positive");
+  }
+  if (options.load_fn) options.info.load = options.load_fn();
+  absl::Status registered =
+      store->RegisterWorker(options.info, 3 * options.heartbeat_interval);
+  if (!registered.ok()) return registered;
+  std::unique_ptr<WorkerRegistration> r(
+      new WorkerRegistration(store, std::move(options)));
+  r->thread_ = std::thread([p = r.get()] { p->Loop(); });
+  return r;
+}
+
+WorkerRegistration::WorkerRegistration(StateStore* store,
+                                       WorkerRegistrationOptions options)
+    : store_(store), options_(std::move(options)) {}
+
+WorkerRegistration::~WorkerRegistration() { Stop(); }
+
+void WorkerRegistration::Loop() {
+  bool failing = false;
+  WorkerInfo info = options_.info;
+  absl::MutexLock lock(&mu_);
+  while (true) {
+    auto stop = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
+    if (mu_.AwaitWithTimeout(absl::Condition(&stop),
+                             options_.heartbeat_interval)) {
+      return;
+    }
+    mu_.Unlock();
+    if (options_.load_fn) info.load = options_.load_fn();
+    absl::Status st =
+        store_->RegisterWorker(info, 3 * options_.heartbeat_interval);
+    if (!st.ok() && !failing) {
+      std::cerr << "worker " << info.worker_id
+                << ": registry heartbeat failed (retrying): " << st << "\n";
+    } else if (st.ok() && failing) {
+      std::cerr << "worker " << info.worker_id << ": registry heartbeat ok\n";
+    }
+    failing = !st.ok();
+    mu_.Lock();
+  }
+}
+
+void WorkerRegistration::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopped_) return;
+    stopped_ = true;
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+  absl::Status st = store_->UnregisterWorker(options_.info.worker_id);
+  if (!st.ok()) {
+    std::cerr << "worker " << options_.info.worker_id
+              << ": unregister failed (the entry expires by itself): " << st
+              << "\n";
+  }
+}
+
+}  // namespace statestream

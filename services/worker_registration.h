@@ -1,0 +1,65 @@
+// SPDX-License-Identifier: Apache-2.0
+// A worker's entry in the cluster registry (StateStore::RegisterWorker):
+// announced at start, refreshed by a heartbeat thread, removed on drain.
+// Gateways route sessions without a live owner to the workers listed there
+// (services/gateway_router.h).
+#ifndef STATESTREAM_SERVICES_WORKER_REGISTRATION_H_
+#define STATESTREAM_SERVICES_WORKER_REGISTRATION_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "state_store/state_store.h"
+
+namespace statestream {
+
+struct WorkerRegistrationOptions {
+  // The entry; expires_at is ignored (the store sets it). `load` is replaced
+  // at every heartbeat by load_fn() when load_fn is set.
+  WorkerInfo info;
+  // Heartbeat period; the entry lives three periods, so a worker that
+  // stops heartbeating (killed, paused, partitioned) leaves the registry
+  // within 3 * heartbeat_interval.
+  absl::Duration heartbeat_interval = absl::Seconds(1);
+  // Current load (e.g. resident sessions); called on the heartbeat thread.
+  std::function<double()> load_fn;
+};
+
+// Thread-safe. Destruction unregisters (see Stop).
+class WorkerRegistration {
+ public:
+  // Registers once (the error is returned: a worker that cannot reach the
+  // registry should not start), then heartbeats in the background. Later
+  // heartbeat failures are logged to stderr once per outage and retried.
+  // `store` must outlive the registration.
+  static absl::StatusOr<std::unique_ptr<WorkerRegistration>> Start(
+      StateStore* store, WorkerRegistrationOptions options);
+  ~WorkerRegistration();
+  WorkerRegistration(const WorkerRegistration&) = delete;
+  WorkerRegistration& operator=(const WorkerRegistration&) = delete;
+
+  // Stops the heartbeat and removes the entry, so gateways stop routing new
+  // sessions here. Idempotent.
+  void Stop();
+
+ private:
+  WorkerRegistration(StateStore* store, WorkerRegistrationOptions options);
+  void Loop();
+
+  StateStore* const store_;
+  const WorkerRegistrationOptions options_;
+  absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+}  // namespace statestream
+
+#endif  // STATESTREAM_SERVICES_WORKER_REGISTRATION_H_
