@@ -21,6 +21,8 @@
 #include "state_store/sqlite_state_store.h"
 #include "worker/engine/random_model.h"
 #include "worker/engine/weight_writer.h"
+#include "worker/metrics.h"
+#include "worker/metrics_http.h"
 #include "worker/scheduler.h"
 #include "worker/session_manager.h"
 #include "worker/worker_service.h"
@@ -35,6 +37,19 @@ ABSL_FLAG(absl::Duration, checkpoint_interval, absl::Seconds(5),
 ABSL_FLAG(int64_t, residency_bytes, int64_t{1} << 30,
           "Memory for resident session states; idle sessions beyond it are "
           "evicted (least recently used first).");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks "
+          "a free one; the server then prints `metrics on HOST:PORT` to "
+          "stdout before `listening on`); empty: no metrics endpoint.");
+ABSL_FLAG(int32_t, max_tasks, 1024,
+          "Scheduler admission: tasks (appends, generations, scores) queued "
+          "or running before new ones get RESOURCE_EXHAUSTED/OVERLOADED.");
+ABSL_FLAG(int64_t, max_queued_tokens, int64_t{1} << 22,
+          "Scheduler admission: tokens queued across tasks before new work "
+          "gets RESOURCE_EXHAUSTED/OVERLOADED.");
+ABSL_FLAG(absl::Duration, request_id_window, absl::Hours(1),
+          "How long request ids are remembered for idempotent retries "
+          "(CreateSession, committing Generate).");
 
 namespace statestream::cli {
 namespace {
@@ -47,16 +62,21 @@ struct ServeOptions {
   std::string model_path;
   std::string vocab_path;  // empty: beside the model
   worker::SessionManagerOptions sessions;
+  worker::SchedulerOptions scheduler;
+  std::string metrics_listen;  // empty: no /metrics
 };
 
 // Everything the services point into, destroyed in reverse order.
 struct Worker {
+  std::unique_ptr<worker::WorkerMetrics> metrics;
   std::unique_ptr<engine::Model> model;
   std::unique_ptr<engine::Tokenizer> tokenizer;
   std::unique_ptr<StateStore> store;
   std::unique_ptr<worker::Scheduler> scheduler;
   std::unique_ptr<worker::SessionManager> sessions;
+  std::unique_ptr<worker::MetricsHttpServer> metrics_http;
   ~Worker() {
+    metrics_http.reset();
     if (sessions) sessions->Drain();  // commit, release leases
     sessions.reset();
     scheduler.reset();
@@ -153,14 +173,43 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options) {
   }
   if (!store.ok()) return store.status();
   w->store = *std::move(store);
-  w->scheduler = std::make_unique<worker::Scheduler>(
-      w->model.get(), worker::SchedulerOptions{});
+  w->metrics = std::make_unique<worker::WorkerMetrics>(
+      options.data_dir.empty() ? "memory" : "sqlite");
+  worker::WorkerMetrics* metrics = w->metrics.get();
+  worker::SchedulerOptions scheduler = options.scheduler;
+  scheduler.on_batch = [metrics](int sequences, int tokens) {
+    metrics->ObserveBatch(sequences, tokens);
+  };
+  scheduler.on_first_step = [metrics](absl::Duration queued) {
+    metrics->ObserveQueueTime(queued);
+  };
+  w->scheduler = std::make_unique<worker::Scheduler>(w->model.get(), scheduler);
   sessions.owner = absl::StrCat("serve-", getpid());
+  sessions.metrics = metrics;
   auto manager = worker::SessionManager::Create(
       sessions, w->model.get(), w->tokenizer.get(), w->scheduler.get(),
       w->store.get());
   if (!manager.ok()) return manager.status();
   w->sessions = *std::move(manager);
+  worker::SessionManager* manager_ptr = w->sessions.get();
+  worker::Scheduler* scheduler_ptr = w->scheduler.get();
+  metrics->SetGaugeSource([manager_ptr, scheduler_ptr] {
+    const worker::SessionManager::Stats s = manager_ptr->stats();
+    worker::WorkerMetrics::Gauges g;
+    g.sessions_resident = s.resident;
+    g.sessions_active = s.active;
+    g.resident_bytes = s.resident_bytes;
+    g.scheduler_tasks = scheduler_ptr->stats().active_tasks;
+    return g;
+  });
+  if (!options.metrics_listen.empty()) {
+    auto http =
+        worker::MetricsHttpServer::Start(options.metrics_listen, metrics);
+    if (!http.ok()) return http.status();
+    w->metrics_http = *std::move(http);
+    std::printf("metrics on %s\n", w->metrics_http->address().c_str());
+    std::fflush(stdout);
+  }
   ServiceSet set = worker::PublicApiServices(w->sessions.get());
   set.Own(std::move(w));
   return set;
@@ -181,6 +230,10 @@ int Run(const std::vector<std::string>& args) {
   options.sessions.checkpoint_interval =
       absl::GetFlag(FLAGS_checkpoint_interval);
   options.sessions.residency_bytes = absl::GetFlag(FLAGS_residency_bytes);
+  options.sessions.request_id_window = absl::GetFlag(FLAGS_request_id_window);
+  options.scheduler.max_tasks = absl::GetFlag(FLAGS_max_tasks);
+  options.scheduler.max_queued_tokens = absl::GetFlag(FLAGS_max_queued_tokens);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   return RunServer("serve", options.server, ShutdownGraceFromFlag(),
                    [&] { return Build(options); });
 }

@@ -6,7 +6,7 @@ PKGS=(
   build-essential cmake ninja-build ccache pkg-config clang clang-format
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
   libabsl-dev libhiredis-dev libsqlite3-dev libzstd-dev libxxhash-dev zlib1g-dev
-  nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
+  nlohmann-json3-dev libcpp-httplib-dev libgtest-dev libgmock-dev libbenchmark-dev
   redis-server redis-tools python3 python3-grpcio grpc-proto
   libicu-dev  # NeoX tokenizer: NFC and Unicode categories
 )

@@ -1,14 +1,45 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "worker/api_convert.h"
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <grpcpp/server_context.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "worker/engine/utf8.h"
+#include "worker/metrics.h"
 
 namespace statestream::worker {
+
+void CountError(const SessionManager& manager, const absl::Status& status) {
+  WorkerMetrics* metrics = manager.options().metrics;
+  if (metrics == nullptr || status.ok()) return;
+  const Reason reason = GetReason(status);
+  std::string name(ReasonName(reason));
+  if (reason == Reason::kUnspecified) {
+    name = absl::StatusCodeToString(status.code());
+  }
+  metrics->IncError(name);
+}
+
+uint64_t ContentDigest(const google::protobuf::Message& message) {
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream stream(&bytes);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.SetSerializationDeterministic(true);
+    message.SerializeToCodedStream(&coded);
+  }
+  uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : bytes) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
 namespace {
 
 absl::Status BadField(absl::string_view field, absl::string_view why) {

@@ -38,6 +38,14 @@ void ModelToProto(const SessionManager& manager, v1::Model* out);
 void VersionToProto(const VersionInfo& info, uint64_t oldest_parent,
                     v1::Version* out);
 
+// Counts a call that ended with `status` (if not OK) in the manager's
+// metrics, by reason (or gRPC code name when it has no reason).
+void CountError(const SessionManager& manager, const absl::Status& status);
+
+// FNV-1a 64 of the deterministic serialization of `message`: the content
+// digest of a request for request-id idempotency.
+uint64_t ContentDigest(const google::protobuf::Message& message);
+
 // Labels and TTL limits of CreateSessionRequest; INVALID_ARGUMENT.
 absl::Status CheckLabels(
     const google::protobuf::Map<std::string, std::string>& labels);

@@ -35,6 +35,7 @@ absl::Status Scheduler::Submit(std::shared_ptr<Task> task) {
   }
   ++admitted_;
   admitted_tokens_ += task->queued_tokens;
+  task->admitted_at = clock_->Now();
   incoming_.push_back(std::move(task));
   return absl::OkStatus();
 }
@@ -167,6 +168,21 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
   }
   rr_ = n == 0 ? 0 : (rr_ + 1) % n;
   if (work.empty() && hidden_only.empty()) return false;
+  if (options_.on_first_step) {
+    const absl::Time now = clock_->Now();
+    auto first = [&](Task* t) {
+      if (t->stepped) return;
+      t->stepped = true;
+      options_.on_first_step(now - t->admitted_at);
+    };
+    for (const Entry& e : work) first(e.task);
+    for (Task* t : hidden_only) first(t);
+  }
+  if (options_.on_batch && !work.empty()) {
+    int tokens = 0;
+    for (const Entry& e : work) tokens += static_cast<int>(e.req.tokens.size());
+    options_.on_batch(static_cast<int>(work.size()), tokens);
+  }
 
   absl::Status status;
   std::vector<float> logits;

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -79,6 +80,10 @@ class Task {
   absl::Time deadline = absl::InfiniteFuture();
   // Tokens still to ingest, for admission control.
   int64_t queued_tokens = 0;
+  // Set by the scheduler: admission time, and whether the task has been
+  // in a step yet (for the queue-time hook).
+  absl::Time admitted_at = absl::InfinitePast();
+  bool stepped = false;
 
  private:
   std::atomic<bool> cancelled_{false};
@@ -93,6 +98,11 @@ struct SchedulerOptions {
   int max_tasks = 1024;
   // Sum of queued_tokens over admitted tasks before OVERLOADED.
   int64_t max_queued_tokens = int64_t{1} << 22;
+  // Observability hooks, called on the scheduler thread (must not block):
+  // each engine batch (sequences, tokens), and each task's time from
+  // admission to its first step.
+  std::function<void(int sequences, int tokens)> on_batch;
+  std::function<void(absl::Duration queued)> on_first_step;
 };
 
 struct SchedulerStats {

@@ -6,6 +6,7 @@
 #include <deque>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 #include <utility>
 
@@ -17,6 +18,8 @@
 #include "common/status.h"
 #include "state_store/state_codec.h"
 #include "worker/engine/utf8.h"
+#include "worker/generation_record.h"
+#include "worker/metrics.h"
 #include "worker/tasks.h"
 
 namespace statestream::worker {
@@ -110,6 +113,14 @@ absl::Status Busy() {
                    "superseded by a newer writer call on this session");
 }
 
+absl::Status DuplicateRequest(const std::string& request_id) {
+  return MakeError(absl::StatusCode::kInvalidArgument,
+                   Reason::kDuplicateRequest,
+                   "request_id was already used for a request with different "
+                   "content",
+                   {{"request_id", request_id}, {"field", "request_id"}});
+}
+
 absl::Status Draining() {
   return MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
                    "the worker is draining", {{"retry_after_ms", "100"}});
@@ -161,6 +172,8 @@ struct Session {
   bool carry_known = true;
   uint64_t input_offset = 0;
   std::string sampler_state;
+  // Recent committed generations, oldest first; committed with the state.
+  std::deque<GenerationRecord> records;
   SessionHead head;
   int64_t uncommitted_tokens = 0;
   bool dirty = false;
@@ -221,12 +234,36 @@ class SessionManager::Impl {
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   Stats stats_ ABSL_GUARDED_BY(mu_);
-  // CreateSession idempotency: (tenant, request_id) -> session_id.
-  std::map<std::pair<std::string, std::string>, std::string> created_
+  // CreateSession idempotency: (tenant, request_id) -> what it created;
+  // bounded by PruneCreated (window and count, oldest first).
+  struct Created {
+    std::string session_id;
+    uint64_t digest = 0;
+    absl::Time at;
+  };
+  using CreatedKey = std::pair<std::string, std::string>;
+  std::map<CreatedKey, Created> created_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::pair<CreatedKey, absl::Time>> created_order_
       ABSL_GUARDED_BY(mu_);
+  // Running generations, stopped gracefully by Drain().
+  std::set<std::shared_ptr<GenerateTask>> generating_ ABSL_GUARDED_BY(mu_);
   std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
   absl::Mutex load_mu_;  // one load at a time (a second would fence the first)
   std::thread renewer_;
+
+  void PruneCreated(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    while (!created_order_.empty() &&
+           (created_order_.size() >
+                static_cast<size_t>(opt_.max_create_request_ids) ||
+            now - created_order_.front().second > opt_.request_id_window)) {
+      auto it = created_.find(created_order_.front().first);
+      if (it != created_.end() &&
+          it->second.at == created_order_.front().second) {
+        created_.erase(it);
+      }
+      created_order_.pop_front();
+    }
+  }
 
   static std::string MapKey(const SessionKey& k) {
     return absl::StrCat(k.tenant, "/", k.session_id);
@@ -255,6 +292,7 @@ class SessionManager::Impl {
       auto it = resident_.find(mk);
       if (it != resident_.end()) return it->second;
     }
+    const absl::Time load_start = clock_->Now();
     SS_ASSIGN_OR_RETURN(SessionHead head, store_->GetHead(key));
     if (head.model_fingerprint != fingerprint_) {
       return MakeError(absl::StatusCode::kFailedPrecondition,
@@ -276,6 +314,13 @@ class SessionManager::Impl {
     s->key = key;
     s->fence = lease.fence;
     SS_RETURN_IF_ERROR(LoadInto(s.get(), *loaded, &head));
+    if (opt_.metrics != nullptr) {
+      opt_.metrics->ObserveStateLoad(clock_->Now() - load_start);
+      if (!head.owner.empty() && head.owner != opt_.owner &&
+          head.lease_expires_at > load_start) {
+        opt_.metrics->IncLeaseTakeover();
+      }
+    }
     std::vector<std::shared_ptr<Session>> victims;
     {
       absl::MutexLock lock(&mu_);
@@ -308,7 +353,8 @@ class SessionManager::Impl {
     s->utf8_carry = s->tail.substr(complete);
     s->carry_known = !s->tail.empty() || snap.input_offset == 0;
     s->input_offset = snap.input_offset;
-    s->sampler_state = snap.sampler_state;
+    SS_RETURN_IF_ERROR(DecodeSamplerSideData(snap.sampler_state,
+                                             &s->sampler_state, &s->records));
     if (head != nullptr) s->head = *head;
     s->head.head = v.version;
     s->dirty = false;
@@ -403,7 +449,10 @@ class SessionManager::Impl {
       absl::MutexLock lock(&mu_);
       auto it = resident_.find(MapKey(s->key));
       if (it != resident_.end() && it->second.get() == s) resident_.erase(it);
-      if (why == Session::Gone::kFenced) ++stats_.fenced;
+      if (why == Session::Gone::kFenced) {
+        ++stats_.fenced;
+        if (opt_.metrics != nullptr) opt_.metrics->IncFencedCommit();
+      }
     }
     std::function<void()> superseded;
     {
@@ -499,7 +548,7 @@ class SessionManager::Impl {
     snap.parent_session_id = s->head.parent_session_id;
     snap.parent_version = s->head.parent_version;
     snap.tokenizer_tail = s->tail;
-    snap.sampler_state = s->sampler_state;
+    snap.sampler_state = EncodeSamplerSideData(s->sampler_state, s->records);
     snap.state = s->live.state;
     if (s->live.position > 0) snap.last_hidden = s->live.last_hidden;
     return snap;
@@ -515,7 +564,11 @@ class SessionManager::Impl {
     r.fence = s->fence;
     r.state = Snapshot(s);
     r.durability = d;
+    const absl::Time start = clock_->Now();
     auto res = store_->Commit(r);
+    if (opt_.metrics != nullptr) {
+      opt_.metrics->ObserveCommit(clock_->Now() - start);
+    }
     if (!res.ok()) {
       if (GetReason(res.status()) == Reason::kFenced) {
         Drop(s, Session::Gone::kFenced);
@@ -675,6 +728,7 @@ class SessionManager::Impl {
     if (tokens.empty()) return finish(0);
     auto work = std::make_shared<EngineState>(s->live);
     const uint32_t n = static_cast<uint32_t>(tokens.size());
+    if (opt_.metrics != nullptr) opt_.metrics->AddTokensIn(n);
     auto task = std::make_shared<IngestTask>(
         work.get(), std::move(tokens),
         [this, s, work, n, finish, done](const absl::Status& st) {
@@ -722,6 +776,7 @@ class SessionManager::Impl {
       if (draining_) return;
       draining_ = true;
       for (auto& [k, s] : resident_) all.push_back(s);
+      for (auto& t : generating_) t->RequestStop();
     }
     for (auto& s : all) {
       RunSync<bool>(s, [this, &s] {
@@ -735,6 +790,37 @@ class SessionManager::Impl {
         return true;
       });
     }
+  }
+
+  // Emits a recorded generation's output as pieces (text held back to
+  // complete UTF-8, like the live task) and returns its outcome (the
+  // session fields are the caller's).
+  GenerateOutcome Replay(
+      const GenerationRecord& rec,
+      const std::function<void(const GeneratedPiece&)>& emit) {
+    std::string text;
+    size_t emitted = 0;
+    for (int32_t token : rec.tokens) {
+      GeneratedPiece p;
+      p.token = token;
+      if (token >= 0 && token < vocab_) {
+        const absl::string_view bytes = tok_->TokenBytes(token);
+        text.append(bytes.data(), bytes.size());
+      }
+      const absl::string_view pending = absl::string_view(text).substr(emitted);
+      const size_t complete = engine::Utf8CompletePrefixLength(pending);
+      p.text = std::string(pending.substr(0, complete));
+      emitted += complete;
+      emit(p);
+    }
+    GenerateOutcome o;
+    o.finish = static_cast<GenerateOutcome::Finish>(rec.finish);
+    o.stop_token = rec.stop_token;
+    o.stop_string = rec.stop_string;
+    o.input_tokens = rec.input_tokens;
+    o.output_tokens = static_cast<uint32_t>(rec.tokens.size());
+    o.held_back = text.substr(emitted);
+    return o;
   }
 
   std::string NewSessionId() {
@@ -785,12 +871,31 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
                      absl::StrCat("model ", p.model_id, " is not served here"),
                      {{"model_id", p.model_id}});
   }
+  uint64_t digest = 14695981039346656037ull;
+  digest = Fnv1a(digest, absl::StrCat(p.session_id.size(), ":", p.session_id,
+                                      p.model_id.size(), ":", p.model_id));
+  for (const auto& [k, v] : p.labels) {
+    digest = Fnv1a(digest, absl::StrCat(k.size(), ":", k, v.size(), ":", v));
+  }
+  digest = Fnv1a(digest, absl::StrCat("ttl", absl::ToInt64Milliseconds(p.ttl)));
+  if (p.fork_from) {
+    digest = Fnv1a(digest,
+                   absl::StrCat("fork", p.fork_from->first.size(), ":",
+                                p.fork_from->first, "@", p.fork_from->second));
+  }
+  if (p.durability) {
+    digest = Fnv1a(digest, absl::StrCat("d", static_cast<int>(*p.durability)));
+  }
   std::string existing;
   {
     absl::MutexLock lock(&m.mu_);
     if (m.draining_) return Draining();
+    m.PruneCreated(m.clock_->Now());
     auto it = m.created_.find({tenant, p.request_id});
-    if (it != m.created_.end()) existing = it->second;
+    if (it != m.created_.end()) {
+      if (it->second.digest != digest) return DuplicateRequest(p.request_id);
+      existing = it->second.session_id;
+    }
   }
   if (!existing.empty()) return GetSession(tenant, existing);
   CreateSessionRequest r;
@@ -811,6 +916,12 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
                         {"actual_fingerprint", src.state.model_fingerprint}});
     }
     r.initial_state = std::move(src.state);
+    // A fork starts with no generation records of its own.
+    std::string sampler;
+    std::deque<GenerationRecord> records;
+    SS_RETURN_IF_ERROR(DecodeSamplerSideData(r.initial_state.sampler_state,
+                                             &sampler, &records));
+    r.initial_state.sampler_state = sampler;
     r.parent_session_id = p.fork_from->first;
     r.parent_version = src.version.version;
     r.initial_state.parent_session_id = r.parent_session_id;
@@ -824,7 +935,10 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
   {
     absl::MutexLock lock(&m.mu_);
     if (!p.request_id.empty()) {
-      m.created_[{tenant, p.request_id}] = r.key.session_id;
+      const absl::Time now = m.clock_->Now();
+      m.created_[{tenant, p.request_id}] = {r.key.session_id, digest, now};
+      m.created_order_.push_back({{tenant, p.request_id}, now});
+      m.PruneCreated(now);
     }
   }
   return m.ViewOfHead(res.session);
@@ -1142,6 +1256,14 @@ absl::Status CancelledError() {
   return absl::CancelledError("the call was cancelled");
 }
 
+// Per-call timing for the latency metrics; touched on the scheduler thread
+// only (emit), after the strand set it up.
+struct GenerateTiming {
+  absl::Time arrival;
+  absl::Time last;
+  bool first = true;
+};
+
 }  // namespace
 
 std::shared_ptr<SessionManager::Job> SessionManager::Generate(
@@ -1150,8 +1272,10 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
     std::function<void(absl::StatusOr<GenerateOutcome>)> done) {
   Impl& m = *impl_;
   auto job = std::make_shared<JobImpl>();
-  m.pool_.Post([this, &m, job, tenant, session_id, in = std::move(in), emit,
-                done]() mutable {
+  auto timing = std::make_shared<GenerateTiming>();
+  timing->arrival = m.clock_->Now();
+  m.pool_.Post([this, &m, job, timing, tenant, session_id, in = std::move(in),
+                emit, done]() mutable {
     std::shared_ptr<Writer> w;
     std::shared_ptr<Session> s;
     if (in.commit) {
@@ -1164,7 +1288,8 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       if (!r.ok()) return done(r.status());
       s = *r;
     }
-    m.RunOp(s, [this, &m, job, s, w, in = std::move(in), emit, done]() mutable {
+    m.RunOp(s, [this, &m, job, timing, s, w, in = std::move(in), emit,
+                done]() mutable {
       auto fail = [&](absl::Status st) {
         if (w) AbandonWriter(w);
         m.Release(s);
@@ -1172,6 +1297,31 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       };
       if (absl::Status g = m.GoneError(s.get()); !g.ok()) return fail(g);
       if (w && !m.IsCurrent(s.get(), w->gen)) return fail(Busy());
+      if (in.commit) {
+        const GenerationRecord* rec =
+            FindGenerationRecord(s->records, in.request_id,
+                                 m.opt_.request_id_window, m.clock_->Now());
+        if (rec != nullptr && rec->digest != in.content_digest) {
+          return fail(DuplicateRequest(in.request_id));
+        }
+        if (rec != nullptr) {
+          GenerateOutcome o = m.Replay(*rec, emit);
+          o.committed = true;
+          o.replayed = true;
+          {
+            absl::MutexLock lock(&s->mu);
+            o.position = s->view.position;
+            o.input_offset = s->view.input_offset;
+            o.version = s->view.version;
+            o.durability = s->view.durability;
+          }
+          if (m.opt_.metrics != nullptr)
+            m.opt_.metrics->IncReplayedGeneration();
+          AbandonWriter(w);
+          m.Release(s);
+          return done(o);
+        }
+      }
       if (in.expected_input_offset &&
           *in.expected_input_offset != s->input_offset) {
         return fail(m.PositionMismatch(s.get(), *in.expected_input_offset));
@@ -1241,6 +1391,9 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       spec.stop_strings = in.stop_strings;
       spec.logprobs = in.logprobs;
       spec.top_logprobs = in.top_logprobs;
+      spec.clock = m.clock_;
+      if (in.max_duration) spec.stop_at = timing->arrival + *in.max_duration;
+      if (m.opt_.metrics != nullptr) m.opt_.metrics->AddTokensIn(prompt.size());
       const uint32_t input_tokens = static_cast<uint32_t>(prompt.size());
       auto work = std::make_shared<EngineState>(s->live);
       const uint64_t start_offset = s->input_offset;
@@ -1249,7 +1402,18 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       auto out_tokens = std::make_shared<std::vector<int32_t>>();
       auto task = std::make_shared<GenerateTask>(
           work.get(), m.vocab_, m.tok_, std::move(spec),
-          [emit, text, out_tokens](const GeneratedToken& t) {
+          [&m, emit, text, out_tokens, timing](const GeneratedToken& t) {
+            if (WorkerMetrics* metrics = m.opt_.metrics) {
+              const absl::Time now = m.clock_->Now();
+              if (timing->first) {
+                metrics->ObserveTimeToFirstToken(now - timing->arrival);
+              } else {
+                metrics->ObserveInterToken(now - timing->last);
+              }
+              metrics->AddTokensOut(1);
+              timing->first = false;
+              timing->last = now;
+            }
             out_tokens->push_back(t.id);
             text->append(t.text);
             GeneratedPiece p;
@@ -1264,6 +1428,16 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
            start_offset](const absl::Status& st, const GenerateResult& r) {
             m.pool_.Post([this, &m, job, s, w, work, in, done, text, out_tokens,
                           input_tokens, prompt_units, start_offset, st, r] {
+              {
+                absl::MutexLock lock(&m.mu_);
+                for (auto it = m.generating_.begin(); it != m.generating_.end();
+                     ++it) {
+                  if ((*it)->state() == work->state.data()) {
+                    m.generating_.erase(it);
+                    break;
+                  }
+                }
+              }
               auto finish = [&](absl::StatusOr<GenerateOutcome> out) {
                 if (in.commit) {
                   AbandonWriter(w);
@@ -1310,17 +1484,32 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
               EngineState before = s->live;
               const std::string tail = s->tail, sampler = s->sampler_state;
               const uint64_t offset = s->input_offset;
+              const std::deque<GenerationRecord> records = s->records;
               s->live = *work;
               s->tail.clear();
               s->utf8_carry.clear();
               s->input_offset = start_offset + prompt_units + r.generated;
               s->sampler_state = r.sampler.Serialize();
+              GenerationRecord rec;
+              rec.request_id = in.request_id;
+              rec.digest = in.content_digest;
+              rec.committed_at = m.clock_->Now();
+              rec.finish = static_cast<uint8_t>(o.finish);
+              rec.stop_token = o.stop_token;
+              rec.stop_string = o.stop_string;
+              rec.input_tokens = input_tokens;
+              rec.tokens = *out_tokens;
+              AddGenerationRecord(std::move(rec), m.opt_.generation_records,
+                                  m.opt_.generation_record_tokens,
+                                  m.opt_.request_id_window, m.clock_->Now(),
+                                  &s->records);
               absl::Status cs =
                   m.CommitNow(s.get(), m.Dur(in.durability), in.request_id);
               if (!cs.ok() && s->head.head.input_offset != s->input_offset) {
                 s->live = std::move(before);
                 s->tail = tail;
                 s->sampler_state = sampler;
+                s->records = records;
                 s->input_offset = offset;
                 absl::MutexLock lock(&s->mu);
                 m.RefreshView(s.get());
@@ -1341,7 +1530,16 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
         }
         return done(CancelledError());
       }
+      {
+        absl::MutexLock lock(&m.mu_);
+        m.generating_.insert(task);
+        if (m.draining_) task->RequestStop();
+      }
       if (absl::Status st = m.sched_->Submit(task); !st.ok()) {
+        {
+          absl::MutexLock lock(&m.mu_);
+          m.generating_.erase(task);
+        }
         if (in.commit) {
           AbandonWriter(w);
           m.Release(s);
@@ -1388,7 +1586,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
     auto work = std::make_shared<EngineState>();
     auto tail = std::make_shared<std::string>();
     auto out = std::make_shared<ScoreOutcome>();
-    auto run = [&m, job, work, tail, out, cont, done]() {
+    auto run = [&m, job, work, tail, out, cont, in, done]() {
       std::vector<int32_t> flushed =
           m.tok_->EncodeStream(*tail, "", true).tokens;
       out->position = work->position + flushed.size();
@@ -1399,17 +1597,23 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
                               {{"field", "continuation"}}));
       }
       out->tokens = cont;
-      auto score = [&m, job, work, out, cont, done]() {
+      const int top_n = in.top_logprobs;
+      auto score = [&m, job, work, out, cont, top_n, done]() {
+        if (m.opt_.metrics != nullptr) m.opt_.metrics->AddTokensIn(cont.size());
+        auto holder = std::make_shared<ScoreTask*>(nullptr);
         auto task = std::make_shared<ScoreTask>(
             work.get(), m.vocab_, cont,
-            [work, out, done](const absl::Status& st,
-                              const std::vector<float>& lp,
-                              const std::vector<bool>& greedy) {
+            [work, out, holder, done](const absl::Status& st,
+                                      const std::vector<float>& lp,
+                                      const std::vector<bool>& greedy) {
               if (!st.ok()) return done(st);
               out->logprobs = lp;
               out->greedy = greedy;
+              out->top = (*holder)->top();
               done(*out);
             });
+        *holder = task.get();
+        task->set_top_logprobs(top_n);
         if (!job->SetTask(task)) return done(CancelledError());
         if (absl::Status st = m.sched_->Submit(task); !st.ok()) done(st);
       };
@@ -1471,6 +1675,10 @@ SessionManager::Stats SessionManager::stats() const {
   absl::MutexLock lock(&impl_->mu_);
   Stats s = impl_->stats_;
   s.resident = static_cast<int>(impl_->resident_.size());
+  for (const auto& [k, session] : impl_->resident_) {
+    absl::MutexLock l2(&session->mu);
+    if (session->busy || session->writer_attached) ++s.active;
+  }
   s.resident_bytes = s.resident * impl_->session_bytes_;
   return s;
 }

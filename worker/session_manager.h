@@ -43,6 +43,8 @@
 
 namespace statestream::worker {
 
+class WorkerMetrics;
+
 struct SessionManagerOptions {
   // Public model id of the one served model, e.g. "rwkv7-demo".
   std::string model_id = "default";
@@ -67,6 +69,17 @@ struct SessionManagerOptions {
   int max_generate_tokens = 8192;
   // Threads running session operations and store I/O.
   int threads = 4;
+  // Idempotency window of request ids: CreateSession ids are remembered
+  // (in memory, at most max_create_request_ids, oldest dropped first) for
+  // this long; committed Generate records too (kept with the session's
+  // state, at most generation_records per session and
+  // generation_record_tokens output tokens in all, oldest dropped first).
+  absl::Duration request_id_window = absl::Hours(1);
+  int max_create_request_ids = 65536;
+  int generation_records = 64;
+  int64_t generation_record_tokens = 65536;
+  // Metrics sink; nullptr = none. Not owned; must outlive the manager.
+  WorkerMetrics* metrics = nullptr;
   // Time source for the checkpoint policy and leases. Not owned.
   Clock* clock = nullptr;  // nullptr = Clock::Real()
 };
@@ -137,15 +150,26 @@ struct GenerateInput {
   std::optional<Durability> durability;
   bool logprobs = false;
   int top_logprobs = 0;
+  // Stop gracefully (Finish::kCancelled) after this much generation time.
+  std::optional<absl::Duration> max_duration;
+  // Digest of the request's content (everything but the transport): a
+  // committed generation is recorded under (request_id, digest); a retry
+  // with the same pair replays it, another digest is DUPLICATE_REQUEST.
+  uint64_t content_digest = 0;
 };
 
 struct GenerateOutcome {
-  enum class Finish { kStopToken, kStopString, kMaxTokens } finish;
+  // kCancelled: stopped early (max_duration elapsed, or the worker drains);
+  // the output so far is complete (and committed if asked).
+  enum class Finish { kStopToken, kStopString, kMaxTokens, kCancelled } finish;
   int32_t stop_token = 0;
   std::string stop_string;
   uint32_t input_tokens = 0, output_tokens = 0;
   std::string held_back;  // trailing bytes never completed to UTF-8
   bool committed = false;
+  // A retry of a committed generation: the pieces were replayed from the
+  // session's record (no logprobs), nothing was sampled or applied.
+  bool replayed = false;
   uint64_t position = 0, input_offset = 0, version = 0;
   Durability durability = Durability::kMemory;
 };
@@ -163,12 +187,14 @@ struct ScoreInput {
   bool is_text = false;
   std::string text;
   std::vector<int32_t> tokens;
+  int top_logprobs = 0;  // 0-20
 };
 
 struct ScoreOutcome {
   std::vector<int32_t> tokens;
   std::vector<float> logprobs;
   std::vector<bool> greedy;
+  std::vector<std::vector<engine::TokenLogprob>> top;  // when asked
   uint64_t position = 0, input_offset = 0, version = 0;
 };
 
@@ -268,6 +294,7 @@ class SessionManager {
 
   struct Stats {
     int resident = 0;
+    int active = 0;  // resident with an operation or a writer attached
     int64_t resident_bytes = 0;
     int64_t loads = 0, evictions = 0, commits = 0, fenced = 0;
   };

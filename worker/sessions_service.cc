@@ -1,14 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
-// statestream.v1.Sessions over the SessionManager. Unary calls run on the
-// gRPC callback thread (their store I/O is short); ExportState and
-// ImportState stream state blobs in chunks of at most 1 MiB.
+// statestream.v1.Sessions over the SessionManager. Unary calls run on a
+// small pool of this service's own (they block on store I/O); ExportState
+// and ImportState stream state blobs in chunks of at most 1 MiB.
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
 #include <deque>
+#include <functional>
+#include <thread>
+#include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/crc32c.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
@@ -34,20 +39,48 @@ absl::Status Corrupt(absl::string_view detail) {
                    {{"detail", std::string(detail)}});
 }
 
-// Finishes a unary call with `status`.
-grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx,
-                               const absl::Status& status) {
-  auto* r = ctx->DefaultReactor();
-  r->Finish(ToGrpcStatus(status));
-  return r;
-}
+// A few threads for the unary calls, which do store I/O: gRPC's callback
+// threads must not block on it. Runs closures in FIFO order; the
+// destructor runs what is queued, then joins.
+class Executor {
+ public:
+  explicit Executor(int threads) {
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+  }
+  ~Executor() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    for (auto& t : threads_) t.join();
+  }
+  void Post(std::function<void()> fn) {
+    absl::MutexLock lock(&mu_);
+    queue_.push_back(std::move(fn));
+  }
 
-// Unary handlers: the tenant or finish the call with its error.
-#define SS_ASSIGN_OR_FINISH(lhs, expr)                           \
-  auto SS_CONCAT_(ss_tenant_, __LINE__) = (expr);                \
-  if (!SS_CONCAT_(ss_tenant_, __LINE__).ok())                    \
-    return Done(ctx, SS_CONCAT_(ss_tenant_, __LINE__).status()); \
-  lhs = *std::move(SS_CONCAT_(ss_tenant_, __LINE__))
+ private:
+  void Loop() {
+    for (;;) {
+      std::function<void()> fn;
+      {
+        absl::MutexLock lock(&mu_);
+        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stop_ || !queue_.empty();
+        };
+        mu_.Await(absl::Condition(&ready));
+        if (queue_.empty()) return;
+        fn = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      fn();
+    }
+  }
+  absl::Mutex mu_;
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
 
 class ExportReactor final
     : public grpc::ServerWriteReactor<v1::ExportStateResponse> {
@@ -238,161 +271,176 @@ class ImportReactor final
 
 class SessionsService final : public v1::Sessions::CallbackService {
  public:
-  explicit SessionsService(SessionManager* m) : m_(m) {}
+  explicit SessionsService(SessionManager* m) : m_(m), pool_(4) {}
 
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* ctx,
                                           const v1::CreateSessionRequest* req,
                                           v1::Session* out) override {
-    SS_ASSIGN_OR_FINISH(std::string tenant, TenantOf(*ctx));
-    absl::Status st = CheckRequestId(req->request_id());
-    if (st.ok() && !req->session_id().empty()) {
-      st = CheckSessionId(req->session_id(), "session_id");
-    }
-    if (st.ok()) st = CheckLabels(req->labels());
-    auto ttl = TtlFromProto(req->has_ttl(), req->ttl());
-    if (st.ok()) st = ttl.status();
-    if (!st.ok()) return Done(ctx, st);
-    CreateParams p;
-    p.request_id = req->request_id();
-    p.session_id = req->session_id();
-    p.model_id = req->model_id();
-    p.labels = {req->labels().begin(), req->labels().end()};
-    p.ttl = *ttl;
-    p.durability = DurabilityFromProto(req->durability());
-    if (req->has_fork_from()) {
-      st =
-          CheckSessionId(req->fork_from().session_id(), "fork_from.session_id");
-      if (!st.ok()) return Done(ctx, st);
-      p.fork_from.emplace(req->fork_from().session_id(),
-                          req->fork_from().version());
-    }
-    auto v = m_->CreateSession(tenant, p);
-    if (v.ok()) SessionToProto(*v, out);
-    return Done(ctx, v.status());
+    return Offload(ctx, [this, ctx, req, out]() -> absl::Status {
+      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx));
+      absl::Status st = CheckRequestId(req->request_id());
+      if (st.ok() && !req->session_id().empty()) {
+        st = CheckSessionId(req->session_id(), "session_id");
+      }
+      if (st.ok()) st = CheckLabels(req->labels());
+      auto ttl = TtlFromProto(req->has_ttl(), req->ttl());
+      if (st.ok()) st = ttl.status();
+      if (!st.ok()) return st;
+      CreateParams p;
+      p.request_id = req->request_id();
+      p.session_id = req->session_id();
+      p.model_id = req->model_id();
+      p.labels = {req->labels().begin(), req->labels().end()};
+      p.ttl = *ttl;
+      p.durability = DurabilityFromProto(req->durability());
+      if (req->has_fork_from()) {
+        st = CheckSessionId(req->fork_from().session_id(),
+                            "fork_from.session_id");
+        if (!st.ok()) return st;
+        p.fork_from.emplace(req->fork_from().session_id(),
+                            req->fork_from().version());
+      }
+      auto v = m_->CreateSession(tenant, p);
+      if (v.ok()) SessionToProto(*v, out);
+      return v.status();
+    });
   }
 
   grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* ctx,
                                        const v1::GetSessionRequest* req,
                                        v1::Session* out) override {
-    SS_ASSIGN_OR_FINISH(std::string tenant, TenantOf(*ctx));
-    if (absl::Status st = CheckSessionId(req->session_id(), "session_id");
-        !st.ok()) {
-      return Done(ctx, st);
-    }
-    auto v = m_->GetSession(tenant, req->session_id());
-    if (v.ok()) SessionToProto(*v, out);
-    return Done(ctx, v.status());
+    return Offload(ctx, [this, ctx, req, out]() -> absl::Status {
+      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx));
+      if (absl::Status st = CheckSessionId(req->session_id(), "session_id");
+          !st.ok()) {
+        return st;
+      }
+      auto v = m_->GetSession(tenant, req->session_id());
+      if (v.ok()) SessionToProto(*v, out);
+      return v.status();
+    });
   }
 
   grpc::ServerUnaryReactor* ListSessions(
       grpc::CallbackServerContext* ctx, const v1::ListSessionsRequest* req,
       v1::ListSessionsResponse* out) override {
-    SS_ASSIGN_OR_FINISH(std::string tenant, TenantOf(*ctx));
-    auto page = m_->ListSessions(
-        tenant, static_cast<int>(std::min<uint32_t>(req->page_size(), 1000)),
-        req->page_token(),
-        {req->label_selector().begin(), req->label_selector().end()},
-        req->model_id());
-    if (page.ok()) {
-      for (const SessionView& v : page->first) {
-        SessionToProto(v, out->add_sessions());
+    return Offload(ctx, [this, ctx, req, out]() -> absl::Status {
+      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx));
+      auto page = m_->ListSessions(
+          tenant, static_cast<int>(std::min<uint32_t>(req->page_size(), 1000)),
+          req->page_token(),
+          {req->label_selector().begin(), req->label_selector().end()},
+          req->model_id());
+      if (page.ok()) {
+        for (const SessionView& v : page->first) {
+          SessionToProto(v, out->add_sessions());
+        }
+        out->set_next_page_token(page->second);
       }
-      out->set_next_page_token(page->second);
-    }
-    return Done(ctx, page.status());
+      return page.status();
+    });
   }
 
   grpc::ServerUnaryReactor* UpdateSession(grpc::CallbackServerContext* ctx,
                                           const v1::UpdateSessionRequest* req,
                                           v1::Session* out) override {
-    SS_ASSIGN_OR_FINISH(std::string tenant, TenantOf(*ctx));
-    absl::Status st = CheckRequestId(req->request_id());
-    if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
-    if (st.ok() && req->update_mask().paths_size() == 0) {
-      st = BadField("update_mask", "required");
-    }
-    SessionUpdate u;
-    for (const std::string& path : req->update_mask().paths()) {
-      if (!st.ok()) break;
-      if (path == "labels") {
-        st = CheckLabels(req->labels());
-        u.labels.emplace(req->labels().begin(), req->labels().end());
-      } else if (path == "ttl") {
-        auto ttl = TtlFromProto(req->has_ttl(), req->ttl());
-        st = ttl.status();
-        if (st.ok() && *ttl != absl::ZeroDuration()) u.ttl = *ttl;
-        if (st.ok() && *ttl == absl::ZeroDuration()) {
-          u.ttl = absl::Hours(24 * 7);
-        }
-      } else {
-        st = BadField("update_mask", absl::StrCat("unknown path ", path));
+    return Offload(ctx, [this, ctx, req, out]() -> absl::Status {
+      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx));
+      absl::Status st = CheckRequestId(req->request_id());
+      if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
+      if (st.ok() && req->update_mask().paths_size() == 0) {
+        st = BadField("update_mask", "required");
       }
-    }
-    if (!st.ok()) return Done(ctx, st);
-    auto v = m_->UpdateSession(tenant, req->session_id(), u);
-    if (v.ok()) SessionToProto(*v, out);
-    return Done(ctx, v.status());
+      SessionUpdate u;
+      for (const std::string& path : req->update_mask().paths()) {
+        if (!st.ok()) break;
+        if (path == "labels") {
+          st = CheckLabels(req->labels());
+          u.labels.emplace(req->labels().begin(), req->labels().end());
+        } else if (path == "ttl") {
+          auto ttl = TtlFromProto(req->has_ttl(), req->ttl());
+          st = ttl.status();
+          if (st.ok() && *ttl != absl::ZeroDuration()) u.ttl = *ttl;
+          if (st.ok() && *ttl == absl::ZeroDuration()) {
+            u.ttl = absl::Hours(24 * 7);
+          }
+        } else {
+          st = BadField("update_mask", absl::StrCat("unknown path ", path));
+        }
+      }
+      if (!st.ok()) return st;
+      auto v = m_->UpdateSession(tenant, req->session_id(), u);
+      if (v.ok()) SessionToProto(*v, out);
+      return v.status();
+    });
   }
 
   grpc::ServerUnaryReactor* DeleteSession(grpc::CallbackServerContext* ctx,
                                           const v1::DeleteSessionRequest* req,
                                           v1::DeleteSessionResponse*) override {
-    SS_ASSIGN_OR_FINISH(std::string tenant, TenantOf(*ctx));
-    absl::Status st = CheckRequestId(req->request_id());
-    if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
-    if (st.ok()) {
-      st = m_->DeleteSession(tenant, req->session_id(), req->allow_missing());
-    }
-    return Done(ctx, st);
+    return Offload(ctx, [this, ctx, req]() -> absl::Status {
+      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx));
+      absl::Status st = CheckRequestId(req->request_id());
+      if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
+      if (st.ok()) {
+        st = m_->DeleteSession(tenant, req->session_id(), req->allow_missing());
+      }
+      return st;
+    });
   }
 
   grpc::ServerUnaryReactor* ListVersions(
       grpc::CallbackServerContext* ctx, const v1::ListVersionsRequest* req,
       v1::ListVersionsResponse* out) override {
-    SS_ASSIGN_OR_FINISH(std::string tenant, TenantOf(*ctx));
-    if (absl::Status st = CheckSessionId(req->session_id(), "session_id");
-        !st.ok()) {
-      return Done(ctx, st);
-    }
-    auto head = m_->GetSession(tenant, req->session_id());
-    if (!head.ok()) return Done(ctx, head.status());
-    auto versions = m_->ListVersions(tenant, req->session_id());
-    if (!versions.ok()) return Done(ctx, versions.status());
-    // Page token: the version to start below (newest first).
-    uint64_t below = UINT64_MAX;
-    if (!req->page_token().empty() &&
-        !absl::SimpleAtoi(req->page_token(), &below)) {
-      return Done(ctx, BadField("page_token", "malformed"));
-    }
-    const size_t page =
-        req->page_size() == 0 ? 50 : std::min<uint32_t>(req->page_size(), 1000);
-    for (const VersionInfo& v : *versions) {
-      if (v.version >= below) continue;
-      if (static_cast<size_t>(out->versions_size()) == page) {
-        out->set_next_page_token(
-            absl::StrCat(out->versions().rbegin()->version()));
-        break;
+    return Offload(ctx, [this, ctx, req, out]() -> absl::Status {
+      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx));
+      if (absl::Status st = CheckSessionId(req->session_id(), "session_id");
+          !st.ok()) {
+        return st;
       }
-      VersionToProto(v, head->parent_version, out->add_versions());
-    }
-    return Done(ctx, absl::OkStatus());
+      auto head = m_->GetSession(tenant, req->session_id());
+      if (!head.ok()) return head.status();
+      auto versions = m_->ListVersions(tenant, req->session_id());
+      if (!versions.ok()) return versions.status();
+      // Page token: the version to start below (newest first).
+      uint64_t below = UINT64_MAX;
+      if (!req->page_token().empty() &&
+          !absl::SimpleAtoi(req->page_token(), &below)) {
+        return BadField("page_token", "malformed");
+      }
+      const size_t page = req->page_size() == 0
+                              ? 50
+                              : std::min<uint32_t>(req->page_size(), 1000);
+      for (const VersionInfo& v : *versions) {
+        if (v.version >= below) continue;
+        if (static_cast<size_t>(out->versions_size()) == page) {
+          out->set_next_page_token(
+              absl::StrCat(out->versions().rbegin()->version()));
+          break;
+        }
+        VersionToProto(v, head->parent_version, out->add_versions());
+      }
+      return absl::OkStatus();
+    });
   }
 
   grpc::ServerUnaryReactor* RollbackSession(
       grpc::CallbackServerContext* ctx, const v1::RollbackSessionRequest* req,
       v1::Session* out) override {
-    SS_ASSIGN_OR_FINISH(std::string tenant, TenantOf(*ctx));
-    absl::Status st = CheckRequestId(req->request_id());
-    if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
-    if (st.ok() && req->version() == 0)
-      st = BadField("version", "required (>= 1)");
-    if (!st.ok()) return Done(ctx, st);
-    std::optional<uint64_t> expected;
-    if (req->has_expected_version()) expected = req->expected_version();
-    auto v = m_->Rollback(tenant, req->session_id(), req->version(), expected,
-                          DurabilityFromProto(req->durability()));
-    if (v.ok()) SessionToProto(*v, out);
-    return Done(ctx, v.status());
+    return Offload(ctx, [this, ctx, req, out]() -> absl::Status {
+      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx));
+      absl::Status st = CheckRequestId(req->request_id());
+      if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
+      if (st.ok() && req->version() == 0)
+        st = BadField("version", "required (>= 1)");
+      if (!st.ok()) return st;
+      std::optional<uint64_t> expected;
+      if (req->has_expected_version()) expected = req->expected_version();
+      auto v = m_->Rollback(tenant, req->session_id(), req->version(), expected,
+                            DurabilityFromProto(req->durability()));
+      if (v.ok()) SessionToProto(*v, out);
+      return v.status();
+    });
   }
 
   grpc::ServerWriteReactor<v1::ExportStateResponse>* ExportState(
@@ -407,7 +455,20 @@ class SessionsService final : public v1::Sessions::CallbackService {
   }
 
  private:
+  // Runs `fn` on the pool and finishes the call with its status.
+  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* ctx,
+                                    std::function<absl::Status()> fn) {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    pool_.Post([this, reactor, fn = std::move(fn)] {
+      const absl::Status st = fn();
+      CountError(*m_, st);
+      reactor->Finish(ToGrpcStatus(st));
+    });
+    return reactor;
+  }
+
   SessionManager* m_;
+  Executor pool_;
 };
 
 }  // namespace

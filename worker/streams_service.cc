@@ -223,6 +223,7 @@ class AppendReactor final
   void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (!finish_ || finished_ || writing_ || op_pending_) return;
     finished_ = true;
+    CountError(*m_, *finish_);
     finish_now_ = ToGrpcStatus(*finish_);
   }
 
@@ -252,7 +253,8 @@ class GenerateReactor final
 
  public:
   GenerateReactor(SessionManager* m, grpc::CallbackServerContext* ctx,
-                  const v1::GenerateRequest* req) {
+                  const v1::GenerateRequest* req)
+      : m_(m) {
     absl::Status st = Start(m, ctx, *req);
     if (!st.ok()) {
       Locked<ThisReactor> lock(this);
@@ -361,6 +363,16 @@ class GenerateReactor final
     in.logprobs = r.logprobs();
     if (r.top_logprobs() > 20) return BadField("top_logprobs", "0-20");
     in.top_logprobs = static_cast<int>(r.top_logprobs());
+    if (r.has_max_duration()) {
+      const auto& d = r.max_duration();
+      if (d.seconds() < 0 || d.nanos() < 0 || d.nanos() >= 1000000000 ||
+          d.seconds() > 315576000000) {
+        return BadField("max_duration", "must be a non-negative duration");
+      }
+      in.max_duration =
+          absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+    }
+    in.content_digest = ContentDigest(r);
     auto job = m->Generate(
         tenant, r.session_id(), std::move(in),
         [this](const GeneratedPiece& p) { OnToken(p); },
@@ -426,7 +438,11 @@ class GenerateReactor final
       case GenerateOutcome::Finish::kMaxTokens:
         d->set_finish_reason(v1::FINISH_REASON_MAX_TOKENS);
         break;
+      case GenerateOutcome::Finish::kCancelled:
+        d->set_finish_reason(v1::FINISH_REASON_CANCELLED);
+        break;
     }
+    d->set_replayed(o->replayed);
     d->mutable_usage()->set_input_tokens(o->input_tokens);
     d->mutable_usage()->set_output_tokens(o->output_tokens);
     d->set_committed(o->committed);
@@ -454,9 +470,11 @@ class GenerateReactor final
     if (!finish_ || finished_ || writing_ || !job_done_) return;
     if (finish_->ok() && !writes_.empty()) return;
     finished_ = true;
+    CountError(*m_, *finish_);
     finish_now_ = ToGrpcStatus(*finish_);
   }
 
+  SessionManager* const m_;
   absl::Mutex mu_;
   std::shared_ptr<SessionManager::Job> job_ ABSL_GUARDED_BY(mu_);
   std::deque<v1::GenerateResponse> writes_ ABSL_GUARDED_BY(mu_);
@@ -470,6 +488,88 @@ class GenerateReactor final
   std::optional<grpc::Status> finish_now_ ABSL_GUARDED_BY(mu_);
   template <typename R>
   friend class Locked;
+};
+
+// Score, cancelled when the client goes away (OnCancel).
+class ScoreReactor final : public grpc::ServerUnaryReactor {
+ public:
+  ScoreReactor(SessionManager* m, grpc::CallbackServerContext* ctx,
+               const v1::ScoreRequest* req, v1::ScoreResponse* out)
+      : m_(m) {
+    auto tenant = TenantOf(*ctx);
+    absl::Status st = tenant.status();
+    if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
+    if (st.ok() && req->top_logprobs() > 20) {
+      st = BadField("top_logprobs", "0-20");
+    }
+    if (st.ok() && !req->has_text_utf8() && !req->has_tokens()) {
+      st = BadField("continuation", "required");
+    }
+    if (!st.ok()) {
+      CountError(*m_, st);
+      Finish(ToGrpcStatus(st));
+      return;
+    }
+    ScoreInput in;
+    in.version = req->version();
+    if (req->has_expected_input_offset()) {
+      in.expected_input_offset = req->expected_input_offset();
+    }
+    in.is_text = req->has_text_utf8();
+    in.text = req->text_utf8();
+    if (req->has_tokens()) in.tokens = Ids(req->tokens());
+    in.top_logprobs = static_cast<int>(req->top_logprobs());
+    auto job = m_->Score(*tenant, req->session_id(), std::move(in),
+                         [this, out](absl::StatusOr<ScoreOutcome> o) {
+                           if (o.ok()) Fill(*o, out);
+                           CountError(*m_, o.status());
+                           Finish(ToGrpcStatus(o.status()));
+                         });
+    absl::MutexLock lock(&mu_);
+    job_ = std::move(job);
+    if (cancelled_) job_->Cancel();
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    if (job_) job_->Cancel();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  static void Fill(const ScoreOutcome& o, v1::ScoreResponse* out) {
+    double sum = 0;
+    bool all = true;
+    for (size_t i = 0; i < o.tokens.size(); ++i) {
+      auto* t = out->add_tokens();
+      t->set_token(static_cast<uint32_t>(o.tokens[i]));
+      t->set_logprob(o.logprobs[i]);
+      t->set_greedy(o.greedy[i]);
+      if (i < o.top.size()) {
+        for (const auto& top : o.top[i]) {
+          auto* lp = t->add_top();
+          lp->set_token(static_cast<uint32_t>(top.id));
+          lp->set_logprob(top.logprob);
+        }
+      }
+      sum += o.logprobs[i];
+      all = all && o.greedy[i];
+    }
+    out->set_sum_logprob(sum);
+    out->set_all_greedy(all);
+    out->set_position(o.position);
+    out->set_input_offset(o.input_offset);
+    out->set_version(o.version);
+  }
+
+  SessionManager* const m_;
+  absl::Mutex mu_;
+  // Set once Score() returns. `done` may have called Finish by then; gRPC
+  // holds that Finish back until the handler has returned this reactor,
+  // so OnDone (and OnCancel) never run before the constructor ends.
+  std::shared_ptr<SessionManager::Job> job_ ABSL_GUARDED_BY(mu_);
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 class StreamsService final : public v1::Streams::CallbackService {
@@ -490,51 +590,7 @@ class StreamsService final : public v1::Streams::CallbackService {
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx,
                                   const v1::ScoreRequest* req,
                                   v1::ScoreResponse* out) override {
-    auto* reactor = ctx->DefaultReactor();
-    auto tenant = TenantOf(*ctx);
-    absl::Status st = tenant.status();
-    if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
-    if (st.ok() && req->top_logprobs() > 20)
-      st = BadField("top_logprobs", "0-20");
-    if (st.ok() && !req->has_text_utf8() && !req->has_tokens()) {
-      st = BadField("continuation", "required");
-    }
-    if (!st.ok()) {
-      reactor->Finish(ToGrpcStatus(st));
-      return reactor;
-    }
-    ScoreInput in;
-    in.version = req->version();
-    if (req->has_expected_input_offset()) {
-      in.expected_input_offset = req->expected_input_offset();
-    }
-    in.is_text = req->has_text_utf8();
-    in.text = req->text_utf8();
-    if (req->has_tokens()) in.tokens = Ids(req->tokens());
-    // The job cannot be cancelled from here: a unary call's reactor has no
-    // OnCancel hook; scoring is bounded (65536 tokens).
-    m_->Score(*tenant, req->session_id(), std::move(in),
-              [reactor, out](absl::StatusOr<ScoreOutcome> o) {
-                if (o.ok()) {
-                  double sum = 0;
-                  bool all = true;
-                  for (size_t i = 0; i < o->tokens.size(); ++i) {
-                    auto* t = out->add_tokens();
-                    t->set_token(static_cast<uint32_t>(o->tokens[i]));
-                    t->set_logprob(o->logprobs[i]);
-                    t->set_greedy(o->greedy[i]);
-                    sum += o->logprobs[i];
-                    all = all && o->greedy[i];
-                  }
-                  out->set_sum_logprob(sum);
-                  out->set_all_greedy(all);
-                  out->set_position(o->position);
-                  out->set_input_offset(o->input_offset);
-                  out->set_version(o->version);
-                }
-                reactor->Finish(ToGrpcStatus(o.status()));
-              });
-    return reactor;
+    return new ScoreReactor(m_, ctx, req, out);
   }
 
  private:

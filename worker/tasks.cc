@@ -136,6 +136,13 @@ void GenerateTask::Sample(const float* logits) {
     phase_ = Phase::kFeedLast;
     return;
   }
+  if (stop_requested_.load() ||
+      (spec_.stop_at != absl::InfiniteFuture() &&
+       (spec_.clock ? spec_.clock : Clock::Real())->Now() >= spec_.stop_at)) {
+    result_.finish = FinishReason::kCancelled;
+    phase_ = Phase::kFeedLast;
+    return;
+  }
   phase_ = Phase::kDecode;
 }
 
@@ -213,6 +220,11 @@ void ScoreTask::OnStep(int fed, const float* logits) {
   logprobs_.push_back(
       static_cast<float>(double(logits[want]) - max - std::log(sum)));
   greedy_.push_back(argmax == want);
+  if (top_n_ > 0) {
+    top_.push_back(engine::ComputeLogprobs(
+                       absl::MakeConstSpan(logits, vocab_size_), want, top_n_)
+                       .top);
+  }
   fed_pending_ = true;
 }
 

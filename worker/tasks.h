@@ -6,12 +6,15 @@
 #ifndef STATESTREAM_WORKER_TASKS_H_
 #define STATESTREAM_WORKER_TASKS_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
 #include "worker/engine/model.h"
 #include "worker/engine/sampler.h"
 #include "worker/engine/tokenizer.h"
@@ -51,7 +54,9 @@ class IngestTask final : public Task {
   std::function<void(const absl::Status&)> done_;
 };
 
-enum class FinishReason { kStopToken, kStopString, kMaxTokens };
+// kCancelled: stopped early and gracefully (max_duration, or RequestStop
+// when the worker drains); the output so far is complete.
+enum class FinishReason { kStopToken, kStopString, kMaxTokens, kCancelled };
 
 struct GeneratedToken {
   int32_t id = 0;
@@ -71,6 +76,10 @@ struct GenerateSpec {
   std::vector<std::string> stop_strings;
   bool logprobs = false;
   int top_logprobs = 0;
+  // Stop gracefully (kCancelled) after the first token sampled at or after
+  // this time on `clock` (nullptr = Clock::Real()).
+  absl::Time stop_at = absl::InfiniteFuture();
+  Clock* clock = nullptr;
 };
 
 struct GenerateResult {
@@ -101,6 +110,10 @@ class GenerateTask final : public Task {
   void OnDone() override;
   void OnError(const absl::Status& s) override;
 
+  // Thread-safe: finish gracefully (kCancelled) after the next sampled
+  // token, keeping the output so far (the worker is draining).
+  void RequestStop() { stop_requested_.store(true); }
+
  private:
   enum class Phase { kPrompt, kFirstLogits, kDecode, kFeedLast };
   void Sample(const float* logits);
@@ -122,6 +135,7 @@ class GenerateTask final : public Task {
   std::string text_;         // all output bytes so far (for stop strings)
   size_t text_emitted_ = 0;  // bytes of text_ handed out
   std::vector<float> scratch_;
+  std::atomic<bool> stop_requested_{false};
 };
 
 // Log-probabilities of `tokens` (non-empty) as a continuation of the state
@@ -143,9 +157,18 @@ class ScoreTask final : public Task {
   void OnDone() override;
   void OnError(const absl::Status& s) override;
 
+  // Also record the `n` most likely tokens at each position (before the
+  // task is submitted); read them with top() from `done`.
+  void set_top_logprobs(int n) { top_n_ = n; }
+  const std::vector<std::vector<engine::TokenLogprob>>& top() const {
+    return top_;
+  }
+
  private:
   EngineState* st_;
   const int vocab_size_;
+  int top_n_ = 0;
+  std::vector<std::vector<engine::TokenLogprob>> top_;
   std::vector<int32_t> tokens_;
   bool fed_pending_ = false;  // the token scored last still needs feeding
   std::vector<float> logprobs_;

@@ -1,0 +1,62 @@
+// SPDX-License-Identifier: Apache-2.0
+// What a session remembers of its recent committed generations, so that a
+// retried committing Generate (same request id) replays the recorded output
+// instead of sampling again. The records travel with the session's state:
+// they are side data of the snapshot's `sampler_state` field, so they are
+// committed atomically with the generation they describe and survive
+// eviction, restarts and failover to another worker.
+//
+// Side-data format (little-endian): "SSGEN1\n", u32 sampler bytes, the
+// sampler state (engine::SamplerState::Serialize), u32 record count, then
+// per record: u16 + request id, u64 content digest, i64 commit time (unix
+// ms), u8 finish, i32 stop token, u16 + stop string, u32 input tokens,
+// u32 n + n i32 output tokens. A value without the magic is a bare sampler
+// state (sessions that never committed a generation).
+#ifndef STATESTREAM_WORKER_GENERATION_RECORD_H_
+#define STATESTREAM_WORKER_GENERATION_RECORD_H_
+
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+
+namespace statestream::worker {
+
+struct GenerationRecord {
+  std::string request_id;
+  uint64_t digest = 0;  // of the request's content
+  absl::Time committed_at;
+  uint8_t finish = 0;  // GenerateOutcome::Finish
+  int32_t stop_token = 0;
+  std::string stop_string;
+  uint32_t input_tokens = 0;
+  std::vector<int32_t> tokens;  // the output
+};
+
+// `sampler` alone when `records` is empty.
+std::string EncodeSamplerSideData(const std::string& sampler,
+                                  const std::deque<GenerationRecord>& records);
+// DATA_LOSS / STATE_CORRUPT for a malformed value.
+absl::Status DecodeSamplerSideData(const std::string& value,
+                                   std::string* sampler,
+                                   std::deque<GenerationRecord>* records);
+
+// Appends `record`, then drops the oldest records until at most
+// `max_records` remain, their output is at most `max_tokens` tokens in all
+// (the newest is always kept), and none is older than `window` at `now`.
+void AddGenerationRecord(GenerationRecord record, int max_records,
+                         int64_t max_tokens, absl::Duration window,
+                         absl::Time now, std::deque<GenerationRecord>* records);
+
+// The newest record of `request_id` committed within `window` of `now`, or
+// nullptr.
+const GenerationRecord* FindGenerationRecord(
+    const std::deque<GenerationRecord>& records, const std::string& request_id,
+    absl::Duration window, absl::Time now);
+
+}  // namespace statestream::worker
+
+#endif  // STATESTREAM_WORKER_GENERATION_RECORD_H_

@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "worker/generation_record.h"
+
+#include "common/status.h"
+#include "gtest/gtest.h"
+
+namespace statestream::worker {
+namespace {
+
+const absl::Time kT0 = absl::FromUnixSeconds(1700000000);
+
+GenerationRecord Rec(const std::string& id, int tokens, absl::Time at = kT0) {
+  GenerationRecord r;
+  r.request_id = id;
+  r.digest = 0x1234 + tokens;
+  r.committed_at = at;
+  r.finish = 2;
+  r.stop_token = 7;
+  r.stop_string = "\n\n";
+  r.input_tokens = 3;
+  for (int i = 0; i < tokens; ++i) r.tokens.push_back(i * 31);
+  return r;
+}
+
+TEST(GenerationRecordTest, RoundTripsThroughTheSamplerSideData) {
+  std::deque<GenerationRecord> in = {Rec("a", 3), Rec("b", 0)};
+  const std::string value = EncodeSamplerSideData("SAMPLER", in);
+  std::string sampler;
+  std::deque<GenerationRecord> out;
+  ASSERT_TRUE(DecodeSamplerSideData(value, &sampler, &out).ok());
+  EXPECT_EQ(sampler, "SAMPLER");
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].request_id, "a");
+  EXPECT_EQ(out[0].digest, in[0].digest);
+  EXPECT_EQ(out[0].committed_at, kT0);
+  EXPECT_EQ(out[0].stop_string, "\n\n");
+  EXPECT_EQ(out[0].stop_token, 7);
+  EXPECT_EQ(out[0].input_tokens, 3u);
+  EXPECT_EQ(out[0].tokens, in[0].tokens);
+  EXPECT_TRUE(out[1].tokens.empty());
+}
+
+TEST(GenerationRecordTest, NoRecordsIsTheBareSamplerState) {
+  EXPECT_EQ(EncodeSamplerSideData("SAMPLER", {}), "SAMPLER");
+  std::string sampler;
+  std::deque<GenerationRecord> out = {Rec("x", 1)};
+  ASSERT_TRUE(DecodeSamplerSideData("SSMP-old", &sampler, &out).ok());
+  EXPECT_EQ(sampler, "SSMP-old");
+  EXPECT_TRUE(out.empty());
+}
+
+TEST(GenerationRecordTest, TruncatedOrPaddedValuesAreCorrupt) {
+  const std::string value = EncodeSamplerSideData("S", {Rec("a", 4)});
+  std::string sampler;
+  std::deque<GenerationRecord> out;
+  for (size_t n = 7; n < value.size(); ++n) {
+    absl::Status st = DecodeSamplerSideData(value.substr(0, n), &sampler, &out);
+    EXPECT_EQ(GetReason(st), Reason::kStateCorrupt) << n;
+  }
+  EXPECT_EQ(GetReason(DecodeSamplerSideData(value + "x", &sampler, &out)),
+            Reason::kStateCorrupt);
+}
+
+TEST(GenerationRecordTest, BoundedByCountTokensAndAge) {
+  std::deque<GenerationRecord> r;
+  for (int i = 0; i < 10; ++i) {
+    AddGenerationRecord(Rec(std::to_string(i), 10), 4, 1000, absl::Hours(1),
+                        kT0, &r);
+  }
+  ASSERT_EQ(r.size(), 4u);
+  EXPECT_EQ(r.front().request_id, "6");
+  AddGenerationRecord(Rec("big", 995), 4, 1000, absl::Hours(1), kT0, &r);
+  ASSERT_EQ(r.size(), 1u);  // the newest is always kept
+  AddGenerationRecord(Rec("late", 1, kT0 + absl::Hours(2)), 4, 1000,
+                      absl::Hours(1), kT0 + absl::Hours(2), &r);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r.front().request_id, "late");
+  EXPECT_NE(FindGenerationRecord(r, "late", absl::Hours(1),
+                                 kT0 + absl::Hours(2)),
+            nullptr);
+  EXPECT_EQ(FindGenerationRecord(r, "late", absl::Hours(1),
+                                 kT0 + absl::Hours(4)),
+            nullptr);
+  EXPECT_EQ(FindGenerationRecord(r, "6", absl::Hours(1), kT0), nullptr);
+}
+
+}  // namespace
+}  // namespace statestream::worker

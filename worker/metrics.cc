@@ -1,0 +1,166 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "worker/metrics.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace statestream::worker {
+namespace {
+
+std::vector<double> LatencyBounds() {
+  return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+          0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+}
+std::vector<double> SizeBounds() {
+  return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+}
+
+void Header(std::string* out, const char* name, const char* type,
+            const char* help) {
+  absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type,
+                  "\n");
+}
+
+}  // namespace
+
+Histogram::Histogram(std::vector<double> bounds)
+    : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0) {}
+
+void Histogram::Observe(double value) {
+  size_t i = 0;
+  while (i < bounds_.size() && value > bounds_[i]) ++i;
+  absl::MutexLock lock(&mu_);
+  ++counts_[i];
+  sum_ += value;
+  ++count_;
+}
+
+void Histogram::Render(const std::string& name, const std::string& labels,
+                       std::string* out) const {
+  absl::MutexLock lock(&mu_);
+  const std::string sep = labels.empty() ? "" : ",";
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i <= bounds_.size(); ++i) {
+    cumulative += counts_[i];
+    const std::string le =
+        i < bounds_.size() ? absl::StrCat(bounds_[i]) : std::string("+Inf");
+    absl::StrAppend(out, name, "_bucket{", labels, sep, "le=\"", le, "\"} ",
+                    cumulative, "\n");
+  }
+  const std::string braces =
+      labels.empty() ? "" : absl::StrCat("{", labels, "}");
+  absl::StrAppend(out, name, "_sum", braces, " ", sum_, "\n", name, "_count",
+                  braces, " ", count_, "\n");
+}
+
+WorkerMetrics::WorkerMetrics(std::string store)
+    : store_(std::move(store)),
+      ttft_(LatencyBounds()),
+      inter_token_(LatencyBounds()),
+      queue_(LatencyBounds()),
+      batch_sequences_(SizeBounds()),
+      batch_tokens_(SizeBounds()),
+      load_(LatencyBounds()),
+      commit_(LatencyBounds()) {}
+
+void WorkerMetrics::SetGaugeSource(std::function<Gauges()> source) {
+  absl::MutexLock lock(&mu_);
+  gauges_ = std::move(source);
+}
+
+void WorkerMetrics::ObserveBatch(int sequences, int tokens) {
+  batch_sequences_.Observe(sequences);
+  batch_tokens_.Observe(tokens);
+}
+
+void WorkerMetrics::Add(uint64_t* counter, int64_t n) {
+  if (n <= 0) return;
+  absl::MutexLock lock(&mu_);
+  *counter += static_cast<uint64_t>(n);
+}
+
+void WorkerMetrics::IncError(const std::string& reason) {
+  absl::MutexLock lock(&mu_);
+  ++errors_[reason];
+}
+
+std::string WorkerMetrics::Render() const {
+  std::function<Gauges()> source;
+  uint64_t in, out_tokens, takeovers, fenced, replayed;
+  std::map<std::string, uint64_t> errors;
+  {
+    absl::MutexLock lock(&mu_);
+    source = gauges_;
+    in = tokens_in_;
+    out_tokens = tokens_out_;
+    takeovers = takeovers_;
+    fenced = fenced_;
+    replayed = replayed_;
+    errors = errors_;
+  }
+  Gauges g;
+  if (source) g = source();
+  std::string out;
+  const std::string store = absl::StrCat("store=\"", store_, "\"");
+  Header(&out, "statestream_time_to_first_token_seconds", "histogram",
+         "Generate: from the request to its first output token.");
+  ttft_.Render("statestream_time_to_first_token_seconds", "", &out);
+  Header(&out, "statestream_inter_token_seconds", "histogram",
+         "Generate: time between consecutive output tokens of one call.");
+  inter_token_.Render("statestream_inter_token_seconds", "", &out);
+  Header(&out, "statestream_queue_seconds", "histogram",
+         "Scheduler: from admission of a task to its first engine step.");
+  queue_.Render("statestream_queue_seconds", "", &out);
+  Header(&out, "statestream_batch_sequences", "histogram",
+         "Scheduler: sequences per engine batch.");
+  batch_sequences_.Render("statestream_batch_sequences", "", &out);
+  Header(&out, "statestream_batch_tokens", "histogram",
+         "Scheduler: tokens per engine batch.");
+  batch_tokens_.Render("statestream_batch_tokens", "", &out);
+  Header(&out, "statestream_state_load_seconds", "histogram",
+         "Loading a session's state from the store (lease + load).");
+  load_.Render("statestream_state_load_seconds", store, &out);
+  Header(&out, "statestream_state_commit_seconds", "histogram",
+         "Committing a session's state to the store.");
+  commit_.Render("statestream_state_commit_seconds", store, &out);
+  Header(&out, "statestream_tokens_in_total", "counter",
+         "Tokens consumed by the engine (appends, prompts, scoring).");
+  absl::StrAppend(&out, "statestream_tokens_in_total ", in, "\n");
+  Header(&out, "statestream_tokens_out_total", "counter", "Tokens generated.");
+  absl::StrAppend(&out, "statestream_tokens_out_total ", out_tokens, "\n");
+  Header(&out, "statestream_lease_takeovers_total", "counter",
+         "Sessions loaded while another owner still held the lease.");
+  absl::StrAppend(&out, "statestream_lease_takeovers_total ", takeovers, "\n");
+  Header(&out, "statestream_fenced_commits_total", "counter",
+         "Commits or renewals refused because another worker took over.");
+  absl::StrAppend(&out, "statestream_fenced_commits_total ", fenced, "\n");
+  Header(&out, "statestream_replayed_generations_total", "counter",
+         "Retried committed Generate calls answered from the record.");
+  absl::StrAppend(&out, "statestream_replayed_generations_total ", replayed,
+                  "\n");
+  Header(&out, "statestream_errors_total", "counter",
+         "Calls that ended with an error, by reason.");
+  for (const auto& [reason, n] : errors) {
+    absl::StrAppend(&out, "statestream_errors_total{reason=\"", reason, "\"} ",
+                    n, "\n");
+  }
+  Header(&out, "statestream_sessions_resident", "gauge",
+         "Sessions whose state is held in memory.");
+  absl::StrAppend(&out, "statestream_sessions_resident ", g.sessions_resident,
+                  "\n");
+  Header(&out, "statestream_sessions_active", "gauge",
+         "Resident sessions with an operation running or a writer attached.");
+  absl::StrAppend(&out, "statestream_sessions_active ", g.sessions_active,
+                  "\n");
+  Header(&out, "statestream_resident_bytes", "gauge",
+         "Bytes of resident session state.");
+  absl::StrAppend(&out, "statestream_resident_bytes ", g.resident_bytes, "\n");
+  Header(&out, "statestream_scheduler_tasks", "gauge",
+         "Tasks admitted to the scheduler (running or queued).");
+  absl::StrAppend(&out, "statestream_scheduler_tasks ", g.scheduler_tasks,
+                  "\n");
+  return out;
+}
+
+}  // namespace statestream::worker
