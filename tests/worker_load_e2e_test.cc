@@ -1,0 +1,382 @@
+// SPDX-License-Identifier: Apache-2.0
+// A real `statestream serve` process under load and retries: determinism
+// under batching (50 concurrent sessions equal each alone), request-id
+// idempotency (DUPLICATE_REQUEST, replay of committed generations, also
+// after a restart), a client that disconnects mid-stream frees its
+// resources (seen in /metrics), overload yields RESOURCE_EXHAUSTED, and
+// max_duration / Score top_logprobs. No assertion depends on timing: waits
+// poll a condition up to a generous limit.
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <httplib.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <memory>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/grpc_status.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+#include "tests/subprocess.h"
+
+namespace statestream {
+namespace {
+
+constexpr absl::Duration kStartTimeout = absl::Seconds(60);
+
+// A running server and stubs to it.
+struct Server {
+  std::unique_ptr<e2e::Subprocess> process;
+  std::string address, metrics;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::Sessions::Stub> sessions;
+  std::unique_ptr<v1::Streams::Stub> streams;
+
+  static std::unique_ptr<Server> Start(std::vector<std::string> flags) {
+    std::vector<std::string> argv = {STATESTREAM_BIN, "serve",
+                                     "--listen=127.0.0.1:0",
+                                     "--metrics-listen=127.0.0.1:0"};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    auto p = e2e::Subprocess::Start(argv);
+    EXPECT_TRUE(p.ok()) << p.status();
+    if (!p.ok()) return nullptr;
+    auto s = std::make_unique<Server>();
+    s->process = *std::move(p);
+    for (int i = 0; i < 2; ++i) {
+      auto line = s->process->ReadStdoutLine(kStartTimeout);
+      EXPECT_TRUE(line.ok()) << line.status() << s->process->stderr_text();
+      if (!line.ok()) return nullptr;
+      std::smatch m;
+      if (std::regex_match(*line, m, std::regex(R"(metrics on (\S+))"))) {
+        s->metrics = m[1].str();
+      } else if (std::regex_match(*line, m,
+                                  std::regex(R"(listening on (\S+))"))) {
+        s->address = m[1].str();
+      }
+    }
+    EXPECT_FALSE(s->address.empty());
+    EXPECT_FALSE(s->metrics.empty());
+    s->channel =
+        grpc::CreateChannel(s->address, grpc::InsecureChannelCredentials());
+    s->sessions = v1::Sessions::NewStub(s->channel);
+    s->streams = v1::Streams::NewStub(s->channel);
+    return s;
+  }
+
+  // The value of the series `name` (with its labels, if any), or -1.
+  double Metric(const std::string& name) {
+    const size_t colon = metrics.rfind(':');
+    httplib::Client client(metrics.substr(0, colon),
+                           std::stoi(metrics.substr(colon + 1)));
+    auto res = client.Get("/metrics");
+    if (!res || res->status != 200) return -1;
+    const std::string key = "\n" + name + " ";
+    const size_t at = res->body.find(key);
+    if (at == std::string::npos) return -1;
+    const size_t begin = at + key.size();
+    const size_t end = res->body.find('\n', begin);
+    double v = -1;
+    return absl::SimpleAtod(res->body.substr(begin, end - begin), &v) ? v : -1;
+  }
+};
+
+std::unique_ptr<grpc::ClientContext> Ctx() {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(std::chrono::system_clock::now() +
+                    std::chrono::seconds(300));
+  return ctx;
+}
+
+absl::Status Create(Server& s, const std::string& id,
+                    const std::string& request_id = "") {
+  v1::CreateSessionRequest req;
+  req.set_request_id(request_id.empty() ? "create-" + id : request_id);
+  req.set_session_id(id);
+  v1::Session out;
+  auto ctx = Ctx();
+  return FromGrpcStatus(s.sessions->CreateSession(ctx.get(), req, &out));
+}
+
+absl::Status AppendText(Server& s, const std::string& id,
+                        const std::string& text) {
+  auto ctx = Ctx();
+  auto stream = s.streams->Append(ctx.get());
+  v1::AppendRequest r;
+  r.set_session_id(id);
+  r.set_request_id("append-" + id);
+  r.set_expected_input_offset(0);
+  r.set_text_utf8(text);
+  r.set_flush(true);
+  r.set_checkpoint(true);
+  stream->Write(r);
+  v1::AppendResponse ack;
+  stream->Read(&ack);
+  stream->WritesDone();
+  return FromGrpcStatus(stream->Finish());
+}
+
+struct Gen {
+  std::vector<uint32_t> tokens;
+  std::string text;
+  v1::GenerateDone done;
+  absl::Status status;
+};
+
+v1::GenerateRequest GenRequest(const std::string& id,
+                               const std::string& request_id, int max_tokens,
+                               bool commit, uint64_t seed) {
+  v1::GenerateRequest g;
+  g.set_session_id(id);
+  g.set_request_id(request_id);
+  g.set_max_tokens(max_tokens);
+  g.set_commit(commit);
+  g.mutable_sampling()->set_seed(seed);
+  g.mutable_sampling()->set_temperature(0.9f);
+  return g;
+}
+
+Gen Generate(Server& s, const v1::GenerateRequest& req) {
+  Gen out;
+  auto ctx = Ctx();
+  auto reader = s.streams->Generate(ctx.get(), req);
+  v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+    if (msg.has_chunk()) {
+      for (uint32_t t : msg.chunk().tokens()) out.tokens.push_back(t);
+      out.text += msg.chunk().text_utf8();
+    } else {
+      out.done = msg.done();
+    }
+  }
+  out.status = FromGrpcStatus(reader->Finish());
+  return out;
+}
+
+// Polls `cond` every 50 ms for up to 120 s.
+bool Eventually(const std::function<bool()>& cond) {
+  const absl::Time end = absl::Now() + absl::Seconds(120);
+  while (absl::Now() < end) {
+    if (cond()) return true;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return cond();
+}
+
+std::string DocumentFor(int i) {
+  std::string text = absl::StrCat("session ", i, ": ");
+  for (int k = 0; k <= i % 7; ++k) absl::StrAppend(&text, "lorem ipsum ", k);
+  return text;
+}
+
+TEST(WorkerLoadE2eTest, FiftyConcurrentSessionsEqualEachAlone) {
+  auto server = Server::Start({});
+  ASSERT_NE(server, nullptr);
+  constexpr int kSessions = 50;
+  struct Result {
+    absl::Status status;
+    std::vector<uint32_t> tokens;
+    uint64_t position = 0;
+  };
+  auto run = [&](const std::string& prefix, int i) {
+    Result r;
+    const std::string id = absl::StrCat(prefix, i);
+    r.status = Create(*server, id);
+    if (r.status.ok()) r.status = AppendText(*server, id, DocumentFor(i));
+    if (!r.status.ok()) return r;
+    Gen g = Generate(*server, GenRequest(id, "gen", 24, true, 1000 + i));
+    r.status = g.status;
+    r.tokens = g.tokens;
+    r.position = g.done.position();
+    return r;
+  };
+  std::vector<Result> alone(kSessions), together(kSessions);
+  for (int i = 0; i < kSessions; ++i) alone[i] = run("alone-", i);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kSessions; ++i) {
+    threads.emplace_back([&, i] { together[i] = run("together-", i); });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kSessions; ++i) {
+    ASSERT_TRUE(alone[i].status.ok()) << i << ": " << alone[i].status;
+    ASSERT_TRUE(together[i].status.ok()) << i << ": " << together[i].status;
+    EXPECT_EQ(together[i].tokens, alone[i].tokens) << "session " << i;
+    EXPECT_EQ(together[i].tokens.size(), 24u);
+    EXPECT_EQ(together[i].position, alone[i].position);
+  }
+  // The engine really ran several sessions in one batch at some point.
+  EXPECT_LT(server->Metric("statestream_batch_sequences_bucket{le=\"1\"}"),
+            server->Metric("statestream_batch_sequences_count"));
+}
+
+TEST(WorkerLoadE2eTest, RequestIdsAreIdempotentAndSurviveARestart) {
+  const std::string dir =
+      absl::StrCat(::testing::TempDir(), "/worker_load_e2e_", getpid());
+  std::filesystem::remove_all(dir);
+  auto server = Server::Start({"--data-dir=" + dir});
+  ASSERT_NE(server, nullptr);
+  ASSERT_TRUE(Create(*server, "idem").ok());
+  // Same create request id, same content: the same session; other content:
+  // DUPLICATE_REQUEST.
+  EXPECT_TRUE(Create(*server, "idem").ok());
+  absl::Status dup = Create(*server, "other", "create-idem");
+  EXPECT_EQ(dup.code(), absl::StatusCode::kInvalidArgument) << dup;
+  EXPECT_EQ(GetReason(dup), Reason::kDuplicateRequest) << dup;
+  ASSERT_TRUE(AppendText(*server, "idem", "the same text every time").ok());
+
+  const v1::GenerateRequest req = GenRequest("idem", "g1", 20, true, 5);
+  Gen first = Generate(*server, req);
+  ASSERT_TRUE(first.status.ok()) << first.status;
+  EXPECT_FALSE(first.done.replayed());
+  ASSERT_EQ(first.tokens.size(), 20u);
+
+  Gen retry = Generate(*server, req);
+  ASSERT_TRUE(retry.status.ok()) << retry.status;
+  EXPECT_TRUE(retry.done.replayed());
+  EXPECT_EQ(retry.tokens, first.tokens);
+  EXPECT_EQ(retry.text, first.text);
+  EXPECT_EQ(retry.done.version(), first.done.version());
+  EXPECT_EQ(retry.done.input_offset(), first.done.input_offset());
+  EXPECT_EQ(retry.done.usage().output_tokens(), 20u);
+
+  v1::GenerateRequest changed = req;
+  changed.set_max_tokens(21);
+  Gen conflict = Generate(*server, changed);
+  EXPECT_EQ(GetReason(conflict.status), Reason::kDuplicateRequest)
+      << conflict.status;
+  EXPECT_GE(server->Metric("statestream_replayed_generations_total"), 1);
+
+  // A new request id samples anew and advances the session.
+  Gen second = Generate(*server, GenRequest("idem", "g2", 20, true, 5));
+  ASSERT_TRUE(second.status.ok()) << second.status;
+  EXPECT_FALSE(second.done.replayed());
+  EXPECT_EQ(second.done.version(), first.done.version() + 1);
+
+  server->process->Signal(SIGTERM);
+  auto code = server->process->Wait(absl::Seconds(60));
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 0) << server->process->stderr_text();
+  server = Server::Start({"--data-dir=" + dir});
+  ASSERT_NE(server, nullptr);
+  // The records travelled with the state: both retries replay.
+  Gen after = Generate(*server, req);
+  ASSERT_TRUE(after.status.ok()) << after.status;
+  EXPECT_TRUE(after.done.replayed());
+  EXPECT_EQ(after.tokens, first.tokens);
+  EXPECT_EQ(after.done.version(), second.done.version());
+  Gen after2 = Generate(*server, GenRequest("idem", "g2", 20, true, 5));
+  EXPECT_TRUE(after2.done.replayed());
+  EXPECT_EQ(after2.tokens, second.tokens);
+  server.reset();
+  std::filesystem::remove_all(dir);
+}
+
+TEST(WorkerLoadE2eTest, ADisconnectedClientFreesItsResources) {
+  auto server = Server::Start({});
+  ASSERT_NE(server, nullptr);
+  ASSERT_TRUE(Create(*server, "gone").ok());
+  ASSERT_TRUE(AppendText(*server, "gone", "a long story begins").ok());
+  for (bool commit : {true, false}) {
+    grpc::ClientContext ctx;
+    auto reader = server->streams->Generate(
+        &ctx,
+        GenRequest("gone", commit ? "long-c" : "long-s", 8192, commit, 1));
+    v1::GenerateResponse msg;
+    ASSERT_TRUE(reader->Read(&msg));  // it is running
+    ctx.TryCancel();
+    while (reader->Read(&msg)) {
+    }
+    EXPECT_FALSE(reader->Finish().ok());
+    // The task leaves the scheduler and the session is idle again.
+    EXPECT_TRUE(Eventually([&] {
+      return server->Metric("statestream_scheduler_tasks") == 0 &&
+             server->Metric("statestream_sessions_active") == 0;
+    }));
+  }
+  // Nothing of the cancelled committing generation was applied, and the
+  // session takes new work.
+  v1::GetSessionRequest get;
+  get.set_session_id("gone");
+  v1::Session s;
+  auto ctx = Ctx();
+  ASSERT_TRUE(server->sessions->GetSession(ctx.get(), get, &s).ok());
+  EXPECT_EQ(s.version(), 2u);
+  Gen g = Generate(*server, GenRequest("gone", "after", 8, true, 1));
+  EXPECT_TRUE(g.status.ok()) << g.status;
+  EXPECT_EQ(g.done.version(), 3u);
+}
+
+TEST(WorkerLoadE2eTest, OverloadIsResourceExhaustedNotACrash) {
+  auto server = Server::Start({"--max-tasks=2", "--max-queued-tokens=4000"});
+  ASSERT_NE(server, nullptr);
+  ASSERT_TRUE(Create(*server, "busy").ok());
+  ASSERT_TRUE(AppendText(*server, "busy", "work work work").ok());
+  // More queued tokens than the worker admits: refused at once.
+  Gen big = Generate(*server, GenRequest("busy", "big", 8000, false, 1));
+  EXPECT_EQ(big.status.code(), absl::StatusCode::kResourceExhausted)
+      << big.status;
+  EXPECT_EQ(GetReason(big.status), Reason::kOverloaded);
+  // Many concurrent calls against two task slots: each succeeds or is
+  // refused with OVERLOADED; the server survives.
+  std::vector<absl::Status> results(16);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 16; ++i) {
+    threads.emplace_back([&, i] {
+      results[i] = Generate(*server, GenRequest("busy", absl::StrCat("c", i),
+                                                500, false, i))
+                       .status;
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const absl::Status& st : results) {
+    if (st.ok()) continue;
+    EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+    EXPECT_EQ(GetReason(st), Reason::kOverloaded) << st;
+  }
+  EXPECT_GE(server->Metric("statestream_errors_total{reason=\"OVERLOADED\"}"),
+            1);
+  Gen ok = Generate(*server, GenRequest("busy", "small", 8, false, 1));
+  EXPECT_TRUE(ok.status.ok()) << ok.status;
+  auto code = server->process->Wait(absl::Milliseconds(1));
+  EXPECT_FALSE(code.ok()) << "the server exited";
+}
+
+TEST(WorkerLoadE2eTest, MaxDurationAndScoreTopLogprobs) {
+  auto server = Server::Start({});
+  ASSERT_NE(server, nullptr);
+  ASSERT_TRUE(Create(*server, "limits").ok());
+  ASSERT_TRUE(AppendText(*server, "limits", "stop soon").ok());
+  v1::GenerateRequest req = GenRequest("limits", "short", 8192, true, 3);
+  req.mutable_max_duration()->set_nanos(1);
+  Gen g = Generate(*server, req);
+  ASSERT_TRUE(g.status.ok()) << g.status;
+  EXPECT_EQ(g.done.finish_reason(), v1::FINISH_REASON_CANCELLED);
+  EXPECT_EQ(g.tokens.size(), 1u);
+  EXPECT_TRUE(g.done.committed());
+
+  v1::ScoreRequest score;
+  score.set_session_id("limits");
+  score.set_text_utf8("abc");
+  score.set_top_logprobs(5);
+  v1::ScoreResponse out;
+  auto ctx = Ctx();
+  ASSERT_TRUE(server->streams->Score(ctx.get(), score, &out).ok());
+  ASSERT_EQ(out.tokens_size(), 3);
+  for (const auto& t : out.tokens()) {
+    ASSERT_EQ(t.top_size(), 5);
+    EXPECT_GE(t.top(0).logprob(), t.logprob());
+    EXPECT_GE(t.top(0).logprob(), t.top(4).logprob());
+    EXPECT_EQ(t.greedy(), t.top(0).token() == t.token());
+  }
+}
+
+}  // namespace
+}  // namespace statestream
