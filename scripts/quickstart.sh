@@ -19,18 +19,27 @@ if [ ! -f "$MODEL" ]; then
   "$SS" model random --arch x070 --layers 4 --embd 256 --vocab 256 --out "$MODEL"
 fi
 
-echo "== starting statestream serve"
-"$SS" serve --listen 127.0.0.1:0 --data-dir "$OUT/data" --model "$MODEL" \
-  >"$OUT/serve.out" 2>"$OUT/serve.err" &
-SERVER=$!
+start_server() {
+  "$SS" serve --listen 127.0.0.1:0 --data-dir "$OUT/data" --model "$MODEL" \
+    >"$OUT/serve.out" 2>"$OUT/serve.err" &
+  SERVER=$!
+  for _ in $(seq 300); do
+    grep -q '^listening on ' "$OUT/serve.out" 2>/dev/null && break
+    kill -0 $SERVER 2>/dev/null || { cat "$OUT/serve.err"; exit 1; }
+    sleep 0.1
+  done
+  ADDR=$(sed -n 's/^listening on //p' "$OUT/serve.out")
+  echo "   $(head -1 "$OUT/serve.out")"
+}
+stop_server() {
+  kill -TERM $SERVER
+  wait $SERVER && echo "   server exited cleanly"
+}
+
+echo "== starting statestream serve (state persisted under $OUT/data)"
+rm -rf "$OUT/data"
+start_server
 trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-  grep -q '^listening on ' "$OUT/serve.out" 2>/dev/null && break
-  kill -0 $SERVER 2>/dev/null || { cat "$OUT/serve.err"; exit 1; }
-  sleep 0.1
-done
-ADDR=$(sed -n 's/^listening on //p' "$OUT/serve.out")
-echo "   $(head -1 "$OUT/serve.out")"
 
 echo "== gRPC health check against $ADDR"
 STUBS=$OUT/py
@@ -41,20 +50,27 @@ protoc -I"$STUBS" --python_out="$STUBS" --grpc_python_out="$STUBS" \
   --plugin=protoc-gen-grpc_python="$(command -v grpc_python_plugin)" \
   "$STUBS/health.proto"
 /usr/bin/python3 examples/health_demo.py "$ADDR" "$STUBS"
+protoc -Iproto --python_out="$STUBS" --grpc_python_out="$STUBS" \
+  --plugin=protoc-gen-grpc_python="$(command -v grpc_python_plugin)" \
+  proto/statestream/v1/statestream.proto
 
-echo "== the engine: model info"
-"$SS" model info --model "$MODEL"
-PROMPT="The quick brown fox"
-TOKENS=$("$SS" tokenize --vocab "$VOCAB" "$PROMPT" | tr -d '[]')
-echo "== tokenize '$PROMPT' -> $TOKENS"
-echo "== eval the prompt, save the state, resume it with one more token"
-"$SS" model eval --model "$MODEL" --tokens "$TOKENS" --state-out "$OUT/state.bin" |
-  python3 -c 'import json,sys; l=json.loads(sys.stdin.read()); v=l["logits"]; b=max(range(len(v)), key=v.__getitem__); print(f"   next-token argmax after the prompt: {b} ({chr(b)!r}), logit {v[b]:.3f}")'
-ls -l "$OUT/state.bin" | awk '{print "   state file: " $5 " bytes"}'
-"$SS" model eval --model "$MODEL" --tokens 32 --state-in "$OUT/state.bin" |
-  python3 -c 'import json,sys; l=json.loads(sys.stdin.read()); v=l["logits"]; b=max(range(len(v)), key=v.__getitem__); print(f"   after resuming with a space: argmax {b} ({chr(b)!r})")'
+echo "== a session: stream README.md into it in 64-byte chunks, generate"
+/usr/bin/python3 examples/session_demo.py "$ADDR" "$STUBS" feed demo README.md |
+  tee "$OUT/before.txt"
+
+echo "== restarting the server"
+stop_server
+start_server
+echo "== the session resumes from its persisted state"
+/usr/bin/python3 examples/session_demo.py "$ADDR" "$STUBS" resume demo |
+  tee "$OUT/after.txt"
+if [ "$(grep '^position=' "$OUT/before.txt")" = "$(grep '^position=' "$OUT/after.txt")" ]; then
+  echo "   same position, input offset and version after the restart"
+else
+  echo "   the session did not resume where it stopped" >&2
+  exit 1
+fi
 
 echo "== stopping the server"
-kill -TERM $SERVER
-wait $SERVER && echo "   server exited cleanly"
+stop_server
 trap - EXIT
