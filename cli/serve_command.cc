@@ -115,7 +115,9 @@ std::string ModelIdFromPath(const std::string& path) {
   return id.empty() ? "model" : id.substr(0, 128);
 }
 
-absl::StatusOr<ServiceSet> Build(const ServeOptions& options) {
+// `*manager` is set to the session manager (for the drain hook).
+absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
+                                 worker::SessionManager** manager_out) {
   if (!options.data_dir.empty()) {
     std::error_code error;
     std::filesystem::create_directories(options.data_dir, error);
@@ -192,6 +194,7 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options) {
   if (!manager.ok()) return manager.status();
   w->sessions = *std::move(manager);
   worker::SessionManager* manager_ptr = w->sessions.get();
+  *manager_out = manager_ptr;
   worker::Scheduler* scheduler_ptr = w->scheduler.get();
   metrics->SetGaugeSource([manager_ptr, scheduler_ptr] {
     const worker::SessionManager::Stats s = manager_ptr->stats();
@@ -234,8 +237,17 @@ int Run(const std::vector<std::string>& args) {
   options.scheduler.max_tasks = absl::GetFlag(FLAGS_max_tasks);
   options.scheduler.max_queued_tokens = absl::GetFlag(FLAGS_max_queued_tokens);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
-  return RunServer("serve", options.server, ShutdownGraceFromFlag(),
-                   [&] { return Build(options); });
+  // On SIGTERM, before gRPC drains: stop admitting (UNAVAILABLE with a
+  // retry hint), end running generations gracefully (committed, finish
+  // reason CANCELLED), commit dirty sessions, release every lease.
+  worker::SessionManager* manager = nullptr;
+  ServerHooks hooks;
+  hooks.draining = [&manager] {
+    if (manager != nullptr) manager->Drain();
+  };
+  return RunServer(
+      "serve", options.server, ShutdownGraceFromFlag(),
+      [&] { return Build(options, &manager); }, hooks);
 }
 
 }  // namespace

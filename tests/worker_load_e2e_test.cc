@@ -349,6 +349,55 @@ TEST(WorkerLoadE2eTest, OverloadIsResourceExhaustedNotACrash) {
   EXPECT_FALSE(code.ok()) << "the server exited";
 }
 
+TEST(WorkerLoadE2eTest, SigtermCommitsTheRunningGenerationAndExits) {
+  const std::string dir =
+      absl::StrCat(::testing::TempDir(), "/worker_load_drain_", getpid());
+  std::filesystem::remove_all(dir);
+  auto server = Server::Start({"--data-dir=" + dir});
+  ASSERT_NE(server, nullptr);
+  ASSERT_TRUE(Create(*server, "drain").ok());
+  ASSERT_TRUE(AppendText(*server, "drain", "keep going").ok());
+  Gen g;
+  {
+    auto ctx = Ctx();
+    auto reader = server->streams->Generate(
+        ctx.get(), GenRequest("drain", "long", 8192, true, 9));
+    v1::GenerateResponse msg;
+    ASSERT_TRUE(reader->Read(&msg));  // running
+    for (uint32_t t : msg.chunk().tokens()) g.tokens.push_back(t);
+    server->process->Signal(SIGTERM);
+    while (reader->Read(&msg)) {
+      for (uint32_t t : msg.chunk().tokens()) g.tokens.push_back(t);
+      if (msg.has_done()) g.done = msg.done();
+    }
+    g.status = FromGrpcStatus(reader->Finish());
+  }
+  // Stopped early (or finished first): either way what the client got is
+  // committed, and the server exits cleanly.
+  ASSERT_TRUE(g.status.ok()) << g.status;
+  EXPECT_TRUE(g.done.committed());
+  EXPECT_EQ(g.done.usage().output_tokens(), g.tokens.size());
+  if (g.done.finish_reason() == v1::FINISH_REASON_CANCELLED) {
+    EXPECT_LT(g.tokens.size(), 8192u);
+  } else {
+    EXPECT_EQ(g.done.finish_reason(), v1::FINISH_REASON_MAX_TOKENS);
+  }
+  auto code = server->process->Wait(absl::Seconds(60));
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 0) << server->process->stderr_text();
+  server = Server::Start({"--data-dir=" + dir});
+  ASSERT_NE(server, nullptr);
+  v1::GetSessionRequest get;
+  get.set_session_id("drain");
+  v1::Session s;
+  auto ctx = Ctx();
+  ASSERT_TRUE(server->sessions->GetSession(ctx.get(), get, &s).ok());
+  EXPECT_EQ(s.version(), g.done.version());
+  EXPECT_EQ(s.input_offset(), g.done.input_offset());
+  server.reset();
+  std::filesystem::remove_all(dir);
+}
+
 TEST(WorkerLoadE2eTest, MaxDurationAndScoreTopLogprobs) {
   auto server = Server::Start({});
   ASSERT_NE(server, nullptr);
