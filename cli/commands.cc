@@ -12,13 +12,19 @@ const Command& WorkerCommand();
 const Command& ModelCommand();
 const Command& TokenizeCommand();
 const Command& DetokenizeCommand();
+const Command& SessionCommand();
+const Command& FeedCommand();
+const Command& GenerateCommand();
+const Command& ChatCommand();
+const Command& ScoreCommand();
 const Command& BenchCommand();
 
 const std::vector<const Command*>& AllCommands() {
   static const auto* const kCommands = new std::vector<const Command*>{
-      &ServeCommand(), &GatewayCommand(),  &WorkerCommand(),
-      &ModelCommand(), &TokenizeCommand(), &DetokenizeCommand(),
-      &BenchCommand(),
+      &ServeCommand(),   &GatewayCommand(),  &WorkerCommand(),
+      &ModelCommand(),   &TokenizeCommand(), &DetokenizeCommand(),
+      &SessionCommand(), &FeedCommand(),     &GenerateCommand(),
+      &ChatCommand(),    &ScoreCommand(),    &BenchCommand(),
   };
   return *kCommands;
 }

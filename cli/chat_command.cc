@@ -1,0 +1,98 @@
+// SPDX-License-Identifier: Apache-2.0
+// `statestream chat`: an interactive conversation whose history is the
+// session itself: each turn is one committing Generate whose prompt is the
+// user's line, so nothing is ever re-sent.
+#include <unistd.h>
+
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "cli/cli_util.h"
+#include "cli/client_flags.h"
+#include "cli/command.h"
+#include "cli/generate_flags.h"
+#include "common/status.h"
+
+ABSL_FLAG(std::string, user_prefix,
+          "User: ", "chat: text before each user line.");
+ABSL_FLAG(std::string, assistant_prefix, "\n\nAssistant:",
+          "chat: text after each user line, before the reply.");
+ABSL_FLAG(std::string, turn_end, "\n\n",
+          "chat: a reply ends at this string (also appended after a reply "
+          "that ended otherwise).");
+
+namespace statestream::cli {
+namespace {
+
+absl::Status Chat(const std::vector<std::string>& args) {
+  if (!args.empty()) {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "chat takes no arguments");
+  }
+  SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
+  std::string session_id;
+  if (auto flag = SessionFlagValue(); flag.ok()) {
+    session_id = *flag;
+  } else {
+    SS_ASSIGN_OR_RETURN(v1::Session created,
+                        client->CreateSession(v1::CreateSessionRequest()));
+    session_id = created.session_id();
+    std::cerr << "session " << session_id << "\n";
+  }
+  client::Session session = client->OpenSession(session_id);
+  const bool tty = isatty(STDIN_FILENO) && isatty(STDOUT_FILENO);
+  const bool json = JsonOutputFlag();
+  const std::string turn_end = absl::GetFlag(FLAGS_turn_end);
+  std::string line;
+  for (;;) {
+    if (tty) std::cout << "> " << std::flush;
+    if (!std::getline(std::cin, line)) break;
+    if (line.empty()) continue;
+    v1::GenerateRequest req = GenerateRequestFromFlags();
+    req.set_commit(true);
+    req.set_prompt_text_utf8(
+        absl::StrCat(absl::GetFlag(FLAGS_user_prefix), line,
+                     absl::GetFlag(FLAGS_assistant_prefix)));
+    if (!turn_end.empty()) req.add_stop_strings(turn_end);
+    SS_ASSIGN_OR_RETURN(v1::GenerateDone done,
+                        StreamGeneration(session, req, json));
+    if (done.finish_reason() != v1::FINISH_REASON_STOP_STRING &&
+        !turn_end.empty()) {
+      // Close the turn in the session's history too.
+      SS_RETURN_IF_ERROR(session.AppendText(turn_end).status());
+    }
+    if (json) {
+      std::cout << ToJson(done) << "\n";
+    } else {
+      std::cout << "\n";
+    }
+    std::cout.flush();
+  }
+  return absl::OkStatus();
+}
+
+int Run(const std::vector<std::string>& args) {
+  return ReportStatus(Chat(args));
+}
+
+}  // namespace
+
+const Command& ChatCommand() {
+  static const Command kCommand{
+      "chat",
+      "Talk with a model; the session is the conversation's memory.",
+      "[--session ID] [--max_tokens N] [--temperature T] [--json]\n\n"
+      "Reads one user message per line from stdin and streams each reply.\n"
+      "Each turn commits `User: LINE\\n\\nAssistant:` and the reply to the\n"
+      "session, so a later `chat --session ID` continues the conversation\n"
+      "without re-sending it. Without --session a new session is created\n"
+      "(its id is printed on stderr).",
+      {__FILE__, kClientFlagsFile, kGenerateFlagsFile},
+      &Run};
+  return kCommand;
+}
+
+}  // namespace statestream::cli

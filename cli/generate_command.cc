@@ -1,0 +1,125 @@
+// SPDX-License-Identifier: Apache-2.0
+// `statestream generate`: sample a continuation from a session, streaming
+// the text to stdout. Its sampling flags are shared with `chat`.
+#include <iostream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "cli/cli_util.h"
+#include "cli/client_flags.h"
+#include "cli/command.h"
+#include "cli/generate_flags.h"
+#include "common/status.h"
+
+ABSL_FLAG(std::string, prompt, "",
+          "generate: text appended before sampling (- reads stdin).");
+ABSL_FLAG(int32_t, max_tokens, 256, "generate/chat: most tokens to sample.");
+ABSL_FLAG(double, temperature, 1.0, "generate/chat: 0 is greedy.");
+ABSL_FLAG(double, top_p, 1.0, "generate/chat: nucleus sampling mass.");
+ABSL_FLAG(int32_t, top_k, 0, "generate/chat: 0 = no top-k truncation.");
+ABSL_FLAG(int64_t, sample_seed, -1,
+          "generate/chat: the sampler's seed; -1: derived by the server from "
+          "the session and request id.");
+ABSL_FLAG(std::vector<std::string>, stop, {},
+          "generate/chat: stop strings, comma-separated.");
+ABSL_FLAG(bool, commit, false,
+          "generate: append prompt and output to the session (default: a "
+          "side branch that changes nothing).");
+
+namespace statestream::cli {
+
+const char kGenerateFlagsFile[] = __FILE__;
+
+v1::GenerateRequest GenerateRequestFromFlags() {
+  v1::GenerateRequest req;
+  req.set_max_tokens(static_cast<uint32_t>(absl::GetFlag(FLAGS_max_tokens)));
+  v1::SamplingParams* s = req.mutable_sampling();
+  s->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
+  s->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
+  s->set_top_k(static_cast<uint32_t>(absl::GetFlag(FLAGS_top_k)));
+  if (absl::GetFlag(FLAGS_sample_seed) >= 0) {
+    s->set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_sample_seed)));
+  }
+  for (const std::string& stop : absl::GetFlag(FLAGS_stop)) {
+    req.add_stop_strings(stop);
+  }
+  return req;
+}
+
+absl::StatusOr<v1::GenerateDone> StreamGeneration(
+    const client::Session& session, v1::GenerateRequest request, bool json) {
+  SS_ASSIGN_OR_RETURN(auto stream, session.Generate(std::move(request)));
+  client::GenerateChunk chunk;
+  while (stream->Next(&chunk)) {
+    if (json) {
+      v1::GenerateChunk c;
+      c.set_index(chunk.index);
+      c.mutable_tokens()->Add(chunk.tokens.begin(), chunk.tokens.end());
+      c.set_text_utf8(chunk.text);
+      std::cout << ToJson(c) << "\n";
+    } else {
+      std::cout << chunk.text;
+    }
+    std::cout.flush();
+  }
+  SS_RETURN_IF_ERROR(stream->status());
+  return stream->done();
+}
+
+namespace {
+
+absl::Status Generate(const std::vector<std::string>& args) {
+  if (!args.empty()) {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "generate takes no arguments (see --prompt)");
+  }
+  SS_ASSIGN_OR_RETURN(std::string session_id, SessionFlagValue());
+  v1::GenerateRequest req = GenerateRequestFromFlags();
+  std::string prompt = absl::GetFlag(FLAGS_prompt);
+  if (prompt == "-") {
+    prompt.assign(std::istreambuf_iterator<char>(std::cin),
+                  std::istreambuf_iterator<char>());
+  }
+  if (!prompt.empty()) req.set_prompt_text_utf8(prompt);
+  req.set_commit(absl::GetFlag(FLAGS_commit));
+  SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
+  const bool json = JsonOutputFlag();
+  SS_ASSIGN_OR_RETURN(
+      v1::GenerateDone done,
+      StreamGeneration(client->OpenSession(session_id), req, json));
+  if (json) {
+    std::cout << ToJson(done) << "\n";
+  } else {
+    std::cout << "\n";
+    std::cerr << "[" << v1::FinishReason_Name(done.finish_reason()) << ", "
+              << done.usage().output_tokens() << " tokens"
+              << (done.committed() ? ", committed" : "") << "]\n";
+  }
+  return absl::OkStatus();
+}
+
+int Run(const std::vector<std::string>& args) {
+  return ReportStatus(Generate(args));
+}
+
+}  // namespace
+
+const Command& GenerateCommand() {
+  static const Command kCommand{
+      "generate",
+      "Sample a continuation from a session, streaming the text.",
+      "--session ID [--prompt TEXT|-] [--max_tokens N] [--temperature T]\n"
+      "    [--sample_seed S] [--stop a,b] [--commit] [--json]\n\n"
+      "Prints the text as it arrives (stdout) and a summary (stderr); with\n"
+      "--json one GenerateChunk per line, then the GenerateDone. Resumes\n"
+      "transparently after a failure (same tokens). Without --commit the\n"
+      "session is not changed.",
+      {__FILE__, kClientFlagsFile},
+      &Run};
+  return kCommand;
+}
+
+}  // namespace statestream::cli

@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: Apache-2.0
+// `statestream score`: log-probabilities of a continuation.
+#include <iostream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "cli/cli_util.h"
+#include "cli/client_flags.h"
+#include "cli/command.h"
+#include "common/status.h"
+
+namespace statestream::cli {
+namespace {
+
+absl::Status Score(const std::vector<std::string>& args) {
+  SS_ASSIGN_OR_RETURN(std::string session_id, SessionFlagValue());
+  v1::ScoreRequest req;
+  const std::string tokens = TokensFlagValue();
+  if (!tokens.empty()) {
+    if (!args.empty()) {
+      return InvalidArgumentError(Reason::kInvalidArgument,
+                                  "give TEXT or --tokens, not both");
+    }
+    SS_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                        ParseIntList(tokens, "--tokens"));
+    for (int32_t id : ids) req.mutable_tokens()->add_ids(id);
+  } else if (args.size() == 1) {
+    std::string text = args[0];
+    if (text == "-") {
+      text.assign(std::istreambuf_iterator<char>(std::cin),
+                  std::istreambuf_iterator<char>());
+    }
+    req.set_text_utf8(text);
+  } else {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "score takes one TEXT argument (or -)");
+  }
+  SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
+  SS_ASSIGN_OR_RETURN(v1::ScoreResponse r,
+                      client->OpenSession(session_id).Score(req));
+  if (JsonOutputFlag()) {
+    std::cout << ToJson(r) << "\n";
+    return absl::OkStatus();
+  }
+  for (const v1::ScoredToken& t : r.tokens()) {
+    std::cout << absl::StrFormat("%d\t%.6f%s\n", t.token(), t.logprob(),
+                                 t.greedy() ? "\tgreedy" : "");
+  }
+  std::cout << absl::StrFormat("sum_logprob %.6f  tokens %d  all_greedy %s\n",
+                               r.sum_logprob(), r.tokens_size(),
+                               r.all_greedy() ? "true" : "false");
+  return absl::OkStatus();
+}
+
+int Run(const std::vector<std::string>& args) {
+  return ReportStatus(Score(args));
+}
+
+}  // namespace
+
+const Command& ScoreCommand() {
+  static const Command kCommand{
+      "score",
+      "Log-probabilities of a continuation (changes nothing).",
+      "--session ID (TEXT | - | --tokens 1,2,3) [--json]\n\n"
+      "Prints one line per token (id, logprob, whether greedy) and the sum;\n"
+      "with --json the ScoreResponse.",
+      {__FILE__, kClientFlagsFile, kTokenFlagsFile},
+      &Run};
+  return kCommand;
+}
+
+}  // namespace statestream::cli

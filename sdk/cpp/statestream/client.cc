@@ -1,0 +1,392 @@
+// SPDX-License-Identifier: Apache-2.0
+// Client: channels, metadata, retries; the unary Session calls.
+#include "statestream/client.h"
+
+#include <grpcpp/client_context.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/channel_arguments.h>
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/crc32c.h"
+#include "common/grpc_status.h"
+#include "common/status.h"
+#include "statestream/call_scope.h"
+
+namespace statestream::client {
+
+// --- Cancellation ----------------------------------------------------------
+
+void Cancellation::Cancel() {
+  absl::MutexLock lock(&mu_);
+  cancelled_ = true;
+  for (grpc::ClientContext* ctx : contexts_) ctx->TryCancel();
+}
+
+bool Cancellation::cancelled() const {
+  absl::MutexLock lock(&mu_);
+  return cancelled_;
+}
+
+bool Cancellation::Register(grpc::ClientContext* ctx) {
+  absl::MutexLock lock(&mu_);
+  if (cancelled_) return false;
+  contexts_.push_back(ctx);
+  return true;
+}
+
+void Cancellation::Unregister(grpc::ClientContext* ctx) {
+  absl::MutexLock lock(&mu_);
+  contexts_.erase(std::remove(contexts_.begin(), contexts_.end(), ctx),
+                  contexts_.end());
+}
+
+// --- helpers -----------------------------------------------------------------
+
+bool IsRetryable(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kCancelled:
+      return true;
+    case absl::StatusCode::kResourceExhausted:
+      // The worker's admission limits; not a message over a size limit.
+      return GetReason(status) == Reason::kOverloaded;
+    case absl::StatusCode::kAborted:
+      // Superseded by another writer: that writer owns the session now.
+      return GetReason(status) != Reason::kSessionBusy;
+    case absl::StatusCode::kUnknown:
+    case absl::StatusCode::kInternal:
+      // Transport failures ("stream removed", RST_STREAM) carry no reason;
+      // the server's own INTERNAL errors do.
+      return GetReason(status) == Reason::kUnspecified;
+    default:
+      return false;
+  }
+}
+
+std::string NewRequestId() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return absl::StrCat(absl::Hex(rng(), absl::kZeroPad16),
+                      absl::Hex(rng(), absl::kZeroPad16));
+}
+
+// --- Client ------------------------------------------------------------------
+
+Client::Client(ClientOptions options) : options_(std::move(options)) {}
+Client::~Client() = default;
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
+  if (options.targets.empty()) {
+    return absl::InvalidArgumentError("ClientOptions.targets is empty");
+  }
+  if (options.max_attempts < 1) options.max_attempts = 1;
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (options.tls) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls_root_certs_pem;
+    ssl.pem_cert_chain = options.tls_cert_chain_pem;
+    ssl.pem_private_key = options.tls_private_key_pem;
+    creds = grpc::SslCredentials(ssl);
+  } else {
+    creds = grpc::InsecureChannelCredentials();
+  }
+  std::unique_ptr<Client> client(new Client(std::move(options)));
+  const ClientOptions& o = client->options_;
+  for (const std::string& target : o.targets) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(o.max_receive_message_bytes);
+    args.SetMaxSendMessageSize(o.max_receive_message_bytes);
+    // Reconnect quickly after a server restart: the retry loop, not the
+    // channel's (up to 120 s) reconnect backoff, decides how long to wait.
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    for (const auto& [name, value] : o.channel_args) args.SetInt(name, value);
+    if (!o.tls_server_name.empty()) {
+      args.SetSslTargetNameOverride(o.tls_server_name);
+    }
+    auto channel = grpc::CreateCustomChannel(target, creds, args);
+    Stubs stubs;
+    stubs.sessions = v1::Sessions::NewStub(channel);
+    stubs.streams = v1::Streams::NewStub(channel);
+    stubs.models = v1::Models::NewStub(channel);
+    client->stubs_.push_back(std::move(stubs));
+  }
+  return client;
+}
+
+Client::Stubs& Client::Current() {
+  absl::MutexLock lock(&mu_);
+  return stubs_[current_];
+}
+
+void Client::Rotate(const Stubs* failed) {
+  absl::MutexLock lock(&mu_);
+  // Only the first caller to see a target fail moves on from it.
+  if (&stubs_[current_] == failed) current_ = (current_ + 1) % stubs_.size();
+}
+
+void Client::Prepare(grpc::ClientContext* ctx, const CallOptions& call,
+                     bool unary) const {
+  if (!options_.api_key.empty()) {
+    ctx->AddMetadata("authorization", "Bearer " + options_.api_key);
+  }
+  if (!options_.tenant.empty()) {
+    ctx->AddMetadata("x-statestream-tenant", options_.tenant);
+  }
+  absl::Time deadline = call.deadline;
+  if (unary) deadline = std::min(deadline, absl::Now() + options_.timeout);
+  if (deadline != absl::InfiniteFuture()) {
+    ctx->set_deadline(absl::ToChronoTime(deadline));
+  }
+}
+
+absl::Status Client::RetryOrFail(const absl::Status& error, int attempt,
+                                 const CallOptions& call) const {
+  if (call.cancellation != nullptr && call.cancellation->cancelled()) {
+    return absl::CancelledError("cancelled");
+  }
+  if (!IsRetryable(error)) return error;
+  if (attempt >= options_.max_attempts) {
+    return absl::Status(error.code(),
+                        absl::StrCat("giving up after ", attempt,
+                                     " attempts: ", error.message()));
+  }
+  if (absl::Now() >= call.deadline) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("deadline passed: ", error.message()));
+  }
+  absl::Duration backoff = options_.initial_backoff;
+  for (int i = 1; i < attempt && backoff < options_.max_backoff; ++i) {
+    backoff *= 2;
+  }
+  backoff = std::min(backoff, options_.max_backoff);
+  // OVERLOADED carries the server's hint.
+  if (auto hint = GetErrorMetadata(error, "retry_after_ms")) {
+    int64_t ms = 0;
+    if (absl::SimpleAtoi(*hint, &ms) && ms > 0) {
+      backoff =
+          std::max(backoff, absl::Milliseconds(std::min<int64_t>(ms, 60000)));
+    }
+  }
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  backoff *= std::uniform_real_distribution<double>(0.8, 1.2)(rng);
+  if (absl::Now() + backoff >= call.deadline) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("deadline passes during backoff: ", error.message()));
+  }
+  absl::SleepFor(backoff);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Session> Client::CreateSession(
+    v1::CreateSessionRequest request, const CallOptions& call) {
+  if (request.request_id().empty()) request.set_request_id(NewRequestId());
+  v1::Session out;
+  absl::Status s = Unary(call, [&](Stubs& stubs, grpc::ClientContext* ctx) {
+    return stubs.sessions->CreateSession(ctx, request, &out);
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
+absl::StatusOr<v1::ListSessionsResponse> Client::ListSessions(
+    v1::ListSessionsRequest request, const CallOptions& call) {
+  v1::ListSessionsResponse out;
+  absl::Status s = Unary(call, [&](Stubs& stubs, grpc::ClientContext* ctx) {
+    return stubs.sessions->ListSessions(ctx, request, &out);
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
+absl::StatusOr<v1::ListModelsResponse> Client::ListModels(
+    const CallOptions& call) {
+  v1::ListModelsResponse out;
+  absl::Status s = Unary(call, [&](Stubs& stubs, grpc::ClientContext* ctx) {
+    return stubs.models->ListModels(ctx, v1::ListModelsRequest(), &out);
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
+namespace {
+
+// One ImportState call: header, then the blob in 1 MiB chunks.
+grpc::Status ImportOnce(Client::Stubs& stubs, grpc::ClientContext* ctx,
+                        const v1::ImportHeader& header, const std::string& blob,
+                        v1::Session* out) {
+  auto writer = stubs.sessions->ImportState(ctx, out);
+  v1::ImportStateRequest req;
+  *req.mutable_header() = header;
+  bool ok = writer->Write(req);
+  const size_t chunk = header.state().chunk_bytes() > 0
+                           ? header.state().chunk_bytes()
+                           : size_t{1} << 20;
+  for (uint32_t i = 0; ok && i * chunk < blob.size(); ++i) {
+    v1::ImportStateRequest part;
+    v1::StateChunk* c = part.mutable_chunk();
+    c->set_index(i);
+    c->set_data(blob.substr(i * chunk, chunk));
+    c->set_crc32c(Crc32c(0, c->data().data(), c->data().size()));
+    ok = writer->Write(part);
+  }
+  writer->WritesDone();
+  return writer->Finish();
+}
+
+}  // namespace
+
+absl::StatusOr<v1::Session> Client::ImportSession(const ExportedState& state,
+                                                  const std::string& session_id,
+                                                  const CallOptions& call) {
+  v1::ImportHeader header;
+  header.set_request_id(NewRequestId());
+  header.set_session_id(session_id);
+  header.set_mode(v1::IMPORT_MODE_CREATE);
+  *header.mutable_state() = state.header;
+  v1::Session out;
+  absl::Status s = Unary(call, [&](Stubs& stubs, grpc::ClientContext* ctx) {
+    return ImportOnce(stubs, ctx, header, state.blob, &out);
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
+// --- Session: unary calls ----------------------------------------------------
+
+absl::StatusOr<v1::Session> Session::Get(const CallOptions& call) const {
+  v1::GetSessionRequest req;
+  req.set_session_id(id_);
+  v1::Session out;
+  absl::Status s =
+      client_->Unary(call, [&](Client::Stubs& stubs, grpc::ClientContext* ctx) {
+        return stubs.sessions->GetSession(ctx, req, &out);
+      });
+  if (!s.ok()) return s;
+  return out;
+}
+
+absl::StatusOr<v1::ScoreResponse> Session::Score(
+    v1::ScoreRequest request, const CallOptions& call) const {
+  request.set_session_id(id_);
+  v1::ScoreResponse out;
+  absl::Status s =
+      client_->Unary(call, [&](Client::Stubs& stubs, grpc::ClientContext* ctx) {
+        return stubs.streams->Score(ctx, request, &out);
+      });
+  if (!s.ok()) return s;
+  return out;
+}
+
+absl::StatusOr<Session> Session::Fork(uint64_t version,
+                                      const std::string& new_id,
+                                      const CallOptions& call) const {
+  v1::CreateSessionRequest req;
+  req.set_session_id(new_id);
+  req.mutable_fork_from()->set_session_id(id_);
+  req.mutable_fork_from()->set_version(version);
+  auto created = client_->CreateSession(std::move(req), call);
+  if (!created.ok()) return created.status();
+  return Session(client_, created->session_id());
+}
+
+absl::StatusOr<std::vector<v1::Version>> Session::Versions(
+    const CallOptions& call) const {
+  std::vector<v1::Version> all;
+  v1::ListVersionsRequest req;
+  req.set_session_id(id_);
+  do {
+    v1::ListVersionsResponse page;
+    absl::Status s = client_->Unary(
+        call, [&](Client::Stubs& stubs, grpc::ClientContext* ctx) {
+          return stubs.sessions->ListVersions(ctx, req, &page);
+        });
+    if (!s.ok()) return s;
+    all.insert(all.end(), page.versions().begin(), page.versions().end());
+    req.set_page_token(page.next_page_token());
+  } while (!req.page_token().empty());
+  return all;
+}
+
+absl::StatusOr<v1::Session> Session::Rollback(
+    uint64_t version, std::optional<uint64_t> expected_version,
+    const CallOptions& call) const {
+  v1::RollbackSessionRequest req;
+  req.set_request_id(NewRequestId());
+  req.set_session_id(id_);
+  req.set_version(version);
+  if (expected_version) req.set_expected_version(*expected_version);
+  v1::Session out;
+  absl::Status s =
+      client_->Unary(call, [&](Client::Stubs& stubs, grpc::ClientContext* ctx) {
+        return stubs.sessions->RollbackSession(ctx, req, &out);
+      });
+  if (!s.ok()) return s;
+  return out;
+}
+
+absl::StatusOr<ExportedState> Session::Export(uint64_t version,
+                                              const CallOptions& call) const {
+  v1::ExportStateRequest req;
+  req.set_session_id(id_);
+  req.set_version(version);
+  ExportedState out;
+  absl::Status s =
+      client_->Unary(call, [&](Client::Stubs& stubs, grpc::ClientContext* ctx) {
+        out = ExportedState();
+        auto reader = stubs.sessions->ExportState(ctx, req);
+        v1::ExportStateResponse part;
+        while (reader->Read(&part)) {
+          if (part.has_header()) out.header = part.header();
+          if (part.has_chunk()) out.blob += part.chunk().data();
+        }
+        return reader->Finish();
+      });
+  if (!s.ok()) return s;
+  if (out.blob.size() != out.header.total_bytes()) {
+    return absl::DataLossError(
+        absl::StrCat("export: received ", out.blob.size(), " of ",
+                     out.header.total_bytes(), " bytes"));
+  }
+  return out;
+}
+
+absl::StatusOr<v1::Session> Session::Import(const ExportedState& state,
+                                            const CallOptions& call) const {
+  v1::ImportHeader header;
+  header.set_request_id(NewRequestId());
+  header.set_session_id(id_);
+  header.set_mode(v1::IMPORT_MODE_NEW_VERSION);
+  *header.mutable_state() = state.header;
+  v1::Session out;
+  absl::Status s =
+      client_->Unary(call, [&](Client::Stubs& stubs, grpc::ClientContext* ctx) {
+        return ImportOnce(stubs, ctx, header, state.blob, &out);
+      });
+  if (!s.ok()) return s;
+  return out;
+}
+
+absl::Status Session::Delete(bool allow_missing,
+                             const CallOptions& call) const {
+  v1::DeleteSessionRequest req;
+  req.set_request_id(NewRequestId());
+  req.set_session_id(id_);
+  req.set_allow_missing(allow_missing);
+  v1::DeleteSessionResponse out;
+  return client_->Unary(call,
+                        [&](Client::Stubs& stubs, grpc::ClientContext* ctx) {
+                          return stubs.sessions->DeleteSession(ctx, req, &out);
+                        });
+}
+
+}  // namespace statestream::client

@@ -1,0 +1,172 @@
+// SPDX-License-Identifier: Apache-2.0
+// GenerateStream (resuming iterator) and the Session calls that open
+// streams (OpenAppend, AppendText, Generate, GenerateAll).
+//
+// Resume: the request is reissued unchanged (same request_id, same seed or
+// the server's seed derived from it and the unchanged input_offset), so the
+// new call produces the same output; tokens below delivered_tokens_ and
+// text bytes below delivered_text_ are skipped.
+#include <grpcpp/client_context.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+#include "statestream/call_scope.h"
+#include "statestream/client.h"
+
+namespace statestream::client {
+
+struct GenerateStream::Call {
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader;
+  Client::Stubs* stubs = nullptr;
+  std::unique_ptr<CallScope> scope;
+};
+
+GenerateStream::GenerateStream(Client* client, v1::GenerateRequest request,
+                               CallOptions call)
+    : client_(client), request_(std::move(request)), call_options_(call) {}
+
+GenerateStream::~GenerateStream() {
+  if (call_ != nullptr) {
+    call_->ctx.TryCancel();
+    v1::GenerateResponse ignored;
+    while (call_->reader->Read(&ignored)) {
+    }
+    call_->reader->Finish().IgnoreError();
+  }
+}
+
+absl::Status GenerateStream::Open() {
+  call_ = std::make_unique<Call>();
+  call_->stubs = &client_->Current();
+  client_->Prepare(&call_->ctx, call_options_, /*unary=*/false);
+  call_->scope = std::make_unique<CallScope>(&call_->ctx, call_options_);
+  if (call_->scope->cancelled()) return absl::CancelledError("cancelled");
+  call_->reader = call_->stubs->streams->Generate(&call_->ctx, request_);
+  seen_tokens_ = 0;
+  seen_text_ = 0;
+  return absl::OkStatus();
+}
+
+bool GenerateStream::Next(GenerateChunk* out) {
+  while (!finished_) {
+    if (call_ == nullptr) {
+      if (absl::Status s = Open(); !s.ok()) {
+        status_ = s;
+        finished_ = true;
+        call_.reset();
+        return false;
+      }
+    }
+    v1::GenerateResponse response;
+    if (call_->reader->Read(&response)) {
+      if (response.has_done()) {
+        done_ = response.done();
+        v1::GenerateResponse ignored;
+        while (call_->reader->Read(&ignored)) {
+        }
+        status_ = FromGrpcStatus(call_->reader->Finish());
+        call_.reset();
+        finished_ = true;
+        return false;
+      }
+      const v1::GenerateChunk& c = response.chunk();
+      // Tokens [index, index + n) of the output; keep the undelivered ones.
+      const uint32_t n = static_cast<uint32_t>(c.tokens_size());
+      const uint32_t skip = delivered_tokens_ > c.index()
+                                ? std::min(n, delivered_tokens_ - c.index())
+                                : 0;
+      const uint64_t text_begin = seen_text_;
+      seen_text_ += c.text_utf8().size();
+      seen_tokens_ = c.index() + n;
+      const uint64_t text_skip =
+          delivered_text_ > text_begin
+              ? std::min<uint64_t>(c.text_utf8().size(),
+                                   delivered_text_ - text_begin)
+              : 0;
+      if (skip == n && text_skip == c.text_utf8().size()) continue;
+      out->index = c.index() + skip;
+      out->tokens.assign(c.tokens().begin() + skip, c.tokens().end());
+      out->text = c.text_utf8().substr(text_skip);
+      out->logprobs.clear();
+      for (int i = static_cast<int>(skip); i < c.logprobs_size(); ++i) {
+        out->logprobs.push_back(c.logprobs(i));
+      }
+      delivered_tokens_ = std::max(delivered_tokens_, c.index() + n);
+      delivered_text_ = std::max(delivered_text_, seen_text_);
+      attempts_ = 0;
+      return true;
+    }
+    absl::Status s = FromGrpcStatus(call_->reader->Finish());
+    if (s.ok()) s = absl::UnavailableError("generate ended without done");
+    client_->Rotate(call_->stubs);
+    call_.reset();
+    ++attempts_;
+    if (absl::Status r = client_->RetryOrFail(s, attempts_, call_options_);
+        !r.ok()) {
+      status_ = r;
+      finished_ = true;
+      return false;
+    }
+    ++reconnects_;
+  }
+  return false;
+}
+
+// --- Session: streaming calls ------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<AppendWriter>> Session::OpenAppend(
+    AppendOptions options) const {
+  auto session = Get(options.call);
+  if (!session.ok()) return session.status();
+  return std::unique_ptr<AppendWriter>(new AppendWriter(
+      client_, id_, session->input_offset(), std::move(options)));
+}
+
+absl::StatusOr<v1::AppendResponse> Session::AppendText(
+    std::string_view text, AppendOptions options) const {
+  auto writer = OpenAppend(std::move(options));
+  if (!writer.ok()) return writer.status();
+  if (absl::Status s = (*writer)->Write(text); !s.ok()) return s;
+  if (absl::Status s = (*writer)->Flush(); !s.ok()) return s;
+  return (*writer)->Close();
+}
+
+absl::StatusOr<std::unique_ptr<GenerateStream>> Session::Generate(
+    v1::GenerateRequest request, const CallOptions& call) const {
+  request.set_session_id(id_);
+  if (request.request_id().empty()) request.set_request_id(NewRequestId());
+  if (request.commit() && !request.has_expected_input_offset()) {
+    // Without it, a retry after a commit whose `done` was lost would
+    // generate again on top of it; with it, that retry fails with
+    // POSITION_MISMATCH instead.
+    auto session = Get(call);
+    if (!session.ok()) return session.status();
+    request.set_expected_input_offset(session->input_offset());
+  }
+  return std::unique_ptr<GenerateStream>(
+      new GenerateStream(client_, std::move(request), call));
+}
+
+absl::StatusOr<GenerateResult> Session::GenerateAll(
+    v1::GenerateRequest request, const CallOptions& call) const {
+  auto stream = Generate(std::move(request), call);
+  if (!stream.ok()) return stream.status();
+  GenerateResult result;
+  GenerateChunk chunk;
+  while ((*stream)->Next(&chunk)) {
+    result.tokens.insert(result.tokens.end(), chunk.tokens.begin(),
+                         chunk.tokens.end());
+    result.text += chunk.text;
+    result.logprobs.insert(result.logprobs.end(), chunk.logprobs.begin(),
+                           chunk.logprobs.end());
+  }
+  if (!(*stream)->status().ok()) return (*stream)->status();
+  result.done = (*stream)->done();
+  return result;
+}
+
+}  // namespace statestream::client

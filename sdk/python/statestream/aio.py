@@ -1,0 +1,487 @@
+# SPDX-License-Identifier: Apache-2.0
+"""asyncio variant of the client, on grpc.aio, with the same resume
+guarantees as statestream.client:
+
+    async with AsyncClient("127.0.0.1:7700") as client:
+        await client.create_session("s")
+        s = client.session("s")
+        async with await s.writer() as w:
+            await w.write("Hello")
+        async for chunk in s.generate(max_tokens=16):
+            print(chunk.text, end="")
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+from typing import Dict, Iterable, List, Optional, Sequence, Union
+
+import grpc
+import grpc.aio
+
+from statestream.client import _crc32c, new_request_id
+from statestream.errors import StatestreamError, is_retryable, retry_after
+from statestream.types import (AppendAck, ExportedState, GenerateChunk,
+                               GenerateDone, GenerateResult, ScoreResult,
+                               SessionInfo, VersionInfo)
+from statestream.v1 import statestream_pb2 as pb
+from statestream.v1 import statestream_pb2_grpc as rpc
+
+
+class _Stubs:
+    def __init__(self, channel):
+        self.channel = channel
+        self.sessions = rpc.SessionsStub(channel)
+        self.streams = rpc.StreamsStub(channel)
+        self.models = rpc.ModelsStub(channel)
+
+
+class AsyncClient:
+    """Like statestream.Client, for one event loop."""
+
+    def __init__(self, targets: Union[str, Sequence[str]], *,
+                 api_key: Optional[str] = None, tenant: Optional[str] = None,
+                 tls: bool = False, root_certificates: Optional[bytes] = None,
+                 private_key: Optional[bytes] = None,
+                 certificate_chain: Optional[bytes] = None,
+                 timeout: float = 60.0, max_attempts: int = 10,
+                 initial_backoff: float = 0.05, max_backoff: float = 2.0,
+                 options: Sequence = ()):
+        if isinstance(targets, str):
+            targets = [t for t in targets.split(",") if t]
+        if not targets:
+            raise ValueError("targets is empty")
+        self.timeout = timeout
+        self.max_attempts = max(1, max_attempts)
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self._metadata = []
+        if api_key:
+            self._metadata.append(("authorization", "Bearer " + api_key))
+        if tenant:
+            self._metadata.append(("x-statestream-tenant", tenant))
+        opts = [("grpc.max_receive_message_length", 8 << 20),
+                ("grpc.max_send_message_length", 8 << 20),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000)] + list(options)
+        self._stubs = []
+        for target in targets:
+            if tls:
+                creds = grpc.ssl_channel_credentials(
+                    root_certificates, private_key, certificate_chain)
+                channel = grpc.aio.secure_channel(target, creds, options=opts)
+            else:
+                channel = grpc.aio.insecure_channel(target, options=opts)
+            self._stubs.append(_Stubs(channel))
+        self._current = 0
+
+    async def close(self) -> None:
+        for s in self._stubs:
+            await s.channel.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def _rotate(self, failed: _Stubs) -> None:
+        if self._stubs[self._current] is failed:
+            self._current = (self._current + 1) % len(self._stubs)
+
+    async def _retry_or_raise(self, error: StatestreamError,
+                              attempt: int) -> None:
+        if not is_retryable(error) or attempt >= self.max_attempts:
+            raise error
+        backoff = min(self.initial_backoff * 2 ** (attempt - 1),
+                      self.max_backoff) * random.uniform(0.8, 1.2)
+        backoff = max(backoff, retry_after(error))
+        await asyncio.sleep(backoff)
+
+    async def _unary(self, call):
+        for attempt in range(1, self.max_attempts + 1):
+            stubs = self._stubs[self._current]
+            try:
+                return await call(stubs, self._metadata, self.timeout)
+            except grpc.RpcError as e:
+                self._rotate(stubs)
+                await self._retry_or_raise(
+                    StatestreamError.from_rpc_error(e), attempt)
+        raise AssertionError("unreachable")
+
+    async def create_session(self, session_id: str = "", *,
+                             model_id: str = "",
+                             labels: Optional[Dict[str, str]] = None,
+                             fork_from: Optional[str] = None,
+                             fork_version: int = 0,
+                             request_id: Optional[str] = None) -> SessionInfo:
+        req = pb.CreateSessionRequest(request_id=request_id or new_request_id(),
+                                      session_id=session_id, model_id=model_id,
+                                      labels=labels or {})
+        if fork_from:
+            req.fork_from.session_id = fork_from
+            req.fork_from.version = fork_version
+        s = await self._unary(lambda st, md, t: st.sessions.CreateSession(
+            req, metadata=md, timeout=t))
+        return SessionInfo.from_proto(s)
+
+    def session(self, session_id: str) -> "AsyncSession":
+        return AsyncSession(self, session_id)
+
+    async def list_sessions(self, labels: Optional[Dict[str, str]] = None
+                            ) -> List[SessionInfo]:
+        req = pb.ListSessionsRequest(label_selector=labels or {})
+        out = []
+        while True:
+            page = await self._unary(lambda st, md, t: st.sessions.ListSessions(
+                req, metadata=md, timeout=t))
+            out += [SessionInfo.from_proto(s) for s in page.sessions]
+            if not page.next_page_token:
+                return out
+            req.page_token = page.next_page_token
+
+    async def _import(self, header, blob: bytes):
+        def requests():
+            yield pb.ImportStateRequest(header=header)
+            size = header.state.chunk_bytes or (1 << 20)
+            for i in range(0, max(1, (len(blob) + size - 1) // size)):
+                data = blob[i * size:(i + 1) * size]
+                yield pb.ImportStateRequest(chunk=pb.StateChunk(
+                    index=i, data=data, crc32c=_crc32c(data)))
+        return await self._unary(lambda st, md, t: st.sessions.ImportState(
+            requests(), metadata=md, timeout=t))
+
+    async def import_session(self, state: ExportedState,
+                             session_id: str = "") -> SessionInfo:
+        header = pb.ImportHeader(request_id=new_request_id(),
+                                 session_id=session_id,
+                                 mode=pb.IMPORT_MODE_CREATE)
+        header.state.CopyFrom(state.header)
+        return SessionInfo.from_proto(await self._import(header, state.blob))
+
+
+class AsyncSession:
+    def __init__(self, client: AsyncClient, session_id: str):
+        self.client = client
+        self.id = session_id
+
+    async def get(self) -> SessionInfo:
+        req = pb.GetSessionRequest(session_id=self.id)
+        return SessionInfo.from_proto(await self.client._unary(
+            lambda st, md, t: st.sessions.GetSession(req, metadata=md,
+                                                     timeout=t)))
+
+    async def writer(self, *, window: int = 32,
+                     max_chunk_bytes: int = 256 << 10,
+                     durability: int = pb.DURABILITY_UNSPECIFIED
+                     ) -> "AsyncAppendWriter":
+        offset = (await self.get()).input_offset
+        return AsyncAppendWriter(self.client, self.id, offset, window,
+                                 max_chunk_bytes, durability)
+
+    async def append(self, text: Union[str, bytes]) -> AppendAck:
+        w = await self.writer()
+        await w.write(text)
+        await w.flush()
+        return await w.close()
+
+    def generate(self, prompt: Union[str, bytes, None] = None, *,
+                 max_tokens: int = 0, temperature: Optional[float] = None,
+                 top_p: Optional[float] = None, seed: Optional[int] = None,
+                 stop: Iterable[str] = (), commit: bool = False,
+                 logprobs: bool = False, top_logprobs: int = 0,
+                 request_id: Optional[str] = None,
+                 expected_input_offset: Optional[int] = None
+                 ) -> "AsyncGenerateStream":
+        req = pb.GenerateRequest(session_id=self.id,
+                                 request_id=request_id or new_request_id(),
+                                 max_tokens=max_tokens, commit=commit,
+                                 logprobs=logprobs, top_logprobs=top_logprobs,
+                                 stop_strings=list(stop))
+        if isinstance(prompt, str):
+            prompt = prompt.encode()
+        if prompt:
+            req.prompt_text_utf8 = prompt
+        if temperature is not None:
+            req.sampling.temperature = temperature
+        if top_p is not None:
+            req.sampling.top_p = top_p
+        if seed is not None:
+            req.sampling.seed = seed
+        if expected_input_offset is not None:
+            req.expected_input_offset = expected_input_offset
+        return AsyncGenerateStream(self, req)
+
+    async def generate_text(self, prompt=None, **kwargs) -> GenerateResult:
+        stream = self.generate(prompt, **kwargs)
+        tokens, raw, lps = [], b"", []
+        async for c in stream:
+            tokens += c.tokens
+            raw += c.raw
+            lps += c.logprobs
+        return GenerateResult(tokens, raw.decode("utf-8", "replace"),
+                              stream.done, lps)
+
+    async def score(self, text: Union[str, bytes, None] = None, *,
+                    tokens: Optional[Sequence[int]] = None,
+                    version: int = 0) -> ScoreResult:
+        req = pb.ScoreRequest(session_id=self.id, version=version)
+        if tokens is not None:
+            req.tokens.ids.extend(tokens)
+        else:
+            req.text_utf8 = text.encode() if isinstance(text, str) else text
+        return ScoreResult.from_proto(await self.client._unary(
+            lambda st, md, t: st.streams.Score(req, metadata=md, timeout=t)))
+
+    async def fork(self, version: int = 0, new_id: str = "") -> "AsyncSession":
+        info = await self.client.create_session(new_id, fork_from=self.id,
+                                                fork_version=version)
+        return AsyncSession(self.client, info.session_id)
+
+    async def versions(self) -> List[VersionInfo]:
+        req = pb.ListVersionsRequest(session_id=self.id)
+        page = await self.client._unary(lambda st, md, t: st.sessions.ListVersions(
+            req, metadata=md, timeout=t))
+        return [VersionInfo.from_proto(v) for v in page.versions]
+
+    async def rollback(self, version: int,
+                       expected_version: Optional[int] = None) -> SessionInfo:
+        req = pb.RollbackSessionRequest(request_id=new_request_id(),
+                                        session_id=self.id, version=version)
+        if expected_version is not None:
+            req.expected_version = expected_version
+        return SessionInfo.from_proto(await self.client._unary(
+            lambda st, md, t: st.sessions.RollbackSession(
+                req, metadata=md, timeout=t)))
+
+    async def export(self, version: int = 0) -> ExportedState:
+        req = pb.ExportStateRequest(session_id=self.id, version=version)
+
+        async def call(st, md, t):
+            header, parts = None, []
+            async for part in st.sessions.ExportState(req, metadata=md,
+                                                      timeout=t):
+                if part.HasField("header"):
+                    header = part.header
+                else:
+                    parts.append(part.chunk.data)
+            return ExportedState(header, b"".join(parts), self.id)
+        return await self.client._unary(call)
+
+    async def import_state(self, state: ExportedState) -> SessionInfo:
+        header = pb.ImportHeader(request_id=new_request_id(),
+                                 session_id=self.id,
+                                 mode=pb.IMPORT_MODE_NEW_VERSION)
+        header.state.CopyFrom(state.header)
+        return SessionInfo.from_proto(await self.client._import(header,
+                                                                state.blob))
+
+    async def delete(self, allow_missing: bool = False) -> None:
+        req = pb.DeleteSessionRequest(request_id=new_request_id(),
+                                      session_id=self.id,
+                                      allow_missing=allow_missing)
+        await self.client._unary(lambda st, md, t: st.sessions.DeleteSession(
+            req, metadata=md, timeout=t))
+
+
+class AsyncAppendWriter:
+    """statestream.AppendWriter for asyncio (same invariant and resume)."""
+
+    def __init__(self, client: AsyncClient, session_id: str, offset: int,
+                 window: int, max_chunk_bytes: int, durability: int):
+        self._client = client
+        self._session_id = session_id
+        self._next_offset = offset
+        self._window = max(1, window)
+        self._chunk = max(1, min(max_chunk_bytes, 1 << 20))
+        self._durability = durability
+        self._retained: "collections.deque" = collections.deque()
+        self._acked = 0
+        self._call = None
+        self._stubs = None
+        self._attempts = 0
+        self.last_ack: Optional[AppendAck] = None
+        self.reconnects = 0
+
+    async def __aenter__(self) -> "AsyncAppendWriter":
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            await self.close()
+        elif self._call is not None:
+            self._call.cancel()
+
+    async def write(self, text: Union[str, bytes]) -> None:
+        data = text.encode() if isinstance(text, str) else bytes(text)
+        for i in range(0, len(data), self._chunk):
+            await self._send(pb.AppendRequest(text_utf8=data[i:i + self._chunk]))
+
+    async def flush(self) -> None:
+        await self._send(pb.AppendRequest(flush=True))
+
+    async def sync(self) -> AppendAck:
+        """Waits for the acks of everything written (applied, maybe not
+        committed)."""
+        await self._read_acks(0)
+        return self.last_ack
+
+    async def checkpoint(self) -> AppendAck:
+        await self._send(pb.AppendRequest(checkpoint=True))
+        await self._read_acks(0)
+        return self.last_ack
+
+    async def close(self) -> AppendAck:
+        ack = await self.checkpoint()
+        if self._call is not None:
+            try:
+                await self._call.done_writing()
+                await self._call.code()
+            except (grpc.RpcError, asyncio.InvalidStateError):
+                pass  # everything is committed and acknowledged already
+            self._call = None
+        return ack
+
+    @staticmethod
+    def _units(r) -> int:
+        return len(r.tokens.ids) if r.HasField("tokens") else len(r.text_utf8)
+
+    async def _send(self, req) -> None:
+        req.session_id = self._session_id
+        req.expected_input_offset = self._next_offset
+        req.durability = self._durability
+        self._next_offset += self._units(req)
+        self._retained.append(req)
+        if self._call is None:
+            await self._reconnect(None)
+        else:
+            try:
+                await self._call.write(req)
+            except (grpc.RpcError, asyncio.InvalidStateError) as e:
+                await self._reconnect(self._error_of(e))
+        await self._read_acks(self._window)
+
+    @staticmethod
+    def _error_of(e) -> StatestreamError:
+        if isinstance(e, grpc.RpcError):
+            return StatestreamError.from_rpc_error(e)
+        return StatestreamError(grpc.StatusCode.UNAVAILABLE, str(e))
+
+    async def _read_acks(self, keep: int) -> None:
+        while len(self._retained) - self._acked > keep:
+            try:
+                ack = await self._call.read()
+            except (grpc.RpcError, asyncio.InvalidStateError) as e:
+                await self._reconnect(self._error_of(e))
+                continue
+            if ack is grpc.aio.EOF:
+                await self._reconnect(StatestreamError(
+                    grpc.StatusCode.UNAVAILABLE, "append stream ended early"))
+                continue
+            self._acked += 1
+            self.last_ack = AppendAck.from_proto(ack)
+            self._attempts = 0
+            while self._acked > 0 and (
+                    self._retained[0].expected_input_offset +
+                    self._units(self._retained[0]) <=
+                    ack.committed_input_offset):
+                self._retained.popleft()
+                self._acked -= 1
+
+    async def _reconnect(self, cause: Optional[StatestreamError]) -> None:
+        while True:
+            if self._call is not None:
+                self._call.cancel()
+                self._client._rotate(self._stubs)
+                self._call = None
+                self._attempts += 1
+                await self._client._retry_or_raise(cause, self._attempts)
+                self.reconnects += 1
+            self._stubs = self._client._stubs[self._client._current]
+            self._call = self._stubs.streams.Append(
+                metadata=self._client._metadata)
+            self._acked = 0
+            try:
+                for r in self._retained:
+                    await self._call.write(r)
+                return
+            except (grpc.RpcError, asyncio.InvalidStateError) as e:
+                cause = self._error_of(e)
+
+
+class AsyncGenerateStream:
+    """Async iterator of GenerateChunk with resume; `.done` at the end."""
+
+    def __init__(self, session: AsyncSession, request):
+        self._session = session
+        self._client = session.client
+        self._request = request
+        self._delivered_tokens = 0
+        self._delivered_bytes = 0
+        self._call = None
+        self._stubs = None
+        self._seen_bytes = 0
+        self._pinned = False
+        self.done: Optional[GenerateDone] = None
+        self.reconnects = 0
+        self._finished = False
+
+    def __aiter__(self) -> "AsyncGenerateStream":
+        return self
+
+    async def __anext__(self) -> GenerateChunk:
+        if (self._request.commit and not self._pinned and
+                not self._request.HasField("expected_input_offset")):
+            # A retry must not apply a committed generation twice.
+            info = await self._session.get()
+            self._request.expected_input_offset = info.input_offset
+        self._pinned = True
+        attempts = 0
+        while not self._finished:
+            if self._call is None:
+                self._stubs = self._client._stubs[self._client._current]
+                self._call = self._stubs.streams.Generate(
+                    self._request, metadata=self._client._metadata)
+                self._seen_bytes = 0
+            try:
+                msg = await self._call.read()
+                err = None
+                if msg is grpc.aio.EOF:
+                    err = StatestreamError(grpc.StatusCode.UNAVAILABLE,
+                                           "generate ended without done")
+            except grpc.RpcError as e:
+                err = StatestreamError.from_rpc_error(e)
+            if err is None:
+                if msg.HasField("done"):
+                    self.done = GenerateDone.from_proto(msg.done)
+                    self._finished = True
+                    break
+                c = msg.chunk
+                n = len(c.tokens)
+                skip = min(n, max(0, self._delivered_tokens - c.index))
+                begin = self._seen_bytes
+                self._seen_bytes += len(c.text_utf8)
+                skip_bytes = min(len(c.text_utf8),
+                                 max(0, self._delivered_bytes - begin))
+                if skip == n and skip_bytes == len(c.text_utf8):
+                    continue
+                raw = bytes(c.text_utf8[skip_bytes:])
+                self._delivered_tokens = max(self._delivered_tokens,
+                                             c.index + n)
+                self._delivered_bytes = max(self._delivered_bytes,
+                                            self._seen_bytes)
+                return GenerateChunk(c.index + skip, list(c.tokens[skip:]),
+                                     raw.decode("utf-8", "replace"), raw,
+                                     [lp.logprob for lp in c.logprobs[skip:]])
+            self._client._rotate(self._stubs)
+            self._call = None
+            attempts += 1
+            try:
+                await self._client._retry_or_raise(err, attempts)
+            except StatestreamError:
+                self._finished = True
+                raise
+            self.reconnects += 1
+        raise StopAsyncIteration

@@ -1,0 +1,630 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Synchronous client: Client, Session, AppendWriter, GenerateStream.
+
+Resume protocol (docs/API.md): a retryable failure (UNAVAILABLE, a broken
+connection, ABORTED other than SESSION_BUSY, ...) is retried on the next
+target with exponential backoff, at most `max_attempts` times in a row.
+AppendWriter resends every request not yet acknowledged as committed at its
+original input offset (the server acknowledges what it already has as a
+duplicate), so nothing is lost or applied twice. GenerateStream reissues the
+same request (same request_id and seed: the same output) and skips what it
+already delivered.
+"""
+from __future__ import annotations
+
+import collections
+import queue
+import random
+import threading
+import time
+import uuid
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
+
+import grpc
+
+from statestream.errors import StatestreamError, is_retryable, retry_after
+from statestream.types import (AppendAck, ExportedState, GenerateChunk,
+                               GenerateDone, GenerateResult, ScoreResult,
+                               SessionInfo, VersionInfo)
+from statestream.v1 import statestream_pb2 as pb
+from statestream.v1 import statestream_pb2_grpc as rpc
+
+_END = object()
+_MAX_TEXT = 1 << 20
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class _Stubs:
+    def __init__(self, channel):
+        self.channel = channel
+        self.sessions = rpc.SessionsStub(channel)
+        self.streams = rpc.StreamsStub(channel)
+        self.models = rpc.ModelsStub(channel)
+
+
+class Client:
+    """Connection to one or more statestream targets (gateways or `serve`).
+
+    Thread-safe. Use as a context manager or call close()."""
+
+    def __init__(self, targets: Union[str, Sequence[str]], *,
+                 api_key: Optional[str] = None, tenant: Optional[str] = None,
+                 tls: bool = False, root_certificates: Optional[bytes] = None,
+                 private_key: Optional[bytes] = None,
+                 certificate_chain: Optional[bytes] = None,
+                 timeout: float = 60.0, max_attempts: int = 10,
+                 initial_backoff: float = 0.05, max_backoff: float = 2.0,
+                 options: Sequence = ()):
+        if isinstance(targets, str):
+            targets = [t for t in targets.split(",") if t]
+        if not targets:
+            raise ValueError("targets is empty")
+        self.timeout = timeout
+        self.max_attempts = max(1, max_attempts)
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self._metadata = []
+        if api_key:
+            self._metadata.append(("authorization", "Bearer " + api_key))
+        if tenant:
+            self._metadata.append(("x-statestream-tenant", tenant))
+        opts = [("grpc.max_receive_message_length", 8 << 20),
+                ("grpc.max_send_message_length", 8 << 20),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000)] + list(options)
+        self._stubs = []
+        for target in targets:
+            if tls:
+                creds = grpc.ssl_channel_credentials(
+                    root_certificates, private_key, certificate_chain)
+                channel = grpc.secure_channel(target, creds, options=opts)
+            else:
+                channel = grpc.insecure_channel(target, options=opts)
+            self._stubs.append(_Stubs(channel))
+        self._lock = threading.Lock()
+        self._current = 0
+
+    # -- plumbing ----------------------------------------------------------
+
+    def close(self) -> None:
+        for s in self._stubs:
+            s.channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _current_stubs(self) -> _Stubs:
+        with self._lock:
+            return self._stubs[self._current]
+
+    def _rotate(self, failed: _Stubs) -> None:
+        with self._lock:
+            if self._stubs[self._current] is failed:
+                self._current = (self._current + 1) % len(self._stubs)
+
+    def _retry_or_raise(self, error: StatestreamError, attempt: int,
+                        deadline: Optional[float]) -> None:
+        """Sleeps the backoff before attempt+1, or raises `error`."""
+        if not is_retryable(error) or attempt >= self.max_attempts:
+            raise error
+        backoff = min(self.initial_backoff * 2 ** (attempt - 1),
+                      self.max_backoff) * random.uniform(0.8, 1.2)
+        backoff = max(backoff, retry_after(error))
+        if deadline is not None and time.monotonic() + backoff >= deadline:
+            raise error
+        time.sleep(backoff)
+
+    def _attempt_timeout(self, deadline: Optional[float],
+                         unary: bool = True) -> Optional[float]:
+        t = self.timeout if unary else None
+        if deadline is not None:
+            left = max(0.0, deadline - time.monotonic())
+            t = left if t is None else min(t, left)
+        return t
+
+    def _unary(self, call, timeout: Optional[float] = None):
+        """Runs call(stubs, metadata, timeout) with retries. `timeout`
+        bounds the whole operation (default: none besides each attempt's)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for attempt in range(1, self.max_attempts + 1):
+            stubs = self._current_stubs()
+            try:
+                return call(stubs, self._metadata,
+                            self._attempt_timeout(deadline))
+            except grpc.RpcError as e:
+                err = StatestreamError.from_rpc_error(e)
+                self._rotate(stubs)
+                self._retry_or_raise(err, attempt, deadline)
+        raise AssertionError("unreachable")
+
+    # -- sessions ------------------------------------------------------------
+
+    def create_session(self, session_id: str = "", *, model_id: str = "",
+                       labels: Optional[Dict[str, str]] = None,
+                       ttl_seconds: Optional[int] = None,
+                       fork_from: Optional[str] = None, fork_version: int = 0,
+                       request_id: Optional[str] = None,
+                       timeout: Optional[float] = None) -> SessionInfo:
+        req = pb.CreateSessionRequest(request_id=request_id or new_request_id(),
+                                      session_id=session_id, model_id=model_id,
+                                      labels=labels or {})
+        if ttl_seconds is not None:
+            req.ttl.seconds = ttl_seconds
+        if fork_from:
+            req.fork_from.session_id = fork_from
+            req.fork_from.version = fork_version
+        s = self._unary(lambda st, md, t: st.sessions.CreateSession(
+            req, metadata=md, timeout=t), timeout)
+        return SessionInfo.from_proto(s)
+
+    def session(self, session_id: str) -> "Session":
+        """A handle; makes no call."""
+        return Session(self, session_id)
+
+    def list_sessions(self, labels: Optional[Dict[str, str]] = None,
+                      model_id: str = "") -> Iterator[SessionInfo]:
+        req = pb.ListSessionsRequest(label_selector=labels or {},
+                                     model_id=model_id)
+        while True:
+            page = self._unary(lambda st, md, t: st.sessions.ListSessions(
+                req, metadata=md, timeout=t))
+            for s in page.sessions:
+                yield SessionInfo.from_proto(s)
+            if not page.next_page_token:
+                return
+            req.page_token = page.next_page_token
+
+    def import_session(self, state: ExportedState,
+                       session_id: str = "") -> SessionInfo:
+        header = pb.ImportHeader(request_id=new_request_id(),
+                                 session_id=session_id,
+                                 mode=pb.IMPORT_MODE_CREATE)
+        header.state.CopyFrom(state.header)
+        return SessionInfo.from_proto(self._import(header, state.blob))
+
+    def _import(self, header, blob: bytes):
+        def requests():
+            yield pb.ImportStateRequest(header=header)
+            size = header.state.chunk_bytes or (1 << 20)
+            for i in range(0, max(1, (len(blob) + size - 1) // size)):
+                data = blob[i * size:(i + 1) * size]
+                yield pb.ImportStateRequest(chunk=pb.StateChunk(
+                    index=i, data=data, crc32c=_crc32c(data)))
+        return self._unary(lambda st, md, t: st.sessions.ImportState(
+            requests(), metadata=md, timeout=t))
+
+    def list_models(self) -> List[object]:
+        r = self._unary(lambda st, md, t: st.models.ListModels(
+            pb.ListModelsRequest(), metadata=md, timeout=t))
+        return list(r.models)
+
+
+def _crc32c_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        table.append(c)
+    return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def _crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = _CRC_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+class Session:
+    """A handle on one session. Cheap; holds no server resources."""
+
+    def __init__(self, client: Client, session_id: str):
+        self.client = client
+        self.id = session_id
+
+    def __repr__(self) -> str:
+        return f"Session({self.id!r})"
+
+    def get(self, timeout: Optional[float] = None) -> SessionInfo:
+        req = pb.GetSessionRequest(session_id=self.id)
+        return SessionInfo.from_proto(self.client._unary(
+            lambda st, md, t: st.sessions.GetSession(req, metadata=md,
+                                                     timeout=t), timeout))
+
+    def writer(self, *, window: int = 32, max_chunk_bytes: int = 256 << 10,
+               durability: int = pb.DURABILITY_UNSPECIFIED,
+               timeout: Optional[float] = None) -> "AppendWriter":
+        """An exactly-once writer at the session's applied input_offset.
+        Use as a context manager: a clean exit closes (commits) it."""
+        offset = self.get().input_offset
+        return AppendWriter(self.client, self.id, offset, window=window,
+                            max_chunk_bytes=max_chunk_bytes,
+                            durability=durability, timeout=timeout)
+
+    def append(self, text: Union[str, bytes] = b"",
+               tokens: Optional[Sequence[int]] = None,
+               flush: bool = True) -> AppendAck:
+        """Appends and commits in one call; returns the final ack."""
+        with self.writer() as w:
+            if text:
+                w.write(text)
+            if tokens:
+                w.write_tokens(tokens)
+            if flush:
+                w.flush()
+            return w.close()
+
+    def generate(self, prompt: Union[str, bytes, None] = None, *,
+                 prompt_tokens: Optional[Sequence[int]] = None,
+                 max_tokens: int = 0, temperature: Optional[float] = None,
+                 top_p: Optional[float] = None, top_k: int = 0,
+                 seed: Optional[int] = None,
+                 stop: Iterable[str] = (), stop_tokens: Iterable[int] = (),
+                 commit: bool = False, logprobs: bool = False,
+                 top_logprobs: int = 0, request_id: Optional[str] = None,
+                 expected_input_offset: Optional[int] = None,
+                 timeout: Optional[float] = None) -> "GenerateStream":
+        """An iterator of GenerateChunk; `.done` once exhausted. With
+        commit=True the request pins expected_input_offset (read now unless
+        given), so a retry can never apply the generation twice."""
+        req = pb.GenerateRequest(session_id=self.id,
+                                 request_id=request_id or new_request_id(),
+                                 max_tokens=max_tokens, commit=commit,
+                                 logprobs=logprobs, top_logprobs=top_logprobs,
+                                 stop_strings=list(stop),
+                                 stop_tokens=list(stop_tokens))
+        if isinstance(prompt, str):
+            prompt = prompt.encode()
+        if prompt:
+            req.prompt_text_utf8 = prompt
+        elif prompt_tokens:
+            req.prompt_tokens.ids.extend(prompt_tokens)
+        if temperature is not None:
+            req.sampling.temperature = temperature
+        if top_p is not None:
+            req.sampling.top_p = top_p
+        req.sampling.top_k = top_k
+        if seed is not None:
+            req.sampling.seed = seed
+        if commit and expected_input_offset is None:
+            expected_input_offset = self.get().input_offset
+        if expected_input_offset is not None:
+            req.expected_input_offset = expected_input_offset
+        return GenerateStream(self.client, req, timeout)
+
+    def generate_text(self, prompt=None, **kwargs) -> GenerateResult:
+        stream = self.generate(prompt, **kwargs)
+        tokens, raw, lps = [], b"", []
+        for c in stream:
+            tokens += c.tokens
+            raw += c.raw
+            lps += c.logprobs
+        return GenerateResult(tokens, raw.decode("utf-8", "replace"),
+                              stream.done, lps)
+
+    def score(self, text: Union[str, bytes, None] = None, *,
+              tokens: Optional[Sequence[int]] = None, version: int = 0,
+              timeout: Optional[float] = None) -> ScoreResult:
+        req = pb.ScoreRequest(session_id=self.id, version=version)
+        if tokens is not None:
+            req.tokens.ids.extend(tokens)
+        else:
+            req.text_utf8 = text.encode() if isinstance(text, str) else text
+        return ScoreResult.from_proto(self.client._unary(
+            lambda st, md, t: st.streams.Score(req, metadata=md, timeout=t),
+            timeout))
+
+    def fork(self, version: int = 0, new_id: str = "") -> "Session":
+        info = self.client.create_session(new_id, fork_from=self.id,
+                                          fork_version=version)
+        return Session(self.client, info.session_id)
+
+    def versions(self) -> List[VersionInfo]:
+        req = pb.ListVersionsRequest(session_id=self.id)
+        out = []
+        while True:
+            page = self.client._unary(lambda st, md, t: st.sessions.ListVersions(
+                req, metadata=md, timeout=t))
+            out += [VersionInfo.from_proto(v) for v in page.versions]
+            if not page.next_page_token:
+                return out
+            req.page_token = page.next_page_token
+
+    def rollback(self, version: int,
+                 expected_version: Optional[int] = None) -> SessionInfo:
+        req = pb.RollbackSessionRequest(request_id=new_request_id(),
+                                        session_id=self.id, version=version)
+        if expected_version is not None:
+            req.expected_version = expected_version
+        return SessionInfo.from_proto(self.client._unary(
+            lambda st, md, t: st.sessions.RollbackSession(
+                req, metadata=md, timeout=t)))
+
+    def export(self, version: int = 0) -> ExportedState:
+        req = pb.ExportStateRequest(session_id=self.id, version=version)
+
+        def call(st, md, t):
+            header, parts = None, []
+            for part in st.sessions.ExportState(req, metadata=md, timeout=t):
+                if part.HasField("header"):
+                    header = part.header
+                else:
+                    parts.append(part.chunk.data)
+            return ExportedState(header, b"".join(parts), self.id)
+        state = self.client._unary(call)
+        if len(state.blob) != state.header.total_bytes:
+            raise StatestreamError(grpc.StatusCode.DATA_LOSS,
+                                   "export: incomplete blob")
+        return state
+
+    def import_state(self, state: ExportedState) -> SessionInfo:
+        header = pb.ImportHeader(request_id=new_request_id(),
+                                 session_id=self.id,
+                                 mode=pb.IMPORT_MODE_NEW_VERSION)
+        header.state.CopyFrom(state.header)
+        return SessionInfo.from_proto(self.client._import(header, state.blob))
+
+    def delete(self, allow_missing: bool = False) -> None:
+        req = pb.DeleteSessionRequest(request_id=new_request_id(),
+                                      session_id=self.id,
+                                      allow_missing=allow_missing)
+        self.client._unary(lambda st, md, t: st.sessions.DeleteSession(
+            req, metadata=md, timeout=t))
+
+
+class _AppendCall:
+    """One Append call: requests go through a queue, acks come back in
+    order."""
+
+    def __init__(self, stubs: _Stubs, metadata, timeout):
+        self.stubs = stubs
+        self._queue: "queue.Queue" = queue.Queue()
+        self.responses = stubs.streams.Append(iter(self._queue.get, _END),
+                                              metadata=metadata,
+                                              timeout=timeout)
+
+    def send(self, request) -> None:
+        self._queue.put(request)
+
+    def close_send(self) -> None:
+        self._queue.put(_END)
+
+    def cancel(self) -> None:
+        self._queue.put(_END)
+        self.responses.cancel()
+
+
+class AppendWriter:
+    """Writes into a session exactly once, pipelined, resuming after
+    failures. Not thread-safe. Invariant: `_retained` holds every request
+    not known to be committed, in offset order; the first `_acked` of them
+    were acknowledged on the current call."""
+
+    def __init__(self, client: Client, session_id: str, offset: int, *,
+                 window: int, max_chunk_bytes: int, durability: int,
+                 timeout: Optional[float]):
+        self._client = client
+        self._session_id = session_id
+        self._next_offset = offset
+        self._window = max(1, window)
+        self._chunk = max(1, min(max_chunk_bytes, _MAX_TEXT))
+        self._durability = durability
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._retained: "collections.deque" = collections.deque()
+        self._acked = 0
+        self._call: Optional[_AppendCall] = None
+        self._attempts = 0
+        self._error: Optional[StatestreamError] = None
+        self._closed = False
+        self.last_ack: Optional[AppendAck] = None
+        self.reconnects = 0
+
+    @property
+    def offset(self) -> int:
+        """input_offset after everything written."""
+        return self._next_offset
+
+    def __enter__(self) -> "AppendWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            if not self._closed:
+                self.close()
+        elif self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    def write(self, text: Union[str, bytes]) -> None:
+        data = text.encode() if isinstance(text, str) else bytes(text)
+        for i in range(0, len(data), self._chunk):
+            self._send(pb.AppendRequest(text_utf8=data[i:i + self._chunk]))
+
+    def write_tokens(self, tokens: Sequence[int]) -> None:
+        for i in range(0, len(tokens), 262144):
+            req = pb.AppendRequest()
+            req.tokens.ids.extend(tokens[i:i + 262144])
+            self._send(req)
+
+    def flush(self) -> None:
+        self._send(pb.AppendRequest(flush=True))
+
+    def sync(self) -> AppendAck:
+        """Waits for the acks of everything written (applied, maybe not
+        committed)."""
+        self._read_acks(0)
+        return self.last_ack
+
+    def checkpoint(self) -> AppendAck:
+        """Commits everything written; returns its ack."""
+        self._send(pb.AppendRequest(checkpoint=True))
+        self._read_acks(0)
+        return self.last_ack
+
+    def close(self) -> AppendAck:
+        ack = self.checkpoint()
+        self._closed = True
+        if self._call is not None:
+            self._call.close_send()
+            try:
+                for _ in self._call.responses:
+                    pass
+            except grpc.RpcError:
+                pass  # everything is committed and acknowledged already
+            self._call = None
+        return ack
+
+    # -- internals -----------------------------------------------------------
+
+    @staticmethod
+    def _units(r) -> int:
+        return len(r.tokens.ids) if r.HasField("tokens") else len(r.text_utf8)
+
+    def _send(self, req) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise StatestreamError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   "writer closed")
+        req.session_id = self._session_id
+        req.expected_input_offset = self._next_offset
+        req.durability = self._durability
+        self._next_offset += self._units(req)
+        self._retained.append(req)
+        if self._call is None:
+            self._reconnect(None)
+        else:
+            self._call.send(req)
+        self._read_acks(self._window)
+
+    def _read_acks(self, keep_unacked: int) -> None:
+        while len(self._retained) - self._acked > keep_unacked:
+            if self._error is not None:
+                raise self._error
+            try:
+                ack = next(self._call.responses)
+            except grpc.RpcError as e:
+                self._reconnect(StatestreamError.from_rpc_error(e))
+                continue
+            except StopIteration:
+                self._reconnect(StatestreamError(
+                    grpc.StatusCode.UNAVAILABLE, "append stream ended early"))
+                continue
+            self._acked += 1
+            self.last_ack = AppendAck.from_proto(ack)
+            self._attempts = 0
+            committed = ack.committed_input_offset
+            while self._acked > 0 and (
+                    self._retained[0].expected_input_offset +
+                    self._units(self._retained[0]) <= committed):
+                self._retained.popleft()
+                self._acked -= 1
+
+    def _reconnect(self, cause: Optional[StatestreamError]) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._client._rotate(self._call.stubs)
+            self._call = None
+            self._attempts += 1
+            try:
+                self._client._retry_or_raise(cause, self._attempts,
+                                             self._deadline)
+            except StatestreamError as e:
+                self._error = e
+                raise
+            self.reconnects += 1
+        stubs = self._client._current_stubs()
+        self._call = _AppendCall(stubs, self._client._metadata,
+                                 self._client._attempt_timeout(
+                                     self._deadline, unary=False))
+        self._acked = 0
+        for r in self._retained:
+            self._call.send(r)
+
+
+class GenerateStream:
+    """Iterates over GenerateChunk, resuming after failures with the same
+    request and skipping output already delivered. `.done` (GenerateDone)
+    is set once the iteration ends; `.reconnects` counts resumptions."""
+
+    def __init__(self, client: Client, request, timeout: Optional[float]):
+        self._client = client
+        self._request = request
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._delivered_tokens = 0
+        self._delivered_bytes = 0
+        self._responses = None
+        self._stubs = None
+        self.done: Optional[GenerateDone] = None
+        self.reconnects = 0
+        self._finished = False
+
+    def __iter__(self) -> "GenerateStream":
+        return self
+
+    def cancel(self) -> None:
+        if self._responses is not None:
+            self._responses.cancel()
+        self._finished = True
+
+    def __next__(self) -> GenerateChunk:
+        attempts = 0
+        while not self._finished:
+            if self._responses is None:
+                self._stubs = self._client._current_stubs()
+                self._responses = self._stubs.streams.Generate(
+                    self._request, metadata=self._client._metadata,
+                    timeout=self._client._attempt_timeout(self._deadline,
+                                                          unary=False))
+                self._seen_bytes = 0
+            try:
+                msg = next(self._responses)
+            except grpc.RpcError as e:
+                err = StatestreamError.from_rpc_error(e)
+            except StopIteration:
+                err = StatestreamError(grpc.StatusCode.UNAVAILABLE,
+                                       "generate ended without done")
+            else:
+                if msg.HasField("done"):
+                    self.done = GenerateDone.from_proto(msg.done)
+                    self._finished = True
+                    break
+                c = msg.chunk
+                n = len(c.tokens)
+                skip = min(n, max(0, self._delivered_tokens - c.index))
+                begin = self._seen_bytes
+                self._seen_bytes += len(c.text_utf8)
+                skip_bytes = min(len(c.text_utf8),
+                                 max(0, self._delivered_bytes - begin))
+                if skip == n and skip_bytes == len(c.text_utf8):
+                    continue
+                raw = bytes(c.text_utf8[skip_bytes:])
+                self._delivered_tokens = max(self._delivered_tokens,
+                                             c.index + n)
+                self._delivered_bytes = max(self._delivered_bytes,
+                                            self._seen_bytes)
+                return GenerateChunk(
+                    c.index + skip, list(c.tokens[skip:]),
+                    raw.decode("utf-8", "replace"), raw,
+                    [lp.logprob for lp in c.logprobs[skip:]])
+            self._client._rotate(self._stubs)
+            self._responses = None
+            attempts += 1
+            try:
+                self._client._retry_or_raise(err, attempts, self._deadline)
+            except StatestreamError:
+                self._finished = True
+                raise
+            self.reconnects += 1
+        raise StopIteration

@@ -1,0 +1,68 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Typed errors: the gRPC code plus the server's Reason and metadata."""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import grpc
+
+DOMAIN = "statestream.dev"
+
+
+class StatestreamError(Exception):
+    """A failed call. `code` is a grpc.StatusCode; `reason` a Reason name
+    (e.g. "POSITION_MISMATCH", "REASON_UNSPECIFIED" when the server gave
+    none); `metadata` the ErrorInfo metadata (strings)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str,
+                 reason: str = "REASON_UNSPECIFIED",
+                 metadata: Optional[Dict[str, str]] = None):
+        super().__init__(f"{code.name}: {message} [{reason}]")
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError) -> "StatestreamError":
+        code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+        message = error.details() if hasattr(error, "details") else str(error)
+        reason, metadata = "REASON_UNSPECIFIED", {}
+        trailers = ()
+        if hasattr(error, "trailing_metadata"):
+            trailers = error.trailing_metadata() or ()
+        for key, value in trailers:
+            if key != "grpc-status-details-bin":
+                continue
+            from google.rpc import error_details_pb2, status_pb2
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info) and info.domain == DOMAIN:
+                    reason, metadata = info.reason, dict(info.metadata)
+        return cls(code, message or "", reason, metadata)
+
+
+def is_retryable(error: StatestreamError) -> bool:
+    """True when resending the same request is safe and may succeed."""
+    c = error.code
+    if c in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+             grpc.StatusCode.CANCELLED):
+        return True
+    if c == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # The worker's admission limits; not a message over a size limit.
+        return error.reason == "OVERLOADED"
+    if c == grpc.StatusCode.ABORTED:
+        return error.reason != "SESSION_BUSY"
+    if c in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+        # Transport failures carry no reason; server bugs do.
+        return error.reason == "REASON_UNSPECIFIED"
+    return False
+
+
+def retry_after(error: StatestreamError) -> float:
+    """The server's retry hint in seconds (OVERLOADED), else 0."""
+    try:
+        return min(60.0, int(error.metadata.get("retry_after_ms", "0")) / 1000)
+    except ValueError:
+        return 0.0

@@ -1,0 +1,55 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The asyncio client against a real server, including a kill -9 in the
+middle of an Append and of a Generate."""
+import asyncio
+
+from statestream.aio import AsyncClient
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_async_append_and_generate_survive_kill9(server):
+    async def main():
+        async with AsyncClient(server.address, max_attempts=40,
+                               max_backoff=0.5,
+                               options=[("grpc.http2.bdp_probe", 0)]) as c:
+            await c.create_session("a")
+            await c.create_session("ref")
+            s, ref = c.session("a"), c.session("ref")
+            text = b"".join(b"chunk %d of the stream\n" % i for i in range(800))
+            w = await s.writer(max_chunk_bytes=500)
+            await w.write(text[:8000])
+            await w.checkpoint()
+            await w.write(text[8000:12000])
+            ack = await w.sync()  # applied, not committed
+            assert ack.committed_input_offset == 8000
+            server.kill_and_restart()
+            await w.write(text[12000:])
+            await w.flush()
+            done = await w.close()
+            assert w.reconnects >= 1
+            assert done.committed_input_offset == len(text)
+            await ref.append(text)
+            a, b = await s.get(), await ref.get()
+            assert (a.position, a.input_offset) == (b.position, b.input_offset)
+            assert (await s.score("x")).sum_logprob == \
+                (await ref.score("x")).sum_logprob
+
+            args = dict(max_tokens=8000, seed=3, temperature=1.0,
+                        logprobs=True, top_logprobs=5, request_id="g")
+            expected = await s.generate_text(**args)
+            stream = s.generate(**args)
+            tokens = []
+            async for chunk in stream:
+                if not tokens:
+                    server.kill_and_restart()
+                tokens += chunk.tokens
+            assert stream.reconnects >= 1
+            assert tokens == expected.tokens
+
+            fork = await s.fork(new_id="a-fork")
+            assert (await fork.get()).parent_session_id == "a"
+            assert [v.version for v in await s.versions()][0] == 3
+    run(main())

@@ -1,0 +1,121 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The Python SDK against real `statestream serve` processes."""
+import grpc
+import pytest
+
+from statestream import Client, StatestreamError
+
+
+def text_of(n: int) -> bytes:
+    out, i = [], 0
+    while sum(map(len, out)) < n:
+        out.append(f"line {i}: streams \u20ac{i * 7919 % 1000}\n".encode())
+        i += 1
+    return b"".join(out)
+
+
+def test_append_survives_kill9(server, client):
+    text = text_of(30000)
+    client.create_session("live")
+    live = client.session("live")
+    half, three_q = len(text) // 2, len(text) * 3 // 4
+    with live.writer(max_chunk_bytes=777) as w:
+        w.write(text[:half])
+        assert w.checkpoint().committed_input_offset == half
+        w.write(text[half:three_q])
+        ack = w.sync()  # applied, not committed
+        assert (ack.input_offset, ack.committed_input_offset) == (three_q, half)
+        server.kill_and_restart()
+        w.write(text[three_q:])
+        w.flush()
+        done = w.close()
+        assert w.reconnects >= 1
+    assert done.input_offset == done.committed_input_offset == len(text)
+
+    client.create_session("ref")
+    ref = client.session("ref")
+    ref.append(text)
+    a, b = live.get(), ref.get()
+    assert (a.position, a.input_offset) == (b.position, b.input_offset)
+    assert live.score("next").sum_logprob == ref.score("next").sum_logprob
+
+
+def test_generate_survives_kill9(server, client):
+    client.create_session("gen")
+    s = client.session("gen")
+    s.append("Once upon a time")
+    args = dict(max_tokens=8000, seed=7, temperature=1.0, logprobs=True,
+                top_logprobs=5, request_id="long")
+    ref = s.generate_text(**args)
+    assert len(ref.tokens) == 8000
+    stream = s.generate(**args)
+    first = next(stream)
+    tokens, raw = list(first.tokens), first.raw
+    server.kill_and_restart()
+    for chunk in stream:
+        assert chunk.index == len(tokens)
+        tokens += chunk.tokens
+        raw += chunk.raw
+    assert stream.reconnects >= 1
+    assert tokens == ref.tokens
+    assert raw.decode("utf-8", "replace") == ref.text
+    assert stream.done.finish_reason == "FINISH_REASON_MAX_TOKENS"
+
+
+def test_session_calls(client):
+    client.create_session("s", labels={"kind": "test"})
+    s = client.session("s")
+    s.append("hello world")
+    versions = s.versions()
+    assert [v.version for v in versions] == [2, 1]
+    assert versions[0].input_offset == 11
+
+    fork = s.fork(new_id="s-fork")
+    assert fork.get().parent_session_id == "s"
+    assert fork.score("!").sum_logprob == s.score("!").sum_logprob
+
+    state = s.export(2)
+    imported = client.import_session(state, "s-import")
+    assert imported.input_offset == 11
+    rolled = s.rollback(1)
+    assert (rolled.input_offset, rolled.version) == (0, 3)
+    assert s.import_state(state).version == 4
+
+    assert {x.session_id for x in client.list_sessions()} == {
+        "s", "s-fork", "s-import"}
+    assert [x.session_id for x in client.list_sessions({"kind": "test"})] == ["s"]
+
+    committed = s.generate_text(max_tokens=5, temperature=0, commit=True)
+    assert committed.done.committed
+    assert s.get().input_offset == 11 + 5
+
+    fork.delete()
+    with pytest.raises(StatestreamError) as e:
+        fork.get()
+    assert e.value.code == grpc.StatusCode.NOT_FOUND
+    assert e.value.reason == "SESSION_NOT_FOUND"
+    fork.delete(allow_missing=True)
+
+
+def test_typed_errors_and_tenants(server, client):
+    client.create_session("t")
+    with pytest.raises(StatestreamError) as e:
+        client.create_session("t", request_id="another")
+    assert e.value.reason == "SESSION_EXISTS"
+    with Client(server.address, tenant="other", api_key="dev-mode") as other:
+        with pytest.raises(StatestreamError) as e:
+            other.session("t").get()
+        assert e.value.reason == "SESSION_NOT_FOUND"
+    with pytest.raises(StatestreamError) as e:
+        client.session("t").score(tokens=[100000])
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_fails_over_to_next_target(server, tmp_path):
+    from statestream.testing import ServeProcess
+    dead = ServeProcess(data_dir=str(tmp_path / "dead")).start()
+    dead_address = dead.address
+    dead.kill()
+    with Client([dead_address, server.address]) as c:
+        c.create_session("f")
+        assert c.session("f").append("over there").committed_input_offset == 10

@@ -1,0 +1,203 @@
+// SPDX-License-Identifier: Apache-2.0
+// The client verbs of the `statestream` command (session, feed, generate,
+// chat, score) against a real `statestream serve`, including the feed
+// progress bar: shown on a terminal (run under script(1), which gives it a
+// pty), absent when stderr is a pipe.
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/subprocess.h"
+
+namespace statestream {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+class CliClientTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto p = e2e::Subprocess::Start(
+        {STATESTREAM_BIN, "serve", "--listen=127.0.0.1:0"});
+    ASSERT_TRUE(p.ok()) << p.status();
+    server_ = p->release();
+    auto line = server_->ReadStdoutLine(absl::Seconds(60));
+    ASSERT_TRUE(line.ok()) << line.status();
+    std::smatch m;
+    ASSERT_TRUE(
+        std::regex_match(*line, m, std::regex(R"(listening on (\S+))")));
+    target_ = new std::string(m[1].str());
+  }
+  static void TearDownTestSuite() {
+    delete server_;  // SIGKILL + reap
+    server_ = nullptr;
+    delete target_;
+  }
+
+  // statestream VERB ARGS... --target=<server>
+  static e2e::RunResult Cli(std::vector<std::string> args) {
+    args.insert(args.begin(), STATESTREAM_BIN);
+    args.push_back("--target=" + *target_);
+    auto r = e2e::Run(args, absl::Seconds(120));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : e2e::RunResult{};
+  }
+  // A shell command line (for stdin and for script(1)).
+  static e2e::RunResult Shell(const std::string& command) {
+    auto r = e2e::Run({"/bin/sh", "-c", command}, absl::Seconds(120));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : e2e::RunResult{};
+  }
+  static std::string Bin() { return STATESTREAM_BIN; }
+
+  static std::string TempFile(const std::string& name,
+                              const std::string& contents) {
+    const std::string path =
+        absl::StrCat(std::filesystem::temp_directory_path().string(),
+                     "/ss-cli-", getpid(), "-", name);
+    std::ofstream(path, std::ios::binary) << contents;
+    return path;
+  }
+
+  static inline e2e::Subprocess* server_ = nullptr;
+  static inline std::string* target_ = nullptr;
+};
+
+TEST_F(CliClientTest, SessionVerbs) {
+  e2e::RunResult r =
+      Cli({"session", "create", "cli-s", "--json", "--labels=kind=cli"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(R"("session_id":"cli-s")"));
+  EXPECT_THAT(r.out, HasSubstr(R"("version":"1")"));
+
+  r = Cli({"session", "get", "cli-s"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("cli-s\tmodel="));
+  EXPECT_THAT(r.out, HasSubstr("input_offset=0"));
+
+  const std::string file = TempFile("s.txt", "hello from the cli");
+  r = Cli({"feed", "--session=cli-s", file});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("fed 18 bytes"));
+
+  r = Cli({"session", "versions", "cli-s", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::vector<std::string> lines =
+      absl::StrSplit(r.out, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_THAT(lines[0], HasSubstr(R"("input_offset":"18")"));
+
+  r = Cli({"session", "fork", "cli-s@2", "cli-fork"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("input_offset=18"));
+  EXPECT_THAT(r.out, HasSubstr("parent=cli-s@2"));
+
+  r = Cli({"session", "list", "--labels=kind=cli"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("cli-s\t"));
+  EXPECT_THAT(r.out, Not(HasSubstr("cli-fork")));
+
+  r = Cli({"session", "rollback", "cli-s", "1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("input_offset=0"));
+  EXPECT_THAT(r.out, HasSubstr("version=3"));
+
+  r = Cli({"session", "delete", "cli-fork"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = Cli({"session", "get", "cli-fork"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("[SESSION_NOT_FOUND]"));
+
+  r = Cli({"session", "frobnicate"});
+  EXPECT_NE(r.exit_code, 0);
+}
+
+TEST_F(CliClientTest, FeedProgressOnlyOnATerminal) {
+  ASSERT_EQ(Cli({"session", "create", "cli-feed"}).exit_code, 0);
+  const std::string file = TempFile("feed.txt", std::string(200000, 'a'));
+  // Piped stderr: no progress bar.
+  e2e::RunResult piped =
+      Cli({"feed", "--session=cli-feed", "--chunk_bytes=4096", file});
+  ASSERT_EQ(piped.exit_code, 0) << piped.err;
+  EXPECT_EQ(piped.err, "");
+  EXPECT_THAT(piped.out, HasSubstr("fed 200000 bytes (200000 tokens)"));
+
+  // A terminal: script(1) runs the command on a pty.
+  const std::string cmd = absl::StrCat(
+      Bin(), " feed --session=cli-feed --chunk_bytes=4096 --target=", *target_,
+      " ", file);
+  e2e::RunResult tty =
+      Shell(absl::StrCat("script -qec '", cmd, "' /dev/null </dev/null"));
+  ASSERT_EQ(tty.exit_code, 0) << tty.out << tty.err;
+  EXPECT_THAT(tty.out, HasSubstr("100%"));
+  EXPECT_THAT(tty.out, HasSubstr("tok/s"));
+  EXPECT_THAT(tty.out, HasSubstr("\r["));
+
+  // From stdin, with --json.
+  e2e::RunResult in = Shell(absl::StrCat("printf 'xyz' | ", Bin(),
+                                         " feed --session=cli-feed --json "
+                                         "--target=",
+                                         *target_, " -"));
+  ASSERT_EQ(in.exit_code, 0) << in.err;
+  EXPECT_THAT(in.out, HasSubstr(R"("bytes":3)"));
+  EXPECT_THAT(in.out, HasSubstr(R"("input_offset":400003)"));
+}
+
+TEST_F(CliClientTest, GenerateScoreAndChat) {
+  ASSERT_EQ(Cli({"session", "create", "cli-gen"}).exit_code, 0);
+  e2e::RunResult r = Cli({"generate", "--session=cli-gen", "--prompt=Once",
+                          "--max_tokens=8", "--temperature=0", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out,
+              HasSubstr(R"("finish_reason":"FINISH_REASON_MAX_TOKENS")"));
+  // A side branch by default.
+  EXPECT_THAT(Cli({"session", "get", "cli-gen"}).out,
+              HasSubstr("input_offset=0"));
+
+  r = Cli({"generate", "--session=cli-gen", "--prompt=Once", "--max_tokens=8",
+           "--commit"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("committed"));
+  EXPECT_THAT(Cli({"session", "get", "cli-gen"}).out,
+              HasSubstr("input_offset=12"));
+
+  r = Cli({"score", "--session=cli-gen", "abc"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("sum_logprob"));
+  r = Cli({"score", "--session=cli-gen", "--tokens=97,98", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(R"("sum_logprob")"));
+
+  // Two chat turns: each commits `User: LINE\n\nAssistant:` + the reply
+  // (+ the turn end unless the reply stopped at it).
+  r = Shell(absl::StrCat(
+      "printf 'hi\\nagain\\n' | ", Bin(),
+      " chat --session=cli-gen --max_tokens=4 --target=", *target_, " --json"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n') >= 2, true);
+  EXPECT_THAT(r.out, HasSubstr(R"("committed":true)"));
+  e2e::RunResult after = Cli({"session", "get", "cli-gen", "--json"});
+  // 12 + two turns of "User: " + line + "\n\nAssistant:" (20 and 23
+  // bytes), each followed by a reply of at most 4 tokens and "\n\n".
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(after.out, m,
+                                std::regex(R"re("input_offset":"(\d+)")re")))
+      << after.out;
+  const int offset = std::stoi(m[1].str());
+  EXPECT_GE(offset, 12 + 20 + 23);
+  EXPECT_LE(offset, 12 + 20 + 4 + 2 + 23 + 4 + 2);
+}
+
+}  // namespace
+}  // namespace statestream

@@ -1,0 +1,344 @@
+// SPDX-License-Identifier: Apache-2.0
+// The C++ SDK against real `statestream serve` processes: a server killed
+// with SIGKILL in the middle of an Append or a Generate and restarted on the
+// same --data-dir is invisible to the SDK user (same final state, same
+// tokens, nothing lost or applied twice); failover across targets; the
+// session calls; typed errors, cancellation, deadlines, tenant metadata.
+// No assertion depends on timing: servers commit only when asked
+// (--checkpoint-tokens/--checkpoint-interval out of reach), and Generate
+// output exceeds the client's fixed HTTP/2 window, so a kill always lands
+// mid-stream.
+#include <grpc/impl/codegen/grpc_types.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <memory>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "statestream/client.h"
+#include "tests/subprocess.h"
+
+namespace statestream {
+namespace {
+
+using client::Client;
+using client::ClientOptions;
+
+constexpr absl::Duration kStartTimeout = absl::Seconds(60);
+
+// A `statestream serve` process on a --data-dir that outlives it.
+class Server {
+ public:
+  explicit Server(std::string data_dir) : data_dir_(std::move(data_dir)) {}
+
+  // Starts on `port` (0: a free one). Returns "host:port".
+  std::string Start(int port = 0) {
+    auto p = e2e::Subprocess::Start(
+        {STATESTREAM_BIN, "serve", absl::StrCat("--listen=127.0.0.1:", port),
+         "--data-dir=" + data_dir_, "--checkpoint-tokens=100000000",
+         "--checkpoint-interval=10000h"});
+    EXPECT_TRUE(p.ok()) << p.status();
+    if (!p.ok()) return "";
+    process_ = std::move(*p);
+    auto line = process_->ReadStdoutLine(kStartTimeout);
+    EXPECT_TRUE(line.ok()) << line.status() << process_->stderr_text();
+    std::smatch m;
+    std::string text = line.ok() ? *line : "";
+    if (!std::regex_match(text, m, std::regex(R"(listening on (\S+):(\d+))"))) {
+      ADD_FAILURE() << "no listening line: " << text;
+      return "";
+    }
+    port_ = std::stoi(m[2].str());
+    return address();
+  }
+  // SIGKILL, then a new process on the same port and data directory.
+  void KillAndRestart() {
+    Kill();
+    Start(port_);
+  }
+  void Kill() {
+    process_->Signal(SIGKILL);
+    process_->Wait(absl::Seconds(30)).IgnoreError();
+  }
+  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
+
+ private:
+  std::string data_dir_;
+  int port_ = 0;
+  std::unique_ptr<e2e::Subprocess> process_;  // killed by its destructor
+};
+
+class SdkTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           absl::StrCat(
+               "ss-sdk-test-", getpid(), "-",
+               ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    server_ = std::make_unique<Server>(dir_.string());
+    const std::string address = server_->Start();
+    ASSERT_FALSE(address.empty());
+    ClientOptions options;
+    options.targets = {address};
+    options.max_attempts = 40;  // covers a server restart
+    options.max_backoff = absl::Milliseconds(500);
+    // A fixed 64 KiB window: a long Generate cannot finish ahead of the
+    // reader.
+    options.channel_args = {{GRPC_ARG_HTTP2_BDP_PROBE, 0}};
+    auto c = Client::Create(options);
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_ = std::move(*c);
+  }
+  void TearDown() override {
+    client_.reset();
+    server_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  client::Session Create(const std::string& id) {
+    v1::CreateSessionRequest req;
+    req.set_session_id(id);
+    auto s = client_->CreateSession(req);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return client_->OpenSession(id);
+  }
+
+  static std::string Text(size_t n) {
+    std::string text;
+    for (size_t i = 0; text.size() < n; ++i) {
+      absl::StrAppend(&text, "line ", i, ": the state streams on, ",
+                      "\xE2\x82\xAC", i * 7919 % 1000, "\n");
+    }
+    return text;
+  }
+
+  double ScoreOf(const client::Session& s) {
+    v1::ScoreRequest req;
+    req.set_text_utf8("and then it continued.");
+    auto r = s.Score(req);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->sum_logprob() : 0;
+  }
+
+  std::filesystem::path dir_;
+  std::unique_ptr<Server> server_;
+  std::unique_ptr<Client> client_;
+};
+
+TEST_F(SdkTest, AppendSurvivesKill9OfTheServer) {
+  const std::string text = Text(30000);
+  client::Session live = Create("live");
+  client::AppendOptions options;
+  options.max_chunk_bytes = 777;  // splits inside UTF-8 characters too
+  auto writer = live.OpenAppend(options);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  const size_t half = text.size() / 2, three_q = text.size() * 3 / 4;
+  ASSERT_TRUE((*writer)->Write(text.substr(0, half)).ok());
+  auto ck = (*writer)->Checkpoint();
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  EXPECT_EQ(ck->committed_input_offset(), half);
+  // Applied but not committed when the server dies.
+  ASSERT_TRUE((*writer)->Write(text.substr(half, three_q - half)).ok());
+  ASSERT_TRUE((*writer)->Sync().ok());
+  EXPECT_EQ((*writer)->last_ack().input_offset(), three_q);
+  EXPECT_EQ((*writer)->last_ack().committed_input_offset(), half);
+
+  server_->KillAndRestart();
+
+  ASSERT_TRUE((*writer)->Write(text.substr(three_q)).ok());
+  ASSERT_TRUE((*writer)->Flush().ok());
+  auto done = (*writer)->Close();
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_GE((*writer)->reconnects(), 1);
+  EXPECT_EQ(done->input_offset(), text.size());
+  EXPECT_EQ(done->committed_input_offset(), text.size());
+
+  // The same text through a session that never saw a failure.
+  client::Session ref = Create("ref");
+  auto ref_ack = ref.AppendText(text);
+  ASSERT_TRUE(ref_ack.ok()) << ref_ack.status();
+  auto a = live.Get();
+  auto b = ref.Get();
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->input_offset(), b->input_offset());
+  EXPECT_EQ(a->position(), b->position());
+  EXPECT_EQ(a->pending_bytes(), 0u);
+  EXPECT_EQ(ScoreOf(live), ScoreOf(ref));  // bit-identical state
+
+  // And after one more restart, from the store alone.
+  server_->KillAndRestart();
+  auto again = live.Get();
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->position(), b->position());
+  EXPECT_EQ(ScoreOf(live), ScoreOf(ref));
+}
+
+v1::GenerateRequest LongGeneration() {
+  v1::GenerateRequest req;
+  req.set_request_id("long-gen");
+  req.set_max_tokens(8000);
+  req.set_logprobs(true);
+  req.set_top_logprobs(5);
+  req.mutable_sampling()->set_seed(7);
+  req.mutable_sampling()->set_temperature(1.0f);
+  return req;
+}
+
+TEST_F(SdkTest, GenerateSurvivesKill9OfTheServer) {
+  client::Session s = Create("gen");
+  ASSERT_TRUE(s.AppendText("Once upon a time").ok());
+  auto reference = s.GenerateAll(LongGeneration());
+  ASSERT_TRUE(reference.ok()) << reference.status();
+  ASSERT_EQ(reference->tokens.size(), 8000u);
+
+  auto stream = s.Generate(LongGeneration());
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  client::GenerateChunk chunk;
+  std::vector<uint32_t> tokens;
+  std::string text;
+  ASSERT_TRUE((*stream)->Next(&chunk)) << (*stream)->status();
+  tokens = chunk.tokens;
+  text = chunk.text;
+  server_->KillAndRestart();
+  while ((*stream)->Next(&chunk)) {
+    EXPECT_EQ(chunk.index, tokens.size());
+    tokens.insert(tokens.end(), chunk.tokens.begin(), chunk.tokens.end());
+    text += chunk.text;
+  }
+  ASSERT_TRUE((*stream)->status().ok()) << (*stream)->status();
+  EXPECT_GE((*stream)->reconnects(), 1);
+  EXPECT_EQ(tokens, reference->tokens);
+  EXPECT_EQ(text, reference->text);
+  EXPECT_EQ((*stream)->done().finish_reason(), v1::FINISH_REASON_MAX_TOKENS);
+}
+
+TEST_F(SdkTest, CommittingGenerateAppliesOnce) {
+  client::Session s = Create("commit");
+  ASSERT_TRUE(s.AppendText("Hello").ok());
+  auto before = s.Get();
+  ASSERT_TRUE(before.ok());
+  v1::GenerateRequest req;
+  req.set_max_tokens(16);
+  req.set_commit(true);
+  req.mutable_sampling()->set_temperature(0);
+  auto out = s.GenerateAll(req);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE(out->done.committed());
+  auto after = s.Get();
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->input_offset(), before->input_offset() + 16);
+  EXPECT_EQ(after->version(), before->version() + 1);
+}
+
+TEST_F(SdkTest, FailsOverToTheNextTarget) {
+  // A target nobody listens on any more, then the live server.
+  Server dead((dir_ / "dead").string());
+  std::filesystem::create_directories(dir_ / "dead");
+  const std::string dead_address = dead.Start();
+  ASSERT_FALSE(dead_address.empty());
+  dead.Kill();
+  ClientOptions options;
+  options.targets = {dead_address, server_->address()};
+  auto c = Client::Create(options);
+  ASSERT_TRUE(c.ok());
+  v1::CreateSessionRequest req;
+  req.set_session_id("failover");
+  ASSERT_TRUE((*c)->CreateSession(req).ok());
+  auto ack = (*c)->OpenSession("failover").AppendText("over there");
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->committed_input_offset(), 10u);
+}
+
+TEST_F(SdkTest, SessionCalls) {
+  client::Session s = Create("calls");
+  ASSERT_TRUE(s.AppendText("hello world").ok());
+  auto versions = s.Versions();
+  ASSERT_TRUE(versions.ok()) << versions.status();
+  ASSERT_EQ(versions->size(), 2u);
+  EXPECT_EQ((*versions)[0].version(), 2u);  // newest first
+  EXPECT_EQ((*versions)[0].input_offset(), 11u);
+
+  auto fork = s.Fork(0, "calls-fork");
+  ASSERT_TRUE(fork.ok()) << fork.status();
+  auto forked = fork->Get();
+  ASSERT_TRUE(forked.ok());
+  EXPECT_EQ(forked->input_offset(), 11u);
+  EXPECT_EQ(forked->parent().session_id(), "calls");
+  EXPECT_EQ(ScoreOf(*fork), ScoreOf(s));
+
+  auto exported = s.Export(2);
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  auto imported = client_->ImportSession(*exported, "calls-import");
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  EXPECT_EQ(imported->input_offset(), 11u);
+  EXPECT_EQ(ScoreOf(client_->OpenSession("calls-import")), ScoreOf(s));
+
+  auto rolled = s.Rollback(1);
+  ASSERT_TRUE(rolled.ok()) << rolled.status();
+  EXPECT_EQ(rolled->input_offset(), 0u);
+  EXPECT_EQ(rolled->version(), 3u);
+  auto reimported = s.Import(*exported);
+  ASSERT_TRUE(reimported.ok()) << reimported.status();
+  EXPECT_EQ(reimported->input_offset(), 11u);
+  EXPECT_EQ(reimported->version(), 4u);
+
+  v1::ListSessionsRequest list;
+  auto listed = client_->ListSessions(list);
+  ASSERT_TRUE(listed.ok());
+  EXPECT_EQ(listed->sessions_size(), 3);
+
+  ASSERT_TRUE(fork->Delete().ok());
+  absl::Status gone = fork->Get().status();
+  EXPECT_EQ(gone.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(GetReason(gone), Reason::kSessionNotFound);
+  EXPECT_TRUE(fork->Delete(/*allow_missing=*/true).ok());
+}
+
+TEST_F(SdkTest, TypedErrorsCancellationDeadlinesAndTenants) {
+  client::Session s = Create("errs");
+  // A gap: not retried, typed, with the actual offset.
+  auto writer = s.OpenAppend();
+  ASSERT_TRUE(writer.ok());
+  ASSERT_TRUE((*writer)->Write("abc").ok());
+  ASSERT_TRUE((*writer)->Sync().ok());
+  auto other = s.OpenAppend();  // supersedes the first writer's call
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE((*other)->Write("de").ok());
+  ASSERT_TRUE((*other)->Sync().ok());
+  absl::Status busy = (*writer)->Write("x");
+  if (busy.ok()) busy = (*writer)->Sync();
+  EXPECT_FALSE(busy.ok());
+  EXPECT_TRUE(GetReason(busy) == Reason::kSessionBusy ||
+              GetReason(busy) == Reason::kPositionMismatch)
+      << busy;
+
+  client::Cancellation cancel;
+  cancel.Cancel();
+  client::CallOptions cancelled;
+  cancelled.cancellation = &cancel;
+  EXPECT_EQ(s.Get(cancelled).status().code(), absl::StatusCode::kCancelled);
+
+  client::CallOptions past;
+  past.deadline = absl::Now() - absl::Seconds(1);
+  EXPECT_EQ(s.Get(past).status().code(), absl::StatusCode::kDeadlineExceeded);
+
+  ClientOptions other_tenant;
+  other_tenant.targets = {server_->address()};
+  other_tenant.tenant = "someone-else";
+  other_tenant.api_key = "unused-in-development-mode";
+  auto c = Client::Create(other_tenant);
+  ASSERT_TRUE(c.ok());
+  absl::Status hidden = (*c)->OpenSession("errs").Get().status();
+  EXPECT_EQ(GetReason(hidden), Reason::kSessionNotFound) << hidden;
+}
+
+}  // namespace
+}  // namespace statestream
