@@ -112,8 +112,10 @@ absl::Status Feed(const std::vector<std::string>& args) {
     sent += n;
     if (progress && absl::Now() - last_draw > absl::Milliseconds(100)) {
       last_draw = absl::Now();
+      // No ack yet reads as position 0.
+      const uint64_t acked = writer->last_ack().position();
       DrawProgress(sent, total,
-                   writer->last_ack().position() - start.position(),
+                   acked > start.position() ? acked - start.position() : 0,
                    absl::Now() - begin);
     }
   }

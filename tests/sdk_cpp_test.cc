@@ -295,6 +295,13 @@ TEST_F(SdkTest, SessionCalls) {
   ASSERT_TRUE(listed.ok());
   EXPECT_EQ(listed->sessions_size(), 3);
 
+  v1::UpdateSessionRequest update;
+  (*update.mutable_labels())["kind"] = "fork";
+  update.mutable_update_mask()->add_paths("labels");
+  auto updated = fork->Update(update);
+  ASSERT_TRUE(updated.ok()) << updated.status();
+  EXPECT_EQ(updated->labels().at("kind"), "fork");
+
   ASSERT_TRUE(fork->Delete().ok());
   absl::Status gone = fork->Get().status();
   EXPECT_EQ(gone.code(), absl::StatusCode::kNotFound);

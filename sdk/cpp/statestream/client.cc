@@ -376,6 +376,19 @@ absl::StatusOr<v1::Session> Session::Import(const ExportedState& state,
   return out;
 }
 
+absl::StatusOr<v1::Session> Session::Update(v1::UpdateSessionRequest request,
+                                            const CallOptions& call) const {
+  request.set_session_id(id_);
+  if (request.request_id().empty()) request.set_request_id(NewRequestId());
+  v1::Session out;
+  absl::Status s =
+      client_->Unary(call, [&](Client::Stubs& stubs, grpc::ClientContext* ctx) {
+        return stubs.sessions->UpdateSession(ctx, request, &out);
+      });
+  if (!s.ok()) return s;
+  return out;
+}
+
 absl::Status Session::Delete(bool allow_missing,
                              const CallOptions& call) const {
   v1::DeleteSessionRequest req;

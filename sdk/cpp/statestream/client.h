@@ -264,6 +264,10 @@ class Session {
   // Commits `state` as this session's next version (IMPORT_MODE_NEW_VERSION).
   absl::StatusOr<v1::Session> Import(const ExportedState& state,
                                      const CallOptions& call = {}) const;
+  // UpdateSession: labels and/or TTL per request.update_mask;
+  // session_id and an empty request_id are filled in.
+  absl::StatusOr<v1::Session> Update(v1::UpdateSessionRequest request,
+                                     const CallOptions& call = {}) const;
   absl::Status Delete(bool allow_missing = false,
                       const CallOptions& call = {}) const;
 

@@ -375,6 +375,21 @@ class Session:
         header.state.CopyFrom(state.header)
         return SessionInfo.from_proto(self.client._import(header, state.blob))
 
+    def update(self, *, labels: Optional[Dict[str, str]] = None,
+                 ttl_seconds: Optional[int] = None) -> SessionInfo:
+        """Replaces the labels and/or the TTL given (the others are kept)."""
+        req = pb.UpdateSessionRequest(request_id=new_request_id(),
+                                      session_id=self.id)
+        if labels is not None:
+            req.labels.update(labels)
+            req.update_mask.paths.append("labels")
+        if ttl_seconds is not None:
+            req.ttl.seconds = ttl_seconds
+            req.update_mask.paths.append("ttl")
+        return SessionInfo.from_proto(self.client._unary(
+            lambda st, md, t: st.sessions.UpdateSession(
+                req, metadata=md, timeout=t)))
+
     def delete(self, allow_missing: bool = False) -> None:
         req = pb.DeleteSessionRequest(request_id=new_request_id(),
                                       session_id=self.id,

@@ -83,8 +83,10 @@ def test_session_calls(client):
 
     assert {x.session_id for x in client.list_sessions()} == {
         "s", "s-fork", "s-import"}
-    assert [x.session_id for x in client.list_sessions({"kind": "test"})] == ["s"]
+    assert [x.session_id for x in client.list_sessions({"kind": "test"})] == [
+        "s"]
 
+    assert s.update(labels={"kind": "renamed"}).labels == {"kind": "renamed"}
     committed = s.generate_text(max_tokens=5, temperature=0, commit=True)
     assert committed.done.committed
     assert s.get().input_offset == 11 + 5
