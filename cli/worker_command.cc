@@ -19,6 +19,7 @@
 #include "cli/cli_util.h"
 #include "cli/command.h"
 #include "cli/model_flag.h"
+#include "cli/model_loading.h"
 #include "cli/redis_flags.h"
 #include "cli/server_flags.h"
 #include "common/malloc_tuning.h"
@@ -76,47 +77,16 @@ struct Worker {
   }
 };
 
-std::string ModelIdFromPath(const std::string& path) {
-  std::string id = std::filesystem::path(path).stem().string();
-  for (char& c : id) {
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' &&
-        c != '-') {
-      c = '-';
-    }
-  }
-  return id.empty() ? "model" : id.substr(0, 128);
-}
-
 absl::Status Load(const WorkerOptions& options, Worker* w,
                   worker::SessionManagerOptions* sessions) {
   if (options.model_path.empty()) {
     return absl::InvalidArgumentError("--model is required");
   }
-  if (!std::filesystem::is_regular_file(options.model_path)) {
-    return absl::NotFoundError(
-        absl::StrCat("--model ", options.model_path, ": no such file"));
-  }
-  auto model = engine::LoadModel(options.model_path);
-  if (!model.ok()) return model.status();
-  w->model = *std::move(model);
-  sessions->model_id = ModelIdFromPath(options.model_path);
-  if (w->model->info().config.vocab_size == 256) {
-    w->tokenizer = *engine::MakeByteTokenizer();
-    return absl::OkStatus();
-  }
-  std::string vocab = options.vocab_path;
-  if (vocab.empty()) {
-    vocab = (std::filesystem::path(options.model_path).parent_path() /
-             "rwkv_vocab_v20230424.txt")
-                .string();
-  }
-  auto tokenizer = engine::LoadWorldTokenizer(vocab);
-  if (!tokenizer.ok()) {
-    return absl::Status(
-        tokenizer.status().code(),
-        absl::StrCat("--vocab ", vocab, ": ", tokenizer.status().message()));
-  }
-  w->tokenizer = *std::move(tokenizer);
+  auto served = LoadServedModel(options.model_path, options.vocab_path);
+  if (!served.ok()) return served.status();
+  w->model = std::move(served->model);
+  w->tokenizer = std::move(served->tokenizer);
+  sessions->model_id = served->model_id;
   return absl::OkStatus();
 }
 

@@ -47,7 +47,7 @@ std::vector<int32_t> Tokens(int n, uint32_t seed) {
 // Direct engine run: state after `tokens` and the logits after the last.
 EngineState Direct(engine::Model& m, const std::vector<int32_t>& tokens,
                    std::vector<float>* logits = nullptr) {
-  EngineState s = EngineState::Zero(m.info());
+  EngineState s = EngineState::Initial(m);
   std::vector<float> l(m.info().config.vocab_size);
   int32_t last = static_cast<int32_t>(tokens.size()) - 1;
   engine::SequenceWork w{tokens, s.state.data(), absl::MakeConstSpan(&last, 1),
@@ -70,7 +70,7 @@ TEST(SchedulerTest, ConcurrentIngestsEqualDirectRuns) {
   std::vector<EngineState> states;
   for (int i = 0; i < 12; ++i) {
     inputs.push_back(Tokens(1 + i * 37, i));
-    states.push_back(EngineState::Zero(model->info()));
+    states.push_back(EngineState::Initial(*model));
   }
   std::vector<Waiter> waiters(inputs.size());
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -125,7 +125,7 @@ TEST(SchedulerTest, GreedyGenerationEqualsManualLoop) {
   spec.prompt = prompt;
   spec.params.temperature = 0;
   spec.max_tokens = 12;
-  GenOutput g = Generate(sched, *model, EngineState::Zero(model->info()), spec);
+  GenOutput g = Generate(sched, *model, EngineState::Initial(*model), spec);
   ASSERT_TRUE(g.status.ok()) << g.status;
   ASSERT_EQ(g.tokens.size(), 12u);
   EXPECT_EQ(g.result.finish, FinishReason::kMaxTokens);
@@ -156,11 +156,10 @@ TEST(SchedulerTest, SeededGenerationResumesIdenticallyUnderLoad) {
   spec.params.penalty_decay = 0.99f;
   spec.params.seed = 42;
   spec.max_tokens = 20;
-  GenOutput whole =
-      Generate(sched, *model, EngineState::Zero(model->info()), spec);
+  GenOutput whole = Generate(sched, *model, EngineState::Initial(*model), spec);
   ASSERT_TRUE(whole.status.ok());
   // Same thing in two halves, with other sessions ingesting meanwhile.
-  std::vector<EngineState> noise(4, EngineState::Zero(model->info()));
+  std::vector<EngineState> noise(4, EngineState::Initial(*model));
   for (auto& n : noise) {
     ASSERT_TRUE(sched
                     .Submit(std::make_shared<IngestTask>(
@@ -169,8 +168,7 @@ TEST(SchedulerTest, SeededGenerationResumesIdenticallyUnderLoad) {
   }
   GenerateSpec first = spec;
   first.max_tokens = 8;
-  GenOutput a =
-      Generate(sched, *model, EngineState::Zero(model->info()), first);
+  GenOutput a = Generate(sched, *model, EngineState::Initial(*model), first);
   GenerateSpec second = spec;
   second.prompt.clear();
   second.max_tokens = 12;
@@ -218,7 +216,7 @@ TEST(SchedulerTest, GenerationIsNotStalledByALongIngest) {
   opts.max_batch_tokens = 64;
   opts.prefill_chunk = 32;
   Scheduler sched(model.get(), opts);
-  EngineState big = EngineState::Zero(model->info());
+  EngineState big = EngineState::Initial(*model);
   std::atomic<bool> ingest_done{false};
   absl::Notification ingest_finished;
   ASSERT_TRUE(
@@ -233,7 +231,7 @@ TEST(SchedulerTest, GenerationIsNotStalledByALongIngest) {
   spec.prompt = Tokens(5, 7);
   spec.params.temperature = 0;
   spec.max_tokens = 5;
-  GenOutput g = Generate(sched, *model, EngineState::Zero(model->info()), spec);
+  GenOutput g = Generate(sched, *model, EngineState::Initial(*model), spec);
   EXPECT_TRUE(g.status.ok());
   EXPECT_FALSE(ingest_done.load())
       << "a short generation waited for a 20k-token ingest";
@@ -248,7 +246,7 @@ TEST(SchedulerTest, OverloadCancelAndDeadline) {
   opts.max_batch_tokens = 8;
   FakeClock clock;
   Scheduler sched(model.get(), opts, &clock);
-  std::vector<EngineState> st(3, EngineState::Zero(model->info()));
+  std::vector<EngineState> st(3, EngineState::Initial(*model));
   Waiter w0, w1;
   auto t0 = std::make_shared<IngestTask>(&st[0], Tokens(200000, 1),
                                          [&](const absl::Status& s) {
@@ -292,7 +290,7 @@ TEST(SchedulerTest, OverloadCancelAndDeadline) {
 TEST(SchedulerTest, StopEndsPendingTasks) {
   auto model = SmallModel();
   auto sched = std::make_unique<Scheduler>(model.get(), SchedulerOptions{});
-  EngineState s = EngineState::Zero(model->info());
+  EngineState s = EngineState::Initial(*model);
   Waiter w;
   ASSERT_TRUE(
       sched

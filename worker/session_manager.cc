@@ -928,7 +928,7 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
     r.initial_state.parent_version = r.parent_version;
   } else {
     Session blank;
-    blank.live = EngineState::Zero(m.model_->info());
+    blank.live = EngineState::Initial(*m.model_);
     r.initial_state = m.Snapshot(&blank);
   }
   SS_ASSIGN_OR_RETURN(CommitResult res, m.store_->CreateSession(r));

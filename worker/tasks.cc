@@ -9,9 +9,11 @@
 
 namespace statestream::worker {
 
-EngineState EngineState::Zero(const engine::ModelInfo& info) {
+EngineState EngineState::Initial(const engine::Model& model) {
+  const engine::ModelInfo& info = model.info();
   EngineState s;
-  s.state.assign(info.state_floats, 0.0f);
+  s.state.resize(info.state_floats);
+  model.InitState(s.state.data());  // not all zeros for every architecture
   s.last_hidden.assign(info.config.n_embd, 0.0f);
   return s;
 }

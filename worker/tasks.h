@@ -28,7 +28,8 @@ struct EngineState {
   std::vector<float> last_hidden;  // n_embd; valid when position > 0
   uint64_t position = 0;           // tokens consumed
 
-  static EngineState Zero(const engine::ModelInfo& info);
+  // A new session's state: Model::InitState (e.g. RWKV-4's pp = -1e30).
+  static EngineState Initial(const engine::Model& model);
 };
 
 // Feeds `tokens` into `state` in prefill chunks. `done` runs on the
