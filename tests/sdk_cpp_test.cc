@@ -220,6 +220,41 @@ TEST_F(SdkTest, GenerateSurvivesKill9OfTheServer) {
   EXPECT_EQ((*stream)->done().finish_reason(), v1::FINISH_REASON_MAX_TOKENS);
 }
 
+// A committing Generate killed mid-stream: the retry (same request id)
+// either regenerates (nothing was committed) or replays the recorded output
+// (the commit happened but `done` was lost); either way the caller sees the
+// tokens of an uninterrupted run and the session advances exactly once.
+TEST_F(SdkTest, CommittingGenerateSurvivesKill9) {
+  client::Session s = Create("cgen");
+  ASSERT_TRUE(s.AppendText("It was a dark and stormy night").ok());
+  auto twin = s.Fork(0, "cgen-twin");
+  ASSERT_TRUE(twin.ok()) << twin.status();
+  v1::GenerateRequest req = LongGeneration();
+  req.set_commit(true);
+  auto reference = twin->GenerateAll(req);
+  ASSERT_TRUE(reference.ok()) << reference.status();
+
+  auto stream = s.Generate(req);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  client::GenerateChunk chunk;
+  ASSERT_TRUE((*stream)->Next(&chunk)) << (*stream)->status();
+  std::vector<uint32_t> tokens = chunk.tokens;
+  server_->KillAndRestart();
+  while ((*stream)->Next(&chunk)) {
+    tokens.insert(tokens.end(), chunk.tokens.begin(), chunk.tokens.end());
+  }
+  ASSERT_TRUE((*stream)->status().ok()) << (*stream)->status();
+  EXPECT_GE((*stream)->reconnects(), 1);
+  EXPECT_EQ(tokens, reference->tokens);
+  EXPECT_TRUE((*stream)->done().committed());
+  auto a = s.Get();
+  auto b = twin->Get();
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->input_offset(), b->input_offset());
+  EXPECT_EQ(a->position(), b->position());
+  EXPECT_EQ(ScoreOf(s), ScoreOf(*twin));
+}
+
 TEST_F(SdkTest, CommittingGenerateAppliesOnce) {
   client::Session s = Create("commit");
   ASSERT_TRUE(s.AppendText("Hello").ok());
