@@ -121,3 +121,24 @@ def test_fails_over_to_next_target(server, tmp_path):
     with Client([dead_address, server.address]) as c:
         c.create_session("f")
         assert c.session("f").append("over there").committed_input_offset == 10
+
+
+def test_committing_generate_survives_kill9(server, client):
+    client.create_session("c")
+    s = client.session("c")
+    s.append("It was a dark and stormy night")
+    twin = s.fork(new_id="c-twin")
+    args = dict(max_tokens=8000, seed=11, temperature=1.0, logprobs=True,
+                top_logprobs=5, request_id="commit-long", commit=True)
+    ref = twin.generate_text(**args)
+    stream = s.generate(**args)
+    tokens = list(next(stream).tokens)
+    server.kill_and_restart()
+    for chunk in stream:
+        tokens += chunk.tokens
+    assert stream.reconnects >= 1
+    assert tokens == ref.tokens
+    assert stream.done.committed
+    a, b = s.get(), twin.get()
+    assert (a.input_offset, a.position) == (b.input_offset, b.position)
+    assert s.score("x").sum_logprob == twin.score("x").sum_logprob
