@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: Apache-2.0
+// The C++ SDK against a cluster: redis-server, two `statestream gateway`s
+// and two `statestream worker`s. The client lists both gateways; killing
+// (SIGKILL) the gateway it talks to, or the session's owner worker, in the
+// middle of an Append or a Generate is invisible: same final state as an
+// uninterrupted session, same tokens. Workers commit only when asked, so a
+// kill always loses applied input that must be resent; the client's HTTP/2
+// window is fixed, so a long Generate cannot finish before the kill.
+#include <grpc/impl/codegen/grpc_types.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "state_store/redis_state_store.h"
+#include "state_store/testing/redis_harness.h"
+#include "statestream/client.h"
+#include "tests/cluster_process.h"
+#include "tests/subprocess.h"
+
+namespace statestream {
+namespace {
+
+constexpr absl::Duration kStartTimeout = absl::Seconds(90);
+
+class SdkClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = absl::StrCat(std::filesystem::temp_directory_path().string(),
+                        "/ss-sdk-cluster-", getpid());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    auto made = e2e::Run({STATESTREAM_BIN, "model", "random", "--arch=x070",
+                          "--layers=2", "--embd=64", "--vocab=256", "--seed=7",
+                          "--out=" + dir_ + "/tiny.safetensors"},
+                         absl::Seconds(60));
+    ASSERT_TRUE(made.ok() && made->exit_code == 0);
+    auto redis = testing::RedisServer::Start({});
+    ASSERT_TRUE(redis.ok()) << redis.status();
+    redis_ = std::move(*redis);
+    RedisStateStoreOptions options;
+    options.addresses = {redis_->address()};
+    auto store = NewRedisStateStore(options);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+    for (int i = 0; i < 2; ++i) ASSERT_NO_FATAL_FAILURE(AddWorker());
+    std::vector<std::string> targets;
+    for (int i = 0; i < 2; ++i) {
+      auto g = e2e::ClusterProcess::Start(
+          {STATESTREAM_BIN, "gateway", "--listen=127.0.0.1:0",
+           "--redis=" + redis_->address(), "--upstream-stall-timeout=2s",
+           "--suspect-for=2s", "--shutdown-grace=1s"},
+          absl::StrCat(dir_, "/gateway", i, ".log"), kStartTimeout);
+      ASSERT_TRUE(g.ok()) << g.status();
+      targets.push_back((*g)->address());
+      gateways_.push_back(*std::move(g));
+    }
+    client::ClientOptions options_c;
+    options_c.targets = targets;
+    options_c.max_attempts = 40;
+    options_c.max_backoff = absl::Milliseconds(500);
+    options_c.channel_args = {{GRPC_ARG_HTTP2_BDP_PROBE, 0}};
+    auto c = client::Client::Create(options_c);
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_ = std::move(*c);
+  }
+
+  void TearDown() override {
+    if (HasFailure()) {
+      for (auto& g : gateways_) ADD_FAILURE() << "gateway: " << g->Log();
+      for (auto& w : workers_) ADD_FAILURE() << "worker: " << w->Log();
+    }
+    client_.reset();
+    gateways_.clear();  // SIGKILL + reap
+    workers_.clear();
+    store_.reset();
+    redis_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  void AddWorker() {
+    const std::string id = absl::StrCat("w", next_worker_++);
+    auto w = e2e::ClusterProcess::Start(
+        {STATESTREAM_BIN, "worker", "--listen=127.0.0.1:0",
+         "--redis=" + redis_->address(),
+         "--model=" + dir_ + "/tiny.safetensors", "--worker-id=" + id,
+         "--heartbeat-interval=300ms", "--checkpoint-tokens=100000000",
+         "--checkpoint-interval=10000h", "--shutdown-grace=1s"},
+        absl::StrCat(dir_, "/", id, ".log"), kStartTimeout);
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers_.push_back(*std::move(w));
+  }
+
+  // Kills the live worker holding the session's lease, then starts a
+  // replacement. False if no owner was found.
+  bool KillOwner(const std::string& session) {
+    auto lease = store_->GetOwner({"default", session});
+    auto listed = store_->ListWorkers();
+    if (!lease.ok() || !listed.ok()) return false;
+    for (const auto& info : *listed) {
+      if (info.worker_id != lease->owner) continue;
+      for (auto& w : workers_) {
+        if (w->pid() > 0 && w->address() == info.address) {
+          w->Kill();
+          AddWorker();
+          return true;
+        }
+      }
+    }
+    return false;
+  }
+
+  client::Session Create(const std::string& id) {
+    v1::CreateSessionRequest req;
+    req.set_session_id(id);
+    auto s = client_->CreateSession(req);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return client_->OpenSession(id);
+  }
+
+  double ScoreOf(const client::Session& s) {
+    v1::ScoreRequest req;
+    req.set_text_utf8("the end");
+    auto r = s.Score(req);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->sum_logprob() : 0;
+  }
+
+  static std::string Text(size_t n) {
+    std::string text;
+    for (int i = 0; text.size() < n; ++i) {
+      absl::StrAppend(&text, "record ", i, ": all quiet on the stream\n");
+    }
+    return text;
+  }
+
+  // Writes `text` into `s` in three parts; `fault` runs after the second
+  // part is applied (acknowledged) but not committed.
+  void AppendAcrossFault(const client::Session& s, const std::string& text,
+                         const std::function<void()>& fault, int* reconnects) {
+    client::AppendOptions options;
+    options.max_chunk_bytes = 999;
+    auto writer = s.OpenAppend(options);
+    ASSERT_TRUE(writer.ok()) << writer.status();
+    const size_t a = text.size() / 3, b = 2 * text.size() / 3;
+    ASSERT_TRUE((*writer)->Write(text.substr(0, a)).ok());
+    ASSERT_TRUE((*writer)->Checkpoint().ok());
+    ASSERT_TRUE((*writer)->Write(text.substr(a, b - a)).ok());
+    ASSERT_TRUE((*writer)->Sync().ok());
+    ASSERT_EQ((*writer)->last_ack().committed_input_offset(), a);
+    fault();
+    ASSERT_TRUE((*writer)->Write(text.substr(b)).ok());
+    ASSERT_TRUE((*writer)->Flush().ok());
+    auto done = (*writer)->Close();
+    ASSERT_TRUE(done.ok()) << done.status();
+    EXPECT_EQ(done->committed_input_offset(), text.size());
+    *reconnects = (*writer)->reconnects();
+  }
+
+  void ExpectSameState(const client::Session& a, const client::Session& b) {
+    auto x = a.Get();
+    auto y = b.Get();
+    ASSERT_TRUE(x.ok() && y.ok());
+    EXPECT_EQ(x->input_offset(), y->input_offset());
+    EXPECT_EQ(x->position(), y->position());
+    EXPECT_EQ(ScoreOf(a), ScoreOf(b));
+  }
+
+  std::string dir_;
+  std::unique_ptr<testing::RedisServer> redis_;
+  std::unique_ptr<StateStore> store_;
+  std::vector<std::unique_ptr<e2e::ClusterProcess>> workers_;
+  std::vector<std::unique_ptr<e2e::ClusterProcess>> gateways_;
+  std::unique_ptr<client::Client> client_;
+  int next_worker_ = 0;
+};
+
+TEST_F(SdkClusterTest, GatewayKilledMidAppend) {
+  const std::string text = Text(20000);
+  client::Session s = Create("gw-append");
+  // The client starts on gateway 0.
+  int reconnects = 0;
+  ASSERT_NO_FATAL_FAILURE(AppendAcrossFault(
+      s, text, [&] { gateways_[0]->Kill(); }, &reconnects));
+  EXPECT_GE(reconnects, 1);  // the SDK moved to gateway 1
+  client::Session ref = Create("gw-append-ref");
+  ASSERT_TRUE(ref.AppendText(text).ok());
+  ExpectSameState(s, ref);
+}
+
+TEST_F(SdkClusterTest, OwnerWorkerKilledMidAppend) {
+  const std::string text = Text(20000);
+  client::Session s = Create("w-append");
+  bool killed = false;
+  int reconnects = 0;  // the gateway may hide this failure on its own
+  ASSERT_NO_FATAL_FAILURE(AppendAcrossFault(
+      s, text, [&] { killed = KillOwner("w-append"); }, &reconnects));
+  EXPECT_TRUE(killed);
+  client::Session ref = Create("w-append-ref");
+  ASSERT_TRUE(ref.AppendText(text).ok());
+  ExpectSameState(s, ref);
+}
+
+TEST_F(SdkClusterTest, GatewayKilledMidGenerate) {
+  client::Session s = Create("gw-gen");
+  ASSERT_TRUE(s.AppendText("Once upon a time").ok());
+  v1::GenerateRequest req;
+  req.set_request_id("gen-1");
+  req.set_max_tokens(8000);
+  req.set_logprobs(true);
+  req.set_top_logprobs(5);
+  req.mutable_sampling()->set_seed(5);
+  auto reference = s.GenerateAll(req);
+  ASSERT_TRUE(reference.ok()) << reference.status();
+
+  auto stream = s.Generate(req);
+  ASSERT_TRUE(stream.ok());
+  client::GenerateChunk chunk;
+  ASSERT_TRUE((*stream)->Next(&chunk)) << (*stream)->status();
+  std::vector<uint32_t> tokens = chunk.tokens;
+  gateways_[0]->Kill();
+  while ((*stream)->Next(&chunk)) {
+    tokens.insert(tokens.end(), chunk.tokens.begin(), chunk.tokens.end());
+  }
+  ASSERT_TRUE((*stream)->status().ok()) << (*stream)->status();
+  EXPECT_GE((*stream)->reconnects(), 1);
+  EXPECT_EQ(tokens, reference->tokens);
+}
+
+}  // namespace
+}  // namespace statestream
