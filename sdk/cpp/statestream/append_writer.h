@@ -1,0 +1,91 @@
+// SPDX-License-Identifier: Apache-2.0
+// AppendWriter: exactly-once, pipelined appends that survive reconnects
+// (opened by Session::OpenAppend, statestream/client.h).
+#ifndef STATESTREAM_SDK_CPP_STATESTREAM_APPEND_WRITER_H_
+#define STATESTREAM_SDK_CPP_STATESTREAM_APPEND_WRITER_H_
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "statestream/options.h"
+#include "statestream/v1/statestream.pb.h"
+
+namespace statestream::client {
+
+class Client;
+
+// Options of an AppendWriter.
+struct AppendOptions {
+  // Durability of the writer's commits.
+  v1::Durability durability = v1::DURABILITY_UNSPECIFIED;
+  // Requests sent before waiting for an ack (pipelining window, >= 1).
+  int window = 32;
+  // Largest text piece per request; longer writes are split (<= 1 MiB).
+  size_t max_chunk_bytes = 256 << 10;
+  CallOptions call;
+};
+
+// Writes into a session exactly once. Every request goes out at the offset
+// the writer computes from what it sent; requests are kept until an ack
+// reports them committed and are resent after a reconnect. Not thread-safe.
+class AppendWriter {
+ public:
+  AppendWriter(const AppendWriter&) = delete;
+  AppendWriter& operator=(const AppendWriter&) = delete;
+  ~AppendWriter();  // cancels an open call; uncommitted input may be lost
+
+  // Queue text / tokens (sent at once, acks read as the window fills).
+  absl::Status Write(std::string_view text_utf8);
+  absl::Status WriteTokens(const std::vector<uint32_t>& tokens);
+  // Tokenize the pending tail.
+  absl::Status Flush();
+  // Wait for the acks of everything written (applied, not necessarily
+  // committed).
+  absl::Status Sync() { return ReadAcks(0); }
+  // Commit everything written so far and wait for it; returns its ack.
+  absl::StatusOr<v1::AppendResponse> Checkpoint();
+  // Checkpoint, then end the call. The writer is unusable afterwards.
+  absl::StatusOr<v1::AppendResponse> Close();
+
+  // input_offset after everything written (acked or not).
+  uint64_t offset() const { return next_offset_; }
+  // The last ack received (zero before the first).
+  const v1::AppendResponse& last_ack() const { return last_ack_; }
+  // Reconnects made so far (for tests and metrics).
+  int reconnects() const { return reconnects_; }
+
+ private:
+  friend class Session;
+  struct Call;
+  AppendWriter(Client* client, std::string session_id, uint64_t offset,
+               AppendOptions options);
+  absl::Status Send(v1::AppendRequest request);
+  absl::Status ReadAcks(size_t keep_unacked);
+  absl::Status Reconnect(absl::Status cause);
+  absl::Status Fail(absl::Status status);
+
+  Client* client_;
+  std::string session_id_;
+  AppendOptions options_;
+  uint64_t next_offset_;
+  // Requests not yet known committed, in offset order; the first
+  // `acked_` of them were acknowledged on the current call.
+  std::deque<v1::AppendRequest> retained_;
+  size_t acked_ = 0;
+  v1::AppendResponse last_ack_;
+  std::unique_ptr<Call> call_;
+  int reconnects_ = 0;
+  int attempts_ = 0;    // failed attempts since the last progress
+  absl::Status error_;  // sticky
+  bool closed_ = false;
+};
+
+}  // namespace statestream::client
+
+#endif  // STATESTREAM_SDK_CPP_STATESTREAM_APPEND_WRITER_H_

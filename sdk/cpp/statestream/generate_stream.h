@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: Apache-2.0
+// GenerateStream: a Generate call's output as an iterator that resumes
+// after failures (opened by Session::Generate, statestream/client.h).
+#ifndef STATESTREAM_SDK_CPP_STATESTREAM_GENERATE_STREAM_H_
+#define STATESTREAM_SDK_CPP_STATESTREAM_GENERATE_STREAM_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "statestream/options.h"
+#include "statestream/v1/statestream.pb.h"
+
+namespace statestream::client {
+
+class Client;
+
+// One piece of Generate output.
+struct GenerateChunk {
+  uint32_t index = 0;  // output index of tokens[0]
+  std::vector<uint32_t> tokens;
+  std::string text;  // UTF-8 complete (see GenerateChunk)
+  std::vector<v1::TokenLogprob> logprobs;
+};
+
+// Iterates over a Generate call's output, resuming after failures: the
+// call is reissued with the same request (request_id, seed) and output
+// already delivered is skipped. Not thread-safe (but see Cancellation).
+class GenerateStream {
+ public:
+  GenerateStream(const GenerateStream&) = delete;
+  GenerateStream& operator=(const GenerateStream&) = delete;
+  ~GenerateStream();
+
+  // The next new output; false at the end or on error (see status()).
+  bool Next(GenerateChunk* chunk);
+  absl::Status status() const { return status_; }
+  // Valid once Next returned false with status() OK.
+  const v1::GenerateDone& done() const { return done_; }
+  int reconnects() const { return reconnects_; }
+
+ private:
+  friend class Session;
+  struct Call;
+  GenerateStream(Client* client, v1::GenerateRequest request, CallOptions call);
+  absl::Status Open();
+
+  Client* client_;
+  v1::GenerateRequest request_;
+  CallOptions call_options_;
+  std::unique_ptr<Call> call_;
+  uint32_t delivered_tokens_ = 0;
+  uint64_t delivered_text_ = 0;
+  uint32_t seen_tokens_ = 0;  // on the current call
+  uint64_t seen_text_ = 0;
+  int reconnects_ = 0;
+  int attempts_ = 0;
+  bool finished_ = false;
+  absl::Status status_;
+  v1::GenerateDone done_;
+};
+
+// All of a generation.
+struct GenerateResult {
+  std::vector<uint32_t> tokens;
+  std::string text;
+  std::vector<v1::TokenLogprob> logprobs;
+  v1::GenerateDone done;
+};
+
+}  // namespace statestream::client
+
+#endif  // STATESTREAM_SDK_CPP_STATESTREAM_GENERATE_STREAM_H_

@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: Apache-2.0
+// Options of the C++ client: where and how to connect (ClientOptions), and
+// per-operation deadlines and cancellation (CallOptions, Cancellation).
+#ifndef STATESTREAM_SDK_CPP_STATESTREAM_OPTIONS_H_
+#define STATESTREAM_SDK_CPP_STATESTREAM_OPTIONS_H_
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace grpc {
+class ClientContext;
+}  // namespace grpc
+
+namespace statestream::client {
+
+struct ClientOptions {
+  // Gateways (or `statestream serve` addresses), "host:port". Calls start on
+  // the first and move to the next after a retryable failure. Required.
+  std::vector<std::string> targets;
+  // Sent as `authorization: Bearer <api_key>`; empty: none.
+  std::string api_key;
+  // Sent as `x-statestream-tenant` (development-mode servers only); empty:
+  // none.
+  std::string tenant;
+  // TLS: off by default (plaintext). With `tls`, PEM contents (not paths);
+  // empty root certs: the system roots.
+  bool tls = false;
+  std::string tls_root_certs_pem;
+  std::string tls_cert_chain_pem;   // client certificate (mTLS), optional
+  std::string tls_private_key_pem;  // its key
+  std::string tls_server_name;      // overrides the name checked; optional
+  // Deadline of each unary call and of each attempt's connection wait
+  // (streams have no deadline unless CallOptions gives one).
+  absl::Duration timeout = absl::Seconds(60);
+  // Attempts per operation before giving up (>= 1), counted from the last
+  // progress: an Append or Generate that made progress starts counting
+  // again.
+  int max_attempts = 10;
+  // Backoff before retry n (1-based): min(initial_backoff * 2^(n-1),
+  // max_backoff), with +-20% jitter.
+  absl::Duration initial_backoff = absl::Milliseconds(50);
+  absl::Duration max_backoff = absl::Seconds(2);
+  // Largest message received, bytes (the server's default limit is 8 MiB).
+  int max_receive_message_bytes = 8 << 20;
+  // Extra integer channel arguments (GRPC_ARG_*), e.g. HTTP/2 window tuning.
+  std::vector<std::pair<std::string, int>> channel_args;
+};
+
+// Cancels the calls it is given to, from any thread. Once cancelled, every
+// operation using it fails with CANCELLED and is not retried.
+class Cancellation {
+ public:
+  void Cancel();
+  bool cancelled() const;
+
+ private:
+  friend class CallScope;
+  // Returns false if already cancelled.
+  bool Register(grpc::ClientContext* ctx);
+  void Unregister(grpc::ClientContext* ctx);
+  mutable absl::Mutex mu_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<grpc::ClientContext*> contexts_ ABSL_GUARDED_BY(mu_);
+};
+
+// Per-operation options.
+struct CallOptions {
+  // Absolute deadline for the whole operation, all retries included;
+  // InfiniteFuture: only the per-attempt ClientOptions::timeout of unary
+  // calls.
+  absl::Time deadline = absl::InfiniteFuture();
+  // Not owned; must outlive the operation. Null: not cancellable.
+  Cancellation* cancellation = nullptr;
+};
+
+// True for failures after which the same request may be resent.
+bool IsRetryable(const absl::Status& status);
+// A fresh request id (random, 32 hex digits).
+std::string NewRequestId();
+
+}  // namespace statestream::client
+
+#endif  // STATESTREAM_SDK_CPP_STATESTREAM_OPTIONS_H_
