@@ -5,7 +5,6 @@ import os
 import subprocess
 import time
 
-from statestream import Client
 
 
 def test_feed_resumes_after_kill9(server, client):

@@ -1,0 +1,270 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The streaming halves of the sync client: AppendWriter (exactly-once,
+resuming appends) and GenerateStream (resuming generation). Opened by
+statestream.Session.writer() / .generate(); see statestream.client for the
+resume protocol."""
+from __future__ import annotations
+
+import collections
+import queue
+import time
+from typing import TYPE_CHECKING, Optional, Sequence, Union
+
+import grpc
+
+from statestream.errors import StatestreamError
+from statestream.types import AppendAck, GenerateChunk, GenerateDone
+from statestream.v1 import statestream_pb2 as pb
+
+if TYPE_CHECKING:
+    from statestream.client import Client, _Stubs
+
+_END = object()
+_MAX_TEXT = 1 << 20
+
+
+class _AppendCall:
+    """One Append call: requests go through a queue, acks come back in
+    order."""
+
+    def __init__(self, stubs: _Stubs, metadata, timeout):
+        self.stubs = stubs
+        self._queue: "queue.Queue" = queue.Queue()
+        self.responses = stubs.streams.Append(iter(self._queue.get, _END),
+                                              metadata=metadata,
+                                              timeout=timeout)
+
+    def send(self, request) -> None:
+        self._queue.put(request)
+
+    def close_send(self) -> None:
+        self._queue.put(_END)
+
+    def cancel(self) -> None:
+        self._queue.put(_END)
+        self.responses.cancel()
+
+
+class AppendWriter:
+    """Writes into a session exactly once, pipelined, resuming after
+    failures. Not thread-safe. Invariant: `_retained` holds every request
+    not known to be committed, in offset order; the first `_acked` of them
+    were acknowledged on the current call."""
+
+    def __init__(self, client: Client, session_id: str, offset: int, *,
+                 window: int, max_chunk_bytes: int, durability: int,
+                 timeout: Optional[float]):
+        self._client = client
+        self._session_id = session_id
+        self._next_offset = offset
+        self._window = max(1, window)
+        self._chunk = max(1, min(max_chunk_bytes, _MAX_TEXT))
+        self._durability = durability
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._retained: "collections.deque" = collections.deque()
+        self._acked = 0
+        self._call: Optional[_AppendCall] = None
+        self._attempts = 0
+        self._error: Optional[StatestreamError] = None
+        self._closed = False
+        self.last_ack: Optional[AppendAck] = None
+        self.reconnects = 0
+
+    @property
+    def offset(self) -> int:
+        """input_offset after everything written."""
+        return self._next_offset
+
+    def __enter__(self) -> "AppendWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            if not self._closed:
+                self.close()
+        elif self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    def write(self, text: Union[str, bytes]) -> None:
+        data = text.encode() if isinstance(text, str) else bytes(text)
+        for i in range(0, len(data), self._chunk):
+            self._send(pb.AppendRequest(text_utf8=data[i:i + self._chunk]))
+
+    def write_tokens(self, tokens: Sequence[int]) -> None:
+        for i in range(0, len(tokens), 262144):
+            req = pb.AppendRequest()
+            req.tokens.ids.extend(tokens[i:i + 262144])
+            self._send(req)
+
+    def flush(self) -> None:
+        self._send(pb.AppendRequest(flush=True))
+
+    def sync(self) -> AppendAck:
+        """Waits for the acks of everything written (applied, maybe not
+        committed)."""
+        self._read_acks(0)
+        return self.last_ack
+
+    def checkpoint(self) -> AppendAck:
+        """Commits everything written; returns its ack."""
+        self._send(pb.AppendRequest(checkpoint=True))
+        self._read_acks(0)
+        return self.last_ack
+
+    def close(self) -> AppendAck:
+        ack = self.checkpoint()
+        self._closed = True
+        if self._call is not None:
+            self._call.close_send()
+            try:
+                for _ in self._call.responses:
+                    pass
+            except grpc.RpcError:
+                pass  # everything is committed and acknowledged already
+            self._call = None
+        return ack
+
+    # -- internals -----------------------------------------------------------
+
+    @staticmethod
+    def _units(r) -> int:
+        return len(r.tokens.ids) if r.HasField("tokens") else len(r.text_utf8)
+
+    def _send(self, req) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise StatestreamError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   "writer closed")
+        req.session_id = self._session_id
+        req.expected_input_offset = self._next_offset
+        req.durability = self._durability
+        self._next_offset += self._units(req)
+        self._retained.append(req)
+        if self._call is None:
+            self._reconnect(None)
+        else:
+            self._call.send(req)
+        self._read_acks(self._window)
+
+    def _read_acks(self, keep_unacked: int) -> None:
+        while len(self._retained) - self._acked > keep_unacked:
+            if self._error is not None:
+                raise self._error
+            try:
+                ack = next(self._call.responses)
+            except grpc.RpcError as e:
+                self._reconnect(StatestreamError.from_rpc_error(e))
+                continue
+            except StopIteration:
+                self._reconnect(StatestreamError(
+                    grpc.StatusCode.UNAVAILABLE, "append stream ended early"))
+                continue
+            self._acked += 1
+            self.last_ack = AppendAck.from_proto(ack)
+            self._attempts = 0
+            committed = ack.committed_input_offset
+            while self._acked > 0 and (
+                    self._retained[0].expected_input_offset +
+                    self._units(self._retained[0]) <= committed):
+                self._retained.popleft()
+                self._acked -= 1
+
+    def _reconnect(self, cause: Optional[StatestreamError]) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._client._rotate(self._call.stubs)
+            self._call = None
+            self._attempts += 1
+            try:
+                self._client._retry_or_raise(cause, self._attempts,
+                                             self._deadline)
+            except StatestreamError as e:
+                self._error = e
+                raise
+            self.reconnects += 1
+        stubs = self._client._current_stubs()
+        self._call = _AppendCall(stubs, self._client._metadata,
+                                 self._client._attempt_timeout(
+                                     self._deadline, unary=False))
+        self._acked = 0
+        for r in self._retained:
+            self._call.send(r)
+
+
+class GenerateStream:
+    """Iterates over GenerateChunk, resuming after failures with the same
+    request and skipping output already delivered. `.done` (GenerateDone)
+    is set once the iteration ends; `.reconnects` counts resumptions."""
+
+    def __init__(self, client: Client, request, timeout: Optional[float]):
+        self._client = client
+        self._request = request
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._delivered_tokens = 0
+        self._delivered_bytes = 0
+        self._responses = None
+        self._stubs = None
+        self.done: Optional[GenerateDone] = None
+        self.reconnects = 0
+        self._finished = False
+
+    def __iter__(self) -> "GenerateStream":
+        return self
+
+    def cancel(self) -> None:
+        if self._responses is not None:
+            self._responses.cancel()
+        self._finished = True
+
+    def __next__(self) -> GenerateChunk:
+        attempts = 0
+        while not self._finished:
+            if self._responses is None:
+                self._stubs = self._client._current_stubs()
+                self._responses = self._stubs.streams.Generate(
+                    self._request, metadata=self._client._metadata,
+                    timeout=self._client._attempt_timeout(self._deadline,
+                                                          unary=False))
+                self._seen_bytes = 0
+            try:
+                msg = next(self._responses)
+            except grpc.RpcError as e:
+                err = StatestreamError.from_rpc_error(e)
+            except StopIteration:
+                err = StatestreamError(grpc.StatusCode.UNAVAILABLE,
+                                       "generate ended without done")
+            else:
+                if msg.HasField("done"):
+                    self.done = GenerateDone.from_proto(msg.done)
+                    self._finished = True
+                    break
+                c = msg.chunk
+                n = len(c.tokens)
+                skip = min(n, max(0, self._delivered_tokens - c.index))
+                begin = self._seen_bytes
+                self._seen_bytes += len(c.text_utf8)
+                skip_bytes = min(len(c.text_utf8),
+                                 max(0, self._delivered_bytes - begin))
+                if skip == n and skip_bytes == len(c.text_utf8):
+                    continue
+                raw = bytes(c.text_utf8[skip_bytes:])
+                self._delivered_tokens = max(self._delivered_tokens,
+                                             c.index + n)
+                self._delivered_bytes = max(self._delivered_bytes,
+                                            self._seen_bytes)
+                return GenerateChunk(
+                    c.index + skip, list(c.tokens[skip:]),
+                    raw.decode("utf-8", "replace"), raw,
+                    [lp.logprob for lp in c.logprobs[skip:]])
+            self._client._rotate(self._stubs)
+            self._responses = None
+            attempts += 1
+            try:
+                self._client._retry_or_raise(err, attempts, self._deadline)
+            except StatestreamError:
+                self._finished = True
+                raise
+            self.reconnects += 1
+        raise StopIteration
