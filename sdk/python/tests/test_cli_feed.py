@@ -6,7 +6,6 @@ import subprocess
 import time
 
 
-
 def test_feed_resumes_after_kill9(server, client):
     binary = os.environ["STATESTREAM_BIN"]
     client.create_session("fed")
