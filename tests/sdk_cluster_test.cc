@@ -10,12 +10,14 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/status.h"
 #include "gtest/gtest.h"
 #include "state_store/redis_state_store.h"
 #include "state_store/testing/redis_harness.h"
@@ -230,6 +232,39 @@ TEST_F(SdkClusterTest, GatewayKilledMidGenerate) {
   ASSERT_TRUE((*stream)->status().ok()) << (*stream)->status();
   EXPECT_GE((*stream)->reconnects(), 1);
   EXPECT_EQ(tokens, reference->tokens);
+}
+
+// A gateway with API keys: the SDK's key selects the tenant; a bad key is
+// UNAUTHENTICATED at once (not retried); tenants do not see each other.
+TEST_F(SdkClusterTest, ApiKeysThroughAGateway) {
+  const std::string keys = dir_ + "/keys";
+  std::ofstream(keys) << "acme-token-0123456789 acme\n"
+                      << "zeta-token-0123456789 zeta\n";
+  auto g = e2e::ClusterProcess::Start(
+      {STATESTREAM_BIN, "gateway", "--listen=127.0.0.1:0",
+       "--redis=" + redis_->address(), "--api-keys=" + keys},
+      dir_ + "/gateway-keys.log", kStartTimeout);
+  ASSERT_TRUE(g.ok()) << g.status();
+  auto connect = [&](const std::string& key) {
+    client::ClientOptions options;
+    options.targets = {(*g)->address()};
+    options.api_key = key;
+    return std::move(client::Client::Create(options).value());
+  };
+  auto acme = connect("acme-token-0123456789");
+  v1::CreateSessionRequest req;
+  req.set_session_id("keyed");
+  ASSERT_TRUE(acme->CreateSession(req).ok());
+  auto ack = acme->OpenSession("keyed").AppendText("secret");
+  ASSERT_TRUE(ack.ok()) << ack.status();
+
+  absl::Status bad =
+      connect("wrong-token-0123456789")->OpenSession("keyed").Get().status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kUnauthenticated) << bad;
+  EXPECT_EQ(GetReason(bad), Reason::kUnauthenticated);
+  absl::Status other =
+      connect("zeta-token-0123456789")->OpenSession("keyed").Get().status();
+  EXPECT_EQ(GetReason(other), Reason::kSessionNotFound) << other;
 }
 
 }  // namespace
