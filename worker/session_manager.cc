@@ -1223,7 +1223,7 @@ class JobImpl : public SessionManager::Job {
     {
       absl::MutexLock lock(&mu_);
       cancelled_ = true;
-      t = task_;
+      t = task_.lock();
     }
     if (t) t->Cancel();
   }
@@ -1249,7 +1249,9 @@ class JobImpl : public SessionManager::Job {
   absl::Mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool superseded_ ABSL_GUARDED_BY(mu_) = false;
-  std::shared_ptr<Task> task_ ABSL_GUARDED_BY(mu_);
+  // Weak: the task's callbacks hold the job, and the scheduler holds the
+  // task while it runs; a strong reference here would be a cycle (a leak).
+  std::weak_ptr<Task> task_ ABSL_GUARDED_BY(mu_);
 };
 
 absl::Status CancelledError() {
