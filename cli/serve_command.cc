@@ -18,6 +18,7 @@
 #include "cli/model_flag.h"
 #include "cli/model_loading.h"
 #include "cli/server_flags.h"
+#include "cli/worker_flags.h"
 #include "state_store/memory_state_store.h"
 #include "state_store/sqlite_state_store.h"
 #include "worker/engine/random_model.h"
@@ -31,27 +32,10 @@
 ABSL_FLAG(std::string, data_dir, "",
           "Directory of the embedded state store, created if missing; empty "
           "keeps session state in memory only (lost on exit).");
-ABSL_FLAG(int64_t, checkpoint_tokens, 4096,
-          "Append streams commit after this many uncommitted tokens.");
-ABSL_FLAG(absl::Duration, checkpoint_interval, absl::Seconds(5),
-          "Append streams commit once input has been uncommitted this long.");
-ABSL_FLAG(int64_t, residency_bytes, int64_t{1} << 30,
-          "Memory for resident session states; idle sessions beyond it are "
-          "evicted (least recently used first).");
 ABSL_FLAG(std::string, metrics_listen, "",
           "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks "
           "a free one; the server then prints `metrics on HOST:PORT` to "
           "stdout before `listening on`); empty: no metrics endpoint.");
-ABSL_FLAG(int32_t, max_tasks, 1024,
-          "Scheduler admission: tasks (appends, generations, scores) queued "
-          "or running before new ones get RESOURCE_EXHAUSTED/OVERLOADED.");
-ABSL_FLAG(int64_t, max_queued_tokens, int64_t{1} << 22,
-          "Scheduler admission: tokens queued across tasks before new work "
-          "gets RESOURCE_EXHAUSTED/OVERLOADED.");
-ABSL_FLAG(absl::Duration, request_id_window, absl::Hours(1),
-          "How long request ids are remembered for idempotent retries "
-          "(CreateSession, committing Generate).");
-
 namespace statestream::cli {
 namespace {
 
@@ -200,13 +184,7 @@ int Run(const std::vector<std::string>& args) {
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.model_path = ModelFlagValue();
   options.vocab_path = VocabFlagValue();
-  options.sessions.checkpoint_tokens = absl::GetFlag(FLAGS_checkpoint_tokens);
-  options.sessions.checkpoint_interval =
-      absl::GetFlag(FLAGS_checkpoint_interval);
-  options.sessions.residency_bytes = absl::GetFlag(FLAGS_residency_bytes);
-  options.sessions.request_id_window = absl::GetFlag(FLAGS_request_id_window);
-  options.scheduler.max_tasks = absl::GetFlag(FLAGS_max_tasks);
-  options.scheduler.max_queued_tokens = absl::GetFlag(FLAGS_max_queued_tokens);
+  ApplyWorkerFlags(&options.sessions, &options.scheduler);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   // On SIGTERM, before gRPC drains: stop admitting (UNAVAILABLE with a
   // retry hint), end running generations gracefully (committed, finish
@@ -234,7 +212,8 @@ const Command& ServeCommand() {
       "weights (byte-level; its output is noise). --vocab defaults to\n"
       "rwkv_vocab_v20230424.txt beside --model (byte-level models need none).\n"
       "Stops cleanly on SIGINT or SIGTERM.",
-      {__FILE__, kServerFlagsFile, kModelFlagFile, kVocabFlagFile},
+      {__FILE__, kServerFlagsFile, kModelFlagFile, kVocabFlagFile,
+       kWorkerFlagsFile},
       &Run};
   return kCommand;
 }

@@ -11,7 +11,6 @@
 #include <string>
 #include <vector>
 
-#include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -22,6 +21,7 @@
 #include "cli/model_loading.h"
 #include "cli/redis_flags.h"
 #include "cli/server_flags.h"
+#include "cli/worker_flags.h"
 #include "common/malloc_tuning.h"
 #include "services/worker_registration.h"
 #include "state_store/redis_state_store.h"
@@ -42,10 +42,6 @@ ABSL_FLAG(absl::Duration, lease_ttl, absl::Seconds(30),
           "another worker never waits for it: the fence makes it safe.");
 
 // Defined by `serve` (cli/serve_command.cc) and shared with it.
-ABSL_DECLARE_FLAG(std::string, data_dir);
-ABSL_DECLARE_FLAG(int64_t, checkpoint_tokens);
-ABSL_DECLARE_FLAG(absl::Duration, checkpoint_interval);
-ABSL_DECLARE_FLAG(int64_t, residency_bytes);
 
 namespace statestream::cli {
 namespace {
@@ -59,6 +55,7 @@ struct WorkerOptions {
   std::string model_path;
   std::string vocab_path;  // empty: beside the model
   worker::SessionManagerOptions sessions;
+  worker::SchedulerOptions scheduler;
 };
 
 // Everything the services point into, destroyed in reverse order.
@@ -96,11 +93,6 @@ int Run(const std::vector<std::string>& args) {
               << "\"\n";
     return kExitUsage;
   }
-  if (!absl::GetFlag(FLAGS_data_dir).empty()) {
-    std::cerr << "statestream worker: --data_dir is for `serve`; a worker "
-                 "keeps state in --redis\n";
-    return kExitUsage;
-  }
   WorkerOptions options;
   options.server = ServerOptionsFromFlags();
   options.redis = RedisOptionsFromFlags();
@@ -120,10 +112,7 @@ int Run(const std::vector<std::string>& args) {
   options.vocab_path = VocabFlagValue();
   options.sessions.owner = options.worker_id;
   options.sessions.lease_ttl = absl::GetFlag(FLAGS_lease_ttl);
-  options.sessions.checkpoint_tokens = absl::GetFlag(FLAGS_checkpoint_tokens);
-  options.sessions.checkpoint_interval =
-      absl::GetFlag(FLAGS_checkpoint_interval);
-  options.sessions.residency_bytes = absl::GetFlag(FLAGS_residency_bytes);
+  ApplyWorkerFlags(&options.sessions, &options.scheduler);
   TuneMallocForLargeBuffers();
 
   std::shared_ptr<Worker> kept;
@@ -135,8 +124,8 @@ int Run(const std::vector<std::string>& args) {
     auto store = NewRedisStateStore(options.redis);
     if (!store.ok()) return store.status();
     w->store = *std::move(store);
-    w->scheduler = std::make_unique<worker::Scheduler>(
-        w->model.get(), worker::SchedulerOptions{});
+    w->scheduler =
+        std::make_unique<worker::Scheduler>(w->model.get(), options.scheduler);
     auto manager = worker::SessionManager::Create(
         sessions, w->model.get(), w->tokenizer.get(), w->scheduler.get(),
         w->store.get());
@@ -176,15 +165,6 @@ int Run(const std::vector<std::string>& args) {
   return code;
 }
 
-const std::string& ServeFlagsFile() {
-  static const std::string* const kFile = [] {
-    std::string path = __FILE__;
-    return new std::string(path.substr(0, path.rfind('/') + 1) +
-                           "serve_command.cc");
-  }();
-  return *kFile;
-}
-
 }  // namespace
 
 const Command& WorkerCommand() {
@@ -198,7 +178,7 @@ const Command& WorkerCommand() {
       "worker registry with a heartbeat; leaves it on SIGINT/SIGTERM, then\n"
       "finishes calls in flight, commits and releases its sessions.",
       {__FILE__, kServerFlagsFile, kRedisFlagsFile, kModelFlagFile,
-       kVocabFlagFile, ServeFlagsFile().c_str()},
+       kVocabFlagFile, kWorkerFlagsFile},
       &Run};
   return kCommand;
 }

@@ -1,0 +1,38 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "cli/worker_flags.h"
+
+#include "absl/flags/flag.h"
+#include "absl/time/time.h"
+
+ABSL_FLAG(int64_t, checkpoint_tokens, 4096,
+          "Append streams commit after this many uncommitted tokens.");
+ABSL_FLAG(absl::Duration, checkpoint_interval, absl::Seconds(5),
+          "Append streams commit once input has been uncommitted this long.");
+ABSL_FLAG(int64_t, residency_bytes, int64_t{1} << 30,
+          "Memory for resident session states; idle sessions beyond it are "
+          "evicted (least recently used first).");
+ABSL_FLAG(int32_t, max_tasks, 1024,
+          "Scheduler admission: tasks (appends, generations, scores) queued "
+          "or running before new ones get RESOURCE_EXHAUSTED/OVERLOADED.");
+ABSL_FLAG(int64_t, max_queued_tokens, int64_t{1} << 22,
+          "Scheduler admission: tokens queued across tasks before new work "
+          "gets RESOURCE_EXHAUSTED/OVERLOADED.");
+ABSL_FLAG(absl::Duration, request_id_window, absl::Hours(1),
+          "How long request ids are remembered for idempotent retries "
+          "(CreateSession, committing Generate).");
+
+namespace statestream::cli {
+
+const char kWorkerFlagsFile[] = __FILE__;
+
+void ApplyWorkerFlags(worker::SessionManagerOptions* sessions,
+                      worker::SchedulerOptions* scheduler) {
+  sessions->checkpoint_tokens = absl::GetFlag(FLAGS_checkpoint_tokens);
+  sessions->checkpoint_interval = absl::GetFlag(FLAGS_checkpoint_interval);
+  sessions->residency_bytes = absl::GetFlag(FLAGS_residency_bytes);
+  sessions->request_id_window = absl::GetFlag(FLAGS_request_id_window);
+  scheduler->max_tasks = absl::GetFlag(FLAGS_max_tasks);
+  scheduler->max_queued_tokens = absl::GetFlag(FLAGS_max_queued_tokens);
+}
+
+}  // namespace statestream::cli
