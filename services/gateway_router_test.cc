@@ -35,7 +35,8 @@ class GatewayRouterTest : public ::testing::Test {
   SessionKey CreateSession(const std::string& id) {
     CreateSessionRequest req;
     req.key = {"t", id};
-    req.model_id = "m";
+    req.model_id =
+        std::string(1, 'm');  // GCC 12 -Wrestrict false positive on = "m"
     req.initial_state.model_fingerprint = "fp-a";
     req.initial_state.state = {0.f, 1.f};
     EXPECT_TRUE(store_->CreateSession(req).ok());
