@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <memory>
 #include <regex>
 #include <string>
@@ -18,6 +19,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "state_store/testing/redis_harness.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 #include "tests/subprocess.h"
 
@@ -108,8 +110,30 @@ ServerReflectionResponse Reflect(const std::shared_ptr<grpc::Channel>& channel,
 
 class ServerRoleTest : public ::testing::TestWithParam<std::string> {};
 
+// The cluster roles need a Redis and (the worker) a model.
+std::vector<std::string> RoleFlags(const std::string& role,
+                                   const testing::RedisServer* redis,
+                                   const std::string& model) {
+  if (role == "serve") return {};
+  std::vector<std::string> flags = {"--redis=" + redis->address()};
+  if (role == "worker") {
+    flags.push_back("--model=" + model);
+    flags.push_back("--worker-id=role-test");
+  }
+  return flags;
+}
+
 TEST_P(ServerRoleTest, ServesHealthReflectionAndTheApiThenStopsOnSigterm) {
-  RunningServer server = StartServer(GetParam());
+  auto redis = testing::RedisServer::Start({});
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  const std::string model = ::testing::TempDir() + "/role_test_" +
+                            std::to_string(getpid()) + ".safetensors";
+  auto made =
+      e2e::Run({STATESTREAM_BIN, "model", "random", "--layers=1", "--embd=64",
+                "--head-size=32", "--vocab=256", "--out=" + model});
+  ASSERT_TRUE(made.ok() && made->exit_code == 0) << made->err;
+  RunningServer server =
+      StartServer(GetParam(), RoleFlags(GetParam(), redis->get(), model));
   ASSERT_NE(server.process, nullptr);
   std::shared_ptr<grpc::Channel> channel = Connect(server.address);
 
@@ -141,17 +165,19 @@ TEST_P(ServerRoleTest, ServesHealthReflectionAndTheApiThenStopsOnSigterm) {
       files.file_descriptor_response().file_descriptor_proto(0)));
   EXPECT_EQ(file.name(), "statestream/v1/statestream.proto");
 
-  // The services are registered: `serve` implements them (no such
-  // session), the cluster roles not yet.
+  // The services are registered and implemented in every role: no such
+  // session on a worker; a gateway with no worker registered yet has
+  // nowhere to route (UNAVAILABLE, retryable).
   v1::GetSessionRequest request;
   request.set_session_id("s1");
   v1::Session session;
   auto context = Context();
   grpc::Status status = v1::Sessions::NewStub(channel)->GetSession(
       context.get(), request, &session);
-  EXPECT_EQ(status.error_code(), GetParam() == "serve"
-                                     ? grpc::StatusCode::NOT_FOUND
-                                     : grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_EQ(status.error_code(), GetParam() == "gateway"
+                                     ? grpc::StatusCode::UNAVAILABLE
+                                     : grpc::StatusCode::NOT_FOUND)
+      << status.error_message();
 
   server.process->Signal(SIGTERM);
   auto exit_code = server.process->Wait(kExitTimeout);
@@ -159,6 +185,7 @@ TEST_P(ServerRoleTest, ServesHealthReflectionAndTheApiThenStopsOnSigterm) {
   EXPECT_EQ(*exit_code, 0) << server.process->stderr_text();
   EXPECT_EQ(server.process->stdout_text(),
             "listening on " + server.address + "\n");
+  std::remove(model.c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(Roles, ServerRoleTest,
