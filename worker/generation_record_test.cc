@@ -75,12 +75,12 @@ TEST(GenerationRecordTest, BoundedByCountTokensAndAge) {
                       absl::Hours(1), kT0 + absl::Hours(2), &r);
   ASSERT_EQ(r.size(), 1u);
   EXPECT_EQ(r.front().request_id, "late");
-  EXPECT_NE(FindGenerationRecord(r, "late", absl::Hours(1),
-                                 kT0 + absl::Hours(2)),
-            nullptr);
-  EXPECT_EQ(FindGenerationRecord(r, "late", absl::Hours(1),
-                                 kT0 + absl::Hours(4)),
-            nullptr);
+  EXPECT_NE(
+      FindGenerationRecord(r, "late", absl::Hours(1), kT0 + absl::Hours(2)),
+      nullptr);
+  EXPECT_EQ(
+      FindGenerationRecord(r, "late", absl::Hours(1), kT0 + absl::Hours(4)),
+      nullptr);
   EXPECT_EQ(FindGenerationRecord(r, "6", absl::Hours(1), kT0), nullptr);
 }
 
