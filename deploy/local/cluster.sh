@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Local statestream cluster without Kubernetes: redis-server (AOF on),
+# 3 workers and 2 gateways as background processes on loopback.
+#
+#   deploy/local/cluster.sh up   [--dir DIR] [--bin PATH] [--model PATH]
+#                                [--workers N] [--gateways N] [--timeout S]
+#   deploy/local/cluster.sh stop [--dir DIR]
+#
+# `up` writes DIR/cluster.env (REDIS, WORKERS, GATEWAYS, ...: source it) and
+# DIR/pids, and returns once every process has printed `listening on`.
+# Logs: DIR/<name>.log. `stop` sends SIGTERM to every process in DIR/pids
+# (gateways first, then workers, then Redis), waits, then SIGKILLs leftovers.
+# DIR defaults to $STATESTREAM_CLUSTER_DIR or /tmp/statestream-cluster.
+set -euo pipefail
+
+cmd="${1:-}"
+[ -n "$cmd" ] && shift || true
+dir="${STATESTREAM_CLUSTER_DIR:-/tmp/statestream-cluster}"
+bin="build/cli/statestream"
+model=""
+n_workers=3
+n_gateways=2
+timeout_s=30
+while (($#)); do
+  case "$1" in
+    --dir) dir="$2"; shift 2 ;;
+    --bin) bin="$2"; shift 2 ;;
+    --model) model="$2"; shift 2 ;;
+    --workers) n_workers="$2"; shift 2 ;;
+    --gateways) n_gateways="$2"; shift 2 ;;
+    --timeout) timeout_s="$2"; shift 2 ;;
+    *) echo "usage: $0 up|stop [--dir DIR] [--bin PATH] [--model PATH]" >&2; exit 2 ;;
+  esac
+done
+
+stop_all() {
+  local pidfile="$dir/pids"
+  [ -f "$pidfile" ] || return 0
+  # Reverse start order: gateways, workers (they drain and commit), Redis.
+  local pids
+  pids=$(tac "$pidfile" | awk '{print $1}')
+  for p in $pids; do kill -TERM "$p" 2>/dev/null || true; done
+  local deadline=$((SECONDS + 15))
+  for p in $pids; do
+    while kill -0 "$p" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  rm -f "$pidfile"
+}
+
+# Prints a free loopback TCP port.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_listening LOG PID NAME: waits for `listening on HOST:PORT`, prints HOST:PORT.
+wait_listening() {
+  local log="$1" pid="$2" name="$3" deadline=$((SECONDS + timeout_s))
+  while ((SECONDS < deadline)); do
+    if grep -q '^listening on ' "$log" 2>/dev/null; then
+      grep -m1 '^listening on ' "$log" | awk '{print $3}'
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "error: $name exited before listening; log $log:" >&2
+      tail -20 "$log" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  echo "error: $name not listening after ${timeout_s}s; log $log:" >&2
+  tail -20 "$log" >&2
+  return 1
+}
+
+# start NAME ARGV...: starts a process in the background, records its pid.
+start() {
+  local name="$1"; shift
+  "$@" >"$dir/$name.log" 2>&1 </dev/null &
+  local pid=$!
+  echo "$pid $name" >>"$dir/pids"
+  echo "$pid"
+}
+
+case "$cmd" in
+  stop)
+    stop_all
+    echo "stopped"
+    ;;
+  up)
+    [ -x "$bin" ] || { echo "error: no binary at $bin (--bin PATH)" >&2; exit 1; }
+    bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
+    command -v redis-server >/dev/null || { echo "error: redis-server not found" >&2; exit 1; }
+    mkdir -p "$dir"
+    dir="$(cd "$dir" && pwd)"
+    if [ -f "$dir/pids" ]; then
+      echo "a cluster is already recorded in $dir/pids; stopping it first" >&2
+      stop_all
+    fi
+    : >"$dir/pids"
+    # Anything failing from here on tears down what was started.
+    trap 'rc=$?; if [ $rc -ne 0 ]; then stop_all; fi; exit $rc' EXIT
+    if [ -z "$model" ]; then
+      model="$dir/model.pth"
+      [ -f "$model" ] || "$bin" model random --layers 2 --embd 128 --vocab 256 --out "$model" >/dev/null
+    fi
+
+    mkdir -p "$dir/redis"
+    redis_port=$(free_port)
+    redis_pid=$(start redis redis-server --port "$redis_port" --bind 127.0.0.1 \
+      --dir "$dir/redis" --appendonly yes --appendfsync everysec \
+      --save "" --daemonize no --protected-mode yes)
+    redis_addr="127.0.0.1:$redis_port"
+    deadline=$((SECONDS + timeout_s))
+    until redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG; do
+      kill -0 "$redis_pid" 2>/dev/null || { echo "error: redis exited" >&2; tail "$dir/redis.log" >&2; exit 1; }
+      ((SECONDS < deadline)) || { echo "error: redis not up" >&2; exit 1; }
+      sleep 0.1
+    done
+
+    workers=()
+    wpids=()
+    for i in $(seq 1 "$n_workers"); do
+      wpids+=("$(start "worker-$i" "$bin" worker --listen 127.0.0.1:0 --redis "$redis_addr" \
+        --model "$model" --worker-id "local-worker-$i" --shutdown-grace 5s)")
+    done
+    for i in $(seq 1 "$n_workers"); do
+      workers+=("$(wait_listening "$dir/worker-$i.log" "${wpids[$((i - 1))]}" "worker-$i")")
+    done
+
+    gateways=()
+    gpids=()
+    for i in $(seq 1 "$n_gateways"); do
+      gpids+=("$(start "gateway-$i" "$bin" gateway --listen 127.0.0.1:0 --redis "$redis_addr" \
+        --gateway-id "local-gateway-$i")")
+    done
+    for i in $(seq 1 "$n_gateways"); do
+      gateways+=("$(wait_listening "$dir/gateway-$i.log" "${gpids[$((i - 1))]}" "gateway-$i")")
+    done
+
+    IFS=,
+    cat >"$dir/cluster.env" <<ENV
+REDIS=$redis_addr
+WORKERS=${workers[*]}
+GATEWAYS=${gateways[*]}
+MODEL=$model
+PIDFILE=$dir/pids
+ENV
+    unset IFS
+    trap - EXIT
+    cat "$dir/cluster.env"
+    ;;
+  *)
+    echo "usage: $0 up|stop [--dir DIR] [--bin PATH] [--model PATH]" >&2
+    exit 2
+    ;;
+esac
