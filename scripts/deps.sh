@@ -7,7 +7,7 @@ PKGS=(
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
   libabsl-dev libhiredis-dev libsqlite3-dev libzstd-dev libxxhash-dev zlib1g-dev
   nlohmann-json3-dev libcpp-httplib-dev libgtest-dev libgmock-dev libbenchmark-dev
-  redis-server redis-tools python3 python3-grpcio python3-pytest grpc-proto
+  redis-server redis-tools python3 python3-grpcio python3-pytest python3-yaml grpc-proto
   libicu-dev  # NeoX tokenizer: NFC and Unicode categories
 )
 missing=()

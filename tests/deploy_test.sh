@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# deploy_manifests (label e2e): validates deploy/ offline against the real
+# binary, then brings deploy/local/cluster.sh up, uses it and stops it.
+#   tests/deploy_test.sh BIN SOURCE_DIR
+# 1. Renders every kustomize overlay (kubectl kustomize, no cluster) and
+#    checks every statestream container: each flag is listed by
+#    `statestream <role> --help`, each $(VAR) resolves to a declared env var
+#    (and every env var is used), env vars from the ConfigMap exist in it,
+#    probes and --listen point at a declared containerPort, absolute flag
+#    paths lie under a volume mount, images map to a Dockerfile in
+#    deploy/docker (or are the known public Redis image).
+# 2. cluster.sh up; every gateway answers `session list`; a session created
+#    through one gateway is read through the other; cluster.sh stop; no
+#    process is left.
+set -euo pipefail
+BIN="$1"
+SRC="$2"
+[ -x "$BIN" ] || { echo "FAIL: no binary $BIN"; exit 1; }
+command -v kubectl >/dev/null || { echo "FAIL: kubectl not found"; exit 1; }
+PY=""
+for p in /usr/bin/python3 python3; do
+  if command -v "$p" >/dev/null && "$p" -c 'import yaml' 2>/dev/null; then PY="$p"; break; fi
+done
+[ -n "$PY" ] || { echo "FAIL: python3 with yaml (apt install python3-yaml) not found"; exit 1; }
+
+work="$(mktemp -d /tmp/ss-deploy-test.XXXXXX)"
+cluster_dir="$work/cluster"
+cleanup() {
+  "$SRC/deploy/local/cluster.sh" stop --dir "$cluster_dir" >/dev/null 2>&1 || true
+  if [ -f "$work/pids.copy" ]; then
+    while read -r pid _; do kill -KILL "$pid" 2>/dev/null || true; done <"$work/pids.copy"
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+# --- 1. manifests -----------------------------------------------------------
+for role in gateway worker serve; do
+  "$BIN" "$role" --help >"$work/help-$role.txt" 2>&1 || true
+  grep -q -- '--listen' "$work/help-$role.txt" || { echo "FAIL: $role --help lists no flags"; exit 1; }
+done
+overlays=("$SRC"/deploy/k8s/overlays/*/)
+[ "${#overlays[@]}" -ge 3 ] || { echo "FAIL: expected overlays cpu, gpu, dev"; exit 1; }
+for o in "${overlays[@]}"; do
+  name="$(basename "$o")"
+  timeout 60 kubectl kustomize "$o" >"$work/$name.yaml" || { echo "FAIL: kubectl kustomize $o"; exit 1; }
+done
+
+"$PY" - "$work" "$SRC" "${overlays[@]}" <<'PYEOF'
+import os, re, sys, yaml
+
+work, src, overlays = sys.argv[1], sys.argv[2], sys.argv[3:]
+errors = []
+
+def help_flags(role):
+    text = open(os.path.join(work, f"help-{role}.txt")).read()
+    return set(re.findall(r"^  --([A-Za-z0-9_-]+)", text, re.M))
+
+FLAGS = {r: help_flags(r) for r in ("gateway", "worker", "serve")}
+# Images built here, and the public images the manifests may name.
+DOCKERFILES = {"cpu": "Dockerfile", "cuda": "Dockerfile.cuda"}
+PUBLIC = {"redis:7-bookworm"}
+
+def check_image(where, image):
+    if image in PUBLIC:
+        return False
+    name, _, tag = image.rpartition(":")
+    if not name or name.rsplit("/", 1)[-1] != "statestream":
+        errors.append(f"{where}: image {image!r} is neither statestream:TAG nor a known public image")
+        return False
+    df = DOCKERFILES.get(tag)
+    if df is None or not os.path.isfile(os.path.join(src, "deploy/docker", df)):
+        errors.append(f"{where}: image {image!r}: no deploy/docker Dockerfile for tag {tag!r}")
+    return True
+
+VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+for overlay in overlays:
+    oname = os.path.basename(overlay.rstrip("/"))
+    docs = [d for d in yaml.safe_load_all(open(os.path.join(work, oname + ".yaml"))) if d]
+    kinds = {d["kind"] for d in docs}
+    for k in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+              "ConfigMap", "Secret", "NetworkPolicy", "PersistentVolumeClaim"):
+        if k not in kinds:
+            errors.append(f"{oname}: no {k}")
+    cms = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    secrets = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
+    pvcs = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    roles_seen = set()
+    for d in docs:
+        if d["kind"] not in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            continue
+        spec = d["spec"]["template"]["spec"]
+        for v in spec.get("volumes", []):
+            if "secret" in v and v["secret"]["secretName"] not in secrets:
+                errors.append(f"{oname}/{d['metadata']['name']}: volume secret {v['secret']['secretName']} not rendered")
+            if "persistentVolumeClaim" in v and v["persistentVolumeClaim"]["claimName"] not in pvcs:
+                errors.append(f"{oname}/{d['metadata']['name']}: PVC {v['persistentVolumeClaim']['claimName']} not rendered")
+        for c in spec["containers"]:
+            where = f"{oname}/{d['kind']}/{d['metadata']['name']}/{c['name']}"
+            ports = {p["containerPort"] for p in c.get("ports", [])}
+            names = {p["name"]: p["containerPort"] for p in c.get("ports", []) if "name" in p}
+            for pk in ("startupProbe", "readinessProbe", "livenessProbe"):
+                probe = c.get(pk)
+                if not probe:
+                    continue
+                for kind in ("grpc", "tcpSocket", "httpGet"):
+                    if kind in probe:
+                        port = probe[kind]["port"]
+                        port = names.get(port, port)
+                        if port not in ports:
+                            errors.append(f"{where}: {pk} port {probe[kind]['port']} is not a containerPort")
+            ours = check_image(where, c["image"])
+            if not ours:
+                continue
+            if c.get("command"):
+                errors.append(f"{where}: statestream containers use the image ENTRYPOINT, not command")
+            env = {}
+            for e in c.get("env", []):
+                src_ = e.get("valueFrom", {})
+                if "configMapKeyRef" in src_:
+                    ref = src_["configMapKeyRef"]
+                    if ref["name"] not in cms or ref["key"] not in cms[ref["name"]]:
+                        errors.append(f"{where}: env {e['name']}: ConfigMap {ref['name']} has no key {ref['key']}")
+                        env[e["name"]] = ""
+                    else:
+                        env[e["name"]] = str(cms[ref["name"]][ref["key"]])
+                elif "fieldRef" in src_:
+                    env[e["name"]] = "10.0.0.1" if "IP" in src_["fieldRef"]["fieldPath"] else "pod-0"
+                else:
+                    env[e["name"]] = str(e.get("value", ""))
+            used = set()
+            def expand(s):
+                def sub(m):
+                    used.add(m.group(1))
+                    if m.group(1) not in env:
+                        errors.append(f"{where}: $({m.group(1)}) is not a declared env var")
+                        return ""
+                    return env[m.group(1)]
+                return VAR.sub(sub, s)
+            args = [expand(a) for a in c.get("args", [])]
+            for e in env:
+                if e not in used:
+                    errors.append(f"{where}: env {e} is never used (the binary reads flags, not env vars)")
+            if not args or args[0] not in FLAGS:
+                errors.append(f"{where}: first arg must be a role (gateway, worker, serve), got {args[:1]}")
+                continue
+            role = args[0]
+            roles_seen.add(role)
+            mounts = [m["mountPath"] for m in c.get("volumeMounts", [])]
+            i = 1
+            values = {}
+            while i < len(args):
+                a = args[i]
+                if not a.startswith("--"):
+                    errors.append(f"{where}: unexpected positional arg {a!r}")
+                    i += 1
+                    continue
+                flag, eq, val = a[2:].partition("=")
+                flag = flag.replace("_", "-")
+                if not eq and i + 1 < len(args) and not args[i + 1].startswith("--"):
+                    val = args[i + 1]
+                    i += 1
+                if flag not in {f.replace("_", "-") for f in FLAGS[role]}:
+                    errors.append(f"{where}: `statestream {role}` has no flag --{flag}")
+                values[flag] = val
+                if val.startswith("/") and not any(val == m or val.startswith(m.rstrip("/") + "/") for m in mounts):
+                    errors.append(f"{where}: --{flag}={val} is not under a volumeMount")
+                i += 1
+            listen = values.get("listen")
+            if not listen:
+                errors.append(f"{where}: no --listen (the default is loopback-only)")
+            else:
+                host, _, port = listen.rpartition(":")
+                if host in ("127.0.0.1", "localhost"):
+                    errors.append(f"{where}: --listen {listen} is loopback: unreachable in a pod")
+                if not port.isdigit() or int(port) not in ports:
+                    errors.append(f"{where}: --listen port {port} is not a containerPort")
+            for pk in ("readinessProbe", "livenessProbe"):
+                if "grpc" not in c.get(pk, {}):
+                    errors.append(f"{where}: {pk} is not a native grpc probe")
+            if "preStop" not in c.get("lifecycle", {}):
+                errors.append(f"{where}: no preStop")
+            if role == "worker" and oname == "gpu":
+                if "nvidia.com/gpu" not in c.get("resources", {}).get("limits", {}):
+                    errors.append(f"{where}: gpu overlay worker without an nvidia.com/gpu limit")
+                if not c["image"].endswith(":cuda"):
+                    errors.append(f"{where}: gpu overlay worker not on the cuda image")
+    for r in ("gateway", "worker"):
+        if r not in roles_seen:
+            errors.append(f"{oname}: no {r} container")
+    if oname == "dev":
+        redis = [d for d in docs if d["kind"] == "StatefulSet"]
+        if not redis or "appendonly" not in " ".join(
+                " ".join(c.get("args", [])) for c in redis[0]["spec"]["template"]["spec"]["containers"]):
+            errors.append("dev: no Redis StatefulSet with AOF")
+
+for e in errors:
+    print("FAIL:", e)
+if errors:
+    sys.exit(1)
+print(f"manifests ok: {', '.join(os.path.basename(o.rstrip('/')) for o in overlays)}")
+PYEOF
+
+# --- 2. local cluster -------------------------------------------------------
+command -v redis-server >/dev/null || { echo "FAIL: redis-server not found"; exit 1; }
+if ! timeout 45 "$SRC/deploy/local/cluster.sh" up --dir "$cluster_dir" --bin "$BIN" --timeout 30 \
+    >"$work/up.log" 2>&1; then
+  cp "$cluster_dir/pids" "$work/pids.copy" 2>/dev/null || true
+  echo "FAIL: cluster.sh up"; cat "$work/up.log"; exit 1
+fi
+cp "$cluster_dir/pids" "$work/pids.copy"
+# shellcheck disable=SC1091
+source "$cluster_dir/cluster.env"
+[ "$(wc -l <"$work/pids.copy")" -eq 6 ] || { echo "FAIL: expected 6 processes"; cat "$work/pids.copy"; exit 1; }
+IFS=, read -r -a gws <<<"$GATEWAYS"
+[ "${#gws[@]}" -eq 2 ] || { echo "FAIL: expected 2 gateways, got $GATEWAYS"; exit 1; }
+for g in "${gws[@]}"; do
+  timeout 20 "$BIN" session list --target "$g" --timeout 10s >/dev/null ||
+    { echo "FAIL: gateway $g does not answer"; exit 1; }
+done
+timeout 20 "$BIN" session create deploy-test-1 --target "${gws[0]}" --timeout 10s >/dev/null ||
+  { echo "FAIL: session create through ${gws[0]}"; exit 1; }
+timeout 20 "$BIN" session get deploy-test-1 --target "${gws[1]}" --timeout 10s | grep -q deploy-test-1 ||
+  { echo "FAIL: session made through ${gws[0]} not visible through ${gws[1]}"; exit 1; }
+
+timeout 30 "$SRC/deploy/local/cluster.sh" stop --dir "$cluster_dir" >/dev/null ||
+  { echo "FAIL: cluster.sh stop"; exit 1; }
+left=""
+while read -r pid name; do
+  if kill -0 "$pid" 2>/dev/null; then left="$left $name($pid)"; fi
+done <"$work/pids.copy"
+[ -z "$left" ] || { echo "FAIL: still running after stop:$left"; exit 1; }
+[ ! -f "$cluster_dir/pids" ] || { echo "FAIL: pidfile left behind"; exit 1; }
+echo "local cluster ok: 3 workers, 2 gateways, Redis; stopped cleanly"
+echo PASS
