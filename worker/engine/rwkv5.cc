@@ -35,17 +35,9 @@ class Rwkv5 final : public rwkv::ChunkedModel {
  private:
   void Block(int l, const Chunk& c) override;
   void TimeMix(int l, const Chunk& c);
-  int64_t Stride() const {
-    const ModelConfig& c = info().config;
-    return 2 * C() + static_cast<int64_t>(c.n_head) * c.head_size * c.head_size;
-  }
-  float* AttShift(float* state, int l) const { return state + l * Stride(); }
-  float* Wkv(float* state, int l) const { return AttShift(state, l) + C(); }
-  float* FfnShift(float* state, int l) const {
-    return state + (l + 1) * Stride() - C();
-  }
 
   std::vector<Layer> layers_;
+  const rwkv::MatrixStateLayout layout_{info().config};
 };
 
 void Rwkv5::TimeMix(int l, const Chunk& c) {
@@ -69,7 +61,7 @@ void Rwkv5::TimeMix(int l, const Chunk& c) {
               L.ln1_b.data(), rwkv::kLayerNormEps,
               xx + static_cast<int64_t>(t) * C);
   }
-  auto att_shift = [this, l](float* s) { return AttShift(s, l); };
+  auto att_shift = [this, l](float* s) { return layout_.AttShift(s, l); };
   rwkv::ForEachShift(
       c, xx, C, att_shift, [&](int t, const float* cur, const float* prev) {
         const int64_t o = static_cast<int64_t>(t) * C;
@@ -93,7 +85,8 @@ void Rwkv5::TimeMix(int l, const Chunk& c) {
   pool_.ParallelFor(static_cast<int>(c.segs.size()) * H, [&](int task) {
     const rwkv::Segment& seg = c.segs[task / H];
     const int h = task % H;
-    float* S = Wkv(c.batch[seg.seq].state, l) + static_cast<int64_t>(h) * N * N;
+    float* S = layout_.Wkv(c.batch[seg.seq].state, l) +
+               static_cast<int64_t>(h) * N * N;
     for (int t = seg.begin; t < seg.end; ++t) {
       const int64_t o = static_cast<int64_t>(t) * C + h * N;
       rwkv::WkvStep5(S, N, r + o, k + o, v + o, &L.decay[h * N],
@@ -117,7 +110,7 @@ void Rwkv5::TimeMix(int l, const Chunk& c) {
 void Rwkv5::Block(int l, const Chunk& c) {
   TimeMix(l, c);
   ChannelMix(l, c, layers_[l].ffn, MixStyle::kCurrent,
-             [this, l](float* s) { return FfnShift(s, l); });
+             [this, l](float* s) { return layout_.FfnShift(s, l); });
 }
 
 absl::Status Rwkv5::Init(WeightLoader& ld) {

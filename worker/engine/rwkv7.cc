@@ -19,6 +19,7 @@
 #include "common/status.h"
 #include "worker/engine/kernels.h"
 #include "worker/engine/ops.h"
+#include "worker/engine/rwkv_common.h"
 #include "worker/engine/thread_pool.h"
 #include "worker/engine/weight_loader.h"
 
@@ -85,11 +86,6 @@ class Rwkv7 final : public Model {
                const std::vector<Segment>& segs, int rows, Scratch& s);
   void ChannelMix(int l, absl::Span<const SequenceWork> batch,
                   const std::vector<Segment>& segs, int rows, Scratch& s);
-  float* AttShift(float* state, int l) const { return state + l * stride_; }
-  float* Wkv(float* state, int l) const { return state + l * stride_ + C(); }
-  float* FfnShift(float* state, int l) const {
-    return state + (l + 1) * stride_ - C();
-  }
   int C() const { return info().config.n_embd; }
   // Reports row 0 of `rows` (a [rows][n] buffer) to the trace hook.
   void Trace(int layer, const char* name, const std::vector<float>& rows,
@@ -104,7 +100,7 @@ class Rwkv7 final : public Model {
   std::vector<Layer> layers_;
   Matrix emb_, head_;
   std::vector<float> ln0_w_, ln0_b_, ln_out_w_, ln_out_b_;
-  int64_t stride_ = 0;  // state floats per layer
+  const rwkv::MatrixStateLayout layout_{info().config};
   std::function<void(int, const char*, const float*, int)> trace_;
 };
 
@@ -127,8 +123,8 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
   for (const Segment& g : segs) {
     for (int t = g.begin; t < g.end; ++t) {
       const float* cur = &s.xa[t * C];
-      const float* prev =
-          t == g.begin ? AttShift(batch[g.seq].state, l) : &s.xa[(t - 1) * C];
+      const float* prev = t == g.begin ? layout_.AttShift(batch[g.seq].state, l)
+                                       : &s.xa[(t - 1) * C];
       ShiftMix(cur, prev, L.x_r.data(), C, &s.xr[t * C]);
       ShiftMix(cur, prev, L.x_w.data(), C, &s.xw[t * C]);
       ShiftMix(cur, prev, L.x_k.data(), C, &s.xk[t * C]);
@@ -213,7 +209,8 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
   pool_.ParallelFor(tasks, [&](int task) {
     const Segment& g = segs[task / H];
     const int h = task % H;
-    float* S = Wkv(batch[g.seq].state, l) + static_cast<int64_t>(h) * N * N;
+    float* S =
+        layout_.Wkv(batch[g.seq].state, l) + static_cast<int64_t>(h) * N * N;
     std::vector<float> neg_kk(N), kka(N);
     for (int t = g.begin; t < g.end; ++t) {
       const int o = t * C + h * N;
@@ -247,7 +244,8 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
   Trace(l, "att_out", s.tmp, C);
   for (int i = 0; i < rows * C; ++i) s.x[i] += s.tmp[i];
   for (const Segment& g : segs) {
-    std::copy_n(&s.xa[(g.end - 1) * C], C, AttShift(batch[g.seq].state, l));
+    std::copy_n(&s.xa[(g.end - 1) * C], C,
+                layout_.AttShift(batch[g.seq].state, l));
   }
 }
 
@@ -261,8 +259,8 @@ void Rwkv7::ChannelMix(int l, absl::Span<const SequenceWork> batch,
   }
   for (const Segment& g : segs) {
     for (int t = g.begin; t < g.end; ++t) {
-      const float* prev =
-          t == g.begin ? FfnShift(batch[g.seq].state, l) : &s.xa[(t - 1) * C];
+      const float* prev = t == g.begin ? layout_.FfnShift(batch[g.seq].state, l)
+                                       : &s.xa[(t - 1) * C];
       ShiftMix(&s.xa[t * C], prev, L.ffn_x_k.data(), C, &s.xk[t * C]);
     }
   }
@@ -277,7 +275,8 @@ void Rwkv7::ChannelMix(int l, absl::Span<const SequenceWork> batch,
   for (int i = 0; i < rows * C; ++i) s.x[i] += s.tmp[i];
   Trace(l, "x_out", s.x, C);
   for (const Segment& g : segs) {
-    std::copy_n(&s.xa[(g.end - 1) * C], C, FfnShift(batch[g.seq].state, l));
+    std::copy_n(&s.xa[(g.end - 1) * C], C,
+                layout_.FfnShift(batch[g.seq].state, l));
   }
 }
 
@@ -373,7 +372,6 @@ absl::Status Rwkv7::Forward(absl::Span<const SequenceWork> batch) {
 absl::Status Rwkv7::Init(WeightLoader& ld) {
   const ModelConfig& c = info().config;
   const int C = c.n_embd, V = c.vocab_size, F = c.dim_ffn;
-  stride_ = 2 * C + static_cast<int64_t>(c.n_head) * c.head_size * c.head_size;
   SS_RETURN_IF_ERROR(ld.Mat("emb.weight", V, C, &emb_));
   SS_RETURN_IF_ERROR(ld.Vector("blocks.0.ln0.weight", C, &ln0_w_));
   SS_RETURN_IF_ERROR(ld.Vector("blocks.0.ln0.bias", C, &ln0_b_));

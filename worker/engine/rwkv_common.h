@@ -30,6 +30,25 @@ inline constexpr int kMaxRows = 64;             // rows per chunk
 // Workspace buffers 0..2 belong to ChunkedModel; layers use the others.
 inline constexpr int kFirstLayerBuffer = 3;
 
+// The per-layer state of x052, x060 and x070: att_x_prev[C], wkv[H][N][N],
+// ffn_x_prev[C] (docs/state-format.md; the wkv index order differs).
+class MatrixStateLayout {
+ public:
+  explicit MatrixStateLayout(const ModelConfig& c)
+      : c_(c.n_embd),
+        stride_(2 * int64_t{c.n_embd} +
+                int64_t{c.n_head} * c.head_size * c.head_size) {}
+  float* AttShift(float* state, int l) const { return state + l * stride_; }
+  float* Wkv(float* state, int l) const { return AttShift(state, l) + c_; }
+  float* FfnShift(float* state, int l) const {
+    return state + (l + 1) * stride_ - c_;
+  }
+
+ private:
+  int64_t c_;
+  int64_t stride_;
+};
+
 // The rows of one chunk that belong to one sequence.
 struct Segment {
   int seq;          // index into the batch
