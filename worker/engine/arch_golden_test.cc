@@ -12,6 +12,7 @@
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "worker/engine/golden.h"
+#include "worker/engine/golden_trace.h"
 #include "worker/engine/model.h"
 #include "worker/engine/random_model.h"
 #include "worker/engine/weight_file.h"
@@ -20,13 +21,12 @@
 namespace statestream::engine {
 namespace {
 
+using testing::ExpectCloseToGolden;
+using testing::ExpectTraceMatchesGolden;
 using testing::Floats;
 using testing::Ints;
 using testing::LoadJson;
 using testing::SharedPath;
-using testing::ToleranceExcess;
-
-constexpr double kTol = 1e-4;  // absolute and relative, per testdata README
 
 std::string TempPath(const std::string& name) {
   const char* dir = std::getenv("TEST_TMPDIR");
@@ -43,14 +43,6 @@ std::unique_ptr<Model> LoadPath(const std::string& path,
 
 std::unique_ptr<Model> Load(const std::string& rel, ModelOptions opts = {}) {
   return LoadPath(SharedPath(rel), std::move(opts));
-}
-
-void ExpectClose(const float* got, const std::vector<float>& want,
-                 const std::string& what) {
-  size_t where = 0;
-  double excess = ToleranceExcess(got, want, kTol, kTol, &where);
-  EXPECT_LE(excess, 0) << what << ": worst element " << where << " got "
-                       << got[where] << " want " << want[where];
 }
 
 // Flattens golden final_state.layers into the engine's layout: per layer
@@ -145,8 +137,8 @@ TEST_P(ArchGoldenTest, RnnModeMatchesReference) {
                    absl::MakeConstSpan(&zero, 1), logits.data()};
     ASSERT_TRUE(model->Forward({&w, 1}).ok());
     if (next < positions.size() && positions[next] == static_cast<int>(i)) {
-      ExpectClose(logits.data(), Floats(want_logits[next]),
-                  "logits at position " + std::to_string(i));
+      ExpectCloseToGolden(logits.data(), Floats(want_logits[next]),
+                          "logits at position " + std::to_string(i));
       ++next;
     }
   }
@@ -155,7 +147,7 @@ TEST_P(ArchGoldenTest, RnnModeMatchesReference) {
   std::vector<float> want_state =
       StateFromGolden(g["final_state"]["layers"], gc.arch);
   ASSERT_EQ(want_state.size(), state.size());
-  ExpectClose(state.data(), want_state, "final state");
+  ExpectCloseToGolden(state.data(), want_state, "final state");
   // Resume from the reference's saved state, one token at a time, and the
   // same continuation as one call.
   std::vector<float> resumed = want_state;
@@ -166,8 +158,8 @@ TEST_P(ArchGoldenTest, RnnModeMatchesReference) {
     SequenceWork w{absl::MakeConstSpan(&cont[i], 1), resumed.data(),
                    absl::MakeConstSpan(&zero, 1), logits.data()};
     ASSERT_TRUE(model->Forward({&w, 1}).ok());
-    ExpectClose(logits.data(), Floats(g["continuation"]["logits"][i]),
-                "continuation logits " + std::to_string(i));
+    ExpectCloseToGolden(logits.data(), Floats(g["continuation"]["logits"][i]),
+                        "continuation logits " + std::to_string(i));
   }
   std::vector<int32_t> all_positions(cont.size());
   for (size_t i = 0; i < cont.size(); ++i) all_positions[i] = i;
@@ -175,12 +167,12 @@ TEST_P(ArchGoldenTest, RnnModeMatchesReference) {
   SequenceWork w{cont, resumed_seq.data(), all_positions, seq_logits.data()};
   ASSERT_TRUE(model->Forward({&w, 1}).ok());
   for (size_t i = 0; i < cont.size(); ++i) {
-    ExpectClose(&seq_logits[i * c.vocab_size],
-                Floats(g["continuation"]["logits"][i]),
-                "continuation as one call " + std::to_string(i));
+    ExpectCloseToGolden(&seq_logits[i * c.vocab_size],
+                        Floats(g["continuation"]["logits"][i]),
+                        "continuation as one call " + std::to_string(i));
   }
   if (g["continuation"].contains("final_state_after_continuation")) {
-    ExpectClose(
+    ExpectCloseToGolden(
         resumed.data(),
         StateFromGolden(g["continuation"]["final_state_after_continuation"],
                         gc.arch),
@@ -208,8 +200,8 @@ TEST_P(ArchGoldenTest, SequenceModeMatchesReference) {
   for (size_t j = 0; j < positions.size(); ++j) {
     const nlohmann::json& want = gc.bf16 ? g["bf16_checkpoint"]["logits"][j]
                                          : g["sequence_mode"]["logits"][j];
-    ExpectClose(&logits[j * V], Floats(want),
-                "sequence logits " + std::to_string(j));
+    ExpectCloseToGolden(&logits[j * V], Floats(want),
+                        "sequence logits " + std::to_string(j));
   }
 }
 
@@ -236,37 +228,7 @@ TEST_P(ArchTraceTest, PerLayerTraceMatches) {
   SS_REQUIRE_SHARED_DATA();
   const GoldenCase& gc = GetParam();
   nlohmann::json g = LoadJson(SharedPath(gc.golden));
-  std::map<std::pair<int, std::string>, std::vector<float>> seen;
-  ModelOptions opts;
-  opts.trace = [&](int layer, const char* name, const float* v, int n) {
-    seen[{layer, name}].assign(v, v + n);
-  };
-  auto model = Load(gc.model, opts);
-  ASSERT_NE(model, nullptr);
-  std::vector<float> state(model->info().state_floats);
-  model->InitState(state.data());
-  std::vector<int32_t> tokens = Ints(g["tokens"]);
-  int checked = 0;
-  for (int p = 0; p < 2; ++p) {
-    seen.clear();
-    SequenceWork w{
-        absl::MakeConstSpan(&tokens[p], 1), state.data(), {}, nullptr};
-    ASSERT_TRUE(model->Forward({&w, 1}).ok());
-    const nlohmann::json& tr = g["trace"]["positions"][std::to_string(p)];
-    ExpectClose(seen[{-1, "x_after_ln0"}].data(), Floats(tr["x_after_ln0"]),
-                "x_after_ln0");
-    for (size_t l = 0; l < tr["layers"].size(); ++l) {
-      for (const auto& [name, values] : tr["layers"][l].items()) {
-        auto it = seen.find({static_cast<int>(l), name});
-        ASSERT_NE(it, seen.end()) << "no trace of " << name;
-        ExpectClose(it->second.data(), Floats(values),
-                    "position " + std::to_string(p) + " layer " +
-                        std::to_string(l) + " " + name);
-        ++checked;
-      }
-    }
-  }
-  EXPECT_GT(checked, 20);
+  EXPECT_GT(ExpectTraceMatchesGolden(SharedPath(gc.model), g), 20);
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -6,26 +6,25 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <map>
 #include <random>
 
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "worker/engine/golden.h"
+#include "worker/engine/golden_trace.h"
 #include "worker/engine/random_model.h"
 #include "worker/engine/weight_writer.h"
 
 namespace statestream::engine {
 namespace {
 
+using testing::ExpectCloseToGolden;
+using testing::ExpectTraceMatchesGolden;
 using testing::Floats;
 using testing::Ints;
 using testing::LoadJson;
 using testing::SharedPath;
 using testing::StateFromGolden;
-using testing::ToleranceExcess;
-
-constexpr double kTol = 1e-4;  // absolute and relative, per testdata README
 
 ModelOptions Opts(int threads, const char* kernels,
                   WeightPrecision precision = WeightPrecision::kAsStored) {
@@ -40,14 +39,6 @@ std::unique_ptr<Model> Load(const std::string& rel, ModelOptions opts = {}) {
   auto model = LoadModel(SharedPath(rel), opts);
   EXPECT_TRUE(model.ok()) << model.status();
   return model.ok() ? std::move(*model) : nullptr;
-}
-
-void ExpectClose(const float* got, const std::vector<float>& want,
-                 const std::string& what) {
-  size_t where = 0;
-  double excess = ToleranceExcess(got, want, kTol, kTol, &where);
-  EXPECT_LE(excess, 0) << what << ": worst element " << where << " got "
-                       << got[where] << " want " << want[where];
 }
 
 struct GoldenCase {
@@ -86,15 +77,15 @@ TEST_P(GoldenTest, RnnModeMatchesReference) {
                    absl::MakeConstSpan(&zero, 1), logits.data()};
     ASSERT_TRUE(model->Forward({&w, 1}).ok());
     if (next < positions.size() && positions[next] == static_cast<int>(i)) {
-      ExpectClose(logits.data(), Floats(want_logits[next]),
-                  "logits at position " + std::to_string(i));
+      ExpectCloseToGolden(logits.data(), Floats(want_logits[next]),
+                          "logits at position " + std::to_string(i));
       ++next;
     }
   }
   EXPECT_EQ(next, positions.size());
   if (gc.bf16) return;  // the reference states are for the fp32 weights
-  ExpectClose(state.data(), StateFromGolden(g["final_state"]["layers"]),
-              "final state");
+  ExpectCloseToGolden(state.data(), StateFromGolden(g["final_state"]["layers"]),
+                      "final state");
   // Resume: continue from the saved state.
   std::vector<float> resumed = StateFromGolden(g["final_state"]["layers"]);
   std::vector<int32_t> cont = Ints(g["continuation"]["tokens"]);
@@ -103,11 +94,11 @@ TEST_P(GoldenTest, RnnModeMatchesReference) {
     SequenceWork w{absl::MakeConstSpan(&cont[i], 1), resumed.data(),
                    absl::MakeConstSpan(&zero, 1), logits.data()};
     ASSERT_TRUE(model->Forward({&w, 1}).ok());
-    ExpectClose(logits.data(), Floats(g["continuation"]["logits"][i]),
-                "continuation logits " + std::to_string(i));
+    ExpectCloseToGolden(logits.data(), Floats(g["continuation"]["logits"][i]),
+                        "continuation logits " + std::to_string(i));
   }
   if (g["continuation"].contains("final_state_after_continuation")) {
-    ExpectClose(
+    ExpectCloseToGolden(
         resumed.data(),
         StateFromGolden(g["continuation"]["final_state_after_continuation"]),
         "state after continuation");
@@ -134,8 +125,8 @@ TEST_P(GoldenTest, SequenceModeMatchesReference) {
     // file, compare with its (RNN-mode) bf16 goldens.
     const nlohmann::json& want = gc.bf16 ? g["bf16_checkpoint"]["logits"][j]
                                          : g["sequence_mode"]["logits"][j];
-    ExpectClose(&logits[j * V], Floats(want),
-                "sequence logits " + std::to_string(j));
+    ExpectCloseToGolden(&logits[j * V], Floats(want),
+                        "sequence logits " + std::to_string(j));
   }
 }
 
@@ -147,36 +138,7 @@ TEST_P(TraceTest, PerLayerTraceMatches) {
   SS_REQUIRE_SHARED_DATA();
   const GoldenCase& gc = GetParam();
   nlohmann::json g = LoadJson(SharedPath(gc.golden));
-  std::map<std::pair<int, std::string>, std::vector<float>> seen;
-  ModelOptions opts;
-  opts.trace = [&](int layer, const char* name, const float* v, int n) {
-    seen[{layer, name}].assign(v, v + n);
-  };
-  auto model = Load(gc.model, opts);
-  ASSERT_NE(model, nullptr);
-  std::vector<float> state(model->info().state_floats, 0.0f);
-  std::vector<int32_t> tokens = Ints(g["tokens"]);
-  int checked = 0;
-  for (int p = 0; p < 2; ++p) {
-    seen.clear();
-    SequenceWork w{
-        absl::MakeConstSpan(&tokens[p], 1), state.data(), {}, nullptr};
-    ASSERT_TRUE(model->Forward({&w, 1}).ok());
-    const nlohmann::json& tr = g["trace"]["positions"][std::to_string(p)];
-    ExpectClose(seen[{-1, "x_after_ln0"}].data(), Floats(tr["x_after_ln0"]),
-                "x_after_ln0");
-    for (size_t l = 0; l < tr["layers"].size(); ++l) {
-      for (const auto& [name, values] : tr["layers"][l].items()) {
-        auto it = seen.find({static_cast<int>(l), name});
-        ASSERT_NE(it, seen.end()) << "no trace of " << name;
-        ExpectClose(it->second.data(), Floats(values),
-                    "position " + std::to_string(p) + " layer " +
-                        std::to_string(l) + " " + name);
-        ++checked;
-      }
-    }
-  }
-  EXPECT_GT(checked, 20);
+  EXPECT_GT(ExpectTraceMatchesGolden(SharedPath(gc.model), g), 20);
 }
 
 INSTANTIATE_TEST_SUITE_P(
