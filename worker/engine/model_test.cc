@@ -314,6 +314,24 @@ TEST(ModelTest, LogitsFromLastHiddenEqualForwardLogits) {
   EXPECT_EQ(logits, again);
 }
 
+TEST(ModelTest, RepeatedLogitPositionsEachGetTheirLogits) {
+  SS_REQUIRE_SHARED_DATA();
+  auto m = Load("testdata/rwkv7-tiny.pth");
+  ASSERT_NE(m, nullptr);
+  const int V = m->info().config.vocab_size;
+  std::vector<int32_t> tokens = {5, 6};
+  std::vector<int32_t> positions(100, 1);  // more repeats than chunk rows
+  positions[0] = 0;
+  std::vector<float> state(m->info().state_floats, 0.0f);
+  std::vector<float> logits(positions.size() * V);
+  SequenceWork w{tokens, state.data(), positions, logits.data()};
+  ASSERT_TRUE(m->Forward({&w, 1}).ok());
+  for (size_t j = 2; j < positions.size(); ++j) {
+    ASSERT_EQ(0, std::memcmp(&logits[V], &logits[j * V], V * sizeof(float)))
+        << j;
+  }
+}
+
 TEST(ModelTest, NotAModel) {
   SS_REQUIRE_SHARED_DATA();
   auto r = LoadModel(SharedPath("testdata/rwkv7-tiny.golden.json"));

@@ -42,18 +42,20 @@ struct Layer {
 };
 
 // Per-call scratch, [rows][width] row-major.
+// Sized for the largest chunk of the call (`rows` <= kMaxRows), so a decode
+// step of a few sessions does not allocate and clear 64 rows of buffers.
 struct Scratch {
-  explicit Scratch(const ModelConfig& c) {
+  Scratch(const ModelConfig& c, int rows) {
     const int d = std::max({c.d_decay, c.d_aaa, c.d_mv, c.d_gate});
     for (auto* v : {&x, &xa, &xr, &xw, &xk, &xv, &xaa, &xg, &r, &w, &k, &v, &a,
                     &g, &kk, &v_first, &y, &tmp}) {
-      v->resize(static_cast<size_t>(kMaxRows) * c.n_embd);
+      v->resize(static_cast<size_t>(rows) * c.n_embd);
     }
-    lora.resize(static_cast<size_t>(kMaxRows) * d);
-    ffn.resize(static_cast<size_t>(kMaxRows) * c.dim_ffn);
+    lora.resize(static_cast<size_t>(rows) * d);
+    ffn.resize(static_cast<size_t>(rows) * c.dim_ffn);
   }
   std::vector<float> x, xa, xr, xw, xk, xv, xaa, xg, r, w, k, v, a, g, kk,
-      v_first, y, tmp, lora, ffn, logits;
+      v_first, y, tmp, lora, ffn, normed, logits;
 };
 
 // The rows of one chunk that belong to one sequence.
@@ -311,15 +313,17 @@ void Rwkv7::RunChunk(absl::Span<const SequenceWork> batch,
       const int p = w.logit_positions[j];
       if (p < g.token_begin || p >= g.token_begin + (g.end - g.begin)) continue;
       const int t = g.begin + (p - g.token_begin);
+      // One row per requested position (positions may repeat).
+      s.normed.resize(static_cast<size_t>(n + 1) * C);
       LayerNorm(&s.x[t * C], C, ln_out_w_.data(), ln_out_b_.data(),
-                kLayerNormEps, &s.xa[n * C]);
+                kLayerNormEps, &s.normed[static_cast<size_t>(n) * C]);
       dest.push_back(w.logits + static_cast<int64_t>(j) * V);
       ++n;
     }
   }
   if (n == 0) return;
   s.logits.resize(static_cast<size_t>(n) * V);
-  MatMul(k_, pool_, head_, s.xa.data(), C, n, s.logits.data(), V);
+  MatMul(k_, pool_, head_, s.normed.data(), C, n, s.logits.data(), V);
   for (int i = 0; i < n; ++i) {
     std::copy_n(&s.logits[static_cast<size_t>(i) * V], V, dest[i]);
   }
@@ -343,7 +347,10 @@ absl::Status Rwkv7::Logits(const float* hidden, int rows, float* logits) {
 
 absl::Status Rwkv7::Forward(absl::Span<const SequenceWork> batch) {
   SS_RETURN_IF_ERROR(ValidateBatch(batch));
-  Scratch scratch(info().config);
+  size_t total = 0;
+  for (const SequenceWork& w : batch) total += w.tokens.size();
+  Scratch scratch(info().config,
+                  static_cast<int>(std::min<size_t>(total, kMaxRows)));
   std::vector<Segment> segs;
   int32_t tokens[kMaxRows];
   int rows = 0;
