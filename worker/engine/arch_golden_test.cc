@@ -384,6 +384,28 @@ TEST(ArchTest, LogitsFromLastHiddenEqualForwardLogits) {
   }
 }
 
+TEST(ArchTest, RepeatedLogitPositionsEachGetTheirLogits) {
+  SS_REQUIRE_SHARED_DATA();
+  for (const char* file : {"testdata/rwkv4-tiny.pth", "testdata/rwkv5-tiny.pth",
+                           "testdata/rwkv6-tiny.pth"}) {
+    auto m = Load(file);
+    ASSERT_NE(m, nullptr);
+    const int V = m->info().config.vocab_size;
+    std::vector<int32_t> tokens = {5, 6};
+    std::vector<int32_t> positions(100, 1);  // more repeats than chunk rows
+    std::vector<float> state(m->info().state_floats);
+    m->InitState(state.data());
+    std::vector<float> logits(positions.size() * V);
+    SequenceWork w{tokens, state.data(), positions, logits.data()};
+    ASSERT_TRUE(m->Forward({&w, 1}).ok()) << file;
+    for (size_t j = 1; j < positions.size(); ++j) {
+      ASSERT_EQ(0,
+                std::memcmp(logits.data(), &logits[j * V], V * sizeof(float)))
+          << file << " " << j;
+    }
+  }
+}
+
 TEST(ArchTest, BadTokenChangesNoState) {
   SS_REQUIRE_SHARED_DATA();
   auto m = Load("testdata/rwkv4-tiny.pth");

@@ -149,7 +149,9 @@ void ChunkedModel::RunChunk(absl::Span<const SequenceWork> batch,
     }
   }
   // Logits only for the rows asked for.
-  float* normed = ws.Get(1, C);
+  // One row per requested position; positions may repeat, so the count is
+  // not bounded by the chunk's rows.
+  std::vector<float> normed;
   std::vector<float*> dest;
   int n = 0;
   for (const Segment& g : segs) {
@@ -158,18 +160,19 @@ void ChunkedModel::RunChunk(absl::Span<const SequenceWork> batch,
       const int p = w.logit_positions[j];
       if (p < g.token_begin || p >= g.token_begin + (g.end - g.begin)) continue;
       const int t = g.begin + (p - g.token_begin);
+      normed.resize(static_cast<size_t>(n + 1) * C);
       LayerNorm(x + static_cast<int64_t>(t) * C, C, ln_out_w_.data(),
                 ln_out_b_.data(), kLayerNormEps,
-                normed + static_cast<int64_t>(n) * C);
+                normed.data() + static_cast<int64_t>(n) * C);
       dest.push_back(w.logits + static_cast<int64_t>(j) * V);
       ++n;
     }
   }
   if (n == 0) return;
-  float* logits = ws.Get(2, V);
-  MatMul(k_, pool_, head_, normed, C, n, logits, V);
+  std::vector<float> logits(static_cast<size_t>(n) * V);
+  MatMul(k_, pool_, head_, normed.data(), C, n, logits.data(), V);
   for (int i = 0; i < n; ++i) {
-    std::copy_n(logits + static_cast<int64_t>(i) * V, V, dest[i]);
+    std::copy_n(logits.data() + static_cast<int64_t>(i) * V, V, dest[i]);
   }
 }
 
