@@ -767,7 +767,10 @@ absl::StatusOr<std::unique_ptr<StateStore>> NewRedisStateStore(
   c.user = options.user;
   c.password = options.password;
   c.connect_timeout = options.connect_timeout;
-  c.command_timeout = options.command_timeout;
+  // A durability wait (WAIT / WAITAOF) legitimately blocks the connection
+  // for up to durability_timeout on top of the command itself; a shorter
+  // socket timeout would turn "durability not reached" into "store down".
+  c.command_timeout = options.command_timeout + options.durability_timeout;
   c.retry_deadline = options.retry_deadline;
   c.backoff_initial = options.backoff_initial;
   c.backoff_max = options.backoff_max;

@@ -44,7 +44,8 @@ struct RedisStateStoreOptions {
   // session never reuses a fence within it).
   absl::Duration fence_retention = absl::Hours(24 * 7);
   absl::Duration connect_timeout = absl::Seconds(1);
-  // Per command (a 34 MB pipeline counts as one).
+  // Per command (a 34 MB pipeline counts as one); a pipeline ending in a
+  // durability wait gets durability_timeout on top.
   absl::Duration command_timeout = absl::Seconds(5);
   // A call retries connection failures with exponential backoff
   // (backoff_initial doubling up to backoff_max) for at most this long, then
