@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "common/malloc_tuning.h"
 
+// Any C library header defines __GLIBC__; test for it only after one.
+#include <cstdlib>
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
