@@ -19,6 +19,7 @@
 #include "cli/model_loading.h"
 #include "cli/server_flags.h"
 #include "cli/worker_flags.h"
+#include "common/malloc_tuning.h"
 #include "state_store/memory_state_store.h"
 #include "state_store/sqlite_state_store.h"
 #include "worker/engine/random_model.h"
@@ -186,6 +187,7 @@ int Run(const std::vector<std::string>& args) {
   options.vocab_path = VocabFlagValue();
   ApplyWorkerFlags(&options.sessions, &options.scheduler);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  TuneMallocForLargeBuffers();  // multi-MB states: docs/state-store.md
   // On SIGTERM, before gRPC drains: stop admitting (UNAVAILABLE with a
   // retry hint), end running generations gracefully (committed, finish
   // reason CANCELLED), commit dirty sessions, release every lease.
