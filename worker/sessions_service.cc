@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // statestream.v1.Sessions over the SessionManager. Unary calls run on a
 // small pool of this service's own (they block on store I/O); ExportState
-// and ImportState stream state blobs in chunks of at most 1 MiB.
+// and ImportState stream state blobs in chunks of at most 1 MiB, and load or
+// commit the state on the same pool.
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -39,9 +40,9 @@ absl::Status Corrupt(absl::string_view detail) {
                    {{"detail", std::string(detail)}});
 }
 
-// A few threads for the unary calls, which do store I/O: gRPC's callback
-// threads must not block on it. Runs closures in FIFO order; the
-// destructor runs what is queued, then joins.
+// A few threads for the calls that do store I/O (the unary calls, export
+// and import): gRPC's callback threads must not block on it. Runs closures in
+// FIFO order; the destructor runs what is queued, then joins.
 class Executor {
  public:
   explicit Executor(int threads) {
@@ -82,21 +83,32 @@ class Executor {
   std::vector<std::thread> threads_;
 };
 
+// Loads the version on the pool, then streams the header and the chunks.
+// Until Finish, gRPC keeps the reactor alive (also after a cancel), so the
+// pool's closure may use it.
 class ExportReactor final
     : public grpc::ServerWriteReactor<v1::ExportStateResponse> {
  public:
-  ExportReactor(SessionManager* m, grpc::CallbackServerContext* ctx,
+  ExportReactor(SessionManager* m, Executor* pool,
+                grpc::CallbackServerContext* ctx,
                 const v1::ExportStateRequest* req) {
     absl::StatusOr<std::string> tenant = TenantOf(*ctx);
     absl::Status st = tenant.status();
     if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
-    absl::StatusOr<ExportedState> e;
-    if (st.ok()) {
-      e = m->Export(*tenant, req->session_id(), req->version());
-      st = e.status();
-    }
     if (!st.ok()) {
       Finish(ToGrpcStatus(st));
+      return;
+    }
+    pool->Post(
+        [this, m, tenant = *std::move(tenant), session_id = req->session_id(),
+         version = req->version()] { Load(m, tenant, session_id, version); });
+  }
+
+  void Load(SessionManager* m, const std::string& tenant,
+            const std::string& session_id, uint64_t version) {
+    absl::StatusOr<ExportedState> e = m->Export(tenant, session_id, version);
+    if (!e.ok()) {
+      Finish(ToGrpcStatus(e.status()));
       return;
     }
     blob_ = std::move(e->blob);
@@ -140,12 +152,14 @@ class ExportReactor final
   uint32_t count_ = 0, next_ = 0;
 };
 
+// Checks each chunk as it arrives; at the end of the stream, verifies the
+// blob and imports it on the pool.
 class ImportReactor final
     : public grpc::ServerReadReactor<v1::ImportStateRequest> {
  public:
-  ImportReactor(SessionManager* m, grpc::CallbackServerContext* ctx,
-                v1::Session* out)
-      : m_(m), out_(out) {
+  ImportReactor(SessionManager* m, Executor* pool,
+                grpc::CallbackServerContext* ctx, v1::Session* out)
+      : m_(m), pool_(pool), out_(out) {
     absl::StatusOr<std::string> tenant = TenantOf(*ctx);
     if (!tenant.ok()) {
       Finish(ToGrpcStatus(tenant.status()));
@@ -156,7 +170,7 @@ class ImportReactor final
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) return Complete();
+    if (!ok) return pool_->Post([this] { Complete(); });
     absl::Status st = Take();
     if (!st.ok()) return Finish(ToGrpcStatus(st));
     StartRead(&req_);
@@ -260,6 +274,7 @@ class ImportReactor final
   }
 
   SessionManager* m_;
+  Executor* pool_;
   v1::Session* out_;
   std::string tenant_;
   v1::ImportStateRequest req_;
@@ -446,12 +461,12 @@ class SessionsService final : public v1::Sessions::CallbackService {
   grpc::ServerWriteReactor<v1::ExportStateResponse>* ExportState(
       grpc::CallbackServerContext* ctx,
       const v1::ExportStateRequest* req) override {
-    return new ExportReactor(m_, ctx, req);
+    return new ExportReactor(m_, &pool_, ctx, req);
   }
 
   grpc::ServerReadReactor<v1::ImportStateRequest>* ImportState(
       grpc::CallbackServerContext* ctx, v1::Session* out) override {
-    return new ImportReactor(m_, ctx, out);
+    return new ImportReactor(m_, &pool_, ctx, out);
   }
 
  private:
