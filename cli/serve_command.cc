@@ -90,9 +90,11 @@ absl::StatusOr<std::unique_ptr<engine::Model>> DemoModel() {
   return model;
 }
 
-// `*manager` is set to the session manager (for the drain hook).
+// `*manager_out` is set to the session manager (for the drain hook) and
+// `*store_out` to the store (for the readiness probe).
 absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
-                                 worker::SessionManager** manager_out) {
+                                 worker::SessionManager** manager_out,
+                                 StateStore** store_out) {
   if (!options.data_dir.empty()) {
     std::error_code error;
     std::filesystem::create_directories(options.data_dir, error);
@@ -131,6 +133,7 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
   }
   if (!store.ok()) return store.status();
   w->store = *std::move(store);
+  *store_out = w->store.get();
   w->metrics = std::make_unique<worker::WorkerMetrics>(
       options.data_dir.empty() ? "memory" : "sqlite");
   worker::WorkerMetrics* metrics = w->metrics.get();
@@ -192,13 +195,16 @@ int Run(const std::vector<std::string>& args) {
   // retry hint), end running generations gracefully (committed, finish
   // reason CANCELLED), commit dirty sessions, release every lease.
   worker::SessionManager* manager = nullptr;
+  StateStore* store = nullptr;
   ServerHooks hooks;
   hooks.draining = [&manager] {
     if (manager != nullptr) manager->Drain();
   };
+  // Ready while the embedded store answers (a SQLite file can fail).
+  hooks.ready = [&store] { return store != nullptr && store->Ping().ok(); };
   return RunServer(
       "serve", options.server, ShutdownGraceFromFlag(),
-      [&] { return Build(options, &manager); }, hooks);
+      [&] { return Build(options, &manager, &store); }, hooks);
 }
 
 }  // namespace

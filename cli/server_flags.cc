@@ -24,6 +24,10 @@ ABSL_FLAG(int32_t, max_receive_message_bytes, 8 << 20,
           "RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int32_t, max_send_message_bytes, 8 << 20,
           "Largest gRPC message sent, in bytes.");
+ABSL_FLAG(absl::Duration, readiness_interval, absl::Seconds(1),
+          "How often the worker roles (serve, worker) probe their state "
+          "store; while it does not answer, grpc.health.v1 reports "
+          "NOT_SERVING.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
           "On SIGINT/SIGTERM, how long calls in flight may take to finish "
           "before they are cancelled (e.g. 5s, 500ms).");
@@ -38,6 +42,7 @@ ServerOptions ServerOptionsFromFlags() {
   options.max_receive_message_bytes =
       absl::GetFlag(FLAGS_max_receive_message_bytes);
   options.max_send_message_bytes = absl::GetFlag(FLAGS_max_send_message_bytes);
+  options.readiness_interval = absl::GetFlag(FLAGS_readiness_interval);
   return options;
 }
 
@@ -72,8 +77,10 @@ int RunServer(absl::string_view role, const ServerOptions& options,
   };
   absl::StatusOr<ServiceSet> services = build();
   if (!services.ok()) return fail(services.status());
+  ServerOptions server_options = options;
+  server_options.readiness = hooks.ready;
   absl::StatusOr<std::unique_ptr<Server>> server =
-      Server::Start(options, *std::move(services));
+      Server::Start(server_options, *std::move(services));
   if (!server.ok()) return fail(server.status());
   if (hooks.started) {
     absl::Status started = hooks.started((*server)->address());
@@ -95,6 +102,7 @@ int RunServer(absl::string_view role, const ServerOptions& options,
     sigwait(&signals, &again);
     std::_Exit(kExitFailure);
   }).detach();
+  (*server)->StopServing();  // NOT_SERVING while the role drains
   if (hooks.draining) hooks.draining();
   (*server)->Shutdown(grace);
   return kExitOk;

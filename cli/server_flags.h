@@ -41,8 +41,12 @@ struct ServerHooks {
   // After the server is bound and serving, before "listening on" is
   // printed, with the bound HOST:PORT. An error stops the server (exit 1).
   std::function<absl::Status(const std::string& address)> started;
-  // At the first SIGINT/SIGTERM, before the server drains.
+  // At the first SIGINT/SIGTERM, after health turned NOT_SERVING, before
+  // the server drains.
   std::function<void()> draining;
+  // Readiness probe (ServerOptions::readiness, every --readiness-interval);
+  // empty: ready while running. Called after `build`.
+  std::function<bool()> ready;
 };
 int RunServer(absl::string_view role, const ServerOptions& options,
               absl::Duration grace,

@@ -154,6 +154,9 @@ int Run(const std::vector<std::string>& args) {
               << " at " << reg.info.address << "\n";
     return absl::OkStatus();
   };
+  // Ready while Redis answers: a worker that cannot load or commit states
+  // is taken out of load balancing until it can again.
+  hooks.ready = [&kept] { return kept && kept->store->Ping().ok(); };
   // Leave the registry first, so gateways route new sessions elsewhere
   // while calls in flight finish.
   hooks.draining = [&] {

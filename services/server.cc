@@ -8,6 +8,10 @@
 #include <grpcpp/server_builder.h>
 #include <grpcpp/support/server_interceptor.h>
 
+#include <functional>
+#include <thread>
+#include <utility>
+
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -71,6 +75,54 @@ class Server::InFlightCalls {
   int count_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// Polls the readiness probe on its own thread and mirrors it into the
+// health service. Thread-safe.
+class Server::ReadinessPoller {
+ public:
+  ReadinessPoller(std::function<bool()> probe, absl::Duration interval,
+                  grpc::HealthCheckServiceInterface* health)
+      : probe_(std::move(probe)), interval_(interval), health_(health) {
+    serving_ = probe_();
+    health_->SetServingStatus(serving_);
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~ReadinessPoller() { Stop(); }
+
+  // Waits for a probe in progress. Idempotent.
+  void Stop() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void Loop() {
+    for (;;) {
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.AwaitWithTimeout(absl::Condition(&stop_), interval_);
+        if (stop_) return;
+      }
+      const bool serving = probe_();
+      if (serving != serving_) {
+        serving_ = serving;
+        // Ignored by gRPC once the health service was shut down.
+        health_->SetServingStatus(serving);
+      }
+    }
+  }
+
+  const std::function<bool()> probe_;
+  const absl::Duration interval_;
+  grpc::HealthCheckServiceInterface* const health_;
+  bool serving_;  // the poller thread's (the constructor's before it)
+  absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
 absl::StatusOr<std::pair<std::string, int>> ParseListenAddress(
     absl::string_view address) {
   size_t colon = address.rfind(':');
@@ -131,9 +183,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     health->SetServingStatus(name, true);
   }
   std::string address = absl::StrCat(host_port->first, ":", port);
-  return std::unique_ptr<Server>(
-      new Server(std::move(address), std::move(services), std::move(calls),
-                 std::move(server)));
+  std::unique_ptr<Server> out(new Server(std::move(address),
+                                         std::move(services), std::move(calls),
+                                         std::move(server)));
+  if (options.readiness) {
+    out->readiness_ = std::make_unique<ReadinessPoller>(
+        options.readiness, options.readiness_interval,
+        out->server_->GetHealthCheckService());
+  }
+  return out;
 }
 
 Server::Server(std::string address, ServiceSet services,
@@ -146,9 +204,15 @@ Server::Server(std::string address, ServiceSet services,
 
 Server::~Server() { Shutdown(absl::ZeroDuration()); }
 
+void Server::StopServing() {
+  // NOT_SERVING at once; the poller may still be in a probe.
+  server_->GetHealthCheckService()->Shutdown();
+  if (readiness_ != nullptr) readiness_->Stop();
+}
+
 void Server::Shutdown(absl::Duration grace) {
   // Each step is idempotent and thread-safe.
-  server_->GetHealthCheckService()->Shutdown();
+  StopServing();
   calls_->AwaitIdle(absl::Now() + grace);
   server_->Shutdown(absl::ToChronoTime(absl::Now()));
   server_->Wait();

@@ -5,6 +5,7 @@
 #ifndef STATESTREAM_SERVICES_SERVER_H_
 #define STATESTREAM_SERVICES_SERVER_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -30,6 +31,13 @@ struct ServerOptions {
   int max_receive_message_bytes = 8 << 20;
   // Largest message sent, in bytes.
   int max_send_message_bytes = 8 << 20;
+  // Readiness probe (e.g. "the state store answers"); empty: always ready.
+  // Called once before Start returns, then every `readiness_interval` on a
+  // thread of the server until StopServing: while it returns false, every
+  // grpc.health.v1 status is NOT_SERVING; SERVING again once it returns
+  // true. Must be thread-safe; it may block (about an interval at most).
+  std::function<bool()> readiness;
+  absl::Duration readiness_interval = absl::Seconds(1);
 };
 
 // Thread-safe. Serving runs on gRPC's threads; the owner only starts and
@@ -50,14 +58,20 @@ class Server {
   // "HOST:PORT" with the port actually bound.
   const std::string& address() const { return address_; }
 
-  // Drains and stops: marks every health status NOT_SERVING (so load
-  // balancers stop sending calls), waits up to `grace` for the calls in
-  // flight to finish (new calls are still served meanwhile), then cancels
-  // whatever is left, closes all connections and returns. Idempotent.
+  // Marks every health status NOT_SERVING for good and stops the readiness
+  // probe: the first step of Shutdown, for a role that drains its own work
+  // before calling it. Calls are still served. Idempotent.
+  void StopServing();
+
+  // Drains and stops: StopServing (so load balancers stop sending calls),
+  // waits up to `grace` for the calls in flight to finish (new calls are
+  // still served meanwhile), then cancels whatever is left, closes all
+  // connections and returns. Idempotent.
   void Shutdown(absl::Duration grace);
 
  private:
   class InFlightCalls;
+  class ReadinessPoller;
 
   Server(std::string address, ServiceSet services,
          std::unique_ptr<InFlightCalls> calls,
@@ -68,6 +82,7 @@ class Server {
   ServiceSet services_;
   std::unique_ptr<InFlightCalls> calls_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<ReadinessPoller> readiness_;  // null without a probe
 };
 
 // Splits "HOST:PORT" into host and port (0-65535). INVALID_ARGUMENT if

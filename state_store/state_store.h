@@ -268,6 +268,17 @@ class StateStore {
   // Live workers, ordered by worker_id.
   virtual absl::StatusOr<std::vector<WorkerInfo>> ListWorkers() = 0;
 
+  // Cheap reachability probe for readiness checks: OK when the store
+  // answers, its error (UNAVAILABLE/kStoreUnavailable when it cannot be
+  // reached in time) otherwise. The default reads the head of a probe
+  // session ("statestream-probe"/"ping") and takes NOT_FOUND as an answer;
+  // an implementation may override it with something cheaper.
+  virtual absl::Status Ping() {
+    absl::StatusOr<SessionHead> head = GetHead({"statestream-probe", "ping"});
+    if (head.ok() || absl::IsNotFound(head.status())) return absl::OkStatus();
+    return head.status();
+  }
+
  protected:
   StateStore() = default;
 };

@@ -192,6 +192,55 @@ INSTANTIATE_TEST_SUITE_P(Roles, ServerRoleTest,
                          ::testing::Values("serve", "gateway", "worker"),
                          [](const auto& info) { return info.param; });
 
+// Readiness follows the store: a worker whose Redis is down reports
+// NOT_SERVING (so load balancers and Kubernetes stop routing to it) and
+// SERVING again once Redis is back.
+TEST(WorkerTest, HealthIsNotServingWhileRedisIsDown) {
+  auto redis = testing::RedisServer::Start({});
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  const std::string model = ::testing::TempDir() + "/readiness_test_" +
+                            std::to_string(getpid()) + ".safetensors";
+  auto made =
+      e2e::Run({STATESTREAM_BIN, "model", "random", "--layers=1", "--embd=64",
+                "--head-size=32", "--vocab=256", "--out=" + model});
+  ASSERT_TRUE(made.ok() && made->exit_code == 0) << made->err;
+  std::vector<std::string> flags = RoleFlags("worker", redis->get(), model);
+  flags.push_back("--readiness-interval=100ms");
+  RunningServer server = StartServer("worker", flags);
+  ASSERT_NE(server.process, nullptr);
+  std::shared_ptr<grpc::Channel> channel = Connect(server.address);
+  auto stub = Health::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(120));
+  HealthCheckRequest request;
+  auto watch = stub->Watch(&context, request);
+  HealthCheckResponse response;
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+
+  (*redis)->Kill();
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(HealthOf(channel.get(), "statestream.v1.Streams"),
+            HealthCheckResponse::NOT_SERVING);
+
+  ASSERT_TRUE((*redis)->Restart().ok());
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+  EXPECT_EQ(HealthOf(channel.get(), "statestream.v1.Streams"),
+            HealthCheckResponse::SERVING);
+
+  server.process->Signal(SIGTERM);
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
+  auto exit_code = server.process->Wait(kExitTimeout);
+  ASSERT_TRUE(exit_code.ok()) << exit_code.status();
+  EXPECT_EQ(*exit_code, 0) << server.process->stderr_text();
+  context.TryCancel();
+  std::remove(model.c_str());
+}
+
 TEST(ServeTest, SigintAlsoStopsCleanly) {
   RunningServer server = StartServer("serve");
   ASSERT_NE(server.process, nullptr);

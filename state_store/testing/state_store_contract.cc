@@ -453,6 +453,12 @@ TEST_P(StateStoreContractTest, CorruptStoredBytesAreStateCorrupt) {
   EXPECT_ERROR(store_->LoadVersion(kKey, 1), kDataLoss, kStateCorrupt);
 }
 
+TEST_P(StateStoreContractTest, PingAnswersWithOrWithoutSessions) {
+  ASSERT_OK(store_->Ping());
+  ASSERT_OK(store_->CreateSession(Create(kKey)));
+  ASSERT_OK(store_->Ping());
+}
+
 TEST_P(StateStoreContractTest, WorkerRegistry) {
   WorkerInfo a{"w-a", "10.0.0.1:7000", {"fp1", "fp2"}, 0.5, {}};
   WorkerInfo b{"w-b", "10.0.0.2:7000", {"fp1"}, 0.25, {}};
