@@ -8,6 +8,13 @@ ABSL_FLAG(int64_t, checkpoint_tokens, 4096,
           "Append streams commit after this many uncommitted tokens.");
 ABSL_FLAG(absl::Duration, checkpoint_interval, absl::Seconds(5),
           "Append streams commit once input has been uncommitted this long.");
+ABSL_FLAG(int32_t, generate_checkpoint_tokens, 1024,
+          "Committing generations also commit (at the request's durability) "
+          "every this many generated tokens, so a retry after a failure "
+          "continues from there; 0: not by tokens.");
+ABSL_FLAG(absl::Duration, generate_checkpoint_interval, absl::Seconds(10),
+          "Committing generations also commit after running this long since "
+          "their start or last checkpoint; 0: not by time.");
 ABSL_FLAG(int64_t, residency_bytes, int64_t{1} << 30,
           "Memory for resident session states; idle sessions beyond it are "
           "evicted (least recently used first).");
@@ -29,6 +36,10 @@ void ApplyWorkerFlags(worker::SessionManagerOptions* sessions,
                       worker::SchedulerOptions* scheduler) {
   sessions->checkpoint_tokens = absl::GetFlag(FLAGS_checkpoint_tokens);
   sessions->checkpoint_interval = absl::GetFlag(FLAGS_checkpoint_interval);
+  sessions->generate_checkpoint_tokens =
+      absl::GetFlag(FLAGS_generate_checkpoint_tokens);
+  sessions->generate_checkpoint_interval =
+      absl::GetFlag(FLAGS_generate_checkpoint_interval);
   sessions->residency_bytes = absl::GetFlag(FLAGS_residency_bytes);
   sessions->request_id_window = absl::GetFlag(FLAGS_request_id_window);
   scheduler->max_tasks = absl::GetFlag(FLAGS_max_tasks);

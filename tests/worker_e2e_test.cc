@@ -561,5 +561,151 @@ TEST(WorkerRestartTest, SessionsResumeAfterARestart) {
   std::filesystem::remove_all(dir);
 }
 
+// A committing generation checkpoints while it runs; after kill -9 and a
+// restart, retrying the request replays the checkpointed tokens and
+// continues exactly as the uninterrupted generation of a twin session.
+TEST(WorkerRestartTest, AKilledGenerationResumesFromItsLastCheckpoint) {
+  const std::string dir =
+      absl::StrCat(::testing::TempDir(), "/worker_e2e_resume_", getpid());
+  std::filesystem::remove_all(dir);
+  auto start =
+      [&]() -> std::pair<std::unique_ptr<e2e::Subprocess>, std::string> {
+    auto p = e2e::Subprocess::Start(
+        {STATESTREAM_BIN, "serve", "--listen=127.0.0.1:0", "--data-dir=" + dir,
+         "--generate-checkpoint-tokens=32",
+         "--generate-checkpoint-interval=0"});
+    EXPECT_TRUE(p.ok()) << p.status();
+    if (!p.ok()) return {};
+    auto line = (*p)->ReadStdoutLine(kStartTimeout);
+    EXPECT_TRUE(line.ok()) << line.status() << (*p)->stderr_text();
+    std::smatch m;
+    std::string text = line.value_or("");
+    EXPECT_TRUE(std::regex_match(text, m, std::regex(R"(listening on (\S+))")));
+    return {*std::move(p), m.size() == 2 ? m[1].str() : ""};
+  };
+  constexpr int kMaxTokens = 8192;
+  auto request = [](const std::string& id) {
+    v1::GenerateRequest g;
+    g.set_session_id(id);
+    g.set_request_id("long");
+    g.set_max_tokens(kMaxTokens);
+    g.set_commit(true);
+    g.set_durability(v1::DURABILITY_FSYNC);
+    g.mutable_sampling()->set_seed(7);
+    return g;
+  };
+  struct Output {
+    std::vector<uint32_t> tokens;
+    v1::GenerateDone done;
+    grpc::Status status;
+  };
+  auto read_all = [](grpc::ClientReader<v1::GenerateResponse>* reader) {
+    Output out;
+    v1::GenerateResponse msg;
+    while (reader->Read(&msg)) {
+      for (uint32_t t : msg.chunk().tokens()) out.tokens.push_back(t);
+      if (msg.has_done()) out.done = msg.done();
+    }
+    out.status = reader->Finish();
+    return out;
+  };
+  auto prepare = [](v1::Sessions::Stub* sessions, v1::Streams::Stub* streams,
+                    const std::string& id) {
+    v1::CreateSessionRequest create;
+    create.set_request_id("create-" + id);
+    create.set_session_id(id);
+    v1::Session s;
+    grpc::ClientContext c1;
+    ASSERT_TRUE(sessions->CreateSession(&c1, create, &s).ok());
+    grpc::ClientContext c2;
+    auto stream = streams->Append(&c2);
+    v1::AppendRequest r;
+    r.set_session_id(id);
+    r.set_text_utf8("a long story begins");
+    r.set_flush(true);
+    r.set_checkpoint(true);
+    ASSERT_TRUE(stream->Write(r));
+    v1::AppendResponse ack;
+    ASSERT_TRUE(stream->Read(&ack));
+    stream->WritesDone();
+    ASSERT_TRUE(stream->Finish().ok());
+  };
+
+  Output reference;
+  std::string killed;  // the session whose generation was killed midway
+  uint64_t checkpoint_offset = 0;
+  {
+    auto [server, address] = start();
+    ASSERT_NE(server, nullptr);
+    auto channel =
+        grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+    auto sessions = v1::Sessions::NewStub(channel);
+    auto streams = v1::Streams::NewStub(channel);
+    prepare(sessions.get(), streams.get(), "reference");
+    {
+      grpc::ClientContext ctx;
+      auto reader = streams->Generate(&ctx, request("reference"));
+      reference = read_all(reader.get());
+    }
+    ASSERT_TRUE(reference.status.ok()) << reference.status.error_message();
+    ASSERT_EQ(reference.tokens.size(), size_t{kMaxTokens});
+    // Start the twin's generation and kill the server once a checkpoint
+    // of it is committed (its input_offset moved) but it is not finished.
+    // Should a generation finish first, another twin tries again.
+    const uint64_t prompt = 19;
+    for (int attempt = 0; attempt < 5 && killed.empty(); ++attempt) {
+      const std::string id = absl::StrCat("twin", attempt);
+      prepare(sessions.get(), streams.get(), id);
+      grpc::ClientContext ctx;
+      auto reader = streams->Generate(&ctx, request(id));
+      for (;;) {
+        v1::GetSessionRequest get;
+        get.set_session_id(id);
+        v1::Session s;
+        grpc::ClientContext c;
+        ASSERT_TRUE(sessions->GetSession(&c, get, &s).ok());
+        if (s.input_offset() == prompt + kMaxTokens) break;  // finished
+        if (s.committed_input_offset() > prompt) {
+          killed = id;
+          checkpoint_offset = s.committed_input_offset();
+          server->Signal(SIGKILL);
+          break;
+        }
+      }
+      if (killed.empty()) read_all(reader.get());
+    }
+    ASSERT_FALSE(killed.empty()) << "every generation finished before a "
+                                    "checkpoint was seen";
+    ASSERT_TRUE(server->Wait(absl::Seconds(60)).ok());
+  }
+  auto [server, address] = start();
+  ASSERT_NE(server, nullptr);
+  auto channel =
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  auto sessions = v1::Sessions::NewStub(channel);
+  auto streams = v1::Streams::NewStub(channel);
+  v1::GetSessionRequest get;
+  get.set_session_id(killed);
+  v1::Session s;
+  grpc::ClientContext c;
+  ASSERT_TRUE(sessions->GetSession(&c, get, &s).ok());
+  EXPECT_GE(s.input_offset(), checkpoint_offset);  // the last checkpoint
+  EXPECT_LT(s.input_offset(), 19u + kMaxTokens);
+  EXPECT_EQ(s.durability(), v1::DURABILITY_FSYNC);
+  grpc::ClientContext ctx;
+  auto reader = streams->Generate(&ctx, request(killed));
+  Output resumed = read_all(reader.get());
+  ASSERT_TRUE(resumed.status.ok()) << resumed.status.error_message();
+  EXPECT_EQ(resumed.tokens, reference.tokens);
+  EXPECT_FALSE(resumed.done.replayed());
+  EXPECT_TRUE(resumed.done.committed());
+  EXPECT_EQ(resumed.done.usage().output_tokens(), uint32_t{kMaxTokens});
+  EXPECT_EQ(resumed.done.input_offset(), reference.done.input_offset());
+  EXPECT_EQ(resumed.done.position(), reference.done.position());
+  server->Signal(SIGTERM);
+  ASSERT_TRUE(server->Wait(absl::Seconds(60)).ok());
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace statestream

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "worker/generation_record.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "common/status.h"
@@ -124,6 +125,14 @@ void AddGenerationRecord(GenerationRecord record, int max_records,
     tokens -= records->front().tokens.size();
     records->pop_front();
   }
+}
+
+void DropInProgressRecords(std::deque<GenerationRecord>* records) {
+  records->erase(std::remove_if(records->begin(), records->end(),
+                                [](const GenerationRecord& r) {
+                                  return r.finish == kGenerationInProgress;
+                                }),
+                 records->end());
 }
 
 const GenerationRecord* FindGenerationRecord(

@@ -9,9 +9,10 @@
 // Side-data format (little-endian): "SSGEN1\n", u32 sampler bytes, the
 // sampler state (engine::SamplerState::Serialize), u32 record count, then
 // per record: u16 + request id, u64 content digest, i64 commit time (unix
-// ms), u8 finish, i32 stop token, u16 + stop string, u32 input tokens,
-// u32 n + n i32 output tokens. A value without the magic is a bare sampler
-// state (sessions that never committed a generation).
+// ms), u8 finish (kGenerationInProgress for a periodic checkpoint), i32
+// stop token, u16 + stop string, u32 input tokens, u32 n + n i32 output
+// tokens. A value without the magic is a bare sampler state (sessions that
+// never committed a generation).
 #ifndef STATESTREAM_WORKER_GENERATION_RECORD_H_
 #define STATESTREAM_WORKER_GENERATION_RECORD_H_
 
@@ -25,11 +26,19 @@
 
 namespace statestream::worker {
 
+// `finish` of a generation checkpointed while it was still running (every
+// N tokens / T seconds): `tokens` is its output so far, and the state and
+// sampler state committed with the record are those right after it, so a
+// retry replays `tokens` and continues from there. Such a record is only
+// valid in the version it was committed with: whatever changes the session
+// next drops it (DropInProgressRecords).
+inline constexpr uint8_t kGenerationInProgress = 0xFF;
+
 struct GenerationRecord {
   std::string request_id;
   uint64_t digest = 0;  // of the request's content
   absl::Time committed_at;
-  uint8_t finish = 0;  // GenerateOutcome::Finish
+  uint8_t finish = 0;  // GenerateOutcome::Finish, or kGenerationInProgress
   int32_t stop_token = 0;
   std::string stop_string;
   uint32_t input_tokens = 0;
@@ -50,6 +59,9 @@ absl::Status DecodeSamplerSideData(const std::string& value,
 void AddGenerationRecord(GenerationRecord record, int max_records,
                          int64_t max_tokens, absl::Duration window,
                          absl::Time now, std::deque<GenerationRecord>* records);
+
+// Removes every kGenerationInProgress record.
+void DropInProgressRecords(std::deque<GenerationRecord>* records);
 
 // The newest record of `request_id` committed within `window` of `now`, or
 // nullptr.

@@ -84,5 +84,22 @@ TEST(GenerationRecordTest, BoundedByCountTokensAndAge) {
   EXPECT_EQ(FindGenerationRecord(r, "6", absl::Hours(1), kT0), nullptr);
 }
 
+TEST(GenerationRecordTest, InProgressRecordsRoundTripAndAreDropped) {
+  GenerationRecord partial = Rec("p", 2);
+  partial.finish = kGenerationInProgress;
+  std::deque<GenerationRecord> in = {Rec("a", 1), partial, Rec("b", 1)};
+  std::string sampler;
+  std::deque<GenerationRecord> out;
+  ASSERT_TRUE(
+      DecodeSamplerSideData(EncodeSamplerSideData("S", in), &sampler, &out)
+          .ok());
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[1].finish, kGenerationInProgress);
+  DropInProgressRecords(&out);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].request_id, "a");
+  EXPECT_EQ(out[1].request_id, "b");
+}
+
 }  // namespace
 }  // namespace statestream::worker

@@ -146,6 +146,21 @@ size_t LeadingContinuationBytes(absl::string_view text) {
   return n;
 }
 
+// Periodic checkpoints of one committing generation (see Generate): at
+// most one commit in flight; a newer checkpoint replaces one still waiting;
+// the generation's final step waits for the commit in flight.
+struct PendingCheckpoint {
+  GenerateCheckpoint cp;
+  std::vector<int32_t> tokens;  // the whole output so far
+};
+struct GenerationCheckpoints {
+  absl::Mutex mu;
+  bool running ABSL_GUARDED_BY(mu) = false;  // a commit is in flight
+  bool over ABSL_GUARDED_BY(mu) = false;     // the generation ended
+  std::optional<PendingCheckpoint> waiting ABSL_GUARDED_BY(mu);
+  std::function<void()> then ABSL_GUARDED_BY(mu);  // the final step
+};
+
 }  // namespace
 
 // One resident session.
@@ -620,6 +635,80 @@ class SessionManager::Impl {
          {"committed_input_offset", absl::StrCat(s->head.head.input_offset)}});
   }
 
+  // Commits a committing generation's progress (strand, held by the
+  // generation): the session takes `state`, `sampler` and `input_offset`
+  // (its tail was flushed into the prompt), in-progress records are
+  // dropped and `rec` added. If the commit fails and the version does not
+  // exist at a lower durability, the session is restored.
+  absl::Status CommitGeneration(Session* s, EngineState state,
+                                const engine::SamplerState& sampler,
+                                uint64_t input_offset, GenerationRecord rec,
+                                Durability d) {
+    EngineState before = std::move(s->live);
+    const std::string tail = s->tail, sampler_before = s->sampler_state;
+    const uint64_t offset = s->input_offset;
+    const std::deque<GenerationRecord> records = s->records;
+    const std::string request_id = rec.request_id;
+    s->live = std::move(state);
+    s->tail.clear();
+    s->utf8_carry.clear();
+    s->input_offset = input_offset;
+    s->sampler_state = sampler.Serialize();
+    DropInProgressRecords(&s->records);
+    AddGenerationRecord(std::move(rec), opt_.generation_records,
+                        opt_.generation_record_tokens, opt_.request_id_window,
+                        clock_->Now(), &s->records);
+    absl::Status cs = CommitNow(s, d, request_id);
+    if (!cs.ok() && s->head.head.input_offset != s->input_offset) {
+      s->live = std::move(before);
+      s->tail = tail;
+      s->sampler_state = sampler_before;
+      s->records = records;
+      s->input_offset = offset;
+      absl::MutexLock lock(&s->mu);
+      RefreshView(s);
+    }
+    return cs;
+  }
+
+  // Commits `p`, a periodic checkpoint of the committing generation of
+  // writer `gen` (strand, held by it; on the pool), then any checkpoint
+  // that arrived meanwhile, then the generation's final step if it waits.
+  // `base_offset`: the session's input_offset after the prompt. A failed
+  // checkpoint changes nothing (a FENCED one drops the session); the final
+  // commit reports.
+  void RunCheckpoints(const std::shared_ptr<GenerationCheckpoints>& cps,
+                      const std::shared_ptr<Session>& s, uint64_t gen,
+                      uint64_t base_offset, uint32_t input_tokens,
+                      const GenerationRecord& tmpl, Durability d,
+                      PendingCheckpoint p) {
+    for (;;) {
+      if (IsCurrent(s.get(), gen) && GoneError(s.get()).ok()) {
+        GenerationRecord rec = tmpl;
+        rec.committed_at = clock_->Now();
+        rec.finish = kGenerationInProgress;
+        rec.input_tokens = input_tokens;
+        rec.tokens = std::move(p.tokens);
+        CommitGeneration(s.get(), std::move(p.cp.state), p.cp.sampler,
+                         base_offset + p.cp.generated, std::move(rec), d)
+            .IgnoreError();
+      }
+      std::function<void()> then;
+      {
+        absl::MutexLock lock(&cps->mu);
+        if (cps->waiting.has_value() && !cps->over) {
+          p = std::move(*cps->waiting);
+          cps->waiting.reset();
+          continue;
+        }
+        cps->running = false;
+        then = std::move(cps->then);
+      }
+      if (then) then();
+      return;
+    }
+  }
+
   // --- Append
   // -----------------------------------------------------------------
 
@@ -703,6 +792,8 @@ class SessionManager::Impl {
       if (units > 0 || consumed > 0) {
         if (!s->dirty) s->dirty_since = clock_->Now();
         s->dirty = true;
+        // A checkpointed generation cannot be continued past new input.
+        DropInProgressRecords(&s->records);
       }
       s->uncommitted_tokens += consumed;
       {
@@ -794,10 +885,12 @@ class SessionManager::Impl {
 
   // Emits a recorded generation's output as pieces (text held back to
   // complete UTF-8, like the live task) and returns its outcome (the
-  // session fields are the caller's).
-  GenerateOutcome Replay(
-      const GenerationRecord& rec,
-      const std::function<void(const GeneratedPiece&)>& emit) {
+  // session fields are the caller's). `text_out`/`emitted_out` (optional):
+  // the output bytes and how many of them were emitted.
+  GenerateOutcome Replay(const GenerationRecord& rec,
+                         const std::function<void(const GeneratedPiece&)>& emit,
+                         std::string* text_out = nullptr,
+                         size_t* emitted_out = nullptr) {
     std::string text;
     size_t emitted = 0;
     for (int32_t token : rec.tokens) {
@@ -820,6 +913,8 @@ class SessionManager::Impl {
     o.input_tokens = rec.input_tokens;
     o.output_tokens = static_cast<uint32_t>(rec.tokens.size());
     o.held_back = text.substr(emitted);
+    if (text_out != nullptr) *text_out = std::move(text);
+    if (emitted_out != nullptr) *emitted_out = emitted;
     return o;
   }
 
@@ -1299,6 +1394,9 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       };
       if (absl::Status g = m.GoneError(s.get()); !g.ok()) return fail(g);
       if (w && !m.IsCurrent(s.get(), w->gen)) return fail(Busy());
+      // A committing retry finds its record: a finished generation is
+      // replayed; one checkpointed while it ran is replayed and continued.
+      std::optional<GenerationRecord> resume;
       if (in.commit) {
         const GenerationRecord* rec =
             FindGenerationRecord(s->records, in.request_id,
@@ -1306,7 +1404,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
         if (rec != nullptr && rec->digest != in.content_digest) {
           return fail(DuplicateRequest(in.request_id));
         }
-        if (rec != nullptr) {
+        if (rec != nullptr && rec->finish != kGenerationInProgress) {
           GenerateOutcome o = m.Replay(*rec, emit);
           o.committed = true;
           o.replayed = true;
@@ -1323,8 +1421,9 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
           m.Release(s);
           return done(o);
         }
+        if (rec != nullptr) resume = *rec;
       }
-      if (in.expected_input_offset &&
+      if (!resume && in.expected_input_offset &&
           *in.expected_input_offset != s->input_offset) {
         return fail(m.PositionMismatch(s.get(), *in.expected_input_offset));
       }
@@ -1336,58 +1435,89 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       if (absl::Status st = engine::Validate(in.sampling, m.vocab_); !st.ok()) {
         return fail(st);
       }
-      uint64_t prompt_units = 0;
-      std::vector<int32_t> prompt;
-      if (!s->utf8_carry.empty()) {
-        return fail(Invalid(Reason::kInvalidUtf8,
-                            "the session's pending text ends inside a UTF-8 "
-                            "character",
-                            {{"input_offset", absl::StrCat(s->input_offset)},
-                             {"field", "text_utf8"}}));
-      }
-      if (in.prompt_kind == GenerateInput::Prompt::kText) {
-        if (in.prompt_text.size() > kMaxTextBytes) {
-          return fail(TooLarge("prompt_text_utf8", kMaxTextBytes));
-        }
-        if (!engine::IsValidUtf8(in.prompt_text)) {
-          return fail(Invalid(Reason::kInvalidUtf8,
-                              "prompt_text_utf8 is not valid UTF-8",
-                              {{"field", "prompt_text_utf8"}}));
-        }
-        prompt = m.tok_->EncodeStream(s->tail, in.prompt_text, true).tokens;
-        prompt_units = in.prompt_text.size();
-      } else {
-        prompt = m.tok_->EncodeStream(s->tail, "", true).tokens;
-        if (in.prompt_kind == GenerateInput::Prompt::kTokens) {
-          if (in.prompt_tokens.size() > kMaxAppendTokens) {
-            return fail(TooLarge("prompt_tokens.ids", kMaxAppendTokens));
-          }
-          if (absl::Status st =
-                  CheckTokens(in.prompt_tokens, m.vocab_, "prompt_tokens.ids");
-              !st.ok()) {
-            return fail(st);
-          }
-          prompt.insert(prompt.end(), in.prompt_tokens.begin(),
-                        in.prompt_tokens.end());
-          prompt_units = in.prompt_tokens.size();
-        }
-      }
-      if (s->live.position == 0 && prompt.empty()) {
-        return fail(MakeError(absl::StatusCode::kFailedPrecondition,
-                              Reason::kInvalidArgument,
-                              "nothing consumed yet to generate from: send a "
-                              "prompt",
-                              {{"field", "prompt"}}));
-      }
       GenerateSpec spec;
-      spec.prompt = prompt;
       spec.params = in.sampling;
-      if (!in.has_seed) {
-        uint64_t h = 14695981039346656037ull;
-        h = Fnv1a(h, s->key.session_id);
-        h = Fnv1a(h, absl::StrCat("/", s->input_offset, "/"));
-        h = Fnv1a(h, in.request_id);
-        spec.params.seed = h;
+      uint64_t prompt_units = 0;
+      uint32_t input_tokens = 0;
+      // The output so far (a continued generation's replayed part).
+      auto text = std::make_shared<std::string>();
+      auto out_tokens = std::make_shared<std::vector<int32_t>>();
+      if (resume) {
+        // The session is exactly as the checkpoint left it (any later
+        // change drops the record): continue with its sampler state.
+        auto sampler = engine::SamplerState::Parse(s->sampler_state);
+        if (!sampler.ok()) return fail(sampler.status());
+        const int done_tokens = static_cast<int>(resume->tokens.size());
+        if (done_tokens >= max_tokens) {
+          return fail(DataLossError(Reason::kStateCorrupt,
+                                    "a checkpointed generation is longer than "
+                                    "its max_tokens"));
+        }
+        std::string replayed;
+        size_t emitted = 0;
+        m.Replay(*resume, emit, &replayed, &emitted);
+        spec.sampler = *std::move(sampler);
+        max_tokens -= done_tokens;
+        input_tokens = resume->input_tokens;
+        *text = replayed.substr(0, emitted);
+        *out_tokens = resume->tokens;
+        spec.prior_text = std::move(replayed);
+        spec.prior_text_emitted = emitted;
+      } else {
+        std::vector<int32_t> prompt;
+        if (!s->utf8_carry.empty()) {
+          return fail(Invalid(Reason::kInvalidUtf8,
+                              "the session's pending text ends inside a UTF-8 "
+                              "character",
+                              {{"input_offset", absl::StrCat(s->input_offset)},
+                               {"field", "text_utf8"}}));
+        }
+        if (in.prompt_kind == GenerateInput::Prompt::kText) {
+          if (in.prompt_text.size() > kMaxTextBytes) {
+            return fail(TooLarge("prompt_text_utf8", kMaxTextBytes));
+          }
+          if (!engine::IsValidUtf8(in.prompt_text)) {
+            return fail(Invalid(Reason::kInvalidUtf8,
+                                "prompt_text_utf8 is not valid UTF-8",
+                                {{"field", "prompt_text_utf8"}}));
+          }
+          prompt = m.tok_->EncodeStream(s->tail, in.prompt_text, true).tokens;
+          prompt_units = in.prompt_text.size();
+        } else {
+          prompt = m.tok_->EncodeStream(s->tail, "", true).tokens;
+          if (in.prompt_kind == GenerateInput::Prompt::kTokens) {
+            if (in.prompt_tokens.size() > kMaxAppendTokens) {
+              return fail(TooLarge("prompt_tokens.ids", kMaxAppendTokens));
+            }
+            if (absl::Status st = CheckTokens(in.prompt_tokens, m.vocab_,
+                                              "prompt_tokens.ids");
+                !st.ok()) {
+              return fail(st);
+            }
+            prompt.insert(prompt.end(), in.prompt_tokens.begin(),
+                          in.prompt_tokens.end());
+            prompt_units = in.prompt_tokens.size();
+          }
+        }
+        if (s->live.position == 0 && prompt.empty()) {
+          return fail(MakeError(absl::StatusCode::kFailedPrecondition,
+                                Reason::kInvalidArgument,
+                                "nothing consumed yet to generate from: send "
+                                "a prompt",
+                                {{"field", "prompt"}}));
+        }
+        if (!in.has_seed) {
+          uint64_t h = 14695981039346656037ull;
+          h = Fnv1a(h, s->key.session_id);
+          h = Fnv1a(h, absl::StrCat("/", s->input_offset, "/"));
+          h = Fnv1a(h, in.request_id);
+          spec.params.seed = h;
+        }
+        if (m.opt_.metrics != nullptr) {
+          m.opt_.metrics->AddTokensIn(prompt.size());
+        }
+        input_tokens = static_cast<uint32_t>(prompt.size());
+        spec.prompt = std::move(prompt);
       }
       spec.max_tokens = max_tokens;
       spec.stop_strings = in.stop_strings;
@@ -1395,13 +1525,45 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       spec.top_logprobs = in.top_logprobs;
       spec.clock = m.clock_;
       if (in.max_duration) spec.stop_at = timing->arrival + *in.max_duration;
-      if (m.opt_.metrics != nullptr) m.opt_.metrics->AddTokensIn(prompt.size());
-      const uint32_t input_tokens = static_cast<uint32_t>(prompt.size());
       auto work = std::make_shared<EngineState>(s->live);
       const uint64_t start_offset = s->input_offset;
+      std::shared_ptr<GenerationCheckpoints> cps;
+      if (in.commit &&
+          (m.opt_.generate_checkpoint_tokens > 0 ||
+           m.opt_.generate_checkpoint_interval > absl::ZeroDuration())) {
+        cps = std::make_shared<GenerationCheckpoints>();
+        spec.checkpoint_tokens = m.opt_.generate_checkpoint_tokens;
+        spec.checkpoint_interval =
+            m.opt_.generate_checkpoint_interval > absl::ZeroDuration()
+                ? m.opt_.generate_checkpoint_interval
+                : absl::InfiniteDuration();
+        GenerationRecord tmpl;
+        tmpl.request_id = in.request_id;
+        tmpl.digest = in.content_digest;
+        const uint64_t base = start_offset + prompt_units;
+        const Durability d = m.Dur(in.durability);
+        const uint64_t gen = w->gen;
+        // Scheduler thread, like emit: out_tokens is current here.
+        spec.on_checkpoint = [&m, cps, s, gen, base, input_tokens, tmpl, d,
+                              out_tokens](GenerateCheckpoint cp) {
+          PendingCheckpoint p{std::move(cp), *out_tokens};
+          {
+            absl::MutexLock lock(&cps->mu);
+            if (cps->over) return;
+            if (cps->running) {
+              cps->waiting = std::move(p);
+              return;
+            }
+            cps->running = true;
+          }
+          m.pool_.Post([&m, cps, s, gen, base, input_tokens, tmpl, d,
+                        p = std::move(p)]() mutable {
+            m.RunCheckpoints(cps, s, gen, base, input_tokens, tmpl, d,
+                             std::move(p));
+          });
+        };
+      }
       if (!in.commit) m.Release(s);  // side branch: the copy is enough
-      auto text = std::make_shared<std::string>();
-      auto out_tokens = std::make_shared<std::vector<int32_t>>();
       auto task = std::make_shared<GenerateTask>(
           work.get(), m.vocab_, m.tok_, std::move(spec),
           [&m, emit, text, out_tokens, timing](const GeneratedToken& t) {
@@ -1426,10 +1588,12 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
             emit(p);
           },
           [this, &m, job, s, w, work, in, done, text, out_tokens, input_tokens,
-           prompt_units,
-           start_offset](const absl::Status& st, const GenerateResult& r) {
-            m.pool_.Post([this, &m, job, s, w, work, in, done, text, out_tokens,
-                          input_tokens, prompt_units, start_offset, st, r] {
+           prompt_units, start_offset,
+           cps](const absl::Status& st, const GenerateResult& r) {
+            std::function<void()> final_step = [this, &m, job, s, w, work, in,
+                                                done, text, out_tokens,
+                                                input_tokens, prompt_units,
+                                                start_offset, st, r] {
               {
                 absl::MutexLock lock(&m.mu_);
                 for (auto it = m.generating_.begin(); it != m.generating_.end();
@@ -1453,7 +1617,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
               GenerateOutcome o;
               o.finish = static_cast<GenerateOutcome::Finish>(r.finish);
               o.input_tokens = input_tokens;
-              o.output_tokens = static_cast<uint32_t>(r.generated);
+              o.output_tokens = static_cast<uint32_t>(out_tokens->size());
               o.held_back = r.held_back;
               if (r.finish == FinishReason::kStopToken &&
                   !out_tokens->empty()) {
@@ -1483,15 +1647,6 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
                 return finish(g);
               }
               // Commit atomically: swap in, commit, or restore on failure.
-              EngineState before = s->live;
-              const std::string tail = s->tail, sampler = s->sampler_state;
-              const uint64_t offset = s->input_offset;
-              const std::deque<GenerationRecord> records = s->records;
-              s->live = *work;
-              s->tail.clear();
-              s->utf8_carry.clear();
-              s->input_offset = start_offset + prompt_units + r.generated;
-              s->sampler_state = r.sampler.Serialize();
               GenerationRecord rec;
               rec.request_id = in.request_id;
               rec.digest = in.content_digest;
@@ -1501,21 +1656,10 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
               rec.stop_string = o.stop_string;
               rec.input_tokens = input_tokens;
               rec.tokens = *out_tokens;
-              AddGenerationRecord(std::move(rec), m.opt_.generation_records,
-                                  m.opt_.generation_record_tokens,
-                                  m.opt_.request_id_window, m.clock_->Now(),
-                                  &s->records);
               absl::Status cs =
-                  m.CommitNow(s.get(), m.Dur(in.durability), in.request_id);
-              if (!cs.ok() && s->head.head.input_offset != s->input_offset) {
-                s->live = std::move(before);
-                s->tail = tail;
-                s->sampler_state = sampler;
-                s->records = records;
-                s->input_offset = offset;
-                absl::MutexLock lock(&s->mu);
-                m.RefreshView(s.get());
-              }
+                  m.CommitGeneration(s.get(), std::move(*work), r.sampler,
+                                     start_offset + prompt_units + r.generated,
+                                     std::move(rec), m.Dur(in.durability));
               if (!cs.ok()) return finish(cs);
               o.committed = true;
               o.position = s->live.position;
@@ -1523,7 +1667,18 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
               o.version = s->head.head.version;
               o.durability = s->head.head.durability;
               finish(o);
-            });
+            };
+            // After a periodic checkpoint still being committed.
+            if (cps != nullptr) {
+              absl::MutexLock lock(&cps->mu);
+              cps->over = true;
+              cps->waiting.reset();
+              if (cps->running) {
+                cps->then = std::move(final_step);
+                return;
+              }
+            }
+            m.pool_.Post(std::move(final_step));
           });
       if (!job->SetTask(task)) {
         if (in.commit) {

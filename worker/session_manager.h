@@ -61,6 +61,13 @@ struct SessionManagerOptions {
   // tokens or this much time of uncommitted input has accumulated.
   int64_t checkpoint_tokens = 4096;
   absl::Duration checkpoint_interval = absl::Seconds(5);
+  // Committing generations also commit while they run, once this many
+  // tokens were generated or this much time passed since the start or the
+  // last such checkpoint (0 turns either off), at the request's durability:
+  // a retry of the request after a failure replays the checkpointed output
+  // and continues from there.
+  int generate_checkpoint_tokens = 1024;
+  absl::Duration generate_checkpoint_interval = absl::Seconds(10);
   // Durability when a request says "unspecified".
   Durability default_durability = Durability::kMemory;
   // Generate: max_tokens 0 means this; more than max_generate_tokens is

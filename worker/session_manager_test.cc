@@ -109,7 +109,8 @@ class SessionManagerTest : public ::testing::Test {
   }
 
   std::vector<int32_t> Generate(const std::string& id, bool commit,
-                                const std::string& request_id) {
+                                const std::string& request_id,
+                                GenerateOutcome* outcome = nullptr) {
     GenerateInput in;
     in.request_id = request_id;
     in.max_tokens = 12;
@@ -130,6 +131,7 @@ class SessionManagerTest : public ::testing::Test {
     EXPECT_TRUE(out.ok()) << out.status();
     if (out.ok()) {
       EXPECT_EQ(out->committed, commit);
+      if (outcome != nullptr) *outcome = *out;
     }
     return tokens;
   }
@@ -267,6 +269,82 @@ TEST_F(SessionManagerTest,
   EXPECT_EQ(s->input_offset, 18u);
   EXPECT_EQ(s->committed_input_offset, 18u);
   EXPECT_EQ(s->position, 18u);
+}
+
+// A long committing generation commits every generate_checkpoint_tokens
+// while it runs; the session as a checkpoint left it (what a worker killed
+// mid-generation leaves behind) continues the same request exactly.
+TEST_F(SessionManagerTest, GenerationsCheckpointAndResumeExactly) {
+  SessionManagerOptions o;
+  o.generate_checkpoint_tokens = 4;
+  o.generate_checkpoint_interval = absl::ZeroDuration();
+  Start(o);
+  Create("c");
+  auto w = Open("c");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  GenerateOutcome full;
+  const std::vector<int32_t> tokens = Generate("c", true, "long", &full);
+  ASSERT_EQ(tokens.size(), 12u);
+  EXPECT_EQ(full.version, store_->GetHead({"t", "c"})->head.version);
+  // Versions: create, the append, checkpoints while generating (the first
+  // at 4 tokens; a later one may be skipped if a commit is still running),
+  // the final commit.
+  auto versions = store_->ListVersions({"t", "c"});
+  ASSERT_TRUE(versions.ok()) << versions.status();
+  ASSERT_GE(versions->size(), 4u);
+  const VersionInfo& first = (*versions)[2];
+  EXPECT_EQ(first.position, 6u + 4u);
+  EXPECT_EQ(first.input_offset, 6u + 4u);
+  EXPECT_LT(first.version, full.version);
+
+  // Back to the first checkpoint, as a reloading worker would find it; the
+  // retry replays the 4 checkpointed tokens and continues.
+  ASSERT_TRUE(
+      manager_->Rollback("t", "c", first.version, std::nullopt, std::nullopt)
+          .ok());
+  GenerateOutcome resumed;
+  EXPECT_EQ(Generate("c", true, "long", &resumed), tokens);
+  EXPECT_FALSE(resumed.replayed);
+  EXPECT_EQ(resumed.output_tokens, 12u);
+  EXPECT_EQ(resumed.input_offset, full.input_offset);
+  auto a = store_->LoadVersion({"t", "c"}, full.version);
+  auto b = store_->LoadVersion({"t", "c"}, resumed.version);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->state.position, b->state.position);
+  EXPECT_EQ(a->state.state, b->state.state);
+  EXPECT_EQ(a->state.last_hidden, b->state.last_hidden);
+  // Finished now: a further retry replays all of it.
+  GenerateOutcome replayed;
+  EXPECT_EQ(Generate("c", true, "long", &replayed), tokens);
+  EXPECT_TRUE(replayed.replayed);
+  EXPECT_EQ(replayed.version, resumed.version);
+}
+
+// New input after a checkpoint makes the checkpointed generation
+// impossible to continue: its retry is then an ordinary new generation.
+TEST_F(SessionManagerTest, InputAfterACheckpointEndsItsResumability) {
+  SessionManagerOptions o;
+  o.generate_checkpoint_tokens = 4;
+  o.generate_checkpoint_interval = absl::ZeroDuration();
+  Start(o);
+  Create("d");
+  auto w = Open("d");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  Generate("d", true, "long");
+  auto versions = store_->ListVersions({"t", "d"});
+  ASSERT_TRUE(versions.ok() && versions->size() >= 4u);
+  ASSERT_TRUE(manager_
+                  ->Rollback("t", "d", (*versions)[2].version, std::nullopt,
+                             std::nullopt)
+                  .ok());
+  auto again = Open("d");
+  ASSERT_TRUE(Append(again, 10, "more", true, true).ok());
+  ASSERT_TRUE(Close(again).ok());
+  GenerateOutcome out;
+  EXPECT_EQ(Generate("d", true, "long", &out).size(), 12u);
+  EXPECT_EQ(out.input_offset, 14u + 12u);
 }
 
 }  // namespace

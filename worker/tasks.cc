@@ -56,6 +56,11 @@ GenerateTask::GenerateTask(
       phase_(spec_.prompt.empty() ? Phase::kFirstLogits : Phase::kPrompt) {
   queued_tokens = static_cast<int64_t>(spec_.prompt.size()) + spec_.max_tokens;
   if (spec_.max_tokens <= 0 && spec_.prompt.empty()) finished_ = true;
+  text_ = std::move(spec_.prior_text);
+  text_emitted_ = std::min(spec_.prior_text_emitted, text_.size());
+  if (spec_.on_checkpoint) {
+    checkpointed_at_ = (spec_.clock ? spec_.clock : Clock::Real())->Now();
+  }
 }
 
 StepRequest GenerateTask::NextStep(int max_tokens) {
@@ -100,6 +105,7 @@ void GenerateTask::OnStep(int fed, const float* logits) {
       return;
     case Phase::kDecode:
       st_->position += 1;
+      MaybeCheckpoint();
       Sample(logits);
       return;
     case Phase::kFeedLast:
@@ -146,6 +152,28 @@ void GenerateTask::Sample(const float* logits) {
     return;
   }
   phase_ = Phase::kDecode;
+}
+
+void GenerateTask::MaybeCheckpoint() {
+  if (!spec_.on_checkpoint || result_.generated == checkpointed_) return;
+  const bool by_tokens =
+      spec_.checkpoint_tokens > 0 &&
+      result_.generated - checkpointed_ >= spec_.checkpoint_tokens;
+  absl::Time now;
+  if (!by_tokens) {
+    if (spec_.checkpoint_interval == absl::InfiniteDuration()) return;
+    now = (spec_.clock ? spec_.clock : Clock::Real())->Now();
+    if (now - checkpointed_at_ < spec_.checkpoint_interval) return;
+  } else {
+    now = (spec_.clock ? spec_.clock : Clock::Real())->Now();
+  }
+  checkpointed_ = result_.generated;
+  checkpointed_at_ = now;
+  GenerateCheckpoint cp;
+  cp.state = *st_;
+  cp.sampler = sampler_.state();
+  cp.generated = result_.generated;
+  spec_.on_checkpoint(std::move(cp));
 }
 
 void GenerateTask::Emit(int32_t token, const engine::LogprobResult* lp) {

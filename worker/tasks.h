@@ -69,6 +69,17 @@ struct GeneratedToken {
   std::vector<engine::TokenLogprob> top;
 };
 
+// A running generation between two tokens: `state` has consumed the
+// prompt and the first `generated` output tokens of this task, `sampler`
+// has drawn exactly those. A GenerateTask started from `state` with no
+// prompt, `sampler`, max_tokens - generated and the output text so far
+// (GenerateSpec::prior_text) produces what the uninterrupted task would.
+struct GenerateCheckpoint {
+  EngineState state;
+  engine::SamplerState sampler;
+  int generated = 0;
+};
+
 struct GenerateSpec {
   std::vector<int32_t> prompt;  // fed first; may be empty
   engine::SamplingParams params;
@@ -81,6 +92,19 @@ struct GenerateSpec {
   // this time on `clock` (nullptr = Clock::Real()).
   absl::Time stop_at = absl::InfiniteFuture();
   Clock* clock = nullptr;
+  // Continuing a checkpointed generation: its output bytes so far (for stop
+  // strings, which match across the two parts) and how many of them were
+  // handed out (the rest is an incomplete UTF-8 tail still held back).
+  std::string prior_text;
+  size_t prior_text_emitted = 0;
+  // Periodic checkpoints: once `checkpoint_tokens` tokens (0 = never) or
+  // `checkpoint_interval` on `clock` have passed since the start or the
+  // last checkpoint, and the generation goes on, `on_checkpoint` gets the
+  // state after the last sampled token was fed. Runs on the scheduler
+  // thread, between emit calls; must not block.
+  int checkpoint_tokens = 0;
+  absl::Duration checkpoint_interval = absl::InfiniteDuration();
+  std::function<void(GenerateCheckpoint)> on_checkpoint;
 };
 
 struct GenerateResult {
@@ -118,6 +142,8 @@ class GenerateTask final : public Task {
  private:
   enum class Phase { kPrompt, kFirstLogits, kDecode, kFeedLast };
   void Sample(const float* logits);
+  // Calls on_checkpoint when one is due (kDecode, the last token fed).
+  void MaybeCheckpoint();
   // Hands out the UTF-8-complete part of text_ with `token`.
   void Emit(int32_t token, const engine::LogprobResult* lp);
 
@@ -137,6 +163,8 @@ class GenerateTask final : public Task {
   size_t text_emitted_ = 0;  // bytes of text_ handed out
   std::vector<float> scratch_;
   std::atomic<bool> stop_requested_{false};
+  int checkpointed_ = 0;  // result_.generated at the last checkpoint
+  absl::Time checkpointed_at_;
 };
 
 // Log-probabilities of `tokens` (non-empty) as a continuation of the state
