@@ -11,8 +11,10 @@ namespace statestream {
 
 bool TuneMallocForLargeBuffers() {
 #if defined(__GLIBC__)
-  // mallopt returns 1 on success; values above 32 MiB are refused on 64-bit.
-  const bool mmap_ok = mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1;
+  // mallopt returns 1 on success. Older glibc versions refuse thresholds
+  // above 32 MiB on 64-bit (HEAP_MAX_SIZE / 2); then settle for that.
+  const bool mmap_ok = mallopt(M_MMAP_THRESHOLD, 128 << 20) == 1 ||
+                       mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1;
   const bool trim_ok = mallopt(M_TRIM_THRESHOLD, 256 << 20) == 1;
   return mmap_ok && trim_ok;
 #else

@@ -38,6 +38,7 @@ enum Script {
   kRegisterWorker,
   kUnregisterWorker,
   kListWorkers,
+  kRecordDurability,
   kScriptCount
 };
 
@@ -54,7 +55,8 @@ std::string ScriptSource(Script s) {
                         kLuaRelease,
                         kLuaRegisterWorker,
                         kLuaUnregisterWorker,
-                        kLuaListWorkers};
+                        kLuaListWorkers,
+                        kLuaRecordDurability};
   return absl::StrCat(kLuaPrelude, body[s]);
 }
 
@@ -207,13 +209,15 @@ class RedisStateStore final : public StateStore {
     const absl::Duration ttl =
         r.ttl == absl::ZeroDuration() ? options_.default_ttl : r.ttl;
     SS_RETURN_IF_ERROR(store_internal::ValidateTtl(ttl, "ttl"));
-    const std::string encoded = EncodeState(r.initial_state);
+    const EncodedStateParts encoded = EncodeStateParts(r.initial_state);
+    const std::vector<absl::string_view> chunks = ChunkViews(encoded);
     const std::string nonce = NewNonce();
     const std::string now = absl::StrCat(absl::ToUnixMillis(clock_->Now()));
     // Index first (idempotent): a session is never missing from ListSessions.
     SS_RETURN_IF_ERROR(AddToIndex(r.key));
-    VersionInfo v = store_internal::DescribeVersion(r.initial_state, encoded, 1,
-                                                    0, Chunks(encoded.size()));
+    VersionInfo v = store_internal::DescribeVersion(
+        r.initial_state, encoded.size(), encoded.crc(), 1, 0,
+        static_cast<uint32_t>(chunks.size()));
     v.committed_at = clock_->Now();
     v.durability = Durability::kMemory;
     const std::vector<std::string> head = {
@@ -234,12 +238,12 @@ class RedisStateStore final : public StateStore {
     Durability reached =
         fsync_always_ ? Durability::kFsync : Durability::kMemory;
     SS_ASSIGN_OR_RETURN(Reply reply,
-                        WriteVersion(r.key, kCreate, 1, nonce, encoded, args,
+                        WriteVersion(r.key, kCreate, 1, nonce, chunks, args,
                                      r.durability, &reached));
     const std::string outcome = Str(reply->element[0]);
     if (outcome == "EXISTS") return store_internal::SessionExists(r.key);
     if (outcome != "OK" && outcome != "DUP") return Unexpected(outcome);
-    return Finish(r.key, 1, r.durability, reached);
+    return Finish(r.key, 1, nonce, r.durability, v.durability, reached);
   }
 
   absl::StatusOr<SessionHead> GetHead(const SessionKey& key) override {
@@ -261,10 +265,20 @@ class RedisStateStore final : public StateStore {
       keys.push_back(ChunkKey(key, info.version, nonce, i));
     }
     for (const std::string& k : keys) gets.push_back({"GET", k});
+    // The chunks are received straight into one buffer, in order; a chunk
+    // that would overrun the recorded size gets its own allocation and is
+    // reported as corruption below.
+    std::string bytes(info.state_bytes, '\0');
+    size_t filled = 0;
+    const store_internal::BulkSink sink = [&](size_t command, size_t n) {
+      if (command == 0) filled = 0;  // a retried attempt starts over
+      if (n > bytes.size() - filled) return static_cast<char*>(nullptr);
+      char* at = bytes.data() + filled;
+      filled += n;
+      return at;
+    };
     SS_ASSIGN_OR_RETURN(std::vector<Reply> replies,
-                        client_->Run(HeadKey(key), gets));
-    std::string bytes;
-    bytes.reserve(info.state_bytes);
+                        client_->Run(HeadKey(key), gets, sink));
     for (size_t i = 0; i < replies.size(); ++i) {
       const redisReply* r = replies[i].get();
       if (r->type != REDIS_REPLY_STRING) {
@@ -276,10 +290,10 @@ class RedisStateStore final : public StateStore {
             absl::StrCat("state is corrupt: chunk ", i, " of version ",
                          info.version, " is missing"));
       }
-      bytes.append(r->str, r->len);
+      if (r->str != nullptr) filled = bytes.size() + 1;  // overran
     }
     replies.clear();
-    if (bytes.size() != info.state_bytes ||
+    if (filled != info.state_bytes ||
         EncodedStateCrc(bytes) != info.state_crc32c) {
       return DataLossError(
           Reason::kStateCorrupt,
@@ -294,11 +308,13 @@ class RedisStateStore final : public StateStore {
 
   absl::StatusOr<CommitResult> Commit(const CommitRequest& r) override {
     SS_RETURN_IF_ERROR(store_internal::ValidateKey(r.key));
-    const std::string encoded = EncodeState(r.state);
+    const EncodedStateParts encoded = EncodeStateParts(r.state);
+    const std::vector<absl::string_view> chunks = ChunkViews(encoded);
     const std::string nonce = NewNonce();
     const uint64_t version = r.expected_version + 1;
     VersionInfo v = store_internal::DescribeVersion(
-        r.state, encoded, version, r.fence, Chunks(encoded.size()));
+        r.state, encoded.size(), encoded.crc(), version, r.fence,
+        static_cast<uint32_t>(chunks.size()));
     v.rolled_back_from = r.rolled_back_from;
     v.committed_at = clock_->Now();
     Durability reached =
@@ -313,7 +329,7 @@ class RedisStateStore final : public StateStore {
         absl::StrCat(Ms(options_.dropped_version_grace))};
     for (std::string& f : VersionFields(v, nonce)) args.push_back(std::move(f));
     SS_ASSIGN_OR_RETURN(
-        Reply reply, WriteVersion(r.key, kCommit, version, nonce, encoded, args,
+        Reply reply, WriteVersion(r.key, kCommit, version, nonce, chunks, args,
                                   r.durability, &reached));
     const std::string outcome = Str(reply->element[0]);
     const std::string arg = reply->elements > 1 ? Str(reply->element[1]) : "";
@@ -330,7 +346,7 @@ class RedisStateStore final : public StateStore {
                                                  r.state.model_fingerprint);
     }
     if (outcome != "OK" && outcome != "DUP") return Unexpected(outcome);
-    return Finish(r.key, version, r.durability, reached);
+    return Finish(r.key, version, nonce, r.durability, v.durability, reached);
   }
 
   absl::StatusOr<CommitResult> Rollback(const SessionKey& key,
@@ -542,9 +558,22 @@ class RedisStateStore final : public StateStore {
   std::string WorkersKey() const {
     return absl::StrCat(options_.key_prefix, ":{workers}:index");
   }
-  uint32_t Chunks(size_t bytes) const {
-    return static_cast<uint32_t>(std::max<size_t>(
-        1, (bytes + options_.chunk_bytes - 1) / options_.chunk_bytes));
+  // The stored chunks of a version: the encoding cut into pieces of at most
+  // chunk_bytes, referencing the snapshot's floats (nothing is copied).
+  // Loads concatenate them, so any cut is valid; the header and the CRC
+  // table travel as their own small chunks.
+  std::vector<absl::string_view> ChunkViews(
+      const EncodedStateParts& parts) const {
+    std::vector<absl::string_view> out;
+    for (absl::string_view p :
+         {absl::string_view(parts.prefix), parts.state, parts.last_hidden,
+          absl::string_view(parts.suffix)}) {
+      while (!p.empty()) {
+        out.push_back(p.substr(0, options_.chunk_bytes));
+        p.remove_prefix(out.back().size());
+      }
+    }
+    return out;
   }
 
   absl::Status Unexpected(absl::string_view what) {
@@ -618,17 +647,17 @@ class RedisStateStore final : public StateStore {
     return std::move(r[0]);
   }
 
-  // Writes the chunks of `encoded` (invisible: they expire unless the
+  // Writes `chunks` (invisible: they expire unless the
   // script links them), then runs `script` (kCreate or kCommit), followed
   // on the same connection by the wait for `wanted` durability; updates
   // *reached. Returns the script's reply.
-  absl::StatusOr<Reply> WriteVersion(const SessionKey& key, Script script,
-                                     uint64_t version, const std::string& nonce,
-                                     const std::string& encoded,
-                                     const std::vector<std::string>& args,
-                                     Durability wanted, Durability* reached) {
+  absl::StatusOr<Reply> WriteVersion(
+      const SessionKey& key, Script script, uint64_t version,
+      const std::string& nonce, const std::vector<absl::string_view>& chunks,
+      const std::vector<std::string>& args, Durability wanted,
+      Durability* reached) {
     const std::string prefix = Prefix(key);
-    const uint32_t n = Chunks(encoded.size());
+    const uint32_t n = static_cast<uint32_t>(chunks.size());
     std::vector<std::string> keys = {prefix + "head", prefix + "fence",
                                      absl::StrCat(prefix, "v", version)};
     for (uint32_t i = 0; i < n; ++i) {
@@ -637,10 +666,7 @@ class RedisStateStore final : public StateStore {
     const std::string pending = absl::StrCat(Ms(options_.pending_chunk_ttl));
     std::vector<Command> sets;
     for (uint32_t i = 0; i < n; ++i) {
-      const size_t at = size_t{i} * options_.chunk_bytes;
-      const absl::string_view piece = absl::string_view(encoded).substr(
-          at, std::min<size_t>(options_.chunk_bytes, encoded.size() - at));
-      sets.push_back({"SET", keys[3 + i], piece, "PX", pending});
+      sets.push_back({"SET", keys[3 + i], chunks[i], "PX", pending});
     }
     const std::string retention = absl::StrCat(Ms(options_.fence_retention));
     const std::string now = absl::StrCat(absl::ToUnixMillis(clock_->Now()));
@@ -684,9 +710,20 @@ class RedisStateStore final : public StateStore {
     return store_internal::Unavailable("state chunks keep disappearing");
   }
 
-  // Reports the commit of `version` with the durability reached.
+  // Reports the commit of `version` with the durability reached, first
+  // recording it in the version if the wait raised it above the level the
+  // commit script wrote (`recorded`), so ListVersions and GetHead report
+  // it too.
   absl::StatusOr<CommitResult> Finish(const SessionKey& key, uint64_t version,
-                                      Durability wanted, Durability reached) {
+                                      const std::string& nonce,
+                                      Durability wanted, Durability recorded,
+                                      Durability reached) {
+    if (reached > recorded) {
+      SS_RETURN_IF_ERROR(Eval(key, kRecordDurability,
+                              {absl::StrCat(version), nonce,
+                               absl::StrCat(static_cast<int>(reached))})
+                             .status());
+    }
     SS_ASSIGN_OR_RETURN(auto read, Read(key, static_cast<int64_t>(version)));
     CommitResult out;
     out.version = ParseVersion(read.second);

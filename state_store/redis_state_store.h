@@ -2,9 +2,9 @@
 // StateStore on Redis 7 (standalone or Cluster) through hiredis. Key layout,
 // commit protocol and durability: docs/state-store.md. Every key of a
 // session shares the hash tag {tenant/session}, so each session lives on one
-// Cluster shard. Large values are malloc-bound in hiredis: processes that
-// use this store should raise glibc's mmap threshold at startup
-// (mallopt(M_MMAP_THRESHOLD, 32 << 20); see docs/state-store.md).
+// Cluster shard. States of several MB are malloc-bound: processes that use
+// this store should raise glibc's mmap threshold at startup
+// (TuneMallocForLargeBuffers(); see docs/state-store.md).
 #ifndef STATESTREAM_STATE_STORE_REDIS_STATE_STORE_H_
 #define STATESTREAM_STATE_STORE_REDIS_STATE_STORE_H_
 

@@ -4,6 +4,7 @@
 // and recovery.
 #include "state_store/redis_state_store.h"
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -60,17 +61,31 @@ class RedisEnv : public StoreEnv {
     return NewRedisStateStore(o);
   }
   void Advance(absl::Duration d) override { absl::SleepFor(d); }
+  // Flips a byte in the middle of the version's largest chunk (the state
+  // payload; the header and the CRC table are chunks of their own).
   bool CorruptStoredVersion(const SessionKey& key, uint64_t version) override {
     const std::string pattern = absl::StrCat(
-        "ss:{", key.tenant, "/", key.session_id, "}:v", version, ":*:c0");
+        "ss:{", key.tenant, "/", key.session_id, "}:v", version, ":*:c*");
     for (RedisServer* n : Nodes()) {
       auto keys = n->Command({"KEYS", pattern});
       if (!keys.ok() || keys->empty()) continue;
-      const std::string k = keys->substr(0, keys->find('\n'));
-      auto byte = n->Command({"GETRANGE", k, "200", "200"});
+      std::string largest;
+      int64_t largest_len = 0;
+      for (absl::string_view k :
+           absl::StrSplit(*keys, '\n', absl::SkipEmpty())) {
+        auto len = n->Command({"STRLEN", std::string(k)});
+        int64_t v = 0;
+        if (len.ok() && absl::SimpleAtoi(*len, &v) && v > largest_len) {
+          largest = std::string(k);
+          largest_len = v;
+        }
+      }
+      if (largest_len == 0) return false;
+      const std::string at = absl::StrCat(largest_len / 2);
+      auto byte = n->Command({"GETRANGE", largest, at, at});
       if (!byte.ok() || byte->size() != 1) return false;
       const std::string flipped(1, static_cast<char>((*byte)[0] ^ 0x20));
-      return n->Command({"SETRANGE", k, "200", flipped}).ok();
+      return n->Command({"SETRANGE", largest, at, flipped}).ok();
     }
     return false;
   }
@@ -162,6 +177,32 @@ TEST(RedisStateStoreTest, DurabilityIsReportedHonestly) {
   c = (*store)->CreateSession(NewSession("c", Durability::kReplicated));
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->version.durability, Durability::kReplicated);
+  CommitRequest next;
+  next.key = {"acme", "c"};
+  next.expected_version = 1;
+  next.fence = c->session.fence;
+  next.state = TestSnapshot(2);
+  next.durability = Durability::kReplicated;
+  auto committed = (*store)->Commit(next);
+  ASSERT_TRUE(committed.ok()) << committed.status();
+  EXPECT_EQ(committed->version.durability, Durability::kReplicated);
+
+  // The levels reached after the commit scripts ran (the fsync that
+  // `appendfsync always` implies, WAIT's replica) are what later reads
+  // report, not the level known when the version was written.
+  for (const auto& [id, level] :
+       {std::pair<std::string, Durability>{"b", Durability::kFsync},
+        {"c", Durability::kReplicated}}) {
+    auto versions = (*store)->ListVersions({"acme", id});
+    ASSERT_TRUE(versions.ok()) << versions.status();
+    ASSERT_FALSE(versions->empty());
+    for (const VersionInfo& v : *versions) {
+      EXPECT_EQ(v.durability, level) << id << " v" << v.version;
+    }
+    auto h = (*store)->GetHead({"acme", id});
+    ASSERT_TRUE(h.ok()) << h.status();
+    EXPECT_EQ(h->head.durability, level) << id;
+  }
 }
 
 TEST(RedisStateStoreTest, AuthWithAclUser) {

@@ -104,7 +104,7 @@ uint64_t ChunkCount(uint64_t payload, uint32_t chunk) {
 
 }  // namespace
 
-std::string EncodeState(const StateSnapshot& s) {
+EncodedStateParts EncodeStateParts(const StateSnapshot& s) {
   // fp32 little-endian; this code targets little-endian hosts only.
   static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__);
   std::string header;
@@ -125,28 +125,54 @@ std::string EncodeState(const StateSnapshot& s) {
   PutU64(&header, s.last_hidden.size());
   PutU32(&header, kStateChunkBytes);
 
-  const size_t state_bytes = s.state.size() * sizeof(float);
-  const size_t hidden_bytes = s.last_hidden.size() * sizeof(float);
-  const uint64_t payload = state_bytes + hidden_bytes;
+  EncodedStateParts out;
+  out.prefix.reserve(12 + header.size());
+  out.prefix.append(kMagicV2, sizeof(kMagicV2));
+  PutU32(&out.prefix, static_cast<uint32_t>(header.size()));
+  out.prefix += header;
+  out.state = absl::string_view(reinterpret_cast<const char*>(s.state.data()),
+                                s.state.size() * sizeof(float));
+  out.last_hidden =
+      absl::string_view(reinterpret_cast<const char*>(s.last_hidden.data()),
+                        s.last_hidden.size() * sizeof(float));
+  // Payload chunk CRCs; a chunk may straddle state and last_hidden.
+  const uint64_t payload = out.state.size() + out.last_hidden.size();
   const uint64_t chunks = ChunkCount(payload, kStateChunkBytes);
-  std::string out;
-  out.reserve(12 + header.size() + payload + 4 * chunks + 4);
-  out.append(kMagicV2, sizeof(kMagicV2));
-  PutU32(&out, static_cast<uint32_t>(header.size()));
-  out += header;
-  const size_t payload_at = out.size();
-  out.append(reinterpret_cast<const char*>(s.state.data()), state_bytes);
-  out.append(reinterpret_cast<const char*>(s.last_hidden.data()), hidden_bytes);
+  out.suffix.reserve(4 * chunks + 4);
   for (uint64_t c = 0; c < chunks; ++c) {
     const uint64_t at = c * kStateChunkBytes;
-    const uint64_t n = std::min<uint64_t>(kStateChunkBytes, payload - at);
-    PutU32(&out, Crc32c(0, out.data() + payload_at + at, n));
+    const uint64_t end = std::min<uint64_t>(at + kStateChunkBytes, payload);
+    uint32_t crc = 0;
+    if (at < out.state.size()) {
+      const uint64_t stop = std::min<uint64_t>(end, out.state.size());
+      crc = Crc32c(crc, out.state.data() + at, stop - at);
+    }
+    if (end > out.state.size()) {
+      const uint64_t from = std::max<uint64_t>(at, out.state.size());
+      crc = Crc32c(crc, out.last_hidden.data() + (from - out.state.size()),
+                   end - from);
+    }
+    PutU32(&out.suffix, crc);
   }
   // The trailer covers everything but the payload, which the chunk CRCs
   // cover: one pass over the payload in all.
-  uint32_t crc = Crc32c(0, out.data(), payload_at);
-  crc = Crc32c(crc, out.data() + payload_at + payload, 4 * chunks);
-  PutU32(&out, crc);
+  uint32_t crc = Crc32c(0, out.prefix.data(), out.prefix.size());
+  crc = Crc32c(crc, out.suffix.data(), 4 * chunks);
+  PutU32(&out.suffix, crc);
+  return out;
+}
+
+uint32_t EncodedStateParts::crc() const { return EncodedStateCrc(suffix); }
+
+std::string EncodeState(const StateSnapshot& s) {
+  const EncodedStateParts parts = EncodeStateParts(s);
+  std::string out;
+  out.reserve(parts.size());
+  for (absl::string_view p :
+       {absl::string_view(parts.prefix), parts.state, parts.last_hidden,
+        absl::string_view(parts.suffix)}) {
+    out.append(p.data(), p.size());
+  }
   return out;
 }
 

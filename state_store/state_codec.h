@@ -59,6 +59,23 @@ inline constexpr uint32_t kStateChunkBytes = 1 << 20;
 
 // Encodes in the current format (SSSTATE2).
 std::string EncodeState(const StateSnapshot& snapshot);
+
+// The same encoding in four consecutive parts, the payload referenced rather
+// than copied: prefix + state + last_hidden + suffix == EncodeState(s). For
+// stores that write the parts out directly (a 34 MB state then costs no
+// 34 MB copy). `state` and `last_hidden` point into the snapshot, which
+// must outlive this value.
+struct EncodedStateParts {
+  std::string prefix;  // magic, header length, header
+  absl::string_view state, last_hidden;
+  std::string suffix;  // payload chunk CRCs, trailing CRC
+  size_t size() const {
+    return prefix.size() + state.size() + last_hidden.size() + suffix.size();
+  }
+  // The trailing CRC-32C (EncodedStateCrc of the whole).
+  uint32_t crc() const;
+};
+EncodedStateParts EncodeStateParts(const StateSnapshot& snapshot);
 // Decodes SSSTATE2 and SSSTATE1, verifying every checksum and length.
 absl::StatusOr<StateSnapshot> DecodeState(absl::string_view bytes);
 // The trailing CRC-32C of an encoded snapshot (its last 4 bytes), 0 if too

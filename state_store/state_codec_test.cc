@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "state_store/state_codec.h"
 
+#include "absl/strings/str_cat.h"
 #include "common/crc32c.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
@@ -111,6 +112,34 @@ TEST(StateCodecTest, EveryPayloadChunkIsChecked) {
   EXPECT_EQ(d.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(d.status().message().find("chunk 1"), absl::string_view::npos)
       << d.status();
+}
+
+// A payload chunk straddling state and last_hidden is checksummed across
+// both, and the referencing parts concatenate to the plain encoding.
+TEST(StateCodecTest, ChunkStraddlingStateAndHidden) {
+  StateSnapshot s = Sample();
+  s.state.assign(kStateChunkBytes / 4 - 1, 0.5f);  // 1 MiB minus one float
+  const EncodedStateParts parts = EncodeStateParts(s);
+  std::string bytes = EncodeState(s);
+  EXPECT_EQ(
+      absl::StrCat(parts.prefix, parts.state, parts.last_hidden, parts.suffix),
+      bytes);
+  EXPECT_EQ(parts.size(), bytes.size());
+  EXPECT_EQ(parts.crc(), EncodedStateCrc(bytes));
+  auto d = DecodeState(bytes);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->last_hidden, s.last_hidden);
+  // last_hidden[0] completes chunk 0; last_hidden[1..3] form chunk 1.
+  const size_t hidden_at = parts.prefix.size() + parts.state.size();
+  for (const auto& [offset, chunk] :
+       {std::pair<size_t, const char*>{0, "chunk 0"}, {4, "chunk 1"}}) {
+    std::string bad = bytes;
+    bad[hidden_at + offset] ^= 0x10;
+    d = DecodeState(bad);
+    EXPECT_EQ(d.status().code(), absl::StatusCode::kDataLoss);
+    EXPECT_NE(d.status().message().find(chunk), absl::string_view::npos)
+        << d.status();
+  }
 }
 
 TEST(StateCodecTest, HiddenOfWrongLengthIsCorrupt) {

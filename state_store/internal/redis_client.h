@@ -10,6 +10,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -30,6 +31,13 @@ struct ReplyDeleter {
 using Reply = std::unique_ptr<redisReply, ReplyDeleter>;
 // One command: its arguments (not owned; must outlive the call).
 using Command = std::vector<absl::string_view>;
+// Where the bulk-string reply of a command goes instead of a fresh
+// allocation: called with the command's index and the value's length as the
+// reply arrives, it returns memory for `length` bytes, or nullptr to
+// allocate as usual. A reply received into the sink is a REDIS_REPLY_STRING
+// with str == nullptr and len == length. After a retried attempt the sink
+// is called again from command 0.
+using BulkSink = std::function<char*(size_t command, size_t length)>;
 
 // The Redis Cluster hash slot of `key` (honours {hash tags}).
 int KeySlot(absl::string_view key);
@@ -65,7 +73,8 @@ class RedisClient {
   // retried with backoff until retry_deadline, then UNAVAILABLE/
   // kStoreUnavailable; so every command must be safe to repeat.
   absl::StatusOr<std::vector<Reply>> Run(absl::string_view routing_key,
-                                         const std::vector<Command>& commands);
+                                         const std::vector<Command>& commands,
+                                         const BulkSink& sink = nullptr);
   // Runs one command on every primary (standalone: the server), e.g. INFO.
   absl::StatusOr<std::vector<Reply>> RunOnEveryPrimary(const Command& command);
 
@@ -80,8 +89,8 @@ class RedisClient {
   // "MOVED host:port" or "RETRY" when the caller should try again.
   absl::StatusOr<std::vector<Reply>> Attempt(const std::string& address,
                                              const std::vector<Command>& cmds,
-                                             bool asking,
-                                             std::string* redirect);
+                                             bool asking, std::string* redirect,
+                                             const BulkSink& sink = nullptr);
 
   const RedisClientOptions options_;
   Clock* const clock_;

@@ -230,6 +230,17 @@ end
 return out
 )lua";
 
+// KEYS: head, fence, lease. ARGV[4] version, [5] the committer's nonce,
+// [6] the durability reached after the commit (WAIT/WAITAOF). Raises the
+// level recorded in the version if it is still that commit's.
+inline constexpr char kLuaRecordDurability[] = R"lua(
+local vk = P .. 'v' .. ARGV[4]
+if redis.call('HGET', vk, 'nonce') ~= ARGV[5] then return {'GONE'} end
+local d = tonumber(redis.call('HGET', vk, 'durability') or '0')
+if tonumber(ARGV[6]) > d then redis.call('HSET', vk, 'durability', ARGV[6]) end
+return {'OK'}
+)lua";
+
 }  // namespace statestream::store_internal
 
 #endif  // STATESTREAM_STATE_STORE_INTERNAL_REDIS_SCRIPTS_H_

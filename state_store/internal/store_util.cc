@@ -215,15 +215,22 @@ bool DecodeStringMap(absl::string_view s,
 VersionInfo DescribeVersion(const StateSnapshot& s, absl::string_view encoded,
                             uint64_t version, uint64_t fence,
                             uint32_t chunk_count) {
+  return DescribeVersion(s, encoded.size(), EncodedStateCrc(encoded), version,
+                         fence, chunk_count);
+}
+
+VersionInfo DescribeVersion(const StateSnapshot& s, uint64_t encoded_bytes,
+                            uint32_t encoded_crc, uint64_t version,
+                            uint64_t fence, uint32_t chunk_count) {
   VersionInfo v;
   v.version = version;
   v.position = s.position;
   v.input_offset = s.input_offset;
   v.tail_bytes = static_cast<uint32_t>(s.tokenizer_tail.size());
   v.fence = fence;
-  v.state_bytes = encoded.size();
+  v.state_bytes = encoded_bytes;
   v.chunk_count = chunk_count;
-  v.state_crc32c = EncodedStateCrc(encoded);
+  v.state_crc32c = encoded_crc;
   return v;
 }
 

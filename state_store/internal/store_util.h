@@ -52,6 +52,11 @@ bool DecodeStringMap(absl::string_view s,
 VersionInfo DescribeVersion(const StateSnapshot& snapshot,
                             absl::string_view encoded, uint64_t version,
                             uint64_t fence, uint32_t chunk_count);
+// The same from the encoding's size and trailing CRC.
+VersionInfo DescribeVersion(const StateSnapshot& snapshot,
+                            uint64_t encoded_bytes, uint32_t encoded_crc,
+                            uint64_t version, uint64_t fence,
+                            uint32_t chunk_count);
 
 }  // namespace statestream::store_internal
 
