@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // Fault tests of the Redis state store against real redis-server processes:
-// Redis killed and restarted mid-commit (AOF, appendfsync always), and a
-// Cluster slot migrated (MOVED/ASK) while a writer commits.
+// Redis killed and restarted mid-commit (AOF, appendfsync always), a
+// Cluster slot migrated (MOVED/ASK) while a writer commits, and a Cluster
+// primary killed and replaced by its replica.
 #include <atomic>
 #include <thread>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
@@ -149,6 +153,138 @@ TEST(StateStoreFaultTest, ClusterSlotMigrationDuringCommits) {
   stop = true;
   writer.join();
   EXPECT_EQ(errors.load(), 0);
+  ExpectConsistent(store->get(), key);
+}
+
+// The node id and port of the primary serving `slot` and of its replica,
+// from CLUSTER NODES ("<id> <ip:port@cport> <flags> <primary id> ... <slots>").
+struct SlotOwners {
+  int primary_port = 0, replica_port = 0;
+};
+absl::StatusOr<SlotOwners> FindSlotOwners(RedisCluster* cluster, int slot) {
+  SS_ASSIGN_OR_RETURN(std::string nodes,
+                      cluster->node(0)->Command({"CLUSTER", "NODES"}));
+  struct Node {
+    std::string id, primary;
+    int port = 0;
+    bool is_primary = false, serves = false;
+  };
+  std::vector<Node> all;
+  for (absl::string_view line :
+       absl::StrSplit(nodes, '\n', absl::SkipEmpty())) {
+    std::vector<std::string> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    if (f.size() < 8) continue;
+    Node n;
+    n.id = f[0];
+    n.primary = f[3];
+    const std::string addr = f[1].substr(0, f[1].find('@'));
+    if (!absl::SimpleAtoi(addr.substr(addr.rfind(':') + 1), &n.port)) continue;
+    n.is_primary = absl::StrContains(f[2], "master");
+    for (size_t i = 8; i < f.size(); ++i) {
+      std::vector<std::string> range = absl::StrSplit(f[i], '-');
+      int lo = 0, hi = 0;
+      if (!absl::SimpleAtoi(range[0], &lo)) continue;
+      hi = lo;
+      if (range.size() == 2 && !absl::SimpleAtoi(range[1], &hi)) continue;
+      if (lo <= slot && slot <= hi) n.serves = true;
+    }
+    all.push_back(n);
+  }
+  SlotOwners out;
+  for (const Node& p : all) {
+    if (!p.is_primary || !p.serves) continue;
+    out.primary_port = p.port;
+    for (const Node& r : all) {
+      if (!r.is_primary && r.primary == p.id) out.replica_port = r.port;
+    }
+  }
+  if (out.primary_port == 0 || out.replica_port == 0) {
+    return absl::InternalError("no primary with a replica serves the slot:\n" +
+                               nodes);
+  }
+  return out;
+}
+
+// The primary serving a session is killed and its replica promoted
+// (CLUSTER FAILOVER TAKEOVER, as an operator would, or the cluster itself
+// after cluster-node-timeout): no commit acknowledged at REPLICATED is
+// lost, every kept version stays complete, and commits go on at the new
+// primary.
+TEST(StateStoreFaultTest, ClusterPrimaryKilledReplicaPromoted) {
+  auto cluster = RedisCluster::Start();
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  RedisStateStoreOptions o;
+  o.addresses = (*cluster)->addresses();
+  o.cluster = true;
+  o.retry_deadline = absl::Seconds(15);
+  o.durability_timeout = absl::Seconds(1);
+  auto store = NewRedisStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  const SessionKey key{"acme", "failover"};
+  CreateSessionRequest cr;
+  cr.key = key;
+  cr.initial_state = TestSnapshot(1);
+  auto created = (*store)->CreateSession(cr);
+  ASSERT_TRUE(created.ok()) << created.status();
+  // Right after creation the replicas may not have joined yet.
+  absl::StatusOr<SlotOwners> owners;
+  for (const absl::Time until = absl::Now() + absl::Seconds(20);;) {
+    owners = FindSlotOwners(cluster->get(),
+                            store_internal::KeySlot("ss:{acme/failover}:"));
+    if (owners.ok() || absl::Now() > until) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(owners.ok()) << owners.status();
+  RedisServer* primary = nullptr;
+  RedisServer* replica = nullptr;
+  for (int i = 0; i < (*cluster)->size(); ++i) {
+    RedisServer* n = (*cluster)->node(i);
+    if (n->port() == owners->primary_port) primary = n;
+    if (n->port() == owners->replica_port) replica = n;
+  }
+  ASSERT_NE(primary, nullptr);
+  ASSERT_NE(replica, nullptr);
+
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> max_acked{1};
+  std::atomic<int> errors{0};
+  std::thread writer(Writer, store->get(), key, created->session.fence,
+                     Durability::kReplicated, &stop, &max_acked, &errors);
+  struct Join {
+    std::atomic<bool>* stop;
+    std::thread* t;
+    ~Join() {
+      *stop = true;
+      if (t->joinable()) t->join();
+    }
+  } join{&stop, &writer};
+  // Replicas may still be in their first sync: wait for REPLICATED commits.
+  const absl::Time warmup = absl::Now() + absl::Seconds(20);
+  while (max_acked.load() < 4 && absl::Now() < warmup) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_GE(max_acked.load(), 4u);
+  primary->Kill();
+  const uint64_t acked_before_kill = max_acked.load();
+  ASSERT_TRUE(replica->Command({"CLUSTER", "FAILOVER", "TAKEOVER"}).ok());
+  // Without a replica left, REPLICATED can no longer be reached; the writer
+  // keeps committing (and resynchronising) at the new primary meanwhile.
+  absl::SleepFor(absl::Seconds(2));
+  stop = true;
+  writer.join();
+
+  auto head = (*store)->GetHead(key);
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_GE(head->head.version, acked_before_kill);
+  ExpectConsistent(store->get(), key);
+  CommitRequest r;
+  r.key = key;
+  r.expected_version = head->head.version;
+  r.fence = created->session.fence;
+  r.state = TestSnapshot(head->head.version + 1, kFloats);
+  auto c = (*store)->Commit(r);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->version.version, head->head.version + 1);
   ExpectConsistent(store->get(), key);
 }
 
