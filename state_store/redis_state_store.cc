@@ -246,6 +246,9 @@ class RedisStateStore final : public StateStore {
     return Finish(r.key, 1, nonce, r.durability, v.durability, reached);
   }
 
+  // PING on every primary, instead of the default's probe-session read.
+  absl::Status Ping() override { return client_->Ping(); }
+
   absl::StatusOr<SessionHead> GetHead(const SessionKey& key) override {
     SS_RETURN_IF_ERROR(store_internal::ValidateKey(key));
     SS_ASSIGN_OR_RETURN(auto read, Read(key, -1));

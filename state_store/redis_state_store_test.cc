@@ -240,11 +240,16 @@ TEST(RedisStateStoreTest, UnavailableWhileDownThenRecovers) {
   ASSERT_TRUE(store.ok()) << store.status();
   ASSERT_TRUE(
       (*store)->CreateSession(NewSession("a", Durability::kMemory)).ok());
+  EXPECT_TRUE((*store)->Ping().ok());
   (*server)->Kill();
   auto head = (*store)->GetHead({"acme", "a"});
   EXPECT_EQ(head.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(GetReason(head.status()), Reason::kStoreUnavailable);
+  const absl::Status ping = (*store)->Ping();
+  EXPECT_EQ(ping.code(), absl::StatusCode::kUnavailable) << ping;
+  EXPECT_EQ(GetReason(ping), Reason::kStoreUnavailable) << ping;
   ASSERT_TRUE((*server)->Restart().ok());  // no persistence: data is gone
+  EXPECT_TRUE((*store)->Ping().ok());
   EXPECT_EQ(GetReason((*store)->GetHead({"acme", "a"}).status()),
             Reason::kSessionNotFound);
   ASSERT_TRUE(

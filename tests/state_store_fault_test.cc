@@ -277,6 +277,8 @@ TEST(StateStoreFaultTest, ClusterPrimaryKilledReplicaPromoted) {
   ASSERT_TRUE(head.ok()) << head.status();
   EXPECT_GE(head->head.version, acked_before_kill);
   ExpectConsistent(store->get(), key);
+  // Readiness: the promoted replica answers for the dead primary's slots.
+  EXPECT_TRUE((*store)->Ping().ok()) << (*store)->Ping();
   CommitRequest r;
   r.key = key;
   r.expected_version = head->head.version;

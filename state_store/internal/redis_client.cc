@@ -662,4 +662,26 @@ absl::StatusOr<std::vector<Reply>> RedisClient::RunOnEveryPrimary(
   return out;
 }
 
+absl::Status RedisClient::Ping() {
+  absl::Status last;
+  for (int attempt = 0; attempt < (options_.cluster ? 2 : 1); ++attempt) {
+    if (attempt > 0) RefreshSlots().IgnoreError();
+    absl::StatusOr<std::vector<Reply>> r = RunOnEveryPrimary({"PING"});
+    if (r.ok()) {
+      last =
+          r->empty() ? Unavailable("no Redis primary known") : absl::OkStatus();
+      for (const Reply& reply : *r) {
+        if (reply->type == REDIS_REPLY_ERROR) {
+          last = Unavailable(absl::StrCat(
+              "PING: ", absl::string_view(reply->str, reply->len)));
+        }
+      }
+    } else {
+      last = r.status();
+    }
+    if (last.ok()) return last;
+  }
+  return last;
+}
+
 }  // namespace statestream::store_internal

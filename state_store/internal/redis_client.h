@@ -77,6 +77,10 @@ class RedisClient {
                                          const BulkSink& sink = nullptr);
   // Runs one command on every primary (standalone: the server), e.g. INFO.
   absl::StatusOr<std::vector<Reply>> RunOnEveryPrimary(const Command& command);
+  // PING on every primary, one attempt each (no retry loop: a readiness
+  // probe). In Cluster mode a failure refreshes the slot map and tries
+  // once more, so a failover is not reported as an outage.
+  absl::Status Ping();
 
  private:
   struct Node;
