@@ -3,6 +3,7 @@
 // and routes each session's calls to the worker that owns it.
 #include <unistd.h>
 
+#include <cstdio>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -12,12 +13,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/command.h"
+#include "cli/metrics_flags.h"
 #include "cli/redis_flags.h"
 #include "cli/server_flags.h"
 #include "common/malloc_tuning.h"
 #include "services/gateway.h"
 #include "services/tenants.h"
 #include "state_store/redis_state_store.h"
+#include "worker/metrics_http.h"
 
 ABSL_FLAG(std::string, workers, "",
           "Static worker list HOST:PORT[,...], used besides (or, without "
@@ -78,8 +81,26 @@ int Run(const std::vector<std::string>& args) {
                  "x-statestream-tenant header\n";
   }
   TuneMallocForLargeBuffers();
+  // Outlives the services (and their gauge source): the HTTP server stops
+  // after RunServer returns.
+  GatewayMetrics metrics;
+  options.metrics = &metrics;
+  std::unique_ptr<worker::MetricsHttpServer> metrics_http;
+  const std::string metrics_listen = MetricsListenFromFlag();
   return RunServer("gateway", ServerOptionsFromFlags(), ShutdownGraceFromFlag(),
                    [&]() -> absl::StatusOr<ServiceSet> {
+                     // Here: RunServer has blocked the stop signals, so
+                     // the HTTP thread never takes them.
+                     if (!metrics_listen.empty()) {
+                       auto http = worker::MetricsHttpServer::Start(
+                           metrics_listen,
+                           [&metrics] { return metrics.Render(); });
+                       if (!http.ok()) return http.status();
+                       metrics_http = *std::move(http);
+                       std::printf("metrics on %s\n",
+                                   metrics_http->address().c_str());
+                       std::fflush(stdout);
+                     }
                      std::shared_ptr<StateStore> store;
                      if (!redis.addresses.empty()) {
                        auto opened = NewRedisStateStore(redis);
@@ -102,7 +123,7 @@ const Command& GatewayCommand() {
       "holder), else to a live worker chosen by rendezvous hashing; moves\n"
       "Append and Generate streams to another worker when one fails.\n"
       "Stops cleanly on SIGINT or SIGTERM.",
-      {__FILE__, kServerFlagsFile, kRedisFlagsFile},
+      {__FILE__, kServerFlagsFile, kMetricsFlagsFile, kRedisFlagsFile},
       &Run};
   return kCommand;
 }

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/cli_util.h"
 #include "cli/command.h"
+#include "cli/metrics_flags.h"
 #include "cli/model_flag.h"
 #include "cli/model_loading.h"
 #include "cli/server_flags.h"
@@ -33,10 +34,6 @@
 ABSL_FLAG(std::string, data_dir, "",
           "Directory of the embedded state store, created if missing; empty "
           "keeps session state in memory only (lost on exit).");
-ABSL_FLAG(std::string, metrics_listen, "",
-          "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks "
-          "a free one; the server then prints `metrics on HOST:PORT` to "
-          "stdout before `listening on`); empty: no metrics endpoint.");
 namespace statestream::cli {
 namespace {
 
@@ -189,7 +186,7 @@ int Run(const std::vector<std::string>& args) {
   options.model_path = ModelFlagValue();
   options.vocab_path = VocabFlagValue();
   ApplyWorkerFlags(&options.sessions, &options.scheduler);
-  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.metrics_listen = MetricsListenFromFlag();
   TuneMallocForLargeBuffers();  // multi-MB states: docs/state-store.md
   // On SIGTERM, before gRPC drains: stop admitting (UNAVAILABLE with a
   // retry hint), end running generations gracefully (committed, finish
@@ -220,8 +217,8 @@ const Command& ServeCommand() {
       "weights (byte-level; its output is noise). --vocab defaults to\n"
       "rwkv_vocab_v20230424.txt beside --model (byte-level models need none).\n"
       "Stops cleanly on SIGINT or SIGTERM.",
-      {__FILE__, kServerFlagsFile, kModelFlagFile, kVocabFlagFile,
-       kWorkerFlagsFile},
+      {__FILE__, kServerFlagsFile, kMetricsFlagsFile, kModelFlagFile,
+       kVocabFlagFile, kWorkerFlagsFile},
       &Run};
   return kCommand;
 }

@@ -5,6 +5,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+#include <chrono>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -19,10 +21,24 @@ namespace statestream::gateway {
 
 Gateway::Gateway(GatewayOptions options, StateStore* store)
     : options_(std::move(options)), router_(store, options_.router) {
+  if (options_.metrics == nullptr) {
+    own_metrics_ = std::make_unique<GatewayMetrics>();
+  }
+  metrics_ =
+      options_.metrics != nullptr ? options_.metrics : own_metrics_.get();
+  metrics_->SetGaugeSource([this] {
+    const GatewayRouter::Stats s = router_.stats();
+    GatewayMetrics::Gauges g;
+    g.workers_known = s.known;
+    g.workers_ready = s.known - s.suspect;
+    g.calls_active = calls_active_.load();
+    return g;
+  });
   watchdog_ = std::thread([this] { WatchdogLoop(); });
 }
 
 Gateway::~Gateway() {
+  metrics_->SetGaugeSource(nullptr);
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
@@ -30,6 +46,84 @@ Gateway::~Gateway() {
         +[](int* n) { return *n == 0; }, &threads_));
   }
   watchdog_.join();
+}
+
+absl::Time Gateway::BeginCall() {
+  calls_active_.fetch_add(1);
+  return absl::Now();
+}
+
+void Gateway::EndCall(const std::string& method, const grpc::Status& status,
+                      absl::Time began) {
+  calls_active_.fetch_sub(1);
+  const absl::Status st = FromGrpcStatus(status);
+  const Reason reason = GetReason(st);
+  metrics_->ObserveCall(
+      method, absl::StatusCodeToString(st.code()),
+      reason == Reason::kUnspecified ? "" : std::string(ReasonName(reason)),
+      absl::Now() - began);
+}
+
+void Gateway::CountRoute(const absl::StatusOr<Route>& route, int attempt) {
+  using D = GatewayMetrics::RouteDecision;
+  if (!route.ok()) {
+    metrics_->IncRoute(D::kNoWorker);
+  } else if (attempt > 1) {
+    metrics_->IncRoute(D::kRetry);
+  } else {
+    metrics_->IncRoute(route->owner ? D::kOwner : D::kRendezvous);
+  }
+}
+
+absl::StatusOr<std::vector<Gateway::WorkerModels>> Gateway::Models(
+    const grpc::CallbackServerContext& ctx, const std::string& tenant) {
+  auto workers = router_.Workers();
+  if (!workers.ok()) return workers.status();
+  std::vector<WorkerModels> out;
+  std::set<std::string> live;
+  for (const WorkerInfo& w : *workers) {
+    if (router_.IsSuspect(w.worker_id)) continue;
+    const std::string key = absl::StrCat(w.worker_id, "@", w.address);
+    live.insert(key);
+    {
+      absl::MutexLock lock(&models_mu_);
+      auto it = models_.find(key);
+      if (it != models_.end()) {
+        out.push_back({w, it->second});
+        continue;
+      }
+    }
+    auto client = UpstreamContext(ctx, tenant, 1);
+    client->set_deadline(std::chrono::system_clock::now() +
+                         absl::ToChronoMilliseconds(options_.models_timeout));
+    v1::ListModelsResponse resp;
+    grpc::Status st =
+        v1::Models::NewStub(Channel(w.address))
+            ->ListModels(client.get(), v1::ListModelsRequest(), &resp);
+    if (!st.ok()) {
+      if (ShouldFailover(st)) router_.MarkSuspect(w.worker_id);
+      continue;
+    }
+    std::vector<v1::Model> models(resp.models().begin(), resp.models().end());
+    absl::MutexLock lock(&models_mu_);
+    models_[key] = models;
+    out.push_back({w, std::move(models)});
+  }
+  {
+    // Forget workers that left (ids are per process).
+    absl::MutexLock lock(&models_mu_);
+    for (auto it = models_.begin(); it != models_.end();) {
+      if (live.count(it->first) == 0) {
+        models_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+  }
+  if (out.empty()) {
+    return absl::UnavailableError("no ready worker answered ListModels");
+  }
+  return out;
 }
 
 std::shared_ptr<grpc::Channel> Gateway::Channel(const std::string& address) {
@@ -120,7 +214,7 @@ bool Gateway::ShouldFailover(const grpc::Status& status) {
 
 grpc::Status ForwardWithFailover(
     Gateway* gateway, const grpc::CallbackServerContext& ctx,
-    const std::string& session_id, const std::string& hash_key,
+    const Target& target,
     const std::function<grpc::Status(const std::shared_ptr<grpc::Channel>&,
                                      grpc::ClientContext*)>& call,
     int* attempts) {
@@ -130,10 +224,13 @@ grpc::Status ForwardWithFailover(
   grpc::Status last;
   for (int attempt = 1; attempt <= gateway->options().max_attempts; ++attempt) {
     absl::StatusOr<Route> route =
-        session_id.empty()
-            ? gateway->router().RouteAny(absl::StrCat(*tenant, "/", hash_key),
-                                         "", exclude)
-            : gateway->router().RouteSession({*tenant, session_id}, exclude);
+        target.session_id.empty()
+            ? gateway->router().RouteAny(
+                  absl::StrCat(*tenant, "/", target.hash_key),
+                  target.fingerprint, exclude)
+            : gateway->router().RouteSession({*tenant, target.session_id},
+                                             exclude);
+    gateway->CountRoute(route, attempt);
     if (!route.ok()) {
       return attempt == 1 ? ToGrpcStatus(route.status()) : last;
     }
@@ -143,22 +240,66 @@ grpc::Status ForwardWithFailover(
     if (!Gateway::ShouldFailover(last) || ctx.IsCancelled()) return last;
     gateway->router().MarkSuspect(route->worker_id);
     exclude.insert(route->worker_id);
+    if (attempt < gateway->options().max_attempts) {
+      gateway->metrics().IncFailover(target.method);
+    }
   }
   return last;
 }
 
 namespace {
 
+// The models of all ready workers merged by (model_id, fingerprint),
+// ordered by model_id.
+std::vector<v1::Model> MergeModels(
+    const std::vector<Gateway::WorkerModels>& workers) {
+  std::map<std::pair<std::string, std::string>, v1::Model> merged;
+  for (const auto& w : workers) {
+    for (const v1::Model& m : w.models) {
+      auto [it, fresh] = merged.try_emplace({m.model_id(), m.fingerprint()}, m);
+      v1::Model& out = it->second;
+      if (fresh) {
+        out.clear_backends();
+        out.set_workers(0);
+      }
+      out.set_workers(out.workers() + 1);
+      for (int b : m.backends()) {
+        if (std::find(out.backends().begin(), out.backends().end(), b) ==
+            out.backends().end()) {
+          out.add_backends(static_cast<v1::Backend>(b));
+        }
+      }
+    }
+  }
+  std::vector<v1::Model> out;
+  for (auto& [key, m] : merged) {
+    std::sort(m.mutable_backends()->begin(), m.mutable_backends()->end());
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+absl::Status ModelNotFound(const std::string& model_id) {
+  return MakeError(
+      absl::StatusCode::kNotFound, Reason::kModelNotFound,
+      absl::StrCat("no ready worker serves model \"", model_id, "\""),
+      {{"model_id", model_id}});
+}
+
+}  // namespace
+
+namespace {
+
 using v1::Sessions;
 
 // Every rpc is one line: route key and the stub method.
-#define SS_FORWARD(Service, Method, session_expr, hash_expr)                 \
-  ForwardUnary(                                                              \
-      gateway_, ctx, req, resp, session_expr, hash_expr,                     \
-      [](const std::shared_ptr<grpc::Channel>& channel,                      \
-         grpc::ClientContext* client, const auto& request, auto* response) { \
-        return v1::Service::NewStub(channel)->Method(client, request,        \
-                                                     response);              \
+#define SS_FORWARD(Service, Method, session_expr, hash_expr)                  \
+  ForwardUnary(                                                               \
+      gateway_, ctx, req, resp, Target{#Method, session_expr, hash_expr, ""}, \
+      [](const std::shared_ptr<grpc::Channel>& channel,                       \
+         grpc::ClientContext* client, const auto& request, auto* response) {  \
+        return v1::Service::NewStub(channel)->Method(client, request,         \
+                                                     response);               \
       })
 
 class SessionsService final : public v1::Sessions::CallbackService {
@@ -169,11 +310,51 @@ class SessionsService final : public v1::Sessions::CallbackService {
                                           const v1::CreateSessionRequest* req,
                                           v1::Session* resp) override {
     // A new session has no owner: rendezvous of its id (or, for a
-    // server-generated id, of the request id, so retries land together).
-    return SS_FORWARD(
-        Sessions, CreateSession, "",
-        req->session_id().empty() ? req->request_id() : req->session_id());
+    // server-generated id, of the request id, so retries land together)
+    // among the workers serving its model; a fork goes where its source
+    // lives.
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    const absl::Time began = gateway_->BeginCall();
+    gateway_->Spawn([this, ctx, req, resp, reactor, began] {
+      grpc::Status status = CreateSessionOnWorker(*ctx, *req, resp);
+      gateway_->EndCall("CreateSession", status, began);
+      reactor->Finish(status);
+    });
+    return reactor;
   }
+  grpc::Status CreateSessionOnWorker(const grpc::CallbackServerContext& ctx,
+                                     const v1::CreateSessionRequest& req,
+                                     v1::Session* resp) {
+    Target target{
+        "CreateSession", "",
+        req.session_id().empty() ? req.request_id() : req.session_id(), ""};
+    if (!req.model_id().empty()) {
+      auto tenant = gateway_->Tenant(ctx);
+      if (!tenant.ok()) return ToGrpcStatus(tenant.status());
+      auto workers = gateway_->Models(ctx, *tenant);
+      if (!workers.ok()) return ToGrpcStatus(workers.status());
+      // The fingerprint most ready workers serve under that id.
+      uint32_t best = 0;
+      for (const v1::Model& m : MergeModels(*workers)) {
+        if (m.model_id() == req.model_id() && m.workers() > best) {
+          best = m.workers();
+          target.fingerprint = m.fingerprint();
+        }
+      }
+      if (target.fingerprint.empty()) {
+        return ToGrpcStatus(ModelNotFound(req.model_id()));
+      }
+    } else if (req.has_fork_from() && !req.fork_from().session_id().empty()) {
+      target.session_id = req.fork_from().session_id();
+    }
+    return ForwardWithFailover(
+        gateway_, ctx, target,
+        [&](const std::shared_ptr<grpc::Channel>& channel,
+            grpc::ClientContext* client) {
+          return Sessions::NewStub(channel)->CreateSession(client, req, resp);
+        });
+  }
+
   grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* ctx,
                                        const v1::GetSessionRequest* req,
                                        v1::Session* resp) override {
@@ -211,10 +392,11 @@ class SessionsService final : public v1::Sessions::CallbackService {
       grpc::CallbackServerContext* ctx,
       const v1::ExportStateRequest* req) override {
     auto* writer = new BlockingWriter<v1::ExportStateResponse>();
-    gateway_->Spawn([this, ctx, req, writer] {
+    const absl::Time began = gateway_->BeginCall();
+    gateway_->Spawn([this, ctx, req, writer, began] {
       bool delivered = false;
       grpc::Status st = ForwardWithFailover(
-          gateway_, *ctx, req->session_id(), "",
+          gateway_, *ctx, Target{"ExportState", req->session_id(), "", ""},
           [&](const std::shared_ptr<grpc::Channel>& channel,
               grpc::ClientContext* client) {
             auto reader = Sessions::NewStub(channel)->ExportState(client, *req);
@@ -230,6 +412,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
             }
             return s;
           });
+      gateway_->EndCall("ExportState", st, began);
       writer->Finish(st);
       writer->Release();
     });
@@ -266,7 +449,8 @@ class SessionsService final : public v1::Sessions::CallbackService {
       bool ok_ ABSL_GUARDED_BY(mu_) = false;
     };
     auto* reader = new Reader();
-    gateway_->Spawn([this, ctx, resp, reader] {
+    const absl::Time began = gateway_->BeginCall();
+    gateway_->Spawn([this, ctx, resp, reader, began] {
       std::vector<v1::ImportStateRequest> parts;
       v1::ImportStateRequest msg;
       while (reader->Read(&msg)) parts.push_back(std::move(msg));
@@ -281,7 +465,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
         }
       }
       grpc::Status st = ForwardWithFailover(
-          gateway_, *ctx, session_id, hash_key,
+          gateway_, *ctx, Target{"ImportState", session_id, hash_key, ""},
           [&](const std::shared_ptr<grpc::Channel>& channel,
               grpc::ClientContext* client) {
             auto writer = Sessions::NewStub(channel)->ImportState(client, resp);
@@ -291,6 +475,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
             writer->WritesDone();
             return writer->Finish();
           });
+      gateway_->EndCall("ImportState", st, began);
       reader->Finish(st);
       reader->Release();
     });
@@ -305,20 +490,53 @@ class ModelsService final : public v1::Models::CallbackService {
  public:
   explicit ModelsService(Gateway* gateway) : gateway_(gateway) {}
 
-  // Answered by one worker (every worker of a deployment usually serves the
-  // same models; aggregation across heterogeneous workers is not done yet).
+  // Both answered from the models of all ready workers (see gateway.h).
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* ctx,
-                                       const v1::ListModelsRequest* req,
+                                       const v1::ListModelsRequest*,
                                        v1::ListModelsResponse* resp) override {
-    return SS_FORWARD(Models, ListModels, "", "models");
+    return Answer(ctx, "ListModels", [resp](std::vector<v1::Model> models) {
+      for (auto& m : models) *resp->add_models() = std::move(m);
+      return absl::OkStatus();
+    });
   }
   grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* ctx,
                                      const v1::GetModelRequest* req,
                                      v1::Model* resp) override {
-    return SS_FORWARD(Models, GetModel, "", "models");
+    return Answer(ctx, "GetModel", [req, resp](std::vector<v1::Model> models) {
+      for (auto& m : models) {
+        if (m.model_id() == req->model_id()) {
+          *resp = std::move(m);
+          return absl::OkStatus();
+        }
+      }
+      return ModelNotFound(req->model_id());
+    });
   }
 
  private:
+  grpc::ServerUnaryReactor* Answer(
+      grpc::CallbackServerContext* ctx, const char* method,
+      std::function<absl::Status(std::vector<v1::Model>)> fill) {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    const absl::Time began = gateway_->BeginCall();
+    gateway_->Spawn(
+        [this, ctx, method, fill = std::move(fill), reactor, began] {
+          grpc::Status status;
+          auto tenant = gateway_->Tenant(*ctx);
+          if (!tenant.ok()) {
+            status = ToGrpcStatus(tenant.status());
+          } else if (auto workers = gateway_->Models(*ctx, *tenant);
+                     !workers.ok()) {
+            status = ToGrpcStatus(workers.status());
+          } else {
+            status = ToGrpcStatus(fill(MergeModels(*workers)));
+          }
+          gateway_->EndCall(method, status, began);
+          reactor->Finish(status);
+        });
+    return reactor;
+  }
+
   Gateway* const gateway_;
 };
 

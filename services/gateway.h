@@ -30,6 +30,13 @@
 //     call ends with UNAVAILABLE and metadata diverged_at /
 //     delivered_tokens instead of splicing two continuations.
 // Other errors end the call as the worker sent them.
+//
+// Models. CreateSession with a model_id goes to a worker serving that model
+// (NOT_FOUND/MODEL_NOT_FOUND when no ready worker does); with fork_from and
+// no model_id, where the source session lives. ListModels and GetModel are
+// answered from the models of all ready workers (ListModels on each, cached
+// per worker), merged by (model_id, fingerprint): `workers` counts them,
+// `backends` is the union.
 #ifndef STATESTREAM_SERVICES_GATEWAY_H_
 #define STATESTREAM_SERVICES_GATEWAY_H_
 
@@ -39,6 +46,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "services/gateway_metrics.h"
 #include "services/gateway_router.h"
 #include "services/service_set.h"
 #include "services/tenants.h"
@@ -62,6 +70,12 @@ struct GatewayOptions {
   int64_t append_buffer_bytes = int64_t{64} << 20;
   // Message size limits towards workers, bytes.
   int max_message_bytes = 8 << 20;
+  // How long a worker may take to answer ListModels (asked once per worker
+  // for model routing and the aggregated Models service).
+  absl::Duration models_timeout = absl::Seconds(2);
+  // Where the gateway counts (docs/gateway.md lists the series). Not owned;
+  // must outlive the services. nullptr: counted, never shown.
+  GatewayMetrics* metrics = nullptr;
 };
 
 // The three public services. `store` (registry and leases) may be null when

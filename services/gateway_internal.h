@@ -13,12 +13,16 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "services/gateway.h"
+#include "services/gateway_metrics.h"
 #include "services/gateway_router.h"
+#include "statestream/v1/statestream.pb.h"
 
 namespace statestream::gateway {
 
@@ -40,6 +44,27 @@ class Gateway {
 
   const GatewayOptions& options() const { return options_; }
   GatewayRouter& router() { return router_; }
+  GatewayMetrics& metrics() { return *metrics_; }
+
+  // Bracket every forwarded call (calls_active gauge, per-method latency,
+  // outcome and errors_total).
+  absl::Time BeginCall();
+  void EndCall(const std::string& method, const grpc::Status& status,
+               absl::Time began);
+  // Counts how an attempt's worker was chosen.
+  void CountRoute(const absl::StatusOr<Route>& route, int attempt);
+
+  // The models of every live, non-suspect worker, asked with ListModels
+  // once per worker (id and address) and cached: a worker's models do not
+  // change while it runs. A worker that does not answer within
+  // models_timeout is left out (and marked suspect if unreachable).
+  // UNAVAILABLE when no worker answered.
+  struct WorkerModels {
+    WorkerInfo worker;
+    std::vector<v1::Model> models;
+  };
+  absl::StatusOr<std::vector<WorkerModels>> Models(
+      const grpc::CallbackServerContext& ctx, const std::string& tenant);
 
   // One channel per worker address, created on first use.
   std::shared_ptr<grpc::Channel> Channel(const std::string& address);
@@ -65,6 +90,13 @@ class Gateway {
 
   const GatewayOptions options_;
   GatewayRouter router_;
+  std::unique_ptr<GatewayMetrics> own_metrics_;  // when options_ has none
+  GatewayMetrics* metrics_;
+  std::atomic<int64_t> calls_active_{0};
+  absl::Mutex models_mu_;
+  // Keyed by worker id + "@" + address.
+  std::map<std::string, std::vector<v1::Model>> models_
+      ABSL_GUARDED_BY(models_mu_);
   absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_
       ABSL_GUARDED_BY(mu_);
@@ -168,14 +200,21 @@ class BlockingBidi final : public Blocking<grpc::ServerBidiReactor<Req, Resp>> {
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
 };
 
+// Where a call goes.
+struct Target {
+  std::string method;       // rpc name, for the metrics
+  std::string session_id;   // non-empty: the session's owner (or its hash)
+  std::string hash_key;     // else: rendezvous of tenant/hash_key ...
+  std::string fingerprint;  // ... among workers serving this model ("" any)
+};
+
 // Sends one call to workers until one answers with something other than a
-// failover condition, or max_attempts are used. `session_id` non-empty:
-// route to the session's owner; else by rendezvous of `hash_key`.
-// `call(channel, context)` makes one attempt. `attempts` (optional) gets
-// the number of workers tried.
+// failover condition, or max_attempts are used. `call(channel, context)`
+// makes one attempt. `attempts` (optional) gets the number of workers
+// tried.
 grpc::Status ForwardWithFailover(
     Gateway* gateway, const grpc::CallbackServerContext& ctx,
-    const std::string& session_id, const std::string& hash_key,
+    const Target& target,
     const std::function<grpc::Status(const std::shared_ptr<grpc::Channel>&,
                                      grpc::ClientContext*)>& call,
     int* attempts = nullptr);
@@ -189,16 +228,18 @@ template <class Req, class Resp, class Call>
 grpc::ServerUnaryReactor* ForwardUnary(Gateway* gateway,
                                        grpc::CallbackServerContext* ctx,
                                        const Req* req, Resp* resp,
-                                       std::string session_id,
-                                       std::string hash_key, Call call) {
+                                       Target target, Call call) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  const absl::Time began = gateway->BeginCall();
   gateway->Spawn([=] {
-    reactor->Finish(
-        ForwardWithFailover(gateway, *ctx, session_id, hash_key,
+    grpc::Status status =
+        ForwardWithFailover(gateway, *ctx, target,
                             [&](const std::shared_ptr<grpc::Channel>& channel,
                                 grpc::ClientContext* client) {
                               return call(channel, client, *req, resp);
-                            }));
+                            });
+    gateway->EndCall(target.method, status, began);
+    reactor->Finish(status);
   });
   return reactor;
 }

@@ -72,6 +72,24 @@ absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::Workers() {
   return workers_;
 }
 
+bool GatewayRouter::IsSuspect(const std::string& worker_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = suspects_.find(worker_id);
+  return it != suspects_.end() && it->second > clock_->Now();
+}
+
+GatewayRouter::Stats GatewayRouter::stats() {
+  const absl::Time now = clock_->Now();
+  absl::MutexLock lock(&mu_);
+  Stats s;
+  s.known = static_cast<int>(workers_.size());
+  for (const WorkerInfo& w : workers_) {
+    auto it = suspects_.find(w.worker_id);
+    if (it != suspects_.end() && it->second > now) ++s.suspect;
+  }
+  return s;
+}
+
 void GatewayRouter::MarkSuspect(const std::string& worker_id) {
   absl::MutexLock lock(&mu_);
   suspects_[worker_id] = clock_->Now() + options_.suspect_for;
@@ -142,13 +160,7 @@ absl::StatusOr<Route> GatewayRouter::RouteSession(
       fingerprint = head->model_fingerprint;
       if (!head->owner.empty() && exclude.count(head->owner) == 0) {
         auto workers = Workers();
-        bool suspect = false;
-        {
-          absl::MutexLock lock(&mu_);
-          auto it = suspects_.find(head->owner);
-          suspect = it != suspects_.end() && it->second > clock_->Now();
-        }
-        if (workers.ok() && !suspect) {
+        if (workers.ok() && !IsSuspect(head->owner)) {
           for (const WorkerInfo& w : *workers) {
             if (w.worker_id == head->owner) {
               return Route{w.worker_id, w.address, true};

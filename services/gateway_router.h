@@ -69,6 +69,15 @@ class GatewayRouter {
 
   // Live workers (registry + static), for Models and diagnostics.
   absl::StatusOr<std::vector<WorkerInfo>> Workers();
+  // Whether `worker_id` failed a call within suspect_for.
+  bool IsSuspect(const std::string& worker_id);
+
+  struct Stats {
+    int known = 0;    // in the last registry read (+ static workers)
+    int suspect = 0;  // of those, suspect now
+  };
+  // From the cached list; never reads the store.
+  Stats stats();
 
  private:
   absl::StatusOr<Route> Pick(const std::string& hash_key,

@@ -39,8 +39,10 @@ class AppendCall final : public Watched {
 
   // Serves the call to its end (Finish included).
   void Run() {
+    const absl::Time began = gateway_->BeginCall();
     std::thread reader([this] { ReadClient(); });
     grpc::Status final_status = Forward();
+    gateway_->EndCall("Append", final_status, began);
     ctx_->AddTrailingMetadata(kAttemptsTrailer, absl::StrCat(attempts_));
     client_->Finish(final_status);
     {
@@ -65,6 +67,7 @@ class AppendCall final : public Watched {
     uint64_t seq = 0;  // index among the client's requests
     uint64_t end = 0;  // expected_input_offset + units
     int64_t bytes = 0;
+    absl::Time received;  // read from the client
   };
 
   void ReadClient() {
@@ -81,6 +84,7 @@ class AppendCall final : public Watched {
       }
       if (!client_->Read(&request)) break;
       Entry e;
+      e.received = absl::Now();
       e.bytes = static_cast<int64_t>(request.ByteSizeLong());
       uint64_t units = request.has_tokens() ? request.tokens().ids_size()
                                             : request.text_utf8().size();
@@ -148,6 +152,7 @@ class AppendCall final : public Watched {
     for (int attempt = 1, failures = 0; failures < max_failures; ++attempt) {
       auto route =
           gateway_->router().RouteSession({tenant_, session_id_}, exclude);
+      gateway_->CountRoute(route, attempt);
       if (!route.ok()) {
         if (attempt == 1) status = ToGrpcStatus(route.status());
         break;
@@ -160,6 +165,7 @@ class AppendCall final : public Watched {
       gateway_->router().MarkSuspect(route->worker_id);
       exclude.insert(route->worker_id);
       failures = progressed ? 1 : failures + 1;
+      if (failures < max_failures) gateway_->metrics().IncFailover("Append");
       if (progressed) exclude = {route->worker_id};
       absl::SleepFor(
           std::min(absl::Milliseconds(50) * failures, absl::Milliseconds(500)));
@@ -183,17 +189,26 @@ class AppendCall final : public Watched {
       last_progress_ = absl::Now();
       // Replay everything not known to be committed (and acked).
       seq = log_.empty() ? next_seq_ : log_.front().seq;
+      if (attempt > 1) {
+        gateway_->metrics().AddReplayedRequests(
+            static_cast<int64_t>(next_seq_ - seq));
+      }
     }
     std::thread sender([this, s = stream.get(), seq] { Send(s, seq); });
     v1::AppendResponse ack;
     while (stream->Read(&ack)) {
       bool deliver;
+      absl::Time received;
       {
         absl::MutexLock lock(&mu_);
         ++attempt_acked_;
         last_progress_ = absl::Now();
         deliver = seq >= acked_;  // else a replayed request's second ack
         if (deliver) acked_ = seq + 1;
+        if (deliver && !log_.empty() && seq >= log_.front().seq &&
+            seq - log_.front().seq < log_.size()) {
+          received = log_[seq - log_.front().seq].received;
+        }
         committed_ = std::max(committed_, ack.committed_input_offset());
         while (!log_.empty() && log_.front().seq < acked_ &&
                log_.front().end <= committed_) {
@@ -206,6 +221,9 @@ class AppendCall final : public Watched {
         *client_gone = true;
         context->TryCancel();
         break;
+      }
+      if (deliver && received != absl::Time()) {
+        gateway_->metrics().ObserveAppendAck(absl::Now() - received);
       }
     }
     {
@@ -254,8 +272,9 @@ grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
   std::vector<uint32_t> tokens;  // delivered
   std::string text;              // delivered
   int attempts = 0;
+  int64_t skipped = 0;
   grpc::Status status = ForwardWithFailover(
-      gateway, ctx, request.session_id(), "",
+      gateway, ctx, Target{"Generate", request.session_id(), "", ""},
       [&](const std::shared_ptr<grpc::Channel>& channel,
           grpc::ClientContext* upstream) {
         auto reader =
@@ -274,6 +293,7 @@ grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
               const size_t k = regen_tokens + i;
               if (k < tokens.size()) {
                 if (tokens[k] != in.tokens(i)) diverged = k;
+                ++skipped;
                 continue;
               }
               chunk->add_tokens(in.tokens(i));
@@ -314,6 +334,7 @@ grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
         }
         grpc::Status status = reader->Finish();
         if (diverged) {
+          gateway->metrics().IncDiverged();
           return ToGrpcStatus(MakeError(
               absl::StatusCode::kUnavailable, Reason::kUnspecified,
               "the generation could not be resumed identically after a "
@@ -325,6 +346,7 @@ grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
         return status;
       },
       &attempts);
+  gateway->metrics().AddSkippedTokens(skipped);
   ctx.AddTrailingMetadata(kAttemptsTrailer, absl::StrCat(attempts));
   return status;
 }
@@ -338,7 +360,9 @@ class StreamsService final : public v1::Streams::CallbackService {
     auto* client = new AppendBidi();
     auto tenant = gateway_->Tenant(*ctx);
     if (!tenant.ok()) {
-      client->Finish(ToGrpcStatus(tenant.status()));
+      const grpc::Status status = ToGrpcStatus(tenant.status());
+      gateway_->EndCall("Append", status, gateway_->BeginCall());
+      client->Finish(status);
       client->Release();
       return client;
     }
@@ -353,8 +377,11 @@ class StreamsService final : public v1::Streams::CallbackService {
       grpc::CallbackServerContext* ctx,
       const v1::GenerateRequest* req) override {
     auto* client = new BlockingWriter<v1::GenerateResponse>();
-    gateway_->Spawn([this, ctx, req, client] {
-      client->Finish(ForwardGenerate(gateway_, *ctx, *req, client));
+    const absl::Time began = gateway_->BeginCall();
+    gateway_->Spawn([this, ctx, req, client, began] {
+      grpc::Status status = ForwardGenerate(gateway_, *ctx, *req, client);
+      gateway_->EndCall("Generate", status, began);
+      client->Finish(status);
       client->Release();
     });
     return client;
@@ -364,7 +391,7 @@ class StreamsService final : public v1::Streams::CallbackService {
                                   const v1::ScoreRequest* req,
                                   v1::ScoreResponse* resp) override {
     return ForwardUnary(
-        gateway_, ctx, req, resp, req->session_id(), "",
+        gateway_, ctx, req, resp, Target{"Score", req->session_id(), "", ""},
         [](const std::shared_ptr<grpc::Channel>& channel,
            grpc::ClientContext* client, const v1::ScoreRequest& request,
            v1::ScoreResponse* response) {

@@ -48,9 +48,26 @@ absl::StatusOr<std::unique_ptr<ClusterProcess>> ClusterProcess::Start(
   std::unique_ptr<ClusterProcess> p(new ClusterProcess());
   p->pid_ = pid;
   p->log_path_ = log_path;
-  std::string line;
+  std::string buffered;
   const absl::Time deadline = absl::Now() + timeout;
-  while (!absl::StrContains(line, "\n")) {
+  constexpr absl::string_view kPrefix = "listening on ";
+  constexpr absl::string_view kMetrics = "metrics on ";
+  while (true) {
+    const size_t nl = buffered.find('\n');
+    if (nl != std::string::npos) {
+      const std::string line = buffered.substr(0, nl);
+      buffered.erase(0, nl + 1);
+      if (absl::StartsWith(line, kMetrics)) {
+        p->metrics_address_ = line.substr(kMetrics.size());
+        continue;
+      }
+      close(out[0]);  // nothing else is printed on stdout
+      if (!absl::StartsWith(line, kPrefix)) {
+        return absl::InternalError(absl::StrCat("unexpected line: ", line));
+      }
+      p->address_ = line.substr(kPrefix.size());
+      break;
+    }
     pollfd fd{out[0], POLLIN, 0};
     const int ms =
         static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
@@ -67,15 +84,8 @@ absl::StatusOr<std::unique_ptr<ClusterProcess>> ClusterProcess::Start(
       return absl::UnavailableError(
           absl::StrCat("process exited before listening; log:\n", p->Log()));
     }
-    line.append(buf, n);
+    buffered.append(buf, n);
   }
-  close(out[0]);  // nothing else is printed on stdout
-  line = line.substr(0, line.find('\n'));
-  constexpr absl::string_view kPrefix = "listening on ";
-  if (!absl::StartsWith(line, kPrefix)) {
-    return absl::InternalError(absl::StrCat("unexpected line: ", line));
-  }
-  p->address_ = line.substr(kPrefix.size());
   return p;
 }
 
@@ -91,6 +101,15 @@ void ClusterProcess::Kill() {
   int status;
   waitpid(pid_, &status, 0);
   pid_ = -1;
+}
+
+int ClusterProcess::Terminate() {
+  if (pid_ <= 0) return -1;
+  kill(pid_, SIGTERM);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 std::string ClusterProcess::Log() const {

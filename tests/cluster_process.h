@@ -21,7 +21,8 @@ namespace statestream::e2e {
 class ClusterProcess {
  public:
   // Starts `argv` (argv[0] a path) and waits up to `timeout` for its
-  // "listening on HOST:PORT" line.
+  // "listening on HOST:PORT" line (after an optional "metrics on
+  // HOST:PORT").
   static absl::StatusOr<std::unique_ptr<ClusterProcess>> Start(
       const std::vector<std::string>& argv, const std::string& log_path,
       absl::Duration timeout);
@@ -30,10 +31,15 @@ class ClusterProcess {
   ClusterProcess& operator=(const ClusterProcess&) = delete;
 
   const std::string& address() const { return address_; }
+  // The `/metrics` HOST:PORT, or "" when none was printed.
+  const std::string& metrics_address() const { return metrics_address_; }
   pid_t pid() const { return pid_; }
   void Signal(int signal_number);
   // SIGKILL and reap.
   void Kill();
+  // SIGTERM and reap (a graceful stop: as long as the process takes).
+  // Returns the exit code, or -1 when it did not exit normally.
+  int Terminate();
   // The stderr log so far.
   std::string Log() const;
 
@@ -41,6 +47,7 @@ class ClusterProcess {
   ClusterProcess() = default;
   pid_t pid_ = -1;
   std::string address_;
+  std::string metrics_address_;
   std::string log_path_;
 };
 

@@ -8,10 +8,7 @@
 namespace statestream::worker {
 namespace {
 
-std::vector<double> LatencyBounds() {
-  return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-          0.1,    0.25,  0.5,    1,     2.5,  5,     10};
-}
+std::vector<double> LatencyBounds() { return Histogram::LatencyBounds(); }
 std::vector<double> SizeBounds() {
   return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
 }
@@ -23,36 +20,6 @@ void Header(std::string* out, const char* name, const char* type,
 }
 
 }  // namespace
-
-Histogram::Histogram(std::vector<double> bounds)
-    : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0) {}
-
-void Histogram::Observe(double value) {
-  size_t i = 0;
-  while (i < bounds_.size() && value > bounds_[i]) ++i;
-  absl::MutexLock lock(&mu_);
-  ++counts_[i];
-  sum_ += value;
-  ++count_;
-}
-
-void Histogram::Render(const std::string& name, const std::string& labels,
-                       std::string* out) const {
-  absl::MutexLock lock(&mu_);
-  const std::string sep = labels.empty() ? "" : ",";
-  uint64_t cumulative = 0;
-  for (size_t i = 0; i <= bounds_.size(); ++i) {
-    cumulative += counts_[i];
-    const std::string le =
-        i < bounds_.size() ? absl::StrCat(bounds_[i]) : std::string("+Inf");
-    absl::StrAppend(out, name, "_bucket{", labels, sep, "le=\"", le, "\"} ",
-                    cumulative, "\n");
-  }
-  const std::string braces =
-      labels.empty() ? "" : absl::StrCat("{", labels, "}");
-  absl::StrAppend(out, name, "_sum", braces, " ", sum_, "\n", name, "_count",
-                  braces, " ", count_, "\n");
-}
 
 WorkerMetrics::WorkerMetrics(std::string store)
     : store_(std::move(store)),

@@ -18,26 +18,9 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/histogram.h"
 
 namespace statestream::worker {
-
-// Cumulative histogram with fixed upper bounds (Prometheus `le`).
-class Histogram {
- public:
-  explicit Histogram(std::vector<double> bounds);
-  void Observe(double value);
-  // Appends `name_bucket`, `name_sum`, `name_count` lines; `labels` is
-  // either empty or `key="value"` pairs without braces.
-  void Render(const std::string& name, const std::string& labels,
-              std::string* out) const;
-
- private:
-  const std::vector<double> bounds_;
-  mutable absl::Mutex mu_;
-  std::vector<uint64_t> counts_ ABSL_GUARDED_BY(mu_);  // per bucket, +Inf last
-  double sum_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t count_ ABSL_GUARDED_BY(mu_) = 0;
-};
 
 class WorkerMetrics {
  public:

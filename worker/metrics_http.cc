@@ -4,6 +4,7 @@
 #include <httplib.h>
 
 #include <thread>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -13,12 +14,12 @@ namespace {
 
 class HttpServer final : public MetricsHttpServer {
  public:
-  HttpServer(std::string host, const WorkerMetrics* metrics)
+  HttpServer(std::string host, std::function<std::string()> render)
       : host_(std::move(host)) {
-    server_.Get(
-        "/metrics", [metrics](const httplib::Request&, httplib::Response& res) {
-          res.set_content(metrics->Render(), "text/plain; version=0.0.4");
-        });
+    server_.Get("/metrics", [render = std::move(render)](
+                                const httplib::Request&, httplib::Response& res) {
+      res.set_content(render(), "text/plain; version=0.0.4");
+    });
   }
   ~HttpServer() override {
     server_.stop();
@@ -52,6 +53,11 @@ class HttpServer final : public MetricsHttpServer {
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     const std::string& listen, const WorkerMetrics* metrics) {
+  return Start(listen, [metrics] { return metrics->Render(); });
+}
+
+absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
+    const std::string& listen, std::function<std::string()> render) {
   const size_t colon = listen.rfind(':');
   int port = -1;
   if (colon == std::string::npos || colon == 0 ||
@@ -60,7 +66,8 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     return absl::InvalidArgumentError(
         absl::StrCat("--metrics-listen ", listen, ": want HOST:PORT"));
   }
-  auto server = std::make_unique<HttpServer>(listen.substr(0, colon), metrics);
+  auto server = std::make_unique<HttpServer>(listen.substr(0, colon),
+                                             std::move(render));
   if (absl::Status st = server->Bind(port); !st.ok()) return st;
   return std::unique_ptr<MetricsHttpServer>(std::move(server));
 }

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
-// Serves WorkerMetrics::Render() as `GET /metrics` over HTTP (cpp-httplib),
-// on its own thread.
+// Serves Prometheus text (WorkerMetrics::Render(), or any renderer: the
+// gateway's metrics) as `GET /metrics` over HTTP (cpp-httplib), on its own
+// thread.
 #ifndef STATESTREAM_WORKER_METRICS_HTTP_H_
 #define STATESTREAM_WORKER_METRICS_HTTP_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -18,6 +20,10 @@ class MetricsHttpServer {
   // destroyed. `metrics` must outlive the server.
   static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(
       const std::string& listen, const WorkerMetrics* metrics);
+  // The same for any renderer, called on the server's thread for each
+  // request; it must stay callable until the server is destroyed.
+  static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(
+      const std::string& listen, std::function<std::string()> render);
   virtual ~MetricsHttpServer() = default;
   // HOST:PORT actually bound.
   virtual std::string address() const = 0;

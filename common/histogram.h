@@ -1,0 +1,45 @@
+// SPDX-License-Identifier: Apache-2.0
+// A Prometheus histogram (cumulative buckets with fixed upper bounds),
+// rendered in the text exposition format (0.0.4). Shared by the worker's
+// and the gateway's metrics. Thread-safe.
+#ifndef STATESTREAM_COMMON_HISTOGRAM_H_
+#define STATESTREAM_COMMON_HISTOGRAM_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+
+namespace statestream {
+
+class Histogram {
+ public:
+  // `bounds`: increasing upper bounds (`le`); +Inf is implicit.
+  explicit Histogram(std::vector<double> bounds);
+  void Observe(double value);
+  // Appends `name_bucket`, `name_sum`, `name_count` lines; `labels` is
+  // either empty or `key="value"` pairs without braces.
+  void Render(const std::string& name, const std::string& labels,
+              std::string* out) const;
+  // The value under which a fraction `q` (0..1) of the observations fall,
+  // interpolated linearly inside its bucket (as Prometheus'
+  // histogram_quantile); 0 without observations.
+  double Quantile(double q) const;
+  uint64_t count() const;
+
+  // Seconds, 0.5 ms to 10 s: the bounds of every latency histogram.
+  static std::vector<double> LatencyBounds();
+
+ private:
+  const std::vector<double> bounds_;
+  mutable absl::Mutex mu_;
+  std::vector<uint64_t> counts_ ABSL_GUARDED_BY(mu_);  // per bucket, +Inf last
+  double sum_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t count_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace statestream
+
+#endif  // STATESTREAM_COMMON_HISTOGRAM_H_

@@ -1,0 +1,185 @@
+// SPDX-License-Identifier: Apache-2.0
+// Operations through real gateways (tests/cluster_harness.h): model-aware
+// routing and the aggregated Models service over workers serving two
+// different models, and the gateway's Prometheus `/metrics` after traffic
+// that includes a failover.
+#include <httplib.h>
+
+#include <map>
+#include <string>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/grpc_status.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "tests/cluster_harness.h"
+
+namespace statestream {
+namespace {
+
+class ClusterOpsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    e2e::ClusterOptions options;
+    options.workers = 2;  // tiny
+    auto c = e2e::Cluster::Start(STATESTREAM_BIN, options);
+    ASSERT_TRUE(c.ok()) << c.status();
+    cluster_ = c->release();
+    auto other = cluster_->MakeModel("other", 8);
+    ASSERT_TRUE(other.ok()) << other.status();
+    auto w = cluster_->AddWorker(*other);
+    ASSERT_TRUE(w.ok()) << w.status();
+  }
+  static void TearDownTestSuite() { delete cluster_; }
+  void TearDown() override {
+    if (HasFailure()) ADD_FAILURE() << cluster_->Logs();
+  }
+
+  // Sample name (with labels) -> value from gateway `gw`'s /metrics.
+  static std::map<std::string, double> Scrape(int gw) {
+    const std::string address = cluster_->gateways()[gw]->metrics_address();
+    const size_t colon = address.rfind(':');
+    int port = 0;
+    EXPECT_TRUE(absl::SimpleAtoi(address.substr(colon + 1), &port));
+    httplib::Client client(address.substr(0, colon), port);
+    auto res = client.Get("/metrics");
+    std::map<std::string, double> samples;
+    if (!res || res->status != 200) {
+      ADD_FAILURE() << "GET /metrics failed";
+      return samples;
+    }
+    for (absl::string_view line : absl::StrSplit(res->body, '\n')) {
+      if (line.empty() || line[0] == '#') continue;
+      const size_t space = line.rfind(' ');
+      double v = 0;
+      if (absl::SimpleAtod(line.substr(space + 1), &v)) {
+        samples[std::string(line.substr(0, space))] = v;
+      }
+    }
+    return samples;
+  }
+
+  static e2e::Cluster* cluster_;
+};
+
+e2e::Cluster* ClusterOpsTest::cluster_ = nullptr;
+
+TEST_F(ClusterOpsTest, ListModelsAggregatesReadyWorkers) {
+  for (int gw = 0; gw < 2; ++gw) {
+    v1::ListModelsResponse resp;
+    auto ctx = e2e::ClientContext();
+    ASSERT_TRUE(
+        cluster_->models(gw)->ListModels(ctx.get(), {}, &resp).ok());
+    ASSERT_EQ(resp.models_size(), 2);
+    EXPECT_EQ(resp.models(0).model_id(), "other");
+    EXPECT_EQ(resp.models(0).workers(), 1u);
+    EXPECT_EQ(resp.models(1).model_id(), "tiny");
+    EXPECT_EQ(resp.models(1).workers(), 2u);
+    EXPECT_NE(resp.models(0).fingerprint(), resp.models(1).fingerprint());
+    EXPECT_EQ(resp.models(1).backends_size(), 1);
+  }
+  v1::GetModelRequest req;
+  req.set_model_id("other");
+  v1::Model model;
+  auto ctx = e2e::ClientContext();
+  ASSERT_TRUE(cluster_->models(1)->GetModel(ctx.get(), req, &model).ok());
+  EXPECT_EQ(model.model_id(), "other");
+  req.set_model_id("no-such-model");
+  auto ctx2 = e2e::ClientContext();
+  absl::Status missing =
+      FromGrpcStatus(cluster_->models(1)->GetModel(ctx2.get(), req, &model));
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(GetReason(missing), Reason::kModelNotFound);
+}
+
+TEST_F(ClusterOpsTest, CreateSessionRoutesByModel) {
+  // Whatever the rendezvous winner of each id, a session lands on a worker
+  // serving its model.
+  for (int i = 0; i < 8; ++i) {
+    const std::string id = absl::StrCat("by-model-", i);
+    const std::string model = i % 2 == 0 ? "other" : "tiny";
+    ASSERT_TRUE(cluster_->Create(id, i % 2, model).ok()) << id;
+    auto s = cluster_->Get(id, (i + 1) % 2);
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_EQ(s->model_id(), model);
+  }
+  absl::Status unknown = cluster_->Create("by-model-x", 0, "no-such-model");
+  EXPECT_EQ(unknown.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(GetReason(unknown), Reason::kModelNotFound);
+  EXPECT_EQ(GetErrorMetadata(unknown, "model_id"), "no-such-model");
+}
+
+TEST_F(ClusterOpsTest, MetricsAfterTrafficAndAFailover) {
+  const auto chunks = e2e::TextChunks(40, 64, 5);
+  ASSERT_TRUE(cluster_->Create("metrics-s", 0, "tiny").ok());
+  // Kill the owner once the session is loaded, mid-stream: the gateway
+  // replays (or resends) on the other tiny worker.
+  std::atomic<int> acked{0};
+  std::thread killer;
+  bool killed = false;
+  absl::Status appended;
+  {
+    std::thread client([&] {
+      appended = e2e::AppendResumable(
+          cluster_, "metrics-s", chunks, 0,
+          [](const grpc::Status&) { return true; }, nullptr, &acked);
+    });
+    while (acked.load() < 10) std::this_thread::yield();
+    e2e::ClusterProcess* owner = cluster_->Owner("metrics-s");
+    if (owner != nullptr) {
+      owner->Kill();
+      killed = true;
+    }
+    client.join();
+  }
+  ASSERT_TRUE(appended.ok()) << appended;
+  ASSERT_TRUE(killed);
+  v1::GenerateRequest g;
+  g.set_session_id("metrics-s");
+  g.set_request_id("metrics-gen");
+  g.set_max_tokens(16);
+  auto ctx = e2e::ClientContext();
+  auto reader = cluster_->streams(0)->Generate(ctx.get(), g);
+  v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_FALSE(cluster_->Get("no-such-session", 0).ok());
+
+  auto m0 = Scrape(0);
+  auto m1 = Scrape(1);
+  auto sum = [&](const std::string& key) { return m0[key] + m1[key]; };
+  EXPECT_GT(sum("statestream_gateway_rpc_seconds_count{method=\"Append\"}"),
+            0);
+  EXPECT_GT(sum("statestream_gateway_rpc_seconds_count{method=\"Generate\"}"),
+            0);
+  EXPECT_GT(m0["statestream_gateway_rpc_seconds_count{method=\"GetSession\"}"],
+            0);
+  EXPECT_GT(
+      m0["statestream_gateway_calls_total{method=\"Generate\",code=\"OK\"}"],
+      0);
+  EXPECT_GE(m0["statestream_gateway_errors_total{reason=\"SESSION_NOT_FOUND\"}"],
+            1);
+  EXPECT_GT(sum("statestream_gateway_append_ack_seconds_count"), 0);
+  EXPECT_GT(sum("statestream_gateway_routing_decisions_total{decision=\"owner\"}"),
+            0);
+  EXPECT_GT(
+      sum("statestream_gateway_routing_decisions_total{decision="
+          "\"rendezvous\"}"),
+      0);
+  // The kill moved the stream (Append failover) or its retry.
+  EXPECT_GE(sum("statestream_gateway_failovers_total{method=\"Append\"}") +
+                sum("statestream_gateway_routing_decisions_total{decision="
+                    "\"retry\"}"),
+            1);
+  EXPECT_GE(m0["statestream_gateway_workers_known"], 2);
+  EXPECT_TRUE(m0.count("statestream_gateway_workers_ready") == 1);
+  EXPECT_TRUE(m0.count("statestream_gateway_replayed_requests_total") == 1);
+  EXPECT_EQ(m0["statestream_gateway_calls_active"], 0);
+}
+
+}  // namespace
+}  // namespace statestream
