@@ -12,6 +12,8 @@ namespace statestream::cli {
 
 const char kMetricsFlagsFile[] = __FILE__;
 
-std::string MetricsListenFromFlag() { return absl::GetFlag(FLAGS_metrics_listen); }
+std::string MetricsListenFromFlag() {
+  return absl::GetFlag(FLAGS_metrics_listen);
+}
 
 }  // namespace statestream::cli

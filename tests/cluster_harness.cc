@@ -110,8 +110,8 @@ absl::Status Cluster::StartGateway(int index) {
   auto g = ClusterProcess::Start(
       argv, absl::StrCat(dir_, "/gateway", index, ".log"), kStartTimeout);
   if (!g.ok()) return g.status();
-  auto channel = grpc::CreateChannel((*g)->address(),
-                                     grpc::InsecureChannelCredentials());
+  auto channel =
+      grpc::CreateChannel((*g)->address(), grpc::InsecureChannelCredentials());
   sessions_.push_back(v1::Sessions::NewStub(channel));
   streams_.push_back(v1::Streams::NewStub(channel));
   models_.push_back(v1::Models::NewStub(channel));

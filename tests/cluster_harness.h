@@ -42,8 +42,7 @@ class Cluster {
   ~Cluster();  // kills every process, removes the directory
 
   // A random model `name` (model_id = name) with `seed`; returns its path.
-  absl::StatusOr<std::string> MakeModel(const std::string& name,
-                                        uint32_t seed);
+  absl::StatusOr<std::string> MakeModel(const std::string& name, uint32_t seed);
   // Starts one more worker (id w0, w1, ...) serving `model_path` ("" =
   // tiny). Returns its index in workers().
   absl::StatusOr<int> AddWorker(const std::string& model_path = "");
@@ -51,9 +50,7 @@ class Cluster {
   testing::RedisServer* redis() { return redis_.get(); }
   StateStore* store() { return store_.get(); }
   std::vector<std::unique_ptr<ClusterProcess>>& workers() { return workers_; }
-  std::vector<std::unique_ptr<ClusterProcess>>& gateways() {
-    return gateways_;
-  }
+  std::vector<std::unique_ptr<ClusterProcess>>& gateways() { return gateways_; }
   // The running worker holding the session's lease, or nullptr.
   ClusterProcess* Owner(const std::string& session,
                         const std::string& tenant = "default");
@@ -100,13 +97,12 @@ std::vector<std::string> TextChunks(int n, int size, uint32_t seed);
 // fails the same way) and resumes from there on the next gateway — the
 // client side of exactly-once appends. `max_committed` (optional) gets the
 // largest committed_input_offset acknowledged.
-absl::Status AppendResumable(Cluster* cluster, const std::string& id,
-                             const std::vector<std::string>& chunks,
-                             int checkpoint_every,
-                             const std::function<bool(const grpc::Status&)>&
-                                 on_error,
-                             std::atomic<uint64_t>* max_committed = nullptr,
-                             std::atomic<int>* acked = nullptr);
+absl::Status AppendResumable(
+    Cluster* cluster, const std::string& id,
+    const std::vector<std::string>& chunks, int checkpoint_every,
+    const std::function<bool(const grpc::Status&)>& on_error,
+    std::atomic<uint64_t>* max_committed = nullptr,
+    std::atomic<int>* acked = nullptr);
 
 }  // namespace statestream::e2e
 

@@ -71,8 +71,7 @@ TEST_F(ClusterOpsTest, ListModelsAggregatesReadyWorkers) {
   for (int gw = 0; gw < 2; ++gw) {
     v1::ListModelsResponse resp;
     auto ctx = e2e::ClientContext();
-    ASSERT_TRUE(
-        cluster_->models(gw)->ListModels(ctx.get(), {}, &resp).ok());
+    ASSERT_TRUE(cluster_->models(gw)->ListModels(ctx.get(), {}, &resp).ok());
     ASSERT_EQ(resp.models_size(), 2);
     EXPECT_EQ(resp.models(0).model_id(), "other");
     EXPECT_EQ(resp.models(0).workers(), 1u);
@@ -152,8 +151,7 @@ TEST_F(ClusterOpsTest, MetricsAfterTrafficAndAFailover) {
   auto m0 = Scrape(0);
   auto m1 = Scrape(1);
   auto sum = [&](const std::string& key) { return m0[key] + m1[key]; };
-  EXPECT_GT(sum("statestream_gateway_rpc_seconds_count{method=\"Append\"}"),
-            0);
+  EXPECT_GT(sum("statestream_gateway_rpc_seconds_count{method=\"Append\"}"), 0);
   EXPECT_GT(sum("statestream_gateway_rpc_seconds_count{method=\"Generate\"}"),
             0);
   EXPECT_GT(m0["statestream_gateway_rpc_seconds_count{method=\"GetSession\"}"],
@@ -161,15 +159,15 @@ TEST_F(ClusterOpsTest, MetricsAfterTrafficAndAFailover) {
   EXPECT_GT(
       m0["statestream_gateway_calls_total{method=\"Generate\",code=\"OK\"}"],
       0);
-  EXPECT_GE(m0["statestream_gateway_errors_total{reason=\"SESSION_NOT_FOUND\"}"],
-            1);
+  EXPECT_GE(
+      m0["statestream_gateway_errors_total{reason=\"SESSION_NOT_FOUND\"}"], 1);
   EXPECT_GT(sum("statestream_gateway_append_ack_seconds_count"), 0);
-  EXPECT_GT(sum("statestream_gateway_routing_decisions_total{decision=\"owner\"}"),
-            0);
   EXPECT_GT(
-      sum("statestream_gateway_routing_decisions_total{decision="
-          "\"rendezvous\"}"),
+      sum("statestream_gateway_routing_decisions_total{decision=\"owner\"}"),
       0);
+  EXPECT_GT(sum("statestream_gateway_routing_decisions_total{decision="
+                "\"rendezvous\"}"),
+            0);
   // The kill moved the stream (Append failover) or its retry.
   EXPECT_GE(sum("statestream_gateway_failovers_total{method=\"Append\"}") +
                 sum("statestream_gateway_routing_decisions_total{decision="

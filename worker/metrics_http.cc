@@ -16,10 +16,11 @@ class HttpServer final : public MetricsHttpServer {
  public:
   HttpServer(std::string host, std::function<std::string()> render)
       : host_(std::move(host)) {
-    server_.Get("/metrics", [render = std::move(render)](
-                                const httplib::Request&, httplib::Response& res) {
-      res.set_content(render(), "text/plain; version=0.0.4");
-    });
+    server_.Get("/metrics",
+                [render = std::move(render)](const httplib::Request&,
+                                             httplib::Response& res) {
+                  res.set_content(render(), "text/plain; version=0.0.4");
+                });
   }
   ~HttpServer() override {
     server_.stop();
@@ -66,8 +67,8 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     return absl::InvalidArgumentError(
         absl::StrCat("--metrics-listen ", listen, ": want HOST:PORT"));
   }
-  auto server = std::make_unique<HttpServer>(listen.substr(0, colon),
-                                             std::move(render));
+  auto server =
+      std::make_unique<HttpServer>(listen.substr(0, colon), std::move(render));
   if (absl::Status st = server->Bind(port); !st.ok()) return st;
   return std::unique_ptr<MetricsHttpServer>(std::move(server));
 }
