@@ -224,7 +224,10 @@ absl::Status AppendResumable(
         broken = true;
         break;
       }
-      if (ack.input_offset() != ends[next]) {
+      // A resent request the session already holds is acknowledged as a
+      // duplicate with the session's (further) offset.
+      if (ack.duplicate() ? ack.input_offset() < ends[next]
+                          : ack.input_offset() != ends[next]) {
         return absl::InternalError(absl::StrCat(
             id, ": ack at ", ack.input_offset(), ", expected ", ends[next]));
       }
@@ -243,16 +246,20 @@ absl::Status AppendResumable(
     if (st.ok()) st = grpc::Status(grpc::StatusCode::UNKNOWN, "stream broke");
     if (!on_error(st)) return FromGrpcStatus(st);
     gw = (gw + 1) % gateways;
-    // Resume where the service says the session is.
+    // Resume from what the service has committed (the proto's contract:
+    // resend everything beyond committed_input_offset after a failure).
+    // Not from input_offset: a worker that lost the session's lease may
+    // still hold, and report, input it will never commit; resent input it
+    // does hold is acknowledged as a duplicate.
     while (true) {
       auto s = cluster->Get(id, gw);
       if (s.ok()) {
-        const uint64_t at = s->input_offset();
+        const uint64_t at = s->committed_input_offset();
         next = 0;
         while (next < ends.size() && ends[next] <= at) ++next;
         if (at != (next == 0 ? 0 : ends[next - 1])) {
-          return absl::InternalError(
-              absl::StrCat(id, ": input_offset ", at, " is not a chunk end"));
+          return absl::InternalError(absl::StrCat(
+              id, ": committed_input_offset ", at, " is not a chunk end"));
         }
         break;
       }
