@@ -90,7 +90,7 @@ const Command& ChatCommand() {
       "session, so a later `chat --session ID` continues the conversation\n"
       "without re-sending it. Without --session a new session is created\n"
       "(its id is printed on stderr).",
-      {__FILE__, kClientFlagsFile, kGenerateFlagsFile},
+      {__FILE__, kClientFlagsFile, kTlsFlagsFile, kGenerateFlagsFile},
       &Run};
   return kCommand;
 }

@@ -9,6 +9,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "cli/cli_util.h"
+#include "cli/tls_flags.h"
 #include "common/status.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:7700",
@@ -22,8 +23,6 @@ ABSL_FLAG(bool, json, false, "Print JSON (one object per line) for scripts.");
 ABSL_FLAG(bool, tls, false, "Connect with TLS (default: plaintext).");
 ABSL_FLAG(std::string, tls_ca, "",
           "TLS: PEM file of root certificates (default: the system's).");
-ABSL_FLAG(std::string, tls_cert, "", "TLS: client certificate PEM (mTLS).");
-ABSL_FLAG(std::string, tls_key, "", "TLS: client private key PEM (mTLS).");
 ABSL_FLAG(std::string, tls_server_name, "",
           "TLS: expect this name in the server certificate.");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(60),

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Flags shared by the client verbs (session, feed, generate, chat, score):
 // where the server is, credentials, TLS, output format, the session.
-// Commands list kClientFlagsFile in their Command::flag_files.
+// Commands list kClientFlagsFile and kTlsFlagsFile in their
+// Command::flag_files.
 #ifndef STATESTREAM_CLI_CLIENT_FLAGS_H_
 #define STATESTREAM_CLI_CLIENT_FLAGS_H_
 
@@ -9,6 +10,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "cli/tls_flags.h"
 #include "google/protobuf/message.h"
 #include "statestream/client.h"
 

@@ -157,7 +157,7 @@ const Command& FeedCommand() {
       "broken connection or a restarted server is resumed transparently\n"
       "(nothing is lost or applied twice). On a terminal, stderr shows a\n"
       "progress bar: bytes, tokens, tokens/s and (for files) ETA.",
-      {__FILE__, kClientFlagsFile},
+      {__FILE__, kClientFlagsFile, kTlsFlagsFile},
       &Run};
   return kCommand;
 }

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/command.h"
+#include "cli/gateway_security_flags.h"
 #include "cli/metrics_flags.h"
 #include "cli/redis_flags.h"
 #include "cli/server_flags.h"
@@ -80,6 +81,25 @@ int Run(const std::vector<std::string>& args) {
                  "UNAUTHENTICATED; any caller picks its tenant with the "
                  "x-statestream-tenant header\n";
   }
+  absl::StatusOr<ClientTlsOptions> worker_tls = WorkerTlsFromFlags();
+  if (!worker_tls.ok()) {
+    std::cerr << "statestream gateway: " << worker_tls.status().message()
+              << "\n";
+    return kExitUsage;
+  }
+  options.worker_tls = *std::move(worker_tls);
+  absl::StatusOr<TenantLimit> limit_defaults = TenantLimitDefaultsFromFlags();
+  if (!limit_defaults.ok()) {
+    std::cerr << "statestream gateway: " << limit_defaults.status().message()
+              << "\n";
+    return kExitUsage;
+  }
+  const TenantLimitsOptions limits{*limit_defaults, options.auth.limits()};
+  if (limits.LimitsSessions() && redis.addresses.empty()) {
+    std::cerr << "statestream gateway: session limits need --redis (sessions "
+                 "are counted in the state store)\n";
+    return kExitUsage;
+  }
   TuneMallocForLargeBuffers();
   // Outlives the services (and their gauge source): the HTTP server stops
   // after RunServer returns.
@@ -87,28 +107,30 @@ int Run(const std::vector<std::string>& args) {
   options.metrics = &metrics;
   std::unique_ptr<worker::MetricsHttpServer> metrics_http;
   const std::string metrics_listen = MetricsListenFromFlag();
-  return RunServer("gateway", ServerOptionsFromFlags(), ShutdownGraceFromFlag(),
-                   [&]() -> absl::StatusOr<ServiceSet> {
-                     // Here: RunServer has blocked the stop signals, so
-                     // the HTTP thread never takes them.
-                     if (!metrics_listen.empty()) {
-                       auto http = worker::MetricsHttpServer::Start(
-                           metrics_listen,
-                           [&metrics] { return metrics.Render(); });
-                       if (!http.ok()) return http.status();
-                       metrics_http = *std::move(http);
-                       std::printf("metrics on %s\n",
-                                   metrics_http->address().c_str());
-                       std::fflush(stdout);
-                     }
-                     std::shared_ptr<StateStore> store;
-                     if (!redis.addresses.empty()) {
-                       auto opened = NewRedisStateStore(redis);
-                       if (!opened.ok()) return opened.status();
-                       store = std::shared_ptr<StateStore>(std::move(*opened));
-                     }
-                     return GatewayServices(options, std::move(store));
-                   });
+  return RunServer(
+      "gateway", ServerOptionsFromFlags(), ShutdownGraceFromFlag(),
+      [&]() -> absl::StatusOr<ServiceSet> {
+        // Here: RunServer has blocked the stop signals, so
+        // the HTTP thread never takes them.
+        if (!metrics_listen.empty()) {
+          auto http = worker::MetricsHttpServer::Start(
+              metrics_listen, [&metrics] { return metrics.Render(); });
+          if (!http.ok()) return http.status();
+          metrics_http = *std::move(http);
+          std::printf("metrics on %s\n", metrics_http->address().c_str());
+          std::fflush(stdout);
+        }
+        std::shared_ptr<StateStore> store;
+        if (!redis.addresses.empty()) {
+          auto opened = NewRedisStateStore(redis);
+          if (!opened.ok()) return opened.status();
+          store = std::shared_ptr<StateStore>(std::move(*opened));
+        }
+        if (limits.LimitsSessions() || limits.LimitsStreams()) {
+          options.limits = std::make_shared<TenantLimits>(limits, store.get());
+        }
+        return GatewayServices(options, std::move(store));
+      });
 }
 
 }  // namespace
@@ -123,7 +145,8 @@ const Command& GatewayCommand() {
       "holder), else to a live worker chosen by rendezvous hashing; moves\n"
       "Append and Generate streams to another worker when one fails.\n"
       "Stops cleanly on SIGINT or SIGTERM.",
-      {__FILE__, kServerFlagsFile, kMetricsFlagsFile, kRedisFlagsFile},
+      {__FILE__, kServerFlagsFile, kTlsFlagsFile, kGatewaySecurityFlagsFile,
+       kMetricsFlagsFile, kRedisFlagsFile},
       &Run};
   return kCommand;
 }

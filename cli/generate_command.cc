@@ -117,7 +117,7 @@ const Command& GenerateCommand() {
       "--json one GenerateChunk per line, then the GenerateDone. Resumes\n"
       "transparently after a failure (same tokens). Without --commit the\n"
       "session is not changed.",
-      {__FILE__, kClientFlagsFile},
+      {__FILE__, kClientFlagsFile, kTlsFlagsFile},
       &Run};
   return kCommand;
 }

@@ -67,7 +67,7 @@ const Command& ScoreCommand() {
       "--session ID (TEXT | - | --tokens 1,2,3) [--json]\n\n"
       "Prints one line per token (id, logprob, whether greedy) and the sum;\n"
       "with --json the ScoreResponse.",
-      {__FILE__, kClientFlagsFile, kTokenFlagsFile},
+      {__FILE__, kClientFlagsFile, kTlsFlagsFile, kTokenFlagsFile},
       &Run};
   return kCommand;
 }

@@ -187,6 +187,11 @@ int Run(const std::vector<std::string>& args) {
   options.vocab_path = VocabFlagValue();
   ApplyWorkerFlags(&options.sessions, &options.scheduler);
   options.metrics_listen = MetricsListenFromFlag();
+  // `serve` has no API keys: say so once, loudly.
+  std::cerr << "statestream serve: WARNING: running UNAUTHENTICATED: any "
+               "caller picks its tenant with the x-statestream-tenant header "
+               "(put `statestream gateway --api-keys` in front to "
+               "authenticate)\n";
   TuneMallocForLargeBuffers();  // multi-MB states: docs/state-store.md
   // On SIGTERM, before gRPC drains: stop admitting (UNAVAILABLE with a
   // retry hint), end running generations gracefully (committed, finish
@@ -217,8 +222,8 @@ const Command& ServeCommand() {
       "weights (byte-level; its output is noise). --vocab defaults to\n"
       "rwkv_vocab_v20230424.txt beside --model (byte-level models need none).\n"
       "Stops cleanly on SIGINT or SIGTERM.",
-      {__FILE__, kServerFlagsFile, kMetricsFlagsFile, kModelFlagFile,
-       kVocabFlagFile, kWorkerFlagsFile},
+      {__FILE__, kServerFlagsFile, kTlsFlagsFile, kMetricsFlagsFile,
+       kModelFlagFile, kVocabFlagFile, kWorkerFlagsFile},
       &Run};
   return kCommand;
 }

@@ -11,9 +11,13 @@
 #include <iostream>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "cli/cli_util.h"
 #include "cli/command.h"
+#include "cli/tls_flags.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7700",
           "Address to serve on, HOST:PORT; port 0 picks a free port. Once "
@@ -31,6 +35,10 @@ ABSL_FLAG(absl::Duration, readiness_interval, absl::Seconds(1),
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
           "On SIGINT/SIGTERM, how long calls in flight may take to finish "
           "before they are cancelled (e.g. 5s, 500ms).");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "Mutual TLS: PEM CA certificates; every client must present a "
+          "certificate signed by one of them (the handshake fails "
+          "otherwise). Needs --tls-cert.");
 
 namespace statestream::cli {
 
@@ -48,6 +56,37 @@ ServerOptions ServerOptionsFromFlags() {
 
 absl::Duration ShutdownGraceFromFlag() {
   return absl::GetFlag(FLAGS_shutdown_grace);
+}
+
+absl::StatusOr<ServerTlsOptions> ServerTlsFromFlags() {
+  ServerTlsOptions tls;
+  const std::pair<const char*, std::string*> files[] = {
+      {"--tls-cert", &tls.cert_chain_pem},
+      {"--tls-key", &tls.private_key_pem},
+      {"--tls-client-ca", &tls.client_ca_pem},
+  };
+  const std::string paths[] = {absl::GetFlag(FLAGS_tls_cert),
+                               absl::GetFlag(FLAGS_tls_key),
+                               absl::GetFlag(FLAGS_tls_client_ca)};
+  for (size_t i = 0; i < 3; ++i) {
+    if (paths[i].empty()) continue;
+    absl::StatusOr<std::string> pem = ReadFile(paths[i]);
+    if (!pem.ok() || pem->empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(files[i].first, ": cannot read ", paths[i],
+                       pem.ok() ? " (empty)" : ""));
+    }
+    *files[i].second = *std::move(pem);
+  }
+  if (absl::Status valid = ValidateServerTls(tls); !valid.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--tls-cert/--tls-key/--tls-client-ca: ", valid.message()));
+  }
+  return tls;
+}
+
+bool ClientCertificatesRequired() {
+  return !absl::GetFlag(FLAGS_tls_client_ca).empty();
 }
 
 int RunServer(absl::string_view role, const ServerOptions& options,
@@ -71,13 +110,20 @@ int RunServer(absl::string_view role, const ServerOptions& options,
               << ": --listen: " << address.status().message() << "\n";
     return kExitUsage;
   }
+  ServerOptions server_options = options;
+  absl::StatusOr<ServerTlsOptions> tls = ServerTlsFromFlags();
+  if (!tls.ok()) {
+    std::cerr << "statestream " << role << ": " << tls.status().message()
+              << "\n";
+    return kExitUsage;
+  }
+  server_options.tls = *std::move(tls);
   auto fail = [&](const absl::Status& status) {
     std::cerr << "statestream " << role << ": " << status.message() << "\n";
     return kExitFailure;
   };
   absl::StatusOr<ServiceSet> services = build();
   if (!services.ok()) return fail(services.status());
-  ServerOptions server_options = options;
   server_options.readiness = hooks.ready;
   absl::StatusOr<std::unique_ptr<Server>> server =
       Server::Start(server_options, *std::move(services));

@@ -11,8 +11,10 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "cli/tls_flags.h"
 #include "services/server.h"
 #include "services/service_set.h"
+#include "services/tls.h"
 
 namespace statestream::cli {
 
@@ -23,8 +25,16 @@ extern const char kServerFlagsFile[];
 ServerOptions ServerOptionsFromFlags();
 // --shutdown-grace.
 absl::Duration ShutdownGraceFromFlag();
+// --tls-cert, --tls-key, --tls-client-ca: the files read and checked
+// (ValidateServerTls). INVALID_ARGUMENT naming the flag. RunServer applies
+// them itself; for roles that need to know (the unauthenticated warning).
+absl::StatusOr<ServerTlsOptions> ServerTlsFromFlags();
+// Whether --tls-client-ca is set (callers must hold a client certificate).
+bool ClientCertificatesRequired();
 
 // Runs a server role until SIGINT or SIGTERM, and returns its exit code.
+// Serves TLS as --tls-cert/--tls-key/--tls-client-ca say (bad or unreadable
+// files: usage error, exit 2, before `build`); `options.tls` is replaced.
 // Blocks those signals first (so threads started later never take them),
 // then calls `build` for the role's services, starts the server, prints
 // exactly one line "listening on HOST:PORT" to stdout once it is ready, and

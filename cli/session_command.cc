@@ -166,7 +166,7 @@ const Command& SessionCommand() {
       "[--json]\n\n"
       "Prints one line per session (or version); with --json one JSON\n"
       "object per line (statestream.v1.Session / Version).",
-      {__FILE__, kClientFlagsFile},
+      {__FILE__, kClientFlagsFile, kTlsFlagsFile},
       &Run};
   return kCommand;
 }

@@ -113,6 +113,18 @@ int Run(const std::vector<std::string>& args) {
   options.sessions.owner = options.worker_id;
   options.sessions.lease_ttl = absl::GetFlag(FLAGS_lease_ttl);
   ApplyWorkerFlags(&options.sessions, &options.scheduler);
+  // Workers trust the tenant the gateway forwards; say who may call.
+  if (!ClientCertificatesRequired()) {
+    std::cerr << "statestream worker: WARNING: running UNAUTHENTICATED: any "
+                 "caller that reaches this port picks its tenant with the "
+                 "x-statestream-tenant header (start workers with "
+                 "--tls-client-ca so only gateways holding a client "
+                 "certificate can call)\n";
+  } else {
+    std::cerr << "statestream worker: callers must present a client "
+                 "certificate signed by --tls-client-ca; the tenant is the "
+                 "x-statestream-tenant header they forward\n";
+  }
   TuneMallocForLargeBuffers();
 
   std::shared_ptr<Worker> kept;
@@ -180,8 +192,8 @@ const Command& WorkerCommand() {
       "registers itself (address, model fingerprint, load) in the Redis\n"
       "worker registry with a heartbeat; leaves it on SIGINT/SIGTERM, then\n"
       "finishes calls in flight, commits and releases its sessions.",
-      {__FILE__, kServerFlagsFile, kRedisFlagsFile, kModelFlagFile,
-       kVocabFlagFile, kWorkerFlagsFile},
+      {__FILE__, kServerFlagsFile, kTlsFlagsFile, kRedisFlagsFile,
+       kModelFlagFile, kVocabFlagFile, kWorkerFlagsFile},
       &Run};
   return kCommand;
 }

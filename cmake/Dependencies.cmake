@@ -6,6 +6,7 @@ find_package(absl CONFIG REQUIRED)
 if(NOT STATESTREAM_ENGINE_ONLY)
   find_package(Protobuf REQUIRED)  # module mode: Debian ships no CONFIG package
   find_package(gRPC CONFIG REQUIRED)
+  find_package(OpenSSL REQUIRED)  # services/tls.cc checks PEM files
 endif()
 find_package(nlohmann_json CONFIG REQUIRED)
 find_package(ZLIB REQUIRED)

@@ -49,7 +49,7 @@ TEST(GrpcStatusTest, CarriesReasonAndMetadataOnTheWire) {
 }
 
 TEST(GrpcStatusTest, RoundTripsEveryReason) {
-  for (int i = 0; i <= static_cast<int>(Reason::kInternal); ++i) {
+  for (int i = 0; i <= static_cast<int>(Reason::kTenantLimit); ++i) {
     auto reason = static_cast<Reason>(i);
     absl::Status back = FromGrpcStatus(ToGrpcStatus(
         MakeError(absl::StatusCode::kAborted, reason, "m", {{"k", "v"}})));

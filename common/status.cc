@@ -14,7 +14,7 @@ namespace {
 constexpr absl::string_view kReasonUrl = "statestream.dev/reason";
 constexpr absl::string_view kMetaUrlPrefix = "statestream.dev/meta/";
 
-constexpr std::array<absl::string_view, 20> kNames = {
+constexpr std::array<absl::string_view, 21> kNames = {
     "REASON_UNSPECIFIED",
     "SESSION_NOT_FOUND",
     "SESSION_EXISTS",
@@ -35,8 +35,9 @@ constexpr std::array<absl::string_view, 20> kNames = {
     "INVALID_MODEL_FILE",
     "DUPLICATE_REQUEST",
     "INTERNAL",
+    "TENANT_LIMIT",
 };
-static_assert(kNames.size() == static_cast<size_t>(Reason::kInternal) + 1);
+static_assert(kNames.size() == static_cast<size_t>(Reason::kTenantLimit) + 1);
 
 }  // namespace
 

@@ -40,6 +40,7 @@ enum class Reason {
   kInvalidModelFile,  // a checkpoint file is truncated, corrupt or unsupported
   kDuplicateRequest,  // request id reused with different content
   kInternal,          // a bug; logged with context
+  kTenantLimit,       // the tenant is at its session or stream limit
 };
 
 // "SESSION_NOT_FOUND", ... ; "REASON_UNSPECIFIED" for kUnspecified.

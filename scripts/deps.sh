@@ -9,6 +9,7 @@ PKGS=(
   nlohmann-json3-dev libcpp-httplib-dev libgtest-dev libgmock-dev libbenchmark-dev
   redis-server redis-tools python3 python3-grpcio python3-pytest python3-yaml grpc-proto
   libicu-dev  # NeoX tokenizer: NFC and Unicode categories
+  libssl-dev openssl  # TLS: PEM checks (services/tls.cc); test certificates
 )
 missing=()
 for p in "${PKGS[@]}"; do

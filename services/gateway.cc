@@ -15,6 +15,7 @@
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "services/gateway_internal.h"
+#include "services/tls.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 
 namespace statestream::gateway {
@@ -136,8 +137,8 @@ std::shared_ptr<grpc::Channel> Gateway::Channel(const std::string& address) {
     // Reconnect to a restarted worker quickly.
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-    channel = grpc::CreateCustomChannel(
-        address, grpc::InsecureChannelCredentials(), args);
+    auto credentials = MakeChannelCredentials(options_.worker_tls, &args);
+    channel = grpc::CreateCustomChannel(address, credentials, args);
   }
   return channel;
 }
@@ -292,6 +293,17 @@ namespace {
 
 using v1::Sessions;
 
+// OK, or TENANT_LIMIT when the caller's tenant may not create another
+// session (services/tenants.h).
+grpc::Status SessionQuota(Gateway* gateway,
+                          const grpc::CallbackServerContext& ctx) {
+  TenantLimits* limits = gateway->options().limits.get();
+  if (limits == nullptr) return grpc::Status::OK;
+  auto tenant = gateway->Tenant(ctx);
+  if (!tenant.ok()) return ToGrpcStatus(tenant.status());
+  return ToGrpcStatus(limits->CheckNewSession(*tenant));
+}
+
 // Every rpc is one line: route key and the stub method.
 #define SS_FORWARD(Service, Method, session_expr, hash_expr)                  \
   ForwardUnary(                                                               \
@@ -325,6 +337,8 @@ class SessionsService final : public v1::Sessions::CallbackService {
   grpc::Status CreateSessionOnWorker(const grpc::CallbackServerContext& ctx,
                                      const v1::CreateSessionRequest& req,
                                      v1::Session* resp) {
+    grpc::Status quota = SessionQuota(gateway_, ctx);
+    if (!quota.ok()) return quota;
     Target target{
         "CreateSession", "",
         req.session_id().empty() ? req.request_id() : req.session_id(), ""};
@@ -468,6 +482,10 @@ class SessionsService final : public v1::Sessions::CallbackService {
           gateway_, *ctx, Target{"ImportState", session_id, hash_key, ""},
           [&](const std::shared_ptr<grpc::Channel>& channel,
               grpc::ClientContext* client) {
+            if (session_id.empty()) {  // creates a session
+              grpc::Status quota = SessionQuota(gateway_, *ctx);
+              if (!quota.ok()) return quota;
+            }
             auto writer = Sessions::NewStub(channel)->ImportState(client, resp);
             for (const auto& part : parts) {
               if (!writer->Write(part)) break;

@@ -50,6 +50,7 @@
 #include "services/gateway_router.h"
 #include "services/service_set.h"
 #include "services/tenants.h"
+#include "services/tls.h"
 #include "state_store/state_store.h"
 
 namespace statestream {
@@ -60,6 +61,12 @@ struct GatewayOptions {
   GatewayRouterOptions router;
   // API keys; default: development mode.
   TenantAuth auth;
+  // Per-tenant session and stream limits (shared by the copies of these
+  // options); null: none.
+  std::shared_ptr<TenantLimits> limits;
+  // TLS towards workers (mutual with a client certificate); default
+  // plaintext.
+  ClientTlsOptions worker_tls;
   // A worker that answers nothing this long while requests are outstanding
   // is treated as failed (paused, partitioned). Only speed depends on it:
   // moving a session that was merely slow is safe (fencing).

@@ -351,6 +351,19 @@ grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
   return status;
 }
 
+// The caller's stream slot, held until the call ends (null without
+// limits); UNAUTHENTICATED or TENANT_LIMIT otherwise.
+absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> HoldStreamSlot(
+    Gateway* gateway, const grpc::CallbackServerContext& ctx) {
+  TenantLimits* limits = gateway->options().limits.get();
+  if (limits == nullptr) return nullptr;
+  auto tenant = gateway->Tenant(ctx);
+  if (!tenant.ok()) return tenant.status();
+  auto slot = limits->AcquireStream(*tenant);
+  if (!slot.ok()) return slot.status();
+  return std::make_shared<TenantLimits::StreamSlot>(*std::move(slot));
+}
+
 class StreamsService final : public v1::Streams::CallbackService {
  public:
   explicit StreamsService(Gateway* gateway) : gateway_(gateway) {}
@@ -366,7 +379,14 @@ class StreamsService final : public v1::Streams::CallbackService {
       client->Release();
       return client;
     }
-    gateway_->Spawn([this, ctx, client, tenant = *std::move(tenant)] {
+    auto slot = HoldStreamSlot(gateway_, *ctx);
+    if (!slot.ok()) {
+      client->Finish(ToGrpcStatus(slot.status()));
+      client->Release();
+      return client;
+    }
+    gateway_->Spawn([this, ctx, client, tenant = *std::move(tenant),
+                     slot = *std::move(slot)] {
       AppendCall(gateway_, ctx, client, tenant).Run();
       client->Release();
     });
@@ -377,8 +397,14 @@ class StreamsService final : public v1::Streams::CallbackService {
       grpc::CallbackServerContext* ctx,
       const v1::GenerateRequest* req) override {
     auto* client = new BlockingWriter<v1::GenerateResponse>();
+    auto slot = HoldStreamSlot(gateway_, *ctx);
+    if (!slot.ok()) {
+      client->Finish(ToGrpcStatus(slot.status()));
+      client->Release();
+      return client;
+    }
     const absl::Time began = gateway_->BeginCall();
-    gateway_->Spawn([this, ctx, req, client, began] {
+    gateway_->Spawn([this, ctx, req, client, slot = *std::move(slot), began] {
       grpc::Status status = ForwardGenerate(gateway_, *ctx, *req, client);
       gateway_->EndCall("Generate", status, began);
       client->Finish(status);

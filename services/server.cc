@@ -3,7 +3,6 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
-#include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 #include <grpcpp/support/server_interceptor.h>
@@ -151,13 +150,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     const ServerOptions& options, ServiceSet services) {
   auto host_port = ParseListenAddress(options.listen);
   if (!host_port.ok()) return host_port.status();
+  if (absl::Status tls = ValidateServerTls(options.tls); !tls.ok()) {
+    return tls;
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  // TODO(tls): TLS credentials once the gateway issue adds them.
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
+  builder.AddListeningPort(options.listen, MakeServerCredentials(options.tls),
                            &port);
   // Without this, a second server could silently share a taken port.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);

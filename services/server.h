@@ -14,6 +14,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "services/service_set.h"
+#include "services/tls.h"
 
 namespace grpc {
 class Server;
@@ -38,6 +39,8 @@ struct ServerOptions {
   // true. Must be thread-safe; it may block (about an interval at most).
   std::function<bool()> readiness;
   absl::Duration readiness_interval = absl::Seconds(1);
+  // TLS (optionally mutual) on the listening port; default plaintext.
+  ServerTlsOptions tls;
 };
 
 // Thread-safe. Serving runs on gRPC's threads; the owner only starts and
@@ -45,7 +48,8 @@ struct ServerOptions {
 class Server {
  public:
   // Binds and starts serving `services` (plus health and reflection).
-  // INVALID_ARGUMENT for a malformed listen address; UNAVAILABLE if it
+  // INVALID_ARGUMENT for a malformed listen address or bad TLS material
+  // (ValidateServerTls); UNAVAILABLE if it
   // cannot be bound (e.g. the port is taken: port sharing is disabled).
   static absl::StatusOr<std::unique_ptr<Server>> Start(
       const ServerOptions& options, ServiceSet services);

@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "services/tenants.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <utility>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "state_store/state_store.h"
 
 namespace statestream {
 namespace {
@@ -23,6 +26,44 @@ bool IsValidToken(absl::string_view token) {
     if (c <= ' ' || c > '~') return false;
   }
   return true;
+}
+
+constexpr int kMaxLimit = 1000000;
+
+// "max_sessions=N" or "max_streams=N" into `out`; false if malformed.
+bool ParseLimit(absl::string_view word, TenantLimitOverride* out) {
+  size_t eq = word.find('=');
+  if (eq == absl::string_view::npos) return false;
+  absl::string_view name = word.substr(0, eq);
+  int value = 0;
+  if (!absl::SimpleAtoi(word.substr(eq + 1), &value) || value < 0 ||
+      value > kMaxLimit) {
+    return false;
+  }
+  if (name == "max_sessions" && !out->max_sessions) {
+    out->max_sessions = value;
+  } else if (name == "max_streams" && !out->max_streams) {
+    out->max_streams = value;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+// Merges one line's limits into the tenant's; false on a conflict.
+bool MergeLimit(const std::optional<int>& line, std::optional<int>* tenant) {
+  if (!line) return true;
+  if (*tenant && **tenant != *line) return false;
+  *tenant = line;
+  return true;
+}
+
+absl::Status TenantLimitError(absl::string_view limit, int max,
+                              absl::string_view what) {
+  return MakeError(
+      absl::StatusCode::kResourceExhausted, Reason::kTenantLimit,
+      absl::StrCat("tenant limit reached: ", what, " (", limit, "=", max, ")"),
+      {{"limit", std::string(limit)}, {"max", absl::StrCat(max)}});
 }
 
 }  // namespace
@@ -45,27 +86,43 @@ absl::StatusOr<TenantAuth> TenantAuth::FromFile(const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
   std::map<std::string, std::string> keys;
+  std::map<std::string, TenantLimitOverride> limits;
   std::string line;
   for (int number = 1; std::getline(in, line); ++number) {
     std::istringstream words(line);
-    std::string token, tenant, extra;
+    std::string token, tenant, word;
     if (!(words >> token) || token[0] == '#') continue;
-    if (!(words >> tenant) || (words >> extra) || !IsValidToken(token) ||
-        !IsValidTenant(tenant)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ":", number,
-                       ": expected \"TOKEN TENANT\" (token: 16-256 printable "
-                       "bytes; tenant: 1-64 bytes of [a-z0-9_-])"));
+    TenantLimitOverride limit;
+    bool ok = (words >> tenant) && IsValidToken(token) && IsValidTenant(tenant);
+    while (ok && (words >> word)) ok = ParseLimit(word, &limit);
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ":", number,
+          ": expected \"TOKEN TENANT [max_sessions=N] [max_streams=N]\" "
+          "(token: 16-256 printable bytes; tenant: 1-64 bytes of [a-z0-9_-]; "
+          "N: 0-",
+          kMaxLimit, ", 0 = unlimited)"));
     }
     if (!keys.emplace(token, tenant).second) {
       return absl::InvalidArgumentError(
           absl::StrCat(path, ":", number, ": duplicate token"));
     }
+    if (limit.max_sessions || limit.max_streams) {
+      TenantLimitOverride& merged = limits[tenant];
+      if (!MergeLimit(limit.max_sessions, &merged.max_sessions) ||
+          !MergeLimit(limit.max_streams, &merged.max_streams)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            path, ":", number, ": tenant ", tenant,
+            " has different limits on another line (limits are per tenant)"));
+      }
+    }
   }
   if (keys.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": no API keys"));
   }
-  return TenantAuth(std::move(keys));
+  TenantAuth auth(std::move(keys));
+  auth.limits_ = std::move(limits);
+  return auth;
 }
 
 absl::StatusOr<std::string> TenantAuth::Authenticate(
@@ -92,6 +149,95 @@ absl::StatusOr<std::string> TenantAuth::Authenticate(
   auto it = api_keys_.find(std::string(authorization->substr(kBearer.size())));
   if (it == api_keys_.end()) return Unauthenticated("unknown API key");
   return it->second;
+}
+
+bool TenantLimitsOptions::LimitsSessions() const {
+  if (defaults.max_sessions > 0) return true;
+  for (const auto& [tenant, limit] : tenants) {
+    if (limit.max_sessions.value_or(0) > 0) return true;
+  }
+  return false;
+}
+
+bool TenantLimitsOptions::LimitsStreams() const {
+  if (defaults.max_streams > 0) return true;
+  for (const auto& [tenant, limit] : tenants) {
+    if (limit.max_streams.value_or(0) > 0) return true;
+  }
+  return false;
+}
+
+TenantLimits::TenantLimits(TenantLimitsOptions options, StateStore* store)
+    : options_(std::move(options)), store_(store) {}
+
+TenantLimit TenantLimits::For(const std::string& tenant) const {
+  TenantLimit limit = options_.defaults;
+  auto it = options_.tenants.find(tenant);
+  if (it != options_.tenants.end()) {
+    limit.max_sessions = it->second.max_sessions.value_or(limit.max_sessions);
+    limit.max_streams = it->second.max_streams.value_or(limit.max_streams);
+  }
+  return limit;
+}
+
+TenantLimits::StreamSlot::StreamSlot(TenantLimits* limits, std::string tenant)
+    : limits_(limits), tenant_(std::move(tenant)) {}
+
+TenantLimits::StreamSlot::StreamSlot(StreamSlot&& other)
+    : limits_(other.limits_), tenant_(std::move(other.tenant_)) {
+  other.limits_ = nullptr;
+}
+
+TenantLimits::StreamSlot::~StreamSlot() {
+  if (limits_ != nullptr) limits_->Release(tenant_);
+}
+
+absl::StatusOr<TenantLimits::StreamSlot> TenantLimits::AcquireStream(
+    const std::string& tenant) {
+  const int max = For(tenant).max_streams;
+  {
+    absl::MutexLock lock(&mu_);
+    int& open = open_[tenant];
+    if (max > 0 && open >= max) {
+      if (open == 0) open_.erase(tenant);
+      return TenantLimitError("max_streams", max,
+                              "too many concurrent streams");
+    }
+    ++open;
+  }
+  return StreamSlot(this, tenant);
+}
+
+void TenantLimits::Release(const std::string& tenant) {
+  absl::MutexLock lock(&mu_);
+  auto it = open_.find(tenant);
+  if (it == open_.end()) return;
+  if (--it->second <= 0) open_.erase(it);
+}
+
+int TenantLimits::open_streams(const std::string& tenant) const {
+  absl::MutexLock lock(&mu_);
+  auto it = open_.find(tenant);
+  return it == open_.end() ? 0 : it->second;
+}
+
+absl::Status TenantLimits::CheckNewSession(const std::string& tenant) {
+  const int max = For(tenant).max_sessions;
+  if (max <= 0 || store_ == nullptr) return absl::OkStatus();
+  ListSessionsRequest request;
+  request.tenant = tenant;
+  request.page_size = std::min(max, 1000);
+  int count = 0;
+  do {
+    absl::StatusOr<ListSessionsPage> page = store_->ListSessions(request);
+    if (!page.ok()) return page.status();
+    count += static_cast<int>(page->sessions.size());
+    request.page_token = page->next_page_token;
+  } while (count < max && !request.page_token.empty());
+  if (count >= max) {
+    return TenantLimitError("max_sessions", max, "too many sessions");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace statestream

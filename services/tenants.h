@@ -2,7 +2,8 @@
 // Who is calling: API keys (bearer tokens) mapped to tenants, or, with no
 // keys configured, development mode (the `x-statestream-tenant` header, or
 // "default"), as the public API's TENANCY AND AUTHENTICATION describes.
-// No gRPC in here: the gateway passes the metadata values in.
+// And how much a tenant may hold: TenantLimits (sessions, concurrent
+// streams). No gRPC in here: the services pass the metadata values in.
 #ifndef STATESTREAM_SERVICES_TENANTS_H_
 #define STATESTREAM_SERVICES_TENANTS_H_
 
@@ -10,10 +11,92 @@
 #include <optional>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 
 namespace statestream {
+
+class StateStore;
+
+// A tenant's limits; 0 means unlimited.
+struct TenantLimit {
+  // Live sessions of the tenant in the state store (counted there, so it
+  // holds across gateways and workers). Checked before a session is
+  // created (CreateSession, fork, ImportState in create mode); calls that
+  // race past the check together may overshoot by their number.
+  int max_sessions = 0;
+  // Append and Generate calls open at once, counted by each process that
+  // enforces it (each gateway, or a serve/worker process) separately.
+  int max_streams = 0;
+};
+
+// Per-tenant overrides from the API keys file; an unset field falls back to
+// TenantLimitsOptions::defaults.
+struct TenantLimitOverride {
+  std::optional<int> max_sessions;
+  std::optional<int> max_streams;
+};
+
+struct TenantLimitsOptions {
+  // Every tenant's limits unless overridden (flags --tenant-max-sessions,
+  // --tenant-max-streams).
+  TenantLimit defaults;
+  std::map<std::string, TenantLimitOverride> tenants;
+
+  // Whether any tenant has a session (stream) limit.
+  bool LimitsSessions() const;
+  bool LimitsStreams() const;
+};
+
+// Thread-safe. Counts open streams per tenant.
+class TenantLimits {
+ public:
+  // `store` (not owned, must outlive this) is where sessions are counted;
+  // null: max_sessions is not enforced here.
+  TenantLimits(TenantLimitsOptions options, StateStore* store);
+  TenantLimits(const TenantLimits&) = delete;
+  TenantLimits& operator=(const TenantLimits&) = delete;
+
+  TenantLimit For(const std::string& tenant) const;
+
+  // Holds one of a tenant's stream slots until destroyed. Move-only.
+  class StreamSlot {
+   public:
+    StreamSlot(StreamSlot&& other);
+    StreamSlot& operator=(StreamSlot&&) = delete;
+    ~StreamSlot();
+
+   private:
+    friend class TenantLimits;
+    StreamSlot(TenantLimits* limits, std::string tenant);
+    TenantLimits* limits_;  // null once moved from
+    std::string tenant_;
+  };
+  // A slot for one Append or Generate, or RESOURCE_EXHAUSTED/kTenantLimit
+  // (metadata limit=max_streams, max) when the tenant already has
+  // max_streams open here. The slot must not outlive this object.
+  absl::StatusOr<StreamSlot> AcquireStream(const std::string& tenant);
+
+  // OK if `tenant` may create one more session: fewer than max_sessions
+  // live sessions in the store (listed, so it costs up to max_sessions head
+  // reads; OK at once when unlimited or without a store).
+  // RESOURCE_EXHAUSTED/kTenantLimit (metadata limit=max_sessions, max) at
+  // the limit; the store's errors (UNAVAILABLE) otherwise.
+  absl::Status CheckNewSession(const std::string& tenant);
+
+  // Streams `tenant` has open here.
+  int open_streams(const std::string& tenant) const;
+
+ private:
+  void Release(const std::string& tenant);
+
+  const TenantLimitsOptions options_;
+  StateStore* const store_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, int> open_ ABSL_GUARDED_BY(mu_);
+};
 
 // Immutable after construction; thread-safe.
 class TenantAuth {
@@ -23,14 +106,20 @@ class TenantAuth {
   // `api_keys`: token -> tenant.
   explicit TenantAuth(std::map<std::string, std::string> api_keys);
 
-  // Reads an API keys file: one "TOKEN TENANT" pair per line (whitespace
-  // separated); blank lines and lines starting with '#' are skipped.
-  // Tokens are 16-256 printable ASCII bytes without spaces; tenants 1-64
-  // bytes of [a-z0-9_-]. INVALID_ARGUMENT naming the line; NOT_FOUND if
-  // the file cannot be read.
+  // Reads an API keys file: one "TOKEN TENANT [max_sessions=N]
+  // [max_streams=N]" entry per line (whitespace separated); blank lines and
+  // lines starting with '#' are skipped. Tokens are 16-256 printable ASCII
+  // bytes without spaces; tenants 1-64 bytes of [a-z0-9_-]; limits 0 (none)
+  // to 1000000. A tenant with several tokens shares one set of limits: a
+  // limit may be repeated on its lines only with the same value.
+  // INVALID_ARGUMENT naming the line; NOT_FOUND if the file cannot be read.
   static absl::StatusOr<TenantAuth> FromFile(const std::string& path);
 
   bool development_mode() const { return api_keys_.empty(); }
+  // The limits the keys file sets, by tenant.
+  const std::map<std::string, TenantLimitOverride>& limits() const {
+    return limits_;
+  }
 
   // The caller's tenant from its `authorization` and `x-statestream-tenant`
   // metadata (nullopt = absent). With keys: "Bearer <token>" of a known
@@ -43,6 +132,7 @@ class TenantAuth {
 
  private:
   std::map<std::string, std::string> api_keys_;
+  std::map<std::string, TenantLimitOverride> limits_;
 };
 
 // 1-64 bytes of [a-z0-9_-].

@@ -53,6 +53,7 @@ class Client:
                  tls: bool = False, root_certificates: Optional[bytes] = None,
                  private_key: Optional[bytes] = None,
                  certificate_chain: Optional[bytes] = None,
+                 tls_server_name: Optional[str] = None,
                  timeout: float = 60.0, max_attempts: int = 10,
                  initial_backoff: float = 0.05, max_backoff: float = 2.0,
                  options: Sequence = ()):
@@ -74,6 +75,9 @@ class Client:
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000)] + list(options)
+        if tls and tls_server_name:
+            # The name checked against the server certificate.
+            opts.append(("grpc.ssl_target_name_override", tls_server_name))
         self._stubs = []
         for target in targets:
             if tls:

@@ -1,0 +1,162 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "services/tls.h"
+
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/support/channel_arguments.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+
+namespace statestream {
+namespace {
+
+struct BioFree {
+  void operator()(BIO* b) const { BIO_free(b); }
+};
+struct X509Free {
+  void operator()(X509* x) const { X509_free(x); }
+};
+struct KeyFree {
+  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
+};
+using Bio = std::unique_ptr<BIO, BioFree>;
+using Cert = std::unique_ptr<X509, X509Free>;
+using Key = std::unique_ptr<EVP_PKEY, KeyFree>;
+
+Bio MemoryBio(const std::string& pem) {
+  return Bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+}
+
+// Every certificate in `pem`, in order; empty if none parses.
+std::vector<Cert> ReadCertificates(const std::string& pem) {
+  std::vector<Cert> certs;
+  Bio bio = MemoryBio(pem);
+  while (bio != nullptr) {
+    Cert cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+    if (cert == nullptr) break;
+    certs.push_back(std::move(cert));
+  }
+  ERR_clear_error();  // the end of the input reads as an error
+  return certs;
+}
+
+absl::Status Invalid(absl::string_view what, absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat(what, ": ", why));
+}
+
+absl::Status CheckCertificates(const std::string& pem, absl::string_view what) {
+  if (ReadCertificates(pem).empty()) {
+    return Invalid(what, "no PEM certificate (BEGIN CERTIFICATE) in it");
+  }
+  return absl::OkStatus();
+}
+
+// The key parses and belongs to the first certificate of `chain_pem`.
+absl::Status CheckKeyPair(const std::string& chain_pem,
+                          const std::string& key_pem,
+                          absl::string_view cert_what,
+                          absl::string_view key_what) {
+  std::vector<Cert> chain = ReadCertificates(chain_pem);
+  if (chain.empty()) {
+    return Invalid(cert_what, "no PEM certificate (BEGIN CERTIFICATE) in it");
+  }
+  Bio bio = MemoryBio(key_pem);
+  Key key(bio == nullptr
+              ? nullptr
+              : PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+  ERR_clear_error();
+  if (key == nullptr) {
+    return Invalid(key_what,
+                   "no unencrypted PEM private key (BEGIN PRIVATE KEY) in it");
+  }
+  if (X509_check_private_key(chain[0].get(), key.get()) != 1) {
+    ERR_clear_error();
+    return Invalid(key_what, absl::StrCat("does not match the ", cert_what));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateServerTls(const ServerTlsOptions& options) {
+  if (options.cert_chain_pem.empty() != options.private_key_pem.empty()) {
+    return absl::InvalidArgumentError(
+        "a TLS certificate and its key go together (give both or neither)");
+  }
+  if (!options.enabled()) {
+    if (!options.client_ca_pem.empty()) {
+      return absl::InvalidArgumentError(
+          "client certificate verification needs a server certificate and "
+          "key");
+    }
+    return absl::OkStatus();
+  }
+  absl::Status pair =
+      CheckKeyPair(options.cert_chain_pem, options.private_key_pem,
+                   "certificate", "private key");
+  if (!pair.ok()) return pair;
+  if (!options.client_ca_pem.empty()) {
+    return CheckCertificates(options.client_ca_pem, "client CA");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateClientTls(const ClientTlsOptions& options) {
+  if (!options.enabled) {
+    if (!options.root_certs_pem.empty() || !options.cert_chain_pem.empty() ||
+        !options.private_key_pem.empty() || !options.server_name.empty()) {
+      return absl::InvalidArgumentError("TLS options given without TLS");
+    }
+    return absl::OkStatus();
+  }
+  if (!options.root_certs_pem.empty()) {
+    absl::Status roots = CheckCertificates(options.root_certs_pem, "CA");
+    if (!roots.ok()) return roots;
+  }
+  if (options.cert_chain_pem.empty() != options.private_key_pem.empty()) {
+    return absl::InvalidArgumentError(
+        "a TLS client certificate and its key go together (give both or "
+        "neither)");
+  }
+  if (options.cert_chain_pem.empty()) return absl::OkStatus();
+  return CheckKeyPair(options.cert_chain_pem, options.private_key_pem,
+                      "client certificate", "client key");
+}
+
+std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(
+    const ServerTlsOptions& options) {
+  if (!options.enabled()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions ssl(
+      options.client_ca_pem.empty()
+          ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+          : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  ssl.pem_root_certs = options.client_ca_pem;
+  ssl.pem_key_cert_pairs.push_back(
+      {options.private_key_pem, options.cert_chain_pem});
+  return grpc::SslServerCredentials(ssl);
+}
+
+std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(
+    const ClientTlsOptions& options, grpc::ChannelArguments* args) {
+  if (!options.enabled) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = options.root_certs_pem;
+  ssl.pem_cert_chain = options.cert_chain_pem;
+  ssl.pem_private_key = options.private_key_pem;
+  if (!options.server_name.empty()) {
+    args->SetSslTargetNameOverride(options.server_name);
+  }
+  return grpc::SslCredentials(ssl);
+}
+
+}  // namespace statestream

@@ -1,0 +1,335 @@
+// SPDX-License-Identifier: Apache-2.0
+// TLS, mutual TLS and per-tenant limits against real processes on
+// 127.0.0.1. Throwaway certificates (a CA, a server certificate for
+// localhost/127.0.0.1, a client certificate, and an unrelated CA) are made
+// at test time with the `openssl` command line.
+//   * `serve` with --tls-cert/--tls-key: the C++ SDK with the CA works; a
+//     plaintext client and a client trusting another CA fail with
+//     UNAVAILABLE; bad certificate files are a usage error (exit 2).
+//   * gateway -> worker mutual TLS: Append + Generate through a TLS gateway
+//     whose workers require client certificates; the worker refuses a
+//     plaintext dial, a TLS dial without a client certificate, and a gateway
+//     without one.
+//   * per-tenant limits at the gateway: the session limit and the
+//     concurrent-stream limit end in RESOURCE_EXHAUSTED/TENANT_LIMIT.
+// No assertion depends on timing.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "state_store/testing/redis_harness.h"
+#include "statestream/client.h"
+#include "tests/cluster_process.h"
+#include "tests/subprocess.h"
+
+namespace statestream {
+namespace {
+
+using client::Client;
+using client::ClientOptions;
+
+constexpr absl::Duration kStartTimeout = absl::Seconds(90);
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+class TlsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = absl::StrCat(std::filesystem::temp_directory_path().string(),
+                        "/ss-tls-", getpid());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    // EC keys: fast to generate.
+    const std::string script = R"(set -e
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"; }
+key ca.key
+openssl req -x509 -new -key ca.key -out ca.pem -days 2 -subj /CN=statestream-test-ca
+key other-ca.key
+openssl req -x509 -new -key other-ca.key -out other-ca.pem -days 2 -subj /CN=other-ca
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > server.ext
+printf 'extendedKeyUsage=clientAuth\n' > client.ext
+for n in server client; do
+  key $n.key
+  openssl req -new -key $n.key -out $n.csr -subj /CN=$n
+  openssl x509 -req -in $n.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $n.pem -days 2 -extfile $n.ext
+done
+)";
+    auto made = e2e::Run({"/bin/sh", "-c", "cd \"$0\" && " + script, dir_});
+    ASSERT_TRUE(made.ok()) << made.status();
+    ASSERT_EQ(made->exit_code, 0)
+        << "openssl failed (is it installed?): " << made->err;
+  }
+
+  void TearDown() override {
+    if (HasFailure()) {
+      for (auto& p : processes_) ADD_FAILURE() << "process log: " << p->Log();
+    }
+    processes_.clear();  // SIGKILL + reap
+    redis_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  std::string Path(const std::string& name) const {
+    return absl::StrCat(dir_, "/", name);
+  }
+
+  // Starts `argv` and returns its address ("" after a test failure).
+  std::string Start(std::vector<std::string> argv, const std::string& log) {
+    argv.insert(argv.begin(), STATESTREAM_BIN);
+    auto p = e2e::ClusterProcess::Start(argv, Path(log), kStartTimeout);
+    EXPECT_TRUE(p.ok()) << p.status() << " " << ReadAll(Path(log));
+    if (!p.ok()) return "";
+    processes_.push_back(*std::move(p));
+    return processes_.back()->address();
+  }
+
+  void StartRedis() {
+    auto redis = testing::RedisServer::Start({});
+    ASSERT_TRUE(redis.ok()) << redis.status();
+    redis_ = std::move(*redis);
+  }
+
+  // A client of `target`; `ca` empty: plaintext.
+  std::unique_ptr<Client> NewClient(const std::string& target,
+                                    const std::string& ca,
+                                    bool client_cert = false,
+                                    const std::string& api_key = "") {
+    ClientOptions options;
+    options.targets = {target};
+    options.api_key = api_key;
+    options.max_attempts = 1;  // errors surface at once
+    options.timeout = absl::Seconds(30);
+    if (!ca.empty()) {
+      options.tls = true;
+      options.tls_root_certs_pem = ReadAll(Path(ca));
+      options.tls_server_name = "localhost";
+      if (client_cert) {
+        options.tls_cert_chain_pem = ReadAll(Path("client.pem"));
+        options.tls_private_key_pem = ReadAll(Path("client.key"));
+      }
+    }
+    auto c = Client::Create(std::move(options));
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? *std::move(c) : nullptr;
+  }
+
+  // Creates a session, appends, generates: the whole path works.
+  void ExpectWorks(Client* c) {
+    auto created = c->CreateSession({});
+    ASSERT_TRUE(created.ok()) << created.status();
+    client::Session s = c->OpenSession(created->session_id());
+    auto appended = s.AppendText("hello over TLS");
+    ASSERT_TRUE(appended.ok()) << appended.status();
+    EXPECT_EQ(appended->input_offset(), 14u);
+    v1::GenerateRequest g;
+    g.set_max_tokens(8);
+    g.mutable_sampling()->set_seed(1);
+    auto generated = s.GenerateAll(g);
+    ASSERT_TRUE(generated.ok()) << generated.status();
+    EXPECT_EQ(generated->tokens.size(), 8u);
+  }
+
+  std::string MakeModel() {
+    auto made = e2e::Run({STATESTREAM_BIN, "model", "random", "--arch=x070",
+                          "--layers=2", "--embd=64", "--vocab=256", "--seed=7",
+                          "--out=" + Path("tiny.safetensors")},
+                         absl::Seconds(60));
+    EXPECT_TRUE(made.ok() && made->exit_code == 0);
+    return Path("tiny.safetensors");
+  }
+
+  std::string dir_;
+  std::unique_ptr<testing::RedisServer> redis_;
+  std::vector<std::unique_ptr<e2e::ClusterProcess>> processes_;
+};
+
+TEST_F(TlsTest, ServeWithTls) {
+  const std::string address = Start(
+      {"serve", "--listen=127.0.0.1:0", "--tls-cert=" + Path("server.pem"),
+       "--tls-key=" + Path("server.key")},
+      "serve.log");
+  ASSERT_FALSE(address.empty());
+  EXPECT_NE(processes_[0]->Log().find("UNAUTHENTICATED"), std::string::npos);
+
+  auto tls = NewClient(address, "ca.pem");
+  ASSERT_NO_FATAL_FAILURE(ExpectWorks(tls.get()));
+
+  auto plaintext = NewClient(address, "");
+  auto refused = plaintext->CreateSession({});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable)
+      << refused.status();
+
+  auto wrong_ca = NewClient(address, "other-ca.pem");
+  auto untrusted = wrong_ca->CreateSession({});
+  EXPECT_EQ(untrusted.status().code(), absl::StatusCode::kUnavailable)
+      << untrusted.status();
+}
+
+TEST_F(TlsTest, BadCertificateFilesAreUsageErrors) {
+  const std::vector<std::vector<std::string>> cases = {
+      {"--tls-cert=" + Path("missing.pem"), "--tls-key=" + Path("server.key")},
+      {"--tls-cert=" + Path("server.csr"), "--tls-key=" + Path("server.key")},
+      {"--tls-cert=" + Path("server.pem"), "--tls-key=" + Path("client.key")},
+      {"--tls-cert=" + Path("server.pem")},
+      {"--tls-client-ca=" + Path("ca.pem")},
+  };
+  for (const auto& flags : cases) {
+    std::vector<std::string> argv = {STATESTREAM_BIN, "serve",
+                                     "--listen=127.0.0.1:0"};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    auto run = e2e::Run(argv, absl::Seconds(60));
+    ASSERT_TRUE(run.ok()) << run.status();
+    EXPECT_EQ(run->exit_code, 2) << flags[0] << ": " << run->err;
+    EXPECT_NE(run->err.find("--tls"), std::string::npos) << run->err;
+    EXPECT_EQ(run->out.find("listening on"), std::string::npos);
+  }
+  auto gateway =
+      e2e::Run({STATESTREAM_BIN, "gateway", "--listen=127.0.0.1:0",
+                "--workers=127.0.0.1:1", "--worker-tls-ca=" + Path("ca.key")},
+               absl::Seconds(60));
+  ASSERT_TRUE(gateway.ok()) << gateway.status();
+  EXPECT_EQ(gateway->exit_code, 2) << gateway->err;
+  EXPECT_NE(gateway->err.find("--worker-tls"), std::string::npos);
+}
+
+TEST_F(TlsTest, GatewayToWorkerMutualTls) {
+  ASSERT_NO_FATAL_FAILURE(StartRedis());
+  const std::string model = MakeModel();
+  const std::vector<std::string> server_tls = {
+      "--tls-cert=" + Path("server.pem"), "--tls-key=" + Path("server.key")};
+  std::vector<std::string> worker = {"worker",
+                                     "--listen=127.0.0.1:0",
+                                     "--redis=" + redis_->address(),
+                                     "--model=" + model,
+                                     "--worker-id=w1",
+                                     "--heartbeat-interval=300ms",
+                                     "--tls-client-ca=" + Path("ca.pem")};
+  worker.insert(worker.end(), server_tls.begin(), server_tls.end());
+  const std::string worker_address = Start(worker, "worker.log");
+  ASSERT_FALSE(worker_address.empty());
+
+  std::vector<std::string> gateway = {"gateway",
+                                      "--listen=127.0.0.1:0",
+                                      "--redis=" + redis_->address(),
+                                      "--worker-tls-ca=" + Path("ca.pem"),
+                                      "--worker-tls-cert=" + Path("client.pem"),
+                                      "--worker-tls-key=" + Path("client.key"),
+                                      "--worker-tls-server-name=localhost"};
+  gateway.insert(gateway.end(), server_tls.begin(), server_tls.end());
+  const std::string gateway_address = Start(gateway, "gateway.log");
+  ASSERT_FALSE(gateway_address.empty());
+
+  auto through_gateway = NewClient(gateway_address, "ca.pem");
+  ASSERT_NO_FATAL_FAILURE(ExpectWorks(through_gateway.get()));
+
+  // The worker itself: with a client certificate it answers; plaintext
+  // or without a certificate the handshake fails.
+  auto with_cert = NewClient(worker_address, "ca.pem", /*client_cert=*/true);
+  EXPECT_TRUE(with_cert->ListSessions({}).ok());
+  auto plaintext = NewClient(worker_address, "");
+  EXPECT_EQ(plaintext->ListSessions({}).status().code(),
+            absl::StatusCode::kUnavailable);
+  auto no_cert = NewClient(worker_address, "ca.pem");
+  EXPECT_EQ(no_cert->ListSessions({}).status().code(),
+            absl::StatusCode::kUnavailable);
+
+  // A gateway that trusts the workers but holds no client certificate
+  // reaches none of them.
+  const std::string certless =
+      Start({"gateway", "--listen=127.0.0.1:0", "--redis=" + redis_->address(),
+             "--worker-tls-ca=" + Path("ca.pem"),
+             "--worker-tls-server-name=localhost"},
+            "gateway-certless.log");
+  ASSERT_FALSE(certless.empty());
+  auto via_certless = NewClient(certless, "");
+  EXPECT_EQ(via_certless->CreateSession({}).status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+TEST_F(TlsTest, TenantLimits) {
+  ASSERT_NO_FATAL_FAILURE(StartRedis());
+  const std::string model = MakeModel();
+  ASSERT_FALSE(Start({"worker", "--listen=127.0.0.1:0",
+                      "--redis=" + redis_->address(), "--model=" + model,
+                      "--worker-id=w1", "--heartbeat-interval=300ms"},
+                     "worker.log")
+                   .empty());
+  const std::string key_a = "key-a-0123456789abcdef";
+  const std::string key_b = "key-b-0123456789abcdef";
+  {
+    std::ofstream keys(Path("keys.txt"));
+    keys << "# token tenant [limits]\n"
+         << key_a << " tenant-a max_sessions=2 max_streams=1\n"
+         << key_b << " tenant-b\n";
+  }
+  const std::string gateway =
+      Start({"gateway", "--listen=127.0.0.1:0", "--redis=" + redis_->address(),
+             "--api-keys=" + Path("keys.txt"), "--tenant-max-streams=4"},
+            "gateway.log");
+  ASSERT_FALSE(gateway.empty());
+  auto a = NewClient(gateway, "", false, key_a);
+  auto b = NewClient(gateway, "", false, key_b);
+
+  // Sessions: two for tenant-a, the third is refused; tenant-b is not
+  // affected; deleting one makes room again.
+  auto s1 = a->CreateSession({});
+  auto s2 = a->CreateSession({});
+  ASSERT_TRUE(s1.ok() && s2.ok()) << s1.status() << s2.status();
+  auto s3 = a->CreateSession({});
+  EXPECT_EQ(s3.status().code(), absl::StatusCode::kResourceExhausted)
+      << s3.status();
+  EXPECT_EQ(GetReason(s3.status()), Reason::kTenantLimit);
+  EXPECT_EQ(GetErrorMetadata(s3.status(), "limit"), "max_sessions");
+  EXPECT_EQ(GetErrorMetadata(s3.status(), "max"), "2");
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(b->CreateSession({}).ok());
+  ASSERT_TRUE(a->OpenSession(s2->session_id()).Delete().ok());
+  auto s4 = a->CreateSession({});
+  ASSERT_TRUE(s4.ok()) << s4.status();
+
+  // Streams: tenant-a may have one open (its file limit overrides the
+  // flag); a second Append or a Generate is refused while it is open.
+  auto writer = a->OpenSession(s1->session_id()).OpenAppend();
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->Write("open stream").ok());
+  ASSERT_TRUE((*writer)->Sync().ok());  // acked: the gateway holds the slot
+  auto second = a->OpenSession(s4->session_id()).AppendText("refused");
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted)
+      << second.status();
+  EXPECT_EQ(GetReason(second.status()), Reason::kTenantLimit);
+  EXPECT_EQ(GetErrorMetadata(second.status(), "limit"), "max_streams");
+  v1::GenerateRequest g;
+  g.set_max_tokens(4);
+  auto generated = a->OpenSession(s4->session_id()).GenerateAll(g);
+  EXPECT_EQ(GetReason(generated.status()), Reason::kTenantLimit)
+      << generated.status();
+  // Another tenant streams meanwhile.
+  auto b_session = b->CreateSession({});
+  ASSERT_TRUE(b_session.ok());
+  EXPECT_TRUE(b->OpenSession(b_session->session_id()).AppendText("b").ok());
+
+  // Closing the stream frees the slot (once the gateway has seen the end
+  // of the call: poll, no timing assumed).
+  ASSERT_TRUE((*writer)->Close().ok());
+  writer->reset();
+  absl::Status last;
+  for (int i = 0; i < 300; ++i) {
+    last = a->OpenSession(s4->session_id()).AppendText("now").status();
+    if (GetReason(last) != Reason::kTenantLimit) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(last.ok()) << last;
+}
+
+}  // namespace
+}  // namespace statestream
