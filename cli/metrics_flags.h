@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // --metrics-listen, shared by the roles that serve Prometheus metrics
-// (serve, gateway).
+// (serve, worker, gateway).
 #ifndef STATESTREAM_CLI_METRICS_FLAGS_H_
 #define STATESTREAM_CLI_METRICS_FLAGS_H_
 

@@ -20,6 +20,7 @@
 #include "cli/model_loading.h"
 #include "cli/server_flags.h"
 #include "cli/worker_flags.h"
+#include "cli/worker_metrics.h"
 #include "common/malloc_tuning.h"
 #include "state_store/memory_state_store.h"
 #include "state_store/sqlite_state_store.h"
@@ -135,40 +136,19 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
       options.data_dir.empty() ? "memory" : "sqlite");
   worker::WorkerMetrics* metrics = w->metrics.get();
   worker::SchedulerOptions scheduler = options.scheduler;
-  scheduler.on_batch = [metrics](int sequences, int tokens) {
-    metrics->ObserveBatch(sequences, tokens);
-  };
-  scheduler.on_first_step = [metrics](absl::Duration queued) {
-    metrics->ObserveQueueTime(queued);
-  };
-  w->scheduler = std::make_unique<worker::Scheduler>(w->model.get(), scheduler);
   sessions.owner = absl::StrCat("serve-", getpid());
-  sessions.metrics = metrics;
+  AttachWorkerMetrics(metrics, &scheduler, &sessions);
+  w->scheduler = std::make_unique<worker::Scheduler>(w->model.get(), scheduler);
   auto manager = worker::SessionManager::Create(
       sessions, w->model.get(), w->tokenizer.get(), w->scheduler.get(),
       w->store.get());
   if (!manager.ok()) return manager.status();
   w->sessions = *std::move(manager);
-  worker::SessionManager* manager_ptr = w->sessions.get();
-  *manager_out = manager_ptr;
-  worker::Scheduler* scheduler_ptr = w->scheduler.get();
-  metrics->SetGaugeSource([manager_ptr, scheduler_ptr] {
-    const worker::SessionManager::Stats s = manager_ptr->stats();
-    worker::WorkerMetrics::Gauges g;
-    g.sessions_resident = s.resident;
-    g.sessions_active = s.active;
-    g.resident_bytes = s.resident_bytes;
-    g.scheduler_tasks = scheduler_ptr->stats().active_tasks;
-    return g;
-  });
-  if (!options.metrics_listen.empty()) {
-    auto http =
-        worker::MetricsHttpServer::Start(options.metrics_listen, metrics);
-    if (!http.ok()) return http.status();
-    w->metrics_http = *std::move(http);
-    std::printf("metrics on %s\n", w->metrics_http->address().c_str());
-    std::fflush(stdout);
-  }
+  *manager_out = w->sessions.get();
+  auto http = ServeWorkerMetrics(metrics, w->sessions.get(), w->scheduler.get(),
+                                 options.metrics_listen);
+  if (!http.ok()) return http.status();
+  w->metrics_http = *std::move(http);
   ServiceSet set = worker::PublicApiServices(w->sessions.get());
   set.Own(std::move(w));
   return set;

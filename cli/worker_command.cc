@@ -17,11 +17,13 @@
 #include "absl/time/clock.h"
 #include "cli/cli_util.h"
 #include "cli/command.h"
+#include "cli/metrics_flags.h"
 #include "cli/model_flag.h"
 #include "cli/model_loading.h"
 #include "cli/redis_flags.h"
 #include "cli/server_flags.h"
 #include "cli/worker_flags.h"
+#include "cli/worker_metrics.h"
 #include "common/malloc_tuning.h"
 #include "services/worker_registration.h"
 #include "state_store/redis_state_store.h"
@@ -56,17 +58,21 @@ struct WorkerOptions {
   std::string vocab_path;  // empty: beside the model
   worker::SessionManagerOptions sessions;
   worker::SchedulerOptions scheduler;
+  std::string metrics_listen;  // empty: no /metrics
 };
 
 // Everything the services point into, destroyed in reverse order.
 struct Worker {
+  std::unique_ptr<worker::WorkerMetrics> metrics;
   std::unique_ptr<engine::Model> model;
   std::unique_ptr<engine::Tokenizer> tokenizer;
   std::unique_ptr<StateStore> store;
   std::unique_ptr<worker::Scheduler> scheduler;
   std::unique_ptr<worker::SessionManager> sessions;
   std::unique_ptr<WorkerRegistration> registration;
+  std::unique_ptr<worker::MetricsHttpServer> metrics_http;
   ~Worker() {
+    metrics_http.reset();
     if (registration) registration->Stop();
     if (sessions) sessions->Drain();  // commit, release leases
     sessions.reset();
@@ -113,6 +119,7 @@ int Run(const std::vector<std::string>& args) {
   options.sessions.owner = options.worker_id;
   options.sessions.lease_ttl = absl::GetFlag(FLAGS_lease_ttl);
   ApplyWorkerFlags(&options.sessions, &options.scheduler);
+  options.metrics_listen = MetricsListenFromFlag();
   // Workers trust the tenant the gateway forwards; say who may call.
   if (!ClientCertificatesRequired()) {
     std::cerr << "statestream worker: WARNING: running UNAUTHENTICATED: any "
@@ -136,13 +143,20 @@ int Run(const std::vector<std::string>& args) {
     auto store = NewRedisStateStore(options.redis);
     if (!store.ok()) return store.status();
     w->store = *std::move(store);
+    w->metrics = std::make_unique<worker::WorkerMetrics>("redis");
+    worker::SchedulerOptions scheduler = options.scheduler;
+    AttachWorkerMetrics(w->metrics.get(), &scheduler, &sessions);
     w->scheduler =
-        std::make_unique<worker::Scheduler>(w->model.get(), options.scheduler);
+        std::make_unique<worker::Scheduler>(w->model.get(), scheduler);
     auto manager = worker::SessionManager::Create(
         sessions, w->model.get(), w->tokenizer.get(), w->scheduler.get(),
         w->store.get());
     if (!manager.ok()) return manager.status();
     w->sessions = *std::move(manager);
+    auto http = ServeWorkerMetrics(w->metrics.get(), w->sessions.get(),
+                                   w->scheduler.get(), options.metrics_listen);
+    if (!http.ok()) return http.status();
+    w->metrics_http = *std::move(http);
     ServiceSet set = worker::PublicApiServices(w->sessions.get());
     set.Own(w);
     kept = w;
@@ -193,7 +207,7 @@ const Command& WorkerCommand() {
       "worker registry with a heartbeat; leaves it on SIGINT/SIGTERM, then\n"
       "finishes calls in flight, commits and releases its sessions.",
       {__FILE__, kServerFlagsFile, kTlsFlagsFile, kRedisFlagsFile,
-       kModelFlagFile, kVocabFlagFile, kWorkerFlagsFile},
+       kModelFlagFile, kVocabFlagFile, kWorkerFlagsFile, kMetricsFlagsFile},
       &Run};
   return kCommand;
 }

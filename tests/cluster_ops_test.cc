@@ -9,6 +9,7 @@
 #include <string>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -25,6 +26,7 @@ class ClusterOpsTest : public ::testing::Test {
   static void SetUpTestSuite() {
     e2e::ClusterOptions options;
     options.workers = 2;  // tiny
+    options.worker_args = {"--metrics-listen=127.0.0.1:0"};
     auto c = e2e::Cluster::Start(STATESTREAM_BIN, options);
     ASSERT_TRUE(c.ok()) << c.status();
     cluster_ = c->release();
@@ -40,7 +42,10 @@ class ClusterOpsTest : public ::testing::Test {
 
   // Sample name (with labels) -> value from gateway `gw`'s /metrics.
   static std::map<std::string, double> Scrape(int gw) {
-    const std::string address = cluster_->gateways()[gw]->metrics_address();
+    return ScrapeAddress(cluster_->gateways()[gw]->metrics_address());
+  }
+  static std::map<std::string, double> ScrapeAddress(
+      const std::string& address) {
     const size_t colon = address.rfind(':');
     int port = 0;
     EXPECT_TRUE(absl::SimpleAtoi(address.substr(colon + 1), &port));
@@ -177,6 +182,32 @@ TEST_F(ClusterOpsTest, MetricsAfterTrafficAndAFailover) {
   EXPECT_TRUE(m0.count("statestream_gateway_workers_ready") == 1);
   EXPECT_TRUE(m0.count("statestream_gateway_replayed_requests_total") == 1);
   EXPECT_EQ(m0["statestream_gateway_calls_active"], 0);
+}
+
+// `statestream worker --metrics-listen` serves the worker's own series
+// (tokens, state commits to Redis, residency) like `serve` does.
+TEST_F(ClusterOpsTest, WorkersServeTheirMetrics) {
+  ASSERT_TRUE(cluster_->Create("worker-metrics", 0, "tiny").ok());
+  const auto chunks = e2e::TextChunks(4, 32, 21);
+  ASSERT_TRUE(e2e::AppendResumable(
+                  cluster_, "worker-metrics", chunks, 2,
+                  [](const grpc::Status&) { return false; }, nullptr, nullptr)
+                  .ok());
+  e2e::ClusterProcess* owner = cluster_->Owner("worker-metrics");
+  ASSERT_NE(owner, nullptr);
+  ASSERT_FALSE(owner->metrics_address().empty());
+  const auto samples = ScrapeAddress(owner->metrics_address());
+  EXPECT_GE(samples.count("statestream_tokens_in_total"), 1u);
+  EXPECT_GE(samples.at("statestream_tokens_in_total"), 4 * 32);
+  EXPECT_GE(samples.count("statestream_sessions_resident"), 1u);
+  bool committed = false;
+  for (const auto& [name, value] : samples) {
+    if (absl::StartsWith(name, "statestream_state_commit_seconds_count") &&
+        value > 0) {
+      committed = true;
+    }
+  }
+  EXPECT_TRUE(committed) << "no state commit observed";
 }
 
 }  // namespace

@@ -1,0 +1,40 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "cli/worker_metrics.h"
+
+#include <cstdio>
+
+namespace statestream::cli {
+
+void AttachWorkerMetrics(worker::WorkerMetrics* metrics,
+                         worker::SchedulerOptions* scheduler,
+                         worker::SessionManagerOptions* sessions) {
+  scheduler->on_batch = [metrics](int sequences, int tokens) {
+    metrics->ObserveBatch(sequences, tokens);
+  };
+  scheduler->on_first_step = [metrics](absl::Duration queued) {
+    metrics->ObserveQueueTime(queued);
+  };
+  sessions->metrics = metrics;
+}
+
+absl::StatusOr<std::unique_ptr<worker::MetricsHttpServer>> ServeWorkerMetrics(
+    worker::WorkerMetrics* metrics, worker::SessionManager* manager,
+    worker::Scheduler* scheduler, const std::string& listen) {
+  metrics->SetGaugeSource([manager, scheduler] {
+    const worker::SessionManager::Stats s = manager->stats();
+    worker::WorkerMetrics::Gauges g;
+    g.sessions_resident = s.resident;
+    g.sessions_active = s.active;
+    g.resident_bytes = s.resident_bytes;
+    g.scheduler_tasks = scheduler->stats().active_tasks;
+    return g;
+  });
+  if (listen.empty()) return nullptr;
+  auto http = worker::MetricsHttpServer::Start(listen, metrics);
+  if (!http.ok()) return http.status();
+  std::printf("metrics on %s\n", (*http)->address().c_str());
+  std::fflush(stdout);
+  return http;
+}
+
+}  // namespace statestream::cli
