@@ -279,7 +279,8 @@ class Bench {
       if (!MakeCold(id)) return;
       absl::SleepFor(absl::Seconds(2));  // the gateway sees the registry
       const auto t2 = Clock::now();
-      if (GenerateOne(*gw_streams_, id).empty()) return;
+      int attempts = 0;
+      if (GenerateOne(*gw_streams_, id, &attempts).empty()) return;
       const double cold = Ms(Clock::now() - t2);
       const auto t3 = Clock::now();
       if (GenerateOne(*gw_streams_, id).empty()) return;
@@ -288,9 +289,9 @@ class Bench {
       const double mb =
           head.ok() ? static_cast<double>(head->head.state_bytes) / 1e6 : 0;
       std::printf(
-          "| %zu tokens | %.2f MB | %.1f ms | %.1f ms | %.1f ms | %.1f ms | "
-          "%.0fx |\n",
-          n, mb, reingest, cold_direct, cold, warm, reingest / cold);
+          "| %zu tokens | %.2f MB | %.1f ms | %.1f ms | %.1f ms (%d "
+          "attempts) | %.1f ms | %.0fx |\n",
+          n, mb, reingest, cold_direct, cold, attempts, warm, reingest / cold);
       std::fflush(stdout);
     }
   }
@@ -417,9 +418,11 @@ class Bench {
     }
   }
 
-  // A one-token side-branch generation; returns its tokens.
+  // A one-token side-branch generation; returns its tokens (and the
+  // gateway's x-statestream-attempts trailer in *attempts).
   static std::vector<uint32_t> GenerateOne(v1::Streams::Stub& stub,
-                                           const std::string& id) {
+                                           const std::string& id,
+                                           int* attempts = nullptr) {
     static int calls = 0;
     v1::GenerateRequest g;
     g.set_session_id(id);
@@ -441,6 +444,15 @@ class Bench {
       std::fprintf(stderr, "generate %s: %s\n", id.c_str(),
                    st.error_message().c_str());
       out.clear();
+    }
+    if (attempts != nullptr) {
+      const auto& trailers = ctx->GetServerTrailingMetadata();
+      auto it = trailers.find("x-statestream-attempts");
+      *attempts = 0;
+      if (it != trailers.end()) {
+        (void)absl::SimpleAtoi(
+            absl::string_view(it->second.data(), it->second.size()), attempts);
+      }
     }
     return out;
   }
