@@ -154,6 +154,32 @@ TEST_F(CliClientTest, FeedProgressOnlyOnATerminal) {
   EXPECT_THAT(in.out, HasSubstr(R"("input_offset":400003)"));
 }
 
+// On a terminal, chat prompts with "> " and streams each reply; every
+// turn is committed to the session. script(1) gives it a pty; the piped
+// line is typed into it, then end of input ends the chat.
+TEST_F(CliClientTest, ChatOnATerminal) {
+  ASSERT_EQ(Cli({"session", "create", "cli-chat-tty"}).exit_code, 0);
+  const std::string cmd = absl::StrCat(
+      Bin(), " chat --session=cli-chat-tty --max_tokens=4 --target=", *target_);
+  e2e::RunResult tty = Shell(absl::StrCat(
+      "printf 'hi\\n' | timeout 60 script -qec '", cmd, "' /dev/null"));
+  ASSERT_EQ(tty.exit_code, 0) << tty.out << tty.err;
+  EXPECT_THAT(tty.out, HasSubstr("> "));
+  // Piped (not a terminal): no prompt.
+  e2e::RunResult piped = Shell(absl::StrCat(
+      "printf 'hi\\n' | ", Bin(),
+      " chat --session=cli-chat-tty --max_tokens=4 --target=", *target_));
+  ASSERT_EQ(piped.exit_code, 0) << piped.err;
+  EXPECT_THAT(piped.out, Not(HasSubstr("> ")));
+  // Both turns committed "User: hi\n\nAssistant:" (20 bytes) and more.
+  std::smatch m;
+  const std::string got = Cli({"session", "get", "cli-chat-tty", "--json"}).out;
+  ASSERT_TRUE(
+      std::regex_search(got, m, std::regex(R"re("input_offset":"(\d+)")re")))
+      << got;
+  EXPECT_GE(std::stoi(m[1].str()), 2 * 20);
+}
+
 TEST_F(CliClientTest, GenerateScoreAndChat) {
   ASSERT_EQ(Cli({"session", "create", "cli-gen"}).exit_code, 0);
   e2e::RunResult r = Cli({"generate", "--session=cli-gen", "--prompt=Once",
