@@ -30,7 +30,8 @@ set_source_files_properties(kernels_avx2.cc PROPERTIES COMPILE_OPTIONS
 
 if(STATESTREAM_BUILD_TESTS)
   ss_add_test(engine_model_test
-    SOURCES model_test.cc kernels_test.cc golden.cc golden_trace.cc
+    SOURCES model_test.cc kernels_test.cc thread_pool_test.cc golden.cc
+            golden_trace.cc
     LIBS ss_engine nlohmann_json::nlohmann_json)
   ss_add_test(engine_arch_test
     SOURCES arch_golden_test.cc golden.cc golden_trace.cc

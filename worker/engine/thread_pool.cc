@@ -1,50 +1,94 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "worker/engine/thread_pool.h"
 
-namespace statestream::engine {
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
-ThreadPool::ThreadPool(int threads) {
-  for (int i = 1; i < threads; ++i)
+#include <chrono>
+#include <climits>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define SS_CPU_RELAX() _mm_pause()
+#else
+#define SS_CPU_RELAX() \
+  do {                 \
+  } while (0)
+#endif
+
+namespace statestream::engine {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Sleeps while *word == expected (the kernel checks atomically).
+void FutexWait(std::atomic<uint32_t>* word, uint32_t expected) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT_PRIVATE,
+          expected, nullptr, nullptr, 0);
+}
+
+void FutexWakeAll(std::atomic<uint32_t>* word) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE,
+          INT_MAX, nullptr, nullptr, 0);
+}
+
+}  // namespace
+
+ThreadPool::ThreadPool(int threads, int spin_us) : spin_us_(spin_us) {
+  for (int i = 1; i < threads; ++i) {
     workers_.emplace_back([this] { WorkerLoop(); });
+  }
 }
 
 ThreadPool::~ThreadPool() {
-  {
-    absl::MutexLock lock(&mu_);
-    stop_ = true;
-  }
+  stop_.store(true);
+  epoch_.fetch_add(1);
+  FutexWakeAll(&epoch_);
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::RunTasks() {
+void ThreadPool::RunTasks(uint32_t gen) {
+  uint64_t cur = work_.load(std::memory_order_acquire);
   for (;;) {
-    const std::function<void(int)>* fn;
-    int task;
-    {
-      absl::MutexLock lock(&mu_);
-      if (fn_ == nullptr || next_ >= tasks_) return;
-      fn = fn_;
-      task = next_++;
+    if (static_cast<uint32_t>(cur >> 32) != gen) return;
+    const int task = static_cast<int>(cur & 0xffffffffu);
+    if (task >= tasks_.load(std::memory_order_relaxed)) return;
+    if (!work_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel,
+                                     std::memory_order_acquire)) {
+      continue;  // `cur` was reloaded
     }
-    (*fn)(task);
-    absl::MutexLock lock(&mu_);
-    --pending_;
+    // The claimed task keeps the generation open, so fn_ is still its.
+    (*fn_.load(std::memory_order_relaxed))(task);
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    cur = work_.load(std::memory_order_acquire);
   }
 }
 
 void ThreadPool::WorkerLoop() {
-  uint64_t seen = 0;
+  // Generation 0 is the constructor's: a ParallelFor or the destructor that
+  // runs before this thread starts has already moved the epoch past it.
+  uint32_t seen = 0;
   for (;;) {
-    {
-      absl::MutexLock lock(&mu_);
-      auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stop_ || (generation_ != seen && fn_ != nullptr);
-      };
-      mu_.Await(absl::Condition(&ready));
-      if (stop_) return;
-      seen = generation_;
+    // Spin for new work, then sleep until the epoch moves.
+    uint32_t now = epoch_.load(std::memory_order_acquire);
+    if (now == seen && spin_us_ > 0) {
+      const auto deadline = Clock::now() + std::chrono::microseconds(spin_us_);
+      for (int i = 0; now == seen; ++i) {
+        SS_CPU_RELAX();
+        now = epoch_.load(std::memory_order_acquire);
+        if ((i & 63) == 63 && Clock::now() > deadline) break;
+      }
     }
-    RunTasks();
+    if (now == seen) {
+      sleepers_.fetch_add(1);
+      FutexWait(&epoch_, seen);
+      sleepers_.fetch_sub(1);
+      now = epoch_.load(std::memory_order_acquire);
+    }
+    if (stop_.load()) return;
+    seen = now;
+    RunTasks(now);
   }
 }
 
@@ -55,20 +99,22 @@ void ThreadPool::ParallelFor(int tasks, const std::function<void(int)>& fn) {
     return;
   }
   absl::MutexLock call_lock(&call_mu_);
-  {
-    absl::MutexLock lock(&mu_);
-    fn_ = &fn;
-    tasks_ = tasks;
-    next_ = 0;
-    pending_ = tasks;
-    ++generation_;
+  const uint32_t gen = epoch_.load(std::memory_order_relaxed) + 1;
+  fn_.store(&fn, std::memory_order_relaxed);
+  tasks_.store(tasks, std::memory_order_relaxed);
+  pending_.store(tasks, std::memory_order_relaxed);
+  work_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
+  epoch_.store(gen);  // seq_cst: pairs with the sleepers_ check below
+  if (sleepers_.load() > 0) FutexWakeAll(&epoch_);
+  RunTasks(gen);
+  // The last tasks run on workers: spin briefly, then give the core away.
+  for (int i = 0; pending_.load(std::memory_order_acquire) != 0; ++i) {
+    if (i < 4096) {
+      SS_CPU_RELAX();
+    } else {
+      std::this_thread::yield();
+    }
   }
-  RunTasks();
-  absl::MutexLock lock(&mu_);
-  auto done = [&]()
-                  ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return pending_ == 0; };
-  mu_.Await(absl::Condition(&done));
-  fn_ = nullptr;
 }
 
 }  // namespace statestream::engine

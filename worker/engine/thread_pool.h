@@ -2,14 +2,22 @@
 // A fixed pool of worker threads for data-parallel loops inside one engine
 // step. Results never depend on the number of threads: callers split work by
 // output element, never by reduction.
+//
+// A decode step is ~100 small parallel loops a few tens of microseconds
+// apart, so a futex wake-up per loop would cost as much as the loop. Workers
+// therefore spin (with `pause`) for up to Options::spin_us after their last
+// task before they sleep on a futex; the caller hands out work by bumping an
+// atomic generation and wakes sleepers only when there are any. Threads are
+// created once, in the constructor.
 #ifndef STATESTREAM_WORKER_ENGINE_THREAD_POOL_H_
 #define STATESTREAM_WORKER_ENGINE_THREAD_POOL_H_
 
+#include <atomic>
+#include <cstdint>
 #include <functional>
 #include <thread>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 
 namespace statestream::engine {
@@ -18,8 +26,9 @@ namespace statestream::engine {
 class ThreadPool {
  public:
   // `threads` >= 1 counts the calling thread: ThreadPool(1) runs everything
-  // inline and starts no thread.
-  explicit ThreadPool(int threads);
+  // inline and starts no thread. Idle workers spin for `spin_us`
+  // microseconds before sleeping (0: sleep at once).
+  explicit ThreadPool(int threads, int spin_us = 200);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -32,16 +41,22 @@ class ThreadPool {
 
  private:
   void WorkerLoop();
-  void RunTasks();
+  // Claims and runs tasks of generation `gen` until none are left.
+  void RunTasks(uint32_t gen);
 
+  const int spin_us_;
   absl::Mutex call_mu_;  // serialises ParallelFor callers
-  absl::Mutex mu_;
-  const std::function<void(int)>* fn_ ABSL_GUARDED_BY(mu_) = nullptr;
-  int tasks_ ABSL_GUARDED_BY(mu_) = 0;
-  int next_ ABSL_GUARDED_BY(mu_) = 0;
-  int pending_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  // (generation << 32) | next unclaimed task. A claim is a CAS on the whole
+  // word, so a worker late from an older generation can never take a task
+  // of a newer one.
+  std::atomic<uint64_t> work_{0};
+  // The generation, alone, for futex waits; bumped after work_.
+  std::atomic<uint32_t> epoch_{0};
+  std::atomic<int> sleepers_{0};
+  std::atomic<const std::function<void(int)>*> fn_{nullptr};
+  std::atomic<int> tasks_{0};
+  std::atomic<int> pending_{0};  // tasks of the generation not yet finished
+  std::atomic<bool> stop_{false};
   std::vector<std::thread> workers_;
 };
 
