@@ -6,11 +6,13 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "benchmark/benchmark.h"
+#include "worker/engine/kernels.h"
 #include "worker/engine/model.h"
 #include "worker/engine/random_model.h"
 #include "worker/engine/weight_writer.h"
@@ -18,9 +20,11 @@
 namespace statestream::engine {
 namespace {
 
-Model& BenchModel(bool bf16) {
-  static std::unique_ptr<Model> models[2];
-  std::unique_ptr<Model>& m = models[bf16 ? 1 : 0];
+// `threads` engine threads (1 or 2): with one, the CPU time column is the
+// whole cost, which stays comparable on a busy machine.
+Model& BenchModel(bool bf16, int threads = 2) {
+  static std::unique_ptr<Model> models[2][3];
+  std::unique_ptr<Model>& m = models[bf16 ? 1 : 0][threads];
   if (m == nullptr) {
     RandomModelSpec spec;
     spec.n_layer = 6;
@@ -34,7 +38,9 @@ Model& BenchModel(bool bf16) {
              .ok()) {
       std::abort();
     }
-    auto loaded = LoadModel(path);
+    ModelOptions options;
+    options.threads = threads;
+    auto loaded = LoadModel(path, options);
     std::remove(path.c_str());
     if (!loaded.ok()) std::abort();
     m = std::move(*loaded);
@@ -42,9 +48,10 @@ Model& BenchModel(bool bf16) {
   return *m;
 }
 
-// One decode step (one token, logits) for range(0) sessions at once.
+// One decode step (one token, logits) for range(0) sessions at once, on
+// range(1) threads.
 void BM_Decode(benchmark::State& st, bool bf16) {
-  Model& m = BenchModel(bf16);
+  Model& m = BenchModel(bf16, static_cast<int>(st.range(1)));
   const int batch = static_cast<int>(st.range(0));
   const int V = m.info().config.vocab_size;
   std::vector<std::vector<float>> states(
@@ -96,16 +103,51 @@ void BM_Prefill(benchmark::State& st, bool bf16) {
                          benchmark::Counter::kIsRate);
 }
 
+// One kernel call, single-threaded: y[rows][out] = x[rows][in] W^T with
+// W = [out = range(1)][in = 512]: 2048 is an FFN key projection (W stays in
+// L2 between iterations), 16384 the head of the bench model (W comes from
+// memory); range(0) rows. Reports GFLOP/s (2 per multiply-add).
+void BM_Gemm(benchmark::State& st, bool bf16) {
+  const int rows = static_cast<int>(st.range(0));
+  const int in = 512, out = static_cast<int>(st.range(1));
+  std::vector<float> w(static_cast<size_t>(out) * in);
+  std::vector<uint16_t> wb(w.size());
+  for (size_t i = 0; i < w.size(); ++i) {
+    w[i] = static_cast<float>((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+    uint32_t u;
+    std::memcpy(&u, &w[i], 4);
+    wb[i] = static_cast<uint16_t>(u >> 16);
+  }
+  std::vector<float> x(static_cast<size_t>(rows) * in, 0.25f);
+  std::vector<float> y(static_cast<size_t>(rows) * out);
+  const Kernels& k = GetKernels();
+  for (auto _ : st) {
+    if (bf16) {
+      k.gemm_bf16(wb.data(), in, x.data(), in, rows, y.data(), out, 0, out);
+    } else {
+      k.gemm_f32(w.data(), in, x.data(), in, rows, y.data(), out, 0, out);
+    }
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.counters["GFLOP/s"] = benchmark::Counter(
+      2.0 * rows * in * out * static_cast<double>(st.iterations()) / 1e9,
+      benchmark::Counter::kIsRate);
+}
+
+BENCHMARK_CAPTURE(BM_Gemm, f32, false)
+    ->ArgsProduct({{1, 8, 32, 64}, {2048, 16384}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Gemm, bf16, true)
+    ->ArgsProduct({{1, 8, 32, 64}, {2048, 16384}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 BENCHMARK_CAPTURE(BM_Decode, f32, false)
-    ->Arg(1)
-    ->Arg(8)
-    ->Arg(32)
+    ->ArgsProduct({{1, 8, 32}, {2, 1}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_CAPTURE(BM_Decode, bf16, true)
-    ->Arg(1)
-    ->Arg(8)
-    ->Arg(32)
+    ->ArgsProduct({{1, 8, 32}, {2, 1}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_CAPTURE(BM_Prefill, f32, false)

@@ -56,6 +56,9 @@ struct V {
     _mm256_maskstore_ps(p, Mask8(n), lo);
     _mm256_maskstore_ps(p + 8, Mask8(n - 8), hi);
   }
+  static void Reduce16(const V* a, float* out) {
+    for (int j = 0; j < 16; ++j) out[j] = a[j].ReduceAdd();
+  }
   float ReduceAdd() const {
     __m256 h8 = _mm256_add_ps(lo, hi);
     __m128 h4 =

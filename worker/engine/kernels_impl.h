@@ -6,11 +6,13 @@
 // LoadBF16(const uint16_t*), LoadBF16Partial(const uint16_t*, n), Set1(float),
 // Fma(a, b, c) = a*b+c (fused), Mul, Store(float*), StorePartial(float*, n)
 // and ReduceAdd() with the fixed tree: 16 -> 8 (lane j + lane j+8) -> 4 -> 2
-// -> 1. Partial loads fill missing lanes with +0.
+// -> 1, and Reduce16(const V a[16], float out[16]) with out[j] bit-identical
+// to a[j].ReduceAdd(). Partial loads fill missing lanes with +0.
 #ifndef STATESTREAM_WORKER_ENGINE_KERNELS_IMPL_H_
 #define STATESTREAM_WORKER_ENGINE_KERNELS_IMPL_H_
 
 #include <cstdint>
+#include <vector>
 
 namespace statestream::engine::kernels_impl {
 
@@ -24,84 +26,221 @@ template <typename V>
 inline V LoadW(const uint16_t* w, int n) {
   return n >= kLanes ? V::LoadBF16(w) : V::LoadBF16Partial(w, n);
 }
-
-// A block of RT rows x OT outputs; each of the RT*OT accumulators sees the
-// same operation sequence as a 1x1 block would.
-template <typename V, typename W, int RT, int OT>
-inline void GemmBlock(const W* w, int in, const float* x, int ldx, float* y,
-                      int ldy, int o) {
-  V acc[RT][OT];
-  for (int t = 0; t < RT; ++t)
-    for (int u = 0; u < OT; ++u) acc[t][u] = V::Zero();
-  for (int i = 0; i < in; i += kLanes) {
-    const int n = in - i;
-    V wv[OT];
-    for (int u = 0; u < OT; ++u)
-      wv[u] = LoadW<V>(w + static_cast<int64_t>(o + u) * in + i, n);
-    for (int t = 0; t < RT; ++t) {
-      const float* xr = x + static_cast<int64_t>(t) * ldx + i;
-      V xv = n >= kLanes ? V::Load(xr) : V::LoadPartial(xr, n);
-      for (int u = 0; u < OT; ++u) acc[t][u] = V::Fma(wv[u], xv, acc[t][u]);
-    }
-  }
-  for (int t = 0; t < RT; ++t)
-    for (int u = 0; u < OT; ++u)
-      y[static_cast<int64_t>(t) * ldy + o + u] = acc[t][u].ReduceAdd();
+template <typename V>
+inline V LoadFull(const float* w) {
+  return V::Load(w);
+}
+template <typename V>
+inline V LoadFull(const uint16_t* w) {
+  return V::LoadBF16(w);
 }
 
-template <typename V, typename W, int RT>
-inline void GemmRows(const W* w, int in, const float* x, int ldx, float* y,
-                     int ldy, int o_begin, int o_end) {
-  int o = o_begin;
-  for (; o + 4 <= o_end; o += 4)
-    GemmBlock<V, W, RT, 4>(w, in, x, ldx, y, ldy, o);
-  for (; o < o_end; ++o) GemmBlock<V, W, RT, 1>(w, in, x, ldx, y, ldy, o);
+// A block of RT rows x OT outputs (RT * OT <= 16 accumulators, all kept in
+// registers). `w` points at the block's first output row (row stride ldw),
+// `x` at its first input row, `y` at y[first row][first output]. Each
+// accumulator sees exactly the operation sequence of a 1x1 block: full
+// 16-lane steps, then one partial step with +0 in the missing lanes, then the
+// fixed reduction tree (V::Reduce16 is 16 ReduceAdd()s done at once).
+template <typename V, typename W, int RT, int OT>
+inline void GemmBlock(const W* w, int64_t ldw, int in, const float* x, int ldx,
+                      float* y, int ldy) {
+  static_assert(RT * OT <= 16, "at most 16 accumulators");
+  V acc[16];
+#pragma GCC unroll 16
+  for (int a = 0; a < 16; ++a) acc[a] = V::Zero();
+  const int full = in & ~(kLanes - 1);
+  for (int i = 0; i < full; i += kLanes) {
+    V wv[OT];
+#pragma GCC unroll 16
+    for (int u = 0; u < OT; ++u) wv[u] = LoadFull<V>(w + u * ldw + i);
+#pragma GCC unroll 16
+    for (int t = 0; t < RT; ++t) {
+      const V xv = V::Load(x + static_cast<int64_t>(t) * ldx + i);
+#pragma GCC unroll 16
+      for (int u = 0; u < OT; ++u) {
+        acc[t * OT + u] = V::Fma(wv[u], xv, acc[t * OT + u]);
+      }
+    }
+  }
+  if (full < in) {
+    const int n = in - full;
+    V wv[OT];
+    for (int u = 0; u < OT; ++u) wv[u] = LoadW<V>(w + u * ldw + full, n);
+    for (int t = 0; t < RT; ++t) {
+      const V xv = V::LoadPartial(x + static_cast<int64_t>(t) * ldx + full, n);
+      for (int u = 0; u < OT; ++u) {
+        acc[t * OT + u] = V::Fma(wv[u], xv, acc[t * OT + u]);
+      }
+    }
+  }
+  alignas(64) float out[16];
+  V::Reduce16(acc, out);
+  for (int t = 0; t < RT; ++t) {
+    for (int u = 0; u < OT; ++u) {
+      y[static_cast<int64_t>(t) * ldy + u] = out[t * OT + u];
+    }
+  }
+}
+
+// Outputs [0, outs) of `RT` rows, OT outputs at a time, then one by one.
+template <typename V, typename W, int RT, int OT>
+inline void GemmRowBlock(const W* w, int64_t ldw, int in, const float* x,
+                         int ldx, float* y, int ldy, int outs) {
+  int o = 0;
+  for (; o + OT <= outs; o += OT) {
+    GemmBlock<V, W, RT, OT>(w + o * ldw, ldw, in, x, ldx, y + o, ldy);
+  }
+  for (; o < outs; ++o) {
+    GemmBlock<V, W, RT, 1>(w + o * ldw, ldw, in, x, ldx, y + o, ldy);
+  }
+}
+
+// Prefetches [p, p + bytes) into the cache, one line per instruction.
+inline void Prefetch(const char* p, int64_t bytes) {
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 2);
+}
+
+// All `rows` rows against outputs [0, outs): 4x4 register blocks over a
+// tile of W small enough to stay in L1/L2 while the rows stream past.
+// [pf, pf + pf_bytes) (the next tile) is prefetched a slice per row block,
+// so its memory latency overlaps this tile's arithmetic.
+template <typename V, typename W>
+inline void GemmTile(const W* w, int64_t ldw, int in, const float* x, int ldx,
+                     int rows, float* y, int ldy, int outs, const char* pf,
+                     int64_t pf_bytes) {
+  const int blocks = (rows + 3) / 4;
+  const int64_t slice = (pf_bytes / blocks + 63) & ~int64_t{63};
+  int t = 0;
+  for (; t + 4 <= rows; t += 4) {
+    const int64_t n = pf_bytes < slice ? pf_bytes : slice;
+    Prefetch(pf, n);
+    pf += n;
+    pf_bytes -= n;
+    GemmRowBlock<V, W, 4, 4>(w, ldw, in, x + static_cast<int64_t>(t) * ldx, ldx,
+                             y + static_cast<int64_t>(t) * ldy, ldy, outs);
+  }
+  Prefetch(pf, pf_bytes);
+  const float* xt = x + static_cast<int64_t>(t) * ldx;
+  float* yt = y + static_cast<int64_t>(t) * ldy;
+  switch (rows - t) {
+    case 3:
+      GemmRowBlock<V, W, 3, 4>(w, ldw, in, xt, ldx, yt, ldy, outs);
+      break;
+    case 2:
+      GemmRowBlock<V, W, 2, 8>(w, ldw, in, xt, ldx, yt, ldy, outs);
+      break;
+    case 1:
+      GemmRowBlock<V, W, 1, 8>(w, ldw, in, xt, ldx, yt, ldy, outs);
+      break;
+    default:
+      break;
+  }
+}
+
+// Widens rows [0, outs) of a bf16 matrix to fp32 (exact) into `out`,
+// prefetching the same amount of the next tile (`pf`) as it goes.
+template <typename V>
+inline void WidenRows(const uint16_t* w, int64_t ldw, int in, int outs,
+                      float* out, const char* pf, int64_t pf_bytes) {
+  for (int o = 0; o < outs; ++o) {
+    const uint16_t* src = w + o * ldw;
+    float* dst = out + static_cast<int64_t>(o) * in;
+    int i = 0;
+    for (; i + 2 * kLanes <= in; i += 2 * kLanes) {
+      if (pf_bytes > 0) {
+        __builtin_prefetch(pf, 0, 2);
+        pf += 64;
+        pf_bytes -= 64;
+      }
+      V::LoadBF16(src + i).Store(dst + i);
+      V::LoadBF16(src + i + kLanes).Store(dst + i + kLanes);
+    }
+    for (; i + kLanes <= in; i += kLanes) V::LoadBF16(src + i).Store(dst + i);
+    if (i < in)
+      V::LoadBF16Partial(src + i, in - i).StorePartial(dst + i, in - i);
+  }
+  Prefetch(pf, pf_bytes);
 }
 
 template <typename V, typename W>
 void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
           int ldy, int o_begin, int o_end) {
-  // Outputs in tiles of 64 so a tile of W stays in L1/L2 while all rows
-  // stream past it; rows in blocks of 4.
-  constexpr int kOTile = 64;
+  if (rows <= 0 || o_begin >= o_end) return;
+  // Output tiles of 16: a tile of W (16 x in) stays in L1/L2 while every row
+  // streams past it, so each weight is read from memory once per call.
+  constexpr int kOTile = 16;
+  // bf16 weights feeding many rows are widened once per tile instead of
+  // once per 4-row block (the widening costs two instructions per vector).
+  constexpr bool kBF16 = sizeof(W) == 2;
+  static thread_local std::vector<float> widened;
   for (int ot = o_begin; ot < o_end; ot += kOTile) {
-    const int oe = ot + kOTile < o_end ? ot + kOTile : o_end;
-    int t = 0;
-    for (; t + 4 <= rows; t += 4)
-      GemmRows<V, W, 4>(w, in, x + static_cast<int64_t>(t) * ldx, ldx,
-                        y + static_cast<int64_t>(t) * ldy, ldy, ot, oe);
-    for (; t < rows; ++t)
-      GemmRows<V, W, 1>(w, in, x + static_cast<int64_t>(t) * ldx, ldx,
-                        y + static_cast<int64_t>(t) * ldy, ldy, ot, oe);
+    const int outs = ot + kOTile < o_end ? kOTile : o_end - ot;
+    const W* wt = w + static_cast<int64_t>(ot) * in;
+    // The next tile, fetched while this one is computed (rows > 1 only: a
+    // single row is a stream the hardware prefetcher handles).
+    const int next = o_end - ot - outs < kOTile ? o_end - ot - outs : kOTile;
+    const char* pf = reinterpret_cast<const char*>(wt + outs * in);
+    const int64_t pf_bytes =
+        rows > 1 ? static_cast<int64_t>(next) * in * sizeof(W) : 0;
+    if constexpr (kBF16) {
+      if (rows >= 16) {
+        const size_t need = static_cast<size_t>(kOTile) * in;
+        if (widened.size() < need) widened.resize(need);
+        WidenRows<V>(reinterpret_cast<const uint16_t*>(wt), in, in, outs,
+                     widened.data(), pf, pf_bytes);
+        GemmTile<V, float>(widened.data(), in, in, x, ldx, rows, y + ot, ldy,
+                           outs, nullptr, 0);
+        continue;
+      }
+    }
+    GemmTile<V, W>(wt, in, in, x, ldx, rows, y + ot, ldy, outs, pf,
+                   kBF16 ? pf_bytes : 0);
   }
 }
 
+// Rows of the state in groups of 16: the group's 16 dot products with
+// neg_kk are reduced together (V::Reduce16), then its rows are updated and
+// their 16 outputs reduced together. Per element the operations are those of
+// one row at a time: the lane accumulations in j order, then the fixed tree.
 template <typename V>
 void Wkv7Step(float* s, int n, const float* r, const float* w, const float* k,
               const float* v, const float* neg_kk, const float* kka, float* y) {
-  for (int i = 0; i < n; ++i) {
-    float* row = s + static_cast<int64_t>(i) * n;
-    V acc = V::Zero();
-    for (int j = 0; j < n; j += kLanes) {
-      const int m = n - j;
-      acc = V::Fma(LoadW<V>(row + j, m), LoadW<V>(neg_kk + j, m), acc);
-    }
-    const V sa = V::Set1(acc.ReduceAdd());
-    const V vi = V::Set1(v[i]);
-    V out = V::Zero();
-    for (int j = 0; j < n; j += kLanes) {
-      const int m = n - j;
-      V sv = V::Mul(LoadW<V>(row + j, m), LoadW<V>(w + j, m));
-      sv = V::Fma(sa, LoadW<V>(kka + j, m), sv);
-      sv = V::Fma(vi, LoadW<V>(k + j, m), sv);
-      if (m >= kLanes) {
-        sv.Store(row + j);
-      } else {
-        sv.StorePartial(row + j, m);
+  alignas(64) float red[16];
+  for (int i0 = 0; i0 < n; i0 += 16) {
+    const int rows = n - i0 < 16 ? n - i0 : 16;
+    V acc[16];
+    for (int q = 0; q < 16; ++q) acc[q] = V::Zero();
+    for (int q = 0; q < rows; ++q) {
+      const float* row = s + static_cast<int64_t>(i0 + q) * n;
+      for (int j = 0; j < n; j += kLanes) {
+        const int m = n - j;
+        acc[q] = V::Fma(LoadW<V>(row + j, m), LoadW<V>(neg_kk + j, m), acc[q]);
       }
-      out = V::Fma(sv, LoadW<V>(r + j, m), out);
     }
-    y[i] = out.ReduceAdd();
+    V::Reduce16(acc, red);
+    for (int q = 0; q < rows; ++q) {
+      const int i = i0 + q;
+      float* row = s + static_cast<int64_t>(i) * n;
+      const V sa = V::Set1(red[q]);
+      const V vi = V::Set1(v[i]);
+      V out = V::Zero();
+      for (int j = 0; j < n; j += kLanes) {
+        const int m = n - j;
+        V sv = V::Mul(LoadW<V>(row + j, m), LoadW<V>(w + j, m));
+        sv = V::Fma(sa, LoadW<V>(kka + j, m), sv);
+        sv = V::Fma(vi, LoadW<V>(k + j, m), sv);
+        if (m >= kLanes) {
+          sv.Store(row + j);
+        } else {
+          sv.StorePartial(row + j, m);
+        }
+        out = V::Fma(sv, LoadW<V>(r + j, m), out);
+      }
+      acc[q] = out;
+    }
+    for (int q = rows; q < 16; ++q) acc[q] = V::Zero();
+    V::Reduce16(acc, red);
+    for (int q = 0; q < rows; ++q) y[i0 + q] = red[q];
   }
 }
 

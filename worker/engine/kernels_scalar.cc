@@ -55,6 +55,9 @@ struct V {
   void StorePartial(float* p, int n) const {
     for (int i = 0; i < n && i < 16; ++i) p[i] = l[i];
   }
+  static void Reduce16(const V* a, float* out) {
+    for (int j = 0; j < 16; ++j) out[j] = a[j].ReduceAdd();
+  }
   float ReduceAdd() const {
     float h8[8], h4[4];
     for (int i = 0; i < 8; ++i) h8[i] = l[i] + l[i + 8];

@@ -65,8 +65,55 @@ TEST(KernelsTest, GemmMatchesDoubleReferenceAndIsIdenticalAcrossBuilds) {
   }
 }
 
+// A row's result must not depend on how many rows share the call, where it
+// sits among them, or how the outputs are split: the blocked paths (4-row
+// blocks, 3/2/1-row remainders, bf16 rows widened once per tile from 16
+// rows up) must all equal the one-row product bit for bit.
+TEST(KernelsTest, GemmRowIsIndependentOfBatchAndSplit) {
+  const int in = 100, out = 45;  // a partial 16-lane step; ragged tiles
+  auto w = Random(static_cast<size_t>(out) * in, 5);
+  std::vector<uint16_t> wb(w.size());
+  for (size_t i = 0; i < w.size(); ++i) wb[i] = ToBF16(w[i]);
+  const int max_rows = 40;
+  const int ldx = in + 3, ldy = out + 5;  // strides wider than the rows
+  auto x = Random(static_cast<size_t>(max_rows) * ldx, 6);
+  for (const char* name : {"scalar", "avx2", "avx512"}) {
+    const Kernels* k = GetKernelsByName(name);
+    if (k == nullptr) continue;
+    for (bool bf16 : {false, true}) {
+      auto run = [&](const float* xs, int rows, float* y, int ob, int oe) {
+        if (bf16) {
+          k->gemm_bf16(wb.data(), in, xs, ldx, rows, y, ldy, ob, oe);
+        } else {
+          k->gemm_f32(w.data(), in, xs, ldx, rows, y, ldy, ob, oe);
+        }
+      };
+      // One row at a time: the reference.
+      std::vector<float> single(static_cast<size_t>(max_rows) * ldy);
+      for (int t = 0; t < max_rows; ++t) {
+        run(&x[static_cast<size_t>(t) * ldx], 1, &single[t * ldy], 0, out);
+      }
+      for (int rows : {2, 3, 4, 5, 7, 8, 15, 16, 17, 31, 32, 33, 40}) {
+        for (int first : {0, 3}) {
+          if (first + rows > max_rows) continue;
+          std::vector<float> y(static_cast<size_t>(rows) * ldy, -1.0f);
+          const float* xs = &x[static_cast<size_t>(first) * ldx];
+          run(xs, rows, y.data(), 0, 13);  // split the outputs unevenly
+          run(xs, rows, y.data(), 13, out);
+          for (int t = 0; t < rows; ++t) {
+            ASSERT_EQ(0, std::memcmp(&y[t * ldy], &single[(first + t) * ldy],
+                                     out * sizeof(float)))
+                << name << (bf16 ? " bf16" : " f32") << " rows=" << rows
+                << " first=" << first << " row " << t;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(KernelsTest, Wkv7StepMatchesDefinition) {
-  for (int n : {8, 16, 64, 40}) {
+  for (int n : {8, 16, 64, 40, 128, 24}) {
     auto s0 = Random(static_cast<size_t>(n) * n, 1);
     auto r = Random(n, 2), w = Random(n, 3), k = Random(n, 4), v = Random(n, 5),
          nkk = Random(n, 6), kka = Random(n, 7);
