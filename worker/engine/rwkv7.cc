@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "common/status.h"
 #include "worker/engine/kernels.h"
 #include "worker/engine/ops.h"
@@ -41,11 +43,14 @@ struct Layer {
   Matrix ffn_key, ffn_value;
 };
 
-// Per-call scratch, [rows][width] row-major.
-// Sized for the largest chunk of the call (`rows` <= kMaxRows), so a decode
-// step of a few sessions does not allocate and clear 64 rows of buffers.
+// Scratch for one call, [rows][width] row-major. Kept by the model between
+// calls (a decode step would otherwise allocate, fault in and clear ~20
+// buffers) and grown to the largest chunk seen (`rows` <= kMaxRows). Every
+// buffer is written before it is read within a chunk.
 struct Scratch {
-  Scratch(const ModelConfig& c, int rows) {
+  void Reserve(const ModelConfig& c, int rows) {
+    if (rows <= rows_) return;
+    rows_ = rows;
     const int d = std::max({c.d_decay, c.d_aaa, c.d_mv, c.d_gate});
     for (auto* v : {&x, &xa, &xr, &xw, &xk, &xv, &xaa, &xg, &r, &w, &k, &v, &a,
                     &g, &kk, &v_first, &y, &tmp}) {
@@ -54,6 +59,7 @@ struct Scratch {
     lora.resize(static_cast<size_t>(rows) * d);
     ffn.resize(static_cast<size_t>(rows) * c.dim_ffn);
   }
+  int rows_ = 0;
   std::vector<float> x, xa, xr, xw, xk, xv, xaa, xg, r, w, k, v, a, g, kk,
       v_first, y, tmp, lora, ffn, normed, logits;
 };
@@ -104,6 +110,10 @@ class Rwkv7 final : public Model {
   std::vector<float> ln0_w_, ln0_b_, ln_out_w_, ln_out_b_;
   const rwkv::MatrixStateLayout layout_{info().config};
   std::function<void(int, const char*, const float*, int)> trace_;
+  // One scratch per concurrent Forward call, reused across calls.
+  absl::Mutex scratch_mu_;
+  std::vector<std::unique_ptr<Scratch>> free_scratch_
+      ABSL_GUARDED_BY(scratch_mu_);
 };
 
 // Token shift: mix = cur + (prev - cur) * param, where prev is the previous
@@ -206,22 +216,24 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
   Trace(l, "a", s.a, C);
   Trace(l, "g", s.g, C);
   Trace(l, "kk", s.kk, C);
-  // The recurrence: one task per (segment, head), rows in order.
+  // The recurrence: one task per (segment, head), rows in order. Its -kk
+  // and kk*a go into xw and xaa, free since the LoRA products.
+  float* neg_kk = s.xw.data();
+  float* kka = s.xaa.data();
+  for (int i = 0; i < rows * C; ++i) {
+    neg_kk[i] = -s.kk[i];
+    kka[i] = s.kk[i] * s.a[i];
+  }
   const int tasks = static_cast<int>(segs.size()) * H;
   pool_.ParallelFor(tasks, [&](int task) {
     const Segment& g = segs[task / H];
     const int h = task % H;
     float* S =
         layout_.Wkv(batch[g.seq].state, l) + static_cast<int64_t>(h) * N * N;
-    std::vector<float> neg_kk(N), kka(N);
     for (int t = g.begin; t < g.end; ++t) {
       const int o = t * C + h * N;
-      for (int i = 0; i < N; ++i) {
-        neg_kk[i] = -s.kk[o + i];
-        kka[i] = s.kk[o + i] * s.a[o + i];
-      }
-      k_.wkv7_step(S, N, &s.r[o], &s.w[o], &s.k[o], &s.v[o], neg_kk.data(),
-                   kka.data(), &s.y[o]);
+      k_.wkv7_step(S, N, &s.r[o], &s.w[o], &s.k[o], &s.v[o], neg_kk + o,
+                   kka + o, &s.y[o]);
     }
   });
   // Output: GroupNorm, bonus (r.k.r_k) v, gate, projection, residual.
@@ -349,7 +361,17 @@ absl::Status Rwkv7::Forward(absl::Span<const SequenceWork> batch) {
   SS_RETURN_IF_ERROR(ValidateBatch(batch));
   size_t total = 0;
   for (const SequenceWork& w : batch) total += w.tokens.size();
-  Scratch scratch(info().config,
+  std::unique_ptr<Scratch> owned;
+  {
+    absl::MutexLock lock(&scratch_mu_);
+    if (!free_scratch_.empty()) {
+      owned = std::move(free_scratch_.back());
+      free_scratch_.pop_back();
+    }
+  }
+  if (owned == nullptr) owned = std::make_unique<Scratch>();
+  Scratch& scratch = *owned;
+  scratch.Reserve(info().config,
                   static_cast<int>(std::min<size_t>(total, kMaxRows)));
   std::vector<Segment> segs;
   int32_t tokens[kMaxRows];
@@ -373,6 +395,8 @@ absl::Status Rwkv7::Forward(absl::Span<const SequenceWork> batch) {
     }
   }
   if (rows > 0) RunChunk(batch, segs, tokens, rows, scratch);
+  absl::MutexLock lock(&scratch_mu_);
+  free_scratch_.push_back(std::move(owned));
   return absl::OkStatus();
 }
 
