@@ -93,6 +93,10 @@ GatewayRouter::Stats GatewayRouter::stats() {
 void GatewayRouter::MarkSuspect(const std::string& worker_id) {
   absl::MutexLock lock(&mu_);
   suspects_[worker_id] = clock_->Now() + options_.suspect_for;
+  // A worker just failed: the cached registry may be missing its
+  // replacement (and still list other dead workers), so the next route
+  // reads it again instead of retrying among stale entries.
+  workers_read_ = absl::InfinitePast();
 }
 
 absl::StatusOr<Route> GatewayRouter::Pick(

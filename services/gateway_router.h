@@ -27,7 +27,8 @@ struct GatewayRouterOptions {
   // HOST:PORT of workers to use besides (or, without a store, instead of)
   // the registry. A static worker's id is its address; its load is 0.
   std::vector<std::string> static_workers;
-  // The registry is re-read when the cached list is older than this.
+  // The registry is re-read when the cached list is older than this, and
+  // after any MarkSuspect.
   absl::Duration registry_refresh = absl::Milliseconds(500);
   // A worker reported unreachable (MarkSuspect) is avoided this long.
   absl::Duration suspect_for = absl::Seconds(5);
