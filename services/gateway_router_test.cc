@@ -143,5 +143,25 @@ TEST_F(GatewayRouterTest, StaticWorkersWithoutStore) {
   EXPECT_EQ(route->worker_id, route->address);
 }
 
+// After a failure the registry is read again at once, so a replacement
+// worker is routed to without waiting for the cache to age out.
+TEST_F(GatewayRouterTest, ASuspectForcesARegistryRead) {
+  GatewayRouterOptions options = Options();
+  options.registry_refresh = absl::Hours(1);
+  GatewayRouter router(store_.get(), options);
+  ASSERT_TRUE(router.RouteAny("k", "", {}).ok());  // caches w1..w3
+  for (const char* id : {"w1", "w2", "w3"}) {
+    ASSERT_TRUE(store_->UnregisterWorker(id).ok());
+  }
+  Register("w4", "fp-a", 0);
+  auto stale = router.RouteAny("k", "", {});
+  ASSERT_TRUE(stale.ok());
+  EXPECT_NE(stale->worker_id, "w4");  // still the cached list
+  router.MarkSuspect(stale->worker_id);
+  auto fresh = router.RouteAny("k", "", {stale->worker_id});
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_EQ(fresh->worker_id, "w4");
+}
+
 }  // namespace
 }  // namespace statestream
