@@ -107,7 +107,7 @@ void BM_Prefill(benchmark::State& st, bool bf16) {
 // W = [out = range(1)][in = 512]: 2048 is an FFN key projection (W stays in
 // L2 between iterations), 16384 the head of the bench model (W comes from
 // memory); range(0) rows. Reports GFLOP/s (2 per multiply-add).
-void BM_Gemm(benchmark::State& st, bool bf16) {
+void BM_Gemm(benchmark::State& st, bool bf16, const char* kernels = "") {
   const int rows = static_cast<int>(st.range(0));
   const int in = 512, out = static_cast<int>(st.range(1));
   std::vector<float> w(static_cast<size_t>(out) * in);
@@ -120,7 +120,12 @@ void BM_Gemm(benchmark::State& st, bool bf16) {
   }
   std::vector<float> x(static_cast<size_t>(rows) * in, 0.25f);
   std::vector<float> y(static_cast<size_t>(rows) * out);
-  const Kernels& k = GetKernels();
+  const Kernels* kp = *kernels ? GetKernelsByName(kernels) : &GetKernels();
+  if (kp == nullptr) {
+    st.SkipWithError("kernels not available on this CPU");
+    return;
+  }
+  const Kernels& k = *kp;
   for (auto _ : st) {
     if (bf16) {
       k.gemm_bf16(wb.data(), in, x.data(), in, rows, y.data(), out, 0, out);
@@ -139,6 +144,10 @@ BENCHMARK_CAPTURE(BM_Gemm, f32, false)
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 BENCHMARK_CAPTURE(BM_Gemm, bf16, true)
+    ->ArgsProduct({{1, 8, 32, 64}, {2048, 16384}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Gemm, bf16dot, true, "avx512bf16")
     ->ArgsProduct({{1, 8, 32, 64}, {2048, 16384}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();

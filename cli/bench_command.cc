@@ -26,6 +26,10 @@ ABSL_FLAG(std::string, mode, "decode",
           "of one session in one call.");
 ABSL_FLAG(int, batch, 1, "decode: sessions decoded together.");
 ABSL_FLAG(double, seconds, 3, "Minimum measuring time.");
+ABSL_FLAG(std::string, kernels, "",
+          "Kernel build: empty = the best bit-identical one for this CPU, or "
+          "avx512, avx2, scalar, avx512bf16 (opt-in vdpbf16ps for bf16 "
+          "weights; rounds activations to bf16, not bit-identical).");
 
 namespace statestream::cli {
 namespace {
@@ -96,6 +100,7 @@ absl::Status BenchEngine() {
     }
   }
   SS_ASSIGN_OR_RETURN(engine::ModelOptions options, EngineOptionsFromFlags());
+  options.kernels = absl::GetFlag(FLAGS_kernels);
   std::string dtype = DtypeFlagValue();
   if (dtype.empty() || dtype == "fp32" || dtype == "f32") {
     dtype = "fp32";
@@ -207,7 +212,8 @@ const Command& BenchCommand() {
       "bench",
       "Measure engine throughput against the machine's memory bandwidth.",
       "engine --model PATH --mode decode|prefill [--batch B] [--tokens N]\n"
-      "             [--dtype fp32|bf16|int8] [--threads T] [--seconds S]\n\n"
+      "             [--dtype fp32|bf16|int8] [--threads T] [--seconds S]\n"
+      "             [--kernels avx512|avx2|scalar|avx512bf16]\n\n"
       "Prints one JSON line: tokens_per_s (aggregate over the batch), the\n"
       "median step time, the read bandwidth measured in the same run, the\n"
       "decode roofline (weights + states read per step over that bandwidth)\n"

@@ -1,13 +1,20 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "worker/engine/kernels.h"
 
+#include <cstdlib>
 #include <cstring>
+#include <memory>
+
+#include "worker/engine/kernels_impl.h"
 
 namespace statestream::engine {
 
 extern const Kernels kKernelsAvx512;
 extern const Kernels kKernelsAvx2;
 extern const Kernels kKernelsScalar;
+// kernels_avx512bf16.cc
+void GemmBf16Dot(const uint16_t* w, int in, const float* x, int ldx, int rows,
+                 float* y, int ldy, int o_begin, int o_end);
 
 namespace {
 
@@ -17,11 +24,33 @@ bool HasAvx512() {
          __builtin_cpu_supports("avx512vl") &&
          __builtin_cpu_supports("avx512dq");
 }
+bool HasAvx512Bf16() {
+  return HasAvx512() && __builtin_cpu_supports("avx512bf16");
+}
 bool HasAvx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
 }  // namespace
+
+namespace kernels_impl {
+
+float* ThreadScratch(int slot, size_t floats) {
+  struct Buffer {
+    std::unique_ptr<float, decltype(&std::free)> p{nullptr, &std::free};
+    size_t size = 0;
+  };
+  static thread_local Buffer buffers[2];
+  Buffer& b = buffers[slot];
+  if (b.size < floats) {
+    const size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
+    b.p.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+    b.size = floats;
+  }
+  return b.p.get();
+}
+
+}  // namespace kernels_impl
 
 const Kernels* GetKernelsByName(const char* name) {
   if (std::strcmp(name, "avx512") == 0) {
@@ -31,6 +60,12 @@ const Kernels* GetKernelsByName(const char* name) {
     return HasAvx2() ? &kKernelsAvx2 : nullptr;
   }
   if (std::strcmp(name, "scalar") == 0) return &kKernelsScalar;
+  if (std::strcmp(name, "avx512bf16") == 0) {
+    // The AVX-512 build with bf16 weight products on vdpbf16ps.
+    static const Kernels kBf16 = {"avx512bf16", kKernelsAvx512.gemm_f32,
+                                  &GemmBf16Dot, kKernelsAvx512.wkv7_step};
+    return HasAvx512Bf16() ? &kBf16 : nullptr;
+  }
   return nullptr;
 }
 

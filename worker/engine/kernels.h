@@ -17,7 +17,7 @@
 namespace statestream::engine {
 
 struct Kernels {
-  // "avx512", "avx2" or "scalar".
+  // "avx512", "avx2", "scalar", or the opt-in "avx512bf16".
   const char* name;
 
   // y[t*ldy + o] = sum_i w[o*in + i] * x[t*ldx + i] for t < rows and
@@ -40,7 +40,11 @@ struct Kernels {
 // The best kernels this CPU supports (decided once, thread-safe).
 const Kernels& GetKernels();
 // Specific builds, for tests that compare them; nullptr when the CPU lacks
-// the instruction set.
+// the instruction set. "avx512bf16" is never chosen by GetKernels(): it is
+// the AVX-512 build with gemm_bf16 on vdpbf16ps, which rounds the
+// activations to bf16 and so is NOT bit-identical to the other builds (nor
+// within the golden tolerance); it keeps the batch/thread independence of
+// each row. See docs/engine-kernels.md.
 const Kernels* GetKernelsByName(const char* name);
 
 }  // namespace statestream::engine

@@ -11,12 +11,19 @@
 #ifndef STATESTREAM_WORKER_ENGINE_KERNELS_IMPL_H_
 #define STATESTREAM_WORKER_ENGINE_KERNELS_IMPL_H_
 
+#include <cstddef>
 #include <cstdint>
-#include <vector>
 
 namespace statestream::engine::kernels_impl {
 
 inline constexpr int kLanes = 16;
+
+// A per-thread buffer of at least `floats` floats, 64-byte aligned, valid
+// until the thread's next call with the same `slot`. Defined in kernels.cc,
+// which is compiled for the baseline ISA: the ISA-specific files must not
+// instantiate std::vector or other inline library code, whose one linked
+// copy could otherwise come from an AVX-512 object.
+float* ThreadScratch(int slot, size_t floats);
 
 template <typename V>
 inline V LoadW(const float* w, int n) {
@@ -172,7 +179,6 @@ void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
   // bf16 weights feeding many rows are widened once per tile instead of
   // once per 4-row block (the widening costs two instructions per vector).
   constexpr bool kBF16 = sizeof(W) == 2;
-  static thread_local std::vector<float> widened;
   for (int ot = o_begin; ot < o_end; ot += kOTile) {
     const int outs = ot + kOTile < o_end ? kOTile : o_end - ot;
     const W* wt = w + static_cast<int64_t>(ot) * in;
@@ -184,12 +190,11 @@ void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
         rows > 1 ? static_cast<int64_t>(next) * in * sizeof(W) : 0;
     if constexpr (kBF16) {
       if (rows >= 16) {
-        const size_t need = static_cast<size_t>(kOTile) * in;
-        if (widened.size() < need) widened.resize(need);
+        float* widened = ThreadScratch(0, static_cast<size_t>(kOTile) * in);
         WidenRows<V>(reinterpret_cast<const uint16_t*>(wt), in, in, outs,
-                     widened.data(), pf, pf_bytes);
-        GemmTile<V, float>(widened.data(), in, in, x, ldx, rows, y + ot, ldy,
-                           outs, nullptr, 0);
+                     widened, pf, pf_bytes);
+        GemmTile<V, float>(widened, in, in, x, ldx, rows, y + ot, ldy, outs,
+                           nullptr, 0);
         continue;
       }
     }

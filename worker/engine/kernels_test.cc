@@ -77,7 +77,7 @@ TEST(KernelsTest, GemmRowIsIndependentOfBatchAndSplit) {
   const int max_rows = 40;
   const int ldx = in + 3, ldy = out + 5;  // strides wider than the rows
   auto x = Random(static_cast<size_t>(max_rows) * ldx, 6);
-  for (const char* name : {"scalar", "avx2", "avx512"}) {
+  for (const char* name : {"scalar", "avx2", "avx512", "avx512bf16"}) {
     const Kernels* k = GetKernelsByName(name);
     if (k == nullptr) continue;
     for (bool bf16 : {false, true}) {
@@ -107,6 +107,44 @@ TEST(KernelsTest, GemmRowIsIndependentOfBatchAndSplit) {
                 << " first=" << first << " row " << t;
           }
         }
+      }
+    }
+  }
+}
+
+// vdpbf16ps rounds the activations to bf16: close to the exact product of
+// the rounded inputs, not bit-identical to the fp32 builds.
+TEST(KernelsTest, Bf16DotMatchesRoundedReference) {
+  const Kernels* k = GetKernelsByName("avx512bf16");
+  if (k == nullptr) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+  EXPECT_STREQ(GetKernels().name, GetKernelsByName("avx512")->name)
+      << "the bf16-dot build must never be the default";
+  for (int in : {1, 31, 32, 33, 100, 512}) {
+    const int rows = 5, out = 21;
+    auto w = Random(static_cast<size_t>(out) * in, in + 1);
+    auto x = Random(static_cast<size_t>(rows) * in, in + 2);
+    std::vector<uint16_t> wb(w.size());
+    for (size_t i = 0; i < w.size(); ++i) wb[i] = ToBF16(w[i]);
+    std::vector<float> y(static_cast<size_t>(rows) * out);
+    k->gemm_bf16(wb.data(), in, x.data(), in, rows, y.data(), out, 0, out);
+    for (int t = 0; t < rows; ++t) {
+      for (int o = 0; o < out; ++o) {
+        double d = 0, mag = 0;
+        for (int i = 0; i < in; ++i) {
+          uint32_t wu = uint32_t{wb[o * in + i]} << 16;
+          float wf;
+          std::memcpy(&wf, &wu, 4);
+          // Round x to nearest even bf16, as vcvtne2ps2bf16 does.
+          uint32_t xu;
+          std::memcpy(&xu, &x[t * in + i], 4);
+          xu = (xu + 0x7fff + ((xu >> 16) & 1)) & 0xffff0000u;
+          float xf;
+          std::memcpy(&xf, &xu, 4);
+          d += double(wf) * xf;
+          mag += std::fabs(double(wf) * xf);
+        }
+        EXPECT_NEAR(y[t * out + o], d, 1e-6 * mag + 1e-7)
+            << "in=" << in << " t=" << t << " o=" << o;
       }
     }
   }
