@@ -13,6 +13,7 @@ const Command& ModelCommand();
 const Command& TokenizeCommand();
 const Command& DetokenizeCommand();
 const Command& SessionCommand();
+const Command& ModelsCommand();
 const Command& FeedCommand();
 const Command& GenerateCommand();
 const Command& ChatCommand();
@@ -24,7 +25,8 @@ const std::vector<const Command*>& AllCommands() {
       &ServeCommand(),   &GatewayCommand(),  &WorkerCommand(),
       &ModelCommand(),   &TokenizeCommand(), &DetokenizeCommand(),
       &SessionCommand(), &FeedCommand(),     &GenerateCommand(),
-      &ChatCommand(),    &ScoreCommand(),    &BenchCommand(),
+      &ChatCommand(),    &ScoreCommand(),    &ModelsCommand(),
+      &BenchCommand(),
   };
   return *kCommands;
 }

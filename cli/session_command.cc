@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-// `statestream session create|get|list|delete|fork|versions|rollback`.
+// `statestream session create|get|list|update|delete|fork|versions|rollback|
+// export|import`.
+#include <fstream>
 #include <iostream>
+#include <iterator>
 #include <map>
 #include <string>
 #include <vector>
@@ -12,13 +15,21 @@
 #include "cli/cli_util.h"
 #include "cli/client_flags.h"
 #include "cli/command.h"
+#include "common/crc32c.h"
 #include "common/status.h"
+#include "state_store/state_codec.h"
 
 ABSL_FLAG(std::string, model_id, "",
           "session create: the model (default: the server's default).");
 ABSL_FLAG(std::string, labels, "",
-          "session create: labels k=v,k2=v2; session list: only sessions "
-          "with these labels.");
+          "session create/update: labels k=v,k2=v2 (update replaces them "
+          "all); session list: only sessions with these labels.");
+ABSL_FLAG(absl::Duration, ttl, absl::ZeroDuration(),
+          "session update: the new time to live after the last write (e.g. "
+          "24h); 0: leave it.");
+ABSL_FLAG(uint64_t, version, 0, "session export: the version (0: the head).");
+ABSL_FLAG(std::string, output, "-",
+          "session export: the file to write the state to (-: stdout).");
 
 namespace statestream::cli {
 namespace {
@@ -67,8 +78,8 @@ absl::StatusOr<uint64_t> ParseVersion(absl::string_view text) {
 absl::Status Session(const std::vector<std::string>& args) {
   if (args.empty()) {
     return Usage(
-        "usage: statestream session create|get|list|delete|fork|versions|"
-        "rollback ...");
+        "usage: statestream session create|get|list|update|delete|fork|"
+        "versions|rollback|export|import ...");
   }
   const std::string& verb = args[0];
   const std::vector<std::string> rest(args.begin() + 1, args.end());
@@ -98,6 +109,86 @@ absl::Status Session(const std::vector<std::string>& args) {
     return absl::OkStatus();
   }
   if (rest.empty()) return Usage(absl::StrCat("session ", verb, " ID ..."));
+  if (verb == "update" && rest.size() == 1) {
+    v1::UpdateSessionRequest req;
+    SS_ASSIGN_OR_RETURN(auto labels, Labels());
+    if (!absl::GetFlag(FLAGS_labels).empty()) {
+      req.mutable_labels()->insert(labels.begin(), labels.end());
+      req.mutable_update_mask()->add_paths("labels");
+    }
+    const absl::Duration ttl = absl::GetFlag(FLAGS_ttl);
+    if (ttl < absl::ZeroDuration()) return Usage("--ttl must be positive");
+    if (ttl > absl::ZeroDuration()) {
+      req.mutable_ttl()->set_seconds(absl::ToInt64Seconds(ttl));
+      req.mutable_update_mask()->add_paths("ttl");
+    }
+    if (req.update_mask().paths().empty()) {
+      return Usage("session update ID needs --labels and/or --ttl");
+    }
+    SS_ASSIGN_OR_RETURN(v1::Session s,
+                        client->OpenSession(rest[0]).Update(req));
+    PrintSession(s);
+    return absl::OkStatus();
+  }
+  if (verb == "export" && rest.size() == 1) {
+    // The blob is the snapshot file format (docs/state-format.md), the
+    // same as `model eval --state-out`; the header goes to stderr.
+    SS_ASSIGN_OR_RETURN(
+        client::ExportedState state,
+        client->OpenSession(rest[0]).Export(absl::GetFlag(FLAGS_version)));
+    const std::string out = absl::GetFlag(FLAGS_output);
+    if (out == "-") {
+      std::cout.write(state.blob.data(),
+                      static_cast<std::streamsize>(state.blob.size()));
+      std::cout.flush();
+    } else {
+      std::ofstream f(out, std::ios::binary | std::ios::trunc);
+      f.write(state.blob.data(),
+              static_cast<std::streamsize>(state.blob.size()));
+      f.close();
+      if (!f) {
+        return absl::UnavailableError(absl::StrCat("cannot write ", out));
+      }
+    }
+    std::cerr << "exported " << rest[0] << " version " << state.header.version()
+              << ": " << state.blob.size() << " bytes, position "
+              << state.header.position() << "\n";
+    return absl::OkStatus();
+  }
+  if (verb == "import" && rest.size() <= 2) {
+    // FILE [NEW_ID]: a new session from a snapshot file.
+    std::string blob;
+    if (rest[0] == "-") {
+      blob.assign(std::istreambuf_iterator<char>(std::cin), {});
+    } else {
+      std::ifstream f(rest[0], std::ios::binary);
+      if (!f) {
+        return absl::NotFoundError(absl::StrCat("cannot read ", rest[0]));
+      }
+      blob.assign(std::istreambuf_iterator<char>(f), {});
+    }
+    // The header the server checks the blob against, read from the blob.
+    SS_ASSIGN_OR_RETURN(StateSnapshot snapshot, DecodeState(blob));
+    client::ExportedState state;
+    v1::StateHeader& h = state.header;
+    h.set_format_version(1);
+    h.set_model_fingerprint(snapshot.model_fingerprint);
+    h.set_architecture(snapshot.architecture);
+    h.set_position(snapshot.position);
+    h.set_input_offset(snapshot.input_offset);
+    h.set_pending_bytes(static_cast<uint32_t>(snapshot.tokenizer_tail.size()));
+    h.set_total_bytes(blob.size());
+    h.set_chunk_bytes(kStateChunkBytes);
+    h.set_chunk_count(static_cast<uint32_t>(
+        (blob.size() + kStateChunkBytes - 1) / kStateChunkBytes));
+    h.set_crc32c(Crc32c(0, blob.data(), blob.size()));
+    state.blob = std::move(blob);
+    SS_ASSIGN_OR_RETURN(
+        v1::Session s,
+        client->ImportSession(state, rest.size() == 2 ? rest[1] : ""));
+    PrintSession(s);
+    return absl::OkStatus();
+  }
   if (verb == "get" && rest.size() == 1) {
     SS_ASSIGN_OR_RETURN(v1::Session s, client->OpenSession(rest[0]).Get());
     PrintSession(s);
@@ -161,11 +252,14 @@ const Command& SessionCommand() {
   static const Command kCommand{
       "session",
       "Create, inspect, fork, roll back and delete sessions.",
-      "create [ID] | get ID | list | delete ID | fork ID[@VERSION] [NEW_ID] |\n"
-      "    versions ID | rollback ID VERSION   [--target HOST:PORT] "
-      "[--json]\n\n"
+      "create [ID] | get ID | list | update ID | delete ID |\n"
+      "    fork ID[@VERSION] [NEW_ID] | versions ID | rollback ID VERSION |\n"
+      "    export ID [--version N] [--output FILE] | import FILE|- [NEW_ID]\n"
+      "    [--target HOST:PORT] [--json]\n\n"
       "Prints one line per session (or version); with --json one JSON\n"
-      "object per line (statestream.v1.Session / Version).",
+      "object per line (statestream.v1.Session / Version). export writes\n"
+      "the state in the snapshot format (docs/state-format.md); import\n"
+      "creates a session from such a file.",
       {__FILE__, kClientFlagsFile, kTlsFlagsFile},
       &Run};
   return kCommand;

@@ -123,6 +123,66 @@ TEST_F(CliClientTest, SessionVerbs) {
   EXPECT_NE(r.exit_code, 0);
 }
 
+TEST_F(CliClientTest, UpdateExportImport) {
+  ASSERT_EQ(Cli({"session", "create", "cli-x", "--labels=a=1"}).exit_code, 0);
+  const std::string text = TempFile("x.txt", "state to carry over");
+  ASSERT_EQ(Cli({"feed", "--session=cli-x", text}).exit_code, 0);
+
+  e2e::RunResult r = Cli(
+      {"session", "update", "cli-x", "--labels=b=2", "--ttl=48h", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(R"("b":"2")"));
+  EXPECT_THAT(r.out, Not(HasSubstr(R"("a":"1")")));  // replaced
+  EXPECT_THAT(r.out, HasSubstr(R"("ttl":"172800s")"));
+  r = Cli({"session", "update", "cli-x"});  // nothing to update
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("--labels and/or --ttl"));
+
+  const std::string blob = TempFile("x.state", "");
+  r = Cli({"session", "export", "cli-x", "--output=" + blob});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("exported cli-x version 2"));
+  r = Cli({"session", "import", blob, "cli-x-copy"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("cli-x-copy\t"));
+  EXPECT_THAT(r.out, HasSubstr("input_offset=19"));
+  // The copy holds the same state: the same continuation.
+  const std::vector<std::string> gen = {"generate", "--max_tokens=6",
+                                        "--temperature=0", "--json"};
+  auto with = [&](const std::string& id) {
+    std::vector<std::string> args = gen;
+    args.push_back("--session=" + id);
+    // The token ids, whatever the streamed chunking.
+    const std::string out = Cli(args).out;
+    std::string tokens;
+    const std::regex chunk(R"re("tokens":\[([0-9,]*)\])re");
+    for (std::sregex_iterator it(out.begin(), out.end(), chunk), end; it != end;
+         ++it) {
+      tokens += (*it)[1].str() + ",";
+    }
+    return tokens;
+  };
+  const std::string original = with("cli-x");
+  EXPECT_EQ(std::count(original.begin(), original.end(), ','), 6) << original;
+  EXPECT_EQ(original, with("cli-x-copy"));
+
+  r = Cli({"models", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(R"("model_id":"demo-random-bytes")"));
+  EXPECT_EQ(Cli({"models", "extra"}).exit_code, 2);
+
+  // Bad input: not a snapshot; a missing file; an unknown session.
+  const std::string junk = TempFile("junk.state", "not a state");
+  r = Cli({"session", "import", junk});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("STATE_CORRUPT"));
+  r = Cli({"session", "import", "/nonexistent/x.state"});
+  EXPECT_EQ(r.exit_code, 1);
+  r = Cli({"session", "export", "no-such-session", "--output=" + blob});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("SESSION_NOT_FOUND"));
+}
+
 TEST_F(CliClientTest, FeedProgressOnlyOnATerminal) {
   ASSERT_EQ(Cli({"session", "create", "cli-feed"}).exit_code, 0);
   const std::string file = TempFile("feed.txt", std::string(200000, 'a'));
