@@ -95,6 +95,22 @@ class Rwkv7 final : public Model {
   void ChannelMix(int l, absl::Span<const SequenceWork> batch,
                   const std::vector<Segment>& segs, int rows, Scratch& s);
   int C() const { return info().config.n_embd; }
+  // Runs fn(t) for every row t < rows, over the pool when the chunk is big
+  // enough to pay for the hand-off. Rows are independent, so results do not
+  // change; with a trace hook set, rows run in order on the caller (the
+  // hook sees row 0 from the calling thread).
+  template <typename F>
+  void ForRows(int rows, const F& fn) {
+    constexpr int kRowsPerTask = 4;
+    if (rows < 2 * kRowsPerTask || trace_) {
+      for (int t = 0; t < rows; ++t) fn(t);
+      return;
+    }
+    pool_.ParallelFor((rows + kRowsPerTask - 1) / kRowsPerTask, [&](int i) {
+      const int end = std::min(rows, (i + 1) * kRowsPerTask);
+      for (int t = i * kRowsPerTask; t < end; ++t) fn(t);
+    });
+  }
   // Reports row 0 of `rows` (a [rows][n] buffer) to the trace hook.
   void Trace(int layer, const char* name, const std::vector<float>& rows,
              int n) const {
@@ -128,10 +144,10 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
   const ModelConfig& c = info().config;
   const Layer& L = layers_[l];
   const int C = c.n_embd, H = c.n_head, N = c.head_size;
-  for (int t = 0; t < rows; ++t) {
+  ForRows(rows, [&](int t) {
     LayerNorm(&s.x[t * C], C, L.ln1_w.data(), L.ln1_b.data(), kLayerNormEps,
               &s.xa[t * C]);
-  }
+  });
   for (const Segment& g : segs) {
     for (int t = g.begin; t < g.end; ++t) {
       const float* cur = &s.xa[t * C];
@@ -155,21 +171,21 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
   MatMul(k_, pool_, L.w1, s.xw.data(), C, rows, s.lora.data(), dw);
   for (int i = 0; i < rows * dw; ++i) s.lora[i] = std::tanh(s.lora[i]);
   MatMul(k_, pool_, L.w2, s.lora.data(), dw, rows, s.w.data(), C);
-  for (int t = 0; t < rows; ++t) {
+  ForRows(rows, [&](int t) {
     for (int i = 0; i < C; ++i) {
       float& w = s.w[t * C + i];
       w = std::exp(-kExpMinusHalf * Sigmoid(L.w0[i] + w));
     }
-  }
+  });
   // In-context learning rate: a = sigmoid(a0 + (xa @ a1) @ a2).
   const int da = L.a1.rows;
   MatMul(k_, pool_, L.a1, s.xaa.data(), C, rows, s.lora.data(), da);
   MatMul(k_, pool_, L.a2, s.lora.data(), da, rows, s.a.data(), C);
-  for (int t = 0; t < rows; ++t) {
+  ForRows(rows, [&](int t) {
     for (int i = 0; i < C; ++i) {
       s.a[t * C + i] = Sigmoid(L.a0[i] + s.a[t * C + i]);
     }
-  }
+  });
   // Gate: g = sigmoid(xg @ g1) @ g2.
   const int dg = L.g1.rows;
   MatMul(k_, pool_, L.g1, s.xg.data(), C, rows, s.lora.data(), dg);
@@ -182,16 +198,16 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
     const int dv = L.v1.rows;
     MatMul(k_, pool_, L.v1, s.xv.data(), C, rows, s.lora.data(), dv);
     MatMul(k_, pool_, L.v2, s.lora.data(), dv, rows, s.tmp.data(), C);
-    for (int t = 0; t < rows; ++t) {
+    ForRows(rows, [&](int t) {
       for (int i = 0; i < C; ++i) {
         const int j = t * C + i;
         const float gate = Sigmoid(L.v0[i] + s.tmp[j]);
         s.v[j] = s.v[j] + (s.v_first[j] - s.v[j]) * gate;
       }
-    }
+    });
   }
   // kk = normalize(k * k_k) per head; k = k * (1 + (a - 1) * k_a).
-  for (int t = 0; t < rows; ++t) {
+  ForRows(rows, [&](int t) {
     for (int h = 0; h < H; ++h) {
       float* kk = &s.kk[t * C + h * N];
       const float* k = &s.k[t * C + h * N];
@@ -208,7 +224,7 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
       const int j = t * C + i;
       s.k[j] = s.k[j] * (1.0f + (s.a[j] - 1.0f) * L.k_a[i]);
     }
-  }
+  });
   Trace(l, "r", s.r, C);
   Trace(l, "w_decay", s.w, C);
   Trace(l, "k", s.k, C);
@@ -238,8 +254,9 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
   });
   // Output: GroupNorm, bonus (r.k.r_k) v, gate, projection, residual.
   Trace(l, "wkv_out", s.y, C);
-  for (int t = 0; t < rows; ++t) {
+  ForRows(rows, [&](int t) {
     float* y = &s.y[t * C];
+    float* bonus = &s.tmp[t * C];  // row t's own slice: rows run in parallel
     GroupNorm(y, H, N, L.ln_x_w.data(), L.ln_x_b.data(), kGroupNormEps, y);
     if (t == 0) Trace(l, "ln_x_out", s.y, C);
     for (int h = 0; h < H; ++h) {
@@ -248,12 +265,12 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
       for (int i = 0; i < N; ++i) {
         dot += s.r[o + i] * s.k[o + i] * L.r_k[h * N + i];
       }
-      for (int i = 0; i < N; ++i) s.tmp[h * N + i] = dot * s.v[o + i];
-      for (int i = 0; i < N; ++i) y[h * N + i] += s.tmp[h * N + i];
+      for (int i = 0; i < N; ++i) bonus[h * N + i] = dot * s.v[o + i];
+      for (int i = 0; i < N; ++i) y[h * N + i] += bonus[h * N + i];
     }
     if (t == 0) Trace(l, "bonus", s.tmp, C);
     for (int i = 0; i < C; ++i) y[i] *= s.g[t * C + i];
-  }
+  });
   MatMul(k_, pool_, L.output, s.y.data(), C, rows, s.tmp.data(), C);
   Trace(l, "att_out", s.tmp, C);
   for (int i = 0; i < rows * C; ++i) s.x[i] += s.tmp[i];
@@ -267,10 +284,10 @@ void Rwkv7::ChannelMix(int l, absl::Span<const SequenceWork> batch,
                        const std::vector<Segment>& segs, int rows, Scratch& s) {
   const Layer& L = layers_[l];
   const int C = this->C(), F = info().config.dim_ffn;
-  for (int t = 0; t < rows; ++t) {
+  ForRows(rows, [&](int t) {
     LayerNorm(&s.x[t * C], C, L.ln2_w.data(), L.ln2_b.data(), kLayerNormEps,
               &s.xa[t * C]);
-  }
+  });
   for (const Segment& g : segs) {
     for (int t = g.begin; t < g.end; ++t) {
       const float* prev = t == g.begin ? layout_.FfnShift(batch[g.seq].state, l)
