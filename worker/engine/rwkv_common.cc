@@ -195,7 +195,18 @@ absl::Status ChunkedModel::Logits(const float* hidden, int rows,
 
 absl::Status ChunkedModel::Forward(absl::Span<const SequenceWork> batch) {
   SS_RETURN_IF_ERROR(ValidateBatch(batch));
-  Workspace ws;
+  // A workspace kept from an earlier call: buffers are grown once, not
+  // allocated and cleared on every decode step.
+  std::unique_ptr<Workspace> owned;
+  {
+    absl::MutexLock lock(&workspace_mu_);
+    if (!free_workspaces_.empty()) {
+      owned = std::move(free_workspaces_.back());
+      free_workspaces_.pop_back();
+    }
+  }
+  if (owned == nullptr) owned = std::make_unique<Workspace>();
+  Workspace& ws = *owned;
   std::vector<Segment> segs;
   int32_t tokens[kMaxRows];
   int rows = 0;
@@ -218,6 +229,8 @@ absl::Status ChunkedModel::Forward(absl::Span<const SequenceWork> batch) {
     }
   }
   if (rows > 0) RunChunk(batch, segs, tokens, rows, ws);
+  absl::MutexLock lock(&workspace_mu_);
+  free_workspaces_.push_back(std::move(owned));
   return absl::OkStatus();
 }
 

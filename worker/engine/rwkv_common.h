@@ -14,7 +14,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "worker/engine/kernels.h"
 #include "worker/engine/model.h"
@@ -56,7 +58,9 @@ struct Segment {
   int token_begin;  // index of the segment's first token in the sequence
 };
 
-// Per-call scratch: numbered [kMaxRows][width] buffers, grown on first use.
+// Scratch for one Forward call: numbered [kMaxRows][width] buffers, grown on
+// first use and kept by the model for later calls; every buffer is written
+// before it is read within a chunk.
 class Workspace {
  public:
   float* Get(int id, size_t floats_per_row);
@@ -160,6 +164,10 @@ class ChunkedModel : public Model {
   Matrix emb_, head_;
   std::vector<float> ln0_w_, ln0_b_, ln_out_w_, ln_out_b_;
   std::function<void(int, const char*, const float*, int)> trace_;
+  // One workspace per concurrent Forward call, reused across calls.
+  absl::Mutex workspace_mu_;
+  std::vector<std::unique_ptr<Workspace>> free_workspaces_
+      ABSL_GUARDED_BY(workspace_mu_);
 };
 
 // Kernels and thread count from the options (INVALID_ARGUMENT for kernels
