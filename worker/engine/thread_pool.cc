@@ -53,7 +53,7 @@ void ThreadPool::RunTasks(uint32_t gen) {
   for (;;) {
     if (static_cast<uint32_t>(cur >> 32) != gen) return;
     const int task = static_cast<int>(cur & 0xffffffffu);
-    if (task >= tasks_.load(std::memory_order_relaxed)) return;
+    if (task >= tasks_.load(std::memory_order_acquire)) return;
     if (!work_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel,
                                      std::memory_order_acquire)) {
       continue;  // `cur` was reloaded
@@ -100,10 +100,18 @@ void ThreadPool::ParallelFor(int tasks, const std::function<void(int)>& fn) {
   }
   absl::MutexLock call_lock(&call_mu_);
   const uint32_t gen = epoch_.load(std::memory_order_relaxed) + 1;
+  // work_ moves to the new generation first. A worker still in the last
+  // generation's RunTasks holds that generation's final work_ value; if it
+  // could read the new tasks_ while work_ still held that value, its CAS
+  // would succeed and claim a task of the new fn_ under the old generation,
+  // running it twice and leaving pending_ below zero (ParallelFor then
+  // never returned). With work_ changed first, that CAS fails.
+  work_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_seq_cst);
   fn_.store(&fn, std::memory_order_relaxed);
-  tasks_.store(tasks, std::memory_order_relaxed);
+  // Release: a straggler that reads this count (acquire) also sees work_'s
+  // new generation, so its CAS fails.
+  tasks_.store(tasks, std::memory_order_release);
   pending_.store(tasks, std::memory_order_relaxed);
-  work_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
   epoch_.store(gen);  // seq_cst: pairs with the sleepers_ check below
   if (sleepers_.load() > 0) FutexWakeAll(&epoch_);
   RunTasks(gen);

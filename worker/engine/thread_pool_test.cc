@@ -25,6 +25,26 @@ TEST(ThreadPoolTest, RunsEveryTaskExactlyOnce) {
   }
 }
 
+// Back-to-back calls whose task counts grow by one: a worker finishing the
+// previous call must never claim a task of the next one under the old
+// generation (it would run twice and ParallelFor would never return).
+TEST(ThreadPoolTest, StragglersNeverClaimTheNextCallsTasks) {
+  ThreadPool pool(2);
+  for (int round = 0; round < 200000; ++round) {
+    const int tasks = 2 + round % 2;
+    std::atomic<int> hits[3] = {0, 0, 0};
+    pool.ParallelFor(tasks, [&](int t) {
+      // Long enough that the worker takes part in most calls.
+      for (volatile int spin = 0; spin < 200; spin = spin + 1) {
+      }
+      hits[t].fetch_add(1);
+    });
+    for (int t = 0; t < tasks; ++t) {
+      ASSERT_EQ(hits[t].load(), 1) << "round " << round << " task " << t;
+    }
+  }
+}
+
 TEST(ThreadPoolTest, DestroyedAtOnceOrAfterSleepingDoesNotHang) {
   for (int i = 0; i < 200; ++i) ThreadPool pool(3);  // workers may not run yet
   ThreadPool sleepy(2, /*spin_us=*/0);
