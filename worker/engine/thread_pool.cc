@@ -73,11 +73,20 @@ void ThreadPool::WorkerLoop() {
     // Spin for new work, then sleep until the epoch moves.
     uint32_t now = epoch_.load(std::memory_order_acquire);
     if (now == seen && spin_us_ > 0) {
-      const auto deadline = Clock::now() + std::chrono::microseconds(spin_us_);
+      // Pure spinning for the first 20 us; after that every check also
+      // yields, so on a busy machine a spinning worker gives its core to
+      // the caller (or anyone) instead of stealing the caller's time slice.
+      const auto start = Clock::now();
+      const auto eager = start + std::chrono::microseconds(20);
+      const auto deadline = start + std::chrono::microseconds(spin_us_);
       for (int i = 0; now == seen; ++i) {
         SS_CPU_RELAX();
         now = epoch_.load(std::memory_order_acquire);
-        if ((i & 63) == 63 && Clock::now() > deadline) break;
+        if ((i & 63) == 63) {
+          const auto t = Clock::now();
+          if (t > deadline) break;
+          if (t > eager) std::this_thread::yield();
+        }
       }
     }
     if (now == seen) {
