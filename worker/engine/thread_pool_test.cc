@@ -35,7 +35,8 @@ TEST(ThreadPoolTest, StragglersNeverClaimTheNextCallsTasks) {
     std::atomic<int> hits[3] = {0, 0, 0};
     pool.ParallelFor(tasks, [&](int t) {
       // Long enough that the worker takes part in most calls.
-      for (volatile int spin = 0; spin < 200; spin = spin + 1) {
+      std::atomic<int> spin{0};
+      while (spin.fetch_add(1, std::memory_order_relaxed) < 200) {
       }
       hits[t].fetch_add(1);
     });
