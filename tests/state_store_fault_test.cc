@@ -53,6 +53,50 @@ void Writer(StateStore* store, const SessionKey& key, uint64_t fence,
   }
 }
 
+// Writer() on its own thread from construction until Stop() or destruction
+// (also when an assertion returns early).
+class BackgroundWriter {
+ public:
+  BackgroundWriter(StateStore* store, const SessionKey& key, uint64_t fence,
+                   Durability durability)
+      : thread_(Writer, store, key, fence, durability, &stop_, &max_acked_,
+                &errors_) {}
+  ~BackgroundWriter() { Stop(); }
+  void Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  uint64_t max_acked() const { return max_acked_.load(); }
+  int errors() const { return errors_.load(); }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> max_acked_{1};
+  std::atomic<int> errors_{0};
+  std::thread thread_;  // last: starts once the counters exist
+};
+
+// A store on a fresh 6-node Cluster with a session `key` created.
+struct ClusterSession {
+  std::unique_ptr<RedisCluster> cluster;
+  std::unique_ptr<StateStore> store;
+  uint64_t fence = 0;
+};
+absl::StatusOr<ClusterSession> StartClusterSession(
+    const SessionKey& key, RedisStateStoreOptions options) {
+  ClusterSession out;
+  SS_ASSIGN_OR_RETURN(out.cluster, RedisCluster::Start());
+  options.addresses = out.cluster->addresses();
+  options.cluster = true;
+  SS_ASSIGN_OR_RETURN(out.store, NewRedisStateStore(options));
+  CreateSessionRequest cr;
+  cr.key = key;
+  cr.initial_state = TestSnapshot(1);
+  SS_ASSIGN_OR_RETURN(CommitResult created, out.store->CreateSession(cr));
+  out.fence = created.session.fence;
+  return out;
+}
+
 // Every kept version is complete and is exactly what was committed.
 void ExpectConsistent(StateStore* store, const SessionKey& key) {
   auto versions = store->ListVersions(key);
@@ -84,14 +128,11 @@ TEST(StateStoreFaultTest, RedisKilledMidCommitLosesNoAcknowledgedFsync) {
   auto created = (*store)->CreateSession(cr);
   ASSERT_TRUE(created.ok()) << created.status();
 
-  std::atomic<bool> stop{false};
-  std::atomic<uint64_t> max_acked{1};
-  std::atomic<int> errors{0};
-  std::thread writer(Writer, store->get(), key, created->session.fence,
-                     Durability::kFsync, &stop, &max_acked, &errors);
+  BackgroundWriter writer(store->get(), key, created->session.fence,
+                          Durability::kFsync);
   for (int round = 0; round < 4; ++round) {
     absl::SleepFor(absl::Milliseconds(150 + 70 * round));
-    const uint64_t acked_before_kill = max_acked.load();
+    const uint64_t acked_before_kill = writer.max_acked();
     (*server)->Kill();
     ASSERT_TRUE((*server)->Restart().ok());
     auto head = (*store)->GetHead(key);
@@ -99,61 +140,37 @@ TEST(StateStoreFaultTest, RedisKilledMidCommitLosesNoAcknowledgedFsync) {
     EXPECT_GE(head->head.version, acked_before_kill);
   }
   absl::SleepFor(absl::Milliseconds(300));
-  stop = true;
-  writer.join();
+  writer.Stop();
   auto head = (*store)->GetHead(key);
   ASSERT_TRUE(head.ok()) << head.status();
-  EXPECT_GE(head->head.version, max_acked.load());
-  EXPECT_GT(max_acked.load(), 1u);
+  EXPECT_GE(head->head.version, writer.max_acked());
+  EXPECT_GT(writer.max_acked(), 1u);
   ExpectConsistent(store->get(), key);
 }
 
 TEST(StateStoreFaultTest, ClusterSlotMigrationDuringCommits) {
-  auto cluster = RedisCluster::Start();
-  ASSERT_TRUE(cluster.ok()) << cluster.status();
-  RedisStateStoreOptions o;
-  o.addresses = (*cluster)->addresses();
-  o.cluster = true;
-  o.retry_deadline = absl::Seconds(10);
-  auto store = NewRedisStateStore(o);
-  ASSERT_TRUE(store.ok()) << store.status();
   const SessionKey key{"acme", "moving"};
-  CreateSessionRequest cr;
-  cr.key = key;
-  cr.initial_state = TestSnapshot(1);
-  auto created = (*store)->CreateSession(cr);
-  ASSERT_TRUE(created.ok()) << created.status();
+  RedisStateStoreOptions o;
+  o.retry_deadline = absl::Seconds(10);
+  auto c = StartClusterSession(key, o);
+  ASSERT_TRUE(c.ok()) << c.status();
   const int slot = store_internal::KeySlot("ss:{acme/moving}:head");
-
-  std::atomic<bool> stop{false};
-  std::atomic<uint64_t> max_acked{1};
-  std::atomic<int> errors{0};
-  std::thread writer(Writer, store->get(), key, created->session.fence,
-                     Durability::kMemory, &stop, &max_acked, &errors);
-  struct Join {
-    std::atomic<bool>* stop;
-    std::thread* t;
-    ~Join() {
-      *stop = true;
-      if (t->joinable()) t->join();
-    }
-  } join{&stop, &writer};
+  BackgroundWriter writer(c->store.get(), key, c->fence, Durability::kMemory);
   for (int i = 0; i < 2; ++i) {
     absl::SleepFor(absl::Milliseconds(200));
-    const uint64_t before = max_acked.load();
-    const absl::Status moved = (*cluster)->MoveSlot(slot);
+    const uint64_t before = writer.max_acked();
+    const absl::Status moved = c->cluster->MoveSlot(slot);
     ASSERT_TRUE(moved.ok()) << moved;
     // The writer keeps going at the new owner.
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
-    while (max_acked.load() < before + 2 && absl::Now() < deadline) {
+    while (writer.max_acked() < before + 2 && absl::Now() < deadline) {
       absl::SleepFor(absl::Milliseconds(20));
     }
-    EXPECT_GE(max_acked.load(), before + 2);
+    EXPECT_GE(writer.max_acked(), before + 2);
   }
-  stop = true;
-  writer.join();
-  EXPECT_EQ(errors.load(), 0);
-  ExpectConsistent(store->get(), key);
+  writer.Stop();
+  EXPECT_EQ(writer.errors(), 0);
+  ExpectConsistent(c->store.get(), key);
 }
 
 // The node id and port of the primary serving `slot` and of its replica,
@@ -211,25 +228,17 @@ absl::StatusOr<SlotOwners> FindSlotOwners(RedisCluster* cluster, int slot) {
 // lost, every kept version stays complete, and commits go on at the new
 // primary.
 TEST(StateStoreFaultTest, ClusterPrimaryKilledReplicaPromoted) {
-  auto cluster = RedisCluster::Start();
-  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  const SessionKey key{"acme", "failover"};
   RedisStateStoreOptions o;
-  o.addresses = (*cluster)->addresses();
-  o.cluster = true;
   o.retry_deadline = absl::Seconds(15);
   o.durability_timeout = absl::Seconds(1);
-  auto store = NewRedisStateStore(o);
-  ASSERT_TRUE(store.ok()) << store.status();
-  const SessionKey key{"acme", "failover"};
-  CreateSessionRequest cr;
-  cr.key = key;
-  cr.initial_state = TestSnapshot(1);
-  auto created = (*store)->CreateSession(cr);
-  ASSERT_TRUE(created.ok()) << created.status();
+  auto c = StartClusterSession(key, o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  StateStore* store = c->store.get();
   // Right after creation the replicas may not have joined yet.
   absl::StatusOr<SlotOwners> owners;
   for (const absl::Time until = absl::Now() + absl::Seconds(20);;) {
-    owners = FindSlotOwners(cluster->get(),
+    owners = FindSlotOwners(c->cluster.get(),
                             store_internal::KeySlot("ss:{acme/failover}:"));
     if (owners.ok() || absl::Now() > until) break;
     absl::SleepFor(absl::Milliseconds(100));
@@ -237,57 +246,44 @@ TEST(StateStoreFaultTest, ClusterPrimaryKilledReplicaPromoted) {
   ASSERT_TRUE(owners.ok()) << owners.status();
   RedisServer* primary = nullptr;
   RedisServer* replica = nullptr;
-  for (int i = 0; i < (*cluster)->size(); ++i) {
-    RedisServer* n = (*cluster)->node(i);
+  for (int i = 0; i < c->cluster->size(); ++i) {
+    RedisServer* n = c->cluster->node(i);
     if (n->port() == owners->primary_port) primary = n;
     if (n->port() == owners->replica_port) replica = n;
   }
   ASSERT_NE(primary, nullptr);
   ASSERT_NE(replica, nullptr);
 
-  std::atomic<bool> stop{false};
-  std::atomic<uint64_t> max_acked{1};
-  std::atomic<int> errors{0};
-  std::thread writer(Writer, store->get(), key, created->session.fence,
-                     Durability::kReplicated, &stop, &max_acked, &errors);
-  struct Join {
-    std::atomic<bool>* stop;
-    std::thread* t;
-    ~Join() {
-      *stop = true;
-      if (t->joinable()) t->join();
-    }
-  } join{&stop, &writer};
+  BackgroundWriter writer(store, key, c->fence, Durability::kReplicated);
   // Replicas may still be in their first sync: wait for REPLICATED commits.
   const absl::Time warmup = absl::Now() + absl::Seconds(20);
-  while (max_acked.load() < 4 && absl::Now() < warmup) {
+  while (writer.max_acked() < 4 && absl::Now() < warmup) {
     absl::SleepFor(absl::Milliseconds(20));
   }
-  ASSERT_GE(max_acked.load(), 4u);
+  ASSERT_GE(writer.max_acked(), 4u);
   primary->Kill();
-  const uint64_t acked_before_kill = max_acked.load();
+  const uint64_t acked_before_kill = writer.max_acked();
   ASSERT_TRUE(replica->Command({"CLUSTER", "FAILOVER", "TAKEOVER"}).ok());
   // Without a replica left, REPLICATED can no longer be reached; the writer
   // keeps committing (and resynchronising) at the new primary meanwhile.
   absl::SleepFor(absl::Seconds(2));
-  stop = true;
-  writer.join();
+  writer.Stop();
 
-  auto head = (*store)->GetHead(key);
+  auto head = store->GetHead(key);
   ASSERT_TRUE(head.ok()) << head.status();
   EXPECT_GE(head->head.version, acked_before_kill);
-  ExpectConsistent(store->get(), key);
+  ExpectConsistent(store, key);
   // Readiness: the promoted replica answers for the dead primary's slots.
-  EXPECT_TRUE((*store)->Ping().ok()) << (*store)->Ping();
+  EXPECT_TRUE(store->Ping().ok()) << store->Ping();
   CommitRequest r;
   r.key = key;
   r.expected_version = head->head.version;
-  r.fence = created->session.fence;
+  r.fence = c->fence;
   r.state = TestSnapshot(head->head.version + 1, kFloats);
-  auto c = (*store)->Commit(r);
-  ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->version.version, head->head.version + 1);
-  ExpectConsistent(store->get(), key);
+  auto committed = store->Commit(r);
+  ASSERT_TRUE(committed.ok()) << committed.status();
+  EXPECT_EQ(committed->version.version, head->head.version + 1);
+  ExpectConsistent(store, key);
 }
 
 }  // namespace
