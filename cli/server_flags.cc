@@ -28,6 +28,11 @@ ABSL_FLAG(int32_t, max_receive_message_bytes, 8 << 20,
           "RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int32_t, max_send_message_bytes, 8 << 20,
           "Largest gRPC message sent, in bytes.");
+ABSL_FLAG(std::string, health_listen, "",
+          "HOST:PORT of a second, plaintext port serving only "
+          "grpc.health.v1 with the main port's statuses, for probes that "
+          "cannot speak TLS (Kubernetes' native gRPC probes); its bound "
+          "address is logged to stderr. Empty: none.");
 ABSL_FLAG(absl::Duration, readiness_interval, absl::Seconds(1),
           "How often the worker roles (serve, worker) probe their state "
           "store; while it does not answer, grpc.health.v1 reports "
@@ -51,6 +56,7 @@ ServerOptions ServerOptionsFromFlags() {
       absl::GetFlag(FLAGS_max_receive_message_bytes);
   options.max_send_message_bytes = absl::GetFlag(FLAGS_max_send_message_bytes);
   options.readiness_interval = absl::GetFlag(FLAGS_readiness_interval);
+  options.health_listen = absl::GetFlag(FLAGS_health_listen);
   return options;
 }
 
@@ -136,6 +142,10 @@ int RunServer(absl::string_view role, const ServerOptions& options,
     }
   }
 
+  if (!(*server)->health_address().empty()) {
+    std::cerr << "statestream " << role << ": health (plaintext) on "
+              << (*server)->health_address() << "\n";
+  }
   std::printf("listening on %s\n", (*server)->address().c_str());
   std::fflush(stdout);
 

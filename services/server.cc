@@ -79,10 +79,12 @@ class Server::InFlightCalls {
 class Server::ReadinessPoller {
  public:
   ReadinessPoller(std::function<bool()> probe, absl::Duration interval,
-                  grpc::HealthCheckServiceInterface* health)
-      : probe_(std::move(probe)), interval_(interval), health_(health) {
+                  std::vector<grpc::HealthCheckServiceInterface*> healths)
+      : probe_(std::move(probe)),
+        interval_(interval),
+        healths_(std::move(healths)) {
     serving_ = probe_();
-    health_->SetServingStatus(serving_);
+    for (auto* health : healths_) health->SetServingStatus(serving_);
     thread_ = std::thread([this] { Loop(); });
   }
   ~ReadinessPoller() { Stop(); }
@@ -108,14 +110,14 @@ class Server::ReadinessPoller {
       if (serving != serving_) {
         serving_ = serving;
         // Ignored by gRPC once the health service was shut down.
-        health_->SetServingStatus(serving);
+        for (auto* health : healths_) health->SetServingStatus(serving);
       }
     }
   }
 
   const std::function<bool()> probe_;
   const absl::Duration interval_;
-  grpc::HealthCheckServiceInterface* const health_;
+  const std::vector<grpc::HealthCheckServiceInterface*> healths_;
   bool serving_;  // the poller thread's (the constructor's before it)
   absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
@@ -179,18 +181,36 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
         absl::StrCat("cannot listen on ", options.listen,
                      " (address in use or not local?)"));
   }
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  for (const std::string& name : services.names()) {
-    health->SetServingStatus(name, true);
-  }
   std::string address = absl::StrCat(host_port->first, ":", port);
+  const std::vector<std::string> names = services.names();
   std::unique_ptr<Server> out(new Server(std::move(address),
                                          std::move(services), std::move(calls),
                                          std::move(server)));
+  if (!options.health_listen.empty()) {
+    auto health_host = ParseListenAddress(options.health_listen);
+    if (!health_host.ok()) return health_host.status();
+    // Only the default health service: nothing else is registered.
+    grpc::ServerBuilder health_builder;
+    int health_port = 0;
+    health_builder.AddListeningPort(
+        options.health_listen, grpc::InsecureServerCredentials(), &health_port);
+    health_builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    out->health_server_ = health_builder.BuildAndStart();
+    if (out->health_server_ == nullptr || health_port == 0) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen on ", options.health_listen,
+                       " (address in use or not local?)"));
+    }
+    out->health_address_ = absl::StrCat(health_host->first, ":", health_port);
+  }
+  for (grpc::HealthCheckServiceInterface* health : out->Healths()) {
+    for (const std::string& name : names) {
+      health->SetServingStatus(name, true);
+    }
+  }
   if (options.readiness) {
     out->readiness_ = std::make_unique<ReadinessPoller>(
-        options.readiness, options.readiness_interval,
-        out->server_->GetHealthCheckService());
+        options.readiness, options.readiness_interval, out->Healths());
   }
   return out;
 }
@@ -205,9 +225,18 @@ Server::Server(std::string address, ServiceSet services,
 
 Server::~Server() { Shutdown(absl::ZeroDuration()); }
 
+std::vector<grpc::HealthCheckServiceInterface*> Server::Healths() {
+  std::vector<grpc::HealthCheckServiceInterface*> out = {
+      server_->GetHealthCheckService()};
+  if (health_server_ != nullptr) {
+    out.push_back(health_server_->GetHealthCheckService());
+  }
+  return out;
+}
+
 void Server::StopServing() {
   // NOT_SERVING at once; the poller may still be in a probe.
-  server_->GetHealthCheckService()->Shutdown();
+  for (auto* health : Healths()) health->Shutdown();
   if (readiness_ != nullptr) readiness_->Stop();
 }
 
@@ -217,6 +246,10 @@ void Server::Shutdown(absl::Duration grace) {
   calls_->AwaitIdle(absl::Now() + grace);
   server_->Shutdown(absl::ToChronoTime(absl::Now()));
   server_->Wait();
+  if (health_server_ != nullptr) {
+    health_server_->Shutdown(absl::ToChronoTime(absl::Now()));
+    health_server_->Wait();
+  }
 }
 
 }  // namespace statestream

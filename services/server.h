@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -17,6 +18,7 @@
 #include "services/tls.h"
 
 namespace grpc {
+class HealthCheckServiceInterface;
 class Server;
 }  // namespace grpc
 
@@ -41,6 +43,10 @@ struct ServerOptions {
   absl::Duration readiness_interval = absl::Seconds(1);
   // TLS (optionally mutual) on the listening port; default plaintext.
   ServerTlsOptions tls;
+  // HOST:PORT of a second, plaintext port that serves only grpc.health.v1
+  // with the same statuses, for probes that cannot speak (mutual) TLS, such
+  // as Kubernetes' native gRPC probes. Empty: none.
+  std::string health_listen;
 };
 
 // Thread-safe. Serving runs on gRPC's threads; the owner only starts and
@@ -61,6 +67,8 @@ class Server {
 
   // "HOST:PORT" with the port actually bound.
   const std::string& address() const { return address_; }
+  // The health-only port's "HOST:PORT" ("" without health_listen).
+  const std::string& health_address() const { return health_address_; }
 
   // Marks every health status NOT_SERVING for good and stops the readiness
   // probe: the first step of Shutdown, for a role that drains its own work
@@ -80,13 +88,17 @@ class Server {
   Server(std::string address, ServiceSet services,
          std::unique_ptr<InFlightCalls> calls,
          std::unique_ptr<grpc::Server> server);
+  // The health services of both ports.
+  std::vector<grpc::HealthCheckServiceInterface*> Healths();
 
   const std::string address_;
+  std::string health_address_;
   // Both outlive server_.
   ServiceSet services_;
   std::unique_ptr<InFlightCalls> calls_;
   std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<ReadinessPoller> readiness_;  // null without a probe
+  std::unique_ptr<grpc::Server> health_server_;  // null without health_listen
+  std::unique_ptr<ReadinessPoller> readiness_;   // null without a probe
 };
 
 // Splits "HOST:PORT" into host and port (0-65535). INVALID_ARGUMENT if

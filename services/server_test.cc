@@ -1,8 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "services/server.h"
 
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+
 #include "absl/strings/numbers.h"
+#include "absl/time/clock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "statestream/v1/statestream.grpc.pb.h"
 
 namespace statestream {
 namespace {
@@ -55,6 +62,80 @@ TEST(ServerTest, PortZeroPicksAFreePortAndItIsNotShared) {
 TEST(ServerTest, RejectsMalformedListenAddress) {
   ServerOptions options;
   options.listen = "nonsense";
+  EXPECT_EQ(Server::Start(options, ServiceSet()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+using ::grpc::health::v1::Health;
+using ::grpc::health::v1::HealthCheckRequest;
+using ::grpc::health::v1::HealthCheckResponse;
+
+grpc::Status Check(const std::string& address, const std::string& service,
+                   HealthCheckResponse* response) {
+  auto channel =
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  HealthCheckRequest request;
+  request.set_service(service);
+  return Health::NewStub(channel)->Check(&ctx, request, response);
+}
+
+// --health-listen: a plaintext port with only grpc.health.v1, whose
+// statuses follow the main port's (readiness, then the drain).
+TEST(ServerTest, HealthPortMirrorsTheMainPort) {
+  std::atomic<bool> ready{true};
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.health_listen = "127.0.0.1:0";
+  options.readiness = [&ready] { return ready.load(); };
+  options.readiness_interval = absl::Milliseconds(20);
+  auto server = Server::Start(options, UnimplementedPublicApi());
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string health = (*server)->health_address();
+  ASSERT_FALSE(health.empty());
+  EXPECT_NE(health, (*server)->address());
+  auto status_of = [&](const std::string& service) {
+    HealthCheckResponse r;
+    grpc::Status st = Check(health, service, &r);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return r.status();
+  };
+  EXPECT_EQ(status_of(""), HealthCheckResponse::SERVING);
+  EXPECT_EQ(status_of("statestream.v1.Sessions"), HealthCheckResponse::SERVING);
+  // Nothing but health on that port.
+  {
+    auto channel =
+        grpc::CreateChannel(health, grpc::InsecureChannelCredentials());
+    grpc::ClientContext ctx;
+    v1::GetSessionRequest req;
+    v1::Session resp;
+    EXPECT_EQ(v1::Sessions::NewStub(channel)
+                  ->GetSession(&ctx, req, &resp)
+                  .error_code(),
+              grpc::StatusCode::UNIMPLEMENTED);
+  }
+  ready = false;
+  for (int i = 0; i < 500 && status_of("") == HealthCheckResponse::SERVING;
+       ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(status_of(""), HealthCheckResponse::NOT_SERVING);
+  ready = true;
+  for (int i = 0; i < 500 && status_of("") != HealthCheckResponse::SERVING;
+       ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(status_of(""), HealthCheckResponse::SERVING);
+  (*server)->StopServing();
+  EXPECT_EQ(status_of(""), HealthCheckResponse::NOT_SERVING);
+  (*server)->Shutdown(absl::Seconds(1));
+}
+
+TEST(ServerTest, RejectsMalformedHealthAddress) {
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.health_listen = "nonsense";
   EXPECT_EQ(Server::Start(options, ServiceSet()).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
