@@ -60,6 +60,14 @@ absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::Workers() {
       return listed.status();
     }
     workers = *std::move(listed);
+    // An empty registry with workers known a moment ago is what a Redis
+    // restart looks like until the workers' next heartbeats: keep routing
+    // to the last known ones (a dead one fails fast) and read again next
+    // time.
+    if (workers.empty() && options_.static_workers.empty() &&
+        !workers_.empty()) {
+      return workers_;
+    }
   }
   for (const std::string& address : options_.static_workers) {
     WorkerInfo info;

@@ -3,6 +3,7 @@
 
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -161,6 +162,26 @@ TEST_F(GatewayRouterTest, ASuspectForcesARegistryRead) {
   auto fresh = router.RouteAny("k", "", {stale->worker_id});
   ASSERT_TRUE(fresh.ok()) << fresh.status();
   EXPECT_EQ(fresh->worker_id, "w4");
+}
+
+// An empty registry right after workers were known (a Redis restart
+// before their next heartbeats) keeps the last known workers.
+TEST_F(GatewayRouterTest, AnEmptyRegistryKeepsTheLastKnownWorkers) {
+  GatewayRouter router(store_.get(), Options());
+  auto before = router.RouteAny("k", "", {});
+  ASSERT_TRUE(before.ok()) << before.status();
+  for (const char* id : {"w1", "w2", "w3"}) {
+    ASSERT_TRUE(store_->UnregisterWorker(id).ok());
+  }
+  auto after = router.RouteAny("k", "", {});
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->worker_id, before->worker_id);
+  Register("w9", "fp-a", 0);  // the next read sees the registry again
+  std::set<std::string> seen;
+  for (int i = 0; i < 50; ++i) {
+    seen.insert(router.RouteAny(absl::StrCat("k", i), "", {})->worker_id);
+  }
+  EXPECT_EQ(seen, std::set<std::string>{"w9"});
 }
 
 }  // namespace

@@ -1043,13 +1043,24 @@ absl::StatusOr<SessionView> SessionManager::GetSession(
     const std::string& tenant, const std::string& session_id) {
   Impl& m = *impl_;
   const SessionKey key{tenant, session_id};
+  std::shared_ptr<Session> resident;
   {
     absl::MutexLock lock(&m.mu_);
     auto it = m.resident_.find(Impl::MapKey(key));
-    if (it != m.resident_.end()) {
-      absl::MutexLock l2(&it->second->mu);
-      return it->second->view;
+    if (it != m.resident_.end()) resident = it->second;
+  }
+  if (resident != nullptr) {
+    // Another worker may have taken the session over since our last
+    // renewal; then our copy is stale (a client resuming from it would skip
+    // input). A newer fence in the store says so: drop the copy and answer
+    // from the store. If the store cannot be asked, the copy is the best
+    // answer there is.
+    auto lease = m.store_->GetOwner(key);
+    if (!lease.ok() || lease->fence == resident->fence) {
+      absl::MutexLock l2(&resident->mu);
+      return resident->view;
     }
+    m.Drop(resident.get(), Session::Gone::kFenced);
   }
   SS_ASSIGN_OR_RETURN(SessionHead h, m.store_->GetHead(key));
   return m.ViewOfHead(h);

@@ -237,6 +237,26 @@ TEST_F(SessionManagerTest, ALostLeaseFencesTheNextCommit) {
   EXPECT_EQ(ack->input_offset, 2u);
 }
 
+// GetSession does not answer from a copy another worker has superseded:
+// input applied here but never committed is not reported (a client
+// resuming from it would skip that input).
+TEST_F(SessionManagerTest, GetSessionAfterATakeoverReadsTheStore) {
+  Create("g");
+  auto w = Open("g");
+  ASSERT_TRUE(Append(w, 0, "abc", false, true).ok());  // committed: 3
+  ASSERT_TRUE(Append(w, 3, "def").ok());               // applied only: 6
+  auto mine = manager_->GetSession("t", "g");
+  ASSERT_TRUE(mine.ok()) << mine.status();
+  EXPECT_EQ(mine->input_offset, 6u);
+  // Another worker takes the session over.
+  ASSERT_TRUE(
+      store_->AcquireLease({"t", "g"}, "other", absl::Seconds(30), true).ok());
+  auto now = manager_->GetSession("t", "g");
+  ASSERT_TRUE(now.ok()) << now.status();
+  EXPECT_EQ(now->input_offset, 3u);
+  EXPECT_EQ(now->committed_input_offset, 3u);
+}
+
 TEST_F(SessionManagerTest, ANewWriterSupersedesTheOld) {
   Create("w");
   absl::Notification superseded;
