@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // A Prometheus histogram (cumulative buckets with fixed upper bounds),
-// rendered in the text exposition format (0.0.4). Shared by the worker's
-// and the gateway's metrics. Thread-safe.
+// rendered in the text exposition format (0.0.4), and the helpers for
+// plain metrics. Shared by the worker's and the gateway's metrics.
+// Histogram is thread-safe.
 #ifndef STATESTREAM_COMMON_HISTOGRAM_H_
 #define STATESTREAM_COMMON_HISTOGRAM_H_
 
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 
 namespace statestream {
@@ -39,6 +41,21 @@ class Histogram {
   double sum_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t count_ ABSL_GUARDED_BY(mu_) = 0;
 };
+
+// The `# HELP` and `# TYPE` lines of metric `name`.
+inline void AppendMetricHeader(std::string* out, const char* name,
+                               const char* type, const char* help) {
+  absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type,
+                  "\n");
+}
+
+// A metric with one unlabelled sample: its header, then `name value`.
+template <typename T>
+void AppendMetric(std::string* out, const char* name, const char* type,
+                  const char* help, T value) {
+  AppendMetricHeader(out, name, type, help);
+  absl::StrAppend(out, name, " ", value, "\n");
+}
 
 }  // namespace statestream
 

@@ -8,12 +8,6 @@
 namespace statestream {
 namespace {
 
-void Header(std::string* out, const char* name, const char* type,
-            const char* help) {
-  absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type,
-                  "\n");
-}
-
 constexpr const char* kDecisionNames[] = {"owner", "rendezvous", "retry",
                                           "no_worker"};
 
@@ -81,68 +75,68 @@ std::string GatewayMetrics::Render() const {
   }
   std::string out;
   absl::MutexLock lock(&mu_);
-  Header(&out, "statestream_gateway_rpc_seconds", "histogram",
-         "Forwarded calls, from arrival to the final status (streams: their "
-         "whole life), by rpc method.");
+  AppendMetricHeader(
+      &out, "statestream_gateway_rpc_seconds", "histogram",
+      "Forwarded calls, from arrival to the final status (streams: their "
+      "whole life), by rpc method.");
   for (const auto& [method, h] : latency_) {
     h->Render("statestream_gateway_rpc_seconds",
               absl::StrCat("method=\"", method, "\""), &out);
   }
-  Header(&out, "statestream_gateway_calls_total", "counter",
-         "Finished calls by rpc method and gRPC code.");
+  AppendMetricHeader(&out, "statestream_gateway_calls_total", "counter",
+                     "Finished calls by rpc method and gRPC code.");
   for (const auto& [key, n] : calls_) {
     absl::StrAppend(&out, "statestream_gateway_calls_total{method=\"",
                     key.first, "\",code=\"", key.second, "\"} ", n, "\n");
   }
-  Header(&out, "statestream_gateway_append_ack_seconds", "histogram",
-         "Append: from a request read from the client to its ack sent back.");
+  AppendMetricHeader(
+      &out, "statestream_gateway_append_ack_seconds", "histogram",
+      "Append: from a request read from the client to its ack sent back.");
   append_ack_.Render("statestream_gateway_append_ack_seconds", "", &out);
-  Header(&out, "statestream_gateway_errors_total", "counter",
-         "Calls that ended with an error, by reason (the gRPC code name when "
-         "the error has none).");
+  AppendMetricHeader(
+      &out, "statestream_gateway_errors_total", "counter",
+      "Calls that ended with an error, by reason (the gRPC code name when "
+      "the error has none).");
   for (const auto& [reason, n] : errors_) {
     absl::StrAppend(&out, "statestream_gateway_errors_total{reason=\"", reason,
                     "\"} ", n, "\n");
   }
-  Header(&out, "statestream_gateway_failovers_total", "counter",
-         "Calls moved to another worker (Append replays, Generate resumes, "
-         "resent unary calls), by rpc method.");
+  AppendMetricHeader(
+      &out, "statestream_gateway_failovers_total", "counter",
+      "Calls moved to another worker (Append replays, Generate resumes, "
+      "resent unary calls), by rpc method.");
   for (const auto& [method, n] : failovers_) {
     absl::StrAppend(&out, "statestream_gateway_failovers_total{method=\"",
                     method, "\"} ", n, "\n");
   }
-  Header(&out, "statestream_gateway_routing_decisions_total", "counter",
-         "How each attempt's worker was chosen: the session's owner, "
-         "rendezvous hashing, a retry after a failover, or no worker.");
+  AppendMetricHeader(
+      &out, "statestream_gateway_routing_decisions_total", "counter",
+      "How each attempt's worker was chosen: the session's owner, "
+      "rendezvous hashing, a retry after a failover, or no worker.");
   for (int i = 0; i < kDecisions; ++i) {
     absl::StrAppend(&out,
                     "statestream_gateway_routing_decisions_total{decision=\"",
                     kDecisionNames[i], "\"} ", routes_[i], "\n");
   }
-  Header(&out, "statestream_gateway_replayed_requests_total", "counter",
-         "Append requests re-sent to a new worker after a failover.");
-  absl::StrAppend(&out, "statestream_gateway_replayed_requests_total ",
-                  replayed_, "\n");
-  Header(&out, "statestream_gateway_generate_skipped_tokens_total", "counter",
-         "Generate tokens produced again after a failover and not re-sent.");
-  absl::StrAppend(&out, "statestream_gateway_generate_skipped_tokens_total ",
-                  skipped_, "\n");
-  Header(&out, "statestream_gateway_generate_diverged_total", "counter",
-         "Generate re-runs that differed from the output already delivered.");
-  absl::StrAppend(&out, "statestream_gateway_generate_diverged_total ",
-                  diverged_, "\n");
-  Header(&out, "statestream_gateway_workers_known", "gauge",
-         "Workers in the registry (and the static list).");
-  absl::StrAppend(&out, "statestream_gateway_workers_known ", g.workers_known,
-                  "\n");
-  Header(&out, "statestream_gateway_workers_ready", "gauge",
-         "Known workers not suspect (no recent failed call).");
-  absl::StrAppend(&out, "statestream_gateway_workers_ready ", g.workers_ready,
-                  "\n");
-  Header(&out, "statestream_gateway_calls_active", "gauge",
-         "Forwarded calls in flight.");
-  absl::StrAppend(&out, "statestream_gateway_calls_active ", g.calls_active,
-                  "\n");
+  AppendMetric(&out, "statestream_gateway_replayed_requests_total", "counter",
+               "Append requests re-sent to a new worker after a failover.",
+               replayed_);
+  AppendMetric(
+      &out, "statestream_gateway_generate_skipped_tokens_total", "counter",
+      "Generate tokens produced again after a failover and not re-sent.",
+      skipped_);
+  AppendMetric(
+      &out, "statestream_gateway_generate_diverged_total", "counter",
+      "Generate re-runs that differed from the output already delivered.",
+      diverged_);
+  AppendMetric(&out, "statestream_gateway_workers_known", "gauge",
+               "Workers in the registry (and the static list).",
+               g.workers_known);
+  AppendMetric(&out, "statestream_gateway_workers_ready", "gauge",
+               "Known workers not suspect (no recent failed call).",
+               g.workers_ready);
+  AppendMetric(&out, "statestream_gateway_calls_active", "gauge",
+               "Forwarded calls in flight.", g.calls_active);
   return out;
 }
 

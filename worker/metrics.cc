@@ -13,12 +13,6 @@ std::vector<double> SizeBounds() {
   return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
 }
 
-void Header(std::string* out, const char* name, const char* type,
-            const char* help) {
-  absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type,
-                  "\n");
-}
-
 }  // namespace
 
 WorkerMetrics::WorkerMetrics(std::string store)
@@ -70,63 +64,62 @@ std::string WorkerMetrics::Render() const {
   if (source) g = source();
   std::string out;
   const std::string store = absl::StrCat("store=\"", store_, "\"");
-  Header(&out, "statestream_time_to_first_token_seconds", "histogram",
-         "Generate: from the request to its first output token.");
+  AppendMetricHeader(&out, "statestream_time_to_first_token_seconds",
+                     "histogram",
+                     "Generate: from the request to its first output token.");
   ttft_.Render("statestream_time_to_first_token_seconds", "", &out);
-  Header(&out, "statestream_inter_token_seconds", "histogram",
-         "Generate: time between consecutive output tokens of one call.");
+  AppendMetricHeader(
+      &out, "statestream_inter_token_seconds", "histogram",
+      "Generate: time between consecutive output tokens of one call.");
   inter_token_.Render("statestream_inter_token_seconds", "", &out);
-  Header(&out, "statestream_queue_seconds", "histogram",
-         "Scheduler: from admission of a task to its first engine step.");
+  AppendMetricHeader(
+      &out, "statestream_queue_seconds", "histogram",
+      "Scheduler: from admission of a task to its first engine step.");
   queue_.Render("statestream_queue_seconds", "", &out);
-  Header(&out, "statestream_batch_sequences", "histogram",
-         "Scheduler: sequences per engine batch.");
+  AppendMetricHeader(&out, "statestream_batch_sequences", "histogram",
+                     "Scheduler: sequences per engine batch.");
   batch_sequences_.Render("statestream_batch_sequences", "", &out);
-  Header(&out, "statestream_batch_tokens", "histogram",
-         "Scheduler: tokens per engine batch.");
+  AppendMetricHeader(&out, "statestream_batch_tokens", "histogram",
+                     "Scheduler: tokens per engine batch.");
   batch_tokens_.Render("statestream_batch_tokens", "", &out);
-  Header(&out, "statestream_state_load_seconds", "histogram",
-         "Loading a session's state from the store (lease + load).");
+  AppendMetricHeader(
+      &out, "statestream_state_load_seconds", "histogram",
+      "Loading a session's state from the store (lease + load).");
   load_.Render("statestream_state_load_seconds", store, &out);
-  Header(&out, "statestream_state_commit_seconds", "histogram",
-         "Committing a session's state to the store.");
+  AppendMetricHeader(&out, "statestream_state_commit_seconds", "histogram",
+                     "Committing a session's state to the store.");
   commit_.Render("statestream_state_commit_seconds", store, &out);
-  Header(&out, "statestream_tokens_in_total", "counter",
-         "Tokens consumed by the engine (appends, prompts, scoring).");
-  absl::StrAppend(&out, "statestream_tokens_in_total ", in, "\n");
-  Header(&out, "statestream_tokens_out_total", "counter", "Tokens generated.");
-  absl::StrAppend(&out, "statestream_tokens_out_total ", out_tokens, "\n");
-  Header(&out, "statestream_lease_takeovers_total", "counter",
-         "Sessions loaded while another owner still held the lease.");
-  absl::StrAppend(&out, "statestream_lease_takeovers_total ", takeovers, "\n");
-  Header(&out, "statestream_fenced_commits_total", "counter",
-         "Commits or renewals refused because another worker took over.");
-  absl::StrAppend(&out, "statestream_fenced_commits_total ", fenced, "\n");
-  Header(&out, "statestream_replayed_generations_total", "counter",
-         "Retried committed Generate calls answered from the record.");
-  absl::StrAppend(&out, "statestream_replayed_generations_total ", replayed,
-                  "\n");
-  Header(&out, "statestream_errors_total", "counter",
-         "Calls that ended with an error, by reason.");
+  AppendMetric(&out, "statestream_tokens_in_total", "counter",
+               "Tokens consumed by the engine (appends, prompts, scoring).",
+               in);
+  AppendMetric(&out, "statestream_tokens_out_total", "counter",
+               "Tokens generated.", out_tokens);
+  AppendMetric(&out, "statestream_lease_takeovers_total", "counter",
+               "Sessions loaded while another owner still held the lease.",
+               takeovers);
+  AppendMetric(&out, "statestream_fenced_commits_total", "counter",
+               "Commits or renewals refused because another worker took over.",
+               fenced);
+  AppendMetric(&out, "statestream_replayed_generations_total", "counter",
+               "Retried committed Generate calls answered from the record.",
+               replayed);
+  AppendMetricHeader(&out, "statestream_errors_total", "counter",
+                     "Calls that ended with an error, by reason.");
   for (const auto& [reason, n] : errors) {
     absl::StrAppend(&out, "statestream_errors_total{reason=\"", reason, "\"} ",
                     n, "\n");
   }
-  Header(&out, "statestream_sessions_resident", "gauge",
-         "Sessions whose state is held in memory.");
-  absl::StrAppend(&out, "statestream_sessions_resident ", g.sessions_resident,
-                  "\n");
-  Header(&out, "statestream_sessions_active", "gauge",
-         "Resident sessions with an operation running or a writer attached.");
-  absl::StrAppend(&out, "statestream_sessions_active ", g.sessions_active,
-                  "\n");
-  Header(&out, "statestream_resident_bytes", "gauge",
-         "Bytes of resident session state.");
-  absl::StrAppend(&out, "statestream_resident_bytes ", g.resident_bytes, "\n");
-  Header(&out, "statestream_scheduler_tasks", "gauge",
-         "Tasks admitted to the scheduler (running or queued).");
-  absl::StrAppend(&out, "statestream_scheduler_tasks ", g.scheduler_tasks,
-                  "\n");
+  AppendMetric(&out, "statestream_sessions_resident", "gauge",
+               "Sessions whose state is held in memory.", g.sessions_resident);
+  AppendMetric(
+      &out, "statestream_sessions_active", "gauge",
+      "Resident sessions with an operation running or a writer attached.",
+      g.sessions_active);
+  AppendMetric(&out, "statestream_resident_bytes", "gauge",
+               "Bytes of resident session state.", g.resident_bytes);
+  AppendMetric(&out, "statestream_scheduler_tasks", "gauge",
+               "Tasks admitted to the scheduler (running or queued).",
+               g.scheduler_tasks);
   return out;
 }
 
