@@ -93,9 +93,10 @@ std::vector<std::string> TextChunks(int n, int size, uint32_t seed);
 // Appends `chunks` to session `id` one request at a time (each acked before
 // the next), with checkpoint=true on every `checkpoint_every`-th. When a
 // call fails it asks `on_error(status)` whether to go on (false: give up
-// with that status), reads the session's input_offset (retrying while that
-// fails the same way) and resumes from there on the next gateway — the
-// client side of exactly-once appends. `max_committed` (optional) gets the
+// with that status), reads the session's committed_input_offset (retrying
+// while that fails the same way) and resumes from there on the next
+// gateway, accepting duplicate acknowledgements — the client side of
+// exactly-once appends. `max_committed` (optional) gets the
 // largest committed_input_offset acknowledged.
 absl::Status AppendResumable(
     Cluster* cluster, const std::string& id,
