@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <atomic>
 #include <map>
+#include <memory>
+#include <new>
 #include <random>
 #include <string>
 #include <utility>
@@ -268,15 +270,24 @@ class RedisStateStore final : public StateStore {
       keys.push_back(ChunkKey(key, info.version, nonce, i));
     }
     for (const std::string& k : keys) gets.push_back({"GET", k});
-    // The chunks are received straight into one buffer, in order; a chunk
-    // that would overrun the recorded size gets its own allocation and is
-    // reported as corruption below.
-    std::string bytes(info.state_bytes, '\0');
+    // The chunks are received straight into one uninitialised buffer of the
+    // recorded size, in order (every byte is written, or the load fails); a
+    // chunk that would overrun it gets its own allocation and is reported
+    // as corruption below.
+    const size_t size = info.state_bytes;
+    std::unique_ptr<char[]> buffer(
+        new (std::nothrow) char[std::max<size_t>(size, 1)]);
+    if (buffer == nullptr) {
+      return DataLossError(
+          Reason::kStateCorrupt,
+          absl::StrCat("state is corrupt: version ", info.version,
+                       " records an impossible size of ", size, " bytes"));
+    }
     size_t filled = 0;
     const store_internal::BulkSink sink = [&](size_t command, size_t n) {
       if (command == 0) filled = 0;  // a retried attempt starts over
-      if (n > bytes.size() - filled) return static_cast<char*>(nullptr);
-      char* at = bytes.data() + filled;
+      if (n > size - filled) return static_cast<char*>(nullptr);
+      char* at = buffer.get() + filled;
       filled += n;
       return at;
     };
@@ -293,11 +304,11 @@ class RedisStateStore final : public StateStore {
             absl::StrCat("state is corrupt: chunk ", i, " of version ",
                          info.version, " is missing"));
       }
-      if (r->str != nullptr) filled = bytes.size() + 1;  // overran
+      if (r->str != nullptr) filled = size + 1;  // overran
     }
     replies.clear();
-    if (filled != info.state_bytes ||
-        EncodedStateCrc(bytes) != info.state_crc32c) {
+    const absl::string_view bytes(buffer.get(), size);
+    if (filled != size || EncodedStateCrc(bytes) != info.state_crc32c) {
       return DataLossError(
           Reason::kStateCorrupt,
           absl::StrCat("state is corrupt: version ", info.version,
