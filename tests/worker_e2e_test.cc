@@ -469,25 +469,30 @@ TEST_F(WorkerE2eTest, AnotherTenantsSessionIsNotFound) {
             absl::StatusCode::kUnauthenticated);
 }
 
+// Starts `statestream serve` with `args`; returns it and its address ("" and
+// a test failure if it did not come up).
+std::pair<std::unique_ptr<e2e::Subprocess>, std::string> StartServe(
+    const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {STATESTREAM_BIN, "serve",
+                                   "--listen=127.0.0.1:0"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto p = e2e::Subprocess::Start(argv);
+  EXPECT_TRUE(p.ok()) << p.status();
+  if (!p.ok()) return {};
+  auto line = (*p)->ReadStdoutLine(kStartTimeout);
+  EXPECT_TRUE(line.ok()) << line.status() << (*p)->stderr_text();
+  std::smatch m;
+  std::string text = line.value_or("");
+  EXPECT_TRUE(std::regex_match(text, m, std::regex(R"(listening on (\S+))")));
+  return {*std::move(p), m.size() == 2 ? m[1].str() : ""};
+}
+
 // With --data-dir the sessions survive a restart: same position, same
 // state, and the same seeded generation as without the restart.
 TEST(WorkerRestartTest, SessionsResumeAfterARestart) {
   const std::string dir =
       absl::StrCat(::testing::TempDir(), "/worker_e2e_restart_", getpid());
-  auto start =
-      [&]() -> std::pair<std::unique_ptr<e2e::Subprocess>, std::string> {
-    auto p =
-        e2e::Subprocess::Start({STATESTREAM_BIN, "serve",
-                                "--listen=127.0.0.1:0", "--data-dir=" + dir});
-    EXPECT_TRUE(p.ok()) << p.status();
-    if (!p.ok()) return {};
-    auto line = (*p)->ReadStdoutLine(kStartTimeout);
-    EXPECT_TRUE(line.ok()) << line.status() << (*p)->stderr_text();
-    std::smatch m;
-    std::string text = line.value_or("");
-    EXPECT_TRUE(std::regex_match(text, m, std::regex(R"(listening on (\S+))")));
-    return {*std::move(p), m.size() == 2 ? m[1].str() : ""};
-  };
+  auto start = [&] { return StartServe({"--data-dir=" + dir}); };
   auto generate = [](v1::Streams::Stub* stub, bool commit) {
     v1::GenerateRequest g;
     g.set_session_id("durable");
@@ -568,20 +573,9 @@ TEST(WorkerRestartTest, AKilledGenerationResumesFromItsLastCheckpoint) {
   const std::string dir =
       absl::StrCat(::testing::TempDir(), "/worker_e2e_resume_", getpid());
   std::filesystem::remove_all(dir);
-  auto start =
-      [&]() -> std::pair<std::unique_ptr<e2e::Subprocess>, std::string> {
-    auto p = e2e::Subprocess::Start(
-        {STATESTREAM_BIN, "serve", "--listen=127.0.0.1:0", "--data-dir=" + dir,
-         "--generate-checkpoint-tokens=32",
-         "--generate-checkpoint-interval=0"});
-    EXPECT_TRUE(p.ok()) << p.status();
-    if (!p.ok()) return {};
-    auto line = (*p)->ReadStdoutLine(kStartTimeout);
-    EXPECT_TRUE(line.ok()) << line.status() << (*p)->stderr_text();
-    std::smatch m;
-    std::string text = line.value_or("");
-    EXPECT_TRUE(std::regex_match(text, m, std::regex(R"(listening on (\S+))")));
-    return {*std::move(p), m.size() == 2 ? m[1].str() : ""};
+  auto start = [&] {
+    return StartServe({"--data-dir=" + dir, "--generate-checkpoint-tokens=32",
+                       "--generate-checkpoint-interval=0"});
   };
   constexpr int kMaxTokens = 8192;
   auto request = [](const std::string& id) {
