@@ -6,7 +6,8 @@
 
 ABSL_FLAG(int, threads, 0, "Engine threads; 0 = one per CPU.");
 ABSL_FLAG(std::string, precision, "as-stored",
-          "Weights in memory: as-stored, f32 or bf16.");
+          "Weights in memory: as-stored, f32, bf16 or int8 (per-row "
+          "scales; CPU only).");
 ABSL_FLAG(std::string, dtype, "",
           "model random: stored dtype f32 (default), bf16 or f16; bench "
           "engine: weights in memory fp32 (default), bf16 or int8.");
@@ -29,12 +30,17 @@ absl::StatusOr<engine::ModelOptions> EngineOptionsFromFlags() {
     o.precision = engine::WeightPrecision::kF32;
   } else if (p == "bf16") {
     o.precision = engine::WeightPrecision::kBF16;
+  } else if (p == "int8") {
+    o.precision = engine::WeightPrecision::kInt8;
   } else {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "--precision must be as-stored, f32 or bf16");
+    return InvalidArgumentError(
+        Reason::kInvalidArgument,
+        "--precision must be as-stored, f32, bf16 or int8");
   }
   return o;
 }
+
+std::string PrecisionFlagValue() { return absl::GetFlag(FLAGS_precision); }
 
 std::string DtypeFlagValue() { return absl::GetFlag(FLAGS_dtype); }
 

@@ -19,6 +19,8 @@ absl::StatusOr<engine::ModelOptions> EngineOptionsFromFlags();
 
 // The raw --dtype value: a storage dtype for `model random`, a weight
 // precision for `bench engine`.
+// --precision as given ("as-stored", "f32", "bf16" or "int8").
+std::string PrecisionFlagValue();
 std::string DtypeFlagValue();
 
 }  // namespace statestream::cli

@@ -6,6 +6,7 @@
 #include <charconv>
 #include <fstream>
 #include <iostream>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "common/status.h"
 #include "nlohmann/json.hpp"
 #include "state_store/state_codec.h"
+#include "worker/engine/accuracy.h"
 #include "worker/engine/model.h"
 #include "worker/engine/random_model.h"
 #include "worker/engine/weight_writer.h"
@@ -42,6 +44,9 @@ ABSL_FLAG(int, ffn, 0, "random: FFN width; 0 = the architecture's default.");
 ABSL_FLAG(uint64_t, seed, 1, "random: RNG seed.");
 ABSL_FLAG(std::string, out, "",
           "random: output path; .safetensors or .pth by extension.");
+ABSL_FLAG(int, length, 1000,
+          "compare: tokens in the random sequence (when --tokens is not "
+          "given).");
 
 namespace statestream::cli {
 namespace {
@@ -182,6 +187,50 @@ absl::Status Random() {
   return engine::WriteCheckpoint(out, tensors, dtype);
 }
 
+// The checkpoint at --precision beside the same checkpoint in fp32 over one
+// sequence: --tokens, or --length random ids drawn with --seed.
+absl::Status Compare() {
+  SS_ASSIGN_OR_RETURN(ModelOptions options, EngineOptionsFromFlags());
+  if (options.precision == engine::WeightPrecision::kAsStored ||
+      options.precision == engine::WeightPrecision::kF32) {
+    return InvalidArgumentError(
+        Reason::kInvalidArgument,
+        "compare: --precision must be bf16 or int8 (the reference is f32)");
+  }
+  SS_ASSIGN_OR_RETURN(auto candidate, LoadFlagModel());
+  ModelOptions ref_options = options;
+  ref_options.precision = engine::WeightPrecision::kF32;
+  SS_ASSIGN_OR_RETURN(auto reference,
+                      engine::LoadModel(ModelFlagValue(), ref_options));
+  SS_ASSIGN_OR_RETURN(std::vector<int32_t> tokens,
+                      ParseIntList(TokensFlagValue(), "--tokens"));
+  const int V = reference->info().config.vocab_size;
+  if (tokens.empty()) {
+    const int length = absl::GetFlag(FLAGS_length);
+    if (length < 1 || length > (1 << 20)) {
+      return InvalidArgumentError(Reason::kInvalidArgument,
+                                  "--length must be in [1, 2^20]");
+    }
+    std::mt19937_64 rng(absl::GetFlag(FLAGS_seed));
+    tokens.resize(length);
+    for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % V);
+  }
+  SS_ASSIGN_OR_RETURN(engine::AccuracyReport r,
+                      engine::CompareLogits(*reference, *candidate, tokens));
+  nlohmann::ordered_json j;
+  j["precision"] = PrecisionFlagValue();
+  j["reference"] = "f32";
+  j["positions"] = r.positions;
+  j["max_abs_logit_error"] = r.max_abs_logit_error;
+  j["rms_logit_error"] = r.rms_logit_error;
+  j["max_abs_reference_logit"] = r.max_abs_reference_logit;
+  j["top1_agreement"] = r.top1_agreement;
+  j["mean_kl_nats"] = r.mean_kl;
+  j["fingerprint"] = candidate->info().fingerprint;
+  std::cout << j.dump() << "\n";
+  return absl::OkStatus();
+}
+
 int RunModel(const std::vector<std::string>& args) {
   const std::string verb = args.empty() ? "" : args[0];
   absl::Status status;
@@ -191,8 +240,11 @@ int RunModel(const std::vector<std::string>& args) {
     status = Eval();
   } else if (verb == "random") {
     status = Random();
+  } else if (verb == "compare") {
+    status = Compare();
   } else {
-    std::cerr << "statestream model: expected a verb: info, eval or random\n";
+    std::cerr << "statestream model: expected a verb: info, eval, random or "
+                 "compare\n";
     return kExitUsage;
   }
   return ReportStatus(status);
@@ -203,8 +255,8 @@ int RunModel(const std::vector<std::string>& args) {
 const Command& ModelCommand() {
   static const Command kCommand{
       "model",
-      "Inspect, evaluate or create model checkpoints.",
-      "info|eval|random [flags]\n\n"
+      "Inspect, evaluate, create or compare model checkpoints.",
+      "info|eval|random|compare [flags]\n\n"
       "  model info   --model PATH\n"
       "      JSON: arch, n_layer, n_embd, n_head, head_size, dim_ffn, vocab,\n"
       "      params, state_bytes, fingerprint.\n"
@@ -214,7 +266,12 @@ const Command& ModelCommand() {
       "  model random --arch x070|x060|x052|v4 --layers L --embd C --vocab V\n"
       "               [--head-size 64] [--ffn F] [--seed S] [--dtype f32]\n"
       "               --out PATH\n"
-      "      Writes a random-weight model with official key names.",
+      "      Writes a random-weight model with official key names.\n"
+      "  model compare --model PATH --precision bf16|int8 [--length N]\n"
+      "               [--seed S | --tokens 1,2,3]\n"
+      "      The model at that precision beside the same checkpoint in f32,\n"
+      "      logits after every token: max/rms logit error, top-1 agreement\n"
+      "      and mean KL divergence, as one JSON line.",
       {__FILE__, kModelFlagFile, kTokenFlagsFile, kVocabFlagFile,
        kEngineFlagsFile},
       &RunModel};

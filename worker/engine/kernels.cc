@@ -63,7 +63,8 @@ const Kernels* GetKernelsByName(const char* name) {
   if (std::strcmp(name, "avx512bf16") == 0) {
     // The AVX-512 build with bf16 weight products on vdpbf16ps.
     static const Kernels kBf16 = {"avx512bf16", kKernelsAvx512.gemm_f32,
-                                  &GemmBf16Dot, kKernelsAvx512.wkv7_step};
+                                  &GemmBf16Dot, kKernelsAvx512.gemm_i8,
+                                  kKernelsAvx512.wkv7_step};
     return HasAvx512Bf16() ? &kBf16 : nullptr;
   }
   return nullptr;

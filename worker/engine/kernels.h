@@ -27,6 +27,11 @@ struct Kernels {
                    float* y, int ldy, int o_begin, int o_end);
   void (*gemm_bf16)(const uint16_t* w, int in, const float* x, int ldx,
                     int rows, float* y, int ldy, int o_begin, int o_end);
+  // The same for int8 weights with one scale per output row:
+  // y[t*ldy + o] = (sum_i w[o*in + i] * x[t*ldx + i]) * scale[o] — the dot
+  // product of the exact integer values, then one multiplication.
+  void (*gemm_i8)(const int8_t* w, const float* scale, int in, const float* x,
+                  int ldx, int rows, float* y, int ldy, int o_begin, int o_end);
 
   // One RWKV-7 state step for one head of size n, in place on s[n][n]
   // (s[i][j]: i = value channel, j = key channel):

@@ -3,7 +3,9 @@
 // kernels_{avx512,avx2,scalar}.cc with their own V. Internal to the engine.
 //
 // V must provide: Zero(), Load(const float*), LoadPartial(const float*, n),
-// LoadBF16(const uint16_t*), LoadBF16Partial(const uint16_t*, n), Set1(float),
+// LoadBF16(const uint16_t*), LoadBF16Partial(const uint16_t*, n),
+// LoadI8(const int8_t*), LoadI8Partial(const int8_t*, n) (exact widening of
+// 16 signed bytes to fp32), Set1(float),
 // Fma(a, b, c) = a*b+c (fused), Mul, Store(float*), StorePartial(float*, n)
 // and ReduceAdd() with the fixed tree: 16 -> 8 (lane j + lane j+8) -> 4 -> 2
 // -> 1, and Reduce16(const V a[16], float out[16]) with out[j] bit-identical
@@ -34,12 +36,20 @@ inline V LoadW(const uint16_t* w, int n) {
   return n >= kLanes ? V::LoadBF16(w) : V::LoadBF16Partial(w, n);
 }
 template <typename V>
+inline V LoadW(const int8_t* w, int n) {
+  return n >= kLanes ? V::LoadI8(w) : V::LoadI8Partial(w, n);
+}
+template <typename V>
 inline V LoadFull(const float* w) {
   return V::Load(w);
 }
 template <typename V>
 inline V LoadFull(const uint16_t* w) {
   return V::LoadBF16(w);
+}
+template <typename V>
+inline V LoadFull(const int8_t* w) {
+  return V::LoadI8(w);
 }
 
 // A block of RT rows x OT outputs (RT * OT <= 16 accumulators, all kept in
@@ -56,7 +66,21 @@ inline void GemmBlock(const W* w, int64_t ldw, int in, const float* x, int ldx,
 #pragma GCC unroll 16
   for (int a = 0; a < 16; ++a) acc[a] = V::Zero();
   const int full = in & ~(kLanes - 1);
+  // One row against narrow weights is bound by memory latency: rows of a
+  // few hundred bytes are too short for the hardware prefetcher to follow,
+  // so the next block's bytes (contiguous after this one's) are fetched
+  // while this block is computed, as many lines per step as it consumes.
+  constexpr bool kPrefetchNext = RT == 1 && sizeof(W) < 4;
+  constexpr int kLinesPerStep = OT * kLanes * static_cast<int>(sizeof(W)) / 64;
+  const char* pf = reinterpret_cast<const char*>(w + OT * ldw);
   for (int i = 0; i < full; i += kLanes) {
+    if constexpr (kPrefetchNext) {
+#pragma GCC unroll 16
+      for (int l = 0; l < kLinesPerStep; ++l) {
+        __builtin_prefetch(pf + 64 * l, 0, 3);
+      }
+      pf += OT * kLanes * sizeof(W);
+    }
     V wv[OT];
 #pragma GCC unroll 16
     for (int u = 0; u < OT; ++u) wv[u] = LoadFull<V>(w + u * ldw + i);
@@ -144,27 +168,30 @@ inline void GemmTile(const W* w, int64_t ldw, int in, const float* x, int ldx,
   }
 }
 
-// Widens rows [0, outs) of a bf16 matrix to fp32 (exact) into `out`,
-// prefetching the same amount of the next tile (`pf`) as it goes.
-template <typename V>
-inline void WidenRows(const uint16_t* w, int64_t ldw, int in, int outs,
-                      float* out, const char* pf, int64_t pf_bytes) {
+// Widens rows [0, outs) of a bf16 or int8 matrix to fp32 (exact) into
+// `out`, prefetching the same amount of the next tile (`pf`) as it goes.
+template <typename V, typename W>
+inline void WidenRows(const W* w, int64_t ldw, int in, int outs, float* out,
+                      const char* pf, int64_t pf_bytes) {
+  // One prefetch of 64 bytes per 64 bytes of weights widened.
+  constexpr int kPerLine = 64 / (2 * kLanes * static_cast<int>(sizeof(W)));
+  int step = 0;
   for (int o = 0; o < outs; ++o) {
-    const uint16_t* src = w + o * ldw;
+    const W* src = w + o * ldw;
     float* dst = out + static_cast<int64_t>(o) * in;
     int i = 0;
     for (; i + 2 * kLanes <= in; i += 2 * kLanes) {
-      if (pf_bytes > 0) {
+      if (pf_bytes > 0 && ++step >= kPerLine) {
+        step = 0;
         __builtin_prefetch(pf, 0, 2);
         pf += 64;
         pf_bytes -= 64;
       }
-      V::LoadBF16(src + i).Store(dst + i);
-      V::LoadBF16(src + i + kLanes).Store(dst + i + kLanes);
+      LoadFull<V>(src + i).Store(dst + i);
+      LoadFull<V>(src + i + kLanes).Store(dst + i + kLanes);
     }
-    for (; i + kLanes <= in; i += kLanes) V::LoadBF16(src + i).Store(dst + i);
-    if (i < in)
-      V::LoadBF16Partial(src + i, in - i).StorePartial(dst + i, in - i);
+    for (; i + kLanes <= in; i += kLanes) LoadFull<V>(src + i).Store(dst + i);
+    if (i < in) LoadW<V>(src + i, in - i).StorePartial(dst + i, in - i);
   }
   Prefetch(pf, pf_bytes);
 }
@@ -176,9 +203,10 @@ void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
   // Output tiles of 16: a tile of W (16 x in) stays in L1/L2 while every row
   // streams past it, so each weight is read from memory once per call.
   constexpr int kOTile = 16;
-  // bf16 weights feeding many rows are widened once per tile instead of
-  // once per 4-row block (the widening costs two instructions per vector).
-  constexpr bool kBF16 = sizeof(W) == 2;
+  // bf16 and int8 weights feeding many rows are widened once per tile
+  // instead of once per 4-row block (widening costs 1-2 instructions per
+  // vector).
+  constexpr bool kNarrow = sizeof(W) < 4;
   for (int ot = o_begin; ot < o_end; ot += kOTile) {
     const int outs = ot + kOTile < o_end ? kOTile : o_end - ot;
     const W* wt = w + static_cast<int64_t>(ot) * in;
@@ -188,18 +216,29 @@ void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
     const char* pf = reinterpret_cast<const char*>(wt + outs * in);
     const int64_t pf_bytes =
         rows > 1 ? static_cast<int64_t>(next) * in * sizeof(W) : 0;
-    if constexpr (kBF16) {
+    if constexpr (kNarrow) {
       if (rows >= 16) {
         float* widened = ThreadScratch(0, static_cast<size_t>(kOTile) * in);
-        WidenRows<V>(reinterpret_cast<const uint16_t*>(wt), in, in, outs,
-                     widened, pf, pf_bytes);
+        WidenRows<V, W>(wt, in, in, outs, widened, pf, pf_bytes);
         GemmTile<V, float>(widened, in, in, x, ldx, rows, y + ot, ldy, outs,
                            nullptr, 0);
         continue;
       }
     }
     GemmTile<V, W>(wt, in, in, x, ldx, rows, y + ot, ldy, outs, pf,
-                   kBF16 ? pf_bytes : 0);
+                   kNarrow ? pf_bytes : 0);
+  }
+}
+
+// int8 weights: the product of the exact integers (as fp32), then each
+// output times its row's scale.
+template <typename V>
+void GemmI8(const int8_t* w, const float* scale, int in, const float* x,
+            int ldx, int rows, float* y, int ldy, int o_begin, int o_end) {
+  Gemm<V, int8_t>(w, in, x, ldx, rows, y, ldy, o_begin, o_end);
+  for (int t = 0; t < rows; ++t) {
+    float* yt = y + static_cast<int64_t>(t) * ldy;
+    for (int o = o_begin; o < o_end; ++o) yt[o] *= scale[o];
   }
 }
 

@@ -25,6 +25,57 @@ uint16_t ToBF16(float f) {
   return static_cast<uint16_t>(u >> 16);
 }
 
+// Random int8 weights covering the full range [-128, 127] (the quantizer
+// stays in [-127, 127]; the kernels must be exact for every byte) and
+// positive per-row scales.
+std::vector<int8_t> RandomI8(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> d(-128, 127);
+  std::vector<int8_t> v(n);
+  for (auto& x : v) x = static_cast<int8_t>(d(rng));
+  return v;
+}
+
+// The int8 product's definition: the fp32 product of the weights' exact
+// values, then each output times its row's scale.
+std::vector<float> I8Reference(const std::vector<int8_t>& w,
+                               const std::vector<float>& scale, int in,
+                               const float* x, int ldx, int rows, int ldy) {
+  const int out = static_cast<int>(scale.size());
+  std::vector<float> wf(w.begin(), w.end());
+  std::vector<float> y(static_cast<size_t>(rows) * ldy);
+  GetKernelsByName("scalar")->gemm_f32(wf.data(), in, x, ldx, rows, y.data(),
+                                       ldy, 0, out);
+  for (int t = 0; t < rows; ++t) {
+    for (int o = 0; o < out; ++o) y[t * ldy + o] *= scale[o];
+  }
+  return y;
+}
+
+TEST(KernelsTest, GemmI8IsExactIntegerProductTimesScaleInEveryBuild) {
+  for (int in : {1, 15, 16, 17, 64, 100, 768}) {
+    for (int rows : {1, 3, 4, 9, 16, 33}) {
+      const int out = 37;
+      auto w = RandomI8(static_cast<size_t>(out) * in, in);
+      auto scale = Random(out, in + 7);
+      for (float& s : scale) s = std::fabs(s) / 127;
+      auto x = Random(static_cast<size_t>(rows) * in, rows + 100);
+      const auto ref = I8Reference(w, scale, in, x.data(), in, rows, out);
+      for (const char* name : {"scalar", "avx2", "avx512", "avx512bf16"}) {
+        const Kernels* k = GetKernelsByName(name);
+        if (k == nullptr) continue;
+        std::vector<float> y(ref.size(), -1.0f);
+        k->gemm_i8(w.data(), scale.data(), in, x.data(), in, rows, y.data(),
+                   out, 0, 11);
+        k->gemm_i8(w.data(), scale.data(), in, x.data(), in, rows, y.data(),
+                   out, 11, out);
+        EXPECT_EQ(0, std::memcmp(y.data(), ref.data(), y.size() * 4))
+            << name << " in=" << in << " rows=" << rows;
+      }
+    }
+  }
+}
+
 TEST(KernelsTest, GemmMatchesDoubleReferenceAndIsIdenticalAcrossBuilds) {
   for (int in : {1, 15, 16, 17, 64, 100}) {
     for (int rows : {1, 3, 4, 9}) {
@@ -67,8 +118,8 @@ TEST(KernelsTest, GemmMatchesDoubleReferenceAndIsIdenticalAcrossBuilds) {
 
 // A row's result must not depend on how many rows share the call, where it
 // sits among them, or how the outputs are split: the blocked paths (4-row
-// blocks, 3/2/1-row remainders, bf16 rows widened once per tile from 16
-// rows up) must all equal the one-row product bit for bit.
+// blocks, 3/2/1-row remainders, bf16 and int8 rows widened once per tile
+// from 16 rows up) must all equal the one-row product bit for bit.
 TEST(KernelsTest, GemmRowIsIndependentOfBatchAndSplit) {
   const int in = 100, out = 45;  // a partial 16-lane step; ragged tiles
   auto w = Random(static_cast<size_t>(out) * in, 5);
@@ -76,14 +127,19 @@ TEST(KernelsTest, GemmRowIsIndependentOfBatchAndSplit) {
   for (size_t i = 0; i < w.size(); ++i) wb[i] = ToBF16(w[i]);
   const int max_rows = 40;
   const int ldx = in + 3, ldy = out + 5;  // strides wider than the rows
+  const auto wi = RandomI8(w.size(), 7);
+  auto scale = Random(out, 8);
   auto x = Random(static_cast<size_t>(max_rows) * ldx, 6);
   for (const char* name : {"scalar", "avx2", "avx512", "avx512bf16"}) {
     const Kernels* k = GetKernelsByName(name);
     if (k == nullptr) continue;
-    for (bool bf16 : {false, true}) {
+    for (const char* type : {"f32", "bf16", "i8"}) {
       auto run = [&](const float* xs, int rows, float* y, int ob, int oe) {
-        if (bf16) {
+        if (type[0] == 'b') {
           k->gemm_bf16(wb.data(), in, xs, ldx, rows, y, ldy, ob, oe);
+        } else if (type[0] == 'i') {
+          k->gemm_i8(wi.data(), scale.data(), in, xs, ldx, rows, y, ldy, ob,
+                     oe);
         } else {
           k->gemm_f32(w.data(), in, xs, ldx, rows, y, ldy, ob, oe);
         }
@@ -103,8 +159,8 @@ TEST(KernelsTest, GemmRowIsIndependentOfBatchAndSplit) {
           for (int t = 0; t < rows; ++t) {
             ASSERT_EQ(0, std::memcmp(&y[t * ldy], &single[(first + t) * ldy],
                                      out * sizeof(float)))
-                << name << (bf16 ? " bf16" : " f32") << " rows=" << rows
-                << " first=" << first << " row " << t;
+                << name << " " << type << " rows=" << rows << " first=" << first
+                << " row " << t;
           }
         }
       }

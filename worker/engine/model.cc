@@ -84,6 +84,11 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(
         absl::StrCat("unknown device '", options.device, "' (cpu or cuda)"));
   }
   if (options.device == "cuda") {
+    if (options.precision == WeightPrecision::kInt8) {
+      return InvalidArgumentError(
+          Reason::kInvalidArgument,
+          "int8 weights run on the cpu only; use bf16 or f32 with cuda");
+    }
 #ifdef STATESTREAM_HAVE_CUDA
     if (LooksLikeRwkv7(*file)) {
       CudaModelOptions cuda;

@@ -2,6 +2,7 @@
 # ss_engine: model architectures, kernels, thread pool.
 add_library(ss_engine
   model.cc
+  accuracy.cc
   rwkv7.cc
   rwkv_common.cc
   rwkv4.cc

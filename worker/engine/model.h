@@ -52,6 +52,8 @@ enum class WeightPrecision {
               // fp32
   kF32,       // everything fp32
   kBF16,      // large matrices rounded to bf16 (halves memory and bandwidth)
+  kInt8,      // large matrices as int8 with one fp32 scale per output row
+              // (a quarter of fp32's bytes; accuracy in docs/engine-kernels.md)
 };
 
 struct ModelOptions {

@@ -12,6 +12,7 @@
 
 #include "common/status.h"
 #include "gtest/gtest.h"
+#include "worker/engine/accuracy.h"
 #include "worker/engine/golden.h"
 #include "worker/engine/golden_trace.h"
 #include "worker/engine/kernels.h"
@@ -260,6 +261,51 @@ TEST(ModelTest, ChunkingBatchingThreadsAndKernelsAreBitIdentical) {
             std::string(kernels) + " threads " + std::to_string(threads));
       }
     }
+  }
+}
+
+// int8 weights (per-row scales): the same determinism as every other
+// precision — one result whatever the chunking, batching, threads or kernel
+// build — a fingerprint of its own, and logits close to the fp32 model's
+// (measured and printed; docs/engine-kernels.md records the figures).
+TEST(ModelTest, Int8WeightsAreDeterministicAndClose) {
+  SS_REQUIRE_SHARED_DATA();
+  for (const char* file :
+       {"testdata/rwkv7-tiny.pth", "testdata/rwkv6-tiny.pth",
+        "testdata/rwkv5-tiny.pth", "testdata/rwkv4-tiny.pth",
+        "testdata/third_party/tiny-rwkv-7v0-834K-bf16.pth"}) {
+    auto base = Load(file, Opts(1, "scalar", WeightPrecision::kInt8));
+    auto fp32 = Load(file, Opts(0, "", WeightPrecision::kF32));
+    ASSERT_TRUE(base && fp32) << file;
+    EXPECT_NE(base->info().fingerprint, fp32->info().fingerprint) << file;
+    std::vector<int32_t> tokens =
+        RandomTokens(150, base->info().config.vocab_size, 7);
+    FeedResult ref = Feed(*base, tokens, 1, false);
+    for (size_t chunk : {3, 64, 150}) {
+      ExpectBitIdentical(
+          ref, Feed(*base, tokens, chunk, true),
+          std::string(file) + " int8, batched, chunk " + std::to_string(chunk));
+    }
+    for (const char* kernels : {"avx2", "avx512"}) {
+      auto m = Load(file, Opts(2, kernels, WeightPrecision::kInt8));
+      if (m == nullptr) continue;
+      ExpectBitIdentical(ref, Feed(*m, tokens, 17, true),
+                         std::string(file) + " int8 " + kernels);
+    }
+    auto report = CompareLogits(*fp32, *base, tokens);
+    ASSERT_TRUE(report.ok()) << report.status();
+    std::printf(
+        "%s int8 vs fp32 over %lld tokens: max logit error %.4g (max |logit| "
+        "%.3g), rms %.3g, top-1 agreement %.3f, mean KL %.3g\n",
+        file, static_cast<long long>(report->positions),
+        report->max_abs_logit_error, report->max_abs_reference_logit,
+        report->rms_logit_error, report->top1_agreement, report->mean_kl);
+    EXPECT_EQ(report->positions, 150);
+    EXPECT_LT(report->max_abs_logit_error,
+              0.1 * report->max_abs_reference_logit)
+        << file;
+    EXPECT_GE(report->top1_agreement, 0.9) << file;
+    EXPECT_LT(report->mean_kl, 0.05) << file;
   }
 }
 

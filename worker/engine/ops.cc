@@ -39,6 +39,8 @@ void MatMul(const Kernels& k, ThreadPool& pool, const Matrix& m, const float* x,
     const int e = std::min(m.rows, b + tile);
     if (m.f32 != nullptr) {
       k.gemm_f32(m.f32, m.cols, x, ldx, rows, y, ldy, b, e);
+    } else if (m.i8 != nullptr) {
+      k.gemm_i8(m.i8, m.scale.data(), m.cols, x, ldx, rows, y, ldy, b, e);
     } else {
       k.gemm_bf16(m.bf16, m.cols, x, ldx, rows, y, ldy, b, e);
     }

@@ -1,6 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "worker/engine/weight_loader.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -20,12 +25,63 @@ bool Aligned(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % alignof(T) == 0;
 }
 
+// Tells the kernel that the pages of a tensor just copied out of the file
+// mapping are not needed again, so a converted model does not keep both
+// copies resident. MADV_PAGEOUT keeps the contents (file pages are re-read,
+// anonymous ones kept) — only a hint, never a change of the data.
+void ReleaseSource(const TensorView& t) {
+#ifdef MADV_PAGEOUT
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data);
+  const uintptr_t end =
+      begin + static_cast<uintptr_t>(t.numel()) * DTypeSize(t.dtype);
+  const uintptr_t b = (begin + page - 1) & ~(page - 1);
+  const uintptr_t e = end & ~(page - 1);
+  if (t.contiguous() && b < e) {
+    madvise(reinterpret_cast<void*>(b), e - b, MADV_PAGEOUT);
+  }
+#else
+  (void)t;
+#endif
+}
+
 }  // namespace
+
+void WeightLoader::Quantize(const TensorView& t, Matrix* out) {
+  const int rows = out->rows, cols = out->cols;
+  out->i8_storage.resize(static_cast<size_t>(rows) * cols);
+  out->scale.resize(rows);
+  std::vector<float> row(cols);
+  TensorView rt;
+  rt.dtype = t.dtype;
+  rt.shape = {cols};
+  rt.strides = {t.strides[1]};
+  const size_t row_bytes =
+      static_cast<size_t>(t.strides[0]) * DTypeSize(t.dtype);
+  for (int r = 0; r < rows; ++r) {
+    rt.data = t.data + static_cast<size_t>(r) * row_bytes;
+    ReadAsF32(rt, row.data());
+    float amax = 0;
+    for (float v : row) amax = std::max(amax, std::fabs(v));
+    // An all-zero row keeps scale 0 (and zeros); non-finite weights saturate.
+    const float scale = std::isfinite(amax) ? amax / 127.0f : 0.0f;
+    const float inv = scale > 0 ? 1.0f / scale : 0.0f;
+    int8_t* q = out->i8_storage.data() + static_cast<size_t>(r) * cols;
+    for (int c = 0; c < cols; ++c) {
+      const float v = std::nearbyint(row[c] * inv);
+      q[c] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+    }
+    out->scale[r] = scale;
+  }
+  out->i8 = out->i8_storage.data();
+}
 
 void Matrix::ReadRow(int r, float* out) const {
   const int64_t base = static_cast<int64_t>(r) * cols;
   if (f32 != nullptr) {
     std::memcpy(out, f32 + base, sizeof(float) * cols);
+  } else if (i8 != nullptr) {
+    for (int i = 0; i < cols; ++i) out[i] = i8[base + i] * scale[r];
   } else {
     for (int i = 0; i < cols; ++i) out[i] = BF16ToF32(bf16[base + i]);
   }
@@ -81,6 +137,19 @@ void WeightLoader::Hash(absl::string_view name,
   }
 }
 
+void WeightLoader::HashInt8(absl::string_view name,
+                            const std::vector<int64_t>& shape,
+                            const Matrix& m) {
+  // The quantized values and their scales: an int8 model has its own
+  // fingerprint, so states of the fp32 model are never mistaken for its.
+  static constexpr char kTag[] = "int8-per-row";
+  XXH3_128bits_update(hash_, name.data(), name.size());
+  XXH3_128bits_update(hash_, kTag, sizeof(kTag));
+  for (int64_t d : shape) XXH3_128bits_update(hash_, &d, sizeof(d));
+  XXH3_128bits_update(hash_, m.i8, m.i8_storage.size());
+  XXH3_128bits_update(hash_, m.scale.data(), sizeof(float) * m.scale.size());
+}
+
 absl::Status WeightLoader::Vector(absl::string_view name, int64_t numel,
                                   std::vector<float>* out) {
   SS_ASSIGN_OR_RETURN(const TensorView* t, Get(name, {}));
@@ -101,6 +170,13 @@ absl::Status WeightLoader::Mat(absl::string_view name, int rows, int cols,
   out->rows = rows;
   out->cols = cols;
   const int64_t n = static_cast<int64_t>(rows) * cols;
+  if (precision_ == WeightPrecision::kInt8) {
+    Quantize(*t, out);
+    ReleaseSource(*t);
+    params_ += n;
+    HashInt8(name, {rows, cols}, *out);
+    return absl::OkStatus();
+  }
   const bool want_bf16 =
       precision_ == WeightPrecision::kBF16 ||
       (precision_ == WeightPrecision::kAsStored && t->dtype == DType::kBF16);
@@ -112,6 +188,7 @@ absl::Status WeightLoader::Mat(absl::string_view name, int rows, int cols,
       out->bf16_storage.resize(n);
       ReadAsBF16(*t, out->bf16_storage.data());
       out->bf16 = out->bf16_storage.data();
+      ReleaseSource(*t);
     }
   } else if (t->dtype == DType::kF32 && t->contiguous() &&
              Aligned<float>(t->data)) {
