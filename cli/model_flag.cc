@@ -3,7 +3,11 @@
 
 #include "absl/flags/flag.h"
 
-ABSL_FLAG(std::string, model, "", "Checkpoint to load (.pth or .safetensors).");
+ABSL_FLAG(std::string, model, "",
+          "Checkpoint to load (.pth or .safetensors). serve and worker: one "
+          "or more, comma-separated, each PATH or ID=PATH (the model id "
+          "sessions name; default: the file's stem); the first is the "
+          "default model.");
 
 namespace statestream::cli {
 

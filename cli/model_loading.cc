@@ -3,40 +3,178 @@
 
 #include <cctype>
 #include <filesystem>
+#include <iostream>
+#include <map>
+#include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/status.h"
 
 namespace statestream::cli {
+namespace {
+
+bool IsModelIdChar(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' ||
+         c == '-';
+}
+
+bool IsModelId(absl::string_view id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (char c : id) {
+    if (!IsModelIdChar(c)) return false;
+  }
+  return true;
+}
+
+absl::Status BadList(absl::string_view flag, absl::string_view why) {
+  return InvalidArgumentError(Reason::kInvalidArgument,
+                              absl::StrCat("--", flag, ": ", why));
+}
+
+std::vector<std::string> SplitList(const std::string& list) {
+  std::vector<std::string> out;
+  for (absl::string_view entry : absl::StrSplit(list, ',')) {
+    out.emplace_back(absl::StripAsciiWhitespace(entry));
+  }
+  return out;
+}
+
+}  // namespace
 
 std::string ModelIdFromPath(const std::string& path) {
   std::string id = std::filesystem::path(path).stem().string();
   for (char& c : id) {
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' &&
-        c != '-') {
-      c = '-';
-    }
+    if (!IsModelIdChar(c)) c = '-';
   }
   return id.empty() ? "model" : id.substr(0, 128);
 }
 
-absl::StatusOr<ServedModel> LoadServedModel(const std::string& model_path,
-                                            const std::string& vocab_path) {
-  if (!std::filesystem::is_regular_file(model_path)) {
+absl::StatusOr<std::vector<ModelSpec>> ParseModelList(
+    const std::string& models, const std::string& vocabs) {
+  std::vector<ModelSpec> out;
+  if (models.empty()) {
+    if (!vocabs.empty()) return BadList("vocab", "needs --model");
+    return out;
+  }
+  std::map<std::string, std::string> paths_by_id;
+  const std::vector<std::string> entries = SplitList(models);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const std::string& entry = entries[i];
+    if (entry.empty()) {
+      return BadList("model", absl::StrCat("entry ", i + 1, " of ",
+                                           entries.size(), " is empty"));
+    }
+    ModelSpec spec;
+    // ID=PATH when what precedes the first '=' is an id (a path with a
+    // '=' in its first component can be written ./a=b.pth).
+    const size_t eq = entry.find('=');
+    if (eq != std::string::npos && IsModelId(entry.substr(0, eq))) {
+      spec.model_id = entry.substr(0, eq);
+      spec.path = entry.substr(eq + 1);
+      if (spec.path.empty()) {
+        return BadList("model", absl::StrCat("\"", entry, "\" has no path"));
+      }
+    } else {
+      if (eq == 0) {
+        return BadList("model", absl::StrCat("\"", entry, "\" has no id"));
+      }
+      spec.path = entry;
+      spec.model_id = ModelIdFromPath(entry);
+    }
+    auto [it, fresh] = paths_by_id.emplace(spec.model_id, spec.path);
+    if (!fresh) {
+      return BadList("model",
+                     absl::StrCat("two models have the id \"", spec.model_id,
+                                  "\" (", it->second, " and ", spec.path,
+                                  "); name them with ID=PATH, e.g. ",
+                                  spec.model_id, "-2=", spec.path));
+    }
+    out.push_back(std::move(spec));
+  }
+  if (!vocabs.empty()) {
+    const std::vector<std::string> v = SplitList(vocabs);
+    if (v.size() != out.size()) {
+      return BadList(
+          "vocab",
+          absl::StrCat(v.size(), v.size() == 1 ? " entry" : " entries", " for ",
+                       out.size(), out.size() == 1 ? " model" : " models",
+                       ": give one per --model entry, in the same order (an "
+                       "empty entry keeps the default, e.g. --vocab=,v.txt)"));
+    }
+    for (size_t i = 0; i < v.size(); ++i) out[i].vocab_path = v[i];
+  }
+  return out;
+}
+
+absl::StatusOr<DeviceChoice> ChooseDevice(const std::string& flag) {
+  DeviceChoice choice;
+  if (flag == "cpu") {
+    choice.device = "cpu";
+    choice.why = "--device cpu";
+    return choice;
+  }
+  if (flag != "cuda" && flag != "auto") {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "--device must be cpu, cuda or auto");
+  }
+  const absl::Status cuda = engine::CudaDeviceStatus();
+  if (flag == "cuda") {
+    if (!cuda.ok()) {
+      return FailedPreconditionError(
+          Reason::kInvalidArgument,
+          absl::StrCat("--device cuda: ", cuda.message()));
+    }
+    choice.device = "cuda";
+    choice.why = "--device cuda";
+    return choice;
+  }
+  if (cuda.ok()) {
+    choice.device = "cuda";
+    choice.cpu_fallback = true;
+    choice.why =
+        "--device auto: a CUDA device is present (models the CUDA backend "
+        "cannot run stay on the cpu)";
+  } else {
+    choice.device = "cpu";
+    choice.why = absl::StrCat("--device auto: ", cuda.message());
+  }
+  return choice;
+}
+
+absl::StatusOr<ServedModel> LoadServedModel(const ModelSpec& spec,
+                                            const DeviceChoice& device) {
+  if (!std::filesystem::is_regular_file(spec.path)) {
     return absl::NotFoundError(
-        absl::StrCat("--model ", model_path, ": no such file"));
+        absl::StrCat("--model ", spec.path, ": no such file"));
   }
   ServedModel out;
-  auto model = engine::LoadModel(model_path);
-  if (!model.ok()) return model.status();
+  out.model_id = spec.model_id;
+  out.device = device.device;
+  engine::ModelOptions options;
+  options.device = device.device;
+  auto model = engine::LoadModel(spec.path, options);
+  if (!model.ok() && device.cpu_fallback &&
+      model.status().code() == absl::StatusCode::kFailedPrecondition) {
+    out.device = "cpu";
+    out.note = std::string(model.status().message());
+    options.device = "cpu";
+    model = engine::LoadModel(spec.path, options);
+  }
+  if (!model.ok()) {
+    return absl::Status(
+        model.status().code(),
+        absl::StrCat("--model ", spec.path, ": ", model.status().message()));
+  }
   out.model = *std::move(model);
-  out.model_id = ModelIdFromPath(model_path);
   if (out.model->info().config.vocab_size == 256) {
     out.tokenizer = *engine::MakeByteTokenizer();
     return out;
   }
-  std::string vocab = vocab_path;
+  std::string vocab = spec.vocab_path;
   if (vocab.empty()) {
-    vocab = (std::filesystem::path(model_path).parent_path() /
+    vocab = (std::filesystem::path(spec.path).parent_path() /
              "rwkv_vocab_v20230424.txt")
                 .string();
   }
@@ -44,9 +182,59 @@ absl::StatusOr<ServedModel> LoadServedModel(const std::string& model_path,
   if (!tokenizer.ok()) {
     return absl::Status(
         tokenizer.status().code(),
-        absl::StrCat("--vocab ", vocab, ": ", tokenizer.status().message()));
+        absl::StrCat("--vocab ", vocab, " (model ", spec.model_id,
+                     "): ", tokenizer.status().message()));
   }
   out.tokenizer = *std::move(tokenizer);
+  return out;
+}
+
+void LogServedModel(absl::string_view role, const ServedModel& model,
+                    const ModelSpec& spec) {
+  std::cerr << "statestream " << role << ": model " << model.model_id << ": "
+            << engine::ArchName(model.model->info().config.arch) << ", "
+            << spec.path << " on " << model.device;
+  if (!model.note.empty()) std::cerr << " (" << model.note << ")";
+  std::cerr << "\n";
+}
+
+ServedModels::~ServedModels() {
+  if (set != nullptr) set->Drain();  // commit, release leases
+  set.reset();
+  for (ServedModel& m : models) m.sessions.reset();
+  for (ServedModel& m : models) m.scheduler.reset();
+}
+
+std::vector<worker::Scheduler*> ServedModels::schedulers() const {
+  std::vector<worker::Scheduler*> out;
+  for (const ServedModel& m : models) out.push_back(m.scheduler.get());
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<ServedModels>> StartModels(
+    std::vector<ServedModel> models,
+    const worker::SessionManagerOptions& sessions,
+    const worker::SchedulerOptions& scheduler, StateStore* store) {
+  auto out = std::make_unique<ServedModels>();
+  out->models = std::move(models);
+  std::vector<worker::SessionManager*> managers;
+  for (ServedModel& m : out->models) {
+    m.scheduler = std::make_unique<worker::Scheduler>(m.model.get(), scheduler);
+    worker::SessionManagerOptions options = sessions;
+    options.model_id = m.model_id;
+    auto manager = worker::SessionManager::Create(
+        options, m.model.get(), m.tokenizer.get(), m.scheduler.get(), store);
+    if (!manager.ok()) {
+      return absl::Status(
+          manager.status().code(),
+          absl::StrCat("model ", m.model_id, ": ", manager.status().message()));
+    }
+    m.sessions = *std::move(manager);
+    managers.push_back(m.sessions.get());
+  }
+  auto set = worker::ModelSet::Create(std::move(managers), store);
+  if (!set.ok()) return set.status();
+  out->set = *std::move(set);
   return out;
 }
 

@@ -1,14 +1,22 @@
 // SPDX-License-Identifier: Apache-2.0
-// Loading the model a worker serves, shared by `serve` and `worker`.
+// The models a worker process serves, shared by `serve` and `worker`: the
+// --model/--vocab lists, the --device choice, loading, and one scheduler
+// and session manager per model behind a worker::ModelSet.
 #ifndef STATESTREAM_CLI_MODEL_LOADING_H_
 #define STATESTREAM_CLI_MODEL_LOADING_H_
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "state_store/state_store.h"
 #include "worker/engine/model.h"
 #include "worker/engine/tokenizer.h"
+#include "worker/model_set.h"
+#include "worker/scheduler.h"
+#include "worker/session_manager.h"
 
 namespace statestream::cli {
 
@@ -16,19 +24,80 @@ namespace statestream::cli {
 // outside [A-Za-z0-9._-] replaced by '-', at most 128 bytes.
 std::string ModelIdFromPath(const std::string& path);
 
-struct ServedModel {
-  std::unique_ptr<engine::Model> model;
-  std::unique_ptr<engine::Tokenizer> tokenizer;
+// One entry of --model, with its --vocab entry.
+struct ModelSpec {
   std::string model_id;
+  std::string path;
+  std::string vocab_path;  // empty: beside the model
 };
 
-// Loads the checkpoint at `model_path` and its tokenizer: the byte tokenizer
-// for a 256-token vocabulary, else `vocab_path` (default:
+// Parses --model, a comma-separated list of PATH or ID=PATH entries (ID:
+// 1-128 bytes of [A-Za-z0-9._-]; default ModelIdFromPath), and --vocab,
+// empty or one comma-separated entry per model (an empty entry: the
+// default). The first model is the default one. INVALID_ARGUMENT naming
+// the flag for an empty entry, an id used twice, a bad id, or a --vocab
+// list of another length. An empty --model gives no models.
+absl::StatusOr<std::vector<ModelSpec>> ParseModelList(
+    const std::string& models, const std::string& vocabs);
+
+// Where the engine runs, from --device.
+struct DeviceChoice {
+  std::string device;  // "cpu" or "cuda" (engine::ModelOptions::device)
+  // --device auto chose cuda: a model the CUDA backend cannot run (it runs
+  // x070 only) is loaded on the cpu instead.
+  bool cpu_fallback = false;
+  std::string why;  // for the log: "--device auto: ..."
+};
+
+// --device: "cpu", "cuda" or "auto" (cuda when this build has the CUDA
+// backend and a device is present, else cpu). INVALID_ARGUMENT for another
+// value; FAILED_PRECONDITION for cuda without a usable CUDA device, saying
+// why.
+absl::StatusOr<DeviceChoice> ChooseDevice(const std::string& flag);
+
+// A served model. The scheduler and the session manager are added by
+// StartModels; declared last, they are destroyed first.
+struct ServedModel {
+  std::string model_id;
+  std::unique_ptr<engine::Model> model;
+  std::unique_ptr<engine::Tokenizer> tokenizer;
+  std::string device;  // where it runs: "cpu" or "cuda"
+  std::string note;    // why it runs elsewhere than asked; usually empty
+  std::unique_ptr<worker::Scheduler> scheduler;
+  std::unique_ptr<worker::SessionManager> sessions;
+};
+
+// Loads the checkpoint and its tokenizer: the byte tokenizer for a
+// 256-token vocabulary, else `spec.vocab_path` (default:
 // rwkv_vocab_v20230424.txt beside the model; a tokenizer.json gives the
 // GPT-NeoX tokenizer). NOT_FOUND for a missing file; the loaders' errors
-// otherwise, naming the flag.
-absl::StatusOr<ServedModel> LoadServedModel(const std::string& model_path,
-                                            const std::string& vocab_path);
+// otherwise, naming the flag and the model.
+absl::StatusOr<ServedModel> LoadServedModel(const ModelSpec& spec,
+                                            const DeviceChoice& device);
+
+// One line to stderr: "statestream ROLE: model ID: ARCH, FILE on DEVICE"
+// and, when it runs elsewhere than --device asked, why.
+void LogServedModel(absl::string_view role, const ServedModel& model,
+                    const ModelSpec& spec);
+
+// Every model of a worker process, each with its own scheduler and session
+// manager over the one store. Destruction drains them all (in parallel),
+// then frees managers, schedulers and models, in that order.
+struct ServedModels {
+  std::vector<ServedModel> models;
+  std::unique_ptr<worker::ModelSet> set;
+  ~ServedModels();
+
+  std::vector<worker::Scheduler*> schedulers() const;
+};
+
+// Starts a scheduler (`scheduler` options) and a session manager
+// (`sessions`, with model_id set per model) for each model. `store` must
+// outlive the result. Errors of SessionManager::Create and ModelSet::Create.
+absl::StatusOr<std::unique_ptr<ServedModels>> StartModels(
+    std::vector<ServedModel> models,
+    const worker::SessionManagerOptions& sessions,
+    const worker::SchedulerOptions& scheduler, StateStore* store);
 
 }  // namespace statestream::cli
 

@@ -28,8 +28,7 @@
 #include "worker/engine/weight_writer.h"
 #include "worker/metrics.h"
 #include "worker/metrics_http.h"
-#include "worker/scheduler.h"
-#include "worker/session_manager.h"
+#include "worker/model_set.h"
 #include "worker/worker_service.h"
 
 ABSL_FLAG(std::string, data_dir, "",
@@ -42,9 +41,10 @@ struct ServeOptions {
   ServerOptions server;
   // Embedded store directory; empty: memory only.
   std::string data_dir;
-  // Model weights file; empty: the built-in random demo model.
-  std::string model_path;
-  std::string vocab_path;  // empty: beside the model
+  // The served models, the default first; empty: the built-in random demo
+  // model.
+  std::vector<ModelSpec> models;
+  DeviceChoice device;
   worker::SessionManagerOptions sessions;
   worker::SchedulerOptions scheduler;
   std::string metrics_listen;  // empty: no /metrics
@@ -53,23 +53,19 @@ struct ServeOptions {
 // Everything the services point into, destroyed in reverse order.
 struct Worker {
   std::unique_ptr<worker::WorkerMetrics> metrics;
-  std::unique_ptr<engine::Model> model;
-  std::unique_ptr<engine::Tokenizer> tokenizer;
   std::unique_ptr<StateStore> store;
-  std::unique_ptr<worker::Scheduler> scheduler;
-  std::unique_ptr<worker::SessionManager> sessions;
+  std::unique_ptr<ServedModels> models;  // drains on destruction
   std::unique_ptr<worker::MetricsHttpServer> metrics_http;
   ~Worker() {
     metrics_http.reset();
-    if (sessions) sessions->Drain();  // commit, release leases
-    sessions.reset();
-    scheduler.reset();
+    models.reset();
   }
 };
 
 // A small byte-level RWKV-7 with random weights, generated the same way
 // every time, so `serve` works with no download. Its output is noise.
-absl::StatusOr<std::unique_ptr<engine::Model>> DemoModel() {
+absl::StatusOr<std::unique_ptr<engine::Model>> DemoModel(
+    const std::string& device) {
   engine::RandomModelSpec spec;
   spec.n_layer = 2;
   spec.n_embd = 128;
@@ -83,15 +79,44 @@ absl::StatusOr<std::unique_ptr<engine::Model>> DemoModel() {
   absl::Status written =
       engine::WriteCheckpoint(path, *tensors, engine::DType::kF32);
   if (!written.ok()) return written;
-  auto model = engine::LoadModel(path);
+  engine::ModelOptions options;
+  options.device = device;
+  auto model = engine::LoadModel(path, options);
   std::remove(path.c_str());  // the mapping stays valid
   return model;
 }
 
-// `*manager_out` is set to the session manager (for the drain hook) and
-// `*store_out` to the store (for the readiness probe).
+// The models of --model, or the demo model.
+absl::StatusOr<std::vector<ServedModel>> LoadModels(
+    const ServeOptions& options) {
+  std::vector<ServedModel> out;
+  if (options.models.empty()) {
+    auto model = DemoModel(options.device.device);
+    if (!model.ok()) return model.status();
+    ServedModel demo;
+    demo.model_id = "demo-random-bytes";
+    demo.model = *std::move(model);
+    demo.tokenizer = *engine::MakeByteTokenizer();
+    demo.device = options.device.device;
+    out.push_back(std::move(demo));
+    std::cerr << "statestream serve: no --model: serving the built-in demo "
+                 "model \"demo-random-bytes\" (random weights, byte-level; "
+                 "its output is noise)\n";
+    return out;
+  }
+  for (const ModelSpec& spec : options.models) {
+    auto served = LoadServedModel(spec, options.device);
+    if (!served.ok()) return served.status();
+    LogServedModel("serve", *served, spec);
+    out.push_back(*std::move(served));
+  }
+  return out;
+}
+
+// `*models_out` is set to the models (for the drain hook) and `*store_out`
+// to the store (for the readiness probe).
 absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
-                                 worker::SessionManager** manager_out,
+                                 worker::ModelSet** models_out,
                                  StateStore** store_out) {
   if (!options.data_dir.empty()) {
     std::error_code error;
@@ -103,23 +128,8 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
     }
   }
   auto w = std::make_shared<Worker>();
-  worker::SessionManagerOptions sessions = options.sessions;
-  if (options.model_path.empty()) {
-    auto model = DemoModel();
-    if (!model.ok()) return model.status();
-    w->model = *std::move(model);
-    w->tokenizer = *engine::MakeByteTokenizer();
-    sessions.model_id = "demo-random-bytes";
-    std::cerr << "statestream serve: no --model: serving the built-in demo "
-                 "model \"demo-random-bytes\" (random weights, byte-level; "
-                 "its output is noise)\n";
-  } else {
-    auto served = LoadServedModel(options.model_path, options.vocab_path);
-    if (!served.ok()) return served.status();
-    w->model = std::move(served->model);
-    w->tokenizer = std::move(served->tokenizer);
-    sessions.model_id = served->model_id;
-  }
+  auto models = LoadModels(options);
+  if (!models.ok()) return models.status();
   absl::StatusOr<std::unique_ptr<StateStore>> store;
   if (options.data_dir.empty()) {
     store = NewMemoryStateStore(MemoryStateStoreOptions{});
@@ -136,20 +146,20 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
       options.data_dir.empty() ? "memory" : "sqlite");
   worker::WorkerMetrics* metrics = w->metrics.get();
   worker::SchedulerOptions scheduler = options.scheduler;
+  worker::SessionManagerOptions sessions = options.sessions;
   sessions.owner = absl::StrCat("serve-", getpid());
   AttachWorkerMetrics(metrics, &scheduler, &sessions);
-  w->scheduler = std::make_unique<worker::Scheduler>(w->model.get(), scheduler);
-  auto manager = worker::SessionManager::Create(
-      sessions, w->model.get(), w->tokenizer.get(), w->scheduler.get(),
-      w->store.get());
-  if (!manager.ok()) return manager.status();
-  w->sessions = *std::move(manager);
-  *manager_out = w->sessions.get();
-  auto http = ServeWorkerMetrics(metrics, w->sessions.get(), w->scheduler.get(),
-                                 options.metrics_listen);
+  auto started =
+      StartModels(*std::move(models), sessions, scheduler, w->store.get());
+  if (!started.ok()) return started.status();
+  w->models = *std::move(started);
+  *models_out = w->models->set.get();
+  auto http =
+      ServeWorkerMetrics(metrics, w->models->set.get(), w->models->schedulers(),
+                         options.metrics_listen);
   if (!http.ok()) return http.status();
   w->metrics_http = *std::move(http);
-  ServiceSet set = worker::PublicApiServices(w->sessions.get());
+  ServiceSet set = worker::PublicApiServices(w->models->set.get());
   set.Own(std::move(w));
   return set;
 }
@@ -163,8 +173,20 @@ int Run(const std::vector<std::string>& args) {
   ServeOptions options;
   options.server = ServerOptionsFromFlags();
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
-  options.model_path = ModelFlagValue();
-  options.vocab_path = VocabFlagValue();
+  auto models = ParseModelList(ModelFlagValue(), VocabFlagValue());
+  if (!models.ok()) {
+    std::cerr << "statestream serve: " << models.status().message() << "\n";
+    return kExitUsage;
+  }
+  options.models = *std::move(models);
+  auto device = ChooseDevice(DeviceFlagValue());
+  if (!device.ok()) {
+    std::cerr << "statestream serve: " << device.status().message() << "\n";
+    return kExitUsage;
+  }
+  options.device = *std::move(device);
+  std::cerr << "statestream serve: device " << options.device.device << " ("
+            << options.device.why << ")\n";
   ApplyWorkerFlags(&options.sessions, &options.scheduler);
   options.metrics_listen = MetricsListenFromFlag();
   // `serve` has no API keys: say so once, loudly.
@@ -176,17 +198,17 @@ int Run(const std::vector<std::string>& args) {
   // On SIGTERM, before gRPC drains: stop admitting (UNAVAILABLE with a
   // retry hint), end running generations gracefully (committed, finish
   // reason CANCELLED), commit dirty sessions, release every lease.
-  worker::SessionManager* manager = nullptr;
+  worker::ModelSet* models_set = nullptr;
   StateStore* store = nullptr;
   ServerHooks hooks;
-  hooks.draining = [&manager] {
-    if (manager != nullptr) manager->Drain();
+  hooks.draining = [&models_set] {
+    if (models_set != nullptr) models_set->Drain();
   };
   // Ready while the embedded store answers (a SQLite file can fail).
   hooks.ready = [&store] { return store != nullptr && store->Ping().ok(); };
   return RunServer(
       "serve", options.server, ShutdownGraceFromFlag(),
-      [&] { return Build(options, &manager, &store); }, hooks);
+      [&] { return Build(options, &models_set, &store); }, hooks);
 }
 
 }  // namespace
@@ -199,11 +221,15 @@ const Command& ServeCommand() {
       "Serves the statestream.v1 API, grpc.health.v1 and server reflection\n"
       "from one process holding the model and an embedded state store.\n"
       "Without --model it serves a small built-in demo model with random\n"
-      "weights (byte-level; its output is noise). --vocab defaults to\n"
-      "rwkv_vocab_v20230424.txt beside --model (byte-level models need none).\n"
-      "Stops cleanly on SIGINT or SIGTERM.",
+      "weights (byte-level; its output is noise). Several models, of any\n"
+      "architectures, are served side by side with\n"
+      "  --model a.safetensors,chat=/m/b.pth [--vocab ,/m/vocab.txt]\n"
+      "(ids \"a\" and \"chat\"; the first is the default model; --vocab\n"
+      "entries pair with --model entries, and an empty one, or no --vocab,\n"
+      "means rwkv_vocab_v20230424.txt beside the model; byte-level models\n"
+      "need none). Stops cleanly on SIGINT or SIGTERM.",
       {__FILE__, kServerFlagsFile, kTlsFlagsFile, kMetricsFlagsFile,
-       kModelFlagFile, kVocabFlagFile, kWorkerFlagsFile},
+       kModelFlagFile, kVocabFlagFile, kDeviceFlagFile, kWorkerFlagsFile},
       &Run};
   return kCommand;
 }

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// Flags shared by several client commands: --tokens (model eval,
-// detokenize) and --vocab (tokenize, detokenize: a vocab file or "bytes";
-// model random: the vocabulary size).
+// Flags shared by several commands: --tokens (model eval, detokenize) and
+// --vocab (tokenize, detokenize: a vocab file or "bytes"; model random: the
+// vocabulary size; serve, worker: one vocab file per --model entry).
 #include "absl/flags/flag.h"
 #include "cli/cli_util.h"
 
@@ -10,7 +10,10 @@ ABSL_FLAG(std::string, tokens, "", "Comma-separated token ids, e.g. 1,2,3.");
 ABSL_FLAG(std::string, vocab, "",
           "tokenize/detokenize: World vocabulary file "
           "(rwkv_vocab_v20230424.txt) or 'bytes' (token = byte); "
-          "model random: the vocabulary size.");
+          "model random: the vocabulary size; serve/worker: the tokenizer "
+          "of each --model entry, comma-separated in the same order (an "
+          "empty entry or flag: rwkv_vocab_v20230424.txt beside the model; "
+          "byte-level models need none).");
 
 namespace statestream::cli {
 

@@ -27,8 +27,7 @@
 #include "common/malloc_tuning.h"
 #include "services/worker_registration.h"
 #include "state_store/redis_state_store.h"
-#include "worker/scheduler.h"
-#include "worker/session_manager.h"
+#include "worker/model_set.h"
 #include "worker/worker_service.h"
 
 ABSL_FLAG(std::string, worker_id, "",
@@ -54,8 +53,8 @@ struct WorkerOptions {
   std::string worker_id;
   std::string advertise;
   absl::Duration heartbeat_interval;
-  std::string model_path;
-  std::string vocab_path;  // empty: beside the model
+  std::vector<ModelSpec> models;  // the default first
+  DeviceChoice device;
   worker::SessionManagerOptions sessions;
   worker::SchedulerOptions scheduler;
   std::string metrics_listen;  // empty: no /metrics
@@ -64,33 +63,27 @@ struct WorkerOptions {
 // Everything the services point into, destroyed in reverse order.
 struct Worker {
   std::unique_ptr<worker::WorkerMetrics> metrics;
-  std::unique_ptr<engine::Model> model;
-  std::unique_ptr<engine::Tokenizer> tokenizer;
   std::unique_ptr<StateStore> store;
-  std::unique_ptr<worker::Scheduler> scheduler;
-  std::unique_ptr<worker::SessionManager> sessions;
+  std::unique_ptr<ServedModels> models;  // drains on destruction
   std::unique_ptr<WorkerRegistration> registration;
   std::unique_ptr<worker::MetricsHttpServer> metrics_http;
   ~Worker() {
     metrics_http.reset();
     if (registration) registration->Stop();
-    if (sessions) sessions->Drain();  // commit, release leases
-    sessions.reset();
-    scheduler.reset();
+    models.reset();
   }
 };
 
-absl::Status Load(const WorkerOptions& options, Worker* w,
-                  worker::SessionManagerOptions* sessions) {
-  if (options.model_path.empty()) {
-    return absl::InvalidArgumentError("--model is required");
+absl::StatusOr<std::vector<ServedModel>> LoadModels(
+    const WorkerOptions& options) {
+  std::vector<ServedModel> out;
+  for (const ModelSpec& spec : options.models) {
+    auto served = LoadServedModel(spec, options.device);
+    if (!served.ok()) return served.status();
+    LogServedModel("worker", *served, spec);
+    out.push_back(*std::move(served));
   }
-  auto served = LoadServedModel(options.model_path, options.vocab_path);
-  if (!served.ok()) return served.status();
-  w->model = std::move(served->model);
-  w->tokenizer = std::move(served->tokenizer);
-  sessions->model_id = served->model_id;
-  return absl::OkStatus();
+  return out;
 }
 
 int Run(const std::vector<std::string>& args) {
@@ -114,8 +107,23 @@ int Run(const std::vector<std::string>& args) {
   }
   options.advertise = absl::GetFlag(FLAGS_advertise);
   options.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
-  options.model_path = ModelFlagValue();
-  options.vocab_path = VocabFlagValue();
+  auto models = ParseModelList(ModelFlagValue(), VocabFlagValue());
+  if (!models.ok() || models->empty()) {
+    std::cerr << "statestream worker: "
+              << (models.ok() ? "--model is required"
+                              : models.status().message())
+              << "\n";
+    return kExitUsage;
+  }
+  options.models = *std::move(models);
+  auto device = ChooseDevice(DeviceFlagValue());
+  if (!device.ok()) {
+    std::cerr << "statestream worker: " << device.status().message() << "\n";
+    return kExitUsage;
+  }
+  options.device = *std::move(device);
+  std::cerr << "statestream worker: device " << options.device.device << " ("
+            << options.device.why << ")\n";
   options.sessions.owner = options.worker_id;
   options.sessions.lease_ttl = absl::GetFlag(FLAGS_lease_ttl);
   ApplyWorkerFlags(&options.sessions, &options.scheduler);
@@ -137,27 +145,25 @@ int Run(const std::vector<std::string>& args) {
   std::shared_ptr<Worker> kept;
   auto build = [&]() -> absl::StatusOr<ServiceSet> {
     auto w = std::make_shared<Worker>();
-    worker::SessionManagerOptions sessions = options.sessions;
-    absl::Status loaded = Load(options, w.get(), &sessions);
-    if (!loaded.ok()) return loaded;
+    auto models = LoadModels(options);
+    if (!models.ok()) return models.status();
     auto store = NewRedisStateStore(options.redis);
     if (!store.ok()) return store.status();
     w->store = *std::move(store);
     w->metrics = std::make_unique<worker::WorkerMetrics>("redis");
+    worker::SessionManagerOptions sessions = options.sessions;
     worker::SchedulerOptions scheduler = options.scheduler;
     AttachWorkerMetrics(w->metrics.get(), &scheduler, &sessions);
-    w->scheduler =
-        std::make_unique<worker::Scheduler>(w->model.get(), scheduler);
-    auto manager = worker::SessionManager::Create(
-        sessions, w->model.get(), w->tokenizer.get(), w->scheduler.get(),
-        w->store.get());
-    if (!manager.ok()) return manager.status();
-    w->sessions = *std::move(manager);
-    auto http = ServeWorkerMetrics(w->metrics.get(), w->sessions.get(),
-                                   w->scheduler.get(), options.metrics_listen);
+    auto started =
+        StartModels(*std::move(models), sessions, scheduler, w->store.get());
+    if (!started.ok()) return started.status();
+    w->models = *std::move(started);
+    auto http =
+        ServeWorkerMetrics(w->metrics.get(), w->models->set.get(),
+                           w->models->schedulers(), options.metrics_listen);
     if (!http.ok()) return http.status();
     w->metrics_http = *std::move(http);
-    ServiceSet set = worker::PublicApiServices(w->sessions.get());
+    ServiceSet set = worker::PublicApiServices(w->models->set.get());
     set.Own(w);
     kept = w;
     return set;
@@ -167,11 +173,12 @@ int Run(const std::vector<std::string>& args) {
     WorkerRegistrationOptions reg;
     reg.info.worker_id = options.worker_id;
     reg.info.address = options.advertise.empty() ? address : options.advertise;
-    reg.info.model_fingerprints = {kept->sessions->fingerprint()};
+    // Every model: gateways route sessions of any of them here.
+    reg.info.model_fingerprints = kept->models->set->fingerprints();
     reg.heartbeat_interval = options.heartbeat_interval;
-    worker::SessionManager* manager = kept->sessions.get();
-    reg.load_fn = [manager] {
-      return static_cast<double>(manager->stats().resident);
+    const worker::ModelSet* models = kept->models->set.get();
+    reg.load_fn = [models] {
+      return static_cast<double>(models->stats().resident);
     };
     auto registration = WorkerRegistration::Start(kept->store.get(), reg);
     if (!registration.ok()) return registration.status();
@@ -200,14 +207,18 @@ const Command& WorkerCommand() {
   static const Command kCommand{
       "worker",
       "Run a worker that serves sessions and checkpoints them to Redis.",
-      "--redis HOST:PORT[,...] --model PATH [flags]\n\n"
+      "--redis HOST:PORT[,...] --model [ID=]PATH[,...] [flags]\n\n"
       "Serves the statestream.v1 API (as forwarded by gateways),\n"
       "grpc.health.v1 and server reflection over a Redis state store, and\n"
-      "registers itself (address, model fingerprint, load) in the Redis\n"
+      "registers itself (address, model fingerprints, load) in the Redis\n"
       "worker registry with a heartbeat; leaves it on SIGINT/SIGTERM, then\n"
-      "finishes calls in flight, commits and releases its sessions.",
+      "finishes calls in flight, commits and releases its sessions.\n"
+      "Several models (comma-separated --model, optional ID= names, the\n"
+      "first the default; --vocab entries pair with them) are served side\n"
+      "by side, each with its own scheduler.",
       {__FILE__, kServerFlagsFile, kTlsFlagsFile, kRedisFlagsFile,
-       kModelFlagFile, kVocabFlagFile, kWorkerFlagsFile, kMetricsFlagsFile},
+       kModelFlagFile, kVocabFlagFile, kDeviceFlagFile, kWorkerFlagsFile,
+       kMetricsFlagsFile},
       &Run};
   return kCommand;
 }

@@ -18,15 +18,17 @@ void AttachWorkerMetrics(worker::WorkerMetrics* metrics,
 }
 
 absl::StatusOr<std::unique_ptr<worker::MetricsHttpServer>> ServeWorkerMetrics(
-    worker::WorkerMetrics* metrics, worker::SessionManager* manager,
-    worker::Scheduler* scheduler, const std::string& listen) {
-  metrics->SetGaugeSource([manager, scheduler] {
-    const worker::SessionManager::Stats s = manager->stats();
+    worker::WorkerMetrics* metrics, const worker::ModelSet* models,
+    std::vector<worker::Scheduler*> schedulers, const std::string& listen) {
+  metrics->SetGaugeSource([models, schedulers] {
+    const worker::SessionManager::Stats s = models->stats();
     worker::WorkerMetrics::Gauges g;
     g.sessions_resident = s.resident;
     g.sessions_active = s.active;
     g.resident_bytes = s.resident_bytes;
-    g.scheduler_tasks = scheduler->stats().active_tasks;
+    for (worker::Scheduler* scheduler : schedulers) {
+      g.scheduler_tasks += scheduler->stats().active_tasks;
+    }
     return g;
   });
   if (listen.empty()) return nullptr;

@@ -6,10 +6,12 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "worker/metrics.h"
 #include "worker/metrics_http.h"
+#include "worker/model_set.h"
 #include "worker/scheduler.h"
 #include "worker/session_manager.h"
 
@@ -21,13 +23,14 @@ void AttachWorkerMetrics(worker::WorkerMetrics* metrics,
                          worker::SchedulerOptions* scheduler,
                          worker::SessionManagerOptions* sessions);
 
-// After: reads the residency gauges from `manager` and `scheduler`, and,
-// unless `listen` is empty, serves `/metrics` there and prints
-// "metrics on HOST:PORT" (before the server's "listening on" line).
-// Returns the endpoint (nullptr when `listen` is empty).
+// After: reads the residency gauges from `models` and `schedulers` (summed
+// over the served models), and, unless `listen` is empty, serves
+// `/metrics` there and prints "metrics on HOST:PORT" (before the server's
+// "listening on" line). Returns the endpoint (nullptr when `listen` is
+// empty). `models` and `schedulers` must outlive `metrics`' renders.
 absl::StatusOr<std::unique_ptr<worker::MetricsHttpServer>> ServeWorkerMetrics(
-    worker::WorkerMetrics* metrics, worker::SessionManager* manager,
-    worker::Scheduler* scheduler, const std::string& listen);
+    worker::WorkerMetrics* metrics, const worker::ModelSet* models,
+    std::vector<worker::Scheduler*> schedulers, const std::string& listen);
 
 }  // namespace statestream::cli
 

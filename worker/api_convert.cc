@@ -6,6 +6,7 @@
 #include <grpcpp/server_context.h>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "worker/engine/utf8.h"
@@ -158,7 +159,8 @@ void ModelToProto(const SessionManager& m, v1::Model* out) {
   out->set_tokenizer(m.tokenizer().name() == "rwkv_world"
                          ? "rwkv_vocab_v20230424"
                          : std::string(m.tokenizer().name()));
-  out->add_backends(v1::BACKEND_CPU);
+  out->add_backends(absl::StartsWith(info.kernels, "cuda") ? v1::BACKEND_CUDA
+                                                           : v1::BACKEND_CPU);
   out->set_weights_dtype(m.options().weights_dtype);
   out->set_workers(1);
 }

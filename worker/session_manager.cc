@@ -1851,4 +1851,10 @@ SessionManager::Stats SessionManager::stats() const {
   return s;
 }
 
+bool SessionManager::IsResident(const std::string& tenant,
+                                const std::string& session_id) const {
+  absl::MutexLock lock(&impl_->mu_);
+  return impl_->resident_.contains(Impl::MapKey({tenant, session_id}));
+}
+
 }  // namespace statestream::worker

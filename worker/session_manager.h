@@ -307,6 +307,11 @@ class SessionManager {
   };
   Stats stats() const;
 
+  // Whether the session is resident here (no store I/O): a worker serving
+  // several models routes the session's calls to this manager.
+  bool IsResident(const std::string& tenant,
+                  const std::string& session_id) const;
+
   class Impl;
 
  private:

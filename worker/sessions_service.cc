@@ -1,26 +1,26 @@
 // SPDX-License-Identifier: Apache-2.0
-// statestream.v1.Sessions over the SessionManager. Unary calls run on a
-// small pool of this service's own (they block on store I/O); ExportState
-// and ImportState stream state blobs in chunks of at most 1 MiB, and load or
-// commit the state on the same pool.
+// statestream.v1.Sessions over the session managers of the worker's models
+// (ModelSet routes each call). Unary calls run on a small pool of this
+// service's own (they block on store I/O); ExportState and ImportState
+// stream state blobs in chunks of at most 1 MiB, and load or commit the
+// state on the same pool.
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
-#include <deque>
 #include <functional>
-#include <thread>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "absl/strings/str_join.h"
 #include "common/crc32c.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "state_store/state_codec.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 #include "worker/api_convert.h"
+#include "worker/executor.h"
+#include "worker/model_set.h"
 #include "worker/worker_service.h"
 
 namespace statestream::worker {
@@ -40,56 +40,13 @@ absl::Status Corrupt(absl::string_view detail) {
                    {{"detail", std::string(detail)}});
 }
 
-// A few threads for the calls that do store I/O (the unary calls, export
-// and import): gRPC's callback threads must not block on it. Runs closures in
-// FIFO order; the destructor runs what is queued, then joins.
-class Executor {
- public:
-  explicit Executor(int threads) {
-    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
-  }
-  ~Executor() {
-    {
-      absl::MutexLock lock(&mu_);
-      stop_ = true;
-    }
-    for (auto& t : threads_) t.join();
-  }
-  void Post(std::function<void()> fn) {
-    absl::MutexLock lock(&mu_);
-    queue_.push_back(std::move(fn));
-  }
-
- private:
-  void Loop() {
-    for (;;) {
-      std::function<void()> fn;
-      {
-        absl::MutexLock lock(&mu_);
-        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return stop_ || !queue_.empty();
-        };
-        mu_.Await(absl::Condition(&ready));
-        if (queue_.empty()) return;
-        fn = std::move(queue_.front());
-        queue_.pop_front();
-      }
-      fn();
-    }
-  }
-  absl::Mutex mu_;
-  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<std::thread> threads_;
-};
-
 // Loads the version on the pool, then streams the header and the chunks.
 // Until Finish, gRPC keeps the reactor alive (also after a cancel), so the
 // pool's closure may use it.
 class ExportReactor final
     : public grpc::ServerWriteReactor<v1::ExportStateResponse> {
  public:
-  ExportReactor(SessionManager* m, Executor* pool,
+  ExportReactor(ModelSet* models, Executor* pool,
                 grpc::CallbackServerContext* ctx,
                 const v1::ExportStateRequest* req) {
     absl::StatusOr<std::string> tenant = TenantOf(*ctx);
@@ -99,14 +56,15 @@ class ExportReactor final
       Finish(ToGrpcStatus(st));
       return;
     }
-    pool->Post(
-        [this, m, tenant = *std::move(tenant), session_id = req->session_id(),
-         version = req->version()] { Load(m, tenant, session_id, version); });
+    pool->Post([this, models, tenant = *std::move(tenant),
+                session_id = req->session_id(), version = req->version()] {
+      Load(models->ForSession(tenant, session_id), tenant, session_id, version);
+    });
   }
 
-  void Load(SessionManager* m, const std::string& tenant,
+  void Load(SessionManager& m, const std::string& tenant,
             const std::string& session_id, uint64_t version) {
-    absl::StatusOr<ExportedState> e = m->Export(tenant, session_id, version);
+    absl::StatusOr<ExportedState> e = m.Export(tenant, session_id, version);
     if (!e.ok()) {
       Finish(ToGrpcStatus(e.status()));
       return;
@@ -114,9 +72,9 @@ class ExportReactor final
     blob_ = std::move(e->blob);
     auto* h = msg_.mutable_header();
     h->set_format_version(1);
-    h->set_model_id(m->options().model_id);
-    h->set_model_fingerprint(m->fingerprint());
-    h->set_architecture(engine::ArchName(m->model().info().config.arch));
+    h->set_model_id(m.options().model_id);
+    h->set_model_fingerprint(m.fingerprint());
+    h->set_architecture(engine::ArchName(m.model().info().config.arch));
     h->set_session_id(e->session_id);
     h->set_version(e->version);
     h->set_position(e->position);
@@ -157,9 +115,9 @@ class ExportReactor final
 class ImportReactor final
     : public grpc::ServerReadReactor<v1::ImportStateRequest> {
  public:
-  ImportReactor(SessionManager* m, Executor* pool,
+  ImportReactor(ModelSet* models, Executor* pool,
                 grpc::CallbackServerContext* ctx, v1::Session* out)
-      : m_(m), pool_(pool), out_(out) {
+      : models_(models), pool_(pool), out_(out) {
     absl::StatusOr<std::string> tenant = TenantOf(*ctx);
     if (!tenant.ok()) {
       Finish(ToGrpcStatus(tenant.status()));
@@ -194,11 +152,15 @@ class ImportReactor final
         SS_RETURN_IF_ERROR(CheckSessionId(header_.session_id(), "session_id"));
       }
       const v1::StateHeader& s = header_.state();
-      if (s.model_fingerprint() != m_->fingerprint()) {
+      // The state's model decides which manager imports it; into a session
+      // of another model, that manager answers MODEL_MISMATCH.
+      m_ = models_->ForFingerprint(s.model_fingerprint());
+      if (m_ == nullptr) {
         return MakeError(absl::StatusCode::kFailedPrecondition,
                          Reason::kModelMismatch,
                          "no served model has the state's fingerprint",
-                         {{"expected_fingerprint", m_->fingerprint()},
+                         {{"expected_fingerprint",
+                           absl::StrJoin(models_->fingerprints(), ",")},
                           {"actual_fingerprint", s.model_fingerprint()}});
       }
       const engine::ModelInfo& info = m_->model().info();
@@ -273,7 +235,8 @@ class ImportReactor final
     Finish(ToGrpcStatus(st));
   }
 
-  SessionManager* m_;
+  ModelSet* const models_;
+  SessionManager* m_ = nullptr;  // the state's model, once the header is read
   Executor* pool_;
   v1::Session* out_;
   std::string tenant_;
@@ -286,7 +249,7 @@ class ImportReactor final
 
 class SessionsService final : public v1::Sessions::CallbackService {
  public:
-  explicit SessionsService(SessionManager* m) : m_(m), pool_(4) {}
+  explicit SessionsService(ModelSet* models) : models_(models), pool_(4) {}
 
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* ctx,
                                           const v1::CreateSessionRequest* req,
@@ -315,7 +278,14 @@ class SessionsService final : public v1::Sessions::CallbackService {
         p.fork_from.emplace(req->fork_from().session_id(),
                             req->fork_from().version());
       }
-      auto v = m_->CreateSession(tenant, p);
+      // The model: as named; else a fork's source's; else the default.
+      SessionManager* m = nullptr;
+      if (p.model_id.empty() && p.fork_from) {
+        m = &models_->ForSession(tenant, p.fork_from->first);
+      } else {
+        SS_ASSIGN_OR_RETURN(m, models_->ForModel(p.model_id));
+      }
+      auto v = m->CreateSession(tenant, p);
       if (v.ok()) SessionToProto(*v, out);
       return v.status();
     });
@@ -330,7 +300,8 @@ class SessionsService final : public v1::Sessions::CallbackService {
           !st.ok()) {
         return st;
       }
-      auto v = m_->GetSession(tenant, req->session_id());
+      auto v = models_->ForSession(tenant, req->session_id())
+                   .GetSession(tenant, req->session_id());
       if (v.ok()) SessionToProto(*v, out);
       return v.status();
     });
@@ -341,7 +312,8 @@ class SessionsService final : public v1::Sessions::CallbackService {
       v1::ListSessionsResponse* out) override {
     return Offload(ctx, [this, ctx, req, out]() -> absl::Status {
       SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx));
-      auto page = m_->ListSessions(
+      // Every manager lists the shared store, sessions of all models.
+      auto page = models_->default_manager().ListSessions(
           tenant, static_cast<int>(std::min<uint32_t>(req->page_size(), 1000)),
           req->page_token(),
           {req->label_selector().begin(), req->label_selector().end()},
@@ -384,7 +356,8 @@ class SessionsService final : public v1::Sessions::CallbackService {
         }
       }
       if (!st.ok()) return st;
-      auto v = m_->UpdateSession(tenant, req->session_id(), u);
+      auto v = models_->ForSession(tenant, req->session_id())
+                   .UpdateSession(tenant, req->session_id(), u);
       if (v.ok()) SessionToProto(*v, out);
       return v.status();
     });
@@ -398,7 +371,9 @@ class SessionsService final : public v1::Sessions::CallbackService {
       absl::Status st = CheckRequestId(req->request_id());
       if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
       if (st.ok()) {
-        st = m_->DeleteSession(tenant, req->session_id(), req->allow_missing());
+        st =
+            models_->ForSession(tenant, req->session_id())
+                .DeleteSession(tenant, req->session_id(), req->allow_missing());
       }
       return st;
     });
@@ -413,9 +388,10 @@ class SessionsService final : public v1::Sessions::CallbackService {
           !st.ok()) {
         return st;
       }
-      auto head = m_->GetSession(tenant, req->session_id());
+      SessionManager& m = models_->ForSession(tenant, req->session_id());
+      auto head = m.GetSession(tenant, req->session_id());
       if (!head.ok()) return head.status();
-      auto versions = m_->ListVersions(tenant, req->session_id());
+      auto versions = m.ListVersions(tenant, req->session_id());
       if (!versions.ok()) return versions.status();
       // Page token: the version to start below (newest first).
       uint64_t below = UINT64_MAX;
@@ -451,8 +427,9 @@ class SessionsService final : public v1::Sessions::CallbackService {
       if (!st.ok()) return st;
       std::optional<uint64_t> expected;
       if (req->has_expected_version()) expected = req->expected_version();
-      auto v = m_->Rollback(tenant, req->session_id(), req->version(), expected,
-                            DurabilityFromProto(req->durability()));
+      auto v = models_->ForSession(tenant, req->session_id())
+                   .Rollback(tenant, req->session_id(), req->version(),
+                             expected, DurabilityFromProto(req->durability()));
       if (v.ok()) SessionToProto(*v, out);
       return v.status();
     });
@@ -461,12 +438,12 @@ class SessionsService final : public v1::Sessions::CallbackService {
   grpc::ServerWriteReactor<v1::ExportStateResponse>* ExportState(
       grpc::CallbackServerContext* ctx,
       const v1::ExportStateRequest* req) override {
-    return new ExportReactor(m_, &pool_, ctx, req);
+    return new ExportReactor(models_, &pool_, ctx, req);
   }
 
   grpc::ServerReadReactor<v1::ImportStateRequest>* ImportState(
       grpc::CallbackServerContext* ctx, v1::Session* out) override {
-    return new ImportReactor(m_, &pool_, ctx, out);
+    return new ImportReactor(models_, &pool_, ctx, out);
   }
 
  private:
@@ -476,20 +453,21 @@ class SessionsService final : public v1::Sessions::CallbackService {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
     pool_.Post([this, reactor, fn = std::move(fn)] {
       const absl::Status st = fn();
-      CountError(*m_, st);
+      // The managers share one WorkerMetrics (or none).
+      CountError(models_->default_manager(), st);
       reactor->Finish(ToGrpcStatus(st));
     });
     return reactor;
   }
 
-  SessionManager* m_;
+  ModelSet* const models_;
   Executor pool_;
 };
 
 }  // namespace
 
-std::unique_ptr<grpc::Service> NewSessionsService(SessionManager* manager) {
-  return std::make_unique<SessionsService>(manager);
+std::unique_ptr<grpc::Service> NewSessionsService(ModelSet* models) {
+  return std::make_unique<SessionsService>(models);
 }
 
 }  // namespace statestream::worker

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
-// statestream.v1.Streams over the SessionManager. The reactors never call
-// the engine: they hand requests to the manager and write what its
-// callbacks (manager or scheduler threads) deliver. Each reactor keeps one
-// write in flight and queues the rest; it finishes only once no manager
-// callback is outstanding, so OnDone (which deletes it) comes last.
+// statestream.v1.Streams over the session managers of the worker's models
+// (ModelSet routes each call to the manager of its session's model). The
+// reactors never call the engine: they hand requests to the manager and
+// write what its callbacks (manager or scheduler threads) deliver. Each
+// reactor keeps one write in flight and queues the rest; it finishes only
+// once no routing or manager callback is outstanding, so OnDone (which
+// deletes it) comes last.
 #include <grpcpp/grpcpp.h>
 
 #include <deque>
@@ -17,6 +19,7 @@
 #include "common/status.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 #include "worker/api_convert.h"
+#include "worker/model_set.h"
 #include "worker/worker_service.h"
 
 namespace statestream::worker {
@@ -74,8 +77,8 @@ class AppendReactor final
   using ThisReactor = AppendReactor;
 
  public:
-  AppendReactor(SessionManager* m, grpc::CallbackServerContext* ctx)
-      : m_(m), link_(std::make_shared<Link<AppendReactor>>()) {
+  AppendReactor(ModelSet* models, grpc::CallbackServerContext* ctx)
+      : models_(models), link_(std::make_shared<Link<AppendReactor>>()) {
     {
       absl::MutexLock lock(&link_->mu);
       link_->reactor = this;
@@ -145,6 +148,8 @@ class AppendReactor final
     if (writer_ == nullptr) {
       SS_RETURN_IF_ERROR(CheckSessionId(r.session_id(), "session_id"));
       session_id_ = r.session_id();
+      // Blocks like OpenWriter below (which may load the session).
+      m_ = &models_->ForSession(tenant_, session_id_);
       std::weak_ptr<Link<AppendReactor>> weak = link_;
       SS_ASSIGN_OR_RETURN(writer_, m_->OpenWriter(tenant_, session_id_, [weak] {
         auto link = weak.lock();
@@ -223,11 +228,13 @@ class AppendReactor final
   void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (!finish_ || finished_ || writing_ || op_pending_) return;
     finished_ = true;
-    CountError(*m_, *finish_);
+    CountError(models_->default_manager(), *finish_);
     finish_now_ = ToGrpcStatus(*finish_);
   }
 
-  SessionManager* const m_;
+  ModelSet* const models_;
+  // The session's model's manager; set with writer_ (the read path).
+  SessionManager* m_ = nullptr;
   std::shared_ptr<Link<AppendReactor>> link_;
   std::string tenant_, session_id_;
   v1::AppendRequest req_;  // one read at a time
@@ -252,12 +259,13 @@ class GenerateReactor final
   using ThisReactor = GenerateReactor;
 
  public:
-  GenerateReactor(SessionManager* m, grpc::CallbackServerContext* ctx,
+  GenerateReactor(ModelSet* models, grpc::CallbackServerContext* ctx,
                   const v1::GenerateRequest* req)
-      : m_(m) {
-    absl::Status st = Start(m, ctx, *req);
+      : models_(models) {
+    absl::Status st = Start(ctx, *req);
     if (!st.ok()) {
       Locked<ThisReactor> lock(this);
+      routed_ = true;
       job_done_ = true;
       SetFinishLocked(st);
     }
@@ -283,14 +291,14 @@ class GenerateReactor final
 
   void OnCancel() override {
     Locked<ThisReactor> lock(this);
-    if (job_) job_->Cancel();
+    if (job_) job_->Cancel();  // else Run() sees finish_
     SetFinishLocked(absl::CancelledError("the client went away"));
   }
 
   void OnDone() override { delete this; }
 
  private:
-  absl::Status Start(SessionManager* m, grpc::CallbackServerContext* ctx,
+  absl::Status Start(grpc::CallbackServerContext* ctx,
                      const v1::GenerateRequest& r) {
     SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx));
     SS_RETURN_IF_ERROR(CheckSessionId(r.session_id(), "session_id"));
@@ -373,13 +381,34 @@ class GenerateReactor final
           absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
     }
     in.content_digest = ContentDigest(r);
-    auto job = m->Generate(
-        tenant, r.session_id(), std::move(in),
+    models_->ForSessionAsync(tenant, r.session_id(),
+                             [this, tenant, session_id = r.session_id(),
+                              in = std::move(in)](SessionManager& m) mutable {
+                               Run(m, tenant, session_id, std::move(in));
+                             });
+    return absl::OkStatus();
+  }
+
+  // Once routed (maybe on another thread, after the constructor).
+  void Run(SessionManager& m, const std::string& tenant,
+           const std::string& session_id, GenerateInput in) {
+    {
+      Locked<ThisReactor> lock(this);
+      if (finish_) {  // the client left while the session was looked up
+        routed_ = job_done_ = true;
+        MaybeFinishLocked();
+        return;
+      }
+    }
+    auto job = m.Generate(
+        tenant, session_id, std::move(in),
         [this](const GeneratedPiece& p) { OnToken(p); },
         [this](absl::StatusOr<GenerateOutcome> o) { OnOutcome(std::move(o)); });
     Locked<ThisReactor> lock(this);
     job_ = std::move(job);
-    return absl::OkStatus();
+    routed_ = true;
+    if (finish_ && !finish_->ok()) job_->Cancel();
+    MaybeFinishLocked();
   }
 
   void OnToken(const GeneratedPiece& p) {
@@ -467,15 +496,17 @@ class GenerateReactor final
   }
   void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     // OK finishes after every queued write; errors drop what is queued.
-    if (!finish_ || finished_ || writing_ || !job_done_) return;
+    if (!finish_ || finished_ || writing_ || !routed_ || !job_done_) return;
     if (finish_->ok() && !writes_.empty()) return;
     finished_ = true;
-    CountError(*m_, *finish_);
+    CountError(models_->default_manager(), *finish_);
     finish_now_ = ToGrpcStatus(*finish_);
   }
 
-  SessionManager* const m_;
+  ModelSet* const models_;
   absl::Mutex mu_;
+  // Set once Run() has handed the request to the manager (or given up).
+  bool routed_ ABSL_GUARDED_BY(mu_) = false;
   std::shared_ptr<SessionManager::Job> job_ ABSL_GUARDED_BY(mu_);
   std::deque<v1::GenerateResponse> writes_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
@@ -493,9 +524,9 @@ class GenerateReactor final
 // Score, cancelled when the client goes away (OnCancel).
 class ScoreReactor final : public grpc::ServerUnaryReactor {
  public:
-  ScoreReactor(SessionManager* m, grpc::CallbackServerContext* ctx,
+  ScoreReactor(ModelSet* models, grpc::CallbackServerContext* ctx,
                const v1::ScoreRequest* req, v1::ScoreResponse* out)
-      : m_(m) {
+      : models_(models) {
     auto tenant = TenantOf(*ctx);
     absl::Status st = tenant.status();
     if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
@@ -506,7 +537,7 @@ class ScoreReactor final : public grpc::ServerUnaryReactor {
       st = BadField("continuation", "required");
     }
     if (!st.ok()) {
-      CountError(*m_, st);
+      CountError(models_->default_manager(), st);
       Finish(ToGrpcStatus(st));
       return;
     }
@@ -519,15 +550,12 @@ class ScoreReactor final : public grpc::ServerUnaryReactor {
     in.text = req->text_utf8();
     if (req->has_tokens()) in.tokens = Ids(req->tokens());
     in.top_logprobs = static_cast<int>(req->top_logprobs());
-    auto job = m_->Score(*tenant, req->session_id(), std::move(in),
-                         [this, out](absl::StatusOr<ScoreOutcome> o) {
-                           if (o.ok()) Fill(*o, out);
-                           CountError(*m_, o.status());
-                           Finish(ToGrpcStatus(o.status()));
-                         });
-    absl::MutexLock lock(&mu_);
-    job_ = std::move(job);
-    if (cancelled_) job_->Cancel();
+    models_->ForSessionAsync(
+        *tenant, req->session_id(),
+        [this, out, tenant = *tenant, session_id = req->session_id(),
+         in = std::move(in)](SessionManager& m) mutable {
+          Run(m, tenant, session_id, std::move(in), out);
+        });
   }
 
   void OnCancel() override {
@@ -538,6 +566,38 @@ class ScoreReactor final : public grpc::ServerUnaryReactor {
   void OnDone() override { delete this; }
 
  private:
+  // Once routed (maybe on another thread, after the constructor returned:
+  // then nothing holds a Finish back, so Done defers it until job_ is set).
+  void Run(SessionManager& m, const std::string& tenant,
+           const std::string& session_id, ScoreInput in,
+           v1::ScoreResponse* out) {
+    auto job = m.Score(tenant, session_id, std::move(in),
+                       [this, out](absl::StatusOr<ScoreOutcome> o) {
+                         if (o.ok()) Fill(*o, out);
+                         CountError(models_->default_manager(), o.status());
+                         Done(ToGrpcStatus(o.status()));
+                       });
+    std::optional<grpc::Status> finish;
+    {
+      absl::MutexLock lock(&mu_);
+      job_ = std::move(job);
+      if (cancelled_) job_->Cancel();
+      finish = std::move(deferred_);
+    }
+    if (finish) Finish(*finish);  // the last use of `this`
+  }
+
+  void Done(const grpc::Status& status) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (job_ == nullptr) {
+        deferred_ = status;
+        return;
+      }
+    }
+    Finish(status);
+  }
+
   static void Fill(const ScoreOutcome& o, v1::ScoreResponse* out) {
     double sum = 0;
     bool all = true;
@@ -563,44 +623,44 @@ class ScoreReactor final : public grpc::ServerUnaryReactor {
     out->set_version(o.version);
   }
 
-  SessionManager* const m_;
+  ModelSet* const models_;
   absl::Mutex mu_;
-  // Set once Score() returns. `done` may have called Finish by then; gRPC
-  // holds that Finish back until the handler has returned this reactor,
-  // so OnDone (and OnCancel) never run before the constructor ends.
+  // Set once Score() returns; until then Done keeps its status here and
+  // Run finishes with it (OnDone, which deletes this, follows Finish).
   std::shared_ptr<SessionManager::Job> job_ ABSL_GUARDED_BY(mu_);
+  std::optional<grpc::Status> deferred_ ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 class StreamsService final : public v1::Streams::CallbackService {
  public:
-  explicit StreamsService(SessionManager* m) : m_(m) {}
+  explicit StreamsService(ModelSet* models) : models_(models) {}
 
   grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>* Append(
       grpc::CallbackServerContext* ctx) override {
-    return new AppendReactor(m_, ctx);
+    return new AppendReactor(models_, ctx);
   }
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* ctx,
       const v1::GenerateRequest* req) override {
-    return new GenerateReactor(m_, ctx, req);
+    return new GenerateReactor(models_, ctx, req);
   }
 
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx,
                                   const v1::ScoreRequest* req,
                                   v1::ScoreResponse* out) override {
-    return new ScoreReactor(m_, ctx, req, out);
+    return new ScoreReactor(models_, ctx, req, out);
   }
 
  private:
-  SessionManager* m_;
+  ModelSet* const models_;
 };
 
 }  // namespace
 
-std::unique_ptr<grpc::Service> NewStreamsService(SessionManager* manager) {
-  return std::make_unique<StreamsService>(manager);
+std::unique_ptr<grpc::Service> NewStreamsService(ModelSet* models) {
+  return std::make_unique<StreamsService>(models);
 }
 
 }  // namespace statestream::worker

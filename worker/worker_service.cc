@@ -3,6 +3,9 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "statestream/v1/statestream.grpc.pb.h"
@@ -13,12 +16,18 @@ namespace {
 
 class ModelsService final : public v1::Models::CallbackService {
  public:
-  explicit ModelsService(SessionManager* m) : m_(m) {}
+  explicit ModelsService(ModelSet* models) : models_(models) {}
 
+  // Ordered by model_id.
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* ctx,
                                        const v1::ListModelsRequest*,
                                        v1::ListModelsResponse* out) override {
-    ModelToProto(*m_, out->add_models());
+    std::vector<const SessionManager*> sorted(models_->managers().begin(),
+                                              models_->managers().end());
+    std::sort(sorted.begin(), sorted.end(), [](const auto* a, const auto* b) {
+      return a->options().model_id < b->options().model_id;
+    });
+    for (const SessionManager* m : sorted) ModelToProto(*m, out->add_models());
     auto* r = ctx->DefaultReactor();
     r->Finish(grpc::Status::OK);
     return r;
@@ -28,32 +37,44 @@ class ModelsService final : public v1::Models::CallbackService {
                                      const v1::GetModelRequest* req,
                                      v1::Model* out) override {
     auto* r = ctx->DefaultReactor();
-    if (req->model_id() != m_->options().model_id) {
-      r->Finish(ToGrpcStatus(MakeError(
-          absl::StatusCode::kNotFound, Reason::kModelNotFound,
-          "no served model has this id", {{"model_id", req->model_id()}})));
+    // An empty id is not the default model here: GetModel names one.
+    absl::StatusOr<SessionManager*> m =
+        req->model_id().empty()
+            ? MakeError(absl::StatusCode::kNotFound, Reason::kModelNotFound,
+                        "no served model has this id", {{"model_id", ""}})
+            : models_->ForModel(req->model_id());
+    if (!m.ok()) {
+      r->Finish(ToGrpcStatus(m.status()));
       return r;
     }
-    ModelToProto(*m_, out);
+    ModelToProto(**m, out);
     r->Finish(grpc::Status::OK);
     return r;
   }
 
  private:
-  SessionManager* m_;
+  ModelSet* models_;
 };
 
 }  // namespace
 
-std::unique_ptr<grpc::Service> NewModelsService(SessionManager* manager) {
-  return std::make_unique<ModelsService>(manager);
+std::unique_ptr<grpc::Service> NewModelsService(ModelSet* models) {
+  return std::make_unique<ModelsService>(models);
+}
+
+ServiceSet PublicApiServices(ModelSet* models) {
+  ServiceSet set;
+  set.Add(v1::Sessions::service_full_name(), NewSessionsService(models));
+  set.Add(v1::Streams::service_full_name(), NewStreamsService(models));
+  set.Add(v1::Models::service_full_name(), NewModelsService(models));
+  return set;
 }
 
 ServiceSet PublicApiServices(SessionManager* manager) {
-  ServiceSet set;
-  set.Add(v1::Sessions::service_full_name(), NewSessionsService(manager));
-  set.Add(v1::Streams::service_full_name(), NewStreamsService(manager));
-  set.Add(v1::Models::service_full_name(), NewModelsService(manager));
+  // One model needs no store to route: Create cannot fail.
+  std::shared_ptr<ModelSet> models = *ModelSet::Create({manager}, nullptr);
+  ServiceSet set = PublicApiServices(models.get());
+  set.Own(std::move(models));
   return set;
 }
 

@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: Apache-2.0
+// ModelSet over two real (random-weight, byte-level) models of different
+// architectures sharing one memory store: which manager each call goes to,
+// and MODEL_MISMATCH wherever a state of one model meets the other.
+#include "worker/model_set.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <thread>
+
+#include "absl/synchronization/notification.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "state_store/memory_state_store.h"
+#include "worker/engine/random_model.h"
+#include "worker/engine/weight_writer.h"
+
+namespace statestream::worker {
+namespace {
+
+std::unique_ptr<engine::Model> RandomByteModel(const std::string& arch,
+                                               uint64_t seed) {
+  engine::RandomModelSpec spec;
+  spec.n_layer = 1;
+  spec.n_embd = 64;
+  spec.head_size = 32;
+  spec.vocab_size = 256;
+  spec.seed = seed;
+  auto tensors = engine::RandomModel(arch, spec);
+  EXPECT_TRUE(tensors.ok()) << tensors.status();
+  const std::string path = "/tmp/ss_model_set_test_" + arch + "_" +
+                           std::to_string(getpid()) + ".safetensors";
+  EXPECT_TRUE(
+      engine::WriteCheckpoint(path, *tensors, engine::DType::kF32).ok());
+  auto model = engine::LoadModel(path);
+  std::remove(path.c_str());
+  EXPECT_TRUE(model.ok()) << model.status();
+  return std::move(*model);
+}
+
+// One model with its scheduler and manager over the shared store.
+struct Served {
+  std::unique_ptr<engine::Model> model;
+  std::unique_ptr<Scheduler> scheduler;
+  std::unique_ptr<SessionManager> manager;
+};
+
+class ModelSetTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    tokenizer_ = *engine::MakeByteTokenizer();
+    store_ = *NewMemoryStateStore(MemoryStateStoreOptions{});
+    a_ = Serve("a-x070", RandomByteModel("x070", 1));
+    b_ = Serve("b-x060", RandomByteModel("x060", 2));
+    auto set =
+        ModelSet::Create({a_.manager.get(), b_.manager.get()}, store_.get());
+    ASSERT_TRUE(set.ok()) << set.status();
+    set_ = *std::move(set);
+  }
+
+  Served Serve(const std::string& id, std::unique_ptr<engine::Model> model) {
+    Served s;
+    s.model = std::move(model);
+    s.scheduler =
+        std::make_unique<Scheduler>(s.model.get(), SchedulerOptions{});
+    SessionManagerOptions options;
+    options.model_id = id;
+    options.owner = "test-worker";
+    s.manager =
+        *SessionManager::Create(options, s.model.get(), tokenizer_.get(),
+                                s.scheduler.get(), store_.get());
+    return s;
+  }
+
+  static void Create(SessionManager& m, const std::string& id) {
+    CreateParams p;
+    p.request_id = "create-" + id;
+    p.session_id = id;
+    auto v = m.CreateSession("t", p);
+    ASSERT_TRUE(v.ok()) << v.status();
+  }
+
+  // Appends `text` (flushed, committed) through a writer of `m`.
+  static absl::Status Feed(SessionManager& m, const std::string& id,
+                           const std::string& text) {
+    auto w = m.OpenWriter("t", id, [] {});
+    if (!w.ok()) return w.status();
+    AppendInput in;
+    in.kind = AppendInput::Kind::kText;
+    in.text = text;
+    in.flush = true;
+    absl::Notification appended;
+    absl::Status st;
+    m.Append(*w, in, [&](absl::StatusOr<AppendAck> a) {
+      st = a.status();
+      appended.Notify();
+    });
+    appended.WaitForNotification();
+    absl::Notification closed;
+    m.CloseWriter(*w, std::nullopt, [&](absl::Status s) {
+      if (st.ok()) st = s;
+      closed.Notify();
+    });
+    closed.WaitForNotification();
+    return st;
+  }
+
+  std::unique_ptr<engine::Tokenizer> tokenizer_;
+  std::unique_ptr<StateStore> store_;
+  Served a_, b_;
+  std::unique_ptr<ModelSet> set_;
+};
+
+TEST_F(ModelSetTest, CreateRejectsBadSets) {
+  EXPECT_FALSE(ModelSet::Create({}, store_.get()).ok());
+  EXPECT_FALSE(
+      ModelSet::Create({a_.manager.get(), b_.manager.get()}, nullptr).ok());
+  EXPECT_TRUE(ModelSet::Create({a_.manager.get()}, nullptr).ok());
+  // Two ids for one model: sessions could not say which they belong to.
+  Served again = Serve("a-again", RandomByteModel("x070", 1));
+  auto same =
+      ModelSet::Create({a_.manager.get(), again.manager.get()}, store_.get());
+  EXPECT_EQ(same.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(same.status().message().find("same model"), std::string::npos);
+  Served dup = Serve("a-x070", RandomByteModel("x060", 3));
+  auto ids =
+      ModelSet::Create({a_.manager.get(), dup.manager.get()}, store_.get());
+  EXPECT_EQ(ids.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ModelSetTest, ForModelByIdEmptyIsTheFirst) {
+  EXPECT_EQ(*set_->ForModel(""), a_.manager.get());
+  EXPECT_EQ(*set_->ForModel("a-x070"), a_.manager.get());
+  EXPECT_EQ(*set_->ForModel("b-x060"), b_.manager.get());
+  auto missing = set_->ForModel("nope");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(GetReason(missing.status()), Reason::kModelNotFound);
+  EXPECT_EQ(set_->ForFingerprint(b_.manager->fingerprint()), b_.manager.get());
+  EXPECT_EQ(set_->ForFingerprint("other"), nullptr);
+  EXPECT_EQ(set_->fingerprints(),
+            (std::vector<std::string>{a_.manager->fingerprint(),
+                                      b_.manager->fingerprint()}));
+}
+
+TEST_F(ModelSetTest, ForSessionFindsTheSessionsModel) {
+  Create(*a_.manager, "on-a");
+  Create(*b_.manager, "on-b");
+  // Not resident anywhere: the head's fingerprint decides.
+  EXPECT_FALSE(b_.manager->IsResident("t", "on-b"));
+  EXPECT_EQ(&set_->ForSession("t", "on-a"), a_.manager.get());
+  EXPECT_EQ(&set_->ForSession("t", "on-b"), b_.manager.get());
+  // Resident: the holder, without reading the store.
+  ASSERT_TRUE(Feed(*b_.manager, "on-b", "hello").ok());
+  EXPECT_TRUE(b_.manager->IsResident("t", "on-b"));
+  EXPECT_FALSE(a_.manager->IsResident("t", "on-b"));
+  EXPECT_EQ(&set_->ForSession("t", "on-b"), b_.manager.get());
+  // Unknown session or tenant: the default manager answers NOT_FOUND.
+  EXPECT_EQ(&set_->ForSession("t", "missing"), a_.manager.get());
+  EXPECT_EQ(&set_->ForSession("u", "on-b"), a_.manager.get());
+  auto got = set_->ForSession("t", "missing").GetSession("t", "missing");
+  EXPECT_EQ(GetReason(got.status()), Reason::kSessionNotFound);
+}
+
+TEST_F(ModelSetTest, ForSessionAsyncReadsOffTheCallersThread) {
+  Create(*b_.manager, "on-b");
+  const std::thread::id caller = std::this_thread::get_id();
+  absl::Notification done;
+  SessionManager* got = nullptr;
+  std::thread::id ran_on;
+  set_->ForSessionAsync("t", "on-b", [&](SessionManager& m) {
+    got = &m;
+    ran_on = std::this_thread::get_id();
+    done.Notify();
+  });
+  done.WaitForNotification();
+  EXPECT_EQ(got, b_.manager.get());
+  EXPECT_NE(ran_on, caller);
+  // Resident: answered inline.
+  ASSERT_TRUE(Feed(*b_.manager, "on-b", "x").ok());
+  got = nullptr;
+  set_->ForSessionAsync("t", "on-b", [&](SessionManager& m) { got = &m; });
+  EXPECT_EQ(got, b_.manager.get());
+}
+
+TEST_F(ModelSetTest, StatesOfOneModelAreMismatchedOnTheOther) {
+  Create(*a_.manager, "on-a");
+  Create(*b_.manager, "on-b");
+  ASSERT_TRUE(Feed(*a_.manager, "on-a", "state of a").ok());
+  auto exported = a_.manager->Export("t", "on-a", 0);
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  // A's state imported by B: as a new session, or into B's session.
+  CreateParams p;
+  p.session_id = "copy";
+  auto created = b_.manager->Import("t", exported->blob, false, p, {});
+  EXPECT_EQ(GetReason(created.status()), Reason::kModelMismatch);
+  p.session_id = "on-b";
+  auto into_b = b_.manager->Import("t", exported->blob, true, p, {});
+  EXPECT_EQ(GetReason(into_b.status()), Reason::kModelMismatch);
+  // A's own manager refuses to put it into B's session (routing by the
+  // state's model, as the import service does).
+  auto a_into_b = a_.manager->Import("t", exported->blob, true, p, {});
+  EXPECT_EQ(GetReason(a_into_b.status()), Reason::kModelMismatch);
+  // A fork of A's session as model B.
+  CreateParams fork;
+  fork.session_id = "fork";
+  fork.model_id = "b-x060";
+  fork.fork_from.emplace("on-a", 0);
+  EXPECT_EQ(GetReason(b_.manager->CreateSession("t", fork).status()),
+            Reason::kModelMismatch);
+  // A misrouted load is refused before any lease is taken.
+  EXPECT_EQ(GetReason(Feed(*a_.manager, "on-b", "x")), Reason::kModelMismatch);
+  EXPECT_FALSE(a_.manager->IsResident("t", "on-b"));
+}
+
+TEST_F(ModelSetTest, StatsSumAndDrainCoversEveryModel) {
+  Create(*a_.manager, "on-a");
+  Create(*b_.manager, "on-b");
+  ASSERT_TRUE(Feed(*a_.manager, "on-a", "a").ok());
+  ASSERT_TRUE(Feed(*b_.manager, "on-b", "b").ok());
+  EXPECT_EQ(set_->stats().resident, 2);
+  EXPECT_EQ(set_->stats().loads,
+            a_.manager->stats().loads + b_.manager->stats().loads);
+  set_->Drain();
+  EXPECT_EQ(set_->stats().resident, 0);
+  for (SessionManager* m : set_->managers()) {
+    CreateParams p;
+    p.session_id = "late";
+    EXPECT_EQ(m->CreateSession("t", p).status().code(),
+              absl::StatusCode::kUnavailable);
+  }
+  set_->Drain();  // idempotent
+}
+
+}  // namespace
+}  // namespace statestream::worker
