@@ -15,6 +15,10 @@ extern const Kernels kKernelsScalar;
 // kernels_avx512bf16.cc
 void GemmBf16Dot(const uint16_t* w, int in, const float* x, int ldx, int rows,
                  float* y, int ldy, int o_begin, int o_end);
+// kernels_avx512vnni.cc
+void GemmI8Vnni(const int8_t* w, const float* wscale, const int32_t* wsum,
+                int in, const uint8_t* xq, const float* xscale, int ldq,
+                int rows, float* y, int ldy, int o_begin, int o_end);
 
 namespace {
 
@@ -26,6 +30,9 @@ bool HasAvx512() {
 }
 bool HasAvx512Bf16() {
   return HasAvx512() && __builtin_cpu_supports("avx512bf16");
+}
+bool HasAvx512Vnni() {
+  return HasAvx512() && __builtin_cpu_supports("avx512vnni");
 }
 bool HasAvx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -52,6 +59,15 @@ float* ThreadScratch(int slot, size_t floats) {
 
 }  // namespace kernels_impl
 
+// The AVX-512 build with gemm_i8 on vpdpbusd (bit-identical: exact integer
+// sums).
+const Kernels* Avx512Vnni() {
+  static const Kernels k = {"avx512+vnni", kKernelsAvx512.gemm_f32,
+                            kKernelsAvx512.gemm_bf16, &GemmI8Vnni,
+                            kKernelsAvx512.wkv7_step};
+  return HasAvx512Vnni() ? &k : nullptr;
+}
+
 const Kernels* GetKernelsByName(const char* name) {
   if (std::strcmp(name, "avx512") == 0) {
     return HasAvx512() ? &kKernelsAvx512 : nullptr;
@@ -59,12 +75,17 @@ const Kernels* GetKernelsByName(const char* name) {
   if (std::strcmp(name, "avx2") == 0) {
     return HasAvx2() ? &kKernelsAvx2 : nullptr;
   }
+  if (std::strcmp(name, "avx512vnni") == 0 ||
+      std::strcmp(name, "avx512+vnni") == 0) {
+    return Avx512Vnni();
+  }
   if (std::strcmp(name, "scalar") == 0) return &kKernelsScalar;
   if (std::strcmp(name, "avx512bf16") == 0) {
     // The AVX-512 build with bf16 weight products on vdpbf16ps.
-    static const Kernels kBf16 = {"avx512bf16", kKernelsAvx512.gemm_f32,
-                                  &GemmBf16Dot, kKernelsAvx512.gemm_i8,
-                                  kKernelsAvx512.wkv7_step};
+    static const Kernels kBf16 = {
+        "avx512bf16", kKernelsAvx512.gemm_f32, &GemmBf16Dot,
+        HasAvx512Vnni() ? &GemmI8Vnni : kKernelsAvx512.gemm_i8,
+        kKernelsAvx512.wkv7_step};
     return HasAvx512Bf16() ? &kBf16 : nullptr;
   }
   return nullptr;
@@ -72,6 +93,7 @@ const Kernels* GetKernelsByName(const char* name) {
 
 const Kernels& GetKernels() {
   static const Kernels* best = [] {
+    if (const Kernels* vnni = Avx512Vnni()) return vnni;
     if (HasAvx512()) return &kKernelsAvx512;
     if (HasAvx2()) return &kKernelsAvx2;
     return &kKernelsScalar;

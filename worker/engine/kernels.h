@@ -17,7 +17,7 @@
 namespace statestream::engine {
 
 struct Kernels {
-  // "avx512", "avx2", "scalar", or the opt-in "avx512bf16".
+  // "avx512", "avx512+vnni", "avx2", "scalar", or the opt-in "avx512bf16".
   const char* name;
 
   // y[t*ldy + o] = sum_i w[o*in + i] * x[t*ldx + i] for t < rows and
@@ -27,11 +27,17 @@ struct Kernels {
                    float* y, int ldy, int o_begin, int o_end);
   void (*gemm_bf16)(const uint16_t* w, int in, const float* x, int ldx,
                     int rows, float* y, int ldy, int o_begin, int o_end);
-  // The same for int8 weights with one scale per output row:
-  // y[t*ldy + o] = (sum_i w[o*in + i] * x[t*ldx + i]) * scale[o] — the dot
-  // product of the exact integer values, then one multiplication.
-  void (*gemm_i8)(const int8_t* w, const float* scale, int in, const float* x,
-                  int ldx, int rows, float* y, int ldy, int o_begin, int o_end);
+  // int8 weights times int8 activations, both exact integers. `xq` holds
+  // each row's activations quantized to uint8 with zero point 128 (see
+  // QuantizeRows in ops.h; row stride ldq), `xscale` one scale per row,
+  // `wscale` one per output row and `wsum[o]` = sum_i w[o*in + i]. Then
+  //   y[t*ldy + o] = float(sum_i w[o*in + i] * (xq[t*ldq + i] - 128))
+  //                  * xscale[t] * wscale[o]
+  // (two fp32 multiplications in that order). The integer sum is exact
+  // whatever its order, so every build — VNNI or not — gives the same bits.
+  void (*gemm_i8)(const int8_t* w, const float* wscale, const int32_t* wsum,
+                  int in, const uint8_t* xq, const float* xscale, int ldq,
+                  int rows, float* y, int ldy, int o_begin, int o_end);
 
   // One RWKV-7 state step for one head of size n, in place on s[n][n]
   // (s[i][j]: i = value channel, j = key channel):
@@ -45,7 +51,10 @@ struct Kernels {
 // The best kernels this CPU supports (decided once, thread-safe).
 const Kernels& GetKernels();
 // Specific builds, for tests that compare them; nullptr when the CPU lacks
-// the instruction set. "avx512bf16" is never chosen by GetKernels(): it is
+// the instruction set. GetKernels()'s AVX-512 build uses vpdpbusd for
+// gemm_i8 where the CPU has AVX512_VNNI (name "avx512+vnni"; bit-identical
+// to the others); "avx512vnni" asks for that build explicitly.
+// "avx512bf16" is never chosen by GetKernels(): it is
 // the AVX-512 build with gemm_bf16 on vdpbf16ps, which rounds the
 // activations to bf16 and so is NOT bit-identical to the other builds (nor
 // within the golden tolerance); it keeps the batch/thread independence of

@@ -41,16 +41,6 @@ struct V {
     for (int i = 0; i < n && i < 16; ++i) buf[i] = p[i];
     return LoadBF16(buf);
   }
-  static V LoadI8(const int8_t* p) {
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)),
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)))};
-  }
-  static V LoadI8Partial(const int8_t* p, int n) {
-    alignas(16) int8_t buf[16] = {};
-    for (int i = 0; i < n && i < 16; ++i) buf[i] = p[i];
-    return LoadI8(buf);
-  }
   static V Fma(V a, V b, V c) {
     return {_mm256_fmadd_ps(a.lo, b.lo, c.lo),
             _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
@@ -85,7 +75,7 @@ extern const Kernels kKernelsAvx2 = {
     "avx2",
     &kernels_impl::Gemm<V, float>,
     &kernels_impl::Gemm<V, uint16_t>,
-    &kernels_impl::GemmI8<V>,
+    &kernels_impl::GemmI8Generic<V>,
     &kernels_impl::Wkv7Step<V>,
 };
 

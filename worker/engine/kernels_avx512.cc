@@ -30,14 +30,6 @@ struct V {
   static V LoadBF16Partial(const uint16_t* p, int n) {
     return Widen(_mm256_maskz_loadu_epi16(Mask(n), p));
   }
-  static V LoadI8(const int8_t* p) {
-    return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))))};
-  }
-  static V LoadI8Partial(const int8_t* p, int n) {
-    return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-        _mm_maskz_loadu_epi8(static_cast<__mmask16>(Mask(n)), p)))};
-  }
   static V Fma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
   static V Mul(V a, V b) { return {_mm512_mul_ps(a.v, b.v)}; }
   void Store(float* p) const { _mm512_storeu_ps(p, v); }
@@ -90,7 +82,7 @@ extern const Kernels kKernelsAvx512 = {
     "avx512",
     &kernels_impl::Gemm<V, float>,
     &kernels_impl::Gemm<V, uint16_t>,
-    &kernels_impl::GemmI8<V>,
+    &kernels_impl::GemmI8Generic<V>,
     &kernels_impl::Wkv7Step<V>,
 };
 

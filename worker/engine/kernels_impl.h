@@ -4,8 +4,7 @@
 //
 // V must provide: Zero(), Load(const float*), LoadPartial(const float*, n),
 // LoadBF16(const uint16_t*), LoadBF16Partial(const uint16_t*, n),
-// LoadI8(const int8_t*), LoadI8Partial(const int8_t*, n) (exact widening of
-// 16 signed bytes to fp32), Set1(float),
+// Set1(float),
 // Fma(a, b, c) = a*b+c (fused), Mul, Store(float*), StorePartial(float*, n)
 // and ReduceAdd() with the fixed tree: 16 -> 8 (lane j + lane j+8) -> 4 -> 2
 // -> 1, and Reduce16(const V a[16], float out[16]) with out[j] bit-identical
@@ -36,20 +35,12 @@ inline V LoadW(const uint16_t* w, int n) {
   return n >= kLanes ? V::LoadBF16(w) : V::LoadBF16Partial(w, n);
 }
 template <typename V>
-inline V LoadW(const int8_t* w, int n) {
-  return n >= kLanes ? V::LoadI8(w) : V::LoadI8Partial(w, n);
-}
-template <typename V>
 inline V LoadFull(const float* w) {
   return V::Load(w);
 }
 template <typename V>
 inline V LoadFull(const uint16_t* w) {
   return V::LoadBF16(w);
-}
-template <typename V>
-inline V LoadFull(const int8_t* w) {
-  return V::LoadI8(w);
 }
 
 // A block of RT rows x OT outputs (RT * OT <= 16 accumulators, all kept in
@@ -66,7 +57,7 @@ inline void GemmBlock(const W* w, int64_t ldw, int in, const float* x, int ldx,
 #pragma GCC unroll 16
   for (int a = 0; a < 16; ++a) acc[a] = V::Zero();
   const int full = in & ~(kLanes - 1);
-  // One row against narrow weights is bound by memory latency: rows of a
+  // One row against bf16 weights is bound by memory latency: rows of a
   // few hundred bytes are too short for the hardware prefetcher to follow,
   // so the next block's bytes (contiguous after this one's) are fetched
   // while this block is computed, as many lines per step as it consumes.
@@ -168,7 +159,7 @@ inline void GemmTile(const W* w, int64_t ldw, int in, const float* x, int ldx,
   }
 }
 
-// Widens rows [0, outs) of a bf16 or int8 matrix to fp32 (exact) into
+// Widens rows [0, outs) of a bf16 matrix to fp32 (exact) into
 // `out`, prefetching the same amount of the next tile (`pf`) as it goes.
 template <typename V, typename W>
 inline void WidenRows(const W* w, int64_t ldw, int in, int outs, float* out,
@@ -203,9 +194,8 @@ void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
   // Output tiles of 16: a tile of W (16 x in) stays in L1/L2 while every row
   // streams past it, so each weight is read from memory once per call.
   constexpr int kOTile = 16;
-  // bf16 and int8 weights feeding many rows are widened once per tile
-  // instead of once per 4-row block (widening costs 1-2 instructions per
-  // vector).
+  // bf16 weights feeding many rows are widened once per tile instead of
+  // once per 4-row block (the widening costs two instructions per vector).
   constexpr bool kNarrow = sizeof(W) < 4;
   for (int ot = o_begin; ot < o_end; ot += kOTile) {
     const int outs = ot + kOTile < o_end ? kOTile : o_end - ot;
@@ -230,15 +220,28 @@ void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
   }
 }
 
-// int8 weights: the product of the exact integers (as fp32), then each
-// output times its row's scale.
+// int8 x int8 products, plain integer loops (vectorised by the compiler for
+// each build's instruction set); kernels_avx512vnni.cc is the fast path.
+// Exact integers, so the loop order is free. A template on the build's V
+// (unused) only so each build gets its own copy: a plain inline function
+// would be merged by the linker across builds of different instruction sets.
 template <typename V>
-void GemmI8(const int8_t* w, const float* scale, int in, const float* x,
-            int ldx, int rows, float* y, int ldy, int o_begin, int o_end) {
-  Gemm<V, int8_t>(w, in, x, ldx, rows, y, ldy, o_begin, o_end);
-  for (int t = 0; t < rows; ++t) {
-    float* yt = y + static_cast<int64_t>(t) * ldy;
-    for (int o = o_begin; o < o_end; ++o) yt[o] *= scale[o];
+void GemmI8Generic(const int8_t* w, const float* wscale, const int32_t* wsum,
+                   int in, const uint8_t* xq, const float* xscale, int ldq,
+                   int rows, float* y, int ldy, int o_begin, int o_end) {
+  (void)wsum;
+  for (int o = o_begin; o < o_end; ++o) {
+    const int8_t* wr = w + static_cast<int64_t>(o) * in;
+    for (int t = 0; t < rows; ++t) {
+      const uint8_t* xr = xq + static_cast<int64_t>(t) * ldq;
+      int32_t acc = 0;
+      for (int i = 0; i < in; ++i) {
+        acc +=
+            static_cast<int32_t>(wr[i]) * (static_cast<int32_t>(xr[i]) - 128);
+      }
+      y[static_cast<int64_t>(t) * ldy + o] =
+          static_cast<float>(acc) * xscale[t] * wscale[o];
+    }
   }
 }
 

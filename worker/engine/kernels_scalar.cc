@@ -41,12 +41,6 @@ struct V {
     for (int i = 0; i < n && i < 16; ++i) r.l[i] = FromBF16(p[i]);
     return r;
   }
-  static V LoadI8(const int8_t* p) { return LoadI8Partial(p, 16); }
-  static V LoadI8Partial(const int8_t* p, int n) {
-    V r = {};
-    for (int i = 0; i < n && i < 16; ++i) r.l[i] = static_cast<float>(p[i]);
-    return r;
-  }
   static V Fma(const V& a, const V& b, const V& c) {
     V r;
     for (int i = 0; i < 16; ++i) r.l[i] = std::fma(a.l[i], b.l[i], c.l[i]);
@@ -79,7 +73,7 @@ extern const Kernels kKernelsScalar = {
     "scalar",
     &kernels_impl::Gemm<V, float>,
     &kernels_impl::Gemm<V, uint16_t>,
-    &kernels_impl::GemmI8<V>,
+    &kernels_impl::GemmI8Generic<V>,
     &kernels_impl::Wkv7Step<V>,
 };
 

@@ -2,6 +2,9 @@
 #include "worker/engine/ops.h"
 
 #include <algorithm>
+#include <cstring>
+#include <limits>
+#include <vector>
 
 namespace statestream::engine {
 
@@ -28,9 +31,78 @@ void GroupNorm(const float* x, int groups, int n, const float* w,
   }
 }
 
+void ReluSquare(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float r = x[i] > 0.0f ? x[i] : 0.0f;
+    x[i] = r * r;
+  }
+}
+
+void QuantizeRows(const float* x, int ldx, int rows, int n, uint8_t* xq,
+                  int ldq, float* scale) {
+  for (int t = 0; t < rows; ++t) {
+    const float* xr = x + static_cast<int64_t>(t) * ldx;
+    uint8_t* q = xq + static_cast<int64_t>(t) * ldq;
+    // max |x| over the bit patterns: for non-negative floats integer order
+    // is float order, and NaN/infinity sort above every finite value. An
+    // integer max also vectorises, which a float max does not without
+    // -ffast-math.
+    uint32_t amax_bits = 0;
+    for (int i = 0; i < n; ++i) {
+      uint32_t b;
+      std::memcpy(&b, &xr[i], sizeof(b));
+      b &= 0x7fffffffu;
+      amax_bits = b > amax_bits ? b : amax_bits;
+    }
+    if (amax_bits == 0 || amax_bits >= 0x7f800000u) {
+      scale[t] =
+          amax_bits == 0 ? 0.0f : std::numeric_limits<float>::quiet_NaN();
+      std::fill(q, q + n, uint8_t{128});
+      continue;
+    }
+    float amax;
+    std::memcpy(&amax, &amax_bits, sizeof(amax));
+    scale[t] = amax / 127.0f;
+    const float inv = 127.0f / amax;
+    // Round to nearest even by adding and subtracting 1.5 * 2^23 (exact for
+    // |v| < 2^22; the engine is compiled with -ffp-contract=off and without
+    // -ffast-math, so the compiler keeps both operations).
+    constexpr float kRound = 12582912.0f;
+    for (int i = 0; i < n; ++i) {
+      float v = (xr[i] * inv + kRound) - kRound;
+      v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+      q[i] = static_cast<uint8_t>(static_cast<int32_t>(v) + 128);
+    }
+  }
+}
+
 void MatMul(const Kernels& k, ThreadPool& pool, const Matrix& m, const float* x,
             int ldx, int rows, float* y, int ldy) {
   if (rows <= 0) return;
+  if (m.i8 != nullptr) {
+    // Quantized once per call on the caller, shared by every tile. Rows are
+    // padded to 64 bytes (the kernels read whole 64-byte steps).
+    struct Scratch {
+      std::vector<uint8_t> xq;
+      std::vector<float> scale;
+    };
+    static thread_local Scratch s;
+    const int ldq = (m.cols + 63) & ~63;
+    s.xq.resize(static_cast<size_t>(rows) * ldq);
+    s.scale.resize(rows);
+    QuantizeRows(x, ldx, rows, m.cols, s.xq.data(), ldq, s.scale.data());
+    const int tile = m.rows >= 256 ? 64 : 16;
+    const int tiles = (m.rows + tile - 1) / tile;
+    const uint8_t* xq = s.xq.data();
+    const float* xs = s.scale.data();
+    pool.ParallelFor(tiles, [&](int i) {
+      const int b = i * tile;
+      const int e = std::min(m.rows, b + tile);
+      k.gemm_i8(m.i8, m.scale.data(), m.wsum.data(), m.cols, xq, xs, ldq, rows,
+                y, ldy, b, e);
+    });
+    return;
+  }
   // Tiles of 64 outputs, fewer for small products so both cores get work.
   const int tile = m.rows >= 256 ? 64 : 16;
   const int tiles = (m.rows + tile - 1) / tile;
@@ -39,8 +111,6 @@ void MatMul(const Kernels& k, ThreadPool& pool, const Matrix& m, const float* x,
     const int e = std::min(m.rows, b + tile);
     if (m.f32 != nullptr) {
       k.gemm_f32(m.f32, m.cols, x, ldx, rows, y, ldy, b, e);
-    } else if (m.i8 != nullptr) {
-      k.gemm_i8(m.i8, m.scale.data(), m.cols, x, ldx, rows, y, ldy, b, e);
     } else {
       k.gemm_bf16(m.bf16, m.cols, x, ldx, rows, y, ldy, b, e);
     }

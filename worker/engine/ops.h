@@ -7,6 +7,7 @@
 #define STATESTREAM_WORKER_ENGINE_OPS_H_
 
 #include <cmath>
+#include <cstdint>
 
 #include "worker/engine/kernels.h"
 #include "worker/engine/thread_pool.h"
@@ -24,11 +25,24 @@ void LayerNorm(const float* x, int n, const float* w, const float* b, float eps,
 void GroupNorm(const float* x, int groups, int n, const float* w,
                const float* b, float eps, float* out);
 
+// x = max(x, 0)^2 in place, without a branch per element (the signs of
+// FFN activations are random: a branch mispredicts half the time).
+void ReluSquare(float* x, int64_t n);
+
 inline float Sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// Quantizes each of `rows` rows of x (length n, stride ldx) for
+// Kernels::gemm_i8: scale[t] = max_i |x[t][i]| / 127, q = round(x / scale)
+// in [-127, 127], stored as q + 128 in xq (stride ldq >= n). A row of zeros
+// gets scale 0; a row with a NaN or infinity gets scale NaN, so its outputs
+// are NaN as in fp32.
+void QuantizeRows(const float* x, int ldx, int rows, int n, uint8_t* xq,
+                  int ldq, float* scale);
 
 // y[t][o] = sum_i m[o][i] * x[t][i] for t < rows, all outputs, split over the
 // pool by output tiles (never by reduction, so the result does not depend on
-// the thread count).
+// the thread count). int8 matrices quantize each row of x first
+// (QuantizeRows), which depends only on that row.
 void MatMul(const Kernels& k, ThreadPool& pool, const Matrix& m, const float* x,
             int ldx, int rows, float* y, int ldy);
 

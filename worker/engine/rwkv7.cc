@@ -297,10 +297,7 @@ void Rwkv7::ChannelMix(int l, absl::Span<const SequenceWork> batch,
   }
   Trace(l, "ln2_out", s.xa, C);
   MatMul(k_, pool_, L.ffn_key, s.xk.data(), C, rows, s.ffn.data(), F);
-  for (int i = 0; i < rows * F; ++i) {
-    const float r = std::max(s.ffn[i], 0.0f);
-    s.ffn[i] = r * r;
-  }
+  ReluSquare(s.ffn.data(), static_cast<int64_t>(rows) * F);
   MatMul(k_, pool_, L.ffn_value, s.ffn.data(), F, rows, s.tmp.data(), C);
   Trace(l, "ffn_out", s.tmp, C);
   for (int i = 0; i < rows * C; ++i) s.x[i] += s.tmp[i];

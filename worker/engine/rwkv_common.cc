@@ -93,10 +93,7 @@ void ChunkedModel::ChannelMix(int l, const Chunk& c, const ChannelMixWeights& w,
   Trace(l, "ln2_out", xx, C);
   Mul(w.receptance, xr, rows, r);
   Mul(w.key, xk, rows, hidden);
-  for (int64_t i = 0; i < static_cast<int64_t>(rows) * F; ++i) {
-    const float h = std::max(hidden[i], 0.0f);
-    hidden[i] = h * h;
-  }
+  ReluSquare(hidden, static_cast<int64_t>(rows) * F);
   Mul(w.value, hidden, rows, kv);
   for (int64_t i = 0; i < static_cast<int64_t>(rows) * C; ++i) {
     kv[i] = Sigmoid(r[i]) * kv[i];

@@ -51,6 +51,7 @@ void WeightLoader::Quantize(const TensorView& t, Matrix* out) {
   const int rows = out->rows, cols = out->cols;
   out->i8_storage.resize(static_cast<size_t>(rows) * cols);
   out->scale.resize(rows);
+  out->wsum.resize(rows);
   std::vector<float> row(cols);
   TensorView rt;
   rt.dtype = t.dtype;
@@ -67,11 +68,14 @@ void WeightLoader::Quantize(const TensorView& t, Matrix* out) {
     const float scale = std::isfinite(amax) ? amax / 127.0f : 0.0f;
     const float inv = scale > 0 ? 1.0f / scale : 0.0f;
     int8_t* q = out->i8_storage.data() + static_cast<size_t>(r) * cols;
+    int32_t sum = 0;
     for (int c = 0; c < cols; ++c) {
       const float v = std::nearbyint(row[c] * inv);
       q[c] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+      sum += q[c];
     }
     out->scale[r] = scale;
+    out->wsum[r] = sum;
   }
   out->i8 = out->i8_storage.data();
 }
@@ -171,6 +175,13 @@ absl::Status WeightLoader::Mat(absl::string_view name, int rows, int cols,
   out->cols = cols;
   const int64_t n = static_cast<int64_t>(rows) * cols;
   if (precision_ == WeightPrecision::kInt8) {
+    // The int8 kernels' int32 sums are exact up to 65536 inputs.
+    if (cols > 65536) {
+      return InvalidArgumentError(
+          Reason::kInvalidArgument,
+          absl::StrCat("int8 weights: ", name, " has ", cols,
+                       " inputs per row, more than 65536"));
+    }
     Quantize(*t, out);
     ReleaseSource(*t);
     params_ += n;

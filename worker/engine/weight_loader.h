@@ -24,7 +24,8 @@ namespace statestream::engine {
 // A row-major [rows = out][cols = in] matrix, fp32, bf16 or int8, either
 // owned or a view into the checkpoint mapping. Exactly one of f32/bf16/i8 is
 // set. int8 rows are symmetric per output row: w[r][c] = i8[r][c] * scale[r]
-// with i8 in [-127, 127] and scale = max_c |w[r][c]| / 127.
+// with i8 in [-127, 127] and scale = max_c |w[r][c]| / 127; they multiply
+// int8-quantized activations (Kernels::gemm_i8).
 struct Matrix {
   int rows = 0;
   int cols = 0;
@@ -34,7 +35,8 @@ struct Matrix {
   std::vector<float> f32_storage;
   std::vector<uint16_t> bf16_storage;
   std::vector<int8_t> i8_storage;
-  std::vector<float> scale;  // int8 only: one per row
+  std::vector<float> scale;   // int8 only: one per row
+  std::vector<int32_t> wsum;  // int8 only: sum of each row's int8 values
 
   // Copies row `r` as fp32 into out[cols].
   void ReadRow(int r, float* out) const;
@@ -75,8 +77,8 @@ class WeightLoader {
             const float* f32, const uint16_t* bf16, int64_t n);
   void HashInt8(absl::string_view name, const std::vector<int64_t>& shape,
                 const Matrix& m);
-  // Fills out->i8_storage/scale from tensor `t` (rows x cols), a row at a
-  // time so no full fp32 copy is ever held.
+  // Fills out->i8_storage/scale/wsum from tensor `t` (rows x cols), a row
+  // at a time so no full fp32 copy is ever held.
   static void Quantize(const TensorView& t, Matrix* out);
 
   std::shared_ptr<const WeightFile> file_;
