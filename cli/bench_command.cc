@@ -165,6 +165,10 @@ absl::Status BenchEngine() {
   const double median = step_s[step_s.size() / 2];
   const double tokens_per_step = static_cast<double>(sessions) * per_step;
 
+  // Peak memory of the model and its work, before the bandwidth probe
+  // allocates its own 512 MiB.
+  rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
   const double bandwidth = MeasureReadBandwidth(threads);
   // int8 also reads one fp32 scale per row: negligible beside the row.
   const double bytes_per_w =
@@ -173,8 +177,6 @@ absl::Status BenchEngine() {
                                                             : 4;
   const double step_bytes = WeightBytesPerStep(info, bytes_per_w) +
                             2.0 * 4 * info.state_floats * sessions;
-  rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
 
   nlohmann::ordered_json j;
   j["mode"] = mode;

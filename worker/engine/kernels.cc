@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "worker/engine/kernels.h"
 
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -19,6 +23,10 @@ void GemmBf16Dot(const uint16_t* w, int in, const float* x, int ldx, int rows,
 void GemmI8Vnni(const int8_t* w, const float* wscale, const int32_t* wsum,
                 int in, const uint8_t* xq, const float* xscale, int ldq,
                 int rows, float* y, int ldy, int o_begin, int o_end);
+// kernels_amx.cc
+void GemmI8Amx(const int8_t* w, const float* wscale, const int32_t* wsum,
+               int in, const uint8_t* xq, const float* xscale, int ldq,
+               int rows, float* y, int ldy, int o_begin, int o_end);
 
 namespace {
 
@@ -33,6 +41,21 @@ bool HasAvx512Bf16() {
 }
 bool HasAvx512Vnni() {
   return HasAvx512() && __builtin_cpu_supports("avx512vnni");
+}
+// AMX-TILE and AMX-INT8 (CPUID.(7,0):EDX bits 24 and 25), and Linux's
+// permission to use the tile data state, which a process must request once
+// (arch_prctl ARCH_REQ_XCOMP_PERM; kernel 5.16+).
+bool HasAmxInt8() {
+  static const bool ok = [] {
+    if (!HasAvx512Vnni()) return false;
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if ((d & (1u << 24)) == 0 || (d & (1u << 25)) == 0) return false;
+    constexpr long kArchReqXcompPerm = 0x1023;
+    constexpr long kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
 }
 bool HasAvx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -68,6 +91,14 @@ const Kernels* Avx512Vnni() {
   return HasAvx512Vnni() ? &k : nullptr;
 }
 
+// The same with AMX for int8 products of 16 rows or more.
+const Kernels* Avx512Amx() {
+  static const Kernels k = {"avx512+amx", kKernelsAvx512.gemm_f32,
+                            kKernelsAvx512.gemm_bf16, &GemmI8Amx,
+                            kKernelsAvx512.wkv7_step};
+  return HasAmxInt8() ? &k : nullptr;
+}
+
 const Kernels* GetKernelsByName(const char* name) {
   if (std::strcmp(name, "avx512") == 0) {
     return HasAvx512() ? &kKernelsAvx512 : nullptr;
@@ -79,13 +110,19 @@ const Kernels* GetKernelsByName(const char* name) {
       std::strcmp(name, "avx512+vnni") == 0) {
     return Avx512Vnni();
   }
+  if (std::strcmp(name, "avx512amx") == 0 ||
+      std::strcmp(name, "avx512+amx") == 0) {
+    return Avx512Amx();
+  }
   if (std::strcmp(name, "scalar") == 0) return &kKernelsScalar;
   if (std::strcmp(name, "avx512bf16") == 0) {
     // The AVX-512 build with bf16 weight products on vdpbf16ps.
-    static const Kernels kBf16 = {
-        "avx512bf16", kKernelsAvx512.gemm_f32, &GemmBf16Dot,
-        HasAvx512Vnni() ? &GemmI8Vnni : kKernelsAvx512.gemm_i8,
-        kKernelsAvx512.wkv7_step};
+    static const Kernels kBf16 = {"avx512bf16", kKernelsAvx512.gemm_f32,
+                                  &GemmBf16Dot,
+                                  HasAmxInt8()      ? &GemmI8Amx
+                                  : HasAvx512Vnni() ? &GemmI8Vnni
+                                                    : kKernelsAvx512.gemm_i8,
+                                  kKernelsAvx512.wkv7_step};
     return HasAvx512Bf16() ? &kBf16 : nullptr;
   }
   return nullptr;
@@ -93,6 +130,7 @@ const Kernels* GetKernelsByName(const char* name) {
 
 const Kernels& GetKernels() {
   static const Kernels* best = [] {
+    if (const Kernels* amx = Avx512Amx()) return amx;
     if (const Kernels* vnni = Avx512Vnni()) return vnni;
     if (HasAvx512()) return &kKernelsAvx512;
     if (HasAvx2()) return &kKernelsAvx2;

@@ -1,162 +1,125 @@
 // SPDX-License-Identifier: Apache-2.0
-// int8 x int8 products on AVX512_VNNI: vpdpbusd multiplies 64 unsigned
-// activation bytes by 64 signed weight bytes and adds each group of four
-// products into one of 16 int32 lanes — 64 multiply-adds per instruction,
-// against 16 for an fp32 FMA. Compiled with -mavx512vnni (see model.cmake);
-// runs only where the CPU reports it. Integer sums are exact, so the result
-// is bit-identical to kernels_impl::GemmI8Generic.
+// int8 x int8 products on AVX512_VNNI over the packed weight layout of
+// kernels.h: one row of a 16 x 64 tile is 16 outputs x 4 inputs, so
+//   vpdpbusd acc, broadcast(4 activation bytes), tile row
+// adds 64 products into the 16 outputs' int32 lanes — no horizontal
+// reduction, and one output group's weights are one contiguous stream.
+// Compiled with -mavx512vnni (see model.cmake); runs only where the CPU
+// reports it. Integer sums are exact, so the result is bit-identical to
+// kernels_impl::GemmI8Generic.
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "worker/engine/kernels.h"
 
 namespace statestream::engine {
 namespace {
 
-constexpr int kStep = 64;  // bytes per vpdpbusd
-
 // acc += vpdpbusd(x, w) in place. GCC 12's _mm512_dpbusd_epi32 copies the
 // accumulator to a fresh register at every call (one extra move per
-// instruction, a third of the loop); the asm ties it to its register.
+// instruction); the asm ties it to its register.
 inline void Dpbusd(__m512i& acc, __m512i x, __m512i w) {
   asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
 }
 
-// Writes the outputs of one RT x OT block: acc holds sum_i w * xq with xq's
-// zero point 128 still in, removed here as 128 * wsum (exact in int32 for
-// in <= 65536: |sum| <= 255 * 128 * in).
-template <int RT, int OT>
-inline void Finish(const __m512i* acc, const float* wscale, const int32_t* wsum,
-                   const float* xscale, float* y, int ldy) {
+inline __m512i Broadcast4(const uint8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return _mm512_set1_epi32(v);
+}
+
+// RT rows against one group of 16 outputs (`tiles`: the group's `chunks`
+// tiles). Each row keeps S accumulators taking the tile rows in turn, so
+// RT * S independent chains hide vpdpbusd's latency; they are summed at the
+// end (exact). Writes y[t][0..outs) for t < RT.
+template <int RT, int S>
+inline void Rows(const int8_t* tiles, int64_t chunks, const uint8_t* xq,
+                 int ldq, const float* wscale, const int32_t* wsum,
+                 const float* xscale, float* y, int ldy, int outs) {
+  __m512i acc[RT][S];
 #pragma GCC unroll 16
   for (int t = 0; t < RT; ++t) {
-    for (int u = 0; u < OT; ++u) {
-      const int32_t dot =
-          _mm512_reduce_add_epi32(acc[t * OT + u]) - 128 * wsum[u];
-      y[static_cast<int64_t>(t) * ldy + u] =
-          static_cast<float>(dot) * xscale[t] * wscale[u];
-    }
+#pragma GCC unroll 16
+    for (int s = 0; s < S; ++s) acc[t][s] = _mm512_setzero_si512();
   }
-}
-
-// RT rows x OT outputs; `w` at the block's first output row (stride `in`),
-// `xq` at its first row (stride ldq), y at y[first row][first output].
-template <int RT, int OT>
-inline void Block(const int8_t* w, int in, const uint8_t* xq, int ldq,
-                  const float* wscale, const int32_t* wsum, const float* xscale,
-                  float* y, int ldy) {
-  static_assert(RT * OT <= 16, "at most 16 accumulators");
-  __m512i acc[RT * OT];
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int8_t* tile = tiles + c * kI8TileBytes;
+    // The next tile of this group, a line per tile row, 1 KiB ahead.
+    if constexpr (RT == 1) {
 #pragma GCC unroll 16
-  for (int a = 0; a < RT * OT; ++a) acc[a] = _mm512_setzero_si512();
-  const int full = in & ~(kStep - 1);
-  // One row (decode) is bound by memory latency: the next block's weights
-  // (contiguous after this block's) are fetched a line per row per step.
-  constexpr bool kPrefetchNext = RT == 1;
-  const char* pf = reinterpret_cast<const char*>(w + OT * in);
-  for (int i = 0; i < full; i += kStep) {
-    if constexpr (kPrefetchNext) {
-#pragma GCC unroll 16
-      for (int l = 0; l < OT; ++l) __builtin_prefetch(pf + 64 * l, 0, 3);
-      pf += OT * kStep;
-    }
-    __m512i wv[OT];
-#pragma GCC unroll 16
-    for (int u = 0; u < OT; ++u) {
-      wv[u] = _mm512_loadu_si512(w + static_cast<int64_t>(u) * in + i);
+      for (int l = 0; l < kI8TileBytes / 64; l += 4) {
+        __builtin_prefetch(tile + kI8TileBytes + 64 * l, 0, 3);
+      }
     }
 #pragma GCC unroll 16
-    for (int t = 0; t < RT; ++t) {
-      const __m512i xv =
-          _mm512_loadu_si512(xq + static_cast<int64_t>(t) * ldq + i);
+    for (int k4 = 0; k4 < kI8TileIn / 4; ++k4) {
+      const __m512i wv = _mm512_loadu_si512(tile + k4 * 64);
 #pragma GCC unroll 16
-      for (int u = 0; u < OT; ++u) {
-        Dpbusd(acc[t * OT + u], xv, wv[u]);
+      for (int t = 0; t < RT; ++t) {
+        const __m512i xv = Broadcast4(xq + static_cast<int64_t>(t) * ldq +
+                                      c * kI8TileIn + k4 * 4);
+        Dpbusd(acc[t][k4 % S], xv, wv);
       }
     }
   }
-  if (full < in) {
-    // Zero weights beyond `in`, so whatever the activation padding holds
-    // adds nothing.
-    const __mmask64 m = (~__mmask64{0}) >> (kStep - (in - full));
-    __m512i wv[OT];
+  // acc = sum w * (x + 128): remove 128 * sum w, then scale.
+  const __mmask16 m = static_cast<__mmask16>((1u << outs) - 1u);
+  const __m512i bias = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m, wsum), 7);
+  const __m512 ws = _mm512_maskz_loadu_ps(m, wscale);
 #pragma GCC unroll 16
-    for (int u = 0; u < OT; ++u) {
-      wv[u] =
-          _mm512_maskz_loadu_epi8(m, w + static_cast<int64_t>(u) * in + full);
-    }
+  for (int t = 0; t < RT; ++t) {
+    __m512i sum = acc[t][0];
 #pragma GCC unroll 16
-    for (int t = 0; t < RT; ++t) {
-      const __m512i xv =
-          _mm512_maskz_loadu_epi8(m, xq + static_cast<int64_t>(t) * ldq + full);
-#pragma GCC unroll 16
-      for (int u = 0; u < OT; ++u) {
-        Dpbusd(acc[t * OT + u], xv, wv[u]);
-      }
-    }
-  }
-  Finish<RT, OT>(acc, wscale, wsum, xscale, y, ldy);
-}
-
-template <int RT, int OT>
-inline void RowBlock(const int8_t* w, int in, const uint8_t* xq, int ldq,
-                     const float* wscale, const int32_t* wsum,
-                     const float* xscale, float* y, int ldy, int outs) {
-  int o = 0;
-  for (; o + OT <= outs; o += OT) {
-    Block<RT, OT>(w + static_cast<int64_t>(o) * in, in, xq, ldq, wscale + o,
-                  wsum + o, xscale, y + o, ldy);
-  }
-  for (; o < outs; ++o) {
-    Block<RT, 1>(w + static_cast<int64_t>(o) * in, in, xq, ldq, wscale + o,
-                 wsum + o, xscale, y + o, ldy);
+    for (int s = 1; s < S; ++s) sum = _mm512_add_epi32(sum, acc[t][s]);
+    const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, bias));
+    const __m512 r =
+        _mm512_mul_ps(_mm512_mul_ps(f, _mm512_set1_ps(xscale[t])), ws);
+    _mm512_mask_storeu_ps(y + static_cast<int64_t>(t) * ldy, m, r);
   }
 }
 
 }  // namespace
 
-// Output tiles of 16 rows of W (16 x in bytes, in L1/L2) against every row
-// of the call in 4-row register blocks; the next tile is prefetched a slice
-// per block.
 void GemmI8Vnni(const int8_t* w, const float* wscale, const int32_t* wsum,
                 int in, const uint8_t* xq, const float* xscale, int ldq,
                 int rows, float* y, int ldy, int o_begin, int o_end) {
-  if (rows <= 0 || o_begin >= o_end) return;
-  constexpr int kOTile = 16;
-  for (int ot = o_begin; ot < o_end; ot += kOTile) {
-    const int outs = ot + kOTile < o_end ? kOTile : o_end - ot;
-    const int8_t* wt = w + static_cast<int64_t>(ot) * in;
-    const float* ws = wscale + ot;
-    const int32_t* wsm = wsum + ot;
-    const int next = o_end - ot - outs < kOTile ? o_end - ot - outs : kOTile;
-    const char* pf =
-        reinterpret_cast<const char*>(wt + static_cast<int64_t>(outs) * in);
-    int64_t pf_bytes = rows > 1 ? static_cast<int64_t>(next) * in : 0;
-    const int blocks = (rows + 3) / 4;
-    const int64_t slice = (pf_bytes / blocks + 63) & ~int64_t{63};
+  const int64_t chunks = I8Chunks(in);
+  for (int g0 = o_begin; g0 < o_end; g0 += kI8TileOut) {
+    const int outs = o_end - g0 < kI8TileOut ? o_end - g0 : kI8TileOut;
+    const int8_t* tiles = w + g0 / kI8TileOut * chunks * kI8TileBytes;
+    const float* ws = wscale + g0;
+    const int32_t* wsm = wsum + g0;
     int t = 0;
-    for (; t + 4 <= rows; t += 4) {
-      const int64_t n = pf_bytes < slice ? pf_bytes : slice;
-      for (int64_t b = 0; b < n; b += 64) __builtin_prefetch(pf + b, 0, 2);
-      pf += n;
-      pf_bytes -= n;
-      RowBlock<4, 4>(wt, in, xq + static_cast<int64_t>(t) * ldq, ldq, ws, wsm,
-                     xscale + t, y + static_cast<int64_t>(t) * ldy + ot, ldy,
-                     outs);
+    for (; t + 8 <= rows; t += 8) {
+      Rows<8, 1>(tiles, chunks, xq + static_cast<int64_t>(t) * ldq, ldq, ws,
+                 wsm, xscale + t, y + static_cast<int64_t>(t) * ldy + g0, ldy,
+                 outs);
     }
-    for (int64_t b = 0; b < pf_bytes; b += 64) __builtin_prefetch(pf + b, 0, 2);
     const uint8_t* xt = xq + static_cast<int64_t>(t) * ldq;
-    float* yt = y + static_cast<int64_t>(t) * ldy + ot;
+    float* yt = y + static_cast<int64_t>(t) * ldy + g0;
     switch (rows - t) {
+      case 7:
+        Rows<7, 1>(tiles, chunks, xt, ldq, ws, wsm, xscale + t, yt, ldy, outs);
+        break;
+      case 6:
+        Rows<6, 1>(tiles, chunks, xt, ldq, ws, wsm, xscale + t, yt, ldy, outs);
+        break;
+      case 5:
+        Rows<5, 1>(tiles, chunks, xt, ldq, ws, wsm, xscale + t, yt, ldy, outs);
+        break;
+      case 4:
+        Rows<4, 2>(tiles, chunks, xt, ldq, ws, wsm, xscale + t, yt, ldy, outs);
+        break;
       case 3:
-        RowBlock<3, 4>(wt, in, xt, ldq, ws, wsm, xscale + t, yt, ldy, outs);
+        Rows<3, 2>(tiles, chunks, xt, ldq, ws, wsm, xscale + t, yt, ldy, outs);
         break;
       case 2:
-        RowBlock<2, 8>(wt, in, xt, ldq, ws, wsm, xscale + t, yt, ldy, outs);
+        Rows<2, 4>(tiles, chunks, xt, ldq, ws, wsm, xscale + t, yt, ldy, outs);
         break;
       case 1:
-        RowBlock<1, 8>(wt, in, xt, ldq, ws, wsm, xscale + t, yt, ldy, outs);
+        Rows<1, 8>(tiles, chunks, xt, ldq, ws, wsm, xscale + t, yt, ldy, outs);
         break;
       default:
         break;

@@ -15,6 +15,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "worker/engine/kernels.h"
+
 namespace statestream::engine::kernels_impl {
 
 inline constexpr int kLanes = 16;
@@ -220,27 +222,40 @@ void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
   }
 }
 
-// int8 x int8 products, plain integer loops (vectorised by the compiler for
-// each build's instruction set); kernels_avx512vnni.cc is the fast path.
-// Exact integers, so the loop order is free. A template on the build's V
-// (unused) only so each build gets its own copy: a plain inline function
-// would be merged by the linker across builds of different instruction sets.
+// int8 x int8 products on the packed layout (kernels.h), plain integer
+// loops vectorised by the compiler for each build's instruction set;
+// kernels_avx512vnni.cc and kernels_amx.cc are the fast paths. Exact
+// integers, so the loop order is free. A template on the build's V (unused)
+// only so each build gets its own copy: a plain inline function would be
+// merged by the linker across builds of different instruction sets.
 template <typename V>
 void GemmI8Generic(const int8_t* w, const float* wscale, const int32_t* wsum,
                    int in, const uint8_t* xq, const float* xscale, int ldq,
                    int rows, float* y, int ldy, int o_begin, int o_end) {
   (void)wsum;
-  for (int o = o_begin; o < o_end; ++o) {
-    const int8_t* wr = w + static_cast<int64_t>(o) * in;
+  const int64_t chunks = I8Chunks(in);
+  for (int g0 = o_begin; g0 < o_end; g0 += kI8TileOut) {
+    const int outs = o_end - g0 < kI8TileOut ? o_end - g0 : kI8TileOut;
+    const int8_t* tiles = w + g0 / kI8TileOut * chunks * kI8TileBytes;
     for (int t = 0; t < rows; ++t) {
       const uint8_t* xr = xq + static_cast<int64_t>(t) * ldq;
-      int32_t acc = 0;
-      for (int i = 0; i < in; ++i) {
-        acc +=
-            static_cast<int32_t>(wr[i]) * (static_cast<int32_t>(xr[i]) - 128);
+      int32_t acc[kI8TileOut] = {};
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int8_t* tile = tiles + c * kI8TileBytes;
+        const uint8_t* xc = xr + c * kI8TileIn;
+        for (int k4 = 0; k4 < kI8TileIn / 4; ++k4) {
+          for (int n = 0; n < kI8TileOut; ++n) {
+            for (int j = 0; j < 4; ++j) {
+              acc[n] += static_cast<int32_t>(tile[k4 * 64 + n * 4 + j]) *
+                        (static_cast<int32_t>(xc[k4 * 4 + j]) - 128);
+            }
+          }
+        }
       }
-      y[static_cast<int64_t>(t) * ldy + o] =
-          static_cast<float>(acc) * xscale[t] * wscale[o];
+      for (int n = 0; n < outs; ++n) {
+        y[static_cast<int64_t>(t) * ldy + g0 + n] =
+            static_cast<float>(acc[n]) * xscale[t] * wscale[g0 + n];
+      }
     }
   }
 }

@@ -29,7 +29,8 @@ uint16_t ToBF16(float f) {
 // Random int8 weights over the quantizer's range [-127, 127] and positive
 // per-row scales, with each row's sum.
 struct I8Weights {
-  std::vector<int8_t> w;
+  std::vector<int8_t> w;       // row-major [out][in]
+  std::vector<int8_t> packed;  // the kernels' tiles (kernels.h)
   std::vector<float> scale;
   std::vector<int32_t> sum;
 };
@@ -43,6 +44,12 @@ I8Weights RandomI8(int out, int in, uint32_t seed) {
     for (int i = 0; i < in; ++i) {
       r.w[o * in + i] = static_cast<int8_t>(d(rng));
       r.sum[o] += r.w[o * in + i];
+    }
+  }
+  r.packed.assign(I8PackedBytes(out, in), 0);
+  for (int o = 0; o < out; ++o) {
+    for (int i = 0; i < in; ++i) {
+      r.packed[I8PackedOffset(o, i, in)] = r.w[o * in + i];
     }
   }
   r.scale = Random(out, seed + 1);
@@ -59,7 +66,8 @@ struct I8Rows {
 I8Rows Quantize(const float* x, int ldx, int rows, int in) {
   I8Rows r;
   r.ldq = (in + 63) & ~63;
-  r.q.assign(static_cast<size_t>(rows) * r.ldq, 0xA5);  // junk padding
+  // Junk in the padding, and rows to a multiple of 16, as kernels.h allows.
+  r.q.assign(static_cast<size_t>((rows + 15) & ~15) * r.ldq, 0xA5);
   r.scale.resize(rows);
   QuantizeRows(x, ldx, rows, in, r.q.data(), r.ldq, r.scale.data());
   return r;
@@ -84,7 +92,7 @@ TEST(KernelsTest, QuantizeRowsRoundsToTheRowMaximum) {
 // The definition: the exact integer dot product, then two multiplications.
 TEST(KernelsTest, GemmI8IsExactIntegerProductInEveryBuild) {
   for (int in : {1, 15, 16, 17, 63, 64, 65, 100, 768}) {
-    for (int rows : {1, 3, 4, 9, 16, 33}) {
+    for (int rows : {1, 2, 3, 4, 5, 8, 9, 15, 16, 17, 31, 32, 33, 48, 50}) {
       const int out = 37;
       const I8Weights w = RandomI8(out, in, in);
       auto x = Random(static_cast<size_t>(rows) * in, rows + 100);
@@ -99,15 +107,18 @@ TEST(KernelsTest, GemmI8IsExactIntegerProductInEveryBuild) {
           ref[t * out + o] = static_cast<float>(dot) * xq.scale[t] * w.scale[o];
         }
       }
-      for (const char* name :
-           {"scalar", "avx2", "avx512", "avx512vnni", "avx512bf16"}) {
+      for (const char* name : {"scalar", "avx2", "avx512", "avx512vnni",
+                               "avx512amx", "avx512bf16"}) {
         const Kernels* k = GetKernelsByName(name);
         if (k == nullptr) continue;
         std::vector<float> y(ref.size(), -1.0f);
-        k->gemm_i8(w.w.data(), w.scale.data(), w.sum.data(), in, xq.q.data(),
-                   xq.scale.data(), xq.ldq, rows, y.data(), out, 0, 11);
-        k->gemm_i8(w.w.data(), w.scale.data(), w.sum.data(), in, xq.q.data(),
-                   xq.scale.data(), xq.ldq, rows, y.data(), out, 11, out);
+        // Split at a group boundary, as MatMul's tiles are.
+        k->gemm_i8(w.packed.data(), w.scale.data(), w.sum.data(), in,
+                   xq.q.data(), xq.scale.data(), xq.ldq, rows, y.data(), out, 0,
+                   16);
+        k->gemm_i8(w.packed.data(), w.scale.data(), w.sum.data(), in,
+                   xq.q.data(), xq.scale.data(), xq.ldq, rows, y.data(), out,
+                   16, out);
         EXPECT_EQ(0, std::memcmp(y.data(), ref.data(), y.size() * 4))
             << name << " in=" << in << " rows=" << rows;
       }
@@ -129,7 +140,7 @@ TEST(KernelsTest, GemmRowIsIndependentOfBatchAndSplit) {
   const I8Weights wi = RandomI8(out, in, 7);
   auto x = Random(static_cast<size_t>(max_rows) * ldx, 6);
   for (const char* name :
-       {"scalar", "avx2", "avx512", "avx512vnni", "avx512bf16"}) {
+       {"scalar", "avx2", "avx512", "avx512vnni", "avx512amx", "avx512bf16"}) {
     const Kernels* k = GetKernelsByName(name);
     if (k == nullptr) continue;
     for (const char* type : {"f32", "bf16", "i8"}) {
@@ -138,8 +149,10 @@ TEST(KernelsTest, GemmRowIsIndependentOfBatchAndSplit) {
           k->gemm_bf16(wb.data(), in, xs, ldx, rows, y, ldy, ob, oe);
         } else if (type[0] == 'i') {
           const I8Rows q = Quantize(xs, ldx, rows, in);
-          k->gemm_i8(wi.w.data(), wi.scale.data(), wi.sum.data(), in,
-                     q.q.data(), q.scale.data(), q.ldq, rows, y, ldy, ob, oe);
+          // int8 ranges start at a group of 16 (kernels.h).
+          const int ib = ob / kI8TileOut * kI8TileOut;
+          k->gemm_i8(wi.packed.data(), wi.scale.data(), wi.sum.data(), in,
+                     q.q.data(), q.scale.data(), q.ldq, rows, y, ldy, ib, oe);
         } else {
           k->gemm_f32(w.data(), in, xs, ldx, rows, y, ldy, ob, oe);
         }

@@ -81,14 +81,15 @@ void MatMul(const Kernels& k, ThreadPool& pool, const Matrix& m, const float* x,
   if (rows <= 0) return;
   if (m.i8 != nullptr) {
     // Quantized once per call on the caller, shared by every tile. Rows are
-    // padded to 64 bytes (the kernels read whole 64-byte steps).
+    // padded to 64 bytes and their number to a multiple of 16 (the kernels
+    // read whole tiles; what padding holds is never used).
     struct Scratch {
       std::vector<uint8_t> xq;
       std::vector<float> scale;
     };
     static thread_local Scratch s;
     const int ldq = (m.cols + 63) & ~63;
-    s.xq.resize(static_cast<size_t>(rows) * ldq);
+    s.xq.resize(static_cast<size_t>((rows + 15) & ~15) * ldq);
     s.scale.resize(rows);
     QuantizeRows(x, ldx, rows, m.cols, s.xq.data(), ldq, s.scale.data());
     const int tile = m.rows >= 256 ? 64 : 16;

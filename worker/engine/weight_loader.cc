@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "common/status.h"
 #include "worker/engine/float16.h"
+#include "worker/engine/kernels.h"
 
 namespace statestream::engine {
 namespace {
@@ -49,7 +50,7 @@ void ReleaseSource(const TensorView& t) {
 
 void WeightLoader::Quantize(const TensorView& t, Matrix* out) {
   const int rows = out->rows, cols = out->cols;
-  out->i8_storage.resize(static_cast<size_t>(rows) * cols);
+  out->i8_storage.assign(I8PackedBytes(rows, cols), 0);
   out->scale.resize(rows);
   out->wsum.resize(rows);
   std::vector<float> row(cols);
@@ -67,12 +68,13 @@ void WeightLoader::Quantize(const TensorView& t, Matrix* out) {
     // An all-zero row keeps scale 0 (and zeros); non-finite weights saturate.
     const float scale = std::isfinite(amax) ? amax / 127.0f : 0.0f;
     const float inv = scale > 0 ? 1.0f / scale : 0.0f;
-    int8_t* q = out->i8_storage.data() + static_cast<size_t>(r) * cols;
+    int8_t* q = out->i8_storage.data();
     int32_t sum = 0;
     for (int c = 0; c < cols; ++c) {
       const float v = std::nearbyint(row[c] * inv);
-      q[c] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
-      sum += q[c];
+      const int8_t b = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+      q[I8PackedOffset(r, c, cols)] = b;
+      sum += b;
     }
     out->scale[r] = scale;
     out->wsum[r] = sum;
@@ -85,7 +87,9 @@ void Matrix::ReadRow(int r, float* out) const {
   if (f32 != nullptr) {
     std::memcpy(out, f32 + base, sizeof(float) * cols);
   } else if (i8 != nullptr) {
-    for (int i = 0; i < cols; ++i) out[i] = i8[base + i] * scale[r];
+    for (int i = 0; i < cols; ++i) {
+      out[i] = i8[I8PackedOffset(r, i, cols)] * scale[r];
+    }
   } else {
     for (int i = 0; i < cols; ++i) out[i] = BF16ToF32(bf16[base + i]);
   }
