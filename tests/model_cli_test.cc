@@ -207,6 +207,79 @@ TEST(ModelCliTest, RandomModelsLoadInBothFormats) {
             1);
 }
 
+// int8 (and bf16) weights beside the same checkpoint in f32.
+TEST(ModelCliTest, CompareReportsReducedPrecisionAccuracy) {
+  SS_REQUIRE_SHARED_DATA();
+  const std::string model = SharedPath("testdata/rwkv7-tiny.pth");
+  RunResult r = Cli({"model", "compare", "--model", model, "--precision",
+                     "int8", "--length", "200", "--seed", "3"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["precision"], "int8");
+  EXPECT_EQ(j["positions"], 200);
+  EXPECT_GT(j["max_abs_logit_error"].get<double>(), 0);
+  EXPECT_LT(j["max_abs_logit_error"].get<double>(),
+            0.1 * j["max_abs_reference_logit"].get<double>());
+  EXPECT_GE(j["top1_agreement"].get<double>(), 0.9);
+  EXPECT_LT(j["mean_kl_nats"].get<double>(), 0.01);
+  // The same tokens give the same report (deterministic end to end).
+  RunResult again = Cli({"model", "compare", "--model", model, "--precision",
+                         "int8", "--length", "200", "--seed", "3"});
+  EXPECT_EQ(again.out, r.out);
+  r = Cli({"model", "compare", "--model", model, "--precision", "int8",
+           "--tokens", "1,2,3"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["positions"], 3);
+  // Bad input: nothing to compare with, a bad length, an out-of-range token.
+  EXPECT_EQ(Cli({"model", "compare", "--model", model, "--precision", "f32"})
+                .exit_code,
+            1);
+  EXPECT_EQ(Cli({"model", "compare", "--model", model, "--precision", "int8",
+                 "--length", "0"})
+                .exit_code,
+            1);
+  EXPECT_EQ(Cli({"model", "compare", "--model", model, "--precision", "int8",
+                 "--tokens", "1,99999"})
+                .exit_code,
+            1);
+  EXPECT_EQ(Cli({"model", "compare", "--model", model, "--precision", "int4"})
+                .exit_code,
+            1);
+}
+
+// `bench engine` in every dtype and mode prints one JSON line with the
+// fields the acceptance checks read; bad flags are usage errors.
+TEST(ModelCliTest, BenchEngineRunsEveryDtype) {
+  SS_REQUIRE_SHARED_DATA();
+  const std::string model = SharedPath("testdata/rwkv7-tiny.pth");
+  for (const char* dtype : {"fp32", "bf16", "int8"}) {
+    for (const char* mode : {"decode", "prefill"}) {
+      RunResult r = Cli({"bench", "engine", "--model", model, "--mode", mode,
+                         "--dtype", dtype, "--batch", "3", "--tokens", "20",
+                         "--seconds", "0.05", "--threads", "2"});
+      ASSERT_EQ(r.exit_code, 0) << dtype << " " << mode << ": " << r.err;
+      auto lines = JsonLines(r.out);
+      ASSERT_EQ(lines.size(), 1u) << r.out;
+      const auto& j = lines[0];
+      EXPECT_EQ(j["dtype"], dtype);
+      EXPECT_EQ(j["mode"], mode);
+      EXPECT_GT(j["tokens_per_s"].get<double>(), 0);
+      EXPECT_GT(j["read_bandwidth_gb_s"].get<double>(), 0);
+      EXPECT_GT(j["peak_rss_mib"].get<double>(), 0);
+      EXPECT_EQ(j["batch"], std::string(mode) == "decode" ? 3 : 1);
+    }
+  }
+  EXPECT_EQ(
+      Cli({"bench", "engine", "--model", model, "--dtype", "int4"}).exit_code,
+      1);
+  EXPECT_EQ(
+      Cli({"bench", "engine", "--model", model, "--mode", "train"}).exit_code,
+      1);
+  EXPECT_EQ(
+      Cli({"bench", "engine", "--model", model, "--batch", "0"}).exit_code, 1);
+  EXPECT_NE(Cli({"bench", "nothing"}).exit_code, 0);
+}
+
 TEST(ModelCliTest, TokenizeAndDetokenize) {
   SS_REQUIRE_SHARED_DATA();
   const std::string vocab = SharedPath("testdata/rwkv_vocab_v20230424.txt");
