@@ -32,8 +32,15 @@ void GroupNorm(const float* x, int groups, int n, const float* w,
 }
 
 void ReluSquare(float* x, int64_t n) {
+  // max(x, 0) by clearing every bit of a negative number (sign bit set):
+  // integer operations the compiler vectorises, where a float compare and
+  // select stays a scalar branch.
   for (int64_t i = 0; i < n; ++i) {
-    const float r = x[i] > 0.0f ? x[i] : 0.0f;
+    uint32_t b;
+    std::memcpy(&b, &x[i], sizeof(b));
+    b &= ~static_cast<uint32_t>(static_cast<int32_t>(b) >> 31);
+    float r;
+    std::memcpy(&r, &b, sizeof(r));
     x[i] = r * r;
   }
 }

@@ -48,27 +48,23 @@ void ReleaseSource(const TensorView& t) {
 
 }  // namespace
 
-void WeightLoader::Quantize(const TensorView& t, Matrix* out) {
-  const int rows = out->rows, cols = out->cols;
+void WeightLoader::Quantize(int rows, int cols,
+                            const std::function<void(int, float*)>& read_row,
+                            Matrix* out) {
+  out->rows = rows;
+  out->cols = cols;
   out->i8_storage.assign(I8PackedBytes(rows, cols), 0);
   out->scale.resize(rows);
   out->wsum.resize(rows);
   std::vector<float> row(cols);
-  TensorView rt;
-  rt.dtype = t.dtype;
-  rt.shape = {cols};
-  rt.strides = {t.strides[1]};
-  const size_t row_bytes =
-      static_cast<size_t>(t.strides[0]) * DTypeSize(t.dtype);
+  int8_t* q = out->i8_storage.data();
   for (int r = 0; r < rows; ++r) {
-    rt.data = t.data + static_cast<size_t>(r) * row_bytes;
-    ReadAsF32(rt, row.data());
+    read_row(r, row.data());
     float amax = 0;
     for (float v : row) amax = std::max(amax, std::fabs(v));
     // An all-zero row keeps scale 0 (and zeros); non-finite weights saturate.
     const float scale = std::isfinite(amax) ? amax / 127.0f : 0.0f;
     const float inv = scale > 0 ? 1.0f / scale : 0.0f;
-    int8_t* q = out->i8_storage.data();
     int32_t sum = 0;
     for (int c = 0; c < cols; ++c) {
       const float v = std::nearbyint(row[c] * inv);
@@ -186,7 +182,19 @@ absl::Status WeightLoader::Mat(absl::string_view name, int rows, int cols,
           absl::StrCat("int8 weights: ", name, " has ", cols,
                        " inputs per row, more than 65536"));
     }
-    Quantize(*t, out);
+    TensorView rt;
+    rt.dtype = t->dtype;
+    rt.shape = {cols};
+    rt.strides = {t->strides[1]};
+    const size_t row_bytes =
+        static_cast<size_t>(t->strides[0]) * DTypeSize(t->dtype);
+    Quantize(
+        rows, cols,
+        [&](int r, float* row) {
+          rt.data = t->data + static_cast<size_t>(r) * row_bytes;
+          ReadAsF32(rt, row);
+        },
+        out);
     ReleaseSource(*t);
     params_ += n;
     HashInt8(name, {rows, cols}, *out);
@@ -224,6 +232,20 @@ absl::Status WeightLoader::MatT(absl::string_view name, int rows, int cols,
   const int64_t n = static_cast<int64_t>(rows) * cols;
   std::vector<float> tmp(n);
   ReadAsF32(*t, tmp.data());
+  if (precision_ == WeightPrecision::kInt8) {
+    // Rows of the transpose are the columns of the stored tensor.
+    Quantize(
+        cols, rows,
+        [&](int r, float* row) {
+          for (int c = 0; c < rows; ++c) {
+            row[c] = tmp[static_cast<int64_t>(c) * cols + r];
+          }
+        },
+        out);
+    params_ += n;
+    HashInt8(name, {rows, cols}, *out);
+    return absl::OkStatus();
+  }
   out->rows = cols;
   out->cols = rows;
   out->f32_storage.resize(n);

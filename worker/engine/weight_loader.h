@@ -10,6 +10,7 @@
 #include <xxhash.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -62,7 +63,8 @@ class WeightLoader {
   // in the configured precision.
   absl::Status Mat(absl::string_view name, int rows, int cols, Matrix* out);
   // A 2-D [rows][cols] tensor applied as `x @ M` (LoRA factors): stored
-  // transposed as [cols][rows], fp32, so it runs through the same kernels.
+  // transposed as [cols][rows] so it runs through the same kernels; fp32,
+  // or int8 when the precision is int8.
   absl::Status MatT(absl::string_view name, int rows, int cols, Matrix* out);
 
   int64_t params() const { return params_; }
@@ -77,9 +79,11 @@ class WeightLoader {
             const float* f32, const uint16_t* bf16, int64_t n);
   void HashInt8(absl::string_view name, const std::vector<int64_t>& shape,
                 const Matrix& m);
-  // Fills out->i8_storage/scale/wsum from tensor `t` (rows x cols), a row
+  // Fills `out` (rows x cols, int8) from `read_row(r, float[cols])`, a row
   // at a time so no full fp32 copy is ever held.
-  static void Quantize(const TensorView& t, Matrix* out);
+  static void Quantize(int rows, int cols,
+                       const std::function<void(int, float*)>& read_row,
+                       Matrix* out);
 
   std::shared_ptr<const WeightFile> file_;
   WeightPrecision precision_;
