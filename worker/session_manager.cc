@@ -342,7 +342,7 @@ class SessionManager::Impl {
       s->last_use = ++tick_;
       resident_[mk] = s;
       ++stats_.loads;
-      victims = PickVictims();
+      victims = PickVictims(s.get());
     }
     for (auto& v : victims) Evict(v);
     return s;
@@ -409,7 +409,9 @@ class SessionManager::Impl {
     return v;
   }
 
-  std::vector<std::shared_ptr<Session>> PickVictims()
+  // Never `loading` (the session being loaded for its caller: with a
+  // budget below one session, evicting it would load it again forever).
+  std::vector<std::shared_ptr<Session>> PickVictims(const Session* loading)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     std::vector<std::shared_ptr<Session>> out;
     int64_t bytes = static_cast<int64_t>(resident_.size()) * session_bytes_;
@@ -421,6 +423,7 @@ class SessionManager::Impl {
     });
     for (auto& s : all) {
       if (bytes <= opt_.residency_bytes) break;
+      if (s.get() == loading) continue;
       absl::MutexLock lock(&s->mu);
       if (s->busy || s->writer_attached || !s->ops.empty()) continue;
       out.push_back(s);

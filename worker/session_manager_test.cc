@@ -219,6 +219,24 @@ TEST_F(SessionManagerTest, EvictsIdleSessionsAndReloadsThemUnchanged) {
   EXPECT_NE(a_before, Blob("a"));
 }
 
+// A budget below one session keeps the session in use (once it is idle,
+// the next load evicts it) instead of evicting it as it loads.
+TEST_F(SessionManagerTest, ABudgetBelowOneSessionStillServes) {
+  SessionManagerOptions o;
+  o.residency_bytes = 1;
+  Start(o);
+  for (const char* id : {"a", "b"}) {
+    Create(id);
+    auto w = Open(id);
+    ASSERT_NE(w, nullptr);
+    ASSERT_TRUE(Append(w, 0, "x", true, true).ok());
+    ASSERT_TRUE(Close(w).ok());
+  }
+  EXPECT_EQ(manager_->stats().resident, 1);
+  EXPECT_EQ(manager_->stats().loads, 2);
+  EXPECT_EQ(manager_->stats().evictions, 1);
+}
+
 TEST_F(SessionManagerTest, ALostLeaseFencesTheNextCommit) {
   Create("f");
   auto w = Open("f");
