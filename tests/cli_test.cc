@@ -1,8 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // The `statestream` command line: help, usage errors and exit codes.
+#include <signal.h>
+#include <unistd.h>
+
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/subprocess.h"
@@ -106,6 +110,94 @@ TEST(CliTest, UnusableDataDirOrModelFails) {
       {"serve", "--listen=127.0.0.1:0", "--model=/nonexistent/model.pth"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("/nonexistent/model.pth"));
+}
+
+TEST(CliTest, BadModelListsAndDevicesAreUsageErrors) {
+  struct Case {
+    std::vector<std::string> flags;
+    std::string error;
+  };
+  const std::vector<Case> cases = {
+      {{"--model=a.pth,,b.pth"}, "--model: entry 2 of 3 is empty"},
+      {{"--model=a.pth,"}, "--model: entry 2 of 2 is empty"},
+      {{"--model=x/m.pth,y/m.safetensors"}, "two models have the id \"m\""},
+      {{"--model=a=x.pth,a=y.pth"}, "two models have the id \"a\""},
+      {{"--model==x.pth"}, "has no id"},
+      {{"--model=a=x.pth,b="}, "\"b=\" has no path"},
+      {{"--model=a.pth,b.pth", "--vocab=v.txt"},
+       "--vocab: 1 entry for 2 models"},
+      {{"--model=a.pth", "--vocab=,v.txt"}, "--vocab: 2 entries for 1 model"},
+      {{"--model=a.pth", "--device=gpu"}, "--device must be cpu, cuda or auto"},
+  };
+  for (const char* role : {"serve", "worker"}) {
+    for (const Case& c : cases) {
+      std::vector<std::string> args = {role, "--listen=127.0.0.1:0"};
+      if (std::string(role) == "worker") args.push_back("--redis=127.0.0.1:1");
+      args.insert(args.end(), c.flags.begin(), c.flags.end());
+      e2e::RunResult r = Statestream(args);
+      EXPECT_EQ(r.exit_code, 2) << role << " " << c.flags[0];
+      EXPECT_THAT(r.err, HasSubstr(c.error)) << role << " " << c.flags[0];
+      EXPECT_EQ(r.out, "") << role << " " << c.flags[0];
+    }
+  }
+  e2e::RunResult r = Statestream({"serve", "--vocab=v.txt"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--vocab: needs --model"));
+  r = Statestream({"worker", "--redis=127.0.0.1:1"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--model is required"));
+}
+
+TEST(CliTest, OneModelUnderTwoIdsFails) {
+  const std::string model = ::testing::TempDir() + "/cli_test_" +
+                            std::to_string(getpid()) + ".safetensors";
+  e2e::RunResult made =
+      Statestream({"model", "random", "--layers=1", "--embd=64",
+                   "--head-size=32", "--vocab=256", "--out=" + model});
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  e2e::RunResult r =
+      Statestream({"serve", "--listen=127.0.0.1:0",
+                   "--model=a=" + model + ",b=" + model, "--device=cpu"});
+  std::remove(model.c_str());
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("is the same model"));
+}
+
+// Starts `serve` with `flags`; returns its exit code after SIGTERM once it
+// listens, or its exit code if it never does. `err` gets its stderr.
+int ServeAndStop(const std::vector<std::string>& flags, std::string* err) {
+  std::vector<std::string> argv = {STATESTREAM_BIN, "serve",
+                                   "--listen=127.0.0.1:0"};
+  argv.insert(argv.end(), flags.begin(), flags.end());
+  auto process = e2e::Subprocess::Start(argv);
+  EXPECT_TRUE(process.ok()) << process.status();
+  if (!process.ok()) return -1;
+  auto line = (*process)->ReadStdoutLine(absl::Seconds(60));
+  if (line.ok() && absl::StartsWith(*line, "listening on ")) {
+    (*process)->Signal(SIGTERM);
+  }
+  auto code = (*process)->Wait(absl::Seconds(30));
+  *err = (*process)->stderr_text();
+  return code.value_or(-1);
+}
+
+TEST(CliTest, DeviceCpuServesAndSaysSo) {
+  std::string err;
+  EXPECT_EQ(ServeAndStop({"--device=cpu"}, &err), 0) << err;
+  EXPECT_THAT(err, HasSubstr("statestream serve: device cpu (--device cpu)"));
+  // auto says which it chose, and why.
+  EXPECT_EQ(ServeAndStop({}, &err), 0) << err;
+  EXPECT_THAT(err, HasSubstr("(--device auto: "));
+}
+
+TEST(CliTest, DeviceCudaWithoutAGpuIsAUsageError) {
+  std::string err;
+  const int code = ServeAndStop({"--device=cuda"}, &err);
+  if (code == 0 && absl::StrContains(err, "device cuda (--device cuda)")) {
+    GTEST_SKIP() << "this machine has a usable CUDA device";
+  }
+  EXPECT_EQ(code, 2) << err;
+  EXPECT_THAT(err, HasSubstr("--device cuda: no CUDA device"));
 }
 
 TEST(CliTest, Version) {
