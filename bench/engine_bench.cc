@@ -20,11 +20,15 @@
 namespace statestream::engine {
 namespace {
 
+enum Weights { kF32 = 0, kBF16 = 1, kInt8 = 2 };
+
 // `threads` engine threads (1 or 2): with one, the CPU time column is the
-// whole cost, which stays comparable on a busy machine.
-Model& BenchModel(bool bf16, int threads = 2) {
-  static std::unique_ptr<Model> models[2][3];
-  std::unique_ptr<Model>& m = models[bf16 ? 1 : 0][threads];
+// whole cost, which stays comparable on a busy machine. kInt8 loads the f32
+// file with int8 weights (W8A8, AMX/VNNI kernels where present).
+Model& BenchModel(Weights weights, int threads = 2) {
+  static std::unique_ptr<Model> models[3][3];
+  std::unique_ptr<Model>& m = models[weights][threads];
+  const bool bf16 = weights == kBF16;
   if (m == nullptr) {
     RandomModelSpec spec;
     spec.n_layer = 6;
@@ -40,6 +44,7 @@ Model& BenchModel(bool bf16, int threads = 2) {
     }
     ModelOptions options;
     options.threads = threads;
+    if (weights == kInt8) options.precision = WeightPrecision::kInt8;
     auto loaded = LoadModel(path, options);
     std::remove(path.c_str());
     if (!loaded.ok()) std::abort();
@@ -50,8 +55,8 @@ Model& BenchModel(bool bf16, int threads = 2) {
 
 // One decode step (one token, logits) for range(0) sessions at once, on
 // range(1) threads.
-void BM_Decode(benchmark::State& st, bool bf16) {
-  Model& m = BenchModel(bf16, static_cast<int>(st.range(1)));
+void BM_Decode(benchmark::State& st, Weights weights) {
+  Model& m = BenchModel(weights, static_cast<int>(st.range(1)));
   const int batch = static_cast<int>(st.range(0));
   const int V = m.info().config.vocab_size;
   std::vector<std::vector<float>> states(
@@ -76,8 +81,8 @@ void BM_Decode(benchmark::State& st, bool bf16) {
 
 // A 256-token prompt, logits for the last token only, fed in chunks of
 // range(0) tokens per call.
-void BM_Prefill(benchmark::State& st, bool bf16) {
-  Model& m = BenchModel(bf16);
+void BM_Prefill(benchmark::State& st, Weights weights) {
+  Model& m = BenchModel(weights);
   const int chunk = static_cast<int>(st.range(0));
   const int kPrompt = 256;
   const int V = m.info().config.vocab_size;
@@ -151,20 +156,29 @@ BENCHMARK_CAPTURE(BM_Gemm, bf16dot, true, "avx512bf16")
     ->ArgsProduct({{1, 8, 32, 64}, {2048, 16384}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
-BENCHMARK_CAPTURE(BM_Decode, f32, false)
+BENCHMARK_CAPTURE(BM_Decode, f32, kF32)
     ->ArgsProduct({{1, 8, 32}, {2, 1}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
-BENCHMARK_CAPTURE(BM_Decode, bf16, true)
+BENCHMARK_CAPTURE(BM_Decode, bf16, kBF16)
     ->ArgsProduct({{1, 8, 32}, {2, 1}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
-BENCHMARK_CAPTURE(BM_Prefill, f32, false)
+BENCHMARK_CAPTURE(BM_Decode, int8, kInt8)
+    ->ArgsProduct({{1, 8, 32}, {2, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Prefill, f32, kF32)
     ->Arg(1)
     ->Arg(64)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
-BENCHMARK_CAPTURE(BM_Prefill, bf16, true)
+BENCHMARK_CAPTURE(BM_Prefill, bf16, kBF16)
+    ->Arg(1)
+    ->Arg(64)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Prefill, int8, kInt8)
     ->Arg(1)
     ->Arg(64)
     ->Unit(benchmark::kMillisecond)

@@ -57,7 +57,9 @@ ABSL_FLAG(int, head_size, 64, "Model: head size.");
 ABSL_FLAG(int, ffn, 2048, "Model: FFN width.");
 ABSL_FLAG(int, vocab, 65536,
           "Model: vocabulary, 65536 (World tokenizer) or 256 (bytes).");
-ABSL_FLAG(std::string, dtype, "bf16", "Weights as stored: f32 or bf16.");
+ABSL_FLAG(std::string, dtype, "bf16",
+          "Weights: f32 or bf16 (as stored), or int8 (stored f32, "
+          "quantized at load).");
 ABSL_FLAG(int, threads, 0, "Engine threads; 0 = one per hardware thread.");
 ABSL_FLAG(std::string, parts, "1,2,3", "Which parts to run.");
 ABSL_FLAG(int, tokens, 256, "Part 1: tokens per Generate at one session.");
@@ -474,8 +476,8 @@ int Main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   TuneMallocForLargeBuffers();
   const std::string dtype = absl::GetFlag(FLAGS_dtype);
-  if (dtype != "f32" && dtype != "bf16") {
-    std::fprintf(stderr, "--dtype: f32 or bf16\n");
+  if (dtype != "f32" && dtype != "bf16" && dtype != "int8") {
+    std::fprintf(stderr, "--dtype: f32, bf16 or int8\n");
     return 2;
   }
   const int vocab = absl::GetFlag(FLAGS_vocab);
@@ -504,6 +506,7 @@ int Main(int argc, char** argv) {
   tensors->clear();
   engine::ModelOptions model_options;
   model_options.threads = absl::GetFlag(FLAGS_threads);
+  if (dtype == "int8") model_options.precision = engine::WeightPrecision::kInt8;
   auto model = written.ok()
                    ? engine::LoadModel(path, model_options)
                    : absl::StatusOr<std::unique_ptr<engine::Model>>(written);
