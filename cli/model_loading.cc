@@ -10,6 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "cli/engine_flags.h"
 #include "common/status.h"
 
 namespace statestream::cli {
@@ -152,7 +153,8 @@ absl::StatusOr<ServedModel> LoadServedModel(const ModelSpec& spec,
   ServedModel out;
   out.model_id = spec.model_id;
   out.device = device.device;
-  engine::ModelOptions options;
+  // --threads and --precision (cli/engine_flags.h) apply to every model.
+  SS_ASSIGN_OR_RETURN(engine::ModelOptions options, EngineOptionsFromFlags());
   options.device = device.device;
   auto model = engine::LoadModel(spec.path, options);
   if (!model.ok() && device.cpu_fallback &&
@@ -193,7 +195,11 @@ void LogServedModel(absl::string_view role, const ServedModel& model,
                     const ModelSpec& spec) {
   std::cerr << "statestream " << role << ": model " << model.model_id << ": "
             << engine::ArchName(model.model->info().config.arch) << ", "
-            << spec.path << " on " << model.device;
+            << spec.path << " on " << model.device << ", "
+            << model.model->info().kernels << " kernels";
+  if (PrecisionFlagValue() != "as-stored") {
+    std::cerr << ", " << PrecisionFlagValue() << " weights";
+  }
   if (!model.note.empty()) std::cerr << " (" << model.note << ")";
   std::cerr << "\n";
 }

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/cli_util.h"
 #include "cli/command.h"
+#include "cli/engine_flags.h"
 #include "cli/metrics_flags.h"
 #include "cli/model_flag.h"
 #include "cli/model_loading.h"
@@ -179,6 +180,10 @@ int Run(const std::vector<std::string>& args) {
     return kExitUsage;
   }
   options.models = *std::move(models);
+  if (auto engine = EngineOptionsFromFlags(); !engine.ok()) {
+    std::cerr << "statestream serve: " << engine.status().message() << "\n";
+    return kExitUsage;
+  }
   auto device = ChooseDevice(DeviceFlagValue());
   if (!device.ok()) {
     std::cerr << "statestream serve: " << device.status().message() << "\n";
@@ -229,7 +234,8 @@ const Command& ServeCommand() {
       "means rwkv_vocab_v20230424.txt beside the model; byte-level models\n"
       "need none). Stops cleanly on SIGINT or SIGTERM.",
       {__FILE__, kServerFlagsFile, kTlsFlagsFile, kMetricsFlagsFile,
-       kModelFlagFile, kVocabFlagFile, kDeviceFlagFile, kWorkerFlagsFile},
+       kModelFlagFile, kVocabFlagFile, kDeviceFlagFile, kEngineFlagsFile,
+       kWorkerFlagsFile},
       &Run};
   return kCommand;
 }

@@ -17,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "cli/cli_util.h"
 #include "cli/command.h"
+#include "cli/engine_flags.h"
 #include "cli/metrics_flags.h"
 #include "cli/model_flag.h"
 #include "cli/model_loading.h"
@@ -116,6 +117,10 @@ int Run(const std::vector<std::string>& args) {
     return kExitUsage;
   }
   options.models = *std::move(models);
+  if (auto engine = EngineOptionsFromFlags(); !engine.ok()) {
+    std::cerr << "statestream worker: " << engine.status().message() << "\n";
+    return kExitUsage;
+  }
   auto device = ChooseDevice(DeviceFlagValue());
   if (!device.ok()) {
     std::cerr << "statestream worker: " << device.status().message() << "\n";
@@ -217,8 +222,8 @@ const Command& WorkerCommand() {
       "first the default; --vocab entries pair with them) are served side\n"
       "by side, each with its own scheduler.",
       {__FILE__, kServerFlagsFile, kTlsFlagsFile, kRedisFlagsFile,
-       kModelFlagFile, kVocabFlagFile, kDeviceFlagFile, kWorkerFlagsFile,
-       kMetricsFlagsFile},
+       kModelFlagFile, kVocabFlagFile, kDeviceFlagFile, kEngineFlagsFile,
+       kWorkerFlagsFile, kMetricsFlagsFile},
       &Run};
   return kCommand;
 }

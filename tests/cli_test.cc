@@ -128,6 +128,9 @@ TEST(CliTest, BadModelListsAndDevicesAreUsageErrors) {
        "--vocab: 1 entry for 2 models"},
       {{"--model=a.pth", "--vocab=,v.txt"}, "--vocab: 2 entries for 1 model"},
       {{"--model=a.pth", "--device=gpu"}, "--device must be cpu, cuda or auto"},
+      {{"--model=a.pth", "--precision=int4"},
+       "--precision must be as-stored, f32, bf16 or int8"},
+      {{"--model=a.pth", "--threads=-1"}, "--threads must be in [0, 1024]"},
   };
   for (const char* role : {"serve", "worker"}) {
     for (const Case& c : cases) {
@@ -188,6 +191,24 @@ TEST(CliTest, DeviceCpuServesAndSaysSo) {
   // auto says which it chose, and why.
   EXPECT_EQ(ServeAndStop({}, &err), 0) << err;
   EXPECT_THAT(err, HasSubstr("(--device auto: "));
+}
+
+// --precision applies to every served model and is logged with it.
+TEST(CliTest, ServesInt8Weights) {
+  const std::string model = ::testing::TempDir() + "/cli_test_int8_" +
+                            std::to_string(getpid()) + ".safetensors";
+  e2e::RunResult made =
+      Statestream({"model", "random", "--layers=1", "--embd=64",
+                   "--head-size=32", "--vocab=256", "--out=" + model});
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  std::string err;
+  EXPECT_EQ(ServeAndStop({"--model=" + model, "--precision=int8",
+                          "--device=cpu", "--threads=1"},
+                         &err),
+            0)
+      << err;
+  std::remove(model.c_str());
+  EXPECT_THAT(err, HasSubstr("int8 weights"));
 }
 
 TEST(CliTest, DeviceCudaWithoutAGpuIsAUsageError) {

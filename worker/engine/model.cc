@@ -85,7 +85,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(
   }
   if (options.device == "cuda") {
     if (options.precision == WeightPrecision::kInt8) {
-      return InvalidArgumentError(
+      return FailedPreconditionError(
           Reason::kInvalidArgument,
           "int8 weights run on the cpu only; use bf16 or f32 with cuda");
     }
