@@ -85,7 +85,20 @@ void GemmI8Amx(const int8_t* w, const float* wscale, const int32_t* wsum,
       _tile_zero(1);
       _tile_zero(2);
       _tile_zero(3);
+      // The next pair of groups' tiles, fetched while these are multiplied
+      // (each weight tile is used once per 32 rows: at decode batch sizes
+      // the loads, not TDPBUSD, are the cost).
+      const int8_t* next =
+          r0 + 32 >= rows ? b0 + 2 * chunks * kI8TileBytes : nullptr;
       for (int64_t c = 0; c < chunks; ++c) {
+        if (next != nullptr && g0 + 2 * kI8TileOut < o_end) {
+          const int8_t* p0 = next + c * kI8TileBytes;
+          const int8_t* p1 = p0 + chunks * kI8TileBytes;
+          for (int l = 0; l < kI8TileBytes; l += 64) {
+            __builtin_prefetch(p0 + l, 0, 3);
+            __builtin_prefetch(p1 + l, 0, 3);
+          }
+        }
         _tile_loadd(4, a0 + c * kI8TileIn, ldq);
         _tile_loadd(6, b0 + c * kI8TileBytes, 64);
         _tile_dpbusd(0, 4, 6);

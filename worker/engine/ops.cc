@@ -98,8 +98,21 @@ void MatMul(const Kernels& k, ThreadPool& pool, const Matrix& m, const float* x,
     const int ldq = (m.cols + 63) & ~63;
     s.xq.resize(static_cast<size_t>((rows + 15) & ~15) * ldq);
     s.scale.resize(rows);
-    QuantizeRows(x, ldx, rows, m.cols, s.xq.data(), ldq, s.scale.data());
-    const int tile = m.rows >= 256 ? 64 : 16;
+    if (rows >= 8) {  // rows are independent: quantize them over the pool
+      uint8_t* xq = s.xq.data();
+      float* xs = s.scale.data();
+      pool.ParallelFor(rows, [&](int t) {
+        QuantizeRows(x + static_cast<int64_t>(t) * ldx, ldx, 1, m.cols,
+                     xq + static_cast<int64_t>(t) * ldq, ldq, xs + t);
+      });
+    } else {
+      QuantizeRows(x, ldx, rows, m.cols, s.xq.data(), ldq, s.scale.data());
+    }
+    // AMX calls (16+ rows) pay a tile configuration each: fewer, larger
+    // output ranges (still 8+ per thread for balance).
+    const int tile = rows >= 16 && m.rows >= 4096 ? 256
+                     : m.rows >= 256              ? 64
+                                                  : 16;
     const int tiles = (m.rows + tile - 1) / tile;
     const uint8_t* xq = s.xq.data();
     const float* xs = s.scale.data();
