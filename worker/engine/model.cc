@@ -90,14 +90,14 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(
           "int8 weights run on the cpu only; use bf16 or f32 with cuda");
     }
 #ifdef STATESTREAM_HAVE_CUDA
-    if (LooksLikeRwkv7(*file)) {
-      CudaModelOptions cuda;
-      cuda.precision = options.precision;
-      return LoadRwkv7Cuda(std::move(file), cuda);
-    }
+    CudaModelOptions cuda;
+    cuda.precision = options.precision;
+    if (LooksLikeRwkv7(*file)) return LoadRwkv7Cuda(std::move(file), cuda);
+    if (LooksLikeRwkv6(*file)) return LoadRwkv6Cuda(std::move(file), cuda);
     return FailedPreconditionError(
         Reason::kInvalidArgument,
-        "the CUDA backend runs x070 models only; load this one on the cpu");
+        "the CUDA backend runs x070 and x060 models only; load this one on "
+        "the cpu");
 #else
     return CudaDeviceStatus();
 #endif

@@ -1,49 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "worker/engine/cuda/cuda_kernels.cuh"
+#include "worker/engine/cuda/device_util.cuh"
 
 namespace statestream::engine::cuda {
 namespace {
 
 constexpr float kExpMinusHalf = 0.60653065971263342f;  // e^-0.5
-
-__device__ __forceinline__ void Put(const ActOut& o, int64_t i, float v) {
-  if (o.f32 != nullptr) o.f32[i] = v;
-  if (o.hi != nullptr) {
-    const __nv_bfloat16 h = __float2bfloat16_rn(v);
-    o.hi[i] = h;
-    if (o.lo != nullptr) o.lo[i] = __float2bfloat16_rn(v - __bfloat162float(h));
-  }
-}
-
-__device__ __forceinline__ float Sigmoid(float x) {
-  return 1.0f / (1.0f + expf(-x));
-}
-
-__device__ __forceinline__ float WarpSum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// Sum over the block (blockDim.x a multiple of 32, at most 1024). `sh` holds
-// 32 floats; every thread gets the result.
-__device__ float BlockSum(float v, float* sh) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int warps = blockDim.x >> 5;
-  v = WarpSum(v);
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();
-  v = lane < warps ? sh[lane] : 0.0f;
-  v = WarpSum(v);
-  __syncthreads();  // sh may be reused right after
-  return v;
-}
-
-__device__ __forceinline__ float Load(const float* p, int64_t i) {
-  return p[i];
-}
-__device__ __forceinline__ float Load(const __nv_bfloat16* p, int64_t i) {
-  return __bfloat162float(p[i]);
-}
 
 template <typename In>
 __global__ void LayerNormKernel(const In* in, const int32_t* map, int c,
@@ -234,8 +196,6 @@ __global__ void ToBF16Kernel(const float* in, __nv_bfloat16* out, int64_t n) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) out[i] = __float2bfloat16_rn(in[i]);
 }
-
-int Blocks(int64_t n, int per) { return static_cast<int>((n + per - 1) / per); }
 
 }  // namespace
 

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// engine::Model over cuda::Runner. Loading mirrors rwkv7.cc exactly (same
-// tensors, same order, same WeightLoader), so a checkpoint has the same
-// fingerprint on both backends. Forward copies each session's host state to
+// engine::Model over a cuda::StepRunner (x070: rwkv7_cuda.h, x060:
+// rwkv6_cuda.h). Loading mirrors rwkv7.cc / rwkv6.cc exactly (same tensors,
+// same order, same WeightLoader), so a checkpoint has the same fingerprint on
+// both backends. Forward copies each session's host state to
 // the device, runs the batch and copies it back.
 #include "worker/engine/cuda/cuda_model.h"
 
@@ -15,17 +16,64 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/status.h"
+#include "worker/engine/cuda/cuda_model_internal.h"
 #include "worker/engine/cuda/rwkv7_cuda.h"
 #include "worker/engine/rwkv7.h"
 #include "worker/engine/weight_loader.h"
 
 namespace statestream::engine {
-namespace {
+namespace cuda_internal {
 
 absl::Status CudaError(absl::string_view what, const std::string& detail) {
   return MakeError(absl::StatusCode::kInternal, Reason::kInternal,
                    absl::StrCat("CUDA backend: ", what, ": ", detail));
 }
+
+cuda::HostMatrix View(const Matrix& m) {
+  return cuda::HostMatrix{m.rows, m.cols, m.f32, m.bf16};
+}
+
+bool UploadGlobals(const Matrix& emb, const Matrix& head,
+                   const std::vector<float>* gvec, cuda::StepRunner& r,
+                   std::string* err) {
+  bool ok = r.SetEmbedding(View(emb), err) && r.SetHead(View(head), err);
+  for (int g = 0; ok && g < cuda::kGlobalVecCount; ++g) {
+    ok =
+        r.SetGlobalVector(static_cast<cuda::GlobalVec>(g), gvec[g].data(), err);
+  }
+  return ok;
+}
+
+absl::Status CheckHeadSize(int head_size) {
+  if (cuda::HeadSizeSupported(head_size)) return absl::OkStatus();
+  return InvalidArgumentError(
+      Reason::kInvalidModelFile,
+      absl::StrCat("head size ", head_size,
+                   " is not supported by the CUDA backend (32, 64 or 128)"));
+}
+
+cuda::RunnerOptions MakeRunnerOptions(const CudaModelOptions& options,
+                                      bool all_bf16) {
+  cuda::RunnerOptions ro;
+  ro.mode = !all_bf16                   ? cuda::MatMode::kF32
+            : options.split_activations ? cuda::MatMode::kBF16Split
+                                        : cuda::MatMode::kBF16;
+  ro.max_rows = std::max(1, options.max_rows);
+  ro.device = options.device;
+  ro.graphs = options.graphs;
+  return ro;
+}
+
+std::string BackendName(const cuda::RunnerOptions& ro) {
+  return absl::StrCat("cuda-", cuda::MatModeName(ro.mode), " (",
+                      cuda::DeviceName(ro.device), ")");
+}
+
+}  // namespace cuda_internal
+namespace {
+
+using cuda_internal::CudaError;
+using cuda_internal::View;
 
 struct HostLayer {
   std::vector<float> vec[cuda::kLayerVecCount];
@@ -98,17 +146,9 @@ absl::Status LoadHost(const ModelConfig& c, WeightLoader& ld, HostWeights* w) {
   return absl::OkStatus();
 }
 
-cuda::HostMatrix View(const Matrix& m) {
-  return cuda::HostMatrix{m.rows, m.cols, m.f32, m.bf16};
-}
-
 absl::Status Upload(const HostWeights& w, cuda::Runner& r) {
   std::string err;
-  bool ok = r.SetEmbedding(View(w.emb), &err) && r.SetHead(View(w.head), &err);
-  for (int g = 0; ok && g < cuda::kGlobalVecCount; ++g) {
-    ok = r.SetGlobalVector(static_cast<cuda::GlobalVec>(g), w.gvec[g].data(),
-                           &err);
-  }
+  bool ok = cuda_internal::UploadGlobals(w.emb, w.head, w.gvec, r, &err);
   for (size_t l = 0; ok && l < w.layers.size(); ++l) {
     const HostLayer& L = w.layers[l];
     for (int v = 0; ok && v < cuda::kLayerVecCount; ++v) {
@@ -127,7 +167,7 @@ absl::Status Upload(const HostWeights& w, cuda::Runner& r) {
 
 class CudaModel final : public Model {
  public:
-  CudaModel(ModelInfo info, std::unique_ptr<cuda::Runner> runner)
+  CudaModel(ModelInfo info, std::unique_ptr<cuda::StepRunner> runner)
       : Model(std::move(info)), runner_(std::move(runner)) {}
   ~CudaModel() override {
     if (pool_ != nullptr) runner_->FreeStates(pool_);
@@ -197,12 +237,17 @@ class CudaModel final : public Model {
 
  private:
   absl::Mutex mu_;
-  std::unique_ptr<cuda::Runner> runner_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<cuda::StepRunner> runner_ ABSL_GUARDED_BY(mu_);
   float* pool_ ABSL_GUARDED_BY(mu_) = nullptr;  // device states
   int64_t pool_size_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace
+
+std::unique_ptr<Model> cuda_internal::MakeCudaModel(
+    ModelInfo info, std::unique_ptr<cuda::StepRunner> runner) {
+  return std::make_unique<CudaModel>(std::move(info), std::move(runner));
+}
 
 absl::Status CudaDeviceStatus() {
   std::string why;
@@ -215,12 +260,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv7Cuda(
     std::shared_ptr<const WeightFile> file, const CudaModelOptions& options) {
   WeightLoader loader(file, options.precision);
   SS_ASSIGN_OR_RETURN(ModelConfig config, ReadRwkv7Config(*file, loader));
-  if (!cuda::HeadSizeSupported(config.head_size)) {
-    return InvalidArgumentError(
-        Reason::kInvalidModelFile,
-        absl::StrCat("head size ", config.head_size,
-                     " is not supported by the CUDA backend (32, 64 or 128)"));
-  }
+  SS_RETURN_IF_ERROR(cuda_internal::CheckHeadSize(config.head_size));
   SS_RETURN_IF_ERROR(CudaDeviceStatus());
   HostWeights host;
   SS_RETURN_IF_ERROR(LoadHost(config, loader, &host));
@@ -237,13 +277,8 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv7Cuda(
                config.head_size, config.dim_ffn, config.vocab_size,
                config.d_decay,   config.d_aaa,   config.d_mv,
                config.d_gate};
-  cuda::RunnerOptions ro;
-  ro.mode = !all_bf16                   ? cuda::MatMode::kF32
-            : options.split_activations ? cuda::MatMode::kBF16Split
-                                        : cuda::MatMode::kBF16;
-  ro.max_rows = std::max(1, options.max_rows);
-  ro.device = options.device;
-  ro.graphs = options.graphs;
+  const cuda::RunnerOptions ro =
+      cuda_internal::MakeRunnerOptions(options, all_bf16);
   std::string err;
   std::unique_ptr<cuda::Runner> runner = cuda::Runner::Create(d, ro, &err);
   if (runner == nullptr) return CudaError("initialising", err);
@@ -256,9 +291,8 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv7Cuda(
   info.fingerprint = absl::StrCat(
       "x070-L", config.n_layer, "-C", config.n_embd, "-H", config.n_head, "-F",
       config.dim_ffn, "-V", config.vocab_size, "-", loader.Digest());
-  info.kernels = absl::StrCat("cuda-", cuda::MatModeName(ro.mode), " (",
-                              cuda::DeviceName(ro.device), ")");
-  return std::make_unique<CudaModel>(std::move(info), std::move(runner));
+  info.kernels = cuda_internal::BackendName(ro);
+  return cuda_internal::MakeCudaModel(std::move(info), std::move(runner));
 }
 
 }  // namespace statestream::engine

@@ -2,7 +2,7 @@
 // The CUDA backend of the engine: an engine::Model whose Forward runs on one
 // NVIDIA GPU (see docs/cuda.md). LoadModel() uses it for
 // ModelOptions::device == "cuda"; tests and tools that need its extra knobs
-// call LoadRwkv7Cuda directly. Internal to the engine.
+// call LoadRwkv7Cuda / LoadRwkv6Cuda directly. Internal to the engine.
 #ifndef STATESTREAM_WORKER_ENGINE_CUDA_CUDA_MODEL_H_
 #define STATESTREAM_WORKER_ENGINE_CUDA_CUDA_MODEL_H_
 
@@ -34,6 +34,11 @@ struct CudaModelOptions {
 // FAILED_PRECONDITION "no CUDA device ..." when the runtime finds no GPU;
 // RESOURCE_EXHAUSTED / INTERNAL for CUDA failures.
 absl::StatusOr<std::unique_ptr<Model>> LoadRwkv7Cuda(
+    std::shared_ptr<const WeightFile> file, const CudaModelOptions& options);
+
+// Loads an x060 checkpoint onto the GPU; same options, errors and
+// fingerprint as the CPU engine's LoadModel for that file.
+absl::StatusOr<std::unique_ptr<Model>> LoadRwkv6Cuda(
     std::shared_ptr<const WeightFile> file, const CudaModelOptions& options);
 
 }  // namespace statestream::engine

@@ -5,87 +5,35 @@
 // everywhere.
 #include "worker/engine/cuda/cuda_model.h"
 
-#include <unistd.h>
-
 #include <cmath>
 #include <cstdio>
-#include <random>
 
 #include "common/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "worker/engine/cuda/cuda_test_util.h"
 #include "worker/engine/golden.h"
-#include "worker/engine/random_model.h"
-#include "worker/engine/weight_writer.h"
 
 namespace statestream::engine {
 namespace {
 
+using testing::ExpectClose;
 using testing::Floats;
 using ::testing::HasSubstr;
 using testing::Ints;
+using testing::kBf16Abs;
+using testing::kBf16Rel;
+using testing::kTight;
 using testing::LoadJson;
+using testing::RandomFile;
+using testing::RandomTokens;
 using testing::SharedPath;
 using testing::StateFromGolden;
-using testing::ToleranceExcess;
-
-#define SS_REQUIRE_GPU()                            \
-  do {                                              \
-    const absl::Status gpu_ = CudaDeviceStatus();   \
-    if (!gpu_.ok()) GTEST_SKIP() << gpu_.message(); \
-  } while (0)
-
-// fp32 products (and bf16 with split activations): the CPU tolerance of
-// ../shared/testdata/README.md. bf16 activations: documented in
-// docs/cuda.md; a dropped term or wrong wiring moves logits far more.
-constexpr double kTight = 1e-4;
-constexpr double kBf16Abs = 5e-2, kBf16Rel = 5e-2;
-
-std::string TempPath(const std::string& name) {
-  const char* dir = std::getenv("TEST_TMPDIR");
-  return std::string(dir != nullptr ? dir : "/tmp") + "/ss_cuda_test_" +
-         std::to_string(getpid()) + "_" + name;
-}
-
-std::shared_ptr<const WeightFile> RandomFile(const RandomModelSpec& spec,
-                                             DType dtype) {
-  auto tensors = RandomRwkv7(spec);
-  EXPECT_TRUE(tensors.ok()) << tensors.status();
-  const std::string path = TempPath(
-      std::to_string(spec.n_embd) + "_" + std::to_string(spec.head_size) + "_" +
-      std::to_string(static_cast<int>(dtype)) + ".safetensors");
-  EXPECT_TRUE(WriteCheckpoint(path, *tensors, dtype).ok());
-  auto file = WeightFile::Open(path);
-  EXPECT_TRUE(file.ok()) << file.status();
-  unlink(path.c_str());  // the mapping stays valid
-  return std::shared_ptr<const WeightFile>(std::move(*file));
-}
-
-std::vector<int32_t> RandomTokens(int n, int vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<int32_t> t(n);
-  for (int32_t& x : t) x = static_cast<int32_t>(rng() % vocab);
-  return t;
-}
-
-// Max |got - want| - tolerance, printing the worst element and the largest
-// absolute difference (the device log records the accuracy reached).
-void ExpectClose(const float* got, const std::vector<float>& want, double abs,
-                 double rel, const std::string& what) {
-  size_t where = 0;
-  const double excess = ToleranceExcess(got, want, abs, rel, &where);
-  double max_abs = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    max_abs = std::max(max_abs, std::fabs(double(got[i]) - want[i]));
-  }
-  std::printf("  %s: max |diff| %.3g\n", what.c_str(), max_abs);
-  EXPECT_LE(excess, 0) << what << ": worst element " << where << " got "
-                       << got[where] << " want " << want[where];
-}
 
 TEST(CudaModelTest, NoDeviceIsFailedPreconditionAndCpuStillWorks) {
   if (CudaDeviceStatus().ok()) GTEST_SKIP() << "a CUDA device is present";
-  auto file = RandomFile({.n_layer = 1,
+  auto file = RandomFile("x070",
+                         {.n_layer = 1,
                           .n_embd = 64,
                           .vocab_size = 32,
                           .head_size = 64,
@@ -102,7 +50,8 @@ TEST(CudaModelTest, NoDeviceIsFailedPreconditionAndCpuStillWorks) {
 
 TEST(CudaModelTest, UnsupportedHeadSizeIsInvalidArgument) {
   for (int n : {16, 48}) {
-    auto file = RandomFile({.n_layer = 1,
+    auto file = RandomFile("x070",
+                           {.n_layer = 1,
                             .n_embd = 96,
                             .vocab_size = 32,
                             .head_size = n,
@@ -132,7 +81,8 @@ class ParityTest : public ::testing::TestWithParam<ParityCase> {};
 TEST_P(ParityTest, MatchesCpuEngine) {
   SS_REQUIRE_GPU();
   const ParityCase& pc = GetParam();
-  auto file = RandomFile({.n_layer = pc.layers,
+  auto file = RandomFile("x070",
+                         {.n_layer = pc.layers,
                           .n_embd = pc.embd,
                           .vocab_size = pc.vocab,
                           .head_size = pc.head,
@@ -233,7 +183,8 @@ INSTANTIATE_TEST_SUITE_P(
 // Same input, same state: bit-identical output, with and without graphs.
 TEST(CudaModelTest, RepeatableBitForBit) {
   SS_REQUIRE_GPU();
-  auto file = RandomFile({.n_layer = 2,
+  auto file = RandomFile("x070",
+                         {.n_layer = 2,
                           .n_embd = 128,
                           .vocab_size = 256,
                           .head_size = 64,
