@@ -19,7 +19,8 @@ ldd out/gpu-bin/engine_cuda_test out/gpu-bin/cuda_bench | awk '/=> \// {print $3
   xargs -r cp -L -t out/gpu-bin/lib/
 SHARED=${STATESTREAM_SHARED_DIR:-../shared}
 rm -rf out/gpu-testdata && mkdir -p out/gpu-testdata/testdata
-for f in rwkv7-tiny.pth rwkv7-tiny.safetensors rwkv7-tiny-bf16.pth rwkv7-tiny.golden.json; do
+for f in rwkv7-tiny.pth rwkv7-tiny.safetensors rwkv7-tiny-bf16.pth rwkv7-tiny.golden.json \
+  rwkv6-tiny.pth rwkv6-tiny.golden.json; do
   cp "$SHARED/testdata/$f" out/gpu-testdata/testdata/
 done
 du -sh out/gpu-bin out/gpu-testdata

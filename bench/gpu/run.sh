@@ -10,7 +10,15 @@
 # nlohmann-json and xxhash are found, and says what is missing if not.
 # Golden files: $STATESTREAM_SHARED_DIR, else out/gpu-testdata if carried.
 #
-#   OUT=/tmp/out bench/gpu/run.sh            (BENCH_ARGS="..." to override)
+# Time budget: BUDGET_S seconds in all (default 540; a device command may
+# run 600), counted from the start. Steps run in this order, each under
+# min(its own cap, what is left): x060 tests (cap 150 s), x070 tests (150),
+# x060 bench (1.6B: batch 1/64/256 and prefill; 120), x070 bench (0.1B,
+# 1.5B, 7.2B; 240), then the 7.2B split-activation and no-graph runs (90
+# each). A step with under 20 s left is skipped and says so.
+#
+#   OUT=/tmp/out bench/gpu/run.sh            (BENCH_ARGS="..." to override
+#                                             the x070 bench's arguments)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/statestream-gpu}
@@ -66,31 +74,64 @@ ldd "$BIN/engine_cuda_test" | grep "not found" && echo "error: missing libraries
 if [ -z "${STATESTREAM_SHARED_DIR:-}" ] && [ -d out/gpu-testdata/testdata ]; then
   export STATESTREAM_SHARED_DIR="$PWD/out/gpu-testdata"
 fi
-echo "== tests (STATESTREAM_SHARED_DIR=${STATESTREAM_SHARED_DIR:-unset})"
-timeout 240 "$BIN/engine_cuda_test" \
-  --gtest_output="xml:$OUT/engine_cuda_test.xml" >"$OUT/engine_cuda_test.log" 2>&1
-test_rc=$?
-grep -m1 "backend" "$OUT/engine_cuda_test.log"
-grep -E -A3 "Failure" "$OUT/engine_cuda_test.log" | head -40
-grep -E "FAILED|SKIPPED  \]" "$OUT/engine_cuda_test.log" | head -20
-grep -E "^\[==========\]|PASSED|FAILED  \]" "$OUT/engine_cuda_test.log" | tail -4
-# The worst difference reached per check kind (accuracy summary).
-awk '/max \|diff\|/ {k=$0; sub(/^ *round [0-9]+ seq [0-9]+ /,"",k);
-     sub(/ at [0-9]+/,"",k); sub(/: max.*/,"",k); sub(/ [0-9]+$/,"",k);
-     v=$NF+0; if (v>m[k]) m[k]=v} END {for (k in m) printf "  worst %-28s %.3g\n", k, m[k]}' \
-  "$OUT/engine_cuda_test.log"
+BUDGET=${BUDGET_S:-540}
+# Seconds for a step: min(cap, budget left); 0 when under 20 s are left.
+cap() {
+  local left=$(( BUDGET - SECONDS ))
+  if (( left < 20 )); then echo 0; elif (( left < $1 )); then echo "$left"; else echo "$1"; fi
+}
+# step NAME CAP CMD...: runs CMD under the step's time limit.
+step() {
+  local name=$1 t
+  t=$(cap "$2")
+  shift 2
+  if (( t == 0 )); then echo "== $name: skipped (budget spent)"; return 124; fi
+  echo "== $name (limit ${t}s, ${SECONDS}s used)"
+  timeout "$t" "$@"
+}
 
-echo "== bench"
-timeout 300 "$BIN/cuda_bench" ${BENCH_ARGS:-} --json "$OUT/cuda_bench.json"
+# tests NAME FILTER: one engine_cuda_test run, its log/XML and a summary
+# (first backend line, failures, skips, the worst difference per check kind).
+tests() {
+  local name=$1 log="$OUT/$1.log" t
+  t=$(cap 150)
+  if (( t == 0 )); then echo "== $name: skipped (budget spent)"; return 124; fi
+  echo "== $name (limit ${t}s, ${SECONDS}s used;" \
+    "STATESTREAM_SHARED_DIR=${STATESTREAM_SHARED_DIR:-unset})"
+  timeout "$t" "$BIN/engine_cuda_test" --gtest_filter="$2" \
+    --gtest_output="xml:$OUT/$name.xml" >"$log" 2>&1
+  local rc=$?
+  grep -m1 "backend" "$log"
+  grep -E -A3 "Failure" "$log" | head -40
+  grep -E "FAILED|SKIPPED  \]" "$log" | head -20
+  grep -E "^\[==========\]|PASSED|FAILED  \]" "$log" | tail -4
+  awk '/max \|diff\|/ {k=$0; sub(/^ +/,"",k); sub(/round [0-9]+ seq [0-9]+ /,"",k);
+       sub(/ at [0-9]+/,"",k); sub(/: max.*/,"",k); sub(/ [0-9]+$/,"",k);
+       v=$NF+0; if (v>m[k]) m[k]=v} END {for (k in m) printf "  worst %-36s %.3g\n", k, m[k]}' \
+    "$log" | sort
+  return $rc
+}
+# x060 first: implemented without a GPU, never run before the first device
+# session that carries it (docs/cuda.md).
+tests engine_cuda_test_x060 '*Rwkv6*'
+test6_rc=$?
+tests engine_cuda_test '-*Rwkv6*'
+test_rc=$?
+
+step "bench x060 1.6b" 120 "$BIN/cuda_bench" --arch x060 --shapes 1.6b \
+  --batches 1,64,256 --prefill 2048 --prefill_seqs 1,16 \
+  --json "$OUT/cuda_bench_x060.json"
+bench6_rc=$?
+step "bench x070" 240 "$BIN/cuda_bench" ${BENCH_ARGS:-} --json "$OUT/cuda_bench.json"
 bench_rc=$?
 if [ -z "${BENCH_ARGS:-}" ]; then
-  echo "== 7.2b: split (about-fp32) activations; no graphs"
-  timeout 120 "$BIN/cuda_bench" --shapes 7.2b --batches 1,256 \
-    --prefill_seqs 16 --mode bf16-split --json "$OUT/cuda_bench_split.json" |
-    grep -E "^7.2b"
-  timeout 120 "$BIN/cuda_bench" --shapes 7.2b,0.1b --batches 1,64 \
-    --prefill_seqs 1 --prefill 1024 --graphs 0 \
-    --json "$OUT/cuda_bench_nographs.json" | grep -E "^(7.2b|0.1b)"
+  step "7.2b: split (about-fp32) activations" 90 "$BIN/cuda_bench" \
+    --shapes 7.2b --batches 1,256 --prefill_seqs 16 --mode bf16-split \
+    --json "$OUT/cuda_bench_split.json" | grep -E "^(7.2b|==)"
+  step "7.2b, 0.1b: no graphs" 90 "$BIN/cuda_bench" --shapes 7.2b,0.1b \
+    --batches 1,64 --prefill_seqs 1 --prefill 1024 --graphs 0 \
+    --json "$OUT/cuda_bench_nographs.json" | grep -E "^(7.2b|0.1b|==)"
 fi
-echo "== done: tests rc=$test_rc bench rc=$bench_rc"
-exit $(( test_rc != 0 || bench_rc != 0 ))
+echo "== done in ${SECONDS}s: tests x060 rc=$test6_rc x070 rc=$test_rc," \
+  "bench x060 rc=$bench6_rc x070 rc=$bench_rc"
+exit $(( test6_rc != 0 || test_rc != 0 || bench6_rc != 0 || bench_rc != 0 ))
