@@ -156,6 +156,7 @@ absl::StatusOr<ServedModel> LoadServedModel(const ModelSpec& spec,
   // --threads and --precision (cli/engine_flags.h) apply to every model.
   SS_ASSIGN_OR_RETURN(engine::ModelOptions options, EngineOptionsFromFlags());
   options.device = device.device;
+  options.cuda_verified_only = device.cpu_fallback;  // --device auto
   auto model = engine::LoadModel(spec.path, options);
   if (!model.ok() && device.cpu_fallback &&
       model.status().code() == absl::StatusCode::kFailedPrecondition) {

@@ -43,8 +43,8 @@ absl::StatusOr<std::vector<ModelSpec>> ParseModelList(
 // Where the engine runs, from --device.
 struct DeviceChoice {
   std::string device;  // "cpu" or "cuda" (engine::ModelOptions::device)
-  // --device auto chose cuda: a model the CUDA backend cannot run (it runs
-  // x070 only) is loaded on the cpu instead.
+  // --device auto chose cuda: a model the CUDA backend cannot run, or runs
+  // on a path not yet verified on a GPU (x060), is loaded on the cpu instead.
   bool cpu_fallback = false;
   std::string why;  // for the log: "--device auto: ..."
 };

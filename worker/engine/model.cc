@@ -93,7 +93,15 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(
     CudaModelOptions cuda;
     cuda.precision = options.precision;
     if (LooksLikeRwkv7(*file)) return LoadRwkv7Cuda(std::move(file), cuda);
-    if (LooksLikeRwkv6(*file)) return LoadRwkv6Cuda(std::move(file), cuda);
+    if (LooksLikeRwkv6(*file)) {
+      if (options.cuda_verified_only) {
+        return FailedPreconditionError(
+            Reason::kInvalidArgument,
+            "the x060 CUDA path has not run on a GPU yet (docs/cuda.md); "
+            "--device cuda runs it anyway");
+      }
+      return LoadRwkv6Cuda(std::move(file), cuda);
+    }
     return FailedPreconditionError(
         Reason::kInvalidArgument,
         "the CUDA backend runs x070 and x060 models only; load this one on "

@@ -73,6 +73,11 @@ struct ModelOptions {
   // backend matches the CPU one within tolerance, not bit for bit
   // (docs/cuda.md); `threads`, `kernels` and `trace` do not apply to it.
   std::string device;
+  // With device "cuda": refuse (FAILED_PRECONDITION) architectures whose
+  // CUDA path has not yet passed its tests on a GPU — x060 today
+  // (docs/cuda.md) — so `--device auto` keeps them on the cpu while an
+  // explicit `--device cuda` still runs them.
+  bool cuda_verified_only = false;
 };
 
 struct ModelInfo {
