@@ -96,10 +96,7 @@ class AppendReactor final
     if (!ok) {
       // Half-close: commit what is uncommitted and end with OK.
       if (writer_ == nullptr) return Fail(absl::OkStatus());
-      {
-        Locked<ThisReactor> lock(this);
-        op_pending_ = true;
-      }
+      if (!BeginOp()) return;  // already finished: OnDone abandons the writer
       m_->CloseWriter(writer_, durability_, [this](absl::Status st) {
         Locked<ThisReactor> lock(this);
         op_pending_ = false;
@@ -176,10 +173,7 @@ class AppendReactor final
     in.checkpoint = r.checkpoint();
     in.durability = DurabilityFromProto(r.durability());
     durability_ = in.durability;
-    {
-      Locked<ThisReactor> lock(this);
-      op_pending_ = true;
-    }
+    if (!BeginOp()) return absl::OkStatus();  // finished meanwhile
     m_->Append(writer_, std::move(in), [this](absl::StatusOr<AppendAck> ack) {
       OnAck(std::move(ack));
     });
@@ -207,6 +201,18 @@ class AppendReactor final
       StartWrite(&writes_.front());
     }
     StartRead(&req_);
+  }
+
+  // Marks a manager call outstanding, so the reactor cannot finish (and be
+  // deleted) before its callback. False when it has already finished — a
+  // newer writer superseded it, or the client went away — and the call must
+  // not be made: OnDone may run at any moment, and a callback would then
+  // touch a deleted reactor.
+  bool BeginOp() {
+    Locked<ThisReactor> lock(this);
+    if (finished_) return false;
+    op_pending_ = true;
+    return true;
   }
 
   void Superseded() {
