@@ -2,6 +2,7 @@
 #include "worker/scheduler.h"
 
 #include <algorithm>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -11,6 +12,15 @@ namespace statestream::worker {
 Scheduler::Scheduler(engine::Model* model, const SchedulerOptions& options,
                      Clock* clock)
     : model_(model), options_(options), clock_(clock) {
+  const int step_threads =
+      options.step_threads > 0
+          ? options.step_threads
+          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (step_threads > 1) {
+    // Short spins: these threads run between engine batches, when the
+    // engine's own pool is about to need the cores.
+    step_pool_ = std::make_unique<engine::ThreadPool>(step_threads, 20);
+  }
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -210,10 +220,15 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
     }
     status = model_->Forward(batch);
     if (status.ok()) {
-      for (size_t i = 0; i < work.size(); ++i) {
+      const auto step = [&](int i) {
         work[i].task->OnStep(
             static_cast<int>(work[i].req.tokens.size()),
             slot_of[i] >= 0 ? logits.data() + size_t(slot_of[i]) * V : nullptr);
+      };
+      if (step_pool_ != nullptr && work.size() >= 4) {
+        step_pool_->ParallelFor(static_cast<int>(work.size()), step);
+      } else {
+        for (size_t i = 0; i < work.size(); ++i) step(static_cast<int>(i));
       }
     } else {
       // Validation failed before any state changed; every task in the batch

@@ -233,6 +233,30 @@ int32_t Sampler::Sample(absl::Span<float> logits) {
 int32_t Sampler::Draw(absl::Span<const float> logits, float max,
                       uint64_t random) {
   const float temperature = params_.temperature;
+  const size_t k = static_cast<size_t>(std::max(params_.top_k, 0));
+  if ((k == 0 || k >= logits.size()) && params_.top_p >= 1.0f &&
+      params_.min_p <= 0.0f) {
+    // No filter: the same probabilities, summed and scanned in the same
+    // order as below (so the same token), without building candidates.
+    std::vector<float>& p = probs_;
+    p.resize(logits.size());
+    double total = 0.0;
+    for (size_t i = 0; i < logits.size(); ++i) {
+      p[i] = logits[i] == kNegInf ? 0.0f
+                                  : std::exp((logits[i] - max) / temperature);
+      if (p[i] > 0.0f) total += p[i];
+    }
+    const double target = static_cast<double>(random >> 11) * 0x1.0p-53 * total;
+    double cum = 0.0;
+    int32_t last = 0;
+    for (size_t i = 0; i < p.size(); ++i) {
+      if (!(p[i] > 0.0f)) continue;
+      cum += p[i];
+      last = static_cast<int32_t>(i);
+      if (cum > target) return last;
+    }
+    return last;  // rounding left target at the very top
+  }
   std::vector<Candidate>& c = scratch_;
   c.clear();
   for (size_t i = 0; i < logits.size(); ++i) {
@@ -244,7 +268,6 @@ int32_t Sampler::Draw(absl::Span<const float> logits, float max,
   const auto ahead = [](const Candidate& a, const Candidate& b) {
     return Ahead(a, b);
   };
-  const size_t k = static_cast<size_t>(std::max(params_.top_k, 0));
   if (k > 0 && k < c.size()) {
     std::nth_element(c.begin(), c.begin() + k, c.end(), ahead);
     c.resize(k);

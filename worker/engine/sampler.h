@@ -117,6 +117,7 @@ class Sampler {
 
   SamplingParams params_;
   SamplerState state_;
+  std::vector<float> probs_;  // Draw without filters
   std::vector<Candidate> scratch_;
 };
 

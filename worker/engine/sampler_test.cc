@@ -82,6 +82,29 @@ TEST(SamplerTest, DeterministicAndResumable) {
   EXPECT_LT(same, 40);
 }
 
+// Without top-k/top-p/min-p the draw skips building candidates; it must
+// pick exactly what the general path picks. A min_p too small to remove
+// anything forces the general path over the same probabilities.
+TEST(SamplerTest, UnfilteredDrawEqualsTheGeneralPath) {
+  for (float temperature : {1.0f, 0.7f, 1.9f}) {
+    SamplingParams fast;
+    fast.temperature = temperature;
+    fast.presence_penalty = 0.4f;
+    fast.logit_bias = {{5, -kInf}, {11, 2.0f}};
+    fast.seed = 77;
+    SamplingParams general = fast;
+    general.min_p = 1e-30f;
+    Sampler a(fast, SamplerState{}), b(general, SamplerState{});
+    for (int step = 0; step < 300; ++step) {
+      std::vector<float> logits = MakeLogits(997, step);
+      logits[step % 997] = -kInf;
+      ASSERT_EQ(SampleOnce(a, logits), SampleOnce(b, logits))
+          << "temperature " << temperature << " step " << step;
+    }
+    EXPECT_EQ(a.state(), b.state());
+  }
+}
+
 TEST(SamplerTest, GreedyTiesGoToLowestId) {
   SamplingParams p;
   p.temperature = 0.0f;
