@@ -105,13 +105,13 @@ void Rwkv4::TimeMix(int l, const Chunk& c) {
         const float kt = k[o + i], vt = v[o + i];
         float ww = L.first[i] + kt;
         float q = std::max(pp[i], ww);
-        float e1 = std::exp(pp[i] - q);
-        float e2 = std::exp(ww - q);
+        float e1 = Exp(pp[i] - q);
+        float e2 = Exp(ww - q);
         y[o + i] = (e1 * aa[i] + e2 * vt) / (e1 * bb[i] + e2);
         ww = L.decay[i] + pp[i];
         q = std::max(ww, kt);
-        e1 = std::exp(ww - q);
-        e2 = std::exp(kt - q);
+        e1 = Exp(ww - q);
+        e2 = Exp(kt - q);
         aa[i] = e1 * aa[i] + e2 * vt;
         bb[i] = e1 * bb[i] + e2;
         pp[i] = q;

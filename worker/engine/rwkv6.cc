@@ -111,7 +111,7 @@ void Rwkv6::TimeMix(int l, const Chunk& c) {
   for (int t = 0; t < rows; ++t) {
     for (int i = 0; i < C; ++i) {
       float& wi = w[static_cast<int64_t>(t) * C + i];
-      wi = std::exp(-std::exp(L.decay[i] + wi));
+      wi = Exp(-Exp(L.decay[i] + wi));
     }
   }
   Trace(l, "r", r, C);

@@ -174,7 +174,7 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
   ForRows(rows, [&](int t) {
     for (int i = 0; i < C; ++i) {
       float& w = s.w[t * C + i];
-      w = std::exp(-kExpMinusHalf * Sigmoid(L.w0[i] + w));
+      w = Exp(-kExpMinusHalf * Sigmoid(L.w0[i] + w));
     }
   });
   // In-context learning rate: a = sigmoid(a0 + (xa @ a1) @ a2).

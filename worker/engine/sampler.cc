@@ -69,6 +69,41 @@ bool Ahead(const T& a, const T& b) {
   return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
 }
 
+// exp(x) for x <= 0 in plain float arithmetic: Cody–Waite reduction by
+// ln 2 and Cephes' degree-6 polynomial (~1 ulp). The same bits on every
+// machine — libm's expf differs between glibc versions and CPU variants, and
+// a session may resume on another worker — and, with no call inside, loops
+// of it vectorise. 0 below -87 (and for -inf), 1 at 0.
+inline float ExpNonPositive(float x) {
+  if (!(x > -87.0f)) return 0.0f;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: round to nearest
+  const float n = (x * 1.44269504088896341f + kRound) - kRound;  // [-126, 0]
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127)
+                        << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return y * scale;
+}
+
+// p[i] = ExpNonPositive((logits[i] - max) / temperature), compiled for the
+// widest vectors the CPU has; each element is the same sequence of IEEE
+// operations in every clone (no contraction: -ffp-contract=off).
+__attribute__((target_clones("avx512f", "avx2", "default"))) void FillProbs(
+    const float* logits, size_t n, float max, float temperature, float* p) {
+  for (size_t i = 0; i < n; ++i) {
+    p[i] = ExpNonPositive((logits[i] - max) / temperature);
+  }
+}
+
 }  // namespace
 
 absl::Status Validate(const SamplingParams& p, int vocab_size) {
@@ -236,32 +271,57 @@ int32_t Sampler::Draw(absl::Span<const float> logits, float max,
   const size_t k = static_cast<size_t>(std::max(params_.top_k, 0));
   if ((k == 0 || k >= logits.size()) && params_.top_p >= 1.0f &&
       params_.min_p <= 0.0f) {
-    // No filter: the same probabilities, summed and scanned in the same
-    // order as below (so the same token), without building candidates.
+    // No filter: every token is a candidate. Probabilities in one
+    // vectorisable pass; sums in blocks of 64 (4 interleaved partial sums
+    // each, then the blocks in order) so the draw is not one 65k-long chain
+    // of dependent additions; the scan skips whole blocks.
+    constexpr size_t kBlock = 64;
+    const size_t n = logits.size();
     std::vector<float>& p = probs_;
-    p.resize(logits.size());
+    p.resize(n);
+    FillProbs(logits.data(), n, max, temperature, p.data());
+    const size_t blocks = (n + kBlock - 1) / kBlock;
+    block_sums_.resize(blocks);
     double total = 0.0;
-    for (size_t i = 0; i < logits.size(); ++i) {
-      p[i] = logits[i] == kNegInf ? 0.0f
-                                  : std::exp((logits[i] - max) / temperature);
-      if (p[i] > 0.0f) total += p[i];
+    for (size_t b = 0; b < blocks; ++b) {
+      const size_t lo = b * kBlock, hi = std::min(n, lo + kBlock);
+      double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+      size_t i = lo;
+      for (; i + 4 <= hi; i += 4) {
+        a0 += p[i];
+        a1 += p[i + 1];
+        a2 += p[i + 2];
+        a3 += p[i + 3];
+      }
+      for (; i < hi; ++i) a0 += p[i];
+      block_sums_[b] = (a0 + a1) + (a2 + a3);
+      total += block_sums_[b];
     }
     const double target = static_cast<double>(random >> 11) * 0x1.0p-53 * total;
     double cum = 0.0;
-    int32_t last = 0;
-    for (size_t i = 0; i < p.size(); ++i) {
-      if (!(p[i] > 0.0f)) continue;
-      cum += p[i];
-      last = static_cast<int32_t>(i);
-      if (cum > target) return last;
+    for (size_t b = 0; b < blocks; ++b) {
+      if (cum + block_sums_[b] > target) {
+        const size_t lo = b * kBlock, hi = std::min(n, lo + kBlock);
+        double c = cum;
+        for (size_t i = lo; i < hi; ++i) {
+          if (!(p[i] > 0.0f)) continue;
+          c += p[i];
+          if (c > target) return static_cast<int32_t>(i);
+        }
+      }
+      cum += block_sums_[b];
     }
-    return last;  // rounding left target at the very top
+    // Rounding left target at the very top: the last possible token.
+    for (size_t i = n; i-- > 0;) {
+      if (p[i] > 0.0f) return static_cast<int32_t>(i);
+    }
+    return 0;
   }
   std::vector<Candidate>& c = scratch_;
   c.clear();
   for (size_t i = 0; i < logits.size(); ++i) {
     if (logits[i] == kNegInf) continue;
-    const float p = std::exp((logits[i] - max) / temperature);
+    const float p = ExpNonPositive((logits[i] - max) / temperature);
     if (p > 0.0f) c.push_back({logits[i], p, static_cast<int32_t>(i)});
   }
   // c is not empty: the argmax has p = exp(0) = 1.

@@ -117,7 +117,8 @@ class Sampler {
 
   SamplingParams params_;
   SamplerState state_;
-  std::vector<float> probs_;  // Draw without filters
+  std::vector<float> probs_;        // Draw without filters
+  std::vector<double> block_sums_;  // of probs_, per 64 tokens
   std::vector<Candidate> scratch_;
 };
 
