@@ -80,13 +80,61 @@ inline void Rows(const int8_t* tiles, int64_t chunks, const uint8_t* xq,
   }
 }
 
+// One row against NG full groups at once (NG * 16 outputs). From memory a
+// single row is bound by how many lines are in flight: NG groups are NG
+// streams the hardware prefetcher follows side by side, where one group at
+// a time is one stream. Two accumulators per group.
+template <int NG>
+inline void OneRowGroups(const int8_t* tiles, int64_t chunks, const uint8_t* xq,
+                         const float* wscale, const int32_t* wsum, float xscale,
+                         float* y) {
+  __m512i acc[NG][2];
+#pragma GCC unroll 16
+  for (int g = 0; g < NG; ++g) {
+    acc[g][0] = _mm512_setzero_si512();
+    acc[g][1] = _mm512_setzero_si512();
+  }
+  const int64_t group_bytes = chunks * kI8TileBytes;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int8_t* tile = tiles + c * kI8TileBytes;
+#pragma GCC unroll 16
+    for (int k4 = 0; k4 < kI8TileIn / 4; ++k4) {
+      const __m512i xv = Broadcast4(xq + c * kI8TileIn + k4 * 4);
+#pragma GCC unroll 16
+      for (int g = 0; g < NG; ++g) {
+        Dpbusd(acc[g][k4 & 1], xv,
+               _mm512_loadu_si512(tile + g * group_bytes + k4 * 64));
+      }
+    }
+  }
+  const __m512 xs = _mm512_set1_ps(xscale);
+#pragma GCC unroll 16
+  for (int g = 0; g < NG; ++g) {
+    const __m512i bias =
+        _mm512_slli_epi32(_mm512_loadu_si512(wsum + 16 * g), 7);
+    const __m512i sum = _mm512_add_epi32(acc[g][0], acc[g][1]);
+    const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, bias));
+    _mm512_storeu_ps(
+        y + 16 * g,
+        _mm512_mul_ps(_mm512_mul_ps(f, xs), _mm512_loadu_ps(wscale + 16 * g)));
+  }
+}
+
 }  // namespace
 
 void GemmI8Vnni(const int8_t* w, const float* wscale, const int32_t* wsum,
                 int in, const uint8_t* xq, const float* xscale, int ldq,
                 int rows, float* y, int ldy, int o_begin, int o_end) {
   const int64_t chunks = I8Chunks(in);
-  for (int g0 = o_begin; g0 < o_end; g0 += kI8TileOut) {
+  int g0 = o_begin;
+  if (rows == 1) {
+    constexpr int kGroups = 4;
+    for (; g0 + kGroups * kI8TileOut <= o_end; g0 += kGroups * kI8TileOut) {
+      OneRowGroups<kGroups>(w + g0 / kI8TileOut * chunks * kI8TileBytes, chunks,
+                            xq, wscale + g0, wsum + g0, xscale[0], y + g0);
+    }
+  }
+  for (; g0 < o_end; g0 += kI8TileOut) {
     const int outs = o_end - g0 < kI8TileOut ? o_end - g0 : kI8TileOut;
     const int8_t* tiles = w + g0 / kI8TileOut * chunks * kI8TileBytes;
     const float* ws = wscale + g0;
