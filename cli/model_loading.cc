@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/engine_flags.h"
+#include "cli/model_flag.h"
 #include "common/status.h"
 
 namespace statestream::cli {
@@ -142,6 +143,14 @@ absl::StatusOr<DeviceChoice> ChooseDevice(const std::string& flag) {
     choice.why = absl::StrCat("--device auto: ", cuda.message());
   }
   return choice;
+}
+
+absl::StatusOr<DeviceChoice> EngineFlagsAndDevice(absl::string_view role) {
+  SS_RETURN_IF_ERROR(EngineOptionsFromFlags().status());
+  SS_ASSIGN_OR_RETURN(DeviceChoice device, ChooseDevice(DeviceFlagValue()));
+  std::cerr << "statestream " << role << ": device " << device.device << " ("
+            << device.why << ")\n";
+  return device;
 }
 
 absl::StatusOr<ServedModel> LoadServedModel(const ModelSpec& spec,

@@ -55,6 +55,11 @@ struct DeviceChoice {
 // why.
 absl::StatusOr<DeviceChoice> ChooseDevice(const std::string& flag);
 
+// What `serve` and `worker` need before loading: --threads and --precision
+// checked, and --device chosen (ChooseDevice), the choice logged as
+// "statestream ROLE: device ... (why)". An error is a usage error.
+absl::StatusOr<DeviceChoice> EngineFlagsAndDevice(absl::string_view role);
+
 // A served model. The scheduler and the session manager are added by
 // StartModels; declared last, they are destroyed first.
 struct ServedModel {

@@ -180,18 +180,12 @@ int Run(const std::vector<std::string>& args) {
     return kExitUsage;
   }
   options.models = *std::move(models);
-  if (auto engine = EngineOptionsFromFlags(); !engine.ok()) {
-    std::cerr << "statestream serve: " << engine.status().message() << "\n";
-    return kExitUsage;
-  }
-  auto device = ChooseDevice(DeviceFlagValue());
+  auto device = EngineFlagsAndDevice("serve");
   if (!device.ok()) {
     std::cerr << "statestream serve: " << device.status().message() << "\n";
     return kExitUsage;
   }
   options.device = *std::move(device);
-  std::cerr << "statestream serve: device " << options.device.device << " ("
-            << options.device.why << ")\n";
   ApplyWorkerFlags(&options.sessions, &options.scheduler);
   options.metrics_listen = MetricsListenFromFlag();
   // `serve` has no API keys: say so once, loudly.

@@ -117,18 +117,12 @@ int Run(const std::vector<std::string>& args) {
     return kExitUsage;
   }
   options.models = *std::move(models);
-  if (auto engine = EngineOptionsFromFlags(); !engine.ok()) {
-    std::cerr << "statestream worker: " << engine.status().message() << "\n";
-    return kExitUsage;
-  }
-  auto device = ChooseDevice(DeviceFlagValue());
+  auto device = EngineFlagsAndDevice("worker");
   if (!device.ok()) {
     std::cerr << "statestream worker: " << device.status().message() << "\n";
     return kExitUsage;
   }
   options.device = *std::move(device);
-  std::cerr << "statestream worker: device " << options.device.device << " ("
-            << options.device.why << ")\n";
   options.sessions.owner = options.worker_id;
   options.sessions.lease_ttl = absl::GetFlag(FLAGS_lease_ttl);
   ApplyWorkerFlags(&options.sessions, &options.scheduler);

@@ -24,6 +24,18 @@ inline void Dpbusd(__m512i& acc, __m512i x, __m512i w) {
   asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
 }
 
+// Writes the outputs [0, popcount(m)) of one row: `sum` holds sum w * xq per
+// output with xq's zero point 128 still in, removed as 128 * wsum (exact in
+// int32), then y = float(dot) * xscale * wscale.
+inline void StoreRow(__m512i sum, __mmask16 m, const int32_t* wsum,
+                     const float* wscale, float xscale, float* y) {
+  const __m512i bias = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m, wsum), 7);
+  const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, bias));
+  _mm512_mask_storeu_ps(y, m,
+                        _mm512_mul_ps(_mm512_mul_ps(f, _mm512_set1_ps(xscale)),
+                                      _mm512_maskz_loadu_ps(m, wscale)));
+}
+
 inline __m512i Broadcast4(const uint8_t* p) {
   int32_t v;
   std::memcpy(&v, p, sizeof(v));
@@ -64,19 +76,14 @@ inline void Rows(const int8_t* tiles, int64_t chunks, const uint8_t* xq,
       }
     }
   }
-  // acc = sum w * (x + 128): remove 128 * sum w, then scale.
   const __mmask16 m = static_cast<__mmask16>((1u << outs) - 1u);
-  const __m512i bias = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m, wsum), 7);
-  const __m512 ws = _mm512_maskz_loadu_ps(m, wscale);
 #pragma GCC unroll 16
   for (int t = 0; t < RT; ++t) {
     __m512i sum = acc[t][0];
 #pragma GCC unroll 16
     for (int s = 1; s < S; ++s) sum = _mm512_add_epi32(sum, acc[t][s]);
-    const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, bias));
-    const __m512 r =
-        _mm512_mul_ps(_mm512_mul_ps(f, _mm512_set1_ps(xscale[t])), ws);
-    _mm512_mask_storeu_ps(y + static_cast<int64_t>(t) * ldy, m, r);
+    StoreRow(sum, m, wsum, wscale, xscale[t],
+             y + static_cast<int64_t>(t) * ldy);
   }
 }
 
@@ -107,16 +114,10 @@ inline void OneRowGroups(const int8_t* tiles, int64_t chunks, const uint8_t* xq,
       }
     }
   }
-  const __m512 xs = _mm512_set1_ps(xscale);
 #pragma GCC unroll 16
   for (int g = 0; g < NG; ++g) {
-    const __m512i bias =
-        _mm512_slli_epi32(_mm512_loadu_si512(wsum + 16 * g), 7);
-    const __m512i sum = _mm512_add_epi32(acc[g][0], acc[g][1]);
-    const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, bias));
-    _mm512_storeu_ps(
-        y + 16 * g,
-        _mm512_mul_ps(_mm512_mul_ps(f, xs), _mm512_loadu_ps(wscale + 16 * g)));
+    StoreRow(_mm512_add_epi32(acc[g][0], acc[g][1]), 0xffff, wsum + 16 * g,
+             wscale + 16 * g, xscale, y + 16 * g);
   }
 }
 

@@ -8,9 +8,8 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
-#include <limits>
 
+#include "worker/engine/exp.h"
 #include "worker/engine/kernels.h"
 #include "worker/engine/thread_pool.h"
 #include "worker/engine/weight_loader.h"
@@ -30,33 +29,6 @@ void GroupNorm(const float* x, int groups, int n, const float* w,
 // x = max(x, 0)^2 in place, without a branch per element (the signs of
 // FFN activations are random: a branch mispredicts half the time).
 void ReluSquare(float* x, int64_t n);
-
-// exp(x) in plain float arithmetic: Cody–Waite reduction by ln 2 and
-// Cephes' degree-6 polynomial (~1 ulp of libm's). The same bits on every
-// machine, where libm's expf differs between glibc versions and CPU
-// variants, and loops of it vectorise (no call). 0 below -87.3 (no
-// subnormals), +inf above 88, NaN stays NaN.
-inline float Exp(float x) {
-  if (x != x) return x;
-  if (x > 88.0f) return std::numeric_limits<float>::infinity();
-  if (x < -87.3f) return 0.0f;
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: round to nearest
-  const float n = (x * 1.44269504088896341f + kRound) - kRound;  // [-126, 127]
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127)
-                        << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
-}
 
 inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
 

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "worker/engine/exp.h"
 
 namespace statestream::engine {
 namespace {
@@ -69,38 +70,14 @@ bool Ahead(const T& a, const T& b) {
   return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
 }
 
-// exp(x) for x <= 0 in plain float arithmetic: Cody–Waite reduction by
-// ln 2 and Cephes' degree-6 polynomial (~1 ulp). The same bits on every
-// machine — libm's expf differs between glibc versions and CPU variants, and
-// a session may resume on another worker — and, with no call inside, loops
-// of it vectorise. 0 below -87 (and for -inf), 1 at 0.
-inline float ExpNonPositive(float x) {
-  if (!(x > -87.0f)) return 0.0f;
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: round to nearest
-  const float n = (x * 1.44269504088896341f + kRound) - kRound;  // [-126, 0]
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127)
-                        << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
-}
-
-// p[i] = ExpNonPositive((logits[i] - max) / temperature), compiled for the
+// p[i] = Exp((logits[i] - max) / temperature) (exp.h: the same bits on
+// every machine, where libm differs), compiled for the
 // widest vectors the CPU has; each element is the same sequence of IEEE
 // operations in every clone (no contraction: -ffp-contract=off).
 __attribute__((target_clones("avx512f", "avx2", "default"))) void FillProbs(
     const float* logits, size_t n, float max, float temperature, float* p) {
   for (size_t i = 0; i < n; ++i) {
-    p[i] = ExpNonPositive((logits[i] - max) / temperature);
+    p[i] = Exp((logits[i] - max) / temperature);
   }
 }
 
@@ -321,7 +298,7 @@ int32_t Sampler::Draw(absl::Span<const float> logits, float max,
   c.clear();
   for (size_t i = 0; i < logits.size(); ++i) {
     if (logits[i] == kNegInf) continue;
-    const float p = ExpNonPositive((logits[i] - max) / temperature);
+    const float p = Exp((logits[i] - max) / temperature);
     if (p > 0.0f) c.push_back({logits[i], p, static_cast<int32_t>(i)});
   }
   // c is not empty: the argmax has p = exp(0) = 1.

@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: Apache-2.0
+// The engine's and the sampler's exp. Header-only and free of dependencies
+// so both libraries share one definition; compiled with -ffp-contract=off
+// everywhere it is used (ss_engine, ss_text). Include it only from code
+// built for the baseline instruction set or from target_clones functions:
+// a translation unit compiled wholly with -mavx512f could provide the one
+// out-of-line copy the linker keeps.
+#ifndef STATESTREAM_WORKER_ENGINE_EXP_H_
+#define STATESTREAM_WORKER_ENGINE_EXP_H_
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+namespace statestream::engine {
+
+// exp(x) in plain float arithmetic: Cody–Waite reduction by ln 2 and
+// Cephes' degree-6 polynomial (~1 ulp of libm's). The same bits on every
+// machine, where libm's expf differs between glibc versions and CPU
+// variants, and loops of it vectorise (no call). 0 below -87.3 (no
+// subnormals), +inf above 88, NaN stays NaN.
+inline float Exp(float x) {
+  if (x != x) return x;
+  if (x > 88.0f) return std::numeric_limits<float>::infinity();
+  if (x < -87.3f) return 0.0f;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: round to nearest
+  const float n = (x * 1.44269504088896341f + kRound) - kRound;  // [-126, 127]
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127)
+                        << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return y * scale;
+}
+
+}  // namespace statestream::engine
+
+#endif  // STATESTREAM_WORKER_ENGINE_EXP_H_
