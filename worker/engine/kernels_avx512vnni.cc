@@ -146,32 +146,17 @@ void GemmI8Vnni(const int8_t* w, const float* wscale, const int32_t* wsum,
                  wsm, xscale + t, y + static_cast<int64_t>(t) * ldy + g0, ldy,
                  outs);
     }
-    const uint8_t* xt = xq + static_cast<int64_t>(t) * ldq;
-    float* yt = y + static_cast<int64_t>(t) * ldy + g0;
-    switch (rows - t) {
-      case 7:
-        Rows<7, 1>(tiles, chunks, xt, ldq, ws, wsm, xscale + t, yt, ldy, outs);
-        break;
-      case 6:
-        Rows<6, 1>(tiles, chunks, xt, ldq, ws, wsm, xscale + t, yt, ldy, outs);
-        break;
-      case 5:
-        Rows<5, 1>(tiles, chunks, xt, ldq, ws, wsm, xscale + t, yt, ldy, outs);
-        break;
-      case 4:
-        Rows<4, 2>(tiles, chunks, xt, ldq, ws, wsm, xscale + t, yt, ldy, outs);
-        break;
-      case 3:
-        Rows<3, 2>(tiles, chunks, xt, ldq, ws, wsm, xscale + t, yt, ldy, outs);
-        break;
-      case 2:
-        Rows<2, 4>(tiles, chunks, xt, ldq, ws, wsm, xscale + t, yt, ldy, outs);
-        break;
-      case 1:
-        Rows<1, 8>(tiles, chunks, xt, ldq, ws, wsm, xscale + t, yt, ldy, outs);
-        break;
-      default:
-        break;
+    // The last 1-7 rows: fewer rows, more accumulators per row.
+    using RowsFn =
+        void (*)(const int8_t*, int64_t, const uint8_t*, int, const float*,
+                 const int32_t*, const float*, float*, int, int);
+    static constexpr RowsFn kRest[8] = {nullptr,     &Rows<1, 8>, &Rows<2, 4>,
+                                        &Rows<3, 2>, &Rows<4, 2>, &Rows<5, 1>,
+                                        &Rows<6, 1>, &Rows<7, 1>};
+    if (t < rows) {
+      kRest[rows - t](tiles, chunks, xq + static_cast<int64_t>(t) * ldq, ldq,
+                      ws, wsm, xscale + t,
+                      y + static_cast<int64_t>(t) * ldy + g0, ldy, outs);
     }
   }
 }
