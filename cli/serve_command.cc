@@ -80,9 +80,10 @@ absl::StatusOr<std::unique_ptr<engine::Model>> DemoModel(
   absl::Status written =
       engine::WriteCheckpoint(path, *tensors, engine::DType::kF32);
   if (!written.ok()) return written;
-  engine::ModelOptions options;
-  options.device = device;
-  auto model = engine::LoadModel(path, options);
+  auto options = EngineOptionsFromFlags();  // --threads, --precision
+  if (!options.ok()) return options.status();
+  options->device = device;
+  auto model = engine::LoadModel(path, *options);
   std::remove(path.c_str());  // the mapping stays valid
   return model;
 }

@@ -488,11 +488,19 @@ std::pair<std::unique_ptr<e2e::Subprocess>, std::string> StartServe(
 }
 
 // With --data-dir the sessions survive a restart: same position, same
-// state, and the same seeded generation as without the restart.
-TEST(WorkerRestartTest, SessionsResumeAfterARestart) {
-  const std::string dir =
-      absl::StrCat(::testing::TempDir(), "/worker_e2e_restart_", getpid());
-  auto start = [&] { return StartServe({"--data-dir=" + dir}); };
+// state, and the same seeded generation as without the restart — with the
+// weights as stored and with int8 weights.
+class WorkerRestartPrecisionTest
+    : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(WorkerRestartPrecisionTest, SessionsResumeAfterARestart) {
+  const std::string dir = absl::StrCat(
+      ::testing::TempDir(), "/worker_e2e_restart_", GetParam(), getpid());
+  std::filesystem::remove_all(dir);
+  auto start = [&] {
+    return StartServe(
+        {"--data-dir=" + dir, std::string("--precision=") + GetParam()});
+  };
   auto generate = [](v1::Streams::Stub* stub, bool commit) {
     v1::GenerateRequest g;
     g.set_session_id("durable");
@@ -563,6 +571,60 @@ TEST(WorkerRestartTest, SessionsResumeAfterARestart) {
   EXPECT_EQ(s.version(), 2u);
   EXPECT_EQ(generate(streams.get(), false), before);
   EXPECT_EQ(generate(streams.get(), true), before);
+  std::filesystem::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Weights, WorkerRestartPrecisionTest,
+                         ::testing::Values("as-stored", "int8"));
+
+// The int8 model is another model: after a restart with other weights, its
+// sessions' states are refused as MODEL_MISMATCH, never run on the wrong
+// weights, and the stored state is left intact for the right server.
+TEST(WorkerRestartTest, AnInt8StateIsAMismatchForTheFp32Model) {
+  const std::string dir =
+      absl::StrCat(::testing::TempDir(), "/worker_e2e_int8_", getpid());
+  std::filesystem::remove_all(dir);
+  auto append = [](v1::Streams::Stub* stub) {
+    grpc::ClientContext ctx;
+    auto stream = stub->Append(&ctx);
+    v1::AppendRequest r;
+    r.set_session_id("q");
+    r.set_text_utf8("quantized");
+    r.set_flush(true);
+    r.set_checkpoint(true);
+    EXPECT_TRUE(stream->Write(r));
+    v1::AppendResponse ack;
+    const bool read = stream->Read(&ack);
+    stream->WritesDone();
+    return std::make_pair(read, FromGrpcStatus(stream->Finish()));
+  };
+  for (const char* precision : {"int8", "f32", "int8"}) {
+    auto [server, address] = StartServe(
+        {"--data-dir=" + dir, std::string("--precision=") + precision});
+    ASSERT_NE(server, nullptr);
+    auto channel =
+        grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+    auto sessions = v1::Sessions::NewStub(channel);
+    auto streams = v1::Streams::NewStub(channel);
+    grpc::ClientContext c;
+    v1::CreateSessionRequest create;
+    create.set_request_id("create-q");
+    create.set_session_id("q");
+    v1::Session s;
+    // A retry of the same request id after the first run: answered, not
+    // created twice.
+    sessions->CreateSession(&c, create, &s);
+    auto [acked, finished] = append(streams.get());
+    if (std::string(precision) == "f32") {  // the int8 state: refused
+      EXPECT_FALSE(acked);
+      EXPECT_EQ(GetReason(finished), Reason::kModelMismatch) << finished;
+    } else {  // applied, then (third run) acknowledged as a duplicate
+      EXPECT_TRUE(acked) << finished;
+      EXPECT_TRUE(finished.ok()) << finished;
+    }
+    server->Signal(SIGTERM);
+    ASSERT_TRUE(server->Wait(absl::Seconds(60)).ok());
+  }
   std::filesystem::remove_all(dir);
 }
 
