@@ -267,6 +267,11 @@ TEST(ModelCliTest, BenchEngineRunsEveryDtype) {
       EXPECT_GT(j["read_bandwidth_gb_s"].get<double>(), 0);
       EXPECT_GT(j["peak_rss_mib"].get<double>(), 0);
       EXPECT_EQ(j["batch"], std::string(mode) == "decode" ? 3 : 1);
+      EXPECT_GT(j["roofline_fraction"].get<double>(), 0);
+      if (std::string(mode) == "prefill") {
+        EXPECT_GT(j["peak_gflop_per_s"].get<double>(),
+                  j["gflop_per_s"].get<double>() * 0.5);
+      }
     }
   }
   EXPECT_EQ(
