@@ -180,6 +180,14 @@ class CudaModel final : public Model {
     const int64_t sf = info().state_floats;
     std::vector<const SequenceWork*> work;
     for (const SequenceWork& w : batch) {
+      // The runners hold one logits row per token of a chunk; the CPU
+      // engine also serves repeated positions, these would overflow it.
+      if (w.logit_positions.size() > w.tokens.size()) {
+        return InvalidArgumentError(
+            Reason::kInvalidArgument,
+            "the CUDA backend returns at most one logits row per token of a "
+            "sequence's chunk");
+      }
       if (!w.tokens.empty()) work.push_back(&w);
     }
     if (work.empty()) return absl::OkStatus();
