@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include "worker/engine/kernels.h"
+#include "worker/engine/kernels_avx512_reduce.h"
 #include "worker/engine/kernels_impl.h"
 
 namespace statestream::engine {
@@ -36,34 +37,11 @@ struct V {
   void StorePartial(float* p, int n) const {
     _mm512_mask_storeu_ps(p, Mask(n), v);
   }
-  // The ReduceAdd() tree for 16 vectors at once: each level adds the same
-  // lane pairs (j, j + 8), (j, j + 4), (j, j + 2), (j, j + 1) of every
-  // vector, two vectors per instruction, so out[j] == a[j].ReduceAdd()
-  // bit for bit.
+  // The ReduceAdd() tree for 16 vectors at once (kernels_avx512_reduce.h).
   static void Reduce16(const V* a, float* out) {
-    __m512 b[8], c[4], d[2];
-    for (int k = 0; k < 8; ++k) {  // [a8 of 2k | a8 of 2k+1]
-      const __m512 p = a[2 * k].v, q = a[2 * k + 1].v;
-      b[k] = _mm512_add_ps(_mm512_shuffle_f32x4(p, q, _MM_SHUFFLE(1, 0, 1, 0)),
-                           _mm512_shuffle_f32x4(p, q, _MM_SHUFFLE(3, 2, 3, 2)));
-    }
-    for (int m = 0; m < 4; ++m) {  // quarter q: a4 of 4m+q
-      const __m512 p = b[2 * m], q = b[2 * m + 1];
-      c[m] = _mm512_add_ps(_mm512_shuffle_f32x4(p, q, _MM_SHUFFLE(2, 0, 2, 0)),
-                           _mm512_shuffle_f32x4(p, q, _MM_SHUFFLE(3, 1, 3, 1)));
-    }
-    for (int n = 0; n < 2; ++n) {  // quarter q: [a2 of 8n+q, a2 of 8n+4+q]
-      const __m512 p = c[2 * n], q = c[2 * n + 1];
-      d[n] = _mm512_add_ps(_mm512_shuffle_ps(p, q, _MM_SHUFFLE(1, 0, 1, 0)),
-                           _mm512_shuffle_ps(p, q, _MM_SHUFFLE(3, 2, 3, 2)));
-    }
-    // Lane 4q + r holds the sum of a[4r + q].
-    const __m512 e =
-        _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                      _mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
-    const __m512i idx =
-        _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    _mm512_storeu_ps(out, _mm512_permutexvar_ps(idx, e));
+    __m512 r[16];
+    for (int k = 0; k < 16; ++k) r[k] = a[k].v;
+    Reduce16Ps(r, out);
   }
   float ReduceAdd() const {
     __m256 h8 =

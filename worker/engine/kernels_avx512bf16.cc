@@ -13,38 +13,13 @@
 
 #include <cstdint>
 
+#include "worker/engine/kernels_avx512_reduce.h"
 #include "worker/engine/kernels_impl.h"
 
 namespace statestream::engine {
 namespace {
 
 constexpr int kStep = 32;  // bf16 elements per vdpbf16ps
-
-// out[j] = the 16 -> 8 -> 4 -> 2 -> 1 lane tree of a[j] (as ReduceAdd()).
-inline void Reduce16(const __m512* a, float* out) {
-  __m512 b[8], c[4], d[2];
-  for (int k = 0; k < 8; ++k) {
-    const __m512 p = a[2 * k], q = a[2 * k + 1];
-    b[k] = _mm512_add_ps(_mm512_shuffle_f32x4(p, q, _MM_SHUFFLE(1, 0, 1, 0)),
-                         _mm512_shuffle_f32x4(p, q, _MM_SHUFFLE(3, 2, 3, 2)));
-  }
-  for (int m = 0; m < 4; ++m) {
-    const __m512 p = b[2 * m], q = b[2 * m + 1];
-    c[m] = _mm512_add_ps(_mm512_shuffle_f32x4(p, q, _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(p, q, _MM_SHUFFLE(3, 1, 3, 1)));
-  }
-  for (int n = 0; n < 2; ++n) {
-    const __m512 p = c[2 * n], q = c[2 * n + 1];
-    d[n] = _mm512_add_ps(_mm512_shuffle_ps(p, q, _MM_SHUFFLE(1, 0, 1, 0)),
-                         _mm512_shuffle_ps(p, q, _MM_SHUFFLE(3, 2, 3, 2)));
-  }
-  const __m512 e =
-      _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                    _mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
-  const __m512i idx =
-      _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  _mm512_storeu_ps(out, _mm512_permutexvar_ps(idx, e));
-}
 
 // Rows of x rounded to bf16, each zero-padded to `ld` (a multiple of 32).
 void RoundRows(const float* x, int ldx, int rows, int in, uint16_t* out,
@@ -104,7 +79,7 @@ inline void Block(const uint16_t* w, int64_t ldw, int in, const uint16_t* xb,
     }
   }
   alignas(64) float out[16];
-  Reduce16(acc, out);
+  Reduce16Ps(acc, out);
   for (int t = 0; t < RT; ++t) {
     for (int u = 0; u < OT; ++u) {
       y[static_cast<int64_t>(t) * ldy + u] = out[t * OT + u];
