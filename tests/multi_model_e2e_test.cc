@@ -13,7 +13,6 @@
 
 #include <filesystem>
 #include <memory>
-#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -44,21 +43,13 @@ std::unique_ptr<Server> StartServe(const std::vector<std::string>& flags) {
   std::vector<std::string> argv = {STATESTREAM_BIN, "serve",
                                    "--listen=127.0.0.1:0"};
   argv.insert(argv.end(), flags.begin(), flags.end());
-  auto process = e2e::Subprocess::Start(argv);
-  EXPECT_TRUE(process.ok()) << process.status();
-  if (!process.ok()) return nullptr;
+  auto started = e2e::StartServer(argv, kStartTimeout);
+  EXPECT_TRUE(started.ok()) << started.status();
+  if (!started.ok()) return nullptr;
   auto s = std::make_unique<Server>();
-  s->process = *std::move(process);
-  auto line = s->process->ReadStdoutLine(kStartTimeout);
-  EXPECT_TRUE(line.ok()) << line.status() << s->process->stderr_text();
-  std::smatch match;
-  const std::string text = line.value_or("");
-  if (!std::regex_match(text, match, std::regex(R"(listening on (\S+))"))) {
-    ADD_FAILURE() << text << s->process->stderr_text();
-    return nullptr;
-  }
+  s->process = std::move(started->process);
   auto channel =
-      grpc::CreateChannel(match[1].str(), grpc::InsecureChannelCredentials());
+      grpc::CreateChannel(started->address, grpc::InsecureChannelCredentials());
   s->sessions = v1::Sessions::NewStub(channel);
   s->streams = v1::Streams::NewStub(channel);
   s->models = v1::Models::NewStub(channel);

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 extern char** environ;
@@ -151,6 +152,36 @@ absl::StatusOr<RunResult> Run(const std::vector<std::string>& argv,
   if (!exit_code.ok()) return exit_code.status();
   return RunResult{*exit_code, (*child)->stdout_text(),
                    (*child)->stderr_text()};
+}
+
+absl::StatusOr<StartedServer> StartServer(const std::vector<std::string>& argv,
+                                          absl::Duration timeout) {
+  auto process = Subprocess::Start(argv);
+  if (!process.ok()) return process.status();
+  StartedServer out;
+  out.process = *std::move(process);
+  constexpr absl::string_view kListening = "listening on ";
+  constexpr absl::string_view kMetrics = "metrics on ";
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    auto line = out.process->ReadStdoutLine(deadline - absl::Now());
+    if (!line.ok()) {
+      return absl::Status(line.status().code(),
+                          absl::StrCat(line.status().message(), "; stderr:\n",
+                                       out.process->stderr_text()));
+    }
+    if (absl::StartsWith(*line, kMetrics) && out.metrics_address.empty()) {
+      out.metrics_address = line->substr(kMetrics.size());
+      continue;
+    }
+    if (!absl::StartsWith(*line, kListening)) {
+      return absl::InternalError(absl::StrCat("unexpected line \"", *line,
+                                              "\"; stderr:\n",
+                                              out.process->stderr_text()));
+    }
+    out.address = line->substr(kListening.size());
+    return out;
+  }
 }
 
 }  // namespace statestream::e2e

@@ -64,6 +64,20 @@ struct RunResult {
   std::string err;
 };
 
+// A server role (`serve`, `worker`, `gateway`) started by StartServer.
+struct StartedServer {
+  std::unique_ptr<Subprocess> process;
+  std::string address;          // HOST:PORT of its "listening on" line
+  std::string metrics_address;  // of a "metrics on" line before it, or ""
+};
+
+// Starts `argv` and reads stdout up to its "listening on HOST:PORT" line
+// (after an optional "metrics on HOST:PORT"). An error naming the line and
+// the process's stderr if something else comes first or nothing within
+// `timeout`; the process is killed then.
+absl::StatusOr<StartedServer> StartServer(const std::vector<std::string>& argv,
+                                          absl::Duration timeout);
+
 // Runs `argv` to completion (killing it after `timeout`).
 absl::StatusOr<RunResult> Run(const std::vector<std::string>& argv,
                               absl::Duration timeout = absl::Seconds(30));

@@ -11,7 +11,6 @@
 
 #include <filesystem>
 #include <memory>
-#include <regex>
 #include <string>
 #include <vector>
 
@@ -31,16 +30,11 @@ constexpr absl::Duration kStartTimeout = absl::Seconds(60);
 class WorkerE2eTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    auto process = e2e::Subprocess::Start(
-        {STATESTREAM_BIN, "serve", "--listen=127.0.0.1:0"});
-    ASSERT_TRUE(process.ok()) << process.status();
-    server_ = process->release();
-    auto line = server_->ReadStdoutLine(kStartTimeout);
-    ASSERT_TRUE(line.ok()) << line.status() << server_->stderr_text();
-    std::smatch match;
-    ASSERT_TRUE(
-        std::regex_match(*line, match, std::regex(R"(listening on (\S+))")));
-    address_ = new std::string(match[1].str());
+    auto started = e2e::StartServer(
+        {STATESTREAM_BIN, "serve", "--listen=127.0.0.1:0"}, kStartTimeout);
+    ASSERT_TRUE(started.ok()) << started.status();
+    server_ = started->process.release();
+    address_ = new std::string(started->address);
   }
   static void TearDownTestSuite() {
     delete server_;
@@ -469,22 +463,26 @@ TEST_F(WorkerE2eTest, AnotherTenantsSessionIsNotFound) {
             absl::StatusCode::kUnauthenticated);
 }
 
-// Starts `statestream serve` with `args`; returns it and its address ("" and
-// a test failure if it did not come up).
-std::pair<std::unique_ptr<e2e::Subprocess>, std::string> StartServe(
-    const std::vector<std::string>& args) {
+// A `statestream serve` process and stubs on it.
+struct Serve {
+  std::unique_ptr<e2e::Subprocess> process;
+  std::unique_ptr<v1::Sessions::Stub> sessions;
+  std::unique_ptr<v1::Streams::Stub> streams;
+};
+
+// Starts `statestream serve` with `args` (a null process and a test failure
+// if it did not come up).
+Serve StartServe(const std::vector<std::string>& args) {
   std::vector<std::string> argv = {STATESTREAM_BIN, "serve",
                                    "--listen=127.0.0.1:0"};
   argv.insert(argv.end(), args.begin(), args.end());
-  auto p = e2e::Subprocess::Start(argv);
-  EXPECT_TRUE(p.ok()) << p.status();
-  if (!p.ok()) return {};
-  auto line = (*p)->ReadStdoutLine(kStartTimeout);
-  EXPECT_TRUE(line.ok()) << line.status() << (*p)->stderr_text();
-  std::smatch m;
-  std::string text = line.value_or("");
-  EXPECT_TRUE(std::regex_match(text, m, std::regex(R"(listening on (\S+))")));
-  return {*std::move(p), m.size() == 2 ? m[1].str() : ""};
+  auto started = e2e::StartServer(argv, kStartTimeout);
+  EXPECT_TRUE(started.ok()) << started.status();
+  if (!started.ok()) return {};
+  auto channel =
+      grpc::CreateChannel(started->address, grpc::InsecureChannelCredentials());
+  return {std::move(started->process), v1::Sessions::NewStub(channel),
+          v1::Streams::NewStub(channel)};
 }
 
 // With --data-dir the sessions survive a restart: same position, same
@@ -522,12 +520,8 @@ TEST_P(WorkerRestartPrecisionTest, SessionsResumeAfterARestart) {
   std::vector<uint32_t> before;
   uint64_t position = 0;
   {
-    auto [server, address] = start();
+    auto [server, sessions, streams] = start();
     ASSERT_NE(server, nullptr);
-    auto channel =
-        grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
-    auto sessions = v1::Sessions::NewStub(channel);
-    auto streams = v1::Streams::NewStub(channel);
     v1::CreateSessionRequest create;
     create.set_request_id("create-durable");
     create.set_session_id("durable");
@@ -555,12 +549,8 @@ TEST_P(WorkerRestartPrecisionTest, SessionsResumeAfterARestart) {
     ASSERT_TRUE(code.ok());
     EXPECT_EQ(*code, 0) << server->stderr_text();
   }
-  auto [server, address] = start();
+  auto [server, sessions, streams] = start();
   ASSERT_NE(server, nullptr);
-  auto channel =
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
-  auto sessions = v1::Sessions::NewStub(channel);
-  auto streams = v1::Streams::NewStub(channel);
   v1::GetSessionRequest get;
   get.set_session_id("durable");
   v1::Session s;
@@ -599,13 +589,9 @@ TEST(WorkerRestartTest, AnInt8StateIsAMismatchForTheFp32Model) {
     return std::make_pair(read, FromGrpcStatus(stream->Finish()));
   };
   for (const char* precision : {"int8", "f32", "int8"}) {
-    auto [server, address] = StartServe(
+    auto [server, sessions, streams] = StartServe(
         {"--data-dir=" + dir, std::string("--precision=") + precision});
     ASSERT_NE(server, nullptr);
-    auto channel =
-        grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
-    auto sessions = v1::Sessions::NewStub(channel);
-    auto streams = v1::Streams::NewStub(channel);
     grpc::ClientContext c;
     v1::CreateSessionRequest create;
     create.set_request_id("create-q");
@@ -691,12 +677,8 @@ TEST(WorkerRestartTest, AKilledGenerationResumesFromItsLastCheckpoint) {
   std::string killed;  // the session whose generation was killed midway
   uint64_t checkpoint_offset = 0;
   {
-    auto [server, address] = start();
+    auto [server, sessions, streams] = start();
     ASSERT_NE(server, nullptr);
-    auto channel =
-        grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
-    auto sessions = v1::Sessions::NewStub(channel);
-    auto streams = v1::Streams::NewStub(channel);
     prepare(sessions.get(), streams.get(), "reference");
     {
       grpc::ClientContext ctx;
@@ -734,12 +716,8 @@ TEST(WorkerRestartTest, AKilledGenerationResumesFromItsLastCheckpoint) {
                                     "checkpoint was seen";
     ASSERT_TRUE(server->Wait(absl::Seconds(60)).ok());
   }
-  auto [server, address] = start();
+  auto [server, sessions, streams] = start();
   ASSERT_NE(server, nullptr);
-  auto channel =
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
-  auto sessions = v1::Sessions::NewStub(channel);
-  auto streams = v1::Streams::NewStub(channel);
   v1::GetSessionRequest get;
   get.set_session_id(killed);
   v1::Session s;

@@ -14,7 +14,6 @@
 
 #include <filesystem>
 #include <memory>
-#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -46,24 +45,13 @@ struct Server {
                                      "--listen=127.0.0.1:0",
                                      "--metrics-listen=127.0.0.1:0"};
     argv.insert(argv.end(), flags.begin(), flags.end());
-    auto p = e2e::Subprocess::Start(argv);
-    EXPECT_TRUE(p.ok()) << p.status();
-    if (!p.ok()) return nullptr;
+    auto started = e2e::StartServer(argv, kStartTimeout);
+    EXPECT_TRUE(started.ok()) << started.status();
+    if (!started.ok()) return nullptr;
     auto s = std::make_unique<Server>();
-    s->process = *std::move(p);
-    for (int i = 0; i < 2; ++i) {
-      auto line = s->process->ReadStdoutLine(kStartTimeout);
-      EXPECT_TRUE(line.ok()) << line.status() << s->process->stderr_text();
-      if (!line.ok()) return nullptr;
-      std::smatch m;
-      if (std::regex_match(*line, m, std::regex(R"(metrics on (\S+))"))) {
-        s->metrics = m[1].str();
-      } else if (std::regex_match(*line, m,
-                                  std::regex(R"(listening on (\S+))"))) {
-        s->address = m[1].str();
-      }
-    }
-    EXPECT_FALSE(s->address.empty());
+    s->process = std::move(started->process);
+    s->address = started->address;
+    s->metrics = started->metrics_address;
     EXPECT_FALSE(s->metrics.empty());
     s->channel =
         grpc::CreateChannel(s->address, grpc::InsecureChannelCredentials());
