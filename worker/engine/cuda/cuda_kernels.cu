@@ -145,11 +145,7 @@ __global__ void PostKernel(int c, int n, RowTables tab, float* const* states,
   const int h = blockIdx.x, t = blockIdx.y;
   const int ch = h * n + threadIdx.x;
   const int64_t o = static_cast<int64_t>(t) * c + ch;
-  const float y = p.y[o];
-  const float mean = BlockSum(y, sh) / n;
-  const float d = y - mean;
-  const float var = BlockSum(d * d, sh) / n;
-  float yn = d / sqrtf(var + p.eps) * p.lnx_w[ch] + p.lnx_b[ch];
+  float yn = GroupNormLane(p.y[o], n, p.eps, p.lnx_w, p.lnx_b, ch, sh);
   const float dot = BlockSum(p.r[o] * p.k[o] * p.r_k[ch], sh);
   yn += dot * p.v[o];
   Put(out, o, yn * p.g[o]);

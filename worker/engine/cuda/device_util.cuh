@@ -45,6 +45,18 @@ __device__ inline float BlockSum(float v, float* sh) {
   return v;
 }
 
+// GroupNorm of one head: thread x of a block of n threads holds y, its
+// channel's value; returns (y - mean) / sqrt(var + eps) * w[ch] + b[ch]
+// over the block (population variance; `sh` 32 floats of shared memory).
+__device__ __forceinline__ float GroupNormLane(float y, int n, float eps,
+                                               const float* w, const float* b,
+                                               int ch, float* sh) {
+  const float mean = BlockSum(y, sh) / n;
+  const float d = y - mean;
+  const float var = BlockSum(d * d, sh) / n;
+  return d / sqrtf(var + eps) * w[ch] + b[ch];
+}
+
 __device__ __forceinline__ float Load(const float* p, int64_t i) {
   return p[i];
 }

@@ -101,11 +101,7 @@ __global__ void Post6Kernel(int c, int n, RowTables tab, float* const* states,
   const int h = blockIdx.x, t = blockIdx.y;
   const int ch = h * n + threadIdx.x;
   const int64_t o = static_cast<int64_t>(t) * c + ch;
-  const float y = p.y[o];
-  const float mean = BlockSum(y, sh) / n;
-  const float d = y - mean;
-  const float var = BlockSum(d * d, sh) / n;
-  const float yn = d / sqrtf(var + p.eps) * p.lnx_w[ch] + p.lnx_b[ch];
+  const float yn = GroupNormLane(p.y[o], n, p.eps, p.lnx_w, p.lnx_b, ch, sh);
   const float g = p.g[o];
   Put(out, o, yn * (g * Sigmoid(g)));
   if ((tab.flags[t] & kRowLast) != 0) {
