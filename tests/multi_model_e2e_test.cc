@@ -56,12 +56,7 @@ std::unique_ptr<Server> StartServe(const std::vector<std::string>& flags) {
   return s;
 }
 
-std::unique_ptr<grpc::ClientContext> Ctx() {
-  auto ctx = std::make_unique<grpc::ClientContext>();
-  ctx->set_deadline(std::chrono::system_clock::now() +
-                    std::chrono::seconds(120));
-  return ctx;
-}
+using e2e::ClientContext;  // 120 s deadline (tests/cluster_harness.h)
 
 absl::StatusOr<v1::Session> Create(Server& s, const std::string& id,
                                    const std::string& model_id) {
@@ -70,7 +65,7 @@ absl::StatusOr<v1::Session> Create(Server& s, const std::string& id,
   req.set_session_id(id);
   req.set_model_id(model_id);
   v1::Session out;
-  auto ctx = Ctx();
+  auto ctx = ClientContext();
   grpc::Status st = s.sessions->CreateSession(ctx.get(), req, &out);
   if (!st.ok()) return FromGrpcStatus(st);
   return out;
@@ -80,7 +75,7 @@ absl::StatusOr<v1::Session> Get(Server& s, const std::string& id) {
   v1::GetSessionRequest req;
   req.set_session_id(id);
   v1::Session out;
-  auto ctx = Ctx();
+  auto ctx = ClientContext();
   grpc::Status st = s.sessions->GetSession(ctx.get(), req, &out);
   if (!st.ok()) return FromGrpcStatus(st);
   return out;
@@ -90,7 +85,7 @@ absl::StatusOr<v1::Session> Get(Server& s, const std::string& id) {
 // Returns the acks.
 absl::StatusOr<std::vector<v1::AppendResponse>> Append(
     Server& s, const std::string& id, const std::vector<std::string>& chunks) {
-  auto ctx = Ctx();
+  auto ctx = ClientContext();
   auto stream = s.streams->Append(ctx.get());
   std::vector<v1::AppendResponse> acks;
   uint64_t offset = 0;
@@ -131,7 +126,7 @@ absl::StatusOr<Generated> Generate(Server& s, const std::string& id,
   req.set_logprobs(true);
   req.mutable_sampling()->set_seed(7);
   req.mutable_sampling()->set_temperature(0.9f);
-  auto ctx = Ctx();
+  auto ctx = ClientContext();
   auto reader = s.streams->Generate(ctx.get(), req);
   Generated out;
   v1::GenerateResponse msg;
@@ -154,7 +149,7 @@ absl::StatusOr<v1::ScoreResponse> Score(Server& s, const std::string& id) {
   req.set_text_utf8("and then");
   req.set_top_logprobs(2);
   v1::ScoreResponse out;
-  auto ctx = Ctx();
+  auto ctx = ClientContext();
   grpc::Status st = s.streams->Score(ctx.get(), req, &out);
   if (!st.ok()) return FromGrpcStatus(st);
   return out;
@@ -164,7 +159,7 @@ absl::StatusOr<std::pair<v1::StateHeader, std::string>> Export(
     Server& s, const std::string& id) {
   v1::ExportStateRequest req;
   req.set_session_id(id);
-  auto ctx = Ctx();
+  auto ctx = ClientContext();
   auto reader = s.sessions->ExportState(ctx.get(), req);
   v1::ExportStateResponse msg;
   std::pair<v1::StateHeader, std::string> out;
@@ -180,7 +175,7 @@ absl::StatusOr<std::pair<v1::StateHeader, std::string>> Export(
 absl::StatusOr<v1::Session> Import(Server& s, const v1::StateHeader& header,
                                    const std::string& blob, v1::ImportMode mode,
                                    const std::string& session_id) {
-  auto ctx = Ctx();
+  auto ctx = ClientContext();
   v1::Session out;
   auto writer = s.sessions->ImportState(ctx.get(), &out);
   v1::ImportStateRequest h;
@@ -289,7 +284,7 @@ Server* MultiModelServeTest::six_ = nullptr;
 
 TEST_F(MultiModelServeTest, ListsAndGetsEveryModel) {
   v1::ListModelsResponse list;
-  auto ctx = Ctx();
+  auto ctx = ClientContext();
   ASSERT_TRUE(both_->models->ListModels(ctx.get(), {}, &list).ok());
   ASSERT_EQ(list.models_size(), 2);
   EXPECT_EQ(list.models(0).model_id(), "seven");  // ordered by id
@@ -299,7 +294,7 @@ TEST_F(MultiModelServeTest, ListsAndGetsEveryModel) {
   // The same fingerprints as the single-model servers.
   for (Server* single : {seven_, six_}) {
     v1::ListModelsResponse one;
-    auto c = Ctx();
+    auto c = ClientContext();
     ASSERT_TRUE(single->models->ListModels(c.get(), {}, &one).ok());
     ASSERT_EQ(one.models_size(), 1);
     const int i = one.models(0).model_id() == "seven" ? 0 : 1;
@@ -308,11 +303,11 @@ TEST_F(MultiModelServeTest, ListsAndGetsEveryModel) {
   v1::GetModelRequest req;
   req.set_model_id("six");
   v1::Model model;
-  auto c2 = Ctx();
+  auto c2 = ClientContext();
   ASSERT_TRUE(both_->models->GetModel(c2.get(), req, &model).ok());
   EXPECT_EQ(model.architecture(), "x060");
   req.set_model_id("eight");
-  auto c3 = Ctx();
+  auto c3 = ClientContext();
   absl::Status missing =
       FromGrpcStatus(both_->models->GetModel(c3.get(), req, &model));
   EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
@@ -373,7 +368,7 @@ TEST_F(MultiModelServeTest, SessionCallsReachTheSessionsModel) {
   rollback.set_session_id("calls-six");
   rollback.set_version(1);
   v1::Session rolled;
-  auto c1 = Ctx();
+  auto c1 = ClientContext();
   ASSERT_TRUE(
       both_->sessions->RollbackSession(c1.get(), rollback, &rolled).ok());
   EXPECT_EQ(rolled.position(), 0u);
@@ -381,7 +376,7 @@ TEST_F(MultiModelServeTest, SessionCallsReachTheSessionsModel) {
   v1::ListVersionsRequest versions;
   versions.set_session_id("calls-six");
   v1::ListVersionsResponse listed_versions;
-  auto c2 = Ctx();
+  auto c2 = ClientContext();
   ASSERT_TRUE(
       both_->sessions->ListVersions(c2.get(), versions, &listed_versions).ok());
   EXPECT_EQ(listed_versions.versions_size(), 3);
@@ -391,7 +386,7 @@ TEST_F(MultiModelServeTest, SessionCallsReachTheSessionsModel) {
   (*update.mutable_labels())["arch"] = "x060";
   update.mutable_update_mask()->add_paths("labels");
   v1::Session updated;
-  auto c3 = Ctx();
+  auto c3 = ClientContext();
   ASSERT_TRUE(both_->sessions->UpdateSession(c3.get(), update, &updated).ok());
   EXPECT_EQ(updated.labels().at("arch"), "x060");
   // ListSessions covers both models; model_id filters.
@@ -400,7 +395,7 @@ TEST_F(MultiModelServeTest, SessionCallsReachTheSessionsModel) {
     list.set_model_id(filter);
     list.set_page_size(1000);
     v1::ListSessionsResponse page;
-    auto c = Ctx();
+    auto c = ClientContext();
     ASSERT_TRUE(both_->sessions->ListSessions(c.get(), list, &page).ok());
     bool saw_six = false, saw_seven = false;
     for (const v1::Session& s : page.sessions()) {
@@ -417,7 +412,7 @@ TEST_F(MultiModelServeTest, SessionCallsReachTheSessionsModel) {
   del.set_request_id("del");
   del.set_session_id("calls-six");
   v1::DeleteSessionResponse deleted;
-  auto c4 = Ctx();
+  auto c4 = ClientContext();
   ASSERT_TRUE(both_->sessions->DeleteSession(c4.get(), del, &deleted).ok());
   EXPECT_EQ(GetReason(Get(*both_, "calls-six").status()),
             Reason::kSessionNotFound);
@@ -441,7 +436,7 @@ TEST_F(MultiModelServeTest, SessionsNotResidentAreRoutedByTheirHeads) {
     req.set_prompt_text_utf8("Once upon");
     req.set_max_tokens(4);
     req.set_commit(true);
-    auto ctx = Ctx();
+    auto ctx = ClientContext();
     auto reader = both_->streams->Generate(ctx.get(), req);
     v1::GenerateResponse msg;
     while (reader->Read(&msg)) {
@@ -498,14 +493,14 @@ TEST_F(MultiModelServeTest, StatesNeverCrossModels) {
   fork.set_model_id("six");
   fork.mutable_fork_from()->set_session_id("x-seven");
   v1::Session forked;
-  auto c1 = Ctx();
+  auto c1 = ClientContext();
   absl::Status cross =
       FromGrpcStatus(both_->sessions->CreateSession(c1.get(), fork, &forked));
   EXPECT_EQ(GetReason(cross), Reason::kModelMismatch);
   fork.set_request_id("fork-2");
   fork.set_model_id("");
   fork.mutable_fork_from()->set_session_id("x-six");
-  auto c2 = Ctx();
+  auto c2 = ClientContext();
   ASSERT_TRUE(both_->sessions->CreateSession(c2.get(), fork, &forked).ok());
   EXPECT_EQ(forked.model_id(), "six");
 }
