@@ -5,6 +5,7 @@
 //   build/bench/engine_bench --benchmark_counters_tabular=true
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -14,7 +15,10 @@
 #include "benchmark/benchmark.h"
 #include "worker/engine/kernels.h"
 #include "worker/engine/model.h"
+#include "worker/engine/ops.h"
 #include "worker/engine/random_model.h"
+#include "worker/engine/thread_pool.h"
+#include "worker/engine/weight_loader.h"
 #include "worker/engine/weight_writer.h"
 
 namespace statestream::engine {
@@ -144,6 +148,96 @@ void BM_Gemm(benchmark::State& st, bool bf16, const char* kernels = "") {
       benchmark::Counter::kIsRate);
 }
 
+// One int8 kernel call (W8A8, packed weights), single-threaded: W is
+// [out = range(1)][in = 768] (the 0.1B shape's width), range(0) rows. 3072
+// is an FFN key projection (2.3 MiB, about L2), 65536 the 0.1B head (48 MiB,
+// from memory). Reports GB/s of weights read and GOP/s.
+void BM_GemmI8(benchmark::State& st, const char* kernels) {
+  const int rows = static_cast<int>(st.range(0));
+  const int in = 768, out = static_cast<int>(st.range(1));
+  const Kernels* kp = GetKernelsByName(kernels);
+  if (kp == nullptr) {
+    st.SkipWithError("kernels not available on this CPU");
+    return;
+  }
+  std::vector<int8_t> w(I8PackedBytes(out, in));
+  for (size_t i = 0; i < w.size(); ++i) {
+    w[i] = static_cast<int8_t>((i * 2654435761u) >> 24);
+  }
+  std::vector<float> wscale(out, 0.01f);
+  std::vector<int32_t> wsum(out, 0);
+  const int ldq = (in + 63) & ~63;
+  std::vector<uint8_t> xq(static_cast<size_t>((rows + 15) & ~15) * ldq, 128);
+  for (size_t i = 0; i < xq.size(); ++i) xq[i] = static_cast<uint8_t>(i * 31);
+  std::vector<float> xscale(rows, 0.02f);
+  std::vector<float> y(static_cast<size_t>(rows) * out);
+  for (auto _ : st) {
+    kp->gemm_i8(w.data(), wscale.data(), wsum.data(), in, xq.data(),
+                xscale.data(), ldq, rows, y.data(), out, 0, out);
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double n = static_cast<double>(st.iterations());
+  st.counters["GB/s"] = benchmark::Counter(
+      n * static_cast<double>(w.size()) / 1e9, benchmark::Counter::kIsRate);
+  st.counters["GOP/s"] = benchmark::Counter(2.0 * rows * in * out * n / 1e9,
+                                            benchmark::Counter::kIsRate);
+}
+
+// The cost of one hand-off: ParallelFor of range(0) empty tasks over a pool
+// of 2 (the caller and one worker), back to back as in a decode step.
+void BM_ParallelFor(benchmark::State& st) {
+  static ThreadPool pool(2);
+  const int tasks = static_cast<int>(st.range(0));
+  std::atomic<int> sink{0};
+  for (auto _ : st) {
+    pool.ParallelFor(
+        tasks, [&](int i) { sink.fetch_add(i, std::memory_order_relaxed); });
+  }
+  benchmark::DoNotOptimize(sink.load());
+}
+
+BENCHMARK(BM_ParallelFor)->Arg(2)->Arg(8)->Arg(32)->UseRealTime();
+// MatMul as the model calls it (quantize, then output ranges over a pool of
+// 2 threads): an int8 [range(1)][768] matrix times range(0) rows. Reports
+// GB/s of weights read.
+void BM_MatMulI8(benchmark::State& st) {
+  static ThreadPool pool(2);
+  const int rows = static_cast<int>(st.range(0));
+  const int in = 768, out = static_cast<int>(st.range(1));
+  Matrix m;
+  m.rows = out;
+  m.cols = in;
+  m.i8_storage.resize(I8PackedBytes(out, in));
+  for (size_t i = 0; i < m.i8_storage.size(); ++i) {
+    m.i8_storage[i] = static_cast<int8_t>((i * 2654435761u) >> 24);
+  }
+  m.i8 = m.i8_storage.data();
+  m.scale.assign(out, 0.01f);
+  m.wsum.assign(out, 0);
+  std::vector<float> x(static_cast<size_t>(rows) * in);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 97) - 48;
+  std::vector<float> y(static_cast<size_t>(rows) * out);
+  for (auto _ : st) {
+    MatMul(GetKernels(), pool, m, x.data(), in, rows, y.data(), out);
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.counters["GB/s"] = benchmark::Counter(
+      static_cast<double>(st.iterations()) * m.i8_storage.size() / 1e9,
+      benchmark::Counter::kIsRate);
+}
+
+BENCHMARK(BM_MatMulI8)
+    ->ArgsProduct({{1, 32}, {768, 3072, 65536}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_GemmI8, amx, "avx512amx")
+    ->ArgsProduct({{16, 32, 64}, {64, 768, 3072, 65536}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_GemmI8, vnni, "avx512vnni")
+    ->ArgsProduct({{1, 8, 16, 32}, {3072, 65536}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 BENCHMARK_CAPTURE(BM_Gemm, f32, false)
     ->ArgsProduct({{1, 8, 32, 64}, {2048, 16384}})
     ->Unit(benchmark::kMicrosecond)

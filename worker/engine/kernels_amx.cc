@@ -73,6 +73,12 @@ void GemmI8Amx(const int8_t* w, const float* wscale, const int32_t* wsum,
   // row block passes), row blocks in pairs (inner). A missing second group
   // or block is skipped; rows past `rows` are computed (xq is allocated to
   // a multiple of 16 rows) but never stored.
+  //
+  // At decode batch sizes each weight tile serves two TDPBUSD, so streaming
+  // the weights is the cost (~12 GB/s a core from L3, ~30 from L2).
+  // Software prefetch did not raise it: neither the next pair's tiles into
+  // L1 nor the range 16 KiB ahead into L2 (measured in the model and with
+  // bench/engine_bench --benchmark_filter=MatMulI8).
   for (int g0 = o_begin; g0 < o_end; g0 += 2 * kI8TileOut) {
     const bool two_groups = g0 + kI8TileOut < o_end;
     const int8_t* b0 = w + g0 / kI8TileOut * chunks * kI8TileBytes;
@@ -85,20 +91,7 @@ void GemmI8Amx(const int8_t* w, const float* wscale, const int32_t* wsum,
       _tile_zero(1);
       _tile_zero(2);
       _tile_zero(3);
-      // The next pair of groups' tiles, fetched while these are multiplied
-      // (each weight tile is used once per 32 rows: at decode batch sizes
-      // the loads, not TDPBUSD, are the cost).
-      const int8_t* next =
-          r0 + 32 >= rows ? b0 + 2 * chunks * kI8TileBytes : nullptr;
       for (int64_t c = 0; c < chunks; ++c) {
-        if (next != nullptr && g0 + 2 * kI8TileOut < o_end) {
-          const int8_t* p0 = next + c * kI8TileBytes;
-          const int8_t* p1 = p0 + chunks * kI8TileBytes;
-          for (int l = 0; l < kI8TileBytes; l += 64) {
-            __builtin_prefetch(p0 + l, 0, 3);
-            __builtin_prefetch(p1 + l, 0, 3);
-          }
-        }
         _tile_loadd(4, a0 + c * kI8TileIn, ldq);
         _tile_loadd(6, b0 + c * kI8TileBytes, 64);
         _tile_dpbusd(0, 4, 6);

@@ -110,6 +110,38 @@ TEST(KernelsTest, QuantizeRowsRoundsToTheRowMaximum) {
   EXPECT_TRUE(std::isnan(scale));
 }
 
+// Every length (vector body and masked tail) and values at rounding ties:
+// the same bytes as the definition, scale = max|x| / 127 and
+// q = round-half-even(x * (127 / max|x|)).
+TEST(KernelsTest, QuantizeRowsMatchesTheDefinitionAtEveryLength) {
+  for (int n = 1; n <= 80; ++n) {
+    auto x = Random(static_cast<size_t>(n), n);
+    for (int i = 0; i < n; i += 3) x[i] *= 1000.0f;  // mixed magnitudes
+    if (n > 4) x[4] = -x[4];
+    std::vector<uint8_t> q(n + 64, 0xA5);
+    float scale = -1;
+    QuantizeRows(x.data(), n, 1, n, q.data(), n, &scale);
+    float amax = 0;
+    for (float v : x) amax = std::max(amax, std::fabs(v));
+    ASSERT_EQ(scale, amax / 127.0f) << n;
+    const float inv = 127.0f / amax;
+    for (int i = 0; i < n; ++i) {
+      const float want = std::nearbyint(x[i] * inv);  // FE_TONEAREST
+      ASSERT_EQ(q[i] - 128, static_cast<int>(want)) << n << " " << i;
+    }
+    EXPECT_EQ(q[n], 0xA5) << "wrote past the row, n = " << n;
+  }
+  // Exact halves round to even: x * 127 / 127 = 2.5 -> 2, 3.5 -> 4.
+  const float ties[] = {2.5f, 3.5f, -2.5f, 127.0f};
+  uint8_t q[4];
+  float scale;
+  QuantizeRows(ties, 4, 1, 4, q, 4, &scale);
+  EXPECT_EQ(q[0] - 128, 2);
+  EXPECT_EQ(q[1] - 128, 4);
+  EXPECT_EQ(q[2] - 128, -2);
+  EXPECT_EQ(q[3] - 128, 127);
+}
+
 // The definition: the exact integer dot product, then two multiplications.
 TEST(KernelsTest, GemmI8IsExactIntegerProductInEveryBuild) {
   for (int in : {1, 15, 16, 17, 63, 64, 65, 100, 768}) {
