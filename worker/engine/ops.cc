@@ -164,64 +164,107 @@ void QuantizeRows(const float* x, int ldx, int rows, int n, uint8_t* xq,
   }
 }
 
-void MatMul(const Kernels& k, ThreadPool& pool, const Matrix& m, const float* x,
-            int ldx, int rows, float* y, int ldy) {
-  if (rows <= 0) return;
-  if (m.i8 != nullptr) {
-    // Quantized once per call on the caller, shared by every tile. Rows are
-    // padded to 64 bytes and their number to a multiple of 16 (the kernels
-    // read whole tiles; what padding holds is never used).
-    struct Scratch {
-      std::vector<uint8_t> xq;
-      std::vector<float> scale;
-    };
-    static thread_local Scratch s;
-    const int ldq = (m.cols + 63) & ~63;
-    s.xq.resize(static_cast<size_t>((rows + 15) & ~15) * ldq);
-    s.scale.resize(rows);
+namespace {
+
+// Output rows per pool task for one product: AMX calls (16+ rows) pay a
+// tile configuration each, so large int8 products get fewer, larger
+// ranges (still 8+ per thread for balance); small products get ranges of 16
+// so both cores get work.
+int OutputTile(const Matrix& m, int rows) {
+  if (m.i8 != nullptr && rows >= 16 && m.rows >= 4096) return 256;
+  return m.rows >= 256 ? 64 : 16;
+}
+
+}  // namespace
+
+void MatMuls(const Kernels& k, ThreadPool& pool,
+             absl::Span<const MatMulJob> jobs, int rows) {
+  if (rows <= 0 || jobs.empty()) return;
+  // int8 inputs are quantized once per product, shared by all its tiles.
+  // Rows are padded to 64 bytes and their number to a multiple of 16 (the
+  // kernels read whole tiles; what padding holds is never used).
+  struct Quantized {
+    int64_t offset;  // into xq; rows of ldq bytes
+    int ldq;
+  };
+  struct Scratch {
+    std::vector<uint8_t> xq;
+    std::vector<float> scale;  // [job][row]
+    std::vector<Quantized> q;
+    std::vector<int> first_tile;
+  };
+  // The caller's scratch, by reference: pool threads use it too (a
+  // thread_local named inside the lambdas would be each thread's own).
+  static thread_local Scratch scratch;
+  Scratch& s = scratch;
+  const int n = static_cast<int>(jobs.size());
+  s.q.assign(n, Quantized{0, 0});
+  int64_t xq_bytes = 0, values = 0;
+  for (int j = 0; j < n; ++j) {
+    const Matrix& m = *jobs[j].m;
+    if (m.i8 == nullptr) continue;
+    s.q[j] = {xq_bytes, (m.cols + 63) & ~63};
+    xq_bytes += static_cast<int64_t>((rows + 15) & ~15) * s.q[j].ldq;
+    values += static_cast<int64_t>(rows) * m.cols;
+  }
+  if (xq_bytes > 0) {
+    s.xq.resize(xq_bytes);
+    s.scale.resize(static_cast<size_t>(n) * rows);
     // Rows are independent. A hand-off costs a few microseconds, as much
-    // as quantizing ~30k values, so only large inputs go over the pool, in
-    // one contiguous block of rows per thread.
+    // as quantizing ~30k values: small inputs are quantized on the caller,
+    // larger ones over the pool, each product's rows in one block per
+    // thread.
     constexpr int64_t kMinPerTask = 32 * 1024;
-    const int64_t values = static_cast<int64_t>(rows) * m.cols;
     const int blocks = static_cast<int>(
         std::min<int64_t>(std::min(pool.size(), rows),
                           std::max<int64_t>(1, values / kMinPerTask)));
-    uint8_t* xq = s.xq.data();
-    float* xs = s.scale.data();
-    pool.ParallelFor(blocks, [&](int i) {
+    pool.ParallelFor(n * blocks, [&](int task) {
+      const int j = task / blocks, i = task % blocks;
+      const MatMulJob& job = jobs[j];
+      if (job.m->i8 == nullptr) return;
       const int b = static_cast<int>(static_cast<int64_t>(rows) * i / blocks);
       const int e =
           static_cast<int>(static_cast<int64_t>(rows) * (i + 1) / blocks);
-      QuantizeRows(x + static_cast<int64_t>(b) * ldx, ldx, e - b, m.cols,
-                   xq + static_cast<int64_t>(b) * ldq, ldq, xs + b);
+      QuantizeRows(
+          job.x + static_cast<int64_t>(b) * job.ldx, job.ldx, e - b,
+          job.m->cols,
+          s.xq.data() + s.q[j].offset + static_cast<int64_t>(b) * s.q[j].ldq,
+          s.q[j].ldq, s.scale.data() + static_cast<size_t>(j) * rows + b);
     });
-    // AMX calls (16+ rows) pay a tile configuration each: fewer, larger
-    // output ranges (still 8+ per thread for balance).
-    const int tile = rows >= 16 && m.rows >= 4096 ? 256
-                     : m.rows >= 256              ? 64
-                                                  : 16;
-    const int tiles = (m.rows + tile - 1) / tile;
-    pool.ParallelFor(tiles, [&](int i) {
-      const int b = i * tile;
-      const int e = std::min(m.rows, b + tile);
-      k.gemm_i8(m.i8, m.scale.data(), m.wsum.data(), m.cols, xq, xs, ldq, rows,
-                y, ldy, b, e);
-    });
-    return;
   }
-  // Tiles of 64 outputs, fewer for small products so both cores get work.
-  const int tile = m.rows >= 256 ? 64 : 16;
-  const int tiles = (m.rows + tile - 1) / tile;
-  pool.ParallelFor(tiles, [&](int i) {
-    const int b = i * tile;
+  // One hand-off for every product's output ranges.
+  s.first_tile.resize(n + 1);
+  s.first_tile[0] = 0;
+  for (int j = 0; j < n; ++j) {
+    const Matrix& m = *jobs[j].m;
+    const int tile = OutputTile(m, rows);
+    s.first_tile[j + 1] = s.first_tile[j] + (m.rows + tile - 1) / tile;
+  }
+  pool.ParallelFor(s.first_tile[n], [&](int task) {
+    int j = 0;
+    while (task >= s.first_tile[j + 1]) ++j;
+    const MatMulJob& job = jobs[j];
+    const Matrix& m = *job.m;
+    const int tile = OutputTile(m, rows);
+    const int b = (task - s.first_tile[j]) * tile;
     const int e = std::min(m.rows, b + tile);
-    if (m.f32 != nullptr) {
-      k.gemm_f32(m.f32, m.cols, x, ldx, rows, y, ldy, b, e);
+    if (m.i8 != nullptr) {
+      k.gemm_i8(m.i8, m.scale.data(), m.wsum.data(), m.cols,
+                s.xq.data() + s.q[j].offset,
+                s.scale.data() + static_cast<size_t>(j) * rows, s.q[j].ldq,
+                rows, job.y, job.ldy, b, e);
+    } else if (m.f32 != nullptr) {
+      k.gemm_f32(m.f32, m.cols, job.x, job.ldx, rows, job.y, job.ldy, b, e);
     } else {
-      k.gemm_bf16(m.bf16, m.cols, x, ldx, rows, y, ldy, b, e);
+      k.gemm_bf16(m.bf16, m.cols, job.x, job.ldx, rows, job.y, job.ldy, b, e);
     }
   });
+}
+
+void MatMul(const Kernels& k, ThreadPool& pool, const Matrix& m, const float* x,
+            int ldx, int rows, float* y, int ldy) {
+  const MatMulJob job{&m, x, ldx, y, ldy};
+  MatMuls(k, pool, {&job, 1}, rows);
 }
 
 }  // namespace statestream::engine

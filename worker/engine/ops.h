@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "absl/types/span.h"
 #include "worker/engine/exp.h"
 #include "worker/engine/kernels.h"
 #include "worker/engine/thread_pool.h"
@@ -46,6 +47,22 @@ void QuantizeRows(const float* x, int ldx, int rows, int n, uint8_t* xq,
 // (QuantizeRows), which depends only on that row.
 void MatMul(const Kernels& k, ThreadPool& pool, const Matrix& m, const float* x,
             int ldx, int rows, float* y, int ldy);
+
+// One product of MatMuls: y[t*ldy + o] = sum_i m[o][i] * x[t*ldx + i].
+struct MatMulJob {
+  const Matrix* m;
+  const float* x;
+  int ldx;
+  float* y;
+  int ldy;
+};
+
+// Independent products over the same number of rows, in one hand-off to the
+// pool (a decode step's projections are each a few microseconds of work,
+// as much as a hand-off and its tail). Each y is exactly what MatMul gives;
+// no job's y may overlap another job's x or y.
+void MatMuls(const Kernels& k, ThreadPool& pool,
+             absl::Span<const MatMulJob> jobs, int rows);
 
 }  // namespace statestream::engine
 

@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
+#include <limits>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -56,12 +58,16 @@ struct Scratch {
                     &g, &kk, &v_first, &y, &tmp}) {
       v->resize(static_cast<size_t>(rows) * c.n_embd);
     }
-    lora.resize(static_cast<size_t>(rows) * d);
+    for (auto* v : {&lora_w, &lora_a, &lora_g, &lora_v}) {
+      v->resize(static_cast<size_t>(rows) * d);
+    }
     ffn.resize(static_cast<size_t>(rows) * c.dim_ffn);
   }
   int rows_ = 0;
   std::vector<float> x, xa, xr, xw, xk, xv, xaa, xg, r, w, k, v, a, g, kk,
-      v_first, y, tmp, lora, ffn, normed, logits;
+      v_first, y, tmp, lora_w, lora_a, lora_g, lora_v, ffn, normed, logits;
+  // The segment of each row of the chunk being run (for token shift).
+  std::vector<int> seg_of_row;
 };
 
 // The rows of one chunk that belong to one sequence.
@@ -95,6 +101,18 @@ class Rwkv7 final : public Model {
   void ChannelMix(int l, absl::Span<const SequenceWork> batch,
                   const std::vector<Segment>& segs, int rows, Scratch& s);
   int C() const { return info().config.n_embd; }
+  // The row token shift mixes row t of `cur` (a [rows][C] buffer) with: the
+  // previous row of the same sequence, or for a segment's first row the
+  // shift state `state_shift` picks from that sequence's state.
+  template <typename ShiftOf>
+  const float* Prev(absl::Span<const SequenceWork> batch,
+                    const std::vector<Segment>& segs, const Scratch& s,
+                    const std::vector<float>& cur, int t,
+                    const ShiftOf& state_shift) const {
+    const Segment& g = segs[s.seg_of_row[t]];
+    return t == g.begin ? state_shift(batch[g.seq].state)
+                        : &cur[static_cast<size_t>(t - 1) * C()];
+  }
   // Runs fn(t) for every row t < rows, over the pool when the chunk is big
   // enough to pay for the hand-off. Rows are independent, so results do not
   // change; with a trace hook set, rows run in order on the caller (the
@@ -144,73 +162,90 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
   const ModelConfig& c = info().config;
   const Layer& L = layers_[l];
   const int C = c.n_embd, H = c.n_head, N = c.head_size;
+  // Stages are per row and run over the pool (ForRows); the projections of
+  // a stage go to the pool together (MatMuls). At decode batch sizes each
+  // is a few microseconds, as much as a hand-off.
   ForRows(rows, [&](int t) {
     LayerNorm(&s.x[t * C], C, L.ln1_w.data(), L.ln1_b.data(), kLayerNormEps,
               &s.xa[t * C]);
   });
-  for (const Segment& g : segs) {
-    for (int t = g.begin; t < g.end; ++t) {
-      const float* cur = &s.xa[t * C];
-      const float* prev = t == g.begin ? layout_.AttShift(batch[g.seq].state, l)
-                                       : &s.xa[(t - 1) * C];
-      ShiftMix(cur, prev, L.x_r.data(), C, &s.xr[t * C]);
-      ShiftMix(cur, prev, L.x_w.data(), C, &s.xw[t * C]);
-      ShiftMix(cur, prev, L.x_k.data(), C, &s.xk[t * C]);
-      ShiftMix(cur, prev, L.x_v.data(), C, &s.xv[t * C]);
-      ShiftMix(cur, prev, L.x_a.data(), C, &s.xaa[t * C]);
-      ShiftMix(cur, prev, L.x_g.data(), C, &s.xg[t * C]);
-    }
-  }
-  Trace(l, "ln1_out", s.xa, C);
-  MatMul(k_, pool_, L.receptance, s.xr.data(), C, rows, s.r.data(), C);
-  MatMul(k_, pool_, L.key, s.xk.data(), C, rows, s.k.data(), C);
-  MatMul(k_, pool_, L.value, s.xv.data(), C, rows, s.v.data(), C);
-
-  // Decay: w = exp(-e^-0.5 * sigmoid(w0 + tanh(xw @ w1) @ w2)).
-  const int dw = L.w1.rows;
-  MatMul(k_, pool_, L.w1, s.xw.data(), C, rows, s.lora.data(), dw);
-  for (int i = 0; i < rows * dw; ++i) s.lora[i] = std::tanh(s.lora[i]);
-  MatMul(k_, pool_, L.w2, s.lora.data(), dw, rows, s.w.data(), C);
   ForRows(rows, [&](int t) {
+    const float* cur = &s.xa[t * C];
+    const float* prev = Prev(batch, segs, s, s.xa, t, [&](float* state) {
+      return layout_.AttShift(state, l);
+    });
+    ShiftMix(cur, prev, L.x_r.data(), C, &s.xr[t * C]);
+    ShiftMix(cur, prev, L.x_w.data(), C, &s.xw[t * C]);
+    ShiftMix(cur, prev, L.x_k.data(), C, &s.xk[t * C]);
+    ShiftMix(cur, prev, L.x_v.data(), C, &s.xv[t * C]);
+    ShiftMix(cur, prev, L.x_a.data(), C, &s.xaa[t * C]);
+    ShiftMix(cur, prev, L.x_g.data(), C, &s.xg[t * C]);
+  });
+  Trace(l, "ln1_out", s.xa, C);
+  // Projections, and the first factor of each LoRA:
+  //   decay  w = exp(-e^-0.5 * sigmoid(w0 + tanh(xw @ w1) @ w2)),
+  //   in-context learning rate  a = sigmoid(a0 + (xa @ a1) @ a2),
+  //   gate  g = sigmoid(xg @ g1) @ g2,
+  //   value residual (layers > 0)  v += (v_first - v) *
+  //                                     sigmoid(v0 + (xv @ v1) @ v2).
+  const int dw = L.w1.rows, da = L.a1.rows, dg = L.g1.rows;
+  const int dv = l > 0 ? L.v1.rows : 0;
+  {
+    const MatMulJob first[] = {
+        {&L.receptance, s.xr.data(), C, s.r.data(), C},
+        {&L.key, s.xk.data(), C, s.k.data(), C},
+        {&L.value, s.xv.data(), C, s.v.data(), C},
+        {&L.w1, s.xw.data(), C, s.lora_w.data(), dw},
+        {&L.a1, s.xaa.data(), C, s.lora_a.data(), da},
+        {&L.g1, s.xg.data(), C, s.lora_g.data(), dg},
+        {&L.v1, s.xv.data(), C, s.lora_v.data(), dv},
+    };
+    MatMuls(k_, pool_, absl::MakeConstSpan(first, l > 0 ? 7 : 6), rows);
+  }
+  ForRows(rows, [&](int t) {
+    for (int i = t * dw; i < (t + 1) * dw; ++i) {
+      s.lora_w[i] = std::tanh(s.lora_w[i]);
+    }
+    for (int i = t * dg; i < (t + 1) * dg; ++i) {
+      s.lora_g[i] = Sigmoid(s.lora_g[i]);
+    }
+  });
+  {
+    const MatMulJob second[] = {
+        {&L.w2, s.lora_w.data(), dw, s.w.data(), C},
+        {&L.a2, s.lora_a.data(), da, s.a.data(), C},
+        {&L.g2, s.lora_g.data(), dg, s.g.data(), C},
+        {&L.v2, s.lora_v.data(), dv, s.tmp.data(), C},
+    };
+    MatMuls(k_, pool_, absl::MakeConstSpan(second, l > 0 ? 4 : 3), rows);
+  }
+  // Then per row: the LoRA outputs; layer 0 records v_first, later layers
+  // mix towards it; kk = normalize(k * k_k) per head; k = k * (1 + (a - 1)
+  // * k_a); and the recurrence's -kk and kk*a, into xw and xaa (free since
+  // the projections).
+  float* neg_kk = s.xw.data();
+  float* kka = s.xaa.data();
+  ForRows(rows, [&](int t) {
+    const int row = t * C;
     for (int i = 0; i < C; ++i) {
-      float& w = s.w[t * C + i];
+      float& w = s.w[row + i];
       w = Exp(-kExpMinusHalf * Sigmoid(L.w0[i] + w));
     }
-  });
-  // In-context learning rate: a = sigmoid(a0 + (xa @ a1) @ a2).
-  const int da = L.a1.rows;
-  MatMul(k_, pool_, L.a1, s.xaa.data(), C, rows, s.lora.data(), da);
-  MatMul(k_, pool_, L.a2, s.lora.data(), da, rows, s.a.data(), C);
-  ForRows(rows, [&](int t) {
     for (int i = 0; i < C; ++i) {
-      s.a[t * C + i] = Sigmoid(L.a0[i] + s.a[t * C + i]);
+      s.a[row + i] = Sigmoid(L.a0[i] + s.a[row + i]);
     }
-  });
-  // Gate: g = sigmoid(xg @ g1) @ g2.
-  const int dg = L.g1.rows;
-  MatMul(k_, pool_, L.g1, s.xg.data(), C, rows, s.lora.data(), dg);
-  for (int i = 0; i < rows * dg; ++i) s.lora[i] = Sigmoid(s.lora[i]);
-  MatMul(k_, pool_, L.g2, s.lora.data(), dg, rows, s.g.data(), C);
-  // Value residual: layer 0 records v_first; later layers mix towards it.
-  if (l == 0) {
-    std::copy(s.v.begin(), s.v.begin() + rows * C, s.v_first.begin());
-  } else {
-    const int dv = L.v1.rows;
-    MatMul(k_, pool_, L.v1, s.xv.data(), C, rows, s.lora.data(), dv);
-    MatMul(k_, pool_, L.v2, s.lora.data(), dv, rows, s.tmp.data(), C);
-    ForRows(rows, [&](int t) {
+    if (l == 0) {
+      std::copy_n(&s.v[row], C, &s.v_first[row]);
+    } else {
       for (int i = 0; i < C; ++i) {
-        const int j = t * C + i;
+        const int j = row + i;
         const float gate = Sigmoid(L.v0[i] + s.tmp[j]);
         s.v[j] = s.v[j] + (s.v_first[j] - s.v[j]) * gate;
       }
-    });
-  }
-  // kk = normalize(k * k_k) per head; k = k * (1 + (a - 1) * k_a).
-  ForRows(rows, [&](int t) {
+    }
     for (int h = 0; h < H; ++h) {
-      float* kk = &s.kk[t * C + h * N];
-      const float* k = &s.k[t * C + h * N];
+      float* kk = &s.kk[row + h * N];
+      const float* k = &s.k[row + h * N];
       double norm = 0;
       for (int i = 0; i < N; ++i) {
         kk[i] = k[i] * L.k_k[h * N + i];
@@ -221,8 +256,10 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
       for (int i = 0; i < N; ++i) kk[i] *= inv;
     }
     for (int i = 0; i < C; ++i) {
-      const int j = t * C + i;
+      const int j = row + i;
       s.k[j] = s.k[j] * (1.0f + (s.a[j] - 1.0f) * L.k_a[i]);
+      neg_kk[j] = -s.kk[j];
+      kka[j] = s.kk[j] * s.a[j];
     }
   });
   Trace(l, "r", s.r, C);
@@ -232,14 +269,7 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
   Trace(l, "a", s.a, C);
   Trace(l, "g", s.g, C);
   Trace(l, "kk", s.kk, C);
-  // The recurrence: one task per (segment, head), rows in order. Its -kk
-  // and kk*a go into xw and xaa, free since the LoRA products.
-  float* neg_kk = s.xw.data();
-  float* kka = s.xaa.data();
-  for (int i = 0; i < rows * C; ++i) {
-    neg_kk[i] = -s.kk[i];
-    kka[i] = s.kk[i] * s.a[i];
-  }
+  // The recurrence: one task per (segment, head), rows in order.
   const int tasks = static_cast<int>(segs.size()) * H;
   pool_.ParallelFor(tasks, [&](int task) {
     const Segment& g = segs[task / H];
@@ -273,7 +303,7 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
   });
   MatMul(k_, pool_, L.output, s.y.data(), C, rows, s.tmp.data(), C);
   Trace(l, "att_out", s.tmp, C);
-  for (int i = 0; i < rows * C; ++i) s.x[i] += s.tmp[i];
+  // The residual (x += att_out) is ChannelMix's first step.
   for (const Segment& g : segs) {
     std::copy_n(&s.xa[(g.end - 1) * C], C,
                 layout_.AttShift(batch[g.seq].state, l));
@@ -285,22 +315,27 @@ void Rwkv7::ChannelMix(int l, absl::Span<const SequenceWork> batch,
   const Layer& L = layers_[l];
   const int C = this->C(), F = info().config.dim_ffn;
   ForRows(rows, [&](int t) {
-    LayerNorm(&s.x[t * C], C, L.ln2_w.data(), L.ln2_b.data(), kLayerNormEps,
+    float* x = &s.x[t * C];
+    const float* att = &s.tmp[t * C];
+    for (int i = 0; i < C; ++i) x[i] += att[i];
+    LayerNorm(x, C, L.ln2_w.data(), L.ln2_b.data(), kLayerNormEps,
               &s.xa[t * C]);
   });
-  for (const Segment& g : segs) {
-    for (int t = g.begin; t < g.end; ++t) {
-      const float* prev = t == g.begin ? layout_.FfnShift(batch[g.seq].state, l)
-                                       : &s.xa[(t - 1) * C];
-      ShiftMix(&s.xa[t * C], prev, L.ffn_x_k.data(), C, &s.xk[t * C]);
-    }
-  }
+  ForRows(rows, [&](int t) {
+    const float* prev = Prev(batch, segs, s, s.xa, t, [&](float* state) {
+      return layout_.FfnShift(state, l);
+    });
+    ShiftMix(&s.xa[t * C], prev, L.ffn_x_k.data(), C, &s.xk[t * C]);
+  });
   Trace(l, "ln2_out", s.xa, C);
   MatMul(k_, pool_, L.ffn_key, s.xk.data(), C, rows, s.ffn.data(), F);
-  ReluSquare(s.ffn.data(), static_cast<int64_t>(rows) * F);
+  ForRows(rows,
+          [&](int t) { ReluSquare(&s.ffn[static_cast<size_t>(t) * F], F); });
   MatMul(k_, pool_, L.ffn_value, s.ffn.data(), F, rows, s.tmp.data(), C);
   Trace(l, "ffn_out", s.tmp, C);
-  for (int i = 0; i < rows * C; ++i) s.x[i] += s.tmp[i];
+  ForRows(rows, [&](int t) {
+    for (int i = t * C; i < (t + 1) * C; ++i) s.x[i] += s.tmp[i];
+  });
   Trace(l, "x_out", s.x, C);
   for (const Segment& g : segs) {
     std::copy_n(&s.xa[(g.end - 1) * C], C,
@@ -313,6 +348,11 @@ void Rwkv7::RunChunk(absl::Span<const SequenceWork> batch,
                      int rows, Scratch& s) {
   const ModelConfig& c = info().config;
   const int C = c.n_embd, V = c.vocab_size;
+  s.seg_of_row.resize(rows);
+  for (size_t i = 0; i < segs.size(); ++i) {
+    std::fill(s.seg_of_row.begin() + segs[i].begin,
+              s.seg_of_row.begin() + segs[i].end, static_cast<int>(i));
+  }
   for (int t = 0; t < rows; ++t) {
     float* x = &s.x[t * C];
     emb_.ReadRow(tokens[t], x);
@@ -348,6 +388,17 @@ void Rwkv7::RunChunk(absl::Span<const SequenceWork> batch,
     }
   }
   if (n == 0) return;
+  // Straight into the caller's rows when they are evenly spaced (a batch
+  // with one logits row per sequence in one buffer, as the scheduler and
+  // the benchmarks pass it): at 32 sessions the copy moves 8 MB a step.
+  const ptrdiff_t stride = n > 1 ? dest[1] - dest[0] : V;
+  bool even = stride >= V && stride <= std::numeric_limits<int>::max();
+  for (int i = 2; even && i < n; ++i) even = dest[i] - dest[i - 1] == stride;
+  if (even) {
+    MatMul(k_, pool_, head_, s.normed.data(), C, n, dest[0],
+           static_cast<int>(stride));
+    return;
+  }
   s.logits.resize(static_cast<size_t>(n) * V);
   MatMul(k_, pool_, head_, s.normed.data(), C, n, s.logits.data(), V);
   for (int i = 0; i < n; ++i) {
