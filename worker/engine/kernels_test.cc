@@ -11,6 +11,8 @@
 #include "gtest/gtest.h"
 #include "worker/engine/exp.h"
 #include "worker/engine/ops.h"
+#include "worker/engine/thread_pool.h"
+#include "worker/engine/weight_loader.h"
 
 namespace statestream::engine {
 namespace {
@@ -236,6 +238,56 @@ TEST(KernelsTest, GemmRowIsIndependentOfBatchAndSplit) {
 
 // vdpbf16ps rounds the activations to bf16: close to the exact product of
 // the rounded inputs, not bit-identical to the fp32 builds.
+// MatMuls runs several products (int8, fp32 and bf16 matrices of different
+// shapes; rows on both sides of the AMX and pool-quantization thresholds)
+// in one hand-off: each output is exactly MatMul's for that product, alone,
+// on one thread.
+TEST(KernelsTest, MatMulsEqualsSeparateMatMuls) {
+  const Kernels& k = GetKernels();
+  std::vector<Matrix> ms(4);
+  const int shapes[4][2] = {{48, 768}, {4100, 64}, {37, 100}, {64, 3072}};
+  for (int j = 0; j < 4; ++j) {
+    Matrix& m = ms[j];
+    m.rows = shapes[j][0];
+    m.cols = shapes[j][1];
+    if (j == 2) {  // fp32
+      m.f32_storage = Random(static_cast<size_t>(m.rows) * m.cols, j);
+      m.f32 = m.f32_storage.data();
+    } else if (j == 3) {  // bf16
+      for (float f : Random(static_cast<size_t>(m.rows) * m.cols, j)) {
+        m.bf16_storage.push_back(ToBF16(f));
+      }
+      m.bf16 = m.bf16_storage.data();
+    } else {
+      I8Weights w = RandomI8(m.rows, m.cols, j);
+      m.i8_storage = std::move(w.packed);
+      m.i8 = m.i8_storage.data();
+      m.scale = std::move(w.scale);
+      m.wsum = std::move(w.sum);
+    }
+  }
+  ThreadPool one(1), two(2);
+  for (int rows : {1, 15, 16, 33, 64}) {
+    std::vector<std::vector<float>> x(4), want(4), got(4);
+    std::vector<MatMulJob> jobs;
+    for (int j = 0; j < 4; ++j) {
+      const Matrix& m = ms[j];
+      const int ldx = m.cols + 3, ldy = m.rows + 5;
+      x[j] = Random(static_cast<size_t>(rows) * ldx, 10 * rows + j);
+      want[j].assign(static_cast<size_t>(rows) * ldy, -1);
+      got[j].assign(static_cast<size_t>(rows) * ldy, -1);
+      MatMul(k, one, m, x[j].data(), ldx, rows, want[j].data(), ldy);
+      jobs.push_back({&m, x[j].data(), ldx, got[j].data(), ldy});
+    }
+    MatMuls(k, two, jobs, rows);
+    for (int j = 0; j < 4; ++j) {
+      ASSERT_EQ(0, std::memcmp(want[j].data(), got[j].data(),
+                               want[j].size() * sizeof(float)))
+          << "rows " << rows << " product " << j;
+    }
+  }
+}
+
 TEST(KernelsTest, Bf16DotMatchesRoundedReference) {
   const Kernels* k = GetKernelsByName("avx512bf16");
   if (k == nullptr) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
