@@ -20,12 +20,18 @@ namespace statestream::engine {
 // variants, and loops of it vectorise (no call). 0 below -87.3 (no
 // subnormals), +inf above 88, NaN stays NaN.
 inline float Exp(float x) {
-  if (x != x) return x;
-  if (x > 88.0f) return std::numeric_limits<float>::infinity();
-  if (x < -87.3f) return 0.0f;
+  // Edges by selection rather than early returns, so loops of Exp have no
+  // control flow and vectorise; the polynomial runs on a clamped input
+  // (0 for NaN, which would make the integer conversion undefined). The
+  // comparisons are the quiet ones, which cannot trap: GCC only turns
+  // branches on comparisons that cannot trap into selects.
+  const bool nan = __builtin_isunordered(x, x);
+  const bool high = __builtin_isgreater(x, 88.0f);
+  const bool low = __builtin_isless(x, -87.3f);
+  const float xc = nan ? 0.0f : (high ? 88.0f : (low ? -87.3f : x));
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: round to nearest
-  const float n = (x * 1.44269504088896341f + kRound) - kRound;  // [-126, 127]
-  float r = x - n * 0.693359375f;
+  const float n = (xc * 1.44269504088896341f + kRound) - kRound;  // [-126, 127]
+  float r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -38,7 +44,10 @@ inline float Exp(float x) {
                         << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
+  float e = y * scale;
+  e = high ? std::numeric_limits<float>::infinity() : e;
+  e = low ? 0.0f : e;
+  return nan ? x : e;
 }
 
 }  // namespace statestream::engine

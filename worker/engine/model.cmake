@@ -25,7 +25,10 @@ target_link_libraries(ss_engine PUBLIC ss_weights ss_common absl::span
                       absl::flat_hash_set Threads::Threads
                       PRIVATE PkgConfig::XXHASH ZLIB::ZLIB nlohmann_json::nlohmann_json)
 # Fixed evaluation order: no compiler-chosen contractions (determinism).
-target_compile_options(ss_engine PRIVATE -ffp-contract=off)
+# -fno-trapping-math only lets GCC turn branches on float comparisons into
+# selects (nothing reads the FP exception flags); values are unchanged, and
+# loops of Exp/Sigmoid vectorise.
+target_compile_options(ss_engine PRIVATE -ffp-contract=off -fno-trapping-math)
 set_source_files_properties(kernels_avx512.cc PROPERTIES COMPILE_OPTIONS
   "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mfma;-Wno-uninitialized;-Wno-maybe-uninitialized")
 # (GCC 12 flags its own _mm512_undefined_ps() inside the intrinsic headers.)

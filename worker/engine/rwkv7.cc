@@ -157,6 +157,40 @@ void ShiftMix(const float* cur, const float* prev, const float* param, int n,
   for (int i = 0; i < n; ++i) out[i] = cur[i] + (prev[i] - cur[i]) * param[i];
 }
 
+// Per-row element-wise stages, compiled for the widest vectors the CPU has
+// (the engine's other code targets the baseline instruction set). Each
+// element's operations are the same in every clone: no reductions.
+//
+// w = exp(-e^-0.5 * sigmoid(w0 + w)); a = sigmoid(a0 + a).
+__attribute__((target_clones("avx512f", "avx2", "default"))) void
+DecayAndRateRow(const float* w0, const float* a0, int n, float* w, float* a) {
+  // Two passes (GCC does not vectorise the nested form).
+  for (int i = 0; i < n; ++i) w[i] = Sigmoid(w0[i] + w[i]);
+  for (int i = 0; i < n; ++i) w[i] = Exp(-kExpMinusHalf * w[i]);
+  for (int i = 0; i < n; ++i) a[i] = Sigmoid(a0[i] + a[i]);
+}
+
+// v += (v_first - v) * sigmoid(v0 + lora), lora = (xv @ v1) @ v2.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void
+ValueResidualRow(const float* v0, const float* lora, const float* v_first,
+                 int n, float* v) {
+  for (int i = 0; i < n; ++i) {
+    const float gate = Sigmoid(v0[i] + lora[i]);
+    v[i] = v[i] + (v_first[i] - v[i]) * gate;
+  }
+}
+
+// k = k * (1 + (a - 1) * k_a), and the recurrence's -kk and kk * a.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void KeyRow(
+    const float* kk, const float* a, const float* k_a, int n, float* k,
+    float* neg_kk, float* kka) {
+  for (int i = 0; i < n; ++i) {
+    k[i] = k[i] * (1.0f + (a[i] - 1.0f) * k_a[i]);
+    neg_kk[i] = -kk[i];
+    kka[i] = kk[i] * a[i];
+  }
+}
+
 void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
                     const std::vector<Segment>& segs, int rows, Scratch& s) {
   const ModelConfig& c = info().config;
@@ -227,21 +261,11 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
   float* kka = s.xaa.data();
   ForRows(rows, [&](int t) {
     const int row = t * C;
-    for (int i = 0; i < C; ++i) {
-      float& w = s.w[row + i];
-      w = Exp(-kExpMinusHalf * Sigmoid(L.w0[i] + w));
-    }
-    for (int i = 0; i < C; ++i) {
-      s.a[row + i] = Sigmoid(L.a0[i] + s.a[row + i]);
-    }
+    DecayAndRateRow(L.w0.data(), L.a0.data(), C, &s.w[row], &s.a[row]);
     if (l == 0) {
       std::copy_n(&s.v[row], C, &s.v_first[row]);
     } else {
-      for (int i = 0; i < C; ++i) {
-        const int j = row + i;
-        const float gate = Sigmoid(L.v0[i] + s.tmp[j]);
-        s.v[j] = s.v[j] + (s.v_first[j] - s.v[j]) * gate;
-      }
+      ValueResidualRow(L.v0.data(), &s.tmp[row], &s.v_first[row], C, &s.v[row]);
     }
     for (int h = 0; h < H; ++h) {
       float* kk = &s.kk[row + h * N];
@@ -255,12 +279,8 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
           1.0f / std::max(static_cast<float>(std::sqrt(norm)), 1e-12f);
       for (int i = 0; i < N; ++i) kk[i] *= inv;
     }
-    for (int i = 0; i < C; ++i) {
-      const int j = row + i;
-      s.k[j] = s.k[j] * (1.0f + (s.a[j] - 1.0f) * L.k_a[i]);
-      neg_kk[j] = -s.kk[j];
-      kka[j] = s.kk[j] * s.a[j];
-    }
+    KeyRow(&s.kk[row], &s.a[row], L.k_a.data(), C, &s.k[row], &neg_kk[row],
+           &kka[row]);
   });
   Trace(l, "r", s.r, C);
   Trace(l, "w_decay", s.w, C);

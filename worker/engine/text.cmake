@@ -10,8 +10,9 @@ add_library(ss_text
   ${CMAKE_CURRENT_LIST_DIR}/sampler.cc)
 target_include_directories(ss_text PUBLIC ${PROJECT_SOURCE_DIR})
 # The sampler's arithmetic must be the same bits on every machine (a session
-# resumes anywhere): no compiler-chosen fused multiply-adds.
-target_compile_options(ss_text PRIVATE -ffp-contract=off)
+# resumes anywhere): no compiler-chosen fused multiply-adds. No trapping
+# math, as in ss_engine: loops of Exp vectorise, values unchanged.
+target_compile_options(ss_text PRIVATE -ffp-contract=off -fno-trapping-math)
 # ICU for the NeoX tokenizer's NFC and Unicode categories (Debian libicu-dev).
 pkg_check_modules(ICU_UC REQUIRED IMPORTED_TARGET icu-uc)
 target_link_libraries(ss_text PUBLIC ss_common absl::status absl::statusor
