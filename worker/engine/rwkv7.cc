@@ -289,17 +289,25 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
   Trace(l, "a", s.a, C);
   Trace(l, "g", s.g, C);
   Trace(l, "kk", s.kk, C);
-  // The recurrence: one task per (segment, head), rows in order.
-  const int tasks = static_cast<int>(segs.size()) * H;
+  // The recurrence: rows in order per (segment, head). With many segments
+  // (decode batches) a task takes all heads of one segment, walking the
+  // segment's states (H * N * N floats, contiguous) as one stream;
+  // otherwise one task per (segment, head) so every core gets work.
+  const int heads_per_task =
+      static_cast<int>(segs.size()) >= 4 * pool_.size() ? H : 1;
+  const int tasks = static_cast<int>(segs.size()) * H / heads_per_task;
   pool_.ParallelFor(tasks, [&](int task) {
-    const Segment& g = segs[task / H];
-    const int h = task % H;
-    float* S =
-        layout_.Wkv(batch[g.seq].state, l) + static_cast<int64_t>(h) * N * N;
-    for (int t = g.begin; t < g.end; ++t) {
-      const int o = t * C + h * N;
-      k_.wkv7_step(S, N, &s.r[o], &s.w[o], &s.k[o], &s.v[o], neg_kk + o,
-                   kka + o, &s.y[o]);
+    const int first = task * heads_per_task;
+    for (int i = first; i < first + heads_per_task; ++i) {
+      const Segment& g = segs[i / H];
+      const int h = i % H;
+      float* S =
+          layout_.Wkv(batch[g.seq].state, l) + static_cast<int64_t>(h) * N * N;
+      for (int t = g.begin; t < g.end; ++t) {
+        const int o = t * C + h * N;
+        k_.wkv7_step(S, N, &s.r[o], &s.w[o], &s.k[o], &s.v[o], neg_kk + o,
+                     kka + o, &s.y[o]);
+      }
     }
   });
   // Output: GroupNorm, bonus (r.k.r_k) v, gate, projection, residual.
