@@ -101,36 +101,46 @@ void Scheduler::Loop() {
   admitted_tokens_ = 0;
 }
 
-// Drops finished, cancelled and expired tasks.
+void Scheduler::Release(const std::vector<std::shared_ptr<Task>>& ended,
+                        int still_active) {
+  int64_t tokens = 0;
+  for (const auto& t : ended) tokens += t->queued_tokens;
+  absl::MutexLock lock(&mu_);
+  admitted_ -= static_cast<int>(ended.size());
+  admitted_tokens_ -= tokens;
+  stats_.active_tasks = still_active;
+}
+
+// Drops finished, cancelled and expired tasks. They leave the admission
+// counts before their callbacks end the client's call: a client that sees
+// its call end may submit again at once and must find the capacity free.
 void Scheduler::Retire(std::vector<std::shared_ptr<Task>>& active) {
   const absl::Time now = clock_->Now();
-  int removed = 0;
-  int64_t tokens = 0;
+  std::vector<std::shared_ptr<Task>> ended;
+  std::vector<absl::Status> outcome;  // OK: finished
   for (size_t i = 0; i < active.size();) {
     Task& t = *active[i];
-    bool done = true;
+    absl::Status why;
     if (t.cancelled()) {
-      t.OnError(absl::CancelledError("cancelled by the client"));
+      why = absl::CancelledError("cancelled by the client");
     } else if (now >= t.deadline) {
-      t.OnError(absl::DeadlineExceededError("deadline exceeded"));
-    } else if (t.Finished()) {
-      t.OnDone();
-    } else {
-      done = false;
-    }
-    if (done) {
-      ++removed;
-      tokens += t.queued_tokens;
-      active.erase(active.begin() + static_cast<ptrdiff_t>(i));
-    } else {
+      why = absl::DeadlineExceededError("deadline exceeded");
+    } else if (!t.Finished()) {
       ++i;
+      continue;
     }
+    ended.push_back(std::move(active[i]));
+    outcome.push_back(std::move(why));
+    active.erase(active.begin() + static_cast<ptrdiff_t>(i));
   }
-  if (removed > 0) {
-    absl::MutexLock lock(&mu_);
-    admitted_ -= removed;
-    admitted_tokens_ -= tokens;
-    stats_.active_tasks = static_cast<int>(active.size());
+  if (ended.empty()) return;
+  Release(ended, static_cast<int>(active.size()));
+  for (size_t i = 0; i < ended.size(); ++i) {
+    if (outcome[i].ok()) {
+      ended[i]->OnDone();
+    } else {
+      ended[i]->OnError(outcome[i]);
+    }
   }
 }
 
@@ -230,16 +240,20 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
       } else {
         for (size_t i = 0; i < work.size(); ++i) step(static_cast<int>(i));
       }
-    } else {
-      // Validation failed before any state changed; every task in the batch
-      // is ended (each was validated at submission, so this is a bug path).
-      for (const Entry& e : work) e.task->OnError(status);
     }
+    // Otherwise validation failed before any state changed; every task in
+    // the batch is ended below (each was validated at submission, so this
+    // is a bug path).
     absl::MutexLock lock(&mu_);
     ++stats_.iterations;
     for (const Entry& e : work) stats_.tokens += e.req.tokens.size();
     stats_.max_batch_sequences = std::max<int64_t>(
         stats_.max_batch_sequences, static_cast<int64_t>(work.size()));
+  }
+  // Tasks that errored must not run again.
+  std::vector<std::pair<Task*, absl::Status>> errors;
+  if (!status.ok()) {
+    for (const Entry& e : work) errors.emplace_back(e.task, status);
   }
   if (!hidden_only.empty()) {
     std::vector<float> out(V);
@@ -248,21 +262,28 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
       if (s.ok()) {
         t->OnStep(0, out.data());
       } else {
-        t->OnError(s);
+        errors.emplace_back(t, std::move(s));
       }
     }
   }
-  if (!status.ok()) {
-    // Tasks that errored must not run again.
-    std::vector<std::shared_ptr<Task>> keep;
+  if (!errors.empty()) {
+    // They leave `active` and release their admission before their calls
+    // end (as in Retire).
+    std::vector<std::shared_ptr<Task>> keep, failed;
+    std::vector<absl::Status> why;
     for (auto& t : active) {
-      bool failed = false;
-      for (const Entry& e : work) failed |= e.task == t.get();
-      if (!failed) keep.push_back(t);
+      auto it = std::find_if(errors.begin(), errors.end(),
+                             [&](const auto& e) { return e.first == t.get(); });
+      if (it == errors.end()) {
+        keep.push_back(t);
+      } else {
+        failed.push_back(t);
+        why.push_back(it->second);
+      }
     }
-    absl::MutexLock lock(&mu_);
-    admitted_ -= static_cast<int>(active.size() - keep.size());
     active.swap(keep);
+    Release(failed, static_cast<int>(active.size()));
+    for (size_t i = 0; i < failed.size(); ++i) failed[i]->OnError(why[i]);
   }
   return true;
 }

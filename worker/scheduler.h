@@ -145,6 +145,9 @@ class Scheduler {
   // One iteration over `active`; false when there was nothing to do.
   bool Iterate(std::vector<std::shared_ptr<Task>>& active);
   void Retire(std::vector<std::shared_ptr<Task>>& active);
+  // Takes ended tasks out of the admission counts.
+  void Release(const std::vector<std::shared_ptr<Task>>& ended,
+               int still_active);
 
   engine::Model* model_;
   const SchedulerOptions options_;

@@ -287,6 +287,46 @@ TEST(SchedulerTest, OverloadCancelAndDeadline) {
   EXPECT_TRUE(w2.status.ok());
 }
 
+// A task leaves the admission counts before its call ends: whoever sees it
+// end (here its own callback, on the scheduler's thread) may submit again
+// at once, at full capacity, and is admitted — for finished, cancelled and
+// expired tasks alike.
+TEST(SchedulerTest, CapacityIsFreeWhenACallEnds) {
+  auto model = SmallModel();
+  SchedulerOptions opts;
+  opts.max_tasks = 1;
+  opts.max_queued_tokens = 250000;
+  FakeClock clock;
+  Scheduler sched(model.get(), opts, &clock);
+  std::vector<EngineState> st(2, EngineState::Initial(*model));
+  for (int how = 0; how < 3; ++how) {  // finished, cancelled, expired
+    Waiter first, second;
+    absl::Status resubmitted;
+    auto t = std::make_shared<IngestTask>(
+        &st[0], Tokens(how == 0 ? 10 : 200000, how),
+        [&](const absl::Status& s) {
+          first.status = s;
+          resubmitted = sched.Submit(std::make_shared<IngestTask>(
+              &st[1], Tokens(1000, 7), [&](const absl::Status& s2) {
+                second.status = s2;
+                second.done.Notify();
+              }));
+          first.done.Notify();
+        });
+    t->deadline = clock.Now() + absl::Seconds(10);
+    ASSERT_TRUE(sched.Submit(t).ok());
+    if (how == 1) t->Cancel();
+    if (how == 2) clock.Advance(absl::Seconds(11));
+    first.done.WaitForNotification();
+    EXPECT_EQ(first.status.ok(), how == 0) << first.status;
+    EXPECT_TRUE(resubmitted.ok()) << how << ": " << resubmitted;
+    if (resubmitted.ok()) {
+      second.done.WaitForNotification();
+      EXPECT_TRUE(second.status.ok()) << second.status;
+    }
+  }
+}
+
 TEST(SchedulerTest, StopEndsPendingTasks) {
   auto model = SmallModel();
   auto sched = std::make_unique<Scheduler>(model.get(), SchedulerOptions{});
