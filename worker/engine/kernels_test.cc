@@ -185,8 +185,12 @@ TEST(KernelsTest, GemmI8IsExactIntegerProductInEveryBuild) {
 // sits among them, or how the outputs are split: the blocked paths (4-row
 // blocks, 3/2/1-row remainders, bf16 and int8 rows widened once per tile
 // from 16 rows up) must all equal the one-row product bit for bit.
-TEST(KernelsTest, GemmRowIsIndependentOfBatchAndSplit) {
-  const int in = 100, out = 45;  // a partial 16-lane step; ragged tiles
+// in = 100: a partial 16-lane step; 300: several input chunks of the
+// many-row panels (kernels_impl.h GemmPanels) and a partial step.
+class GemmRowTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(GemmRowTest, RowIsIndependentOfBatchAndSplit) {
+  const int in = GetParam(), out = 45;  // ragged tiles
   auto w = Random(static_cast<size_t>(out) * in, 5);
   std::vector<uint16_t> wb(w.size());
   for (size_t i = 0; i < w.size(); ++i) wb[i] = ToBF16(w[i]);
@@ -235,6 +239,8 @@ TEST(KernelsTest, GemmRowIsIndependentOfBatchAndSplit) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Widths, GemmRowTest, ::testing::Values(100, 300));
 
 // vdpbf16ps rounds the activations to bf16: close to the exact product of
 // the rounded inputs, not bit-identical to the fp32 builds.
