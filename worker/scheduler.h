@@ -64,8 +64,9 @@ class Task {
   virtual StepRequest NextStep(int max_tokens) = 0;
   // The step ran: the first `fed` tokens of the request were consumed (the
   // scheduler may feed fewer than asked); `logits` is set when the request
-  // wanted them (vocab floats, valid during the call only).
-  virtual void OnStep(int fed, const float* logits) = 0;
+  // wanted them (vocab floats, valid during the call only). They are this
+  // task's own: it may use them as scratch (the sampler does).
+  virtual void OnStep(int fed, float* logits) = 0;
   // True once the task needs no further step; OnDone follows.
   virtual bool Finished() const = 0;
   virtual void OnDone() = 0;
@@ -145,6 +146,8 @@ class Scheduler {
   // One iteration over `active`; false when there was nothing to do.
   bool Iterate(std::vector<std::shared_ptr<Task>>& active);
   void Retire(std::vector<std::shared_ptr<Task>>& active);
+  // The batch's logits, reused across iterations (scheduler thread only).
+  std::vector<float> logits_;
   // Takes ended tasks out of the admission counts.
   void Release(const std::vector<std::shared_ptr<Task>>& ended,
                int still_active);

@@ -35,7 +35,7 @@ StepRequest IngestTask::NextStep(int max_tokens) {
   return r;
 }
 
-void IngestTask::OnStep(int fed, const float*) {
+void IngestTask::OnStep(int fed, float*) {
   next_ += static_cast<size_t>(fed);
   st_->position += static_cast<uint64_t>(fed);
 }
@@ -88,7 +88,7 @@ StepRequest GenerateTask::NextStep(int max_tokens) {
   return r;
 }
 
-void GenerateTask::OnStep(int fed, const float* logits) {
+void GenerateTask::OnStep(int fed, float* logits) {
   switch (phase_) {
     case Phase::kPrompt:
       prompt_next_ += static_cast<size_t>(fed);
@@ -115,14 +115,13 @@ void GenerateTask::OnStep(int fed, const float* logits) {
   }
 }
 
-void GenerateTask::Sample(const float* logits) {
-  // The sampler uses its input as scratch: give it a copy.
-  scratch_.assign(logits, logits + vocab_size_);
+void GenerateTask::Sample(float* logits) {
+  // The sampler uses its input as scratch (the logits are this task's).
   engine::LogprobResult lp;
   const bool want_lp = spec_.logprobs;
   std::vector<float> raw;
-  if (want_lp) raw = scratch_;
-  const int32_t token = sampler_.Sample(absl::MakeSpan(scratch_));
+  if (want_lp) raw.assign(logits, logits + vocab_size_);
+  const int32_t token = sampler_.Sample(absl::MakeSpan(logits, vocab_size_));
   if (want_lp) lp = engine::ComputeLogprobs(raw, token, spec_.top_logprobs);
   last_token_ = token;
   ++result_.generated;
@@ -232,7 +231,7 @@ StepRequest ScoreTask::NextStep(int) {
   return r;
 }
 
-void ScoreTask::OnStep(int fed, const float* logits) {
+void ScoreTask::OnStep(int fed, float* logits) {
   st_->position += static_cast<uint64_t>(fed);
   const int32_t want = tokens_[logprobs_.size()];
   // Log-softmax of the wanted token, and whether it is the argmax.

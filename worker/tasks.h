@@ -43,7 +43,7 @@ class IngestTask final : public Task {
   float* state() override { return st_->state.data(); }
   float* last_hidden() override { return st_->last_hidden.data(); }
   StepRequest NextStep(int max_tokens) override;
-  void OnStep(int fed, const float* logits) override;
+  void OnStep(int fed, float* logits) override;
   bool Finished() const override { return next_ == tokens_.size(); }
   void OnDone() override { done_(absl::OkStatus()); }
   void OnError(const absl::Status& s) override { done_(s); }
@@ -130,7 +130,7 @@ class GenerateTask final : public Task {
   float* state() override { return st_->state.data(); }
   float* last_hidden() override { return st_->last_hidden.data(); }
   StepRequest NextStep(int max_tokens) override;
-  void OnStep(int fed, const float* logits) override;
+  void OnStep(int fed, float* logits) override;
   bool Finished() const override { return finished_; }
   void OnDone() override;
   void OnError(const absl::Status& s) override;
@@ -141,7 +141,7 @@ class GenerateTask final : public Task {
 
  private:
   enum class Phase { kPrompt, kFirstLogits, kDecode, kFeedLast };
-  void Sample(const float* logits);
+  void Sample(float* logits);
   // Calls on_checkpoint when one is due (kDecode, the last token fed).
   void MaybeCheckpoint();
   // Hands out the UTF-8-complete part of text_ with `token`.
@@ -161,7 +161,6 @@ class GenerateTask final : public Task {
   GenerateResult result_;
   std::string text_;         // all output bytes so far (for stop strings)
   size_t text_emitted_ = 0;  // bytes of text_ handed out
-  std::vector<float> scratch_;
   std::atomic<bool> stop_requested_{false};
   int checkpointed_ = 0;  // result_.generated at the last checkpoint
   absl::Time checkpointed_at_;
@@ -181,7 +180,7 @@ class ScoreTask final : public Task {
   float* state() override { return st_->state.data(); }
   float* last_hidden() override { return st_->last_hidden.data(); }
   StepRequest NextStep(int max_tokens) override;
-  void OnStep(int fed, const float* logits) override;
+  void OnStep(int fed, float* logits) override;
   bool Finished() const override { return logprobs_.size() == tokens_.size(); }
   void OnDone() override;
   void OnError(const absl::Status& s) override;
