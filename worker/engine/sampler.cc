@@ -81,6 +81,46 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void FillProbs(
   }
 }
 
+// Replaces NaN with -inf (and -0 with +0, equal to it as a float) and
+// returns max(x). The max is taken over order-preserving integer keys of
+// the bit patterns: an integer max vectorises, a float one does not without
+// -ffast-math. Compiled like FillProbs.
+__attribute__((target_clones("avx512f", "avx2", "default"))) float ScrubAndMax(
+    float* x, size_t n) {
+  constexpr uint32_t kNegInfBits = 0xff800000u;
+  int32_t best = std::numeric_limits<int32_t>::min();
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, &x[i], sizeof(u));
+    u = (u & 0x7fffffffu) > 0x7f800000u ? kNegInfBits : u;  // NaN -> -inf
+    u = u == 0x80000000u ? 0u : u;                          // -0 -> +0
+    std::memcpy(&x[i], &u, sizeof(u));
+    const int32_t b = static_cast<int32_t>(u);
+    const int32_t key = b >= 0 ? b : b ^ 0x7fffffff;
+    best = key > best ? key : best;
+  }
+  const int32_t bits = best >= 0 ? best : best ^ 0x7fffffff;
+  float max;
+  std::memcpy(&max, &bits, sizeof(max));
+  return max;
+}
+
+// The first index whose value equals `max` (there is one): blocks of 64 are
+// tested with a vectorisable count before one is scanned.
+size_t FirstIndexOf(const float* x, size_t n, float max) {
+  constexpr size_t kBlock = 64;
+  size_t lo = 0;
+  for (; lo + kBlock <= n; lo += kBlock) {
+    int hits = 0;
+    for (size_t i = lo; i < lo + kBlock; ++i) hits += x[i] == max;
+    if (hits > 0) break;
+  }
+  for (size_t i = lo; i < n; ++i) {
+    if (x[i] == max) return i;
+  }
+  return 0;
+}
+
 }  // namespace
 
 absl::Status Validate(const SamplingParams& p, int vocab_size) {
@@ -227,12 +267,9 @@ int32_t Sampler::Sample(absl::Span<float> logits) {
           params_.presence_penalty + params_.frequency_penalty * count;
     }
   }
-  size_t argmax = 0;
-  for (size_t i = 0; i < n; ++i) {
-    if (std::isnan(logits[i])) logits[i] = kNegInf;
-    if (logits[i] > logits[argmax]) argmax = i;
-  }
-  const float max = logits[argmax];
+  // NaN logits count as -inf; the argmax is the first maximal logit.
+  const float max = ScrubAndMax(logits.data(), n);
+  const size_t argmax = FirstIndexOf(logits.data(), n, max);
   const float temperature = params_.temperature;
   int32_t token = static_cast<int32_t>(argmax);
   if (temperature > 0.0f && std::isfinite(max)) {

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <limits>
+#include <random>
 #include <set>
 
 #include "common/status.h"
@@ -113,6 +114,31 @@ TEST(SamplerTest, GreedyTiesGoToLowestId) {
   EXPECT_EQ(SampleOnce(s, {1.0f, 3.0f, 2.0f, 3.0f}), 1);
   EXPECT_EQ(SampleOnce(s, {-kInf, -kInf}), 0);
   EXPECT_EQ(SampleOnce(s, {NAN, 0.5f, NAN}), 1);
+}
+
+// The vectorised argmax against the definition (the first index whose
+// value no other exceeds; NaN counts as -inf; -0 equals +0), on vocabularies
+// of many sizes with ties, signed zeros, infinities and NaNs anywhere.
+TEST(SamplerTest, GreedyMatchesTheDefinition) {
+  SamplingParams p;
+  p.temperature = 0.0f;
+  Sampler s(p, SamplerState::FromSeed(1));
+  std::mt19937 rng(7);
+  const float specials[] = {0.0f, -0.0f, kInf, -kInf, NAN, 1.0f, -1.0f};
+  for (int trial = 0; trial < 400; ++trial) {
+    const int n = 1 + static_cast<int>(rng() % 300);
+    std::vector<float> v(n);
+    for (float& x : v) {
+      x = rng() % 4 == 0 ? specials[rng() % 7]
+                         : static_cast<float>(static_cast<int>(rng() % 9) - 6);
+    }
+    int want = 0;
+    auto value = [&](int i) { return std::isnan(v[i]) ? -kInf : v[i]; };
+    for (int i = 1; i < n; ++i) {
+      if (value(i) > value(want)) want = i;
+    }
+    ASSERT_EQ(SampleOnce(s, v), want) << "trial " << trial << " n " << n;
+  }
 }
 
 TEST(SamplerTest, TopKOneAndTinyTopPEqualGreedy) {
