@@ -422,6 +422,54 @@ TEST(ModelTest, RepeatedLogitPositionsEachGetTheirLogits) {
   }
 }
 
+// Logits rows of a batch in one buffer at an even stride (wider than the
+// vocabulary) are written in place; rows in separate buffers, or unevenly
+// spaced, go through the model's own buffer. Same logits either way, and
+// nothing outside the rows is touched.
+TEST(ModelTest, LogitsRowsAnywhereGetTheSameLogits) {
+  SS_REQUIRE_SHARED_DATA();
+  auto m = Load("testdata/rwkv7-tiny.pth");
+  ASSERT_NE(m, nullptr);
+  const int V = m->info().config.vocab_size;
+  const int kSeqs = 5, kGap = 7;
+  auto run = [&](std::vector<float*> rows) {
+    std::vector<std::vector<float>> states(
+        kSeqs, std::vector<float>(m->info().state_floats, 0.0f));
+    std::vector<std::vector<int32_t>> tokens(kSeqs);
+    const int32_t last = 0;
+    std::vector<SequenceWork> work(kSeqs);
+    for (int i = 0; i < kSeqs; ++i) {
+      tokens[i] = {static_cast<int32_t>((i * 37 + 11) % V)};
+      work[i] = {tokens[i], states[i].data(), absl::MakeConstSpan(&last, 1),
+                 rows[i]};
+    }
+    ASSERT_TRUE(m->Forward(work).ok());
+  };
+  std::vector<std::vector<float>> separate(kSeqs, std::vector<float>(V));
+  std::vector<float*> rows;
+  for (auto& r : separate) rows.push_back(r.data());
+  run(rows);
+  std::vector<float> even(static_cast<size_t>(kSeqs) * (V + kGap), -7.0f);
+  rows.clear();
+  for (int i = 0; i < kSeqs; ++i) rows.push_back(&even[i * (V + kGap)]);
+  run(rows);
+  std::vector<float> uneven(static_cast<size_t>(kSeqs) * (V + kGap) + 3, -7.0f);
+  std::vector<float*> rows2;
+  for (int i = 0; i < kSeqs; ++i) {
+    rows2.push_back(&uneven[i * (V + kGap) + (i == 3 ? 3 : 0)]);
+  }
+  run(rows2);
+  for (int i = 0; i < kSeqs; ++i) {
+    EXPECT_EQ(0, std::memcmp(separate[i].data(), rows[i], V * sizeof(float)))
+        << i;
+    EXPECT_EQ(0, std::memcmp(separate[i].data(), rows2[i], V * sizeof(float)))
+        << i;
+    for (int g = 0; g < kGap; ++g) {
+      EXPECT_EQ(even[i * (V + kGap) + V + g], -7.0f) << i;
+    }
+  }
+}
+
 TEST(ModelTest, NotAModel) {
   SS_REQUIRE_SHARED_DATA();
   auto r = LoadModel(SharedPath("testdata/rwkv7-tiny.golden.json"));

@@ -9,7 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstddef>
+#include <cstdint>
 #include <limits>
 #include <memory>
 #include <thread>
@@ -419,9 +419,16 @@ void Rwkv7::RunChunk(absl::Span<const SequenceWork> batch,
   // Straight into the caller's rows when they are evenly spaced (a batch
   // with one logits row per sequence in one buffer, as the scheduler and
   // the benchmarks pass it): at 32 sessions the copy moves 8 MB a step.
-  const ptrdiff_t stride = n > 1 ? dest[1] - dest[0] : V;
-  bool even = stride >= V && stride <= std::numeric_limits<int>::max();
-  for (int i = 2; even && i < n; ++i) even = dest[i] - dest[i - 1] == stride;
+  // (Addresses compared as integers: the rows may be separate buffers.)
+  auto gap = [&](int i) {
+    return static_cast<int64_t>(reinterpret_cast<uintptr_t>(dest[i]) -
+                                reinterpret_cast<uintptr_t>(dest[i - 1]));
+  };
+  const int64_t bytes = n > 1 ? gap(1) : int64_t{V} * 4;
+  const int64_t stride = bytes / 4;
+  bool even = bytes % 4 == 0 && stride >= V &&
+              stride <= std::numeric_limits<int>::max();
+  for (int i = 2; even && i < n; ++i) even = gap(i) == bytes;
   if (even) {
     MatMul(k_, pool_, head_, s.normed.data(), C, n, dest[0],
            static_cast<int>(stride));
