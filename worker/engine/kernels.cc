@@ -70,7 +70,7 @@ float* ThreadScratch(int slot, size_t floats) {
     std::unique_ptr<float, decltype(&std::free)> p{nullptr, &std::free};
     size_t size = 0;
   };
-  static thread_local Buffer buffers[2];
+  static thread_local Buffer buffers[3];
   Buffer& b = buffers[slot];
   if (b.size < floats) {
     const size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;

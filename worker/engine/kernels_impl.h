@@ -22,10 +22,11 @@ namespace statestream::engine::kernels_impl {
 inline constexpr int kLanes = 16;
 
 // A per-thread buffer of at least `floats` floats, 64-byte aligned, valid
-// until the thread's next call with the same `slot`. Defined in kernels.cc,
-// which is compiled for the baseline ISA: the ISA-specific files must not
-// instantiate std::vector or other inline library code, whose one linked
-// copy could otherwise come from an AVX-512 object.
+// until the thread's next call with the same `slot` (0: widened bf16 tiles,
+// 1: the avx512bf16 build's rounded rows, 2: panel accumulators). Defined in
+// kernels.cc, which is compiled for the baseline ISA: the ISA-specific files
+// must not instantiate std::vector or other inline library code, whose one
+// linked copy could otherwise come from an AVX-512 object.
 float* ThreadScratch(int slot, size_t floats);
 
 template <typename V>
@@ -161,6 +162,134 @@ inline void GemmTile(const W* w, int64_t ldw, int in, const float* x, int ldx,
   }
 }
 
+// One RT x OT block over inputs [i0, i1) (a multiple of kLanes apart) and,
+// when tail > 0, the partial step of `tail` inputs at i1. The block's
+// 16-lane accumulators wait in `acc` ([row][16 outputs][kLanes], row stride
+// kPanelAcc floats) between input chunks: zero for the first chunk, then
+// loaded, advanced with GemmBlock's FMAs in GemmBlock's order, and stored
+// back exactly.
+inline constexpr int kPanelAcc = 16 * kLanes;
+template <typename V, int RT, int OT>
+inline void PanelBlock(const float* w, int64_t ldw, const float* x, int ldx,
+                       int i0, int i1, int tail, bool first, float* acc) {
+  V a[RT * OT];
+#pragma GCC unroll 16
+  for (int t = 0; t < RT; ++t) {
+#pragma GCC unroll 16
+    for (int u = 0; u < OT; ++u) {
+      a[t * OT + u] =
+          first ? V::Zero() : V::Load(acc + t * kPanelAcc + u * kLanes);
+    }
+  }
+  for (int i = i0; i < i1; i += kLanes) {
+    V wv[OT];
+#pragma GCC unroll 16
+    for (int u = 0; u < OT; ++u) wv[u] = V::Load(w + u * ldw + i);
+#pragma GCC unroll 16
+    for (int t = 0; t < RT; ++t) {
+      const V xv = V::Load(x + static_cast<int64_t>(t) * ldx + i);
+#pragma GCC unroll 16
+      for (int u = 0; u < OT; ++u) {
+        a[t * OT + u] = V::Fma(wv[u], xv, a[t * OT + u]);
+      }
+    }
+  }
+  if (tail > 0) {
+    V wv[OT];
+    for (int u = 0; u < OT; ++u) wv[u] = V::LoadPartial(w + u * ldw + i1, tail);
+    for (int t = 0; t < RT; ++t) {
+      const V xv = V::LoadPartial(x + static_cast<int64_t>(t) * ldx + i1, tail);
+      for (int u = 0; u < OT; ++u) {
+        a[t * OT + u] = V::Fma(wv[u], xv, a[t * OT + u]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < RT; ++t) {
+#pragma GCC unroll 16
+    for (int u = 0; u < OT; ++u) {
+      a[t * OT + u].Store(acc + t * kPanelAcc + u * kLanes);
+    }
+  }
+}
+
+// A block of `rt` (1-4) rows.
+template <typename V, int OT>
+inline void PanelBlockRows(int rt, const float* w, int64_t ldw, const float* x,
+                           int ldx, int i0, int i1, int tail, bool first,
+                           float* acc) {
+  switch (rt) {
+    case 4:
+      return PanelBlock<V, 4, OT>(w, ldw, x, ldx, i0, i1, tail, first, acc);
+    case 3:
+      return PanelBlock<V, 3, OT>(w, ldw, x, ldx, i0, i1, tail, first, acc);
+    case 2:
+      return PanelBlock<V, 2, OT>(w, ldw, x, ldx, i0, i1, tail, first, acc);
+    default:
+      return PanelBlock<V, 1, OT>(w, ldw, x, ldx, i0, i1, tail, first, acc);
+  }
+}
+
+// Many rows against an fp32 tile of up to 16 outputs with a wide input
+// (FFN value projections: 3072-4096 inputs). GemmTile's 4x4 blocks read a
+// whole row of the tile per block: at that width a block's four rows of x
+// fill L1 and the tile (16 x in floats) streams from L2 for every block,
+// ~2/3 of the rate at 768 inputs. Here the input is walked in chunks of
+// kChunk for all rows (panels of 16) before the next chunk, so a chunk's
+// slice of the tile stays near while every row block uses it. Each (row,
+// output) sees exactly GemmBlock's FMAs in GemmBlock's order and the same
+// Reduce16: bit-identical to GemmTile (KernelsTest.GemmRow*).
+template <typename V>
+inline void GemmPanels(const float* w, int64_t ldw, int in, const float* x,
+                       int ldx, int rows, float* y, int ldy, int outs) {
+  constexpr int kPanel = 16, kChunk = 512;
+  float* acc = ThreadScratch(2, static_cast<size_t>(kPanel) * kPanelAcc);
+  const int full = in & ~(kLanes - 1);
+  const int tail = in - full;
+  for (int r0 = 0; r0 < rows; r0 += kPanel) {
+    const int prow = rows - r0 < kPanel ? rows - r0 : kPanel;
+    const float* xp = x + static_cast<int64_t>(r0) * ldx;
+    for (int i0 = 0; i0 < full || (i0 == 0 && tail > 0); i0 += kChunk) {
+      const int i1 = i0 + kChunk < full ? i0 + kChunk : full;
+      const int t = i1 == full ? tail : 0;
+      const bool first = i0 == 0;
+      for (int r = 0; r < prow; r += 4) {
+        const int rt = prow - r < 4 ? prow - r : 4;
+        const float* xr = xp + static_cast<int64_t>(r) * ldx;
+        for (int o = 0; o < outs; o += 4) {
+          const float* wo = w + o * ldw;
+          float* ar = acc + r * kPanelAcc + o * kLanes;
+          switch (outs - o < 4 ? outs - o : 4) {
+            case 4:
+              PanelBlockRows<V, 4>(rt, wo, ldw, xr, ldx, i0, i1, t, first, ar);
+              break;
+            case 3:
+              PanelBlockRows<V, 3>(rt, wo, ldw, xr, ldx, i0, i1, t, first, ar);
+              break;
+            case 2:
+              PanelBlockRows<V, 2>(rt, wo, ldw, xr, ldx, i0, i1, t, first, ar);
+              break;
+            default:
+              PanelBlockRows<V, 1>(rt, wo, ldw, xr, ldx, i0, i1, t, first, ar);
+              break;
+          }
+        }
+      }
+    }
+    // Each row's (up to) 16 outputs reduced together, as GemmBlock does.
+    alignas(64) float out[16];
+    for (int r = 0; r < prow; ++r) {
+      V a[16];
+      for (int u = 0; u < 16; ++u) {
+        a[u] = u < outs ? V::Load(acc + r * kPanelAcc + u * kLanes) : V::Zero();
+      }
+      V::Reduce16(a, out);
+      float* yr = y + static_cast<int64_t>(r0 + r) * ldy;
+      for (int u = 0; u < outs; ++u) yr[u] = out[u];
+    }
+  }
+}
+
 // Widens rows [0, outs) of a bf16 matrix to fp32 (exact) into
 // `out`, prefetching the same amount of the next tile (`pf`) as it goes.
 template <typename V, typename W>
@@ -196,6 +325,7 @@ void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
   // Output tiles of 16: a tile of W (16 x in) stays in L1/L2 while every row
   // streams past it, so each weight is read from memory once per call.
   constexpr int kOTile = 16;
+  constexpr int kPanelMinIn = 1024;
   // bf16 weights feeding many rows are widened once per tile instead of
   // once per 4-row block (the widening costs two instructions per vector).
   constexpr bool kNarrow = sizeof(W) < 4;
@@ -208,12 +338,23 @@ void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
     const char* pf = reinterpret_cast<const char*>(wt + outs * in);
     const int64_t pf_bytes =
         rows > 1 ? static_cast<int64_t>(next) * in * sizeof(W) : 0;
+    // Wide inputs (see GemmPanels) with many rows walk the input in chunks.
+    const bool panels = rows >= 16 && in > kPanelMinIn;
     if constexpr (kNarrow) {
       if (rows >= 16) {
         float* widened = ThreadScratch(0, static_cast<size_t>(kOTile) * in);
         WidenRows<V, W>(wt, in, in, outs, widened, pf, pf_bytes);
-        GemmTile<V, float>(widened, in, in, x, ldx, rows, y + ot, ldy, outs,
-                           nullptr, 0);
+        if (panels) {
+          GemmPanels<V>(widened, in, in, x, ldx, rows, y + ot, ldy, outs);
+        } else {
+          GemmTile<V, float>(widened, in, in, x, ldx, rows, y + ot, ldy, outs,
+                             nullptr, 0);
+        }
+        continue;
+      }
+    } else {
+      if (panels) {
+        GemmPanels<V>(wt, in, in, x, ldx, rows, y + ot, ldy, outs);
         continue;
       }
     }

@@ -185,8 +185,9 @@ TEST(KernelsTest, GemmI8IsExactIntegerProductInEveryBuild) {
 // sits among them, or how the outputs are split: the blocked paths (4-row
 // blocks, 3/2/1-row remainders, bf16 and int8 rows widened once per tile
 // from 16 rows up) must all equal the one-row product bit for bit.
-// in = 100: a partial 16-lane step; 300: several input chunks of the
-// many-row panels (kernels_impl.h GemmPanels) and a partial step.
+// in = 100: a partial 16-lane step; 300: many steps and a partial one;
+// 1100: wide enough for the many-row panels (kernels_impl.h GemmPanels):
+// three input chunks, the last with a partial step.
 class GemmRowTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(GemmRowTest, RowIsIndependentOfBatchAndSplit) {
@@ -240,7 +241,8 @@ TEST_P(GemmRowTest, RowIsIndependentOfBatchAndSplit) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Widths, GemmRowTest, ::testing::Values(100, 300));
+INSTANTIATE_TEST_SUITE_P(Widths, GemmRowTest,
+                         ::testing::Values(100, 300, 1100));
 
 // vdpbf16ps rounds the activations to bf16: close to the exact product of
 // the rounded inputs, not bit-identical to the fp32 builds.
