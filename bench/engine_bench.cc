@@ -115,10 +115,13 @@ void BM_Prefill(benchmark::State& st, Weights weights) {
 // One kernel call, single-threaded: y[rows][out] = x[rows][in] W^T with
 // W = [out = range(1)][in = 512]: 2048 is an FFN key projection (W stays in
 // L2 between iterations), 16384 the head of the bench model (W comes from
-// memory); range(0) rows. Reports GFLOP/s (2 per multiply-add).
-void BM_Gemm(benchmark::State& st, bool bf16, const char* kernels = "") {
+// memory); range(0) rows; `in` replaces the 512 inputs (3072: the 0.1B
+// shape's FFN value projection, through the wide-input panels). Reports
+// GFLOP/s (2 per multiply-add).
+void BM_Gemm(benchmark::State& st, bool bf16, const char* kernels = "",
+             int in = 512) {
   const int rows = static_cast<int>(st.range(0));
-  const int in = 512, out = static_cast<int>(st.range(1));
+  const int out = static_cast<int>(st.range(1));
   std::vector<float> w(static_cast<size_t>(out) * in);
   std::vector<uint16_t> wb(w.size());
   for (size_t i = 0; i < w.size(); ++i) {
@@ -244,6 +247,14 @@ BENCHMARK_CAPTURE(BM_Gemm, f32, false)
     ->UseRealTime();
 BENCHMARK_CAPTURE(BM_Gemm, bf16, true)
     ->ArgsProduct({{1, 8, 32, 64}, {2048, 16384}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Gemm, f32_wide, false, "", 3072)
+    ->ArgsProduct({{32, 64}, {768}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Gemm, bf16_wide, true, "", 3072)
+    ->ArgsProduct({{32, 64}, {768}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 BENCHMARK_CAPTURE(BM_Gemm, bf16dot, true, "avx512bf16")
