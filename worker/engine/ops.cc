@@ -218,7 +218,7 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
     const int blocks = static_cast<int>(
         std::min<int64_t>(std::min(pool.size(), rows),
                           std::max<int64_t>(1, values / kMinPerTask)));
-    pool.ParallelFor(n * blocks, [&](int task) {
+    auto quantize = [&](int task) {
       const int j = task / blocks, i = task % blocks;
       const MatMulJob& job = jobs[j];
       if (job.m->i8 == nullptr) return;
@@ -230,7 +230,12 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
           job.m->cols,
           s.xq.data() + s.q[j].offset + static_cast<int64_t>(b) * s.q[j].ldq,
           s.q[j].ldq, s.scale.data() + static_cast<size_t>(j) * rows + b);
-    });
+    };
+    if (values < kMinPerTask) {
+      for (int j = 0; j < n; ++j) quantize(j);
+    } else {
+      pool.ParallelFor(n * blocks, quantize);
+    }
   }
   // One hand-off for every product's output ranges.
   s.first_tile.resize(n + 1);
