@@ -12,17 +12,40 @@
 
 namespace statestream::engine {
 
-void LayerNorm(const float* x, int n, const float* w, const float* b, float eps,
-               float* out) {
-  double sum = 0;
-  for (int i = 0; i < n; ++i) sum += x[i];
-  const double mean = sum / n;
-  double sq = 0;
-  for (int i = 0; i < n; ++i) {
-    const double d = x[i] - mean;
-    sq += d * d;
+namespace {
+
+// Sums in double over 8 interleaved lanes (element i into lane i % 8), then
+// one fixed tree: a fixed order, like the kernels' dot products, whose lanes
+// vectorise where one running sum is a chain of dependent additions.
+constexpr int kNormLanes = 8;
+inline double LaneTree(const double* l) {
+  return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+
+}  // namespace
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void LayerNorm(
+    const float* x, int n, const float* w, const float* b, float eps,
+    float* out) {
+  const int full = n - n % kNormLanes;
+  double lanes[kNormLanes] = {};
+  for (int i = 0; i < full; i += kNormLanes) {
+    for (int j = 0; j < kNormLanes; ++j) lanes[j] += x[i + j];
   }
-  const double inv = 1.0 / std::sqrt(sq / n + eps);
+  for (int i = full; i < n; ++i) lanes[i - full] += x[i];
+  const double mean = LaneTree(lanes) / n;
+  double sq[kNormLanes] = {};
+  for (int i = 0; i < full; i += kNormLanes) {
+    for (int j = 0; j < kNormLanes; ++j) {
+      const double d = x[i + j] - mean;
+      sq[j] += d * d;
+    }
+  }
+  for (int i = full; i < n; ++i) {
+    const double d = x[i] - mean;
+    sq[i - full] += d * d;
+  }
+  const double inv = 1.0 / std::sqrt(LaneTree(sq) / n + eps);
   for (int i = 0; i < n; ++i) {
     out[i] = static_cast<float>((x[i] - mean) * inv) * w[i] + b[i];
   }
