@@ -144,6 +144,32 @@ TEST(KernelsTest, QuantizeRowsMatchesTheDefinitionAtEveryLength) {
   EXPECT_EQ(q[3] - 128, 127);
 }
 
+// LayerNorm at every length (8-lane body and tail): within a few float ulp
+// of the two-pass definition in long double, in place or not.
+TEST(KernelsTest, LayerNormMatchesTheDefinitionAtEveryLength) {
+  for (int n = 1; n <= 70; ++n) {
+    auto x = Random(static_cast<size_t>(n), 300 + n);
+    for (float& v : x) v = v * 3 + 0.5f;  // a mean away from zero
+    auto w = Random(static_cast<size_t>(n), 400 + n);
+    auto b = Random(static_cast<size_t>(n), 500 + n);
+    std::vector<float> out(n);
+    LayerNorm(x.data(), n, w.data(), b.data(), 1e-5f, out.data());
+    long double mean = 0, var = 0;
+    for (float v : x) mean += v;
+    mean /= n;
+    for (float v : x) var += (v - mean) * (v - mean);
+    var /= n;
+    for (int i = 0; i < n; ++i) {
+      const long double want =
+          (x[i] - mean) / std::sqrt(var + 1e-5L) * w[i] + b[i];
+      EXPECT_NEAR(out[i], static_cast<double>(want), 4e-6) << n << " " << i;
+    }
+    std::vector<float> same = x;  // out may alias x
+    LayerNorm(same.data(), n, w.data(), b.data(), 1e-5f, same.data());
+    EXPECT_EQ(same, out) << n;
+  }
+}
+
 // The definition: the exact integer dot product, then two multiplications.
 TEST(KernelsTest, GemmI8IsExactIntegerProductInEveryBuild) {
   for (int in : {1, 15, 16, 17, 63, 64, 65, 100, 768}) {
