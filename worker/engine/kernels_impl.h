@@ -46,6 +46,38 @@ inline V LoadFull(const uint16_t* w) {
   return V::LoadBF16(w);
 }
 
+// One full 16-lane step of an RT x OT register block at input i: acc[t][u]
+// += w[u][i..i+15] * x[t][i..i+15], lane by lane (fused).
+template <typename V, typename W, int RT, int OT>
+inline void BlockStep(const W* w, int64_t ldw, const float* x, int ldx, int i,
+                      V* acc) {
+  V wv[OT];
+#pragma GCC unroll 16
+  for (int u = 0; u < OT; ++u) wv[u] = LoadFull<V>(w + u * ldw + i);
+#pragma GCC unroll 16
+  for (int t = 0; t < RT; ++t) {
+    const V xv = V::Load(x + static_cast<int64_t>(t) * ldx + i);
+#pragma GCC unroll 16
+    for (int u = 0; u < OT; ++u) {
+      acc[t * OT + u] = V::Fma(wv[u], xv, acc[t * OT + u]);
+    }
+  }
+}
+
+// The partial step of the last n < 16 inputs at i, +0 in the missing lanes.
+template <typename V, typename W, int RT, int OT>
+inline void BlockTail(const W* w, int64_t ldw, const float* x, int ldx, int i,
+                      int n, V* acc) {
+  V wv[OT];
+  for (int u = 0; u < OT; ++u) wv[u] = LoadW<V>(w + u * ldw + i, n);
+  for (int t = 0; t < RT; ++t) {
+    const V xv = V::LoadPartial(x + static_cast<int64_t>(t) * ldx + i, n);
+    for (int u = 0; u < OT; ++u) {
+      acc[t * OT + u] = V::Fma(wv[u], xv, acc[t * OT + u]);
+    }
+  }
+}
+
 // A block of RT rows x OT outputs (RT * OT <= 16 accumulators, all kept in
 // registers). `w` points at the block's first output row (row stride ldw),
 // `x` at its first input row, `y` at y[first row][first output]. Each
@@ -75,29 +107,9 @@ inline void GemmBlock(const W* w, int64_t ldw, int in, const float* x, int ldx,
       }
       pf += OT * kLanes * sizeof(W);
     }
-    V wv[OT];
-#pragma GCC unroll 16
-    for (int u = 0; u < OT; ++u) wv[u] = LoadFull<V>(w + u * ldw + i);
-#pragma GCC unroll 16
-    for (int t = 0; t < RT; ++t) {
-      const V xv = V::Load(x + static_cast<int64_t>(t) * ldx + i);
-#pragma GCC unroll 16
-      for (int u = 0; u < OT; ++u) {
-        acc[t * OT + u] = V::Fma(wv[u], xv, acc[t * OT + u]);
-      }
-    }
+    BlockStep<V, W, RT, OT>(w, ldw, x, ldx, i, acc);
   }
-  if (full < in) {
-    const int n = in - full;
-    V wv[OT];
-    for (int u = 0; u < OT; ++u) wv[u] = LoadW<V>(w + u * ldw + full, n);
-    for (int t = 0; t < RT; ++t) {
-      const V xv = V::LoadPartial(x + static_cast<int64_t>(t) * ldx + full, n);
-      for (int u = 0; u < OT; ++u) {
-        acc[t * OT + u] = V::Fma(wv[u], xv, acc[t * OT + u]);
-      }
-    }
-  }
+  if (full < in) BlockTail<V, W, RT, OT>(w, ldw, x, ldx, full, in - full, acc);
   alignas(64) float out[16];
   V::Reduce16(acc, out);
   for (int t = 0; t < RT; ++t) {
@@ -182,28 +194,9 @@ inline void PanelBlock(const float* w, int64_t ldw, const float* x, int ldx,
     }
   }
   for (int i = i0; i < i1; i += kLanes) {
-    V wv[OT];
-#pragma GCC unroll 16
-    for (int u = 0; u < OT; ++u) wv[u] = V::Load(w + u * ldw + i);
-#pragma GCC unroll 16
-    for (int t = 0; t < RT; ++t) {
-      const V xv = V::Load(x + static_cast<int64_t>(t) * ldx + i);
-#pragma GCC unroll 16
-      for (int u = 0; u < OT; ++u) {
-        a[t * OT + u] = V::Fma(wv[u], xv, a[t * OT + u]);
-      }
-    }
+    BlockStep<V, float, RT, OT>(w, ldw, x, ldx, i, a);
   }
-  if (tail > 0) {
-    V wv[OT];
-    for (int u = 0; u < OT; ++u) wv[u] = V::LoadPartial(w + u * ldw + i1, tail);
-    for (int t = 0; t < RT; ++t) {
-      const V xv = V::LoadPartial(x + static_cast<int64_t>(t) * ldx + i1, tail);
-      for (int u = 0; u < OT; ++u) {
-        a[t * OT + u] = V::Fma(wv[u], xv, a[t * OT + u]);
-      }
-    }
-  }
+  if (tail > 0) BlockTail<V, float, RT, OT>(w, ldw, x, ldx, i1, tail, a);
 #pragma GCC unroll 16
   for (int t = 0; t < RT; ++t) {
 #pragma GCC unroll 16
