@@ -9,12 +9,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <map>
-#include <tuple>
 #include <vector>
 
 #include "worker/engine/cuda/batch_plan.h"
 #include "worker/engine/cuda/cuda_kernels.cuh"
+#include "worker/engine/cuda/host_util.cuh"
 #include "worker/engine/cuda/rwkv6_cuda.h"
 #include "worker/engine/cuda/rwkv6_kernels.cuh"
 
@@ -26,28 +25,6 @@ constexpr float kGroupNormEps = 64e-5f;
 constexpr size_t kCublasWorkspace = 32u << 20;
 constexpr int kVecs = static_cast<int>(Vec6::kCount);
 constexpr int kMats = static_cast<int>(Mat6::kCount);
-
-#define SS_CUDA(expr)                                                \
-  do {                                                               \
-    const cudaError_t e_ = (expr);                                   \
-    if (e_ != cudaSuccess) {                                         \
-      if (error != nullptr) {                                        \
-        *error = std::string(#expr) + ": " + cudaGetErrorString(e_); \
-      }                                                              \
-      return false;                                                  \
-    }                                                                \
-  } while (0)
-
-#define SS_CUBLAS(expr)                                                 \
-  do {                                                                  \
-    const cublasStatus_t s_ = (expr);                                   \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                  \
-      if (error != nullptr) {                                           \
-        *error = std::string(#expr) + ": " + cublasGetStatusString(s_); \
-      }                                                                 \
-      return false;                                                     \
-    }                                                                   \
-  } while (0)
 
 struct DevMat {
   int rows = 0, cols = 0;  // [out][in]
@@ -159,21 +136,16 @@ class Rwkv6RunnerImpl final : public Rwkv6Runner {
   float* ffn_ = nullptr;  // fp32 mode only
   __nv_bfloat16* hi_[kSlotCount] = {};
   __nv_bfloat16* lo_[kSlotCount] = {};
-  int32_t* meta_ = nullptr;        // device, 7 * max_rows
-  int32_t* meta_host_ = nullptr;   // pinned
-  float** states_ = nullptr;       // device table, states_cap_ entries
-  float** states_host_ = nullptr;  // pinned
-  int states_cap_ = 0;
-  std::map<std::tuple<int, int, int>, cudaGraphExec_t> graphs_;
+  int32_t* meta_ = nullptr;       // device, 7 * max_rows
+  int32_t* meta_host_ = nullptr;  // pinned
+  StateTable states_;
+  ChunkGraphs graphs_;
 };
 
 Rwkv6RunnerImpl::~Rwkv6RunnerImpl() {
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
-  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
   for (void* p : ptrs_) cudaFree(p);
-  cudaFree(states_);
   cudaFreeHost(meta_host_);
-  cudaFreeHost(states_host_);
   for (int i = 0; i < kLanes; ++i) {
     cudaFree(workspace_[i]);
     if (blas_[i] != nullptr) cublasDestroy(blas_[i]);
@@ -490,8 +462,8 @@ bool Rwkv6RunnerImpl::TimeMix(int l, int T, int S, const RowTables& tab,
   cudaStream_t st = stream_;
   LaunchLayerNorm(x_, nullptr, nullptr, T, C, L.v(Vec6::kLn1W),
                   L.v(Vec6::kLn1B), kLayerNormEps, ActOut{xa_}, st);
-  LaunchShift6(xa_, T, C, tab, states_, att, L.v(Vec6::kMaaX), d_buf_, xxx_,
-               st);
+  LaunchShift6(xa_, T, C, tab, states_.device(), att, L.v(Vec6::kMaaX), d_buf_,
+               xxx_, st);
   // m = tanh(xxx . maa_w1), then x_f = xa + d * (maa_f + m_f . maa_w2[f]).
   if (!Gemm(0, L.m(Mat6::kMaaW1), In{xxx_}, T, mix_, 0, error)) return false;
   LaunchActivation(mix_, static_cast<int64_t>(T) * kMixes6 * d_.d_mix,
@@ -521,10 +493,10 @@ bool Rwkv6RunnerImpl::TimeMix(int l, int T, int S, const RowTables& tab,
     return false;
   }
   const Wkv6Args wa{r_, k_, v_, wl_, L.v(Vec6::kDecay), L.v(Vec6::kBonus), y_};
-  LaunchWkv6(S, C, H, N, tab, states_, wkv, wa, st);
+  LaunchWkv6(S, C, H, N, tab, states_.device(), wkv, wa, st);
   const Post6Args post{
       y_, g_, L.v(Vec6::kLnxW), L.v(Vec6::kLnxB), xa_, kGroupNormEps, att};
-  LaunchPost6(T, C, H, N, tab, states_, post, Out(kSlotR), st);
+  LaunchPost6(T, C, H, N, tab, states_.device(), post, Out(kSlotR), st);
   return Gemm(0, L.m(Mat6::kOutput), Input(kSlotR), T, x_, 1, error);
 }
 
@@ -542,14 +514,14 @@ bool Rwkv6RunnerImpl::ChannelMix(int l, int T, const RowTables& tab,
   mix.out[0] = Out(kSlotK);
   mix.param[1] = L.v(Vec6::kFfnMaaR);
   mix.out[1] = Out(kSlotR);
-  LaunchShiftMix(xa_, T, C, tab, states_, ffn, mix, st);
+  LaunchShiftMix(xa_, T, C, tab, states_.device(), ffn, mix, st);
   // sigmoid(W_r x_r) on a side lane while the key/value pair runs.
   if (!Fork(error) ||
       !Gemm(1, L.m(Mat6::kFfnRecept), Input(kSlotR), T, ffr_, 0, error) ||
       !Gemm(0, L.m(Mat6::kFfnKey), Input(kSlotK), T, ffk_, 0, error)) {
     return false;
   }
-  LaunchReluSq(ffk_, T, F, C, tab, states_, xa_, ffn, Out(kSlotF), st);
+  LaunchReluSq(ffk_, T, F, C, tab, states_.device(), xa_, ffn, Out(kSlotF), st);
   if (!Gemm(0, L.m(Mat6::kFfnValue), Input(kSlotF), T, kv_, 0, error) ||
       !Join(error)) {
     return false;
@@ -584,53 +556,19 @@ bool Rwkv6RunnerImpl::RunChunk(int T, int S, int nl, std::string* error) {
 }
 
 bool Rwkv6RunnerImpl::RunChunkGraph(int T, int S, int nl, std::string* error) {
-  const auto key = std::make_tuple(T, S, nl);
-  auto it = graphs_.find(key);
-  if (it == graphs_.end()) {
-    cudaGraph_t graph = nullptr;
-    SS_CUDA(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-    std::string run_error;
-    const bool ok = RunChunk(T, S, nl, &run_error);
-    const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
-    if (!ok) {
-      if (graph != nullptr) cudaGraphDestroy(graph);
-      *error = "graph capture: " + run_error;
-      return false;
-    }
-    SS_CUDA(end);
-    cudaGraphExec_t exec = nullptr;
-    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
-    cudaGraphDestroy(graph);
-    SS_CUDA(inst);
-    it = graphs_.emplace(key, exec).first;
-  }
-  SS_CUDA(cudaGraphLaunch(it->second, stream_));
-  return true;
+  return graphs_.Launch(
+      stream_, {T, S, nl},
+      [&](std::string* e) { return RunChunk(T, S, nl, e); }, error);
 }
 
 bool Rwkv6RunnerImpl::Forward(const SeqWork* seqs, int n, bool logits_on_host,
                               std::string* error) {
-  if (n > states_cap_) {
-    cudaFree(states_);
-    cudaFreeHost(states_host_);
-    states_ = nullptr;
-    states_host_ = nullptr;
-    states_cap_ = 0;
-    SS_CUDA(cudaMalloc(&states_, sizeof(float*) * n));
-    SS_CUDA(cudaMallocHost(&states_host_, sizeof(float*) * n));
-    states_cap_ = n;
-    // Graphs captured the old table's address.
-    for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
-    graphs_.clear();
-  }
+  if (!states_.Upload(seqs, n, stream_, graphs_, error)) return false;
   std::vector<PlanInput> plan(n);
   for (int i = 0; i < n; ++i) {
     plan[i] = {seqs[i].tokens, seqs[i].n_tokens, seqs[i].positions,
                seqs[i].n_positions};
-    states_host_[i] = seqs[i].state;
   }
-  SS_CUDA(cudaMemcpyAsync(states_, states_host_, sizeof(float*) * n,
-                          cudaMemcpyHostToDevice, stream_));
   const int64_t V = d_.vocab_size, C = d_.n_embd;
   const cudaMemcpyKind out_kind =
       logits_on_host ? cudaMemcpyDeviceToHost : cudaMemcpyDeviceToDevice;

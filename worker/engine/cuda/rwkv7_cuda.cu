@@ -8,12 +8,11 @@
 
 #include <algorithm>
 #include <cstring>
-#include <map>
-#include <tuple>
 #include <vector>
 
 #include "worker/engine/cuda/batch_plan.h"
 #include "worker/engine/cuda/cuda_kernels.cuh"
+#include "worker/engine/cuda/host_util.cuh"
 #include "worker/engine/cuda/rwkv7_cuda.h"
 
 namespace statestream::engine::cuda {
@@ -22,28 +21,6 @@ namespace {
 constexpr float kLayerNormEps = 1e-5f;
 constexpr float kGroupNormEps = 64e-5f;
 constexpr size_t kCublasWorkspace = 32u << 20;
-
-#define SS_CUDA(expr)                                                \
-  do {                                                               \
-    const cudaError_t e_ = (expr);                                   \
-    if (e_ != cudaSuccess) {                                         \
-      if (error != nullptr) {                                        \
-        *error = std::string(#expr) + ": " + cudaGetErrorString(e_); \
-      }                                                              \
-      return false;                                                  \
-    }                                                                \
-  } while (0)
-
-#define SS_CUBLAS(expr)                                                 \
-  do {                                                                  \
-    const cublasStatus_t s_ = (expr);                                   \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                  \
-      if (error != nullptr) {                                           \
-        *error = std::string(#expr) + ": " + cublasGetStatusString(s_); \
-      }                                                                 \
-      return false;                                                     \
-    }                                                                   \
-  } while (0)
 
 struct DevMat {
   int rows = 0, cols = 0;  // [out][in]
@@ -146,21 +123,16 @@ class RunnerImpl final : public Runner {
   float* ffn_ = nullptr;      // fp32 mode only
   __nv_bfloat16* hi_[kSlotCount] = {};
   __nv_bfloat16* lo_[kSlotCount] = {};
-  int32_t* meta_ = nullptr;        // device, 7 * max_rows
-  int32_t* meta_host_ = nullptr;   // pinned
-  float** states_ = nullptr;       // device table, states_cap_ entries
-  float** states_host_ = nullptr;  // pinned
-  int states_cap_ = 0;
-  std::map<std::tuple<int, int, int>, cudaGraphExec_t> graphs_;
+  int32_t* meta_ = nullptr;       // device, 7 * max_rows
+  int32_t* meta_host_ = nullptr;  // pinned
+  StateTable states_;
+  ChunkGraphs graphs_;
 };
 
 RunnerImpl::~RunnerImpl() {
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
-  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
   for (void* p : ptrs_) cudaFree(p);
-  cudaFree(states_);
   cudaFreeHost(meta_host_);
-  cudaFreeHost(states_host_);
   for (int i = 0; i < kLanes; ++i) {
     cudaFree(workspace_[i]);
     if (blas_[i] != nullptr) cublasDestroy(blas_[i]);
@@ -490,7 +462,7 @@ bool RunnerImpl::RunChunk(int T, int S, int nl, std::string* error) {
       mix.param[q] = L.vec[params[q]];
       mix.out[q] = outs[q];
     }
-    LaunchShiftMix(xa_, T, C, tab, states_, att, mix, st);
+    LaunchShiftMix(xa_, T, C, tab, states_.device(), att, mix, st);
     // Independent products on four lanes: r, k | v, value LoRA | decay
     // LoRA | rate and gate LoRAs.
     if (!Fork(error)) return false;
@@ -519,12 +491,12 @@ bool RunnerImpl::RunChunk(int T, int S, int nl, std::string* error) {
                   w_,         a_,         k_,         v_,         vfirst_,
                   nkk_,       kka_,       vl_,        l == 0};
     LaunchPrep(T, C, H, N, prep, st);
-    LaunchWkv7(S, C, H, N, tab, states_, wkv, r_, w_, k_, v_, nkk_, kka_, y_,
-               st);
+    LaunchWkv7(S, C, H, N, tab, states_.device(), wkv, r_, w_, k_, v_, nkk_,
+               kka_, y_, st);
     PostArgs post{y_,         r_,           k_,           v_,  g_,
                   L.vec[kRk], L.vec[kLnxW], L.vec[kLnxB], xa_, kGroupNormEps,
                   att};
-    LaunchPost(T, C, H, N, tab, states_, post, Out(kSlotR), st);
+    LaunchPost(T, C, H, N, tab, states_.device(), post, Out(kSlotR), st);
     if (!Gemm(0, L.mat[kOutput], Input(kSlotR), T, x_, 1, error)) return false;
 
     LaunchLayerNorm(x_, nullptr, nullptr, T, C, L.vec[kLn2W], L.vec[kLn2B],
@@ -533,11 +505,12 @@ bool RunnerImpl::RunChunk(int T, int S, int nl, std::string* error) {
     fmix.n = 1;
     fmix.param[0] = L.vec[kFfnXk];
     fmix.out[0] = Out(kSlotK);
-    LaunchShiftMix(xa_, T, C, tab, states_, ffn, fmix, st);
+    LaunchShiftMix(xa_, T, C, tab, states_.device(), ffn, fmix, st);
     if (!Gemm(0, L.mat[kFfnKey], Input(kSlotK), T, ffk_, 0, error)) {
       return false;
     }
-    LaunchReluSq(ffk_, T, F, C, tab, states_, xa_, ffn, Out(kSlotF), st);
+    LaunchReluSq(ffk_, T, F, C, tab, states_.device(), xa_, ffn, Out(kSlotF),
+                 st);
     if (!Gemm(0, L.mat[kFfnValue], Input(kSlotF), T, x_, 1, error)) {
       return false;
     }
@@ -552,53 +525,19 @@ bool RunnerImpl::RunChunk(int T, int S, int nl, std::string* error) {
 }
 
 bool RunnerImpl::RunChunkGraph(int T, int S, int nl, std::string* error) {
-  const auto key = std::make_tuple(T, S, nl);
-  auto it = graphs_.find(key);
-  if (it == graphs_.end()) {
-    cudaGraph_t graph = nullptr;
-    SS_CUDA(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-    std::string run_error;
-    const bool ok = RunChunk(T, S, nl, &run_error);
-    const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
-    if (!ok) {
-      if (graph != nullptr) cudaGraphDestroy(graph);
-      *error = "graph capture: " + run_error;
-      return false;
-    }
-    SS_CUDA(end);
-    cudaGraphExec_t exec = nullptr;
-    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
-    cudaGraphDestroy(graph);
-    SS_CUDA(inst);
-    it = graphs_.emplace(key, exec).first;
-  }
-  SS_CUDA(cudaGraphLaunch(it->second, stream_));
-  return true;
+  return graphs_.Launch(
+      stream_, {T, S, nl},
+      [&](std::string* e) { return RunChunk(T, S, nl, e); }, error);
 }
 
 bool RunnerImpl::Forward(const SeqWork* seqs, int n, bool logits_on_host,
                          std::string* error) {
-  if (n > states_cap_) {
-    cudaFree(states_);
-    cudaFreeHost(states_host_);
-    states_ = nullptr;
-    states_host_ = nullptr;
-    states_cap_ = 0;
-    SS_CUDA(cudaMalloc(&states_, sizeof(float*) * n));
-    SS_CUDA(cudaMallocHost(&states_host_, sizeof(float*) * n));
-    states_cap_ = n;
-    // Graphs captured the old table's address.
-    for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
-    graphs_.clear();
-  }
+  if (!states_.Upload(seqs, n, stream_, graphs_, error)) return false;
   std::vector<PlanInput> plan(n);
   for (int i = 0; i < n; ++i) {
     plan[i] = {seqs[i].tokens, seqs[i].n_tokens, seqs[i].positions,
                seqs[i].n_positions};
-    states_host_[i] = seqs[i].state;
   }
-  SS_CUDA(cudaMemcpyAsync(states_, states_host_, sizeof(float*) * n,
-                          cudaMemcpyHostToDevice, stream_));
   const int64_t V = d_.vocab_size, C = d_.n_embd;
   std::vector<int64_t> done(n, 0);  // tokens of each sequence run so far
   for (const Chunk& chunk : PlanChunks(plan, o_.max_rows)) {
