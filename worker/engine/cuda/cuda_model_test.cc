@@ -243,31 +243,15 @@ TEST_P(CudaGoldenTest, MatchesReference) {
   std::vector<int32_t> positions = Ints(g["logits_positions"]);
   const nlohmann::json& want =
       gc.bf16 ? g["bf16_checkpoint"]["logits"] : g["logits"];
-
-  std::vector<float> state(m.info().state_floats, 0.0f);
-  std::vector<float> logits(V);
-  size_t next = 0;
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    const int32_t zero = 0;
-    SequenceWork w{absl::MakeConstSpan(&tokens[i], 1), state.data(),
-                   absl::MakeConstSpan(&zero, 1), logits.data()};
-    ASSERT_TRUE(m.Forward({&w, 1}).ok());
-    if (next < positions.size() && positions[next] == static_cast<int>(i)) {
-      ExpectClose(logits.data(), Floats(want[next]), abs, rel,
-                  "rnn logits at " + std::to_string(i));
-      ++next;
-    }
-  }
-  EXPECT_EQ(next, positions.size());
-
-  std::vector<float> seq_state(m.info().state_floats, 0.0f);
-  std::vector<float> seq_logits(positions.size() * V);
-  SequenceWork w{tokens, seq_state.data(), positions, seq_logits.data()};
-  ASSERT_TRUE(m.Forward({&w, 1}).ok());
+  std::vector<std::vector<float>> want_logits;
   for (size_t j = 0; j < positions.size(); ++j) {
-    ExpectClose(&seq_logits[j * V], Floats(want[j]), abs, rel,
-                "sequence logits at " + std::to_string(positions[j]));
+    want_logits.push_back(Floats(want[j]));
   }
+  testing::GoldenRun run = testing::ExpectGoldenLogits(
+      m, tokens, positions, want_logits, want_logits, abs, rel, "");
+  std::vector<float>& state = run.rnn_state;
+  std::vector<float>& seq_state = run.seq_state;
+  std::vector<float> logits(V);  // for the continuation
   if (gc.bf16) return;  // the reference states are for the fp32 weights
   ExpectClose(state.data(), StateFromGolden(g["final_state"]["layers"]), abs,
               rel, "final state (rnn)");

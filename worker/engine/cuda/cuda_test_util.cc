@@ -81,4 +81,46 @@ void ExpectClose(const float* got, const std::vector<float>& want, double abs,
                        << got[where] << " want " << want[where];
 }
 
+GoldenRun ExpectGoldenLogits(Model& m, const std::vector<int32_t>& tokens,
+                             const std::vector<int32_t>& positions,
+                             const std::vector<std::vector<float>>& want_rnn,
+                             const std::vector<std::vector<float>>& want_seq,
+                             double abs, double rel, const std::string& label) {
+  const int V = m.info().config.vocab_size;
+  GoldenRun run;
+  run.rnn_state.assign(m.info().state_floats, 0.0f);
+  std::vector<float> logits(V);
+  size_t next = 0;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const int32_t zero = 0;
+    SequenceWork w{absl::MakeConstSpan(&tokens[i], 1), run.rnn_state.data(),
+                   absl::MakeConstSpan(&zero, 1), logits.data()};
+    const absl::Status s = m.Forward({&w, 1});
+    if (!s.ok()) {
+      ADD_FAILURE() << label << "rnn step " << i << ": " << s;
+      return run;
+    }
+    if (next < positions.size() && positions[next] == static_cast<int>(i)) {
+      ExpectClose(logits.data(), want_rnn[next], abs, rel,
+                  label + "rnn logits at " + std::to_string(i));
+      ++next;
+    }
+  }
+  EXPECT_EQ(next, positions.size());
+
+  run.seq_state.assign(m.info().state_floats, 0.0f);
+  std::vector<float> seq_logits(positions.size() * V);
+  SequenceWork w{tokens, run.seq_state.data(), positions, seq_logits.data()};
+  const absl::Status s = m.Forward({&w, 1});
+  if (!s.ok()) {
+    ADD_FAILURE() << label << "sequence: " << s;
+    return run;
+  }
+  for (size_t j = 0; j < positions.size(); ++j) {
+    ExpectClose(&seq_logits[j * V], want_seq[j], abs, rel,
+                label + "sequence logits at " + std::to_string(positions[j]));
+  }
+  return run;
+}
+
 }  // namespace statestream::engine::testing

@@ -51,6 +51,20 @@ std::vector<int32_t> RandomTokens(int n, int vocab, uint32_t seed);
 void ExpectClose(const float* got, const std::vector<float>& want, double abs,
                  double rel, const std::string& what);
 
+// A golden file's check of one model: `tokens` fed one at a time (RNN
+// mode) and then as one sequence, each from a zero state, EXPECTing the
+// logits at `positions` within abs + rel * |want| of want_rnn[j] and
+// want_seq[j] (labelled "<label>rnn logits at <i>" / "<label>sequence
+// logits at <position>"). Returns the two final states.
+struct GoldenRun {
+  std::vector<float> rnn_state, seq_state;
+};
+GoldenRun ExpectGoldenLogits(Model& m, const std::vector<int32_t>& tokens,
+                             const std::vector<int32_t>& positions,
+                             const std::vector<std::vector<float>>& want_rnn,
+                             const std::vector<std::vector<float>>& want_seq,
+                             double abs, double rel, const std::string& label);
+
 }  // namespace statestream::engine::testing
 
 #endif  // STATESTREAM_WORKER_ENGINE_CUDA_CUDA_TEST_UTIL_H_

@@ -345,33 +345,17 @@ TEST_P(Rwkv6GoldenTest, MatchesReference) {
   std::vector<int32_t> positions = Ints(g["logits_positions"]);
   const nlohmann::json& want =
       gc.bf16 ? g["bf16_checkpoint"]["logits"] : g["logits"];
-
-  std::vector<float> state(m.info().state_floats, 0.0f);
-  std::vector<float> logits(V);
-  size_t next = 0;
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    const int32_t zero = 0;
-    SequenceWork w{absl::MakeConstSpan(&tokens[i], 1), state.data(),
-                   absl::MakeConstSpan(&zero, 1), logits.data()};
-    ASSERT_TRUE(m.Forward({&w, 1}).ok());
-    if (next < positions.size() && positions[next] == static_cast<int>(i)) {
-      ExpectClose(logits.data(), Floats(want[next]), abs, rel,
-                  "x060 rnn logits at " + std::to_string(i));
-      ++next;
-    }
-  }
-  EXPECT_EQ(next, positions.size());
-
-  std::vector<float> seq_state(m.info().state_floats, 0.0f);
-  std::vector<float> seq_logits(positions.size() * V);
-  SequenceWork w{tokens, seq_state.data(), positions, seq_logits.data()};
-  ASSERT_TRUE(m.Forward({&w, 1}).ok());
+  std::vector<std::vector<float>> want_rnn, want_seq;
   for (size_t j = 0; j < positions.size(); ++j) {
-    const nlohmann::json& want_seq =
-        gc.bf16 ? want[j] : g["sequence_mode"]["logits"][j];
-    ExpectClose(&seq_logits[j * V], Floats(want_seq), abs, rel,
-                "x060 sequence logits at " + std::to_string(positions[j]));
+    want_rnn.push_back(Floats(want[j]));
+    want_seq.push_back(
+        Floats(gc.bf16 ? want[j] : g["sequence_mode"]["logits"][j]));
   }
+  testing::GoldenRun run = testing::ExpectGoldenLogits(
+      m, tokens, positions, want_rnn, want_seq, abs, rel, "x060 ");
+  std::vector<float>& state = run.rnn_state;
+  std::vector<float>& seq_state = run.seq_state;
+  std::vector<float> logits(V);  // for the continuation
   if (gc.bf16) return;  // the reference states are for the fp32 weights
   // S[key][value] per head, as the golden file and the CPU engine.
   const std::vector<float> golden_state =
