@@ -9,6 +9,7 @@ add_library(ss_engine
   rwkv5.cc
   rwkv6.cc
   weight_loader.cc
+  weight_arena.cc
   ops.cc
   weight_writer.cc
   random_model.cc
@@ -43,7 +44,8 @@ set_source_files_properties(kernels_avx2.cc PROPERTIES COMPILE_OPTIONS
 
 if(STATESTREAM_BUILD_TESTS)
   ss_add_test(engine_model_test
-    SOURCES model_test.cc kernels_test.cc thread_pool_test.cc golden.cc
+    SOURCES model_test.cc kernels_test.cc thread_pool_test.cc weight_arena_test.cc
+            golden.cc
             golden_trace.cc
     LIBS ss_engine nlohmann_json::nlohmann_json)
   ss_add_test(engine_arch_test

@@ -264,6 +264,29 @@ TEST(ModelTest, ChunkingBatchingThreadsAndKernelsAreBitIdentical) {
   }
 }
 
+// A bf16 file is computed on exactly its values: kept as bf16 (every matrix,
+// the LoRA factors included) or widened to fp32 at load, the products are the
+// same operations on the same numbers, so states and logits are the same bits
+// and so is the fingerprint.
+TEST(ModelTest, Bf16FileKeptOrWidenedIsBitIdentical) {
+  SS_REQUIRE_SHARED_DATA();
+  for (const char* kernels : {"scalar", "avx2", "avx512"}) {
+    auto kept = Load("testdata/rwkv7-tiny-bf16.pth", Opts(2, kernels));
+    auto widened = Load("testdata/rwkv7-tiny-bf16.pth",
+                        Opts(2, kernels, WeightPrecision::kF32));
+    if (kept == nullptr || widened == nullptr) continue;  // CPU without it
+    EXPECT_EQ(kept->info().fingerprint, widened->info().fingerprint);
+    const std::vector<int32_t> tokens =
+        RandomTokens(80, kept->info().config.vocab_size, 11);
+    ExpectBitIdentical(Feed(*widened, tokens, 1, false),
+                       Feed(*kept, tokens, 1, false),
+                       std::string(kernels) + " one token a step");
+    ExpectBitIdentical(Feed(*widened, tokens, 33, true),
+                       Feed(*kept, tokens, 33, true),
+                       std::string(kernels) + " chunks of 33, batched");
+  }
+}
+
 // int8 weights (per-row scales): the same determinism as every other
 // precision — one result whatever the chunking, batching, threads or kernel
 // build — a fingerprint of its own, and logits close to the fp32 model's

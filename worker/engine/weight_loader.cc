@@ -21,43 +21,74 @@ absl::Status BadFile(absl::string_view msg) {
   return InvalidArgumentError(Reason::kInvalidModelFile, msg);
 }
 
-template <typename T>
-bool Aligned(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % alignof(T) == 0;
-}
-
-// Tells the kernel that the pages of a tensor just copied out of the file
-// mapping are not needed again, so a converted model does not keep both
-// copies resident. MADV_PAGEOUT keeps the contents (file pages are re-read,
-// anonymous ones kept) — only a hint, never a change of the data.
-void ReleaseSource(const TensorView& t) {
+// Tells the kernel that pages of the file mapping just copied out are not
+// needed again, so a loaded model does not keep both copies resident.
+// MADV_PAGEOUT keeps the contents (file pages are re-read, anonymous ones
+// kept) — only a hint, never a change of the data.
+void ReleaseRange(const void* data, size_t bytes) {
 #ifdef MADV_PAGEOUT
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data);
-  const uintptr_t end =
-      begin + static_cast<uintptr_t>(t.numel()) * DTypeSize(t.dtype);
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
   const uintptr_t b = (begin + page - 1) & ~(page - 1);
-  const uintptr_t e = end & ~(page - 1);
-  if (t.contiguous() && b < e) {
-    madvise(reinterpret_cast<void*>(b), e - b, MADV_PAGEOUT);
-  }
+  const uintptr_t e = (begin + bytes) & ~(page - 1);
+  if (b < e) madvise(reinterpret_cast<void*>(b), e - b, MADV_PAGEOUT);
 #else
-  (void)t;
+  (void)data;
+  (void)bytes;
 #endif
 }
 
+void ReleaseSource(const TensorView& t) {
+  if (t.contiguous()) {
+    ReleaseRange(t.data, static_cast<size_t>(t.numel()) * DTypeSize(t.dtype));
+  }
+}
+
+// Copies the 2-D tensor `t` into out[rows * cols] as T (fp32 or bf16),
+// a slice of rows at a time, dropping each slice's file pages once copied
+// so the file and the copy are never both resident.
+template <typename T>
+void CopyReleasing(const TensorView& t, T* out) {
+  const int64_t rows = t.shape[0], cols = t.shape[1];
+  const size_t row_bytes =
+      static_cast<size_t>(t.strides[0]) * DTypeSize(t.dtype);
+  const int64_t slice =
+      std::max<int64_t>(1, (int64_t{8} << 20) / std::max<size_t>(row_bytes, 1));
+  for (int64_t r = 0; r < rows; r += slice) {
+    TensorView part = t;
+    part.shape[0] = std::min(slice, rows - r);
+    part.data = t.data + static_cast<size_t>(r) * row_bytes;
+    T* dst = out + r * cols;
+    if constexpr (sizeof(T) == 4) {
+      ReadAsF32(part, dst);
+    } else {
+      ReadAsBF16(part, dst);
+    }
+    if (t.contiguous()) {
+      ReleaseRange(part.data, static_cast<size_t>(part.shape[0]) * row_bytes);
+    }
+  }
+}
+
 }  // namespace
+
+template <typename T>
+T* WeightLoader::Allocate(int64_t n, Matrix* out) {
+  out->arena = arena_;
+  return static_cast<T*>(arena_->Allocate(static_cast<size_t>(n) * sizeof(T)));
+}
 
 void WeightLoader::Quantize(int rows, int cols,
                             const std::function<void(int, float*)>& read_row,
                             Matrix* out) {
   out->rows = rows;
   out->cols = cols;
-  out->i8_storage.assign(I8PackedBytes(rows, cols), 0);
+  const int64_t bytes = I8PackedBytes(rows, cols);
+  int8_t* q = Allocate<int8_t>(bytes, out);
+  std::memset(q, 0, bytes);  // the packed layout's padding
   out->scale.resize(rows);
   out->wsum.resize(rows);
   std::vector<float> row(cols);
-  int8_t* q = out->i8_storage.data();
   for (int r = 0; r < rows; ++r) {
     read_row(r, row.data());
     float amax = 0;
@@ -75,7 +106,7 @@ void WeightLoader::Quantize(int rows, int cols,
     out->scale[r] = scale;
     out->wsum[r] = sum;
   }
-  out->i8 = out->i8_storage.data();
+  out->i8 = q;
 }
 
 void Matrix::ReadRow(int r, float* out) const {
@@ -150,7 +181,7 @@ void WeightLoader::HashInt8(absl::string_view name,
   XXH3_128bits_update(hash_, name.data(), name.size());
   XXH3_128bits_update(hash_, kTag, sizeof(kTag));
   for (int64_t d : shape) XXH3_128bits_update(hash_, &d, sizeof(d));
-  XXH3_128bits_update(hash_, m.i8, m.i8_storage.size());
+  XXH3_128bits_update(hash_, m.i8, I8PackedBytes(m.rows, m.cols));
   XXH3_128bits_update(hash_, m.scale.data(), sizeof(float) * m.scale.size());
 }
 
@@ -203,23 +234,15 @@ absl::Status WeightLoader::Mat(absl::string_view name, int rows, int cols,
   const bool want_bf16 =
       precision_ == WeightPrecision::kBF16 ||
       (precision_ == WeightPrecision::kAsStored && t->dtype == DType::kBF16);
+  // A copy in the arena, never a view of the file: see weight_arena.h.
   if (want_bf16) {
-    if (t->dtype == DType::kBF16 && t->contiguous() &&
-        Aligned<uint16_t>(t->data)) {
-      out->bf16 = reinterpret_cast<const uint16_t*>(t->data);
-    } else {
-      out->bf16_storage.resize(n);
-      ReadAsBF16(*t, out->bf16_storage.data());
-      out->bf16 = out->bf16_storage.data();
-      ReleaseSource(*t);
-    }
-  } else if (t->dtype == DType::kF32 && t->contiguous() &&
-             Aligned<float>(t->data)) {
-    out->f32 = reinterpret_cast<const float*>(t->data);
+    uint16_t* dst = Allocate<uint16_t>(n, out);
+    CopyReleasing(*t, dst);
+    out->bf16 = dst;
   } else {
-    out->f32_storage.resize(n);
-    ReadAsF32(*t, out->f32_storage.data());
-    out->f32 = out->f32_storage.data();
+    float* dst = Allocate<float>(n, out);
+    CopyReleasing(*t, dst);
+    out->f32 = dst;
   }
   params_ += n;
   Hash(name, {rows, cols}, out->f32, out->bf16, n);
@@ -248,14 +271,31 @@ absl::Status WeightLoader::MatT(absl::string_view name, int rows, int cols,
   }
   out->rows = cols;
   out->cols = rows;
-  out->f32_storage.resize(n);
+  if (t->dtype == DType::kBF16 && (precision_ == WeightPrecision::kBF16 ||
+                                   precision_ == WeightPrecision::kAsStored)) {
+    // bf16 in the file stays bf16 (exact, and the kernels widen it exactly,
+    // so the products are bit-identical to an fp32 copy's) at half the
+    // bytes a decode step reads.
+    uint16_t* dst = Allocate<uint16_t>(n, out);
+    for (int r = 0; r < rows; ++r) {
+      for (int c = 0; c < cols; ++c) {
+        dst[static_cast<int64_t>(c) * rows + r] =
+            F32ToBF16(tmp[static_cast<int64_t>(r) * cols + c]);
+      }
+    }
+    out->bf16 = dst;
+    params_ += n;
+    Hash(name, {rows, cols}, tmp.data(), nullptr, n);
+    return absl::OkStatus();
+  }
+  float* dst = Allocate<float>(n, out);
   for (int r = 0; r < rows; ++r) {
     for (int c = 0; c < cols; ++c) {
-      out->f32_storage[static_cast<int64_t>(c) * rows + r] =
+      dst[static_cast<int64_t>(c) * rows + r] =
           tmp[static_cast<int64_t>(r) * cols + c];
     }
   }
-  out->f32 = out->f32_storage.data();
+  out->f32 = dst;
   params_ += n;
   Hash(name, {rows, cols}, tmp.data(), nullptr, n);
   return absl::OkStatus();

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // Turns checkpoint tensors into the engine's in-memory weights: validates
-// names and shapes, converts precision, keeps large matrices as zero-copy
-// views of the file where possible, counts parameters and computes the
-// weights digest of the model fingerprint. Shared by all architectures.
+// names and shapes, converts precision, copies matrices onto huge pages
+// (WeightArena) dropping the file's pages as it goes, counts parameters
+// and computes the weights digest of the model fingerprint. Shared by all
+// architectures.
 // Internal to the engine.
 #ifndef STATESTREAM_WORKER_ENGINE_WEIGHT_LOADER_H_
 #define STATESTREAM_WORKER_ENGINE_WEIGHT_LOADER_H_
@@ -18,15 +19,17 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "worker/engine/model.h"
+#include "worker/engine/weight_arena.h"
 #include "worker/engine/weight_file.h"
 
 namespace statestream::engine {
 
-// A row-major [rows = out][cols = in] matrix, fp32, bf16 or int8, either
-// owned or a view into the checkpoint mapping. Exactly one of f32/bf16/i8 is
-// set. int8 rows are symmetric per output row: w[r][c] = i8[r][c] * scale[r]
-// with i8 in [-127, 127] and scale = max_c |w[r][c]| / 127; they multiply
-// int8-quantized activations (Kernels::gemm_i8).
+// A row-major [rows = out][cols = in] matrix, fp32, bf16 or int8, in the
+// loader's WeightArena (huge pages; `arena` keeps it alive) or in the
+// matrix's own *_storage vectors. Exactly one of f32/bf16/i8 is set. int8 rows
+// are symmetric per output row: w[r][c] = i8[r][c] * scale[r] with i8 in [-127,
+// 127] and scale = max_c |w[r][c]| / 127; they multiply int8-quantized
+// activations (Kernels::gemm_i8).
 struct Matrix {
   int rows = 0;
   int cols = 0;
@@ -38,6 +41,7 @@ struct Matrix {
   std::vector<int8_t> i8_storage;
   std::vector<float> scale;   // int8 only: one per row
   std::vector<int32_t> wsum;  // int8 only: sum of each row's int8 values
+  std::shared_ptr<const WeightArena> arena;  // owns f32/bf16/i8 if set
 
   // Copies row `r` as fp32 into out[cols].
   void ReadRow(int r, float* out) const;
@@ -81,14 +85,17 @@ class WeightLoader {
                 const Matrix& m);
   // Fills `out` (rows x cols, int8) from `read_row(r, float[cols])`, a row
   // at a time so no full fp32 copy is ever held.
-  static void Quantize(int rows, int cols,
-                       const std::function<void(int, float*)>& read_row,
-                       Matrix* out);
+  void Quantize(int rows, int cols,
+                const std::function<void(int, float*)>& read_row, Matrix* out);
+  // `n` elements of T in the arena, owned by `out` from now on.
+  template <typename T>
+  T* Allocate(int64_t n, Matrix* out);
 
   std::shared_ptr<const WeightFile> file_;
   WeightPrecision precision_;
   int64_t params_ = 0;
   XXH3_state_t* hash_;
+  std::shared_ptr<WeightArena> arena_ = std::make_shared<WeightArena>();
 };
 
 }  // namespace statestream::engine

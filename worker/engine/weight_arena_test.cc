@@ -1,0 +1,127 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "worker/engine/weight_arena.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include "worker/engine/weight_loader.h"
+#include "worker/engine/weight_writer.h"
+
+namespace statestream::engine {
+namespace {
+
+uintptr_t Addr(const void* p) { return reinterpret_cast<uintptr_t>(p); }
+
+TEST(WeightArenaTest, BlocksAreAlignedDisjointAndWritable) {
+  WeightArena arena;
+  char* prev_end = nullptr;
+  for (size_t bytes :
+       {size_t{1}, size_t{0}, size_t{63}, size_t{64}, size_t{1000},
+        size_t{3} << 20, size_t{100} << 20, size_t{5}}) {
+    char* p = static_cast<char*>(arena.Allocate(bytes));
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(Addr(p) % 64, 0u) << bytes;
+    // Never overlaps the previous block (blocks only move forward within a
+    // chunk; a new chunk is a new mapping).
+    if (prev_end != nullptr && p > prev_end - 64 && p < prev_end) {
+      ADD_FAILURE() << "overlap at " << bytes;
+    }
+    std::memset(p, 0xab, bytes);
+    if (bytes > 0) {
+      EXPECT_EQ(static_cast<unsigned char>(p[bytes - 1]), 0xab);
+    }
+    prev_end = p + bytes;
+  }
+  EXPECT_GE(arena.allocated(), (size_t{103} << 20) + 1000);
+}
+
+TEST(WeightArenaTest, ConsecutiveBlocksArePacked) {
+  WeightArena arena;
+  char* a = static_cast<char*>(arena.Allocate(1000));
+  char* b = static_cast<char*>(arena.Allocate(1000));
+  EXPECT_EQ(b - a, 1024);  // rounded to 64 bytes, no gap
+}
+
+// The `THPeligible` line of /proc/self/smaps for the mapping holding `p`
+// (-1 if the kernel does not report it).
+int ThpEligible(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool in = false;
+  while (std::getline(smaps, line)) {
+    uintptr_t lo, hi;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 &&
+        line.find(':') > line.find(' ')) {
+      in = Addr(p) >= lo && Addr(p) < hi;
+      continue;
+    }
+    if (in && line.rfind("THPeligible:", 0) == 0) {
+      return std::stoi(line.substr(12));
+    }
+  }
+  return -1;
+}
+
+bool ThpOff() {
+  std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string s;
+  std::getline(f, s);
+  return s.empty() || s.find("[never]") != std::string::npos;
+}
+
+TEST(WeightArenaTest, MemoryIsAdvisedForHugePages) {
+  if (ThpOff()) GTEST_SKIP() << "transparent huge pages are off here";
+  WeightArena arena;
+  void* p = arena.Allocate(size_t{4} << 20);
+  EXPECT_EQ(Addr(p) % (size_t{2} << 20), 0u);
+  const int eligible = ThpEligible(p);
+  if (eligible < 0) GTEST_SKIP() << "kernel does not report THPeligible";
+  EXPECT_EQ(eligible, 1);
+}
+
+// Loaded matrices live in the arena (64-byte aligned, kept alive by the
+// matrix), not in the file mapping, and outlive their loader and file.
+TEST(WeightArenaTest, LoadedMatricesOwnTheirArena) {
+  const char* dir = std::getenv("TEST_TMPDIR");
+  const std::string path =
+      std::string(dir != nullptr ? dir : "/tmp") + "/arena_test.safetensors";
+  std::vector<float> vals(6 * 130);
+  for (size_t i = 0; i < vals.size(); ++i) vals[i] = static_cast<float>(i);
+  ASSERT_TRUE(
+      WriteSafetensors(path + ".f32", {{"m", {6, 130}, vals}}, DType::kF32)
+          .ok());
+  ASSERT_TRUE(
+      WriteSafetensors(path + ".bf16", {{"b", {130, 6}, vals}}, DType::kBF16)
+          .ok());
+  auto f32_file = WeightFile::Open(path + ".f32");
+  auto bf16_file = WeightFile::Open(path + ".bf16");
+  ASSERT_TRUE(f32_file.ok()) << f32_file.status();
+  ASSERT_TRUE(bf16_file.ok()) << bf16_file.status();
+  Matrix m, t;
+  {
+    WeightLoader ld(std::move(*f32_file), WeightPrecision::kAsStored);
+    ASSERT_TRUE(ld.Mat("m", 6, 130, &m).ok());
+    WeightLoader ld2(std::move(*bf16_file), WeightPrecision::kAsStored);
+    ASSERT_TRUE(ld2.MatT("b", 130, 6, &t).ok());
+  }
+  ASSERT_NE(m.f32, nullptr);
+  ASSERT_NE(m.arena, nullptr);
+  EXPECT_EQ(Addr(m.f32) % 64, 0u);
+  EXPECT_EQ(m.f32[131], 131.0f);
+  // The bf16 LoRA-style factor stays bf16, transposed: t[c][r] = b[r][c].
+  ASSERT_NE(t.bf16, nullptr);
+  ASSERT_NE(t.arena, nullptr);
+  float row[130];
+  t.ReadRow(1, row);
+  EXPECT_EQ(row[2], 2.0f * 6 + 1);
+}
+
+}  // namespace
+}  // namespace statestream::engine
