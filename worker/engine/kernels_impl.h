@@ -86,7 +86,7 @@ inline void BlockTail(const W* w, int64_t ldw, const float* x, int ldx, int i,
 // fixed reduction tree (V::Reduce16 is 16 ReduceAdd()s done at once).
 template <typename V, typename W, int RT, int OT>
 inline void GemmBlock(const W* w, int64_t ldw, int in, const float* x, int ldx,
-                      float* y, int ldy) {
+                      float* y, int ldy, const void* pf_end = nullptr) {
   static_assert(RT * OT <= 16, "at most 16 accumulators");
   V acc[16];
 #pragma GCC unroll 16
@@ -100,12 +100,17 @@ inline void GemmBlock(const W* w, int64_t ldw, int in, const float* x, int ldx,
   // 768- and 3,072-input rows, two threads: 17-18 GB/s with prefetcht0 one
   // block (8 rows) ahead, 22-25 with prefetcht1 two blocks (8 rows) ahead
   // (docs/engine-kernels.md "One-row bf16").
+  // Nothing past `pf_end` (the end of the call's rows): another task's
+  // rows, or nothing at all.
   constexpr bool kPrefetchNext = RT == 1 && sizeof(W) < 4;
   constexpr int kLinesPerStep = OT * kLanes * static_cast<int>(sizeof(W)) / 64;
   constexpr int kBlocksAhead = 2;
   const char* pf = reinterpret_cast<const char*>(w + kBlocksAhead * OT * ldw);
+  const bool prefetch = kPrefetchNext && (pf_end == nullptr ||
+                                          pf + OT * ldw * sizeof(W) <=
+                                              static_cast<const char*>(pf_end));
   for (int i = 0; i < full; i += kLanes) {
-    if constexpr (kPrefetchNext) {
+    if (prefetch) {
 #pragma GCC unroll 16
       for (int l = 0; l < kLinesPerStep; ++l) {
         __builtin_prefetch(pf + 64 * l, 0, 2);
@@ -127,13 +132,14 @@ inline void GemmBlock(const W* w, int64_t ldw, int in, const float* x, int ldx,
 // Outputs [0, outs) of `RT` rows, OT outputs at a time, then one by one.
 template <typename V, typename W, int RT, int OT>
 inline void GemmRowBlock(const W* w, int64_t ldw, int in, const float* x,
-                         int ldx, float* y, int ldy, int outs) {
+                         int ldx, float* y, int ldy, int outs,
+                         const void* pf_end = nullptr) {
   int o = 0;
   for (; o + OT <= outs; o += OT) {
-    GemmBlock<V, W, RT, OT>(w + o * ldw, ldw, in, x, ldx, y + o, ldy);
+    GemmBlock<V, W, RT, OT>(w + o * ldw, ldw, in, x, ldx, y + o, ldy, pf_end);
   }
   for (; o < outs; ++o) {
-    GemmBlock<V, W, RT, 1>(w + o * ldw, ldw, in, x, ldx, y + o, ldy);
+    GemmBlock<V, W, RT, 1>(w + o * ldw, ldw, in, x, ldx, y + o, ldy, pf_end);
   }
 }
 
@@ -149,7 +155,7 @@ inline void Prefetch(const char* p, int64_t bytes) {
 template <typename V, typename W>
 inline void GemmTile(const W* w, int64_t ldw, int in, const float* x, int ldx,
                      int rows, float* y, int ldy, int outs, const char* pf,
-                     int64_t pf_bytes) {
+                     int64_t pf_bytes, const void* pf_end = nullptr) {
   const int blocks = (rows + 3) / 4;
   const int64_t slice = (pf_bytes / blocks + 63) & ~int64_t{63};
   int t = 0;
@@ -174,7 +180,7 @@ inline void GemmTile(const W* w, int64_t ldw, int in, const float* x, int ldx,
     case 1:
       // One-row bf16 (decode): 4-output blocks stream best (see GemmBlock).
       if constexpr (sizeof(W) < 4) {
-        GemmRowBlock<V, W, 1, 4>(w, ldw, in, xt, ldx, yt, ldy, outs);
+        GemmRowBlock<V, W, 1, 4>(w, ldw, in, xt, ldx, yt, ldy, outs, pf_end);
       } else {
         GemmRowBlock<V, W, 1, 8>(w, ldw, in, xt, ldx, yt, ldy, outs);
       }
@@ -362,7 +368,8 @@ void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
       }
     }
     GemmTile<V, W>(wt, in, in, x, ldx, rows, y + ot, ldy, outs, pf,
-                   kNarrow ? pf_bytes : 0);
+                   kNarrow ? pf_bytes : 0,
+                   w + static_cast<int64_t>(o_end) * in);
   }
 }
 

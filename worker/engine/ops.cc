@@ -191,10 +191,12 @@ namespace {
 
 // Output rows per pool task for one product: AMX calls (16+ rows) pay a
 // tile configuration each, so large int8 products get fewer, larger
-// ranges (still 8+ per thread for balance); small products get ranges of 16
-// so both cores get work.
+// ranges (still 8+ per thread for balance), and so do large one-row bf16
+// products, whose prefetch stream restarts at every range; small products
+// get ranges of 16 so both cores get work.
 int OutputTile(const Matrix& m, int rows) {
   if (m.i8 != nullptr && rows >= 16 && m.rows >= 4096) return 256;
+  if (m.bf16 != nullptr && rows == 1 && m.rows >= 2048) return 256;
   return m.rows >= 256 ? 64 : 16;
 }
 
