@@ -20,6 +20,7 @@
 #include "cli/model_flag.h"
 #include "common/status.h"
 #include "nlohmann/json.hpp"
+#include "worker/engine/huge_pages.h"
 #include "worker/engine/kernels.h"
 #include "worker/engine/model.h"
 #include "worker/engine/weight_arena.h"
@@ -189,8 +190,9 @@ absl::Status BenchEngine() {
   // Work: `sessions` states; each step feeds `per_step` tokens per session.
   const int sessions = mode == "decode" ? batch : 1;
   const int per_step = mode == "decode" ? 1 : tokens;
-  std::vector<std::vector<float>> states(
-      sessions, std::vector<float>(info.state_floats, 0.0f));
+  // States on huge pages, as the worker keeps them (worker/tasks.h).
+  using State = std::vector<float, engine::HugePageAllocator<float>>;
+  std::vector<State> states(sessions, State(info.state_floats, 0.0f));
   std::vector<int32_t> input(static_cast<size_t>(sessions) * per_step);
   for (size_t i = 0; i < input.size(); ++i) {
     input[i] = static_cast<int32_t>((i * 7919 + 13) % V);

@@ -355,7 +355,7 @@ class SessionManager::Impl {
     const StateSnapshot& snap = v.state;
     SS_RETURN_IF_ERROR(CheckStateMatchesModel(snap, fingerprint_,
                                               model_->info().state_floats));
-    s->live.state = snap.state;
+    s->live.state.assign(snap.state.begin(), snap.state.end());
     s->live.position = snap.position;
     const size_t n_embd = model_->info().config.n_embd;
     if (snap.last_hidden.size() == n_embd) {
@@ -567,7 +567,7 @@ class SessionManager::Impl {
     snap.parent_version = s->head.parent_version;
     snap.tokenizer_tail = s->tail;
     snap.sampler_state = EncodeSamplerSideData(s->sampler_state, s->records);
-    snap.state = s->live.state;
+    snap.state.assign(s->live.state.begin(), s->live.state.end());
     if (s->live.position > 0) snap.last_hidden = s->live.last_hidden;
     return snap;
   }
@@ -1807,7 +1807,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
           !st.ok()) {
         return done(st);
       }
-      work->state = v->state.state;
+      work->state.assign(v->state.state.begin(), v->state.state.end());
       work->position = v->state.position;
       work->last_hidden = v->state.last_hidden;
       work->last_hidden.resize(m.model_->info().config.n_embd);

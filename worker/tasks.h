@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
+#include "worker/engine/huge_pages.h"
 #include "worker/engine/model.h"
 #include "worker/engine/sampler.h"
 #include "worker/engine/tokenizer.h"
@@ -22,9 +23,11 @@
 
 namespace statestream::worker {
 
-// A session's engine-side state.
+// A session's engine-side state. The recurrent state is megabytes that
+// every step reads and writes in full: on huge pages (huge_pages.h).
 struct EngineState {
-  std::vector<float> state;        // Model::info().state_floats
+  std::vector<float, engine::HugePageAllocator<float>>
+      state;                       // Model::info().state_floats
   std::vector<float> last_hidden;  // n_embd; valid when position > 0
   uint64_t position = 0;           // tokens consumed
 

@@ -10,6 +10,7 @@ add_library(ss_engine
   rwkv6.cc
   weight_loader.cc
   weight_arena.cc
+  huge_pages.cc
   ops.cc
   weight_writer.cc
   random_model.cc

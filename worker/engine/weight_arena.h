@@ -1,13 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Memory for a model's weight matrices, on transparent huge pages where the
-// kernel grants them. Internal to the engine.
-//
-// Why: decode streams every weight once per token, and with 4 KiB pages the
-// page walks stall the prefetches that keep the stream going. On the
-// reference VM one core streams one-row bf16 products at ~9 GB/s from 4 KiB
-// pages and ~13 GB/s from 2 MiB pages (docs/engine-kernels.md "Huge pages").
-// File mappings cannot have huge pages, so the loader copies every matrix
-// here (and drops the file's pages as it goes) instead of viewing the file.
+// kernel grants them (huge_pages.h says why). File mappings cannot have huge
+// pages, so the loader copies every matrix here (and drops the file's pages
+// as it goes) instead of viewing the file. Internal to the engine.
 #ifndef STATESTREAM_WORKER_ENGINE_WEIGHT_ARENA_H_
 #define STATESTREAM_WORKER_ENGINE_WEIGHT_ARENA_H_
 

@@ -10,7 +10,9 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <vector>
 
+#include "worker/engine/huge_pages.h"
 #include "worker/engine/weight_loader.h"
 #include "worker/engine/weight_writer.h"
 
@@ -82,6 +84,29 @@ TEST(WeightArenaTest, MemoryIsAdvisedForHugePages) {
   void* p = arena.Allocate(size_t{4} << 20);
   EXPECT_EQ(Addr(p) % (size_t{2} << 20), 0u);
   const int eligible = ThpEligible(p);
+  if (eligible < 0) GTEST_SKIP() << "kernel does not report THPeligible";
+  EXPECT_EQ(eligible, 1);
+}
+
+// Session states (megabytes) start on a huge-page boundary and are advised
+// for huge pages; small blocks are ordinary heap memory. Both behave as
+// vector storage: zeroed on growth, copied, freed.
+TEST(HugePagesTest, LargeBlocksAreAdvisedSmallOnesAreHeap) {
+  using Vec = std::vector<float, HugePageAllocator<float>>;
+  Vec big(3 << 18, 1.5f);  // 3 MiB
+  EXPECT_EQ(Addr(big.data()) % kHugePageBytes, 0u);
+  EXPECT_EQ(big.back(), 1.5f);
+  Vec copy = big;
+  EXPECT_NE(copy.data(), big.data());
+  EXPECT_EQ(copy[12345], 1.5f);
+  Vec small(100, 2.0f);
+  EXPECT_EQ(small[99], 2.0f);
+  small.resize(1 << 20);  // grows into a huge-page block
+  EXPECT_EQ(Addr(small.data()) % kHugePageBytes, 0u);
+  EXPECT_EQ(small[99], 2.0f);
+  EXPECT_EQ(small.back(), 0.0f);
+  if (ThpOff()) GTEST_SKIP() << "transparent huge pages are off here";
+  const int eligible = ThpEligible(big.data());
   if (eligible < 0) GTEST_SKIP() << "kernel does not report THPeligible";
   EXPECT_EQ(eligible, 1);
 }
