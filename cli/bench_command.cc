@@ -13,7 +13,6 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/types/span.h"
 #include "cli/cli_util.h"
 #include "cli/command.h"
 #include "cli/engine_flags.h"
@@ -23,7 +22,6 @@
 #include "worker/engine/huge_pages.h"
 #include "worker/engine/kernels.h"
 #include "worker/engine/model.h"
-#include "worker/engine/weight_arena.h"
 
 ABSL_FLAG(std::string, mode, "decode",
           "decode: one token per session per step; prefill: --tokens tokens "
@@ -60,14 +58,11 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) uint64_t SumRange(
 
 // Read bandwidth of `threads` threads summing a 512 MiB buffer (best of 5),
 // in bytes per second. The buffer is on huge pages like the model's weights
-// (weight_arena.h): on 4 KiB pages the page walks alone cost this VM a fifth
+// (huge_pages.h): on 4 KiB pages the page walks alone cost this VM a fifth
 // of its bandwidth, and a roofline measured that way would flatter decode.
 double MeasureReadBandwidth(int threads) {
   const size_t n = (size_t{512} << 20) / sizeof(uint64_t);
-  engine::WeightArena arena;
-  absl::Span<uint64_t> buf(
-      static_cast<uint64_t*>(arena.Allocate(n * sizeof(uint64_t))), n);
-  std::fill(buf.begin(), buf.end(), 1);
+  const std::vector<uint64_t, engine::HugePageAllocator<uint64_t>> buf(n, 1);
   double best = 0;
   for (int rep = 0; rep < 5; ++rep) {
     std::vector<uint64_t> sums(threads);

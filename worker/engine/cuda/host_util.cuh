@@ -15,28 +15,21 @@
 #include "worker/engine/cuda/runner.h"
 
 // In functions returning bool with a `std::string* error` in scope: on
-// failure, say what failed and return false.
-#define SS_CUDA(expr)                                                \
-  do {                                                               \
-    const cudaError_t e_ = (expr);                                   \
-    if (e_ != cudaSuccess) {                                         \
-      if (error != nullptr) {                                        \
-        *error = std::string(#expr) + ": " + cudaGetErrorString(e_); \
-      }                                                              \
-      return false;                                                  \
-    }                                                                \
+// failure, say what failed and return false. SS_GPU_CHECK_ is the shared
+// body: `ok` is the library's success value, `describe` names a status.
+#define SS_GPU_CHECK_(expr, ok, describe)                  \
+  do {                                                     \
+    const auto s_ = (expr);                                \
+    if (s_ != (ok)) {                                      \
+      if (error != nullptr) {                              \
+        *error = std::string(#expr) + ": " + describe(s_); \
+      }                                                    \
+      return false;                                        \
+    }                                                      \
   } while (0)
-
-#define SS_CUBLAS(expr)                                                 \
-  do {                                                                  \
-    const cublasStatus_t s_ = (expr);                                   \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                  \
-      if (error != nullptr) {                                           \
-        *error = std::string(#expr) + ": " + cublasGetStatusString(s_); \
-      }                                                                 \
-      return false;                                                     \
-    }                                                                   \
-  } while (0)
+#define SS_CUDA(expr) SS_GPU_CHECK_(expr, cudaSuccess, cudaGetErrorString)
+#define SS_CUBLAS(expr) \
+  SS_GPU_CHECK_(expr, CUBLAS_STATUS_SUCCESS, cublasGetStatusString)
 
 namespace statestream::engine::cuda {
 
