@@ -5,13 +5,16 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <climits>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define SS_CPU_RELAX() _mm_pause()
+#define SS_PREFETCH_L2(p) _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1)
 #else
+#define SS_PREFETCH_L2(p) __builtin_prefetch((p), 0, 2)
 #define SS_CPU_RELAX() \
   do {                 \
   } while (0)
@@ -21,6 +24,9 @@ namespace statestream::engine {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+constexpr int kChunkBits = 12;  // read-ahead in 4 KiB chunks
+constexpr uint64_t kChunkMask = (uint64_t{1} << 24) - 1;
 
 // Sleeps while *word == expected (the kernel checks atomically).
 void FutexWait(std::atomic<uint32_t>* word, uint32_t expected) {
@@ -80,7 +86,7 @@ void ThreadPool::WorkerLoop() {
       const auto eager = start + std::chrono::microseconds(20);
       const auto deadline = start + std::chrono::microseconds(spin_us_);
       for (int i = 0; now == seen; ++i) {
-        SS_CPU_RELAX();
+        if (!ReadAheadChunk()) SS_CPU_RELAX();
         now = epoch_.load(std::memory_order_acquire);
         if ((i & 63) == 63) {
           const auto t = Clock::now();
@@ -127,11 +133,69 @@ void ThreadPool::ParallelFor(int tasks, const std::function<void(int)>& fn) {
   // The last tasks run on workers: spin briefly, then give the core away.
   for (int i = 0; pending_.load(std::memory_order_acquire) != 0; ++i) {
     if (i < 4096) {
-      SS_CPU_RELAX();
+      if (!ReadAheadChunk()) SS_CPU_RELAX();
     } else {
       std::this_thread::yield();
     }
   }
+}
+
+void ThreadPool::ReadAheadWhenIdle(absl::Span<const Region> regions) {
+  if (workers_.empty()) return;  // nobody ever waits
+  absl::MutexLock lock(&ahead_mu_);
+  // Nothing claimable while the regions change (a new generation).
+  const uint64_t gen = (ahead_.load(std::memory_order_relaxed) >> 48) + 1;
+  ahead_.store(gen << 48, std::memory_order_release);
+  uint64_t chunks = 0;
+  const int n = std::min<int>(static_cast<int>(regions.size()), kMaxReadAhead);
+  for (int i = 0; i < n; ++i) {
+    const uintptr_t begin =
+        reinterpret_cast<uintptr_t>(regions[i].data) & ~uintptr_t{63};
+    const uintptr_t end =
+        reinterpret_cast<uintptr_t>(regions[i].data) + regions[i].bytes;
+    chunks += ((end - begin) + (uint64_t{1} << kChunkBits) - 1) >> kChunkBits;
+    chunks = std::min(chunks, kChunkMask);
+    ahead_begin_[i].store(begin, std::memory_order_relaxed);
+    ahead_end_chunk_[i].store(static_cast<uint32_t>(chunks),
+                              std::memory_order_relaxed);
+  }
+  for (int i = n; i < kMaxReadAhead; ++i) {
+    ahead_end_chunk_[i].store(static_cast<uint32_t>(chunks),
+                              std::memory_order_relaxed);
+  }
+  ahead_.store((gen << 48) | (chunks << 24), std::memory_order_release);
+}
+
+int64_t ThreadPool::ReadAheadLeft() const {
+  const uint64_t cur = ahead_.load(std::memory_order_acquire);
+  return static_cast<int64_t>(((cur >> 24) & kChunkMask) - (cur & kChunkMask));
+}
+
+bool ThreadPool::ReadAheadChunk() {
+  uint64_t cur = ahead_.load(std::memory_order_acquire);
+  uint64_t chunk;
+  do {
+    chunk = cur & kChunkMask;
+    if (chunk >= ((cur >> 24) & kChunkMask)) return false;
+  } while (!ahead_.compare_exchange_weak(
+      cur, cur + 1, std::memory_order_acq_rel, std::memory_order_acquire));
+  // Chunk `chunk` of the concatenated regions (the last chunk of a region
+  // may run past its end into whatever follows: a prefetch never faults).
+  uint64_t first = 0;
+  for (int i = 0; i < kMaxReadAhead; ++i) {
+    const uint64_t end = ahead_end_chunk_[i].load(std::memory_order_relaxed);
+    if (chunk < end) {
+      const char* p = reinterpret_cast<const char*>(
+          ahead_begin_[i].load(std::memory_order_relaxed) +
+          ((chunk - first) << kChunkBits));
+      for (int line = 0; line < (1 << kChunkBits); line += 64) {
+        SS_PREFETCH_L2(p + line);
+      }
+      return true;
+    }
+    first = end;
+  }
+  return true;
 }
 
 }  // namespace statestream::engine

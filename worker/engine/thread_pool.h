@@ -13,12 +13,14 @@
 #define STATESTREAM_WORKER_ENGINE_THREAD_POOL_H_
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <thread>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
 
 namespace statestream::engine {
 
@@ -39,10 +41,31 @@ class ThreadPool {
   // returns when all are done. `fn` must not call ParallelFor.
   void ParallelFor(int tasks, const std::function<void(int)>& fn);
 
+  // Memory the caller will read soon.
+  struct Region {
+    const void* data;
+    size_t bytes;
+  };
+  static constexpr int kMaxReadAhead = 8;
+  // Until the next call, threads with nothing else to do (spinning workers,
+  // and a ParallelFor caller waiting for its last tasks) prefetch these
+  // regions into their L2 (the first kMaxReadAhead, in order, 4 KiB at a
+  // time; a region's start is rounded down to a cache line). A decode step
+  // streams every weight once, and between products a core often waits on
+  // the other or on a short serial stage while the memory bus idles; this
+  // lets the next product's weights arrive then. A hint only: it changes
+  // no result, and an empty list stops it.
+  void ReadAheadWhenIdle(absl::Span<const Region> regions);
+  // 4 KiB chunks of the current read-ahead list no thread has taken yet.
+  int64_t ReadAheadLeft() const;
+
  private:
   void WorkerLoop();
   // Claims and runs tasks of generation `gen` until none are left.
   void RunTasks(uint32_t gen);
+  // Prefetches one unclaimed 4 KiB chunk of the read-ahead regions; false
+  // when there is none.
+  bool ReadAheadChunk();
 
   const int spin_us_;
   absl::Mutex call_mu_;  // serialises ParallelFor callers
@@ -57,6 +80,14 @@ class ThreadPool {
   std::atomic<int> tasks_{0};
   std::atomic<int> pending_{0};  // tasks of the generation not yet finished
   std::atomic<bool> stop_{false};
+  // Read-ahead: (generation << 48) | (chunks << 24) | next unclaimed chunk,
+  // claimed by CAS on the whole word like work_. The regions are atomics so
+  // that a reader racing an update reads some address, never tears one; a
+  // stale one only prefetches memory that is no longer wanted.
+  std::atomic<uint64_t> ahead_{0};
+  std::atomic<uintptr_t> ahead_begin_[kMaxReadAhead] = {};
+  std::atomic<uint32_t> ahead_end_chunk_[kMaxReadAhead] = {};  // cumulative
+  absl::Mutex ahead_mu_;  // serialises ReadAheadWhenIdle callers
   std::vector<std::thread> workers_;
 };
 

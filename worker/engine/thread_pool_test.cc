@@ -2,6 +2,7 @@
 #include "worker/engine/thread_pool.h"
 
 #include <atomic>
+#include <chrono>
 #include <thread>
 #include <vector>
 
@@ -70,6 +71,75 @@ TEST(ThreadPoolTest, ConcurrentCallersAreSerialised) {
   }
   for (auto& t : callers) t.join();
   EXPECT_EQ(total.load(), 3 * 300 * 8);
+}
+
+// ReadAheadWhenIdle counts 4 KiB chunks from each region's cache line, of
+// the first kMaxReadAhead regions. Workers that never spin (spin_us 0) take
+// none, so the counts stay put.
+TEST(ThreadPoolTest, ReadAheadCountsChunksOfTheFirstRegions) {
+  ThreadPool pool(2, /*spin_us=*/0);
+  alignas(64) static char buf[64 * 1024];
+  using R = ThreadPool::Region;
+  EXPECT_EQ(pool.ReadAheadLeft(), 0);
+  const R one[] = {{buf, 4096}};
+  pool.ReadAheadWhenIdle(one);
+  EXPECT_EQ(pool.ReadAheadLeft(), 1);
+  const R past[] = {{buf, 4097}};
+  pool.ReadAheadWhenIdle(past);
+  EXPECT_EQ(pool.ReadAheadLeft(), 2);
+  const R unaligned[] = {{buf + 100, 4000}};  // lines [64, 4100)
+  pool.ReadAheadWhenIdle(unaligned);
+  EXPECT_EQ(pool.ReadAheadLeft(), 1);
+  std::vector<R> many(ThreadPool::kMaxReadAhead + 2, R{buf, 8192});
+  pool.ReadAheadWhenIdle(many);
+  EXPECT_EQ(pool.ReadAheadLeft(), 2 * ThreadPool::kMaxReadAhead);
+  pool.ReadAheadWhenIdle({});
+  EXPECT_EQ(pool.ReadAheadLeft(), 0);
+}
+
+// A worker spinning between calls prefetches the whole list.
+TEST(ThreadPoolTest, SpinningWorkersReadAheadEveryChunk) {
+  ThreadPool pool(2, /*spin_us=*/2'000'000);
+  std::vector<char> buf(size_t{1} << 20, 1);
+  std::atomic<int> ran{0};
+  pool.ParallelFor(2, [&](int) { ran.fetch_add(1); });  // the worker is up
+  const ThreadPool::Region r[] = {{buf.data(), buf.size()}};
+  pool.ReadAheadWhenIdle(r);
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (pool.ReadAheadLeft() > 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    pool.ParallelFor(2, [&](int) { ran.fetch_add(1); });  // keeps it spinning
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  EXPECT_EQ(pool.ReadAheadLeft(), 0);
+  EXPECT_GE(ran.load(), 2);
+}
+
+// Lists replaced (and emptied) from another thread while calls run: every
+// task still runs exactly once, and nothing a reader takes is out of range.
+TEST(ThreadPoolTest, TasksRunOnceWhileTheReadAheadListChanges) {
+  ThreadPool pool(3);
+  std::vector<char> a(size_t{256} << 10, 1), b(size_t{64} << 10, 2);
+  std::atomic<bool> done{false};
+  std::thread poster([&] {
+    for (int i = 0; !done.load(); ++i) {
+      const ThreadPool::Region r[] = {{a.data(), a.size()},
+                                      {b.data(), b.size()}};
+      pool.ReadAheadWhenIdle(
+          absl::MakeConstSpan(r, static_cast<size_t>(i % 3)));
+      ASSERT_GE(pool.ReadAheadLeft(), 0);
+      ASSERT_LE(pool.ReadAheadLeft(), 64 + 16 + 2);  // + unaligned starts
+    }
+  });
+  for (int round = 0; round < 5000; ++round) {
+    const int tasks = 1 + round % 9;
+    std::vector<std::atomic<int>> hits(tasks);
+    pool.ParallelFor(tasks, [&](int t) { hits[t].fetch_add(1); });
+    for (int t = 0; t < tasks; ++t) ASSERT_EQ(hits[t].load(), 1);
+  }
+  done.store(true);
+  poster.join();
 }
 
 }  // namespace

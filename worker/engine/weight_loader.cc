@@ -122,6 +122,20 @@ void Matrix::ReadRow(int r, float* out) const {
   }
 }
 
+const void* Matrix::data() const {
+  if (f32 != nullptr) return f32;
+  if (i8 != nullptr) return i8;
+  return bf16;
+}
+
+size_t Matrix::bytes() const {
+  if (f32 != nullptr) return sizeof(float) * rows * static_cast<size_t>(cols);
+  if (i8 != nullptr) return static_cast<size_t>(I8PackedBytes(rows, cols));
+  if (bf16 != nullptr)
+    return sizeof(uint16_t) * rows * static_cast<size_t>(cols);
+  return 0;
+}
+
 WeightLoader::WeightLoader(std::shared_ptr<const WeightFile> file,
                            WeightPrecision precision)
     : file_(std::move(file)), precision_(precision), hash_(XXH3_createState()) {

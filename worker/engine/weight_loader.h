@@ -45,6 +45,9 @@ struct Matrix {
 
   // Copies row `r` as fp32 into out[cols].
   void ReadRow(int r, float* out) const;
+  // The values a product reads (f32, bf16 or i8, whichever is set).
+  const void* data() const;
+  size_t bytes() const;
 };
 
 class WeightLoader {
