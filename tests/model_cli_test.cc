@@ -4,6 +4,7 @@
 // vectors, save/resume through state files, and bad input.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -265,7 +266,17 @@ TEST(ModelCliTest, BenchEngineRunsEveryDtype) {
       EXPECT_EQ(j["mode"], mode);
       EXPECT_GT(j["tokens_per_s"].get<double>(), 0);
       EXPECT_GT(j["read_bandwidth_gb_s"].get<double>(), 0);
+      // Probed before the load and after the steps; the higher one counts.
+      const auto& probes = j["read_bandwidth_probes_gb_s"];
+      ASSERT_TRUE(probes.is_array()) << j.dump();
+      ASSERT_GE(probes.size(), 1u);
+      ASSERT_LE(probes.size(), 2u);
+      double best = 0;
+      for (const auto& p : probes) best = std::max(best, p.get<double>());
+      EXPECT_EQ(j["read_bandwidth_gb_s"].get<double>(), best);
+      // The first probe's 512 MiB never count as the model's memory.
       EXPECT_GT(j["peak_rss_mib"].get<double>(), 0);
+      EXPECT_LT(j["peak_rss_mib"].get<double>(), 400);
       EXPECT_EQ(j["batch"], std::string(mode) == "decode" ? 3 : 1);
       EXPECT_GT(j["roofline_fraction"].get<double>(), 0);
       if (std::string(mode) == "prefill") {
