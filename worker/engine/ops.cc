@@ -202,9 +202,38 @@ int OutputTile(const Matrix& m, int rows) {
 
 }  // namespace
 
+void WeightStream::Before(absl::Span<const MatMulJob> jobs, ThreadPool& pool) {
+  ThreadPool::Region regions[ThreadPool::kMaxReadAhead];
+  int n = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    int first = std::numeric_limits<int>::max(), last = -1;
+    for (const MatMulJob& job : jobs) {
+      auto [it, added] =
+          position_.try_emplace(job.m, static_cast<int>(order_.size()));
+      if (added) order_.push_back(job.m);
+      first = std::min(first, it->second);
+      last = std::max(last, it->second);
+    }
+    const int size = static_cast<int>(order_.size());
+    size_t total = 0;
+    for (int i = (last + 1) % size;
+         i != first && n < ThreadPool::kMaxReadAhead && total < kReadAheadBytes;
+         i = (i + 1) % size) {
+      const Matrix& m = *order_[i];
+      const size_t bytes = std::min(m.bytes(), kReadAheadBytes - total);
+      if (bytes == 0) continue;
+      regions[n++] = {m.data(), bytes};
+      total += bytes;
+    }
+  }
+  pool.ReadAheadWhenIdle({regions, static_cast<size_t>(n)});
+}
+
 void MatMuls(const Kernels& k, ThreadPool& pool,
-             absl::Span<const MatMulJob> jobs, int rows) {
+             absl::Span<const MatMulJob> jobs, int rows, WeightStream* stream) {
   if (rows <= 0 || jobs.empty()) return;
+  if (stream != nullptr) stream->Before(jobs, pool);
   // int8 inputs are quantized once per product, shared by all its tiles.
   // Rows are padded to 64 bytes and their number to a multiple of 16 (the
   // kernels read whole tiles; what padding holds is never used).
@@ -292,9 +321,9 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
 }
 
 void MatMul(const Kernels& k, ThreadPool& pool, const Matrix& m, const float* x,
-            int ldx, int rows, float* y, int ldy) {
+            int ldx, int rows, float* y, int ldy, WeightStream* stream) {
   const MatMulJob job{&m, x, ldx, y, ldy};
-  MatMuls(k, pool, {&job, 1}, rows);
+  MatMuls(k, pool, {&job, 1}, rows, stream);
 }
 
 }  // namespace statestream::engine

@@ -7,8 +7,12 @@
 #define STATESTREAM_WORKER_ENGINE_OPS_H_
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "worker/engine/exp.h"
 #include "worker/engine/kernels.h"
@@ -46,8 +50,10 @@ void QuantizeRows(const float* x, int ldx, int rows, int n, uint8_t* xq,
 // pool by output tiles (never by reduction, so the result does not depend on
 // the thread count). int8 matrices quantize each row of x first
 // (QuantizeRows), which depends only on that row.
+class WeightStream;
 void MatMul(const Kernels& k, ThreadPool& pool, const Matrix& m, const float* x,
-            int ldx, int rows, float* y, int ldy);
+            int ldx, int rows, float* y, int ldy,
+            WeightStream* stream = nullptr);
 
 // One product of MatMuls: y[t*ldy + o] = sum_i m[o][i] * x[t*ldx + i].
 struct MatMulJob {
@@ -62,8 +68,34 @@ struct MatMulJob {
 // pool (a decode step's projections are each a few microseconds of work,
 // as much as a hand-off and its tail). Each y is exactly what MatMul gives;
 // no job's y may overlap another job's x or y.
+// With a `stream`, the weights of the products after these are read ahead
+// while they run (WeightStream).
 void MatMuls(const Kernels& k, ThreadPool& pool,
-             absl::Span<const MatMulJob> jobs, int rows);
+             absl::Span<const MatMulJob> jobs, int rows,
+             WeightStream* stream = nullptr);
+
+// The order in which one model's products read their weights in a step,
+// learned as they run (first use), and read-ahead along it: before each
+// hand-off of products, the matrices that come after them — wrapping to the
+// step's first, since the next step starts there — go to the pool's
+// ThreadPool::ReadAheadWhenIdle, up to kReadAheadBytes. A decode step
+// streams every weight once, and between products a core often waits on
+// the other or on a short serial stage while the memory bus idles
+// (docs/engine-kernels.md "Read-ahead"). A hint only: results never change.
+// Thread-safe; the order is the same for every step of a model, so
+// concurrent steps only repeat each other's hints.
+class WeightStream {
+ public:
+  static constexpr size_t kReadAheadBytes = size_t{8} << 20;
+  // Learns the jobs' matrices not seen yet (in call order) and posts what
+  // follows the last of them.
+  void Before(absl::Span<const MatMulJob> jobs, ThreadPool& pool);
+
+ private:
+  absl::Mutex mu_;
+  std::vector<const Matrix*> order_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<const Matrix*, int> position_ ABSL_GUARDED_BY(mu_);
+};
 
 }  // namespace statestream::engine
 

@@ -84,12 +84,13 @@ void Rwkv6::TimeMix(int l, const Chunk& c) {
                      });
   Trace(l, "ln1_out", xx, C);
   // m = tanh(xxx @ maa_w1), then x_f = xx + d * (maa_f + m_f @ maa_w2[f]).
-  MatMul(k_, pool_, L.maa_w1, xxx, C, rows, m, kMixes * dm);
+  MatMul(k_, pool_, L.maa_w1, xxx, C, rows, m, kMixes * dm, &stream_);
   for (int64_t i = 0; i < static_cast<int64_t>(rows) * kMixes * dm; ++i) {
     m[i] = std::tanh(m[i]);
   }
   for (int f = 0; f < kMixes; ++f) {
-    MatMul(k_, pool_, L.maa_w2[f], m + f * dm, kMixes * dm, rows, mf, C);
+    MatMul(k_, pool_, L.maa_w2[f], m + f * dm, kMixes * dm, rows, mf, C,
+           &stream_);
     for (int t = 0; t < rows; ++t) {
       for (int i = 0; i < C; ++i) {
         const int64_t j = static_cast<int64_t>(t) * C + i;

@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <initializer_list>
 #include <limits>
 #include <memory>
 #include <thread>
@@ -130,28 +129,6 @@ class Rwkv7 final : public Model {
       for (int t = i * kRowsPerTask; t < end; ++t) fn(t);
     });
   }
-  // Hands the pool the weights of the products that run after the current
-  // one, in order, to prefetch while a core would otherwise wait
-  // (ThreadPool::ReadAheadWhenIdle; at most kReadAheadBytes in all).
-  void ReadAhead(std::initializer_list<const Matrix*> next) {
-    constexpr size_t kReadAheadBytes = size_t{8} << 20;
-    ThreadPool::Region regions[ThreadPool::kMaxReadAhead];
-    int n = 0;
-    size_t total = 0;
-    for (const Matrix* m : next) {
-      if (n == ThreadPool::kMaxReadAhead || total == kReadAheadBytes) break;
-      const size_t bytes = std::min(m->bytes(), kReadAheadBytes - total);
-      if (bytes == 0) continue;
-      regions[n++] = {m->data(), bytes};
-      total += bytes;
-    }
-    pool_.ReadAheadWhenIdle({regions, static_cast<size_t>(n)});
-  }
-  // What the first products of layer l read.
-  void ReadAheadLayer(int l) {
-    const Layer& L = layers_[l];
-    ReadAhead({&L.receptance, &L.key, &L.value, &L.w1, &L.a1, &L.g1, &L.v1});
-  }
   // Reports row 0 of `rows` (a [rows][n] buffer) to the trace hook.
   void Trace(int layer, const char* name, const std::vector<float>& rows,
              int n) const {
@@ -162,6 +139,8 @@ class Rwkv7 final : public Model {
   std::shared_ptr<const WeightFile> file_;
   const Kernels& k_;
   ThreadPool pool_;
+  // Read-ahead of the weights along the step (every product passes it).
+  WeightStream stream_;
   std::vector<Layer> layers_;
   Matrix emb_, head_;
   std::vector<float> ln0_w_, ln0_b_, ln_out_w_, ln_out_b_;
@@ -257,8 +236,8 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
         {&L.g1, s.xg.data(), C, s.lora_g.data(), dg},
         {&L.v1, s.xv.data(), C, s.lora_v.data(), dv},
     };
-    ReadAhead({&L.w2, &L.a2, &L.g2, &L.v2, &L.output});
-    MatMuls(k_, pool_, absl::MakeConstSpan(first, l > 0 ? 7 : 6), rows);
+    MatMuls(k_, pool_, absl::MakeConstSpan(first, l > 0 ? 7 : 6), rows,
+            &stream_);
   }
   ForRows(rows, [&](int t) {
     for (int i = t * dw; i < (t + 1) * dw; ++i) {
@@ -275,8 +254,8 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
         {&L.g2, s.lora_g.data(), dg, s.g.data(), C},
         {&L.v2, s.lora_v.data(), dv, s.tmp.data(), C},
     };
-    ReadAhead({&L.output, &L.ffn_key});
-    MatMuls(k_, pool_, absl::MakeConstSpan(second, l > 0 ? 4 : 3), rows);
+    MatMuls(k_, pool_, absl::MakeConstSpan(second, l > 0 ? 4 : 3), rows,
+            &stream_);
   }
   // Then per row: the LoRA outputs; layer 0 records v_first, later layers
   // mix towards it; kk = normalize(k * k_k) per head; k = k * (1 + (a - 1)
@@ -354,8 +333,7 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
     if (t == 0) Trace(l, "bonus", s.tmp, C);
     for (int i = 0; i < C; ++i) y[i] *= s.g[t * C + i];
   });
-  ReadAhead({&L.ffn_key});
-  MatMul(k_, pool_, L.output, s.y.data(), C, rows, s.tmp.data(), C);
+  MatMul(k_, pool_, L.output, s.y.data(), C, rows, s.tmp.data(), C, &stream_);
   Trace(l, "att_out", s.tmp, C);
   // The residual (x += att_out) is ChannelMix's first step.
   for (const Segment& g : segs) {
@@ -382,16 +360,11 @@ void Rwkv7::ChannelMix(int l, absl::Span<const SequenceWork> batch,
     ShiftMix(&s.xa[t * C], prev, L.ffn_x_k.data(), C, &s.xk[t * C]);
   });
   Trace(l, "ln2_out", s.xa, C);
-  ReadAhead({&L.ffn_value});
-  MatMul(k_, pool_, L.ffn_key, s.xk.data(), C, rows, s.ffn.data(), F);
+  MatMul(k_, pool_, L.ffn_key, s.xk.data(), C, rows, s.ffn.data(), F, &stream_);
   ForRows(rows,
           [&](int t) { ReluSquare(&s.ffn[static_cast<size_t>(t) * F], F); });
-  if (l + 1 < static_cast<int>(layers_.size())) {
-    ReadAheadLayer(l + 1);
-  } else {
-    ReadAhead({&head_});
-  }
-  MatMul(k_, pool_, L.ffn_value, s.ffn.data(), F, rows, s.tmp.data(), C);
+  MatMul(k_, pool_, L.ffn_value, s.ffn.data(), F, rows, s.tmp.data(), C,
+         &stream_);
   Trace(l, "ffn_out", s.tmp, C);
   ForRows(rows, [&](int t) {
     for (int i = t * C; i < (t + 1) * C; ++i) s.x[i] += s.tmp[i];
@@ -447,8 +420,6 @@ void Rwkv7::RunChunk(absl::Span<const SequenceWork> batch,
       ++n;
     }
   }
-  // The next chunk (or step) starts with layer 0.
-  ReadAheadLayer(0);
   if (n == 0) return;
   // Straight into the caller's rows when they are evenly spaced (a batch
   // with one logits row per sequence in one buffer, as the scheduler and
@@ -465,11 +436,11 @@ void Rwkv7::RunChunk(absl::Span<const SequenceWork> batch,
   for (int i = 2; even && i < n; ++i) even = gap(i) == bytes;
   if (even) {
     MatMul(k_, pool_, head_, s.normed.data(), C, n, dest[0],
-           static_cast<int>(stride));
+           static_cast<int>(stride), &stream_);
     return;
   }
   s.logits.resize(static_cast<size_t>(n) * V);
-  MatMul(k_, pool_, head_, s.normed.data(), C, n, s.logits.data(), V);
+  MatMul(k_, pool_, head_, s.normed.data(), C, n, s.logits.data(), V, &stream_);
   for (int i = 0; i < n; ++i) {
     std::copy_n(&s.logits[static_cast<size_t>(i) * V], V, dest[i]);
   }
@@ -486,7 +457,7 @@ absl::Status Rwkv7::Logits(const float* hidden, int rows, float* logits) {
     LayerNorm(hidden + static_cast<int64_t>(i) * C, C, ln_out_w_.data(),
               ln_out_b_.data(), kLayerNormEps, normed.data());
     MatMul(k_, pool_, head_, normed.data(), C, 1,
-           logits + static_cast<int64_t>(i) * V, V);
+           logits + static_cast<int64_t>(i) * V, V, &stream_);
   }
   return absl::OkStatus();
 }

@@ -167,7 +167,7 @@ void ChunkedModel::RunChunk(absl::Span<const SequenceWork> batch,
   }
   if (n == 0) return;
   std::vector<float> logits(static_cast<size_t>(n) * V);
-  MatMul(k_, pool_, head_, normed.data(), C, n, logits.data(), V);
+  MatMul(k_, pool_, head_, normed.data(), C, n, logits.data(), V, &stream_);
   for (int i = 0; i < n; ++i) {
     std::copy_n(logits.data() + static_cast<int64_t>(i) * V, V, dest[i]);
   }
@@ -185,7 +185,7 @@ absl::Status ChunkedModel::Logits(const float* hidden, int rows,
     LayerNorm(hidden + static_cast<int64_t>(i) * C, C, ln_out_w_.data(),
               ln_out_b_.data(), kLayerNormEps, normed.data());
     MatMul(k_, pool_, head_, normed.data(), C, 1,
-           logits + static_cast<int64_t>(i) * V, V);
+           logits + static_cast<int64_t>(i) * V, V, &stream_);
   }
   return absl::OkStatus();
 }

@@ -140,7 +140,7 @@ class ChunkedModel : public Model {
   virtual void Block(int l, const Chunk& c) = 0;
 
   void Mul(const Matrix& m, const float* x, int rows, float* y) {
-    MatMul(k_, pool_, m, x, m.cols, rows, y, m.rows);
+    MatMul(k_, pool_, m, x, m.cols, rows, y, m.rows, &stream_);
   }
   // Reports row 0 of `rows` to the trace hook.
   void Trace(int layer, const char* name, const float* rows, int n) const {
@@ -153,6 +153,8 @@ class ChunkedModel : public Model {
 
   const Kernels& k_;
   ThreadPool pool_;
+  // Read-ahead of the weights along the step (every product passes it).
+  WeightStream stream_;
 
  private:
   void RunChunk(absl::Span<const SequenceWork> batch,

@@ -50,11 +50,10 @@ class ThreadPool {
   // Until the next call, threads with nothing else to do (spinning workers,
   // and a ParallelFor caller waiting for its last tasks) prefetch these
   // regions into their L2 (the first kMaxReadAhead, in order, 4 KiB at a
-  // time; a region's start is rounded down to a cache line). A decode step
-  // streams every weight once, and between products a core often waits on
-  // the other or on a short serial stage while the memory bus idles; this
-  // lets the next product's weights arrive then. A hint only: it changes
-  // no result, and an empty list stops it.
+  // time; a region's start is rounded down to a cache line), so memory the
+  // caller reads next arrives while the bus would otherwise idle
+  // (WeightStream in ops.h uses it). A hint only: it changes no result, and
+  // an empty list stops it.
   void ReadAheadWhenIdle(absl::Span<const Region> regions);
   // 4 KiB chunks of the current read-ahead list no thread has taken yet.
   int64_t ReadAheadLeft() const;

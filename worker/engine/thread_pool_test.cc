@@ -3,10 +3,14 @@
 
 #include <atomic>
 #include <chrono>
+#include <initializer_list>
 #include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "worker/engine/huge_pages.h"
+#include "worker/engine/ops.h"
+#include "worker/engine/weight_loader.h"
 
 namespace statestream::engine {
 namespace {
@@ -140,6 +144,44 @@ TEST(ThreadPoolTest, TasksRunOnceWhileTheReadAheadListChanges) {
   }
   done.store(true);
   poster.join();
+}
+
+// WeightStream learns the order products run in and, before each, posts
+// the matrices after it, wrapping to the first, capped at kReadAheadBytes.
+// (spin_us 0: nobody takes chunks, so ReadAheadLeft counts what was posted.)
+TEST(WeightStreamTest, PostsTheProductsAfterTheCurrentOnesInStepOrder) {
+  ThreadPool pool(2, /*spin_us=*/0);
+  WeightStream stream;
+  alignas(64) static float a[2048], b[1024], c[3072];  // 2, 1 and 3 chunks
+  std::vector<float, HugePageAllocator<float>> big(size_t{4} << 20);  // 16 MiB
+  Matrix ma, mb, mc, mbig;
+  auto set = [](Matrix& m, const float* data, int rows) {
+    m.rows = rows;
+    m.cols = 256;
+    m.f32 = data;
+  };
+  set(ma, a, 8);
+  set(mb, b, 4);
+  set(mc, c, 12);
+  set(mbig, big.data(), 16384);
+  auto before = [&](std::initializer_list<const Matrix*> ms) {
+    std::vector<MatMulJob> jobs;
+    for (const Matrix* m : ms) jobs.push_back({m, nullptr, 0, nullptr, 0});
+    stream.Before(jobs, pool);
+    return pool.ReadAheadLeft();
+  };
+  // The first step teaches the order a, b, c (and posts what it knows).
+  EXPECT_EQ(before({&ma}), 0);
+  EXPECT_EQ(before({&mb}), 2);  // a, wrapping
+  EXPECT_EQ(before({&mc}), 2 + 1);
+  // From then on: what follows, wrapping to the step's first product.
+  EXPECT_EQ(before({&ma}), 1 + 3);
+  EXPECT_EQ(before({&mb}), 3 + 2);
+  EXPECT_EQ(before({&ma, &mb}), 3);  // one hand-off of two products
+  // A product seen later joins the order where it first ran.
+  EXPECT_EQ(before({&mbig}), 2 + 1 + 3);
+  EXPECT_EQ(before({&mc}), 2048 /* 8 MiB of mbig: the cap */);
+  EXPECT_EQ(before({&ma}), 1 + 3 + 2048 - 1 - 3);
 }
 
 }  // namespace
