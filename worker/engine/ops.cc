@@ -211,20 +211,27 @@ void WeightStream::Before(absl::Span<const MatMulJob> jobs, ThreadPool& pool) {
     for (const MatMulJob& job : jobs) {
       auto [it, added] =
           position_.try_emplace(job.m, static_cast<int>(order_.size()));
-      if (added) order_.push_back(job.m);
+      if (added) order_.push_back({job.m, handoffs_});
       first = std::min(first, it->second);
       last = std::max(last, it->second);
     }
+    ++handoffs_;
     const int size = static_cast<int>(order_.size());
     size_t total = 0;
-    for (int i = (last + 1) % size;
-         i != first && n < ThreadPool::kMaxReadAhead && total < kReadAheadBytes;
+    for (int i = (last + 1) % size; i != first && n < ThreadPool::kMaxReadAhead;
          i = (i + 1) % size) {
-      const Matrix& m = *order_[i];
-      const size_t bytes = std::min(m.bytes(), kReadAheadBytes - total);
+      // Stop between hand-offs once enough is named.
+      const int prev = (i + size - 1) % size;
+      if (total >= kMinAheadBytes &&
+          order_[i].handoff != order_[prev].handoff) {
+        break;
+      }
+      const Matrix& m = *order_[i].m;
+      const size_t bytes = std::min(m.bytes(), kMaxAheadBytes - total);
       if (bytes == 0) continue;
       regions[n++] = {m.data(), bytes};
       total += bytes;
+      if (total == kMaxAheadBytes) break;
     }
   }
   pool.ReadAheadWhenIdle({regions, static_cast<size_t>(n)});

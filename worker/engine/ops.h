@@ -76,25 +76,34 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
 
 // The order in which one model's products read their weights in a step,
 // learned as they run (first use), and read-ahead along it: before each
-// hand-off of products, the matrices that come after them — wrapping to the
+// hand-off of products, the hand-offs that come next — wrapping to the
 // step's first, since the next step starts there — go to the pool's
-// ThreadPool::ReadAheadWhenIdle, up to kReadAheadBytes. A decode step
-// streams every weight once, and between products a core often waits on
-// the other or on a short serial stage while the memory bus idles
-// (docs/engine-kernels.md "Read-ahead"). A hint only: results never change.
-// Thread-safe; the order is the same for every step of a model, so
-// concurrent steps only repeat each other's hints.
+// ThreadPool::ReadAheadWhenIdle: whole hand-offs until kMinAheadBytes are
+// named, at most kMaxAheadBytes. A decode step streams every weight once,
+// and between products a core often waits on the other or on a short
+// serial stage while the memory bus idles (docs/engine-kernels.md
+// "Read-ahead"). A hint only: results never change. Thread-safe; the order
+// is the same for every step of a model, so concurrent steps only repeat
+// each other's hints.
 class WeightStream {
  public:
-  static constexpr size_t kReadAheadBytes = size_t{8} << 20;
-  // Learns the jobs' matrices not seen yet (in call order) and posts what
-  // follows the last of them.
+  // Reading further ahead than the next ~1 MiB measured slower: what an
+  // idle core fetches lands in its own 2 MiB L2 and is evicted before use.
+  static constexpr size_t kMinAheadBytes = size_t{1} << 20;
+  static constexpr size_t kMaxAheadBytes = size_t{8} << 20;
+  // Learns the jobs' matrices not seen yet (in call order, one hand-off)
+  // and posts the hand-offs that follow them.
   void Before(absl::Span<const MatMulJob> jobs, ThreadPool& pool);
 
  private:
+  struct Entry {
+    const Matrix* m;
+    int handoff;  // which Before call first ran it
+  };
   absl::Mutex mu_;
-  std::vector<const Matrix*> order_ ABSL_GUARDED_BY(mu_);
+  std::vector<Entry> order_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<const Matrix*, int> position_ ABSL_GUARDED_BY(mu_);
+  int handoffs_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace statestream::engine

@@ -146,42 +146,47 @@ TEST(ThreadPoolTest, TasksRunOnceWhileTheReadAheadListChanges) {
   poster.join();
 }
 
-// WeightStream learns the order products run in and, before each, posts
-// the matrices after it, wrapping to the first, capped at kReadAheadBytes.
-// (spin_us 0: nobody takes chunks, so ReadAheadLeft counts what was posted.)
-TEST(WeightStreamTest, PostsTheProductsAfterTheCurrentOnesInStepOrder) {
+// WeightStream learns the order products run in and, before each hand-off,
+// posts the hand-offs after it (wrapping to the first) until 1 MiB is named,
+// at most 8 MiB. (spin_us 0: nobody takes chunks, so ReadAheadLeft counts
+// what was posted.)
+TEST(WeightStreamTest, PostsTheHandOffsAfterTheCurrentOneInStepOrder) {
   ThreadPool pool(2, /*spin_us=*/0);
   WeightStream stream;
-  alignas(64) static float a[2048], b[1024], c[3072];  // 2, 1 and 3 chunks
-  std::vector<float, HugePageAllocator<float>> big(size_t{4} << 20);  // 16 MiB
-  Matrix ma, mb, mc, mbig;
-  auto set = [](Matrix& m, const float* data, int rows) {
-    m.rows = rows;
+  // 2, 1, 3, 256 and 1 chunks of 4 KiB, and 16 MiB.
+  alignas(64) static float a[2048], b[1024], c[3072], mid[262144], e[1024];
+  std::vector<float, HugePageAllocator<float>> big(size_t{4} << 20);
+  Matrix ma, mb, mc, mmid, me, mbig;
+  auto set = [](Matrix& m, const float* data, size_t floats) {
+    m.rows = static_cast<int>(floats / 256);
     m.cols = 256;
     m.f32 = data;
   };
-  set(ma, a, 8);
-  set(mb, b, 4);
-  set(mc, c, 12);
-  set(mbig, big.data(), 16384);
+  set(ma, a, 2048);
+  set(mb, b, 1024);
+  set(mc, c, 3072);
+  set(mmid, mid, 262144);
+  set(me, e, 1024);
+  set(mbig, big.data(), big.size());
   auto before = [&](std::initializer_list<const Matrix*> ms) {
     std::vector<MatMulJob> jobs;
     for (const Matrix* m : ms) jobs.push_back({m, nullptr, 0, nullptr, 0});
     stream.Before(jobs, pool);
     return pool.ReadAheadLeft();
   };
-  // The first step teaches the order a, b, c (and posts what it knows).
+  // The first step teaches the order a, b, c, big, (mid, e) and posts what
+  // it knows so far.
   EXPECT_EQ(before({&ma}), 0);
   EXPECT_EQ(before({&mb}), 2);  // a, wrapping
   EXPECT_EQ(before({&mc}), 2 + 1);
-  // From then on: what follows, wrapping to the step's first product.
-  EXPECT_EQ(before({&ma}), 1 + 3);
-  EXPECT_EQ(before({&mb}), 3 + 2);
-  EXPECT_EQ(before({&ma, &mb}), 3);  // one hand-off of two products
-  // A product seen later joins the order where it first ran.
   EXPECT_EQ(before({&mbig}), 2 + 1 + 3);
-  EXPECT_EQ(before({&mc}), 2048 /* 8 MiB of mbig: the cap */);
-  EXPECT_EQ(before({&ma}), 1 + 3 + 2048 - 1 - 3);
+  EXPECT_EQ(before({&mmid, &me}), 2048);  // a, b, c, then big to the cap
+  // From then on, what follows: small hand-offs are joined until 1 MiB...
+  EXPECT_EQ(before({&ma}), 1 + 3 + (2048 - 1 - 3));
+  EXPECT_EQ(before({&mc}), 2048);  // big, cut at 8 MiB
+  // ...and a hand-off is read ahead whole (mid and e), the next one not.
+  EXPECT_EQ(before({&mbig}), 256 + 1);
+  EXPECT_EQ(before({&mmid, &me}), 2 + 1 + 3 + (2048 - 6));
 }
 
 }  // namespace
