@@ -24,7 +24,7 @@ add_library(ss_engine
   kernels_scalar.cc)
 target_include_directories(ss_engine PUBLIC ${PROJECT_SOURCE_DIR})
 target_link_libraries(ss_engine PUBLIC ss_weights ss_common absl::span
-                      absl::flat_hash_set Threads::Threads
+                      absl::flat_hash_map absl::flat_hash_set Threads::Threads
                       PRIVATE PkgConfig::XXHASH ZLIB::ZLIB nlohmann_json::nlohmann_json)
 # Fixed evaluation order: no compiler-chosen contractions (determinism).
 # -fno-trapping-math only lets GCC turn branches on float comparisons into

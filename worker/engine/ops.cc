@@ -203,19 +203,22 @@ int OutputTile(const Matrix& m, int rows) {
 }  // namespace
 
 void WeightStream::Before(absl::Span<const MatMulJob> jobs, ThreadPool& pool) {
+  if (jobs.empty()) return;
   ThreadPool::Region regions[ThreadPool::kMaxReadAhead];
   int n = 0;
   {
     absl::MutexLock lock(&mu_);
     int first = std::numeric_limits<int>::max(), last = -1;
+    bool learned = false;
     for (const MatMulJob& job : jobs) {
       auto [it, added] =
           position_.try_emplace(job.m, static_cast<int>(order_.size()));
       if (added) order_.push_back({job.m, handoffs_});
+      learned |= added;
       first = std::min(first, it->second);
       last = std::max(last, it->second);
     }
-    ++handoffs_;
+    if (learned) ++handoffs_;  // bounded by the number of matrices
     const int size = static_cast<int>(order_.size());
     size_t total = 0;
     for (int i = (last + 1) % size; i != first && n < ThreadPool::kMaxReadAhead;

@@ -86,9 +86,12 @@ void ThreadPool::WorkerLoop() {
       const auto eager = start + std::chrono::microseconds(20);
       const auto deadline = start + std::chrono::microseconds(spin_us_);
       for (int i = 0; now == seen; ++i) {
-        if (!ReadAheadChunk()) SS_CPU_RELAX();
+        // A read-ahead chunk takes as long as ~64 pauses: the clock is
+        // checked after each, so the spin phases keep their lengths.
+        const bool read_ahead = ReadAheadChunk();
+        if (!read_ahead) SS_CPU_RELAX();
         now = epoch_.load(std::memory_order_acquire);
-        if ((i & 63) == 63) {
+        if (read_ahead || (i & 63) == 63) {
           const auto t = Clock::now();
           if (t > deadline) break;
           if (t > eager) std::this_thread::yield();
@@ -133,7 +136,11 @@ void ThreadPool::ParallelFor(int tasks, const std::function<void(int)>& fn) {
   // The last tasks run on workers: spin briefly, then give the core away.
   for (int i = 0; pending_.load(std::memory_order_acquire) != 0; ++i) {
     if (i < 4096) {
-      if (!ReadAheadChunk()) SS_CPU_RELAX();
+      if (ReadAheadChunk()) {
+        i += 63;  // as long as ~64 pauses
+      } else {
+        SS_CPU_RELAX();
+      }
     } else {
       std::this_thread::yield();
     }
@@ -181,15 +188,19 @@ bool ThreadPool::ReadAheadChunk() {
       cur, cur + 1, std::memory_order_acq_rel, std::memory_order_acquire));
   // Chunk `chunk` of the concatenated regions (the last chunk of a region
   // may run past its end into whatever follows: a prefetch never faults).
+  // The slots are read one by one, so a claim racing a new list may mix
+  // old and new slots and fetch a line nobody asked for: harmless, and
+  // addresses are computed as integers so nothing is ever dereferenced.
   uint64_t first = 0;
   for (int i = 0; i < kMaxReadAhead; ++i) {
     const uint64_t end = ahead_end_chunk_[i].load(std::memory_order_relaxed);
     if (chunk < end) {
-      const char* p = reinterpret_cast<const char*>(
-          ahead_begin_[i].load(std::memory_order_relaxed) +
-          ((chunk - first) << kChunkBits));
-      for (int line = 0; line < (1 << kChunkBits); line += 64) {
-        SS_PREFETCH_L2(p + line);
+      const uintptr_t base = ahead_begin_[i].load(std::memory_order_relaxed);
+      if (base == 0) return true;
+      const uintptr_t p = base + ((chunk - first) << kChunkBits);
+      for (uintptr_t line = 0; line < (uintptr_t{1} << kChunkBits);
+           line += 64) {
+        SS_PREFETCH_L2(reinterpret_cast<const char*>(p + line));
       }
       return true;
     }

@@ -50,10 +50,11 @@ class ThreadPool {
   // Until the next call, threads with nothing else to do (spinning workers,
   // and a ParallelFor caller waiting for its last tasks) prefetch these
   // regions into their L2 (the first kMaxReadAhead, in order, 4 KiB at a
-  // time; a region's start is rounded down to a cache line), so memory the
-  // caller reads next arrives while the bus would otherwise idle
-  // (WeightStream in ops.h uses it). A hint only: it changes no result, and
-  // an empty list stops it.
+  // time, at most 64 GiB in all; a region's start is rounded down to a
+  // cache line), so memory the caller reads next arrives while the bus
+  // would otherwise idle (WeightStream in ops.h uses it). A hint only: it
+  // changes no result, and an empty list stops it. A pool of one thread
+  // has nobody to wait and ignores it.
   void ReadAheadWhenIdle(absl::Span<const Region> regions);
   // 4 KiB chunks of the current read-ahead list no thread has taken yet.
   int64_t ReadAheadLeft() const;
@@ -81,8 +82,8 @@ class ThreadPool {
   std::atomic<bool> stop_{false};
   // Read-ahead: (generation << 48) | (chunks << 24) | next unclaimed chunk,
   // claimed by CAS on the whole word like work_. The regions are atomics so
-  // that a reader racing an update reads some address, never tears one; a
-  // stale one only prefetches memory that is no longer wanted.
+  // that a reader racing an update reads whole values, never torn ones (it
+  // may mix two lists' slots: ReadAheadChunk).
   std::atomic<uint64_t> ahead_{0};
   std::atomic<uintptr_t> ahead_begin_[kMaxReadAhead] = {};
   std::atomic<uint32_t> ahead_end_chunk_[kMaxReadAhead] = {};  // cumulative

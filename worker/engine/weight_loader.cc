@@ -123,14 +123,14 @@ void Matrix::ReadRow(int r, float* out) const {
 }
 
 const void* Matrix::data() const {
-  if (f32 != nullptr) return f32;
   if (i8 != nullptr) return i8;
+  if (f32 != nullptr) return f32;
   return bf16;
 }
 
 size_t Matrix::bytes() const {
-  if (f32 != nullptr) return sizeof(float) * rows * static_cast<size_t>(cols);
   if (i8 != nullptr) return static_cast<size_t>(I8PackedBytes(rows, cols));
+  if (f32 != nullptr) return sizeof(float) * rows * static_cast<size_t>(cols);
   if (bf16 != nullptr)
     return sizeof(uint16_t) * rows * static_cast<size_t>(cols);
   return 0;

@@ -45,7 +45,9 @@ struct Matrix {
 
   // Copies row `r` as fp32 into out[cols].
   void ReadRow(int r, float* out) const;
-  // The values a product reads (f32, bf16 or i8, whichever is set).
+  // The values a product reads (i8, f32 or bf16, whichever is set) and
+  // their size; int8's per-row scale and wsum (4 bytes a row each) are
+  // apart and not counted.
   const void* data() const;
   size_t bytes() const;
 };
