@@ -5,6 +5,10 @@
 //   build/bench/engine_bench --benchmark_counters_tabular=true
 #include <unistd.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -237,6 +241,96 @@ BENCHMARK_CAPTURE(BM_GemmI8, amx, "avx512amx")
     ->ArgsProduct({{16, 32, 64}, {64, 768, 3072, 65536}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
+// A design probe, not an engine kernel (docs/engine-kernels.md "Where
+// batched fp32/bf16 decode stands"): the same product as
+// BM_Gemm/bf16_head768 — 32 rows against the 0.1B head's shape, [65536
+// out][768 in] bf16 (96 MiB, from memory), single-threaded — computed with
+// outputs in the lanes: W packed in panels of 16 outputs ([panel][k/2][16][2],
+// 64 bytes per input pair), a block of 8 rows x 3 panels = 24 accumulators,
+// each activation broadcast, each output summed in input order. Its bits
+// differ from the engine's (16 strided partial sums and a tree per output).
+#if defined(__x86_64__)
+// GCC 12 flags its own _mm512_undefined_*() inside the intrinsic headers.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f"))) void PanelBlock8x3(const uint16_t* w,
+                                                      int64_t panel_stride,
+                                                      int in, const float* x,
+                                                      int ldx, float* y,
+                                                      int ldy) {
+  constexpr int R = 8, P = 3;
+  __m512 acc[R * P];
+#pragma GCC unroll 32
+  for (int a = 0; a < R * P; ++a) acc[a] = _mm512_setzero_ps();
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  for (int k = 0; k < in; k += 2) {
+    __m512 even[P], odd[P];
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) {
+      const __m512i v = _mm512_loadu_si512(w + p * panel_stride +
+                                           static_cast<int64_t>(k) * 16);
+      even[p] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+      odd[p] = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 x0 = _mm512_set1_ps(x[r * ldx + k]);
+      const __m512 x1 = _mm512_set1_ps(x[r * ldx + k + 1]);
+#pragma GCC unroll 4
+      for (int p = 0; p < P; ++p) {
+        acc[r * P + p] = _mm512_fmadd_ps(even[p], x0, acc[r * P + p]);
+      }
+#pragma GCC unroll 4
+      for (int p = 0; p < P; ++p) {
+        acc[r * P + p] = _mm512_fmadd_ps(odd[p], x1, acc[r * P + p]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) {
+      _mm512_storeu_ps(y + r * ldy + p * 16, acc[r * P + p]);
+    }
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
+void BM_PanelProbe(benchmark::State& st) {
+#if defined(__x86_64__)
+  if (!__builtin_cpu_supports("avx512f")) {
+    st.SkipWithError("needs AVX-512");
+    return;
+  }
+  constexpr int kRows = 32, kIn = 768, kOut = 65520;  // 1365 blocks of 48
+  const int64_t panel_stride = int64_t{kIn} * 16;
+  std::vector<uint16_t> w(static_cast<size_t>(kOut) * kIn);
+  for (size_t i = 0; i < w.size(); ++i) {
+    w[i] = static_cast<uint16_t>(0x3c00 + (i * 2654435761u) % 0x100);
+  }
+  std::vector<float> x(static_cast<size_t>(kRows) * kIn, 0.25f);
+  std::vector<float> y(static_cast<size_t>(kRows) * kOut);
+  for (auto _ : st) {
+    for (int o = 0; o < kOut; o += 48) {
+      const uint16_t* wp = w.data() + static_cast<int64_t>(o) * kIn;
+      for (int r = 0; r < kRows; r += 8) {
+        PanelBlock8x3(wp, panel_stride, kIn, x.data() + r * kIn, kIn,
+                      y.data() + static_cast<int64_t>(r) * kOut + o, kOut);
+      }
+    }
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.counters["GFLOP/s"] = benchmark::Counter(
+      2.0 * kRows * kIn * kOut * static_cast<double>(st.iterations()) / 1e9,
+      benchmark::Counter::kIsRate);
+#else
+  st.SkipWithError("x86-64 only");
+#endif
+}
+BENCHMARK(BM_PanelProbe)->Unit(benchmark::kMillisecond)->UseRealTime();
+
 BENCHMARK_CAPTURE(BM_GemmI8, vnni, "avx512vnni")
     ->ArgsProduct({{1, 8, 16, 32}, {3072, 65536}})
     ->Unit(benchmark::kMicrosecond)
@@ -256,6 +350,10 @@ BENCHMARK_CAPTURE(BM_Gemm, f32_wide, false, "", 3072)
 BENCHMARK_CAPTURE(BM_Gemm, bf16_wide, true, "", 3072)
     ->ArgsProduct({{32, 64}, {768}})
     ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Gemm, bf16_head768, true, "", 768)
+    ->ArgsProduct({{32}, {65536}})
+    ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_CAPTURE(BM_Gemm, bf16dot, true, "avx512bf16")
     ->ArgsProduct({{1, 8, 32, 64}, {2048, 16384}})
