@@ -50,6 +50,26 @@ inline float Exp(float x) {
   return nan ? x : e;
 }
 
+// tanh(x) in plain float arithmetic, for the same reasons as Exp (libm's
+// tanhf is not the same function on every glibc): an odd polynomial below
+// |x| = 0.625, 1 - 2 / (Exp(2|x|) + 1) with x's sign above (the split and
+// the polynomial are Cephes' tanhf). Within ~2 ulp of the exact value;
+// +-1 from |x| ~ 9, +-0 and NaN kept. Branch-free, so loops vectorise.
+inline float Tanh(float x) {
+  const float a = __builtin_fabsf(x);
+  const float z = x * x;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  const float small = p * z * x + x;
+  const float large_abs = 1.0f - 2.0f / (Exp(a + a) + 1.0f);
+  const float large = __builtin_copysignf(large_abs, x);
+  const float t = __builtin_isgreaterequal(a, 0.625f) ? large : small;
+  return x == 0.0f ? x : t;  // keeps -0
+}
+
 }  // namespace statestream::engine
 
 #endif  // STATESTREAM_WORKER_ENGINE_EXP_H_

@@ -86,7 +86,7 @@ void Rwkv6::TimeMix(int l, const Chunk& c) {
   // m = tanh(xxx @ maa_w1), then x_f = xx + d * (maa_f + m_f @ maa_w2[f]).
   MatMul(k_, pool_, L.maa_w1, xxx, C, rows, m, kMixes * dm, &stream_);
   for (int64_t i = 0; i < static_cast<int64_t>(rows) * kMixes * dm; ++i) {
-    m[i] = std::tanh(m[i]);
+    m[i] = Tanh(m[i]);
   }
   for (int f = 0; f < kMixes; ++f) {
     MatMul(k_, pool_, L.maa_w2[f], m + f * dm, kMixes * dm, rows, mf, C,
@@ -106,7 +106,7 @@ void Rwkv6::TimeMix(int l, const Chunk& c) {
   // w = exp(-exp(time_decay + tanh(x_w @ decay_w1) @ decay_w2)).
   Mul(L.decay_w1, xs[0], rows, lora);
   for (int64_t i = 0; i < static_cast<int64_t>(rows) * dd; ++i) {
-    lora[i] = std::tanh(lora[i]);
+    lora[i] = Tanh(lora[i]);
   }
   Mul(L.decay_w2, lora, rows, w);
   for (int t = 0; t < rows; ++t) {

@@ -241,7 +241,7 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
   }
   ForRows(rows, [&](int t) {
     for (int i = t * dw; i < (t + 1) * dw; ++i) {
-      s.lora_w[i] = std::tanh(s.lora_w[i]);
+      s.lora_w[i] = Tanh(s.lora_w[i]);
     }
     for (int i = t * dg; i < (t + 1) * dg; ++i) {
       s.lora_g[i] = Sigmoid(s.lora_g[i]);
