@@ -78,45 +78,71 @@ inline void BlockTail(const W* w, int64_t ldw, const float* x, int ldx, int i,
   }
 }
 
+// One row x OT outputs (decode): GemmBlock's operations for RT = 1, in an
+// order that streams. One row against bf16 weights is bound by how many
+// cache misses a core keeps in flight: widening costs uops, so the
+// out-of-order window covers fewer bytes than fp32's. So each weight vector
+// is widened and used at once, the block two blocks ahead (contiguous after
+// this one's) is fetched into L2 (prefetcht1) as many lines per step as
+// this one consumes, placed between the products, and only the block's own
+// accumulators are reduced (ReduceAdd: Reduce16's bits). Measured on 300 MB
+// of 768-input rows, two threads: 17-18 GB/s with prefetcht0 one block
+// ahead, 27-29 with prefetcht1 two blocks ahead, 30-34 in this order under
+// an AVX-512 scheduling tune (kernels_avx512_onerow.cc;
+// docs/engine-kernels.md "One-row bf16").
+// Nothing is prefetched past `pf_end` (the end of the call's rows: another
+// task's rows, or nothing at all).
+template <typename V, typename W, int OT>
+inline void OneRowBlock(const W* w, int64_t ldw, int in, const float* x,
+                        float* y, const void* pf_end) {
+  static_assert(OT <= 16, "at most 16 accumulators");
+  V acc[OT];
+#pragma GCC unroll 16
+  for (int u = 0; u < OT; ++u) acc[u] = V::Zero();
+  const int full = in & ~(kLanes - 1);
+  constexpr bool kPrefetch = sizeof(W) < 4;
+  constexpr int kLinesPerStep = OT * kLanes * static_cast<int>(sizeof(W)) / 64;
+  constexpr int kBlocksAhead = 2;
+  const char* pf = reinterpret_cast<const char*>(w + kBlocksAhead * OT * ldw);
+  const bool prefetch =
+      kPrefetch && (pf_end == nullptr || pf + OT * ldw * sizeof(W) <=
+                                             static_cast<const char*>(pf_end));
+  for (int i = 0; i < full; i += kLanes) {
+    const V xv = V::Load(x + i);
+#pragma GCC unroll 16
+    for (int u = 0; u < OT; ++u) {
+      acc[u] = V::Fma(LoadFull<V>(w + u * ldw + i), xv, acc[u]);
+      if (prefetch && u < kLinesPerStep) {
+        __builtin_prefetch(pf + 64 * u, 0, 2);
+      }
+    }
+    if (prefetch) pf += OT * kLanes * sizeof(W);
+  }
+  if (full < in) BlockTail<V, W, 1, OT>(w, ldw, x, 0, full, in - full, acc);
+#pragma GCC unroll 16
+  for (int u = 0; u < OT; ++u) y[u] = acc[u].ReduceAdd();
+}
+
 // A block of RT rows x OT outputs (RT * OT <= 16 accumulators, all kept in
 // registers). `w` points at the block's first output row (row stride ldw),
 // `x` at its first input row, `y` at y[first row][first output]. Each
 // accumulator sees exactly the operation sequence of a 1x1 block: full
 // 16-lane steps, then one partial step with +0 in the missing lanes, then the
-// fixed reduction tree (V::Reduce16 is 16 ReduceAdd()s done at once).
+// fixed reduction tree (V::Reduce16 is 16 ReduceAdd()s done at once). One
+// row goes to OneRowBlock (the same operations).
 template <typename V, typename W, int RT, int OT>
 inline void GemmBlock(const W* w, int64_t ldw, int in, const float* x, int ldx,
                       float* y, int ldy, const void* pf_end = nullptr) {
   static_assert(RT * OT <= 16, "at most 16 accumulators");
+  if constexpr (RT == 1) {
+    OneRowBlock<V, W, OT>(w, ldw, in, x, y, pf_end);
+    return;
+  }
   V acc[16];
 #pragma GCC unroll 16
   for (int a = 0; a < 16; ++a) acc[a] = V::Zero();
   const int full = in & ~(kLanes - 1);
-  // One row against bf16 weights is bound by how many cache misses a core
-  // keeps in flight: widening costs uops, so the out-of-order window covers
-  // fewer bytes than fp32's. The block two blocks ahead (contiguous after
-  // this one's) is fetched into L2 (prefetcht1) while this block is
-  // computed, as many lines per step as it consumes. Measured on 256 MiB of
-  // 768- and 3,072-input rows, two threads: 17-18 GB/s with prefetcht0 one
-  // block (8 rows) ahead, 22-25 with prefetcht1 two blocks (8 rows) ahead
-  // (docs/engine-kernels.md "One-row bf16").
-  // Nothing past `pf_end` (the end of the call's rows): another task's
-  // rows, or nothing at all.
-  constexpr bool kPrefetchNext = RT == 1 && sizeof(W) < 4;
-  constexpr int kLinesPerStep = OT * kLanes * static_cast<int>(sizeof(W)) / 64;
-  constexpr int kBlocksAhead = 2;
-  const char* pf = reinterpret_cast<const char*>(w + kBlocksAhead * OT * ldw);
-  const bool prefetch = kPrefetchNext && (pf_end == nullptr ||
-                                          pf + OT * ldw * sizeof(W) <=
-                                              static_cast<const char*>(pf_end));
   for (int i = 0; i < full; i += kLanes) {
-    if (prefetch) {
-#pragma GCC unroll 16
-      for (int l = 0; l < kLinesPerStep; ++l) {
-        __builtin_prefetch(pf + 64 * l, 0, 2);
-      }
-      pf += OT * kLanes * sizeof(W);
-    }
     BlockStep<V, W, RT, OT>(w, ldw, x, ldx, i, acc);
   }
   if (full < in) BlockTail<V, W, RT, OT>(w, ldw, x, ldx, full, in - full, acc);

@@ -1,0 +1,66 @@
+// SPDX-License-Identifier: Apache-2.0
+// The AVX-512 vector type of kernels_impl.h, shared by the AVX-512 kernel
+// files (kernels_avx512.cc, kernels_avx512_onerow.cc). Include it only from
+// files compiled with -mavx512f: like kernels_avx512_reduce.h it is TU-local
+// (anonymous namespace), so no out-of-line copy can leak into code built for
+// another instruction set. Internal to the engine.
+#ifndef STATESTREAM_WORKER_ENGINE_KERNELS_AVX512_V_H_
+#define STATESTREAM_WORKER_ENGINE_KERNELS_AVX512_V_H_
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "worker/engine/kernels_avx512_reduce.h"
+
+namespace statestream::engine {
+namespace {
+
+struct V {
+  __m512 v;
+  static V Zero() { return {_mm512_setzero_ps()}; }
+  static V Set1(float f) { return {_mm512_set1_ps(f)}; }
+  static V Load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static __mmask16 Mask(int n) {
+    return static_cast<__mmask16>((1u << n) - 1u);
+  }
+  static V LoadPartial(const float* p, int n) {
+    return {_mm512_maskz_loadu_ps(Mask(n), p)};
+  }
+  static V Widen(__m256i h) {
+    return {
+        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))};
+  }
+  static V LoadBF16(const uint16_t* p) {
+    return Widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static V LoadBF16Partial(const uint16_t* p, int n) {
+    return Widen(_mm256_maskz_loadu_epi16(Mask(n), p));
+  }
+  static V Fma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  static V Mul(V a, V b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  void Store(float* p) const { _mm512_storeu_ps(p, v); }
+  void StorePartial(float* p, int n) const {
+    _mm512_mask_storeu_ps(p, Mask(n), v);
+  }
+  // The ReduceAdd() tree for 16 vectors at once (kernels_avx512_reduce.h).
+  static void Reduce16(const V* a, float* out) {
+    __m512 r[16];
+    for (int k = 0; k < 16; ++k) r[k] = a[k].v;
+    Reduce16Ps(r, out);
+  }
+  float ReduceAdd() const {
+    __m256 h8 =
+        _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 h4 =
+        _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
+    __m128 h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+    __m128 h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
+    return _mm_cvtss_f32(h1);
+  }
+};
+
+}  // namespace
+}  // namespace statestream::engine
+
+#endif  // STATESTREAM_WORKER_ENGINE_KERNELS_AVX512_V_H_
