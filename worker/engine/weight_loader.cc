@@ -285,31 +285,28 @@ absl::Status WeightLoader::MatT(absl::string_view name, int rows, int cols,
   }
   out->rows = cols;
   out->cols = rows;
+  // dst[c][r] = tmp[r][c], as T.
+  auto transpose = [&](auto* dst, auto convert) {
+    for (int r = 0; r < rows; ++r) {
+      for (int c = 0; c < cols; ++c) {
+        dst[static_cast<int64_t>(c) * rows + r] =
+            convert(tmp[static_cast<int64_t>(r) * cols + c]);
+      }
+    }
+  };
   if (t->dtype == DType::kBF16 && (precision_ == WeightPrecision::kBF16 ||
                                    precision_ == WeightPrecision::kAsStored)) {
     // bf16 in the file stays bf16 (exact, and the kernels widen it exactly,
     // so the products are bit-identical to an fp32 copy's) at half the
     // bytes a decode step reads.
     uint16_t* dst = Allocate<uint16_t>(n, out);
-    for (int r = 0; r < rows; ++r) {
-      for (int c = 0; c < cols; ++c) {
-        dst[static_cast<int64_t>(c) * rows + r] =
-            F32ToBF16(tmp[static_cast<int64_t>(r) * cols + c]);
-      }
-    }
+    transpose(dst, [](float v) { return F32ToBF16(v); });
     out->bf16 = dst;
-    params_ += n;
-    Hash(name, {rows, cols}, tmp.data(), nullptr, n);
-    return absl::OkStatus();
+  } else {
+    float* dst = Allocate<float>(n, out);
+    transpose(dst, [](float v) { return v; });
+    out->f32 = dst;
   }
-  float* dst = Allocate<float>(n, out);
-  for (int r = 0; r < rows; ++r) {
-    for (int c = 0; c < cols; ++c) {
-      dst[static_cast<int64_t>(c) * rows + r] =
-          tmp[static_cast<int64_t>(r) * cols + c];
-    }
-  }
-  out->f32 = dst;
   params_ += n;
   Hash(name, {rows, cols}, tmp.data(), nullptr, n);
   return absl::OkStatus();
