@@ -98,7 +98,7 @@ double PeakRssMib() {
 // of its bandwidth, and a roofline measured that way would flatter decode.
 double MeasureReadBandwidth(int threads) {
   const size_t n = (size_t{512} << 20) / sizeof(uint64_t);
-  const std::vector<uint64_t, engine::HugePageAllocator<uint64_t>> buf(n, 1);
+  const engine::HugePageVector<uint64_t> buf(n, 1);
   double best = 0;
   for (int rep = 0; rep < 5; ++rep) {
     std::vector<uint64_t> sums(threads);
@@ -232,7 +232,7 @@ absl::Status BenchEngine() {
   const int sessions = mode == "decode" ? batch : 1;
   const int per_step = mode == "decode" ? 1 : tokens;
   // States on huge pages, as the worker keeps them (worker/tasks.h).
-  using State = std::vector<float, engine::HugePageAllocator<float>>;
+  using State = engine::HugePageVector<float>;
   std::vector<State> states(sessions, State(info.state_floats, 0.0f));
   std::vector<int32_t> input(static_cast<size_t>(sessions) * per_step);
   for (size_t i = 0; i < input.size(); ++i) {

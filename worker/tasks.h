@@ -26,10 +26,9 @@ namespace statestream::worker {
 // A session's engine-side state. The recurrent state is megabytes that
 // every step reads and writes in full: on huge pages (huge_pages.h).
 struct EngineState {
-  std::vector<float, engine::HugePageAllocator<float>>
-      state;                       // Model::info().state_floats
-  std::vector<float> last_hidden;  // n_embd; valid when position > 0
-  uint64_t position = 0;           // tokens consumed
+  engine::HugePageVector<float> state;  // Model::info().state_floats
+  std::vector<float> last_hidden;       // n_embd; valid when position > 0
+  uint64_t position = 0;                // tokens consumed
 
   // A new session's state: Model::InitState (e.g. RWKV-4's pp = -1e30).
   static EngineState Initial(const engine::Model& model);

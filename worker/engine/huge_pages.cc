@@ -10,8 +10,6 @@ namespace {
 
 constexpr size_t kPage = 4096;
 
-size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
-
 }  // namespace
 
 void* MapHuge(size_t bytes) {

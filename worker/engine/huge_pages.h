@@ -13,10 +13,16 @@
 
 #include <cstddef>
 #include <new>
+#include <vector>
 
 namespace statestream::engine {
 
 inline constexpr size_t kHugePageBytes = size_t{2} << 20;
+
+// n rounded up to a multiple of `to`.
+inline constexpr size_t RoundUp(size_t n, size_t to) {
+  return (n + to - 1) / to * to;
+}
 
 // `bytes` (rounded up to whole 4 KiB pages) of zeroed memory starting at a
 // kHugePageBytes boundary, advised MADV_HUGEPAGE: every whole 2 MiB of it
@@ -54,6 +60,10 @@ struct HugePageAllocator {
     return true;
   }
 };
+
+// A vector whose buffer is on huge pages once it reaches 2 MiB.
+template <typename T>
+using HugePageVector = std::vector<T, HugePageAllocator<T>>;
 
 }  // namespace statestream::engine
 

@@ -154,7 +154,7 @@ TEST(WeightStreamTest, PostsTheHandOffsAfterTheCurrentOneInStepOrder) {
   WeightStream stream;
   // 2, 1, 3, 256 and 1 chunks of 4 KiB, and 16 MiB.
   alignas(64) static float a[2048], b[1024], c[3072], mid[262144], e[1024];
-  std::vector<float, HugePageAllocator<float>> big(size_t{4} << 20);
+  HugePageVector<float> big(size_t{4} << 20);
   Matrix ma, mb, mc, mmid, me, mbig;
   auto set = [](Matrix& m, const float* data, size_t floats) {
     m.rows = static_cast<int>(floats / 256);

@@ -9,8 +9,6 @@ namespace {
 constexpr size_t kChunk = size_t{64} << 20;  // 32 huge pages
 constexpr size_t kAlign = 64;
 
-size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
-
 }  // namespace
 
 WeightArena::~WeightArena() {

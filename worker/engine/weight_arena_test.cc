@@ -92,7 +92,7 @@ TEST(WeightArenaTest, MemoryIsAdvisedForHugePages) {
 // for huge pages; small blocks are ordinary heap memory. Both behave as
 // vector storage: zeroed on growth, copied, freed.
 TEST(HugePagesTest, LargeBlocksAreAdvisedSmallOnesAreHeap) {
-  using Vec = std::vector<float, HugePageAllocator<float>>;
+  using Vec = HugePageVector<float>;
   Vec big(3 << 18, 1.5f);  // 3 MiB
   EXPECT_EQ(Addr(big.data()) % kHugePageBytes, 0u);
   EXPECT_EQ(big.back(), 1.5f);
