@@ -136,21 +136,23 @@ inline void GemmBlock(const W* w, int64_t ldw, int in, const float* x, int ldx,
   static_assert(RT * OT <= 16, "at most 16 accumulators");
   if constexpr (RT == 1) {
     OneRowBlock<V, W, OT>(w, ldw, in, x, y, pf_end);
-    return;
-  }
-  V acc[16];
+  } else {
+    V acc[16];
 #pragma GCC unroll 16
-  for (int a = 0; a < 16; ++a) acc[a] = V::Zero();
-  const int full = in & ~(kLanes - 1);
-  for (int i = 0; i < full; i += kLanes) {
-    BlockStep<V, W, RT, OT>(w, ldw, x, ldx, i, acc);
-  }
-  if (full < in) BlockTail<V, W, RT, OT>(w, ldw, x, ldx, full, in - full, acc);
-  alignas(64) float out[16];
-  V::Reduce16(acc, out);
-  for (int t = 0; t < RT; ++t) {
-    for (int u = 0; u < OT; ++u) {
-      y[static_cast<int64_t>(t) * ldy + u] = out[t * OT + u];
+    for (int a = 0; a < 16; ++a) acc[a] = V::Zero();
+    const int full = in & ~(kLanes - 1);
+    for (int i = 0; i < full; i += kLanes) {
+      BlockStep<V, W, RT, OT>(w, ldw, x, ldx, i, acc);
+    }
+    if (full < in) {
+      BlockTail<V, W, RT, OT>(w, ldw, x, ldx, full, in - full, acc);
+    }
+    alignas(64) float out[16];
+    V::Reduce16(acc, out);
+    for (int t = 0; t < RT; ++t) {
+      for (int u = 0; u < OT; ++u) {
+        y[static_cast<int64_t>(t) * ldy + u] = out[t * OT + u];
+      }
     }
   }
 }
