@@ -38,8 +38,7 @@ ABSL_FLAG(double, seconds, 3, "Minimum measuring time.");
 ABSL_FLAG(std::string, kernels, "",
           "Kernel build: empty = the best bit-identical one for this CPU, or "
           "avx512amx, avx512vnni (int8 on AMX tiles / vpdpbusd; same "
-          "results), avx512, avx2, scalar, avx512bf16 (opt-in vdpbf16ps for "
-          "bf16 weights; rounds activations to bf16, not bit-identical).");
+          "results), avx512, avx2, scalar.");
 
 namespace statestream::cli {
 namespace {
@@ -131,8 +130,12 @@ double MeasureKernelPeak(const engine::Kernels& k,
   std::vector<std::thread> ts;
   for (int t = 0; t < threads; ++t) {
     ts.emplace_back([&, t] {
-      std::vector<float> w(static_cast<size_t>(kOut) * kIn, 0.01f);
-      std::vector<uint16_t> wb(w.size(), 0x3c23);  // bf16 of ~0.01
+      // Constant weights: the panel layout (kernels.h) of any shape.
+      std::vector<float> w(
+          engine::PanelPackedElems(kOut, kIn, engine::PanelStep(4)), 0.01f);
+      std::vector<uint16_t> wb(
+          engine::PanelPackedElems(kOut, kIn, engine::PanelStep(2)),
+          0x3c23);  // bf16 of ~0.01
       std::vector<int8_t> wi(engine::I8PackedBytes(kOut, kIn), 3);
       std::vector<float> scale(kOut, 0.01f), x(kRows * kIn, 0.5f);
       std::vector<int32_t> wsum(kOut, 3 * kIn);
@@ -333,8 +336,7 @@ const Command& BenchCommand() {
       "Measure engine throughput against the machine's memory bandwidth.",
       "engine --model PATH --mode decode|prefill [--batch B] [--tokens N]\n"
       "             [--dtype fp32|bf16|int8] [--threads T] [--seconds S]\n"
-      "             [--kernels avx512|avx512amx|avx512vnni|avx2|scalar|\n"
-      "              avx512bf16]\n\n"
+      "             [--kernels avx512|avx512amx|avx512vnni|avx2|scalar]\n\n"
       "Prints one JSON line: tokens_per_s (aggregate over the batch), the\n"
       "median step time, the read bandwidth measured in the same run, the\n"
       "decode roofline (weights + states read per step over that bandwidth),\n"

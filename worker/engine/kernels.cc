@@ -5,20 +5,13 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <cstring>
-#include <memory>
-
-#include "worker/engine/kernels_impl.h"
 
 namespace statestream::engine {
 
 extern const Kernels kKernelsAvx512;
 extern const Kernels kKernelsAvx2;
 extern const Kernels kKernelsScalar;
-// kernels_avx512bf16.cc
-void GemmBf16Dot(const uint16_t* w, int in, const float* x, int ldx, int rows,
-                 float* y, int ldy, int o_begin, int o_end);
 // kernels_avx512vnni.cc
 void GemmI8Vnni(const int8_t* w, const float* wscale, const int32_t* wsum,
                 int in, const uint8_t* xq, const float* xscale, int ldq,
@@ -35,9 +28,6 @@ bool HasAvx512() {
          __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") &&
          __builtin_cpu_supports("avx512dq");
-}
-bool HasAvx512Bf16() {
-  return HasAvx512() && __builtin_cpu_supports("avx512bf16");
 }
 bool HasAvx512Vnni() {
   return HasAvx512() && __builtin_cpu_supports("avx512vnni");
@@ -63,24 +53,25 @@ bool HasAvx2() {
 
 }  // namespace
 
-namespace kernels_impl {
+namespace {
 
-float* ThreadScratch(int slot, size_t floats) {
-  struct Buffer {
-    std::unique_ptr<float, decltype(&std::free)> p{nullptr, &std::free};
-    size_t size = 0;
-  };
-  static thread_local Buffer buffers[3];
-  Buffer& b = buffers[slot];
-  if (b.size < floats) {
-    const size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
-    b.p.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
-    b.size = floats;
+template <typename W>
+void PackRow(const W* row, int o, int in, W* dst) {
+  constexpr int kStep = PanelStep(sizeof(W));
+  W* p = dst + PanelOffset(o, 0, in, kStep);
+  for (int i = 0; i < in; ++i) {
+    p[static_cast<int64_t>(i / kStep) * kStep * kPanelOut + i % kStep] = row[i];
   }
-  return b.p.get();
 }
 
-}  // namespace kernels_impl
+}  // namespace
+
+void PackPanelRow(const float* row, int o, int in, float* dst) {
+  PackRow(row, o, in, dst);
+}
+void PackPanelRow(const uint16_t* row, int o, int in, uint16_t* dst) {
+  PackRow(row, o, in, dst);
+}
 
 // The AVX-512 build with gemm_i8 on vpdpbusd (bit-identical: exact integer
 // sums).
@@ -115,16 +106,6 @@ const Kernels* GetKernelsByName(const char* name) {
     return Avx512Amx();
   }
   if (std::strcmp(name, "scalar") == 0) return &kKernelsScalar;
-  if (std::strcmp(name, "avx512bf16") == 0) {
-    // The AVX-512 build with bf16 weight products on vdpbf16ps.
-    static const Kernels kBf16 = {"avx512bf16", kKernelsAvx512.gemm_f32,
-                                  &GemmBf16Dot,
-                                  HasAmxInt8()      ? &GemmI8Amx
-                                  : HasAvx512Vnni() ? &GemmI8Vnni
-                                                    : kKernelsAvx512.gemm_i8,
-                                  kKernelsAvx512.wkv7_step};
-    return HasAvx512Bf16() ? &kBf16 : nullptr;
-  }
   return nullptr;
 }
 

@@ -6,9 +6,9 @@
 // fixed sequence of fp32 operations that depends only on the element's inputs
 // — never on how many rows are processed together, where a row sits in a
 // batch, how the output range is split over threads, or which instruction set
-// runs. Dot products accumulate in 16 interleaved lanes (element i goes to lane
-// i % 16) with fused multiply-adds and end in one fixed reduction tree; the
-// AVX2 and scalar builds emulate the same 16 lanes. See docs/engine.md.
+// runs. fp32/bf16 products are one chain of fused multiply-adds per output in
+// input order (see gemm_f32); int8 products are exact integer sums. See
+// docs/engine.md and docs/engine-kernels.md.
 #ifndef STATESTREAM_WORKER_ENGINE_KERNELS_H_
 #define STATESTREAM_WORKER_ENGINE_KERNELS_H_
 
@@ -34,14 +34,51 @@ inline int64_t I8PackedOffset(int o, int i, int in) {
          (i % kI8TileIn) / 4 * 64 + o % kI8TileOut * 4 + i % 4;
 }
 
+// fp32 and bf16 weight matrices are stored packed in panels of 16 outputs
+// (kPanelOut) for the products: panel g holds outputs [16g, 16g + 16) for
+// every input, one input step after another, where a step is
+// PanelStep(sizeof(W)) inputs — 1 for fp32, 2 for bf16 (so one 64-byte
+// vector holds 16 outputs x 2 inputs and widens with a shift and a mask).
+// Element (n, j) of step s of panel g, at n * step + j within the step,
+// is w[16g + n][step * s + j]. Missing outputs (the last panel) and the
+// missing input of an odd last bf16 step are zero. One output's weights
+// are thus read in input order, and a panel's steps are one contiguous
+// stream. See docs/engine-kernels.md.
+inline constexpr int kPanelOut = 16;
+inline constexpr int PanelStep(int bytes_per_weight) {
+  return bytes_per_weight == 2 ? 2 : 1;
+}
+// Elements of one panel (all its steps) and of a whole packed matrix.
+inline int64_t PanelElems(int in, int step) {
+  return static_cast<int64_t>((in + step - 1) / step) * step * kPanelOut;
+}
+inline int64_t PanelPackedElems(int out, int in, int step) {
+  return static_cast<int64_t>((out + kPanelOut - 1) / kPanelOut) *
+         PanelElems(in, step);
+}
+inline int64_t PanelOffset(int o, int i, int in, int step) {
+  return o / kPanelOut * PanelElems(in, step) +
+         static_cast<int64_t>(i / step) * step * kPanelOut +
+         o % kPanelOut * step + i % step;
+}
+// Writes row `o` (`in` values, row-major [out][in] layout's row o) of a
+// matrix into its panel-packed copy `dst` (PanelPackedElems elements; the
+// padding must be zeroed by the caller).
+void PackPanelRow(const float* row, int o, int in, float* dst);
+void PackPanelRow(const uint16_t* row, int o, int in, uint16_t* dst);
+
 struct Kernels {
-  // "avx512", "avx512+amx", "avx512+vnni", "avx2", "scalar", or the opt-in
-  // "avx512bf16".
+  // "avx512", "avx512+amx", "avx512+vnni", "avx2" or "scalar".
   const char* name;
 
-  // y[t*ldy + o] = sum_i w[o*in + i] * x[t*ldx + i] for t < rows and
-  // o in [o_begin, o_end). `w` is row-major [out][in] (PyTorch Linear layout),
-  // fp32 or bf16 (upper half of an fp32).
+  // y[t*ldy + o] = sum_i w[o][i] * x[t*ldx + i] for t < rows and
+  // o in [o_begin, o_end), with `w` panel-packed (above), fp32 or bf16
+  // (upper half of an fp32, widened exactly). Each output is one chain of
+  // fused multiply-adds in input order starting from +0:
+  //   acc = +0; for i in [0, in): acc = fma(w[o][i], x[t][i], acc)
+  // so its bits depend on nothing but its own row and weights, and a bf16
+  // matrix gives exactly the products of its fp32 widening. o_begin is a
+  // multiple of 16.
   void (*gemm_f32)(const float* w, int in, const float* x, int ldx, int rows,
                    float* y, int ldy, int o_begin, int o_end);
   void (*gemm_bf16)(const uint16_t* w, int in, const float* x, int ldx,
@@ -78,11 +115,6 @@ const Kernels& GetKernels();
 // tiles from 16 rows where the CPU has AMX-INT8 ("avx512+amx"), else on
 // vpdpbusd where it has AVX512_VNNI ("avx512+vnni") — exact integer sums,
 // bit-identical to the others; "avx512amx" / "avx512vnni" ask for them.
-// "avx512bf16" is never chosen by GetKernels(): it is
-// the AVX-512 build with gemm_bf16 on vdpbf16ps, which rounds the
-// activations to bf16 and so is NOT bit-identical to the other builds (nor
-// within the golden tolerance); it keeps the batch/thread independence of
-// each row. See docs/engine-kernels.md.
 const Kernels* GetKernelsByName(const char* name);
 
 }  // namespace statestream::engine

@@ -16,12 +16,10 @@ inline __m256i Mask8(int n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx);
 }
 
-inline __m256 WidenBF16(__m128i h) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
 struct V {
   __m256 lo, hi;  // lanes 0..7 and 8..15
+  // 8 accumulator and 4 weight registers of 16.
+  static constexpr int kRows = 4, kPanels = 1;
   static V Zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
   static V Set1(float f) { return {_mm256_set1_ps(f), _mm256_set1_ps(f)}; }
   static V Load(const float* p) {
@@ -31,15 +29,20 @@ struct V {
     return {_mm256_maskload_ps(p, Mask8(n)),
             _mm256_maskload_ps(p + 8, Mask8(n - 8))};
   }
-  static V LoadBF16(const uint16_t* p) {
-    return {
-        WidenBF16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
-        WidenBF16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)))};
-  }
-  static V LoadBF16Partial(const uint16_t* p, int n) {
-    alignas(32) uint16_t buf[16] = {};
-    for (int i = 0; i < n && i < 16; ++i) buf[i] = p[i];
-    return LoadBF16(buf);
+  static V LoadStep(const float* p, int) { return Load(p); }
+  // Outputs 0-7 x 2 inputs, then outputs 8-15: input 0 in the low half of
+  // each 32-bit lane (shifted up), input 1 in the high half (masked).
+  static V LoadStep(const uint16_t* p, int s) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __m256i b =
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16));
+    if (s == 0) {
+      return {_mm256_castsi256_ps(_mm256_slli_epi32(a, 16)),
+              _mm256_castsi256_ps(_mm256_slli_epi32(b, 16))};
+    }
+    const __m256i hi = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+    return {_mm256_castsi256_ps(_mm256_and_si256(a, hi)),
+            _mm256_castsi256_ps(_mm256_and_si256(b, hi))};
   }
   static V Fma(V a, V b, V c) {
     return {_mm256_fmadd_ps(a.lo, b.lo, c.lo),

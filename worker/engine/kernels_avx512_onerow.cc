@@ -1,12 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 // The AVX-512 bf16 product for one row (decode), compiled apart with
-// -mtune=skylake-avx512 (model.cmake). GCC's generic tuning schedules
-// OneRowBlock's four widening loads ahead of their products and prefetches;
-// the AVX-512 tuning interleaves them, and one-row bf16 products stream
-// 30-34 GB/s on two threads instead of 27-29. The tuning changes no
-// arithmetic: this is kernels_impl::Gemm, bit for bit. The same tuning for
-// the whole AVX-512 file made 32-row and prefill products 2-6 % slower, so
-// only this entry point has it.
+// -mtune=skylake-avx512 (model.cmake). GCC's generic tuning schedules the
+// one-row block's loads, widening and FMAs in batches; the AVX-512 tuning
+// interleaves them, and 0.1B bf16 decode runs 2-4 % faster. The tuning
+// changes no arithmetic: this is kernels_impl::Gemm, bit for bit. The same
+// tuning for the whole AVX-512 file made batched products slower, so only
+// this entry point has it (docs/engine-kernels.md "One-row bf16").
 #include "worker/engine/kernels_avx512_v.h"
 #include "worker/engine/kernels_impl.h"
 

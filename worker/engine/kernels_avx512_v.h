@@ -18,6 +18,9 @@ namespace {
 
 struct V {
   __m512 v;
+  // 24 accumulators, 3 widened weight vectors, a broadcast and the mask
+  // of 32 zmm.
+  static constexpr int kRows = 8, kPanels = 3;
   static V Zero() { return {_mm512_setzero_ps()}; }
   static V Set1(float f) { return {_mm512_set1_ps(f)}; }
   static V Load(const float* p) { return {_mm512_loadu_ps(p)}; }
@@ -27,15 +30,15 @@ struct V {
   static V LoadPartial(const float* p, int n) {
     return {_mm512_maskz_loadu_ps(Mask(n), p)};
   }
-  static V Widen(__m256i h) {
-    return {
-        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))};
-  }
-  static V LoadBF16(const uint16_t* p) {
-    return Widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  }
-  static V LoadBF16Partial(const uint16_t* p, int n) {
-    return Widen(_mm256_maskz_loadu_epi16(Mask(n), p));
+  static V LoadStep(const float* p, int) { return Load(p); }
+  // 16 outputs x 2 inputs: input 0 in the low half of each 32-bit lane
+  // (shifted up), input 1 in the high half (masked).
+  static V LoadStep(const uint16_t* p, int s) {
+    const __m512i b = _mm512_loadu_si512(p);
+    return {_mm512_castsi512_ps(
+        s == 0 ? _mm512_slli_epi32(b, 16)
+               : _mm512_and_si512(
+                     b, _mm512_set1_epi32(static_cast<int>(0xffff0000u))))};
   }
   static V Fma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
   static V Mul(V a, V b) { return {_mm512_mul_ps(a.v, b.v)}; }

@@ -13,6 +13,7 @@ namespace {
 
 struct V {
   float l[16];
+  static constexpr int kRows = 4, kPanels = 1;
   static V Zero() { return {}; }
   static V Set1(float f) {
     V r;
@@ -35,10 +36,10 @@ struct V {
     std::memcpy(&f, &u, 4);
     return f;
   }
-  static V LoadBF16(const uint16_t* p) { return LoadBF16Partial(p, 16); }
-  static V LoadBF16Partial(const uint16_t* p, int n) {
-    V r = {};
-    for (int i = 0; i < n && i < 16; ++i) r.l[i] = FromBF16(p[i]);
+  static V LoadStep(const float* p, int) { return Load(p); }
+  static V LoadStep(const uint16_t* p, int s) {
+    V r;
+    for (int n = 0; n < 16; ++n) r.l[n] = FromBF16(p[2 * n + s]);
     return r;
   }
   static V Fma(const V& a, const V& b, const V& c) {

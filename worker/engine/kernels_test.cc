@@ -31,6 +31,23 @@ uint16_t ToBF16(float f) {
   return static_cast<uint16_t>(u >> 16);
 }
 
+float FromBF16(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// A row-major [out][in] matrix packed in the kernels' panels (kernels.h).
+template <typename T>
+std::vector<T> Packed(const std::vector<T>& w, int out, int in) {
+  std::vector<T> p(PanelPackedElems(out, in, PanelStep(sizeof(T))), T{});
+  for (int o = 0; o < out; ++o) {
+    PackPanelRow(w.data() + static_cast<size_t>(o) * in, o, in, p.data());
+  }
+  return p;
+}
+
 // Random int8 weights over the quantizer's range [-127, 127] and positive
 // per-row scales, with each row's sum.
 struct I8Weights {
@@ -210,6 +227,60 @@ TEST(KernelsTest, LayerNormMatchesTheDefinitionAtEveryLength) {
   }
 }
 
+// The definition of gemm_f32 / gemm_bf16: per output, one chain of fused
+// multiply-adds in input order from +0 — bit for bit in every build, at
+// every input count (odd ones end a bf16 panel step halfway), for ragged
+// output ranges and any number of rows; a bf16 matrix gives exactly the
+// products of its fp32 widening.
+TEST(KernelsTest, GemmIsTheFmaChainInInputOrderInEveryBuild) {
+  for (int in : {1, 2, 3, 15, 16, 17, 63, 100, 767, 768}) {
+    for (int rows : {1, 2, 3, 5, 8, 9, 17, 33}) {
+      const int out = 53;
+      auto w = Random(static_cast<size_t>(out) * in, in);
+      std::vector<uint16_t> wb(w.size());
+      for (size_t i = 0; i < w.size(); ++i) {
+        wb[i] = ToBF16(w[i]);
+        if (i % 7 == 0) w[i] = FromBF16(wb[i]);  // some exact bf16 values
+      }
+      std::vector<float> wide(w.size());
+      for (size_t i = 0; i < w.size(); ++i) wide[i] = FromBF16(wb[i]);
+      const auto pw = Packed(w, out, in);
+      const auto pb = Packed(wb, out, in);
+      auto x = Random(static_cast<size_t>(rows) * in, rows + 200);
+      auto chain = [&](const std::vector<float>& m) {
+        std::vector<float> y(static_cast<size_t>(rows) * out);
+        for (int t = 0; t < rows; ++t) {
+          for (int o = 0; o < out; ++o) {
+            float acc = 0.0f;
+            for (int i = 0; i < in; ++i) {
+              acc = std::fma(m[static_cast<size_t>(o) * in + i],
+                             x[static_cast<size_t>(t) * in + i], acc);
+            }
+            y[static_cast<size_t>(t) * out + o] = acc;
+          }
+        }
+        return y;
+      };
+      const std::vector<float> want_f32 = chain(w), want_bf16 = chain(wide);
+      for (const char* name :
+           {"scalar", "avx2", "avx512", "avx512vnni", "avx512amx"}) {
+        const Kernels* k = GetKernelsByName(name);
+        if (k == nullptr) continue;
+        std::vector<float> y(want_f32.size(), -1.0f);
+        k->gemm_f32(pw.data(), in, x.data(), in, rows, y.data(), out, 0, 16);
+        k->gemm_f32(pw.data(), in, x.data(), in, rows, y.data(), out, 16, out);
+        EXPECT_EQ(0, std::memcmp(y.data(), want_f32.data(), y.size() * 4))
+            << name << " f32 in=" << in << " rows=" << rows;
+        y.assign(y.size(), -1.0f);
+        k->gemm_bf16(pb.data(), in, x.data(), in, rows, y.data(), out, 0, 32);
+        k->gemm_bf16(pb.data(), in, x.data(), in, rows, y.data(), out, 32, out);
+        EXPECT_EQ(0, std::memcmp(y.data(), want_bf16.data(), y.size() * 4))
+            << name << " bf16 in=" << in << " rows=" << rows;
+      }
+    }
+  }
+}
+
 // The definition: the exact integer dot product, then two multiplications.
 TEST(KernelsTest, GemmI8IsExactIntegerProductInEveryBuild) {
   for (int in : {1, 15, 16, 17, 63, 64, 65, 100, 768}) {
@@ -228,8 +299,8 @@ TEST(KernelsTest, GemmI8IsExactIntegerProductInEveryBuild) {
           ref[t * out + o] = static_cast<float>(dot) * xq.scale[t] * w.scale[o];
         }
       }
-      for (const char* name : {"scalar", "avx2", "avx512", "avx512vnni",
-                               "avx512amx", "avx512bf16"}) {
+      for (const char* name :
+           {"scalar", "avx2", "avx512", "avx512vnni", "avx512amx"}) {
         const Kernels* k = GetKernelsByName(name);
         if (k == nullptr) continue;
         std::vector<float> y(ref.size(), -1.0f);
@@ -248,12 +319,12 @@ TEST(KernelsTest, GemmI8IsExactIntegerProductInEveryBuild) {
 }
 
 // A row's result must not depend on how many rows share the call, where it
-// sits among them, or how the outputs are split: the blocked paths (4-row
-// blocks, 3/2/1-row remainders, bf16 and int8 rows widened once per tile
-// from 16 rows up) must all equal the one-row product bit for bit.
-// in = 100: a partial 16-lane step; 300: many steps and a partial one;
-// 1100: wide enough for the many-row panels (kernels_impl.h GemmPanels):
-// three input chunks, the last with a partial step.
+// sits among them, or how the outputs are split: the blocked paths (row
+// blocks and their remainders, panel groups and single panels, the row
+// chunks of wide inputs, int8's AMX tiles from 16 rows up) must all equal
+// the one-row product bit for bit. in = 100, 300: short and long rows;
+// 7001: rows too wide for more than one 8-row block per chunk, and an odd
+// input count.
 class GemmRowTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(GemmRowTest, RowIsIndependentOfBatchAndSplit) {
@@ -261,26 +332,26 @@ TEST_P(GemmRowTest, RowIsIndependentOfBatchAndSplit) {
   auto w = Random(static_cast<size_t>(out) * in, 5);
   std::vector<uint16_t> wb(w.size());
   for (size_t i = 0; i < w.size(); ++i) wb[i] = ToBF16(w[i]);
+  const auto pw = Packed(w, out, in);
+  const auto pb = Packed(wb, out, in);
   const int max_rows = 40;
   const int ldx = in + 3, ldy = out + 5;  // strides wider than the rows
   const I8Weights wi = RandomI8(out, in, 7);
   auto x = Random(static_cast<size_t>(max_rows) * ldx, 6);
   for (const char* name :
-       {"scalar", "avx2", "avx512", "avx512vnni", "avx512amx", "avx512bf16"}) {
+       {"scalar", "avx2", "avx512", "avx512vnni", "avx512amx"}) {
     const Kernels* k = GetKernelsByName(name);
     if (k == nullptr) continue;
     for (const char* type : {"f32", "bf16", "i8"}) {
       auto run = [&](const float* xs, int rows, float* y, int ob, int oe) {
         if (type[0] == 'b') {
-          k->gemm_bf16(wb.data(), in, xs, ldx, rows, y, ldy, ob, oe);
+          k->gemm_bf16(pb.data(), in, xs, ldx, rows, y, ldy, ob, oe);
         } else if (type[0] == 'i') {
           const I8Rows q = Quantize(xs, ldx, rows, in);
-          // int8 ranges start at a group of 16 (kernels.h).
-          const int ib = ob / kI8TileOut * kI8TileOut;
           k->gemm_i8(wi.packed.data(), wi.scale.data(), wi.sum.data(), in,
-                     q.q.data(), q.scale.data(), q.ldq, rows, y, ldy, ib, oe);
+                     q.q.data(), q.scale.data(), q.ldq, rows, y, ldy, ob, oe);
         } else {
-          k->gemm_f32(w.data(), in, xs, ldx, rows, y, ldy, ob, oe);
+          k->gemm_f32(pw.data(), in, xs, ldx, rows, y, ldy, ob, oe);
         }
       };
       // One row at a time: the reference.
@@ -293,8 +364,9 @@ TEST_P(GemmRowTest, RowIsIndependentOfBatchAndSplit) {
           if (first + rows > max_rows) continue;
           std::vector<float> y(static_cast<size_t>(rows) * ldy, -1.0f);
           const float* xs = &x[static_cast<size_t>(first) * ldx];
-          run(xs, rows, y.data(), 0, 13);  // split the outputs unevenly
-          run(xs, rows, y.data(), 13, out);
+          // Split the outputs unevenly (ranges start at a panel).
+          run(xs, rows, y.data(), 0, 16);
+          run(xs, rows, y.data(), 16, out);
           for (int t = 0; t < rows; ++t) {
             ASSERT_EQ(0, std::memcmp(&y[t * ldy], &single[(first + t) * ldy],
                                      out * sizeof(float)))
@@ -308,10 +380,8 @@ TEST_P(GemmRowTest, RowIsIndependentOfBatchAndSplit) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Widths, GemmRowTest,
-                         ::testing::Values(100, 300, 1100));
+                         ::testing::Values(100, 300, 7001));
 
-// vdpbf16ps rounds the activations to bf16: close to the exact product of
-// the rounded inputs, not bit-identical to the fp32 builds.
 // MatMuls runs several products (int8, fp32 and bf16 matrices of different
 // shapes; rows on both sides of the AMX and pool-quantization thresholds)
 // in one hand-off: each output is exactly MatMul's for that product, alone,
@@ -325,13 +395,18 @@ TEST(KernelsTest, MatMulsEqualsSeparateMatMuls) {
     m.rows = shapes[j][0];
     m.cols = shapes[j][1];
     if (j == 2) {  // fp32
-      m.f32_storage = Random(static_cast<size_t>(m.rows) * m.cols, j);
+      m.f32_storage = Packed(Random(static_cast<size_t>(m.rows) * m.cols, j),
+                             m.rows, m.cols);
       m.f32 = m.f32_storage.data();
+      m.panels = true;
     } else if (j == 3) {  // bf16
+      std::vector<uint16_t> wb;
       for (float f : Random(static_cast<size_t>(m.rows) * m.cols, j)) {
-        m.bf16_storage.push_back(ToBF16(f));
+        wb.push_back(ToBF16(f));
       }
+      m.bf16_storage = Packed(wb, m.rows, m.cols);
       m.bf16 = m.bf16_storage.data();
+      m.panels = true;
     } else {
       I8Weights w = RandomI8(m.rows, m.cols, j);
       m.i8_storage = std::move(w.packed);
@@ -358,42 +433,6 @@ TEST(KernelsTest, MatMulsEqualsSeparateMatMuls) {
       ASSERT_EQ(0, std::memcmp(want[j].data(), got[j].data(),
                                want[j].size() * sizeof(float)))
           << "rows " << rows << " product " << j;
-    }
-  }
-}
-
-TEST(KernelsTest, Bf16DotMatchesRoundedReference) {
-  const Kernels* k = GetKernelsByName("avx512bf16");
-  if (k == nullptr) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
-  EXPECT_STRNE(GetKernels().name, "avx512bf16")
-      << "the bf16-dot build must never be the default";
-  for (int in : {1, 31, 32, 33, 100, 512}) {
-    const int rows = 5, out = 21;
-    auto w = Random(static_cast<size_t>(out) * in, in + 1);
-    auto x = Random(static_cast<size_t>(rows) * in, in + 2);
-    std::vector<uint16_t> wb(w.size());
-    for (size_t i = 0; i < w.size(); ++i) wb[i] = ToBF16(w[i]);
-    std::vector<float> y(static_cast<size_t>(rows) * out);
-    k->gemm_bf16(wb.data(), in, x.data(), in, rows, y.data(), out, 0, out);
-    for (int t = 0; t < rows; ++t) {
-      for (int o = 0; o < out; ++o) {
-        double d = 0, mag = 0;
-        for (int i = 0; i < in; ++i) {
-          uint32_t wu = uint32_t{wb[o * in + i]} << 16;
-          float wf;
-          std::memcpy(&wf, &wu, 4);
-          // Round x to nearest even bf16, as vcvtne2ps2bf16 does.
-          uint32_t xu;
-          std::memcpy(&xu, &x[t * in + i], 4);
-          xu = (xu + 0x7fff + ((xu >> 16) & 1)) & 0xffff0000u;
-          float xf;
-          std::memcpy(&xf, &xu, 4);
-          d += double(wf) * xf;
-          mag += std::fabs(double(wf) * xf);
-        }
-        EXPECT_NEAR(y[t * out + o], d, 1e-6 * mag + 1e-7)
-            << "in=" << in << " t=" << t << " o=" << o;
-      }
     }
   }
 }

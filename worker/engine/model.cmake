@@ -18,7 +18,6 @@ add_library(ss_engine
   kernels.cc
   kernels_avx512.cc
   kernels_avx512_onerow.cc
-  kernels_avx512bf16.cc
   kernels_avx512vnni.cc
   kernels_amx.cc
   kernels_avx2.cc
@@ -37,8 +36,6 @@ set_source_files_properties(kernels_avx512.cc PROPERTIES COMPILE_OPTIONS
 # (GCC 12 flags its own _mm512_undefined_ps() inside the intrinsic headers.)
 set_source_files_properties(kernels_avx512_onerow.cc PROPERTIES COMPILE_OPTIONS
   "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mfma;-mtune=skylake-avx512;-Wno-uninitialized;-Wno-maybe-uninitialized")
-set_source_files_properties(kernels_avx512bf16.cc PROPERTIES COMPILE_OPTIONS
-  "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mavx512bf16;-mfma;-Wno-uninitialized;-Wno-maybe-uninitialized")
 set_source_files_properties(kernels_avx512vnni.cc PROPERTIES COMPILE_OPTIONS
   "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mavx512vnni;-Wno-uninitialized;-Wno-maybe-uninitialized")
 set_source_files_properties(kernels_amx.cc PROPERTIES COMPILE_OPTIONS

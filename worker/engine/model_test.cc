@@ -332,47 +332,6 @@ TEST(ModelTest, Int8WeightsAreDeterministicAndClose) {
   }
 }
 
-// The opt-in vdpbf16ps build: not bit-identical to the default kernels (it
-// rounds activations to bf16), but every row is still independent of
-// chunking, batching and threads, and the logits stay close to the default
-// build's (docs/engine-kernels.md has the measured error).
-TEST(ModelTest, Bf16DotKernelsAreDeterministicAndClose) {
-  SS_REQUIRE_SHARED_DATA();
-  if (GetKernelsByName("avx512bf16") == nullptr) {
-    GTEST_SKIP() << "no AVX512_BF16 on this CPU";
-  }
-  const char* file = "testdata/rwkv7-tiny-bf16.pth";
-  auto base = Load(file, Opts(1, "avx512bf16"));
-  auto exact = Load(file, Opts(1, ""));
-  ASSERT_TRUE(base && exact);
-  std::vector<int32_t> tokens =
-      RandomTokens(150, base->info().config.vocab_size, 7);
-  FeedResult ref = Feed(*base, tokens, 1, false);
-  for (size_t chunk : {3, 64, 150}) {
-    ExpectBitIdentical(ref, Feed(*base, tokens, chunk, true),
-                       "bf16 dot, batched, chunk " + std::to_string(chunk));
-  }
-  auto threaded = Load(file, Opts(2, "avx512bf16"));
-  ASSERT_NE(threaded, nullptr);
-  ExpectBitIdentical(ref, Feed(*threaded, tokens, 17, true),
-                     "bf16 dot, 2 threads");
-  FeedResult want = Feed(*exact, tokens, 64, false);
-  double max_err = 0;
-  int argmax_got = 0, argmax_want = 0;
-  for (size_t i = 0; i < want.logits.size(); ++i) {
-    max_err =
-        std::max<double>(max_err, std::fabs(ref.logits[i] - want.logits[i]));
-    if (ref.logits[i] > ref.logits[argmax_got]) argmax_got = i;
-    if (want.logits[i] > want.logits[argmax_want]) argmax_want = i;
-  }
-  EXPECT_LT(max_err, 0.1) << "max logit error after 150 tokens";
-  EXPECT_EQ(argmax_got, argmax_want);
-  std::printf(
-      "bf16 dot vs fp32 products: max logit error %.4g after %zu "
-      "tokens\n",
-      max_err, tokens.size());
-}
-
 TEST(ModelTest, BadInputChangesNothing) {
   SS_REQUIRE_SHARED_DATA();
   auto m = Load("testdata/rwkv7-tiny.pth");

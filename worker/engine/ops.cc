@@ -200,6 +200,7 @@ namespace {
 int OutputTile(const Matrix& m, int rows) {
   if (m.i8 != nullptr && rows >= 16) return 256;
   if (m.bf16 != nullptr && rows == 1 && m.rows >= 2048) return 256;
+  if (m.i8 == nullptr && rows > 1 && m.rows >= 384) return 96;
   return m.rows >= 256 ? 64 : 16;
 }
 

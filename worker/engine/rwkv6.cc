@@ -180,17 +180,14 @@ absl::Status Rwkv6::Init(WeightLoader& ld) {
     std::vector<float> all;
     SS_RETURN_IF_ERROR(ld.Vector(w2, int64_t{kMixes} * dm * C, &all));
     for (int f = 0; f < kMixes; ++f) {
-      Matrix& mt = L.maa_w2[f];
-      mt.rows = C;
-      mt.cols = dm;
-      mt.f32_storage.resize(static_cast<size_t>(C) * dm);
+      std::vector<float> mt(static_cast<size_t>(C) * dm);
       for (int i = 0; i < dm; ++i) {
         for (int o = 0; o < C; ++o) {
-          mt.f32_storage[static_cast<size_t>(o) * dm + i] =
+          mt[static_cast<size_t>(o) * dm + i] =
               all[(static_cast<size_t>(f) * dm + i) * C + o];
         }
       }
-      mt.f32 = mt.f32_storage.data();
+      ld.Adopt(std::move(mt), C, dm, &L.maa_w2[f]);
     }
     SS_RETURN_IF_ERROR(ld.Vector(a + "time_decay", C, &L.decay));
     SS_RETURN_IF_ERROR(

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "worker/engine/huge_pages.h"
+#include "worker/engine/kernels.h"
 #include "worker/engine/weight_loader.h"
 #include "worker/engine/weight_writer.h"
 
@@ -139,13 +140,37 @@ TEST(WeightArenaTest, LoadedMatricesOwnTheirArena) {
   ASSERT_NE(m.f32, nullptr);
   ASSERT_NE(m.arena, nullptr);
   EXPECT_EQ(Addr(m.f32) % 64, 0u);
-  EXPECT_EQ(m.f32[131], 131.0f);
+  // Packed for the kernels (kernels.h): w[1][1] is step 1 of panel 0, and
+  // the 6 rows fill one panel of 16 (the rest zero).
+  ASSERT_TRUE(m.panels);
+  EXPECT_EQ(m.f32[PanelOffset(1, 1, 130, PanelStep(4))], 131.0f);
+  EXPECT_EQ(m.f32[PanelOffset(5, 129, 130, PanelStep(4))], 5.0f * 130 + 129);
+  EXPECT_EQ(m.f32[PanelOffset(6, 0, 130, PanelStep(4))], 0.0f);
+  EXPECT_EQ(m.bytes(), sizeof(float) * 16 * 130);
+  float mrow[130];
+  m.ReadRow(5, mrow);
+  EXPECT_EQ(mrow[129], 5.0f * 130 + 129);
+  // Row-major as in the file where asked (the CUDA backend).
+  {
+    auto again = WeightFile::Open(path + ".f32");
+    ASSERT_TRUE(again.ok()) << again.status();
+    WeightLoader ld(std::move(*again), WeightPrecision::kAsStored,
+                    MatrixLayout::kRowMajor);
+    Matrix r;
+    ASSERT_TRUE(ld.Mat("m", 6, 130, &r).ok());
+    EXPECT_FALSE(r.panels);
+    EXPECT_EQ(r.f32[131], 131.0f);
+    EXPECT_EQ(r.bytes(), sizeof(float) * 6 * 130);
+  }
   // The bf16 LoRA-style factor stays bf16, transposed: t[c][r] = b[r][c].
   ASSERT_NE(t.bf16, nullptr);
   ASSERT_NE(t.arena, nullptr);
+  EXPECT_TRUE(t.panels);
   float row[130];
   t.ReadRow(1, row);
   EXPECT_EQ(row[2], 2.0f * 6 + 1);
+  t.ReadRow(5, row);
+  EXPECT_EQ(row[41], 41.0f * 6 + 5);  // exact in bf16
 }
 
 }  // namespace

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -44,12 +46,12 @@ void ReleaseSource(const TensorView& t) {
   }
 }
 
-// Copies the 2-D tensor `t` into out[rows * cols] as T (fp32 or bf16),
-// a slice of rows at a time, dropping each slice's file pages once copied
-// so the file and the copy are never both resident.
-template <typename T>
-void CopyReleasing(const TensorView& t, T* out) {
-  const int64_t rows = t.shape[0], cols = t.shape[1];
+// Calls fn(first_row, slice) for slices of ~8 MB of the 2-D tensor `t`'s
+// rows, then drops the slice's file pages, so the file and the copy are
+// never both resident.
+template <typename F>
+void ForSlicesReleasing(const TensorView& t, F fn) {
+  const int64_t rows = t.shape[0];
   const size_t row_bytes =
       static_cast<size_t>(t.strides[0]) * DTypeSize(t.dtype);
   const int64_t slice =
@@ -58,15 +60,19 @@ void CopyReleasing(const TensorView& t, T* out) {
     TensorView part = t;
     part.shape[0] = std::min(slice, rows - r);
     part.data = t.data + static_cast<size_t>(r) * row_bytes;
-    T* dst = out + r * cols;
-    if constexpr (sizeof(T) == 4) {
-      ReadAsF32(part, dst);
-    } else {
-      ReadAsBF16(part, dst);
-    }
+    fn(r, part);
     if (t.contiguous()) {
       ReleaseRange(part.data, static_cast<size_t>(part.shape[0]) * row_bytes);
     }
+  }
+}
+
+template <typename T>
+void ReadAs(const TensorView& t, T* out) {
+  if constexpr (sizeof(T) == 4) {
+    ReadAsF32(t, out);
+  } else {
+    ReadAsBF16(t, out);
   }
 }
 
@@ -76,6 +82,31 @@ template <typename T>
 T* WeightLoader::Allocate(int64_t n, Matrix* out) {
   out->arena = arena_;
   return static_cast<T*>(arena_->Allocate(static_cast<size_t>(n) * sizeof(T)));
+}
+
+template <typename T>
+void WeightLoader::CopyMatrix(const TensorView& t, T* dst, Matrix* out) {
+  const int cols = out->cols;
+  out->panels = layout_ == MatrixLayout::kPanels;
+  if (!out->panels) {
+    ForSlicesReleasing(t, [&](int64_t r, const TensorView& part) {
+      T* rows = dst + r * cols;
+      ReadAs(part, rows);
+      HashValues(rows, part.numel());
+    });
+    return;
+  }
+  const int step = PanelStep(sizeof(T));
+  std::memset(dst, 0, sizeof(T) * PanelPackedElems(out->rows, cols, step));
+  std::vector<T> buf;
+  ForSlicesReleasing(t, [&](int64_t r, const TensorView& part) {
+    buf.resize(part.numel());
+    ReadAs(part, buf.data());
+    HashValues(buf.data(), part.numel());
+    for (int64_t i = 0; i < part.shape[0]; ++i) {
+      PackPanelRow(buf.data() + i * cols, static_cast<int>(r + i), cols, dst);
+    }
+  });
 }
 
 void WeightLoader::Quantize(int rows, int cols,
@@ -110,15 +141,17 @@ void WeightLoader::Quantize(int rows, int cols,
 }
 
 void Matrix::ReadRow(int r, float* out) const {
-  const int64_t base = static_cast<int64_t>(r) * cols;
-  if (f32 != nullptr) {
-    std::memcpy(out, f32 + base, sizeof(float) * cols);
-  } else if (i8 != nullptr) {
+  if (i8 != nullptr) {
     for (int i = 0; i < cols; ++i) {
       out[i] = i8[I8PackedOffset(r, i, cols)] * scale[r];
     }
-  } else {
-    for (int i = 0; i < cols; ++i) out[i] = BF16ToF32(bf16[base + i]);
+    return;
+  }
+  const int step = PanelStep(f32 != nullptr ? 4 : 2);
+  for (int i = 0; i < cols; ++i) {
+    const int64_t at = panels ? PanelOffset(r, i, cols, step)
+                              : static_cast<int64_t>(r) * cols + i;
+    out[i] = f32 != nullptr ? f32[at] : BF16ToF32(bf16[at]);
   }
 }
 
@@ -130,15 +163,19 @@ const void* Matrix::data() const {
 
 size_t Matrix::bytes() const {
   if (i8 != nullptr) return static_cast<size_t>(I8PackedBytes(rows, cols));
-  if (f32 != nullptr) return sizeof(float) * rows * static_cast<size_t>(cols);
-  if (bf16 != nullptr)
-    return sizeof(uint16_t) * rows * static_cast<size_t>(cols);
-  return 0;
+  if (f32 == nullptr && bf16 == nullptr) return 0;
+  const size_t size = f32 != nullptr ? sizeof(float) : sizeof(uint16_t);
+  const int64_t elems = panels ? PanelPackedElems(rows, cols, PanelStep(size))
+                               : static_cast<int64_t>(rows) * cols;
+  return size * static_cast<size_t>(elems);
 }
 
 WeightLoader::WeightLoader(std::shared_ptr<const WeightFile> file,
-                           WeightPrecision precision)
-    : file_(std::move(file)), precision_(precision), hash_(XXH3_createState()) {
+                           WeightPrecision precision, MatrixLayout layout)
+    : file_(std::move(file)),
+      precision_(precision),
+      layout_(layout),
+      hash_(XXH3_createState()) {
   XXH3_128bits_reset(hash_);
 }
 
@@ -167,21 +204,21 @@ absl::StatusOr<const TensorView*> WeightLoader::Get(
   return t;
 }
 
-void WeightLoader::Hash(absl::string_view name,
-                        const std::vector<int64_t>& shape, const float* f32,
-                        const uint16_t* bf16, int64_t n) {
+void WeightLoader::HashHeader(absl::string_view name,
+                              const std::vector<int64_t>& shape) {
   XXH3_128bits_update(hash_, name.data(), name.size());
   for (int64_t d : shape) XXH3_128bits_update(hash_, &d, sizeof(d));
-  if (f32 != nullptr) {
-    XXH3_128bits_update(hash_, f32, sizeof(float) * n);
-    return;
-  }
-  // Hash bf16 weights by their fp32 values, so a model has one fingerprint
-  // whether its exact values come from a bf16 or an fp32 file.
+}
+
+void WeightLoader::HashValues(const float* v, int64_t n) {
+  XXH3_128bits_update(hash_, v, sizeof(float) * n);
+}
+
+void WeightLoader::HashValues(const uint16_t* v, int64_t n) {
   float buf[4096];
   for (int64_t i = 0; i < n; i += 4096) {
-    int64_t m = n - i < 4096 ? n - i : 4096;
-    for (int64_t j = 0; j < m; ++j) buf[j] = BF16ToF32(bf16[i + j]);
+    const int64_t m = n - i < 4096 ? n - i : 4096;
+    for (int64_t j = 0; j < m; ++j) buf[j] = BF16ToF32(v[i + j]);
     XXH3_128bits_update(hash_, buf, sizeof(float) * m);
   }
 }
@@ -209,7 +246,8 @@ absl::Status WeightLoader::Vector(absl::string_view name, int64_t numel,
   out->resize(numel);
   ReadAsF32(*t, out->data());
   params_ += numel;
-  Hash(name, {numel}, out->data(), nullptr, numel);
+  HashHeader(name, {numel});
+  HashValues(out->data(), numel);
   return absl::OkStatus();
 }
 
@@ -249,17 +287,20 @@ absl::Status WeightLoader::Mat(absl::string_view name, int rows, int cols,
       precision_ == WeightPrecision::kBF16 ||
       (precision_ == WeightPrecision::kAsStored && t->dtype == DType::kBF16);
   // A copy in the arena, never a view of the file: see weight_arena.h.
+  const bool panels = layout_ == MatrixLayout::kPanels;
+  HashHeader(name, {rows, cols});
   if (want_bf16) {
-    uint16_t* dst = Allocate<uint16_t>(n, out);
-    CopyReleasing(*t, dst);
+    uint16_t* dst = Allocate<uint16_t>(
+        panels ? PanelPackedElems(rows, cols, PanelStep(2)) : n, out);
+    CopyMatrix(*t, dst, out);
     out->bf16 = dst;
   } else {
-    float* dst = Allocate<float>(n, out);
-    CopyReleasing(*t, dst);
+    float* dst = Allocate<float>(
+        panels ? PanelPackedElems(rows, cols, PanelStep(4)) : n, out);
+    CopyMatrix(*t, dst, out);
     out->f32 = dst;
   }
   params_ += n;
-  Hash(name, {rows, cols}, out->f32, out->bf16, n);
   return absl::OkStatus();
 }
 
@@ -285,31 +326,65 @@ absl::Status WeightLoader::MatT(absl::string_view name, int rows, int cols,
   }
   out->rows = cols;
   out->cols = rows;
-  // dst[c][r] = tmp[r][c], as T.
+  out->panels = layout_ == MatrixLayout::kPanels;
+  // dst = tmp transposed (row c of dst: column c of tmp), as T, in the
+  // layout.
   auto transpose = [&](auto* dst, auto convert) {
-    for (int r = 0; r < rows; ++r) {
-      for (int c = 0; c < cols; ++c) {
-        dst[static_cast<int64_t>(c) * rows + r] =
-            convert(tmp[static_cast<int64_t>(r) * cols + c]);
+    using T = std::remove_pointer_t<decltype(dst)>;
+    std::vector<T> row(rows);
+    for (int c = 0; c < cols; ++c) {
+      for (int r = 0; r < rows; ++r) {
+        row[r] = convert(tmp[static_cast<int64_t>(r) * cols + c]);
+      }
+      if (out->panels) {
+        PackPanelRow(row.data(), c, rows, dst);
+      } else {
+        std::copy(row.begin(), row.end(), dst + static_cast<int64_t>(c) * rows);
       }
     }
+  };
+  // Elements of the copy in the layout, zeroed (the panels' padding).
+  auto elems = [&](int bytes_per_weight) {
+    return out->panels
+               ? PanelPackedElems(cols, rows, PanelStep(bytes_per_weight))
+               : n;
   };
   if (t->dtype == DType::kBF16 && (precision_ == WeightPrecision::kBF16 ||
                                    precision_ == WeightPrecision::kAsStored)) {
     // bf16 in the file stays bf16 (exact, and the kernels widen it exactly,
     // so the products are bit-identical to an fp32 copy's) at half the
     // bytes a decode step reads.
-    uint16_t* dst = Allocate<uint16_t>(n, out);
+    uint16_t* dst = Allocate<uint16_t>(elems(2), out);
+    std::memset(dst, 0, sizeof(uint16_t) * elems(2));
     transpose(dst, [](float v) { return F32ToBF16(v); });
     out->bf16 = dst;
   } else {
-    float* dst = Allocate<float>(n, out);
+    float* dst = Allocate<float>(elems(4), out);
+    std::memset(dst, 0, sizeof(float) * elems(4));
     transpose(dst, [](float v) { return v; });
     out->f32 = dst;
   }
   params_ += n;
-  Hash(name, {rows, cols}, tmp.data(), nullptr, n);
+  HashHeader(name, {rows, cols});
+  HashValues(tmp.data(), n);
   return absl::OkStatus();
+}
+
+void WeightLoader::Adopt(std::vector<float> row_major, int rows, int cols,
+                         Matrix* out) const {
+  out->rows = rows;
+  out->cols = cols;
+  out->panels = layout_ == MatrixLayout::kPanels;
+  if (out->panels) {
+    out->f32_storage.assign(PanelPackedElems(rows, cols, PanelStep(4)), 0.0f);
+    for (int r = 0; r < rows; ++r) {
+      PackPanelRow(row_major.data() + static_cast<int64_t>(r) * cols, r, cols,
+                   out->f32_storage.data());
+    }
+  } else {
+    out->f32_storage = std::move(row_major);
+  }
+  out->f32 = out->f32_storage.data();
 }
 
 std::string WeightLoader::Digest() const {

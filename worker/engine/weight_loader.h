@@ -24,18 +24,21 @@
 
 namespace statestream::engine {
 
-// A row-major [rows = out][cols = in] matrix, fp32, bf16 or int8, in the
-// loader's WeightArena (huge pages; `arena` keeps it alive) or in the
-// matrix's own *_storage vectors. Exactly one of f32/bf16/i8 is set. int8 rows
-// are symmetric per output row: w[r][c] = i8[r][c] * scale[r] with i8 in [-127,
-// 127] and scale = max_c |w[r][c]| / 127; they multiply int8-quantized
-// activations (Kernels::gemm_i8).
+// A [rows = out][cols = in] matrix (a Linear weight), fp32, bf16 or int8,
+// in the loader's WeightArena (huge pages; `arena` keeps it alive) or in the
+// matrix's own *_storage vectors. Exactly one of f32/bf16/i8 is set. fp32
+// and bf16 are row-major, or packed in panels of 16 outputs when `panels`
+// (the CPU kernels' layout, kernels.h). int8 rows are symmetric per output
+// row: w[r][c] = i8[r][c] * scale[r] with i8 in [-127, 127] and scale =
+// max_c |w[r][c]| / 127, packed in tiles (kernels.h); they multiply
+// int8-quantized activations (Kernels::gemm_i8).
 struct Matrix {
   int rows = 0;
   int cols = 0;
   const float* f32 = nullptr;
   const uint16_t* bf16 = nullptr;
   const int8_t* i8 = nullptr;
+  bool panels = false;  // f32/bf16 packed for Kernels::gemm_f32/gemm_bf16
   std::vector<float> f32_storage;
   std::vector<uint16_t> bf16_storage;
   std::vector<int8_t> i8_storage;
@@ -46,16 +49,21 @@ struct Matrix {
   // Copies row `r` as fp32 into out[cols].
   void ReadRow(int r, float* out) const;
   // The values a product reads (i8, f32 or bf16, whichever is set) and
-  // their size; int8's per-row scale and wsum (4 bytes a row each) are
-  // apart and not counted.
+  // their size with the layout's padding; int8's per-row scale and wsum (4
+  // bytes a row each) are apart and not counted.
   const void* data() const;
   size_t bytes() const;
 };
 
+// How fp32/bf16 matrices are laid out: packed for the CPU kernels, or
+// row-major as in the file (the CUDA backend's cuBLAS layout).
+enum class MatrixLayout { kPanels, kRowMajor };
+
 class WeightLoader {
  public:
   WeightLoader(std::shared_ptr<const WeightFile> file,
-               WeightPrecision precision);
+               WeightPrecision precision,
+               MatrixLayout layout = MatrixLayout::kPanels);
   ~WeightLoader();
   WeightLoader(const WeightLoader&) = delete;
   WeightLoader& operator=(const WeightLoader&) = delete;
@@ -76,6 +84,12 @@ class WeightLoader {
   // or int8 when the precision is int8.
   absl::Status MatT(absl::string_view name, int rows, int cols, Matrix* out);
 
+  // A matrix the caller assembled from a tensor it loaded (row-major
+  // [rows][cols] fp32, e.g. one slice of a 3-D tensor), in this loader's
+  // layout, owned by `out`. Counted and hashed with its source tensor.
+  void Adopt(std::vector<float> row_major, int rows, int cols,
+             Matrix* out) const;
+
   int64_t params() const { return params_; }
   // Hex XXH3-128 of every tensor loaded so far (name, shape, fp32 values as
   // the engine will use them), in load order.
@@ -84,8 +98,17 @@ class WeightLoader {
  private:
   absl::StatusOr<const TensorView*> Get(absl::string_view name,
                                         std::vector<int64_t> shape) const;
-  void Hash(absl::string_view name, const std::vector<int64_t>& shape,
-            const float* f32, const uint16_t* bf16, int64_t n);
+  void HashHeader(absl::string_view name, const std::vector<int64_t>& shape);
+  // Values as fp32, so a model has one fingerprint whether its exact values
+  // come from a bf16 or an fp32 file (the kernels widen bf16 exactly, so
+  // the products are the same too).
+  void HashValues(const float* v, int64_t n);
+  void HashValues(const uint16_t* v, int64_t n);
+  // Copies the 2-D tensor `t` into the matrix as T (fp32 or bf16) in the
+  // configured layout, hashing its values, a slice of rows at a time,
+  // dropping each slice's file pages once copied.
+  template <typename T>
+  void CopyMatrix(const TensorView& t, T* dst, Matrix* out);
   void HashInt8(absl::string_view name, const std::vector<int64_t>& shape,
                 const Matrix& m);
   // Fills `out` (rows x cols, int8) from `read_row(r, float[cols])`, a row
@@ -98,6 +121,7 @@ class WeightLoader {
 
   std::shared_ptr<const WeightFile> file_;
   WeightPrecision precision_;
+  MatrixLayout layout_;
   int64_t params_ = 0;
   XXH3_state_t* hash_;
   std::shared_ptr<WeightArena> arena_ = std::make_shared<WeightArena>();

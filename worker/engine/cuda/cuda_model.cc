@@ -266,7 +266,7 @@ absl::Status CudaDeviceStatus() {
 
 absl::StatusOr<std::unique_ptr<Model>> LoadRwkv7Cuda(
     std::shared_ptr<const WeightFile> file, const CudaModelOptions& options) {
-  WeightLoader loader(file, options.precision);
+  WeightLoader loader(file, options.precision, MatrixLayout::kRowMajor);
   SS_ASSIGN_OR_RETURN(ModelConfig config, ReadRwkv7Config(*file, loader));
   SS_RETURN_IF_ERROR(cuda_internal::CheckHeadSize(config.head_size));
   SS_RETURN_IF_ERROR(CudaDeviceStatus());

@@ -164,7 +164,7 @@ absl::Status Upload(const cuda_internal::Rwkv6Host& w, cuda::Rwkv6Runner& r) {
 
 absl::StatusOr<std::unique_ptr<Model>> LoadRwkv6Cuda(
     std::shared_ptr<const WeightFile> file, const CudaModelOptions& options) {
-  WeightLoader loader(file, options.precision);
+  WeightLoader loader(file, options.precision, MatrixLayout::kRowMajor);
   ModelInfo info;
   ModelConfig& config = info.config;
   SS_RETURN_IF_ERROR(cuda_internal::ReadRwkv6Config(*file, loader, &config));

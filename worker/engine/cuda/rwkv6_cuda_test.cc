@@ -59,7 +59,7 @@ TEST(Rwkv6CudaHostTest, LoadMatchesCpuEngine) {
     auto cpu = LoadModel(file, cpu_opts);
     ASSERT_TRUE(cpu.ok()) << cpu.status();
 
-    WeightLoader ld(file, WeightPrecision::kAsStored);
+    WeightLoader ld(file, WeightPrecision::kAsStored, MatrixLayout::kRowMajor);
     ModelConfig c;
     ASSERT_TRUE(cuda_internal::ReadRwkv6Config(*file, ld, &c).ok());
     cuda_internal::Rwkv6Host host;
@@ -114,7 +114,7 @@ TEST(Rwkv6CudaHostTest, GoldenFileFingerprintMatchesCpuEngine) {
   std::shared_ptr<const WeightFile> file(std::move(*opened));
   auto cpu = LoadModel(file, ModelOptions{});
   ASSERT_TRUE(cpu.ok()) << cpu.status();
-  WeightLoader ld(file, WeightPrecision::kAsStored);
+  WeightLoader ld(file, WeightPrecision::kAsStored, MatrixLayout::kRowMajor);
   ModelConfig c;
   ASSERT_TRUE(cuda_internal::ReadRwkv6Config(*file, ld, &c).ok());
   cuda_internal::Rwkv6Host host;
