@@ -32,9 +32,11 @@ inline V LoadW(const float* w, int n) {
 // never changes a result). Nothing at or past `end` (another task's
 // weights, or nothing at all) is fetched.
 struct Fetch {
-  // From here on, as many bytes per input step as the block reads: the
-  // next group of panels, fetched while this one is computed.
+  // [next, next + next_bytes), spread evenly over the block's input steps:
+  // a share of the next group of panels, fetched while this one is
+  // computed.
   const char* next = nullptr;
+  int64_t next_bytes = 0;
   // Bytes ahead of each of the block's own panel streams (one row: the
   // hardware prefetcher alone keeps too few lines in flight).
   int ahead = 0;
@@ -53,16 +55,19 @@ inline void PanelBlock(const W* w, int64_t pstride, int in, const float* x,
   static_assert(RT * P <= 24, "at most 24 accumulators");
   constexpr int S = PanelStep(sizeof(W));
   constexpr int kStepElems = S * kPanelOut;
-  constexpr int kLinesPerStep =
-      P * kStepElems * static_cast<int>(sizeof(W)) / 64;
   V acc[RT * P];
 #pragma GCC unroll 24
   for (int a = 0; a < RT * P; ++a) acc[a] = V::Zero();
   const int full = in - in % S;
   const char* next = fetch.next;
-  const bool fetch_next =
-      next != nullptr &&
-      next + P * pstride * static_cast<int64_t>(sizeof(W)) <= fetch.end;
+  const char* next_end = next + fetch.next_bytes;
+  if (next_end > fetch.end) next_end = fetch.end;
+  const int steps = full / S > 0 ? full / S : 1;
+  const int64_t next_lines = (next_end - next + 63) / 64;
+  const int lines_per_step =
+      next == nullptr || next_lines <= 0
+          ? 0
+          : static_cast<int>((next_lines + steps - 1) / steps);
   const W* ws = w;
   // Input i + s of a step: each panel's 16 weights widened (one load and
   // one shift or mask), then every row's broadcast against them. Only P
@@ -82,12 +87,9 @@ inline void PanelBlock(const W* w, int64_t pstride, int in, const float* x,
     }
   };
   for (int i = 0; i < full; i += S, ws += kStepElems) {
-    if (fetch_next) {
-#pragma GCC unroll 8
-      for (int l = 0; l < kLinesPerStep; ++l) {
-        __builtin_prefetch(next + 64 * l, 0, 2);
-      }
-      next += kLinesPerStep * 64;
+    for (int l = 0; l < lines_per_step && next < next_end; ++l) {
+      __builtin_prefetch(next, 0, 2);
+      next += 64;
     }
     if (fetch.ahead > 0) {
 #pragma GCC unroll 4
@@ -159,11 +161,11 @@ void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
     for (; o + kBlockOuts <= outs; o += kBlockOuts) {
       PanelBlock<V, W, 1, kOneRowPanels>(wb + o / kPanelOut * pstride, pstride,
                                          in, x, ldx, yb + o, ldy, kBlockOuts,
-                                         {nullptr, kAhead, end});
+                                         {nullptr, 0, kAhead, end});
     }
     for (; o < outs; o += kPanelOut) {
       PanelBlock<V, W, 1, 1>(wb + o / kPanelOut * pstride, pstride, in, x, ldx,
-                             yb + o, ldy, outs - o, {nullptr, kAhead, end});
+                             yb + o, ldy, outs - o, {nullptr, 0, kAhead, end});
     }
     return;
   }
@@ -173,6 +175,11 @@ void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
   // and one linked copy of an inline library function serves them all.)
   const int fit = kChunkBytes / (in * 4) / V::kRows * V::kRows;
   const int chunk = fit > V::kRows ? fit : V::kRows;
+  const int64_t group_bytes =
+      V::kPanels * pstride * static_cast<int64_t>(sizeof(W));
+  const int first_chunk = rows < chunk ? rows : chunk;
+  const int blocks = (first_chunk + V::kRows - 1) / V::kRows;
+  const int64_t share = (group_bytes + blocks * 64 - 1) / (blocks * 64) * 64;
   for (int r0 = 0; r0 < rows; r0 += chunk) {
     const int r1 = rows - r0 < chunk ? rows : r0 + chunk;
     for (int o = 0; o < outs; o += kGroupOuts) {
@@ -183,14 +190,16 @@ void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
         const float* xt = x + static_cast<int64_t>(t) * ldx;
         float* yt = yb + static_cast<int64_t>(t) * ldy + o;
         if (n > (V::kPanels - 1) * kPanelOut) {
-          // The first row block of the first chunk brings the group in
-          // from memory, and fetches the next group into L2 as it goes
-          // (the rest find theirs in L2).
+          // The first chunk's row blocks fetch the next group into L2 as
+          // they go, a share each (the first block brings its own group
+          // in from memory; the rest find it in L2).
           const char* next =
-              t == 0 ? reinterpret_cast<const char*>(wo + V::kPanels * pstride)
-                     : nullptr;
+              r0 == 0
+                  ? reinterpret_cast<const char*>(wo + V::kPanels * pstride) +
+                        (t / V::kRows) * share
+                  : nullptr;
           PanelBlockRows<V, W, V::kPanels>(rt, wo, pstride, in, xt, ldx, yt,
-                                           ldy, n, {next, 0, end});
+                                           ldy, n, {next, share, 0, end});
         } else if constexpr (V::kPanels > 1) {
           // The range's last panels, one at a time.
           for (int p = 0; p * kPanelOut < n; ++p) {
