@@ -212,11 +212,23 @@ void BM_ParallelFor(benchmark::State& st) {
 }
 
 BENCHMARK(BM_ParallelFor)->Arg(2)->Arg(8)->Arg(32)->UseRealTime();
-// MatMul as the model calls it (quantize, then output ranges over a pool of
-// 2 threads): an int8 [range(1)][768] matrix times range(0) rows. Reports
-// GB/s of weights read.
-void BM_MatMulI8(benchmark::State& st) {
+// MatMul of `m` on `rows` rows as the model calls it (int8: quantize
+// first; then output ranges over a pool of 2 threads), for the benchmark's
+// iterations.
+void RunMatMul(benchmark::State& st, const Matrix& m, int rows) {
   static ThreadPool pool(2);
+  std::vector<float> x(static_cast<size_t>(rows) * m.cols);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 97) - 48;
+  std::vector<float> y(static_cast<size_t>(rows) * m.rows);
+  for (auto _ : st) {
+    MatMul(GetKernels(), pool, m, x.data(), m.cols, rows, y.data(), m.rows);
+    benchmark::DoNotOptimize(y.data());
+  }
+}
+
+// An int8 [range(1)][768] matrix times range(0) rows. Reports GB/s of
+// weights read.
+void BM_MatMulI8(benchmark::State& st) {
   const int rows = static_cast<int>(st.range(0));
   const int in = 768, out = static_cast<int>(st.range(1));
   Matrix m;
@@ -229,23 +241,15 @@ void BM_MatMulI8(benchmark::State& st) {
   m.i8 = m.i8_storage.data();
   m.scale.assign(out, 0.01f);
   m.wsum.assign(out, 0);
-  std::vector<float> x(static_cast<size_t>(rows) * in);
-  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 97) - 48;
-  std::vector<float> y(static_cast<size_t>(rows) * out);
-  for (auto _ : st) {
-    MatMul(GetKernels(), pool, m, x.data(), in, rows, y.data(), out);
-    benchmark::DoNotOptimize(y.data());
-  }
+  RunMatMul(st, m, rows);
   st.counters["GB/s"] = benchmark::Counter(
       static_cast<double>(st.iterations()) * m.i8_storage.size() / 1e9,
       benchmark::Counter::kIsRate);
 }
 
-// MatMul as the model calls it (output ranges over a pool of 2 threads): a
-// bf16 [range(1)][range(2)] matrix, packed in panels, times range(0) rows.
-// Reports GFLOP/s for both cores together.
+// A bf16 [range(1)][range(2)] matrix, packed in panels, times range(0)
+// rows. Reports GFLOP/s for both cores together.
 void BM_MatMulBf16(benchmark::State& st) {
-  static ThreadPool pool(2);
   const int rows = static_cast<int>(st.range(0));
   const int out = static_cast<int>(st.range(1));
   const int in = static_cast<int>(st.range(2));
@@ -259,13 +263,7 @@ void BM_MatMulBf16(benchmark::State& st) {
         static_cast<uint16_t>(0x3c00 + (i * 2654435761u) % 0x100);
   }
   m.bf16 = m.bf16_storage.data();
-  std::vector<float> x(static_cast<size_t>(rows) * in);
-  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 97) - 48;
-  std::vector<float> y(static_cast<size_t>(rows) * out);
-  for (auto _ : st) {
-    MatMul(GetKernels(), pool, m, x.data(), in, rows, y.data(), out);
-    benchmark::DoNotOptimize(y.data());
-  }
+  RunMatMul(st, m, rows);
   st.counters["GFLOP/s"] = benchmark::Counter(
       2.0 * rows * in * out * static_cast<double>(st.iterations()) / 1e9,
       benchmark::Counter::kIsRate);
