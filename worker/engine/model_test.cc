@@ -516,6 +516,23 @@ TEST(ModelTest, RandomModelsOfOtherShapesRoundTrip) {
   }
 }
 
+// An unknown kernel build (here the removed opt-in "avx512bf16") is a
+// typed error naming the builds, for every architecture's loader.
+TEST(ModelTest, UnknownKernelBuildIsInvalidArgument) {
+  SS_REQUIRE_SHARED_DATA();
+  for (const char* file :
+       {"testdata/rwkv7-tiny.pth", "testdata/rwkv6-tiny.pth"}) {
+    auto m = LoadModel(SharedPath(file), Opts(1, "avx512bf16"));
+    ASSERT_FALSE(m.ok()) << file;
+    EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << file;
+    EXPECT_NE(m.status().message().find("unknown or not available"),
+              absl::string_view::npos)
+        << m.status();
+    EXPECT_NE(m.status().message().find("avx512vnni"), absl::string_view::npos)
+        << m.status();
+  }
+}
+
 TEST(ModelTest, MissingTensorIsAClearError) {
   auto tensors = RandomRwkv7(
       {.n_layer = 2, .n_embd = 64, .vocab_size = 50, .head_size = 32});

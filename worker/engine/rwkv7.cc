@@ -12,7 +12,6 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -618,17 +617,10 @@ bool LooksLikeRwkv7(const WeightFile& file) {
 
 absl::StatusOr<std::unique_ptr<Model>> LoadRwkv7(
     std::shared_ptr<const WeightFile> file, const ModelOptions& options) {
-  const Kernels* kernels = options.kernels.empty()
-                               ? &GetKernels()
-                               : GetKernelsByName(options.kernels.c_str());
-  if (kernels == nullptr) {
-    return InvalidArgumentError(
-        Reason::kInvalidArgument,
-        absl::StrCat("kernels '", options.kernels,
-                     "' are not available on this CPU"));
-  }
-  int threads = options.threads;
-  if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  SS_ASSIGN_OR_RETURN(const rwkv::EngineSetup setup,
+                      rwkv::ResolveEngineOptions(options));
+  const Kernels* kernels = setup.kernels;
+  const int threads = setup.threads;
   WeightLoader loader(file, options.precision);
   SS_ASSIGN_OR_RETURN(ModelConfig config, ReadRwkv7Config(*file, loader));
   ModelInfo info;

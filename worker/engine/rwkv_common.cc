@@ -239,7 +239,8 @@ absl::StatusOr<EngineSetup> ResolveEngineOptions(const ModelOptions& options) {
     return InvalidArgumentError(
         Reason::kInvalidArgument,
         absl::StrCat("kernels '", options.kernels,
-                     "' are not available on this CPU"));
+                     "' are unknown or not available on this CPU (builds: "
+                     "avx512amx, avx512vnni, avx512, avx2, scalar)"));
   }
   int threads = options.threads;
   if (threads <= 0) {
