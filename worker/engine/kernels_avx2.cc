@@ -5,6 +5,7 @@
 
 #include "worker/engine/kernels.h"
 #include "worker/engine/kernels_impl.h"
+#include "worker/engine/kernels_reduce8.h"
 
 namespace statestream::engine {
 namespace {
@@ -62,14 +63,7 @@ struct V {
   static void Reduce16(const V* a, float* out) {
     for (int j = 0; j < 16; ++j) out[j] = a[j].ReduceAdd();
   }
-  float ReduceAdd() const {
-    __m256 h8 = _mm256_add_ps(lo, hi);
-    __m128 h4 =
-        _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
-    __m128 h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
-    __m128 h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
-    return _mm_cvtss_f32(h1);
-  }
+  float ReduceAdd() const { return ReduceAdd8(_mm256_add_ps(lo, hi)); }
 };
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "worker/engine/kernels_avx512_reduce.h"
+#include "worker/engine/kernels_reduce8.h"
 
 namespace statestream::engine {
 namespace {
@@ -53,13 +54,8 @@ struct V {
     Reduce16Ps(r, out);
   }
   float ReduceAdd() const {
-    __m256 h8 =
-        _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-    __m128 h4 =
-        _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
-    __m128 h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
-    __m128 h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
-    return _mm_cvtss_f32(h1);
+    return ReduceAdd8(
+        _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
   }
 };
 
