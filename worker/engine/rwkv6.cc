@@ -187,7 +187,7 @@ absl::Status Rwkv6::Init(WeightLoader& ld) {
               all[(static_cast<size_t>(f) * dm + i) * C + o];
         }
       }
-      ld.Adopt(std::move(mt), C, dm, &L.maa_w2[f]);
+      ld.Adopt(mt, C, dm, &L.maa_w2[f]);
     }
     SS_RETURN_IF_ERROR(ld.Vector(a + "time_decay", C, &L.decay));
     SS_RETURN_IF_ERROR(

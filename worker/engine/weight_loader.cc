@@ -67,6 +67,16 @@ void ForSlicesReleasing(const TensorView& t, F fn) {
   }
 }
 
+// Row r of `m` (m.cols values) into its storage `dst`, in m's layout.
+template <typename T>
+void PutRow(const Matrix& m, const T* row, int r, T* dst) {
+  if (m.panels) {
+    PackPanelRow(row, r, m.cols, dst);
+  } else {
+    std::copy_n(row, m.cols, dst + static_cast<int64_t>(r) * m.cols);
+  }
+}
+
 template <typename T>
 void ReadAs(const TensorView& t, T* out) {
   if constexpr (sizeof(T) == 4) {
@@ -85,9 +95,25 @@ T* WeightLoader::Allocate(int64_t n, Matrix* out) {
 }
 
 template <typename T>
-void WeightLoader::CopyMatrix(const TensorView& t, T* dst, Matrix* out) {
-  const int cols = out->cols;
+T* WeightLoader::AllocateMatrix(Matrix* out) {
   out->panels = layout_ == MatrixLayout::kPanels;
+  const int64_t n =
+      out->panels ? PanelPackedElems(out->rows, out->cols, PanelStep(sizeof(T)))
+                  : static_cast<int64_t>(out->rows) * out->cols;
+  T* dst = Allocate<T>(n, out);
+  if (out->panels) std::memset(dst, 0, sizeof(T) * n);
+  if constexpr (sizeof(T) == 4) {
+    out->f32 = dst;
+  } else {
+    out->bf16 = dst;
+  }
+  return dst;
+}
+
+template <typename T>
+void WeightLoader::CopyMatrix(const TensorView& t, Matrix* out) {
+  T* dst = AllocateMatrix<T>(out);
+  const int cols = out->cols;
   if (!out->panels) {
     ForSlicesReleasing(t, [&](int64_t r, const TensorView& part) {
       T* rows = dst + r * cols;
@@ -96,8 +122,6 @@ void WeightLoader::CopyMatrix(const TensorView& t, T* dst, Matrix* out) {
     });
     return;
   }
-  const int step = PanelStep(sizeof(T));
-  std::memset(dst, 0, sizeof(T) * PanelPackedElems(out->rows, cols, step));
   // A panel's rows at a time through a small buffer (an 8 MB one showed in
   // the peak RSS); the file's pages are still dropped a slice at a time.
   std::vector<T> buf(static_cast<size_t>(kPanelOut) * cols);
@@ -111,8 +135,7 @@ void WeightLoader::CopyMatrix(const TensorView& t, T* dst, Matrix* out) {
       ReadAs(rows, buf.data());
       HashValues(buf.data(), rows.numel());
       for (int64_t j = 0; j < rows.shape[0]; ++j) {
-        PackPanelRow(buf.data() + j * cols, static_cast<int>(r + i + j), cols,
-                     dst);
+        PutRow(*out, buf.data() + j * cols, static_cast<int>(r + i + j), dst);
       }
     }
   });
@@ -297,18 +320,11 @@ absl::Status WeightLoader::Mat(absl::string_view name, int rows, int cols,
       precision_ == WeightPrecision::kBF16 ||
       (precision_ == WeightPrecision::kAsStored && t->dtype == DType::kBF16);
   // A copy in the arena, never a view of the file: see weight_arena.h.
-  const bool panels = layout_ == MatrixLayout::kPanels;
   HashHeader(name, {rows, cols});
   if (want_bf16) {
-    uint16_t* dst = Allocate<uint16_t>(
-        panels ? PanelPackedElems(rows, cols, PanelStep(2)) : n, out);
-    CopyMatrix(*t, dst, out);
-    out->bf16 = dst;
+    CopyMatrix<uint16_t>(*t, out);
   } else {
-    float* dst = Allocate<float>(
-        panels ? PanelPackedElems(rows, cols, PanelStep(4)) : n, out);
-    CopyMatrix(*t, dst, out);
-    out->f32 = dst;
+    CopyMatrix<float>(*t, out);
   }
   params_ += n;
   return absl::OkStatus();
@@ -339,9 +355,7 @@ absl::Status WeightLoader::MatT(absl::string_view name, int rows, int cols,
   }
   out->rows = cols;
   out->cols = rows;
-  out->panels = layout_ == MatrixLayout::kPanels;
-  // dst = tmp transposed (row c of dst: column c of tmp), as T, in the
-  // layout.
+  // Row c of the copy: column c of tmp, as T.
   auto transpose = [&](auto* dst, auto convert) {
     using T = std::remove_pointer_t<decltype(dst)>;
     std::vector<T> row(rows);
@@ -349,33 +363,18 @@ absl::Status WeightLoader::MatT(absl::string_view name, int rows, int cols,
       for (int r = 0; r < rows; ++r) {
         row[r] = convert(tmp[static_cast<int64_t>(r) * cols + c]);
       }
-      if (out->panels) {
-        PackPanelRow(row.data(), c, rows, dst);
-      } else {
-        std::copy(row.begin(), row.end(), dst + static_cast<int64_t>(c) * rows);
-      }
+      PutRow(*out, row.data(), c, dst);
     }
-  };
-  // Elements of the copy in the layout, zeroed (the panels' padding).
-  auto elems = [&](int bytes_per_weight) {
-    return out->panels
-               ? PanelPackedElems(cols, rows, PanelStep(bytes_per_weight))
-               : n;
   };
   if (t->dtype == DType::kBF16 && (precision_ == WeightPrecision::kBF16 ||
                                    precision_ == WeightPrecision::kAsStored)) {
     // bf16 in the file stays bf16 (exact, and the kernels widen it exactly,
     // so the products are bit-identical to an fp32 copy's) at half the
     // bytes a decode step reads.
-    uint16_t* dst = Allocate<uint16_t>(elems(2), out);
-    std::memset(dst, 0, sizeof(uint16_t) * elems(2));
-    transpose(dst, [](float v) { return F32ToBF16(v); });
-    out->bf16 = dst;
+    transpose(AllocateMatrix<uint16_t>(out),
+              [](float v) { return F32ToBF16(v); });
   } else {
-    float* dst = Allocate<float>(elems(4), out);
-    std::memset(dst, 0, sizeof(float) * elems(4));
-    transpose(dst, [](float v) { return v; });
-    out->f32 = dst;
+    transpose(AllocateMatrix<float>(out), [](float v) { return v; });
   }
   params_ += n;
   HashHeader(name, {rows, cols});
@@ -383,21 +382,14 @@ absl::Status WeightLoader::MatT(absl::string_view name, int rows, int cols,
   return absl::OkStatus();
 }
 
-void WeightLoader::Adopt(std::vector<float> row_major, int rows, int cols,
-                         Matrix* out) const {
+void WeightLoader::Adopt(const std::vector<float>& row_major, int rows,
+                         int cols, Matrix* out) {
   out->rows = rows;
   out->cols = cols;
-  out->panels = layout_ == MatrixLayout::kPanels;
-  if (out->panels) {
-    out->f32_storage.assign(PanelPackedElems(rows, cols, PanelStep(4)), 0.0f);
-    for (int r = 0; r < rows; ++r) {
-      PackPanelRow(row_major.data() + static_cast<int64_t>(r) * cols, r, cols,
-                   out->f32_storage.data());
-    }
-  } else {
-    out->f32_storage = std::move(row_major);
+  float* dst = AllocateMatrix<float>(out);
+  for (int r = 0; r < rows; ++r) {
+    PutRow(*out, row_major.data() + static_cast<int64_t>(r) * cols, r, dst);
   }
-  out->f32 = out->f32_storage.data();
 }
 
 std::string WeightLoader::Digest() const {

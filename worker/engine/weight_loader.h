@@ -85,10 +85,11 @@ class WeightLoader {
   absl::Status MatT(absl::string_view name, int rows, int cols, Matrix* out);
 
   // A matrix the caller assembled from a tensor it loaded (row-major
-  // [rows][cols] fp32, e.g. one slice of a 3-D tensor), in this loader's
-  // layout, owned by `out`. Counted and hashed with its source tensor.
-  void Adopt(std::vector<float> row_major, int rows, int cols,
-             Matrix* out) const;
+  // [rows][cols] fp32, e.g. one slice of a 3-D tensor), copied into the
+  // arena in this loader's layout. Counted and hashed with its source
+  // tensor.
+  void Adopt(const std::vector<float>& row_major, int rows, int cols,
+             Matrix* out);
 
   int64_t params() const { return params_; }
   // Hex XXH3-128 of every tensor loaded so far (name, shape, fp32 values as
@@ -104,11 +105,16 @@ class WeightLoader {
   // the products are the same too).
   void HashValues(const float* v, int64_t n);
   void HashValues(const uint16_t* v, int64_t n);
-  // Copies the 2-D tensor `t` into the matrix as T (fp32 or bf16) in the
+  // Room in the arena for `out`'s rows x cols values of T (fp32 or bf16)
+  // in the configured layout, set as out->f32 or out->bf16, with
+  // out->panels set and the panels' padding zeroed.
+  template <typename T>
+  T* AllocateMatrix(Matrix* out);
+  // Copies the 2-D tensor `t` into `out` (rows and cols set) as T in the
   // configured layout, hashing its values, a slice of rows at a time,
   // dropping each slice's file pages once copied.
   template <typename T>
-  void CopyMatrix(const TensorView& t, T* dst, Matrix* out);
+  void CopyMatrix(const TensorView& t, Matrix* out);
   void HashInt8(absl::string_view name, const std::vector<int64_t>& shape,
                 const Matrix& m);
   // Fills `out` (rows x cols, int8) from `read_row(r, float[cols])`, a row
