@@ -116,6 +116,9 @@ const Kernels& GetKernels();
 // vpdpbusd where it has AVX512_VNNI ("avx512+vnni") — exact integer sums,
 // bit-identical to the others; "avx512amx" / "avx512vnni" ask for them.
 const Kernels* GetKernelsByName(const char* name);
+// The names GetKernelsByName knows, for messages.
+inline constexpr char kKernelBuildNames[] =
+    "avx512amx, avx512vnni, avx512, avx2, scalar";
 
 }  // namespace statestream::engine
 

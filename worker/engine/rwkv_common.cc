@@ -239,8 +239,8 @@ absl::StatusOr<EngineSetup> ResolveEngineOptions(const ModelOptions& options) {
     return InvalidArgumentError(
         Reason::kInvalidArgument,
         absl::StrCat("kernels '", options.kernels,
-                     "' are unknown or not available on this CPU (builds: "
-                     "avx512amx, avx512vnni, avx512, avx2, scalar)"));
+                     "' are unknown or not available on this CPU (builds: ",
+                     kKernelBuildNames, ")"));
   }
   int threads = options.threads;
   if (threads <= 0) {
