@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "benchmark/benchmark.h"
+#include "worker/engine/huge_pages.h"
 #include "worker/engine/kernels.h"
 #include "worker/engine/model.h"
 #include "worker/engine/ops.h"
@@ -272,6 +273,53 @@ BENCHMARK(BM_MatMulBf16)
     ->Args({32, 65536, 768})
     ->Args({32, 768, 3072})
     ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+
+// The recurrence alone as a decode batch runs it: range(0) sessions, each
+// with the 0.1B shape's states (12 layers x 12 heads x 64 x 64 fp32, 2.4 MB,
+// one huge-page block), every layer's states stepped once per iteration,
+// one task per session over a pool of range(1) threads. Reports GB/s of
+// states read and written: one core alone is bound by its own memory
+// parallelism, not the bus (docs/engine-kernels.md, "Batched fp32/bf16
+// decode").
+void BM_Wkv7States(benchmark::State& st) {
+  constexpr int kLayers = 12, kHeads = 12, kN = 64, kC = kHeads * kN;
+  constexpr size_t kLayerFloats = size_t{kHeads} * kN * kN;
+  const int sessions = static_cast<int>(st.range(0));
+  ThreadPool pool(static_cast<int>(st.range(1)));
+  std::vector<HugePageVector<float>> states;
+  for (int i = 0; i < sessions; ++i) {
+    states.emplace_back(kLayers * kLayerFloats, 0.001f * static_cast<float>(i));
+  }
+  // Decay below 1 and small updates keep the states finite for any run.
+  std::vector<float> r(kC, 0.1f), w(kC, 0.9f), k(kC, 0.02f), v(kC, 0.03f),
+      neg_kk(kC, -0.01f), kka(kC, 0.005f);
+  std::vector<std::vector<float>> y(sessions, std::vector<float>(kC));
+  const Kernels& kernels = GetKernels();
+  for (auto _ : st) {
+    for (int l = 0; l < kLayers; ++l) {
+      pool.ParallelFor(sessions, [&](int i) {
+        float* s = states[i].data() + l * kLayerFloats;
+        for (int h = 0; h < kHeads; ++h) {
+          const int o = h * kN;
+          kernels.wkv7_step(s + o * kN, kN, &r[o], &w[o], &k[o], &v[o],
+                            &neg_kk[o], &kka[o], &y[i][o]);
+        }
+      });
+    }
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.counters["GB/s"] = benchmark::Counter(
+      2.0 * sizeof(float) * kLayers * kLayerFloats * sessions *
+          static_cast<double>(st.iterations()) / 1e9,
+      benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_Wkv7States)
+    ->Args({8, 2})
+    ->Args({16, 2})
+    ->Args({32, 1})
+    ->Args({32, 2})
+    ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
 BENCHMARK(BM_MatMulI8)
