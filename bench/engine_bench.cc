@@ -141,6 +141,7 @@ void BM_Gemm(benchmark::State& st, bool bf16, const char* kernels = "",
   }
   std::vector<float> x(static_cast<size_t>(rows) * in, 0.25f);
   std::vector<float> y(static_cast<size_t>(rows) * out);
+  const Bf16Terms terms(x.data(), in, rows, in);
   const Kernels* kp = *kernels ? GetKernelsByName(kernels) : &GetKernels();
   if (kp == nullptr) {
     st.SkipWithError("kernels not available on this CPU");
@@ -149,7 +150,8 @@ void BM_Gemm(benchmark::State& st, bool bf16, const char* kernels = "",
   const Kernels& k = *kp;
   for (auto _ : st) {
     if (bf16) {
-      k.gemm_bf16(wb.data(), in, x.data(), in, rows, y.data(), out, 0, out);
+      k.gemm_bf16(wb.data(), in, terms.xs.data(), terms.xb.data(), rows,
+                  y.data(), out, 0, out);
     } else {
       k.gemm_f32(w.data(), in, x.data(), in, rows, y.data(), out, 0, out);
     }

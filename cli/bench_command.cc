@@ -29,6 +29,7 @@
 #include "worker/engine/huge_pages.h"
 #include "worker/engine/kernels.h"
 #include "worker/engine/model.h"
+#include "worker/engine/ops.h"
 
 ABSL_FLAG(std::string, mode, "decode",
           "decode: one token per session per step; prefill: --tokens tokens "
@@ -143,6 +144,7 @@ double MeasureKernelPeak(const engine::Kernels& k,
       std::vector<int32_t> wsum(kOut, 3 * kIn);
       std::vector<uint8_t> xq(static_cast<size_t>(kRows) * kIn, 140);
       std::vector<float> xs(kRows, 0.01f), y(static_cast<size_t>(kRows) * kOut);
+      const engine::Bf16Terms terms(x.data(), kIn, kRows, kIn);
       int64_t calls = 0;
       const auto t0 = Clock::now();
       double elapsed = 0;
@@ -152,8 +154,8 @@ double MeasureKernelPeak(const engine::Kernels& k,
             k.gemm_i8(wi.data(), scale.data(), wsum.data(), kIn, xq.data(),
                       xs.data(), kIn, kRows, y.data(), kOut, 0, kOut);
           } else if (precision == engine::WeightPrecision::kBF16) {
-            k.gemm_bf16(wb.data(), kIn, x.data(), kIn, kRows, y.data(), kOut, 0,
-                        kOut);
+            k.gemm_bf16(wb.data(), kIn, terms.xs.data(), terms.xb.data(), kRows,
+                        y.data(), kOut, 0, kOut);
           } else {
             k.gemm_f32(w.data(), kIn, x.data(), kIn, kRows, y.data(), kOut, 0,
                        kOut);

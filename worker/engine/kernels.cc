@@ -4,6 +4,7 @@
 #include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <xmmintrin.h>
 
 #include <cstring>
 
@@ -17,6 +18,8 @@ void GemmI8Vnni(const int8_t* w, const float* wscale, const int32_t* wsum,
                 int in, const uint8_t* xq, const float* xscale, int ldq,
                 int rows, float* y, int ldy, int o_begin, int o_end);
 // kernels_amx.cc
+void GemmBf16Amx(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
+                 int rows, float* y, int ldy, int o_begin, int o_end);
 void GemmI8Amx(const int8_t* w, const float* wscale, const int32_t* wsum,
                int in, const uint8_t* xq, const float* xscale, int ldq,
                int rows, float* y, int ldy, int o_begin, int o_end);
@@ -47,11 +50,65 @@ bool HasAmxInt8() {
   }();
   return ok;
 }
+// AMX-BF16 as well (CPUID.(7,0):EDX bit 22).
+bool HasAmxBf16() {
+  unsigned a, b, c, d;
+  return HasAmxInt8() && __get_cpuid_count(7, 0, &a, &b, &c, &d) &&
+         (d & (1u << 22)) != 0;
+}
 bool HasAvx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
+// bf16(f) rounded to nearest even, as the bits of an fp32; a NaN stays a
+// (quiet) NaN.
+__attribute__((always_inline)) inline uint32_t RoundToBf16(uint32_t u) {
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (u | 0x00400000u) & 0xffff0000u;
+  return (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+}
+
 }  // namespace
+
+// Integer rounding and one fp32 subtraction (exact where it matters: a
+// denormal term is flushed by the kernels anyway), so every clone gives
+// the same bits.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void
+SplitBf16Terms(const float* x, int ldx, int rows, int in, float* xs,
+               uint16_t* xb) {
+  const int stride = Bf16TermsStride(in);
+  for (int t = 0; t < rows; ++t) {
+    const float* row = x + static_cast<int64_t>(t) * ldx;
+    float* hi = xs + static_cast<int64_t>(2 * t) * stride;
+    float* lo = hi + stride;
+    uint16_t* hib = xb + static_cast<int64_t>(2 * t) * stride;
+    uint16_t* lob = hib + stride;
+    for (int i = 0; i < in; ++i) {
+      uint32_t u;
+      std::memcpy(&u, &row[i], 4);
+      const uint32_t h = RoundToBf16(u);
+      float hf;
+      std::memcpy(&hf, &h, 4);
+      const float rest = row[i] - hf;
+      std::memcpy(&u, &rest, 4);
+      const uint32_t l = RoundToBf16(u);
+      std::memcpy(&hi[i], &h, 4);
+      std::memcpy(&lo[i], &l, 4);
+      hib[i] = static_cast<uint16_t>(h >> 16);
+      lob[i] = static_cast<uint16_t>(l >> 16);
+    }
+    for (int i = in; i < stride; ++i) {
+      hi[i] = lo[i] = 0.0f;
+      hib[i] = lob[i] = 0;
+    }
+  }
+}
+
+uint32_t EnterFlushToZero() {
+  const uint32_t old = _mm_getcsr();
+  _mm_setcsr(old | 0x8040u);  // FTZ (bit 15) | DAZ (bit 6)
+  return old;
+}
+void RestoreMxcsr(uint32_t mxcsr) { _mm_setcsr(mxcsr); }
 
 namespace {
 
@@ -82,11 +139,13 @@ const Kernels* Avx512Vnni() {
   return HasAvx512Vnni() ? &k : nullptr;
 }
 
-// The same with AMX for int8 products of 16 rows or more.
+// The same with AMX for int8 products of 16 rows or more, and for bf16
+// products where the CPU has AMX-BF16 (the same bits as the FMA builds).
 const Kernels* Avx512Amx() {
-  static const Kernels k = {"avx512+amx", kKernelsAvx512.gemm_f32,
-                            kKernelsAvx512.gemm_bf16, &GemmI8Amx,
-                            kKernelsAvx512.wkv7_step};
+  static const Kernels k = {
+      "avx512+amx", kKernelsAvx512.gemm_f32,
+      HasAmxBf16() ? &GemmBf16Amx : kKernelsAvx512.gemm_bf16, &GemmI8Amx,
+      kKernelsAvx512.wkv7_step};
   return HasAmxInt8() ? &k : nullptr;
 }
 

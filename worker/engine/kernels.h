@@ -67,22 +67,59 @@ inline int64_t PanelOffset(int o, int i, int in, int step) {
 void PackPanelRow(const float* row, int o, int in, float* dst);
 void PackPanelRow(const uint16_t* row, int o, int in, uint16_t* dst);
 
+// bf16 products' activations: each value x as two bf16 terms, hi =
+// bf16(x) and lo = bf16(x - hi), rounded to nearest even (16 significant
+// bits; a NaN stays a NaN). Row t of `x` (stride ldx, `in` values) becomes
+// rows 2t (hi) and 2t+1 (lo) of the terms, each Bf16TermsStride(in) values,
+// +0 past `in`. They are written twice: as fp32 values (`xs`, for the FMA
+// kernels) and as bf16 (`xb`, for AMX tiles). The kernels take
+// Bf16TermsSize(rows, in) elements of each: AMX reads whole tiles, and the
+// rows past 2 * rows may hold anything (they only reach sums that are never
+// stored). The same function serves every build, so every build splits
+// alike.
+inline int Bf16TermsStride(int in) { return (in + 31) / 32 * 32; }
+inline int Bf16TermRows(int rows) { return (2 * rows + 31) / 32 * 32; }
+inline int64_t Bf16TermsSize(int rows, int in) {
+  return int64_t{Bf16TermRows(rows)} * Bf16TermsStride(in);
+}
+void SplitBf16Terms(const float* x, int ldx, int rows, int in, float* xs,
+                    uint16_t* xb);
+// The calling thread's MXCSR with FTZ and DAZ set, for the bf16 kernels
+// (returns the previous value for RestoreMxcsr).
+uint32_t EnterFlushToZero();
+void RestoreMxcsr(uint32_t mxcsr);
+
 struct Kernels {
   // "avx512", "avx512+amx", "avx512+vnni", "avx2" or "scalar".
   const char* name;
 
   // y[t*ldy + o] = sum_i w[o][i] * x[t*ldx + i] for t < rows and
-  // o in [o_begin, o_end), with `w` panel-packed (above), fp32 or bf16
-  // (upper half of an fp32, widened exactly). Each output is one chain of
-  // fused multiply-adds in input order starting from +0:
+  // o in [o_begin, o_end), with `w` panel-packed (above). o_begin is a
+  // multiple of 16. Each output's bits depend on nothing but its own row and
+  // weights.
+  //
+  // fp32: each output is one chain of fused multiply-adds in input order
+  // starting from +0:
   //   acc = +0; for i in [0, in): acc = fma(w[o][i], x[t][i], acc)
-  // so its bits depend on nothing but its own row and weights, and a bf16
-  // matrix gives exactly the products of its fp32 widening. o_begin is a
-  // multiple of 16.
   void (*gemm_f32)(const float* w, int in, const float* x, int ldx, int rows,
                    float* y, int ldy, int o_begin, int o_end);
-  void (*gemm_bf16)(const uint16_t* w, int in, const float* x, int ldx,
-                    int rows, float* y, int ldy, int o_begin, int o_end);
+  // bf16 (upper half of an fp32, widened exactly), with the activations
+  // given as their two bf16 terms (SplitBf16Terms: xs and xb; row t's hi
+  // terms at 2t * Bf16TermsStride(in), its lo terms next) and the arithmetic of
+  // AMX's TDPBF16PS, so that the AMX kernel and every FMA build give the
+  // same bits (docs/engine-kernels.md "AMX-BF16"). Per output and term:
+  //   c = +0; for each block of 32 inputs (16 pairs; the last may be
+  //   shorter; an odd input count ends with a +0 pair partner):
+  //     even = +0, odd = +0
+  //     for each pair (i, i+1) in order:
+  //       even = fma(w[o][i], x_term[i], even)
+  //       odd = fma(w[o][i+1], x_term[i+1], odd)
+  //     c = c + (even + odd)
+  //   y = c(hi) + c(lo)
+  // with denormal inputs and results flushed to zero (MXCSR DAZ and FTZ).
+  void (*gemm_bf16)(const uint16_t* w, int in, const float* xs,
+                    const uint16_t* xb, int rows, float* y, int ldy,
+                    int o_begin, int o_end);
   // int8 weights (packed as above) times int8 activations, both exact
   // integers. o_begin and o_end are multiples of 16 or o_end is the matrix's
   // last output. `xq` holds
@@ -112,9 +149,11 @@ struct Kernels {
 const Kernels& GetKernels();
 // Specific builds, for tests that compare them; nullptr when the CPU lacks
 // the instruction set. GetKernels()'s AVX-512 build does gemm_i8 on AMX
-// tiles from 16 rows where the CPU has AMX-INT8 ("avx512+amx"), else on
-// vpdpbusd where it has AVX512_VNNI ("avx512+vnni") — exact integer sums,
-// bit-identical to the others; "avx512amx" / "avx512vnni" ask for them.
+// tiles from 16 rows where the CPU has AMX-INT8 ("avx512+amx"; and
+// gemm_bf16 from 2 rows where it has AMX-BF16), else on vpdpbusd where it
+// has AVX512_VNNI ("avx512+vnni") — bit-identical to the others (exact
+// integer sums; gemm_bf16's defined arithmetic); "avx512amx" /
+// "avx512vnni" ask for them.
 const Kernels* GetKernelsByName(const char* name);
 // The names GetKernelsByName knows, for messages.
 inline constexpr char kKernelBuildNames[] =

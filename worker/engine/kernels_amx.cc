@@ -18,6 +18,7 @@ namespace statestream::engine {
 void GemmI8Vnni(const int8_t* w, const float* wscale, const int32_t* wsum,
                 int in, const uint8_t* xq, const float* xscale, int ldq,
                 int rows, float* y, int ldy, int o_begin, int o_end);
+extern const Kernels kKernelsAvx512;
 
 namespace {
 
@@ -57,6 +58,79 @@ void Finish(const int32_t* sums, const float* wscale, const int32_t* wsum,
 }
 
 }  // namespace
+
+// bf16 products on AMX-BF16: TDPBF16PS multiplies 16 row-terms x 32 inputs
+// of activation terms (bf16, SplitBf16Terms) by a panel's 16 steps — one
+// 1 KiB tile, the packed layout as it is — into 16 x 16 fp32 sums with
+// exactly gemm_bf16's arithmetic (kernels.h; docs/engine-kernels.md
+// "AMX-BF16"), so the FMA builds give the same bits. One row, or inputs
+// not a multiple of 32 (whose last block AMX would need another tile
+// shape for), go to the AVX-512 FMA kernel.
+void GemmBf16Amx(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
+                 int rows, float* y, int ldy, int o_begin, int o_end) {
+  if (rows < 2 || in % 32 != 0) {
+    kKernelsAvx512.gemm_bf16(w, in, xs, xb, rows, y, ldy, o_begin, o_end);
+    return;
+  }
+  if (o_begin >= o_end) return;
+  const uint32_t mxcsr = EnterFlushToZero();
+  LoadConfig();
+  const int64_t pstride = PanelElems(in, 2);
+  const int terms = 2 * rows;  // xb holds whole pairs of tiles (padded)
+  const int blocks = in / 32;
+  constexpr int kTileElems = 16 * 32;  // a panel's 16 steps
+  alignas(64) float sums[4][16 * 16];
+  // Panels in pairs (outer: their tiles stay in L1/L2 while every pair of
+  // row-term tiles passes), row-term tiles in pairs (inner).
+  for (int o0 = o_begin; o0 < o_end; o0 += 2 * kPanelOut) {
+    const bool two_panels = o0 + kPanelOut < o_end;
+    const uint16_t* b0 = w + o0 / kPanelOut * pstride;
+    const uint16_t* b1 = b0 + pstride;
+    for (int m0 = 0; m0 < terms; m0 += 32) {
+      const bool two_tiles = m0 + 16 < terms;
+      const uint16_t* a0 = xb + static_cast<int64_t>(m0) * in;
+      const uint16_t* a1 = a0 + static_cast<int64_t>(16) * in;
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int k = 0; k < blocks; ++k) {
+        _tile_loadd(4, a0 + k * 32, in * 2);
+        _tile_loadd(6, b0 + static_cast<int64_t>(k) * kTileElems, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        if (two_panels) {
+          _tile_loadd(7, b1 + static_cast<int64_t>(k) * kTileElems, 64);
+          _tile_dpbf16ps(1, 4, 7);
+        }
+        if (two_tiles) {
+          _tile_loadd(5, a1 + k * 32, in * 2);
+          _tile_dpbf16ps(2, 5, 6);
+          if (two_panels) _tile_dpbf16ps(3, 5, 7);
+        }
+      }
+      _tile_stored(0, sums[0], 64);
+      _tile_stored(1, sums[1], 64);
+      _tile_stored(2, sums[2], 64);
+      _tile_stored(3, sums[3], 64);
+      // y = c(hi) + c(lo): a row's two terms are adjacent rows of a tile.
+      for (int q = 0; q < 4; ++q) {
+        const int g = o0 + (q & 1) * kPanelOut;
+        const int first = m0 + (q >> 1) * 16;
+        if (g >= o_end || first >= terms) continue;
+        const int outs = o_end - g < kPanelOut ? o_end - g : kPanelOut;
+        const __mmask16 mask = static_cast<__mmask16>((1u << outs) - 1u);
+        for (int j = 0; j < 16 && first + j < terms; j += 2) {
+          const __m512 v = _mm512_add_ps(_mm512_load_ps(sums[q] + 16 * j),
+                                         _mm512_load_ps(sums[q] + 16 * j + 16));
+          _mm512_mask_storeu_ps(
+              y + static_cast<int64_t>((first + j) / 2) * ldy + g, mask, v);
+        }
+      }
+    }
+  }
+  _tile_release();
+  RestoreMxcsr(mxcsr);
+}
 
 void GemmI8Amx(const int8_t* w, const float* wscale, const int32_t* wsum,
                int in, const uint8_t* xq, const float* xscale, int ldq,

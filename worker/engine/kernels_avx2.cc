@@ -21,6 +21,8 @@ struct V {
   __m256 lo, hi;  // lanes 0..7 and 8..15
   // 8 accumulator and 4 weight registers of 16.
   static constexpr int kRows = 4, kPanels = 1;
+  // bf16: 6 accumulators (even, odd, block sums for 2 terms) of 8.
+  static constexpr int kBf16Rows = 1, kBf16Panels = 1, kBf16OneRowPanels = 1;
   static V Zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
   static V Set1(float f) { return {_mm256_set1_ps(f), _mm256_set1_ps(f)}; }
   static V Load(const float* p) {
@@ -52,6 +54,9 @@ struct V {
   static V Mul(V a, V b) {
     return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)};
   }
+  static V Add(V a, V b) {
+    return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)};
+  }
   void Store(float* p) const {
     _mm256_storeu_ps(p, lo);
     _mm256_storeu_ps(p + 8, hi);
@@ -71,7 +76,7 @@ struct V {
 extern const Kernels kKernelsAvx2 = {
     "avx2",
     &kernels_impl::Gemm<V, float>,
-    &kernels_impl::Gemm<V, uint16_t>,
+    &kernels_impl::GemmBf16Terms<V>,
     &kernels_impl::GemmI8Generic<V>,
     &kernels_impl::Wkv7Step<V>,
 };

@@ -11,20 +11,20 @@ namespace statestream::engine {
 
 // kernels_avx512_onerow.cc: the same Gemm for one row, scheduled for an
 // AVX-512 core.
-void GemmBf16OneRowAvx512(const uint16_t* w, int in, const float* x, int ldx,
-                          int rows, float* y, int ldy, int o_begin, int o_end);
+void GemmBf16OneRowAvx512(const uint16_t* w, int in, const float* xs,
+                          const uint16_t* xb, int rows, float* y, int ldy,
+                          int o_begin, int o_end);
 
 namespace {
 
 // One row goes to the AVX-512-tuned copy (the same operations, so the same
 // bits); more rows to this file's, whose batched blocks the tuning slowed.
-void GemmBf16(const uint16_t* w, int in, const float* x, int ldx, int rows,
-              float* y, int ldy, int o_begin, int o_end) {
+void GemmBf16(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
+              int rows, float* y, int ldy, int o_begin, int o_end) {
   if (rows == 1) {
-    GemmBf16OneRowAvx512(w, in, x, ldx, rows, y, ldy, o_begin, o_end);
+    GemmBf16OneRowAvx512(w, in, xs, xb, rows, y, ldy, o_begin, o_end);
   } else {
-    kernels_impl::Gemm<V, uint16_t>(w, in, x, ldx, rows, y, ldy, o_begin,
-                                    o_end);
+    kernels_impl::GemmBf16Terms<V>(w, in, xs, xb, rows, y, ldy, o_begin, o_end);
   }
 }
 

@@ -22,6 +22,9 @@ struct V {
   // 24 accumulators, 3 widened weight vectors, a broadcast and the mask
   // of 32 zmm.
   static constexpr int kRows = 8, kPanels = 3;
+  // bf16 (gemm_bf16's two terms and two chains): even, odd and block sums
+  // for 2 rows x 2 terms x 2 panels, or one row x 2 terms x 4 panels.
+  static constexpr int kBf16Rows = 2, kBf16Panels = 2, kBf16OneRowPanels = 4;
   static V Zero() { return {_mm512_setzero_ps()}; }
   static V Set1(float f) { return {_mm512_set1_ps(f)}; }
   static V Load(const float* p) { return {_mm512_loadu_ps(p)}; }
@@ -43,6 +46,7 @@ struct V {
   }
   static V Fma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
   static V Mul(V a, V b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  static V Add(V a, V b) { return {_mm512_add_ps(a.v, b.v)}; }
   void Store(float* p) const { _mm512_storeu_ps(p, v); }
   void StorePartial(float* p, int n) const {
     _mm512_mask_storeu_ps(p, Mask(n), v);

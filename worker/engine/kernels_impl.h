@@ -133,7 +133,8 @@ inline void PanelBlockRows(int rt, const W* w, int64_t pstride, int in,
   PanelBlock<V, W, RT, P>(w, pstride, in, x, ldx, y, ldy, outs, fetch);
 }
 
-// Outputs [o_begin, o_end) of all rows (gemm_f32 / gemm_bf16).
+// Outputs [o_begin, o_end) of all rows (gemm_f32; bf16 products have their
+// own arithmetic, GemmBf16Terms below).
 //
 // One row (decode) streams kOneRowPanels panels side by side, prefetching
 // each stream a little ahead. More rows walk the rows in chunks whose
@@ -153,7 +154,8 @@ void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
   const char* end = reinterpret_cast<const char*>(
       wb + static_cast<int64_t>((outs + kPanelOut - 1) / kPanelOut) * pstride);
   if (rows == 1) {
-    // 1 KiB ahead of each stream: 0.1B bf16 decode 96-105 tok/s against
+    // 1 KiB ahead of each stream (measured on bf16 when it ran here):
+    // 0.1B bf16 decode 96-105 tok/s against
     // 88-92 with none, 84-96 at 2-8 KiB or one block ahead.
     constexpr int kOneRowPanels = 4, kAhead = 1024;
     constexpr int kBlockOuts = kOneRowPanels * kPanelOut;
@@ -210,6 +212,189 @@ void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
       }
     }
   }
+}
+
+// gemm_bf16 (kernels.h): R rows x P panels. Per row, term (hi, lo) and
+// panel three accumulators: the even and odd chains of the current block
+// of 32 inputs and the block sums c, so every output is exactly the
+// definition (TDPBF16PS's arithmetic) whatever R and P. `xs` is the block's
+// first row's hi terms (rows 2 * stride floats apart, lo after hi). Call
+// under FTZ | DAZ (GemmBf16Terms).
+template <typename V, int R, int P>
+inline void Bf16Block(const uint16_t* w, int64_t pstride, int in,
+                      const float* xs, int stride, float* y, int ldy, int outs,
+                      Fetch fetch = {}) {
+  constexpr int kPairsPerBlock = 16;
+  constexpr int kAcc = R * 2 * P;  // [row][term][panel]
+  V even[kAcc], odd[kAcc], c[kAcc];
+#pragma GCC unroll 16
+  for (int a = 0; a < kAcc; ++a) even[a] = odd[a] = c[a] = V::Zero();
+  const int pairs = (in + 1) / 2;
+  const char* next = fetch.next;
+  const char* next_end = next + fetch.next_bytes;
+  if (next_end > fetch.end) next_end = fetch.end;
+  const int64_t next_lines = (next_end - next + 63) / 64;
+  const int lines_per_pair =
+      next == nullptr || next_lines <= 0
+          ? 0
+          : static_cast<int>((next_lines + pairs - 1) / pairs);
+  // A pair is 64 bytes of each panel; the last panel's stream reaches
+  // `end` first.
+  const int64_t safe_pairs =
+      fetch.ahead > 0
+          ? (fetch.end - reinterpret_cast<const char*>(w + (P - 1) * pstride) -
+             fetch.ahead) /
+                64
+          : 0;
+  const uint16_t* ws = w;
+  for (int p0 = 0; p0 < pairs; p0 += kPairsPerBlock) {
+    const int p1 = pairs - p0 < kPairsPerBlock ? pairs : p0 + kPairsPerBlock;
+    auto pair = [&](int p) {
+      for (int l = 0; l < lines_per_pair && next < next_end; ++l) {
+        __builtin_prefetch(next, 0, 2);
+        next += 64;
+      }
+      if (fetch.ahead > 0) {
+        // Up to safe_pairs, every stream's line ahead is below `end`.
+        const bool safe = p < safe_pairs;
+#pragma GCC unroll 4
+        for (int u = 0; u < P; ++u) {
+          const char* q =
+              reinterpret_cast<const char*>(ws + u * pstride) + fetch.ahead;
+          if (safe || q < fetch.end) __builtin_prefetch(q, 0, 2);
+        }
+      }
+      // The pair's even input, then its odd one: each panel's 16 weights
+      // widened once, every row's two terms broadcast against them.
+#pragma GCC unroll 2
+      for (int s = 0; s < 2; ++s) {
+        V* chain = s == 0 ? even : odd;
+        V wv[P];
+#pragma GCC unroll 4
+        for (int u = 0; u < P; ++u) wv[u] = V::LoadStep(ws + u * pstride, s);
+#pragma GCC unroll 4
+        for (int rt = 0; rt < 2 * R; ++rt) {
+          const V xv =
+              V::Set1(xs[static_cast<int64_t>(rt) * stride + 2 * p + s]);
+#pragma GCC unroll 4
+          for (int u = 0; u < P; ++u) {
+            chain[rt * P + u] = V::Fma(wv[u], xv, chain[rt * P + u]);
+          }
+        }
+      }
+      ws += 2 * kPanelOut;
+    };
+    if (p1 - p0 == kPairsPerBlock) {
+      // A whole block unrolled: no loop exit to mispredict every 16 pairs
+      // (32 rows x 768 x 768 on one core: 58 -> 61-63 GFLOP/s).
+#pragma GCC unroll 16
+      for (int q = 0; q < kPairsPerBlock; ++q) pair(p0 + q);
+    } else {
+      for (int p = p0; p < p1; ++p) pair(p);
+    }
+#pragma GCC unroll 16
+    for (int a = 0; a < kAcc; ++a) {
+      c[a] = V::Add(c[a], V::Add(even[a], odd[a]));
+      even[a] = odd[a] = V::Zero();
+    }
+  }
+#pragma GCC unroll 2
+  for (int r = 0; r < R; ++r) {
+    float* yr = y + static_cast<int64_t>(r) * ldy;
+#pragma GCC unroll 4
+    for (int u = 0; u < P; ++u) {
+      const V v = V::Add(c[(2 * r) * P + u], c[(2 * r + 1) * P + u]);
+      const int n = outs - u * kPanelOut;
+      if (n >= kPanelOut) {
+        v.Store(yr + u * kPanelOut);
+      } else if (n > 0) {
+        v.StorePartial(yr + u * kPanelOut, n);
+      }
+    }
+  }
+}
+
+// Bf16Block for a run-time row count r in [1, RT].
+template <typename V, int P, int RT>
+inline void Bf16BlockRows(int r, const uint16_t* w, int64_t pstride, int in,
+                          const float* xs, int stride, float* y, int ldy,
+                          int outs, Fetch fetch = {}) {
+  if constexpr (RT > 1) {
+    if (r < RT) {
+      return Bf16BlockRows<V, P, RT - 1>(r, w, pstride, in, xs, stride, y, ldy,
+                                         outs, fetch);
+    }
+  }
+  Bf16Block<V, RT, P>(w, pstride, in, xs, stride, y, ldy, outs, fetch);
+}
+
+// gemm_bf16 with fused multiply-adds (the AVX-512 build without AMX-BF16,
+// AVX2, scalar; and one row on AMX machines), the loop structure of Gemm.
+template <typename V>
+void GemmBf16Terms(const uint16_t* w, int in, const float* xs,
+                   const uint16_t* /*xb*/, int rows, float* y, int ldy,
+                   int o_begin, int o_end) {
+  if (rows <= 0 || o_begin >= o_end) return;
+  const uint32_t mxcsr = EnterFlushToZero();
+  const int stride = Bf16TermsStride(in);
+  const int64_t pstride = PanelElems(in, 2);
+  const uint16_t* wb = w + o_begin / kPanelOut * pstride;
+  float* yb = y + o_begin;
+  const int outs = o_end - o_begin;
+  const char* end = reinterpret_cast<const char*>(
+      wb + static_cast<int64_t>((outs + kPanelOut - 1) / kPanelOut) * pstride);
+  if (rows == 1) {
+    // 1 KiB ahead of each stream, as Gemm's one-row blocks.
+    constexpr int kP = V::kBf16OneRowPanels, kAhead = 1024;
+    constexpr int kBlockOuts = kP * kPanelOut;
+    int o = 0;
+    for (; o + kBlockOuts <= outs; o += kBlockOuts) {
+      Bf16Block<V, 1, kP>(wb + o / kPanelOut * pstride, pstride, in, xs, stride,
+                          yb + o, ldy, kBlockOuts, {nullptr, 0, kAhead, end});
+    }
+    for (; o < outs; o += kPanelOut) {
+      Bf16Block<V, 1, 1>(wb + o / kPanelOut * pstride, pstride, in, xs, stride,
+                         yb + o, ldy, outs - o, {nullptr, 0, kAhead, end});
+    }
+    RestoreMxcsr(mxcsr);
+    return;
+  }
+  constexpr int kR = V::kBf16Rows, kP = V::kBf16Panels;
+  constexpr int kChunkBytes = 512 * 1024;
+  constexpr int kGroupOuts = kP * kPanelOut;
+  const int fit = kChunkBytes / (2 * stride * 4) / kR * kR;
+  const int chunk = fit > kR ? fit : kR;
+  const int64_t group_bytes = kP * pstride * 2;
+  const int first_chunk = rows < chunk ? rows : chunk;
+  const int blocks = (first_chunk + kR - 1) / kR;
+  const int64_t share = (group_bytes + blocks * 64 - 1) / (blocks * 64) * 64;
+  for (int r0 = 0; r0 < rows; r0 += chunk) {
+    const int r1 = rows - r0 < chunk ? rows : r0 + chunk;
+    for (int o = 0; o < outs; o += kGroupOuts) {
+      const uint16_t* wo = wb + o / kPanelOut * pstride;
+      const int n = outs - o < kGroupOuts ? outs - o : kGroupOuts;
+      for (int t = r0; t < r1; t += kR) {
+        const int rt = r1 - t < kR ? r1 - t : kR;
+        const float* xt = xs + static_cast<int64_t>(2 * t) * stride;
+        float* yt = yb + static_cast<int64_t>(t) * ldy + o;
+        if (n > (kP - 1) * kPanelOut) {
+          const char* next =
+              r0 == 0 ? reinterpret_cast<const char*>(wo + kP * pstride) +
+                            ((t - r0) / kR) * share
+                      : nullptr;
+          Bf16BlockRows<V, kP, kR>(rt, wo, pstride, in, xt, stride, yt, ldy, n,
+                                   {next, share, 0, end});
+        } else if constexpr (kP > 1) {
+          for (int p = 0; p * kPanelOut < n; ++p) {
+            Bf16BlockRows<V, 1, kR>(rt, wo + p * pstride, pstride, in, xt,
+                                    stride, yt + p * kPanelOut, ldy,
+                                    n - p * kPanelOut);
+          }
+        }
+      }
+    }
+  }
+  RestoreMxcsr(mxcsr);
 }
 
 // int8 x int8 products on the packed layout (kernels.h), plain integer

@@ -14,6 +14,7 @@ namespace {
 struct V {
   float l[16];
   static constexpr int kRows = 4, kPanels = 1;
+  static constexpr int kBf16Rows = 1, kBf16Panels = 1, kBf16OneRowPanels = 1;
   static V Zero() { return {}; }
   static V Set1(float f) {
     V r;
@@ -52,6 +53,11 @@ struct V {
     for (int i = 0; i < 16; ++i) r.l[i] = a.l[i] * b.l[i];
     return r;
   }
+  static V Add(const V& a, const V& b) {
+    V r;
+    for (int i = 0; i < 16; ++i) r.l[i] = a.l[i] + b.l[i];
+    return r;
+  }
   void Store(float* p) const { std::memcpy(p, l, sizeof(l)); }
   void StorePartial(float* p, int n) const {
     for (int i = 0; i < n && i < 16; ++i) p[i] = l[i];
@@ -73,7 +79,7 @@ struct V {
 extern const Kernels kKernelsScalar = {
     "scalar",
     &kernels_impl::Gemm<V, float>,
-    &kernels_impl::Gemm<V, uint16_t>,
+    &kernels_impl::GemmBf16Terms<V>,
     &kernels_impl::GemmI8Generic<V>,
     &kernels_impl::Wkv7Step<V>,
 };

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "worker/engine/kernels.h"
 
+#include <xmmintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -46,6 +48,59 @@ std::vector<T> Packed(const std::vector<T>& w, int out, int in) {
     PackPanelRow(w.data() + static_cast<size_t>(o) * in, o, in, p.data());
   }
   return p;
+}
+
+// gemm_bf16's definition (kernels.h), written out plainly: each activation
+// as two bf16 terms, per term two FMA chains (even and odd inputs) per block
+// of 32 inputs, block sums, and the terms' sums; under FTZ | DAZ.
+float RoundToBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    u = (u | 0x00400000u) & 0xffff0000u;
+  } else {
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  }
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+std::vector<float> Bf16Reference(const std::vector<uint16_t>& wb, int out,
+                                 int in, const float* x, int ldx, int rows,
+                                 int ldy) {
+  const uint32_t mxcsr = _mm_getcsr();
+  _mm_setcsr(mxcsr | 0x8040u);
+  std::vector<float> y(static_cast<size_t>(rows) * ldy, 0.0f);
+  for (int t = 0; t < rows; ++t) {
+    std::vector<float> hi(in + 1, 0.0f), lo(in + 1, 0.0f);
+    for (int i = 0; i < in; ++i) {
+      const float v = x[static_cast<size_t>(t) * ldx + i];
+      hi[i] = RoundToBf16(v);
+      lo[i] = RoundToBf16(v - hi[i]);
+    }
+    for (int o = 0; o < out; ++o) {
+      auto w = [&](int i) {
+        return i < in ? FromBF16(wb[static_cast<size_t>(o) * in + i]) : 0.0f;
+      };
+      float sum[2];
+      for (int term = 0; term < 2; ++term) {
+        const std::vector<float>& xt = term == 0 ? hi : lo;
+        float c = 0.0f;
+        for (int b = 0; b < in; b += 32) {
+          float even = 0.0f, odd = 0.0f;
+          for (int i = b; i < b + 32 && i < in; i += 2) {
+            even = std::fma(w(i), xt[i], even);
+            odd = std::fma(w(i + 1), xt[i + 1], odd);
+          }
+          c = c + (even + odd);
+        }
+        sum[term] = c;
+      }
+      y[static_cast<size_t>(t) * ldy + o] = sum[0] + sum[1];
+    }
+  }
+  _mm_setcsr(mxcsr);
+  return y;
 }
 
 // Random int8 weights over the quantizer's range [-127, 127] and positive
@@ -227,14 +282,14 @@ TEST(KernelsTest, LayerNormMatchesTheDefinitionAtEveryLength) {
   }
 }
 
-// The definition of gemm_f32 / gemm_bf16: per output, one chain of fused
-// multiply-adds in input order from +0 — bit for bit in every build, at
-// every input count (odd ones end a bf16 panel step halfway), for ragged
-// output ranges and any number of rows; a bf16 matrix gives exactly the
-// products of its fp32 widening.
-TEST(KernelsTest, GemmIsTheFmaChainInInputOrderInEveryBuild) {
-  for (int in : {1, 2, 3, 15, 16, 17, 63, 100, 767, 768}) {
-    for (int rows : {1, 2, 3, 5, 8, 9, 17, 33}) {
+// The definition of gemm_f32: per output, one chain of fused multiply-adds
+// in input order from +0 — bit for bit in every build, at every input
+// count, for ragged output ranges and any number of rows. And of gemm_bf16
+// (kernels.h: two bf16 terms, TDPBF16PS's chains): the same in every build,
+// AMX included, at input counts around the 32-input blocks.
+TEST(KernelsTest, GemmIsItsDefinitionInEveryBuild) {
+  for (int in : {1, 2, 3, 15, 16, 17, 31, 32, 33, 63, 64, 100, 767, 768}) {
+    for (int rows : {1, 2, 3, 5, 8, 9, 16, 17, 33}) {
       const int out = 53;
       auto w = Random(static_cast<size_t>(out) * in, in);
       std::vector<uint16_t> wb(w.size());
@@ -242,26 +297,23 @@ TEST(KernelsTest, GemmIsTheFmaChainInInputOrderInEveryBuild) {
         wb[i] = ToBF16(w[i]);
         if (i % 7 == 0) w[i] = FromBF16(wb[i]);  // some exact bf16 values
       }
-      std::vector<float> wide(w.size());
-      for (size_t i = 0; i < w.size(); ++i) wide[i] = FromBF16(wb[i]);
       const auto pw = Packed(w, out, in);
       const auto pb = Packed(wb, out, in);
       auto x = Random(static_cast<size_t>(rows) * in, rows + 200);
-      auto chain = [&](const std::vector<float>& m) {
-        std::vector<float> y(static_cast<size_t>(rows) * out);
-        for (int t = 0; t < rows; ++t) {
-          for (int o = 0; o < out; ++o) {
-            float acc = 0.0f;
-            for (int i = 0; i < in; ++i) {
-              acc = std::fma(m[static_cast<size_t>(o) * in + i],
-                             x[static_cast<size_t>(t) * in + i], acc);
-            }
-            y[static_cast<size_t>(t) * out + o] = acc;
+      std::vector<float> want_f32(static_cast<size_t>(rows) * out);
+      for (int t = 0; t < rows; ++t) {
+        for (int o = 0; o < out; ++o) {
+          float acc = 0.0f;
+          for (int i = 0; i < in; ++i) {
+            acc = std::fma(w[static_cast<size_t>(o) * in + i],
+                           x[static_cast<size_t>(t) * in + i], acc);
           }
+          want_f32[static_cast<size_t>(t) * out + o] = acc;
         }
-        return y;
-      };
-      const std::vector<float> want_f32 = chain(w), want_bf16 = chain(wide);
+      }
+      const std::vector<float> want_bf16 =
+          Bf16Reference(wb, out, in, x.data(), in, rows, out);
+      const Bf16Terms terms(x.data(), in, rows, in);
       for (const char* name :
            {"scalar", "avx2", "avx512", "avx512vnni", "avx512amx"}) {
         const Kernels* k = GetKernelsByName(name);
@@ -272,13 +324,53 @@ TEST(KernelsTest, GemmIsTheFmaChainInInputOrderInEveryBuild) {
         EXPECT_EQ(0, std::memcmp(y.data(), want_f32.data(), y.size() * 4))
             << name << " f32 in=" << in << " rows=" << rows;
         y.assign(y.size(), -1.0f);
-        k->gemm_bf16(pb.data(), in, x.data(), in, rows, y.data(), out, 0, 32);
-        k->gemm_bf16(pb.data(), in, x.data(), in, rows, y.data(), out, 32, out);
+        k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.xb.data(), rows,
+                     y.data(), out, 0, 32);
+        k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.xb.data(), rows,
+                     y.data(), out, 32, out);
         EXPECT_EQ(0, std::memcmp(y.data(), want_bf16.data(), y.size() * 4))
             << name << " bf16 in=" << in << " rows=" << rows;
       }
     }
   }
+}
+
+// Denormal weights, activations, terms and results are flushed to zero as
+// TDPBF16PS flushes them, in every build; and the second term keeps what
+// the first drops (16 significant bits of the activations).
+TEST(KernelsTest, Bf16ProductFlushesDenormalsAndKeepsSixteenBits) {
+  const int in = 64, out = 32;
+  for (const int scale : {-60, -75, -100, -126}) {
+    for (const int rows : {1, 4, 16}) {
+      std::vector<uint16_t> wb(static_cast<size_t>(out) * in);
+      auto wf = Random(wb.size(), 3 - scale);
+      for (size_t i = 0; i < wb.size(); ++i) {
+        wb[i] = ToBF16(std::ldexp(wf[i], scale / 2 - static_cast<int>(i % 9)));
+      }
+      auto x = Random(static_cast<size_t>(rows) * in, 9 - scale);
+      for (size_t i = 0; i < x.size(); ++i) {
+        x[i] = std::ldexp(x[i], scale / 2 - static_cast<int>(i % 11));
+      }
+      const auto pb = Packed(wb, out, in);
+      const std::vector<float> want =
+          Bf16Reference(wb, out, in, x.data(), in, rows, out);
+      const Bf16Terms terms(x.data(), in, rows, in);
+      for (const char* name : {"scalar", "avx2", "avx512", "avx512amx"}) {
+        const Kernels* k = GetKernelsByName(name);
+        if (k == nullptr) continue;
+        std::vector<float> y(want.size(), -1.0f);
+        k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.xb.data(), rows,
+                     y.data(), out, 0, out);
+        EXPECT_EQ(0, std::memcmp(y.data(), want.data(), y.size() * 4))
+            << name << " scale 2^" << scale << " rows=" << rows;
+      }
+    }
+  }
+  // x = 1 + 2^-12: bf16 keeps 1, the second term 2^-12.
+  const float x = 1.0f + std::ldexp(1.0f, -12);
+  const Bf16Terms terms(&x, 1, 1, 1);
+  EXPECT_EQ(terms.xs[0], 1.0f);
+  EXPECT_EQ(terms.xs[Bf16TermsStride(1)], std::ldexp(1.0f, -12));
 }
 
 // The definition: the exact integer dot product, then two multiplications.
@@ -345,7 +437,9 @@ TEST_P(GemmRowTest, RowIsIndependentOfBatchAndSplit) {
     for (const char* type : {"f32", "bf16", "i8"}) {
       auto run = [&](const float* xs, int rows, float* y, int ob, int oe) {
         if (type[0] == 'b') {
-          k->gemm_bf16(pb.data(), in, xs, ldx, rows, y, ldy, ob, oe);
+          const Bf16Terms terms(xs, ldx, rows, in);
+          k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.xb.data(), rows, y,
+                       ldy, ob, oe);
         } else if (type[0] == 'i') {
           const I8Rows q = Quantize(xs, ldx, rows, in);
           k->gemm_i8(wi.packed.data(), wi.scale.data(), wi.sum.data(), in,

@@ -39,7 +39,7 @@ set_source_files_properties(kernels_avx512_onerow.cc PROPERTIES COMPILE_OPTIONS
 set_source_files_properties(kernels_avx512vnni.cc PROPERTIES COMPILE_OPTIONS
   "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mavx512vnni;-Wno-uninitialized;-Wno-maybe-uninitialized")
 set_source_files_properties(kernels_amx.cc PROPERTIES COMPILE_OPTIONS
-  "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mamx-tile;-mamx-int8;-Wno-uninitialized;-Wno-maybe-uninitialized")
+  "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mamx-tile;-mamx-int8;-mamx-bf16;-Wno-uninitialized;-Wno-maybe-uninitialized")
 set_source_files_properties(kernels_avx2.cc PROPERTIES COMPILE_OPTIONS
   "-mavx2;-mfma")
 

@@ -252,7 +252,7 @@ TEST(ModelTest, ChunkingBatchingThreadsAndKernelsAreBitIdentical) {
           ref, Feed(*base, tokens, chunk, true),
           std::string(file) + " batched, chunk " + std::to_string(chunk));
     }
-    for (const char* kernels : {"avx2", "avx512"}) {
+    for (const char* kernels : {"avx2", "avx512", "avx512amx"}) {
       for (int threads : {1, 2, 3}) {
         auto m = Load(file, Opts(threads, kernels));
         if (m == nullptr) continue;  // CPU without this instruction set
@@ -264,27 +264,25 @@ TEST(ModelTest, ChunkingBatchingThreadsAndKernelsAreBitIdentical) {
   }
 }
 
-// A bf16 file is computed on exactly its values: kept as bf16 (every matrix,
-// the LoRA factors included) or widened to fp32 at load, the products are the
-// same operations on the same numbers, so states and logits are the same bits
-// and so is the fingerprint.
-TEST(ModelTest, Bf16FileKeptOrWidenedIsBitIdentical) {
+// A bf16 file kept as bf16 (every matrix, the LoRA factors included) has
+// products of its own arithmetic (kernels.h gemm_bf16: the activations as
+// two bf16 terms, AMX's chains), the same bits in every build (the test
+// above); widened to fp32 at load its products are fp32 chains. Both are
+// the same model — one fingerprint — and agree within the golden tolerance.
+TEST(ModelTest, Bf16FileKeptOrWidenedAgreesWithinTolerance) {
   SS_REQUIRE_SHARED_DATA();
-  for (const char* kernels : {"scalar", "avx2", "avx512"}) {
-    auto kept = Load("testdata/rwkv7-tiny-bf16.pth", Opts(2, kernels));
-    auto widened = Load("testdata/rwkv7-tiny-bf16.pth",
-                        Opts(2, kernels, WeightPrecision::kF32));
-    if (kept == nullptr || widened == nullptr) continue;  // CPU without it
-    EXPECT_EQ(kept->info().fingerprint, widened->info().fingerprint);
-    const std::vector<int32_t> tokens =
-        RandomTokens(80, kept->info().config.vocab_size, 11);
-    ExpectBitIdentical(Feed(*widened, tokens, 1, false),
-                       Feed(*kept, tokens, 1, false),
-                       std::string(kernels) + " one token a step");
-    ExpectBitIdentical(Feed(*widened, tokens, 33, true),
-                       Feed(*kept, tokens, 33, true),
-                       std::string(kernels) + " chunks of 33, batched");
-  }
+  auto kept = Load("testdata/rwkv7-tiny-bf16.pth", Opts(2, ""));
+  auto widened =
+      Load("testdata/rwkv7-tiny-bf16.pth", Opts(2, "", WeightPrecision::kF32));
+  ASSERT_NE(kept, nullptr);
+  ASSERT_NE(widened, nullptr);
+  EXPECT_EQ(kept->info().fingerprint, widened->info().fingerprint);
+  const std::vector<int32_t> tokens =
+      RandomTokens(80, kept->info().config.vocab_size, 11);
+  const FeedResult a = Feed(*widened, tokens, 1, false);
+  const FeedResult b = Feed(*kept, tokens, 33, true);
+  ExpectCloseToGolden(b.logits.data(), a.logits, "bf16 kept vs widened logits");
+  ExpectCloseToGolden(b.state.data(), a.state, "bf16 kept vs widened state");
 }
 
 // int8 weights (per-row scales): the same determinism as every other
@@ -309,7 +307,7 @@ TEST(ModelTest, Int8WeightsAreDeterministicAndClose) {
           ref, Feed(*base, tokens, chunk, true),
           std::string(file) + " int8, batched, chunk " + std::to_string(chunk));
     }
-    for (const char* kernels : {"avx2", "avx512"}) {
+    for (const char* kernels : {"avx2", "avx512", "avx512amx"}) {
       auto m = Load(file, Opts(2, kernels, WeightPrecision::kInt8));
       if (m == nullptr) continue;
       ExpectBitIdentical(ref, Feed(*m, tokens, 17, true),

@@ -253,12 +253,18 @@ void WeightStream::Before(absl::Span<const MatMulJob> jobs, ThreadPool& pool) {
   pool.ReadAheadWhenIdle({regions, static_cast<size_t>(n)});
 }
 
+Bf16Terms::Bf16Terms(const float* x, int ldx, int rows, int in)
+    : xs(Bf16TermsSize(rows, in), 0.0f), xb(Bf16TermsSize(rows, in), 0) {
+  SplitBf16Terms(x, ldx, rows, in, xs.data(), xb.data());
+}
+
 void MatMuls(const Kernels& k, ThreadPool& pool,
              absl::Span<const MatMulJob> jobs, int rows, WeightStream* stream) {
   if (rows <= 0 || jobs.empty()) return;
   if (stream != nullptr) stream->Before(jobs, pool);
-  // int8 inputs are quantized once per product, shared by all its tiles.
-  // Rows are padded to 64 bytes and their number to a multiple of 16 (the
+  // int8 inputs are quantized once per product, and bf16 inputs split into
+  // their two bf16 terms (kernels.h), shared by all its tiles. int8 rows
+  // are padded to 64 bytes and their number to a multiple of 16 (the
   // kernels read whole tiles; what padding holds is never used).
   struct Quantized {
     int64_t offset;  // into xq; rows of ldq bytes
@@ -268,6 +274,9 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
     std::vector<uint8_t> xq;
     std::vector<float> scale;  // [job][row]
     std::vector<Quantized> q;
+    std::vector<float> xs;       // bf16 terms as fp32
+    std::vector<uint16_t> xb;    // the same as bf16
+    std::vector<int64_t> terms;  // [job]: offset into xs and xb, or -1
     std::vector<int> first_tile;
   };
   // The caller's scratch, by reference: pool threads use it too (a
@@ -276,42 +285,65 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
   Scratch& s = scratch;
   const int n = static_cast<int>(jobs.size());
   s.q.assign(n, Quantized{0, 0});
-  int64_t xq_bytes = 0, values = 0;
+  s.terms.assign(n, -1);
+  int64_t xq_bytes = 0, terms_size = 0, values = 0;
   for (int j = 0; j < n; ++j) {
     const Matrix& m = *jobs[j].m;
-    if (m.i8 == nullptr) continue;
-    s.q[j] = {xq_bytes, (m.cols + 63) & ~63};
-    xq_bytes += static_cast<int64_t>((rows + 15) & ~15) * s.q[j].ldq;
-    values += static_cast<int64_t>(rows) * m.cols;
+    if (m.i8 != nullptr) {
+      s.q[j] = {xq_bytes, (m.cols + 63) & ~63};
+      xq_bytes += static_cast<int64_t>((rows + 15) & ~15) * s.q[j].ldq;
+      values += static_cast<int64_t>(rows) * m.cols;
+    } else if (m.bf16 != nullptr) {
+      s.terms[j] = terms_size;
+      terms_size += Bf16TermsSize(rows, m.cols);
+      values += static_cast<int64_t>(rows) * m.cols;
+    }
   }
   if (xq_bytes > 0) {
     s.xq.resize(xq_bytes);
     s.scale.resize(static_cast<size_t>(n) * rows);
+  }
+  if (terms_size > 0) {
+    // Grown, never shrunk: a resize that grows zeroes what it adds.
+    if (s.xs.size() < static_cast<size_t>(terms_size)) {
+      s.xs.resize(terms_size);
+      s.xb.resize(terms_size);
+    }
+    // The rows past 2 * rows (whole AMX tiles) hold whatever they held:
+    // AMX reads them only into rows of sums it never stores.
+  }
+  if (values > 0) {
     // Rows are independent. A hand-off costs a few microseconds, as much
-    // as quantizing ~30k values: small inputs are quantized on the caller,
+    // as quantizing ~30k values: small inputs are prepared on the caller,
     // larger ones over the pool, each product's rows in one block per
     // thread.
     constexpr int64_t kMinPerTask = 32 * 1024;
     const int blocks = static_cast<int>(
         std::min<int64_t>(std::min(pool.size(), rows),
                           std::max<int64_t>(1, values / kMinPerTask)));
-    auto quantize = [&](int task) {
+    auto prepare = [&](int task) {
       const int j = task / blocks, i = task % blocks;
       const MatMulJob& job = jobs[j];
-      if (job.m->i8 == nullptr) return;
+      const Matrix& m = *job.m;
       const int b = static_cast<int>(static_cast<int64_t>(rows) * i / blocks);
       const int e =
           static_cast<int>(static_cast<int64_t>(rows) * (i + 1) / blocks);
-      QuantizeRows(
-          job.x + static_cast<int64_t>(b) * job.ldx, job.ldx, e - b,
-          job.m->cols,
-          s.xq.data() + s.q[j].offset + static_cast<int64_t>(b) * s.q[j].ldq,
-          s.q[j].ldq, s.scale.data() + static_cast<size_t>(j) * rows + b);
+      if (m.i8 != nullptr) {
+        QuantizeRows(
+            job.x + static_cast<int64_t>(b) * job.ldx, job.ldx, e - b, m.cols,
+            s.xq.data() + s.q[j].offset + static_cast<int64_t>(b) * s.q[j].ldq,
+            s.q[j].ldq, s.scale.data() + static_cast<size_t>(j) * rows + b);
+      } else if (m.bf16 != nullptr) {
+        const int64_t at =
+            s.terms[j] + int64_t{2} * b * Bf16TermsStride(m.cols);
+        SplitBf16Terms(job.x + static_cast<int64_t>(b) * job.ldx, job.ldx,
+                       e - b, m.cols, s.xs.data() + at, s.xb.data() + at);
+      }
     };
     if (values < kMinPerTask) {
-      for (int j = 0; j < n; ++j) quantize(j);
+      for (int j = 0; j < n; ++j) prepare(j * blocks);
     } else {
-      pool.ParallelFor(n * blocks, quantize);
+      pool.ParallelFor(n * blocks, prepare);
     }
   }
   // One hand-off for every product's output ranges.
@@ -338,7 +370,8 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
     } else if (m.f32 != nullptr) {
       k.gemm_f32(m.f32, m.cols, job.x, job.ldx, rows, job.y, job.ldy, b, e);
     } else {
-      k.gemm_bf16(m.bf16, m.cols, job.x, job.ldx, rows, job.y, job.ldy, b, e);
+      k.gemm_bf16(m.bf16, m.cols, s.xs.data() + s.terms[j],
+                  s.xb.data() + s.terms[j], rows, job.y, job.ldy, b, e);
     }
   });
 }

@@ -55,6 +55,14 @@ void MatMul(const Kernels& k, ThreadPool& pool, const Matrix& m, const float* x,
             int ldx, int rows, float* y, int ldy,
             WeightStream* stream = nullptr);
 
+// Activations split for Kernels::gemm_bf16 (SplitBf16Terms, padding rows
+// cleared), for callers of the kernel itself; MatMuls keeps its own.
+struct Bf16Terms {
+  Bf16Terms(const float* x, int ldx, int rows, int in);
+  std::vector<float> xs;
+  std::vector<uint16_t> xb;
+};
+
 // One product of MatMuls: y[t*ldy + o] = sum_i m[o][i] * x[t*ldx + i].
 struct MatMulJob {
   const Matrix* m;

@@ -368,9 +368,9 @@ absl::Status WeightLoader::MatT(absl::string_view name, int rows, int cols,
   };
   if (t->dtype == DType::kBF16 && (precision_ == WeightPrecision::kBF16 ||
                                    precision_ == WeightPrecision::kAsStored)) {
-    // bf16 in the file stays bf16 (exact, and the kernels widen it exactly,
-    // so the products are bit-identical to an fp32 copy's) at half the
-    // bytes a decode step reads.
+    // bf16 in the file stays bf16 (exact; its products are gemm_bf16's,
+    // within float tolerance of an fp32 copy's) at half the bytes a decode
+    // step reads.
     transpose(AllocateMatrix<uint16_t>(out),
               [](float v) { return F32ToBF16(v); });
   } else {
