@@ -32,7 +32,7 @@ void GemmBf16(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
 
 extern const Kernels kKernelsAvx512 = {
     "avx512",
-    &kernels_impl::Gemm<V, float>,
+    &kernels_impl::Gemm<V>,
     &GemmBf16,
     &kernels_impl::GemmI8Generic<V>,
     &kernels_impl::Wkv7Step<V>,

@@ -5,12 +5,13 @@
 // V must provide: Zero(), Load(const float*), LoadPartial(const float*, n),
 // LoadStep(const W* p, s) (the 16 outputs' weights of input s of the panel
 // step at p, widened exactly: s = 0 for fp32, 0 or 1 for bf16), Set1(float),
-// Fma(a, b, c) = a*b+c (fused), Mul, Store(float*), StorePartial(float*, n),
-// ReduceAdd() with the fixed tree: 16 -> 8 (lane j + lane j+8) -> 4 -> 2 ->
+// Fma(a, b, c) = a*b+c (fused), Mul, Add, Store(float*), StorePartial(float*,
+// n), ReduceAdd() with the fixed tree: 16 -> 8 (lane j + lane j+8) -> 4 -> 2 ->
 // 1, and Reduce16(const V a[16], float out[16]) with out[j] bit-identical to
 // a[j].ReduceAdd(). Partial loads fill missing lanes with +0. And the
-// register block of its products: kRows rows x kPanels panels (shapes only:
-// every shape gives the same bits).
+// register blocks of its products: kRows rows x kPanels panels for fp32,
+// kBf16Rows x kBf16Panels (kBf16OneRowPanels for one row) for bf16 (shapes
+// only: every shape gives the same bits).
 #ifndef STATESTREAM_WORKER_ENGINE_KERNELS_IMPL_H_
 #define STATESTREAM_WORKER_ENGINE_KERNELS_IMPL_H_
 
@@ -49,44 +50,27 @@ struct Fetch {
 // RT and P. `w` is the block's first panel (panels `pstride` elements apart),
 // `x` its first row, `y` y[first row][first output]; `outs` outputs are
 // stored (the last panel may be partial).
-template <typename V, typename W, int RT, int P>
-inline void PanelBlock(const W* w, int64_t pstride, int in, const float* x,
+template <typename V, int RT, int P>
+inline void PanelBlock(const float* w, int64_t pstride, int in, const float* x,
                        int ldx, float* y, int ldy, int outs, Fetch fetch = {}) {
   static_assert(RT * P <= 24, "at most 24 accumulators");
-  constexpr int S = PanelStep(sizeof(W));
-  constexpr int kStepElems = S * kPanelOut;
   V acc[RT * P];
 #pragma GCC unroll 24
   for (int a = 0; a < RT * P; ++a) acc[a] = V::Zero();
-  const int full = in - in % S;
   const char* next = fetch.next;
   const char* next_end = next + fetch.next_bytes;
   if (next_end > fetch.end) next_end = fetch.end;
-  const int steps = full / S > 0 ? full / S : 1;
+  const int steps = in > 0 ? in : 1;
   const int64_t next_lines = (next_end - next + 63) / 64;
   const int lines_per_step =
       next == nullptr || next_lines <= 0
           ? 0
           : static_cast<int>((next_lines + steps - 1) / steps);
-  const W* ws = w;
-  // Input i + s of a step: each panel's 16 weights widened (one load and
-  // one shift or mask), then every row's broadcast against them. Only P
-  // weight vectors are live at a time, so the 8 x 3 block's 24
-  // accumulators stay in registers.
-  auto input = [&](int i, int s) {
-    V wv[P];
-#pragma GCC unroll 4
-    for (int u = 0; u < P; ++u) wv[u] = V::LoadStep(ws + u * pstride, s);
-#pragma GCC unroll 8
-    for (int t = 0; t < RT; ++t) {
-      const V xv = V::Set1(x[static_cast<int64_t>(t) * ldx + i + s]);
-#pragma GCC unroll 4
-      for (int u = 0; u < P; ++u) {
-        acc[t * P + u] = V::Fma(wv[u], xv, acc[t * P + u]);
-      }
-    }
-  };
-  for (int i = 0; i < full; i += S, ws += kStepElems) {
+  const float* ws = w;
+  // Input i: each panel's 16 weights loaded, then every row's broadcast
+  // against them. Only P weight vectors are live at a time, so the 8 x 3
+  // block's 24 accumulators stay in registers.
+  for (int i = 0; i < in; ++i, ws += kPanelOut) {
     for (int l = 0; l < lines_per_step && next < next_end; ++l) {
       __builtin_prefetch(next, 0, 2);
       next += 64;
@@ -99,11 +83,18 @@ inline void PanelBlock(const W* w, int64_t pstride, int in, const float* x,
         if (q < fetch.end) __builtin_prefetch(q, 0, 2);
       }
     }
-#pragma GCC unroll 2
-    for (int s = 0; s < S; ++s) input(i, s);
+    V wv[P];
+#pragma GCC unroll 4
+    for (int u = 0; u < P; ++u) wv[u] = V::LoadStep(ws + u * pstride, 0);
+#pragma GCC unroll 8
+    for (int t = 0; t < RT; ++t) {
+      const V xv = V::Set1(x[static_cast<int64_t>(t) * ldx + i]);
+#pragma GCC unroll 4
+      for (int u = 0; u < P; ++u) {
+        acc[t * P + u] = V::Fma(wv[u], xv, acc[t * P + u]);
+      }
+    }
   }
-  // The odd last input of a bf16 matrix: its step's first half.
-  if (full < in) input(full, 0);
 #pragma GCC unroll 8
   for (int t = 0; t < RT; ++t) {
     float* yt = y + static_cast<int64_t>(t) * ldy;
@@ -120,17 +111,17 @@ inline void PanelBlock(const W* w, int64_t pstride, int in, const float* x,
 }
 
 // PanelBlock for a run-time row count rt in [1, V::kRows].
-template <typename V, typename W, int P, int RT = V::kRows>
-inline void PanelBlockRows(int rt, const W* w, int64_t pstride, int in,
+template <typename V, int P, int RT = V::kRows>
+inline void PanelBlockRows(int rt, const float* w, int64_t pstride, int in,
                            const float* x, int ldx, float* y, int ldy, int outs,
                            Fetch fetch = {}) {
   if constexpr (RT > 1) {
     if (rt < RT) {
-      return PanelBlockRows<V, W, P, RT - 1>(rt, w, pstride, in, x, ldx, y, ldy,
-                                             outs, fetch);
+      return PanelBlockRows<V, P, RT - 1>(rt, w, pstride, in, x, ldx, y, ldy,
+                                          outs, fetch);
     }
   }
-  PanelBlock<V, W, RT, P>(w, pstride, in, x, ldx, y, ldy, outs, fetch);
+  PanelBlock<V, RT, P>(w, pstride, in, x, ldx, y, ldy, outs, fetch);
 }
 
 // Outputs [o_begin, o_end) of all rows (gemm_f32; bf16 products have their
@@ -142,32 +133,31 @@ inline void PanelBlockRows(int rt, const W* w, int64_t pstride, int in,
 // V::kPanels panels (which stays in L1/L2) meets every block of V::kRows
 // rows. The activations come in by broadcast, one per row and input, and
 // nothing is reduced across lanes.
-template <typename V, typename W>
-void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
+template <typename V>
+void Gemm(const float* w, int in, const float* x, int ldx, int rows, float* y,
           int ldy, int o_begin, int o_end) {
   if (rows <= 0 || o_begin >= o_end) return;
-  constexpr int S = PanelStep(sizeof(W));
-  const int64_t pstride = PanelElems(in, S);
-  const W* wb = w + o_begin / kPanelOut * pstride;
+  const int64_t pstride = PanelElems(in, 1);
+  const float* wb = w + o_begin / kPanelOut * pstride;
   float* yb = y + o_begin;
   const int outs = o_end - o_begin;
   const char* end = reinterpret_cast<const char*>(
       wb + static_cast<int64_t>((outs + kPanelOut - 1) / kPanelOut) * pstride);
   if (rows == 1) {
-    // 1 KiB ahead of each stream (measured on bf16 when it ran here):
-    // 0.1B bf16 decode 96-105 tok/s against
-    // 88-92 with none, 84-96 at 2-8 KiB or one block ahead.
+    // 1 KiB ahead of each stream (measured when bf16 ran here too: 0.1B
+    // bf16 decode 96-105 tok/s against 88-92 with none, 84-96 at 2-8 KiB or
+    // one block ahead; GemmBf16Terms keeps it).
     constexpr int kOneRowPanels = 4, kAhead = 1024;
     constexpr int kBlockOuts = kOneRowPanels * kPanelOut;
     int o = 0;
     for (; o + kBlockOuts <= outs; o += kBlockOuts) {
-      PanelBlock<V, W, 1, kOneRowPanels>(wb + o / kPanelOut * pstride, pstride,
-                                         in, x, ldx, yb + o, ldy, kBlockOuts,
-                                         {nullptr, 0, kAhead, end});
+      PanelBlock<V, 1, kOneRowPanels>(wb + o / kPanelOut * pstride, pstride, in,
+                                      x, ldx, yb + o, ldy, kBlockOuts,
+                                      {nullptr, 0, kAhead, end});
     }
     for (; o < outs; o += kPanelOut) {
-      PanelBlock<V, W, 1, 1>(wb + o / kPanelOut * pstride, pstride, in, x, ldx,
-                             yb + o, ldy, outs - o, {nullptr, 0, kAhead, end});
+      PanelBlock<V, 1, 1>(wb + o / kPanelOut * pstride, pstride, in, x, ldx,
+                          yb + o, ldy, outs - o, {nullptr, 0, kAhead, end});
     }
     return;
   }
@@ -178,14 +168,14 @@ void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
   const int fit = kChunkBytes / (in * 4) / V::kRows * V::kRows;
   const int chunk = fit > V::kRows ? fit : V::kRows;
   const int64_t group_bytes =
-      V::kPanels * pstride * static_cast<int64_t>(sizeof(W));
+      V::kPanels * pstride * static_cast<int64_t>(sizeof(float));
   const int first_chunk = rows < chunk ? rows : chunk;
   const int blocks = (first_chunk + V::kRows - 1) / V::kRows;
   const int64_t share = (group_bytes + blocks * 64 - 1) / (blocks * 64) * 64;
   for (int r0 = 0; r0 < rows; r0 += chunk) {
     const int r1 = rows - r0 < chunk ? rows : r0 + chunk;
     for (int o = 0; o < outs; o += kGroupOuts) {
-      const W* wo = wb + o / kPanelOut * pstride;
+      const float* wo = wb + o / kPanelOut * pstride;
       const int n = outs - o < kGroupOuts ? outs - o : kGroupOuts;
       for (int t = r0; t < r1; t += V::kRows) {
         const int rt = r1 - t < V::kRows ? r1 - t : V::kRows;
@@ -200,13 +190,13 @@ void Gemm(const W* w, int in, const float* x, int ldx, int rows, float* y,
                   ? reinterpret_cast<const char*>(wo + V::kPanels * pstride) +
                         (t / V::kRows) * share
                   : nullptr;
-          PanelBlockRows<V, W, V::kPanels>(rt, wo, pstride, in, xt, ldx, yt,
-                                           ldy, n, {next, share, 0, end});
+          PanelBlockRows<V, V::kPanels>(rt, wo, pstride, in, xt, ldx, yt, ldy,
+                                        n, {next, share, 0, end});
         } else if constexpr (V::kPanels > 1) {
           // The range's last panels, one at a time.
           for (int p = 0; p * kPanelOut < n; ++p) {
-            PanelBlockRows<V, W, 1>(rt, wo + p * pstride, pstride, in, xt, ldx,
-                                    yt + p * kPanelOut, ldy, n - p * kPanelOut);
+            PanelBlockRows<V, 1>(rt, wo + p * pstride, pstride, in, xt, ldx,
+                                 yt + p * kPanelOut, ldy, n - p * kPanelOut);
           }
         }
       }

@@ -78,7 +78,7 @@ struct V {
 
 extern const Kernels kKernelsScalar = {
     "scalar",
-    &kernels_impl::Gemm<V, float>,
+    &kernels_impl::Gemm<V>,
     &kernels_impl::GemmBf16Terms<V>,
     &kernels_impl::GemmI8Generic<V>,
     &kernels_impl::Wkv7Step<V>,
