@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <xmmintrin.h>
 
+#include <bit>
 #include <cstring>
 
 namespace statestream::engine {
@@ -61,10 +62,11 @@ bool HasAvx2() {
 }
 
 // bf16(f) rounded to nearest even, as the bits of an fp32; a NaN stays a
-// (quiet) NaN.
-__attribute__((always_inline)) inline uint32_t RoundToBf16(uint32_t u) {
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (u | 0x00400000u) & 0xffff0000u;
-  return (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+// (quiet) NaN. A select, not a branch, so the loop below vectorises.
+inline uint32_t RoundToBf16(uint32_t u) {
+  const uint32_t nan = (u | 0x00400000u) & 0xffff0000u;
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  return (u & 0x7fffffffu) > 0x7f800000u ? nan : rounded;
 }
 
 }  // namespace
@@ -77,22 +79,18 @@ SplitBf16Terms(const float* x, int ldx, int rows, int in, float* xs,
                uint16_t* xb) {
   const int stride = Bf16TermsStride(in);
   for (int t = 0; t < rows; ++t) {
-    const float* row = x + static_cast<int64_t>(t) * ldx;
-    float* hi = xs + static_cast<int64_t>(2 * t) * stride;
-    float* lo = hi + stride;
-    uint16_t* hib = xb + static_cast<int64_t>(2 * t) * stride;
-    uint16_t* lob = hib + stride;
+    const float* __restrict row = x + static_cast<int64_t>(t) * ldx;
+    float* __restrict hi = xs + static_cast<int64_t>(2 * t) * stride;
+    float* __restrict lo = hi + stride;
+    uint16_t* __restrict hib = xb + static_cast<int64_t>(2 * t) * stride;
+    uint16_t* __restrict lob = hib + stride;
     for (int i = 0; i < in; ++i) {
-      uint32_t u;
-      std::memcpy(&u, &row[i], 4);
+      const uint32_t u = std::bit_cast<uint32_t>(row[i]);
       const uint32_t h = RoundToBf16(u);
-      float hf;
-      std::memcpy(&hf, &h, 4);
-      const float rest = row[i] - hf;
-      std::memcpy(&u, &rest, 4);
-      const uint32_t l = RoundToBf16(u);
-      std::memcpy(&hi[i], &h, 4);
-      std::memcpy(&lo[i], &l, 4);
+      const float rest = row[i] - std::bit_cast<float>(h);
+      const uint32_t l = RoundToBf16(std::bit_cast<uint32_t>(rest));
+      hi[i] = std::bit_cast<float>(h);
+      lo[i] = std::bit_cast<float>(l);
       hib[i] = static_cast<uint16_t>(h >> 16);
       lob[i] = static_cast<uint16_t>(l >> 16);
     }

@@ -69,13 +69,14 @@ void PackPanelRow(const uint16_t* row, int o, int in, uint16_t* dst);
 
 // bf16 products' activations: each value x as two bf16 terms, hi =
 // bf16(x) and lo = bf16(x - hi), rounded to nearest even (16 significant
-// bits; a NaN stays a NaN). Row t of `x` (stride ldx, `in` values) becomes
-// rows 2t (hi) and 2t+1 (lo) of the terms, each Bf16TermsStride(in) values,
-// +0 past `in`. They are written twice: as fp32 values (`xs`, for the FMA
-// kernels) and as bf16 (`xb`, for AMX tiles). The kernels take
-// Bf16TermsSize(rows, in) elements of each: AMX reads whole tiles, and the
-// rows past 2 * rows may hold anything (they only reach sums that are never
-// stored). The same function serves every build, so every build splits
+// bits; a NaN stays a NaN; magnitudes from 0x1.ff8p127 round to infinity,
+// as any bf16 rounding does). Row t of `x` (stride ldx, `in` values)
+// becomes rows 2t (hi) and 2t+1 (lo) of the terms, each
+// Bf16TermsStride(in) values, +0 past `in`. They are written twice: as fp32
+// values (`xs`, for the FMA kernels) and as bf16 (`xb`, for AMX tiles). The
+// kernels take Bf16TermsSize(rows, in) elements of each: AMX reads whole tiles,
+// and the rows past 2 * rows may hold anything (they only reach sums that are
+// never stored). The same function serves every build, so every build splits
 // alike.
 inline int Bf16TermsStride(int in) { return (in + 31) / 32 * 32; }
 inline int Bf16TermRows(int rows) { return (2 * rows + 31) / 32 * 32; }

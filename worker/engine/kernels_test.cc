@@ -4,6 +4,7 @@
 #include <xmmintrin.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -371,6 +372,19 @@ TEST(KernelsTest, Bf16ProductFlushesDenormalsAndKeepsSixteenBits) {
   const Bf16Terms terms(&x, 1, 1, 1);
   EXPECT_EQ(terms.xs[0], 1.0f);
   EXPECT_EQ(terms.xs[Bf16TermsStride(1)], std::ldexp(1.0f, -12));
+  EXPECT_EQ(terms.xb[0], 0x3f80);
+  // A NaN stays a NaN (one with only low mantissa bits would round to
+  // infinity), an infinity stays one.
+  const uint32_t low_nan = 0x7f800001u;
+  const float specials[] = {std::numeric_limits<float>::quiet_NaN(),
+                            std::bit_cast<float>(low_nan),
+                            std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity()};
+  const Bf16Terms s(specials, 4, 1, 4);
+  EXPECT_TRUE(std::isnan(s.xs[0]));
+  EXPECT_TRUE(std::isnan(s.xs[1]));
+  EXPECT_EQ(s.xs[2], std::numeric_limits<float>::infinity());
+  EXPECT_EQ(s.xs[3], -std::numeric_limits<float>::infinity());
 }
 
 // The definition: the exact integer dot product, then two multiplications.
