@@ -5,13 +5,6 @@
 
 namespace statestream::engine {
 
-float BF16ToF32(uint16_t bits) {
-  uint32_t u = uint32_t{bits} << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
 float F16ToF32(uint16_t h) {
   const uint32_t sign = uint32_t{h & 0x8000u} << 16;
   uint32_t exp = (h >> 10) & 0x1f;
@@ -34,16 +27,6 @@ float F16ToF32(uint16_t h) {
   float f;
   std::memcpy(&f, &u, sizeof(f));
   return f;
-}
-
-uint16_t F32ToBF16(float value) {
-  uint32_t u;
-  std::memcpy(&u, &value, sizeof(u));
-  if ((u & 0x7fffffffu) > 0x7f800000u) {  // NaN: keep sign, force quiet
-    return static_cast<uint16_t>((u >> 16) | 0x0040u);
-  }
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
 }
 
 uint16_t F32ToF16(float f) {

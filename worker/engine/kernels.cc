@@ -6,8 +6,9 @@
 #include <unistd.h>
 #include <xmmintrin.h>
 
-#include <bit>
 #include <cstring>
+
+#include "worker/engine/float16.h"
 
 namespace statestream::engine {
 
@@ -61,14 +62,6 @@ bool HasAvx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
-// bf16(f) rounded to nearest even, as the bits of an fp32; a NaN stays a
-// (quiet) NaN. A select, not a branch, so the loop below vectorises.
-inline uint32_t RoundToBf16(uint32_t u) {
-  const uint32_t nan = (u | 0x00400000u) & 0xffff0000u;
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-  return (u & 0x7fffffffu) > 0x7f800000u ? nan : rounded;
-}
-
 }  // namespace
 
 // Integer rounding and one fp32 subtraction (exact where it matters: a
@@ -85,14 +78,13 @@ SplitBf16Terms(const float* x, int ldx, int rows, int in, float* xs,
     uint16_t* __restrict hib = xb + static_cast<int64_t>(2 * t) * stride;
     uint16_t* __restrict lob = hib + stride;
     for (int i = 0; i < in; ++i) {
-      const uint32_t u = std::bit_cast<uint32_t>(row[i]);
-      const uint32_t h = RoundToBf16(u);
-      const float rest = row[i] - std::bit_cast<float>(h);
-      const uint32_t l = RoundToBf16(std::bit_cast<uint32_t>(rest));
-      hi[i] = std::bit_cast<float>(h);
-      lo[i] = std::bit_cast<float>(l);
-      hib[i] = static_cast<uint16_t>(h >> 16);
-      lob[i] = static_cast<uint16_t>(l >> 16);
+      const uint16_t h = F32ToBF16(row[i]);
+      const float hf = BF16ToF32(h);
+      const uint16_t l = F32ToBF16(row[i] - hf);
+      hib[i] = h;
+      lob[i] = l;
+      hi[i] = hf;
+      lo[i] = BF16ToF32(l);
     }
     for (int i = in; i < stride; ++i) {
       hi[i] = lo[i] = 0.0f;
