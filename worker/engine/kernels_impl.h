@@ -124,84 +124,112 @@ inline void PanelBlockRows(int rt, const float* w, int64_t pstride, int in,
   PanelBlock<V, RT, P>(w, pstride, in, x, ldx, y, ldy, outs, fetch);
 }
 
-// Outputs [o_begin, o_end) of all rows (gemm_f32; bf16 products have their
-// own arithmetic, GemmBf16Terms below).
+// Outputs [o_begin, o_end) of all rows of a panel-packed matrix, for Gemm
+// and GemmBf16Terms. `k` runs the register blocks: K::W (the weight type),
+// K::kRows x K::kPanels (the block of several rows), K::kOneRowPanels,
+// k.pstride, k.RowBytes() (a row's activation bytes), and
+// k.Rows<R, P>(rt, t, w, y, ldy, outs, fetch): rows [t, t + rt) (rt <= R)
+// of P panels from w into y (y at row t).
 //
 // One row (decode) streams kOneRowPanels panels side by side, prefetching
 // each stream a little ahead. More rows walk the rows in chunks whose
 // activations stay in L2 (kChunkBytes); within a chunk, each group of
-// V::kPanels panels (which stays in L1/L2) meets every block of V::kRows
-// rows. The activations come in by broadcast, one per row and input, and
-// nothing is reduced across lanes.
-template <typename V>
-void Gemm(const float* w, int in, const float* x, int ldx, int rows, float* y,
-          int ldy, int o_begin, int o_end) {
+// kPanels panels (which stays in L1/L2) meets every block of kRows rows.
+// The activations come in by broadcast, one per row and input, and nothing
+// is reduced across lanes.
+template <typename K>
+void PanelLoop(const K& k, const typename K::W* w, int rows, float* y, int ldy,
+               int o_begin, int o_end) {
+  using W = typename K::W;
   if (rows <= 0 || o_begin >= o_end) return;
-  const int64_t pstride = PanelElems(in, 1);
-  const float* wb = w + o_begin / kPanelOut * pstride;
+  const int64_t pstride = k.pstride;
+  const W* wb = w + o_begin / kPanelOut * pstride;
   float* yb = y + o_begin;
   const int outs = o_end - o_begin;
   const char* end = reinterpret_cast<const char*>(
       wb + static_cast<int64_t>((outs + kPanelOut - 1) / kPanelOut) * pstride);
   if (rows == 1) {
-    // 1 KiB ahead of each stream (measured when bf16 ran here too: 0.1B
-    // bf16 decode 96-105 tok/s against 88-92 with none, 84-96 at 2-8 KiB or
-    // one block ahead; GemmBf16Terms keeps it).
-    constexpr int kOneRowPanels = 4, kAhead = 1024;
-    constexpr int kBlockOuts = kOneRowPanels * kPanelOut;
+    // 1 KiB ahead of each stream: 0.1B bf16 decode 96-105 tok/s against
+    // 88-92 with none, 84-96 at 2-8 KiB or one block ahead (measured on
+    // the fp32 chain over bf16 weights, session 7).
+    constexpr int kP = K::kOneRowPanels, kAhead = 1024;
+    constexpr int kBlockOuts = kP * kPanelOut;
     int o = 0;
     for (; o + kBlockOuts <= outs; o += kBlockOuts) {
-      PanelBlock<V, 1, kOneRowPanels>(wb + o / kPanelOut * pstride, pstride, in,
-                                      x, ldx, yb + o, ldy, kBlockOuts,
-                                      {nullptr, 0, kAhead, end});
+      k.template Rows<1, kP>(1, 0, wb + o / kPanelOut * pstride, yb + o, ldy,
+                             kBlockOuts, {nullptr, 0, kAhead, end});
     }
     for (; o < outs; o += kPanelOut) {
-      PanelBlock<V, 1, 1>(wb + o / kPanelOut * pstride, pstride, in, x, ldx,
-                          yb + o, ldy, outs - o, {nullptr, 0, kAhead, end});
+      k.template Rows<1, 1>(1, 0, wb + o / kPanelOut * pstride, yb + o, ldy,
+                            outs - o, {nullptr, 0, kAhead, end});
     }
     return;
   }
+  constexpr int kR = K::kRows, kP = K::kPanels;
   constexpr int kChunkBytes = 512 * 1024;
-  constexpr int kGroupOuts = V::kPanels * kPanelOut;
+  constexpr int kGroupOuts = kP * kPanelOut;
   // (No std::min/max: this header is compiled for several instruction sets,
   // and one linked copy of an inline library function serves them all.)
-  const int fit = kChunkBytes / (in * 4) / V::kRows * V::kRows;
-  const int chunk = fit > V::kRows ? fit : V::kRows;
-  const int64_t group_bytes =
-      V::kPanels * pstride * static_cast<int64_t>(sizeof(float));
+  const int fit = kChunkBytes / k.RowBytes() / kR * kR;
+  const int chunk = fit > kR ? fit : kR;
+  const int64_t group_bytes = kP * pstride * static_cast<int64_t>(sizeof(W));
   const int first_chunk = rows < chunk ? rows : chunk;
-  const int blocks = (first_chunk + V::kRows - 1) / V::kRows;
+  const int blocks = (first_chunk + kR - 1) / kR;
   const int64_t share = (group_bytes + blocks * 64 - 1) / (blocks * 64) * 64;
   for (int r0 = 0; r0 < rows; r0 += chunk) {
     const int r1 = rows - r0 < chunk ? rows : r0 + chunk;
     for (int o = 0; o < outs; o += kGroupOuts) {
-      const float* wo = wb + o / kPanelOut * pstride;
+      const W* wo = wb + o / kPanelOut * pstride;
       const int n = outs - o < kGroupOuts ? outs - o : kGroupOuts;
-      for (int t = r0; t < r1; t += V::kRows) {
-        const int rt = r1 - t < V::kRows ? r1 - t : V::kRows;
-        const float* xt = x + static_cast<int64_t>(t) * ldx;
+      for (int t = r0; t < r1; t += kR) {
+        const int rt = r1 - t < kR ? r1 - t : kR;
         float* yt = yb + static_cast<int64_t>(t) * ldy + o;
-        if (n > (V::kPanels - 1) * kPanelOut) {
+        if (n > (kP - 1) * kPanelOut) {
           // The first chunk's row blocks fetch the next group into L2 as
           // they go, a share each (the first block brings its own group
           // in from memory; the rest find it in L2).
           const char* next =
-              r0 == 0
-                  ? reinterpret_cast<const char*>(wo + V::kPanels * pstride) +
-                        (t / V::kRows) * share
-                  : nullptr;
-          PanelBlockRows<V, V::kPanels>(rt, wo, pstride, in, xt, ldx, yt, ldy,
-                                        n, {next, share, 0, end});
-        } else if constexpr (V::kPanels > 1) {
+              r0 == 0 ? reinterpret_cast<const char*>(wo + kP * pstride) +
+                            (t / kR) * share
+                      : nullptr;
+          k.template Rows<kR, kP>(rt, t, wo, yt, ldy, n, {next, share, 0, end});
+        } else if constexpr (kP > 1) {
           // The range's last panels, one at a time.
           for (int p = 0; p * kPanelOut < n; ++p) {
-            PanelBlockRows<V, 1>(rt, wo + p * pstride, pstride, in, xt, ldx,
-                                 yt + p * kPanelOut, ldy, n - p * kPanelOut);
+            k.template Rows<kR, 1>(rt, t, wo + p * pstride, yt + p * kPanelOut,
+                                   ldy, n - p * kPanelOut, {});
           }
         }
       }
     }
   }
+}
+
+// gemm_f32: PanelBlock over x.
+template <typename V>
+struct F32Panels {
+  using W = float;
+  static constexpr int kRows = V::kRows, kPanels = V::kPanels;
+  static constexpr int kOneRowPanels = 4;
+  const float* x;
+  int ldx;
+  int in;
+  int64_t pstride;
+  int RowBytes() const { return in * 4; }
+  template <int R, int P>
+  void Rows(int rt, int t, const float* w, float* y, int ldy, int outs,
+            Fetch fetch) const {
+    PanelBlockRows<V, P, R>(rt, w, pstride, in,
+                            x + static_cast<int64_t>(t) * ldx, ldx, y, ldy,
+                            outs, fetch);
+  }
+};
+
+template <typename V>
+void Gemm(const float* w, int in, const float* x, int ldx, int rows, float* y,
+          int ldy, int o_begin, int o_end) {
+  const F32Panels<V> k{x, ldx, in, PanelElems(in, 1)};
+  PanelLoop(k, w, rows, y, ldy, o_begin, o_end);
 }
 
 // gemm_bf16 (kernels.h): R rows x P panels. Per row, term (hi, lo) and
@@ -318,72 +346,35 @@ inline void Bf16BlockRows(int r, const uint16_t* w, int64_t pstride, int in,
   Bf16Block<V, RT, P>(w, pstride, in, xs, stride, y, ldy, outs, fetch);
 }
 
+// gemm_bf16 over the terms xs: Bf16Block.
+template <typename V>
+struct Bf16Panels {
+  using W = uint16_t;
+  static constexpr int kRows = V::kBf16Rows, kPanels = V::kBf16Panels;
+  static constexpr int kOneRowPanels = V::kBf16OneRowPanels;
+  const float* xs;
+  int stride;
+  int in;
+  int64_t pstride;
+  int RowBytes() const { return 2 * stride * 4; }
+  template <int R, int P>
+  void Rows(int rt, int t, const uint16_t* w, float* y, int ldy, int outs,
+            Fetch fetch) const {
+    Bf16BlockRows<V, P, R>(rt, w, pstride, in,
+                           xs + static_cast<int64_t>(2 * t) * stride, stride, y,
+                           ldy, outs, fetch);
+  }
+};
+
 // gemm_bf16 with fused multiply-adds (the AVX-512 build without AMX-BF16,
-// AVX2, scalar; and one row on AMX machines), the loop structure of Gemm.
+// AVX2, scalar; and one row on AMX machines), the loops of Gemm.
 template <typename V>
 void GemmBf16Terms(const uint16_t* w, int in, const float* xs,
                    const uint16_t* /*xb*/, int rows, float* y, int ldy,
                    int o_begin, int o_end) {
-  if (rows <= 0 || o_begin >= o_end) return;
   const uint32_t mxcsr = EnterFlushToZero();
-  const int stride = Bf16TermsStride(in);
-  const int64_t pstride = PanelElems(in, 2);
-  const uint16_t* wb = w + o_begin / kPanelOut * pstride;
-  float* yb = y + o_begin;
-  const int outs = o_end - o_begin;
-  const char* end = reinterpret_cast<const char*>(
-      wb + static_cast<int64_t>((outs + kPanelOut - 1) / kPanelOut) * pstride);
-  if (rows == 1) {
-    // 1 KiB ahead of each stream, as Gemm's one-row blocks.
-    constexpr int kP = V::kBf16OneRowPanels, kAhead = 1024;
-    constexpr int kBlockOuts = kP * kPanelOut;
-    int o = 0;
-    for (; o + kBlockOuts <= outs; o += kBlockOuts) {
-      Bf16Block<V, 1, kP>(wb + o / kPanelOut * pstride, pstride, in, xs, stride,
-                          yb + o, ldy, kBlockOuts, {nullptr, 0, kAhead, end});
-    }
-    for (; o < outs; o += kPanelOut) {
-      Bf16Block<V, 1, 1>(wb + o / kPanelOut * pstride, pstride, in, xs, stride,
-                         yb + o, ldy, outs - o, {nullptr, 0, kAhead, end});
-    }
-    RestoreMxcsr(mxcsr);
-    return;
-  }
-  constexpr int kR = V::kBf16Rows, kP = V::kBf16Panels;
-  constexpr int kChunkBytes = 512 * 1024;
-  constexpr int kGroupOuts = kP * kPanelOut;
-  const int fit = kChunkBytes / (2 * stride * 4) / kR * kR;
-  const int chunk = fit > kR ? fit : kR;
-  const int64_t group_bytes = kP * pstride * 2;
-  const int first_chunk = rows < chunk ? rows : chunk;
-  const int blocks = (first_chunk + kR - 1) / kR;
-  const int64_t share = (group_bytes + blocks * 64 - 1) / (blocks * 64) * 64;
-  for (int r0 = 0; r0 < rows; r0 += chunk) {
-    const int r1 = rows - r0 < chunk ? rows : r0 + chunk;
-    for (int o = 0; o < outs; o += kGroupOuts) {
-      const uint16_t* wo = wb + o / kPanelOut * pstride;
-      const int n = outs - o < kGroupOuts ? outs - o : kGroupOuts;
-      for (int t = r0; t < r1; t += kR) {
-        const int rt = r1 - t < kR ? r1 - t : kR;
-        const float* xt = xs + static_cast<int64_t>(2 * t) * stride;
-        float* yt = yb + static_cast<int64_t>(t) * ldy + o;
-        if (n > (kP - 1) * kPanelOut) {
-          const char* next =
-              r0 == 0 ? reinterpret_cast<const char*>(wo + kP * pstride) +
-                            ((t - r0) / kR) * share
-                      : nullptr;
-          Bf16BlockRows<V, kP, kR>(rt, wo, pstride, in, xt, stride, yt, ldy, n,
-                                   {next, share, 0, end});
-        } else if constexpr (kP > 1) {
-          for (int p = 0; p * kPanelOut < n; ++p) {
-            Bf16BlockRows<V, 1, kR>(rt, wo + p * pstride, pstride, in, xt,
-                                    stride, yt + p * kPanelOut, ldy,
-                                    n - p * kPanelOut);
-          }
-        }
-      }
-    }
-  }
+  const Bf16Panels<V> k{xs, Bf16TermsStride(in), in, PanelElems(in, 2)};
+  PanelLoop(k, w, rows, y, ldy, o_begin, o_end);
   RestoreMxcsr(mxcsr);
 }
 
