@@ -110,26 +110,22 @@ inline void PanelBlock(const float* w, int64_t pstride, int in, const float* x,
   }
 }
 
-// PanelBlock for a run-time row count rt in [1, V::kRows].
-template <typename V, int P, int RT = V::kRows>
-inline void PanelBlockRows(int rt, const float* w, int64_t pstride, int in,
-                           const float* x, int ldx, float* y, int ldy, int outs,
-                           Fetch fetch = {}) {
-  if constexpr (RT > 1) {
-    if (rt < RT) {
-      return PanelBlockRows<V, P, RT - 1>(rt, w, pstride, in, x, ldx, y, ldy,
-                                          outs, fetch);
-    }
+// k.Block<R, P> for a run-time row count rt in [1, R] (PanelLoop).
+template <int R, int P, typename K, typename W>
+inline void BlockRows(const K& k, int rt, int t, const W* w, float* y, int ldy,
+                      int outs, Fetch fetch) {
+  if constexpr (R > 1) {
+    if (rt < R) return BlockRows<R - 1, P>(k, rt, t, w, y, ldy, outs, fetch);
   }
-  PanelBlock<V, RT, P>(w, pstride, in, x, ldx, y, ldy, outs, fetch);
+  k.template Block<R, P>(t, w, y, ldy, outs, fetch);
 }
 
 // Outputs [o_begin, o_end) of all rows of a panel-packed matrix, for Gemm
 // and GemmBf16Terms. `k` runs the register blocks: K::W (the weight type),
 // K::kRows x K::kPanels (the block of several rows), K::kOneRowPanels,
 // k.pstride, k.RowBytes() (a row's activation bytes), and
-// k.Rows<R, P>(rt, t, w, y, ldy, outs, fetch): rows [t, t + rt) (rt <= R)
-// of P panels from w into y (y at row t).
+// k.Block<R, P>(t, w, y, ldy, outs, fetch): rows [t, t + R) of P panels
+// from w into y (y at row t).
 //
 // One row (decode) streams kOneRowPanels panels side by side, prefetching
 // each stream a little ahead. More rows walk the rows in chunks whose
@@ -156,12 +152,12 @@ void PanelLoop(const K& k, const typename K::W* w, int rows, float* y, int ldy,
     constexpr int kBlockOuts = kP * kPanelOut;
     int o = 0;
     for (; o + kBlockOuts <= outs; o += kBlockOuts) {
-      k.template Rows<1, kP>(1, 0, wb + o / kPanelOut * pstride, yb + o, ldy,
-                             kBlockOuts, {nullptr, 0, kAhead, end});
+      k.template Block<1, kP>(0, wb + o / kPanelOut * pstride, yb + o, ldy,
+                              kBlockOuts, {nullptr, 0, kAhead, end});
     }
     for (; o < outs; o += kPanelOut) {
-      k.template Rows<1, 1>(1, 0, wb + o / kPanelOut * pstride, yb + o, ldy,
-                            outs - o, {nullptr, 0, kAhead, end});
+      k.template Block<1, 1>(0, wb + o / kPanelOut * pstride, yb + o, ldy,
+                             outs - o, {nullptr, 0, kAhead, end});
     }
     return;
   }
@@ -192,12 +188,12 @@ void PanelLoop(const K& k, const typename K::W* w, int rows, float* y, int ldy,
               r0 == 0 ? reinterpret_cast<const char*>(wo + kP * pstride) +
                             (t / kR) * share
                       : nullptr;
-          k.template Rows<kR, kP>(rt, t, wo, yt, ldy, n, {next, share, 0, end});
+          BlockRows<kR, kP>(k, rt, t, wo, yt, ldy, n, {next, share, 0, end});
         } else if constexpr (kP > 1) {
           // The range's last panels, one at a time.
           for (int p = 0; p * kPanelOut < n; ++p) {
-            k.template Rows<kR, 1>(rt, t, wo + p * pstride, yt + p * kPanelOut,
-                                   ldy, n - p * kPanelOut, {});
+            BlockRows<kR, 1>(k, rt, t, wo + p * pstride, yt + p * kPanelOut,
+                             ldy, n - p * kPanelOut, {});
           }
         }
       }
@@ -217,11 +213,10 @@ struct F32Panels {
   int64_t pstride;
   int RowBytes() const { return in * 4; }
   template <int R, int P>
-  void Rows(int rt, int t, const float* w, float* y, int ldy, int outs,
-            Fetch fetch) const {
-    PanelBlockRows<V, P, R>(rt, w, pstride, in,
-                            x + static_cast<int64_t>(t) * ldx, ldx, y, ldy,
-                            outs, fetch);
+  void Block(int t, const float* w, float* y, int ldy, int outs,
+             Fetch fetch) const {
+    PanelBlock<V, R, P>(w, pstride, in, x + static_cast<int64_t>(t) * ldx, ldx,
+                        y, ldy, outs, fetch);
   }
 };
 
@@ -332,20 +327,6 @@ inline void Bf16Block(const uint16_t* w, int64_t pstride, int in,
   }
 }
 
-// Bf16Block for a run-time row count r in [1, RT].
-template <typename V, int P, int RT>
-inline void Bf16BlockRows(int r, const uint16_t* w, int64_t pstride, int in,
-                          const float* xs, int stride, float* y, int ldy,
-                          int outs, Fetch fetch = {}) {
-  if constexpr (RT > 1) {
-    if (r < RT) {
-      return Bf16BlockRows<V, P, RT - 1>(r, w, pstride, in, xs, stride, y, ldy,
-                                         outs, fetch);
-    }
-  }
-  Bf16Block<V, RT, P>(w, pstride, in, xs, stride, y, ldy, outs, fetch);
-}
-
 // gemm_bf16 over the terms xs: Bf16Block.
 template <typename V>
 struct Bf16Panels {
@@ -358,11 +339,11 @@ struct Bf16Panels {
   int64_t pstride;
   int RowBytes() const { return 2 * stride * 4; }
   template <int R, int P>
-  void Rows(int rt, int t, const uint16_t* w, float* y, int ldy, int outs,
-            Fetch fetch) const {
-    Bf16BlockRows<V, P, R>(rt, w, pstride, in,
-                           xs + static_cast<int64_t>(2 * t) * stride, stride, y,
-                           ldy, outs, fetch);
+  void Block(int t, const uint16_t* w, float* y, int ldy, int outs,
+             Fetch fetch) const {
+    Bf16Block<V, R, P>(w, pstride, in,
+                       xs + static_cast<int64_t>(2 * t) * stride, stride, y,
+                       ldy, outs, fetch);
   }
 };
 
