@@ -304,8 +304,10 @@ void BM_Wkv7States(benchmark::State& st) {
         float* s = states[i].data() + l * kLayerFloats;
         for (int h = 0; h < kHeads; ++h) {
           const int o = h * kN;
+          // As the model walks a decode batch's heads (rwkv7.cc).
+          const float* next = h + 1 < kHeads ? s + (o + kN) * kN : nullptr;
           kernels.wkv7_step(s + o * kN, kN, &r[o], &w[o], &k[o], &v[o],
-                            &neg_kk[o], &kka[o], &y[i][o]);
+                            &neg_kk[o], &kka[o], &y[i][o], next);
         }
       });
     }

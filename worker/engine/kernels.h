@@ -140,10 +140,13 @@ struct Kernels {
   // One RWKV-7 state step for one head of size n, in place on s[n][n]
   // (s[i][j]: i = value channel, j = key channel):
   //   s[i][j] = s[i][j]*w[j] + (sum_m s[i][m]*neg_kk[m]) * kka[j] + v[i]*k[j]
-  // then y[i] = sum_j s[i][j]*r[j] with the updated state.
+  // then y[i] = sum_j s[i][j]*r[j] with the updated state. `next`, when
+  // not null, is the state this thread steps next (n * n floats; only
+  // prefetched, for writing, as s is walked: a hint that never changes a
+  // result). Pass it only for a state no other thread is writing.
   void (*wkv7_step)(float* s, int n, const float* r, const float* w,
                     const float* k, const float* v, const float* neg_kk,
-                    const float* kka, float* y);
+                    const float* kka, float* y, const float* next);
 };
 
 // The best kernels this CPU supports (decided once, thread-safe).

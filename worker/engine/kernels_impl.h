@@ -403,7 +403,8 @@ void GemmI8Generic(const int8_t* w, const float* wscale, const int32_t* wsum,
 // one row at a time: the lane accumulations in j order, then the fixed tree.
 template <typename V>
 void Wkv7Step(float* s, int n, const float* r, const float* w, const float* k,
-              const float* v, const float* neg_kk, const float* kka, float* y) {
+              const float* v, const float* neg_kk, const float* kka, float* y,
+              const float* next) {
   alignas(64) float red[16];
   for (int i0 = 0; i0 < n; i0 += 16) {
     const int rows = n - i0 < 16 ? n - i0 : 16;
@@ -411,6 +412,11 @@ void Wkv7Step(float* s, int n, const float* r, const float* w, const float* k,
     for (int q = 0; q < 16; ++q) acc[q] = V::Zero();
     for (int q = 0; q < rows; ++q) {
       const float* row = s + static_cast<int64_t>(i0 + q) * n;
+      if (next != nullptr) {
+        // The same row of the next state, in step with this walk.
+        const float* ahead = next + static_cast<int64_t>(i0 + q) * n;
+        for (int j = 0; j < n; j += kLanes) __builtin_prefetch(ahead + j, 1, 3);
+      }
       for (int j = 0; j < n; j += kLanes) {
         const int m = n - j;
         acc[q] = V::Fma(LoadW<V>(row + j, m), LoadW<V>(neg_kk + j, m), acc[q]);

@@ -567,9 +567,17 @@ TEST(KernelsTest, Wkv7StepMatchesDefinition) {
       if (kern == nullptr) continue;
       std::vector<float> s = s0, y(n);
       kern->wkv7_step(s.data(), n, r.data(), w.data(), k.data(), v.data(),
-                      nkk.data(), kka.data(), y.data());
+                      nkk.data(), kka.data(), y.data(), nullptr);
       for (int i = 0; i < n * n; ++i) EXPECT_NEAR(s[i], want[i], 1e-5);
       for (int i = 0; i < n; ++i) EXPECT_NEAR(y[i], want_y[i], 1e-4);
+      // The next state is a hint only: the same bits, and it is left alone.
+      const std::vector<float> next0 = Random(static_cast<size_t>(n) * n, 8);
+      std::vector<float> s2 = s0, y2(n), next = next0;
+      kern->wkv7_step(s2.data(), n, r.data(), w.data(), k.data(), v.data(),
+                      nkk.data(), kka.data(), y2.data(), next.data());
+      EXPECT_EQ(s2, s) << name;
+      EXPECT_EQ(y2, y) << name;
+      EXPECT_EQ(next, next0) << name;
       if (ref_s.empty()) {
         ref_s = s;
         ref_y = y;
