@@ -194,19 +194,27 @@ namespace {
 // so int8 products with 16+ rows get ranges of 256 (0.1B, 32 sessions:
 // 1,656-1,692 tok/s with 64 below 4,096 outputs, 1,739-1,795 with 256; a
 // 512-token prefill +7-9 %; the few ranges of a 768-output product balance
-// less well, which costs less), and so do large one-row bf16 products,
-// whose prefetch stream restarts at every range. fp32/bf16 products of
-// several rows get whole groups of 3 panels (kernels_impl.h), about 64
-// ranges a product from 96 to 768 outputs from 16 rows: the 65536-output
-// head at 32 rows runs 245 GFLOP/s in ranges of 96, 265 in ranges of 768
-// (each range starts its prefetch chain cold), and the 768- and
+// less well, which costs less). One-row products of 512 outputs or more
+// get two ranges a thread: each range restarts its prefetch streams cold,
+// and in a one-session step the products stream at DRAM speed only between
+// restarts (session 10, alternating runs, against ranges of 64 or, for
+// bf16 from 2,048 outputs, 256: 0.4B bf16 34.4-34.5 → 35.4-37.6 tok/s, int8
+// +3 %, 0.1B int8 +9-13 %, fp32 equal; one range a thread was as fast idle
+// but lost a third of int8's speed with two busy processes on the two
+// cores, where a claimed range cannot move to the free core). fp32/bf16
+// products of several rows get whole groups of 3 panels (kernels_impl.h),
+// about 64 ranges a product from 96 to 768 outputs from 16 rows: the
+// 65536-output head at 32 rows runs 245 GFLOP/s in ranges of 96, 265 in ranges
+// of 768 (each range starts its prefetch chain cold), and the 768- and
 // 3072-output products need the smaller ranges to split evenly. Below 16
 // rows, where the weight stream is the cost, ranges of 96 (8 sessions:
 // 475 against 451 tok/s with the larger ranges). Small products get
 // ranges of 16 so both cores get work.
-int OutputTile(const Matrix& m, int rows) {
+int OutputTile(const Matrix& m, int rows, int threads) {
   if (m.i8 != nullptr && rows >= 16) return 256;
-  if (m.bf16 != nullptr && rows == 1 && m.rows >= 2048) return 256;
+  if (rows == 1 && m.rows >= 512) {
+    return (m.rows + 2 * threads * 64 - 1) / (2 * threads * 64) * 64;
+  }
   if (m.i8 == nullptr && rows > 1 && m.rows >= 384) {
     return rows >= 16 ? std::clamp(m.rows / 64 / 48 * 48, 96, 768) : 96;
   }
@@ -351,7 +359,7 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
   s.first_tile[0] = 0;
   for (int j = 0; j < n; ++j) {
     const Matrix& m = *jobs[j].m;
-    const int tile = OutputTile(m, rows);
+    const int tile = OutputTile(m, rows, pool.size());
     s.first_tile[j + 1] = s.first_tile[j] + (m.rows + tile - 1) / tile;
   }
   pool.ParallelFor(s.first_tile[n], [&](int task) {
@@ -359,7 +367,7 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
     while (task >= s.first_tile[j + 1]) ++j;
     const MatMulJob& job = jobs[j];
     const Matrix& m = *job.m;
-    const int tile = OutputTile(m, rows);
+    const int tile = OutputTile(m, rows, pool.size());
     const int b = (task - s.first_tile[j]) * tile;
     const int e = std::min(m.rows, b + tile);
     if (m.i8 != nullptr) {
