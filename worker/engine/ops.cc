@@ -189,33 +189,34 @@ void QuantizeRows(const float* x, int ldx, int rows, int n, uint8_t* xq,
 
 namespace {
 
-// Output rows per pool task for one product: AMX calls (16+ rows) pay a
-// tile configuration each and stream their weight tiles best in long runs,
-// so int8 products with 16+ rows get ranges of 256 (0.1B, 32 sessions:
-// 1,656-1,692 tok/s with 64 below 4,096 outputs, 1,739-1,795 with 256; a
-// 512-token prefill +7-9 %; the few ranges of a 768-output product balance
-// less well, which costs less). One-row products of 512 outputs or more
-// get two ranges a thread: each range restarts its prefetch streams cold,
-// and in a one-session step the products stream at DRAM speed only between
-// restarts (session 10, alternating runs, against ranges of 64 or, for
-// bf16 from 2,048 outputs, 256: 0.4B bf16 34.4-34.5 → 35.4-37.6 tok/s, int8
-// +3 %, 0.1B int8 +9-13 %, fp32 equal; one range a thread was as fast idle
-// but lost a third of int8's speed with two busy processes on the two
-// cores, where a claimed range cannot move to the free core). fp32/bf16
-// products of several rows get whole groups of 3 panels (kernels_impl.h),
-// about 64 ranges a product from 96 to 768 outputs from 16 rows: the
-// 65536-output head at 32 rows runs 245 GFLOP/s in ranges of 96, 265 in ranges
-// of 768 (each range starts its prefetch chain cold), and the 768- and
-// 3072-output products need the smaller ranges to split evenly. Below 16
-// rows, where the weight stream is the cost, ranges of 96 (8 sessions:
-// 475 against 451 tok/s with the larger ranges). Small products get
-// ranges of 16 so both cores get work, except for one row: there a range
-// of 16 is one panel, one prefetch stream, and 64 (a block of four
-// streams) ran the LoRA factors' one-session steps faster (0.1B bf16 +4-5
-// %, 0.4B +1-4 %, int8 +2-3 %; session 10).
+// Output rows per pool task for one product (alternating runs; tok/s):
+// - int8 from 16 rows (AMX): 256. Each call loads a tile configuration and
+//   streams its weight tiles best in long runs (0.1B, 32 sessions:
+//   1,656-1,692 with 64 below 4,096 outputs, 1,739-1,795 with 256; a
+//   512-token prefill +7-9 %).
+// - Weight streams — one row, or int8 below 16 rows (VNNI) — of 512+
+//   outputs: two ranges a thread. Each range starts its prefetch streams
+//   cold, and the products stream at DRAM speed only between starts
+//   (session 10, against 64, or 256 for one-row bf16 from 2,048 outputs:
+//   one session 0.4B bf16 34.4-34.5 → 35.4-37.6, int8 +3 %, 0.1B int8
+//   +9-13 %, fp32 equal; 8 int8 sessions 0.1B +3-4 %, 0.4B +9-13 %). One
+//   range a thread was as fast idle but lost a third of int8's one-session
+//   speed with two busy processes on the two cores (a claimed range cannot
+//   move to the free core).
+// - fp32/bf16 from 384 outputs: whole groups of 3 panels (kernels_impl.h),
+//   from 16 rows about 64 ranges a product from 96 to 768 outputs (the
+//   65536-output head at 32 rows: 245 GFLOP/s in ranges of 96, 265 in
+//   ranges of 768; the 768- and 3072-output products need the smaller
+//   ranges to split evenly); below 16 rows 96 (8 sessions: 475 against 451
+//   with the larger ranges; two ranges a thread measured the same).
+// - Smaller products: 16, so both cores get work; one row 64, a block of
+//   four streams instead of one (the LoRA factors: one session 0.1B bf16
+//   +4-5 %, 0.4B +1-4 %, int8 +2-3 %).
 int OutputTile(const Matrix& m, int rows, int threads) {
   if (m.i8 != nullptr && rows >= 16) return 256;
-  if (rows == 1 && m.rows >= 512) {
+  // Weight streams: one row, or int8 below 16 rows (the VNNI kernel).
+  const bool streams = rows == 1 || (m.i8 != nullptr && rows < 16);
+  if (streams && m.rows >= 512) {
     return (m.rows + 2 * threads * 64 - 1) / (2 * threads * 64) * 64;
   }
   if (m.i8 == nullptr && rows > 1 && m.rows >= 384) {
