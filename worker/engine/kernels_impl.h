@@ -401,34 +401,48 @@ void GemmI8Generic(const int8_t* w, const float* wscale, const int32_t* wsum,
 // neg_kk are reduced together (V::Reduce16), then its rows are updated and
 // their 16 outputs reduced together. Per element the operations are those of
 // one row at a time: the lane accumulations in j order, then the fixed tree.
-template <typename V>
-void Wkv7Step(float* s, int n, const float* r, const float* w, const float* k,
-              const float* v, const float* neg_kk, const float* kka, float* y,
-              const float* next) {
+// kN > 0 fixes n at compile time (Wkv7Step below): the loops unroll and the
+// 16 accumulators stay in registers, where with a run-time n GCC kept them
+// on the stack, every FMA a load and a store.
+template <typename V, int kN>
+inline void Wkv7StepN(float* s, int n_arg, const float* r, const float* w,
+                      const float* k, const float* v, const float* neg_kk,
+                      const float* kka, float* y, const float* next) {
+  const int n = kN > 0 ? kN : n_arg;
   alignas(64) float red[16];
   for (int i0 = 0; i0 < n; i0 += 16) {
-    const int rows = n - i0 < 16 ? n - i0 : 16;
+    const int rows = kN % 16 == 0 && kN > 0 ? 16 : (n - i0 < 16 ? n - i0 : 16);
     V acc[16];
+#pragma GCC unroll 16
     for (int q = 0; q < 16; ++q) acc[q] = V::Zero();
+#pragma GCC unroll 16
     for (int q = 0; q < rows; ++q) {
       const float* row = s + static_cast<int64_t>(i0 + q) * n;
       if (next != nullptr) {
         // The same row of the next state, in step with this walk.
         const float* ahead = next + static_cast<int64_t>(i0 + q) * n;
+#pragma GCC unroll 8
         for (int j = 0; j < n; j += kLanes) __builtin_prefetch(ahead + j, 1, 3);
       }
+#pragma GCC unroll 8
       for (int j = 0; j < n; j += kLanes) {
         const int m = n - j;
         acc[q] = V::Fma(LoadW<V>(row + j, m), LoadW<V>(neg_kk + j, m), acc[q]);
       }
     }
     V::Reduce16(acc, red);
+    // The update reads the rows again from L1: without this barrier GCC
+    // keeps the 64 vectors of the first pass, and with 32 registers it
+    // parks them on the stack.
+    __asm__ volatile("" ::: "memory");
+#pragma GCC unroll 16
     for (int q = 0; q < rows; ++q) {
       const int i = i0 + q;
       float* row = s + static_cast<int64_t>(i) * n;
       const V sa = V::Set1(red[q]);
       const V vi = V::Set1(v[i]);
       V out = V::Zero();
+#pragma GCC unroll 8
       for (int j = 0; j < n; j += kLanes) {
         const int m = n - j;
         V sv = V::Mul(LoadW<V>(row + j, m), LoadW<V>(w + j, m));
@@ -443,9 +457,22 @@ void Wkv7Step(float* s, int n, const float* r, const float* w, const float* k,
       }
       acc[q] = out;
     }
+#pragma GCC unroll 16
     for (int q = rows; q < 16; ++q) acc[q] = V::Zero();
     V::Reduce16(acc, red);
     for (int q = 0; q < rows; ++q) y[i0 + q] = red[q];
+  }
+}
+
+// Kernels::wkv7_step. RWKV-7 heads are 64 wide in every released size.
+template <typename V>
+void Wkv7Step(float* s, int n, const float* r, const float* w, const float* k,
+              const float* v, const float* neg_kk, const float* kka, float* y,
+              const float* next) {
+  if (n == 64) {
+    Wkv7StepN<V, 64>(s, n, r, w, k, v, neg_kk, kka, y, next);
+  } else {
+    Wkv7StepN<V, 0>(s, n, r, w, k, v, neg_kk, kka, y, next);
   }
 }
 
