@@ -152,8 +152,19 @@ void PanelLoop(const K& k, const typename K::W* w, int rows, float* y, int ldy,
     constexpr int kBlockOuts = kP * kPanelOut;
     int o = 0;
     for (; o + kBlockOuts <= outs; o += kBlockOuts) {
-      k.template Block<1, kP>(0, wb + o / kPanelOut * pstride, yb + o, ldy,
-                              kBlockOuts, {nullptr, 0, kAhead, end});
+      const W* block = wb + o / kPanelOut * pstride;
+      // The next block's streams start where this block's ahead-fetches do
+      // not reach (its first panel follows this block's last; the others
+      // are a panel apart): their first kAhead bytes, fetched now.
+      const char* heads = reinterpret_cast<const char*>(block + kP * pstride);
+      for (int u = 0; u < kP; ++u) {
+        const char* h = heads + u * pstride * static_cast<int64_t>(sizeof(W));
+        for (int b = 0; b < kAhead && h + b < end; b += 64) {
+          __builtin_prefetch(h + b, 0, 2);
+        }
+      }
+      k.template Block<1, kP>(0, block, yb + o, ldy, kBlockOuts,
+                              {nullptr, 0, kAhead, end});
     }
     for (; o < outs; o += kPanelOut) {
       k.template Block<1, 1>(0, wb + o / kPanelOut * pstride, yb + o, ldy,
