@@ -94,7 +94,7 @@ inline void Rows(const int8_t* tiles, int64_t chunks, const uint8_t* xq,
 template <int NG>
 inline void OneRowGroups(const int8_t* tiles, int64_t chunks, const uint8_t* xq,
                          const float* wscale, const int32_t* wsum, float xscale,
-                         float* y) {
+                         float* y, const int8_t* end) {
   __m512i acc[NG][2];
 #pragma GCC unroll 16
   for (int g = 0; g < NG; ++g) {
@@ -102,11 +102,19 @@ inline void OneRowGroups(const int8_t* tiles, int64_t chunks, const uint8_t* xq,
     acc[g][1] = _mm512_setzero_si512();
   }
   const int64_t group_bytes = chunks * kI8TileBytes;
+  constexpr int kAhead = 1024;
   for (int64_t c = 0; c < chunks; ++c) {
     const int8_t* tile = tiles + c * kI8TileBytes;
+    const bool fetch = tile + (NG - 1) * group_bytes + 2 * kAhead <= end;
 #pragma GCC unroll 16
     for (int k4 = 0; k4 < kI8TileIn / 4; ++k4) {
       const __m512i xv = Broadcast4(xq + c * kI8TileIn + k4 * 4);
+      if (fetch) {
+#pragma GCC unroll 16
+        for (int g = 0; g < NG; ++g) {
+          __builtin_prefetch(tile + g * group_bytes + k4 * 64 + kAhead, 0, 2);
+        }
+      }
 #pragma GCC unroll 16
       for (int g = 0; g < NG; ++g) {
         Dpbusd(acc[g][k4 & 1], xv,
@@ -130,9 +138,11 @@ void GemmI8Vnni(const int8_t* w, const float* wscale, const int32_t* wsum,
   int g0 = o_begin;
   if (rows == 1) {
     constexpr int kGroups = 4;
+    const int8_t* end =
+        w + (o_end + kI8TileOut - 1) / kI8TileOut * chunks * kI8TileBytes;
     for (; g0 + kGroups * kI8TileOut <= o_end; g0 += kGroups * kI8TileOut) {
       OneRowGroups<kGroups>(w + g0 / kI8TileOut * chunks * kI8TileBytes, chunks,
-                            xq, wscale + g0, wsum + g0, xscale[0], y + g0);
+                            xq, wscale + g0, wsum + g0, xscale[0], y + g0, end);
     }
   }
   for (; g0 < o_end; g0 += kI8TileOut) {
