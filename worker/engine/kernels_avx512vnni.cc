@@ -90,7 +90,9 @@ inline void Rows(const int8_t* tiles, int64_t chunks, const uint8_t* xq,
 // One row against NG full groups at once (NG * 16 outputs). From memory a
 // single row is bound by how many lines are in flight: NG groups are NG
 // streams the hardware prefetcher follows side by side, where one group at
-// a time is one stream. Two accumulators per group.
+// a time is one stream. Each stream is also fetched kAhead bytes ahead into
+// L2, nothing at or past `end` (the call's last group). Two accumulators
+// per group.
 template <int NG>
 inline void OneRowGroups(const int8_t* tiles, int64_t chunks, const uint8_t* xq,
                          const float* wscale, const int32_t* wsum, float xscale,
