@@ -585,22 +585,42 @@ void Wkv7Reference(float* s, int n, const float* r, const float* w,
   }
 }
 
+// One head's inputs for wkv7_step (Random with seeds seed..seed+6).
+struct Wkv7Case {
+  Wkv7Case(int n, uint32_t seed)
+      : n(n),
+        s0(Random(static_cast<size_t>(n) * n, seed)),
+        r(Random(n, seed + 1)),
+        w(Random(n, seed + 2)),
+        k(Random(n, seed + 3)),
+        v(Random(n, seed + 4)),
+        nkk(Random(n, seed + 5)),
+        kka(Random(n, seed + 6)) {}
+  // One step of `kern` from s0 into s and y.
+  void Step(const Kernels& kern, std::vector<float>& s, std::vector<float>& y,
+            const float* next) const {
+    s = s0;
+    y.assign(n, 0.0f);
+    kern.wkv7_step(s.data(), n, r.data(), w.data(), k.data(), v.data(),
+                   nkk.data(), kka.data(), y.data(), next);
+  }
+  int n;
+  std::vector<float> s0, r, w, k, v, nkk, kka;
+};
+
 TEST(KernelsTest, Wkv7StepIsItsDefinitionBitForBit) {
   // 64 is every released RWKV-7's head size and has its own compiled path;
   // the others take the general one.
   for (int n : {64, 8, 16, 24, 40, 128}) {
-    const auto s0 = Random(static_cast<size_t>(n) * n, 11);
-    const auto r = Random(n, 12), w = Random(n, 13), k = Random(n, 14),
-               v = Random(n, 15), nkk = Random(n, 16), kka = Random(n, 17);
-    std::vector<float> want_s = s0, want_y(n);
-    Wkv7Reference(want_s.data(), n, r.data(), w.data(), k.data(), v.data(),
-                  nkk.data(), kka.data(), want_y.data());
+    const Wkv7Case c(n, 11);
+    std::vector<float> want_s = c.s0, want_y(n);
+    Wkv7Reference(want_s.data(), n, c.r.data(), c.w.data(), c.k.data(),
+                  c.v.data(), c.nkk.data(), c.kka.data(), want_y.data());
     for (const char* name : {"scalar", "avx2", "avx512"}) {
       const Kernels* kern = GetKernelsByName(name);
       if (kern == nullptr) continue;
-      std::vector<float> s = s0, y(n);
-      kern->wkv7_step(s.data(), n, r.data(), w.data(), k.data(), v.data(),
-                      nkk.data(), kka.data(), y.data(), nullptr);
+      std::vector<float> s, y;
+      c.Step(*kern, s, y, nullptr);
       for (int i = 0; i < n * n; ++i) {
         ASSERT_EQ(std::bit_cast<uint32_t>(s[i]),
                   std::bit_cast<uint32_t>(want_s[i]))
@@ -617,34 +637,30 @@ TEST(KernelsTest, Wkv7StepIsItsDefinitionBitForBit) {
 
 TEST(KernelsTest, Wkv7StepMatchesDefinition) {
   for (int n : {8, 16, 64, 40, 128, 24}) {
-    auto s0 = Random(static_cast<size_t>(n) * n, 1);
-    auto r = Random(n, 2), w = Random(n, 3), k = Random(n, 4), v = Random(n, 5),
-         nkk = Random(n, 6), kka = Random(n, 7);
+    const Wkv7Case c(n, 1);
     std::vector<double> want(static_cast<size_t>(n) * n), want_y(n);
     for (int i = 0; i < n; ++i) {
       double sa = 0;
-      for (int m = 0; m < n; ++m) sa += double(s0[i * n + m]) * nkk[m];
+      for (int m = 0; m < n; ++m) sa += double(c.s0[i * n + m]) * c.nkk[m];
       for (int j = 0; j < n; ++j) {
-        want[i * n + j] =
-            double(s0[i * n + j]) * w[j] + sa * kka[j] + double(v[i]) * k[j];
+        want[i * n + j] = double(c.s0[i * n + j]) * c.w[j] + sa * c.kka[j] +
+                          double(c.v[i]) * c.k[j];
       }
-      for (int j = 0; j < n; ++j) want_y[i] += want[i * n + j] * r[j];
+      for (int j = 0; j < n; ++j) want_y[i] += want[i * n + j] * c.r[j];
     }
     std::vector<float> ref_s;
     std::vector<float> ref_y;
     for (const char* name : {"scalar", "avx2", "avx512"}) {
       const Kernels* kern = GetKernelsByName(name);
       if (kern == nullptr) continue;
-      std::vector<float> s = s0, y(n);
-      kern->wkv7_step(s.data(), n, r.data(), w.data(), k.data(), v.data(),
-                      nkk.data(), kka.data(), y.data(), nullptr);
+      std::vector<float> s, y;
+      c.Step(*kern, s, y, nullptr);
       for (int i = 0; i < n * n; ++i) EXPECT_NEAR(s[i], want[i], 1e-5);
       for (int i = 0; i < n; ++i) EXPECT_NEAR(y[i], want_y[i], 1e-4);
       // The next state is a hint only: the same bits, and it is left alone.
       const std::vector<float> next0 = Random(static_cast<size_t>(n) * n, 8);
-      std::vector<float> s2 = s0, y2(n), next = next0;
-      kern->wkv7_step(s2.data(), n, r.data(), w.data(), k.data(), v.data(),
-                      nkk.data(), kka.data(), y2.data(), next.data());
+      std::vector<float> s2, y2, next = next0;
+      c.Step(*kern, s2, y2, next.data());
       EXPECT_EQ(s2, s) << name;
       EXPECT_EQ(y2, y) << name;
       EXPECT_EQ(next, next0) << name;
