@@ -57,6 +57,49 @@ void Finish(const int32_t* sums, const float* wscale, const int32_t* wsum,
   }
 }
 
+// The 2 x 2 tile loop of both products: tiles 0-3 sum A tiles 4-5 (the
+// first rows at a0 and a1, rows lda bytes apart) times B tiles 6-7 (b0, b1)
+// over `steps` steps, each 64 bytes along every A row and one 1 KiB B tile
+// further, and stores them to sums (4 x 16 x 16, 64-byte rows). A missing
+// second A or B tile is skipped. kBf16: TDPBF16PS, else TDPBUSD.
+template <bool kBf16>
+void Tiles2x2(const char* a0, const char* a1, int lda, const char* b0,
+              const char* b1, int64_t steps, bool two_a, bool two_b,
+              char* sums) {
+// The tile intrinsics take register numbers as literals.
+#define STATESTREAM_TILE_DOT(c, a, b) \
+  do {                                \
+    if constexpr (kBf16) {            \
+      _tile_dpbf16ps(c, a, b);        \
+    } else {                          \
+      _tile_dpbusd(c, a, b);          \
+    }                                 \
+  } while (0)
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t k = 0; k < steps; ++k) {
+    _tile_loadd(4, a0 + k * 64, lda);
+    _tile_loadd(6, b0 + k * 1024, 64);
+    STATESTREAM_TILE_DOT(0, 4, 6);
+    if (two_b) {
+      _tile_loadd(7, b1 + k * 1024, 64);
+      STATESTREAM_TILE_DOT(1, 4, 7);
+    }
+    if (two_a) {
+      _tile_loadd(5, a1 + k * 64, lda);
+      STATESTREAM_TILE_DOT(2, 5, 6);
+      if (two_b) STATESTREAM_TILE_DOT(3, 5, 7);
+    }
+  }
+#undef STATESTREAM_TILE_DOT
+  _tile_stored(0, sums, 64);
+  _tile_stored(1, sums + 1024, 64);
+  _tile_stored(2, sums + 2048, 64);
+  _tile_stored(3, sums + 3072, 64);
+}
+
 }  // namespace
 
 // bf16 products on AMX-BF16: TDPBF16PS multiplies 16 row-terms x 32 inputs
@@ -78,7 +121,7 @@ void GemmBf16Amx(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
   const int64_t pstride = PanelElems(in, 2);
   const int terms = 2 * rows;  // xb holds whole pairs of tiles (padded)
   const int blocks = in / 32;
-  constexpr int kTileElems = 16 * 32;  // a panel's 16 steps
+  static_assert(kPanelOut * 32 * sizeof(uint16_t) == 1024, "a B tile");
   alignas(64) float sums[4][16 * 16];
   // Panels in pairs (outer: their tiles stay in L1/L2 while every pair of
   // row-term tiles passes), row-term tiles in pairs (inner).
@@ -88,30 +131,13 @@ void GemmBf16Amx(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
     const uint16_t* b1 = b0 + pstride;
     for (int m0 = 0; m0 < terms; m0 += 32) {
       const bool two_tiles = m0 + 16 < terms;
+      // A step is 32 terms (64 bytes) of every row and one panel tile.
       const uint16_t* a0 = xb + static_cast<int64_t>(m0) * in;
-      const uint16_t* a1 = a0 + static_cast<int64_t>(16) * in;
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      for (int k = 0; k < blocks; ++k) {
-        _tile_loadd(4, a0 + k * 32, in * 2);
-        _tile_loadd(6, b0 + static_cast<int64_t>(k) * kTileElems, 64);
-        _tile_dpbf16ps(0, 4, 6);
-        if (two_panels) {
-          _tile_loadd(7, b1 + static_cast<int64_t>(k) * kTileElems, 64);
-          _tile_dpbf16ps(1, 4, 7);
-        }
-        if (two_tiles) {
-          _tile_loadd(5, a1 + k * 32, in * 2);
-          _tile_dpbf16ps(2, 5, 6);
-          if (two_panels) _tile_dpbf16ps(3, 5, 7);
-        }
-      }
-      _tile_stored(0, sums[0], 64);
-      _tile_stored(1, sums[1], 64);
-      _tile_stored(2, sums[2], 64);
-      _tile_stored(3, sums[3], 64);
+      Tiles2x2<true>(reinterpret_cast<const char*>(a0),
+                     reinterpret_cast<const char*>(a0 + int64_t{16} * in),
+                     in * 2, reinterpret_cast<const char*>(b0),
+                     reinterpret_cast<const char*>(b1), blocks, two_tiles,
+                     two_panels, reinterpret_cast<char*>(sums));
       // y = c(hi) + c(lo): a row's two terms are adjacent rows of a tile.
       for (int q = 0; q < 4; ++q) {
         const int g = o0 + (q & 1) * kPanelOut;
@@ -141,6 +167,7 @@ void GemmI8Amx(const int8_t* w, const float* wscale, const int32_t* wsum,
     return;
   }
   LoadConfig();
+  static_assert(kI8TileIn == 64 && kI8TileBytes == 1024, "Tiles2x2 steps");
   const int64_t chunks = I8Chunks(in);
   alignas(64) int32_t sums[4][16 * 16];
   // Output groups in pairs (outer: their weights stay in L1/L2 while every
@@ -162,29 +189,11 @@ void GemmI8Amx(const int8_t* w, const float* wscale, const int32_t* wsum,
     for (int r0 = 0; r0 < rows; r0 += 32) {
       const bool two_blocks = r0 + 16 < rows;
       const uint8_t* a0 = xq + static_cast<int64_t>(r0) * ldq;
-      const uint8_t* a1 = a0 + static_cast<int64_t>(16) * ldq;
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      for (int64_t c = 0; c < chunks; ++c) {
-        _tile_loadd(4, a0 + c * kI8TileIn, ldq);
-        _tile_loadd(6, b0 + c * kI8TileBytes, 64);
-        _tile_dpbusd(0, 4, 6);
-        if (two_groups) {
-          _tile_loadd(7, b1 + c * kI8TileBytes, 64);
-          _tile_dpbusd(1, 4, 7);
-        }
-        if (two_blocks) {
-          _tile_loadd(5, a1 + c * kI8TileIn, ldq);
-          _tile_dpbusd(2, 5, 6);
-          if (two_groups) _tile_dpbusd(3, 5, 7);
-        }
-      }
-      _tile_stored(0, sums[0], 64);
-      _tile_stored(1, sums[1], 64);
-      _tile_stored(2, sums[2], 64);
-      _tile_stored(3, sums[3], 64);
+      Tiles2x2<false>(reinterpret_cast<const char*>(a0),
+                      reinterpret_cast<const char*>(a0 + int64_t{16} * ldq),
+                      ldq, reinterpret_cast<const char*>(b0),
+                      reinterpret_cast<const char*>(b1), chunks, two_blocks,
+                      two_groups, reinterpret_cast<char*>(sums));
       for (int q = 0; q < 4; ++q) {
         const int g = g0 + (q & 1) * kI8TileOut;
         const int r = r0 + (q >> 1) * 16;
