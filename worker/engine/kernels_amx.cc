@@ -57,15 +57,28 @@ void Finish(const int32_t* sums, const float* wscale, const int32_t* wsum,
   }
 }
 
+// How many steps ahead Tiles2x2 fetches its B tiles into L2 (0.1B int8,
+// 32 sessions, alternating runs: 2,146-2,239 tok/s without, 2,186-2,311
+// at 4, 2,249-2,315 at 6).
+constexpr int64_t kFetchSteps = 6;
+
 // The 2 x 2 tile loop of both products: tiles 0-3 sum A tiles 4-5 (the
 // first rows at a0 and a1, rows lda bytes apart) times B tiles 6-7 (b0, b1)
 // over `steps` steps, each 64 bytes along every A row and one 1 KiB B tile
 // further, and stores them to sums (4 x 16 x 16, 64-byte rows). A missing
 // second A or B tile is skipped. kBf16: TDPBF16PS, else TDPBUSD.
+//
+// With fetch_end set, each step also fetches into L2 the B tiles it will
+// load kFetchSteps steps later: the same two streams, continuing into the
+// next pair of streams (the next 2 * steps KiB: both products keep a
+// pair's streams adjacent), none past fetch_end. A tile load waits for the
+// TDPBUSDs still reading its register (tile registers are not renamed),
+// so without this the weight stream is latency-bound: ~12 GB/s a core from
+// memory at 32 rows.
 template <bool kBf16>
 void Tiles2x2(const char* a0, const char* a1, int lda, const char* b0,
-              const char* b1, int64_t steps, bool two_a, bool two_b,
-              char* sums) {
+              const char* b1, int64_t steps, bool two_a, bool two_b, char* sums,
+              const char* fetch_end) {
 // The tile intrinsics take register numbers as literals.
 #define STATESTREAM_TILE_DOT(c, a, b) \
   do {                                \
@@ -80,6 +93,17 @@ void Tiles2x2(const char* a0, const char* a1, int lda, const char* b0,
   _tile_zero(2);
   _tile_zero(3);
   for (int64_t k = 0; k < steps; ++k) {
+    if (fetch_end != nullptr) {
+      const int64_t ahead = k + kFetchSteps;
+      const int64_t tile = ahead < steps ? ahead : ahead + steps;
+      const char* const next[2] = {b0 + tile * 1024, b1 + tile * 1024};
+      for (const char* p : next) {
+        if (p + 1024 > fetch_end) continue;
+        for (int line = 0; line < 1024; line += 64) {
+          _mm_prefetch(p + line, _MM_HINT_T1);
+        }
+      }
+    }
     _tile_loadd(4, a0 + k * 64, lda);
     _tile_loadd(6, b0 + k * 1024, 64);
     STATESTREAM_TILE_DOT(0, 4, 6);
@@ -123,6 +147,8 @@ void GemmBf16Amx(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
   const int blocks = in / 32;
   static_assert(kPanelOut * 32 * sizeof(uint16_t) == 1024, "a B tile");
   alignas(64) float sums[4][16 * 16];
+  const char* fetch_end = reinterpret_cast<const char*>(
+      w + (o_end + kPanelOut - 1) / kPanelOut * pstride);
   // Panels in pairs (outer: their tiles stay in L1/L2 while every pair of
   // row-term tiles passes), row-term tiles in pairs (inner).
   for (int o0 = o_begin; o0 < o_end; o0 += 2 * kPanelOut) {
@@ -137,7 +163,8 @@ void GemmBf16Amx(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
                      reinterpret_cast<const char*>(a0 + int64_t{16} * in),
                      in * 2, reinterpret_cast<const char*>(b0),
                      reinterpret_cast<const char*>(b1), blocks, two_tiles,
-                     two_panels, reinterpret_cast<char*>(sums));
+                     two_panels, reinterpret_cast<char*>(sums),
+                     m0 == 0 ? fetch_end : nullptr);
       // y = c(hi) + c(lo): a row's two terms are adjacent rows of a tile.
       for (int q = 0; q < 4; ++q) {
         const int g = o0 + (q & 1) * kPanelOut;
@@ -170,18 +197,17 @@ void GemmI8Amx(const int8_t* w, const float* wscale, const int32_t* wsum,
   static_assert(kI8TileIn == 64 && kI8TileBytes == 1024, "Tiles2x2 steps");
   const int64_t chunks = I8Chunks(in);
   alignas(64) int32_t sums[4][16 * 16];
+  const char* fetch_end = reinterpret_cast<const char*>(
+      w + (o_end + kI8TileOut - 1) / kI8TileOut * chunks * kI8TileBytes);
   // Output groups in pairs (outer: their weights stay in L1/L2 while every
   // row block passes), row blocks in pairs (inner). A missing second group
   // or block is skipped; rows past `rows` are computed (xq is allocated to
   // a multiple of 16 rows) but never stored.
   //
   // At decode batch sizes each weight tile serves two TDPBUSD, so streaming
-  // the weights is the cost (~12 GB/s a core from L3, ~30 from L2).
-  // Software prefetch did not raise it: neither the next pair's tiles into
-  // L1 nor the range 16 KiB ahead into L2 (measured in the model and with
-  // bench/engine_bench --benchmark_filter=MatMulI8), nor, with the weights
-  // on huge pages, both groups' tiles 4 or 12 chunks ahead into L2 (0.1B,
-  // 32 sessions: 1,695-1,769 against 1,783-1,792 tok/s without).
+  // the weights is the cost. Tiles2x2 fetches them ahead (fetch_end) while
+  // the first row blocks pass; later ones find them in L1/L2. Fetching only
+  // one step ahead, or into L1, did not help (docs/engine-kernels.md).
   for (int g0 = o_begin; g0 < o_end; g0 += 2 * kI8TileOut) {
     const bool two_groups = g0 + kI8TileOut < o_end;
     const int8_t* b0 = w + g0 / kI8TileOut * chunks * kI8TileBytes;
@@ -193,7 +219,8 @@ void GemmI8Amx(const int8_t* w, const float* wscale, const int32_t* wsum,
                       reinterpret_cast<const char*>(a0 + int64_t{16} * ldq),
                       ldq, reinterpret_cast<const char*>(b0),
                       reinterpret_cast<const char*>(b1), chunks, two_blocks,
-                      two_groups, reinterpret_cast<char*>(sums));
+                      two_groups, reinterpret_cast<char*>(sums),
+                      r0 == 0 ? fetch_end : nullptr);
       for (int q = 0; q < 4; ++q) {
         const int g = g0 + (q & 1) * kI8TileOut;
         const int r = r0 + (q >> 1) * 16;
