@@ -245,7 +245,8 @@ absl::Status BenchEngine() {
   for (size_t i = 0; i < input.size(); ++i) {
     input[i] = static_cast<int32_t>((i * 7919 + 13) % V);
   }
-  std::vector<float> logits(static_cast<size_t>(sessions) * V);
+  // As the worker's scheduler keeps them: rows start on cache lines.
+  engine::HugePageVector<float> logits(static_cast<size_t>(sessions) * V);
   const int32_t last = per_step - 1;
   std::vector<engine::SequenceWork> work(sessions);
   for (int s = 0; s < sessions; ++s) {

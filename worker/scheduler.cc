@@ -207,7 +207,7 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
   absl::Status status;
   // Kept across iterations: at 32 sessions a fresh buffer is 8 MB of page
   // faults and zeroing every step.
-  std::vector<float>& logits = logits_;
+  engine::HugePageVector<float>& logits = logits_;
   if (!work.empty()) {
     std::vector<engine::SequenceWork> batch;
     std::vector<int32_t> last(work.size());

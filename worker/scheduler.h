@@ -27,6 +27,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/clock.h"
+#include "worker/engine/huge_pages.h"
 #include "worker/engine/model.h"
 #include "worker/engine/thread_pool.h"
 
@@ -147,7 +148,9 @@ class Scheduler {
   bool Iterate(std::vector<std::shared_ptr<Task>>& active);
   void Retire(std::vector<std::shared_ptr<Task>>& active);
   // The batch's logits, reused across iterations (scheduler thread only).
-  std::vector<float> logits_;
+  // On huge pages from 2 MiB, so every session's row starts on a cache
+  // line: the head's stores are whole lines (engine-kernels.md).
+  engine::HugePageVector<float> logits_;
   // Takes ended tasks out of the admission counts.
   void Release(const std::vector<std::shared_ptr<Task>>& ended,
                int still_active);
