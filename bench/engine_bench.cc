@@ -20,6 +20,7 @@
 #include "worker/engine/ops.h"
 #include "worker/engine/random_model.h"
 #include "worker/engine/thread_pool.h"
+#include "worker/engine/weight_arena.h"
 #include "worker/engine/weight_loader.h"
 #include "worker/engine/weight_writer.h"
 
@@ -28,26 +29,24 @@ namespace {
 
 enum Weights { kF32 = 0, kBF16 = 1, kInt8 = 2 };
 
-// Packed weights as the model keeps them (WeightArena): on huge pages
-// whatever their size. On 4 KiB pages the AMX int8 kernel took 29 us for
-// 32 rows x 768 x 768 against 16 on huge pages (session 11), so a
-// benchmark on a plain vector measured page walks, not the kernel.
+// Packed weights where the model keeps them, in a WeightArena (huge pages
+// whatever their size), zeroed as the packers expect. On a plain vector
+// (4 KiB pages) the AMX int8 kernel took 29 us for 32 rows x 768 x 768
+// against 16 (session 11): the benchmark measured page walks.
 template <typename T>
-class HugeWeights {
+class ArenaWeights {
  public:
-  explicit HugeWeights(size_t n)
-      : n_(n),
-        bytes_(std::max(n * sizeof(T), kHugePageBytes)),
-        p_(static_cast<T*>(MapHuge(bytes_))) {}
-  ~HugeWeights() { UnmapHuge(p_, bytes_); }
-  HugeWeights(const HugeWeights&) = delete;
-  HugeWeights& operator=(const HugeWeights&) = delete;
+  explicit ArenaWeights(size_t n)
+      : n_(n), p_(static_cast<T*>(arena_.Allocate(n * sizeof(T)))) {
+    std::memset(p_, 0, n * sizeof(T));
+  }
   T* data() { return p_; }
   size_t size() const { return n_; }
   T& operator[](size_t i) { return p_[i]; }
 
  private:
-  size_t n_, bytes_;
+  WeightArena arena_;
+  size_t n_;
   T* p_;
 };
 
@@ -148,8 +147,8 @@ void BM_Gemm(benchmark::State& st, bool bf16, const char* kernels = "",
   const int rows = static_cast<int>(st.range(0));
   const int out = static_cast<int>(st.range(1));
   // Packed in the kernels' panels (kernels.h), a row at a time.
-  HugeWeights<float> w(PanelPackedElems(out, in, PanelStep(4)));
-  HugeWeights<uint16_t> wb(PanelPackedElems(out, in, PanelStep(2)));
+  ArenaWeights<float> w(PanelPackedElems(out, in, PanelStep(4)));
+  ArenaWeights<uint16_t> wb(PanelPackedElems(out, in, PanelStep(2)));
   std::vector<float> row(in);
   std::vector<uint16_t> row_bf16(in);
   for (int o = 0; o < out; ++o) {
@@ -198,7 +197,7 @@ void BM_GemmI8(benchmark::State& st, const char* kernels) {
     st.SkipWithError("kernels not available on this CPU");
     return;
   }
-  HugeWeights<int8_t> w(I8PackedBytes(out, in));
+  ArenaWeights<int8_t> w(I8PackedBytes(out, in));
   for (size_t i = 0; i < w.size(); ++i) {
     w[i] = static_cast<int8_t>((i * 2654435761u) >> 24);
   }
@@ -257,7 +256,7 @@ void BM_MatMulI8(benchmark::State& st) {
   Matrix m;
   m.rows = out;
   m.cols = in;
-  HugeWeights<int8_t> w(I8PackedBytes(out, in));
+  ArenaWeights<int8_t> w(I8PackedBytes(out, in));
   for (size_t i = 0; i < w.size(); ++i) {
     w[i] = static_cast<int8_t>((i * 2654435761u) >> 24);
   }
@@ -280,7 +279,7 @@ void BM_MatMulBf16(benchmark::State& st) {
   m.rows = out;
   m.cols = in;
   m.panels = true;
-  HugeWeights<uint16_t> w(PanelPackedElems(out, in, PanelStep(2)));
+  ArenaWeights<uint16_t> w(PanelPackedElems(out, in, PanelStep(2)));
   for (size_t i = 0; i < w.size(); ++i) {
     w[i] = static_cast<uint16_t>(0x3c00 + (i * 2654435761u) % 0x100);
   }
