@@ -147,6 +147,34 @@ void ThreadPool::ParallelFor(int tasks, const std::function<void(int)>& fn) {
   }
 }
 
+void ThreadPool::ParallelForThen(int n_first,
+                                 const std::function<void(int)>& first,
+                                 int n_then,
+                                 const std::function<void(int)>& then) {
+  std::atomic<int> done{0};
+  ParallelFor(n_first + n_then, [&](int task) {
+    if (task < n_first) {
+      first(task);
+      done.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    // Every `first` task has been claimed (claims go in order) by a thread
+    // that is running it: this wait ends.
+    for (int i = 0; done.load(std::memory_order_acquire) < n_first; ++i) {
+      if (i < 4096) {
+        if (ReadAheadChunk()) {
+          i += 63;
+        } else {
+          SS_CPU_RELAX();
+        }
+      } else {
+        std::this_thread::yield();
+      }
+    }
+    then(task - n_first);
+  });
+}
+
 void ThreadPool::ReadAheadWhenIdle(absl::Span<const Region> regions) {
   if (workers_.empty()) return;  // nobody ever waits
   absl::MutexLock lock(&ahead_mu_);

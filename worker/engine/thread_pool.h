@@ -41,6 +41,15 @@ class ThreadPool {
   // returns when all are done. `fn` must not call ParallelFor.
   void ParallelFor(int tasks, const std::function<void(int)>& fn);
 
+  // Runs first(i) for every i < n_first, then then(j) for every j < n_then,
+  // in one hand-off instead of two: `then` may read anything `first`
+  // wrote. Tasks are claimed in order, so a thread that claims a `then`
+  // task while `first` tasks still run waits for them (it spins, fetching
+  // the read-ahead list meanwhile, like a caller waiting for its last
+  // tasks). Neither function may call the pool.
+  void ParallelForThen(int n_first, const std::function<void(int)>& first,
+                       int n_then, const std::function<void(int)>& then);
+
   // Memory the caller will read soon.
   struct Region {
     const void* data;

@@ -51,6 +51,41 @@ TEST(ThreadPoolTest, StragglersNeverClaimTheNextCallsTasks) {
   }
 }
 
+// Every `then` task must see every `first` task's plain (non-atomic)
+// writes, each task of both kinds runs once, and either count may be 0.
+// Slow `first` tasks make `then` tasks start while they still run.
+TEST(ThreadPoolTest, ThenTasksRunAfterEveryFirstTaskAndSeeItsWrites) {
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    for (int round = 0; round < 3000; ++round) {
+      const int n_first = round % 5, n_then = (round / 5) % 7;
+      std::vector<int> written(n_first, 0);
+      std::vector<std::atomic<int>> first_hits(n_first), then_hits(n_then);
+      std::atomic<int> missed{0};
+      pool.ParallelForThen(
+          n_first,
+          [&](int i) {
+            std::atomic<int> spin{0};
+            while (spin.fetch_add(1, std::memory_order_relaxed) < 50 * i) {
+            }
+            written[i] = round + 1;
+            first_hits[i].fetch_add(1);
+          },
+          n_then,
+          [&](int j) {
+            for (int i = 0; i < n_first; ++i) {
+              if (written[i] != round + 1) missed.fetch_add(1);
+            }
+            then_hits[j].fetch_add(1);
+          });
+      ASSERT_EQ(missed.load(), 0)
+          << "threads " << threads << " round " << round;
+      for (int i = 0; i < n_first; ++i) ASSERT_EQ(first_hits[i].load(), 1);
+      for (int j = 0; j < n_then; ++j) ASSERT_EQ(then_hits[j].load(), 1);
+    }
+  }
+}
+
 TEST(ThreadPoolTest, DestroyedAtOnceOrAfterSleepingDoesNotHang) {
   for (int i = 0; i < 200; ++i) ThreadPool pool(3);  // workers may not run yet
   ThreadPool sleepy(2, /*spin_us=*/0);
