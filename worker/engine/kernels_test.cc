@@ -491,23 +491,26 @@ INSTANTIATE_TEST_SUITE_P(Widths, GemmRowTest,
                          ::testing::Values(100, 300, 7001));
 
 // MatMuls runs several products (int8, fp32 and bf16 matrices of different
-// shapes; rows on both sides of the AMX and pool-quantization thresholds)
-// in one hand-off: each output is exactly MatMul's for that product, alone,
-// on one thread.
+// shapes; rows on both sides of the AMX and pool-quantization thresholds;
+// one-row products long enough for the short last ranges of PlanOutputs)
+// in one hand-off on 2 and 3 threads: each output is exactly MatMul's for
+// that product, alone, on one thread.
 TEST(KernelsTest, MatMulsEqualsSeparateMatMuls) {
   const Kernels& k = GetKernels();
-  std::vector<Matrix> ms(4);
-  const int shapes[4][2] = {{48, 768}, {4100, 64}, {37, 100}, {64, 3072}};
-  for (int j = 0; j < 4; ++j) {
+  constexpr int kProducts = 6;
+  std::vector<Matrix> ms(kProducts);
+  const int shapes[kProducts][2] = {{48, 768},  {4100, 64},  {37, 100},
+                                    {64, 3072}, {2500, 256}, {1700, 96}};
+  for (int j = 0; j < kProducts; ++j) {
     Matrix& m = ms[j];
     m.rows = shapes[j][0];
     m.cols = shapes[j][1];
-    if (j == 2) {  // fp32
+    if (j == 2 || j == 5) {  // fp32
       m.f32_storage = Packed(Random(static_cast<size_t>(m.rows) * m.cols, j),
                              m.rows, m.cols);
       m.f32 = m.f32_storage.data();
       m.panels = true;
-    } else if (j == 3) {  // bf16
+    } else if (j == 3 || j == 4) {  // bf16
       std::vector<uint16_t> wb;
       for (float f : Random(static_cast<size_t>(m.rows) * m.cols, j)) {
         wb.push_back(ToBF16(f));
@@ -523,11 +526,12 @@ TEST(KernelsTest, MatMulsEqualsSeparateMatMuls) {
       m.wsum = std::move(w.sum);
     }
   }
-  ThreadPool one(1), two(2);
+  ThreadPool one(1), two(2), three(3);
   for (int rows : {1, 15, 16, 33, 64}) {
-    std::vector<std::vector<float>> x(4), want(4), got(4);
+    std::vector<std::vector<float>> x(kProducts), want(kProducts),
+        got(kProducts);
     std::vector<MatMulJob> jobs;
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < kProducts; ++j) {
       const Matrix& m = ms[j];
       const int ldx = m.cols + 3, ldy = m.rows + 5;
       x[j] = Random(static_cast<size_t>(rows) * ldx, 10 * rows + j);
@@ -536,11 +540,15 @@ TEST(KernelsTest, MatMulsEqualsSeparateMatMuls) {
       MatMul(k, one, m, x[j].data(), ldx, rows, want[j].data(), ldy);
       jobs.push_back({&m, x[j].data(), ldx, got[j].data(), ldy});
     }
-    MatMuls(k, two, jobs, rows);
-    for (int j = 0; j < 4; ++j) {
-      ASSERT_EQ(0, std::memcmp(want[j].data(), got[j].data(),
-                               want[j].size() * sizeof(float)))
-          << "rows " << rows << " product " << j;
+    for (ThreadPool* pool : {&two, &three}) {
+      for (auto& g : got) std::fill(g.begin(), g.end(), -1.0f);
+      MatMuls(k, *pool, jobs, rows);
+      for (int j = 0; j < kProducts; ++j) {
+        ASSERT_EQ(0, std::memcmp(want[j].data(), got[j].data(),
+                                 want[j].size() * sizeof(float)))
+            << "rows " << rows << " product " << j << " threads "
+            << pool->size();
+      }
     }
   }
 }

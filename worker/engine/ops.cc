@@ -195,7 +195,8 @@ namespace {
 //   1,656-1,692 with 64 below 4,096 outputs, 1,739-1,795 with 256; a
 //   512-token prefill +7-9 %).
 // - Weight streams — one row, or int8 below 16 rows (VNNI) — of 512+
-//   outputs: two ranges a thread. Each range starts its prefetch streams
+//   outputs: two ranges a thread (OutputRanges below cuts the last eighth
+//   of large ones finer). Each range starts its prefetch streams
 //   cold, and the products stream at DRAM speed only between starts
 //   (session 10, against 64, or 256 for one-row bf16 from 2,048 outputs:
 //   one session 0.4B bf16 34.4-34.5 → 35.4-37.6, int8 +3 %, 0.1B int8
@@ -224,6 +225,43 @@ int OutputTile(const Matrix& m, int rows, int threads) {
   }
   if (rows == 1) return 64;
   return m.rows >= 256 ? 64 : 16;
+}
+
+// How one product's outputs split into pool tasks: `first` ranges of
+// `tile` outputs, then ranges of `tail` outputs up to the last output.
+struct OutputRanges {
+  int tile, first, tail;
+
+  int Count(int outputs) const {
+    const int rest = std::max(0, outputs - first * tile);
+    return first + (rest + tail - 1) / tail;
+  }
+  // Outputs [*b, *e) of range r < Count(outputs).
+  void Bounds(int r, int outputs, int* b, int* e) const {
+    *b = r < first ? r * tile : first * tile + (r - first) * tail;
+    *e = std::min(outputs, *b + (r < first ? tile : tail));
+  }
+};
+
+// A weight stream of two ranges a thread ends with one core waiting for the
+// other's last range (one session 0.4B bf16: ~13 % of the calling thread's
+// time at the ends of products). Where the ranges are long (256+ outputs),
+// they cover seven eighths of the outputs and the last eighth follows in
+// 2 * threads short ranges, which the core that finishes first takes.
+// Steps alternated in one process (docs/engine-kernels.md): one session
+// 0.4B bf16 +0.2-2.2 %, 0.1B bf16 and int8 +1.5-2.2 %, 8 sessions 0.4B
+// int8 +0.6-1.1 %.
+OutputRanges PlanOutputs(const Matrix& m, int rows, int threads) {
+  const int tile = OutputTile(m, rows, threads);
+  const OutputRanges plain{tile, (m.rows + tile - 1) / tile, tile};
+  const bool streams = rows == 1 || (m.i8 != nullptr && rows < 16);
+  if (!streams) return plain;
+  const int ranges = 2 * threads;
+  const int big = m.rows * 7 / 8 / ranges / 64 * 64;
+  if (big < 256) return plain;
+  const int rest = m.rows - ranges * big;
+  const int tail = std::max(64, (rest + ranges * 64 - 1) / (ranges * 64) * 64);
+  return {big, ranges, tail};
 }
 
 }  // namespace
@@ -376,17 +414,17 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
   s.first_tile[0] = 0;
   for (int j = 0; j < n; ++j) {
     const Matrix& m = *jobs[j].m;
-    const int tile = OutputTile(m, rows, pool.size());
-    s.first_tile[j + 1] = s.first_tile[j] + (m.rows + tile - 1) / tile;
+    s.first_tile[j + 1] =
+        s.first_tile[j] + PlanOutputs(m, rows, pool.size()).Count(m.rows);
   }
   auto product = [&](int task) {
     int j = 0;
     while (task >= s.first_tile[j + 1]) ++j;
     const MatMulJob& job = jobs[j];
     const Matrix& m = *job.m;
-    const int tile = OutputTile(m, rows, pool.size());
-    const int b = (task - s.first_tile[j]) * tile;
-    const int e = std::min(m.rows, b + tile);
+    int b, e;
+    PlanOutputs(m, rows, pool.size())
+        .Bounds(task - s.first_tile[j], m.rows, &b, &e);
     if (m.i8 != nullptr) {
       k.gemm_i8(m.i8, m.scale.data(), m.wsum.data(), m.cols,
                 s.xq.data() + s.q[j].offset,
