@@ -133,8 +133,14 @@ void ThreadPool::ParallelFor(int tasks, const std::function<void(int)>& fn) {
   epoch_.store(gen);  // seq_cst: pairs with the sleepers_ check below
   if (sleepers_.load() > 0) FutexWakeAll(&epoch_);
   RunTasks(gen);
-  // The last tasks run on workers: spin briefly, then give the core away.
-  for (int i = 0; pending_.load(std::memory_order_acquire) != 0; ++i) {
+  // The last tasks run on workers.
+  WaitUntil([this] { return pending_.load(std::memory_order_acquire) == 0; });
+}
+
+template <typename Ready>
+void ThreadPool::WaitUntil(const Ready& ready) {
+  // Spin briefly, fetching the read-ahead list, then give the core away.
+  for (int i = 0; !ready(); ++i) {
     if (i < 4096) {
       if (ReadAheadChunk()) {
         i += 63;  // as long as ~64 pauses
@@ -160,17 +166,7 @@ void ThreadPool::ParallelForThen(int n_first,
     }
     // Every `first` task has been claimed (claims go in order) by a thread
     // that is running it: this wait ends.
-    for (int i = 0; done.load(std::memory_order_acquire) < n_first; ++i) {
-      if (i < 4096) {
-        if (ReadAheadChunk()) {
-          i += 63;
-        } else {
-          SS_CPU_RELAX();
-        }
-      } else {
-        std::this_thread::yield();
-      }
-    }
+    WaitUntil([&] { return done.load(std::memory_order_acquire) == n_first; });
     then(task - n_first);
   });
 }

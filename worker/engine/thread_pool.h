@@ -75,6 +75,10 @@ class ThreadPool {
   // Prefetches one unclaimed 4 KiB chunk of the read-ahead regions; false
   // when there is none.
   bool ReadAheadChunk();
+  // Returns once ready() holds: spins (fetching the read-ahead list), then
+  // yields. For a thread waiting on others' tasks.
+  template <typename Ready>
+  void WaitUntil(const Ready& ready);
 
   const int spin_us_;
   absl::Mutex call_mu_;  // serialises ParallelFor callers
