@@ -264,6 +264,75 @@ TEST(ModelTest, ChunkingBatchingThreadsAndKernelsAreBitIdentical) {
   }
 }
 
+// A Forward call with many sequences (a decode batch: each sequence's key
+// stage, recurrence and output stage run in one task per sequence) gives
+// every sequence exactly what it gets alone: one-token sequences beside
+// multi-token ones, a batch that spans two chunks of rows, on 1-3 threads.
+TEST(ModelTest, ManySequencesInOneCallAreBitIdenticalToEachAlone) {
+  SS_REQUIRE_SHARED_DATA();
+  for (const char* file :
+       {"testdata/rwkv7-tiny.pth", "testdata/rwkv7-tiny-bf16.pth"}) {
+    for (WeightPrecision precision :
+         {WeightPrecision::kAsStored, WeightPrecision::kInt8}) {
+      auto alone = Load(file, Opts(1, "scalar", precision));
+      ASSERT_NE(alone, nullptr);
+      const int V = alone->info().config.vocab_size;
+      const size_t S = alone->info().state_floats;
+      // 40 sequences: one token each, except every fifth with 1-9 tokens;
+      // each starts from its own state, reached by feeding a prefix alone.
+      constexpr int kSequences = 40;
+      std::vector<std::vector<int32_t>> prefix(kSequences), next(kSequences);
+      std::vector<std::vector<float>> start(kSequences,
+                                            std::vector<float>(S, 0.0f));
+      std::vector<float> logits(V);
+      const int32_t zero = 0;
+      for (int q = 0; q < kSequences; ++q) {
+        prefix[q] = RandomTokens(1 + q % 4, V, 1000 + q);
+        next[q] = RandomTokens(q % 5 == 0 ? 1 + q % 9 : 1, V, 2000 + q);
+        ASSERT_TRUE(
+            alone
+                ->Forward({{prefix[q], start[q].data(),
+                            absl::MakeConstSpan(&zero, 1), logits.data()}})
+                .ok());
+      }
+      // Expected: each sequence alone.
+      std::vector<std::vector<float>> want_state = start,
+                                      want_logits(kSequences);
+      std::vector<int32_t> last(kSequences);
+      for (int q = 0; q < kSequences; ++q) {
+        last[q] = static_cast<int32_t>(next[q].size()) - 1;
+        want_logits[q].assign(V, 0.0f);
+        ASSERT_TRUE(alone
+                        ->Forward({{next[q], want_state[q].data(),
+                                    absl::MakeConstSpan(&last[q], 1),
+                                    want_logits[q].data()}})
+                        .ok());
+      }
+      for (int threads : {1, 2, 3}) {
+        auto m = Load(file, Opts(threads, "", precision));
+        ASSERT_NE(m, nullptr);
+        std::vector<std::vector<float>> state = start, got_logits(kSequences);
+        std::vector<SequenceWork> batch;
+        for (int q = 0; q < kSequences; ++q) {
+          got_logits[q].assign(V, 0.0f);
+          batch.push_back({next[q], state[q].data(),
+                           absl::MakeConstSpan(&last[q], 1),
+                           got_logits[q].data()});
+        }
+        ASSERT_TRUE(m->Forward(batch).ok());
+        for (int q = 0; q < kSequences; ++q) {
+          ASSERT_EQ(0, std::memcmp(state[q].data(), want_state[q].data(),
+                                   S * sizeof(float)))
+              << file << " threads " << threads << " sequence " << q;
+          ASSERT_EQ(0, std::memcmp(got_logits[q].data(), want_logits[q].data(),
+                                   V * sizeof(float)))
+              << file << " threads " << threads << " sequence " << q;
+        }
+      }
+    }
+  }
+}
+
 // A bf16 file kept as bf16 (every matrix, the LoRA factors included) has
 // products of its own arithmetic (kernels.h gemm_bf16: the activations as
 // two bf16 terms, AMX's chains), the same bits in every build (the test
