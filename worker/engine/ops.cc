@@ -195,7 +195,7 @@ namespace {
 //   1,656-1,692 with 64 below 4,096 outputs, 1,739-1,795 with 256; a
 //   512-token prefill +7-9 %).
 // - Weight streams — one row, or int8 below 16 rows (VNNI) — of 512+
-//   outputs: two ranges a thread (OutputRanges below cuts the last eighth
+//   outputs: two ranges a thread (PlanOutputs below cuts the last eighth
 //   of large ones finer). Each range starts its prefetch streams
 //   cold, and the products stream at DRAM speed only between starts
 //   (session 10, against 64, or 256 for one-row bf16 from 2,048 outputs:
