@@ -325,10 +325,11 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
     std::vector<uint8_t> xq;
     std::vector<float> scale;  // [job][row]
     std::vector<Quantized> q;
-    std::vector<float> xs;       // bf16 terms as fp32
-    std::vector<uint16_t> xb;    // the same as bf16
-    std::vector<int64_t> terms;  // [job]: offset into xs and xb, or -1
-    std::vector<int> first_tile;
+    std::vector<float> xs;             // bf16 terms as fp32
+    std::vector<uint16_t> xb;          // the same as bf16
+    std::vector<int64_t> terms;        // [job]: offset into xs and xb, or -1
+    std::vector<int> first_tile;       // [job]: its first range's task
+    std::vector<OutputRanges> ranges;  // [job]
   };
   // The caller's scratch, by reference: pool threads use it too (a
   // thread_local named inside the lambdas would be each thread's own).
@@ -400,22 +401,24 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
                      m.cols, s.xs.data() + at, s.xb.data() + at);
     }
   };
-  // Small inputs (one session: 768 values a product) in one task: a claim
-  // per product cost one-session int8 decode ~0.6 %.
-  const int prepare_tasks = values < kMinPerBlock ? (values > 0) : n * blocks;
+  // Small inputs (one session: 768 values a product; one block each) in
+  // one task: a claim per product cost one-session int8 decode ~0.6 %.
+  const bool one_task = values < kMinPerBlock;
+  const int prepare_tasks = values == 0 ? 0 : one_task ? 1 : n * blocks;
   auto prepare = [&](int task) {
-    if (prepare_tasks < n * blocks) {
-      for (int j = 0; j < n; ++j) prepare_block(j * blocks);
-    } else {
+    if (!one_task) {
       prepare_block(task);
+      return;
     }
+    for (int j = 0; j < n; ++j) prepare_block(j);  // blocks == 1
   };
   s.first_tile.resize(n + 1);
+  s.ranges.resize(n);
   s.first_tile[0] = 0;
   for (int j = 0; j < n; ++j) {
     const Matrix& m = *jobs[j].m;
-    s.first_tile[j + 1] =
-        s.first_tile[j] + PlanOutputs(m, rows, pool.size()).Count(m.rows);
+    s.ranges[j] = PlanOutputs(m, rows, pool.size());
+    s.first_tile[j + 1] = s.first_tile[j] + s.ranges[j].Count(m.rows);
   }
   auto product = [&](int task) {
     int j = 0;
@@ -423,8 +426,7 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
     const MatMulJob& job = jobs[j];
     const Matrix& m = *job.m;
     int b, e;
-    PlanOutputs(m, rows, pool.size())
-        .Bounds(task - s.first_tile[j], m.rows, &b, &e);
+    s.ranges[j].Bounds(task - s.first_tile[j], m.rows, &b, &e);
     if (m.i8 != nullptr) {
       k.gemm_i8(m.i8, m.scale.data(), m.wsum.data(), m.cols,
                 s.xq.data() + s.q[j].offset,
