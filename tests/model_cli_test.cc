@@ -253,6 +253,11 @@ TEST(ModelCliTest, CompareReportsReducedPrecisionAccuracy) {
 TEST(ModelCliTest, BenchEngineRunsEveryDtype) {
   SS_REQUIRE_SHARED_DATA();
   const std::string model = SharedPath("testdata/rwkv7-tiny.pth");
+  RunResult info_run = Cli({"model", "info", "--model", model});
+  ASSERT_EQ(info_run.exit_code, 0) << info_run.err;
+  auto info_lines = JsonLines(info_run.out);
+  ASSERT_EQ(info_lines.size(), 1u) << info_run.out;
+  const auto info = info_lines[0];
   for (const char* dtype : {"fp32", "bf16", "int8"}) {
     for (const char* mode : {"decode", "prefill"}) {
       RunResult r = Cli({"bench", "engine", "--model", model, "--mode", mode,
@@ -282,6 +287,16 @@ TEST(ModelCliTest, BenchEngineRunsEveryDtype) {
       if (std::string(mode) == "prefill") {
         EXPECT_GT(j["peak_gflop_per_s"].get<double>(),
                   j["gflop_per_s"].get<double>() * 0.5);
+        // The head counts once (one logits row), the layers per token.
+        const double head = static_cast<double>(info["vocab"].get<int>()) *
+                            info["n_embd"].get<int>();
+        const double layers = info["params"].get<double>() - 2 * head;
+        EXPECT_DOUBLE_EQ(j["flop_per_step"].get<double>(),
+                         2 * (layers * 20 + head));
+        EXPECT_NEAR(j["gflop_per_s"].get<double>(),
+                    j["flop_per_step"].get<double>() /
+                        j["ms_per_step_median"].get<double>() / 1e6,
+                    1e-6 * j["gflop_per_s"].get<double>());
       }
     }
   }
