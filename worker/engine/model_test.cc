@@ -270,8 +270,14 @@ TEST(ModelTest, ChunkingBatchingThreadsAndKernelsAreBitIdentical) {
 // multi-token ones, a batch that spans two chunks of rows, on 1-3 threads.
 TEST(ModelTest, ManySequencesInOneCallAreBitIdenticalToEachAlone) {
   SS_REQUIRE_SHARED_DATA();
+  // Every architecture: RWKV-7's own forward pass, and the chunked one of
+  // RWKV-4, 5 and 6 (rwkv_common.h), whose decode batches also take a
+  // whole session's heads per task and save one-row shifts in the rows'
+  // own tasks.
   for (const char* file :
-       {"testdata/rwkv7-tiny.pth", "testdata/rwkv7-tiny-bf16.pth"}) {
+       {"testdata/rwkv7-tiny.pth", "testdata/rwkv7-tiny-bf16.pth",
+        "testdata/rwkv6-tiny.pth", "testdata/rwkv5-tiny.pth",
+        "testdata/rwkv4-tiny.pth"}) {
     for (WeightPrecision precision :
          {WeightPrecision::kAsStored, WeightPrecision::kInt8}) {
       auto alone = Load(file, Opts(1, "scalar", precision));
@@ -287,6 +293,7 @@ TEST(ModelTest, ManySequencesInOneCallAreBitIdenticalToEachAlone) {
       std::vector<float> logits(V);
       const int32_t zero = 0;
       for (int q = 0; q < kSequences; ++q) {
+        alone->InitState(start[q].data());
         prefix[q] = RandomTokens(1 + q % 4, V, 1000 + q);
         next[q] = RandomTokens(q % 5 == 0 ? 1 + q % 9 : 1, V, 2000 + q);
         ASSERT_TRUE(

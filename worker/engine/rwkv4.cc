@@ -39,7 +39,8 @@ class Rwkv4 final : public rwkv::ChunkedModel {
 
  private:
   void Block(int l, const Chunk& c) override;
-  void TimeMix(int l, const Chunk& c);
+  // Returns the time mix's output rows (att_out).
+  const float* TimeMix(int l, const Chunk& c);
   float* Layer0(float* state, int l) const { return state + l * 5 * C(); }
 
   std::vector<Layer> layers_;
@@ -53,7 +54,34 @@ void Rwkv4::InitState(float* state) const {
   }
 }
 
-void Rwkv4::TimeMix(int l, const Chunk& c) {
+// One step of the recurrence for n channels (independent: lanes along the
+// channels, each element's operations the same in every clone).
+SS_ROW_CLONES void Wkv4Step(const float* k, const float* v, const float* first,
+                            const float* decay, int n, float* aa, float* bb,
+                            float* pp, float* y) {
+  for (int i = 0; i < n; ++i) {
+    const float kt = k[i], vt = v[i];
+    float ww = first[i] + kt;
+    float q = std::max(pp[i], ww);
+    float e1 = Exp(pp[i] - q);
+    float e2 = Exp(ww - q);
+    y[i] = (e1 * aa[i] + e2 * vt) / (e1 * bb[i] + e2);
+    ww = decay[i] + pp[i];
+    q = std::max(ww, kt);
+    e1 = Exp(ww - q);
+    e2 = Exp(kt - q);
+    aa[i] = e1 * aa[i] + e2 * vt;
+    bb[i] = e1 * bb[i] + e2;
+    pp[i] = q;
+  }
+}
+
+// x = sigmoid(x).
+SS_ROW_CLONES void SigmoidRow(float* x, int n) {
+  for (int i = 0; i < n; ++i) x[i] = Sigmoid(x[i]);
+}
+
+const float* Rwkv4::TimeMix(int l, const Chunk& c) {
   const Layer& L = layers_[l];
   const int C = this->C(), rows = c.rows;
   float* xx = c.ws.Get(1, C);
@@ -65,71 +93,60 @@ void Rwkv4::TimeMix(int l, const Chunk& c) {
   float* v = c.ws.Get(kFirstLayerBuffer + 5, C);
   float* y = c.ws.Get(kFirstLayerBuffer + 6, C);
   float* out = c.ws.Get(kFirstLayerBuffer + 7, C);
-  for (int t = 0; t < rows; ++t) {
-    LayerNorm(c.x + static_cast<int64_t>(t) * C, C, L.ln1_w.data(),
-              L.ln1_b.data(), rwkv::kLayerNormEps,
-              xx + static_cast<int64_t>(t) * C);
-  }
+  ForRows(rows, [&](int t) {
+    const int64_t o = static_cast<int64_t>(t) * C;
+    LayerNorm(c.x + o, C, L.ln1_w.data(), L.ln1_b.data(), rwkv::kLayerNormEps,
+              xx + o);
+  });
   auto att_shift = [this, l](float* s) { return Layer0(s, l); };
-  rwkv::ForEachShift(
-      c, xx, C, att_shift, [&](int t, const float* cur, const float* prev) {
-        const int64_t o = static_cast<int64_t>(t) * C;
-        rwkv::Mix(MixStyle::kCurrent, cur, prev, L.mix_k.data(), C, xk + o);
-        rwkv::Mix(MixStyle::kCurrent, cur, prev, L.mix_v.data(), C, xv + o);
-        rwkv::Mix(MixStyle::kCurrent, cur, prev, L.mix_r.data(), C, xr + o);
-      });
+  ForRows(rows, [&](int t) {
+    const int64_t o = static_cast<int64_t>(t) * C;
+    const float* cur = xx + o;
+    const float* prev = rwkv::Prev(c, xx, C, t, att_shift);
+    rwkv::Mix(MixStyle::kCurrent, cur, prev, L.mix_k.data(), C, xk + o);
+    rwkv::Mix(MixStyle::kCurrent, cur, prev, L.mix_v.data(), C, xv + o);
+    rwkv::Mix(MixStyle::kCurrent, cur, prev, L.mix_r.data(), C, xr + o);
+    rwkv::SaveOneRowShift(c, xx, C, t, att_shift);
+  });
   Trace(l, "ln1_out", xx, C);
-  Mul(L.receptance, xr, rows, r);
-  for (int64_t i = 0; i < static_cast<int64_t>(rows) * C; ++i) {
-    r[i] = Sigmoid(r[i]);
-  }
-  Mul(L.key, xk, rows, k);
-  Mul(L.value, xv, rows, v);
+  Muls({{&L.receptance, xr, C, r, C},
+        {&L.key, xk, C, k, C},
+        {&L.value, xv, C, v, C}},
+       rows);
+  ForRows(rows, [&](int t) { SigmoidRow(r + static_cast<int64_t>(t) * C, C); });
   Trace(l, "r", r, C);
   Trace(l, "k", k, C);
   Trace(l, "v", v, C);
-  // The recurrence: one task per (segment, block of channels), rows in
-  // order; channels are independent.
+  // The recurrence: rows in order per (segment, block of channels);
+  // channels are independent.
   const int blocks = (C + kChannelsPerTask - 1) / kChannelsPerTask;
-  pool_.ParallelFor(static_cast<int>(c.segs.size()) * blocks, [&](int task) {
-    const rwkv::Segment& g = c.segs[task / blocks];
-    const int b = (task % blocks) * kChannelsPerTask;
-    const int e = std::min(C, b + kChannelsPerTask);
+  ForSegmentHeads(c, blocks, [&](const rwkv::Segment& g, int block) {
+    const int b = block * kChannelsPerTask;
+    const int n = std::min(C, b + kChannelsPerTask) - b;
     float* s = Layer0(c.batch[g.seq].state, l);
-    float* aa = s + C;
-    float* bb = s + 2 * C;
-    float* pp = s + 3 * C;
     for (int t = g.begin; t < g.end; ++t) {
-      const int64_t o = static_cast<int64_t>(t) * C;
-      for (int i = b; i < e; ++i) {
-        const float kt = k[o + i], vt = v[o + i];
-        float ww = L.first[i] + kt;
-        float q = std::max(pp[i], ww);
-        float e1 = Exp(pp[i] - q);
-        float e2 = Exp(ww - q);
-        y[o + i] = (e1 * aa[i] + e2 * vt) / (e1 * bb[i] + e2);
-        ww = L.decay[i] + pp[i];
-        q = std::max(ww, kt);
-        e1 = Exp(ww - q);
-        e2 = Exp(kt - q);
-        aa[i] = e1 * aa[i] + e2 * vt;
-        bb[i] = e1 * bb[i] + e2;
-        pp[i] = q;
-      }
+      const int64_t o = static_cast<int64_t>(t) * C + b;
+      Wkv4Step(k + o, v + o, &L.first[b], &L.decay[b], n, s + C + b,
+               s + 2 * C + b, s + 3 * C + b, y + o);
     }
   });
   Trace(l, "wkv", y, C);
-  for (int64_t i = 0; i < static_cast<int64_t>(rows) * C; ++i) y[i] *= r[i];
+  ForRows(rows, [&](int t) {
+    const int64_t o = static_cast<int64_t>(t) * C;
+    rwkv::MulRow(r + o, C, y + o);
+  });
   Mul(L.output, y, rows, out);
   Trace(l, "att_out", out, C);
-  for (int64_t i = 0; i < static_cast<int64_t>(rows) * C; ++i) c.x[i] += out[i];
-  rwkv::SaveShift(c, xx, C, att_shift);
+  rwkv::SaveLongShifts(c, xx, C, att_shift);
+  return out;
 }
 
 void Rwkv4::Block(int l, const Chunk& c) {
-  TimeMix(l, c);
-  ChannelMix(l, c, layers_[l].ffn, MixStyle::kCurrent,
-             [this, l](float* s) { return Layer0(s, l) + 4 * C(); });
+  // The residual (x += att_out) is the channel mix's first step.
+  const float* att_out = TimeMix(l, c);
+  ChannelMix(
+      l, c, layers_[l].ffn, MixStyle::kCurrent,
+      [this, l](float* s) { return Layer0(s, l) + 4 * C(); }, att_out);
 }
 
 absl::Status Rwkv4::Init(WeightLoader& ld) {

@@ -34,17 +34,17 @@ class Rwkv5 final : public rwkv::ChunkedModel {
 
  private:
   void Block(int l, const Chunk& c) override;
-  void TimeMix(int l, const Chunk& c);
+  // Returns the time mix's output rows (att_out).
+  const float* TimeMix(int l, const Chunk& c);
 
   std::vector<Layer> layers_;
   const rwkv::MatrixStateLayout layout_{info().config};
 };
 
-void Rwkv5::TimeMix(int l, const Chunk& c) {
+const float* Rwkv5::TimeMix(int l, const Chunk& c) {
   const Layer& L = layers_[l];
   const ModelConfig& cfg = info().config;
   const int C = cfg.n_embd, H = cfg.n_head, N = cfg.head_size, rows = c.rows;
-  const int64_t n = static_cast<int64_t>(rows) * C;
   float* xx = c.ws.Get(1, C);
   float* xk = c.ws.Get(kFirstLayerBuffer, C);
   float* xv = c.ws.Get(kFirstLayerBuffer + 1, C);
@@ -56,35 +56,37 @@ void Rwkv5::TimeMix(int l, const Chunk& c) {
   float* g = c.ws.Get(kFirstLayerBuffer + 7, C);
   float* y = c.ws.Get(kFirstLayerBuffer + 8, C);
   float* out = c.ws.Get(kFirstLayerBuffer + 9, C);
-  for (int t = 0; t < rows; ++t) {
-    LayerNorm(c.x + static_cast<int64_t>(t) * C, C, L.ln1_w.data(),
-              L.ln1_b.data(), rwkv::kLayerNormEps,
-              xx + static_cast<int64_t>(t) * C);
-  }
+  ForRows(rows, [&](int t) {
+    const int64_t o = static_cast<int64_t>(t) * C;
+    LayerNorm(c.x + o, C, L.ln1_w.data(), L.ln1_b.data(), rwkv::kLayerNormEps,
+              xx + o);
+  });
   auto att_shift = [this, l](float* s) { return layout_.AttShift(s, l); };
-  rwkv::ForEachShift(
-      c, xx, C, att_shift, [&](int t, const float* cur, const float* prev) {
-        const int64_t o = static_cast<int64_t>(t) * C;
-        rwkv::Mix(MixStyle::kCurrent, cur, prev, L.mix_k.data(), C, xk + o);
-        rwkv::Mix(MixStyle::kCurrent, cur, prev, L.mix_v.data(), C, xv + o);
-        rwkv::Mix(MixStyle::kCurrent, cur, prev, L.mix_r.data(), C, xr + o);
-        rwkv::Mix(MixStyle::kCurrent, cur, prev, L.mix_g.data(), C, xg + o);
-      });
+  ForRows(rows, [&](int t) {
+    const int64_t o = static_cast<int64_t>(t) * C;
+    const float* cur = xx + o;
+    const float* prev = rwkv::Prev(c, xx, C, t, att_shift);
+    rwkv::Mix(MixStyle::kCurrent, cur, prev, L.mix_k.data(), C, xk + o);
+    rwkv::Mix(MixStyle::kCurrent, cur, prev, L.mix_v.data(), C, xv + o);
+    rwkv::Mix(MixStyle::kCurrent, cur, prev, L.mix_r.data(), C, xr + o);
+    rwkv::Mix(MixStyle::kCurrent, cur, prev, L.mix_g.data(), C, xg + o);
+    rwkv::SaveOneRowShift(c, xx, C, t, att_shift);
+  });
   Trace(l, "ln1_out", xx, C);
-  Mul(L.receptance, xr, rows, r);
-  Mul(L.key, xk, rows, k);
-  Mul(L.value, xv, rows, v);
-  Mul(L.gate, xg, rows, g);
-  for (int64_t i = 0; i < n; ++i) g[i] = g[i] * Sigmoid(g[i]);  // SiLU
+  Muls({{&L.receptance, xr, C, r, C},
+        {&L.key, xk, C, k, C},
+        {&L.value, xv, C, v, C},
+        {&L.gate, xg, C, g, C}},
+       rows);
+  ForRows(rows,
+          [&](int t) { rwkv::SiluRow(g + static_cast<int64_t>(t) * C, C); });
   Trace(l, "r", r, C);
   Trace(l, "k", k, C);
   Trace(l, "v", v, C);
   Trace(l, "g", g, C);
   Trace(l, "w_decay", L.decay.data(), C);
-  // The recurrence: one task per (segment, head), rows in order.
-  pool_.ParallelFor(static_cast<int>(c.segs.size()) * H, [&](int task) {
-    const rwkv::Segment& seg = c.segs[task / H];
-    const int h = task % H;
+  // The recurrence: rows in order per (segment, head).
+  ForSegmentHeads(c, H, [&](const rwkv::Segment& seg, int h) {
     float* S = layout_.Wkv(c.batch[seg.seq].state, l) +
                static_cast<int64_t>(h) * N * N;
     for (int t = seg.begin; t < seg.end; ++t) {
@@ -94,23 +96,25 @@ void Rwkv5::TimeMix(int l, const Chunk& c) {
     }
   });
   Trace(l, "wkv_out", y, C);
-  for (int t = 0; t < rows; ++t) {
+  ForRows(rows, [&](int t) {
     float* yt = y + static_cast<int64_t>(t) * C;
     GroupNorm(yt, H, N, L.ln_x_w.data(), L.ln_x_b.data(), rwkv::kGroupNormEps,
               yt);
-  }
-  Trace(l, "ln_x_out", y, C);
-  for (int64_t i = 0; i < n; ++i) y[i] *= g[i];
+    if (t == 0) Trace(l, "ln_x_out", y, C);
+    rwkv::MulRow(g + static_cast<int64_t>(t) * C, C, yt);
+  });
   Mul(L.output, y, rows, out);
   Trace(l, "att_out", out, C);
-  for (int64_t i = 0; i < n; ++i) c.x[i] += out[i];
-  rwkv::SaveShift(c, xx, C, att_shift);
+  rwkv::SaveLongShifts(c, xx, C, att_shift);
+  return out;
 }
 
 void Rwkv5::Block(int l, const Chunk& c) {
-  TimeMix(l, c);
-  ChannelMix(l, c, layers_[l].ffn, MixStyle::kCurrent,
-             [this, l](float* s) { return layout_.FfnShift(s, l); });
+  // The residual (x += att_out) is the channel mix's first step.
+  const float* att_out = TimeMix(l, c);
+  ChannelMix(
+      l, c, layers_[l].ffn, MixStyle::kCurrent,
+      [this, l](float* s) { return layout_.FfnShift(s, l); }, att_out);
 }
 
 absl::Status Rwkv5::Init(WeightLoader& ld) {

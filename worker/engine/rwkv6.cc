@@ -40,25 +40,47 @@ class Rwkv6 final : public rwkv::ChunkedModel {
 
  private:
   void Block(int l, const Chunk& c) override;
-  void TimeMix(int l, const Chunk& c);
+  // Returns the time mix's output rows (att_out).
+  const float* TimeMix(int l, const Chunk& c);
 
   std::vector<Layer> layers_;
   const rwkv::MatrixStateLayout layout_{info().config};
 };
 
-void Rwkv6::TimeMix(int l, const Chunk& c) {
+// d = prev - cur; xxx = cur + d * maa_x.
+SS_ROW_CLONES void ShiftDiffRow(const float* cur, const float* prev,
+                                const float* maa_x, int n, float* d,
+                                float* xxx) {
+  for (int i = 0; i < n; ++i) {
+    d[i] = prev[i] - cur[i];
+    xxx[i] = cur[i] + d[i] * maa_x[i];
+  }
+}
+
+// out = xx + d * (maa + mf).
+SS_ROW_CLONES void MixRow(const float* xx, const float* d, const float* maa,
+                          const float* mf, int n, float* out) {
+  for (int i = 0; i < n; ++i) out[i] = xx[i] + d[i] * (maa[i] + mf[i]);
+}
+
+// w = exp(-exp(time_decay + w)).
+SS_ROW_CLONES void DecayRow(const float* decay, int n, float* w) {
+  for (int i = 0; i < n; ++i) w[i] = Exp(-Exp(decay[i] + w[i]));
+}
+
+const float* Rwkv6::TimeMix(int l, const Chunk& c) {
   const Layer& L = layers_[l];
   const ModelConfig& cfg = info().config;
   const int C = cfg.n_embd, H = cfg.n_head, N = cfg.head_size, rows = c.rows;
   const int dm = cfg.d_mix, dd = cfg.d_decay;
-  const int64_t n = static_cast<int64_t>(rows) * C;
   int buf = kFirstLayerBuffer;
   float* xx = c.ws.Get(1, C);
   float* d = c.ws.Get(buf++, C);  // previous row minus current
   float* xxx = c.ws.Get(buf++, C);
   float* m = c.ws.Get(buf++, kMixes * dm);
   float* lora = c.ws.Get(buf++, dd);
-  float* mf = c.ws.Get(buf++, C);
+  float* mf[kMixes];  // m_f @ maa_w2[f]
+  for (float*& p : mf) p = c.ws.Get(buf++, C);
   float* xs[kMixes];  // mixed inputs w, k, v, r, g
   for (float*& p : xs) p = c.ws.Get(buf++, C);
   float* r = c.ws.Get(buf++, C);
@@ -68,87 +90,88 @@ void Rwkv6::TimeMix(int l, const Chunk& c) {
   float* w = c.ws.Get(buf++, C);
   float* y = c.ws.Get(buf++, C);
   float* out = c.ws.Get(buf++, C);
-  for (int t = 0; t < rows; ++t) {
-    LayerNorm(c.x + static_cast<int64_t>(t) * C, C, L.ln1_w.data(),
-              L.ln1_b.data(), rwkv::kLayerNormEps,
-              xx + static_cast<int64_t>(t) * C);
-  }
+  // Stages are per row over the pool (ForRows); a stage's independent
+  // products go to the pool together (Muls).
+  ForRows(rows, [&](int t) {
+    const int64_t o = static_cast<int64_t>(t) * C;
+    LayerNorm(c.x + o, C, L.ln1_w.data(), L.ln1_b.data(), rwkv::kLayerNormEps,
+              xx + o);
+  });
   auto att_shift = [this, l](float* s) { return layout_.AttShift(s, l); };
-  rwkv::ForEachShift(c, xx, C, att_shift,
-                     [&](int t, const float* cur, const float* prev) {
-                       const int64_t o = static_cast<int64_t>(t) * C;
-                       for (int i = 0; i < C; ++i) {
-                         d[o + i] = prev[i] - cur[i];
-                         xxx[o + i] = cur[i] + d[o + i] * L.maa_x[i];
-                       }
-                     });
+  ForRows(rows, [&](int t) {
+    const int64_t o = static_cast<int64_t>(t) * C;
+    ShiftDiffRow(xx + o, rwkv::Prev(c, xx, C, t, att_shift), L.maa_x.data(), C,
+                 d + o, xxx + o);
+    rwkv::SaveOneRowShift(c, xx, C, t, att_shift);
+  });
   Trace(l, "ln1_out", xx, C);
   // m = tanh(xxx @ maa_w1), then x_f = xx + d * (maa_f + m_f @ maa_w2[f]).
-  MatMul(k_, pool_, L.maa_w1, xxx, C, rows, m, kMixes * dm, &stream_);
-  for (int64_t i = 0; i < static_cast<int64_t>(rows) * kMixes * dm; ++i) {
-    m[i] = Tanh(m[i]);
-  }
-  for (int f = 0; f < kMixes; ++f) {
-    MatMul(k_, pool_, L.maa_w2[f], m + f * dm, kMixes * dm, rows, mf, C,
-           &stream_);
-    for (int t = 0; t < rows; ++t) {
-      for (int i = 0; i < C; ++i) {
-        const int64_t j = static_cast<int64_t>(t) * C + i;
-        xs[f][j] = xx[j] + d[j] * (L.maa[f][i] + mf[j]);
-      }
+  Mul(L.maa_w1, xxx, rows, m);
+  ForRows(rows, [&](int t) {
+    rwkv::TanhRow(m + static_cast<int64_t>(t) * kMixes * dm, kMixes * dm);
+  });
+  {
+    MatMulJob second[kMixes];
+    for (int f = 0; f < kMixes; ++f) {
+      second[f] = {&L.maa_w2[f], m + f * dm, kMixes * dm, mf[f], C};
     }
+    MatMuls(k_, pool_, second, rows, &stream_);
   }
-  Mul(L.receptance, xs[3], rows, r);
-  Mul(L.key, xs[1], rows, k);
-  Mul(L.value, xs[2], rows, v);
-  Mul(L.gate, xs[4], rows, g);
-  for (int64_t i = 0; i < n; ++i) g[i] = g[i] * Sigmoid(g[i]);  // SiLU
-  // w = exp(-exp(time_decay + tanh(x_w @ decay_w1) @ decay_w2)).
-  Mul(L.decay_w1, xs[0], rows, lora);
-  for (int64_t i = 0; i < static_cast<int64_t>(rows) * dd; ++i) {
-    lora[i] = Tanh(lora[i]);
-  }
+  ForRows(rows, [&](int t) {
+    const int64_t o = static_cast<int64_t>(t) * C;
+    for (int f = 0; f < kMixes; ++f) {
+      MixRow(xx + o, d + o, L.maa[f].data(), mf[f] + o, C, xs[f] + o);
+    }
+  });
+  // r, k, v, g and w = exp(-exp(time_decay + tanh(x_w @ decay_w1) @
+  // decay_w2)).
+  Muls({{&L.receptance, xs[3], C, r, C},
+        {&L.key, xs[1], C, k, C},
+        {&L.value, xs[2], C, v, C},
+        {&L.gate, xs[4], C, g, C},
+        {&L.decay_w1, xs[0], C, lora, dd}},
+       rows);
+  ForRows(rows, [&](int t) {
+    rwkv::SiluRow(g + static_cast<int64_t>(t) * C, C);
+    rwkv::TanhRow(lora + static_cast<int64_t>(t) * dd, dd);
+  });
   Mul(L.decay_w2, lora, rows, w);
-  for (int t = 0; t < rows; ++t) {
-    for (int i = 0; i < C; ++i) {
-      float& wi = w[static_cast<int64_t>(t) * C + i];
-      wi = Exp(-Exp(L.decay[i] + wi));
-    }
-  }
+  ForRows(rows, [&](int t) {
+    DecayRow(L.decay.data(), C, w + static_cast<int64_t>(t) * C);
+  });
   Trace(l, "r", r, C);
   Trace(l, "k", k, C);
   Trace(l, "v", v, C);
   Trace(l, "g", g, C);
   Trace(l, "w_decay", w, C);
-  // The recurrence: one task per (segment, head), rows in order.
-  pool_.ParallelFor(static_cast<int>(c.segs.size()) * H, [&](int task) {
-    const rwkv::Segment& seg = c.segs[task / H];
-    const int h = task % H;
-    float* S = layout_.Wkv(c.batch[seg.seq].state, l) +
-               static_cast<int64_t>(h) * N * N;
-    for (int t = seg.begin; t < seg.end; ++t) {
+  ForSegmentHeads(c, H, [&](const rwkv::Segment& g, int h) {
+    float* S =
+        layout_.Wkv(c.batch[g.seq].state, l) + static_cast<int64_t>(h) * N * N;
+    for (int t = g.begin; t < g.end; ++t) {
       const int64_t o = static_cast<int64_t>(t) * C + h * N;
       rwkv::WkvStep5(S, N, r + o, k + o, v + o, w + o, &L.bonus[h * N], y + o);
     }
   });
   Trace(l, "wkv_out", y, C);
-  for (int t = 0; t < rows; ++t) {
+  ForRows(rows, [&](int t) {
     float* yt = y + static_cast<int64_t>(t) * C;
     GroupNorm(yt, H, N, L.ln_x_w.data(), L.ln_x_b.data(), rwkv::kGroupNormEps,
               yt);
-  }
-  Trace(l, "ln_x_out", y, C);
-  for (int64_t i = 0; i < n; ++i) y[i] *= g[i];
+    if (t == 0) Trace(l, "ln_x_out", y, C);
+    rwkv::MulRow(g + static_cast<int64_t>(t) * C, C, yt);
+  });
   Mul(L.output, y, rows, out);
   Trace(l, "att_out", out, C);
-  for (int64_t i = 0; i < n; ++i) c.x[i] += out[i];
-  rwkv::SaveShift(c, xx, C, att_shift);
+  rwkv::SaveLongShifts(c, xx, C, att_shift);
+  return out;
 }
 
 void Rwkv6::Block(int l, const Chunk& c) {
-  TimeMix(l, c);
-  ChannelMix(l, c, layers_[l].ffn, MixStyle::kPrevious,
-             [this, l](float* s) { return layout_.FfnShift(s, l); });
+  // The residual (x += att_out) is the channel mix's first step.
+  const float* att_out = TimeMix(l, c);
+  ChannelMix(
+      l, c, layers_[l].ffn, MixStyle::kPrevious,
+      [this, l](float* s) { return layout_.FfnShift(s, l); }, att_out);
 }
 
 absl::Status Rwkv6::Init(WeightLoader& ld) {

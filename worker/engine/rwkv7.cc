@@ -69,12 +69,7 @@ struct Scratch {
   std::vector<int> seg_of_row;
 };
 
-// The rows of one chunk that belong to one sequence.
-struct Segment {
-  int seq;          // index into the batch
-  int begin, end;   // rows [begin, end) of the chunk
-  int token_begin;  // index of the segment's first token in the sequence
-};
+using rwkv::Segment;
 
 class Rwkv7 final : public Model {
  public:
@@ -146,15 +141,7 @@ class Rwkv7 final : public Model {
   // hook sees row 0 from the calling thread).
   template <typename F>
   void ForRows(int rows, const F& fn) {
-    constexpr int kRowsPerTask = 4;
-    if (rows < 2 * kRowsPerTask || trace_) {
-      for (int t = 0; t < rows; ++t) fn(t);
-      return;
-    }
-    pool_.ParallelFor((rows + kRowsPerTask - 1) / kRowsPerTask, [&](int i) {
-      const int end = std::min(rows, (i + 1) * kRowsPerTask);
-      for (int t = i * kRowsPerTask; t < end; ++t) fn(t);
-    });
+    rwkv::ForRows(pool_, rows, static_cast<bool>(trace_), fn);
   }
   // Reports row 0 of `rows` (a [rows][n] buffer) to the trace hook.
   void Trace(int layer, const char* name, const std::vector<float>& rows,
@@ -485,36 +472,9 @@ void Rwkv7::RunChunk(absl::Span<const SequenceWork> batch,
       dest.push_back(w.logits + static_cast<int64_t>(j) * V);
     }
   }
-  const int n = static_cast<int>(from.size());
-  if (n == 0) return;
-  s.normed.resize(static_cast<size_t>(n) * C);
-  ForRows(n, [&](int i) {
-    LayerNorm(&s.x[from[i] * C], C, ln_out_w_.data(), ln_out_b_.data(),
-              kLayerNormEps, &s.normed[static_cast<size_t>(i) * C]);
-  });
-  // Straight into the caller's rows when they are evenly spaced (a batch
-  // with one logits row per sequence in one buffer, as the scheduler and
-  // the benchmarks pass it): at 32 sessions the copy moves 8 MB a step.
-  // (Addresses compared as integers: the rows may be separate buffers.)
-  auto gap = [&](int i) {
-    return static_cast<int64_t>(reinterpret_cast<uintptr_t>(dest[i]) -
-                                reinterpret_cast<uintptr_t>(dest[i - 1]));
-  };
-  const int64_t bytes = n > 1 ? gap(1) : int64_t{V} * 4;
-  const int64_t stride = bytes / 4;
-  bool even = bytes % 4 == 0 && stride >= V &&
-              stride <= std::numeric_limits<int>::max();
-  for (int i = 2; even && i < n; ++i) even = gap(i) == bytes;
-  if (even) {
-    MatMul(k_, pool_, head_, s.normed.data(), C, n, dest[0],
-           static_cast<int>(stride), &stream_);
-    return;
-  }
-  s.logits.resize(static_cast<size_t>(n) * V);
-  MatMul(k_, pool_, head_, s.normed.data(), C, n, s.logits.data(), V, &stream_);
-  for (int i = 0; i < n; ++i) {
-    std::copy_n(&s.logits[static_cast<size_t>(i) * V], V, dest[i]);
-  }
+  rwkv::HeadLogits(k_, pool_, &stream_, head_, ln_out_w_.data(),
+                   ln_out_b_.data(), s.x.data(), C, from, dest,
+                   static_cast<bool>(trace_), s.normed, s.logits);
 }
 
 absl::Status Rwkv7::Logits(const float* hidden, int rows, float* logits) {

@@ -2,6 +2,8 @@
 #include "worker/engine/rwkv_common.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -20,24 +22,37 @@ float* Workspace::Get(int id, size_t floats_per_row) {
   return b.data();
 }
 
-void ForEachShift(
-    const Chunk& c, const float* cur, int n,
-    const std::function<float*(float* state)>& shift,
-    const std::function<void(int t, const float* cur, const float* prev)>& f) {
-  for (const Segment& g : c.segs) {
-    for (int t = g.begin; t < g.end; ++t) {
-      const float* prev = t == g.begin ? shift(c.batch[g.seq].state)
-                                       : cur + static_cast<int64_t>(t - 1) * n;
-      f(t, cur + static_cast<int64_t>(t) * n, prev);
-    }
+void HeadLogits(const Kernels& k, ThreadPool& pool, WeightStream* stream,
+                const Matrix& head, const float* ln_w, const float* ln_b,
+                const float* x, int C, absl::Span<const int> from,
+                absl::Span<float* const> dest, bool serial,
+                std::vector<float>& normed, std::vector<float>& logits) {
+  const int n = static_cast<int>(from.size()), V = head.rows;
+  if (n == 0) return;
+  normed.resize(static_cast<size_t>(n) * C);
+  ForRows(pool, n, serial, [&](int i) {
+    LayerNorm(x + static_cast<int64_t>(from[i]) * C, C, ln_w, ln_b,
+              kLayerNormEps, &normed[static_cast<size_t>(i) * C]);
+  });
+  // (Addresses compared as integers: the rows may be separate buffers.)
+  auto gap = [&](int i) {
+    return static_cast<int64_t>(reinterpret_cast<uintptr_t>(dest[i]) -
+                                reinterpret_cast<uintptr_t>(dest[i - 1]));
+  };
+  const int64_t bytes = n > 1 ? gap(1) : int64_t{V} * 4;
+  const int64_t stride = bytes / 4;
+  bool even = bytes % 4 == 0 && stride >= V &&
+              stride <= std::numeric_limits<int>::max();
+  for (int i = 2; even && i < n; ++i) even = gap(i) == bytes;
+  if (even) {
+    MatMul(k, pool, head, normed.data(), C, n, dest[0],
+           static_cast<int>(stride), stream);
+    return;
   }
-}
-
-void SaveShift(const Chunk& c, const float* cur, int n,
-               const std::function<float*(float* state)>& shift) {
-  for (const Segment& g : c.segs) {
-    std::copy_n(cur + static_cast<int64_t>(g.end - 1) * n, n,
-                shift(c.batch[g.seq].state));
+  logits.resize(static_cast<size_t>(n) * V);
+  MatMul(k, pool, head, normed.data(), C, n, logits.data(), V, stream);
+  for (int i = 0; i < n; ++i) {
+    std::copy_n(&logits[static_cast<size_t>(i) * V], V, dest[i]);
   }
 }
 
@@ -55,8 +70,48 @@ absl::Status LoadChannelMix(WeightLoader& ld, int l, const char* mix_k,
   return ld.Mat(f + "value.weight", C, F, &out->value);
 }
 
-void WkvStep5(float* s, int n, const float* r, const float* k, const float* v,
-              const float* w, const float* u, float* y) {
+SS_ROW_CLONES void Mix(MixStyle style, const float* cur, const float* prev,
+                       const float* mu, int n, float* out) {
+  if (style == MixStyle::kCurrent) {
+    for (int i = 0; i < n; ++i) {
+      out[i] = cur[i] * mu[i] + prev[i] * (1.0f - mu[i]);
+    }
+  } else {
+    for (int i = 0; i < n; ++i) out[i] = cur[i] + (prev[i] - cur[i]) * mu[i];
+  }
+}
+
+SS_ROW_CLONES void TanhRow(float* x, int n) {
+  for (int i = 0; i < n; ++i) x[i] = Tanh(x[i]);
+}
+
+SS_ROW_CLONES void SiluRow(float* x, int n) {
+  for (int i = 0; i < n; ++i) x[i] = x[i] * Sigmoid(x[i]);
+}
+
+SS_ROW_CLONES void AddRow(const float* y, int n, float* x) {
+  for (int i = 0; i < n; ++i) x[i] += y[i];
+}
+
+SS_ROW_CLONES void MulRow(const float* y, int n, float* x) {
+  for (int i = 0; i < n; ++i) x[i] *= y[i];
+}
+
+namespace {
+
+// kv = sigmoid(r) * kv; x += kv.
+SS_ROW_CLONES void GateAndAddRow(const float* r, int n, float* kv, float* x) {
+  for (int i = 0; i < n; ++i) kv[i] = Sigmoid(r[i]) * kv[i];
+  for (int i = 0; i < n; ++i) x[i] += kv[i];
+}
+
+}  // namespace
+
+// Lanes along the value channel j: every element's operations and their
+// order are the same in each clone.
+SS_ROW_CLONES void WkvStep5(float* s, int n, const float* r, const float* k,
+                            const float* v, const float* w, const float* u,
+                            float* y) {
   for (int j = 0; j < n; ++j) y[j] = 0.0f;
   for (int i = 0; i < n; ++i) {
     float* si = s + static_cast<int64_t>(i) * n;
@@ -71,37 +126,40 @@ void WkvStep5(float* s, int n, const float* r, const float* k, const float* v,
 
 void ChunkedModel::ChannelMix(int l, const Chunk& c, const ChannelMixWeights& w,
                               MixStyle style,
-                              const std::function<float*(float*)>& shift) {
+                              const std::function<float*(float*)>& shift,
+                              const float* att_out) {
   const int C = this->C(), F = info().config.dim_ffn, rows = c.rows;
-  // Buffers 1 and 2 are free until the logits.
+  // Buffers 1 and 2 are free until the logits; att_out is none of these.
   float* xx = c.ws.Get(1, C);
   float* xk = c.ws.Get(kFirstLayerBuffer, C);
   float* xr = c.ws.Get(kFirstLayerBuffer + 1, C);
   float* r = c.ws.Get(kFirstLayerBuffer + 2, C);
   float* kv = c.ws.Get(kFirstLayerBuffer + 3, C);
   float* hidden = c.ws.Get(kFirstLayerBuffer + 4, F);
-  for (int t = 0; t < rows; ++t) {
-    LayerNorm(c.x + static_cast<int64_t>(t) * C, C, w.ln_w.data(),
-              w.ln_b.data(), kLayerNormEps, xx + static_cast<int64_t>(t) * C);
-  }
-  ForEachShift(c, xx, C, shift,
-               [&](int t, const float* cur, const float* prev) {
-                 const int64_t o = static_cast<int64_t>(t) * C;
-                 Mix(style, cur, prev, w.mix_k.data(), C, xk + o);
-                 Mix(style, cur, prev, w.mix_r.data(), C, xr + o);
-               });
+  ForRows(rows, [&](int t) {
+    const int64_t o = static_cast<int64_t>(t) * C;
+    AddRow(att_out + o, C, c.x + o);
+    LayerNorm(c.x + o, C, w.ln_w.data(), w.ln_b.data(), kLayerNormEps, xx + o);
+  });
+  ForRows(rows, [&](int t) {
+    const int64_t o = static_cast<int64_t>(t) * C;
+    const float* prev = Prev(c, xx, C, t, shift);
+    Mix(style, xx + o, prev, w.mix_k.data(), C, xk + o);
+    Mix(style, xx + o, prev, w.mix_r.data(), C, xr + o);
+    SaveOneRowShift(c, xx, C, t, shift);
+  });
   Trace(l, "ln2_out", xx, C);
-  Mul(w.receptance, xr, rows, r);
-  Mul(w.key, xk, rows, hidden);
-  ReluSquare(hidden, static_cast<int64_t>(rows) * F);
+  Muls({{&w.receptance, xr, C, r, C}, {&w.key, xk, C, hidden, F}}, rows);
+  ForRows(rows,
+          [&](int t) { ReluSquare(hidden + static_cast<int64_t>(t) * F, F); });
   Mul(w.value, hidden, rows, kv);
-  for (int64_t i = 0; i < static_cast<int64_t>(rows) * C; ++i) {
-    kv[i] = Sigmoid(r[i]) * kv[i];
-  }
+  ForRows(rows, [&](int t) {
+    const int64_t o = static_cast<int64_t>(t) * C;
+    GateAndAddRow(r + o, C, kv + o, c.x + o);
+  });
   Trace(l, "ffn_out", kv, C);
-  for (int64_t i = 0; i < static_cast<int64_t>(rows) * C; ++i) c.x[i] += kv[i];
   Trace(l, "x_out", c.x, C);
-  SaveShift(c, xx, C, shift);
+  SaveLongShifts(c, xx, C, shift);
 }
 
 ChunkedModel::ChunkedModel(ModelInfo info,
@@ -129,14 +187,19 @@ void ChunkedModel::RunChunk(absl::Span<const SequenceWork> batch,
                             const int32_t* tokens, int rows, Workspace& ws) {
   const ModelConfig& cfg = info().config;
   const int C = cfg.n_embd, V = cfg.vocab_size;
+  ws.seg_of_row.resize(rows);
+  for (size_t i = 0; i < segs.size(); ++i) {
+    std::fill(ws.seg_of_row.begin() + segs[i].begin,
+              ws.seg_of_row.begin() + segs[i].end, static_cast<int>(i));
+  }
   float* x = ws.Get(0, C);
-  for (int t = 0; t < rows; ++t) {
+  ForRows(rows, [&](int t) {
     float* xt = x + static_cast<int64_t>(t) * C;
     emb_.ReadRow(tokens[t], xt);
     LayerNorm(xt, C, ln0_w_.data(), ln0_b_.data(), kLayerNormEps, xt);
-  }
+  });
   Trace(-1, "x_after_ln0", x, C);
-  const Chunk chunk{batch, segs, rows, x, ws};
+  const Chunk chunk{batch, segs, ws.seg_of_row, rows, x, ws};
   for (int l = 0; l < cfg.n_layer; ++l) Block(l, chunk);
   for (const Segment& g : segs) {
     const SequenceWork& w = batch[g.seq];
@@ -145,32 +208,21 @@ void ChunkedModel::RunChunk(absl::Span<const SequenceWork> batch,
       std::copy_n(x + static_cast<int64_t>(g.end - 1) * C, C, w.last_hidden);
     }
   }
-  // Logits only for the rows asked for.
-  // One row per requested position; positions may repeat, so the count is
-  // not bounded by the chunk's rows.
-  std::vector<float> normed;
+  // Logits only for the rows asked for: one row per requested position
+  // (positions may repeat, so their count is not bounded by the rows).
+  std::vector<int> from;
   std::vector<float*> dest;
-  int n = 0;
   for (const Segment& g : segs) {
     const SequenceWork& w = batch[g.seq];
     for (size_t j = 0; j < w.logit_positions.size(); ++j) {
       const int p = w.logit_positions[j];
       if (p < g.token_begin || p >= g.token_begin + (g.end - g.begin)) continue;
-      const int t = g.begin + (p - g.token_begin);
-      normed.resize(static_cast<size_t>(n + 1) * C);
-      LayerNorm(x + static_cast<int64_t>(t) * C, C, ln_out_w_.data(),
-                ln_out_b_.data(), kLayerNormEps,
-                normed.data() + static_cast<int64_t>(n) * C);
+      from.push_back(g.begin + (p - g.token_begin));
       dest.push_back(w.logits + static_cast<int64_t>(j) * V);
-      ++n;
     }
   }
-  if (n == 0) return;
-  std::vector<float> logits(static_cast<size_t>(n) * V);
-  MatMul(k_, pool_, head_, normed.data(), C, n, logits.data(), V, &stream_);
-  for (int i = 0; i < n; ++i) {
-    std::copy_n(logits.data() + static_cast<int64_t>(i) * V, V, dest[i]);
-  }
+  HeadLogits(k_, pool_, &stream_, head_, ln_out_w_.data(), ln_out_b_.data(), x,
+             C, from, dest, static_cast<bool>(trace_), ws.normed, ws.logits);
 }
 
 absl::Status ChunkedModel::Logits(const float* hidden, int rows,

@@ -9,7 +9,9 @@
 #ifndef STATESTREAM_WORKER_ENGINE_RWKV_COMMON_H_
 #define STATESTREAM_WORKER_ENGINE_RWKV_COMMON_H_
 
+#include <algorithm>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -64,6 +66,9 @@ struct Segment {
 class Workspace {
  public:
   float* Get(int id, size_t floats_per_row);
+  // RunChunk's own: the segment of each row, and the logits' scratch.
+  std::vector<int> seg_of_row;
+  std::vector<float> normed, logits;
 
  private:
   std::vector<std::vector<float>> bufs_;
@@ -73,36 +78,94 @@ class Workspace {
 struct Chunk {
   absl::Span<const SequenceWork> batch;
   const std::vector<Segment>& segs;
+  const std::vector<int>& seg_of_row;  // index into segs of each row
   int rows;
   float* x;  // [rows][C], the residual stream, updated in place
   Workspace& ws;
 };
 
-// Token shift: for every row t of every segment, prev(t) is the previous
-// row of `cur` in the same sequence, or `shift(state)` for a segment's first
-// row. Calls f(t, cur_row, prev_row).
-void ForEachShift(
-    const Chunk& c, const float* cur, int n,
-    const std::function<float*(float* state)>& shift,
-    const std::function<void(int t, const float* cur, const float* prev)>& f);
-// Stores each segment's last row of `cur` into shift(state).
-void SaveShift(const Chunk& c, const float* cur, int n,
-               const std::function<float*(float* state)>& shift);
+// fn(t) for every row t < rows, over the pool in tasks of a few rows (each
+// row's work depends only on that row, so the bits are the same whichever
+// core runs it); on the caller when there are few rows or `serial`.
+template <typename F>
+void ForRows(ThreadPool& pool, int rows, bool serial, const F& fn) {
+  constexpr int kRowsPerTask = 4;
+  if (rows < 2 * kRowsPerTask || serial) {
+    for (int t = 0; t < rows; ++t) fn(t);
+    return;
+  }
+  pool.ParallelFor((rows + kRowsPerTask - 1) / kRowsPerTask, [&](int i) {
+    const int end = std::min(rows, (i + 1) * kRowsPerTask);
+    for (int t = i * kRowsPerTask; t < end; ++t) fn(t);
+  });
+}
+
+// Token shift of row t of `cur` ([rows][n]): the previous row of the same
+// sequence, or `shift(state)` for a segment's first row.
+template <typename ShiftOf>
+const float* Prev(const Chunk& c, const float* cur, int n, int t,
+                  const ShiftOf& shift) {
+  const Segment& g = c.segs[c.seg_of_row[t]];
+  return t == g.begin ? shift(c.batch[g.seq].state)
+                      : cur + static_cast<int64_t>(t - 1) * n;
+}
+// A segment's new shift state is its last row of `cur`. A one-row segment
+// (every segment of a decode batch) saves it from the row's own task, right
+// after that task read the old one (SaveOneRowShift, called by that task):
+// over the pool and while the state's lines are in cache. Longer segments
+// save theirs after the stage (SaveLongShifts): their first row may run
+// after their last.
+template <typename ShiftOf>
+void SaveOneRowShift(const Chunk& c, const float* cur, int n, int t,
+                     const ShiftOf& shift) {
+  const Segment& g = c.segs[c.seg_of_row[t]];
+  if (g.begin == t && g.end == t + 1) {
+    std::copy_n(cur + static_cast<int64_t>(t) * n, n,
+                shift(c.batch[g.seq].state));
+  }
+}
+template <typename ShiftOf>
+void SaveLongShifts(const Chunk& c, const float* cur, int n,
+                    const ShiftOf& shift) {
+  for (const Segment& g : c.segs) {
+    if (g.end - g.begin < 2) continue;
+    std::copy_n(cur + static_cast<int64_t>(g.end - 1) * n, n,
+                shift(c.batch[g.seq].state));
+  }
+}
+
+// Logits of the rows asked for: row from[i] of x ([rows][C]) through the
+// output LayerNorm and the head into dest[i] (V floats). Straight into the
+// caller's rows when they are evenly spaced (one logits row per sequence
+// in one buffer, as the scheduler and the benchmarks pass them: at 32
+// sessions a copy would move 8 MB a step); else through `logits`.
+// `normed` and `logits` are scratch.
+void HeadLogits(const Kernels& k, ThreadPool& pool, WeightStream* stream,
+                const Matrix& head, const float* ln_w, const float* ln_b,
+                const float* x, int C, absl::Span<const int> from,
+                absl::Span<float* const> dest, bool serial,
+                std::vector<float>& normed, std::vector<float>& logits);
 
 // Token-shift mixes. kCurrent (v4, x052): out = cur*mu + prev*(1 - mu), the
 // parameter weights the current token. kPrevious (x060, x070):
 // out = cur + (prev - cur)*mu.
 enum class MixStyle { kCurrent, kPrevious };
-inline void Mix(MixStyle style, const float* cur, const float* prev,
-                const float* mu, int n, float* out) {
-  if (style == MixStyle::kCurrent) {
-    for (int i = 0; i < n; ++i) {
-      out[i] = cur[i] * mu[i] + prev[i] * (1.0f - mu[i]);
-    }
-  } else {
-    for (int i = 0; i < n; ++i) out[i] = cur[i] + (prev[i] - cur[i]) * mu[i];
-  }
-}
+void Mix(MixStyle style, const float* cur, const float* prev, const float* mu,
+         int n, float* out);
+
+// Per-row element-wise functions are compiled for the widest vectors the
+// CPU has (the engine's other code targets the baseline instruction set).
+// Each element's operations are the same in every clone — no reductions
+// across lanes, and no contraction (-ffp-contract=off) — so every CPU gets
+// the same bits.
+#define SS_ROW_CLONES \
+  __attribute__((target_clones("avx512f", "avx2", "default")))
+
+// Element-wise rows (SS_ROW_CLONES).
+void TanhRow(float* x, int n);                 // x = tanh(x)
+void SiluRow(float* x, int n);                 // x = x * sigmoid(x)
+void AddRow(const float* y, int n, float* x);  // x += y
+void MulRow(const float* y, int n, float* x);  // x *= y
 
 // The v4/x052/x060 channel mix:
 //   x += sigmoid(W_r x_r) * (W_v relu(W_k x_k)^2)
@@ -142,14 +205,42 @@ class ChunkedModel : public Model {
   void Mul(const Matrix& m, const float* x, int rows, float* y) {
     MatMul(k_, pool_, m, x, m.cols, rows, y, m.rows, &stream_);
   }
+  // Independent products in one hand-off to the pool (MatMuls).
+  void Muls(std::initializer_list<MatMulJob> jobs, int rows) {
+    MatMuls(k_, pool_, absl::MakeConstSpan(jobs.begin(), jobs.size()), rows,
+            &stream_);
+  }
+  // fn(segment, h) for every segment of the chunk and h < heads, over the
+  // pool; fn walks the segment's rows in order. With many segments (decode
+  // batches) a task takes all heads of one segment, so its states are read
+  // as one stream; otherwise one task per (segment, head), so every core
+  // gets work.
+  template <typename Fn>
+  void ForSegmentHeads(const Chunk& c, int heads, const Fn& fn) {
+    const int segs = static_cast<int>(c.segs.size());
+    const int per_task = segs >= 4 * pool_.size() ? heads : 1;
+    pool_.ParallelFor(segs * heads / per_task, [&](int task) {
+      for (int i = task * per_task; i < (task + 1) * per_task; ++i) {
+        fn(c.segs[i / heads], i % heads);
+      }
+    });
+  }
+  // rwkv::ForRows over this model's pool; on the caller when tracing.
+  template <typename F>
+  void ForRows(int rows, const F& fn) {
+    rwkv::ForRows(pool_, rows, static_cast<bool>(trace_), fn);
+  }
   // Reports row 0 of `rows` to the trace hook.
   void Trace(int layer, const char* name, const float* rows, int n) const {
     if (trace_) trace_(layer, name, rows, n);
   }
   int C() const { return info().config.n_embd; }
   // Channel mix of layer l; `shift` is the layer's ffn_x_prev in a state.
+  // `att_out` ([rows][C]) is the time mix's output, added to the residual
+  // stream first (in the rows' first task, not a hand-off of its own).
   void ChannelMix(int l, const Chunk& c, const ChannelMixWeights& w,
-                  MixStyle style, const std::function<float*(float*)>& shift);
+                  MixStyle style, const std::function<float*(float*)>& shift,
+                  const float* att_out);
 
   const Kernels& k_;
   ThreadPool pool_;
