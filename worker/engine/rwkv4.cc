@@ -56,9 +56,12 @@ void Rwkv4::InitState(float* state) const {
 
 // One step of the recurrence for n channels (independent: lanes along the
 // channels, each element's operations the same in every clone).
-SS_ROW_CLONES void Wkv4Step(const float* k, const float* v, const float* first,
-                            const float* decay, int n, float* aa, float* bb,
-                            float* pp, float* y) {
+SS_ROW_CLONES void Wkv4Step(const float* __restrict k,
+                            const float* __restrict v,
+                            const float* __restrict first,
+                            const float* __restrict decay, int n,
+                            float* __restrict aa, float* __restrict bb,
+                            float* __restrict pp, float* __restrict y) {
   for (int i = 0; i < n; ++i) {
     const float kt = k[i], vt = v[i];
     float ww = first[i] + kt;
@@ -120,7 +123,7 @@ const float* Rwkv4::TimeMix(int l, const Chunk& c) {
   // The recurrence: rows in order per (segment, block of channels);
   // channels are independent.
   const int blocks = (C + kChannelsPerTask - 1) / kChannelsPerTask;
-  ForSegmentHeads(c, blocks, [&](const rwkv::Segment& g, int block) {
+  ForSegmentHeads(c, blocks, [&](const rwkv::Segment& g, int block, bool) {
     const int b = block * kChannelsPerTask;
     const int n = std::min(C, b + kChannelsPerTask) - b;
     float* s = Layer0(c.batch[g.seq].state, l);

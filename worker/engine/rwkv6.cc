@@ -63,9 +63,12 @@ SS_ROW_CLONES void MixRow(const float* xx, const float* d, const float* maa,
   for (int i = 0; i < n; ++i) out[i] = xx[i] + d[i] * (maa[i] + mf[i]);
 }
 
-// w = exp(-exp(time_decay + w)).
-SS_ROW_CLONES void DecayRow(const float* decay, int n, float* w) {
-  for (int i = 0; i < n; ++i) w[i] = Exp(-Exp(decay[i] + w[i]));
+// w = exp(-exp(time_decay + w)), in two passes (GCC does not vectorise
+// the nested form).
+SS_ROW_CLONES void DecayRow(const float* __restrict decay, int n,
+                            float* __restrict w) {
+  for (int i = 0; i < n; ++i) w[i] = Exp(decay[i] + w[i]);
+  for (int i = 0; i < n; ++i) w[i] = Exp(-w[i]);
 }
 
 const float* Rwkv6::TimeMix(int l, const Chunk& c) {
@@ -144,12 +147,14 @@ const float* Rwkv6::TimeMix(int l, const Chunk& c) {
   Trace(l, "v", v, C);
   Trace(l, "g", g, C);
   Trace(l, "w_decay", w, C);
-  ForSegmentHeads(c, H, [&](const rwkv::Segment& g, int h) {
+  ForSegmentHeads(c, H, [&](const rwkv::Segment& g, int h, bool mine) {
     float* S =
         layout_.Wkv(c.batch[g.seq].state, l) + static_cast<int64_t>(h) * N * N;
+    const float* next = mine ? S + static_cast<int64_t>(N) * N : nullptr;
     for (int t = g.begin; t < g.end; ++t) {
       const int64_t o = static_cast<int64_t>(t) * C + h * N;
-      rwkv::WkvStep5(S, N, r + o, k + o, v + o, w + o, &L.bonus[h * N], y + o);
+      rwkv::WkvStep5(S, N, r + o, k + o, v + o, w + o, &L.bonus[h * N], y + o,
+                     t + 1 == g.end ? next : nullptr);
     }
   });
   Trace(l, "wkv_out", y, C);

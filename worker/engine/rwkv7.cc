@@ -227,8 +227,9 @@ ValueResidualRow(const float* v0, const float* lora, const float* v_first,
 
 // k = k * (1 + (a - 1) * k_a), and the recurrence's -kk and kk * a.
 __attribute__((target_clones("avx512f", "avx2", "default"))) void KeyRow(
-    const float* kk, const float* a, const float* k_a, int n, float* k,
-    float* neg_kk, float* kka) {
+    const float* __restrict kk, const float* __restrict a,
+    const float* __restrict k_a, int n, float* __restrict k,
+    float* __restrict neg_kk, float* __restrict kka) {
   for (int i = 0; i < n; ++i) {
     k[i] = k[i] * (1.0f + (a[i] - 1.0f) * k_a[i]);
     neg_kk[i] = -kk[i];

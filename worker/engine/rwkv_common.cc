@@ -109,12 +109,21 @@ SS_ROW_CLONES void GateAndAddRow(const float* r, int n, float* kv, float* x) {
 
 // Lanes along the value channel j: every element's operations and their
 // order are the same in each clone.
-SS_ROW_CLONES void WkvStep5(float* s, int n, const float* r, const float* k,
-                            const float* v, const float* w, const float* u,
-                            float* y) {
+SS_ROW_CLONES void WkvStep5(float* __restrict s, int n,
+                            const float* __restrict r,
+                            const float* __restrict k,
+                            const float* __restrict v,
+                            const float* __restrict w,
+                            const float* __restrict u, float* __restrict y,
+                            const float* next) {
   for (int j = 0; j < n; ++j) y[j] = 0.0f;
   for (int i = 0; i < n; ++i) {
-    float* si = s + static_cast<int64_t>(i) * n;
+    float* __restrict si = s + static_cast<int64_t>(i) * n;
+    if (next != nullptr) {
+      // The same row of the next state, in step with this walk.
+      const float* ahead = next + static_cast<int64_t>(i) * n;
+      for (int j = 0; j < n; j += 16) __builtin_prefetch(ahead + j, 1, 3);
+    }
     const float ri = r[i], ki = k[i], ui = u[i], wi = w[i];
     for (int j = 0; j < n; ++j) {
       const float a = ki * v[j];

@@ -183,8 +183,12 @@ absl::Status LoadChannelMix(WeightLoader& ld, int l, const char* mix_k,
 // channel, j = value channel; w = the per-key decay, u = the bonus:
 //   y[j] = sum_i r[i] * (u[i]*k[i]*v[j] + s[i][j])   (the old state)
 //   s[i][j] = k[i]*v[j] + w[i]*s[i][j]
+// `next`, when not null, is the state this thread steps next (n * n floats;
+// only prefetched for writing as s is walked: a hint that never changes a
+// result). Pass it only for a state no other thread is writing.
 void WkvStep5(float* s, int n, const float* r, const float* k, const float* v,
-              const float* w, const float* u, float* y);
+              const float* w, const float* u, float* y,
+              const float* next = nullptr);
 
 class ChunkedModel : public Model {
  public:
@@ -210,18 +214,20 @@ class ChunkedModel : public Model {
     MatMuls(k_, pool_, absl::MakeConstSpan(jobs.begin(), jobs.size()), rows,
             &stream_);
   }
-  // fn(segment, h) for every segment of the chunk and h < heads, over the
-  // pool; fn walks the segment's rows in order. With many segments (decode
-  // batches) a task takes all heads of one segment, so its states are read
-  // as one stream; otherwise one task per (segment, head), so every core
-  // gets work.
+  // fn(segment, h, next_is_mine) for every segment of the chunk and h <
+  // heads, over the pool; fn walks the segment's rows in order. With many
+  // segments (decode batches) a task takes all heads of one segment, so its
+  // states are read as one stream (next_is_mine: head h + 1, if any, is this
+  // task's next, so fn may prefetch it); otherwise one task per (segment,
+  // head), so every core gets work.
   template <typename Fn>
   void ForSegmentHeads(const Chunk& c, int heads, const Fn& fn) {
     const int segs = static_cast<int>(c.segs.size());
     const int per_task = segs >= 4 * pool_.size() ? heads : 1;
     pool_.ParallelFor(segs * heads / per_task, [&](int task) {
       for (int i = task * per_task; i < (task + 1) * per_task; ++i) {
-        fn(c.segs[i / heads], i % heads);
+        const int h = i % heads;
+        fn(c.segs[i / heads], h, per_task > 1 && h + 1 < heads);
       }
     });
   }
