@@ -478,13 +478,9 @@ TEST(ModelTest, RepeatedLogitPositionsEachGetTheirLogits) {
   }
 }
 
-// Logits rows of a batch in one buffer at an even stride (wider than the
-// vocabulary) are written in place; rows in separate buffers, or unevenly
-// spaced, go through the model's own buffer. Same logits either way, and
-// nothing outside the rows is touched.
-TEST(ModelTest, LogitsRowsAnywhereGetTheSameLogits) {
-  SS_REQUIRE_SHARED_DATA();
-  auto m = Load("testdata/rwkv7-tiny.pth");
+// The body of LogitsRowsAnywhereGetTheSameLogits below, for one model.
+void LogitsRowsAnywhereGetTheSameLogits(const char* file) {
+  auto m = Load(file);
   ASSERT_NE(m, nullptr);
   const int V = m->info().config.vocab_size;
   const int kSeqs = 5, kGap = 7;
@@ -523,6 +519,20 @@ TEST(ModelTest, LogitsRowsAnywhereGetTheSameLogits) {
     for (int g = 0; g < kGap; ++g) {
       EXPECT_EQ(even[i * (V + kGap) + V + g], -7.0f) << i;
     }
+  }
+}
+
+// Logits rows of a batch in one buffer at an even stride (wider than the
+// vocabulary) are written in place; rows in separate buffers, or unevenly
+// spaced, go through the model's own buffer. Same logits either way, and
+// nothing outside the rows is touched.
+TEST(ModelTest, LogitsRowsAnywhereGetTheSameLogits) {
+  SS_REQUIRE_SHARED_DATA();
+  // RWKV-7 and the chunked architectures share HeadLogits.
+  for (const char* file : {"testdata/rwkv7-tiny.pth", "testdata/rwkv6-tiny.pth",
+                           "testdata/rwkv4-tiny.pth"}) {
+    SCOPED_TRACE(file);
+    LogitsRowsAnywhereGetTheSameLogits(file);
   }
 }
 
