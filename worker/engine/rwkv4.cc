@@ -96,21 +96,11 @@ const float* Rwkv4::TimeMix(int l, const Chunk& c) {
   float* v = c.ws.Get(kFirstLayerBuffer + 5, C);
   float* y = c.ws.Get(kFirstLayerBuffer + 6, C);
   float* out = c.ws.Get(kFirstLayerBuffer + 7, C);
-  ForRows(rows, [&](int t) {
-    const int64_t o = static_cast<int64_t>(t) * C;
-    LayerNorm(c.x + o, C, L.ln1_w.data(), L.ln1_b.data(), rwkv::kLayerNormEps,
-              xx + o);
-  });
   auto att_shift = [this, l](float* s) { return Layer0(s, l); };
-  ForRows(rows, [&](int t) {
-    const int64_t o = static_cast<int64_t>(t) * C;
-    const float* cur = xx + o;
-    const float* prev = rwkv::Prev(c, xx, C, t, att_shift);
-    rwkv::Mix(MixStyle::kCurrent, cur, prev, L.mix_k.data(), C, xk + o);
-    rwkv::Mix(MixStyle::kCurrent, cur, prev, L.mix_v.data(), C, xv + o);
-    rwkv::Mix(MixStyle::kCurrent, cur, prev, L.mix_r.data(), C, xr + o);
-    rwkv::SaveOneRowShift(c, xx, C, t, att_shift);
-  });
+  LayerNormAndMix(
+      c, nullptr, L.ln1_w, L.ln1_b, xx, MixStyle::kCurrent,
+      {{L.mix_k.data(), xk}, {L.mix_v.data(), xv}, {L.mix_r.data(), xr}},
+      att_shift);
   Trace(l, "ln1_out", xx, C);
   Muls({{&L.receptance, xr, C, r, C},
         {&L.key, xk, C, k, C},

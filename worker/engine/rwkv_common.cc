@@ -133,6 +133,27 @@ SS_ROW_CLONES void WkvStep5(float* __restrict s, int n,
   }
 }
 
+void ChunkedModel::LayerNormAndMix(const Chunk& c, const float* residual,
+                                   const std::vector<float>& ln_w,
+                                   const std::vector<float>& ln_b, float* xx,
+                                   MixStyle style,
+                                   std::initializer_list<ShiftMix> mixes,
+                                   const std::function<float*(float*)>& shift) {
+  const int C = this->C();
+  ForRows(c.rows, [&](int t) {
+    const int64_t o = static_cast<int64_t>(t) * C;
+    if (residual != nullptr) AddRow(residual + o, C, c.x + o);
+    LayerNorm(c.x + o, C, ln_w.data(), ln_b.data(), kLayerNormEps, xx + o);
+  });
+  ForRows(c.rows, [&](int t) {
+    const int64_t o = static_cast<int64_t>(t) * C;
+    const float* prev = Prev(c, xx, C, t, shift);
+    for (const ShiftMix& m : mixes)
+      Mix(style, xx + o, prev, m.mu, C, m.out + o);
+    SaveOneRowShift(c, xx, C, t, shift);
+  });
+}
+
 void ChunkedModel::ChannelMix(int l, const Chunk& c, const ChannelMixWeights& w,
                               MixStyle style,
                               const std::function<float*(float*)>& shift,
@@ -145,18 +166,8 @@ void ChunkedModel::ChannelMix(int l, const Chunk& c, const ChannelMixWeights& w,
   float* r = c.ws.Get(kFirstLayerBuffer + 2, C);
   float* kv = c.ws.Get(kFirstLayerBuffer + 3, C);
   float* hidden = c.ws.Get(kFirstLayerBuffer + 4, F);
-  ForRows(rows, [&](int t) {
-    const int64_t o = static_cast<int64_t>(t) * C;
-    AddRow(att_out + o, C, c.x + o);
-    LayerNorm(c.x + o, C, w.ln_w.data(), w.ln_b.data(), kLayerNormEps, xx + o);
-  });
-  ForRows(rows, [&](int t) {
-    const int64_t o = static_cast<int64_t>(t) * C;
-    const float* prev = Prev(c, xx, C, t, shift);
-    Mix(style, xx + o, prev, w.mix_k.data(), C, xk + o);
-    Mix(style, xx + o, prev, w.mix_r.data(), C, xr + o);
-    SaveOneRowShift(c, xx, C, t, shift);
-  });
+  LayerNormAndMix(c, att_out, w.ln_w, w.ln_b, xx, style,
+                  {{w.mix_k.data(), xk}, {w.mix_r.data(), xr}}, shift);
   Trace(l, "ln2_out", xx, C);
   Muls({{&w.receptance, xr, C, r, C}, {&w.key, xk, C, hidden, F}}, rows);
   ForRows(rows,

@@ -241,6 +241,20 @@ class ChunkedModel : public Model {
     if (trace_) trace_(layer, name, rows, n);
   }
   int C() const { return info().config.n_embd; }
+  // A block's first two stages, per row over the pool: x += residual (when
+  // not null), xx = LayerNorm(x; ln_w, ln_b); then each mix's
+  // out = Mix(style, xx, prev) with prev by token shift from `shift`
+  // (one-row segments save their new shift state here; longer ones are
+  // left to SaveLongShifts).
+  struct ShiftMix {
+    const float* mu;
+    float* out;
+  };
+  void LayerNormAndMix(const Chunk& c, const float* residual,
+                       const std::vector<float>& ln_w,
+                       const std::vector<float>& ln_b, float* xx,
+                       MixStyle style, std::initializer_list<ShiftMix> mixes,
+                       const std::function<float*(float*)>& shift);
   // Channel mix of layer l; `shift` is the layer's ffn_x_prev in a state.
   // `att_out` ([rows][C]) is the time mix's output, added to the residual
   // stream first (in the rows' first task, not a hand-off of its own).
