@@ -22,6 +22,9 @@ void GemmI8Vnni(const int8_t* w, const float* wscale, const int32_t* wsum,
 // kernels_amx.cc
 void GemmBf16Amx(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
                  int rows, float* y, int ldy, int o_begin, int o_end);
+// GemmBf16Amx's choice: tiles from 2 rows when the inputs are a multiple of
+// 32, else the AVX-512 FMA kernel.
+bool Bf16AmxTiles(int rows, int in);
 void GemmI8Amx(const int8_t* w, const float* wscale, const int32_t* wsum,
                int in, const uint8_t* xq, const float* xscale, int ldq,
                int rows, float* y, int ldy, int o_begin, int o_end);
@@ -73,25 +76,30 @@ SplitBf16Terms(const float* x, int ldx, int rows, int in, float* xs,
   const int stride = Bf16TermsStride(in);
   for (int t = 0; t < rows; ++t) {
     const float* __restrict row = x + static_cast<int64_t>(t) * ldx;
-    float* __restrict hi = xs + static_cast<int64_t>(2 * t) * stride;
-    float* __restrict lo = hi + stride;
-    uint16_t* __restrict hib = xb + static_cast<int64_t>(2 * t) * stride;
-    uint16_t* __restrict lob = hib + stride;
-    for (int i = 0; i < in; ++i) {
-      const uint16_t h = F32ToBF16(row[i]);
-      const float hf = BF16ToF32(h);
-      const uint16_t l = F32ToBF16(row[i] - hf);
-      hib[i] = h;
-      lob[i] = l;
-      hi[i] = hf;
-      lo[i] = BF16ToF32(l);
+    if (xs != nullptr) {
+      float* __restrict hi = xs + static_cast<int64_t>(2 * t) * stride;
+      float* __restrict lo = hi + stride;
+      for (int i = 0; i < in; ++i) {
+        const float hf = BF16ToF32(F32ToBF16(row[i]));
+        hi[i] = hf;
+        lo[i] = BF16ToF32(F32ToBF16(row[i] - hf));
+      }
+      for (int i = in; i < stride; ++i) hi[i] = lo[i] = 0.0f;
     }
-    for (int i = in; i < stride; ++i) {
-      hi[i] = lo[i] = 0.0f;
-      hib[i] = lob[i] = 0;
+    if (xb != nullptr) {
+      uint16_t* __restrict hib = xb + static_cast<int64_t>(2 * t) * stride;
+      uint16_t* __restrict lob = hib + stride;
+      for (int i = 0; i < in; ++i) {
+        const uint16_t h = F32ToBF16(row[i]);
+        hib[i] = h;
+        lob[i] = F32ToBF16(row[i] - BF16ToF32(h));
+      }
+      for (int i = in; i < stride; ++i) hib[i] = lob[i] = 0;
     }
   }
 }
+
+bool NoBf16Tiles(int, int) { return false; }
 
 uint32_t EnterFlushToZero() {
   const uint32_t old = _mm_getcsr();
@@ -123,8 +131,11 @@ void PackPanelRow(const uint16_t* row, int o, int in, uint16_t* dst) {
 // The AVX-512 build with gemm_i8 on vpdpbusd (bit-identical: exact integer
 // sums).
 const Kernels* Avx512Vnni() {
-  static const Kernels k = {"avx512+vnni", kKernelsAvx512.gemm_f32,
-                            kKernelsAvx512.gemm_bf16, &GemmI8Vnni,
+  static const Kernels k = {"avx512+vnni",
+                            kKernelsAvx512.gemm_f32,
+                            kKernelsAvx512.gemm_bf16,
+                            kKernelsAvx512.gemm_bf16_tiles,
+                            &GemmI8Vnni,
                             kKernelsAvx512.wkv7_step};
   return HasAvx512Vnni() ? &k : nullptr;
 }
@@ -133,8 +144,11 @@ const Kernels* Avx512Vnni() {
 // products where the CPU has AMX-BF16 (the same bits as the FMA builds).
 const Kernels* Avx512Amx() {
   static const Kernels k = {
-      "avx512+amx", kKernelsAvx512.gemm_f32,
-      HasAmxBf16() ? &GemmBf16Amx : kKernelsAvx512.gemm_bf16, &GemmI8Amx,
+      "avx512+amx",
+      kKernelsAvx512.gemm_f32,
+      HasAmxBf16() ? &GemmBf16Amx : kKernelsAvx512.gemm_bf16,
+      HasAmxBf16() ? &Bf16AmxTiles : kKernelsAvx512.gemm_bf16_tiles,
+      &GemmI8Amx,
       kKernelsAvx512.wkv7_step};
   return HasAmxInt8() ? &k : nullptr;
 }

@@ -80,6 +80,7 @@ extern const Kernels kKernelsScalar = {
     "scalar",
     &kernels_impl::Gemm<V>,
     &kernels_impl::GemmBf16Terms<V>,
+    &NoBf16Tiles,
     &kernels_impl::GemmI8Generic<V>,
     &kernels_impl::Wkv7Step<V>,
 };

@@ -13,6 +13,7 @@
 
 #include "gtest/gtest.h"
 #include "worker/engine/exp.h"
+#include "worker/engine/float16.h"
 #include "worker/engine/ops.h"
 #include "worker/engine/thread_pool.h"
 #include "worker/engine/weight_loader.h"
@@ -385,6 +386,53 @@ TEST(KernelsTest, Bf16ProductFlushesDenormalsAndKeepsSixteenBits) {
   EXPECT_TRUE(std::isnan(s.xs[1]));
   EXPECT_EQ(s.xs[2], std::numeric_limits<float>::infinity());
   EXPECT_EQ(s.xs[3], -std::numeric_limits<float>::infinity());
+}
+
+// A product reads one copy of the terms (gemm_bf16_tiles); splitting only
+// that copy writes the same values, and leaves the other untouched.
+TEST(KernelsTest, SplitBf16TermsWritesOnlyTheCopyAskedFor) {
+  for (int in : {1, 31, 32, 33, 768}) {
+    const int rows = 3, ldx = in + 5;
+    auto x = Random(static_cast<size_t>(rows) * ldx, in);
+    x[0] = std::numeric_limits<float>::quiet_NaN();
+    x[1 % in] = std::numeric_limits<float>::infinity();
+    x[ldx] = std::ldexp(1.0f, -130);  // denormal
+    const int64_t n = Bf16TermsSize(rows, in);
+    std::vector<float> xs(n, 7.0f), xs_only(n, 7.0f), untouched_xs(n, 7.0f);
+    std::vector<uint16_t> xb(n, 7), xb_only(n, 7), untouched_xb(n, 7);
+    SplitBf16Terms(x.data(), ldx, rows, in, xs.data(), xb.data());
+    SplitBf16Terms(x.data(), ldx, rows, in, xs_only.data(), nullptr);
+    SplitBf16Terms(x.data(), ldx, rows, in, nullptr, xb_only.data());
+    SplitBf16Terms(x.data(), ldx, rows, in, nullptr, nullptr);
+    EXPECT_EQ(0, std::memcmp(xs.data(), xs_only.data(), n * sizeof(float)))
+        << in;
+    EXPECT_EQ(xb, xb_only) << in;
+    // hi and lo as bf16 are the fp32 copy's values, exactly.
+    for (int64_t i = 0; i < 2 * rows * Bf16TermsStride(in); ++i) {
+      const float want = xs[i];
+      const float got = BF16ToF32(xb[i]);
+      if (std::isnan(want)) {
+        EXPECT_TRUE(std::isnan(got)) << in << " " << i;
+      } else {
+        EXPECT_EQ(std::bit_cast<uint32_t>(want), std::bit_cast<uint32_t>(got))
+            << in << " " << i;
+      }
+    }
+  }
+  // The builds without tiles never use them; AMX from 2 rows of whole
+  // 32-input blocks.
+  for (const char* name : {"scalar", "avx2", "avx512", "avx512vnni"}) {
+    const Kernels* k = GetKernelsByName(name);
+    if (k == nullptr) continue;
+    EXPECT_FALSE(k->gemm_bf16_tiles(32, 768)) << name;
+  }
+  if (const Kernels* k = GetKernelsByName("avx512amx")) {
+    EXPECT_FALSE(k->gemm_bf16_tiles(1, 768));
+    EXPECT_FALSE(k->gemm_bf16_tiles(32, 100));
+    if (k->gemm_bf16 != GetKernelsByName("avx512")->gemm_bf16) {  // AMX-BF16
+      EXPECT_TRUE(k->gemm_bf16_tiles(2, 768));
+    }
+  }
 }
 
 // The definition: the exact integer dot product, then two multiplications.

@@ -397,8 +397,11 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
           s.q[j].ldq, s.scale.data() + static_cast<size_t>(j) * rows + b);
     } else if (m.bf16 != nullptr) {
       const int64_t at = s.terms[j] + int64_t{2} * b * Bf16TermsStride(m.cols);
+      // Only the copy the product reads (Kernels::gemm_bf16_tiles).
+      const bool tiles = k.gemm_bf16_tiles(rows, m.cols);
       SplitBf16Terms(job.x + static_cast<int64_t>(b) * job.ldx, job.ldx, e - b,
-                     m.cols, s.xs.data() + at, s.xb.data() + at);
+                     m.cols, tiles ? nullptr : s.xs.data() + at,
+                     tiles ? s.xb.data() + at : nullptr);
     }
   };
   // Small inputs (one session: 768 values a product; one block each) in
