@@ -71,10 +71,10 @@ bool HasAvx2() {
 // denormal term is flushed by the kernels anyway), so every clone gives
 // the same bits.
 __attribute__((target_clones("avx512f", "avx2", "default"))) void
-SplitBf16Terms(const float* x, int ldx, int rows, int in, float* xs,
-               uint16_t* xb) {
+SplitBf16Terms(const float* x, int ldx, int row_begin, int row_end, int in,
+               float* xs, uint16_t* xb) {
   const int stride = Bf16TermsStride(in);
-  for (int t = 0; t < rows; ++t) {
+  for (int t = row_begin; t < row_end; ++t) {
     const float* __restrict row = x + static_cast<int64_t>(t) * ldx;
     if (xs != nullptr) {
       float* __restrict hi = xs + static_cast<int64_t>(2 * t) * stride;
@@ -87,14 +87,20 @@ SplitBf16Terms(const float* x, int ldx, int rows, int in, float* xs,
       for (int i = in; i < stride; ++i) hi[i] = lo[i] = 0.0f;
     }
     if (xb != nullptr) {
-      uint16_t* __restrict hib = xb + static_cast<int64_t>(2 * t) * stride;
-      uint16_t* __restrict lob = hib + stride;
-      for (int i = 0; i < in; ++i) {
-        const uint16_t h = F32ToBF16(row[i]);
-        hib[i] = h;
-        lob[i] = F32ToBF16(row[i] - BF16ToF32(h));
+      // Both terms of row t sit in the same band, rows 2t % 16 and the
+      // next, 32 values (64 bytes) apart in every tile.
+      uint16_t* __restrict band = xb + Bf16TileIndex(2 * t, 0, in);
+      for (int b = 0; b < stride; b += 32) {
+        uint16_t* __restrict hib = band + int64_t{b} * 16;
+        uint16_t* __restrict lob = hib + 32;
+        const int n = in - b < 32 ? in - b : 32;
+        for (int i = 0; i < n; ++i) {
+          const uint16_t h = F32ToBF16(row[b + i]);
+          hib[i] = h;
+          lob[i] = F32ToBF16(row[b + i] - BF16ToF32(h));
+        }
+        for (int i = n; i < 32; ++i) hib[i] = lob[i] = 0;
       }
-      for (int i = in; i < stride; ++i) hib[i] = lob[i] = 0;
     }
   }
 }

@@ -71,22 +71,33 @@ void PackPanelRow(const uint16_t* row, int o, int in, uint16_t* dst);
 // bf16(x) and lo = bf16(x - hi), rounded to nearest even (16 significant
 // bits; a NaN stays a NaN; magnitudes from 0x1.ff8p127 round to infinity,
 // as any bf16 rounding does). Row t of `x` (stride ldx, `in` values)
-// becomes rows 2t (hi) and 2t+1 (lo) of the terms, each
-// Bf16TermsStride(in) values, +0 past `in`. They are written twice: as fp32
-// values (`xs`, for the FMA kernels) and as bf16 (`xb`, for AMX tiles). The
-// kernels take Bf16TermsSize(rows, in) elements of each: AMX reads whole tiles,
-// and the rows past 2 * rows may hold anything (they only reach sums that are
-// never stored). The same function serves every build, so every build splits
-// alike. A null `xs` or `xb` skips that copy: a product reads only one of
-// them (Kernels::gemm_bf16_tiles), and writing both cost a 512-token bf16
-// prefill about a tenth of its time.
+// becomes term rows 2t (hi) and 2t+1 (lo), each Bf16TermsStride(in) values,
+// +0 past `in`, in one of two copies:
+// - `xs`, fp32 values for the FMA kernels: term row r at r * stride;
+// - `xb`, bf16 for AMX tiles, in tile order (Bf16TileIndex): bands of 16
+//   term rows, each band's blocks of 32 inputs one 16 x 32 tile (1 KiB,
+//   its rows 64 bytes apart), so a tile load reads one contiguous KiB (the
+//   row-major layout's strided loads ran AMX products 25-60 % slower).
+// The kernels take Bf16TermsSize(rows, in) elements of each: AMX reads whole
+// tiles, and the term rows past 2 * rows may hold anything (they only reach
+// sums that are never stored). The same function serves every build, so
+// every build splits alike. Rows [row_begin, row_end) of the product are
+// split (x, xs and xb point at its row 0), so blocks of rows may be split
+// by different threads. A null `xs` or `xb` skips that copy: a product
+// reads only one of them (Kernels::gemm_bf16_tiles), and writing both cost
+// a 512-token bf16 prefill about a tenth of its time.
 inline int Bf16TermsStride(int in) { return (in + 31) / 32 * 32; }
 inline int Bf16TermRows(int rows) { return (2 * rows + 31) / 32 * 32; }
 inline int64_t Bf16TermsSize(int rows, int in) {
   return int64_t{Bf16TermRows(rows)} * Bf16TermsStride(in);
 }
-void SplitBf16Terms(const float* x, int ldx, int rows, int in, float* xs,
-                    uint16_t* xb);
+// Where term row r's input i sits in xb.
+inline int64_t Bf16TileIndex(int r, int i, int in) {
+  return int64_t{r / 16} * 16 * Bf16TermsStride(in) + int64_t{i / 32} * 512 +
+         (r % 16) * 32 + i % 32;
+}
+void SplitBf16Terms(const float* x, int ldx, int row_begin, int row_end, int in,
+                    float* xs, uint16_t* xb);
 // Kernels::gemm_bf16_tiles of the builds without AMX: never.
 bool NoBf16Tiles(int rows, int in);
 // The calling thread's MXCSR with FTZ and DAZ set, for the bf16 kernels
@@ -109,8 +120,8 @@ struct Kernels {
   void (*gemm_f32)(const float* w, int in, const float* x, int ldx, int rows,
                    float* y, int ldy, int o_begin, int o_end);
   // bf16 (upper half of an fp32, widened exactly), with the activations
-  // given as their two bf16 terms (SplitBf16Terms: xs and xb; row t's hi
-  // terms at 2t * Bf16TermsStride(in), its lo terms next) and the arithmetic of
+  // given as their two bf16 terms (SplitBf16Terms: xs and xb) and the
+  // arithmetic of
   // AMX's TDPBF16PS, so that the AMX kernel and every FMA build give the
   // same bits (docs/engine-kernels.md "AMX-BF16"). Per output and term:
   //   c = +0; for each block of 32 inputs (16 pairs; the last may be

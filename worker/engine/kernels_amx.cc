@@ -64,8 +64,9 @@ constexpr int64_t kFetchSteps = 6;
 
 // The 2 x 2 tile loop of both products: tiles 0-3 sum A tiles 4-5 (the
 // first rows at a0 and a1, rows lda bytes apart) times B tiles 6-7 (b0, b1)
-// over `steps` steps, each 64 bytes along every A row and one 1 KiB B tile
-// further, and stores them to sums (4 x 16 x 16, 64-byte rows). A missing
+// over `steps` steps, each a_step bytes further along A (int8: 64 along
+// every row; bf16: the next contiguous tile) and one 1 KiB B tile further,
+// and stores them to sums (4 x 16 x 16, 64-byte rows). A missing
 // second A or B tile is skipped. kBf16: TDPBF16PS, else TDPBUSD.
 //
 // With fetch_end set, each step also fetches into L2 the B tiles it will
@@ -76,9 +77,9 @@ constexpr int64_t kFetchSteps = 6;
 // so without this the weight stream is latency-bound: ~12 GB/s a core from
 // memory at 32 rows.
 template <bool kBf16>
-void Tiles2x2(const char* a0, const char* a1, int lda, const char* b0,
-              const char* b1, int64_t steps, bool two_a, bool two_b, char* sums,
-              const char* fetch_end) {
+void Tiles2x2(const char* a0, const char* a1, int lda, int a_step,
+              const char* b0, const char* b1, int64_t steps, bool two_a,
+              bool two_b, char* sums, const char* fetch_end) {
 // The tile intrinsics take register numbers as literals.
 #define STATESTREAM_TILE_DOT(c, a, b) \
   do {                                \
@@ -104,7 +105,7 @@ void Tiles2x2(const char* a0, const char* a1, int lda, const char* b0,
         }
       }
     }
-    _tile_loadd(4, a0 + k * 64, lda);
+    _tile_loadd(4, a0 + k * a_step, lda);
     _tile_loadd(6, b0 + k * 1024, 64);
     STATESTREAM_TILE_DOT(0, 4, 6);
     if (two_b) {
@@ -112,7 +113,7 @@ void Tiles2x2(const char* a0, const char* a1, int lda, const char* b0,
       STATESTREAM_TILE_DOT(1, 4, 7);
     }
     if (two_a) {
-      _tile_loadd(5, a1 + k * 64, lda);
+      _tile_loadd(5, a1 + k * a_step, lda);
       STATESTREAM_TILE_DOT(2, 5, 6);
       if (two_b) STATESTREAM_TILE_DOT(3, 5, 7);
     }
@@ -159,11 +160,12 @@ void GemmBf16Amx(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
     const uint16_t* b1 = b0 + pstride;
     for (int m0 = 0; m0 < terms; m0 += 32) {
       const bool two_tiles = m0 + 16 < terms;
-      // A step is 32 terms (64 bytes) of every row and one panel tile.
-      const uint16_t* a0 = xb + static_cast<int64_t>(m0) * in;
+      // A step is one tile of each band (xb's tile order: 32 inputs of 16
+      // term rows, 1 KiB contiguous) and one panel tile.
+      const uint16_t* a0 = xb + Bf16TileIndex(m0, 0, in);
       Tiles2x2<true>(reinterpret_cast<const char*>(a0),
-                     reinterpret_cast<const char*>(a0 + int64_t{16} * in),
-                     in * 2, reinterpret_cast<const char*>(b0),
+                     reinterpret_cast<const char*>(a0 + int64_t{16} * in), 64,
+                     1024, reinterpret_cast<const char*>(b0),
                      reinterpret_cast<const char*>(b1), blocks, two_tiles,
                      two_panels, reinterpret_cast<char*>(sums),
                      m0 == 0 ? fetch_end : nullptr);
@@ -219,7 +221,7 @@ void GemmI8Amx(const int8_t* w, const float* wscale, const int32_t* wsum,
       const uint8_t* a0 = xq + static_cast<int64_t>(r0) * ldq;
       Tiles2x2<false>(reinterpret_cast<const char*>(a0),
                       reinterpret_cast<const char*>(a0 + int64_t{16} * ldq),
-                      ldq, reinterpret_cast<const char*>(b0),
+                      ldq, 64, reinterpret_cast<const char*>(b0),
                       reinterpret_cast<const char*>(b1), chunks, two_blocks,
                       two_groups, reinterpret_cast<char*>(sums),
                       r0 == 0 ? fetch_end : nullptr);

@@ -400,24 +400,36 @@ TEST(KernelsTest, SplitBf16TermsWritesOnlyTheCopyAskedFor) {
     const int64_t n = Bf16TermsSize(rows, in);
     std::vector<float> xs(n, 7.0f), xs_only(n, 7.0f), untouched_xs(n, 7.0f);
     std::vector<uint16_t> xb(n, 7), xb_only(n, 7), untouched_xb(n, 7);
-    SplitBf16Terms(x.data(), ldx, rows, in, xs.data(), xb.data());
-    SplitBf16Terms(x.data(), ldx, rows, in, xs_only.data(), nullptr);
-    SplitBf16Terms(x.data(), ldx, rows, in, nullptr, xb_only.data());
-    SplitBf16Terms(x.data(), ldx, rows, in, nullptr, nullptr);
+    SplitBf16Terms(x.data(), ldx, 0, rows, in, xs.data(), xb.data());
+    SplitBf16Terms(x.data(), ldx, 0, rows, in, xs_only.data(), nullptr);
+    SplitBf16Terms(x.data(), ldx, 0, rows, in, nullptr, xb_only.data());
+    SplitBf16Terms(x.data(), ldx, 0, rows, in, nullptr, nullptr);
     EXPECT_EQ(0, std::memcmp(xs.data(), xs_only.data(), n * sizeof(float)))
         << in;
     EXPECT_EQ(xb, xb_only) << in;
-    // hi and lo as bf16 are the fp32 copy's values, exactly.
-    for (int64_t i = 0; i < 2 * rows * Bf16TermsStride(in); ++i) {
-      const float want = xs[i];
-      const float got = BF16ToF32(xb[i]);
-      if (std::isnan(want)) {
-        EXPECT_TRUE(std::isnan(got)) << in << " " << i;
-      } else {
-        EXPECT_EQ(std::bit_cast<uint32_t>(want), std::bit_cast<uint32_t>(got))
-            << in << " " << i;
+    // hi and lo as bf16 (in tile order) are the fp32 copy's values, exactly.
+    const int stride = Bf16TermsStride(in);
+    for (int r = 0; r < 2 * rows; ++r) {
+      for (int i = 0; i < stride; ++i) {
+        const float want = xs[static_cast<int64_t>(r) * stride + i];
+        const float got = BF16ToF32(xb[Bf16TileIndex(r, i, in)]);
+        if (std::isnan(want)) {
+          EXPECT_TRUE(std::isnan(got)) << in << " " << r << " " << i;
+        } else {
+          EXPECT_EQ(std::bit_cast<uint32_t>(want), std::bit_cast<uint32_t>(got))
+              << in << " " << r << " " << i;
+        }
       }
     }
+    // Split in blocks of rows (as MatMuls' threads do), the same copies.
+    std::vector<float> xs_blocks(n, 7.0f);
+    std::vector<uint16_t> xb_blocks(n, 7);
+    for (int b = 0; b < rows; ++b) {
+      SplitBf16Terms(x.data(), ldx, b, b + 1, in, xs_blocks.data(),
+                     xb_blocks.data());
+    }
+    EXPECT_EQ(0, std::memcmp(xs.data(), xs_blocks.data(), n * sizeof(float)));
+    EXPECT_EQ(xb, xb_blocks) << in;
   }
   // The builds without tiles never use them; AMX from 2 rows of whole
   // 32-input blocks.

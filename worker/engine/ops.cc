@@ -306,7 +306,7 @@ void WeightStream::Before(absl::Span<const MatMulJob> jobs, ThreadPool& pool) {
 
 Bf16Terms::Bf16Terms(const float* x, int ldx, int rows, int in)
     : xs(Bf16TermsSize(rows, in), 0.0f), xb(Bf16TermsSize(rows, in), 0) {
-  SplitBf16Terms(x, ldx, rows, in, xs.data(), xb.data());
+  SplitBf16Terms(x, ldx, 0, rows, in, xs.data(), xb.data());
 }
 
 void MatMuls(const Kernels& k, ThreadPool& pool,
@@ -396,12 +396,11 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
           s.xq.data() + s.q[j].offset + static_cast<int64_t>(b) * s.q[j].ldq,
           s.q[j].ldq, s.scale.data() + static_cast<size_t>(j) * rows + b);
     } else if (m.bf16 != nullptr) {
-      const int64_t at = s.terms[j] + int64_t{2} * b * Bf16TermsStride(m.cols);
       // Only the copy the product reads (Kernels::gemm_bf16_tiles).
       const bool tiles = k.gemm_bf16_tiles(rows, m.cols);
-      SplitBf16Terms(job.x + static_cast<int64_t>(b) * job.ldx, job.ldx, e - b,
-                     m.cols, tiles ? nullptr : s.xs.data() + at,
-                     tiles ? s.xb.data() + at : nullptr);
+      SplitBf16Terms(job.x, job.ldx, b, e, m.cols,
+                     tiles ? nullptr : s.xs.data() + s.terms[j],
+                     tiles ? s.xb.data() + s.terms[j] : nullptr);
     }
   };
   // Small inputs (one session: 768 values a product; one block each) in
