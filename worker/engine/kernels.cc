@@ -25,6 +25,8 @@ void GemmBf16Amx(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
 // GemmBf16Amx's choice: tiles from 2 rows when the inputs are a multiple of
 // 32, else the AVX-512 FMA kernel.
 bool Bf16AmxTiles(int rows, int in);
+// GemmI8Amx's choice: tiles from 16 rows, else the VNNI kernel.
+bool I8AmxTiles(int rows);
 void GemmI8Amx(const int8_t* w, const float* wscale, const int32_t* wsum,
                int in, const uint8_t* xq, const float* xscale, int ldq,
                int rows, float* y, int ldy, int o_begin, int o_end);
@@ -106,6 +108,7 @@ SplitBf16Terms(const float* x, int ldx, int row_begin, int row_end, int in,
 }
 
 bool NoBf16Tiles(int, int) { return false; }
+bool NoI8Tiles(int) { return false; }
 
 uint32_t EnterFlushToZero() {
   const uint32_t old = _mm_getcsr();
@@ -142,6 +145,7 @@ const Kernels* Avx512Vnni() {
                             kKernelsAvx512.gemm_bf16,
                             kKernelsAvx512.gemm_bf16_tiles,
                             &GemmI8Vnni,
+                            &NoI8Tiles,
                             kKernelsAvx512.wkv7_step};
   return HasAvx512Vnni() ? &k : nullptr;
 }
@@ -155,6 +159,7 @@ const Kernels* Avx512Amx() {
       HasAmxBf16() ? &GemmBf16Amx : kKernelsAvx512.gemm_bf16,
       HasAmxBf16() ? &Bf16AmxTiles : kKernelsAvx512.gemm_bf16_tiles,
       &GemmI8Amx,
+      &I8AmxTiles,
       kKernelsAvx512.wkv7_step};
   return HasAmxInt8() ? &k : nullptr;
 }

@@ -100,6 +100,15 @@ void SplitBf16Terms(const float* x, int ldx, int row_begin, int row_end, int in,
                     float* xs, uint16_t* xb);
 // Kernels::gemm_bf16_tiles of the builds without AMX: never.
 bool NoBf16Tiles(int rows, int in);
+// int8 activations in AMX tile order: bands of 16 rows, each band's blocks
+// of 64 inputs one 16 x 64 tile (1 KiB contiguous). Where row t's input i
+// sits (ldq a multiple of 64).
+inline int64_t I8TileIndex(int t, int i, int ldq) {
+  return int64_t{t / 16} * 16 * ldq + int64_t{i / 64} * 1024 + (t % 16) * 64 +
+         i % 64;
+}
+// Kernels::gemm_i8_tiles of the builds without AMX: never.
+bool NoI8Tiles(int rows);
 // The calling thread's MXCSR with FTZ and DAZ set, for the bf16 kernels
 // (returns the previous value for RestoreMxcsr).
 uint32_t EnterFlushToZero();
@@ -143,17 +152,22 @@ struct Kernels {
   // integers. o_begin and o_end are multiples of 16 or o_end is the matrix's
   // last output. `xq` holds
   // each row's activations quantized to uint8 with zero point 128 (see
-  // QuantizeRows in ops.h; row stride ldq), `xscale` one scale per row,
-  // `wscale` one per output row and `wsum[o]` = sum_i w[o][i]. Rows of xq
-  // are padded with 128 to ldq (a multiple of 64) and the row count to a
-  // multiple of 16 (rows of 128), so kernels may read whole tiles. Then
-  //   y[t*ldy + o] = float(sum_i w[o][i] * (xq[t*ldq + i] - 128))
+  // QuantizeRows in ops.h), rows ldq bytes long (a multiple of 64) — row t's
+  // input i at t * ldq + i, or, where gemm_i8_tiles(rows), in AMX tile order
+  // at I8TileIndex(t, i, ldq) — `xscale` one scale per row, `wscale` one per
+  // output row and `wsum[o]` = sum_i w[o][i]. Rows are padded to ldq and
+  // their count to a multiple of 16 with anything (the padded weights are 0
+  // and padded rows are never stored), so kernels may read whole tiles. Then
+  //   y[t*ldy + o] = float(sum_i w[o][i] * (q[t][i] - 128))
   //                  * xscale[t] * wscale[o]
   // (two fp32 multiplications in that order). The integer sum is exact
   // whatever its order, so every build — VNNI or not — gives the same bits.
   void (*gemm_i8)(const int8_t* w, const float* wscale, const int32_t* wsum,
                   int in, const uint8_t* xq, const float* xscale, int ldq,
                   int rows, float* y, int ldy, int o_begin, int o_end);
+  // Whether gemm_i8 over `rows` rows runs on tiles (and reads xq in tile
+  // order).
+  bool (*gemm_i8_tiles)(int rows);
 
   // One RWKV-7 state step for one head of size n, in place on s[n][n]
   // (s[i][j]: i = value channel, j = key channel):

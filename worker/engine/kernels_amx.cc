@@ -189,10 +189,12 @@ void GemmBf16Amx(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
   RestoreMxcsr(mxcsr);
 }
 
+bool I8AmxTiles(int rows) { return rows >= 16; }
+
 void GemmI8Amx(const int8_t* w, const float* wscale, const int32_t* wsum,
                int in, const uint8_t* xq, const float* xscale, int ldq,
                int rows, float* y, int ldy, int o_begin, int o_end) {
-  if (rows < 16) {
+  if (!I8AmxTiles(rows)) {
     GemmI8Vnni(w, wscale, wsum, in, xq, xscale, ldq, rows, y, ldy, o_begin,
                o_end);
     return;
@@ -218,10 +220,12 @@ void GemmI8Amx(const int8_t* w, const float* wscale, const int32_t* wsum,
     const int8_t* b1 = b0 + chunks * kI8TileBytes;
     for (int r0 = 0; r0 < rows; r0 += 32) {
       const bool two_blocks = r0 + 16 < rows;
-      const uint8_t* a0 = xq + static_cast<int64_t>(r0) * ldq;
+      // xq in tile order (I8TileIndex): a step is the next contiguous tile
+      // of each band of 16 rows.
+      const uint8_t* a0 = xq + I8TileIndex(r0, 0, ldq);
       Tiles2x2<false>(reinterpret_cast<const char*>(a0),
-                      reinterpret_cast<const char*>(a0 + int64_t{16} * ldq),
-                      ldq, 64, reinterpret_cast<const char*>(b0),
+                      reinterpret_cast<const char*>(a0 + int64_t{16} * ldq), 64,
+                      1024, reinterpret_cast<const char*>(b0),
                       reinterpret_cast<const char*>(b1), chunks, two_blocks,
                       two_groups, reinterpret_cast<char*>(sums),
                       r0 == 0 ? fetch_end : nullptr);

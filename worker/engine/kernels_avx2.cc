@@ -79,6 +79,7 @@ extern const Kernels kKernelsAvx2 = {
     &kernels_impl::GemmBf16Terms<V>,
     &NoBf16Tiles,
     &kernels_impl::GemmI8Generic<V>,
+    &NoI8Tiles,
     &kernels_impl::Wkv7Step<V>,
 };
 

@@ -31,8 +31,13 @@ void GemmBf16(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
 }  // namespace
 
 extern const Kernels kKernelsAvx512 = {
-    "avx512",     &kernels_impl::Gemm<V>,          &GemmBf16,
-    &NoBf16Tiles, &kernels_impl::GemmI8Generic<V>, &kernels_impl::Wkv7Step<V>,
+    "avx512",
+    &kernels_impl::Gemm<V>,
+    &GemmBf16,
+    &NoBf16Tiles,
+    &kernels_impl::GemmI8Generic<V>,
+    &NoI8Tiles,
+    &kernels_impl::Wkv7Step<V>,
 };
 
 }  // namespace statestream::engine

@@ -82,6 +82,7 @@ extern const Kernels kKernelsScalar = {
     &kernels_impl::GemmBf16Terms<V>,
     &NoBf16Tiles,
     &kernels_impl::GemmI8Generic<V>,
+    &NoI8Tiles,
     &kernels_impl::Wkv7Step<V>,
 };
 

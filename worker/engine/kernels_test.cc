@@ -142,13 +142,15 @@ struct I8Rows {
   std::vector<uint8_t> q;
   std::vector<float> scale;
 };
-I8Rows Quantize(const float* x, int ldx, int rows, int in) {
+// Row-major, or in AMX tile order for a build whose gemm_i8_tiles(rows).
+I8Rows Quantize(const float* x, int ldx, int rows, int in, bool tiles = false) {
   I8Rows r;
   r.ldq = (in + 63) & ~63;
   // Junk in the padding, and rows to a multiple of 16, as kernels.h allows.
   r.q.assign(static_cast<size_t>((rows + 15) & ~15) * r.ldq, 0xA5);
   r.scale.resize(rows);
-  QuantizeRows(x, ldx, rows, in, r.q.data(), r.ldq, r.scale.data());
+  QuantizeRowRange(x, ldx, 0, rows, in, r.q.data(), r.ldq, r.scale.data(),
+                   tiles);
   return r;
 }
 
@@ -447,6 +449,44 @@ TEST(KernelsTest, SplitBf16TermsWritesOnlyTheCopyAskedFor) {
   }
 }
 
+// Tile order holds every row's bytes where row-major order has them
+// (I8TileIndex), whether the rows are quantized at once or in blocks (as
+// MatMuls' threads do); the builds without AMX never use it.
+TEST(KernelsTest, QuantizeRowRangeInTileOrderHoldsTheSameBytes) {
+  for (int in : {1, 63, 64, 65, 768}) {
+    const int rows = 37, ldx = in + 3;
+    auto x = Random(static_cast<size_t>(rows) * ldx, in + 7);
+    std::fill_n(x.begin() + 5 * ldx, in, 0.0f);  // a row of zeros
+    const I8Rows flat = Quantize(x.data(), ldx, rows, in, false);
+    const I8Rows tiled = Quantize(x.data(), ldx, rows, in, true);
+    EXPECT_EQ(flat.scale, tiled.scale) << in;
+    I8Rows blocks = tiled;
+    std::fill(blocks.q.begin(), blocks.q.end(), 0xA5);
+    for (int b = 0; b < rows; b += 5) {
+      QuantizeRowRange(x.data(), ldx, b, std::min(rows, b + 5), in,
+                       blocks.q.data(), blocks.ldq, blocks.scale.data(), true);
+    }
+    EXPECT_EQ(tiled.q, blocks.q) << in;
+    for (int t = 0; t < rows; ++t) {
+      for (int i = 0; i < in; ++i) {
+        ASSERT_EQ(flat.q[static_cast<size_t>(t) * flat.ldq + i],
+                  tiled.q[I8TileIndex(t, i, tiled.ldq)])
+            << in << " " << t << " " << i;
+      }
+    }
+  }
+  for (const char* name : {"scalar", "avx2", "avx512", "avx512vnni"}) {
+    const Kernels* k = GetKernelsByName(name);
+    if (k != nullptr) {
+      EXPECT_FALSE(k->gemm_i8_tiles(32)) << name;
+    }
+  }
+  if (const Kernels* k = GetKernelsByName("avx512amx")) {
+    EXPECT_FALSE(k->gemm_i8_tiles(15));
+    EXPECT_TRUE(k->gemm_i8_tiles(16));
+  }
+}
+
 // The definition: the exact integer dot product, then two multiplications.
 TEST(KernelsTest, GemmI8IsExactIntegerProductInEveryBuild) {
   for (int in : {1, 15, 16, 17, 63, 64, 65, 100, 768}) {
@@ -470,13 +510,15 @@ TEST(KernelsTest, GemmI8IsExactIntegerProductInEveryBuild) {
         const Kernels* k = GetKernelsByName(name);
         if (k == nullptr) continue;
         std::vector<float> y(ref.size(), -1.0f);
+        const I8Rows q =
+            Quantize(x.data(), in, rows, in, k->gemm_i8_tiles(rows));
         // Split at a group boundary, as MatMul's tiles are.
         k->gemm_i8(w.packed.data(), w.scale.data(), w.sum.data(), in,
-                   xq.q.data(), xq.scale.data(), xq.ldq, rows, y.data(), out, 0,
+                   q.q.data(), q.scale.data(), q.ldq, rows, y.data(), out, 0,
                    16);
         k->gemm_i8(w.packed.data(), w.scale.data(), w.sum.data(), in,
-                   xq.q.data(), xq.scale.data(), xq.ldq, rows, y.data(), out,
-                   16, out);
+                   q.q.data(), q.scale.data(), q.ldq, rows, y.data(), out, 16,
+                   out);
         EXPECT_EQ(0, std::memcmp(y.data(), ref.data(), y.size() * 4))
             << name << " in=" << in << " rows=" << rows;
       }
@@ -515,7 +557,7 @@ TEST_P(GemmRowTest, RowIsIndependentOfBatchAndSplit) {
           k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.xb.data(), rows, y,
                        ldy, ob, oe);
         } else if (type[0] == 'i') {
-          const I8Rows q = Quantize(xs, ldx, rows, in);
+          const I8Rows q = Quantize(xs, ldx, rows, in, k->gemm_i8_tiles(rows));
           k->gemm_i8(wi.packed.data(), wi.scale.data(), wi.sum.data(), in,
                      q.q.data(), q.scale.data(), q.ldq, rows, y, ldy, ob, oe);
         } else {

@@ -82,10 +82,17 @@ constexpr float kRound = 12582912.0f;
 // max |x| as bits, fills *scale and returns false (q filled with the zero
 // point) for rows of zeros, NaN or infinity. For non-negative floats integer
 // order is float order, and NaN/infinity sort above every finite value.
-bool RowScale(uint32_t amax_bits, int n, uint8_t* q, float* scale, float* inv) {
+// A row's bytes go in chunks of 64, `cs` bytes apart (64: one contiguous
+// row; 1024: AMX tile order, I8TileIndex).
+inline int64_t At(int i, int cs) { return int64_t{i / 64} * cs + i % 64; }
+
+bool RowScale(uint32_t amax_bits, int n, uint8_t* q, int cs, float* scale,
+              float* inv) {
   if (amax_bits == 0 || amax_bits >= 0x7f800000u) {
     *scale = amax_bits == 0 ? 0.0f : std::numeric_limits<float>::quiet_NaN();
-    std::fill(q, q + n, uint8_t{128});
+    for (int i = 0; i < n; i += 64) {
+      std::fill_n(q + At(i, cs), n - i < 64 ? n - i : 64, uint8_t{128});
+    }
     return false;
   }
   float amax;
@@ -98,7 +105,7 @@ bool RowScale(uint32_t amax_bits, int n, uint8_t* q, float* scale, float* inv) {
 // Compiled for the widest vectors the CPU has: integer max and per-element
 // IEEE operations, so every clone gives the same bytes.
 __attribute__((target_clones("avx2", "default"))) void QuantizeRowPortable(
-    const float* x, int n, uint8_t* q, float* scale) {
+    const float* x, int n, uint8_t* q, int cs, float* scale) {
   uint32_t amax_bits = 0;  // an integer max vectorises; a float one does not
   for (int i = 0; i < n; ++i) {
     uint32_t b;
@@ -107,13 +114,17 @@ __attribute__((target_clones("avx2", "default"))) void QuantizeRowPortable(
     amax_bits = b > amax_bits ? b : amax_bits;
   }
   float inv;
-  if (!RowScale(amax_bits, n, q, scale, &inv)) return;
+  if (!RowScale(amax_bits, n, q, cs, scale, &inv)) return;
   // |x| <= amax, so |x * inv| < 127.5 and the rounded value is already in
   // [-127, 127]; the clamps only guard it.
-  for (int i = 0; i < n; ++i) {
-    float v = (x[i] * inv + kRound) - kRound;
-    v = std::min(std::max(v, -127.0f), 127.0f);
-    q[i] = static_cast<uint8_t>(static_cast<int32_t>(v) + 128);
+  for (int c = 0; c < n; c += 64) {
+    uint8_t* qc = q + At(c, cs);
+    const int e = n - c < 64 ? n - c : 64;
+    for (int i = 0; i < e; ++i) {
+      float v = (x[c + i] * inv + kRound) - kRound;
+      v = std::min(std::max(v, -127.0f), 127.0f);
+      qc[i] = static_cast<uint8_t>(static_cast<int32_t>(v) + 128);
+    }
   }
 }
 
@@ -134,7 +145,7 @@ __attribute__((target("avx512f"))) inline __m512i Quantize16(__m512 v,
 // The same operations in the same order, 16 lanes at a time (GCC's
 // vectorisation of the portable loop spends ~1 cycle a value on blends).
 __attribute__((target("avx512f,avx512bw"))) void QuantizeRowAvx512(
-    const float* x, int n, uint8_t* q, float* scale) {
+    const float* x, int n, uint8_t* q, int cs, float* scale) {
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
   __m512i m = _mm512_setzero_si512();
   int i = 0;
@@ -148,16 +159,17 @@ __attribute__((target("avx512f,avx512bw"))) void QuantizeRowAvx512(
         m, _mm512_and_si512(_mm512_maskz_loadu_epi32(tail, x + i), abs_mask));
   }
   float inv;
-  if (!RowScale(_mm512_reduce_max_epu32(m), n, q, scale, &inv)) return;
+  if (!RowScale(_mm512_reduce_max_epu32(m), n, q, cs, scale, &inv)) return;
   const __m512 vinv = _mm512_set1_ps(inv);
-  for (i = 0; i + 16 <= n; i += 16) {
+  for (i = 0; i + 16 <= n; i += 16) {  // 16 never straddle a 64-byte chunk
     _mm_storeu_si128(
-        reinterpret_cast<__m128i*>(q + i),
+        reinterpret_cast<__m128i*>(q + At(i, cs)),
         _mm512_cvtepi32_epi8(Quantize16(_mm512_loadu_ps(x + i), vinv)));
   }
   if (i < n) {
     _mm512_mask_cvtepi32_storeu_epi8(
-        q + i, tail, Quantize16(_mm512_maskz_loadu_ps(tail, x + i), vinv));
+        q + At(i, cs), tail,
+        Quantize16(_mm512_maskz_loadu_ps(tail, x + i), vinv));
   }
 }
 
@@ -172,19 +184,26 @@ bool HasAvx512Bw() {
 
 }  // namespace
 
-void QuantizeRows(const float* x, int ldx, int rows, int n, uint8_t* xq,
-                  int ldq, float* scale) {
-  for (int t = 0; t < rows; ++t) {
+void QuantizeRowRange(const float* x, int ldx, int row_begin, int row_end,
+                      int n, uint8_t* xq, int ldq, float* scale, bool tiles) {
+  const int cs = tiles ? 1024 : 64;
+  for (int t = row_begin; t < row_end; ++t) {
     const float* xr = x + static_cast<int64_t>(t) * ldx;
-    uint8_t* q = xq + static_cast<int64_t>(t) * ldq;
+    uint8_t* q =
+        xq + (tiles ? I8TileIndex(t, 0, ldq) : static_cast<int64_t>(t) * ldq);
 #if defined(__x86_64__)
     if (HasAvx512Bw()) {
-      QuantizeRowAvx512(xr, n, q, scale + t);
+      QuantizeRowAvx512(xr, n, q, cs, scale + t);
       continue;
     }
 #endif
-    QuantizeRowPortable(xr, n, q, scale + t);
+    QuantizeRowPortable(xr, n, q, cs, scale + t);
   }
+}
+
+void QuantizeRows(const float* x, int ldx, int rows, int n, uint8_t* xq,
+                  int ldq, float* scale) {
+  QuantizeRowRange(x, ldx, 0, rows, n, xq, ldq, scale, false);
 }
 
 namespace {
@@ -391,10 +410,11 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
     const int e =
         static_cast<int>(static_cast<int64_t>(rows) * (i + 1) / blocks);
     if (m.i8 != nullptr) {
-      QuantizeRows(
-          job.x + static_cast<int64_t>(b) * job.ldx, job.ldx, e - b, m.cols,
-          s.xq.data() + s.q[j].offset + static_cast<int64_t>(b) * s.q[j].ldq,
-          s.q[j].ldq, s.scale.data() + static_cast<size_t>(j) * rows + b);
+      // In the layout the product reads (Kernels::gemm_i8_tiles).
+      QuantizeRowRange(job.x, job.ldx, b, e, m.cols,
+                       s.xq.data() + s.q[j].offset, s.q[j].ldq,
+                       s.scale.data() + static_cast<size_t>(j) * rows,
+                       k.gemm_i8_tiles(rows));
     } else if (m.bf16 != nullptr) {
       // Only the copy the product reads (Kernels::gemm_bf16_tiles).
       const bool tiles = k.gemm_bf16_tiles(rows, m.cols);

@@ -45,6 +45,12 @@ inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
 // are NaN as in fp32.
 void QuantizeRows(const float* x, int ldx, int rows, int n, uint8_t* xq,
                   int ldq, float* scale);
+// The same for rows [row_begin, row_end) of a product (x, xq and scale
+// point at its row 0), so blocks of rows may be quantized by different
+// threads; with `tiles`, into AMX tile order (I8TileIndex, for a product
+// where Kernels::gemm_i8_tiles).
+void QuantizeRowRange(const float* x, int ldx, int row_begin, int row_end,
+                      int n, uint8_t* xq, int ldq, float* scale, bool tiles);
 
 // y[t][o] = sum_i m[o][i] * x[t][i] for t < rows, all outputs, split over the
 // pool by output tiles (never by reduction, so the result does not depend on
