@@ -163,12 +163,12 @@ void GemmBf16Amx(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
       // A step is one tile of each band (xb's tile order: 32 inputs of 16
       // term rows, 1 KiB contiguous) and one panel tile.
       const uint16_t* a0 = xb + Bf16TileIndex(m0, 0, in);
-      Tiles2x2<true>(reinterpret_cast<const char*>(a0),
-                     reinterpret_cast<const char*>(a0 + int64_t{16} * in), 64,
-                     1024, reinterpret_cast<const char*>(b0),
-                     reinterpret_cast<const char*>(b1), blocks, two_tiles,
-                     two_panels, reinterpret_cast<char*>(sums),
-                     m0 == 0 ? fetch_end : nullptr);
+      Tiles2x2<true>(
+          reinterpret_cast<const char*>(a0),
+          reinterpret_cast<const char*>(xb + Bf16TileIndex(m0 + 16, 0, in)), 64,
+          1024, reinterpret_cast<const char*>(b0),
+          reinterpret_cast<const char*>(b1), blocks, two_tiles, two_panels,
+          reinterpret_cast<char*>(sums), m0 == 0 ? fetch_end : nullptr);
       // y = c(hi) + c(lo): a row's two terms are adjacent rows of a tile.
       for (int q = 0; q < 4; ++q) {
         const int g = o0 + (q & 1) * kPanelOut;
@@ -223,12 +223,12 @@ void GemmI8Amx(const int8_t* w, const float* wscale, const int32_t* wsum,
       // xq in tile order (I8TileIndex): a step is the next contiguous tile
       // of each band of 16 rows.
       const uint8_t* a0 = xq + I8TileIndex(r0, 0, ldq);
-      Tiles2x2<false>(reinterpret_cast<const char*>(a0),
-                      reinterpret_cast<const char*>(a0 + int64_t{16} * ldq), 64,
-                      1024, reinterpret_cast<const char*>(b0),
-                      reinterpret_cast<const char*>(b1), chunks, two_blocks,
-                      two_groups, reinterpret_cast<char*>(sums),
-                      r0 == 0 ? fetch_end : nullptr);
+      Tiles2x2<false>(
+          reinterpret_cast<const char*>(a0),
+          reinterpret_cast<const char*>(xq + I8TileIndex(r0 + 16, 0, ldq)), 64,
+          1024, reinterpret_cast<const char*>(b0),
+          reinterpret_cast<const char*>(b1), chunks, two_blocks, two_groups,
+          reinterpret_cast<char*>(sums), r0 == 0 ? fetch_end : nullptr);
       for (int q = 0; q < 4; ++q) {
         const int g = g0 + (q & 1) * kI8TileOut;
         const int r = r0 + (q >> 1) * 16;

@@ -391,17 +391,17 @@ TEST(KernelsTest, Bf16ProductFlushesDenormalsAndKeepsSixteenBits) {
 }
 
 // A product reads one copy of the terms (gemm_bf16_tiles); splitting only
-// that copy writes the same values, and leaves the other untouched.
+// that copy writes the same values.
 TEST(KernelsTest, SplitBf16TermsWritesOnlyTheCopyAskedFor) {
   for (int in : {1, 31, 32, 33, 768}) {
-    const int rows = 3, ldx = in + 5;
+    const int rows = 37, ldx = in + 5;  // three bands of 16 term rows
     auto x = Random(static_cast<size_t>(rows) * ldx, in);
     x[0] = std::numeric_limits<float>::quiet_NaN();
     x[1 % in] = std::numeric_limits<float>::infinity();
     x[ldx] = std::ldexp(1.0f, -130);  // denormal
     const int64_t n = Bf16TermsSize(rows, in);
-    std::vector<float> xs(n, 7.0f), xs_only(n, 7.0f), untouched_xs(n, 7.0f);
-    std::vector<uint16_t> xb(n, 7), xb_only(n, 7), untouched_xb(n, 7);
+    std::vector<float> xs(n, 7.0f), xs_only(n, 7.0f);
+    std::vector<uint16_t> xb(n, 7), xb_only(n, 7);
     SplitBf16Terms(x.data(), ldx, 0, rows, in, xs.data(), xb.data());
     SplitBf16Terms(x.data(), ldx, 0, rows, in, xs_only.data(), nullptr);
     SplitBf16Terms(x.data(), ldx, 0, rows, in, nullptr, xb_only.data());
@@ -467,12 +467,18 @@ TEST(KernelsTest, QuantizeRowRangeInTileOrderHoldsTheSameBytes) {
                        blocks.q.data(), blocks.ldq, blocks.scale.data(), true);
     }
     EXPECT_EQ(tiled.q, blocks.q) << in;
+    std::vector<bool> slot(tiled.q.size(), false);
     for (int t = 0; t < rows; ++t) {
       for (int i = 0; i < in; ++i) {
+        slot[I8TileIndex(t, i, tiled.ldq)] = true;
         ASSERT_EQ(flat.q[static_cast<size_t>(t) * flat.ldq + i],
                   tiled.q[I8TileIndex(t, i, tiled.ldq)])
             << in << " " << t << " " << i;
       }
+    }
+    // Nothing written outside the rows' own bytes.
+    for (size_t b = 0; b < slot.size(); ++b) {
+      if (!slot[b]) ASSERT_EQ(tiled.q[b], 0xA5) << in << " byte " << b;
     }
   }
   for (const char* name : {"scalar", "avx2", "avx512", "avx512vnni"}) {

@@ -39,10 +39,11 @@ void ReluSquare(float* x, int64_t n);
 inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
 
 // Quantizes each of `rows` rows of x (length n, stride ldx) for
-// Kernels::gemm_i8: scale[t] = max_i |x[t][i]| / 127, q = round(x / scale)
-// in [-127, 127], stored as q + 128 in xq (stride ldq >= n). A row of zeros
-// gets scale 0; a row with a NaN or infinity gets scale NaN, so its outputs
-// are NaN as in fp32.
+// Kernels::gemm_i8, row-major (for a product on tiles, where
+// Kernels::gemm_i8_tiles, use QuantizeRowRange below): scale[t] = max_i
+// |x[t][i]| / 127, q = round(x / scale) in [-127, 127], stored as q + 128 in xq
+// (stride ldq >= n). A row of zeros gets scale 0; a row with a NaN or infinity
+// gets scale NaN, so its outputs are NaN as in fp32.
 void QuantizeRows(const float* x, int ldx, int rows, int n, uint8_t* xq,
                   int ldq, float* scale);
 // The same for rows [row_begin, row_end) of a product (x, xq and scale
