@@ -478,7 +478,9 @@ TEST(KernelsTest, QuantizeRowRangeInTileOrderHoldsTheSameBytes) {
     }
     // Nothing written outside the rows' own bytes.
     for (size_t b = 0; b < slot.size(); ++b) {
-      if (!slot[b]) ASSERT_EQ(tiled.q[b], 0xA5) << in << " byte " << b;
+      if (!slot[b]) {
+        ASSERT_EQ(tiled.q[b], 0xA5) << in << " byte " << b;
+      }
     }
   }
   for (const char* name : {"scalar", "avx2", "avx512", "avx512vnni"}) {
