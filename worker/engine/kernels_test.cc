@@ -537,10 +537,11 @@ TEST(KernelsTest, GemmI8IsExactIntegerProductInEveryBuild) {
 // A row's result must not depend on how many rows share the call, where it
 // sits among them, or how the outputs are split: the blocked paths (row
 // blocks and their remainders, panel groups and single panels, the row
-// chunks of wide inputs, int8's AMX tiles from 16 rows up) must all equal
-// the one-row product bit for bit. in = 100, 300: short and long rows;
-// 7001: rows too wide for more than one 8-row block per chunk, and an odd
-// input count.
+// chunks of wide inputs, int8's AMX tiles from 16 rows up, bf16's from 2
+// rows of whole 32-input blocks) must all equal the one-row product bit for
+// bit. in = 100, 300: short and long rows; 256: whole blocks, so bf16 runs
+// on AMX tiles too; 7001: rows too wide for more than one 8-row block per
+// chunk, and an odd input count.
 class GemmRowTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(GemmRowTest, RowIsIndependentOfBatchAndSplit) {
@@ -598,7 +599,7 @@ TEST_P(GemmRowTest, RowIsIndependentOfBatchAndSplit) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Widths, GemmRowTest,
-                         ::testing::Values(100, 300, 7001));
+                         ::testing::Values(100, 256, 300, 7001));
 
 // MatMuls runs several products (int8, fp32 and bf16 matrices of different
 // shapes; rows on both sides of the AMX and pool-quantization thresholds;
