@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <memory>
 #include <vector>
 
@@ -95,46 +94,6 @@ class Rwkv7 final : public Model {
   void ChannelMix(int l, absl::Span<const SequenceWork> batch,
                   const std::vector<Segment>& segs, int rows, Scratch& s);
   int C() const { return info().config.n_embd; }
-  // The row token shift mixes row t of `cur` (a [rows][C] buffer) with: the
-  // previous row of the same sequence, or for a segment's first row the
-  // shift state `state_shift` picks from that sequence's state.
-  template <typename ShiftOf>
-  const float* Prev(absl::Span<const SequenceWork> batch,
-                    const std::vector<Segment>& segs, const Scratch& s,
-                    const std::vector<float>& cur, int t,
-                    const ShiftOf& state_shift) const {
-    const Segment& g = segs[s.seg_of_row[t]];
-    return t == g.begin ? state_shift(batch[g.seq].state)
-                        : &cur[static_cast<size_t>(t - 1) * C()];
-  }
-  // A segment's new shift state is its last row of `cur`. A one-row
-  // segment (every segment of a decode batch) saves it from the row's own
-  // task, right after that task read the old one: over the pool, and while
-  // the state's lines are still in cache, where a copy on the caller after
-  // the layer kept the other core idle and read them again from memory.
-  // Longer segments save theirs after the layer (SaveLongShifts): their
-  // first row may run after their last. (With the embedding rows and the
-  // head's LayerNorm rows also over the pool: 0.1B int8, 32 sessions,
-  // +0.6-3.9 % in steps alternated in one process; one session equal.)
-  template <typename ShiftOf>
-  void SaveShift(absl::Span<const SequenceWork> batch,
-                 const std::vector<Segment>& segs, const Scratch& s, int t,
-                 const float* cur, const ShiftOf& state_shift) const {
-    const Segment& g = segs[s.seg_of_row[t]];
-    if (g.begin == t && g.end == t + 1) {
-      std::copy_n(cur, C(), state_shift(batch[g.seq].state));
-    }
-  }
-  template <typename ShiftOf>
-  void SaveLongShifts(absl::Span<const SequenceWork> batch,
-                      const std::vector<Segment>& segs, const Scratch& s,
-                      const ShiftOf& state_shift) const {
-    for (const Segment& g : segs) {
-      if (g.end - g.begin < 2) continue;
-      std::copy_n(&s.xa[static_cast<size_t>(g.end - 1) * C()], C(),
-                  state_shift(batch[g.seq].state));
-    }
-  }
   // Runs fn(t) for every row t < rows, over the pool when the chunk is big
   // enough to pay for the hand-off. Rows are independent, so results do not
   // change; with a trace hook set, rows run in order on the caller (the
@@ -195,20 +154,11 @@ void SumPerHead(int heads, int n, const Term& term, const Done& done) {
   }
 }
 
-// Token shift: mix = cur + (prev - cur) * param, where prev is the previous
-// row of the same sequence, or the state for a segment's first row.
-void ShiftMix(const float* cur, const float* prev, const float* param, int n,
-              float* out) {
-  for (int i = 0; i < n; ++i) out[i] = cur[i] + (prev[i] - cur[i]) * param[i];
-}
-
-// Per-row element-wise stages, compiled for the widest vectors the CPU has
-// (the engine's other code targets the baseline instruction set). Each
-// element's operations are the same in every clone: no reductions.
+// Per-row element-wise stages (SS_ROW_CLONES, rwkv_common.h).
 //
 // w = exp(-e^-0.5 * sigmoid(w0 + w)); a = sigmoid(a0 + a).
-__attribute__((target_clones("avx512f", "avx2", "default"))) void
-DecayAndRateRow(const float* w0, const float* a0, int n, float* w, float* a) {
+SS_ROW_CLONES void DecayAndRateRow(const float* w0, const float* a0, int n,
+                                   float* w, float* a) {
   // Two passes (GCC does not vectorise the nested form).
   for (int i = 0; i < n; ++i) w[i] = Sigmoid(w0[i] + w[i]);
   for (int i = 0; i < n; ++i) w[i] = Exp(-kExpMinusHalf * w[i]);
@@ -216,9 +166,8 @@ DecayAndRateRow(const float* w0, const float* a0, int n, float* w, float* a) {
 }
 
 // v += (v_first - v) * sigmoid(v0 + lora), lora = (xv @ v1) @ v2.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void
-ValueResidualRow(const float* v0, const float* lora, const float* v_first,
-                 int n, float* v) {
+SS_ROW_CLONES void ValueResidualRow(const float* v0, const float* lora,
+                                    const float* v_first, int n, float* v) {
   for (int i = 0; i < n; ++i) {
     const float gate = Sigmoid(v0[i] + lora[i]);
     v[i] = v[i] + (v_first[i] - v[i]) * gate;
@@ -226,10 +175,10 @@ ValueResidualRow(const float* v0, const float* lora, const float* v_first,
 }
 
 // k = k * (1 + (a - 1) * k_a), and the recurrence's -kk and kk * a.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void KeyRow(
-    const float* __restrict kk, const float* __restrict a,
-    const float* __restrict k_a, int n, float* __restrict k,
-    float* __restrict neg_kk, float* __restrict kka) {
+SS_ROW_CLONES void KeyRow(const float* __restrict kk, const float* __restrict a,
+                          const float* __restrict k_a, int n,
+                          float* __restrict k, float* __restrict neg_kk,
+                          float* __restrict kka) {
   for (int i = 0; i < n; ++i) {
     k[i] = k[i] * (1.0f + (a[i] - 1.0f) * k_a[i]);
     neg_kk[i] = -kk[i];
@@ -249,19 +198,25 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
     LayerNorm(&s.x[t * C], C, L.ln1_w.data(), L.ln1_b.data(), kLayerNormEps,
               &s.xa[t * C]);
   });
+  // Token shift (rwkv_common.h): one-row segments save their new shift in
+  // the row's own task, longer ones after the layer (SaveLongShifts).
+  const rwkv::ChunkRows cr{batch, segs, s.seg_of_row};
+  auto att_shift = [&](float* state) { return layout_.AttShift(state, l); };
   ForRows(rows, [&](int t) {
     const float* cur = &s.xa[t * C];
-    const float* prev = Prev(batch, segs, s, s.xa, t, [&](float* state) {
-      return layout_.AttShift(state, l);
-    });
-    ShiftMix(cur, prev, L.x_r.data(), C, &s.xr[t * C]);
-    ShiftMix(cur, prev, L.x_w.data(), C, &s.xw[t * C]);
-    ShiftMix(cur, prev, L.x_k.data(), C, &s.xk[t * C]);
-    ShiftMix(cur, prev, L.x_v.data(), C, &s.xv[t * C]);
-    ShiftMix(cur, prev, L.x_a.data(), C, &s.xaa[t * C]);
-    ShiftMix(cur, prev, L.x_g.data(), C, &s.xg[t * C]);
-    SaveShift(batch, segs, s, t, cur,
-              [&](float* state) { return layout_.AttShift(state, l); });
+    const float* prev = rwkv::Prev(cr, s.xa.data(), C, t, att_shift);
+    const auto mix = [&](const std::vector<float>& mu,
+                         std::vector<float>& out) {
+      rwkv::Mix(rwkv::MixStyle::kPrevious, cur, prev, mu.data(), C,
+                &out[t * C]);
+    };
+    mix(L.x_r, s.xr);
+    mix(L.x_w, s.xw);
+    mix(L.x_k, s.xk);
+    mix(L.x_v, s.xv);
+    mix(L.x_a, s.xaa);
+    mix(L.x_g, s.xg);
+    rwkv::SaveOneRowShift(cr, s.xa.data(), C, t, att_shift);
   });
   Trace(l, "ln1_out", s.xa, C);
   // Projections, and the first factor of each LoRA:
@@ -394,8 +349,7 @@ void Rwkv7::TimeMix(int l, absl::Span<const SequenceWork> batch,
   MatMul(k_, pool_, L.output, s.y.data(), C, rows, s.tmp.data(), C, &stream_);
   Trace(l, "att_out", s.tmp, C);
   // The residual (x += att_out) is ChannelMix's first step.
-  SaveLongShifts(batch, segs, s,
-                 [&](float* state) { return layout_.AttShift(state, l); });
+  rwkv::SaveLongShifts(cr, s.xa.data(), C, att_shift);
 }
 
 void Rwkv7::ChannelMix(int l, absl::Span<const SequenceWork> batch,
@@ -404,18 +358,17 @@ void Rwkv7::ChannelMix(int l, absl::Span<const SequenceWork> batch,
   const int C = this->C(), F = info().config.dim_ffn;
   ForRows(rows, [&](int t) {
     float* x = &s.x[t * C];
-    const float* att = &s.tmp[t * C];
-    for (int i = 0; i < C; ++i) x[i] += att[i];
+    rwkv::AddRow(&s.tmp[t * C], C, x);
     LayerNorm(x, C, L.ln2_w.data(), L.ln2_b.data(), kLayerNormEps,
               &s.xa[t * C]);
   });
+  const rwkv::ChunkRows cr{batch, segs, s.seg_of_row};
+  auto ffn_shift = [&](float* state) { return layout_.FfnShift(state, l); };
   ForRows(rows, [&](int t) {
-    const float* prev = Prev(batch, segs, s, s.xa, t, [&](float* state) {
-      return layout_.FfnShift(state, l);
-    });
-    ShiftMix(&s.xa[t * C], prev, L.ffn_x_k.data(), C, &s.xk[t * C]);
-    SaveShift(batch, segs, s, t, &s.xa[t * C],
-              [&](float* state) { return layout_.FfnShift(state, l); });
+    const float* prev = rwkv::Prev(cr, s.xa.data(), C, t, ffn_shift);
+    rwkv::Mix(rwkv::MixStyle::kPrevious, &s.xa[t * C], prev, L.ffn_x_k.data(),
+              C, &s.xk[t * C]);
+    rwkv::SaveOneRowShift(cr, s.xa.data(), C, t, ffn_shift);
   });
   Trace(l, "ln2_out", s.xa, C);
   MatMul(k_, pool_, L.ffn_key, s.xk.data(), C, rows, s.ffn.data(), F, &stream_);
@@ -424,24 +377,17 @@ void Rwkv7::ChannelMix(int l, absl::Span<const SequenceWork> batch,
   MatMul(k_, pool_, L.ffn_value, s.ffn.data(), F, rows, s.tmp.data(), C,
          &stream_);
   Trace(l, "ffn_out", s.tmp, C);
-  ForRows(rows, [&](int t) {
-    for (int i = t * C; i < (t + 1) * C; ++i) s.x[i] += s.tmp[i];
-  });
+  ForRows(rows, [&](int t) { rwkv::AddRow(&s.tmp[t * C], C, &s.x[t * C]); });
   Trace(l, "x_out", s.x, C);
-  SaveLongShifts(batch, segs, s,
-                 [&](float* state) { return layout_.FfnShift(state, l); });
+  rwkv::SaveLongShifts(cr, s.xa.data(), C, ffn_shift);
 }
 
 void Rwkv7::RunChunk(absl::Span<const SequenceWork> batch,
                      const std::vector<Segment>& segs, const int32_t* tokens,
                      int rows, Scratch& s) {
   const ModelConfig& c = info().config;
-  const int C = c.n_embd, V = c.vocab_size;
-  s.seg_of_row.resize(rows);
-  for (size_t i = 0; i < segs.size(); ++i) {
-    std::fill(s.seg_of_row.begin() + segs[i].begin,
-              s.seg_of_row.begin() + segs[i].end, static_cast<int>(i));
-  }
+  const int C = c.n_embd;
+  rwkv::IndexRows(segs, rows, &s.seg_of_row);
   ForRows(rows, [&](int t) {
     float* x = &s.x[t * C];
     emb_.ReadRow(tokens[t], x);
@@ -452,30 +398,9 @@ void Rwkv7::RunChunk(absl::Span<const SequenceWork> batch,
     TimeMix(l, batch, segs, rows, s);
     ChannelMix(l, batch, segs, rows, s);
   }
-  for (const Segment& g : segs) {
-    const SequenceWork& w = batch[g.seq];
-    if (w.last_hidden != nullptr && g.token_begin + (g.end - g.begin) ==
-                                        static_cast<int>(w.tokens.size())) {
-      std::copy_n(&s.x[(g.end - 1) * C], C, w.last_hidden);
-    }
-  }
-  // Logits only for the rows asked for: one row per requested position
-  // (positions may repeat), `from` its row of the chunk, `dest` where its
-  // logits go.
-  std::vector<int> from;
-  std::vector<float*> dest;
-  for (const Segment& g : segs) {
-    const SequenceWork& w = batch[g.seq];
-    for (size_t j = 0; j < w.logit_positions.size(); ++j) {
-      const int p = w.logit_positions[j];
-      if (p < g.token_begin || p >= g.token_begin + (g.end - g.begin)) continue;
-      from.push_back(g.begin + (p - g.token_begin));
-      dest.push_back(w.logits + static_cast<int64_t>(j) * V);
-    }
-  }
-  rwkv::HeadLogits(k_, pool_, &stream_, head_, ln_out_w_.data(),
-                   ln_out_b_.data(), s.x.data(), C, from, dest,
-                   static_cast<bool>(trace_), s.normed, s.logits);
+  rwkv::ChunkOutputs(k_, pool_, &stream_, head_, ln_out_w_.data(),
+                     ln_out_b_.data(), {batch, segs, s.seg_of_row}, s.x.data(),
+                     C, static_cast<bool>(trace_), s.normed, s.logits);
 }
 
 absl::Status Rwkv7::Logits(const float* hidden, int rows, float* logits) {

@@ -22,12 +22,38 @@ float* Workspace::Get(int id, size_t floats_per_row) {
   return b.data();
 }
 
-void HeadLogits(const Kernels& k, ThreadPool& pool, WeightStream* stream,
-                const Matrix& head, const float* ln_w, const float* ln_b,
-                const float* x, int C, absl::Span<const int> from,
-                absl::Span<float* const> dest, bool serial,
-                std::vector<float>& normed, std::vector<float>& logits) {
-  const int n = static_cast<int>(from.size()), V = head.rows;
+void IndexRows(const std::vector<Segment>& segs, int rows,
+               std::vector<int>* seg_of_row) {
+  seg_of_row->resize(rows);
+  for (size_t i = 0; i < segs.size(); ++i) {
+    std::fill(seg_of_row->begin() + segs[i].begin,
+              seg_of_row->begin() + segs[i].end, static_cast<int>(i));
+  }
+}
+
+void ChunkOutputs(const Kernels& k, ThreadPool& pool, WeightStream* stream,
+                  const Matrix& head, const float* ln_w, const float* ln_b,
+                  const ChunkRows& c, const float* x, int C, bool serial,
+                  std::vector<float>& normed, std::vector<float>& logits) {
+  const int V = head.rows;
+  // `from` the chunk's row of each requested position, `dest` its logits.
+  std::vector<int> from;
+  std::vector<float*> dest;
+  for (const Segment& g : c.segs) {
+    const SequenceWork& w = c.batch[g.seq];
+    const int token_end = g.token_begin + (g.end - g.begin);
+    if (w.last_hidden != nullptr &&
+        token_end == static_cast<int>(w.tokens.size())) {
+      std::copy_n(x + static_cast<int64_t>(g.end - 1) * C, C, w.last_hidden);
+    }
+    for (size_t j = 0; j < w.logit_positions.size(); ++j) {
+      const int p = w.logit_positions[j];
+      if (p < g.token_begin || p >= token_end) continue;
+      from.push_back(g.begin + (p - g.token_begin));
+      dest.push_back(w.logits + static_cast<int64_t>(j) * V);
+    }
+  }
+  const int n = static_cast<int>(from.size());
   if (n == 0) return;
   normed.resize(static_cast<size_t>(n) * C);
   ForRows(pool, n, serial, [&](int i) {
@@ -206,12 +232,8 @@ void ChunkedModel::RunChunk(absl::Span<const SequenceWork> batch,
                             const std::vector<Segment>& segs,
                             const int32_t* tokens, int rows, Workspace& ws) {
   const ModelConfig& cfg = info().config;
-  const int C = cfg.n_embd, V = cfg.vocab_size;
-  ws.seg_of_row.resize(rows);
-  for (size_t i = 0; i < segs.size(); ++i) {
-    std::fill(ws.seg_of_row.begin() + segs[i].begin,
-              ws.seg_of_row.begin() + segs[i].end, static_cast<int>(i));
-  }
+  const int C = cfg.n_embd;
+  IndexRows(segs, rows, &ws.seg_of_row);
   float* x = ws.Get(0, C);
   ForRows(rows, [&](int t) {
     float* xt = x + static_cast<int64_t>(t) * C;
@@ -219,30 +241,10 @@ void ChunkedModel::RunChunk(absl::Span<const SequenceWork> batch,
     LayerNorm(xt, C, ln0_w_.data(), ln0_b_.data(), kLayerNormEps, xt);
   });
   Trace(-1, "x_after_ln0", x, C);
-  const Chunk chunk{batch, segs, ws.seg_of_row, rows, x, ws};
+  const Chunk chunk{{batch, segs, ws.seg_of_row}, rows, x, ws};
   for (int l = 0; l < cfg.n_layer; ++l) Block(l, chunk);
-  for (const Segment& g : segs) {
-    const SequenceWork& w = batch[g.seq];
-    if (w.last_hidden != nullptr && g.token_begin + (g.end - g.begin) ==
-                                        static_cast<int>(w.tokens.size())) {
-      std::copy_n(x + static_cast<int64_t>(g.end - 1) * C, C, w.last_hidden);
-    }
-  }
-  // Logits only for the rows asked for: one row per requested position
-  // (positions may repeat, so their count is not bounded by the rows).
-  std::vector<int> from;
-  std::vector<float*> dest;
-  for (const Segment& g : segs) {
-    const SequenceWork& w = batch[g.seq];
-    for (size_t j = 0; j < w.logit_positions.size(); ++j) {
-      const int p = w.logit_positions[j];
-      if (p < g.token_begin || p >= g.token_begin + (g.end - g.begin)) continue;
-      from.push_back(g.begin + (p - g.token_begin));
-      dest.push_back(w.logits + static_cast<int64_t>(j) * V);
-    }
-  }
-  HeadLogits(k_, pool_, &stream_, head_, ln_out_w_.data(), ln_out_b_.data(), x,
-             C, from, dest, static_cast<bool>(trace_), ws.normed, ws.logits);
+  ChunkOutputs(k_, pool_, &stream_, head_, ln_out_w_.data(), ln_out_b_.data(),
+               chunk, x, C, static_cast<bool>(trace_), ws.normed, ws.logits);
 }
 
 absl::Status ChunkedModel::Logits(const float* hidden, int rows,

@@ -74,11 +74,18 @@ class Workspace {
   std::vector<std::vector<float>> bufs_;
 };
 
-// One chunk as a layer sees it.
-struct Chunk {
+// The sequences a chunk's rows belong to.
+struct ChunkRows {
   absl::Span<const SequenceWork> batch;
   const std::vector<Segment>& segs;
   const std::vector<int>& seg_of_row;  // index into segs of each row
+};
+// seg_of_row of `rows` rows cut into `segs`.
+void IndexRows(const std::vector<Segment>& segs, int rows,
+               std::vector<int>* seg_of_row);
+
+// One chunk as a layer sees it.
+struct Chunk : ChunkRows {
   int rows;
   float* x;  // [rows][C], the residual stream, updated in place
   Workspace& ws;
@@ -103,7 +110,7 @@ void ForRows(ThreadPool& pool, int rows, bool serial, const F& fn) {
 // Token shift of row t of `cur` ([rows][n]): the previous row of the same
 // sequence, or `shift(state)` for a segment's first row.
 template <typename ShiftOf>
-const float* Prev(const Chunk& c, const float* cur, int n, int t,
+const float* Prev(const ChunkRows& c, const float* cur, int n, int t,
                   const ShiftOf& shift) {
   const Segment& g = c.segs[c.seg_of_row[t]];
   return t == g.begin ? shift(c.batch[g.seq].state)
@@ -116,7 +123,7 @@ const float* Prev(const Chunk& c, const float* cur, int n, int t,
 // save theirs after the stage (SaveLongShifts): their first row may run
 // after their last.
 template <typename ShiftOf>
-void SaveOneRowShift(const Chunk& c, const float* cur, int n, int t,
+void SaveOneRowShift(const ChunkRows& c, const float* cur, int n, int t,
                      const ShiftOf& shift) {
   const Segment& g = c.segs[c.seg_of_row[t]];
   if (g.begin == t && g.end == t + 1) {
@@ -125,7 +132,7 @@ void SaveOneRowShift(const Chunk& c, const float* cur, int n, int t,
   }
 }
 template <typename ShiftOf>
-void SaveLongShifts(const Chunk& c, const float* cur, int n,
+void SaveLongShifts(const ChunkRows& c, const float* cur, int n,
                     const ShiftOf& shift) {
   for (const Segment& g : c.segs) {
     if (g.end - g.begin < 2) continue;
@@ -134,17 +141,19 @@ void SaveLongShifts(const Chunk& c, const float* cur, int n,
   }
 }
 
-// Logits of the rows asked for: row from[i] of x ([rows][C]) through the
-// output LayerNorm and the head into dest[i] (V floats). Straight into the
-// caller's rows when they are evenly spaced (one logits row per sequence
-// in one buffer, as the scheduler and the benchmarks pass them: at 32
-// sessions a copy would move 8 MB a step); else through `logits`.
-// `normed` and `logits` are scratch.
-void HeadLogits(const Kernels& k, ThreadPool& pool, WeightStream* stream,
-                const Matrix& head, const float* ln_w, const float* ln_b,
-                const float* x, int C, absl::Span<const int> from,
-                absl::Span<float* const> dest, bool serial,
-                std::vector<float>& normed, std::vector<float>& logits);
+// A chunk's outputs, from its final residual rows x ([rows][C]): each
+// sequence's last hidden row where asked for (SequenceWork::last_hidden)
+// and the chunk holds its last token, and the logits of the rows asked for
+// (one per requested position; positions may repeat), through the output
+// LayerNorm and the head. Straight into the caller's rows when they are
+// evenly spaced (one logits row per sequence in one buffer, as the
+// scheduler and the benchmarks pass them: at 32 sessions a copy would move
+// 8 MB a step); else through `logits`. `normed` and `logits` are scratch;
+// LayerNorm rows over the pool unless `serial`.
+void ChunkOutputs(const Kernels& k, ThreadPool& pool, WeightStream* stream,
+                  const Matrix& head, const float* ln_w, const float* ln_b,
+                  const ChunkRows& c, const float* x, int C, bool serial,
+                  std::vector<float>& normed, std::vector<float>& logits);
 
 // Token-shift mixes. kCurrent (v4, x052): out = cur*mu + prev*(1 - mu), the
 // parameter weights the current token. kPrevious (x060, x070):
