@@ -528,7 +528,7 @@ void LogitsRowsAnywhereGetTheSameLogits(const char* file) {
 // nothing outside the rows is touched.
 TEST(ModelTest, LogitsRowsAnywhereGetTheSameLogits) {
   SS_REQUIRE_SHARED_DATA();
-  // RWKV-7 and the chunked architectures share HeadLogits.
+  // RWKV-7 and the chunked architectures share ChunkOutputs.
   for (const char* file : {"testdata/rwkv7-tiny.pth", "testdata/rwkv6-tiny.pth",
                            "testdata/rwkv4-tiny.pth"}) {
     SCOPED_TRACE(file);
