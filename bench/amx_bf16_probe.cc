@@ -243,12 +243,13 @@ void MeasureProducts(int rows, int out, int in) {
   const statestream::engine::Kernels* avx512 =
       statestream::engine::GetKernelsByName("avx512");
   const double fma = Rate(rows, out, in, [&] {
-    avx512->gemm_bf16(packed.data(), in, terms.xs.data(), terms.xb.data(), rows,
-                      y.data(), out, 0, out);
+    avx512->gemm_bf16(packed.data(), in, terms.xs.data(), terms.bf16(*avx512),
+                      rows, y.data(), out, 0, out);
   });
   const double engine = Rate(rows, out, in, [&] {
-    GetKernels().gemm_bf16(packed.data(), in, terms.xs.data(), terms.xb.data(),
-                           rows, y.data(), out, 0, out);
+    GetKernels().gemm_bf16(packed.data(), in, terms.xs.data(),
+                           terms.bf16(GetKernels()), rows, y.data(), out, 0,
+                           out);
   });
   Split<3>(x, rows, in, &xs);
   const double t3 = Rate(rows, out, in, [&] {

@@ -38,8 +38,8 @@ ABSL_FLAG(int, batch, 1, "decode: sessions decoded together.");
 ABSL_FLAG(double, seconds, 3, "Minimum measuring time.");
 ABSL_FLAG(std::string, kernels, "",
           "Kernel build: empty = the best bit-identical one for this CPU, or "
-          "avx512amx, avx512vnni (int8 on AMX tiles / vpdpbusd; same "
-          "results), avx512, avx2, scalar.");
+          "avx512amx, avx512bf16, avx512vnni (AMX tiles / vdpbf16ps / "
+          "vpdpbusd; same results), avx512, avx2, scalar.");
 
 namespace statestream::cli {
 namespace {
@@ -154,7 +154,7 @@ double MeasureKernelPeak(const engine::Kernels& k,
             k.gemm_i8(wi.data(), scale.data(), wsum.data(), kIn, xq.data(),
                       xs.data(), kIn, kRows, y.data(), kOut, 0, kOut);
           } else if (precision == engine::WeightPrecision::kBF16) {
-            k.gemm_bf16(wb.data(), kIn, terms.xs.data(), terms.xb.data(), kRows,
+            k.gemm_bf16(wb.data(), kIn, terms.xs.data(), terms.bf16(k), kRows,
                         y.data(), kOut, 0, kOut);
           } else {
             k.gemm_f32(w.data(), kIn, x.data(), kIn, kRows, y.data(), kOut, 0,
@@ -356,7 +356,8 @@ const Command& BenchCommand() {
       "Measure engine throughput against the machine's memory bandwidth.",
       "engine --model PATH --mode decode|prefill [--batch B] [--tokens N]\n"
       "             [--dtype fp32|bf16|int8] [--threads T] [--seconds S]\n"
-      "             [--kernels avx512|avx512amx|avx512vnni|avx2|scalar]\n\n"
+      "             [--kernels avx512|avx512amx|avx512bf16|avx512vnni|avx2|\n"
+      "                        scalar]\n\n"
       "Prints one JSON line: tokens_per_s (aggregate over the batch), the\n"
       "median step time, the read bandwidth measured in the same run, the\n"
       "decode roofline (weights + states read per step over that bandwidth),\n"

@@ -24,7 +24,11 @@ void GemmBf16Amx(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
                  int rows, float* y, int ldy, int o_begin, int o_end);
 // GemmBf16Amx's choice: tiles from 2 rows when the inputs are a multiple of
 // 32, else the AVX-512 FMA kernel.
-bool Bf16AmxTiles(int rows, int in);
+Bf16Copy Bf16AmxCopy(int rows, int in);
+// kernels_avx512bf16.cc, and its choice (the same rule).
+void GemmBf16Dp(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
+                int rows, float* y, int ldy, int o_begin, int o_end);
+Bf16Copy Bf16DpCopy(int rows, int in);
 // GemmI8Amx's choice: tiles from 16 rows, else the VNNI kernel.
 bool I8AmxTiles(int rows);
 void GemmI8Amx(const int8_t* w, const float* wscale, const int32_t* wsum,
@@ -63,6 +67,9 @@ bool HasAmxBf16() {
   return HasAmxInt8() && __get_cpuid_count(7, 0, &a, &b, &c, &d) &&
          (d & (1u << 22)) != 0;
 }
+bool HasAvx512Bf16() {
+  return HasAvx512Vnni() && __builtin_cpu_supports("avx512bf16");
+}
 bool HasAvx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
@@ -74,11 +81,11 @@ bool HasAvx2() {
 // the same bits.
 __attribute__((target_clones("avx512f", "avx2", "default"))) void
 SplitBf16Terms(const float* x, int ldx, int row_begin, int row_end, int in,
-               float* xs, uint16_t* xb) {
+               Bf16Copy copy, float* xs, uint16_t* xb) {
   const int stride = Bf16TermsStride(in);
   for (int t = row_begin; t < row_end; ++t) {
     const float* __restrict row = x + static_cast<int64_t>(t) * ldx;
-    if (xs != nullptr) {
+    if (copy == Bf16Copy::kFp32) {
       float* __restrict hi = xs + static_cast<int64_t>(2 * t) * stride;
       float* __restrict lo = hi + stride;
       for (int i = 0; i < in; ++i) {
@@ -87,27 +94,43 @@ SplitBf16Terms(const float* x, int ldx, int row_begin, int row_end, int in,
         lo[i] = BF16ToF32(F32ToBF16(row[i] - hf));
       }
       for (int i = in; i < stride; ++i) hi[i] = lo[i] = 0.0f;
+      continue;
     }
-    if (xb != nullptr) {
-      // Both terms of row t sit in the same band, rows 2t % 16 and the
-      // next, 32 values (64 bytes) apart in every tile.
-      uint16_t* __restrict band = xb + Bf16TileIndex(2 * t, 0, in);
-      for (int b = 0; b < stride; b += 32) {
-        uint16_t* __restrict hib = band + int64_t{b} * 16;
-        uint16_t* __restrict lob = hib + 32;
-        const int n = in - b < 32 ? in - b : 32;
-        for (int i = 0; i < n; ++i) {
-          const uint16_t h = F32ToBF16(row[b + i]);
-          hib[i] = h;
-          lob[i] = F32ToBF16(row[b + i] - BF16ToF32(h));
+    // Both terms of row t sit in the same band, rows 2t % 16 and the
+    // next, 32 values (64 bytes) apart in every tile.
+    uint16_t* __restrict band = xb + Bf16TileIndex(2 * t, 0, in);
+    for (int b = 0; b < stride; b += 32) {
+      uint16_t h[32], l[32];
+      const int n = in - b < 32 ? in - b : 32;
+      for (int i = 0; i < n; ++i) {
+        h[i] = F32ToBF16(row[b + i]);
+        l[i] = F32ToBF16(row[b + i] - BF16ToF32(h[i]));
+      }
+      for (int i = n; i < 32; ++i) h[i] = l[i] = 0;
+      uint16_t* __restrict hib = band + int64_t{b} * 16;
+      uint16_t* __restrict lob = hib + 32;
+      if (copy == Bf16Copy::kTiles) {
+        for (int i = 0; i < 32; ++i) {
+          hib[i] = h[i];
+          lob[i] = l[i];
         }
-        for (int i = n; i < 32; ++i) hib[i] = lob[i] = 0;
+      } else {  // x2, x0, x3, x1 (Bf16PairIndex)
+        for (int i = 0; i < 32; i += 4) {
+          hib[i] = h[i + 2];
+          hib[i + 1] = h[i];
+          hib[i + 2] = h[i + 3];
+          hib[i + 3] = h[i + 1];
+          lob[i] = l[i + 2];
+          lob[i + 1] = l[i];
+          lob[i + 2] = l[i + 3];
+          lob[i + 3] = l[i + 1];
+        }
       }
     }
   }
 }
 
-bool NoBf16Tiles(int, int) { return false; }
+Bf16Copy Bf16Fp32Copy(int, int) { return Bf16Copy::kFp32; }
 bool NoI8Tiles(int) { return false; }
 
 uint32_t EnterFlushToZero() {
@@ -143,11 +166,24 @@ const Kernels* Avx512Vnni() {
   static const Kernels k = {"avx512+vnni",
                             kKernelsAvx512.gemm_f32,
                             kKernelsAvx512.gemm_bf16,
-                            kKernelsAvx512.gemm_bf16_tiles,
+                            kKernelsAvx512.gemm_bf16_copy,
                             &GemmI8Vnni,
                             &NoI8Tiles,
                             kKernelsAvx512.wkv7_step};
   return HasAvx512Vnni() ? &k : nullptr;
+}
+
+// The same with bf16 products of 2 rows or more on vdpbf16ps (the same
+// bits as the FMA builds).
+const Kernels* Avx512Bf16() {
+  static const Kernels k = {"avx512+bf16",
+                            kKernelsAvx512.gemm_f32,
+                            &GemmBf16Dp,
+                            &Bf16DpCopy,
+                            &GemmI8Vnni,
+                            &NoI8Tiles,
+                            kKernelsAvx512.wkv7_step};
+  return HasAvx512Bf16() ? &k : nullptr;
 }
 
 // The same with AMX for int8 products of 16 rows or more, and for bf16
@@ -157,7 +193,7 @@ const Kernels* Avx512Amx() {
       "avx512+amx",
       kKernelsAvx512.gemm_f32,
       HasAmxBf16() ? &GemmBf16Amx : kKernelsAvx512.gemm_bf16,
-      HasAmxBf16() ? &Bf16AmxTiles : kKernelsAvx512.gemm_bf16_tiles,
+      HasAmxBf16() ? &Bf16AmxCopy : kKernelsAvx512.gemm_bf16_copy,
       &GemmI8Amx,
       &I8AmxTiles,
       kKernelsAvx512.wkv7_step};
@@ -170,6 +206,10 @@ const Kernels* GetKernelsByName(const char* name) {
   }
   if (std::strcmp(name, "avx2") == 0) {
     return HasAvx2() ? &kKernelsAvx2 : nullptr;
+  }
+  if (std::strcmp(name, "avx512bf16") == 0 ||
+      std::strcmp(name, "avx512+bf16") == 0) {
+    return Avx512Bf16();
   }
   if (std::strcmp(name, "avx512vnni") == 0 ||
       std::strcmp(name, "avx512+vnni") == 0) {
@@ -186,6 +226,7 @@ const Kernels* GetKernelsByName(const char* name) {
 const Kernels& GetKernels() {
   static const Kernels* best = [] {
     if (const Kernels* amx = Avx512Amx()) return amx;
+    if (const Kernels* bf16 = Avx512Bf16()) return bf16;
     if (const Kernels* vnni = Avx512Vnni()) return vnni;
     if (HasAvx512()) return &kKernelsAvx512;
     if (HasAvx2()) return &kKernelsAvx2;

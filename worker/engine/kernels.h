@@ -72,34 +72,49 @@ void PackPanelRow(const uint16_t* row, int o, int in, uint16_t* dst);
 // bits; a NaN stays a NaN; magnitudes from 0x1.ff8p127 round to infinity,
 // as any bf16 rounding does). Row t of `x` (stride ldx, `in` values)
 // becomes term rows 2t (hi) and 2t+1 (lo), each Bf16TermsStride(in) values,
-// +0 past `in`, in one of two copies:
-// - `xs`, fp32 values for the FMA kernels: term row r at r * stride;
-// - `xb`, bf16 for AMX tiles, in tile order (Bf16TileIndex): bands of 16
-//   term rows, each band's blocks of 32 inputs one 16 x 32 tile (1 KiB,
-//   its rows 64 bytes apart), so a tile load reads one contiguous KiB (the
-//   row-major layout's strided loads ran AMX products 25-60 % slower).
-// The kernels take Bf16TermsSize(rows, in) elements of each: AMX reads whole
-// tiles, and the term rows past 2 * rows may hold anything (they only reach
-// sums that are never stored). The same function serves every build, so
-// every build splits alike. Rows [row_begin, row_end) of the product are
-// split (x, xs and xb point at its row 0), so blocks of rows may be split
-// by different threads. A null `xs` or `xb` skips that copy: a product
-// reads only one of them (Kernels::gemm_bf16_tiles), and writing both cost
-// a 512-token bf16 prefill about a tenth of its time.
+// +0 past `in`, in the one copy the product's kernel reads
+// (Kernels::gemm_bf16_copy):
+enum class Bf16Copy {
+  // `xs`, fp32 values for the FMA kernels: term row r at r * stride.
+  kFp32,
+  // `xb`, bf16 for AMX tiles, in tile order (Bf16TileIndex): bands of 16
+  // term rows, each band's blocks of 32 inputs one 16 x 32 tile (1 KiB,
+  // its rows 64 bytes apart), so a tile load reads one contiguous KiB (the
+  // row-major layout's strided loads ran AMX products 25-60 % slower).
+  kTiles,
+  // `xb` for vdpbf16ps: the same tiles with each 4 inputs' values in the
+  // order x2, x0, x3, x1 (Bf16PairIndex), so that (x0, x2) and (x1, x3) —
+  // two steps of the even chain and of the odd one — are each one 32-bit
+  // broadcast (kernels_avx512bf16.cc).
+  kPairedTiles,
+};
+// The kernels take Bf16TermsSize(rows, in) elements: AMX reads whole tiles,
+// and the term rows past 2 * rows may hold anything (they only reach sums
+// that are never stored). The same function serves every build, so every
+// build splits alike. Rows [row_begin, row_end) of the product are split
+// (x, xs and xb point at its row 0), so blocks of rows may be split by
+// different threads. Only the copy named is written (writing every copy
+// cost a 512-token bf16 prefill about a tenth of its time); its pointer
+// must not be null, the other may be.
 inline int Bf16TermsStride(int in) { return (in + 31) / 32 * 32; }
 inline int Bf16TermRows(int rows) { return (2 * rows + 31) / 32 * 32; }
 inline int64_t Bf16TermsSize(int rows, int in) {
   return int64_t{Bf16TermRows(rows)} * Bf16TermsStride(in);
 }
-// Where term row r's input i sits in xb.
+// Where term row r's input i sits in xb (kTiles).
 inline int64_t Bf16TileIndex(int r, int i, int in) {
   return int64_t{r / 16} * 16 * Bf16TermsStride(in) + int64_t{i / 32} * 512 +
          (r % 16) * 32 + i % 32;
 }
+// Where term row r's input i sits in xb (kPairedTiles).
+inline int64_t Bf16PairIndex(int r, int i, int in) {
+  constexpr int kSlot[4] = {1, 3, 0, 2};  // x0, x1, x2, x3
+  return Bf16TileIndex(r, i - i % 4 + kSlot[i % 4], in);
+}
 void SplitBf16Terms(const float* x, int ldx, int row_begin, int row_end, int in,
-                    float* xs, uint16_t* xb);
-// Kernels::gemm_bf16_tiles of the builds without AMX: never.
-bool NoBf16Tiles(int rows, int in);
+                    Bf16Copy copy, float* xs, uint16_t* xb);
+// Kernels::gemm_bf16_copy of the FMA builds: always kFp32.
+Bf16Copy Bf16Fp32Copy(int rows, int in);
 // int8 activations in AMX tile order: bands of 16 rows, each band's blocks
 // of 64 inputs one 16 x 64 tile (1 KiB contiguous). Where row t's input i
 // sits (ldq a multiple of 64).
@@ -115,7 +130,8 @@ uint32_t EnterFlushToZero();
 void RestoreMxcsr(uint32_t mxcsr);
 
 struct Kernels {
-  // "avx512", "avx512+amx", "avx512+vnni", "avx2" or "scalar".
+  // "avx512", "avx512+amx", "avx512+bf16", "avx512+vnni", "avx2" or
+  // "scalar".
   const char* name;
 
   // y[t*ldy + o] = sum_i w[o][i] * x[t*ldx + i] for t < rows and
@@ -129,8 +145,8 @@ struct Kernels {
   void (*gemm_f32)(const float* w, int in, const float* x, int ldx, int rows,
                    float* y, int ldy, int o_begin, int o_end);
   // bf16 (upper half of an fp32, widened exactly), with the activations
-  // given as their two bf16 terms (SplitBf16Terms: xs and xb) and the
-  // arithmetic of
+  // given as their two bf16 terms (SplitBf16Terms: xs, or xb in the order
+  // gemm_bf16_copy names) and the arithmetic of
   // AMX's TDPBF16PS, so that the AMX kernel and every FMA build give the
   // same bits (docs/engine-kernels.md "AMX-BF16"). Per output and term:
   //   c = +0; for each block of 32 inputs (16 pairs; the last may be
@@ -145,9 +161,10 @@ struct Kernels {
   void (*gemm_bf16)(const uint16_t* w, int in, const float* xs,
                     const uint16_t* xb, int rows, float* y, int ldy,
                     int o_begin, int o_end);
-  // Whether gemm_bf16 over `rows` rows of `in` inputs runs on tiles: then it
-  // reads the terms as bf16 (xb) and never xs; otherwise only xs.
-  bool (*gemm_bf16_tiles)(int rows, int in);
+  // Which copy of the terms gemm_bf16 over `rows` rows of `in` inputs
+  // reads: xs (kFp32) or xb in tile (AMX) or paired (vdpbf16ps) order. It
+  // never reads the other.
+  Bf16Copy (*gemm_bf16_copy)(int rows, int in);
   // int8 weights (packed as above) times int8 activations, both exact
   // integers. o_begin and o_end are multiples of 16 or o_end is the matrix's
   // last output. `xq` holds
@@ -187,13 +204,14 @@ const Kernels& GetKernels();
 // the instruction set. GetKernels()'s AVX-512 build does gemm_i8 on AMX
 // tiles from 16 rows where the CPU has AMX-INT8 ("avx512+amx"; and
 // gemm_bf16 from 2 rows where it has AMX-BF16), else on vpdpbusd where it
-// has AVX512_VNNI ("avx512+vnni") — bit-identical to the others (exact
-// integer sums; gemm_bf16's defined arithmetic); "avx512amx" /
-// "avx512vnni" ask for them.
+// has AVX512_VNNI ("avx512+vnni", and with gemm_bf16 from 2 rows on
+// vdpbf16ps where it also has AVX512_BF16: "avx512+bf16") — bit-identical
+// to the others (exact integer sums; gemm_bf16's defined arithmetic);
+// "avx512amx", "avx512bf16" and "avx512vnni" ask for them.
 const Kernels* GetKernelsByName(const char* name);
 // The names GetKernelsByName knows, for messages.
 inline constexpr char kKernelBuildNames[] =
-    "avx512amx, avx512vnni, avx512, avx2, scalar";
+    "avx512amx, avx512bf16, avx512vnni, avx512, avx2, scalar";
 
 }  // namespace statestream::engine
 

@@ -134,11 +134,13 @@ void Tiles2x2(const char* a0, const char* a1, int lda, int a_step,
 // "AMX-BF16"), so the FMA builds give the same bits. One row, or inputs
 // not a multiple of 32 (whose last block AMX would need another tile
 // shape for), go to the AVX-512 FMA kernel.
-bool Bf16AmxTiles(int rows, int in) { return rows >= 2 && in % 32 == 0; }
+Bf16Copy Bf16AmxCopy(int rows, int in) {
+  return rows >= 2 && in % 32 == 0 ? Bf16Copy::kTiles : Bf16Copy::kFp32;
+}
 
 void GemmBf16Amx(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
                  int rows, float* y, int ldy, int o_begin, int o_end) {
-  if (!Bf16AmxTiles(rows, in)) {
+  if (Bf16AmxCopy(rows, in) != Bf16Copy::kTiles) {
     kKernelsAvx512.gemm_bf16(w, in, xs, xb, rows, y, ldy, o_begin, o_end);
     return;
   }

@@ -77,7 +77,7 @@ extern const Kernels kKernelsAvx2 = {
     "avx2",
     &kernels_impl::Gemm<V>,
     &kernels_impl::GemmBf16Terms<V>,
-    &NoBf16Tiles,
+    &Bf16Fp32Copy,
     &kernels_impl::GemmI8Generic<V>,
     &NoI8Tiles,
     &kernels_impl::Wkv7Step<V>,

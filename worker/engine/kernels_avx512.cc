@@ -34,7 +34,7 @@ extern const Kernels kKernelsAvx512 = {
     "avx512",
     &kernels_impl::Gemm<V>,
     &GemmBf16,
-    &NoBf16Tiles,
+    &Bf16Fp32Copy,
     &kernels_impl::GemmI8Generic<V>,
     &NoI8Tiles,
     &kernels_impl::Wkv7Step<V>,

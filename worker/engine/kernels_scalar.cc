@@ -80,7 +80,7 @@ extern const Kernels kKernelsScalar = {
     "scalar",
     &kernels_impl::Gemm<V>,
     &kernels_impl::GemmBf16Terms<V>,
-    &NoBf16Tiles,
+    &Bf16Fp32Copy,
     &kernels_impl::GemmI8Generic<V>,
     &NoI8Tiles,
     &kernels_impl::Wkv7Step<V>,

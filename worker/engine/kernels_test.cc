@@ -318,8 +318,8 @@ TEST(KernelsTest, GemmIsItsDefinitionInEveryBuild) {
       const std::vector<float> want_bf16 =
           Bf16Reference(wb, out, in, x.data(), in, rows, out);
       const Bf16Terms terms(x.data(), in, rows, in);
-      for (const char* name :
-           {"scalar", "avx2", "avx512", "avx512vnni", "avx512amx"}) {
+      for (const char* name : {"scalar", "avx2", "avx512", "avx512vnni",
+                               "avx512bf16", "avx512amx"}) {
         const Kernels* k = GetKernelsByName(name);
         if (k == nullptr) continue;
         std::vector<float> y(want_f32.size(), -1.0f);
@@ -328,9 +328,9 @@ TEST(KernelsTest, GemmIsItsDefinitionInEveryBuild) {
         EXPECT_EQ(0, std::memcmp(y.data(), want_f32.data(), y.size() * 4))
             << name << " f32 in=" << in << " rows=" << rows;
         y.assign(y.size(), -1.0f);
-        k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.xb.data(), rows,
+        k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.bf16(*k), rows,
                      y.data(), out, 0, 32);
-        k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.xb.data(), rows,
+        k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.bf16(*k), rows,
                      y.data(), out, 32, out);
         EXPECT_EQ(0, std::memcmp(y.data(), want_bf16.data(), y.size() * 4))
             << name << " bf16 in=" << in << " rows=" << rows;
@@ -359,11 +359,12 @@ TEST(KernelsTest, Bf16ProductFlushesDenormalsAndKeepsSixteenBits) {
       const std::vector<float> want =
           Bf16Reference(wb, out, in, x.data(), in, rows, out);
       const Bf16Terms terms(x.data(), in, rows, in);
-      for (const char* name : {"scalar", "avx2", "avx512", "avx512amx"}) {
+      for (const char* name :
+           {"scalar", "avx2", "avx512", "avx512bf16", "avx512amx"}) {
         const Kernels* k = GetKernelsByName(name);
         if (k == nullptr) continue;
         std::vector<float> y(want.size(), -1.0f);
-        k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.xb.data(), rows,
+        k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.bf16(*k), rows,
                      y.data(), out, 0, out);
         EXPECT_EQ(0, std::memcmp(y.data(), want.data(), y.size() * 4))
             << name << " scale 2^" << scale << " rows=" << rows;
@@ -390,8 +391,10 @@ TEST(KernelsTest, Bf16ProductFlushesDenormalsAndKeepsSixteenBits) {
   EXPECT_EQ(s.xs[3], -std::numeric_limits<float>::infinity());
 }
 
-// A product reads one copy of the terms (gemm_bf16_tiles); splitting only
-// that copy writes the same values.
+// A product reads one copy of the terms (gemm_bf16_copy). Each copy holds
+// the same values where its order puts them, whether the rows are split at
+// once or in blocks (as MatMuls' threads do), and writing one touches
+// nothing else.
 TEST(KernelsTest, SplitBf16TermsWritesOnlyTheCopyAskedFor) {
   for (int in : {1, 31, 32, 33, 768}) {
     const int rows = 37, ldx = in + 5;  // three bands of 16 term rows
@@ -400,51 +403,73 @@ TEST(KernelsTest, SplitBf16TermsWritesOnlyTheCopyAskedFor) {
     x[1 % in] = std::numeric_limits<float>::infinity();
     x[ldx] = std::ldexp(1.0f, -130);  // denormal
     const int64_t n = Bf16TermsSize(rows, in);
-    std::vector<float> xs(n, 7.0f), xs_only(n, 7.0f);
-    std::vector<uint16_t> xb(n, 7), xb_only(n, 7);
-    SplitBf16Terms(x.data(), ldx, 0, rows, in, xs.data(), xb.data());
-    SplitBf16Terms(x.data(), ldx, 0, rows, in, xs_only.data(), nullptr);
-    SplitBf16Terms(x.data(), ldx, 0, rows, in, nullptr, xb_only.data());
-    SplitBf16Terms(x.data(), ldx, 0, rows, in, nullptr, nullptr);
-    EXPECT_EQ(0, std::memcmp(xs.data(), xs_only.data(), n * sizeof(float)))
-        << in;
-    EXPECT_EQ(xb, xb_only) << in;
-    // hi and lo as bf16 (in tile order) are the fp32 copy's values, exactly.
+    std::vector<float> xs(n, 7.0f);
+    std::vector<uint16_t> xb(n, 7), xp(n, 7);
+    SplitBf16Terms(x.data(), ldx, 0, rows, in, Bf16Copy::kFp32, xs.data(),
+                   nullptr);
+    EXPECT_EQ(xb, std::vector<uint16_t>(n, 7));
+    SplitBf16Terms(x.data(), ldx, 0, rows, in, Bf16Copy::kTiles, nullptr,
+                   xb.data());
+    SplitBf16Terms(x.data(), ldx, 0, rows, in, Bf16Copy::kPairedTiles, nullptr,
+                   xp.data());
+    // hi and lo as bf16 (in either order) are the fp32 copy's values,
+    // exactly, and +0 past `in`.
     const int stride = Bf16TermsStride(in);
     for (int r = 0; r < 2 * rows; ++r) {
       for (int i = 0; i < stride; ++i) {
         const float want = xs[static_cast<int64_t>(r) * stride + i];
-        const float got = BF16ToF32(xb[Bf16TileIndex(r, i, in)]);
-        if (std::isnan(want)) {
-          EXPECT_TRUE(std::isnan(got)) << in << " " << r << " " << i;
-        } else {
-          EXPECT_EQ(std::bit_cast<uint32_t>(want), std::bit_cast<uint32_t>(got))
-              << in << " " << r << " " << i;
+        if (i >= in) {
+          EXPECT_EQ(std::bit_cast<uint32_t>(want), 0u);
+        }
+        for (const float got : {BF16ToF32(xb[Bf16TileIndex(r, i, in)]),
+                                BF16ToF32(xp[Bf16PairIndex(r, i, in)])}) {
+          if (std::isnan(want)) {
+            EXPECT_TRUE(std::isnan(got)) << in << " " << r << " " << i;
+          } else {
+            EXPECT_EQ(std::bit_cast<uint32_t>(want),
+                      std::bit_cast<uint32_t>(got))
+                << in << " " << r << " " << i;
+          }
         }
       }
     }
-    // Split in blocks of rows (as MatMuls' threads do), the same copies.
+    // The paired order is each 4 inputs as x2, x0, x3, x1.
+    EXPECT_EQ(xp[0], xb[2]);
+    EXPECT_EQ(xp[1], xb[0]);
+    EXPECT_EQ(xp[2], xb[3]);
+    EXPECT_EQ(xp[3], xb[1]);
+    // Split in blocks of rows, the same copies.
     std::vector<float> xs_blocks(n, 7.0f);
-    std::vector<uint16_t> xb_blocks(n, 7);
+    std::vector<uint16_t> xb_blocks(n, 7), xp_blocks(n, 7);
     for (int b = 0; b < rows; ++b) {
-      SplitBf16Terms(x.data(), ldx, b, b + 1, in, xs_blocks.data(),
+      SplitBf16Terms(x.data(), ldx, b, b + 1, in, Bf16Copy::kFp32,
+                     xs_blocks.data(), nullptr);
+      SplitBf16Terms(x.data(), ldx, b, b + 1, in, Bf16Copy::kTiles, nullptr,
                      xb_blocks.data());
+      SplitBf16Terms(x.data(), ldx, b, b + 1, in, Bf16Copy::kPairedTiles,
+                     nullptr, xp_blocks.data());
     }
     EXPECT_EQ(0, std::memcmp(xs.data(), xs_blocks.data(), n * sizeof(float)));
     EXPECT_EQ(xb, xb_blocks) << in;
+    EXPECT_EQ(xp, xp_blocks) << in;
   }
-  // The builds without tiles never use them; AMX from 2 rows of whole
-  // 32-input blocks.
+  // The FMA builds read the fp32 copy; AMX and vdpbf16ps their own from 2
+  // rows of whole 32-input blocks.
   for (const char* name : {"scalar", "avx2", "avx512", "avx512vnni"}) {
     const Kernels* k = GetKernelsByName(name);
     if (k == nullptr) continue;
-    EXPECT_FALSE(k->gemm_bf16_tiles(32, 768)) << name;
+    EXPECT_EQ(k->gemm_bf16_copy(32, 768), Bf16Copy::kFp32) << name;
+  }
+  if (const Kernels* k = GetKernelsByName("avx512bf16")) {
+    EXPECT_EQ(k->gemm_bf16_copy(1, 768), Bf16Copy::kFp32);
+    EXPECT_EQ(k->gemm_bf16_copy(32, 100), Bf16Copy::kFp32);
+    EXPECT_EQ(k->gemm_bf16_copy(2, 768), Bf16Copy::kPairedTiles);
   }
   if (const Kernels* k = GetKernelsByName("avx512amx")) {
-    EXPECT_FALSE(k->gemm_bf16_tiles(1, 768));
-    EXPECT_FALSE(k->gemm_bf16_tiles(32, 100));
+    EXPECT_EQ(k->gemm_bf16_copy(1, 768), Bf16Copy::kFp32);
+    EXPECT_EQ(k->gemm_bf16_copy(32, 100), Bf16Copy::kFp32);
     if (k->gemm_bf16 != GetKernelsByName("avx512")->gemm_bf16) {  // AMX-BF16
-      EXPECT_TRUE(k->gemm_bf16_tiles(2, 768));
+      EXPECT_EQ(k->gemm_bf16_copy(2, 768), Bf16Copy::kTiles);
     }
   }
 }
@@ -513,8 +538,8 @@ TEST(KernelsTest, GemmI8IsExactIntegerProductInEveryBuild) {
           ref[t * out + o] = static_cast<float>(dot) * xq.scale[t] * w.scale[o];
         }
       }
-      for (const char* name :
-           {"scalar", "avx2", "avx512", "avx512vnni", "avx512amx"}) {
+      for (const char* name : {"scalar", "avx2", "avx512", "avx512vnni",
+                               "avx512bf16", "avx512amx"}) {
         const Kernels* k = GetKernelsByName(name);
         if (k == nullptr) continue;
         std::vector<float> y(ref.size(), -1.0f);
@@ -556,14 +581,14 @@ TEST_P(GemmRowTest, RowIsIndependentOfBatchAndSplit) {
   const I8Weights wi = RandomI8(out, in, 7);
   auto x = Random(static_cast<size_t>(max_rows) * ldx, 6);
   for (const char* name :
-       {"scalar", "avx2", "avx512", "avx512vnni", "avx512amx"}) {
+       {"scalar", "avx2", "avx512", "avx512vnni", "avx512bf16", "avx512amx"}) {
     const Kernels* k = GetKernelsByName(name);
     if (k == nullptr) continue;
     for (const char* type : {"f32", "bf16", "i8"}) {
       auto run = [&](const float* xs, int rows, float* y, int ob, int oe) {
         if (type[0] == 'b') {
           const Bf16Terms terms(xs, ldx, rows, in);
-          k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.xb.data(), rows, y,
+          k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.bf16(*k), rows, y,
                        ldy, ob, oe);
         } else if (type[0] == 'i') {
           const I8Rows q = Quantize(xs, ldx, rows, in, k->gemm_i8_tiles(rows));

@@ -20,6 +20,7 @@ add_library(ss_engine
   kernels_avx512_onerow.cc
   kernels_avx512vnni.cc
   kernels_amx.cc
+  kernels_avx512bf16.cc
   kernels_avx2.cc
   kernels_scalar.cc)
 target_include_directories(ss_engine PUBLIC ${PROJECT_SOURCE_DIR})
@@ -40,6 +41,8 @@ set_source_files_properties(kernels_avx512vnni.cc PROPERTIES COMPILE_OPTIONS
   "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mavx512vnni;-Wno-uninitialized;-Wno-maybe-uninitialized")
 set_source_files_properties(kernels_amx.cc PROPERTIES COMPILE_OPTIONS
   "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mamx-tile;-mamx-int8;-mamx-bf16;-Wno-uninitialized;-Wno-maybe-uninitialized")
+set_source_files_properties(kernels_avx512bf16.cc PROPERTIES COMPILE_OPTIONS
+  "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mavx512bf16;-Wno-uninitialized;-Wno-maybe-uninitialized")
 set_source_files_properties(kernels_avx2.cc PROPERTIES COMPILE_OPTIONS
   "-mavx2;-mfma")
 

@@ -324,8 +324,20 @@ void WeightStream::Before(absl::Span<const MatMulJob> jobs, ThreadPool& pool) {
 }
 
 Bf16Terms::Bf16Terms(const float* x, int ldx, int rows, int in)
-    : xs(Bf16TermsSize(rows, in), 0.0f), xb(Bf16TermsSize(rows, in), 0) {
-  SplitBf16Terms(x, ldx, 0, rows, in, xs.data(), xb.data());
+    : xs(Bf16TermsSize(rows, in), 0.0f),
+      xb(Bf16TermsSize(rows, in), 0),
+      xp(Bf16TermsSize(rows, in), 0),
+      rows_(rows),
+      in_(in) {
+  SplitBf16Terms(x, ldx, 0, rows, in, Bf16Copy::kFp32, xs.data(), nullptr);
+  SplitBf16Terms(x, ldx, 0, rows, in, Bf16Copy::kTiles, nullptr, xb.data());
+  SplitBf16Terms(x, ldx, 0, rows, in, Bf16Copy::kPairedTiles, nullptr,
+                 xp.data());
+}
+
+const uint16_t* Bf16Terms::bf16(const Kernels& k) const {
+  return k.gemm_bf16_copy(rows_, in_) == Bf16Copy::kPairedTiles ? xp.data()
+                                                                : xb.data();
 }
 
 void MatMuls(const Kernels& k, ThreadPool& pool,
@@ -416,11 +428,10 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
                        s.scale.data() + static_cast<size_t>(j) * rows,
                        k.gemm_i8_tiles(rows));
     } else if (m.bf16 != nullptr) {
-      // Only the copy the product reads (Kernels::gemm_bf16_tiles).
-      const bool tiles = k.gemm_bf16_tiles(rows, m.cols);
+      // Only the copy the product reads (Kernels::gemm_bf16_copy).
       SplitBf16Terms(job.x, job.ldx, b, e, m.cols,
-                     tiles ? nullptr : s.xs.data() + s.terms[j],
-                     tiles ? s.xb.data() + s.terms[j] : nullptr);
+                     k.gemm_bf16_copy(rows, m.cols), s.xs.data() + s.terms[j],
+                     s.xb.data() + s.terms[j]);
     }
   };
   // Small inputs (one session: 768 values a product; one block each) in

@@ -63,11 +63,18 @@ void MatMul(const Kernels& k, ThreadPool& pool, const Matrix& m, const float* x,
             WeightStream* stream = nullptr);
 
 // Activations split for Kernels::gemm_bf16 (SplitBf16Terms, padding rows
-// cleared), for callers of the kernel itself; MatMuls keeps its own.
+// cleared) into every copy, for callers of the kernel itself; MatMuls keeps
+// its own.
 struct Bf16Terms {
   Bf16Terms(const float* x, int ldx, int rows, int in);
-  std::vector<float> xs;
-  std::vector<uint16_t> xb;
+  // The bf16 copy `k`'s gemm_bf16 reads for these rows (xb or xp).
+  const uint16_t* bf16(const Kernels& k) const;
+  std::vector<float> xs;     // Bf16Copy::kFp32
+  std::vector<uint16_t> xb;  // kTiles
+  std::vector<uint16_t> xp;  // kPairedTiles
+
+ private:
+  int rows_, in_;
 };
 
 // One product of MatMuls: y[t*ldy + o] = sum_i m[o][i] * x[t*ldx + i].
