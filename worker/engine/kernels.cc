@@ -2,9 +2,9 @@
 #include "worker/engine/kernels.h"
 
 #include <cpuid.h>
+#include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#include <xmmintrin.h>
 
 #include <cstring>
 
@@ -15,6 +15,9 @@ namespace statestream::engine {
 extern const Kernels kKernelsAvx512;
 extern const Kernels kKernelsAvx2;
 extern const Kernels kKernelsScalar;
+// kernels_avx512.cc: SplitBf16Terms on AVX-512 CPUs.
+void SplitBf16TermsAvx512(const float* x, int ldx, int row_begin, int row_end,
+                          int in, Bf16Copy copy, float* xs, uint16_t* xb);
 // kernels_avx512vnni.cc
 void GemmI8Vnni(const int8_t* w, const float* wscale, const int32_t* wsum,
                 int in, const uint8_t* xq, const float* xscale, int ldq,
@@ -80,8 +83,8 @@ bool HasAvx2() {
 // denormal term is flushed by the kernels anyway), so every clone gives
 // the same bits.
 __attribute__((target_clones("avx512f", "avx2", "default"))) void
-SplitBf16Terms(const float* x, int ldx, int row_begin, int row_end, int in,
-               Bf16Copy copy, float* xs, uint16_t* xb) {
+SplitBf16TermsPortable(const float* x, int ldx, int row_begin, int row_end,
+                       int in, Bf16Copy copy, float* xs, uint16_t* xb) {
   const int stride = Bf16TermsStride(in);
   for (int t = row_begin; t < row_end; ++t) {
     const float* __restrict row = x + static_cast<int64_t>(t) * ldx;
@@ -127,6 +130,16 @@ SplitBf16Terms(const float* x, int ldx, int row_begin, int row_end, int in,
         }
       }
     }
+  }
+}
+
+void SplitBf16Terms(const float* x, int ldx, int row_begin, int row_end, int in,
+                    Bf16Copy copy, float* xs, uint16_t* xb) {
+  static const bool avx512 = HasAvx512();
+  if (avx512) {
+    SplitBf16TermsAvx512(x, ldx, row_begin, row_end, in, copy, xs, xb);
+  } else {
+    SplitBf16TermsPortable(x, ldx, row_begin, row_end, in, copy, xs, xb);
   }
 }
 

@@ -113,6 +113,10 @@ inline int64_t Bf16PairIndex(int r, int i, int in) {
 }
 void SplitBf16Terms(const float* x, int ldx, int row_begin, int row_end, int in,
                     Bf16Copy copy, float* xs, uint16_t* xb);
+// The plain loop SplitBf16Terms runs where the CPU lacks AVX-512 (it has
+// an AVX-512 copy), for tests that compare the two.
+void SplitBf16TermsPortable(const float* x, int ldx, int row_begin, int row_end,
+                            int in, Bf16Copy copy, float* xs, uint16_t* xb);
 // Kernels::gemm_bf16_copy of the FMA builds: always kFp32.
 Bf16Copy Bf16Fp32Copy(int rows, int in);
 // int8 activations in AMX tile order: bands of 16 rows, each band's blocks

@@ -452,6 +452,18 @@ TEST(KernelsTest, SplitBf16TermsWritesOnlyTheCopyAskedFor) {
     EXPECT_EQ(0, std::memcmp(xs.data(), xs_blocks.data(), n * sizeof(float)));
     EXPECT_EQ(xb, xb_blocks) << in;
     EXPECT_EQ(xp, xp_blocks) << in;
+    // The plain loop (CPUs without AVX-512) writes the same bits.
+    std::vector<float> xs_plain(n, 7.0f);
+    std::vector<uint16_t> xb_plain(n, 7), xp_plain(n, 7);
+    SplitBf16TermsPortable(x.data(), ldx, 0, rows, in, Bf16Copy::kFp32,
+                           xs_plain.data(), nullptr);
+    SplitBf16TermsPortable(x.data(), ldx, 0, rows, in, Bf16Copy::kTiles,
+                           nullptr, xb_plain.data());
+    SplitBf16TermsPortable(x.data(), ldx, 0, rows, in, Bf16Copy::kPairedTiles,
+                           nullptr, xp_plain.data());
+    EXPECT_EQ(0, std::memcmp(xs.data(), xs_plain.data(), n * sizeof(float)));
+    EXPECT_EQ(xb, xb_plain) << in;
+    EXPECT_EQ(xp, xp_plain) << in;
   }
   // The FMA builds read the fp32 copy; AMX and vdpbf16ps their own from 2
   // rows of whole 32-input blocks.
