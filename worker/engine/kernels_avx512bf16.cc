@@ -42,9 +42,11 @@ inline void Dp(__m512& acc, __m512i w, const uint16_t* pair) {
 // first term row's first block (kPairedTiles: term rows 32 values apart
 // within a band, the next block 512 values on). Per term row three
 // accumulators: the block's even and odd chains and the block sums c.
+// `fetch`, when not null, is the next panel: each block of inputs fetches
+// its KiB of it into L2.
 template <int T>
 void Block(const uint16_t* panel, int blocks, const uint16_t* xp, float* y,
-           int ldy, __mmask16 mask) {
+           int ldy, __mmask16 mask, const uint16_t* fetch) {
   const __m512i low_words = _mm512_set1_epi32(0xffff);
   __m512 c[T];
 #pragma GCC unroll 8
@@ -52,6 +54,11 @@ void Block(const uint16_t* panel, int blocks, const uint16_t* xp, float* y,
   for (int b = 0; b < blocks; ++b) {
     const uint16_t* wb = panel + b * 512;  // 16 steps of 16 x 2 weights
     const uint16_t* xb = xp + b * 512;
+    if (fetch != nullptr) {
+      const char* f = reinterpret_cast<const char*>(fetch + b * 512);
+#pragma GCC unroll 16
+      for (int l = 0; l < 16; ++l) __builtin_prefetch(f + 64 * l, 0, 2);
+    }
     __m512 even[T], odd[T];
 #pragma GCC unroll 8
     for (int j = 0; j < T; ++j) even[j] = odd[j] = _mm512_setzero_ps();
@@ -109,23 +116,29 @@ void GemmBf16Dp(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
     const int outs = o_end - o < kPanelOut ? o_end - o : kPanelOut;
     const __mmask16 mask = static_cast<__mmask16>((1u << outs) - 1u);
     const uint16_t* panel = w + o / kPanelOut * pstride;
+    // The next panel comes from memory: the second block of term rows (this
+    // panel already in L1) fetches it while it computes, so the next
+    // panel's first block does not wait for it.
+    const uint16_t* next =
+        o + kPanelOut < o_end && terms > 8 ? panel + pstride : nullptr;
     // Blocks of 8 term rows start at multiples of 8, so each lies in one
     // band of 16 (Bf16TileIndex).
     for (int r = 0; r < terms; r += 8) {
       const uint16_t* xp = xb + Bf16TileIndex(r, 0, in);
       float* yr = y + static_cast<int64_t>(r / 2) * ldy + o;
+      const uint16_t* fetch = r == 8 ? next : nullptr;
       switch (terms - r < 8 ? terms - r : 8) {
         case 8:
-          Block<8>(panel, blocks, xp, yr, ldy, mask);
+          Block<8>(panel, blocks, xp, yr, ldy, mask, fetch);
           break;
         case 6:
-          Block<6>(panel, blocks, xp, yr, ldy, mask);
+          Block<6>(panel, blocks, xp, yr, ldy, mask, fetch);
           break;
         case 4:
-          Block<4>(panel, blocks, xp, yr, ldy, mask);
+          Block<4>(panel, blocks, xp, yr, ldy, mask, fetch);
           break;
         default:
-          Block<2>(panel, blocks, xp, yr, ldy, mask);
+          Block<2>(panel, blocks, xp, yr, ldy, mask, fetch);
           break;
       }
     }

@@ -45,11 +45,13 @@ inline __m512i Broadcast4(const uint8_t* p) {
 // RT rows against one group of 16 outputs (`tiles`: the group's `chunks`
 // tiles). Each row keeps S accumulators taking the tile rows in turn, so
 // RT * S independent chains hide vpdpbusd's latency; they are summed at the
-// end (exact). Writes y[t][0..outs) for t < RT.
+// end (exact). Writes y[t][0..outs) for t < RT. `fetch`, when not null, is
+// the next group's tiles: each chunk fetches its tile of them into L2.
 template <int RT, int S>
 inline void Rows(const int8_t* tiles, int64_t chunks, const uint8_t* xq,
                  int ldq, const float* wscale, const int32_t* wsum,
-                 const float* xscale, float* y, int ldy, int outs) {
+                 const float* xscale, float* y, int ldy, int outs,
+                 const int8_t* fetch = nullptr) {
   __m512i acc[RT][S];
 #pragma GCC unroll 16
   for (int t = 0; t < RT; ++t) {
@@ -63,6 +65,12 @@ inline void Rows(const int8_t* tiles, int64_t chunks, const uint8_t* xq,
 #pragma GCC unroll 16
       for (int l = 0; l < kI8TileBytes / 64; l += 4) {
         __builtin_prefetch(tile + kI8TileBytes + 64 * l, 0, 3);
+      }
+    }
+    if (fetch != nullptr) {
+#pragma GCC unroll 16
+      for (int l = 0; l < kI8TileBytes / 64; ++l) {
+        __builtin_prefetch(fetch + c * kI8TileBytes + 64 * l, 0, 2);
       }
     }
 #pragma GCC unroll 16
@@ -152,23 +160,30 @@ void GemmI8Vnni(const int8_t* w, const float* wscale, const int32_t* wsum,
     const int8_t* tiles = w + g0 / kI8TileOut * chunks * kI8TileBytes;
     const float* ws = wscale + g0;
     const int32_t* wsm = wsum + g0;
+    // The next group's weights come from memory. Its first block of rows
+    // would wait for them; instead the second block of this group (its
+    // tiles already in L1) fetches them while it computes.
+    const int8_t* next = g0 + kI8TileOut < o_end && rows >= 16
+                             ? tiles + chunks * kI8TileBytes
+                             : nullptr;
     int t = 0;
     for (; t + 8 <= rows; t += 8) {
       Rows<8, 1>(tiles, chunks, xq + static_cast<int64_t>(t) * ldq, ldq, ws,
                  wsm, xscale + t, y + static_cast<int64_t>(t) * ldy + g0, ldy,
-                 outs);
+                 outs, t == 8 ? next : nullptr);
     }
     // The last 1-7 rows: fewer rows, more accumulators per row.
     using RowsFn =
         void (*)(const int8_t*, int64_t, const uint8_t*, int, const float*,
-                 const int32_t*, const float*, float*, int, int);
+                 const int32_t*, const float*, float*, int, int, const int8_t*);
     static constexpr RowsFn kRest[8] = {nullptr,     &Rows<1, 8>, &Rows<2, 4>,
                                         &Rows<3, 2>, &Rows<4, 2>, &Rows<5, 1>,
                                         &Rows<6, 1>, &Rows<7, 1>};
     if (t < rows) {
       kRest[rows - t](tiles, chunks, xq + static_cast<int64_t>(t) * ldq, ldq,
                       ws, wsm, xscale + t,
-                      y + static_cast<int64_t>(t) * ldy + g0, ldy, outs);
+                      y + static_cast<int64_t>(t) * ldy + g0, ldy, outs,
+                      nullptr);
     }
   }
 }
