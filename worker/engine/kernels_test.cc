@@ -7,6 +7,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <random>
 #include <vector>
@@ -396,12 +397,19 @@ TEST(KernelsTest, Bf16ProductFlushesDenormalsAndKeepsSixteenBits) {
 // once or in blocks (as MatMuls' threads do), and writing one touches
 // nothing else.
 TEST(KernelsTest, SplitBf16TermsWritesOnlyTheCopyAskedFor) {
-  for (int in : {1, 31, 32, 33, 768}) {
+  for (int in : {1, 16, 17, 31, 32, 33, 48, 49, 768}) {
     const int rows = 37, ldx = in + 5;  // three bands of 16 term rows
     auto x = Random(static_cast<size_t>(rows) * ldx, in);
     x[0] = std::numeric_limits<float>::quiet_NaN();
     x[1 % in] = std::numeric_limits<float>::infinity();
     x[ldx] = std::ldexp(1.0f, -130);  // denormal
+    // Signalling and negative NaNs, the largest float (rounds to
+    // infinity), -0 and a tie (1 + 2^-8 rounds to even: 1).
+    const uint32_t specials[] = {0x7f800001u, 0xffc00001u, 0x7f7fffffu,
+                                 0x80000000u, 0x3f808000u, 0xbf818000u};
+    for (size_t i = 0; i < std::size(specials); ++i) {
+      x[2 * ldx + i % in + (i / in) * ldx] = std::bit_cast<float>(specials[i]);
+    }
     const int64_t n = Bf16TermsSize(rows, in);
     std::vector<float> xs(n, 7.0f);
     std::vector<uint16_t> xb(n, 7), xp(n, 7);

@@ -244,7 +244,8 @@ void ExpectBitIdentical(const FeedResult& a, const FeedResult& b,
 TEST(ModelTest, ChunkingBatchingThreadsAndKernelsAreBitIdentical) {
   SS_REQUIRE_SHARED_DATA();
   for (const char* file :
-       {"testdata/rwkv7-tiny.pth", "testdata/rwkv7-tiny-bf16.pth"}) {
+       {"testdata/rwkv7-tiny.pth", "testdata/rwkv7-tiny-bf16.pth",
+        "testdata/rwkv4-tiny-bf16.pth"}) {
     auto base = Load(file, Opts(1, "scalar"));
     ASSERT_NE(base, nullptr);
     std::vector<int32_t> tokens =
