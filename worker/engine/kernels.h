@@ -90,12 +90,13 @@ enum class Bf16Copy {
 };
 // The kernels take Bf16TermsSize(rows, in) elements: AMX reads whole tiles,
 // and the term rows past 2 * rows may hold anything (they only reach sums
-// that are never stored). The same function serves every build, so every
-// build splits alike. Rows [row_begin, row_end) of the product are split
-// (x, xs and xb point at its row 0), so blocks of rows may be split by
-// different threads. Only the copy named is written (writing every copy
-// cost a 512-token bf16 prefill about a tenth of its time); its pointer
-// must not be null, the other may be.
+// that are never stored). The same function serves every build (an
+// AVX-512 loop where the CPU has it, else a portable one with the same
+// bits), so every build splits alike. Rows [row_begin, row_end) of the product
+// are split (x, xs and xb point at its row 0), so blocks of rows may be split
+// by different threads. Only the copy named is written (writing every copy cost
+// a 512-token bf16 prefill about a tenth of its time); its pointer must not be
+// null, the other may be.
 inline int Bf16TermsStride(int in) { return (in + 31) / 32 * 32; }
 inline int Bf16TermRows(int rows) { return (2 * rows + 31) / 32 * 32; }
 inline int64_t Bf16TermsSize(int rows, int in) {
