@@ -244,12 +244,12 @@ void MeasureProducts(int rows, int out, int in) {
       statestream::engine::GetKernelsByName("avx512");
   const double fma = Rate(rows, out, in, [&] {
     avx512->gemm_bf16(packed.data(), in, terms.xs.data(), terms.bf16(*avx512),
-                      rows, y.data(), out, 0, out);
+                      terms.terms, rows, y.data(), out, 0, out);
   });
   const double engine = Rate(rows, out, in, [&] {
     GetKernels().gemm_bf16(packed.data(), in, terms.xs.data(),
-                           terms.bf16(GetKernels()), rows, y.data(), out, 0,
-                           out);
+                           terms.bf16(GetKernels()), terms.terms, rows,
+                           y.data(), out, 0, out);
   });
   Split<3>(x, rows, in, &xs);
   const double t3 = Rate(rows, out, in, [&] {

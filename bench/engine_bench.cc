@@ -140,10 +140,11 @@ void BM_Prefill(benchmark::State& st, Weights weights) {
 // W = [out = range(1)][in = 512]: 2048 is an FFN key projection (W stays in
 // L2 between iterations), 16384 the head of the bench model (W comes from
 // memory); range(0) rows; `in` replaces the 512 inputs (3072: the 0.1B
-// shape's FFN value projection, through the wide-input panels). Reports
-// GFLOP/s (2 per multiply-add).
+// shape's FFN value projection, through the wide-input panels); bf16
+// products take `terms` activation terms a row (1: Bf16Activations::kRound).
+// Reports GFLOP/s (2 per multiply-add).
 void BM_Gemm(benchmark::State& st, bool bf16, const char* kernels = "",
-             int in = 512) {
+             int in = 512, int terms = 2) {
   const int rows = static_cast<int>(st.range(0));
   const int out = static_cast<int>(st.range(1));
   // Packed in the kernels' panels (kernels.h), a row at a time.
@@ -164,7 +165,7 @@ void BM_Gemm(benchmark::State& st, bool bf16, const char* kernels = "",
   }
   std::vector<float> x(static_cast<size_t>(rows) * in, 0.25f);
   std::vector<float> y(static_cast<size_t>(rows) * out);
-  const Bf16Terms terms(x.data(), in, rows, in);
+  const Bf16Terms split(x.data(), in, rows, in, terms);
   const Kernels* kp = *kernels ? GetKernelsByName(kernels) : &GetKernels();
   if (kp == nullptr) {
     st.SkipWithError("kernels not available on this CPU");
@@ -173,8 +174,8 @@ void BM_Gemm(benchmark::State& st, bool bf16, const char* kernels = "",
   const Kernels& k = *kp;
   for (auto _ : st) {
     if (bf16) {
-      k.gemm_bf16(wb.data(), in, terms.xs.data(), terms.bf16(k), rows, y.data(),
-                  out, 0, out);
+      k.gemm_bf16(wb.data(), in, split.xs.data(), split.bf16(k), terms, rows,
+                  y.data(), out, 0, out);
     } else {
       k.gemm_f32(w.data(), in, x.data(), in, rows, y.data(), out, 0, out);
     }
@@ -365,6 +366,11 @@ BENCHMARK_CAPTURE(BM_Gemm, f32, false)
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 BENCHMARK_CAPTURE(BM_Gemm, bf16, true)
+    ->ArgsProduct({{1, 8, 32, 64}, {2048, 16384}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+// The activations rounded to bf16 (one term a row): half the arithmetic.
+BENCHMARK_CAPTURE(BM_Gemm, bf16_round, true, "", 512, 1)
     ->ArgsProduct({{1, 8, 32, 64}, {2048, 16384}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();

@@ -125,9 +125,13 @@ double MeasureReadBandwidth(int threads) {
 // cache (64 rows x 512 inputs x 384 outputs per call: whole blocks of 8
 // rows x 48 outputs, so no partial block drags it below what a prefill of
 // the real shapes reaches), `threads` threads each running their own calls
-// for ~0.3 s. GFLOP/s (2 per multiply-add).
+// for ~0.3 s. GFLOP/s (2 per multiply-add of the model: bf16's take the
+// activation terms of `options`).
 double MeasureKernelPeak(const engine::Kernels& k,
-                         engine::WeightPrecision precision, int threads) {
+                         const engine::ModelOptions& options, int threads) {
+  const engine::WeightPrecision precision = options.precision;
+  const int bf16_terms =
+      options.bf16_activations == engine::Bf16Activations::kRound ? 1 : 2;
   constexpr int kRows = 64, kIn = 512, kOut = 384;
   std::vector<double> rates(threads);
   std::vector<std::thread> ts;
@@ -144,7 +148,7 @@ double MeasureKernelPeak(const engine::Kernels& k,
       std::vector<int32_t> wsum(kOut, 3 * kIn);
       std::vector<uint8_t> xq(static_cast<size_t>(kRows) * kIn, 140);
       std::vector<float> xs(kRows, 0.01f), y(static_cast<size_t>(kRows) * kOut);
-      const engine::Bf16Terms terms(x.data(), kIn, kRows, kIn);
+      const engine::Bf16Terms terms(x.data(), kIn, kRows, kIn, bf16_terms);
       int64_t calls = 0;
       const auto t0 = Clock::now();
       double elapsed = 0;
@@ -154,8 +158,8 @@ double MeasureKernelPeak(const engine::Kernels& k,
             k.gemm_i8(wi.data(), scale.data(), wsum.data(), kIn, xq.data(),
                       xs.data(), kIn, kRows, y.data(), kOut, 0, kOut);
           } else if (precision == engine::WeightPrecision::kBF16) {
-            k.gemm_bf16(wb.data(), kIn, terms.xs.data(), terms.bf16(k), kRows,
-                        y.data(), kOut, 0, kOut);
+            k.gemm_bf16(wb.data(), kIn, terms.xs.data(), terms.bf16(k),
+                        terms.terms, kRows, y.data(), kOut, 0, kOut);
           } else {
             k.gemm_f32(w.data(), kIn, x.data(), kIn, kRows, y.data(), kOut, 0,
                        kOut);
@@ -299,6 +303,11 @@ absl::Status BenchEngine() {
   nlohmann::ordered_json j;
   j["mode"] = mode;
   j["dtype"] = dtype;
+  if (options.precision == engine::WeightPrecision::kBF16) {
+    j["bf16_activations"] =
+        options.bf16_activations == engine::Bf16Activations::kRound ? "round"
+                                                                    : "split";
+  }
   j["batch"] = sessions;
   j["tokens"] = per_step;
   j["threads"] = threads;
@@ -330,7 +339,7 @@ absl::Status BenchEngine() {
             : engine::GetKernelsByName(options.kernels.c_str());
     j["gflop_per_s"] = gflops;
     if (k != nullptr) {
-      const double peak = MeasureKernelPeak(*k, options.precision, threads);
+      const double peak = MeasureKernelPeak(*k, options, threads);
       j["peak_gflop_per_s"] = peak;
       j["roofline_fraction"] = gflops / peak;
     }
@@ -355,7 +364,8 @@ const Command& BenchCommand() {
       "bench",
       "Measure engine throughput against the machine's memory bandwidth.",
       "engine --model PATH --mode decode|prefill [--batch B] [--tokens N]\n"
-      "             [--dtype fp32|bf16|int8] [--threads T] [--seconds S]\n"
+      "             [--dtype fp32|bf16|int8] [--bf16-activations split|round]\n"
+      "             [--threads T] [--seconds S]\n"
       "             [--kernels avx512|avx512amx|avx512bf16|avx512vnni|avx2|\n"
       "                        scalar]\n\n"
       "Prints one JSON line: tokens_per_s (aggregate over the batch), the\n"

@@ -219,6 +219,11 @@ absl::Status Compare() {
                       engine::CompareLogits(*reference, *candidate, tokens));
   nlohmann::ordered_json j;
   j["precision"] = PrecisionFlagValue();
+  if (options.precision == engine::WeightPrecision::kBF16) {
+    j["bf16_activations"] =
+        options.bf16_activations == engine::Bf16Activations::kRound ? "round"
+                                                                    : "split";
+  }
   j["reference"] = "f32";
   j["positions"] = r.positions;
   j["max_abs_logit_error"] = r.max_abs_logit_error;

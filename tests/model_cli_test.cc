@@ -246,6 +246,28 @@ TEST(ModelCliTest, CompareReportsReducedPrecisionAccuracy) {
   EXPECT_EQ(Cli({"model", "compare", "--model", model, "--precision", "int4"})
                 .exit_code,
             1);
+  // bf16 weights with the activations rounded to bf16: closer than int8,
+  // further than two terms; the field says which.
+  RunResult split = Cli({"model", "compare", "--model", model, "--precision",
+                         "bf16", "--length", "100", "--seed", "3"});
+  RunResult round =
+      Cli({"model", "compare", "--model", model, "--precision", "bf16",
+           "--bf16-activations", "round", "--length", "100", "--seed", "3"});
+  ASSERT_EQ(split.exit_code, 0) << split.err;
+  ASSERT_EQ(round.exit_code, 0) << round.err;
+  const auto js = nlohmann::json::parse(split.out);
+  const auto jr = nlohmann::json::parse(round.out);
+  EXPECT_EQ(js["bf16_activations"], "split");
+  EXPECT_EQ(jr["bf16_activations"], "round");
+  EXPECT_EQ(js["fingerprint"], jr["fingerprint"]);
+  EXPECT_GT(jr["rms_logit_error"].get<double>(),
+            js["rms_logit_error"].get<double>());
+  EXPECT_GE(jr["top1_agreement"].get<double>(), 0.9);
+  EXPECT_LT(jr["mean_kl_nats"].get<double>(), 0.01);
+  EXPECT_EQ(Cli({"model", "compare", "--model", model, "--precision", "bf16",
+                 "--bf16-activations", "half"})
+                .exit_code,
+            1);
 }
 
 // `bench engine` in every dtype and mode prints one JSON line with the
@@ -300,6 +322,20 @@ TEST(ModelCliTest, BenchEngineRunsEveryDtype) {
       }
     }
   }
+  // bf16 with the activations rounded: the field says so, and the kernel
+  // peak beside it is the one-term products'.
+  RunResult round = Cli({"bench", "engine", "--model", model, "--mode",
+                         "prefill", "--dtype", "bf16", "--bf16-activations",
+                         "round", "--tokens", "20", "--seconds", "0.05"});
+  ASSERT_EQ(round.exit_code, 0) << round.err;
+  auto round_lines = JsonLines(round.out);
+  ASSERT_EQ(round_lines.size(), 1u) << round.out;
+  EXPECT_EQ(round_lines[0]["bf16_activations"], "round");
+  EXPECT_GT(round_lines[0]["tokens_per_s"].get<double>(), 0);
+  EXPECT_EQ(Cli({"bench", "engine", "--model", model, "--dtype", "bf16",
+                 "--bf16-activations", "fp8"})
+                .exit_code,
+            1);
   EXPECT_EQ(
       Cli({"bench", "engine", "--model", model, "--dtype", "int4"}).exit_code,
       1);

@@ -17,20 +17,22 @@ extern const Kernels kKernelsAvx2;
 extern const Kernels kKernelsScalar;
 // kernels_avx512.cc: SplitBf16Terms on AVX-512 CPUs.
 void SplitBf16TermsAvx512(const float* x, int ldx, int row_begin, int row_end,
-                          int in, Bf16Copy copy, float* xs, uint16_t* xb);
+                          int in, int terms, Bf16Copy copy, float* xs,
+                          uint16_t* xb);
 // kernels_avx512vnni.cc
 void GemmI8Vnni(const int8_t* w, const float* wscale, const int32_t* wsum,
                 int in, const uint8_t* xq, const float* xscale, int ldq,
                 int rows, float* y, int ldy, int o_begin, int o_end);
 // kernels_amx.cc
 void GemmBf16Amx(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
-                 int rows, float* y, int ldy, int o_begin, int o_end);
+                 int terms, int rows, float* y, int ldy, int o_begin,
+                 int o_end);
 // GemmBf16Amx's choice: tiles from 2 rows when the inputs are a multiple of
 // 32, else the AVX-512 FMA kernel.
 Bf16Copy Bf16AmxCopy(int rows, int in);
 // kernels_avx512bf16.cc, and its choice (the same rule).
 void GemmBf16Dp(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
-                int rows, float* y, int ldy, int o_begin, int o_end);
+                int terms, int rows, float* y, int ldy, int o_begin, int o_end);
 Bf16Copy Bf16DpCopy(int rows, int in);
 // GemmI8Amx's choice: tiles from 16 rows, else the VNNI kernel.
 bool I8AmxTiles(int rows);
@@ -85,25 +87,28 @@ bool HasAvx2() {
 // the tests comparing the two then run the AVX2 clone that CPUs without
 // AVX-512 use.
 __attribute__((target_clones("avx2", "default"))) void SplitBf16TermsPortable(
-    const float* x, int ldx, int row_begin, int row_end, int in, Bf16Copy copy,
-    float* xs, uint16_t* xb) {
+    const float* x, int ldx, int row_begin, int row_end, int in, int terms,
+    Bf16Copy copy, float* xs, uint16_t* xb) {
   const int stride = Bf16TermsStride(in);
   for (int t = row_begin; t < row_end; ++t) {
     const float* __restrict row = x + static_cast<int64_t>(t) * ldx;
     if (copy == Bf16Copy::kFp32) {
-      float* __restrict hi = xs + static_cast<int64_t>(2 * t) * stride;
+      float* __restrict hi = xs + static_cast<int64_t>(terms * t) * stride;
       float* __restrict lo = hi + stride;
       for (int i = 0; i < in; ++i) {
         const float hf = BF16ToF32(F32ToBF16(row[i]));
         hi[i] = hf;
-        lo[i] = BF16ToF32(F32ToBF16(row[i] - hf));
+        if (terms == 2) lo[i] = BF16ToF32(F32ToBF16(row[i] - hf));
       }
-      for (int i = in; i < stride; ++i) hi[i] = lo[i] = 0.0f;
+      for (int i = in; i < stride; ++i) hi[i] = 0.0f;
+      if (terms == 2) {
+        for (int i = in; i < stride; ++i) lo[i] = 0.0f;
+      }
       continue;
     }
-    // Both terms of row t sit in the same band, rows 2t % 16 and the
+    // A row's terms sit in the same band, rows terms * t % 16 and the
     // next, 32 values (64 bytes) apart in every tile.
-    uint16_t* __restrict band = xb + Bf16TileIndex(2 * t, 0, in);
+    uint16_t* __restrict band = xb + Bf16TileIndex(terms * t, 0, in);
     for (int b = 0; b < stride; b += 32) {
       uint16_t h[32], l[32];
       const int n = in - b < 32 ? in - b : 32;
@@ -112,23 +117,18 @@ __attribute__((target_clones("avx2", "default"))) void SplitBf16TermsPortable(
         l[i] = F32ToBF16(row[b + i] - BF16ToF32(h[i]));
       }
       for (int i = n; i < 32; ++i) h[i] = l[i] = 0;
-      uint16_t* __restrict hib = band + int64_t{b} * 16;
-      uint16_t* __restrict lob = hib + 32;
-      if (copy == Bf16Copy::kTiles) {
-        for (int i = 0; i < 32; ++i) {
-          hib[i] = h[i];
-          lob[i] = l[i];
-        }
-      } else {  // x2, x0, x3, x1 (Bf16PairIndex)
-        for (int i = 0; i < 32; i += 4) {
-          hib[i] = h[i + 2];
-          hib[i + 1] = h[i];
-          hib[i + 2] = h[i + 3];
-          hib[i + 3] = h[i + 1];
-          lob[i] = l[i + 2];
-          lob[i + 1] = l[i];
-          lob[i + 2] = l[i + 3];
-          lob[i + 3] = l[i + 1];
+      for (int term = 0; term < terms; ++term) {
+        const uint16_t* v = term == 0 ? h : l;
+        uint16_t* __restrict dst = band + int64_t{b} * 16 + 32 * term;
+        if (copy == Bf16Copy::kTiles) {
+          for (int i = 0; i < 32; ++i) dst[i] = v[i];
+        } else {  // x2, x0, x3, x1 (Bf16PairIndex)
+          for (int i = 0; i < 32; i += 4) {
+            dst[i] = v[i + 2];
+            dst[i + 1] = v[i];
+            dst[i + 2] = v[i + 3];
+            dst[i + 3] = v[i + 1];
+          }
         }
       }
     }
@@ -136,12 +136,12 @@ __attribute__((target_clones("avx2", "default"))) void SplitBf16TermsPortable(
 }
 
 void SplitBf16Terms(const float* x, int ldx, int row_begin, int row_end, int in,
-                    Bf16Copy copy, float* xs, uint16_t* xb) {
+                    int terms, Bf16Copy copy, float* xs, uint16_t* xb) {
   static const bool avx512 = HasAvx512();
   if (avx512) {
-    SplitBf16TermsAvx512(x, ldx, row_begin, row_end, in, copy, xs, xb);
+    SplitBf16TermsAvx512(x, ldx, row_begin, row_end, in, terms, copy, xs, xb);
   } else {
-    SplitBf16TermsPortable(x, ldx, row_begin, row_end, in, copy, xs, xb);
+    SplitBf16TermsPortable(x, ldx, row_begin, row_end, in, terms, copy, xs, xb);
   }
 }
 

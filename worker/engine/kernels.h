@@ -70,10 +70,12 @@ void PackPanelRow(const uint16_t* row, int o, int in, uint16_t* dst);
 // bf16 products' activations: each value x as two bf16 terms, hi =
 // bf16(x) and lo = bf16(x - hi), rounded to nearest even (16 significant
 // bits; a NaN stays a NaN; magnitudes from 0x1.ff8p127 round to infinity,
-// as any bf16 rounding does). Row t of `x` (stride ldx, `in` values)
-// becomes term rows 2t (hi) and 2t+1 (lo), each Bf16TermsStride(in) values,
-// +0 past `in`, in the one copy the product's kernel reads
-// (Kernels::gemm_bf16_copy):
+// as any bf16 rounding does) — or, with one term a row
+// (Bf16Activations::kRound), hi alone: the activations rounded to bf16,
+// half the arithmetic. Row t of `x` (stride ldx, `in` values) becomes term
+// rows 2t (hi) and 2t+1 (lo), or term row t (hi), each
+// Bf16TermsStride(in) values, +0 past `in`, in the one copy the product's
+// kernel reads (Kernels::gemm_bf16_copy):
 enum class Bf16Copy {
   // `xs`, fp32 values for the FMA kernels: term row r at r * stride.
   kFp32,
@@ -88,19 +90,21 @@ enum class Bf16Copy {
   // broadcast (kernels_avx512bf16.cc).
   kPairedTiles,
 };
-// The kernels take Bf16TermsSize(rows, in) elements: AMX reads whole tiles,
-// and the term rows past 2 * rows may hold anything (they only reach sums
-// that are never stored). The same function serves every build (an
-// AVX-512 loop where the CPU has it, else a portable one with the same
-// bits), so every build splits alike. Rows [row_begin, row_end) of the product
-// are split (x, xs and xb point at its row 0), so blocks of rows may be split
-// by different threads. Only the copy named is written (writing every copy cost
-// a 512-token bf16 prefill about a tenth of its time); its pointer must not be
-// null, the other may be.
+// The kernels take Bf16TermsSize(rows, in, terms) elements: AMX reads whole
+// tiles, and the term rows past terms * rows may hold anything (they only reach
+// sums that are never stored). The same function serves every build (an AVX-512
+// loop where the CPU has it, else a portable one with the same bits), so every
+// build splits alike. Rows [row_begin, row_end) of the product are split (x, xs
+// and xb point at its row 0), so blocks of rows may be split by different
+// threads. Only the copy named is written (writing every copy cost a 512-token
+// bf16 prefill about a tenth of its time); its pointer must not be null, the
+// other may be. `terms` is the terms a row: 2 (hi, lo) or 1 (hi).
 inline int Bf16TermsStride(int in) { return (in + 31) / 32 * 32; }
-inline int Bf16TermRows(int rows) { return (2 * rows + 31) / 32 * 32; }
-inline int64_t Bf16TermsSize(int rows, int in) {
-  return int64_t{Bf16TermRows(rows)} * Bf16TermsStride(in);
+inline int Bf16TermRows(int rows, int terms) {
+  return (terms * rows + 31) / 32 * 32;
+}
+inline int64_t Bf16TermsSize(int rows, int in, int terms) {
+  return int64_t{Bf16TermRows(rows, terms)} * Bf16TermsStride(in);
 }
 // Where term row r's input i sits in xb (kTiles).
 inline int64_t Bf16TileIndex(int r, int i, int in) {
@@ -113,11 +117,12 @@ inline int64_t Bf16PairIndex(int r, int i, int in) {
   return Bf16TileIndex(r, i - i % 4 + kSlot[i % 4], in);
 }
 void SplitBf16Terms(const float* x, int ldx, int row_begin, int row_end, int in,
-                    Bf16Copy copy, float* xs, uint16_t* xb);
+                    int terms, Bf16Copy copy, float* xs, uint16_t* xb);
 // The plain loop SplitBf16Terms runs where the CPU lacks AVX-512 (it has
 // an AVX-512 copy), for tests that compare the two.
 void SplitBf16TermsPortable(const float* x, int ldx, int row_begin, int row_end,
-                            int in, Bf16Copy copy, float* xs, uint16_t* xb);
+                            int in, int terms, Bf16Copy copy, float* xs,
+                            uint16_t* xb);
 // Kernels::gemm_bf16_copy of the FMA builds: always kFp32.
 Bf16Copy Bf16Fp32Copy(int rows, int in);
 // int8 activations in AMX tile order: bands of 16 rows, each band's blocks
@@ -161,10 +166,10 @@ struct Kernels {
   //       even = fma(w[o][i], x_term[i], even)
   //       odd = fma(w[o][i+1], x_term[i+1], odd)
   //     c = c + (even + odd)
-  //   y = c(hi) + c(lo)
+  //   y = c(hi) + c(lo), or y = c(hi) with one term a row (`terms` 1)
   // with denormal inputs and results flushed to zero (MXCSR DAZ and FTZ).
   void (*gemm_bf16)(const uint16_t* w, int in, const float* xs,
-                    const uint16_t* xb, int rows, float* y, int ldy,
+                    const uint16_t* xb, int terms, int rows, float* y, int ldy,
                     int o_begin, int o_end);
   // Which copy of the terms gemm_bf16 over `rows` rows of `in` inputs
   // reads: xs (kFp32) or xb in tile (AMX) or paired (vdpbf16ps) order. It

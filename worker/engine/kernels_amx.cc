@@ -139,16 +139,19 @@ Bf16Copy Bf16AmxCopy(int rows, int in) {
 }
 
 void GemmBf16Amx(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
-                 int rows, float* y, int ldy, int o_begin, int o_end) {
+                 int terms_a_row, int rows, float* y, int ldy, int o_begin,
+                 int o_end) {
   if (Bf16AmxCopy(rows, in) != Bf16Copy::kTiles) {
-    kKernelsAvx512.gemm_bf16(w, in, xs, xb, rows, y, ldy, o_begin, o_end);
+    kKernelsAvx512.gemm_bf16(w, in, xs, xb, terms_a_row, rows, y, ldy, o_begin,
+                             o_end);
     return;
   }
   if (o_begin >= o_end) return;
   const uint32_t mxcsr = EnterFlushToZero();
   LoadConfig();
   const int64_t pstride = PanelElems(in, 2);
-  const int terms = 2 * rows;  // xb holds whole pairs of tiles (padded)
+  const int k = terms_a_row;
+  const int terms = k * rows;  // xb holds whole pairs of tiles (padded)
   const int blocks = in / 32;
   static_assert(kPanelOut * 32 * sizeof(uint16_t) == 1024, "a B tile");
   alignas(64) float sums[4][16 * 16];
@@ -171,18 +174,20 @@ void GemmBf16Amx(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
           1024, reinterpret_cast<const char*>(b0),
           reinterpret_cast<const char*>(b1), blocks, two_tiles, two_panels,
           reinterpret_cast<char*>(sums), m0 == 0 ? fetch_end : nullptr);
-      // y = c(hi) + c(lo): a row's two terms are adjacent rows of a tile.
+      // y = c(hi) + c(lo): a row's two terms are adjacent rows of a tile;
+      // or y = c(hi).
       for (int q = 0; q < 4; ++q) {
         const int g = o0 + (q & 1) * kPanelOut;
         const int first = m0 + (q >> 1) * 16;
         if (g >= o_end || first >= terms) continue;
         const int outs = o_end - g < kPanelOut ? o_end - g : kPanelOut;
         const __mmask16 mask = static_cast<__mmask16>((1u << outs) - 1u);
-        for (int j = 0; j < 16 && first + j < terms; j += 2) {
-          const __m512 v = _mm512_add_ps(_mm512_load_ps(sums[q] + 16 * j),
-                                         _mm512_load_ps(sums[q] + 16 * j + 16));
+        for (int j = 0; j < 16 && first + j < terms; j += k) {
+          __m512 v = _mm512_load_ps(sums[q] + 16 * j);
+          if (k == 2)
+            v = _mm512_add_ps(v, _mm512_load_ps(sums[q] + 16 * j + 16));
           _mm512_mask_storeu_ps(
-              y + static_cast<int64_t>((first + j) / 2) * ldy + g, mask, v);
+              y + static_cast<int64_t>((first + j) / k) * ldy + g, mask, v);
         }
       }
     }

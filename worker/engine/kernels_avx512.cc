@@ -12,8 +12,8 @@ namespace statestream::engine {
 // kernels_avx512_onerow.cc: the same Gemm for one row, scheduled for an
 // AVX-512 core.
 void GemmBf16OneRowAvx512(const uint16_t* w, int in, const float* xs,
-                          const uint16_t* xb, int rows, float* y, int ldy,
-                          int o_begin, int o_end);
+                          const uint16_t* xb, int terms, int rows, float* y,
+                          int ldy, int o_begin, int o_end);
 
 namespace {
 
@@ -48,7 +48,8 @@ inline __m512i Paired(__m512i v0, __m512i v1, __m512i first, __m512i second) {
 // regrouped by quads (kPairedTiles) with two lane permutes. The portable
 // loop's word shuffles did not vectorise: 10 % of a 32-session bf16 step.
 void SplitBf16TermsAvx512(const float* x, int ldx, int row_begin, int row_end,
-                          int in, Bf16Copy copy, float* xs, uint16_t* xb) {
+                          int in, int terms, Bf16Copy copy, float* xs,
+                          uint16_t* xb) {
   const int stride = Bf16TermsStride(in);
   // Lanes 4q, 4q+1 (x0, x1 of each quad) and 4q+2, 4q+3 (x2, x3) of the
   // 32 terms in two vectors.
@@ -58,10 +59,11 @@ void SplitBf16TermsAvx512(const float* x, int ldx, int row_begin, int row_end,
   for (int t = row_begin; t < row_end; ++t) {
     const float* row = x + static_cast<int64_t>(t) * ldx;
     float* hs = copy == Bf16Copy::kFp32
-                    ? xs + static_cast<int64_t>(2 * t) * stride
+                    ? xs + static_cast<int64_t>(terms * t) * stride
                     : nullptr;
-    uint16_t* band =
-        copy == Bf16Copy::kFp32 ? nullptr : xb + Bf16TileIndex(2 * t, 0, in);
+    uint16_t* band = copy == Bf16Copy::kFp32
+                         ? nullptr
+                         : xb + Bf16TileIndex(terms * t, 0, in);
     for (int b = 0; b < stride; b += 32) {
       const int n = in - b < 32 ? in - b : 32;
       const __mmask16 m0 =
@@ -75,6 +77,23 @@ void SplitBf16TermsAvx512(const float* x, int ldx, int row_begin, int row_end,
       const __m512i h0 = RoundToBf16(x0), h1 = RoundToBf16(x1);
       const __m512 hf0 = _mm512_castsi512_ps(_mm512_slli_epi32(h0, 16));
       const __m512 hf1 = _mm512_castsi512_ps(_mm512_slli_epi32(h1, 16));
+      if (terms == 1 && copy == Bf16Copy::kFp32) {  // hi alone
+        _mm512_storeu_ps(hs + b, hf0);
+        _mm512_storeu_ps(hs + b + 16, hf1);
+        continue;
+      }
+      if (terms == 1) {
+        uint16_t* hib = band + int64_t{b} * 16;
+        if (copy == Bf16Copy::kTiles) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(hib),
+                              _mm512_cvtepi32_epi16(h0));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(hib + 16),
+                              _mm512_cvtepi32_epi16(h1));
+        } else {
+          _mm512_storeu_si512(hib, Paired(h0, h1, first, second));
+        }
+        continue;
+      }
       const __m512i l0 = RoundToBf16(_mm512_sub_ps(x0, hf0));
       const __m512i l1 = RoundToBf16(_mm512_sub_ps(x1, hf1));
       if (copy == Bf16Copy::kFp32) {  // hi at hs, lo a stride after
@@ -109,11 +128,12 @@ namespace {
 // One row goes to the AVX-512-tuned copy (the same operations, so the same
 // bits); more rows to this file's, whose batched blocks the tuning slowed.
 void GemmBf16(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
-              int rows, float* y, int ldy, int o_begin, int o_end) {
+              int terms, int rows, float* y, int ldy, int o_begin, int o_end) {
   if (rows == 1) {
-    GemmBf16OneRowAvx512(w, in, xs, xb, rows, y, ldy, o_begin, o_end);
+    GemmBf16OneRowAvx512(w, in, xs, xb, terms, rows, y, ldy, o_begin, o_end);
   } else {
-    kernels_impl::GemmBf16Terms<V>(w, in, xs, xb, rows, y, ldy, o_begin, o_end);
+    kernels_impl::GemmBf16Terms<V>(w, in, xs, xb, terms, rows, y, ldy, o_begin,
+                                   o_end);
   }
 }
 

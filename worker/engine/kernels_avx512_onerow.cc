@@ -12,9 +12,10 @@
 namespace statestream::engine {
 
 void GemmBf16OneRowAvx512(const uint16_t* w, int in, const float* xs,
-                          const uint16_t* xb, int rows, float* y, int ldy,
-                          int o_begin, int o_end) {
-  kernels_impl::GemmBf16Terms<V>(w, in, xs, xb, rows, y, ldy, o_begin, o_end);
+                          const uint16_t* xb, int terms, int rows, float* y,
+                          int ldy, int o_begin, int o_end) {
+  kernels_impl::GemmBf16Terms<V>(w, in, xs, xb, terms, rows, y, ldy, o_begin,
+                                 o_end);
 }
 
 }  // namespace statestream::engine

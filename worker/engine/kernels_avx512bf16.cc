@@ -37,14 +37,15 @@ inline void Dp(__m512& acc, __m512i w, const uint16_t* pair) {
       : "v"(w), "m"(*reinterpret_cast<const uint32_t*>(pair)));
 }
 
-// T term rows (T / 2 rows, hi and lo) x one panel of 16 outputs, over
+// T term rows (T / K rows of K terms: hi and lo, or hi) x one panel of 16
+// outputs, over
 // `blocks` blocks of 32 inputs. `panel` is the panel's first step, `xp` the
 // first term row's first block (kPairedTiles: term rows 32 values apart
 // within a band, the next block 512 values on). Per term row three
 // accumulators: the block's even and odd chains and the block sums c.
 // `fetch`, when not null, is the next panel: each block of inputs fetches
 // its KiB of it into L2.
-template <int T>
+template <int T, int K>
 void Block(const uint16_t* panel, int blocks, const uint16_t* xp, float* y,
            int ldy, __mmask16 mask, const uint16_t* fetch) {
   const __m512i low_words = _mm512_set1_epi32(0xffff);
@@ -84,11 +85,53 @@ void Block(const uint16_t* panel, int blocks, const uint16_t* xp, float* y,
       c[j] = _mm512_add_ps(c[j], _mm512_add_ps(even[j], odd[j]));
     }
   }
-  // y = c(hi) + c(lo).
-#pragma GCC unroll 4
-  for (int j = 0; j < T; j += 2) {
-    _mm512_mask_storeu_ps(y + static_cast<int64_t>(j / 2) * ldy, mask,
-                          _mm512_add_ps(c[j], c[j + 1]));
+  // y = c(hi) + c(lo), or c(hi).
+#pragma GCC unroll 8
+  for (int j = 0; j < T; j += K) {
+    _mm512_mask_storeu_ps(y + static_cast<int64_t>(j / K) * ldy, mask,
+                          K == 2 ? _mm512_add_ps(c[j], c[j + 1]) : c[j]);
+  }
+}
+
+// Term rows [0, terms) in blocks of 8 (each within one band of 16,
+// Bf16TileIndex), against one panel; the second block fetches `next`.
+template <int K>
+void Rows(const uint16_t* panel, int blocks, const uint16_t* xb, int in,
+          int terms, float* y, int ldy, __mmask16 mask, const uint16_t* next) {
+  for (int r = 0; r < terms; r += 8) {
+    const uint16_t* xp = xb + Bf16TileIndex(r, 0, in);
+    float* yr = y + static_cast<int64_t>(r / K) * ldy;
+    const uint16_t* fetch = r == 8 ? next : nullptr;
+    switch (terms - r < 8 ? terms - r : 8) {
+      case 8:
+        Block<8, K>(panel, blocks, xp, yr, ldy, mask, fetch);
+        break;
+      case 7:
+        if constexpr (K == 1)
+          Block<7, K>(panel, blocks, xp, yr, ldy, mask, fetch);
+        break;
+      case 6:
+        Block<6, K>(panel, blocks, xp, yr, ldy, mask, fetch);
+        break;
+      case 5:
+        if constexpr (K == 1)
+          Block<5, K>(panel, blocks, xp, yr, ldy, mask, fetch);
+        break;
+      case 4:
+        Block<4, K>(panel, blocks, xp, yr, ldy, mask, fetch);
+        break;
+      case 3:
+        if constexpr (K == 1)
+          Block<3, K>(panel, blocks, xp, yr, ldy, mask, fetch);
+        break;
+      case 2:
+        Block<2, K>(panel, blocks, xp, yr, ldy, mask, fetch);
+        break;
+      default:
+        if constexpr (K == 1)
+          Block<1, K>(panel, blocks, xp, yr, ldy, mask, fetch);
+        break;
+    }
   }
 }
 
@@ -102,16 +145,18 @@ Bf16Copy Bf16DpCopy(int rows, int in) {
 }
 
 void GemmBf16Dp(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
-                int rows, float* y, int ldy, int o_begin, int o_end) {
+                int terms, int rows, float* y, int ldy, int o_begin,
+                int o_end) {
   if (Bf16DpCopy(rows, in) != Bf16Copy::kPairedTiles) {
-    kKernelsAvx512.gemm_bf16(w, in, xs, xb, rows, y, ldy, o_begin, o_end);
+    kKernelsAvx512.gemm_bf16(w, in, xs, xb, terms, rows, y, ldy, o_begin,
+                             o_end);
     return;
   }
   if (o_begin >= o_end) return;
   const uint32_t mxcsr = EnterFlushToZero();  // the block sums' additions
   const int64_t pstride = PanelElems(in, 2);
   const int blocks = in / 32;
-  const int terms = 2 * rows;
+  const int term_rows = terms * rows;
   for (int o = o_begin; o < o_end; o += kPanelOut) {
     const int outs = o_end - o < kPanelOut ? o_end - o : kPanelOut;
     const __mmask16 mask = static_cast<__mmask16>((1u << outs) - 1u);
@@ -120,27 +165,11 @@ void GemmBf16Dp(const uint16_t* w, int in, const float* xs, const uint16_t* xb,
     // panel already in L1) fetches it while it computes, so the next
     // panel's first block does not wait for it.
     const uint16_t* next =
-        o + kPanelOut < o_end && terms > 8 ? panel + pstride : nullptr;
-    // Blocks of 8 term rows start at multiples of 8, so each lies in one
-    // band of 16 (Bf16TileIndex).
-    for (int r = 0; r < terms; r += 8) {
-      const uint16_t* xp = xb + Bf16TileIndex(r, 0, in);
-      float* yr = y + static_cast<int64_t>(r / 2) * ldy + o;
-      const uint16_t* fetch = r == 8 ? next : nullptr;
-      switch (terms - r < 8 ? terms - r : 8) {
-        case 8:
-          Block<8>(panel, blocks, xp, yr, ldy, mask, fetch);
-          break;
-        case 6:
-          Block<6>(panel, blocks, xp, yr, ldy, mask, fetch);
-          break;
-        case 4:
-          Block<4>(panel, blocks, xp, yr, ldy, mask, fetch);
-          break;
-        default:
-          Block<2>(panel, blocks, xp, yr, ldy, mask, fetch);
-          break;
-      }
+        o + kPanelOut < o_end && term_rows > 8 ? panel + pstride : nullptr;
+    if (terms == 1) {
+      Rows<1>(panel, blocks, xb, in, term_rows, y + o, ldy, mask, next);
+    } else {
+      Rows<2>(panel, blocks, xb, in, term_rows, y + o, ldy, mask, next);
     }
   }
   RestoreMxcsr(mxcsr);

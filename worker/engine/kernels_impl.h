@@ -238,18 +238,21 @@ void Gemm(const float* w, int in, const float* x, int ldx, int rows, float* y,
   PanelLoop(k, w, rows, y, ldy, o_begin, o_end);
 }
 
-// gemm_bf16 (kernels.h): R rows x P panels. Per row, term (hi, lo) and
-// panel three accumulators: the even and odd chains of the current block
-// of 32 inputs and the block sums c, so every output is exactly the
-// definition (TDPBF16PS's arithmetic) whatever R and P. `xs` is the block's
-// first row's hi terms (rows 2 * stride floats apart, lo after hi). Call
-// under FTZ | DAZ (GemmBf16Terms).
-template <typename V, int R, int P>
-inline void Bf16Block(const uint16_t* w, int64_t pstride, int in,
-                      const float* xs, int stride, float* y, int ldy, int outs,
-                      Fetch fetch = {}) {
+// gemm_bf16 (kernels.h): R rows x P panels, with T terms a row. Per row,
+// term (hi, lo) and panel three accumulators: the even and odd chains of
+// the current block of 32 inputs and the block sums c, so every output is
+// exactly the definition (TDPBF16PS's arithmetic) whatever R and P. `xs` is
+// the block's first row's hi terms (rows T * stride floats apart, lo after
+// hi). Call under FTZ | DAZ (GemmBf16Terms). Not inlined: GCC inlined the
+// one-term one-row block into PanelLoop, and that copy ran one-session
+// decode 25-30 % slower (0.1B, 90-94 against 123-158 tok/s).
+template <typename V, int R, int P, int T = 2>
+__attribute__((noinline)) void Bf16Block(const uint16_t* w, int64_t pstride,
+                                         int in, const float* xs, int stride,
+                                         float* y, int ldy, int outs,
+                                         Fetch fetch = {}) {
   constexpr int kPairsPerBlock = 16;
-  constexpr int kAcc = R * 2 * P;  // [row][term][panel]
+  constexpr int kAcc = R * T * P;  // [row][term][panel]
   V even[kAcc], odd[kAcc], c[kAcc];
 #pragma GCC unroll 16
   for (int a = 0; a < kAcc; ++a) even[a] = odd[a] = c[a] = V::Zero();
@@ -297,7 +300,7 @@ inline void Bf16Block(const uint16_t* w, int64_t pstride, int in,
 #pragma GCC unroll 4
         for (int u = 0; u < P; ++u) wv[u] = V::LoadStep(ws + u * pstride, s);
 #pragma GCC unroll 4
-        for (int rt = 0; rt < 2 * R; ++rt) {
+        for (int rt = 0; rt < T * R; ++rt) {
           const V xv =
               V::Set1(xs[static_cast<int64_t>(rt) * stride + 2 * p + s]);
 #pragma GCC unroll 4
@@ -327,7 +330,8 @@ inline void Bf16Block(const uint16_t* w, int64_t pstride, int in,
     float* yr = y + static_cast<int64_t>(r) * ldy;
 #pragma GCC unroll 4
     for (int u = 0; u < P; ++u) {
-      const V v = V::Add(c[(2 * r) * P + u], c[(2 * r + 1) * P + u]);
+      const V v = T == 2 ? V::Add(c[(2 * r) * P + u], c[(2 * r + 1) * P + u])
+                         : c[r * P + u];
       const int n = outs - u * kPanelOut;
       if (n >= kPanelOut) {
         v.Store(yr + u * kPanelOut);
@@ -338,23 +342,25 @@ inline void Bf16Block(const uint16_t* w, int64_t pstride, int in,
   }
 }
 
-// gemm_bf16 over the terms xs: Bf16Block.
-template <typename V>
+// gemm_bf16 over the terms xs (T a row): Bf16Block.
+template <typename V, int T>
 struct Bf16Panels {
   using W = uint16_t;
-  static constexpr int kRows = V::kBf16Rows, kPanels = V::kBf16Panels;
+  // One term a row: twice the rows in the same accumulators.
+  static constexpr int kRows = V::kBf16Rows * (T == 1 ? 2 : 1);
+  static constexpr int kPanels = V::kBf16Panels;
   static constexpr int kOneRowPanels = V::kBf16OneRowPanels;
   const float* xs;
   int stride;
   int in;
   int64_t pstride;
-  int RowBytes() const { return 2 * stride * 4; }
+  int RowBytes() const { return T * stride * 4; }
   template <int R, int P>
   void Block(int t, const uint16_t* w, float* y, int ldy, int outs,
              Fetch fetch) const {
-    Bf16Block<V, R, P>(w, pstride, in,
-                       xs + static_cast<int64_t>(2 * t) * stride, stride, y,
-                       ldy, outs, fetch);
+    Bf16Block<V, R, P, T>(w, pstride, in,
+                          xs + static_cast<int64_t>(T * t) * stride, stride, y,
+                          ldy, outs, fetch);
   }
 };
 
@@ -362,11 +368,16 @@ struct Bf16Panels {
 // AVX2, scalar; and one row on AMX machines), the loops of Gemm.
 template <typename V>
 void GemmBf16Terms(const uint16_t* w, int in, const float* xs,
-                   const uint16_t* /*xb*/, int rows, float* y, int ldy,
-                   int o_begin, int o_end) {
+                   const uint16_t* /*xb*/, int terms, int rows, float* y,
+                   int ldy, int o_begin, int o_end) {
   const uint32_t mxcsr = EnterFlushToZero();
-  const Bf16Panels<V> k{xs, Bf16TermsStride(in), in, PanelElems(in, 2)};
-  PanelLoop(k, w, rows, y, ldy, o_begin, o_end);
+  if (terms == 1) {
+    const Bf16Panels<V, 1> k{xs, Bf16TermsStride(in), in, PanelElems(in, 2)};
+    PanelLoop(k, w, rows, y, ldy, o_begin, o_end);
+  } else {
+    const Bf16Panels<V, 2> k{xs, Bf16TermsStride(in), in, PanelElems(in, 2)};
+    PanelLoop(k, w, rows, y, ldy, o_begin, o_end);
+  }
   RestoreMxcsr(mxcsr);
 }
 

@@ -49,8 +49,9 @@ std::vector<T> Packed(const std::vector<T>& w, int out, int in) {
 }
 
 // gemm_bf16's definition (kernels.h), written out plainly: each activation
-// as two bf16 terms, per term two FMA chains (even and odd inputs) per block
-// of 32 inputs, block sums, and the terms' sums; under FTZ | DAZ.
+// as two bf16 terms (or one, `terms` 1), per term two FMA chains (even and
+// odd inputs) per block of 32 inputs, block sums, and the terms' sums; under
+// FTZ | DAZ.
 float RoundToBf16(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
@@ -65,7 +66,7 @@ float RoundToBf16(float f) {
 
 std::vector<float> Bf16Reference(const std::vector<uint16_t>& wb, int out,
                                  int in, const float* x, int ldx, int rows,
-                                 int ldy) {
+                                 int ldy, int terms = 2) {
   const uint32_t mxcsr = _mm_getcsr();
   _mm_setcsr(mxcsr | 0x8040u);
   std::vector<float> y(static_cast<size_t>(rows) * ldy, 0.0f);
@@ -81,7 +82,7 @@ std::vector<float> Bf16Reference(const std::vector<uint16_t>& wb, int out,
         return i < in ? FromBF16(wb[static_cast<size_t>(o) * in + i]) : 0.0f;
       };
       float sum[2];
-      for (int term = 0; term < 2; ++term) {
+      for (int term = 0; term < terms; ++term) {
         const std::vector<float>& xt = term == 0 ? hi : lo;
         float c = 0.0f;
         for (int b = 0; b < in; b += 32) {
@@ -94,7 +95,8 @@ std::vector<float> Bf16Reference(const std::vector<uint16_t>& wb, int out,
         }
         sum[term] = c;
       }
-      y[static_cast<size_t>(t) * ldy + o] = sum[0] + sum[1];
+      y[static_cast<size_t>(t) * ldy + o] =
+          terms == 2 ? sum[0] + sum[1] : sum[0];
     }
   }
   _mm_setcsr(mxcsr);
@@ -311,9 +313,11 @@ TEST(KernelsTest, GemmIsItsDefinitionInEveryBuild) {
           want_f32[static_cast<size_t>(t) * out + o] = acc;
         }
       }
-      const std::vector<float> want_bf16 =
-          Bf16Reference(wb, out, in, x.data(), in, rows, out);
-      const Bf16Terms terms(x.data(), in, rows, in);
+      const std::vector<float> want_bf16[2] = {
+          Bf16Reference(wb, out, in, x.data(), in, rows, out, 1),
+          Bf16Reference(wb, out, in, x.data(), in, rows, out, 2)};
+      const Bf16Terms terms[2] = {Bf16Terms(x.data(), in, rows, in, 1),
+                                  Bf16Terms(x.data(), in, rows, in, 2)};
       for (const char* name : {"scalar", "avx2", "avx512", "avx512vnni",
                                "avx512bf16", "avx512amx"}) {
         const Kernels* k = GetKernelsByName(name);
@@ -323,13 +327,17 @@ TEST(KernelsTest, GemmIsItsDefinitionInEveryBuild) {
         k->gemm_f32(pw.data(), in, x.data(), in, rows, y.data(), out, 16, out);
         EXPECT_EQ(0, std::memcmp(y.data(), want_f32.data(), y.size() * 4))
             << name << " f32 in=" << in << " rows=" << rows;
-        y.assign(y.size(), -1.0f);
-        k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.bf16(*k), rows,
-                     y.data(), out, 0, 32);
-        k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.bf16(*k), rows,
-                     y.data(), out, 32, out);
-        EXPECT_EQ(0, std::memcmp(y.data(), want_bf16.data(), y.size() * 4))
-            << name << " bf16 in=" << in << " rows=" << rows;
+        for (const Bf16Terms& t : terms) {
+          y.assign(y.size(), -1.0f);
+          k->gemm_bf16(pb.data(), in, t.xs.data(), t.bf16(*k), t.terms, rows,
+                       y.data(), out, 0, 32);
+          k->gemm_bf16(pb.data(), in, t.xs.data(), t.bf16(*k), t.terms, rows,
+                       y.data(), out, 32, out);
+          EXPECT_EQ(0, std::memcmp(y.data(), want_bf16[t.terms - 1].data(),
+                                   y.size() * 4))
+              << name << " bf16 terms=" << t.terms << " in=" << in
+              << " rows=" << rows;
+        }
       }
     }
   }
@@ -352,18 +360,21 @@ TEST(KernelsTest, Bf16ProductFlushesDenormalsAndKeepsSixteenBits) {
         x[i] = std::ldexp(x[i], scale / 2 - static_cast<int>(i % 11));
       }
       const auto pb = Packed(wb, out, in);
-      const std::vector<float> want =
-          Bf16Reference(wb, out, in, x.data(), in, rows, out);
-      const Bf16Terms terms(x.data(), in, rows, in);
-      for (const char* name :
-           {"scalar", "avx2", "avx512", "avx512bf16", "avx512amx"}) {
-        const Kernels* k = GetKernelsByName(name);
-        if (k == nullptr) continue;
-        std::vector<float> y(want.size(), -1.0f);
-        k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.bf16(*k), rows,
-                     y.data(), out, 0, out);
-        EXPECT_EQ(0, std::memcmp(y.data(), want.data(), y.size() * 4))
-            << name << " scale 2^" << scale << " rows=" << rows;
+      for (int n : {1, 2}) {
+        const std::vector<float> want =
+            Bf16Reference(wb, out, in, x.data(), in, rows, out, n);
+        const Bf16Terms terms(x.data(), in, rows, in, n);
+        for (const char* name :
+             {"scalar", "avx2", "avx512", "avx512bf16", "avx512amx"}) {
+          const Kernels* k = GetKernelsByName(name);
+          if (k == nullptr) continue;
+          std::vector<float> y(want.size(), -1.0f);
+          k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.bf16(*k), n, rows,
+                       y.data(), out, 0, out);
+          EXPECT_EQ(0, std::memcmp(y.data(), want.data(), y.size() * 4))
+              << name << " scale 2^" << scale << " rows=" << rows
+              << " terms=" << n;
+        }
       }
     }
   }
@@ -388,85 +399,99 @@ TEST(KernelsTest, Bf16ProductFlushesDenormalsAndKeepsSixteenBits) {
 }
 
 // A product reads one copy of the terms (gemm_bf16_copy). Each copy holds
-// the same values where its order puts them, whether the rows are split at
-// once or in blocks (as MatMuls' threads do), and writing one touches
-// nothing else.
+// the same values where its order puts them, with two terms a row or one,
+// whether the rows are split at once or in blocks (as MatMuls' threads do), and
+// writing one touches nothing else.
 TEST(KernelsTest, SplitBf16TermsWritesOnlyTheCopyAskedFor) {
-  for (int in : {1, 16, 17, 31, 32, 33, 48, 49, 768}) {
-    const int rows = 37, ldx = in + 5;  // three bands of 16 term rows
-    auto x = Random(static_cast<size_t>(rows) * ldx, in);
-    x[0] = std::numeric_limits<float>::quiet_NaN();
-    x[1 % in] = std::numeric_limits<float>::infinity();
-    x[ldx] = std::ldexp(1.0f, -130);  // denormal
-    // Signalling and negative NaNs, the largest float (rounds to
-    // infinity), -0 and a tie (1 + 2^-8 rounds to even: 1).
-    const uint32_t specials[] = {0x7f800001u, 0xffc00001u, 0x7f7fffffu,
-                                 0x80000000u, 0x3f808000u, 0xbf818000u};
-    for (size_t i = 0; i < std::size(specials); ++i) {
-      x[2 * ldx + i % in + (i / in) * ldx] = std::bit_cast<float>(specials[i]);
-    }
-    const int64_t n = Bf16TermsSize(rows, in);
-    std::vector<float> xs(n, 7.0f);
-    std::vector<uint16_t> xb(n, 7), xp(n, 7);
-    SplitBf16Terms(x.data(), ldx, 0, rows, in, Bf16Copy::kFp32, xs.data(),
-                   nullptr);
-    EXPECT_EQ(xb, std::vector<uint16_t>(n, 7));
-    SplitBf16Terms(x.data(), ldx, 0, rows, in, Bf16Copy::kTiles, nullptr,
-                   xb.data());
-    SplitBf16Terms(x.data(), ldx, 0, rows, in, Bf16Copy::kPairedTiles, nullptr,
-                   xp.data());
-    // hi and lo as bf16 (in either order) are the fp32 copy's values,
-    // exactly, and +0 past `in`.
-    const int stride = Bf16TermsStride(in);
-    for (int r = 0; r < 2 * rows; ++r) {
-      for (int i = 0; i < stride; ++i) {
-        const float want = xs[static_cast<int64_t>(r) * stride + i];
-        if (i >= in) {
-          EXPECT_EQ(std::bit_cast<uint32_t>(want), 0u);
-        }
-        for (const float got : {BF16ToF32(xb[Bf16TileIndex(r, i, in)]),
-                                BF16ToF32(xp[Bf16PairIndex(r, i, in)])}) {
-          if (std::isnan(want)) {
-            EXPECT_TRUE(std::isnan(got)) << in << " " << r << " " << i;
-          } else {
-            EXPECT_EQ(std::bit_cast<uint32_t>(want),
-                      std::bit_cast<uint32_t>(got))
-                << in << " " << r << " " << i;
+  for (int terms : {2, 1}) {
+    for (int in : {1, 16, 17, 31, 32, 33, 48, 49, 768}) {
+      const int rows = 37, ldx = in + 5;  // three bands of 16 term rows
+      auto x = Random(static_cast<size_t>(rows) * ldx, in);
+      x[0] = std::numeric_limits<float>::quiet_NaN();
+      x[1 % in] = std::numeric_limits<float>::infinity();
+      x[ldx] = std::ldexp(1.0f, -130);  // denormal
+      // Signalling and negative NaNs, the largest float (rounds to
+      // infinity), -0 and a tie (1 + 2^-8 rounds to even: 1).
+      const uint32_t specials[] = {0x7f800001u, 0xffc00001u, 0x7f7fffffu,
+                                   0x80000000u, 0x3f808000u, 0xbf818000u};
+      for (size_t i = 0; i < std::size(specials); ++i) {
+        x[2 * ldx + i % in + (i / in) * ldx] =
+            std::bit_cast<float>(specials[i]);
+      }
+      const int64_t n = Bf16TermsSize(rows, in, terms);
+      std::vector<float> xs(n, 7.0f);
+      std::vector<uint16_t> xb(n, 7), xp(n, 7);
+      SplitBf16Terms(x.data(), ldx, 0, rows, in, terms, Bf16Copy::kFp32,
+                     xs.data(), nullptr);
+      EXPECT_EQ(xb, std::vector<uint16_t>(n, 7));
+      SplitBf16Terms(x.data(), ldx, 0, rows, in, terms, Bf16Copy::kTiles,
+                     nullptr, xb.data());
+      SplitBf16Terms(x.data(), ldx, 0, rows, in, terms, Bf16Copy::kPairedTiles,
+                     nullptr, xp.data());
+      // hi and lo (or hi) as bf16 (in either order) are the fp32 copy's
+      // values, exactly, and +0 past `in`; one term a row is the hi of two.
+      const int stride = Bf16TermsStride(in);
+      for (int r = 0; r < terms * rows; ++r) {
+        for (int i = 0; i < stride; ++i) {
+          const float want = xs[static_cast<int64_t>(r) * stride + i];
+          if (i >= in) {
+            EXPECT_EQ(std::bit_cast<uint32_t>(want), 0u);
+          }
+          for (const float got : {BF16ToF32(xb[Bf16TileIndex(r, i, in)]),
+                                  BF16ToF32(xp[Bf16PairIndex(r, i, in)])}) {
+            if (std::isnan(want)) {
+              EXPECT_TRUE(std::isnan(got)) << in << " " << r << " " << i;
+            } else {
+              EXPECT_EQ(std::bit_cast<uint32_t>(want),
+                        std::bit_cast<uint32_t>(got))
+                  << in << " " << r << " " << i;
+            }
           }
         }
       }
+      if (terms == 1) {
+        std::vector<float> two(Bf16TermsSize(rows, in, 2));
+        SplitBf16Terms(x.data(), ldx, 0, rows, in, 2, Bf16Copy::kFp32,
+                       two.data(), nullptr);
+        for (int t = 0; t < rows; ++t) {
+          EXPECT_EQ(0, std::memcmp(&xs[int64_t{t} * stride],
+                                   &two[int64_t{2 * t} * stride],
+                                   stride * sizeof(float)))
+              << in << " " << t;
+        }
+      }
+      // The paired order is each 4 inputs as x2, x0, x3, x1.
+      EXPECT_EQ(xp[0], xb[2]);
+      EXPECT_EQ(xp[1], xb[0]);
+      EXPECT_EQ(xp[2], xb[3]);
+      EXPECT_EQ(xp[3], xb[1]);
+      // Split in blocks of rows, the same copies.
+      std::vector<float> xs_blocks(n, 7.0f);
+      std::vector<uint16_t> xb_blocks(n, 7), xp_blocks(n, 7);
+      for (int b = 0; b < rows; ++b) {
+        SplitBf16Terms(x.data(), ldx, b, b + 1, in, terms, Bf16Copy::kFp32,
+                       xs_blocks.data(), nullptr);
+        SplitBf16Terms(x.data(), ldx, b, b + 1, in, terms, Bf16Copy::kTiles,
+                       nullptr, xb_blocks.data());
+        SplitBf16Terms(x.data(), ldx, b, b + 1, in, terms,
+                       Bf16Copy::kPairedTiles, nullptr, xp_blocks.data());
+      }
+      EXPECT_EQ(0, std::memcmp(xs.data(), xs_blocks.data(), n * sizeof(float)));
+      EXPECT_EQ(xb, xb_blocks) << in;
+      EXPECT_EQ(xp, xp_blocks) << in;
+      // The plain loop (CPUs without AVX-512) writes the same bits.
+      std::vector<float> xs_plain(n, 7.0f);
+      std::vector<uint16_t> xb_plain(n, 7), xp_plain(n, 7);
+      SplitBf16TermsPortable(x.data(), ldx, 0, rows, in, terms, Bf16Copy::kFp32,
+                             xs_plain.data(), nullptr);
+      SplitBf16TermsPortable(x.data(), ldx, 0, rows, in, terms,
+                             Bf16Copy::kTiles, nullptr, xb_plain.data());
+      SplitBf16TermsPortable(x.data(), ldx, 0, rows, in, terms,
+                             Bf16Copy::kPairedTiles, nullptr, xp_plain.data());
+      EXPECT_EQ(0, std::memcmp(xs.data(), xs_plain.data(), n * sizeof(float)));
+      EXPECT_EQ(xb, xb_plain) << in;
+      EXPECT_EQ(xp, xp_plain) << in;
     }
-    // The paired order is each 4 inputs as x2, x0, x3, x1.
-    EXPECT_EQ(xp[0], xb[2]);
-    EXPECT_EQ(xp[1], xb[0]);
-    EXPECT_EQ(xp[2], xb[3]);
-    EXPECT_EQ(xp[3], xb[1]);
-    // Split in blocks of rows, the same copies.
-    std::vector<float> xs_blocks(n, 7.0f);
-    std::vector<uint16_t> xb_blocks(n, 7), xp_blocks(n, 7);
-    for (int b = 0; b < rows; ++b) {
-      SplitBf16Terms(x.data(), ldx, b, b + 1, in, Bf16Copy::kFp32,
-                     xs_blocks.data(), nullptr);
-      SplitBf16Terms(x.data(), ldx, b, b + 1, in, Bf16Copy::kTiles, nullptr,
-                     xb_blocks.data());
-      SplitBf16Terms(x.data(), ldx, b, b + 1, in, Bf16Copy::kPairedTiles,
-                     nullptr, xp_blocks.data());
-    }
-    EXPECT_EQ(0, std::memcmp(xs.data(), xs_blocks.data(), n * sizeof(float)));
-    EXPECT_EQ(xb, xb_blocks) << in;
-    EXPECT_EQ(xp, xp_blocks) << in;
-    // The plain loop (CPUs without AVX-512) writes the same bits.
-    std::vector<float> xs_plain(n, 7.0f);
-    std::vector<uint16_t> xb_plain(n, 7), xp_plain(n, 7);
-    SplitBf16TermsPortable(x.data(), ldx, 0, rows, in, Bf16Copy::kFp32,
-                           xs_plain.data(), nullptr);
-    SplitBf16TermsPortable(x.data(), ldx, 0, rows, in, Bf16Copy::kTiles,
-                           nullptr, xb_plain.data());
-    SplitBf16TermsPortable(x.data(), ldx, 0, rows, in, Bf16Copy::kPairedTiles,
-                           nullptr, xp_plain.data());
-    EXPECT_EQ(0, std::memcmp(xs.data(), xs_plain.data(), n * sizeof(float)));
-    EXPECT_EQ(xb, xb_plain) << in;
-    EXPECT_EQ(xp, xp_plain) << in;
   }
   // The FMA builds read the fp32 copy; AMX and vdpbf16ps their own from 2
   // rows of whole 32-input blocks.
@@ -599,12 +624,13 @@ TEST_P(GemmRowTest, RowIsIndependentOfBatchAndSplit) {
        {"scalar", "avx2", "avx512", "avx512vnni", "avx512bf16", "avx512amx"}) {
     const Kernels* k = GetKernelsByName(name);
     if (k == nullptr) continue;
-    for (const char* type : {"f32", "bf16", "i8"}) {
+    for (const char* type : {"f32", "bf16", "bf16-round", "i8"}) {
       auto run = [&](const float* xs, int rows, float* y, int ob, int oe) {
         if (type[0] == 'b') {
-          const Bf16Terms terms(xs, ldx, rows, in);
-          k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.bf16(*k), rows, y,
-                       ldy, ob, oe);
+          const int n = type[4] == '-' ? 1 : 2;  // activations rounded: 1
+          const Bf16Terms terms(xs, ldx, rows, in, n);
+          k->gemm_bf16(pb.data(), in, terms.xs.data(), terms.bf16(*k), n, rows,
+                       y, ldy, ob, oe);
         } else if (type[0] == 'i') {
           const I8Rows q = Quantize(xs, ldx, rows, in, k->gemm_i8_tiles(rows));
           k->gemm_i8(wi.packed.data(), wi.scale.data(), wi.sum.data(), in,

@@ -56,8 +56,20 @@ enum class WeightPrecision {
               // (a quarter of fp32's bytes; accuracy in docs/engine-kernels.md)
 };
 
+// The activations of products with bf16 weights (CPU backend).
+enum class Bf16Activations {
+  // Two bf16 terms, hi and lo (16 significant bits): the bf16 goldens hold
+  // at 1e-4 and the logit error is the bf16 weights' own.
+  kSplit,
+  // Rounded to bf16 (8 significant bits), as 16-bit engines and the
+  // reference's bf16 mode compute: half the arithmetic of batched decode
+  // and prefill, at an accuracy cost measured in docs/engine-kernels.md.
+  kRound,
+};
+
 struct ModelOptions {
   WeightPrecision precision = WeightPrecision::kAsStored;
+  Bf16Activations bf16_activations = Bf16Activations::kSplit;
   // Engine threads including the caller's; 0 = one per hardware thread.
   int threads = 0;
   // Kernel build: "" = best for this CPU, or "avx512" / "avx2" / "scalar".

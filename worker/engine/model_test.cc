@@ -414,6 +414,68 @@ TEST(ModelTest, Int8WeightsAreDeterministicAndClose) {
   }
 }
 
+// bf16 weights with the activations rounded to bf16 (one term a row,
+// Bf16Activations::kRound): one result whatever the chunking, batching,
+// threads or kernel build, as with two terms; the same model for the
+// fingerprint (the same weights); logits close to the fp32 model's
+// (measured and printed; docs/engine-kernels.md records the figures) and
+// not the two-term products' bits.
+TEST(ModelTest, Bf16RoundedActivationsAreDeterministicAndClose) {
+  SS_REQUIRE_SHARED_DATA();
+  for (const char* file :
+       {"testdata/rwkv7-tiny-bf16.pth", "testdata/rwkv4-tiny-bf16.pth",
+        "testdata/rwkv6-tiny.pth", "testdata/rwkv5-tiny.pth",
+        "testdata/third_party/tiny-rwkv-7v0-834K-bf16.pth"}) {
+    auto opts = [](int threads, const char* kernels) {
+      ModelOptions o = Opts(threads, kernels, WeightPrecision::kBF16);
+      o.bf16_activations = Bf16Activations::kRound;
+      return o;
+    };
+    auto base = Load(file, opts(1, "scalar"));
+    auto split = Load(file, Opts(2, "", WeightPrecision::kBF16));
+    auto fp32 = Load(file, Opts(0, "", WeightPrecision::kF32));
+    ASSERT_TRUE(base && split && fp32) << file;
+    EXPECT_EQ(base->info().fingerprint, split->info().fingerprint) << file;
+    std::vector<int32_t> tokens =
+        RandomTokens(150, base->info().config.vocab_size, 7);
+    FeedResult ref = Feed(*base, tokens, 1, false);
+    for (size_t chunk : {3, 64, 150}) {
+      ExpectBitIdentical(ref, Feed(*base, tokens, chunk, true),
+                         std::string(file) + " bf16 rounded, batched, chunk " +
+                             std::to_string(chunk));
+    }
+    for (const char* kernels : kEveryBuild) {
+      if (GetKernelsByName(kernels) == nullptr) continue;  // not on this CPU
+      for (int threads : {2, 3}) {
+        auto m = Load(file, opts(threads, kernels));
+        if (m == nullptr) continue;
+        ExpectBitIdentical(ref, Feed(*m, tokens, 17, true),
+                           std::string(file) + " bf16 rounded " + kernels +
+                               " threads " + std::to_string(threads));
+      }
+    }
+    const FeedResult two_terms = Feed(*split, tokens, 17, true);
+    EXPECT_NE(0, std::memcmp(ref.logits.data(), two_terms.logits.data(),
+                             ref.logits.size() * sizeof(float)))
+        << file << ": the activations were not rounded";
+    auto report = CompareLogits(*fp32, *base, tokens);
+    ASSERT_TRUE(report.ok()) << report.status();
+    std::printf(
+        "%s bf16 rounded activations vs fp32 over %lld tokens: max logit "
+        "error %.4g (max |logit| %.3g), rms %.3g, top-1 agreement %.3f, mean "
+        "KL %.3g\n",
+        file, static_cast<long long>(report->positions),
+        report->max_abs_logit_error, report->max_abs_reference_logit,
+        report->rms_logit_error, report->top1_agreement, report->mean_kl);
+    EXPECT_EQ(report->positions, 150);
+    EXPECT_LT(report->max_abs_logit_error,
+              0.1 * report->max_abs_reference_logit)
+        << file;
+    EXPECT_GE(report->top1_agreement, 0.9) << file;
+    EXPECT_LT(report->mean_kl, 0.05) << file;
+  }
+}
+
 TEST(ModelTest, BadInputChangesNothing) {
   SS_REQUIRE_SHARED_DATA();
   auto m = Load("testdata/rwkv7-tiny.pth");

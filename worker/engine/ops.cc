@@ -323,15 +323,18 @@ void WeightStream::Before(absl::Span<const MatMulJob> jobs, ThreadPool& pool) {
   pool.ReadAheadWhenIdle({regions, static_cast<size_t>(n)});
 }
 
-Bf16Terms::Bf16Terms(const float* x, int ldx, int rows, int in)
-    : xs(Bf16TermsSize(rows, in), 0.0f),
-      xb(Bf16TermsSize(rows, in), 0),
-      xp(Bf16TermsSize(rows, in), 0),
+Bf16Terms::Bf16Terms(const float* x, int ldx, int rows, int in, int terms)
+    : xs(Bf16TermsSize(rows, in, terms), 0.0f),
+      xb(Bf16TermsSize(rows, in, terms), 0),
+      xp(Bf16TermsSize(rows, in, terms), 0),
+      terms(terms),
       rows_(rows),
       in_(in) {
-  SplitBf16Terms(x, ldx, 0, rows, in, Bf16Copy::kFp32, xs.data(), nullptr);
-  SplitBf16Terms(x, ldx, 0, rows, in, Bf16Copy::kTiles, nullptr, xb.data());
-  SplitBf16Terms(x, ldx, 0, rows, in, Bf16Copy::kPairedTiles, nullptr,
+  SplitBf16Terms(x, ldx, 0, rows, in, terms, Bf16Copy::kFp32, xs.data(),
+                 nullptr);
+  SplitBf16Terms(x, ldx, 0, rows, in, terms, Bf16Copy::kTiles, nullptr,
+                 xb.data());
+  SplitBf16Terms(x, ldx, 0, rows, in, terms, Bf16Copy::kPairedTiles, nullptr,
                  xp.data());
 }
 
@@ -378,7 +381,7 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
       values += static_cast<int64_t>(rows) * m.cols;
     } else if (m.bf16 != nullptr) {
       s.terms[j] = terms_size;
-      terms_size += Bf16TermsSize(rows, m.cols);
+      terms_size += Bf16TermsSize(rows, m.cols, m.bf16_terms);
       values += static_cast<int64_t>(rows) * m.cols;
     }
   }
@@ -429,7 +432,7 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
                        k.gemm_i8_tiles(rows));
     } else if (m.bf16 != nullptr) {
       // Only the copy the product reads (Kernels::gemm_bf16_copy).
-      SplitBf16Terms(job.x, job.ldx, b, e, m.cols,
+      SplitBf16Terms(job.x, job.ldx, b, e, m.cols, m.bf16_terms,
                      k.gemm_bf16_copy(rows, m.cols), s.xs.data() + s.terms[j],
                      s.xb.data() + s.terms[j]);
     }
@@ -469,7 +472,8 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
       k.gemm_f32(m.f32, m.cols, job.x, job.ldx, rows, job.y, job.ldy, b, e);
     } else {
       k.gemm_bf16(m.bf16, m.cols, s.xs.data() + s.terms[j],
-                  s.xb.data() + s.terms[j], rows, job.y, job.ldy, b, e);
+                  s.xb.data() + s.terms[j], m.bf16_terms, rows, job.y, job.ldy,
+                  b, e);
     }
   };
   pool.ParallelForThen(prepare_tasks, prepare, s.first_tile[n], product);

@@ -66,12 +66,14 @@ void MatMul(const Kernels& k, ThreadPool& pool, const Matrix& m, const float* x,
 // cleared) into every copy, for callers of the kernel itself; MatMuls keeps
 // its own.
 struct Bf16Terms {
-  Bf16Terms(const float* x, int ldx, int rows, int in);
+  // `terms` a row: 2 (hi, lo) or 1 (hi; Bf16Activations::kRound).
+  Bf16Terms(const float* x, int ldx, int rows, int in, int terms = 2);
   // The bf16 copy `k`'s gemm_bf16 reads for these rows (xb or xp).
   const uint16_t* bf16(const Kernels& k) const;
   std::vector<float> xs;     // Bf16Copy::kFp32
   std::vector<uint16_t> xb;  // kTiles
   std::vector<uint16_t> xp;  // kPairedTiles
+  int terms;
 
  private:
   int rows_, in_;

@@ -180,6 +180,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv4(
   SS_ASSIGN_OR_RETURN(rwkv::EngineSetup setup,
                       rwkv::ResolveEngineOptions(options));
   WeightLoader loader(file, options.precision);
+  loader.set_bf16_activations(options.bf16_activations);
   ModelInfo info;
   info.config.arch = Arch::kRwkv4;
   SS_RETURN_IF_ERROR(rwkv::ReadCommonConfig(*file, loader, &info.config));

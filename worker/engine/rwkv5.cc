@@ -160,6 +160,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv5(
   SS_ASSIGN_OR_RETURN(rwkv::EngineSetup setup,
                       rwkv::ResolveEngineOptions(options));
   WeightLoader loader(file, options.precision);
+  loader.set_bf16_activations(options.bf16_activations);
   ModelInfo info;
   ModelConfig& c = info.config;
   c.arch = Arch::kRwkv5;

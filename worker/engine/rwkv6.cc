@@ -247,6 +247,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv6(
   SS_ASSIGN_OR_RETURN(rwkv::EngineSetup setup,
                       rwkv::ResolveEngineOptions(options));
   WeightLoader loader(file, options.precision);
+  loader.set_bf16_activations(options.bf16_activations);
   ModelInfo info;
   ModelConfig& c = info.config;
   c.arch = Arch::kRwkv6;

@@ -580,6 +580,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv7(
   const Kernels* kernels = setup.kernels;
   const int threads = setup.threads;
   WeightLoader loader(file, options.precision);
+  loader.set_bf16_activations(options.bf16_activations);
   SS_ASSIGN_OR_RETURN(ModelConfig config, ReadRwkv7Config(*file, loader));
   ModelInfo info;
   info.config = config;

@@ -106,6 +106,7 @@ T* WeightLoader::AllocateMatrix(Matrix* out) {
     out->f32 = dst;
   } else {
     out->bf16 = dst;
+    out->bf16_terms = bf16_activations_ == Bf16Activations::kRound ? 1 : 2;
   }
   return dst;
 }

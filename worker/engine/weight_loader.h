@@ -39,6 +39,9 @@ struct Matrix {
   const uint16_t* bf16 = nullptr;
   const int8_t* i8 = nullptr;
   bool panels = false;  // f32/bf16 packed for Kernels::gemm_f32/gemm_bf16
+  // bf16 only: the activation terms a row its products take
+  // (Kernels::gemm_bf16): 2, or 1 with Bf16Activations::kRound.
+  int bf16_terms = 2;
   std::vector<float> f32_storage;
   std::vector<uint16_t> bf16_storage;
   std::vector<int8_t> i8_storage;
@@ -91,6 +94,10 @@ class WeightLoader {
   void Adopt(const std::vector<float>& row_major, int rows, int cols,
              Matrix* out);
 
+  // How the bf16 matrices loaded from now on take their activations
+  // (Matrix::bf16_terms); kSplit unless set.
+  void set_bf16_activations(Bf16Activations a) { bf16_activations_ = a; }
+
   int64_t params() const { return params_; }
   // Hex XXH3-128 of every tensor loaded so far (name, shape, fp32 values as
   // the engine will use them), in load order.
@@ -128,6 +135,7 @@ class WeightLoader {
   std::shared_ptr<const WeightFile> file_;
   WeightPrecision precision_;
   MatrixLayout layout_;
+  Bf16Activations bf16_activations_ = Bf16Activations::kSplit;
   int64_t params_ = 0;
   XXH3_state_t* hash_;
   std::shared_ptr<WeightArena> arena_ = std::make_shared<WeightArena>();
