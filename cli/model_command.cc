@@ -273,6 +273,7 @@ const Command& ModelCommand() {
       "               --out PATH\n"
       "      Writes a random-weight model with official key names.\n"
       "  model compare --model PATH --precision bf16|int8 [--length N]\n"
+      "               [--bf16-activations split|round]\n"
       "               [--seed S | --tokens 1,2,3]\n"
       "      The model at that precision beside the same checkpoint in f32,\n"
       "      logits after every token: max/rms logit error, top-1 agreement\n"

@@ -210,6 +210,9 @@ void LogServedModel(absl::string_view role, const ServedModel& model,
   if (PrecisionFlagValue() != "as-stored") {
     std::cerr << ", " << PrecisionFlagValue() << " weights";
   }
+  if (!Bf16ActivationsFlagValue().empty()) {
+    std::cerr << ", bf16 activations " << Bf16ActivationsFlagValue();
+  }
   if (!model.note.empty()) std::cerr << " (" << model.note << ")";
   std::cerr << "\n";
 }

@@ -114,7 +114,7 @@ __attribute__((target_clones("avx2", "default"))) void SplitBf16TermsPortable(
       const int n = in - b < 32 ? in - b : 32;
       for (int i = 0; i < n; ++i) {
         h[i] = F32ToBF16(row[b + i]);
-        l[i] = F32ToBF16(row[b + i] - BF16ToF32(h[i]));
+        l[i] = terms == 2 ? F32ToBF16(row[b + i] - BF16ToF32(h[i])) : 0;
       }
       for (int i = n; i < 32; ++i) h[i] = l[i] = 0;
       for (int term = 0; term < terms; ++term) {

@@ -155,9 +155,9 @@ struct Kernels {
   void (*gemm_f32)(const float* w, int in, const float* x, int ldx, int rows,
                    float* y, int ldy, int o_begin, int o_end);
   // bf16 (upper half of an fp32, widened exactly), with the activations
-  // given as their two bf16 terms (SplitBf16Terms: xs, or xb in the order
-  // gemm_bf16_copy names) and the arithmetic of
-  // AMX's TDPBF16PS, so that the AMX kernel and every FMA build give the
+  // given as their `terms` bf16 terms, two or one (SplitBf16Terms: xs, or xb
+  // in the order gemm_bf16_copy names) and the arithmetic of AMX's
+  // TDPBF16PS, so that the AMX kernel and every FMA build give the
   // same bits (docs/engine-kernels.md "AMX-BF16"). Per output and term:
   //   c = +0; for each block of 32 inputs (16 pairs; the last may be
   //   shorter; an odd input count ends with a +0 pair partner):

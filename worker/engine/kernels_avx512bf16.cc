@@ -95,6 +95,7 @@ void Block(const uint16_t* panel, int blocks, const uint16_t* xp, float* y,
 
 // Term rows [0, terms) in blocks of 8 (each within one band of 16,
 // Bf16TileIndex), against one panel; the second block fetches `next`.
+// With two terms a row the counts are even (the odd cases never occur).
 template <int K>
 void Rows(const uint16_t* panel, int blocks, const uint16_t* xb, int in,
           int terms, float* y, int ldy, __mmask16 mask, const uint16_t* next) {

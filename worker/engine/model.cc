@@ -92,6 +92,8 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(
 #ifdef STATESTREAM_HAVE_CUDA
     CudaModelOptions cuda;
     cuda.precision = options.precision;
+    cuda.split_activations =
+        options.bf16_activations == Bf16Activations::kSplit;
     if (LooksLikeRwkv7(*file)) return LoadRwkv7Cuda(std::move(file), cuda);
     if (LooksLikeRwkv6(*file)) {
       if (options.cuda_verified_only) {

@@ -56,8 +56,10 @@ enum class WeightPrecision {
               // (a quarter of fp32's bytes; accuracy in docs/engine-kernels.md)
 };
 
-// The activations of products with bf16 weights (CPU backend).
+// The activations of products with bf16 weights.
 enum class Bf16Activations {
+  // The backend's own: kSplit on the CPU, kRound on CUDA (docs/cuda.md).
+  kDefault,
   // Two bf16 terms, hi and lo (16 significant bits): the bf16 goldens hold
   // at 1e-4 and the logit error is the bf16 weights' own.
   kSplit,
@@ -69,7 +71,7 @@ enum class Bf16Activations {
 
 struct ModelOptions {
   WeightPrecision precision = WeightPrecision::kAsStored;
-  Bf16Activations bf16_activations = Bf16Activations::kSplit;
+  Bf16Activations bf16_activations = Bf16Activations::kDefault;
   // Engine threads including the caller's; 0 = one per hardware thread.
   int threads = 0;
   // Kernel build: "" = best for this CPU, or "avx512" / "avx2" / "scalar".

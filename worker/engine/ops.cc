@@ -399,7 +399,8 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
       s.xs.resize(terms_size);
       s.xb.resize(terms_size);
     }
-    // The rows past 2 * rows (whole AMX tiles) hold whatever they held:
+    // The term rows past terms * rows (whole AMX tiles) hold whatever they
+    // held:
     // AMX reads them only into rows of sums it never stores.
   }
   // Preparing the inputs and the products share one hand-off: the first

@@ -95,7 +95,7 @@ class WeightLoader {
              Matrix* out);
 
   // How the bf16 matrices loaded from now on take their activations
-  // (Matrix::bf16_terms); kSplit unless set.
+  // (Matrix::bf16_terms): one term with kRound, else two.
   void set_bf16_activations(Bf16Activations a) { bf16_activations_ = a; }
 
   int64_t params() const { return params_; }
@@ -135,7 +135,7 @@ class WeightLoader {
   std::shared_ptr<const WeightFile> file_;
   WeightPrecision precision_;
   MatrixLayout layout_;
-  Bf16Activations bf16_activations_ = Bf16Activations::kSplit;
+  Bf16Activations bf16_activations_ = Bf16Activations::kDefault;
   int64_t params_ = 0;
   XXH3_state_t* hash_;
   std::shared_ptr<WeightArena> arena_ = std::make_shared<WeightArena>();
