@@ -77,32 +77,19 @@ void SplitBf16TermsAvx512(const float* x, int ldx, int row_begin, int row_end,
       const __m512i h0 = RoundToBf16(x0), h1 = RoundToBf16(x1);
       const __m512 hf0 = _mm512_castsi512_ps(_mm512_slli_epi32(h0, 16));
       const __m512 hf1 = _mm512_castsi512_ps(_mm512_slli_epi32(h1, 16));
-      if (terms == 1 && copy == Bf16Copy::kFp32) {  // hi alone
-        _mm512_storeu_ps(hs + b, hf0);
-        _mm512_storeu_ps(hs + b + 16, hf1);
-        continue;
-      }
-      if (terms == 1) {
-        uint16_t* hib = band + int64_t{b} * 16;
-        if (copy == Bf16Copy::kTiles) {
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(hib),
-                              _mm512_cvtepi32_epi16(h0));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(hib + 16),
-                              _mm512_cvtepi32_epi16(h1));
-        } else {
-          _mm512_storeu_si512(hib, Paired(h0, h1, first, second));
-        }
-        continue;
-      }
-      const __m512i l0 = RoundToBf16(_mm512_sub_ps(x0, hf0));
-      const __m512i l1 = RoundToBf16(_mm512_sub_ps(x1, hf1));
+      // lo only with two terms a row (one: hi alone).
+      const bool lo = terms == 2;
+      const __m512i l0 = lo ? RoundToBf16(_mm512_sub_ps(x0, hf0)) : h0;
+      const __m512i l1 = lo ? RoundToBf16(_mm512_sub_ps(x1, hf1)) : h1;
       if (copy == Bf16Copy::kFp32) {  // hi at hs, lo a stride after
         _mm512_storeu_ps(hs + b, hf0);
         _mm512_storeu_ps(hs + b + 16, hf1);
-        _mm512_storeu_ps(hs + stride + b,
-                         _mm512_castsi512_ps(_mm512_slli_epi32(l0, 16)));
-        _mm512_storeu_ps(hs + stride + b + 16,
-                         _mm512_castsi512_ps(_mm512_slli_epi32(l1, 16)));
+        if (lo) {
+          _mm512_storeu_ps(hs + stride + b,
+                           _mm512_castsi512_ps(_mm512_slli_epi32(l0, 16)));
+          _mm512_storeu_ps(hs + stride + b + 16,
+                           _mm512_castsi512_ps(_mm512_slli_epi32(l1, 16)));
+        }
         continue;
       }
       uint16_t* hib = band + int64_t{b} * 16;
@@ -111,13 +98,15 @@ void SplitBf16TermsAvx512(const float* x, int ldx, int row_begin, int row_end,
                             _mm512_cvtepi32_epi16(h0));
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(hib + 16),
                             _mm512_cvtepi32_epi16(h1));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(hib + 32),
-                            _mm512_cvtepi32_epi16(l0));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(hib + 48),
-                            _mm512_cvtepi32_epi16(l1));
+        if (lo) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(hib + 32),
+                              _mm512_cvtepi32_epi16(l0));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(hib + 48),
+                              _mm512_cvtepi32_epi16(l1));
+        }
       } else {  // dword 2q: x2 | x0 << 16; dword 2q+1: x3 | x1 << 16
         _mm512_storeu_si512(hib, Paired(h0, h1, first, second));
-        _mm512_storeu_si512(hib + 32, Paired(l0, l1, first, second));
+        if (lo) _mm512_storeu_si512(hib + 32, Paired(l0, l1, first, second));
       }
     }
   }

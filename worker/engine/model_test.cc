@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <random>
 
 #include "common/status.h"
@@ -368,111 +369,102 @@ TEST(ModelTest, Bf16FileKeptOrWidenedAgreesWithinTolerance) {
   ExpectCloseToGolden(b.state.data(), a.state, "bf16 kept vs widened state");
 }
 
-// int8 weights (per-row scales): the same determinism as every other
-// precision — one result whatever the chunking, batching, threads or kernel
-// build — a fingerprint of its own, and logits close to the fp32 model's
-// (measured and printed; docs/engine-kernels.md records the figures).
+// A reduced-precision mode (`opts(threads, kernels)` loads `file` in it):
+// one result whatever the chunking, batching, threads or kernel build, and
+// logits close to the fp32 model's (measured and printed as `what`;
+// docs/engine-kernels.md records the figures). Returns the mode's model on
+// one scalar thread and its result over `tokens` (150 random ids).
+struct ModeRun {
+  std::unique_ptr<Model> model;
+  std::vector<int32_t> tokens;
+  FeedResult result;
+};
+ModeRun ExpectDeterministicAndClose(
+    const char* file, const char* what,
+    const std::function<ModelOptions(int, const char*)>& opts) {
+  ModeRun run;
+  run.model = Load(file, opts(1, "scalar"));
+  auto fp32 = Load(file, Opts(0, "", WeightPrecision::kF32));
+  if (run.model == nullptr || fp32 == nullptr) {
+    ADD_FAILURE() << file;
+    return run;
+  }
+  run.tokens = RandomTokens(150, run.model->info().config.vocab_size, 7);
+  run.result = Feed(*run.model, run.tokens, 1, false);
+  const std::string name = std::string(file) + " " + what;
+  for (size_t chunk : {3, 64, 150}) {
+    ExpectBitIdentical(run.result, Feed(*run.model, run.tokens, chunk, true),
+                       name + ", batched, chunk " + std::to_string(chunk));
+  }
+  for (const char* kernels : kEveryBuild) {
+    if (GetKernelsByName(kernels) == nullptr) continue;  // not on this CPU
+    for (int threads : {2, 3}) {
+      auto m = Load(file, opts(threads, kernels));
+      if (m == nullptr) continue;
+      ExpectBitIdentical(
+          run.result, Feed(*m, run.tokens, 17, true),
+          name + " " + kernels + " threads " + std::to_string(threads));
+    }
+  }
+  auto report = CompareLogits(*fp32, *run.model, run.tokens);
+  if (!report.ok()) {
+    ADD_FAILURE() << report.status();
+    return run;
+  }
+  std::printf(
+      "%s vs fp32 over %lld tokens: max logit error %.4g (max |logit| %.3g), "
+      "rms %.3g, top-1 agreement %.3f, mean KL %.3g\n",
+      name.c_str(), static_cast<long long>(report->positions),
+      report->max_abs_logit_error, report->max_abs_reference_logit,
+      report->rms_logit_error, report->top1_agreement, report->mean_kl);
+  EXPECT_EQ(report->positions, 150);
+  EXPECT_LT(report->max_abs_logit_error, 0.1 * report->max_abs_reference_logit)
+      << name;
+  EXPECT_GE(report->top1_agreement, 0.9) << name;
+  EXPECT_LT(report->mean_kl, 0.05) << name;
+  return run;
+}
+
+// int8 weights (per-row scales): deterministic and close, with a
+// fingerprint of its own.
 TEST(ModelTest, Int8WeightsAreDeterministicAndClose) {
   SS_REQUIRE_SHARED_DATA();
   for (const char* file :
        {"testdata/rwkv7-tiny.pth", "testdata/rwkv6-tiny.pth",
         "testdata/rwkv5-tiny.pth", "testdata/rwkv4-tiny.pth",
         "testdata/third_party/tiny-rwkv-7v0-834K-bf16.pth"}) {
-    auto base = Load(file, Opts(1, "scalar", WeightPrecision::kInt8));
+    const ModeRun run =
+        ExpectDeterministicAndClose(file, "int8", [](int t, const char* k) {
+          return Opts(t, k, WeightPrecision::kInt8);
+        });
     auto fp32 = Load(file, Opts(0, "", WeightPrecision::kF32));
-    ASSERT_TRUE(base && fp32) << file;
-    EXPECT_NE(base->info().fingerprint, fp32->info().fingerprint) << file;
-    std::vector<int32_t> tokens =
-        RandomTokens(150, base->info().config.vocab_size, 7);
-    FeedResult ref = Feed(*base, tokens, 1, false);
-    for (size_t chunk : {3, 64, 150}) {
-      ExpectBitIdentical(
-          ref, Feed(*base, tokens, chunk, true),
-          std::string(file) + " int8, batched, chunk " + std::to_string(chunk));
-    }
-    for (const char* kernels : kEveryBuild) {
-      if (GetKernelsByName(kernels) == nullptr) continue;  // not on this CPU
-      auto m = Load(file, Opts(2, kernels, WeightPrecision::kInt8));
-      if (m == nullptr) continue;
-      ExpectBitIdentical(ref, Feed(*m, tokens, 17, true),
-                         std::string(file) + " int8 " + kernels);
-    }
-    auto report = CompareLogits(*fp32, *base, tokens);
-    ASSERT_TRUE(report.ok()) << report.status();
-    std::printf(
-        "%s int8 vs fp32 over %lld tokens: max logit error %.4g (max |logit| "
-        "%.3g), rms %.3g, top-1 agreement %.3f, mean KL %.3g\n",
-        file, static_cast<long long>(report->positions),
-        report->max_abs_logit_error, report->max_abs_reference_logit,
-        report->rms_logit_error, report->top1_agreement, report->mean_kl);
-    EXPECT_EQ(report->positions, 150);
-    EXPECT_LT(report->max_abs_logit_error,
-              0.1 * report->max_abs_reference_logit)
-        << file;
-    EXPECT_GE(report->top1_agreement, 0.9) << file;
-    EXPECT_LT(report->mean_kl, 0.05) << file;
+    ASSERT_TRUE(run.model && fp32) << file;
+    EXPECT_NE(run.model->info().fingerprint, fp32->info().fingerprint) << file;
   }
 }
 
 // bf16 weights with the activations rounded to bf16 (one term a row,
-// Bf16Activations::kRound): one result whatever the chunking, batching,
-// threads or kernel build, as with two terms; the same model for the
-// fingerprint (the same weights); logits close to the fp32 model's
-// (measured and printed; docs/engine-kernels.md records the figures) and
-// not the two-term products' bits.
+// Bf16Activations::kRound): deterministic and close, the same model for the
+// fingerprint (the same weights), and not the two-term products' bits.
 TEST(ModelTest, Bf16RoundedActivationsAreDeterministicAndClose) {
   SS_REQUIRE_SHARED_DATA();
   for (const char* file :
        {"testdata/rwkv7-tiny-bf16.pth", "testdata/rwkv4-tiny-bf16.pth",
         "testdata/rwkv6-tiny.pth", "testdata/rwkv5-tiny.pth",
         "testdata/third_party/tiny-rwkv-7v0-834K-bf16.pth"}) {
-    auto opts = [](int threads, const char* kernels) {
-      ModelOptions o = Opts(threads, kernels, WeightPrecision::kBF16);
-      o.bf16_activations = Bf16Activations::kRound;
-      return o;
-    };
-    auto base = Load(file, opts(1, "scalar"));
+    const ModeRun run = ExpectDeterministicAndClose(
+        file, "bf16 rounded activations", [](int t, const char* k) {
+          ModelOptions o = Opts(t, k, WeightPrecision::kBF16);
+          o.bf16_activations = Bf16Activations::kRound;
+          return o;
+        });
     auto split = Load(file, Opts(2, "", WeightPrecision::kBF16));
-    auto fp32 = Load(file, Opts(0, "", WeightPrecision::kF32));
-    ASSERT_TRUE(base && split && fp32) << file;
-    EXPECT_EQ(base->info().fingerprint, split->info().fingerprint) << file;
-    std::vector<int32_t> tokens =
-        RandomTokens(150, base->info().config.vocab_size, 7);
-    FeedResult ref = Feed(*base, tokens, 1, false);
-    for (size_t chunk : {3, 64, 150}) {
-      ExpectBitIdentical(ref, Feed(*base, tokens, chunk, true),
-                         std::string(file) + " bf16 rounded, batched, chunk " +
-                             std::to_string(chunk));
-    }
-    for (const char* kernels : kEveryBuild) {
-      if (GetKernelsByName(kernels) == nullptr) continue;  // not on this CPU
-      for (int threads : {2, 3}) {
-        auto m = Load(file, opts(threads, kernels));
-        if (m == nullptr) continue;
-        ExpectBitIdentical(ref, Feed(*m, tokens, 17, true),
-                           std::string(file) + " bf16 rounded " + kernels +
-                               " threads " + std::to_string(threads));
-      }
-    }
-    const FeedResult two_terms = Feed(*split, tokens, 17, true);
-    EXPECT_NE(0, std::memcmp(ref.logits.data(), two_terms.logits.data(),
-                             ref.logits.size() * sizeof(float)))
+    ASSERT_TRUE(run.model && split) << file;
+    EXPECT_EQ(run.model->info().fingerprint, split->info().fingerprint) << file;
+    const FeedResult two_terms = Feed(*split, run.tokens, 17, true);
+    EXPECT_NE(0, std::memcmp(run.result.logits.data(), two_terms.logits.data(),
+                             two_terms.logits.size() * sizeof(float)))
         << file << ": the activations were not rounded";
-    auto report = CompareLogits(*fp32, *base, tokens);
-    ASSERT_TRUE(report.ok()) << report.status();
-    std::printf(
-        "%s bf16 rounded activations vs fp32 over %lld tokens: max logit "
-        "error %.4g (max |logit| %.3g), rms %.3g, top-1 agreement %.3f, mean "
-        "KL %.3g\n",
-        file, static_cast<long long>(report->positions),
-        report->max_abs_logit_error, report->max_abs_reference_logit,
-        report->rms_logit_error, report->top1_agreement, report->mean_kl);
-    EXPECT_EQ(report->positions, 150);
-    EXPECT_LT(report->max_abs_logit_error,
-              0.1 * report->max_abs_reference_logit)
-        << file;
-    EXPECT_GE(report->top1_agreement, 0.9) << file;
-    EXPECT_LT(report->mean_kl, 0.05) << file;
   }
 }
 
