@@ -93,46 +93,27 @@ void Block(const uint16_t* panel, int blocks, const uint16_t* xp, float* y,
   }
 }
 
+// Block<T, K> for the n term rows left (n a multiple of K, at most T).
+template <int T, int K>
+void LastBlock(int n, const uint16_t* panel, int blocks, const uint16_t* xp,
+               float* y, int ldy, __mmask16 mask, const uint16_t* fetch) {
+  if constexpr (T > K) {
+    if (n < T) {
+      return LastBlock<T - K, K>(n, panel, blocks, xp, y, ldy, mask, fetch);
+    }
+  }
+  Block<T, K>(panel, blocks, xp, y, ldy, mask, fetch);
+}
+
 // Term rows [0, terms) in blocks of 8 (each within one band of 16,
 // Bf16TileIndex), against one panel; the second block fetches `next`.
-// With two terms a row the counts are even (the odd cases never occur).
 template <int K>
 void Rows(const uint16_t* panel, int blocks, const uint16_t* xb, int in,
           int terms, float* y, int ldy, __mmask16 mask, const uint16_t* next) {
   for (int r = 0; r < terms; r += 8) {
-    const uint16_t* xp = xb + Bf16TileIndex(r, 0, in);
-    float* yr = y + static_cast<int64_t>(r / K) * ldy;
-    const uint16_t* fetch = r == 8 ? next : nullptr;
-    switch (terms - r < 8 ? terms - r : 8) {
-      case 8:
-        Block<8, K>(panel, blocks, xp, yr, ldy, mask, fetch);
-        break;
-      case 7:
-        if constexpr (K == 1)
-          Block<7, K>(panel, blocks, xp, yr, ldy, mask, fetch);
-        break;
-      case 6:
-        Block<6, K>(panel, blocks, xp, yr, ldy, mask, fetch);
-        break;
-      case 5:
-        if constexpr (K == 1)
-          Block<5, K>(panel, blocks, xp, yr, ldy, mask, fetch);
-        break;
-      case 4:
-        Block<4, K>(panel, blocks, xp, yr, ldy, mask, fetch);
-        break;
-      case 3:
-        if constexpr (K == 1)
-          Block<3, K>(panel, blocks, xp, yr, ldy, mask, fetch);
-        break;
-      case 2:
-        Block<2, K>(panel, blocks, xp, yr, ldy, mask, fetch);
-        break;
-      default:
-        if constexpr (K == 1)
-          Block<1, K>(panel, blocks, xp, yr, ldy, mask, fetch);
-        break;
-    }
+    LastBlock<8, K>(terms - r, panel, blocks, xb + Bf16TileIndex(r, 0, in),
+                    y + static_cast<int64_t>(r / K) * ldy, ldy, mask,
+                    r == 8 ? next : nullptr);
   }
 }
 
