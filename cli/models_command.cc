@@ -25,7 +25,11 @@ absl::Status Models() {
               << " n_layer=" << m.n_layer() << " n_embd=" << m.n_embd()
               << " vocab_size=" << m.vocab_size()
               << " state_bytes=" << m.state_bytes()
-              << " fingerprint=" << m.fingerprint() << "\n";
+              << " weights=" << m.weights_dtype();
+    if (!m.bf16_activations().empty()) {
+      std::cout << " bf16_activations=" << m.bf16_activations();
+    }
+    std::cout << " fingerprint=" << m.fingerprint() << "\n";
   }
   return absl::OkStatus();
 }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/strip.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/subprocess.h"
@@ -168,7 +169,10 @@ TEST(CliTest, OneModelUnderTwoIdsFails) {
 
 // Starts `serve` with `flags`; returns its exit code after SIGTERM once it
 // listens, or its exit code if it never does. `err` gets its stderr.
-int ServeAndStop(const std::vector<std::string>& flags, std::string* err) {
+// Serves with `flags` and stops; with `models`, first lists the models
+// (`statestream models --json`) into it.
+int ServeAndStop(const std::vector<std::string>& flags, std::string* err,
+                 std::string* models = nullptr) {
   std::vector<std::string> argv = {STATESTREAM_BIN, "serve",
                                    "--listen=127.0.0.1:0"};
   argv.insert(argv.end(), flags.begin(), flags.end());
@@ -177,6 +181,13 @@ int ServeAndStop(const std::vector<std::string>& flags, std::string* err) {
   if (!process.ok()) return -1;
   auto line = (*process)->ReadStdoutLine(absl::Seconds(60));
   if (line.ok() && absl::StartsWith(*line, "listening on ")) {
+    if (models != nullptr) {
+      const std::string target(absl::StripPrefix(*line, "listening on "));
+      e2e::RunResult r =
+          Statestream({"models", "--json", "--target=" + target});
+      EXPECT_EQ(r.exit_code, 0) << r.err;
+      *models = r.out;
+    }
     (*process)->Signal(SIGTERM);
   }
   auto code = (*process)->Wait(absl::Seconds(30));
@@ -193,22 +204,44 @@ TEST(CliTest, DeviceCpuServesAndSaysSo) {
   EXPECT_THAT(err, HasSubstr("(--device auto: "));
 }
 
-// --precision applies to every served model and is logged with it.
-TEST(CliTest, ServesInt8Weights) {
-  const std::string model = ::testing::TempDir() + "/cli_test_int8_" +
+// --precision and --bf16-activations apply to every served model, are
+// logged with it and listed by ListModels (weights_dtype,
+// bf16_activations).
+TEST(CliTest, ServesInt8AndBf16Weights) {
+  const std::string model = ::testing::TempDir() + "/cli_test_weights_" +
                             std::to_string(getpid()) + ".safetensors";
-  e2e::RunResult made =
-      Statestream({"model", "random", "--layers=1", "--embd=64",
-                   "--head-size=32", "--vocab=256", "--out=" + model});
+  e2e::RunResult made = Statestream(
+      {"model", "random", "--layers=1", "--embd=64", "--head-size=32",
+       "--vocab=256", "--dtype=bf16", "--out=" + model});
   ASSERT_EQ(made.exit_code, 0) << made.err;
-  std::string err;
-  EXPECT_EQ(ServeAndStop({"--model=" + model, "--precision=int8",
-                          "--device=cpu", "--threads=1"},
-                         &err),
-            0)
-      << err;
-  std::remove(model.c_str());
+  const std::vector<std::string> common = {"--model=" + model, "--device=cpu",
+                                           "--threads=1"};
+  auto serve = [&](std::vector<std::string> flags, std::string* err,
+                   std::string* models) {
+    flags.insert(flags.end(), common.begin(), common.end());
+    EXPECT_EQ(ServeAndStop(flags, err, models), 0) << *err;
+  };
+  std::string err, models;
+  serve({"--precision=int8"}, &err, &models);
   EXPECT_THAT(err, HasSubstr("int8 weights"));
+  EXPECT_THAT(models, HasSubstr(R"("weights_dtype":"int8")"));
+  EXPECT_THAT(models, Not(HasSubstr("bf16_activations")));
+  serve({}, &err, &models);  // kept bf16, two terms by default
+  EXPECT_THAT(err, Not(HasSubstr("bf16 activations")));
+  EXPECT_THAT(models, HasSubstr(R"("weights_dtype":"bf16")"));
+  EXPECT_THAT(models, HasSubstr(R"("bf16_activations":"split")"));
+  serve({"--bf16-activations=round"}, &err, &models);
+  EXPECT_THAT(err, HasSubstr("bf16 activations round"));
+  EXPECT_THAT(models, HasSubstr(R"("bf16_activations":"round")"));
+  serve({"--precision=f32"}, &err, &models);
+  EXPECT_THAT(models, HasSubstr(R"("weights_dtype":"fp32")"));
+  EXPECT_THAT(models, Not(HasSubstr("bf16_activations")));
+  // A bad value is a usage error before anything is served.
+  EXPECT_EQ(ServeAndStop({"--model=" + model, "--bf16-activations=half"}, &err),
+            2)
+      << err;
+  EXPECT_THAT(err, HasSubstr("--bf16-activations must be split or round"));
+  std::remove(model.c_str());
 }
 
 TEST(CliTest, DeviceCudaWithoutAGpuIsAUsageError) {

@@ -291,6 +291,10 @@ TEST_F(MultiModelServeTest, ListsAndGetsEveryModel) {
   EXPECT_EQ(list.models(0).architecture(), "x070");
   EXPECT_EQ(list.models(1).model_id(), "six");
   EXPECT_EQ(list.models(1).architecture(), "x060");
+  for (const v1::Model& m : list.models()) {  // fp32 files, as stored
+    EXPECT_EQ(m.weights_dtype(), "fp32") << m.model_id();
+    EXPECT_EQ(m.bf16_activations(), "") << m.model_id();
+  }
   // The same fingerprints as the single-model servers.
   for (Server* single : {seven_, six_}) {
     v1::ListModelsResponse one;

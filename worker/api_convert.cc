@@ -161,7 +161,8 @@ void ModelToProto(const SessionManager& m, v1::Model* out) {
                          : std::string(m.tokenizer().name()));
   out->add_backends(absl::StartsWith(info.kernels, "cuda") ? v1::BACKEND_CUDA
                                                            : v1::BACKEND_CPU);
-  out->set_weights_dtype(m.options().weights_dtype);
+  out->set_weights_dtype(info.weights_dtype);
+  out->set_bf16_activations(info.bf16_activations);
   out->set_workers(1);
 }
 

@@ -48,8 +48,6 @@ class WorkerMetrics;
 struct SessionManagerOptions {
   // Public model id of the one served model, e.g. "rwkv7-demo".
   std::string model_id = "default";
-  // Element type of the weights as served ("fp32", "bf16", "fp16").
-  std::string weights_dtype = "fp32";
   // This worker's lease owner name (unique per process).
   std::string owner = "worker";
   // Lease duration; renewed every lease_ttl / 3 while resident.

@@ -103,6 +103,12 @@ struct ModelInfo {
   // A state is only valid for a model with the same fingerprint.
   std::string fingerprint;
   std::string kernels;  // the kernel build in use
+  // The element type most matrix weights are held in: "fp32", "bf16" or
+  // "int8" (fp16 files are widened to fp32).
+  std::string weights_dtype;
+  // With bf16 matrices, how their products take the activations: "split"
+  // (two bf16 terms) or "round" (Bf16Activations); else empty.
+  std::string bf16_activations;
 };
 
 // One session's work in a batch. `state` (info().state_floats floats, in the

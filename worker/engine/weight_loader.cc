@@ -102,6 +102,8 @@ T* WeightLoader::AllocateMatrix(Matrix* out) {
                   : static_cast<int64_t>(out->rows) * out->cols;
   T* dst = Allocate<T>(n, out);
   if (out->panels) std::memset(dst, 0, sizeof(T) * n);
+  matrix_weights_[sizeof(T) == 4 ? 0 : 1] +=
+      static_cast<int64_t>(out->rows) * out->cols;
   if constexpr (sizeof(T) == 4) {
     out->f32 = dst;
   } else {
@@ -147,6 +149,7 @@ void WeightLoader::Quantize(int rows, int cols,
                             Matrix* out) {
   out->rows = rows;
   out->cols = cols;
+  matrix_weights_[2] += static_cast<int64_t>(rows) * cols;
   const int64_t bytes = I8PackedBytes(rows, cols);
   int8_t* q = Allocate<int8_t>(bytes, out);
   std::memset(q, 0, bytes);  // the packed layout's padding
@@ -213,6 +216,18 @@ WeightLoader::WeightLoader(std::shared_ptr<const WeightFile> file,
 }
 
 WeightLoader::~WeightLoader() { XXH3_freeState(hash_); }
+
+void WeightLoader::Describe(bool rounded, ModelInfo* info) const {
+  static constexpr const char* kNames[3] = {"fp32", "bf16", "int8"};
+  int most = 0;
+  for (int i = 1; i < 3; ++i) {
+    if (matrix_weights_[i] > matrix_weights_[most]) most = i;
+  }
+  info->weights_dtype = kNames[most];
+  info->bf16_activations = matrix_weights_[1] == 0 ? ""
+                           : rounded               ? "round"
+                                                   : "split";
+}
 
 bool WeightLoader::Has(absl::string_view name) const {
   return file_->Find(name) != nullptr;

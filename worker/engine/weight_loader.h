@@ -98,6 +98,11 @@ class WeightLoader {
   // (Matrix::bf16_terms): one term with kRound, else two.
   void set_bf16_activations(Bf16Activations a) { bf16_activations_ = a; }
 
+  // Sets info->weights_dtype from the matrices loaded so far (the type most
+  // of their weights are held in) and, where any is bf16,
+  // info->bf16_activations ("round" if `rounded`, else "split").
+  void Describe(bool rounded, ModelInfo* info) const;
+
   int64_t params() const { return params_; }
   // Hex XXH3-128 of every tensor loaded so far (name, shape, fp32 values as
   // the engine will use them), in load order.
@@ -137,6 +142,8 @@ class WeightLoader {
   MatrixLayout layout_;
   Bf16Activations bf16_activations_ = Bf16Activations::kDefault;
   int64_t params_ = 0;
+  // Matrix weights loaded as fp32, bf16 and int8.
+  int64_t matrix_weights_[3] = {0, 0, 0};
   XXH3_state_t* hash_;
   std::shared_ptr<WeightArena> arena_ = std::make_shared<WeightArena>();
 };

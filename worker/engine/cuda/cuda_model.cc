@@ -300,6 +300,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv7Cuda(
       "x070-L", config.n_layer, "-C", config.n_embd, "-H", config.n_head, "-F",
       config.dim_ffn, "-V", config.vocab_size, "-", loader.Digest());
   info.kernels = cuda_internal::BackendName(ro);
+  loader.Describe(ro.mode == cuda::MatMode::kBF16, &info);
   return cuda_internal::MakeCudaModel(std::move(info), std::move(runner));
 }
 

@@ -200,6 +200,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv6Cuda(
   info.params = loader.params();
   info.fingerprint = rwkv::Fingerprint(config, loader);
   info.kernels = cuda_internal::BackendName(ro);
+  loader.Describe(ro.mode == cuda::MatMode::kBF16, &info);
   return cuda_internal::MakeCudaModel(std::move(info), std::move(runner));
 }
 
