@@ -303,10 +303,8 @@ absl::Status BenchEngine() {
   nlohmann::ordered_json j;
   j["mode"] = mode;
   j["dtype"] = dtype;
-  if (options.precision == engine::WeightPrecision::kBF16) {
-    j["bf16_activations"] =
-        options.bf16_activations == engine::Bf16Activations::kRound ? "round"
-                                                                    : "split";
+  if (!info.bf16_activations.empty()) {
+    j["bf16_activations"] = info.bf16_activations;
   }
   j["batch"] = sessions;
   j["tokens"] = per_step;

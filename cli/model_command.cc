@@ -95,6 +95,8 @@ absl::Status Info() {
                {"mv", c.d_mv},
                {"gate", c.d_gate}};
   j["kernels"] = i.kernels;
+  j["weights_dtype"] = i.weights_dtype;
+  if (!i.bf16_activations.empty()) j["bf16_activations"] = i.bf16_activations;
   std::cout << j.dump() << "\n";
   return absl::OkStatus();
 }
@@ -219,10 +221,8 @@ absl::Status Compare() {
                       engine::CompareLogits(*reference, *candidate, tokens));
   nlohmann::ordered_json j;
   j["precision"] = PrecisionFlagValue();
-  if (options.precision == engine::WeightPrecision::kBF16) {
-    j["bf16_activations"] =
-        options.bf16_activations == engine::Bf16Activations::kRound ? "round"
-                                                                    : "split";
+  if (const std::string& a = candidate->info().bf16_activations; !a.empty()) {
+    j["bf16_activations"] = a;
   }
   j["reference"] = "f32";
   j["positions"] = r.positions;

@@ -69,6 +69,8 @@ TEST(ModelCliTest, InfoReportsTheShapes) {
   EXPECT_EQ(j["state_bytes"], 4 * 2 * (2 * 128 + 2 * 64 * 64));
   EXPECT_GT(j["params"].get<int64_t>(), 0);
   EXPECT_FALSE(j["fingerprint"].get<std::string>().empty());
+  EXPECT_EQ(j["weights_dtype"], "fp32");
+  EXPECT_FALSE(j.contains("bf16_activations"));
 }
 
 // Every file of the tiny model, at the golden positions, then save/resume.
@@ -195,6 +197,11 @@ TEST(ModelCliTest, RandomModelsLoadInBothFormats) {
     EXPECT_EQ(j["n_head"], 3);
     EXPECT_EQ(j["dim_ffn"], 320);
     EXPECT_EQ(j["vocab"], 300);
+    EXPECT_EQ(j["weights_dtype"], "bf16");  // kept as stored
+    EXPECT_EQ(j["bf16_activations"], "split");
+    r = Cli({"model", "info", "--model", path, "--precision", "int8"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(nlohmann::json::parse(r.out)["weights_dtype"], "int8");
     r = Cli({"model", "eval", "--model", path, "--tokens", "1,2,299"});
     EXPECT_EQ(r.exit_code, 0) << r.err;
     std::remove(path.c_str());
