@@ -262,9 +262,10 @@ const Command& ModelCommand() {
       "model",
       "Inspect, evaluate, create or compare model checkpoints.",
       "info|eval|random|compare [flags]\n\n"
-      "  model info   --model PATH\n"
+      "  model info   --model PATH [--precision P] [--bf16-activations A]\n"
       "      JSON: arch, n_layer, n_embd, n_head, head_size, dim_ffn, vocab,\n"
-      "      params, state_bytes, fingerprint.\n"
+      "      params, state_bytes, fingerprint, kernels, weights_dtype and,\n"
+      "      with bf16 weights, bf16_activations.\n"
       "  model eval   --model PATH --tokens 1,2,3 [--positions 0,7,-1]\n"
       "               [--state-in F] [--state-out F] [--threads N]\n"
       "      One JSON line {\"position\": p, \"logits\": [...]} per position.\n"

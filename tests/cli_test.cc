@@ -168,9 +168,9 @@ TEST(CliTest, OneModelUnderTwoIdsFails) {
 }
 
 // Starts `serve` with `flags`; returns its exit code after SIGTERM once it
-// listens, or its exit code if it never does. `err` gets its stderr.
-// Serves with `flags` and stops; with `models`, first lists the models
-// (`statestream models --json`) into it.
+// listens, or its exit code if it never does. `err` gets its stderr; with
+// `models`, the models it lists (`statestream models --json`) before the
+// SIGTERM.
 int ServeAndStop(const std::vector<std::string>& flags, std::string* err,
                  std::string* models = nullptr) {
   std::vector<std::string> argv = {STATESTREAM_BIN, "serve",

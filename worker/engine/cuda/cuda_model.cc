@@ -69,6 +69,14 @@ std::string BackendName(const cuda::RunnerOptions& ro) {
                       cuda::DeviceName(ro.device), ")");
 }
 
+void DescribeBackend(const cuda::RunnerOptions& ro, ModelInfo* info) {
+  info->kernels = BackendName(ro);
+  info->weights_dtype = ro.mode == cuda::MatMode::kF32 ? "fp32" : "bf16";
+  info->bf16_activations = ro.mode == cuda::MatMode::kBF16        ? "round"
+                           : ro.mode == cuda::MatMode::kBF16Split ? "split"
+                                                                  : "";
+}
+
 }  // namespace cuda_internal
 namespace {
 
@@ -299,8 +307,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv7Cuda(
   info.fingerprint = absl::StrCat(
       "x070-L", config.n_layer, "-C", config.n_embd, "-H", config.n_head, "-F",
       config.dim_ffn, "-V", config.vocab_size, "-", loader.Digest());
-  info.kernels = cuda_internal::BackendName(ro);
-  loader.Describe(ro.mode == cuda::MatMode::kBF16, &info);
+  cuda_internal::DescribeBackend(ro, &info);
   return cuda_internal::MakeCudaModel(std::move(info), std::move(runner));
 }
 

@@ -36,6 +36,10 @@ cuda::RunnerOptions MakeRunnerOptions(const CudaModelOptions& options,
                                       bool all_bf16);
 // ModelInfo::kernels, e.g. "cuda-bf16 (NVIDIA H200)".
 std::string BackendName(const cuda::RunnerOptions& ro);
+// ModelInfo::kernels, weights_dtype and bf16_activations as the device
+// computes: fp32 weights (upcast) unless the products are bf16, which take
+// the activations rounded (kBF16) or split (kBF16Split).
+void DescribeBackend(const cuda::RunnerOptions& ro, ModelInfo* info);
 
 // The engine::Model: Forward copies each session's host state to the
 // device, runs the batch and copies it back; calls are serialised.

@@ -102,6 +102,12 @@ TEST_P(ParityTest, MatchesCpuEngine) {
   EXPECT_EQ((*gpu)->info().fingerprint, (*cpu)->info().fingerprint);
   EXPECT_EQ((*gpu)->info().state_floats, (*cpu)->info().state_floats);
   std::printf("  backend %s\n", (*gpu)->info().kernels.c_str());
+  // What ListModels reports: the device's arithmetic.
+  const bool bf16 = pc.dtype == DType::kBF16;
+  EXPECT_EQ((*gpu)->info().weights_dtype, bf16 ? "bf16" : "fp32");
+  EXPECT_EQ((*gpu)->info().bf16_activations, !bf16      ? ""
+                                             : pc.split ? "split"
+                                                        : "round");
 
   const bool loose = pc.dtype == DType::kBF16 && !pc.split;
   const double abs = loose ? kBf16Abs : kTight, rel = loose ? kBf16Rel : kTight;

@@ -199,8 +199,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv6Cuda(
   info.state_floats = d.StateFloats();
   info.params = loader.params();
   info.fingerprint = rwkv::Fingerprint(config, loader);
-  info.kernels = cuda_internal::BackendName(ro);
-  loader.Describe(ro.mode == cuda::MatMode::kBF16, &info);
+  cuda_internal::DescribeBackend(ro, &info);
   return cuda_internal::MakeCudaModel(std::move(info), std::move(runner));
 }
 
