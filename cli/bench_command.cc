@@ -30,6 +30,7 @@
 #include "worker/engine/kernels.h"
 #include "worker/engine/model.h"
 #include "worker/engine/ops.h"
+#include "worker/engine/weight_loader.h"
 
 ABSL_FLAG(std::string, mode, "decode",
           "decode: one token per session per step; prefill: --tokens tokens "
@@ -130,8 +131,7 @@ double MeasureReadBandwidth(int threads) {
 double MeasureKernelPeak(const engine::Kernels& k,
                          const engine::ModelOptions& options, int threads) {
   const engine::WeightPrecision precision = options.precision;
-  const int bf16_terms =
-      options.bf16_activations == engine::Bf16Activations::kRound ? 1 : 2;
+  const int bf16_terms = engine::Bf16TermsFor(options.bf16_activations);
   constexpr int kRows = 64, kIn = 512, kOut = 384;
   std::vector<double> rates(threads);
   std::vector<std::thread> ts;

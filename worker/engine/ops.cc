@@ -400,8 +400,7 @@ void MatMuls(const Kernels& k, ThreadPool& pool,
       s.xb.resize(terms_size);
     }
     // The term rows past terms * rows (whole AMX tiles) hold whatever they
-    // held:
-    // AMX reads them only into rows of sums it never stores.
+    // held: AMX reads them only into rows of sums it never stores.
   }
   // Preparing the inputs and the products share one hand-off: the first
   // tasks prepare each product's rows in blocks (rows are independent; a

@@ -181,8 +181,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv5(
   SS_RETURN_IF_ERROR(model->Init(loader));
   ModelInfo& final_info = model->mutable_info();
   final_info.params = loader.params();
-  loader.Describe(options.bf16_activations == Bf16Activations::kRound,
-                  &final_info);
+  loader.Describe(&final_info);
   final_info.fingerprint = rwkv::Fingerprint(c, loader);
   return model;
 }

@@ -593,8 +593,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv7(
   SS_RETURN_IF_ERROR(model->Init(loader));
   ModelInfo& final_info = model->mutable_info();
   final_info.params = loader.params();
-  loader.Describe(options.bf16_activations == Bf16Activations::kRound,
-                  &final_info);
+  loader.Describe(&final_info);
   final_info.fingerprint = absl::StrCat(
       "x070-L", config.n_layer, "-C", config.n_embd, "-H", config.n_head, "-F",
       config.dim_ffn, "-V", config.vocab_size, "-", loader.Digest());

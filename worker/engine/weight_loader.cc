@@ -108,7 +108,7 @@ T* WeightLoader::AllocateMatrix(Matrix* out) {
     out->f32 = dst;
   } else {
     out->bf16 = dst;
-    out->bf16_terms = bf16_activations_ == Bf16Activations::kRound ? 1 : 2;
+    out->bf16_terms = Bf16TermsFor(bf16_activations_);
   }
   return dst;
 }
@@ -217,16 +217,16 @@ WeightLoader::WeightLoader(std::shared_ptr<const WeightFile> file,
 
 WeightLoader::~WeightLoader() { XXH3_freeState(hash_); }
 
-void WeightLoader::Describe(bool rounded, ModelInfo* info) const {
+void WeightLoader::Describe(ModelInfo* info) const {
   static constexpr const char* kNames[3] = {"fp32", "bf16", "int8"};
   int most = 0;
   for (int i = 1; i < 3; ++i) {
     if (matrix_weights_[i] > matrix_weights_[most]) most = i;
   }
   info->weights_dtype = kNames[most];
-  info->bf16_activations = matrix_weights_[1] == 0 ? ""
-                           : rounded               ? "round"
-                                                   : "split";
+  info->bf16_activations = matrix_weights_[1] == 0                ? ""
+                           : Bf16TermsFor(bf16_activations_) == 1 ? "round"
+                                                                  : "split";
 }
 
 bool WeightLoader::Has(absl::string_view name) const {

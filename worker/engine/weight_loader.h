@@ -24,6 +24,12 @@
 
 namespace statestream::engine {
 
+// The activation terms a row that products with bf16 weights take
+// (Kernels::gemm_bf16): one with kRound, else two.
+inline int Bf16TermsFor(Bf16Activations a) {
+  return a == Bf16Activations::kRound ? 1 : 2;
+}
+
 // A [rows = out][cols = in] matrix (a Linear weight), fp32, bf16 or int8,
 // in the loader's WeightArena (huge pages; `arena` keeps it alive) or in the
 // matrix's own *_storage vectors. Exactly one of f32/bf16/i8 is set. fp32
@@ -40,7 +46,7 @@ struct Matrix {
   const int8_t* i8 = nullptr;
   bool panels = false;  // f32/bf16 packed for Kernels::gemm_f32/gemm_bf16
   // bf16 only: the activation terms a row its products take
-  // (Kernels::gemm_bf16): 2, or 1 with Bf16Activations::kRound.
+  // (Bf16TermsFor).
   int bf16_terms = 2;
   std::vector<float> f32_storage;
   std::vector<uint16_t> bf16_storage;
@@ -100,8 +106,8 @@ class WeightLoader {
 
   // Sets info->weights_dtype from the matrices loaded so far (the type most
   // of their weights are held in) and, where any is bf16,
-  // info->bf16_activations ("round" if `rounded`, else "split").
-  void Describe(bool rounded, ModelInfo* info) const;
+  // info->bf16_activations ("round" with kRound, else "split").
+  void Describe(ModelInfo* info) const;
 
   int64_t params() const { return params_; }
   // Hex XXH3-128 of every tensor loaded so far (name, shape, fp32 values as
