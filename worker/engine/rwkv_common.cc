@@ -219,10 +219,19 @@ ChunkedModel::ChunkedModel(ModelInfo info,
       trace_(options.trace) {}
 
 absl::Status ChunkedModel::LoadEmbeddingAndHead(WeightLoader& ld) {
+  SS_RETURN_IF_ERROR(LoadEmbedding(ld));
+  return LoadHead(ld);
+}
+
+absl::Status ChunkedModel::LoadEmbedding(WeightLoader& ld) {
   const int C = this->C(), V = info().config.vocab_size;
   SS_RETURN_IF_ERROR(ld.Mat("emb.weight", V, C, &emb_));
   SS_RETURN_IF_ERROR(ld.Vector("blocks.0.ln0.weight", C, &ln0_w_));
-  SS_RETURN_IF_ERROR(ld.Vector("blocks.0.ln0.bias", C, &ln0_b_));
+  return ld.Vector("blocks.0.ln0.bias", C, &ln0_b_);
+}
+
+absl::Status ChunkedModel::LoadHead(WeightLoader& ld) {
+  const int C = this->C(), V = info().config.vocab_size;
   SS_RETURN_IF_ERROR(ld.Vector("ln_out.weight", C, &ln_out_w_));
   SS_RETURN_IF_ERROR(ld.Vector("ln_out.bias", C, &ln_out_b_));
   return ld.Mat("head.weight", V, C, &head_);

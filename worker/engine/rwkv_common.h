@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
-// What the RWKV-4, RWKV-5.2 and RWKV-6 CPU engines share: packing a batch
-// into chunks of rows, the embedding and the output head, token shift, and
-// reading dimensions from tensor shapes. Each architecture derives from
-// ChunkedModel and supplies one layer (Block). Same determinism rules as
-// rwkv7.cc (docs/engine.md): projections are MatMul over the chunk's rows,
-// the recurrence runs per (sequence, head) task with a fixed loop order.
+// What the RWKV-4, RWKV-5.2, RWKV-6 and RWKV-7 CPU engines share: packing a
+// batch into chunks of rows, the embedding and the output head, token
+// shift, and reading dimensions from tensor shapes. Each architecture
+// derives from ChunkedModel and supplies one layer (Block). Determinism
+// (docs/engine.md): projections are MatMul over the chunk's rows, the
+// recurrence runs per (sequence, head) task with a fixed loop order.
 // Internal to the engine; use LoadModel() in model.h.
 #ifndef STATESTREAM_WORKER_ENGINE_RWKV_COMMON_H_
 #define STATESTREAM_WORKER_ENGINE_RWKV_COMMON_H_
@@ -210,8 +210,12 @@ class ChunkedModel : public Model {
   using Model::mutable_info;
 
  protected:
-  // emb.weight, blocks.0.ln0.*, ln_out.*, head.weight.
+  // emb.weight, blocks.0.ln0.*, ln_out.*, head.weight: LoadEmbedding
+  // (the first two), then LoadHead. The order of loads defines the
+  // fingerprint's digest.
   absl::Status LoadEmbeddingAndHead(WeightLoader& ld);
+  absl::Status LoadEmbedding(WeightLoader& ld);
+  absl::Status LoadHead(WeightLoader& ld);
   // Runs layer l over the chunk, updating c.x and the states.
   virtual void Block(int l, const Chunk& c) = 0;
 
