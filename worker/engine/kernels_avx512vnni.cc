@@ -42,21 +42,26 @@ inline __m512i Broadcast4(const uint8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
-// RT rows against one group of 16 outputs (`tiles`: the group's `chunks`
-// tiles). Each row keeps S accumulators taking the tile rows in turn, so
-// RT * S independent chains hide vpdpbusd's latency; they are summed at the
-// end (exact). Writes y[t][0..outs) for t < RT. `fetch`, when not null, is
-// the next group's tiles: each chunk fetches its tile of them into L2.
-template <int RT, int S>
+// RT rows against G consecutive groups of 16 outputs (`tiles`: the first
+// group's `chunks` tiles, the others' after it). Each broadcast of 4
+// activation bytes feeds G tile rows, so G > 1 loads fewer bytes per
+// product. Each (row, group) keeps S accumulators taking the tile rows in
+// turn, so RT * G * S independent chains hide vpdpbusd's latency; they are
+// summed at the end (exact). Writes y[t][0..outs) for t < RT (outs < 16
+// only with G = 1). `fetch`, when not null, is `fetch_groups` groups to
+// come: each chunk fetches its tile of each into L2.
+template <int RT, int S, int G = 1>
 inline void Rows(const int8_t* tiles, int64_t chunks, const uint8_t* xq,
                  int ldq, const float* wscale, const int32_t* wsum,
                  const float* xscale, float* y, int ldy, int outs,
-                 const int8_t* fetch = nullptr) {
-  __m512i acc[RT][S];
+                 const int8_t* fetch = nullptr, int fetch_groups = 1) {
+  static_assert(RT * G * S + G < 32, "accumulators and tile rows in zmm");
+  __m512i acc[RT][G * S];
+  const int64_t group_bytes = chunks * kI8TileBytes;
 #pragma GCC unroll 16
   for (int t = 0; t < RT; ++t) {
 #pragma GCC unroll 16
-    for (int s = 0; s < S; ++s) acc[t][s] = _mm512_setzero_si512();
+    for (int s = 0; s < G * S; ++s) acc[t][s] = _mm512_setzero_si512();
   }
   for (int64_t c = 0; c < chunks; ++c) {
     const int8_t* tile = tiles + c * kI8TileBytes;
@@ -68,30 +73,88 @@ inline void Rows(const int8_t* tiles, int64_t chunks, const uint8_t* xq,
       }
     }
     if (fetch != nullptr) {
+      for (int g = 0; g < fetch_groups; ++g) {
 #pragma GCC unroll 16
-      for (int l = 0; l < kI8TileBytes / 64; ++l) {
-        __builtin_prefetch(fetch + c * kI8TileBytes + 64 * l, 0, 2);
+        for (int l = 0; l < kI8TileBytes / 64; ++l) {
+          __builtin_prefetch(
+              fetch + g * group_bytes + c * kI8TileBytes + 64 * l, 0, 2);
+        }
       }
     }
 #pragma GCC unroll 16
     for (int k4 = 0; k4 < kI8TileIn / 4; ++k4) {
-      const __m512i wv = _mm512_loadu_si512(tile + k4 * 64);
+      __m512i wv[G];
+#pragma GCC unroll 16
+      for (int g = 0; g < G; ++g) {
+        wv[g] = _mm512_loadu_si512(tile + g * group_bytes + k4 * 64);
+      }
 #pragma GCC unroll 16
       for (int t = 0; t < RT; ++t) {
         const __m512i xv = Broadcast4(xq + static_cast<int64_t>(t) * ldq +
                                       c * kI8TileIn + k4 * 4);
-        Dpbusd(acc[t][k4 % S], xv, wv);
+#pragma GCC unroll 16
+        for (int g = 0; g < G; ++g) Dpbusd(acc[t][g * S + k4 % S], xv, wv[g]);
       }
     }
   }
-  const __mmask16 m = static_cast<__mmask16>((1u << outs) - 1u);
+  const __mmask16 m =
+      G > 1 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << outs) - 1u);
 #pragma GCC unroll 16
   for (int t = 0; t < RT; ++t) {
-    __m512i sum = acc[t][0];
 #pragma GCC unroll 16
-    for (int s = 1; s < S; ++s) sum = _mm512_add_epi32(sum, acc[t][s]);
-    StoreRow(sum, m, wsum, wscale, xscale[t],
-             y + static_cast<int64_t>(t) * ldy);
+    for (int g = 0; g < G; ++g) {
+      __m512i sum = acc[t][g * S];
+#pragma GCC unroll 16
+      for (int s = 1; s < S; ++s) {
+        sum = _mm512_add_epi32(sum, acc[t][g * S + s]);
+      }
+      StoreRow(sum, m, wsum + 16 * g, wscale + 16 * g, xscale[t],
+               y + static_cast<int64_t>(t) * ldy + 16 * g);
+    }
+  }
+}
+
+using RowsFn = void (*)(const int8_t*, int64_t, const uint8_t*, int,
+                        const float*, const int32_t*, const float*, float*, int,
+                        int, const int8_t*, int);
+
+// 16+ rows: the outputs [*g0, o_end) two groups at a time while two full
+// groups remain (advancing *g0). Blocks of 8 rows, then the last 1-7 rows
+// in one block with more accumulators per row. The pair's first block
+// waits on memory for its weights; the later ones fetch the next pair's
+// into L2 while they compute, one group each (both in the second block
+// when there are fewer than 24 rows).
+void GroupPairs(const int8_t* w, int64_t chunks, const uint8_t* xq, int ldq,
+                const float* wscale, const int32_t* wsum, const float* xscale,
+                int rows, float* y, int ldy, int* g0, int o_end) {
+  static constexpr RowsFn kRest[8] = {
+      nullptr,        &Rows<1, 4, 2>, &Rows<2, 2, 2>, &Rows<3, 1, 2>,
+      &Rows<4, 1, 2>, &Rows<5, 1, 2>, &Rows<6, 1, 2>, &Rows<7, 1, 2>};
+  const int64_t group_bytes = chunks * kI8TileBytes;
+  for (; *g0 + 2 * kI8TileOut <= o_end; *g0 += 2 * kI8TileOut) {
+    const int o = *g0;
+    const int8_t* tiles = w + o / kI8TileOut * group_bytes;
+    const int8_t* next =
+        o + 4 * kI8TileOut <= o_end ? tiles + 2 * group_bytes : nullptr;
+    int t = 0;
+    for (; t + 8 <= rows; t += 8) {
+      const int8_t* fetch = nullptr;
+      int fetch_groups = 0;
+      if (next != nullptr && (t == 8 || t == 16)) {
+        fetch = next + (t == 16 ? group_bytes : 0);
+        fetch_groups = t == 8 && rows < 24 ? 2 : 1;
+      }
+      Rows<8, 1, 2>(tiles, chunks, xq + static_cast<int64_t>(t) * ldq, ldq,
+                    wscale + o, wsum + o, xscale + t,
+                    y + static_cast<int64_t>(t) * ldy + o, ldy, 2 * kI8TileOut,
+                    fetch, fetch_groups);
+    }
+    if (t < rows) {
+      kRest[rows - t](tiles, chunks, xq + static_cast<int64_t>(t) * ldq, ldq,
+                      wscale + o, wsum + o, xscale + t,
+                      y + static_cast<int64_t>(t) * ldy + o, ldy,
+                      2 * kI8TileOut, nullptr, 0);
+    }
   }
 }
 
@@ -155,6 +218,10 @@ void GemmI8Vnni(const int8_t* w, const float* wscale, const int32_t* wsum,
                             xq, wscale + g0, wsum + g0, xscale[0], y + g0, end);
     }
   }
+  if (rows >= 16) {
+    GroupPairs(w, chunks, xq, ldq, wscale, wsum, xscale, rows, y, ldy, &g0,
+               o_end);
+  }
   for (; g0 < o_end; g0 += kI8TileOut) {
     const int outs = o_end - g0 < kI8TileOut ? o_end - g0 : kI8TileOut;
     const int8_t* tiles = w + g0 / kI8TileOut * chunks * kI8TileBytes;
@@ -173,9 +240,6 @@ void GemmI8Vnni(const int8_t* w, const float* wscale, const int32_t* wsum,
                  outs, t == 8 ? next : nullptr);
     }
     // The last 1-7 rows: fewer rows, more accumulators per row.
-    using RowsFn =
-        void (*)(const int8_t*, int64_t, const uint8_t*, int, const float*,
-                 const int32_t*, const float*, float*, int, int, const int8_t*);
     static constexpr RowsFn kRest[8] = {nullptr,     &Rows<1, 8>, &Rows<2, 4>,
                                         &Rows<3, 2>, &Rows<4, 2>, &Rows<5, 1>,
                                         &Rows<6, 1>, &Rows<7, 1>};
@@ -183,7 +247,7 @@ void GemmI8Vnni(const int8_t* w, const float* wscale, const int32_t* wsum,
       kRest[rows - t](tiles, chunks, xq + static_cast<int64_t>(t) * ldq, ldq,
                       ws, wsm, xscale + t,
                       y + static_cast<int64_t>(t) * ldy + g0, ldy, outs,
-                      nullptr);
+                      nullptr, 0);
     }
   }
 }
