@@ -41,7 +41,8 @@ def model_path(args, shape):
     path = os.path.join(args.models_dir, f"x070_{shape}_bf16.safetensors")
     if not os.path.exists(path):
         os.makedirs(args.models_dir, exist_ok=True)
-        tmp = path + ".tmp"
+        # `model random` picks the format by the extension: keep it last.
+        tmp = path[:-len(".safetensors")] + ".tmp.safetensors"
         subprocess.run(
             [args.bin, "model", "random", "--arch", "x070", "--layers",
              str(layers), "--embd", str(embd), "--vocab", str(vocab),
@@ -59,7 +60,9 @@ def run_one(args, model, dtype, mode, n):
         cmd += ["--mode", "decode", "--batch", str(n)]
     else:
         cmd += ["--mode", "prefill", "--tokens", str(n)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -119,13 +122,16 @@ def main():
     p.add_argument("--dtypes", default=",".join(DTYPES),
                    help="comma-separated: " + ", ".join(DTYPES))
     p.add_argument("--batches", default="1,8,32",
-                   help="decode batch sizes; the ratio row is last / first")
+                   help="decode batch sizes; the ratio row is the largest "
+                   "over the smallest")
     p.add_argument("--tokens", type=int, default=512,
                    help="prefill chunk (0: no prefill row)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--seconds", type=float, default=3.0,
                    help="bench engine --seconds per cell")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2,
+                   help="engine threads (2: issue 7's machine; bench engine "
+                   "alone defaults to one per CPU)")
     p.add_argument("--jsonl", help="also append every run's JSON here")
     args = p.parse_args()
 
@@ -135,7 +141,13 @@ def main():
         for v in shapes if name == "shape" else dtypes:
             if v not in known:
                 p.error(f"unknown {name} {v!r}; one of {', '.join(known)}")
-    configs = [("decode", int(b)) for b in args.batches.split(",") if b]
+    try:
+        batches = sorted({int(b) for b in args.batches.split(",") if b})
+    except ValueError:
+        p.error(f"--batches: comma-separated integers, got {args.batches!r}")
+    if any(b < 1 for b in batches) or args.tokens < 0:
+        p.error("batch sizes must be >= 1 and --tokens >= 0")
+    configs = [("decode", b) for b in batches]
     if args.tokens > 0:
         configs.append(("prefill", args.tokens))
     if args.rounds < 1 or not configs:

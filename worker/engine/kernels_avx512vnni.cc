@@ -120,8 +120,9 @@ using RowsFn = void (*)(const int8_t*, int64_t, const uint8_t*, int,
 
 // 16+ rows: the outputs [*g0, o_end) two groups at a time while two full
 // groups remain (advancing *g0). Blocks of 8 rows, then the last 1-7 rows
-// in one block with more accumulators per row. The pair's first block
-// waits on memory for its weights; the later ones fetch the next pair's
+// in one block (one or two rows with more accumulators each). The pair's
+// first block waits on memory for its weights; the later ones fetch the
+// groups that follow in the range (the next pair, or the one group left)
 // into L2 while they compute, one group each (both in the second block
 // when there are fewer than 24 rows).
 void GroupPairs(const int8_t* w, int64_t chunks, const uint8_t* xq, int ldq,
@@ -134,16 +135,23 @@ void GroupPairs(const int8_t* w, int64_t chunks, const uint8_t* xq, int ldq,
   for (; *g0 + 2 * kI8TileOut <= o_end; *g0 += 2 * kI8TileOut) {
     const int o = *g0;
     const int8_t* tiles = w + o / kI8TileOut * group_bytes;
-    const int8_t* next =
-        o + 4 * kI8TileOut <= o_end ? tiles + 2 * group_bytes : nullptr;
+    // Groups after this pair within the range, up to 2 (a last one may be
+    // partial). No std::min: no std-lib inline code in an ISA's TU.
+    const int left = (o_end - o - kI8TileOut - 1) / kI8TileOut;
+    const int after = left < 2 ? left : 2;
+    const int8_t* next = tiles + 2 * group_bytes;
     int t = 0;
     for (; t + 8 <= rows; t += 8) {
       const int8_t* fetch = nullptr;
       int fetch_groups = 0;
-      if (next != nullptr && (t == 8 || t == 16)) {
-        fetch = next + (t == 16 ? group_bytes : 0);
-        fetch_groups = t == 8 && rows < 24 ? 2 : 1;
+      if (t == 8) {
+        fetch = next;
+        fetch_groups = rows < 24 || after < 1 ? after : 1;
+      } else if (t == 16) {
+        fetch = next + group_bytes;
+        fetch_groups = after - 1;
       }
+      if (fetch_groups <= 0) fetch = nullptr;
       Rows<8, 1, 2>(tiles, chunks, xq + static_cast<int64_t>(t) * ldq, ldq,
                     wscale + o, wsum + o, xscale + t,
                     y + static_cast<int64_t>(t) * ldy + o, ldy, 2 * kI8TileOut,

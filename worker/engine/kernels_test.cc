@@ -565,12 +565,14 @@ TEST(KernelsTest, QuantizeRowRangeInTileOrderHoldsTheSameBytes) {
 // The definition: the exact integer dot product, then two multiplications.
 // 101 outputs: from 16 rows the VNNI kernel takes two groups of 16 at a
 // time, so ranges of 5 and 6 groups and a partial one cover its pairs, its
-// single last group and its masked stores.
+// single last group and its masked stores; rows 16-22 and 31-33 cover its
+// last 0-7 rows after blocks of 8.
 TEST(KernelsTest, GemmI8IsExactIntegerProductInEveryBuild) {
   for (int in : {1, 15, 16, 17, 63, 64, 65, 100, 768})
     for (int out : {37, 101})
       for (int split : {0, 16}) {
-        for (int rows : {1, 2, 3, 4, 5, 8, 9, 15, 16, 17, 31, 32, 33, 48, 50}) {
+        for (int rows : {1, 2, 3, 4, 5, 8, 9, 15, 16, 17, 19, 20, 21, 22, 31,
+                         32, 33, 48, 50}) {
           const I8Weights w = RandomI8(out, in, in);
           auto x = Random(static_cast<size_t>(rows) * in, rows + 100);
           const I8Rows xq = Quantize(x.data(), in, rows, in);

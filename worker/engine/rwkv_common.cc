@@ -14,10 +14,12 @@
 
 namespace statestream::engine::rwkv {
 
+void Workspace::Reserve(int rows) { rows_ = std::max(rows_, rows); }
+
 float* Workspace::Get(int id, size_t floats_per_row) {
   if (bufs_.size() <= static_cast<size_t>(id)) bufs_.resize(id + 1);
   std::vector<float>& b = bufs_[id];
-  const size_t n = floats_per_row * kMaxRows;
+  const size_t n = floats_per_row * static_cast<size_t>(rows_);
   if (b.size() < n) b.resize(n);
   return b.data();
 }
@@ -287,6 +289,9 @@ absl::Status ChunkedModel::Forward(absl::Span<const SequenceWork> batch) {
   }
   if (owned == nullptr) owned = std::make_unique<Workspace>();
   Workspace& ws = *owned;
+  size_t total = 0;
+  for (const SequenceWork& w : batch) total += w.tokens.size();
+  ws.Reserve(static_cast<int>(std::min<size_t>(total, kMaxRows)));
   std::vector<Segment> segs;
   int32_t tokens[kMaxRows];
   int rows = 0;

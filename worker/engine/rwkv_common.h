@@ -60,17 +60,23 @@ struct Segment {
   int token_begin;  // index of the segment's first token in the sequence
 };
 
-// Scratch for one Forward call: numbered [kMaxRows][width] buffers, grown on
+// Scratch for one Forward call: numbered [rows][width] buffers, grown on
 // first use and kept by the model for later calls; every buffer is written
-// before it is read within a chunk.
+// before it is read within a chunk (a layer may keep one for the next
+// layers of the same chunk, as RWKV-7's v_first). `rows` is the largest
+// chunk any call has reserved, so one-session decode holds one row a buffer
+// (all buffers at 64 rows were ~6 MB more at the 0.1B shape).
 class Workspace {
  public:
+  // Before a call's first Get: room for chunks of `rows` rows (<= kMaxRows).
+  void Reserve(int rows);
   float* Get(int id, size_t floats_per_row);
   // RunChunk's own: the segment of each row, and the logits' scratch.
   std::vector<int> seg_of_row;
   std::vector<float> normed, logits;
 
  private:
+  int rows_ = 0;
   std::vector<std::vector<float>> bufs_;
 };
 
