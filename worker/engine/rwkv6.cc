@@ -147,16 +147,11 @@ const float* Rwkv6::TimeMix(int l, const Chunk& c) {
   Trace(l, "v", v, C);
   Trace(l, "g", g, C);
   Trace(l, "w_decay", w, C);
-  ForSegmentHeads(c, H, [&](const rwkv::Segment& seg, int h, bool mine) {
-    float* S = layout_.Wkv(c.batch[seg.seq].state, l) +
-               static_cast<int64_t>(h) * N * N;
-    const float* next = mine ? S + static_cast<int64_t>(N) * N : nullptr;
-    for (int t = seg.begin; t < seg.end; ++t) {
-      const int64_t o = static_cast<int64_t>(t) * C + h * N;
-      rwkv::WkvStep5(S, N, r + o, k + o, v + o, w + o, &L.bonus[h * N], y + o,
-                     t + 1 == seg.end ? next : nullptr);
-    }
-  });
+  ForHeadSteps(c, layout_, l,
+               [&](float* S, int h, int64_t o, const float* next) {
+                 rwkv::WkvStep5(S, N, r + o, k + o, v + o, w + o,
+                                &L.bonus[h * N], y + o, next);
+               });
   Trace(l, "wkv_out", y, C);
   ForRows(rows, [&](int t) {
     float* yt = y + static_cast<int64_t>(t) * C;

@@ -248,15 +248,9 @@ void Rwkv7::TimeMix(int l, const Chunk& c) {
   // states read and written without, ~27 with). Not when the next head may
   // be another core's: prefetching it for writing cost a 512-token int8
   // prefill a quarter of its speed.
-  ForSegmentHeads(c, H, [&](const rwkv::Segment& seg, int h, bool mine) {
-    float* S = layout_.Wkv(c.batch[seg.seq].state, l) +
-               static_cast<int64_t>(h) * N * N;
-    const float* next = mine ? S + static_cast<int64_t>(N) * N : nullptr;
-    for (int t = seg.begin; t < seg.end; ++t) {
-      const int o = t * C + h * N;
-      k_.wkv7_step(S, N, &r[o], &w[o], &k[o], &v[o], neg_kk + o, kka + o,
-                   &y_all[o], t + 1 == seg.end ? next : nullptr);
-    }
+  ForHeadSteps(c, layout_, l, [&](float* S, int, int64_t o, const float* next) {
+    k_.wkv7_step(S, N, r + o, w + o, k + o, v + o, neg_kk + o, kka + o,
+                 y_all + o, next);
   });
   // Output: GroupNorm, bonus (r.k.r_k) v, gate, projection, residual.
   Trace(l, "wkv_out", y_all, C);

@@ -250,6 +250,27 @@ class ChunkedModel : public Model {
       }
     });
   }
+  // The matrix-state recurrence of layer l (x052, x060, x070), over
+  // ForSegmentHeads: for each segment's rows t in order and each head h,
+  // step(S, h, o, next) with S head h's n x n state in `layout`, o =
+  // t * C + h * n (the row's slice of the head in [rows][C] buffers) and
+  // `next`, on the segment's last row only, the state this task steps next
+  // (to prefetch), else null.
+  template <typename Step>
+  void ForHeadSteps(const Chunk& c, const MatrixStateLayout& layout, int l,
+                    const Step& step) {
+    const int C = this->C(), N = info().config.head_size;
+    ForSegmentHeads(
+        c, info().config.n_head, [&](const Segment& seg, int h, bool mine) {
+          float* S = layout.Wkv(c.batch[seg.seq].state, l) +
+                     static_cast<int64_t>(h) * N * N;
+          const float* next = mine ? S + static_cast<int64_t>(N) * N : nullptr;
+          for (int t = seg.begin; t < seg.end; ++t) {
+            step(S, h, static_cast<int64_t>(t) * C + h * N,
+                 t + 1 == seg.end ? next : nullptr);
+          }
+        });
+  }
   // rwkv::ForRows over this model's pool; on the caller when tracing.
   template <typename F>
   void ForRows(int rows, const F& fn) {
