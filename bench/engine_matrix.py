@@ -11,8 +11,10 @@ Random-weight bf16 models of the official shapes are written on first use
 fp32, bf16 (two-term activations, the default), bf16-round
 (--bf16-activations round) and int8. Every cell of a round runs before the
 next round starts, so the rounds sample the shared machine's noise apart
-and each table cell shows the range over the rounds. "32 / 1" pairs each
-round's 32-session run with the same round's one-session run.
+and each table cell shows the range over the rounds. The "32 / 1" row
+comes from the 32-session runs, which also time one session's steps
+alternated with their own in the same process (bench engine
+--versus-batch): a ratio the machine's drift does not skew.
 """
 
 import argparse
@@ -53,11 +55,13 @@ def model_path(args, shape):
     return path
 
 
-def run_one(args, model, dtype, mode, n):
+def run_one(args, model, dtype, mode, n, versus=0):
     cmd = [args.bin, "bench", "engine", "--model", model, "--threads",
            str(args.threads), "--seconds", str(args.seconds)] + DTYPES[dtype]
     if mode == "decode":
         cmd += ["--mode", "decode", "--batch", str(n)]
+        if versus:
+            cmd += ["--versus-batch", str(versus)]
     else:
         cmd += ["--mode", "prefill", "--tokens", str(n)]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -90,12 +94,10 @@ def table(shape, cells, dtypes, configs, rounds):
     batches = sorted(n for m, n in configs if m == "decode")
     if len(batches) > 1:
         lo, hi = batches[0], batches[-1]
-        row = []
-        for d in dtypes:
-            one, many = cells[(d, "decode", lo)], cells[(d, "decode", hi)]
-            row.append(span([m["tokens_per_s"] / o["tokens_per_s"]
-                             for o, m in zip(one, many)], "{:.1f}×"))
-        lines.append(f"| {hi} / {lo} sessions | " + " | ".join(row) + " |")
+        row = [span([r["versus_ratio"] for r in cells[(d, "decode", hi)]],
+                    "{:.1f}×") for d in dtypes]
+        lines.append(f"| {hi} / {lo} sessions, steps alternated | " +
+                     " | ".join(row) + " |")
     # As the peers quote it: one session (more sessions add their states).
     first = configs[0]
     row = [span([r["peak_rss_mib"] for r in cells[(d,) + first]], "{:,.0f}")
@@ -123,7 +125,7 @@ def main():
                    help="comma-separated: " + ", ".join(DTYPES))
     p.add_argument("--batches", default="1,8,32",
                    help="decode batch sizes; the ratio row is the largest "
-                   "over the smallest")
+                   "over the smallest, timed alternately in one process")
     p.add_argument("--tokens", type=int, default=512,
                    help="prefill chunk (0: no prefill row)")
     p.add_argument("--rounds", type=int, default=2)
@@ -153,6 +155,7 @@ def main():
     if args.rounds < 1 or not configs:
         p.error("nothing to run")
 
+    largest = max(batches) if batches else 0
     models = {s: model_path(args, s) for s in shapes}
     cells = {s: {} for s in shapes}
     log = open(args.jsonl, "a") if args.jsonl else None
@@ -160,7 +163,11 @@ def main():
         for s in shapes:
             for d in dtypes:
                 for mode, n in configs:
-                    res = run_one(args, models[s], d, mode, n)
+                    # The largest batch also times the smallest one's
+                    # steps, alternated with its own: the ratio row.
+                    versus = (configs[0][1] if mode == "decode" and
+                              n == largest and n != configs[0][1] else 0)
+                    res = run_one(args, models[s], d, mode, n, versus)
                     res["shape"], res["label"], res["round"] = s, d, r
                     cells[s].setdefault((d, mode, n), []).append(res)
                     if log:

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -37,6 +38,10 @@ ABSL_FLAG(std::string, mode, "decode",
           "of one session in one call.");
 ABSL_FLAG(int, batch, 1, "decode: sessions decoded together.");
 ABSL_FLAG(double, seconds, 3, "Minimum measuring time.");
+ABSL_FLAG(int, versus_batch, 0,
+          "decode: also time steps of this many other sessions, alternated "
+          "with --batch's in the same process, and report the ratio of the "
+          "two throughputs (robust to the machine's drift; 0: off).");
 ABSL_FLAG(std::string, kernels, "",
           "Kernel build: empty = the best bit-identical one for this CPU, or "
           "avx512amx, avx512bf16, avx512vnni (AMX tiles / vdpbf16ps / "
@@ -197,6 +202,42 @@ double FlopPerStep(const engine::ModelInfo& info, double tokens,
   return 2.0 * (layers * tokens + head * logit_rows);
 }
 
+// `sessions` fresh states, each fed `per_step` tokens a step, with one row
+// of logits each.
+struct Work {
+  Work(const engine::ModelInfo& info, int sessions, int per_step)
+      : input(static_cast<size_t>(sessions) * per_step),
+        // As the worker's scheduler keeps them: rows start on cache lines.
+        logits(static_cast<size_t>(sessions) * info.config.vocab_size),
+        work(sessions) {
+    const int V = info.config.vocab_size;
+    // States on huge pages, as the worker keeps them (worker/tasks.h).
+    states.reserve(sessions);
+    for (int s = 0; s < sessions; ++s) {
+      states.emplace_back(info.state_floats, 0.0f);
+    }
+    for (size_t i = 0; i < input.size(); ++i) {
+      input[i] = static_cast<int32_t>((i * 7919 + 13) % V);
+    }
+    last = per_step - 1;
+    for (int s = 0; s < sessions; ++s) {
+      work[s].tokens = absl::MakeConstSpan(
+          &input[static_cast<size_t>(s) * per_step], per_step);
+      work[s].state = states[s].data();
+      work[s].logit_positions = absl::MakeConstSpan(&last, 1);
+      work[s].logits = &logits[static_cast<size_t>(s) * V];
+    }
+  }
+  Work(const Work&) = delete;
+  Work& operator=(const Work&) = delete;
+
+  std::vector<engine::HugePageVector<float>> states;
+  std::vector<int32_t> input;
+  engine::HugePageVector<float> logits;
+  int32_t last = 0;
+  std::vector<engine::SequenceWork> work;
+};
+
 absl::Status BenchEngine() {
   const std::string mode = absl::GetFlag(FLAGS_mode);
   if (mode != "decode" && mode != "prefill") {
@@ -207,6 +248,12 @@ absl::Status BenchEngine() {
   if (batch < 1 || batch > 4096) {
     return InvalidArgumentError(Reason::kInvalidArgument,
                                 "--batch must be in [1, 4096]");
+  }
+  const int versus = absl::GetFlag(FLAGS_versus_batch);
+  if (versus < 0 || versus > 4096 || (versus > 0 && mode != "decode")) {
+    return InvalidArgumentError(
+        Reason::kInvalidArgument,
+        "--versus-batch must be in [0, 4096], and only with --mode decode");
   }
   int tokens = mode == "decode" ? 1 : 512;
   if (const std::string t = TokensFlagValue(); !t.empty()) {
@@ -250,37 +297,29 @@ absl::Status BenchEngine() {
   }
   SS_ASSIGN_OR_RETURN(auto model, engine::LoadModel(path, options));
   const engine::ModelInfo& info = model->info();
-  const int V = info.config.vocab_size;
 
   // Work: `sessions` states; each step feeds `per_step` tokens per session.
   const int sessions = mode == "decode" ? batch : 1;
   const int per_step = mode == "decode" ? 1 : tokens;
-  // States on huge pages, as the worker keeps them (worker/tasks.h).
-  using State = engine::HugePageVector<float>;
-  std::vector<State> states(sessions, State(info.state_floats, 0.0f));
-  std::vector<int32_t> input(static_cast<size_t>(sessions) * per_step);
-  for (size_t i = 0; i < input.size(); ++i) {
-    input[i] = static_cast<int32_t>((i * 7919 + 13) % V);
-  }
-  // As the worker's scheduler keeps them: rows start on cache lines.
-  engine::HugePageVector<float> logits(static_cast<size_t>(sessions) * V);
-  const int32_t last = per_step - 1;
-  std::vector<engine::SequenceWork> work(sessions);
-  for (int s = 0; s < sessions; ++s) {
-    work[s].tokens = absl::MakeConstSpan(
-        &input[static_cast<size_t>(s) * per_step], per_step);
-    work[s].state = states[s].data();
-    work[s].logit_positions = absl::MakeConstSpan(&last, 1);
-    work[s].logits = &logits[static_cast<size_t>(s) * V];
-  }
-  SS_RETURN_IF_ERROR(model->Forward(work));  // warm-up
-  std::vector<double> step_s;
+  Work main_work(info, sessions, per_step);
+  std::optional<Work> versus_work;
+  if (versus > 0) versus_work.emplace(info, versus, 1);
+  SS_RETURN_IF_ERROR(model->Forward(main_work.work));  // warm-up
+  if (versus_work) SS_RETURN_IF_ERROR(model->Forward(versus_work->work));
+  // With --versus-batch the two batches' steps alternate, so both see the
+  // same moments of a shared machine.
+  std::vector<double> step_s, versus_s;
   const double min_seconds = absl::GetFlag(FLAGS_seconds);
   const auto start = Clock::now();
   while (step_s.size() < 3 || Seconds(start, Clock::now()) < min_seconds) {
-    const auto t0 = Clock::now();
-    SS_RETURN_IF_ERROR(model->Forward(work));
+    auto t0 = Clock::now();
+    SS_RETURN_IF_ERROR(model->Forward(main_work.work));
     step_s.push_back(Seconds(t0, Clock::now()));
+    if (versus_work) {
+      t0 = Clock::now();
+      SS_RETURN_IF_ERROR(model->Forward(versus_work->work));
+      versus_s.push_back(Seconds(t0, Clock::now()));
+    }
     if (step_s.size() >= 100000) break;
   }
   std::sort(step_s.begin(), step_s.end());
@@ -313,6 +352,13 @@ absl::Status BenchEngine() {
   j["tokens_per_s"] = tokens_per_step / median;
   j["ms_per_step_median"] = median * 1e3;
   j["steps"] = step_s.size();
+  if (versus_work) {
+    std::sort(versus_s.begin(), versus_s.end());
+    const double versus_tps = versus / versus_s[versus_s.size() / 2];
+    j["versus_batch"] = versus;
+    j["versus_tokens_per_s"] = versus_tps;
+    j["versus_ratio"] = (tokens_per_step / median) / versus_tps;
+  }
   j["params"] = info.params;
   j["weight_bytes_per_step"] = WeightBytesPerStep(info, bytes_per_w);
   j["read_bandwidth_gb_s"] = bandwidth / 1e9;
@@ -363,7 +409,7 @@ const Command& BenchCommand() {
       "Measure engine throughput against the machine's memory bandwidth.",
       "engine --model PATH --mode decode|prefill [--batch B] [--tokens N]\n"
       "             [--dtype fp32|bf16|int8] [--bf16-activations split|round]\n"
-      "             [--threads T] [--seconds S]\n"
+      "             [--threads T] [--seconds S] [--versus-batch N]\n"
       "             [--kernels avx512|avx512amx|avx512bf16|avx512vnni|avx2|\n"
       "                        scalar]\n\n"
       "Prints one JSON line: tokens_per_s (aggregate over the batch), the\n"
@@ -374,7 +420,11 @@ const Command& BenchCommand() {
       "peak_gflop_per_s (the same kernels on cache-resident data, measured\n"
       "in the run) and peak RSS. prefill\n"
       "feeds --tokens (default 512) tokens of one session per call; decode\n"
-      "feeds one token to each of --batch sessions.",
+      "feeds one token to each of --batch sessions. With --versus-batch N\n"
+      "(decode), steps of N other sessions alternate with them and the line\n"
+      "adds versus_batch, versus_tokens_per_s and versus_ratio\n"
+      "(tokens_per_s over versus_tokens_per_s): a batching ratio both of\n"
+      "whose sides saw the same moments of a shared machine.",
       {__FILE__, kModelFlagFile, kEngineFlagsFile, kTokenFlagsFile},
       &RunBench};
   return kCommand;

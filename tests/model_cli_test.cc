@@ -339,6 +339,31 @@ TEST(ModelCliTest, BenchEngineRunsEveryDtype) {
   ASSERT_EQ(round_lines.size(), 1u) << round.out;
   EXPECT_EQ(round_lines[0]["bf16_activations"], "round");
   EXPECT_GT(round_lines[0]["tokens_per_s"].get<double>(), 0);
+  // Two batches' steps alternated in one process: both throughputs and
+  // their ratio, beside the usual fields of the first.
+  RunResult versus = Cli({"bench", "engine", "--model", model, "--batch", "4",
+                          "--versus-batch", "1", "--seconds", "0.05"});
+  ASSERT_EQ(versus.exit_code, 0) << versus.err;
+  auto versus_lines = JsonLines(versus.out);
+  ASSERT_EQ(versus_lines.size(), 1u) << versus.out;
+  const auto& v = versus_lines[0];
+  EXPECT_EQ(v["batch"], 4);
+  EXPECT_EQ(v["versus_batch"], 1);
+  EXPECT_GT(v["versus_tokens_per_s"].get<double>(), 0);
+  EXPECT_NEAR(
+      v["versus_ratio"].get<double>(),
+      v["tokens_per_s"].get<double>() / v["versus_tokens_per_s"].get<double>(),
+      1e-9 * v["versus_ratio"].get<double>());
+  // Without the flag there is no versus field.
+  EXPECT_FALSE(round_lines[0].contains("versus_ratio"));
+  for (const std::vector<std::string>& bad :
+       {std::vector<std::string>{"--versus-batch", "-1"},
+        {"--versus-batch", "4097"},
+        {"--versus-batch", "1", "--mode", "prefill"}}) {
+    std::vector<std::string> args = {"bench", "engine", "--model", model};
+    args.insert(args.end(), bad.begin(), bad.end());
+    EXPECT_EQ(Cli(args).exit_code, 1) << bad[1];
+  }
   EXPECT_EQ(Cli({"bench", "engine", "--model", model, "--dtype", "bf16",
                  "--bf16-activations", "fp8"})
                 .exit_code,
