@@ -19,6 +19,7 @@
 #include "worker/engine/cuda/cuda_model_internal.h"
 #include "worker/engine/cuda/rwkv7_cuda.h"
 #include "worker/engine/rwkv7.h"
+#include "worker/engine/rwkv_common.h"
 #include "worker/engine/weight_loader.h"
 
 namespace statestream::engine {
@@ -304,9 +305,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv7Cuda(
   info.config = config;
   info.state_floats = d.StateFloats();
   info.params = loader.params();
-  info.fingerprint = absl::StrCat(
-      "x070-L", config.n_layer, "-C", config.n_embd, "-H", config.n_head, "-F",
-      config.dim_ffn, "-V", config.vocab_size, "-", loader.Digest());
+  info.fingerprint = rwkv::Fingerprint(config, loader);  // as on the CPU
   cuda_internal::DescribeBackend(ro, &info);
   return cuda_internal::MakeCudaModel(std::move(info), std::move(runner));
 }
