@@ -412,6 +412,8 @@ TEST(KernelsTest, SplitBf16TermsWritesOnlyTheCopyAskedFor) {
       x[0] = std::numeric_limits<float>::quiet_NaN();
       x[1 % in] = std::numeric_limits<float>::infinity();
       x[ldx] = std::ldexp(1.0f, -130);  // denormal
+      // A normal value whose lo term is denormal: 2^-120 (1 + 2^-10).
+      if (in > 1) x[3 * ldx + 1] = std::ldexp(1.0f + 0x1p-10f, -120);
       // Signalling and negative NaNs, the largest float (rounds to
       // infinity), -0 and a tie (1 + 2^-8 rounds to even: 1).
       const uint32_t specials[] = {0x7f800001u, 0xffc00001u, 0x7f7fffffu,
