@@ -349,6 +349,36 @@ BENCHMARK(BM_Wkv7States)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
+// The recurrence as a prefill runs it: one head's 64 x 64 state (in L1)
+// walks range(0) tokens in order, each token's r, w, k, v, -kk and kk*a a
+// row of [tokens][768] buffers (the 0.1B width), on one core. Reports the
+// seconds a step (s/step, printed with an SI prefix: 773n is 773 ns).
+void BM_Wkv7Chunk(benchmark::State& st) {
+  constexpr int kN = 64, kC = 768;
+  const int tokens = static_cast<int>(st.range(0));
+  std::vector<float> state(kN * kN, 0.001f);
+  auto rows = [&](float value) {
+    return std::vector<float>(static_cast<size_t>(tokens) * kC, value);
+  };
+  // Decay below 1 and small updates keep the state finite for any run.
+  std::vector<float> r = rows(0.1f), w = rows(0.9f), k = rows(0.02f),
+                     v = rows(0.03f), neg_kk = rows(-0.01f), kka = rows(0.005f),
+                     y = rows(0.0f);
+  const Kernels& kernels = GetKernels();
+  for (auto _ : st) {
+    for (int t = 0; t < tokens; ++t) {
+      const size_t o = static_cast<size_t>(t) * kC;
+      kernels.wkv7_step(state.data(), kN, &r[o], &w[o], &k[o], &v[o],
+                        &neg_kk[o], &kka[o], &y[o], nullptr);
+    }
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.counters["s/step"] = benchmark::Counter(
+      static_cast<double>(st.iterations()) * tokens,
+      benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+BENCHMARK(BM_Wkv7Chunk)->Arg(64)->Unit(benchmark::kMicrosecond);
+
 BENCHMARK(BM_MatMulI8)
     ->ArgsProduct({{1, 32}, {768, 3072, 65536}})
     ->Unit(benchmark::kMicrosecond)
