@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <limits>
 #include <map>
 #include <memory>
 #include <new>
@@ -260,7 +261,12 @@ class RedisStateStore final : public StateStore {
   absl::StatusOr<LoadedVersion> LoadVersion(const SessionKey& key,
                                             uint64_t version) override {
     SS_RETURN_IF_ERROR(store_internal::ValidateKey(key));
-    SS_ASSIGN_OR_RETURN(auto read, Read(key, static_cast<int64_t>(version)));
+    // The script reads 0 and below as the head: a version past int64's
+    // range (no session gets there) must stay a version nobody has.
+    constexpr uint64_t kMaxVersion = std::numeric_limits<int64_t>::max();
+    SS_ASSIGN_OR_RETURN(
+        auto read,
+        Read(key, static_cast<int64_t>(std::min(version, kMaxVersion))));
     const auto& [head, vm] = read;
     const VersionInfo info = ParseVersion(vm);
     const std::string nonce = Get(vm, "nonce");

@@ -281,6 +281,12 @@ TEST_P(StateStoreContractTest, OldVersionsAreDroppedBeyondKeep) {
   EXPECT_ERROR(gone, kNotFound, kVersionMismatch);
   EXPECT_EQ(GetErrorMetadata(gone.status(), "oldest_version"), "4");
   EXPECT_ERROR(store_->LoadVersion(kKey, 7), kNotFound, kVersionMismatch);
+  // Versions no session reaches are missing too, never read as the head.
+  for (uint64_t huge : {uint64_t{1} << 63, ~uint64_t{0}}) {
+    EXPECT_ERROR(store_->LoadVersion(kKey, huge), kNotFound, kVersionMismatch);
+    EXPECT_ERROR(store_->Rollback(kKey, 6, fence, huge, Durability::kMemory),
+                 kNotFound, kVersionMismatch);
+  }
   auto v4 = store_->LoadVersion(kKey, 4);
   ASSERT_OK(v4);
   ExpectSameSnapshot(v4->state, TestSnapshot(4));
