@@ -601,6 +601,30 @@ class RedisStateStore final : public StateStore {
                      absl::StrCat("unexpected Redis reply: ", what));
   }
 
+  // A reply that is not what the store asked for. A server refusing writes
+  // for now — out of memory under noeviction (OOM), a failing RDB save
+  // (MISCONF), a replica (READONLY), a slow script (BUSY), too few
+  // replicas (NOREPLICAS) — is the store being unavailable: retryable, and
+  // the caller's state is untouched. Anything else is a bug. (TRYAGAIN,
+  // LOADING, CLUSTERDOWN and MASTERDOWN never get here: the client retries
+  // them until its deadline.)
+  absl::Status BadReply(const redisReply* r) {
+    const std::string text = Str(r);
+    if (r->type == REDIS_REPLY_ERROR) {
+      const std::string code = text.substr(0, text.find(' '));
+      for (absl::string_view refusal :
+           {"OOM", "MISCONF", "READONLY", "BUSY", "NOREPLICAS"}) {
+        if (code == refusal) {
+          return MakeError(absl::StatusCode::kUnavailable,
+                           Reason::kStoreUnavailable,
+                           absl::StrCat("Redis refused the write: ", text),
+                           {{"redis_error", code}});
+        }
+      }
+    }
+    return Unexpected(text);
+  }
+
   absl::Status AddToIndex(const SessionKey& key) {
     const std::string index = IndexKey(key.tenant);
     return client_->Run(index, {{"ZADD", index, "0", key.session_id}}).status();
@@ -634,7 +658,7 @@ class RedisStateStore final : public StateStore {
         continue;
       }
       if (first->type != REDIS_REPLY_ARRAY || first->elements == 0) {
-        return Unexpected(Str(first));
+        return BadReply(first);
       }
       return r;
     }
@@ -709,7 +733,7 @@ class RedisStateStore final : public StateStore {
       SS_ASSIGN_OR_RETURN(std::vector<Reply> set_replies,
                           client_->Run(prefix, sets));
       for (const Reply& r : set_replies) {
-        if (r->type == REDIS_REPLY_ERROR) return Unexpected(Str(r.get()));
+        if (r->type == REDIS_REPLY_ERROR) return BadReply(r.get());
       }
       SS_ASSIGN_OR_RETURN(std::vector<Reply> r,
                           RunScript(prefix, script, keys, argv, wait));

@@ -230,6 +230,46 @@ TEST(RedisStateStoreTest, AuthWithAclUser) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
 }
 
+// A server that refuses writes (here: out of memory under noeviction) is
+// the store being unavailable, a retryable error naming the refusal; once
+// it has room again the same calls succeed.
+TEST(RedisStateStoreTest, RefusedWritesAreUnavailable) {
+  auto server = RedisServer::Start({});
+  ASSERT_TRUE(server.ok()) << server.status();
+  RedisStateStoreOptions o;
+  o.addresses = {(*server)->address()};
+  auto store = NewRedisStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto c = (*store)->CreateSession(NewSession("a", Durability::kMemory));
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE((*server)
+                  ->Command({"CONFIG", "SET", "maxmemory-policy", "noeviction"})
+                  .ok());
+  ASSERT_TRUE((*server)->Command({"CONFIG", "SET", "maxmemory", "1"}).ok());
+  CommitRequest r;
+  r.key = {"acme", "a"};
+  r.expected_version = c->version.version;
+  r.fence = c->session.fence;
+  r.state = TestSnapshot(2);
+  r.durability = Durability::kMemory;
+  auto refused = (*store)->Commit(r);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable)
+      << refused.status();
+  EXPECT_EQ(GetReason(refused.status()), Reason::kStoreUnavailable);
+  EXPECT_EQ(GetErrorMetadata(refused.status(), "redis_error"), "OOM");
+  auto created = (*store)->CreateSession(NewSession("b", Durability::kMemory));
+  EXPECT_EQ(created.status().code(), absl::StatusCode::kUnavailable)
+      << created.status();
+  // Nothing was lost: the head is still the last version written.
+  auto head = (*store)->GetHead({"acme", "a"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->head.version, c->version.version);
+  ASSERT_TRUE((*server)->Command({"CONFIG", "SET", "maxmemory", "0"}).ok());
+  auto committed = (*store)->Commit(r);
+  ASSERT_TRUE(committed.ok()) << committed.status();
+  EXPECT_EQ(committed->version.version, c->version.version + 1);
+}
+
 TEST(RedisStateStoreTest, UnavailableWhileDownThenRecovers) {
   auto server = RedisServer::Start({});
   ASSERT_TRUE(server.ok()) << server.status();
