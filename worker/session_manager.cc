@@ -461,6 +461,24 @@ class SessionManager::Impl {
     Release(s);
   }
 
+  // After a write that replaces the live state (Rollback, Import) failed
+  // other than by the fence: the store may hold it anyway (written below
+  // the durability asked for, or its reply lost). A resident session left
+  // on the head the store replaced could never commit again (every commit
+  // VERSION_MISMATCH, so never evicted either), so it follows the store's
+  // head; if that cannot be read, it is dropped and the next call loads it
+  // afresh. Either way the live input was what the failed call replaced.
+  void FollowStoreHead(Session* s) {
+    auto h = store_->GetHead(s->key);
+    if (h.ok() && h->head.version == s->head.head.version) return;
+    if (h.ok()) {
+      auto v = store_->LoadVersion(s->key, h->head.version);
+      if (v.ok() && LoadInto(s, *v, &*h).ok()) return;
+    }
+    Drop(s, Session::Gone::kEvicted);
+    store_->ReleaseLease(s->key, opt_.owner, s->fence).IgnoreError();
+  }
+
   // Unmaps `s` (if still mapped) and marks it gone.
   void Drop(Session* s, Session::Gone why) {
     {
@@ -1160,11 +1178,18 @@ absl::StatusOr<SessionView> SessionManager::Rollback(
         if (!res.ok()) {
           if (GetReason(res.status()) == Reason::kFenced) {
             m.Drop(s.get(), Session::Gone::kFenced);
+          } else {
+            m.FollowStoreHead(s.get());
           }
           return res.status();
         }
-        SS_ASSIGN_OR_RETURN(LoadedVersion v, m.store_->LoadVersion(s->key, 0));
-        SS_RETURN_IF_ERROR(m.LoadInto(s.get(), v, &res->session));
+        auto v = m.store_->LoadVersion(s->key, res->version.version);
+        absl::Status loaded =
+            v.ok() ? m.LoadInto(s.get(), *v, &res->session) : v.status();
+        if (!loaded.ok()) {
+          m.FollowStoreHead(s.get());
+          return loaded;
+        }
         absl::MutexLock lock(&s->mu);
         return s->view;
       });
@@ -1235,6 +1260,8 @@ absl::StatusOr<SessionView> SessionManager::Import(
         if (!res.ok()) {
           if (GetReason(res.status()) == Reason::kFenced) {
             m.Drop(s.get(), Session::Gone::kFenced);
+          } else {
+            m.FollowStoreHead(s.get());
           }
           return res.status();
         }

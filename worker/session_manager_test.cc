@@ -173,6 +173,42 @@ TEST_F(SessionManagerTest, AppendsAreExactlyOnceAndCommitOnRequest) {
   EXPECT_EQ(store_->GetHead({"t", "s"})->head.input_offset, 6u);
 }
 
+// A Rollback or Import that the store wrote below the durability asked
+// for fails (UNAVAILABLE: the in-memory store reaches MEMORY only) but
+// exists. The resident session follows the store's head, so appends and
+// commits go on from the new state instead of failing forever.
+TEST_F(SessionManagerTest, AFailedWriteTheStoreKeptMovesTheSession) {
+  Create("s");
+  auto w = Open("s");
+  ASSERT_TRUE(Append(w, 0, "hello", true, true).ok());  // v2, offset 5
+  auto rolled =
+      manager_->Rollback("t", "s", 1, std::nullopt, Durability::kReplicated);
+  EXPECT_EQ(rolled.status().code(), absl::StatusCode::kUnavailable)
+      << rolled.status();
+  ASSERT_EQ(store_->GetHead({"t", "s"})->head.version, 3u);
+  auto view = manager_->GetSession("t", "s");
+  ASSERT_TRUE(view.ok()) << view.status();
+  EXPECT_EQ(view->version, 3u);
+  EXPECT_EQ(view->input_offset, 0u);
+  auto next = Append(w, 0, "hi", true, true);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->version, 4u);
+  EXPECT_EQ(next->committed_input_offset, 2u);
+  // The same for an import as a new version.
+  const std::string blob = Blob("s");  // v4: "hi"
+  CreateParams p;
+  p.session_id = "s";
+  p.durability = Durability::kReplicated;
+  auto imported = manager_->Import("t", blob, true, p, std::nullopt);
+  EXPECT_EQ(imported.status().code(), absl::StatusCode::kUnavailable)
+      << imported.status();
+  ASSERT_EQ(store_->GetHead({"t", "s"})->head.version, 5u);
+  auto after = Append(w, 2, "!", true, true);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->version, 6u);
+  EXPECT_EQ(after->committed_input_offset, 3u);
+}
+
 TEST_F(SessionManagerTest, ChunkingDoesNotChangeTheState) {
   const std::string text = "h\xC3\xA9llo \xE2\x82\xAC \xF0\x9F\x98\x80!";
   Create("whole");
