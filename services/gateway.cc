@@ -137,6 +137,22 @@ std::shared_ptr<grpc::Channel> Gateway::Channel(const std::string& address) {
     // Reconnect to a restarted worker quickly.
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    // While calls are open, an HTTP/2 ping every half stall timeout, and a
+    // connection whose pings go unanswered for a stall timeout fails its
+    // calls (UNAVAILABLE: they fail over). A paused or partitioned worker's
+    // kernel may still acknowledge TCP, so without this a Generate or a
+    // unary call to it would wait forever; Append has its own watchdog.
+    // The workers accept pings this often (Server::Start).
+    const int64_t stall_ms = std::max<int64_t>(
+        absl::ToInt64Milliseconds(options_.upstream_stall_timeout), 1000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(stall_ms / 2));
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(stall_ms));
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    // A connection attempt gets as long (gRPC's default is 20 s): a paused
+    // worker's kernel accepts the TCP connection, and the HTTP/2 handshake
+    // then never completes.
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, static_cast<int>(stall_ms));
     auto credentials = MakeChannelCredentials(options_.worker_tls, &args);
     channel = grpc::CreateCustomChannel(address, credentials, args);
   }

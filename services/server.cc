@@ -166,6 +166,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
   builder.SetMaxSendMessageSize(options.max_send_message_bytes);
+  // Gateways ping their open calls' connections to tell a paused worker
+  // from a slow one (Gateway::Channel); gRPC's default answers pings more
+  // often than every 5 minutes with GOAWAY. Accept them every 500 ms.
+  builder.AddChannelArgument(
+      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 500);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   auto calls = std::make_unique<InFlightCalls>();
   std::vector<
       std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>

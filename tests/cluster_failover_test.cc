@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -373,6 +374,62 @@ TEST_F(ClusterFailoverTest, PausedOwnerIsFencedOut) {
   ASSERT_TRUE(ref.ok() && victim.ok());
   EXPECT_EQ(victim->input_offset(), ref->input_offset());
   EXPECT_TRUE(Export("pause-ref") == Export("pause-victim"));
+}
+
+// A paused owner (SIGSTOP: its kernel still accepts and acknowledges TCP,
+// its gRPC answers nothing) under a Generate on an open connection (the
+// gateway's pings go unanswered) and a unary call through the other
+// gateway (its connection attempt never completes): both fail over and
+// finish on another worker, well before gRPC's 20 s connect timeout.
+TEST_F(ClusterFailoverTest, CallsToAPausedOwnerFailOver) {
+  const std::string id = "pause-generate";
+  ASSERT_TRUE(Create(id).ok());
+  {
+    v1::AppendRequest r = Text(id, 0, Chunks(1, 64, 4)[0]);
+    r.set_flush(true);
+    r.set_checkpoint(true);
+    auto ctx = Ctx();
+    auto stream = streams_[0]->Append(ctx.get());
+    ASSERT_TRUE(stream->Write(r));
+    v1::AppendResponse ack;
+    ASSERT_TRUE(stream->Read(&ack));
+    stream->WritesDone();
+    ASSERT_TRUE(stream->Finish().ok());
+  }
+  e2e::ClusterProcess* paused = Owner(id);
+  ASSERT_NE(paused, nullptr);
+  paused->Signal(SIGSTOP);
+  // The gateways' stall timeout is 2 s; without pings and a connect
+  // timeout of their own both calls wait past this deadline.
+  auto deadline = [] {
+    return std::chrono::system_clock::now() + std::chrono::seconds(15);
+  };
+  v1::GenerateRequest g;
+  g.set_session_id(id);
+  g.set_request_id("paused-1");
+  g.set_max_tokens(16);
+  g.mutable_sampling()->set_seed(5);
+  auto ctx = Ctx();
+  ctx->set_deadline(deadline());
+  auto reader = streams_[0]->Generate(ctx.get(), g);
+  v1::GenerateResponse msg;
+  int tokens = 0;
+  while (reader->Read(&msg)) {
+    if (msg.has_chunk()) tokens += msg.chunk().tokens_size();
+  }
+  grpc::Status st = reader->Finish();
+  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  EXPECT_EQ(tokens, 16);
+  EXPECT_GE(std::atoi(Trailer(*ctx, "x-statestream-attempts").c_str()), 2);
+  v1::GetSessionRequest get;
+  get.set_session_id(id);
+  v1::Session s;
+  auto get_ctx = Ctx();
+  get_ctx->set_deadline(deadline());
+  grpc::Status got = sessions_[1]->GetSession(get_ctx.get(), get, &s);
+  EXPECT_TRUE(got.ok()) << got.error_code() << " " << got.error_message();
+  paused->Signal(SIGCONT);
+  EXPECT_NE(Owner(id), paused);
 }
 
 TEST_F(ClusterFailoverTest, TenantsAreIsolatedThroughTheGateway) {
