@@ -481,9 +481,41 @@ class SessionsService final : public v1::Sessions::CallbackService {
     auto* reader = new Reader();
     const absl::Time began = gateway_->BeginCall();
     gateway_->Spawn([this, ctx, resp, reader, began] {
+      // Kept whole for a replay on failover, so bounded: no more state
+      // bytes than the header announces (the worker refuses more anyway)
+      // nor than the gateway's limit. A stream that breaks either ends at
+      // once, before the gateway has buffered it.
       std::vector<v1::ImportStateRequest> parts;
       v1::ImportStateRequest msg;
-      while (reader->Read(&msg)) parts.push_back(std::move(msg));
+      uint64_t bytes = 0;
+      absl::Status bad;
+      while (bad.ok() && reader->Read(&msg)) {
+        if (parts.empty() && !msg.has_header()) {
+          bad = InvalidArgumentError(
+              Reason::kInvalidArgument,
+              "header: the first message must be the header");
+        } else if (msg.has_chunk()) {
+          bytes += msg.chunk().data().size();
+          if (bytes > parts[0].header().state().total_bytes() ||
+              bytes >
+                  static_cast<uint64_t>(gateway_->options().max_import_bytes)) {
+            bad = DataLossError(
+                Reason::kStateCorrupt,
+                absl::StrCat("more state bytes than the header's total_bytes ",
+                             parts[0].header().state().total_bytes(),
+                             " (the gateway takes at most ",
+                             gateway_->options().max_import_bytes, ")"));
+          }
+        }
+        parts.push_back(std::move(msg));
+      }
+      if (!bad.ok()) {
+        const grpc::Status st = ToGrpcStatus(bad);
+        gateway_->EndCall("ImportState", st, began);
+        reader->Finish(st);
+        reader->Release();
+        return;
+      }
       std::string session_id, hash_key;
       if (!parts.empty() && parts[0].has_header()) {
         const auto& header = parts[0].header();

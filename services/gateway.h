@@ -75,6 +75,9 @@ struct GatewayOptions {
   int max_attempts = 5;
   // Bytes of Append requests kept for replay per call (see above).
   int64_t append_buffer_bytes = int64_t{64} << 20;
+  // Most state bytes one ImportState may stream (kept whole for a replay on
+  // failover); the header's total_bytes bounds each call first.
+  int64_t max_import_bytes = int64_t{1} << 30;
   // Message size limits towards workers, bytes.
   int max_message_bytes = 8 << 20;
   // How long a worker may take to answer ListModels (asked once per worker

@@ -432,6 +432,42 @@ TEST_F(ClusterFailoverTest, CallsToAPausedOwnerFailOver) {
   EXPECT_NE(Owner(id), paused);
 }
 
+// The gateway keeps an import whole (for a replay on failover), so it
+// ends one that sends more state than its header announces as soon as it
+// does, before buffering the rest; one without a header first is
+// malformed.
+TEST_F(ClusterFailoverTest, GatewayBoundsImports) {
+  auto import = [&](bool header_first, int* written) {
+    auto ctx = Ctx();
+    v1::Session session;
+    auto writer = sessions_[0]->ImportState(ctx.get(), &session);
+    *written = 0;
+    if (header_first) {
+      v1::ImportStateRequest h;
+      h.mutable_header()->set_request_id("import-flood");
+      h.mutable_header()->set_mode(v1::IMPORT_MODE_CREATE);
+      h.mutable_header()->mutable_state()->set_total_bytes(1024);
+      h.mutable_header()->mutable_state()->set_chunk_bytes(1024);
+      h.mutable_header()->mutable_state()->set_chunk_count(1);
+      EXPECT_TRUE(writer->Write(h));
+    }
+    v1::ImportStateRequest chunk;
+    chunk.mutable_chunk()->set_data(std::string(1 << 20, 'x'));
+    for (int i = 0; i < 2000 && writer->Write(chunk); ++i) ++*written;
+    writer->WritesDone();
+    return writer->Finish();
+  };
+  int written = 0;
+  grpc::Status st = import(true, &written);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::DATA_LOSS) << st.error_message();
+  EXPECT_EQ(GetReason(FromGrpcStatus(st)), Reason::kStateCorrupt);
+  EXPECT_LT(written, 2000);  // ended early: 2 GB were never buffered
+  st = import(false, &written);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << st.error_message();
+  EXPECT_LT(written, 2000);
+}
+
 TEST_F(ClusterFailoverTest, TenantsAreIsolatedThroughTheGateway) {
   ASSERT_TRUE(Create("shared-name", 0, "alpha").ok());
   EXPECT_TRUE(Get("shared-name", 1, "alpha").ok());
