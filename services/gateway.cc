@@ -102,6 +102,9 @@ absl::StatusOr<std::vector<Gateway::WorkerModels>> Gateway::Models(
         v1::Models::NewStub(Channel(w.address))
             ->ListModels(client.get(), v1::ListModelsRequest(), &resp);
     if (!st.ok()) {
+      // The caller cancelling (its ListModels or CreateSession) says
+      // nothing of the worker: no suspicion, which would move sessions.
+      if (ctx.IsCancelled()) break;
       if (ShouldFailover(st)) router_.MarkSuspect(w.worker_id);
       continue;
     }
