@@ -71,6 +71,11 @@ struct GatewayOptions {
   // is treated as failed (paused, partitioned). Only speed depends on it:
   // moving a session that was merely slow is safe (fencing).
   absl::Duration upstream_stall_timeout = absl::Seconds(10);
+  // An Append's worker gets this much longer per input unit (token or text
+  // byte) in flight before its silence is a stall: a request is acked only
+  // once it has all gone through the model. Liveness meanwhile comes from
+  // the connection's pings.
+  absl::Duration upstream_stall_per_unit = absl::Milliseconds(100);
   // Workers tried per call (first attempt included).
   int max_attempts = 5;
   // Bytes of Append requests kept for replay per call (see above).

@@ -52,10 +52,19 @@ class AppendCall final : public Watched {
     reader.join();
   }
 
+  // A worker that acknowledges nothing for the stall timeout plus an
+  // allowance per input unit in flight (a request is acked once it has
+  // all gone through the model: a 1 MiB one can take minutes) is treated as
+  // failed. A paused or partitioned worker is found sooner by its
+  // connection's unanswered pings (Gateway::Channel).
   void CheckStall(absl::Time now) override {
     absl::MutexLock lock(&mu_);
+    const GatewayOptions& o = gateway_->options();
     if (upstream_ != nullptr && !stalled_ && attempt_sent_ > attempt_acked_ &&
-        now - last_progress_ > gateway_->options().upstream_stall_timeout) {
+        now - last_progress_ >
+            o.upstream_stall_timeout +
+                o.upstream_stall_per_unit *
+                    static_cast<double>(in_flight_units_sum_)) {
       stalled_ = true;
       upstream_->TryCancel();
     }
@@ -64,8 +73,9 @@ class AppendCall final : public Watched {
  private:
   struct Entry {
     v1::AppendRequest request;
-    uint64_t seq = 0;  // index among the client's requests
-    uint64_t end = 0;  // expected_input_offset + units
+    uint64_t seq = 0;    // index among the client's requests
+    uint64_t end = 0;    // expected_input_offset + units
+    uint64_t units = 0;  // tokens or text bytes
     int64_t bytes = 0;
     absl::Time received;  // read from the client
   };
@@ -89,6 +99,7 @@ class AppendCall final : public Watched {
       uint64_t units = request.has_tokens() ? request.tokens().ids_size()
                                             : request.text_utf8().size();
       e.end = request.expected_input_offset() + units;
+      e.units = units;
       e.request = std::move(request);
       absl::MutexLock lock(&mu_);
       if (session_id_.empty()) session_id_ = e.request.session_id();
@@ -118,10 +129,13 @@ class AppendCall final : public Watched {
         if (attempt_over_) return;
         if (seq >= next_seq_) break;  // client done, everything sent
         if (log_.empty() || seq < log_.front().seq) return;  // cannot happen
-        request = log_[seq - log_.front().seq].request;
+        const Entry& e = log_[seq - log_.front().seq];
+        request = e.request;
         if (request.session_id().empty()) request.set_session_id(session_id_);
         if (attempt_sent_ == attempt_acked_) last_progress_ = absl::Now();
         ++attempt_sent_;
+        in_flight_units_.push_back(e.units);
+        in_flight_units_sum_ += e.units;
       }
       if (!stream->Write(request)) return;
       ++seq;
@@ -185,10 +199,13 @@ class AppendCall final : public Watched {
       upstream_ = context.get();
       attempt_over_ = false;
       stalled_ = false;
-      attempt_sent_ = attempt_acked_ = 0;
+      attempt_sent_ = attempt_acked_ = attempt_delivered_ = 0;
+      in_flight_units_.clear();
+      in_flight_units_sum_ = 0;
       last_progress_ = absl::Now();
       // Replay everything not known to be committed (and acked).
       seq = log_.empty() ? next_seq_ : log_.front().seq;
+      attempt_first_seq_ = seq;
       if (attempt > 1) {
         gateway_->metrics().AddReplayedRequests(
             static_cast<int64_t>(next_seq_ - seq));
@@ -203,14 +220,25 @@ class AppendCall final : public Watched {
         absl::MutexLock lock(&mu_);
         ++attempt_acked_;
         last_progress_ = absl::Now();
+        if (!in_flight_units_.empty()) {
+          in_flight_units_sum_ -= in_flight_units_.front();
+          in_flight_units_.pop_front();
+        }
         deliver = seq >= acked_;  // else a replayed request's second ack
-        if (deliver) acked_ = seq + 1;
+        if (deliver) {
+          acked_ = seq + 1;
+          ++attempt_delivered_;
+        }
         if (deliver && !log_.empty() && seq >= log_.front().seq &&
             seq - log_.front().seq < log_.size()) {
           received = log_[seq - log_.front().seq].received;
         }
         committed_ = std::max(committed_, ack.committed_input_offset());
+        // Entries this attempt has not re-sent yet stay, even when covered
+        // by what the new owner reports committed: the sender replays the
+        // log in order, one ack per request.
         while (!log_.empty() && log_.front().seq < acked_ &&
+               log_.front().seq < attempt_first_seq_ + attempt_sent_ &&
                log_.front().end <= committed_) {
           log_bytes_ -= log_.front().bytes;
           log_.pop_front();
@@ -235,7 +263,10 @@ class AppendCall final : public Watched {
     absl::MutexLock lock(&mu_);
     upstream_ = nullptr;
     *stalled = stalled_;
-    *progressed = attempt_acked_ > 0;
+    // Progress is acks the client had not had: a replay's acks of requests
+    // delivered before do not count, or a request that stalls every owner
+    // would be retried forever.
+    *progressed = attempt_delivered_ > 0;
     return status;
   }
 
@@ -258,8 +289,13 @@ class AppendCall final : public Watched {
   grpc::ClientContext* upstream_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool attempt_over_ ABSL_GUARDED_BY(mu_) = false;
   bool stalled_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t attempt_first_seq_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t attempt_sent_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t attempt_acked_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t attempt_delivered_ ABSL_GUARDED_BY(mu_) = 0;
+  // Units (tokens or text bytes) of the requests sent and not acked yet.
+  std::deque<uint64_t> in_flight_units_ ABSL_GUARDED_BY(mu_);
+  uint64_t in_flight_units_sum_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time last_progress_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -432,6 +432,33 @@ TEST_F(ClusterFailoverTest, CallsToAPausedOwnerFailOver) {
   EXPECT_NE(Owner(id), paused);
 }
 
+// A request the owner takes longer to apply than the stall timeout (512 KiB
+// of text; the gateways' stall timeout is 2 s) is slow, not a dead worker:
+// its connection answers pings, so the call stays on it and ends OK after
+// one attempt.
+TEST_F(ClusterFailoverTest, ASlowRequestIsNotAStall) {
+  const std::string id = "slow-append";
+  ASSERT_TRUE(Create(id).ok());
+  auto ctx = Ctx();
+  auto stream = streams_[0]->Append(ctx.get());
+  const std::string small = Chunks(1, 100, 5)[0];
+  std::string big = Chunks(1, 1 << 16, 6)[0];
+  while (big.size() < (1u << 19)) big += big.substr(0, (1 << 19) - big.size());
+  const absl::Time start = absl::Now();
+  ASSERT_TRUE(stream->Write(Text(id, 0, small)));
+  ASSERT_TRUE(stream->Write(Text(id, small.size(), big)));
+  v1::AppendResponse ack;
+  ASSERT_TRUE(stream->Read(&ack));
+  EXPECT_EQ(ack.input_offset(), small.size());
+  ASSERT_TRUE(stream->Read(&ack));
+  EXPECT_EQ(ack.input_offset(), small.size() + big.size());
+  stream->WritesDone();
+  grpc::Status st = stream->Finish();
+  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  EXPECT_EQ(Trailer(*ctx, "x-statestream-attempts"), "1")
+      << "took " << absl::Now() - start;
+}
+
 // The gateway keeps an import whole (for a replay on failover), so it
 // ends one that sends more state than its header announces as soon as it
 // does, before buffering the rest; one without a header first is
