@@ -280,6 +280,32 @@ class SessionManager::Impl {
     }
   }
 
+  // Idempotency by request id (within request_id_window, on this worker):
+  // whether (tenant, request_id) was seen, with the same content (`digest`;
+  // else DUPLICATE_REQUEST) and for which session. An empty id is never
+  // seen.
+  absl::StatusOr<bool> Seen(const std::string& tenant,
+                            const std::string& request_id, uint64_t digest,
+                            std::string* session_id = nullptr) {
+    if (request_id.empty()) return false;
+    absl::MutexLock lock(&mu_);
+    PruneCreated(clock_->Now());
+    auto it = created_.find({tenant, request_id});
+    if (it == created_.end()) return false;
+    if (it->second.digest != digest) return DuplicateRequest(request_id);
+    if (session_id != nullptr) *session_id = it->second.session_id;
+    return true;
+  }
+  void Remember(const std::string& tenant, const std::string& request_id,
+                const std::string& session_id, uint64_t digest) {
+    if (request_id.empty()) return;
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = clock_->Now();
+    created_[{tenant, request_id}] = {session_id, digest, now};
+    created_order_.push_back({{tenant, request_id}, now});
+    PruneCreated(now);
+  }
+
   static std::string MapKey(const SessionKey& k) {
     return absl::StrCat(k.tenant, "/", k.session_id);
   }
@@ -1047,17 +1073,17 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
     blank.live = EngineState::Initial(*m.model_);
     r.initial_state = m.Snapshot(&blank);
   }
-  SS_ASSIGN_OR_RETURN(CommitResult res, m.store_->CreateSession(r));
-  {
-    absl::MutexLock lock(&m.mu_);
-    if (!p.request_id.empty()) {
-      const absl::Time now = m.clock_->Now();
-      m.created_[{tenant, p.request_id}] = {r.key.session_id, digest, now};
-      m.created_order_.push_back({{tenant, p.request_id}, now});
-      m.PruneCreated(now);
+  auto res = m.store_->CreateSession(r);
+  if (!res.ok()) {
+    // A create that failed but exists (written below the durability asked
+    // for, or its reply lost) is this request's: a retry returns it.
+    if (!absl::IsAlreadyExists(res.status()) && m.store_->GetHead(r.key).ok()) {
+      m.Remember(tenant, p.request_id, r.key.session_id, digest);
     }
+    return res.status();
   }
-  return m.ViewOfHead(res.session);
+  m.Remember(tenant, p.request_id, r.key.session_id, digest);
+  return m.ViewOfHead(res->session);
 }
 
 absl::StatusOr<SessionView> SessionManager::GetSession(
@@ -1127,7 +1153,22 @@ absl::StatusOr<SessionView> SessionManager::UpdateSession(
 
 absl::Status SessionManager::DeleteSession(const std::string& tenant,
                                            const std::string& session_id,
-                                           bool allow_missing) {
+                                           bool allow_missing,
+                                           const std::string& request_id) {
+  // A retry of a delete that succeeded succeeds (proto: DeleteSession).
+  const uint64_t digest =
+      Fnv1a(14695981039346656037ull, absl::StrCat("delete:", session_id));
+  SS_ASSIGN_OR_RETURN(bool seen,
+                      impl_->Seen(tenant, request_id, digest, nullptr));
+  if (seen) return absl::OkStatus();
+  absl::Status st = DeleteOnce(tenant, session_id, allow_missing);
+  if (st.ok()) impl_->Remember(tenant, request_id, session_id, digest);
+  return st;
+}
+
+absl::Status SessionManager::DeleteOnce(const std::string& tenant,
+                                        const std::string& session_id,
+                                        bool allow_missing) {
   Impl& m = *impl_;
   const SessionKey key{tenant, session_id};
   std::shared_ptr<Session> s;
@@ -1159,8 +1200,19 @@ absl::StatusOr<std::vector<VersionInfo>> SessionManager::ListVersions(
 
 absl::StatusOr<SessionView> SessionManager::Rollback(
     const std::string& tenant, const std::string& session_id, uint64_t version,
-    std::optional<uint64_t> expected, std::optional<Durability> durability) {
+    std::optional<uint64_t> expected, std::optional<Durability> durability,
+    const std::string& request_id) {
   Impl& m = *impl_;
+  // A retry of a rollback that was committed (even one that failed below
+  // the durability asked for) returns the session instead of rolling back
+  // again, which would discard input applied since.
+  const uint64_t digest =
+      Fnv1a(14695981039346656037ull,
+            absl::StrCat("rollback:", session_id, "@", version, "?",
+                         expected ? absl::StrCat(*expected) : "-", "d",
+                         durability ? static_cast<int>(*durability) : -1));
+  SS_ASSIGN_OR_RETURN(bool seen, m.Seen(tenant, request_id, digest, nullptr));
+  if (seen) return GetSession(tenant, session_id);
   SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
                       m.Resident({tenant, session_id}));
   return m.RunSync<absl::StatusOr<SessionView>>(
@@ -1180,9 +1232,13 @@ absl::StatusOr<SessionView> SessionManager::Rollback(
             m.Drop(s.get(), Session::Gone::kFenced);
           } else {
             m.FollowStoreHead(s.get());
+            if (m.GoneError(s.get()).ok() && s->head.head.version != head) {
+              m.Remember(tenant, request_id, session_id, digest);  // kept
+            }
           }
           return res.status();
         }
+        m.Remember(tenant, request_id, session_id, digest);
         auto v = m.store_->LoadVersion(s->key, res->version.version);
         absl::Status loaded =
             v.ok() ? m.LoadInto(s.get(), *v, &res->session) : v.status();

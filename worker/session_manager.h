@@ -240,8 +240,13 @@ class SessionManager {
   absl::StatusOr<SessionView> UpdateSession(const std::string& tenant,
                                             const std::string& session_id,
                                             const SessionUpdate& update);
+  // Mutations with a `request_id` are idempotent on this worker within
+  // request_id_window: a retry returns what the first call did (a delete
+  // that succeeded succeeds again; a rollback is not repeated), reusing the
+  // id for other content is DUPLICATE_REQUEST.
   absl::Status DeleteSession(const std::string& tenant,
-                             const std::string& session_id, bool allow_missing);
+                             const std::string& session_id, bool allow_missing,
+                             const std::string& request_id = "");
   // Newest first.
   absl::StatusOr<std::vector<VersionInfo>> ListVersions(
       const std::string& tenant, const std::string& session_id);
@@ -249,7 +254,8 @@ class SessionManager {
                                        const std::string& session_id,
                                        uint64_t version,
                                        std::optional<uint64_t> expected,
-                                       std::optional<Durability> durability);
+                                       std::optional<Durability> durability,
+                                       const std::string& request_id = "");
   absl::StatusOr<ExportedState> Export(const std::string& tenant,
                                        const std::string& session_id,
                                        uint64_t version);
@@ -314,6 +320,8 @@ class SessionManager {
 
  private:
   explicit SessionManager(std::unique_ptr<Impl> impl);
+  absl::Status DeleteOnce(const std::string& tenant,
+                          const std::string& session_id, bool allow_missing);
   std::unique_ptr<Impl> impl_;
 };
 

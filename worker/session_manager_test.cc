@@ -209,6 +209,54 @@ TEST_F(SessionManagerTest, AFailedWriteTheStoreKeptMovesTheSession) {
   EXPECT_EQ(after->committed_input_offset, 3u);
 }
 
+// Retries with the same request id do what the first call did, once: a
+// delete that succeeded succeeds, a rollback is not repeated, a create
+// that failed but exists returns it; other content under the id is
+// DUPLICATE_REQUEST.
+TEST_F(SessionManagerTest, RetriesWithTheSameRequestIdAreIdempotent) {
+  Create("s");
+  auto w = Open("s");
+  ASSERT_TRUE(Append(w, 0, "hello", true, true).ok());  // v2
+  auto rolled =
+      manager_->Rollback("t", "s", 1, std::nullopt, std::nullopt, "rollback-1");
+  ASSERT_TRUE(rolled.ok()) << rolled.status();
+  EXPECT_EQ(rolled->version, 3u);
+  ASSERT_TRUE(Append(w, 0, "hi", true, true).ok());  // v4
+  auto again =
+      manager_->Rollback("t", "s", 1, std::nullopt, std::nullopt, "rollback-1");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->version, 4u);  // not rolled back twice
+  EXPECT_EQ(again->input_offset, 2u);
+  EXPECT_EQ(GetReason(manager_
+                          ->Rollback("t", "s", 2, std::nullopt, std::nullopt,
+                                     "rollback-1")
+                          .status()),
+            Reason::kDuplicateRequest);
+  ASSERT_TRUE(Close(w).ok());
+
+  ASSERT_TRUE(manager_->DeleteSession("t", "s", false, "delete-1").ok());
+  EXPECT_TRUE(manager_->DeleteSession("t", "s", false, "delete-1").ok());
+  EXPECT_EQ(GetReason(manager_->DeleteSession("t", "s", false, "delete-2")),
+            Reason::kSessionNotFound);
+  Create("u");
+  EXPECT_EQ(GetReason(manager_->DeleteSession("t", "u", false, "delete-1")),
+            Reason::kDuplicateRequest);
+
+  // The in-memory store reaches MEMORY only: REPLICATED fails, and the
+  // session exists nonetheless.
+  CreateParams p;
+  p.request_id = "create-kept";
+  p.durability = Durability::kReplicated;
+  auto first = manager_->CreateSession("t", p);
+  EXPECT_EQ(first.status().code(), absl::StatusCode::kUnavailable)
+      << first.status();
+  auto retry = manager_->CreateSession("t", p);
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  auto listed = manager_->ListSessions("t", 100, "", {}, "");
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_EQ(listed->first.size(), 2u);  // u and the kept one, once
+}
+
 TEST_F(SessionManagerTest, ChunkingDoesNotChangeTheState) {
   const std::string text = "h\xC3\xA9llo \xE2\x82\xAC \xF0\x9F\x98\x80!";
   Create("whole");

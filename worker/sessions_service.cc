@@ -371,9 +371,9 @@ class SessionsService final : public v1::Sessions::CallbackService {
       absl::Status st = CheckRequestId(req->request_id());
       if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
       if (st.ok()) {
-        st =
-            models_->ForSession(tenant, req->session_id())
-                .DeleteSession(tenant, req->session_id(), req->allow_missing());
+        st = models_->ForSession(tenant, req->session_id())
+                 .DeleteSession(tenant, req->session_id(), req->allow_missing(),
+                                req->request_id());
       }
       return st;
     });
@@ -429,7 +429,8 @@ class SessionsService final : public v1::Sessions::CallbackService {
       if (req->has_expected_version()) expected = req->expected_version();
       auto v = models_->ForSession(tenant, req->session_id())
                    .Rollback(tenant, req->session_id(), req->version(),
-                             expected, DurabilityFromProto(req->durability()));
+                             expected, DurabilityFromProto(req->durability()),
+                             req->request_id());
       if (v.ok()) SessionToProto(*v, out);
       return v.status();
     });
