@@ -95,7 +95,9 @@ class AppendCall final : public Watched {
       if (!client_->Read(&request)) break;
       Entry e;
       e.received = absl::Now();
-      e.bytes = static_cast<int64_t>(request.ByteSizeLong());
+      // What the entry holds in memory: an empty request serialises to 0
+      // bytes, and a flood of them must still fill the bound.
+      e.bytes = static_cast<int64_t>(request.ByteSizeLong() + sizeof(Entry));
       uint64_t units = request.has_tokens() ? request.tokens().ids_size()
                                             : request.text_utf8().size();
       e.end = request.expected_input_offset() + units;

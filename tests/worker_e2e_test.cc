@@ -9,9 +9,11 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -243,6 +245,45 @@ TEST_F(WorkerE2eTest, AppendIsExactlyOnce) {
   ASSERT_TRUE(got.ok());
   EXPECT_EQ(got->input_offset(), 12u);
   EXPECT_EQ(got->position(), 12u);
+}
+
+// A client that writes without reading its acks (here: the same 1 KiB
+// again and again, each a duplicate acked at once) is held back by flow
+// control: the worker stops reading once a few dozen acks wait, instead of
+// queueing an ack per request without bound. The writer blocks long before
+// 200,000 requests (200 MB), and stays blocked; reading the acks lets it
+// go on.
+TEST_F(WorkerE2eTest, AnAppendClientThatDoesNotReadIsHeldBack) {
+  Create("unread-acks");
+  // A client that takes acks in slowly: a 1 KiB receive window, no growth.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
+  auto stub = v1::Streams::NewStub(grpc::CreateCustomChannel(
+      *address_, grpc::InsecureChannelCredentials(), args));
+  auto ctx = Ctx();
+  auto stream = stub->Append(ctx.get());
+  const v1::AppendRequest same = Text("unread-acks", 0, std::string(1024, 'x'));
+  ASSERT_TRUE(stream->Write(same));
+  constexpr int kRequests = 200000;
+  std::atomic<int> written{0};
+  std::thread writer([&] {
+    for (int i = 0; i < kRequests && stream->Write(same); ++i) ++written;
+  });
+  // Until the count stops moving (the writer is blocked) or all is sent.
+  int last = -1;
+  for (int i = 0; i < 300 && written.load() != last; ++i) {
+    last = written.load();
+    absl::SleepFor(absl::Milliseconds(500));
+  }
+  EXPECT_LT(written.load(), kRequests);
+  // Reading the acks unblocks it; cancel the rest.
+  v1::AppendResponse ack;
+  for (int i = 0; i < 1000 && stream->Read(&ack); ++i) {
+  }
+  ctx->TryCancel();
+  writer.join();
+  stream->Finish().IgnoreError();
 }
 
 TEST_F(WorkerE2eTest, AnyChunkingGivesTheSameState) {

@@ -123,6 +123,12 @@ class AppendReactor final
       writing_ = false;
       MaybeFinishLocked();
     }
+    // The client reads its acks again: so does the call its requests.
+    if (read_paused_ && !finish_ &&
+        writes_.size() < static_cast<size_t>(kMaxUnreadAcks)) {
+      read_paused_ = false;
+      StartRead(&req_);
+    }
   }
 
   void OnCancel() override {
@@ -200,6 +206,12 @@ class AppendReactor final
       writing_ = true;
       StartWrite(&writes_.front());
     }
+    // A client that does not read its acks gets no more requests read:
+    // they wait in its flow-control window instead of in this queue.
+    if (writes_.size() >= static_cast<size_t>(kMaxUnreadAcks)) {
+      read_paused_ = true;
+      return;
+    }
     StartRead(&req_);
   }
 
@@ -248,9 +260,13 @@ class AppendReactor final
   std::optional<Durability> durability_;
   bool closed_ = false;
 
+  // Acks queued for a client that is not reading them, at most.
+  static constexpr int kMaxUnreadAcks = 64;
+
   absl::Mutex mu_;
   std::deque<v1::AppendResponse> writes_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
   bool op_pending_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<absl::Status> finish_ ABSL_GUARDED_BY(mu_);
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
