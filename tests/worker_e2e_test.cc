@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <memory>
@@ -675,18 +676,31 @@ TEST(WorkerRestartTest, AKilledGenerationResumesFromItsLastCheckpoint) {
     g.set_commit(true);
     g.set_durability(v1::DURABILITY_FSYNC);
     g.mutable_sampling()->set_seed(7);
+    g.set_logprobs(true);
     return g;
   };
   struct Output {
     std::vector<uint32_t> tokens;
     v1::GenerateDone done;
     grpc::Status status;
+    size_t with_logprobs = 0;  // tokens that came with a logprob entry
   };
   auto read_all = [](grpc::ClientReader<v1::GenerateResponse>* reader) {
     Output out;
     v1::GenerateResponse msg;
     while (reader->Read(&msg)) {
-      for (uint32_t t : msg.chunk().tokens()) out.tokens.push_back(t);
+      const v1::GenerateChunk& chunk = msg.chunk();
+      // A chunk's logprobs are parallel to all its tokens, or absent (the
+      // tokens a resumed generation replays from its checkpoint).
+      if (chunk.logprobs_size() > 0) {
+        EXPECT_EQ(chunk.logprobs_size(), chunk.tokens_size());
+        for (int i = 0;
+             i < std::min(chunk.logprobs_size(), chunk.tokens_size()); ++i) {
+          EXPECT_EQ(chunk.logprobs(i).token(), chunk.tokens(i));
+        }
+        out.with_logprobs += chunk.tokens_size();
+      }
+      for (uint32_t t : chunk.tokens()) out.tokens.push_back(t);
       if (msg.has_done()) out.done = msg.done();
     }
     out.status = reader->Finish();
@@ -772,6 +786,10 @@ TEST(WorkerRestartTest, AKilledGenerationResumesFromItsLastCheckpoint) {
   Output resumed = read_all(reader.get());
   ASSERT_TRUE(resumed.status.ok()) << resumed.status.error_message();
   EXPECT_EQ(resumed.tokens, reference.tokens);
+  EXPECT_EQ(reference.with_logprobs, size_t{kMaxTokens});
+  // The checkpointed prefix is replayed without logprobs; the rest has them.
+  EXPECT_EQ(resumed.with_logprobs,
+            reference.done.input_offset() - s.input_offset());
   EXPECT_FALSE(resumed.done.replayed());
   EXPECT_TRUE(resumed.done.committed());
   EXPECT_EQ(resumed.done.usage().output_tokens(), uint32_t{kMaxTokens});

@@ -1663,7 +1663,8 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       if (!in.commit) m.Release(s);  // side branch: the copy is enough
       auto task = std::make_shared<GenerateTask>(
           work.get(), m.vocab_, m.tok_, std::move(spec),
-          [&m, emit, text, out_tokens, timing](const GeneratedToken& t) {
+          [&m, emit, text, out_tokens, timing,
+           logprobs = in.logprobs](const GeneratedToken& t) {
             if (WorkerMetrics* metrics = m.opt_.metrics) {
               const absl::Time now = m.clock_->Now();
               if (timing->first) {
@@ -1680,6 +1681,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
             GeneratedPiece p;
             p.token = t.id;
             p.text = t.text;
+            p.has_logprob = logprobs;
             p.logprob = t.logprob;
             p.top = t.top;
             emit(p);

@@ -182,6 +182,9 @@ struct GenerateOutcome {
 struct GeneratedPiece {
   int32_t token = 0;
   std::string text;  // newly complete UTF-8
+  // Generated now with logprobs asked for; false for tokens replayed from
+  // a checkpoint or a record, which carry none.
+  bool has_logprob = false;
   float logprob = 0;
   std::vector<engine::TokenLogprob> top;
 };

@@ -436,9 +436,12 @@ class GenerateReactor final
   void OnToken(const GeneratedPiece& p) {
     Locked<ThisReactor> lock(this);
     if (finish_) return;
-    // Group tokens into the last queued chunk unless it is being written.
+    // Group tokens into the last queued chunk unless it is being written,
+    // or unless it differs in carrying logprobs: a chunk's logprobs are
+    // parallel to all its tokens or absent (replayed tokens have none).
     v1::GenerateChunk* chunk = nullptr;
-    if (writes_.size() > 1 || (!writes_.empty() && !writing_)) {
+    if ((writes_.size() > 1 || (!writes_.empty() && !writing_)) &&
+        (writes_.back().chunk().logprobs_size() > 0) == p.has_logprob) {
       chunk = writes_.back().mutable_chunk();
     } else {
       writes_.emplace_back();
@@ -448,7 +451,7 @@ class GenerateReactor final
     ++emitted_;
     chunk->add_tokens(static_cast<uint32_t>(p.token));
     chunk->mutable_text_utf8()->append(p.text);
-    if (want_logprobs_ || p.logprob != 0 || !p.top.empty()) {
+    if (p.has_logprob) {
       auto* lp = chunk->add_logprobs();
       lp->set_token(static_cast<uint32_t>(p.token));
       lp->set_logprob(p.logprob);
@@ -534,7 +537,6 @@ class GenerateReactor final
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool job_done_ ABSL_GUARDED_BY(mu_) = false;
   uint32_t emitted_ ABSL_GUARDED_BY(mu_) = 0;
-  bool want_logprobs_ = false;
   std::optional<absl::Status> finish_ ABSL_GUARDED_BY(mu_);
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   // Set once, under mu_; Locked calls Finish with it after unlocking.
