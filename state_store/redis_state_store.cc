@@ -246,6 +246,9 @@ class RedisStateStore final : public StateStore {
     const std::string outcome = Str(reply->element[0]);
     if (outcome == "EXISTS") return store_internal::SessionExists(r.key);
     if (outcome != "OK" && outcome != "DUP") return Unexpected(outcome);
+    // And again now that the head exists: a listing that ran between the
+    // two saw no head and dropped the entry (ListSessions).
+    SS_RETURN_IF_ERROR(AddToIndex(r.key));
     return Finish(r.key, 1, nonce, r.durability, v.durability, reached);
   }
 
@@ -419,8 +422,7 @@ class RedisStateStore final : public StateStore {
           if (GetReason(head.status()) != Reason::kSessionNotFound) {
             return head.status();
           }
-          SS_RETURN_IF_ERROR(
-              client_->Run(index, {{"ZREM", index, key.session_id}}).status());
+          SS_RETURN_IF_ERROR(DropFromIndex(key));
           continue;
         }
         if (!store_internal::LabelsMatch(head->labels, req.label_filter)) {
@@ -459,8 +461,7 @@ class RedisStateStore final : public StateStore {
     if (Str(r->element[0]) == "NOTFOUND") {
       return store_internal::SessionNotFound(key);
     }
-    const std::string index = IndexKey(key.tenant);
-    return client_->Run(index, {{"ZREM", index, key.session_id}}).status();
+    return DropFromIndex(key);
   }
 
   absl::StatusOr<Lease> AcquireLease(const SessionKey& key,
@@ -628,6 +629,24 @@ class RedisStateStore final : public StateStore {
   absl::Status AddToIndex(const SessionKey& key) {
     const std::string index = IndexKey(key.tenant);
     return client_->Run(index, {{"ZADD", index, "0", key.session_id}}).status();
+  }
+
+  // Removes a session without a head from the tenant's index. The index
+  // and the head live in different slots, so this cannot be one script: a
+  // create (or a re-create after a delete) may write its head meanwhile.
+  // Creates add to the index before and after writing the head, and this
+  // looks at the head after removing: whichever runs last re-adds it, so a
+  // live session never stays out of the index.
+  absl::Status DropFromIndex(const SessionKey& key) {
+    const std::string index = IndexKey(key.tenant);
+    SS_RETURN_IF_ERROR(
+        client_->Run(index, {{"ZREM", index, key.session_id}}).status());
+    auto head = GetHead(key);
+    if (head.ok()) return AddToIndex(key);
+    if (GetReason(head.status()) == Reason::kSessionNotFound) {
+      return absl::OkStatus();
+    }
+    return head.status();
   }
 
   // Runs `script` with `keys` and the common + `args` arguments, then

@@ -4,6 +4,9 @@
 // and recovery.
 #include "state_store/redis_state_store.h"
 
+#include <string>
+#include <thread>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -268,6 +271,43 @@ TEST(RedisStateStoreTest, RefusedWritesAreUnavailable) {
   auto committed = (*store)->Commit(r);
   ASSERT_TRUE(committed.ok()) << committed.status();
   EXPECT_EQ(committed->version.version, c->version.version + 1);
+}
+
+// ListSessions drops index entries whose session is gone. One whose
+// create is still uploading its chunks is not gone: listed mid-create, the
+// session is still listed once the create is done.
+TEST(RedisStateStoreTest, AListingDuringACreateKeepsTheSession) {
+  auto server = RedisServer::Start({});
+  ASSERT_TRUE(server.ok()) << server.status();
+  RedisStateStoreOptions o;
+  o.addresses = {(*server)->address()};
+  auto store = NewRedisStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  for (int round = 0; round < 3; ++round) {
+    const std::string id = absl::StrCat("big", round);
+    CreateSessionRequest big = NewSession(id, Durability::kMemory);
+    big.initial_state = TestSnapshot(1, 16 << 20);  // 64 MB to upload
+    std::thread create([&] {
+      auto c = (*store)->CreateSession(big);
+      EXPECT_TRUE(c.ok()) << c.status();
+    });
+    // As soon as the index names it (before its head exists), list.
+    for (int i = 0; i < 100000; ++i) {
+      auto score = (*server)->Command({"ZSCORE", "ss:{t:acme}:sessions", id});
+      if (score.ok() && !score->empty()) break;
+    }
+    ListSessionsRequest list;
+    list.tenant = "acme";
+    ASSERT_TRUE((*store)->ListSessions(list).ok());
+    create.join();
+    auto after = (*store)->ListSessions(list);
+    ASSERT_TRUE(after.ok()) << after.status();
+    bool listed = false;
+    for (const SessionHead& h : after->sessions) {
+      listed = listed || h.key.session_id == id;
+    }
+    EXPECT_TRUE(listed) << id << " dropped from the index";
+  }
 }
 
 TEST(RedisStateStoreTest, UnavailableWhileDownThenRecovers) {
