@@ -159,11 +159,16 @@ class BlockingBidi final : public Blocking<grpc::ServerBidiReactor<Req, Resp>> {
   // One reader thread and one writer thread at a time.
   bool Read(Req* msg) {
     {
-      absl::MutexLock lock(&mu_);
-      if (read_over_) return false;
-      reading_ = true;
+      // No read starts after FinishCall: the reader thread may still be
+      // looping when another thread ends the call.
+      absl::MutexLock start(&start_mu_);
+      {
+        absl::MutexLock lock(&mu_);
+        if (read_over_) return false;
+        reading_ = true;
+      }
+      this->StartRead(msg);
     }
-    this->StartRead(msg);
     absl::MutexLock lock(&mu_);
     mu_.Await(absl::Condition(
         +[](bool* p) { return !*p; }, &reading_));
@@ -181,6 +186,16 @@ class BlockingBidi final : public Blocking<grpc::ServerBidiReactor<Req, Resp>> {
         +[](bool* p) { return !*p; }, &writing_));
     return !broken_;
   }
+  // Finish, from any thread: a Read already started ends (false); a later
+  // one returns false without starting.
+  void FinishCall(const grpc::Status& status) {
+    {
+      absl::MutexLock start(&start_mu_);
+      absl::MutexLock lock(&mu_);
+      read_over_ = true;
+    }
+    this->Finish(status);
+  }
   void OnReadDone(bool ok) override {
     absl::MutexLock lock(&mu_);
     if (!ok) read_over_ = true;
@@ -193,6 +208,8 @@ class BlockingBidi final : public Blocking<grpc::ServerBidiReactor<Req, Resp>> {
   }
 
  private:
+  // Orders StartRead before Finish (never held by a reaction).
+  absl::Mutex start_mu_;
   absl::Mutex mu_;
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
   bool read_over_ ABSL_GUARDED_BY(mu_) = false;

@@ -44,7 +44,7 @@ class AppendCall final : public Watched {
     grpc::Status final_status = Forward();
     gateway_->EndCall("Append", final_status, began);
     ctx_->AddTrailingMetadata(kAttemptsTrailer, absl::StrCat(attempts_));
-    client_->Finish(final_status);
+    client_->FinishCall(final_status);
     {
       absl::MutexLock lock(&mu_);
       finished_ = true;
