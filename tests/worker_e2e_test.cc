@@ -377,6 +377,25 @@ TEST_F(WorkerE2eTest, ScoreMatchesGreedyGeneration) {
   auto ctx2 = Ctx();
   st = streams_->Score(ctx2.get(), req, &resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  // What would not fit a response is refused up front, typed: text of more
+  // tokens than the limit, and tokens x (1 + top_logprobs) past 524,288.
+  auto too_large = [&](const v1::ScoreRequest& r) {
+    auto c = Ctx();
+    v1::ScoreResponse out;
+    grpc::Status big = streams_->Score(c.get(), r, &out);
+    EXPECT_EQ(big.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << big.error_message();
+    EXPECT_EQ(GetReason(FromGrpcStatus(big)), Reason::kMessageTooLarge);
+  };
+  v1::ScoreRequest text;
+  text.set_session_id("score");
+  text.set_text_utf8(std::string(65537, 'a'));  // a token per byte
+  too_large(text);
+  v1::ScoreRequest wide;
+  wide.set_session_id("score");
+  for (int i = 0; i < 30000; ++i) wide.mutable_tokens()->add_ids(97);
+  wide.set_top_logprobs(20);
+  too_large(wide);
 }
 
 TEST_F(WorkerE2eTest, ExportImportRoundTripsAndRejectsBadBlobs) {

@@ -28,6 +28,9 @@ namespace {
 constexpr size_t kMaxTextBytes = 1 << 20;
 constexpr size_t kMaxAppendTokens = 262144;
 constexpr size_t kMaxScoreTokens = 65536;
+// Log-probabilities in one Score response (the scored tokens' and their
+// top alternatives'): ~5.8 MB, inside the 8 MiB message limit.
+constexpr size_t kMaxScoreEntries = 524288;
 
 // A fixed pool of threads running closures in FIFO order.
 class Executor {
@@ -1825,6 +1828,9 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
                             {{"field", "text_utf8"}}));
       }
       cont = m.tok_->Encode(in.text);
+      if (cont.size() > kMaxScoreTokens) {
+        return done(TooLarge("text_utf8 (tokens)", kMaxScoreTokens));
+      }
     } else {
       if (in.tokens.size() > kMaxScoreTokens) {
         return done(TooLarge("tokens.ids", kMaxScoreTokens));
@@ -1838,6 +1844,13 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
     if (cont.empty()) {
       return done(Invalid(Reason::kInvalidArgument, "the continuation is empty",
                           {{"field", "continuation"}}));
+    }
+    // The response holds a log-probability per token plus top_logprobs
+    // more, ~11 bytes each: refuse before computing what could not be sent
+    // (the message limit is 8 MiB).
+    const size_t entries = cont.size() * (1 + std::max(in.top_logprobs, 0));
+    if (entries > kMaxScoreEntries) {
+      return done(TooLarge("tokens x (1 + top_logprobs)", kMaxScoreEntries));
     }
     auto work = std::make_shared<EngineState>();
     auto tail = std::make_shared<std::string>();
