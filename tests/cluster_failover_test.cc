@@ -17,6 +17,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -508,6 +509,41 @@ TEST_F(ClusterFailoverTest, TenantsAreIsolatedThroughTheGateway) {
   EXPECT_TRUE(Create("shared-name", 1, "beta").ok());
   auto bad = Get("shared-name", 0, "Not A Tenant");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kUnauthenticated);
+}
+
+// The owner drained (SIGTERM) under an open Append: the sessions it evicts
+// answer "the worker is draining", so the gateway moves the stream to
+// another worker and the client sees every ack and OK, never the drain.
+TEST_F(ClusterFailoverTest, AppendSurvivesADrainedOwner) {
+  const std::string id = "drain-victim";
+  const auto chunks = Chunks(60, 40, 8);
+  ASSERT_TRUE(Create(id).ok());
+  auto ctx = Ctx();
+  auto stream = streams_[0]->Append(ctx.get());
+  uint64_t offset = 0;
+  std::thread drain;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    if (i == 20) {
+      e2e::ClusterProcess* owner = Owner(id);
+      ASSERT_NE(owner, nullptr);
+      drain = std::thread([owner] { EXPECT_EQ(owner->Terminate(), 0); });
+    }
+    if (i > 20) absl::SleepFor(absl::Milliseconds(100));
+    ASSERT_TRUE(stream->Write(Text(id, offset, chunks[i])));
+    offset += chunks[i].size();
+    v1::AppendResponse ack;
+    ASSERT_TRUE(stream->Read(&ack)) << "chunk " << i;
+    EXPECT_EQ(ack.input_offset(), offset);
+  }
+  stream->WritesDone();
+  grpc::Status st = stream->Finish();
+  drain.join();
+  AddWorker();
+  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  EXPECT_GE(std::atoi(Trailer(*ctx, "x-statestream-attempts").c_str()), 2);
+  auto s = Get(id);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->input_offset(), offset);
 }
 
 }  // namespace

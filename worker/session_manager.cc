@@ -529,8 +529,18 @@ class SessionManager::Impl {
   }
 
   absl::Status GoneError(Session* s) {
-    absl::MutexLock lock(&s->mu);
-    switch (s->gone) {
+    Session::Gone gone;
+    {
+      absl::MutexLock lock(&s->mu);
+      gone = s->gone;
+    }
+    if (gone == Session::Gone::kEvicted) {
+      // A drain evicts every session: say so, and a gateway moves the call
+      // to another worker instead of failing it (Gateway::ShouldFailover).
+      absl::MutexLock lock(&mu_);
+      if (draining_) return Draining();
+    }
+    switch (gone) {
       case Session::Gone::kNo:
         return absl::OkStatus();
       case Session::Gone::kDeleted:
