@@ -51,6 +51,7 @@ class MemoryStateStore final : public StateStore {
         std::make_shared<const std::string>(EncodeState(r.initial_state));
     absl::MutexLock lock(&mu_);
     const absl::Time now = clock_->Now();
+    SweepExpired(now);
     const Id id{r.key.tenant, r.key.session_id};
     if (Find(r.key, now) != nullptr)
       return store_internal::SessionExists(r.key);
@@ -294,6 +295,18 @@ class MemoryStateStore final : public StateStore {
   }
 
  private:
+  // Frees the sessions whose TTL ran out, at most once a minute (on a
+  // create): one nobody touches again would otherwise keep its versions in
+  // memory for the life of the process. Fences stay (a re-created id must
+  // not reuse one).
+  void SweepExpired(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (now - last_sweep_ < absl::Minutes(1)) return;
+    last_sweep_ = now;
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+      it = now >= it->second.expires_at ? sessions_.erase(it) : std::next(it);
+    }
+  }
+
   // The live session, or nullptr (an expired one is dropped).
   Session* Find(const SessionKey& key, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -344,6 +357,7 @@ class MemoryStateStore final : public StateStore {
   absl::Mutex mu_;
   std::map<Id, Session> sessions_ ABSL_GUARDED_BY(mu_);
   std::map<Id, uint64_t> fences_ ABSL_GUARDED_BY(mu_);  // survive deletion
+  absl::Time last_sweep_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::map<std::string, WorkerInfo> workers_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -152,6 +152,7 @@ class SqliteStateStore final : public StateStore {
     const absl::Time now = clock_->Now();
     SS_RETURN_IF_ERROR(Begin(r.durability));
     Txn txn(this);
+    SS_RETURN_IF_ERROR(SweepExpired(now));
     SS_ASSIGN_OR_RETURN(bool exists, Live(r.key, now));
     if (exists) return si::SessionExists(r.key);
     SS_RETURN_IF_ERROR(
@@ -506,6 +507,30 @@ class SqliteStateStore final : public StateStore {
     return Exec("BEGIN IMMEDIATE");
   }
 
+  // Deletes sessions whose TTL ran out (and their versions), at most once
+  // a minute and 1,000 at a time (on a create, inside its transaction): an
+  // expired session nobody touches again would otherwise stay in the file
+  // forever. Fences stay (a re-created id must not reuse one).
+  absl::Status SweepExpired(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (now - last_sweep_ < absl::Minutes(1)) return absl::OkStatus();
+    last_sweep_ = now;
+    SS_RETURN_IF_ERROR(Exec(
+        "CREATE TEMP TABLE IF NOT EXISTS expired (tenant TEXT, sid TEXT)"));
+    SS_RETURN_IF_ERROR(Exec("DELETE FROM temp.expired"));
+    SS_RETURN_IF_ERROR(
+        Stmt(db_,
+             "INSERT INTO temp.expired SELECT tenant, sid FROM sessions "
+             "WHERE expires_ms<=? LIMIT 1000")
+            .Bind(Ms(now))
+            .Run());
+    SS_RETURN_IF_ERROR(
+        Exec("DELETE FROM versions WHERE (tenant, sid) IN "
+             "(SELECT tenant, sid FROM temp.expired)"));
+    return Exec(
+        "DELETE FROM sessions WHERE (tenant, sid) IN "
+        "(SELECT tenant, sid FROM temp.expired)");
+  }
+
   // Whether the session exists and is live; drops it if it expired.
   absl::StatusOr<bool> Live(const SessionKey& key, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -651,6 +676,7 @@ class SqliteStateStore final : public StateStore {
   Clock* const clock_;
   absl::Mutex mu_;
   sqlite3* const db_ ABSL_PT_GUARDED_BY(mu_);
+  absl::Time last_sweep_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };
 
 }  // namespace

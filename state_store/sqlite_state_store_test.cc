@@ -6,6 +6,7 @@
 
 #include <filesystem>
 
+#include "absl/strings/str_cat.h"
 #include "common/clock.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
@@ -90,6 +91,54 @@ std::unique_ptr<StoreEnv> NewSqliteEnv() {
 
 INSTANTIATE_TEST_SUITE_P(Sqlite, StateStoreContractTest,
                          ::testing::Values(&NewSqliteEnv));
+
+// Rows of a table in the store's file.
+int64_t CountRows(const std::string& path, const char* table) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open(path.c_str(), &db) != SQLITE_OK) return -1;
+  sqlite3_busy_timeout(db, 10000);
+  sqlite3_stmt* s = nullptr;
+  int64_t n = -1;
+  const std::string sql = std::string("SELECT count(*) FROM ") + table;
+  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &s, nullptr) == SQLITE_OK &&
+      sqlite3_step(s) == SQLITE_ROW) {
+    n = sqlite3_column_int64(s, 0);
+  }
+  sqlite3_finalize(s);
+  sqlite3_close(db);
+  return n;
+}
+
+// Expired sessions nobody touches again leave the file: a create sweeps
+// them (at most once a minute), versions included; live ones stay.
+TEST(SqliteStateStoreTest, ExpiredSessionsAreSweptFromTheFile) {
+  SqliteEnv env;
+  auto store = env.NewStore(8);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto create = [&](const std::string& id, absl::Duration ttl) {
+    CreateSessionRequest r;
+    r.key = {"acme", id};
+    r.model_id = "tiny";
+    r.initial_state = TestSnapshot(1);
+    r.ttl = ttl;
+    auto c = (*store)->CreateSession(r);
+    EXPECT_TRUE(c.ok()) << c.status();
+  };
+  for (int i = 0; i < 50; ++i)
+    create(absl::StrCat("short", i), absl::Seconds(1));
+  create("long", absl::Hours(1));
+  EXPECT_EQ(CountRows(env.path(), "versions"), 51);
+  env.Advance(absl::Minutes(2));
+  create("next", absl::Hours(1));
+  EXPECT_EQ(CountRows(env.path(), "sessions"), 2);
+  EXPECT_EQ(CountRows(env.path(), "versions"), 2);
+  EXPECT_TRUE((*store)->GetHead({"acme", "long"}).ok());
+  // A re-created id gets a fence above its expired incarnation's.
+  create("short0", absl::Hours(1));
+  auto head = (*store)->GetHead({"acme", "short0"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->fence, 2u);
+}
 
 TEST(SqliteStateStoreTest, SessionsSurviveReopeningAndDurabilityIsHonest) {
   SqliteEnv env;
