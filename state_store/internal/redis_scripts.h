@@ -49,7 +49,10 @@ inline constexpr char kLuaCreate[] = R"lua(
 local head = P .. 'head'
 if redis.call('EXISTS', head) == 1 then
   if redis.call('HGET', head, 'version') == '1' and
-     redis.call('HGET', head, 'nonce') == ARGV[4] then return {'DUP'} end
+     redis.call('HGET', head, 'nonce') == ARGV[4] then
+    touch_session()  -- see kLuaCommit's DUP
+    return {'DUP'}
+  end
   return {'EXISTS'}
 end
 if not chunks_present() then return {'CHUNKS'} end
@@ -77,6 +80,11 @@ if not ver then return {'NOTFOUND'} end
 ver = tonumber(ver)
 local expected = tonumber(ARGV[4])
 if ver == expected + 1 and redis.call('HGET', head, 'nonce') == ARGV[7] then
+  -- A retry after a lost reply: the commit happened on another connection.
+  -- A write here (the TTL refresh the commit did) puts this connection's
+  -- last write after it in the replication stream and the AOF, so the
+  -- WAIT / WAITAOF that follows covers the commit too.
+  touch_session()
   return {'DUP'}
 end
 if ver ~= expected then return {'VERSION', tostring(ver)} end
