@@ -36,7 +36,12 @@ ABSL_FLAG(std::string, gateway_id, "",
           "gateway-HOST-PID.");
 ABSL_FLAG(absl::Duration, upstream_stall_timeout, absl::Seconds(10),
           "A worker that answers nothing this long while requests are "
-          "outstanding is treated as failed and the call moves on.");
+          "outstanding (Append: plus 100 ms per token or text byte in "
+          "flight), or whose connection leaves pings unanswered this long, "
+          "is treated as failed and the call moves on.");
+ABSL_FLAG(int, max_calls, 4096,
+          "Calls served at once (each holds a thread); more are "
+          "RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms.");
 ABSL_FLAG(absl::Duration, suspect_for, absl::Seconds(5),
           "How long a worker that failed a call is avoided.");
 
@@ -66,6 +71,11 @@ int Run(const std::vector<std::string>& args) {
     options.gateway_id = absl::StrCat("gateway-", host, "-", getpid());
   }
   options.upstream_stall_timeout = absl::GetFlag(FLAGS_upstream_stall_timeout);
+  options.max_calls = absl::GetFlag(FLAGS_max_calls);
+  if (options.max_calls < 1) {
+    std::cerr << "statestream gateway: --max-calls must be at least 1\n";
+    return kExitUsage;
+  }
   options.router.suspect_for = absl::GetFlag(FLAGS_suspect_for);
   const std::string keys = absl::GetFlag(FLAGS_api_keys);
   if (!keys.empty()) {

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <optional>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -184,16 +185,31 @@ std::unique_ptr<grpc::ClientContext> Gateway::UpstreamContext(
   return client;
 }
 
-void Gateway::Spawn(std::function<void()> fn) {
+bool Gateway::Spawn(std::function<void()> fn) {
   {
     absl::MutexLock lock(&mu_);
+    if (threads_ >= options_.max_calls) return false;
     ++threads_;
   }
-  std::thread([this, fn = std::move(fn)] {
-    fn();
+  try {
+    std::thread([this, fn = std::move(fn)] {
+      fn();
+      absl::MutexLock lock(&mu_);
+      --threads_;
+    }).detach();
+  } catch (const std::system_error&) {  // out of threads (a pids limit)
     absl::MutexLock lock(&mu_);
     --threads_;
-  }).detach();
+    return false;
+  }
+  return true;
+}
+
+grpc::Status Gateway::Refused() {
+  return ToGrpcStatus(
+      MakeError(absl::StatusCode::kResourceExhausted, Reason::kOverloaded,
+                "the gateway is serving as many calls as it can; retry later",
+                {{"retry_after_ms", "100"}}));
 }
 
 void Gateway::Watch(Watched* call) {
@@ -346,11 +362,14 @@ class SessionsService final : public v1::Sessions::CallbackService {
     // lives.
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
     const absl::Time began = gateway_->BeginCall();
-    gateway_->Spawn([this, ctx, req, resp, reactor, began] {
-      grpc::Status status = CreateSessionOnWorker(*ctx, *req, resp);
-      gateway_->EndCall("CreateSession", status, began);
-      reactor->Finish(status);
-    });
+    if (!gateway_->Spawn([this, ctx, req, resp, reactor, began] {
+          grpc::Status status = CreateSessionOnWorker(*ctx, *req, resp);
+          gateway_->EndCall("CreateSession", status, began);
+          reactor->Finish(status);
+        })) {
+      gateway_->EndCall("CreateSession", Gateway::Refused(), began);
+      reactor->Finish(Gateway::Refused());
+    }
     return reactor;
   }
   grpc::Status CreateSessionOnWorker(const grpc::CallbackServerContext& ctx,
@@ -426,7 +445,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
       const v1::ExportStateRequest* req) override {
     auto* writer = new BlockingWriter<v1::ExportStateResponse>();
     const absl::Time began = gateway_->BeginCall();
-    gateway_->Spawn([this, ctx, req, writer, began] {
+    const bool spawned = gateway_->Spawn([this, ctx, req, writer, began] {
       bool delivered = false;
       grpc::Status st = ForwardWithFailover(
           gateway_, *ctx, Target{"ExportState", req->session_id(), "", ""},
@@ -449,6 +468,11 @@ class SessionsService final : public v1::Sessions::CallbackService {
       writer->Finish(st);
       writer->Release();
     });
+    if (!spawned) {
+      gateway_->EndCall("ExportState", Gateway::Refused(), began);
+      writer->Finish(Gateway::Refused());
+      writer->Release();
+    }
     return writer;
   }
 
@@ -483,7 +507,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
     };
     auto* reader = new Reader();
     const absl::Time began = gateway_->BeginCall();
-    gateway_->Spawn([this, ctx, resp, reader, began] {
+    const bool spawned = gateway_->Spawn([this, ctx, resp, reader, began] {
       // Kept whole for a replay on failover, so bounded: no more state
       // bytes than the header announces (the worker refuses more anyway)
       // nor than the gateway's limit. A stream that breaks either ends at
@@ -548,6 +572,11 @@ class SessionsService final : public v1::Sessions::CallbackService {
       reader->Finish(st);
       reader->Release();
     });
+    if (!spawned) {
+      gateway_->EndCall("ImportState", Gateway::Refused(), began);
+      reader->Finish(Gateway::Refused());
+      reader->Release();
+    }
     return reader;
   }
 
@@ -588,7 +617,7 @@ class ModelsService final : public v1::Models::CallbackService {
       std::function<absl::Status(std::vector<v1::Model>)> fill) {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
     const absl::Time began = gateway_->BeginCall();
-    gateway_->Spawn(
+    const bool spawned = gateway_->Spawn(
         [this, ctx, method, fill = std::move(fill), reactor, began] {
           grpc::Status status;
           auto tenant = gateway_->Tenant(*ctx);
@@ -603,6 +632,10 @@ class ModelsService final : public v1::Models::CallbackService {
           gateway_->EndCall(method, status, began);
           reactor->Finish(status);
         });
+    if (!spawned) {
+      gateway_->EndCall(method, Gateway::Refused(), began);
+      reactor->Finish(Gateway::Refused());
+    }
     return reactor;
   }
 

@@ -76,6 +76,10 @@ struct GatewayOptions {
   // once it has all gone through the model. Liveness meanwhile comes from
   // the connection's pings.
   absl::Duration upstream_stall_per_unit = absl::Milliseconds(100);
+  // Calls served at once (each holds a thread while it forwards); more are
+  // RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms, as is a call when no
+  // thread can be made.
+  int max_calls = 4096;
   // Workers tried per call (first attempt included).
   int max_attempts = 5;
   // Bytes of Append requests kept for replay per call (see above).

@@ -76,8 +76,12 @@ class Gateway {
       const grpc::CallbackServerContext& ctx, const std::string& tenant,
       int attempt);
 
-  // Runs `fn` on a new thread that the destructor waits for.
-  void Spawn(std::function<void()> fn);
+  // Runs `fn` on a new thread that the destructor waits for. False, with
+  // `fn` dropped, when options().max_calls calls are already running or no
+  // thread can be made: the caller then finishes its call with Refused().
+  [[nodiscard]] bool Spawn(std::function<void()> fn);
+  // RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms: a call Spawn refused.
+  static grpc::Status Refused();
 
   void Watch(Watched* call);
   void Unwatch(Watched* call);
@@ -248,7 +252,7 @@ grpc::ServerUnaryReactor* ForwardUnary(Gateway* gateway,
                                        Target target, Call call) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   const absl::Time began = gateway->BeginCall();
-  gateway->Spawn([=] {
+  const bool spawned = gateway->Spawn([=] {
     grpc::Status status =
         ForwardWithFailover(gateway, *ctx, target,
                             [&](const std::shared_ptr<grpc::Channel>& channel,
@@ -258,6 +262,10 @@ grpc::ServerUnaryReactor* ForwardUnary(Gateway* gateway,
     gateway->EndCall(target.method, status, began);
     reactor->Finish(status);
   });
+  if (!spawned) {
+    gateway->EndCall(target.method, Gateway::Refused(), began);
+    reactor->Finish(Gateway::Refused());
+  }
   return reactor;
 }
 

@@ -423,11 +423,14 @@ class StreamsService final : public v1::Streams::CallbackService {
       client->Release();
       return client;
     }
-    gateway_->Spawn([this, ctx, client, tenant = *std::move(tenant),
-                     slot = *std::move(slot)] {
-      AppendCall(gateway_, ctx, client, tenant).Run();
+    if (!gateway_->Spawn([this, ctx, client, tenant = *std::move(tenant),
+                          slot = *std::move(slot)] {
+          AppendCall(gateway_, ctx, client, tenant).Run();
+          client->Release();
+        })) {
+      client->FinishCall(Gateway::Refused());
       client->Release();
-    });
+    }
     return client;
   }
 
@@ -442,12 +445,17 @@ class StreamsService final : public v1::Streams::CallbackService {
       return client;
     }
     const absl::Time began = gateway_->BeginCall();
-    gateway_->Spawn([this, ctx, req, client, slot = *std::move(slot), began] {
-      grpc::Status status = ForwardGenerate(gateway_, *ctx, *req, client);
-      gateway_->EndCall("Generate", status, began);
-      client->Finish(status);
+    if (!gateway_->Spawn([this, ctx, req, client, slot = *std::move(slot),
+                          began] {
+          grpc::Status status = ForwardGenerate(gateway_, *ctx, *req, client);
+          gateway_->EndCall("Generate", status, began);
+          client->Finish(status);
+          client->Release();
+        })) {
+      gateway_->EndCall("Generate", Gateway::Refused(), began);
+      client->Finish(Gateway::Refused());
       client->Release();
-    });
+    }
     return client;
   }
 

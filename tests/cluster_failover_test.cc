@@ -511,6 +511,49 @@ TEST_F(ClusterFailoverTest, TenantsAreIsolatedThroughTheGateway) {
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kUnauthenticated);
 }
 
+// A gateway serving --max-calls calls refuses the next one, typed and
+// retryable (RESOURCE_EXHAUSTED/OVERLOADED), instead of starting a thread
+// per call without bound; once a call ends the next one is served.
+TEST_F(ClusterFailoverTest, AGatewayAtItsCallLimitRefusesMore) {
+  auto g = e2e::ClusterProcess::Start(
+      {STATESTREAM_BIN, "gateway", "--listen=127.0.0.1:0",
+       "--redis=" + redis_->address(), "--max-calls=1", "--shutdown-grace=1s"},
+      absl::StrCat(*dir_, "/gateway-limited.log"), kStartTimeout);
+  ASSERT_TRUE(g.ok()) << g.status();
+  auto channel =
+      grpc::CreateChannel((*g)->address(), grpc::InsecureChannelCredentials());
+  auto sessions = v1::Sessions::NewStub(channel);
+  auto streams = v1::Streams::NewStub(channel);
+  const std::string id = "limited";
+  ASSERT_TRUE(Create(id).ok());
+  auto get = [&] {
+    v1::GetSessionRequest req;
+    req.set_session_id(id);
+    v1::Session s;
+    auto ctx = Ctx();
+    return sessions->GetSession(ctx.get(), req, &s);
+  };
+  // An open Append holds the one call.
+  auto ctx = Ctx();
+  auto stream = streams->Append(ctx.get());
+  ASSERT_TRUE(stream->Write(Text(id, 0, "held")));
+  v1::AppendResponse ack;
+  ASSERT_TRUE(stream->Read(&ack));
+  grpc::Status refused = get();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << refused.error_message();
+  EXPECT_EQ(GetReason(FromGrpcStatus(refused)), Reason::kOverloaded);
+  stream->WritesDone();
+  ASSERT_TRUE(stream->Finish().ok());
+  // The call's thread ends just after its status is sent.
+  grpc::Status served = get();
+  for (int i = 0; i < 100 && !served.ok(); ++i) {
+    absl::SleepFor(absl::Milliseconds(20));
+    served = get();
+  }
+  EXPECT_TRUE(served.ok()) << served.error_message();
+}
+
 // The owner drained (SIGTERM) under an open Append: the sessions it evicts
 // answer "the worker is draining", so the gateway moves the stream to
 // another worker and the client sees every ack and OK, never the drain.
