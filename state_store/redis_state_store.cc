@@ -300,19 +300,30 @@ class RedisStateStore final : public StateStore {
       filled += n;
       return at;
     };
-    SS_ASSIGN_OR_RETURN(std::vector<Reply> replies,
-                        client_->Run(HeadKey(key), gets, sink));
-    for (size_t i = 0; i < replies.size(); ++i) {
-      const redisReply* r = replies[i].get();
-      if (r->type != REDIS_REPLY_STRING) {
-        // Expired since the read (dropped beyond keep_versions)?
-        auto again = Read(key, static_cast<int64_t>(info.version));
-        if (!again.ok()) return again.status();
-        return DataLossError(
-            Reason::kStateCorrupt,
-            absl::StrCat("state is corrupt: chunk ", i, " of version ",
-                         info.version, " is missing"));
+    std::vector<Reply> replies;
+    for (int attempt = 0;; ++attempt) {
+      SS_ASSIGN_OR_RETURN(replies, client_->Run(HeadKey(key), gets, sink));
+      size_t missing = replies.size();
+      for (size_t i = 0; i < replies.size() && missing == replies.size(); ++i) {
+        if (replies[i]->type != REDIS_REPLY_STRING) missing = i;
       }
+      if (missing == replies.size()) break;
+      // Expired since the read (dropped beyond keep_versions)?
+      auto again = Read(key, static_cast<int64_t>(info.version));
+      if (!again.ok()) return again.status();
+      // In a Cluster, the session's slot may be migrating: the pipeline
+      // was resent whole to the target (ASK), where the chunks not moved
+      // yet read as nil. Read again once the move has gone on.
+      if (options_.cluster && attempt < 4) {
+        clock_->SleepFor(absl::Milliseconds(25 << attempt));
+        continue;
+      }
+      return DataLossError(
+          Reason::kStateCorrupt,
+          absl::StrCat("state is corrupt: chunk ", missing, " of version ",
+                       info.version, " is missing"));
+    }
+    for (const Reply& r : replies) {
       if (r->str != nullptr) filled = size + 1;  // overran
     }
     replies.clear();
