@@ -357,7 +357,12 @@ class SessionManager::Impl {
     auto s = std::make_shared<Session>();
     s->key = key;
     s->fence = lease.fence;
-    SS_RETURN_IF_ERROR(LoadInto(s.get(), *loaded, &head));
+    if (absl::Status st = LoadInto(s.get(), *loaded, &head); !st.ok()) {
+      // Not loadable here (another model's state, corrupt side data): the
+      // lease goes back, so the session is not held by nobody for a TTL.
+      store_->ReleaseLease(key, opt_.owner, lease.fence).IgnoreError();
+      return st;
+    }
     if (opt_.metrics != nullptr) {
       opt_.metrics->ObserveStateLoad(clock_->Now() - load_start);
       if (!head.owner.empty() && head.owner != opt_.owner &&
