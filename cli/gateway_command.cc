@@ -36,8 +36,9 @@ ABSL_FLAG(std::string, gateway_id, "",
           "gateway-HOST-PID.");
 ABSL_FLAG(absl::Duration, upstream_stall_timeout, absl::Seconds(10),
           "A worker that answers nothing this long while requests are "
-          "outstanding (Append: plus 100 ms per token or text byte in "
-          "flight), or whose connection leaves pings unanswered this long, "
+          "outstanding (Append: plus 100 ms per token or text byte of the "
+          "oldest request in flight), or whose connection leaves pings "
+          "unanswered this long, "
           "is treated as failed and the call moves on.");
 ABSL_FLAG(int, max_calls, 4096,
           "Calls served at once (each holds a thread); more are "

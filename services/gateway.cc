@@ -105,7 +105,8 @@ absl::StatusOr<std::vector<Gateway::WorkerModels>> Gateway::Models(
     if (!st.ok()) {
       // The caller cancelling (its ListModels or CreateSession) says
       // nothing of the worker: no suspicion, which would move sessions.
-      if (ctx.IsCancelled()) break;
+      if (ctx.IsCancelled())
+        return absl::CancelledError("the caller cancelled");
       if (ShouldFailover(st)) router_.MarkSuspect(w.worker_id);
       continue;
     }
@@ -147,8 +148,9 @@ std::shared_ptr<grpc::Channel> Gateway::Channel(const std::string& address) {
     // kernel may still acknowledge TCP, so without this a Generate or a
     // unary call to it would wait forever; Append has its own watchdog.
     // The workers accept pings this often (Server::Start).
-    const int64_t stall_ms = std::max<int64_t>(
-        absl::ToInt64Milliseconds(options_.upstream_stall_timeout), 1000);
+    const int64_t stall_ms = std::clamp<int64_t>(
+        absl::ToInt64Milliseconds(options_.upstream_stall_timeout), 1000,
+        int64_t{1} << 30);
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(stall_ms / 2));
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(stall_ms));
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
@@ -514,17 +516,19 @@ class SessionsService final : public v1::Sessions::CallbackService {
       // once, before the gateway has buffered it.
       std::vector<v1::ImportStateRequest> parts;
       v1::ImportStateRequest msg;
-      uint64_t bytes = 0;
+      uint64_t bytes = 0, kept = 0;
       absl::Status bad;
       while (bad.ok() && reader->Read(&msg)) {
-        if (parts.empty() && !msg.has_header()) {
+        // What the message holds in memory, an empty one included.
+        kept += msg.ByteSizeLong() + sizeof(msg);
+        if (parts.empty() != msg.has_header()) {
           bad = InvalidArgumentError(
               Reason::kInvalidArgument,
-              "header: the first message must be the header");
+              "header: the first message must be the header, and only it");
         } else if (msg.has_chunk()) {
           bytes += msg.chunk().data().size();
           if (bytes > parts[0].header().state().total_bytes() ||
-              bytes >
+              kept >
                   static_cast<uint64_t>(gateway_->options().max_import_bytes)) {
             bad = DataLossError(
                 Reason::kStateCorrupt,

@@ -72,9 +72,9 @@ struct GatewayOptions {
   // moving a session that was merely slow is safe (fencing).
   absl::Duration upstream_stall_timeout = absl::Seconds(10);
   // An Append's worker gets this much longer per input unit (token or text
-  // byte) in flight before its silence is a stall: a request is acked only
-  // once it has all gone through the model. Liveness meanwhile comes from
-  // the connection's pings.
+  // byte) of the oldest request in flight before its silence is a stall: a
+  // request is acked only once it has all gone through the model. Liveness
+  // meanwhile comes from the connection's pings.
   absl::Duration upstream_stall_per_unit = absl::Milliseconds(100);
   // Calls served at once (each holds a thread while it forwards); more are
   // RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms, as is a call when no

@@ -9,6 +9,7 @@
 #include <deque>
 #include <set>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -40,7 +41,14 @@ class AppendCall final : public Watched {
   // Serves the call to its end (Finish included).
   void Run() {
     const absl::Time began = gateway_->BeginCall();
-    std::thread reader([this] { ReadClient(); });
+    std::thread reader;
+    try {
+      reader = std::thread([this] { ReadClient(); });
+    } catch (const std::system_error&) {  // out of threads
+      gateway_->EndCall("Append", Gateway::Refused(), began);
+      client_->FinishCall(Gateway::Refused());
+      return;
+    }
     grpc::Status final_status = Forward();
     gateway_->EndCall("Append", final_status, began);
     ctx_->AddTrailingMetadata(kAttemptsTrailer, absl::StrCat(attempts_));
@@ -53,18 +61,20 @@ class AppendCall final : public Watched {
   }
 
   // A worker that acknowledges nothing for the stall timeout plus an
-  // allowance per input unit in flight (a request is acked once it has
-  // all gone through the model: a 1 MiB one can take minutes) is treated as
-  // failed. A paused or partitioned worker is found sooner by its
-  // connection's unanswered pings (Gateway::Channel).
+  // allowance per input unit of the oldest request in flight (a request is
+  // acked once it has all gone through the model: a 1 MiB one can take
+  // minutes; each ack restarts the clock) is treated as failed. A paused or
+  // partitioned worker is found sooner by its connection's unanswered pings
+  // (Gateway::Channel).
   void CheckStall(absl::Time now) override {
     absl::MutexLock lock(&mu_);
     const GatewayOptions& o = gateway_->options();
+    const uint64_t oldest =
+        in_flight_units_.empty() ? 0 : in_flight_units_.front();
     if (upstream_ != nullptr && !stalled_ && attempt_sent_ > attempt_acked_ &&
         now - last_progress_ >
             o.upstream_stall_timeout +
-                o.upstream_stall_per_unit *
-                    static_cast<double>(in_flight_units_sum_)) {
+                o.upstream_stall_per_unit * static_cast<double>(oldest)) {
       stalled_ = true;
       upstream_->TryCancel();
     }
@@ -137,7 +147,6 @@ class AppendCall final : public Watched {
         if (attempt_sent_ == attempt_acked_) last_progress_ = absl::Now();
         ++attempt_sent_;
         in_flight_units_.push_back(e.units);
-        in_flight_units_sum_ += e.units;
       }
       if (!stream->Write(request)) return;
       ++seq;
@@ -203,7 +212,6 @@ class AppendCall final : public Watched {
       stalled_ = false;
       attempt_sent_ = attempt_acked_ = attempt_delivered_ = 0;
       in_flight_units_.clear();
-      in_flight_units_sum_ = 0;
       last_progress_ = absl::Now();
       // Replay everything not known to be committed (and acked).
       seq = log_.empty() ? next_seq_ : log_.front().seq;
@@ -213,7 +221,16 @@ class AppendCall final : public Watched {
             static_cast<int64_t>(next_seq_ - seq));
       }
     }
-    std::thread sender([this, s = stream.get(), seq] { Send(s, seq); });
+    std::thread sender;
+    try {
+      sender = std::thread([this, s = stream.get(), seq] { Send(s, seq); });
+    } catch (const std::system_error&) {  // out of threads: refuse the call
+      context->TryCancel();
+      stream->Finish().IgnoreError();
+      absl::MutexLock lock(&mu_);
+      upstream_ = nullptr;
+      return Gateway::Refused();
+    }
     v1::AppendResponse ack;
     while (stream->Read(&ack)) {
       bool deliver;
@@ -223,7 +240,6 @@ class AppendCall final : public Watched {
         ++attempt_acked_;
         last_progress_ = absl::Now();
         if (!in_flight_units_.empty()) {
-          in_flight_units_sum_ -= in_flight_units_.front();
           in_flight_units_.pop_front();
         }
         deliver = seq >= acked_;  // else a replayed request's second ack
@@ -297,7 +313,6 @@ class AppendCall final : public Watched {
   uint64_t attempt_delivered_ ABSL_GUARDED_BY(mu_) = 0;
   // Units (tokens or text bytes) of the requests sent and not acked yet.
   std::deque<uint64_t> in_flight_units_ ABSL_GUARDED_BY(mu_);
-  uint64_t in_flight_units_sum_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time last_progress_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -50,7 +50,8 @@ local head = P .. 'head'
 if redis.call('EXISTS', head) == 1 then
   if redis.call('HGET', head, 'version') == '1' and
      redis.call('HGET', head, 'nonce') == ARGV[4] then
-    touch_session()  -- see kLuaCommit's DUP
+    redis.call('HSET', head, 'retried_ms', ARGV[3])  -- see kLuaCommit's DUP
+    touch_session()
     return {'DUP'}
   end
   return {'EXISTS'}
@@ -81,9 +82,11 @@ ver = tonumber(ver)
 local expected = tonumber(ARGV[4])
 if ver == expected + 1 and redis.call('HGET', head, 'nonce') == ARGV[7] then
   -- A retry after a lost reply: the commit happened on another connection.
-  -- A write here (the TTL refresh the commit did) puts this connection's
-  -- last write after it in the replication stream and the AOF, so the
-  -- WAIT / WAITAOF that follows covers the commit too.
+  -- A write here puts this connection's last write after it in the
+  -- replication stream and the AOF, so the WAIT / WAITAOF that follows
+  -- covers the commit too. (An HSET always is one; a pinned session's TTL
+  -- refresh alone would change nothing and propagate nothing.)
+  redis.call('HSET', head, 'retried_ms', ARGV[3])
   touch_session()
   return {'DUP'}
 end
