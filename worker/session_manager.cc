@@ -637,7 +637,11 @@ class SessionManager::Impl {
   // Commits the live state (strand). FENCED drops the session; a commit
   // that exists below the requested durability resyncs the head.
   absl::Status CommitNow(Session* s, Durability d,
-                         const std::string& /*request_id*/) {
+                         const std::string& request_id) {
+    return CommitNow(s, d, request_id, /*retry=*/true);
+  }
+  absl::Status CommitNow(Session* s, Durability d,
+                         const std::string& request_id, bool retry) {
     CommitRequest r;
     r.key = s->key;
     r.expected_version = s->head.head.version;
@@ -653,14 +657,38 @@ class SessionManager::Impl {
       if (GetReason(res.status()) == Reason::kFenced) {
         Drop(s, Session::Gone::kFenced);
       } else if (auto h = store_->GetHead(s->key); h.ok()) {
-        if (h->head.version != s->head.head.version &&
-            h->head.input_offset == s->input_offset &&
-            h->head.position == s->live.position) {
-          s->head = *h;  // it exists at a lower durability
-          s->dirty = false;
-          s->uncommitted_tokens = 0;
-          absl::MutexLock lock(&s->mu);
-          RefreshView(s);
+        // A newer head committed under this session's own fence is a commit
+        // of ours whose answer never came (written below the durability
+        // asked for, or its reply lost — Redis restarted mid-commit, past
+        // the retry deadline): nobody else can write with our fence, and it
+        // is an earlier snapshot of this same input. Go on from it; with
+        // nothing applied since, it is this commit.
+        if (h->head.version > s->head.head.version &&
+            h->head.fence == s->fence &&
+            h->head.input_offset <= s->input_offset) {
+          const bool same = h->head.input_offset == s->input_offset &&
+                            h->head.position == s->live.position;
+          s->head = *h;
+          if (same) {
+            s->dirty = false;
+            s->uncommitted_tokens = 0;
+            absl::MutexLock lock(&s->mu);
+            RefreshView(s);
+          } else if (retry &&
+                     GetReason(res.status()) == Reason::kVersionMismatch) {
+            return CommitNow(s, d, request_id, /*retry=*/false);
+          }
+          if (same && GetReason(res.status()) == Reason::kVersionMismatch) {
+            if (h->head.durability >= d) return absl::OkStatus();
+            return MakeError(
+                absl::StatusCode::kUnavailable, Reason::kStoreUnavailable,
+                absl::StrCat("version ", h->head.version,
+                             " reached durability ",
+                             DurabilityName(h->head.durability), ", not ",
+                             DurabilityName(d)),
+                {{"durability_reached", DurabilityName(h->head.durability)},
+                 {"version", absl::StrCat(h->head.version)}});
+          }
         }
       }
       return res.status();

@@ -209,6 +209,33 @@ TEST_F(SessionManagerTest, AFailedWriteTheStoreKeptMovesTheSession) {
   EXPECT_EQ(after->committed_input_offset, 3u);
 }
 
+// A commit of ours whose answer never came (Redis restarted mid-commit,
+// past the retry deadline) leaves a newer head under our own fence. The
+// next commit finds it, goes on from it and succeeds, instead of failing
+// VERSION_MISMATCH for the life of the session.
+TEST_F(SessionManagerTest, ACommitWhoseReplyWasLostIsAdopted) {
+  Create("s");
+  auto w = Open("s");
+  ASSERT_TRUE(Append(w, 0, "abc").ok());  // applied, not committed: v1
+  // What the lost commit left: a v2 under the session's fence.
+  auto head = store_->GetHead({"t", "s"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  auto v1 = store_->LoadVersion({"t", "s"}, 0);
+  ASSERT_TRUE(v1.ok()) << v1.status();
+  CommitRequest lost;
+  lost.key = {"t", "s"};
+  lost.expected_version = 1;
+  lost.fence = head->fence;
+  lost.state = v1->state;
+  lost.durability = Durability::kMemory;
+  ASSERT_TRUE(store_->Commit(lost).ok());
+  auto c = Append(w, 3, "d", true, true);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->version, 3u);
+  EXPECT_EQ(c->committed_input_offset, 4u);
+  EXPECT_EQ(store_->GetHead({"t", "s"})->head.input_offset, 4u);
+}
+
 // Retries with the same request id do what the first call did, once: a
 // delete that succeeded succeeds, a rollback is not repeated, a create
 // that failed but exists returns it; other content under the id is
