@@ -4,6 +4,7 @@
 // and recovery.
 #include "state_store/redis_state_store.h"
 
+#include <memory>
 #include <string>
 #include <thread>
 
@@ -233,42 +234,52 @@ TEST(RedisStateStoreTest, AuthWithAclUser) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
 }
 
+// A plain redis-server on a free port and a store on it.
+void StartStandalone(std::unique_ptr<RedisServer>* server,
+                     std::unique_ptr<StateStore>* store) {
+  auto started = RedisServer::Start({});
+  ASSERT_TRUE(started.ok()) << started.status();
+  *server = *std::move(started);
+  RedisStateStoreOptions o;
+  o.addresses = {(*server)->address()};
+  auto made = NewRedisStateStore(o);
+  ASSERT_TRUE(made.ok()) << made.status();
+  *store = *std::move(made);
+}
+
 // A server that refuses writes (here: out of memory under noeviction) is
 // the store being unavailable, a retryable error naming the refusal; once
 // it has room again the same calls succeed.
 TEST(RedisStateStoreTest, RefusedWritesAreUnavailable) {
-  auto server = RedisServer::Start({});
-  ASSERT_TRUE(server.ok()) << server.status();
-  RedisStateStoreOptions o;
-  o.addresses = {(*server)->address()};
-  auto store = NewRedisStateStore(o);
-  ASSERT_TRUE(store.ok()) << store.status();
-  auto c = (*store)->CreateSession(NewSession("a", Durability::kMemory));
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  auto c = store->CreateSession(NewSession("a", Durability::kMemory));
   ASSERT_TRUE(c.ok()) << c.status();
-  ASSERT_TRUE((*server)
-                  ->Command({"CONFIG", "SET", "maxmemory-policy", "noeviction"})
-                  .ok());
-  ASSERT_TRUE((*server)->Command({"CONFIG", "SET", "maxmemory", "1"}).ok());
+  ASSERT_TRUE(
+      server->Command({"CONFIG", "SET", "maxmemory-policy", "noeviction"})
+          .ok());
+  ASSERT_TRUE(server->Command({"CONFIG", "SET", "maxmemory", "1"}).ok());
   CommitRequest r;
   r.key = {"acme", "a"};
   r.expected_version = c->version.version;
   r.fence = c->session.fence;
   r.state = TestSnapshot(2);
   r.durability = Durability::kMemory;
-  auto refused = (*store)->Commit(r);
+  auto refused = store->Commit(r);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable)
       << refused.status();
   EXPECT_EQ(GetReason(refused.status()), Reason::kStoreUnavailable);
   EXPECT_EQ(GetErrorMetadata(refused.status(), "redis_error"), "OOM");
-  auto created = (*store)->CreateSession(NewSession("b", Durability::kMemory));
+  auto created = store->CreateSession(NewSession("b", Durability::kMemory));
   EXPECT_EQ(created.status().code(), absl::StatusCode::kUnavailable)
       << created.status();
   // Nothing was lost: the head is still the last version written.
-  auto head = (*store)->GetHead({"acme", "a"});
+  auto head = store->GetHead({"acme", "a"});
   ASSERT_TRUE(head.ok()) << head.status();
   EXPECT_EQ(head->head.version, c->version.version);
-  ASSERT_TRUE((*server)->Command({"CONFIG", "SET", "maxmemory", "0"}).ok());
-  auto committed = (*store)->Commit(r);
+  ASSERT_TRUE(server->Command({"CONFIG", "SET", "maxmemory", "0"}).ok());
+  auto committed = store->Commit(r);
   ASSERT_TRUE(committed.ok()) << committed.status();
   EXPECT_EQ(committed->version.version, c->version.version + 1);
 }
@@ -277,30 +288,27 @@ TEST(RedisStateStoreTest, RefusedWritesAreUnavailable) {
 // create is still uploading its chunks is not gone: listed mid-create, the
 // session is still listed once the create is done.
 TEST(RedisStateStoreTest, AListingDuringACreateKeepsTheSession) {
-  auto server = RedisServer::Start({});
-  ASSERT_TRUE(server.ok()) << server.status();
-  RedisStateStoreOptions o;
-  o.addresses = {(*server)->address()};
-  auto store = NewRedisStateStore(o);
-  ASSERT_TRUE(store.ok()) << store.status();
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
   for (int round = 0; round < 3; ++round) {
     const std::string id = absl::StrCat("big", round);
     CreateSessionRequest big = NewSession(id, Durability::kMemory);
     big.initial_state = TestSnapshot(1, 16 << 20);  // 64 MB to upload
     std::thread create([&] {
-      auto c = (*store)->CreateSession(big);
+      auto c = store->CreateSession(big);
       EXPECT_TRUE(c.ok()) << c.status();
     });
     // As soon as the index names it (before its head exists), list.
     for (int i = 0; i < 100000; ++i) {
-      auto score = (*server)->Command({"ZSCORE", "ss:{t:acme}:sessions", id});
+      auto score = server->Command({"ZSCORE", "ss:{t:acme}:sessions", id});
       if (score.ok() && !score->empty()) break;
     }
     ListSessionsRequest list;
     list.tenant = "acme";
-    ASSERT_TRUE((*store)->ListSessions(list).ok());
+    ASSERT_TRUE(store->ListSessions(list).ok());
     create.join();
-    auto after = (*store)->ListSessions(list);
+    auto after = store->ListSessions(list);
     ASSERT_TRUE(after.ok()) << after.status();
     bool listed = false;
     for (const SessionHead& h : after->sessions) {

@@ -191,6 +191,22 @@ class ClusterFailoverTest : public ::testing::Test {
     return chunks;
   }
 
+  // Creates session `id` with `prompt` appended and committed (through
+  // gateway 0).
+  void CreateWithPrompt(const std::string& id, const std::string& prompt) {
+    ASSERT_TRUE(Create(id).ok());
+    v1::AppendRequest r = Text(id, 0, prompt);
+    r.set_flush(true);
+    r.set_checkpoint(true);
+    auto ctx = Ctx();
+    auto stream = streams_[0]->Append(ctx.get());
+    ASSERT_TRUE(stream->Write(r));
+    v1::AppendResponse ack;
+    ASSERT_TRUE(stream->Read(&ack));
+    stream->WritesDone();
+    ASSERT_TRUE(stream->Finish().ok());
+  }
+
   static v1::AppendRequest Text(const std::string& id, uint64_t offset,
                                 const std::string& text) {
     v1::AppendRequest r;
@@ -283,17 +299,7 @@ TEST_F(ClusterFailoverTest, AppendSurvivesRepeatedOwnerKills) {
 TEST_F(ClusterFailoverTest, GenerateResumesWithIdenticalTokens) {
   const auto prompt = Chunks(1, 64, 2)[0];
   for (const char* id : {"gen-ref", "gen-victim"}) {
-    ASSERT_TRUE(Create(id).ok());
-    v1::AppendRequest r = Text(id, 0, prompt);
-    r.set_flush(true);
-    r.set_checkpoint(true);
-    auto ctx = Ctx();
-    auto stream = streams_[0]->Append(ctx.get());
-    ASSERT_TRUE(stream->Write(r));
-    v1::AppendResponse ack;
-    ASSERT_TRUE(stream->Read(&ack));
-    stream->WritesDone();
-    ASSERT_TRUE(stream->Finish().ok());
+    ASSERT_NO_FATAL_FAILURE(CreateWithPrompt(id, prompt));
   }
   auto request = [](const std::string& id) {
     v1::GenerateRequest g;
@@ -384,19 +390,7 @@ TEST_F(ClusterFailoverTest, PausedOwnerIsFencedOut) {
 // finish on another worker, well before gRPC's 20 s connect timeout.
 TEST_F(ClusterFailoverTest, CallsToAPausedOwnerFailOver) {
   const std::string id = "pause-generate";
-  ASSERT_TRUE(Create(id).ok());
-  {
-    v1::AppendRequest r = Text(id, 0, Chunks(1, 64, 4)[0]);
-    r.set_flush(true);
-    r.set_checkpoint(true);
-    auto ctx = Ctx();
-    auto stream = streams_[0]->Append(ctx.get());
-    ASSERT_TRUE(stream->Write(r));
-    v1::AppendResponse ack;
-    ASSERT_TRUE(stream->Read(&ack));
-    stream->WritesDone();
-    ASSERT_TRUE(stream->Finish().ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(CreateWithPrompt(id, Chunks(1, 64, 4)[0]));
   e2e::ClusterProcess* paused = Owner(id);
   ASSERT_NE(paused, nullptr);
   paused->Signal(SIGSTOP);
