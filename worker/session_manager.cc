@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "common/crc32c.h"
 #include "common/status.h"
 #include "state_store/state_codec.h"
 #include "worker/engine/utf8.h"
@@ -1324,6 +1325,26 @@ absl::StatusOr<SessionView> SessionManager::Import(
           static_cast<size_t>(m.model_->info().config.n_embd)) {
     return DataLossError(Reason::kStateCorrupt, "last_hidden has a bad size");
   }
+  // A retry with the request id of an import that was committed (even one
+  // that failed below the durability asked for) returns the session
+  // instead of importing twice.
+  uint64_t digest = Fnv1a(
+      14695981039346656037ull,
+      absl::StrCat(
+          "import:", new_version ? "version:" : "create:", params.session_id,
+          "@", Crc32c(0, blob.data(), blob.size()), "?",
+          expected ? absl::StrCat(*expected) : "-", "d",
+          params.durability ? static_cast<int>(*params.durability) : -1));
+  for (const auto& [k, v] : params.labels) {
+    digest = Fnv1a(digest, absl::StrCat(k.size(), ":", k, v.size(), ":", v));
+  }
+  std::string seen_id;
+  SS_ASSIGN_OR_RETURN(bool seen,
+                      m.Seen(tenant, params.request_id, digest, &seen_id));
+  if (seen) return GetSession(tenant, seen_id);
+  auto kept = [&](const absl::Status& st) {
+    return GetErrorMetadata(st, "durability_reached").has_value();
+  };
   if (!new_version) {
     CreateSessionRequest r;
     r.key = {tenant,
@@ -1335,8 +1356,12 @@ absl::StatusOr<SessionView> SessionManager::Import(
     snap.parent_session_id.clear();
     snap.parent_version = 0;
     r.initial_state = std::move(snap);
-    SS_ASSIGN_OR_RETURN(CommitResult res, m.store_->CreateSession(r));
-    return m.ViewOfHead(res.session);
+    auto res = m.store_->CreateSession(r);
+    if (res.ok() || kept(res.status())) {
+      m.Remember(tenant, params.request_id, r.key.session_id, digest);
+    }
+    if (!res.ok()) return res.status();
+    return m.ViewOfHead(res->session);
   }
   SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
                       m.Resident({tenant, params.session_id}));
@@ -1364,9 +1389,13 @@ absl::StatusOr<SessionView> SessionManager::Import(
             m.Drop(s.get(), Session::Gone::kFenced);
           } else {
             m.FollowStoreHead(s.get());
+            if (kept(res.status())) {
+              m.Remember(tenant, params.request_id, params.session_id, digest);
+            }
           }
           return res.status();
         }
+        m.Remember(tenant, params.request_id, params.session_id, digest);
         LoadedVersion v{res->version, std::move(snap)};
         SS_RETURN_IF_ERROR(m.LoadInto(s.get(), v, &res->session));
         absl::MutexLock lock(&s->mu);

@@ -269,6 +269,26 @@ TEST_F(SessionManagerTest, RetriesWithTheSameRequestIdAreIdempotent) {
   EXPECT_EQ(GetReason(manager_->DeleteSession("t", "u", false, "delete-1")),
             Reason::kDuplicateRequest);
 
+  // Imports: a retried create returns the session it made (a generated id
+  // included), a retried new version is not committed twice.
+  const std::string blob = Blob("u");
+  CreateParams imp;
+  imp.request_id = "import-1";
+  auto made = manager_->Import("t", blob, false, imp, std::nullopt);
+  ASSERT_TRUE(made.ok()) << made.status();
+  auto made_again = manager_->Import("t", blob, false, imp, std::nullopt);
+  ASSERT_TRUE(made_again.ok()) << made_again.status();
+  EXPECT_EQ(made_again->session_id, made->session_id);
+  CreateParams onto;
+  onto.request_id = "import-2";
+  onto.session_id = "u";
+  auto version = manager_->Import("t", blob, true, onto, std::nullopt);
+  ASSERT_TRUE(version.ok()) << version.status();
+  auto version_again = manager_->Import("t", blob, true, onto, std::nullopt);
+  ASSERT_TRUE(version_again.ok()) << version_again.status();
+  EXPECT_EQ(version_again->version, version->version);
+  ASSERT_TRUE(manager_->DeleteSession("t", made->session_id, false).ok());
+
   // The in-memory store reaches MEMORY only: REPLICATED fails, and the
   // session exists nonetheless.
   CreateParams p;
