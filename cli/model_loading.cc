@@ -13,6 +13,7 @@
 #include "cli/engine_flags.h"
 #include "cli/model_flag.h"
 #include "common/status.h"
+#include "worker/request_memo.h"
 
 namespace statestream::cli {
 namespace {
@@ -237,9 +238,17 @@ absl::StatusOr<std::unique_ptr<ServedModels>> StartModels(
   auto out = std::make_unique<ServedModels>();
   out->models = std::move(models);
   std::vector<worker::SessionManager*> managers;
+  // One request-id memo for all models: a retried delete of a session of a
+  // later model lands on the first model's manager once the session is gone.
+  auto memo = sessions.request_memo != nullptr
+                  ? sessions.request_memo
+                  : std::make_shared<worker::RequestMemo>(
+                        sessions.request_id_window,
+                        sessions.max_create_request_ids, sessions.clock);
   for (ServedModel& m : out->models) {
     m.scheduler = std::make_unique<worker::Scheduler>(m.model.get(), scheduler);
     worker::SessionManagerOptions options = sessions;
+    options.request_memo = memo;
     options.model_id = m.model_id;
     auto manager = worker::SessionManager::Create(
         options, m.model.get(), m.tokenizer.get(), m.scheduler.get(), store);

@@ -58,10 +58,13 @@ std::unique_ptr<Server> StartServe(const std::vector<std::string>& flags) {
 
 using e2e::ClientContext;  // 120 s deadline (tests/cluster_harness.h)
 
+// Request id "create-ID" unless `request_id` is given (a create of a
+// deleted session's id is another request: it needs another id).
 absl::StatusOr<v1::Session> Create(Server& s, const std::string& id,
-                                   const std::string& model_id) {
+                                   const std::string& model_id,
+                                   const std::string& request_id = "") {
   v1::CreateSessionRequest req;
-  req.set_request_id("create-" + id);
+  req.set_request_id(request_id.empty() ? "create-" + id : request_id);
   req.set_session_id(id);
   req.set_model_id(model_id);
   v1::Session out;
@@ -420,8 +423,18 @@ TEST_F(MultiModelServeTest, SessionCallsReachTheSessionsModel) {
   ASSERT_TRUE(both_->sessions->DeleteSession(c4.get(), del, &deleted).ok());
   EXPECT_EQ(GetReason(Get(*both_, "calls-six").status()),
             Reason::kSessionNotFound);
+  // Its retry succeeds, though the session (of the second model) is gone
+  // and the call now lands on the first model's manager: the models share
+  // one request-id memo.
+  auto c5 = ClientContext();
+  grpc::Status retried =
+      both_->sessions->DeleteSession(c5.get(), del, &deleted);
+  EXPECT_TRUE(retried.ok()) << retried.error_message();
   // Re-created under the other model, the id now belongs to that model.
-  ASSERT_TRUE(Create(*both_, "calls-six", "seven").ok());
+  ASSERT_TRUE(Create(*both_, "calls-six", "seven", "recreate-calls-six").ok());
+  // Reusing the first create's id for this other create is a duplicate.
+  EXPECT_EQ(GetReason(Create(*both_, "calls-six", "seven").status()),
+            Reason::kDuplicateRequest);
   auto again = Append(*both_, "calls-six", {"xyz"});
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(Get(*both_, "calls-six")->model_id(), "seven");

@@ -21,6 +21,7 @@
 #include "worker/engine/utf8.h"
 #include "worker/generation_record.h"
 #include "worker/metrics.h"
+#include "worker/request_memo.h"
 #include "worker/tasks.h"
 
 namespace statestream::worker {
@@ -117,14 +118,6 @@ absl::Status Busy() {
                    "superseded by a newer writer call on this session");
 }
 
-absl::Status DuplicateRequest(const std::string& request_id) {
-  return MakeError(absl::StatusCode::kInvalidArgument,
-                   Reason::kDuplicateRequest,
-                   "request_id was already used for a request with different "
-                   "content",
-                   {{"request_id", request_id}, {"field", "request_id"}});
-}
-
 absl::Status Draining() {
   return MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
                    "the worker is draining", {{"retry_after_ms", "100"}});
@@ -212,6 +205,10 @@ class SessionManager::Impl {
        const engine::Tokenizer* tok, Scheduler* sched, StateStore* store)
       : opt_(o),
         clock_(o.clock ? o.clock : Clock::Real()),
+        memo_(o.request_memo != nullptr
+                  ? o.request_memo
+                  : std::make_shared<RequestMemo>(
+                        o.request_id_window, o.max_create_request_ids, clock_)),
         model_(model),
         tok_(tok),
         sched_(sched),
@@ -237,6 +234,7 @@ class SessionManager::Impl {
 
   SessionManagerOptions opt_;
   Clock* clock_;
+  std::shared_ptr<RequestMemo> memo_;
   engine::Model* model_;
   const engine::Tokenizer* tok_;
   Scheduler* sched_;
@@ -253,61 +251,22 @@ class SessionManager::Impl {
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   Stats stats_ ABSL_GUARDED_BY(mu_);
-  // CreateSession idempotency: (tenant, request_id) -> what it created;
-  // bounded by PruneCreated (window and count, oldest first).
-  struct Created {
-    std::string session_id;
-    uint64_t digest = 0;
-    absl::Time at;
-  };
-  using CreatedKey = std::pair<std::string, std::string>;
-  std::map<CreatedKey, Created> created_ ABSL_GUARDED_BY(mu_);
-  std::deque<std::pair<CreatedKey, absl::Time>> created_order_
-      ABSL_GUARDED_BY(mu_);
   // Running generations, stopped gracefully by Drain().
   std::set<std::shared_ptr<GenerateTask>> generating_ ABSL_GUARDED_BY(mu_);
   std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
   absl::Mutex load_mu_;  // one load at a time (a second would fence the first)
   std::thread renewer_;
 
-  void PruneCreated(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    while (!created_order_.empty() &&
-           (created_order_.size() >
-                static_cast<size_t>(opt_.max_create_request_ids) ||
-            now - created_order_.front().second > opt_.request_id_window)) {
-      auto it = created_.find(created_order_.front().first);
-      if (it != created_.end() &&
-          it->second.at == created_order_.front().second) {
-        created_.erase(it);
-      }
-      created_order_.pop_front();
-    }
-  }
-
-  // Idempotency by request id (within request_id_window, on this worker):
-  // whether (tenant, request_id) was seen, with the same content (`digest`;
-  // else DUPLICATE_REQUEST) and for which session. An empty id is never
-  // seen.
+  // Request-id idempotency: the process's memo when the options share one
+  // (every model's manager), else this manager's own.
   absl::StatusOr<bool> Seen(const std::string& tenant,
                             const std::string& request_id, uint64_t digest,
                             std::string* session_id = nullptr) {
-    if (request_id.empty()) return false;
-    absl::MutexLock lock(&mu_);
-    PruneCreated(clock_->Now());
-    auto it = created_.find({tenant, request_id});
-    if (it == created_.end()) return false;
-    if (it->second.digest != digest) return DuplicateRequest(request_id);
-    if (session_id != nullptr) *session_id = it->second.session_id;
-    return true;
+    return memo_->Seen(tenant, request_id, digest, session_id);
   }
   void Remember(const std::string& tenant, const std::string& request_id,
                 const std::string& session_id, uint64_t digest) {
-    if (request_id.empty()) return;
-    absl::MutexLock lock(&mu_);
-    const absl::Time now = clock_->Now();
-    created_[{tenant, request_id}] = {session_id, digest, now};
-    created_order_.push_back({{tenant, request_id}, now});
-    PruneCreated(now);
+    memo_->Remember(tenant, request_id, session_id, digest);
   }
 
   static std::string MapKey(const SessionKey& k) {
@@ -1075,18 +1034,14 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
   if (p.durability) {
     digest = Fnv1a(digest, absl::StrCat("d", static_cast<int>(*p.durability)));
   }
-  std::string existing;
   {
     absl::MutexLock lock(&m.mu_);
     if (m.draining_) return Draining();
-    m.PruneCreated(m.clock_->Now());
-    auto it = m.created_.find({tenant, p.request_id});
-    if (it != m.created_.end()) {
-      if (it->second.digest != digest) return DuplicateRequest(p.request_id);
-      existing = it->second.session_id;
-    }
   }
-  if (!existing.empty()) return GetSession(tenant, existing);
+  std::string existing;
+  SS_ASSIGN_OR_RETURN(bool seen,
+                      m.Seen(tenant, p.request_id, digest, &existing));
+  if (seen) return GetSession(tenant, existing);
   CreateSessionRequest r;
   r.key = {tenant, p.session_id.empty() ? m.NewSessionId() : p.session_id};
   r.model_id = m.opt_.model_id;

@@ -43,6 +43,8 @@
 
 namespace statestream::worker {
 
+class RequestMemo;
+
 class WorkerMetrics;
 
 struct SessionManagerOptions {
@@ -81,6 +83,11 @@ struct SessionManagerOptions {
   // generation_record_tokens output tokens in all, oldest dropped first).
   absl::Duration request_id_window = absl::Hours(1);
   int max_create_request_ids = 65536;
+  // Where CreateSession, DeleteSession, RollbackSession and ImportState
+  // ids are remembered (the two limits above apply to it). A process
+  // serving several models gives them one, so a retry finds its id
+  // whichever model's manager serves it; null: the manager's own.
+  std::shared_ptr<RequestMemo> request_memo;
   int generation_records = 64;
   int64_t generation_record_tokens = 65536;
   // Metrics sink; nullptr = none. Not owned; must outlive the manager.

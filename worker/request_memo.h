@@ -1,0 +1,61 @@
+// SPDX-License-Identifier: Apache-2.0
+// What mutating calls did, by (tenant, request_id), so a retry with the same
+// id gets the first outcome instead of a second mutation.
+#ifndef STATESTREAM_WORKER_REQUEST_MEMO_H_
+#define STATESTREAM_WORKER_REQUEST_MEMO_H_
+
+#include <deque>
+#include <map>
+#include <string>
+#include <utility>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+
+namespace statestream::worker {
+
+// INVALID_ARGUMENT/DUPLICATE_REQUEST: `request_id` was used for other
+// content within the window.
+absl::Status DuplicateRequest(const std::string& request_id);
+
+// For each (tenant, request_id): the session the call touched and a digest
+// of the call's content, kept for `window`, at most `max_ids` (oldest
+// dropped first). One per process, shared by the session managers of its
+// models, so a retry finds its id whichever model's manager serves it (a
+// deleted session's retry lands on the default one). Thread-safe.
+class RequestMemo {
+ public:
+  RequestMemo(absl::Duration window, int max_ids, Clock* clock);
+
+  // True if the id was recorded with this `digest` (a retry; *session_id is
+  // what the first call touched), DUPLICATE_REQUEST if with another one,
+  // false if not recorded (or `request_id` is empty).
+  absl::StatusOr<bool> Seen(const std::string& tenant,
+                            const std::string& request_id, uint64_t digest,
+                            std::string* session_id = nullptr);
+  // Records a call's outcome (nothing for an empty `request_id`).
+  void Remember(const std::string& tenant, const std::string& request_id,
+                const std::string& session_id, uint64_t digest);
+
+ private:
+  using Key = std::pair<std::string, std::string>;  // tenant, request id
+  struct Entry {
+    std::string session_id;
+    uint64_t digest = 0;
+    absl::Time at;
+  };
+  void Prune(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const absl::Duration window_;
+  const size_t max_ids_;
+  Clock* const clock_;
+  absl::Mutex mu_;
+  std::map<Key, Entry> entries_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::pair<Key, absl::Time>> order_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace statestream::worker
+
+#endif  // STATESTREAM_WORKER_REQUEST_MEMO_H_

@@ -1,0 +1,52 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "worker/request_memo.h"
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "common/clock.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+
+namespace statestream::worker {
+namespace {
+
+TEST(RequestMemoTest, RetriesMatchReusesDifferOthersAreUnseen) {
+  FakeClock clock;
+  RequestMemo memo(absl::Hours(1), 100, &clock);
+  memo.Remember("t", "r1", "s1", 42);
+  std::string id;
+  auto seen = memo.Seen("t", "r1", 42, &id);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_TRUE(*seen);
+  EXPECT_EQ(id, "s1");
+  // Other content under the same id.
+  EXPECT_EQ(GetReason(memo.Seen("t", "r1", 43).status()),
+            Reason::kDuplicateRequest);
+  // Ids are per tenant; an empty id is never recorded.
+  EXPECT_FALSE(*memo.Seen("u", "r1", 42));
+  memo.Remember("t", "", "s2", 7);
+  EXPECT_FALSE(*memo.Seen("t", "", 7));
+}
+
+TEST(RequestMemoTest, ForgetsPastTheWindowAndTheCount) {
+  FakeClock clock;
+  RequestMemo memo(absl::Minutes(10), 3, &clock);
+  memo.Remember("t", "old", "s", 1);
+  clock.Advance(absl::Minutes(11));
+  EXPECT_FALSE(*memo.Seen("t", "old", 1));
+  for (int i = 0; i < 4; ++i) {
+    memo.Remember("t", absl::StrCat("r", i), "s", i);
+  }
+  EXPECT_FALSE(*memo.Seen("t", "r0", 0));  // the oldest of four, dropped
+  EXPECT_TRUE(*memo.Seen("t", "r3", 3));
+  // Re-recording an id (later) keeps it past its first entry's turn.
+  clock.Advance(absl::Seconds(1));
+  memo.Remember("t", "r1", "s", 1);
+  memo.Remember("t", "r4", "s", 4);
+  memo.Remember("t", "r5", "s", 5);
+  EXPECT_TRUE(*memo.Seen("t", "r1", 1));
+}
+
+}  // namespace
+}  // namespace statestream::worker
