@@ -346,8 +346,8 @@ class MemoryStateStore final : public StateStore {
     }
     s->head.oldest_version = s->versions.begin()->first;
     if (wanted != Durability::kMemory) {
-      return store_internal::DurabilityNotReached(s->head.head.version, wanted,
-                                                  Durability::kMemory);
+      return DurabilityNotReached(s->head.head.version, wanted,
+                                  Durability::kMemory);
     }
     return CommitResult{s->head.head, HeadOf(*s, now)};
   }

@@ -807,7 +807,7 @@ class RedisStateStore final : public StateStore {
       out.session.head.durability = reached;
     }
     if (reached < wanted) {
-      return store_internal::DurabilityNotReached(version, wanted, reached);
+      return DurabilityNotReached(version, wanted, reached);
     }
     return out;
   }

@@ -666,7 +666,7 @@ class SqliteStateStore final : public StateStore {
             .Run());
     SS_RETURN_IF_ERROR(txn->Commit());
     if (wanted == Durability::kReplicated) {
-      return si::DurabilityNotReached(v.version, wanted, Durability::kFsync);
+      return DurabilityNotReached(v.version, wanted, Durability::kFsync);
     }
     SS_ASSIGN_OR_RETURN(SessionHead h, Head(key, now));
     return CommitResult{v, std::move(h)};

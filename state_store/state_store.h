@@ -68,6 +68,11 @@ enum class Durability {
 };
 // "MEMORY", "FSYNC", "REPLICATED".
 const char* DurabilityName(Durability d);
+// The error of a write that exists at `reached` only, below the `wanted`
+// durability: UNAVAILABLE/STORE_UNAVAILABLE, metadata durability_reached
+// and version. Stores return it; callers may treat the write as done.
+absl::Status DurabilityNotReached(uint64_t version, Durability wanted,
+                                  Durability reached);
 
 // Tenant: 1-64 bytes of [a-z0-9_-]. Session id: 1-128 bytes of
 // [A-Za-z0-9._-], first byte alphanumeric (as in the public API).

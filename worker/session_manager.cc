@@ -123,12 +123,20 @@ absl::Status Draining() {
                    "the worker is draining", {{"retry_after_ms", "100"}});
 }
 
+// FNV-1a 64 from `h`; start from kFnvBasis.
+constexpr uint64_t kFnvBasis = 14695981039346656037ull;
 uint64_t Fnv1a(uint64_t h, absl::string_view s) {
   for (unsigned char c : s) {
     h ^= c;
     h *= 1099511628211ull;
   }
   return h;
+}
+
+// A write the store kept below the durability asked for
+// (DurabilityNotReached): it exists, though the call failed.
+bool WrittenBelowDurability(const absl::Status& st) {
+  return GetErrorMetadata(st, "durability_reached").has_value();
 }
 
 // Bytes of `text` that can start a streamed text: after a reload the UTF-8
@@ -640,14 +648,7 @@ class SessionManager::Impl {
           }
           if (same && GetReason(res.status()) == Reason::kVersionMismatch) {
             if (h->head.durability >= d) return absl::OkStatus();
-            return MakeError(
-                absl::StatusCode::kUnavailable, Reason::kStoreUnavailable,
-                absl::StrCat("version ", h->head.version,
-                             " reached durability ",
-                             DurabilityName(h->head.durability), ", not ",
-                             DurabilityName(d)),
-                {{"durability_reached", DurabilityName(h->head.durability)},
-                 {"version", absl::StrCat(h->head.version)}});
+            return DurabilityNotReached(h->head.version, d, h->head.durability);
           }
         }
       }
@@ -1019,7 +1020,7 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
                      absl::StrCat("model ", p.model_id, " is not served here"),
                      {{"model_id", p.model_id}});
   }
-  uint64_t digest = 14695981039346656037ull;
+  uint64_t digest = kFnvBasis;
   digest = Fnv1a(digest, absl::StrCat(p.session_id.size(), ":", p.session_id,
                                       p.model_id.size(), ":", p.model_id));
   for (const auto& [k, v] : p.labels) {
@@ -1158,8 +1159,7 @@ absl::Status SessionManager::DeleteSession(const std::string& tenant,
                                            bool allow_missing,
                                            const std::string& request_id) {
   // A retry of a delete that succeeded succeeds (proto: DeleteSession).
-  const uint64_t digest =
-      Fnv1a(14695981039346656037ull, absl::StrCat("delete:", session_id));
+  const uint64_t digest = Fnv1a(kFnvBasis, absl::StrCat("delete:", session_id));
   SS_ASSIGN_OR_RETURN(bool seen,
                       impl_->Seen(tenant, request_id, digest, nullptr));
   if (seen) return absl::OkStatus();
@@ -1208,11 +1208,10 @@ absl::StatusOr<SessionView> SessionManager::Rollback(
   // A retry of a rollback that was committed (even one that failed below
   // the durability asked for) returns the session instead of rolling back
   // again, which would discard input applied since.
-  const uint64_t digest =
-      Fnv1a(14695981039346656037ull,
-            absl::StrCat("rollback:", session_id, "@", version, "?",
-                         expected ? absl::StrCat(*expected) : "-", "d",
-                         durability ? static_cast<int>(*durability) : -1));
+  const uint64_t digest = Fnv1a(
+      kFnvBasis, absl::StrCat("rollback:", session_id, "@", version, "?",
+                              expected ? absl::StrCat(*expected) : "-", "d",
+                              durability ? static_cast<int>(*durability) : -1));
   SS_ASSIGN_OR_RETURN(bool seen, m.Seen(tenant, request_id, digest, nullptr));
   if (seen) return GetSession(tenant, session_id);
   SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
@@ -1284,7 +1283,7 @@ absl::StatusOr<SessionView> SessionManager::Import(
   // that failed below the durability asked for) returns the session
   // instead of importing twice.
   uint64_t digest = Fnv1a(
-      14695981039346656037ull,
+      kFnvBasis,
       absl::StrCat(
           "import:", new_version ? "version:" : "create:", params.session_id,
           "@", Crc32c(0, blob.data(), blob.size()), "?",
@@ -1297,9 +1296,6 @@ absl::StatusOr<SessionView> SessionManager::Import(
   SS_ASSIGN_OR_RETURN(bool seen,
                       m.Seen(tenant, params.request_id, digest, &seen_id));
   if (seen) return GetSession(tenant, seen_id);
-  auto kept = [&](const absl::Status& st) {
-    return GetErrorMetadata(st, "durability_reached").has_value();
-  };
   if (!new_version) {
     CreateSessionRequest r;
     r.key = {tenant,
@@ -1312,7 +1308,7 @@ absl::StatusOr<SessionView> SessionManager::Import(
     snap.parent_version = 0;
     r.initial_state = std::move(snap);
     auto res = m.store_->CreateSession(r);
-    if (res.ok() || kept(res.status())) {
+    if (res.ok() || WrittenBelowDurability(res.status())) {
       m.Remember(tenant, params.request_id, r.key.session_id, digest);
     }
     if (!res.ok()) return res.status();
@@ -1344,7 +1340,7 @@ absl::StatusOr<SessionView> SessionManager::Import(
             m.Drop(s.get(), Session::Gone::kFenced);
           } else {
             m.FollowStoreHead(s.get());
-            if (kept(res.status())) {
+            if (WrittenBelowDurability(res.status())) {
               m.Remember(tenant, params.request_id, params.session_id, digest);
             }
           }
@@ -1634,7 +1630,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
                                 {{"field", "prompt"}}));
         }
         if (!in.has_seed) {
-          uint64_t h = 14695981039346656037ull;
+          uint64_t h = kFnvBasis;
           h = Fnv1a(h, s->key.session_id);
           h = Fnv1a(h, absl::StrCat("/", s->input_offset, "/"));
           h = Fnv1a(h, in.request_id);

@@ -20,6 +20,16 @@ const char* DurabilityName(Durability d) {
   return "UNKNOWN";
 }
 
+absl::Status DurabilityNotReached(uint64_t version, Durability wanted,
+                                  Durability reached) {
+  return MakeError(
+      absl::StatusCode::kUnavailable, Reason::kStoreUnavailable,
+      absl::StrCat("version ", version, " reached durability ",
+                   DurabilityName(reached), ", not ", DurabilityName(wanted)),
+      {{"durability_reached", DurabilityName(reached)},
+       {"version", absl::StrCat(version)}});
+}
+
 namespace store_internal {
 namespace {
 
@@ -171,16 +181,6 @@ absl::Status FingerprintMismatch(absl::string_view session_fp,
 absl::Status Unavailable(absl::string_view what) {
   return MakeError(absl::StatusCode::kUnavailable, Reason::kStoreUnavailable,
                    absl::StrCat("state store unavailable: ", what));
-}
-
-absl::Status DurabilityNotReached(uint64_t version, Durability wanted,
-                                  Durability reached) {
-  return MakeError(
-      absl::StatusCode::kUnavailable, Reason::kStoreUnavailable,
-      absl::StrCat("version ", version, " reached durability ",
-                   DurabilityName(reached), ", not ", DurabilityName(wanted)),
-      {{"durability_reached", DurabilityName(reached)},
-       {"version", absl::StrCat(version)}});
 }
 
 std::string EncodeStringMap(const std::map<std::string, std::string>& m) {

@@ -38,9 +38,6 @@ absl::Status LeaseBusy(absl::string_view owner);
 absl::Status FingerprintMismatch(absl::string_view session_fp,
                                  absl::string_view state_fp);
 absl::Status Unavailable(absl::string_view what);
-// UNAVAILABLE/kStoreUnavailable for a commit that exists at `reached` only.
-absl::Status DurabilityNotReached(uint64_t version, Durability wanted,
-                                  Durability reached);
 
 // Length-prefixed encoding of a string map (labels) and its inverse
 // (false on malformed input).
