@@ -1078,9 +1078,10 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
   }
   auto res = m.store_->CreateSession(r);
   if (!res.ok()) {
-    // A create that failed but exists (written below the durability asked
-    // for, or its reply lost) is this request's: a retry returns it.
-    if (!absl::IsAlreadyExists(res.status()) && m.store_->GetHead(r.key).ok()) {
+    // A create the store wrote below the durability asked for is this
+    // request's: a retry returns it. (A session that merely exists under
+    // the id may be another request's.)
+    if (WrittenBelowDurability(res.status())) {
       m.Remember(tenant, p.request_id, r.key.session_id, digest);
     }
     return res.status();
@@ -1233,8 +1234,10 @@ absl::StatusOr<SessionView> SessionManager::Rollback(
             m.Drop(s.get(), Session::Gone::kFenced);
           } else {
             m.FollowStoreHead(s.get());
-            if (m.GoneError(s.get()).ok() && s->head.head.version != head) {
-              m.Remember(tenant, request_id, session_id, digest);  // kept
+            // Only a rollback the store wrote (below the durability asked
+            // for) is this one; a head that moved otherwise is not.
+            if (WrittenBelowDurability(res.status())) {
+              m.Remember(tenant, request_id, session_id, digest);
             }
           }
           return res.status();

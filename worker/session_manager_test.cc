@@ -181,10 +181,16 @@ TEST_F(SessionManagerTest, AFailedWriteTheStoreKeptMovesTheSession) {
   Create("s");
   auto w = Open("s");
   ASSERT_TRUE(Append(w, 0, "hello", true, true).ok());  // v2, offset 5
-  auto rolled =
-      manager_->Rollback("t", "s", 1, std::nullopt, Durability::kReplicated);
+  auto rolled = manager_->Rollback("t", "s", 1, std::nullopt,
+                                   Durability::kReplicated, "rollback-kept");
   EXPECT_EQ(rolled.status().code(), absl::StatusCode::kUnavailable)
       << rolled.status();
+  ASSERT_EQ(store_->GetHead({"t", "s"})->head.version, 3u);
+  // Its retry finds it done: no second rollback version.
+  auto retried = manager_->Rollback("t", "s", 1, std::nullopt,
+                                    Durability::kReplicated, "rollback-kept");
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(retried->version, 3u);
   ASSERT_EQ(store_->GetHead({"t", "s"})->head.version, 3u);
   auto view = manager_->GetSession("t", "s");
   ASSERT_TRUE(view.ok()) << view.status();
