@@ -604,12 +604,10 @@ class SessionManager::Impl {
 
   // Commits the live state (strand). FENCED drops the session; a commit
   // that exists below the requested durability resyncs the head.
+  // `retry`: go on once from a head adopted below (one of ours whose
+  // answer never came).
   absl::Status CommitNow(Session* s, Durability d,
-                         const std::string& request_id) {
-    return CommitNow(s, d, request_id, /*retry=*/true);
-  }
-  absl::Status CommitNow(Session* s, Durability d,
-                         const std::string& request_id, bool retry) {
+                         const std::string& request_id, bool retry = true) {
     CommitRequest r;
     r.key = s->key;
     r.expected_version = s->head.head.version;
