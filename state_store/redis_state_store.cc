@@ -249,7 +249,7 @@ class RedisStateStore final : public StateStore {
     // And again now that the head exists: a listing that ran between the
     // two saw no head and dropped the entry (ListSessions).
     SS_RETURN_IF_ERROR(AddToIndex(r.key));
-    return Finish(r.key, 1, nonce, r.durability, v.durability, reached);
+    return Finish(r.key, v, nonce, r.durability, reached);
   }
 
   // PING on every primary, instead of the default's probe-session read.
@@ -380,7 +380,7 @@ class RedisStateStore final : public StateStore {
                                                  r.state.model_fingerprint);
     }
     if (outcome != "OK" && outcome != "DUP") return Unexpected(outcome);
-    return Finish(r.key, version, nonce, r.durability, v.durability, reached);
+    return Finish(r.key, v, nonce, r.durability, reached);
   }
 
   absl::StatusOr<CommitResult> Rollback(const SessionKey& key,
@@ -784,25 +784,37 @@ class RedisStateStore final : public StateStore {
     return store_internal::Unavailable("state chunks keep disappearing");
   }
 
-  // Reports the commit of `version` with the durability reached, first
-  // recording it in the version if the wait raised it above the level the
-  // commit script wrote (`recorded`), so ListVersions and GetHead report
-  // it too.
-  absl::StatusOr<CommitResult> Finish(const SessionKey& key, uint64_t version,
+  // Reports the commit of `written` (as the commit script wrote it) with the
+  // durability reached, first recording it in the version if the wait
+  // raised it above the level the script wrote, so ListVersions and GetHead
+  // report it too.
+  absl::StatusOr<CommitResult> Finish(const SessionKey& key,
+                                      const VersionInfo& written,
                                       const std::string& nonce,
-                                      Durability wanted, Durability recorded,
-                                      Durability reached) {
-    if (reached > recorded) {
+                                      Durability wanted, Durability reached) {
+    const uint64_t version = written.version;
+    if (reached > written.durability) {
       SS_RETURN_IF_ERROR(Eval(key, kRecordDurability,
                               {absl::StrCat(version), nonce,
                                absl::StrCat(static_cast<int>(reached))})
                              .status());
     }
-    SS_ASSIGN_OR_RETURN(auto read, Read(key, static_cast<int64_t>(version)));
+    auto read = Read(key, static_cast<int64_t>(version));
     CommitResult out;
-    out.version = ParseVersion(read.second);
+    if (read.ok()) {
+      out.version = ParseVersion(read->second);
+    } else if (read.status().code() == absl::StatusCode::kNotFound &&
+               GetReason(read.status()) == Reason::kVersionMismatch) {
+      // Newer commits (another writer's, during a durability wait) dropped
+      // the version already (keep_versions): it was written all the same,
+      // so report it and the head as it is now, not an error.
+      SS_ASSIGN_OR_RETURN(read, Read(key, 0));
+      out.version = written;
+    } else {
+      return read.status();
+    }
     out.version.durability = reached;
-    out.session = std::move(read.first);
+    out.session = std::move(read->first);
     if (out.session.head.version == version) {
       out.session.head.durability = reached;
     }

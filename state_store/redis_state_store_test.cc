@@ -247,6 +247,57 @@ void StartStandalone(std::unique_ptr<RedisServer>* server,
   *store = *std::move(made);
 }
 
+// A commit waiting for a durability it will not reach (no replica), while
+// another writer takes the session over and commits after it with
+// keep_versions 1: the first commit's version is gone before its reply is
+// built, but it was written, and the store says so (the durability error
+// with its version), not that the version does not exist.
+TEST(RedisStateStoreTest, ACommitDroppedByANewerOneIsStillReported) {
+  auto server = RedisServer::Start({});
+  ASSERT_TRUE(server.ok()) << server.status();
+  RedisStateStoreOptions o;
+  o.addresses = {(*server)->address()};
+  o.keep_versions = 1;
+  o.durability_timeout = absl::Seconds(2);
+  auto store = NewRedisStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto c = (*store)->CreateSession(NewSession("a", Durability::kMemory));
+  ASSERT_TRUE(c.ok()) << c.status();
+  CommitRequest slow;
+  slow.key = {"acme", "a"};
+  slow.expected_version = 1;
+  slow.fence = c->session.fence;
+  slow.state = TestSnapshot(2);
+  slow.durability = Durability::kReplicated;
+  absl::StatusOr<CommitResult> waited = absl::UnknownError("not run");
+  std::thread first([&] { waited = (*store)->Commit(slow); });
+  // Until the first commit's script has run and it waits for a replica.
+  absl::StatusOr<SessionHead> head;
+  for (int i = 0; i < 200; ++i) {
+    head = (*store)->GetHead(slow.key);
+    if (head.ok() && head->head.version == 2) break;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_TRUE(head.ok()) << head.status();
+  ASSERT_EQ(head->head.version, 2u);
+  auto lease =
+      (*store)->AcquireLease(slow.key, "other", absl::Seconds(10), true);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  CommitRequest next = slow;
+  next.expected_version = 2;
+  next.fence = lease->fence;
+  next.state = TestSnapshot(3);
+  next.durability = Durability::kMemory;
+  auto newer = (*store)->Commit(next);
+  ASSERT_TRUE(newer.ok()) << newer.status();
+  first.join();
+  EXPECT_EQ(waited.status().code(), absl::StatusCode::kUnavailable)
+      << waited.status();
+  EXPECT_EQ(GetReason(waited.status()), Reason::kStoreUnavailable);
+  EXPECT_EQ(GetErrorMetadata(waited.status(), "version"), "2");
+  EXPECT_EQ(GetErrorMetadata(waited.status(), "durability_reached"), "MEMORY");
+}
+
 // A server that refuses writes (here: out of memory under noeviction) is
 // the store being unavailable, a retryable error naming the refusal; once
 // it has room again the same calls succeed.
