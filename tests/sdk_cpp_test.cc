@@ -35,14 +35,19 @@ constexpr absl::Duration kStartTimeout = absl::Seconds(60);
 // A `statestream serve` process on a --data-dir that outlives it.
 class Server {
  public:
-  explicit Server(std::string data_dir) : data_dir_(std::move(data_dir)) {}
+  explicit Server(std::string data_dir, std::vector<std::string> flags = {})
+      : data_dir_(std::move(data_dir)), flags_(std::move(flags)) {}
 
   // Starts on `port` (0: a free one). Returns "host:port".
   std::string Start(int port = 0) {
-    auto p = e2e::Subprocess::Start(
-        {STATESTREAM_BIN, "serve", absl::StrCat("--listen=127.0.0.1:", port),
-         "--data-dir=" + data_dir_, "--checkpoint-tokens=100000000",
-         "--checkpoint-interval=10000h"});
+    std::vector<std::string> argv = {STATESTREAM_BIN,
+                                     "serve",
+                                     absl::StrCat("--listen=127.0.0.1:", port),
+                                     "--data-dir=" + data_dir_,
+                                     "--checkpoint-tokens=100000000",
+                                     "--checkpoint-interval=10000h"};
+    argv.insert(argv.end(), flags_.begin(), flags_.end());
+    auto p = e2e::Subprocess::Start(argv);
     EXPECT_TRUE(p.ok()) << p.status();
     if (!p.ok()) return "";
     process_ = std::move(*p);
@@ -70,6 +75,7 @@ class Server {
 
  private:
   std::string data_dir_;
+  std::vector<std::string> flags_;
   int port_ = 0;
   std::unique_ptr<e2e::Subprocess> process_;  // killed by its destructor
 };
@@ -83,7 +89,15 @@ class SdkTest : public ::testing::Test {
                ::testing::UnitTest::GetInstance()->current_test_info()->name());
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
-    server_ = std::make_unique<Server>(dir_.string());
+    StartServer({});
+  }
+  // (Re)starts the server with `flags` and a client of it.
+  void StartServer(std::vector<std::string> flags) {
+    client_.reset();
+    server_.reset();
+    std::filesystem::create_directories(dir_ / "data");
+    server_ =
+        std::make_unique<Server>((dir_ / "data").string(), std::move(flags));
     const std::string address = server_->Start();
     ASSERT_FALSE(address.empty());
     ClientOptions options;
@@ -179,6 +193,71 @@ TEST_F(SdkTest, AppendSurvivesKill9OfTheServer) {
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->position(), b->position());
   EXPECT_EQ(ScoreOf(live), ScoreOf(ref));
+}
+
+// A bare Flush at an offset that is already committed (with the tail still
+// pending) is not forgotten: the server dies before committing it, and the
+// writer resends it ahead of the next text, so that text is tokenized after
+// the flush exactly as in a run without the failure.
+TEST_F(SdkTest, AFlushAtACommittedOffsetSurvivesKill9) {
+  // The World tokenizer holds a word's bytes back until it ends (the
+  // built-in demo model is byte-level and holds nothing back).
+  const std::string model = (dir_ / "world.safetensors").string();
+  auto made =
+      e2e::Run({STATESTREAM_BIN, "model", "random", "--layers=1", "--embd=64",
+                "--vocab=65536", "--dtype=bf16", "--out=" + model});
+  ASSERT_TRUE(made.ok() && made->exit_code == 0)
+      << (made.ok() ? made->err : made.status().ToString());
+  const char* shared = std::getenv("STATESTREAM_SHARED_DIR");
+  ASSERT_NO_FATAL_FAILURE(StartServer(
+      {"--model=" + model,
+       absl::StrCat(
+           "--vocab=", shared != nullptr ? shared : STATESTREAM_SHARED_DIR,
+           "/testdata/rwkv_vocab_v20230424.txt")}));
+  client::Session live = Create("flushed");
+  auto writer = live.OpenAppend();
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->Write("Hello, inter").ok());
+  auto ck = (*writer)->Checkpoint();
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  ASSERT_GT(ck->pending_bytes(), 0u);  // committed with the tail pending
+  ASSERT_TRUE((*writer)->Flush().ok());
+  ASSERT_TRUE((*writer)->Sync().ok());
+  EXPECT_EQ((*writer)->last_ack().pending_bytes(), 0u);
+
+  server_->KillAndRestart();
+
+  ASSERT_TRUE((*writer)->Write("national").ok());
+  ASSERT_TRUE((*writer)->Flush().ok());
+  auto done = (*writer)->Close();
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_GE((*writer)->reconnects(), 1);
+
+  client::Session ref = Create("ref");
+  auto ref_writer = ref.OpenAppend();
+  ASSERT_TRUE(ref_writer.ok()) << ref_writer.status();
+  ASSERT_TRUE((*ref_writer)->Write("Hello, inter").ok());
+  ASSERT_TRUE((*ref_writer)->Flush().ok());
+  ASSERT_TRUE((*ref_writer)->Write("national").ok());
+  ASSERT_TRUE((*ref_writer)->Flush().ok());
+  auto ref_done = (*ref_writer)->Close();
+  ASSERT_TRUE(ref_done.ok()) << ref_done.status();
+  EXPECT_EQ(done->position(), ref_done->position());
+  EXPECT_EQ(ScoreOf(live), ScoreOf(ref));
+}
+
+// Cancelled before its first request went out: the writer fails with
+// CANCELLED (it used to dereference a call it had not opened).
+TEST_F(SdkTest, AWriterCancelledBeforeItsFirstWriteFailsCleanly) {
+  client::Session s = Create("cancelled");
+  client::Cancellation cancel;
+  client::AppendOptions options;
+  options.call.cancellation = &cancel;
+  auto writer = s.OpenAppend(options);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  cancel.Cancel();
+  EXPECT_EQ((*writer)->Write("x").code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ((*writer)->Flush().code(), absl::StatusCode::kCancelled);
 }
 
 v1::GenerateRequest LongGeneration() {

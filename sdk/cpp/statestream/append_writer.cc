@@ -1,12 +1,20 @@
 // SPDX-License-Identifier: Apache-2.0
 // AppendWriter: pipelined, exactly-once appends that survive reconnects.
 //
-// Invariant: retained_ holds, in offset order, every request sent whose
-// payload is not known to be committed; retained_[0, acked_) were
-// acknowledged on the current call, the rest are in flight on it. After a
-// failure the whole of retained_ is resent on a new call at the original
-// offsets: the server acknowledges what it still has as duplicates and
-// applies the rest, so nothing is lost or applied twice.
+// Invariant: retained_ holds, in offset order, every request sent or to be
+// sent whose effect is not known to be committed. On the current call
+// retained_[0, acked_) were acknowledged and [acked_, sent_) are in flight;
+// at most `window` are ever in flight, resends included (the server stops
+// reading a client that leaves 64 acks unread). After a failure the whole
+// of retained_ is resent on a new call at the original offsets: the server
+// acknowledges what it still has as duplicates and applies the rest, so
+// nothing is lost or applied twice.
+//
+// A request is committed once an ack's committed_input_offset covers its
+// end, except a bare flush (no payload): its end is its start, and a commit
+// at that offset may predate it. It is kept until the offset moves past it,
+// a later commit (a newer version) covers it, or a checkpoint after it is
+// acknowledged (that checkpoint's version covers everything before it).
 #include <grpcpp/client_context.h>
 
 #include <algorithm>
@@ -29,6 +37,7 @@ struct AppendWriter::Call {
 
   // Reads what is left and returns the call's status.
   absl::Status Finish() {
+    if (stream == nullptr) return absl::CancelledError("cancelled");
     v1::AppendResponse ignored;
     while (stream->Read(&ignored)) {
     }
@@ -47,6 +56,15 @@ uint64_t EndOffset(const v1::AppendRequest& r) {
   return r.expected_input_offset() + Units(r);
 }
 
+// Whether `e`, acknowledged, is known committed after `ack` (the latest).
+bool Committed(const AppendWriter::Retained& e, const v1::AppendResponse& ack) {
+  const uint64_t end = EndOffset(e.request);
+  if (Units(e.request) > 0) return end <= ack.committed_input_offset();
+  return end < ack.committed_input_offset() ||
+         (end == ack.committed_input_offset() &&
+          ack.version() > e.acked_version);
+}
+
 }  // namespace
 
 AppendWriter::AppendWriter(Client* client, std::string session_id,
@@ -55,6 +73,7 @@ AppendWriter::AppendWriter(Client* client, std::string session_id,
       session_id_(std::move(session_id)),
       options_(std::move(options)),
       next_offset_(offset) {
+  acked_high_ = offset;
   options_.window = std::max(options_.window, 1);
   options_.max_chunk_bytes =
       std::clamp<size_t>(options_.max_chunk_bytes, 1, size_t{1} << 20);
@@ -136,69 +155,78 @@ absl::Status AppendWriter::Send(v1::AppendRequest request) {
   request.set_expected_input_offset(next_offset_);
   request.set_durability(options_.durability);
   next_offset_ += Units(request);
-  retained_.push_back(std::move(request));
-  if (call_ == nullptr) {
-    if (absl::Status s = Reconnect(absl::OkStatus()); !s.ok()) return s;
-  } else if (!call_->stream->Write(retained_.back())) {
-    if (absl::Status s = Reconnect(call_->Finish()); !s.ok()) return s;
-  }
+  retained_.push_back({std::move(request), 0});
   return ReadAcks(static_cast<size_t>(options_.window));
 }
 
 absl::Status AppendWriter::ReadAcks(size_t keep_unacked) {
-  while (retained_.size() - acked_ > keep_unacked) {
+  const size_t window = static_cast<size_t>(options_.window);
+  for (;;) {
     if (!error_.ok()) return error_;
+    if (call_ == nullptr) {
+      if (sent_ == retained_.size()) return absl::OkStatus();  // nothing
+      if (absl::Status s = Reconnect(absl::OkStatus()); !s.ok()) return s;
+    }
+    // Send what the window allows (resends after a reconnect too).
+    bool sent = true;
+    while (sent && sent_ < retained_.size() && sent_ - acked_ < window) {
+      if ((sent = call_->stream->Write(retained_[sent_].request))) ++sent_;
+    }
+    if (!sent) {
+      if (absl::Status s = Reconnect(call_->Finish()); !s.ok()) return s;
+      continue;
+    }
+    if (retained_.size() - acked_ <= keep_unacked) return absl::OkStatus();
     v1::AppendResponse ack;
     if (!call_->stream->Read(&ack)) {
       if (absl::Status s = Reconnect(call_->Finish()); !s.ok()) return s;
       continue;
     }
-    ++acked_;
+    Retained& acked = retained_[acked_++];
+    acked.acked_version = ack.version();
+    // Progress, which resets the count of failed attempts, is input never
+    // acknowledged before or a new commit: a resend acknowledged as a
+    // duplicate is neither, so a request that fails at every attempt ends
+    // the retries after max_attempts.
+    const uint64_t end = EndOffset(acked.request);
+    if (end > acked_high_ || ack.version() > version_high_) attempts_ = 0;
+    acked_high_ = std::max(acked_high_, end);
+    version_high_ = std::max(version_high_, ack.version());
+    const bool checkpoint = acked.request.checkpoint();
     last_ack_ = std::move(ack);
-    attempts_ = 0;
     // Drop what is committed (acknowledged ones only: the others still
     // have their acks coming on this call).
     while (acked_ > 0 &&
-           EndOffset(retained_.front()) <= last_ack_.committed_input_offset()) {
+           (checkpoint || Committed(retained_.front(), last_ack_))) {
       retained_.pop_front();
       --acked_;
+      --sent_;
     }
   }
-  return absl::OkStatus();
 }
 
 absl::Status AppendWriter::Reconnect(absl::Status cause) {
-  for (;;) {
-    if (call_ != nullptr) {
-      if (cause.ok()) {
-        cause = absl::UnavailableError("append stream ended early");
-      }
-      client_->Rotate(call_->stubs);
-      call_.reset();
-      ++attempts_;
-      if (absl::Status s =
-              client_->RetryOrFail(cause, attempts_, options_.call);
-          !s.ok()) {
-        return Fail(s);
-      }
-      ++reconnects_;
+  if (call_ != nullptr) {
+    if (cause.ok()) cause = absl::UnavailableError("append stream ended early");
+    client_->Rotate(call_->stubs);
+    call_.reset();
+    ++attempts_;
+    if (absl::Status s = client_->RetryOrFail(cause, attempts_, options_.call);
+        !s.ok()) {
+      return Fail(s);
     }
-    call_ = std::make_unique<Call>();
-    call_->stubs = &client_->Current();
-    client_->Prepare(&call_->ctx, options_.call, /*unary=*/false);
-    call_->scope = std::make_unique<CallScope>(&call_->ctx, options_.call);
-    if (call_->scope->cancelled()) {
-      return Fail(absl::CancelledError("cancelled"));
-    }
-    call_->stream = call_->stubs->streams->Append(&call_->ctx);
-    acked_ = 0;
-    bool ok = true;
-    for (const v1::AppendRequest& r : retained_) {
-      if (!(ok = call_->stream->Write(r))) break;
-    }
-    if (ok) return absl::OkStatus();
-    cause = call_->Finish();
+    ++reconnects_;
   }
+  auto call = std::make_unique<Call>();
+  call->stubs = &client_->Current();
+  client_->Prepare(&call->ctx, options_.call, /*unary=*/false);
+  call->scope = std::make_unique<CallScope>(&call->ctx, options_.call);
+  if (call->scope->cancelled()) return Fail(absl::CancelledError("cancelled"));
+  call->stream = call->stubs->streams->Append(&call->ctx);
+  call_ = std::move(call);
+  acked_ = 0;
+  sent_ = 0;
+  return absl::OkStatus();
 }
 
 }  // namespace statestream::client

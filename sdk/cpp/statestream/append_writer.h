@@ -60,6 +60,12 @@ class AppendWriter {
   // Reconnects made so far (for tests and metrics).
   int reconnects() const { return reconnects_; }
 
+  // A request kept until it is known committed (internal).
+  struct Retained {
+    v1::AppendRequest request;
+    uint64_t acked_version;  // `version` of its ack on the current call
+  };
+
  private:
   friend class Session;
   struct Call;
@@ -74,14 +80,18 @@ class AppendWriter {
   std::string session_id_;
   AppendOptions options_;
   uint64_t next_offset_;
-  // Requests not yet known committed, in offset order; the first
-  // `acked_` of them were acknowledged on the current call.
-  std::deque<v1::AppendRequest> retained_;
+  // Requests not yet known committed, in offset order; on the current call
+  // the first `acked_` of them were acknowledged and the first `sent_` sent.
+  std::deque<Retained> retained_;
   size_t acked_ = 0;
+  size_t sent_ = 0;
   v1::AppendResponse last_ack_;
   std::unique_ptr<Call> call_;
   int reconnects_ = 0;
-  int attempts_ = 0;    // failed attempts since the last progress
+  int attempts_ = 0;  // failed attempts since the last progress
+  // Progress marks: the highest end offset and version acknowledged.
+  uint64_t acked_high_ = 0;
+  uint64_t version_high_ = 0;
   absl::Status error_;  // sticky
   bool closed_ = false;
 };

@@ -184,6 +184,10 @@ absl::Status Client::RetryOrFail(const absl::Status& error, int attempt,
         absl::StrCat("deadline passes during backoff: ", error.message()));
   }
   absl::SleepFor(backoff);
+  // Cancelled during the backoff: no further attempt.
+  if (call.cancellation != nullptr && call.cancellation->cancelled()) {
+    return absl::CancelledError("cancelled");
+  }
   return absl::OkStatus();
 }
 
