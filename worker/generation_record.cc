@@ -10,7 +10,10 @@ namespace statestream::worker {
 namespace {
 
 constexpr char kMagic[] = "SSGEN1\n";
+// SSGEN1 followed by the UTF-8 carry (u8 length, bytes).
+constexpr char kMagicWithCarry[] = "SSGEN2\n";
 constexpr size_t kMagicLen = sizeof(kMagic) - 1;
+static_assert(sizeof(kMagicWithCarry) == sizeof(kMagic));
 
 template <typename T>
 void Put(T v, std::string* out) {
@@ -59,9 +62,10 @@ absl::Status Corrupt(const char* what) {
 }  // namespace
 
 std::string EncodeSamplerSideData(const std::string& sampler,
-                                  const std::deque<GenerationRecord>& records) {
-  if (records.empty()) return sampler;
-  std::string out(kMagic, kMagicLen);
+                                  const std::deque<GenerationRecord>& records,
+                                  const std::string& utf8_carry) {
+  if (records.empty() && utf8_carry.empty()) return sampler;
+  std::string out(utf8_carry.empty() ? kMagic : kMagicWithCarry, kMagicLen);
   Put<uint32_t>(static_cast<uint32_t>(sampler.size()), &out);
   out += sampler;
   Put<uint32_t>(static_cast<uint32_t>(records.size()), &out);
@@ -76,14 +80,21 @@ std::string EncodeSamplerSideData(const std::string& sampler,
     Put<uint32_t>(static_cast<uint32_t>(r.tokens.size()), &out);
     for (int32_t t : r.tokens) Put<int32_t>(t, &out);
   }
+  if (!utf8_carry.empty()) {
+    Put<uint8_t>(static_cast<uint8_t>(utf8_carry.size()), &out);
+    out += utf8_carry;
+  }
   return out;
 }
 
 absl::Status DecodeSamplerSideData(const std::string& value,
                                    std::string* sampler,
-                                   std::deque<GenerationRecord>* records) {
+                                   std::deque<GenerationRecord>* records,
+                                   std::string* utf8_carry) {
   records->clear();
-  if (value.compare(0, kMagicLen, kMagic) != 0) {
+  if (utf8_carry != nullptr) utf8_carry->clear();
+  const bool with_carry = value.compare(0, kMagicLen, kMagicWithCarry) == 0;
+  if (!with_carry && value.compare(0, kMagicLen, kMagic) != 0) {
     *sampler = value;
     return absl::OkStatus();
   }
@@ -106,6 +117,14 @@ absl::Status DecodeSamplerSideData(const std::string& value,
     r.tokens.resize(tokens);
     for (int32_t& t : r.tokens) in.Get(&t);
     records->push_back(std::move(r));
+  }
+  if (with_carry) {
+    uint8_t n = 0;
+    std::string carry;
+    if (!in.Get(&n) || n == 0 || n > 3 || !in.Bytes(n, &carry)) {
+      return Corrupt("utf-8 carry");
+    }
+    if (utf8_carry != nullptr) *utf8_carry = std::move(carry);
   }
   if (in.left() != 0) return Corrupt("trailing bytes");
   return absl::OkStatus();

@@ -12,7 +12,11 @@
 // ms), u8 finish (kGenerationInProgress for a periodic checkpoint), i32
 // stop token, u16 + stop string, u32 input tokens, u32 n + n i32 output
 // tokens. A value without the magic is a bare sampler state (sessions that
-// never committed a generation).
+// never committed a generation). "SSGEN2\n" is the same followed by the
+// text's UTF-8 carry (u8 length 1-3, bytes): the incomplete character at
+// the end of the input, written only when the tokenizer tail does not end
+// with it (a tokenizer that already emitted the character's first bytes as
+// tokens), so that a reload accepts the character's remaining bytes.
 #ifndef STATESTREAM_WORKER_GENERATION_RECORD_H_
 #define STATESTREAM_WORKER_GENERATION_RECORD_H_
 
@@ -45,13 +49,16 @@ struct GenerationRecord {
   std::vector<int32_t> tokens;  // the output
 };
 
-// `sampler` alone when `records` is empty.
+// `sampler` alone when `records` and `utf8_carry` are empty.
 std::string EncodeSamplerSideData(const std::string& sampler,
-                                  const std::deque<GenerationRecord>& records);
-// DATA_LOSS / STATE_CORRUPT for a malformed value.
+                                  const std::deque<GenerationRecord>& records,
+                                  const std::string& utf8_carry = "");
+// DATA_LOSS / STATE_CORRUPT for a malformed value. `utf8_carry` (optional)
+// is empty unless the value holds one.
 absl::Status DecodeSamplerSideData(const std::string& value,
                                    std::string* sampler,
-                                   std::deque<GenerationRecord>* records);
+                                   std::deque<GenerationRecord>* records,
+                                   std::string* utf8_carry = nullptr);
 
 // Appends `record`, then drops the oldest records until at most
 // `max_records` remain, their output is at most `max_tokens` tokens in all

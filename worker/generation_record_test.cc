@@ -49,6 +49,39 @@ TEST(GenerationRecordTest, NoRecordsIsTheBareSamplerState) {
   EXPECT_TRUE(out.empty());
 }
 
+TEST(GenerationRecordTest, TheUtf8CarryRoundTripsWithOrWithoutRecords) {
+  for (const std::deque<GenerationRecord>& in :
+       {std::deque<GenerationRecord>{}, {Rec("a", 2)}}) {
+    const std::string value = EncodeSamplerSideData("S", in, "\xE1\x88");
+    std::string sampler, carry;
+    std::deque<GenerationRecord> out;
+    ASSERT_TRUE(DecodeSamplerSideData(value, &sampler, &out, &carry).ok());
+    EXPECT_EQ(sampler, "S");
+    EXPECT_EQ(out.size(), in.size());
+    EXPECT_EQ(carry, "\xE1\x88");
+    // Truncated anywhere, or a carry of 0 or 4+ bytes: corrupt.
+    for (size_t n = 7; n < value.size(); ++n) {
+      EXPECT_EQ(GetReason(DecodeSamplerSideData(value.substr(0, n), &sampler,
+                                                &out, &carry)),
+                Reason::kStateCorrupt)
+          << n;
+    }
+    std::string bad = value;
+    bad[bad.size() - 3] = 4;
+    EXPECT_EQ(
+        GetReason(DecodeSamplerSideData(bad + "xx", &sampler, &out, &carry)),
+        Reason::kStateCorrupt);
+  }
+  // Without a carry, the value is the old format (readable by old workers).
+  std::string carry = "stale";
+  std::string sampler;
+  std::deque<GenerationRecord> out;
+  const std::string old = EncodeSamplerSideData("S", {Rec("a", 1)});
+  EXPECT_EQ(old.substr(0, 7), "SSGEN1\n");
+  ASSERT_TRUE(DecodeSamplerSideData(old, &sampler, &out, &carry).ok());
+  EXPECT_TRUE(carry.empty());
+}
+
 TEST(GenerationRecordTest, TruncatedOrPaddedValuesAreCorrupt) {
   const std::string value = EncodeSamplerSideData("S", {Rec("a", 4)});
   std::string sampler;

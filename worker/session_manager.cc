@@ -139,6 +139,12 @@ bool WrittenBelowDurability(const absl::Status& st) {
   return GetErrorMetadata(st, "durability_reached").has_value();
 }
 
+// The incomplete UTF-8 character at the end of a tokenizer tail: the carry
+// of the text so far when the tail holds the whole character.
+std::string TailCarry(const std::string& tail) {
+  return tail.substr(engine::Utf8CompletePrefixLength(tail));
+}
+
 // Bytes of `text` that can start a streamed text: after a reload the UTF-8
 // carry is rebuilt from the tokenizer tail, which may be empty (byte
 // tokenizer); leading continuation bytes are then accepted once.
@@ -366,12 +372,19 @@ class SessionManager::Impl {
       s->live.last_hidden.assign(n_embd, 0.0f);
     }
     s->tail = snap.tokenizer_tail;
-    const size_t complete = engine::Utf8CompletePrefixLength(s->tail);
-    s->utf8_carry = s->tail.substr(complete);
-    s->carry_known = !s->tail.empty() || snap.input_offset == 0;
     s->input_offset = snap.input_offset;
-    SS_RETURN_IF_ERROR(DecodeSamplerSideData(snap.sampler_state,
-                                             &s->sampler_state, &s->records));
+    std::string carry;
+    SS_RETURN_IF_ERROR(DecodeSamplerSideData(
+        snap.sampler_state, &s->sampler_state, &s->records, &carry));
+    if (!carry.empty()) {
+      s->utf8_carry = std::move(carry);  // recorded: not the tail's end
+      s->carry_known = true;
+    } else {
+      s->utf8_carry = TailCarry(s->tail);
+      // An empty tail after input: snapshots written before the carry was
+      // recorded do not say whether a character was left open.
+      s->carry_known = !s->tail.empty() || snap.input_offset == 0;
+    }
     if (head != nullptr) s->head = *head;
     s->head.head = v.version;
     s->dirty = false;
@@ -596,7 +609,10 @@ class SessionManager::Impl {
     snap.parent_session_id = s->head.parent_session_id;
     snap.parent_version = s->head.parent_version;
     snap.tokenizer_tail = s->tail;
-    snap.sampler_state = EncodeSamplerSideData(s->sampler_state, s->records);
+    // The carry only when the tail cannot give it back (LoadInto).
+    snap.sampler_state = EncodeSamplerSideData(
+        s->sampler_state, s->records,
+        s->utf8_carry == TailCarry(s->tail) ? std::string() : s->utf8_carry);
     snap.state.assign(s->live.state.begin(), s->live.state.end());
     if (s->live.position > 0) snap.last_hidden = s->live.last_hidden;
     return snap;
@@ -1060,11 +1076,11 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
     }
     r.initial_state = std::move(src.state);
     // A fork starts with no generation records of its own.
-    std::string sampler;
+    std::string sampler, carry;
     std::deque<GenerationRecord> records;
     SS_RETURN_IF_ERROR(DecodeSamplerSideData(r.initial_state.sampler_state,
-                                             &sampler, &records));
-    r.initial_state.sampler_state = sampler;
+                                             &sampler, &records, &carry));
+    r.initial_state.sampler_state = EncodeSamplerSideData(sampler, {}, carry);
     r.parent_session_id = p.fork_from->first;
     r.parent_version = src.version.version;
     r.initial_state.parent_session_id = r.parent_session_id;

@@ -13,17 +13,18 @@
 #include "gtest/gtest.h"
 #include "state_store/memory_state_store.h"
 #include "worker/engine/random_model.h"
+#include "worker/engine/tokenizer.h"
 #include "worker/engine/weight_writer.h"
 
 namespace statestream::worker {
 namespace {
 
-std::unique_ptr<engine::Model> ByteModel() {
+std::unique_ptr<engine::Model> RandomModel(int vocab_size, int n_layer) {
   engine::RandomModelSpec spec;
-  spec.n_layer = 2;
+  spec.n_layer = n_layer;
   spec.n_embd = 64;
   spec.head_size = 32;
-  spec.vocab_size = 256;
+  spec.vocab_size = vocab_size;
   spec.seed = 5;
   auto tensors = engine::RandomRwkv7(spec);
   const std::string path = "/tmp/ss_session_manager_test_" +
@@ -40,10 +41,26 @@ class SessionManagerTest : public ::testing::Test {
  protected:
   void SetUp() override { Start(SessionManagerOptions{}); }
 
+  // A one-layer random model over the World vocabulary and the World
+  // tokenizer (which holds bytes back), then Start(options).
+  void StartWorld(SessionManagerOptions options) {
+    manager_.reset();
+    scheduler_.reset();
+    model_ = RandomModel(engine::kWorldVocabSize, 1);
+    const char* shared = std::getenv("STATESTREAM_SHARED_DIR");
+    auto t = engine::LoadWorldTokenizer(
+        std::string(shared != nullptr ? shared : STATESTREAM_SHARED_DIR) +
+        "/testdata/rwkv_vocab_v20230424.txt");
+    ASSERT_TRUE(t.ok()) << t.status();
+    tokenizer_ = *std::move(t);
+    scheduler_ = std::make_unique<Scheduler>(model_.get(), SchedulerOptions{});
+    Start(options);
+  }
+
   void Start(SessionManagerOptions options) {
     manager_.reset();
     if (model_ == nullptr) {
-      model_ = ByteModel();
+      model_ = RandomModel(256, 2);
       tokenizer_ = *engine::MakeByteTokenizer();
       store_ = *NewMemoryStateStore(MemoryStateStoreOptions{});
       scheduler_ =
@@ -354,6 +371,45 @@ TEST_F(SessionManagerTest, EvictsIdleSessionsAndReloadsThemUnchanged) {
   ASSERT_TRUE(Append(r, 0, "input of amore", true, true).ok());
   EXPECT_EQ(Blob("ref"), Blob("a"));
   EXPECT_NE(a_before, Blob("a"));
+}
+
+// A character split across appends whose first bytes the World tokenizer
+// already emitted as a token (no token starts E1 88, one starts 88), so the
+// tail holds only "\x88": evicted and reloaded in between, the session
+// still accepts the character's last byte, and the result equals the
+// unsplit text.
+TEST_F(SessionManagerTest, ACharacterSplitAcrossAReloadIsAccepted) {
+  SessionManagerOptions o;
+  o.residency_bytes = 1;  // the next session's load evicts the idle one
+  ASSERT_NO_FATAL_FAILURE(StartWorld(o));
+  Create("split");
+  auto w = Open("split");
+  auto first = Append(w, 0, "a\xE1\x88", false, true);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(Close(w).ok());
+  Create("other");
+  auto x = Open("other");
+  ASSERT_TRUE(Append(x, 0, "x", true, true).ok());
+  ASSERT_TRUE(Close(x).ok());
+  EXPECT_GT(manager_->stats().evictions, 0);
+  w = Open("split");
+  auto rest = Append(w, 3, "\x80", true, true);
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  ASSERT_TRUE(Close(w).ok());
+  Create("whole");
+  auto v = Open("whole");
+  ASSERT_TRUE(Append(v, 0, "a\xE1\x88\x80", true, true).ok());
+  ASSERT_TRUE(Close(v).ok());
+  EXPECT_EQ(Blob("split"), Blob("whole"));
+  // A byte that cannot continue the character is still refused.
+  Create("bad");
+  auto b = Open("bad");
+  ASSERT_TRUE(Append(b, 0, "a\xE1\x88", false, true).ok());
+  ASSERT_TRUE(Close(b).ok());
+  ASSERT_TRUE(Append(x = Open("other"), 1, "y", true, true).ok());
+  ASSERT_TRUE(Close(x).ok());
+  b = Open("bad");
+  EXPECT_EQ(GetReason(Append(b, 3, "z", true).status()), Reason::kInvalidUtf8);
 }
 
 // A budget below one session keeps the session in use (once it is idle,
