@@ -137,10 +137,14 @@ absl::Status Eval() {
   }
   const int V = info.config.vocab_size;
   std::vector<float> logits(positions.size() * V);
+  // The last token's hidden vector goes into --state-out, so that a
+  // session imported from it can predict without another token.
+  std::vector<float> hidden(info.config.n_embd);
   engine::SequenceWork work{tokens, snapshot.state.data(), positions,
-                            logits.data()};
+                            logits.data(), hidden.data()};
   SS_RETURN_IF_ERROR(model->Forward({&work, 1}));
   snapshot.position += tokens.size();
+  if (!tokens.empty()) snapshot.last_hidden = std::move(hidden);
   std::string line;
   for (size_t j = 0; j < positions.size(); ++j) {
     line = absl::StrCat("{\"position\": ", positions[j], ", \"logits\": [");

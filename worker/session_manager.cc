@@ -139,6 +139,18 @@ bool WrittenBelowDurability(const absl::Status& st) {
   return GetErrorMetadata(st, "durability_reached").has_value();
 }
 
+// Session::no_hidden_at when last_hidden is that of the last token.
+constexpr uint64_t kHiddenKnown = ~uint64_t{0};
+
+// FAILED_PRECONDITION for logits asked of a state without last_hidden.
+absl::Status NoHidden(const char* field) {
+  return MakeError(absl::StatusCode::kFailedPrecondition,
+                   Reason::kInvalidArgument,
+                   "the state has no hidden vector for its last token (saved "
+                   "without last_hidden): send input to predict from",
+                   {{"field", field}});
+}
+
 // The incomplete UTF-8 character at the end of a tokenizer tail: the carry
 // of the text so far when the tail holds the whole character.
 std::string TailCarry(const std::string& tail) {
@@ -196,6 +208,10 @@ struct Session {
   std::string tail;        // tokenizer tail
   std::string utf8_carry;  // incomplete UTF-8 suffix of the text so far
   bool carry_known = true;
+  // The position of a snapshot loaded without last_hidden (an import or a
+  // `model eval --state-out` file): until a token is consumed there are no
+  // logits for the last token, so Generate needs a prompt and Score input.
+  uint64_t no_hidden_at = kHiddenKnown;
   uint64_t input_offset = 0;
   std::string sampler_state;
   // Recent committed generations, oldest first; committed with the state.
@@ -368,8 +384,10 @@ class SessionManager::Impl {
     const size_t n_embd = model_->info().config.n_embd;
     if (snap.last_hidden.size() == n_embd) {
       s->live.last_hidden = snap.last_hidden;
+      s->no_hidden_at = kHiddenKnown;
     } else {
       s->live.last_hidden.assign(n_embd, 0.0f);
+      s->no_hidden_at = snap.position > 0 ? snap.position : kHiddenKnown;
     }
     s->tail = snap.tokenizer_tail;
     s->input_offset = snap.input_offset;
@@ -614,7 +632,9 @@ class SessionManager::Impl {
         s->sampler_state, s->records,
         s->utf8_carry == TailCarry(s->tail) ? std::string() : s->utf8_carry);
     snap.state.assign(s->live.state.begin(), s->live.state.end());
-    if (s->live.position > 0) snap.last_hidden = s->live.last_hidden;
+    if (s->live.position > 0 && s->live.position != s->no_hidden_at) {
+      snap.last_hidden = s->live.last_hidden;
+    }
     return snap;
   }
 
@@ -1646,6 +1666,9 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
                                 "a prompt",
                                 {{"field", "prompt"}}));
         }
+        if (s->live.position == s->no_hidden_at && prompt.empty()) {
+          return fail(NoHidden("prompt"));
+        }
         if (!in.has_seed) {
           uint64_t h = kFnvBasis;
           h = Fnv1a(h, s->key.session_id);
@@ -1895,7 +1918,9 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
     auto work = std::make_shared<EngineState>();
     auto tail = std::make_shared<std::string>();
     auto out = std::make_shared<ScoreOutcome>();
-    auto run = [&m, job, work, tail, out, cont, in, done]() {
+    // Whether work->last_hidden is that of its last token.
+    auto hidden = std::make_shared<bool>(true);
+    auto run = [&m, job, work, tail, out, hidden, cont, in, done]() {
       std::vector<int32_t> flushed =
           m.tok_->EncodeStream(*tail, "", true).tokens;
       out->position = work->position + flushed.size();
@@ -1905,6 +1930,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
                               "nothing consumed yet to predict from",
                               {{"field", "continuation"}}));
       }
+      if (!*hidden && flushed.empty()) return done(NoHidden("continuation"));
       out->tokens = cont;
       const int top_n = in.top_logprobs;
       auto score = [&m, job, work, out, cont, top_n, done]() {
@@ -1948,6 +1974,8 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
       work->state.assign(v->state.state.begin(), v->state.state.end());
       work->position = v->state.position;
       work->last_hidden = v->state.last_hidden;
+      *hidden = work->last_hidden.size() ==
+                static_cast<size_t>(m.model_->info().config.n_embd);
       work->last_hidden.resize(m.model_->info().config.n_embd);
       *tail = v->state.tokenizer_tail;
       out->input_offset = v->state.input_offset;
@@ -1957,7 +1985,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
     auto r = m.Resident(key);
     if (!r.ok()) return done(r.status());
     std::shared_ptr<Session> s = *r;
-    m.RunOp(s, [&m, s, in, work, tail, out, run, done] {
+    m.RunOp(s, [&m, s, in, work, tail, out, hidden, run, done] {
       absl::Status g = m.GoneError(s.get());
       if (g.ok() && in.expected_input_offset &&
           *in.expected_input_offset != s->input_offset) {
@@ -1968,6 +1996,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
         return done(g);
       }
       *work = s->live;
+      *hidden = s->live.position != s->no_hidden_at;
       *tail = s->tail;
       out->input_offset = s->input_offset;
       out->version = s->head.head.version;

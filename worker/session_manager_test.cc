@@ -12,6 +12,7 @@
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "state_store/memory_state_store.h"
+#include "state_store/state_codec.h"
 #include "worker/engine/random_model.h"
 #include "worker/engine/tokenizer.h"
 #include "worker/engine/weight_writer.h"
@@ -410,6 +411,71 @@ TEST_F(SessionManagerTest, ACharacterSplitAcrossAReloadIsAccepted) {
   ASSERT_TRUE(Close(x).ok());
   b = Open("bad");
   EXPECT_EQ(GetReason(Append(b, 3, "z", true).status()), Reason::kInvalidUtf8);
+}
+
+// A snapshot saved without last_hidden (position > 0) has no logits for its
+// last token: Generate without a prompt and Score of what follows it are
+// FAILED_PRECONDITION (they used to predict from a zero vector), also after
+// a commit and a reload; once a token is consumed both work.
+TEST_F(SessionManagerTest, AStateWithoutItsHiddenVectorAsksForInput) {
+  Create("src");
+  auto w = Open("src");
+  ASSERT_TRUE(Append(w, 0, "some input", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  auto snap = DecodeState(Blob("src"));
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  ASSERT_FALSE(snap->last_hidden.empty());
+  snap->last_hidden.clear();
+  CreateParams p;
+  p.request_id = "import-bare";
+  p.session_id = "bare";
+  ASSERT_TRUE(
+      manager_->Import("t", EncodeState(*snap), false, p, std::nullopt).ok());
+  auto score = [&](const std::string& id) {
+    ScoreInput in;
+    in.tokens = {'x'};
+    absl::Notification done;
+    absl::Status out;
+    manager_->Score("t", id, in, [&](absl::StatusOr<ScoreOutcome> o) {
+      out = o.status();
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return out;
+  };
+  auto generate = [&](const std::string& id) {
+    GenerateInput in;
+    in.request_id = "g";
+    in.max_tokens = 2;
+    absl::Notification done;
+    absl::Status out;
+    manager_->Generate(
+        "t", id, in, [](const GeneratedPiece&) {},
+        [&](absl::StatusOr<GenerateOutcome> o) {
+          out = o.status();
+          done.Notify();
+        });
+    done.WaitForNotification();
+    return out;
+  };
+  EXPECT_EQ(score("bare").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(generate("bare").code(), absl::StatusCode::kFailedPrecondition);
+  // Committed again (an empty checkpoint) and reloaded: still no hidden.
+  auto b = Open("bare");
+  ASSERT_TRUE(Append(b, snap->input_offset, "", false, true).ok());
+  ASSERT_TRUE(Close(b).ok());
+  auto again = DecodeState(Blob("bare"));
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->last_hidden.empty());
+  EXPECT_EQ(score("bare").code(), absl::StatusCode::kFailedPrecondition);
+  // A token consumed: logits exist again.
+  b = Open("bare");
+  ASSERT_TRUE(Append(b, snap->input_offset, "!", true, true).ok());
+  ASSERT_TRUE(Close(b).ok());
+  EXPECT_TRUE(score("bare").ok()) << score("bare");
+  EXPECT_TRUE(generate("bare").ok()) << generate("bare");
+  EXPECT_EQ(DecodeState(Blob("bare"))->last_hidden.size(),
+            static_cast<size_t>(model_->info().config.n_embd));
 }
 
 // A budget below one session keeps the session in use (once it is idle,
