@@ -642,6 +642,16 @@ class SessionManager::Impl {
   // that exists below the requested durability resyncs the head.
   // `retry`: go on once from a head adopted below (one of ours whose
   // answer never came).
+  // What a checkpoint asked for at durability `d` needs: a commit of what
+  // is not committed, or, with everything committed but below `d` (a
+  // policy commit at the default level), the same state committed again at
+  // `d` — an OK answer always means `d` was reached.
+  absl::Status Checkpoint(Session* s, Durability d,
+                          const std::string& request_id) {
+    if (!s->dirty && s->head.head.durability >= d) return absl::OkStatus();
+    return CommitNow(s, d, request_id);
+  }
+
   absl::Status CommitNow(Session* s, Durability d,
                          const std::string& request_id, bool retry = true) {
     CommitRequest r;
@@ -817,8 +827,10 @@ class SessionManager::Impl {
           in.expected_input_offset <= at) {
         AppendAck ack = Ack(s.get(), in.request_id);
         ack.duplicate = true;
-        if (in.checkpoint && s->dirty &&
-            s->head.head.input_offset < in.expected_input_offset + units) {
+        const bool uncovered = s->dirty && s->head.head.input_offset <
+                                               in.expected_input_offset + units;
+        if (in.checkpoint &&
+            (uncovered || s->head.head.durability < Dur(in.durability))) {
           absl::Status st = CommitNow(s.get(), Dur(in.durability), "");
           if (!st.ok()) return fail(st);
           ack = Ack(s.get(), in.request_id);
@@ -892,8 +904,9 @@ class SessionManager::Impl {
           s->dirty &&
           (s->uncommitted_tokens >= opt_.checkpoint_tokens ||
            clock_->Now() - s->dirty_since >= opt_.checkpoint_interval);
-      if ((in.checkpoint && s->dirty) || policy) {
-        absl::Status st = CommitNow(s.get(), Dur(in.durability), in.request_id);
+      if (in.checkpoint || policy) {
+        absl::Status st =
+            Checkpoint(s.get(), Dur(in.durability), in.request_id);
         if (!st.ok()) {
           Release(s);
           return done(st);
@@ -1447,7 +1460,7 @@ void SessionManager::CloseWriter(const std::shared_ptr<Writer>& w,
       current = s->writer_gen == w->gen;
     }
     if (st.ok() && !current) st = Busy();
-    if (st.ok() && s->dirty) st = m.CommitNow(s.get(), m.Dur(durability), "");
+    if (st.ok() && s->dirty) st = m.Checkpoint(s.get(), m.Dur(durability), "");
     {
       absl::MutexLock lock(&s->mu);
       if (s->writer_gen == w->gen) {
@@ -1565,6 +1578,12 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
           return fail(DuplicateRequest(in.request_id));
         }
         if (rec != nullptr && rec->finish != kGenerationInProgress) {
+          // Its commit may have failed below the durability asked for
+          // (kept by the store): the replay reaches it first.
+          if (absl::Status st = m.Checkpoint(s.get(), m.Dur(in.durability), "");
+              !st.ok()) {
+            return fail(st);
+          }
           GenerateOutcome o = m.Replay(*rec, emit);
           o.committed = true;
           o.replayed = true;

@@ -92,8 +92,10 @@ class SessionManagerTest : public ::testing::Test {
 
   absl::StatusOr<AppendAck> Append(
       const std::shared_ptr<SessionManager::Writer>& w, uint64_t offset,
-      const std::string& text, bool flush = false, bool checkpoint = false) {
+      const std::string& text, bool flush = false, bool checkpoint = false,
+      std::optional<Durability> durability = std::nullopt) {
     AppendInput in;
+    in.durability = durability;
     in.expected_input_offset = offset;
     in.kind = AppendInput::Kind::kText;
     in.text = text;
@@ -476,6 +478,29 @@ TEST_F(SessionManagerTest, AStateWithoutItsHiddenVectorAsksForInput) {
   EXPECT_TRUE(generate("bare").ok()) << generate("bare");
   EXPECT_EQ(DecodeState(Blob("bare"))->last_hidden.size(),
             static_cast<size_t>(model_->info().config.n_embd));
+}
+
+// A checkpoint at a durability above the one its input was committed at
+// (a checkpoint at the default level, then one asking FSYNC, also as a
+// resend) commits again at that level; the memory store cannot fsync, so
+// the answer is STORE_UNAVAILABLE, never an OK ack below the level asked.
+TEST_F(SessionManagerTest, ACheckpointReachesItsDurabilityOrFails) {
+  Create("d");
+  auto w = Open("d");
+  auto a = Append(w, 0, "abc", true, true);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->durability, Durability::kMemory);
+  for (const auto& [offset, text] :
+       {std::pair<uint64_t, std::string>{3, ""}, {0, "abc"}}) {
+    auto f = Append(w, offset, text, false, true, Durability::kFsync);
+    EXPECT_EQ(f.status().code(), absl::StatusCode::kUnavailable)
+        << offset << " " << f.status();
+    EXPECT_EQ(GetReason(f.status()), Reason::kStoreUnavailable);
+  }
+  // At the level it was committed at, a checkpoint is a plain ack.
+  auto m = Append(w, 3, "", false, true, Durability::kMemory);
+  ASSERT_TRUE(m.ok()) << m.status();
+  ASSERT_TRUE(Close(w).ok());
 }
 
 // A budget below one session keeps the session in use (once it is idle,
