@@ -155,27 +155,44 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
   std::vector<Entry> work;
   std::vector<Task*> hidden_only;
   int budget = options_.max_batch_tokens;
-  // Pass 1: decode steps (at most one token each) and hidden->logits.
-  // Pass 2: prefill chunks round-robin from rr_.
-  std::vector<bool> asked(active.size(), false);
-  for (size_t i = 0; i < active.size() && budget > 0; ++i) {
+  // Pass 1 asks every task for one token, from a start that moves each
+  // iteration: decode steps (at most one token each), hidden->logits, and
+  // which tasks have a prefill. Decodes take the budget in that rotated
+  // order but leave a share to the prefills, if any: with as many decoding
+  // tasks as the budget, decodes beyond it and every ingest, prompt and
+  // score tail waited for the first ones to finish.
+  // Pass 2: prefill chunks round-robin from rr_ with the rest.
+  const size_t n = active.size();
+  std::vector<bool> prefill(n, false);
+  std::vector<std::pair<Task*, StepRequest>> decodes;
+  bool any_prefill = false;
+  for (size_t k = 0; k < n; ++k) {
+    const size_t i = (rr_ + k) % n;
     Task* t = active[i].get();
     StepRequest r = t->NextStep(1);
-    asked[i] = true;
     if (r.logits_from_hidden) {
       hidden_only.push_back(t);
     } else if (!r.tokens.empty() && !r.prefill) {
       r.tokens = r.tokens.subspan(0, 1);
-      budget -= 1;
-      work.push_back({t, r});
+      decodes.push_back({t, r});
     } else if (!r.tokens.empty()) {
-      asked[i] = false;  // a prefill: ask again with its real budget below
+      prefill[i] = any_prefill = true;  // asked again with its real budget
     }
   }
-  const size_t n = active.size();
+  const int reserve = any_prefill
+                          ? std::min(options_.prefill_chunk,
+                                     std::max(1, options_.max_batch_tokens / 4))
+                          : 0;
+  const int decode_budget = std::max(1, budget - reserve);
+  const size_t decode_slots =
+      static_cast<size_t>(std::min(budget, decode_budget));
+  for (size_t k = 0; k < decodes.size() && k < decode_slots; ++k) {
+    work.push_back({decodes[k].first, decodes[k].second});
+  }
+  budget -= static_cast<int>(work.size());
   for (size_t k = 0; k < n && budget > 0; ++k) {
     const size_t i = (rr_ + k) % n;
-    if (asked[i]) continue;
+    if (!prefill[i]) continue;
     Task* t = active[i].get();
     const int offer = std::min(budget, options_.prefill_chunk);
     StepRequest r = t->NextStep(offer);

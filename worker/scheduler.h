@@ -166,7 +166,7 @@ class Scheduler {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   SchedulerStats stats_ ABSL_GUARDED_BY(mu_);
 
-  size_t rr_ = 0;  // round-robin start for prefill; scheduler thread only
+  size_t rr_ = 0;  // round-robin start of both passes; scheduler thread only
   std::unique_ptr<engine::ThreadPool> step_pool_;  // null: one thread
   std::thread thread_;
 };

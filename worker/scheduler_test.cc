@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -236,6 +237,53 @@ TEST(SchedulerTest, GenerationIsNotStalledByALongIngest) {
   EXPECT_FALSE(ingest_done.load())
       << "a short generation waited for a 20k-token ingest";
   ingest_finished.WaitForNotification();
+}
+
+// As many decoding generations as the batch budget (here 2 tokens, three
+// generations) neither starve the third generation nor an ingest: each
+// iteration starts the decodes at another task and leaves a share of the
+// budget to prefills.
+TEST(SchedulerTest, DecodesFillingTheBudgetStarveNobody) {
+  auto model = SmallModel();
+  SchedulerOptions opts;
+  opts.max_batch_tokens = 2;
+  opts.prefill_chunk = 8;
+  Scheduler sched(model.get(), opts);
+  constexpr int kGens = 3;
+  std::vector<EngineState> states(kGens, EngineState::Initial(*model));
+  std::vector<std::atomic<int>> emitted(kGens);
+  std::vector<absl::Notification> gen_done(kGens);
+  std::atomic<int> finished{0};
+  for (int i = 0; i < kGens; ++i) {
+    GenerateSpec spec;
+    spec.prompt = Tokens(3, 20 + i);
+    spec.params.temperature = 0;
+    spec.max_tokens = 3000;
+    ASSERT_TRUE(sched
+                    .Submit(std::make_shared<GenerateTask>(
+                        &states[i], model->info().config.vocab_size, nullptr,
+                        spec, [&, i](const GeneratedToken&) { ++emitted[i]; },
+                        [&, i](const absl::Status&, const GenerateResult&) {
+                          ++finished;
+                          gen_done[i].Notify();
+                        }))
+                    .ok());
+  }
+  // Once all three decode, an ingest arrives.
+  while (emitted[0] == 0 || emitted[1] == 0 || emitted[2] == 0) {
+    ASSERT_EQ(finished.load(), 0) << "a generation waited for the others";
+    absl::SleepFor(absl::Microseconds(200));
+  }
+  EngineState ingest_state = EngineState::Initial(*model);
+  absl::Notification ingested;
+  ASSERT_TRUE(sched
+                  .Submit(std::make_shared<IngestTask>(
+                      &ingest_state, Tokens(40, 9),
+                      [&](const absl::Status&) { ingested.Notify(); }))
+                  .ok());
+  ingested.WaitForNotification();
+  EXPECT_EQ(finished.load(), 0) << "the ingest waited for the generations";
+  for (auto& d : gen_done) d.WaitForNotification();
 }
 
 TEST(SchedulerTest, OverloadCancelAndDeadline) {
