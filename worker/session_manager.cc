@@ -414,6 +414,13 @@ class SessionManager::Impl {
 
   void RefreshView(Session* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu) {
     SessionView v = ViewOfHead(s->head);
+    // UpdateSession wrote newer labels and TTL into the view than the head
+    // this session last read from the store (its next commit reads them).
+    if (s->view.update_time >= v.update_time) {
+      v.labels = s->view.labels;
+      v.ttl = s->view.ttl;
+      v.update_time = s->view.update_time;
+    }
     v.position = s->live.position;
     v.input_offset = s->input_offset;
     v.pending_bytes = static_cast<uint32_t>(s->tail.size());

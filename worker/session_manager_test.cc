@@ -503,6 +503,28 @@ TEST_F(SessionManagerTest, ACheckpointReachesItsDurabilityOrFails) {
   ASSERT_TRUE(Close(w).ok());
 }
 
+// Labels set by UpdateSession stay in GetSession after input that is not
+// committed yet (the view was rebuilt from the head read before them).
+TEST_F(SessionManagerTest, UpdatedLabelsSurviveUncommittedInput) {
+  Create("l");
+  auto w = Open("l");
+  ASSERT_TRUE(Append(w, 0, "a", true, true).ok());
+  SessionUpdate u;
+  u.labels = std::map<std::string, std::string>{{"k", "v"}};
+  auto updated = manager_->UpdateSession("t", "l", u);
+  ASSERT_TRUE(updated.ok()) << updated.status();
+  EXPECT_EQ(updated->labels.at("k"), "v");
+  ASSERT_TRUE(Append(w, 1, "b", true).ok());
+  auto got = manager_->GetSession("t", "l");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->labels, (std::map<std::string, std::string>{{"k", "v"}}));
+  ASSERT_TRUE(Append(w, 2, "c", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  got = manager_->GetSession("t", "l");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->labels, (std::map<std::string, std::string>{{"k", "v"}}));
+}
+
 // A budget below one session keeps the session in use (once it is idle,
 // the next load evicts it) instead of evicting it as it loads.
 TEST_F(SessionManagerTest, ABudgetBelowOneSessionStillServes) {
