@@ -84,7 +84,7 @@ class ModelSetTest : public ::testing::Test {
   // Appends `text` (flushed, committed) through a writer of `m`.
   static absl::Status Feed(SessionManager& m, const std::string& id,
                            const std::string& text) {
-    auto w = m.OpenWriter("t", id, [] {});
+    auto w = m.OpenWriter("t", id, [](const absl::Status&) {});
     if (!w.ok()) return w.status();
     AppendInput in;
     in.kind = AppendInput::Kind::kText;

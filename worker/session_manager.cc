@@ -198,7 +198,7 @@ struct Session {
   // Current writer call.
   uint64_t writer_gen ABSL_GUARDED_BY(mu) = 0;
   bool writer_attached ABSL_GUARDED_BY(mu) = false;
-  std::function<void()> superseded ABSL_GUARDED_BY(mu);
+  std::function<void(const absl::Status&)> superseded ABSL_GUARDED_BY(mu);
   enum class Gone { kNo, kEvicted, kFenced, kDeleted };
   Gone gone ABSL_GUARDED_BY(mu) = Gone::kNo;
   SessionView view ABSL_GUARDED_BY(mu);
@@ -530,12 +530,19 @@ class SessionManager::Impl {
         if (opt_.metrics != nullptr) opt_.metrics->IncFencedCommit();
       }
     }
-    std::function<void()> superseded;
+    std::function<void(const absl::Status&)> superseded;
     {
       absl::MutexLock lock(&s->mu);
       s->gone = why;
       superseded = std::move(s->superseded);
       s->superseded = nullptr;
+    }
+    // The attached writer's call ends now, with why, instead of at its next
+    // request (a committing generation would run to its end first).
+    if (superseded) {
+      pool_.Post([superseded = std::move(superseded), st = GoneError(s)] {
+        superseded(st);
+      });
     }
   }
 
@@ -943,10 +950,21 @@ class SessionManager::Impl {
     if (absl::Status st = sched_->Submit(task); !st.ok()) return fail(st);
   }
 
-  // --- Lease renewal ------------------------------------------------------
+  // --- Lease renewal and the time policy -----------------------------------
 
+  // Renews every resident session's lease each lease_ttl / 3, and commits
+  // input that waited checkpoint_interval in an idle session (a writer that
+  // stopped sending, or went away): the time half of the checkpoint policy
+  // is otherwise checked only when a request arrives.
   void RenewLoop() {
-    const absl::Duration every = opt_.lease_ttl / 3;
+    const absl::Duration renew_every = opt_.lease_ttl / 3;
+    const bool sweep = opt_.checkpoint_interval > absl::ZeroDuration() &&
+                       opt_.checkpoint_interval < absl::InfiniteDuration();
+    const absl::Duration every =
+        sweep ? std::min(renew_every, std::max(opt_.checkpoint_interval / 2,
+                                               absl::Milliseconds(50)))
+              : renew_every;
+    absl::Time next_renewal = absl::Now() + renew_every;
     for (;;) {
       std::vector<std::shared_ptr<Session>> all;
       {
@@ -955,6 +973,11 @@ class SessionManager::Impl {
         if (stop_) return;
         for (auto& [k, s] : resident_) all.push_back(s);
       }
+      if (sweep) {
+        for (auto& s : all) CommitIfWaited(s);
+      }
+      if (absl::Now() < next_renewal) continue;
+      next_renewal = absl::Now() + renew_every;
       for (auto& s : all) {
         auto r =
             store_->RenewLease(s->key, opt_.owner, s->fence, opt_.lease_ttl);
@@ -966,6 +989,23 @@ class SessionManager::Impl {
         }
       }
     }
+  }
+
+  // Queues a policy commit on an idle session (none running or queued: a
+  // running operation checks the policy when it ends).
+  void CommitIfWaited(const std::shared_ptr<Session>& s) {
+    {
+      absl::MutexLock lock(&s->mu);
+      if (s->busy || !s->ops.empty() || s->gone != Session::Gone::kNo) return;
+    }
+    RunOp(s, [this, s] {
+      if (GoneError(s.get()).ok() && s->dirty &&
+          clock_->Now() - s->dirty_since >= opt_.checkpoint_interval) {
+        // A failure leaves it dirty: the next sweep or request tries again.
+        CommitNow(s.get(), opt_.default_durability, "").IgnoreError();
+      }
+      Release(s);
+    });
   }
 
   void Drain() {
@@ -1412,14 +1452,14 @@ absl::StatusOr<SessionView> SessionManager::Import(
 }
 
 absl::StatusOr<std::shared_ptr<SessionManager::Writer>>
-SessionManager::OpenWriter(const std::string& tenant,
-                           const std::string& session_id,
-                           std::function<void()> superseded) {
+SessionManager::OpenWriter(
+    const std::string& tenant, const std::string& session_id,
+    std::function<void(const absl::Status&)> superseded) {
   Impl& m = *impl_;
   for (;;) {
     SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
                         m.Resident({tenant, session_id}));
-    std::function<void()> old;
+    std::function<void(const absl::Status&)> old;
     auto w = std::make_shared<Writer>();
     {
       absl::MutexLock lock(&s->mu);
@@ -1431,7 +1471,7 @@ SessionManager::OpenWriter(const std::string& tenant,
       s->writer_attached = true;
     }
     w->session = s;
-    if (old) m.pool_.Post(std::move(old));
+    if (old) m.pool_.Post([old = std::move(old)] { old(Busy()); });
     return w;
   }
 }
@@ -1502,10 +1542,11 @@ class JobImpl : public SessionManager::Job {
     }
     if (t) t->Cancel();
   }
-  void Supersede() {
+  // Ends the job with `why` (a newer writer, or the session gone).
+  void Supersede(const absl::Status& why) {
     {
       absl::MutexLock lock(&mu_);
-      superseded_ = true;
+      if (superseded_.ok()) superseded_ = why;
     }
     Cancel();
   }
@@ -1515,7 +1556,8 @@ class JobImpl : public SessionManager::Job {
     task_ = std::move(t);
     return !cancelled_;
   }
-  bool superseded() {
+  // OK unless superseded.
+  absl::Status superseded() {
     absl::MutexLock lock(&mu_);
     return superseded_;
   }
@@ -1523,7 +1565,7 @@ class JobImpl : public SessionManager::Job {
  private:
   absl::Mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  bool superseded_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status superseded_ ABSL_GUARDED_BY(mu_);
   // Weak: the task's callbacks hold the job, and the scheduler holds the
   // task while it runs; a strong reference here would be a cycle (a leak).
   std::weak_ptr<Task> task_ ABSL_GUARDED_BY(mu_);
@@ -1556,7 +1598,9 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
     std::shared_ptr<Writer> w;
     std::shared_ptr<Session> s;
     if (in.commit) {
-      auto wr = OpenWriter(tenant, session_id, [job] { job->Supersede(); });
+      auto wr = OpenWriter(tenant, session_id, [job](const absl::Status& why) {
+        job->Supersede(why);
+      });
       if (!wr.ok()) return done(wr.status());
       w = *wr;
       s = w->session;
@@ -1803,7 +1847,8 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
                 done(std::move(out));
               };
               if (!st.ok()) {
-                return finish(job->superseded() ? Busy() : st);
+                absl::Status why = job->superseded();
+                return finish(why.ok() ? st : why);
               }
               GenerateOutcome o;
               o.finish = static_cast<GenerateOutcome::Finish>(r.finish);
@@ -1876,7 +1921,9 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
           AbandonWriter(w);
           m.Release(s);
         }
-        return done(CancelledError());
+        // Superseded (a live client: say why) or cancelled by the client.
+        absl::Status why = job->superseded();
+        return done(why.ok() ? CancelledError() : why);
       }
       {
         absl::MutexLock lock(&m.mu_);

@@ -279,12 +279,15 @@ class SessionManager {
 
   // --- Streams (asynchronous) ----------------------------------------------
   // A writer call. Opening one supersedes the session's previous writer:
-  // `superseded` of the old one runs once (the old call should end with
-  // ABORTED/SESSION_BUSY). Close() commits applied-but-uncommitted input.
+  // `superseded` of the old one runs once, with the status its call should
+  // end with: ABORTED/SESSION_BUSY for a newer writer, or why the session
+  // left this worker (ABORTED/FENCED when another took it over, NOT_FOUND
+  // when deleted, UNAVAILABLE when evicted or draining). Close() commits
+  // applied-but-uncommitted input.
   class Writer;
   absl::StatusOr<std::shared_ptr<Writer>> OpenWriter(
       const std::string& tenant, const std::string& session_id,
-      std::function<void()> superseded);
+      std::function<void(const absl::Status&)> superseded);
   void Append(const std::shared_ptr<Writer>& writer, AppendInput input,
               std::function<void(absl::StatusOr<AppendAck>)> done);
   // Commits anything uncommitted (at `durability`) and detaches the writer.

@@ -83,7 +83,7 @@ class SessionManagerTest : public ::testing::Test {
 
   std::shared_ptr<SessionManager::Writer> Open(
       const std::string& id, absl::Notification* superseded = nullptr) {
-    auto w = manager_->OpenWriter("t", id, [superseded] {
+    auto w = manager_->OpenWriter("t", id, [superseded](const absl::Status&) {
       if (superseded != nullptr) superseded->Notify();
     });
     EXPECT_TRUE(w.ok()) << w.status();
@@ -523,6 +523,63 @@ TEST_F(SessionManagerTest, UpdatedLabelsSurviveUncommittedInput) {
   got = manager_->GetSession("t", "l");
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(got->labels, (std::map<std::string, std::string>{{"k", "v"}}));
+}
+
+// An idle writer learns at once that the session left this worker: the
+// lease renewal finds it taken over, and the writer's notification carries
+// ABORTED/FENCED (a newer writer on this worker: SESSION_BUSY).
+TEST_F(SessionManagerTest, AWriterIsToldWhyItsSessionLeft) {
+  SessionManagerOptions o;
+  o.lease_ttl = absl::Milliseconds(300);  // renewed every 100 ms
+  Start(o);
+  Create("f");
+  absl::Notification told;
+  absl::Status why;
+  auto w = manager_->OpenWriter("t", "f", [&](const absl::Status& st) {
+    why = st;
+    told.Notify();
+  });
+  ASSERT_TRUE(w.ok()) << w.status();
+  ASSERT_TRUE(Append(*w, 0, "x", false, true).ok());
+  ASSERT_TRUE(
+      store_->AcquireLease({"t", "f"}, "other", absl::Seconds(30), true).ok());
+  ASSERT_TRUE(told.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(why.code(), absl::StatusCode::kAborted) << why;
+  EXPECT_EQ(GetReason(why), Reason::kFenced) << why;
+
+  Create("g");
+  absl::Notification busy;
+  absl::Status busy_why;
+  auto first = manager_->OpenWriter("t", "g", [&](const absl::Status& st) {
+    busy_why = st;
+    busy.Notify();
+  });
+  ASSERT_TRUE(first.ok());
+  auto second = Open("g");
+  ASSERT_TRUE(busy.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(GetReason(busy_why), Reason::kSessionBusy) << busy_why;
+}
+
+// Input left uncommitted by a writer that stopped sending is committed
+// once it waited checkpoint_interval, without another request.
+TEST_F(SessionManagerTest, IdleInputIsCommittedAfterTheInterval) {
+  SessionManagerOptions o;
+  o.checkpoint_interval = absl::Milliseconds(200);
+  Start(o);
+  Create("idle");
+  auto w = Open("idle");
+  auto ack = Append(w, 0, "abc", true);
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->committed_input_offset, 0u);
+  uint64_t committed = 0;
+  for (int i = 0; i < 300 && committed < 3; ++i) {
+    absl::SleepFor(absl::Milliseconds(20));
+    auto h = store_->GetHead({"t", "idle"});
+    ASSERT_TRUE(h.ok()) << h.status();
+    committed = h->head.input_offset;
+  }
+  EXPECT_EQ(committed, 3u);
+  ASSERT_TRUE(Close(w).ok());
 }
 
 // A budget below one session keeps the session in use (once it is idle,

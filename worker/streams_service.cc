@@ -154,12 +154,14 @@ class AppendReactor final
       // Blocks like OpenWriter below (which may load the session).
       m_ = &models_->ForSession(tenant_, session_id_);
       std::weak_ptr<Link<AppendReactor>> weak = link_;
-      SS_ASSIGN_OR_RETURN(writer_, m_->OpenWriter(tenant_, session_id_, [weak] {
-        auto link = weak.lock();
-        if (link == nullptr) return;
-        absl::MutexLock lock(&link->mu);
-        if (link->reactor != nullptr) link->reactor->Superseded();
-      }));
+      SS_ASSIGN_OR_RETURN(
+          writer_,
+          m_->OpenWriter(tenant_, session_id_, [weak](const absl::Status& why) {
+            auto link = weak.lock();
+            if (link == nullptr) return;
+            absl::MutexLock lock(&link->mu);
+            if (link->reactor != nullptr) link->reactor->Superseded(why);
+          }));
     } else if (!r.session_id().empty() && r.session_id() != session_id_) {
       return BadField("session_id", "differs from the call's session");
     }
@@ -227,10 +229,11 @@ class AppendReactor final
     return true;
   }
 
-  void Superseded() {
+  // A newer writer call took the session (ABORTED/SESSION_BUSY), or the
+  // session left this worker (fenced, deleted, evicted, draining).
+  void Superseded(const absl::Status& why) {
     Locked<ThisReactor> lock(this);
-    SetFinishLocked(MakeError(absl::StatusCode::kAborted, Reason::kSessionBusy,
-                              "superseded by a newer writer call"));
+    SetFinishLocked(why);
   }
 
   void Fail(const absl::Status& st) {
