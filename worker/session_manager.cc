@@ -772,13 +772,25 @@ class SessionManager::Impl {
                         clock_->Now(), &s->records);
     absl::Status cs = CommitNow(s, d, request_id);
     if (!cs.ok() && s->head.head.input_offset != s->input_offset) {
-      s->live = std::move(before);
-      s->tail = tail;
-      s->sampler_state = sampler_before;
-      s->records = records;
-      s->input_offset = offset;
-      absl::MutexLock lock(&s->mu);
-      RefreshView(s);
+      // Not written as far as this session knows. Only a store that still
+      // has the head it knew says so for sure: with the outcome unknown (its
+      // reply lost, and the store unreadable since), going back to the state
+      // before the generation could leave the session behind a head the
+      // store did write, where every later commit fails. Then the cached
+      // state goes, and the next call reads the store.
+      auto h = store_->GetHead(s->key);
+      if (h.ok() && h->head.version == s->head.head.version) {
+        s->live = std::move(before);
+        s->tail = tail;
+        s->sampler_state = sampler_before;
+        s->records = records;
+        s->input_offset = offset;
+        absl::MutexLock lock(&s->mu);
+        RefreshView(s);
+      } else if (GoneError(s).ok()) {
+        Drop(s, Session::Gone::kEvicted);
+        store_->ReleaseLease(s->key, opt_.owner, s->fence).IgnoreError();
+      }
     }
     return cs;
   }

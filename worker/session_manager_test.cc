@@ -6,6 +6,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 
 #include "absl/synchronization/notification.h"
@@ -13,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "state_store/memory_state_store.h"
 #include "state_store/state_codec.h"
+#include "state_store/testing/forwarding_store.h"
 #include "worker/engine/random_model.h"
 #include "worker/engine/tokenizer.h"
 #include "worker/engine/weight_writer.h"
@@ -37,6 +39,38 @@ std::unique_ptr<engine::Model> RandomModel(int vocab_size, int n_layer) {
   EXPECT_TRUE(model.ok()) << model.status();
   return std::move(*model);
 }
+
+// In front of a store: loses the reply of the next commit that asks
+// (written, answered UNAVAILABLE) and fails the GetHead after it, as a
+// Redis restarting mid-commit can.
+class LosingStore final : public testing::ForwardingStore {
+ public:
+  using ForwardingStore::ForwardingStore;
+  std::atomic<bool> lose_next_commit{false};
+
+  absl::StatusOr<CommitResult> Commit(const CommitRequest& r) override {
+    auto res = ForwardingStore::Commit(r);
+    if (res.ok() && lose_next_commit.exchange(false)) {
+      fail_get_heads_ = 1;
+      return Unavailable();
+    }
+    return res;
+  }
+  absl::StatusOr<SessionHead> GetHead(const SessionKey& k) override {
+    if (fail_get_heads_ > 0) {
+      --fail_get_heads_;
+      return Unavailable();
+    }
+    return ForwardingStore::GetHead(k);
+  }
+
+ private:
+  static absl::Status Unavailable() {
+    return MakeError(absl::StatusCode::kUnavailable, Reason::kStoreUnavailable,
+                     "connection lost");
+  }
+  std::atomic<int> fail_get_heads_{0};
+};
 
 class SessionManagerTest : public ::testing::Test {
  protected:
@@ -69,7 +103,8 @@ class SessionManagerTest : public ::testing::Test {
     }
     options.owner = "test-worker";
     auto m = SessionManager::Create(options, model_.get(), tokenizer_.get(),
-                                    scheduler_.get(), store_.get());
+                                    scheduler_.get(),
+                                    faulty_ ? faulty_.get() : store_.get());
     ASSERT_TRUE(m.ok()) << m.status();
     manager_ = *std::move(m);
   }
@@ -159,6 +194,7 @@ class SessionManagerTest : public ::testing::Test {
   std::unique_ptr<engine::Model> model_;
   std::unique_ptr<engine::Tokenizer> tokenizer_;
   std::unique_ptr<StateStore> store_;
+  std::unique_ptr<LosingStore> faulty_;  // in front of store_ when set
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<SessionManager> manager_;
 };
@@ -580,6 +616,49 @@ TEST_F(SessionManagerTest, IdleInputIsCommittedAfterTheInterval) {
   }
   EXPECT_EQ(committed, 3u);
   ASSERT_TRUE(Close(w).ok());
+}
+
+// The final commit of a committing generation is written, but its reply is
+// lost and the store cannot be read right after. The session does not go
+// back to the state before the generation (behind the head the store
+// wrote, where every later commit failed VERSION_MISMATCH): it reads the
+// store again and continues from the generation's version.
+TEST_F(SessionManagerTest,
+       AGenerationCommitWithAnUnknownOutcomeRereadsTheStore) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  Start(SessionManagerOptions{});
+  Create("g");
+  auto w = Open("g");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  faulty_->lose_next_commit = true;
+  GenerateInput in;
+  in.request_id = "lost";
+  in.max_tokens = 5;
+  in.commit = true;
+  in.sampling.seed = 1;
+  in.has_seed = true;
+  absl::Notification done;
+  absl::Status generated;
+  manager_->Generate(
+      "t", "g", in, [](const GeneratedPiece&) {},
+      [&](absl::StatusOr<GenerateOutcome> o) {
+        generated = o.status();
+        done.Notify();
+      });
+  done.WaitForNotification();
+  EXPECT_EQ(generated.code(), absl::StatusCode::kUnavailable) << generated;
+  auto head = store_->GetHead({"t", "g"});
+  ASSERT_TRUE(head.ok());
+  ASSERT_EQ(head->head.input_offset, 11u);  // the prompt and 5 tokens
+  auto view = manager_->GetSession("t", "g");
+  ASSERT_TRUE(view.ok()) << view.status();
+  EXPECT_EQ(view->input_offset, 11u);
+  EXPECT_EQ(view->version, head->head.version);
+  w = Open("g");
+  auto next = Append(w, 11, "more", true, true);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->version, head->head.version + 1);
 }
 
 // A budget below one session keeps the session in use (once it is idle,
