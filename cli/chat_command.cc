@@ -59,8 +59,11 @@ absl::Status Chat(const std::vector<std::string>& args) {
     if (!turn_end.empty()) req.add_stop_strings(turn_end);
     SS_ASSIGN_OR_RETURN(v1::GenerateDone done,
                         StreamGeneration(session, req, json));
-    if (done.finish_reason() != v1::FINISH_REASON_STOP_STRING &&
-        !turn_end.empty()) {
+    // Unless the reply ended with the turn end itself (a --stop string
+    // is not one).
+    if (!turn_end.empty() &&
+        !(done.finish_reason() == v1::FINISH_REASON_STOP_STRING &&
+          done.stop_string() == turn_end)) {
       // Close the turn in the session's history too.
       SS_RETURN_IF_ERROR(session.AppendText(turn_end).status());
     }

@@ -27,6 +27,13 @@ ABSL_FLAG(std::string, tls_server_name, "",
           "TLS: expect this name in the server certificate.");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(60),
           "Deadline of each unary call attempt.");
+ABSL_FLAG(int, max_attempts, 10,
+          "Attempts per operation before giving up, counted from the last "
+          "progress (an Append or Generate that moved on starts again). With "
+          "--max_backoff they bound how long a server may be down or "
+          "restarting: 10 attempts at up to 2 s wait about 15 s.");
+ABSL_FLAG(absl::Duration, max_backoff, absl::Seconds(2),
+          "Longest wait between two attempts (the waits double from 50 ms).");
 ABSL_FLAG(std::string, session, "", "The session id.");
 
 namespace statestream::cli {
@@ -45,6 +52,16 @@ absl::StatusOr<std::unique_ptr<client::Client>> ClientFromFlags() {
   options.api_key = absl::GetFlag(FLAGS_api_key);
   options.tenant = absl::GetFlag(FLAGS_tenant);
   options.timeout = absl::GetFlag(FLAGS_timeout);
+  options.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  options.max_backoff = absl::GetFlag(FLAGS_max_backoff);
+  if (options.max_attempts < 1) {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "--max_attempts must be at least 1");
+  }
+  if (options.max_backoff < absl::ZeroDuration()) {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "--max_backoff must not be negative");
+  }
   options.tls = absl::GetFlag(FLAGS_tls);
   options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
   const std::pair<std::string, std::string*> files[] = {

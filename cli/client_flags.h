@@ -19,7 +19,8 @@ namespace statestream::cli {
 // __FILE__ of cli/client_flags.cc.
 extern const char kClientFlagsFile[];
 
-// A client from --target, --api_key, --tenant, --tls*, --timeout.
+// A client from --target, --api_key, --tenant, --tls*, --timeout,
+// --max_attempts, --max_backoff.
 absl::StatusOr<std::unique_ptr<client::Client>> ClientFromFlags();
 // --json: print machine-readable JSON instead of text.
 bool JsonOutputFlag();

@@ -22,6 +22,11 @@
 #include "common/status.h"
 
 ABSL_FLAG(int64_t, chunk_bytes, 64 << 10, "feed: bytes per Append request.");
+ABSL_FLAG(int64_t, start_offset, -1,
+          "feed: the session's input_offset where FILE begins (e.g. the "
+          "input_offset before a run that failed): the bytes the session "
+          "already has are skipped, so a rerun appends each byte once. -1: "
+          "append the whole file at the session's current offset.");
 ABSL_FLAG(std::string, progress, "auto",
           "feed: progress bar on stderr: auto (only on a terminal), always, "
           "never.");
@@ -96,6 +101,32 @@ absl::Status Feed(const std::vector<std::string>& args) {
   SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
   client::Session session = client->OpenSession(session_id);
   SS_ASSIGN_OR_RETURN(v1::Session start, session.Get());
+  // A rerun: skip what the session already has of the file.
+  uint64_t skipped = 0;
+  if (const int64_t from = absl::GetFlag(FLAGS_start_offset); from >= 0) {
+    if (start.input_offset() < static_cast<uint64_t>(from)) {
+      return MakeError(
+          absl::StatusCode::kFailedPrecondition, Reason::kPositionMismatch,
+          absl::StrCat("the session is at input_offset ", start.input_offset(),
+                       ", before --start_offset ", from),
+          {{"actual_input_offset", absl::StrCat(start.input_offset())}});
+    }
+    skipped = start.input_offset() - static_cast<uint64_t>(from);
+    std::string discard(std::min<uint64_t>(skipped, 1 << 20), '\0');
+    for (uint64_t left = skipped; left > 0;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(left, 1 << 20));
+      in->read(discard.data(), static_cast<std::streamsize>(n));
+      if (static_cast<size_t>(in->gcount()) != n) {
+        return MakeError(
+            absl::StatusCode::kFailedPrecondition, Reason::kPositionMismatch,
+            absl::StrCat("the session already has ", skipped,
+                         " bytes past --start_offset, more than the input"),
+            {{"actual_input_offset", absl::StrCat(start.input_offset())}});
+      }
+      left -= n;
+    }
+    if (total >= 0) total -= static_cast<int64_t>(skipped);
+  }
   client::AppendOptions options;
   options.max_chunk_bytes = chunk;
   SS_ASSIGN_OR_RETURN(auto writer, session.OpenAppend(options));
@@ -132,8 +163,12 @@ absl::Status Feed(const std::vector<std::string>& args) {
         R"({"session_id":")", session_id, R"(","bytes":)", sent,
         R"(,"tokens":)", tokens, R"(,"position":)", done.position(),
         R"(,"input_offset":)", done.input_offset(), R"(,"version":)",
-        done.version(), R"(,"reconnects":)", writer->reconnects(), "}\n");
+        done.version(), R"(,"reconnects":)", writer->reconnects(),
+        R"(,"skipped":)", skipped, "}\n");
   } else {
+    if (skipped > 0) {
+      std::cout << "skipped " << skipped << " bytes the session had; ";
+    }
     std::cout << "fed " << sent << " bytes (" << tokens << " tokens) into "
               << session_id << ": position=" << done.position()
               << " input_offset=" << done.input_offset()
@@ -152,11 +187,15 @@ const Command& FeedCommand() {
   static const Command kCommand{
       "feed",
       "Stream a file or stdin into a session, exactly once.",
-      "--session ID FILE|- [--target HOST:PORT] [--progress auto]\n\n"
+      "--session ID FILE|- [--target HOST:PORT] [--progress auto]\n"
+      "             [--start_offset N] [--max_attempts N]\n\n"
       "Appends the bytes as text, flushes the tokenizer and commits. A\n"
       "broken connection or a restarted server is resumed transparently\n"
-      "(nothing is lost or applied twice). On a terminal, stderr shows a\n"
-      "progress bar: bytes, tokens, tokens/s and (for files) ETA.",
+      "(nothing is lost or applied twice) for up to --max_attempts\n"
+      "attempts. If it gives up, rerun with --start_offset (the session's\n"
+      "input_offset before the first run): the bytes it already has are\n"
+      "skipped. On a terminal, stderr shows a progress bar: bytes, tokens,\n"
+      "tokens/s and (for files) ETA.",
       {__FILE__, kClientFlagsFile, kTlsFlagsFile},
       &Run};
   return kCommand;

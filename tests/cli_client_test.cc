@@ -214,6 +214,45 @@ TEST_F(CliClientTest, FeedProgressOnlyOnATerminal) {
   EXPECT_THAT(in.out, HasSubstr(R"("input_offset":400003)"));
 }
 
+// A rerun of a feed that stopped part way, with --start_offset, appends
+// only what the session does not have: each byte once.
+TEST_F(CliClientTest, FeedRerunWithStartOffsetSkipsWhatTheSessionHas) {
+  ASSERT_EQ(Cli({"session", "create", "cli-rerun"}).exit_code, 0);
+  const std::string text = "0123456789abcdefghij";
+  const std::string file = TempFile("rerun.txt", text);
+  // The first run got half way.
+  e2e::RunResult half = Shell(
+      absl::StrCat("printf '0123456789' | ", Bin(),
+                   " feed --session=cli-rerun --target=", *target_, " -"));
+  ASSERT_EQ(half.exit_code, 0) << half.err;
+  e2e::RunResult rerun =
+      Cli({"feed", "--session=cli-rerun", "--start_offset=0", "--json", file});
+  ASSERT_EQ(rerun.exit_code, 0) << rerun.err;
+  EXPECT_THAT(rerun.out, HasSubstr(R"("bytes":10)"));
+  EXPECT_THAT(rerun.out, HasSubstr(R"("skipped":10)"));
+  EXPECT_THAT(rerun.out, HasSubstr(R"("input_offset":20)"));
+  // Again: nothing left to send.
+  rerun =
+      Cli({"feed", "--session=cli-rerun", "--start_offset=0", "--json", file});
+  ASSERT_EQ(rerun.exit_code, 0) << rerun.err;
+  EXPECT_THAT(rerun.out, HasSubstr(R"("bytes":0)"));
+  EXPECT_THAT(rerun.out, HasSubstr(R"("input_offset":20)"));
+  // The session is before the offset, or has more than the file: refused.
+  e2e::RunResult gap =
+      Cli({"feed", "--session=cli-rerun", "--start_offset=25", file});
+  EXPECT_EQ(gap.exit_code, 1);
+  EXPECT_THAT(gap.err, HasSubstr("[POSITION_MISMATCH]"));
+  const std::string shorter = TempFile("short.txt", "0123");
+  e2e::RunResult more =
+      Cli({"feed", "--session=cli-rerun", "--start_offset=0", shorter});
+  EXPECT_EQ(more.exit_code, 1);
+  EXPECT_THAT(more.err, HasSubstr("more than the input"));
+  e2e::RunResult bad =
+      Cli({"feed", "--session=cli-rerun", "--max_attempts=0", file});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_THAT(bad.err, HasSubstr("--max_attempts"));
+}
+
 // On a terminal, chat prompts with "> " and streams each reply; every
 // turn is committed to the session. script(1) gives it a pty; the piped
 // line is typed into it, then end of input ends the chat.

@@ -109,6 +109,13 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    // HTTP/2 pings while calls are open: a stream to a server that stopped
+    // answering without closing the connection (paused, partitioned) fails
+    // within ~30 s and resumes elsewhere, instead of waiting forever (streams
+    // have no deadline by default). Servers accept a ping every 500 ms.
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
     for (const auto& [name, value] : o.channel_args) args.SetInt(name, value);
     if (!o.tls_server_name.empty()) {
       args.SetSslTargetNameOverride(o.tls_server_name);

@@ -47,7 +47,10 @@ struct ClientOptions {
   absl::Duration max_backoff = absl::Seconds(2);
   // Largest message received, bytes (the server's default limit is 8 MiB).
   int max_receive_message_bytes = 8 << 20;
-  // Extra integer channel arguments (GRPC_ARG_*), e.g. HTTP/2 window tuning.
+  // Extra integer channel arguments (GRPC_ARG_*), e.g. HTTP/2 window tuning;
+  // they override the SDK's own: keepalive pings every 20 s while a call is
+  // open, failing a connection silent for 10 s more
+  // (GRPC_ARG_KEEPALIVE_TIME_MS / GRPC_ARG_KEEPALIVE_TIMEOUT_MS).
   std::vector<std::pair<std::string, int>> channel_args;
 };
 
