@@ -299,6 +299,28 @@ TEST_F(SdkTest, GenerateSurvivesKill9OfTheServer) {
   EXPECT_EQ((*stream)->done().finish_reason(), v1::FINISH_REASON_MAX_TOKENS);
 }
 
+// The session changes while a side-branch Generate is cut off: the
+// resumed call produces other tokens, and the stream ends ABORTED instead
+// of joining the first call's tokens to the second's.
+TEST_F(SdkTest, AResumedGenerateThatDivergesIsNotJoined) {
+  client::Session s = Create("diverge");
+  ASSERT_TRUE(s.AppendText("Once upon a time").ok());
+  v1::GenerateRequest req = LongGeneration();
+  // The server's seed: derived from the input_offset, which moves.
+  req.mutable_sampling()->clear_seed();
+  auto stream = s.Generate(req);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  client::GenerateChunk chunk;
+  ASSERT_TRUE((*stream)->Next(&chunk)) << (*stream)->status();
+  server_->KillAndRestart();
+  ASSERT_TRUE(s.AppendText(" there was a change").ok());
+  size_t n = 0;
+  while ((*stream)->Next(&chunk)) n += chunk.tokens.size();
+  EXPECT_EQ((*stream)->status().code(), absl::StatusCode::kAborted)
+      << (*stream)->status() << " reconnects " << (*stream)->reconnects()
+      << " tokens " << n;
+}
+
 // A committing Generate killed mid-stream: the retry (same request id)
 // either regenerates (nothing was committed) or replays the recorded output
 // (the commit happened but `done` was lost); either way the caller sees the

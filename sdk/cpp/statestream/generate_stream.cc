@@ -5,7 +5,10 @@
 // Resume: the request is reissued unchanged (same request_id, same seed or
 // the server's seed derived from it and the unchanged input_offset), so the
 // new call produces the same output; tokens below delivered_tokens_ and
-// text bytes below delivered_text_ are skipped.
+// text bytes below delivered_text_ are skipped, once checked equal to what
+// was delivered: a resumed call that produced other tokens (the session
+// changed in between, or another kind of worker rounded differently) ends
+// the stream with ABORTED instead of joining two outputs.
 #include <grpcpp/client_context.h>
 
 #include <algorithm>
@@ -76,6 +79,25 @@ bool GenerateStream::Next(GenerateChunk* out) {
       const v1::GenerateChunk& c = response.chunk();
       // Tokens [index, index + n) of the output; keep the undelivered ones.
       const uint32_t n = static_cast<uint32_t>(c.tokens_size());
+      bool same = c.index() <= delivered_tokens_;
+      for (uint32_t i = 0; same && i < n && c.index() + i < delivered_tokens_;
+           ++i) {
+        same = delivered_ids_[c.index() + i] == c.tokens(static_cast<int>(i));
+      }
+      if (!same) {
+        status_ = absl::AbortedError(absl::StrCat(
+            "the resumed generation diverged from the ", delivered_tokens_,
+            " tokens already delivered (the session changed in between?); "
+            "its output is not joined to them"));
+        finished_ = true;
+        call_->ctx.TryCancel();
+        v1::GenerateResponse ignored;
+        while (call_->reader->Read(&ignored)) {
+        }
+        call_->reader->Finish().IgnoreError();
+        call_.reset();
+        return false;
+      }
       const uint32_t skip = delivered_tokens_ > c.index()
                                 ? std::min(n, delivered_tokens_ - c.index())
                                 : 0;
@@ -94,6 +116,9 @@ bool GenerateStream::Next(GenerateChunk* out) {
       out->logprobs.clear();
       for (int i = static_cast<int>(skip); i < c.logprobs_size(); ++i) {
         out->logprobs.push_back(c.logprobs(i));
+      }
+      for (uint32_t i = skip; i < n; ++i) {
+        delivered_ids_.push_back(c.tokens(static_cast<int>(i)));
       }
       delivered_tokens_ = std::max(delivered_tokens_, c.index() + n);
       delivered_text_ = std::max(delivered_text_, seen_text_);

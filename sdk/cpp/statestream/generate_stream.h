@@ -52,6 +52,8 @@ class GenerateStream {
   CallOptions call_options_;
   std::unique_ptr<Call> call_;
   uint32_t delivered_tokens_ = 0;
+  // The ids delivered: a resumed call must produce them again.
+  std::vector<uint32_t> delivered_ids_;
   uint64_t delivered_text_ = 0;
   uint32_t seen_tokens_ = 0;  // on the current call
   uint64_t seen_text_ = 0;
