@@ -1078,11 +1078,30 @@ class SessionManager::Impl {
     return o;
   }
 
+  static constexpr char kIdAlphabet[] = "0123456789abcdefghjkmnpqrstvwxyz";
   std::string NewSessionId() {
-    static constexpr char kAlphabet[] = "0123456789abcdefghjkmnpqrstvwxyz";
     absl::MutexLock lock(&mu_);
     std::string id(26, '0');
-    for (char& c : id) c = kAlphabet[rng_() % 32];
+    for (char& c : id) c = kIdAlphabet[rng_() % 32];
+    return id;
+  }
+  // The id of a session created with a server-generated id under
+  // `request_id`: the same on every worker, so a retry that fails over to
+  // another worker meets the session the first attempt created (26
+  // characters like NewSessionId: two 64-bit FNV-1a hashes of the tenant
+  // and request id, 5 bits a character).
+  static std::string DerivedSessionId(const std::string& tenant,
+                                      const std::string& request_id) {
+    const std::string key =
+        absl::StrCat(tenant.size(), ":", tenant, "/", request_id);
+    uint64_t h[2] = {Fnv1a(kFnvBasis, key),
+                     Fnv1a(kFnvBasis ^ 0x9e3779b97f4a7c15ULL, key)};
+    std::string id(26, '0');
+    for (int i = 0; i < 26; ++i) {
+      uint64_t& w = h[i < 13 ? 0 : 1];
+      id[i] = kIdAlphabet[w & 31];
+      w >>= 5;
+    }
     return id;
   }
 };
@@ -1150,7 +1169,10 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
                       m.Seen(tenant, p.request_id, digest, &existing));
   if (seen) return GetSession(tenant, existing);
   CreateSessionRequest r;
-  r.key = {tenant, p.session_id.empty() ? m.NewSessionId() : p.session_id};
+  const bool derived = p.session_id.empty() && !p.request_id.empty();
+  r.key = {tenant, derived ? Impl::DerivedSessionId(tenant, p.request_id)
+                   : p.session_id.empty() ? m.NewSessionId()
+                                          : p.session_id};
   r.model_id = m.opt_.model_id;
   r.labels = p.labels;
   r.ttl = p.ttl;
@@ -1183,6 +1205,26 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
     r.initial_state = m.Snapshot(&blank);
   }
   auto res = m.store_->CreateSession(r);
+  if (derived && GetReason(res.status()) == Reason::kSessionExists) {
+    // The id derived from this request id exists: created within the
+    // window by the same request (an attempt that failed over from another
+    // worker) it is returned; other content is DUPLICATE_REQUEST. One
+    // older than the window is another request's that reused the id: this
+    // one gets a fresh id.
+    SS_ASSIGN_OR_RETURN(SessionHead h, m.store_->GetHead(r.key));
+    if (m.clock_->Now() - h.created_at <= m.opt_.request_id_window) {
+      const bool same = h.model_id == r.model_id && h.labels == r.labels &&
+                        (r.ttl == absl::ZeroDuration() || h.ttl == r.ttl) &&
+                        h.parent_session_id == r.parent_session_id &&
+                        (!p.fork_from || p.fork_from->second == 0 ||
+                         h.parent_version == r.parent_version);
+      if (!same) return DuplicateRequest(p.request_id);
+      m.Remember(tenant, p.request_id, r.key.session_id, digest);
+      return m.ViewOfHead(h);
+    }
+    r.key.session_id = m.NewSessionId();
+    res = m.store_->CreateSession(r);
+  }
   if (!res.ok()) {
     // A create the store wrote below the durability asked for is this
     // request's: a retry returns it. (A session that merely exists under

@@ -661,6 +661,44 @@ TEST_F(SessionManagerTest,
   EXPECT_EQ(next->version, head->head.version + 1);
 }
 
+// A create with a server-generated id, retried on another worker (its own
+// request-id memo) after the first worker died: the id derives from the
+// request id, so the retry finds the session the first attempt created and
+// returns it instead of creating a second one; other content under the
+// request id is DUPLICATE_REQUEST.
+TEST_F(SessionManagerTest, AGeneratedIdCreateRetriedOnAnotherWorkerIsOnce) {
+  CreateParams p;
+  p.request_id = "create-generated";
+  p.labels = {{"k", "v"}};
+  auto first = manager_->CreateSession("t", p);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->session_id.size(), 26u);
+  SessionManagerOptions o;
+  o.owner = "other-worker";
+  auto other = SessionManager::Create(o, model_.get(), tokenizer_.get(),
+                                      scheduler_.get(), store_.get());
+  ASSERT_TRUE(other.ok()) << other.status();
+  auto retried = (*other)->CreateSession("t", p);
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(retried->session_id, first->session_id);
+  ListSessionsRequest list;
+  list.tenant = "t";
+  list.page_size = 100;
+  auto page = store_->ListSessions(list);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(page->sessions.size(), 1u);
+  CreateParams changed = p;
+  changed.labels = {{"k", "other"}};
+  EXPECT_EQ(GetReason((*other)->CreateSession("t", changed).status()),
+            Reason::kDuplicateRequest);
+  // Another request id: another session.
+  CreateParams next = p;
+  next.request_id = "create-generated-2";
+  auto second = (*other)->CreateSession("t", next);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_NE(second->session_id, first->session_id);
+}
+
 // A budget below one session keeps the session in use (once it is idle,
 // the next load evicts it) instead of evicting it as it loads.
 TEST_F(SessionManagerTest, ABudgetBelowOneSessionStillServes) {
