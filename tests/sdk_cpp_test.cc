@@ -9,6 +9,7 @@
 // output exceeds the client's fixed HTTP/2 window, so a kill always lands
 // mid-stream.
 #include <grpc/impl/codegen/grpc_types.h>
+#include <grpcpp/server_builder.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -19,9 +20,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/crc32c.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "statestream/client.h"
+#include "statestream/v1/statestream.grpc.pb.h"
 #include "tests/subprocess.h"
 
 namespace statestream {
@@ -481,6 +484,59 @@ TEST_F(SdkTest, TypedErrorsCancellationDeadlinesAndTenants) {
   ASSERT_TRUE(c.ok());
   absl::Status hidden = (*c)->OpenSession("errs").Get().status();
   EXPECT_EQ(GetReason(hidden), Reason::kSessionNotFound) << hidden;
+}
+
+}  // namespace
+}  // namespace statestream
+
+namespace statestream {
+namespace {
+
+// A Sessions server whose ExportState sends a corrupt blob: a chunk that
+// fails its CRC-32C, or chunks out of order.
+class CorruptExport final : public v1::Sessions::Service {
+ public:
+  explicit CorruptExport(bool reorder) : reorder_(reorder) {}
+  grpc::Status ExportState(
+      grpc::ServerContext*, const v1::ExportStateRequest*,
+      grpc::ServerWriter<v1::ExportStateResponse>* writer) override {
+    v1::ExportStateResponse header;
+    header.mutable_header()->set_total_bytes(8);
+    writer->Write(header);
+    for (uint32_t i : {0u, 1u}) {
+      v1::ExportStateResponse part;
+      v1::StateChunk* c = part.mutable_chunk();
+      c->set_index(reorder_ ? 1 - i : i);
+      c->set_data("abcd");
+      c->set_crc32c(Crc32c(0, "abcd", 4) ^ (reorder_ ? 0 : i));
+      writer->Write(part);
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  bool reorder_;
+};
+
+TEST(SdkExportTest, ACorruptOrReorderedExportIsDataLoss) {
+  for (bool reorder : {false, true}) {
+    CorruptExport service(reorder);
+    int port = 0;
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                             &port);
+    builder.RegisterService(&service);
+    std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+    ASSERT_NE(server, nullptr);
+    client::ClientOptions options;
+    options.targets = {absl::StrCat("127.0.0.1:", port)};
+    auto c = client::Client::Create(options);
+    ASSERT_TRUE(c.ok()) << c.status();
+    auto exported = (*c)->OpenSession("s").Export(0);
+    EXPECT_EQ(exported.status().code(), absl::StatusCode::kDataLoss)
+        << reorder << " " << exported.status();
+    server->Shutdown();
+  }
 }
 
 }  // namespace

@@ -351,17 +351,38 @@ absl::StatusOr<ExportedState> Session::Export(uint64_t version,
   req.set_session_id(id_);
   req.set_version(version);
   ExportedState out;
-  absl::Status s =
-      client_->Unary(call, [&](Client::Stubs& stubs, grpc::ClientContext* ctx) {
-        out = ExportedState();
-        auto reader = stubs.sessions->ExportState(ctx, req);
-        v1::ExportStateResponse part;
-        while (reader->Read(&part)) {
-          if (part.has_header()) out.header = part.header();
-          if (part.has_chunk()) out.blob += part.chunk().data();
-        }
-        return reader->Finish();
-      });
+  absl::Status s = client_->Unary(call, [&](Client::Stubs& stubs,
+                                            grpc::ClientContext* ctx) {
+    out = ExportedState();
+    auto reader = stubs.sessions->ExportState(ctx, req);
+    v1::ExportStateResponse part;
+    uint32_t next = 0;
+    std::string corrupt;
+    while (reader->Read(&part)) {
+      if (part.has_header()) out.header = part.header();
+      if (!part.has_chunk() || !corrupt.empty()) continue;
+      // In order, each as its CRC-32C says (else the blob is corrupt:
+      // DATA_LOSS, not retried).
+      const v1::StateChunk& c = part.chunk();
+      if (c.index() != next) {
+        corrupt = absl::StrCat("export: chunk ", c.index(),
+                               " arrived in place of ", next);
+      } else if (Crc32c(0, c.data().data(), c.data().size()) != c.crc32c()) {
+        corrupt =
+            absl::StrCat("export: chunk ", c.index(), " fails its CRC-32C");
+      } else {
+        ++next;
+        out.blob += c.data();
+        continue;
+      }
+      ctx->TryCancel();
+    }
+    grpc::Status finished = reader->Finish();
+    if (!corrupt.empty()) {
+      return grpc::Status(grpc::StatusCode::DATA_LOSS, corrupt);
+    }
+    return finished;
+  });
   if (!s.ok()) return s;
   if (out.blob.size() != out.header.total_bytes()) {
     return absl::DataLossError(
