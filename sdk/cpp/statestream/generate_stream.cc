@@ -71,7 +71,11 @@ bool GenerateStream::Next(GenerateChunk* out) {
         v1::GenerateResponse ignored;
         while (call_->reader->Read(&ignored)) {
         }
-        status_ = FromGrpcStatus(call_->reader->Finish());
+        // `done` is the outcome: a connection that broke before the call's
+        // trailers changes nothing (reporting it would invite a retry under
+        // a new request id, committing twice).
+        call_->reader->Finish().IgnoreError();
+        status_ = absl::OkStatus();
         call_.reset();
         finished_ = true;
         return false;
