@@ -103,6 +103,25 @@ class MemoryStateStore final : public StateStore {
     return out;
   }
 
+  // Memory only: FSYNC and REPLICATED are never reached.
+  absl::StatusOr<VersionInfo> AwaitDurability(const SessionKey& key,
+                                              uint64_t version,
+                                              Durability wanted) override {
+    SS_RETURN_IF_ERROR(ValidateKey(key));
+    absl::MutexLock lock(&mu_);
+    Session* s = Find(key, clock_->Now());
+    if (s == nullptr) return SessionNotFound(key);
+    auto it = s->versions.find(version);
+    if (it == s->versions.end()) {
+      return store_internal::VersionNotKept(version, s->head.head.version,
+                                            s->head.oldest_version);
+    }
+    if (wanted > it->second.info.durability) {
+      return DurabilityNotReached(version, wanted, it->second.info.durability);
+    }
+    return it->second.info;
+  }
+
   absl::StatusOr<CommitResult> Commit(const CommitRequest& r) override {
     SS_RETURN_IF_ERROR(ValidateKey(r.key));
     auto bytes = std::make_shared<const std::string>(EncodeState(r.state));

@@ -42,6 +42,7 @@ enum Script {
   kUnregisterWorker,
   kListWorkers,
   kRecordDurability,
+  kAwaitDurability,
   kScriptCount
 };
 
@@ -59,7 +60,8 @@ std::string ScriptSource(Script s) {
                         kLuaRegisterWorker,
                         kLuaUnregisterWorker,
                         kLuaListWorkers,
-                        kLuaRecordDurability};
+                        kLuaRecordDurability,
+                        kLuaAwaitDurability};
   return absl::StrCat(kLuaPrelude, body[s]);
 }
 
@@ -381,6 +383,50 @@ class RedisStateStore final : public StateStore {
     }
     if (outcome != "OK" && outcome != "DUP") return Unexpected(outcome);
     return Finish(r.key, v, nonce, r.durability, reached);
+  }
+
+  absl::StatusOr<VersionInfo> AwaitDurability(const SessionKey& key,
+                                              uint64_t version,
+                                              Durability wanted) override {
+    SS_RETURN_IF_ERROR(store_internal::ValidateKey(key));
+    SS_ASSIGN_OR_RETURN(auto read, Read(key, static_cast<int64_t>(version)));
+    VersionInfo v = ParseVersion(read.second);
+    if (v.durability >= wanted) return v;
+    const std::string prefix = Prefix(key);
+    const std::string retention = absl::StrCat(Ms(options_.fence_retention));
+    const std::string now = absl::StrCat(absl::ToUnixMillis(clock_->Now()));
+    const std::string number = absl::StrCat(version);
+    SS_ASSIGN_OR_RETURN(
+        std::vector<Reply> r,
+        RunScript(prefix, kAwaitDurability,
+                  {prefix + "head", prefix + "fence", prefix + "lease"},
+                  {prefix, retention, now, number}, WaitCommands(wanted)));
+    const std::string outcome = Str(r[0]->element[0]);
+    if (outcome == "NOTFOUND") return store_internal::SessionNotFound(key);
+    if (outcome == "NOTKEPT" && r[0]->elements == 3) {
+      uint64_t head = 0, oldest = 0;
+      (void)absl::SimpleAtoi(Str(r[0]->element[1]), &head);
+      (void)absl::SimpleAtoi(Str(r[0]->element[2]), &oldest);
+      return store_internal::VersionNotKept(version, head, oldest);
+    }
+    int recorded = 0;
+    if (outcome != "OK" || r[0]->elements != 3 ||
+        !absl::SimpleAtoi(Str(r[0]->element[1]), &recorded)) {
+      return Unexpected(outcome);
+    }
+    Durability reached =
+        std::max(static_cast<Durability>(std::max(recorded, 1)),
+                 fsync_always_ ? Durability::kFsync : Durability::kMemory);
+    if (r.size() > 1) ReadWait(r[1].get(), &reached);
+    if (reached > static_cast<Durability>(std::max(recorded, 1))) {
+      SS_RETURN_IF_ERROR(Eval(key, kRecordDurability,
+                              {number, Str(r[0]->element[2]),
+                               absl::StrCat(static_cast<int>(reached))})
+                             .status());
+    }
+    v.durability = reached;
+    if (reached < wanted) return DurabilityNotReached(version, wanted, reached);
+    return v;
   }
 
   absl::StatusOr<CommitResult> Rollback(const SessionKey& key,
@@ -746,17 +792,7 @@ class RedisStateStore final : public StateStore {
     const std::string now = absl::StrCat(absl::ToUnixMillis(clock_->Now()));
     std::vector<absl::string_view> argv = {prefix, retention, now};
     for (const std::string& a : args) argv.push_back(a);
-    const std::string timeout = absl::StrCat(Ms(options_.durability_timeout));
-    std::vector<Command> wait;
-    if (wanted == Durability::kFsync && have_waitaof_) {
-      wait.push_back({"WAITAOF", "1", "0", timeout});
-    } else if (wanted == Durability::kReplicated) {
-      if (have_waitaof_) {
-        wait.push_back({"WAITAOF", "0", "1", timeout});
-      } else {
-        wait.push_back({"WAIT", "1", timeout});
-      }
-    }
+    const std::vector<Command> wait = WaitCommands(wanted);
     // Chunks can vanish before the head swap (a Redis restart without
     // persistence, or a commit slower than pending_chunk_ttl): rewrite them.
     for (int attempt = 0; attempt < 3; ++attempt) {
@@ -768,20 +804,39 @@ class RedisStateStore final : public StateStore {
       SS_ASSIGN_OR_RETURN(std::vector<Reply> r,
                           RunScript(prefix, script, keys, argv, wait));
       if (Str(r[0]->element[0]) == "CHUNKS") continue;
-      if (reached != nullptr && r.size() > 1) {
-        const redisReply* w = r[1].get();
-        if (w->type == REDIS_REPLY_ARRAY && w->elements == 2) {  // WAITAOF
-          if (w->element[0]->integer >= 1) {
-            *reached = std::max(*reached, Durability::kFsync);
-          }
-          if (w->element[1]->integer >= 1) *reached = Durability::kReplicated;
-        } else if (w->type == REDIS_REPLY_INTEGER && w->integer >= 1) {
-          *reached = Durability::kReplicated;
-        }
-      }
+      if (reached != nullptr && r.size() > 1) ReadWait(r[1].get(), reached);
       return std::move(r[0]);
     }
     return store_internal::Unavailable("state chunks keep disappearing");
+  }
+
+  // The wait that follows a write for `wanted` durability (none for MEMORY,
+  // nor for FSYNC on a server without WAITAOF: see fsync_always_).
+  // (Commands are views: the timeout text lives in wait_timeout_.)
+  std::vector<Command> WaitCommands(Durability wanted) const {
+    std::vector<Command> wait;
+    if (wanted == Durability::kFsync && have_waitaof_) {
+      wait.push_back({"WAITAOF", "1", "0", wait_timeout_});
+    } else if (wanted == Durability::kReplicated) {
+      if (have_waitaof_) {
+        wait.push_back({"WAITAOF", "0", "1", wait_timeout_});
+      } else {
+        wait.push_back({"WAIT", "1", wait_timeout_});
+      }
+    }
+    return wait;
+  }
+
+  // Raises *reached by the reply of a WaitCommands command.
+  static void ReadWait(const redisReply* w, Durability* reached) {
+    if (w->type == REDIS_REPLY_ARRAY && w->elements == 2) {  // WAITAOF
+      if (w->element[0]->integer >= 1) {
+        *reached = std::max(*reached, Durability::kFsync);
+      }
+      if (w->element[1]->integer >= 1) *reached = Durability::kReplicated;
+    } else if (w->type == REDIS_REPLY_INTEGER && w->integer >= 1) {
+      *reached = Durability::kReplicated;
+    }
   }
 
   // Reports the commit of `written` (as the commit script wrote it) with the
@@ -870,6 +925,9 @@ class RedisStateStore final : public StateStore {
   std::unique_ptr<store_internal::RedisClient> client_;
   std::string sha_[kScriptCount];
   bool have_waitaof_ = false;
+  // options_.durability_timeout in ms, as WAIT / WAITAOF take it.
+  const std::string wait_timeout_ =
+      absl::StrCat(Ms(options_.durability_timeout));
   bool fsync_always_ = false;
 };
 

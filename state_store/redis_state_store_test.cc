@@ -190,6 +190,18 @@ TEST(RedisStateStoreTest, DurabilityIsReportedHonestly) {
   auto committed = (*store)->Commit(next);
   ASSERT_TRUE(committed.ok()) << committed.status();
   EXPECT_EQ(committed->version.durability, Durability::kReplicated);
+  // A version written at MEMORY, raised in place to REPLICATED (the wait
+  // follows a write on the version, so it covers the version too).
+  auto low = (*store)->CreateSession(NewSession("low", Durability::kMemory));
+  ASSERT_TRUE(low.ok()) << low.status();
+  auto raised =
+      (*store)->AwaitDurability({"acme", "low"}, 1, Durability::kReplicated);
+  ASSERT_TRUE(raised.ok()) << raised.status();
+  EXPECT_EQ(raised->durability, Durability::kReplicated);
+  auto low_versions = (*store)->ListVersions({"acme", "low"});
+  ASSERT_TRUE(low_versions.ok()) << low_versions.status();
+  ASSERT_EQ(low_versions->size(), 1u);
+  EXPECT_EQ(low_versions->front().durability, Durability::kReplicated);
 
   // The levels reached after the commit scripts ran (the fsync that
   // `appendfsync always` implies, WAIT's replica) are what later reads
@@ -258,7 +270,9 @@ TEST(RedisStateStoreTest, ACommitDroppedByANewerOneIsStillReported) {
   RedisStateStoreOptions o;
   o.addresses = {(*server)->address()};
   o.keep_versions = 1;
-  o.durability_timeout = absl::Seconds(2);
+  // Long enough for the takeover below to commit inside the wait even on a
+  // loaded machine (the test takes this long: no replica ever answers).
+  o.durability_timeout = absl::Seconds(5);
   auto store = NewRedisStateStore(o);
   ASSERT_TRUE(store.ok()) << store.status();
   auto c = (*store)->CreateSession(NewSession("a", Durability::kMemory));
@@ -273,7 +287,7 @@ TEST(RedisStateStoreTest, ACommitDroppedByANewerOneIsStillReported) {
   std::thread first([&] { waited = (*store)->Commit(slow); });
   // Until the first commit's script has run and it waits for a replica.
   absl::StatusOr<SessionHead> head;
-  for (int i = 0; i < 200; ++i) {
+  for (int i = 0; i < 600; ++i) {
     head = (*store)->GetHead(slow.key);
     if (head.ok() && head->head.version == 2) break;
     absl::SleepFor(absl::Milliseconds(5));

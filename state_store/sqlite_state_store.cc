@@ -244,6 +244,50 @@ class SqliteStateStore final : public StateStore {
     return Install(r.key, v, bytes, r.durability, now, &txn);
   }
 
+  // FSYNC: a synchronous (synchronous=FULL) write transaction marking the
+  // version, whose commit fsyncs the log with every earlier commit in it.
+  // REPLICATED is never reached.
+  absl::StatusOr<VersionInfo> AwaitDurability(const SessionKey& key,
+                                              uint64_t version,
+                                              Durability wanted) override {
+    SS_RETURN_IF_ERROR(si::ValidateKey(key));
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = clock_->Now();
+    const Durability level = std::min(wanted, Durability::kFsync);
+    SS_RETURN_IF_ERROR(Begin(level));
+    Txn txn(this);
+    SS_ASSIGN_OR_RETURN(SessionHead h, Head(key, now));
+    Stmt s(db_, absl::StrCat("SELECT ", kVersionColumns,
+                             " FROM versions WHERE tenant=? AND sid=? "
+                             "AND version=? AND version>=?")
+                    .c_str());
+    s.Bind(key.tenant)
+        .Bind(key.session_id)
+        .Bind(static_cast<int64_t>(version))
+        .Bind(static_cast<int64_t>(h.oldest_version));
+    if (!s.Step()) {
+      SS_RETURN_IF_ERROR(s.status());
+      return si::VersionNotKept(version, h.head.version, h.oldest_version);
+    }
+    VersionInfo v = ReadVersion(s, 0);
+    if (v.durability < level) {
+      SS_RETURN_IF_ERROR(Stmt(db_,
+                              "UPDATE versions SET durability=? WHERE "
+                              "tenant=? AND sid=? AND version=?")
+                             .Bind(static_cast<int64_t>(level))
+                             .Bind(key.tenant)
+                             .Bind(key.session_id)
+                             .Bind(static_cast<int64_t>(version))
+                             .Run());
+      v.durability = level;
+    }
+    SS_RETURN_IF_ERROR(txn.Commit());
+    if (wanted > v.durability) {
+      return DurabilityNotReached(version, wanted, v.durability);
+    }
+    return v;
+  }
+
   absl::StatusOr<CommitResult> Rollback(const SessionKey& key,
                                         uint64_t expected_version,
                                         uint64_t fence, uint64_t version,

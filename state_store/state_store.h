@@ -211,6 +211,19 @@ class StateStore {
   // reached: the version then exists, see the file comment).
   virtual absl::StatusOr<CommitResult> Commit(const CommitRequest& request) = 0;
 
+  // Raises the durability of an existing `version` to `wanted` without
+  // writing another: waits for what the store needs (Redis: WAIT/WAITAOF
+  // after a marker write on the version; SQLite: a synchronous commit,
+  // which fsyncs every earlier one) and records the level reached, so
+  // ListVersions and GetHead report it. Returns the version as recorded.
+  // For a version committed below the durability a caller wants now (a
+  // checkpoint asking FSYNC of input a policy commit wrote at MEMORY).
+  // Errors: kSessionNotFound, NOT_FOUND/kVersionMismatch (not kept), and
+  // DurabilityNotReached when `wanted` is not reached.
+  virtual absl::StatusOr<VersionInfo> AwaitDurability(const SessionKey& key,
+                                                      uint64_t version,
+                                                      Durability wanted) = 0;
+
   // Commits version head+1 whose state is a copy of `version`'s (position,
   // input_offset and tail move back; the version number moves forward).
   // Same errors as Commit and LoadVersion.

@@ -252,6 +252,22 @@ if tonumber(ARGV[6]) > d then redis.call('HSET', vk, 'durability', ARGV[6]) end
 return {'OK'}
 )lua";
 
+// KEYS: head, fence, lease. ARGV[4] version. A write on the version (so a
+// WAIT / WAITAOF that follows on the connection covers the replication
+// stream up to it, and with it the version), then its recorded durability
+// and nonce: {'OK', durability, nonce}, or NOTFOUND / NOTKEPT.
+inline constexpr char kLuaAwaitDurability[] = R"lua(
+if redis.call('EXISTS', P .. 'head') == 0 then return {'NOTFOUND'} end
+local vk = P .. 'v' .. ARGV[4]
+local nonce = redis.call('HGET', vk, 'nonce')
+if not nonce then
+  local m = redis.call('HMGET', P .. 'head', 'version', 'oldest')
+  return {'NOTKEPT', m[1], m[2]}
+end
+redis.call('HSET', vk, 'awaited_ms', ARGV[3])
+return {'OK', redis.call('HGET', vk, 'durability') or '0', nonce}
+)lua";
+
 }  // namespace statestream::store_internal
 
 #endif  // STATESTREAM_STATE_STORE_INTERNAL_REDIS_SCRIPTS_H_

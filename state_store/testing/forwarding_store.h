@@ -29,6 +29,10 @@ class ForwardingStore : public StateStore {
   absl::StatusOr<CommitResult> Commit(const CommitRequest& r) override {
     return s_->Commit(r);
   }
+  absl::StatusOr<VersionInfo> AwaitDurability(const SessionKey& k, uint64_t v,
+                                              Durability d) override {
+    return s_->AwaitDurability(k, v, d);
+  }
   absl::StatusOr<CommitResult> Rollback(const SessionKey& k, uint64_t e,
                                         uint64_t f, uint64_t v,
                                         Durability d) override {

@@ -292,6 +292,45 @@ TEST_P(StateStoreContractTest, OldVersionsAreDroppedBeyondKeep) {
   ExpectSameSnapshot(v4->state, TestSnapshot(4));
 }
 
+// AwaitDurability raises an existing version's durability without writing
+// another version: MEMORY always holds; a higher level is either reached
+// (and then recorded, as ListVersions shows) or the typed durability error
+// naming the version and the level it has. Missing sessions and versions
+// not kept are the usual errors.
+TEST_P(StateStoreContractTest, AwaitDurabilityRaisesAVersionInPlace) {
+  store_ = NewStore(2);
+  auto created = store_->CreateSession(Create(kKey));
+  ASSERT_OK(created);
+  const uint64_t fence = created->session.fence;
+  ASSERT_OK(store_->Commit(Commit(kKey, 1, fence, 2)));
+  auto memory = store_->AwaitDurability(kKey, 2, Durability::kMemory);
+  ASSERT_OK(memory);
+  EXPECT_EQ(memory->version, 2u);
+  for (Durability d : {Durability::kFsync, Durability::kReplicated}) {
+    auto raised = store_->AwaitDurability(kKey, 2, d);
+    auto versions = store_->ListVersions(kKey);
+    ASSERT_OK(versions);
+    ASSERT_EQ(versions->size(), 2u);  // no version was written
+    EXPECT_EQ(versions->back().version, 2u);
+    if (raised.ok()) {
+      EXPECT_GE(raised->durability, d);
+      EXPECT_GE(versions->back().durability, d);
+    } else {
+      EXPECT_ERROR(raised, kUnavailable, kStoreUnavailable);
+      EXPECT_EQ(GetErrorMetadata(raised.status(), "version"), "2");
+      EXPECT_EQ(GetErrorMetadata(raised.status(), "durability_reached"),
+                DurabilityName(versions->back().durability));
+    }
+  }
+  ASSERT_OK(store_->Commit(Commit(kKey, 2, fence, 3)));
+  ASSERT_OK(store_->Commit(Commit(kKey, 3, fence, 4)));
+  EXPECT_ERROR(store_->AwaitDurability(kKey, 1, Durability::kFsync), kNotFound,
+               kVersionMismatch);
+  EXPECT_ERROR(
+      store_->AwaitDurability({"acme", "nobody"}, 1, Durability::kMemory),
+      kNotFound, kSessionNotFound);
+}
+
 TEST_P(StateStoreContractTest, RollbackCommitsACopyAsANewVersion) {
   auto created = store_->CreateSession(Create(kKey));
   ASSERT_OK(created);
