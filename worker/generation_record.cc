@@ -10,10 +10,10 @@ namespace statestream::worker {
 namespace {
 
 constexpr char kMagic[] = "SSGEN1\n";
-// SSGEN1 followed by the UTF-8 carry (u8 length, bytes).
-constexpr char kMagicWithCarry[] = "SSGEN2\n";
 constexpr size_t kMagicLen = sizeof(kMagic) - 1;
-static_assert(sizeof(kMagicWithCarry) == sizeof(kMagic));
+// The request id of the record carrying the UTF-8 carry: no client request
+// id can take it (they are [A-Za-z0-9._:-]).
+constexpr char kCarryId[] = "\x01utf8-carry";
 
 template <typename T>
 void Put(T v, std::string* out) {
@@ -63,13 +63,29 @@ absl::Status Corrupt(const char* what) {
 
 std::string EncodeSamplerSideData(const std::string& sampler,
                                   const std::deque<GenerationRecord>& records,
-                                  const std::string& utf8_carry) {
-  if (records.empty() && utf8_carry.empty()) return sampler;
-  std::string out(utf8_carry.empty() ? kMagic : kMagicWithCarry, kMagicLen);
+                                  const Utf8Carry& carry) {
+  if (records.empty() && carry.bytes.empty()) return sampler;
+  std::string out(kMagic, kMagicLen);
   Put<uint32_t>(static_cast<uint32_t>(sampler.size()), &out);
   out += sampler;
-  Put<uint32_t>(static_cast<uint32_t>(records.size()), &out);
-  for (const GenerationRecord& r : records) {
+  // The carry as one more record, which workers that predate it keep as an
+  // in-progress generation no request id matches (and drop with the next
+  // input, like the carry itself).
+  std::deque<GenerationRecord> with_carry;
+  const std::deque<GenerationRecord>* all = &records;
+  if (!carry.bytes.empty()) {
+    with_carry = records;
+    GenerationRecord c;
+    c.request_id = kCarryId;
+    c.digest = carry.input_offset;
+    c.committed_at = absl::UnixEpoch();
+    c.finish = kGenerationInProgress;
+    for (unsigned char b : carry.bytes) c.tokens.push_back(b);
+    with_carry.push_back(std::move(c));
+    all = &with_carry;
+  }
+  Put<uint32_t>(static_cast<uint32_t>(all->size()), &out);
+  for (const GenerationRecord& r : *all) {
     PutStr16(r.request_id, &out);
     Put<uint64_t>(r.digest, &out);
     Put<int64_t>(absl::ToUnixMillis(r.committed_at), &out);
@@ -80,21 +96,16 @@ std::string EncodeSamplerSideData(const std::string& sampler,
     Put<uint32_t>(static_cast<uint32_t>(r.tokens.size()), &out);
     for (int32_t t : r.tokens) Put<int32_t>(t, &out);
   }
-  if (!utf8_carry.empty()) {
-    Put<uint8_t>(static_cast<uint8_t>(utf8_carry.size()), &out);
-    out += utf8_carry;
-  }
   return out;
 }
 
 absl::Status DecodeSamplerSideData(const std::string& value,
                                    std::string* sampler,
                                    std::deque<GenerationRecord>* records,
-                                   std::string* utf8_carry) {
+                                   Utf8Carry* carry) {
   records->clear();
-  if (utf8_carry != nullptr) utf8_carry->clear();
-  const bool with_carry = value.compare(0, kMagicLen, kMagicWithCarry) == 0;
-  if (!with_carry && value.compare(0, kMagicLen, kMagic) != 0) {
+  if (carry != nullptr) *carry = Utf8Carry();
+  if (value.compare(0, kMagicLen, kMagic) != 0) {
     *sampler = value;
     return absl::OkStatus();
   }
@@ -116,15 +127,19 @@ absl::Status DecodeSamplerSideData(const std::string& value,
     r.committed_at = absl::FromUnixMillis(ms);
     r.tokens.resize(tokens);
     for (int32_t& t : r.tokens) in.Get(&t);
-    records->push_back(std::move(r));
-  }
-  if (with_carry) {
-    uint8_t n = 0;
-    std::string carry;
-    if (!in.Get(&n) || n == 0 || n > 3 || !in.Bytes(n, &carry)) {
-      return Corrupt("utf-8 carry");
+    if (r.request_id == kCarryId) {
+      if (r.tokens.empty() || r.tokens.size() > 3)
+        return Corrupt("utf-8 carry");
+      Utf8Carry c;
+      c.input_offset = r.digest;
+      for (int32_t t : r.tokens) {
+        if (t < 0x80 || t > 0xFF) return Corrupt("utf-8 carry");
+        c.bytes.push_back(static_cast<char>(t));
+      }
+      if (carry != nullptr) *carry = std::move(c);
+      continue;
     }
-    if (utf8_carry != nullptr) *utf8_carry = std::move(carry);
+    records->push_back(std::move(r));
   }
   if (in.left() != 0) return Corrupt("trailing bytes");
   return absl::OkStatus();

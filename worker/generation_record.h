@@ -12,11 +12,16 @@
 // ms), u8 finish (kGenerationInProgress for a periodic checkpoint), i32
 // stop token, u16 + stop string, u32 input tokens, u32 n + n i32 output
 // tokens. A value without the magic is a bare sampler state (sessions that
-// never committed a generation). "SSGEN2\n" is the same followed by the
-// text's UTF-8 carry (u8 length 1-3, bytes): the incomplete character at
-// the end of the input, written only when the tokenizer tail does not end
-// with it (a tokenizer that already emitted the character's first bytes as
-// tokens), so that a reload accepts the character's remaining bytes.
+// never committed a generation).
+//
+// The text's UTF-8 carry (the incomplete character at the end of the input)
+// travels as one more record when the tokenizer tail cannot give it back (a
+// tokenizer that already emitted the character's first bytes as tokens):
+// request id "\x01utf8-carry" (no client id can take it), digest = the
+// input_offset it belongs to, finish in progress, tokens = its 1-3 bytes.
+// Workers that predate it read it as an in-progress record no request
+// matches and drop it with the next input; a reader uses it only at that
+// input_offset.
 #ifndef STATESTREAM_WORKER_GENERATION_RECORD_H_
 #define STATESTREAM_WORKER_GENERATION_RECORD_H_
 
@@ -49,16 +54,21 @@ struct GenerationRecord {
   std::vector<int32_t> tokens;  // the output
 };
 
-// `sampler` alone when `records` and `utf8_carry` are empty.
+struct Utf8Carry {
+  std::string bytes;  // empty: none recorded
+  uint64_t input_offset = 0;
+};
+
+// `sampler` alone when `records` and the carry are empty.
 std::string EncodeSamplerSideData(const std::string& sampler,
                                   const std::deque<GenerationRecord>& records,
-                                  const std::string& utf8_carry = "");
-// DATA_LOSS / STATE_CORRUPT for a malformed value. `utf8_carry` (optional)
-// is empty unless the value holds one.
+                                  const Utf8Carry& carry = {});
+// DATA_LOSS / STATE_CORRUPT for a malformed value. `carry` (optional) is
+// empty unless the value holds one.
 absl::Status DecodeSamplerSideData(const std::string& value,
                                    std::string* sampler,
                                    std::deque<GenerationRecord>* records,
-                                   std::string* utf8_carry = nullptr);
+                                   Utf8Carry* carry = nullptr);
 
 // Appends `record`, then drops the oldest records until at most
 // `max_records` remain, their output is at most `max_tokens` tokens in all

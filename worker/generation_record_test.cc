@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "worker/generation_record.h"
 
+#include <cstring>
+
 #include "common/status.h"
 #include "gtest/gtest.h"
 
@@ -52,34 +54,41 @@ TEST(GenerationRecordTest, NoRecordsIsTheBareSamplerState) {
 TEST(GenerationRecordTest, TheUtf8CarryRoundTripsWithOrWithoutRecords) {
   for (const std::deque<GenerationRecord>& in :
        {std::deque<GenerationRecord>{}, {Rec("a", 2)}}) {
-    const std::string value = EncodeSamplerSideData("S", in, "\xE1\x88");
-    std::string sampler, carry;
+    const std::string value =
+        EncodeSamplerSideData("S", in, Utf8Carry{"\xE1\x88", 42});
+    std::string sampler;
+    Utf8Carry carry;
     std::deque<GenerationRecord> out;
     ASSERT_TRUE(DecodeSamplerSideData(value, &sampler, &out, &carry).ok());
     EXPECT_EQ(sampler, "S");
-    EXPECT_EQ(out.size(), in.size());
-    EXPECT_EQ(carry, "\xE1\x88");
-    // Truncated anywhere, or a carry of 0 or 4+ bytes: corrupt.
+    EXPECT_EQ(out.size(), in.size());  // the carry is not a record
+    EXPECT_EQ(carry.bytes, "\xE1\x88");
+    EXPECT_EQ(carry.input_offset, 42u);
+    // The format readers that predate the carry know: SSGEN1 with one more
+    // record (an in-progress one no request id matches).
+    ASSERT_EQ(value.substr(0, 7), "SSGEN1\n");
+    uint32_t count = 0;
+    std::memcpy(&count, value.data() + 7 + 4 + 1, 4);  // after "S"
+    EXPECT_EQ(count, in.size() + 1);
+    // Truncated anywhere: corrupt.
     for (size_t n = 7; n < value.size(); ++n) {
       EXPECT_EQ(GetReason(DecodeSamplerSideData(value.substr(0, n), &sampler,
                                                 &out, &carry)),
                 Reason::kStateCorrupt)
           << n;
     }
-    std::string bad = value;
-    bad[bad.size() - 3] = 4;
-    EXPECT_EQ(
-        GetReason(DecodeSamplerSideData(bad + "xx", &sampler, &out, &carry)),
-        Reason::kStateCorrupt);
   }
-  // Without a carry, the value is the old format (readable by old workers).
-  std::string carry = "stale";
-  std::string sampler;
-  std::deque<GenerationRecord> out;
-  const std::string old = EncodeSamplerSideData("S", {Rec("a", 1)});
-  EXPECT_EQ(old.substr(0, 7), "SSGEN1\n");
-  ASSERT_TRUE(DecodeSamplerSideData(old, &sampler, &out, &carry).ok());
-  EXPECT_TRUE(carry.empty());
+  // Not a carry: bytes that are not continuation/lead bytes, or too many.
+  for (const std::string& bad :
+       {std::string("a"), std::string("\xE1\x88\x80\x80")}) {
+    std::string sampler;
+    Utf8Carry carry;
+    std::deque<GenerationRecord> out;
+    EXPECT_EQ(GetReason(DecodeSamplerSideData(
+                  EncodeSamplerSideData("S", {}, Utf8Carry{bad, 1}), &sampler,
+                  &out, &carry)),
+              Reason::kStateCorrupt);
+  }
 }
 
 TEST(GenerationRecordTest, TruncatedOrPaddedValuesAreCorrupt) {

@@ -42,13 +42,17 @@ class Executor {
       threads_.emplace_back([this] { Loop(); });
     }
   }
-  ~Executor() {
+  ~Executor() { Shutdown(); }
+  // Runs what is queued (and what that queues), then joins. Idempotent.
+  void Shutdown() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
     }
     cv_.notify_all();
-    for (auto& t : threads_) t.join();
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
   }
   void Post(std::function<void()> fn) {
     {
@@ -139,6 +143,17 @@ bool WrittenBelowDurability(const absl::Status& st) {
   return GetErrorMetadata(st, "durability_reached").has_value();
 }
 
+// The level a write kept below the durability asked for has (its error's
+// durability_reached), MEMORY if it does not say.
+Durability DurabilityReached(const absl::Status& st) {
+  const std::optional<std::string> name =
+      GetErrorMetadata(st, "durability_reached");
+  for (Durability d : {Durability::kReplicated, Durability::kFsync}) {
+    if (name == DurabilityName(d)) return d;
+  }
+  return Durability::kMemory;
+}
+
 // Session::no_hidden_at when last_hidden is that of the last token.
 constexpr uint64_t kHiddenKnown = ~uint64_t{0};
 
@@ -219,6 +234,9 @@ struct Session {
   SessionHead head;
   int64_t uncommitted_tokens = 0;
   bool dirty = false;
+  // dirty_since while dirty, else InfiniteFuture: what the renewal loop
+  // reads (under mu) to find input waiting for a commit.
+  absl::Time dirty_hint ABSL_GUARDED_BY(mu) = absl::InfiniteFuture();
   absl::Time dirty_since;
   int64_t last_use = 0;  // guarded by the manager's mu_
 };
@@ -254,12 +272,14 @@ class SessionManager::Impl {
     renewer_ = std::thread([this] { RenewLoop(); });
   }
   ~Impl() {
-    Drain();
     {
       absl::MutexLock lock(&mu_);
       stop_ = true;
     }
     renewer_.join();
+    Drain();
+    // Queued operations run now, while the members they touch exist.
+    pool_.Shutdown();
   }
 
   SessionManagerOptions opt_;
@@ -391,11 +411,13 @@ class SessionManager::Impl {
     }
     s->tail = snap.tokenizer_tail;
     s->input_offset = snap.input_offset;
-    std::string carry;
+    Utf8Carry carry;
     SS_RETURN_IF_ERROR(DecodeSamplerSideData(
         snap.sampler_state, &s->sampler_state, &s->records, &carry));
-    if (!carry.empty()) {
-      s->utf8_carry = std::move(carry);  // recorded: not the tail's end
+    // Recorded (not the tail's end), and for this very input: a worker that
+    // predates the record may have written the value back after more input.
+    if (!carry.bytes.empty() && carry.input_offset == snap.input_offset) {
+      s->utf8_carry = std::move(carry.bytes);
       s->carry_known = true;
     } else {
       s->utf8_carry = TailCarry(s->tail);
@@ -412,7 +434,9 @@ class SessionManager::Impl {
     return absl::OkStatus();
   }
 
+  // On the strand, after its state or commit status changed.
   void RefreshView(Session* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu) {
+    s->dirty_hint = s->dirty ? s->dirty_since : absl::InfiniteFuture();
     SessionView v = ViewOfHead(s->head);
     // UpdateSession wrote newer labels and TTL into the view than the head
     // this session last read from the store (its next commit reads them).
@@ -642,9 +666,12 @@ class SessionManager::Impl {
     snap.parent_version = s->head.parent_version;
     snap.tokenizer_tail = s->tail;
     // The carry only when the tail cannot give it back (LoadInto).
-    snap.sampler_state = EncodeSamplerSideData(
-        s->sampler_state, s->records,
-        s->utf8_carry == TailCarry(s->tail) ? std::string() : s->utf8_carry);
+    Utf8Carry carry;
+    if (s->utf8_carry != TailCarry(s->tail)) {
+      carry = {s->utf8_carry, s->input_offset};
+    }
+    snap.sampler_state =
+        EncodeSamplerSideData(s->sampler_state, s->records, carry);
     snap.state.assign(s->live.state.begin(), s->live.state.end());
     if (s->live.position > 0 && s->live.position != s->no_hidden_at) {
       snap.last_hidden = s->live.last_hidden;
@@ -658,12 +685,29 @@ class SessionManager::Impl {
   // answer never came).
   // What a checkpoint asked for at durability `d` needs: a commit of what
   // is not committed, or, with everything committed but below `d` (a
-  // policy commit at the default level), the same state committed again at
-  // `d` — an OK answer always means `d` was reached.
+  // policy commit at the default level, or a commit the store kept below
+  // the level asked), the head version raised to `d` in place (no new
+  // version: a retry that fails again writes nothing) — an OK answer always
+  // means `d` was reached.
   absl::Status Checkpoint(Session* s, Durability d,
                           const std::string& request_id) {
-    if (!s->dirty && s->head.head.durability >= d) return absl::OkStatus();
-    return CommitNow(s, d, request_id);
+    if (s->dirty) return CommitNow(s, d, request_id);
+    return RaiseHeadDurability(s, d);
+  }
+  // The head version at durability `d` or more, raised in place if needed.
+  absl::Status RaiseHeadDurability(Session* s, Durability d) {
+    if (s->head.head.durability >= d) return absl::OkStatus();
+    auto v = store_->AwaitDurability(s->key, s->head.head.version, d);
+    if (v.ok() || WrittenBelowDurability(v.status())) {
+      const Durability reached =
+          v.ok() ? v->durability : DurabilityReached(v.status());
+      if (reached > s->head.head.durability) {
+        s->head.head.durability = reached;
+        absl::MutexLock lock(&s->mu);
+        RefreshView(s);
+      }
+    }
+    return v.status();
   }
 
   absl::Status CommitNow(Session* s, Durability d,
@@ -752,10 +796,12 @@ class SessionManager::Impl {
   // (its tail was flushed into the prompt), in-progress records are
   // dropped and `rec` added. If the commit fails and the version does not
   // exist at a lower durability, the session is restored.
+  // `final`: the generation's last commit (else a periodic checkpoint,
+  // which a later commit of the same generation adopts if it was written).
   absl::Status CommitGeneration(Session* s, EngineState state,
                                 const engine::SamplerState& sampler,
                                 uint64_t input_offset, GenerationRecord rec,
-                                Durability d) {
+                                Durability d, bool final) {
     EngineState before = std::move(s->live);
     const std::string tail = s->tail, sampler_before = s->sampler_state;
     const uint64_t offset = s->input_offset;
@@ -777,9 +823,14 @@ class SessionManager::Impl {
       // reply lost, and the store unreadable since), going back to the state
       // before the generation could leave the session behind a head the
       // store did write, where every later commit fails. Then the cached
-      // state goes, and the next call reads the store.
-      auto h = store_->GetHead(s->key);
-      if (h.ok() && h->head.version == s->head.head.version) {
+      // state goes, and the next call reads the store. (A periodic
+      // checkpoint goes back regardless: the generation's later commit
+      // adopts it if it was written, a head under the session's own fence.)
+      const bool back = !final || [&] {
+        auto h = store_->GetHead(s->key);
+        return h.ok() && h->head.version == s->head.head.version;
+      }();
+      if (back) {
         s->live = std::move(before);
         s->tail = tail;
         s->sampler_state = sampler_before;
@@ -814,7 +865,8 @@ class SessionManager::Impl {
         rec.input_tokens = input_tokens;
         rec.tokens = std::move(p.tokens);
         CommitGeneration(s.get(), std::move(p.cp.state), p.cp.sampler,
-                         base_offset + p.cp.generated, std::move(rec), d)
+                         base_offset + p.cp.generated, std::move(rec), d,
+                         /*final=*/false)
             .IgnoreError();
       }
       std::function<void()> then;
@@ -855,9 +907,10 @@ class SessionManager::Impl {
         ack.duplicate = true;
         const bool uncovered = s->dirty && s->head.head.input_offset <
                                                in.expected_input_offset + units;
-        if (in.checkpoint &&
-            (uncovered || s->head.head.durability < Dur(in.durability))) {
-          absl::Status st = CommitNow(s.get(), Dur(in.durability), "");
+        if (in.checkpoint) {
+          absl::Status st =
+              uncovered ? CommitNow(s.get(), Dur(in.durability), "")
+                        : RaiseHeadDurability(s.get(), Dur(in.durability));
           if (!st.ok()) return fail(st);
           ack = Ack(s.get(), in.request_id);
           ack.duplicate = true;
@@ -977,6 +1030,7 @@ class SessionManager::Impl {
                                                absl::Milliseconds(50)))
               : renew_every;
     absl::Time next_renewal = absl::Now() + renew_every;
+    // Renewals run at the last tick before next_renewal, never after it.
     for (;;) {
       std::vector<std::shared_ptr<Session>> all;
       {
@@ -988,7 +1042,7 @@ class SessionManager::Impl {
       if (sweep) {
         for (auto& s : all) CommitIfWaited(s);
       }
-      if (absl::Now() < next_renewal) continue;
+      if (absl::Now() + every <= next_renewal) continue;
       next_renewal = absl::Now() + renew_every;
       for (auto& s : all) {
         auto r =
@@ -1003,12 +1057,20 @@ class SessionManager::Impl {
     }
   }
 
-  // Queues a policy commit on an idle session (none running or queued: a
-  // running operation checks the policy when it ends).
+  // Queues a policy commit on an idle session whose input has waited
+  // (none running or queued: a running operation checks the policy when it
+  // ends).
   void CommitIfWaited(const std::shared_ptr<Session>& s) {
     {
+      absl::MutexLock lock(&mu_);
+      if (draining_ || stop_) return;
+    }
+    {
       absl::MutexLock lock(&s->mu);
-      if (s->busy || !s->ops.empty() || s->gone != Session::Gone::kNo) return;
+      if (s->busy || !s->ops.empty() || s->gone != Session::Gone::kNo ||
+          clock_->Now() - s->dirty_hint < opt_.checkpoint_interval) {
+        return;
+      }
     }
     RunOp(s, [this, s] {
       if (GoneError(s.get()).ok() && s->dirty &&
@@ -1190,7 +1252,8 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
     }
     r.initial_state = std::move(src.state);
     // A fork starts with no generation records of its own.
-    std::string sampler, carry;
+    std::string sampler;
+    Utf8Carry carry;
     std::deque<GenerationRecord> records;
     SS_RETURN_IF_ERROR(DecodeSamplerSideData(r.initial_state.sampler_state,
                                              &sampler, &records, &carry));
@@ -1213,13 +1276,22 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
     // one gets a fresh id.
     SS_ASSIGN_OR_RETURN(SessionHead h, m.store_->GetHead(r.key));
     if (m.clock_->Now() - h.created_at <= m.opt_.request_id_window) {
-      const bool same = h.model_id == r.model_id && h.labels == r.labels &&
-                        (r.ttl == absl::ZeroDuration() || h.ttl == r.ttl) &&
-                        h.parent_session_id == r.parent_session_id &&
-                        (!p.fork_from || p.fork_from->second == 0 ||
-                         h.parent_version == r.parent_version);
+      // Labels and TTL as created, unless changed since (UpdateSession).
+      const bool updated = h.updated_at > h.created_at;
+      const bool same =
+          h.model_id == r.model_id &&
+          (updated || (h.labels == r.labels &&
+                       (r.ttl == absl::ZeroDuration() || h.ttl == r.ttl))) &&
+          h.parent_session_id == r.parent_session_id &&
+          (!p.fork_from || p.fork_from->second == 0 ||
+           h.parent_version == r.parent_version);
       if (!same) return DuplicateRequest(p.request_id);
       m.Remember(tenant, p.request_id, r.key.session_id, digest);
+      // The first attempt may have been written below the durability asked.
+      if (h.head.version == 1 && h.head.durability < r.durability) {
+        SS_ASSIGN_OR_RETURN(h.head,
+                            m.store_->AwaitDurability(r.key, 1, r.durability));
+      }
       return m.ViewOfHead(h);
     }
     r.key.session_id = m.NewSessionId();
@@ -1561,7 +1633,7 @@ void SessionManager::CloseWriter(const std::shared_ptr<Writer>& w,
       current = s->writer_gen == w->gen;
     }
     if (st.ok() && !current) st = Busy();
-    if (st.ok() && s->dirty) st = m.Checkpoint(s.get(), m.Dur(durability), "");
+    if (st.ok()) st = m.Checkpoint(s.get(), m.Dur(durability), "");
     {
       absl::MutexLock lock(&s->mu);
       if (s->writer_gen == w->gen) {
@@ -1949,7 +2021,8 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
               absl::Status cs =
                   m.CommitGeneration(s.get(), std::move(*work), r.sampler,
                                      start_offset + prompt_units + r.generated,
-                                     std::move(rec), m.Dur(in.durability));
+                                     std::move(rec), m.Dur(in.durability),
+                                     /*final=*/true);
               if (!cs.ok()) return finish(cs);
               o.committed = true;
               o.position = s->live.position;

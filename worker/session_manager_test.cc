@@ -533,6 +533,8 @@ TEST_F(SessionManagerTest, ACheckpointReachesItsDurabilityOrFails) {
         << offset << " " << f.status();
     EXPECT_EQ(GetReason(f.status()), Reason::kStoreUnavailable);
   }
+  // The head was raised in place (or not at all): no copies of it written.
+  EXPECT_EQ(store_->GetHead({"t", "d"})->head.version, a->version);
   // At the level it was committed at, a checkpoint is a plain ack.
   auto m = Append(w, 3, "", false, true, Durability::kMemory);
   ASSERT_TRUE(m.ok()) << m.status();
