@@ -116,6 +116,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+    // Keep pinging a call that sends nothing (a Generate stream).
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
     for (const auto& [name, value] : o.channel_args) args.SetInt(name, value);
     if (!o.tls_server_name.empty()) {
       args.SetSslTargetNameOverride(o.tls_server_name);
