@@ -13,15 +13,15 @@ guarantees as statestream.client:
 from __future__ import annotations
 
 import asyncio
-import collections
 import random
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import grpc
 import grpc.aio
 
-from statestream.client import _crc32c, new_request_id
+from statestream.client import _channel_options, _crc32c, new_request_id
 from statestream.errors import StatestreamError, is_retryable, retry_after
+from statestream.streams import _AckTracker, _diverged, _Retained, _units
 from statestream.types import (AppendAck, ExportedState, GenerateChunk,
                                GenerateDone, GenerateResult, ScoreResult,
                                SessionInfo, VersionInfo)
@@ -38,7 +38,8 @@ class _Stubs:
 
 
 class AsyncClient:
-    """Like statestream.Client, for one event loop."""
+    """Like statestream.Client, for one event loop (the same options,
+    HTTP/2 keepalive included)."""
 
     def __init__(self, targets: Union[str, Sequence[str]], *,
                  api_key: Optional[str] = None, tenant: Optional[str] = None,
@@ -62,14 +63,7 @@ class AsyncClient:
             self._metadata.append(("authorization", "Bearer " + api_key))
         if tenant:
             self._metadata.append(("x-statestream-tenant", tenant))
-        opts = [("grpc.max_receive_message_length", 8 << 20),
-                ("grpc.max_send_message_length", 8 << 20),
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000)] + list(options)
-        if tls and tls_server_name:
-            # The name checked against the server certificate.
-            opts.append(("grpc.ssl_target_name_override", tls_server_name))
+        opts = _channel_options(options, tls and tls_server_name)
         self._stubs = []
         for target in targets:
             if tls:
@@ -305,8 +299,18 @@ class AsyncSession:
             req, metadata=md, timeout=t))
 
 
-class AsyncAppendWriter:
-    """statestream.AppendWriter for asyncio (same invariant and resume)."""
+class AsyncAppendWriter(_AckTracker):
+    """statestream.AppendWriter for asyncio: the same invariant, commit rule
+    and resume. At most `window` requests are in flight, resends after a
+    reconnect included (the server stops reading a client that leaves 64
+    acks unread).
+
+    A failure that is not retried (or runs out of attempts) sticks: every
+    later call raises it and opens no call. After close(), calls raise
+    FAILED_PRECONDITION "writer closed". A call cancelled by the caller
+    (asyncio.CancelledError, e.g. from asyncio.wait_for) cancels the gRPC
+    call; what write() had taken stays in the writer (its offset counted)
+    and the next call resends it on a new call."""
 
     def __init__(self, client: AsyncClient, session_id: str, offset: int,
                  window: int, max_chunk_bytes: int, durability: int):
@@ -316,128 +320,199 @@ class AsyncAppendWriter:
         self._window = max(1, window)
         self._chunk = max(1, min(max_chunk_bytes, 1 << 20))
         self._durability = durability
-        self._retained: "collections.deque" = collections.deque()
-        self._acked = 0
+        self._init_tracker(offset)
+        self._sent = 0  # of _retained, sent on the current call
         self._call = None
         self._stubs = None
-        self._attempts = 0
+        self._error: Optional[StatestreamError] = None
+        self._closing = False  # close() queued its checkpoint
+        self._closed = False
         self.last_ack: Optional[AppendAck] = None
         self.reconnects = 0
+
+    @property
+    def offset(self) -> int:
+        """input_offset after everything written."""
+        return self._next_offset
 
     async def __aenter__(self) -> "AsyncAppendWriter":
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            await self.close()
-        elif self._call is not None:
-            self._call.cancel()
+            if not self._closed:
+                await self.close()
+        else:
+            self._drop_call()
 
     async def write(self, text: Union[str, bytes]) -> None:
         data = text.encode() if isinstance(text, str) else bytes(text)
+        self._check()
         for i in range(0, len(data), self._chunk):
-            await self._send(pb.AppendRequest(text_utf8=data[i:i + self._chunk]))
+            self._queue(pb.AppendRequest(text_utf8=data[i:i + self._chunk]))
+        await self._pump(self._window)
 
     async def flush(self) -> None:
-        await self._send(pb.AppendRequest(flush=True))
+        self._check()
+        self._queue(pb.AppendRequest(flush=True))
+        await self._pump(self._window)
 
     async def sync(self) -> AppendAck:
         """Waits for the acks of everything written (applied, maybe not
         committed)."""
-        await self._read_acks(0)
+        if self._error is not None:
+            raise self._error
+        await self._pump(0)
         return self.last_ack
 
     async def checkpoint(self) -> AppendAck:
-        await self._send(pb.AppendRequest(checkpoint=True))
-        await self._read_acks(0)
+        """Commits everything written; returns its ack."""
+        self._check()
+        self._queue(pb.AppendRequest(checkpoint=True))
+        await self._pump(0)
         return self.last_ack
 
     async def close(self) -> AppendAck:
-        ack = await self.checkpoint()
-        if self._call is not None:
+        """Commits everything written and ends the call. Again after a
+        cancellation: finishes the same close. Twice: FAILED_PRECONDITION
+        "writer closed"."""
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise StatestreamError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   "writer closed")
+        if not self._closing:
+            self._queue(pb.AppendRequest(checkpoint=True))
+            self._closing = True
+        await self._pump(0)
+        ack = self.last_ack
+        self._closed = True
+        call, self._call = self._call, None
+        if call is not None:
             try:
-                await self._call.done_writing()
-                await self._call.code()
+                await call.done_writing()
+                await call.code()
             except (grpc.RpcError, asyncio.InvalidStateError):
                 pass  # everything is committed and acknowledged already
-            self._call = None
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
         return ack
 
-    @staticmethod
-    def _units(r) -> int:
-        return len(r.tokens.ids) if r.HasField("tokens") else len(r.text_utf8)
+    # -- internals -----------------------------------------------------------
 
-    async def _send(self, req) -> None:
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closed or self._closing:
+            raise StatestreamError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   "writer closed")
+
+    def _queue(self, req) -> None:
         req.session_id = self._session_id
         req.expected_input_offset = self._next_offset
         req.durability = self._durability
-        self._next_offset += self._units(req)
-        self._retained.append(req)
-        if self._call is None:
-            await self._reconnect(None)
-        else:
+        self._next_offset += _units(req)
+        self._retained.append(_Retained(req))
+
+    def _dropped_front(self) -> None:
+        self._sent -= 1
+
+    def _drop_call(self) -> None:
+        """Cancels the current call, if any; the next pump opens a new one
+        and resends everything retained."""
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        self._acked = 0
+        self._sent = 0
+
+    async def _pump(self, keep_unacked: int) -> None:
+        """Sends what the window allows and reads acks until at most
+        `keep_unacked` requests are unacknowledged."""
+        try:
+            await self._pump_inner(keep_unacked)
+        except asyncio.CancelledError:
+            # A cancelled gRPC call fails every later read and write: open a
+            # new one next time.
+            self._drop_call()
+            raise
+
+    async def _pump_inner(self, keep_unacked: int) -> None:
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._call is None:
+                if not self._retained:
+                    return
+                await self._reconnect(None)
             try:
-                await self._call.write(req)
+                while (self._sent < len(self._retained) and
+                       self._sent - self._acked < self._window):
+                    await self._call.write(self._retained[self._sent].request)
+                    self._sent += 1
             except (grpc.RpcError, asyncio.InvalidStateError) as e:
-                await self._reconnect(self._error_of(e))
-        await self._read_acks(self._window)
-
-    @staticmethod
-    def _error_of(e) -> StatestreamError:
-        if isinstance(e, grpc.RpcError):
-            return StatestreamError.from_rpc_error(e)
-        return StatestreamError(grpc.StatusCode.UNAVAILABLE, str(e))
-
-    async def _read_acks(self, keep: int) -> None:
-        while len(self._retained) - self._acked > keep:
+                await self._reconnect(await self._error_of(self._call, e))
+                continue
+            if len(self._retained) - self._acked <= keep_unacked:
+                return
             try:
                 ack = await self._call.read()
             except (grpc.RpcError, asyncio.InvalidStateError) as e:
-                await self._reconnect(self._error_of(e))
+                await self._reconnect(await self._error_of(self._call, e))
                 continue
             if ack is grpc.aio.EOF:
                 await self._reconnect(StatestreamError(
                     grpc.StatusCode.UNAVAILABLE, "append stream ended early"))
                 continue
-            self._acked += 1
-            self.last_ack = AppendAck.from_proto(ack)
-            self._attempts = 0
-            while self._acked > 0 and (
-                    self._retained[0].expected_input_offset +
-                    self._units(self._retained[0]) <=
-                    ack.committed_input_offset):
-                self._retained.popleft()
-                self._acked -= 1
+            self._on_ack(ack)
+
+    @staticmethod
+    async def _error_of(call, e) -> StatestreamError:
+        if isinstance(e, grpc.RpcError):
+            return StatestreamError.from_rpc_error(e)
+        # A write on a call that has ended: its status says why.
+        if call is not None and call.done():
+            try:
+                code = await call.code()
+                if code != grpc.StatusCode.OK:
+                    return StatestreamError.from_status(
+                        code, await call.details(),
+                        await call.trailing_metadata())
+            except (grpc.RpcError, asyncio.InvalidStateError):
+                pass
+        return StatestreamError(grpc.StatusCode.UNAVAILABLE,
+                                f"append stream ended early: {e}")
 
     async def _reconnect(self, cause: Optional[StatestreamError]) -> None:
-        while True:
-            if self._call is not None:
-                self._call.cancel()
-                self._client._rotate(self._stubs)
-                self._call = None
-                self._attempts += 1
-                await self._client._retry_or_raise(cause, self._attempts)
-                self.reconnects += 1
-            self._stubs = self._client._stubs[self._client._current]
-            self._call = self._stubs.streams.Append(
-                metadata=self._client._metadata)
-            self._acked = 0
+        if self._call is not None:
+            self._call.cancel()
+            self._client._rotate(self._stubs)
+            self._call = None
+            self._attempts += 1
             try:
-                for r in self._retained:
-                    await self._call.write(r)
-                return
-            except (grpc.RpcError, asyncio.InvalidStateError) as e:
-                cause = self._error_of(e)
+                await self._client._retry_or_raise(cause, self._attempts)
+            except StatestreamError as e:
+                self._error = e
+                raise
+            self.reconnects += 1
+        self._stubs = self._client._stubs[self._client._current]
+        self._call = self._stubs.streams.Append(
+            metadata=self._client._metadata)
+        self._acked = 0
+        self._sent = 0
 
 
 class AsyncGenerateStream:
-    """Async iterator of GenerateChunk with resume; `.done` at the end."""
+    """Async iterator of GenerateChunk with resume (a resumed call that
+    diverges from what was delivered raises ABORTED); `.done` at the end."""
 
     def __init__(self, session: AsyncSession, request):
         self._session = session
         self._client = session.client
         self._request = request
         self._delivered_tokens = 0
+        self._delivered_ids: list = []
         self._delivered_bytes = 0
         self._call = None
         self._stubs = None
@@ -450,7 +525,27 @@ class AsyncGenerateStream:
     def __aiter__(self) -> "AsyncGenerateStream":
         return self
 
+    def _drop_call(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    async def aclose(self) -> None:
+        """Cancels the call; the iteration ends."""
+        self._drop_call()
+        self._finished = True
+
     async def __anext__(self) -> GenerateChunk:
+        try:
+            return await self._next()
+        except asyncio.CancelledError:
+            # The caller gave up on this read (e.g. asyncio.wait_for): gRPC
+            # has cancelled the call, which fails every later read. The next
+            # read reissues the same request and skips what was delivered.
+            self._drop_call()
+            raise
+
+    async def _next(self) -> GenerateChunk:
         if (self._request.commit and not self._pinned and
                 not self._request.HasField("expected_input_offset")):
             # A retry must not apply a committed generation twice.
@@ -478,8 +573,14 @@ class AsyncGenerateStream:
                     self._finished = True
                     break
                 c = msg.chunk
+                diverged = _diverged(self._delivered_ids, c)
+                if diverged is not None:
+                    self._finished = True
+                    self._drop_call()
+                    raise diverged
                 n = len(c.tokens)
                 skip = min(n, max(0, self._delivered_tokens - c.index))
+                self._delivered_ids.extend(c.tokens[skip:])
                 begin = self._seen_bytes
                 self._seen_bytes += len(c.text_utf8)
                 skip_bytes = min(len(c.text_utf8),

@@ -35,6 +35,40 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+# Channel options every client starts from; `options` passed to a client
+# replace the ones with the same name. HTTP/2 keepalive: while calls are
+# open, a ping every 20 s that must be answered within 10 s, so a call on a
+# connection that died silently (a paused or partitioned server, a dropped
+# NAT entry) fails UNAVAILABLE and is resumed instead of waiting forever.
+# max_pings_without_data 0: else gRPC stops pinging after two pings on a
+# call that sends nothing (a Generate, a writer waiting for acks). The
+# servers accept a ping every 500 ms.
+DEFAULT_CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", 8 << 20),
+    ("grpc.max_send_message_length", 8 << 20),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 20000),
+    ("grpc.keepalive_timeout_ms", 10000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+
+def _channel_options(options: Sequence = (),
+                     tls_server_name: Optional[str] = None) -> list:
+    """DEFAULT_CHANNEL_OPTIONS overridden by `options` (by name)."""
+    options = list(options)
+    given = {name for name, _ in options}
+    opts = [o for o in DEFAULT_CHANNEL_OPTIONS if o[0] not in given] + options
+    if tls_server_name:
+        # The name checked against the server certificate.
+        opts = [o for o in opts if o[0] != "grpc.ssl_target_name_override"]
+        opts.append(("grpc.ssl_target_name_override", tls_server_name))
+    return opts
+
+
 class _Stubs:
     def __init__(self, channel):
         self.channel = channel
@@ -46,7 +80,12 @@ class _Stubs:
 class Client:
     """Connection to one or more statestream targets (gateways or `serve`).
 
-    Thread-safe. Use as a context manager or call close()."""
+    Thread-safe. Use as a context manager or call close(). `options` are
+    gRPC channel arguments that replace DEFAULT_CHANNEL_OPTIONS of the same
+    name; by default HTTP/2 keepalive pings an open call's connection every
+    20 s and fails its calls (UNAVAILABLE, then resumed on the next target)
+    when a ping goes unanswered for 10 s, e.g.
+    options=[("grpc.keepalive_time_ms", 60000)] to ping less often."""
 
     def __init__(self, targets: Union[str, Sequence[str]], *,
                  api_key: Optional[str] = None, tenant: Optional[str] = None,
@@ -70,14 +109,7 @@ class Client:
             self._metadata.append(("authorization", "Bearer " + api_key))
         if tenant:
             self._metadata.append(("x-statestream-tenant", tenant))
-        opts = [("grpc.max_receive_message_length", 8 << 20),
-                ("grpc.max_send_message_length", 8 << 20),
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000)] + list(options)
-        if tls and tls_server_name:
-            # The name checked against the server certificate.
-            opts.append(("grpc.ssl_target_name_override", tls_server_name))
+        opts = _channel_options(options, tls and tls_server_name)
         self._stubs = []
         for target in targets:
             if tls:

@@ -27,19 +27,34 @@ class StatestreamError(Exception):
     def from_rpc_error(cls, error: grpc.RpcError) -> "StatestreamError":
         code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
         message = error.details() if hasattr(error, "details") else str(error)
-        reason, metadata = "REASON_UNSPECIFIED", {}
         trailers = ()
         if hasattr(error, "trailing_metadata"):
             trailers = error.trailing_metadata() or ()
-        for key, value in trailers:
+        return cls.from_status(code, message, trailers)
+
+    @classmethod
+    def from_status(cls, code: Optional[grpc.StatusCode],
+                    message: Optional[str],
+                    trailers=()) -> "StatestreamError":
+        """From a call's status code, details and trailing metadata. A
+        malformed `grpc-status-details-bin` is ignored (the code and message
+        still make a typed error)."""
+        if not isinstance(code, grpc.StatusCode):
+            code = grpc.StatusCode.UNKNOWN
+        reason, metadata = "REASON_UNSPECIFIED", {}
+        for key, value in trailers or ():
             if key != "grpc-status-details-bin":
                 continue
+            from google.protobuf.message import DecodeError
             from google.rpc import error_details_pb2, status_pb2
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info) and info.domain == DOMAIN:
-                    reason, metadata = info.reason, dict(info.metadata)
+            try:
+                status = status_pb2.Status.FromString(value)
+                for detail in status.details:
+                    info = error_details_pb2.ErrorInfo()
+                    if detail.Unpack(info) and info.domain == DOMAIN:
+                        reason, metadata = info.reason, dict(info.metadata)
+            except (DecodeError, TypeError, ValueError):
+                pass  # malformed details: the code and message stand
         return cls(code, message or "", reason, metadata)
 
 

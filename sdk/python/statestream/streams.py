@@ -45,11 +45,91 @@ class _AppendCall:
         self.responses.cancel()
 
 
-class AppendWriter:
+class _Retained:
+    """A request kept until it is known committed."""
+    __slots__ = ("request", "acked_version")
+
+    def __init__(self, request):
+        self.request = request
+        self.acked_version = 0  # `version` of its ack on the current call
+
+
+def _units(r) -> int:
+    return len(r.tokens.ids) if r.HasField("tokens") else len(r.text_utf8)
+
+
+def _end_offset(r) -> int:
+    return r.expected_input_offset + _units(r)
+
+
+def _committed(e: _Retained, ack) -> bool:
+    """Whether `e`, acknowledged, is known committed after `ack` (the
+    latest). A request with a payload is once the commit covers its end. A
+    bare flush ends where it starts, and a commit at that offset may predate
+    it: it is only once the offset moved past it or a newer version (a
+    commit after its ack) covers it."""
+    end = _end_offset(e.request)
+    if _units(e.request) > 0:
+        return end <= ack.committed_input_offset
+    return end < ack.committed_input_offset or (
+        end == ack.committed_input_offset and ack.version > e.acked_version)
+
+
+class _AckTracker:
+    """What the sync and asyncio writers share: the retained queue, the
+    commit rule and what counts as progress."""
+
+    def _init_tracker(self, offset: int) -> None:
+        # Requests not yet known committed, in offset order; on the current
+        # call the first `_acked` of them were acknowledged.
+        self._retained: "collections.deque" = collections.deque()
+        self._acked = 0
+        self._attempts = 0  # failed attempts since the last progress
+        # Progress marks: the highest end offset and version acknowledged.
+        self._acked_high = offset
+        self._version_high = 0
+
+    def _on_ack(self, ack) -> None:
+        acked = self._retained[self._acked]
+        self._acked += 1
+        acked.acked_version = ack.version
+        # Progress, which resets the count of failed attempts, is input
+        # never acknowledged before or a new commit: a resend acknowledged
+        # as a duplicate is neither, so a request that fails at every
+        # attempt ends the retries after max_attempts.
+        end = _end_offset(acked.request)
+        if end > self._acked_high or ack.version > self._version_high:
+            self._attempts = 0
+        self._acked_high = max(self._acked_high, end)
+        self._version_high = max(self._version_high, ack.version)
+        checkpoint = acked.request.checkpoint
+        self.last_ack = AppendAck.from_proto(ack)
+        # Drop what is committed (acknowledged ones only: the others still
+        # have their acks coming on this call). A checkpoint's ack commits
+        # everything before it.
+        while self._acked > 0 and (checkpoint or
+                                   _committed(self._retained[0], ack)):
+            self._retained.popleft()
+            self._acked -= 1
+            self._dropped_front()
+
+    def _dropped_front(self) -> None:
+        pass
+
+
+class AppendWriter(_AckTracker):
     """Writes into a session exactly once, pipelined, resuming after
-    failures. Not thread-safe. Invariant: `_retained` holds every request
-    not known to be committed, in offset order; the first `_acked` of them
-    were acknowledged on the current call."""
+    failures. Not thread-safe.
+
+    Invariant: `_retained` holds, in offset order, every request sent whose
+    effect is not known to be committed; the first `_acked` of them were
+    acknowledged on the current call. After a failure all of them are resent
+    on a new call at their original offsets (the server acknowledges what
+    it still has as duplicates and applies the rest). A request is
+    committed once an ack's committed_input_offset covers its end, except a
+    bare flush (see `_committed`); a checkpoint's ack commits everything up
+    to it. A failure that is not retried (or runs out of attempts) sticks:
+    every later call raises it."""
 
     def __init__(self, client: Client, session_id: str, offset: int, *,
                  window: int, max_chunk_bytes: int, durability: int,
@@ -61,10 +141,8 @@ class AppendWriter:
         self._chunk = max(1, min(max_chunk_bytes, _MAX_TEXT))
         self._durability = durability
         self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._retained: "collections.deque" = collections.deque()
-        self._acked = 0
+        self._init_tracker(offset)
         self._call: Optional[_AppendCall] = None
-        self._attempts = 0
         self._error: Optional[StatestreamError] = None
         self._closed = False
         self.last_ack: Optional[AppendAck] = None
@@ -103,6 +181,8 @@ class AppendWriter:
     def sync(self) -> AppendAck:
         """Waits for the acks of everything written (applied, maybe not
         committed)."""
+        if self._error is not None:
+            raise self._error
         self._read_acks(0)
         return self.last_ack
 
@@ -113,6 +193,8 @@ class AppendWriter:
         return self.last_ack
 
     def close(self) -> AppendAck:
+        """Commits everything written and ends the call. Later calls raise
+        FAILED_PRECONDITION "writer closed"."""
         ack = self.checkpoint()
         self._closed = True
         if self._call is not None:
@@ -127,21 +209,20 @@ class AppendWriter:
 
     # -- internals -----------------------------------------------------------
 
-    @staticmethod
-    def _units(r) -> int:
-        return len(r.tokens.ids) if r.HasField("tokens") else len(r.text_utf8)
-
-    def _send(self, req) -> None:
+    def _check(self) -> None:
         if self._error is not None:
             raise self._error
         if self._closed:
             raise StatestreamError(grpc.StatusCode.FAILED_PRECONDITION,
                                    "writer closed")
+
+    def _send(self, req) -> None:
+        self._check()
         req.session_id = self._session_id
         req.expected_input_offset = self._next_offset
         req.durability = self._durability
-        self._next_offset += self._units(req)
-        self._retained.append(req)
+        self._next_offset += _units(req)
+        self._retained.append(_Retained(req))
         if self._call is None:
             self._reconnect(None)
         else:
@@ -152,6 +233,8 @@ class AppendWriter:
         while len(self._retained) - self._acked > keep_unacked:
             if self._error is not None:
                 raise self._error
+            if self._call is None:
+                self._reconnect(None)
             try:
                 ack = next(self._call.responses)
             except grpc.RpcError as e:
@@ -161,15 +244,7 @@ class AppendWriter:
                 self._reconnect(StatestreamError(
                     grpc.StatusCode.UNAVAILABLE, "append stream ended early"))
                 continue
-            self._acked += 1
-            self.last_ack = AppendAck.from_proto(ack)
-            self._attempts = 0
-            committed = ack.committed_input_offset
-            while self._acked > 0 and (
-                    self._retained[0].expected_input_offset +
-                    self._units(self._retained[0]) <= committed):
-                self._retained.popleft()
-                self._acked -= 1
+            self._on_ack(ack)
 
     def _reconnect(self, cause: Optional[StatestreamError]) -> None:
         if self._call is not None:
@@ -189,20 +264,44 @@ class AppendWriter:
                                  self._client._attempt_timeout(
                                      self._deadline, unary=False))
         self._acked = 0
-        for r in self._retained:
-            self._call.send(r)
+        # gRPC's thread consumes the queue as the server reads, so this
+        # cannot block against unread acks.
+        for e in self._retained:
+            self._call.send(e.request)
+
+
+def _diverged(delivered_ids, chunk) -> Optional[StatestreamError]:
+    """ABORTED if `chunk` of a resumed call differs from the tokens already
+    delivered (the session changed in between: another derived seed and
+    state), rather than joining two outputs."""
+    if chunk.index > len(delivered_ids):
+        return StatestreamError(grpc.StatusCode.ABORTED,
+                                "the resumed generation skipped output")
+    for i, t in enumerate(chunk.tokens):
+        if chunk.index + i >= len(delivered_ids):
+            break
+        if delivered_ids[chunk.index + i] != t:
+            return StatestreamError(
+                grpc.StatusCode.ABORTED,
+                f"the resumed generation diverged from the "
+                f"{len(delivered_ids)} tokens already delivered (the session "
+                "changed in between?); its output is not joined to them")
+    return None
 
 
 class GenerateStream:
     """Iterates over GenerateChunk, resuming after failures with the same
-    request and skipping output already delivered. `.done` (GenerateDone)
-    is set once the iteration ends; `.reconnects` counts resumptions."""
+    request and skipping output already delivered (checked equal to what
+    was delivered: a resumed call that diverges raises ABORTED). `.done`
+    (GenerateDone) is set once the iteration ends; `.reconnects` counts
+    resumptions."""
 
     def __init__(self, client: Client, request, timeout: Optional[float]):
         self._client = client
         self._request = request
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._delivered_tokens = 0
+        self._delivered_ids: list = []
         self._delivered_bytes = 0
         self._responses = None
         self._stubs = None
@@ -241,8 +340,13 @@ class GenerateStream:
                     self._finished = True
                     break
                 c = msg.chunk
+                diverged = _diverged(self._delivered_ids, c)
+                if diverged is not None:
+                    self.cancel()
+                    raise diverged
                 n = len(c.tokens)
                 skip = min(n, max(0, self._delivered_tokens - c.index))
+                self._delivered_ids.extend(c.tokens[skip:])
                 begin = self._seen_bytes
                 self._seen_bytes += len(c.text_utf8)
                 skip_bytes = min(len(c.text_utf8),

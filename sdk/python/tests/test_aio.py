@@ -3,6 +3,9 @@
 middle of an Append and of a Generate."""
 import asyncio
 
+import grpc
+
+from statestream import StatestreamError
 from statestream.aio import AsyncClient
 
 
@@ -52,4 +55,28 @@ def test_async_append_and_generate_survive_kill9(server):
             fork = await s.fork(new_id="a-fork")
             assert (await fork.get()).parent_session_id == "a"
             assert [v.version for v in await s.versions()][0] == 3
+    run(main())
+
+
+def test_async_resumed_generate_that_diverges_is_not_joined(server):
+    async def main():
+        async with AsyncClient(server.address, max_attempts=40,
+                               max_backoff=0.5,
+                               options=[("grpc.http2.bdp_probe", 0)]) as c:
+            await c.create_session("diverge")
+            s = c.session("diverge")
+            await s.append("Once upon a time")
+            stream = s.generate(max_tokens=8000, temperature=1.0,
+                                logprobs=True, top_logprobs=5,
+                                request_id="diverging")
+            await stream.__anext__()
+            server.kill_and_restart()
+            await s.append(" there was a change")
+            try:
+                async for _ in stream:
+                    pass
+            except StatestreamError as e:
+                assert e.code == grpc.StatusCode.ABORTED
+            else:
+                raise AssertionError("the diverged output was joined")
     run(main())

@@ -142,3 +142,21 @@ def test_committing_generate_survives_kill9(server, client):
     a, b = s.get(), twin.get()
     assert (a.input_offset, a.position) == (b.input_offset, b.position)
     assert s.score("x").sum_logprob == twin.score("x").sum_logprob
+
+
+def test_a_resumed_generate_that_diverges_is_not_joined(server, client):
+    # The server's seed derives from the input_offset, which the append in
+    # between moves: the resumed call's tokens differ, and the stream raises
+    # ABORTED instead of joining the two outputs.
+    client.create_session("diverge")
+    s = client.session("diverge")
+    s.append("Once upon a time")
+    stream = s.generate(max_tokens=8000, temperature=1.0, logprobs=True,
+                        top_logprobs=5, request_id="diverging")
+    next(stream)
+    server.kill_and_restart()
+    s.append(" there was a change")
+    with pytest.raises(StatestreamError) as e:
+        for _ in stream:
+            pass
+    assert e.value.code == grpc.StatusCode.ABORTED

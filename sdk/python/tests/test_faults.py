@@ -1,0 +1,213 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The SDK against a small in-process fake server that injects faults the
+real one does not make on demand: a request that fails at every attempt,
+malformed error details. Also the client's default channel options."""
+import asyncio
+import os
+import signal
+import time
+from concurrent import futures
+
+import grpc
+import grpc.aio
+import pytest
+from google.protobuf import any_pb2
+from google.rpc import status_pb2
+
+from statestream import Client, StatestreamError
+from statestream.aio import AsyncClient
+from statestream.v1 import statestream_pb2 as pb
+from statestream.v1 import statestream_pb2_grpc as rpc
+from test_writer import pause
+
+MAX_CALLS = 30  # the fake gives up (non-retryable) after this many Appends
+
+
+class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
+    """Sessions.GetSession and Streams.Append. Append acks each request
+    (resends as duplicates, never committing) except a text "bad", which
+    fails UNAVAILABLE at every attempt. Session "malformed" fails with
+    an unparsable grpc-status-details-bin."""
+
+    def __init__(self):
+        self.append_calls = 0
+        self.applied = 0
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        rpc.add_SessionsServicer_to_server(self, self.server)
+        rpc.add_StreamsServicer_to_server(self, self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def GetSession(self, request, context):
+        if request.session_id == "malformed":
+            context.set_trailing_metadata((
+                ("grpc-status-details-bin", b"\x1a\x05ab"),))  # truncated
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          "details that do not parse")
+        return pb.Session(session_id=request.session_id, input_offset=0)
+
+    def Append(self, request_iterator, context):
+        self.append_calls += 1
+        if self.append_calls > MAX_CALLS:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          "the fake gives up")
+        for r in request_iterator:
+            if r.text_utf8 == b"bad":
+                context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
+            end = r.expected_input_offset + len(r.text_utf8)
+            duplicate = end <= self.applied and len(r.text_utf8) > 0
+            self.applied = max(self.applied, end)
+            yield pb.AppendResponse(duplicate=duplicate,
+                                    input_offset=self.applied, version=1,
+                                    committed_input_offset=0)
+
+
+@pytest.fixture
+def fake():
+    f = FakeServer()
+    yield f
+    f.server.stop(None)
+
+
+def fast_retries():
+    return dict(max_attempts=3, initial_backoff=0.001, max_backoff=0.01)
+
+
+# -- a resent duplicate is not progress --------------------------------------
+#
+# "a" is acknowledged on every call (a duplicate after the first), then "bad"
+# fails. Counting the duplicate's ack as progress reset the failed attempts
+# at every call and retried forever; the writer must give up after
+# max_attempts calls in a row that made no progress.
+
+def test_duplicates_are_not_progress(fake):
+    with Client(fake.address, **fast_retries()) as c:
+        w = c.session("s").writer()
+        w.write("a")
+        w.write("bad")
+        with pytest.raises(StatestreamError) as e:
+            w.sync()
+        assert e.value.code == grpc.StatusCode.UNAVAILABLE
+        assert fake.append_calls == 3
+
+
+def test_async_duplicates_are_not_progress(fake):
+    async def main():
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            w = await c.session("s").writer()
+            await w.write("a")
+            await w.write("bad")
+            with pytest.raises(StatestreamError) as e:
+                await w.sync()
+            assert e.value.code == grpc.StatusCode.UNAVAILABLE
+            assert fake.append_calls == 3
+    asyncio.run(main())
+
+
+# -- malformed grpc-status-details-bin ---------------------------------------
+
+def test_malformed_status_details_give_a_typed_error(fake):
+    with Client(fake.address, **fast_retries()) as c:
+        with pytest.raises(StatestreamError) as e:
+            c.session("malformed").get()
+        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert e.value.message == "details that do not parse"
+        assert e.value.reason == "REASON_UNSPECIFIED"
+
+
+def test_async_malformed_status_details_give_a_typed_error(fake):
+    async def main():
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            with pytest.raises(StatestreamError) as e:
+                await c.session("malformed").get()
+            assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    asyncio.run(main())
+
+
+def test_malformed_error_info_gives_a_typed_error():
+    status = status_pb2.Status(code=9, message="m")
+    status.details.append(any_pb2.Any(
+        type_url="type.googleapis.com/google.rpc.ErrorInfo",
+        value=b"\x0a\x05ab"))  # truncated
+
+    class Error(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.FAILED_PRECONDITION
+
+        def details(self):
+            return "m"
+
+        def trailing_metadata(self):
+            return (("grpc-status-details-bin", status.SerializeToString()),)
+    e = StatestreamError.from_rpc_error(Error())
+    assert e.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert e.reason == "REASON_UNSPECIFIED"
+
+
+# -- channel options ----------------------------------------------------------
+
+def channel_options(monkeypatch, make_client, module):
+    seen = []
+
+    def record(target, options=None, **kwargs):
+        seen.append(list(options or ()))
+        return real(target, options=options, **kwargs)
+    real = module.insecure_channel
+    monkeypatch.setattr(module, "insecure_channel", record)
+    make_client()
+    assert len(seen) == 1
+    names = [name for name, _ in seen[0]]
+    assert len(names) == len(set(names)), names  # no duplicates
+    return dict(seen[0])
+
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_keepalive_is_on_by_default_and_overridable(monkeypatch, aio):
+    async def make(**kwargs):
+        if aio:
+            await AsyncClient("127.0.0.1:1", **kwargs).close()
+        else:
+            Client("127.0.0.1:1", **kwargs).close()
+    module = grpc.aio if aio else grpc
+
+    opts = channel_options(monkeypatch, lambda: asyncio.run(make()), module)
+    assert opts["grpc.keepalive_time_ms"] == 20000
+    assert opts["grpc.keepalive_timeout_ms"] == 10000
+    assert opts["grpc.keepalive_permit_without_calls"] == 0
+    assert opts["grpc.http2.max_pings_without_data"] == 0
+
+    monkeypatch.undo()
+    opts = channel_options(monkeypatch, lambda: asyncio.run(make(options=[
+        ("grpc.keepalive_time_ms", 60000),
+        ("grpc.max_receive_message_length", 1 << 20)])), module)
+    assert opts["grpc.keepalive_time_ms"] == 60000
+    assert opts["grpc.keepalive_timeout_ms"] == 10000
+    assert opts["grpc.max_receive_message_length"] == 1 << 20
+
+
+def test_keepalive_fails_a_call_to_a_paused_server(server):
+    # An open Append call that sends nothing while the server is stopped
+    # (SIGSTOP: the connection stays up, nothing answers). Keepalive (made
+    # frequent here) fails the call, and the writer resumes on a new one.
+    # Without keepalive, or with gRPC's default of at most two pings on a
+    # call that sends no data, the call would wait for the server.
+    with Client(server.address, options=[("grpc.keepalive_time_ms", 600),
+                                         ("grpc.keepalive_timeout_ms", 600)
+                                         ]) as c:
+        c.create_session("k")
+        w = c.session("k").writer()
+        w.write("x")
+        w.sync()
+        time.sleep(2.5)  # more pings than gRPC allows without data
+        pause(server)
+        try:
+            time.sleep(2)
+        finally:
+            os.kill(server._proc.pid, signal.SIGCONT)
+        w.write("y")
+        assert w.close().committed_input_offset == 2
+        assert w.reconnects == 1

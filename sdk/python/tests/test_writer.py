@@ -1,0 +1,424 @@
+# SPDX-License-Identifier: Apache-2.0
+"""AppendWriter and AsyncAppendWriter against real `statestream serve`
+processes: a bare flush across a kill -9, sticky errors, closing, and
+(asyncio) cancellation of a pending call."""
+import asyncio
+import os
+import signal
+import subprocess
+import time
+
+import grpc
+import pytest
+
+from statestream import Client, StatestreamError
+from statestream.aio import AsyncClient
+from statestream.testing import ServeProcess
+
+BIN = os.environ.get("STATESTREAM_BIN", "statestream")
+# As conftest.py: commits only when asked.
+NO_POLICY = ["--checkpoint-tokens=100000000", "--checkpoint-interval=10000h"]
+
+
+def shared_dir() -> str:
+    # As CMake's STATESTREAM_SHARED_DIR: <source>/../shared by default.
+    return os.environ.get("STATESTREAM_SHARED_DIR") or os.path.join(
+        os.path.dirname(__file__), "..", "..", "..", "..", "shared")
+
+
+@pytest.fixture
+def world_server(tmp_path):
+    """A server with a World-vocab model: its tokenizer holds a word's bytes
+    back until the word ends (the built-in demo model is byte-level and
+    holds nothing back)."""
+    model = str(tmp_path / "world.safetensors")
+    subprocess.run([BIN, "model", "random", "--layers=1", "--embd=64",
+                    "--vocab=65536", "--dtype=bf16", "--out=" + model],
+                   check=True, stdout=subprocess.DEVNULL)
+    vocab = os.path.join(shared_dir(), "testdata", "rwkv_vocab_v20230424.txt")
+    assert os.path.exists(vocab), f"{vocab} missing (STATESTREAM_SHARED_DIR)"
+    with ServeProcess(BIN, data_dir=str(tmp_path / "data"),
+                      extra_args=NO_POLICY + ["--model=" + model,
+                                              "--vocab=" + vocab]) as s:
+        yield s
+
+
+def new_client(server) -> Client:
+    return Client(server.address, max_attempts=40, max_backoff=0.5)
+
+
+def new_async_client(server) -> AsyncClient:
+    return AsyncClient(server.address, max_attempts=40, max_backoff=0.5)
+
+
+# -- a bare flush at an already committed offset -----------------------------
+#
+# The checkpoint commits "Hello, inter" with "inter" still pending in the
+# tokenizer; the flush after it (at the committed offset) tokenizes it. The
+# server dies before committing that: the writer must still hold the flush and
+# resend it ahead of "national", or the new server tokenizes "international"
+# as one word — another position and state than a run without the failure.
+
+def test_flush_at_a_committed_offset_survives_kill9(world_server):
+    with new_client(world_server) as c:
+        c.create_session("flushed")
+        live = c.session("flushed")
+        w = live.writer()
+        w.write("Hello, inter")
+        ck = w.checkpoint()
+        assert ck.pending_bytes > 0  # committed with the tail pending
+        assert ck.committed_input_offset == 12
+        w.flush()
+        assert w.sync().pending_bytes == 0
+        world_server.kill_and_restart()
+        w.write("national")
+        w.flush()
+        done = w.close()
+        assert w.reconnects >= 1
+
+        c.create_session("ref")
+        ref = c.session("ref")
+        rw = ref.writer()
+        rw.write("Hello, inter")
+        rw.flush()
+        rw.write("national")
+        rw.flush()
+        ref_done = rw.close()
+        assert done.position == ref_done.position
+        assert done.input_offset == ref_done.input_offset
+        assert live.score("x").sum_logprob == ref.score("x").sum_logprob
+
+
+def test_async_flush_at_a_committed_offset_survives_kill9(world_server):
+    async def main():
+        async with new_async_client(world_server) as c:
+            await c.create_session("flushed")
+            live = c.session("flushed")
+            w = await live.writer()
+            await w.write("Hello, inter")
+            ck = await w.checkpoint()
+            assert ck.pending_bytes > 0
+            assert ck.committed_input_offset == 12
+            await w.flush()
+            assert (await w.sync()).pending_bytes == 0
+            world_server.kill_and_restart()
+            await w.write("national")
+            await w.flush()
+            done = await w.close()
+            assert w.reconnects >= 1
+
+            await c.create_session("ref")
+            ref = c.session("ref")
+            rw = await ref.writer()
+            await rw.write("Hello, inter")
+            await rw.flush()
+            await rw.write("national")
+            await rw.flush()
+            ref_done = await rw.close()
+            assert done.position == ref_done.position
+            assert done.input_offset == ref_done.input_offset
+            assert (await live.score("x")).sum_logprob == \
+                (await ref.score("x")).sum_logprob
+    asyncio.run(main())
+
+
+# -- sticky errors and closing -----------------------------------------------
+
+class CountingAppend:
+    """Wraps a client's Append stubs to count the calls opened."""
+
+    def __init__(self, client):
+        self.calls = 0
+        for stubs in client._stubs:
+            stubs.streams.Append = self._wrap(stubs.streams.Append)
+
+    def _wrap(self, append):
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return append(*args, **kwargs)
+        return counted
+
+
+def test_writer_errors_stick(server):
+    with Client(server.address) as c:
+        c.create_session("bad")
+        appends = CountingAppend(c)
+        w = c.session("bad").writer()
+        w.write(b"ok \xff")  # impossible UTF-8: INVALID_ARGUMENT at once
+        with pytest.raises(StatestreamError) as first:
+            w.sync()
+        assert first.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        for call in (lambda: w.write("more"), w.flush, w.sync, w.checkpoint,
+                     w.close):
+            with pytest.raises(StatestreamError) as again:
+                call()
+            assert again.value is first.value
+        assert appends.calls == 1
+        assert c.session("bad").get().input_offset == 0
+
+
+def test_async_writer_errors_stick(server):
+    async def main():
+        async with AsyncClient(server.address) as c:
+            await c.create_session("bad")
+            appends = CountingAppend(c)
+            w = await c.session("bad").writer()
+            await w.write(b"ok \xff")
+            with pytest.raises(StatestreamError) as first:
+                await w.sync()
+            assert first.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            for call in (lambda: w.write("more"), w.flush, w.sync,
+                         w.checkpoint, w.close):
+                with pytest.raises(StatestreamError) as again:
+                    await call()
+                assert again.value is first.value
+            assert appends.calls == 1
+            assert (await c.session("bad").get()).input_offset == 0
+    asyncio.run(main())
+
+
+def test_async_writer_out_of_attempts_does_not_write_twice(server):
+    # The server is gone for longer than the writer's attempts: the writer
+    # fails. Writing the same text again after the server is back must not
+    # append it a second time (the failed writer still holds it).
+    async def main():
+        async with AsyncClient(server.address, max_attempts=2,
+                               initial_backoff=0.01) as c:
+            await c.create_session("gone")
+            s = c.session("gone")
+            w = await s.writer()
+            await w.write("first ")
+            await w.checkpoint()
+            server.kill()
+            with pytest.raises(StatestreamError) as first:
+                await w.write("second")
+                await w.sync()
+            assert first.value.code == grpc.StatusCode.UNAVAILABLE
+            server.start()  # the same port
+            with pytest.raises(StatestreamError) as again:
+                await w.write("second")
+            assert again.value is first.value
+            with pytest.raises(StatestreamError) as again:
+                await w.close()
+            assert again.value is first.value
+        with Client(server.address) as check:
+            info = check.session("gone").get()
+        assert info.input_offset == len("first ")
+    asyncio.run(main())
+
+
+def test_write_after_close_fails(server):
+    with Client(server.address) as c:
+        c.create_session("closed")
+        appends = CountingAppend(c)
+        w = c.session("closed").writer()
+        w.write("text")
+        assert w.close().committed_input_offset == 4
+        for call in (lambda: w.write("more"), w.flush, w.checkpoint, w.close):
+            with pytest.raises(StatestreamError) as e:
+                call()
+            assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert appends.calls == 1
+
+
+def test_async_write_after_close_fails(server):
+    async def main():
+        async with AsyncClient(server.address) as c:
+            await c.create_session("closed")
+            appends = CountingAppend(c)
+            s = c.session("closed")
+            async with await s.writer() as w:
+                await w.write("text")
+                assert (await w.close()).committed_input_offset == 4
+                for call in (lambda: w.write("more"), w.flush, w.checkpoint,
+                             w.close):
+                    with pytest.raises(StatestreamError) as e:
+                        await call()
+                    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+                    assert e.value.message == "writer closed"
+            # Leaving the block closed nothing a second time.
+            assert appends.calls == 1
+            assert [v.version for v in await s.versions()] == [2, 1]
+    asyncio.run(main())
+
+
+# -- asyncio cancellation ----------------------------------------------------
+#
+# The server is stopped (SIGSTOP) so that a read is certainly pending when
+# asyncio.wait_for gives up on it: gRPC then cancels the call, and the next
+# read must open a new one and resume instead of failing with CancelledError.
+
+def pause(server) -> None:
+    """SIGSTOP, then waits until every thread has stopped (a thread may
+    run on for a moment: kill() does not wait for it)."""
+    pid = server._proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        states = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/stat") as f:
+                    # The state follows the command name "(...)".
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:
+                pass  # a thread that ended
+        if all(state in "tT" for state in states):
+            return
+        time.sleep(0.001)
+    raise AssertionError("the server did not stop")
+
+
+def resume(server) -> None:
+    os.kill(server._proc.pid, signal.SIGCONT)
+
+
+def test_async_generate_resumes_after_a_cancelled_read(server):
+    async def main():
+        async with AsyncClient(server.address,
+                               options=[("grpc.http2.bdp_probe", 0)]) as c:
+            await c.create_session("g")
+            s = c.session("g")
+            await s.append("Once upon a time")
+            args = dict(max_tokens=8000, seed=5, temperature=1.0,
+                        request_id="cancelled-read")
+            ref = await s.generate_text(**args)
+            stream = s.generate(**args)
+            tokens, raw = [], b""
+
+            def take(chunk):
+                nonlocal raw
+                assert chunk.index == len(tokens)
+                tokens.extend(chunk.tokens)
+                raw += chunk.raw
+
+            take(await stream.__anext__())
+            for _ in range(2):
+                pause(server)
+                try:
+                    while True:  # what is buffered, then a pending read
+                        take(await asyncio.wait_for(stream.__anext__(), 0.3))
+                except asyncio.TimeoutError:
+                    pass
+                finally:
+                    resume(server)
+                take(await stream.__anext__())
+            async for chunk in stream:
+                take(chunk)
+            assert len(tokens) == 8000
+            assert tokens == ref.tokens
+            assert raw.decode("utf-8", "replace") == ref.text
+            assert stream.done.finish_reason == "FINISH_REASON_MAX_TOKENS"
+
+            # aclose() ends the iteration.
+            stream = s.generate(**args)
+            await stream.__anext__()
+            await stream.aclose()
+            with pytest.raises(StopAsyncIteration):
+                await stream.__anext__()
+    asyncio.run(main())
+
+
+def test_async_writer_resumes_after_a_cancelled_sync(server):
+    async def main():
+        async with AsyncClient(server.address) as c:
+            await c.create_session("w")
+            await c.create_session("ref")
+            s, ref = c.session("w"), c.session("ref")
+            w = await s.writer(max_chunk_bytes=100)
+            text = b""
+            for i in range(3):
+                part = b"part %d of a text that is cancelled\n" % i
+                await w.write(part * 3)
+                text += part * 3
+                assert (await w.sync()).input_offset == len(text)
+                pause(server)
+                try:
+                    await w.write(part)  # in the window: does not wait
+                    text += part
+                    with pytest.raises(asyncio.TimeoutError):
+                        await asyncio.wait_for(w.sync(), 0.3)
+                finally:
+                    resume(server)
+                # A new call: what the cancelled one had not acknowledged
+                # is resent.
+                assert (await w.sync()).input_offset == len(text)
+            await w.write(b"the end")
+            text += b"the end"
+            done = await w.close()
+            assert done.committed_input_offset == len(text)
+            assert w.reconnects == 0  # cancellations are not failures
+            await ref.append(text)
+            a, b = await s.get(), await ref.get()
+            assert (a.position, a.input_offset) == (b.position, b.input_offset)
+            assert (await s.score("x")).sum_logprob == \
+                (await ref.score("x")).sum_logprob
+    asyncio.run(main())
+
+
+class InFlight:
+    """Wraps a client's Append calls to record the most requests written
+    but not yet acknowledged (read) on one call."""
+
+    def __init__(self, client):
+        self.most = 0
+        self.calls = 0
+        for stubs in client._stubs:
+            stubs.streams.Append = self._wrap(stubs.streams.Append)
+
+    def _wrap(self, append):
+        def opened(*args, **kwargs):
+            self.calls += 1
+            return _CountedCall(self, append(*args, **kwargs))
+        return opened
+
+
+class _CountedCall:
+    def __init__(self, counter, call):
+        self._counter, self._call, self._unread = counter, call, 0
+
+    async def write(self, request):
+        await self._call.write(request)
+        self._unread += 1
+        self._counter.most = max(self._counter.most, self._unread)
+
+    async def read(self):
+        msg = await self._call.read()
+        if msg is not grpc.aio.EOF:
+            self._unread -= 1
+        return msg
+
+    def __getattr__(self, name):
+        return getattr(self._call, name)
+
+
+def test_async_resend_goes_through_the_window(server):
+    # Requests retained (bare flushes: no commit covers them here) are
+    # resent after a kill at most `window` ahead of the acks read. Written
+    # all at once, a long queue (thousands of requests) fills the server's
+    # 64 unread acks and both flow-control windows, and the writer
+    # deadlocks; here the count of requests in flight shows it.
+    async def main():
+        async with AsyncClient(server.address, max_attempts=40,
+                               max_backoff=0.5) as c:
+            await c.create_session("many")
+            await c.create_session("ref")
+            s, ref = c.session("many"), c.session("ref")
+            in_flight = InFlight(c)
+            w = await s.writer(window=8)
+            await w.write("x")
+            for _ in range(300):
+                await w.flush()
+            await w.sync()
+            in_flight.most = 0
+            server.kill_and_restart()
+            await w.write("y")
+            done = await asyncio.wait_for(w.close(), 60)
+            assert w.reconnects >= 1
+            assert in_flight.calls >= 2
+            assert in_flight.most <= 8
+            assert done.committed_input_offset == 2
+            await ref.append("xy")
+            assert (await s.score("z")).sum_logprob == \
+                (await ref.score("z")).sum_logprob
+    asyncio.run(main())
