@@ -119,6 +119,29 @@ constexpr char kVersionColumns[] =
     "version, position, input_offset, tail_bytes, fence, state_bytes, crc, "
     "rolled_back_from, durability, committed_ms";
 
+// SELECT of one kept version's columns (and its data): tenant, sid,
+// version, the head's oldest version.
+std::string VersionQuery(bool with_data) {
+  return absl::StrCat("SELECT ", kVersionColumns, with_data ? ", data" : "",
+                      " FROM versions WHERE tenant=? AND sid=? "
+                      "AND version=? AND version>=?");
+}
+
+// Binds and steps a VersionQuery to `version` of the session whose head is
+// `h`: NOT_FOUND/kVersionMismatch when it is not kept.
+absl::Status StepToVersion(Stmt& s, const SessionKey& key, uint64_t version,
+                           const SessionHead& h) {
+  s.Bind(key.tenant)
+      .Bind(key.session_id)
+      .Bind(static_cast<int64_t>(version))
+      .Bind(static_cast<int64_t>(h.oldest_version));
+  if (!s.Step()) {
+    SS_RETURN_IF_ERROR(s.status());
+    return si::VersionNotKept(version, h.head.version, h.oldest_version);
+  }
+  return absl::OkStatus();
+}
+
 VersionInfo ReadVersion(const Stmt& s, int at) {
   VersionInfo v;
   v.version = s.Int(at);
@@ -196,18 +219,8 @@ class SqliteStateStore final : public StateStore {
       absl::MutexLock lock(&mu_);
       SS_ASSIGN_OR_RETURN(SessionHead h, Head(key, clock_->Now()));
       if (version == 0) version = h.head.version;
-      Stmt s(db_, absl::StrCat("SELECT ", kVersionColumns,
-                               ", data FROM versions WHERE tenant=? AND sid=? "
-                               "AND version=? AND version>=?")
-                      .c_str());
-      s.Bind(key.tenant)
-          .Bind(key.session_id)
-          .Bind(static_cast<int64_t>(version))
-          .Bind(static_cast<int64_t>(h.oldest_version));
-      if (!s.Step()) {
-        SS_RETURN_IF_ERROR(s.status());
-        return si::VersionNotKept(version, h.head.version, h.oldest_version);
-      }
+      Stmt s(db_, VersionQuery(/*with_data=*/true).c_str());
+      SS_RETURN_IF_ERROR(StepToVersion(s, key, version, h));
       out.version = ReadVersion(s, 0);
       bytes = s.Text(10);
     }
@@ -257,18 +270,8 @@ class SqliteStateStore final : public StateStore {
     SS_RETURN_IF_ERROR(Begin(level));
     Txn txn(this);
     SS_ASSIGN_OR_RETURN(SessionHead h, Head(key, now));
-    Stmt s(db_, absl::StrCat("SELECT ", kVersionColumns,
-                             " FROM versions WHERE tenant=? AND sid=? "
-                             "AND version=? AND version>=?")
-                    .c_str());
-    s.Bind(key.tenant)
-        .Bind(key.session_id)
-        .Bind(static_cast<int64_t>(version))
-        .Bind(static_cast<int64_t>(h.oldest_version));
-    if (!s.Step()) {
-      SS_RETURN_IF_ERROR(s.status());
-      return si::VersionNotKept(version, h.head.version, h.oldest_version);
-    }
+    Stmt s(db_, VersionQuery(/*with_data=*/false).c_str());
+    SS_RETURN_IF_ERROR(StepToVersion(s, key, version, h));
     VersionInfo v = ReadVersion(s, 0);
     if (v.durability < level) {
       SS_RETURN_IF_ERROR(Stmt(db_,
