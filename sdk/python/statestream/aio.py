@@ -19,7 +19,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import grpc
 import grpc.aio
 
-from statestream.client import _channel_options, _crc32c, new_request_id
+from statestream.client import (_assemble_export, _channel_options, _crc32c,
+                                new_request_id)
 from statestream.errors import StatestreamError, is_retryable, retry_after
 from statestream.streams import _AckTracker, _diverged, _Retained, _units
 from statestream.types import (AppendAck, ExportedState, GenerateChunk,
@@ -240,9 +241,15 @@ class AsyncSession:
 
     async def versions(self) -> List[VersionInfo]:
         req = pb.ListVersionsRequest(session_id=self.id)
-        page = await self.client._unary(lambda st, md, t: st.sessions.ListVersions(
-            req, metadata=md, timeout=t))
-        return [VersionInfo.from_proto(v) for v in page.versions]
+        out = []
+        while True:
+            page = await self.client._unary(
+                lambda st, md, t: st.sessions.ListVersions(
+                    req, metadata=md, timeout=t))
+            out += [VersionInfo.from_proto(v) for v in page.versions]
+            if not page.next_page_token:
+                return out
+            req.page_token = page.next_page_token
 
     async def rollback(self, version: int,
                        expected_version: Optional[int] = None) -> SessionInfo:
@@ -258,14 +265,9 @@ class AsyncSession:
         req = pb.ExportStateRequest(session_id=self.id, version=version)
 
         async def call(st, md, t):
-            header, parts = None, []
-            async for part in st.sessions.ExportState(req, metadata=md,
-                                                      timeout=t):
-                if part.HasField("header"):
-                    header = part.header
-                else:
-                    parts.append(part.chunk.data)
-            return ExportedState(header, b"".join(parts), self.id)
+            parts = [part async for part in st.sessions.ExportState(
+                req, metadata=md, timeout=t)]
+            return _assemble_export(parts, self.id)
         return await self.client._unary(call)
 
     async def import_state(self, state: ExportedState) -> SessionInfo:

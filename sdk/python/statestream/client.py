@@ -240,6 +240,31 @@ class Client:
         return list(r.models)
 
 
+def _assemble_export(parts, session_id: str) -> "ExportedState":
+    """The blob of an ExportState stream: the header, then every chunk in
+    index order, each as its CRC-32C says, up to header.total_bytes; else
+    DATA_LOSS (not retried)."""
+    header, blob = None, []
+    for part in parts:
+        if part.HasField("header"):
+            header = part.header
+            continue
+        c = part.chunk
+        if c.index != len(blob):
+            raise StatestreamError(
+                grpc.StatusCode.DATA_LOSS,
+                f"export: chunk {c.index} arrived in place of {len(blob)}")
+        if _crc32c(c.data) != c.crc32c:
+            raise StatestreamError(grpc.StatusCode.DATA_LOSS,
+                                   f"export: chunk {c.index} fails its CRC-32C")
+        blob.append(c.data)
+    data = b"".join(blob)
+    if header is None or len(data) != header.total_bytes:
+        raise StatestreamError(grpc.StatusCode.DATA_LOSS,
+                               "export: incomplete blob")
+    return ExportedState(header, data, session_id)
+
+
 def _crc32c_table():
     table = []
     for i in range(256):
@@ -389,18 +414,9 @@ class Session:
         req = pb.ExportStateRequest(session_id=self.id, version=version)
 
         def call(st, md, t):
-            header, parts = None, []
-            for part in st.sessions.ExportState(req, metadata=md, timeout=t):
-                if part.HasField("header"):
-                    header = part.header
-                else:
-                    parts.append(part.chunk.data)
-            return ExportedState(header, b"".join(parts), self.id)
-        state = self.client._unary(call)
-        if len(state.blob) != state.header.total_bytes:
-            raise StatestreamError(grpc.StatusCode.DATA_LOSS,
-                                   "export: incomplete blob")
-        return state
+            return _assemble_export(
+                st.sessions.ExportState(req, metadata=md, timeout=t), self.id)
+        return self.client._unary(call)
 
     def import_state(self, state: ExportedState) -> SessionInfo:
         header = pb.ImportHeader(request_id=new_request_id(),

@@ -16,6 +16,7 @@ from google.rpc import status_pb2
 
 from statestream import Client, StatestreamError
 from statestream.aio import AsyncClient
+from statestream.client import _crc32c
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as rpc
 from test_writer import pause
@@ -49,6 +50,15 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           "details that do not parse")
         return pb.Session(session_id=request.session_id, input_offset=0)
+
+    def ExportState(self, request, context):
+        # Session "reordered": chunk 1 before 0; "corrupt": a wrong CRC.
+        yield pb.ExportStateResponse(header=pb.StateHeader(total_bytes=8))
+        for i in (1, 0) if request.session_id == "reordered" else (0, 1):
+            crc = 0 if request.session_id == "corrupt" and i == 1 else None
+            yield pb.ExportStateResponse(chunk=pb.StateChunk(
+                index=i, data=b"abcd",
+                crc32c=crc if crc is not None else _crc32c(b"abcd")))
 
     def Append(self, request_iterator, context):
         self.append_calls += 1
@@ -211,3 +221,20 @@ def test_keepalive_fails_a_call_to_a_paused_server(server):
         w.write("y")
         assert w.close().committed_input_offset == 2
         assert w.reconnects == 1
+
+
+# -- a corrupt or reordered export is DATA_LOSS ------------------------------
+
+@pytest.mark.parametrize("session", ["corrupt", "reordered"])
+def test_a_corrupt_export_is_data_loss(fake, session):
+    with Client(fake.address, **fast_retries()) as c:
+        with pytest.raises(StatestreamError) as e:
+            c.session(session).export()
+        assert e.value.code == grpc.StatusCode.DATA_LOSS
+
+    async def main():
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            with pytest.raises(StatestreamError) as e:
+                await c.session(session).export()
+            assert e.value.code == grpc.StatusCode.DATA_LOSS
+    asyncio.run(main())
