@@ -1109,6 +1109,27 @@ class SessionManager::Impl {
   // complete UTF-8, like the live task) and returns its outcome (the
   // session fields are the caller's). `text_out`/`emitted_out` (optional):
   // the output bytes and how many of them were emitted.
+  // The answer to a retry of the finished generation `rec` (on the strand):
+  // its head raised to the durability asked if it is below (its commit may
+  // have been kept below it), then the recorded output again.
+  absl::StatusOr<GenerateOutcome> ReplayFinished(
+      Session* s, const GenerationRecord& rec, Durability d,
+      const std::function<void(const GeneratedPiece&)>& emit) {
+    SS_RETURN_IF_ERROR(RaiseHeadDurability(s, d));
+    GenerateOutcome o = Replay(rec, emit);
+    o.committed = true;
+    o.replayed = true;
+    {
+      absl::MutexLock lock(&s->mu);
+      o.position = s->view.position;
+      o.input_offset = s->view.input_offset;
+      o.version = s->view.version;
+      o.durability = s->view.durability;
+    }
+    if (opt_.metrics != nullptr) opt_.metrics->IncReplayedGeneration();
+    return o;
+  }
+
   GenerateOutcome Replay(const GenerationRecord& rec,
                          const std::function<void(const GeneratedPiece&)>& emit,
                          std::string* text_out = nullptr,
@@ -1719,8 +1740,8 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
   auto job = std::make_shared<JobImpl>();
   auto timing = std::make_shared<GenerateTiming>();
   timing->arrival = m.clock_->Now();
-  m.pool_.Post([this, &m, job, timing, tenant, session_id, in = std::move(in),
-                emit, done]() mutable {
+  auto run = [this, &m, job, timing, tenant, session_id, in, emit,
+              done]() mutable {
     std::shared_ptr<Writer> w;
     std::shared_ptr<Session> s;
     if (in.commit) {
@@ -1755,27 +1776,10 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
           return fail(DuplicateRequest(in.request_id));
         }
         if (rec != nullptr && rec->finish != kGenerationInProgress) {
-          // Its commit may have failed below the durability asked for
-          // (kept by the store): the replay reaches it first.
-          if (absl::Status st = m.Checkpoint(s.get(), m.Dur(in.durability), "");
-              !st.ok()) {
-            return fail(st);
-          }
-          GenerateOutcome o = m.Replay(*rec, emit);
-          o.committed = true;
-          o.replayed = true;
-          {
-            absl::MutexLock lock(&s->mu);
-            o.position = s->view.position;
-            o.input_offset = s->view.input_offset;
-            o.version = s->view.version;
-            o.durability = s->view.durability;
-          }
-          if (m.opt_.metrics != nullptr)
-            m.opt_.metrics->IncReplayedGeneration();
+          auto o = m.ReplayFinished(s.get(), *rec, m.Dur(in.durability), emit);
           AbandonWriter(w);
           m.Release(s);
-          return done(o);
+          return done(std::move(o));
         }
         if (rec != nullptr) resume = *rec;
       }
@@ -2068,6 +2072,51 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
         }
         return done(st);
       }
+    });
+  };
+  if (!in.commit) {
+    m.pool_.Post(std::move(run));
+    return job;
+  }
+  // A committing generation takes the session's writer slot, which ends a
+  // live Append call. A retry that only replays a finished generation, or a
+  // request that fails at once, must not: they are answered first, on the
+  // session's strand, without the slot (the run re-checks what can change).
+  m.pool_.Post([&m, tenant, session_id, in = std::move(in), emit, done,
+                run = std::move(run)]() mutable {
+    auto r = m.Resident({tenant, session_id});
+    if (!r.ok()) return done(r.status());
+    std::shared_ptr<Session> s = *r;
+    m.RunOp(s, [&m, s, in = std::move(in), emit, done,
+                run = std::move(run)]() mutable {
+      absl::StatusOr<GenerateOutcome> answer = absl::UnknownError("");
+      bool answered = false;
+      if (m.GoneError(s.get()).ok()) {
+        const GenerationRecord* rec =
+            FindGenerationRecord(s->records, in.request_id,
+                                 m.opt_.request_id_window, m.clock_->Now());
+        const int max_tokens =
+            in.max_tokens == 0 ? m.opt_.default_generate_tokens : in.max_tokens;
+        answered = true;
+        if (rec != nullptr && rec->digest != in.content_digest) {
+          answer = DuplicateRequest(in.request_id);
+        } else if (rec != nullptr && rec->finish != kGenerationInProgress) {
+          answer = m.ReplayFinished(s.get(), *rec, m.Dur(in.durability), emit);
+        } else if (rec == nullptr && in.expected_input_offset &&
+                   *in.expected_input_offset != s->input_offset) {
+          answer = m.PositionMismatch(s.get(), *in.expected_input_offset);
+        } else if (max_tokens > m.opt_.max_generate_tokens) {
+          answer = TooLarge("max_tokens", m.opt_.max_generate_tokens);
+        } else if (absl::Status st = engine::Validate(in.sampling, m.vocab_);
+                   !st.ok()) {
+          answer = st;
+        } else {
+          answered = false;
+        }
+      }
+      m.Release(s);
+      if (answered) return done(std::move(answer));
+      run();
     });
   });
   return job;

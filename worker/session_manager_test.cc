@@ -701,6 +701,50 @@ TEST_F(SessionManagerTest, AGeneratedIdCreateRetriedOnAnotherWorkerIsOnce) {
   EXPECT_NE(second->session_id, first->session_id);
 }
 
+// A retry of a finished committing generation only replays it, and a
+// committing request that fails its checks at once changes nothing: neither
+// takes the writer slot, so the session's live Append call goes on.
+TEST_F(SessionManagerTest, AReplayOrARefusedGenerateLeavesTheWriterAlone) {
+  Create("r");
+  auto w = Open("r");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  GenerateOutcome first;
+  const std::vector<int32_t> tokens = Generate("r", true, "gen-1", &first);
+  ASSERT_EQ(tokens.size(), 12u);
+  absl::Notification superseded;
+  auto live = Open("r", &superseded);
+  const uint64_t at = first.input_offset;
+  ASSERT_TRUE(Append(live, at, "a").ok());
+  GenerateOutcome again;
+  EXPECT_EQ(Generate("r", true, "gen-1", &again), tokens);
+  EXPECT_TRUE(again.replayed);
+  // Refused at once: a stale offset, and too many tokens.
+  for (int variant = 0; variant < 2; ++variant) {
+    GenerateInput in;
+    in.request_id = absl::StrCat("refused-", variant);
+    in.commit = true;
+    if (variant == 0) in.expected_input_offset = 1;
+    if (variant == 1) in.max_tokens = 1 << 30;
+    absl::Notification done;
+    absl::Status st;
+    manager_->Generate(
+        "t", "r", in, [](const GeneratedPiece&) {},
+        [&](absl::StatusOr<GenerateOutcome> o) {
+          st = o.status();
+          done.Notify();
+        });
+    done.WaitForNotification();
+    EXPECT_FALSE(st.ok()) << variant;
+  }
+  EXPECT_FALSE(superseded.HasBeenNotified());
+  auto next = Append(live, at + 1, "b", true, true);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->input_offset, at + 2);
+  // Detached before `superseded` goes (a drain would notify it).
+  ASSERT_TRUE(Close(live).ok());
+}
+
 // A budget below one session keeps the session in use (once it is idle,
 // the next load evicts it) instead of evicting it as it loads.
 TEST_F(SessionManagerTest, ABudgetBelowOneSessionStillServes) {
