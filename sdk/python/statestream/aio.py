@@ -267,7 +267,9 @@ class AsyncSession:
         async def call(st, md, t):
             parts = [part async for part in st.sessions.ExportState(
                 req, metadata=md, timeout=t)]
-            return _assemble_export(parts, self.id)
+            # Off the event loop: checking a large blob's CRCs takes a while.
+            return await asyncio.get_running_loop().run_in_executor(
+                None, _assemble_export, parts, self.id)
         return await self.client._unary(call)
 
     async def import_state(self, state: ExportedState) -> SessionInfo:
@@ -328,6 +330,7 @@ class AsyncAppendWriter(_AckTracker):
         self._stubs = None
         self._error: Optional[StatestreamError] = None
         self._closing = False  # close() queued its checkpoint
+        self._close_interrupted = False  # cancelled after all was committed
         self._closed = False
         self.last_ack: Optional[AppendAck] = None
         self.reconnects = 0
@@ -381,6 +384,10 @@ class AsyncAppendWriter(_AckTracker):
         if self._error is not None:
             raise self._error
         if self._closed:
+            if self._close_interrupted:
+                # Everything was committed before the cancellation.
+                self._close_interrupted = False
+                return self.last_ack
             raise StatestreamError(grpc.StatusCode.FAILED_PRECONDITION,
                                    "writer closed")
         if not self._closing:
@@ -398,6 +405,7 @@ class AsyncAppendWriter(_AckTracker):
                 pass  # everything is committed and acknowledged already
             except asyncio.CancelledError:
                 call.cancel()
+                self._close_interrupted = True
                 raise
         return ack
 

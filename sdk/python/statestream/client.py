@@ -278,11 +278,20 @@ def _crc32c_table():
 _CRC_TABLE = _crc32c_table()
 
 
-def _crc32c(data: bytes) -> int:
+def _crc32c_python(data: bytes) -> int:
     crc = 0xFFFFFFFF
     for b in data:
         crc = _CRC_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
     return crc ^ 0xFFFFFFFF
+
+
+try:  # the C implementation when installed (pip: google-crc32c)
+    import google_crc32c as _google_crc32c
+
+    def _crc32c(data: bytes) -> int:
+        return _google_crc32c.value(data)
+except ImportError:  # ~10 MB/s in pure Python
+    _crc32c = _crc32c_python
 
 
 class Session:
