@@ -819,23 +819,28 @@ class SessionManager::Impl {
     absl::Status cs = CommitNow(s, d, request_id);
     if (!cs.ok() && s->head.head.input_offset != s->input_offset) {
       // Not written as far as this session knows. Only a store that still
-      // has the head it knew says so for sure: with the outcome unknown (its
-      // reply lost, and the store unreadable since), going back to the state
-      // before the generation could leave the session behind a head the
-      // store did write, where every later commit fails. Then the cached
-      // state goes, and the next call reads the store. (A periodic
-      // checkpoint goes back regardless: the generation's later commit
-      // adopts it if it was written, a head under the session's own fence.)
-      const bool back = !final || [&] {
-        auto h = store_->GetHead(s->key);
-        return h.ok() && h->head.version == s->head.head.version;
-      }();
-      if (back) {
+      // has the head it knew says so for sure; then the session goes back
+      // to the state before. With the outcome unknown (its reply lost, and
+      // the store unreadable since), going back could leave the session
+      // behind a head the store did write, where every later commit fails:
+      // - a periodic checkpoint keeps its state, applied but uncommitted;
+      //   the next commit (the generation's, or any later one) finds the
+      //   head under the session's own fence and adopts it if it was
+      //   written, or writes it;
+      // - the final commit drops the cached state; the next call reads the
+      //   store.
+      auto h = store_->GetHead(s->key);
+      if (h.ok() && h->head.version == s->head.head.version) {
         s->live = std::move(before);
         s->tail = tail;
         s->sampler_state = sampler_before;
         s->records = records;
         s->input_offset = offset;
+        absl::MutexLock lock(&s->mu);
+        RefreshView(s);
+      } else if (!final) {
+        if (!s->dirty) s->dirty_since = clock_->Now();
+        s->dirty = true;
         absl::MutexLock lock(&s->mu);
         RefreshView(s);
       } else if (GoneError(s).ok()) {
@@ -1250,7 +1255,18 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
   std::string existing;
   SS_ASSIGN_OR_RETURN(bool seen,
                       m.Seen(tenant, p.request_id, digest, &existing));
-  if (seen) return GetSession(tenant, existing);
+  if (seen) {
+    // The first attempt's session, at the durability asked (a create kept
+    // below it is remembered too).
+    SS_ASSIGN_OR_RETURN(SessionView view, GetSession(tenant, existing));
+    const Durability d = m.Dur(p.durability);
+    if (view.version == 1 && view.durability < d) {
+      SS_ASSIGN_OR_RETURN(VersionInfo v,
+                          m.store_->AwaitDurability({tenant, existing}, 1, d));
+      view.durability = v.durability;
+    }
+    return view;
+  }
   CreateSessionRequest r;
   const bool derived = p.session_id.empty() && !p.request_id.empty();
   r.key = {tenant, derived ? Impl::DerivedSessionId(tenant, p.request_id)
@@ -2087,6 +2103,12 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
     auto r = m.Resident({tenant, session_id});
     if (!r.ok()) return done(r.status());
     std::shared_ptr<Session> s = *r;
+    {
+      // Something runs on the session (a committing generation holds it to
+      // its end): a new writer call supersedes it at once, as always.
+      absl::MutexLock lock(&s->mu);
+      if (s->busy) return run();
+    }
     m.RunOp(s, [&m, s, in = std::move(in), emit, done,
                 run = std::move(run)]() mutable {
       absl::StatusOr<GenerateOutcome> answer = absl::UnknownError("");

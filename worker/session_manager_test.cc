@@ -116,10 +116,15 @@ class SessionManagerTest : public ::testing::Test {
     ASSERT_TRUE(manager_->CreateSession("t", p).ok());
   }
 
+  // `superseded` (shared: a drain at teardown notifies writers still
+  // attached) is notified when the writer call is to end.
   std::shared_ptr<SessionManager::Writer> Open(
-      const std::string& id, absl::Notification* superseded = nullptr) {
+      const std::string& id,
+      std::shared_ptr<absl::Notification> superseded = nullptr) {
     auto w = manager_->OpenWriter("t", id, [superseded](const absl::Status&) {
-      if (superseded != nullptr) superseded->Notify();
+      if (superseded != nullptr && !superseded->HasBeenNotified()) {
+        superseded->Notify();
+      }
     });
     EXPECT_TRUE(w.ok()) << w.status();
     return w.value_or(nullptr);
@@ -352,7 +357,9 @@ TEST_F(SessionManagerTest, RetriesWithTheSameRequestIdAreIdempotent) {
   ASSERT_TRUE(manager_->DeleteSession("t", made->session_id, false).ok());
 
   // The in-memory store reaches MEMORY only: REPLICATED fails, and the
-  // session exists nonetheless.
+  // session exists nonetheless. Its retry finds that session, still below
+  // REPLICATED: the same error (never an OK below the level asked), and no
+  // second session.
   CreateParams p;
   p.request_id = "create-kept";
   p.durability = Durability::kReplicated;
@@ -360,7 +367,9 @@ TEST_F(SessionManagerTest, RetriesWithTheSameRequestIdAreIdempotent) {
   EXPECT_EQ(first.status().code(), absl::StatusCode::kUnavailable)
       << first.status();
   auto retry = manager_->CreateSession("t", p);
-  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_EQ(retry.status().code(), absl::StatusCode::kUnavailable)
+      << retry.status();
+  EXPECT_EQ(GetErrorMetadata(retry.status(), "version"), "1");
   auto listed = manager_->ListSessions("t", 100, "", {}, "");
   ASSERT_TRUE(listed.ok()) << listed.status();
   EXPECT_EQ(listed->first.size(), 2u);  // u and the kept one, once
@@ -712,8 +721,8 @@ TEST_F(SessionManagerTest, AReplayOrARefusedGenerateLeavesTheWriterAlone) {
   GenerateOutcome first;
   const std::vector<int32_t> tokens = Generate("r", true, "gen-1", &first);
   ASSERT_EQ(tokens.size(), 12u);
-  absl::Notification superseded;
-  auto live = Open("r", &superseded);
+  auto superseded = std::make_shared<absl::Notification>();
+  auto live = Open("r", superseded);
   const uint64_t at = first.input_offset;
   ASSERT_TRUE(Append(live, at, "a").ok());
   GenerateOutcome again;
@@ -737,12 +746,42 @@ TEST_F(SessionManagerTest, AReplayOrARefusedGenerateLeavesTheWriterAlone) {
     done.WaitForNotification();
     EXPECT_FALSE(st.ok()) << variant;
   }
-  EXPECT_FALSE(superseded.HasBeenNotified());
+  EXPECT_FALSE(superseded->HasBeenNotified());
   auto next = Append(live, at + 1, "b", true, true);
   ASSERT_TRUE(next.ok()) << next.status();
   EXPECT_EQ(next->input_offset, at + 2);
   // Detached before `superseded` goes (a drain would notify it).
   ASSERT_TRUE(Close(live).ok());
+}
+
+// A periodic checkpoint of a committing generation is written but its
+// reply is lost (and the store unreadable right after): the generation goes
+// on, its final commit adopts that version, and the session ends exactly
+// where an undisturbed run ends.
+TEST_F(SessionManagerTest, ALostPeriodicCheckpointIsAdoptedByTheFinalCommit) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  SessionManagerOptions o;
+  o.generate_checkpoint_tokens = 4;
+  o.generate_checkpoint_interval = absl::ZeroDuration();
+  Start(o);
+  for (const char* id : {"lost", "ref"}) {
+    Create(id);
+    auto w = Open(id);
+    ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+    ASSERT_TRUE(Close(w).ok());
+  }
+  const std::vector<int32_t> ref = Generate("ref", true, "g");
+  faulty_->lose_next_commit = true;
+  GenerateOutcome lost;
+  EXPECT_EQ(Generate("lost", true, "g", &lost), ref);
+  EXPECT_FALSE(faulty_->lose_next_commit);  // a checkpoint's reply was lost
+  auto a = DecodeState(Blob("lost"));
+  auto b = DecodeState(Blob("ref"));
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->position, b->position);
+  EXPECT_EQ(a->input_offset, b->input_offset);
+  EXPECT_EQ(a->state, b->state);
+  EXPECT_EQ(store_->GetHead({"t", "lost"})->head.version, lost.version);
 }
 
 // A budget below one session keeps the session in use (once it is idle,
@@ -803,15 +842,15 @@ TEST_F(SessionManagerTest, GetSessionAfterATakeoverReadsTheStore) {
 
 TEST_F(SessionManagerTest, ANewWriterSupersedesTheOld) {
   Create("w");
-  absl::Notification superseded;
-  auto first = Open("w", &superseded);
+  auto superseded = std::make_shared<absl::Notification>();
+  auto first = Open("w", superseded);
   ASSERT_TRUE(Append(first, 0, "a").ok());
   auto second = Open("w");
   auto busy = Append(first, 1, "b");
   EXPECT_EQ(GetReason(busy.status()), Reason::kSessionBusy);
   EXPECT_TRUE(Append(second, 1, "b").ok());
   ASSERT_TRUE(Close(second).ok());
-  superseded.WaitForNotification();  // the old call is told, exactly once
+  superseded->WaitForNotification();  // the old call is told, exactly once
 }
 
 TEST_F(SessionManagerTest,
