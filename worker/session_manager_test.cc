@@ -196,6 +196,20 @@ class SessionManagerTest : public ::testing::Test {
     return tokens;
   }
 
+  // Runs `in` on session `id` and returns how it ended.
+  absl::Status GenerateStatus(const std::string& id, const GenerateInput& in) {
+    absl::Notification done;
+    absl::Status out;
+    manager_->Generate(
+        "t", id, in, [](const GeneratedPiece&) {},
+        [&](absl::StatusOr<GenerateOutcome> o) {
+          out = o.status();
+          done.Notify();
+        });
+    done.WaitForNotification();
+    return out;
+  }
+
   std::unique_ptr<engine::Model> model_;
   std::unique_ptr<engine::Tokenizer> tokenizer_;
   std::unique_ptr<StateStore> store_;
@@ -494,16 +508,7 @@ TEST_F(SessionManagerTest, AStateWithoutItsHiddenVectorAsksForInput) {
     GenerateInput in;
     in.request_id = "g";
     in.max_tokens = 2;
-    absl::Notification done;
-    absl::Status out;
-    manager_->Generate(
-        "t", id, in, [](const GeneratedPiece&) {},
-        [&](absl::StatusOr<GenerateOutcome> o) {
-          out = o.status();
-          done.Notify();
-        });
-    done.WaitForNotification();
-    return out;
+    return GenerateStatus(id, in);
   };
   EXPECT_EQ(score("bare").code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(generate("bare").code(), absl::StatusCode::kFailedPrecondition);
@@ -649,15 +654,7 @@ TEST_F(SessionManagerTest,
   in.commit = true;
   in.sampling.seed = 1;
   in.has_seed = true;
-  absl::Notification done;
-  absl::Status generated;
-  manager_->Generate(
-      "t", "g", in, [](const GeneratedPiece&) {},
-      [&](absl::StatusOr<GenerateOutcome> o) {
-        generated = o.status();
-        done.Notify();
-      });
-  done.WaitForNotification();
+  const absl::Status generated = GenerateStatus("g", in);
   EXPECT_EQ(generated.code(), absl::StatusCode::kUnavailable) << generated;
   auto head = store_->GetHead({"t", "g"});
   ASSERT_TRUE(head.ok());
@@ -735,16 +732,7 @@ TEST_F(SessionManagerTest, AReplayOrARefusedGenerateLeavesTheWriterAlone) {
     in.commit = true;
     if (variant == 0) in.expected_input_offset = 1;
     if (variant == 1) in.max_tokens = 1 << 30;
-    absl::Notification done;
-    absl::Status st;
-    manager_->Generate(
-        "t", "r", in, [](const GeneratedPiece&) {},
-        [&](absl::StatusOr<GenerateOutcome> o) {
-          st = o.status();
-          done.Notify();
-        });
-    done.WaitForNotification();
-    EXPECT_FALSE(st.ok()) << variant;
+    EXPECT_FALSE(GenerateStatus("r", in).ok()) << variant;
   }
   EXPECT_FALSE(superseded->HasBeenNotified());
   auto next = Append(live, at + 1, "b", true, true);
