@@ -1108,6 +1108,17 @@ class SessionManager::Impl {
         return true;
       });
     }
+    // Side-branch generations released their session at once; told to
+    // stop after their next token above, they end now: wait for that, so
+    // their answers go out before the pool stops (bounded, in case the
+    // scheduler no longer steps).
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(
+                             +[](std::set<std::shared_ptr<GenerateTask>>* g) {
+                               return g->empty();
+                             },
+                             &generating_),
+                         absl::Seconds(30));
   }
 
   // Emits a recorded generation's output as pieces (text held back to

@@ -772,6 +772,34 @@ TEST_F(SessionManagerTest, ALostPeriodicCheckpointIsAdoptedByTheFinalCommit) {
   EXPECT_EQ(store_->GetHead({"t", "lost"})->head.version, lost.version);
 }
 
+// A manager going away (Drain, then its pool stops) waits for side-branch
+// generations, which hold no session while they run: told to stop, they
+// answer, with the output they had, before the manager is gone (their
+// answer used to be posted to a stopped pool, or to a destroyed one).
+TEST_F(SessionManagerTest, ShutdownWaitsForSideBranchGenerations) {
+  Create("side");
+  auto w = Open("side");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  GenerateInput in;
+  in.request_id = "side";
+  in.max_tokens = 8000;
+  std::atomic<int> pieces{0};
+  absl::Notification done;
+  absl::StatusOr<GenerateOutcome> out;
+  manager_->Generate(
+      "t", "side", in, [&](const GeneratedPiece&) { ++pieces; },
+      [&](absl::StatusOr<GenerateOutcome> o) {
+        out = std::move(o);
+        done.Notify();
+      });
+  while (pieces == 0) absl::SleepFor(absl::Milliseconds(1));
+  manager_.reset();
+  ASSERT_TRUE(done.HasBeenNotified());
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_LT(out->output_tokens, 8000u);
+}
+
 // A budget below one session keeps the session in use (once it is idle,
 // the next load evicts it) instead of evicting it as it loads.
 TEST_F(SessionManagerTest, ABudgetBelowOneSessionStillServes) {
