@@ -73,6 +73,9 @@ const char* DurabilityName(Durability d);
 // and version. Stores return it; callers may treat the write as done.
 absl::Status DurabilityNotReached(uint64_t version, Durability wanted,
                                   Durability reached);
+// The level `st` says its write reached, if it is a DurabilityNotReached
+// error (the write exists at that level); nullopt otherwise.
+std::optional<Durability> DurabilityReachedOf(const absl::Status& st);
 
 // Tenant: 1-64 bytes of [a-z0-9_-]. Session id: 1-128 bytes of
 // [A-Za-z0-9._-], first byte alphanumeric (as in the public API).

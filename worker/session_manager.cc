@@ -140,18 +140,7 @@ uint64_t Fnv1a(uint64_t h, absl::string_view s) {
 // A write the store kept below the durability asked for
 // (DurabilityNotReached): it exists, though the call failed.
 bool WrittenBelowDurability(const absl::Status& st) {
-  return GetErrorMetadata(st, "durability_reached").has_value();
-}
-
-// The level a write kept below the durability asked for has (its error's
-// durability_reached), MEMORY if it does not say.
-Durability DurabilityReached(const absl::Status& st) {
-  const std::optional<std::string> name =
-      GetErrorMetadata(st, "durability_reached");
-  for (Durability d : {Durability::kReplicated, Durability::kFsync}) {
-    if (name == DurabilityName(d)) return d;
-  }
-  return Durability::kMemory;
+  return DurabilityReachedOf(st).has_value();
 }
 
 // Session::no_hidden_at when last_hidden is that of the last token.
@@ -679,10 +668,6 @@ class SessionManager::Impl {
     return snap;
   }
 
-  // Commits the live state (strand). FENCED drops the session; a commit
-  // that exists below the requested durability resyncs the head.
-  // `retry`: go on once from a head adopted below (one of ours whose
-  // answer never came).
   // What a checkpoint asked for at durability `d` needs: a commit of what
   // is not committed, or, with everything committed but below `d` (a
   // policy commit at the default level, or a commit the store kept below
@@ -698,17 +683,31 @@ class SessionManager::Impl {
   absl::Status RaiseHeadDurability(Session* s, Durability d) {
     if (s->head.head.durability >= d) return absl::OkStatus();
     auto v = store_->AwaitDurability(s->key, s->head.head.version, d);
-    if (v.ok() || WrittenBelowDurability(v.status())) {
-      const Durability reached =
-          v.ok() ? v->durability : DurabilityReached(v.status());
-      if (reached > s->head.head.durability) {
-        s->head.head.durability = reached;
-        absl::MutexLock lock(&s->mu);
-        RefreshView(s);
-      }
+    const std::optional<Durability> reached =
+        v.ok() ? v->durability : DurabilityReachedOf(v.status());
+    if (reached && *reached > s->head.head.durability) {
+      s->head.head.durability = *reached;
+      absl::MutexLock lock(&s->mu);
+      RefreshView(s);
     }
     return v.status();
   }
+
+  // The durability of a created session's first version, which a retry of
+  // its create found: raised in place to `d` if the first attempt was kept
+  // below it (later versions are other requests' business).
+  absl::StatusOr<Durability> CreatedDurability(const SessionKey& key,
+                                               uint64_t version, Durability now,
+                                               Durability d) {
+    if (version != 1 || now >= d) return now;
+    SS_ASSIGN_OR_RETURN(VersionInfo v, store_->AwaitDurability(key, 1, d));
+    return v.durability;
+  }
+
+  // Commits the live state (strand). FENCED drops the session; a commit
+  // that exists below the requested durability resyncs the head.
+  // `retry`: go on once from a head adopted below (one of ours whose
+  // answer never came).
 
   absl::Status CommitNow(Session* s, Durability d,
                          const std::string& request_id, bool retry = true) {
@@ -1121,10 +1120,6 @@ class SessionManager::Impl {
                          absl::Seconds(30));
   }
 
-  // Emits a recorded generation's output as pieces (text held back to
-  // complete UTF-8, like the live task) and returns its outcome (the
-  // session fields are the caller's). `text_out`/`emitted_out` (optional):
-  // the output bytes and how many of them were emitted.
   // The answer to a retry of the finished generation `rec` (on the strand):
   // its head raised to the durability asked if it is below (its commit may
   // have been kept below it), then the recorded output again.
@@ -1146,6 +1141,45 @@ class SessionManager::Impl {
     return o;
   }
 
+  // What the checks of a Generate request say before it runs (strand):
+  // `refused` if it cannot run here (another request's id, a stale
+  // expected_input_offset — unless it continues its own record, whose
+  // offset moved on with it —, too many tokens, bad sampling); and for a
+  // committing request its record, if it has one (finished: replay it; in
+  // progress: continue it).
+  struct GenerateChecks {
+    absl::Status refused;
+    const GenerationRecord* record = nullptr;
+  };
+  GenerateChecks CheckGenerate(Session* s, const GenerateInput& in) {
+    GenerateChecks c;
+    if (in.commit) {
+      c.record = FindGenerationRecord(s->records, in.request_id,
+                                      opt_.request_id_window, clock_->Now());
+    }
+    if (c.record != nullptr && c.record->digest != in.content_digest) {
+      c.refused = DuplicateRequest(in.request_id);
+    } else if (c.record != nullptr &&
+               c.record->finish != kGenerationInProgress) {
+      // Replayed as it was.
+    } else if (c.record == nullptr && in.expected_input_offset &&
+               *in.expected_input_offset != s->input_offset) {
+      c.refused = PositionMismatch(s, *in.expected_input_offset);
+    } else if (MaxTokens(in) > opt_.max_generate_tokens) {
+      c.refused = TooLarge("max_tokens", opt_.max_generate_tokens);
+    } else {
+      c.refused = engine::Validate(in.sampling, vocab_);
+    }
+    return c;
+  }
+  int MaxTokens(const GenerateInput& in) const {
+    return in.max_tokens == 0 ? opt_.default_generate_tokens : in.max_tokens;
+  }
+
+  // Emits a recorded generation's output as pieces (text held back to
+  // complete UTF-8, like the live task) and returns its outcome (the
+  // session fields are the caller's). `text_out`/`emitted_out` (optional):
+  // the output bytes and how many of them were emitted.
   GenerateOutcome Replay(const GenerationRecord& rec,
                          const std::function<void(const GeneratedPiece&)>& emit,
                          std::string* text_out = nullptr,
@@ -1270,12 +1304,10 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
     // The first attempt's session, at the durability asked (a create kept
     // below it is remembered too).
     SS_ASSIGN_OR_RETURN(SessionView view, GetSession(tenant, existing));
-    const Durability d = m.Dur(p.durability);
-    if (view.version == 1 && view.durability < d) {
-      SS_ASSIGN_OR_RETURN(VersionInfo v,
-                          m.store_->AwaitDurability({tenant, existing}, 1, d));
-      view.durability = v.durability;
-    }
+    SS_ASSIGN_OR_RETURN(
+        view.durability,
+        m.CreatedDurability({tenant, existing}, view.version, view.durability,
+                            m.Dur(p.durability)));
     return view;
   }
   CreateSessionRequest r;
@@ -1335,11 +1367,9 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
            h.parent_version == r.parent_version);
       if (!same) return DuplicateRequest(p.request_id);
       m.Remember(tenant, p.request_id, r.key.session_id, digest);
-      // The first attempt may have been written below the durability asked.
-      if (h.head.version == 1 && h.head.durability < r.durability) {
-        SS_ASSIGN_OR_RETURN(h.head,
-                            m.store_->AwaitDurability(r.key, 1, r.durability));
-      }
+      SS_ASSIGN_OR_RETURN(h.head.durability,
+                          m.CreatedDurability(r.key, h.head.version,
+                                              h.head.durability, r.durability));
       return m.ViewOfHead(h);
     }
     r.key.session_id = m.NewSessionId();
@@ -1794,34 +1824,20 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       if (w && !m.IsCurrent(s.get(), w->gen)) return fail(Busy());
       // A committing retry finds its record: a finished generation is
       // replayed; one checkpointed while it ran is replayed and continued.
+      const Impl::GenerateChecks checks = m.CheckGenerate(s.get(), in);
+      if (!checks.refused.ok()) return fail(checks.refused);
       std::optional<GenerationRecord> resume;
-      if (in.commit) {
-        const GenerationRecord* rec =
-            FindGenerationRecord(s->records, in.request_id,
-                                 m.opt_.request_id_window, m.clock_->Now());
-        if (rec != nullptr && rec->digest != in.content_digest) {
-          return fail(DuplicateRequest(in.request_id));
-        }
-        if (rec != nullptr && rec->finish != kGenerationInProgress) {
-          auto o = m.ReplayFinished(s.get(), *rec, m.Dur(in.durability), emit);
+      if (checks.record != nullptr) {
+        if (checks.record->finish != kGenerationInProgress) {
+          auto o = m.ReplayFinished(s.get(), *checks.record,
+                                    m.Dur(in.durability), emit);
           AbandonWriter(w);
           m.Release(s);
           return done(std::move(o));
         }
-        if (rec != nullptr) resume = *rec;
+        resume = *checks.record;
       }
-      if (!resume && in.expected_input_offset &&
-          *in.expected_input_offset != s->input_offset) {
-        return fail(m.PositionMismatch(s.get(), *in.expected_input_offset));
-      }
-      int max_tokens =
-          in.max_tokens == 0 ? m.opt_.default_generate_tokens : in.max_tokens;
-      if (max_tokens > m.opt_.max_generate_tokens) {
-        return fail(TooLarge("max_tokens", m.opt_.max_generate_tokens));
-      }
-      if (absl::Status st = engine::Validate(in.sampling, m.vocab_); !st.ok()) {
-        return fail(st);
-      }
+      int max_tokens = m.MaxTokens(in);
       GenerateSpec spec;
       spec.params = in.sampling;
       uint64_t prompt_units = 0;
@@ -2125,26 +2141,15 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       absl::StatusOr<GenerateOutcome> answer = absl::UnknownError("");
       bool answered = false;
       if (m.GoneError(s.get()).ok()) {
-        const GenerationRecord* rec =
-            FindGenerationRecord(s->records, in.request_id,
-                                 m.opt_.request_id_window, m.clock_->Now());
-        const int max_tokens =
-            in.max_tokens == 0 ? m.opt_.default_generate_tokens : in.max_tokens;
-        answered = true;
-        if (rec != nullptr && rec->digest != in.content_digest) {
-          answer = DuplicateRequest(in.request_id);
-        } else if (rec != nullptr && rec->finish != kGenerationInProgress) {
-          answer = m.ReplayFinished(s.get(), *rec, m.Dur(in.durability), emit);
-        } else if (rec == nullptr && in.expected_input_offset &&
-                   *in.expected_input_offset != s->input_offset) {
-          answer = m.PositionMismatch(s.get(), *in.expected_input_offset);
-        } else if (max_tokens > m.opt_.max_generate_tokens) {
-          answer = TooLarge("max_tokens", m.opt_.max_generate_tokens);
-        } else if (absl::Status st = engine::Validate(in.sampling, m.vocab_);
-                   !st.ok()) {
-          answer = st;
-        } else {
-          answered = false;
+        const Impl::GenerateChecks checks = m.CheckGenerate(s.get(), in);
+        if (!checks.refused.ok()) {
+          answer = checks.refused;
+          answered = true;
+        } else if (checks.record != nullptr &&
+                   checks.record->finish != kGenerationInProgress) {
+          answer = m.ReplayFinished(s.get(), *checks.record,
+                                    m.Dur(in.durability), emit);
+          answered = true;
         }
       }
       m.Release(s);

@@ -30,6 +30,17 @@ absl::Status DurabilityNotReached(uint64_t version, Durability wanted,
        {"version", absl::StrCat(version)}});
 }
 
+std::optional<Durability> DurabilityReachedOf(const absl::Status& st) {
+  const std::optional<std::string> name =
+      GetErrorMetadata(st, "durability_reached");
+  if (!name) return std::nullopt;
+  for (Durability d :
+       {Durability::kMemory, Durability::kFsync, Durability::kReplicated}) {
+    if (*name == DurabilityName(d)) return d;
+  }
+  return std::nullopt;
+}
+
 namespace store_internal {
 namespace {
 
