@@ -392,33 +392,23 @@ class RedisStateStore final : public StateStore {
     SS_ASSIGN_OR_RETURN(auto read, Read(key, static_cast<int64_t>(version)));
     VersionInfo v = ParseVersion(read.second);
     if (v.durability >= wanted) return v;
-    const std::string prefix = Prefix(key);
-    const std::string retention = absl::StrCat(Ms(options_.fence_retention));
-    const std::string now = absl::StrCat(absl::ToUnixMillis(clock_->Now()));
     const std::string number = absl::StrCat(version);
     SS_ASSIGN_OR_RETURN(
         std::vector<Reply> r,
-        RunScript(prefix, kAwaitDurability,
-                  {prefix + "head", prefix + "fence", prefix + "lease"},
-                  {prefix, retention, now, number}, WaitCommands(wanted)));
+        EvalThen(key, kAwaitDurability, {number}, WaitCommands(wanted)));
     const std::string outcome = Str(r[0]->element[0]);
     if (outcome == "NOTFOUND") return store_internal::SessionNotFound(key);
-    if (outcome == "NOTKEPT" && r[0]->elements == 3) {
-      uint64_t head = 0, oldest = 0;
-      (void)absl::SimpleAtoi(Str(r[0]->element[1]), &head);
-      (void)absl::SimpleAtoi(Str(r[0]->element[2]), &oldest);
-      return store_internal::VersionNotKept(version, head, oldest);
-    }
-    int recorded = 0;
+    if (outcome == "NOTKEPT") return NotKept(r[0].get(), version);
+    int level = 0;
     if (outcome != "OK" || r[0]->elements != 3 ||
-        !absl::SimpleAtoi(Str(r[0]->element[1]), &recorded)) {
+        !absl::SimpleAtoi(Str(r[0]->element[1]), &level)) {
       return Unexpected(outcome);
     }
-    Durability reached =
-        std::max(static_cast<Durability>(std::max(recorded, 1)),
-                 fsync_always_ ? Durability::kFsync : Durability::kMemory);
+    const Durability recorded = static_cast<Durability>(std::max(level, 1));
+    Durability reached = std::max(
+        recorded, fsync_always_ ? Durability::kFsync : Durability::kMemory);
     if (r.size() > 1) ReadWait(r[1].get(), &reached);
-    if (reached > static_cast<Durability>(std::max(recorded, 1))) {
+    if (reached > recorded) {
       SS_RETURN_IF_ERROR(Eval(key, kRecordDurability,
                               {number, Str(r[0]->element[2]),
                                absl::StrCat(static_cast<int>(reached))})
@@ -743,17 +733,33 @@ class RedisStateStore final : public StateStore {
 
   absl::StatusOr<Reply> Eval(const SessionKey& key, Script script,
                              std::vector<std::string> args) {
+    SS_ASSIGN_OR_RETURN(std::vector<Reply> r,
+                        EvalThen(key, script, std::move(args), {}));
+    return std::move(r[0]);
+  }
+  // Eval, then `extra` commands on the same connection: all the replies.
+  absl::StatusOr<std::vector<Reply>> EvalThen(
+      const SessionKey& key, Script script, std::vector<std::string> args,
+      const std::vector<Command>& extra) {
     const std::string prefix = Prefix(key);
     const std::string retention = absl::StrCat(Ms(options_.fence_retention));
     const std::string now = absl::StrCat(absl::ToUnixMillis(clock_->Now()));
     std::vector<absl::string_view> argv = {prefix, retention, now};
     for (const std::string& a : args) argv.push_back(a);
-    SS_ASSIGN_OR_RETURN(
-        std::vector<Reply> r,
-        RunScript(prefix, script,
-                  {prefix + "head", prefix + "fence", prefix + "lease"}, argv,
-                  {}));
-    return std::move(r[0]);
+    return RunScript(prefix, script,
+                     {prefix + "head", prefix + "fence", prefix + "lease"},
+                     argv, extra);
+  }
+
+  // VERSION_MISMATCH/NOT_FOUND for `version`, from a script's
+  // {'NOTKEPT', head, oldest}.
+  static absl::Status NotKept(const redisReply* r, uint64_t version) {
+    uint64_t head = 0, oldest = 0;
+    if (r->elements == 3) {
+      (void)absl::SimpleAtoi(Str(r->element[1]), &head);
+      (void)absl::SimpleAtoi(Str(r->element[2]), &oldest);
+    }
+    return store_internal::VersionNotKept(version, head, oldest);
   }
 
   absl::StatusOr<Reply> EvalWorkers(Script script,
@@ -886,11 +892,7 @@ class RedisStateStore final : public StateStore {
     const std::string outcome = Str(r->element[0]);
     if (outcome == "NOTFOUND") return store_internal::SessionNotFound(key);
     if (outcome == "NOTKEPT") {
-      uint64_t head = 0, oldest = 0;
-      (void)absl::SimpleAtoi(Str(r->element[1]), &head);
-      (void)absl::SimpleAtoi(Str(r->element[2]), &oldest);
-      return store_internal::VersionNotKept(static_cast<uint64_t>(version),
-                                            head, oldest);
+      return NotKept(r.get(), static_cast<uint64_t>(version));
     }
     if (outcome != "OK" || r->elements != 7) return Unexpected(outcome);
     const Fields h = Pairs(r->element[1]);
