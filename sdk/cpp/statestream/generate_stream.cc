@@ -4,7 +4,7 @@
 //
 // Resume: the request is reissued unchanged (same request_id, same seed or
 // the server's seed derived from it and the unchanged input_offset), so the
-// new call produces the same output; tokens below delivered_tokens_ and
+// new call produces the same output; tokens below delivered_ids_.size() and
 // text bytes below delivered_text_ are skipped, once checked equal to what
 // was delivered: a resumed call that produced other tokens (the session
 // changed in between, or another kind of worker rounded differently) ends
@@ -33,13 +33,16 @@ GenerateStream::GenerateStream(Client* client, v1::GenerateRequest request,
     : client_(client), request_(std::move(request)), call_options_(call) {}
 
 GenerateStream::~GenerateStream() {
-  if (call_ != nullptr) {
-    call_->ctx.TryCancel();
-    v1::GenerateResponse ignored;
-    while (call_->reader->Read(&ignored)) {
-    }
-    call_->reader->Finish().IgnoreError();
+  if (call_ != nullptr) CloseCall(/*cancel=*/true);
+}
+
+void GenerateStream::CloseCall(bool cancel) {
+  if (cancel) call_->ctx.TryCancel();
+  v1::GenerateResponse ignored;
+  while (call_->reader->Read(&ignored)) {
   }
+  call_->reader->Finish().IgnoreError();
+  call_.reset();
 }
 
 absl::Status GenerateStream::Open() {
@@ -49,7 +52,6 @@ absl::Status GenerateStream::Open() {
   call_->scope = std::make_unique<CallScope>(&call_->ctx, call_options_);
   if (call_->scope->cancelled()) return absl::CancelledError("cancelled");
   call_->reader = call_->stubs->streams->Generate(&call_->ctx, request_);
-  seen_tokens_ = 0;
   seen_text_ = 0;
   return absl::OkStatus();
 }
@@ -68,46 +70,35 @@ bool GenerateStream::Next(GenerateChunk* out) {
     if (call_->reader->Read(&response)) {
       if (response.has_done()) {
         done_ = response.done();
-        v1::GenerateResponse ignored;
-        while (call_->reader->Read(&ignored)) {
-        }
         // `done` is the outcome: a connection that broke before the call's
         // trailers changes nothing (reporting it would invite a retry under
         // a new request id, committing twice).
-        call_->reader->Finish().IgnoreError();
+        CloseCall(/*cancel=*/false);
         status_ = absl::OkStatus();
-        call_.reset();
         finished_ = true;
         return false;
       }
       const v1::GenerateChunk& c = response.chunk();
       // Tokens [index, index + n) of the output; keep the undelivered ones.
       const uint32_t n = static_cast<uint32_t>(c.tokens_size());
-      bool same = c.index() <= delivered_tokens_;
-      for (uint32_t i = 0; same && i < n && c.index() + i < delivered_tokens_;
-           ++i) {
+      const uint32_t delivered = static_cast<uint32_t>(delivered_ids_.size());
+      bool same = c.index() <= delivered;
+      for (uint32_t i = 0; same && i < n && c.index() + i < delivered; ++i) {
         same = delivered_ids_[c.index() + i] == c.tokens(static_cast<int>(i));
       }
       if (!same) {
         status_ = absl::AbortedError(absl::StrCat(
-            "the resumed generation diverged from the ", delivered_tokens_,
+            "the resumed generation diverged from the ", delivered,
             " tokens already delivered (the session changed in between?); "
             "its output is not joined to them"));
         finished_ = true;
-        call_->ctx.TryCancel();
-        v1::GenerateResponse ignored;
-        while (call_->reader->Read(&ignored)) {
-        }
-        call_->reader->Finish().IgnoreError();
-        call_.reset();
+        CloseCall(/*cancel=*/true);
         return false;
       }
-      const uint32_t skip = delivered_tokens_ > c.index()
-                                ? std::min(n, delivered_tokens_ - c.index())
-                                : 0;
+      const uint32_t skip =
+          delivered > c.index() ? std::min(n, delivered - c.index()) : 0;
       const uint64_t text_begin = seen_text_;
       seen_text_ += c.text_utf8().size();
-      seen_tokens_ = c.index() + n;
       const uint64_t text_skip =
           delivered_text_ > text_begin
               ? std::min<uint64_t>(c.text_utf8().size(),
@@ -121,10 +112,8 @@ bool GenerateStream::Next(GenerateChunk* out) {
       for (int i = static_cast<int>(skip); i < c.logprobs_size(); ++i) {
         out->logprobs.push_back(c.logprobs(i));
       }
-      for (uint32_t i = skip; i < n; ++i) {
-        delivered_ids_.push_back(c.tokens(static_cast<int>(i)));
-      }
-      delivered_tokens_ = std::max(delivered_tokens_, c.index() + n);
+      delivered_ids_.insert(delivered_ids_.end(), c.tokens().begin() + skip,
+                            c.tokens().end());
       delivered_text_ = std::max(delivered_text_, seen_text_);
       attempts_ = 0;
       return true;

@@ -46,17 +46,18 @@ class GenerateStream {
   struct Call;
   GenerateStream(Client* client, v1::GenerateRequest request, CallOptions call);
   absl::Status Open();
+  // Ends the current call (cancelled first if `cancel`), read to its end;
+  // its status no longer matters.
+  void CloseCall(bool cancel);
 
   Client* client_;
   v1::GenerateRequest request_;
   CallOptions call_options_;
   std::unique_ptr<Call> call_;
-  uint32_t delivered_tokens_ = 0;
   // The ids delivered: a resumed call must produce them again.
   std::vector<uint32_t> delivered_ids_;
   uint64_t delivered_text_ = 0;
-  uint32_t seen_tokens_ = 0;  // on the current call
-  uint64_t seen_text_ = 0;
+  uint64_t seen_text_ = 0;  // text bytes read on the current call
   int reconnects_ = 0;
   int attempts_ = 0;
   bool finished_ = false;
