@@ -37,7 +37,6 @@ struct AppendWriter::Call {
 
   // Reads what is left and returns the call's status.
   absl::Status Finish() {
-    if (stream == nullptr) return absl::CancelledError("cancelled");
     v1::AppendResponse ignored;
     while (stream->Read(&ignored)) {
     }
@@ -72,8 +71,8 @@ AppendWriter::AppendWriter(Client* client, std::string session_id,
     : client_(client),
       session_id_(std::move(session_id)),
       options_(std::move(options)),
-      next_offset_(offset) {
-  acked_high_ = offset;
+      next_offset_(offset),
+      acked_high_(offset) {
   options_.window = std::max(options_.window, 1);
   options_.max_chunk_bytes =
       std::clamp<size_t>(options_.max_chunk_bytes, 1, size_t{1} << 20);
