@@ -112,18 +112,13 @@ absl::Status Feed(const std::vector<std::string>& args) {
           {{"actual_input_offset", absl::StrCat(start.input_offset())}});
     }
     skipped = start.input_offset() - static_cast<uint64_t>(from);
-    std::string discard(std::min<uint64_t>(skipped, 1 << 20), '\0');
-    for (uint64_t left = skipped; left > 0;) {
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(left, 1 << 20));
-      in->read(discard.data(), static_cast<std::streamsize>(n));
-      if (static_cast<size_t>(in->gcount()) != n) {
-        return MakeError(
-            absl::StatusCode::kFailedPrecondition, Reason::kPositionMismatch,
-            absl::StrCat("the session already has ", skipped,
-                         " bytes past --start_offset, more than the input"),
-            {{"actual_input_offset", absl::StrCat(start.input_offset())}});
-      }
-      left -= n;
+    in->ignore(static_cast<std::streamsize>(skipped));
+    if (static_cast<uint64_t>(in->gcount()) != skipped) {
+      return MakeError(
+          absl::StatusCode::kFailedPrecondition, Reason::kPositionMismatch,
+          absl::StrCat("the session already has ", skipped,
+                       " bytes past --start_offset, more than the input"),
+          {{"actual_input_offset", absl::StrCat(start.input_offset())}});
     }
     if (total >= 0) total -= static_cast<int64_t>(skipped);
   }

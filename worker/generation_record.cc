@@ -54,6 +54,18 @@ class Reader {
   size_t at_ = kMagicLen;
 };
 
+void PutRecord(const GenerationRecord& r, std::string* out) {
+  PutStr16(r.request_id, out);
+  Put<uint64_t>(r.digest, out);
+  Put<int64_t>(absl::ToUnixMillis(r.committed_at), out);
+  Put<uint8_t>(r.finish, out);
+  Put<int32_t>(r.stop_token, out);
+  PutStr16(r.stop_string, out);
+  Put<uint32_t>(r.input_tokens, out);
+  Put<uint32_t>(static_cast<uint32_t>(r.tokens.size()), out);
+  for (int32_t t : r.tokens) Put<int32_t>(t, out);
+}
+
 absl::Status Corrupt(const char* what) {
   return DataLossError(Reason::kStateCorrupt,
                        std::string("generation records: ") + what);
@@ -68,33 +80,21 @@ std::string EncodeSamplerSideData(const std::string& sampler,
   std::string out(kMagic, kMagicLen);
   Put<uint32_t>(static_cast<uint32_t>(sampler.size()), &out);
   out += sampler;
-  // The carry as one more record, which workers that predate it keep as an
-  // in-progress generation no request id matches (and drop with the next
-  // input, like the carry itself).
-  std::deque<GenerationRecord> with_carry;
-  const std::deque<GenerationRecord>* all = &records;
-  if (!carry.bytes.empty()) {
-    with_carry = records;
+  const bool with_carry = !carry.bytes.empty();
+  Put<uint32_t>(static_cast<uint32_t>(records.size() + (with_carry ? 1 : 0)),
+                &out);
+  for (const GenerationRecord& r : records) PutRecord(r, &out);
+  if (with_carry) {
+    // The carry as one more record, which workers that predate it keep as
+    // an in-progress generation no request id matches (and drop with the
+    // next input, like the carry itself).
     GenerationRecord c;
     c.request_id = kCarryId;
     c.digest = carry.input_offset;
     c.committed_at = absl::UnixEpoch();
     c.finish = kGenerationInProgress;
     for (unsigned char b : carry.bytes) c.tokens.push_back(b);
-    with_carry.push_back(std::move(c));
-    all = &with_carry;
-  }
-  Put<uint32_t>(static_cast<uint32_t>(all->size()), &out);
-  for (const GenerationRecord& r : *all) {
-    PutStr16(r.request_id, &out);
-    Put<uint64_t>(r.digest, &out);
-    Put<int64_t>(absl::ToUnixMillis(r.committed_at), &out);
-    Put<uint8_t>(r.finish, &out);
-    Put<int32_t>(r.stop_token, &out);
-    PutStr16(r.stop_string, &out);
-    Put<uint32_t>(r.input_tokens, &out);
-    Put<uint32_t>(static_cast<uint32_t>(r.tokens.size()), &out);
-    for (int32_t t : r.tokens) Put<int32_t>(t, &out);
+    PutRecord(c, &out);
   }
   return out;
 }

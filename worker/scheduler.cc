@@ -164,7 +164,7 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
   // Pass 2: prefill chunks round-robin from rr_ with the rest.
   const size_t n = active.size();
   std::vector<bool> prefill(n, false);
-  std::vector<std::pair<Task*, StepRequest>> decodes;
+  std::vector<Entry> decodes;
   bool any_prefill = false;
   for (size_t k = 0; k < n; ++k) {
     const size_t i = (rr_ + k) % n;
@@ -183,12 +183,10 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
                           ? std::min(options_.prefill_chunk,
                                      std::max(1, options_.max_batch_tokens / 4))
                           : 0;
-  const int decode_budget = std::max(1, budget - reserve);
   const size_t decode_slots =
-      static_cast<size_t>(std::min(budget, decode_budget));
-  for (size_t k = 0; k < decodes.size() && k < decode_slots; ++k) {
-    work.push_back({decodes[k].first, decodes[k].second});
-  }
+      static_cast<size_t>(std::min(budget, std::max(1, budget - reserve)));
+  if (decodes.size() > decode_slots) decodes.resize(decode_slots);
+  work = std::move(decodes);
   budget -= static_cast<int>(work.size());
   for (size_t k = 0; k < n && budget > 0; ++k) {
     const size_t i = (rr_ + k) % n;
