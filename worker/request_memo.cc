@@ -20,8 +20,8 @@ RequestMemo::RequestMemo(absl::Duration window, int max_ids, Clock* clock)
 
 absl::StatusOr<bool> RequestMemo::Seen(const std::string& tenant,
                                        const std::string& request_id,
-                                       uint64_t digest,
-                                       std::string* session_id) {
+                                       uint64_t digest, std::string* session_id,
+                                       uint64_t* version) {
   if (request_id.empty()) return false;
   absl::MutexLock lock(&mu_);
   Prune(clock_->Now());
@@ -29,16 +29,18 @@ absl::StatusOr<bool> RequestMemo::Seen(const std::string& tenant,
   if (it == entries_.end()) return false;
   if (it->second.digest != digest) return DuplicateRequest(request_id);
   if (session_id != nullptr) *session_id = it->second.session_id;
+  if (version != nullptr) *version = it->second.version;
   return true;
 }
 
 void RequestMemo::Remember(const std::string& tenant,
                            const std::string& request_id,
-                           const std::string& session_id, uint64_t digest) {
+                           const std::string& session_id, uint64_t digest,
+                           uint64_t version) {
   if (request_id.empty()) return;
   absl::MutexLock lock(&mu_);
   const absl::Time now = clock_->Now();
-  entries_[{tenant, request_id}] = {session_id, digest, now};
+  entries_[{tenant, request_id}] = {session_id, digest, version, now};
   order_.push_back({{tenant, request_id}, now});
   Prune(now);
 }

@@ -4,6 +4,7 @@
 #ifndef STATESTREAM_WORKER_REQUEST_MEMO_H_
 #define STATESTREAM_WORKER_REQUEST_MEMO_H_
 
+#include <cstdint>
 #include <deque>
 #include <map>
 #include <string>
@@ -30,20 +31,26 @@ class RequestMemo {
   RequestMemo(absl::Duration window, int max_ids, Clock* clock);
 
   // True if the id was recorded with this `digest` (a retry; *session_id is
-  // what the first call touched), DUPLICATE_REQUEST if with another one,
-  // false if not recorded (or `request_id` is empty).
+  // what the first call touched, *version the version it committed or 0),
+  // DUPLICATE_REQUEST if with another one, false if not recorded (or
+  // `request_id` is empty).
   absl::StatusOr<bool> Seen(const std::string& tenant,
                             const std::string& request_id, uint64_t digest,
-                            std::string* session_id = nullptr);
-  // Records a call's outcome (nothing for an empty `request_id`).
+                            std::string* session_id = nullptr,
+                            uint64_t* version = nullptr);
+  // Records a call's outcome (nothing for an empty `request_id`): the
+  // session it touched and, for calls that commit one, the version (a retry
+  // of a call kept below the durability it asked raises that version).
   void Remember(const std::string& tenant, const std::string& request_id,
-                const std::string& session_id, uint64_t digest);
+                const std::string& session_id, uint64_t digest,
+                uint64_t version = 0);
 
  private:
   using Key = std::pair<std::string, std::string>;  // tenant, request id
   struct Entry {
     std::string session_id;
     uint64_t digest = 0;
+    uint64_t version = 0;
     absl::Time at;
   };
   void Prune(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

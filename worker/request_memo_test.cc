@@ -15,11 +15,16 @@ TEST(RequestMemoTest, RetriesMatchReusesDifferOthersAreUnseen) {
   FakeClock clock;
   RequestMemo memo(absl::Hours(1), 100, &clock);
   memo.Remember("t", "r1", "s1", 42);
+  memo.Remember("t", "r2", "s1", 44, /*version=*/7);
   std::string id;
-  auto seen = memo.Seen("t", "r1", 42, &id);
+  uint64_t version = 99;
+  auto seen = memo.Seen("t", "r1", 42, &id, &version);
   ASSERT_TRUE(seen.ok()) << seen.status();
   EXPECT_TRUE(*seen);
   EXPECT_EQ(id, "s1");
+  EXPECT_EQ(version, 0u);  // a call that committed no version
+  ASSERT_TRUE(*memo.Seen("t", "r2", 44, &id, &version));
+  EXPECT_EQ(version, 7u);
   // Other content under the same id.
   EXPECT_EQ(GetReason(memo.Seen("t", "r1", 43).status()),
             Reason::kDuplicateRequest);

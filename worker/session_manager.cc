@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <random>
 #include <set>
@@ -12,6 +13,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -141,6 +143,14 @@ uint64_t Fnv1a(uint64_t h, absl::string_view s) {
 // (DurabilityNotReached): it exists, though the call failed.
 bool WrittenBelowDurability(const absl::Status& st) {
   return DurabilityReachedOf(st).has_value();
+}
+
+// The version a DurabilityNotReached error says was written (0 if none).
+uint64_t WrittenVersionOf(const absl::Status& st) {
+  uint64_t version = 0;
+  const std::optional<std::string> v = GetErrorMetadata(st, "version");
+  if (!v || !absl::SimpleAtoi(*v, &version)) return 0;
+  return version;
 }
 
 // Session::no_hidden_at when last_hidden is that of the last token.
@@ -300,12 +310,14 @@ class SessionManager::Impl {
   // (every model's manager), else this manager's own.
   absl::StatusOr<bool> Seen(const std::string& tenant,
                             const std::string& request_id, uint64_t digest,
-                            std::string* session_id = nullptr) {
-    return memo_->Seen(tenant, request_id, digest, session_id);
+                            std::string* session_id = nullptr,
+                            uint64_t* version = nullptr) {
+    return memo_->Seen(tenant, request_id, digest, session_id, version);
   }
   void Remember(const std::string& tenant, const std::string& request_id,
-                const std::string& session_id, uint64_t digest) {
-    memo_->Remember(tenant, request_id, session_id, digest);
+                const std::string& session_id, uint64_t digest,
+                uint64_t version = 0) {
+    memo_->Remember(tenant, request_id, session_id, digest, version);
   }
 
   static std::string MapKey(const SessionKey& k) {
@@ -1211,6 +1223,74 @@ class SessionManager::Impl {
     return o;
   }
 
+  // Creates `r` and remembers it under `request_id`. With `derived` (r.key's
+  // id derives from the request id) a session that exists under it is this
+  // request's if created within the window with the same model, labels and
+  // TTL (unless changed since), parent and what `same` checks: an attempt
+  // that failed over from another worker. It is returned at the durability
+  // asked; other content is DUPLICATE_REQUEST. A session older than the
+  // window belongs to an earlier request that reused the id: this one is
+  // created under a fresh id.
+  absl::StatusOr<SessionView> CreateOnce(
+      CreateSessionRequest r, bool derived, const std::string& request_id,
+      uint64_t digest,
+      const std::function<absl::StatusOr<bool>(
+          const SessionHead&, const CreateSessionRequest&)>& same) {
+    const std::string tenant = r.key.tenant;
+    auto res = store_->CreateSession(r);
+    if (derived && GetReason(res.status()) == Reason::kSessionExists) {
+      SS_ASSIGN_OR_RETURN(SessionHead h, store_->GetHead(r.key));
+      if (clock_->Now() - h.created_at <= opt_.request_id_window) {
+        const bool updated = h.updated_at > h.created_at;
+        bool alike =
+            h.model_id == r.model_id &&
+            (updated || (h.labels == r.labels &&
+                         (r.ttl == absl::ZeroDuration() || h.ttl == r.ttl))) &&
+            h.parent_session_id == r.parent_session_id;
+        if (alike) {
+          SS_ASSIGN_OR_RETURN(alike, same(h, r));
+        }
+        if (!alike) return DuplicateRequest(request_id);
+        Remember(tenant, request_id, r.key.session_id, digest);
+        SS_ASSIGN_OR_RETURN(h.head.durability,
+                            CreatedDurability(r.key, h.head.version,
+                                              h.head.durability, r.durability));
+        return ViewOfHead(h);
+      }
+      r.key.session_id = NewSessionId();
+      res = store_->CreateSession(r);
+    }
+    if (!res.ok()) {
+      // A create the store wrote below the durability asked for is this
+      // request's: a retry returns it. (A session that merely exists under
+      // the id may be another request's.)
+      if (WrittenBelowDurability(res.status())) {
+        Remember(tenant, request_id, r.key.session_id, digest);
+      }
+      return res.status();
+    }
+    Remember(tenant, request_id, r.key.session_id, digest);
+    return ViewOfHead(res->session);
+  }
+
+  // Whether `key`'s first version holds `snap`'s state (true when that
+  // version is no longer kept: nothing is left to tell them apart).
+  absl::StatusOr<bool> FirstVersionHolds(const SessionKey& key,
+                                         const StateSnapshot& snap) {
+    auto v = store_->LoadVersion(key, 1);
+    if (absl::IsNotFound(v.status()) &&
+        GetReason(v.status()) == Reason::kVersionMismatch) {
+      return true;
+    }
+    if (!v.ok()) return v.status();
+    const StateSnapshot& got = v->state;
+    return got.position == snap.position &&
+           got.input_offset == snap.input_offset &&
+           got.tokenizer_tail == snap.tokenizer_tail &&
+           got.sampler_state == snap.sampler_state && got.state == snap.state &&
+           got.last_hidden == snap.last_hidden;
+  }
+
   static constexpr char kIdAlphabet[] = "0123456789abcdefghjkmnpqrstvwxyz";
   std::string NewSessionId() {
     absl::MutexLock lock(&mu_);
@@ -1347,45 +1427,13 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
     blank.live = EngineState::Initial(*m.model_);
     r.initial_state = m.Snapshot(&blank);
   }
-  auto res = m.store_->CreateSession(r);
-  if (derived && GetReason(res.status()) == Reason::kSessionExists) {
-    // The id derived from this request id exists: created within the
-    // window by the same request (an attempt that failed over from another
-    // worker) it is returned; other content is DUPLICATE_REQUEST. One
-    // older than the window is another request's that reused the id: this
-    // one gets a fresh id.
-    SS_ASSIGN_OR_RETURN(SessionHead h, m.store_->GetHead(r.key));
-    if (m.clock_->Now() - h.created_at <= m.opt_.request_id_window) {
-      // Labels and TTL as created, unless changed since (UpdateSession).
-      const bool updated = h.updated_at > h.created_at;
-      const bool same =
-          h.model_id == r.model_id &&
-          (updated || (h.labels == r.labels &&
-                       (r.ttl == absl::ZeroDuration() || h.ttl == r.ttl))) &&
-          h.parent_session_id == r.parent_session_id &&
-          (!p.fork_from || p.fork_from->second == 0 ||
-           h.parent_version == r.parent_version);
-      if (!same) return DuplicateRequest(p.request_id);
-      m.Remember(tenant, p.request_id, r.key.session_id, digest);
-      SS_ASSIGN_OR_RETURN(h.head.durability,
-                          m.CreatedDurability(r.key, h.head.version,
-                                              h.head.durability, r.durability));
-      return m.ViewOfHead(h);
-    }
-    r.key.session_id = m.NewSessionId();
-    res = m.store_->CreateSession(r);
-  }
-  if (!res.ok()) {
-    // A create the store wrote below the durability asked for is this
-    // request's: a retry returns it. (A session that merely exists under
-    // the id may be another request's.)
-    if (WrittenBelowDurability(res.status())) {
-      m.Remember(tenant, p.request_id, r.key.session_id, digest);
-    }
-    return res.status();
-  }
-  m.Remember(tenant, p.request_id, r.key.session_id, digest);
-  return m.ViewOfHead(res->session);
+  const bool exact_fork = p.fork_from && p.fork_from->second != 0;
+  return m.CreateOnce(
+      std::move(r), derived, p.request_id, digest,
+      [&](const SessionHead& h,
+          const CreateSessionRequest& req) -> absl::StatusOr<bool> {
+        return !exact_fork || h.parent_version == req.parent_version;
+      });
 }
 
 absl::StatusOr<SessionView> SessionManager::GetSession(
@@ -1491,6 +1539,31 @@ absl::Status SessionManager::DeleteOnce(const std::string& tenant,
   return st;
 }
 
+absl::StatusOr<SessionView> SessionManager::Retried(
+    const std::string& tenant, const std::string& session_id, uint64_t version,
+    Durability durability) {
+  Impl& m = *impl_;
+  if (version != 0) {
+    SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
+                        m.Resident({tenant, session_id}));
+    SS_RETURN_IF_ERROR(m.RunSync<absl::Status>(s, [&]() -> absl::Status {
+      SS_RETURN_IF_ERROR(m.GoneError(s.get()));
+      if (s->head.head.version == version) {
+        return m.RaiseHeadDurability(s.get(), durability);
+      }
+      auto v = m.store_->AwaitDurability(s->key, version, durability);
+      // A version no longer kept was followed by others: the session went
+      // on from it, which is all a retry can still ask.
+      if (!v.ok() && !(absl::IsNotFound(v.status()) &&
+                       GetReason(v.status()) == Reason::kVersionMismatch)) {
+        return v.status();
+      }
+      return absl::OkStatus();
+    }));
+  }
+  return GetSession(tenant, session_id);
+}
+
 absl::StatusOr<std::vector<VersionInfo>> SessionManager::ListVersions(
     const std::string& tenant, const std::string& session_id) {
   SS_ASSIGN_OR_RETURN(std::vector<VersionInfo> v,
@@ -1511,8 +1584,10 @@ absl::StatusOr<SessionView> SessionManager::Rollback(
       kFnvBasis, absl::StrCat("rollback:", session_id, "@", version, "?",
                               expected ? absl::StrCat(*expected) : "-", "d",
                               durability ? static_cast<int>(*durability) : -1));
-  SS_ASSIGN_OR_RETURN(bool seen, m.Seen(tenant, request_id, digest, nullptr));
-  if (seen) return GetSession(tenant, session_id);
+  uint64_t committed = 0;
+  SS_ASSIGN_OR_RETURN(bool seen,
+                      m.Seen(tenant, request_id, digest, nullptr, &committed));
+  if (seen) return Retried(tenant, session_id, committed, m.Dur(durability));
   SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
                       m.Resident({tenant, session_id}));
   return m.RunSync<absl::StatusOr<SessionView>>(
@@ -1535,12 +1610,14 @@ absl::StatusOr<SessionView> SessionManager::Rollback(
             // Only a rollback the store wrote (below the durability asked
             // for) is this one; a head that moved otherwise is not.
             if (WrittenBelowDurability(res.status())) {
-              m.Remember(tenant, request_id, session_id, digest);
+              m.Remember(tenant, request_id, session_id, digest,
+                         WrittenVersionOf(res.status()));
             }
           }
           return res.status();
         }
-        m.Remember(tenant, request_id, session_id, digest);
+        m.Remember(tenant, request_id, session_id, digest,
+                   res->version.version);
         auto v = m.store_->LoadVersion(s->key, res->version.version);
         absl::Status loaded =
             v.ok() ? m.LoadInto(s.get(), *v, &res->session) : v.status();
@@ -1593,14 +1670,23 @@ absl::StatusOr<SessionView> SessionManager::Import(
   for (const auto& [k, v] : params.labels) {
     digest = Fnv1a(digest, absl::StrCat(k.size(), ":", k, v.size(), ":", v));
   }
+  digest =
+      Fnv1a(digest, absl::StrCat("ttl", absl::ToInt64Milliseconds(params.ttl)));
   std::string seen_id;
-  SS_ASSIGN_OR_RETURN(bool seen,
-                      m.Seen(tenant, params.request_id, digest, &seen_id));
-  if (seen) return GetSession(tenant, seen_id);
+  uint64_t committed = 0;
+  SS_ASSIGN_OR_RETURN(bool seen, m.Seen(tenant, params.request_id, digest,
+                                        &seen_id, &committed));
+  if (seen) {
+    return Retried(tenant, seen_id, committed, m.Dur(params.durability));
+  }
   if (!new_version) {
+    // A generated id derives from the request id, as for CreateSession.
+    const bool derived =
+        params.session_id.empty() && !params.request_id.empty();
     CreateSessionRequest r;
-    r.key = {tenant,
-             params.session_id.empty() ? m.NewSessionId() : params.session_id};
+    r.key = {tenant, derived ? Impl::DerivedSessionId(tenant, params.request_id)
+                     : params.session_id.empty() ? m.NewSessionId()
+                                                 : params.session_id};
     r.model_id = m.opt_.model_id;
     r.labels = params.labels;
     r.ttl = params.ttl;
@@ -1608,12 +1694,11 @@ absl::StatusOr<SessionView> SessionManager::Import(
     snap.parent_session_id.clear();
     snap.parent_version = 0;
     r.initial_state = std::move(snap);
-    auto res = m.store_->CreateSession(r);
-    if (res.ok() || WrittenBelowDurability(res.status())) {
-      m.Remember(tenant, params.request_id, r.key.session_id, digest);
-    }
-    if (!res.ok()) return res.status();
-    return m.ViewOfHead(res->session);
+    return m.CreateOnce(
+        std::move(r), derived, params.request_id, digest,
+        [&](const SessionHead& h, const CreateSessionRequest& req) {
+          return m.FirstVersionHolds(h.key, req.initial_state);
+        });
   }
   SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
                       m.Resident({tenant, params.session_id}));
@@ -1642,12 +1727,14 @@ absl::StatusOr<SessionView> SessionManager::Import(
           } else {
             m.FollowStoreHead(s.get());
             if (WrittenBelowDurability(res.status())) {
-              m.Remember(tenant, params.request_id, params.session_id, digest);
+              m.Remember(tenant, params.request_id, params.session_id, digest,
+                         WrittenVersionOf(res.status()));
             }
           }
           return res.status();
         }
-        m.Remember(tenant, params.request_id, params.session_id, digest);
+        m.Remember(tenant, params.request_id, params.session_id, digest,
+                   res->version.version);
         LoadedVersion v{res->version, std::move(snap)};
         SS_RETURN_IF_ERROR(m.LoadInto(s.get(), v, &res->session));
         absl::MutexLock lock(&s->mu);

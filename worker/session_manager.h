@@ -335,6 +335,12 @@ class SessionManager {
   explicit SessionManager(std::unique_ptr<Impl> impl);
   absl::Status DeleteOnce(const std::string& tenant,
                           const std::string& session_id, bool allow_missing);
+  // A retry of a call that committed `version` of the session (0: none
+  // recorded): that version raised to `durability` if the first attempt
+  // was kept below it, then the session as it is now.
+  absl::StatusOr<SessionView> Retried(const std::string& tenant,
+                                      const std::string& session_id,
+                                      uint64_t version, Durability durability);
   std::unique_ptr<Impl> impl_;
 };
 

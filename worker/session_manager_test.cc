@@ -261,11 +261,13 @@ TEST_F(SessionManagerTest, AFailedWriteTheStoreKeptMovesTheSession) {
   EXPECT_EQ(rolled.status().code(), absl::StatusCode::kUnavailable)
       << rolled.status();
   ASSERT_EQ(store_->GetHead({"t", "s"})->head.version, 3u);
-  // Its retry finds it done: no second rollback version.
+  // Its retry finds it done (no second rollback version) and still below
+  // the durability asked: the same error, never an OK that claims it.
   auto retried = manager_->Rollback("t", "s", 1, std::nullopt,
                                     Durability::kReplicated, "rollback-kept");
-  ASSERT_TRUE(retried.ok()) << retried.status();
-  EXPECT_EQ(retried->version, 3u);
+  EXPECT_EQ(retried.status().code(), absl::StatusCode::kUnavailable)
+      << retried.status();
+  EXPECT_EQ(DurabilityReachedOf(retried.status()), Durability::kMemory);
   ASSERT_EQ(store_->GetHead({"t", "s"})->head.version, 3u);
   auto view = manager_->GetSession("t", "s");
   ASSERT_TRUE(view.ok()) << view.status();
@@ -288,6 +290,63 @@ TEST_F(SessionManagerTest, AFailedWriteTheStoreKeptMovesTheSession) {
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ(after->version, 6u);
   EXPECT_EQ(after->committed_input_offset, 3u);
+}
+
+// In front of a store that reaches MEMORY only: raising a version's
+// durability in place succeeds (a replica caught up after the write).
+class CatchingUpStore final : public testing::ForwardingStore {
+ public:
+  using ForwardingStore::ForwardingStore;
+  std::atomic<int> raised{0};
+  absl::StatusOr<VersionInfo> AwaitDurability(const SessionKey& k,
+                                              uint64_t version,
+                                              Durability wanted) override {
+    auto v = ForwardingStore::AwaitDurability(k, version, Durability::kMemory);
+    if (!v.ok()) return v;
+    ++raised;
+    v->durability = wanted;
+    return v;
+  }
+};
+
+// A retry of a Rollback or a new-version Import that the store kept below
+// the durability asked raises the version the first attempt wrote, and
+// only then answers OK; it writes no second version.
+TEST_F(SessionManagerTest, ARetryRaisesAWriteKeptBelowItsDurability) {
+  auto inner = *NewMemoryStateStore(MemoryStateStoreOptions{});
+  CatchingUpStore store(inner.get());
+  SessionManagerOptions o;
+  o.owner = "raising-worker";
+  auto m = SessionManager::Create(o, model_.get(), tokenizer_.get(),
+                                  scheduler_.get(), &store);
+  ASSERT_TRUE(m.ok()) << m.status();
+  SessionManager& manager = **m;
+  CreateParams p;
+  p.session_id = "s";
+  ASSERT_TRUE(manager.CreateSession("t", p).ok());
+  auto exported = manager.Export("t", "s", 0);
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  const std::string blob = exported->blob;
+  p.durability = Durability::kReplicated;
+  p.request_id = "import-kept";
+  auto imported = manager.Import("t", blob, true, p, std::nullopt);
+  EXPECT_EQ(DurabilityReachedOf(imported.status()), Durability::kMemory);
+  auto rolled = manager.Rollback("t", "s", 1, std::nullopt,
+                                 Durability::kReplicated, "rollback-kept");
+  EXPECT_EQ(DurabilityReachedOf(rolled.status()), Durability::kMemory);
+  ASSERT_EQ(inner->GetHead({"t", "s"})->head.version, 3u);
+  auto retried = manager.Rollback("t", "s", 1, std::nullopt,
+                                  Durability::kReplicated, "rollback-kept");
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(retried->version, 3u);
+  EXPECT_EQ(retried->durability, Durability::kReplicated);
+  // The import's version (2) is no longer the head: raised in the store.
+  auto again = manager.Import("t", blob, true, p, std::nullopt);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->version, 3u);
+  EXPECT_EQ(store.raised, 2);
+  EXPECT_EQ(inner->GetHead({"t", "s"})->head.version, 3u);
+  manager.Drain();
 }
 
 // A commit of ours whose answer never came (Redis restarted mid-commit,
@@ -705,6 +764,42 @@ TEST_F(SessionManagerTest, AGeneratedIdCreateRetriedOnAnotherWorkerIsOnce) {
   auto second = (*other)->CreateSession("t", next);
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_NE(second->session_id, first->session_id);
+}
+
+// The same for an ImportState that creates a session with a generated id:
+// the retry on another worker gets the first attempt's session, a
+// different state under the request id is DUPLICATE_REQUEST.
+TEST_F(SessionManagerTest, AGeneratedIdImportRetriedOnAnotherWorkerIsOnce) {
+  Create("src");
+  auto w = Open("src");
+  ASSERT_TRUE(Append(w, 0, "abc", true, true).ok());
+  const std::string abc = Blob("src");
+  ASSERT_TRUE(Append(w, 3, "d", true, true).ok());
+  const std::string abcd = Blob("src");
+  ASSERT_TRUE(Close(w).ok());
+  CreateParams p;
+  p.request_id = "import-generated";
+  auto first = manager_->Import("t", abc, false, p, std::nullopt);
+  ASSERT_TRUE(first.ok()) << first.status();
+  SessionManagerOptions o;
+  o.owner = "other-worker";
+  auto other = SessionManager::Create(o, model_.get(), tokenizer_.get(),
+                                      scheduler_.get(), store_.get());
+  ASSERT_TRUE(other.ok()) << other.status();
+  auto retried = (*other)->Import("t", abc, false, p, std::nullopt);
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(retried->session_id, first->session_id);
+  EXPECT_EQ(retried->input_offset, 3u);
+  ListSessionsRequest list;
+  list.tenant = "t";
+  list.page_size = 100;
+  auto page = store_->ListSessions(list);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(page->sessions.size(), 2u);  // src and the import
+  EXPECT_EQ(
+      GetReason((*other)->Import("t", abcd, false, p, std::nullopt).status()),
+      Reason::kDuplicateRequest);
+  (*other)->Drain();
 }
 
 // A retry of a finished committing generation only replays it, and a
