@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
+#include "common/session_ids.h"
 #include "common/status.h"
 #include "services/gateway_internal.h"
 #include "services/tls.h"
@@ -84,17 +85,19 @@ absl::StatusOr<std::vector<Gateway::WorkerModels>> Gateway::Models(
   std::vector<WorkerModels> out;
   std::set<std::string> live;
   for (const WorkerInfo& w : *workers) {
-    if (router_.IsSuspect(w.worker_id)) continue;
     const std::string key = absl::StrCat(w.worker_id, "@", w.address);
     live.insert(key);
     {
       absl::MutexLock lock(&models_mu_);
       auto it = models_.find(key);
       if (it != models_.end()) {
+        // A suspect (one failed call) still serves its models: the router
+        // falls back to suspects, so its models stay known, not NOT_FOUND.
         out.push_back({w, it->second});
         continue;
       }
     }
+    if (router_.IsSuspect(w.worker_id)) continue;  // not asked while suspect
     auto client = UpstreamContext(ctx, tenant, 1);
     client->set_deadline(std::chrono::system_clock::now() +
                          absl::ToChronoMilliseconds(options_.models_timeout));
@@ -255,7 +258,7 @@ grpc::Status ForwardWithFailover(
     const Target& target,
     const std::function<grpc::Status(const std::shared_ptr<grpc::Channel>&,
                                      grpc::ClientContext*)>& call,
-    int* attempts) {
+    int* attempts, const bool* settled) {
   auto tenant = gateway->Tenant(ctx);
   if (!tenant.ok()) return ToGrpcStatus(tenant.status());
   std::set<std::string> exclude;
@@ -275,7 +278,10 @@ grpc::Status ForwardWithFailover(
     auto client = gateway->UpstreamContext(ctx, *tenant, attempt);
     if (attempts != nullptr) *attempts = attempt;
     last = call(gateway->Channel(route->address), client.get());
-    if (!Gateway::ShouldFailover(last) || ctx.IsCancelled()) return last;
+    if (!Gateway::ShouldFailover(last) || ctx.IsCancelled() ||
+        (settled != nullptr && *settled)) {
+      return last;
+    }
     gateway->router().MarkSuspect(route->worker_id);
     exclude.insert(route->worker_id);
     if (attempt < gateway->options().max_attempts) {
@@ -331,14 +337,22 @@ namespace {
 using v1::Sessions;
 
 // OK, or TENANT_LIMIT when the caller's tenant may not create another
-// session (services/tenants.h).
+// session (services/tenants.h). A create whose session exists already (a
+// retry of one that succeeded: under `session_id`, or for a generated id
+// the one derived from `request_id`) passes, for the worker to answer.
 grpc::Status SessionQuota(Gateway* gateway,
-                          const grpc::CallbackServerContext& ctx) {
+                          const grpc::CallbackServerContext& ctx,
+                          const std::string& session_id,
+                          const std::string& request_id) {
   TenantLimits* limits = gateway->options().limits.get();
   if (limits == nullptr) return grpc::Status::OK;
   auto tenant = gateway->Tenant(ctx);
   if (!tenant.ok()) return ToGrpcStatus(tenant.status());
-  return ToGrpcStatus(limits->CheckNewSession(*tenant));
+  const std::string id = !session_id.empty() ? session_id
+                         : !request_id.empty()
+                             ? DerivedSessionId(*tenant, request_id)
+                             : "";
+  return ToGrpcStatus(limits->CheckNewSession(*tenant, id));
 }
 
 // Every rpc is one line: route key and the stub method.
@@ -377,7 +391,8 @@ class SessionsService final : public v1::Sessions::CallbackService {
   grpc::Status CreateSessionOnWorker(const grpc::CallbackServerContext& ctx,
                                      const v1::CreateSessionRequest& req,
                                      v1::Session* resp) {
-    grpc::Status quota = SessionQuota(gateway_, ctx);
+    grpc::Status quota =
+        SessionQuota(gateway_, ctx, req.session_id(), req.request_id());
     if (!quota.ok()) return quota;
     Target target{
         "CreateSession", "",
@@ -465,7 +480,8 @@ class SessionsService final : public v1::Sessions::CallbackService {
                                   "worker lost during export; retry");
             }
             return s;
-          });
+          },
+          nullptr, &delivered);
       gateway_->EndCall("ExportState", st, began);
       writer->Finish(st);
       writer->Release();
@@ -525,18 +541,27 @@ class SessionsService final : public v1::Sessions::CallbackService {
           bad = InvalidArgumentError(
               Reason::kInvalidArgument,
               "header: the first message must be the header, and only it");
+        } else if (!msg.has_header() && !msg.has_chunk()) {
+          bad = InvalidArgumentError(
+              Reason::kInvalidArgument,
+              "chunk: every message after the header must carry a chunk");
         } else if (msg.has_chunk()) {
           bytes += msg.chunk().data().size();
-          if (bytes > parts[0].header().state().total_bytes() ||
-              kept >
-                  static_cast<uint64_t>(gateway_->options().max_import_bytes)) {
+          if (bytes > parts[0].header().state().total_bytes()) {
             bad = DataLossError(
                 Reason::kStateCorrupt,
                 absl::StrCat("more state bytes than the header's total_bytes ",
-                             parts[0].header().state().total_bytes(),
-                             " (the gateway takes at most ",
-                             gateway_->options().max_import_bytes, ")"));
+                             parts[0].header().state().total_bytes()));
           }
+        }
+        if (bad.ok() && kept > static_cast<uint64_t>(
+                                   gateway_->options().max_import_bytes)) {
+          bad = MakeError(
+              absl::StatusCode::kResourceExhausted, Reason::kMessageTooLarge,
+              absl::StrCat("the import is larger than the gateway takes (",
+                           gateway_->options().max_import_bytes, " bytes)"),
+              {{"max_bytes",
+                absl::StrCat(gateway_->options().max_import_bytes)}});
         }
         parts.push_back(std::move(msg));
       }
@@ -547,31 +572,38 @@ class SessionsService final : public v1::Sessions::CallbackService {
         reader->Release();
         return;
       }
-      std::string session_id, hash_key;
+      // A new version goes to the session's owner; a new session to a
+      // worker serving the state's model (rendezvous of its id, or of the
+      // request id for a generated one, so retries land together).
+      Target target{"ImportState", "", "", ""};
+      grpc::Status quota;
       if (!parts.empty() && parts[0].has_header()) {
         const auto& header = parts[0].header();
         if (header.mode() == v1::IMPORT_MODE_NEW_VERSION) {
-          session_id = header.session_id();
+          target.session_id = header.session_id();
         } else {
-          hash_key = header.session_id().empty() ? header.request_id()
-                                                 : header.session_id();
+          target.hash_key = header.session_id().empty() ? header.request_id()
+                                                        : header.session_id();
+          target.fingerprint = header.state().model_fingerprint();
+          quota = SessionQuota(gateway_, *ctx, header.session_id(),
+                               header.request_id());
         }
       }
-      grpc::Status st = ForwardWithFailover(
-          gateway_, *ctx, Target{"ImportState", session_id, hash_key, ""},
-          [&](const std::shared_ptr<grpc::Channel>& channel,
-              grpc::ClientContext* client) {
-            if (session_id.empty()) {  // creates a session
-              grpc::Status quota = SessionQuota(gateway_, *ctx);
-              if (!quota.ok()) return quota;
-            }
-            auto writer = Sessions::NewStub(channel)->ImportState(client, resp);
-            for (const auto& part : parts) {
-              if (!writer->Write(part)) break;
-            }
-            writer->WritesDone();
-            return writer->Finish();
-          });
+      grpc::Status st =
+          !quota.ok()
+              ? quota
+              : ForwardWithFailover(
+                    gateway_, *ctx, target,
+                    [&](const std::shared_ptr<grpc::Channel>& channel,
+                        grpc::ClientContext* client) {
+                      auto writer =
+                          Sessions::NewStub(channel)->ImportState(client, resp);
+                      for (const auto& part : parts) {
+                        if (!writer->Write(part)) break;
+                      }
+                      writer->WritesDone();
+                      return writer->Finish();
+                    });
       gateway_->EndCall("ImportState", st, began);
       reader->Finish(st);
       reader->Release();

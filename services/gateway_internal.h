@@ -232,13 +232,15 @@ struct Target {
 // Sends one call to workers until one answers with something other than a
 // failover condition, or max_attempts are used. `call(channel, context)`
 // makes one attempt. `attempts` (optional) gets the number of workers
-// tried.
+// tried. `settled` (optional), once true after an attempt, ends the call
+// with that attempt's status whatever it is: a streaming call that has
+// delivered part of its answer cannot be resent.
 grpc::Status ForwardWithFailover(
     Gateway* gateway, const grpc::CallbackServerContext& ctx,
     const Target& target,
     const std::function<grpc::Status(const std::shared_ptr<grpc::Channel>&,
                                      grpc::ClientContext*)>& call,
-    int* attempts = nullptr);
+    int* attempts = nullptr, const bool* settled = nullptr);
 
 // Trailing metadata key: how many workers a streaming call used (1 = no
 // failover). For operators and the fault tests.

@@ -71,7 +71,8 @@ class AppendCall final : public Watched {
     const GatewayOptions& o = gateway_->options();
     const uint64_t oldest =
         in_flight_units_.empty() ? 0 : in_flight_units_.front();
-    if (upstream_ != nullptr && !stalled_ && attempt_sent_ > attempt_acked_ &&
+    if (upstream_ != nullptr && !stalled_ && !writing_client_ &&
+        attempt_sent_ > attempt_acked_ &&
         now - last_progress_ >
             o.upstream_stall_timeout +
                 o.upstream_stall_per_unit * static_cast<double>(oldest)) {
@@ -115,9 +116,14 @@ class AppendCall final : public Watched {
       e.request = std::move(request);
       absl::MutexLock lock(&mu_);
       if (session_id_.empty()) session_id_ = e.request.session_id();
-      // Past the bound, make the worker commit so the log can shrink.
-      if (log_bytes_ + e.bytes > limit) e.request.set_checkpoint(true);
+      // Past the bound, make the worker commit so the log can shrink: one
+      // request at a time (the next only once that one is acked), not
+      // every request read meanwhile, each a commit of the whole state.
       e.seq = next_seq_++;
+      if (log_bytes_ + e.bytes > limit && acked_ >= forced_until_) {
+        e.request.set_checkpoint(true);
+        forced_until_ = e.seq + 1;
+      }
       log_bytes_ += e.bytes;
       log_.push_back(std::move(e));
     }
@@ -263,10 +269,22 @@ class AppendCall final : public Watched {
         }
         ++seq;
       }
-      if (deliver && !client_->Write(ack)) {
-        *client_gone = true;
-        context->TryCancel();
-        break;
+      if (deliver) {
+        // A client slow to read its acks holds this thread here: that time
+        // is not the worker's silence (CheckStall).
+        {
+          absl::MutexLock lock(&mu_);
+          writing_client_ = true;
+        }
+        const bool written = client_->Write(ack);
+        absl::MutexLock lock(&mu_);
+        writing_client_ = false;
+        last_progress_ = absl::Now();
+        if (!written) {
+          *client_gone = true;
+          context->TryCancel();
+          break;
+        }
       }
       if (deliver && received != absl::Time()) {
         gateway_->metrics().ObserveAppendAck(absl::Now() - received);
@@ -301,12 +319,16 @@ class AppendCall final : public Watched {
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;  // requests read
   uint64_t acked_ ABSL_GUARDED_BY(mu_) = 0;     // acks sent to the client
   uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
+  // A checkpoint the gateway asked for (log over its bound) is pending
+  // until acked_ reaches this.
+  uint64_t forced_until_ ABSL_GUARDED_BY(mu_) = 0;
   bool client_done_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   // The attempt in progress.
   grpc::ClientContext* upstream_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool attempt_over_ ABSL_GUARDED_BY(mu_) = false;
   bool stalled_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_client_ ABSL_GUARDED_BY(mu_) = false;  // blocked on the client
   uint64_t attempt_first_seq_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t attempt_sent_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t attempt_acked_ ABSL_GUARDED_BY(mu_) = 0;
@@ -324,6 +346,7 @@ grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
                              BlockingWriter<v1::GenerateResponse>* client) {
   std::vector<uint32_t> tokens;  // delivered
   std::string text;              // delivered
+  bool done = false;             // `done` delivered: nothing to resend
   int attempts = 0;
   int64_t skipped = 0;
   grpc::Status status = ForwardWithFailover(
@@ -378,14 +401,27 @@ grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
                           chunk->tokens().end());
             text += chunk->text_utf8();
           } else {
+            // A re-run that ends before the output already delivered is
+            // not the same generation either (it stopped sooner).
+            if (msg.has_done() && (regen_tokens < tokens.size() ||
+                                   regen_text.size() < text.size())) {
+              diverged = regen_tokens;
+              upstream->TryCancel();
+              break;
+            }
             out = msg;
           }
           if (!client->Write(out)) {
             upstream->TryCancel();
             break;
           }
+          if (out.has_done()) done = true;
         }
         grpc::Status status = reader->Finish();
+        // Once `done` was delivered the generation is over: a connection
+        // lost before the trailers is no reason to run it again (the
+        // client would get a second `done`).
+        if (done && Gateway::ShouldFailover(status)) return grpc::Status::OK;
         if (diverged) {
           gateway->metrics().IncDiverged();
           return ToGrpcStatus(MakeError(
@@ -398,7 +434,7 @@ grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
         }
         return status;
       },
-      &attempts);
+      &attempts, &done);
   gateway->metrics().AddSkippedTokens(skipped);
   ctx.AddTrailingMetadata(kAttemptsTrailer, absl::StrCat(attempts));
   return status;

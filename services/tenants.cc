@@ -221,7 +221,8 @@ int TenantLimits::open_streams(const std::string& tenant) const {
   return it == open_.end() ? 0 : it->second;
 }
 
-absl::Status TenantLimits::CheckNewSession(const std::string& tenant) {
+absl::Status TenantLimits::CheckNewSession(const std::string& tenant,
+                                           const std::string& session_id) {
   const int max = For(tenant).max_sessions;
   if (max <= 0 || store_ == nullptr) return absl::OkStatus();
   ListSessionsRequest request;
@@ -235,6 +236,9 @@ absl::Status TenantLimits::CheckNewSession(const std::string& tenant) {
     request.page_token = page->next_page_token;
   } while (count < max && !request.page_token.empty());
   if (count >= max) {
+    if (!session_id.empty() && store_->GetHead({tenant, session_id}).ok()) {
+      return absl::OkStatus();
+    }
     return TenantLimitError("max_sessions", max, "too many sessions");
   }
   return absl::OkStatus();

@@ -81,10 +81,14 @@ class TenantLimits {
 
   // OK if `tenant` may create one more session: fewer than max_sessions
   // live sessions in the store (listed, so it costs up to max_sessions head
-  // reads; OK at once when unlimited or without a store).
+  // reads; OK at once when unlimited or without a store), or at the limit
+  // a session under `session_id` (the id the create will use, when known)
+  // exists already: that create is a retry of one that succeeded (or
+  // SESSION_EXISTS), not one more session.
   // RESOURCE_EXHAUSTED/kTenantLimit (metadata limit=max_sessions, max) at
   // the limit; the store's errors (UNAVAILABLE) otherwise.
-  absl::Status CheckNewSession(const std::string& tenant);
+  absl::Status CheckNewSession(const std::string& tenant,
+                               const std::string& session_id = "");
 
   // Streams `tenant` has open here.
   int open_streams(const std::string& tenant) const;

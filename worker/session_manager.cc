@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/crc32c.h"
+#include "common/session_ids.h"
 #include "common/status.h"
 #include "state_store/state_codec.h"
 #include "worker/engine/utf8.h"
@@ -127,16 +128,6 @@ absl::Status Busy() {
 absl::Status Draining() {
   return MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
                    "the worker is draining", {{"retry_after_ms", "100"}});
-}
-
-// FNV-1a 64 from `h`; start from kFnvBasis.
-constexpr uint64_t kFnvBasis = 14695981039346656037ull;
-uint64_t Fnv1a(uint64_t h, absl::string_view s) {
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
 }
 
 // A write the store kept below the durability asked for
@@ -1291,30 +1282,10 @@ class SessionManager::Impl {
            got.last_hidden == snap.last_hidden;
   }
 
-  static constexpr char kIdAlphabet[] = "0123456789abcdefghjkmnpqrstvwxyz";
   std::string NewSessionId() {
     absl::MutexLock lock(&mu_);
-    std::string id(26, '0');
-    for (char& c : id) c = kIdAlphabet[rng_() % 32];
-    return id;
-  }
-  // The id of a session created with a server-generated id under
-  // `request_id`: the same on every worker, so a retry that fails over to
-  // another worker meets the session the first attempt created (26
-  // characters like NewSessionId: two 64-bit FNV-1a hashes of the tenant
-  // and request id, 5 bits a character).
-  static std::string DerivedSessionId(const std::string& tenant,
-                                      const std::string& request_id) {
-    const std::string key =
-        absl::StrCat(tenant.size(), ":", tenant, "/", request_id);
-    uint64_t h[2] = {Fnv1a(kFnvBasis, key),
-                     Fnv1a(kFnvBasis ^ 0x9e3779b97f4a7c15ULL, key)};
-    std::string id(26, '0');
-    for (int i = 0; i < 26; ++i) {
-      uint64_t& w = h[i < 13 ? 0 : 1];
-      id[i] = kIdAlphabet[w & 31];
-      w >>= 5;
-    }
+    std::string id(kGeneratedSessionIdLength, '0');
+    for (char& c : id) c = kSessionIdAlphabet[rng_() % 32];
     return id;
   }
 };
@@ -1392,7 +1363,7 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
   }
   CreateSessionRequest r;
   const bool derived = p.session_id.empty() && !p.request_id.empty();
-  r.key = {tenant, derived ? Impl::DerivedSessionId(tenant, p.request_id)
+  r.key = {tenant, derived ? DerivedSessionId(tenant, p.request_id)
                    : p.session_id.empty() ? m.NewSessionId()
                                           : p.session_id};
   r.model_id = m.opt_.model_id;
@@ -1684,7 +1655,7 @@ absl::StatusOr<SessionView> SessionManager::Import(
     const bool derived =
         params.session_id.empty() && !params.request_id.empty();
     CreateSessionRequest r;
-    r.key = {tenant, derived ? Impl::DerivedSessionId(tenant, params.request_id)
+    r.key = {tenant, derived ? DerivedSessionId(tenant, params.request_id)
                      : params.session_id.empty() ? m.NewSessionId()
                                                  : params.session_id};
     r.model_id = m.opt_.model_id;

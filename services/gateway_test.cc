@@ -1,0 +1,395 @@
+// SPDX-License-Identifier: Apache-2.0
+// The gateway in process in front of scripted workers (real gRPC servers on
+// 127.0.0.1 whose answers a test sets): what it forwards, resends and
+// refuses when a worker fails part-way through a call. The cluster tests
+// (tests/cluster_*_test.cc) run it against real workers.
+#include "services/gateway.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "common/grpc_status.h"
+#include "common/session_ids.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "services/server.h"
+#include "services/tenants.h"
+#include "state_store/memory_state_store.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+
+namespace statestream {
+namespace {
+
+// A connection lost mid-call, as the gateway sees it: UNAVAILABLE without
+// details.
+grpc::Status Lost() {
+  return grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection reset");
+}
+
+// The worker side of the calls these tests make. Every call counts in
+// `calls`, shared by the workers of a test, so a script can tell the first
+// attempt from a failover.
+class ScriptedWorker final : public v1::Sessions::Service,
+                             public v1::Streams::Service,
+                             public v1::Models::Service {
+ public:
+  explicit ScriptedWorker(std::atomic<int>* calls) : calls_(calls) {
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                             &port);
+    builder.RegisterService(static_cast<v1::Sessions::Service*>(this));
+    builder.RegisterService(static_cast<v1::Streams::Service*>(this));
+    builder.RegisterService(static_cast<v1::Models::Service*>(this));
+    server_ = builder.BuildAndStart();
+    address_ = "127.0.0.1:" + std::to_string(port);
+  }
+  ~ScriptedWorker() override { server_->Shutdown(); }
+  const std::string& address() const { return address_; }
+
+  // Answers by call number (0 = the first call to any worker of the test).
+  std::function<grpc::Status(int, grpc::ServerWriter<v1::ExportStateResponse>*)>
+      export_state;
+  std::function<grpc::Status(int, grpc::ServerWriter<v1::GenerateResponse>*)>
+      generate;
+  std::function<grpc::Status(int, v1::Session*)> create_session;
+  std::function<grpc::Status(int)> get_session;
+
+  int imports() const { return imports_.load(); }
+  // Requests of the last Append that asked for a checkpoint.
+  int checkpoints() const { return checkpoints_.load(); }
+
+  // Reads the whole call first, then acks each request as committed.
+  grpc::Status Append(
+      grpc::ServerContext*,
+      grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>* stream)
+      override {
+    calls_->fetch_add(1);
+    std::vector<v1::AppendRequest> requests;
+    v1::AppendRequest req;
+    while (stream->Read(&req)) requests.push_back(req);
+    checkpoints_ = 0;
+    for (const auto& r : requests) {
+      checkpoints_ += r.checkpoint();
+      v1::AppendResponse ack;
+      ack.set_request_id(r.request_id());
+      const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
+      ack.set_input_offset(end);
+      ack.set_committed_input_offset(end);
+      if (!stream->Write(ack)) break;
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ExportState(
+      grpc::ServerContext*, const v1::ExportStateRequest*,
+      grpc::ServerWriter<v1::ExportStateResponse>* w) override {
+    return export_state(calls_->fetch_add(1), w);
+  }
+  grpc::Status Generate(grpc::ServerContext*, const v1::GenerateRequest*,
+                        grpc::ServerWriter<v1::GenerateResponse>* w) override {
+    return generate(calls_->fetch_add(1), w);
+  }
+  grpc::Status CreateSession(grpc::ServerContext*,
+                             const v1::CreateSessionRequest*,
+                             v1::Session* resp) override {
+    return create_session(calls_->fetch_add(1), resp);
+  }
+  grpc::Status GetSession(grpc::ServerContext*, const v1::GetSessionRequest*,
+                          v1::Session*) override {
+    return get_session(calls_->fetch_add(1));
+  }
+  grpc::Status ImportState(grpc::ServerContext*,
+                           grpc::ServerReader<v1::ImportStateRequest>* r,
+                           v1::Session*) override {
+    ++imports_;
+    v1::ImportStateRequest msg;
+    while (r->Read(&msg)) {
+    }
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "scripted");
+  }
+  grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+                          v1::ListModelsResponse* resp) override {
+    v1::Model* m = resp->add_models();
+    m->set_model_id("tiny");
+    m->set_fingerprint("fp-tiny");
+    return grpc::Status::OK;
+  }
+
+ private:
+  std::atomic<int>* const calls_;
+  std::atomic<int> imports_{0};
+  std::atomic<int> checkpoints_{0};
+  std::unique_ptr<grpc::Server> server_;
+  std::string address_;
+};
+
+class GatewayTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (auto& w : workers_) w = std::make_unique<ScriptedWorker>(&calls_);
+  }
+  void TearDown() override {
+    if (server_ != nullptr) server_->Shutdown(absl::Seconds(1));
+  }
+  void Start(GatewayOptions options = {},
+             std::shared_ptr<StateStore> store = nullptr) {
+    for (auto& w : workers_) {
+      options.router.static_workers.push_back(w->address());
+    }
+    auto services = GatewayServices(options, std::move(store));
+    ASSERT_TRUE(services.ok()) << services.status();
+    ServerOptions server;
+    server.listen = "127.0.0.1:0";
+    auto started = Server::Start(server, *std::move(services));
+    ASSERT_TRUE(started.ok()) << started.status();
+    server_ = *std::move(started);
+    channel_ = grpc::CreateChannel(server_->address(),
+                                   grpc::InsecureChannelCredentials());
+  }
+  // Every worker answers `fn`.
+  template <class F>
+  void Script(std::function<F> ScriptedWorker::*member, std::function<F> fn) {
+    for (auto& w : workers_) (*w).*member = fn;
+  }
+
+  std::atomic<int> calls_{0};
+  std::unique_ptr<ScriptedWorker> workers_[2];
+  std::unique_ptr<Server> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+};
+
+// An export whose worker is lost after its first message is not resent to
+// another worker (the client would get a second header and chunk 0 again):
+// it ends UNAVAILABLE for the client to retry whole.
+TEST_F(GatewayTest, AnExportIsNotResentOnceItHasDeliveredAMessage) {
+  using W = grpc::ServerWriter<v1::ExportStateResponse>;
+  Script<grpc::Status(int, W*)>(&ScriptedWorker::export_state, [](int, W* w) {
+    v1::ExportStateResponse header;
+    header.mutable_header()->set_version(3);
+    w->Write(header);
+    return Lost();
+  });
+  Start();
+  grpc::ClientContext ctx;
+  v1::ExportStateRequest req;
+  req.set_session_id("s");
+  auto reader = v1::Sessions::NewStub(channel_)->ExportState(&ctx, req);
+  int messages = 0;
+  v1::ExportStateResponse msg;
+  while (reader->Read(&msg)) ++messages;
+  const grpc::Status st = reader->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << st.error_message();
+  EXPECT_EQ(messages, 1);
+  EXPECT_EQ(calls_.load(), 1);
+}
+
+// A generation whose `done` was delivered is over: a connection lost
+// before the trailers neither fails the call nor runs it again (a second
+// `done`).
+TEST_F(GatewayTest, AGenerationIsNotRunAgainAfterItsDone) {
+  using W = grpc::ServerWriter<v1::GenerateResponse>;
+  Script<grpc::Status(int, W*)>(&ScriptedWorker::generate, [](int, W* w) {
+    v1::GenerateResponse chunk;
+    chunk.mutable_chunk()->add_tokens(7);
+    chunk.mutable_chunk()->add_tokens(8);
+    w->Write(chunk);
+    v1::GenerateResponse done;
+    done.mutable_done()->set_committed(true);
+    w->Write(done);
+    return Lost();
+  });
+  Start();
+  grpc::ClientContext ctx;
+  v1::GenerateRequest req;
+  req.set_session_id("s");
+  auto reader = v1::Streams::NewStub(channel_)->Generate(&ctx, req);
+  int dones = 0, tokens = 0;
+  v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+    if (msg.has_done()) ++dones;
+    if (msg.has_chunk()) tokens += msg.chunk().tokens_size();
+  }
+  const grpc::Status st = reader->Finish();
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(dones, 1);
+  EXPECT_EQ(tokens, 2);
+  EXPECT_EQ(calls_.load(), 1);
+}
+
+// A re-run after a failover that ends before the output already delivered
+// is another generation: UNAVAILABLE with diverged_at, never its `done`.
+TEST_F(GatewayTest, AShorterRerunAfterAFailoverIsDiverged) {
+  using W = grpc::ServerWriter<v1::GenerateResponse>;
+  Script<grpc::Status(int, W*)>(&ScriptedWorker::generate, [](int n, W* w) {
+    v1::GenerateResponse chunk;
+    chunk.mutable_chunk()->add_tokens(7);
+    chunk.mutable_chunk()->set_text_utf8("a");
+    if (n == 0) {  // the first attempt: three tokens, then lost
+      chunk.mutable_chunk()->add_tokens(8);
+      chunk.mutable_chunk()->add_tokens(9);
+      chunk.mutable_chunk()->set_text_utf8("abc");
+      w->Write(chunk);
+      return Lost();
+    }
+    w->Write(chunk);  // the re-run stops after one
+    v1::GenerateResponse done;
+    done.mutable_done()->set_finish_reason(v1::FINISH_REASON_CANCELLED);
+    w->Write(done);
+    return grpc::Status::OK;
+  });
+  Start();
+  grpc::ClientContext ctx;
+  v1::GenerateRequest req;
+  req.set_session_id("s");
+  auto reader = v1::Streams::NewStub(channel_)->Generate(&ctx, req);
+  int dones = 0;
+  v1::GenerateResponse msg;
+  while (reader->Read(&msg)) dones += msg.has_done();
+  const absl::Status st = FromGrpcStatus(reader->Finish());
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_EQ(GetErrorMetadata(st, "diverged_at"), "1");
+  EXPECT_EQ(dones, 0);
+  EXPECT_EQ(calls_.load(), 2);
+}
+
+// Past its replay bound the gateway asks the worker for a checkpoint so the
+// log can shrink: one request at a time, not every request read until that
+// one is acked (each would commit the whole state).
+TEST_F(GatewayTest, AnAppendPastTheReplayBoundAsksForOneCheckpoint) {
+  GatewayOptions options;
+  options.append_buffer_bytes = 5000;  // ~350 bytes an entry: ~14 fit
+  Start(options);
+  grpc::ClientContext ctx;
+  auto stream = v1::Streams::NewStub(channel_)->Append(&ctx);
+  uint64_t offset = 0;
+  const std::string text(200, 'x');
+  for (int i = 0; i < 20; ++i) {
+    v1::AppendRequest r;
+    r.set_session_id("s");
+    r.set_request_id("r" + std::to_string(i));
+    r.set_expected_input_offset(offset);
+    r.set_text_utf8(text);
+    offset += text.size();
+    ASSERT_TRUE(stream->Write(r));
+  }
+  stream->WritesDone();
+  int acks = 0;
+  v1::AppendResponse ack;
+  while (stream->Read(&ack)) ++acks;
+  const grpc::Status st = stream->Finish();
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(acks, 20);
+  EXPECT_EQ(calls_.load(), 1);
+  EXPECT_EQ(workers_[0]->checkpoints() + workers_[1]->checkpoints(), 1);
+}
+
+// The gateway buffers an import whole before forwarding it, so every
+// message after the header must carry a chunk: empty ones (which would
+// fill its memory at a few bytes each on the wire) are INVALID_ARGUMENT,
+// and nothing reaches a worker.
+TEST_F(GatewayTest, AnImportOfEmptyMessagesIsRefused) {
+  Start();
+  grpc::ClientContext ctx;
+  v1::Session resp;
+  auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+  v1::ImportStateRequest header;
+  header.mutable_header()->set_request_id("r");
+  header.mutable_header()->set_mode(v1::IMPORT_MODE_CREATE);
+  header.mutable_header()->mutable_state()->set_total_bytes(10);
+  ASSERT_TRUE(writer->Write(header));
+  for (int i = 0; i < 3; ++i) {
+    if (!writer->Write(v1::ImportStateRequest())) break;
+  }
+  writer->WritesDone();
+  const absl::Status st = FromGrpcStatus(writer->Finish());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
+}
+
+// A worker that failed one call (a suspect, avoided for a while) still
+// serves its models: ListModels lists them instead of answering that no
+// worker serves any.
+TEST_F(GatewayTest, ASuspectWorkersModelsStayListed) {
+  Script<grpc::Status(int)>(&ScriptedWorker::get_session,
+                            [](int) { return Lost(); });
+  Start();
+  auto models = v1::Models::NewStub(channel_);
+  {
+    grpc::ClientContext ctx;
+    v1::ListModelsResponse resp;
+    ASSERT_TRUE(models->ListModels(&ctx, {}, &resp).ok());
+    ASSERT_EQ(resp.models_size(), 1);
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::GetSessionRequest req;
+    req.set_session_id("s");
+    v1::Session resp;
+    EXPECT_EQ(v1::Sessions::NewStub(channel_)
+                  ->GetSession(&ctx, req, &resp)
+                  .error_code(),
+              grpc::StatusCode::UNAVAILABLE);  // both workers now suspect
+  }
+  grpc::ClientContext ctx;
+  v1::ListModelsResponse resp;
+  const grpc::Status st = models->ListModels(&ctx, {}, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(resp.models_size(), 1);
+  EXPECT_EQ(resp.models(0).model_id(), "tiny");
+  EXPECT_EQ(resp.models(0).workers(), 2u);
+}
+
+// A tenant at its session limit may still retry a create that succeeded
+// (its reply was lost): the session exists, so the create goes to a worker
+// (which returns it) instead of TENANT_LIMIT. A create of a new session is
+// refused.
+TEST_F(GatewayTest, ARetriedCreateAtTheSessionLimitReachesAWorker) {
+  std::shared_ptr<StateStore> store(
+      *NewMemoryStateStore(MemoryStateStoreOptions{}));
+  auto made = [&](const std::string& id) {
+    CreateSessionRequest r;
+    r.key = {"default", id};
+    r.model_id = "tiny";
+    r.initial_state.model_fingerprint = "fp";
+    ASSERT_TRUE(store->CreateSession(r).ok());
+  };
+  made("named");
+  made(DerivedSessionId("default", "create-generated"));
+  Script<grpc::Status(int, v1::Session*)>(&ScriptedWorker::create_session,
+                                          [](int, v1::Session* s) {
+                                            s->set_session_id("returned");
+                                            return grpc::Status::OK;
+                                          });
+  TenantLimitsOptions limits;
+  limits.defaults.max_sessions = 2;
+  GatewayOptions options;
+  options.limits = std::make_shared<TenantLimits>(limits, store.get());
+  Start(options, store);
+  auto create = [&](const std::string& session_id,
+                    const std::string& request_id) {
+    grpc::ClientContext ctx;
+    v1::CreateSessionRequest req;
+    req.set_session_id(session_id);
+    req.set_request_id(request_id);
+    v1::Session resp;
+    return FromGrpcStatus(
+        v1::Sessions::NewStub(channel_)->CreateSession(&ctx, req, &resp));
+  };
+  EXPECT_TRUE(create("named", "create-named").ok());
+  EXPECT_TRUE(create("", "create-generated").ok());
+  EXPECT_EQ(calls_.load(), 2);
+  EXPECT_EQ(GetReason(create("new", "create-new")), Reason::kTenantLimit);
+  EXPECT_EQ(GetReason(create("", "create-other")), Reason::kTenantLimit);
+  EXPECT_EQ(calls_.load(), 2);
+}
+
+}  // namespace
+}  // namespace statestream
