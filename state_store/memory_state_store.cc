@@ -129,12 +129,14 @@ class MemoryStateStore final : public StateStore {
     const absl::Time now = clock_->Now();
     Session* s = Find(r.key, now);
     if (s == nullptr) return SessionNotFound(r.key);
+    // The fence first: a writer that was taken over learns that it was,
+    // even when its expected version is stale too.
+    const uint64_t fence = fences_[{r.key.tenant, r.key.session_id}];
+    if (r.fence != fence) return store_internal::Fenced(r.fence, fence);
     const uint64_t head = s->head.head.version;
     if (r.expected_version != head) {
       return store_internal::HeadMismatch(r.expected_version, head);
     }
-    const uint64_t fence = fences_[{r.key.tenant, r.key.session_id}];
-    if (r.fence != fence) return store_internal::Fenced(r.fence, fence);
     if (r.state.model_fingerprint != s->head.model_fingerprint) {
       return store_internal::FingerprintMismatch(s->head.model_fingerprint,
                                                  r.state.model_fingerprint);

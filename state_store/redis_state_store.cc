@@ -106,9 +106,27 @@ int64_t TtlMs(absl::Duration ttl) {
   return ttl == absl::InfiniteDuration() ? -1 : std::max<int64_t>(1, Ms(ttl));
 }
 
+// This thread's generator, seeded with 256 bits from the OS.
+std::mt19937_64& Rng() {
+  thread_local std::mt19937_64 rng = [] {
+    std::random_device rd;
+    std::seed_seq seed{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
+    return std::mt19937_64(seed);
+  }();
+  return rng;
+}
+
+// 128 random bits: two writers of one version never share chunk keys.
 std::string NewNonce() {
-  thread_local std::mt19937_64 rng(std::random_device{}());
-  return absl::StrCat(absl::Hex(rng(), absl::kZeroPad16));
+  return absl::StrCat(absl::Hex(Rng()(), absl::kZeroPad16),
+                      absl::Hex(Rng()(), absl::kZeroPad16));
+}
+
+// The least fence a new lease or session may get (kLuaPrelude's
+// next_fence): the clock in ms times 1024 plus 10 random bits.
+std::string FenceFloor(absl::Time now) {
+  const int64_t ms = std::max<int64_t>(0, absl::ToUnixMillis(now));
+  return absl::StrCat(ms * 1024 + static_cast<int64_t>(Rng()() & 1023));
 }
 
 VersionInfo ParseVersion(const Fields& f) {
@@ -237,7 +255,8 @@ class RedisStateStore final : public StateStore {
         "ttl_ms",      absl::StrCat(TtlMs(ttl)),
         "created_ms",  now,
         "updated_ms",  now};
-    std::vector<std::string> args = {nonce, absl::StrCat(head.size())};
+    std::vector<std::string> args = {nonce, FenceFloor(clock_->Now()),
+                                     absl::StrCat(head.size())};
     args.insert(args.end(), head.begin(), head.end());
     for (std::string& f : VersionFields(v, nonce)) args.push_back(std::move(f));
     Durability reached =
@@ -522,7 +541,8 @@ class RedisStateStore final : public StateStore {
     const absl::Time start = clock_->Now();
     SS_ASSIGN_OR_RETURN(
         Reply r, Eval(key, kAcquire,
-                      {owner, absl::StrCat(TtlMs(ttl)), takeover ? "1" : "0"}));
+                      {owner, absl::StrCat(TtlMs(ttl)), takeover ? "1" : "0",
+                       FenceFloor(start)}));
     const std::string outcome = Str(r->element[0]);
     if (outcome == "NOTFOUND") return store_internal::SessionNotFound(key);
     if (outcome == "BUSY") return store_internal::LeaseBusy(Str(r->element[1]));
@@ -809,7 +829,17 @@ class RedisStateStore final : public StateStore {
       }
       SS_ASSIGN_OR_RETURN(std::vector<Reply> r,
                           RunScript(prefix, script, keys, argv, wait));
-      if (Str(r[0]->element[0]) == "CHUNKS") continue;
+      const std::string outcome = Str(r[0]->element[0]);
+      if (outcome == "CHUNKS") continue;
+      if (outcome != "OK" && outcome != "DUP" && n > 0) {
+        // Refused (VERSION, FENCED, EXISTS, ...): nothing links these
+        // chunks. Free them now, not after pending_chunk_ttl: a writer
+        // retrying against a newer owner would otherwise fill the memory.
+        // (DUP's chunks are the first attempt's: same nonce, linked.)
+        Command del = {"DEL"};
+        for (uint32_t i = 0; i < n; ++i) del.push_back(keys[3 + i]);
+        client_->Run(prefix, {del}).IgnoreError();
+      }
       if (reached != nullptr && r.size() > 1) ReadWait(r[1].get(), reached);
       return std::move(r[0]);
     }

@@ -349,6 +349,68 @@ TEST(RedisStateStoreTest, RefusedWritesAreUnavailable) {
   EXPECT_EQ(committed->version.version, c->version.version + 1);
 }
 
+// A commit the script refuses (here FENCED) leaves none of its chunks
+// behind: a writer retrying against a newer owner must not fill Redis.
+TEST(RedisStateStoreTest, ARefusedCommitLeavesNoChunks) {
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  const SessionKey key{"acme", "a"};
+  auto c = store->CreateSession(NewSession("a", Durability::kMemory));
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto b = store->AcquireLease(key, "worker-b", absl::Seconds(60), true);
+  ASSERT_TRUE(b.ok()) << b.status();
+  CommitRequest r;
+  r.key = key;
+  r.expected_version = 1;
+  r.fence = c->session.fence;
+  r.state = TestSnapshot(2);
+  r.durability = Durability::kMemory;
+  EXPECT_EQ(GetReason(store->Commit(r).status()), Reason::kFenced);
+  auto chunks = server->Command({"KEYS", "ss:{acme/a}:v2:*"});
+  ASSERT_TRUE(chunks.ok()) << chunks.status();
+  EXPECT_EQ(*chunks, "");
+  r.fence = b->fence;
+  ASSERT_TRUE(store->Commit(r).ok());
+  chunks = server->Command({"KEYS", "ss:{acme/a}:v2:*"});
+  ASSERT_TRUE(chunks.ok()) << chunks.status();
+  EXPECT_NE(*chunks, "");
+}
+
+// A restart that loses the tail of the log (appendfsync everysec) can take
+// the fence counter back to an earlier value. The next owner still gets a
+// fence nobody had: a lost owner's fence is never handed out again.
+TEST(RedisStateStoreTest, AFenceIsNotHandedOutTwiceAfterTheCounterWentBack) {
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  const SessionKey key{"acme", "a"};
+  auto c = store->CreateSession(NewSession("a", Durability::kMemory));
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto fence = server->Command({"GET", "ss:{acme/a}:fence"});
+  ASSERT_TRUE(fence.ok()) << fence.status();
+  auto b = store->AcquireLease(key, "worker-b", absl::Seconds(60), true);
+  ASSERT_TRUE(b.ok()) << b.status();
+  // Lost: worker-b's lease and the counter's step.
+  ASSERT_TRUE(server->Command({"SET", "ss:{acme/a}:fence", *fence}).ok());
+  ASSERT_TRUE(server->Command({"DEL", "ss:{acme/a}:lease"}).ok());
+  absl::SleepFor(absl::Milliseconds(2));
+  auto d = store->AcquireLease(key, "worker-d", absl::Seconds(60), false);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_GT(d->fence, b->fence);
+  CommitRequest r;
+  r.key = key;
+  r.expected_version = 1;
+  r.fence = b->fence;
+  r.state = TestSnapshot(2);
+  r.durability = Durability::kMemory;
+  EXPECT_EQ(GetReason(store->Commit(r).status()), Reason::kFenced);
+  r.fence = d->fence;
+  auto committed = store->Commit(r);
+  ASSERT_TRUE(committed.ok()) << committed.status();
+  EXPECT_EQ(committed->version.fence, d->fence);
+}
+
 // ListSessions drops index entries whose session is gone. One whose
 // create is still uploading its chunks is not gone: listed mid-create, the
 // session is still listed once the create is done.

@@ -207,6 +207,8 @@ class SqliteStateStore final : public StateStore {
   absl::StatusOr<SessionHead> GetHead(const SessionKey& key) override {
     SS_RETURN_IF_ERROR(si::ValidateKey(key));
     absl::MutexLock lock(&mu_);
+    SS_RETURN_IF_ERROR(BeginRead());
+    Txn txn(this);  // one snapshot for the session row and its version's
     return Head(key, clock_->Now());
   }
 
@@ -217,6 +219,8 @@ class SqliteStateStore final : public StateStore {
     std::string bytes;
     {
       absl::MutexLock lock(&mu_);
+      SS_RETURN_IF_ERROR(BeginRead());
+      Txn txn(this);  // the head and the version from one snapshot
       SS_ASSIGN_OR_RETURN(SessionHead h, Head(key, clock_->Now()));
       if (version == 0) version = h.head.version;
       Stmt s(db_, VersionQuery(/*with_data=*/true).c_str());
@@ -243,10 +247,12 @@ class SqliteStateStore final : public StateStore {
     SS_RETURN_IF_ERROR(Begin(r.durability));
     Txn txn(this);
     SS_ASSIGN_OR_RETURN(SessionHead h, Head(r.key, now));
+    // The fence first: a writer that was taken over learns that it was,
+    // even when its expected version is stale too.
+    if (r.fence != h.fence) return si::Fenced(r.fence, h.fence);
     if (r.expected_version != h.head.version) {
       return si::HeadMismatch(r.expected_version, h.head.version);
     }
-    if (r.fence != h.fence) return si::Fenced(r.fence, h.fence);
     if (r.state.model_fingerprint != h.model_fingerprint) {
       return si::FingerprintMismatch(h.model_fingerprint,
                                      r.state.model_fingerprint);
@@ -310,6 +316,8 @@ class SqliteStateStore final : public StateStore {
       const SessionKey& key) override {
     SS_RETURN_IF_ERROR(si::ValidateKey(key));
     absl::MutexLock lock(&mu_);
+    SS_RETURN_IF_ERROR(BeginRead());
+    Txn txn(this);  // the head and the versions from one snapshot
     SS_ASSIGN_OR_RETURN(SessionHead h, Head(key, clock_->Now()));
     Stmt s(db_, absl::StrCat("SELECT ", kVersionColumns,
                              " FROM versions WHERE tenant=? AND sid=? AND "
@@ -552,6 +560,12 @@ class SqliteStateStore final : public StateStore {
                                 ? "PRAGMA synchronous=NORMAL"
                                 : "PRAGMA synchronous=FULL"));
     return Exec("BEGIN IMMEDIATE");
+  }
+  // A read-only transaction (ended by a Txn's rollback): reads that take
+  // several statements see one snapshot even while another process on the
+  // same file commits between them.
+  absl::Status BeginRead() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return Exec("BEGIN");
   }
 
   // Deletes sessions whose TTL ran out (and their versions), at most once

@@ -35,6 +35,16 @@ local function touch_session()
     for _, k in ipairs(version_keys(n)) do touch(k, ttl) end
   end
 end
+-- The next fence: one more than the last, and at least `floor` (the
+-- caller's clock in ms times 1024 plus 10 random bits). A counter that a
+-- restart lost the tail of (appendfsync everysec) then cannot hand out a
+-- fence it already gave another owner. A decimal string (exact: < 2^53).
+local function next_fence(floor)
+  local last = tonumber(redis.call('GET', P .. 'fence') or '0')
+  local f = string.format('%.0f', math.max(last + 1, tonumber(floor)))
+  redis.call('SET', P .. 'fence', f)
+  return f
+end
 local function chunks_present()
   for i = 4, #KEYS do
     if redis.call('EXISTS', KEYS[i]) == 0 then return false end
@@ -43,8 +53,9 @@ local function chunks_present()
 end
 )lua";
 
-// KEYS: head, fence, v1, chunk keys. ARGV[4] nonce, ARGV[5] number of head
-// field/value arguments that follow, then head pairs, then v1 pairs.
+// KEYS: head, fence, v1, chunk keys. ARGV[4] nonce, ARGV[5] the fence
+// floor (next_fence), ARGV[6] number of head field/value arguments that
+// follow, then head pairs, then v1 pairs.
 inline constexpr char kLuaCreate[] = R"lua(
 local head = P .. 'head'
 if redis.call('EXISTS', head) == 1 then
@@ -57,18 +68,18 @@ if redis.call('EXISTS', head) == 1 then
   return {'EXISTS'}
 end
 if not chunks_present() then return {'CHUNKS'} end
-local fence = redis.call('INCR', P .. 'fence')
-local nh = tonumber(ARGV[5])
+local fence = next_fence(ARGV[5])
+local nh = tonumber(ARGV[6])
 local hf, vf = {}, {}
-for i = 6, 5 + nh do hf[#hf + 1] = ARGV[i] end
-for i = 6 + nh, #ARGV do vf[#vf + 1] = ARGV[i] end
+for i = 7, 6 + nh do hf[#hf + 1] = ARGV[i] end
+for i = 7 + nh, #ARGV do vf[#vf + 1] = ARGV[i] end
 vf[#vf + 1] = 'fence'
 vf[#vf + 1] = fence
 redis.call('DEL', P .. 'v1', P .. 'lease')
 redis.call('HSET', P .. 'v1', unpack(vf))
 redis.call('HSET', head, unpack(hf))
 touch_session()
-return {'OK', tostring(fence)}
+return {'OK', fence}
 )lua";
 
 // KEYS: head, fence, new version, chunk keys. ARGV[4] expected version,
@@ -90,9 +101,11 @@ if ver == expected + 1 and redis.call('HGET', head, 'nonce') == ARGV[7] then
   touch_session()
   return {'DUP'}
 end
+-- The fence before the version: a writer that was taken over learns that
+-- it was, even when its expected version is stale too.
+local fence = redis.call('GET', P .. 'fence') or '0'
+if tonumber(fence) ~= tonumber(ARGV[5]) then return {'FENCED', fence} end
 if ver ~= expected then return {'VERSION', tostring(ver)} end
-local fence = tonumber(redis.call('GET', P .. 'fence') or '0')
-if fence ~= tonumber(ARGV[5]) then return {'FENCED', tostring(fence)} end
 local fp = redis.call('HGET', head, 'fingerprint')
 if fp ~= ARGV[6] then return {'MODEL', fp} end
 if not chunks_present() then return {'CHUNKS'} end
@@ -172,18 +185,19 @@ redis.call('PEXPIRE', P .. 'fence', ARGV[2])
 return {'OK'}
 )lua";
 
-// KEYS: head, fence, lease. ARGV[4] owner, [5] ttl ms, [6] takeover '0'/'1'.
+// KEYS: head, fence, lease. ARGV[4] owner, [5] ttl ms, [6] takeover '0'/'1',
+// [7] the fence floor (next_fence).
 inline constexpr char kLuaAcquire[] = R"lua(
 if redis.call('EXISTS', P .. 'head') == 0 then return {'NOTFOUND'} end
 local lease = P .. 'lease'
 local cur = redis.call('HGET', lease, 'owner')
 if cur and cur ~= ARGV[4] and ARGV[6] == '0' then return {'BUSY', cur} end
-local f = redis.call('INCR', P .. 'fence')
+local f = next_fence(ARGV[7])
 redis.call('DEL', lease)
 redis.call('HSET', lease, 'owner', ARGV[4], 'fence', f)
 redis.call('PEXPIRE', lease, ARGV[5])
 touch_session()
-return {'OK', tostring(f)}
+return {'OK', f}
 )lua";
 
 // KEYS: head, fence, lease. ARGV[4] owner, [5] fence, [6] ttl ms.

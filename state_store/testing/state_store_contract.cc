@@ -217,6 +217,9 @@ TEST_P(StateStoreContractTest, TakeoverFencesOutTheOldOwner) {
   // The paused old owner wakes up and tries to commit, renew or release.
   auto fenced = store_->Commit(Commit(kKey, 2, a->fence, 3));
   EXPECT_ERROR(fenced, kAborted, kFenced);
+  // FENCED too when its expected version is stale as well: the version
+  // alone would not tell it to let the session go.
+  EXPECT_ERROR(store_->Commit(Commit(kKey, 1, a->fence, 3)), kAborted, kFenced);
   EXPECT_ERROR(
       store_->RenewLease(kKey, "worker-a", a->fence, absl::Seconds(60)),
       kAborted, kFenced);
