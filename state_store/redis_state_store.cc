@@ -211,19 +211,45 @@ class RedisStateStore final : public StateStore {
         have_waitaof_ = major > 7 || (major == 7 && minor >= 2);
       }
     }
-    // FSYNC without WAITAOF: only when every write is fsynced before the
-    // reply. CONFIG may be forbidden by ACLs: then assume it is not.
-    auto cfg = client_->RunOnEveryPrimary({"CONFIG", "GET", "append*"});
-    if (cfg.ok() && !cfg->empty()) {
-      bool all = true;
-      for (const Reply& r : *cfg) {
-        const Fields f = Pairs(r.get());
-        all = all && Get(f, "appendonly") == "yes" &&
-              Get(f, "appendfsync") == "always";
-      }
-      fsync_always_ = all;
-    }
+    (void)BaseDurability();
     return absl::OkStatus();
+  }
+
+  // The level every write reaches before its reply. Without WAITAOF
+  // (Redis < 7.2) FSYNC when every primary fsyncs each write first:
+  // appendonly yes, appendfsync always, and no-appendfsync-on-rewrite no
+  // (else a rewrite skips the fsyncs). Read again at most once a second, as
+  // CONFIG SET or a failover to a differently configured node changes it;
+  // CONFIG forbidden by ACLs counts as not. With WAITAOF, MEMORY: what
+  // WAITAOF answers is what counts.
+  Durability BaseDurability() {
+    if (have_waitaof_) return Durability::kMemory;
+    const absl::Time now = clock_->Now();
+    {
+      absl::MutexLock lock(&fsync_mu_);
+      if (now - fsync_checked_at_ < absl::Seconds(1)) {
+        return fsync_always_ ? Durability::kFsync : Durability::kMemory;
+      }
+    }
+    bool all = false;
+    auto append = client_->RunOnEveryPrimary({"CONFIG", "GET", "append*"});
+    auto rewrite = client_->RunOnEveryPrimary(
+        {"CONFIG", "GET", "no-appendfsync-on-rewrite"});
+    if (append.ok() && !append->empty() && rewrite.ok() &&
+        rewrite->size() == append->size()) {
+      all = true;
+      for (size_t i = 0; i < append->size(); ++i) {
+        const Fields a = Pairs((*append)[i].get());
+        const Fields w = Pairs((*rewrite)[i].get());
+        all = all && Get(a, "appendonly") == "yes" &&
+              Get(a, "appendfsync") == "always" &&
+              Get(w, "no-appendfsync-on-rewrite") == "no";
+      }
+    }
+    absl::MutexLock lock(&fsync_mu_);
+    fsync_always_ = all;
+    fsync_checked_at_ = now;
+    return all ? Durability::kFsync : Durability::kMemory;
   }
 
   absl::StatusOr<CommitResult> CreateSession(
@@ -259,8 +285,7 @@ class RedisStateStore final : public StateStore {
                                      absl::StrCat(head.size())};
     args.insert(args.end(), head.begin(), head.end());
     for (std::string& f : VersionFields(v, nonce)) args.push_back(std::move(f));
-    Durability reached =
-        fsync_always_ ? Durability::kFsync : Durability::kMemory;
+    Durability reached = BaseDurability();
     SS_ASSIGN_OR_RETURN(Reply reply,
                         WriteVersion(r.key, kCreate, 1, nonce, chunks, args,
                                      r.durability, &reached));
@@ -372,8 +397,7 @@ class RedisStateStore final : public StateStore {
         static_cast<uint32_t>(chunks.size()));
     v.rolled_back_from = r.rolled_back_from;
     v.committed_at = clock_->Now();
-    Durability reached =
-        fsync_always_ ? Durability::kFsync : Durability::kMemory;
+    Durability reached = BaseDurability();
     v.durability = reached;
     std::vector<std::string> args = {
         absl::StrCat(r.expected_version),
@@ -424,8 +448,7 @@ class RedisStateStore final : public StateStore {
       return Unexpected(outcome);
     }
     const Durability recorded = static_cast<Durability>(std::max(level, 1));
-    Durability reached = std::max(
-        recorded, fsync_always_ ? Durability::kFsync : Durability::kMemory);
+    Durability reached = std::max(recorded, BaseDurability());
     if (r.size() > 1) ReadWait(r[1].get(), &reached);
     if (reached > recorded) {
       SS_RETURN_IF_ERROR(Eval(key, kRecordDurability,
@@ -960,7 +983,10 @@ class RedisStateStore final : public StateStore {
   // options_.durability_timeout in ms, as WAIT / WAITAOF take it.
   const std::string wait_timeout_ =
       absl::StrCat(Ms(options_.durability_timeout));
-  bool fsync_always_ = false;
+  absl::Mutex fsync_mu_;
+  bool fsync_always_ ABSL_GUARDED_BY(fsync_mu_) = false;
+  absl::Time fsync_checked_at_ ABSL_GUARDED_BY(fsync_mu_) =
+      absl::InfinitePast();
 };
 
 }  // namespace

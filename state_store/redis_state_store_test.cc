@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -218,6 +219,25 @@ TEST(RedisStateStoreTest, DurabilityIsReportedHonestly) {
     auto h = (*store)->GetHead({"acme", id});
     ASSERT_TRUE(h.ok()) << h.status();
     EXPECT_EQ(h->head.durability, level) << id;
+  }
+
+  // The configuration is read again (at most once a second): after
+  // CONFIG SET appendfsync everysec, FSYNC is no longer claimed without a
+  // wait that proves it; set back, it is again.
+  if (!(*aof)->Command({"CONFIG", "GET", "appendfsync"}).ok()) return;
+  for (const auto& [policy, id, reached] :
+       {std::tuple<std::string, std::string, bool>{"everysec", "d", false},
+        {"always", "e", true}}) {
+    ASSERT_TRUE((*aof)->Command({"CONFIG", "SET", "appendfsync", policy}).ok());
+    absl::SleepFor(absl::Milliseconds(1100));
+    auto made = (*store)->CreateSession(NewSession(id, Durability::kFsync));
+    if (reached) {
+      ASSERT_TRUE(made.ok()) << made.status();
+      EXPECT_EQ(made->version.durability, Durability::kFsync);
+    } else {
+      EXPECT_EQ(DurabilityReachedOf(made.status()), Durability::kMemory)
+          << made.status();
+    }
   }
 }
 
