@@ -426,6 +426,7 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Attempt(
       node->idle.pop_back();
     }
   }
+  const bool pooled = c != nullptr;
   if (c == nullptr) {
     std::string host;
     int port = 0;
@@ -491,6 +492,17 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Attempt(
   if (io.ok() && !reader.Drained()) io = ProtocolError("unexpected reply");
   if (!io.ok()) {
     redisFree(c);
+    // A pooled connection that failed says the node went away (a restart,
+    // a failover): its other idle ones are as dead. Close them all, so the
+    // retry connects afresh instead of trying each with a backoff between.
+    if (pooled) {
+      std::vector<redisContext*> stale;
+      {
+        absl::MutexLock lock(&node->mu);
+        stale.swap(node->idle);
+      }
+      for (redisContext* s : stale) redisFree(s);
+    }
     return Unavailable(absl::StrCat(address, ": ", io.message()));
   }
   {

@@ -171,6 +171,38 @@ class FakeRedis {
   std::thread thread_;
 };
 
+// After a restart every pooled connection is dead. The first that fails
+// takes the others with it, so the retry connects afresh at once instead of
+// trying each dead one with a backoff between (which a full pool made
+// longer than the retry deadline).
+TEST(RedisClientRestartTest, AFullPoolOfDeadConnectionsCostsOneRetry) {
+  auto server = testing::RedisServer::Start({});
+  ASSERT_TRUE(server.ok()) << server.status();
+  RedisClientOptions o = Options((*server)->address());
+  o.max_idle_connections_per_node = 16;
+  o.retry_deadline = absl::Milliseconds(300);
+  o.backoff_initial = absl::Milliseconds(40);
+  o.backoff_max = absl::Milliseconds(160);
+  auto client = RedisClient::Connect(o);
+  ASSERT_TRUE(client.ok()) << client.status();
+  // 16 calls at once: 16 connections, all back in the pool afterwards.
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 16; ++i) {
+    threads.emplace_back([&, i] {
+      auto r = (*client)->Run("k", {{"BLPOP", absl::StrCat("none", i), "0.2"}});
+      if (r.ok()) ++ok;
+    });
+  }
+  for (auto& t : threads) t.join();
+  ASSERT_EQ(ok.load(), 16);
+  (*server)->Kill();
+  ASSERT_TRUE((*server)->Restart().ok());
+  auto r = (*client)->Run("k", {{"PING"}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(Text((*r)[0].get()), "PONG");
+}
+
 TEST(RedisClientProtocolTest, MalformedRepliesAreUnavailableNotCrashes) {
   const std::string deep = [] {
     std::string s;
