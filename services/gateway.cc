@@ -253,6 +253,15 @@ bool Gateway::ShouldFailover(const grpc::Status& status) {
   }
 }
 
+grpc::Status Gateway::GaveUp(const grpc::Status& last) {
+  return grpc::Status(
+      grpc::StatusCode::UNAVAILABLE,
+      absl::StrCat("no worker could complete the call (the last answered ",
+                   absl::StatusCodeToString(
+                       static_cast<absl::StatusCode>(last.error_code())),
+                   ": ", last.error_message(), "); retry"));
+}
+
 grpc::Status ForwardWithFailover(
     Gateway* gateway, const grpc::CallbackServerContext& ctx,
     const Target& target,
@@ -273,7 +282,8 @@ grpc::Status ForwardWithFailover(
                                              exclude);
     gateway->CountRoute(route, attempt);
     if (!route.ok()) {
-      return attempt == 1 ? ToGrpcStatus(route.status()) : last;
+      return attempt == 1 ? ToGrpcStatus(route.status())
+                          : Gateway::GaveUp(last);
     }
     auto client = gateway->UpstreamContext(ctx, *tenant, attempt);
     if (attempts != nullptr) *attempts = attempt;
@@ -288,7 +298,7 @@ grpc::Status ForwardWithFailover(
       gateway->metrics().IncFailover(target.method);
     }
   }
-  return last;
+  return Gateway::GaveUp(last);
 }
 
 namespace {

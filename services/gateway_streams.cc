@@ -177,6 +177,7 @@ class AppendCall final : public Watched {
     gateway_->Watch(this);
     std::set<std::string> exclude;
     grpc::Status status;
+    bool gave_up = false;  // the last worker failed too, none is left
     // max_attempts bounds consecutive attempts without progress: a long
     // stream may lose many workers over its life.
     const int max_failures = gateway_->options().max_attempts;
@@ -186,6 +187,7 @@ class AppendCall final : public Watched {
       gateway_->CountRoute(route, attempt);
       if (!route.ok()) {
         if (attempt == 1) status = ToGrpcStatus(route.status());
+        gave_up = attempt > 1;
         break;
       }
       bool stalled = false, client_gone = false, progressed = false;
@@ -196,13 +198,14 @@ class AppendCall final : public Watched {
       gateway_->router().MarkSuspect(route->worker_id);
       exclude.insert(route->worker_id);
       failures = progressed ? 1 : failures + 1;
+      gave_up = failures >= max_failures;
       if (failures < max_failures) gateway_->metrics().IncFailover("Append");
       if (progressed) exclude = {route->worker_id};
       absl::SleepFor(
           std::min(absl::Milliseconds(50) * failures, absl::Milliseconds(500)));
     }
     gateway_->Unwatch(this);
-    return status;
+    return gave_up ? Gateway::GaveUp(status) : status;
   }
 
   grpc::Status Attempt(const Route& route, int attempt, bool* stalled,
@@ -470,7 +473,9 @@ class StreamsService final : public v1::Streams::CallbackService {
     }
     auto slot = HoldStreamSlot(gateway_, *ctx);
     if (!slot.ok()) {
-      client->Finish(ToGrpcStatus(slot.status()));
+      const grpc::Status status = ToGrpcStatus(slot.status());
+      gateway_->EndCall("Append", status, gateway_->BeginCall());
+      client->Finish(status);
       client->Release();
       return client;
     }
@@ -491,7 +496,9 @@ class StreamsService final : public v1::Streams::CallbackService {
     auto* client = new BlockingWriter<v1::GenerateResponse>();
     auto slot = HoldStreamSlot(gateway_, *ctx);
     if (!slot.ok()) {
-      client->Finish(ToGrpcStatus(slot.status()));
+      const grpc::Status status = ToGrpcStatus(slot.status());
+      gateway_->EndCall("Generate", status, gateway_->BeginCall());
+      client->Finish(status);
       client->Release();
       return client;
     }

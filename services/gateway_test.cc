@@ -347,6 +347,28 @@ TEST_F(GatewayTest, ASuspectWorkersModelsStayListed) {
   EXPECT_EQ(resp.models(0).workers(), 2u);
 }
 
+// When every worker's answer meant "try another" the call ends UNAVAILABLE
+// (retry later), never a worker's CANCELLED (a client would take it for its
+// own cancellation) or the internal ABORTED/FENCED.
+TEST_F(GatewayTest, ACallNoWorkerCompletedIsUnavailable) {
+  for (const grpc::Status& answer :
+       {ToGrpcStatus(MakeError(absl::StatusCode::kAborted, Reason::kFenced,
+                               "taken over")),
+        grpc::Status(grpc::StatusCode::CANCELLED, "shutting down")}) {
+    Script<grpc::Status(int)>(&ScriptedWorker::get_session,
+                              [answer](int) { return answer; });
+    if (server_ == nullptr) Start();
+    grpc::ClientContext ctx;
+    v1::GetSessionRequest req;
+    req.set_session_id("s");
+    v1::Session resp;
+    const grpc::Status st =
+        v1::Sessions::NewStub(channel_)->GetSession(&ctx, req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << st.error_message();
+  }
+}
+
 // A tenant at its session limit may still retry a create that succeeded
 // (its reply was lost): the session exists, so the create goes to a worker
 // (which returns it) instead of TENANT_LIMIT. A create of a new session is
