@@ -22,7 +22,7 @@ struct MemoryStateStoreOptions {
   // Versions kept per session (head included); older ones are dropped. >= 1.
   int keep_versions = 8;
   // TTL of sessions created with ttl 0.
-  absl::Duration default_ttl = absl::Hours(24);
+  absl::Duration default_ttl = kDefaultSessionTtl;
 };
 
 absl::StatusOr<std::unique_ptr<StateStore>> NewMemoryStateStore(

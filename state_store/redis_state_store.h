@@ -33,7 +33,7 @@ struct RedisStateStoreOptions {
   // Versions kept per session (head included). >= 1.
   int keep_versions = 8;
   // TTL of sessions created with ttl 0.
-  absl::Duration default_ttl = absl::Hours(24);
+  absl::Duration default_ttl = kDefaultSessionTtl;
   // Size of the pieces a state is stored in, bytes.
   uint32_t chunk_bytes = 1 << 20;
   // Chunks written by a commit that never swapped the head expire after this.

@@ -28,7 +28,7 @@ struct SqliteStateStoreOptions {
   // Versions kept per session (head included). >= 1.
   int keep_versions = 8;
   // TTL of sessions created with ttl 0.
-  absl::Duration default_ttl = absl::Hours(24);
+  absl::Duration default_ttl = kDefaultSessionTtl;
   // How long a write waits for another connection's write lock.
   absl::Duration busy_timeout = absl::Seconds(10);
   // Time source for TTLs and leases. Not owned. nullptr = Clock::Real().

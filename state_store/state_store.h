@@ -77,6 +77,10 @@ absl::Status DurabilityNotReached(uint64_t version, Durability wanted,
 // error (the write exists at that level); nullopt otherwise.
 std::optional<Durability> DurabilityReachedOf(const absl::Status& st);
 
+// The idle TTL of a session created without one (the public API's
+// default, statestream.proto), and what UpdateSession's unset ttl sets.
+inline constexpr absl::Duration kDefaultSessionTtl = absl::Hours(24 * 7);
+
 // Tenant: 1-64 bytes of [a-z0-9_-]. Session id: 1-128 bytes of
 // [A-Za-z0-9._-], first byte alphanumeric (as in the public API).
 struct SessionKey {

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -438,6 +439,38 @@ TEST_F(WorkerE2eTest, ExportImportRoundTripsAndRejectsBadBlobs) {
   foreign.set_model_fingerprint("x070-other");
   EXPECT_EQ(GetReason(import("foreign-model", foreign, blob)),
             Reason::kModelMismatch);
+  // The header's own fields are checked as CreateSession's are.
+  auto import_with = [&](const std::string& id,
+                         const std::function<void(v1::ImportHeader*)>& edit) {
+    auto ctx = Ctx();
+    v1::Session out;
+    auto writer = sessions_->ImportState(ctx.get(), &out);
+    v1::ImportStateRequest first;
+    first.mutable_header()->set_request_id("import-" + id);
+    first.mutable_header()->set_session_id(id);
+    first.mutable_header()->set_mode(v1::IMPORT_MODE_CREATE);
+    *first.mutable_header()->mutable_state() = header;
+    edit(first.mutable_header());
+    writer->Write(first);
+    writer->WritesDone();
+    return FromGrpcStatus(writer->Finish());
+  };
+  for (const auto& [field, edit] : std::vector<
+           std::pair<std::string, std::function<void(v1::ImportHeader*)>>>{
+           {"labels",
+            [](v1::ImportHeader* h) { (*h->mutable_labels())["a b"] = "v"; }},
+           {"durability",
+            [](v1::ImportHeader* h) {
+              h->set_durability(static_cast<v1::Durability>(9));
+            }},
+           {"ttl", [](v1::ImportHeader* h) {
+              h->mutable_ttl()->set_seconds(60);
+              h->mutable_ttl()->set_nanos(-5);
+            }}}) {
+    const absl::Status refused = import_with("bad-" + field, edit);
+    EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+    EXPECT_EQ(GetErrorMetadata(refused, "field"), field) << refused;
+  }
   std::string corrupt = blob;
   corrupt[corrupt.size() / 2] ^= 1;
   absl::Status bad = import("corrupt", header, corrupt);
@@ -497,6 +530,18 @@ TEST_F(WorkerE2eTest, BadInputGetsTypedErrors) {
   auto ctx2 = Ctx();
   st = FromGrpcStatus(sessions_->CreateSession(ctx2.get(), create, &s));
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  // A durability level this version does not know is refused, not taken
+  // for the default (a lower level than asked).
+  create.set_request_id("future-durability");
+  create.set_durability(static_cast<v1::Durability>(4));
+  auto ctx3 = Ctx();
+  st = FromGrpcStatus(sessions_->CreateSession(ctx3.get(), create, &s));
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_EQ(GetErrorMetadata(st, "field"), "durability");
+  v1::AppendRequest future = Text("bad", 0, "x", true, true);
+  future.set_durability(static_cast<v1::Durability>(4));
+  st = Append({future}).status;
+  EXPECT_EQ(GetErrorMetadata(st, "field"), "durability") << st;
 
   EXPECT_EQ(GetReason(Get("missing").status()), Reason::kSessionNotFound);
   EXPECT_EQ(GetReason(Append({Text("missing", 0, "x")}).status),

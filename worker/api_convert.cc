@@ -99,8 +99,11 @@ absl::Status CheckSessionId(const std::string& id, const char* field) {
   return absl::OkStatus();
 }
 
-std::optional<Durability> DurabilityFromProto(v1::Durability d) {
+absl::StatusOr<std::optional<Durability>> DurabilityFromProto(
+    v1::Durability d) {
   switch (d) {
+    case v1::DURABILITY_UNSPECIFIED:
+      return std::nullopt;
     case v1::DURABILITY_MEMORY:
       return Durability::kMemory;
     case v1::DURABILITY_FSYNC:
@@ -108,7 +111,9 @@ std::optional<Durability> DurabilityFromProto(v1::Durability d) {
     case v1::DURABILITY_REPLICATED:
       return Durability::kReplicated;
     default:
-      return std::nullopt;
+      return BadField("durability",
+                      absl::StrCat("unknown level ", static_cast<int>(d),
+                                   " (MEMORY, FSYNC or REPLICATED)"));
   }
 }
 
@@ -207,6 +212,12 @@ absl::Status CheckLabels(
 absl::StatusOr<absl::Duration> TtlFromProto(
     bool has_ttl, const google::protobuf::Duration& ttl) {
   if (!has_ttl) return absl::ZeroDuration();
+  // google.protobuf.Duration: |nanos| < 1e9, with the sign of seconds.
+  if (ttl.nanos() <= -1000000000 || ttl.nanos() >= 1000000000 ||
+      (ttl.seconds() > 0 && ttl.nanos() < 0) ||
+      (ttl.seconds() < 0 && ttl.nanos() > 0)) {
+    return BadField("ttl", "not a valid Duration (nanos out of range)");
+  }
   const absl::Duration d =
       absl::Seconds(ttl.seconds()) + absl::Nanoseconds(ttl.nanos());
   if (d < absl::Seconds(1) || d > absl::Hours(24 * 365)) {

@@ -30,7 +30,10 @@ absl::Status CheckRequestId(const std::string& request_id);
 // Session ids as the API defines them; INVALID_ARGUMENT (field).
 absl::Status CheckSessionId(const std::string& id, const char* field);
 
-std::optional<Durability> DurabilityFromProto(v1::Durability d);
+// The level asked for; nullopt for DURABILITY_UNSPECIFIED (the server's
+// default). A value this version does not know is INVALID_ARGUMENT
+// (field=durability), never silently a lower level.
+absl::StatusOr<std::optional<Durability>> DurabilityFromProto(v1::Durability d);
 v1::Durability DurabilityToProto(Durability d);
 
 void SessionToProto(const SessionView& view, v1::Session* out);

@@ -151,6 +151,10 @@ class ImportReactor final
           !header_.session_id().empty()) {
         SS_RETURN_IF_ERROR(CheckSessionId(header_.session_id(), "session_id"));
       }
+      SS_RETURN_IF_ERROR(CheckLabels(header_.labels()));
+      SS_RETURN_IF_ERROR(DurabilityFromProto(header_.durability()).status());
+      SS_RETURN_IF_ERROR(
+          TtlFromProto(header_.has_ttl(), header_.ttl()).status());
       const v1::StateHeader& s = header_.state();
       // The state's model decides which manager imports it; into a session
       // of another model, that manager answers MODEL_MISMATCH.
@@ -216,11 +220,14 @@ class ImportReactor final
       p.request_id = header_.request_id();
       p.session_id = header_.session_id();
       p.labels = {header_.labels().begin(), header_.labels().end()};
-      p.durability = DurabilityFromProto(header_.durability());
+      auto durability = DurabilityFromProto(header_.durability());
       auto ttl = TtlFromProto(header_.has_ttl(), header_.ttl());
-      if (!ttl.ok()) {
+      if (!durability.ok()) {
+        st = durability.status();
+      } else if (!ttl.ok()) {
         st = ttl.status();
       } else {
+        p.durability = *durability;
         p.ttl = *ttl;
         std::optional<uint64_t> expected;
         if (header_.has_expected_version())
@@ -270,7 +277,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
       p.model_id = req->model_id();
       p.labels = {req->labels().begin(), req->labels().end()};
       p.ttl = *ttl;
-      p.durability = DurabilityFromProto(req->durability());
+      SS_ASSIGN_OR_RETURN(p.durability, DurabilityFromProto(req->durability()));
       if (req->has_fork_from()) {
         st = CheckSessionId(req->fork_from().session_id(),
                             "fork_from.session_id");
@@ -349,7 +356,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
           st = ttl.status();
           if (st.ok() && *ttl != absl::ZeroDuration()) u.ttl = *ttl;
           if (st.ok() && *ttl == absl::ZeroDuration()) {
-            u.ttl = absl::Hours(24 * 7);
+            u.ttl = kDefaultSessionTtl;
           }
         } else {
           st = BadField("update_mask", absl::StrCat("unknown path ", path));
@@ -425,12 +432,13 @@ class SessionsService final : public v1::Sessions::CallbackService {
       if (st.ok() && req->version() == 0)
         st = BadField("version", "required (>= 1)");
       if (!st.ok()) return st;
+      SS_ASSIGN_OR_RETURN(std::optional<Durability> durability,
+                          DurabilityFromProto(req->durability()));
       std::optional<uint64_t> expected;
       if (req->has_expected_version()) expected = req->expected_version();
       auto v = models_->ForSession(tenant, req->session_id())
                    .Rollback(tenant, req->session_id(), req->version(),
-                             expected, DurabilityFromProto(req->durability()),
-                             req->request_id());
+                             expected, durability, req->request_id());
       if (v.ok()) SessionToProto(*v, out);
       return v.status();
     });

@@ -179,7 +179,7 @@ class AppendReactor final
     }
     in.flush = r.flush();
     in.checkpoint = r.checkpoint();
-    in.durability = DurabilityFromProto(r.durability());
+    SS_ASSIGN_OR_RETURN(in.durability, DurabilityFromProto(r.durability()));
     durability_ = in.durability;
     if (!BeginOp()) return absl::OkStatus();  // finished meanwhile
     m_->Append(writer_, std::move(in), [this](absl::StatusOr<AppendAck> ack) {
@@ -392,7 +392,7 @@ class GenerateReactor final
     in.max_tokens =
         static_cast<int>(std::min<uint32_t>(r.max_tokens(), 1 << 30));
     in.commit = r.commit();
-    in.durability = DurabilityFromProto(r.durability());
+    SS_ASSIGN_OR_RETURN(in.durability, DurabilityFromProto(r.durability()));
     in.logprobs = r.logprobs();
     if (r.top_logprobs() > 20) return BadField("top_logprobs", "0-20");
     in.top_logprobs = static_cast<int>(r.top_logprobs());

@@ -124,7 +124,7 @@ TEST_P(StateStoreContractTest, CreateThenGetHeadAndLoad) {
   EXPECT_EQ(head->labels.at("team"), "red");
   EXPECT_GE(head->fence, 1u);
   EXPECT_EQ(head->owner, "");
-  EXPECT_GT(head->ttl, absl::ZeroDuration());
+  EXPECT_EQ(head->ttl, kDefaultSessionTtl);  // the API's 7 days
 
   for (uint64_t v : {0, 1}) {
     auto loaded = store_->LoadVersion(kKey, v);
