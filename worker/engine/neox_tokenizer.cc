@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "absl/container/flat_hash_map.h"
@@ -165,7 +166,16 @@ class NeoxTokenizer final : public Tokenizer {
   struct Added {
     std::u16string text;
     int32_t id;
+    std::string utf8;  // text, as it appears in input
   };
+  // A stream's tail longer than this is cut anyway (ForcedCut), so text
+  // without whitespace cannot grow it without bound.
+  static constexpr size_t kMaxStreamTailBytes = 64 << 10;
+  // Where to cut `text` (whose first `from` bytes are cut already) when
+  // its tail is too long: the last point before the end where a pre-token
+  // surely ends (a change between letters, digits and other characters),
+  // else the last character boundary; never inside an added token.
+  size_t ForcedCut(const std::string& text, size_t from) const;
   // Calls f(piece) for the text between matches of `tokens` and out(id)
   // for each match; leftmost, longest at a position.
   template <typename Piece>
@@ -215,27 +225,70 @@ void NeoxTokenizer::SplitAdded(std::u16string_view s,
 
 void NeoxTokenizer::Bpe(absl::string_view word,
                         std::vector<int32_t>* out) const {
-  std::vector<int32_t> sym;
+  // The reference merges, while any adjacent pair has a merge, the pair of
+  // lowest rank, leftmost first. Rescanning the word for it after every
+  // merge is quadratic (a 1 MiB run of letters is one word): here the
+  // candidates wait in a heap ordered by (rank, position), the symbols form
+  // a linked list, and a popped candidate whose symbols changed since is
+  // skipped. Each merge pushes at most two, so O(n log n), same result.
+  struct Symbol {
+    int32_t id;
+    int32_t prev, next;  // -1: none
+  };
+  std::vector<Symbol> sym;
+  sym.reserve(word.size());
   for (char ch : word) {
     const int32_t id = byte_id_[static_cast<uint8_t>(ch)];
-    if (id >= 0) sym.push_back(id);  // always, for valid UTF-8
+    if (id < 0) continue;  // not reached: Init requires every byte's token
+    const int32_t at = static_cast<int32_t>(sym.size());
+    sym.push_back({id, at - 1, -1});
+    if (at > 0) sym[at - 1].next = at;
   }
-  while (sym.size() > 1) {
-    uint64_t best = UINT64_MAX;
-    size_t at = 0;
-    for (size_t i = 0; i + 1 < sym.size(); ++i) {
-      auto it = merges_.find(static_cast<uint64_t>(sym[i]) << 32 |
-                             static_cast<uint32_t>(sym[i + 1]));
-      if (it != merges_.end() && it->second < best) {
-        best = it->second;
-        at = i;
-      }
+  struct Candidate {
+    uint32_t rank;
+    int32_t left;               // position of the left symbol
+    int32_t left_id, right_id;  // what the pair was when pushed
+    int32_t merged;
+    bool operator>(const Candidate& o) const {
+      return rank != o.rank ? rank > o.rank : left > o.left;
     }
-    if (best == UINT64_MAX) break;
-    sym[at] = static_cast<int32_t>(best & 0xFFFFFFFFu);
-    sym.erase(sym.begin() + at + 1);
+  };
+  std::vector<Candidate> heap;
+  auto consider = [&](int32_t left) {
+    if (left < 0 || sym[left].next < 0) return;
+    const int32_t right = sym[left].next;
+    auto it = merges_.find(static_cast<uint64_t>(sym[left].id) << 32 |
+                           static_cast<uint32_t>(sym[right].id));
+    if (it == merges_.end()) return;
+    heap.push_back({static_cast<uint32_t>(it->second >> 32), left, sym[left].id,
+                    sym[right].id,
+                    static_cast<int32_t>(it->second & 0xFFFFFFFFu)});
+    std::push_heap(heap.begin(), heap.end(), std::greater<Candidate>());
+  };
+  for (int32_t i = 0; i + 1 < static_cast<int32_t>(sym.size()); ++i) {
+    consider(i);
   }
-  out->insert(out->end(), sym.begin(), sym.end());
+  std::vector<bool> gone(sym.size(), false);
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), std::greater<Candidate>());
+    const Candidate c = heap.back();
+    heap.pop_back();
+    Symbol& l = sym[c.left];
+    if (gone[c.left] || l.id != c.left_id || l.next < 0 ||
+        sym[l.next].id != c.right_id) {
+      continue;  // stale: a merge changed the pair since
+    }
+    const int32_t right = l.next;
+    l.id = c.merged;
+    l.next = sym[right].next;
+    if (l.next >= 0) sym[l.next].prev = c.left;
+    gone[right] = true;
+    consider(l.prev);
+    consider(c.left);
+  }
+  for (int32_t i = sym.empty() ? -1 : 0; i >= 0; i = sym[i].next) {
+    out->push_back(sym[i].id);
+  }
 }
 
 void NeoxTokenizer::EncodeNormalizedPiece(std::u16string_view s,
@@ -308,9 +361,61 @@ StreamEncodeResult NeoxTokenizer::EncodeStream(absl::string_view tail,
       prev_space = space;
     }
   }
+  if (text.size() - cut > kMaxStreamTailBytes) {
+    cut = std::max(cut, ForcedCut(text, cut));
+  }
   r.tokens = Encode(absl::string_view(text).substr(0, cut));
   r.tail = text.substr(cut);
   return r;
+}
+
+size_t NeoxTokenizer::ForcedCut(const std::string& text, size_t from) const {
+  UErrorCode err = U_ZERO_ERROR;
+  const UNormalizer2* nfc = unorm2_getNFCInstance(&err);
+  // No added token may span the cut: it lies at least the longest one
+  // before the end (so one that starts before it is complete), and no
+  // occurrence crosses it.
+  size_t longest = 1;
+  for (const auto* list : {&raw_added_, &normalized_added_}) {
+    for (const Added& a : *list) longest = std::max(longest, a.utf8.size());
+  }
+  if (text.size() < from + longest + 1) return from;
+  const size_t limit = text.size() - longest;
+  std::vector<bool> inside(text.size() + 1, false);  // within an added token
+  for (const auto* list : {&raw_added_, &normalized_added_}) {
+    for (const Added& a : *list) {
+      for (size_t hit = text.find(a.utf8, from); hit != std::string::npos;
+           hit = text.find(a.utf8, hit + 1)) {
+        for (size_t k = hit + 1; k < hit + a.utf8.size(); ++k) inside[k] = true;
+      }
+    }
+  }
+  // Walk the characters from `from`, remembering the last position up to
+  // `limit` where a pre-token surely ends (the class changes between two
+  // non-space characters, not inside a contraction, at an NFC boundary)
+  // and the last mere character boundary (NFC-safe) as a fallback.
+  size_t best = from, fallback = from;
+  CharClass prev_class = CharClass::kSpace;
+  UChar32 prev = -1;
+  for (size_t i = from; i < text.size();) {
+    const size_t at = i;
+    UChar32 c;
+    U8_NEXT(text.data(), i, text.size(), c);
+    if (at > limit) break;
+    const CharClass cls = c < 0 ? CharClass::kOther : Classify(c);
+    const bool boundary =
+        at > from && c >= 0 && unorm2_hasBoundaryBefore(nfc, c);
+    if (boundary && !inside[at]) {
+      fallback = at;
+      if (cls != prev_class && cls != CharClass::kSpace &&
+          prev_class != CharClass::kSpace && prev != '\'') {
+        best = at;
+      }
+    }
+    prev_class = cls;
+    prev = c;
+  }
+  return best > from ? best : fallback;
 }
 
 absl::Status NeoxTokenizer::Init(const nlohmann::json& j) {
@@ -369,6 +474,13 @@ absl::Status NeoxTokenizer::Init(const nlohmann::json& j) {
     AppendUtf8(alphabet[b], &s);
     auto it = vocab.find(s);
     byte_id_[b] = it == vocab.end() ? -1 : it->second;
+    // Every byte valid UTF-8 can hold needs its token, or text would lose
+    // it silently (0xC0, 0xC1 and 0xF5-0xFF never occur).
+    const bool in_utf8 = b < 0xC0 || (b >= 0xC2 && b <= 0xF4);
+    if (byte_id_[b] < 0 && in_utf8) {
+      return BadFile(absl::StrCat("the vocabulary has no token for byte 0x",
+                                  absl::Hex(b, absl::kZeroPad2)));
+    }
   }
   uint64_t rank = 0;
   for (const auto& m : (*model)["merges"]) {
@@ -403,14 +515,19 @@ absl::Status NeoxTokenizer::Init(const nlohmann::json& j) {
           !a.contains("content") || !a["content"].is_string()) {
         return BadFile("bad added token");
       }
+      if ((a.contains("special") && !a["special"].is_boolean()) ||
+          (a.contains("normalized") && !a["normalized"].is_boolean())) {
+        return BadFile("added token: special and normalized are booleans");
+      }
       const std::string content = a["content"].get<std::string>();
-      const int32_t id = a["id"].get<int32_t>();
+      const int64_t wide_id = a["id"].get<int64_t>();
       if (content.empty()) return BadFile("empty added token");
-      SS_RETURN_IF_ERROR(assign(id, content));
+      SS_RETURN_IF_ERROR(assign(wide_id, content));  // checks the range
+      const int32_t id = static_cast<int32_t>(wide_id);
       const bool special = a.value("special", false);
       special_[id] = special;
       if (content == "<|endoftext|>") eot_ = id;
-      Added added{ToUtf16(content), id};
+      Added added{ToUtf16(content), id, content};
       // Streaming cuts before whitespace: safe while no added token mixes
       // whitespace with other characters.
       size_t spaces = 0;
@@ -452,7 +569,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseNeoxTokenizer(
     return BadFile("not a JSON object");
   }
   auto tok = std::make_unique<NeoxTokenizer>();
-  SS_RETURN_IF_ERROR(tok->Init(j));
+  // Init checks the types it reads; a JSON exception it missed (a field of
+  // an unexpected type) is still a bad file, never a crash.
+  absl::Status init;
+  try {
+    init = tok->Init(j);
+  } catch (const nlohmann::json::exception& e) {
+    init = BadFile(absl::StrCat("unexpected JSON: ", e.what()));
+  }
+  SS_RETURN_IF_ERROR(init);
   return std::unique_ptr<Tokenizer>(std::move(tok));
 }
 

@@ -193,6 +193,47 @@ TEST_F(NeoxTokenizerTest, StreamingEqualsWholeEncoding) {
   EXPECT_EQ(r.tokens, tokenizer_->Encode("Hello world"));
 }
 
+// Text without whitespace (minified JSON, one long word) cannot grow a
+// stream's tail without bound: past 64 KiB it is cut where a pre-token
+// surely ends (letters, digits, other characters change), so the ids still
+// equal the whole text's; a single run of letters is cut anyway and still
+// decodes to the input. BPE of a 200 KB word is quick (not quadratic).
+TEST_F(NeoxTokenizerTest, TextWithoutWhitespaceKeepsTheTailBounded) {
+  std::string json;
+  while (json.size() < 300000) {
+    absl::StrAppend(&json, "{\"key", json.size(),
+                    "\":[12,\"abc\"],\"\u00e9t\u00e9\":null}");
+  }
+  std::string tail;
+  std::vector<int32_t> ids;
+  size_t longest = 0;
+  for (size_t at = 0; at < json.size(); at += 4096) {
+    const bool last = at + 4096 >= json.size();
+    StreamEncodeResult r =
+        tokenizer_->EncodeStream(tail, json.substr(at, 4096), last);
+    ids.insert(ids.end(), r.tokens.begin(), r.tokens.end());
+    tail = r.tail;
+    longest = std::max(longest, tail.size());
+  }
+  EXPECT_LE(longest, size_t{64 << 10});
+  EXPECT_EQ(ids, tokenizer_->Encode(json));
+
+  const std::string word(200000, 'a');
+  EXPECT_EQ(*tokenizer_->Decode(tokenizer_->Encode(word)), word);
+  tail.clear();
+  ids.clear();
+  longest = 0;
+  for (size_t at = 0; at < word.size(); at += 8192) {
+    StreamEncodeResult r = tokenizer_->EncodeStream(tail, word.substr(at, 8192),
+                                                    at + 8192 >= word.size());
+    ids.insert(ids.end(), r.tokens.begin(), r.tokens.end());
+    tail = r.tail;
+    longest = std::max(longest, tail.size());
+  }
+  EXPECT_LE(longest, size_t{64 << 10} + 8192);
+  EXPECT_EQ(*tokenizer_->Decode(ids), word);
+}
+
 TEST_F(NeoxTokenizerTest, InvalidUtf8IsReadWithReplacement) {
   EXPECT_EQ(tokenizer_->Encode("a\xff"), tokenizer_->Encode("a\xEF\xBF\xBD"));
   EXPECT_EQ(Stream(*tokenizer_, "x\xE2\x82 y\xF0\x9F", {1}),
@@ -226,12 +267,42 @@ TEST(NeoxTokenizerFileTest, MalformedFilesAreErrors) {
     ASSERT_FALSE(t.ok()) << bad;
     EXPECT_EQ(GetReason(t.status()), Reason::kInvalidModelFile) << bad;
   }
-  // A minimal valid file: two letters and their merge.
-  auto t = ParseNeoxTokenizer(
-      "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, "
-      "\"ab\": 2}, \"merges\": [[\"a\", \"b\"]]}}");
+  // A minimal valid file: a token for every byte (GPT-2's byte-to-symbol
+  // alphabet, token id = byte), "ab" and its merge.
+  auto file = [](const std::string& extra_vocab, const std::string& added,
+                 int drop_byte) {
+    nlohmann::json vocab = nlohmann::json::object();
+    int next = 256;
+    for (int b = 0; b < 256; ++b) {
+      const bool printable =
+          (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
+      std::string symbol;
+      AppendUtf8(printable ? b : next++, &symbol);
+      if (b != drop_byte) vocab[symbol] = b;
+    }
+    vocab["ab"] = 256;
+    if (!extra_vocab.empty()) vocab[extra_vocab] = 257;
+    return absl::StrCat(
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": ", vocab.dump(),
+        ", \"merges\": [[\"a\", \"b\"]]}",
+        added.empty() ? "" : ", \"added_tokens\": ", added, "}");
+  };
+  auto t = ParseNeoxTokenizer(file("", "", -1));
   ASSERT_TRUE(t.ok()) << t.status();
-  EXPECT_EQ((*t)->Encode("abab"), (std::vector<int32_t>{2, 2}));
+  EXPECT_EQ((*t)->Encode("abab"), (std::vector<int32_t>{256, 256}));
+  EXPECT_EQ((*t)->Encode("a\nc"), (std::vector<int32_t>{'a', '\n', 'c'}));
+  // A byte valid UTF-8 can hold has no token: text would lose it.
+  // Fields of the wrong type, ids past 32 bits: errors, never a crash or
+  // a wrapped id.
+  for (const std::string& bad :
+       {file("", "", 'c'),
+        file("", R"([{"id": 300, "content": "<x>", "special": "yes"}])", -1),
+        file("", R"([{"id": 4294967296, "content": "<x>"}])", -1),
+        std::string(R"({"model": {"type": 1, "vocab": {}, "merges": []}})")}) {
+    auto r = ParseNeoxTokenizer(bad);
+    ASSERT_FALSE(r.ok()) << bad.substr(0, 200);
+    EXPECT_EQ(GetReason(r.status()), Reason::kInvalidModelFile) << r.status();
+  }
 }
 
 }  // namespace
