@@ -15,6 +15,16 @@
 
 namespace statestream::engine::internal {
 namespace pickle {
+namespace {
+
+// Bounds on what each tensor of a state_dict copies from the pickle (see
+// PersistentLoad and Extract): real checkpoints use storage keys like "12",
+// names like "blocks.23.att.key.weight" and a few thousand tensors.
+constexpr size_t kMaxStorageKeyBytes = 64;
+constexpr size_t kMaxTensorNameBytes = 1024;
+constexpr size_t kMaxTensors = 1 << 17;
+
+}  // namespace
 
 bool Vm::Read(size_t n, absl::string_view* out) {
   if (n > in_.size() - pos_) return false;
@@ -320,7 +330,13 @@ absl::Status Vm::PersistentLoad(uint32_t pid_id) {
     default:
       return Err("persistent id names no storage class");
   }
-  if (key.kind != Kind::kStr) return Err("storage key is not a string");
+  // torch names storages by small decimal numbers; a long key, copied into
+  // every tensor on it, would let a small pickle take gigabytes.
+  if (key.kind != Kind::kStr || key.s.empty() ||
+      key.s.size() > kMaxStorageKeyBytes) {
+    return Err(absl::StrCat("storage key is not a string of 1-",
+                            kMaxStorageKeyBytes, " bytes"));
+  }
   if (numel.kind != Kind::kInt || numel.i < 0) {
     return Err("storage size is not a non-negative int");
   }
@@ -348,8 +364,14 @@ absl::StatusOr<std::vector<PickledTensor>> Vm::Extract(uint32_t top) const {
   for (size_t k = 0; k + 1 < dict.items.size(); k += 2) {
     const Object& key = objects_[dict.items[k]];
     const Object& value = objects_[dict.items[k + 1]];
-    if (key.kind != Kind::kStr) {
-      return BadFile("data.pkl: a state_dict key is not a string");
+    if (key.kind != Kind::kStr || key.s.size() > kMaxTensorNameBytes) {
+      return BadFile(
+          absl::StrCat("data.pkl: a state_dict key is not a string of at most ",
+                       kMaxTensorNameBytes, " bytes"));
+    }
+    if (k / 2 >= kMaxTensors) {
+      return BadFile(absl::StrCat("data.pkl: more than ", kMaxTensors,
+                                  " state_dict entries"));
     }
     if (value.kind != Kind::kTensor) {
       return BadFile(

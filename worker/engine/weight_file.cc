@@ -107,6 +107,23 @@ absl::StatusOr<std::unique_ptr<WeightFile>> Parse(
   auto tensors =
       zip ? internal::ParsePth(bytes) : internal::ParseSafetensors(bytes);
   if (!tensors.ok()) return tensors.status();
+  // Each view is bounded by its storage, but views may share one (a .pth
+  // storage, or safetensors ranges that overlap): a small file could name
+  // terabytes of tensors, which loading copies. Tied weights share at most
+  // about a copy of the file; more is a hostile or broken file.
+  int64_t total = 0;
+  for (const auto& [name, view] : *tensors) {
+    int64_t bytes_of = 0;
+    if (internal::MulOverflows(view.numel(),
+                               static_cast<int64_t>(DTypeSize(view.dtype)),
+                               &bytes_of) ||
+        internal::AddOverflows(total, bytes_of, &total) ||
+        total > 2 * static_cast<int64_t>(bytes.size())) {
+      return internal::BadFile(
+          absl::StrCat("the tensors name more than twice the file's ",
+                       bytes.size(), " bytes (views sharing storage)"));
+    }
+  }
   return std::make_unique<TensorMapFile>(
       std::move(mapping), zip ? "pth" : "safetensors", std::move(*tensors));
 }

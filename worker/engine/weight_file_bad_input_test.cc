@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -224,6 +225,36 @@ TEST(WeightFileBadInput, StorageChecks) {
             "less than");
   ExpectBad(PthWith({"w", "DoubleStorage", "0", 2, 0, {2}, {1}}),
             "unsupported storage type");
+  // Long storage keys and tensor names (copied into every tensor) are
+  // refused, and so are views that name far more bytes than the file has
+  // (many tensors on one storage: loading would copy each).
+  ExpectBad(
+      PthWith({"w", "FloatStorage", std::string(65, '7'), 4, 0, {4}, {1}}),
+      "storage key");
+  ExpectBad(
+      PthWith({std::string(1025, 'w'), "FloatStorage", "0", 4, 0, {4}, {1}}),
+      "state_dict key");
+  {
+    const std::vector<float> big(4096, 1.0f);
+    std::vector<TensorSpec> aliases;
+    for (int i = 0; i < 8; ++i) {
+      aliases.push_back({absl::StrCat("w", i),
+                         "FloatStorage",
+                         "0",
+                         4096,
+                         0,
+                         {64, 64},
+                         {64, 1}});
+    }
+    ExpectBad(BuildPth(StateDictPickle(aliases), {{"0", Bytes(big)}}),
+              "more than twice the file");
+    aliases.resize(1);  // one view of it (and a tied copy) is fine
+    aliases.push_back(
+        {"tied", "FloatStorage", "0", 4096, 0, {64, 64}, {64, 1}});
+    EXPECT_TRUE(WeightFile::FromBuffer(
+                    BuildPth(StateDictPickle(aliases), {{"0", Bytes(big)}}))
+                    .ok());
+  }
   // One storage described with two dtypes.
   ExpectBad(
       BuildPth(StateDictPickle({{"a", "FloatStorage", "0", 4, 0, {4}, {1}},
@@ -398,6 +429,18 @@ TEST(WeightFileBadInput, SafetensorsHeader) {
       St(R"({"w":{"dtype":"F32","shape":[4],)"
          R"("data_offsets":[18446744073709551600,18446744073709551615]}})"),
       "bad data_offsets");
+  // Overlapping ranges: every tensor the same 16 KiB, named 8 times.
+  {
+    std::string header = "{";
+    for (int i = 0; i < 8; ++i) {
+      absl::StrAppend(&header, i ? "," : "", "\"w", i,
+                      "\":{\"dtype\":\"F32\",\"shape\":[4096],"
+                      "\"data_offsets\":[0,16384]}");
+    }
+    header += "}";
+    ExpectBad(BuildSafetensors(header, Bytes(std::vector<float>(4096, 1.0f))),
+              "more than twice the file");
+  }
   ExpectBad(St("{\"w\xff\":1}"), "not JSON");  // invalid UTF-8
   std::string deep(100000, '[');
   ExpectBad(St(deep), "not JSON");
