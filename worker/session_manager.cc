@@ -1178,6 +1178,27 @@ class SessionManager::Impl {
   int MaxTokens(const GenerateInput& in) const {
     return in.max_tokens == 0 ? opt_.default_generate_tokens : in.max_tokens;
   }
+  // The checks of a Generate prompt that need no session (too large, not
+  // UTF-8, tokens outside the vocabulary): made before a committing request
+  // takes the writer slot, so a malformed one does not end a live Append.
+  absl::Status CheckPrompt(const GenerateInput& in) const {
+    if (in.prompt_kind == GenerateInput::Prompt::kText) {
+      if (in.prompt_text.size() > kMaxTextBytes) {
+        return TooLarge("prompt_text_utf8", kMaxTextBytes);
+      }
+      if (!engine::IsValidUtf8(in.prompt_text)) {
+        return Invalid(Reason::kInvalidUtf8,
+                       "prompt_text_utf8 is not valid UTF-8",
+                       {{"field", "prompt_text_utf8"}});
+      }
+    } else if (in.prompt_kind == GenerateInput::Prompt::kTokens) {
+      if (in.prompt_tokens.size() > kMaxAppendTokens) {
+        return TooLarge("prompt_tokens.ids", kMaxAppendTokens);
+      }
+      return CheckTokens(in.prompt_tokens, vocab_, "prompt_tokens.ids");
+    }
+    return absl::OkStatus();
+  }
 
   // Emits a recorded generation's output as pieces (text held back to
   // complete UTF-8, like the live task) and returns its outcome (the
@@ -1818,6 +1839,10 @@ class JobImpl : public SessionManager::Job {
     task_ = std::move(t);
     return !cancelled_;
   }
+  bool cancelled() {
+    absl::MutexLock lock(&mu_);
+    return cancelled_;
+  }
   // OK unless superseded.
   absl::Status superseded() {
     absl::MutexLock lock(&mu_);
@@ -1857,6 +1882,10 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
   timing->arrival = m.clock_->Now();
   auto run = [this, &m, job, timing, tenant, session_id, in, emit,
               done]() mutable {
+    // Before a committing request takes the writer slot (which ends the
+    // session's live Append): a malformed prompt or a call already gone.
+    if (absl::Status st = m.CheckPrompt(in); !st.ok()) return done(st);
+    if (job->cancelled()) return done(CancelledError());
     std::shared_ptr<Writer> w;
     std::shared_ptr<Session> s;
     if (in.commit) {
@@ -1933,28 +1962,13 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
                               {{"input_offset", absl::StrCat(s->input_offset)},
                                {"field", "text_utf8"}}));
         }
+        // (The prompt itself was checked before the strand: CheckPrompt.)
         if (in.prompt_kind == GenerateInput::Prompt::kText) {
-          if (in.prompt_text.size() > kMaxTextBytes) {
-            return fail(TooLarge("prompt_text_utf8", kMaxTextBytes));
-          }
-          if (!engine::IsValidUtf8(in.prompt_text)) {
-            return fail(Invalid(Reason::kInvalidUtf8,
-                                "prompt_text_utf8 is not valid UTF-8",
-                                {{"field", "prompt_text_utf8"}}));
-          }
           prompt = m.tok_->EncodeStream(s->tail, in.prompt_text, true).tokens;
           prompt_units = in.prompt_text.size();
         } else {
           prompt = m.tok_->EncodeStream(s->tail, "", true).tokens;
           if (in.prompt_kind == GenerateInput::Prompt::kTokens) {
-            if (in.prompt_tokens.size() > kMaxAppendTokens) {
-              return fail(TooLarge("prompt_tokens.ids", kMaxAppendTokens));
-            }
-            if (absl::Status st = CheckTokens(in.prompt_tokens, m.vocab_,
-                                              "prompt_tokens.ids");
-                !st.ok()) {
-              return fail(st);
-            }
             prompt.insert(prompt.end(), in.prompt_tokens.begin(),
                           in.prompt_tokens.end());
             prompt_units = in.prompt_tokens.size();

@@ -820,13 +820,22 @@ TEST_F(SessionManagerTest, AReplayOrARefusedGenerateLeavesTheWriterAlone) {
   GenerateOutcome again;
   EXPECT_EQ(Generate("r", true, "gen-1", &again), tokens);
   EXPECT_TRUE(again.replayed);
-  // Refused at once: a stale offset, and too many tokens.
-  for (int variant = 0; variant < 2; ++variant) {
+  // Refused at once: a stale offset, too many tokens, a prompt token
+  // outside the vocabulary, a prompt that is not UTF-8.
+  for (int variant = 0; variant < 4; ++variant) {
     GenerateInput in;
     in.request_id = absl::StrCat("refused-", variant);
     in.commit = true;
     if (variant == 0) in.expected_input_offset = 1;
     if (variant == 1) in.max_tokens = 1 << 30;
+    if (variant == 2) {
+      in.prompt_kind = GenerateInput::Prompt::kTokens;
+      in.prompt_tokens = {1, 100000};
+    }
+    if (variant == 3) {
+      in.prompt_kind = GenerateInput::Prompt::kText;
+      in.prompt_text = "ok\xFF";
+    }
     EXPECT_FALSE(GenerateStatus("r", in).ok()) << variant;
   }
   EXPECT_FALSE(superseded->HasBeenNotified());
