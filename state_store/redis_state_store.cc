@@ -497,6 +497,7 @@ class RedisStateStore final : public StateStore {
     const std::string index = IndexKey(req.tenant);
     ListSessionsPage page;
     std::string from = after.empty() ? "-" : absl::StrCat("(", after);
+    int scanned = 0;
     while (true) {
       SS_ASSIGN_OR_RETURN(std::vector<Reply> r,
                           client_->Run(index, {{"ZRANGEBYLEX", index, from, "+",
@@ -505,6 +506,12 @@ class RedisStateStore final : public StateStore {
       if (ids->type != REDIS_REPLY_ARRAY) return Unexpected(Str(ids));
       for (size_t i = 0; i < ids->elements; ++i) {
         const SessionKey key{req.tenant, Str(ids->element[i])};
+        if (scanned++ == std::max(options_.max_list_scan, 1)) {
+          // Read enough for one call: the rest from after the last read.
+          page.next_page_token = store_internal::MakePageToken(
+              from.size() > 1 ? from.substr(1) : std::string());
+          return page;
+        }
         from = absl::StrCat("(", key.session_id);
         auto head = GetHead(key);
         if (!head.ok()) {

@@ -57,6 +57,10 @@ struct RedisStateStoreOptions {
   absl::Duration durability_timeout = absl::Seconds(1);
   // Idle connections kept per Redis node.
   int max_idle_connections_per_node = 8;
+  // Sessions one ListSessions call reads (a head each) before it returns
+  // what it has with a next_page_token: a label filter that matches
+  // nothing must not read a whole tenant's index in one call. >= 1.
+  int max_list_scan = 2000;
   // Time for created/updated stamps and retry deadlines (TTLs and leases use
   // Redis's own clock). Not owned. nullptr = Clock::Real().
   Clock* clock = nullptr;
