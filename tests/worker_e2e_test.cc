@@ -516,7 +516,22 @@ TEST_F(WorkerE2eTest, BadInputGetsTypedErrors) {
   EXPECT_EQ(Generate(g).status.code(), absl::StatusCode::kFailedPrecondition);
   g.mutable_sampling()->set_top_p(2);
   g.mutable_prompt_tokens()->add_ids(1);
-  EXPECT_EQ(Generate(g).status.code(), absl::StatusCode::kInvalidArgument);
+  st = Generate(g).status;
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GetErrorMetadata(st, "field"), "sampling.top_p") << st;
+  g.mutable_sampling()->clear_top_p();
+  g.add_stop_tokens(999);
+  st = Generate(g).status;
+  EXPECT_EQ(GetReason(st), Reason::kInvalidToken) << st;
+  EXPECT_EQ(GetErrorMetadata(st, "field"), "stop_tokens") << st;
+  EXPECT_EQ(GetErrorMetadata(st, "vocab_size"), "256") << st;
+  // An id beyond int32 is reported as sent.
+  g.clear_stop_tokens();
+  g.mutable_prompt_tokens()->add_ids(4000000000u);
+  st = Generate(g).status;
+  EXPECT_EQ(GetReason(st), Reason::kInvalidToken) << st;
+  EXPECT_EQ(GetErrorMetadata(st, "token"), "4000000000") << st;
+  EXPECT_EQ(GetErrorMetadata(st, "field"), "prompt_tokens.ids") << st;
 
   v1::CreateSessionRequest create;
   create.set_request_id("wrong-model");

@@ -31,12 +31,23 @@ absl::Status BadField(absl::string_view field, absl::string_view why) {
                    {{"field", std::string(field)}});
 }
 
-std::vector<int32_t> Ids(const v1::Tokens& t) {
+// INVALID_TOKEN for an id beyond int32, which no vocabulary holds (smaller
+// ones are checked against the model's vocabulary downstream), reported as
+// sent.
+absl::Status WideToken(uint32_t id, absl::string_view field) {
+  return MakeError(
+      absl::StatusCode::kInvalidArgument, Reason::kInvalidToken,
+      absl::StrCat(field, ": token ", id, " is outside the vocabulary"),
+      {{"token", absl::StrCat(id)}, {"field", std::string(field)}});
+}
+
+absl::StatusOr<std::vector<int32_t>> Ids(const v1::Tokens& t,
+                                         absl::string_view field) {
   std::vector<int32_t> out;
   out.reserve(t.ids_size());
   for (uint32_t id : t.ids()) {
-    // Ids beyond int32 map to -1: rejected as INVALID_TOKEN downstream.
-    out.push_back(id > INT32_MAX ? -1 : static_cast<int32_t>(id));
+    if (id > INT32_MAX) return WideToken(id, field);
+    out.push_back(static_cast<int32_t>(id));
   }
   return out;
 }
@@ -175,7 +186,7 @@ class AppendReactor final
       in.text = r.text_utf8();
     } else if (r.has_tokens()) {
       in.kind = AppendInput::Kind::kTokens;
-      in.tokens = Ids(r.tokens());
+      SS_ASSIGN_OR_RETURN(in.tokens, Ids(r.tokens(), "tokens.ids"));
     }
     in.flush = r.flush();
     in.checkpoint = r.checkpoint();
@@ -338,7 +349,8 @@ class GenerateReactor final
       in.prompt_text = r.prompt_text_utf8();
     } else if (r.has_prompt_tokens()) {
       in.prompt_kind = GenerateInput::Prompt::kTokens;
-      in.prompt_tokens = Ids(r.prompt_tokens());
+      SS_ASSIGN_OR_RETURN(in.prompt_tokens,
+                          Ids(r.prompt_tokens(), "prompt_tokens.ids"));
     }
     const v1::SamplingParams& sp = r.sampling();
     engine::SamplingParams& p = in.sampling;
@@ -361,9 +373,9 @@ class GenerateReactor final
                        {{"field", "sampling.logit_bias"}, {"limit", "1024"}});
     }
     for (const auto& [token, bias] : sp.logit_bias()) {
-      p.logit_bias.emplace_back(
-          token > INT32_MAX ? -1 : static_cast<int32_t>(token),
-          bias <= -1e9f ? -INFINITY : bias);
+      if (token > INT32_MAX) return WideToken(token, "sampling.logit_bias");
+      p.logit_bias.emplace_back(static_cast<int32_t>(token),
+                                bias <= -1e9f ? -INFINITY : bias);
     }
     std::sort(p.logit_bias.begin(), p.logit_bias.end());
     if (sp.has_seed()) {
@@ -376,7 +388,8 @@ class GenerateReactor final
                        {{"field", "stop_tokens"}, {"limit", "64"}});
     }
     for (uint32_t t : r.stop_tokens()) {
-      p.stop_tokens.push_back(t > INT32_MAX ? -1 : static_cast<int32_t>(t));
+      if (t > INT32_MAX) return WideToken(t, "stop_tokens");
+      p.stop_tokens.push_back(static_cast<int32_t>(t));
     }
     if (r.stop_strings_size() > 16) {
       return MakeError(absl::StatusCode::kInvalidArgument,
@@ -575,7 +588,15 @@ class ScoreReactor final : public grpc::ServerUnaryReactor {
     }
     in.is_text = req->has_text_utf8();
     in.text = req->text_utf8();
-    if (req->has_tokens()) in.tokens = Ids(req->tokens());
+    if (req->has_tokens()) {
+      auto ids = Ids(req->tokens(), "tokens.ids");
+      if (!ids.ok()) {
+        CountError(models_->default_manager(), ids.status());
+        Finish(ToGrpcStatus(ids.status()));
+        return;
+      }
+      in.tokens = *std::move(ids);
+    }
     in.top_logprobs = static_cast<int>(req->top_logprobs());
     models_->ForSessionAsync(
         *tenant, req->session_id(),

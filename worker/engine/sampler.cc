@@ -54,8 +54,20 @@ uint64_t GetU64(const char* p) {
   return v;
 }
 
-absl::Status BadParam(absl::string_view msg) {
-  return InvalidArgumentError(Reason::kInvalidArgument, msg);
+// INVALID_ARGUMENT naming the request field (metadata `field`).
+absl::Status BadParam(absl::string_view field, absl::string_view msg) {
+  return MakeError(absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
+                   absl::StrCat(field, ": ", msg),
+                   {{"field", std::string(field)}});
+}
+
+absl::Status BadToken(int32_t token, int vocab_size, absl::string_view field) {
+  return MakeError(absl::StatusCode::kInvalidArgument, Reason::kInvalidToken,
+                   absl::StrCat(field, ": token ", token, " is outside [0, ",
+                                vocab_size, ")"),
+                   {{"token", absl::StrCat(token)},
+                    {"vocab_size", absl::StrCat(vocab_size)},
+                    {"field", std::string(field)}});
 }
 
 absl::Status Corrupt(absl::string_view msg) {
@@ -125,39 +137,35 @@ size_t FirstIndexOf(const float* x, size_t n, float max) {
 
 absl::Status Validate(const SamplingParams& p, int vocab_size) {
   if (!(p.temperature >= 0.0f) || std::isinf(p.temperature)) {
-    return BadParam("temperature must be finite and >= 0");
+    return BadParam("sampling.temperature", "must be finite and >= 0");
   }
-  if (p.top_k < 0) return BadParam("top_k must be >= 0 (0 = off)");
+  if (p.top_k < 0) return BadParam("sampling.top_k", "must be >= 0 (0 = off)");
   if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) {
-    return BadParam("top_p must be in (0, 1]");
+    return BadParam("sampling.top_p", "must be in (0, 1]");
   }
   if (!(p.min_p >= 0.0f && p.min_p <= 1.0f)) {
-    return BadParam("min_p must be in [0, 1]");
+    return BadParam("sampling.min_p", "must be in [0, 1]");
   }
-  if (!std::isfinite(p.presence_penalty) ||
-      !std::isfinite(p.frequency_penalty)) {
-    return BadParam("penalties must be finite");
+  if (!std::isfinite(p.presence_penalty)) {
+    return BadParam("sampling.presence_penalty", "must be finite");
+  }
+  if (!std::isfinite(p.frequency_penalty)) {
+    return BadParam("sampling.frequency_penalty", "must be finite");
   }
   if (!(p.penalty_decay >= 0.0f && p.penalty_decay <= 1.0f)) {
-    return BadParam("penalty_decay must be in [0, 1]");
+    return BadParam("sampling.penalty_decay", "must be in [0, 1]");
   }
   for (const auto& [token, bias] : p.logit_bias) {
     if (token < 0 || token >= vocab_size) {
-      return InvalidArgumentError(
-          Reason::kInvalidToken,
-          absl::StrCat("logit_bias token ", token, " is outside [0, ",
-                       vocab_size, ")"));
+      return BadToken(token, vocab_size, "sampling.logit_bias");
     }
     if (std::isnan(bias) || bias == std::numeric_limits<float>::infinity()) {
-      return BadParam("logit_bias must not be NaN or +inf");
+      return BadParam("sampling.logit_bias", "must not be NaN or +inf");
     }
   }
   for (int32_t token : p.stop_tokens) {
     if (token < 0 || token >= vocab_size) {
-      return InvalidArgumentError(
-          Reason::kInvalidToken,
-          absl::StrCat("stop token ", token, " is outside [0, ", vocab_size,
-                       ")"));
+      return BadToken(token, vocab_size, "stop_tokens");
     }
   }
   return absl::OkStatus();
