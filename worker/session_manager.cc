@@ -562,6 +562,23 @@ class SessionManager::Impl {
     }
   }
 
+  // Ends the call attached as the session's writer now, with `why`, ahead
+  // of what the strand still runs: a delete would otherwise wait (holding
+  // a service thread) for a committing generation to run to its end.
+  void EndWriter(Session* s, absl::Status why) {
+    std::function<void(const absl::Status&)> superseded;
+    {
+      absl::MutexLock lock(&s->mu);
+      superseded = std::move(s->superseded);
+      s->superseded = nullptr;
+    }
+    if (superseded) {
+      pool_.Post([superseded = std::move(superseded), why = std::move(why)] {
+        superseded(why);
+      });
+    }
+  }
+
   absl::Status GoneError(Session* s) {
     Session::Gone gone;
     {
@@ -1520,6 +1537,9 @@ absl::Status SessionManager::DeleteOnce(const std::string& tenant,
   }
   absl::Status st;
   if (s != nullptr) {
+    // The live writer (an Append, or a committing generation) ends first,
+    // with the NOT_FOUND the API promises open calls of a deleted session.
+    m.EndWriter(s.get(), NotFound(session_id));
     st = m.RunSync<absl::Status>(s, [&] {
       m.Drop(s.get(), Session::Gone::kDeleted);
       return m.store_->DeleteSession(key);

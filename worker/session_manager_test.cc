@@ -846,6 +846,43 @@ TEST_F(SessionManagerTest, AReplayOrARefusedGenerateLeavesTheWriterAlone) {
   ASSERT_TRUE(Close(live).ok());
 }
 
+// A delete does not wait for a committing generation to run to its end (it
+// would hold a service thread all along): the generation's call ends at
+// once, uncommitted, and the session is gone.
+TEST_F(SessionManagerTest, ADeleteEndsARunningGeneration) {
+  SessionManagerOptions o;
+  o.max_generate_tokens = 1 << 20;
+  Start(o);
+  Create("g");
+  auto w = Open("g");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  GenerateInput in;
+  in.request_id = "long";
+  in.commit = true;
+  in.max_tokens = 1 << 20;  // minutes of work
+  in.sampling.seed = 1;
+  in.has_seed = true;
+  auto first = std::make_shared<absl::Notification>();
+  auto ended = std::make_shared<absl::Notification>();
+  auto outcome = std::make_shared<absl::StatusOr<GenerateOutcome>>();
+  manager_->Generate(
+      "t", "g", in,
+      [first](const GeneratedPiece&) {
+        if (!first->HasBeenNotified()) first->Notify();
+      },
+      [ended, outcome](absl::StatusOr<GenerateOutcome> o) {
+        *outcome = std::move(o);
+        ended->Notify();
+      });
+  first->WaitForNotification();
+  ASSERT_TRUE(manager_->DeleteSession("t", "g", false, "delete-g").ok());
+  ASSERT_TRUE(ended->WaitForNotificationWithTimeout(absl::Seconds(60)));
+  EXPECT_FALSE(outcome->ok());
+  EXPECT_EQ(GetReason(manager_->GetSession("t", "g").status()),
+            Reason::kSessionNotFound);
+}
+
 // A periodic checkpoint of a committing generation is written but its
 // reply is lost (and the store unreadable right after): the generation goes
 // on, its final commit adopts that version, and the session ends exactly
