@@ -553,7 +553,10 @@ class RedisStateStore final : public StateStore {
 
   absl::Status DeleteSession(const SessionKey& key) override {
     SS_RETURN_IF_ERROR(store_internal::ValidateKey(key));
-    SS_ASSIGN_OR_RETURN(Reply r, Eval(key, kDelete, {}));
+    // The nonce makes the call idempotent across the client's own resends
+    // (a reply lost, the pipeline sent again): see kLuaDelete.
+    // (Kept a minute: far longer than the client retries one call.)
+    SS_ASSIGN_OR_RETURN(Reply r, Eval(key, kDelete, {NewNonce(), "60000"}));
     if (Str(r->element[0]) == "NOTFOUND") {
       return store_internal::SessionNotFound(key);
     }

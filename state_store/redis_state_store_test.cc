@@ -15,6 +15,7 @@
 #include "absl/time/clock.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
+#include "state_store/internal/redis_scripts.h"
 #include "state_store/testing/redis_harness.h"
 #include "state_store/testing/state_store_contract.h"
 
@@ -367,6 +368,34 @@ TEST(RedisStateStoreTest, RefusedWritesAreUnavailable) {
   auto committed = store->Commit(r);
   ASSERT_TRUE(committed.ok()) << committed.status();
   EXPECT_EQ(committed->version.version, c->version.version + 1);
+}
+
+// The delete script sent twice with the same nonce (the client resends a
+// pipeline whose reply it lost) answers OK both times; another call after
+// the deletion still gets NOTFOUND.
+TEST(RedisStateStoreTest, ADeleteResentAfterALostReplyIsOk) {
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  ASSERT_TRUE(store->CreateSession(NewSession("d", Durability::kMemory)).ok());
+  const std::string p = "ss:{acme/d}:";
+  const std::string src =
+      absl::StrCat(store_internal::kLuaPrelude, store_internal::kLuaDelete);
+  auto run = [&](const std::string& nonce) {
+    return server->Command({"EVAL", src, "3", p + "head", p + "fence",
+                            p + "lease", p, "60000", "0", nonce, "60000"});
+  };
+  auto first = run("n1");
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(*first, "OK");
+  auto resent = run("n1");
+  ASSERT_TRUE(resent.ok()) << resent.status();
+  EXPECT_EQ(*resent, "OK");
+  auto other = run("n2");
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_EQ(*other, "NOTFOUND");
+  EXPECT_EQ(GetReason(store->DeleteSession({"acme", "d"})),
+            Reason::kSessionNotFound);
 }
 
 // A label filter that matches almost nothing reads at most max_list_scan

@@ -172,16 +172,26 @@ touch_session()
 return {'OK'}
 )lua";
 
-// KEYS: head, fence, lease.
+// KEYS: head, fence, lease. ARGV[4] the call's nonce, ARGV[5] ms: a deletion
+// leaves the nonce behind that long (P .. 'deleted'), so the same call sent
+// again after a lost reply is OK, not NOTFOUND.
 inline constexpr char kLuaDelete[] = R"lua(
 local m = redis.call('HMGET', P .. 'head', 'version', 'oldest')
-if not m[1] then return {'NOTFOUND'} end
+if not m[1] then
+  if ARGV[4] ~= '' and redis.call('GET', P .. 'deleted') == ARGV[4] then
+    return {'OK'}
+  end
+  return {'NOTFOUND'}
+end
 for n = tonumber(m[2]), tonumber(m[1]) do
   local keys = version_keys(n)
   if #keys > 0 then redis.call('DEL', unpack(keys)) end
 end
 redis.call('DEL', P .. 'head', P .. 'lease')
 redis.call('PEXPIRE', P .. 'fence', ARGV[2])
+if ARGV[4] ~= '' then
+  redis.call('SET', P .. 'deleted', ARGV[4], 'PX', ARGV[5])
+end
 return {'OK'}
 )lua";
 
