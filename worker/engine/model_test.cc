@@ -664,6 +664,32 @@ TEST(ModelTest, RandomModelsOfOtherShapesRoundTrip) {
 
 // An unknown kernel build is a typed error naming the builds, for every
 // architecture's loader.
+// Legal shapes far past any RWKV (they would size buffers and states in
+// gigabytes) are INVALID_MODEL_FILE at load, not a bad_alloc later.
+TEST(ModelTest, ShapesPastTheEnginesLimitsAreRefused) {
+  for (RandomModelSpec spec :
+       {RandomModelSpec{
+            .n_layer = 1, .n_embd = 512, .vocab_size = 64, .head_size = 512},
+        RandomModelSpec{.n_layer = 1,
+        .n_embd = 32,
+        .vocab_size = 64,
+        .head_size = 32,
+        .dim_ffn = 32 * 17},
+        RandomModelSpec{.n_layer = 1,
+        .n_embd = 32,
+        .vocab_size = 64,
+        .head_size = 32,
+        .d_decay = 4100}}) {
+    auto tensors = RandomRwkv7(spec);
+    ASSERT_TRUE(tensors.ok()) << tensors.status();
+    const std::string path = TempPath("limits.safetensors");
+    ASSERT_TRUE(WriteCheckpoint(path, *tensors, DType::kBF16).ok());
+    auto m = LoadModel(path);
+    std::remove(path.c_str());
+    EXPECT_EQ(GetReason(m.status()), Reason::kInvalidModelFile) << m.status();
+  }
+}
+
 TEST(ModelTest, UnknownKernelBuildIsInvalidArgument) {
   SS_REQUIRE_SHARED_DATA();
   for (const char* file :

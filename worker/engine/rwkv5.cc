@@ -167,6 +167,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv5(
                                        c.head_size, "] but n_embd is ",
                                        c.n_embd));
   }
+  SS_RETURN_IF_ERROR(rwkv::CheckHeads(c));
   info.state_floats = static_cast<int64_t>(c.n_layer) *
                       (2 * c.n_embd + static_cast<int64_t>(c.n_head) *
                                           c.head_size * c.head_size);

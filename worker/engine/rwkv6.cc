@@ -254,6 +254,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv6(
                                        c.head_size, "] but n_embd is ",
                                        c.n_embd));
   }
+  SS_RETURN_IF_ERROR(rwkv::CheckHeads(c));
   int unused, mix5;
   SS_RETURN_IF_ERROR(
       rwkv::Dims2(loader, "blocks.0.att.time_maa_w1", &unused, &mix5));
@@ -263,6 +264,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadRwkv6(
   c.d_mix = mix5 / kMixes;
   SS_RETURN_IF_ERROR(
       rwkv::Dims2(loader, "blocks.0.att.time_decay_w1", &unused, &c.d_decay));
+  SS_RETURN_IF_ERROR(rwkv::CheckHeads(c, {c.d_mix, c.d_decay}));
   info.state_floats = static_cast<int64_t>(c.n_layer) *
                       (2 * c.n_embd + static_cast<int64_t>(c.n_head) *
                                           c.head_size * c.head_size);

@@ -387,6 +387,8 @@ absl::StatusOr<ModelConfig> ReadRwkv7Config(const WeightFile& file,
                                        c.head_size, "] but n_embd is ",
                                        c.n_embd));
   }
+  SS_RETURN_IF_ERROR(
+      rwkv::CheckHeads(c, {c.d_decay, c.d_aaa, c.d_gate, c.d_mv}));
   return c;
 }
 

@@ -371,7 +371,35 @@ absl::Status ReadCommonConfig(const WeightFile& file, WeightLoader& ld,
   c->n_layer = max_block + 1;
   int unused;
   SS_RETURN_IF_ERROR(Dims2(ld, "emb.weight", &c->vocab_size, &c->n_embd));
-  return Dims2(ld, "blocks.0.ffn.key.weight", &c->dim_ffn, &unused);
+  SS_RETURN_IF_ERROR(
+      Dims2(ld, "blocks.0.ffn.key.weight", &c->dim_ffn, &unused));
+  // Legal shapes far past any RWKV (the largest: C 5,120, F 4C, vocab
+  // 65,536) would size per-call buffers in gigabytes: refuse them here.
+  if (c->n_embd > kMaxEmbd || c->dim_ffn > 16 * c->n_embd ||
+      c->vocab_size > kMaxVocab) {
+    return BadModel(absl::StrCat(
+        "n_embd ", c->n_embd, ", dim_ffn ", c->dim_ffn, ", vocab ",
+        c->vocab_size, " exceed what the engine takes (n_embd <= ", kMaxEmbd,
+        ", dim_ffn <= 16 n_embd, vocab <= ", kMaxVocab, ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckHeads(const ModelConfig& c,
+                        std::initializer_list<int> lora_ranks) {
+  if (c.head_size > kMaxHeadSize) {
+    return BadModel(absl::StrCat("head_size ", c.head_size,
+                                 " exceeds what the engine takes (",
+                                 kMaxHeadSize, ")"));
+  }
+  for (int rank : lora_ranks) {
+    if (rank > kMaxLoraRank) {
+      return BadModel(absl::StrCat("a LoRA rank of ", rank,
+                                   " exceeds what the engine takes (",
+                                   kMaxLoraRank, ")"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 std::string Fingerprint(const ModelConfig& c, const WeightLoader& ld) {

@@ -331,10 +331,21 @@ struct EngineSetup {
 };
 absl::StatusOr<EngineSetup> ResolveEngineOptions(const ModelOptions& options);
 
+// Shapes the engine refuses (INVALID_MODEL_FILE) although a file may hold
+// them: far past any RWKV release, they would size per-call buffers and
+// states in gigabytes.
+inline constexpr int kMaxEmbd = 32768;
+inline constexpr int kMaxVocab = 1 << 21;
+inline constexpr int kMaxHeadSize = 256;
+inline constexpr int kMaxLoraRank = 4096;
+
 // n_layer (largest blocks.<i> index + 1), n_embd and vocab (emb.weight) and
-// dim_ffn (blocks.0.ffn.key.weight).
+// dim_ffn (blocks.0.ffn.key.weight), within the limits above.
 absl::Status ReadCommonConfig(const WeightFile& file, WeightLoader& ld,
                               ModelConfig* c);
+// The head size and the given LoRA ranks within the limits above.
+absl::Status CheckHeads(const ModelConfig& c,
+                        std::initializer_list<int> lora_ranks = {});
 // The two dimensions of a non-empty 2-D tensor.
 absl::Status Dims2(WeightLoader& ld, const std::string& name, int* d0, int* d1);
 absl::Status BadModel(absl::string_view what);
