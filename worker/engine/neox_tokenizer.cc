@@ -235,8 +235,9 @@ void NeoxTokenizer::Bpe(absl::string_view word,
     int32_t id;
     int32_t prev, next;  // -1: none
   };
-  std::vector<Symbol> sym;
-  sym.reserve(word.size());
+  // Reused across calls (no allocation per word on the hot path).
+  thread_local std::vector<Symbol> sym;
+  sym.clear();
   for (char ch : word) {
     const int32_t id = byte_id_[static_cast<uint8_t>(ch)];
     if (id < 0) continue;  // not reached: Init requires every byte's token
@@ -253,7 +254,8 @@ void NeoxTokenizer::Bpe(absl::string_view word,
       return rank != o.rank ? rank > o.rank : left > o.left;
     }
   };
-  std::vector<Candidate> heap;
+  thread_local std::vector<Candidate> heap;
+  heap.clear();
   auto consider = [&](int32_t left) {
     if (left < 0 || sym[left].next < 0) return;
     const int32_t right = sym[left].next;
@@ -268,21 +270,19 @@ void NeoxTokenizer::Bpe(absl::string_view word,
   for (int32_t i = 0; i + 1 < static_cast<int32_t>(sym.size()); ++i) {
     consider(i);
   }
-  std::vector<bool> gone(sym.size(), false);
   while (!heap.empty()) {
     std::pop_heap(heap.begin(), heap.end(), std::greater<Candidate>());
     const Candidate c = heap.back();
     heap.pop_back();
     Symbol& l = sym[c.left];
-    if (gone[c.left] || l.id != c.left_id || l.next < 0 ||
-        sym[l.next].id != c.right_id) {
+    if (l.id != c.left_id || l.next < 0 || sym[l.next].id != c.right_id) {
       continue;  // stale: a merge changed the pair since
     }
     const int32_t right = l.next;
     l.id = c.merged;
     l.next = sym[right].next;
     if (l.next >= 0) sym[l.next].prev = c.left;
-    gone[right] = true;
+    sym[right].id = -1;  // merged away: its candidates are stale
     consider(l.prev);
     consider(c.left);
   }
@@ -391,10 +391,14 @@ size_t NeoxTokenizer::ForcedCut(const std::string& text, size_t from) const {
     }
   }
   // Walk the characters from `from`, remembering the last position up to
-  // `limit` where a pre-token surely ends (the class changes between two
-  // non-space characters, not inside a contraction, at an NFC boundary)
-  // and the last mere character boundary (NFC-safe) as a fallback.
-  size_t best = from, fallback = from;
+  // `limit` where a pre-token surely ends: an NFC boundary (the two sides
+  // normalize apart) where the class changes between two non-space
+  // characters, not inside a contraction, and the earlier character keeps
+  // its class through NFC (a starter beginning its own segment: in "e"
+  // U+0301 "x" the mark joins the "e", and "éx" is one letter run).
+  // Fallbacks, where no such point exists: the last NFC boundary, else the
+  // last character boundary at all (text of combining marks only).
+  size_t best = from, nfc_safe = from, any = from;
   CharClass prev_class = CharClass::kSpace;
   UChar32 prev = -1;
   for (size_t i = from; i < text.size();) {
@@ -403,19 +407,24 @@ size_t NeoxTokenizer::ForcedCut(const std::string& text, size_t from) const {
     U8_NEXT(text.data(), i, text.size(), c);
     if (at > limit) break;
     const CharClass cls = c < 0 ? CharClass::kOther : Classify(c);
-    const bool boundary =
-        at > from && c >= 0 && unorm2_hasBoundaryBefore(nfc, c);
-    if (boundary && !inside[at]) {
-      fallback = at;
-      if (cls != prev_class && cls != CharClass::kSpace &&
-          prev_class != CharClass::kSpace && prev != '\'') {
-        best = at;
+    if (at > from && !inside[at]) {
+      any = at;
+      if (c >= 0 && unorm2_hasBoundaryBefore(nfc, c)) {
+        nfc_safe = at;
+        const bool prev_keeps_class = prev >= 0 &&
+                                      u_getCombiningClass(prev) == 0 &&
+                                      unorm2_hasBoundaryBefore(nfc, prev);
+        if (prev_keeps_class && cls != prev_class && cls != CharClass::kSpace &&
+            prev_class != CharClass::kSpace && prev != '\'') {
+          best = at;
+        }
       }
     }
     prev_class = cls;
     prev = c;
   }
-  return best > from ? best : fallback;
+  if (best > from) return best;
+  return nfc_safe > from ? nfc_safe : any;
 }
 
 absl::Status NeoxTokenizer::Init(const nlohmann::json& j) {

@@ -218,6 +218,21 @@ TEST_F(NeoxTokenizerTest, TextWithoutWhitespaceKeepsTheTailBounded) {
   EXPECT_LE(longest, size_t{64 << 10});
   EXPECT_EQ(ids, tokenizer_->Encode(json));
 
+  // Decomposed text (NFD): a combining mark joins the letter before it, and
+  // the run after it, into one letter run, so no cut falls between them.
+  // (About 15 forced cuts at varying points of the 5-byte period: a cut
+  // between U+0301 and "s" would split the run "és", one token whole.)
+  std::string nfd;
+  while (nfd.size() < 1000000) absl::StrAppend(&nfd, "e\xCC\x81s1");
+  EXPECT_EQ(Stream(*tokenizer_, nfd, {4093, 4099, 4111}),
+            tokenizer_->Encode(nfd));
+  // One letter run once composed: no exact cut exists; cut anyway between
+  // starters, the text still decodes to the whole text's.
+  std::string run;
+  while (run.size() < 200000) absl::StrAppend(&run, "ae\xCC\x81x");
+  EXPECT_EQ(*tokenizer_->Decode(Stream(*tokenizer_, run, {4096})),
+            *tokenizer_->Decode(tokenizer_->Encode(run)));
+
   const std::string word(200000, 'a');
   EXPECT_EQ(*tokenizer_->Decode(tokenizer_->Encode(word)), word);
   tail.clear();
