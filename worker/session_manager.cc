@@ -1280,7 +1280,7 @@ class SessionManager::Impl {
           SS_ASSIGN_OR_RETURN(alike, same(h, r));
         }
         if (!alike) return DuplicateRequest(request_id);
-        Remember(tenant, request_id, r.key.session_id, digest);
+        Remember(tenant, request_id, r.key.session_id, digest, 1);
         SS_ASSIGN_OR_RETURN(h.head.durability,
                             CreatedDurability(r.key, h.head.version,
                                               h.head.durability, r.durability));
@@ -1294,11 +1294,11 @@ class SessionManager::Impl {
       // request's: a retry returns it. (A session that merely exists under
       // the id may be another request's.)
       if (WrittenBelowDurability(res.status())) {
-        Remember(tenant, request_id, r.key.session_id, digest);
+        Remember(tenant, request_id, r.key.session_id, digest, 1);
       }
       return res.status();
     }
-    Remember(tenant, request_id, r.key.session_id, digest);
+    Remember(tenant, request_id, r.key.session_id, digest, 1);
     return ViewOfHead(res->session);
   }
 
@@ -1555,25 +1555,27 @@ absl::StatusOr<SessionView> SessionManager::Retried(
     const std::string& tenant, const std::string& session_id, uint64_t version,
     Durability durability) {
   Impl& m = *impl_;
+  // No lease is needed to raise a version's durability (and taking one
+  // would fence a writer that holds the session elsewhere by now).
+  std::optional<Durability> reached;
   if (version != 0) {
-    SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
-                        m.Resident({tenant, session_id}));
-    SS_RETURN_IF_ERROR(m.RunSync<absl::Status>(s, [&]() -> absl::Status {
-      SS_RETURN_IF_ERROR(m.GoneError(s.get()));
-      if (s->head.head.version == version) {
-        return m.RaiseHeadDurability(s.get(), durability);
-      }
-      auto v = m.store_->AwaitDurability(s->key, version, durability);
-      // A version no longer kept was followed by others: the session went
-      // on from it, which is all a retry can still ask.
-      if (!v.ok() && !(absl::IsNotFound(v.status()) &&
-                       GetReason(v.status()) == Reason::kVersionMismatch)) {
-        return v.status();
-      }
-      return absl::OkStatus();
-    }));
+    auto v =
+        m.store_->AwaitDurability({tenant, session_id}, version, durability);
+    // A version no longer kept was followed by others: the session went on
+    // from it, which is all a retry can still ask.
+    if (!v.ok() && !(absl::IsNotFound(v.status()) &&
+                     GetReason(v.status()) == Reason::kVersionMismatch)) {
+      return v.status();
+    }
+    if (v.ok()) reached = v->durability;
   }
-  return GetSession(tenant, session_id);
+  SS_ASSIGN_OR_RETURN(SessionView view, GetSession(tenant, session_id));
+  // A resident copy learns the level at its next commit or checkpoint; the
+  // answer says it now.
+  if (reached && view.version == version && *reached > view.durability) {
+    view.durability = *reached;
+  }
+  return view;
 }
 
 absl::StatusOr<std::vector<VersionInfo>> SessionManager::ListVersions(

@@ -18,6 +18,7 @@
 #include "worker/engine/random_model.h"
 #include "worker/engine/tokenizer.h"
 #include "worker/engine/weight_writer.h"
+#include "worker/request_memo.h"
 
 namespace statestream::worker {
 namespace {
@@ -317,6 +318,7 @@ TEST_F(SessionManagerTest, ARetryRaisesAWriteKeptBelowItsDurability) {
   CatchingUpStore store(inner.get());
   SessionManagerOptions o;
   o.owner = "raising-worker";
+  o.request_memo = std::make_shared<RequestMemo>(absl::Hours(1), 1000, nullptr);
   auto m = SessionManager::Create(o, model_.get(), tokenizer_.get(),
                                   scheduler_.get(), &store);
   ASSERT_TRUE(m.ok()) << m.status();
@@ -346,6 +348,34 @@ TEST_F(SessionManagerTest, ARetryRaisesAWriteKeptBelowItsDurability) {
   EXPECT_EQ(again->version, 3u);
   EXPECT_EQ(store.raised, 2);
   EXPECT_EQ(inner->GetHead({"t", "s"})->head.version, 3u);
+  // The same for an import that creates a session (its version 1).
+  CreateParams fresh;
+  fresh.session_id = "fresh";
+  fresh.durability = Durability::kReplicated;
+  fresh.request_id = "import-fresh";
+  EXPECT_EQ(DurabilityReachedOf(
+                manager.Import("t", blob, false, fresh, std::nullopt).status()),
+            Durability::kMemory);
+  auto created = manager.Import("t", blob, false, fresh, std::nullopt);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(created->durability, Durability::kReplicated);
+  EXPECT_EQ(store.raised, 3);
+  // A retry takes no lease: a worker that took the session over meanwhile
+  // keeps it, even when the retry reaches a manager (of the same process:
+  // one memo) that does not hold the session.
+  ASSERT_TRUE(
+      inner->AcquireLease({"t", "s"}, "other", absl::Seconds(60), true).ok());
+  SessionManagerOptions o2 = o;
+  o2.owner = "second-manager";
+  auto second = SessionManager::Create(o2, model_.get(), tokenizer_.get(),
+                                       scheduler_.get(), &store);
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_TRUE((*second)
+                  ->Rollback("t", "s", 1, std::nullopt, Durability::kReplicated,
+                             "rollback-kept")
+                  .ok());
+  EXPECT_EQ(inner->GetOwner({"t", "s"})->owner, "other");
+  (*second)->Drain();
   manager.Drain();
 }
 
