@@ -1538,8 +1538,11 @@ absl::Status SessionManager::DeleteOnce(const std::string& tenant,
   absl::Status st;
   if (s != nullptr) {
     // The live writer (an Append, or a committing generation) ends first,
-    // with the NOT_FOUND the API promises open calls of a deleted session.
-    m.EndWriter(s.get(), NotFound(session_id));
+    // ABORTED: the delete may still fail, so not NOT_FOUND yet; its retry
+    // gets NOT_FOUND once the session is gone.
+    m.EndWriter(s.get(),
+                MakeError(absl::StatusCode::kAborted, Reason::kSessionBusy,
+                          "the session is being deleted"));
     st = m.RunSync<absl::Status>(s, [&] {
       m.Drop(s.get(), Session::Gone::kDeleted);
       return m.store_->DeleteSession(key);
