@@ -358,11 +358,15 @@ grpc::Status SessionQuota(Gateway* gateway,
   if (limits == nullptr) return grpc::Status::OK;
   auto tenant = gateway->Tenant(ctx);
   if (!tenant.ok()) return ToGrpcStatus(tenant.status());
-  const std::string id = !session_id.empty() ? session_id
-                         : !request_id.empty()
-                             ? DerivedSessionId(*tenant, request_id)
-                             : "";
-  return ToGrpcStatus(limits->CheckNewSession(*tenant, id));
+  if (!session_id.empty()) {
+    return ToGrpcStatus(limits->CheckNewSession(*tenant, session_id));
+  }
+  // A derived id's session is this request's only within the workers'
+  // request-id window (their default, an hour); older, a worker creates a
+  // fresh session, so it would be one more.
+  return ToGrpcStatus(limits->CheckNewSession(
+      *tenant, request_id.empty() ? "" : DerivedSessionId(*tenant, request_id),
+      absl::Hours(1)));
 }
 
 // Every rpc is one line: route key and the stub method.

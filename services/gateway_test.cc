@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "common/clock.h"
 #include "common/grpc_status.h"
 #include "common/session_ids.h"
 #include "common/status.h"
@@ -372,10 +373,14 @@ TEST_F(GatewayTest, ACallNoWorkerCompletedIsUnavailable) {
 // A tenant at its session limit may still retry a create that succeeded
 // (its reply was lost): the session exists, so the create goes to a worker
 // (which returns it) instead of TENANT_LIMIT. A create of a new session is
-// refused.
+// refused, and so is a request id whose derived session is past the
+// request-id window.
 TEST_F(GatewayTest, ARetriedCreateAtTheSessionLimitReachesAWorker) {
-  std::shared_ptr<StateStore> store(
-      *NewMemoryStateStore(MemoryStateStoreOptions{}));
+  // The store's clock: "old" is created two hours back.
+  FakeClock clock(absl::Now() - absl::Hours(2));
+  MemoryStateStoreOptions store_options;
+  store_options.clock = &clock;
+  std::shared_ptr<StateStore> store(*NewMemoryStateStore(store_options));
   auto made = [&](const std::string& id) {
     CreateSessionRequest r;
     r.key = {"default", id};
@@ -383,6 +388,8 @@ TEST_F(GatewayTest, ARetriedCreateAtTheSessionLimitReachesAWorker) {
     r.initial_state.model_fingerprint = "fp";
     ASSERT_TRUE(store->CreateSession(r).ok());
   };
+  made(DerivedSessionId("default", "create-old"));
+  clock.Advance(absl::Hours(2));
   made("named");
   made(DerivedSessionId("default", "create-generated"));
   Script<grpc::Status(int, v1::Session*)>(&ScriptedWorker::create_session,
@@ -391,7 +398,7 @@ TEST_F(GatewayTest, ARetriedCreateAtTheSessionLimitReachesAWorker) {
                                             return grpc::Status::OK;
                                           });
   TenantLimitsOptions limits;
-  limits.defaults.max_sessions = 2;
+  limits.defaults.max_sessions = 3;
   GatewayOptions options;
   options.limits = std::make_shared<TenantLimits>(limits, store.get());
   Start(options, store);
@@ -410,6 +417,9 @@ TEST_F(GatewayTest, ARetriedCreateAtTheSessionLimitReachesAWorker) {
   EXPECT_EQ(calls_.load(), 2);
   EXPECT_EQ(GetReason(create("new", "create-new")), Reason::kTenantLimit);
   EXPECT_EQ(GetReason(create("", "create-other")), Reason::kTenantLimit);
+  // A request id reused past the workers' window (an hour): its derived
+  // session is another request's, and a worker would make a new one.
+  EXPECT_EQ(GetReason(create("", "create-old")), Reason::kTenantLimit);
   EXPECT_EQ(calls_.load(), 2);
 }
 

@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/status.h"
 #include "state_store/state_store.h"
 
@@ -222,7 +223,8 @@ int TenantLimits::open_streams(const std::string& tenant) const {
 }
 
 absl::Status TenantLimits::CheckNewSession(const std::string& tenant,
-                                           const std::string& session_id) {
+                                           const std::string& session_id,
+                                           absl::Duration max_age) {
   const int max = For(tenant).max_sessions;
   if (max <= 0 || store_ == nullptr) return absl::OkStatus();
   ListSessionsRequest request;
@@ -236,8 +238,11 @@ absl::Status TenantLimits::CheckNewSession(const std::string& tenant,
     request.page_token = page->next_page_token;
   } while (count < max && !request.page_token.empty());
   if (count >= max) {
-    if (!session_id.empty() && store_->GetHead({tenant, session_id}).ok()) {
-      return absl::OkStatus();
+    if (!session_id.empty()) {
+      auto head = store_->GetHead({tenant, session_id});
+      if (head.ok() && absl::Now() - head->created_at <= max_age) {
+        return absl::OkStatus();
+      }
     }
     return TenantLimitError("max_sessions", max, "too many sessions");
   }

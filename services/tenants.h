@@ -83,12 +83,15 @@ class TenantLimits {
   // live sessions in the store (listed, so it costs up to max_sessions head
   // reads; OK at once when unlimited or without a store), or at the limit
   // a session under `session_id` (the id the create will use, when known)
-  // exists already: that create is a retry of one that succeeded (or
-  // SESSION_EXISTS), not one more session.
+  // exists already, created at most `max_age` ago: that create is a retry
+  // of one that succeeded (or SESSION_EXISTS), not one more session. (A
+  // worker creates a fresh session for a request id whose derived session
+  // is older than its request-id window: pass that window as max_age.)
   // RESOURCE_EXHAUSTED/kTenantLimit (metadata limit=max_sessions, max) at
   // the limit; the store's errors (UNAVAILABLE) otherwise.
-  absl::Status CheckNewSession(const std::string& tenant,
-                               const std::string& session_id = "");
+  absl::Status CheckNewSession(
+      const std::string& tenant, const std::string& session_id = "",
+      absl::Duration max_age = absl::InfiniteDuration());
 
   // Streams `tenant` has open here.
   int open_streams(const std::string& tenant) const;
