@@ -571,11 +571,11 @@ class SessionsService final : public v1::Sessions::CallbackService {
         if (bad.ok() && kept > static_cast<uint64_t>(
                                    gateway_->options().max_import_bytes)) {
           bad = MakeError(
-              absl::StatusCode::kResourceExhausted, Reason::kMessageTooLarge,
+              absl::StatusCode::kInvalidArgument, Reason::kMessageTooLarge,
               absl::StrCat("the import is larger than the gateway takes (",
                            gateway_->options().max_import_bytes, " bytes)"),
-              {{"max_bytes",
-                absl::StrCat(gateway_->options().max_import_bytes)}});
+              {{"field", "chunk"},
+               {"limit", absl::StrCat(gateway_->options().max_import_bytes)}});
         }
         parts.push_back(std::move(msg));
       }

@@ -315,6 +315,31 @@ TEST_F(GatewayTest, AnImportOfEmptyMessagesIsRefused) {
   EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
 }
 
+// An import past the gateway's bound ends at once, MESSAGE_TOO_LARGE as
+// docs/errors.md has it (INVALID_ARGUMENT, field and limit).
+TEST_F(GatewayTest, AnImportPastTheGatewaysBoundIsMessageTooLarge) {
+  GatewayOptions options;
+  options.max_import_bytes = 4096;
+  Start(options);
+  grpc::ClientContext ctx;
+  v1::Session resp;
+  auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+  v1::ImportStateRequest header;
+  header.mutable_header()->set_request_id("r");
+  header.mutable_header()->set_mode(v1::IMPORT_MODE_CREATE);
+  header.mutable_header()->mutable_state()->set_total_bytes(1 << 20);
+  ASSERT_TRUE(writer->Write(header));
+  v1::ImportStateRequest chunk;
+  chunk.mutable_chunk()->set_data(std::string(8192, 'x'));
+  writer->Write(chunk);
+  writer->WritesDone();
+  const absl::Status st = FromGrpcStatus(writer->Finish());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_EQ(GetReason(st), Reason::kMessageTooLarge);
+  EXPECT_EQ(GetErrorMetadata(st, "limit"), "4096");
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
+}
+
 // A worker that failed one call (a suspect, avoided for a while) still
 // serves its models: ListModels lists them instead of answering that no
 // worker serves any.
