@@ -122,12 +122,10 @@ std::string NewNonce() {
                       absl::Hex(Rng()(), absl::kZeroPad16));
 }
 
-// The least fence a new lease or session may get (kLuaPrelude's
-// next_fence): the clock in ms times 1024 plus 10 random bits.
-std::string FenceFloor(absl::Time now) {
-  const int64_t ms = std::max<int64_t>(0, absl::ToUnixMillis(now));
-  return absl::StrCat(ms * 1024 + static_cast<int64_t>(Rng()() & 1023));
-}
+// 10 random bits added to the server's clock in a new fence (kLuaPrelude's
+// next_fence): two grants in one millisecond rarely collide even when the
+// counter went back.
+std::string FenceSalt() { return absl::StrCat(Rng()() & 1023); }
 
 VersionInfo ParseVersion(const Fields& f) {
   VersionInfo v;
@@ -281,7 +279,7 @@ class RedisStateStore final : public StateStore {
         "ttl_ms",      absl::StrCat(TtlMs(ttl)),
         "created_ms",  now,
         "updated_ms",  now};
-    std::vector<std::string> args = {nonce, FenceFloor(clock_->Now()),
+    std::vector<std::string> args = {nonce, FenceSalt(),
                                      absl::StrCat(head.size())};
     args.insert(args.end(), head.begin(), head.end());
     for (std::string& f : VersionFields(v, nonce)) args.push_back(std::move(f));
@@ -572,10 +570,9 @@ class RedisStateStore final : public StateStore {
     SS_RETURN_IF_ERROR(store_internal::ValidateTtl(ttl, "lease ttl"));
     if (ttl == absl::InfiniteDuration()) ttl = absl::Hours(24 * 365);
     const absl::Time start = clock_->Now();
-    SS_ASSIGN_OR_RETURN(
-        Reply r, Eval(key, kAcquire,
-                      {owner, absl::StrCat(TtlMs(ttl)), takeover ? "1" : "0",
-                       FenceFloor(start)}));
+    SS_ASSIGN_OR_RETURN(Reply r, Eval(key, kAcquire,
+                                      {owner, absl::StrCat(TtlMs(ttl)),
+                                       takeover ? "1" : "0", FenceSalt()}));
     const std::string outcome = Str(r->element[0]);
     if (outcome == "NOTFOUND") return store_internal::SessionNotFound(key);
     if (outcome == "BUSY") return store_internal::LeaseBusy(Str(r->element[1]));
@@ -862,17 +859,8 @@ class RedisStateStore final : public StateStore {
       }
       SS_ASSIGN_OR_RETURN(std::vector<Reply> r,
                           RunScript(prefix, script, keys, argv, wait));
-      const std::string outcome = Str(r[0]->element[0]);
-      if (outcome == "CHUNKS") continue;
-      if (outcome != "OK" && outcome != "DUP" && n > 0) {
-        // Refused (VERSION, FENCED, EXISTS, ...): nothing links these
-        // chunks. Free them now, not after pending_chunk_ttl: a writer
-        // retrying against a newer owner would otherwise fill the memory.
-        // (DUP's chunks are the first attempt's: same nonce, linked.)
-        Command del = {"DEL"};
-        for (uint32_t i = 0; i < n; ++i) del.push_back(keys[3 + i]);
-        client_->Run(prefix, {del}).IgnoreError();
-      }
+      // (A refused write's script deleted its chunks: drop_chunks.)
+      if (Str(r[0]->element[0]) == "CHUNKS") continue;
       if (reached != nullptr && r.size() > 1) ReadWait(r[1].get(), reached);
       return std::move(r[0]);
     }

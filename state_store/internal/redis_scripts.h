@@ -35,15 +35,25 @@ local function touch_session()
     for _, k in ipairs(version_keys(n)) do touch(k, ttl) end
   end
 end
--- The next fence: one more than the last, and at least `floor` (the
--- caller's clock in ms times 1024 plus 10 random bits). A counter that a
--- restart lost the tail of (appendfsync everysec) then cannot hand out a
--- fence it already gave another owner. A decimal string (exact: < 2^53).
-local function next_fence(floor)
+-- The next fence: one more than the last, and at least this server's
+-- clock in ms times 1024 plus `salt` (10 random bits from the caller). A
+-- counter that a restart lost the tail of (appendfsync everysec) then
+-- cannot hand out a fence it already gave another owner. A decimal string
+-- (exact: < 2^53).
+local function next_fence(salt)
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local last = tonumber(redis.call('GET', P .. 'fence') or '0')
-  local f = string.format('%.0f', math.max(last + 1, tonumber(floor)))
+  local f = string.format('%.0f', math.max(last + 1, ms * 1024 + tonumber(salt)))
   redis.call('SET', P .. 'fence', f)
   return f
+end
+-- A refused write's chunks (KEYS[4..]) go at once, unless the version they
+-- were written for (KEYS[3]) holds them: the same call resent after a lost
+-- reply, whose first send was committed.
+local function drop_chunks(nonce)
+  if redis.call('HGET', KEYS[3], 'nonce') == nonce then return end
+  for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
 end
 local function chunks_present()
   for i = 4, #KEYS do
@@ -53,9 +63,9 @@ local function chunks_present()
 end
 )lua";
 
-// KEYS: head, fence, v1, chunk keys. ARGV[4] nonce, ARGV[5] the fence
-// floor (next_fence), ARGV[6] number of head field/value arguments that
-// follow, then head pairs, then v1 pairs.
+// KEYS: head, fence, v1, chunk keys. ARGV[4] nonce, ARGV[5] the fence salt
+// (next_fence), ARGV[6] number of head field/value arguments that follow,
+// then head pairs, then v1 pairs.
 inline constexpr char kLuaCreate[] = R"lua(
 local head = P .. 'head'
 if redis.call('EXISTS', head) == 1 then
@@ -65,6 +75,7 @@ if redis.call('EXISTS', head) == 1 then
     touch_session()
     return {'DUP'}
   end
+  drop_chunks(ARGV[4])
   return {'EXISTS'}
 end
 if not chunks_present() then return {'CHUNKS'} end
@@ -88,7 +99,10 @@ return {'OK', fence}
 inline constexpr char kLuaCommit[] = R"lua(
 local head = P .. 'head'
 local ver = redis.call('HGET', head, 'version')
-if not ver then return {'NOTFOUND'} end
+if not ver then
+  drop_chunks(ARGV[7])
+  return {'NOTFOUND'}
+end
 ver = tonumber(ver)
 local expected = tonumber(ARGV[4])
 if ver == expected + 1 and redis.call('HGET', head, 'nonce') == ARGV[7] then
@@ -104,10 +118,19 @@ end
 -- The fence before the version: a writer that was taken over learns that
 -- it was, even when its expected version is stale too.
 local fence = redis.call('GET', P .. 'fence') or '0'
-if tonumber(fence) ~= tonumber(ARGV[5]) then return {'FENCED', fence} end
-if ver ~= expected then return {'VERSION', tostring(ver)} end
+if tonumber(fence) ~= tonumber(ARGV[5]) then
+  drop_chunks(ARGV[7])
+  return {'FENCED', fence}
+end
+if ver ~= expected then
+  drop_chunks(ARGV[7])
+  return {'VERSION', tostring(ver)}
+end
 local fp = redis.call('HGET', head, 'fingerprint')
-if fp ~= ARGV[6] then return {'MODEL', fp} end
+if fp ~= ARGV[6] then
+  drop_chunks(ARGV[7])
+  return {'MODEL', fp}
+end
 if not chunks_present() then return {'CHUNKS'} end
 local new = ver + 1
 local vk = P .. 'v' .. new
@@ -196,7 +219,7 @@ return {'OK'}
 )lua";
 
 // KEYS: head, fence, lease. ARGV[4] owner, [5] ttl ms, [6] takeover '0'/'1',
-// [7] the fence floor (next_fence).
+// [7] the fence salt (next_fence).
 inline constexpr char kLuaAcquire[] = R"lua(
 if redis.call('EXISTS', P .. 'head') == 0 then return {'NOTFOUND'} end
 local lease = P .. 'lease'
