@@ -154,6 +154,33 @@ class GatewayTest : public ::testing::Test {
     channel_ = grpc::CreateChannel(server_->address(),
                                    grpc::InsecureChannelCredentials());
   }
+  // A server-streaming call through the gateway on session "s": the
+  // messages it delivered and how it ended.
+  template <class Resp>
+  struct Streamed {
+    std::vector<Resp> messages;
+    grpc::Status status;
+  };
+  Streamed<v1::ExportStateResponse> ExportS() {
+    grpc::ClientContext ctx;
+    v1::ExportStateRequest req;
+    req.set_session_id("s");
+    return Drain(v1::Sessions::NewStub(channel_)->ExportState(&ctx, req));
+  }
+  Streamed<v1::GenerateResponse> GenerateS() {
+    grpc::ClientContext ctx;
+    v1::GenerateRequest req;
+    req.set_session_id("s");
+    return Drain(v1::Streams::NewStub(channel_)->Generate(&ctx, req));
+  }
+  template <class Resp>
+  static Streamed<Resp> Drain(std::unique_ptr<grpc::ClientReader<Resp>> r) {
+    Streamed<Resp> out;
+    Resp msg;
+    while (r->Read(&msg)) out.messages.push_back(msg);
+    out.status = r->Finish();
+    return out;
+  }
   // Every worker answers `fn`.
   template <class F>
   void Script(std::function<F> ScriptedWorker::*member, std::function<F> fn) {
@@ -178,17 +205,10 @@ TEST_F(GatewayTest, AnExportIsNotResentOnceItHasDeliveredAMessage) {
     return Lost();
   });
   Start();
-  grpc::ClientContext ctx;
-  v1::ExportStateRequest req;
-  req.set_session_id("s");
-  auto reader = v1::Sessions::NewStub(channel_)->ExportState(&ctx, req);
-  int messages = 0;
-  v1::ExportStateResponse msg;
-  while (reader->Read(&msg)) ++messages;
-  const grpc::Status st = reader->Finish();
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
-      << st.error_message();
-  EXPECT_EQ(messages, 1);
+  const auto exported = ExportS();
+  EXPECT_EQ(exported.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << exported.status.error_message();
+  EXPECT_EQ(exported.messages.size(), 1u);
   EXPECT_EQ(calls_.load(), 1);
 }
 
@@ -208,18 +228,13 @@ TEST_F(GatewayTest, AGenerationIsNotRunAgainAfterItsDone) {
     return Lost();
   });
   Start();
-  grpc::ClientContext ctx;
-  v1::GenerateRequest req;
-  req.set_session_id("s");
-  auto reader = v1::Streams::NewStub(channel_)->Generate(&ctx, req);
+  const auto generated = GenerateS();
   int dones = 0, tokens = 0;
-  v1::GenerateResponse msg;
-  while (reader->Read(&msg)) {
+  for (const auto& msg : generated.messages) {
     if (msg.has_done()) ++dones;
     if (msg.has_chunk()) tokens += msg.chunk().tokens_size();
   }
-  const grpc::Status st = reader->Finish();
-  EXPECT_TRUE(st.ok()) << st.error_message();
+  EXPECT_TRUE(generated.status.ok()) << generated.status.error_message();
   EXPECT_EQ(dones, 1);
   EXPECT_EQ(tokens, 2);
   EXPECT_EQ(calls_.load(), 1);
@@ -247,14 +262,10 @@ TEST_F(GatewayTest, AShorterRerunAfterAFailoverIsDiverged) {
     return grpc::Status::OK;
   });
   Start();
-  grpc::ClientContext ctx;
-  v1::GenerateRequest req;
-  req.set_session_id("s");
-  auto reader = v1::Streams::NewStub(channel_)->Generate(&ctx, req);
+  const auto generated = GenerateS();
   int dones = 0;
-  v1::GenerateResponse msg;
-  while (reader->Read(&msg)) dones += msg.has_done();
-  const absl::Status st = FromGrpcStatus(reader->Finish());
+  for (const auto& msg : generated.messages) dones += msg.has_done();
+  const absl::Status st = FromGrpcStatus(generated.status);
   EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
   EXPECT_EQ(GetErrorMetadata(st, "diverged_at"), "1");
   EXPECT_EQ(dones, 0);

@@ -406,29 +406,32 @@ TEST_F(WorkerE2eTest, ExportImportRoundTripsAndRejectsBadBlobs) {
   const std::string blob = Export("exp", nullptr, &header);
   ASSERT_EQ(header.total_bytes(), blob.size());
 
-  auto import = [&](const std::string& id, v1::StateHeader h,
-                    const std::string& data) {
-    auto ctx = Ctx();
-    v1::Session out;
-    auto writer = sessions_->ImportState(ctx.get(), &out);
-    v1::ImportStateRequest first;
-    first.mutable_header()->set_request_id("import-" + id);
-    first.mutable_header()->set_session_id(id);
-    first.mutable_header()->set_mode(v1::IMPORT_MODE_CREATE);
-    *first.mutable_header()->mutable_state() = h;
-    writer->Write(first);
-    for (uint32_t i = 0; i * h.chunk_bytes() < data.size(); ++i) {
-      v1::ImportStateRequest c;
-      c.mutable_chunk()->set_index(i);
-      std::string piece =
-          data.substr(size_t{i} * h.chunk_bytes(), h.chunk_bytes());
-      c.mutable_chunk()->set_data(piece);
-      c.mutable_chunk()->set_crc32c(Crc32c(0, piece.data(), piece.size()));
-      if (!writer->Write(c)) break;
-    }
-    writer->WritesDone();
-    return FromGrpcStatus(writer->Finish());
-  };
+  // Imports `data` as session `id`; `edit` changes the header first.
+  auto import =
+      [&](const std::string& id, v1::StateHeader h, const std::string& data,
+          const std::function<void(v1::ImportHeader*)>& edit = nullptr) {
+        auto ctx = Ctx();
+        v1::Session out;
+        auto writer = sessions_->ImportState(ctx.get(), &out);
+        v1::ImportStateRequest first;
+        first.mutable_header()->set_request_id("import-" + id);
+        first.mutable_header()->set_session_id(id);
+        first.mutable_header()->set_mode(v1::IMPORT_MODE_CREATE);
+        *first.mutable_header()->mutable_state() = h;
+        if (edit) edit(first.mutable_header());
+        writer->Write(first);
+        for (uint32_t i = 0; i * h.chunk_bytes() < data.size(); ++i) {
+          v1::ImportStateRequest c;
+          c.mutable_chunk()->set_index(i);
+          std::string piece =
+              data.substr(size_t{i} * h.chunk_bytes(), h.chunk_bytes());
+          c.mutable_chunk()->set_data(piece);
+          c.mutable_chunk()->set_crc32c(Crc32c(0, piece.data(), piece.size()));
+          if (!writer->Write(c)) break;
+        }
+        writer->WritesDone();
+        return FromGrpcStatus(writer->Finish());
+      };
   ASSERT_TRUE(import("imported", header, blob).ok());
   EXPECT_EQ(Export("imported"), blob);
   auto got = Get("imported");
@@ -440,21 +443,6 @@ TEST_F(WorkerE2eTest, ExportImportRoundTripsAndRejectsBadBlobs) {
   EXPECT_EQ(GetReason(import("foreign-model", foreign, blob)),
             Reason::kModelMismatch);
   // The header's own fields are checked as CreateSession's are.
-  auto import_with = [&](const std::string& id,
-                         const std::function<void(v1::ImportHeader*)>& edit) {
-    auto ctx = Ctx();
-    v1::Session out;
-    auto writer = sessions_->ImportState(ctx.get(), &out);
-    v1::ImportStateRequest first;
-    first.mutable_header()->set_request_id("import-" + id);
-    first.mutable_header()->set_session_id(id);
-    first.mutable_header()->set_mode(v1::IMPORT_MODE_CREATE);
-    *first.mutable_header()->mutable_state() = header;
-    edit(first.mutable_header());
-    writer->Write(first);
-    writer->WritesDone();
-    return FromGrpcStatus(writer->Finish());
-  };
   for (const auto& [field, edit] : std::vector<
            std::pair<std::string, std::function<void(v1::ImportHeader*)>>>{
            {"labels",
@@ -467,7 +455,7 @@ TEST_F(WorkerE2eTest, ExportImportRoundTripsAndRejectsBadBlobs) {
               h->mutable_ttl()->set_seconds(60);
               h->mutable_ttl()->set_nanos(-5);
             }}}) {
-    const absl::Status refused = import_with("bad-" + field, edit);
+    const absl::Status refused = import("bad-" + field, header, "", edit);
     EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
     EXPECT_EQ(GetErrorMetadata(refused, "field"), field) << refused;
   }
