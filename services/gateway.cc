@@ -35,6 +35,7 @@ Gateway::Gateway(GatewayOptions options, StateStore* store)
     g.workers_known = s.known;
     g.workers_ready = s.known - s.suspect;
     g.calls_active = calls_active_.load();
+    g.worker_channels = channel_count_.load();
     return g;
   });
   watchdog_ = std::thread([this] { WatchdogLoop(); });
@@ -137,7 +138,10 @@ absl::StatusOr<std::vector<Gateway::WorkerModels>> Gateway::Models(
 
 std::shared_ptr<grpc::Channel> Gateway::Channel(const std::string& address) {
   absl::MutexLock lock(&mu_);
-  auto& channel = channels_[address];
+  ChannelEntry& entry = channels_[address];
+  entry.used = absl::Now();
+  channel_count_.store(static_cast<int64_t>(channels_.size()));
+  std::shared_ptr<grpc::Channel>& channel = entry.channel;
   if (channel == nullptr) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(options_.max_message_bytes);
@@ -234,7 +238,23 @@ void Gateway::WatchdogLoop() {
     const absl::Time now = absl::Now();
     // Under mu_: a call unwatches itself before it goes away.
     for (Watched* call : watched_) call->CheckStall(now);
+    SweepChannels(now);
   }
+}
+
+void Gateway::SweepChannels(absl::Time now) {
+  const absl::Duration idle = options_.idle_channel_timeout;
+  if (now - channels_swept_ < std::min(absl::Minutes(1), idle / 2)) return;
+  channels_swept_ = now;
+  for (auto it = channels_.begin(); it != channels_.end();) {
+    // use_count 1: only this map holds it, no call is using the channel.
+    if (now - it->second.used > idle && it->second.channel.use_count() == 1) {
+      it = channels_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  channel_count_.store(static_cast<int64_t>(channels_.size()));
 }
 
 bool Gateway::ShouldFailover(const grpc::Status& status) {

@@ -89,6 +89,9 @@ struct GatewayOptions {
   int64_t max_import_bytes = int64_t{1} << 30;
   // Message size limits towards workers, bytes.
   int max_message_bytes = 8 << 20;
+  // A connection to a worker address that no call used this long is closed
+  // (worker addresses churn: a rescheduled pod comes back on another IP).
+  absl::Duration idle_channel_timeout = absl::Minutes(10);
   // How long a worker may take to answer ListModels (asked once per worker
   // for model routing and the aggregated Models service).
   absl::Duration models_timeout = absl::Seconds(2);

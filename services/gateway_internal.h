@@ -96,6 +96,9 @@ class Gateway {
 
  private:
   void WatchdogLoop();
+  // Closes the connections no call used for idle_channel_timeout (calls
+  // still holding one keep it).
+  void SweepChannels(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const GatewayOptions options_;
   GatewayRouter router_;
@@ -107,8 +110,13 @@ class Gateway {
   std::map<std::string, std::vector<v1::Model>> models_
       ABSL_GUARDED_BY(models_mu_);
   absl::Mutex mu_;
-  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_
-      ABSL_GUARDED_BY(mu_);
+  struct ChannelEntry {
+    std::shared_ptr<grpc::Channel> channel;
+    absl::Time used;  // last handed to a call
+  };
+  std::map<std::string, ChannelEntry> channels_ ABSL_GUARDED_BY(mu_);
+  absl::Time channels_swept_ ABSL_GUARDED_BY(mu_);
+  std::atomic<int64_t> channel_count_{0};  // channels_.size(), for the gauge
   int threads_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::set<Watched*> watched_ ABSL_GUARDED_BY(mu_);

@@ -137,6 +137,8 @@ std::string GatewayMetrics::Render() const {
                g.workers_ready);
   AppendMetric(&out, "statestream_gateway_calls_active", "gauge",
                "Forwarded calls in flight.", g.calls_active);
+  AppendMetric(&out, "statestream_gateway_worker_channels", "gauge",
+               "Connections to worker addresses held open.", g.worker_channels);
   return out;
 }
 

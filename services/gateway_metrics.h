@@ -32,9 +32,10 @@ class GatewayMetrics {
   };
   // Point-in-time values read when rendering.
   struct Gauges {
-    int64_t workers_known = 0;  // registry + static workers
-    int64_t workers_ready = 0;  // of those, not suspect
-    int64_t calls_active = 0;   // forwarded calls in flight
+    int64_t workers_known = 0;    // registry + static workers
+    int64_t workers_ready = 0;    // of those, not suspect
+    int64_t calls_active = 0;     // forwarded calls in flight
+    int64_t worker_channels = 0;  // open connections to worker addresses
   };
 
   GatewayMetrics() = default;

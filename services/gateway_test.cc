@@ -14,11 +14,13 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "common/clock.h"
 #include "common/grpc_status.h"
 #include "common/session_ids.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
+#include "services/gateway_metrics.h"
 #include "services/server.h"
 #include "services/tenants.h"
 #include "state_store/memory_state_store.h"
@@ -189,6 +191,7 @@ class GatewayTest : public ::testing::Test {
 
   std::atomic<int> calls_{0};
   std::unique_ptr<ScriptedWorker> workers_[2];
+  GatewayMetrics metrics_;  // outlives the gateway (destroyed after server_)
   std::unique_ptr<Server> server_;
   std::shared_ptr<grpc::Channel> channel_;
 };
@@ -404,6 +407,37 @@ TEST_F(GatewayTest, ACallNoWorkerCompletedIsUnavailable) {
     EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
         << st.error_message();
   }
+}
+
+// Connections to worker addresses no call has used for a while are closed
+// (a rescheduled pod comes back on another address: without this the
+// gateway would keep one per address ever seen).
+TEST_F(GatewayTest, IdleWorkerConnectionsAreClosed) {
+  Script<grpc::Status(int)>(&ScriptedWorker::get_session,
+                            [](int) { return grpc::Status::OK; });
+  GatewayOptions options;
+  options.metrics = &metrics_;
+  options.idle_channel_timeout = absl::Seconds(2);
+  Start(options);
+  grpc::ClientContext ctx;
+  v1::GetSessionRequest req;
+  req.set_session_id("s");
+  v1::Session resp;
+  ASSERT_TRUE(
+      v1::Sessions::NewStub(channel_)->GetSession(&ctx, req, &resp).ok());
+  auto channels = [&] {
+    const std::string text = metrics_.Render();
+    const std::string key = "\nstatestream_gateway_worker_channels ";
+    const size_t at = text.find(key);
+    return at == std::string::npos ? -1
+                                   : std::stoi(text.substr(at + key.size()));
+  };
+  EXPECT_EQ(channels(), 1);
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (channels() != 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(channels(), 0);
 }
 
 // A tenant at its session limit may still retry a create that succeeded
