@@ -72,6 +72,7 @@ int Run(const std::vector<std::string>& args) {
     options.gateway_id = absl::StrCat("gateway-", host, "-", getpid());
   }
   options.upstream_stall_timeout = absl::GetFlag(FLAGS_upstream_stall_timeout);
+  options.request_id_window = RequestIdWindowFromFlag();
   options.max_calls = absl::GetFlag(FLAGS_max_calls);
   if (options.max_calls < 1) {
     std::cerr << "statestream gateway: --max-calls must be at least 1\n";

@@ -37,6 +37,11 @@ ABSL_FLAG(absl::Duration, readiness_interval, absl::Seconds(1),
           "How often the worker roles (serve, worker) probe their state "
           "store; while it does not answer, grpc.health.v1 reports "
           "NOT_SERVING.");
+ABSL_FLAG(absl::Duration, request_id_window, absl::Hours(1),
+          "How long request ids are remembered for idempotent retries "
+          "(CreateSession, committing Generate). Workers remember them; a "
+          "gateway with a tenant session limit lets a retried create through "
+          "within it, so give it the workers' value.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
           "On SIGINT/SIGTERM, how long calls in flight may take to finish "
           "before they are cancelled (e.g. 5s, 500ms).");
@@ -48,6 +53,10 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 namespace statestream::cli {
 
 const char kServerFlagsFile[] = __FILE__;
+
+absl::Duration RequestIdWindowFromFlag() {
+  return absl::GetFlag(FLAGS_request_id_window);
+}
 
 ServerOptions ServerOptionsFromFlags() {
   ServerOptions options;

@@ -25,6 +25,9 @@ extern const char kServerFlagsFile[];
 ServerOptions ServerOptionsFromFlags();
 // --shutdown-grace.
 absl::Duration ShutdownGraceFromFlag();
+// --request-id-window: how long workers remember request ids (a gateway
+// needs the same value for its tenant session limit).
+absl::Duration RequestIdWindowFromFlag();
 // --tls-cert, --tls-key, --tls-client-ca: the files read and checked
 // (ValidateServerTls). INVALID_ARGUMENT naming the flag. RunServer applies
 // them itself; for roles that need to know (the unauthenticated warning).

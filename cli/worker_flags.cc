@@ -3,6 +3,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/time/time.h"
+#include "cli/server_flags.h"
 
 ABSL_FLAG(int64_t, checkpoint_tokens, 4096,
           "Append streams commit after this many uncommitted tokens.");
@@ -24,9 +25,6 @@ ABSL_FLAG(int32_t, max_tasks, 1024,
 ABSL_FLAG(int64_t, max_queued_tokens, int64_t{1} << 22,
           "Scheduler admission: tokens queued across tasks before new work "
           "gets RESOURCE_EXHAUSTED/OVERLOADED.");
-ABSL_FLAG(absl::Duration, request_id_window, absl::Hours(1),
-          "How long request ids are remembered for idempotent retries "
-          "(CreateSession, committing Generate).");
 
 namespace statestream::cli {
 
@@ -41,7 +39,7 @@ void ApplyWorkerFlags(worker::SessionManagerOptions* sessions,
   sessions->generate_checkpoint_interval =
       absl::GetFlag(FLAGS_generate_checkpoint_interval);
   sessions->residency_bytes = absl::GetFlag(FLAGS_residency_bytes);
-  sessions->request_id_window = absl::GetFlag(FLAGS_request_id_window);
+  sessions->request_id_window = RequestIdWindowFromFlag();
   scheduler->max_tasks = absl::GetFlag(FLAGS_max_tasks);
   scheduler->max_queued_tokens = absl::GetFlag(FLAGS_max_queued_tokens);
 }

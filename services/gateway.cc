@@ -382,11 +382,11 @@ grpc::Status SessionQuota(Gateway* gateway,
     return ToGrpcStatus(limits->CheckNewSession(*tenant, session_id));
   }
   // A derived id's session is this request's only within the workers'
-  // request-id window (their default, an hour); older, a worker creates a
-  // fresh session, so it would be one more.
+  // request-id window; older, a worker creates a fresh session, so it would
+  // be one more.
   return ToGrpcStatus(limits->CheckNewSession(
       *tenant, request_id.empty() ? "" : DerivedSessionId(*tenant, request_id),
-      absl::Hours(1)));
+      gateway->options().request_id_window));
 }
 
 // Every rpc is one line: route key and the stub method.

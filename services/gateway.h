@@ -89,6 +89,10 @@ struct GatewayOptions {
   int64_t max_import_bytes = int64_t{1} << 30;
   // Message size limits towards workers, bytes.
   int max_message_bytes = 8 << 20;
+  // The workers' request-id window (their --request-id-window): at the
+  // tenant session limit, a generated-id create whose derived session is
+  // younger is a retry of a create that succeeded.
+  absl::Duration request_id_window = absl::Hours(1);
   // A connection to a worker address that no call used this long is closed
   // (worker addresses churn: a rescheduled pod comes back on another IP).
   absl::Duration idle_channel_timeout = absl::Minutes(10);

@@ -280,9 +280,9 @@ class SessionManager {
   // --- Streams (asynchronous) ----------------------------------------------
   // A writer call. Opening one supersedes the session's previous writer:
   // `superseded` of the old one runs once, with the status its call should
-  // end with: ABORTED/SESSION_BUSY for a newer writer, or why the session
-  // left this worker (ABORTED/FENCED when another took it over, NOT_FOUND
-  // when deleted, UNAVAILABLE when evicted or draining). Close() commits
+  // end with: ABORTED/SESSION_BUSY for a newer writer or a delete under
+  // way, or why the session left this worker (ABORTED/FENCED when another
+  // took it over, UNAVAILABLE when evicted or draining). Close() commits
   // applied-but-uncommitted input.
   class Writer;
   absl::StatusOr<std::shared_ptr<Writer>> OpenWriter(

@@ -289,6 +289,10 @@ void NeoxTokenizer::Bpe(absl::string_view word,
   for (int32_t i = sym.empty() ? -1 : 0; i >= 0; i = sym[i].next) {
     out->push_back(sym[i].id);
   }
+  // A huge word's buffers are not kept for the life of the thread.
+  constexpr size_t kKeep = 1 << 16;
+  if (sym.capacity() > kKeep) std::vector<Symbol>().swap(sym);
+  if (heap.capacity() > kKeep) std::vector<Candidate>().swap(heap);
 }
 
 void NeoxTokenizer::EncodeNormalizedPiece(std::u16string_view s,
