@@ -183,6 +183,14 @@ class GatewayTest : public ::testing::Test {
     out.status = r->Finish();
     return out;
   }
+  // A creating import's first message, announcing `total_bytes`.
+  static v1::ImportStateRequest ImportHeader(uint64_t total_bytes) {
+    v1::ImportStateRequest header;
+    header.mutable_header()->set_request_id("r");
+    header.mutable_header()->set_mode(v1::IMPORT_MODE_CREATE);
+    header.mutable_header()->mutable_state()->set_total_bytes(total_bytes);
+    return header;
+  }
   // Every worker answers `fn`.
   template <class F>
   void Script(std::function<F> ScriptedWorker::*member, std::function<F> fn) {
@@ -315,11 +323,7 @@ TEST_F(GatewayTest, AnImportOfEmptyMessagesIsRefused) {
   grpc::ClientContext ctx;
   v1::Session resp;
   auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
-  v1::ImportStateRequest header;
-  header.mutable_header()->set_request_id("r");
-  header.mutable_header()->set_mode(v1::IMPORT_MODE_CREATE);
-  header.mutable_header()->mutable_state()->set_total_bytes(10);
-  ASSERT_TRUE(writer->Write(header));
+  ASSERT_TRUE(writer->Write(ImportHeader(10)));
   for (int i = 0; i < 3; ++i) {
     if (!writer->Write(v1::ImportStateRequest())) break;
   }
@@ -338,11 +342,7 @@ TEST_F(GatewayTest, AnImportPastTheGatewaysBoundIsMessageTooLarge) {
   grpc::ClientContext ctx;
   v1::Session resp;
   auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
-  v1::ImportStateRequest header;
-  header.mutable_header()->set_request_id("r");
-  header.mutable_header()->set_mode(v1::IMPORT_MODE_CREATE);
-  header.mutable_header()->mutable_state()->set_total_bytes(1 << 20);
-  ASSERT_TRUE(writer->Write(header));
+  ASSERT_TRUE(writer->Write(ImportHeader(1 << 20)));
   v1::ImportStateRequest chunk;
   chunk.mutable_chunk()->set_data(std::string(8192, 'x'));
   writer->Write(chunk);

@@ -132,6 +132,17 @@ CreateSessionRequest NewSession(const std::string& id, Durability d) {
   return r;
 }
 
+// A commit of version 2 of acme/`id` at MEMORY under `fence`.
+CommitRequest SecondVersion(const std::string& id, uint64_t fence) {
+  CommitRequest r;
+  r.key = {"acme", id};
+  r.expected_version = 1;
+  r.fence = fence;
+  r.state = TestSnapshot(2);
+  r.durability = Durability::kMemory;
+  return r;
+}
+
 TEST(RedisStateStoreTest, DurabilityIsReportedHonestly) {
   // A server without AOF: MEMORY only; FSYNC and REPLICATED (no replica)
   // are not reached, and the version exists nonetheless.
@@ -453,12 +464,7 @@ TEST(RedisStateStoreTest, ARefusedCommitLeavesNoChunks) {
   ASSERT_TRUE(c.ok()) << c.status();
   auto b = store->AcquireLease(key, "worker-b", absl::Seconds(60), true);
   ASSERT_TRUE(b.ok()) << b.status();
-  CommitRequest r;
-  r.key = key;
-  r.expected_version = 1;
-  r.fence = c->session.fence;
-  r.state = TestSnapshot(2);
-  r.durability = Durability::kMemory;
+  CommitRequest r = SecondVersion("a", c->session.fence);
   EXPECT_EQ(GetReason(store->Commit(r).status()), Reason::kFenced);
   auto chunks = server->Command({"KEYS", "ss:{acme/a}:v2:*"});
   ASSERT_TRUE(chunks.ok()) << chunks.status();
@@ -528,12 +534,7 @@ TEST(RedisStateStoreTest, AFenceIsNotHandedOutTwiceAfterTheCounterWentBack) {
   auto d = store->AcquireLease(key, "worker-d", absl::Seconds(60), false);
   ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_GT(d->fence, b->fence);
-  CommitRequest r;
-  r.key = key;
-  r.expected_version = 1;
-  r.fence = b->fence;
-  r.state = TestSnapshot(2);
-  r.durability = Durability::kMemory;
+  CommitRequest r = SecondVersion("a", b->fence);
   EXPECT_EQ(GetReason(store->Commit(r).status()), Reason::kFenced);
   r.fence = d->fence;
   auto committed = store->Commit(r);

@@ -76,6 +76,9 @@ absl::Status DurabilityNotReached(uint64_t version, Durability wanted,
 // The level `st` says its write reached, if it is a DurabilityNotReached
 // error (the write exists at that level); nullopt otherwise.
 std::optional<Durability> DurabilityReachedOf(const absl::Status& st);
+// Whether `st` says a version is no longer kept (NOT_FOUND/VERSION_MISMATCH:
+// newer versions pushed it out).
+bool IsVersionNotKept(const absl::Status& st);
 
 // The idle TTL of a session created without one (the public API's
 // default, statestream.proto), and what UpdateSession's unset ttl sets.

@@ -546,20 +546,13 @@ class SessionManager::Impl {
         if (opt_.metrics != nullptr) opt_.metrics->IncFencedCommit();
       }
     }
-    std::function<void(const absl::Status&)> superseded;
     {
       absl::MutexLock lock(&s->mu);
       s->gone = why;
-      superseded = std::move(s->superseded);
-      s->superseded = nullptr;
     }
     // The attached writer's call ends now, with why, instead of at its next
     // request (a committing generation would run to its end first).
-    if (superseded) {
-      pool_.Post([superseded = std::move(superseded), st = GoneError(s)] {
-        superseded(st);
-      });
-    }
+    EndWriter(s, GoneError(s));
   }
 
   // Ends the call attached as the session's writer now, with `why`, ahead
@@ -1307,10 +1300,7 @@ class SessionManager::Impl {
   absl::StatusOr<bool> FirstVersionHolds(const SessionKey& key,
                                          const StateSnapshot& snap) {
     auto v = store_->LoadVersion(key, 1);
-    if (absl::IsNotFound(v.status()) &&
-        GetReason(v.status()) == Reason::kVersionMismatch) {
-      return true;
-    }
+    if (IsVersionNotKept(v.status())) return true;
     if (!v.ok()) return v.status();
     const StateSnapshot& got = v->state;
     return got.position == snap.position &&
@@ -1566,8 +1556,7 @@ absl::StatusOr<SessionView> SessionManager::Retried(
         m.store_->AwaitDurability({tenant, session_id}, version, durability);
     // A version no longer kept was followed by others: the session went on
     // from it, which is all a retry can still ask.
-    if (!v.ok() && !(absl::IsNotFound(v.status()) &&
-                     GetReason(v.status()) == Reason::kVersionMismatch)) {
+    if (!v.ok() && !IsVersionNotKept(v.status())) {
       return v.status();
     }
     if (v.ok()) reached = v->durability;

@@ -41,6 +41,10 @@ std::optional<Durability> DurabilityReachedOf(const absl::Status& st) {
   return std::nullopt;
 }
 
+bool IsVersionNotKept(const absl::Status& st) {
+  return absl::IsNotFound(st) && GetReason(st) == Reason::kVersionMismatch;
+}
+
 namespace store_internal {
 namespace {
 
