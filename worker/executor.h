@@ -4,6 +4,7 @@
 #ifndef STATESTREAM_WORKER_EXECUTOR_H_
 #define STATESTREAM_WORKER_EXECUTOR_H_
 
+#include <algorithm>
 #include <deque>
 #include <functional>
 #include <thread>
@@ -18,18 +19,27 @@ namespace statestream::worker {
 // destructor runs what is queued, then joins.
 class Executor {
  public:
+  // At least one thread.
   explicit Executor(int threads) {
-    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+    for (int i = 0; i < std::max(threads, 1); ++i) {
+      threads_.emplace_back([this] { Loop(); });
+    }
   }
-  ~Executor() {
+  ~Executor() { Shutdown(); }
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  // Runs what is queued (and what that queues), then joins the threads.
+  // Idempotent; not from one of them.
+  void Shutdown() {
     {
       absl::MutexLock lock(&mu_);
       stop_ = true;
     }
-    for (auto& t : threads_) t.join();
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
   }
-  Executor(const Executor&) = delete;
-  Executor& operator=(const Executor&) = delete;
 
   void Post(std::function<void()> fn) {
     absl::MutexLock lock(&mu_);

@@ -1,0 +1,439 @@
+// SPDX-License-Identifier: Apache-2.0
+// SessionManager: commits and checkpoints of the live state, and the
+// writers' Append pipeline.
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "worker/engine/utf8.h"
+#include "worker/metrics.h"
+#include "worker/session_manager_internal.h"
+
+namespace statestream::worker {
+
+StateSnapshot SessionManager::Impl::Snapshot(const Session* s) const {
+  const auto& cfg = model_->info().config;
+  StateSnapshot snap;
+  snap.model_fingerprint = fingerprint_;
+  snap.architecture = engine::ArchName(cfg.arch);
+  snap.n_layer = cfg.n_layer;
+  snap.n_embd = cfg.n_embd;
+  snap.n_head = cfg.n_head;
+  snap.head_size = cfg.head_size;
+  snap.position = s->live.position;
+  snap.input_offset = s->input_offset;
+  snap.parent_session_id = s->head.parent_session_id;
+  snap.parent_version = s->head.parent_version;
+  snap.tokenizer_tail = s->tail;
+  // The carry only when the tail cannot give it back (LoadInto).
+  Utf8Carry carry;
+  if (s->utf8_carry != TailCarry(s->tail)) {
+    carry = {s->utf8_carry, s->input_offset};
+  }
+  snap.sampler_state =
+      EncodeSamplerSideData(s->sampler_state, s->records, carry);
+  snap.state.assign(s->live.state.begin(), s->live.state.end());
+  if (s->live.position > 0 && s->live.position != s->no_hidden_at) {
+    snap.last_hidden = s->live.last_hidden;
+  }
+  return snap;
+}
+
+absl::Status SessionManager::Impl::Checkpoint(Session* s, Durability d,
+                                              const std::string& request_id) {
+  if (s->dirty) return CommitNow(s, d, request_id);
+  return RaiseHeadDurability(s, d);
+}
+
+absl::Status SessionManager::Impl::RaiseHeadDurability(Session* s,
+                                                       Durability d) {
+  if (s->head.head.durability >= d) return absl::OkStatus();
+  auto v = store_->AwaitDurability(s->key, s->head.head.version, d);
+  const std::optional<Durability> reached =
+      v.ok() ? v->durability : DurabilityReachedOf(v.status());
+  if (reached && *reached > s->head.head.durability) {
+    s->head.head.durability = *reached;
+    absl::MutexLock lock(&s->mu);
+    RefreshView(s);
+  }
+  return v.status();
+}
+
+absl::StatusOr<Durability> SessionManager::Impl::CreatedDurability(
+    const SessionKey& key, uint64_t version, Durability now, Durability d) {
+  if (version != 1 || now >= d) return now;
+  SS_ASSIGN_OR_RETURN(VersionInfo v, store_->AwaitDurability(key, 1, d));
+  return v.durability;
+}
+
+absl::Status SessionManager::Impl::CommitNow(Session* s, Durability d,
+                                             const std::string& request_id,
+                                             bool retry) {
+  CommitRequest r;
+  r.key = s->key;
+  r.expected_version = s->head.head.version;
+  r.fence = s->fence;
+  r.state = Snapshot(s);
+  r.durability = d;
+  const absl::Time start = clock_->Now();
+  auto res = store_->Commit(r);
+  if (opt_.metrics != nullptr) {
+    opt_.metrics->ObserveCommit(clock_->Now() - start);
+  }
+  if (!res.ok()) {
+    if (GetReason(res.status()) == Reason::kFenced) {
+      Drop(s, Session::Gone::kFenced);
+    } else if (auto h = store_->GetHead(s->key); h.ok()) {
+      // A newer head committed under this session's own fence is a commit
+      // of ours whose answer never came (written below the durability
+      // asked for, or its reply lost — Redis restarted mid-commit, past
+      // the retry deadline): nobody else can write with our fence, and it
+      // is an earlier snapshot of this same input. Go on from it; with
+      // nothing applied since, it is this commit.
+      if (h->head.version > s->head.head.version && h->head.fence == s->fence &&
+          h->head.input_offset <= s->input_offset) {
+        const bool same = h->head.input_offset == s->input_offset &&
+                          h->head.position == s->live.position;
+        s->head = *h;
+        if (same) {
+          s->dirty = false;
+          s->uncommitted_tokens = 0;
+          absl::MutexLock lock(&s->mu);
+          RefreshView(s);
+        } else if (retry &&
+                   GetReason(res.status()) == Reason::kVersionMismatch) {
+          return CommitNow(s, d, request_id, /*retry=*/false);
+        }
+        if (same && GetReason(res.status()) == Reason::kVersionMismatch) {
+          if (h->head.durability >= d) return absl::OkStatus();
+          return DurabilityNotReached(h->head.version, d, h->head.durability);
+        }
+      }
+    }
+    return res.status();
+  }
+  s->head = res->session;
+  s->dirty = false;
+  s->uncommitted_tokens = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.commits;
+  }
+  absl::MutexLock lock(&s->mu);
+  RefreshView(s);
+  return absl::OkStatus();
+}
+
+AppendAck SessionManager::Impl::Ack(Session* s, const std::string& request_id) {
+  AppendAck a;
+  a.request_id = request_id;
+  a.position = s->live.position;
+  a.input_offset = s->input_offset;
+  a.pending_bytes = static_cast<uint32_t>(s->tail.size());
+  a.version = s->head.head.version;
+  a.committed_input_offset = s->head.head.input_offset;
+  a.durability = s->head.head.durability;
+  return a;
+}
+
+absl::Status SessionManager::Impl::PositionMismatch(Session* s,
+                                                    uint64_t expected) {
+  return MakeError(
+      absl::StatusCode::kFailedPrecondition, Reason::kPositionMismatch,
+      absl::StrCat("expected_input_offset ", expected,
+                   " is not the session's input_offset ", s->input_offset),
+      {{"expected_input_offset", absl::StrCat(expected)},
+       {"actual_input_offset", absl::StrCat(s->input_offset)},
+       {"actual_position", absl::StrCat(s->live.position)},
+       {"committed_input_offset", absl::StrCat(s->head.head.input_offset)}});
+}
+
+absl::Status SessionManager::Impl::CommitGeneration(
+    Session* s, EngineState state, const engine::SamplerState& sampler,
+    uint64_t input_offset, GenerationRecord rec, Durability d, bool final) {
+  EngineState before = std::move(s->live);
+  const std::string tail = s->tail, sampler_before = s->sampler_state;
+  const uint64_t offset = s->input_offset;
+  const std::deque<GenerationRecord> records = s->records;
+  const std::string request_id = rec.request_id;
+  s->live = std::move(state);
+  s->tail.clear();
+  s->utf8_carry.clear();
+  s->input_offset = input_offset;
+  s->sampler_state = sampler.Serialize();
+  DropInProgressRecords(&s->records);
+  AddGenerationRecord(std::move(rec), opt_.generation_records,
+                      opt_.generation_record_tokens, opt_.request_id_window,
+                      clock_->Now(), &s->records);
+  absl::Status cs = CommitNow(s, d, request_id);
+  if (!cs.ok() && s->head.head.input_offset != s->input_offset) {
+    // Not written as far as this session knows. Only a store that still
+    // has the head it knew says so for sure; then the session goes back
+    // to the state before. With the outcome unknown (its reply lost, and
+    // the store unreadable since), going back could leave the session
+    // behind a head the store did write, where every later commit fails:
+    // - a periodic checkpoint keeps its state, applied but uncommitted;
+    //   the next commit (the generation's, or any later one) finds the
+    //   head under the session's own fence and adopts it if it was
+    //   written, or writes it;
+    // - the final commit drops the cached state; the next call reads the
+    //   store.
+    auto h = store_->GetHead(s->key);
+    if (h.ok() && h->head.version == s->head.head.version) {
+      s->live = std::move(before);
+      s->tail = tail;
+      s->sampler_state = sampler_before;
+      s->records = records;
+      s->input_offset = offset;
+      absl::MutexLock lock(&s->mu);
+      RefreshView(s);
+    } else if (!final) {
+      if (!s->dirty) s->dirty_since = clock_->Now();
+      s->dirty = true;
+      absl::MutexLock lock(&s->mu);
+      RefreshView(s);
+    } else if (GoneError(s).ok()) {
+      Drop(s, Session::Gone::kEvicted);
+      store_->ReleaseLease(s->key, opt_.owner, s->fence).IgnoreError();
+    }
+  }
+  return cs;
+}
+
+void SessionManager::Impl::RunCheckpoints(
+    const std::shared_ptr<GenerationCheckpoints>& cps,
+    const std::shared_ptr<Session>& s, uint64_t gen, uint64_t base_offset,
+    uint32_t input_tokens, const GenerationRecord& tmpl, Durability d,
+    PendingCheckpoint p) {
+  for (;;) {
+    if (IsCurrent(s.get(), gen) && GoneError(s.get()).ok()) {
+      GenerationRecord rec = tmpl;
+      rec.committed_at = clock_->Now();
+      rec.finish = kGenerationInProgress;
+      rec.input_tokens = input_tokens;
+      rec.tokens = std::move(p.tokens);
+      CommitGeneration(s.get(), std::move(p.cp.state), p.cp.sampler,
+                       base_offset + p.cp.generated, std::move(rec), d,
+                       /*final=*/false)
+          .IgnoreError();
+    }
+    std::function<void()> then;
+    {
+      absl::MutexLock lock(&cps->mu);
+      if (cps->waiting.has_value() && !cps->over) {
+        p = std::move(*cps->waiting);
+        cps->waiting.reset();
+        continue;
+      }
+      cps->running = false;
+      then = std::move(cps->then);
+    }
+    if (then) then();
+    return;
+  }
+}
+
+void SessionManager::Impl::AppendOp(
+    std::shared_ptr<Writer> w, AppendInput in,
+    std::function<void(absl::StatusOr<AppendAck>)> done) {
+  const std::shared_ptr<Session>& s = w->session;
+  auto fail = [&](absl::Status st) {
+    Release(s);
+    done(std::move(st));
+  };
+  if (absl::Status g = GoneError(s.get()); !g.ok()) return fail(g);
+  if (!IsCurrent(s.get(), w->gen)) return fail(Busy());
+  const uint64_t units =
+      in.kind == AppendInput::Kind::kText ? in.text.size() : in.tokens.size();
+  const uint64_t at = s->input_offset;
+  if (in.expected_input_offset != at) {
+    if (in.expected_input_offset + units <= at &&
+        in.expected_input_offset <= at) {
+      AppendAck ack = Ack(s.get(), in.request_id);
+      ack.duplicate = true;
+      const bool uncovered = s->dirty && s->head.head.input_offset <
+                                             in.expected_input_offset + units;
+      if (in.checkpoint) {
+        absl::Status st =
+            uncovered ? CommitNow(s.get(), Dur(in.durability), "")
+                      : RaiseHeadDurability(s.get(), Dur(in.durability));
+        if (!st.ok()) return fail(st);
+        ack = Ack(s.get(), in.request_id);
+        ack.duplicate = true;
+      }
+      Release(s);
+      return done(ack);
+    }
+    return fail(PositionMismatch(s.get(), in.expected_input_offset));
+  }
+  // Text validity: the stream so far plus this chunk.
+  std::string carry = s->utf8_carry;
+  bool flush = in.flush || in.kind == AppendInput::Kind::kTokens;
+  if (in.kind == AppendInput::Kind::kText) {
+    absl::string_view text = in.text;
+    size_t skip = 0;
+    if (!s->carry_known && carry.empty()) {
+      skip = LeadingContinuationBytes(text);
+    }
+    const std::string joined = carry + std::string(text.substr(skip));
+    const size_t complete = engine::Utf8CompletePrefixLength(joined);
+    if (!engine::IsValidUtf8(absl::string_view(joined).substr(0, complete))) {
+      return fail(Invalid(
+          Reason::kInvalidUtf8, "text_utf8 is not valid UTF-8",
+          {{"input_offset", absl::StrCat(at)}, {"field", "text_utf8"}}));
+    }
+    carry = joined.substr(complete);
+  }
+  if (flush && !carry.empty()) {
+    return fail(Invalid(
+        Reason::kInvalidUtf8, "text ends inside a UTF-8 character at a flush",
+        {{"input_offset", absl::StrCat(at + units)}, {"field", "text_utf8"}}));
+  }
+  std::vector<int32_t> tokens;
+  std::string new_tail = s->tail;
+  if (in.kind == AppendInput::Kind::kText || flush) {
+    engine::StreamEncodeResult r = tok_->EncodeStream(
+        s->tail,
+        in.kind == AppendInput::Kind::kText ? absl::string_view(in.text)
+                                            : absl::string_view(),
+        flush);
+    tokens = std::move(r.tokens);
+    new_tail = std::move(r.tail);
+  }
+  if (in.kind == AppendInput::Kind::kTokens) {
+    if (absl::Status st = CheckTokens(in.tokens, vocab_, "tokens.ids");
+        !st.ok()) {
+      return fail(st);
+    }
+    tokens.insert(tokens.end(), in.tokens.begin(), in.tokens.end());
+  }
+  auto finish = [this, s, w, in, units, carry, new_tail,
+                 done](uint32_t consumed) {
+    s->input_offset += units;
+    s->tail = new_tail;
+    s->utf8_carry = carry;
+    if (units > 0) s->carry_known = true;
+    if (units > 0 || consumed > 0) {
+      if (!s->dirty) s->dirty_since = clock_->Now();
+      s->dirty = true;
+      // A checkpointed generation cannot be continued past new input.
+      DropInProgressRecords(&s->records);
+    }
+    s->uncommitted_tokens += consumed;
+    {
+      absl::MutexLock lock(&s->mu);
+      RefreshView(s.get());
+    }
+    const bool policy =
+        s->dirty &&
+        (s->uncommitted_tokens >= opt_.checkpoint_tokens ||
+         clock_->Now() - s->dirty_since >= opt_.checkpoint_interval);
+    if (in.checkpoint || policy) {
+      absl::Status st = Checkpoint(s.get(), Dur(in.durability), in.request_id);
+      if (!st.ok()) {
+        Release(s);
+        return done(st);
+      }
+    }
+    AppendAck ack = Ack(s.get(), in.request_id);
+    ack.tokens_consumed = consumed;
+    Release(s);
+    done(ack);
+  };
+  if (tokens.empty()) return finish(0);
+  auto work = std::make_shared<EngineState>(s->live);
+  const uint32_t n = static_cast<uint32_t>(tokens.size());
+  if (opt_.metrics != nullptr) opt_.metrics->AddTokensIn(n);
+  auto task = std::make_shared<IngestTask>(
+      work.get(), std::move(tokens),
+      [this, s, work, n, finish, done](const absl::Status& st) {
+        pool_.Post([this, s, work, n, st, finish, done] {
+          if (!st.ok()) {
+            Release(s);
+            return done(st);
+          }
+          s->live = std::move(*work);
+          finish(n);
+        });
+      });
+  if (absl::Status st = sched_->Submit(task); !st.ok()) return fail(st);
+}
+
+absl::StatusOr<std::shared_ptr<SessionManager::Writer>>
+SessionManager::OpenWriter(
+    const std::string& tenant, const std::string& session_id,
+    std::function<void(const absl::Status&)> superseded) {
+  Impl& m = *impl_;
+  for (;;) {
+    SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
+                        m.Resident({tenant, session_id}));
+    std::function<void(const absl::Status&)> old;
+    auto w = std::make_shared<Writer>();
+    {
+      absl::MutexLock lock(&s->mu);
+      // Gone sessions are already unmapped: the next Resident() reloads.
+      if (s->gone != Session::Gone::kNo) continue;
+      old = std::move(s->superseded);
+      s->superseded = std::move(superseded);
+      w->gen = ++s->writer_gen;
+      s->writer_attached = true;
+    }
+    w->session = s;
+    if (old) m.pool_.Post([old = std::move(old)] { old(Busy()); });
+    return w;
+  }
+}
+
+void SessionManager::Append(
+    const std::shared_ptr<Writer>& w, AppendInput in,
+    std::function<void(absl::StatusOr<AppendAck>)> done) {
+  Impl& m = *impl_;
+  if (in.kind == AppendInput::Kind::kText && in.text.size() > kMaxTextBytes) {
+    m.pool_.Post([done] { done(TooLarge("text_utf8", kMaxTextBytes)); });
+    return;
+  }
+  if (in.kind == AppendInput::Kind::kTokens &&
+      in.tokens.size() > kMaxAppendTokens) {
+    m.pool_.Post([done] { done(TooLarge("tokens.ids", kMaxAppendTokens)); });
+    return;
+  }
+  m.RunOp(w->session, [&m, w, in = std::move(in), done = std::move(done)] {
+    m.AppendOp(w, std::move(in), std::move(done));
+  });
+}
+
+void SessionManager::CloseWriter(const std::shared_ptr<Writer>& w,
+                                 std::optional<Durability> durability,
+                                 std::function<void(absl::Status)> done) {
+  Impl& m = *impl_;
+  auto s = w->session;
+  m.RunOp(s, [&m, w, s, durability, done] {
+    absl::Status st = m.GoneError(s.get());
+    bool current;
+    {
+      absl::MutexLock lock(&s->mu);
+      current = s->writer_gen == w->gen;
+    }
+    if (st.ok() && !current) st = Busy();
+    if (st.ok()) st = m.Checkpoint(s.get(), m.Dur(durability), "");
+    {
+      absl::MutexLock lock(&s->mu);
+      if (s->writer_gen == w->gen) {
+        s->writer_attached = false;
+        s->superseded = nullptr;
+      }
+    }
+    m.Release(s);
+    done(st);
+  });
+}
+
+void SessionManager::AbandonWriter(const std::shared_ptr<Writer>& w) {
+  auto& s = w->session;
+  absl::MutexLock lock(&s->mu);
+  if (s->writer_gen == w->gen) {
+    s->writer_attached = false;
+    s->superseded = nullptr;
+  }
+}
+
+}  // namespace statestream::worker

@@ -1,0 +1,405 @@
+// SPDX-License-Identifier: Apache-2.0
+// SessionManager's internals, shared by its source files:
+//   session_manager.cc            the public calls (sessions, versions,
+//                                 import/export) and creates;
+//   session_manager_residency.cc  loading, eviction, the per-session strand,
+//                                 lease renewal, the idle policy and drain;
+//   session_manager_commits.cc    commits, checkpoints and the Append
+//                                 pipeline (writers);
+//   session_manager_generate.cc   Generate and Score.
+// Not part of the worker's interface: include only from those files.
+#ifndef STATESTREAM_WORKER_SESSION_MANAGER_INTERNAL_H_
+#define STATESTREAM_WORKER_SESSION_MANAGER_INTERNAL_H_
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "common/status.h"
+#include "worker/executor.h"
+#include "worker/generation_record.h"
+#include "worker/request_memo.h"
+#include "worker/session_manager.h"
+#include "worker/tasks.h"
+
+namespace statestream::worker {
+
+constexpr size_t kMaxTextBytes = 1 << 20;
+constexpr size_t kMaxAppendTokens = 262144;
+constexpr size_t kMaxScoreTokens = 65536;
+// Log-probabilities in one Score response (the scored tokens' and their
+// top alternatives'): ~5.8 MB, inside the 8 MiB message limit.
+constexpr size_t kMaxScoreEntries = 524288;
+
+// Typed errors (docs/errors.md).
+absl::Status Invalid(Reason reason, absl::string_view msg,
+                     ErrorMetadata md = {});
+// INVALID_ARGUMENT/MESSAGE_TOO_LARGE naming the field and its limit.
+absl::Status TooLarge(absl::string_view field, size_t limit);
+// INVALID_ARGUMENT/INVALID_TOKEN for the first id outside [0, vocab).
+absl::Status CheckTokens(const std::vector<int32_t>& ids, int vocab,
+                         absl::string_view field);
+absl::Status NotFound(absl::string_view id);  // SESSION_NOT_FOUND
+absl::Status Busy();      // ABORTED/SESSION_BUSY: a newer writer call
+absl::Status Draining();  // UNAVAILABLE/OVERLOADED with retry_after_ms
+
+// A write the store kept below the durability asked for
+// (DurabilityNotReached): it exists, though the call failed.
+bool WrittenBelowDurability(const absl::Status& st);
+
+// The version a DurabilityNotReached error says was written (0 if none).
+uint64_t WrittenVersionOf(const absl::Status& st);
+
+// Session::no_hidden_at when last_hidden is that of the last token.
+constexpr uint64_t kHiddenKnown = ~uint64_t{0};
+
+// FAILED_PRECONDITION for logits asked of a state without last_hidden.
+absl::Status NoHidden(const char* field);
+
+// The incomplete UTF-8 character at the end of a tokenizer tail: the carry
+// of the text so far when the tail holds the whole character.
+std::string TailCarry(const std::string& tail);
+
+// Bytes of `text` that can start a streamed text: after a reload the UTF-8
+// carry is rebuilt from the tokenizer tail, which may be empty (byte
+// tokenizer); leading continuation bytes are then accepted once.
+size_t LeadingContinuationBytes(absl::string_view text);
+
+// Periodic checkpoints of one committing generation (see Generate): at
+// most one commit in flight; a newer checkpoint replaces one still waiting;
+// the generation's final step waits for the commit in flight.
+struct PendingCheckpoint {
+  GenerateCheckpoint cp;
+  std::vector<int32_t> tokens;  // the whole output so far
+};
+struct GenerationCheckpoints {
+  absl::Mutex mu;
+  bool running ABSL_GUARDED_BY(mu) = false;  // a commit is in flight
+  bool over ABSL_GUARDED_BY(mu) = false;     // the generation ended
+  std::optional<PendingCheckpoint> waiting ABSL_GUARDED_BY(mu);
+  std::function<void()> then ABSL_GUARDED_BY(mu);  // the final step
+};
+
+// One resident session.
+struct Session {
+  SessionKey key;
+  uint64_t fence = 0;  // fixed after load
+
+  absl::Mutex mu;
+  // The operation queue (strand).
+  std::deque<std::function<void()>> ops ABSL_GUARDED_BY(mu);
+  bool busy ABSL_GUARDED_BY(mu) = false;
+  // Current writer call.
+  uint64_t writer_gen ABSL_GUARDED_BY(mu) = 0;
+  bool writer_attached ABSL_GUARDED_BY(mu) = false;
+  std::function<void(const absl::Status&)> superseded ABSL_GUARDED_BY(mu);
+  enum class Gone { kNo, kEvicted, kFenced, kDeleted };
+  Gone gone ABSL_GUARDED_BY(mu) = Gone::kNo;
+  SessionView view ABSL_GUARDED_BY(mu);
+
+  // Owned by the running operation (the strand).
+  EngineState live;
+  std::string tail;        // tokenizer tail
+  std::string utf8_carry;  // incomplete UTF-8 suffix of the text so far
+  bool carry_known = true;
+  // The position of a snapshot loaded without last_hidden (an import or a
+  // `model eval --state-out` file): until a token is consumed there are no
+  // logits for the last token, so Generate needs a prompt and Score input.
+  uint64_t no_hidden_at = kHiddenKnown;
+  uint64_t input_offset = 0;
+  std::string sampler_state;
+  // Recent committed generations, oldest first; committed with the state.
+  std::deque<GenerationRecord> records;
+  SessionHead head;
+  int64_t uncommitted_tokens = 0;
+  bool dirty = false;
+  // dirty_since while dirty, else InfiniteFuture: what the renewal loop
+  // reads (under mu) to find input waiting for a commit.
+  absl::Time dirty_hint ABSL_GUARDED_BY(mu) = absl::InfiniteFuture();
+  absl::Time dirty_since;
+  int64_t last_use = 0;  // guarded by the manager's mu_
+};
+
+class SessionManager::Writer {
+ public:
+  std::shared_ptr<Session> session;
+  uint64_t gen = 0;
+};
+
+class SessionManager::Impl {
+ public:
+  Impl(const SessionManagerOptions& o, engine::Model* model,
+       const engine::Tokenizer* tok, Scheduler* sched, StateStore* store);
+  ~Impl();
+
+  SessionManagerOptions opt_;
+  Clock* clock_;
+  std::shared_ptr<RequestMemo> memo_;
+  engine::Model* model_;
+  const engine::Tokenizer* tok_;
+  Scheduler* sched_;
+  StateStore* store_;
+  const int vocab_;
+  const std::string fingerprint_;
+  const int64_t session_bytes_;
+  Executor pool_;
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<Session>> resident_
+      ABSL_GUARDED_BY(mu_);
+  int64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  Stats stats_ ABSL_GUARDED_BY(mu_);
+  // Running generations, stopped gracefully by Drain().
+  std::set<std::shared_ptr<GenerateTask>> generating_ ABSL_GUARDED_BY(mu_);
+  std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex load_mu_;  // one load at a time (a second would fence the first)
+  std::thread renewer_;
+
+  // Request-id idempotency: the process's memo when the options share one
+  // (every model's manager), else this manager's own.
+  absl::StatusOr<bool> Seen(const std::string& tenant,
+                            const std::string& request_id, uint64_t digest,
+                            std::string* session_id = nullptr,
+                            uint64_t* version = nullptr) {
+    return memo_->Seen(tenant, request_id, digest, session_id, version);
+  }
+  void Remember(const std::string& tenant, const std::string& request_id,
+                const std::string& session_id, uint64_t digest,
+                uint64_t version = 0) {
+    memo_->Remember(tenant, request_id, session_id, digest, version);
+  }
+
+  static std::string MapKey(const SessionKey& k) {
+    return absl::StrCat(k.tenant, "/", k.session_id);
+  }
+
+  Durability Dur(std::optional<Durability> d) const {
+    return d.value_or(opt_.default_durability);
+  }
+
+  // --- Residency ------------------------------------------------------------
+
+  absl::StatusOr<std::shared_ptr<Session>> Resident(const SessionKey& key);
+
+  // Fills the strand-owned fields from a loaded version. Needs the strand
+  // (or exclusive ownership).
+  absl::Status LoadInto(Session* s, const LoadedVersion& v,
+                        const SessionHead* head);
+
+  // On the strand, after its state or commit status changed.
+  void RefreshView(Session* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu);
+
+  SessionView ViewOfHead(const SessionHead& h) const;
+
+  // Never `loading` (the session being loaded for its caller: with a
+  // budget below one session, evicting it would load it again forever).
+  std::vector<std::shared_ptr<Session>> PickVictims(const Session* loading)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Evicts `s` if it is still idle: claims its strand (so it runs inline,
+  // on the caller's thread), commits if dirty, releases the lease, unmaps.
+  // An operation queued meanwhile finds the session gone (UNAVAILABLE,
+  // retry) once the strand is released.
+  void Evict(const std::shared_ptr<Session>& s);
+
+  // After a write that replaces the live state (Rollback, Import) failed
+  // other than by the fence: the store may hold it anyway (written below
+  // the durability asked for, or its reply lost). A resident session left
+  // on the head the store replaced could never commit again (every commit
+  // VERSION_MISMATCH, so never evicted either), so it follows the store's
+  // head; if that cannot be read, it is dropped and the next call loads it
+  // afresh. Either way the live input was what the failed call replaced.
+  void FollowStoreHead(Session* s);
+
+  // Unmaps `s` (if still mapped) and marks it gone.
+  void Drop(Session* s, Session::Gone why);
+
+  // Ends the call attached as the session's writer now, with `why`, ahead
+  // of what the strand still runs: a delete would otherwise wait (holding
+  // a service thread) for a committing generation to run to its end.
+  void EndWriter(Session* s, absl::Status why);
+
+  absl::Status GoneError(Session* s);
+
+  bool IsCurrent(Session* s, uint64_t gen) {
+    absl::MutexLock lock(&s->mu);
+    return s->writer_gen == gen;
+  }
+
+  // --- The strand -----------------------------------------------------------
+
+  // Runs `op` on the pool once every earlier op of `s` has released; `op`
+  // must call Release(s) exactly once (possibly later, from a callback).
+  void RunOp(const std::shared_ptr<Session>& s, std::function<void()> op);
+  void RunNext(const std::shared_ptr<Session>& s);
+  void Release(const std::shared_ptr<Session>& s);
+  // Runs `fn` in the strand and waits for it. Not from pool threads.
+  template <typename T>
+  T RunSync(const std::shared_ptr<Session>& s, std::function<T()> fn) {
+    std::optional<T> out;
+    absl::Notification done;
+    RunOp(s, [&] {
+      out.emplace(fn());
+      Release(s);
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return std::move(*out);
+  }
+
+  // --- Commits
+  // ----------------------------------------------------------------
+
+  StateSnapshot Snapshot(const Session* s) const;
+
+  // What a checkpoint asked for at durability `d` needs: a commit of what
+  // is not committed, or, with everything committed but below `d` (a
+  // policy commit at the default level, or a commit the store kept below
+  // the level asked), the head version raised to `d` in place (no new
+  // version: a retry that fails again writes nothing) — an OK answer always
+  // means `d` was reached.
+  absl::Status Checkpoint(Session* s, Durability d,
+                          const std::string& request_id);
+  // The head version at durability `d` or more, raised in place if needed.
+  absl::Status RaiseHeadDurability(Session* s, Durability d);
+
+  // The durability of a created session's first version, which a retry of
+  // its create found: raised in place to `d` if the first attempt was kept
+  // below it (later versions are other requests' business).
+  absl::StatusOr<Durability> CreatedDurability(const SessionKey& key,
+                                               uint64_t version, Durability now,
+                                               Durability d);
+
+  // Commits the live state (strand). FENCED drops the session; a commit
+  // that exists below the requested durability resyncs the head.
+  // `retry`: go on once from a head adopted below (one of ours whose
+  // answer never came).
+
+  absl::Status CommitNow(Session* s, Durability d,
+                         const std::string& request_id, bool retry = true);
+
+  AppendAck Ack(Session* s, const std::string& request_id);
+
+  absl::Status PositionMismatch(Session* s, uint64_t expected);
+
+  // Commits a committing generation's progress (strand, held by the
+  // generation): the session takes `state`, `sampler` and `input_offset`
+  // (its tail was flushed into the prompt), in-progress records are
+  // dropped and `rec` added. If the commit fails and the version does not
+  // exist at a lower durability, the session is restored.
+  // `final`: the generation's last commit (else a periodic checkpoint,
+  // which a later commit of the same generation adopts if it was written).
+  absl::Status CommitGeneration(Session* s, EngineState state,
+                                const engine::SamplerState& sampler,
+                                uint64_t input_offset, GenerationRecord rec,
+                                Durability d, bool final);
+
+  // Commits `p`, a periodic checkpoint of the committing generation of
+  // writer `gen` (strand, held by it; on the pool), then any checkpoint
+  // that arrived meanwhile, then the generation's final step if it waits.
+  // `base_offset`: the session's input_offset after the prompt. A failed
+  // checkpoint changes nothing (a FENCED one drops the session); the final
+  // commit reports.
+  void RunCheckpoints(const std::shared_ptr<GenerationCheckpoints>& cps,
+                      const std::shared_ptr<Session>& s, uint64_t gen,
+                      uint64_t base_offset, uint32_t input_tokens,
+                      const GenerationRecord& tmpl, Durability d,
+                      PendingCheckpoint p);
+
+  // --- Append
+  // -----------------------------------------------------------------
+
+  void AppendOp(std::shared_ptr<Writer> w, AppendInput in,
+                std::function<void(absl::StatusOr<AppendAck>)> done);
+
+  // --- Lease renewal and the time policy -----------------------------------
+
+  // Renews every resident session's lease each lease_ttl / 3, and commits
+  // input that waited checkpoint_interval in an idle session (a writer that
+  // stopped sending, or went away): the time half of the checkpoint policy
+  // is otherwise checked only when a request arrives.
+  void RenewLoop();
+
+  // Queues a policy commit on an idle session whose input has waited
+  // (none running or queued: a running operation checks the policy when it
+  // ends).
+  void CommitIfWaited(const std::shared_ptr<Session>& s);
+
+  void Drain();
+
+  // The answer to a retry of the finished generation `rec` (on the strand):
+  // its head raised to the durability asked if it is below (its commit may
+  // have been kept below it), then the recorded output again.
+  absl::StatusOr<GenerateOutcome> ReplayFinished(
+      Session* s, const GenerationRecord& rec, Durability d,
+      const std::function<void(const GeneratedPiece&)>& emit);
+
+  // What the checks of a Generate request say before it runs (strand):
+  // `refused` if it cannot run here (another request's id, a stale
+  // expected_input_offset — unless it continues its own record, whose
+  // offset moved on with it —, too many tokens, bad sampling); and for a
+  // committing request its record, if it has one (finished: replay it; in
+  // progress: continue it).
+  struct GenerateChecks {
+    absl::Status refused;
+    const GenerationRecord* record = nullptr;
+  };
+  GenerateChecks CheckGenerate(Session* s, const GenerateInput& in);
+  int MaxTokens(const GenerateInput& in) const {
+    return in.max_tokens == 0 ? opt_.default_generate_tokens : in.max_tokens;
+  }
+  // The checks of a Generate prompt that need no session (too large, not
+  // UTF-8, tokens outside the vocabulary): made before a committing request
+  // takes the writer slot, so a malformed one does not end a live Append.
+  absl::Status CheckPrompt(const GenerateInput& in) const;
+
+  // Emits a recorded generation's output as pieces (text held back to
+  // complete UTF-8, like the live task) and returns its outcome (the
+  // session fields are the caller's). `text_out`/`emitted_out` (optional):
+  // the output bytes and how many of them were emitted.
+  GenerateOutcome Replay(const GenerationRecord& rec,
+                         const std::function<void(const GeneratedPiece&)>& emit,
+                         std::string* text_out = nullptr,
+                         size_t* emitted_out = nullptr);
+
+  // Creates `r` and remembers it under `request_id`. With `derived` (r.key's
+  // id derives from the request id) a session that exists under it is this
+  // request's if created within the window with the same model, labels and
+  // TTL (unless changed since), parent and what `same` checks: an attempt
+  // that failed over from another worker. It is returned at the durability
+  // asked; other content is DUPLICATE_REQUEST. A session older than the
+  // window belongs to an earlier request that reused the id: this one is
+  // created under a fresh id.
+  absl::StatusOr<SessionView> CreateOnce(
+      CreateSessionRequest r, bool derived, const std::string& request_id,
+      uint64_t digest,
+      const std::function<absl::StatusOr<bool>(
+          const SessionHead&, const CreateSessionRequest&)>& same);
+
+  // Whether `key`'s first version holds `snap`'s state (true when that
+  // version is no longer kept: nothing is left to tell them apart).
+  absl::StatusOr<bool> FirstVersionHolds(const SessionKey& key,
+                                         const StateSnapshot& snap);
+
+  std::string NewSessionId();
+};
+
+}  // namespace statestream::worker
+
+#endif  // STATESTREAM_WORKER_SESSION_MANAGER_INTERNAL_H_

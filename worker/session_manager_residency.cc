@@ -1,0 +1,506 @@
+// SPDX-License-Identifier: Apache-2.0
+// SessionManager: residency (load, evict, drop), the per-session strand,
+// lease renewal with the idle commit policy, and drain.
+#include <algorithm>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "worker/engine/utf8.h"
+#include "worker/metrics.h"
+#include "worker/session_manager_internal.h"
+
+namespace statestream::worker {
+
+absl::Status Invalid(Reason reason, absl::string_view msg, ErrorMetadata md) {
+  return MakeError(absl::StatusCode::kInvalidArgument, reason, msg,
+                   std::move(md));
+}
+
+absl::Status TooLarge(absl::string_view field, size_t limit) {
+  return Invalid(
+      Reason::kMessageTooLarge,
+      absl::StrCat(field, " is over its limit of ", limit),
+      {{"field", std::string(field)}, {"limit", absl::StrCat(limit)}});
+}
+
+absl::Status CheckTokens(const std::vector<int32_t>& ids, int vocab,
+                         absl::string_view field) {
+  for (int32_t id : ids) {
+    if (id < 0 || id >= vocab) {
+      return Invalid(
+          Reason::kInvalidToken,
+          absl::StrCat("token ", id, " is not below vocab_size ", vocab),
+          {{"token", absl::StrCat(id)},
+           {"vocab_size", absl::StrCat(vocab)},
+           {"field", std::string(field)}});
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status NotFound(absl::string_view id) {
+  return MakeError(absl::StatusCode::kNotFound, Reason::kSessionNotFound,
+                   absl::StrCat("session ", id, " not found"),
+                   {{"session_id", std::string(id)}});
+}
+
+absl::Status Busy() {
+  return MakeError(absl::StatusCode::kAborted, Reason::kSessionBusy,
+                   "superseded by a newer writer call on this session");
+}
+
+absl::Status Draining() {
+  return MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
+                   "the worker is draining", {{"retry_after_ms", "100"}});
+}
+
+bool WrittenBelowDurability(const absl::Status& st) {
+  return DurabilityReachedOf(st).has_value();
+}
+
+uint64_t WrittenVersionOf(const absl::Status& st) {
+  uint64_t version = 0;
+  const std::optional<std::string> v = GetErrorMetadata(st, "version");
+  if (!v || !absl::SimpleAtoi(*v, &version)) return 0;
+  return version;
+}
+
+absl::Status NoHidden(const char* field) {
+  return MakeError(absl::StatusCode::kFailedPrecondition,
+                   Reason::kInvalidArgument,
+                   "the state has no hidden vector for its last token (saved "
+                   "without last_hidden): send input to predict from",
+                   {{"field", field}});
+}
+
+std::string TailCarry(const std::string& tail) {
+  return tail.substr(engine::Utf8CompletePrefixLength(tail));
+}
+
+size_t LeadingContinuationBytes(absl::string_view text) {
+  size_t n = 0;
+  while (n < text.size() && n < 3 &&
+         (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) {
+    ++n;
+  }
+  return n;
+}
+
+SessionManager::Impl::Impl(const SessionManagerOptions& o, engine::Model* model,
+                           const engine::Tokenizer* tok, Scheduler* sched,
+                           StateStore* store)
+    : opt_(o),
+      clock_(o.clock ? o.clock : Clock::Real()),
+      memo_(o.request_memo != nullptr
+                ? o.request_memo
+                : std::make_shared<RequestMemo>(
+                      o.request_id_window, o.max_create_request_ids, clock_)),
+      model_(model),
+      tok_(tok),
+      sched_(sched),
+      store_(store),
+      vocab_(model->info().config.vocab_size),
+      fingerprint_(
+          absl::StrCat(model->info().fingerprint, "+", tok->fingerprint())),
+      session_bytes_(
+          (model->info().state_floats + model->info().config.n_embd) *
+          int64_t{sizeof(float)}),
+      pool_(o.threads),
+      rng_(std::random_device{}()) {
+  renewer_ = std::thread([this] { RenewLoop(); });
+}
+
+SessionManager::Impl::~Impl() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  renewer_.join();
+  Drain();
+  // Queued operations run now, while the members they touch exist.
+  pool_.Shutdown();
+}
+
+absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
+    const SessionKey& key) {
+  const std::string mk = MapKey(key);
+  {
+    absl::MutexLock lock(&mu_);
+    if (draining_) return Draining();
+    auto it = resident_.find(mk);
+    if (it != resident_.end()) {
+      it->second->last_use = ++tick_;
+      return it->second;
+    }
+  }
+  absl::MutexLock load(&load_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = resident_.find(mk);
+    if (it != resident_.end()) return it->second;
+  }
+  const absl::Time load_start = clock_->Now();
+  SS_ASSIGN_OR_RETURN(SessionHead head, store_->GetHead(key));
+  if (head.model_fingerprint != fingerprint_) {
+    return MakeError(absl::StatusCode::kFailedPrecondition,
+                     Reason::kModelMismatch,
+                     "the session belongs to a model this worker does not "
+                     "serve",
+                     {{"expected_fingerprint", head.model_fingerprint},
+                      {"actual_fingerprint", fingerprint_}});
+  }
+  SS_ASSIGN_OR_RETURN(Lease lease,
+                      store_->AcquireLease(key, opt_.owner, opt_.lease_ttl,
+                                           /*takeover=*/true));
+  auto loaded = store_->LoadVersion(key, 0);
+  if (!loaded.ok()) {
+    store_->ReleaseLease(key, opt_.owner, lease.fence).IgnoreError();
+    return loaded.status();
+  }
+  auto s = std::make_shared<Session>();
+  s->key = key;
+  s->fence = lease.fence;
+  if (absl::Status st = LoadInto(s.get(), *loaded, &head); !st.ok()) {
+    // Not loadable here (another model's state, corrupt side data): the
+    // lease goes back, so the session is not held by nobody for a TTL.
+    store_->ReleaseLease(key, opt_.owner, lease.fence).IgnoreError();
+    return st;
+  }
+  if (opt_.metrics != nullptr) {
+    opt_.metrics->ObserveStateLoad(clock_->Now() - load_start);
+    if (!head.owner.empty() && head.owner != opt_.owner &&
+        head.lease_expires_at > load_start) {
+      opt_.metrics->IncLeaseTakeover();
+    }
+  }
+  std::vector<std::shared_ptr<Session>> victims;
+  {
+    absl::MutexLock lock(&mu_);
+    s->last_use = ++tick_;
+    resident_[mk] = s;
+    ++stats_.loads;
+    victims = PickVictims(s.get());
+  }
+  for (auto& v : victims) Evict(v);
+  return s;
+}
+
+absl::Status SessionManager::Impl::LoadInto(Session* s, const LoadedVersion& v,
+                                            const SessionHead* head) {
+  const StateSnapshot& snap = v.state;
+  SS_RETURN_IF_ERROR(
+      CheckStateMatchesModel(snap, fingerprint_, model_->info().state_floats));
+  s->live.state.assign(snap.state.begin(), snap.state.end());
+  s->live.position = snap.position;
+  const size_t n_embd = model_->info().config.n_embd;
+  if (snap.last_hidden.size() == n_embd) {
+    s->live.last_hidden = snap.last_hidden;
+    s->no_hidden_at = kHiddenKnown;
+  } else {
+    s->live.last_hidden.assign(n_embd, 0.0f);
+    s->no_hidden_at = snap.position > 0 ? snap.position : kHiddenKnown;
+  }
+  s->tail = snap.tokenizer_tail;
+  s->input_offset = snap.input_offset;
+  Utf8Carry carry;
+  SS_RETURN_IF_ERROR(DecodeSamplerSideData(
+      snap.sampler_state, &s->sampler_state, &s->records, &carry));
+  // Recorded (not the tail's end), and for this very input: a worker that
+  // predates the record may have written the value back after more input.
+  if (!carry.bytes.empty() && carry.input_offset == snap.input_offset) {
+    s->utf8_carry = std::move(carry.bytes);
+    s->carry_known = true;
+  } else {
+    s->utf8_carry = TailCarry(s->tail);
+    // An empty tail after input: snapshots written before the carry was
+    // recorded do not say whether a character was left open.
+    s->carry_known = !s->tail.empty() || snap.input_offset == 0;
+  }
+  if (head != nullptr) s->head = *head;
+  s->head.head = v.version;
+  s->dirty = false;
+  s->uncommitted_tokens = 0;
+  absl::MutexLock lock(&s->mu);
+  RefreshView(s);
+  return absl::OkStatus();
+}
+
+void SessionManager::Impl::RefreshView(Session* s) {
+  s->dirty_hint = s->dirty ? s->dirty_since : absl::InfiniteFuture();
+  SessionView v = ViewOfHead(s->head);
+  // UpdateSession wrote newer labels and TTL into the view than the head
+  // this session last read from the store (its next commit reads them).
+  if (s->view.update_time >= v.update_time) {
+    v.labels = s->view.labels;
+    v.ttl = s->view.ttl;
+    v.update_time = s->view.update_time;
+  }
+  v.position = s->live.position;
+  v.input_offset = s->input_offset;
+  v.pending_bytes = static_cast<uint32_t>(s->tail.size());
+  s->view = std::move(v);
+}
+
+SessionView SessionManager::Impl::ViewOfHead(const SessionHead& h) const {
+  SessionView v;
+  v.session_id = h.key.session_id;
+  v.model_id = h.model_id;
+  v.model_fingerprint = h.model_fingerprint;
+  v.position = h.head.position;
+  v.input_offset = h.head.input_offset;
+  v.pending_bytes = h.head.tail_bytes;
+  v.version = h.head.version;
+  v.committed_position = h.head.position;
+  v.committed_input_offset = h.head.input_offset;
+  v.durability = h.head.durability;
+  v.labels = h.labels;
+  v.ttl = h.ttl;
+  v.create_time = h.created_at;
+  v.update_time = h.updated_at;
+  v.parent_session_id = h.parent_session_id;
+  v.parent_version = h.parent_version;
+  v.state_bytes = h.head.state_bytes;
+  return v;
+}
+
+std::vector<std::shared_ptr<Session>> SessionManager::Impl::PickVictims(
+    const Session* loading) {
+  std::vector<std::shared_ptr<Session>> out;
+  int64_t bytes = static_cast<int64_t>(resident_.size()) * session_bytes_;
+  if (bytes <= opt_.residency_bytes) return out;
+  std::vector<std::shared_ptr<Session>> all;
+  for (auto& [k, s] : resident_) all.push_back(s);
+  std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) {
+    return a->last_use < b->last_use;
+  });
+  for (auto& s : all) {
+    if (bytes <= opt_.residency_bytes) break;
+    if (s.get() == loading) continue;
+    absl::MutexLock lock(&s->mu);
+    if (s->busy || s->writer_attached || !s->ops.empty()) continue;
+    out.push_back(s);
+    bytes -= session_bytes_;
+  }
+  return out;
+}
+
+void SessionManager::Impl::Evict(const std::shared_ptr<Session>& s) {
+  {
+    absl::MutexLock lock(&s->mu);
+    if (s->busy || !s->ops.empty() || s->writer_attached ||
+        s->gone != Session::Gone::kNo) {
+      return;
+    }
+    s->busy = true;
+  }
+  if (s->dirty) {
+    absl::Status st = CommitNow(s.get(), opt_.default_durability, "");
+    if (!st.ok() && GetReason(st) != Reason::kFenced) {
+      Release(s);  // keep it: its input would be lost
+      return;
+    }
+  }
+  Drop(s.get(), Session::Gone::kEvicted);
+  store_->ReleaseLease(s->key, opt_.owner, s->fence).IgnoreError();
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.evictions;
+  }
+  Release(s);
+}
+
+void SessionManager::Impl::FollowStoreHead(Session* s) {
+  auto h = store_->GetHead(s->key);
+  if (h.ok() && h->head.version == s->head.head.version) return;
+  if (h.ok()) {
+    auto v = store_->LoadVersion(s->key, h->head.version);
+    if (v.ok() && LoadInto(s, *v, &*h).ok()) return;
+  }
+  Drop(s, Session::Gone::kEvicted);
+  store_->ReleaseLease(s->key, opt_.owner, s->fence).IgnoreError();
+}
+
+void SessionManager::Impl::Drop(Session* s, Session::Gone why) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = resident_.find(MapKey(s->key));
+    if (it != resident_.end() && it->second.get() == s) resident_.erase(it);
+    if (why == Session::Gone::kFenced) {
+      ++stats_.fenced;
+      if (opt_.metrics != nullptr) opt_.metrics->IncFencedCommit();
+    }
+  }
+  {
+    absl::MutexLock lock(&s->mu);
+    s->gone = why;
+  }
+  // The attached writer's call ends now, with why, instead of at its next
+  // request (a committing generation would run to its end first).
+  EndWriter(s, GoneError(s));
+}
+
+void SessionManager::Impl::EndWriter(Session* s, absl::Status why) {
+  std::function<void(const absl::Status&)> superseded;
+  {
+    absl::MutexLock lock(&s->mu);
+    superseded = std::move(s->superseded);
+    s->superseded = nullptr;
+  }
+  if (superseded) {
+    pool_.Post([superseded = std::move(superseded), why = std::move(why)] {
+      superseded(why);
+    });
+  }
+}
+
+absl::Status SessionManager::Impl::GoneError(Session* s) {
+  Session::Gone gone;
+  {
+    absl::MutexLock lock(&s->mu);
+    gone = s->gone;
+  }
+  if (gone == Session::Gone::kEvicted) {
+    // A drain evicts every session: say so, and a gateway moves the call
+    // to another worker instead of failing it (Gateway::ShouldFailover).
+    absl::MutexLock lock(&mu_);
+    if (draining_) return Draining();
+  }
+  switch (gone) {
+    case Session::Gone::kNo:
+      return absl::OkStatus();
+    case Session::Gone::kDeleted:
+      return NotFound(s->key.session_id);
+    case Session::Gone::kFenced:
+      return MakeError(absl::StatusCode::kAborted, Reason::kFenced,
+                       "this worker lost the session's lease");
+    case Session::Gone::kEvicted:
+      return MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
+                       "the session was evicted; retry",
+                       {{"retry_after_ms", "10"}});
+  }
+  return absl::OkStatus();
+}
+
+void SessionManager::Impl::RunOp(const std::shared_ptr<Session>& s,
+                                 std::function<void()> op) {
+  bool start = false;
+  {
+    absl::MutexLock lock(&s->mu);
+    s->ops.push_back(std::move(op));
+    if (!s->busy) start = s->busy = true;
+  }
+  if (start) pool_.Post([this, s] { RunNext(s); });
+}
+
+void SessionManager::Impl::RunNext(const std::shared_ptr<Session>& s) {
+  std::function<void()> op;
+  {
+    absl::MutexLock lock(&s->mu);
+    op = std::move(s->ops.front());
+    s->ops.pop_front();
+  }
+  op();
+}
+
+void SessionManager::Impl::Release(const std::shared_ptr<Session>& s) {
+  bool more = false;
+  {
+    absl::MutexLock lock(&s->mu);
+    more = !s->ops.empty();
+    if (!more) s->busy = false;
+  }
+  if (more) pool_.Post([this, s] { RunNext(s); });
+}
+
+void SessionManager::Impl::RenewLoop() {
+  const absl::Duration renew_every = opt_.lease_ttl / 3;
+  const bool sweep = opt_.checkpoint_interval > absl::ZeroDuration() &&
+                     opt_.checkpoint_interval < absl::InfiniteDuration();
+  const absl::Duration every =
+      sweep ? std::min(renew_every, std::max(opt_.checkpoint_interval / 2,
+                                             absl::Milliseconds(50)))
+            : renew_every;
+  absl::Time next_renewal = absl::Now() + renew_every;
+  // Renewals run at the last tick before next_renewal, never after it.
+  for (;;) {
+    std::vector<std::shared_ptr<Session>> all;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), every);
+      if (stop_) return;
+      for (auto& [k, s] : resident_) all.push_back(s);
+    }
+    if (sweep) {
+      for (auto& s : all) CommitIfWaited(s);
+    }
+    if (absl::Now() + every <= next_renewal) continue;
+    next_renewal = absl::Now() + renew_every;
+    for (auto& s : all) {
+      auto r = store_->RenewLease(s->key, opt_.owner, s->fence, opt_.lease_ttl);
+      if (!r.ok() && (GetReason(r.status()) == Reason::kFenced ||
+                      r.status().code() == absl::StatusCode::kNotFound)) {
+        Drop(s.get(), r.status().code() == absl::StatusCode::kNotFound
+                          ? Session::Gone::kDeleted
+                          : Session::Gone::kFenced);
+      }
+    }
+  }
+}
+
+void SessionManager::Impl::CommitIfWaited(const std::shared_ptr<Session>& s) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (draining_ || stop_) return;
+  }
+  {
+    absl::MutexLock lock(&s->mu);
+    if (s->busy || !s->ops.empty() || s->gone != Session::Gone::kNo ||
+        clock_->Now() - s->dirty_hint < opt_.checkpoint_interval) {
+      return;
+    }
+  }
+  RunOp(s, [this, s] {
+    if (GoneError(s.get()).ok() && s->dirty &&
+        clock_->Now() - s->dirty_since >= opt_.checkpoint_interval) {
+      // A failure leaves it dirty: the next sweep or request tries again.
+      CommitNow(s.get(), opt_.default_durability, "").IgnoreError();
+    }
+    Release(s);
+  });
+}
+
+void SessionManager::Impl::Drain() {
+  std::vector<std::shared_ptr<Session>> all;
+  {
+    absl::MutexLock lock(&mu_);
+    if (draining_) return;
+    draining_ = true;
+    for (auto& [k, s] : resident_) all.push_back(s);
+    for (auto& t : generating_) t->RequestStop();
+  }
+  for (auto& s : all) {
+    RunSync<bool>(s, [this, &s] {
+      if (GoneError(s.get()).ok()) {
+        if (s->dirty) {
+          CommitNow(s.get(), opt_.default_durability, "").IgnoreError();
+        }
+        store_->ReleaseLease(s->key, opt_.owner, s->fence).IgnoreError();
+        Drop(s.get(), Session::Gone::kEvicted);
+      }
+      return true;
+    });
+  }
+  // Side-branch generations released their session at once; told to
+  // stop after their next token above, they end now: wait for that, so
+  // their answers go out before the pool stops (bounded, in case the
+  // scheduler no longer steps).
+  absl::MutexLock lock(&mu_);
+  mu_.AwaitWithTimeout(absl::Condition(
+                           +[](std::set<std::shared_ptr<GenerateTask>>* g) {
+                             return g->empty();
+                           },
+                           &generating_),
+                       absl::Seconds(30));
+}
+
+}  // namespace statestream::worker
