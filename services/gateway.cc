@@ -282,6 +282,17 @@ grpc::Status Gateway::GaveUp(const grpc::Status& last) {
                    ": ", last.error_message(), "); retry"));
 }
 
+absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> HoldStreamSlot(
+    Gateway* gateway, const grpc::CallbackServerContext& ctx) {
+  TenantLimits* limits = gateway->options().limits.get();
+  if (limits == nullptr) return nullptr;
+  auto tenant = gateway->Tenant(ctx);
+  if (!tenant.ok()) return tenant.status();
+  auto slot = limits->AcquireStream(*tenant);
+  if (!slot.ok()) return slot.status();
+  return std::make_shared<TenantLimits::StreamSlot>(*std::move(slot));
+}
+
 grpc::Status ForwardWithFailover(
     Gateway* gateway, const grpc::CallbackServerContext& ctx,
     const Target& target,
@@ -559,7 +570,20 @@ class SessionsService final : public v1::Sessions::CallbackService {
     };
     auto* reader = new Reader();
     const absl::Time began = gateway_->BeginCall();
-    const bool spawned = gateway_->Spawn([this, ctx, resp, reader, began] {
+    // The caller is authenticated, and within its tenant's stream limit,
+    // before a byte is read: the import is buffered whole.
+    const absl::StatusOr<std::string> tenant = gateway_->Tenant(*ctx);
+    absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> slot =
+        tenant.ok() ? HoldStreamSlot(gateway_, *ctx) : tenant.status();
+    if (!slot.ok()) {
+      const grpc::Status st = ToGrpcStatus(slot.status());
+      gateway_->EndCall("ImportState", st, began);
+      reader->Finish(st);
+      reader->Release();
+      return reader;
+    }
+    const bool spawned = gateway_->Spawn([this, ctx, resp, reader, began,
+                                          slot = *std::move(slot)] {
       // Kept whole for a replay on failover, so bounded: no more state
       // bytes than the header announces (the worker refuses more anyway)
       // nor than the gateway's limit. A stream that breaks either ends at

@@ -284,6 +284,12 @@ grpc::ServerUnaryReactor* ForwardUnary(Gateway* gateway,
   return reactor;
 }
 
+// The caller's stream slot (Append, Generate, ImportState), held until the
+// call ends (null without limits); UNAUTHENTICATED or TENANT_LIMIT
+// otherwise.
+absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> HoldStreamSlot(
+    Gateway* gateway, const grpc::CallbackServerContext& ctx);
+
 std::unique_ptr<grpc::Service> NewStreamsService(Gateway* gateway);
 
 }  // namespace statestream::gateway

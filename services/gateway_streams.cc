@@ -443,19 +443,6 @@ grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
   return status;
 }
 
-// The caller's stream slot, held until the call ends (null without
-// limits); UNAUTHENTICATED or TENANT_LIMIT otherwise.
-absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> HoldStreamSlot(
-    Gateway* gateway, const grpc::CallbackServerContext& ctx) {
-  TenantLimits* limits = gateway->options().limits.get();
-  if (limits == nullptr) return nullptr;
-  auto tenant = gateway->Tenant(ctx);
-  if (!tenant.ok()) return tenant.status();
-  auto slot = limits->AcquireStream(*tenant);
-  if (!slot.ok()) return slot.status();
-  return std::make_shared<TenantLimits::StreamSlot>(*std::move(slot));
-}
-
 class StreamsService final : public v1::Streams::CallbackService {
  public:
   explicit StreamsService(Gateway* gateway) : gateway_(gateway) {}

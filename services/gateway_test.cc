@@ -354,6 +354,41 @@ TEST_F(GatewayTest, AnImportPastTheGatewaysBoundIsMessageTooLarge) {
   EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
 }
 
+// With API keys, an import without a valid token ends UNAUTHENTICATED before
+// the gateway reads (and buffers) its messages; a valid token gets through.
+TEST_F(GatewayTest, AnImportIsAuthenticatedBeforeItIsRead) {
+  GatewayOptions options;
+  options.auth = TenantAuth(
+      std::map<std::string, std::string>{{"key-0123456789abcdef", "acme"}});
+  Start(options);
+  auto import = [&](const std::string& token, int chunks) {
+    grpc::ClientContext ctx;
+    if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+    v1::Session resp;
+    auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+    int written = 0;
+    if (writer->Write(ImportHeader(uint64_t{1} << 30))) {
+      v1::ImportStateRequest chunk;
+      chunk.mutable_chunk()->set_data(std::string(1 << 20, 'x'));
+      while (written < chunks && writer->Write(chunk)) ++written;
+    }
+    writer->WritesDone();
+    return std::make_pair(FromGrpcStatus(writer->Finish()), written);
+  };
+  // The refusal comes first: the stream breaks long before 1 GiB is sent.
+  for (const std::string token : {"", "wrong-0123456789abcdef"}) {
+    auto [st, written] = import(token, 1024);
+    EXPECT_EQ(st.code(), absl::StatusCode::kUnauthenticated) << st;
+    EXPECT_EQ(GetReason(st), Reason::kUnauthenticated);
+    EXPECT_LT(written, 1024);
+  }
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
+  // The scripted worker reads it and answers INVALID_ARGUMENT.
+  auto [st, written] = import("key-0123456789abcdef", 0);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 1);
+}
+
 // A worker that failed one call (a suspect, avoided for a while) still
 // serves its models: ListModels lists them instead of answering that no
 // worker serves any.
