@@ -3,6 +3,7 @@
 // and routes each session's calls to the worker that owns it.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -73,6 +74,10 @@ int Run(const std::vector<std::string>& args) {
   }
   options.upstream_stall_timeout = absl::GetFlag(FLAGS_upstream_stall_timeout);
   options.request_id_window = RequestIdWindowFromFlag();
+  // What clients may send is forwarded, and what workers answer is sent on.
+  const ServerOptions server = ServerOptionsFromFlags();
+  options.max_message_bytes =
+      std::max(server.max_receive_message_bytes, server.max_send_message_bytes);
   options.max_calls = absl::GetFlag(FLAGS_max_calls);
   if (options.max_calls < 1) {
     std::cerr << "statestream gateway: --max-calls must be at least 1\n";

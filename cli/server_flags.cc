@@ -24,10 +24,11 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:7700",
           "ready, the server prints one line `listening on HOST:PORT` (the "
           "port actually bound) to stdout.");
 ABSL_FLAG(int32_t, max_receive_message_bytes, 8 << 20,
-          "Largest gRPC message accepted, in bytes; larger ones fail with "
-          "RESOURCE_EXHAUSTED.");
+          "Largest gRPC message accepted, in bytes (at least 2 MiB); larger "
+          "ones fail with RESOURCE_EXHAUSTED. A gateway uses the larger of "
+          "this and --max-send-message-bytes towards its workers.");
 ABSL_FLAG(int32_t, max_send_message_bytes, 8 << 20,
-          "Largest gRPC message sent, in bytes.");
+          "Largest gRPC message sent, in bytes (at least 2 MiB).");
 ABSL_FLAG(std::string, health_listen, "",
           "HOST:PORT of a second, plaintext port serving only "
           "grpc.health.v1 with the main port's statuses, for probes that "
@@ -124,6 +125,27 @@ int RunServer(absl::string_view role, const ServerOptions& options,
     std::cerr << "statestream " << role
               << ": --listen: " << address.status().message() << "\n";
     return kExitUsage;
+  }
+  if (!options.health_listen.empty()) {
+    if (auto address = ParseListenAddress(options.health_listen);
+        !address.ok()) {
+      std::cerr << "statestream " << role
+                << ": --health-listen: " << address.status().message() << "\n";
+      return kExitUsage;
+    }
+  }
+  // gRPC reads -1 as unlimited and 0 as nothing; below the floor the API's
+  // own messages (1 MiB state chunks) would not fit.
+  const std::pair<const char*, int> sizes[] = {
+      {"--max-receive-message-bytes", options.max_receive_message_bytes},
+      {"--max-send-message-bytes", options.max_send_message_bytes}};
+  for (const auto& [flag, bytes] : sizes) {
+    if (bytes < kMinMessageBytes) {
+      std::cerr << "statestream " << role << ": " << flag
+                << " must be at least " << kMinMessageBytes << " (got " << bytes
+                << ")\n";
+      return kExitUsage;
+    }
   }
   ServerOptions server_options = options;
   absl::StatusOr<ServerTlsOptions> tls = ServerTlsFromFlags();

@@ -23,6 +23,8 @@ extern const char kServerFlagsFile[];
 
 // ServerOptions from --listen, --max-receive-message-bytes, ...
 ServerOptions ServerOptionsFromFlags();
+// The smallest message size limit a server role takes (RunServer checks).
+inline constexpr int kMinMessageBytes = 2 << 20;
 // --shutdown-grace.
 absl::Duration ShutdownGraceFromFlag();
 // --request-id-window: how long workers remember request ids (a gateway
@@ -37,7 +39,9 @@ bool ClientCertificatesRequired();
 
 // Runs a server role until SIGINT or SIGTERM, and returns its exit code.
 // Serves TLS as --tls-cert/--tls-key/--tls-client-ca say (bad or unreadable
-// files: usage error, exit 2, before `build`); `options.tls` is replaced.
+// files: usage error, exit 2, before `build`, as are a bad --listen or
+// --health-listen and message limits below kMinMessageBytes);
+// `options.tls` is replaced.
 // Blocks those signals first (so threads started later never take them),
 // then calls `build` for the role's services, starts the server, prints
 // exactly one line "listening on HOST:PORT" to stdout once it is ready, and

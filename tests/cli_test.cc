@@ -94,7 +94,11 @@ TEST(CliTest, BadFlagValuesAreUsageErrors) {
            {"serve", "--listen"},
            {"worker", "--listen", "no-port-here"},
            {"gateway", "--listen=[::1:80"},
-           {"serve", "unexpected-argument"}}) {
+           {"serve", "unexpected-argument"},
+           {"serve", "--listen=127.0.0.1:0", "--health-listen=no-port"},
+           {"serve", "--listen=127.0.0.1:0", "--max-receive-message-bytes=-1"},
+           {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
+            "--max-send-message-bytes=0"}}) {
     e2e::RunResult r = Statestream(args);
     EXPECT_EQ(r.exit_code, 2) << args.back();
     EXPECT_NE(r.err, "") << args.back();
