@@ -482,6 +482,35 @@ TEST_F(WorkerE2eTest, ANewWriterSupersedesTheOld) {
   EXPECT_EQ(GetReason(st), Reason::kSessionBusy);
 }
 
+// A new call whose first request is malformed fails alone: the session's
+// live writer is not superseded by it.
+TEST_F(WorkerE2eTest, AMalformedFirstRequestLeavesTheLiveWriter) {
+  Create("live");
+  auto ctx = Ctx();
+  auto live = streams_->Append(ctx.get());
+  ASSERT_TRUE(live->Write(Text("live", 0, "one")));
+  v1::AppendResponse ack;
+  ASSERT_TRUE(live->Read(&ack));
+  v1::AppendRequest bad_durability = Text("live", 3, "two");
+  bad_durability.set_durability(static_cast<v1::Durability>(99));
+  v1::AppendRequest bad_token;
+  bad_token.set_session_id("live");
+  bad_token.set_expected_input_offset(3);
+  bad_token.mutable_tokens()->add_ids(1 << 30);
+  v1::AppendRequest bad_request_id = Text("live", 3, "two");
+  bad_request_id.set_request_id(std::string(1000, 'r'));
+  for (const v1::AppendRequest& bad :
+       {bad_durability, bad_token, bad_request_id}) {
+    AppendResult r = Append({bad});
+    EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument) << r.status;
+  }
+  ASSERT_TRUE(live->Write(Text("live", 3, "two")));
+  ASSERT_TRUE(live->Read(&ack));
+  EXPECT_EQ(ack.input_offset(), 6u);
+  live->WritesDone();
+  EXPECT_TRUE(live->Finish().ok());
+}
+
 TEST_F(WorkerE2eTest, BadInputGetsTypedErrors) {
   Create("bad");
   v1::AppendRequest tokens;

@@ -290,6 +290,11 @@ class SessionManager {
       std::function<void(const absl::Status&)> superseded);
   void Append(const std::shared_ptr<Writer>& writer, AppendInput input,
               std::function<void(absl::StatusOr<AppendAck>)> done);
+  // What Append refuses whatever the session holds (INVALID_ARGUMENT): text
+  // or tokens over their limits (MESSAGE_TOO_LARGE), a token outside the
+  // vocabulary (INVALID_TOKEN). Checked before a call opens its writer, so
+  // a malformed first request does not end the session's live writer.
+  absl::Status CheckAppend(const AppendInput& input) const;
   // Commits anything uncommitted (at `durability`) and detaches the writer.
   void CloseWriter(const std::shared_ptr<Writer>& writer,
                    std::optional<Durability> durability,

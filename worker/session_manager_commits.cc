@@ -300,10 +300,6 @@ void SessionManager::Impl::AppendOp(
     new_tail = std::move(r.tail);
   }
   if (in.kind == AppendInput::Kind::kTokens) {
-    if (absl::Status st = CheckTokens(in.tokens, vocab_, "tokens.ids");
-        !st.ok()) {
-      return fail(st);
-    }
     tokens.insert(tokens.end(), in.tokens.begin(), in.tokens.end());
   }
   auto finish = [this, s, w, in, units, carry, new_tail,
@@ -358,6 +354,17 @@ void SessionManager::Impl::AppendOp(
   if (absl::Status st = sched_->Submit(task); !st.ok()) return fail(st);
 }
 
+absl::Status SessionManager::CheckAppend(const AppendInput& in) const {
+  if (in.kind == AppendInput::Kind::kText && in.text.size() > kMaxTextBytes) {
+    return TooLarge("text_utf8", kMaxTextBytes);
+  }
+  if (in.kind != AppendInput::Kind::kTokens) return absl::OkStatus();
+  if (in.tokens.size() > kMaxAppendTokens) {
+    return TooLarge("tokens.ids", kMaxAppendTokens);
+  }
+  return CheckTokens(in.tokens, impl_->vocab_, "tokens.ids");
+}
+
 absl::StatusOr<std::shared_ptr<SessionManager::Writer>>
 SessionManager::OpenWriter(
     const std::string& tenant, const std::string& session_id,
@@ -387,13 +394,8 @@ void SessionManager::Append(
     const std::shared_ptr<Writer>& w, AppendInput in,
     std::function<void(absl::StatusOr<AppendAck>)> done) {
   Impl& m = *impl_;
-  if (in.kind == AppendInput::Kind::kText && in.text.size() > kMaxTextBytes) {
-    m.pool_.Post([done] { done(TooLarge("text_utf8", kMaxTextBytes)); });
-    return;
-  }
-  if (in.kind == AppendInput::Kind::kTokens &&
-      in.tokens.size() > kMaxAppendTokens) {
-    m.pool_.Post([done] { done(TooLarge("tokens.ids", kMaxAppendTokens)); });
+  if (absl::Status st = CheckAppend(in); !st.ok()) {
+    m.pool_.Post([done, st] { done(st); });
     return;
   }
   m.RunOp(w->session, [&m, w, in = std::move(in), done = std::move(done)] {

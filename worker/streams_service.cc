@@ -159,23 +159,8 @@ class AppendReactor final
  private:
   absl::Status Handle() {
     const v1::AppendRequest& r = req_;
-    if (writer_ == nullptr) {
-      SS_RETURN_IF_ERROR(CheckSessionId(r.session_id(), "session_id"));
-      session_id_ = r.session_id();
-      // Blocks like OpenWriter below (which may load the session).
-      m_ = &models_->ForSession(tenant_, session_id_);
-      std::weak_ptr<Link<AppendReactor>> weak = link_;
-      SS_ASSIGN_OR_RETURN(
-          writer_,
-          m_->OpenWriter(tenant_, session_id_, [weak](const absl::Status& why) {
-            auto link = weak.lock();
-            if (link == nullptr) return;
-            absl::MutexLock lock(&link->mu);
-            if (link->reactor != nullptr) link->reactor->Superseded(why);
-          }));
-    } else if (!r.session_id().empty() && r.session_id() != session_id_) {
-      return BadField("session_id", "differs from the call's session");
-    }
+    // The request is checked whole before a first one opens the writer: a
+    // malformed first request must not end the session's live writer.
     if (!r.request_id().empty())
       SS_RETURN_IF_ERROR(CheckRequestId(r.request_id()));
     AppendInput in;
@@ -191,6 +176,24 @@ class AppendReactor final
     in.flush = r.flush();
     in.checkpoint = r.checkpoint();
     SS_ASSIGN_OR_RETURN(in.durability, DurabilityFromProto(r.durability()));
+    if (writer_ == nullptr) {
+      SS_RETURN_IF_ERROR(CheckSessionId(r.session_id(), "session_id"));
+      session_id_ = r.session_id();
+      // Blocks like OpenWriter below (which may load the session).
+      m_ = &models_->ForSession(tenant_, session_id_);
+      SS_RETURN_IF_ERROR(m_->CheckAppend(in));
+      std::weak_ptr<Link<AppendReactor>> weak = link_;
+      SS_ASSIGN_OR_RETURN(
+          writer_,
+          m_->OpenWriter(tenant_, session_id_, [weak](const absl::Status& why) {
+            auto link = weak.lock();
+            if (link == nullptr) return;
+            absl::MutexLock lock(&link->mu);
+            if (link->reactor != nullptr) link->reactor->Superseded(why);
+          }));
+    } else if (!r.session_id().empty() && r.session_id() != session_id_) {
+      return BadField("session_id", "differs from the call's session");
+    }
     durability_ = in.durability;
     if (!BeginOp()) return absl::OkStatus();  // finished meanwhile
     m_->Append(writer_, std::move(in), [this](absl::StatusOr<AppendAck> ack) {
