@@ -32,8 +32,11 @@ absl::Status Scheduler::Submit(std::shared_ptr<Task> task) {
     return MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
                      "the worker is shutting down");
   }
-  if (admitted_ >= options_.max_tasks ||
-      admitted_tokens_ + task->queued_tokens > options_.max_queued_tokens) {
+  // A task over the whole token bound is admitted when it would run alone:
+  // refused with a retry hint, it would be refused forever.
+  const bool over_tokens =
+      admitted_tokens_ + task->queued_tokens > options_.max_queued_tokens;
+  if (admitted_ >= options_.max_tasks || (over_tokens && admitted_ > 0)) {
     // A rough hint: the time to drain a batch's worth of queued work.
     const int64_t hint_ms =
         std::clamp<int64_t>(admitted_tokens_ / 1000 + 50, 50, 5000);
@@ -155,19 +158,17 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
   std::vector<Entry> work;
   std::vector<Task*> hidden_only;
   int budget = options_.max_batch_tokens;
-  // Pass 1 asks every task for one token, from a start that moves each
-  // iteration: decode steps (at most one token each), hidden->logits, and
-  // which tasks have a prefill. Decodes take the budget in that rotated
-  // order but leave a share to the prefills, if any: with as many decoding
+  // Pass 1 asks every task for one token: decode steps (at most one token
+  // each), hidden->logits, and which tasks have a prefill. Decodes take the
+  // budget but leave a share to the prefills, if any (with as many decoding
   // tasks as the budget, decodes beyond it and every ingest, prompt and
-  // score tail waited for the first ones to finish.
-  // Pass 2: prefill chunks round-robin from rr_ with the rest.
+  // score tail waited for the first ones to finish); when they are more
+  // than their slots, the ones taken rotate among the decodes.
+  // Pass 2: prefill chunks with the rest, rotating among the prefills.
   const size_t n = active.size();
-  std::vector<bool> prefill(n, false);
+  std::vector<size_t> prefills;
   std::vector<Entry> decodes;
-  bool any_prefill = false;
-  for (size_t k = 0; k < n; ++k) {
-    const size_t i = (rr_ + k) % n;
+  for (size_t i = 0; i < n; ++i) {
     Task* t = active[i].get();
     StepRequest r = t->NextStep(1);
     if (r.logits_from_hidden) {
@@ -176,24 +177,31 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
       r.tokens = r.tokens.subspan(0, 1);
       decodes.push_back({t, r});
     } else if (!r.tokens.empty()) {
-      prefill[i] = any_prefill = true;  // asked again with its real budget
+      prefills.push_back(i);  // asked again with its real budget
     }
   }
-  const int reserve = any_prefill
-                          ? std::min(options_.prefill_chunk,
-                                     std::max(1, options_.max_batch_tokens / 4))
-                          : 0;
+  const int reserve =
+      prefills.empty() ? 0
+                       : std::min(options_.prefill_chunk,
+                                  std::max(1, options_.max_batch_tokens / 4));
   const size_t decode_slots =
       static_cast<size_t>(std::min(budget, std::max(1, budget - reserve)));
-  if (decodes.size() > decode_slots) decodes.resize(decode_slots);
+  if (decodes.size() > decode_slots) {
+    const size_t start = decode_rr_ % decodes.size();
+    std::rotate(decodes.begin(),
+                decodes.begin() + static_cast<ptrdiff_t>(start), decodes.end());
+    decodes.resize(decode_slots);
+    decode_rr_ = start + decode_slots;
+  }
   work = std::move(decodes);
   budget -= static_cast<int>(work.size());
-  for (size_t k = 0; k < n && budget > 0; ++k) {
-    const size_t i = (rr_ + k) % n;
-    if (!prefill[i]) continue;
-    Task* t = active[i].get();
+  size_t fed = 0;
+  const size_t first = prefills.empty() ? 0 : prefill_rr_ % prefills.size();
+  for (size_t k = 0; k < prefills.size() && budget > 0; ++k) {
+    Task* t = active[prefills[(first + k) % prefills.size()]].get();
     const int offer = std::min(budget, options_.prefill_chunk);
     StepRequest r = t->NextStep(offer);
+    ++fed;
     if (r.tokens.empty()) continue;
     if (static_cast<int>(r.tokens.size()) > offer) {
       r.tokens = r.tokens.subspan(0, offer);
@@ -201,7 +209,7 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
     budget -= static_cast<int>(r.tokens.size());
     work.push_back({t, r});
   }
-  rr_ = n == 0 ? 0 : (rr_ + 1) % n;
+  prefill_rr_ = first + fed;
   if (work.empty() && hidden_only.empty()) return false;
   if (options_.on_first_step) {
     const absl::Time now = clock_->Now();

@@ -99,7 +99,8 @@ struct SchedulerOptions {
   int prefill_chunk = 64;
   // Tasks admitted (queued or running) before Submit answers OVERLOADED.
   int max_tasks = 1024;
-  // Sum of queued_tokens over admitted tasks before OVERLOADED.
+  // Sum of queued_tokens over admitted tasks before OVERLOADED (a task over
+  // it alone is admitted when no other task is).
   int64_t max_queued_tokens = int64_t{1} << 22;
   // Threads (the scheduler's own included) that run the tasks' per-step
   // work after each engine batch — sampling 32 sessions over a 65k
@@ -166,7 +167,12 @@ class Scheduler {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   SchedulerStats stats_ ABSL_GUARDED_BY(mu_);
 
-  size_t rr_ = 0;  // round-robin start of both passes; scheduler thread only
+  // Where the next iteration starts taking decodes (when they are more than
+  // their slots) and prefills (when the budget left does not cover them
+  // all): each rotates over its own kind, so every task gets an equal share
+  // whatever sits between them. Scheduler thread only.
+  size_t decode_rr_ = 0;
+  size_t prefill_rr_ = 0;
   std::unique_ptr<engine::ThreadPool> step_pool_;  // null: one thread
   std::thread thread_;
 };

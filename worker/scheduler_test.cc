@@ -286,6 +286,85 @@ TEST(SchedulerTest, DecodesFillingTheBudgetStarveNobody) {
   for (auto& d : gen_done) d.WaitForNotification();
 }
 
+// Two ingests behind decodes that leave one prefill chunk per iteration
+// share it evenly, whatever sits between them in the batch: when the first
+// ends, the second is nearly done too.
+TEST(SchedulerTest, PrefillsShareTheBudgetEvenly) {
+  auto model = SmallModel();
+  SchedulerOptions opts;
+  opts.max_batch_tokens = 8;  // 6 decode slots, 2 tokens of prefill
+  opts.prefill_chunk = 4;
+  Scheduler sched(model.get(), opts);
+  constexpr int kGens = 6;
+  std::vector<EngineState> states(kGens, EngineState::Initial(*model));
+  std::vector<std::atomic<int>> emitted(kGens);
+  std::vector<std::shared_ptr<GenerateTask>> gens;
+  std::atomic<int> finished{0};
+  for (int i = 0; i < kGens; ++i) {
+    GenerateSpec spec;
+    spec.prompt = Tokens(1, 40 + i);
+    spec.params.temperature = 0;
+    spec.max_tokens = 100000;
+    gens.push_back(std::make_shared<GenerateTask>(
+        &states[i], model->info().config.vocab_size, nullptr, spec,
+        [&, i](const GeneratedToken&) { ++emitted[i]; },
+        [&](const absl::Status&, const GenerateResult&) { ++finished; }));
+    ASSERT_TRUE(sched.Submit(gens.back()).ok());
+  }
+  for (int i = 0; i < kGens; ++i) {
+    while (emitted[i] == 0) absl::SleepFor(absl::Microseconds(200));
+  }
+  constexpr int kTokens = 400;
+  EngineState a = EngineState::Initial(*model);
+  EngineState b = EngineState::Initial(*model);
+  uint64_t other_at_end = 0;  // b's position when a ended (scheduler thread)
+  absl::Notification a_done, b_done;
+  ASSERT_TRUE(
+      sched
+          .Submit(std::make_shared<IngestTask>(&a, Tokens(kTokens, 1),
+                                               [&](const absl::Status&) {
+                                                 other_at_end = b.position;
+                                                 a_done.Notify();
+                                               }))
+          .ok());
+  ASSERT_TRUE(sched
+                  .Submit(std::make_shared<IngestTask>(
+                      &b, Tokens(kTokens, 2),
+                      [&](const absl::Status&) { b_done.Notify(); }))
+                  .ok());
+  a_done.WaitForNotification();
+  b_done.WaitForNotification();
+  EXPECT_GE(other_at_end, uint64_t{kTokens} * 9 / 10);
+  for (auto& g : gens) g->Cancel();
+  while (finished.load() < kGens) absl::SleepFor(absl::Milliseconds(1));
+}
+
+// A task over the whole token bound runs when it would run alone; beside
+// another task it is OVERLOADED like any.
+TEST(SchedulerTest, ATaskOverTheTokenBoundRunsAlone) {
+  auto model = SmallModel();
+  SchedulerOptions opts;
+  opts.max_queued_tokens = 100;
+  Scheduler sched(model.get(), opts);
+  EngineState big = EngineState::Initial(*model);
+  EngineState small = EngineState::Initial(*model);
+  Waiter w;
+  auto task = std::make_shared<IngestTask>(&big, Tokens(150, 4),
+                                           [&](const absl::Status& s) {
+                                             w.status = s;
+                                             w.done.Notify();
+                                           });
+  ASSERT_TRUE(sched.Submit(task).ok());
+  absl::Status over = sched.Submit(std::make_shared<IngestTask>(
+      &small, Tokens(150, 5), [](const absl::Status&) {}));
+  if (!w.done.HasBeenNotified()) {
+    EXPECT_EQ(GetReason(over), Reason::kOverloaded) << over;
+  }
+  w.done.WaitForNotification();
+  EXPECT_TRUE(w.status.ok()) << w.status;
+  EXPECT_EQ(big.position, 150u);
+}
+
 TEST(SchedulerTest, OverloadCancelAndDeadline) {
   auto model = SmallModel();
   SchedulerOptions opts;
