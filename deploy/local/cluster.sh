@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Local statestream cluster without Kubernetes: redis-server (AOF on),
-# 3 workers and 2 gateways as background processes on loopback.
+# Local statestream cluster without Kubernetes: redis-server (AOF on,
+# noeviction), 3 workers and 2 gateways as background processes on loopback.
 #
 #   deploy/local/cluster.sh up   [--dir DIR] [--bin PATH] [--model PATH]
 #                                [--workers N] [--gateways N] [--timeout S]
@@ -109,6 +109,7 @@ case "$cmd" in
     redis_port=$(free_port)
     redis_pid=$(start redis redis-server --port "$redis_port" --bind 127.0.0.1 \
       --dir "$dir/redis" --appendonly yes --appendfsync everysec \
+      --maxmemory-policy noeviction \
       --save "" --daemonize no --protected-mode yes)
     redis_addr="127.0.0.1:$redis_port"
     deadline=$((SECONDS + timeout_s))
