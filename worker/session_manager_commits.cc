@@ -341,17 +341,36 @@ void SessionManager::Impl::AppendOp(
   if (opt_.metrics != nullptr) opt_.metrics->AddTokensIn(n);
   auto task = std::make_shared<IngestTask>(
       work.get(), std::move(tokens),
-      [this, s, work, n, finish, done](const absl::Status& st) {
-        pool_.Post([this, s, work, n, st, finish, done] {
+      [this, s, w, work, n, finish, done](const absl::Status& st) {
+        pool_.Post([this, s, w, work, n, st, finish, done] {
           if (!st.ok()) {
             Release(s);
-            return done(st);
+            return done(absl::IsCancelled(st) ? WhyCancelled(s.get(), w->gen)
+                                              : st);
           }
           s->live = std::move(*work);
           finish(n);
         });
       });
+  bool attached;
+  {
+    absl::MutexLock lock(&s->mu);
+    // Superseded or abandoned since the checks above: not run for nobody.
+    attached = s->writer_gen == w->gen && s->writer_attached;
+    if (attached) s->ingest = task;
+  }
+  if (!attached) return fail(Busy());
   if (absl::Status st = sched_->Submit(task); !st.ok()) return fail(st);
+}
+
+absl::Status SessionManager::Impl::WhyCancelled(Session* s, uint64_t gen) {
+  if (absl::Status gone = GoneError(s); !gone.ok()) return gone;
+  {
+    absl::MutexLock lock(&mu_);
+    if (draining_) return Draining();
+  }
+  if (!IsCurrent(s, gen)) return Busy();
+  return absl::CancelledError("the call went away");
 }
 
 absl::Status SessionManager::CheckAppend(const AppendInput& in) const {
@@ -383,6 +402,7 @@ SessionManager::OpenWriter(
       s->superseded = std::move(superseded);
       w->gen = ++s->writer_gen;
       s->writer_attached = true;
+      s->CancelIngest();  // the old writer's: its call ends
     }
     w->session = s;
     if (old) m.pool_.Post([old = std::move(old)] { old(Busy()); });
@@ -435,6 +455,7 @@ void SessionManager::AbandonWriter(const std::shared_ptr<Writer>& w) {
   if (s->writer_gen == w->gen) {
     s->writer_attached = false;
     s->superseded = nullptr;
+    s->CancelIngest();
   }
 }
 

@@ -132,6 +132,16 @@ struct Session {
   absl::Time dirty_hint ABSL_GUARDED_BY(mu) = absl::InfiniteFuture();
   absl::Time dirty_since;
   int64_t last_use = 0;  // guarded by the manager's mu_
+
+  // The running Append's ingest (on a copy of the live state, so stopping
+  // it changes nothing), cancelled when its writer is superseded,
+  // abandoned or ended, or the worker drains: it would otherwise hold the
+  // strand (and a delete or drain behind it) for up to 262,144 tokens.
+  std::weak_ptr<Task> ingest ABSL_GUARDED_BY(mu);
+  void CancelIngest() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (std::shared_ptr<Task> t = ingest.lock()) t->Cancel();
+    ingest.reset();
+  }
 };
 
 class SessionManager::Writer {
@@ -325,6 +335,9 @@ class SessionManager::Impl {
   // --- Append
   // -----------------------------------------------------------------
 
+  // Why an Append's ingest was cancelled (by CancelIngest): the session
+  // gone, the worker draining, a newer writer, or the call gone.
+  absl::Status WhyCancelled(Session* s, uint64_t gen);
   void AppendOp(std::shared_ptr<Writer> w, AppendInput in,
                 std::function<void(absl::StatusOr<AppendAck>)> done);
 

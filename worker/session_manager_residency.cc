@@ -345,6 +345,7 @@ void SessionManager::Impl::EndWriter(Session* s, absl::Status why) {
     absl::MutexLock lock(&s->mu);
     superseded = std::move(s->superseded);
     s->superseded = nullptr;
+    s->CancelIngest();
   }
   if (superseded) {
     pool_.Post([superseded = std::move(superseded), why = std::move(why)] {
@@ -477,6 +478,10 @@ void SessionManager::Impl::Drain() {
     draining_ = true;
     for (auto& [k, s] : resident_) all.push_back(s);
     for (auto& t : generating_) t->RequestStop();
+  }
+  for (auto& s : all) {
+    absl::MutexLock lock(&s->mu);
+    s->CancelIngest();
   }
   for (auto& s : all) {
     RunSync<bool>(s, [this, &s] {

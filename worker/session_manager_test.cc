@@ -913,6 +913,67 @@ TEST_F(SessionManagerTest, ADeleteEndsARunningGeneration) {
             Reason::kSessionNotFound);
 }
 
+// An Append's ingest stops when its call does — the writer abandoned
+// (client gone), superseded, or its session deleted — instead of holding
+// the session (and a delete or drain behind it) until all its tokens went
+// through the model. The state is as if it never ran; the next call resends.
+TEST_F(SessionManagerTest, AnAppendsIngestStopsWithItsCall) {
+  manager_.reset();
+  SchedulerOptions slow;  // one token an iteration: 262,144 take seconds
+  slow.max_batch_tokens = 1;
+  slow.prefill_chunk = 1;
+  scheduler_ = std::make_unique<Scheduler>(model_.get(), slow);
+  Start(SessionManagerOptions{});
+  Create("big");
+  AppendInput in;
+  in.kind = AppendInput::Kind::kTokens;
+  in.tokens.assign(262144, 7);
+  // Starts the big append on a new writer; its outcome lands in `*out`.
+  auto start = [&](absl::Notification* ended, absl::StatusOr<AppendAck>* out) {
+    auto w = Open("big");
+    const int64_t before = scheduler_->stats().tokens;
+    manager_->Append(w, in, [ended, out](absl::StatusOr<AppendAck> a) {
+      *out = std::move(a);
+      ended->Notify();
+    });
+    while (scheduler_->stats().tokens == before) {  // the ingest runs
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    return w;
+  };
+  {  // abandoned
+    absl::Notification ended;
+    absl::StatusOr<AppendAck> out;
+    auto w = start(&ended, &out);
+    manager_->AbandonWriter(w);
+    ended.WaitForNotification();
+    EXPECT_EQ(out.status().code(), absl::StatusCode::kCancelled)
+        << out.status();
+  }
+  {  // superseded: the retry on a new writer runs instead
+    absl::Notification ended;
+    absl::StatusOr<AppendAck> out;
+    start(&ended, &out);
+    auto retry = Open("big");
+    ended.WaitForNotification();
+    EXPECT_EQ(GetReason(out.status()), Reason::kSessionBusy) << out.status();
+    absl::StatusOr<AppendAck> ack = Append(retry, 0, "x");
+    ASSERT_TRUE(ack.ok()) << ack.status();
+    EXPECT_EQ(ack->input_offset, 1u);  // the cancelled tokens left nothing
+    ASSERT_TRUE(Close(retry).ok());
+  }
+  {  // deleted
+    absl::Notification ended;
+    absl::StatusOr<AppendAck> out;
+    in.expected_input_offset = 1;
+    start(&ended, &out);
+    ASSERT_TRUE(manager_->DeleteSession("t", "big", false, "delete-big").ok());
+    ended.WaitForNotification();
+    EXPECT_FALSE(out.ok());
+  }
+  EXPECT_EQ(scheduler_->stats().active_tasks, 0);
+}
+
 // A periodic checkpoint of a committing generation is written but its
 // reply is lost (and the store unreadable right after): the generation goes
 // on, its final commit adopts that version, and the session ends exactly
