@@ -19,8 +19,13 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/crc32c.h"
+#include "common/grpc_status.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "statestream/client.h"
@@ -377,6 +382,49 @@ TEST_F(SdkTest, CommittingGenerateAppliesOnce) {
   EXPECT_EQ(after->version(), before->version() + 1);
 }
 
+// A retry of AppendText after a failure, at the offset the text began at:
+// the session already has it, so it is acknowledged as a duplicate instead
+// of applied twice (a writer used to start at the offset GetSession read).
+TEST_F(SdkTest, AnAppendRetriedAtItsStartOffsetAppliesOnce) {
+  client::Session s = Create("retry");
+  client::AppendOptions at_zero;
+  at_zero.start_offset = 0;
+  auto first = s.AppendText("hello", at_zero);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->input_offset(), 5u);
+  auto again = s.AppendText("hello", at_zero);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->input_offset(), 5u);
+  auto info = s.Get();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->input_offset(), 5u);
+  // A session short of start_offset: a gap, nothing applied.
+  client::AppendOptions ahead;
+  ahead.start_offset = 100;
+  absl::Status gap = s.AppendText("x", ahead).status();
+  EXPECT_EQ(gap.code(), absl::StatusCode::kFailedPrecondition) << gap;
+  EXPECT_EQ(GetReason(gap), Reason::kPositionMismatch) << gap;
+}
+
+// A window over kMaxAppendWindow is clamped: the server stops reading a
+// writer that leaves 64 acks unread, and a writer with thousands of
+// requests in flight before it read an ack blocked on flow control for
+// good (the deadline ends such a call instead of hanging the test).
+TEST_F(SdkTest, AWindowOver64IsClamped) {
+  client::Session s = Create("wide");
+  client::AppendOptions options;
+  options.window = 5000;
+  options.call.deadline = absl::Now() + absl::Seconds(60);
+  auto writer = s.OpenAppend(options);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  for (int i = 0; i < 3000; ++i) {
+    ASSERT_TRUE((*writer)->WriteTokens({65}).ok()) << i;
+  }
+  auto done = (*writer)->Close();
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->committed_input_offset(), 3000u);
+}
+
 TEST_F(SdkTest, FailsOverToTheNextTarget) {
   // A target nobody listens on any more, then the live server.
   Server dead((dir_ / "dead").string());
@@ -537,6 +585,104 @@ TEST(SdkExportTest, ACorruptOrReorderedExportIsDataLoss) {
         << reorder << " " << exported.status();
     server->Shutdown();
   }
+}
+
+}  // namespace
+}  // namespace statestream
+
+namespace statestream {
+namespace {
+
+// A Sessions server whose GetSession always fails RESOURCE_EXHAUSTED/
+// OVERLOADED with a retry_after_ms hint; it records when each call came.
+class OverloadedSessions final : public v1::Sessions::Service {
+ public:
+  explicit OverloadedSessions(int retry_after_ms)
+      : retry_after_ms_(retry_after_ms) {}
+  grpc::Status GetSession(grpc::ServerContext*, const v1::GetSessionRequest*,
+                          v1::Session*) override {
+    {
+      absl::MutexLock lock(&mu_);
+      calls_.push_back(absl::Now());
+    }
+    return ToGrpcStatus(MakeError(
+        absl::StatusCode::kResourceExhausted, Reason::kOverloaded, "queue full",
+        {{"retry_after_ms", absl::StrCat(retry_after_ms_)}}));
+  }
+  std::vector<absl::Time> calls() {
+    absl::MutexLock lock(&mu_);
+    return calls_;
+  }
+
+ private:
+  const int retry_after_ms_;
+  absl::Mutex mu_;
+  std::vector<absl::Time> calls_ ABSL_GUARDED_BY(mu_);
+};
+
+class SdkRetryTest : public ::testing::Test {
+ protected:
+  // Serves an OverloadedSessions(retry_after_ms); a client of it with
+  // `max_attempts` and a 1 ms initial backoff.
+  void Start(int retry_after_ms, int max_attempts) {
+    service_ = std::make_unique<OverloadedSessions>(retry_after_ms);
+    int port = 0;
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                             &port);
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    client::ClientOptions options;
+    options.targets = {absl::StrCat("127.0.0.1:", port)};
+    options.max_attempts = max_attempts;
+    options.initial_backoff = absl::Milliseconds(1);
+    auto c = client::Client::Create(options);
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_ = std::move(*c);
+  }
+  void TearDown() override {
+    client_.reset();
+    if (server_ != nullptr) server_->Shutdown();
+  }
+
+  // Declared before server_: destroyed after it.
+  std::unique_ptr<OverloadedSessions> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<client::Client> client_;
+};
+
+// Attempts run out: the last error comes back with its code, Reason and
+// metadata (it used to be a new status with the code only: reason
+// REASON_UNSPECIFIED, retry_after_ms lost). Every retry waited at least
+// retry_after_ms (the jitter used to apply after that floor, so a wait
+// could fall 20% short of it).
+TEST_F(SdkRetryTest, AnErrorGivenUpOnKeepsItsReasonAndMetadata) {
+  ASSERT_NO_FATAL_FAILURE(Start(/*retry_after_ms=*/100, /*max_attempts=*/5));
+  absl::Status s = client_->OpenSession("s").Get().status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(GetReason(s), Reason::kOverloaded) << s;
+  EXPECT_EQ(GetErrorMetadata(s, "retry_after_ms").value_or(""), "100") << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "giving up after 5 attempts"))
+      << s;
+  const std::vector<absl::Time> calls = service_->calls();
+  ASSERT_EQ(calls.size(), 5u);
+  for (size_t i = 1; i < calls.size(); ++i) {
+    EXPECT_GE(calls[i] - calls[i - 1], absl::Milliseconds(100)) << i;
+  }
+}
+
+// The deadline passes during the backoff: the error is still the server's
+// (it used to become DEADLINE_EXCEEDED without a reason).
+TEST_F(SdkRetryTest, AnErrorAtTheDeadlineKeepsItsReasonAndMetadata) {
+  ASSERT_NO_FATAL_FAILURE(Start(/*retry_after_ms=*/5000, /*max_attempts=*/5));
+  client::CallOptions call;
+  call.deadline = absl::Now() + absl::Seconds(2);
+  absl::Status s = client_->OpenSession("s").Get(call).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(GetReason(s), Reason::kOverloaded) << s;
+  EXPECT_EQ(GetErrorMetadata(s, "retry_after_ms").value_or(""), "5000") << s;
+  EXPECT_EQ(service_->calls().size(), 1u);
 }
 
 }  // namespace

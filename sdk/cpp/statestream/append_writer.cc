@@ -4,11 +4,11 @@
 // Invariant: retained_ holds, in offset order, every request sent or to be
 // sent whose effect is not known to be committed. On the current call
 // retained_[0, acked_) were acknowledged and [acked_, sent_) are in flight;
-// at most `window` are ever in flight, resends included (the server stops
-// reading a client that leaves 64 acks unread). After a failure the whole
-// of retained_ is resent on a new call at the original offsets: the server
-// acknowledges what it still has as duplicates and applies the rest, so
-// nothing is lost or applied twice.
+// at most `window` (<= kMaxAppendWindow) are ever in flight, resends
+// included (the server stops reading a client that leaves 64 acks unread).
+// After a failure the whole of retained_ is resent on a new call at the
+// original offsets: the server acknowledges what it still has as duplicates
+// and applies the rest, so nothing is lost or applied twice.
 //
 // A request is committed once an ack's committed_input_offset covers its
 // end, except a bare flush (no payload): its end is its start, and a commit
@@ -73,7 +73,7 @@ AppendWriter::AppendWriter(Client* client, std::string session_id,
       options_(std::move(options)),
       next_offset_(offset),
       acked_high_(offset) {
-  options_.window = std::max(options_.window, 1);
+  options_.window = std::clamp(options_.window, 1, kMaxAppendWindow);
   options_.max_chunk_bytes =
       std::clamp<size_t>(options_.max_chunk_bytes, 1, size_t{1} << 20);
 }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,15 +21,28 @@ namespace statestream::client {
 
 class Client;
 
+// The largest AppendOptions::window: a server stops reading a writer that
+// leaves 64 acks unread, so a writer with more requests in flight could
+// wait forever on flow control.
+inline constexpr int kMaxAppendWindow = 64;
+
 // Options of an AppendWriter.
 struct AppendOptions {
   // Durability of the writer's commits.
   v1::Durability durability = v1::DURABILITY_UNSPECIFIED;
-  // Requests sent before waiting for an ack (pipelining window, >= 1).
+  // Requests sent before waiting for an ack (pipelining window), clamped to
+  // [1, kMaxAppendWindow].
   int window = 32;
   // Largest text piece per request; longer writes are split (<= 1 MiB).
   size_t max_chunk_bytes = 256 << 10;
   CallOptions call;
+  // The expected input_offset of the writer's first request: the session's
+  // input_offset where this input begins. Unset: the session's applied
+  // input_offset, read when the writer opens (GetSession). To retry input
+  // after a writer or AppendText failed, give the offset it began at: what
+  // the session already has of it is acknowledged as a duplicate instead
+  // of applied twice (a session short of it fails POSITION_MISMATCH).
+  std::optional<uint64_t> start_offset;
 };
 
 // Writes into a session exactly once. Every request goes out at the offset

@@ -12,8 +12,10 @@
 #include <random>
 #include <utility>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "common/crc32c.h"
 #include "common/grpc_status.h"
@@ -158,27 +160,44 @@ void Client::Prepare(grpc::ClientContext* ctx, const CallOptions& call,
   }
 }
 
+namespace {
+
+// `error` with `prefix` before its message, keeping its code and payloads
+// (the Reason and metadata: GetReason, GetErrorMetadata).
+absl::Status Prefixed(const absl::Status& error, absl::string_view prefix) {
+  absl::Status out(error.code(), absl::StrCat(prefix, error.message()));
+  error.ForEachPayload([&out](absl::string_view url, const absl::Cord& value) {
+    out.SetPayload(url, value);
+  });
+  return out;
+}
+
+}  // namespace
+
 absl::Status Client::RetryOrFail(const absl::Status& error, int attempt,
                                  const CallOptions& call) const {
   if (call.cancellation != nullptr && call.cancellation->cancelled()) {
     return absl::CancelledError("cancelled");
   }
+  // Not retried: the error itself, with its code, Reason and metadata (as
+  // Python's _retry_or_raise re-raises it).
   if (!IsRetryable(error)) return error;
   if (attempt >= options_.max_attempts) {
-    return absl::Status(error.code(),
-                        absl::StrCat("giving up after ", attempt,
-                                     " attempts: ", error.message()));
+    return Prefixed(error,
+                    absl::StrCat("giving up after ", attempt, " attempts: "));
   }
   if (absl::Now() >= call.deadline) {
-    return absl::DeadlineExceededError(
-        absl::StrCat("deadline passed: ", error.message()));
+    return Prefixed(error, "deadline passed: ");
   }
   absl::Duration backoff = options_.initial_backoff;
   for (int i = 1; i < attempt && backoff < options_.max_backoff; ++i) {
     backoff *= 2;
   }
   backoff = std::min(backoff, options_.max_backoff);
-  // OVERLOADED carries the server's hint.
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  backoff *= std::uniform_real_distribution<double>(0.8, 1.2)(rng);
+  // OVERLOADED carries the server's hint: wait at least that long (a floor
+  // after the jitter, so the wait is never below it).
   if (auto hint = GetErrorMetadata(error, "retry_after_ms")) {
     int64_t ms = 0;
     if (absl::SimpleAtoi(*hint, &ms) && ms > 0) {
@@ -186,11 +205,8 @@ absl::Status Client::RetryOrFail(const absl::Status& error, int attempt,
           std::max(backoff, absl::Milliseconds(std::min<int64_t>(ms, 60000)));
     }
   }
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  backoff *= std::uniform_real_distribution<double>(0.8, 1.2)(rng);
   if (absl::Now() + backoff >= call.deadline) {
-    return absl::DeadlineExceededError(
-        absl::StrCat("deadline passes during backoff: ", error.message()));
+    return Prefixed(error, "deadline passes during backoff: ");
   }
   absl::SleepFor(backoff);
   // Cancelled during the backoff: no further attempt.

@@ -53,10 +53,13 @@ class Session {
   const std::string& id() const { return id_; }
 
   absl::StatusOr<v1::Session> Get(const CallOptions& call = {}) const;
-  // Opens a writer at the session's applied input_offset.
+  // Opens a writer at options.start_offset, else at the session's applied
+  // input_offset (GetSession).
   absl::StatusOr<std::unique_ptr<AppendWriter>> OpenAppend(
       AppendOptions options = {}) const;
-  // Writes `text` (flushed) and commits it: one Append call.
+  // Writes `text` (flushed) and commits it: one Append call. To retry it
+  // after a failure without applying it twice, set options.start_offset
+  // to the input_offset it began at (the same on every try).
   absl::StatusOr<v1::AppendResponse> AppendText(
       std::string_view text, AppendOptions options = {}) const;
   // `request.session_id` is set; an empty request_id gets a fresh one;

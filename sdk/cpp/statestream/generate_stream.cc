@@ -138,10 +138,16 @@ bool GenerateStream::Next(GenerateChunk* out) {
 
 absl::StatusOr<std::unique_ptr<AppendWriter>> Session::OpenAppend(
     AppendOptions options) const {
-  auto session = Get(options.call);
-  if (!session.ok()) return session.status();
-  return std::unique_ptr<AppendWriter>(new AppendWriter(
-      client_, id_, session->input_offset(), std::move(options)));
+  uint64_t offset = 0;
+  if (options.start_offset.has_value()) {
+    offset = *options.start_offset;
+  } else {
+    auto session = Get(options.call);
+    if (!session.ok()) return session.status();
+    offset = session->input_offset();
+  }
+  return std::unique_ptr<AppendWriter>(
+      new AppendWriter(client_, id_, offset, std::move(options)));
 }
 
 absl::StatusOr<v1::AppendResponse> Session::AppendText(

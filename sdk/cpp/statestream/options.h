@@ -42,7 +42,10 @@ struct ClientOptions {
   // again.
   int max_attempts = 10;
   // Backoff before retry n (1-based): min(initial_backoff * 2^(n-1),
-  // max_backoff), with +-20% jitter.
+  // max_backoff), with +-20% jitter, and at least the server's
+  // retry_after_ms hint (OVERLOADED) when it gives one. An error that is
+  // not retried, or the last one when attempts run out or the deadline
+  // would pass, is returned with its code, Reason and metadata.
   absl::Duration initial_backoff = absl::Milliseconds(50);
   absl::Duration max_backoff = absl::Seconds(2);
   // Largest message received, bytes (the server's default limit is 8 MiB).

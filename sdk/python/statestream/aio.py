@@ -20,9 +20,10 @@ import grpc
 import grpc.aio
 
 from statestream.client import (_assemble_export, _channel_options, _crc32c,
-                                new_request_id)
+                                _stop_strings, _stop_tokens, new_request_id)
 from statestream.errors import StatestreamError, is_retryable, retry_after
-from statestream.streams import _AckTracker, _diverged, _Retained, _units
+from statestream.streams import (MAX_WINDOW, _AckTracker, _diverged,
+                                 _Retained, _units)
 from statestream.types import (AppendAck, ExportedState, GenerateChunk,
                                GenerateDone, GenerateResult, ScoreResult,
                                SessionInfo, VersionInfo)
@@ -174,31 +175,48 @@ class AsyncSession:
 
     async def writer(self, *, window: int = 32,
                      max_chunk_bytes: int = 256 << 10,
-                     durability: int = pb.DURABILITY_UNSPECIFIED
+                     durability: int = pb.DURABILITY_UNSPECIFIED,
+                     start_offset: Optional[int] = None
                      ) -> "AsyncAppendWriter":
-        offset = (await self.get()).input_offset
+        """As Session.writer: the first request goes at `start_offset`
+        (None: the session's applied input_offset, read now); `window` is
+        clamped to 1..MAX_WINDOW (64)."""
+        offset = (await self.get()).input_offset if start_offset is None \
+            else start_offset
         return AsyncAppendWriter(self.client, self.id, offset, window,
                                  max_chunk_bytes, durability)
 
-    async def append(self, text: Union[str, bytes]) -> AppendAck:
-        w = await self.writer()
-        await w.write(text)
-        await w.flush()
-        return await w.close()
+    async def append(self, text: Union[str, bytes], *,
+                     start_offset: Optional[int] = None,
+                     durability: int = pb.DURABILITY_UNSPECIFIED
+                     ) -> AppendAck:
+        """Appends, flushes and commits; returns the final ack. As
+        Session.append, a retry with the same start_offset cannot apply
+        the text twice."""
+        async with await self.writer(start_offset=start_offset,
+                                     durability=durability) as w:
+            await w.write(text)
+            await w.flush()
+            return await w.close()
 
     def generate(self, prompt: Union[str, bytes, None] = None, *,
                  max_tokens: int = 0, temperature: Optional[float] = None,
                  top_p: Optional[float] = None, seed: Optional[int] = None,
-                 stop: Iterable[str] = (), commit: bool = False,
+                 stop: Union[str, Iterable[str]] = (),
+                 stop_tokens: Union[int, Iterable[int]] = (),
+                 commit: bool = False,
                  logprobs: bool = False, top_logprobs: int = 0,
                  request_id: Optional[str] = None,
                  expected_input_offset: Optional[int] = None
                  ) -> "AsyncGenerateStream":
+        """As Session.generate: `stop` is one stop string or several,
+        `stop_tokens` one token id or several."""
         req = pb.GenerateRequest(session_id=self.id,
                                  request_id=request_id or new_request_id(),
                                  max_tokens=max_tokens, commit=commit,
                                  logprobs=logprobs, top_logprobs=top_logprobs,
-                                 stop_strings=list(stop))
+                                 stop_strings=_stop_strings(stop),
+                                 stop_tokens=_stop_tokens(stop_tokens))
         if isinstance(prompt, str):
             prompt = prompt.encode()
         if prompt:
@@ -307,7 +325,7 @@ class AsyncAppendWriter(_AckTracker):
     """statestream.AppendWriter for asyncio: the same invariant, commit rule
     and resume. At most `window` requests are in flight, resends after a
     reconnect included (the server stops reading a client that leaves 64
-    acks unread).
+    acks unread: `window` is clamped to MAX_WINDOW, 64).
 
     A failure that is not retried (or runs out of attempts) sticks: every
     later call raises it and opens no call. After close(), calls raise
@@ -321,7 +339,7 @@ class AsyncAppendWriter(_AckTracker):
         self._client = client
         self._session_id = session_id
         self._next_offset = offset
-        self._window = max(1, window)
+        self._window = max(1, min(window, MAX_WINDOW))
         self._chunk = max(1, min(max_chunk_bytes, 1 << 20))
         self._durability = durability
         self._init_tracker(offset)

@@ -144,8 +144,9 @@ class Client:
                 self._current = (self._current + 1) % len(self._stubs)
 
     def _retry_or_raise(self, error: StatestreamError, attempt: int,
-                        deadline: Optional[float]) -> None:
-        """Sleeps the backoff before attempt+1, or raises `error`."""
+                        deadline: Optional[float], sleep=time.sleep) -> None:
+        """Sleeps the backoff before attempt+1 (with `sleep`, which may
+        return early), or raises `error`."""
         if not is_retryable(error) or attempt >= self.max_attempts:
             raise error
         backoff = min(self.initial_backoff * 2 ** (attempt - 1),
@@ -153,7 +154,7 @@ class Client:
         backoff = max(backoff, retry_after(error))
         if deadline is not None and time.monotonic() + backoff >= deadline:
             raise error
-        time.sleep(backoff)
+        sleep(backoff)
 
     def _attempt_timeout(self, deadline: Optional[float],
                          unary: bool = True) -> Optional[float]:
@@ -294,6 +295,20 @@ except ImportError:  # ~10 MB/s in pure Python
     _crc32c = _crc32c_python
 
 
+def _stop_strings(stop) -> List[str]:
+    """`stop` as a list: one str is one stop string (not its characters)."""
+    if isinstance(stop, (str, bytes)):
+        stop = [stop] if stop else []
+    return [s.decode() if isinstance(s, bytes) else s for s in stop]
+
+
+def _stop_tokens(stop_tokens) -> List[int]:
+    """`stop_tokens` as a list: one int is one token id."""
+    if isinstance(stop_tokens, int):
+        return [stop_tokens]
+    return list(stop_tokens)
+
+
 class Session:
     """A handle on one session. Cheap; holds no server resources."""
 
@@ -312,19 +327,38 @@ class Session:
 
     def writer(self, *, window: int = 32, max_chunk_bytes: int = 256 << 10,
                durability: int = pb.DURABILITY_UNSPECIFIED,
-               timeout: Optional[float] = None) -> "AppendWriter":
-        """An exactly-once writer at the session's applied input_offset.
-        Use as a context manager: a clean exit closes (commits) it."""
-        offset = self.get().input_offset
+               timeout: Optional[float] = None,
+               start_offset: Optional[int] = None) -> "AppendWriter":
+        """An exactly-once writer. Use as a context manager: a clean exit
+        closes (commits) it.
+
+        Its first request goes at `start_offset`, the session's
+        input_offset where this input begins; None (default): the
+        session's applied input_offset, read now (GetSession). To retry
+        input after a writer or append() raised, give the offset it began
+        at: what the session already has of it is acknowledged as a
+        duplicate instead of applied twice (a session short of
+        start_offset fails POSITION_MISMATCH). `window`: requests in
+        flight before reading acks, 1 to MAX_WINDOW (64: the server stops
+        reading a writer that leaves 64 acks unread); larger values are
+        clamped."""
+        offset = self.get().input_offset if start_offset is None \
+            else start_offset
         return AppendWriter(self.client, self.id, offset, window=window,
                             max_chunk_bytes=max_chunk_bytes,
                             durability=durability, timeout=timeout)
 
     def append(self, text: Union[str, bytes] = b"",
                tokens: Optional[Sequence[int]] = None,
-               flush: bool = True) -> AppendAck:
-        """Appends and commits in one call; returns the final ack."""
-        with self.writer() as w:
+               flush: bool = True, *, start_offset: Optional[int] = None,
+               durability: int = pb.DURABILITY_UNSPECIFIED,
+               timeout: Optional[float] = None) -> AppendAck:
+        """Appends and commits in one call; returns the final ack. To
+        retry an append that raised, pass the same input with the
+        start_offset it began at (`info.input_offset` read before the first
+        try): the retry cannot apply it twice."""
+        with self.writer(start_offset=start_offset, durability=durability,
+                         timeout=timeout) as w:
             if text:
                 w.write(text)
             if tokens:
@@ -338,20 +372,23 @@ class Session:
                  max_tokens: int = 0, temperature: Optional[float] = None,
                  top_p: Optional[float] = None, top_k: int = 0,
                  seed: Optional[int] = None,
-                 stop: Iterable[str] = (), stop_tokens: Iterable[int] = (),
+                 stop: Union[str, Iterable[str]] = (),
+                 stop_tokens: Union[int, Iterable[int]] = (),
                  commit: bool = False, logprobs: bool = False,
                  top_logprobs: int = 0, request_id: Optional[str] = None,
                  expected_input_offset: Optional[int] = None,
                  timeout: Optional[float] = None) -> "GenerateStream":
-        """An iterator of GenerateChunk; `.done` once exhausted. With
-        commit=True the request pins expected_input_offset (read now unless
-        given), so a retry can never apply the generation twice."""
+        """An iterator of GenerateChunk; `.done` once exhausted. `stop` is
+        one stop string (stop="\\n\\n") or several; `stop_tokens` one token
+        id or several. With commit=True the request pins
+        expected_input_offset (read now unless given), so a retry can never
+        apply the generation twice."""
         req = pb.GenerateRequest(session_id=self.id,
                                  request_id=request_id or new_request_id(),
                                  max_tokens=max_tokens, commit=commit,
                                  logprobs=logprobs, top_logprobs=top_logprobs,
-                                 stop_strings=list(stop),
-                                 stop_tokens=list(stop_tokens))
+                                 stop_strings=_stop_strings(stop),
+                                 stop_tokens=_stop_tokens(stop_tokens))
         if isinstance(prompt, str):
             prompt = prompt.encode()
         if prompt:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import collections
 import queue
+import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import grpc
@@ -21,11 +23,17 @@ if TYPE_CHECKING:
 
 _END = object()
 _MAX_TEXT = 1 << 20
+# The most requests a writer leaves unacknowledged: a server (worker or
+# gateway) stops reading a client that leaves 64 acks unread, so a writer
+# sending more before it reads acks could wait forever on flow control.
+MAX_WINDOW = 64
 
 
 class _AppendCall:
     """One Append call: requests go through a queue, acks come back in
-    order."""
+    order. gRPC consumes the queue on a thread of its own, which waits on
+    it until _END: every way out of the call (close_send, cancel, and the
+    finalizer of a call dropped without either) puts _END."""
 
     def __init__(self, stubs: _Stubs, metadata, timeout):
         self.stubs = stubs
@@ -33,6 +41,11 @@ class _AppendCall:
         self.responses = stubs.streams.Append(iter(self._queue.get, _END),
                                               metadata=metadata,
                                               timeout=timeout)
+        # A writer dropped without close() (or an exception through its
+        # `with`): end the request iterator and the call, else gRPC's
+        # request thread waits on the queue for the life of the process.
+        # The finalizer holds the queue and the call, not `self`.
+        weakref.finalize(self, _end_call, self._queue, self.responses)
 
     def send(self, request) -> None:
         self._queue.put(request)
@@ -43,6 +56,14 @@ class _AppendCall:
     def cancel(self) -> None:
         self._queue.put(_END)
         self.responses.cancel()
+
+
+def _end_call(requests: "queue.Queue", responses) -> None:
+    requests.put(_END)  # a second _END after close_send() is never read
+    try:
+        responses.cancel()  # no-op on a call that has ended
+    except Exception:  # noqa: BLE001 (interpreter shutdown)
+        pass
 
 
 class _Retained:
@@ -137,7 +158,7 @@ class AppendWriter(_AckTracker):
         self._client = client
         self._session_id = session_id
         self._next_offset = offset
-        self._window = max(1, window)
+        self._window = max(1, min(window, MAX_WINDOW))
         self._chunk = max(1, min(max_chunk_bytes, _MAX_TEXT))
         self._durability = durability
         self._deadline = None if timeout is None else time.monotonic() + timeout
@@ -294,7 +315,7 @@ class GenerateStream:
     request and skipping output already delivered (checked equal to what
     was delivered: a resumed call that diverges raises ABORTED). `.done`
     (GenerateDone) is set once the iteration ends; `.reconnects` counts
-    resumptions."""
+    resumptions. cancel() (from any thread) ends the iteration."""
 
     def __init__(self, client: Client, request, timeout: Optional[float]):
         self._client = client
@@ -308,25 +329,49 @@ class GenerateStream:
         self.done: Optional[GenerateDone] = None
         self.reconnects = 0
         self._finished = False
+        # cancel() may come from another thread: _lock orders it against
+        # opening a call, and _cancelled wakes a backoff sleep.
+        self._lock = threading.Lock()
+        self._cancelled = threading.Event()
 
     def __iter__(self) -> "GenerateStream":
         return self
 
     def cancel(self) -> None:
-        if self._responses is not None:
-            self._responses.cancel()
-        self._finished = True
+        """Cancels the call and ends the iteration (StopIteration), from
+        any thread. The CANCELLED it causes is not retried: no further
+        call is opened, and a call being opened at that moment (a resume)
+        is cancelled too."""
+        with self._lock:
+            self._cancelled.set()
+            self._finished = True
+            responses = self._responses
+        if responses is not None:
+            responses.cancel()
+
+    def _open(self) -> bool:
+        """Opens the call; False if cancel() came first or meanwhile (the
+        new call is then cancelled)."""
+        if self._cancelled.is_set():
+            return False
+        stubs = self._client._current_stubs()
+        responses = stubs.streams.Generate(
+            self._request, metadata=self._client._metadata,
+            timeout=self._client._attempt_timeout(self._deadline,
+                                                  unary=False))
+        with self._lock:
+            if not self._cancelled.is_set():
+                self._stubs, self._responses = stubs, responses
+                self._seen_bytes = 0
+                return True
+        responses.cancel()
+        return False
 
     def __next__(self) -> GenerateChunk:
         attempts = 0
         while not self._finished:
-            if self._responses is None:
-                self._stubs = self._client._current_stubs()
-                self._responses = self._stubs.streams.Generate(
-                    self._request, metadata=self._client._metadata,
-                    timeout=self._client._attempt_timeout(self._deadline,
-                                                          unary=False))
-                self._seen_bytes = 0
+            if self._responses is None and not self._open():
+                break
             try:
                 msg = next(self._responses)
             except grpc.RpcError as e:
@@ -362,13 +407,22 @@ class GenerateStream:
                     c.index + skip, list(c.tokens[skip:]),
                     raw.decode("utf-8", "replace"), raw,
                     [lp.logprob for lp in c.logprobs[skip:]])
+            with self._lock:
+                self._responses = None
+            if self._cancelled.is_set():
+                # Our own cancel(): not a failure of the target, and not
+                # retried.
+                break
             self._client._rotate(self._stubs)
-            self._responses = None
             attempts += 1
             try:
-                self._client._retry_or_raise(err, attempts, self._deadline)
+                self._client._retry_or_raise(err, attempts, self._deadline,
+                                             sleep=self._cancelled.wait)
             except StatestreamError:
                 self._finished = True
                 raise
+            if self._cancelled.is_set():
+                break  # cancelled during the backoff
             self.reconnects += 1
+        self._finished = True
         raise StopIteration

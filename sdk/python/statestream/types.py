@@ -7,6 +7,16 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 
+def _durability_name(value: int) -> str:
+    """A Durability's name; an unknown value (a newer server) as its
+    number."""
+    from statestream.v1 import statestream_pb2 as pb
+    try:
+        return pb.Durability.Name(value)
+    except ValueError:
+        return str(value)
+
+
 @dataclass(frozen=True)
 class SessionInfo:
     session_id: str
@@ -20,13 +30,17 @@ class SessionInfo:
     labels: Dict[str, str]
     parent_session_id: str = ""
     parent_version: int = 0
+    # The durability `version` reached, a Durability name
+    # ("DURABILITY_MEMORY", "DURABILITY_FSYNC", "DURABILITY_REPLICATED").
+    durability: str = "DURABILITY_UNSPECIFIED"
 
     @classmethod
     def from_proto(cls, s) -> "SessionInfo":
         return cls(s.session_id, s.model_id, s.position, s.input_offset,
                    s.pending_bytes, s.version, s.committed_position,
                    s.committed_input_offset, dict(s.labels),
-                   s.parent.session_id, s.parent.version)
+                   s.parent.session_id, s.parent.version,
+                   _durability_name(s.durability))
 
 
 @dataclass(frozen=True)
@@ -53,11 +67,15 @@ class AppendAck:
     pending_bytes: int
     version: int
     committed_input_offset: int
+    # The durability `version` reached (a Durability name, as SessionInfo).
+    durability: str = "DURABILITY_UNSPECIFIED"
+    tokens_consumed: int = 0
 
     @classmethod
     def from_proto(cls, a) -> "AppendAck":
         return cls(a.duplicate, a.position, a.input_offset, a.pending_bytes,
-                   a.version, a.committed_input_offset)
+                   a.version, a.committed_input_offset,
+                   _durability_name(a.durability), a.tokens_consumed)
 
 
 @dataclass
@@ -78,13 +96,22 @@ class GenerateDone:
     position: int
     input_offset: int
     version: int
+    # FINISH_REASON_STOP_TOKEN: the token that stopped it.
+    stop_token: int = 0
+    # FINISH_REASON_STOP_STRING: the stop string that matched.
+    stop_string: str = ""
+    # A replay of a finished committing Generate with the same request_id.
+    replayed: bool = False
+    # The durability `version` reached (a Durability name, as SessionInfo).
+    durability: str = "DURABILITY_UNSPECIFIED"
 
     @classmethod
     def from_proto(cls, d) -> "GenerateDone":
         from statestream.v1 import statestream_pb2 as pb
         return cls(pb.FinishReason.Name(d.finish_reason), d.usage.output_tokens,
                    d.usage.input_tokens, d.committed, d.position,
-                   d.input_offset, d.version)
+                   d.input_offset, d.version, d.stop_token, d.stop_string,
+                   d.replayed, _durability_name(d.durability))
 
 
 @dataclass

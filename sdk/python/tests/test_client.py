@@ -160,3 +160,39 @@ def test_a_resumed_generate_that_diverges_is_not_joined(server, client):
         for _ in stream:
             pass
     assert e.value.code == grpc.StatusCode.ABORTED
+
+
+def test_results_say_the_durability_reached_and_why_generate_stopped(client):
+    from statestream.v1 import statestream_pb2 as pb
+    client.create_session("d")
+    s = client.session("d")
+    # `serve` has no replicas: MEMORY and FSYNC are what it can reach.
+    ack = s.append("Once upon a time", durability=pb.DURABILITY_FSYNC)
+    assert ack.durability == "DURABILITY_FSYNC"
+    info = s.get()
+    assert info.version == ack.version
+    assert info.durability == "DURABILITY_FSYNC"
+    with s.writer(durability=pb.DURABILITY_MEMORY) as w:
+        w.write(" there")
+        assert w.sync().tokens_consumed > 0  # the demo model: bytes
+        assert w.checkpoint().durability == "DURABILITY_MEMORY"
+    assert s.get().durability == "DURABILITY_MEMORY"
+
+    # Greedy, so the same first token again: a stop token the second time.
+    first = s.generate_text(max_tokens=1, temperature=0).tokens[0]
+    done = s.generate_text(max_tokens=8, temperature=0,
+                           stop_tokens=first).done
+    assert done.finish_reason == "FINISH_REASON_STOP_TOKEN"
+    assert done.stop_token == first
+    assert (done.stop_string, done.replayed) == ("", False)
+    committed = s.generate_text(max_tokens=3, temperature=0, commit=True,
+                                request_id="dur").done
+    assert committed.committed and not committed.replayed
+    assert committed.durability != "DURABILITY_UNSPECIFIED"
+    # The same committing request again: replayed, not generated twice.
+    again = s.generate_text(max_tokens=3, temperature=0, commit=True,
+                            request_id="dur",
+                            expected_input_offset=committed.input_offset - 3
+                            ).done
+    assert again.replayed
+    assert s.get().input_offset == committed.input_offset

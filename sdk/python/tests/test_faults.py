@@ -5,6 +5,7 @@ malformed error details. Also the client's default channel options."""
 import asyncio
 import os
 import signal
+import threading
 import time
 from concurrent import futures
 
@@ -28,11 +29,13 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
     """Sessions.GetSession and Streams.Append. Append acks each request
     (resends as duplicates, never committing) except a text "bad", which
     fails UNAVAILABLE at every attempt. Session "malformed" fails with
-    an unparsable grpc-status-details-bin."""
+    an unparsable grpc-status-details-bin. Generate: see there."""
 
     def __init__(self):
         self.append_calls = 0
         self.applied = 0
+        self.generate_requests = []  # every Generate request received
+        self.generate_cancelled = 0  # Generate calls the client cancelled
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         rpc.add_SessionsServicer_to_server(self, self.server)
         rpc.add_StreamsServicer_to_server(self, self.server)
@@ -59,6 +62,31 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
             yield pb.ExportStateResponse(chunk=pb.StateChunk(
                 index=i, data=b"abcd",
                 crc32c=crc if crc is not None else _crc32c(b"abcd")))
+
+    def Generate(self, request, context):
+        """Session "done": at once a `done` with the fields below. Session
+        "unavailable-first": the first call fails UNAVAILABLE, later ones
+        are as any other session's: one chunk, then nothing until the
+        client cancels (counted in generate_cancelled)."""
+        self.generate_requests.append(request)
+        if request.session_id == "done":
+            yield pb.GenerateResponse(done=pb.GenerateDone(
+                finish_reason=pb.FINISH_REASON_STOP_STRING, stop_token=7,
+                stop_string="\n\n", usage=pb.Usage(input_tokens=2,
+                                                    output_tokens=3),
+                committed=True, replayed=True, position=5, input_offset=6,
+                version=4, durability=pb.DURABILITY_FSYNC))
+            return
+        if (request.session_id == "unavailable-first" and
+                len(self.generate_requests) == 1):
+            context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
+        yield pb.GenerateResponse(chunk=pb.GenerateChunk(
+            index=0, tokens=[1], text_utf8=b"a"))
+        deadline = time.monotonic() + 30
+        while context.is_active() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not context.is_active():
+            self.generate_cancelled += 1
 
     def Append(self, request_iterator, context):
         self.append_calls += 1
@@ -238,3 +266,106 @@ def test_a_corrupt_export_is_data_loss(fake, session):
                 await c.session(session).export()
             assert e.value.code == grpc.StatusCode.DATA_LOSS
     asyncio.run(main())
+
+
+# -- stop strings --------------------------------------------------------------
+#
+# A str is one stop string: stop="\n\n" used to become ["\n", "\n"].
+
+@pytest.mark.parametrize("stop,expected", [
+    ("\n\n", ["\n\n"]), (["\n\n", "END"], ["\n\n", "END"]),
+    (("User:",), ["User:"]), ("", [])])
+def test_a_stop_str_is_one_stop_string(fake, stop, expected):
+    with Client(fake.address, **fast_retries()) as c:
+        c.session("done").generate_text("x", stop=stop, stop_tokens=0)
+    assert list(fake.generate_requests[-1].stop_strings) == expected
+    assert list(fake.generate_requests[-1].stop_tokens) == [0]
+
+    async def main():
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            await c.session("done").generate_text("x", stop=stop,
+                                                  stop_tokens=[1, 2])
+    asyncio.run(main())
+    assert list(fake.generate_requests[-1].stop_strings) == expected
+    assert list(fake.generate_requests[-1].stop_tokens) == [1, 2]
+
+
+def test_generate_done_has_every_field(fake):
+    with Client(fake.address, **fast_retries()) as c:
+        done = c.session("done").generate_text("x").done
+    assert done.finish_reason == "FINISH_REASON_STOP_STRING"
+    assert (done.stop_token, done.stop_string) == (7, "\n\n")
+    assert (done.input_tokens, done.output_tokens) == (2, 3)
+    assert done.committed and done.replayed
+    assert (done.position, done.input_offset, done.version) == (5, 6, 4)
+    assert done.durability == "DURABILITY_FSYNC"
+
+
+# -- GenerateStream.cancel() ---------------------------------------------------
+#
+# The CANCELLED that the caller's own cancel() causes is not a failure: no
+# rotation to the next target, no backoff, no new call.
+
+def slow_retries():
+    # A backoff long enough to see if the stream sleeps it.
+    return dict(max_attempts=5, initial_backoff=10, max_backoff=10)
+
+
+def test_a_cancelled_generate_is_not_retried(fake):
+    with Client([fake.address, fake.address], **slow_retries()) as c:
+        stream = c.session("s").generate("x")
+        assert next(stream).tokens == [1]
+        timer = threading.Timer(0.3, stream.cancel)
+        timer.start()
+        began = time.monotonic()
+        with pytest.raises(StopIteration):
+            next(stream)  # waits on the call until cancel()
+        assert time.monotonic() - began < 5  # no backoff slept
+        timer.join()
+        assert c._current == 0  # the target was not given up on
+        assert stream.reconnects == 0
+        assert len(fake.generate_requests) == 1  # no new call
+        with pytest.raises(StopIteration):
+            next(stream)
+        assert len(fake.generate_requests) == 1
+    deadline = time.monotonic() + 10
+    while fake.generate_cancelled < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.generate_cancelled == 1
+
+
+def test_a_cancel_during_the_backoff_opens_no_call(fake):
+    with Client(fake.address, **slow_retries()) as c:
+        stream = c.session("unavailable-first").generate("x")
+        timer = threading.Timer(0.3, stream.cancel)
+        timer.start()
+        began = time.monotonic()
+        with pytest.raises(StopIteration):
+            next(stream)  # fails, then sleeps the backoff until cancel()
+        assert time.monotonic() - began < 5
+        timer.join()
+        assert len(fake.generate_requests) == 1
+        assert stream.reconnects == 0
+
+
+def test_a_cancel_racing_a_resume_cancels_the_new_call(fake):
+    # cancel() lands while the resumed call is being opened (here: from
+    # inside the stub, just before the call starts): the new call must be
+    # cancelled, not read from.
+    with Client(fake.address, max_attempts=5, initial_backoff=0.001,
+                max_backoff=0.001) as c:
+        stream = c.session("unavailable-first").generate("x")
+        opened = []
+        stubs = c._stubs[0]
+        real = stubs.streams.Generate
+
+        def generate(*args, **kwargs):
+            if opened:  # the resume
+                stream.cancel()
+            opened.append(real(*args, **kwargs))
+            return opened[-1]
+        stubs.streams.Generate = generate
+        with pytest.raises(StopIteration):
+            next(stream)
+        assert len(opened) == 2
+        assert opened[1].code() == grpc.StatusCode.CANCELLED

@@ -3,9 +3,11 @@
 processes: a bare flush across a kill -9, sticky errors, closing, and
 (asyncio) cancellation of a pending call."""
 import asyncio
+import gc
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import grpc
@@ -422,3 +424,109 @@ def test_async_resend_goes_through_the_window(server):
             assert (await s.score("z")).sum_logprob == \
                 (await ref.score("z")).sum_logprob
     asyncio.run(main())
+
+
+# -- window: at most 64 requests in flight -----------------------------------
+#
+# The server stops reading a writer that leaves 64 acks unread. A writer
+# that sent up to `window` requests before reading any ack waited forever
+# (flow control) once window > 64: every writer clamps window to 64.
+
+def test_a_window_over_64_is_clamped(server):
+    with Client(server.address) as c:
+        c.create_session("wide")
+        with c.session("wide").writer(window=5000, timeout=60) as w:
+            assert w._window == 64
+            for _ in range(3000):
+                w.write_tokens([65])
+            done = w.close()
+        assert done.committed_input_offset == 3000
+
+
+def test_async_a_window_over_64_is_clamped(server):
+    async def main():
+        async with AsyncClient(server.address) as c:
+            await c.create_session("wide")
+            in_flight = InFlight(c)
+            w = await c.session("wide").writer(window=5000)
+
+            async def feed():
+                for _ in range(3000):
+                    await w.write("a")
+                return await w.close()
+            done = await asyncio.wait_for(feed(), 60)
+            assert done.committed_input_offset == 3000
+            assert 0 < in_flight.most <= 64
+    asyncio.run(main())
+
+
+# -- retrying an append: start_offset ---------------------------------------
+#
+# A writer starts where the session is now, so an append retried after it
+# raised (its text applied and committed after all) was applied twice. With
+# the offset the text began at, the retry is acknowledged as a duplicate.
+
+def test_an_append_retried_at_its_start_offset_applies_once(server):
+    with Client(server.address) as c:
+        c.create_session("retry")
+        s = c.session("retry")
+        assert s.append("hello", start_offset=0).input_offset == 5
+        again = s.append("hello", start_offset=0)
+        assert again.input_offset == 5
+        assert s.get().input_offset == 5
+        # A writer at an explicit offset, after the text it continues.
+        with s.writer(start_offset=5) as w:
+            w.write(" world")
+            assert w.close().committed_input_offset == 11
+        # A session short of start_offset: a gap, nothing applied.
+        with pytest.raises(StatestreamError) as e:
+            s.append("x", start_offset=100)
+        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert e.value.reason == "POSITION_MISMATCH"
+        assert s.get().input_offset == 11
+
+
+def test_async_an_append_retried_at_its_start_offset_applies_once(server):
+    async def main():
+        async with AsyncClient(server.address) as c:
+            await c.create_session("retry")
+            s = c.session("retry")
+            assert (await s.append("hello", start_offset=0)).input_offset == 5
+            assert (await s.append("hello", start_offset=0)).input_offset == 5
+            assert (await s.get()).input_offset == 5
+            async with await s.writer(start_offset=5) as w:
+                await w.write(" world")
+            assert (await s.get()).committed_input_offset == 11
+    asyncio.run(main())
+
+
+# -- a writer dropped without close() ----------------------------------------
+#
+# gRPC consumes a sync writer's requests on a thread of its own, which waits
+# for the next request; a writer dropped without close() left that thread
+# waiting for the life of the process.
+
+def wait_for_threads(at_most: int) -> int:
+    deadline = time.monotonic() + 10
+    while threading.active_count() > at_most and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return threading.active_count()
+
+
+def test_a_dropped_writer_ends_its_call(server):
+    with Client(server.address) as c:
+        c.create_session("dropped")
+        s = c.session("dropped")
+        s.append("warm up ")  # gRPC's own threads, started once
+        baseline = wait_for_threads(threading.active_count())
+        for i in range(3):
+            w = s.writer()
+            w.write("uncommitted %d " % i)
+            w.sync()
+            assert threading.active_count() > baseline  # its request thread
+            del w
+            gc.collect()
+            assert wait_for_threads(baseline) <= baseline
+        # The session is usable, and a later writer is not superseded by
+        # anything left behind.
+        assert s.append("end").input_offset > len("warm up ")
