@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "services/tenants.h"
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
 #include <algorithm>
 #include <fstream>
 #include <sstream>
@@ -80,8 +83,23 @@ bool IsValidTenant(absl::string_view tenant) {
   return true;
 }
 
-TenantAuth::TenantAuth(std::map<std::string, std::string> api_keys)
-    : api_keys_(std::move(api_keys)) {}
+namespace {
+
+std::array<unsigned char, 32> Sha256(absl::string_view data) {
+  std::array<unsigned char, 32> digest{};
+  unsigned int size = 0;
+  EVP_Digest(data.data(), data.size(), digest.data(), &size, EVP_sha256(),
+             nullptr);
+  return digest;
+}
+
+}  // namespace
+
+TenantAuth::TenantAuth(std::map<std::string, std::string> api_keys) {
+  for (auto& [token, tenant] : api_keys) {
+    keys_.push_back({Sha256(token), std::move(tenant)});
+  }
+}
 
 absl::StatusOr<TenantAuth> TenantAuth::FromFile(const std::string& path) {
   std::ifstream in(path);
@@ -142,14 +160,21 @@ absl::StatusOr<std::string> TenantAuth::Authenticate(
         "x-statestream-tenant is not accepted: this server authenticates "
         "with API keys (authorization: Bearer <token>)");
   }
-  constexpr absl::string_view kBearer = "Bearer ";
+  constexpr absl::string_view kBearer = "bearer ";
   if (!authorization.has_value() ||
-      !absl::StartsWith(*authorization, kBearer)) {
+      !absl::StartsWithIgnoreCase(*authorization, kBearer)) {
     return Unauthenticated("missing credentials (authorization: Bearer ...)");
   }
-  auto it = api_keys_.find(std::string(authorization->substr(kBearer.size())));
-  if (it == api_keys_.end()) return Unauthenticated("unknown API key");
-  return it->second;
+  const std::array<unsigned char, 32> digest =
+      Sha256(authorization->substr(kBearer.size()));
+  const Key* found = nullptr;
+  for (const Key& key : keys_) {
+    if (CRYPTO_memcmp(key.digest.data(), digest.data(), digest.size()) == 0) {
+      found = &key;
+    }
+  }
+  if (found == nullptr) return Unauthenticated("unknown API key");
+  return found->tenant;
 }
 
 bool TenantLimitsOptions::LimitsSessions() const {

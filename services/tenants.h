@@ -7,9 +7,11 @@
 #ifndef STATESTREAM_SERVICES_TENANTS_H_
 #define STATESTREAM_SERVICES_TENANTS_H_
 
+#include <array>
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -122,23 +124,30 @@ class TenantAuth {
   // INVALID_ARGUMENT naming the line; NOT_FOUND if the file cannot be read.
   static absl::StatusOr<TenantAuth> FromFile(const std::string& path);
 
-  bool development_mode() const { return api_keys_.empty(); }
+  bool development_mode() const { return keys_.empty(); }
   // The limits the keys file sets, by tenant.
   const std::map<std::string, TenantLimitOverride>& limits() const {
     return limits_;
   }
 
   // The caller's tenant from its `authorization` and `x-statestream-tenant`
-  // metadata (nullopt = absent). With keys: "Bearer <token>" of a known
-  // token is required and the tenant header is refused; without keys: the
-  // header, or "default". UNAUTHENTICATED/kUnauthenticated otherwise (the
-  // message never echoes the token).
+  // metadata (nullopt = absent). With keys: "Bearer <token>" (the scheme in
+  // any case, RFC 7235) of a known token is required and the tenant header is
+  // refused; without keys: the header, or "default".
+  // UNAUTHENTICATED/kUnauthenticated otherwise (the message never echoes the
+  // token).
   absl::StatusOr<std::string> Authenticate(
       std::optional<absl::string_view> authorization,
       std::optional<absl::string_view> tenant_header) const;
 
  private:
-  std::map<std::string, std::string> api_keys_;
+  // Tokens are kept as SHA-256 digests and compared in constant time, all
+  // of them on every call: neither timing nor a memory dump gives a token.
+  struct Key {
+    std::array<unsigned char, 32> digest;
+    std::string tenant;
+  };
+  std::vector<Key> keys_;
   std::map<std::string, TenantLimitOverride> limits_;
 };
 
