@@ -274,12 +274,13 @@ bool Gateway::ShouldFailover(const grpc::Status& status) {
 }
 
 grpc::Status Gateway::GaveUp(const grpc::Status& last) {
-  return grpc::Status(
-      grpc::StatusCode::UNAVAILABLE,
+  return ToGrpcStatus(MakeError(
+      absl::StatusCode::kUnavailable, Reason::kOverloaded,
       absl::StrCat("no worker could complete the call (the last answered ",
                    absl::StatusCodeToString(
                        static_cast<absl::StatusCode>(last.error_code())),
-                   ": ", last.error_message(), "); retry"));
+                   ": ", last.error_message(), "); retry"),
+      {{"retry_after_ms", "200"}}));
 }
 
 absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> HoldStreamSlot(
@@ -521,8 +522,10 @@ class SessionsService final : public v1::Sessions::CallbackService {
             }
             grpc::Status s = reader->Finish();
             if (delivered && !s.ok() && Gateway::ShouldFailover(s)) {
-              return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                  "worker lost during export; retry");
+              return ToGrpcStatus(MakeError(absl::StatusCode::kUnavailable,
+                                            Reason::kOverloaded,
+                                            "worker lost during export; retry",
+                                            {{"retry_after_ms", "200"}}));
             }
             return s;
           },

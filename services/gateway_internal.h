@@ -89,9 +89,9 @@ class Gateway {
   // Whether a worker's answer means "try another worker" (see gateway.h).
   static bool ShouldFailover(const grpc::Status& status);
   // What a call ends with when its last worker's answer still meant "try
-  // another" but no attempt is left: UNAVAILABLE (retry later), never a
-  // worker's CANCELLED (a client would take it for its own cancellation)
-  // or the internal ABORTED/FENCED.
+  // another" but no attempt is left: UNAVAILABLE/OVERLOADED with
+  // retry_after_ms (retry later), never a worker's CANCELLED (a client
+  // would take it for its own cancellation) or the internal ABORTED/FENCED.
   static grpc::Status GaveUp(const grpc::Status& last);
 
  private:

@@ -441,6 +441,9 @@ TEST_F(GatewayTest, ACallNoWorkerCompletedIsUnavailable) {
         v1::Sessions::NewStub(channel_)->GetSession(&ctx, req, &resp);
     EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
         << st.error_message();
+    // The gateway's own answer, typed like a draining worker's.
+    EXPECT_EQ(GetReason(FromGrpcStatus(st)), Reason::kOverloaded);
+    EXPECT_TRUE(GetErrorMetadata(FromGrpcStatus(st), "retry_after_ms"));
   }
 }
 
