@@ -3,19 +3,25 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/impl/server_builder_plugin.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 #include <grpcpp/support/server_interceptor.h>
 
+#include <algorithm>
 #include <functional>
+#include <memory>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "statestream/v1/statestream.grpc.pb.h"
 
 namespace statestream {
 
@@ -148,6 +154,26 @@ absl::StatusOr<std::pair<std::string, int>> ParseListenAddress(
   return std::make_pair(std::string(host), port);
 }
 
+namespace {
+
+// A ServerBuilder option that removes the server reflection plugin, which,
+// once initialised, is added to every ServerBuilder of the process.
+class WithoutReflection final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>*
+                         plugins) override {
+    plugins->erase(
+        std::remove_if(plugins->begin(), plugins->end(),
+                       [](const std::unique_ptr<grpc::ServerBuilderPlugin>& p) {
+                         return p->name() == "proto_server_reflection";
+                       }),
+        plugins->end());
+  }
+};
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     const ServerOptions& options, ServiceSet services) {
   auto host_port = ParseListenAddress(options.listen);
@@ -195,8 +221,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   if (!options.health_listen.empty()) {
     auto health_host = ParseListenAddress(options.health_listen);
     if (!health_host.ok()) return health_host.status();
-    // Only the default health service: nothing else is registered.
+    // Only the default health service: nothing else is registered, and
+    // server reflection (a plugin registered process-wide above) is
+    // dropped.
     grpc::ServerBuilder health_builder;
+    health_builder.SetOption(std::make_unique<WithoutReflection>());
+    out->health_placeholder_ = std::make_unique<v1::Models::Service>();
+    health_builder.RegisterService(out->health_placeholder_.get());
     int health_port = 0;
     health_builder.AddListeningPort(
         options.health_listen, grpc::InsecureServerCredentials(), &health_port);

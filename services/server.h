@@ -97,6 +97,10 @@ class Server {
   ServiceSet services_;
   std::unique_ptr<InFlightCalls> calls_;
   std::unique_ptr<grpc::Server> server_;
+  // A synchronous service on the health port (all UNIMPLEMENTED): without
+  // one gRPC does not poll that server, and the default health service
+  // needs it. Outlives health_server_.
+  std::unique_ptr<grpc::Service> health_placeholder_;
   std::unique_ptr<grpc::Server> health_server_;  // null without health_listen
   std::unique_ptr<ReadinessPoller> readiness_;   // null without a probe
 };

@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "services/server.h"
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
 
 #include "absl/strings/numbers.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
@@ -115,6 +117,30 @@ TEST(ServerTest, HealthPortMirrorsTheMainPort) {
                   .error_code(),
               grpc::StatusCode::UNIMPLEMENTED);
   }
+  // Server reflection answers on the main port only. One ListServices
+  // request (ServerReflectionRequest{list_services: ""}, field 7, as bytes:
+  // the reflection protos are libgrpc++_reflection's own) and its answer.
+  auto reflect = [](const std::string& address) {
+    auto channel =
+        grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+    grpc::GenericStub stub(channel);
+    grpc::ClientContext ctx;
+    const std::string list_services("\x3a\x00", 2);
+    grpc::Slice slice(list_services);
+    grpc::ByteBuffer request(&slice, 1), response;
+    grpc::Status status;
+    absl::Notification done;
+    stub.UnaryCall(
+        &ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
+          status = std::move(s);
+          done.Notify();
+        });
+    done.WaitForNotification();
+    return status.error_code();
+  };
+  EXPECT_EQ(reflect((*server)->address()), grpc::StatusCode::OK);
+  EXPECT_EQ(reflect(health), grpc::StatusCode::UNIMPLEMENTED);
   ready = false;
   for (int i = 0; i < 500 && status_of("") == HealthCheckResponse::SERVING;
        ++i) {
