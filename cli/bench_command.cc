@@ -31,6 +31,7 @@
 #include "worker/engine/kernels.h"
 #include "worker/engine/model.h"
 #include "worker/engine/ops.h"
+#include "worker/engine/thread_pool.h"
 #include "worker/engine/weight_loader.h"
 
 ABSL_FLAG(std::string, mode, "decode",
@@ -282,9 +283,7 @@ absl::Status BenchEngine() {
                                 "--model is required");
   }
   const int threads =
-      options.threads > 0
-          ? options.threads
-          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+      options.threads > 0 ? options.threads : engine::AvailableCpus();
   // The bandwidth is probed twice, before the model loads and after the
   // timed steps, and the higher reading counts: a neighbour's burst during
   // a single probe would flatter the roofline fraction. The first probe's

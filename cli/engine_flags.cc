@@ -4,7 +4,10 @@
 #include "absl/flags/flag.h"
 #include "common/status.h"
 
-ABSL_FLAG(int, threads, 0, "Engine threads; 0 = one per CPU.");
+ABSL_FLAG(int, threads, 0,
+          "Engine threads (and the scheduler's per-step threads); 0 = one per "
+          "CPU this process may use (its affinity, capped by a cgroup CPU "
+          "quota).");
 ABSL_FLAG(std::string, precision, "as-stored",
           "Weights in memory: as-stored, f32, bf16 or int8 (per-row "
           "scales; CPU only).");

@@ -3,6 +3,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/time/time.h"
+#include "cli/engine_flags.h"
 #include "cli/server_flags.h"
 
 ABSL_FLAG(int64_t, checkpoint_tokens, 4096,
@@ -42,6 +43,12 @@ void ApplyWorkerFlags(worker::SessionManagerOptions* sessions,
   sessions->request_id_window = RequestIdWindowFromFlag();
   scheduler->max_tasks = absl::GetFlag(FLAGS_max_tasks);
   scheduler->max_queued_tokens = absl::GetFlag(FLAGS_max_queued_tokens);
+  // The per-step work (sampling) runs on as many threads as the engine:
+  // --threads, or the CPUs the process may use.
+  if (absl::StatusOr<engine::ModelOptions> engine = EngineOptionsFromFlags();
+      engine.ok()) {
+    scheduler->step_threads = engine->threads;
+  }
 }
 
 }  // namespace statestream::cli

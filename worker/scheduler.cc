@@ -13,9 +13,7 @@ Scheduler::Scheduler(engine::Model* model, const SchedulerOptions& options,
                      Clock* clock)
     : model_(model), options_(options), clock_(clock) {
   const int step_threads =
-      options.step_threads > 0
-          ? options.step_threads
-          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+      options.step_threads > 0 ? options.step_threads : engine::AvailableCpus();
   if (step_threads > 1) {
     // Short spins: these threads run between engine batches, when the
     // engine's own pool is about to need the cores.

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/status.h"
+#include "worker/engine/thread_pool.h"
 
 namespace statestream::engine::rwkv {
 
@@ -332,8 +333,7 @@ absl::StatusOr<EngineSetup> ResolveEngineOptions(const ModelOptions& options) {
   }
   int threads = options.threads;
   if (threads <= 0) {
-    threads =
-        static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    threads = AvailableCpus();
   }
   return EngineSetup{kernels, threads};
 }

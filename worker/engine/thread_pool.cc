@@ -2,12 +2,19 @@
 #include "worker/engine/thread_pool.h"
 
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <fstream>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -231,6 +238,44 @@ bool ThreadPool::ReadAheadChunk() {
     first = end;
   }
   return true;
+}
+
+namespace {
+
+// The first line of `path`, or "" if it cannot be read.
+std::string FirstLine(const char* path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+}  // namespace
+
+int CpusFromCgroupMax(absl::string_view cpu_max) {
+  std::vector<absl::string_view> parts =
+      absl::StrSplit(cpu_max, ' ', absl::SkipEmpty());
+  int64_t quota = 0, period = 0;
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &quota) ||
+      !absl::SimpleAtoi(parts[1], &period) || quota <= 0 || period <= 0) {
+    return 0;  // "max", or not a quota
+  }
+  return static_cast<int>(
+      std::min<int64_t>((quota + period - 1) / period, 1 << 16));
+}
+
+int AvailableCpus() {
+  int cpus = static_cast<int>(std::thread::hardware_concurrency());
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) cpus = CPU_COUNT(&set);
+  int quota = CpusFromCgroupMax(FirstLine("/sys/fs/cgroup/cpu.max"));
+  if (quota == 0) {
+    quota = CpusFromCgroupMax(
+        absl::StrCat(FirstLine("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), " ",
+                     FirstLine("/sys/fs/cgroup/cpu/cpu.cfs_period_us")));
+  }
+  if (quota > 0) cpus = std::min(cpus, quota);
+  return std::max(cpus, 1);
 }
 
 }  // namespace statestream::engine

@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 
@@ -103,6 +104,17 @@ class ThreadPool {
   absl::Mutex ahead_mu_;  // serialises ReadAheadWhenIdle callers
   std::vector<std::thread> workers_;
 };
+
+// The CPUs this process may use, the default for every thread count
+// (engine, scheduler steps): the calling thread's affinity mask, capped by
+// a cgroup CPU quota (v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us)
+// rounded up; at least 1. A container limited either way gets pools of
+// its share, not of the node's cores (std::thread::hardware_concurrency).
+int AvailableCpus();
+
+// The CPUs a cgroup v2 `cpu.max` line ("QUOTA PERIOD", or "max PERIOD")
+// allows, rounded up; 0 when unlimited or unreadable.
+int CpusFromCgroupMax(absl::string_view cpu_max);
 
 }  // namespace statestream::engine
 

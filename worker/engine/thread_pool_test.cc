@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "worker/engine/thread_pool.h"
 
+#include <sched.h>
+
 #include <atomic>
 #include <chrono>
 #include <initializer_list>
@@ -223,6 +225,38 @@ TEST(WeightStreamTest, PostsTheHandOffsAfterTheCurrentOneInStepOrder) {
   EXPECT_EQ(before({&mbig}), 256 + 1);
   EXPECT_EQ(before({&mmid, &me}), 2 + 1 + 3 + (2048 - 6));
   EXPECT_EQ(before({}), 2048);  // an empty hand-off changes nothing
+}
+
+// Threads default to the CPUs the process may use: its affinity, not the
+// machine's cores.
+TEST(AvailableCpusTest, FollowsTheAffinityMask) {
+  cpu_set_t saved;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(saved), &saved), 0);
+  const int all = AvailableCpus();
+  EXPECT_GE(all, 1);
+  EXPECT_LE(all, CPU_COUNT(&saved));
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(c, &saved)) {
+      CPU_SET(c, &one);
+      break;
+    }
+  }
+  ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);
+  EXPECT_EQ(AvailableCpus(), 1);
+  ASSERT_EQ(sched_setaffinity(0, sizeof(saved), &saved), 0);
+  EXPECT_EQ(AvailableCpus(), all);
+}
+
+TEST(AvailableCpusTest, ReadsACgroupQuotaRoundedUp) {
+  EXPECT_EQ(CpusFromCgroupMax("max 100000"), 0);
+  EXPECT_EQ(CpusFromCgroupMax("200000 100000"), 2);
+  EXPECT_EQ(CpusFromCgroupMax("150000 100000"), 2);
+  EXPECT_EQ(CpusFromCgroupMax("50000 100000"), 1);
+  EXPECT_EQ(CpusFromCgroupMax("-1 100000"), 0);  // cgroup v1: no quota
+  EXPECT_EQ(CpusFromCgroupMax(""), 0);
+  EXPECT_EQ(CpusFromCgroupMax("garbage"), 0);
 }
 
 }  // namespace
