@@ -146,7 +146,11 @@ int Run(const std::vector<std::string>& args) {
     auto w = std::make_shared<Worker>();
     auto models = LoadModels(options);
     if (!models.ok()) return models.status();
-    auto store = NewRedisStateStore(options.redis);
+    RedisStateStoreOptions redis = options.redis;
+    redis.on_warning = [](const std::string& warning) {
+      std::cerr << "statestream worker: WARNING: " << warning << "\n";
+    };
+    auto store = NewRedisStateStore(redis);
     if (!store.ok()) return store.status();
     w->store = *std::move(store);
     w->metrics = std::make_unique<worker::WorkerMetrics>("redis");

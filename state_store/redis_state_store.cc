@@ -210,7 +210,30 @@ class RedisStateStore final : public StateStore {
       }
     }
     (void)BaseDurability();
+    WarnIfEvicting();
     return absl::OkStatus();
+  }
+
+  // Every session key has a TTL, so under any volatile-* or allkeys-*
+  // policy a Redis at maxmemory drops committed states silently; with
+  // noeviction it refuses writes (STORE_UNAVAILABLE/OOM) instead. CONFIG
+  // forbidden by ACLs: no warning (nothing known).
+  void WarnIfEvicting() {
+    if (!options_.on_warning) return;
+    auto policies =
+        client_->RunOnEveryPrimary({"CONFIG", "GET", "maxmemory-policy"});
+    if (!policies.ok()) return;
+    for (const auto& reply : *policies) {
+      const std::string policy = Get(Pairs(reply.get()), "maxmemory-policy");
+      if (!policy.empty() && policy != "noeviction") {
+        options_.on_warning(absl::StrCat(
+            "Redis maxmemory-policy is ", policy,
+            ": at maxmemory it evicts keys with a TTL, which every session "
+            "state has, so committed states can vanish; set "
+            "maxmemory-policy noeviction (docs/deploy.md)"));
+        return;
+      }
+    }
   }
 
   // The level every write reaches before its reply. Without WAITAOF

@@ -9,6 +9,7 @@
 #define STATESTREAM_STATE_STORE_REDIS_STATE_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -61,6 +62,9 @@ struct RedisStateStoreOptions {
   // what it has with a next_page_token: a label filter that matches
   // nothing must not read a whole tenant's index in one call. >= 1.
   int max_list_scan = 2000;
+  // Called at connect with each configuration problem found (a
+  // maxmemory-policy other than noeviction); null: not checked.
+  std::function<void(const std::string&)> on_warning;
   // Time for created/updated stamps and retry deadlines (TTLs and leases use
   // Redis's own clock). Not owned. nullptr = Clock::Real().
   Clock* clock = nullptr;

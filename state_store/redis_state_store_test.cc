@@ -388,6 +388,29 @@ TEST(RedisStateStoreTest, RefusedWritesAreUnavailable) {
   EXPECT_EQ(committed->version.version, c->version.version + 1);
 }
 
+// A Redis that may evict keys with a TTL (every session state has one) is
+// reported at connect; noeviction is not.
+TEST(RedisStateStoreTest, AnEvictingRedisIsReportedAtConnect) {
+  auto server = RedisServer::Start({});
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::vector<std::string> warnings;
+  RedisStateStoreOptions o;
+  o.addresses = {(*server)->address()};
+  o.on_warning = [&warnings](const std::string& w) { warnings.push_back(w); };
+  ASSERT_TRUE((*server)
+                  ->Command({"CONFIG", "SET", "maxmemory-policy", "noeviction"})
+                  .ok());
+  ASSERT_TRUE(NewRedisStateStore(o).ok());
+  EXPECT_TRUE(warnings.empty());
+  ASSERT_TRUE(
+      (*server)
+          ->Command({"CONFIG", "SET", "maxmemory-policy", "volatile-lru"})
+          .ok());
+  ASSERT_TRUE(NewRedisStateStore(o).ok());
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("volatile-lru"), std::string::npos);
+}
+
 // The delete script sent twice with the same nonce (the client resends a
 // pipeline whose reply it lost) answers OK both times; another call after
 // the deletion still gets NOTFOUND.
