@@ -25,7 +25,8 @@ ABSL_FLAG(int32_t, max_tasks, 1024,
           "or running before new ones get RESOURCE_EXHAUSTED/OVERLOADED.");
 ABSL_FLAG(int64_t, max_queued_tokens, int64_t{1} << 22,
           "Scheduler admission: tokens queued across tasks before new work "
-          "gets RESOURCE_EXHAUSTED/OVERLOADED.");
+          "gets RESOURCE_EXHAUSTED/OVERLOADED (a call needing more than this "
+          "alone gets INVALID_ARGUMENT/MESSAGE_TOO_LARGE).");
 
 namespace statestream::cli {
 

@@ -307,11 +307,12 @@ TEST(WorkerLoadE2eTest, OverloadIsResourceExhaustedNotACrash) {
   ASSERT_NE(server, nullptr);
   ASSERT_TRUE(Create(*server, "busy").ok());
   ASSERT_TRUE(AppendText(*server, "busy", "work work work").ok());
-  // More queued tokens than the worker admits: refused at once.
+  // More tokens of work than the worker queues in all: too large, at once
+  // (OVERLOADED would have it retried forever).
   Gen big = Generate(*server, GenRequest("busy", "big", 8000, false, 1));
-  EXPECT_EQ(big.status.code(), absl::StatusCode::kResourceExhausted)
+  EXPECT_EQ(big.status.code(), absl::StatusCode::kInvalidArgument)
       << big.status;
-  EXPECT_EQ(GetReason(big.status), Reason::kOverloaded);
+  EXPECT_EQ(GetReason(big.status), Reason::kMessageTooLarge);
   // Many concurrent calls against two task slots: each succeeds or is
   // refused with OVERLOADED; the server survives.
   std::vector<absl::Status> results(16);

@@ -30,11 +30,20 @@ absl::Status Scheduler::Submit(std::shared_ptr<Task> task) {
     return MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
                      "the worker is shutting down");
   }
-  // A task over the whole token bound is admitted when it would run alone:
-  // refused with a retry hint, it would be refused forever.
-  const bool over_tokens =
-      admitted_tokens_ + task->queued_tokens > options_.max_queued_tokens;
-  if (admitted_ >= options_.max_tasks || (over_tokens && admitted_ > 0)) {
+  // A task over the whole token bound would be refused with a retry hint
+  // forever: it is too large, not waiting for room.
+  if (task->queued_tokens > options_.max_queued_tokens) {
+    return MakeError(
+        absl::StatusCode::kInvalidArgument, Reason::kMessageTooLarge,
+        absl::StrCat("the call needs ", task->queued_tokens,
+                     " tokens of work, more than this worker queues in all (",
+                     options_.max_queued_tokens,
+                     "): send less input or ask for fewer tokens"),
+        {{"tokens", absl::StrCat(task->queued_tokens)},
+         {"limit", absl::StrCat(options_.max_queued_tokens)}});
+  }
+  if (admitted_ >= options_.max_tasks ||
+      admitted_tokens_ + task->queued_tokens > options_.max_queued_tokens) {
     // A rough hint: the time to drain a batch's worth of queued work.
     const int64_t hint_ms =
         std::clamp<int64_t>(admitted_tokens_ / 1000 + 50, 50, 5000);

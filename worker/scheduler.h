@@ -100,7 +100,7 @@ struct SchedulerOptions {
   // Tasks admitted (queued or running) before Submit answers OVERLOADED.
   int max_tasks = 1024;
   // Sum of queued_tokens over admitted tasks before OVERLOADED (a task over
-  // it alone is admitted when no other task is).
+  // it alone is MESSAGE_TOO_LARGE).
   int64_t max_queued_tokens = int64_t{1} << 22;
   // Threads (the scheduler's own included) that run the tasks' per-step
   // work after each engine batch — sampling 32 sessions over a 65k

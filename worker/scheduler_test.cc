@@ -339,30 +339,31 @@ TEST(SchedulerTest, PrefillsShareTheBudgetEvenly) {
   while (finished.load() < kGens) absl::SleepFor(absl::Milliseconds(1));
 }
 
-// A task over the whole token bound runs when it would run alone; beside
-// another task it is OVERLOADED like any.
-TEST(SchedulerTest, ATaskOverTheTokenBoundRunsAlone) {
+// A task over the whole token bound is too large (not retryable), rather
+// than OVERLOADED with a retry hint forever; one within it is admitted.
+TEST(SchedulerTest, ATaskOverTheWholeTokenBoundIsTooLarge) {
   auto model = SmallModel();
   SchedulerOptions opts;
   opts.max_queued_tokens = 100;
   Scheduler sched(model.get(), opts);
-  EngineState big = EngineState::Initial(*model);
-  EngineState small = EngineState::Initial(*model);
+  EngineState state = EngineState::Initial(*model);
+  absl::Status refused = sched.Submit(std::make_shared<IngestTask>(
+      &state, Tokens(101, 4), [](const absl::Status&) {}));
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_EQ(GetReason(refused), Reason::kMessageTooLarge);
+  EXPECT_EQ(GetErrorMetadata(refused, "limit"), "100");
   Waiter w;
-  auto task = std::make_shared<IngestTask>(&big, Tokens(150, 4),
-                                           [&](const absl::Status& s) {
-                                             w.status = s;
-                                             w.done.Notify();
-                                           });
-  ASSERT_TRUE(sched.Submit(task).ok());
-  absl::Status over = sched.Submit(std::make_shared<IngestTask>(
-      &small, Tokens(150, 5), [](const absl::Status&) {}));
-  if (!w.done.HasBeenNotified()) {
-    EXPECT_EQ(GetReason(over), Reason::kOverloaded) << over;
-  }
+  ASSERT_TRUE(
+      sched
+          .Submit(std::make_shared<IngestTask>(&state, Tokens(100, 4),
+                                               [&](const absl::Status& s) {
+                                                 w.status = s;
+                                                 w.done.Notify();
+                                               }))
+          .ok());
   w.done.WaitForNotification();
   EXPECT_TRUE(w.status.ok()) << w.status;
-  EXPECT_EQ(big.position, 150u);
+  EXPECT_EQ(state.position, 100u);
 }
 
 TEST(SchedulerTest, OverloadCancelAndDeadline) {
