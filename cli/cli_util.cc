@@ -2,13 +2,15 @@
 #include "cli/cli_util.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
-#include <fstream>
 #include <iostream>
-#include <sstream>
+#include <utility>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -17,6 +19,50 @@
 #include "common/status.h"
 
 namespace statestream::cli {
+namespace {
+
+// The payload that marks a UsageError (a URL no server error carries: the
+// SDK only turns ErrorInfo into the reason and metadata payloads).
+constexpr absl::string_view kUsageUrl = "statestream.dev/cli/usage-error";
+
+// Reads `fd` to its end; `name` (a path, or "stdin") for errors.
+absl::StatusOr<std::string> ReadAll(int fd, const std::string& name) {
+  const std::string what = absl::StrCat("cannot read ", name);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return absl::ErrnoToStatus(errno, what);
+  // read(2) on a directory fails with EISDIR anyway; say so before trying.
+  if (S_ISDIR(st.st_mode)) return absl::ErrnoToStatus(EISDIR, what);
+  std::string out;
+  if (S_ISREG(st.st_mode) && st.st_size > 0) {
+    out.reserve(static_cast<size_t>(st.st_size));
+  }
+  char buffer[1 << 16];
+  while (true) {
+    const ssize_t n = ::read(fd, buffer, sizeof(buffer));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return absl::ErrnoToStatus(errno, what);
+    }
+    if (n == 0) break;
+    out.append(buffer, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::Status UsageError(absl::string_view message) {
+  return AsUsageError(InvalidArgumentError(Reason::kInvalidArgument, message));
+}
+
+absl::Status AsUsageError(absl::Status status) {
+  if (!status.ok()) status.SetPayload(kUsageUrl, absl::Cord("1"));
+  return status;
+}
+
+bool IsUsageError(const absl::Status& status) {
+  return !status.ok() && status.GetPayload(kUsageUrl).has_value();
+}
 
 absl::StatusOr<std::vector<int32_t>> ParseIntList(absl::string_view text,
                                                   absl::string_view flag) {
@@ -26,8 +72,7 @@ absl::StatusOr<std::vector<int32_t>> ParseIntList(absl::string_view text,
   for (absl::string_view part : absl::StrSplit(text, ',')) {
     int32_t v;
     if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &v)) {
-      return InvalidArgumentError(
-          Reason::kInvalidArgument,
+      return UsageError(
           absl::StrCat(flag, ": '", part, "' is not a 32-bit integer"));
     }
     out.push_back(v);
@@ -36,11 +81,18 @@ absl::StatusOr<std::vector<int32_t>> ParseIntList(absl::string_view text,
 }
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int open_errno = errno;
+    return absl::ErrnoToStatus(open_errno, absl::StrCat("cannot read ", path));
+  }
+  absl::StatusOr<std::string> bytes = ReadAll(fd, path);
+  ::close(fd);
+  return bytes;
+}
+
+absl::StatusOr<std::string> ReadStdin() {
+  return ReadAll(STDIN_FILENO, "stdin");
 }
 
 absl::Status WriteFileAtomically(const std::string& path,
@@ -66,6 +118,24 @@ absl::Status WriteFileAtomically(const std::string& path,
   return absl::OkStatus();
 }
 
+absl::Status FlushStdout() {
+  // std::cout is synchronised with stdio (nothing turns that off): what it
+  // was given is in stdout's buffer, so flushing stdout first tells why a
+  // write failed; an earlier failed write left stdout's error flag and
+  // std::cout's badbit set.
+  errno = 0;
+  const bool flush_failed = std::fflush(stdout) != 0;
+  const int flush_errno = errno;
+  std::cout.flush();
+  if (!flush_failed && std::cout.good() && !std::ferror(stdout)) {
+    return absl::OkStatus();
+  }
+  if (flush_failed && flush_errno != 0) {
+    return absl::ErrnoToStatus(flush_errno, "cannot write to stdout");
+  }
+  return absl::DataLossError("cannot write to stdout (output incomplete)");
+}
+
 int ReportStatus(const absl::Status& status) {
   if (status.ok()) return kExitOk;
   std::cerr << "error: " << status.message();
@@ -73,7 +143,7 @@ int ReportStatus(const absl::Status& status) {
     std::cerr << " [" << ReasonName(r) << "]";
   }
   std::cerr << "\n";
-  return kExitFailure;
+  return IsUsageError(status) ? kExitUsage : kExitFailure;
 }
 
 }  // namespace statestream::cli

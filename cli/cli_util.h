@@ -20,18 +20,39 @@ extern const char* const kVocabFlagFile;
 std::string TokensFlagValue();
 std::string VocabFlagValue();
 
-// "1,2,-3" -> {1, 2, -3}; "" -> {}. INVALID_ARGUMENT naming `flag` on a
+// A bad command line (a missing or extra argument, a malformed or
+// out-of-range flag value, flags that do not go together): INVALID_ARGUMENT
+// with Reason kInvalidArgument, marked as a usage error by a status payload
+// (never by its message) so that ReportStatus exits kExitUsage. Only for
+// this process's own arguments: an error a server returns is never marked,
+// whatever its message says.
+absl::Status UsageError(absl::string_view message);
+// `status` marked as a usage error (OK stays OK): for flag checks in
+// helpers shared with other callers (e.g. EngineOptionsFromFlags).
+absl::Status AsUsageError(absl::Status status);
+bool IsUsageError(const absl::Status& status);
+
+// "1,2,-3" -> {1, 2, -3}; "" -> {}. A UsageError naming `flag` on a
 // malformed or out-of-range entry.
 absl::StatusOr<std::vector<int32_t>> ParseIntList(absl::string_view text,
                                                   absl::string_view flag);
 
+// The whole file. Never throws: an error "cannot read PATH: WHY" for a file
+// that does not open, a directory or a read error (not an empty string).
 absl::StatusOr<std::string> ReadFile(const std::string& path);
+// The whole of standard input, like ReadFile (read from the descriptor: do
+// not mix with std::cin).
+absl::StatusOr<std::string> ReadStdin();
 // Writes to PATH.tmp, fsyncs, renames over PATH.
 absl::Status WriteFileAtomically(const std::string& path,
                                  absl::string_view bytes);
+// Flushes std::cout and stdout. An error if anything written to them did
+// not reach the file (a full disk, /dev/full, an I/O error): output a
+// command printed is then incomplete and it must not exit 0.
+absl::Status FlushStdout();
 
 // Prints a failed status as "error: MESSAGE [REASON]" to stderr. Returns
-// kExitOk for OK, else kExitFailure.
+// kExitOk for OK, kExitUsage for a UsageError, else kExitFailure.
 int ReportStatus(const absl::Status& status);
 
 }  // namespace statestream::cli

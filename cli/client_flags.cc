@@ -3,14 +3,19 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "cli/cli_util.h"
 #include "cli/tls_flags.h"
 #include "common/status.h"
+#include "services/tls.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:7700",
           "Server addresses HOST:PORT, comma-separated (gateways or "
@@ -22,9 +27,10 @@ ABSL_FLAG(std::string, tenant, "",
 ABSL_FLAG(bool, json, false, "Print JSON (one object per line) for scripts.");
 ABSL_FLAG(bool, tls, false, "Connect with TLS (default: plaintext).");
 ABSL_FLAG(std::string, tls_ca, "",
-          "TLS: PEM file of root certificates (default: the system's).");
+          "TLS: PEM file of root certificates (default: the system's). "
+          "Needs --tls.");
 ABSL_FLAG(std::string, tls_server_name, "",
-          "TLS: expect this name in the server certificate.");
+          "TLS: expect this name in the server certificate. Needs --tls.");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(60),
           "Deadline of each unary call attempt.");
 ABSL_FLAG(int, max_attempts, 10,
@@ -40,43 +46,94 @@ namespace statestream::cli {
 
 const char kClientFlagsFile[] = __FILE__;
 
+namespace {
+
+// --tls, --tls-ca, --tls-cert, --tls-key and --tls-server-name into
+// `options`, checked before anything connects (gRPC would take an empty
+// root PEM for "the system's roots", and drop a certificate without its
+// key): every file given reads and holds PEM that parses, the certificate
+// and its key go together, and the others need --tls. Usage errors.
+absl::Status TlsFromFlags(client::ClientOptions* options) {
+  options->tls = absl::GetFlag(FLAGS_tls);
+  options->tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+  struct File {
+    const char* flag;
+    std::string path;
+    std::string* pem;
+  };
+  const File files[] = {
+      {"--tls-ca", absl::GetFlag(FLAGS_tls_ca), &options->tls_root_certs_pem},
+      {"--tls-cert", absl::GetFlag(FLAGS_tls_cert),
+       &options->tls_cert_chain_pem},
+      {"--tls-key", absl::GetFlag(FLAGS_tls_key),
+       &options->tls_private_key_pem},
+  };
+  if (!options->tls) {
+    std::vector<std::string> given;
+    for (const File& f : files) {
+      if (!f.path.empty()) given.push_back(f.flag);
+    }
+    if (!options->tls_server_name.empty()) {
+      given.push_back("--tls-server-name");
+    }
+    if (given.empty()) return absl::OkStatus();
+    return UsageError(absl::StrCat(absl::StrJoin(given, ", "),
+                                   given.size() == 1 ? " needs" : " need",
+                                   " --tls"));
+  }
+  const File& cert = files[1];
+  const File& key = files[2];
+  if (cert.path.empty() != key.path.empty()) {
+    return UsageError(cert.path.empty()
+                          ? "--tls-key needs --tls-cert (the client "
+                            "certificate it belongs to)"
+                          : "--tls-cert needs --tls-key (its private key)");
+  }
+  for (const File& f : files) {
+    if (f.path.empty()) continue;
+    absl::StatusOr<std::string> pem = ReadFile(f.path);
+    if (!pem.ok()) {
+      return UsageError(absl::StrCat(f.flag, ": ", pem.status().message()));
+    }
+    if (pem->empty()) {
+      return UsageError(absl::StrCat(f.flag, ": ", f.path, " is empty"));
+    }
+    *f.pem = *std::move(pem);
+  }
+  ClientTlsOptions check;
+  check.enabled = true;
+  check.root_certs_pem = options->tls_root_certs_pem;
+  check.cert_chain_pem = options->tls_cert_chain_pem;
+  check.private_key_pem = options->tls_private_key_pem;
+  check.server_name = options->tls_server_name;
+  if (absl::Status valid = ValidateClientTls(check); !valid.ok()) {
+    return UsageError(
+        absl::StrCat("--tls-ca/--tls-cert/--tls-key: ", valid.message()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<client::Client>> ClientFromFlags() {
   client::ClientOptions options;
   for (absl::string_view t :
        absl::StrSplit(absl::GetFlag(FLAGS_target), ',', absl::SkipEmpty())) {
     options.targets.emplace_back(t);
   }
-  if (options.targets.empty()) {
-    return InvalidArgumentError(Reason::kInvalidArgument, "--target is empty");
-  }
+  if (options.targets.empty()) return UsageError("--target is empty");
   options.api_key = absl::GetFlag(FLAGS_api_key);
   options.tenant = absl::GetFlag(FLAGS_tenant);
   options.timeout = absl::GetFlag(FLAGS_timeout);
   options.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   options.max_backoff = absl::GetFlag(FLAGS_max_backoff);
   if (options.max_attempts < 1) {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "--max_attempts must be at least 1");
+    return UsageError("--max-attempts must be at least 1");
   }
   if (options.max_backoff < absl::ZeroDuration()) {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "--max_backoff must not be negative");
+    return UsageError("--max-backoff must not be negative");
   }
-  options.tls = absl::GetFlag(FLAGS_tls);
-  options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
-  const std::pair<std::string, std::string*> files[] = {
-      {absl::GetFlag(FLAGS_tls_ca), &options.tls_root_certs_pem},
-      {absl::GetFlag(FLAGS_tls_cert), &options.tls_cert_chain_pem},
-      {absl::GetFlag(FLAGS_tls_key), &options.tls_private_key_pem},
-  };
-  for (const auto& [path, out] : files) {
-    if (path.empty()) continue;
-    if (!options.tls) {
-      return InvalidArgumentError(Reason::kInvalidArgument,
-                                  "--tls_ca/--tls_cert/--tls_key need --tls");
-    }
-    SS_ASSIGN_OR_RETURN(*out, ReadFile(path));
-  }
+  SS_RETURN_IF_ERROR(TlsFromFlags(&options));
   return client::Client::Create(std::move(options));
 }
 
@@ -85,8 +142,7 @@ bool JsonOutputFlag() { return absl::GetFlag(FLAGS_json); }
 absl::StatusOr<std::string> SessionFlagValue() {
   std::string session = absl::GetFlag(FLAGS_session);
   if (session.empty()) {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "--session is required");
+    return UsageError("--session is required");
   }
   return session;
 }

@@ -20,11 +20,14 @@ namespace statestream::cli {
 extern const char kClientFlagsFile[];
 
 // A client from --target, --api_key, --tenant, --tls*, --timeout,
-// --max_attempts, --max_backoff.
+// --max_attempts, --max_backoff. Bad values are usage errors (UsageError,
+// cli/cli_util.h), found before anything connects: --max-attempts below 1,
+// a TLS file that does not read, is empty or holds no usable PEM, --tls-cert
+// without --tls-key (or the reverse), a --tls-* flag without --tls.
 absl::StatusOr<std::unique_ptr<client::Client>> ClientFromFlags();
 // --json: print machine-readable JSON instead of text.
 bool JsonOutputFlag();
-// --session; INVALID_ARGUMENT naming the flag when empty.
+// --session; a usage error naming the flag when empty.
 absl::StatusOr<std::string> SessionFlagValue();
 // One message as a single line of JSON (proto3 JSON mapping, field names
 // as in the .proto).

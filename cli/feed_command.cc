@@ -2,14 +2,18 @@
 // `statestream feed --session S FILE|-`: streams a file (or stdin) into a
 // session exactly once, resuming after failures (the SDK's AppendWriter),
 // with a progress bar on a terminal.
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
-#include <fstream>
 #include <iostream>
+#include <memory>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -67,41 +71,103 @@ void DrawProgress(uint64_t sent, int64_t total, uint64_t tokens,
   std::fflush(stderr);
 }
 
+// The input, FILE or stdin, read through its descriptor: a read error (an
+// I/O error, a directory) is an error, never taken for the end of the input
+// as an istream would.
+class Input {
+ public:
+  Input(const Input&) = delete;
+  Input& operator=(const Input&) = delete;
+  ~Input() {
+    if (fd_ != STDIN_FILENO) ::close(fd_);
+  }
+
+  // `path`, or stdin for "-". An error for a file that does not open and
+  // for a directory.
+  static absl::StatusOr<std::unique_ptr<Input>> Open(const std::string& path) {
+    int fd = STDIN_FILENO;
+    if (path != "-") {
+      fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) {
+        const int open_errno = errno;
+        return absl::ErrnoToStatus(open_errno,
+                                   absl::StrCat("cannot open ", path));
+      }
+    }
+    std::unique_ptr<Input> in(new Input(fd, path == "-" ? "stdin" : path));
+    struct stat st;
+    if (::fstat(fd, &st) != 0) {
+      const int stat_errno = errno;
+      return absl::ErrnoToStatus(stat_errno,
+                                 absl::StrCat("cannot read ", in->name_));
+    }
+    if (S_ISDIR(st.st_mode)) {
+      return absl::ErrnoToStatus(EISDIR,
+                                 absl::StrCat("cannot read ", in->name_));
+    }
+    if (S_ISREG(st.st_mode)) {
+      const off_t at = ::lseek(fd, 0, SEEK_CUR);
+      in->size_ = st.st_size - std::max<int64_t>(0, at);
+    }
+    return in;
+  }
+
+  // Fills buffer[0, n); fewer bytes only at the end of the input (0 there).
+  absl::StatusOr<size_t> Read(char* buffer, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+      const ssize_t r = ::read(fd_, buffer + got, n - got);
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        const int read_errno = errno;
+        return absl::ErrnoToStatus(
+            read_errno, absl::StrCat("cannot read ", name_, " after ",
+                                     read_ + got, " bytes"));
+      }
+      if (r == 0) break;
+      got += static_cast<size_t>(r);
+    }
+    read_ += got;
+    return got;
+  }
+
+  // The bytes left to read when it opened, for a regular file; else -1.
+  int64_t size() const { return size_; }
+
+ private:
+  Input(int fd, std::string name) : fd_(fd), name_(std::move(name)) {}
+
+  int fd_;
+  std::string name_;
+  int64_t size_ = -1;
+  uint64_t read_ = 0;  // bytes read so far
+};
+
 absl::Status Feed(const std::vector<std::string>& args) {
   if (args.size() != 1) {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "feed takes one FILE argument (or -)");
+    return UsageError("feed takes one FILE argument (or -)");
   }
   SS_ASSIGN_OR_RETURN(std::string session_id, SessionFlagValue());
   const std::string mode = absl::GetFlag(FLAGS_progress);
   if (mode != "auto" && mode != "always" && mode != "never") {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "--progress must be auto, always or never");
+    return UsageError("--progress must be auto, always or never");
   }
   const bool progress =
       mode == "always" || (mode == "auto" && isatty(STDERR_FILENO));
   const size_t chunk = static_cast<size_t>(
       std::clamp<int64_t>(absl::GetFlag(FLAGS_chunk_bytes), 1, 1 << 20));
 
-  std::ifstream file;
-  std::istream* in = &std::cin;
-  int64_t total = -1;
-  if (args[0] != "-") {
-    file.open(args[0], std::ios::binary);
-    if (!file) {
-      return absl::NotFoundError(absl::StrCat("cannot open ", args[0]));
-    }
-    struct stat st;
-    if (stat(args[0].c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
-      total = st.st_size;
-    }
-    in = &file;
-  }
-
+  // Bad usage first; nothing connects before the first call.
   SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
+  SS_ASSIGN_OR_RETURN(std::unique_ptr<Input> in, Input::Open(args[0]));
+  int64_t total = in->size();
+
   client::Session session = client->OpenSession(session_id);
   SS_ASSIGN_OR_RETURN(v1::Session start, session.Get());
-  // A rerun: skip what the session already has of the file.
+  std::string buffer(chunk, '\0');
+  // The session's input_offset where the input begins (for a rerun).
+  uint64_t base = start.input_offset();
+  // A rerun: skip what the session already has of the input.
   uint64_t skipped = 0;
   if (const int64_t from = absl::GetFlag(FLAGS_start_offset); from >= 0) {
     if (start.input_offset() < static_cast<uint64_t>(from)) {
@@ -111,9 +177,18 @@ absl::Status Feed(const std::vector<std::string>& args) {
                        ", before --start_offset ", from),
           {{"actual_input_offset", absl::StrCat(start.input_offset())}});
     }
-    skipped = start.input_offset() - static_cast<uint64_t>(from);
-    in->ignore(static_cast<std::streamsize>(skipped));
-    if (static_cast<uint64_t>(in->gcount()) != skipped) {
+    base = static_cast<uint64_t>(from);
+    skipped = start.input_offset() - base;
+    uint64_t left = skipped;
+    while (left > 0) {
+      SS_ASSIGN_OR_RETURN(
+          size_t n,
+          in->Read(buffer.data(),
+                   static_cast<size_t>(std::min<uint64_t>(left, chunk))));
+      if (n == 0) break;
+      left -= n;
+    }
+    if (left > 0) {
       return MakeError(
           absl::StatusCode::kFailedPrecondition, Reason::kPositionMismatch,
           absl::StrCat("the session already has ", skipped,
@@ -128,16 +203,31 @@ absl::Status Feed(const std::vector<std::string>& args) {
 
   const absl::Time begin = absl::Now();
   absl::Time last_draw = absl::InfinitePast();
+  bool drawn = false;
   uint64_t sent = 0;
-  std::string buffer(chunk, '\0');
-  while (*in) {
-    in->read(buffer.data(), static_cast<std::streamsize>(chunk));
-    const size_t n = static_cast<size_t>(in->gcount());
-    if (n == 0) break;
-    SS_RETURN_IF_ERROR(writer->Write(std::string_view(buffer.data(), n)));
-    sent += n;
+  while (true) {
+    absl::StatusOr<size_t> n = in->Read(buffer.data(), chunk);
+    if (!n.ok()) {
+      // Not the end of the input: commit nothing more and say so. The
+      // writer is abandoned (its call cancelled); the server may still
+      // have committed part of what was sent by its own checkpoint policy.
+      if (drawn) std::fputs("\n", stderr);
+      return absl::Status(
+          n.status().code(),
+          absl::StrCat(n.status().message(),
+                       "; stopped without committing the ", sent,
+                       " bytes sent (the session may hold part of them: its "
+                       "committed_input_offset was ",
+                       writer->last_ack().committed_input_offset(),
+                       " at the last ack); rerun with --start_offset=", base,
+                       " to append each byte of the input once"));
+    }
+    if (*n == 0) break;
+    SS_RETURN_IF_ERROR(writer->Write(std::string_view(buffer.data(), *n)));
+    sent += *n;
     if (progress && absl::Now() - last_draw > absl::Milliseconds(100)) {
       last_draw = absl::Now();
+      drawn = true;
       // No ack yet reads as position 0.
       const uint64_t acked = writer->last_ack().position();
       DrawProgress(sent, total,
@@ -173,7 +263,9 @@ absl::Status Feed(const std::vector<std::string>& args) {
 }
 
 int Run(const std::vector<std::string>& args) {
-  return ReportStatus(Feed(args));
+  absl::Status s = Feed(args);
+  if (s.ok()) s = FlushStdout();
+  return ReportStatus(s);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <charconv>
 #include <fstream>
 #include <iostream>
+#include <new>
 #include <random>
 #include <sstream>
 #include <string>
@@ -54,13 +55,18 @@ namespace {
 using engine::Model;
 using engine::ModelOptions;
 
+// --threads, --precision and --bf16-activations; bad values are usage
+// errors.
+absl::StatusOr<ModelOptions> EngineOptions() {
+  absl::StatusOr<ModelOptions> options = EngineOptionsFromFlags();
+  if (!options.ok()) return AsUsageError(options.status());
+  return options;
+}
+
 absl::StatusOr<std::unique_ptr<Model>> LoadFlagModel() {
   const std::string path = ModelFlagValue();
-  if (path.empty()) {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "--model is required");
-  }
-  SS_ASSIGN_OR_RETURN(ModelOptions options, EngineOptionsFromFlags());
+  if (path.empty()) return UsageError("--model is required");
+  SS_ASSIGN_OR_RETURN(ModelOptions options, EngineOptions());
   return engine::LoadModel(path, options);
 }
 
@@ -104,10 +110,7 @@ absl::Status Info() {
 absl::Status Eval() {
   SS_ASSIGN_OR_RETURN(std::vector<int32_t> tokens,
                       ParseIntList(TokensFlagValue(), "--tokens"));
-  if (tokens.empty()) {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "--tokens needs at least one token id");
-  }
+  if (tokens.empty()) return UsageError("--tokens needs at least one token id");
   SS_ASSIGN_OR_RETURN(
       std::vector<int32_t> requested,
       ParseIntList(absl::GetFlag(FLAGS_positions), "--positions"));
@@ -117,9 +120,8 @@ absl::Status Eval() {
   for (int32_t p : requested) {
     const int32_t q = p < 0 ? p + n : p;
     if (q < 0 || q >= n) {
-      return InvalidArgumentError(
-          Reason::kInvalidArgument,
-          absl::StrCat("position ", p, " is outside the ", n, " tokens"));
+      return UsageError(absl::StrCat("--positions: position ", p,
+                                     " is outside the ", n, " tokens"));
     }
     positions.push_back(q);
   }
@@ -163,9 +165,7 @@ absl::Status Eval() {
 
 absl::Status Random() {
   const std::string out = absl::GetFlag(FLAGS_out);
-  if (out.empty()) {
-    return InvalidArgumentError(Reason::kInvalidArgument, "--out is required");
-  }
+  if (out.empty()) return UsageError("--out is required");
   engine::DType dtype;
   const std::string d = DtypeFlagValue();
   if (d.empty() || d == "f32") {
@@ -175,32 +175,43 @@ absl::Status Random() {
   } else if (d == "f16") {
     dtype = engine::DType::kF16;
   } else {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "--dtype must be f32, bf16 or f16");
+    return UsageError("--dtype must be f32, bf16 or f16");
   }
   engine::RandomModelSpec spec;
   spec.n_layer = absl::GetFlag(FLAGS_layers);
   spec.n_embd = absl::GetFlag(FLAGS_embd);
   if (!absl::SimpleAtoi(VocabFlagValue(), &spec.vocab_size)) {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "random: --vocab must be the vocabulary size");
+    return UsageError("random: --vocab must be the vocabulary size");
   }
   spec.head_size = absl::GetFlag(FLAGS_head_size);
   spec.dim_ffn = absl::GetFlag(FLAGS_ffn);
   spec.seed = absl::GetFlag(FLAGS_seed);
-  SS_ASSIGN_OR_RETURN(auto tensors,
-                      engine::RandomModel(absl::GetFlag(FLAGS_arch), spec));
-  return engine::WriteCheckpoint(out, tensors, dtype);
+  // RandomModel refuses what the engine could not load (dimensions past
+  // its limits, an unknown architecture): bad flag values, like the rest.
+  // Within them, dimensions may still multiply past this machine's memory.
+  try {
+    absl::StatusOr<std::vector<engine::NamedTensor>> tensors =
+        engine::RandomModel(absl::GetFlag(FLAGS_arch), spec);
+    if (!tensors.ok()) {
+      return tensors.status().code() == absl::StatusCode::kInvalidArgument
+                 ? AsUsageError(tensors.status())
+                 : tensors.status();
+    }
+    return engine::WriteCheckpoint(out, *tensors, dtype);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        "not enough memory for a model of these dimensions (--layers, "
+        "--embd, --vocab, --ffn)");
+  }
 }
 
 // The checkpoint at --precision beside the same checkpoint in fp32 over one
 // sequence: --tokens, or --length random ids drawn with --seed.
 absl::Status Compare() {
-  SS_ASSIGN_OR_RETURN(ModelOptions options, EngineOptionsFromFlags());
+  SS_ASSIGN_OR_RETURN(ModelOptions options, EngineOptions());
   if (options.precision == engine::WeightPrecision::kAsStored ||
       options.precision == engine::WeightPrecision::kF32) {
-    return InvalidArgumentError(
-        Reason::kInvalidArgument,
+    return UsageError(
         "compare: --precision must be bf16 or int8 (the reference is f32)");
   }
   SS_ASSIGN_OR_RETURN(auto candidate, LoadFlagModel());
@@ -214,8 +225,7 @@ absl::Status Compare() {
   if (tokens.empty()) {
     const int length = absl::GetFlag(FLAGS_length);
     if (length < 1 || length > (1 << 20)) {
-      return InvalidArgumentError(Reason::kInvalidArgument,
-                                  "--length must be in [1, 2^20]");
+      return UsageError("--length must be in [1, 2^20]");
     }
     std::mt19937_64 rng(absl::GetFlag(FLAGS_seed));
     tokens.resize(length);
@@ -256,6 +266,9 @@ int RunModel(const std::vector<std::string>& args) {
                  "compare\n";
     return kExitUsage;
   }
+  // Usage errors exit 2, other failures 1; so does output that did not
+  // reach stdout (a full disk).
+  if (status.ok()) status = FlushStdout();
   return ReportStatus(status);
 }
 

@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // `statestream session create|get|list|update|delete|fork|versions|rollback|
 // export|import`.
+#include <cstddef>
 #include <fstream>
 #include <iostream>
-#include <iterator>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -34,8 +35,44 @@ ABSL_FLAG(std::string, output, "-",
 namespace statestream::cli {
 namespace {
 
-absl::Status Usage(const std::string& message) {
-  return InvalidArgumentError(Reason::kInvalidArgument, message);
+constexpr char kSessionSynopsis[] =
+    "usage: statestream session create|get|list|update|delete|fork|versions|"
+    "rollback|export|import ...";
+
+// The arguments each verb takes after it.
+struct VerbArguments {
+  const char* verb;
+  size_t min_args;
+  size_t max_args;
+  const char* synopsis;
+};
+constexpr VerbArguments kVerbArguments[] = {
+    {"create", 0, 1, "create [ID] [--model-id M] [--labels k=v,...]"},
+    {"get", 1, 1, "get ID"},
+    {"list", 0, 0, "list [--labels k=v,...]"},
+    {"update", 1, 1, "update ID [--labels k=v,...] [--ttl D]"},
+    {"delete", 1, 1, "delete ID"},
+    {"fork", 1, 2, "fork ID[@VERSION] [NEW_ID]"},
+    {"versions", 1, 1, "versions ID"},
+    {"rollback", 2, 2, "rollback ID VERSION"},
+    {"export", 1, 1, "export ID [--version N] [--output FILE]"},
+    {"import", 1, 2, "import FILE|- [NEW_ID]"},
+};
+
+// A usage error unless `verb` is a session verb given as many arguments as
+// it takes.
+absl::Status CheckArguments(const std::string& verb,
+                            const std::vector<std::string>& rest) {
+  for (const VerbArguments& v : kVerbArguments) {
+    if (verb != v.verb) continue;
+    if (rest.size() < v.min_args || rest.size() > v.max_args) {
+      return UsageError(
+          absl::StrCat("usage: statestream session ", v.synopsis));
+    }
+    return absl::OkStatus();
+  }
+  return UsageError(
+      absl::StrCat("unknown verb `session ", verb, "`; ", kSessionSynopsis));
 }
 
 absl::StatusOr<std::map<std::string, std::string>> Labels() {
@@ -43,7 +80,7 @@ absl::StatusOr<std::map<std::string, std::string>> Labels() {
   for (absl::string_view kv :
        absl::StrSplit(absl::GetFlag(FLAGS_labels), ',', absl::SkipEmpty())) {
     std::pair<std::string, std::string> p = absl::StrSplit(kv, '=');
-    if (p.first.empty()) return Usage("--labels: expected k=v,k2=v2");
+    if (p.first.empty()) return UsageError("--labels: expected k=v,k2=v2");
     out[p.first] = p.second;
   }
   return out;
@@ -70,22 +107,19 @@ void PrintSession(const v1::Session& s) {
 absl::StatusOr<uint64_t> ParseVersion(absl::string_view text) {
   uint64_t v = 0;
   if (!absl::SimpleAtoi(text, &v)) {
-    return Usage(absl::StrCat("not a version number: ", text));
+    return UsageError(absl::StrCat("not a version number: ", text));
   }
   return v;
 }
 
 absl::Status Session(const std::vector<std::string>& args) {
-  if (args.empty()) {
-    return Usage(
-        "usage: statestream session create|get|list|update|delete|fork|"
-        "versions|rollback|export|import ...");
-  }
+  if (args.empty()) return UsageError(kSessionSynopsis);
   const std::string& verb = args[0];
   const std::vector<std::string> rest(args.begin() + 1, args.end());
+  // Bad usage is found before anything connects.
+  SS_RETURN_IF_ERROR(CheckArguments(verb, rest));
   SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
   if (verb == "create") {
-    if (rest.size() > 1) return Usage("session create [ID]");
     v1::CreateSessionRequest req;
     if (!rest.empty()) req.set_session_id(rest[0]);
     req.set_model_id(absl::GetFlag(FLAGS_model_id));
@@ -96,7 +130,6 @@ absl::Status Session(const std::vector<std::string>& args) {
     return absl::OkStatus();
   }
   if (verb == "list") {
-    if (!rest.empty()) return Usage("session list takes no arguments");
     v1::ListSessionsRequest req;
     SS_ASSIGN_OR_RETURN(auto labels, Labels());
     req.mutable_label_selector()->insert(labels.begin(), labels.end());
@@ -108,8 +141,7 @@ absl::Status Session(const std::vector<std::string>& args) {
     } while (!req.page_token().empty());
     return absl::OkStatus();
   }
-  if (rest.empty()) return Usage(absl::StrCat("session ", verb, " ID ..."));
-  if (verb == "update" && rest.size() == 1) {
+  if (verb == "update") {
     v1::UpdateSessionRequest req;
     SS_ASSIGN_OR_RETURN(auto labels, Labels());
     if (!absl::GetFlag(FLAGS_labels).empty()) {
@@ -117,20 +149,20 @@ absl::Status Session(const std::vector<std::string>& args) {
       req.mutable_update_mask()->add_paths("labels");
     }
     const absl::Duration ttl = absl::GetFlag(FLAGS_ttl);
-    if (ttl < absl::ZeroDuration()) return Usage("--ttl must be positive");
+    if (ttl < absl::ZeroDuration()) return UsageError("--ttl must be positive");
     if (ttl > absl::ZeroDuration()) {
       req.mutable_ttl()->set_seconds(absl::ToInt64Seconds(ttl));
       req.mutable_update_mask()->add_paths("ttl");
     }
     if (req.update_mask().paths().empty()) {
-      return Usage("session update ID needs --labels and/or --ttl");
+      return UsageError("session update ID needs --labels and/or --ttl");
     }
     SS_ASSIGN_OR_RETURN(v1::Session s,
                         client->OpenSession(rest[0]).Update(req));
     PrintSession(s);
     return absl::OkStatus();
   }
-  if (verb == "export" && rest.size() == 1) {
+  if (verb == "export") {
     // The blob is the snapshot file format (docs/state-format.md), the
     // same as `model eval --state-out`; the header goes to stderr.
     SS_ASSIGN_OR_RETURN(
@@ -140,7 +172,8 @@ absl::Status Session(const std::vector<std::string>& args) {
     if (out == "-") {
       std::cout.write(state.blob.data(),
                       static_cast<std::streamsize>(state.blob.size()));
-      std::cout.flush();
+      // A full disk or a closed file: the blob is cut short, not exported.
+      SS_RETURN_IF_ERROR(FlushStdout());
     } else {
       std::ofstream f(out, std::ios::binary | std::ios::trunc);
       f.write(state.blob.data(),
@@ -155,18 +188,11 @@ absl::Status Session(const std::vector<std::string>& args) {
               << state.header.position() << "\n";
     return absl::OkStatus();
   }
-  if (verb == "import" && rest.size() <= 2) {
-    // FILE [NEW_ID]: a new session from a snapshot file.
-    std::string blob;
-    if (rest[0] == "-") {
-      blob.assign(std::istreambuf_iterator<char>(std::cin), {});
-    } else {
-      std::ifstream f(rest[0], std::ios::binary);
-      if (!f) {
-        return absl::NotFoundError(absl::StrCat("cannot read ", rest[0]));
-      }
-      blob.assign(std::istreambuf_iterator<char>(f), {});
-    }
+  if (verb == "import") {
+    // FILE [NEW_ID]: a new session from a snapshot file. Read without
+    // iostreams: a directory or a read error is an error, not an abort.
+    SS_ASSIGN_OR_RETURN(std::string blob,
+                        rest[0] == "-" ? ReadStdin() : ReadFile(rest[0]));
     // The header the server checks the blob against, read from the blob.
     SS_ASSIGN_OR_RETURN(StateSnapshot snapshot, DecodeState(blob));
     client::ExportedState state;
@@ -189,15 +215,15 @@ absl::Status Session(const std::vector<std::string>& args) {
     PrintSession(s);
     return absl::OkStatus();
   }
-  if (verb == "get" && rest.size() == 1) {
+  if (verb == "get") {
     SS_ASSIGN_OR_RETURN(v1::Session s, client->OpenSession(rest[0]).Get());
     PrintSession(s);
     return absl::OkStatus();
   }
-  if (verb == "delete" && rest.size() == 1) {
+  if (verb == "delete") {
     return client->OpenSession(rest[0]).Delete();
   }
-  if (verb == "versions" && rest.size() == 1) {
+  if (verb == "versions") {
     SS_ASSIGN_OR_RETURN(auto versions, client->OpenSession(rest[0]).Versions());
     for (const v1::Version& v : versions) {
       if (JsonOutputFlag()) {
@@ -210,7 +236,7 @@ absl::Status Session(const std::vector<std::string>& args) {
     }
     return absl::OkStatus();
   }
-  if (verb == "fork" && rest.size() <= 2) {
+  if (verb == "fork") {
     // ID[@VERSION] [NEW_ID]
     std::pair<std::string, std::string> src = absl::StrSplit(rest[0], '@');
     uint64_t version = 0;
@@ -224,25 +250,22 @@ absl::Status Session(const std::vector<std::string>& args) {
     PrintSession(s);
     return absl::OkStatus();
   }
-  if (verb == "rollback" && rest.size() == 2) {
+  if (verb == "rollback") {
     SS_ASSIGN_OR_RETURN(uint64_t version, ParseVersion(rest[1]));
     SS_ASSIGN_OR_RETURN(v1::Session s,
                         client->OpenSession(rest[0]).Rollback(version));
     PrintSession(s);
     return absl::OkStatus();
   }
-  return Usage(absl::StrCat("bad arguments for `session ", verb,
-                            "` (see statestream session --help)"));
+  return UsageError(
+      absl::StrCat("unknown verb `session ", verb, "`; ", kSessionSynopsis));
 }
 
+// Usage errors (UsageError, never a server's INVALID_ARGUMENT) exit 2,
+// other failures 1; so does output that did not reach stdout.
 int Run(const std::vector<std::string>& args) {
   absl::Status s = Session(args);
-  if (!s.ok() && s.code() == absl::StatusCode::kInvalidArgument &&
-      GetReason(s) == Reason::kInvalidArgument &&
-      s.message().find("usage") != absl::string_view::npos) {
-    ReportStatus(s);
-    return kExitUsage;
-  }
+  if (s.ok()) s = FlushStdout();
   return ReportStatus(s);
 }
 

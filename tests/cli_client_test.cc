@@ -3,6 +3,7 @@
 // chat, score) against a real `statestream serve`, including the feed
 // progress bar: shown on a terminal (run under script(1), which gives it a
 // pty), absent when stderr is a pipe.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -120,7 +121,15 @@ TEST_F(CliClientTest, SessionVerbs) {
   EXPECT_THAT(r.err, HasSubstr("[SESSION_NOT_FOUND]"));
 
   r = Cli({"session", "frobnicate"});
-  EXPECT_NE(r.exit_code, 0);
+  EXPECT_EQ(r.exit_code, 2);
+
+  // A server's INVALID_ARGUMENT is a failure (1), not bad usage (2).
+  r = Cli({"session", "create", "bad id!"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("[INVALID_ARGUMENT]"));
+  r = Cli({"session", "create", "cli-bad-label", "--labels=bad key!=v"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("[INVALID_ARGUMENT]"));
 }
 
 TEST_F(CliClientTest, UpdateExportImport) {
@@ -134,8 +143,8 @@ TEST_F(CliClientTest, UpdateExportImport) {
   EXPECT_THAT(r.out, HasSubstr(R"("b":"2")"));
   EXPECT_THAT(r.out, Not(HasSubstr(R"("a":"1")")));  // replaced
   EXPECT_THAT(r.out, HasSubstr(R"("ttl":"172800s")"));
-  r = Cli({"session", "update", "cli-x"});  // nothing to update
-  EXPECT_EQ(r.exit_code, 1) << r.err;
+  r = Cli({"session", "update", "cli-x"});  // nothing to update: bad usage
+  EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_THAT(r.err, HasSubstr("--labels and/or --ttl"));
 
   const std::string blob = TempFile("x.state", "");
@@ -178,6 +187,24 @@ TEST_F(CliClientTest, UpdateExportImport) {
   EXPECT_THAT(r.err, HasSubstr("STATE_CORRUPT"));
   r = Cli({"session", "import", "/nonexistent/x.state"});
   EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("cannot read /nonexistent/x.state"));
+  // A directory: an error, not an abort (an uncaught exception from an
+  // istream over it used to end the process with SIGABRT, 134).
+  const std::string dir = std::filesystem::temp_directory_path().string();
+  r = Cli({"session", "import", dir});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("cannot read " + dir));
+  EXPECT_EQ(r.out, "");
+  // From stdin, through the same reader.
+  r = Shell(absl::StrCat(Bin(), " session import --target=", *target_,
+                         " - cli-x-stdin < ", blob));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("cli-x-stdin\t"));
+  EXPECT_THAT(r.out, HasSubstr("input_offset=19"));
+  r = Shell(
+      absl::StrCat(Bin(), " session import --target=", *target_, " - < ", dir));
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("cannot read stdin"));
   r = Cli({"session", "export", "no-such-session", "--output=" + blob});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("SESSION_NOT_FOUND"));
@@ -249,8 +276,73 @@ TEST_F(CliClientTest, FeedRerunWithStartOffsetSkipsWhatTheSessionHas) {
   EXPECT_THAT(more.err, HasSubstr("more than the input"));
   e2e::RunResult bad =
       Cli({"feed", "--session=cli-rerun", "--max_attempts=0", file});
-  EXPECT_NE(bad.exit_code, 0);
-  EXPECT_THAT(bad.err, HasSubstr("--max_attempts"));
+  EXPECT_EQ(bad.exit_code, 2);  // bad usage
+  EXPECT_THAT(bad.err, HasSubstr("--max-attempts must be at least 1"));
+}
+
+// An input that cannot be read is an error, never the end of the input:
+// nothing is committed, no "fed N bytes", exit 1.
+TEST_F(CliClientTest, FeedFailsOnAnUnreadableInput) {
+  ASSERT_EQ(Cli({"session", "create", "cli-unreadable"}).exit_code, 0);
+  const std::string dir = std::filesystem::temp_directory_path().string();
+  e2e::RunResult r = Cli({"feed", "--session=cli-unreadable", dir});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("cannot read " + dir));
+  EXPECT_THAT(r.out, Not(HasSubstr("fed ")));
+  // A directory on stdin too.
+  r = Shell(absl::StrCat(Bin(), " feed --session=cli-unreadable --target=",
+                         *target_, " - < ", dir));
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("cannot read stdin"));
+  EXPECT_THAT(r.out, Not(HasSubstr("fed ")));
+  // A file that opens but fails to read (EIO: /proc/self/mem at offset 0
+  // is not mapped), found once the append call is open.
+  const int fd = ::open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+  char byte;
+  const bool mem_fails = fd >= 0 && ::read(fd, &byte, 1) < 0;
+  if (fd >= 0) ::close(fd);
+  if (mem_fails) {
+    r = Cli({"feed", "--session=cli-unreadable", "/proc/self/mem"});
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_THAT(r.err, HasSubstr("cannot read /proc/self/mem after 0 bytes"));
+    EXPECT_THAT(r.err, HasSubstr("--start_offset=0"));
+    EXPECT_THAT(r.out, Not(HasSubstr("fed ")));
+  }
+  // Nothing was appended or committed.
+  r = Cli({"session", "get", "cli-unreadable"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("input_offset=0 "));
+  EXPECT_THAT(r.out, HasSubstr("version=1 "));
+}
+
+// Output that does not reach stdout (a full disk: /dev/full) fails the
+// command instead of leaving a truncated state blob behind exit 0.
+TEST_F(CliClientTest, ExportToAFullDiskFails) {
+  if (!std::filesystem::exists("/dev/full")) {
+    GTEST_SKIP() << "no /dev/full here";
+  }
+  ASSERT_EQ(Cli({"session", "create", "cli-full"}).exit_code, 0);
+  const std::string text = TempFile("full.txt", "some state to export");
+  ASSERT_EQ(Cli({"feed", "--session=cli-full", text}).exit_code, 0);
+  e2e::RunResult r = Shell(absl::StrCat(
+      Bin(), " session export cli-full --target=", *target_, " > /dev/full"));
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("cannot write to stdout"));
+  EXPECT_THAT(r.err, Not(HasSubstr("exported ")));
+  r = Cli({"session", "export", "cli-full", "--output=/dev/full"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("cannot write /dev/full"));
+  EXPECT_THAT(r.err, Not(HasSubstr("exported ")));
+  // Any verb's output.
+  r = Shell(absl::StrCat(Bin(), " session list --json --target=", *target_,
+                         " > /dev/full"));
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("cannot write to stdout"));
+  // Still exported fine to a file.
+  const std::string blob = TempFile("full.state", "");
+  r = Cli({"session", "export", "cli-full", "--output=" + blob});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_GT(std::filesystem::file_size(blob), 0u);
 }
 
 // On a terminal, chat prompts with "> " and streams each reply; every

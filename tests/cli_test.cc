@@ -3,6 +3,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -256,6 +258,140 @@ TEST(CliTest, DeviceCudaWithoutAGpuIsAUsageError) {
   }
   EXPECT_EQ(code, 2) << err;
   EXPECT_THAT(err, HasSubstr("--device cuda: no CUDA device"));
+}
+
+// Bad usage of the client verbs (and of `model`, `detokenize`) is a usage
+// error, marked as such (never found by matching the message): exit 2,
+// before anything connects, so no server runs here. Failures of a command
+// that ran exit 1.
+TEST(CliTest, ClientVerbsExitTwoOnBadUsage) {
+  const std::string dir = ::testing::TempDir();
+  struct Case {
+    std::vector<std::string> args;
+    int exit_code;
+    std::string error;
+  };
+  const std::vector<Case> cases = {
+      {{"session"}, 2, "usage: statestream session create|get"},
+      {{"session", "get"}, 2, "usage: statestream session get ID"},
+      {{"session", "frob", "x"}, 2, "unknown verb `session frob`"},
+      {{"session", "create", "a", "b"}, 2, "usage: statestream session create"},
+      {{"session", "list", "extra"}, 2, "usage: statestream session list"},
+      {{"session", "rollback", "x"}, 2, "session rollback ID VERSION"},
+      {{"session", "rollback", "x", "notanumber"},
+       2,
+       "not a version number: notanumber"},
+      {{"session", "fork", "x@v2"}, 2, "not a version number: v2"},
+      {{"session", "update", "x"}, 2, "needs --labels and/or --ttl"},
+      {{"session", "update", "x", "--ttl=-1s"}, 2, "--ttl must be positive"},
+      {{"session", "create", "--labels==v"}, 2, "--labels: expected k=v"},
+      {{"session", "get", "x", "--max-attempts", "0"},
+       2,
+       "--max-attempts must be at least 1"},
+      {{"session", "get", "x", "--max_attempts=0"},
+       2,
+       "--max-attempts must be at least 1"},
+      {{"session", "get", "x", "--max-backoff=-1s"},
+       2,
+       "--max-backoff must not be negative"},
+      {{"session", "get", "x", "--target="}, 2, "--target is empty"},
+      {{"feed"}, 2, "feed takes one FILE argument"},
+      {{"feed", "in.txt"}, 2, "--session is required"},
+      {{"feed", "--session=s", "--progress=maybe", "in.txt"},
+       2,
+       "--progress must be auto, always or never"},
+      {{"feed", "--session=s", "--max-attempts=0", "/dev/null"},
+       2,
+       "--max-attempts must be at least 1"},
+      {{"generate"}, 2, "--session is required"},
+      {{"generate", "--session=s", "--max-attempts=0"},
+       2,
+       "--max-attempts must be at least 1"},
+      {{"score", "--session=s", "--tokens=1,x"},
+       2,
+       "--tokens: 'x' is not a 32-bit integer"},
+      {{"models", "--max-attempts=0"}, 2, "--max-attempts must be at least 1"},
+      {{"detokenize", "--vocab=bytes", "--tokens=1,x"},
+       2,
+       "--tokens: 'x' is not a 32-bit integer"},
+      {{"model", "eval", "--model=/nonexistent.pth", "--tokens", "1,x"},
+       2,
+       "--tokens: 'x' is not a 32-bit integer"},
+      {{"model", "eval", "--tokens=1"}, 2, "--model is required"},
+      {{"model", "eval", "--model=/nonexistent.pth", "--tokens=1",
+        "--threads=-1"},
+       2,
+       "--threads must be in [0, 1024]"},
+      // The command ran and failed: exit 1.
+      {{"session", "import", "/nonexistent/x.state"},
+       1,
+       "cannot read /nonexistent/x.state"},
+      {{"session", "import", dir}, 1, "cannot read " + dir},
+      {{"feed", "--session=s", dir}, 1, "cannot read " + dir},
+      {{"model", "eval", "--model=/nonexistent.pth", "--tokens=1"},
+       1,
+       "/nonexistent.pth"},
+  };
+  for (const Case& c : cases) {
+    std::string what;
+    for (const std::string& a : c.args) what += a + " ";
+    e2e::RunResult r = Statestream(c.args);
+    EXPECT_EQ(r.exit_code, c.exit_code) << what << r.err;
+    EXPECT_THAT(r.err, HasSubstr("error: ")) << what;
+    EXPECT_THAT(r.err, HasSubstr(c.error)) << what;
+    EXPECT_EQ(r.out, "") << what;
+  }
+}
+
+// The client's TLS flags are checked before anything connects (gRPC would
+// take an empty root PEM for the system's roots and drop a certificate
+// without its key): files that do not read, are empty or hold no PEM,
+// --tls-cert without --tls-key or the reverse, and --tls-* without --tls
+// are usage errors.
+TEST(CliTest, ClientTlsFlagsAreCheckedBeforeConnecting) {
+  const std::string base =
+      ::testing::TempDir() + "/cli_test_tls_" + std::to_string(getpid()) + "_";
+  const std::string empty = base + "empty.pem";
+  const std::string junk = base + "junk.pem";
+  std::ofstream(empty, std::ios::binary).flush();
+  std::ofstream(junk, std::ios::binary) << "not a certificate\n";
+  const std::string dir = ::testing::TempDir();
+  struct Case {
+    std::vector<std::string> flags;
+    std::string error;
+  };
+  const std::vector<Case> cases = {
+      {{"--tls", "--tls-ca=/nonexistent/ca.pem"},
+       "--tls-ca: cannot read /nonexistent/ca.pem"},
+      {{"--tls", "--tls-ca=" + empty}, "--tls-ca: " + empty + " is empty"},
+      {{"--tls", "--tls-ca=" + dir}, "--tls-ca: cannot read " + dir},
+      {{"--tls", "--tls-ca=" + junk}, "no PEM certificate"},
+      {{"--tls", "--tls-cert=" + junk}, "--tls-cert needs --tls-key"},
+      {{"--tls", "--tls-key=" + junk}, "--tls-key needs --tls-cert"},
+      {{"--tls", "--tls-cert=" + junk, "--tls-key=" + empty},
+       "--tls-key: " + empty + " is empty"},
+      {{"--tls", "--tls-cert=" + junk, "--tls-key=" + junk},
+       "no PEM certificate"},
+      {{"--tls-server-name=localhost"}, "--tls-server-name needs --tls"},
+      {{"--tls-ca=" + junk}, "--tls-ca needs --tls"},
+      {{"--tls-cert=" + junk, "--tls-key=" + junk},
+       "--tls-cert, --tls-key need --tls"},
+  };
+  for (const std::vector<std::string>& verb :
+       {std::vector<std::string>{"session", "list"},
+        std::vector<std::string>{"models"}}) {
+    for (const Case& c : cases) {
+      std::vector<std::string> args = verb;
+      args.insert(args.end(), c.flags.begin(), c.flags.end());
+      e2e::RunResult r = Statestream(args);
+      EXPECT_EQ(r.exit_code, 2) << verb[0] << " " << c.flags.back() << r.err;
+      EXPECT_THAT(r.err, HasSubstr(c.error))
+          << verb[0] << " " << c.flags.back();
+      EXPECT_EQ(r.out, "") << verb[0] << " " << c.flags.back();
+    }
+  }
+  std::remove(empty.c_str());
+  std::remove(junk.c_str());
 }
 
 TEST(CliTest, Version) {

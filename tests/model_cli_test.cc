@@ -142,14 +142,15 @@ TEST(ModelCliTest, EvalRejectsBadInput) {
   RunResult r = Cli({"model", "eval", "--model", model, "--tokens", "1,512"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("INVALID_TOKEN"), std::string::npos) << r.err;
+  // Bad flag values are usage errors (2); the rest failures (1).
   r = Cli({"model", "eval", "--model", model, "--tokens", "1,x"});
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("--tokens"), std::string::npos) << r.err;
   r = Cli({"model", "eval", "--model", model, "--tokens", ""});
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.exit_code, 2);
   r = Cli({"model", "eval", "--model", model, "--tokens", "1,2", "--positions",
            "5"});
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.exit_code, 2);
   r = Cli({"model", "eval", "--model", "/nonexistent.pth", "--tokens", "1"});
   EXPECT_EQ(r.exit_code, 1);
   r = Cli({"model", "eval", "--model",
@@ -206,13 +207,82 @@ TEST(ModelCliTest, RandomModelsLoadInBothFormats) {
     EXPECT_EQ(r.exit_code, 0) << r.err;
     std::remove(path.c_str());
   }
-  EXPECT_EQ(Cli({"model", "random", "--arch", "x999", "--out", Temp("x.pth")})
+  // Bad flag values are usage errors (the dimensions: below).
+  RunResult bad = Cli({"model", "random", "--arch", "x999", "--vocab", "64",
+                       "--out", Temp("x.pth")});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("unknown architecture 'x999'"), std::string::npos)
+      << bad.err;
+  bad = Cli({"model", "random", "--embd", "100", "--head-size", "64", "--vocab",
+             "64", "--out", Temp("x.pth")});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("not a multiple of head_size (--head-size) 64"),
+            std::string::npos)
+      << bad.err;
+  EXPECT_EQ(Cli({"model", "random", "--out", Temp("x.pth")}).exit_code, 2);
+  EXPECT_EQ(Cli({"model", "random", "--vocab", "64", "--dtype", "f8", "--out",
+                 Temp("x.pth")})
                 .exit_code,
-            1);
-  EXPECT_EQ(Cli({"model", "random", "--embd", "100", "--head-size", "64",
-                 "--out", Temp("x.pth")})
-                .exit_code,
-            1);
+            2);
+}
+
+// Dimensions past what the engine loads (worker/engine/rwkv_common.h:
+// n_embd <= 32768, dim_ffn <= 16 n_embd, vocab <= 2^21, head size <= 256)
+// are refused before anything is allocated, naming the flag: usage errors
+// like the other bad dimensions, where --ffn 2000000000 used to pass the
+// checks and abort on bad_alloc. At the limit, the model loads.
+TEST(ModelCliTest, RandomDimensionsPastTheEnginesLimitsAreUsageErrors) {
+  const std::string path = Temp("limits.safetensors");
+  struct Case {
+    std::vector<std::string> flags;
+    std::string error;
+  };
+  const std::vector<Case> cases = {
+      {{"--ffn", "2000000000"},
+       "dim_ffn (--ffn) 2000000000 is outside [0, 1024]"},
+      {{"--ffn", "1025"}, "dim_ffn (--ffn) 1025"},
+      {{"--ffn", "-1"}, "dim_ffn (--ffn) -1"},
+      {{"--embd", "65536"}, "n_embd (--embd) 65536 is outside [1, 32768]"},
+      {{"--embd", "2000000000"}, "n_embd (--embd) 2000000000"},
+      {{"--vocab", "2097153"},
+       "vocab_size (--vocab) 2097153 is outside [1, 2097152]"},
+      {{"--vocab", "0"}, "vocab_size (--vocab) 0"},
+      {{"--layers", "0"}, "n_layer (--layers) 0"},
+      {{"--layers", "100000"}, "n_layer (--layers) 100000"},
+  };
+  const std::vector<Case> head_cases = {
+      {{"--embd", "512", "--head-size", "512"},
+       "head_size (--head-size) 512 is outside [1, 256]"},
+      {{"--head-size", "0"}, "head_size (--head-size) 0"},
+  };
+  for (const char* arch : {"x070", "x060", "x052", "v4"}) {
+    std::vector<Case> all = cases;
+    if (std::string(arch) != "v4") {
+      all.insert(all.end(), head_cases.begin(), head_cases.end());
+    }
+    for (const Case& c : all) {
+      std::vector<std::string> args = {"model",       "random", "--arch",  arch,
+                                       "--layers",    "1",      "--embd",  "64",
+                                       "--head-size", "32",     "--vocab", "64",
+                                       "--out",       path};
+      args.insert(args.end(), c.flags.begin(), c.flags.end());
+      RunResult r = Cli(args);
+      EXPECT_EQ(r.exit_code, 2) << arch << " " << c.flags[1] << ": " << r.err;
+      EXPECT_NE(r.err.find(c.error), std::string::npos)
+          << arch << " " << c.flags[1] << ": " << r.err;
+      EXPECT_NE(r.err.find("[INVALID_ARGUMENT]"), std::string::npos) << r.err;
+      EXPECT_NE(access(path.c_str(), F_OK), 0) << arch << " wrote " << path;
+    }
+  }
+  // dim_ffn = 16 n_embd is the largest the loader takes.
+  RunResult r = Cli({"model", "random", "--arch", "x070", "--layers", "1",
+                     "--embd", "64", "--head-size", "32", "--vocab", "64",
+                     "--ffn", "1024", "--out", path});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = Cli({"model", "info", "--model", path});
+  std::remove(path.c_str());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["dim_ffn"], 1024);
 }
 
 // int8 (and bf16) weights beside the same checkpoint in f32.
@@ -238,21 +308,22 @@ TEST(ModelCliTest, CompareReportsReducedPrecisionAccuracy) {
            "--tokens", "1,2,3"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(nlohmann::json::parse(r.out)["positions"], 3);
-  // Bad input: nothing to compare with, a bad length, an out-of-range token.
+  // Bad input: nothing to compare with, a bad length (usage errors), an
+  // out-of-range token (a failure).
   EXPECT_EQ(Cli({"model", "compare", "--model", model, "--precision", "f32"})
                 .exit_code,
-            1);
+            2);
   EXPECT_EQ(Cli({"model", "compare", "--model", model, "--precision", "int8",
                  "--length", "0"})
                 .exit_code,
-            1);
+            2);
   EXPECT_EQ(Cli({"model", "compare", "--model", model, "--precision", "int8",
                  "--tokens", "1,99999"})
                 .exit_code,
             1);
   EXPECT_EQ(Cli({"model", "compare", "--model", model, "--precision", "int4"})
                 .exit_code,
-            1);
+            2);
   // bf16 weights with the activations rounded to bf16: closer than int8,
   // further than two terms; the field says which.
   RunResult split = Cli({"model", "compare", "--model", model, "--precision",
@@ -274,7 +345,7 @@ TEST(ModelCliTest, CompareReportsReducedPrecisionAccuracy) {
   EXPECT_EQ(Cli({"model", "compare", "--model", model, "--precision", "bf16",
                  "--bf16-activations", "half"})
                 .exit_code,
-            1);
+            2);
 }
 
 // `bench engine` in every dtype and mode prints one JSON line with the

@@ -5,12 +5,19 @@
 #include <cmath>
 #include <functional>
 #include <random>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "common/status.h"
+#include "worker/engine/rwkv_common.h"
 
 namespace statestream::engine {
 namespace {
+
+// The most layers a random model has (the loader takes block indices up to
+// 4096; nothing needs that many random ones).
+constexpr int kMaxLayers = 512;
 
 // LoRA ranks of the RWKV-7 training code for width c (rounded to 32).
 int LoraRank(double factor, double exponent, int c) {
@@ -46,8 +53,8 @@ absl::StatusOr<std::vector<NamedTensor>> RandomRwkv7(
     const RandomModelSpec& in) {
   RandomModelSpec s = in;
   if (s.n_layer < 1 || s.n_embd < 1 || s.vocab_size < 1 || s.head_size < 1 ||
-      s.n_embd % s.head_size != 0 || s.n_layer > 512 || s.n_embd > 65536 ||
-      s.vocab_size > (1 << 20)) {
+      s.n_embd % s.head_size != 0 || s.n_layer > kMaxLayers ||
+      s.n_embd > 65536 || s.vocab_size > rwkv::kMaxVocab) {
     return InvalidArgumentError(
         Reason::kInvalidArgument,
         absl::StrCat("impossible x070 dimensions: layers ", s.n_layer,
@@ -149,37 +156,88 @@ std::vector<NamedTensor> RandomRecurrent(
   return t;
 }
 
+int64_t TrainingFfn(int c) { return (c * 7 / 2) / 32 * 32; }
+
+// The FFN width of `arch` for spec `s` (n_embd >= 1): --ffn, else the
+// architecture's default.
+int64_t FfnWidth(const std::string& arch, const RandomModelSpec& s) {
+  if (s.dim_ffn > 0) return s.dim_ffn;
+  if (arch == "x070" || arch == "v4") return int64_t{4} * s.n_embd;
+  return std::max<int64_t>(32, TrainingFfn(s.n_embd));
+}
+
+// INVALID_ARGUMENT "ARCH: WHAT VALUE is outside [LO, HI]".
+absl::Status OutOfRange(const std::string& arch, absl::string_view what,
+                        int64_t value, int64_t lo, int64_t hi,
+                        absl::string_view note = "") {
+  return InvalidArgumentError(
+      Reason::kInvalidArgument,
+      absl::StrCat(arch, ": ", what, " ", value, " is outside [", lo, ", ", hi,
+                   "]", note));
+}
+
+// Dimensions the engine loads: rwkv::ReadCommonConfig and rwkv::CheckHeads
+// (worker/engine/rwkv_common.h) refuse bigger checkpoints, which could be
+// written but never served and, far past the limits, would not fit in
+// memory here (a bad_alloc, not an error). Each error names the dimension
+// and its flag of `statestream model random`.
 absl::Status CheckDims(const std::string& arch, const RandomModelSpec& s,
                        bool heads) {
-  if (s.n_layer < 1 || s.n_embd < 1 || s.vocab_size < 1 || s.n_layer > 512 ||
-      s.n_embd > 65536 || s.vocab_size > (1 << 20) || s.dim_ffn < 0 ||
-      (heads && (s.head_size < 1 || s.n_embd % s.head_size != 0))) {
-    return InvalidArgumentError(
-        Reason::kInvalidArgument,
-        absl::StrCat("impossible ", arch, " dimensions: layers ", s.n_layer,
-                     ", embd ", s.n_embd, ", head size ", s.head_size,
-                     ", vocab ", s.vocab_size));
+  if (s.n_layer < 1 || s.n_layer > kMaxLayers) {
+    return OutOfRange(arch, "n_layer (--layers)", s.n_layer, 1, kMaxLayers);
+  }
+  if (s.n_embd < 1 || s.n_embd > rwkv::kMaxEmbd) {
+    return OutOfRange(arch, "n_embd (--embd)", s.n_embd, 1, rwkv::kMaxEmbd);
+  }
+  if (s.vocab_size < 1 || s.vocab_size > rwkv::kMaxVocab) {
+    return OutOfRange(arch, "vocab_size (--vocab)", s.vocab_size, 1,
+                      rwkv::kMaxVocab);
+  }
+  if (heads) {
+    if (s.head_size < 1 || s.head_size > rwkv::kMaxHeadSize) {
+      return OutOfRange(arch, "head_size (--head-size)", s.head_size, 1,
+                        rwkv::kMaxHeadSize);
+    }
+    if (s.n_embd % s.head_size != 0) {
+      return InvalidArgumentError(
+          Reason::kInvalidArgument,
+          absl::StrCat(arch, ": n_embd (--embd) ", s.n_embd,
+                       " is not a multiple of head_size (--head-size) ",
+                       s.head_size));
+    }
+  }
+  const int64_t max_ffn = int64_t{16} * s.n_embd;
+  if (s.dim_ffn < 0 || FfnWidth(arch, s) > max_ffn) {
+    return OutOfRange(arch, "dim_ffn (--ffn)",
+                      s.dim_ffn < 0 ? s.dim_ffn : FfnWidth(arch, s), 0, max_ffn,
+                      " (at most 16 n_embd; 0: the default)");
+  }
+  const std::pair<const char*, int> ranks[] = {
+      {"d_decay", s.d_decay}, {"d_aaa", s.d_aaa}, {"d_mv", s.d_mv},
+      {"d_gate", s.d_gate},   {"d_mix", s.d_mix},
+  };
+  for (const auto& [name, rank] : ranks) {
+    if (rank < 0 || rank > rwkv::kMaxLoraRank) {
+      return OutOfRange(arch, absl::StrCat("LoRA rank ", name), rank, 0,
+                        rwkv::kMaxLoraRank, " (0: the default)");
+    }
   }
   return absl::OkStatus();
 }
-
-int64_t TrainingFfn(int c) { return (c * 7 / 2) / 32 * 32; }
 
 }  // namespace
 
 absl::StatusOr<std::vector<NamedTensor>> RandomModel(const std::string& arch,
                                                      const RandomModelSpec& s) {
-  if (arch == "x070") return RandomRwkv7(s);
-  if (arch != "x060" && arch != "x052" && arch != "v4") {
+  if (arch != "x070" && arch != "x060" && arch != "x052" && arch != "v4") {
     return InvalidArgumentError(Reason::kInvalidArgument,
                                 absl::StrCat("unknown architecture '", arch,
                                              "' (x070, x060, x052 or v4)"));
   }
   SS_RETURN_IF_ERROR(CheckDims(arch, s, arch != "v4"));
+  if (arch == "x070") return RandomRwkv7(s);
   const int64_t C = s.n_embd;
-  const int64_t F = s.dim_ffn > 0  ? s.dim_ffn
-                    : arch == "v4" ? 4 * C
-                                   : std::max<int64_t>(32, TrainingFfn(C));
+  const int64_t F = FfnWidth(arch, s);
   const float mc = 1.0f / std::sqrt(static_cast<float>(C));
   Filler f(s.seed);
   if (arch == "v4") {

@@ -28,13 +28,17 @@ struct RandomModelSpec {
 };
 
 // An x070 state dict (without the unused layer-0 v0/v1/v2). INVALID_ARGUMENT
-// for impossible dimensions.
+// for impossible dimensions only: it also builds shapes past what the engine
+// loads (for tests of the loader's limits); RandomModel refuses those.
 absl::StatusOr<std::vector<NamedTensor>> RandomRwkv7(
     const RandomModelSpec& spec);
 
 // A state dict of architecture `arch` ("x070", "x060", "x052" or "v4"; v4
-// ignores head_size). INVALID_ARGUMENT for an unknown architecture or
-// impossible dimensions.
+// ignores head_size). INVALID_ARGUMENT for an unknown architecture, or
+// dimensions the engine would not load (the limits of
+// worker/engine/rwkv_common.h: n_embd <= kMaxEmbd, dim_ffn <= 16 n_embd,
+// vocab_size <= kMaxVocab, head_size <= kMaxHeadSize, LoRA ranks <=
+// kMaxLoraRank; at most 512 layers), naming the dimension.
 absl::StatusOr<std::vector<NamedTensor>> RandomModel(
     const std::string& arch, const RandomModelSpec& spec);
 
