@@ -129,10 +129,7 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
   if (p.durability) {
     digest = Fnv1a(digest, absl::StrCat("d", static_cast<int>(*p.durability)));
   }
-  {
-    absl::MutexLock lock(&m.mu_);
-    if (m.draining_) return Draining();
-  }
+  SS_RETURN_IF_ERROR(m.Admitting());
   std::string existing;
   SS_ASSIGN_OR_RETURN(bool seen,
                       m.Seen(tenant, p.request_id, digest, &existing));
@@ -412,6 +409,7 @@ absl::StatusOr<SessionView> SessionManager::Import(
     const std::string& tenant, const std::string& blob, bool new_version,
     const CreateParams& params, std::optional<uint64_t> expected) {
   Impl& m = *impl_;
+  SS_RETURN_IF_ERROR(m.Admitting());
   SS_ASSIGN_OR_RETURN(StateSnapshot snap, DecodeState(blob));
   SS_RETURN_IF_ERROR(CheckStateMatchesModel(snap, m.fingerprint_,
                                             m.model_->info().state_floats));

@@ -527,6 +527,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
   Impl& m = *impl_;
   auto job = std::make_shared<JobImpl>();
   m.pool_.Post([&m, job, tenant, session_id, in = std::move(in), done] {
+    if (absl::Status st = m.Admitting(); !st.ok()) return done(st);
     // Validate the continuation first.
     std::vector<int32_t> cont;
     if (in.is_text) {

@@ -199,6 +199,12 @@ class SessionManager::Impl {
     return absl::StrCat(k.tenant, "/", k.session_id);
   }
 
+  // UNAVAILABLE/OVERLOADED once Drain() began: nothing new starts.
+  absl::Status Admitting() {
+    absl::MutexLock lock(&mu_);
+    return draining_ ? Draining() : absl::OkStatus();
+  }
+
   Durability Dur(std::optional<Durability> d) const {
     return d.value_or(opt_.default_durability);
   }

@@ -974,6 +974,42 @@ TEST_F(SessionManagerTest, AnAppendsIngestStopsWithItsCall) {
   EXPECT_EQ(scheduler_->stats().active_tasks, 0);
 }
 
+// Once draining, nothing new starts: a create, an import and a Score of a
+// stored version (which loads no resident session) are UNAVAILABLE with a
+// retry hint, for the client to go elsewhere.
+TEST_F(SessionManagerTest, NothingNewStartsWhileDraining) {
+  Create("d");
+  auto w = Open("d");
+  ASSERT_TRUE(Append(w, 0, "text", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  const std::string blob = Blob("d");
+  manager_->Drain();
+  CreateParams create;
+  create.request_id = "create-after-drain";
+  create.session_id = "new";
+  EXPECT_EQ(GetReason(manager_->CreateSession("t", create).status()),
+            Reason::kOverloaded);
+  CreateParams import;
+  import.request_id = "import-after-drain";
+  import.session_id = "imported";
+  absl::Status imported =
+      manager_->Import("t", blob, false, import, std::nullopt).status();
+  EXPECT_EQ(imported.code(), absl::StatusCode::kUnavailable) << imported;
+  EXPECT_EQ(GetReason(imported), Reason::kOverloaded);
+  ScoreInput score;
+  score.version = 2;
+  score.tokens = {1, 2};
+  absl::Notification scored;
+  absl::Status st;
+  manager_->Score("t", "d", score, [&](absl::StatusOr<ScoreOutcome> o) {
+    st = o.status();
+    scored.Notify();
+  });
+  scored.WaitForNotification();
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_EQ(GetReason(st), Reason::kOverloaded);
+}
+
 // A periodic checkpoint of a committing generation is written but its
 // reply is lost (and the store unreadable right after): the generation goes
 // on, its final commit adopts that version, and the session ends exactly
