@@ -290,13 +290,24 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
     for (const Entry& e : work) errors.emplace_back(e.task, status);
   }
   if (!hidden_only.empty()) {
-    std::vector<float> out(V);  // rare (a resumed generation's first step)
-    for (Task* t : hidden_only) {
-      absl::Status s = model_->Logits(t->last_hidden(), 1, out.data());
+    // Logits from saved hidden vectors (every Score's first step, a
+    // Generate without a prompt, a resumed generation): one head product
+    // for all of them, which reads the head once (bit-identical to one
+    // row at a time, like every batched product).
+    const int C = info.config.n_embd;
+    const int rows = static_cast<int>(hidden_only.size());
+    std::vector<float> hidden(static_cast<size_t>(rows) * C);
+    for (int r = 0; r < rows; ++r) {
+      std::copy_n(hidden_only[r]->last_hidden(), C,
+                  hidden.begin() + static_cast<ptrdiff_t>(r) * C);
+    }
+    std::vector<float> out(static_cast<size_t>(rows) * V);
+    absl::Status s = model_->Logits(hidden.data(), rows, out.data());
+    for (int r = 0; r < rows; ++r) {
       if (s.ok()) {
-        t->OnStep(0, out.data());
+        hidden_only[r]->OnStep(0, out.data() + static_cast<ptrdiff_t>(r) * V);
       } else {
-        errors.emplace_back(t, std::move(s));
+        errors.emplace_back(hidden_only[r], s);
       }
     }
   }

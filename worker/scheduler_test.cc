@@ -211,6 +211,54 @@ TEST(SchedulerTest, ScoreMatchesLogSoftmax) {
   }
 }
 
+// Scores that start together take their first logits from their saved
+// hidden vectors in one head product: the same bits as one alone.
+TEST(SchedulerTest, ScoresStartedTogetherEqualOneAlone) {
+  auto model = SmallModel();
+  const int V = model->info().config.vocab_size;
+  constexpr int kScores = 6;
+  std::vector<int32_t> cont = Tokens(4, 5);
+  auto run = [&](int n) {
+    Scheduler sched(model.get(), SchedulerOptions{});
+    std::vector<EngineState> states;
+    for (int i = 0; i < n; ++i) states.push_back(Direct(*model, Tokens(10, i)));
+    std::vector<std::vector<float>> got(n);
+    std::vector<absl::Notification> done(n);
+    std::vector<std::shared_ptr<ScoreTask>> tasks;
+    for (int i = 0; i < n; ++i) {
+      tasks.push_back(std::make_shared<ScoreTask>(
+          &states[i], V, cont,
+          [&, i](const absl::Status& st, const std::vector<float>& lp,
+                 const std::vector<bool>&) {
+            EXPECT_TRUE(st.ok()) << st;
+            got[i] = lp;
+            done[i].Notify();
+          }));
+    }
+    for (auto& t : tasks) EXPECT_TRUE(sched.Submit(t).ok());
+    for (auto& d : done) d.WaitForNotification();
+    return got;
+  };
+  const std::vector<std::vector<float>> together = run(kScores);
+  for (int i = 0; i < kScores; ++i) {
+    Scheduler sched(model.get(), SchedulerOptions{});
+    EngineState s = Direct(*model, Tokens(10, i));
+    absl::Notification done;
+    std::vector<float> alone;
+    ASSERT_TRUE(sched
+                    .Submit(std::make_shared<ScoreTask>(
+                        &s, V, cont,
+                        [&](const absl::Status&, const std::vector<float>& lp,
+                            const std::vector<bool>&) {
+                          alone = lp;
+                          done.Notify();
+                        }))
+                    .ok());
+    done.WaitForNotification();
+    EXPECT_EQ(together[i], alone) << "score " << i;
+  }
+}
+
 TEST(SchedulerTest, GenerationIsNotStalledByALongIngest) {
   auto model = SmallModel();
   SchedulerOptions opts;
