@@ -20,6 +20,10 @@ ABSL_FLAG(absl::Duration, generate_checkpoint_interval, absl::Seconds(10),
 ABSL_FLAG(int64_t, residency_bytes, int64_t{1} << 30,
           "Memory for resident session states; idle sessions beyond it are "
           "evicted (least recently used first).");
+ABSL_FLAG(int64_t, max_transfer_bytes, int64_t{1} << 30,
+          "State bytes that ExportState/ImportState calls in flight hold at "
+          "once (each keeps its whole state until its call ends); beyond, "
+          "new ones get RESOURCE_EXHAUSTED/OVERLOADED.");
 ABSL_FLAG(int32_t, max_tasks, 1024,
           "Scheduler admission: tasks (appends, generations, scores) queued "
           "or running before new ones get RESOURCE_EXHAUSTED/OVERLOADED.");
@@ -41,6 +45,7 @@ void ApplyWorkerFlags(worker::SessionManagerOptions* sessions,
   sessions->generate_checkpoint_interval =
       absl::GetFlag(FLAGS_generate_checkpoint_interval);
   sessions->residency_bytes = absl::GetFlag(FLAGS_residency_bytes);
+  sessions->max_transfer_bytes = absl::GetFlag(FLAGS_max_transfer_bytes);
   sessions->request_id_window = RequestIdWindowFromFlag();
   scheduler->max_tasks = absl::GetFlag(FLAGS_max_tasks);
   scheduler->max_queued_tokens = absl::GetFlag(FLAGS_max_queued_tokens);

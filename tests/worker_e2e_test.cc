@@ -623,6 +623,93 @@ Serve StartServe(const std::vector<std::string>& args) {
           v1::Streams::NewStub(channel)};
 }
 
+// State transfers in flight hold at most --max-transfer-bytes: with the
+// budget taken by an import still streaming, another import's header is
+// RESOURCE_EXHAUSTED/OVERLOADED (retry later); once it ends, it fits.
+TEST(WorkerTransferTest, TransfersInFlightAreBounded) {
+  auto started =
+      e2e::StartServer({STATESTREAM_BIN, "serve", "--listen=127.0.0.1:0",
+                        "--max-transfer-bytes=1"},
+                       kStartTimeout);
+  ASSERT_TRUE(started.ok()) << started.status();
+  auto channel =
+      grpc::CreateChannel(started->address, grpc::InsecureChannelCredentials());
+  auto sessions = v1::Sessions::NewStub(channel);
+  auto ctx = [] {
+    auto c = std::make_unique<grpc::ClientContext>();
+    c->set_deadline(std::chrono::system_clock::now() +
+                    std::chrono::seconds(60));
+    return c;
+  };
+  {
+    v1::CreateSessionRequest create;
+    create.set_session_id("src");
+    create.set_request_id("create-src");
+    v1::Session out;
+    auto c = ctx();
+    ASSERT_TRUE(sessions->CreateSession(c.get(), create, &out).ok());
+  }
+  v1::StateHeader header;
+  std::string blob;
+  {
+    v1::ExportStateRequest req;
+    req.set_session_id("src");
+    auto c = ctx();
+    auto reader = sessions->ExportState(c.get(), req);
+    v1::ExportStateResponse msg;
+    while (reader->Read(&msg)) {
+      if (msg.has_header()) header = msg.header();
+      if (msg.has_chunk()) blob += msg.chunk().data();
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+  }
+  auto open = [&](const std::string& id, grpc::ClientContext* c,
+                  v1::Session* out) {
+    auto writer = sessions->ImportState(c, out);
+    v1::ImportStateRequest first;
+    first.mutable_header()->set_request_id("import-" + id);
+    first.mutable_header()->set_session_id(id);
+    first.mutable_header()->set_mode(v1::IMPORT_MODE_CREATE);
+    *first.mutable_header()->mutable_state() = header;
+    EXPECT_TRUE(writer->Write(first));
+    return writer;
+  };
+  auto finish = [&](grpc::ClientWriter<v1::ImportStateRequest>* writer) {
+    for (uint32_t i = 0; size_t{i} * header.chunk_bytes() < blob.size(); ++i) {
+      v1::ImportStateRequest c;
+      c.mutable_chunk()->set_index(i);
+      std::string piece =
+          blob.substr(size_t{i} * header.chunk_bytes(), header.chunk_bytes());
+      c.mutable_chunk()->set_data(piece);
+      c.mutable_chunk()->set_crc32c(Crc32c(0, piece.data(), piece.size()));
+      if (!writer->Write(c)) break;
+    }
+    writer->WritesDone();
+    return FromGrpcStatus(writer->Finish());
+  };
+  auto first_ctx = ctx();
+  v1::Session first_out;
+  auto first = open("a", first_ctx.get(), &first_out);
+  // The first header is read (and its budget taken) before the second's.
+  absl::Status second;
+  for (int i = 0; i < 100; ++i) {
+    auto c = ctx();
+    v1::Session out;
+    auto writer = open("b", c.get(), &out);
+    second = finish(writer.get());
+    if (!second.ok()) break;
+    absl::SleepFor(absl::Milliseconds(20));  // the first not read yet
+  }
+  EXPECT_EQ(second.code(), absl::StatusCode::kResourceExhausted) << second;
+  EXPECT_EQ(GetReason(second), Reason::kOverloaded);
+  EXPECT_TRUE(GetErrorMetadata(second, "retry_after_ms").has_value());
+  ASSERT_TRUE(finish(first.get()).ok());
+  auto c = ctx();
+  v1::Session out;
+  auto again = open("b2", c.get(), &out);
+  EXPECT_TRUE(finish(again.get()).ok());
+}
+
 // With --data-dir the sessions survive a restart: same position, same
 // state, and the same seeded generation as without the restart — with the
 // weights as stored and with int8 weights.

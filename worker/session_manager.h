@@ -57,6 +57,11 @@ struct SessionManagerOptions {
   // Bytes of resident sessions (state + hidden, as held in memory) kept
   // before idle sessions are evicted (LRU).
   int64_t residency_bytes = int64_t{1} << 30;
+  // Bytes of state blobs that ExportState and ImportState calls in flight
+  // hold at once (each keeps its whole blob until its call ends); past it a
+  // new one is RESOURCE_EXHAUSTED/OVERLOADED (one always fits alone). Read
+  // from the default model's options (worker-wide).
+  int64_t max_transfer_bytes = int64_t{1} << 30;
   // Server checkpoint policy for Append streams: commit once this many
   // tokens or this much time of uncommitted input has accumulated.
   int64_t checkpoint_tokens = 4096;

@@ -40,15 +40,45 @@ absl::Status Corrupt(absl::string_view detail) {
                    {{"detail", std::string(detail)}});
 }
 
+// Bytes of state blobs held by exports and imports in flight. Thread-safe.
+class TransferBudget {
+ public:
+  explicit TransferBudget(int64_t max) : max_(max) {}
+  // RESOURCE_EXHAUSTED/OVERLOADED past the budget (one always fits alone).
+  absl::Status Acquire(int64_t bytes) {
+    absl::MutexLock lock(&mu_);
+    if (held_ > 0 && held_ + bytes > max_) {
+      return MakeError(absl::StatusCode::kResourceExhausted,
+                       Reason::kOverloaded,
+                       absl::StrCat("state transfers in flight hold ", held_,
+                                    " bytes; this worker holds at most ", max_,
+                                    " (--max-transfer-bytes)"),
+                       {{"retry_after_ms", "500"}});
+    }
+    held_ += bytes;
+    return absl::OkStatus();
+  }
+  void Release(int64_t bytes) {
+    absl::MutexLock lock(&mu_);
+    held_ -= bytes;
+  }
+
+ private:
+  const int64_t max_;
+  absl::Mutex mu_;
+  int64_t held_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
 // Loads the version on the pool, then streams the header and the chunks.
 // Until Finish, gRPC keeps the reactor alive (also after a cancel), so the
 // pool's closure may use it.
 class ExportReactor final
     : public grpc::ServerWriteReactor<v1::ExportStateResponse> {
  public:
-  ExportReactor(ModelSet* models, Executor* pool,
+  ExportReactor(ModelSet* models, Executor* pool, TransferBudget* budget,
                 grpc::CallbackServerContext* ctx,
-                const v1::ExportStateRequest* req) {
+                const v1::ExportStateRequest* req)
+      : budget_(budget) {
     absl::StatusOr<std::string> tenant = TenantOf(*ctx);
     absl::Status st = tenant.status();
     if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
@@ -69,6 +99,11 @@ class ExportReactor final
       Finish(ToGrpcStatus(e.status()));
       return;
     }
+    if (absl::Status st = budget_->Acquire(e->blob.size()); !st.ok()) {
+      Finish(ToGrpcStatus(st));
+      return;
+    }
+    held_ = e->blob.size();
     blob_ = std::move(e->blob);
     auto* h = msg_.mutable_header();
     h->set_format_version(1);
@@ -90,9 +125,11 @@ class ExportReactor final
   }
 
   void OnWriteDone(bool ok) override {
-    if (!ok)
-      return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
-    if (next_ == count_) return Finish(grpc::Status::OK);
+    if (!ok) {
+      return FinishAndRelease(
+          grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+    }
+    if (next_ == count_) return FinishAndRelease(grpc::Status::OK);
     msg_.Clear();
     auto* c = msg_.mutable_chunk();
     const size_t at = size_t{next_} * kChunkBytes;
@@ -102,9 +139,22 @@ class ExportReactor final
     c->set_crc32c(Crc32c(0, blob_.data() + at, n));
     StartWrite(&msg_);
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    budget_->Release(held_);
+    delete this;
+  }
 
  private:
+  // The budget is free again once the last message is written, before the
+  // client sees the call end (so its next transfer finds it free).
+  void FinishAndRelease(const grpc::Status& status) {
+    budget_->Release(held_);
+    held_ = 0;
+    Finish(status);
+  }
+
+  TransferBudget* const budget_;
+  int64_t held_ = 0;  // of the budget
   std::string blob_;
   v1::ExportStateResponse msg_;
   uint32_t count_ = 0, next_ = 0;
@@ -115,9 +165,9 @@ class ExportReactor final
 class ImportReactor final
     : public grpc::ServerReadReactor<v1::ImportStateRequest> {
  public:
-  ImportReactor(ModelSet* models, Executor* pool,
+  ImportReactor(ModelSet* models, Executor* pool, TransferBudget* budget,
                 grpc::CallbackServerContext* ctx, v1::Session* out)
-      : models_(models), pool_(pool), out_(out) {
+      : models_(models), pool_(pool), budget_(budget), out_(out) {
     absl::StatusOr<std::string> tenant = TenantOf(*ctx);
     if (!tenant.ok()) {
       Finish(ToGrpcStatus(tenant.status()));
@@ -130,12 +180,22 @@ class ImportReactor final
   void OnReadDone(bool ok) override {
     if (!ok) return pool_->Post([this] { Complete(); });
     absl::Status st = Take();
-    if (!st.ok()) return Finish(ToGrpcStatus(st));
+    if (!st.ok()) return FinishAndRelease(st);
     StartRead(&req_);
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    budget_->Release(held_);
+    delete this;
+  }
 
  private:
+  // The budget is free again before the client sees the call end.
+  void FinishAndRelease(const absl::Status& status) {
+    budget_->Release(held_);
+    held_ = 0;
+    Finish(ToGrpcStatus(status));
+  }
+
   absl::Status Take() {
     if (!have_header_) {
       if (!req_.has_header())
@@ -179,6 +239,8 @@ class ImportReactor final
               (s.total_bytes() + s.chunk_bytes() - 1) / s.chunk_bytes()) {
         return Corrupt("chunk_bytes/chunk_count disagree with total_bytes");
       }
+      SS_RETURN_IF_ERROR(budget_->Acquire(s.total_bytes()));
+      held_ = s.total_bytes();
       blob_.reserve(s.total_bytes());
       return absl::OkStatus();
     }
@@ -239,12 +301,14 @@ class ImportReactor final
         if (v.ok()) SessionToProto(*v, out_);
       }
     }
-    Finish(ToGrpcStatus(st));
+    FinishAndRelease(st);
   }
 
   ModelSet* const models_;
   SessionManager* m_ = nullptr;  // the state's model, once the header is read
   Executor* pool_;
+  TransferBudget* const budget_;
+  int64_t held_ = 0;  // of the budget, once the header is read
   v1::Session* out_;
   std::string tenant_;
   v1::ImportStateRequest req_;
@@ -256,7 +320,10 @@ class ImportReactor final
 
 class SessionsService final : public v1::Sessions::CallbackService {
  public:
-  explicit SessionsService(ModelSet* models) : models_(models), pool_(4) {}
+  explicit SessionsService(ModelSet* models)
+      : models_(models),
+        budget_(models->default_manager().options().max_transfer_bytes),
+        pool_(4) {}
 
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* ctx,
                                           const v1::CreateSessionRequest* req,
@@ -447,12 +514,12 @@ class SessionsService final : public v1::Sessions::CallbackService {
   grpc::ServerWriteReactor<v1::ExportStateResponse>* ExportState(
       grpc::CallbackServerContext* ctx,
       const v1::ExportStateRequest* req) override {
-    return new ExportReactor(models_, &pool_, ctx, req);
+    return new ExportReactor(models_, &pool_, &budget_, ctx, req);
   }
 
   grpc::ServerReadReactor<v1::ImportStateRequest>* ImportState(
       grpc::CallbackServerContext* ctx, v1::Session* out) override {
-    return new ImportReactor(models_, &pool_, ctx, out);
+    return new ImportReactor(models_, &pool_, &budget_, ctx, out);
   }
 
  private:
@@ -460,8 +527,11 @@ class SessionsService final : public v1::Sessions::CallbackService {
   grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* ctx,
                                     std::function<absl::Status()> fn) {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    pool_.Post([this, reactor, fn = std::move(fn)] {
-      const absl::Status st = fn();
+    pool_.Post([this, ctx, reactor, fn = std::move(fn)] {
+      // Queued behind slower calls, a call its client gave up on is not run.
+      const absl::Status st = ctx->IsCancelled()
+                                  ? absl::CancelledError("the call went away")
+                                  : fn();
       // The managers share one WorkerMetrics (or none).
       CountError(models_->default_manager(), st);
       reactor->Finish(ToGrpcStatus(st));
@@ -470,6 +540,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
   }
 
   ModelSet* const models_;
+  TransferBudget budget_;  // outlives the reactors (the server stops first)
   Executor pool_;
 };
 
