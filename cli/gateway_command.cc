@@ -139,7 +139,7 @@ int Run(const std::vector<std::string>& args) {
         }
         std::shared_ptr<StateStore> store;
         if (!redis.addresses.empty()) {
-          auto opened = NewRedisStateStore(redis);
+          auto opened = ConnectRedis(redis, "gateway");
           if (!opened.ok()) return opened.status();
           store = std::shared_ptr<StateStore>(std::move(*opened));
         }

@@ -1,10 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "cli/redis_flags.h"
 
+#include <signal.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <iostream>
 #include <string>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 
 ABSL_FLAG(std::string, redis, "",
           "Redis address(es), HOST:PORT[,HOST:PORT...]: the state store and "
@@ -12,7 +19,13 @@ ABSL_FLAG(std::string, redis, "",
 ABSL_FLAG(bool, redis_cluster, false,
           "--redis names Redis Cluster nodes (seeds): route by hash slot.");
 ABSL_FLAG(std::string, redis_user, "", "Redis ACL user (AUTH); optional.");
-ABSL_FLAG(std::string, redis_password, "", "Redis password (AUTH); optional.");
+ABSL_FLAG(std::string, redis_password, "",
+          "Redis password (AUTH); optional. Default: the environment "
+          "variable STATESTREAM_REDIS_PASSWORD (which, unlike a flag, does "
+          "not show in the process list).");
+ABSL_FLAG(absl::Duration, redis_connect_timeout, absl::Seconds(60),
+          "At startup, how long to keep trying while Redis does not answer "
+          "before giving up (exit 1).");
 
 namespace statestream::cli {
 
@@ -27,7 +40,40 @@ RedisStateStoreOptions RedisOptionsFromFlags() {
   options.cluster = absl::GetFlag(FLAGS_redis_cluster);
   options.user = absl::GetFlag(FLAGS_redis_user);
   options.password = absl::GetFlag(FLAGS_redis_password);
+  if (options.password.empty()) {
+    if (const char* env = std::getenv("STATESTREAM_REDIS_PASSWORD")) {
+      options.password = env;
+    }
+  }
   return options;
+}
+
+absl::StatusOr<std::unique_ptr<StateStore>> ConnectRedis(
+    const RedisStateStoreOptions& options, absl::string_view role) {
+  const absl::Time deadline =
+      absl::Now() + absl::GetFlag(FLAGS_redis_connect_timeout);
+  absl::Duration backoff = absl::Milliseconds(250);
+  for (;;) {
+    absl::StatusOr<std::unique_ptr<StateStore>> store =
+        NewRedisStateStore(options);
+    if (store.ok() || store.status().code() != absl::StatusCode::kUnavailable ||
+        absl::Now() + backoff > deadline) {
+      return store;
+    }
+    std::cerr << "statestream " << role << ": " << store.status().message()
+              << "; retrying for up to "
+              << absl::FormatDuration(
+                     absl::Trunc(deadline - absl::Now(), absl::Seconds(1)))
+              << "\n";
+    sigset_t pending;
+    sigemptyset(&pending);
+    sigpending(&pending);
+    if (sigismember(&pending, SIGTERM) || sigismember(&pending, SIGINT)) {
+      return absl::CancelledError("stopped while waiting for Redis");
+    }
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(5));
+  }
 }
 
 }  // namespace statestream::cli

@@ -3,6 +3,10 @@
 #ifndef STATESTREAM_CLI_REDIS_FLAGS_H_
 #define STATESTREAM_CLI_REDIS_FLAGS_H_
 
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "state_store/redis_state_store.h"
 
 namespace statestream::cli {
@@ -13,6 +17,14 @@ extern const char kRedisFlagsFile[];
 // Options from --redis, --redis-cluster, --redis-user, --redis-password;
 // addresses is empty when --redis is not given.
 RedisStateStoreOptions RedisOptionsFromFlags();
+
+// NewRedisStateStore, retried while Redis is UNAVAILABLE for up to
+// --redis-connect-timeout (a role started before its Redis, or during a
+// restart, waits for it instead of exiting), each failure logged to stderr
+// as "statestream ROLE: ...". Other errors (AUTH) at once; CANCELLED if
+// SIGINT/SIGTERM is pending (RunServer blocks them while it builds).
+absl::StatusOr<std::unique_ptr<StateStore>> ConnectRedis(
+    const RedisStateStoreOptions& options, absl::string_view role);
 
 }  // namespace statestream::cli
 

@@ -150,7 +150,7 @@ int Run(const std::vector<std::string>& args) {
     redis.on_warning = [](const std::string& warning) {
       std::cerr << "statestream worker: WARNING: " << warning << "\n";
     };
-    auto store = NewRedisStateStore(redis);
+    auto store = ConnectRedis(redis, "worker");
     if (!store.ok()) return store.status();
     w->store = *std::move(store);
     w->metrics = std::make_unique<worker::WorkerMetrics>("redis");

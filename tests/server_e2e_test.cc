@@ -11,6 +11,7 @@
 #include <memory>
 #include <regex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -238,6 +239,49 @@ TEST(WorkerTest, HealthIsNotServingWhileRedisIsDown) {
   ASSERT_TRUE(exit_code.ok()) << exit_code.status();
   EXPECT_EQ(*exit_code, 0) << server.process->stderr_text();
   context.TryCancel();
+  std::remove(model.c_str());
+}
+
+// A worker started while its Redis is down waits for it (and says so)
+// instead of exiting; past --redis-connect-timeout it exits 1.
+TEST(WorkerTest, WaitsForARedisThatIsNotUpYet) {
+  auto redis = testing::RedisServer::Start({});
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  (*redis)->Kill();
+  const std::string model = ::testing::TempDir() + "/redis_wait_test_" +
+                            std::to_string(getpid()) + ".safetensors";
+  auto made =
+      e2e::Run({STATESTREAM_BIN, "model", "random", "--layers=1", "--embd=64",
+                "--head-size=32", "--vocab=256", "--out=" + model});
+  ASSERT_TRUE(made.ok() && made->exit_code == 0) << made->err;
+  std::vector<std::string> flags = RoleFlags("worker", redis->get(), model);
+  {
+    std::vector<std::string> argv = {STATESTREAM_BIN, "worker",
+                                     "--listen=127.0.0.1:0",
+                                     "--redis-connect-timeout=1s"};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    auto gave_up = e2e::Run(argv);
+    ASSERT_TRUE(gave_up.ok()) << gave_up.status();
+    EXPECT_EQ(gave_up->exit_code, 1);
+    EXPECT_THAT(gave_up->err, HasSubstr("retrying"));
+  }
+  std::vector<std::string> argv = {STATESTREAM_BIN, "worker",
+                                   "--listen=127.0.0.1:0"};
+  argv.insert(argv.end(), flags.begin(), flags.end());
+  auto worker = e2e::Subprocess::Start(argv);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  absl::SleepFor(absl::Seconds(1));
+  // On this thread: the harness's Redis dies with the thread that started
+  // it (PR_SET_PDEATHSIG).
+  ASSERT_TRUE((*redis)->Restart().ok());
+  auto line = (*worker)->ReadStdoutLine(kStartTimeout);
+  ASSERT_TRUE(line.ok()) << line.status();
+  EXPECT_THAT(*line, HasSubstr("listening on"));
+  EXPECT_THAT((*worker)->stderr_text(), HasSubstr("retrying"));
+  (*worker)->Signal(SIGTERM);
+  auto exit_code = (*worker)->Wait(kExitTimeout);
+  ASSERT_TRUE(exit_code.ok()) << exit_code.status();
+  EXPECT_EQ(*exit_code, 0) << (*worker)->stderr_text();
   std::remove(model.c_str());
 }
 
