@@ -338,6 +338,48 @@ TEST(WorkerLoadE2eTest, OverloadIsResourceExhaustedNotACrash) {
   EXPECT_FALSE(code.ok()) << "the server exited";
 }
 
+// A client that goes away in the middle of a big Append stops its ingest:
+// the scheduler and the session are free at once (not after every token
+// went through the model), and nothing of the request is applied.
+TEST(WorkerLoadE2eTest, AnAppendsIngestStopsWhenItsClientGoesAway) {
+  // One engine thread and a wider model than the demo: 262,144 tokens take
+  // tens of seconds.
+  const std::string model = absl::StrCat(
+      ::testing::TempDir(), "/ingest_cancel_", getpid(), ".safetensors");
+  auto made =
+      e2e::Run({STATESTREAM_BIN, "model", "random", "--layers=4", "--embd=256",
+                "--head-size=64", "--vocab=256", "--out=" + model});
+  ASSERT_TRUE(made.ok() && made->exit_code == 0) << made->err;
+  auto server = Server::Start({"--model=" + model, "--threads=1"});
+  ASSERT_NE(server, nullptr);
+  ASSERT_TRUE(Create(*server, "big").ok());
+  grpc::ClientContext ctx;
+  auto stream = server->streams->Append(&ctx);
+  v1::AppendRequest r;
+  r.set_session_id("big");
+  r.set_expected_input_offset(0);
+  for (int i = 0; i < 262144; ++i) r.mutable_tokens()->add_ids(i % 256);
+  ASSERT_TRUE(stream->Write(r));
+  ASSERT_TRUE(Eventually(
+      [&] { return server->Metric("statestream_scheduler_tasks") == 1; }));
+  ctx.TryCancel();
+  EXPECT_FALSE(stream->Finish().ok());
+  const absl::Time cancelled = absl::Now();
+  EXPECT_TRUE(Eventually([&] {
+    return server->Metric("statestream_scheduler_tasks") == 0 &&
+           server->Metric("statestream_sessions_active") == 0;
+  }));
+  v1::GetSessionRequest get;
+  get.set_session_id("big");
+  v1::Session s;
+  auto get_ctx = Ctx();
+  ASSERT_TRUE(server->sessions->GetSession(get_ctx.get(), get, &s).ok());
+  EXPECT_EQ(s.input_offset(), 0u)
+      << "the ingest ran to its end, " << absl::Now() - cancelled
+      << " after the cancel";
+  std::filesystem::remove(model);
+}
+
 TEST(WorkerLoadE2eTest, SigtermCommitsTheRunningGenerationAndExits) {
   const std::string dir =
       absl::StrCat(::testing::TempDir(), "/worker_load_drain_", getpid());

@@ -71,7 +71,9 @@ void Scheduler::Stop() {
 
 SchedulerStats Scheduler::stats() const {
   absl::MutexLock lock(&mu_);
-  return stats_;
+  SchedulerStats stats = stats_;
+  stats.active_tasks = admitted_;
+  return stats;
 }
 
 void Scheduler::Loop() {
@@ -111,14 +113,12 @@ void Scheduler::Loop() {
   admitted_tokens_ = 0;
 }
 
-void Scheduler::Release(const std::vector<std::shared_ptr<Task>>& ended,
-                        int still_active) {
+void Scheduler::Release(const std::vector<std::shared_ptr<Task>>& ended) {
   int64_t tokens = 0;
   for (const auto& t : ended) tokens += t->queued_tokens;
   absl::MutexLock lock(&mu_);
   admitted_ -= static_cast<int>(ended.size());
   admitted_tokens_ -= tokens;
-  stats_.active_tasks = still_active;
 }
 
 // Drops finished, cancelled and expired tasks. They leave the admission
@@ -144,7 +144,7 @@ void Scheduler::Retire(std::vector<std::shared_ptr<Task>>& active) {
     active.erase(active.begin() + static_cast<ptrdiff_t>(i));
   }
   if (ended.empty()) return;
-  Release(ended, static_cast<int>(active.size()));
+  Release(ended);
   for (size_t i = 0; i < ended.size(); ++i) {
     if (outcome[i].ok()) {
       ended[i]->OnDone();
@@ -327,7 +327,7 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
       }
     }
     active.swap(keep);
-    Release(failed, static_cast<int>(active.size()));
+    Release(failed);
     for (size_t i = 0; i < failed.size(); ++i) failed[i]->OnError(why[i]);
   }
   return true;

@@ -119,7 +119,7 @@ struct SchedulerStats {
   int64_t iterations = 0;
   int64_t tokens = 0;
   int64_t max_batch_sequences = 0;
-  int active_tasks = 0;
+  int active_tasks = 0;  // admitted: running or queued
 };
 
 // Thread-safe.
@@ -153,8 +153,7 @@ class Scheduler {
   // line: the head's stores are whole lines (engine-kernels.md).
   engine::HugePageVector<float> logits_;
   // Takes ended tasks out of the admission counts.
-  void Release(const std::vector<std::shared_ptr<Task>>& ended,
-               int still_active);
+  void Release(const std::vector<std::shared_ptr<Task>>& ended);
 
   engine::Model* model_;
   const SchedulerOptions options_;

@@ -338,32 +338,44 @@ void SessionManager::Impl::AppendOp(
   if (tokens.empty()) return finish(0);
   auto work = std::make_shared<EngineState>(s->live);
   const uint32_t n = static_cast<uint32_t>(tokens.size());
-  if (opt_.metrics != nullptr) opt_.metrics->AddTokensIn(n);
   auto task = std::make_shared<IngestTask>(
       work.get(), std::move(tokens),
       [this, s, w, work, n, finish, done](const absl::Status& st) {
         pool_.Post([this, s, w, work, n, st, finish, done] {
           if (!st.ok()) {
+            // Why, before the strand moves on (to a delete's Drop).
+            const absl::Status why =
+                absl::IsCancelled(st) ? WhyCancelled(s.get(), w->gen) : st;
             Release(s);
-            return done(absl::IsCancelled(st) ? WhyCancelled(s.get(), w->gen)
-                                              : st);
+            return done(why);
           }
           s->live = std::move(*work);
           finish(n);
         });
       });
-  bool attached;
+  absl::Status refused;
   {
     absl::MutexLock lock(&s->mu);
-    // Superseded or abandoned since the checks above: not run for nobody.
-    attached = s->writer_gen == w->gen && s->writer_attached;
-    if (attached) s->ingest = task;
+    // Superseded, abandoned, ended by a delete or the drain since the
+    // checks above: not run for nobody.
+    if (w->gen <= s->barred_through) {
+      refused = s->barred_why;
+    } else if (s->writer_gen != w->gen || !s->writer_attached) {
+      refused = Busy();
+    } else {
+      s->ingest = task;
+    }
   }
-  if (!attached) return fail(Busy());
+  if (!refused.ok()) return fail(refused);
+  if (opt_.metrics != nullptr) opt_.metrics->AddTokensIn(n);
   if (absl::Status st = sched_->Submit(task); !st.ok()) return fail(st);
 }
 
 absl::Status SessionManager::Impl::WhyCancelled(Session* s, uint64_t gen) {
+  {
+    absl::MutexLock lock(&s->mu);
+    if (gen <= s->barred_through) return s->barred_why;
+  }
   if (absl::Status gone = GoneError(s); !gone.ok()) return gone;
   {
     absl::MutexLock lock(&mu_);

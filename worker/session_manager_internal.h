@@ -11,6 +11,7 @@
 #ifndef STATESTREAM_WORKER_SESSION_MANAGER_INTERNAL_H_
 #define STATESTREAM_WORKER_SESSION_MANAGER_INTERNAL_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -141,6 +142,18 @@ struct Session {
   void CancelIngest() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (std::shared_ptr<Task> t = ingest.lock()) t->Cancel();
     ingest.reset();
+  }
+  // Writers up to this generation start no ingest (and a cancelled one
+  // answers `barred_why`): those a delete ended (EndWriter), all once the
+  // worker drains. An op past its checks when that happens would
+  // otherwise submit after CancelIngest found nothing to cancel.
+  uint64_t barred_through ABSL_GUARDED_BY(mu) = 0;
+  absl::Status barred_why ABSL_GUARDED_BY(mu);
+  void BarIngest(uint64_t through, absl::Status why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    barred_through = std::max(barred_through, through);
+    barred_why = std::move(why);
+    CancelIngest();
   }
 };
 

@@ -345,7 +345,7 @@ void SessionManager::Impl::EndWriter(Session* s, absl::Status why) {
     absl::MutexLock lock(&s->mu);
     superseded = std::move(s->superseded);
     s->superseded = nullptr;
-    s->CancelIngest();
+    s->BarIngest(s->writer_gen, why);
   }
   if (superseded) {
     pool_.Post([superseded = std::move(superseded), why = std::move(why)] {
@@ -481,7 +481,7 @@ void SessionManager::Impl::Drain() {
   }
   for (auto& s : all) {
     absl::MutexLock lock(&s->mu);
-    s->CancelIngest();
+    s->BarIngest(~uint64_t{0}, Draining());
   }
   for (auto& s : all) {
     RunSync<bool>(s, [this, &s] {

@@ -19,6 +19,7 @@
 #include "common/status.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 #include "worker/api_convert.h"
+#include "worker/executor.h"
 #include "worker/model_set.h"
 #include "worker/worker_service.h"
 
@@ -88,8 +89,11 @@ class AppendReactor final
   using ThisReactor = AppendReactor;
 
  public:
-  AppendReactor(ModelSet* models, grpc::CallbackServerContext* ctx)
-      : models_(models), link_(std::make_shared<Link<AppendReactor>>()) {
+  AppendReactor(ModelSet* models, Executor* pool,
+                grpc::CallbackServerContext* ctx)
+      : models_(models),
+        pool_(pool),
+        link_(std::make_shared<Link<AppendReactor>>()) {
     {
       absl::MutexLock lock(&link_->mu);
       link_->reactor = this;
@@ -125,7 +129,7 @@ class AppendReactor final
     writes_.pop_front();
     if (!ok) {
       writes_.clear();  // the client is gone
-      SetFinishLocked(absl::CancelledError("the client went away"));
+      ClientGoneLocked();
     }
     // Acks queued before an error still go out, then the error.
     if (!writes_.empty()) {
@@ -144,7 +148,7 @@ class AppendReactor final
 
   void OnCancel() override {
     Locked<ThisReactor> lock(this);
-    SetFinishLocked(absl::CancelledError("the client went away"));
+    ClientGoneLocked();
   }
 
   void OnDone() override {
@@ -152,7 +156,12 @@ class AppendReactor final
       absl::MutexLock lock(&link_->mu);
       link_->reactor = nullptr;
     }
-    if (writer_ != nullptr && !closed_) m_->AbandonWriter(writer_);
+    bool abandon;
+    {
+      absl::MutexLock lock(&mu_);
+      abandon = writer_ != nullptr && !closed_ && !abandoned_;
+    }
+    if (abandon) m_->AbandonWriter(writer_);
     delete this;
   }
 
@@ -179,27 +188,60 @@ class AppendReactor final
     if (writer_ == nullptr) {
       SS_RETURN_IF_ERROR(CheckSessionId(r.session_id(), "session_id"));
       session_id_ = r.session_id();
-      // Blocks like OpenWriter below (which may load the session).
-      m_ = &models_->ForSession(tenant_, session_id_);
-      SS_RETURN_IF_ERROR(m_->CheckAppend(in));
-      std::weak_ptr<Link<AppendReactor>> weak = link_;
-      SS_ASSIGN_OR_RETURN(
-          writer_,
-          m_->OpenWriter(tenant_, session_id_, [weak](const absl::Status& why) {
-            auto link = weak.lock();
-            if (link == nullptr) return;
-            absl::MutexLock lock(&link->mu);
-            if (link->reactor != nullptr) link->reactor->Superseded(why);
-          }));
-    } else if (!r.session_id().empty() && r.session_id() != session_id_) {
+      // Opening the writer may load the session (store I/O, one load at a
+      // time per model): on the service's pool, not on gRPC's thread. No
+      // read is started until the request is acked.
+      if (!BeginOp()) return absl::OkStatus();  // finished meanwhile
+      pool_->Post([this, in = std::move(in)]() mutable {
+        SessionManager* m = nullptr;
+        std::shared_ptr<SessionManager::Writer> writer;
+        absl::Status st = OpenWriter(in, &m, &writer);
+        {
+          Locked<ThisReactor> lock(this);
+          m_ = m;
+          writer_ = std::move(writer);
+          if (!st.ok() || finish_) {  // failed, or the call ended meanwhile
+            op_pending_ = false;      // (OnDone abandons the writer)
+            if (!st.ok()) return SetFinishLocked(st);
+            return MaybeFinishLocked();
+          }
+        }
+        AppendNow(std::move(in));
+      });
+      return absl::OkStatus();
+    }
+    if (!r.session_id().empty() && r.session_id() != session_id_) {
       return BadField("session_id", "differs from the call's session");
     }
-    durability_ = in.durability;
     if (!BeginOp()) return absl::OkStatus();  // finished meanwhile
+    AppendNow(std::move(in));
+    return absl::OkStatus();
+  }
+
+  // The first request's model and writer, once it is checked whole against
+  // that model (on the pool: no reactor state is touched).
+  absl::Status OpenWriter(const AppendInput& in, SessionManager** m,
+                          std::shared_ptr<SessionManager::Writer>* writer) {
+    *m = &models_->ForSession(tenant_, session_id_);
+    SS_RETURN_IF_ERROR((*m)->CheckAppend(in));
+    std::weak_ptr<Link<AppendReactor>> weak = link_;
+    SS_ASSIGN_OR_RETURN(
+        *writer,
+        (*m)->OpenWriter(tenant_, session_id_, [weak](const absl::Status& why) {
+          auto link = weak.lock();
+          if (link == nullptr) return;
+          absl::MutexLock lock(&link->mu);
+          if (link->reactor != nullptr) link->reactor->Superseded(why);
+        }));
+    return absl::OkStatus();
+  }
+
+  // Hands `in` to the manager (the op is begun); OnAck ends it.
+  void AppendNow(AppendInput in) {
+    durability_ = in.durability;
     m_->Append(writer_, std::move(in), [this](absl::StatusOr<AppendAck> ack) {
       OnAck(std::move(ack));
     });
-    return absl::OkStatus();
   }
 
   void OnAck(absl::StatusOr<AppendAck> ack) {
@@ -255,6 +297,17 @@ class AppendReactor final
     SetFinishLocked(st);
   }
 
+  // The client cancelled or went away: the call ends, and the request in
+  // flight stops too (its ingest is cancelled: the call cannot finish
+  // before it ends, and a delete or drain would wait for all its tokens).
+  void ClientGoneLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    SetFinishLocked(absl::CancelledError("the client went away"));
+    if (writer_ != nullptr && !abandoned_) {
+      abandoned_ = true;
+      m_->AbandonWriter(writer_);
+    }
+  }
+
   void SetFinishLocked(const absl::Status& st)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (!finish_) finish_ = st;
@@ -268,14 +321,17 @@ class AppendReactor final
   }
 
   ModelSet* const models_;
-  // The session's model's manager; set with writer_ (the read path).
+  Executor* const pool_;
+  // The session's model's manager; set with writer_.
   SessionManager* m_ = nullptr;
   std::shared_ptr<Link<AppendReactor>> link_;
   std::string tenant_, session_id_;
   v1::AppendRequest req_;  // one read at a time
+  // Set under mu_ (on the pool) with m_; read by the reactor's callbacks.
   std::shared_ptr<SessionManager::Writer> writer_;
   std::optional<Durability> durability_;
   bool closed_ = false;
+  bool abandoned_ ABSL_GUARDED_BY(mu_) = false;
 
   // Acks queued for a client that is not reading them, at most.
   static constexpr int kMaxUnreadAcks = 64;
@@ -685,11 +741,11 @@ class ScoreReactor final : public grpc::ServerUnaryReactor {
 
 class StreamsService final : public v1::Streams::CallbackService {
  public:
-  explicit StreamsService(ModelSet* models) : models_(models) {}
+  explicit StreamsService(ModelSet* models) : models_(models), pool_(4) {}
 
   grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>* Append(
       grpc::CallbackServerContext* ctx) override {
-    return new AppendReactor(models_, ctx);
+    return new AppendReactor(models_, &pool_, ctx);
   }
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
@@ -706,6 +762,9 @@ class StreamsService final : public v1::Streams::CallbackService {
 
  private:
   ModelSet* const models_;
+  // Opens Append calls' writers (session loads); outlives the reactors
+  // (the server stops first).
+  Executor pool_;
 };
 
 }  // namespace
