@@ -85,11 +85,16 @@ bool IsValidTenant(absl::string_view tenant) {
 
 namespace {
 
-std::array<unsigned char, 32> Sha256(absl::string_view data) {
+// SHA-256 of `data`; nullopt if the library cannot compute it (e.g. an
+// OpenSSL configured for a provider that is missing).
+std::optional<std::array<unsigned char, 32>> Sha256(absl::string_view data) {
   std::array<unsigned char, 32> digest{};
   unsigned int size = 0;
-  EVP_Digest(data.data(), data.size(), digest.data(), &size, EVP_sha256(),
-             nullptr);
+  if (EVP_Digest(data.data(), data.size(), digest.data(), &size, EVP_sha256(),
+                 nullptr) != 1 ||
+      size != digest.size()) {
+    return std::nullopt;
+  }
   return digest;
 }
 
@@ -97,7 +102,11 @@ std::array<unsigned char, 32> Sha256(absl::string_view data) {
 
 TenantAuth::TenantAuth(std::map<std::string, std::string> api_keys) {
   for (auto& [token, tenant] : api_keys) {
-    keys_.push_back({Sha256(token), std::move(tenant)});
+    std::optional<std::array<unsigned char, 32>> digest = Sha256(token);
+    // Without digests no token can be checked: every call is refused.
+    if (!digest) digests_failed_ = true;
+    keys_.push_back(
+        {digest.value_or(std::array<unsigned char, 32>{}), std::move(tenant)});
   }
 }
 
@@ -140,6 +149,10 @@ absl::StatusOr<TenantAuth> TenantAuth::FromFile(const std::string& path) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": no API keys"));
   }
   TenantAuth auth(std::move(keys));
+  if (auth.digests_failed_) {
+    return absl::FailedPreconditionError(
+        "cannot compute SHA-256 (OpenSSL) to hold the API keys");
+  }
   auth.limits_ = std::move(limits);
   return auth;
 }
@@ -165,11 +178,14 @@ absl::StatusOr<std::string> TenantAuth::Authenticate(
       !absl::StartsWithIgnoreCase(*authorization, kBearer)) {
     return Unauthenticated("missing credentials (authorization: Bearer ...)");
   }
-  const std::array<unsigned char, 32> digest =
+  const std::optional<std::array<unsigned char, 32>> digest =
       Sha256(authorization->substr(kBearer.size()));
+  if (!digest || digests_failed_) {
+    return Unauthenticated("API keys cannot be checked (SHA-256 unavailable)");
+  }
   const Key* found = nullptr;
   for (const Key& key : keys_) {
-    if (CRYPTO_memcmp(key.digest.data(), digest.data(), digest.size()) == 0) {
+    if (CRYPTO_memcmp(key.digest.data(), digest->data(), digest->size()) == 0) {
       found = &key;
     }
   }

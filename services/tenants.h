@@ -148,6 +148,7 @@ class TenantAuth {
     std::string tenant;
   };
   std::vector<Key> keys_;
+  bool digests_failed_ = false;  // then every call is refused
   std::map<std::string, TenantLimitOverride> limits_;
 };
 
