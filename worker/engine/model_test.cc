@@ -520,6 +520,23 @@ TEST(ModelTest, LogitsFromLastHiddenEqualForwardLogits) {
   ASSERT_TRUE(m->Forward({&w, 1}).ok());
   ASSERT_TRUE(m->Logits(hidden.data(), 1, again.data()).ok());
   EXPECT_EQ(logits, again);
+  // Several hidden vectors in one call (one head product for all rows):
+  // each row equals its own Forward's logits.
+  constexpr int kRows = 3;
+  std::vector<float> hiddens(static_cast<size_t>(kRows) * C);
+  std::vector<float> expected(static_cast<size_t>(kRows) * V);
+  for (int r = 0; r < kRows; ++r) {
+    std::vector<float> fresh(m->info().state_floats, 0.0f);
+    std::vector<int32_t> seq = RandomTokens(5 + 30 * r, V, 20 + r);
+    int32_t at = static_cast<int32_t>(seq.size()) - 1;
+    SequenceWork one{seq, fresh.data(), absl::MakeConstSpan(&at, 1),
+                     &expected[static_cast<size_t>(r) * V],
+                     &hiddens[static_cast<size_t>(r) * C]};
+    ASSERT_TRUE(m->Forward({&one, 1}).ok());
+  }
+  std::vector<float> batched(static_cast<size_t>(kRows) * V);
+  ASSERT_TRUE(m->Logits(hiddens.data(), kRows, batched.data()).ok());
+  EXPECT_EQ(batched, expected);
 }
 
 TEST(ModelTest, RepeatedLogitPositionsEachGetTheirLogits) {
