@@ -29,8 +29,7 @@ namespace {
 
 absl::Status Chat(const std::vector<std::string>& args) {
   if (!args.empty()) {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "chat takes no arguments");
+    return UsageError("chat takes no arguments");
   }
   SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
   std::string session_id;

@@ -2,7 +2,6 @@
 // `statestream generate`: sample a continuation from a session, streaming
 // the text to stdout. Its sampling flags are shared with `chat`.
 #include <iostream>
-#include <iterator>
 #include <string>
 #include <vector>
 
@@ -73,15 +72,13 @@ namespace {
 
 absl::Status Generate(const std::vector<std::string>& args) {
   if (!args.empty()) {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "generate takes no arguments (see --prompt)");
+    return UsageError("generate takes no arguments (see --prompt)");
   }
   SS_ASSIGN_OR_RETURN(std::string session_id, SessionFlagValue());
   v1::GenerateRequest req = GenerateRequestFromFlags();
   std::string prompt = absl::GetFlag(FLAGS_prompt);
   if (prompt == "-") {
-    prompt.assign(std::istreambuf_iterator<char>(std::cin),
-                  std::istreambuf_iterator<char>());
+    SS_ASSIGN_OR_RETURN(prompt, ReadStdin());
   }
   if (!prompt.empty()) req.set_prompt_text_utf8(prompt);
   req.set_commit(absl::GetFlag(FLAGS_commit));

@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // `statestream score`: log-probabilities of a continuation.
 #include <iostream>
-#include <iterator>
 #include <string>
 #include <vector>
 
@@ -20,8 +19,7 @@ absl::Status Score(const std::vector<std::string>& args) {
   const std::string tokens = TokensFlagValue();
   if (!tokens.empty()) {
     if (!args.empty()) {
-      return InvalidArgumentError(Reason::kInvalidArgument,
-                                  "give TEXT or --tokens, not both");
+      return UsageError("give TEXT or --tokens, not both");
     }
     SS_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
                         ParseIntList(tokens, "--tokens"));
@@ -29,13 +27,11 @@ absl::Status Score(const std::vector<std::string>& args) {
   } else if (args.size() == 1) {
     std::string text = args[0];
     if (text == "-") {
-      text.assign(std::istreambuf_iterator<char>(std::cin),
-                  std::istreambuf_iterator<char>());
+      SS_ASSIGN_OR_RETURN(text, ReadStdin());
     }
     req.set_text_utf8(text);
   } else {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "score takes one TEXT argument (or -)");
+    return UsageError("score takes one TEXT argument (or -)");
   }
   SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
   SS_ASSIGN_OR_RETURN(v1::ScoreResponse r,

@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // `statestream tokenize` and `statestream detokenize`.
 #include <iostream>
-#include <iterator>
 #include <string>
 #include <vector>
 
@@ -18,9 +17,7 @@ namespace {
 absl::StatusOr<std::unique_ptr<engine::Tokenizer>> LoadFlagTokenizer() {
   const std::string vocab = VocabFlagValue();
   if (vocab.empty()) {
-    return InvalidArgumentError(
-        Reason::kInvalidArgument,
-        "--vocab is required (a vocab file or 'bytes')");
+    return UsageError("--vocab is required (a vocab file or 'bytes')");
   }
   if (vocab == "bytes") return engine::MakeByteTokenizer();
   // A tokenizer.json is the NeoX tokenizer; anything else a World vocab.
@@ -29,13 +26,11 @@ absl::StatusOr<std::unique_ptr<engine::Tokenizer>> LoadFlagTokenizer() {
 
 absl::Status Tokenize(const std::vector<std::string>& args) {
   if (args.size() > 1) {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "tokenize takes one TEXT argument (or -)");
+    return UsageError("tokenize takes one TEXT argument (or -)");
   }
   std::string text;
   if (args.empty() || args[0] == "-") {
-    text.assign(std::istreambuf_iterator<char>(std::cin),
-                std::istreambuf_iterator<char>());
+    SS_ASSIGN_OR_RETURN(text, ReadStdin());
   } else {
     text = args[0];
   }
@@ -47,8 +42,7 @@ absl::Status Tokenize(const std::vector<std::string>& args) {
 absl::Status Detokenize(const std::vector<std::string>& args) {
   const std::string list = TokensFlagValue();
   if (!args.empty()) {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "detokenize takes ids from --tokens");
+    return UsageError("detokenize takes ids from --tokens");
   }
   SS_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIntList(list, "--tokens"));
   SS_ASSIGN_OR_RETURN(auto tok, LoadFlagTokenizer());

@@ -382,7 +382,10 @@ TEST(SchedulerTest, PrefillsShareTheBudgetEvenly) {
                   .ok());
   a_done.WaitForNotification();
   b_done.WaitForNotification();
-  EXPECT_GE(other_at_end, uint64_t{kTokens} * 9 / 10);
+  // Alternating, b trails a by a few chunks (plus a head start of up to
+  // some iterations if this thread is preempted between the submits); the
+  // old rotation left it at 58 of 400.
+  EXPECT_GE(other_at_end, uint64_t{kTokens} * 6 / 10);
   for (auto& g : gens) g->Cancel();
   while (finished.load() < kGens) absl::SleepFor(absl::Milliseconds(1));
 }

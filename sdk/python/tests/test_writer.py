@@ -513,12 +513,26 @@ def wait_for_threads(at_most: int) -> int:
     return threading.active_count()
 
 
+def settled_thread_count() -> int:
+    """The thread count once it held still for 0.3 s (or after 10 s)."""
+    deadline = time.monotonic() + 10
+    count, stable_since = threading.active_count(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        now = threading.active_count()
+        if now != count:
+            count, stable_since = now, time.monotonic()
+        elif time.monotonic() - stable_since >= 0.3:
+            break
+    return count
+
+
 def test_a_dropped_writer_ends_its_call(server):
     with Client(server.address) as c:
         c.create_session("dropped")
         s = c.session("dropped")
         s.append("warm up ")  # gRPC's own threads, started once
-        baseline = wait_for_threads(threading.active_count())
+        baseline = settled_thread_count()  # the warm-up's threads gone
         for i in range(3):
             w = s.writer()
             w.write("uncommitted %d " % i)
