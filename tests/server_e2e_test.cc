@@ -109,6 +109,18 @@ ServerReflectionResponse Reflect(const std::shared_ptr<grpc::Channel>& channel,
   return response;
 }
 
+// A tiny random RWKV-7 model file in the test's temp dir ("" on failure).
+std::string TinyModel(const std::string& name) {
+  const std::string path = ::testing::TempDir() + "/" + name + "_" +
+                           std::to_string(getpid()) + ".safetensors";
+  auto made =
+      e2e::Run({STATESTREAM_BIN, "model", "random", "--layers=1", "--embd=64",
+                "--head-size=32", "--vocab=256", "--out=" + path});
+  EXPECT_TRUE(made.ok() && made->exit_code == 0)
+      << (made.ok() ? made->err : made.status().ToString());
+  return made.ok() && made->exit_code == 0 ? path : "";
+}
+
 class ServerRoleTest : public ::testing::TestWithParam<std::string> {};
 
 // The cluster roles need a Redis and (the worker) a model.
@@ -127,12 +139,8 @@ std::vector<std::string> RoleFlags(const std::string& role,
 TEST_P(ServerRoleTest, ServesHealthReflectionAndTheApiThenStopsOnSigterm) {
   auto redis = testing::RedisServer::Start({});
   ASSERT_TRUE(redis.ok()) << redis.status();
-  const std::string model = ::testing::TempDir() + "/role_test_" +
-                            std::to_string(getpid()) + ".safetensors";
-  auto made =
-      e2e::Run({STATESTREAM_BIN, "model", "random", "--layers=1", "--embd=64",
-                "--head-size=32", "--vocab=256", "--out=" + model});
-  ASSERT_TRUE(made.ok() && made->exit_code == 0) << made->err;
+  const std::string model = TinyModel("role_test");
+  ASSERT_FALSE(model.empty());
   RunningServer server =
       StartServer(GetParam(), RoleFlags(GetParam(), redis->get(), model));
   ASSERT_NE(server.process, nullptr);
@@ -199,12 +207,8 @@ INSTANTIATE_TEST_SUITE_P(Roles, ServerRoleTest,
 TEST(WorkerTest, HealthIsNotServingWhileRedisIsDown) {
   auto redis = testing::RedisServer::Start({});
   ASSERT_TRUE(redis.ok()) << redis.status();
-  const std::string model = ::testing::TempDir() + "/readiness_test_" +
-                            std::to_string(getpid()) + ".safetensors";
-  auto made =
-      e2e::Run({STATESTREAM_BIN, "model", "random", "--layers=1", "--embd=64",
-                "--head-size=32", "--vocab=256", "--out=" + model});
-  ASSERT_TRUE(made.ok() && made->exit_code == 0) << made->err;
+  const std::string model = TinyModel("readiness_test");
+  ASSERT_FALSE(model.empty());
   std::vector<std::string> flags = RoleFlags("worker", redis->get(), model);
   flags.push_back("--readiness-interval=100ms");
   RunningServer server = StartServer("worker", flags);
@@ -248,12 +252,8 @@ TEST(WorkerTest, WaitsForARedisThatIsNotUpYet) {
   auto redis = testing::RedisServer::Start({});
   ASSERT_TRUE(redis.ok()) << redis.status();
   (*redis)->Kill();
-  const std::string model = ::testing::TempDir() + "/redis_wait_test_" +
-                            std::to_string(getpid()) + ".safetensors";
-  auto made =
-      e2e::Run({STATESTREAM_BIN, "model", "random", "--layers=1", "--embd=64",
-                "--head-size=32", "--vocab=256", "--out=" + model});
-  ASSERT_TRUE(made.ok() && made->exit_code == 0) << made->err;
+  const std::string model = TinyModel("redis_wait_test");
+  ASSERT_FALSE(model.empty());
   std::vector<std::string> flags = RoleFlags("worker", redis->get(), model);
   {
     std::vector<std::string> argv = {STATESTREAM_BIN, "worker",
