@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 #include <utility>
 
@@ -181,7 +182,10 @@ absl::StatusOr<std::string> TenantAuth::Authenticate(
   const std::optional<std::array<unsigned char, 32>> digest =
       Sha256(authorization->substr(kBearer.size()));
   if (!digest || digests_failed_) {
-    return Unauthenticated("API keys cannot be checked (SHA-256 unavailable)");
+    // Not the caller's fault: INTERNAL, logged, not "fix credentials".
+    std::cerr << "statestream: SHA-256 failed; an API key was not checked\n";
+    return MakeError(absl::StatusCode::kInternal, Reason::kInternal,
+                     "API keys cannot be checked (SHA-256 failed)");
   }
   const Key* found = nullptr;
   for (const Key& key : keys_) {

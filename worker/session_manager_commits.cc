@@ -241,7 +241,16 @@ void SessionManager::Impl::AppendOp(
     done(std::move(st));
   };
   if (absl::Status g = GoneError(s.get()); !g.ok()) return fail(g);
-  if (!IsCurrent(s.get(), w->gen)) return fail(Busy());
+  absl::Status ended;  // superseded, or its call gone: nothing applies
+  {
+    absl::MutexLock lock(&s->mu);
+    if (w->gen <= s->barred_through) {
+      ended = s->barred_why;
+    } else if (s->writer_gen != w->gen || !s->writer_attached) {
+      ended = Busy();
+    }
+  }
+  if (!ended.ok()) return fail(ended);
   const uint64_t units =
       in.kind == AppendInput::Kind::kText ? in.text.size() : in.tokens.size();
   const uint64_t at = s->input_offset;
@@ -367,8 +376,8 @@ void SessionManager::Impl::AppendOp(
     }
   }
   if (!refused.ok()) return fail(refused);
-  if (opt_.metrics != nullptr) opt_.metrics->AddTokensIn(n);
   if (absl::Status st = sched_->Submit(task); !st.ok()) return fail(st);
+  if (opt_.metrics != nullptr) opt_.metrics->AddTokensIn(n);
 }
 
 absl::Status SessionManager::Impl::WhyCancelled(Session* s, uint64_t gen) {

@@ -149,10 +149,12 @@ struct Session {
   // otherwise submit after CancelIngest found nothing to cancel.
   uint64_t barred_through ABSL_GUARDED_BY(mu) = 0;
   absl::Status barred_why ABSL_GUARDED_BY(mu);
+  // The first bar's reason stays (a drain after a delete still says
+  // "being deleted"). `why` is never OK.
   void BarIngest(uint64_t through, absl::Status why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (barred_through == 0) barred_why = std::move(why);
     barred_through = std::max(barred_through, through);
-    barred_why = std::move(why);
     CancelIngest();
   }
 };

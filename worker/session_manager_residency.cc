@@ -345,7 +345,9 @@ void SessionManager::Impl::EndWriter(Session* s, absl::Status why) {
     absl::MutexLock lock(&s->mu);
     superseded = std::move(s->superseded);
     s->superseded = nullptr;
-    s->BarIngest(s->writer_gen, why);
+    // Every writer of this Session object: both callers retire it (a new
+    // writer after a failed delete gets a fresh one).
+    s->BarIngest(~uint64_t{0}, why);
   }
   if (superseded) {
     pool_.Post([superseded = std::move(superseded), why = std::move(why)] {

@@ -189,11 +189,25 @@ class AppendReactor final
       SS_RETURN_IF_ERROR(CheckSessionId(r.session_id(), "session_id"));
       session_id_ = r.session_id();
       // Opening the writer may load the session (store I/O, one load at a
-      // time per model): on the service's pool, not on gRPC's thread. No
-      // read is started until the request is acked.
+      // time per model): then on the service's pool, not on gRPC's thread;
+      // a resident session's at once. No read is started until the request
+      // is acked.
       if (!BeginOp()) return absl::OkStatus();  // finished meanwhile
-      pool_->Post([this, in = std::move(in)]() mutable {
-        SessionManager* m = nullptr;
+      SessionManager* resident = nullptr;
+      for (SessionManager* m : models_->managers()) {
+        if (m->IsResident(tenant_, session_id_)) resident = m;
+      }
+      auto open = [this, resident, in = std::move(in)]() mutable {
+        {
+          // The call ended while this waited: it must not take the
+          // session's writer slot (ending a live writer) for nobody.
+          Locked<ThisReactor> lock(this);
+          if (finish_) {
+            op_pending_ = false;
+            return MaybeFinishLocked();
+          }
+        }
+        SessionManager* m = resident;
         std::shared_ptr<SessionManager::Writer> writer;
         absl::Status st = OpenWriter(in, &m, &writer);
         {
@@ -207,7 +221,12 @@ class AppendReactor final
           }
         }
         AppendNow(std::move(in));
-      });
+      };
+      if (resident != nullptr) {
+        open();
+      } else {
+        pool_->Post(std::move(open));
+      }
       return absl::OkStatus();
     }
     if (!r.session_id().empty() && r.session_id() != session_id_) {
@@ -218,11 +237,12 @@ class AppendReactor final
     return absl::OkStatus();
   }
 
-  // The first request's model and writer, once it is checked whole against
-  // that model (on the pool: no reactor state is touched).
+  // The first request's writer (and model, unless *m is given), once the
+  // request is checked whole against that model. No reactor state is
+  // touched (it may run on the pool).
   absl::Status OpenWriter(const AppendInput& in, SessionManager** m,
                           std::shared_ptr<SessionManager::Writer>* writer) {
-    *m = &models_->ForSession(tenant_, session_id_);
+    if (*m == nullptr) *m = &models_->ForSession(tenant_, session_id_);
     SS_RETURN_IF_ERROR((*m)->CheckAppend(in));
     std::weak_ptr<Link<AppendReactor>> weak = link_;
     SS_ASSIGN_OR_RETURN(
@@ -741,7 +761,7 @@ class ScoreReactor final : public grpc::ServerUnaryReactor {
 
 class StreamsService final : public v1::Streams::CallbackService {
  public:
-  explicit StreamsService(ModelSet* models) : models_(models), pool_(4) {}
+  explicit StreamsService(ModelSet* models) : models_(models), pool_(8) {}
 
   grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>* Append(
       grpc::CallbackServerContext* ctx) override {

@@ -265,17 +265,20 @@ absl::Status ChunkedModel::Logits(const float* hidden, int rows,
     return InvalidArgumentError(Reason::kInvalidArgument,
                                 "Logits: bad rows or null buffer");
   }
-  if (rows == 0) return absl::OkStatus();
   const int C = this->C(), V = info().config.vocab_size;
-  // All rows in one product: the head is read once (bit-identical to one
-  // row at a time, as Forward's logits rows are).
-  std::vector<float> normed(static_cast<size_t>(rows) * C);
-  for (int i = 0; i < rows; ++i) {
-    LayerNorm(hidden + static_cast<int64_t>(i) * C, C, ln_out_w_.data(),
-              ln_out_b_.data(), kLayerNormEps,
-              normed.data() + static_cast<int64_t>(i) * C);
+  // Up to a chunk's rows in one product, as Forward's logits rows: the head
+  // is read once per kMaxRows rows (bit-identical to one row at a time).
+  std::vector<float> normed(static_cast<size_t>(std::min(rows, kMaxRows)) * C);
+  for (int first = 0; first < rows; first += kMaxRows) {
+    const int n = std::min(kMaxRows, rows - first);
+    for (int i = 0; i < n; ++i) {
+      LayerNorm(hidden + static_cast<int64_t>(first + i) * C, C,
+                ln_out_w_.data(), ln_out_b_.data(), kLayerNormEps,
+                normed.data() + static_cast<int64_t>(i) * C);
+    }
+    MatMul(k_, pool_, head_, normed.data(), C, n,
+           logits + static_cast<int64_t>(first) * V, V, &stream_);
   }
-  MatMul(k_, pool_, head_, normed.data(), C, rows, logits, V, &stream_);
   return absl::OkStatus();
 }
 
