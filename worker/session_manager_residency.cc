@@ -174,12 +174,22 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
     }
   }
   std::vector<std::shared_ptr<Session>> victims;
+  bool draining;
   {
     absl::MutexLock lock(&mu_);
-    s->last_use = ++tick_;
-    resident_[mk] = s;
-    ++stats_.loads;
-    victims = PickVictims(s.get());
+    draining = draining_;
+    if (!draining) {
+      s->last_use = ++tick_;
+      resident_[mk] = s;
+      ++stats_.loads;
+      victims = PickVictims(s.get());
+    }
+  }
+  if (draining) {
+    // The drain began during the load and did not see this session: it is
+    // not kept (nothing of it is dirty), and the lease goes back.
+    store_->ReleaseLease(key, opt_.owner, lease.fence).IgnoreError();
+    return Draining();
   }
   for (auto& v : victims) Evict(v);
   return s;

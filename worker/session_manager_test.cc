@@ -57,6 +57,18 @@ class LosingStore final : public testing::ForwardingStore {
     }
     return res;
   }
+  // When set, every LoadVersion waits for it (after notifying
+  // load_started).
+  absl::Notification* hold_loads = nullptr;
+  absl::Notification load_started;
+  absl::StatusOr<LoadedVersion> LoadVersion(const SessionKey& k,
+                                            uint64_t version) override {
+    if (hold_loads != nullptr) {
+      if (!load_started.HasBeenNotified()) load_started.Notify();
+      hold_loads->WaitForNotification();
+    }
+    return ForwardingStore::LoadVersion(k, version);
+  }
   absl::StatusOr<SessionHead> GetHead(const SessionKey& k) override {
     if (fail_get_heads_ > 0) {
       --fail_get_heads_;
@@ -1009,6 +1021,31 @@ TEST_F(SessionManagerTest, NothingNewStartsWhileDraining) {
   scored.WaitForNotification();
   EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
   EXPECT_EQ(GetReason(st), Reason::kOverloaded);
+}
+
+// A session whose load was under way when the drain began is not kept
+// (the drain never saw it): the call is UNAVAILABLE/OVERLOADED like any
+// after the drain, and the lease goes back at once.
+TEST_F(SessionManagerTest, ASessionLoadedDuringTheDrainIsNotKept) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  Start(SessionManagerOptions{});
+  Create("late");
+  Start(SessionManagerOptions{});  // a fresh manager: "late" not resident
+  absl::Notification release;
+  faulty_->hold_loads = &release;
+  absl::StatusOr<std::shared_ptr<SessionManager::Writer>> opened;
+  std::thread loader([&] {
+    opened = manager_->OpenWriter("t", "late", [](const absl::Status&) {});
+  });
+  faulty_->load_started.WaitForNotification();
+  manager_->Drain();
+  release.Notify();
+  loader.join();
+  EXPECT_EQ(GetReason(opened.status()), Reason::kOverloaded) << opened.status();
+  EXPECT_FALSE(manager_->IsResident("t", "late"));
+  auto head = store_->GetHead({"t", "late"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->owner, "");
 }
 
 // A periodic checkpoint of a committing generation is written but its
