@@ -1,0 +1,294 @@
+// SPDX-License-Identifier: Apache-2.0
+// The session manager's generations: seeded and reproducible, side
+// branches, committing generations with periodic checkpoints that resume
+// exactly, replays by request id, and their ends (delete, shutdown, lost
+// commits). Fixture: session_manager_test_fixture.h.
+#include <atomic>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "worker/session_manager.h"
+#include "worker/session_manager_test_fixture.h"
+
+namespace statestream::worker {
+namespace {
+
+// The final commit of a committing generation is written, but its reply is
+// lost and the store cannot be read right after. The session does not go
+// back to the state before the generation (behind the head the store
+// wrote, where every later commit failed VERSION_MISMATCH): it reads the
+// store again and continues from the generation's version.
+TEST_F(SessionManagerTest,
+       AGenerationCommitWithAnUnknownOutcomeRereadsTheStore) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  Start(SessionManagerOptions{});
+  Create("g");
+  auto w = Open("g");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  faulty_->lose_next_commit = true;
+  GenerateInput in;
+  in.request_id = "lost";
+  in.max_tokens = 5;
+  in.commit = true;
+  in.sampling.seed = 1;
+  in.has_seed = true;
+  const absl::Status generated = GenerateStatus("g", in);
+  EXPECT_EQ(generated.code(), absl::StatusCode::kUnavailable) << generated;
+  auto head = store_->GetHead({"t", "g"});
+  ASSERT_TRUE(head.ok());
+  ASSERT_EQ(head->head.input_offset, 11u);  // the prompt and 5 tokens
+  auto view = manager_->GetSession("t", "g");
+  ASSERT_TRUE(view.ok()) << view.status();
+  EXPECT_EQ(view->input_offset, 11u);
+  EXPECT_EQ(view->version, head->head.version);
+  w = Open("g");
+  auto next = Append(w, 11, "more", true, true);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->version, head->head.version + 1);
+}
+
+// A retry of a finished committing generation only replays it, and a
+// committing request that fails its checks at once changes nothing: neither
+// takes the writer slot, so the session's live Append call goes on.
+TEST_F(SessionManagerTest, AReplayOrARefusedGenerateLeavesTheWriterAlone) {
+  Create("r");
+  auto w = Open("r");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  GenerateOutcome first;
+  const std::vector<int32_t> tokens = Generate("r", true, "gen-1", &first);
+  ASSERT_EQ(tokens.size(), 12u);
+  auto superseded = std::make_shared<absl::Notification>();
+  auto live = Open("r", superseded);
+  const uint64_t at = first.input_offset;
+  ASSERT_TRUE(Append(live, at, "a").ok());
+  GenerateOutcome again;
+  EXPECT_EQ(Generate("r", true, "gen-1", &again), tokens);
+  EXPECT_TRUE(again.replayed);
+  // Refused at once: a stale offset, too many tokens, a prompt token
+  // outside the vocabulary, a prompt that is not UTF-8.
+  for (int variant = 0; variant < 4; ++variant) {
+    GenerateInput in;
+    in.request_id = absl::StrCat("refused-", variant);
+    in.commit = true;
+    if (variant == 0) in.expected_input_offset = 1;
+    if (variant == 1) in.max_tokens = 1 << 30;
+    if (variant == 2) {
+      in.prompt_kind = GenerateInput::Prompt::kTokens;
+      in.prompt_tokens = {1, 100000};
+    }
+    if (variant == 3) {
+      in.prompt_kind = GenerateInput::Prompt::kText;
+      in.prompt_text = "ok\xFF";
+    }
+    EXPECT_FALSE(GenerateStatus("r", in).ok()) << variant;
+  }
+  EXPECT_FALSE(superseded->HasBeenNotified());
+  auto next = Append(live, at + 1, "b", true, true);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->input_offset, at + 2);
+  // Detached before `superseded` goes (a drain would notify it).
+  ASSERT_TRUE(Close(live).ok());
+}
+
+// A delete does not wait for a committing generation to run to its end (it
+// would hold a service thread all along): the generation's call ends at
+// once, uncommitted, and the session is gone.
+TEST_F(SessionManagerTest, ADeleteEndsARunningGeneration) {
+  SessionManagerOptions o;
+  o.max_generate_tokens = 1 << 20;
+  Start(o);
+  Create("g");
+  auto w = Open("g");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  GenerateInput in;
+  in.request_id = "long";
+  in.commit = true;
+  in.max_tokens = 1 << 20;  // minutes of work
+  in.sampling.seed = 1;
+  in.has_seed = true;
+  auto first = std::make_shared<absl::Notification>();
+  auto ended = std::make_shared<absl::Notification>();
+  auto outcome = std::make_shared<absl::StatusOr<GenerateOutcome>>();
+  manager_->Generate(
+      "t", "g", in,
+      [first](const GeneratedPiece&) {
+        if (!first->HasBeenNotified()) first->Notify();
+      },
+      [ended, outcome](absl::StatusOr<GenerateOutcome> o) {
+        *outcome = std::move(o);
+        ended->Notify();
+      });
+  first->WaitForNotification();
+  ASSERT_TRUE(manager_->DeleteSession("t", "g", false, "delete-g").ok());
+  ASSERT_TRUE(ended->WaitForNotificationWithTimeout(absl::Seconds(60)));
+  EXPECT_FALSE(outcome->ok());
+  EXPECT_EQ(GetReason(manager_->GetSession("t", "g").status()),
+            Reason::kSessionNotFound);
+}
+
+// A periodic checkpoint of a committing generation is written but its
+// reply is lost (and the store unreadable right after): the generation goes
+// on, its final commit adopts that version, and the session ends exactly
+// where an undisturbed run ends.
+TEST_F(SessionManagerTest, ALostPeriodicCheckpointIsAdoptedByTheFinalCommit) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  SessionManagerOptions o;
+  o.generate_checkpoint_tokens = 4;
+  o.generate_checkpoint_interval = absl::ZeroDuration();
+  Start(o);
+  for (const char* id : {"lost", "ref"}) {
+    Create(id);
+    auto w = Open(id);
+    ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+    ASSERT_TRUE(Close(w).ok());
+  }
+  const std::vector<int32_t> ref = Generate("ref", true, "g");
+  faulty_->lose_next_commit = true;
+  GenerateOutcome lost;
+  EXPECT_EQ(Generate("lost", true, "g", &lost), ref);
+  EXPECT_FALSE(faulty_->lose_next_commit);  // a checkpoint's reply was lost
+  auto a = DecodeState(Blob("lost"));
+  auto b = DecodeState(Blob("ref"));
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->position, b->position);
+  EXPECT_EQ(a->input_offset, b->input_offset);
+  EXPECT_EQ(a->state, b->state);
+  EXPECT_EQ(store_->GetHead({"t", "lost"})->head.version, lost.version);
+}
+
+// A manager going away (Drain, then its pool stops) waits for side-branch
+// generations, which hold no session while they run: told to stop, they
+// answer, with the output they had, before the manager is gone (their
+// answer used to be posted to a stopped pool, or to a destroyed one).
+TEST_F(SessionManagerTest, ShutdownWaitsForSideBranchGenerations) {
+  Create("side");
+  auto w = Open("side");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  GenerateInput in;
+  in.request_id = "side";
+  in.max_tokens = 8000;
+  std::atomic<int> pieces{0};
+  absl::Notification done;
+  absl::StatusOr<GenerateOutcome> out;
+  manager_->Generate(
+      "t", "side", in, [&](const GeneratedPiece&) { ++pieces; },
+      [&](absl::StatusOr<GenerateOutcome> o) {
+        out = std::move(o);
+        done.Notify();
+      });
+  while (pieces == 0) absl::SleepFor(absl::Milliseconds(1));
+  manager_.reset();
+  ASSERT_TRUE(done.HasBeenNotified());
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_LT(out->output_tokens, 8000u);
+}
+
+TEST_F(SessionManagerTest,
+       SeededGenerationIsReproducibleAndSideBranchesAreFree) {
+  Create("g");
+  auto w = Open("g");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  const std::string before = Blob("g");
+  auto side1 = Generate("g", false, "r1");
+  auto side2 = Generate("g", false, "r2");
+  EXPECT_EQ(side1.size(), 12u);
+  EXPECT_EQ(side1, side2);
+  EXPECT_EQ(Blob("g"), before);
+  auto committed = Generate("g", true, "r3");
+  EXPECT_EQ(committed, side1);
+  auto s = manager_->GetSession("t", "g");
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->input_offset, 18u);
+  EXPECT_EQ(s->committed_input_offset, 18u);
+  EXPECT_EQ(s->position, 18u);
+}
+
+// A long committing generation commits every generate_checkpoint_tokens
+// while it runs; the session as a checkpoint left it (what a worker killed
+// mid-generation leaves behind) continues the same request exactly.
+TEST_F(SessionManagerTest, GenerationsCheckpointAndResumeExactly) {
+  SessionManagerOptions o;
+  o.generate_checkpoint_tokens = 4;
+  o.generate_checkpoint_interval = absl::ZeroDuration();
+  Start(o);
+  Create("c");
+  auto w = Open("c");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  GenerateOutcome full;
+  const std::vector<int32_t> tokens = Generate("c", true, "long", &full);
+  ASSERT_EQ(tokens.size(), 12u);
+  EXPECT_EQ(full.version, store_->GetHead({"t", "c"})->head.version);
+  // Versions: create, the append, checkpoints while generating (the first
+  // at 4 tokens; a later one may be skipped if a commit is still running),
+  // the final commit.
+  auto versions = store_->ListVersions({"t", "c"});
+  ASSERT_TRUE(versions.ok()) << versions.status();
+  ASSERT_GE(versions->size(), 4u);
+  const VersionInfo& first = (*versions)[2];
+  EXPECT_EQ(first.position, 6u + 4u);
+  EXPECT_EQ(first.input_offset, 6u + 4u);
+  EXPECT_LT(first.version, full.version);
+
+  // Back to the first checkpoint, as a reloading worker would find it; the
+  // retry replays the 4 checkpointed tokens and continues.
+  ASSERT_TRUE(
+      manager_->Rollback("t", "c", first.version, std::nullopt, std::nullopt)
+          .ok());
+  GenerateOutcome resumed;
+  EXPECT_EQ(Generate("c", true, "long", &resumed), tokens);
+  EXPECT_FALSE(resumed.replayed);
+  EXPECT_EQ(resumed.output_tokens, 12u);
+  EXPECT_EQ(resumed.input_offset, full.input_offset);
+  auto a = store_->LoadVersion({"t", "c"}, full.version);
+  auto b = store_->LoadVersion({"t", "c"}, resumed.version);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->state.position, b->state.position);
+  EXPECT_EQ(a->state.state, b->state.state);
+  EXPECT_EQ(a->state.last_hidden, b->state.last_hidden);
+  // Finished now: a further retry replays all of it.
+  GenerateOutcome replayed;
+  EXPECT_EQ(Generate("c", true, "long", &replayed), tokens);
+  EXPECT_TRUE(replayed.replayed);
+  EXPECT_EQ(replayed.version, resumed.version);
+}
+
+// New input after a checkpoint makes the checkpointed generation
+// impossible to continue: its retry is then an ordinary new generation.
+TEST_F(SessionManagerTest, InputAfterACheckpointEndsItsResumability) {
+  SessionManagerOptions o;
+  o.generate_checkpoint_tokens = 4;
+  o.generate_checkpoint_interval = absl::ZeroDuration();
+  Start(o);
+  Create("d");
+  auto w = Open("d");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  Generate("d", true, "long");
+  auto versions = store_->ListVersions({"t", "d"});
+  ASSERT_TRUE(versions.ok() && versions->size() >= 4u);
+  ASSERT_TRUE(manager_
+                  ->Rollback("t", "d", (*versions)[2].version, std::nullopt,
+                             std::nullopt)
+                  .ok());
+  auto again = Open("d");
+  ASSERT_TRUE(Append(again, 10, "more", true, true).ok());
+  ASSERT_TRUE(Close(again).ok());
+  GenerateOutcome out;
+  EXPECT_EQ(Generate("d", true, "long", &out).size(), 12u);
+  EXPECT_EQ(out.input_offset, 14u + 12u);
+}
+
+}  // namespace
+}  // namespace statestream::worker

@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: Apache-2.0
+// The fixture of the session manager's tests (session_manager_test.cc,
+// session_manager_generate_test.cc): a real (random-weight, byte-level)
+// model on the memory store, optionally behind a store that loses replies.
+#ifndef STATESTREAM_WORKER_SESSION_MANAGER_TEST_FIXTURE_H_
+#define STATESTREAM_WORKER_SESSION_MANAGER_TEST_FIXTURE_H_
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+
+#include "absl/synchronization/notification.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "state_store/memory_state_store.h"
+#include "state_store/state_codec.h"
+#include "state_store/testing/forwarding_store.h"
+#include "worker/engine/random_model.h"
+#include "worker/engine/tokenizer.h"
+#include "worker/engine/weight_writer.h"
+#include "worker/request_memo.h"
+#include "worker/session_manager.h"
+
+namespace statestream::worker {
+
+inline std::unique_ptr<engine::Model> RandomModel(int vocab_size, int n_layer) {
+  engine::RandomModelSpec spec;
+  spec.n_layer = n_layer;
+  spec.n_embd = 64;
+  spec.head_size = 32;
+  spec.vocab_size = vocab_size;
+  spec.seed = 5;
+  auto tensors = engine::RandomRwkv7(spec);
+  const std::string path = "/tmp/ss_session_manager_test_" +
+                           std::to_string(getpid()) + ".safetensors";
+  EXPECT_TRUE(
+      engine::WriteCheckpoint(path, *tensors, engine::DType::kF32).ok());
+  auto model = engine::LoadModel(path);
+  std::remove(path.c_str());
+  EXPECT_TRUE(model.ok()) << model.status();
+  return std::move(*model);
+}
+
+// In front of a store: loses the reply of the next commit that asks
+// (written, answered UNAVAILABLE) and fails the GetHead after it, as a
+// Redis restarting mid-commit can.
+class LosingStore final : public testing::ForwardingStore {
+ public:
+  using ForwardingStore::ForwardingStore;
+  std::atomic<bool> lose_next_commit{false};
+
+  absl::StatusOr<CommitResult> Commit(const CommitRequest& r) override {
+    auto res = ForwardingStore::Commit(r);
+    if (res.ok() && lose_next_commit.exchange(false)) {
+      fail_get_heads_ = 1;
+      return Unavailable();
+    }
+    return res;
+  }
+  // When set, every LoadVersion waits for it (after notifying
+  // load_started).
+  absl::Notification* hold_loads = nullptr;
+  absl::Notification load_started;
+  absl::StatusOr<LoadedVersion> LoadVersion(const SessionKey& k,
+                                            uint64_t version) override {
+    if (hold_loads != nullptr) {
+      if (!load_started.HasBeenNotified()) load_started.Notify();
+      hold_loads->WaitForNotification();
+    }
+    return ForwardingStore::LoadVersion(k, version);
+  }
+  absl::StatusOr<SessionHead> GetHead(const SessionKey& k) override {
+    if (fail_get_heads_ > 0) {
+      --fail_get_heads_;
+      return Unavailable();
+    }
+    return ForwardingStore::GetHead(k);
+  }
+
+ private:
+  static absl::Status Unavailable() {
+    return MakeError(absl::StatusCode::kUnavailable, Reason::kStoreUnavailable,
+                     "connection lost");
+  }
+  std::atomic<int> fail_get_heads_{0};
+};
+
+class SessionManagerTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Start(SessionManagerOptions{}); }
+
+  // A one-layer random model over the World vocabulary and the World
+  // tokenizer (which holds bytes back), then Start(options).
+  void StartWorld(SessionManagerOptions options) {
+    manager_.reset();
+    scheduler_.reset();
+    model_ = RandomModel(engine::kWorldVocabSize, 1);
+    const char* shared = std::getenv("STATESTREAM_SHARED_DIR");
+    auto t = engine::LoadWorldTokenizer(
+        std::string(shared != nullptr ? shared : STATESTREAM_SHARED_DIR) +
+        "/testdata/rwkv_vocab_v20230424.txt");
+    ASSERT_TRUE(t.ok()) << t.status();
+    tokenizer_ = *std::move(t);
+    scheduler_ = std::make_unique<Scheduler>(model_.get(), SchedulerOptions{});
+    Start(options);
+  }
+
+  void Start(SessionManagerOptions options) {
+    manager_.reset();
+    if (model_ == nullptr) {
+      model_ = RandomModel(256, 2);
+      tokenizer_ = *engine::MakeByteTokenizer();
+      store_ = *NewMemoryStateStore(MemoryStateStoreOptions{});
+      scheduler_ =
+          std::make_unique<Scheduler>(model_.get(), SchedulerOptions{});
+    }
+    options.owner = "test-worker";
+    auto m = SessionManager::Create(options, model_.get(), tokenizer_.get(),
+                                    scheduler_.get(),
+                                    faulty_ ? faulty_.get() : store_.get());
+    ASSERT_TRUE(m.ok()) << m.status();
+    manager_ = *std::move(m);
+  }
+
+  void Create(const std::string& id) {
+    CreateParams p;
+    p.request_id = "create-" + id;
+    p.session_id = id;
+    ASSERT_TRUE(manager_->CreateSession("t", p).ok());
+  }
+
+  // `superseded` (shared: a drain at teardown notifies writers still
+  // attached) is notified when the writer call is to end.
+  std::shared_ptr<SessionManager::Writer> Open(
+      const std::string& id,
+      std::shared_ptr<absl::Notification> superseded = nullptr) {
+    auto w = manager_->OpenWriter("t", id, [superseded](const absl::Status&) {
+      if (superseded != nullptr && !superseded->HasBeenNotified()) {
+        superseded->Notify();
+      }
+    });
+    EXPECT_TRUE(w.ok()) << w.status();
+    return w.value_or(nullptr);
+  }
+
+  absl::StatusOr<AppendAck> Append(
+      const std::shared_ptr<SessionManager::Writer>& w, uint64_t offset,
+      const std::string& text, bool flush = false, bool checkpoint = false,
+      std::optional<Durability> durability = std::nullopt) {
+    AppendInput in;
+    in.durability = durability;
+    in.expected_input_offset = offset;
+    in.kind = AppendInput::Kind::kText;
+    in.text = text;
+    in.flush = flush;
+    in.checkpoint = checkpoint;
+    absl::Notification done;
+    absl::StatusOr<AppendAck> out;
+    manager_->Append(w, in, [&](absl::StatusOr<AppendAck> a) {
+      out = std::move(a);
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return out;
+  }
+
+  absl::Status Close(const std::shared_ptr<SessionManager::Writer>& w) {
+    absl::Notification done;
+    absl::Status out;
+    manager_->CloseWriter(w, std::nullopt, [&](absl::Status s) {
+      out = s;
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return out;
+  }
+
+  std::string Blob(const std::string& id) {
+    auto e = manager_->Export("t", id, 0);
+    EXPECT_TRUE(e.ok()) << e.status();
+    return e.ok() ? e->blob : "";
+  }
+
+  std::vector<int32_t> Generate(const std::string& id, bool commit,
+                                const std::string& request_id,
+                                GenerateOutcome* outcome = nullptr) {
+    GenerateInput in;
+    in.request_id = request_id;
+    in.max_tokens = 12;
+    in.commit = commit;
+    in.sampling.seed = 9;
+    in.has_seed = true;
+    std::vector<int32_t> tokens;
+    absl::Notification done;
+    absl::StatusOr<GenerateOutcome> out;
+    manager_->Generate(
+        "t", id, in,
+        [&](const GeneratedPiece& p) { tokens.push_back(p.token); },
+        [&](absl::StatusOr<GenerateOutcome> o) {
+          out = std::move(o);
+          done.Notify();
+        });
+    done.WaitForNotification();
+    EXPECT_TRUE(out.ok()) << out.status();
+    if (out.ok()) {
+      EXPECT_EQ(out->committed, commit);
+      if (outcome != nullptr) *outcome = *out;
+    }
+    return tokens;
+  }
+
+  // Runs `in` on session `id` and returns how it ended.
+  absl::Status GenerateStatus(const std::string& id, const GenerateInput& in) {
+    absl::Notification done;
+    absl::Status out;
+    manager_->Generate(
+        "t", id, in, [](const GeneratedPiece&) {},
+        [&](absl::StatusOr<GenerateOutcome> o) {
+          out = o.status();
+          done.Notify();
+        });
+    done.WaitForNotification();
+    return out;
+  }
+
+  std::unique_ptr<engine::Model> model_;
+  std::unique_ptr<engine::Tokenizer> tokenizer_;
+  std::unique_ptr<StateStore> store_;
+  std::unique_ptr<LosingStore> faulty_;  // in front of store_ when set
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<SessionManager> manager_;
+};
+
+}  // namespace statestream::worker
+
+#endif  // STATESTREAM_WORKER_SESSION_MANAGER_TEST_FIXTURE_H_
