@@ -57,7 +57,9 @@ def feed(sessions, streams, session_id, path):
     show("created", s)
 
     def requests():
-        for at in range(0, len(data), CHUNK):
+        # An empty file still sends one (empty) request: its flush and
+        # checkpoint, and its ack, report where the session is.
+        for at in range(0, max(len(data), 1), CHUNK):
             last = at + CHUNK >= len(data)
             yield pb.AppendRequest(
                 session_id=session_id, request_id=f"append-{at}",
@@ -68,6 +70,13 @@ def feed(sessions, streams, session_id, path):
     print(f"  appended {len(data)} bytes of {path} in {len(acks)} chunks; "
           f"last ack: position={acks[-1].position} "
           f"input_offset={acks[-1].input_offset} version={acks[-1].version}")
+    if acks[-1].position == 0:
+        # An empty file: nothing to generate from (Generate would fail
+        # FAILED_PRECONDITION/INVALID_ARGUMENT); report the session as is.
+        print(f"position={acks[-1].position} "
+              f"input_offset={acks[-1].input_offset} "
+              f"version={acks[-1].version}")
+        return
     generate(streams, session_id, True, "continue-1")
     s = sessions.GetSession(pb.GetSessionRequest(session_id=session_id),
                             timeout=30)
@@ -80,7 +89,8 @@ def resume(sessions, streams, session_id):
     s = sessions.GetSession(pb.GetSessionRequest(session_id=session_id),
                             timeout=30)
     show("after restart", s)
-    generate(streams, session_id, False, "peek-1")
+    if s.position > 0:  # else nothing to generate from (an empty file)
+        generate(streams, session_id, False, "peek-1")
     print(f"position={s.position} input_offset={s.input_offset} "
           f"version={s.version}")
 

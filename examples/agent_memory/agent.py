@@ -8,6 +8,16 @@ recurrent state, checkpointed by the server. The agent can stop at any time;
 later (another process, after a server restart, on another worker) it
 reopens the session by id and carries on without re-sending any history.
 
+A turn is applied at most once, and exactly once if retried until it
+succeeds: it carries a request_id and the session's input_offset before it
+(a Turn). Retrying the same Turn (after an error, or from a new process
+after a crash) either replays the reply the server committed for it (the
+record lives with the session's state, for the server's idempotency window:
+by default 1 hour and the session's last 64 generations), continues a
+generation checkpointed midway, or runs it for the first time. If the
+session moved on in between (another writer, or the record expired) the
+retry fails with POSITION_MISMATCH instead of applying the turn twice.
+
     python3 agent.py --target 127.0.0.1:7700 --session my-agent "Hi, I'm Ada."
     python3 agent.py --target 127.0.0.1:7700 --session my-agent "Who am I?"
 
@@ -16,8 +26,20 @@ mechanics are the point. Use --model with a real RWKV checkpoint for words.)
 """
 import argparse
 import sys
+import uuid
+from dataclasses import dataclass
+from typing import Union
 
 from statestream import Client, StatestreamError
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message, pinned: keep it (e.g. on disk) until tell() returned,
+    and retry with this same Turn."""
+    message: str
+    request_id: str
+    input_offset: int  # the session's input_offset before the turn
 
 
 class Agent:
@@ -26,19 +48,29 @@ class Agent:
         self.session = client.session(session_id)
         self.seed = seed
         self.bytes_sent = 0  # what this process sent: only new messages
-        try:
-            self.session.get()
-        except StatestreamError as e:
-            if e.reason != "SESSION_NOT_FOUND":
-                raise
+        try:  # get-or-create (SESSION_EXISTS: another process was first)
             client.create_session(session_id)
+        except StatestreamError as e:
+            if e.reason != "SESSION_EXISTS":
+                raise
 
-    def tell(self, message: str, max_tokens: int = 48) -> str:
-        prompt = f"User: {message}\n\nAssistant:"
+    def new_turn(self, message: str) -> Turn:
+        """A Turn for `message` at the session's current input_offset."""
+        return Turn(message, uuid.uuid4().hex,
+                    self.session.get().input_offset)
+
+    def tell(self, turn: Union[Turn, str], max_tokens: int = 48) -> str:
+        """The reply to `turn` (a str: a new Turn for it). Retrying the same
+        Turn after an error never applies it twice: see the module
+        docstring."""
+        if isinstance(turn, str):
+            turn = self.new_turn(turn)
+        prompt = f"User: {turn.message}\n\nAssistant:"
         self.bytes_sent += len(prompt.encode())
         result = self.session.generate_text(
             prompt, max_tokens=max_tokens, temperature=1.0, seed=self.seed,
-            stop=["\n\n"], commit=True)
+            stop=["\n\n"], commit=True, request_id=turn.request_id,
+            expected_input_offset=turn.input_offset)
         return result.text
 
 

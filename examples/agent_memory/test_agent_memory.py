@@ -1,16 +1,21 @@
 # SPDX-License-Identifier: Apache-2.0
 """The agent stops, the server is killed and restarted ("days later, on
 another worker"), and the agent resumes with its memory intact: the same
-state as an agent that never stopped, and no history re-sent."""
+state as an agent that never stopped, and no history re-sent. A turn
+retried after a restart is not applied twice."""
 import os
 import subprocess
 import sys
 
-from agent import Agent
-from statestream import Client
+import pytest
+
+from agent import Agent, Turn
+from statestream import Client, StatestreamError
 from statestream.testing import ServeProcess
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+QUESTION = "What is the code word?"
+PROMPT = f"User: {QUESTION}\n\nAssistant:"
 
 
 def test_agent_resumes_after_restart(tmp_path):
@@ -22,6 +27,12 @@ def test_agent_resumes_after_restart(tmp_path):
             # A twin that never stops, to compare against.
             twin = c.session("ada").fork(new_id="twin")
             before = c.session("ada").get()
+            # What day 2's turn will answer, recorded on a side branch
+            # (commit=False) before the kill.
+            expected = c.session("ada").generate_text(
+                PROMPT, max_tokens=48, temperature=1.0, seed=day1.seed,
+                stop=["\n\n"]).text
+            assert c.session("ada").get() == before
 
         server.kill_and_restart()  # days later; a fresh worker process
 
@@ -29,15 +40,32 @@ def test_agent_resumes_after_restart(tmp_path):
             after = c.session("ada").get()
             assert (after.position, after.version) == (before.position,
                                                        before.version)
-            day2 = Agent(c, "ada")
-            reply = day2.tell("What is the code word?")
+            day2 = Agent(c, "ada")  # the session exists: reopened
+            turn = day2.new_turn(QUESTION)
+            assert turn.input_offset == before.input_offset
+            reply = day2.tell(turn)
+            assert reply == expected
             # Only the new message went over the wire.
-            assert day2.bytes_sent == len(
-                "User: What is the code word?\n\nAssistant:")
-            twin_reply = Agent(c, twin.id).tell("What is the code word?")
+            assert day2.bytes_sent == len(PROMPT)
+            twin_reply = Agent(c, twin.id).tell(QUESTION)
             assert reply == twin_reply
             assert (c.session("ada").score("heliotrope").sum_logprob ==
                     c.session(twin.id).score("heliotrope").sum_logprob)
+            answered = c.session("ada").get()
+
+        server.kill_and_restart()  # the caller did not see the reply
+
+        with Client(server.address, max_attempts=20) as c:
+            # Retrying the same turn replays the committed reply.
+            assert Agent(c, "ada").tell(turn) == reply
+            again = c.session("ada").get()
+            assert (again.input_offset, again.version) == (
+                answered.input_offset, answered.version)
+            # A new request at the old offset is refused, not applied.
+            with pytest.raises(StatestreamError) as e:
+                Agent(c, "ada").tell(Turn(
+                    QUESTION, "another-id", turn.input_offset))
+            assert e.value.reason == "POSITION_MISMATCH"
 
 
 def test_cli_runs(tmp_path):
