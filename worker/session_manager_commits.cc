@@ -241,14 +241,10 @@ void SessionManager::Impl::AppendOp(
     done(std::move(st));
   };
   if (absl::Status g = GoneError(s.get()); !g.ok()) return fail(g);
-  absl::Status ended;  // superseded, or its call gone: nothing applies
+  absl::Status ended;  // nothing of an ended writer's request applies
   {
     absl::MutexLock lock(&s->mu);
-    if (w->gen <= s->barred_through) {
-      ended = s->barred_why;
-    } else if (s->writer_gen != w->gen || !s->writer_attached) {
-      ended = Busy();
-    }
+    ended = s->WriterEnded(w->gen);
   }
   if (!ended.ok()) return fail(ended);
   const uint64_t units =
@@ -365,15 +361,10 @@ void SessionManager::Impl::AppendOp(
   absl::Status refused;
   {
     absl::MutexLock lock(&s->mu);
-    // Superseded, abandoned, ended by a delete or the drain since the
-    // checks above: not run for nobody.
-    if (w->gen <= s->barred_through) {
-      refused = s->barred_why;
-    } else if (s->writer_gen != w->gen || !s->writer_attached) {
-      refused = Busy();
-    } else {
-      s->ingest = task;
-    }
+    // Ended since the checks above (superseded, abandoned, a delete or the
+    // drain): not run for nobody.
+    refused = s->WriterEnded(w->gen);
+    if (refused.ok()) s->ingest = task;
   }
   if (!refused.ok()) return fail(refused);
   if (absl::Status st = sched_->Submit(task); !st.ok()) return fail(st);
@@ -386,10 +377,7 @@ absl::Status SessionManager::Impl::WhyCancelled(Session* s, uint64_t gen) {
     if (gen <= s->barred_through) return s->barred_why;
   }
   if (absl::Status gone = GoneError(s); !gone.ok()) return gone;
-  {
-    absl::MutexLock lock(&mu_);
-    if (draining_) return Draining();
-  }
+  SS_RETURN_IF_ERROR(Admitting());
   if (!IsCurrent(s, gen)) return Busy();
   return absl::CancelledError("the call went away");
 }

@@ -151,6 +151,14 @@ struct Session {
   absl::Status barred_why ABSL_GUARDED_BY(mu);
   // The first bar's reason stays (a drain after a delete still says
   // "being deleted"). `why` is never OK.
+  // Why writer `gen` may do nothing more (OK if it may): barred (a delete
+  // or the drain), superseded, or its call gone (abandoned).
+  absl::Status WriterEnded(uint64_t gen) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (gen <= barred_through) return barred_why;
+    if (writer_gen != gen || !writer_attached) return Busy();
+    return absl::OkStatus();
+  }
   void BarIngest(uint64_t through, absl::Status why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (barred_through == 0) barred_why = std::move(why);

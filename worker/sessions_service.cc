@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -44,8 +45,34 @@ absl::Status Corrupt(absl::string_view detail) {
 class TransferBudget {
  public:
   explicit TransferBudget(int64_t max) : max_(max) {}
+
+  // Bytes taken from the budget until Release() or destruction.
+  class Hold {
+   public:
+    Hold() = default;
+    Hold(TransferBudget* budget, int64_t bytes)
+        : budget_(budget), bytes_(bytes) {}
+    Hold(Hold&& other) noexcept { *this = std::move(other); }
+    Hold& operator=(Hold&& other) noexcept {
+      Release();
+      budget_ = std::exchange(other.budget_, nullptr);
+      bytes_ = std::exchange(other.bytes_, 0);
+      return *this;
+    }
+    ~Hold() { Release(); }
+    void Release() {
+      if (budget_ != nullptr) budget_->Give(bytes_);
+      budget_ = nullptr;
+      bytes_ = 0;
+    }
+
+   private:
+    TransferBudget* budget_ = nullptr;
+    int64_t bytes_ = 0;
+  };
+
   // RESOURCE_EXHAUSTED/OVERLOADED past the budget (one always fits alone).
-  absl::Status Acquire(int64_t bytes) {
+  absl::StatusOr<Hold> Acquire(int64_t bytes) {
     absl::MutexLock lock(&mu_);
     if (held_ > 0 && held_ + bytes > max_) {
       return MakeError(absl::StatusCode::kResourceExhausted,
@@ -56,14 +83,15 @@ class TransferBudget {
                        {{"retry_after_ms", "500"}});
     }
     held_ += bytes;
-    return absl::OkStatus();
+    return Hold(this, bytes);
   }
-  void Release(int64_t bytes) {
+
+ private:
+  void Give(int64_t bytes) {
     absl::MutexLock lock(&mu_);
     held_ -= bytes;
   }
 
- private:
   const int64_t max_;
   absl::Mutex mu_;
   int64_t held_ ABSL_GUARDED_BY(mu_) = 0;
@@ -99,11 +127,13 @@ class ExportReactor final
       Finish(ToGrpcStatus(e.status()));
       return;
     }
-    if (absl::Status st = budget_->Acquire(e->blob.size()); !st.ok()) {
-      Finish(ToGrpcStatus(st));
+    absl::StatusOr<TransferBudget::Hold> hold =
+        budget_->Acquire(e->blob.size());
+    if (!hold.ok()) {
+      Finish(ToGrpcStatus(hold.status()));
       return;
     }
-    held_ = e->blob.size();
+    hold_ = *std::move(hold);
     blob_ = std::move(e->blob);
     auto* h = msg_.mutable_header();
     h->set_format_version(1);
@@ -139,22 +169,18 @@ class ExportReactor final
     c->set_crc32c(Crc32c(0, blob_.data() + at, n));
     StartWrite(&msg_);
   }
-  void OnDone() override {
-    budget_->Release(held_);
-    delete this;
-  }
+  void OnDone() override { delete this; }
 
  private:
   // The budget is free again once the last message is written, before the
   // client sees the call end (so its next transfer finds it free).
   void FinishAndRelease(const grpc::Status& status) {
-    budget_->Release(held_);
-    held_ = 0;
+    hold_.Release();
     Finish(status);
   }
 
   TransferBudget* const budget_;
-  int64_t held_ = 0;  // of the budget
+  TransferBudget::Hold hold_;
   std::string blob_;
   v1::ExportStateResponse msg_;
   uint32_t count_ = 0, next_ = 0;
@@ -183,16 +209,12 @@ class ImportReactor final
     if (!st.ok()) return FinishAndRelease(st);
     StartRead(&req_);
   }
-  void OnDone() override {
-    budget_->Release(held_);
-    delete this;
-  }
+  void OnDone() override { delete this; }
 
  private:
   // The budget is free again before the client sees the call end.
   void FinishAndRelease(const absl::Status& status) {
-    budget_->Release(held_);
-    held_ = 0;
+    hold_.Release();
     Finish(ToGrpcStatus(status));
   }
 
@@ -239,8 +261,7 @@ class ImportReactor final
               (s.total_bytes() + s.chunk_bytes() - 1) / s.chunk_bytes()) {
         return Corrupt("chunk_bytes/chunk_count disagree with total_bytes");
       }
-      SS_RETURN_IF_ERROR(budget_->Acquire(s.total_bytes()));
-      held_ = s.total_bytes();
+      SS_ASSIGN_OR_RETURN(hold_, budget_->Acquire(s.total_bytes()));
       blob_.reserve(s.total_bytes());
       return absl::OkStatus();
     }
@@ -308,7 +329,7 @@ class ImportReactor final
   SessionManager* m_ = nullptr;  // the state's model, once the header is read
   Executor* pool_;
   TransferBudget* const budget_;
-  int64_t held_ = 0;  // of the budget, once the header is read
+  TransferBudget::Hold hold_;  // once the header is read
   v1::Session* out_;
   std::string tenant_;
   v1::ImportStateRequest req_;
