@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <string>
@@ -24,11 +23,9 @@
 #include "cli/worker_flags.h"
 #include "cli/worker_metrics.h"
 #include "common/malloc_tuning.h"
-#include "common/status.h"
 #include "state_store/memory_state_store.h"
 #include "state_store/sqlite_state_store.h"
 #include "worker/engine/random_model.h"
-#include "worker/engine/weight_writer.h"
 #include "worker/metrics.h"
 #include "worker/metrics_http.h"
 #include "worker/model_set.h"
@@ -74,31 +71,10 @@ absl::StatusOr<std::unique_ptr<engine::Model>> DemoModel(
   spec.n_embd = 128;
   spec.vocab_size = 256;
   spec.seed = 20240424;
-  auto tensors = engine::RandomRwkv7(spec);
-  if (!tensors.ok()) return tensors.status();
-  // Written into a fresh private directory (mkdtemp: mode 0700, a name no
-  // one can guess in advance), never to a fixed name another local user
-  // could plant a link or a file at.
-  std::string dir = absl::StrCat(
-      std::filesystem::temp_directory_path().string(), "/statestream-XXXXXX");
-  if (mkdtemp(dir.data()) == nullptr) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot create a directory for the demo model in ",
-                     std::filesystem::temp_directory_path().string()));
-  }
-  const std::string path = dir + "/demo.safetensors";
-  auto load = [&]() -> absl::StatusOr<std::unique_ptr<engine::Model>> {
-    SS_RETURN_IF_ERROR(
-        engine::WriteCheckpoint(path, *tensors, engine::DType::kF32));
-    auto options = EngineOptionsFromFlags();  // --threads, --precision
-    if (!options.ok()) return options.status();
-    options->device = device;
-    return engine::LoadModel(path, *options);
-  };
-  absl::StatusOr<std::unique_ptr<engine::Model>> model = load();
-  std::error_code ignored;  // the mapping stays valid
-  std::filesystem::remove_all(dir, ignored);
-  return model;
+  auto options = EngineOptionsFromFlags();  // --threads, --precision
+  if (!options.ok()) return options.status();
+  options->device = device;
+  return engine::LoadRandomModel("x070", spec, *options);
 }
 
 // The models of --model, or the demo model.

@@ -4,9 +4,6 @@
 // and MODEL_MISMATCH wherever a state of one model meets the other.
 #include "worker/model_set.h"
 
-#include <unistd.h>
-
-#include <cstdio>
 #include <thread>
 
 #include "absl/synchronization/notification.h"
@@ -14,7 +11,6 @@
 #include "gtest/gtest.h"
 #include "state_store/memory_state_store.h"
 #include "worker/engine/random_model.h"
-#include "worker/engine/weight_writer.h"
 
 namespace statestream::worker {
 namespace {
@@ -27,14 +23,7 @@ std::unique_ptr<engine::Model> RandomByteModel(const std::string& arch,
   spec.head_size = 32;
   spec.vocab_size = 256;
   spec.seed = seed;
-  auto tensors = engine::RandomModel(arch, spec);
-  EXPECT_TRUE(tensors.ok()) << tensors.status();
-  const std::string path = "/tmp/ss_model_set_test_" + arch + "_" +
-                           std::to_string(getpid()) + ".safetensors";
-  EXPECT_TRUE(
-      engine::WriteCheckpoint(path, *tensors, engine::DType::kF32).ok());
-  auto model = engine::LoadModel(path);
-  std::remove(path.c_str());
+  auto model = engine::LoadRandomModel(arch, spec);
   EXPECT_TRUE(model.ok()) << model.status();
   return std::move(*model);
 }

@@ -3,18 +3,14 @@
 // running the engine directly, whatever else shares the batch.
 #include "worker/scheduler.h"
 
-#include <unistd.h>
-
 #include <atomic>
 #include <cmath>
-#include <cstdio>
 #include <random>
 
 #include "absl/synchronization/notification.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "worker/engine/random_model.h"
-#include "worker/engine/weight_writer.h"
 #include "worker/tasks.h"
 
 namespace statestream::worker {
@@ -27,13 +23,7 @@ std::unique_ptr<engine::Model> SmallModel() {
   spec.head_size = 32;
   spec.vocab_size = 97;
   spec.seed = 3;
-  auto tensors = engine::RandomRwkv7(spec);
-  const std::string path =
-      "/tmp/ss_scheduler_test_" + std::to_string(getpid()) + ".safetensors";
-  EXPECT_TRUE(
-      engine::WriteCheckpoint(path, *tensors, engine::DType::kF32).ok());
-  auto model = engine::LoadModel(path);
-  std::remove(path.c_str());
+  auto model = engine::LoadRandomModel("x070", spec);
   EXPECT_TRUE(model.ok()) << model.status();
   return std::move(*model);
 }

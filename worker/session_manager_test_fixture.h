@@ -5,10 +5,7 @@
 #ifndef STATESTREAM_WORKER_SESSION_MANAGER_TEST_FIXTURE_H_
 #define STATESTREAM_WORKER_SESSION_MANAGER_TEST_FIXTURE_H_
 
-#include <unistd.h>
-
 #include <atomic>
-#include <cstdio>
 
 #include "absl/synchronization/notification.h"
 #include "common/status.h"
@@ -18,7 +15,6 @@
 #include "state_store/testing/forwarding_store.h"
 #include "worker/engine/random_model.h"
 #include "worker/engine/tokenizer.h"
-#include "worker/engine/weight_writer.h"
 #include "worker/request_memo.h"
 #include "worker/session_manager.h"
 
@@ -31,13 +27,7 @@ inline std::unique_ptr<engine::Model> RandomModel(int vocab_size, int n_layer) {
   spec.head_size = 32;
   spec.vocab_size = vocab_size;
   spec.seed = 5;
-  auto tensors = engine::RandomRwkv7(spec);
-  const std::string path = "/tmp/ss_session_manager_test_" +
-                           std::to_string(getpid()) + ".safetensors";
-  EXPECT_TRUE(
-      engine::WriteCheckpoint(path, *tensors, engine::DType::kF32).ok());
-  auto model = engine::LoadModel(path);
-  std::remove(path.c_str());
+  auto model = engine::LoadRandomModel("x070", spec);
   EXPECT_TRUE(model.ok()) << model.status();
   return std::move(*model);
 }

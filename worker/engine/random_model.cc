@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "worker/engine/random_model.h"
 
+#include <stdlib.h>
+
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <random>
+#include <system_error>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -290,6 +294,27 @@ absl::StatusOr<std::vector<NamedTensor>> RandomModel(const std::string& arch,
         t.push_back(f.Uniform(a + "time_decay_w2", {dd, C}, -0.3f, 0.3f));
         common_att(a, t);
       });
+}
+
+absl::StatusOr<std::unique_ptr<Model>> LoadRandomModel(
+    const std::string& arch, const RandomModelSpec& spec,
+    const ModelOptions& options) {
+  SS_ASSIGN_OR_RETURN(std::vector<NamedTensor> tensors,
+                      RandomModel(arch, spec));
+  const std::string tmp = std::filesystem::temp_directory_path().string();
+  std::string dir = tmp + "/statestream-XXXXXX";
+  if (mkdtemp(dir.data()) == nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot create a directory for a random model in ", tmp));
+  }
+  const std::string path = dir + "/random.safetensors";
+  absl::Status written = WriteCheckpoint(path, tensors, DType::kF32);
+  absl::StatusOr<std::unique_ptr<Model>> model =
+      written.ok() ? LoadModel(path, options)
+                   : absl::StatusOr<std::unique_ptr<Model>>(written);
+  std::error_code ignored;
+  std::filesystem::remove_all(dir, ignored);
+  return model;
 }
 
 }  // namespace statestream::engine

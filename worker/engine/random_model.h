@@ -6,10 +6,12 @@
 #define STATESTREAM_WORKER_ENGINE_RANDOM_MODEL_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "worker/engine/model.h"
 #include "worker/engine/weight_writer.h"
 
 namespace statestream::engine {
@@ -41,6 +43,14 @@ absl::StatusOr<std::vector<NamedTensor>> RandomRwkv7(
 // kMaxLoraRank; at most 512 layers), naming the dimension.
 absl::StatusOr<std::vector<NamedTensor>> RandomModel(
     const std::string& arch, const RandomModelSpec& spec);
+
+// RandomModel(arch, spec), loaded with `options`: written (f32) into a fresh
+// private directory (mkdtemp, mode 0700, never a name another local user
+// could plant a link at) that is removed once the model is loaded (it holds
+// its weights). Errors: RandomModel's, the write's, LoadModel's.
+absl::StatusOr<std::unique_ptr<Model>> LoadRandomModel(
+    const std::string& arch, const RandomModelSpec& spec,
+    const ModelOptions& options = {});
 
 }  // namespace statestream::engine
 
