@@ -352,12 +352,18 @@ grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
   bool done = false;             // `done` delivered: nothing to resend
   int attempts = 0;
   int64_t skipped = 0;
+  // What the attempts send: once a chunk says which input_offset the
+  // generation started from, a request that pinned none is pinned there,
+  // so a re-run on a session that moved on (whose output may still repeat
+  // what was delivered) is refused instead of joined.
+  v1::GenerateRequest attempt_request = request;
+  bool pinned_here = false;
   grpc::Status status = ForwardWithFailover(
       gateway, ctx, Target{"Generate", request.session_id(), "", ""},
       [&](const std::shared_ptr<grpc::Channel>& channel,
           grpc::ClientContext* upstream) {
         auto reader =
-            v1::Streams::NewStub(channel)->Generate(upstream, request);
+            v1::Streams::NewStub(channel)->Generate(upstream, attempt_request);
         size_t regen_tokens = 0;
         std::string regen_text;
         std::optional<size_t> diverged;
@@ -368,6 +374,17 @@ grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
             const v1::GenerateChunk& in = msg.chunk();
             v1::GenerateChunk* chunk = out.mutable_chunk();
             chunk->set_index(static_cast<uint32_t>(tokens.size()));
+            if (in.has_start_input_offset()) {
+              if (!attempt_request.has_expected_input_offset()) {
+                attempt_request.set_expected_input_offset(
+                    in.start_input_offset());
+                pinned_here = true;
+              }
+              // The client's first chunk says it too.
+              if (tokens.empty() && text.empty()) {
+                chunk->set_start_input_offset(in.start_input_offset());
+              }
+            }
             for (int i = 0; i < in.tokens_size() && !diverged; ++i) {
               const size_t k = regen_tokens + i;
               if (k < tokens.size()) {
@@ -425,6 +442,12 @@ grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
         // lost before the trailers is no reason to run it again (the
         // client would get a second `done`).
         if (done && Gateway::ShouldFailover(status)) return grpc::Status::OK;
+        // The session moved on since the generation started: a re-run
+        // would be another generation.
+        if (!diverged && pinned_here &&
+            GetReason(FromGrpcStatus(status)) == Reason::kPositionMismatch) {
+          diverged = tokens.size();
+        }
         if (diverged) {
           gateway->metrics().IncDiverged();
           return ToGrpcStatus(MakeError(

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,7 +60,8 @@ class ScriptedWorker final : public v1::Sessions::Service,
   // Answers by call number (0 = the first call to any worker of the test).
   std::function<grpc::Status(int, grpc::ServerWriter<v1::ExportStateResponse>*)>
       export_state;
-  std::function<grpc::Status(int, grpc::ServerWriter<v1::GenerateResponse>*)>
+  std::function<grpc::Status(int, const v1::GenerateRequest&,
+                             grpc::ServerWriter<v1::GenerateResponse>*)>
       generate;
   std::function<grpc::Status(int, v1::Session*)> create_session;
   std::function<grpc::Status(int)> get_session;
@@ -95,9 +97,9 @@ class ScriptedWorker final : public v1::Sessions::Service,
       grpc::ServerWriter<v1::ExportStateResponse>* w) override {
     return export_state(calls_->fetch_add(1), w);
   }
-  grpc::Status Generate(grpc::ServerContext*, const v1::GenerateRequest*,
+  grpc::Status Generate(grpc::ServerContext*, const v1::GenerateRequest* req,
                         grpc::ServerWriter<v1::GenerateResponse>* w) override {
-    return generate(calls_->fetch_add(1), w);
+    return generate(calls_->fetch_add(1), *req, w);
   }
   grpc::Status CreateSession(grpc::ServerContext*,
                              const v1::CreateSessionRequest*,
@@ -228,16 +230,17 @@ TEST_F(GatewayTest, AnExportIsNotResentOnceItHasDeliveredAMessage) {
 // `done`).
 TEST_F(GatewayTest, AGenerationIsNotRunAgainAfterItsDone) {
   using W = grpc::ServerWriter<v1::GenerateResponse>;
-  Script<grpc::Status(int, W*)>(&ScriptedWorker::generate, [](int, W* w) {
-    v1::GenerateResponse chunk;
-    chunk.mutable_chunk()->add_tokens(7);
-    chunk.mutable_chunk()->add_tokens(8);
-    w->Write(chunk);
-    v1::GenerateResponse done;
-    done.mutable_done()->set_committed(true);
-    w->Write(done);
-    return Lost();
-  });
+  Script<grpc::Status(int, const v1::GenerateRequest&, W*)>(
+      &ScriptedWorker::generate, [](int, const v1::GenerateRequest&, W* w) {
+        v1::GenerateResponse chunk;
+        chunk.mutable_chunk()->add_tokens(7);
+        chunk.mutable_chunk()->add_tokens(8);
+        w->Write(chunk);
+        v1::GenerateResponse done;
+        done.mutable_done()->set_committed(true);
+        w->Write(done);
+        return Lost();
+      });
   Start();
   const auto generated = GenerateS();
   int dones = 0, tokens = 0;
@@ -255,23 +258,24 @@ TEST_F(GatewayTest, AGenerationIsNotRunAgainAfterItsDone) {
 // is another generation: UNAVAILABLE with diverged_at, never its `done`.
 TEST_F(GatewayTest, AShorterRerunAfterAFailoverIsDiverged) {
   using W = grpc::ServerWriter<v1::GenerateResponse>;
-  Script<grpc::Status(int, W*)>(&ScriptedWorker::generate, [](int n, W* w) {
-    v1::GenerateResponse chunk;
-    chunk.mutable_chunk()->add_tokens(7);
-    chunk.mutable_chunk()->set_text_utf8("a");
-    if (n == 0) {  // the first attempt: three tokens, then lost
-      chunk.mutable_chunk()->add_tokens(8);
-      chunk.mutable_chunk()->add_tokens(9);
-      chunk.mutable_chunk()->set_text_utf8("abc");
-      w->Write(chunk);
-      return Lost();
-    }
-    w->Write(chunk);  // the re-run stops after one
-    v1::GenerateResponse done;
-    done.mutable_done()->set_finish_reason(v1::FINISH_REASON_CANCELLED);
-    w->Write(done);
-    return grpc::Status::OK;
-  });
+  Script<grpc::Status(int, const v1::GenerateRequest&, W*)>(
+      &ScriptedWorker::generate, [](int n, const v1::GenerateRequest&, W* w) {
+        v1::GenerateResponse chunk;
+        chunk.mutable_chunk()->add_tokens(7);
+        chunk.mutable_chunk()->set_text_utf8("a");
+        if (n == 0) {  // the first attempt: three tokens, then lost
+          chunk.mutable_chunk()->add_tokens(8);
+          chunk.mutable_chunk()->add_tokens(9);
+          chunk.mutable_chunk()->set_text_utf8("abc");
+          w->Write(chunk);
+          return Lost();
+        }
+        w->Write(chunk);  // the re-run stops after one
+        v1::GenerateResponse done;
+        done.mutable_done()->set_finish_reason(v1::FINISH_REASON_CANCELLED);
+        w->Write(done);
+        return grpc::Status::OK;
+      });
   Start();
   const auto generated = GenerateS();
   int dones = 0;
@@ -281,6 +285,78 @@ TEST_F(GatewayTest, AShorterRerunAfterAFailoverIsDiverged) {
   EXPECT_EQ(GetErrorMetadata(st, "diverged_at"), "1");
   EXPECT_EQ(dones, 0);
   EXPECT_EQ(calls_.load(), 2);
+}
+
+// The first attempt's chunk says the generation started at input_offset
+// 5: the re-run after a failover is pinned there (the request pinned
+// nothing), and the client's first chunk says 5 too. A re-run the worker
+// refuses because the session moved on is diverged, never joined.
+TEST_F(GatewayTest, ARerunAfterAFailoverRunsOnTheInputItStartedFrom) {
+  using W = grpc::ServerWriter<v1::GenerateResponse>;
+  std::vector<std::optional<uint64_t>> pins;
+  absl::Mutex mu;
+  bool moved = false;
+  Script<grpc::Status(int, const v1::GenerateRequest&, W*)>(
+      &ScriptedWorker::generate,
+      [&](int n, const v1::GenerateRequest& req, W* w) {
+        {
+          absl::MutexLock lock(&mu);
+          pins.push_back(
+              req.has_expected_input_offset()
+                  ? std::optional<uint64_t>(req.expected_input_offset())
+                  : std::nullopt);
+          if (n > 0 && moved) {
+            return ToGrpcStatus(MakeError(absl::StatusCode::kFailedPrecondition,
+                                          Reason::kPositionMismatch, "moved",
+                                          {{"input_offset", "9"}}));
+          }
+        }
+        v1::GenerateResponse chunk;
+        chunk.mutable_chunk()->set_start_input_offset(5);
+        chunk.mutable_chunk()->add_tokens(7);
+        chunk.mutable_chunk()->add_tokens(8);
+        chunk.mutable_chunk()->set_text_utf8("ab");
+        if (n == 0) {
+          w->Write(chunk);
+          return Lost();
+        }
+        chunk.mutable_chunk()->add_tokens(9);
+        chunk.mutable_chunk()->set_text_utf8("abc");
+        w->Write(chunk);
+        v1::GenerateResponse done;
+        done.mutable_done()->set_finish_reason(v1::FINISH_REASON_MAX_TOKENS);
+        w->Write(done);
+        return grpc::Status::OK;
+      });
+  Start();
+  const auto generated = GenerateS();
+  ASSERT_TRUE(generated.status.ok()) << generated.status.error_message();
+  std::vector<uint32_t> tokens;
+  std::vector<std::optional<uint64_t>> starts;
+  for (const auto& msg : generated.messages) {
+    if (!msg.has_chunk()) continue;
+    tokens.insert(tokens.end(), msg.chunk().tokens().begin(),
+                  msg.chunk().tokens().end());
+    starts.push_back(
+        msg.chunk().has_start_input_offset()
+            ? std::optional<uint64_t>(msg.chunk().start_input_offset())
+            : std::nullopt);
+  }
+  EXPECT_EQ(tokens, (std::vector<uint32_t>{7, 8, 9}));
+  EXPECT_EQ(starts, (std::vector<std::optional<uint64_t>>{5, std::nullopt}));
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_EQ(pins, (std::vector<std::optional<uint64_t>>{std::nullopt, 5}));
+    pins.clear();
+    moved = true;
+  }
+  calls_ = 0;
+  const auto refused = GenerateS();
+  const absl::Status st = FromGrpcStatus(refused.status);
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_EQ(GetErrorMetadata(st, "delivered_tokens"), "2");
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(pins, (std::vector<std::optional<uint64_t>>{std::nullopt, 5}));
 }
 
 // Past its replay bound the gateway asks the worker for a checkpoint so the

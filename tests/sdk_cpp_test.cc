@@ -329,6 +329,30 @@ TEST_F(SdkTest, AResumedGenerateThatDivergesIsNotJoined) {
       << " tokens " << n;
 }
 
+// Greedy output may repeat what was delivered from another state, so
+// comparing tokens is not enough: a side-branch Generate that pinned no
+// offset is resumed on the input it started from (its first chunk's
+// start_input_offset), and the stream ends ABORTED when the session moved.
+TEST_F(SdkTest, AResumedGreedyGenerateOnAMovedSessionIsNotJoined) {
+  client::Session s = Create("moved");
+  ASSERT_TRUE(s.AppendText("Once upon a time").ok());
+  v1::GenerateRequest req = LongGeneration();
+  req.mutable_sampling()->set_temperature(0);
+  auto stream = s.Generate(req);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  client::GenerateChunk chunk;
+  ASSERT_TRUE((*stream)->Next(&chunk)) << (*stream)->status();
+  server_->KillAndRestart();
+  ASSERT_TRUE(s.AppendText(" there was a change").ok());
+  size_t n = 0;
+  while ((*stream)->Next(&chunk)) n += chunk.tokens.size();
+  EXPECT_EQ((*stream)->status().code(), absl::StatusCode::kAborted)
+      << (*stream)->status();
+  EXPECT_NE((*stream)->status().message().find("input moved"),
+            std::string::npos)
+      << (*stream)->status() << " tokens " << n;
+}
+
 // A committing Generate killed mid-stream: the retry (same request id)
 // either regenerates (nothing was committed) or replays the recorded output
 // (the commit happened but `done` was lost); either way the caller sees the

@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -153,6 +154,8 @@ class WorkerE2eTest : public ::testing::Test {
     std::string text;
     v1::GenerateDone done;
     int dones = 0;
+    // start_input_offset of the chunks that carry one, by chunk index.
+    std::vector<std::pair<uint32_t, uint64_t>> starts;
     absl::Status status;
   };
   GenResult Generate(const v1::GenerateRequest& req,
@@ -164,6 +167,10 @@ class WorkerE2eTest : public ::testing::Test {
     while (reader->Read(&msg)) {
       if (msg.has_chunk()) {
         EXPECT_EQ(msg.chunk().index(), out.tokens.size());
+        if (msg.chunk().has_start_input_offset()) {
+          out.starts.emplace_back(msg.chunk().index(),
+                                  msg.chunk().start_input_offset());
+        }
         for (uint32_t t : msg.chunk().tokens()) out.tokens.push_back(t);
         out.text += msg.chunk().text_utf8();
       } else {
@@ -395,6 +402,40 @@ TEST_F(WorkerE2eTest, ScoreMatchesGreedyGeneration) {
   for (int i = 0; i < 30000; ++i) wide.mutable_tokens()->add_ids(97);
   wide.set_top_logprobs(20);
   too_large(wide);
+}
+
+// The first chunk of a generation sampled now says which input_offset it
+// started from (before the tail and the prompt), so a client can pin its
+// resumes there; replayed output carries none.
+TEST_F(WorkerE2eTest, TheFirstChunkSaysWhereTheGenerationStarted) {
+  Create("start");
+  ASSERT_TRUE(Append({Text("start", 0, "abc", true), Text("start", 3, "de")})
+                  .status.ok());
+  using Starts = std::vector<std::pair<uint32_t, uint64_t>>;
+  v1::GenerateRequest side = GenRequest("start", "side", 40, false);
+  side.set_prompt_text_utf8("fg");
+  GenResult a = Generate(side);
+  ASSERT_TRUE(a.status.ok()) << a.status;
+  ASSERT_EQ(a.tokens.size(), 40u);
+  EXPECT_EQ(a.starts, (Starts{{0, 5}}));
+
+  v1::GenerateRequest commit = GenRequest("start", "commit", 12, true);
+  commit.set_expected_input_offset(5);
+  GenResult b = Generate(commit);
+  ASSERT_TRUE(b.status.ok()) << b.status;
+  EXPECT_EQ(b.starts, (Starts{{0, 5}}));
+  ASSERT_TRUE(b.done.committed());
+  // The same request again: replayed from its record, no start offset.
+  GenResult replay = Generate(commit);
+  ASSERT_TRUE(replay.status.ok()) << replay.status;
+  EXPECT_TRUE(replay.done.replayed());
+  EXPECT_EQ(replay.tokens, b.tokens);
+  EXPECT_TRUE(replay.starts.empty());
+  // The session moved on by the committed output.
+  GenResult c = Generate(GenRequest("start", "after", 3, false));
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  EXPECT_EQ(c.starts, (Starts{{0, b.done.input_offset()}}));
+  EXPECT_GT(b.done.input_offset(), 5u);
 }
 
 TEST_F(WorkerE2eTest, ExportImportRoundTripsAndRejectsBadBlobs) {

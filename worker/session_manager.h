@@ -199,6 +199,10 @@ struct GeneratedPiece {
   bool has_logprob = false;
   float logprob = 0;
   std::vector<engine::TokenLogprob> top;
+  // On the first token of a generation sampled now (none was replayed):
+  // the session's input_offset it started from (GenerateChunk's
+  // start_input_offset).
+  std::optional<uint64_t> start_input_offset;
 };
 
 struct ScoreInput {

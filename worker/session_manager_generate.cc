@@ -333,7 +333,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       if (!in.commit) m.Release(s);  // side branch: the copy is enough
       auto task = std::make_shared<GenerateTask>(
           work.get(), m.vocab_, m.tok_, std::move(spec),
-          [&m, emit, text, out_tokens, timing,
+          [&m, emit, text, out_tokens, timing, start_offset,
            logprobs = in.logprobs](const GeneratedToken& t) {
             if (WorkerMetrics* metrics = m.opt_.metrics) {
               const absl::Time now = m.clock_->Now();
@@ -346,9 +346,11 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
               timing->first = false;
               timing->last = now;
             }
+            GeneratedPiece p;
+            // Nothing replayed before it: the output's first token.
+            if (out_tokens->empty()) p.start_input_offset = start_offset;
             out_tokens->push_back(t.id);
             text->append(t.text);
-            GeneratedPiece p;
             p.token = t.id;
             p.text = t.text;
             p.has_logprob = logprobs;

@@ -543,6 +543,9 @@ class GenerateReactor final
       chunk = writes_.back().mutable_chunk();
       chunk->set_index(emitted_);
     }
+    if (p.start_input_offset) {
+      chunk->set_start_input_offset(*p.start_input_offset);
+    }
     ++emitted_;
     chunk->add_tokens(static_cast<uint32_t>(p.token));
     chunk->mutable_text_utf8()->append(p.text);

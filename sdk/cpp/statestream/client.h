@@ -11,8 +11,9 @@
 // connection is retried on the next target with exponential backoff, at
 // most ClientOptions::max_attempts times in a row. Appends are resent at
 // their original offsets (the server acknowledges already-applied ones as
-// duplicates); Generate is reissued with the same request_id and seed and
-// the tokens already delivered are skipped.
+// duplicates); Generate is reissued with the same request_id and seed,
+// pinned to the input_offset it started from, and the tokens already
+// delivered are skipped.
 //
 // Thread safety: Client is thread-safe. Session, AppendWriter and
 // GenerateStream are not (one thread each), except Cancellation::Cancel,

@@ -8,7 +8,11 @@
 // text bytes below delivered_text_ are skipped, once checked equal to what
 // was delivered: a resumed call that produced other tokens (the session
 // changed in between, or another kind of worker rounded differently) ends
-// the stream with ABORTED instead of joining two outputs.
+// the stream with ABORTED instead of joining two outputs. The first chunk
+// says which input_offset the generation started from; a request that
+// pinned none is pinned to it for the resumes, so one that would run on
+// another input (which may still repeat the delivered tokens: greedy
+// sampling) fails POSITION_MISMATCH, also reported as ABORTED.
 #include <grpcpp/client_context.h>
 
 #include <algorithm>
@@ -16,6 +20,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
+#include "common/status.h"
 #include "statestream/call_scope.h"
 #include "statestream/client.h"
 
@@ -95,6 +100,10 @@ bool GenerateStream::Next(GenerateChunk* out) {
         CloseCall(/*cancel=*/true);
         return false;
       }
+      if (c.has_start_input_offset() && !request_.has_expected_input_offset()) {
+        request_.set_expected_input_offset(c.start_input_offset());
+        pinned_here_ = true;
+      }
       const uint32_t skip =
           delivered > c.index() ? std::min(n, delivered - c.index()) : 0;
       const uint64_t text_begin = seen_text_;
@@ -120,6 +129,19 @@ bool GenerateStream::Next(GenerateChunk* out) {
     }
     absl::Status s = FromGrpcStatus(call_->reader->Finish());
     if (s.ok()) s = absl::UnavailableError("generate ended without done");
+    if (pinned_here_ && GetReason(s) == Reason::kPositionMismatch) {
+      status_ = absl::AbortedError(absl::StrCat(
+          "the session's input moved since the generation started at "
+          "input_offset ",
+          request_.expected_input_offset(),
+          "; the resumed call's output is "
+          "not joined to the ",
+          delivered_ids_.size(), " tokens already delivered (", s.message(),
+          ")"));
+      finished_ = true;
+      call_.reset();
+      return false;
+    }
     client_->Rotate(call_->stubs);
     call_.reset();
     ++attempts_;

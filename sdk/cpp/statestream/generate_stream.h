@@ -60,6 +60,10 @@ class GenerateStream {
   uint64_t seen_text_ = 0;  // text bytes read on the current call
   int reconnects_ = 0;
   int attempts_ = 0;
+  // The request's expected_input_offset was set by this stream, from its
+  // first chunk's start_input_offset: a resume that fails POSITION_MISMATCH
+  // means the session's input moved between the attempts.
+  bool pinned_here_ = false;
   bool finished_ = false;
   absl::Status status_;
   v1::GenerateDone done_;

@@ -23,7 +23,7 @@ from statestream.client import (_assemble_export, _channel_options, _crc32c,
                                 _stop_strings, _stop_tokens, new_request_id)
 from statestream.errors import StatestreamError, is_retryable, retry_after
 from statestream.streams import (MAX_WINDOW, _AckTracker, _diverged,
-                                 _Retained, _units)
+                                 _moved, _pin_to_start, _Retained, _units)
 from statestream.types import (AppendAck, ExportedState, GenerateChunk,
                                GenerateDone, GenerateResult, ScoreResult,
                                SessionInfo, VersionInfo)
@@ -546,6 +546,7 @@ class AsyncGenerateStream:
         self._stubs = None
         self._seen_bytes = 0
         self._pinned = False
+        self._pinned_here = False  # see streams._pin_to_start
         self.done: Optional[GenerateDone] = None
         self.reconnects = 0
         self._finished = False
@@ -606,6 +607,8 @@ class AsyncGenerateStream:
                     self._finished = True
                     self._drop_call()
                     raise diverged
+                if _pin_to_start(self._request, c):
+                    self._pinned_here = True
                 n = len(c.tokens)
                 skip = min(n, max(0, self._delivered_tokens - c.index))
                 self._delivered_ids.extend(c.tokens[skip:])
@@ -623,8 +626,13 @@ class AsyncGenerateStream:
                 return GenerateChunk(c.index + skip, list(c.tokens[skip:]),
                                      raw.decode("utf-8", "replace"), raw,
                                      [lp.logprob for lp in c.logprobs[skip:]])
-            self._client._rotate(self._stubs)
             self._call = None
+            moved = _moved(err, self._pinned_here, self._request,
+                           len(self._delivered_ids))
+            if moved is not err:
+                self._finished = True
+                raise moved
+            self._client._rotate(self._stubs)
             attempts += 1
             try:
                 await self._client._retry_or_raise(err, attempts)

@@ -7,8 +7,9 @@ target with exponential backoff, at most `max_attempts` times in a row.
 AppendWriter resends every request not yet acknowledged as committed at its
 original input offset (the server acknowledges what it already has as a
 duplicate), so nothing is lost or applied twice. GenerateStream reissues the
-same request (same request_id and seed: the same output) and skips what it
-already delivered.
+same request (same request_id and seed: the same output), pinned to the
+input_offset the generation started from, and skips what it already
+delivered.
 """
 from __future__ import annotations
 

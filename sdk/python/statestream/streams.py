@@ -310,10 +310,38 @@ def _diverged(delivered_ids, chunk) -> Optional[StatestreamError]:
     return None
 
 
+def _pin_to_start(request, chunk) -> bool:
+    """Pins the resumes of `request` (when it pins no input_offset) to the
+    one its generation started from, given by its first chunk, so a resume
+    runs on the same input or fails POSITION_MISMATCH: a resume on another
+    input could repeat the delivered tokens (greedy sampling) and go on
+    from another state. True if pinned now."""
+    if (chunk.HasField("start_input_offset") and
+            not request.HasField("expected_input_offset")):
+        request.expected_input_offset = chunk.start_input_offset
+        return True
+    return False
+
+
+def _moved(err: StatestreamError, pinned_here: bool, request,
+           delivered: int) -> StatestreamError:
+    """ABORTED for a resume refused because the session's input moved since
+    the generation started (pinned by _pin_to_start); `err` otherwise."""
+    if not pinned_here or err.reason != "POSITION_MISMATCH":
+        return err
+    return StatestreamError(
+        grpc.StatusCode.ABORTED,
+        f"the session's input moved since the generation started at "
+        f"input_offset {request.expected_input_offset}; the resumed call's "
+        f"output is not joined to the {delivered} tokens already delivered "
+        f"({err.message})", err.reason, err.metadata)
+
+
 class GenerateStream:
     """Iterates over GenerateChunk, resuming after failures with the same
     request and skipping output already delivered (checked equal to what
-    was delivered: a resumed call that diverges raises ABORTED). `.done`
+    was delivered, and on the input the generation started from: a resumed
+    call that diverges, or finds the session moved on, raises ABORTED). `.done`
     (GenerateDone) is set once the iteration ends; `.reconnects` counts
     resumptions. cancel() (from any thread) ends the iteration."""
 
@@ -329,6 +357,7 @@ class GenerateStream:
         self.done: Optional[GenerateDone] = None
         self.reconnects = 0
         self._finished = False
+        self._pinned_here = False  # see _pin_to_start
         # cancel() may come from another thread: _lock orders it against
         # opening a call, and _cancelled wakes a backoff sleep.
         self._lock = threading.Lock()
@@ -389,6 +418,8 @@ class GenerateStream:
                 if diverged is not None:
                     self.cancel()
                     raise diverged
+                if _pin_to_start(self._request, c):
+                    self._pinned_here = True
                 n = len(c.tokens)
                 skip = min(n, max(0, self._delivered_tokens - c.index))
                 self._delivered_ids.extend(c.tokens[skip:])
@@ -413,6 +444,11 @@ class GenerateStream:
                 # Our own cancel(): not a failure of the target, and not
                 # retried.
                 break
+            moved = _moved(err, self._pinned_here, self._request,
+                           len(self._delivered_ids))
+            if moved is not err:
+                self._finished = True
+                raise moved
             self._client._rotate(self._stubs)
             attempts += 1
             try:

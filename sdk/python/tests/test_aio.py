@@ -80,3 +80,31 @@ def test_async_resumed_generate_that_diverges_is_not_joined(server):
             else:
                 raise AssertionError("the diverged output was joined")
     run(main())
+
+
+def test_async_resumed_greedy_generate_on_a_moved_session_is_not_joined(
+        server):
+    # Greedy output could repeat the delivered tokens from another state:
+    # the resume is pinned to the input its first chunk started from.
+    async def main():
+        async with AsyncClient(server.address, max_attempts=40,
+                               max_backoff=0.5,
+                               options=[("grpc.http2.bdp_probe", 0)]) as c:
+            await c.create_session("moved")
+            s = c.session("moved")
+            await s.append("Once upon a time")
+            stream = s.generate(max_tokens=8000, temperature=0,
+                                request_id="greedy")
+            await stream.__anext__()
+            server.kill_and_restart()
+            await s.append(" there was a change")
+            try:
+                async for _ in stream:
+                    pass
+            except StatestreamError as e:
+                assert e.code == grpc.StatusCode.ABORTED
+                assert "input moved" in e.message
+                assert e.reason == "POSITION_MISMATCH"
+            else:
+                raise AssertionError("output from two states was joined")
+    run(main())

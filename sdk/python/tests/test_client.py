@@ -162,6 +162,27 @@ def test_a_resumed_generate_that_diverges_is_not_joined(server, client):
     assert e.value.code == grpc.StatusCode.ABORTED
 
 
+def test_a_resumed_greedy_generate_on_a_moved_session_is_not_joined(
+        server, client):
+    # Greedy output could repeat the delivered tokens from another state:
+    # the resume is pinned to the input its first chunk started from, and
+    # the stream raises ABORTED once the session moved.
+    client.create_session("moved")
+    s = client.session("moved")
+    s.append("Once upon a time")
+    stream = s.generate(max_tokens=8000, temperature=0, request_id="greedy")
+    first = next(stream)
+    assert first.index == 0
+    server.kill_and_restart()
+    s.append(" there was a change")
+    with pytest.raises(StatestreamError) as e:
+        for _ in stream:
+            pass
+    assert e.value.code == grpc.StatusCode.ABORTED
+    assert "input moved" in e.value.message
+    assert e.value.reason == "POSITION_MISMATCH"
+
+
 def test_results_say_the_durability_reached_and_why_generate_stopped(client):
     from statestream.v1 import statestream_pb2 as pb
     client.create_session("d")

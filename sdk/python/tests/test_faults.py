@@ -13,7 +13,7 @@ import grpc
 import grpc.aio
 import pytest
 from google.protobuf import any_pb2
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from statestream import Client, StatestreamError
 from statestream.aio import AsyncClient
@@ -77,6 +77,9 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
                 committed=True, replayed=True, position=5, input_offset=6,
                 version=4, durability=pb.DURABILITY_FSYNC))
             return
+        if request.session_id in ("pinned", "moved"):
+            yield from self._pinned_generate(request, context)
+            return
         if (request.session_id == "unavailable-first" and
                 len(self.generate_requests) == 1):
             context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
@@ -87,6 +90,36 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
             time.sleep(0.01)
         if not context.is_active():
             self.generate_cancelled += 1
+
+    def _pinned_generate(self, request, context):
+        """The first call sends tokens [1, 2] started at input_offset 7,
+        then fails UNAVAILABLE. Later calls: "pinned" repeats them and ends
+        if the request pins offset 7; "moved" (the session moved on) fails
+        POSITION_MISMATCH as the server does when the pin no longer
+        holds."""
+        calls = sum(r.session_id == request.session_id
+                    for r in self.generate_requests)
+        if calls == 1:
+            yield pb.GenerateResponse(chunk=pb.GenerateChunk(
+                index=0, tokens=[1, 2], text_utf8=b"ab",
+                start_input_offset=7))
+            context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
+        if (request.session_id == "moved" or
+                not request.HasField("expected_input_offset") or
+                request.expected_input_offset != 7):
+            info = error_details_pb2.ErrorInfo(
+                reason="POSITION_MISMATCH", domain="statestream.dev",
+                metadata={"input_offset": "9"})
+            status = status_pb2.Status(code=9, message="moved")
+            status.details.add().Pack(info)
+            context.set_trailing_metadata((
+                ("grpc-status-details-bin", status.SerializeToString()),))
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "moved")
+        yield pb.GenerateResponse(chunk=pb.GenerateChunk(
+            index=0, tokens=[1, 2, 3], text_utf8=b"abc",
+            start_input_offset=7))
+        yield pb.GenerateResponse(done=pb.GenerateDone(
+            finish_reason=pb.FINISH_REASON_MAX_TOKENS))
 
     def Append(self, request_iterator, context):
         self.append_calls += 1
@@ -299,6 +332,51 @@ def test_generate_done_has_every_field(fake):
     assert done.committed and done.replayed
     assert (done.position, done.input_offset, done.version) == (5, 6, 4)
     assert done.durability == "DURABILITY_FSYNC"
+
+
+# -- a resumed side-branch Generate runs on the input it started from --------
+#
+# The first chunk says where the generation started (start_input_offset); a
+# request that pinned no offset is pinned there for its resumes, and a
+# resume the server refuses because the session moved on is ABORTED, even
+# though nothing delivered disagrees (greedy output can repeat itself).
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_a_resume_is_pinned_to_where_the_generation_started(fake, aio):
+    if aio:
+        async def main():
+            async with AsyncClient(fake.address, **fast_retries()) as c:
+                return await c.session("pinned").generate_text(max_tokens=3)
+        out = asyncio.run(main())
+    else:
+        with Client(fake.address, **fast_retries()) as c:
+            out = c.session("pinned").generate_text(max_tokens=3)
+    assert out.tokens == [1, 2, 3] and out.text == "abc"
+    first, resumed = fake.generate_requests
+    assert not first.HasField("expected_input_offset")
+    assert resumed.expected_input_offset == 7
+
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_a_resume_on_a_moved_session_is_aborted(fake, aio):
+    delivered = []
+
+    async def consume_async():
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            async for chunk in c.session("moved").generate(max_tokens=3):
+                delivered.extend(chunk.tokens)
+
+    def consume():
+        with Client(fake.address, **fast_retries()) as c:
+            for chunk in c.session("moved").generate(max_tokens=3):
+                delivered.extend(chunk.tokens)
+    with pytest.raises(StatestreamError) as e:
+        asyncio.run(consume_async()) if aio else consume()
+    assert e.value.code == grpc.StatusCode.ABORTED
+    assert e.value.reason == "POSITION_MISMATCH"
+    assert "input_offset 7" in e.value.message
+    assert delivered == [1, 2]
+    assert len(fake.generate_requests) == 2  # not retried further
 
 
 # -- GenerateStream.cancel() ---------------------------------------------------
