@@ -292,6 +292,9 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       spec.top_logprobs = in.top_logprobs;
       spec.clock = m.clock_;
       if (in.max_duration) spec.stop_at = timing->arrival + *in.max_duration;
+      // Only a drain stops a task mid-prompt: retry on another worker
+      // (nothing was committed: checkpoints come after the prompt).
+      spec.stopped_in_prompt = Draining();
       auto work = std::make_shared<EngineState>(s->live);
       const uint64_t start_offset = s->input_offset;
       std::shared_ptr<GenerationCheckpoints> cps;

@@ -193,6 +193,48 @@ TEST_F(SessionManagerTest, ShutdownWaitsForSideBranchGenerations) {
   EXPECT_LT(out->output_tokens, 8000u);
 }
 
+// A drain stops a committing generation still feeding its prompt (up to
+// 262,144 tokens: minutes of prefill on a real model) after the prompt's
+// current chunk: it ends UNAVAILABLE/OVERLOADED, to be retried on another
+// worker, with nothing committed, where the drain used to wait for the
+// whole prompt and commit one token.
+TEST_F(SessionManagerTest, ADrainStopsAGenerationStillFeedingItsPrompt) {
+  Create("p");
+  auto w = Open("p");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  const uint64_t version = store_->GetHead({"t", "p"})->head.version;
+  GenerateInput in;
+  in.request_id = "big";
+  in.commit = true;
+  in.max_tokens = 4;
+  in.prompt_kind = GenerateInput::Prompt::kTokens;
+  in.prompt_tokens.assign(262144, 97);
+  std::atomic<int> pieces{0};
+  absl::Notification done;
+  absl::StatusOr<GenerateOutcome> out;
+  manager_->Generate(
+      "t", "p", in, [&](const GeneratedPiece&) { ++pieces; },
+      [&](absl::StatusOr<GenerateOutcome> o) {
+        out = std::move(o);
+        done.Notify();
+      });
+  // In the scheduler: the drain finds it running, not yet admitted.
+  while (scheduler_->stats().active_tasks == 0) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  manager_->Drain();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kUnavailable)
+      << out.status();
+  EXPECT_EQ(GetReason(out.status()), Reason::kOverloaded);
+  EXPECT_EQ(pieces, 0);
+  auto head = store_->GetHead({"t", "p"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->head.version, version);
+  EXPECT_EQ(head->head.input_offset, 6u);
+}
+
 TEST_F(SessionManagerTest,
        SeededGenerationIsReproducibleAndSideBranchesAreFree) {
   Create("g");

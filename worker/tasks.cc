@@ -93,7 +93,10 @@ void GenerateTask::OnStep(int fed, float* logits) {
     case Phase::kPrompt:
       prompt_next_ += static_cast<size_t>(fed);
       st_->position += static_cast<uint64_t>(fed);
-      if (prompt_next_ < spec_.prompt.size()) return;
+      if (prompt_next_ < spec_.prompt.size()) {
+        if (stop_requested_.load()) stopped_in_prompt_ = finished_ = true;
+        return;
+      }
       if (spec_.max_tokens <= 0) {
         finished_ = true;
         return;
@@ -197,7 +200,8 @@ void GenerateTask::Emit(int32_t token, const engine::LogprobResult* lp) {
 void GenerateTask::OnDone() {
   result_.held_back = text_.substr(text_emitted_);
   result_.sampler = sampler_.state();
-  done_(absl::OkStatus(), result_);
+  done_(stopped_in_prompt_ ? spec_.stopped_in_prompt : absl::OkStatus(),
+        result_);
 }
 
 void GenerateTask::OnError(const absl::Status& s) {

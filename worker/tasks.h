@@ -93,6 +93,10 @@ struct GenerateSpec {
   // Stop gracefully (kCancelled) after the first token sampled at or after
   // this time on `clock` (nullptr = Clock::Real()).
   absl::Time stop_at = absl::InfiniteFuture();
+  // What the task ends with when RequestStop finds it still feeding the
+  // prompt (an error: nothing is sampled yet, so there is nothing to keep).
+  absl::Status stopped_in_prompt =
+      absl::UnavailableError("stopped before the prompt was consumed");
   Clock* clock = nullptr;
   // Continuing a checkpointed generation: its output bytes so far (for stop
   // strings, which match across the two parts) and how many of them were
@@ -138,7 +142,10 @@ class GenerateTask final : public Task {
   void OnError(const absl::Status& s) override;
 
   // Thread-safe: finish gracefully (kCancelled) after the next sampled
-  // token, keeping the output so far (the worker is draining).
+  // token, keeping the output so far (the worker is draining). A task
+  // still feeding its prompt stops after the prompt's current chunk and
+  // ends with spec.stopped_in_prompt instead: a prompt of 262,144 tokens
+  // would otherwise hold a drain for minutes.
   void RequestStop() { stop_requested_.store(true); }
 
  private:
@@ -160,6 +167,7 @@ class GenerateTask final : public Task {
   size_t prompt_next_ = 0;
   int32_t last_token_ = 0;
   bool finished_ = false;
+  bool stopped_in_prompt_ = false;  // RequestStop during kPrompt
   GenerateResult result_;
   std::string text_;         // all output bytes so far (for stop strings)
   size_t text_emitted_ = 0;  // bytes of text_ handed out
