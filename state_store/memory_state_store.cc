@@ -63,6 +63,8 @@ class MemoryStateStore final : public StateStore {
     s.head.model_fingerprint = r.initial_state.model_fingerprint;
     s.head.parent_session_id = r.parent_session_id;
     s.head.parent_version = r.parent_version;
+    s.head.create_request_id = r.request_id;
+    s.head.create_digest = r.request_digest;
     s.head.labels = r.labels;
     s.head.ttl = ttl;
     s.head.created_at = now;

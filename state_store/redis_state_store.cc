@@ -301,7 +301,9 @@ class RedisStateStore final : public StateStore {
         "labels",      store_internal::EncodeStringMap(r.labels),
         "ttl_ms",      absl::StrCat(TtlMs(ttl)),
         "created_ms",  now,
-        "updated_ms",  now};
+        "updated_ms",  now,
+        "create_rid",  r.request_id,
+        "create_dg",   absl::StrCat(r.request_digest)};
     std::vector<std::string> args = {nonce, FenceSalt(),
                                      absl::StrCat(head.size())};
     args.insert(args.end(), head.begin(), head.end());
@@ -979,6 +981,8 @@ class RedisStateStore final : public StateStore {
     s.oldest_version = U64(h, "oldest");
     s.parent_session_id = Get(h, "parent_sid");
     s.parent_version = U64(h, "parent_ver");
+    s.create_request_id = Get(h, "create_rid");
+    s.create_digest = U64(h, "create_dg");
     if (!store_internal::DecodeStringMap(Get(h, "labels"), &s.labels)) {
       return DataLossError(Reason::kStateCorrupt, "session labels are corrupt");
     }

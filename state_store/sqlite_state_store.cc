@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS sessions (
   parent_sid TEXT, parent_ver INTEGER, labels BLOB, ttl_ms INTEGER,
   created_ms INTEGER, updated_ms INTEGER, expires_ms INTEGER,
   head INTEGER, oldest INTEGER, lease_owner TEXT, lease_expires_ms INTEGER,
+  create_rid TEXT DEFAULT '', create_digest INTEGER DEFAULT 0,
   PRIMARY KEY (tenant, sid));
 CREATE TABLE IF NOT EXISTS fences (
   tenant TEXT NOT NULL, sid TEXT NOT NULL, fence INTEGER,
@@ -114,7 +115,7 @@ class Stmt {
 constexpr char kSessionColumns[] =
     "model_id, fingerprint, parent_sid, parent_ver, labels, ttl_ms, "
     "created_ms, updated_ms, expires_ms, head, oldest, lease_owner, "
-    "lease_expires_ms";
+    "lease_expires_ms, create_rid, create_digest";
 constexpr char kVersionColumns[] =
     "version, position, input_offset, tail_bytes, fence, state_bytes, crc, "
     "rolled_back_from, durability, committed_ms";
@@ -187,7 +188,7 @@ class SqliteStateStore final : public StateStore {
     const int64_t ttl_ms = TtlMs(ttl);
     SS_RETURN_IF_ERROR(Stmt(db_,
                             "INSERT OR REPLACE INTO sessions VALUES "
-                            "(?,?,?,?,?,?,?,?,?,?,?,1,1,'',0)")
+                            "(?,?,?,?,?,?,?,?,?,?,?,1,1,'',0,?,?)")
                            .Bind(r.key.tenant)
                            .Bind(r.key.session_id)
                            .Bind(r.model_id)
@@ -199,6 +200,8 @@ class SqliteStateStore final : public StateStore {
                            .Bind(Ms(now))
                            .Bind(Ms(now))
                            .Bind(ExpiryMs(now, ttl_ms))
+                           .Bind(r.request_id)
+                           .Bind(static_cast<int64_t>(r.request_digest))
                            .Run());
     VersionInfo v = si::DescribeVersion(r.initial_state, bytes, 1, fence, 1);
     return Install(r.key, v, bytes, r.durability, now, &txn);
@@ -663,7 +666,9 @@ class SqliteStateStore final : public StateStore {
       h.owner = s.Text(11);
       h.lease_expires_at = absl::FromUnixMillis(s.Int(12));
     }
-    h.fence = s.Int(13);
+    h.create_request_id = s.Text(13);
+    h.create_digest = static_cast<uint64_t>(s.Int(14));
+    h.fence = s.Int(15);
     Stmt v(db_, absl::StrCat("SELECT ", kVersionColumns,
                              " FROM versions WHERE tenant=? AND sid=? AND "
                              "version=?")
@@ -761,14 +766,35 @@ absl::StatusOr<std::unique_ptr<StateStore>> NewSqliteStateStore(
   }
   sqlite3_busy_timeout(
       db, static_cast<int>(absl::ToInt64Milliseconds(options.busy_timeout)));
-  for (const char* sql : {"PRAGMA journal_mode=WAL", kSchema}) {
+  auto exec = [db](const char* sql) -> absl::Status {
     char* err = nullptr;
-    if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
-      const std::string msg = err ? err : "";
-      sqlite3_free(err);
-      sqlite3_close(db);
-      return si::Unavailable(absl::StrCat("sqlite setup: ", msg));
+    if (sqlite3_exec(db, sql, nullptr, nullptr, &err) == SQLITE_OK) {
+      return absl::OkStatus();
     }
+    const std::string msg = err ? err : "";
+    sqlite3_free(err);
+    return si::Unavailable(absl::StrCat("sqlite setup: ", msg));
+  };
+  absl::Status setup = exec("PRAGMA journal_mode=WAL");
+  if (setup.ok()) setup = exec(kSchema);
+  // A database from before the sessions recorded their creating request
+  // gets the columns (empty for its sessions).
+  if (setup.ok()) {
+    bool has_create_rid = false;
+    {
+      Stmt cols(db, "SELECT name FROM pragma_table_info('sessions')");
+      while (cols.Step()) has_create_rid |= cols.Text(0) == "create_rid";
+      setup = cols.status();
+    }
+    if (setup.ok() && !has_create_rid) {
+      setup = exec(
+          "ALTER TABLE sessions ADD COLUMN create_rid TEXT DEFAULT '';"
+          "ALTER TABLE sessions ADD COLUMN create_digest INTEGER DEFAULT 0;");
+    }
+  }
+  if (!setup.ok()) {
+    sqlite3_close(db);
+    return setup;
   }
   return std::unique_ptr<StateStore>(new SqliteStateStore(options, db));
 }

@@ -176,5 +176,51 @@ TEST(SqliteStateStoreTest, SessionsSurviveReopeningAndDurabilityIsHonest) {
   EXPECT_EQ(head->fence, fence);
 }
 
+// A database written before sessions recorded their creating request (no
+// create_rid/create_digest columns) opens: its sessions read with none,
+// and new ones record theirs.
+TEST(SqliteStateStoreTest, ADatabaseWithoutTheRequestColumnsIsUpgraded) {
+  SqliteEnv env;
+  CreateSessionRequest r;
+  r.key = {"acme", "old"};
+  r.model_id = "tiny";
+  r.initial_state = TestSnapshot(1);
+  r.request_id = "create-old";
+  {
+    auto store = env.NewStore(8);
+    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_TRUE((*store)->CreateSession(r).ok());
+  }
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(env.path().c_str(), &db), SQLITE_OK);
+    char* err = nullptr;
+    const int rc =
+        sqlite3_exec(db,
+                     "ALTER TABLE sessions DROP COLUMN create_rid;"
+                     "ALTER TABLE sessions DROP COLUMN create_digest;",
+                     nullptr, nullptr, &err);
+    const std::string msg = err ? err : "";
+    sqlite3_free(err);
+    sqlite3_close(db);
+    ASSERT_EQ(rc, SQLITE_OK) << msg;
+  }
+  auto store = env.NewStore(8);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto old = (*store)->GetHead(r.key);
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_EQ(old->create_request_id, "");
+  EXPECT_EQ(old->model_id, "tiny");
+  CreateSessionRequest next = r;
+  next.key.session_id = "new";
+  next.request_id = "create-new";
+  next.request_digest = 42;
+  ASSERT_TRUE((*store)->CreateSession(next).ok());
+  auto head = (*store)->GetHead(next.key);
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->create_request_id, "create-new");
+  EXPECT_EQ(head->create_digest, 42u);
+}
+
 }  // namespace
 }  // namespace statestream::testing

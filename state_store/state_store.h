@@ -122,6 +122,10 @@ struct SessionHead {
   absl::Duration ttl;
   absl::Time created_at;
   absl::Time updated_at;
+  // CreateSessionRequest::request_id and request_digest ("" and 0 for a
+  // session created without, or by a version that did not record them).
+  std::string create_request_id;
+  uint64_t create_digest = 0;
   // The current fence (bumped by every lease grant and by creation) and the
   // live lease's holder ("" when no lease is live) and its expiry.
   uint64_t fence = 0;
@@ -140,6 +144,11 @@ struct CreateSessionRequest {
   // Version 1. Its model_fingerprint binds the session.
   StateSnapshot initial_state;
   Durability durability = Durability::kMemory;
+  // The API request that creates the session (empty: none) and a digest of
+  // its content, kept with the head (SessionHead::create_request_id) so a
+  // retry of that request finds its session on any worker.
+  std::string request_id;
+  uint64_t request_digest = 0;
 };
 
 struct CommitRequest {

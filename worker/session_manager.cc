@@ -21,18 +21,31 @@ absl::StatusOr<SessionView> SessionManager::Impl::CreateOnce(
     const std::function<absl::StatusOr<bool>(
         const SessionHead&, const CreateSessionRequest&)>& same) {
   const std::string tenant = r.key.tenant;
+  r.request_id = request_id;
+  r.request_digest = digest;
   auto res = store_->CreateSession(r);
-  if (derived && GetReason(res.status()) == Reason::kSessionExists) {
+  if (!request_id.empty() &&
+      GetReason(res.status()) == Reason::kSessionExists) {
+    // A retry of this request that reached another worker (or this one
+    // after a restart) finds its session by the request id the head
+    // records. A head without one (written before heads recorded it) is
+    // this request's only if its id derives from the request id and its
+    // attributes match.
     SS_ASSIGN_OR_RETURN(SessionHead h, store_->GetHead(r.key));
-    if (clock_->Now() - h.created_at <= opt_.request_id_window) {
-      const bool updated = h.updated_at > h.created_at;
-      bool alike =
-          h.model_id == r.model_id &&
-          (updated || (h.labels == r.labels &&
-                       (r.ttl == absl::ZeroDuration() || h.ttl == r.ttl))) &&
-          h.parent_session_id == r.parent_session_id;
-      if (alike) {
-        SS_ASSIGN_OR_RETURN(alike, same(h, r));
+    const bool unrecorded = h.create_request_id.empty();
+    const bool ours = unrecorded ? derived : h.create_request_id == request_id;
+    if (ours && clock_->Now() - h.created_at <= opt_.request_id_window) {
+      bool alike = h.create_digest == digest;
+      if (unrecorded) {
+        const bool updated = h.updated_at > h.created_at;
+        alike =
+            h.model_id == r.model_id &&
+            (updated || (h.labels == r.labels &&
+                         (r.ttl == absl::ZeroDuration() || h.ttl == r.ttl))) &&
+            h.parent_session_id == r.parent_session_id;
+        if (alike) {
+          SS_ASSIGN_OR_RETURN(alike, same(h, r));
+        }
       }
       if (!alike) return DuplicateRequest(request_id);
       Remember(tenant, request_id, r.key.session_id, digest, 1);
@@ -41,8 +54,10 @@ absl::StatusOr<SessionView> SessionManager::Impl::CreateOnce(
                                             h.head.durability, r.durability));
       return ViewOfHead(h);
     }
-    r.key.session_id = NewSessionId();
-    res = store_->CreateSession(r);
+    if (derived) {  // another request's session under the derived id
+      r.key.session_id = NewSessionId();
+      res = store_->CreateSession(r);
+    }
   }
   if (!res.ok()) {
     // A create the store wrote below the durability asked for is this

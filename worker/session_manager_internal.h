@@ -420,14 +420,17 @@ class SessionManager::Impl {
                          std::string* text_out = nullptr,
                          size_t* emitted_out = nullptr);
 
-  // Creates `r` and remembers it under `request_id`. With `derived` (r.key's
-  // id derives from the request id) a session that exists under it is this
-  // request's if created within the window with the same model, labels and
-  // TTL (unless changed since), parent and what `same` checks: an attempt
-  // that failed over from another worker. It is returned at the durability
-  // asked; other content is DUPLICATE_REQUEST. A session older than the
-  // window belongs to an earlier request that reused the id: this one is
-  // created under a fresh id.
+  // Creates `r`, recording `request_id` and `digest` with its head, and
+  // remembers it under `request_id`. A session that exists under r.key and
+  // was created within the window by this request id (an attempt that
+  // failed over from another worker, or ran before a restart) is returned
+  // at the durability asked if `digest` matches, else DUPLICATE_REQUEST.
+  // A head that records no request (written before heads did) counts as
+  // this request's when `derived` (r.key's id derives from the request id)
+  // and it has the same model, labels and TTL (unless changed since),
+  // parent and what `same` checks. With `derived`, a session under the id
+  // that is not this request's (another request's, or older than the
+  // window) leaves this one to be created under a fresh id.
   absl::StatusOr<SessionView> CreateOnce(
       CreateSessionRequest r, bool derived, const std::string& request_id,
       uint64_t digest,

@@ -562,6 +562,48 @@ TEST_F(SessionManagerTest, AGeneratedIdCreateRetriedOnAnotherWorkerIsOnce) {
   EXPECT_NE(second->session_id, first->session_id);
 }
 
+// A create with a client-chosen id, retried on another worker (or the same
+// one after a restart: its request-id memo is gone): the head records the
+// creating request, so the retry gets the session back instead of
+// SESSION_EXISTS; other content under the request id is DUPLICATE_REQUEST,
+// another request id SESSION_EXISTS, and past the window the id is simply
+// taken.
+TEST_F(SessionManagerTest, AChosenIdCreateRetriedOnAnotherWorkerIsOnce) {
+  CreateParams p;
+  p.session_id = "chosen";
+  p.request_id = "create-chosen";
+  p.labels = {{"k", "v"}};
+  auto first = manager_->CreateSession("t", p);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto w = Open("chosen");
+  ASSERT_TRUE(Append(w, 0, "later input", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  SessionManagerOptions o;
+  o.owner = "other-worker";
+  auto other = SessionManager::Create(o, model_.get(), tokenizer_.get(),
+                                      scheduler_.get(), store_.get());
+  ASSERT_TRUE(other.ok()) << other.status();
+  auto retried = (*other)->CreateSession("t", p);
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(retried->session_id, "chosen");
+  EXPECT_EQ(retried->version, 2u);  // the session as it is now
+  EXPECT_EQ(retried->input_offset, 11u);
+  CreateParams changed = p;
+  changed.labels = {{"k", "other"}};
+  EXPECT_EQ(GetReason((*other)->CreateSession("t", changed).status()),
+            Reason::kDuplicateRequest);
+  CreateParams another = p;
+  another.request_id = "create-chosen-2";
+  EXPECT_EQ(GetReason((*other)->CreateSession("t", another).status()),
+            Reason::kSessionExists);
+  o.request_id_window = absl::ZeroDuration();
+  auto third = SessionManager::Create(o, model_.get(), tokenizer_.get(),
+                                      scheduler_.get(), store_.get());
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_EQ(GetReason((*third)->CreateSession("t", p).status()),
+            Reason::kSessionExists);
+}
+
 // The same for an ImportState that creates a session with a generated id:
 // the retry on another worker gets the first attempt's session, a
 // different state under the request id is DUPLICATE_REQUEST.

@@ -134,6 +134,34 @@ TEST_P(StateStoreContractTest, CreateThenGetHeadAndLoad) {
   }
 }
 
+// The head keeps the request that created the session through later
+// commits and updates, so a retry of that request on any worker finds it.
+TEST_P(StateStoreContractTest, TheHeadRecordsTheCreatingRequest) {
+  CreateSessionRequest r = Create(kKey);
+  r.request_id = "create-1";
+  r.request_digest = 0xfedcba9876543210u;  // all 64 bits survive
+  auto created = store_->CreateSession(r);
+  ASSERT_OK(created);
+  auto lease = store_->AcquireLease(kKey, "w1", absl::Seconds(10), false);
+  ASSERT_OK(lease);
+  ASSERT_OK(store_->Commit(Commit(kKey, 1, lease->fence, 2)));
+  SessionUpdate u;
+  u.labels = std::map<std::string, std::string>{{"team", "blue"}};
+  ASSERT_OK(store_->UpdateSession(kKey, u));
+  auto head = store_->GetHead(kKey);
+  ASSERT_OK(head);
+  EXPECT_EQ(head->head.version, 2u);
+  EXPECT_EQ(head->create_request_id, "create-1");
+  EXPECT_EQ(head->create_digest, 0xfedcba9876543210u);
+  // A session created without one records none.
+  const SessionKey other{"acme", "s2"};
+  ASSERT_OK(store_->CreateSession(Create(other)));
+  auto plain = store_->GetHead(other);
+  ASSERT_OK(plain);
+  EXPECT_EQ(plain->create_request_id, "");
+  EXPECT_EQ(plain->create_digest, 0u);
+}
+
 TEST_P(StateStoreContractTest, CreateTwiceIsSessionExists) {
   ASSERT_OK(store_->CreateSession(Create(kKey)));
   EXPECT_ERROR(store_->CreateSession(Create(kKey)), kAlreadyExists,
