@@ -352,10 +352,13 @@ grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
   bool done = false;             // `done` delivered: nothing to resend
   int attempts = 0;
   int64_t skipped = 0;
-  // What the attempts send: once a chunk says which input_offset the
-  // generation started from, a request that pinned none is pinned there,
-  // so a re-run on a session that moved on (whose output may still repeat
-  // what was delivered) is refused instead of joined.
+  // What the attempts send: once the first chunk says which input_offset a
+  // side-branch generation started from, a request that pinned none is
+  // pinned there, so a re-run on a session that moved on (whose output may
+  // still repeat what was delivered) is refused instead of joined. Not a
+  // committing one: the request digest that finds its generation record
+  // (checkpointed or finished) covers expected_input_offset, so it is
+  // re-sent unchanged.
   v1::GenerateRequest attempt_request = request;
   bool pinned_here = false;
   grpc::Status status = ForwardWithFailover(
@@ -374,16 +377,14 @@ grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
             const v1::GenerateChunk& in = msg.chunk();
             v1::GenerateChunk* chunk = out.mutable_chunk();
             chunk->set_index(static_cast<uint32_t>(tokens.size()));
-            if (in.has_start_input_offset()) {
-              if (!attempt_request.has_expected_input_offset()) {
+            if (in.has_start_input_offset() && tokens.empty() && text.empty()) {
+              if (!request.commit() &&
+                  !attempt_request.has_expected_input_offset()) {
                 attempt_request.set_expected_input_offset(
                     in.start_input_offset());
                 pinned_here = true;
               }
-              // The client's first chunk says it too.
-              if (tokens.empty() && text.empty()) {
-                chunk->set_start_input_offset(in.start_input_offset());
-              }
+              chunk->set_start_input_offset(in.start_input_offset());
             }
             for (int i = 0; i < in.tokens_size() && !diverged; ++i) {
               const size_t k = regen_tokens + i;

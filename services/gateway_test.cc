@@ -171,10 +171,11 @@ class GatewayTest : public ::testing::Test {
     req.set_session_id("s");
     return Drain(v1::Sessions::NewStub(channel_)->ExportState(&ctx, req));
   }
-  Streamed<v1::GenerateResponse> GenerateS() {
+  Streamed<v1::GenerateResponse> GenerateS(bool commit = false) {
     grpc::ClientContext ctx;
     v1::GenerateRequest req;
     req.set_session_id("s");
+    req.set_commit(commit);
     return Drain(v1::Streams::NewStub(channel_)->Generate(&ctx, req));
   }
   template <class Resp>
@@ -287,10 +288,11 @@ TEST_F(GatewayTest, AShorterRerunAfterAFailoverIsDiverged) {
   EXPECT_EQ(calls_.load(), 2);
 }
 
-// The first attempt's chunk says the generation started at input_offset
-// 5: the re-run after a failover is pinned there (the request pinned
-// nothing), and the client's first chunk says 5 too. A re-run the worker
-// refuses because the session moved on is diverged, never joined.
+// The first attempt's chunk says the side-branch generation started at
+// input_offset 5: the re-run after a failover is pinned there (the request
+// pinned nothing), and the client's first chunk says 5 too. A re-run the
+// worker refuses because the session moved on is diverged, never joined. A
+// committing request is not pinned.
 TEST_F(GatewayTest, ARerunAfterAFailoverRunsOnTheInputItStartedFrom) {
   using W = grpc::ServerWriter<v1::GenerateResponse>;
   std::vector<std::optional<uint64_t>> pins;
@@ -355,8 +357,20 @@ TEST_F(GatewayTest, ARerunAfterAFailoverRunsOnTheInputItStartedFrom) {
   const absl::Status st = FromGrpcStatus(refused.status);
   EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
   EXPECT_EQ(GetErrorMetadata(st, "delivered_tokens"), "2");
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_EQ(pins, (std::vector<std::optional<uint64_t>>{std::nullopt, 5}));
+    pins.clear();
+    moved = false;
+  }
+  // A committing request is re-sent as it was: the digest that finds its
+  // generation record (checkpointed or finished) covers the offset.
+  calls_ = 0;
+  const auto committed = GenerateS(/*commit=*/true);
+  ASSERT_TRUE(committed.status.ok()) << committed.status.error_message();
   absl::MutexLock lock(&mu);
-  EXPECT_EQ(pins, (std::vector<std::optional<uint64_t>>{std::nullopt, 5}));
+  EXPECT_EQ(pins,
+            (std::vector<std::optional<uint64_t>>{std::nullopt, std::nullopt}));
 }
 
 // Past its replay bound the gateway asks the worker for a checkpoint so the

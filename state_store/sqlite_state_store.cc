@@ -3,6 +3,8 @@
 
 #include <sqlite3.h>
 
+#include <cstring>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -187,8 +189,12 @@ class SqliteStateStore final : public StateStore {
     SS_ASSIGN_OR_RETURN(uint64_t fence, BumpFence(r.key));
     const int64_t ttl_ms = TtlMs(ttl);
     SS_RETURN_IF_ERROR(Stmt(db_,
-                            "INSERT OR REPLACE INTO sessions VALUES "
-                            "(?,?,?,?,?,?,?,?,?,?,?,1,1,'',0,?,?)")
+                            "INSERT OR REPLACE INTO sessions (tenant, sid, "
+                            "model_id, fingerprint, parent_sid, parent_ver, "
+                            "labels, ttl_ms, created_ms, updated_ms, "
+                            "expires_ms, head, oldest, lease_owner, "
+                            "lease_expires_ms, create_rid, create_digest) "
+                            "VALUES (?,?,?,?,?,?,?,?,?,?,?,1,1,'',0,?,?)")
                            .Bind(r.key.tenant)
                            .Bind(r.key.session_id)
                            .Bind(r.model_id)
@@ -778,19 +784,27 @@ absl::StatusOr<std::unique_ptr<StateStore>> NewSqliteStateStore(
   absl::Status setup = exec("PRAGMA journal_mode=WAL");
   if (setup.ok()) setup = exec(kSchema);
   // A database from before the sessions recorded their creating request
-  // gets the columns (empty for its sessions).
+  // gets the columns (empty for its sessions): each one missing is added,
+  // all in one write transaction, so processes opening the file together
+  // add them once and a crash leaves all or none.
+  if (setup.ok()) setup = exec("BEGIN IMMEDIATE");
   if (setup.ok()) {
-    bool has_create_rid = false;
+    std::set<std::string> have;
     {
       Stmt cols(db, "SELECT name FROM pragma_table_info('sessions')");
-      while (cols.Step()) has_create_rid |= cols.Text(0) == "create_rid";
+      while (cols.Step()) have.insert(cols.Text(0));
       setup = cols.status();
     }
-    if (setup.ok() && !has_create_rid) {
-      setup = exec(
-          "ALTER TABLE sessions ADD COLUMN create_rid TEXT DEFAULT '';"
-          "ALTER TABLE sessions ADD COLUMN create_digest INTEGER DEFAULT 0;");
+    for (const char* column :
+         {"create_rid TEXT DEFAULT ''", "create_digest INTEGER DEFAULT 0"}) {
+      const std::string name(column, std::strchr(column, ' '));
+      if (setup.ok() && have.count(name) == 0) {
+        setup = exec(
+            absl::StrCat("ALTER TABLE sessions ADD COLUMN ", column).c_str());
+      }
     }
+    setup = setup.ok() ? exec("COMMIT") : setup;
+    if (!setup.ok()) exec("ROLLBACK").IgnoreError();
   }
   if (!setup.ok()) {
     sqlite3_close(db);

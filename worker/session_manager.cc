@@ -31,7 +31,13 @@ absl::StatusOr<SessionView> SessionManager::Impl::CreateOnce(
     // records. A head without one (written before heads recorded it) is
     // this request's only if its id derives from the request id and its
     // attributes match.
-    SS_ASSIGN_OR_RETURN(SessionHead h, store_->GetHead(r.key));
+    absl::StatusOr<SessionHead> head = store_->GetHead(r.key);
+    // Gone meanwhile (deleted, expired): still "exists" for this attempt.
+    if (GetReason(head.status()) == Reason::kSessionNotFound) {
+      return res.status();
+    }
+    if (!head.ok()) return head.status();
+    SessionHead& h = *head;
     const bool unrecorded = h.create_request_id.empty();
     const bool ours = unrecorded ? derived : h.create_request_id == request_id;
     if (ours && clock_->Now() - h.created_at <= opt_.request_id_window) {

@@ -219,10 +219,13 @@ TEST_F(SessionManagerTest, ADrainStopsAGenerationStillFeedingItsPrompt) {
         out = std::move(o);
         done.Notify();
       });
-  // In the scheduler: the drain finds it running, not yet admitted.
-  while (scheduler_->stats().active_tasks == 0) {
+  // Admitted to the scheduler: the drain finds it feeding its prompt.
+  const absl::Time give_up = absl::Now() + absl::Seconds(60);
+  while (scheduler_->stats().active_tasks == 0 && !done.HasBeenNotified() &&
+         absl::Now() < give_up) {
     absl::SleepFor(absl::Milliseconds(1));
   }
+  ASSERT_FALSE(done.HasBeenNotified()) << out.status();
   manager_->Drain();
   ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(60)));
   EXPECT_EQ(out.status().code(), absl::StatusCode::kUnavailable)

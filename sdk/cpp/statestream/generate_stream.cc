@@ -100,7 +100,8 @@ bool GenerateStream::Next(GenerateChunk* out) {
         CloseCall(/*cancel=*/true);
         return false;
       }
-      if (c.has_start_input_offset() && !request_.has_expected_input_offset()) {
+      if (c.has_start_input_offset() && delivered_ids_.empty() &&
+          delivered_text_ == 0 && !request_.has_expected_input_offset()) {
         request_.set_expected_input_offset(c.start_input_offset());
         pinned_here_ = true;
       }

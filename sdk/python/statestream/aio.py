@@ -607,7 +607,9 @@ class AsyncGenerateStream:
                     self._finished = True
                     self._drop_call()
                     raise diverged
-                if _pin_to_start(self._request, c):
+                if _pin_to_start(self._request, c,
+                                 self._delivered_tokens +
+                                 self._delivered_bytes):
                     self._pinned_here = True
                 n = len(c.tokens)
                 skip = min(n, max(0, self._delivered_tokens - c.index))

@@ -310,13 +310,14 @@ def _diverged(delivered_ids, chunk) -> Optional[StatestreamError]:
     return None
 
 
-def _pin_to_start(request, chunk) -> bool:
+def _pin_to_start(request, chunk, delivered: int) -> bool:
     """Pins the resumes of `request` (when it pins no input_offset) to the
-    one its generation started from, given by its first chunk, so a resume
-    runs on the same input or fails POSITION_MISMATCH: a resume on another
-    input could repeat the delivered tokens (greedy sampling) and go on
-    from another state. True if pinned now."""
-    if (chunk.HasField("start_input_offset") and
+    one its generation started from, given by its first chunk while nothing
+    is `delivered`, so a resume runs on the same input or fails
+    POSITION_MISMATCH: a resume on another input could repeat the delivered
+    tokens (greedy sampling) and go on from another state. True if pinned
+    now."""
+    if (chunk.HasField("start_input_offset") and delivered == 0 and
             not request.HasField("expected_input_offset")):
         request.expected_input_offset = chunk.start_input_offset
         return True
@@ -418,7 +419,9 @@ class GenerateStream:
                 if diverged is not None:
                     self.cancel()
                     raise diverged
-                if _pin_to_start(self._request, c):
+                if _pin_to_start(self._request, c,
+                                 self._delivered_tokens +
+                                 self._delivered_bytes):
                     self._pinned_here = True
                 n = len(c.tokens)
                 skip = min(n, max(0, self._delivered_tokens - c.index))
