@@ -18,6 +18,7 @@
 #include "cli/metrics_flags.h"
 #include "cli/redis_flags.h"
 #include "cli/server_flags.h"
+#include "cli/tenant_flags.h"
 #include "common/malloc_tuning.h"
 #include "services/gateway.h"
 #include "services/tenants.h"
@@ -27,11 +28,6 @@
 ABSL_FLAG(std::string, workers, "",
           "Static worker list HOST:PORT[,...], used besides (or, without "
           "--redis, instead of) the Redis registry.");
-ABSL_FLAG(std::string, api_keys, "",
-          "File of \"TOKEN TENANT\" lines. Callers then authenticate with "
-          "`authorization: Bearer TOKEN`. Without it the gateway runs "
-          "UNAUTHENTICATED (development mode: tenant from the "
-          "x-statestream-tenant header).");
 ABSL_FLAG(std::string, gateway_id, "",
           "Name sent to workers as x-statestream-forwarded-by; default "
           "gateway-HOST-PID.");
@@ -84,20 +80,12 @@ int Run(const std::vector<std::string>& args) {
     return kExitUsage;
   }
   options.router.suspect_for = absl::GetFlag(FLAGS_suspect_for);
-  const std::string keys = absl::GetFlag(FLAGS_api_keys);
-  if (!keys.empty()) {
-    auto auth = TenantAuth::FromFile(keys);
-    if (!auth.ok()) {
-      std::cerr << "statestream gateway: --api-keys: "
-                << auth.status().message() << "\n";
-      return kExitUsage;
-    }
-    options.auth = *std::move(auth);
-  } else {
-    std::cerr << "statestream gateway: WARNING: no --api-keys: running "
-                 "UNAUTHENTICATED; any caller picks its tenant with the "
-                 "x-statestream-tenant header\n";
+  absl::StatusOr<TenantSetup> tenants = TenantSetupFromFlags("gateway");
+  if (!tenants.ok()) {
+    std::cerr << "statestream gateway: " << tenants.status().message() << "\n";
+    return kExitUsage;
   }
+  options.auth = tenants->auth;
   absl::StatusOr<ClientTlsOptions> worker_tls = WorkerTlsFromFlags();
   if (!worker_tls.ok()) {
     std::cerr << "statestream gateway: " << worker_tls.status().message()
@@ -105,13 +93,7 @@ int Run(const std::vector<std::string>& args) {
     return kExitUsage;
   }
   options.worker_tls = *std::move(worker_tls);
-  absl::StatusOr<TenantLimit> limit_defaults = TenantLimitDefaultsFromFlags();
-  if (!limit_defaults.ok()) {
-    std::cerr << "statestream gateway: " << limit_defaults.status().message()
-              << "\n";
-    return kExitUsage;
-  }
-  const TenantLimitsOptions limits{*limit_defaults, options.auth.limits()};
+  const TenantLimitsOptions limits = tenants->limits;
   if (limits.LimitsSessions() && redis.addresses.empty()) {
     std::cerr << "statestream gateway: session limits need --redis (sessions "
                  "are counted in the state store)\n";
@@ -163,7 +145,7 @@ const Command& GatewayCommand() {
       "Append and Generate streams to another worker when one fails.\n"
       "Stops cleanly on SIGINT or SIGTERM.",
       {__FILE__, kServerFlagsFile, kTlsFlagsFile, kGatewaySecurityFlagsFile,
-       kMetricsFlagsFile, kRedisFlagsFile},
+       kTenantFlagsFile, kMetricsFlagsFile, kRedisFlagsFile},
       &Run};
   return kCommand;
 }

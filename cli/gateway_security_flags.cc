@@ -25,14 +25,6 @@ ABSL_FLAG(std::string, worker_tls_server_name, "",
           "Name expected in every worker's certificate instead of the host "
           "of its registered address (e.g. one certificate for all "
           "workers).");
-ABSL_FLAG(int32_t, tenant_max_sessions, 0,
-          "Live sessions each tenant may hold (counted in the state store); "
-          "creating one more fails with RESOURCE_EXHAUSTED/TENANT_LIMIT. 0: "
-          "unlimited. --api-keys may set it per tenant. Needs --redis.");
-ABSL_FLAG(int32_t, tenant_max_streams, 0,
-          "Append and Generate calls each tenant may have open at once on "
-          "this gateway; one more fails with RESOURCE_EXHAUSTED/"
-          "TENANT_LIMIT. 0: unlimited. --api-keys may set it per tenant.");
 
 namespace statestream::cli {
 
@@ -66,17 +58,6 @@ absl::StatusOr<ClientTlsOptions> WorkerTlsFromFlags() {
         absl::StrCat("--worker-tls-*: ", valid.message()));
   }
   return tls;
-}
-
-absl::StatusOr<TenantLimit> TenantLimitDefaultsFromFlags() {
-  TenantLimit limit;
-  limit.max_sessions = absl::GetFlag(FLAGS_tenant_max_sessions);
-  limit.max_streams = absl::GetFlag(FLAGS_tenant_max_streams);
-  if (limit.max_sessions < 0 || limit.max_streams < 0) {
-    return absl::InvalidArgumentError(
-        "--tenant-max-sessions/--tenant-max-streams must be >= 0");
-  }
-  return limit;
 }
 
 }  // namespace statestream::cli

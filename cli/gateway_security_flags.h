@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// The gateway's security flags: TLS towards workers, mutual with a client
-// certificate (--worker-tls-ca, --worker-tls-cert, ...), and the default
-// per-tenant limits (--tenant-max-sessions, --tenant-max-streams).
+// The gateway's security flags towards workers: TLS, mutual with a client
+// certificate (--worker-tls-ca, --worker-tls-cert, ...). Callers' API keys
+// and tenant limits: cli/tenant_flags.h.
 #ifndef STATESTREAM_CLI_GATEWAY_SECURITY_FLAGS_H_
 #define STATESTREAM_CLI_GATEWAY_SECURITY_FLAGS_H_
 
@@ -18,8 +18,6 @@ extern const char kGatewaySecurityFlagsFile[];
 // --worker-tls or any other --worker-tls-* flag. INVALID_ARGUMENT naming
 // the flag.
 absl::StatusOr<ClientTlsOptions> WorkerTlsFromFlags();
-// --tenant-max-sessions, --tenant-max-streams. INVALID_ARGUMENT if negative.
-absl::StatusOr<TenantLimit> TenantLimitDefaultsFromFlags();
 
 }  // namespace statestream::cli
 

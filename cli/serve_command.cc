@@ -20,6 +20,7 @@
 #include "cli/model_flag.h"
 #include "cli/model_loading.h"
 #include "cli/server_flags.h"
+#include "cli/tenant_flags.h"
 #include "cli/worker_flags.h"
 #include "cli/worker_metrics.h"
 #include "common/malloc_tuning.h"
@@ -48,6 +49,7 @@ struct ServeOptions {
   worker::SessionManagerOptions sessions;
   worker::SchedulerOptions scheduler;
   std::string metrics_listen;  // empty: no /metrics
+  TenantSetup tenants;         // API keys and limits
 };
 
 // Everything the services point into, destroyed in reverse order.
@@ -150,7 +152,17 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
                          options.metrics_listen);
   if (!http.ok()) return http.status();
   w->metrics_http = *std::move(http);
-  ServiceSet set = worker::PublicApiServices(w->models->set.get());
+  auto policy = std::make_shared<worker::CallerPolicy>();
+  policy->auth = options.tenants.auth;
+  if (options.tenants.limits.LimitsSessions() ||
+      options.tenants.limits.LimitsStreams()) {
+    // Sessions are counted in the embedded store, which outlives the
+    // services (ServiceSet::Own below).
+    policy->limits =
+        std::make_shared<TenantLimits>(options.tenants.limits, w->store.get());
+  }
+  ServiceSet set =
+      worker::PublicApiServices(w->models->set.get(), std::move(policy));
   set.Own(std::move(w));
   return set;
 }
@@ -178,11 +190,12 @@ int Run(const std::vector<std::string>& args) {
   options.device = *std::move(device);
   ApplyWorkerFlags(&options.sessions, &options.scheduler);
   options.metrics_listen = MetricsListenFromFlag();
-  // `serve` has no API keys: say so once, loudly.
-  std::cerr << "statestream serve: WARNING: running UNAUTHENTICATED: any "
-               "caller picks its tenant with the x-statestream-tenant header "
-               "(put `statestream gateway --api-keys` in front to "
-               "authenticate)\n";
+  auto tenants = TenantSetupFromFlags("serve");
+  if (!tenants.ok()) {
+    std::cerr << "statestream serve: " << tenants.status().message() << "\n";
+    return kExitUsage;
+  }
+  options.tenants = *std::move(tenants);
   TuneMallocForLargeBuffers();  // multi-MB states: docs/state-store.md
   // On SIGTERM, before gRPC drains: stop admitting (UNAVAILABLE with a
   // retry hint), end running generations gracefully (committed, finish
@@ -216,10 +229,13 @@ const Command& ServeCommand() {
       "(ids \"a\" and \"chat\"; the first is the default model; --vocab\n"
       "entries pair with --model entries, and an empty one, or no --vocab,\n"
       "means rwkv_vocab_v20230424.txt beside the model; byte-level models\n"
-      "need none). Stops cleanly on SIGINT or SIGTERM.",
-      {__FILE__, kServerFlagsFile, kTlsFlagsFile, kMetricsFlagsFile,
-       kModelFlagFile, kVocabFlagFile, kDeviceFlagFile, kEngineFlagsFile,
-       kWorkerFlagsFile},
+      "need none). With --api-keys FILE callers authenticate with\n"
+      "`authorization: Bearer TOKEN` (else any caller picks its tenant);\n"
+      "--tenant-max-sessions/--tenant-max-streams limit each tenant.\n"
+      "Stops cleanly on SIGINT or SIGTERM.",
+      {__FILE__, kServerFlagsFile, kTlsFlagsFile, kTenantFlagsFile,
+       kMetricsFlagsFile, kModelFlagFile, kVocabFlagFile, kDeviceFlagFile,
+       kEngineFlagsFile, kWorkerFlagsFile},
       &Run};
   return kCommand;
 }

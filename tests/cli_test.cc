@@ -100,7 +100,12 @@ TEST(CliTest, BadFlagValuesAreUsageErrors) {
            {"serve", "--listen=127.0.0.1:0", "--health-listen=no-port"},
            {"serve", "--listen=127.0.0.1:0", "--max-receive-message-bytes=-1"},
            {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
-            "--max-send-message-bytes=0"}}) {
+            "--max-send-message-bytes=0"},
+           {"serve", "--listen=127.0.0.1:0", "--api-keys=/nonexistent/keys"},
+           {"serve", "--listen=127.0.0.1:0", "--tenant-max-streams=-1"},
+           {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
+            "--api-keys=/nonexistent/keys"},
+           {"worker", "--api-keys=/tmp/keys"}}) {
     e2e::RunResult r = Statestream(args);
     EXPECT_EQ(r.exit_code, 2) << args.back();
     EXPECT_NE(r.err, "") << args.back();

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <regex>
 #include <string>
@@ -466,6 +467,85 @@ TEST_F(SdkTest, FailsOverToTheNextTarget) {
   auto ack = (*c)->OpenSession("failover").AppendText("over there");
   ASSERT_TRUE(ack.ok()) << ack.status();
   EXPECT_EQ(ack->committed_input_offset(), 10u);
+}
+
+// `serve --api-keys` authenticates every call itself (no gateway in front)
+// and enforces the tenants' limits: sessions counted in its store (a retry
+// of a create that succeeded still gets its session at the limit), and
+// Append/Generate streams open at once.
+TEST_F(SdkTest, ServeWithApiKeysAuthenticatesAndLimitsTenants) {
+  const std::string keys = (dir_ / "keys.txt").string();
+  const std::string key_a = "key-a-0123456789abcdef";
+  const std::string key_b = "key-b-0123456789abcdef";
+  std::ofstream(keys) << "# token tenant [limits]\n"
+                      << key_a << " tenant-a max_sessions=2 max_streams=1\n"
+                      << key_b << " tenant-b\n";
+  ASSERT_NO_FATAL_FAILURE(
+      StartServer({"--api-keys=" + keys, "--tenant-max-streams=4"}));
+  auto connect = [&](const std::string& key, const std::string& tenant) {
+    ClientOptions options;
+    options.targets = {server_->address()};
+    options.api_key = key;
+    options.tenant = tenant;
+    return std::move(Client::Create(options).value());
+  };
+  auto a = connect(key_a, "");
+  auto b = connect(key_b, "");
+
+  // Authentication: no key, an unknown key, or a tenant header instead.
+  for (const auto& [key, tenant] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"", ""}, {"unknown-0123456789abcdef", ""}, {"", "tenant-a"}}) {
+    absl::Status st = connect(key, tenant)->ListModels().status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kUnauthenticated) << st;
+    EXPECT_EQ(GetReason(st), Reason::kUnauthenticated) << st;
+  }
+  ASSERT_TRUE(a->ListModels().ok());
+
+  // Sessions: two for tenant-a; a retry of the first create is its session,
+  // not a third; a third is refused; tenant-b is not affected and cannot
+  // see tenant-a's.
+  v1::CreateSessionRequest first;
+  first.set_session_id("a1");
+  first.set_request_id("create-a1");
+  ASSERT_TRUE(a->CreateSession(first).ok());
+  v1::CreateSessionRequest second;
+  second.set_session_id("a2");
+  ASSERT_TRUE(a->CreateSession(second).ok());
+  auto again = a->CreateSession(first);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->session_id(), "a1");
+  v1::CreateSessionRequest third;
+  third.set_session_id("a3");
+  absl::Status refused = a->CreateSession(third).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_EQ(GetReason(refused), Reason::kTenantLimit);
+  EXPECT_EQ(GetErrorMetadata(refused, "limit"), "max_sessions");
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(b->CreateSession({}).ok());
+  EXPECT_EQ(GetReason(b->OpenSession("a1").Get().status()),
+            Reason::kSessionNotFound);
+
+  // Streams: tenant-a may have one open; a second Append or a Generate is
+  // refused while it is; tenant-b streams meanwhile.
+  auto writer = a->OpenSession("a1").OpenAppend();
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->Write("open stream").ok());
+  ASSERT_TRUE((*writer)->Sync().ok());
+  absl::Status busy = a->OpenSession("a2").AppendText("refused").status();
+  EXPECT_EQ(GetReason(busy), Reason::kTenantLimit) << busy;
+  EXPECT_EQ(GetErrorMetadata(busy, "limit"), "max_streams");
+  v1::GenerateRequest g;
+  g.set_max_tokens(4);
+  EXPECT_EQ(GetReason(a->OpenSession("a1").GenerateAll(g).status()),
+            Reason::kTenantLimit);
+  auto b_session = b->CreateSession({});
+  ASSERT_TRUE(b_session.ok()) << b_session.status();
+  EXPECT_TRUE(b->OpenSession(b_session->session_id()).AppendText("b").ok());
+  // Closing the stream frees the slot before the client sees it end.
+  ASSERT_TRUE((*writer)->Close().ok());
+  writer->reset();
+  auto ack = a->OpenSession("a2").AppendText("now");
+  EXPECT_TRUE(ack.ok()) << ack.status();
 }
 
 TEST_F(SdkTest, SessionCalls) {

@@ -8,6 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/session_ids.h"
 #include "common/status.h"
 #include "worker/engine/utf8.h"
 #include "worker/metrics.h"
@@ -58,22 +59,38 @@ void ToTimestamp(absl::Time t, google::protobuf::Timestamp* out) {
 
 }  // namespace
 
-absl::StatusOr<std::string> TenantOf(const grpc::CallbackServerContext& ctx) {
+absl::StatusOr<std::string> TenantOf(const grpc::CallbackServerContext& ctx,
+                                     const CallerPolicy& policy) {
   const auto& md = ctx.client_metadata();
-  auto it = md.find("x-statestream-tenant");
-  if (it == md.end()) return std::string("default");
-  std::string tenant(it->second.data(), it->second.size());
-  bool ok = !tenant.empty() && tenant.size() <= 64;
-  for (char c : tenant) {
-    ok = ok && (absl::ascii_islower(c) || absl::ascii_isdigit(c) || c == '_' ||
-                c == '-');
+  auto get = [&md](const char* key) -> std::optional<absl::string_view> {
+    auto it = md.find(key);
+    if (it == md.end()) return std::nullopt;
+    return absl::string_view(it->second.data(), it->second.size());
+  };
+  return policy.auth.Authenticate(get("authorization"),
+                                  get("x-statestream-tenant"));
+}
+
+absl::StatusOr<std::unique_ptr<TenantLimits::StreamSlot>> HoldStream(
+    const CallerPolicy& policy, const std::string& tenant) {
+  if (policy.limits == nullptr) return nullptr;
+  SS_ASSIGN_OR_RETURN(TenantLimits::StreamSlot slot,
+                      policy.limits->AcquireStream(tenant));
+  return std::make_unique<TenantLimits::StreamSlot>(std::move(slot));
+}
+
+absl::Status CheckSessionQuota(const CallerPolicy& policy,
+                               const std::string& tenant,
+                               const std::string& session_id,
+                               const std::string& request_id,
+                               absl::Duration request_id_window) {
+  if (policy.limits == nullptr) return absl::OkStatus();
+  if (!session_id.empty()) {
+    return policy.limits->CheckNewSession(tenant, session_id);
   }
-  if (!ok) {
-    return MakeError(absl::StatusCode::kUnauthenticated,
-                     Reason::kUnauthenticated,
-                     "x-statestream-tenant must be 1-64 bytes of [a-z0-9_-]");
-  }
-  return tenant;
+  return policy.limits->CheckNewSession(
+      tenant, request_id.empty() ? "" : DerivedSessionId(tenant, request_id),
+      request_id_window);
 }
 
 absl::Status CheckRequestId(const std::string& id) {

@@ -13,6 +13,7 @@
 #include "state_store/state_store.h"
 #include "statestream/v1/statestream.pb.h"
 #include "worker/session_manager.h"
+#include "worker/worker_service.h"
 
 namespace grpc {
 class CallbackServerContext;
@@ -20,9 +21,26 @@ class CallbackServerContext;
 
 namespace statestream::worker {
 
-// Development mode: the `x-statestream-tenant` header, or "default".
-// UNAUTHENTICATED for a malformed tenant name.
-absl::StatusOr<std::string> TenantOf(const grpc::CallbackServerContext& ctx);
+// The caller's tenant under `policy.auth` (TenantAuth::Authenticate of the
+// `authorization` and `x-statestream-tenant` metadata); UNAUTHENTICATED.
+absl::StatusOr<std::string> TenantOf(const grpc::CallbackServerContext& ctx,
+                                     const CallerPolicy& policy);
+
+// One of `tenant`'s stream slots, held until destroyed (null without
+// limits), or RESOURCE_EXHAUSTED/TENANT_LIMIT.
+absl::StatusOr<std::unique_ptr<TenantLimits::StreamSlot>> HoldStream(
+    const CallerPolicy& policy, const std::string& tenant);
+
+// OK if `tenant` may create the session a create (or creating import) with
+// these ids makes, or TENANT_LIMIT (TenantLimits::CheckNewSession): a
+// session that exists already under the id (a retry) passes, for the
+// manager to answer; a server-generated id is derived from the request id
+// and counts as existing only within `request_id_window`.
+absl::Status CheckSessionQuota(const CallerPolicy& policy,
+                               const std::string& tenant,
+                               const std::string& session_id,
+                               const std::string& request_id,
+                               absl::Duration request_id_window);
 
 // 1-64 bytes of [A-Za-z0-9._:-]; INVALID_ARGUMENT (field=request_id).
 absl::Status CheckRequestId(const std::string& request_id);

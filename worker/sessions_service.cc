@@ -103,11 +103,11 @@ class TransferBudget {
 class ExportReactor final
     : public grpc::ServerWriteReactor<v1::ExportStateResponse> {
  public:
-  ExportReactor(ModelSet* models, Executor* pool, TransferBudget* budget,
-                grpc::CallbackServerContext* ctx,
+  ExportReactor(ModelSet* models, const CallerPolicy* policy, Executor* pool,
+                TransferBudget* budget, grpc::CallbackServerContext* ctx,
                 const v1::ExportStateRequest* req)
       : budget_(budget) {
-    absl::StatusOr<std::string> tenant = TenantOf(*ctx);
+    absl::StatusOr<std::string> tenant = TenantOf(*ctx, *policy);
     absl::Status st = tenant.status();
     if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
     if (!st.ok()) {
@@ -191,15 +191,27 @@ class ExportReactor final
 class ImportReactor final
     : public grpc::ServerReadReactor<v1::ImportStateRequest> {
  public:
-  ImportReactor(ModelSet* models, Executor* pool, TransferBudget* budget,
-                grpc::CallbackServerContext* ctx, v1::Session* out)
-      : models_(models), pool_(pool), budget_(budget), out_(out) {
-    absl::StatusOr<std::string> tenant = TenantOf(*ctx);
+  ImportReactor(ModelSet* models, const CallerPolicy* policy, Executor* pool,
+                TransferBudget* budget, grpc::CallbackServerContext* ctx,
+                v1::Session* out)
+      : models_(models),
+        policy_(policy),
+        pool_(pool),
+        budget_(budget),
+        out_(out) {
+    absl::StatusOr<std::string> tenant = TenantOf(*ctx, *policy);
     if (!tenant.ok()) {
       Finish(ToGrpcStatus(tenant.status()));
       return;
     }
     tenant_ = *tenant;
+    // An import is a stream (its chunks), counted like Append.
+    auto slot = HoldStream(*policy, tenant_);
+    if (!slot.ok()) {
+      Finish(ToGrpcStatus(slot.status()));
+      return;
+    }
+    slot_ = *std::move(slot);
     StartRead(&req_);
   }
 
@@ -215,6 +227,7 @@ class ImportReactor final
   // The budget is free again before the client sees the call end.
   void FinishAndRelease(const absl::Status& status) {
     hold_.Release();
+    slot_.reset();
     Finish(ToGrpcStatus(status));
   }
 
@@ -315,21 +328,29 @@ class ImportReactor final
         std::optional<uint64_t> expected;
         if (header_.has_expected_version())
           expected = header_.expected_version();
-        auto v = m_->Import(tenant_, blob_,
-                            header_.mode() == v1::IMPORT_MODE_NEW_VERSION, p,
-                            expected);
-        st = v.status();
-        if (v.ok()) SessionToProto(*v, out_);
+        const bool new_version = header_.mode() == v1::IMPORT_MODE_NEW_VERSION;
+        if (!new_version) {
+          st = CheckSessionQuota(*policy_, tenant_, p.session_id, p.request_id,
+                                 m_->options().request_id_window);
+        }
+        if (st.ok()) {
+          auto v = m_->Import(tenant_, blob_, new_version, p, expected);
+          st = v.status();
+          if (v.ok()) SessionToProto(*v, out_);
+        }
       }
     }
     FinishAndRelease(st);
   }
 
   ModelSet* const models_;
+  const CallerPolicy* const policy_;
   SessionManager* m_ = nullptr;  // the state's model, once the header is read
   Executor* pool_;
   TransferBudget* const budget_;
   TransferBudget::Hold hold_;  // once the header is read
+  // The tenant's stream slot (null without limits) until the call ends.
+  std::unique_ptr<TenantLimits::StreamSlot> slot_;
   v1::Session* out_;
   std::string tenant_;
   v1::ImportStateRequest req_;
@@ -341,8 +362,9 @@ class ImportReactor final
 
 class SessionsService final : public v1::Sessions::CallbackService {
  public:
-  explicit SessionsService(ModelSet* models)
+  SessionsService(ModelSet* models, std::shared_ptr<const CallerPolicy> policy)
       : models_(models),
+        policy_(std::move(policy)),
         budget_(models->default_manager().options().max_transfer_bytes),
         pool_(4) {}
 
@@ -350,7 +372,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
                                           const v1::CreateSessionRequest* req,
                                           v1::Session* out) override {
     return Offload(ctx, [this, ctx, req, out]() -> absl::Status {
-      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx));
+      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx, *policy_));
       absl::Status st = CheckRequestId(req->request_id());
       if (st.ok() && !req->session_id().empty()) {
         st = CheckSessionId(req->session_id(), "session_id");
@@ -380,6 +402,9 @@ class SessionsService final : public v1::Sessions::CallbackService {
       } else {
         SS_ASSIGN_OR_RETURN(m, models_->ForModel(p.model_id));
       }
+      SS_RETURN_IF_ERROR(CheckSessionQuota(*policy_, tenant, p.session_id,
+                                           p.request_id,
+                                           m->options().request_id_window));
       auto v = m->CreateSession(tenant, p);
       if (v.ok()) SessionToProto(*v, out);
       return v.status();
@@ -390,7 +415,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
                                        const v1::GetSessionRequest* req,
                                        v1::Session* out) override {
     return Offload(ctx, [this, ctx, req, out]() -> absl::Status {
-      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx));
+      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx, *policy_));
       if (absl::Status st = CheckSessionId(req->session_id(), "session_id");
           !st.ok()) {
         return st;
@@ -406,7 +431,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
       grpc::CallbackServerContext* ctx, const v1::ListSessionsRequest* req,
       v1::ListSessionsResponse* out) override {
     return Offload(ctx, [this, ctx, req, out]() -> absl::Status {
-      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx));
+      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx, *policy_));
       // Every manager lists the shared store, sessions of all models.
       auto page = models_->default_manager().ListSessions(
           tenant, static_cast<int>(std::min<uint32_t>(req->page_size(), 1000)),
@@ -427,7 +452,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
                                           const v1::UpdateSessionRequest* req,
                                           v1::Session* out) override {
     return Offload(ctx, [this, ctx, req, out]() -> absl::Status {
-      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx));
+      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx, *policy_));
       absl::Status st = CheckRequestId(req->request_id());
       if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
       if (st.ok() && req->update_mask().paths_size() == 0) {
@@ -462,7 +487,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
                                           const v1::DeleteSessionRequest* req,
                                           v1::DeleteSessionResponse*) override {
     return Offload(ctx, [this, ctx, req]() -> absl::Status {
-      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx));
+      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx, *policy_));
       absl::Status st = CheckRequestId(req->request_id());
       if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
       if (st.ok()) {
@@ -478,7 +503,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
       grpc::CallbackServerContext* ctx, const v1::ListVersionsRequest* req,
       v1::ListVersionsResponse* out) override {
     return Offload(ctx, [this, ctx, req, out]() -> absl::Status {
-      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx));
+      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx, *policy_));
       if (absl::Status st = CheckSessionId(req->session_id(), "session_id");
           !st.ok()) {
         return st;
@@ -514,7 +539,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
       grpc::CallbackServerContext* ctx, const v1::RollbackSessionRequest* req,
       v1::Session* out) override {
     return Offload(ctx, [this, ctx, req, out]() -> absl::Status {
-      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx));
+      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx, *policy_));
       absl::Status st = CheckRequestId(req->request_id());
       if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
       if (st.ok() && req->version() == 0)
@@ -535,12 +560,14 @@ class SessionsService final : public v1::Sessions::CallbackService {
   grpc::ServerWriteReactor<v1::ExportStateResponse>* ExportState(
       grpc::CallbackServerContext* ctx,
       const v1::ExportStateRequest* req) override {
-    return new ExportReactor(models_, &pool_, &budget_, ctx, req);
+    return new ExportReactor(models_, policy_.get(), &pool_, &budget_, ctx,
+                             req);
   }
 
   grpc::ServerReadReactor<v1::ImportStateRequest>* ImportState(
       grpc::CallbackServerContext* ctx, v1::Session* out) override {
-    return new ImportReactor(models_, &pool_, &budget_, ctx, out);
+    return new ImportReactor(models_, policy_.get(), &pool_, &budget_, ctx,
+                             out);
   }
 
  private:
@@ -561,14 +588,16 @@ class SessionsService final : public v1::Sessions::CallbackService {
   }
 
   ModelSet* const models_;
+  const std::shared_ptr<const CallerPolicy> policy_;  // outlives the reactors
   TransferBudget budget_;  // outlives the reactors (the server stops first)
   Executor pool_;
 };
 
 }  // namespace
 
-std::unique_ptr<grpc::Service> NewSessionsService(ModelSet* models) {
-  return std::make_unique<SessionsService>(models);
+std::unique_ptr<grpc::Service> NewSessionsService(
+    ModelSet* models, std::shared_ptr<const CallerPolicy> policy) {
+  return std::make_unique<SessionsService>(models, std::move(policy));
 }
 
 }  // namespace statestream::worker

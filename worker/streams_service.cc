@@ -89,7 +89,7 @@ class AppendReactor final
   using ThisReactor = AppendReactor;
 
  public:
-  AppendReactor(ModelSet* models, Executor* pool,
+  AppendReactor(ModelSet* models, const CallerPolicy* policy, Executor* pool,
                 grpc::CallbackServerContext* ctx)
       : models_(models),
         pool_(pool),
@@ -98,12 +98,18 @@ class AppendReactor final
       absl::MutexLock lock(&link_->mu);
       link_->reactor = this;
     }
-    auto tenant = TenantOf(*ctx);
+    auto tenant = TenantOf(*ctx, *policy);
     if (!tenant.ok()) {
       Fail(tenant.status());
       return;
     }
     tenant_ = *tenant;
+    auto slot = HoldStream(*policy, tenant_);
+    if (!slot.ok()) {
+      Fail(slot.status());
+      return;
+    }
+    slot_ = *std::move(slot);
     StartRead(&req_);
   }
 
@@ -338,10 +344,13 @@ class AppendReactor final
     finished_ = true;
     CountError(models_->default_manager(), *finish_);
     finish_now_ = ToGrpcStatus(*finish_);
+    slot_.reset();  // free before the client sees the call end
   }
 
   ModelSet* const models_;
   Executor* const pool_;
+  // The tenant's stream slot (null without limits) until the call ends.
+  std::unique_ptr<TenantLimits::StreamSlot> slot_ ABSL_GUARDED_BY(mu_);
   // The session's model's manager; set with writer_.
   SessionManager* m_ = nullptr;
   std::shared_ptr<Link<AppendReactor>> link_;
@@ -374,9 +383,10 @@ class GenerateReactor final
   using ThisReactor = GenerateReactor;
 
  public:
-  GenerateReactor(ModelSet* models, grpc::CallbackServerContext* ctx,
+  GenerateReactor(ModelSet* models, const CallerPolicy* policy,
+                  grpc::CallbackServerContext* ctx,
                   const v1::GenerateRequest* req)
-      : models_(models) {
+      : models_(models), policy_(policy) {
     absl::Status st = Start(ctx, *req);
     if (!st.ok()) {
       Locked<ThisReactor> lock(this);
@@ -415,7 +425,12 @@ class GenerateReactor final
  private:
   absl::Status Start(grpc::CallbackServerContext* ctx,
                      const v1::GenerateRequest& r) {
-    SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx));
+    SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx, *policy_));
+    {
+      SS_ASSIGN_OR_RETURN(auto slot, HoldStream(*policy_, tenant));
+      Locked<ThisReactor> lock(this);
+      slot_ = std::move(slot);
+    }
     SS_RETURN_IF_ERROR(CheckSessionId(r.session_id(), "session_id"));
     SS_RETURN_IF_ERROR(CheckRequestId(r.request_id()));
     GenerateInput in;
@@ -624,10 +639,14 @@ class GenerateReactor final
     finished_ = true;
     CountError(models_->default_manager(), *finish_);
     finish_now_ = ToGrpcStatus(*finish_);
+    slot_.reset();  // free before the client sees the call end
   }
 
   ModelSet* const models_;
+  const CallerPolicy* const policy_;
   absl::Mutex mu_;
+  // The tenant's stream slot (null without limits) until the call ends.
+  std::unique_ptr<TenantLimits::StreamSlot> slot_ ABSL_GUARDED_BY(mu_);
   // Set once Run() has handed the request to the manager (or given up).
   bool routed_ ABSL_GUARDED_BY(mu_) = false;
   std::shared_ptr<SessionManager::Job> job_ ABSL_GUARDED_BY(mu_);
@@ -646,10 +665,11 @@ class GenerateReactor final
 // Score, cancelled when the client goes away (OnCancel).
 class ScoreReactor final : public grpc::ServerUnaryReactor {
  public:
-  ScoreReactor(ModelSet* models, grpc::CallbackServerContext* ctx,
-               const v1::ScoreRequest* req, v1::ScoreResponse* out)
+  ScoreReactor(ModelSet* models, const CallerPolicy* policy,
+               grpc::CallbackServerContext* ctx, const v1::ScoreRequest* req,
+               v1::ScoreResponse* out)
       : models_(models) {
-    auto tenant = TenantOf(*ctx);
+    auto tenant = TenantOf(*ctx, *policy);
     absl::Status st = tenant.status();
     if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
     if (st.ok() && req->top_logprobs() > 20) {
@@ -764,27 +784,29 @@ class ScoreReactor final : public grpc::ServerUnaryReactor {
 
 class StreamsService final : public v1::Streams::CallbackService {
  public:
-  explicit StreamsService(ModelSet* models) : models_(models), pool_(8) {}
+  StreamsService(ModelSet* models, std::shared_ptr<const CallerPolicy> policy)
+      : models_(models), policy_(std::move(policy)), pool_(8) {}
 
   grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>* Append(
       grpc::CallbackServerContext* ctx) override {
-    return new AppendReactor(models_, &pool_, ctx);
+    return new AppendReactor(models_, policy_.get(), &pool_, ctx);
   }
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* ctx,
       const v1::GenerateRequest* req) override {
-    return new GenerateReactor(models_, ctx, req);
+    return new GenerateReactor(models_, policy_.get(), ctx, req);
   }
 
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx,
                                   const v1::ScoreRequest* req,
                                   v1::ScoreResponse* out) override {
-    return new ScoreReactor(models_, ctx, req, out);
+    return new ScoreReactor(models_, policy_.get(), ctx, req, out);
   }
 
  private:
   ModelSet* const models_;
+  const std::shared_ptr<const CallerPolicy> policy_;  // outlives the reactors
   // Opens Append calls' writers (session loads); outlives the reactors
   // (the server stops first).
   Executor pool_;
@@ -792,8 +814,9 @@ class StreamsService final : public v1::Streams::CallbackService {
 
 }  // namespace
 
-std::unique_ptr<grpc::Service> NewStreamsService(ModelSet* models) {
-  return std::make_unique<StreamsService>(models);
+std::unique_ptr<grpc::Service> NewStreamsService(
+    ModelSet* models, std::shared_ptr<const CallerPolicy> policy) {
+  return std::make_unique<StreamsService>(models, std::move(policy));
 }
 
 }  // namespace statestream::worker

@@ -16,12 +16,18 @@ namespace {
 
 class ModelsService final : public v1::Models::CallbackService {
  public:
-  explicit ModelsService(ModelSet* models) : models_(models) {}
+  ModelsService(ModelSet* models, std::shared_ptr<const CallerPolicy> policy)
+      : models_(models), policy_(std::move(policy)) {}
 
   // Ordered by model_id.
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* ctx,
                                        const v1::ListModelsRequest*,
                                        v1::ListModelsResponse* out) override {
+    if (auto tenant = TenantOf(*ctx, *policy_); !tenant.ok()) {
+      auto* r = ctx->DefaultReactor();
+      r->Finish(ToGrpcStatus(tenant.status()));
+      return r;
+    }
     std::vector<const SessionManager*> sorted(models_->managers().begin(),
                                               models_->managers().end());
     std::sort(sorted.begin(), sorted.end(), [](const auto* a, const auto* b) {
@@ -37,6 +43,10 @@ class ModelsService final : public v1::Models::CallbackService {
                                      const v1::GetModelRequest* req,
                                      v1::Model* out) override {
     auto* r = ctx->DefaultReactor();
+    if (auto tenant = TenantOf(*ctx, *policy_); !tenant.ok()) {
+      r->Finish(ToGrpcStatus(tenant.status()));
+      return r;
+    }
     // An empty id is not the default model here: GetModel names one.
     absl::StatusOr<SessionManager*> m =
         req->model_id().empty()
@@ -54,19 +64,24 @@ class ModelsService final : public v1::Models::CallbackService {
 
  private:
   ModelSet* models_;
+  const std::shared_ptr<const CallerPolicy> policy_;
 };
 
 }  // namespace
 
-std::unique_ptr<grpc::Service> NewModelsService(ModelSet* models) {
-  return std::make_unique<ModelsService>(models);
+std::unique_ptr<grpc::Service> NewModelsService(
+    ModelSet* models, std::shared_ptr<const CallerPolicy> policy) {
+  return std::make_unique<ModelsService>(models, std::move(policy));
 }
 
-ServiceSet PublicApiServices(ModelSet* models) {
+ServiceSet PublicApiServices(ModelSet* models,
+                             std::shared_ptr<const CallerPolicy> policy) {
+  if (policy == nullptr) policy = std::make_shared<const CallerPolicy>();
   ServiceSet set;
-  set.Add(v1::Sessions::service_full_name(), NewSessionsService(models));
-  set.Add(v1::Streams::service_full_name(), NewStreamsService(models));
-  set.Add(v1::Models::service_full_name(), NewModelsService(models));
+  set.Add(v1::Sessions::service_full_name(),
+          NewSessionsService(models, policy));
+  set.Add(v1::Streams::service_full_name(), NewStreamsService(models, policy));
+  set.Add(v1::Models::service_full_name(), NewModelsService(models, policy));
   return set;
 }
 

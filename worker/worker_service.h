@@ -10,21 +10,39 @@
 #include <memory>
 
 #include "services/service_set.h"
+#include "services/tenants.h"
 #include "worker/model_set.h"
 #include "worker/session_manager.h"
 
 namespace statestream::worker {
 
+// Who may call the services and what a tenant may hold through them. A
+// worker behind gateways keeps the defaults (the gateway authenticates and
+// passes the tenant in x-statestream-tenant; the gateways enforce the
+// limits); `statestream serve`, with no gateway in front, may set both.
+struct CallerPolicy {
+  // Default: development mode (x-statestream-tenant, or "default").
+  TenantAuth auth;
+  // Null: no limits. Sessions (CreateSession, forks, creating
+  // ImportState) and open streams (Append, Generate, ImportState).
+  std::shared_ptr<TenantLimits> limits;
+};
+
 // The three services over every model of `models`, which must outlive them
-// (keep it alive with ServiceSet::Own).
-ServiceSet PublicApiServices(ModelSet* models);
+// (keep it alive with ServiceSet::Own); `policy` null: the defaults.
+ServiceSet PublicApiServices(
+    ModelSet* models, std::shared_ptr<const CallerPolicy> policy = nullptr);
 // The same for one model; `manager` must outlive the services.
 ServiceSet PublicApiServices(SessionManager* manager);
 
-// One service each (worker_service.cc wires them together).
-std::unique_ptr<grpc::Service> NewSessionsService(ModelSet* models);
-std::unique_ptr<grpc::Service> NewStreamsService(ModelSet* models);
-std::unique_ptr<grpc::Service> NewModelsService(ModelSet* models);
+// One service each (worker_service.cc wires them together); `policy` must
+// not be null.
+std::unique_ptr<grpc::Service> NewSessionsService(
+    ModelSet* models, std::shared_ptr<const CallerPolicy> policy);
+std::unique_ptr<grpc::Service> NewStreamsService(
+    ModelSet* models, std::shared_ptr<const CallerPolicy> policy);
+std::unique_ptr<grpc::Service> NewModelsService(
+    ModelSet* models, std::shared_ptr<const CallerPolicy> policy);
 
 }  // namespace statestream::worker
 
