@@ -29,8 +29,9 @@ struct TenantLimit {
   // created (CreateSession, fork, ImportState in create mode); calls that
   // race past the check together may overshoot by their number.
   int max_sessions = 0;
-  // Append and Generate calls open at once, counted by each process that
-  // enforces it (each gateway, or a serve/worker process) separately.
+  // Append, Generate and ImportState calls open at once, counted by each
+  // process that enforces it (each gateway, or a serve process)
+  // separately.
   int max_streams = 0;
 };
 
@@ -76,7 +77,8 @@ class TenantLimits {
     TenantLimits* limits_;  // null once moved from
     std::string tenant_;
   };
-  // A slot for one Append or Generate, or RESOURCE_EXHAUSTED/kTenantLimit
+  // A slot for one Append, Generate or ImportState, or
+  // RESOURCE_EXHAUSTED/kTenantLimit
   // (metadata limit=max_streams, max) when the tenant already has
   // max_streams open here. The slot must not outlive this object.
   absl::StatusOr<StreamSlot> AcquireStream(const std::string& tenant);

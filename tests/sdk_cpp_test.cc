@@ -502,28 +502,43 @@ TEST_F(SdkTest, ServeWithApiKeysAuthenticatesAndLimitsTenants) {
   }
   ASSERT_TRUE(a->ListModels().ok());
 
-  // Sessions: two for tenant-a; a retry of the first create is its session,
-  // not a third; a third is refused; tenant-b is not affected and cannot
-  // see tenant-a's.
+  // Sessions: two for tenant-a (a chosen id, a generated one); a retry of
+  // either create is its session, not one more; a third create or a fork
+  // is refused; tenant-b is not affected and cannot see tenant-a's.
   v1::CreateSessionRequest first;
   first.set_session_id("a1");
   first.set_request_id("create-a1");
   ASSERT_TRUE(a->CreateSession(first).ok());
   v1::CreateSessionRequest second;
-  second.set_session_id("a2");
-  ASSERT_TRUE(a->CreateSession(second).ok());
-  auto again = a->CreateSession(first);
-  ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_EQ(again->session_id(), "a1");
+  second.set_request_id("create-a2");
+  auto generated = a->CreateSession(second);
+  ASSERT_TRUE(generated.ok()) << generated.status();
+  const std::string a2 = generated->session_id();
+  for (const v1::CreateSessionRequest& retry : {first, second}) {
+    auto again = a->CreateSession(retry);
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_EQ(again->session_id(),
+              retry.session_id().empty() ? a2 : retry.session_id());
+  }
   v1::CreateSessionRequest third;
   third.set_session_id("a3");
-  absl::Status refused = a->CreateSession(third).status();
-  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
-  EXPECT_EQ(GetReason(refused), Reason::kTenantLimit);
-  EXPECT_EQ(GetErrorMetadata(refused, "limit"), "max_sessions");
+  v1::CreateSessionRequest fork;
+  fork.mutable_fork_from()->set_session_id("a1");
+  for (const v1::CreateSessionRequest& more : {third, fork}) {
+    absl::Status refused = a->CreateSession(more).status();
+    EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+    EXPECT_EQ(GetReason(refused), Reason::kTenantLimit);
+    EXPECT_EQ(GetErrorMetadata(refused, "limit"), "max_sessions");
+  }
   for (int i = 0; i < 3; ++i) EXPECT_TRUE(b->CreateSession({}).ok());
   EXPECT_EQ(GetReason(b->OpenSession("a1").Get().status()),
             Reason::kSessionNotFound);
+  // Streams authenticate too.
+  EXPECT_EQ(GetReason(connect("", "tenant-a")
+                          ->OpenSession("a1")
+                          .AppendText("anonymous")
+                          .status()),
+            Reason::kUnauthenticated);
 
   // Streams: tenant-a may have one open; a second Append or a Generate is
   // refused while it is; tenant-b streams meanwhile.
@@ -531,7 +546,7 @@ TEST_F(SdkTest, ServeWithApiKeysAuthenticatesAndLimitsTenants) {
   ASSERT_TRUE(writer.ok()) << writer.status();
   ASSERT_TRUE((*writer)->Write("open stream").ok());
   ASSERT_TRUE((*writer)->Sync().ok());
-  absl::Status busy = a->OpenSession("a2").AppendText("refused").status();
+  absl::Status busy = a->OpenSession(a2).AppendText("refused").status();
   EXPECT_EQ(GetReason(busy), Reason::kTenantLimit) << busy;
   EXPECT_EQ(GetErrorMetadata(busy, "limit"), "max_streams");
   v1::GenerateRequest g;
@@ -544,7 +559,7 @@ TEST_F(SdkTest, ServeWithApiKeysAuthenticatesAndLimitsTenants) {
   // Closing the stream frees the slot before the client sees it end.
   ASSERT_TRUE((*writer)->Close().ok());
   writer->reset();
-  auto ack = a->OpenSession("a2").AppendText("now");
+  auto ack = a->OpenSession(a2).AppendText("now");
   EXPECT_TRUE(ack.ok()) << ack.status();
 }
 
