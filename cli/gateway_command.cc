@@ -86,6 +86,13 @@ int Run(const std::vector<std::string>& args) {
     return kExitUsage;
   }
   options.auth = tenants->auth;
+  absl::StatusOr<InternalToken> internal_token = InternalTokenFromFlag();
+  if (!internal_token.ok()) {
+    std::cerr << "statestream gateway: " << internal_token.status().message()
+              << "\n";
+    return kExitUsage;
+  }
+  options.internal_token = *std::move(internal_token);
   absl::StatusOr<ClientTlsOptions> worker_tls = WorkerTlsFromFlags();
   if (!worker_tls.ok()) {
     std::cerr << "statestream gateway: " << worker_tls.status().message()
@@ -145,7 +152,8 @@ const Command& GatewayCommand() {
       "Append and Generate streams to another worker when one fails.\n"
       "Stops cleanly on SIGINT or SIGTERM.",
       {__FILE__, kServerFlagsFile, kTlsFlagsFile, kGatewaySecurityFlagsFile,
-       kTenantFlagsFile, kMetricsFlagsFile, kRedisFlagsFile},
+       kTenantFlagsFile, kInternalTokenFlagFile, kMetricsFlagsFile,
+       kRedisFlagsFile},
       &Run};
   return kCommand;
 }

@@ -23,6 +23,7 @@
 #include "cli/model_loading.h"
 #include "cli/redis_flags.h"
 #include "cli/server_flags.h"
+#include "cli/tenant_flags.h"
 #include "cli/worker_flags.h"
 #include "cli/worker_metrics.h"
 #include "common/malloc_tuning.h"
@@ -127,17 +128,36 @@ int Run(const std::vector<std::string>& args) {
   options.sessions.lease_ttl = absl::GetFlag(FLAGS_lease_ttl);
   ApplyWorkerFlags(&options.sessions, &options.scheduler);
   options.metrics_listen = MetricsListenFromFlag();
+  absl::StatusOr<InternalToken> internal_token = InternalTokenFromFlag();
+  if (!internal_token.ok()) {
+    std::cerr << "statestream worker: " << internal_token.status().message()
+              << "\n";
+    return kExitUsage;
+  }
+  auto policy = std::make_shared<worker::CallerPolicy>();
+  policy->internal_token = *std::move(internal_token);
   // Workers trust the tenant the gateway forwards; say who may call.
-  if (!ClientCertificatesRequired()) {
+  if (!ClientCertificatesRequired() && !policy->internal_token.configured()) {
     std::cerr << "statestream worker: WARNING: running UNAUTHENTICATED: any "
                  "caller that reaches this port picks its tenant with the "
                  "x-statestream-tenant header (start workers with "
-                 "--tls-client-ca so only gateways holding a client "
-                 "certificate can call)\n";
+                 "--internal-token-file, or --tls-client-ca, so only "
+                 "gateways can call)\n";
   } else {
-    std::cerr << "statestream worker: callers must present a client "
-                 "certificate signed by --tls-client-ca; the tenant is the "
-                 "x-statestream-tenant header they forward\n";
+    std::cerr << "statestream worker: callers must "
+              << (policy->internal_token.configured()
+                      ? "show the --internal-token-file token"
+                      : "")
+              << (policy->internal_token.configured() &&
+                          ClientCertificatesRequired()
+                      ? " and "
+                      : "")
+              << (ClientCertificatesRequired()
+                      ? "present a client certificate signed by "
+                        "--tls-client-ca"
+                      : "")
+              << "; the tenant is the x-statestream-tenant header they "
+                 "forward\n";
   }
   TuneMallocForLargeBuffers();
 
@@ -166,7 +186,7 @@ int Run(const std::vector<std::string>& args) {
                            w->models->schedulers(), options.metrics_listen);
     if (!http.ok()) return http.status();
     w->metrics_http = *std::move(http);
-    ServiceSet set = worker::PublicApiServices(w->models->set.get());
+    ServiceSet set = worker::PublicApiServices(w->models->set.get(), policy);
     set.Own(w);
     kept = w;
     return set;
@@ -221,7 +241,7 @@ const Command& WorkerCommand() {
       "by side, each with its own scheduler.",
       {__FILE__, kServerFlagsFile, kTlsFlagsFile, kRedisFlagsFile,
        kModelFlagFile, kVocabFlagFile, kDeviceFlagFile, kEngineFlagsFile,
-       kWorkerFlagsFile, kMetricsFlagsFile},
+       kWorkerFlagsFile, kMetricsFlagsFile, kInternalTokenFlagFile},
       &Run};
   return kCommand;
 }

@@ -189,6 +189,9 @@ std::unique_ptr<grpc::ClientContext> Gateway::UpstreamContext(
     int attempt) {
   auto client = grpc::ClientContext::FromCallbackServerContext(ctx);
   client->AddMetadata("x-statestream-tenant", tenant);
+  if (options_.internal_token.configured()) {
+    client->AddMetadata(kInternalTokenHeader, options_.internal_token.value());
+  }
   client->AddMetadata("x-statestream-forwarded-by", options_.gateway_id);
   client->AddMetadata("x-statestream-attempt", absl::StrCat(attempt));
   return client;

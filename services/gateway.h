@@ -67,6 +67,9 @@ struct GatewayOptions {
   // TLS towards workers (mutual with a client certificate); default
   // plaintext.
   ClientTlsOptions worker_tls;
+  // Shown to workers on every call (x-statestream-internal-token); workers
+  // started with the same token refuse callers without it. Default: none.
+  InternalToken internal_token;
   // A worker that answers nothing this long while requests are outstanding
   // is treated as failed (paused, partitioned). Only speed depends on it:
   // moving a session that was merely slow is safe (fencing).

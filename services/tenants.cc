@@ -7,9 +7,11 @@
 #include <algorithm>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <sstream>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -195,6 +197,55 @@ absl::StatusOr<std::string> TenantAuth::Authenticate(
   }
   if (found == nullptr) return Unauthenticated("unknown API key");
   return found->tenant;
+}
+
+absl::StatusOr<InternalToken> InternalToken::FromValue(
+    absl::string_view token) {
+  token = absl::StripAsciiWhitespace(token);
+  if (!IsValidToken(token)) {
+    return absl::InvalidArgumentError(
+        "the internal token must be 16-256 printable ASCII bytes without "
+        "spaces");
+  }
+  const std::optional<std::array<unsigned char, 32>> digest = Sha256(token);
+  if (!digest) {
+    return MakeError(absl::StatusCode::kInternal, Reason::kInternal,
+                     "the internal token cannot be hashed (SHA-256 failed)");
+  }
+  InternalToken out;
+  out.value_ = std::string(token);
+  out.digest_ = *digest;
+  return out;
+}
+
+absl::StatusOr<InternalToken> InternalToken::FromFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  }
+  std::string text((std::istreambuf_iterator<char>(in)),
+                   std::istreambuf_iterator<char>());
+  if (in.bad()) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  auto token = FromValue(text);
+  if (!token.ok()) {
+    return absl::Status(token.status().code(),
+                        absl::StrCat(path, ": ", token.status().message()));
+  }
+  return token;
+}
+
+absl::Status InternalToken::Check(
+    std::optional<absl::string_view> shown) const {
+  if (!configured()) return absl::OkStatus();
+  const std::optional<std::array<unsigned char, 32>> digest =
+      shown.has_value() ? Sha256(*shown) : std::nullopt;
+  if (!digest ||
+      CRYPTO_memcmp(digest->data(), digest_.data(), digest_.size()) != 0) {
+    return Unauthenticated(
+        "this worker takes calls only from gateways that show its internal "
+        "token (x-statestream-internal-token)");
+  }
+  return absl::OkStatus();
 }
 
 bool TenantLimitsOptions::LimitsSessions() const {

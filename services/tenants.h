@@ -154,6 +154,36 @@ class TenantAuth {
   std::map<std::string, TenantLimitOverride> limits_;
 };
 
+// The secret gateways show their workers (`x-statestream-internal-token`,
+// proto/statestream/v1/internal.proto): a worker that has one takes the
+// tenant header only from callers that show it, so a client that reaches a
+// worker directly cannot pick a tenant. Immutable; thread-safe.
+class InternalToken {
+ public:
+  // None: every caller is trusted (development, or mutual TLS alone).
+  InternalToken() = default;
+  // The token in `path`, surrounding whitespace ignored: 16-256 printable
+  // ASCII bytes without spaces. INVALID_ARGUMENT (malformed, naming the
+  // rule, never the token); NOT_FOUND if the file cannot be read.
+  static absl::StatusOr<InternalToken> FromFile(const std::string& path);
+  // From the token itself (the same rules); for tests and embedding.
+  static absl::StatusOr<InternalToken> FromValue(absl::string_view token);
+
+  bool configured() const { return !value_.empty(); }
+  // What a gateway sends.
+  const std::string& value() const { return value_; }
+  // OK when none is configured or `shown` is the token (compared as SHA-256
+  // digests in constant time); UNAUTHENTICATED otherwise.
+  absl::Status Check(std::optional<absl::string_view> shown) const;
+
+ private:
+  std::string value_;
+  std::array<unsigned char, 32> digest_{};
+};
+
+// The metadata key gateways send the internal token under.
+inline constexpr char kInternalTokenHeader[] = "x-statestream-internal-token";
+
 // 1-64 bytes of [a-z0-9_-].
 bool IsValidTenant(absl::string_view tenant);
 

@@ -2,6 +2,7 @@
 #include "services/tenants.h"
 
 #include <map>
+#include <optional>
 #include <string>
 
 #include "common/status.h"
@@ -15,6 +16,42 @@ constexpr char kToken[] = "token-0123456789abcdef";
 TenantAuth Keys() {
   return TenantAuth(std::map<std::string, std::string>{
       {kToken, "acme"}, {"other-token-0123456789", "globex"}});
+}
+
+TEST(InternalTokenTest, OnlyTheTokenPassesWhenOneIsConfigured) {
+  EXPECT_TRUE(InternalToken().Check(std::nullopt).ok());
+  EXPECT_TRUE(InternalToken().Check("anything").ok());
+  // Surrounding whitespace (a file's trailing newline) is not the token's.
+  auto token = InternalToken::FromValue("  internal-0123456789abcdef\n");
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_EQ(token->value(), "internal-0123456789abcdef");
+  EXPECT_TRUE(token->Check("internal-0123456789abcdef").ok());
+  for (std::optional<absl::string_view> shown :
+       {std::optional<absl::string_view>(),
+        std::optional<absl::string_view>(""),
+        std::optional<absl::string_view>("internal-0123456789abcdeF"),
+        std::optional<absl::string_view>("internal-0123456789abcdef ")}) {
+    absl::Status st = token->Check(shown);
+    EXPECT_EQ(st.code(), absl::StatusCode::kUnauthenticated);
+    EXPECT_EQ(GetReason(st), Reason::kUnauthenticated);
+    EXPECT_EQ(st.message().find("0123456789"), absl::string_view::npos);
+  }
+}
+
+TEST(InternalTokenTest, AMalformedOrMissingTokenIsRefusedWithoutEchoingIt) {
+  for (absl::string_view bad : std::initializer_list<absl::string_view>{
+           "", "short-secret", "has a space-0123456789",
+           "tab\t-0123456789abcdef",
+           absl::string_view("nul\0-0123456789abcdef", 21)}) {
+    auto token = InternalToken::FromValue(bad);
+    EXPECT_EQ(token.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_EQ(token.status().message().find("0123456789"),
+              absl::string_view::npos);
+  }
+  EXPECT_EQ(InternalToken::FromValue(std::string(257, 'x')).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(InternalToken::FromFile("/nonexistent/token").status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST(TenantAuthTest, AKnownTokenNamesItsTenantInAnySchemeCase) {

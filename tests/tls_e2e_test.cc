@@ -257,6 +257,55 @@ TEST_F(TlsTest, GatewayToWorkerMutualTls) {
             absl::StatusCode::kUnavailable);
 }
 
+// A worker started with --internal-token-file takes calls only from
+// gateways that show the same token: a client reaching it directly cannot
+// pick a tenant, and neither can a gateway without the token. A malformed
+// or missing token file is a usage error.
+TEST_F(TlsTest, InternalTokenBetweenGatewayAndWorker) {
+  ASSERT_NO_FATAL_FAILURE(StartRedis());
+  const std::string model = MakeModel();
+  std::ofstream(Path("internal.token")) << "internal-0123456789abcdef\n";
+  std::ofstream(Path("short.token")) << "short\n";
+  for (const std::string& bad : {Path("short.token"), Path("missing.token")}) {
+    auto run = e2e::Run({STATESTREAM_BIN, "worker", "--listen=127.0.0.1:0",
+                         "--redis=" + redis_->address(), "--model=" + model,
+                         "--worker-id=wb", "--internal-token-file=" + bad},
+                        absl::Seconds(60));
+    ASSERT_TRUE(run.ok()) << run.status();
+    EXPECT_EQ(run->exit_code, 2) << run->err;
+    EXPECT_NE(run->err.find("--internal-token-file"), std::string::npos)
+        << run->err;
+  }
+  const std::string worker_address =
+      Start({"worker", "--listen=127.0.0.1:0", "--redis=" + redis_->address(),
+             "--model=" + model, "--worker-id=w1", "--heartbeat-interval=300ms",
+             "--internal-token-file=" + Path("internal.token")},
+            "worker.log");
+  ASSERT_FALSE(worker_address.empty());
+  EXPECT_EQ(processes_.back()->Log().find("UNAUTHENTICATED"),
+            std::string::npos);
+  const std::string gateway =
+      Start({"gateway", "--listen=127.0.0.1:0", "--redis=" + redis_->address(),
+             "--internal-token-file=" + Path("internal.token")},
+            "gateway.log");
+  ASSERT_FALSE(gateway.empty());
+  auto through_gateway = NewClient(gateway, "");
+  ASSERT_NO_FATAL_FAILURE(ExpectWorks(through_gateway.get()));
+
+  auto direct = NewClient(worker_address, "");
+  for (absl::Status st : {direct->ListSessions({}).status(),
+                          direct->CreateSession({}).status()}) {
+    EXPECT_EQ(st.code(), absl::StatusCode::kUnauthenticated) << st;
+    EXPECT_EQ(GetReason(st), Reason::kUnauthenticated) << st;
+  }
+  const std::string tokenless =
+      Start({"gateway", "--listen=127.0.0.1:0", "--redis=" + redis_->address()},
+            "gateway-tokenless.log");
+  ASSERT_FALSE(tokenless.empty());
+  absl::Status refused = NewClient(tokenless, "")->CreateSession({}).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnauthenticated) << refused;
+}
+
 TEST_F(TlsTest, TenantLimits) {
   ASSERT_NO_FATAL_FAILURE(StartRedis());
   const std::string model = MakeModel();

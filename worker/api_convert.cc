@@ -67,6 +67,7 @@ absl::StatusOr<std::string> TenantOf(const grpc::CallbackServerContext& ctx,
     if (it == md.end()) return std::nullopt;
     return absl::string_view(it->second.data(), it->second.size());
   };
+  SS_RETURN_IF_ERROR(policy.internal_token.Check(get(kInternalTokenHeader)));
   return policy.auth.Authenticate(get("authorization"),
                                   get("x-statestream-tenant"));
 }

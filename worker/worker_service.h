@@ -26,6 +26,9 @@ struct CallerPolicy {
   // Null: no limits. Sessions (CreateSession, forks, creating
   // ImportState) and open streams (Append, Generate, ImportState).
   std::shared_ptr<TenantLimits> limits;
+  // A worker's: configured, every call must show it (the gateways send
+  // it), before its tenant header is believed.
+  InternalToken internal_token;
 };
 
 // The three services over every model of `models`, which must outlive them
