@@ -327,6 +327,7 @@ class AppendReactor final
   // flight stops too (its ingest is cancelled: the call cannot finish
   // before it ends, and a delete or drain would wait for all its tokens).
   void ClientGoneLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    slot_.reset();  // the client's stream is over: its reconnect may come
     SetFinishLocked(absl::CancelledError("the client went away"));
     if (writer_ != nullptr && !abandoned_) {
       abandoned_ = true;
@@ -417,6 +418,7 @@ class GenerateReactor final
   void OnCancel() override {
     Locked<ThisReactor> lock(this);
     if (job_) job_->Cancel();  // else Run() sees finish_
+    slot_.reset();  // the client's stream is over: its reconnect may come
     SetFinishLocked(absl::CancelledError("the client went away"));
   }
 
