@@ -71,6 +71,8 @@ class MemoryStateStore final : public StateStore {
     StoredVersion v{
         store_internal::DescribeVersion(r.initial_state, *bytes, 1, fence, 1),
         bytes};
+    v.info.cause = r.cause;
+    v.info.request_id = r.request_id;
     return Install(&s, std::move(v), r.durability, now);
   }
 
@@ -147,13 +149,15 @@ class MemoryStateStore final : public StateStore {
         store_internal::DescribeVersion(r.state, *bytes, head + 1, r.fence, 1),
         bytes};
     v.info.rolled_back_from = r.rolled_back_from;
+    v.info.cause = r.cause;
+    v.info.request_id = r.request_id;
     return Install(s, std::move(v), r.durability, now);
   }
 
-  absl::StatusOr<CommitResult> Rollback(const SessionKey& key,
-                                        uint64_t expected_version,
-                                        uint64_t fence, uint64_t version,
-                                        Durability durability) override {
+  absl::StatusOr<CommitResult> Rollback(
+      const SessionKey& key, uint64_t expected_version, uint64_t fence,
+      uint64_t version, Durability durability,
+      const std::string& request_id) override {
     SS_ASSIGN_OR_RETURN(LoadedVersion old, LoadVersion(key, version));
     CommitRequest r;
     r.key = key;
@@ -162,6 +166,8 @@ class MemoryStateStore final : public StateStore {
     r.state = std::move(old.state);
     r.durability = durability;
     r.rolled_back_from = old.version.version;
+    r.cause = VersionCause::kRollback;
+    r.request_id = request_id;
     return Commit(r);
   }
 

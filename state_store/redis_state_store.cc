@@ -138,6 +138,8 @@ VersionInfo ParseVersion(const Fields& f) {
   v.chunk_count = static_cast<uint32_t>(U64(f, "chunk_count"));
   v.state_crc32c = static_cast<uint32_t>(U64(f, "crc"));
   v.rolled_back_from = U64(f, "rolled_back_from");
+  v.cause = VersionCauseOf(U64(f, "cause"));
+  v.request_id = Get(f, "rid");
   const uint64_t d = U64(f, "durability");
   v.durability =
       d >= 1 && d <= 3 ? static_cast<Durability>(d) : Durability::kMemory;
@@ -164,6 +166,10 @@ std::vector<std::string> VersionFields(const VersionInfo& v,
       absl::StrCat(v.state_crc32c),
       "rolled_back_from",
       absl::StrCat(v.rolled_back_from),
+      "cause",
+      absl::StrCat(static_cast<int>(v.cause)),
+      "rid",
+      v.request_id,
       "durability",
       absl::StrCat(static_cast<int>(v.durability)),
       "committed_ms",
@@ -290,6 +296,8 @@ class RedisStateStore final : public StateStore {
         static_cast<uint32_t>(chunks.size()));
     v.committed_at = clock_->Now();
     v.durability = Durability::kMemory;
+    v.cause = r.cause;
+    v.request_id = r.request_id;
     const std::vector<std::string> head = {
         "version",     "1",
         "oldest",      "1",
@@ -419,6 +427,8 @@ class RedisStateStore final : public StateStore {
         r.state, encoded.size(), encoded.crc(), version, r.fence,
         static_cast<uint32_t>(chunks.size()));
     v.rolled_back_from = r.rolled_back_from;
+    v.cause = r.cause;
+    v.request_id = r.request_id;
     v.committed_at = clock_->Now();
     Durability reached = BaseDurability();
     v.durability = reached;
@@ -484,10 +494,10 @@ class RedisStateStore final : public StateStore {
     return v;
   }
 
-  absl::StatusOr<CommitResult> Rollback(const SessionKey& key,
-                                        uint64_t expected_version,
-                                        uint64_t fence, uint64_t version,
-                                        Durability durability) override {
+  absl::StatusOr<CommitResult> Rollback(
+      const SessionKey& key, uint64_t expected_version, uint64_t fence,
+      uint64_t version, Durability durability,
+      const std::string& request_id) override {
     SS_ASSIGN_OR_RETURN(LoadedVersion old, LoadVersion(key, version));
     CommitRequest r;
     r.key = key;
@@ -496,6 +506,8 @@ class RedisStateStore final : public StateStore {
     r.state = std::move(old.state);
     r.durability = durability;
     r.rolled_back_from = old.version.version;
+    r.cause = VersionCause::kRollback;
+    r.request_id = request_id;
     return Commit(r);
   }
 

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS versions (
   position INTEGER, input_offset INTEGER, tail_bytes INTEGER, fence INTEGER,
   state_bytes INTEGER, crc INTEGER, rolled_back_from INTEGER,
   durability INTEGER, committed_ms INTEGER, data BLOB,
+  cause INTEGER DEFAULT 0, rid TEXT DEFAULT '',
   PRIMARY KEY (tenant, sid, version));
 CREATE TABLE IF NOT EXISTS workers (
   id TEXT PRIMARY KEY, address TEXT, models TEXT, load REAL,
@@ -120,7 +121,7 @@ constexpr char kSessionColumns[] =
     "lease_expires_ms, create_rid, create_digest";
 constexpr char kVersionColumns[] =
     "version, position, input_offset, tail_bytes, fence, state_bytes, crc, "
-    "rolled_back_from, durability, committed_ms";
+    "rolled_back_from, durability, committed_ms, cause, rid";
 
 // SELECT of one kept version's columns (and its data): tenant, sid,
 // version, the head's oldest version.
@@ -158,6 +159,8 @@ VersionInfo ReadVersion(const Stmt& s, int at) {
   v.rolled_back_from = s.Int(at + 7);
   v.durability = static_cast<Durability>(s.Int(at + 8));
   v.committed_at = absl::FromUnixMillis(s.Int(at + 9));
+  v.cause = VersionCauseOf(s.Int(at + 10));
+  v.request_id = s.Text(at + 11);
   return v;
 }
 
@@ -210,6 +213,8 @@ class SqliteStateStore final : public StateStore {
                            .Bind(static_cast<int64_t>(r.request_digest))
                            .Run());
     VersionInfo v = si::DescribeVersion(r.initial_state, bytes, 1, fence, 1);
+    v.cause = r.cause;
+    v.request_id = r.request_id;
     return Install(r.key, v, bytes, r.durability, now, &txn);
   }
 
@@ -235,7 +240,7 @@ class SqliteStateStore final : public StateStore {
       Stmt s(db_, VersionQuery(/*with_data=*/true).c_str());
       SS_RETURN_IF_ERROR(StepToVersion(s, key, version, h));
       out.version = ReadVersion(s, 0);
-      bytes = s.Text(10);
+      bytes = s.Text(12);
     }
     if (bytes.size() != out.version.state_bytes ||
         EncodedStateCrc(bytes) != out.version.state_crc32c) {
@@ -269,6 +274,8 @@ class SqliteStateStore final : public StateStore {
     VersionInfo v =
         si::DescribeVersion(r.state, bytes, h.head.version + 1, r.fence, 1);
     v.rolled_back_from = r.rolled_back_from;
+    v.cause = r.cause;
+    v.request_id = r.request_id;
     return Install(r.key, v, bytes, r.durability, now, &txn);
   }
 
@@ -306,10 +313,10 @@ class SqliteStateStore final : public StateStore {
     return v;
   }
 
-  absl::StatusOr<CommitResult> Rollback(const SessionKey& key,
-                                        uint64_t expected_version,
-                                        uint64_t fence, uint64_t version,
-                                        Durability durability) override {
+  absl::StatusOr<CommitResult> Rollback(
+      const SessionKey& key, uint64_t expected_version, uint64_t fence,
+      uint64_t version, Durability durability,
+      const std::string& request_id) override {
     SS_ASSIGN_OR_RETURN(LoadedVersion old, LoadVersion(key, version));
     CommitRequest r;
     r.key = key;
@@ -318,6 +325,8 @@ class SqliteStateStore final : public StateStore {
     r.state = std::move(old.state);
     r.durability = durability;
     r.rolled_back_from = old.version.version;
+    r.cause = VersionCause::kRollback;
+    r.request_id = request_id;
     return Commit(r);
   }
 
@@ -699,8 +708,11 @@ class SqliteStateStore final : public StateStore {
     v.durability = wanted == Durability::kMemory ? Durability::kMemory
                                                  : Durability::kFsync;
     SS_RETURN_IF_ERROR(Stmt(db_,
-                            "INSERT OR REPLACE INTO versions VALUES "
-                            "(?,?,?,?,?,?,?,?,?,?,?,?,?)")
+                            "INSERT OR REPLACE INTO versions (tenant, sid, "
+                            "version, position, input_offset, tail_bytes, "
+                            "fence, state_bytes, crc, rolled_back_from, "
+                            "durability, committed_ms, data, cause, rid) "
+                            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
                            .Bind(key.tenant)
                            .Bind(key.session_id)
                            .Bind(static_cast<int64_t>(v.version))
@@ -714,6 +726,8 @@ class SqliteStateStore final : public StateStore {
                            .Bind(static_cast<int64_t>(v.durability))
                            .Bind(Ms(now))
                            .BindBlob(bytes)
+                           .Bind(static_cast<int64_t>(v.cause))
+                           .Bind(v.request_id)
                            .Run());
     const int64_t oldest = std::max<int64_t>(
         1, static_cast<int64_t>(v.version) - options_.keep_versions + 1);
@@ -789,18 +803,24 @@ absl::StatusOr<std::unique_ptr<StateStore>> NewSqliteStateStore(
   // add them once and a crash leaves all or none.
   if (setup.ok()) setup = exec("BEGIN IMMEDIATE");
   if (setup.ok()) {
-    std::set<std::string> have;
-    {
-      Stmt cols(db, "SELECT name FROM pragma_table_info('sessions')");
-      while (cols.Step()) have.insert(cols.Text(0));
-      setup = cols.status();
+    std::set<std::string> have;  // "table.column"
+    for (const char* table : {"sessions", "versions"}) {
+      Stmt cols(
+          db, absl::StrCat("SELECT name FROM pragma_table_info('", table, "')")
+                  .c_str());
+      while (cols.Step()) have.insert(absl::StrCat(table, ".", cols.Text(0)));
+      if (setup.ok()) setup = cols.status();
     }
-    for (const char* column :
-         {"create_rid TEXT DEFAULT ''", "create_digest INTEGER DEFAULT 0"}) {
+    for (const auto& [table, column] :
+         std::initializer_list<std::pair<const char*, const char*>>{
+             {"sessions", "create_rid TEXT DEFAULT ''"},
+             {"sessions", "create_digest INTEGER DEFAULT 0"},
+             {"versions", "cause INTEGER DEFAULT 0"},
+             {"versions", "rid TEXT DEFAULT ''"}}) {
       const std::string name(column, std::strchr(column, ' '));
-      if (setup.ok() && have.count(name) == 0) {
-        setup = exec(
-            absl::StrCat("ALTER TABLE sessions ADD COLUMN ", column).c_str());
+      if (setup.ok() && have.count(absl::StrCat(table, ".", name)) == 0) {
+        setup = exec(absl::StrCat("ALTER TABLE ", table, " ADD COLUMN ", column)
+                         .c_str());
       }
     }
     setup = setup.ok() ? exec("COMMIT") : setup;

@@ -198,7 +198,9 @@ TEST(SqliteStateStoreTest, ADatabaseWithoutTheRequestColumnsIsUpgraded) {
     const int rc =
         sqlite3_exec(db,
                      "ALTER TABLE sessions DROP COLUMN create_rid;"
-                     "ALTER TABLE sessions DROP COLUMN create_digest;",
+                     "ALTER TABLE sessions DROP COLUMN create_digest;"
+                     "ALTER TABLE versions DROP COLUMN cause;"
+                     "ALTER TABLE versions DROP COLUMN rid;",
                      nullptr, nullptr, &err);
     const std::string msg = err ? err : "";
     sqlite3_free(err);
@@ -211,6 +213,11 @@ TEST(SqliteStateStoreTest, ADatabaseWithoutTheRequestColumnsIsUpgraded) {
   ASSERT_TRUE(old.ok()) << old.status();
   EXPECT_EQ(old->create_request_id, "");
   EXPECT_EQ(old->model_id, "tiny");
+  EXPECT_EQ(old->head.cause, VersionCause::kUnspecified);
+  EXPECT_EQ(old->head.request_id, "");
+  auto loaded = (*store)->LoadVersion(r.key, 1);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->state.state, TestSnapshot(1).state);
   CreateSessionRequest next = r;
   next.key.session_id = "new";
   next.request_id = "create-new";
@@ -220,6 +227,8 @@ TEST(SqliteStateStoreTest, ADatabaseWithoutTheRequestColumnsIsUpgraded) {
   ASSERT_TRUE(head.ok()) << head.status();
   EXPECT_EQ(head->create_request_id, "create-new");
   EXPECT_EQ(head->create_digest, 42u);
+  EXPECT_EQ(head->head.cause, VersionCause::kCreate);
+  EXPECT_EQ(head->head.request_id, "create-new");
 }
 
 }  // namespace

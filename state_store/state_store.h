@@ -91,6 +91,25 @@ struct SessionKey {
   std::string session_id;
 };
 
+// What made a version; the numbers of statestream.v1.VersionCause.
+enum class VersionCause {
+  kUnspecified = 0,  // not recorded (a version written by an older build)
+  kCreate = 1,
+  kFork = 2,
+  kAppend = 3,  // committed input (a checkpoint, by request or by policy)
+  kGenerate = 4,
+  kRollback = 5,
+  kImport = 6,
+};
+
+// `value` as a VersionCause; kUnspecified when out of range (a stored
+// value this build does not know).
+inline VersionCause VersionCauseOf(int64_t value) {
+  return value >= 0 && value <= static_cast<int64_t>(VersionCause::kImport)
+             ? static_cast<VersionCause>(value)
+             : VersionCause::kUnspecified;
+}
+
 // One committed, immutable version.
 struct VersionInfo {
   uint64_t version = 0;
@@ -103,6 +122,10 @@ struct VersionInfo {
   uint32_t state_crc32c = 0;  // the encoded snapshot's trailing CRC-32C
   // When set, this version is a rollback: a copy of that version's state.
   uint64_t rolled_back_from = 0;
+  // What made it and the API request that did ("" when none or unknown),
+  // as the writer said (CommitRequest, CreateSessionRequest, Rollback).
+  VersionCause cause = VersionCause::kUnspecified;
+  std::string request_id;
   Durability durability = Durability::kMemory;  // reached when committed
   absl::Time committed_at;
 };
@@ -146,9 +169,11 @@ struct CreateSessionRequest {
   Durability durability = Durability::kMemory;
   // The API request that creates the session (empty: none) and a digest of
   // its content, kept with the head (SessionHead::create_request_id) so a
-  // retry of that request finds its session on any worker.
+  // retry of that request finds its session on any worker. Version 1
+  // records the request id too, with `cause`.
   std::string request_id;
   uint64_t request_digest = 0;
+  VersionCause cause = VersionCause::kCreate;  // or kFork, kImport
 };
 
 struct CommitRequest {
@@ -159,6 +184,9 @@ struct CommitRequest {
   Durability durability = Durability::kMemory;
   // Recorded in VersionInfo::rolled_back_from; Rollback sets it.
   uint64_t rolled_back_from = 0;
+  // Recorded in VersionInfo (Rollback sets kRollback).
+  VersionCause cause = VersionCause::kUnspecified;
+  std::string request_id;
 };
 
 struct CommitResult {
@@ -246,11 +274,11 @@ class StateStore {
   // Commits version head+1 whose state is a copy of `version`'s (position,
   // input_offset and tail move back; the version number moves forward).
   // Same errors as Commit and LoadVersion.
-  virtual absl::StatusOr<CommitResult> Rollback(const SessionKey& key,
-                                                uint64_t expected_version,
-                                                uint64_t fence,
-                                                uint64_t version,
-                                                Durability durability) = 0;
+  // `request_id` (may be empty) is recorded with the new version.
+  virtual absl::StatusOr<CommitResult> Rollback(
+      const SessionKey& key, uint64_t expected_version, uint64_t fence,
+      uint64_t version, Durability durability,
+      const std::string& request_id) = 0;
 
   // Kept versions, oldest first. kSessionNotFound; UNAVAILABLE.
   virtual absl::StatusOr<std::vector<VersionInfo>> ListVersions(

@@ -198,13 +198,19 @@ void VersionToProto(const VersionInfo& info, uint64_t parent_version,
   ToTimestamp(info.committed_at, out->mutable_create_time());
   out->set_durability(DurabilityToProto(info.durability));
   out->set_state_bytes(info.state_bytes);
-  // The store does not record what made a version; what it can tell:
+  out->set_request_id(info.request_id);
+  // What made it, as recorded; a version from a build that did not record
+  // it: what the store can tell.
+  out->set_cause(static_cast<v1::VersionCause>(info.cause));
   if (info.rolled_back_from != 0) {
     out->set_cause(v1::VERSION_CAUSE_ROLLBACK);
     out->set_source_version(info.rolled_back_from);
   } else if (info.version == 1) {
-    out->set_cause(parent_version != 0 ? v1::VERSION_CAUSE_FORK
-                                       : v1::VERSION_CAUSE_CREATE);
+    if (info.cause == VersionCause::kUnspecified) {
+      out->set_cause(parent_version != 0 ? v1::VERSION_CAUSE_FORK
+                                         : v1::VERSION_CAUSE_CREATE);
+    }
+    // A fork's source version (a created or imported session has none).
     out->set_source_version(parent_version);
   }
 }

@@ -194,6 +194,7 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
     r.initial_state.sampler_state = EncodeSamplerSideData(sampler, {}, carry);
     r.parent_session_id = p.fork_from->first;
     r.parent_version = src.version.version;
+    r.cause = VersionCause::kFork;
     r.initial_state.parent_session_id = r.parent_session_id;
     r.initial_state.parent_version = r.parent_version;
   } else {
@@ -382,7 +383,7 @@ absl::StatusOr<SessionView> SessionManager::Rollback(
                            {{"head_version", absl::StrCat(head)}});
         }
         auto res = m.store_->Rollback(s->key, head, s->fence, version,
-                                      m.Dur(durability));
+                                      m.Dur(durability), request_id);
         if (!res.ok()) {
           if (GetReason(res.status()) == Reason::kFenced) {
             m.Drop(s.get(), Session::Gone::kFenced);
@@ -476,6 +477,7 @@ absl::StatusOr<SessionView> SessionManager::Import(
     snap.parent_session_id.clear();
     snap.parent_version = 0;
     r.initial_state = std::move(snap);
+    r.cause = VersionCause::kImport;
     return m.CreateOnce(
         std::move(r), derived, params.request_id, digest,
         [&](const SessionHead& h, const CreateSessionRequest& req) {
@@ -502,6 +504,8 @@ absl::StatusOr<SessionView> SessionManager::Import(
         r.fence = s->fence;
         r.state = snap;
         r.durability = m.Dur(params.durability);
+        r.cause = VersionCause::kImport;
+        r.request_id = params.request_id;
         auto res = m.store_->Commit(r);
         if (!res.ok()) {
           if (GetReason(res.status()) == Reason::kFenced) {

@@ -67,13 +67,15 @@ absl::StatusOr<Durability> SessionManager::Impl::CreatedDurability(
 
 absl::Status SessionManager::Impl::CommitNow(Session* s, Durability d,
                                              const std::string& request_id,
-                                             bool retry) {
+                                             VersionCause cause, bool retry) {
   CommitRequest r;
   r.key = s->key;
   r.expected_version = s->head.head.version;
   r.fence = s->fence;
   r.state = Snapshot(s);
   r.durability = d;
+  r.cause = cause;
+  r.request_id = request_id;
   const absl::Time start = clock_->Now();
   auto res = store_->Commit(r);
   if (opt_.metrics != nullptr) {
@@ -101,7 +103,7 @@ absl::Status SessionManager::Impl::CommitNow(Session* s, Durability d,
           RefreshView(s);
         } else if (retry &&
                    GetReason(res.status()) == Reason::kVersionMismatch) {
-          return CommitNow(s, d, request_id, /*retry=*/false);
+          return CommitNow(s, d, request_id, cause, /*retry=*/false);
         }
         if (same && GetReason(res.status()) == Reason::kVersionMismatch) {
           if (h->head.durability >= d) return absl::OkStatus();
@@ -164,7 +166,7 @@ absl::Status SessionManager::Impl::CommitGeneration(
   AddGenerationRecord(std::move(rec), opt_.generation_records,
                       opt_.generation_record_tokens, opt_.request_id_window,
                       clock_->Now(), &s->records);
-  absl::Status cs = CommitNow(s, d, request_id);
+  absl::Status cs = CommitNow(s, d, request_id, VersionCause::kGenerate);
   if (!cs.ok() && s->head.head.input_offset != s->input_offset) {
     // Not written as far as this session knows. Only a store that still
     // has the head it knew says so for sure; then the session goes back
@@ -259,7 +261,7 @@ void SessionManager::Impl::AppendOp(
                                              in.expected_input_offset + units;
       if (in.checkpoint) {
         absl::Status st =
-            uncovered ? CommitNow(s.get(), Dur(in.durability), "")
+            uncovered ? CommitNow(s.get(), Dur(in.durability), in.request_id)
                       : RaiseHeadDurability(s.get(), Dur(in.durability));
         if (!st.ok()) return fail(st);
         ack = Ack(s.get(), in.request_id);

@@ -238,6 +238,41 @@ TEST_F(SessionManagerTest, ADrainStopsAGenerationStillFeedingItsPrompt) {
   EXPECT_EQ(head->head.input_offset, 6u);
 }
 
+// Every version says what made it and which request: the create, an
+// Append checkpoint, a committing Generate, a rollback, and a fork's first.
+TEST_F(SessionManagerTest, VersionsSayWhatMadeThem) {
+  Create("v");  // request id "create-v"
+  auto w = Open("v");
+  ASSERT_TRUE(
+      Append(w, 0, "prompt", true, true, std::nullopt, "append-1").ok());
+  ASSERT_TRUE(Close(w).ok());
+  Generate("v", /*commit=*/true, "generate-1");
+  ASSERT_TRUE(
+      manager_->Rollback("t", "v", 2, std::nullopt, std::nullopt, "rollback-1")
+          .ok());
+  CreateParams fork;
+  fork.request_id = "fork-1";
+  fork.session_id = "v-fork";
+  fork.fork_from.emplace("v", 3);
+  ASSERT_TRUE(manager_->CreateSession("t", fork).ok());
+  using Made = std::vector<std::pair<VersionCause, std::string>>;
+  auto made = [&](const std::string& id) {
+    Made out;
+    auto versions = manager_->ListVersions("t", id);
+    EXPECT_TRUE(versions.ok()) << versions.status();
+    for (const VersionInfo& v : versions.value_or(std::vector<VersionInfo>{})) {
+      out.emplace_back(v.cause, v.request_id);
+    }
+    return out;
+  };
+  // Newest first.
+  EXPECT_EQ(made("v"), (Made{{VersionCause::kRollback, "rollback-1"},
+                             {VersionCause::kGenerate, "generate-1"},
+                             {VersionCause::kAppend, "append-1"},
+                             {VersionCause::kCreate, "create-v"}}));
+  EXPECT_EQ(made("v-fork"), (Made{{VersionCause::kFork, "fork-1"}}));
+}
+
 TEST_F(SessionManagerTest,
        SeededGenerationIsReproducibleAndSideBranchesAreFree) {
   Create("g");

@@ -328,10 +328,12 @@ class SessionManager::Impl {
   // Commits the live state (strand). FENCED drops the session; a commit
   // that exists below the requested durability resyncs the head.
   // `retry`: go on once from a head adopted below (one of ours whose
-  // answer never came).
-
+  // answer never came). `request_id` and `cause` are recorded with the
+  // version (VersionInfo).
   absl::Status CommitNow(Session* s, Durability d,
-                         const std::string& request_id, bool retry = true);
+                         const std::string& request_id,
+                         VersionCause cause = VersionCause::kAppend,
+                         bool retry = true);
 
   AppendAck Ack(Session* s, const std::string& request_id);
 

@@ -137,8 +137,10 @@ class SessionManagerTest : public ::testing::Test {
   absl::StatusOr<AppendAck> Append(
       const std::shared_ptr<SessionManager::Writer>& w, uint64_t offset,
       const std::string& text, bool flush = false, bool checkpoint = false,
-      std::optional<Durability> durability = std::nullopt) {
+      std::optional<Durability> durability = std::nullopt,
+      const std::string& request_id = "") {
     AppendInput in;
+    in.request_id = request_id;
     in.durability = durability;
     in.expected_input_offset = offset;
     in.kind = AppendInput::Kind::kText;

@@ -34,9 +34,9 @@ class ForwardingStore : public StateStore {
     return s_->AwaitDurability(k, v, d);
   }
   absl::StatusOr<CommitResult> Rollback(const SessionKey& k, uint64_t e,
-                                        uint64_t f, uint64_t v,
-                                        Durability d) override {
-    return s_->Rollback(k, e, f, v, d);
+                                        uint64_t f, uint64_t v, Durability d,
+                                        const std::string& rid) override {
+    return s_->Rollback(k, e, f, v, d, rid);
   }
   absl::StatusOr<std::vector<VersionInfo>> ListVersions(
       const SessionKey& k) override {

@@ -315,8 +315,9 @@ TEST_P(StateStoreContractTest, OldVersionsAreDroppedBeyondKeep) {
   // Versions no session reaches are missing too, never read as the head.
   for (uint64_t huge : {uint64_t{1} << 63, ~uint64_t{0}}) {
     EXPECT_ERROR(store_->LoadVersion(kKey, huge), kNotFound, kVersionMismatch);
-    EXPECT_ERROR(store_->Rollback(kKey, 6, fence, huge, Durability::kMemory),
-                 kNotFound, kVersionMismatch);
+    EXPECT_ERROR(
+        store_->Rollback(kKey, 6, fence, huge, Durability::kMemory, ""),
+        kNotFound, kVersionMismatch);
   }
   auto v4 = store_->LoadVersion(kKey, 4);
   ASSERT_OK(v4);
@@ -368,11 +369,12 @@ TEST_P(StateStoreContractTest, RollbackCommitsACopyAsANewVersion) {
   const uint64_t fence = created->session.fence;
   ASSERT_OK(store_->Commit(Commit(kKey, 1, fence, 2)));
   ASSERT_OK(store_->Commit(Commit(kKey, 2, fence, 3)));
-  EXPECT_ERROR(store_->Rollback(kKey, 2, fence, 1, Durability::kMemory),
+  EXPECT_ERROR(store_->Rollback(kKey, 2, fence, 1, Durability::kMemory, ""),
                kFailedPrecondition, kVersionMismatch);
-  EXPECT_ERROR(store_->Rollback(kKey, 3, fence + 1, 1, Durability::kMemory),
+  EXPECT_ERROR(store_->Rollback(kKey, 3, fence + 1, 1, Durability::kMemory, ""),
                kAborted, kFenced);
-  auto rolled = store_->Rollback(kKey, 3, fence, 1, Durability::kMemory);
+  auto rolled =
+      store_->Rollback(kKey, 3, fence, 1, Durability::kMemory, "rb-1");
   ASSERT_OK(rolled);
   EXPECT_EQ(rolled->version.version, 4u);
   EXPECT_EQ(rolled->version.rolled_back_from, 1u);
@@ -381,6 +383,50 @@ TEST_P(StateStoreContractTest, RollbackCommitsACopyAsANewVersion) {
   auto loaded = store_->LoadVersion(kKey, 0);
   ASSERT_OK(loaded);
   ExpectSameSnapshot(loaded->state, TestSnapshot(1));
+}
+
+// Each version keeps what made it and the request that did, as the writer
+// said: through GetHead, LoadVersion, ListVersions and the commit results.
+TEST_P(StateStoreContractTest, VersionsRecordTheirCauseAndRequest) {
+  CreateSessionRequest c = Create(kKey);
+  c.cause = VersionCause::kImport;
+  c.request_id = "import-1";
+  auto created = store_->CreateSession(c);
+  ASSERT_OK(created);
+  EXPECT_EQ(created->version.cause, VersionCause::kImport);
+  EXPECT_EQ(created->version.request_id, "import-1");
+  const uint64_t fence = created->session.fence;
+  CommitRequest append = Commit(kKey, 1, fence, 2);
+  append.cause = VersionCause::kAppend;
+  append.request_id = "append-7";
+  ASSERT_OK(store_->Commit(append));
+  CommitRequest generate = Commit(kKey, 2, fence, 3);
+  generate.cause = VersionCause::kGenerate;
+  ASSERT_OK(store_->Commit(generate));  // no request id: ""
+  auto rolled =
+      store_->Rollback(kKey, 3, fence, 2, Durability::kMemory, "rollback-1");
+  ASSERT_OK(rolled);
+  EXPECT_EQ(rolled->version.cause, VersionCause::kRollback);
+  const std::vector<std::pair<VersionCause, std::string>> want = {
+      {VersionCause::kImport, "import-1"},
+      {VersionCause::kAppend, "append-7"},
+      {VersionCause::kGenerate, ""},
+      {VersionCause::kRollback, "rollback-1"}};
+  auto versions = store_->ListVersions(kKey);
+  ASSERT_OK(versions);
+  ASSERT_EQ(versions->size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ((*versions)[i].cause, want[i].first) << i;
+    EXPECT_EQ((*versions)[i].request_id, want[i].second) << i;
+    auto loaded = store_->LoadVersion(kKey, i + 1);
+    ASSERT_OK(loaded);
+    EXPECT_EQ(loaded->version.cause, want[i].first) << i;
+    EXPECT_EQ(loaded->version.request_id, want[i].second) << i;
+  }
+  auto head = store_->GetHead(kKey);
+  ASSERT_OK(head);
+  EXPECT_EQ(head->head.cause, VersionCause::kRollback);
+  EXPECT_EQ(head->head.request_id, "rollback-1");
 }
 
 TEST_P(StateStoreContractTest, ListSessionsPagesFiltersAndIsolatesTenants) {

@@ -51,12 +51,17 @@ class VersionInfo:
     pending_bytes: int
     state_bytes: int
     cause: str
+    # The request that made it ("" when none, or not recorded).
+    request_id: str = ""
+    # ROLLBACK: the version it copies; FORK: the source's version; else 0.
+    source_version: int = 0
 
     @classmethod
     def from_proto(cls, v) -> "VersionInfo":
         from statestream.v1 import statestream_pb2 as pb
         return cls(v.version, v.position, v.input_offset, v.pending_bytes,
-                   v.state_bytes, pb.VersionCause.Name(v.cause))
+                   v.state_bytes, pb.VersionCause.Name(v.cause),
+                   v.request_id, v.source_version)
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,19 @@ def test_session_calls(client):
     rolled = s.rollback(1)
     assert (rolled.input_offset, rolled.version) == (0, 3)
     assert s.import_state(state).version == 4
+    # Each version says what made it, and which request (the SDK's ids; the
+    # append's was committed at the end of its stream, which no request
+    # asked for).
+    now = s.versions()
+    assert [(v.cause, v.source_version) for v in now] == [
+        ("VERSION_CAUSE_IMPORT", 0), ("VERSION_CAUSE_ROLLBACK", 1),
+        ("VERSION_CAUSE_APPEND", 0), ("VERSION_CAUSE_CREATE", 0)]
+    ids = [v.request_id for v in now]
+    assert ids[2] == "" and len({ids[0], ids[1], ids[3]} - {""}) == 3
+    assert [(v.cause, v.source_version) for v in fork.versions()] == [
+        ("VERSION_CAUSE_FORK", 2)]
+    assert client.session("s-import").versions()[0].cause == \
+        "VERSION_CAUSE_IMPORT"
 
     assert {x.session_id for x in client.list_sessions()} == {
         "s", "s-fork", "s-import"}
