@@ -2,9 +2,11 @@
 // --internal-token-file, shared by `gateway` and `worker` (declared in
 // cli/tenant_flags.h). Its own file: Command::flag_files lists files, and
 // a worker takes this flag but not the API keys.
+#include <iostream>
 #include <string>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "cli/tenant_flags.h"
 
@@ -26,6 +28,11 @@ absl::StatusOr<InternalToken> InternalTokenFromFlag() {
   if (!token.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("--internal-token-file: ", token.status().message()));
+  }
+  if (absl::StartsWith(token->value(), "CHANGE-ME")) {
+    std::cerr << "statestream: WARNING: --internal-token-file holds the "
+                 "placeholder token of the example manifests: anyone who "
+                 "has read them can act as a gateway; replace it\n";
   }
   return token;
 }

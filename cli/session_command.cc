@@ -231,7 +231,14 @@ absl::Status Session(const std::vector<std::string>& args) {
       } else {
         std::cout << v.version() << "\tposition=" << v.position()
                   << " input_offset=" << v.input_offset()
-                  << " cause=" << v1::VersionCause_Name(v.cause()) << "\n";
+                  << " cause=" << v1::VersionCause_Name(v.cause());
+        if (v.source_version() != 0) {
+          std::cout << " source_version=" << v.source_version();
+        }
+        if (!v.request_id().empty()) {
+          std::cout << " request_id=" << v.request_id();
+        }
+        std::cout << "\n";
       }
     }
     return absl::OkStatus();

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <fstream>
 #include <iostream>
-#include <iterator>
 #include <sstream>
 #include <utility>
 
@@ -199,12 +198,11 @@ absl::StatusOr<std::string> TenantAuth::Authenticate(
   return found->tenant;
 }
 
-absl::StatusOr<InternalToken> InternalToken::FromValue(
-    absl::string_view token) {
+absl::Status InternalToken::Add(absl::string_view token) {
   token = absl::StripAsciiWhitespace(token);
   if (!IsValidToken(token)) {
     return absl::InvalidArgumentError(
-        "the internal token must be 16-256 printable ASCII bytes without "
+        "an internal token must be 16-256 printable ASCII bytes without "
         "spaces");
   }
   const std::optional<std::array<unsigned char, 32>> digest = Sha256(token);
@@ -212,26 +210,37 @@ absl::StatusOr<InternalToken> InternalToken::FromValue(
     return MakeError(absl::StatusCode::kInternal, Reason::kInternal,
                      "the internal token cannot be hashed (SHA-256 failed)");
   }
+  if (value_.empty()) value_ = std::string(token);
+  digests_.push_back(*digest);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<InternalToken> InternalToken::FromValue(
+    absl::string_view token) {
   InternalToken out;
-  out.value_ = std::string(token);
-  out.digest_ = *digest;
+  SS_RETURN_IF_ERROR(out.Add(token));
   return out;
 }
 
 absl::StatusOr<InternalToken> InternalToken::FromFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  InternalToken out;
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    const absl::string_view token = absl::StripAsciiWhitespace(line);
+    if (token.empty() || token[0] == '#') continue;
+    if (absl::Status st = out.Add(token); !st.ok()) {
+      return absl::Status(st.code(),
+                          absl::StrCat(path, ":", number, ": ", st.message()));
+    }
   }
-  std::string text((std::istreambuf_iterator<char>(in)),
-                   std::istreambuf_iterator<char>());
   if (in.bad()) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  auto token = FromValue(text);
-  if (!token.ok()) {
-    return absl::Status(token.status().code(),
-                        absl::StrCat(path, ": ", token.status().message()));
+  if (!out.configured()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": no token (one per line)"));
   }
-  return token;
+  return out;
 }
 
 absl::Status InternalToken::Check(
@@ -239,8 +248,12 @@ absl::Status InternalToken::Check(
   if (!configured()) return absl::OkStatus();
   const std::optional<std::array<unsigned char, 32>> digest =
       shown.has_value() ? Sha256(*shown) : std::nullopt;
-  if (!digest ||
-      CRYPTO_memcmp(digest->data(), digest_.data(), digest_.size()) != 0) {
+  bool found = false;
+  for (const auto& want : digests_) {
+    found |= digest.has_value() &&
+             CRYPTO_memcmp(digest->data(), want.data(), want.size()) == 0;
+  }
+  if (!found) {
     return Unauthenticated(
         "this worker takes calls only from gateways that show its internal "
         "token (x-statestream-internal-token)");

@@ -162,23 +162,30 @@ class InternalToken {
  public:
   // None: every caller is trusted (development, or mutual TLS alone).
   InternalToken() = default;
-  // The token in `path`, surrounding whitespace ignored: 16-256 printable
-  // ASCII bytes without spaces. INVALID_ARGUMENT (malformed, naming the
-  // rule, never the token); NOT_FOUND if the file cannot be read.
+  // The tokens in `path`, one per line (blank lines and lines starting
+  // with '#' skipped; surrounding whitespace ignored), each 16-256
+  // printable ASCII bytes without spaces, at least one. The first is the
+  // one a gateway sends; a worker accepts any, so a token is rotated by
+  // adding the new one second everywhere, then first, then removing the
+  // old. INVALID_ARGUMENT (naming the line and the rule, never a token);
+  // NOT_FOUND if the file cannot be read.
   static absl::StatusOr<InternalToken> FromFile(const std::string& path);
-  // From the token itself (the same rules); for tests and embedding.
+  // One token (the same rules); for tests and embedding.
   static absl::StatusOr<InternalToken> FromValue(absl::string_view token);
 
   bool configured() const { return !value_.empty(); }
-  // What a gateway sends.
+  // What a gateway sends: the first token.
   const std::string& value() const { return value_; }
-  // OK when none is configured or `shown` is the token (compared as SHA-256
-  // digests in constant time); UNAUTHENTICATED otherwise.
+  // OK when none is configured or `shown` is one of the tokens (compared as
+  // SHA-256 digests in constant time, against all of them);
+  // UNAUTHENTICATED otherwise.
   absl::Status Check(std::optional<absl::string_view> shown) const;
 
  private:
+  absl::Status Add(absl::string_view token);
+
   std::string value_;
-  std::array<unsigned char, 32> digest_{};
+  std::vector<std::array<unsigned char, 32>> digests_;
 };
 
 // The metadata key gateways send the internal token under.

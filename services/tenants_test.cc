@@ -1,6 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "services/tenants.h"
 
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <string>
@@ -52,6 +57,39 @@ TEST(InternalTokenTest, AMalformedOrMissingTokenIsRefusedWithoutEchoingIt) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(InternalToken::FromFile("/nonexistent/token").status().code(),
             absl::StatusCode::kNotFound);
+}
+
+// A file holds one token per line: the first is sent, any is accepted
+// (rotation: add the new one second everywhere, then first, then drop the
+// old one).
+TEST(InternalTokenTest, AFileMayHoldSeveralTokensForRotation) {
+  char dir[] = "/tmp/ss-token-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string path = std::string(dir) + "/token";
+  auto write = [&](const std::string& text) {
+    std::ofstream(path, std::ios::trunc) << text;
+  };
+  write(
+      "# rotating\n  "
+      "new-token-0123456789abcdef\n\nold-token-0123456789abcdef\n");
+  auto token = InternalToken::FromFile(path);
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_EQ(token->value(), "new-token-0123456789abcdef");
+  EXPECT_TRUE(token->Check("new-token-0123456789abcdef").ok());
+  EXPECT_TRUE(token->Check("old-token-0123456789abcdef").ok());
+  EXPECT_EQ(token->Check("another-token-0123456789").code(),
+            absl::StatusCode::kUnauthenticated);
+  write("good-token-0123456789abcdef\nbad token-0123456789\n");
+  auto bad = InternalToken::FromFile(path);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find(":2:"), absl::string_view::npos)
+      << bad.status();
+  EXPECT_EQ(bad.status().message().find("0123456789"), absl::string_view::npos);
+  write("# nothing but a comment\n\n");
+  EXPECT_EQ(InternalToken::FromFile(path).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  std::remove(path.c_str());
+  rmdir(dir);
 }
 
 TEST(TenantAuthTest, AKnownTokenNamesItsTenantInAnySchemeCase) {

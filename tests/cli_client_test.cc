@@ -103,6 +103,15 @@ TEST_F(CliClientTest, SessionVerbs) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("input_offset=18"));
   EXPECT_THAT(r.out, HasSubstr("parent=cli-s@2"));
+  // What made each version: the fork's first says its source and request.
+  r = Cli({"session", "versions", "cli-fork"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("cause=VERSION_CAUSE_FORK source_version=2 "
+                               "request_id="));
+  r = Cli({"session", "versions", "cli-s"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("2\tposition=18 input_offset=18 "
+                               "cause=VERSION_CAUSE_APPEND"));
 
   r = Cli({"session", "list", "--labels=kind=cli"});
   ASSERT_EQ(r.exit_code, 0) << r.err;

@@ -40,7 +40,7 @@ StateSnapshot SessionManager::Impl::Snapshot(const Session* s) const {
 
 absl::Status SessionManager::Impl::Checkpoint(Session* s, Durability d,
                                               const std::string& request_id) {
-  if (s->dirty) return CommitNow(s, d, request_id);
+  if (s->dirty) return CommitNow(s, d, request_id, s->dirty_cause);
   return RaiseHeadDurability(s, d);
 }
 
@@ -191,6 +191,7 @@ absl::Status SessionManager::Impl::CommitGeneration(
     } else if (!final) {
       if (!s->dirty) s->dirty_since = clock_->Now();
       s->dirty = true;
+      s->dirty_cause = VersionCause::kGenerate;
       absl::MutexLock lock(&s->mu);
       RefreshView(s);
     } else if (GoneError(s).ok()) {
@@ -261,7 +262,8 @@ void SessionManager::Impl::AppendOp(
                                              in.expected_input_offset + units;
       if (in.checkpoint) {
         absl::Status st =
-            uncovered ? CommitNow(s.get(), Dur(in.durability), in.request_id)
+            uncovered ? CommitNow(s.get(), Dur(in.durability), in.request_id,
+                                  s->dirty_cause)
                       : RaiseHeadDurability(s.get(), Dur(in.durability));
         if (!st.ok()) return fail(st);
         ack = Ack(s.get(), in.request_id);
@@ -318,6 +320,7 @@ void SessionManager::Impl::AppendOp(
     if (units > 0 || consumed > 0) {
       if (!s->dirty) s->dirty_since = clock_->Now();
       s->dirty = true;
+      s->dirty_cause = VersionCause::kAppend;
       // A checkpointed generation cannot be continued past new input.
       DropInProgressRecords(&s->records);
     }
@@ -331,7 +334,9 @@ void SessionManager::Impl::AppendOp(
         (s->uncommitted_tokens >= opt_.checkpoint_tokens ||
          clock_->Now() - s->dirty_since >= opt_.checkpoint_interval);
     if (in.checkpoint || policy) {
-      absl::Status st = Checkpoint(s.get(), Dur(in.durability), in.request_id);
+      // A checkpoint by policy is no request's.
+      absl::Status st = Checkpoint(s.get(), Dur(in.durability),
+                                   in.checkpoint ? in.request_id : "");
       if (!st.ok()) {
         Release(s);
         return done(st);

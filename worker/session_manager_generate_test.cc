@@ -273,6 +273,24 @@ TEST_F(SessionManagerTest, VersionsSayWhatMadeThem) {
   EXPECT_EQ(made("v-fork"), (Made{{VersionCause::kFork, "fork-1"}}));
 }
 
+// A checkpoint the policy takes is no request's: the Append that crossed
+// --checkpoint-tokens did not ask for it.
+TEST_F(SessionManagerTest, APolicyCheckpointRecordsNoRequest) {
+  SessionManagerOptions o;
+  o.checkpoint_tokens = 1;
+  Start(o);
+  Create("p");
+  auto w = Open("p");
+  ASSERT_TRUE(
+      Append(w, 0, "abc", true, false, std::nullopt, "append-policy").ok());
+  auto versions = manager_->ListVersions("t", "p");
+  ASSERT_TRUE(versions.ok()) << versions.status();
+  ASSERT_EQ(versions->size(), 2u);
+  EXPECT_EQ((*versions)[0].cause, VersionCause::kAppend);
+  EXPECT_EQ((*versions)[0].request_id, "");
+  ASSERT_TRUE(Close(w).ok());
+}
+
 TEST_F(SessionManagerTest,
        SeededGenerationIsReproducibleAndSideBranchesAreFree) {
   Create("g");

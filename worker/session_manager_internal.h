@@ -128,6 +128,10 @@ struct Session {
   SessionHead head;
   int64_t uncommitted_tokens = 0;
   bool dirty = false;
+  // What made the uncommitted state (its version's cause): kGenerate when
+  // a generation's checkpoint could not be committed and nothing came
+  // after it, else kAppend.
+  VersionCause dirty_cause = VersionCause::kAppend;
   // dirty_since while dirty, else InfiniteFuture: what the renewal loop
   // reads (under mu) to find input waiting for a commit.
   absl::Time dirty_hint ABSL_GUARDED_BY(mu) = absl::InfiniteFuture();
@@ -329,10 +333,10 @@ class SessionManager::Impl {
   // that exists below the requested durability resyncs the head.
   // `retry`: go on once from a head adopted below (one of ours whose
   // answer never came). `request_id` and `cause` are recorded with the
-  // version (VersionInfo).
+  // version (VersionInfo); a commit of whatever is dirty passes
+  // s->dirty_cause.
   absl::Status CommitNow(Session* s, Durability d,
-                         const std::string& request_id,
-                         VersionCause cause = VersionCause::kAppend,
+                         const std::string& request_id, VersionCause cause,
                          bool retry = true);
 
   AppendAck Ack(Session* s, const std::string& request_id);

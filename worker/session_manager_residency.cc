@@ -304,7 +304,8 @@ void SessionManager::Impl::Evict(const std::shared_ptr<Session>& s) {
     s->busy = true;
   }
   if (s->dirty) {
-    absl::Status st = CommitNow(s.get(), opt_.default_durability, "");
+    absl::Status st =
+        CommitNow(s.get(), opt_.default_durability, "", s->dirty_cause);
     if (!st.ok() && GetReason(st) != Reason::kFenced) {
       Release(s);  // keep it: its input would be lost
       return;
@@ -476,7 +477,8 @@ void SessionManager::Impl::CommitIfWaited(const std::shared_ptr<Session>& s) {
     if (GoneError(s.get()).ok() && s->dirty &&
         clock_->Now() - s->dirty_since >= opt_.checkpoint_interval) {
       // A failure leaves it dirty: the next sweep or request tries again.
-      CommitNow(s.get(), opt_.default_durability, "").IgnoreError();
+      CommitNow(s.get(), opt_.default_durability, "", s->dirty_cause)
+          .IgnoreError();
     }
     Release(s);
   });
@@ -499,7 +501,8 @@ void SessionManager::Impl::Drain() {
     RunSync<bool>(s, [this, &s] {
       if (GoneError(s.get()).ok()) {
         if (s->dirty) {
-          CommitNow(s.get(), opt_.default_durability, "").IgnoreError();
+          CommitNow(s.get(), opt_.default_durability, "", s->dirty_cause)
+              .IgnoreError();
         }
         store_->ReleaseLease(s->key, opt_.owner, s->fence).IgnoreError();
         Drop(s.get(), Session::Gone::kEvicted);

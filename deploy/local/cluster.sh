@@ -119,11 +119,16 @@ case "$cmd" in
       sleep 0.1
     done
 
+    # The gateways' secret towards the workers: a fresh one per cluster.
+    od -An -N24 -tx1 /dev/urandom | tr -d ' \n' > "$dir/internal-token"
+    chmod 600 "$dir/internal-token"
+
     workers=()
     wpids=()
     for i in $(seq 1 "$n_workers"); do
       wpids+=("$(start "worker-$i" "$bin" worker --listen 127.0.0.1:0 --redis "$redis_addr" \
-        --model "$model" --worker-id "local-worker-$i" --shutdown-grace 5s)")
+        --model "$model" --worker-id "local-worker-$i" --shutdown-grace 5s \
+        --internal-token-file "$dir/internal-token")")
     done
     for i in $(seq 1 "$n_workers"); do
       workers+=("$(wait_listening "$dir/worker-$i.log" "${wpids[$((i - 1))]}" "worker-$i")")
@@ -133,7 +138,7 @@ case "$cmd" in
     gpids=()
     for i in $(seq 1 "$n_gateways"); do
       gpids+=("$(start "gateway-$i" "$bin" gateway --listen 127.0.0.1:0 --redis "$redis_addr" \
-        --gateway-id "local-gateway-$i")")
+        --gateway-id "local-gateway-$i" --internal-token-file "$dir/internal-token")")
     done
     for i in $(seq 1 "$n_gateways"); do
       gateways+=("$(wait_listening "$dir/gateway-$i.log" "${gpids[$((i - 1))]}" "gateway-$i")")
