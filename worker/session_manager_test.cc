@@ -536,12 +536,9 @@ TEST_F(SessionManagerTest, AGeneratedIdCreateRetriedOnAnotherWorkerIsOnce) {
   auto first = manager_->CreateSession("t", p);
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_EQ(first->session_id.size(), 26u);
-  SessionManagerOptions o;
-  o.owner = "other-worker";
-  auto other = SessionManager::Create(o, model_.get(), tokenizer_.get(),
-                                      scheduler_.get(), store_.get());
-  ASSERT_TRUE(other.ok()) << other.status();
-  auto retried = (*other)->CreateSession("t", p);
+  auto other = OtherWorker();
+  ASSERT_NE(other, nullptr);
+  auto retried = other->CreateSession("t", p);
   ASSERT_TRUE(retried.ok()) << retried.status();
   EXPECT_EQ(retried->session_id, first->session_id);
   ListSessionsRequest list;
@@ -552,12 +549,12 @@ TEST_F(SessionManagerTest, AGeneratedIdCreateRetriedOnAnotherWorkerIsOnce) {
   EXPECT_EQ(page->sessions.size(), 1u);
   CreateParams changed = p;
   changed.labels = {{"k", "other"}};
-  EXPECT_EQ(GetReason((*other)->CreateSession("t", changed).status()),
+  EXPECT_EQ(GetReason(other->CreateSession("t", changed).status()),
             Reason::kDuplicateRequest);
   // Another request id: another session.
   CreateParams next = p;
   next.request_id = "create-generated-2";
-  auto second = (*other)->CreateSession("t", next);
+  auto second = other->CreateSession("t", next);
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_NE(second->session_id, first->session_id);
 }
@@ -578,29 +575,26 @@ TEST_F(SessionManagerTest, AChosenIdCreateRetriedOnAnotherWorkerIsOnce) {
   auto w = Open("chosen");
   ASSERT_TRUE(Append(w, 0, "later input", true, true).ok());
   ASSERT_TRUE(Close(w).ok());
-  SessionManagerOptions o;
-  o.owner = "other-worker";
-  auto other = SessionManager::Create(o, model_.get(), tokenizer_.get(),
-                                      scheduler_.get(), store_.get());
-  ASSERT_TRUE(other.ok()) << other.status();
-  auto retried = (*other)->CreateSession("t", p);
+  auto other = OtherWorker();
+  ASSERT_NE(other, nullptr);
+  auto retried = other->CreateSession("t", p);
   ASSERT_TRUE(retried.ok()) << retried.status();
   EXPECT_EQ(retried->session_id, "chosen");
   EXPECT_EQ(retried->version, 2u);  // the session as it is now
   EXPECT_EQ(retried->input_offset, 11u);
   CreateParams changed = p;
   changed.labels = {{"k", "other"}};
-  EXPECT_EQ(GetReason((*other)->CreateSession("t", changed).status()),
+  EXPECT_EQ(GetReason(other->CreateSession("t", changed).status()),
             Reason::kDuplicateRequest);
   CreateParams another = p;
   another.request_id = "create-chosen-2";
-  EXPECT_EQ(GetReason((*other)->CreateSession("t", another).status()),
+  EXPECT_EQ(GetReason(other->CreateSession("t", another).status()),
             Reason::kSessionExists);
-  o.request_id_window = absl::ZeroDuration();
-  auto third = SessionManager::Create(o, model_.get(), tokenizer_.get(),
-                                      scheduler_.get(), store_.get());
-  ASSERT_TRUE(third.ok()) << third.status();
-  EXPECT_EQ(GetReason((*third)->CreateSession("t", p).status()),
+  SessionManagerOptions past_window;
+  past_window.request_id_window = absl::ZeroDuration();
+  auto third = OtherWorker(past_window);
+  ASSERT_NE(third, nullptr);
+  EXPECT_EQ(GetReason(third->CreateSession("t", p).status()),
             Reason::kSessionExists);
 }
 
@@ -619,12 +613,9 @@ TEST_F(SessionManagerTest, AGeneratedIdImportRetriedOnAnotherWorkerIsOnce) {
   p.request_id = "import-generated";
   auto first = manager_->Import("t", abc, false, p, std::nullopt);
   ASSERT_TRUE(first.ok()) << first.status();
-  SessionManagerOptions o;
-  o.owner = "other-worker";
-  auto other = SessionManager::Create(o, model_.get(), tokenizer_.get(),
-                                      scheduler_.get(), store_.get());
-  ASSERT_TRUE(other.ok()) << other.status();
-  auto retried = (*other)->Import("t", abc, false, p, std::nullopt);
+  auto other = OtherWorker();
+  ASSERT_NE(other, nullptr);
+  auto retried = other->Import("t", abc, false, p, std::nullopt);
   ASSERT_TRUE(retried.ok()) << retried.status();
   EXPECT_EQ(retried->session_id, first->session_id);
   EXPECT_EQ(retried->input_offset, 3u);
@@ -635,9 +626,9 @@ TEST_F(SessionManagerTest, AGeneratedIdImportRetriedOnAnotherWorkerIsOnce) {
   ASSERT_TRUE(page.ok()) << page.status();
   EXPECT_EQ(page->sessions.size(), 2u);  // src and the import
   EXPECT_EQ(
-      GetReason((*other)->Import("t", abcd, false, p, std::nullopt).status()),
+      GetReason(other->Import("t", abcd, false, p, std::nullopt).status()),
       Reason::kDuplicateRequest);
-  (*other)->Drain();
+  other->Drain();
 }
 
 // An Append's ingest stops when its call does — the writer abandoned

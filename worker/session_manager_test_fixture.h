@@ -113,6 +113,17 @@ class SessionManagerTest : public ::testing::Test {
     manager_ = *std::move(m);
   }
 
+  // Another worker on the same model, scheduler and store, with its own
+  // request-id memo: what a retry that failed over meets.
+  std::unique_ptr<SessionManager> OtherWorker(
+      SessionManagerOptions options = {}) {
+    options.owner = "other-worker";
+    auto m = SessionManager::Create(options, model_.get(), tokenizer_.get(),
+                                    scheduler_.get(), store_.get());
+    EXPECT_TRUE(m.ok()) << m.status();
+    return m.ok() ? *std::move(m) : nullptr;
+  }
+
   void Create(const std::string& id) {
     CreateParams p;
     p.request_id = "create-" + id;

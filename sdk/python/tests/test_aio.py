@@ -58,17 +58,18 @@ def test_async_append_and_generate_survive_kill9(server):
     run(main())
 
 
-def test_async_resumed_generate_that_diverges_is_not_joined(server):
+def resumed_after_the_session_moved(server, session_id, **generate):
+    """Generates on a new session, kills the server after the first chunk,
+    appends to the session, then reads the resumed stream: the error it
+    raised (an AssertionError if it joined the output instead)."""
     async def main():
         async with AsyncClient(server.address, max_attempts=40,
                                max_backoff=0.5,
                                options=[("grpc.http2.bdp_probe", 0)]) as c:
-            await c.create_session("diverge")
-            s = c.session("diverge")
+            await c.create_session(session_id)
+            s = c.session(session_id)
             await s.append("Once upon a time")
-            stream = s.generate(max_tokens=8000, temperature=1.0,
-                                logprobs=True, top_logprobs=5,
-                                request_id="diverging")
+            stream = s.generate(max_tokens=8000, **generate)
             await stream.__anext__()
             server.kill_and_restart()
             await s.append(" there was a change")
@@ -76,35 +77,24 @@ def test_async_resumed_generate_that_diverges_is_not_joined(server):
                 async for _ in stream:
                     pass
             except StatestreamError as e:
-                assert e.code == grpc.StatusCode.ABORTED
-            else:
-                raise AssertionError("the diverged output was joined")
-    run(main())
+                return e
+            raise AssertionError("output from two states was joined")
+    return run(main())
+
+
+def test_async_resumed_generate_that_diverges_is_not_joined(server):
+    e = resumed_after_the_session_moved(
+        server, "diverge", temperature=1.0, logprobs=True, top_logprobs=5,
+        request_id="diverging")
+    assert e.code == grpc.StatusCode.ABORTED
 
 
 def test_async_resumed_greedy_generate_on_a_moved_session_is_not_joined(
         server):
     # Greedy output could repeat the delivered tokens from another state:
     # the resume is pinned to the input its first chunk started from.
-    async def main():
-        async with AsyncClient(server.address, max_attempts=40,
-                               max_backoff=0.5,
-                               options=[("grpc.http2.bdp_probe", 0)]) as c:
-            await c.create_session("moved")
-            s = c.session("moved")
-            await s.append("Once upon a time")
-            stream = s.generate(max_tokens=8000, temperature=0,
-                                request_id="greedy")
-            await stream.__anext__()
-            server.kill_and_restart()
-            await s.append(" there was a change")
-            try:
-                async for _ in stream:
-                    pass
-            except StatestreamError as e:
-                assert e.code == grpc.StatusCode.ABORTED
-                assert "input moved" in e.message
-                assert e.reason == "POSITION_MISMATCH"
-            else:
-                raise AssertionError("output from two states was joined")
-    run(main())
+    e = resumed_after_the_session_moved(server, "moved", temperature=0,
+                                        request_id="greedy")
+    assert e.code == grpc.StatusCode.ABORTED
+    assert "input moved" in e.message
+    assert e.reason == "POSITION_MISMATCH"

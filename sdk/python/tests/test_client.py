@@ -157,22 +157,31 @@ def test_committing_generate_survives_kill9(server, client):
     assert s.score("x").sum_logprob == twin.score("x").sum_logprob
 
 
-def test_a_resumed_generate_that_diverges_is_not_joined(server, client):
-    # The server's seed derives from the input_offset, which the append in
-    # between moves: the resumed call's tokens differ, and the stream raises
-    # ABORTED instead of joining the two outputs.
-    client.create_session("diverge")
-    s = client.session("diverge")
+def resumed_after_the_session_moved(server, client, session_id, **generate):
+    """Generates on a new session, kills the server after the first chunk,
+    appends to the session, then reads the resumed stream: the error it
+    raised (the test fails if it joined the output instead)."""
+    client.create_session(session_id)
+    s = client.session(session_id)
     s.append("Once upon a time")
-    stream = s.generate(max_tokens=8000, temperature=1.0, logprobs=True,
-                        top_logprobs=5, request_id="diverging")
-    next(stream)
+    stream = s.generate(max_tokens=8000, **generate)
+    assert next(stream).index == 0
     server.kill_and_restart()
     s.append(" there was a change")
     with pytest.raises(StatestreamError) as e:
         for _ in stream:
             pass
-    assert e.value.code == grpc.StatusCode.ABORTED
+    return e.value
+
+
+def test_a_resumed_generate_that_diverges_is_not_joined(server, client):
+    # The server's seed derives from the input_offset, which the append in
+    # between moves: the resumed call's tokens differ, and the stream raises
+    # ABORTED instead of joining the two outputs.
+    e = resumed_after_the_session_moved(
+        server, client, "diverge", temperature=1.0, logprobs=True,
+        top_logprobs=5, request_id="diverging")
+    assert e.code == grpc.StatusCode.ABORTED
 
 
 def test_a_resumed_greedy_generate_on_a_moved_session_is_not_joined(
@@ -180,20 +189,11 @@ def test_a_resumed_greedy_generate_on_a_moved_session_is_not_joined(
     # Greedy output could repeat the delivered tokens from another state:
     # the resume is pinned to the input its first chunk started from, and
     # the stream raises ABORTED once the session moved.
-    client.create_session("moved")
-    s = client.session("moved")
-    s.append("Once upon a time")
-    stream = s.generate(max_tokens=8000, temperature=0, request_id="greedy")
-    first = next(stream)
-    assert first.index == 0
-    server.kill_and_restart()
-    s.append(" there was a change")
-    with pytest.raises(StatestreamError) as e:
-        for _ in stream:
-            pass
-    assert e.value.code == grpc.StatusCode.ABORTED
-    assert "input moved" in e.value.message
-    assert e.value.reason == "POSITION_MISMATCH"
+    e = resumed_after_the_session_moved(server, client, "moved",
+                                        temperature=0, request_id="greedy")
+    assert e.code == grpc.StatusCode.ABORTED
+    assert "input moved" in e.message
+    assert e.reason == "POSITION_MISMATCH"
 
 
 def test_results_say_the_durability_reached_and_why_generate_stopped(client):
