@@ -589,7 +589,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
       return reader;
     }
     const bool spawned = gateway_->Spawn([this, ctx, resp, reader, began,
-                                          slot = *std::move(slot)] {
+                                          slot = *std::move(slot)]() mutable {
       // Kept whole for a replay on failover, so bounded: no more state
       // bytes than the header announces (the worker refuses more anyway)
       // nor than the gateway's limit. A stream that breaks either ends at
@@ -632,6 +632,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
       if (!bad.ok()) {
         const grpc::Status st = ToGrpcStatus(bad);
         gateway_->EndCall("ImportState", st, began);
+        slot.reset();
         reader->Finish(st);
         reader->Release();
         return;
@@ -669,6 +670,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
                       return writer->Finish();
                     });
       gateway_->EndCall("ImportState", st, began);
+      slot.reset();  // the client may open its next stream at once
       reader->Finish(st);
       reader->Release();
     });

@@ -31,12 +31,16 @@ using AppendBidi = BlockingBidi<v1::AppendRequest, v1::AppendResponse>;
 // (log -> worker).
 class AppendCall final : public Watched {
  public:
+  // `slot`: the tenant's stream slot (may be null), freed before the
+  // client sees the call end.
   AppendCall(Gateway* gateway, grpc::CallbackServerContext* ctx,
-             AppendBidi* client, std::string tenant)
+             AppendBidi* client, std::string tenant,
+             std::shared_ptr<TenantLimits::StreamSlot> slot)
       : gateway_(gateway),
         ctx_(ctx),
         client_(client),
-        tenant_(std::move(tenant)) {}
+        tenant_(std::move(tenant)),
+        slot_(std::move(slot)) {}
 
   // Serves the call to its end (Finish included).
   void Run() {
@@ -46,12 +50,14 @@ class AppendCall final : public Watched {
       reader = std::thread([this] { ReadClient(); });
     } catch (const std::system_error&) {  // out of threads
       gateway_->EndCall("Append", Gateway::Refused(), began);
+      slot_.reset();
       client_->FinishCall(Gateway::Refused());
       return;
     }
     grpc::Status final_status = Forward();
     gateway_->EndCall("Append", final_status, began);
     ctx_->AddTrailingMetadata(kAttemptsTrailer, absl::StrCat(attempts_));
+    slot_.reset();  // the client may open its next stream at once
     client_->FinishCall(final_status);
     {
       absl::MutexLock lock(&mu_);
@@ -313,6 +319,7 @@ class AppendCall final : public Watched {
   grpc::CallbackServerContext* const ctx_;
   AppendBidi* const client_;
   const std::string tenant_;
+  std::shared_ptr<TenantLimits::StreamSlot> slot_;
   int attempts_ = 0;  // Run's thread only
 
   absl::Mutex mu_;
@@ -491,8 +498,8 @@ class StreamsService final : public v1::Streams::CallbackService {
       return client;
     }
     if (!gateway_->Spawn([this, ctx, client, tenant = *std::move(tenant),
-                          slot = *std::move(slot)] {
-          AppendCall(gateway_, ctx, client, tenant).Run();
+                          slot = *std::move(slot)]() mutable {
+          AppendCall(gateway_, ctx, client, tenant, std::move(slot)).Run();
           client->Release();
         })) {
       client->FinishCall(Gateway::Refused());
@@ -515,9 +522,10 @@ class StreamsService final : public v1::Streams::CallbackService {
     }
     const absl::Time began = gateway_->BeginCall();
     if (!gateway_->Spawn([this, ctx, req, client, slot = *std::move(slot),
-                          began] {
+                          began]() mutable {
           grpc::Status status = ForwardGenerate(gateway_, *ctx, *req, client);
           gateway_->EndCall("Generate", status, began);
+          slot.reset();  // the client may open its next stream at once
           client->Finish(status);
           client->Release();
         })) {
