@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <iostream>
 #include <optional>
 #include <system_error>
 #include <utility>
@@ -276,6 +277,17 @@ bool Gateway::ShouldFailover(const grpc::Status& status) {
   }
 }
 
+grpc::Status Gateway::FromWorker(const grpc::Status& status) {
+  if (status.error_code() != grpc::StatusCode::UNAUTHENTICATED) return status;
+  std::cerr << "statestream gateway: a worker refused this gateway: "
+            << status.error_message()
+            << " (check --internal-token-file and the worker TLS flags)\n";
+  return ToGrpcStatus(MakeError(
+      absl::StatusCode::kInternal, Reason::kInternal,
+      "a worker refused this gateway's credentials (the cluster's internal "
+      "token or certificates are misconfigured); not your API key"));
+}
+
 grpc::Status Gateway::GaveUp(const grpc::Status& last) {
   return ToGrpcStatus(MakeError(
       absl::StatusCode::kUnavailable, Reason::kOverloaded,
@@ -325,7 +337,7 @@ grpc::Status ForwardWithFailover(
     last = call(gateway->Channel(route->address), client.get());
     if (!Gateway::ShouldFailover(last) || ctx.IsCancelled() ||
         (settled != nullptr && *settled)) {
-      return last;
+      return Gateway::FromWorker(last);
     }
     gateway->router().MarkSuspect(route->worker_id);
     exclude.insert(route->worker_id);

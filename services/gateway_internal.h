@@ -93,6 +93,11 @@ class Gateway {
   // retry_after_ms (retry later), never a worker's CANCELLED (a client
   // would take it for its own cancellation) or the internal ABORTED/FENCED.
   static grpc::Status GaveUp(const grpc::Status& last);
+  // A worker's final answer as the client gets it: UNAUTHENTICATED from a
+  // worker means the worker refused this gateway (internal token or client
+  // certificate), not the client's credentials, which the gateway already
+  // accepted: INTERNAL/INTERNAL saying so (and logged). Else unchanged.
+  static grpc::Status FromWorker(const grpc::Status& status);
 
  private:
   void WatchdogLoop();

@@ -211,7 +211,7 @@ class AppendCall final : public Watched {
           std::min(absl::Milliseconds(50) * failures, absl::Milliseconds(500)));
     }
     gateway_->Unwatch(this);
-    return gave_up ? Gateway::GaveUp(status) : status;
+    return gave_up ? Gateway::GaveUp(status) : Gateway::FromWorker(status);
   }
 
   grpc::Status Attempt(const Route& route, int attempt, bool* stalled,
