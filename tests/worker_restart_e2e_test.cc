@@ -50,6 +50,36 @@ Serve StartServe(const std::vector<std::string>& args) {
           v1::Streams::NewStub(channel)};
 }
 
+// Creates session `id` (request "create-ID") and appends `text` with
+// flush and checkpoint at `durability`: the ack (a test failure if any
+// step failed).
+v1::AppendResponse CreateWithText(v1::Sessions::Stub* sessions,
+                                  v1::Streams::Stub* streams,
+                                  const std::string& id,
+                                  const std::string& text,
+                                  v1::Durability durability) {
+  v1::CreateSessionRequest create;
+  create.set_request_id("create-" + id);
+  create.set_session_id(id);
+  v1::Session s;
+  grpc::ClientContext c1;
+  EXPECT_TRUE(sessions->CreateSession(&c1, create, &s).ok());
+  grpc::ClientContext c2;
+  auto stream = streams->Append(&c2);
+  v1::AppendRequest r;
+  r.set_session_id(id);
+  r.set_text_utf8(text);
+  r.set_flush(true);
+  r.set_checkpoint(true);
+  r.set_durability(durability);
+  v1::AppendResponse ack;
+  EXPECT_TRUE(stream->Write(r));
+  EXPECT_TRUE(stream->Read(&ack));
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+  return ack;
+}
+
 // State transfers in flight hold at most --max-transfer-bytes: with the
 // budget taken by an import still streaming, another import's header is
 // RESOURCE_EXHAUSTED/OVERLOADED (retry later); once it ends, it fits.
@@ -169,26 +199,11 @@ TEST_P(WorkerRestartPrecisionTest, SessionsResumeAfterARestart) {
   {
     auto [server, sessions, streams] = start();
     ASSERT_NE(server, nullptr);
-    v1::CreateSessionRequest create;
-    create.set_request_id("create-durable");
-    create.set_session_id("durable");
-    v1::Session s;
-    grpc::ClientContext c1;
-    ASSERT_TRUE(sessions->CreateSession(&c1, create, &s).ok());
-    grpc::ClientContext c2;
-    auto stream = streams->Append(&c2);
-    v1::AppendRequest r;
-    r.set_session_id("durable");
-    r.set_text_utf8("persist me, please");
-    r.set_flush(true);
-    r.set_checkpoint(true);
-    r.set_durability(v1::DURABILITY_FSYNC);
-    ASSERT_TRUE(stream->Write(r));
-    v1::AppendResponse ack;
-    ASSERT_TRUE(stream->Read(&ack));
+    const v1::AppendResponse ack =
+        CreateWithText(sessions.get(), streams.get(), "durable",
+                       "persist me, please", v1::DURABILITY_FSYNC);
+    ASSERT_FALSE(HasFailure());
     EXPECT_EQ(ack.durability(), v1::DURABILITY_FSYNC);
-    stream->WritesDone();
-    ASSERT_TRUE(stream->Finish().ok());
     position = ack.position();
     before = generate(streams.get(), false);
     server->Signal(SIGTERM);
@@ -313,24 +328,8 @@ TEST(WorkerRestartTest, AKilledGenerationResumesFromItsLastCheckpoint) {
   };
   auto prepare = [](v1::Sessions::Stub* sessions, v1::Streams::Stub* streams,
                     const std::string& id) {
-    v1::CreateSessionRequest create;
-    create.set_request_id("create-" + id);
-    create.set_session_id(id);
-    v1::Session s;
-    grpc::ClientContext c1;
-    ASSERT_TRUE(sessions->CreateSession(&c1, create, &s).ok());
-    grpc::ClientContext c2;
-    auto stream = streams->Append(&c2);
-    v1::AppendRequest r;
-    r.set_session_id(id);
-    r.set_text_utf8("a long story begins");
-    r.set_flush(true);
-    r.set_checkpoint(true);
-    ASSERT_TRUE(stream->Write(r));
-    v1::AppendResponse ack;
-    ASSERT_TRUE(stream->Read(&ack));
-    stream->WritesDone();
-    ASSERT_TRUE(stream->Finish().ok());
+    CreateWithText(sessions, streams, id, "a long story begins",
+                   v1::DURABILITY_UNSPECIFIED);
   };
 
   Output reference;
