@@ -3,7 +3,6 @@
 // and an embedded state store.
 #include <unistd.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <string>

@@ -264,8 +264,8 @@ absl::Status Session(const std::vector<std::string>& args) {
     PrintSession(s);
     return absl::OkStatus();
   }
-  return UsageError(
-      absl::StrCat("unknown verb `session ", verb, "`; ", kSessionSynopsis));
+  // CheckArguments refused every other verb.
+  return absl::InternalError(absl::StrCat("unhandled verb ", verb));
 }
 
 // Usage errors (UsageError, never a server's INVALID_ARGUMENT) exit 2,

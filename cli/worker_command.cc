@@ -14,6 +14,7 @@
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "cli/cli_util.h"
 #include "cli/command.h"
@@ -137,7 +138,14 @@ int Run(const std::vector<std::string>& args) {
   auto policy = std::make_shared<worker::CallerPolicy>();
   policy->internal_token = *std::move(internal_token);
   // Workers trust the tenant the gateway forwards; say who may call.
-  if (!ClientCertificatesRequired() && !policy->internal_token.configured()) {
+  std::vector<std::string> must;
+  if (policy->internal_token.configured()) {
+    must.push_back("show the --internal-token-file token");
+  }
+  if (ClientCertificatesRequired()) {
+    must.push_back("present a client certificate signed by --tls-client-ca");
+  }
+  if (must.empty()) {
     std::cerr << "statestream worker: WARNING: running UNAUTHENTICATED: any "
                  "caller that reaches this port picks its tenant with the "
                  "x-statestream-tenant header (start workers with "
@@ -145,17 +153,7 @@ int Run(const std::vector<std::string>& args) {
                  "gateways can call)\n";
   } else {
     std::cerr << "statestream worker: callers must "
-              << (policy->internal_token.configured()
-                      ? "show the --internal-token-file token"
-                      : "")
-              << (policy->internal_token.configured() &&
-                          ClientCertificatesRequired()
-                      ? " and "
-                      : "")
-              << (ClientCertificatesRequired()
-                      ? "present a client certificate signed by "
-                        "--tls-client-ca"
-                      : "")
+              << absl::StrJoin(must, " and ")
               << "; the tenant is the x-statestream-tenant header they "
                  "forward\n";
   }

@@ -100,6 +100,23 @@ std::optional<std::array<unsigned char, 32>> Sha256(absl::string_view data) {
   return digest;
 }
 
+// The last of `entries` whose digest equals `digest`, every entry compared
+// in constant time (neither timing nor the order tells which matched);
+// null if none.
+template <class Entry, class DigestOf>
+const Entry* FindDigest(const std::vector<Entry>& entries,
+                        const std::array<unsigned char, 32>& digest,
+                        DigestOf digest_of) {
+  const Entry* found = nullptr;
+  for (const Entry& entry : entries) {
+    const std::array<unsigned char, 32>& want = digest_of(entry);
+    if (CRYPTO_memcmp(want.data(), digest.data(), digest.size()) == 0) {
+      found = &entry;
+    }
+  }
+  return found;
+}
+
 }  // namespace
 
 TenantAuth::TenantAuth(std::map<std::string, std::string> api_keys) {
@@ -188,18 +205,13 @@ absl::StatusOr<std::string> TenantAuth::Authenticate(
     return MakeError(absl::StatusCode::kInternal, Reason::kInternal,
                      "API keys cannot be checked (SHA-256 failed)");
   }
-  const Key* found = nullptr;
-  for (const Key& key : keys_) {
-    if (CRYPTO_memcmp(key.digest.data(), digest->data(), digest->size()) == 0) {
-      found = &key;
-    }
-  }
+  const Key* found = FindDigest(
+      keys_, *digest, [](const Key& key) -> const auto& { return key.digest; });
   if (found == nullptr) return Unauthenticated("unknown API key");
   return found->tenant;
 }
 
 absl::Status InternalToken::Add(absl::string_view token) {
-  token = absl::StripAsciiWhitespace(token);
   if (!IsValidToken(token)) {
     return absl::InvalidArgumentError(
         "an internal token must be 16-256 printable ASCII bytes without "
@@ -218,7 +230,7 @@ absl::Status InternalToken::Add(absl::string_view token) {
 absl::StatusOr<InternalToken> InternalToken::FromValue(
     absl::string_view token) {
   InternalToken out;
-  SS_RETURN_IF_ERROR(out.Add(token));
+  SS_RETURN_IF_ERROR(out.Add(absl::StripAsciiWhitespace(token)));
   return out;
 }
 
@@ -248,11 +260,11 @@ absl::Status InternalToken::Check(
   if (!configured()) return absl::OkStatus();
   const std::optional<std::array<unsigned char, 32>> digest =
       shown.has_value() ? Sha256(*shown) : std::nullopt;
-  bool found = false;
-  for (const auto& want : digests_) {
-    found |= digest.has_value() &&
-             CRYPTO_memcmp(digest->data(), want.data(), want.size()) == 0;
-  }
+  const bool found = digest.has_value() &&
+                     FindDigest(
+                         digests_, *digest, [](const auto& d) -> const auto& {
+                           return d;
+                         }) != nullptr;
   if (!found) {
     return Unauthenticated(
         "this worker takes calls only from gateways that show its internal "

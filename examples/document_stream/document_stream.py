@@ -108,11 +108,16 @@ def process(client: Client, session_id: str, document: bytes,
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         with doc.writer(start_offset=start) as w:
             pos = start
-            for offset, _, question in asks:
-                while pos < offset:
-                    n = min(chunk_bytes, offset - pos)
+
+            def write_to(end):
+                nonlocal pos
+                while pos < end:
+                    n = min(chunk_bytes, end - pos)
                     w.write(document[pos:pos + n])
                     pos += n
+
+            for offset, _, question in asks:
+                write_to(offset)
                 if offset in earlier:
                     version = earlier[offset]
                 else:
@@ -124,10 +129,7 @@ def process(client: Client, session_id: str, document: bytes,
                 fork = doc.fork(version)
                 futures.append(pool.submit(answer, fork, question, offset,
                                            version))
-            while pos < len(document):
-                n = min(chunk_bytes, len(document) - pos)
-                w.write(document[pos:pos + n])
-                pos += n
+            write_to(len(document))
             w.flush()  # the document ends here: its last token is final
             final = w.close()
         answers = [f.result() for f in futures]
