@@ -15,7 +15,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
-#include "common/session_ids.h"
 #include "common/status.h"
 #include "services/gateway_internal.h"
 #include "services/tls.h"
@@ -405,15 +404,10 @@ grpc::Status SessionQuota(Gateway* gateway,
   if (limits == nullptr) return grpc::Status::OK;
   auto tenant = gateway->Tenant(ctx);
   if (!tenant.ok()) return ToGrpcStatus(tenant.status());
-  if (!session_id.empty()) {
-    return ToGrpcStatus(limits->CheckNewSession(*tenant, session_id));
-  }
-  // A derived id's session is this request's only within the workers'
-  // request-id window; older, a worker creates a fresh session, so it would
-  // be one more.
-  return ToGrpcStatus(limits->CheckNewSession(
-      *tenant, request_id.empty() ? "" : DerivedSessionId(*tenant, request_id),
-      gateway->options().request_id_window));
+  // The workers' request-id window decides whether a derived id's session
+  // is this request's.
+  return ToGrpcStatus(limits->CheckNewCreate(
+      *tenant, session_id, request_id, gateway->options().request_id_window));
 }
 
 // Every rpc is one line: route key and the stub method.

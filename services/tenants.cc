@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/session_ids.h"
 #include "common/status.h"
 #include "state_store/state_store.h"
 
@@ -341,6 +342,16 @@ int TenantLimits::open_streams(const std::string& tenant) const {
   absl::MutexLock lock(&mu_);
   auto it = open_.find(tenant);
   return it == open_.end() ? 0 : it->second;
+}
+
+absl::Status TenantLimits::CheckNewCreate(const std::string& tenant,
+                                          const std::string& session_id,
+                                          const std::string& request_id,
+                                          absl::Duration request_id_window) {
+  if (!session_id.empty()) return CheckNewSession(tenant, session_id);
+  return CheckNewSession(
+      tenant, request_id.empty() ? "" : DerivedSessionId(tenant, request_id),
+      request_id_window);
 }
 
 absl::Status TenantLimits::CheckNewSession(const std::string& tenant,

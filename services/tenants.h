@@ -97,6 +97,16 @@ class TenantLimits {
       const std::string& tenant, const std::string& session_id = "",
       absl::Duration max_age = absl::InfiniteDuration());
 
+  // CheckNewSession for a create (or creating import) with these ids: its
+  // session is `session_id`; when that is empty, the one derived from
+  // `request_id` (DerivedSessionId), which counts as existing only within
+  // `request_id_window` (older, a worker creates a fresh session); with
+  // neither, any new session.
+  absl::Status CheckNewCreate(const std::string& tenant,
+                              const std::string& session_id,
+                              const std::string& request_id,
+                              absl::Duration request_id_window);
+
   // Streams `tenant` has open here.
   int open_streams(const std::string& tenant) const;
 

@@ -8,7 +8,6 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "common/session_ids.h"
 #include "common/status.h"
 #include "worker/engine/utf8.h"
 #include "worker/metrics.h"
@@ -86,12 +85,8 @@ absl::Status CheckSessionQuota(const CallerPolicy& policy,
                                const std::string& request_id,
                                absl::Duration request_id_window) {
   if (policy.limits == nullptr) return absl::OkStatus();
-  if (!session_id.empty()) {
-    return policy.limits->CheckNewSession(tenant, session_id);
-  }
-  return policy.limits->CheckNewSession(
-      tenant, request_id.empty() ? "" : DerivedSessionId(tenant, request_id),
-      request_id_window);
+  return policy.limits->CheckNewCreate(tenant, session_id, request_id,
+                                       request_id_window);
 }
 
 absl::Status CheckRequestId(const std::string& id) {

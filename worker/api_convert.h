@@ -31,11 +31,9 @@ absl::StatusOr<std::string> TenantOf(const grpc::CallbackServerContext& ctx,
 absl::StatusOr<std::unique_ptr<TenantLimits::StreamSlot>> HoldStream(
     const CallerPolicy& policy, const std::string& tenant);
 
-// OK if `tenant` may create the session a create (or creating import) with
-// these ids makes, or TENANT_LIMIT (TenantLimits::CheckNewSession): a
-// session that exists already under the id (a retry) passes, for the
-// manager to answer; a server-generated id is derived from the request id
-// and counts as existing only within `request_id_window`.
+// TenantLimits::CheckNewCreate under `policy` (OK without limits): a
+// session that exists already under the create's id (a retry) passes, for
+// the manager to answer.
 absl::Status CheckSessionQuota(const CallerPolicy& policy,
                                const std::string& tenant,
                                const std::string& session_id,
