@@ -71,8 +71,7 @@ class MemoryStateStore final : public StateStore {
     StoredVersion v{
         store_internal::DescribeVersion(r.initial_state, *bytes, 1, fence, 1),
         bytes};
-    v.info.cause = r.cause;
-    v.info.request_id = r.request_id;
+    store_internal::RecordCause(r, &v.info);
     return Install(&s, std::move(v), r.durability, now);
   }
 
@@ -148,9 +147,7 @@ class MemoryStateStore final : public StateStore {
     StoredVersion v{
         store_internal::DescribeVersion(r.state, *bytes, head + 1, r.fence, 1),
         bytes};
-    v.info.rolled_back_from = r.rolled_back_from;
-    v.info.cause = r.cause;
-    v.info.request_id = r.request_id;
+    store_internal::RecordCause(r, &v.info);
     return Install(s, std::move(v), r.durability, now);
   }
 
@@ -158,17 +155,8 @@ class MemoryStateStore final : public StateStore {
       const SessionKey& key, uint64_t expected_version, uint64_t fence,
       uint64_t version, Durability durability,
       const std::string& request_id) override {
-    SS_ASSIGN_OR_RETURN(LoadedVersion old, LoadVersion(key, version));
-    CommitRequest r;
-    r.key = key;
-    r.expected_version = expected_version;
-    r.fence = fence;
-    r.state = std::move(old.state);
-    r.durability = durability;
-    r.rolled_back_from = old.version.version;
-    r.cause = VersionCause::kRollback;
-    r.request_id = request_id;
-    return Commit(r);
+    return store_internal::RollbackByCommit(*this, key, expected_version, fence,
+                                            version, durability, request_id);
   }
 
   absl::StatusOr<std::vector<VersionInfo>> ListVersions(

@@ -296,8 +296,7 @@ class RedisStateStore final : public StateStore {
         static_cast<uint32_t>(chunks.size()));
     v.committed_at = clock_->Now();
     v.durability = Durability::kMemory;
-    v.cause = r.cause;
-    v.request_id = r.request_id;
+    store_internal::RecordCause(r, &v);
     const std::vector<std::string> head = {
         "version",     "1",
         "oldest",      "1",
@@ -426,9 +425,7 @@ class RedisStateStore final : public StateStore {
     VersionInfo v = store_internal::DescribeVersion(
         r.state, encoded.size(), encoded.crc(), version, r.fence,
         static_cast<uint32_t>(chunks.size()));
-    v.rolled_back_from = r.rolled_back_from;
-    v.cause = r.cause;
-    v.request_id = r.request_id;
+    store_internal::RecordCause(r, &v);
     v.committed_at = clock_->Now();
     Durability reached = BaseDurability();
     v.durability = reached;
@@ -498,17 +495,8 @@ class RedisStateStore final : public StateStore {
       const SessionKey& key, uint64_t expected_version, uint64_t fence,
       uint64_t version, Durability durability,
       const std::string& request_id) override {
-    SS_ASSIGN_OR_RETURN(LoadedVersion old, LoadVersion(key, version));
-    CommitRequest r;
-    r.key = key;
-    r.expected_version = expected_version;
-    r.fence = fence;
-    r.state = std::move(old.state);
-    r.durability = durability;
-    r.rolled_back_from = old.version.version;
-    r.cause = VersionCause::kRollback;
-    r.request_id = request_id;
-    return Commit(r);
+    return store_internal::RollbackByCommit(*this, key, expected_version, fence,
+                                            version, durability, request_id);
   }
 
   absl::StatusOr<std::vector<VersionInfo>> ListVersions(

@@ -213,8 +213,7 @@ class SqliteStateStore final : public StateStore {
                            .Bind(static_cast<int64_t>(r.request_digest))
                            .Run());
     VersionInfo v = si::DescribeVersion(r.initial_state, bytes, 1, fence, 1);
-    v.cause = r.cause;
-    v.request_id = r.request_id;
+    si::RecordCause(r, &v);
     return Install(r.key, v, bytes, r.durability, now, &txn);
   }
 
@@ -273,9 +272,7 @@ class SqliteStateStore final : public StateStore {
     }
     VersionInfo v =
         si::DescribeVersion(r.state, bytes, h.head.version + 1, r.fence, 1);
-    v.rolled_back_from = r.rolled_back_from;
-    v.cause = r.cause;
-    v.request_id = r.request_id;
+    si::RecordCause(r, &v);
     return Install(r.key, v, bytes, r.durability, now, &txn);
   }
 
@@ -317,17 +314,8 @@ class SqliteStateStore final : public StateStore {
       const SessionKey& key, uint64_t expected_version, uint64_t fence,
       uint64_t version, Durability durability,
       const std::string& request_id) override {
-    SS_ASSIGN_OR_RETURN(LoadedVersion old, LoadVersion(key, version));
-    CommitRequest r;
-    r.key = key;
-    r.expected_version = expected_version;
-    r.fence = fence;
-    r.state = std::move(old.state);
-    r.durability = durability;
-    r.rolled_back_from = old.version.version;
-    r.cause = VersionCause::kRollback;
-    r.request_id = request_id;
-    return Commit(r);
+    return store_internal::RollbackByCommit(*this, key, expected_version, fence,
+                                            version, durability, request_id);
   }
 
   absl::StatusOr<std::vector<VersionInfo>> ListVersions(

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "state_store/internal/store_util.h"
 
+#include <utility>
+
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -247,6 +249,37 @@ VersionInfo DescribeVersion(const StateSnapshot& s, uint64_t encoded_bytes,
   v.chunk_count = chunk_count;
   v.state_crc32c = encoded_crc;
   return v;
+}
+
+void RecordCause(const CommitRequest& r, VersionInfo* v) {
+  v->rolled_back_from = r.rolled_back_from;
+  v->cause = r.cause;
+  v->request_id = r.request_id;
+}
+
+void RecordCause(const CreateSessionRequest& r, VersionInfo* v) {
+  v->cause = r.cause;
+  v->request_id = r.request_id;
+}
+
+absl::StatusOr<CommitResult> RollbackByCommit(StateStore& store,
+                                              const SessionKey& key,
+                                              uint64_t expected_version,
+                                              uint64_t fence, uint64_t version,
+                                              Durability durability,
+                                              const std::string& request_id) {
+  absl::StatusOr<LoadedVersion> old = store.LoadVersion(key, version);
+  if (!old.ok()) return old.status();
+  CommitRequest r;
+  r.key = key;
+  r.expected_version = expected_version;
+  r.fence = fence;
+  r.state = std::move(old->state);
+  r.durability = durability;
+  r.rolled_back_from = old->version.version;
+  r.cause = VersionCause::kRollback;
+  r.request_id = request_id;
+  return store.Commit(r);
 }
 
 }  // namespace store_internal

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "state_store/state_store.h"
@@ -54,6 +55,21 @@ VersionInfo DescribeVersion(const StateSnapshot& snapshot,
                             uint64_t encoded_bytes, uint32_t encoded_crc,
                             uint64_t version, uint64_t fence,
                             uint32_t chunk_count);
+
+// What the writer said made a version (cause, request id and, for a
+// commit, rolled_back_from), copied from its request into `v`.
+void RecordCause(const CommitRequest& r, VersionInfo* v);
+void RecordCause(const CreateSessionRequest& r, VersionInfo* v);
+
+// Rollback as every store implements it: `version`'s state committed on
+// `store` as version expected_version + 1 (LoadVersion, then Commit with
+// cause kRollback). Same errors as StateStore::Rollback.
+absl::StatusOr<CommitResult> RollbackByCommit(StateStore& store,
+                                              const SessionKey& key,
+                                              uint64_t expected_version,
+                                              uint64_t fence, uint64_t version,
+                                              Durability durability,
+                                              const std::string& request_id);
 
 }  // namespace statestream::store_internal
 
