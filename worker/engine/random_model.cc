@@ -51,6 +51,16 @@ class Filler {
   std::mt19937_64 rng_;
 };
 
+int64_t TrainingFfn(int c) { return (c * 7 / 2) / 32 * 32; }
+
+// The FFN width of `arch` for spec `s` (n_embd >= 1): --ffn, else the
+// architecture's default.
+int64_t FfnWidth(const std::string& arch, const RandomModelSpec& s) {
+  if (s.dim_ffn > 0) return s.dim_ffn;
+  if (arch == "x070" || arch == "v4") return int64_t{4} * s.n_embd;
+  return std::max<int64_t>(32, TrainingFfn(s.n_embd));
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<NamedTensor>> RandomRwkv7(
@@ -66,7 +76,7 @@ absl::StatusOr<std::vector<NamedTensor>> RandomRwkv7(
                      ", vocab ", s.vocab_size));
   }
   const int64_t C = s.n_embd, H = s.n_embd / s.head_size, N = s.head_size;
-  if (s.dim_ffn <= 0) s.dim_ffn = 4 * s.n_embd;
+  s.dim_ffn = FfnWidth("x070", s);
   if (s.d_decay <= 0) s.d_decay = LoraRank(1.8, 0.5, s.n_embd);
   if (s.d_aaa <= 0) s.d_aaa = LoraRank(1.8, 0.5, s.n_embd);
   if (s.d_mv <= 0) s.d_mv = LoraRank(1.3, 0.5, s.n_embd);
@@ -160,16 +170,6 @@ std::vector<NamedTensor> RandomRecurrent(
   return t;
 }
 
-int64_t TrainingFfn(int c) { return (c * 7 / 2) / 32 * 32; }
-
-// The FFN width of `arch` for spec `s` (n_embd >= 1): --ffn, else the
-// architecture's default.
-int64_t FfnWidth(const std::string& arch, const RandomModelSpec& s) {
-  if (s.dim_ffn > 0) return s.dim_ffn;
-  if (arch == "x070" || arch == "v4") return int64_t{4} * s.n_embd;
-  return std::max<int64_t>(32, TrainingFfn(s.n_embd));
-}
-
 // INVALID_ARGUMENT "ARCH: WHAT VALUE is outside [LO, HI]".
 absl::Status OutOfRange(const std::string& arch, absl::string_view what,
                         int64_t value, int64_t lo, int64_t hi,
@@ -211,9 +211,9 @@ absl::Status CheckDims(const std::string& arch, const RandomModelSpec& s,
     }
   }
   const int64_t max_ffn = int64_t{16} * s.n_embd;
-  if (s.dim_ffn < 0 || FfnWidth(arch, s) > max_ffn) {
-    return OutOfRange(arch, "dim_ffn (--ffn)",
-                      s.dim_ffn < 0 ? s.dim_ffn : FfnWidth(arch, s), 0, max_ffn,
+  const int64_t ffn = s.dim_ffn < 0 ? s.dim_ffn : FfnWidth(arch, s);
+  if (ffn < 0 || ffn > max_ffn) {
+    return OutOfRange(arch, "dim_ffn (--ffn)", ffn, 0, max_ffn,
                       " (at most 16 n_embd; 0: the default)");
   }
   const std::pair<const char*, int> ranks[] = {
