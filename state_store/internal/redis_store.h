@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: Apache-2.0
+// The Redis StateStore (redis_state_store.h), split by concern:
+// redis_state_store.cc (setup, scripts, reads and the factory),
+// redis_state_store_versions.cc (creates, commits, loads, durability and
+// the version history), redis_state_store_sessions.cc (heads, listings,
+// updates, deletes, leases and the worker registry), and
+// internal/redis_replies.cc (the scripts' replies and arguments). The keys
+// and scripts are described in internal/redis_scripts.h and
+// docs/state-store.md. Not part of the public interface.
+#ifndef STATESTREAM_STATE_STORE_INTERNAL_REDIS_STORE_H_
+#define STATESTREAM_STATE_STORE_INTERNAL_REDIS_STORE_H_
+
+#include <hiredis/hiredis.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "state_store/internal/redis_client.h"
+#include "state_store/redis_state_store.h"
+#include "state_store/state_codec.h"
+#include "state_store/state_store.h"
+
+namespace statestream::store_internal {
+
+// A hash's fields, as HGETALL (or a script) returns them in pairs.
+using Fields = std::map<std::string, std::string>;
+
+// The Lua scripts, loaded by SHA at Init (EVAL again on NOSCRIPT).
+enum Script {
+  kCreate,
+  kCommit,
+  kRead,
+  kVersions,
+  kUpdate,
+  kDelete,
+  kAcquire,
+  kRenew,
+  kRelease,
+  kRegisterWorker,
+  kUnregisterWorker,
+  kListWorkers,
+  kRecordDurability,
+  kAwaitDurability,
+  kScriptCount
+};
+
+// kLuaPrelude followed by `s`'s body.
+std::string ScriptSource(Script s);
+
+// A reply's text: strings, statuses, errors and integers; "" otherwise.
+std::string Str(const redisReply* r);
+// An array of name, value, name, value... as Fields.
+Fields Pairs(const redisReply* r);
+// A field as a number; 0 when absent or not a number.
+uint64_t U64(const Fields& f, const std::string& k);
+int64_t I64(const Fields& f, const std::string& k);
+// A field's text; "" when absent.
+std::string Get(const Fields& f, const std::string& k);
+
+int64_t Ms(absl::Duration d);
+// A TTL in ms as the scripts take it: -1 for none, at least 1 otherwise.
+int64_t TtlMs(absl::Duration ttl);
+
+// 128 random bits: two writers of one version never share chunk keys.
+std::string NewNonce();
+// 10 random bits added to the server's clock in a new fence (kLuaPrelude's
+// next_fence): two grants in one millisecond rarely collide even when the
+// counter went back.
+std::string FenceSalt();
+
+// A version's hash, and back.
+VersionInfo ParseVersion(const Fields& f);
+std::vector<std::string> VersionFields(const VersionInfo& v,
+                                       const std::string& nonce);
+
+class RedisStateStore final : public StateStore {
+ public:
+  RedisStateStore(const RedisStateStoreOptions& o,
+                  std::unique_ptr<RedisClient> client)
+      : options_(o),
+        clock_(o.clock ? o.clock : Clock::Real()),
+        client_(std::move(client)) {}
+  absl::Status Init();
+
+  absl::StatusOr<CommitResult> CreateSession(
+      const CreateSessionRequest& r) override;
+
+  // PING on every primary, instead of the default's probe-session read.
+  absl::Status Ping() override;
+
+  absl::StatusOr<SessionHead> GetHead(const SessionKey& key) override;
+
+  absl::StatusOr<LoadedVersion> LoadVersion(const SessionKey& key,
+                                            uint64_t version) override;
+
+  absl::StatusOr<CommitResult> Commit(const CommitRequest& r) override;
+
+  absl::StatusOr<VersionInfo> AwaitDurability(const SessionKey& key,
+                                              uint64_t version,
+                                              Durability wanted) override;
+
+  absl::StatusOr<CommitResult> Rollback(const SessionKey& key,
+                                        uint64_t expected_version,
+                                        uint64_t fence, uint64_t version,
+                                        Durability durability,
+                                        const std::string& request_id) override;
+
+  absl::StatusOr<std::vector<VersionInfo>> ListVersions(
+      const SessionKey& key) override;
+
+  absl::StatusOr<ListSessionsPage> ListSessions(
+      const ListSessionsRequest& req) override;
+
+  absl::StatusOr<SessionHead> UpdateSession(const SessionKey& key,
+                                            const SessionUpdate& u) override;
+
+  absl::Status DeleteSession(const SessionKey& key) override;
+
+  absl::StatusOr<Lease> AcquireLease(const SessionKey& key,
+                                     const std::string& owner,
+                                     absl::Duration ttl,
+                                     bool takeover) override;
+
+  absl::StatusOr<Lease> RenewLease(const SessionKey& key,
+                                   const std::string& owner, uint64_t fence,
+                                   absl::Duration ttl) override;
+
+  absl::Status ReleaseLease(const SessionKey& key, const std::string& owner,
+                            uint64_t fence) override;
+
+  absl::StatusOr<Lease> GetOwner(const SessionKey& key) override;
+
+  absl::Status RegisterWorker(const WorkerInfo& info,
+                              absl::Duration ttl) override;
+
+  absl::Status UnregisterWorker(const std::string& worker_id) override;
+
+  absl::StatusOr<std::vector<WorkerInfo>> ListWorkers() override;
+
+ private:
+  // Every session key has a TTL, so under any volatile-* or allkeys-*
+  // policy a Redis at maxmemory drops committed states silently; with
+  // noeviction it refuses writes (STORE_UNAVAILABLE/OOM) instead. CONFIG
+  // forbidden by ACLs: no warning (nothing known).
+  void WarnIfEvicting();
+
+  // The level every write reaches before its reply. Without WAITAOF
+  // (Redis < 7.2) FSYNC when every primary fsyncs each write first:
+  // appendonly yes, appendfsync always, and no-appendfsync-on-rewrite no
+  // (else a rewrite skips the fsyncs). Read again at most once a second, as
+  // CONFIG SET or a failover to a differently configured node changes it;
+  // CONFIG forbidden by ACLs counts as not. With WAITAOF, MEMORY: what
+  // WAITAOF answers is what counts.
+  Durability BaseDurability();
+
+  std::string Prefix(const SessionKey& k) const;
+
+  std::string HeadKey(const SessionKey& k) const;
+
+  std::string ChunkKey(const SessionKey& k, uint64_t version,
+                       const std::string& nonce, uint32_t i) const;
+
+  std::string IndexKey(const std::string& tenant) const;
+
+  std::string WorkersKey() const;
+
+  // The stored chunks of a version: the encoding cut into pieces of at most
+  // chunk_bytes, referencing the snapshot's floats (nothing is copied).
+  // Loads concatenate them, so any cut is valid; the header and the CRC
+  // table travel as their own small chunks.
+  std::vector<absl::string_view> ChunkViews(
+      const EncodedStateParts& parts) const;
+
+  absl::Status Unexpected(absl::string_view what);
+
+  // A reply that is not what the store asked for. A server refusing writes
+  // for now — out of memory under noeviction (OOM), a failing RDB save
+  // (MISCONF), a replica (READONLY), a slow script (BUSY), too few
+  // replicas (NOREPLICAS) — is the store being unavailable: retryable, and
+  // the caller's state is untouched. Anything else is a bug. (TRYAGAIN,
+  // LOADING, CLUSTERDOWN and MASTERDOWN never get here: the client retries
+  // them until its deadline.)
+  absl::Status BadReply(const redisReply* r);
+
+  absl::Status AddToIndex(const SessionKey& key);
+
+  // Removes a session without a head from the tenant's index. The index
+  // and the head live in different slots, so this cannot be one script: a
+  // create (or a re-create after a delete) may write its head meanwhile.
+  // Creates add to the index before and after writing the head, and this
+  // looks at the head after removing: whichever runs last re-adds it, so a
+  // live session never stays out of the index.
+  absl::Status DropFromIndex(const SessionKey& key);
+
+  // Runs `script` with `keys` and the common + `args` arguments, then
+  // `extra` commands on the same connection. EVALSHA, or EVAL on NOSCRIPT.
+  absl::StatusOr<std::vector<Reply>> RunScript(
+      absl::string_view routing, Script script,
+      const std::vector<std::string>& keys,
+      const std::vector<absl::string_view>& args,
+      const std::vector<Command>& extra);
+
+  absl::StatusOr<Reply> Eval(const SessionKey& key, Script script,
+                             std::vector<std::string> args);
+
+  // Eval, then `extra` commands on the same connection: all the replies.
+  absl::StatusOr<std::vector<Reply>> EvalThen(
+      const SessionKey& key, Script script, std::vector<std::string> args,
+      const std::vector<Command>& extra);
+
+  // VERSION_MISMATCH/NOT_FOUND for `version`, from a script's
+  // {'NOTKEPT', head, oldest}.
+  static absl::Status NotKept(const redisReply* r, uint64_t version);
+
+  absl::StatusOr<Reply> EvalWorkers(Script script,
+                                    std::vector<std::string> args);
+
+  // Writes `chunks` (invisible: they expire unless the
+  // script links them), then runs `script` (kCreate or kCommit), followed
+  // on the same connection by the wait for `wanted` durability; updates
+  // *reached. Returns the script's reply.
+  absl::StatusOr<Reply> WriteVersion(
+      const SessionKey& key, Script script, uint64_t version,
+      const std::string& nonce, const std::vector<absl::string_view>& chunks,
+      const std::vector<std::string>& args, Durability wanted,
+      Durability* reached);
+
+  // The wait that follows a write for `wanted` durability (none for MEMORY,
+  // nor for FSYNC on a server without WAITAOF: see fsync_always_).
+  // (Commands are views: the timeout text lives in wait_timeout_.)
+  std::vector<Command> WaitCommands(Durability wanted) const;
+
+  // Raises *reached by the reply of a WaitCommands command.
+  static void ReadWait(const redisReply* w, Durability* reached);
+
+  // Reports the commit of `written` (as the commit script wrote it) with the
+  // durability reached, first recording it in the version if the wait
+  // raised it above the level the script wrote, so ListVersions and GetHead
+  // report it too.
+  absl::StatusOr<CommitResult> Finish(const SessionKey& key,
+                                      const VersionInfo& written,
+                                      const std::string& nonce,
+                                      Durability wanted, Durability reached);
+
+  // The head (and the fields of `version`: 0 = head, -1 = head only).
+  absl::StatusOr<std::pair<SessionHead, Fields>> Read(const SessionKey& key,
+                                                      int64_t version);
+
+  const RedisStateStoreOptions options_;
+  Clock* const clock_;
+  std::unique_ptr<RedisClient> client_;
+  std::string sha_[kScriptCount];
+  bool have_waitaof_ = false;
+  // options_.durability_timeout in ms, as WAIT / WAITAOF take it.
+  const std::string wait_timeout_ =
+      absl::StrCat(Ms(options_.durability_timeout));
+  absl::Mutex fsync_mu_;
+  bool fsync_always_ ABSL_GUARDED_BY(fsync_mu_) = false;
+  absl::Time fsync_checked_at_ ABSL_GUARDED_BY(fsync_mu_) =
+      absl::InfinitePast();
+};
+
+}  // namespace statestream::store_internal
+
+#endif  // STATESTREAM_STATE_STORE_INTERNAL_REDIS_STORE_H_

@@ -1,0 +1,224 @@
+// SPDX-License-Identifier: Apache-2.0
+// The Redis StateStore's sessions: heads, listings, updates, deletes,
+// leases and the worker registry (internal/redis_store.h).
+#include <algorithm>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/status.h"
+#include "state_store/internal/redis_client.h"
+#include "state_store/internal/redis_store.h"
+#include "state_store/internal/store_util.h"
+
+namespace statestream::store_internal {
+
+absl::StatusOr<SessionHead> RedisStateStore::GetHead(const SessionKey& key) {
+  SS_RETURN_IF_ERROR(ValidateKey(key));
+  SS_ASSIGN_OR_RETURN(auto read, Read(key, -1));
+  return read.first;
+}
+
+absl::StatusOr<ListSessionsPage> RedisStateStore::ListSessions(
+    const ListSessionsRequest& req) {
+  SS_ASSIGN_OR_RETURN(std::string after, ParseListRequest(req));
+  const std::string index = IndexKey(req.tenant);
+  ListSessionsPage page;
+  std::string from = after.empty() ? "-" : absl::StrCat("(", after);
+  int scanned = 0;
+  while (true) {
+    SS_ASSIGN_OR_RETURN(std::vector<Reply> r,
+                        client_->Run(index, {{"ZRANGEBYLEX", index, from, "+",
+                                              "LIMIT", "0", "100"}}));
+    const redisReply* ids = r[0].get();
+    if (ids->type != REDIS_REPLY_ARRAY) return Unexpected(Str(ids));
+    for (size_t i = 0; i < ids->elements; ++i) {
+      const SessionKey key{req.tenant, Str(ids->element[i])};
+      if (scanned++ == std::max(options_.max_list_scan, 1)) {
+        // Read enough for one call: the rest from after the last read.
+        page.next_page_token =
+            MakePageToken(from.size() > 1 ? from.substr(1) : std::string());
+        return page;
+      }
+      from = absl::StrCat("(", key.session_id);
+      auto head = GetHead(key);
+      if (!head.ok()) {
+        if (GetReason(head.status()) != Reason::kSessionNotFound) {
+          return head.status();
+        }
+        SS_RETURN_IF_ERROR(DropFromIndex(key));
+        continue;
+      }
+      if (!LabelsMatch(head->labels, req.label_filter)) {
+        continue;
+      }
+      if (static_cast<int>(page.sessions.size()) == req.page_size) {
+        page.next_page_token =
+            MakePageToken(page.sessions.back().key.session_id);
+        return page;
+      }
+      page.sessions.push_back(std::move(*head));
+    }
+    if (ids->elements < 100) return page;
+  }
+}
+
+absl::StatusOr<SessionHead> RedisStateStore::UpdateSession(
+    const SessionKey& key, const SessionUpdate& u) {
+  SS_RETURN_IF_ERROR(ValidateKey(key));
+  if (u.ttl) SS_RETURN_IF_ERROR(ValidateTtl(*u.ttl, "ttl"));
+  SS_ASSIGN_OR_RETURN(
+      Reply r,
+      Eval(key, kUpdate,
+           {u.labels ? "1" : "0", u.labels ? EncodeStringMap(*u.labels) : "",
+            u.ttl ? "1" : "0", u.ttl ? absl::StrCat(TtlMs(*u.ttl)) : ""}));
+  if (Str(r->element[0]) == "NOTFOUND") {
+    return SessionNotFound(key);
+  }
+  return GetHead(key);
+}
+
+absl::Status RedisStateStore::DeleteSession(const SessionKey& key) {
+  SS_RETURN_IF_ERROR(ValidateKey(key));
+  // The nonce makes the call idempotent across the client's own resends
+  // (a reply lost, the pipeline sent again): see kLuaDelete.
+  // (Kept a minute: far longer than the client retries one call.)
+  SS_ASSIGN_OR_RETURN(Reply r, Eval(key, kDelete, {NewNonce(), "60000"}));
+  if (Str(r->element[0]) == "NOTFOUND") {
+    return SessionNotFound(key);
+  }
+  return DropFromIndex(key);
+}
+
+absl::StatusOr<Lease> RedisStateStore::AcquireLease(const SessionKey& key,
+                                                    const std::string& owner,
+                                                    absl::Duration ttl,
+                                                    bool takeover) {
+  SS_RETURN_IF_ERROR(ValidateKey(key));
+  SS_RETURN_IF_ERROR(ValidateOwner(owner));
+  SS_RETURN_IF_ERROR(ValidateTtl(ttl, "lease ttl"));
+  if (ttl == absl::InfiniteDuration()) ttl = absl::Hours(24 * 365);
+  const absl::Time start = clock_->Now();
+  SS_ASSIGN_OR_RETURN(Reply r, Eval(key, kAcquire,
+                                    {owner, absl::StrCat(TtlMs(ttl)),
+                                     takeover ? "1" : "0", FenceSalt()}));
+  const std::string outcome = Str(r->element[0]);
+  if (outcome == "NOTFOUND") return SessionNotFound(key);
+  if (outcome == "BUSY") return LeaseBusy(Str(r->element[1]));
+  uint64_t fence = 0;
+  if (outcome != "OK" || !absl::SimpleAtoi(Str(r->element[1]), &fence)) {
+    return Unexpected(outcome);
+  }
+  return Lease{owner, fence, start + ttl};
+}
+
+absl::StatusOr<Lease> RedisStateStore::RenewLease(const SessionKey& key,
+                                                  const std::string& owner,
+                                                  uint64_t fence,
+                                                  absl::Duration ttl) {
+  SS_RETURN_IF_ERROR(ValidateKey(key));
+  SS_RETURN_IF_ERROR(ValidateTtl(ttl, "lease ttl"));
+  if (ttl == absl::InfiniteDuration()) ttl = absl::Hours(24 * 365);
+  const absl::Time start = clock_->Now();
+  SS_ASSIGN_OR_RETURN(
+      Reply r, Eval(key, kRenew,
+                    {owner, absl::StrCat(fence), absl::StrCat(TtlMs(ttl))}));
+  const std::string outcome = Str(r->element[0]);
+  if (outcome == "NOTFOUND") return SessionNotFound(key);
+  uint64_t current = 0;
+  if (outcome == "FENCED" && absl::SimpleAtoi(Str(r->element[1]), &current)) {
+    return Fenced(fence, current);
+  }
+  if (outcome != "OK") return Unexpected(outcome);
+  return Lease{owner, fence, start + ttl};
+}
+
+absl::Status RedisStateStore::ReleaseLease(const SessionKey& key,
+                                           const std::string& owner,
+                                           uint64_t fence) {
+  SS_RETURN_IF_ERROR(ValidateKey(key));
+  return Eval(key, kRelease, {owner, absl::StrCat(fence)}).status();
+}
+
+absl::StatusOr<Lease> RedisStateStore::GetOwner(const SessionKey& key) {
+  SS_ASSIGN_OR_RETURN(SessionHead h, GetHead(key));
+  return Lease{h.owner, h.fence, h.lease_expires_at};
+}
+
+absl::Status RedisStateStore::RegisterWorker(const WorkerInfo& info,
+                                             absl::Duration ttl) {
+  SS_RETURN_IF_ERROR(ValidateWorkerId(info.worker_id));
+  SS_RETURN_IF_ERROR(ValidateTtl(ttl, "worker ttl"));
+  if (ttl == absl::InfiniteDuration()) ttl = absl::Hours(24 * 365);
+  const std::string payload =
+      EncodeStringMap({{"address", info.address},
+                       {"models", absl::StrJoin(info.model_fingerprints, "\n")},
+                       {"load", absl::StrCat(info.load)}});
+  return EvalWorkers(kRegisterWorker,
+                     {info.worker_id, payload, absl::StrCat(TtlMs(ttl))})
+      .status();
+}
+
+absl::Status RedisStateStore::UnregisterWorker(const std::string& worker_id) {
+  SS_RETURN_IF_ERROR(ValidateWorkerId(worker_id));
+  return EvalWorkers(kUnregisterWorker, {worker_id}).status();
+}
+
+absl::StatusOr<std::vector<WorkerInfo>> RedisStateStore::ListWorkers() {
+  const absl::Time now = clock_->Now();
+  SS_ASSIGN_OR_RETURN(Reply r, EvalWorkers(kListWorkers, {}));
+  std::vector<WorkerInfo> out;
+  for (size_t i = 1; i + 2 < r->elements; i += 3) {
+    WorkerInfo w;
+    w.worker_id = Str(r->element[i]);
+    std::map<std::string, std::string> f;
+    if (!DecodeStringMap(Str(r->element[i + 1]), &f)) {
+      continue;
+    }
+    w.address = f["address"];
+    if (!f["models"].empty()) {
+      w.model_fingerprints = absl::StrSplit(f["models"], '\n');
+    }
+    if (!absl::SimpleAtod(f["load"], &w.load)) w.load = 0;
+    w.expires_at = now + absl::Milliseconds(r->element[i + 2]->integer);
+    out.push_back(std::move(w));
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return a.worker_id < b.worker_id;
+  });
+  return out;
+}
+
+absl::Status RedisStateStore::AddToIndex(const SessionKey& key) {
+  const std::string index = IndexKey(key.tenant);
+  return client_->Run(index, {{"ZADD", index, "0", key.session_id}}).status();
+}
+
+absl::Status RedisStateStore::DropFromIndex(const SessionKey& key) {
+  const std::string index = IndexKey(key.tenant);
+  SS_RETURN_IF_ERROR(
+      client_->Run(index, {{"ZREM", index, key.session_id}}).status());
+  auto head = GetHead(key);
+  if (head.ok()) return AddToIndex(key);
+  if (GetReason(head.status()) == Reason::kSessionNotFound) {
+    return absl::OkStatus();
+  }
+  return head.status();
+}
+
+absl::StatusOr<Reply> RedisStateStore::EvalWorkers(
+    Script script, std::vector<std::string> args) {
+  const std::string prefix = absl::StrCat(options_.key_prefix, ":{workers}:w:");
+  std::vector<absl::string_view> argv = {prefix, "0", "0"};
+  for (const std::string& a : args) argv.push_back(a);
+  SS_ASSIGN_OR_RETURN(std::vector<Reply> r,
+                      RunScript(prefix, script, {WorkersKey()}, argv, {}));
+  return std::move(r[0]);
+}
+
+}  // namespace statestream::store_internal
