@@ -3,8 +3,6 @@
 
 #include <sqlite3.h>
 
-#include <cstring>
-#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,154 +13,23 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/status.h"
+#include "state_store/internal/sqlite_db.h"
 #include "state_store/internal/store_util.h"
 
 namespace statestream {
 namespace {
 
 namespace si = store_internal;
-
-constexpr char kSchema[] = R"sql(
-CREATE TABLE IF NOT EXISTS sessions (
-  tenant TEXT NOT NULL, sid TEXT NOT NULL, model_id TEXT, fingerprint TEXT,
-  parent_sid TEXT, parent_ver INTEGER, labels BLOB, ttl_ms INTEGER,
-  created_ms INTEGER, updated_ms INTEGER, expires_ms INTEGER,
-  head INTEGER, oldest INTEGER, lease_owner TEXT, lease_expires_ms INTEGER,
-  create_rid TEXT DEFAULT '', create_digest INTEGER DEFAULT 0,
-  PRIMARY KEY (tenant, sid));
-CREATE TABLE IF NOT EXISTS fences (
-  tenant TEXT NOT NULL, sid TEXT NOT NULL, fence INTEGER,
-  PRIMARY KEY (tenant, sid));
-CREATE TABLE IF NOT EXISTS versions (
-  tenant TEXT NOT NULL, sid TEXT NOT NULL, version INTEGER NOT NULL,
-  position INTEGER, input_offset INTEGER, tail_bytes INTEGER, fence INTEGER,
-  state_bytes INTEGER, crc INTEGER, rolled_back_from INTEGER,
-  durability INTEGER, committed_ms INTEGER, data BLOB,
-  cause INTEGER DEFAULT 0, rid TEXT DEFAULT '',
-  PRIMARY KEY (tenant, sid, version));
-CREATE TABLE IF NOT EXISTS workers (
-  id TEXT PRIMARY KEY, address TEXT, models TEXT, load REAL,
-  expires_ms INTEGER);
-)sql";
-
-constexpr int64_t kNever = INT64_MAX;
-
-int64_t Ms(absl::Time t) { return absl::ToUnixMillis(t); }
-int64_t ExpiryMs(absl::Time now, int64_t ttl_ms) {
-  return ttl_ms < 0 ? kNever : Ms(now) + ttl_ms;
-}
-int64_t TtlMs(absl::Duration ttl) {
-  return ttl == absl::InfiniteDuration()
-             ? -1
-             : std::max<int64_t>(1, absl::ToInt64Milliseconds(ttl));
-}
-
-// One prepared statement; binds by position from 1.
-class Stmt {
- public:
-  Stmt(sqlite3* db, const char* sql) : db_(db) {
-    rc_ = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr);
-  }
-  ~Stmt() { sqlite3_finalize(s_); }
-  Stmt& Bind(int64_t v) {
-    sqlite3_bind_int64(s_, ++n_, v);
-    return *this;
-  }
-  Stmt& Bind(double v) {
-    sqlite3_bind_double(s_, ++n_, v);
-    return *this;
-  }
-  Stmt& Bind(const std::string& v) {
-    sqlite3_bind_text(s_, ++n_, v.data(), static_cast<int>(v.size()),
-                      SQLITE_TRANSIENT);
-    return *this;
-  }
-  Stmt& BindBlob(const std::string& v) {
-    sqlite3_bind_blob64(s_, ++n_, v.data(), v.size(), SQLITE_STATIC);
-    return *this;
-  }
-  // True when a row is available; errors end up in status().
-  bool Step() {
-    if (rc_ != SQLITE_OK && rc_ != SQLITE_ROW && rc_ != SQLITE_DONE) {
-      return false;
-    }
-    rc_ = sqlite3_step(s_);
-    return rc_ == SQLITE_ROW;
-  }
-  absl::Status Run() {
-    Step();
-    return status();
-  }
-  absl::Status status() const {
-    if (rc_ == SQLITE_OK || rc_ == SQLITE_ROW || rc_ == SQLITE_DONE) {
-      return absl::OkStatus();
-    }
-    return si::Unavailable(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
-  }
-  int64_t Int(int i) const { return sqlite3_column_int64(s_, i); }
-  double Real(int i) const { return sqlite3_column_double(s_, i); }
-  std::string Text(int i) const {
-    const void* p = sqlite3_column_blob(s_, i);
-    return p ? std::string(static_cast<const char*>(p),
-                           sqlite3_column_bytes(s_, i))
-             : std::string();
-  }
-
- private:
-  sqlite3* db_;
-  sqlite3_stmt* s_ = nullptr;
-  int rc_;
-  int n_ = 0;
-};
-
-constexpr char kSessionColumns[] =
-    "model_id, fingerprint, parent_sid, parent_ver, labels, ttl_ms, "
-    "created_ms, updated_ms, expires_ms, head, oldest, lease_owner, "
-    "lease_expires_ms, create_rid, create_digest";
-constexpr char kVersionColumns[] =
-    "version, position, input_offset, tail_bytes, fence, state_bytes, crc, "
-    "rolled_back_from, durability, committed_ms, cause, rid";
-
-// SELECT of one kept version's columns (and its data): tenant, sid,
-// version, the head's oldest version.
-std::string VersionQuery(bool with_data) {
-  return absl::StrCat("SELECT ", kVersionColumns, with_data ? ", data" : "",
-                      " FROM versions WHERE tenant=? AND sid=? "
-                      "AND version=? AND version>=?");
-}
-
-// Binds and steps a VersionQuery to `version` of the session whose head is
-// `h`: NOT_FOUND/kVersionMismatch when it is not kept.
-absl::Status StepToVersion(Stmt& s, const SessionKey& key, uint64_t version,
-                           const SessionHead& h) {
-  s.Bind(key.tenant)
-      .Bind(key.session_id)
-      .Bind(static_cast<int64_t>(version))
-      .Bind(static_cast<int64_t>(h.oldest_version));
-  if (!s.Step()) {
-    SS_RETURN_IF_ERROR(s.status());
-    return si::VersionNotKept(version, h.head.version, h.oldest_version);
-  }
-  return absl::OkStatus();
-}
-
-VersionInfo ReadVersion(const Stmt& s, int at) {
-  VersionInfo v;
-  v.version = s.Int(at);
-  v.position = s.Int(at + 1);
-  v.input_offset = s.Int(at + 2);
-  v.tail_bytes = static_cast<uint32_t>(s.Int(at + 3));
-  v.fence = s.Int(at + 4);
-  v.state_bytes = s.Int(at + 5);
-  v.chunk_count = 1;
-  v.state_crc32c = static_cast<uint32_t>(s.Int(at + 6));
-  v.rolled_back_from = s.Int(at + 7);
-  v.durability = static_cast<Durability>(s.Int(at + 8));
-  v.committed_at = absl::FromUnixMillis(s.Int(at + 9));
-  v.cause = VersionCauseOf(s.Int(at + 10));
-  v.request_id = s.Text(at + 11);
-  return v;
-}
+using si::ExpiryMs;
+using si::kNever;
+using si::kSessionColumns;
+using si::kVersionColumns;
+using si::Ms;
+using si::ReadVersion;
+using si::StepToVersion;
+using si::Stmt;
+using si::TtlMs;
+using si::VersionQuery;
 
 class SqliteStateStore final : public StateStore {
  public:
@@ -762,62 +629,8 @@ absl::StatusOr<std::unique_ptr<StateStore>> NewSqliteStateStore(
                                 "path is required and keep_versions >= 1");
   }
   SS_RETURN_IF_ERROR(si::ValidateTtl(options.default_ttl, "default_ttl"));
-  sqlite3* db = nullptr;
-  if (sqlite3_open_v2(
-          options.path.c_str(), &db,
-          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-          nullptr) != SQLITE_OK) {
-    const std::string err = db ? sqlite3_errmsg(db) : "out of memory";
-    sqlite3_close(db);
-    return si::Unavailable(
-        absl::StrCat("cannot open ", options.path, ": ", err));
-  }
-  sqlite3_busy_timeout(
-      db, static_cast<int>(absl::ToInt64Milliseconds(options.busy_timeout)));
-  auto exec = [db](const char* sql) -> absl::Status {
-    char* err = nullptr;
-    if (sqlite3_exec(db, sql, nullptr, nullptr, &err) == SQLITE_OK) {
-      return absl::OkStatus();
-    }
-    const std::string msg = err ? err : "";
-    sqlite3_free(err);
-    return si::Unavailable(absl::StrCat("sqlite setup: ", msg));
-  };
-  absl::Status setup = exec("PRAGMA journal_mode=WAL");
-  if (setup.ok()) setup = exec(kSchema);
-  // A database from before the sessions recorded their creating request
-  // gets the columns (empty for its sessions): each one missing is added,
-  // all in one write transaction, so processes opening the file together
-  // add them once and a crash leaves all or none.
-  if (setup.ok()) setup = exec("BEGIN IMMEDIATE");
-  if (setup.ok()) {
-    std::set<std::string> have;  // "table.column"
-    for (const char* table : {"sessions", "versions"}) {
-      Stmt cols(
-          db, absl::StrCat("SELECT name FROM pragma_table_info('", table, "')")
-                  .c_str());
-      while (cols.Step()) have.insert(absl::StrCat(table, ".", cols.Text(0)));
-      if (setup.ok()) setup = cols.status();
-    }
-    for (const auto& [table, column] :
-         std::initializer_list<std::pair<const char*, const char*>>{
-             {"sessions", "create_rid TEXT DEFAULT ''"},
-             {"sessions", "create_digest INTEGER DEFAULT 0"},
-             {"versions", "cause INTEGER DEFAULT 0"},
-             {"versions", "rid TEXT DEFAULT ''"}}) {
-      const std::string name(column, std::strchr(column, ' '));
-      if (setup.ok() && have.count(absl::StrCat(table, ".", name)) == 0) {
-        setup = exec(absl::StrCat("ALTER TABLE ", table, " ADD COLUMN ", column)
-                         .c_str());
-      }
-    }
-    setup = setup.ok() ? exec("COMMIT") : setup;
-    if (!setup.ok()) exec("ROLLBACK").IgnoreError();
-  }
-  if (!setup.ok()) {
-    sqlite3_close(db);
-    return setup;
-  }
+  SS_ASSIGN_OR_RETURN(sqlite3 * db,
+                      si::OpenDatabase(options.path, options.busy_timeout));
   return std::unique_ptr<StateStore>(new SqliteStateStore(options, db));
 }
 

@@ -1,0 +1,142 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "state_store/internal/sqlite_db.h"
+
+#include <cstring>
+#include <set>
+#include <string>
+#include <utility>
+
+#include "common/status.h"
+
+namespace statestream::store_internal {
+namespace {
+
+// The tables as first released; kAddedColumns holds every column added
+// since, so a new file and an old one end up with the same columns.
+constexpr char kSchema[] = R"sql(
+CREATE TABLE IF NOT EXISTS sessions (
+  tenant TEXT NOT NULL, sid TEXT NOT NULL, model_id TEXT, fingerprint TEXT,
+  parent_sid TEXT, parent_ver INTEGER, labels BLOB, ttl_ms INTEGER,
+  created_ms INTEGER, updated_ms INTEGER, expires_ms INTEGER,
+  head INTEGER, oldest INTEGER, lease_owner TEXT, lease_expires_ms INTEGER,
+  PRIMARY KEY (tenant, sid));
+CREATE TABLE IF NOT EXISTS fences (
+  tenant TEXT NOT NULL, sid TEXT NOT NULL, fence INTEGER,
+  PRIMARY KEY (tenant, sid));
+CREATE TABLE IF NOT EXISTS versions (
+  tenant TEXT NOT NULL, sid TEXT NOT NULL, version INTEGER NOT NULL,
+  position INTEGER, input_offset INTEGER, tail_bytes INTEGER, fence INTEGER,
+  state_bytes INTEGER, crc INTEGER, rolled_back_from INTEGER,
+  durability INTEGER, committed_ms INTEGER, data BLOB,
+  PRIMARY KEY (tenant, sid, version));
+CREATE TABLE IF NOT EXISTS workers (
+  id TEXT PRIMARY KEY, address TEXT, models TEXT, load REAL,
+  expires_ms INTEGER);
+)sql";
+
+// Columns added after the first release, with their defaults for old rows:
+// the sessions' creating request, the versions' cause and request id.
+constexpr std::pair<const char*, const char*> kAddedColumns[] = {
+    {"sessions", "create_rid TEXT DEFAULT ''"},
+    {"sessions", "create_digest INTEGER DEFAULT 0"},
+    {"versions", "cause INTEGER DEFAULT 0"},
+    {"versions", "rid TEXT DEFAULT ''"}};
+
+}  // namespace
+
+absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,
+                                      absl::Duration busy_timeout) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(
+          path.c_str(), &db,
+          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+          nullptr) != SQLITE_OK) {
+    const std::string err = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return Unavailable(absl::StrCat("cannot open ", path, ": ", err));
+  }
+  sqlite3_busy_timeout(
+      db, static_cast<int>(absl::ToInt64Milliseconds(busy_timeout)));
+  auto exec = [db](const char* sql) -> absl::Status {
+    char* err = nullptr;
+    if (sqlite3_exec(db, sql, nullptr, nullptr, &err) == SQLITE_OK) {
+      return absl::OkStatus();
+    }
+    const std::string msg = err ? err : "";
+    sqlite3_free(err);
+    return Unavailable(absl::StrCat("sqlite setup: ", msg));
+  };
+  absl::Status setup = exec("PRAGMA journal_mode=WAL");
+  if (setup.ok()) setup = exec(kSchema);
+  // Each column of kAddedColumns the file lacks is added (empty for the
+  // rows it has), all in one write transaction, so processes opening the
+  // file together add them once and a crash leaves all or none.
+  if (setup.ok()) setup = exec("BEGIN IMMEDIATE");
+  if (setup.ok()) {
+    std::set<std::string> have;  // "table.column"
+    for (const char* table : {"sessions", "versions"}) {
+      Stmt cols(
+          db, absl::StrCat("SELECT name FROM pragma_table_info('", table, "')")
+                  .c_str());
+      while (cols.Step()) have.insert(absl::StrCat(table, ".", cols.Text(0)));
+      if (setup.ok()) setup = cols.status();
+    }
+    for (const auto& [table, column] : kAddedColumns) {
+      const std::string name(column, std::strchr(column, ' '));
+      if (setup.ok() && have.count(absl::StrCat(table, ".", name)) == 0) {
+        setup = exec(absl::StrCat("ALTER TABLE ", table, " ADD COLUMN ", column)
+                         .c_str());
+      }
+    }
+    setup = setup.ok() ? exec("COMMIT") : setup;
+    if (!setup.ok()) exec("ROLLBACK").IgnoreError();
+  }
+  if (!setup.ok()) {
+    sqlite3_close(db);
+    return setup;
+  }
+  return db;
+}
+
+// SELECT of one kept version's columns (and its data): tenant, sid,
+// version, the head's oldest version.
+std::string VersionQuery(bool with_data) {
+  return absl::StrCat("SELECT ", kVersionColumns, with_data ? ", data" : "",
+                      " FROM versions WHERE tenant=? AND sid=? "
+                      "AND version=? AND version>=?");
+}
+
+// Binds and steps a VersionQuery to `version` of the session whose head is
+// `h`: NOT_FOUND/kVersionMismatch when it is not kept.
+absl::Status StepToVersion(Stmt& s, const SessionKey& key, uint64_t version,
+                           const SessionHead& h) {
+  s.Bind(key.tenant)
+      .Bind(key.session_id)
+      .Bind(static_cast<int64_t>(version))
+      .Bind(static_cast<int64_t>(h.oldest_version));
+  if (!s.Step()) {
+    SS_RETURN_IF_ERROR(s.status());
+    return VersionNotKept(version, h.head.version, h.oldest_version);
+  }
+  return absl::OkStatus();
+}
+
+VersionInfo ReadVersion(const Stmt& s, int at) {
+  VersionInfo v;
+  v.version = s.Int(at);
+  v.position = s.Int(at + 1);
+  v.input_offset = s.Int(at + 2);
+  v.tail_bytes = static_cast<uint32_t>(s.Int(at + 3));
+  v.fence = s.Int(at + 4);
+  v.state_bytes = s.Int(at + 5);
+  v.chunk_count = 1;
+  v.state_crc32c = static_cast<uint32_t>(s.Int(at + 6));
+  v.rolled_back_from = s.Int(at + 7);
+  v.durability = static_cast<Durability>(s.Int(at + 8));
+  v.committed_at = absl::FromUnixMillis(s.Int(at + 9));
+  v.cause = VersionCauseOf(s.Int(at + 10));
+  v.request_id = s.Text(at + 11);
+  return v;
+}
+
+}  // namespace statestream::store_internal

@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: Apache-2.0
+// The SQLite store's database: opening (schema and migrations), prepared
+// statements, and the version rows (sqlite_state_store.cc). Not part of the
+// public interface.
+#ifndef STATESTREAM_STATE_STORE_INTERNAL_SQLITE_DB_H_
+#define STATESTREAM_STATE_STORE_INTERNAL_SQLITE_DB_H_
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "state_store/internal/store_util.h"
+#include "state_store/state_store.h"
+
+namespace statestream::store_internal {
+
+// Opens (creating) the database at `path` in WAL mode with `busy_timeout`,
+// creates the tables and adds the columns later versions added.
+absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,
+                                      absl::Duration busy_timeout);
+
+constexpr int64_t kNever = INT64_MAX;
+
+inline int64_t Ms(absl::Time t) { return absl::ToUnixMillis(t); }
+inline int64_t ExpiryMs(absl::Time now, int64_t ttl_ms) {
+  return ttl_ms < 0 ? kNever : Ms(now) + ttl_ms;
+}
+// A TTL in ms as stored: -1 for none, at least 1 otherwise.
+inline int64_t TtlMs(absl::Duration ttl) {
+  return ttl == absl::InfiniteDuration()
+             ? -1
+             : std::max<int64_t>(1, absl::ToInt64Milliseconds(ttl));
+}
+
+// One prepared statement; binds by position from 1.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) : db_(db) {
+    rc_ = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr);
+  }
+  ~Stmt() { sqlite3_finalize(s_); }
+  Stmt& Bind(int64_t v) {
+    sqlite3_bind_int64(s_, ++n_, v);
+    return *this;
+  }
+  Stmt& Bind(double v) {
+    sqlite3_bind_double(s_, ++n_, v);
+    return *this;
+  }
+  Stmt& Bind(const std::string& v) {
+    sqlite3_bind_text(s_, ++n_, v.data(), static_cast<int>(v.size()),
+                      SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& BindBlob(const std::string& v) {
+    sqlite3_bind_blob64(s_, ++n_, v.data(), v.size(), SQLITE_STATIC);
+    return *this;
+  }
+  // True when a row is available; errors end up in status().
+  bool Step() {
+    if (rc_ != SQLITE_OK && rc_ != SQLITE_ROW && rc_ != SQLITE_DONE) {
+      return false;
+    }
+    rc_ = sqlite3_step(s_);
+    return rc_ == SQLITE_ROW;
+  }
+  absl::Status Run() {
+    Step();
+    return status();
+  }
+  absl::Status status() const {
+    if (rc_ == SQLITE_OK || rc_ == SQLITE_ROW || rc_ == SQLITE_DONE) {
+      return absl::OkStatus();
+    }
+    return Unavailable(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  }
+  int64_t Int(int i) const { return sqlite3_column_int64(s_, i); }
+  double Real(int i) const { return sqlite3_column_double(s_, i); }
+  std::string Text(int i) const {
+    const void* p = sqlite3_column_blob(s_, i);
+    return p ? std::string(static_cast<const char*>(p),
+                           sqlite3_column_bytes(s_, i))
+             : std::string();
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* s_ = nullptr;
+  int rc_;
+  int n_ = 0;
+};
+
+constexpr char kSessionColumns[] =
+    "model_id, fingerprint, parent_sid, parent_ver, labels, ttl_ms, "
+    "created_ms, updated_ms, expires_ms, head, oldest, lease_owner, "
+    "lease_expires_ms, create_rid, create_digest";
+constexpr char kVersionColumns[] =
+    "version, position, input_offset, tail_bytes, fence, state_bytes, crc, "
+    "rolled_back_from, durability, committed_ms, cause, rid";
+
+// SELECT of one kept version's columns (and its data): tenant, sid,
+// version, the head's oldest version.
+std::string VersionQuery(bool with_data);
+
+// Binds and steps a VersionQuery to `version` of the session whose head is
+// `h`: NOT_FOUND/kVersionMismatch when it is not kept.
+absl::Status StepToVersion(Stmt& s, const SessionKey& key, uint64_t version,
+                           const SessionHead& h);
+
+// The version whose kVersionColumns start at column `at` of `s`'s row.
+VersionInfo ReadVersion(const Stmt& s, int at);
+
+}  // namespace statestream::store_internal
+
+#endif  // STATESTREAM_STATE_STORE_INTERNAL_SQLITE_DB_H_
