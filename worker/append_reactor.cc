@@ -1,0 +1,327 @@
+// SPDX-License-Identifier: Apache-2.0
+// Streams.Append on a worker (streams_service.cc has the service).
+#include <grpcpp/grpcpp.h>
+
+#include <deque>
+#include <memory>
+#include <optional>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "common/grpc_status.h"
+#include "common/status.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+#include "worker/api_convert.h"
+#include "worker/executor.h"
+#include "worker/model_set.h"
+#include "worker/streams_internal.h"
+#include "worker/worker_service.h"
+
+namespace statestream::worker::streams_internal {
+namespace {
+
+class AppendReactor final
+    : public grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse> {
+  using ThisReactor = AppendReactor;
+
+ public:
+  AppendReactor(ModelSet* models, const CallerPolicy* policy, Executor* pool,
+                grpc::CallbackServerContext* ctx)
+      : models_(models),
+        pool_(pool),
+        link_(std::make_shared<Link<AppendReactor>>()) {
+    {
+      absl::MutexLock lock(&link_->mu);
+      link_->reactor = this;
+    }
+    auto tenant = TenantOf(*ctx, *policy);
+    if (!tenant.ok()) {
+      Fail(tenant.status());
+      return;
+    }
+    tenant_ = *tenant;
+    auto slot = HoldStream(*policy, tenant_);
+    if (!slot.ok()) {
+      Fail(slot.status());
+      return;
+    }
+    slot_ = *std::move(slot);
+    StartRead(&req_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // Half-close: commit what is uncommitted and end with OK.
+      if (writer_ == nullptr) return Fail(absl::OkStatus());
+      if (!BeginOp()) return;  // already finished: OnDone abandons the writer
+      m_->CloseWriter(writer_, durability_, [this](absl::Status st) {
+        Locked<ThisReactor> lock(this);
+        op_pending_ = false;
+        closed_ = true;
+        SetFinishLocked(st);
+      });
+      return;
+    }
+    absl::Status st = Handle();
+    if (!st.ok()) Fail(st);
+  }
+
+  void OnWriteDone(bool ok) override {
+    Locked<ThisReactor> lock(this);
+    writes_.pop_front();
+    if (!ok) {
+      writes_.clear();  // the client is gone
+      ClientGoneLocked();
+    }
+    // Acks queued before an error still go out, then the error.
+    if (!writes_.empty()) {
+      StartWrite(&writes_.front());
+    } else {
+      writing_ = false;
+      MaybeFinishLocked();
+    }
+    // The client reads its acks again: so does the call its requests.
+    if (read_paused_ && !finish_ &&
+        writes_.size() < static_cast<size_t>(kMaxUnreadAcks)) {
+      read_paused_ = false;
+      StartRead(&req_);
+    }
+  }
+
+  void OnCancel() override {
+    Locked<ThisReactor> lock(this);
+    ClientGoneLocked();
+  }
+
+  void OnDone() override {
+    {
+      absl::MutexLock lock(&link_->mu);
+      link_->reactor = nullptr;
+    }
+    bool abandon;
+    {
+      absl::MutexLock lock(&mu_);
+      abandon = writer_ != nullptr && !closed_ && !abandoned_;
+    }
+    if (abandon) m_->AbandonWriter(writer_);
+    delete this;
+  }
+
+ private:
+  absl::Status Handle() {
+    const v1::AppendRequest& r = req_;
+    // The request is checked whole before a first one opens the writer: a
+    // malformed first request must not end the session's live writer.
+    if (!r.request_id().empty())
+      SS_RETURN_IF_ERROR(CheckRequestId(r.request_id()));
+    AppendInput in;
+    in.request_id = r.request_id();
+    in.expected_input_offset = r.expected_input_offset();
+    if (r.has_text_utf8()) {
+      in.kind = AppendInput::Kind::kText;
+      in.text = r.text_utf8();
+    } else if (r.has_tokens()) {
+      in.kind = AppendInput::Kind::kTokens;
+      SS_ASSIGN_OR_RETURN(in.tokens, Ids(r.tokens(), "tokens.ids"));
+    }
+    in.flush = r.flush();
+    in.checkpoint = r.checkpoint();
+    SS_ASSIGN_OR_RETURN(in.durability, DurabilityFromProto(r.durability()));
+    if (writer_ == nullptr) {
+      SS_RETURN_IF_ERROR(CheckSessionId(r.session_id(), "session_id"));
+      session_id_ = r.session_id();
+      // Opening the writer may load the session (store I/O, one load at a
+      // time per model): then on the service's pool, not on gRPC's thread;
+      // a resident session's at once. No read is started until the request
+      // is acked.
+      if (!BeginOp()) return absl::OkStatus();  // finished meanwhile
+      SessionManager* resident = nullptr;
+      for (SessionManager* m : models_->managers()) {
+        if (m->IsResident(tenant_, session_id_)) resident = m;
+      }
+      auto open = [this, resident, in = std::move(in)]() mutable {
+        {
+          // The call ended while this waited: it must not take the
+          // session's writer slot (ending a live writer) for nobody.
+          Locked<ThisReactor> lock(this);
+          if (finish_) {
+            op_pending_ = false;
+            return MaybeFinishLocked();
+          }
+        }
+        SessionManager* m = resident;
+        std::shared_ptr<SessionManager::Writer> writer;
+        absl::Status st = OpenWriter(in, &m, &writer);
+        {
+          Locked<ThisReactor> lock(this);
+          m_ = m;
+          writer_ = std::move(writer);
+          if (!st.ok() || finish_) {  // failed, or the call ended meanwhile
+            op_pending_ = false;      // (OnDone abandons the writer)
+            if (!st.ok()) return SetFinishLocked(st);
+            return MaybeFinishLocked();
+          }
+        }
+        AppendNow(std::move(in));
+      };
+      if (resident != nullptr) {
+        open();
+      } else {
+        pool_->Post(std::move(open));
+      }
+      return absl::OkStatus();
+    }
+    if (!r.session_id().empty() && r.session_id() != session_id_) {
+      return BadField("session_id", "differs from the call's session");
+    }
+    if (!BeginOp()) return absl::OkStatus();  // finished meanwhile
+    AppendNow(std::move(in));
+    return absl::OkStatus();
+  }
+
+  // The first request's writer (and model, unless *m is given), once the
+  // request is checked whole against that model. No reactor state is
+  // touched (it may run on the pool).
+  absl::Status OpenWriter(const AppendInput& in, SessionManager** m,
+                          std::shared_ptr<SessionManager::Writer>* writer) {
+    if (*m == nullptr) *m = &models_->ForSession(tenant_, session_id_);
+    SS_RETURN_IF_ERROR((*m)->CheckAppend(in));
+    std::weak_ptr<Link<AppendReactor>> weak = link_;
+    SS_ASSIGN_OR_RETURN(
+        *writer,
+        (*m)->OpenWriter(tenant_, session_id_, [weak](const absl::Status& why) {
+          auto link = weak.lock();
+          if (link == nullptr) return;
+          absl::MutexLock lock(&link->mu);
+          if (link->reactor != nullptr) link->reactor->Superseded(why);
+        }));
+    return absl::OkStatus();
+  }
+
+  // Hands `in` to the manager (the op is begun); OnAck ends it.
+  void AppendNow(AppendInput in) {
+    durability_ = in.durability;
+    m_->Append(writer_, std::move(in), [this](absl::StatusOr<AppendAck> ack) {
+      OnAck(std::move(ack));
+    });
+  }
+
+  void OnAck(absl::StatusOr<AppendAck> ack) {
+    Locked<ThisReactor> lock(this);
+    op_pending_ = false;
+    if (!ack.ok()) return SetFinishLocked(ack.status());
+    if (finish_) return MaybeFinishLocked();
+    v1::AppendResponse resp;
+    resp.set_request_id(ack->request_id);
+    resp.set_duplicate(ack->duplicate);
+    resp.set_tokens_consumed(ack->tokens_consumed);
+    resp.set_position(ack->position);
+    resp.set_input_offset(ack->input_offset);
+    resp.set_pending_bytes(ack->pending_bytes);
+    resp.set_version(ack->version);
+    resp.set_committed_input_offset(ack->committed_input_offset);
+    resp.set_durability(DurabilityToProto(ack->durability));
+    writes_.push_back(std::move(resp));
+    if (!writing_) {
+      writing_ = true;
+      StartWrite(&writes_.front());
+    }
+    // A client that does not read its acks gets no more requests read:
+    // they wait in its flow-control window instead of in this queue.
+    if (writes_.size() >= static_cast<size_t>(kMaxUnreadAcks)) {
+      read_paused_ = true;
+      return;
+    }
+    StartRead(&req_);
+  }
+
+  // Marks a manager call outstanding, so the reactor cannot finish (and be
+  // deleted) before its callback. False when it has already finished — a
+  // newer writer superseded it, or the client went away — and the call must
+  // not be made: OnDone may run at any moment, and a callback would then
+  // touch a deleted reactor.
+  bool BeginOp() {
+    Locked<ThisReactor> lock(this);
+    if (finished_) return false;
+    op_pending_ = true;
+    return true;
+  }
+
+  // A newer writer call took the session (ABORTED/SESSION_BUSY), or the
+  // session left this worker (fenced, deleted, evicted, draining).
+  void Superseded(const absl::Status& why) {
+    Locked<ThisReactor> lock(this);
+    SetFinishLocked(why);
+  }
+
+  void Fail(const absl::Status& st) {
+    Locked<ThisReactor> lock(this);
+    SetFinishLocked(st);
+  }
+
+  // The client cancelled or went away: the call ends, and the request in
+  // flight stops too (its ingest is cancelled: the call cannot finish
+  // before it ends, and a delete or drain would wait for all its tokens).
+  void ClientGoneLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    slot_.reset();  // the client's stream is over: its reconnect may come
+    SetFinishLocked(absl::CancelledError("the client went away"));
+    if (writer_ != nullptr && !abandoned_) {
+      abandoned_ = true;
+      m_->AbandonWriter(writer_);
+    }
+  }
+
+  void SetFinishLocked(const absl::Status& st)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!finish_) finish_ = st;
+    MaybeFinishLocked();
+  }
+  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!finish_ || finished_ || writing_ || op_pending_) return;
+    finished_ = true;
+    CountError(models_->default_manager(), *finish_);
+    finish_now_ = ToGrpcStatus(*finish_);
+    slot_.reset();  // free before the client sees the call end
+  }
+
+  ModelSet* const models_;
+  Executor* const pool_;
+  // The tenant's stream slot (null without limits) until the call ends.
+  std::unique_ptr<TenantLimits::StreamSlot> slot_ ABSL_GUARDED_BY(mu_);
+  // The session's model's manager; set with writer_.
+  SessionManager* m_ = nullptr;
+  std::shared_ptr<Link<AppendReactor>> link_;
+  std::string tenant_, session_id_;
+  v1::AppendRequest req_;  // one read at a time
+  // Set under mu_ (on the pool) with m_; read by the reactor's callbacks.
+  std::shared_ptr<SessionManager::Writer> writer_;
+  std::optional<Durability> durability_;
+  bool closed_ = false;
+  bool abandoned_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Acks queued for a client that is not reading them, at most.
+  static constexpr int kMaxUnreadAcks = 64;
+
+  absl::Mutex mu_;
+  std::deque<v1::AppendResponse> writes_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
+  bool op_pending_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<absl::Status> finish_ ABSL_GUARDED_BY(mu_);
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // Set once, under mu_; Locked calls Finish with it after unlocking.
+  std::optional<grpc::Status> finish_now_ ABSL_GUARDED_BY(mu_);
+  template <typename R>
+  friend class streams_internal::Locked;
+};
+
+}  // namespace
+
+grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>*
+NewAppendReactor(ModelSet* models, const CallerPolicy* policy, Executor* pool,
+                 grpc::CallbackServerContext* ctx) {
+  return new AppendReactor(models, policy, pool, ctx);
+}
+
+}  // namespace statestream::worker::streams_internal

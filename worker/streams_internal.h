@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: Apache-2.0
+// What the Streams service's reactors share (streams_service.cc,
+// append_reactor.cc, generate_reactor.cc). Not part of the public interface.
+#ifndef STATESTREAM_WORKER_STREAMS_INTERNAL_H_
+#define STATESTREAM_WORKER_STREAMS_INTERNAL_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+#include "worker/executor.h"
+#include "worker/model_set.h"
+#include "worker/worker_service.h"
+
+namespace statestream::worker::streams_internal {
+
+// INVALID_ARGUMENT naming `field`.
+absl::Status BadField(absl::string_view field, absl::string_view why);
+
+// INVALID_TOKEN for an id beyond int32, which no vocabulary holds (smaller
+// ones are checked against the model's vocabulary downstream), reported as
+// sent.
+absl::Status WideToken(uint32_t id, absl::string_view field);
+
+// The ids of `t`, or WideToken for the first beyond int32.
+absl::StatusOr<std::vector<int32_t>> Ids(const v1::Tokens& t,
+                                         absl::string_view field);
+
+// Outlives the reactor, so late "superseded" notifications are harmless.
+template <typename R>
+struct Link {
+  absl::Mutex mu;
+  R* reactor ABSL_GUARDED_BY(mu) = nullptr;
+};
+
+// Holds a reactor's mu_; on release calls Finish if the locked section
+// decided to finish. Finish must not be called under mu_: OnDone (which
+// deletes the reactor, mutex included) may run at once on another thread.
+// Nothing may touch the reactor after a Locked that finished it.
+template <typename R>
+class Locked {
+ public:
+  explicit Locked(R* r) ABSL_NO_THREAD_SAFETY_ANALYSIS : r_(r) {
+    r_->mu_.Lock();
+  }
+  ~Locked() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    std::optional<grpc::Status> finish = std::move(r_->finish_now_);
+    r_->finish_now_.reset();
+    R* r = r_;
+    r->mu_.Unlock();
+    if (finish) r->Finish(*finish);
+  }
+  Locked(const Locked&) = delete;
+  Locked& operator=(const Locked&) = delete;
+
+ private:
+  R* r_;
+};
+
+// The reactors of Streams.Append and Streams.Generate; each deletes itself
+// in OnDone.
+grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>*
+NewAppendReactor(ModelSet* models, const CallerPolicy* policy, Executor* pool,
+                 grpc::CallbackServerContext* ctx);
+grpc::ServerWriteReactor<v1::GenerateResponse>* NewGenerateReactor(
+    ModelSet* models, const CallerPolicy* policy,
+    grpc::CallbackServerContext* ctx, const v1::GenerateRequest* req);
+
+}  // namespace statestream::worker::streams_internal
+
+#endif  // STATESTREAM_WORKER_STREAMS_INTERNAL_H_
