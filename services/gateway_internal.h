@@ -295,7 +295,18 @@ grpc::ServerUnaryReactor* ForwardUnary(Gateway* gateway,
 absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> HoldStreamSlot(
     Gateway* gateway, const grpc::CallbackServerContext& ctx);
 
+// The models of all ready workers merged by (model_id, fingerprint),
+// ordered by model_id (gateway_models.cc).
+std::vector<v1::Model> MergeModels(
+    const std::vector<Gateway::WorkerModels>& workers);
+// NOT_FOUND/MODEL_NOT_FOUND: no ready worker serves `model_id`.
+absl::Status ModelNotFound(const std::string& model_id);
+
+// The gateway's services (gateway_sessions.cc, gateway_streams.cc,
+// gateway_models.cc); `gateway` outlives them.
+std::unique_ptr<grpc::Service> NewSessionsService(Gateway* gateway);
 std::unique_ptr<grpc::Service> NewStreamsService(Gateway* gateway);
+std::unique_ptr<grpc::Service> NewModelsService(Gateway* gateway);
 
 }  // namespace statestream::gateway
 

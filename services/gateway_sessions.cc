@@ -1,0 +1,331 @@
+// SPDX-License-Identifier: Apache-2.0
+// The gateway's Sessions service: each rpc forwarded to the session's
+// owner with unary failover (see gateway.h for the contracts).
+#include <grpcpp/grpcpp.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+#include "common/status.h"
+#include "services/gateway_internal.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+
+namespace statestream::gateway {
+namespace {
+
+using v1::Sessions;
+
+// OK, or TENANT_LIMIT when the caller's tenant may not create another
+// session (services/tenants.h). A create whose session exists already (a
+// retry of one that succeeded: under `session_id`, or for a generated id
+// the one derived from `request_id`) passes, for the worker to answer.
+grpc::Status SessionQuota(Gateway* gateway,
+                          const grpc::CallbackServerContext& ctx,
+                          const std::string& session_id,
+                          const std::string& request_id) {
+  TenantLimits* limits = gateway->options().limits.get();
+  if (limits == nullptr) return grpc::Status::OK;
+  auto tenant = gateway->Tenant(ctx);
+  if (!tenant.ok()) return ToGrpcStatus(tenant.status());
+  // The workers' request-id window decides whether a derived id's session
+  // is this request's.
+  return ToGrpcStatus(limits->CheckNewCreate(
+      *tenant, session_id, request_id, gateway->options().request_id_window));
+}
+
+// Every rpc is one line: route key and the stub method.
+#define SS_FORWARD(Service, Method, session_expr, hash_expr)                  \
+  ForwardUnary(                                                               \
+      gateway_, ctx, req, resp, Target{#Method, session_expr, hash_expr, ""}, \
+      [](const std::shared_ptr<grpc::Channel>& channel,                       \
+         grpc::ClientContext* client, const auto& request, auto* response) {  \
+        return v1::Service::NewStub(channel)->Method(client, request,         \
+                                                     response);               \
+      })
+
+class SessionsService final : public v1::Sessions::CallbackService {
+ public:
+  explicit SessionsService(Gateway* gateway) : gateway_(gateway) {}
+
+  grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* ctx,
+                                          const v1::CreateSessionRequest* req,
+                                          v1::Session* resp) override {
+    // A new session has no owner: rendezvous of its id (or, for a
+    // server-generated id, of the request id, so retries land together)
+    // among the workers serving its model; a fork goes where its source
+    // lives.
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    const absl::Time began = gateway_->BeginCall();
+    if (!gateway_->Spawn([this, ctx, req, resp, reactor, began] {
+          grpc::Status status = CreateSessionOnWorker(*ctx, *req, resp);
+          gateway_->EndCall("CreateSession", status, began);
+          reactor->Finish(status);
+        })) {
+      gateway_->EndCall("CreateSession", Gateway::Refused(), began);
+      reactor->Finish(Gateway::Refused());
+    }
+    return reactor;
+  }
+  grpc::Status CreateSessionOnWorker(const grpc::CallbackServerContext& ctx,
+                                     const v1::CreateSessionRequest& req,
+                                     v1::Session* resp) {
+    grpc::Status quota =
+        SessionQuota(gateway_, ctx, req.session_id(), req.request_id());
+    if (!quota.ok()) return quota;
+    Target target{
+        "CreateSession", "",
+        req.session_id().empty() ? req.request_id() : req.session_id(), ""};
+    if (!req.model_id().empty()) {
+      auto tenant = gateway_->Tenant(ctx);
+      if (!tenant.ok()) return ToGrpcStatus(tenant.status());
+      auto workers = gateway_->Models(ctx, *tenant);
+      if (!workers.ok()) return ToGrpcStatus(workers.status());
+      // The fingerprint most ready workers serve under that id.
+      uint32_t best = 0;
+      for (const v1::Model& m : MergeModels(*workers)) {
+        if (m.model_id() == req.model_id() && m.workers() > best) {
+          best = m.workers();
+          target.fingerprint = m.fingerprint();
+        }
+      }
+      if (target.fingerprint.empty()) {
+        return ToGrpcStatus(ModelNotFound(req.model_id()));
+      }
+    } else if (req.has_fork_from() && !req.fork_from().session_id().empty()) {
+      target.session_id = req.fork_from().session_id();
+    }
+    return ForwardWithFailover(
+        gateway_, ctx, target,
+        [&](const std::shared_ptr<grpc::Channel>& channel,
+            grpc::ClientContext* client) {
+          return Sessions::NewStub(channel)->CreateSession(client, req, resp);
+        });
+  }
+
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* ctx,
+                                       const v1::GetSessionRequest* req,
+                                       v1::Session* resp) override {
+    return SS_FORWARD(Sessions, GetSession, req->session_id(), "");
+  }
+  grpc::ServerUnaryReactor* ListSessions(
+      grpc::CallbackServerContext* ctx, const v1::ListSessionsRequest* req,
+      v1::ListSessionsResponse* resp) override {
+    return SS_FORWARD(Sessions, ListSessions, "", "list");
+  }
+  grpc::ServerUnaryReactor* UpdateSession(grpc::CallbackServerContext* ctx,
+                                          const v1::UpdateSessionRequest* req,
+                                          v1::Session* resp) override {
+    return SS_FORWARD(Sessions, UpdateSession, req->session_id(), "");
+  }
+  grpc::ServerUnaryReactor* DeleteSession(
+      grpc::CallbackServerContext* ctx, const v1::DeleteSessionRequest* req,
+      v1::DeleteSessionResponse* resp) override {
+    return SS_FORWARD(Sessions, DeleteSession, req->session_id(), "");
+  }
+  grpc::ServerUnaryReactor* ListVersions(
+      grpc::CallbackServerContext* ctx, const v1::ListVersionsRequest* req,
+      v1::ListVersionsResponse* resp) override {
+    return SS_FORWARD(Sessions, ListVersions, req->session_id(), "");
+  }
+  grpc::ServerUnaryReactor* RollbackSession(
+      grpc::CallbackServerContext* ctx, const v1::RollbackSessionRequest* req,
+      v1::Session* resp) override {
+    return SS_FORWARD(Sessions, RollbackSession, req->session_id(), "");
+  }
+
+  // Server streaming: resent to another worker only before the first
+  // message reached the client.
+  grpc::ServerWriteReactor<v1::ExportStateResponse>* ExportState(
+      grpc::CallbackServerContext* ctx,
+      const v1::ExportStateRequest* req) override {
+    auto* writer = new BlockingWriter<v1::ExportStateResponse>();
+    const absl::Time began = gateway_->BeginCall();
+    const bool spawned = gateway_->Spawn([this, ctx, req, writer, began] {
+      bool delivered = false;
+      grpc::Status st = ForwardWithFailover(
+          gateway_, *ctx, Target{"ExportState", req->session_id(), "", ""},
+          [&](const std::shared_ptr<grpc::Channel>& channel,
+              grpc::ClientContext* client) {
+            auto reader = Sessions::NewStub(channel)->ExportState(client, *req);
+            v1::ExportStateResponse msg;
+            while (reader->Read(&msg)) {
+              delivered = true;
+              if (!writer->Write(msg)) client->TryCancel();
+            }
+            grpc::Status s = reader->Finish();
+            if (delivered && !s.ok() && Gateway::ShouldFailover(s)) {
+              return ToGrpcStatus(MakeError(absl::StatusCode::kUnavailable,
+                                            Reason::kOverloaded,
+                                            "worker lost during export; retry",
+                                            {{"retry_after_ms", "200"}}));
+            }
+            return s;
+          },
+          nullptr, &delivered);
+      gateway_->EndCall("ExportState", st, began);
+      writer->Finish(st);
+      writer->Release();
+    });
+    if (!spawned) {
+      gateway_->EndCall("ExportState", Gateway::Refused(), began);
+      writer->Finish(Gateway::Refused());
+      writer->Release();
+    }
+    return writer;
+  }
+
+  // Client streaming: the whole import (at most one state) is read first,
+  // so it can be resent to another worker.
+  grpc::ServerReadReactor<v1::ImportStateRequest>* ImportState(
+      grpc::CallbackServerContext* ctx, v1::Session* resp) override {
+    class Reader final
+        : public Blocking<grpc::ServerReadReactor<v1::ImportStateRequest>> {
+     public:
+      bool Read(v1::ImportStateRequest* msg) {
+        {
+          absl::MutexLock lock(&mu_);
+          reading_ = true;
+        }
+        StartRead(msg);
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(
+            +[](bool* p) { return !*p; }, &reading_));
+        return ok_;
+      }
+      void OnReadDone(bool ok) override {
+        absl::MutexLock lock(&mu_);
+        ok_ = ok;
+        reading_ = false;
+      }
+
+     private:
+      absl::Mutex mu_;
+      bool reading_ ABSL_GUARDED_BY(mu_) = false;
+      bool ok_ ABSL_GUARDED_BY(mu_) = false;
+    };
+    auto* reader = new Reader();
+    const absl::Time began = gateway_->BeginCall();
+    // The caller is authenticated, and within its tenant's stream limit,
+    // before a byte is read: the import is buffered whole.
+    const absl::StatusOr<std::string> tenant = gateway_->Tenant(*ctx);
+    absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> slot =
+        tenant.ok() ? HoldStreamSlot(gateway_, *ctx) : tenant.status();
+    if (!slot.ok()) {
+      const grpc::Status st = ToGrpcStatus(slot.status());
+      gateway_->EndCall("ImportState", st, began);
+      reader->Finish(st);
+      reader->Release();
+      return reader;
+    }
+    const bool spawned = gateway_->Spawn([this, ctx, resp, reader, began,
+                                          slot = *std::move(slot)]() mutable {
+      // Kept whole for a replay on failover, so bounded: no more state
+      // bytes than the header announces (the worker refuses more anyway)
+      // nor than the gateway's limit. A stream that breaks either ends at
+      // once, before the gateway has buffered it.
+      std::vector<v1::ImportStateRequest> parts;
+      v1::ImportStateRequest msg;
+      uint64_t bytes = 0, kept = 0;
+      absl::Status bad;
+      while (bad.ok() && reader->Read(&msg)) {
+        // What the message holds in memory, an empty one included.
+        kept += msg.ByteSizeLong() + sizeof(msg);
+        if (parts.empty() != msg.has_header()) {
+          bad = InvalidArgumentError(
+              Reason::kInvalidArgument,
+              "header: the first message must be the header, and only it");
+        } else if (!msg.has_header() && !msg.has_chunk()) {
+          bad = InvalidArgumentError(
+              Reason::kInvalidArgument,
+              "chunk: every message after the header must carry a chunk");
+        } else if (msg.has_chunk()) {
+          bytes += msg.chunk().data().size();
+          if (bytes > parts[0].header().state().total_bytes()) {
+            bad = DataLossError(
+                Reason::kStateCorrupt,
+                absl::StrCat("more state bytes than the header's total_bytes ",
+                             parts[0].header().state().total_bytes()));
+          }
+        }
+        if (bad.ok() && kept > static_cast<uint64_t>(
+                                   gateway_->options().max_import_bytes)) {
+          bad = MakeError(
+              absl::StatusCode::kInvalidArgument, Reason::kMessageTooLarge,
+              absl::StrCat("the import is larger than the gateway takes (",
+                           gateway_->options().max_import_bytes, " bytes)"),
+              {{"field", "chunk"},
+               {"limit", absl::StrCat(gateway_->options().max_import_bytes)}});
+        }
+        parts.push_back(std::move(msg));
+      }
+      if (!bad.ok()) {
+        const grpc::Status st = ToGrpcStatus(bad);
+        gateway_->EndCall("ImportState", st, began);
+        slot.reset();
+        reader->Finish(st);
+        reader->Release();
+        return;
+      }
+      // A new version goes to the session's owner; a new session to a
+      // worker serving the state's model (rendezvous of its id, or of the
+      // request id for a generated one, so retries land together).
+      Target target{"ImportState", "", "", ""};
+      grpc::Status quota;
+      if (!parts.empty() && parts[0].has_header()) {
+        const auto& header = parts[0].header();
+        if (header.mode() == v1::IMPORT_MODE_NEW_VERSION) {
+          target.session_id = header.session_id();
+        } else {
+          target.hash_key = header.session_id().empty() ? header.request_id()
+                                                        : header.session_id();
+          target.fingerprint = header.state().model_fingerprint();
+          quota = SessionQuota(gateway_, *ctx, header.session_id(),
+                               header.request_id());
+        }
+      }
+      grpc::Status st =
+          !quota.ok()
+              ? quota
+              : ForwardWithFailover(
+                    gateway_, *ctx, target,
+                    [&](const std::shared_ptr<grpc::Channel>& channel,
+                        grpc::ClientContext* client) {
+                      auto writer =
+                          Sessions::NewStub(channel)->ImportState(client, resp);
+                      for (const auto& part : parts) {
+                        if (!writer->Write(part)) break;
+                      }
+                      writer->WritesDone();
+                      return writer->Finish();
+                    });
+      gateway_->EndCall("ImportState", st, began);
+      slot.reset();  // the client may open its next stream at once
+      reader->Finish(st);
+      reader->Release();
+    });
+    if (!spawned) {
+      gateway_->EndCall("ImportState", Gateway::Refused(), began);
+      reader->Finish(Gateway::Refused());
+      reader->Release();
+    }
+    return reader;
+  }
+
+ private:
+  Gateway* const gateway_;
+};
+
+#undef SS_FORWARD
+
+}  // namespace
+
+std::unique_ptr<grpc::Service> NewSessionsService(Gateway* gateway) {
+  return std::make_unique<SessionsService>(gateway);
+}
+
+}  // namespace statestream::gateway
