@@ -14,6 +14,9 @@ constexpr size_t kMagicLen = sizeof(kMagic) - 1;
 // The request id of the record carrying the UTF-8 carry: no client request
 // id can take it (they are [A-Za-z0-9._:-]).
 constexpr char kCarryId[] = "\x01utf8-carry";
+// A carry known to be the tail's (no bytes): readers that predate it keep
+// it as an in-progress record no request id matches, like kCarryId.
+constexpr char kCarryKnownId[] = "\x01utf8-known";
 
 template <typename T>
 void Put(T v, std::string* out) {
@@ -76,11 +79,11 @@ absl::Status Corrupt(const char* what) {
 std::string EncodeSamplerSideData(const std::string& sampler,
                                   const std::deque<GenerationRecord>& records,
                                   const Utf8Carry& carry) {
-  if (records.empty() && carry.bytes.empty()) return sampler;
+  const bool with_carry = !carry.bytes.empty() || carry.known;
+  if (records.empty() && !with_carry) return sampler;
   std::string out(kMagic, kMagicLen);
   Put<uint32_t>(static_cast<uint32_t>(sampler.size()), &out);
   out += sampler;
-  const bool with_carry = !carry.bytes.empty();
   Put<uint32_t>(static_cast<uint32_t>(records.size() + (with_carry ? 1 : 0)),
                 &out);
   for (const GenerationRecord& r : records) PutRecord(r, &out);
@@ -89,7 +92,7 @@ std::string EncodeSamplerSideData(const std::string& sampler,
     // an in-progress generation no request id matches (and drop with the
     // next input, like the carry itself).
     GenerationRecord c;
-    c.request_id = kCarryId;
+    c.request_id = carry.bytes.empty() ? kCarryKnownId : kCarryId;
     c.digest = carry.input_offset;
     c.committed_at = absl::UnixEpoch();
     c.finish = kGenerationInProgress;
@@ -136,7 +139,13 @@ absl::Status DecodeSamplerSideData(const std::string& value,
         if (t < 0x80 || t > 0xFF) return Corrupt("utf-8 carry");
         c.bytes.push_back(static_cast<char>(t));
       }
+      c.known = true;
       if (carry != nullptr) *carry = std::move(c);
+      continue;
+    }
+    if (r.request_id == kCarryKnownId) {
+      if (!r.tokens.empty()) return Corrupt("utf-8 carry");
+      if (carry != nullptr) *carry = Utf8Carry{"", r.digest, true};
       continue;
     }
     records->push_back(std::move(r));

@@ -54,12 +54,17 @@ struct GenerationRecord {
   std::vector<int32_t> tokens;  // the output
 };
 
+// The bytes of a UTF-8 character the input so far left open, as of
+// `input_offset`. `known` without bytes records that the carry is what the
+// tokenizer tail gives back (often none): snapshots that predate the record
+// say nothing, and their reader cannot tell an open character from none.
 struct Utf8Carry {
-  std::string bytes;  // empty: none recorded
+  std::string bytes;
   uint64_t input_offset = 0;
+  bool known = false;  // set by the decoder for either record
 };
 
-// `sampler` alone when `records` and the carry are empty.
+// `sampler` alone when `records` are empty and the carry is not known.
 std::string EncodeSamplerSideData(const std::string& sampler,
                                   const std::deque<GenerationRecord>& records,
                                   const Utf8Carry& carry = {});

@@ -91,6 +91,34 @@ TEST(GenerationRecordTest, TheUtf8CarryRoundTripsWithOrWithoutRecords) {
   }
 }
 
+// A carry known to be the tail's (no bytes of its own) is recorded too, so
+// a reader knows that no character was left open; one with bytes is
+// corrupt.
+TEST(GenerationRecordTest, AKnownEmptyCarryRoundTrips) {
+  const std::string value =
+      EncodeSamplerSideData("S", {}, Utf8Carry{"", 7, true});
+  ASSERT_NE(value, "S");
+  std::string sampler;
+  Utf8Carry carry;
+  std::deque<GenerationRecord> out;
+  ASSERT_TRUE(DecodeSamplerSideData(value, &sampler, &out, &carry).ok());
+  EXPECT_EQ(sampler, "S");
+  EXPECT_TRUE(out.empty());
+  EXPECT_TRUE(carry.known);
+  EXPECT_EQ(carry.bytes, "");
+  EXPECT_EQ(carry.input_offset, 7u);
+  // Nothing known: the sampler alone, and the decoder says so.
+  EXPECT_EQ(EncodeSamplerSideData("S", {}, Utf8Carry{}), "S");
+  ASSERT_TRUE(DecodeSamplerSideData("S", &sampler, &out, &carry).ok());
+  EXPECT_FALSE(carry.known);
+  // The marker with bytes: corrupt.
+  GenerationRecord marker = Rec("\x01utf8-known", 1);
+  marker.tokens = {0x80};
+  EXPECT_EQ(GetReason(DecodeSamplerSideData(
+                EncodeSamplerSideData("S", {marker}), &sampler, &out, &carry)),
+            Reason::kStateCorrupt);
+}
+
 TEST(GenerationRecordTest, TruncatedOrPaddedValuesAreCorrupt) {
   const std::string value = EncodeSamplerSideData("S", {Rec("a", 4)});
   std::string sampler;

@@ -24,10 +24,14 @@ StateSnapshot SessionManager::Impl::Snapshot(const Session* s) const {
   snap.parent_session_id = s->head.parent_session_id;
   snap.parent_version = s->head.parent_version;
   snap.tokenizer_tail = s->tail;
-  // The carry only when the tail cannot give it back (LoadInto).
+  // The carry's bytes only when the tail cannot give them back; either
+  // way that it is known, so the reader is as strict as this worker
+  // (LoadInto).
   Utf8Carry carry;
   if (s->utf8_carry != TailCarry(s->tail)) {
-    carry = {s->utf8_carry, s->input_offset};
+    carry = {s->utf8_carry, s->input_offset, true};
+  } else if (s->carry_known && s->input_offset > 0) {
+    carry = {"", s->input_offset, true};
   }
   snap.sampler_state =
       EncodeSamplerSideData(s->sampler_state, s->records, carry);

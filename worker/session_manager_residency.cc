@@ -217,8 +217,9 @@ absl::Status SessionManager::Impl::LoadInto(Session* s, const LoadedVersion& v,
       snap.sampler_state, &s->sampler_state, &s->records, &carry));
   // Recorded (not the tail's end), and for this very input: a worker that
   // predates the record may have written the value back after more input.
-  if (!carry.bytes.empty() && carry.input_offset == snap.input_offset) {
-    s->utf8_carry = std::move(carry.bytes);
+  if (carry.known && carry.input_offset == snap.input_offset) {
+    s->utf8_carry =
+        carry.bytes.empty() ? TailCarry(s->tail) : std::move(carry.bytes);
     s->carry_known = true;
   } else {
     s->utf8_carry = TailCarry(s->tail);

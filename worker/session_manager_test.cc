@@ -364,6 +364,42 @@ TEST_F(SessionManagerTest, ACharacterSplitAcrossAReloadIsAccepted) {
   EXPECT_EQ(GetReason(Append(b, 3, "z", true).status()), Reason::kInvalidUtf8);
 }
 
+// Input that ended on a whole character (no tail: the byte tokenizer, or
+// the World tokenizer after a flush) is just as strict after a reload: a
+// continuation byte that starts the next append is INVALID_UTF8 (snapshots
+// record that the carry is known, not only its bytes).
+TEST_F(SessionManagerTest, AReloadedSessionStillRefusesAStrayContinuationByte) {
+  for (bool world : {false, true}) {
+    SCOPED_TRACE(world ? "world" : "bytes");
+    SessionManagerOptions o;
+    o.residency_bytes = 1;  // the next session's load evicts the idle one
+    if (world) {
+      ASSERT_NO_FATAL_FAILURE(StartWorld(o));
+    } else {
+      Start(o);
+    }
+    const std::string id = world ? "world" : "bytes";
+    Create(id);
+    auto w = Open(id);
+    ASSERT_TRUE(Append(w, 0, "ab\n", world, true).ok());
+    ASSERT_TRUE(Close(w).ok());
+    Create(id + "-other");
+    auto x = Open(id + "-other");
+    ASSERT_TRUE(Append(x, 0, "x", true, true).ok());
+    ASSERT_TRUE(Close(x).ok());
+    const int64_t evictions = manager_->stats().evictions;
+    EXPECT_GT(evictions, 0);
+    w = Open(id);
+    auto stray = Append(w, 3, "\x80xyz", true, true);
+    EXPECT_EQ(GetReason(stray.status()), Reason::kInvalidUtf8)
+        << stray.status();
+    EXPECT_EQ(manager_->GetSession("t", id)->input_offset, 3u);
+    // A whole character is still welcome.
+    ASSERT_TRUE(Append(w, 3, "\xC3\xA9", true, true).ok());
+    ASSERT_TRUE(Close(w).ok());
+  }
+}
+
 // A snapshot saved without last_hidden (position > 0) has no logits for its
 // last token: Generate without a prompt and Score of what follows it are
 // FAILED_PRECONDITION (they used to predict from a zero vector), also after
