@@ -90,12 +90,24 @@ class AppendCall final : public Watched {
  private:
   struct Entry {
     v1::AppendRequest request;
-    uint64_t seq = 0;    // index among the client's requests
-    uint64_t end = 0;    // expected_input_offset + units
-    uint64_t units = 0;  // tokens or text bytes
+    uint64_t seq = 0;            // index among the client's requests
+    uint64_t end = 0;            // expected_input_offset + units
+    uint64_t units = 0;          // tokens or text bytes
+    uint64_t acked_version = 0;  // the head version its latest ack reported
     int64_t bytes = 0;
     absl::Time received;  // read from the client
   };
+
+  // Whether acknowledged `e` is known committed. A request with a payload
+  // is once the commit covers its end. A bare flush ends where it starts,
+  // and a commit at that offset may predate it: it is only once the offset
+  // moved past it or a version newer than its ack's covers it (the SDKs'
+  // rule for their own resends).
+  bool Committed(const Entry& e) const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    if (e.units > 0) return e.end <= committed_;
+    return e.end < committed_ ||
+           (e.end == committed_ && committed_version_ > e.acked_version);
+  }
 
   void ReadClient() {
     const int64_t limit = gateway_->options().append_buffer_bytes;
@@ -262,17 +274,20 @@ class AppendCall final : public Watched {
           acked_ = seq + 1;
           ++attempt_delivered_;
         }
-        if (deliver && !log_.empty() && seq >= log_.front().seq &&
+        if (!log_.empty() && seq >= log_.front().seq &&
             seq - log_.front().seq < log_.size()) {
-          received = log_[seq - log_.front().seq].received;
+          Entry& e = log_[seq - log_.front().seq];
+          if (deliver) received = e.received;
+          e.acked_version = std::max(e.acked_version, ack.version());
         }
         committed_ = std::max(committed_, ack.committed_input_offset());
+        committed_version_ = std::max(committed_version_, ack.version());
         // Entries this attempt has not re-sent yet stay, even when covered
         // by what the new owner reports committed: the sender replays the
         // log in order, one ack per request.
         while (!log_.empty() && log_.front().seq < acked_ &&
                log_.front().seq < attempt_first_seq_ + attempt_sent_ &&
-               log_.front().end <= committed_) {
+               Committed(log_.front())) {
           log_bytes_ -= log_.front().bytes;
           log_.pop_front();
         }
@@ -329,6 +344,7 @@ class AppendCall final : public Watched {
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;  // requests read
   uint64_t acked_ ABSL_GUARDED_BY(mu_) = 0;     // acks sent to the client
   uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t committed_version_ ABSL_GUARDED_BY(mu_) = 0;  // of committed_
   // A checkpoint the gateway asked for (log over its bound) is pending
   // until acked_ reaches this.
   uint64_t forced_until_ ABSL_GUARDED_BY(mu_) = 0;

@@ -7,6 +7,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -65,6 +66,12 @@ class ScriptedWorker final : public v1::Sessions::Service,
       generate;
   std::function<grpc::Status(int, v1::Session*)> create_session;
   std::function<grpc::Status(int)> get_session;
+  // When set, answers an Append (after reading it whole) instead of acking
+  // every request as committed.
+  std::function<grpc::Status(
+      int, const std::vector<v1::AppendRequest>&,
+      grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>*)>
+      append;
 
   int imports() const { return imports_.load(); }
   // Requests of the last Append that asked for a checkpoint.
@@ -75,10 +82,11 @@ class ScriptedWorker final : public v1::Sessions::Service,
       grpc::ServerContext*,
       grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>* stream)
       override {
-    calls_->fetch_add(1);
+    const int call = calls_->fetch_add(1);
     std::vector<v1::AppendRequest> requests;
     v1::AppendRequest req;
     while (stream->Read(&req)) requests.push_back(req);
+    if (append) return append(call, requests, stream);
     checkpoints_ = 0;
     for (const auto& r : requests) {
       checkpoints_ += r.checkpoint();
@@ -402,6 +410,78 @@ TEST_F(GatewayTest, AnAppendPastTheReplayBoundAsksForOneCheckpoint) {
   EXPECT_EQ(acks, 20);
   EXPECT_EQ(calls_.load(), 1);
   EXPECT_EQ(workers_[0]->checkpoints() + workers_[1]->checkpoints(), 1);
+}
+
+// A bare flush ends where it starts, so a commit at that offset that
+// predates it does not cover it: after a failover the new owner, which
+// loaded that commit, gets the flush again before the text that follows
+// (else it would tokenize the text before and after the flush as one).
+TEST_F(GatewayTest, AFailoverReplaysAFlushTheLastCommitDoesNotCover) {
+  absl::Mutex mu;
+  std::vector<std::string> replayed;  // request ids the second worker got
+  Script<grpc::Status(
+      int, const std::vector<v1::AppendRequest>&,
+      grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>*)>(
+      &ScriptedWorker::append,
+      [&](int call, const std::vector<v1::AppendRequest>& requests,
+          grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>*
+              stream) {
+        if (call > 0) {
+          absl::MutexLock lock(&mu);
+          for (const auto& r : requests) replayed.push_back(r.request_id());
+        }
+        for (const auto& r : requests) {
+          if (call == 0 && r.request_id() == "text-c") {
+            return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker lost");
+          }
+          // First worker: "ab" committed at 2 (version 2) by the
+          // checkpoint; the flush after it applied, not committed. The
+          // second commits everything (version 3).
+          const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
+          v1::AppendResponse ack;
+          ack.set_request_id(r.request_id());
+          ack.set_input_offset(end);
+          const bool first = call == 0 && r.request_id() == "text-ab";
+          ack.set_committed_input_offset(first ? 0 : end);
+          ack.set_version(call > 0 ? 3 : first ? 1 : 2);
+          if (!stream->Write(ack)) break;
+        }
+        return grpc::Status::OK;
+      });
+  Start();
+  grpc::ClientContext ctx;
+  auto stream = v1::Streams::NewStub(channel_)->Append(&ctx);
+  auto request = [](const std::string& id, uint64_t at) {
+    v1::AppendRequest r;
+    r.set_session_id("s");
+    r.set_request_id(id);
+    r.set_expected_input_offset(at);
+    return r;
+  };
+  v1::AppendRequest ab = request("text-ab", 0);
+  ab.set_text_utf8("ab");
+  v1::AppendRequest checkpoint = request("checkpoint", 2);
+  checkpoint.set_checkpoint(true);
+  v1::AppendRequest flush = request("flush", 2);
+  flush.set_flush(true);
+  v1::AppendRequest c = request("text-c", 2);
+  c.set_text_utf8("c");
+  for (const auto* r : {&ab, &checkpoint, &flush, &c}) {
+    ASSERT_TRUE(stream->Write(*r));
+  }
+  stream->WritesDone();
+  std::vector<std::string> acked;
+  v1::AppendResponse ack;
+  while (stream->Read(&ack)) acked.push_back(ack.request_id());
+  const grpc::Status st = stream->Finish();
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(acked, (std::vector<std::string>{"text-ab", "checkpoint", "flush",
+                                             "text-c"}));
+  absl::MutexLock lock(&mu);
+  ASSERT_GE(replayed.size(), 2u);
+  EXPECT_EQ(replayed[replayed.size() - 2], "flush");
+  EXPECT_EQ(replayed.back(), "text-c");
+  EXPECT_EQ(std::count(replayed.begin(), replayed.end(), "text-ab"), 0);
 }
 
 // The gateway buffers an import whole before forwarding it, so every
