@@ -10,6 +10,7 @@
 #include "common/crc32c.h"
 #include "common/session_ids.h"
 #include "state_store/state_codec.h"
+#include "worker/engine/sampler.h"
 #include "worker/engine/utf8.h"
 #include "worker/session_manager_internal.h"
 
@@ -439,6 +440,18 @@ absl::StatusOr<SessionView> SessionManager::Import(
       snap.last_hidden.size() !=
           static_cast<size_t>(m.model_->info().config.n_embd)) {
     return DataLossError(Reason::kStateCorrupt, "last_hidden has a bad size");
+  }
+  // The side data a load decodes, checked before anything is committed: a
+  // version no worker can load would leave the session unusable.
+  {
+    std::string sampler;
+    std::deque<GenerationRecord> records;
+    Utf8Carry carry;
+    SS_RETURN_IF_ERROR(
+        DecodeSamplerSideData(snap.sampler_state, &sampler, &records, &carry));
+    if (!sampler.empty()) {
+      SS_RETURN_IF_ERROR(engine::SamplerState::Parse(sampler).status());
+    }
   }
   // A retry with the request id of an import that was committed (even one
   // that failed below the durability asked for) returns the session

@@ -400,6 +400,52 @@ TEST_F(SessionManagerTest, AReloadedSessionStillRefusesAStrayContinuationByte) {
   }
 }
 
+// An import whose side data (generation records, UTF-8 carry, sampler) is
+// malformed passes the blob's checksum but no load could decode it: it is
+// STATE_CORRUPT before anything is committed, as a new session or as a new
+// version, and the session stays usable.
+TEST_F(SessionManagerTest, AnImportWithCorruptSideDataCommitsNothing) {
+  Create("src");
+  auto w = Open("src");
+  ASSERT_TRUE(Append(w, 0, "some input", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  auto snap = DecodeState(Blob("src"));
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  const auto versions_before = manager_->ListVersions("t", "src");
+  ASSERT_TRUE(versions_before.ok()) << versions_before.status();
+  for (const std::string& bad :
+       {std::string("SSGEN1\n\x05\x00\x00\x00xy"),  // truncated sampler
+        std::string("SSGEN1\n\x00\x00\x00\x00\x01\x00\x00\x00"),
+        std::string("SSMP-not-a-sampler")}) {
+    SCOPED_TRACE(bad);
+    snap->sampler_state = bad;
+    const std::string blob = EncodeState(*snap);
+    CreateParams fresh;
+    fresh.request_id = "import-new";
+    fresh.session_id = "new";
+    EXPECT_EQ(
+        GetReason(
+            manager_->Import("t", blob, false, fresh, std::nullopt).status()),
+        Reason::kStateCorrupt);
+    EXPECT_EQ(GetReason(manager_->GetSession("t", "new").status()),
+              Reason::kSessionNotFound);
+    CreateParams onto;
+    onto.request_id = "import-onto";
+    onto.session_id = "src";
+    EXPECT_EQ(
+        GetReason(
+            manager_->Import("t", blob, true, onto, std::nullopt).status()),
+        Reason::kStateCorrupt);
+  }
+  const auto versions_after = manager_->ListVersions("t", "src");
+  ASSERT_TRUE(versions_after.ok()) << versions_after.status();
+  EXPECT_EQ(versions_after->size(), versions_before->size());
+  // Still loadable and writable.
+  w = Open("src");
+  ASSERT_TRUE(Append(w, 10, " more", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+}
+
 // A snapshot saved without last_hidden (position > 0) has no logits for its
 // last token: Generate without a prompt and Score of what follows it are
 // FAILED_PRECONDITION (they used to predict from a zero vector), also after
