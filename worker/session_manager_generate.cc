@@ -43,15 +43,15 @@ SessionManager::Impl::GenerateChecks SessionManager::Impl::CheckGenerate(
   } else if (c.record == nullptr && in.expected_input_offset &&
              *in.expected_input_offset != s->input_offset) {
     c.refused = PositionMismatch(s, *in.expected_input_offset);
-  } else if (MaxTokens(in) > opt_.max_generate_tokens) {
-    c.refused = TooLarge("max_tokens", opt_.max_generate_tokens);
-  } else {
-    c.refused = engine::Validate(in.sampling, vocab_);
   }
   return c;
 }
 
-absl::Status SessionManager::Impl::CheckPrompt(const GenerateInput& in) const {
+absl::Status SessionManager::Impl::CheckRequest(const GenerateInput& in) const {
+  if (MaxTokens(in) > opt_.max_generate_tokens) {
+    return TooLarge("max_tokens", opt_.max_generate_tokens);
+  }
+  SS_RETURN_IF_ERROR(engine::Validate(in.sampling, vocab_));
   if (in.prompt_kind == GenerateInput::Prompt::kText) {
     if (in.prompt_text.size() > kMaxTextBytes) {
       return TooLarge("prompt_text_utf8", kMaxTextBytes);
@@ -173,7 +173,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
               done]() mutable {
     // Before a committing request takes the writer slot (which ends the
     // session's live Append): a malformed prompt or a call already gone.
-    if (absl::Status st = m.CheckPrompt(in); !st.ok()) return done(st);
+    if (absl::Status st = m.CheckRequest(in); !st.ok()) return done(st);
     if (job->cancelled()) return done(CancelledError());
     std::shared_ptr<Writer> w;
     std::shared_ptr<Session> s;
@@ -251,7 +251,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
                               {{"input_offset", absl::StrCat(s->input_offset)},
                                {"field", "text_utf8"}}));
         }
-        // (The prompt itself was checked before the strand: CheckPrompt.)
+        // (The prompt itself was checked before the strand: CheckRequest.)
         if (in.prompt_kind == GenerateInput::Prompt::kText) {
           prompt = m.tok_->EncodeStream(s->tail, in.prompt_text, true).tokens;
           prompt_units = in.prompt_text.size();
@@ -496,12 +496,15 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
     auto r = m.Resident({tenant, session_id});
     if (!r.ok()) return done(r.status());
     std::shared_ptr<Session> s = *r;
+    // Something runs on the session (a committing generation holds it to
+    // its end): a new writer call supersedes it at once, as always. (run
+    // takes s->mu itself: not under the lock.)
+    bool busy = false;
     {
-      // Something runs on the session (a committing generation holds it to
-      // its end): a new writer call supersedes it at once, as always.
       absl::MutexLock lock(&s->mu);
-      if (s->busy) return run();
+      busy = s->busy;
     }
+    if (busy) return run();
     m.RunOp(s, [&m, s, in = std::move(in), emit, done,
                 run = std::move(run)]() mutable {
       absl::StatusOr<GenerateOutcome> answer = absl::UnknownError("");

@@ -401,7 +401,7 @@ class SessionManager::Impl {
   // What the checks of a Generate request say before it runs (strand):
   // `refused` if it cannot run here (another request's id, a stale
   // expected_input_offset — unless it continues its own record, whose
-  // offset moved on with it —, too many tokens, bad sampling); and for a
+  // offset moved on with it —; CheckRequest made the rest); and for a
   // committing request its record, if it has one (finished: replay it; in
   // progress: continue it).
   struct GenerateChecks {
@@ -412,10 +412,11 @@ class SessionManager::Impl {
   int MaxTokens(const GenerateInput& in) const {
     return in.max_tokens == 0 ? opt_.default_generate_tokens : in.max_tokens;
   }
-  // The checks of a Generate prompt that need no session (too large, not
-  // UTF-8, tokens outside the vocabulary): made before a committing request
-  // takes the writer slot, so a malformed one does not end a live Append.
-  absl::Status CheckPrompt(const GenerateInput& in) const;
+  // The checks of a Generate that need no session (a prompt too large, not
+  // UTF-8 or with tokens outside the vocabulary; max_tokens over the limit;
+  // bad sampling parameters): made before a committing request takes the
+  // writer slot, so a malformed one does not end a live Append.
+  absl::Status CheckRequest(const GenerateInput& in) const;
 
   // Emits a recorded generation's output as pieces (text held back to
   // complete UTF-8, like the live task) and returns its outcome (the

@@ -775,6 +775,73 @@ TEST_F(SessionManagerTest, AnAppendsIngestStopsWithItsCall) {
   EXPECT_EQ(scheduler_->stats().active_tasks, 0);
 }
 
+// A committing Generate that is malformed on its own (max_tokens over the
+// limit, bad sampling) is refused before it takes the writer slot, also
+// while the session is busy with a live Append's ingest: the Append goes
+// on to its ack. A well-formed one ends the Append and runs (it used to
+// take the session's lock twice on that path: a deadlock).
+TEST_F(SessionManagerTest, AMalformedGenerateLeavesABusySessionsAppendAlone) {
+  manager_.reset();
+  SchedulerOptions slow;  // one token an iteration: the ingest stays busy
+  slow.max_batch_tokens = 1;
+  slow.prefill_chunk = 1;
+  scheduler_ = std::make_unique<Scheduler>(model_.get(), slow);
+  Start(SessionManagerOptions{});
+  Create("busy");
+  AppendInput in;
+  in.kind = AppendInput::Kind::kTokens;
+  in.tokens.assign(300, 7);
+  in.expected_input_offset = 0;
+  auto w = Open("busy");
+  const int64_t before = scheduler_->stats().tokens;
+  absl::Notification ended;
+  absl::StatusOr<AppendAck> out;
+  manager_->Append(w, in, [&](absl::StatusOr<AppendAck> a) {
+    out = std::move(a);
+    ended.Notify();
+  });
+  while (scheduler_->stats().tokens == before) {  // the ingest runs
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  GenerateInput too_long;
+  too_long.request_id = "gen-too-long";
+  too_long.commit = true;
+  too_long.max_tokens = 1 << 30;
+  EXPECT_EQ(GetReason(GenerateStatus("busy", too_long)),
+            Reason::kMessageTooLarge);
+  GenerateInput bad_sampling;
+  bad_sampling.request_id = "gen-bad-sampling";
+  bad_sampling.commit = true;
+  bad_sampling.sampling.temperature = -1;
+  EXPECT_EQ(GenerateStatus("busy", bad_sampling).code(),
+            absl::StatusCode::kInvalidArgument);
+  ended.WaitForNotification();
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->input_offset, 300u);
+  ASSERT_TRUE(Close(w).ok());
+  // A well-formed one supersedes the live Append (SESSION_BUSY) and runs.
+  absl::Notification second_ended;
+  absl::StatusOr<AppendAck> second;
+  in.expected_input_offset = 300;
+  w = Open("busy");
+  const int64_t again = scheduler_->stats().tokens;
+  manager_->Append(w, in, [&](absl::StatusOr<AppendAck> a) {
+    second = std::move(a);
+    second_ended.Notify();
+  });
+  while (scheduler_->stats().tokens == again) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  GenerateInput good;
+  good.request_id = "gen-good";
+  good.commit = true;
+  good.max_tokens = 2;
+  EXPECT_TRUE(GenerateStatus("busy", good).ok());
+  second_ended.WaitForNotification();
+  EXPECT_EQ(GetReason(second.status()), Reason::kSessionBusy)
+      << second.status();
+}
+
 // Once draining, nothing new starts: a create, an import and a Score of a
 // stored version (which loads no resident session) are UNAVAILABLE with a
 // retry hint, for the client to go elsewhere.
