@@ -373,9 +373,14 @@ absl::StatusOr<SessionView> SessionManager::Rollback(
   if (seen) return Retried(tenant, session_id, committed, m.Dur(durability));
   SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
                       m.Resident({tenant, session_id}));
-  return m.RunSync<absl::StatusOr<SessionView>>(
+  bool retried = false;
+  auto out = m.RunSync<absl::StatusOr<SessionView>>(
       s, [&]() -> absl::StatusOr<SessionView> {
         SS_RETURN_IF_ERROR(m.GoneError(s.get()));
+        // Again in turn: the original may have run while this waited.
+        SS_ASSIGN_OR_RETURN(
+            retried, m.Seen(tenant, request_id, digest, nullptr, &committed));
+        if (retried) return SessionView{};
         const uint64_t head = s->head.head.version;
         if (expected && *expected != head) {
           return MakeError(absl::StatusCode::kFailedPrecondition,
@@ -411,6 +416,10 @@ absl::StatusOr<SessionView> SessionManager::Rollback(
         absl::MutexLock lock(&s->mu);
         return s->view;
       });
+  if (out.ok() && retried) {
+    return Retried(tenant, session_id, committed, m.Dur(durability));
+  }
+  return out;
 }
 
 absl::StatusOr<ExportedState> SessionManager::Export(
@@ -499,9 +508,14 @@ absl::StatusOr<SessionView> SessionManager::Import(
   }
   SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
                       m.Resident({tenant, params.session_id}));
-  return m.RunSync<absl::StatusOr<SessionView>>(
+  bool retried = false;
+  auto out = m.RunSync<absl::StatusOr<SessionView>>(
       s, [&]() -> absl::StatusOr<SessionView> {
         SS_RETURN_IF_ERROR(m.GoneError(s.get()));
+        // Again in turn: the original may have run while this waited.
+        SS_ASSIGN_OR_RETURN(retried, m.Seen(tenant, params.request_id, digest,
+                                            &seen_id, &committed));
+        if (retried) return SessionView{};
         const uint64_t head = s->head.head.version;
         if (expected && *expected != head) {
           return MakeError(absl::StatusCode::kFailedPrecondition,
@@ -539,6 +553,10 @@ absl::StatusOr<SessionView> SessionManager::Import(
         absl::MutexLock lock(&s->mu);
         return s->view;
       });
+  if (out.ok() && retried) {
+    return Retried(tenant, seen_id, committed, m.Dur(params.durability));
+  }
+  return out;
 }
 
 void SessionManager::Drain() { impl_->Drain(); }

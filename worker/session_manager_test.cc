@@ -842,6 +842,53 @@ TEST_F(SessionManagerTest, AMalformedGenerateLeavesABusySessionsAppendAlone) {
       << second.status();
 }
 
+// A rollback and its retry that both arrive while the session is busy
+// (the client timed out waiting) apply once: the retry, in turn after the
+// original, finds it done and answers with the session.
+TEST_F(SessionManagerTest, ARollbackAndItsRetryQueuedTogetherApplyOnce) {
+  manager_.reset();
+  SchedulerOptions slow;  // one token an iteration: the ingest stays busy
+  slow.max_batch_tokens = 1;
+  slow.prefill_chunk = 1;
+  scheduler_ = std::make_unique<Scheduler>(model_.get(), slow);
+  Start(SessionManagerOptions{});
+  Create("r");
+  auto w = Open("r");
+  ASSERT_TRUE(Append(w, 0, "abc", false, true).ok());
+  AppendInput in;
+  in.kind = AppendInput::Kind::kTokens;
+  in.tokens.assign(4000, 7);
+  in.expected_input_offset = 3;
+  in.checkpoint = true;
+  const int64_t before = scheduler_->stats().tokens;
+  absl::Notification ended;
+  manager_->Append(w, in, [&](absl::StatusOr<AppendAck> a) {
+    EXPECT_TRUE(a.ok()) << a.status();
+    ended.Notify();
+  });
+  while (scheduler_->stats().tokens == before) {  // the ingest runs
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  absl::StatusOr<SessionView> results[2];
+  std::thread calls[2];
+  for (int i = 0; i < 2; ++i) {
+    calls[i] = std::thread([&, i] {
+      results[i] = manager_->Rollback("t", "r", 2, std::nullopt, std::nullopt,
+                                      "rollback-once");
+    });
+  }
+  for (auto& t : calls) t.join();
+  ended.WaitForNotification();
+  ASSERT_TRUE(Close(w).ok());
+  for (const auto& r : results) ASSERT_TRUE(r.ok()) << r.status();
+  auto versions = manager_->ListVersions("t", "r");
+  ASSERT_TRUE(versions.ok()) << versions.status();
+  int rollbacks = 0;
+  for (const VersionInfo& v : *versions) rollbacks += v.rolled_back_from != 0;
+  EXPECT_EQ(rollbacks, 1);
+  EXPECT_EQ(results[0]->version, results[1]->version);
+}
+
 // Once draining, nothing new starts: a create, an import and a Score of a
 // stored version (which loads no resident session) are UNAVAILABLE with a
 // retry hint, for the client to go elsewhere.
