@@ -121,6 +121,7 @@ SessionManager::Stats ModelSet::stats() const {
     sum.evictions += s.evictions;
     sum.commits += s.commits;
     sum.fenced += s.fenced;
+    sum.drain_commit_failures += s.drain_commit_failures;
   }
   return sum;
 }

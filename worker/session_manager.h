@@ -75,6 +75,12 @@ struct SessionManagerOptions {
   absl::Duration generate_checkpoint_interval = absl::Seconds(10);
   // Durability when a request says "unspecified".
   Durability default_durability = Durability::kMemory;
+  // A drain retries the commits of dirty sessions that the store refused
+  // for now (UNAVAILABLE) until this long after it started; a session
+  // still uncommitted then loses its input since the last commit (counted
+  // in Stats::drain_commit_failures and reported on stderr; clients resend
+  // from committed_input_offset).
+  absl::Duration drain_commit_timeout = absl::Seconds(10);
   // Generate: max_tokens 0 means this; more than max_generate_tokens is
   // MESSAGE_TOO_LARGE.
   int default_generate_tokens = 256;
@@ -335,6 +341,7 @@ class SessionManager {
     int active = 0;  // resident with an operation or a writer attached
     int64_t resident_bytes = 0;
     int64_t loads = 0, evictions = 0, commits = 0, fenced = 0;
+    int64_t drain_commit_failures = 0;
   };
   Stats stats() const;
 

@@ -390,6 +390,10 @@ class SessionManager::Impl {
   void CommitIfWaited(const std::shared_ptr<Session>& s);
 
   void Drain();
+  // Commits dirty `s` for a drain: a refusal for now (UNAVAILABLE) is
+  // retried with backoff until `deadline`; a commit that never lands is
+  // counted and reported (strand).
+  void CommitForDrain(Session* s, absl::Time deadline);
 
   // The answer to a retry of the finished generation `rec` (on the strand):
   // its head raised to the durability asked if it is below (its commit may

@@ -2,6 +2,7 @@
 // SessionManager: residency (load, evict, drop), the per-session strand,
 // lease renewal with the idle commit policy, and drain.
 #include <algorithm>
+#include <iostream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -485,6 +486,30 @@ void SessionManager::Impl::CommitIfWaited(const std::shared_ptr<Session>& s) {
   });
 }
 
+void SessionManager::Impl::CommitForDrain(Session* s, absl::Time deadline) {
+  absl::Duration backoff = absl::Milliseconds(50);
+  absl::Status st;
+  while (true) {
+    st = CommitNow(s, opt_.default_durability, "", s->dirty_cause);
+    // Fenced: another worker owns it and its input; not a failure here.
+    if (st.ok() || GetReason(st) == Reason::kFenced) return;
+    if (st.code() != absl::StatusCode::kUnavailable ||
+        clock_->Now() + backoff > deadline) {
+      break;
+    }
+    clock_->SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(1));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.drain_commit_failures;
+  }
+  std::cerr << "drain: session " << s->key.tenant << "/" << s->key.session_id
+            << " could not be committed; its input after offset "
+            << s->head.head.input_offset << " (up to " << s->input_offset
+            << ") is not stored, for clients to resend: " << st << "\n";
+}
+
 void SessionManager::Impl::Drain() {
   std::vector<std::shared_ptr<Session>> all;
   {
@@ -498,13 +523,11 @@ void SessionManager::Impl::Drain() {
     absl::MutexLock lock(&s->mu);
     s->BarIngest(~uint64_t{0}, Draining());
   }
+  const absl::Time deadline = clock_->Now() + opt_.drain_commit_timeout;
   for (auto& s : all) {
-    RunSync<bool>(s, [this, &s] {
+    RunSync<bool>(s, [this, &s, deadline] {
       if (GoneError(s.get()).ok()) {
-        if (s->dirty) {
-          CommitNow(s.get(), opt_.default_durability, "", s->dirty_cause)
-              .IgnoreError();
-        }
+        if (s->dirty) CommitForDrain(s.get(), deadline);
         store_->ReleaseLease(s->key, opt_.owner, s->fence).IgnoreError();
         Drop(s.get(), Session::Gone::kEvicted);
       }

@@ -889,6 +889,32 @@ TEST_F(SessionManagerTest, ARollbackAndItsRetryQueuedTogetherApplyOnce) {
   EXPECT_EQ(results[0]->version, results[1]->version);
 }
 
+// A drain retries a dirty session's commit that the store refuses for now,
+// so its input survives a store blip during shutdown; one still refused at
+// the drain's deadline is counted (and reported), not silently dropped.
+TEST_F(SessionManagerTest, ADrainRetriesACommitTheStoreRefusesForNow) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  for (bool recovers : {true, false}) {
+    SCOPED_TRACE(recovers ? "recovers" : "stays down");
+    SessionManagerOptions o;
+    o.drain_commit_timeout = absl::Milliseconds(recovers ? 5000 : 200);
+    Start(o);
+    const std::string id = recovers ? "blip" : "down";
+    Create(id);
+    auto w = Open(id);
+    ASSERT_TRUE(Append(w, 0, "not yet committed").ok());
+    faulty_->refuse_commits = recovers ? 3 : 1 << 30;
+    manager_->Drain();  // the writer still attached: its input is dirty
+    manager_->AbandonWriter(w);
+    EXPECT_EQ(manager_->stats().drain_commit_failures, recovers ? 0 : 1);
+    faulty_->refuse_commits = 0;
+    Start(SessionManagerOptions{});
+    auto view = manager_->GetSession("t", id);
+    ASSERT_TRUE(view.ok()) << view.status();
+    EXPECT_EQ(view->input_offset, recovers ? 17u : 0u);
+  }
+}
+
 // Once draining, nothing new starts: a create, an import and a Score of a
 // stored version (which loads no resident session) are UNAVAILABLE with a
 // retry hint, for the client to go elsewhere.

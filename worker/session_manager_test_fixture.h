@@ -39,8 +39,14 @@ class LosingStore final : public testing::ForwardingStore {
  public:
   using ForwardingStore::ForwardingStore;
   std::atomic<bool> lose_next_commit{false};
+  // Commits refused (UNAVAILABLE, nothing written) before they pass again.
+  std::atomic<int> refuse_commits{0};
 
   absl::StatusOr<CommitResult> Commit(const CommitRequest& r) override {
+    if (refuse_commits.load() > 0) {
+      --refuse_commits;
+      return Unavailable();
+    }
     auto res = ForwardingStore::Commit(r);
     if (res.ok() && lose_next_commit.exchange(false)) {
       fail_get_heads_ = 1;
