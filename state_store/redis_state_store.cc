@@ -250,7 +250,8 @@ namespace statestream {
 
 absl::StatusOr<std::unique_ptr<StateStore>> NewRedisStateStore(
     const RedisStateStoreOptions& options) {
-  if (options.keep_versions < 1 || options.chunk_bytes < 1024) {
+  if (options.keep_versions < 1 ||
+      options.chunk_bytes < store_internal::kMinChunkBytes) {
     return InvalidArgumentError(
         Reason::kInvalidArgument,
         "keep_versions must be >= 1 and chunk_bytes >= 1024");

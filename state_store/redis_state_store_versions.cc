@@ -79,6 +79,16 @@ absl::StatusOr<LoadedVersion> RedisStateStore::LoadVersion(
   const auto& [head, vm] = read;
   const VersionInfo info = ParseVersion(vm);
   const std::string nonce = Get(vm, "nonce");
+  // Each chunk but one per part holds at least the smallest chunk_bytes a
+  // writer may use: more chunks than that is a damaged hash, not a reason
+  // to build billions of GETs.
+  if (info.chunk_count > info.state_bytes / kMinChunkBytes + 4) {
+    return DataLossError(
+        Reason::kStateCorrupt,
+        absl::StrCat("state is corrupt: version ", info.version, " records ",
+                     info.chunk_count, " chunks for ", info.state_bytes,
+                     " bytes"));
+  }
   std::vector<std::string> keys;
   std::vector<Command> gets;
   for (uint32_t i = 0; i < info.chunk_count; ++i) {
@@ -190,6 +200,13 @@ absl::StatusOr<CommitResult> RedisStateStore::Commit(const CommitRequest& r) {
 absl::StatusOr<VersionInfo> RedisStateStore::AwaitDurability(
     const SessionKey& key, uint64_t version, Durability wanted) {
   SS_RETURN_IF_ERROR(ValidateKey(key));
+  // The script reads 0 and below as the head: 0 and versions past int64's
+  // range are versions nobody has.
+  if (version == 0 || version > std::numeric_limits<int64_t>::max()) {
+    SS_ASSIGN_OR_RETURN(auto head, Read(key, -1));
+    return VersionNotKept(version, head.first.head.version,
+                          head.first.oldest_version);
+  }
   SS_ASSIGN_OR_RETURN(auto read, Read(key, static_cast<int64_t>(version)));
   VersionInfo v = ParseVersion(read.second);
   if (v.durability >= wanted) return v;

@@ -34,6 +34,9 @@
 
 namespace statestream::store_internal {
 
+// The smallest RedisStateStoreOptions::chunk_bytes (NewRedisStateStore).
+constexpr uint64_t kMinChunkBytes = 1024;
+
 // A hash's fields, as HGETALL (or a script) returns them in pairs.
 using Fields = std::map<std::string, std::string>;
 

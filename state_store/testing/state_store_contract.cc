@@ -358,6 +358,12 @@ TEST_P(StateStoreContractTest, AwaitDurabilityRaisesAVersionInPlace) {
   ASSERT_OK(store_->Commit(Commit(kKey, 3, fence, 4)));
   EXPECT_ERROR(store_->AwaitDurability(kKey, 1, Durability::kFsync), kNotFound,
                kVersionMismatch);
+  // 0 and versions past int64's range are no version (not the head).
+  for (uint64_t nobody : {uint64_t{0}, ~uint64_t{0}, uint64_t{1} << 63}) {
+    SCOPED_TRACE(nobody);
+    EXPECT_ERROR(store_->AwaitDurability(kKey, nobody, Durability::kMemory),
+                 kNotFound, kVersionMismatch);
+  }
   EXPECT_ERROR(
       store_->AwaitDurability({"acme", "nobody"}, 1, Durability::kMemory),
       kNotFound, kSessionNotFound);
