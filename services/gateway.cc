@@ -277,6 +277,11 @@ bool Gateway::ShouldFailover(const grpc::Status& status) {
   }
 }
 
+bool Gateway::WorkerFailed(const grpc::Status& status) {
+  return ShouldFailover(status) &&
+         status.error_code() != grpc::StatusCode::ABORTED;
+}
+
 grpc::Status Gateway::FromWorker(const grpc::Status& status) {
   if (status.error_code() != grpc::StatusCode::UNAUTHENTICATED) return status;
   std::cerr << "statestream gateway: a worker refused this gateway: "
@@ -339,7 +344,9 @@ grpc::Status ForwardWithFailover(
         (settled != nullptr && *settled)) {
       return Gateway::FromWorker(last);
     }
-    gateway->router().MarkSuspect(route->worker_id);
+    if (Gateway::WorkerFailed(last)) {
+      gateway->router().MarkSuspect(route->worker_id);
+    }
     exclude.insert(route->worker_id);
     if (attempt < gateway->options().max_attempts) {
       gateway->metrics().IncFailover(target.method);

@@ -88,6 +88,10 @@ class Gateway {
 
   // Whether a worker's answer means "try another worker" (see gateway.h).
   static bool ShouldFailover(const grpc::Status& status);
+  // Whether such an answer says the worker itself failed (to be avoided a
+  // while: GatewayRouter::MarkSuspect). ABORTED/FENCED does not: another
+  // worker took that one session, and this one still serves the others.
+  static bool WorkerFailed(const grpc::Status& status);
   // What a call ends with when its last worker's answer still meant "try
   // another" but no attempt is left: UNAVAILABLE/OVERLOADED with
   // retry_after_ms (retry later), never a worker's CANCELLED (a client

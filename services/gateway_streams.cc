@@ -213,7 +213,9 @@ class AppendCall final : public Watched {
       status = Attempt(*route, attempt, &stalled, &client_gone, &progressed);
       if (status.ok() || client_gone || ctx_->IsCancelled()) break;
       if (!stalled && !Gateway::ShouldFailover(status)) break;
-      gateway_->router().MarkSuspect(route->worker_id);
+      if (stalled || Gateway::WorkerFailed(status)) {
+        gateway_->router().MarkSuspect(route->worker_id);
+      }
       exclude.insert(route->worker_id);
       failures = progressed ? 1 : failures + 1;
       gave_up = failures >= max_failures;

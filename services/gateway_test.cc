@@ -484,6 +484,40 @@ TEST_F(GatewayTest, AFailoverReplaysAFlushTheLastCommitDoesNotCover) {
   EXPECT_EQ(std::count(replayed.begin(), replayed.end(), "text-ab"), 0);
 }
 
+// ABORTED/FENCED says another worker took that one session, not that the
+// worker failed: the call moves on, but the worker is not avoided for the
+// sessions it still serves (the next call on its sessions reaches it).
+TEST_F(GatewayTest, AFencedAnswerDoesNotMakeTheWorkerSuspect) {
+  std::atomic<int> got[2] = {0, 0};
+  std::atomic<int> fenced{-1};  // the worker that answered FENCED
+  for (int i = 0; i < 2; ++i) {
+    workers_[i]->get_session = [&got, &fenced, i](int) {
+      got[i].fetch_add(1);
+      int none = -1;
+      if (fenced.compare_exchange_strong(none, i)) {  // the first call
+        return ToGrpcStatus(MakeError(absl::StatusCode::kAborted,
+                                      Reason::kFenced, "another owner"));
+      }
+      return grpc::Status::OK;
+    };
+  }
+  Start();
+  auto get = [&] {
+    grpc::ClientContext ctx;
+    v1::GetSessionRequest req;
+    req.set_session_id("s");
+    v1::Session resp;
+    return v1::Sessions::NewStub(channel_)->GetSession(&ctx, req, &resp);
+  };
+  ASSERT_TRUE(get().ok());  // the fenced worker, then the other
+  ASSERT_NE(fenced.load(), -1);
+  ASSERT_EQ(got[0].load() + got[1].load(), 2);
+  // "s" ranks the fenced worker first still: it is asked first again.
+  ASSERT_TRUE(get().ok());
+  EXPECT_EQ(got[fenced.load()].load(), 2);
+  EXPECT_EQ(got[1 - fenced.load()].load(), 1);
+}
+
 // The gateway buffers an import whole before forwarding it, so every
 // message after the header must carry a chunk: empty ones (which would
 // fill its memory at a few bytes each on the wire) are INVALID_ARGUMENT,
