@@ -15,7 +15,8 @@
 // not cancel (it shut down), says it is draining, fences the call
 // (ABORTED/FENCED: another worker took the session), or stalls (no
 // response for upstream_stall_timeout while requests are outstanding) is
-// marked suspect and the call moves to the next worker:
+// marked suspect (except for FENCED: the worker is fine, only that session
+// moved) and the call moves to the next worker:
 //   * unary calls and ExportState (before its first message) are resent;
 //   * Append keeps every request not yet covered by a reported
 //     committed_input_offset (bounded: past append_buffer_bytes the next
