@@ -386,6 +386,10 @@ grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
   // re-sent unchanged.
   v1::GenerateRequest attempt_request = request;
   bool pinned_here = false;
+  // The input_offset the delivered output was sampled from: a re-run
+  // sampled from another (a committing one, after input the lost worker
+  // had applied but not committed) is another generation.
+  std::optional<uint64_t> started_at;
   grpc::Status status = ForwardWithFailover(
       gateway, ctx, Target{"Generate", request.session_id(), "", ""},
       [&](const std::shared_ptr<grpc::Channel>& channel,
@@ -402,7 +406,15 @@ grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
             const v1::GenerateChunk& in = msg.chunk();
             v1::GenerateChunk* chunk = out.mutable_chunk();
             chunk->set_index(static_cast<uint32_t>(tokens.size()));
+            if (in.has_start_input_offset() && started_at &&
+                *started_at != in.start_input_offset() &&
+                (!tokens.empty() || !text.empty())) {
+              diverged = 0;
+              upstream->TryCancel();
+              break;
+            }
             if (in.has_start_input_offset() && tokens.empty() && text.empty()) {
+              started_at = in.start_input_offset();
               if (!request.commit() &&
                   !attempt_request.has_expected_input_offset()) {
                 attempt_request.set_expected_input_offset(

@@ -381,6 +381,38 @@ TEST_F(GatewayTest, ARerunAfterAFailoverRunsOnTheInputItStartedFrom) {
             (std::vector<std::optional<uint64_t>>{std::nullopt, std::nullopt}));
 }
 
+// A committing re-run, re-sent unpinned, that samples from another input
+// offset than the output already delivered (the lost worker had applied
+// input it never committed) is another generation: UNAVAILABLE with
+// diverged_at, even when its first tokens happen to match.
+TEST_F(GatewayTest, ACommittingRerunFromAnotherOffsetIsDiverged) {
+  using W = grpc::ServerWriter<v1::GenerateResponse>;
+  Script<grpc::Status(int, const v1::GenerateRequest&, W*)>(
+      &ScriptedWorker::generate, [&](int n, const v1::GenerateRequest&, W* w) {
+        v1::GenerateResponse chunk;
+        chunk.mutable_chunk()->set_start_input_offset(n == 0 ? 150 : 100);
+        chunk.mutable_chunk()->add_tokens(5);
+        chunk.mutable_chunk()->add_tokens(6);
+        if (n == 0) {
+          w->Write(chunk);
+          return Lost();
+        }
+        chunk.mutable_chunk()->add_tokens(7);
+        w->Write(chunk);
+        v1::GenerateResponse done;
+        done.mutable_done()->set_finish_reason(v1::FINISH_REASON_MAX_TOKENS);
+        w->Write(done);
+        return grpc::Status::OK;
+      });
+  Start();
+  const auto generated = GenerateS(/*commit=*/true);
+  const absl::Status st = FromGrpcStatus(generated.status);
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_EQ(GetErrorMetadata(st, "diverged_at"), "0");
+  EXPECT_EQ(GetErrorMetadata(st, "delivered_tokens"), "2");
+  for (const auto& msg : generated.messages) EXPECT_FALSE(msg.has_done());
+}
+
 // Past its replay bound the gateway asks the worker for a checkpoint so the
 // log can shrink: one request at a time, not every request read until that
 // one is acked (each would commit the whole state).
