@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -701,6 +702,67 @@ TEST(SdkExportTest, ACorruptOrReorderedExportIsDataLoss) {
         << reorder << " " << exported.status();
     server->Shutdown();
   }
+}
+
+// A Streams server whose first Generate sends tokens [1, 2] and is lost;
+// the resumed call sends [1] and ends: it stopped sooner.
+class ShorterResume final : public v1::Streams::Service {
+ public:
+  grpc::Status Generate(grpc::ServerContext*, const v1::GenerateRequest*,
+                        grpc::ServerWriter<v1::GenerateResponse>* w) override {
+    const bool first = calls_.fetch_add(1) == 0;
+    v1::GenerateResponse chunk;
+    chunk.mutable_chunk()->set_start_input_offset(7);
+    chunk.mutable_chunk()->add_tokens(1);
+    chunk.mutable_chunk()->set_text_utf8("a");
+    if (first) {
+      chunk.mutable_chunk()->add_tokens(2);
+      chunk.mutable_chunk()->set_text_utf8("ab");
+      w->Write(chunk);
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "lost");
+    }
+    w->Write(chunk);
+    v1::GenerateResponse done;
+    done.mutable_done()->set_finish_reason(v1::FINISH_REASON_STOP_TOKEN);
+    w->Write(done);
+    return grpc::Status::OK;
+  }
+
+ private:
+  std::atomic<int> calls_{0};
+};
+
+// A resumed Generate that ends before the output already delivered is
+// another generation: ABORTED, not a `done` after 2 delivered tokens
+// that reports 1.
+TEST(SdkGenerateTest, AResumeThatEndsBeforeTheDeliveredOutputIsAborted) {
+  ShorterResume service;
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  client::ClientOptions options;
+  options.targets = {absl::StrCat("127.0.0.1:", port)};
+  options.initial_backoff = absl::Milliseconds(1);
+  auto c = client::Client::Create(options);
+  ASSERT_TRUE(c.ok()) << c.status();
+  v1::GenerateRequest request;
+  request.set_max_tokens(3);
+  auto stream = (*c)->OpenSession("s").Generate(request);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  std::vector<uint32_t> delivered;
+  client::GenerateChunk chunk;
+  while ((*stream)->Next(&chunk)) {
+    delivered.insert(delivered.end(), chunk.tokens.begin(), chunk.tokens.end());
+  }
+  EXPECT_EQ((*stream)->status().code(), absl::StatusCode::kAborted)
+      << (*stream)->status();
+  EXPECT_EQ(delivered, (std::vector<uint32_t>{1, 2}));
+  stream->reset();
+  server->Shutdown();
 }
 
 }  // namespace

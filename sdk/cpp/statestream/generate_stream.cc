@@ -58,6 +58,7 @@ absl::Status GenerateStream::Open() {
   if (call_->scope->cancelled()) return absl::CancelledError("cancelled");
   call_->reader = call_->stubs->streams->Generate(&call_->ctx, request_);
   seen_text_ = 0;
+  call_tokens_ = 0;
   return absl::OkStatus();
 }
 
@@ -73,6 +74,18 @@ bool GenerateStream::Next(GenerateChunk* out) {
     }
     v1::GenerateResponse response;
     if (call_->reader->Read(&response)) {
+      if (response.has_done() && (call_tokens_ < delivered_ids_.size() ||
+                                  seen_text_ < delivered_text_)) {
+        // A resumed call that ends before the output already delivered
+        // stopped sooner: another generation, not the same one's end.
+        status_ = absl::AbortedError(absl::StrCat(
+            "the resumed generation ended after ", call_tokens_,
+            " tokens, before the ", delivered_ids_.size(),
+            " already delivered (the session changed in between?)"));
+        finished_ = true;
+        CloseCall(/*cancel=*/true);
+        return false;
+      }
       if (response.has_done()) {
         done_ = response.done();
         // `done` is the outcome: a connection that broke before the call's
@@ -105,6 +118,7 @@ bool GenerateStream::Next(GenerateChunk* out) {
         request_.set_expected_input_offset(c.start_input_offset());
         pinned_here_ = true;
       }
+      call_tokens_ = std::max<uint64_t>(call_tokens_, c.index() + n);
       const uint32_t skip =
           delivered > c.index() ? std::min(n, delivered - c.index()) : 0;
       const uint64_t text_begin = seen_text_;

@@ -57,7 +57,8 @@ class GenerateStream {
   // The ids delivered: a resumed call must produce them again.
   std::vector<uint32_t> delivered_ids_;
   uint64_t delivered_text_ = 0;
-  uint64_t seen_text_ = 0;  // text bytes read on the current call
+  uint64_t seen_text_ = 0;    // text bytes read on the current call
+  uint64_t call_tokens_ = 0;  // output tokens the current call produced
   int reconnects_ = 0;
   int attempts_ = 0;
   // The request's expected_input_offset was set by this stream, from its

@@ -23,7 +23,8 @@ from statestream.client import (_assemble_export, _channel_options, _crc32c,
                                 _stop_strings, _stop_tokens, new_request_id)
 from statestream.errors import StatestreamError, is_retryable, retry_after
 from statestream.streams import (MAX_WINDOW, _AckTracker, _diverged,
-                                 _moved, _pin_to_start, _Retained, _units)
+                                 _ended_short, _moved, _pin_to_start,
+                                 _Retained, _units)
 from statestream.types import (AppendAck, ExportedState, GenerateChunk,
                                GenerateDone, GenerateResult, ScoreResult,
                                SessionInfo, VersionInfo)
@@ -545,6 +546,7 @@ class AsyncGenerateStream:
         self._call = None
         self._stubs = None
         self._seen_bytes = 0
+        self._call_tokens = 0
         self._pinned = False
         self._pinned_here = False  # see streams._pin_to_start
         self.done: Optional[GenerateDone] = None
@@ -588,6 +590,7 @@ class AsyncGenerateStream:
                 self._call = self._stubs.streams.Generate(
                     self._request, metadata=self._client._metadata)
                 self._seen_bytes = 0
+                self._call_tokens = 0
             try:
                 msg = await self._call.read()
                 err = None
@@ -598,6 +601,13 @@ class AsyncGenerateStream:
                 err = StatestreamError.from_rpc_error(e)
             if err is None:
                 if msg.HasField("done"):
+                    short = _ended_short(self._call_tokens, self._seen_bytes,
+                                         self._delivered_tokens,
+                                         self._delivered_bytes)
+                    if short is not None:
+                        self._finished = True
+                        self._drop_call()
+                        raise short
                     self.done = GenerateDone.from_proto(msg.done)
                     self._finished = True
                     break
@@ -607,6 +617,8 @@ class AsyncGenerateStream:
                     self._finished = True
                     self._drop_call()
                     raise diverged
+                self._call_tokens = max(self._call_tokens,
+                                        c.index + len(c.tokens))
                 if _pin_to_start(self._request, c,
                                  self._delivered_tokens +
                                  self._delivered_bytes):

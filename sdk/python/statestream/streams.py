@@ -310,6 +310,19 @@ def _diverged(delivered_ids, chunk) -> Optional[StatestreamError]:
     return None
 
 
+def _ended_short(call_tokens: int, call_bytes: int, delivered_tokens: int,
+                 delivered_bytes: int) -> Optional[StatestreamError]:
+    """ABORTED if a resumed call reached `done` before the output already
+    delivered: it stopped sooner, so it is another generation."""
+    if call_tokens < delivered_tokens or call_bytes < delivered_bytes:
+        return StatestreamError(
+            grpc.StatusCode.ABORTED,
+            f"the resumed generation ended after {call_tokens} tokens, "
+            f"before the {delivered_tokens} already delivered (the session "
+            "changed in between?)")
+    return None
+
+
 def _pin_to_start(request, chunk, delivered: int) -> bool:
     """Pins the resumes of `request` (when it pins no input_offset) to the
     one its generation started from, given by its first chunk while nothing
@@ -353,6 +366,8 @@ class GenerateStream:
         self._delivered_tokens = 0
         self._delivered_ids: list = []
         self._delivered_bytes = 0
+        self._seen_bytes = 0
+        self._call_tokens = 0
         self._responses = None
         self._stubs = None
         self.done: Optional[GenerateDone] = None
@@ -393,6 +408,7 @@ class GenerateStream:
             if not self._cancelled.is_set():
                 self._stubs, self._responses = stubs, responses
                 self._seen_bytes = 0
+                self._call_tokens = 0
                 return True
         responses.cancel()
         return False
@@ -411,6 +427,12 @@ class GenerateStream:
                                        "generate ended without done")
             else:
                 if msg.HasField("done"):
+                    short = _ended_short(self._call_tokens, self._seen_bytes,
+                                         self._delivered_tokens,
+                                         self._delivered_bytes)
+                    if short is not None:
+                        self.cancel()
+                        raise short
                     self.done = GenerateDone.from_proto(msg.done)
                     self._finished = True
                     break
@@ -419,6 +441,8 @@ class GenerateStream:
                 if diverged is not None:
                     self.cancel()
                     raise diverged
+                self._call_tokens = max(self._call_tokens,
+                                        c.index + len(c.tokens))
                 if _pin_to_start(self._request, c,
                                  self._delivered_tokens +
                                  self._delivered_bytes):

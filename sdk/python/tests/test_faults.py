@@ -77,7 +77,7 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
                 committed=True, replayed=True, position=5, input_offset=6,
                 version=4, durability=pb.DURABILITY_FSYNC))
             return
-        if request.session_id in ("pinned", "moved"):
+        if request.session_id in ("pinned", "moved", "shorter"):
             yield from self._pinned_generate(request, context)
             return
         if (request.session_id == "unavailable-first" and
@@ -96,7 +96,7 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
         then fails UNAVAILABLE. Later calls: "pinned" repeats them and ends
         if the request pins offset 7; "moved" (the session moved on) fails
         POSITION_MISMATCH as the server does when the pin no longer
-        holds."""
+        holds; "shorter" resumes with [1] and ends (it stopped sooner)."""
         calls = sum(r.session_id == request.session_id
                     for r in self.generate_requests)
         if calls == 1:
@@ -104,6 +104,12 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
                 index=0, tokens=[1, 2], text_utf8=b"ab",
                 start_input_offset=7))
             context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
+        if request.session_id == "shorter":
+            yield pb.GenerateResponse(chunk=pb.GenerateChunk(
+                index=0, tokens=[1], text_utf8=b"a", start_input_offset=7))
+            yield pb.GenerateResponse(done=pb.GenerateDone(
+                finish_reason=pb.FINISH_REASON_STOP_TOKEN))
+            return
         if (request.session_id == "moved" or
                 not request.HasField("expected_input_offset") or
                 request.expected_input_offset != 7):
@@ -377,6 +383,26 @@ def test_a_resume_on_a_moved_session_is_aborted(fake, aio):
     assert "input_offset 7" in e.value.message
     assert delivered == [1, 2]
     assert len(fake.generate_requests) == 2  # not retried further
+
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_a_resume_that_ends_before_the_delivered_output_is_aborted(fake, aio):
+    delivered = []
+
+    async def consume_async():
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            async for chunk in c.session("shorter").generate(max_tokens=3):
+                delivered.extend(chunk.tokens)
+
+    def consume():
+        with Client(fake.address, **fast_retries()) as c:
+            for chunk in c.session("shorter").generate(max_tokens=3):
+                delivered.extend(chunk.tokens)
+    with pytest.raises(StatestreamError) as e:
+        asyncio.run(consume_async()) if aio else consume()
+    assert e.value.code == grpc.StatusCode.ABORTED
+    assert "before the 2 already delivered" in e.value.message
+    assert delivered == [1, 2]
 
 
 # -- GenerateStream.cancel() ---------------------------------------------------
