@@ -218,6 +218,37 @@ TEST(RedisStateStoreTest, DurabilityIsReportedHonestly) {
   ASSERT_EQ(low_versions->size(), 1u);
   EXPECT_EQ(low_versions->front().durability, Durability::kReplicated);
 
+  // The levels nest: a replica's copy of a write the primary never fsynced
+  // (no AOF) is not REPLICATED (a primary restarted empty would resync its
+  // replicas to nothing), and it never answers a wait for FSYNC.
+  auto bare = RedisServer::Start({});
+  ASSERT_TRUE(bare.ok()) << bare.status();
+  auto bare_replica = RedisServer::Start(
+      {{"--replicaof", "127.0.0.1", absl::StrCat((*bare)->port())}, 0, ""});
+  ASSERT_TRUE(bare_replica.ok()) << bare_replica.status();
+  RedisStateStoreOptions bo = o;
+  bo.addresses = {(*bare)->address()};
+  bo.durability_timeout = absl::Seconds(2);
+  auto bare_store = NewRedisStateStore(bo);
+  ASSERT_TRUE(bare_store.ok()) << bare_store.status();
+  for (int i = 0; i < 100; ++i) {  // until the replica is in sync
+    auto info = (*bare)->Command({"INFO", "replication"});
+    if (info.ok() && absl::StrContains(*info, "state=online")) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  auto replicated =
+      (*bare_store)->CreateSession(NewSession("r", Durability::kReplicated));
+  EXPECT_EQ(DurabilityReachedOf(replicated.status()), Durability::kMemory)
+      << replicated.status();
+  EXPECT_EQ(
+      GetReason((*bare_store)
+                    ->AwaitDurability({"acme", "r"}, 1, Durability::kFsync)
+                    .status()),
+      Reason::kStoreUnavailable);
+  auto r_versions = (*bare_store)->ListVersions({"acme", "r"});
+  ASSERT_TRUE(r_versions.ok()) << r_versions.status();
+  EXPECT_EQ(r_versions->front().durability, Durability::kMemory);
+
   // The levels reached after the commit scripts ran (the fsync that
   // `appendfsync always` implies, WAIT's replica) are what later reads
   // report, not the level known when the version was written.

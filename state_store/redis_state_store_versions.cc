@@ -316,8 +316,8 @@ std::vector<Command> RedisStateStore::WaitCommands(Durability wanted) const {
   if (wanted == Durability::kFsync && have_waitaof_) {
     wait.push_back({"WAITAOF", "1", "0", wait_timeout_});
   } else if (wanted == Durability::kReplicated) {
-    if (have_waitaof_) {
-      wait.push_back({"WAITAOF", "0", "1", wait_timeout_});
+    if (have_waitaof_) {  // REPLICATED includes FSYNC: both at once
+      wait.push_back({"WAITAOF", "1", "1", wait_timeout_});
     } else {
       wait.push_back({"WAIT", "1", wait_timeout_});
     }
@@ -326,12 +326,22 @@ std::vector<Command> RedisStateStore::WaitCommands(Durability wanted) const {
 }
 
 void RedisStateStore::ReadWait(const redisReply* w, Durability* reached) {
-  if (w->type == REDIS_REPLY_ARRAY && w->elements == 2) {  // WAITAOF
+  int64_t replicas = 0;
+  if (w->type == REDIS_REPLY_ARRAY && w->elements == 2 &&
+      w->element[0]->type == REDIS_REPLY_INTEGER &&
+      w->element[1]->type == REDIS_REPLY_INTEGER) {  // WAITAOF
     if (w->element[0]->integer >= 1) {
       *reached = std::max(*reached, Durability::kFsync);
     }
-    if (w->element[1]->integer >= 1) *reached = Durability::kReplicated;
-  } else if (w->type == REDIS_REPLY_INTEGER && w->integer >= 1) {
+    replicas = w->element[1]->integer;
+  } else if (w->type == REDIS_REPLY_INTEGER) {  // WAIT
+    replicas = w->integer;
+  }
+  // The levels nest: a replica's copy counts once the write is fsynced
+  // here too (else a primary restarted empty would hand its replicas the
+  // loss). (An error reply, e.g. WAITAOF on a primary without AOF, raises
+  // nothing.)
+  if (replicas >= 1 && *reached >= Durability::kFsync) {
     *reached = Durability::kReplicated;
   }
 }

@@ -84,9 +84,10 @@ struct ClusterSession {
   uint64_t fence = 0;
 };
 absl::StatusOr<ClusterSession> StartClusterSession(
-    const SessionKey& key, RedisStateStoreOptions options) {
+    const SessionKey& key, RedisStateStoreOptions options,
+    const std::vector<std::string>& node_args = {}) {
   ClusterSession out;
-  SS_ASSIGN_OR_RETURN(out.cluster, RedisCluster::Start());
+  SS_ASSIGN_OR_RETURN(out.cluster, RedisCluster::Start(node_args));
   options.addresses = out.cluster->addresses();
   options.cluster = true;
   SS_ASSIGN_OR_RETURN(out.store, NewRedisStateStore(options));
@@ -277,7 +278,11 @@ TEST(StateStoreFaultTest, ClusterPrimaryKilledReplicaPromoted) {
   RedisStateStoreOptions o;
   o.retry_deadline = absl::Seconds(15);
   o.durability_timeout = absl::Seconds(1);
-  auto c = StartClusterSession(key, o);
+  // REPLICATED includes FSYNC: every node fsyncs each write (Redis 7.0 has
+  // no WAITAOF).
+  auto c = StartClusterSession(key, o,
+                               {"--appendonly", "yes", "--appendfsync",
+                                "always", "--no-appendfsync-on-rewrite", "no"});
   ASSERT_TRUE(c.ok()) << c.status();
   StateStore* store = c->store.get();
   // Right after creation the replicas may not have joined yet.

@@ -248,7 +248,8 @@ absl::StatusOr<std::string> RedisServer::Command(
   return out;
 }
 
-absl::StatusOr<std::unique_ptr<RedisCluster>> RedisCluster::Start() {
+absl::StatusOr<std::unique_ptr<RedisCluster>> RedisCluster::Start(
+    const std::vector<std::string>& args) {
   auto cluster = std::make_unique<RedisCluster>();
   std::vector<std::string> create = {"redis-cli", "--cluster", "create"};
   for (int i = 0; i < 6; ++i) {
@@ -256,6 +257,7 @@ absl::StatusOr<std::unique_ptr<RedisCluster>> RedisCluster::Start() {
     o.args = {"--cluster-enabled",      "yes",
               "--cluster-config-file",  "nodes.conf",
               "--cluster-node-timeout", "5000"};
+    o.args.insert(o.args.end(), args.begin(), args.end());
     auto node = RedisServer::Start(o);
     if (!node.ok()) return node.status();
     create.push_back((*node)->address());

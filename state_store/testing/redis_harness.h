@@ -64,8 +64,10 @@ class RedisServer {
 
 class RedisCluster {
  public:
-  // Six nodes, --cluster-replicas 1; waits for cluster_state:ok.
-  static absl::StatusOr<std::unique_ptr<RedisCluster>> Start();
+  // Six nodes, --cluster-replicas 1, each with `args` too (e.g.
+  // {"--appendonly", "yes"}); waits for cluster_state:ok.
+  static absl::StatusOr<std::unique_ptr<RedisCluster>> Start(
+      const std::vector<std::string>& args = {});
   ~RedisCluster();
 
   std::vector<std::string> addresses() const;
