@@ -175,6 +175,63 @@ TEST(StateStoreFaultTest, ClusterSlotMigrationDuringCommits) {
   ExpectConsistent(c->store.get(), key);
 }
 
+// The scripts declare the head, the fence and the lease only; they also
+// touch the versions. With the slot half moved (a version gone ahead, the
+// declared keys all still at the source), every call waits for the move and
+// then succeeds at the target, and none applies partly: a lease taken
+// meanwhile is taken once, and every kept version stays complete.
+TEST(StateStoreFaultTest, ScriptsWaitForVersionsTheSlotMovedAhead) {
+  const SessionKey key{"acme", "ahead"};
+  RedisStateStoreOptions o;
+  o.retry_deadline = absl::Seconds(15);
+  auto c = StartClusterSession(key, o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  StateStore* store = c->store.get();
+  // A held lease: every declared key exists at the source (a missing one
+  // would answer TRYAGAIN before the script runs).
+  auto held = store->AcquireLease(key, "w1", absl::Seconds(60), false);
+  ASSERT_TRUE(held.ok()) << held.status();
+  uint64_t fence = held->fence;
+  for (uint64_t v = 1; v < 3; ++v) {
+    CommitRequest r;
+    r.key = key;
+    r.expected_version = v;
+    r.fence = fence;
+    r.state = TestSnapshot(v + 1, kFloats);
+    ASSERT_TRUE(store->Commit(r).ok());
+  }
+  const int slot = store_internal::KeySlot("ss:{acme/ahead}:head");
+  absl::Status head_status, lease_status, update_status;
+  uint64_t new_fence = 0;
+  std::vector<std::thread> calls;
+  const absl::Status moved =
+      c->cluster->MoveSlot(slot, {"ss:{acme/ahead}:v2"}, [&] {
+        calls.emplace_back([&] { head_status = store->GetHead(key).status(); });
+        calls.emplace_back([&] {
+          auto l = store->AcquireLease(key, "w2", absl::Seconds(30), true);
+          lease_status = l.status();
+          if (l.ok()) new_fence = l->fence;
+        });
+        calls.emplace_back([&] {
+          SessionUpdate u;
+          u.labels = std::map<std::string, std::string>{{"k", "v"}};
+          update_status = store->UpdateSession(key, u).status();
+        });
+        absl::SleepFor(absl::Milliseconds(500));  // they wait meanwhile
+      });
+  ASSERT_TRUE(moved.ok()) << moved;
+  for (std::thread& t : calls) t.join();
+  EXPECT_TRUE(head_status.ok()) << head_status;
+  EXPECT_TRUE(lease_status.ok()) << lease_status;
+  EXPECT_TRUE(update_status.ok()) << update_status;
+  auto head = store->GetHead(key);
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->owner, "w2");
+  EXPECT_EQ(head->fence, new_fence);  // one grant, the one returned
+  EXPECT_EQ(head->labels.at("k"), "v");
+  ExpectConsistent(store, key);
+}
+
 // Loads while the session's slot migrates: keys move one at a time, and a
 // pipeline of chunk reads that meets ASK for some of them is resent whole
 // to the target, where the chunks not moved yet read as nil. A load must

@@ -523,9 +523,15 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Attempt(
         return replies;
       }
     }
+    // A script that touched a key its migrating slot already moved (the
+    // scripts touch every such key before writing: redis_scripts.h
+    // probe_session) is run again, like a TRYAGAIN.
     if (StartsWith(r.get(), "TRYAGAIN") || StartsWith(r.get(), "LOADING") ||
         StartsWith(r.get(), "CLUSTERDOWN") ||
-        StartsWith(r.get(), "MASTERDOWN")) {
+        StartsWith(r.get(), "MASTERDOWN") ||
+        (r->type == REDIS_REPLY_ERROR &&
+         absl::string_view(r->str, r->len).find("non local key") !=
+             absl::string_view::npos)) {
       *redirect = absl::StrCat("RETRY ", absl::string_view(r->str, r->len));
       return replies;
     }

@@ -25,6 +25,19 @@ local function version_keys(n)
   for i = 0, tonumber(m[2]) - 1 do keys[#keys + 1] = vk .. ':' .. m[1] .. ':c' .. i end
   return keys
 end
+-- Reads every key of the session's kept versions, before a script that
+-- touches them writes anything. The scripts declare only the head, the
+-- fence and the lease (the versions are known once the head is read): in
+-- a Cluster slot that is migrating, a version key already moved fails the
+-- script ("non local key") here, with nothing written, and the client
+-- runs it again until the slot has moved (then MOVED sends it there).
+local function probe_session()
+  local h = redis.call('HMGET', P .. 'head', 'oldest', 'version')
+  if not h[1] then return end
+  for n = tonumber(h[1]), tonumber(h[2]) do
+    for _, k in ipairs(version_keys(n)) do redis.call('EXISTS', k) end
+  end
+end
 local function touch_session()
   local h = redis.call('HMGET', P .. 'head', 'oldest', 'version', 'ttl_ms')
   local ttl = tonumber(h[3])
@@ -71,6 +84,7 @@ local head = P .. 'head'
 if redis.call('EXISTS', head) == 1 then
   if redis.call('HGET', head, 'version') == '1' and
      redis.call('HGET', head, 'nonce') == ARGV[4] then
+    probe_session()
     redis.call('HSET', head, 'retried_ms', ARGV[3])  -- see kLuaCommit's DUP
     touch_session()
     return {'DUP'}
@@ -104,6 +118,7 @@ if not ver then
   return {'NOTFOUND'}
 end
 ver = tonumber(ver)
+probe_session()
 local expected = tonumber(ARGV[4])
 if ver == expected + 1 and redis.call('HGET', head, 'nonce') == ARGV[7] then
   -- A retry after a lost reply: the commit happened on another connection.
@@ -188,6 +203,7 @@ return out
 inline constexpr char kLuaUpdate[] = R"lua(
 local head = P .. 'head'
 if redis.call('EXISTS', head) == 0 then return {'NOTFOUND'} end
+probe_session()
 if ARGV[4] == '1' then redis.call('HSET', head, 'labels', ARGV[5]) end
 if ARGV[6] == '1' then redis.call('HSET', head, 'ttl_ms', ARGV[7]) end
 redis.call('HSET', head, 'updated_ms', ARGV[3])
@@ -206,6 +222,7 @@ if not m[1] then
   end
   return {'NOTFOUND'}
 end
+probe_session()
 for n = tonumber(m[2]), tonumber(m[1]) do
   local keys = version_keys(n)
   if #keys > 0 then redis.call('DEL', unpack(keys)) end
@@ -225,6 +242,7 @@ if redis.call('EXISTS', P .. 'head') == 0 then return {'NOTFOUND'} end
 local lease = P .. 'lease'
 local cur = redis.call('HGET', lease, 'owner')
 if cur and cur ~= ARGV[4] and ARGV[6] == '0' then return {'BUSY', cur} end
+probe_session()
 local f = next_fence(ARGV[7])
 redis.call('DEL', lease)
 redis.call('HSET', lease, 'owner', ARGV[4], 'fence', f)

@@ -294,7 +294,9 @@ std::vector<std::string> RedisCluster::addresses() const {
   return out;
 }
 
-absl::Status RedisCluster::MoveSlot(int slot) {
+absl::Status RedisCluster::MoveSlot(int slot,
+                                    const std::vector<std::string>& first,
+                                    const std::function<void()>& after_first) {
   auto nodes = nodes_[0]->Command({"CLUSTER", "NODES"});
   if (!nodes.ok()) return nodes.status();
   struct Primary {
@@ -352,6 +354,15 @@ absl::Status RedisCluster::MoveSlot(int slot) {
     return absl::InternalError(
         absl::StrCat("MIGRATING on ", s->port(), ": ", st.status().message()));
   }
+  if (!first.empty()) {
+    std::vector<std::string> cmd = {
+        "MIGRATE", "127.0.0.1", absl::StrCat(dst->port), "", "0", "10000",
+        "REPLACE", "KEYS"};
+    cmd.insert(cmd.end(), first.begin(), first.end());
+    st = s->Command(cmd);
+    if (!st.ok()) return st.status();
+  }
+  if (after_first) after_first();
   while (true) {
     auto keys = s->Command({"CLUSTER", "GETKEYSINSLOT", slot_text, "10"});
     if (!keys.ok()) return keys.status();

@@ -8,6 +8,7 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -74,8 +75,11 @@ class RedisCluster {
   RedisServer* node(int i) { return nodes_[i].get(); }
   int size() const { return static_cast<int>(nodes_.size()); }
   // Moves `slot` from its primary to another primary with MIGRATE, the way
-  // redis-cli --cluster reshard does (keys then answer MOVED there).
-  absl::Status MoveSlot(int slot);
+  // redis-cli --cluster reshard does (keys then answer MOVED there). The
+  // keys `first` move first; `after_first` (if set) runs then, while the
+  // slot is half moved.
+  absl::Status MoveSlot(int slot, const std::vector<std::string>& first = {},
+                        const std::function<void()>& after_first = nullptr);
 
  private:
   std::vector<std::unique_ptr<RedisServer>> nodes_;
