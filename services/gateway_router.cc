@@ -53,10 +53,28 @@ absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::Workers() {
   if (now - workers_read_ < options_.registry_refresh) return workers_;
   std::vector<WorkerInfo> workers;
   if (store_ != nullptr) {
+    // One read at a time, outside the lock: while the registry is slow or
+    // down, the other calls route with the list known instead of queueing
+    // behind the read (each a store timeout).
+    if (reading_ && !workers_.empty()) return workers_;
+    mu_.Await(absl::Condition(
+        +[](bool* reading) { return !*reading; }, &reading_));
+    if (clock_->Now() - workers_read_ < options_.registry_refresh) {
+      return workers_;  // read by the call waited for
+    }
+    reading_ = true;
+    mu_.Unlock();
     auto listed = store_->ListWorkers();
+    mu_.Lock();
+    reading_ = false;
     if (!listed.ok()) {
-      // Keep routing with what we knew while the registry is unreachable.
-      if (!workers_.empty()) return workers_;
+      // Keep routing with what we knew while the registry is unreachable,
+      // and do not ask it again for a refresh period (a failover's
+      // MarkSuspect still asks at once).
+      if (!workers_.empty()) {
+        workers_read_ = clock_->Now();
+        return workers_;
+      }
       return listed.status();
     }
     workers = *std::move(listed);

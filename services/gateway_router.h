@@ -91,6 +91,9 @@ class GatewayRouter {
   absl::Mutex mu_;
   std::vector<WorkerInfo> workers_ ABSL_GUARDED_BY(mu_);
   absl::Time workers_read_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  // A call is reading the registry (outside mu_): the others route with
+  // the list known, or wait for that read when none is known yet.
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
   absl::flat_hash_map<std::string, absl::Time> suspects_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -1,15 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "services/gateway_router.h"
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
 #include "gtest/gtest.h"
 #include "state_store/memory_state_store.h"
+#include "state_store/testing/forwarding_store.h"
 
 namespace statestream {
 namespace {
@@ -182,6 +186,49 @@ TEST_F(GatewayRouterTest, AnEmptyRegistryKeepsTheLastKnownWorkers) {
     seen.insert(router.RouteAny(absl::StrCat("k", i), "", {})->worker_id);
   }
   EXPECT_EQ(seen, std::set<std::string>{"w9"});
+}
+
+// A registry that, once `down`, answers ListWorkers only after a while and
+// with UNAVAILABLE (a Redis that stopped answering), counting the reads.
+class SlowRegistry final : public testing::ForwardingStore {
+ public:
+  using ForwardingStore::ForwardingStore;
+  std::atomic<bool> down{false};
+  std::atomic<int> reads{0};
+  absl::StatusOr<std::vector<WorkerInfo>> ListWorkers() override {
+    ++reads;
+    if (!down) return ForwardingStore::ListWorkers();
+    absl::SleepFor(absl::Milliseconds(200));
+    return absl::UnavailableError("registry down");
+  }
+};
+
+// While the registry is slow or down, one call reads it and the others
+// route with the workers known (they used to queue behind the read, each
+// a store timeout, under the router's lock); after a failed read the
+// registry is not asked again until the refresh period has passed.
+TEST_F(GatewayRouterTest, ASlowRegistryIsReadOnceWhileCallsRouteOn) {
+  SlowRegistry registry(store_.get());
+  GatewayRouterOptions options = Options();
+  options.registry_refresh = absl::Seconds(1);
+  GatewayRouter router(&registry, options);
+  ASSERT_TRUE(router.RouteAny("k", "fp-a", {}).ok());
+  ASSERT_EQ(registry.reads.load(), 1);
+  clock_.Advance(absl::Seconds(2));
+  registry.down = true;
+  std::vector<std::thread> calls;
+  std::atomic<int> routed{0};
+  for (int i = 0; i < 8; ++i) {
+    calls.emplace_back([&, i] {
+      if (router.RouteAny(absl::StrCat("k", i), "fp-a", {}).ok()) ++routed;
+    });
+  }
+  for (std::thread& t : calls) t.join();
+  EXPECT_EQ(routed.load(), 8);
+  EXPECT_EQ(registry.reads.load(), 2);  // the one failed read
+  clock_.Advance(absl::Seconds(2));
+  EXPECT_TRUE(router.RouteAny("k", "fp-a", {}).ok());
+  EXPECT_EQ(registry.reads.load(), 3);
 }
 
 }  // namespace
