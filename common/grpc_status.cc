@@ -69,7 +69,16 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   std::string message = SanitizeUtf8(status.message(), kMaxErrorMessageBytes);
 
   google::rpc::ErrorInfo info;
-  info.set_reason(std::string(ReasonName(GetReason(status))));
+  Reason reason = GetReason(status);
+  // A server error raised without a reason is still the server's:
+  // INTERNAL, so clients tell it from a transport failure (no ErrorInfo at
+  // all), which they retry.
+  if (reason == Reason::kUnspecified &&
+      (status.code() == absl::StatusCode::kInternal ||
+       status.code() == absl::StatusCode::kUnknown)) {
+    reason = Reason::kInternal;
+  }
+  info.set_reason(std::string(ReasonName(reason)));
   info.set_domain(kErrorDomain);
   for (const auto& [key, value] : GetErrorMetadata(status)) {
     (*info.mutable_metadata())[SanitizeUtf8(key, kMaxMetadataKeyBytes)] =

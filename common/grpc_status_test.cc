@@ -76,6 +76,20 @@ TEST(GrpcStatusTest, PlainStatusGetsUnspecifiedReason) {
   EXPECT_EQ(back, absl::UnavailableError("down"));
 }
 
+// The server's own INTERNAL or UNKNOWN raised without a reason goes out as
+// reason INTERNAL: clients retry only a transport failure's (no ErrorInfo
+// at all), never a server bug's.
+TEST(GrpcStatusTest, AServersInternalErrorWithoutAReasonIsInternal) {
+  for (const absl::Status& bug :
+       {absl::InternalError("bug"), absl::UnknownError("bug")}) {
+    grpc::Status wire = ToGrpcStatus(bug);
+    EXPECT_EQ(WireErrorInfo(wire).reason(), "INTERNAL");
+    EXPECT_EQ(GetReason(FromGrpcStatus(wire)), Reason::kInternal);
+  }
+  const grpc::Status transport(grpc::StatusCode::INTERNAL, "stream removed");
+  EXPECT_EQ(GetReason(FromGrpcStatus(transport)), Reason::kUnspecified);
+}
+
 TEST(GrpcStatusTest, EveryCodeMapsToTheSameNumber) {
   for (int code = 1; code <= 16; ++code) {
     absl::Status error(static_cast<absl::StatusCode>(code), "x");
