@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <deque>
+#include <random>
 #include <set>
 #include <string>
 #include <system_error>
@@ -221,8 +222,12 @@ class AppendCall final : public Watched {
       gave_up = failures >= max_failures;
       if (failures < max_failures) gateway_->metrics().IncFailover("Append");
       if (progressed) exclude = {route->worker_id};
+      // Jittered: the streams of a worker that died all fail at once, and
+      // would otherwise reach its sessions' new owners in lockstep.
+      thread_local std::mt19937_64 rng{std::random_device{}()};
       absl::SleepFor(
-          std::min(absl::Milliseconds(50) * failures, absl::Milliseconds(500)));
+          std::min(absl::Milliseconds(50) * failures, absl::Milliseconds(500)) *
+          std::uniform_real_distribution<double>(0.5, 1.0)(rng));
     }
     gateway_->Unwatch(this);
     return gave_up ? Gateway::GaveUp(status) : Gateway::FromWorker(status);
@@ -324,7 +329,9 @@ class AppendCall final : public Watched {
     grpc::Status status = stream->Finish();
     absl::MutexLock lock(&mu_);
     upstream_ = nullptr;
-    *stalled = stalled_;
+    // Stalled only if the watchdog's cancel ended the call: a worker's own
+    // answer that crossed it (a newer writer's SESSION_BUSY, say) stands.
+    *stalled = stalled_ && status.error_code() == grpc::StatusCode::CANCELLED;
     // Progress is acks the client had not had: a replay's acks of requests
     // delivered before do not count, or a request that stalls every owner
     // would be retried forever.
