@@ -184,12 +184,7 @@ class MemoryStateStore final : public StateStore {
         continue;
       }
       if (store_internal::LabelsMatch(s.head.labels, r.label_filter)) {
-        if (static_cast<int>(page.sessions.size()) == r.page_size) {
-          page.next_page_token = store_internal::MakePageToken(
-              page.sessions.back().key.session_id);
-          break;
-        }
-        page.sessions.push_back(HeadOf(s, now));
+        if (!store_internal::AddToPage(r, HeadOf(s, now), &page)) break;
       }
       ++it;
     }

@@ -57,12 +57,7 @@ absl::StatusOr<ListSessionsPage> RedisStateStore::ListSessions(
       if (!LabelsMatch(head->labels, req.label_filter)) {
         continue;
       }
-      if (static_cast<int>(page.sessions.size()) == req.page_size) {
-        page.next_page_token =
-            MakePageToken(page.sessions.back().key.session_id);
-        return page;
-      }
-      page.sessions.push_back(std::move(*head));
+      if (!AddToPage(req, *std::move(head), &page)) return page;
     }
     if (ids->elements < 100) return page;
   }

@@ -218,12 +218,7 @@ class SqliteStateStore final : public StateStore {
     while (s.Step()) {
       SS_ASSIGN_OR_RETURN(SessionHead h, Head({r.tenant, s.Text(0)}, now));
       if (!si::LabelsMatch(h.labels, r.label_filter)) continue;
-      if (static_cast<int>(page.sessions.size()) == r.page_size) {
-        page.next_page_token =
-            si::MakePageToken(page.sessions.back().key.session_id);
-        break;
-      }
-      page.sessions.push_back(std::move(h));
+      if (!si::AddToPage(r, std::move(h), &page)) break;
     }
     SS_RETURN_IF_ERROR(s.status());
     return page;

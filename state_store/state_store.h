@@ -205,11 +205,16 @@ struct ListSessionsRequest {
   std::string page_token;  // "" = first page; else a next_page_token
   // Only sessions whose labels include every pair here.
   std::map<std::string, std::string> label_filter;
+  // When > 0, a page also ends before the session that would take the
+  // heads' estimated encoded size past this (it holds one at least), so a
+  // page of sessions with many labels fits in a response.
+  int64_t max_bytes = 0;
 };
 
 struct ListSessionsPage {
   std::vector<SessionHead> sessions;  // ordered by session_id
   std::string next_page_token;        // "" = no more
+  int64_t bytes = 0;                  // the heads' estimated encoded size
 };
 
 struct SessionUpdate {

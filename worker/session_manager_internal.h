@@ -40,6 +40,8 @@
 namespace statestream::worker {
 
 constexpr size_t kMaxTextBytes = 1 << 20;
+// A ListSessions page's heads, estimated (ListSessionsRequest::max_bytes).
+constexpr int64_t kMaxListBytes = 2 << 20;
 constexpr size_t kMaxAppendTokens = 262144;
 constexpr size_t kMaxScoreTokens = 65536;
 // Log-probabilities in one Score response (the scored tokens' and their

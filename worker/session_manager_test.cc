@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -913,6 +914,38 @@ TEST_F(SessionManagerTest, ADrainRetriesACommitTheStoreRefusesForNow) {
     ASSERT_TRUE(view.ok()) << view.status();
     EXPECT_EQ(view->input_offset, recovers ? 17u : 0u);
   }
+}
+
+// Sessions with many long labels page by size as well as by count: a
+// page_size-1000 page stays far below gRPC's 4 MiB response limit (1,000
+// such sessions would be ~20 MB), and every session is listed once.
+TEST_F(SessionManagerTest, AListOfHeavilyLabelledSessionsPagesBySize) {
+  constexpr int kSessions = 130;  // ~21 KB of labels each: ~2.7 MB in all
+  for (int i = 0; i < kSessions; ++i) {
+    CreateParams p;
+    p.request_id = absl::StrCat("create-", i);
+    p.session_id = absl::StrCat("s", 1000 + i);
+    for (int l = 0; l < 64; ++l) {
+      p.labels[absl::StrCat(std::string(60, 'k'), l)] = std::string(255, 'v');
+    }
+    ASSERT_TRUE(manager_->CreateSession("t", p).ok()) << i;
+  }
+  std::set<std::string> seen;
+  std::string token;
+  int pages = 0;
+  do {
+    auto page = manager_->ListSessions("t", 1000, token, {}, "");
+    ASSERT_TRUE(page.ok()) << page.status();
+    ASSERT_FALSE(page->first.empty());
+    EXPECT_LT(page->first.size(), static_cast<size_t>(kSessions));
+    for (const SessionView& v : page->first) {
+      EXPECT_TRUE(seen.insert(v.session_id).second) << v.session_id;
+    }
+    token = page->second;
+    ++pages;
+  } while (!token.empty() && pages < 10);
+  EXPECT_EQ(seen.size(), static_cast<size_t>(kSessions));
+  EXPECT_GE(pages, 2);
 }
 
 // Once draining, nothing new starts: a create, an import and a Score of a

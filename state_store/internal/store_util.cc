@@ -134,6 +134,34 @@ std::string MakePageToken(absl::string_view last_session_id) {
   return absl::WebSafeBase64Escape(absl::StrCat("p", last_session_id));
 }
 
+namespace {
+
+// About what `h` takes in a Session message: its strings and labels plus
+// the fixed fields.
+int64_t HeadBytes(const SessionHead& h) {
+  int64_t n = 128 + h.key.session_id.size() + h.model_id.size() +
+              h.model_fingerprint.size() + h.parent_session_id.size() +
+              h.owner.size();
+  for (const auto& [k, v] : h.labels) n += k.size() + v.size() + 8;
+  return n;
+}
+
+}  // namespace
+
+bool AddToPage(const ListSessionsRequest& r, SessionHead head,
+               ListSessionsPage* page) {
+  const int64_t bytes = HeadBytes(head);
+  if (static_cast<int>(page->sessions.size()) >= r.page_size ||
+      (r.max_bytes > 0 && !page->sessions.empty() &&
+       page->bytes + bytes > r.max_bytes)) {
+    page->next_page_token = MakePageToken(page->sessions.back().key.session_id);
+    return false;
+  }
+  page->bytes += bytes;
+  page->sessions.push_back(std::move(head));
+  return true;
+}
+
 bool LabelsMatch(const std::map<std::string, std::string>& labels,
                  const std::map<std::string, std::string>& filter) {
   for (const auto& [k, v] : filter) {

@@ -26,6 +26,10 @@ absl::Status ValidateTtl(absl::Duration ttl, absl::string_view what);
 // the first page).
 absl::StatusOr<std::string> ParseListRequest(const ListSessionsRequest& r);
 std::string MakePageToken(absl::string_view last_session_id);
+// Adds `head` to `page` unless the page is full for `r` (page_size heads,
+// or max_bytes): then sets the page's next_page_token and returns false.
+bool AddToPage(const ListSessionsRequest& r, SessionHead head,
+               ListSessionsPage* page);
 
 bool LabelsMatch(const std::map<std::string, std::string>& labels,
                  const std::map<std::string, std::string>& filter);

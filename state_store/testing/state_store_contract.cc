@@ -477,6 +477,43 @@ TEST_P(StateStoreContractTest, ListSessionsPagesFiltersAndIsolatesTenants) {
   EXPECT_ERROR(store_->ListSessions(req), kInvalidArgument, kInvalidArgument);
 }
 
+// A page also ends at max_bytes of heads (one head at least), so sessions
+// with many labels page through a response size limit: every session
+// once, in order.
+TEST_P(StateStoreContractTest, ListSessionsPagesByBytesToo) {
+  const std::string big(200, 'x');
+  for (int i = 0; i < 5; ++i) {
+    CreateSessionRequest r = Create({"acme", absl::StrCat("b", i)});
+    for (int l = 0; l < 20; ++l) r.labels[absl::StrCat("label", l)] = big;
+    ASSERT_OK(store_->CreateSession(r));
+  }
+  ListSessionsRequest req;
+  req.tenant = "acme";
+  req.page_size = 1000;
+  req.max_bytes = 9000;  // two of these heads (~4.4 KB each) a page
+  std::vector<std::string> ids;
+  for (int pages = 0; pages < 10; ++pages) {
+    auto page = store_->ListSessions(req);
+    ASSERT_OK(page);
+    EXPECT_GE(page->sessions.size(), 1u);
+    EXPECT_LE(page->sessions.size(), 2u);
+    EXPECT_LE(page->bytes, req.max_bytes);
+    for (const SessionHead& h : page->sessions) {
+      ids.push_back(h.key.session_id);
+    }
+    if (page->next_page_token.empty()) break;
+    req.page_token = page->next_page_token;
+  }
+  EXPECT_THAT(ids, ElementsAre("b0", "b1", "b2", "b3", "b4"));
+  // Smaller than one head: one a page, never none.
+  req.page_token = "";
+  req.max_bytes = 1;
+  auto one = store_->ListSessions(req);
+  ASSERT_OK(one);
+  EXPECT_EQ(one->sessions.size(), 1u);
+  EXPECT_FALSE(one->next_page_token.empty());
+}
+
 TEST_P(StateStoreContractTest, DeleteRemovesEverythingButTheFence) {
   auto created = store_->CreateSession(Create(kKey));
   ASSERT_OK(created);
