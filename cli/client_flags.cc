@@ -130,6 +130,9 @@ absl::StatusOr<std::unique_ptr<client::Client>> ClientFromFlags() {
   if (options.max_attempts < 1) {
     return UsageError("--max-attempts must be at least 1");
   }
+  if (options.timeout <= absl::ZeroDuration()) {
+    return UsageError("--timeout must be positive");
+  }
   if (options.max_backoff < absl::ZeroDuration()) {
     return UsageError("--max-backoff must not be negative");
   }

@@ -47,6 +47,7 @@ namespace statestream::cli {
 namespace {
 
 int Run(const std::vector<std::string>& args) {
+  BlockShutdownSignals();
   if (!args.empty()) {
     std::cerr << "statestream gateway: unexpected argument \"" << args[0]
               << "\"\n";
@@ -69,6 +70,11 @@ int Run(const std::vector<std::string>& args) {
     options.gateway_id = absl::StrCat("gateway-", host, "-", getpid());
   }
   options.upstream_stall_timeout = absl::GetFlag(FLAGS_upstream_stall_timeout);
+  if (options.upstream_stall_timeout <= absl::ZeroDuration()) {
+    std::cerr << "statestream gateway: --upstream-stall-timeout must be "
+                 "positive\n";
+    return kExitUsage;
+  }
   options.request_id_window = RequestIdWindowFromFlag();
   // What clients may send is forwarded, and what workers answer is sent on.
   const ServerOptions server = ServerOptionsFromFlags();

@@ -167,6 +167,7 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
 }
 
 int Run(const std::vector<std::string>& args) {
+  BlockShutdownSignals();  // before any thread (a GPU driver's) starts
   if (!args.empty()) {
     std::cerr << "statestream serve: unexpected argument \"" << args[0]
               << "\"\n";
@@ -187,7 +188,11 @@ int Run(const std::vector<std::string>& args) {
     return kExitUsage;
   }
   options.device = *std::move(device);
-  ApplyWorkerFlags(&options.sessions, &options.scheduler);
+  if (absl::Status s = ApplyWorkerFlags(&options.sessions, &options.scheduler);
+      !s.ok()) {
+    std::cerr << "statestream serve: " << s.message() << "\n";
+    return kExitUsage;
+  }
   options.metrics_listen = MetricsListenFromFlag();
   auto tenants = TenantSetupFromFlags("serve");
   if (!tenants.ok()) {

@@ -105,6 +105,14 @@ bool ClientCertificatesRequired() {
   return !absl::GetFlag(FLAGS_tls_client_ca).empty();
 }
 
+void BlockShutdownSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+}
+
 int RunServer(absl::string_view role, const ServerOptions& options,
               absl::Duration grace,
               absl::FunctionRef<absl::StatusOr<ServiceSet>()> build) {
@@ -115,11 +123,16 @@ int RunServer(absl::string_view role, const ServerOptions& options,
               absl::Duration grace,
               absl::FunctionRef<absl::StatusOr<ServiceSet>()> build,
               const ServerHooks& hooks) {
+  BlockShutdownSignals();
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  if (options.readiness_interval <= absl::ZeroDuration()) {
+    std::cerr << "statestream " << role
+              << ": --readiness-interval must be positive\n";
+    return kExitUsage;
+  }
 
   if (auto address = ParseListenAddress(options.listen); !address.ok()) {
     std::cerr << "statestream " << role

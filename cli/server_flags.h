@@ -52,6 +52,12 @@ int RunServer(absl::string_view role, const ServerOptions& options,
               absl::Duration grace,
               absl::FunctionRef<absl::StatusOr<ServiceSet>()> build);
 
+// Blocks SIGINT and SIGTERM in the calling thread, so every thread started
+// after it leaves them to RunServer's handling. Server roles call it first
+// (RunServer does too): a thread started before, a GPU driver's say, would
+// otherwise take a SIGTERM and end the process without a drain.
+void BlockShutdownSignals();
+
 // Lifecycle hooks of RunServer, for roles that announce themselves (the
 // worker registers its bound address in the cluster registry).
 struct ServerHooks {

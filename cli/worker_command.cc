@@ -90,6 +90,7 @@ absl::StatusOr<std::vector<ServedModel>> LoadModels(
 }
 
 int Run(const std::vector<std::string>& args) {
+  BlockShutdownSignals();  // before any thread (a GPU driver's) starts
   if (!args.empty()) {
     std::cerr << "statestream worker: unexpected argument \"" << args[0]
               << "\"\n";
@@ -127,7 +128,17 @@ int Run(const std::vector<std::string>& args) {
   options.device = *std::move(device);
   options.sessions.owner = options.worker_id;
   options.sessions.lease_ttl = absl::GetFlag(FLAGS_lease_ttl);
-  ApplyWorkerFlags(&options.sessions, &options.scheduler);
+  if (options.sessions.lease_ttl <= absl::ZeroDuration() ||
+      options.heartbeat_interval <= absl::ZeroDuration()) {
+    std::cerr << "statestream worker: --lease-ttl and --heartbeat-interval "
+                 "must be positive\n";
+    return kExitUsage;
+  }
+  if (absl::Status s = ApplyWorkerFlags(&options.sessions, &options.scheduler);
+      !s.ok()) {
+    std::cerr << "statestream worker: " << s.message() << "\n";
+    return kExitUsage;
+  }
   options.metrics_listen = MetricsListenFromFlag();
   absl::StatusOr<InternalToken> internal_token = InternalTokenFromFlag();
   if (!internal_token.ok()) {

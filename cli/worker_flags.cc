@@ -1,7 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "cli/worker_flags.h"
 
+#include <utility>
+
 #include "absl/flags/flag.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "cli/engine_flags.h"
 #include "cli/server_flags.h"
@@ -36,8 +40,8 @@ namespace statestream::cli {
 
 const char kWorkerFlagsFile[] = __FILE__;
 
-void ApplyWorkerFlags(worker::SessionManagerOptions* sessions,
-                      worker::SchedulerOptions* scheduler) {
+absl::Status ApplyWorkerFlags(worker::SessionManagerOptions* sessions,
+                              worker::SchedulerOptions* scheduler) {
   sessions->checkpoint_tokens = absl::GetFlag(FLAGS_checkpoint_tokens);
   sessions->checkpoint_interval = absl::GetFlag(FLAGS_checkpoint_interval);
   sessions->generate_checkpoint_tokens =
@@ -55,6 +59,28 @@ void ApplyWorkerFlags(worker::SessionManagerOptions* sessions,
       engine.ok()) {
     scheduler->step_threads = engine->threads;
   }
+  const std::pair<const char*, int64_t> at_least_one[] = {
+      {"--checkpoint-tokens", sessions->checkpoint_tokens},
+      {"--residency-bytes", sessions->residency_bytes},
+      {"--max-transfer-bytes", sessions->max_transfer_bytes},
+      {"--max-tasks", scheduler->max_tasks},
+      {"--max-queued-tokens", scheduler->max_queued_tokens}};
+  for (const auto& [flag, value] : at_least_one) {
+    if (value < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, " must be at least 1 (got ", value, ")"));
+    }
+  }
+  if (sessions->checkpoint_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--checkpoint-interval must be positive");
+  }
+  if (sessions->generate_checkpoint_tokens < 0 ||
+      sessions->generate_checkpoint_interval < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "--generate-checkpoint-tokens and --generate-checkpoint-interval "
+        "must not be negative (0 turns either off)");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace statestream::cli

@@ -108,7 +108,23 @@ TEST(CliTest, BadFlagValuesAreUsageErrors) {
            {"serve", "--listen=127.0.0.1:0", "--api-keys=/nonexistent/keys"},
            {"serve", "--listen=127.0.0.1:0", "--tenant-max-streams=-1"},
            {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
-            "--api-keys=/nonexistent/keys"}}) {
+            "--api-keys=/nonexistent/keys"},
+           // Counts and intervals of 0 that made every call fail or a loop
+           // spin (used to start and burn a core).
+           {"serve", "--listen=127.0.0.1:0", "--readiness-interval=0"},
+           {"serve", "--listen=127.0.0.1:0", "--checkpoint-tokens=0"},
+           {"serve", "--listen=127.0.0.1:0", "--checkpoint-interval=0"},
+           {"serve", "--listen=127.0.0.1:0", "--max-tasks=0"},
+           {"serve", "--listen=127.0.0.1:0", "--max-queued-tokens=-5"},
+           {"serve", "--listen=127.0.0.1:0", "--residency-bytes=0"},
+           {"serve", "--listen=127.0.0.1:0", "--generate-checkpoint-tokens=-1"},
+           {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
+            "--model=m.pth", "--lease-ttl=0"},
+           {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
+            "--model=m.pth", "--heartbeat-interval=-1s"},
+           {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
+            "--upstream-stall-timeout=0"},
+           {"session", "list", "--target=127.0.0.1:1", "--timeout=0"}}) {
     e2e::RunResult r = Statestream(args);
     EXPECT_EQ(r.exit_code, 2) << args.back();
     EXPECT_NE(r.err, "") << args.back();
