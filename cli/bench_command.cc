@@ -242,28 +242,27 @@ struct Work {
 absl::Status BenchEngine() {
   const std::string mode = absl::GetFlag(FLAGS_mode);
   if (mode != "decode" && mode != "prefill") {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "--mode must be decode or prefill");
+    return UsageError("--mode must be decode or prefill");
   }
   const int batch = absl::GetFlag(FLAGS_batch);
   if (batch < 1 || batch > 4096) {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "--batch must be in [1, 4096]");
+    return UsageError("--batch must be in [1, 4096]");
   }
   const int versus = absl::GetFlag(FLAGS_versus_batch);
   if (versus < 0 || versus > 4096 || (versus > 0 && mode != "decode")) {
-    return InvalidArgumentError(
-        Reason::kInvalidArgument,
+    return UsageError(
         "--versus-batch must be in [0, 4096], and only with --mode decode");
   }
   int tokens = mode == "decode" ? 1 : 512;
   if (const std::string t = TokensFlagValue(); !t.empty()) {
     if (!absl::SimpleAtoi(t, &tokens) || tokens < 1 || tokens > (1 << 20)) {
-      return InvalidArgumentError(Reason::kInvalidArgument,
-                                  "--tokens must be a count in [1, 2^20]");
+      return UsageError("--tokens must be a count in [1, 2^20]");
     }
   }
-  SS_ASSIGN_OR_RETURN(engine::ModelOptions options, EngineOptionsFromFlags());
+  absl::StatusOr<engine::ModelOptions> engine_options =
+      EngineOptionsFromFlags();
+  if (!engine_options.ok()) return AsUsageError(engine_options.status());
+  engine::ModelOptions options = *std::move(engine_options);
   options.kernels = absl::GetFlag(FLAGS_kernels);
   std::string dtype = DtypeFlagValue();
   if (dtype.empty() || dtype == "fp32" || dtype == "f32") {
@@ -274,13 +273,11 @@ absl::Status BenchEngine() {
   } else if (dtype == "int8") {
     options.precision = engine::WeightPrecision::kInt8;
   } else {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "--dtype must be fp32, bf16 or int8");
+    return UsageError("--dtype must be fp32, bf16 or int8");
   }
   const std::string path = ModelFlagValue();
   if (path.empty()) {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "--model is required");
+    return UsageError("--model is required");
   }
   const int threads =
       options.threads > 0 ? options.threads : engine::AvailableCpus();

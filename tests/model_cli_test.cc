@@ -427,26 +427,28 @@ TEST(ModelCliTest, BenchEngineRunsEveryDtype) {
       1e-9 * v["versus_ratio"].get<double>());
   // Without the flag there is no versus field.
   EXPECT_FALSE(round_lines[0].contains("versus_ratio"));
+  // Bad flags are usage errors (exit 2), as for every command.
   for (const std::vector<std::string>& bad :
        {std::vector<std::string>{"--versus-batch", "-1"},
         {"--versus-batch", "4097"},
         {"--versus-batch", "1", "--mode", "prefill"}}) {
     std::vector<std::string> args = {"bench", "engine", "--model", model};
     args.insert(args.end(), bad.begin(), bad.end());
-    EXPECT_EQ(Cli(args).exit_code, 1) << bad[1];
+    EXPECT_EQ(Cli(args).exit_code, 2) << bad[1];
   }
   EXPECT_EQ(Cli({"bench", "engine", "--model", model, "--dtype", "bf16",
                  "--bf16-activations", "fp8"})
                 .exit_code,
-            1);
+            2);
   EXPECT_EQ(
       Cli({"bench", "engine", "--model", model, "--dtype", "int4"}).exit_code,
-      1);
+      2);
   EXPECT_EQ(
       Cli({"bench", "engine", "--model", model, "--mode", "train"}).exit_code,
-      1);
+      2);
   EXPECT_EQ(
-      Cli({"bench", "engine", "--model", model, "--batch", "0"}).exit_code, 1);
+      Cli({"bench", "engine", "--model", model, "--batch", "0"}).exit_code, 2);
+  EXPECT_EQ(Cli({"bench", "engine", "--mode", "decode"}).exit_code, 2);
   EXPECT_NE(Cli({"bench", "nothing"}).exit_code, 0);
 }
 
