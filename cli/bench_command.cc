@@ -421,7 +421,8 @@ const Command& BenchCommand() {
       "adds versus_batch, versus_tokens_per_s and versus_ratio\n"
       "(tokens_per_s over versus_tokens_per_s): a batching ratio both of\n"
       "whose sides saw the same moments of a shared machine.",
-      {__FILE__, kModelFlagFile, kEngineFlagsFile, kTokenFlagsFile},
+      {__FILE__, kModelFlagFile, kEngineFlagsFile, kDtypeFlagFile,
+       kTokenFlagsFile},
       &RunBench};
   return kCommand;
 }

@@ -17,9 +17,6 @@ ABSL_FLAG(std::string, bf16_activations, "",
           "bf16 like 16-bit engines: 1.7-1.9x faster prefill and 32-session "
           "batches on CPUs without AMX; logits rms ~1e-2, max ~0.2 off "
           "fp32). Default: split on the cpu, round on cuda (docs/cuda.md).");
-ABSL_FLAG(std::string, dtype, "",
-          "model random: stored dtype f32 (default), bf16 or f16; bench "
-          "engine: weights in memory fp32 (default), bf16 or int8.");
 
 namespace statestream::cli {
 
@@ -65,7 +62,5 @@ std::string PrecisionFlagValue() { return absl::GetFlag(FLAGS_precision); }
 std::string Bf16ActivationsFlagValue() {
   return absl::GetFlag(FLAGS_bf16_activations);
 }
-
-std::string DtypeFlagValue() { return absl::GetFlag(FLAGS_dtype); }
 
 }  // namespace statestream::cli

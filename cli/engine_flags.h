@@ -23,6 +23,9 @@ absl::StatusOr<engine::ModelOptions> EngineOptionsFromFlags();
 std::string PrecisionFlagValue();
 // --bf16-activations as given ("split" or "round").
 std::string Bf16ActivationsFlagValue();
+// __FILE__ of cli/dtype_flag.cc: --dtype, for `model random` and `bench
+// engine` only.
+extern const char kDtypeFlagFile[];
 // The raw --dtype value: a storage dtype for `model random`, a weight
 // precision for `bench engine`.
 std::string DtypeFlagValue();

@@ -297,7 +297,7 @@ const Command& ModelCommand() {
       "      logits after every token: max/rms logit error, top-1 agreement\n"
       "      and mean KL divergence, as one JSON line.",
       {__FILE__, kModelFlagFile, kTokenFlagsFile, kVocabFlagFile,
-       kEngineFlagsFile},
+       kEngineFlagsFile, kDtypeFlagFile},
       &RunModel};
   return kCommand;
 }

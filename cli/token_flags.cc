@@ -1,11 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-// Flags shared by several commands: --tokens (model eval, detokenize) and
-// --vocab (tokenize, detokenize: a vocab file or "bytes"; model random: the
-// vocabulary size; serve, worker: one vocab file per --model entry).
+// --vocab, shared by several commands (tokenize, detokenize: a vocab file
+// or "bytes"; model random: the vocabulary size; serve, worker: one vocab
+// file per --model entry). --tokens is in tokens_flag.cc.
 #include "absl/flags/flag.h"
 #include "cli/cli_util.h"
-
-ABSL_FLAG(std::string, tokens, "", "Comma-separated token ids, e.g. 1,2,3.");
 
 ABSL_FLAG(std::string, vocab, "",
           "tokenize/detokenize: World vocabulary file "
@@ -17,11 +15,8 @@ ABSL_FLAG(std::string, vocab, "",
 
 namespace statestream::cli {
 
-const char* const kTokenFlagsFile = __FILE__;
-
 const char* const kVocabFlagFile = __FILE__;
 
-std::string TokensFlagValue() { return absl::GetFlag(FLAGS_tokens); }
 std::string VocabFlagValue() { return absl::GetFlag(FLAGS_vocab); }
 
 }  // namespace statestream::cli

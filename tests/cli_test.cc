@@ -91,6 +91,15 @@ TEST(CliTest, FlagOfAnotherCommandIsAUsageError) {
   r = Statestream({"worker", "--api-keys=/tmp/keys"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("--api-keys is not a flag of"));
+  // --dtype (bench engine, model random) and --tokens (model eval,
+  // detokenize, score, bench) used to parse for serve and do nothing.
+  for (const char* flag : {"--dtype=bf16", "--tokens=1,2"}) {
+    r = Statestream({"serve", flag});
+    EXPECT_EQ(r.exit_code, 2) << flag;
+    EXPECT_THAT(r.err, HasSubstr("is not a flag of")) << flag;
+  }
+  r = Statestream({"tokenize", "--vocab=bytes", "--tokens=1"});
+  EXPECT_EQ(r.exit_code, 2);
 }
 
 TEST(CliTest, BadFlagValuesAreUsageErrors) {
