@@ -376,9 +376,12 @@ StreamEncodeResult NeoxTokenizer::EncodeStream(absl::string_view tail,
 size_t NeoxTokenizer::ForcedCut(const std::string& text, size_t from) const {
   UErrorCode err = U_ZERO_ERROR;
   const UNormalizer2* nfc = unorm2_getNFCInstance(&err);
-  // No added token may span the cut: it lies at least the longest one
-  // before the end (so one that starts before it is complete), and no
-  // occurrence crosses it.
+  // No added token Encode takes may span the cut. It lies at least the
+  // longest one before the end, so a match that starts before it is
+  // decided (no longer one could start there), and it is not inside a match
+  // of SplitAdded's leftmost-longest scan of each list from `from` (a
+  // boundary). Marking every occurrence instead left no cut in a run of
+  // spaces (added tokens of 2 to 24 spaces overlap at every position).
   size_t longest = 1;
   for (const auto* list : {&raw_added_, &normalized_added_}) {
     for (const Added& a : *list) longest = std::max(longest, a.utf8.size());
@@ -387,11 +390,21 @@ size_t NeoxTokenizer::ForcedCut(const std::string& text, size_t from) const {
   const size_t limit = text.size() - longest;
   std::vector<bool> inside(text.size() + 1, false);  // within an added token
   for (const auto* list : {&raw_added_, &normalized_added_}) {
-    for (const Added& a : *list) {
-      for (size_t hit = text.find(a.utf8, from); hit != std::string::npos;
-           hit = text.find(a.utf8, hit + 1)) {
-        for (size_t k = hit + 1; k < hit + a.utf8.size(); ++k) inside[k] = true;
+    if (list->empty()) continue;
+    for (size_t i = from; i < text.size();) {
+      size_t match = 0;
+      for (const Added& a : *list) {
+        if (a.utf8.size() > match &&
+            text.compare(i, a.utf8.size(), a.utf8) == 0) {
+          match = a.utf8.size();
+        }
       }
+      if (match == 0) {
+        ++i;
+        continue;
+      }
+      for (size_t k = i + 1; k < i + match; ++k) inside[k] = true;
+      i += match;
     }
   }
   // Walk the characters from `from`, remembering the last position up to

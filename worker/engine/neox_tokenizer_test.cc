@@ -249,6 +249,35 @@ TEST_F(NeoxTokenizerTest, TextWithoutWhitespaceKeepsTheTailBounded) {
   EXPECT_EQ(*tokenizer_->Decode(ids), word);
 }
 
+// Runs of spaces are added tokens (2 to 24 spaces) here: every position
+// inside a long run lies inside some occurrence, and the tail used to hold
+// the whole run (a 2 MiB run of spaces, 2 MiB of tail: quadratic work per
+// chunk, and a state too large to store). The cut falls between the
+// tokens leftmost-longest matching takes, and the ids stay the whole
+// text's.
+TEST_F(NeoxTokenizerTest, ARunOfSpacesKeepsTheTailBounded) {
+  for (const std::string& text :
+       {std::string(300000, ' '), "x" + std::string(300001, ' '),
+        "a" + std::string(150000, ' ') + "b\n" + std::string(150007, ' ') +
+            "c"}) {
+    std::string tail;
+    std::vector<int32_t> ids;
+    size_t longest = 0;
+    for (size_t at = 0; at < text.size(); at += 4096) {
+      const bool last = at + 4096 >= text.size();
+      StreamEncodeResult r =
+          tokenizer_->EncodeStream(tail, text.substr(at, 4096), last);
+      ids.insert(ids.end(), r.tokens.begin(), r.tokens.end());
+      tail = r.tail;
+      longest = std::max(longest, tail.size());
+    }
+    EXPECT_LE(longest, size_t{64 << 10} + 4096) << text.size();
+    EXPECT_EQ(ids, tokenizer_->Encode(text)) << text.size();
+    EXPECT_EQ(Stream(*tokenizer_, text, {4093, 7, 65537}),
+              tokenizer_->Encode(text));
+  }
+}
+
 TEST_F(NeoxTokenizerTest, InvalidUtf8IsReadWithReplacement) {
   EXPECT_EQ(tokenizer_->Encode("a\xff"), tokenizer_->Encode("a\xEF\xBF\xBD"));
   EXPECT_EQ(Stream(*tokenizer_, "x\xE2\x82 y\xF0\x9F", {1}),
