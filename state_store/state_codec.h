@@ -51,8 +51,10 @@ struct StateSnapshot {
 };
 
 // Upper bound on a string field's length when decoding (fingerprint, tail,
-// sampler, ...), and on the floats of the state (2^32 = 16 GiB).
-inline constexpr uint32_t kMaxStateFieldBytes = 1 << 20;
+// sampler, ...), and on the floats of the state (2^32 = 16 GiB). Far above
+// what the worker writes (a tokenizer tail stays near 64 KiB, the sampler
+// and generation records under 1 MiB), so what it encodes always decodes.
+inline constexpr uint32_t kMaxStateFieldBytes = 16 << 20;
 inline constexpr uint64_t kMaxStateFloats = uint64_t{1} << 32;
 // The payload (state + last_hidden) carries one CRC-32C per this many bytes.
 inline constexpr uint32_t kStateChunkBytes = 1 << 20;

@@ -74,6 +74,19 @@ TEST(StateCodecTest, RoundTrip) {
   EXPECT_EQ(EncodedStateCrc(EncodeState(s)), EncodedStateCrc(EncodeState(*d)));
 }
 
+// Side data well past a mebibyte (a long tokenizer tail, many generation
+// records) decodes as written: the decoder's bound used to be 1 MiB, below
+// what an encoder could write, and such a session could not be loaded.
+TEST(StateCodecTest, LargeSideDataRoundTrips) {
+  StateSnapshot s = Sample();
+  s.tokenizer_tail = std::string((1 << 20) + 1, ' ');
+  s.sampler_state = std::string(3 << 20, 'r');
+  auto d = DecodeState(EncodeState(s));
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->tokenizer_tail, s.tokenizer_tail);
+  EXPECT_EQ(d->sampler_state, s.sampler_state);
+}
+
 TEST(StateCodecTest, EmptyStateRoundTrips) {
   StateSnapshot s;
   auto d = DecodeState(EncodeState(s));
