@@ -3,10 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -174,4 +176,35 @@ TEST(WeightArenaTest, LoadedMatricesOwnTheirArena) {
 }
 
 }  // namespace
+// int8 weights from a row with NaN and +-Inf: the scale covers the finite
+// weights, Inf saturates to +-127 and NaN reads 0 (its cast used to be
+// undefined, and an Inf zeroed the whole row's scale).
+TEST(WeightArenaTest, NonFiniteWeightsQuantizeToDefinedValues) {
+  const char* dir = std::getenv("TEST_TMPDIR");
+  const std::string path = std::string(dir != nullptr ? dir : "/tmp") +
+                           "/nonfinite_test.safetensors";
+  std::vector<float> vals(2 * 64, 1.0f);
+  vals[3] = std::nanf("");
+  vals[5] = std::numeric_limits<float>::infinity();
+  vals[6] = -std::numeric_limits<float>::infinity();
+  vals[7] = -2.0f;
+  ASSERT_TRUE(WriteSafetensors(path, {{"m", {2, 64}, vals}}, DType::kF32).ok());
+  auto file = WeightFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  WeightLoader ld(std::move(*file), WeightPrecision::kInt8);
+  Matrix m;
+  ASSERT_TRUE(ld.Mat("m", 2, 64, &m).ok());
+  ASSERT_NE(m.i8, nullptr);
+  EXPECT_FLOAT_EQ(m.scale[0], 2.0f / 127);
+  float row[64];
+  m.ReadRow(0, row);
+  EXPECT_EQ(row[3], 0.0f);
+  EXPECT_FLOAT_EQ(row[5], 2.0f);
+  EXPECT_FLOAT_EQ(row[6], -2.0f);
+  EXPECT_FLOAT_EQ(row[7], -2.0f);
+  EXPECT_NEAR(row[0], 1.0f, 1.0f / 127);
+  m.ReadRow(1, row);
+  EXPECT_NEAR(row[0], 1.0f, 1.0f / 127);
+}
+
 }  // namespace statestream::engine

@@ -158,14 +158,20 @@ void WeightLoader::Quantize(int rows, int cols,
   std::vector<float> row(cols);
   for (int r = 0; r < rows; ++r) {
     read_row(r, row.data());
+    // The scale covers the row's finite weights; an all-zero row keeps
+    // scale 0 (and zeros). Non-finite weights saturate: +-Inf to +-127, NaN
+    // to 0 (casting a NaN to an integer is undefined).
     float amax = 0;
-    for (float v : row) amax = std::max(amax, std::fabs(v));
-    // An all-zero row keeps scale 0 (and zeros); non-finite weights saturate.
-    const float scale = std::isfinite(amax) ? amax / 127.0f : 0.0f;
+    for (float v : row) {
+      if (std::isfinite(v)) amax = std::max(amax, std::fabs(v));
+    }
+    const float scale = amax / 127.0f;
     const float inv = scale > 0 ? 1.0f / scale : 0.0f;
     int32_t sum = 0;
     for (int c = 0; c < cols; ++c) {
-      const float v = std::nearbyint(row[c] * inv);
+      float v = std::isinf(row[c]) ? std::copysign(127.0f, row[c])
+                                   : std::nearbyint(row[c] * inv);
+      if (std::isnan(v)) v = 0;
       const int8_t b = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
       q[I8PackedOffset(r, c, cols)] = b;
       sum += b;
