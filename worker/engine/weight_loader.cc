@@ -62,7 +62,11 @@ void ForSlicesReleasing(const TensorView& t, F fn) {
     part.data = t.data + static_cast<size_t>(r) * row_bytes;
     fn(r, part);
     if (t.contiguous()) {
-      ReleaseRange(part.data, static_cast<size_t>(part.shape[0]) * row_bytes);
+      // Dense rows: shape[1] values each. (strides[0] of a single row is
+      // never checked against the file: it spans nothing.)
+      ReleaseRange(part.data, static_cast<size_t>(part.shape[0]) *
+                                  static_cast<size_t>(t.shape[1]) *
+                                  DTypeSize(t.dtype));
     }
   }
 }
