@@ -77,7 +77,10 @@ absl::Status ReadRwkv6Config(const WeightFile& file, WeightLoader& ld,
     return rwkv::BadModel("att.time_maa_w1's second dimension is not 5 * D");
   }
   c->d_mix = mix5 / kMixes;
-  return rwkv::Dims2(ld, "blocks.0.att.time_decay_w1", &unused, &c->d_decay);
+  SS_RETURN_IF_ERROR(
+      rwkv::Dims2(ld, "blocks.0.att.time_decay_w1", &unused, &c->d_decay));
+  // The CPU loader's bounds on heads and LoRA ranks (rwkv6.cc).
+  return rwkv::CheckHeads(*c, {c->d_mix, c->d_decay});
 }
 
 absl::Status LoadRwkv6Host(const ModelConfig& c, WeightLoader& ld,
