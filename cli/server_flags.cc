@@ -45,7 +45,10 @@ ABSL_FLAG(absl::Duration, request_id_window, absl::Hours(1),
           "within it, so give it the workers' value.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
           "On SIGINT/SIGTERM, how long calls in flight may take to finish "
-          "before they are cancelled (e.g. 5s, 500ms).");
+          "before they are cancelled (e.g. 5s, 500ms). gateway and worker "
+          "let them run; serve first drains its sessions (running "
+          "generations stop and commit, appends stop at their next "
+          "request, dirty sessions commit), so its calls end sooner.");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "Mutual TLS: PEM CA certificates; every client must present a "
           "certificate signed by one of them (the handshake fails "
