@@ -76,13 +76,15 @@ absl::Status Generate(const std::vector<std::string>& args) {
   }
   SS_ASSIGN_OR_RETURN(std::string session_id, SessionFlagValue());
   v1::GenerateRequest req = GenerateRequestFromFlags();
+  // The client flags first: a usage error is reported at once, not after
+  // stdin has been read to its end.
+  SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
   std::string prompt = absl::GetFlag(FLAGS_prompt);
   if (prompt == "-") {
     SS_ASSIGN_OR_RETURN(prompt, ReadStdin());
   }
   if (!prompt.empty()) req.set_prompt_text_utf8(prompt);
   req.set_commit(absl::GetFlag(FLAGS_commit));
-  SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
   const bool json = JsonOutputFlag();
   SS_ASSIGN_OR_RETURN(
       v1::GenerateDone done,

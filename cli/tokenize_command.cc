@@ -28,13 +28,15 @@ absl::Status Tokenize(const std::vector<std::string>& args) {
   if (args.size() > 1) {
     return UsageError("tokenize takes one TEXT argument (or -)");
   }
+  // The tokenizer first: a missing --vocab is reported at once, not after
+  // stdin (a terminal, say) has been read to its end.
+  SS_ASSIGN_OR_RETURN(auto tok, LoadFlagTokenizer());
   std::string text;
   if (args.empty() || args[0] == "-") {
     SS_ASSIGN_OR_RETURN(text, ReadStdin());
   } else {
     text = args[0];
   }
-  SS_ASSIGN_OR_RETURN(auto tok, LoadFlagTokenizer());
   std::cout << "[" << absl::StrJoin(tok->Encode(text), ",") << "]\n";
   return absl::OkStatus();
 }

@@ -13,7 +13,6 @@ mkdir -p "$OUT"
 # The demo model: the trained tiny byte-level RWKV-7 from the shared test
 # data when present, else a random-weight model made here.
 MODEL=../shared/testdata/third_party/tiny-rwkv-7v0-834K-bf16.pth
-VOCAB=bytes
 if [ ! -f "$MODEL" ]; then
   MODEL=$OUT/random-x070.safetensors
   "$SS" model random --arch x070 --layers 4 --embd 256 --vocab 256 --out "$MODEL"
@@ -33,7 +32,13 @@ start_server() {
 }
 stop_server() {
   kill -TERM $SERVER
-  wait $SERVER && echo "   server exited cleanly"
+  local code=0
+  wait $SERVER || code=$?
+  if [ "$code" -ne 0 ]; then
+    echo "   server exited with status $code after SIGTERM" >&2
+    exit 1
+  fi
+  echo "   server exited cleanly"
 }
 
 echo "== starting statestream serve (state persisted under $OUT/data)"
