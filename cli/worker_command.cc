@@ -29,13 +29,14 @@
 #include "cli/worker_metrics.h"
 #include "common/malloc_tuning.h"
 #include "services/worker_registration.h"
+#include "state_store/internal/store_util.h"
 #include "state_store/redis_state_store.h"
 #include "worker/model_set.h"
 #include "worker/worker_service.h"
 
 ABSL_FLAG(std::string, worker_id, "",
-          "This worker's id in the registry and as lease owner, 1-64 bytes "
-          "of [A-Za-z0-9._-], unique per process; default worker-HOST-PID.");
+          "This worker's id in the registry and as lease owner, 1-128 bytes "
+          "of [A-Za-z0-9._:-], unique per process; default worker-HOST-PID.");
 ABSL_FLAG(std::string, advertise, "",
           "HOST:PORT gateways use to reach this worker; default the bound "
           "--listen address.");
@@ -108,6 +109,12 @@ int Run(const std::vector<std::string>& args) {
     char host[64] = {};
     gethostname(host, sizeof(host) - 1);
     options.worker_id = absl::StrCat("worker-", host, "-", getpid());
+  }
+  // Checked now, not once the models are loaded and the port is bound.
+  if (absl::Status id = store_internal::ValidateWorkerId(options.worker_id);
+      !id.ok()) {
+    std::cerr << "statestream worker: --worker-id: " << id.message() << "\n";
+    return kExitUsage;
   }
   options.advertise = absl::GetFlag(FLAGS_advertise);
   options.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
