@@ -405,6 +405,30 @@ TEST_F(SdkTest, CommittingGenerateAppliesOnce) {
   EXPECT_EQ(after->version(), before->version() + 1);
 }
 
+// A caller that sets request_id retries a committing Generate by sending
+// it again: the server replays the committed generation (the SDK used to
+// pin each call to the offset it read then, so the retry's content
+// differed: DUPLICATE_REQUEST).
+TEST_F(SdkTest, ACommittingGenerateRetriedUnderItsOwnIdIsReplayed) {
+  client::Session s = Create("own-id");
+  ASSERT_TRUE(s.AppendText("Hello there").ok());
+  v1::GenerateRequest req;
+  req.set_request_id("my-turn-1");
+  req.set_max_tokens(6);
+  req.set_commit(true);
+  req.set_prompt_text_utf8("Say:");
+  req.mutable_sampling()->set_temperature(1.0f);
+  req.mutable_sampling()->set_seed(3);
+  auto first = s.GenerateAll(req);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(first->done.committed());
+  EXPECT_FALSE(first->done.replayed());
+  auto again = s.GenerateAll(req);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->done.replayed());
+  EXPECT_EQ(again->tokens, first->tokens);
+}
+
 // A retry of AppendText after a failure, at the offset the text began at:
 // the session already has it, so it is acknowledged as a duplicate instead
 // of applied twice (a writer used to start at the offset GetSession read).

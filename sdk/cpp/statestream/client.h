@@ -63,9 +63,12 @@ class Session {
   // to the input_offset it began at (the same on every try).
   absl::StatusOr<v1::AppendResponse> AppendText(
       std::string_view text, AppendOptions options = {}) const;
-  // `request.session_id` is set; an empty request_id gets a fresh one;
-  // for commit=true an unset expected_input_offset is pinned (GetSession)
-  // so that a retry cannot apply the generation twice.
+  // `request.session_id` is set; an empty request_id gets a fresh one, and
+  // then for commit=true an unset expected_input_offset is pinned
+  // (GetSession) so that a resume cannot apply the generation twice. With
+  // a request_id of the caller's, retry by calling again with the same
+  // request: the server replays the committed generation (set
+  // expected_input_offset to pin it yourself).
   absl::StatusOr<std::unique_ptr<GenerateStream>> Generate(
       v1::GenerateRequest request, const CallOptions& call = {}) const;
   absl::StatusOr<GenerateResult> GenerateAll(

@@ -199,11 +199,14 @@ absl::StatusOr<v1::AppendResponse> Session::AppendText(
 absl::StatusOr<std::unique_ptr<GenerateStream>> Session::Generate(
     v1::GenerateRequest request, const CallOptions& call) const {
   request.set_session_id(id_);
-  if (request.request_id().empty()) request.set_request_id(NewRequestId());
-  if (request.commit() && !request.has_expected_input_offset()) {
+  const bool own_id = request.request_id().empty();
+  if (own_id) request.set_request_id(NewRequestId());
+  if (request.commit() && own_id && !request.has_expected_input_offset()) {
     // Without it, a retry after a commit whose `done` was lost would
     // generate again on top of it; with it, that retry fails with
-    // POSITION_MISMATCH instead.
+    // POSITION_MISMATCH instead. Not under the caller's own request id:
+    // the caller retries by sending it again, and the server replays the
+    // committed generation, which a pin read anew would not match.
     auto session = Get(call);
     if (!session.ok()) return session.status();
     request.set_expected_input_offset(session->input_offset());

@@ -230,7 +230,9 @@ class AsyncSession:
             req.sampling.seed = seed
         if expected_input_offset is not None:
             req.expected_input_offset = expected_input_offset
-        return AsyncGenerateStream(self, req)
+        # As Session.generate: pinned at the first read only under an id of
+        # the SDK's own.
+        return AsyncGenerateStream(self, req, pin=request_id is None)
 
     async def generate_text(self, prompt=None, **kwargs) -> GenerateResult:
         stream = self.generate(prompt, **kwargs)
@@ -536,7 +538,7 @@ class AsyncGenerateStream:
     """Async iterator of GenerateChunk with resume (a resumed call that
     diverges from what was delivered raises ABORTED); `.done` at the end."""
 
-    def __init__(self, session: AsyncSession, request):
+    def __init__(self, session: AsyncSession, request, pin: bool = True):
         self._session = session
         self._client = session.client
         self._request = request
@@ -547,6 +549,7 @@ class AsyncGenerateStream:
         self._stubs = None
         self._seen_bytes = 0
         self._call_tokens = 0
+        self._pin = pin  # commit: pin the offset read at the first read
         self._pinned = False
         self._pinned_here = False  # see streams._pin_to_start
         self.done: Optional[GenerateDone] = None
@@ -577,7 +580,7 @@ class AsyncGenerateStream:
             raise
 
     async def _next(self) -> GenerateChunk:
-        if (self._request.commit and not self._pinned and
+        if (self._request.commit and not self._pinned and self._pin and
                 not self._request.HasField("expected_input_offset")):
             # A retry must not apply a committed generation twice.
             info = await self._session.get()

@@ -381,9 +381,13 @@ class Session:
                  timeout: Optional[float] = None) -> "GenerateStream":
         """An iterator of GenerateChunk; `.done` once exhausted. `stop` is
         one stop string (stop="\\n\\n") or several; `stop_tokens` one token
-        id or several. With commit=True the request pins
-        expected_input_offset (read now unless given), so a retry can never
-        apply the generation twice."""
+        id or several. With commit=True and no request_id of the caller's,
+        the request pins expected_input_offset (read now unless given), so
+        its resumes can never apply the generation twice. A caller that
+        gives request_id retries by calling again with the same id (and the
+        same arguments): the server replays the committed generation, which
+        a pin read anew would not match (give expected_input_offset to pin
+        it yourself)."""
         req = pb.GenerateRequest(session_id=self.id,
                                  request_id=request_id or new_request_id(),
                                  max_tokens=max_tokens, commit=commit,
@@ -403,7 +407,7 @@ class Session:
         req.sampling.top_k = top_k
         if seed is not None:
             req.sampling.seed = seed
-        if commit and expected_input_offset is None:
+        if commit and expected_input_offset is None and request_id is None:
             expected_input_offset = self.get().input_offset
         if expected_input_offset is not None:
             req.expected_input_offset = expected_input_offset

@@ -98,3 +98,20 @@ def test_async_resumed_greedy_generate_on_a_moved_session_is_not_joined(
     assert e.code == grpc.StatusCode.ABORTED
     assert "input moved" in e.message
     assert e.reason == "POSITION_MISMATCH"
+
+
+def test_async_committing_generate_retried_under_its_own_id_is_replayed(
+        server):
+    async def main():
+        async with AsyncClient(server.address) as c:
+            await c.create_session("own-id")
+            s = c.session("own-id")
+            await s.append("Hello there")
+            args = dict(max_tokens=6, seed=3, temperature=1.0, commit=True,
+                        request_id="my-turn-1")
+            first = await s.generate_text("Say:", **args)
+            again = await s.generate_text("Say:", **args)
+            return first, again
+    first, again = run(main())
+    assert first.done.committed and not first.done.replayed
+    assert again.done.replayed and again.tokens == first.tokens

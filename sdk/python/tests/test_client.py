@@ -230,3 +230,21 @@ def test_results_say_the_durability_reached_and_why_generate_stopped(client):
                             ).done
     assert again.replayed
     assert s.get().input_offset == committed.input_offset
+
+
+def test_a_committing_generate_retried_under_its_own_id_is_replayed(client):
+    # A caller that gives request_id retries by calling again with it: the
+    # server replays the committed generation. The SDK used to pin each
+    # call to the offset it read then, which no longer matched the first
+    # call's request: DUPLICATE_REQUEST.
+    client.create_session("own-id")
+    s = client.session("own-id")
+    s.append("Hello there")
+    args = dict(max_tokens=6, seed=3, temperature=1.0, commit=True,
+                request_id="my-turn-1")
+    first = s.generate_text("Say:", **args)
+    assert first.done.committed and not first.done.replayed
+    again = s.generate_text("Say:", **args)
+    assert again.done.replayed
+    assert again.tokens == first.tokens
+    assert s.get().input_offset == first.done.input_offset
