@@ -334,22 +334,28 @@ void SessionManager::Impl::FollowStoreHead(Session* s) {
 }
 
 void SessionManager::Impl::Drop(Session* s, Session::Gone why) {
+  // The first reason stands: an eviction whose commit was fenced stays
+  // fenced (its queued operations are told ABORTED/FENCED, not "evicted;
+  // retry"), and a takeover seen by both a renewal and a commit, or by a
+  // renewal of a copy evicted meanwhile, is counted once or not at all.
+  bool first = false;
+  {
+    absl::MutexLock lock(&s->mu);
+    first = s->gone == Session::Gone::kNo;
+    if (first) s->gone = why;
+  }
   {
     absl::MutexLock lock(&mu_);
     auto it = resident_.find(MapKey(s->key));
     if (it != resident_.end() && it->second.get() == s) resident_.erase(it);
-    if (why == Session::Gone::kFenced) {
+    if (first && why == Session::Gone::kFenced) {
       ++stats_.fenced;
       if (opt_.metrics != nullptr) opt_.metrics->IncFencedCommit();
     }
   }
-  {
-    absl::MutexLock lock(&s->mu);
-    s->gone = why;
-  }
   // The attached writer's call ends now, with why, instead of at its next
   // request (a committing generation would run to its end first).
-  EndWriter(s, GoneError(s));
+  if (first) EndWriter(s, GoneError(s));
 }
 
 void SessionManager::Impl::EndWriter(Session* s, absl::Status why) {

@@ -8,8 +8,8 @@
 #include <atomic>
 #include <cstdio>
 #include <memory>
-#include <string>
 #include <set>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -1043,6 +1043,10 @@ TEST_F(SessionManagerTest, ALostLeaseFencesTheNextCommit) {
   auto ack = Append(again, 1, "y", false, true);
   ASSERT_TRUE(ack.ok()) << ack.status();
   EXPECT_EQ(ack->input_offset, 2u);
+  // One takeover, counted once, though the old copy's writer met it again.
+  EXPECT_EQ(GetReason(Append(w, 1, "y", false, true).status()),
+            Reason::kFenced);
+  EXPECT_EQ(manager_->stats().fenced, 1);
 }
 
 // GetSession does not answer from a copy another worker has superseded:
