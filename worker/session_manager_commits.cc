@@ -102,6 +102,7 @@ absl::Status SessionManager::Impl::CommitNow(Session* s, Durability d,
         s->head = *h;
         if (same) {
           s->dirty = false;
+          s->dirty_durability = Durability::kMemory;
           s->uncommitted_tokens = 0;
           absl::MutexLock lock(&s->mu);
           RefreshView(s);
@@ -119,6 +120,7 @@ absl::Status SessionManager::Impl::CommitNow(Session* s, Durability d,
   }
   s->head = res->session;
   s->dirty = false;
+  s->dirty_durability = Durability::kMemory;
   s->uncommitted_tokens = 0;
   {
     absl::MutexLock lock(&mu_);
@@ -325,6 +327,7 @@ void SessionManager::Impl::AppendOp(
       if (!s->dirty) s->dirty_since = clock_->Now();
       s->dirty = true;
       s->dirty_cause = VersionCause::kAppend;
+      s->dirty_durability = std::max(s->dirty_durability, Dur(in.durability));
       // A checkpointed generation cannot be continued past new input.
       DropInProgressRecords(&s->records);
     }

@@ -134,6 +134,10 @@ struct Session {
   // a generation's checkpoint could not be committed and nothing came
   // after it, else kAppend.
   VersionCause dirty_cause = VersionCause::kAppend;
+  // The highest durability the requests of the uncommitted input asked
+  // for: commits by policy (idle, eviction, drain) reach it too, since a
+  // writer drops what a commit covers.
+  Durability dirty_durability = Durability::kMemory;
   // dirty_since while dirty, else InfiniteFuture: what the renewal loop
   // reads (under mu) to find input waiting for a commit.
   absl::Time dirty_hint ABSL_GUARDED_BY(mu) = absl::InfiniteFuture();
@@ -396,6 +400,11 @@ class SessionManager::Impl {
   // retried with backoff until `deadline`; a commit that never lands is
   // counted and reported (strand).
   void CommitForDrain(Session* s, absl::Time deadline);
+  // The durability of a commit by policy of `s` (strand): the default, or
+  // more if the uncommitted input's requests asked for more.
+  Durability PolicyDurability(const Session* s) const {
+    return std::max(opt_.default_durability, s->dirty_durability);
+  }
 
   // The answer to a retry of the finished generation `rec` (on the strand):
   // its head raised to the durability asked if it is below (its commit may

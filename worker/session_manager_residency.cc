@@ -231,6 +231,7 @@ absl::Status SessionManager::Impl::LoadInto(Session* s, const LoadedVersion& v,
   if (head != nullptr) s->head = *head;
   s->head.head = v.version;
   s->dirty = false;
+  s->dirty_durability = Durability::kMemory;
   s->uncommitted_tokens = 0;
   absl::MutexLock lock(&s->mu);
   RefreshView(s);
@@ -307,7 +308,7 @@ void SessionManager::Impl::Evict(const std::shared_ptr<Session>& s) {
   }
   if (s->dirty) {
     absl::Status st =
-        CommitNow(s.get(), opt_.default_durability, "", s->dirty_cause);
+        CommitNow(s.get(), PolicyDurability(s.get()), "", s->dirty_cause);
     if (!st.ok() && GetReason(st) != Reason::kFenced) {
       Release(s);  // keep it: its input would be lost
       return;
@@ -485,7 +486,7 @@ void SessionManager::Impl::CommitIfWaited(const std::shared_ptr<Session>& s) {
     if (GoneError(s.get()).ok() && s->dirty &&
         clock_->Now() - s->dirty_since >= opt_.checkpoint_interval) {
       // A failure leaves it dirty: the next sweep or request tries again.
-      CommitNow(s.get(), opt_.default_durability, "", s->dirty_cause)
+      CommitNow(s.get(), PolicyDurability(s.get()), "", s->dirty_cause)
           .IgnoreError();
     }
     Release(s);
@@ -496,9 +497,10 @@ void SessionManager::Impl::CommitForDrain(Session* s, absl::Time deadline) {
   absl::Duration backoff = absl::Milliseconds(50);
   absl::Status st;
   while (true) {
-    st = CommitNow(s, opt_.default_durability, "", s->dirty_cause);
+    st = CommitNow(s, PolicyDurability(s), "", s->dirty_cause);
     // Fenced: another worker owns it and its input; not a failure here.
-    if (st.ok() || GetReason(st) == Reason::kFenced) return;
+    // Written below the durability asked for: stored all the same.
+    if (st.ok() || GetReason(st) == Reason::kFenced || !s->dirty) return;
     if (st.code() != absl::StatusCode::kUnavailable ||
         clock_->Now() + backoff > deadline) {
       break;

@@ -5,8 +5,11 @@
 // deletes and drain. Generation: session_manager_generate_test.cc.
 #include "worker/session_manager.h"
 
+#include <unistd.h>
+
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <set>
 #include <string>
@@ -946,6 +949,34 @@ TEST_F(SessionManagerTest, AListOfHeavilyLabelledSessionsPagesBySize) {
   } while (!token.empty() && pages < 10);
   EXPECT_EQ(seen.size(), static_cast<size_t>(kSessions));
   EXPECT_GE(pages, 2);
+}
+
+// Input whose requests asked for FSYNC is committed at FSYNC by policy too
+// (here the drain's commit; the idle and eviction commits alike): a writer
+// drops what a commit covers, and a MEMORY commit of it would have been
+// the only copy.
+TEST_F(SessionManagerTest, APolicyCommitReachesTheDurabilityItsInputAskedFor) {
+  const char* dir = std::getenv("TEST_TMPDIR");
+  SqliteStateStoreOptions so;
+  so.path = std::string(dir != nullptr ? dir : "/tmp") + "/policy-" +
+            std::to_string(getpid()) + ".db";
+  std::remove(so.path.c_str());
+  auto sqlite = NewSqliteStateStore(so);
+  ASSERT_TRUE(sqlite.ok()) << sqlite.status();
+  faulty_ = std::make_unique<LosingStore>(sqlite->get());
+  Start(SessionManagerOptions{});
+  Create("fsync");
+  auto w = Open("fsync");
+  ASSERT_TRUE(Append(w, 0, "keep me", false, false, Durability::kFsync).ok());
+  manager_->Drain();
+  manager_->AbandonWriter(w);
+  auto head = (*sqlite)->GetHead({"t", "fsync"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->head.input_offset, 7u);
+  EXPECT_EQ(head->head.durability, Durability::kFsync);
+  manager_.reset();
+  faulty_.reset();
+  std::remove(so.path.c_str());
 }
 
 // Once draining, nothing new starts: a create, an import and a Score of a

@@ -11,6 +11,7 @@
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "state_store/memory_state_store.h"
+#include "state_store/sqlite_state_store.h"
 #include "state_store/state_codec.h"
 #include "state_store/testing/forwarding_store.h"
 #include "worker/engine/random_model.h"
