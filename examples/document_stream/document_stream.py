@@ -79,7 +79,21 @@ def process(client: Client, session_id: str, document: bytes,
         if e.reason != "SESSION_EXISTS":
             raise
     doc = client.session(session_id)
-    start = doc.get().input_offset
+    info = doc.get()
+    start = info.input_offset
+    if info.committed_input_offset < start:
+        # An interrupted run left input applied but not committed: commit
+        # it before going on from it, or, if the worker holding it is gone
+        # (the session is back at its committed offset), go on from there.
+        # (Going on from an applied offset without a commit would leave a
+        # gap if that worker died now.)
+        try:
+            with doc.writer(start_offset=start) as w:
+                w.checkpoint()
+        except StatestreamError as e:
+            if e.reason != "POSITION_MISMATCH":
+                raise
+            start = doc.get().input_offset
     if start > len(document):
         raise ValueError(f"session {session_id} already holds {start} input "
                          f"units, more than the document's {len(document)}")

@@ -109,6 +109,34 @@ def test_resumes_an_interrupted_ingest(tmp_path):
                 process(c, "doc", DOCUMENT, [(1234, "Too late?")])
 
 
+def test_resumes_after_input_applied_but_not_committed(tmp_path):
+    # A first run's writer applied 30000 bytes and was cut off before any
+    # commit (no commit policy on this server): the rerun commits that
+    # tail before going on from it, and ends where a whole ingest does.
+    with ServeProcess(data_dir=str(tmp_path / "data"),
+                      extra_args=["--checkpoint-tokens=100000000",
+                                  "--checkpoint-interval=10000h"]) as server:
+        with Client(server.address) as c:
+            c.create_session("doc")
+            s = c.session("doc")
+            with pytest.raises(KeyboardInterrupt):
+                with s.writer() as w:  # leaving by an exception cancels it
+                    w.write(DOCUMENT[:30000])
+                    assert w.sync().committed_input_offset < 30000
+                    raise KeyboardInterrupt
+            info = s.get()
+            assert (info.committed_input_offset, info.input_offset) == (
+                0, 30000)
+            answers, final = process(c, "doc", DOCUMENT, [(40000, "There?")])
+            assert final == len(DOCUMENT)
+            assert answers[0].text == reference_answer(
+                c, "ref", DOCUMENT[:40000], "There?")
+            c.create_session("whole")
+            c.session("whole").append(DOCUMENT)
+            assert (s.score("Paragraph").sum_logprob ==
+                    c.session("whole").score("Paragraph").sum_logprob)
+
+
 def test_rejects_offsets_outside_the_document(tmp_path):
     with ServeProcess(data_dir=str(tmp_path / "data")) as server:
         with Client(server.address) as c:
