@@ -19,6 +19,7 @@
 #include <memory>
 #include <regex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -884,6 +885,28 @@ TEST_F(SdkRetryTest, AnErrorAtTheDeadlineKeepsItsReasonAndMetadata) {
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
   EXPECT_EQ(GetReason(s), Reason::kOverloaded) << s;
   EXPECT_EQ(GetErrorMetadata(s, "retry_after_ms").value_or(""), "5000") << s;
+  EXPECT_EQ(service_->calls().size(), 1u);
+}
+
+// A Cancel() during a retry's backoff ends the wait at once (the server's
+// retry_after_ms hint here is a minute), and a cancelled call does not
+// move the client off its target.
+TEST_F(SdkRetryTest, ACancelEndsTheBackoffAtOnce) {
+  ASSERT_NO_FATAL_FAILURE(Start(/*retry_after_ms=*/60000, /*max_attempts=*/5));
+  client::Cancellation cancel;
+  client::CallOptions call;
+  call.cancellation = &cancel;
+  std::thread canceller([&] {
+    while (service_->calls().empty()) absl::SleepFor(absl::Milliseconds(5));
+    absl::SleepFor(absl::Milliseconds(100));
+    cancel.Cancel();
+  });
+  const absl::Time start = absl::Now();
+  absl::Status s = client_->OpenSession("s").Get(call).status();
+  const absl::Duration took = absl::Now() - start;
+  canceller.join();
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+  EXPECT_LT(took, absl::Seconds(30)) << "waited out the hint";
   EXPECT_EQ(service_->calls().size(), 1u);
 }
 

@@ -37,6 +37,11 @@ bool Cancellation::cancelled() const {
   return cancelled_;
 }
 
+bool Cancellation::WaitForCancel(absl::Duration timeout) const {
+  absl::MutexLock lock(&mu_);
+  return mu_.AwaitWithTimeout(absl::Condition(&cancelled_), timeout);
+}
+
 bool Cancellation::Register(grpc::ClientContext* ctx) {
   absl::MutexLock lock(&mu_);
   if (cancelled_) return false;
@@ -139,7 +144,8 @@ Client::Stubs& Client::Current() {
   return stubs_[current_];
 }
 
-void Client::Rotate(const Stubs* failed) {
+void Client::Rotate(const Stubs* failed, const CallOptions& call) {
+  if (call.cancellation != nullptr && call.cancellation->cancelled()) return;
   absl::MutexLock lock(&mu_);
   // Only the first caller to see a target fail moves on from it.
   if (&stubs_[current_] == failed) current_ = (current_ + 1) % stubs_.size();
@@ -208,10 +214,14 @@ absl::Status Client::RetryOrFail(const absl::Status& error, int attempt,
   if (absl::Now() + backoff >= call.deadline) {
     return Prefixed(error, "deadline passes during backoff: ");
   }
-  absl::SleepFor(backoff);
-  // Cancelled during the backoff: no further attempt.
-  if (call.cancellation != nullptr && call.cancellation->cancelled()) {
-    return absl::CancelledError("cancelled");
+  // Cancelled during the backoff: no further attempt, and no wait for the
+  // rest of it (a server's retry_after_ms hint may be up to a minute).
+  if (call.cancellation != nullptr) {
+    if (call.cancellation->WaitForCancel(backoff)) {
+      return absl::CancelledError("cancelled");
+    }
+  } else {
+    absl::SleepFor(backoff);
   }
   return absl::OkStatus();
 }

@@ -138,8 +138,9 @@ class Client {
   };
   // The stubs of the current target.
   Stubs& Current();
-  // Moves to the next target after a failure on `failed`.
-  void Rotate(const Stubs* failed);
+  // Moves to the next target after a failure on `failed`, unless `call`
+  // was cancelled (the caller's cancel says nothing about the target).
+  void Rotate(const Stubs* failed, const CallOptions& call);
   // Prepares a context: metadata, per-attempt deadline. `unary` sets
   // ClientOptions::timeout (capped by call.deadline).
   void Prepare(grpc::ClientContext* ctx, const CallOptions& call,

@@ -157,7 +157,7 @@ bool GenerateStream::Next(GenerateChunk* out) {
       call_.reset();
       return false;
     }
-    client_->Rotate(call_->stubs);
+    client_->Rotate(call_->stubs, call_options_);
     call_.reset();
     ++attempts_;
     if (absl::Status r = client_->RetryOrFail(s, attempts_, call_options_);

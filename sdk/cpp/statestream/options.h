@@ -63,6 +63,8 @@ class Cancellation {
  public:
   void Cancel();
   bool cancelled() const;
+  // Waits up to `timeout` for Cancel(); true once cancelled.
+  bool WaitForCancel(absl::Duration timeout) const;
 
  private:
   friend class CallScope;
