@@ -682,6 +682,36 @@ TEST_F(SdkTest, TypedErrorsCancellationDeadlinesAndTenants) {
 namespace statestream {
 namespace {
 
+// A fake server (a gRPC service of the test's) on a free loopback port, and
+// a client of it; the client goes first.
+struct FakeServer {
+  std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<client::Client> client;
+  ~FakeServer() {
+    client.reset();
+    if (server != nullptr) server->Shutdown();
+  }
+};
+
+// Serves `service` into `out`; its client retries after 1 ms at first, at
+// most `max_attempts` times (0: the default).
+void Serve(grpc::Service* service, FakeServer* out, int max_attempts = 0) {
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
+  builder.RegisterService(service);
+  out->server = builder.BuildAndStart();
+  ASSERT_NE(out->server, nullptr);
+  client::ClientOptions options;
+  options.targets = {absl::StrCat("127.0.0.1:", port)};
+  if (max_attempts > 0) options.max_attempts = max_attempts;
+  options.initial_backoff = absl::Milliseconds(1);
+  auto c = client::Client::Create(options);
+  ASSERT_TRUE(c.ok()) << c.status();
+  out->client = std::move(*c);
+}
+
 // A Sessions server whose ExportState sends a corrupt blob: a chunk that
 // fails its CRC-32C, or chunks out of order.
 class CorruptExport final : public v1::Sessions::Service {
@@ -711,21 +741,11 @@ class CorruptExport final : public v1::Sessions::Service {
 TEST(SdkExportTest, ACorruptOrReorderedExportIsDataLoss) {
   for (bool reorder : {false, true}) {
     CorruptExport service(reorder);
-    int port = 0;
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                             &port);
-    builder.RegisterService(&service);
-    std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-    ASSERT_NE(server, nullptr);
-    client::ClientOptions options;
-    options.targets = {absl::StrCat("127.0.0.1:", port)};
-    auto c = client::Client::Create(options);
-    ASSERT_TRUE(c.ok()) << c.status();
-    auto exported = (*c)->OpenSession("s").Export(0);
+    FakeServer fake;
+    ASSERT_NO_FATAL_FAILURE(Serve(&service, &fake));
+    auto exported = fake.client->OpenSession("s").Export(0);
     EXPECT_EQ(exported.status().code(), absl::StatusCode::kDataLoss)
         << reorder << " " << exported.status();
-    server->Shutdown();
   }
 }
 
@@ -762,21 +782,11 @@ class ShorterResume final : public v1::Streams::Service {
 // that reports 1.
 TEST(SdkGenerateTest, AResumeThatEndsBeforeTheDeliveredOutputIsAborted) {
   ShorterResume service;
-  int port = 0;
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                           &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  ASSERT_NE(server, nullptr);
-  client::ClientOptions options;
-  options.targets = {absl::StrCat("127.0.0.1:", port)};
-  options.initial_backoff = absl::Milliseconds(1);
-  auto c = client::Client::Create(options);
-  ASSERT_TRUE(c.ok()) << c.status();
+  FakeServer fake;
+  ASSERT_NO_FATAL_FAILURE(Serve(&service, &fake));
   v1::GenerateRequest request;
   request.set_max_tokens(3);
-  auto stream = (*c)->OpenSession("s").Generate(request);
+  auto stream = fake.client->OpenSession("s").Generate(request);
   ASSERT_TRUE(stream.ok()) << stream.status();
   std::vector<uint32_t> delivered;
   client::GenerateChunk chunk;
@@ -787,7 +797,6 @@ TEST(SdkGenerateTest, AResumeThatEndsBeforeTheDeliveredOutputIsAborted) {
       << (*stream)->status();
   EXPECT_EQ(delivered, (std::vector<uint32_t>{1, 2}));
   stream->reset();
-  server->Shutdown();
 }
 
 }  // namespace
@@ -829,30 +838,12 @@ class SdkRetryTest : public ::testing::Test {
   // `max_attempts` and a 1 ms initial backoff.
   void Start(int retry_after_ms, int max_attempts) {
     service_ = std::make_unique<OverloadedSessions>(retry_after_ms);
-    int port = 0;
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                             &port);
-    builder.RegisterService(service_.get());
-    server_ = builder.BuildAndStart();
-    ASSERT_NE(server_, nullptr);
-    client::ClientOptions options;
-    options.targets = {absl::StrCat("127.0.0.1:", port)};
-    options.max_attempts = max_attempts;
-    options.initial_backoff = absl::Milliseconds(1);
-    auto c = client::Client::Create(options);
-    ASSERT_TRUE(c.ok()) << c.status();
-    client_ = std::move(*c);
-  }
-  void TearDown() override {
-    client_.reset();
-    if (server_ != nullptr) server_->Shutdown();
+    ASSERT_NO_FATAL_FAILURE(Serve(service_.get(), &fake_, max_attempts));
   }
 
-  // Declared before server_: destroyed after it.
+  // Declared before fake_: destroyed after it.
   std::unique_ptr<OverloadedSessions> service_;
-  std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<client::Client> client_;
+  FakeServer fake_;
 };
 
 // Attempts run out: the last error comes back with its code, Reason and
@@ -862,7 +853,7 @@ class SdkRetryTest : public ::testing::Test {
 // could fall 20% short of it).
 TEST_F(SdkRetryTest, AnErrorGivenUpOnKeepsItsReasonAndMetadata) {
   ASSERT_NO_FATAL_FAILURE(Start(/*retry_after_ms=*/100, /*max_attempts=*/5));
-  absl::Status s = client_->OpenSession("s").Get().status();
+  absl::Status s = fake_.client->OpenSession("s").Get().status();
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
   EXPECT_EQ(GetReason(s), Reason::kOverloaded) << s;
   EXPECT_EQ(GetErrorMetadata(s, "retry_after_ms").value_or(""), "100") << s;
@@ -881,7 +872,7 @@ TEST_F(SdkRetryTest, AnErrorAtTheDeadlineKeepsItsReasonAndMetadata) {
   ASSERT_NO_FATAL_FAILURE(Start(/*retry_after_ms=*/5000, /*max_attempts=*/5));
   client::CallOptions call;
   call.deadline = absl::Now() + absl::Seconds(2);
-  absl::Status s = client_->OpenSession("s").Get(call).status();
+  absl::Status s = fake_.client->OpenSession("s").Get(call).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
   EXPECT_EQ(GetReason(s), Reason::kOverloaded) << s;
   EXPECT_EQ(GetErrorMetadata(s, "retry_after_ms").value_or(""), "5000") << s;
@@ -902,7 +893,7 @@ TEST_F(SdkRetryTest, ACancelEndsTheBackoffAtOnce) {
     cancel.Cancel();
   });
   const absl::Time start = absl::Now();
-  absl::Status s = client_->OpenSession("s").Get(call).status();
+  absl::Status s = fake_.client->OpenSession("s").Get(call).status();
   const absl::Duration took = absl::Now() - start;
   canceller.join();
   EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;

@@ -110,24 +110,24 @@ def test_resumes_an_interrupted_ingest(tmp_path):
 
 
 def test_resumes_after_input_applied_but_not_committed(tmp_path):
-    # A first run's writer applied 30000 bytes and was cut off before any
-    # commit (no commit policy on this server): the rerun commits that
-    # tail before going on from it, and ends where a whole ingest does.
+    # Another run's writer has applied 30000 bytes and committed none of
+    # them (no commit policy on this server; it is still attached): the
+    # rerun commits that input before going on from it, and ends where a
+    # whole ingest does.
     with ServeProcess(data_dir=str(tmp_path / "data"),
                       extra_args=["--checkpoint-tokens=100000000",
                                   "--checkpoint-interval=10000h"]) as server:
         with Client(server.address) as c:
             c.create_session("doc")
             s = c.session("doc")
-            with pytest.raises(KeyboardInterrupt):
-                with s.writer() as w:  # leaving by an exception cancels it
-                    w.write(DOCUMENT[:30000])
-                    assert w.sync().committed_input_offset < 30000
-                    raise KeyboardInterrupt
+            other = s.writer()
+            other.write(DOCUMENT[:30000])
+            assert other.sync().committed_input_offset == 0
             info = s.get()
             assert (info.committed_input_offset, info.input_offset) == (
                 0, 30000)
             answers, final = process(c, "doc", DOCUMENT, [(40000, "There?")])
+            del other  # superseded by the rerun's writer
             assert final == len(DOCUMENT)
             assert answers[0].text == reference_answer(
                 c, "ref", DOCUMENT[:40000], "There?")

@@ -54,16 +54,19 @@ class _AppendCall:
         self._queue.put(_END)
 
     def cancel(self) -> None:
-        self._queue.put(_END)
+        # Cancel first: _END first would half-close the call, which the
+        # server may see before the cancel and take for a writer that
+        # closed (committing its input) instead of one that went away.
         self.responses.cancel()
+        self._queue.put(_END)
 
 
 def _end_call(requests: "queue.Queue", responses) -> None:
-    requests.put(_END)  # a second _END after close_send() is never read
     try:
         responses.cancel()  # no-op on a call that has ended
     except Exception:  # noqa: BLE001 (interpreter shutdown)
         pass
+    requests.put(_END)  # a second _END after close_send() is never read
 
 
 class _Retained:
