@@ -409,11 +409,7 @@ TEST_F(SessionManagerTest, AReloadedSessionStillRefusesAStrayContinuationByte) {
 // STATE_CORRUPT before anything is committed, as a new session or as a new
 // version, and the session stays usable.
 TEST_F(SessionManagerTest, AnImportWithCorruptSideDataCommitsNothing) {
-  Create("src");
-  auto w = Open("src");
-  ASSERT_TRUE(Append(w, 0, "some input", true, true).ok());
-  ASSERT_TRUE(Close(w).ok());
-  auto snap = DecodeState(Blob("src"));
+  auto snap = SnapshotWithInput("src");
   ASSERT_TRUE(snap.ok()) << snap.status();
   const auto versions_before = manager_->ListVersions("t", "src");
   ASSERT_TRUE(versions_before.ok()) << versions_before.status();
@@ -445,7 +441,7 @@ TEST_F(SessionManagerTest, AnImportWithCorruptSideDataCommitsNothing) {
   ASSERT_TRUE(versions_after.ok()) << versions_after.status();
   EXPECT_EQ(versions_after->size(), versions_before->size());
   // Still loadable and writable.
-  w = Open("src");
+  auto w = Open("src");
   ASSERT_TRUE(Append(w, 10, " more", true, true).ok());
   ASSERT_TRUE(Close(w).ok());
 }
@@ -455,11 +451,7 @@ TEST_F(SessionManagerTest, AnImportWithCorruptSideDataCommitsNothing) {
 // FAILED_PRECONDITION (they used to predict from a zero vector), also after
 // a commit and a reload; once a token is consumed both work.
 TEST_F(SessionManagerTest, AStateWithoutItsHiddenVectorAsksForInput) {
-  Create("src");
-  auto w = Open("src");
-  ASSERT_TRUE(Append(w, 0, "some input", true, true).ok());
-  ASSERT_TRUE(Close(w).ok());
-  auto snap = DecodeState(Blob("src"));
+  auto snap = SnapshotWithInput("src");
   ASSERT_TRUE(snap.ok()) << snap.status();
   ASSERT_FALSE(snap->last_hidden.empty());
   snap->last_hidden.clear();

@@ -186,6 +186,16 @@ class SessionManagerTest : public ::testing::Test {
     return out;
   }
 
+  // A new session `id` fed "some input" (flushed, committed), and its
+  // exported state decoded.
+  absl::StatusOr<StateSnapshot> SnapshotWithInput(const std::string& id) {
+    Create(id);
+    auto w = Open(id);
+    EXPECT_TRUE(Append(w, 0, "some input", true, true).ok());
+    EXPECT_TRUE(Close(w).ok());
+    return DecodeState(Blob(id));
+  }
+
   std::string Blob(const std::string& id) {
     auto e = manager_->Export("t", id, 0);
     EXPECT_TRUE(e.ok()) << e.status();

@@ -63,6 +63,24 @@ std::vector<int32_t> Stream(const Tokenizer& tok, const std::string& text,
   return ids;
 }
 
+// Streams `text` in chunks of `chunk` bytes, the last one flushed: the ids,
+// and in *longest the longest tail held between chunks.
+std::vector<int32_t> StreamTrackingTail(const Tokenizer& tok,
+                                        const std::string& text, size_t chunk,
+                                        size_t* longest) {
+  std::vector<int32_t> ids;
+  std::string tail;
+  *longest = 0;
+  for (size_t at = 0; at < text.size(); at += chunk) {
+    StreamEncodeResult r = tok.EncodeStream(tail, text.substr(at, chunk),
+                                            at + chunk >= text.size());
+    ids.insert(ids.end(), r.tokens.begin(), r.tokens.end());
+    tail = r.tail;
+    *longest = std::max(*longest, tail.size());
+  }
+  return ids;
+}
+
 class NeoxTokenizerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -204,19 +222,10 @@ TEST_F(NeoxTokenizerTest, TextWithoutWhitespaceKeepsTheTailBounded) {
     absl::StrAppend(&json, "{\"key", json.size(),
                     "\":[12,\"abc\"],\"\u00e9t\u00e9\":null}");
   }
-  std::string tail;
-  std::vector<int32_t> ids;
   size_t longest = 0;
-  for (size_t at = 0; at < json.size(); at += 4096) {
-    const bool last = at + 4096 >= json.size();
-    StreamEncodeResult r =
-        tokenizer_->EncodeStream(tail, json.substr(at, 4096), last);
-    ids.insert(ids.end(), r.tokens.begin(), r.tokens.end());
-    tail = r.tail;
-    longest = std::max(longest, tail.size());
-  }
+  EXPECT_EQ(StreamTrackingTail(*tokenizer_, json, 4096, &longest),
+            tokenizer_->Encode(json));
   EXPECT_LE(longest, size_t{64 << 10});
-  EXPECT_EQ(ids, tokenizer_->Encode(json));
 
   // Decomposed text (NFD): a combining mark joins the letter before it, and
   // the run after it, into one letter run, so no cut falls between them.
@@ -235,16 +244,8 @@ TEST_F(NeoxTokenizerTest, TextWithoutWhitespaceKeepsTheTailBounded) {
 
   const std::string word(200000, 'a');
   EXPECT_EQ(*tokenizer_->Decode(tokenizer_->Encode(word)), word);
-  tail.clear();
-  ids.clear();
-  longest = 0;
-  for (size_t at = 0; at < word.size(); at += 8192) {
-    StreamEncodeResult r = tokenizer_->EncodeStream(tail, word.substr(at, 8192),
-                                                    at + 8192 >= word.size());
-    ids.insert(ids.end(), r.tokens.begin(), r.tokens.end());
-    tail = r.tail;
-    longest = std::max(longest, tail.size());
-  }
+  const std::vector<int32_t> ids =
+      StreamTrackingTail(*tokenizer_, word, 8192, &longest);
   EXPECT_LE(longest, size_t{64 << 10} + 8192);
   EXPECT_EQ(*tokenizer_->Decode(ids), word);
 }
@@ -260,19 +261,11 @@ TEST_F(NeoxTokenizerTest, ARunOfSpacesKeepsTheTailBounded) {
        {std::string(300000, ' '), "x" + std::string(300001, ' '),
         "a" + std::string(150000, ' ') + "b\n" + std::string(150007, ' ') +
             "c"}) {
-    std::string tail;
-    std::vector<int32_t> ids;
     size_t longest = 0;
-    for (size_t at = 0; at < text.size(); at += 4096) {
-      const bool last = at + 4096 >= text.size();
-      StreamEncodeResult r =
-          tokenizer_->EncodeStream(tail, text.substr(at, 4096), last);
-      ids.insert(ids.end(), r.tokens.begin(), r.tokens.end());
-      tail = r.tail;
-      longest = std::max(longest, tail.size());
-    }
+    EXPECT_EQ(StreamTrackingTail(*tokenizer_, text, 4096, &longest),
+              tokenizer_->Encode(text))
+        << text.size();
     EXPECT_LE(longest, size_t{64 << 10} + 4096) << text.size();
-    EXPECT_EQ(ids, tokenizer_->Encode(text)) << text.size();
     EXPECT_EQ(Stream(*tokenizer_, text, {4093, 7, 65537}),
               tokenizer_->Encode(text));
   }
