@@ -714,12 +714,7 @@ TEST_F(SessionManagerTest, AGeneratedIdImportRetriedOnAnotherWorkerIsOnce) {
 // the session (and a delete or drain behind it) until all its tokens went
 // through the model. The state is as if it never ran; the next call resends.
 TEST_F(SessionManagerTest, AnAppendsIngestStopsWithItsCall) {
-  manager_.reset();
-  SchedulerOptions slow;  // one token an iteration: 262,144 take seconds
-  slow.max_batch_tokens = 1;
-  slow.prefill_chunk = 1;
-  scheduler_ = std::make_unique<Scheduler>(model_.get(), slow);
-  Start(SessionManagerOptions{});
+  StartSlow();  // 262,144 tokens take seconds
   Create("big");
   AppendInput in;
   in.kind = AppendInput::Kind::kTokens;
@@ -727,14 +722,7 @@ TEST_F(SessionManagerTest, AnAppendsIngestStopsWithItsCall) {
   // Starts the big append on a new writer; its outcome lands in `*out`.
   auto start = [&](absl::Notification* ended, absl::StatusOr<AppendAck>* out) {
     auto w = Open("big");
-    const int64_t before = scheduler_->stats().tokens;
-    manager_->Append(w, in, [ended, out](absl::StatusOr<AppendAck> a) {
-      *out = std::move(a);
-      ended->Notify();
-    });
-    while (scheduler_->stats().tokens == before) {  // the ingest runs
-      absl::SleepFor(absl::Milliseconds(1));
-    }
+    AppendWhileIngesting(w, in, ended, out);
     return w;
   };
   {  // abandoned
@@ -777,28 +765,16 @@ TEST_F(SessionManagerTest, AnAppendsIngestStopsWithItsCall) {
 // on to its ack. A well-formed one ends the Append and runs (it used to
 // take the session's lock twice on that path: a deadlock).
 TEST_F(SessionManagerTest, AMalformedGenerateLeavesABusySessionsAppendAlone) {
-  manager_.reset();
-  SchedulerOptions slow;  // one token an iteration: the ingest stays busy
-  slow.max_batch_tokens = 1;
-  slow.prefill_chunk = 1;
-  scheduler_ = std::make_unique<Scheduler>(model_.get(), slow);
-  Start(SessionManagerOptions{});
+  StartSlow();
   Create("busy");
   AppendInput in;
   in.kind = AppendInput::Kind::kTokens;
   in.tokens.assign(300, 7);
   in.expected_input_offset = 0;
   auto w = Open("busy");
-  const int64_t before = scheduler_->stats().tokens;
   absl::Notification ended;
   absl::StatusOr<AppendAck> out;
-  manager_->Append(w, in, [&](absl::StatusOr<AppendAck> a) {
-    out = std::move(a);
-    ended.Notify();
-  });
-  while (scheduler_->stats().tokens == before) {  // the ingest runs
-    absl::SleepFor(absl::Milliseconds(1));
-  }
+  AppendWhileIngesting(w, in, &ended, &out);
   GenerateInput too_long;
   too_long.request_id = "gen-too-long";
   too_long.commit = true;
@@ -820,14 +796,7 @@ TEST_F(SessionManagerTest, AMalformedGenerateLeavesABusySessionsAppendAlone) {
   absl::StatusOr<AppendAck> second;
   in.expected_input_offset = 300;
   w = Open("busy");
-  const int64_t again = scheduler_->stats().tokens;
-  manager_->Append(w, in, [&](absl::StatusOr<AppendAck> a) {
-    second = std::move(a);
-    second_ended.Notify();
-  });
-  while (scheduler_->stats().tokens == again) {
-    absl::SleepFor(absl::Milliseconds(1));
-  }
+  AppendWhileIngesting(w, in, &second_ended, &second);
   GenerateInput good;
   good.request_id = "gen-good";
   good.commit = true;
@@ -842,12 +811,7 @@ TEST_F(SessionManagerTest, AMalformedGenerateLeavesABusySessionsAppendAlone) {
 // (the client timed out waiting) apply once: the retry, in turn after the
 // original, finds it done and answers with the session.
 TEST_F(SessionManagerTest, ARollbackAndItsRetryQueuedTogetherApplyOnce) {
-  manager_.reset();
-  SchedulerOptions slow;  // one token an iteration: the ingest stays busy
-  slow.max_batch_tokens = 1;
-  slow.prefill_chunk = 1;
-  scheduler_ = std::make_unique<Scheduler>(model_.get(), slow);
-  Start(SessionManagerOptions{});
+  StartSlow();
   Create("r");
   auto w = Open("r");
   ASSERT_TRUE(Append(w, 0, "abc", false, true).ok());
@@ -856,15 +820,9 @@ TEST_F(SessionManagerTest, ARollbackAndItsRetryQueuedTogetherApplyOnce) {
   in.tokens.assign(4000, 7);
   in.expected_input_offset = 3;
   in.checkpoint = true;
-  const int64_t before = scheduler_->stats().tokens;
   absl::Notification ended;
-  manager_->Append(w, in, [&](absl::StatusOr<AppendAck> a) {
-    EXPECT_TRUE(a.ok()) << a.status();
-    ended.Notify();
-  });
-  while (scheduler_->stats().tokens == before) {  // the ingest runs
-    absl::SleepFor(absl::Milliseconds(1));
-  }
+  absl::StatusOr<AppendAck> ingested;
+  AppendWhileIngesting(w, in, &ended, &ingested);
   absl::StatusOr<SessionView> results[2];
   std::thread calls[2];
   for (int i = 0; i < 2; ++i) {
@@ -875,6 +833,7 @@ TEST_F(SessionManagerTest, ARollbackAndItsRetryQueuedTogetherApplyOnce) {
   }
   for (auto& t : calls) t.join();
   ended.WaitForNotification();
+  EXPECT_TRUE(ingested.ok()) << ingested.status();
   ASSERT_TRUE(Close(w).ok());
   for (const auto& r : results) ASSERT_TRUE(r.ok()) << r.status();
   auto versions = manager_->ListVersions("t", "r");

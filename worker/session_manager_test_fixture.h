@@ -186,6 +186,32 @@ class SessionManagerTest : public ::testing::Test {
     return out;
   }
 
+  // A fresh manager whose scheduler takes one token an iteration, so an
+  // ingest keeps its session busy long enough to act meanwhile.
+  void StartSlow(SessionManagerOptions options = {}) {
+    manager_.reset();
+    SchedulerOptions slow;
+    slow.max_batch_tokens = 1;
+    slow.prefill_chunk = 1;
+    scheduler_ = std::make_unique<Scheduler>(model_.get(), slow);
+    Start(options);
+  }
+
+  // Starts `in` on `w` and returns once its ingest runs; its outcome lands
+  // in *out, then *ended is notified.
+  void AppendWhileIngesting(const std::shared_ptr<SessionManager::Writer>& w,
+                            const AppendInput& in, absl::Notification* ended,
+                            absl::StatusOr<AppendAck>* out) {
+    const int64_t before = scheduler_->stats().tokens;
+    manager_->Append(w, in, [ended, out](absl::StatusOr<AppendAck> a) {
+      *out = std::move(a);
+      ended->Notify();
+    });
+    while (scheduler_->stats().tokens == before) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+  }
+
   // A new session `id` fed "some input" (flushed, committed), and its
   // exported state decoded.
   absl::StatusOr<StateSnapshot> SnapshotWithInput(const std::string& id) {
