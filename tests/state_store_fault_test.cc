@@ -232,6 +232,56 @@ TEST(StateStoreFaultTest, ScriptsWaitForVersionsTheSlotMovedAhead) {
   ExpectConsistent(store, key);
 }
 
+// With the slot migrating and none of its keys moved yet, every key a
+// script declared is at the source; a key it deletes or creates mid-script
+// is one the source does not have, which the migration refuses. A delete
+// and a lease take-over started then wait for the move and apply once: the
+// delete is OK (its nonce was stored, not lost after the deletes), and the
+// take-over's fence is the session's.
+TEST(StateStoreFaultTest, ScriptsWriteNoKeyAMigrationRefuses) {
+  RedisStateStoreOptions o;
+  o.retry_deadline = absl::Seconds(15);
+  const SessionKey gone{"acme", "deleted"};
+  auto c = StartClusterSession(gone, o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  StateStore* store = c->store.get();
+  ASSERT_TRUE(store->AcquireLease(gone, "w1", absl::Seconds(60), false).ok());
+  absl::Status deleted;
+  std::vector<std::thread> calls;
+  absl::Status moved = c->cluster->MoveSlot(
+      store_internal::KeySlot("ss:{acme/deleted}:head"), {}, [&] {
+        calls.emplace_back([&] { deleted = store->DeleteSession(gone); });
+        absl::SleepFor(absl::Milliseconds(500));
+      });
+  ASSERT_TRUE(moved.ok()) << moved;
+  for (std::thread& t : calls) t.join();
+  EXPECT_TRUE(deleted.ok()) << deleted;
+  EXPECT_EQ(GetReason(store->GetHead(gone).status()), Reason::kSessionNotFound);
+
+  const SessionKey taken{"acme", "taken"};
+  CreateSessionRequest cr;
+  cr.key = taken;
+  cr.initial_state = TestSnapshot(1);
+  ASSERT_TRUE(store->CreateSession(cr).ok());
+  ASSERT_TRUE(store->AcquireLease(taken, "w1", absl::Seconds(60), false).ok());
+  absl::StatusOr<Lease> lease = absl::UnknownError("not run");
+  calls.clear();
+  moved = c->cluster->MoveSlot(
+      store_internal::KeySlot("ss:{acme/taken}:head"), {}, [&] {
+        calls.emplace_back([&] {
+          lease = store->AcquireLease(taken, "w2", absl::Seconds(60), true);
+        });
+        absl::SleepFor(absl::Milliseconds(500));
+      });
+  ASSERT_TRUE(moved.ok()) << moved;
+  for (std::thread& t : calls) t.join();
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  auto head = store->GetHead(taken);
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->owner, "w2");
+  EXPECT_EQ(head->fence, lease->fence);
+}
+
 // Loads while the session's slot migrates: keys move one at a time, and a
 // pipeline of chunk reads that meets ASK for some of them is resent whole
 // to the target, where the chunks not moved yet read as nil. A load must

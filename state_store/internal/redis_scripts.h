@@ -31,6 +31,9 @@ end
 -- a Cluster slot that is migrating, a version key already moved fails the
 -- script ("non local key") here, with nothing written, and the client
 -- runs it again until the slot has moved (then MOVED sends it there).
+-- The same holds for any key the node does not have, so after the probe
+-- the scripts write only keys they have read, declared or kept (a key
+-- deleted mid-script is one the node no longer has).
 local function probe_session()
   local h = redis.call('HMGET', P .. 'head', 'oldest', 'version')
   if not h[1] then return end
@@ -223,15 +226,17 @@ if not m[1] then
   return {'NOTFOUND'}
 end
 probe_session()
+-- The nonce first: a new key, which a migrating slot may refuse, and then
+-- before anything is deleted.
+if ARGV[4] ~= '' then
+  redis.call('SET', P .. 'deleted', ARGV[4], 'PX', ARGV[5])
+end
 for n = tonumber(m[2]), tonumber(m[1]) do
   local keys = version_keys(n)
   if #keys > 0 then redis.call('DEL', unpack(keys)) end
 end
 redis.call('DEL', P .. 'head', P .. 'lease')
 redis.call('PEXPIRE', P .. 'fence', ARGV[2])
-if ARGV[4] ~= '' then
-  redis.call('SET', P .. 'deleted', ARGV[4], 'PX', ARGV[5])
-end
 return {'OK'}
 )lua";
 
@@ -244,7 +249,8 @@ local cur = redis.call('HGET', lease, 'owner')
 if cur and cur ~= ARGV[4] and ARGV[6] == '0' then return {'BUSY', cur} end
 probe_session()
 local f = next_fence(ARGV[7])
-redis.call('DEL', lease)
+-- Both fields overwritten in place: a DEL first would make the lease a key
+-- this node no longer has, which a migrating slot refuses mid-script.
 redis.call('HSET', lease, 'owner', ARGV[4], 'fence', f)
 redis.call('PEXPIRE', lease, ARGV[5])
 touch_session()
