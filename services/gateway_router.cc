@@ -52,27 +52,39 @@ absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::Workers() {
   absl::MutexLock lock(&mu_);
   if (now - workers_read_ < options_.registry_refresh) return workers_;
   std::vector<WorkerInfo> workers;
+  absl::Time read_at = now;
   if (store_ != nullptr) {
     // One read at a time, outside the lock: while the registry is slow or
     // down, the other calls route with the list known instead of queueing
-    // behind the read (each a store timeout).
+    // behind the read (each a store timeout), and those that wait for it
+    // (none known yet) take its outcome instead of reading again.
     if (reading_ && !workers_.empty()) return workers_;
+    const uint64_t reads_before = reads_;
     mu_.Await(absl::Condition(
         +[](bool* reading) { return !*reading; }, &reading_));
-    if (clock_->Now() - workers_read_ < options_.registry_refresh) {
-      return workers_;  // read by the call waited for
+    if (reads_ != reads_before) {
+      if (clock_->Now() - workers_read_ < options_.registry_refresh) {
+        return workers_;
+      }
+      if (!last_read_.ok() && workers_.empty()) return last_read_;
     }
     reading_ = true;
+    const uint64_t marks = marks_;
     mu_.Unlock();
     auto listed = store_->ListWorkers();
     mu_.Lock();
     reading_ = false;
+    ++reads_;
+    last_read_ = listed.status();
+    // A worker marked suspect during the read: the list may predate its
+    // failure, so the next route reads again.
+    read_at = marks_ == marks ? clock_->Now() : absl::InfinitePast();
     if (!listed.ok()) {
       // Keep routing with what we knew while the registry is unreachable,
       // and do not ask it again for a refresh period (a failover's
       // MarkSuspect still asks at once).
       if (!workers_.empty()) {
-        workers_read_ = clock_->Now();
+        workers_read_ = read_at;
         return workers_;
       }
       return listed.status();
@@ -94,7 +106,7 @@ absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::Workers() {
     workers.push_back(std::move(info));
   }
   workers_ = std::move(workers);
-  workers_read_ = now;
+  workers_read_ = read_at;
   return workers_;
 }
 
@@ -119,6 +131,7 @@ GatewayRouter::Stats GatewayRouter::stats() {
 void GatewayRouter::MarkSuspect(const std::string& worker_id) {
   absl::MutexLock lock(&mu_);
   suspects_[worker_id] = clock_->Now() + options_.suspect_for;
+  ++marks_;
   // A worker just failed: the cached registry may be missing its
   // replacement (and still list other dead workers), so the next route
   // reads it again instead of retrying among stale entries.

@@ -94,6 +94,9 @@ class GatewayRouter {
   // A call is reading the registry (outside mu_): the others route with
   // the list known, or wait for that read when none is known yet.
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t reads_ ABSL_GUARDED_BY(mu_) = 0;      // registry reads finished
+  absl::Status last_read_ ABSL_GUARDED_BY(mu_);  // the latest one's outcome
+  uint64_t marks_ ABSL_GUARDED_BY(mu_) = 0;      // MarkSuspect calls
   absl::flat_hash_map<std::string, absl::Time> suspects_ ABSL_GUARDED_BY(mu_);
 };
 

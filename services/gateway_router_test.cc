@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "common/clock.h"
 #include "gtest/gtest.h"
 #include "state_store/memory_state_store.h"
@@ -195,8 +196,15 @@ class SlowRegistry final : public testing::ForwardingStore {
   using ForwardingStore::ForwardingStore;
   std::atomic<bool> down{false};
   std::atomic<int> reads{0};
+  // When set, a read waits for it (after notifying `reading`).
+  absl::Notification* hold = nullptr;
+  absl::Notification reading;
   absl::StatusOr<std::vector<WorkerInfo>> ListWorkers() override {
     ++reads;
+    if (hold != nullptr) {
+      reading.Notify();
+      hold->WaitForNotification();
+    }
     if (!down) return ForwardingStore::ListWorkers();
     absl::SleepFor(absl::Milliseconds(200));
     return absl::UnavailableError("registry down");
@@ -229,6 +237,47 @@ TEST_F(GatewayRouterTest, ASlowRegistryIsReadOnceWhileCallsRouteOn) {
   clock_.Advance(absl::Seconds(2));
   EXPECT_TRUE(router.RouteAny("k", "fp-a", {}).ok());
   EXPECT_EQ(registry.reads.load(), 3);
+}
+
+// With no workers known yet and the registry down, the calls that waited
+// for the one read take its error instead of each reading in turn.
+TEST_F(GatewayRouterTest, CallsThatWaitedForAFailedReadShareItsError) {
+  SlowRegistry registry(store_.get());
+  registry.down = true;
+  GatewayRouterOptions options = Options();
+  options.registry_refresh = absl::Seconds(1);
+  GatewayRouter router(&registry, options);
+  std::vector<std::thread> calls;
+  std::atomic<int> failed{0};
+  for (int i = 0; i < 8; ++i) {
+    calls.emplace_back([&, i] {
+      if (!router.RouteAny(absl::StrCat("k", i), "fp-a", {}).ok()) ++failed;
+    });
+  }
+  for (std::thread& t : calls) t.join();
+  EXPECT_EQ(failed.load(), 8);
+  EXPECT_LE(registry.reads.load(), 2);  // one, or two if a call came late
+}
+
+// A worker marked suspect while the registry is being read: the list read
+// may predate its failure, so the next route reads the registry again.
+TEST_F(GatewayRouterTest, ASuspectMarkedDuringAReadForcesTheNextRead) {
+  SlowRegistry registry(store_.get());
+  GatewayRouterOptions options = Options();
+  options.registry_refresh = absl::Seconds(60);
+  GatewayRouter router(&registry, options);
+  absl::Notification hold;
+  registry.hold = &hold;
+  std::thread first(
+      [&] { EXPECT_TRUE(router.RouteAny("k", "fp-a", {}).ok()); });
+  registry.reading.WaitForNotification();
+  router.MarkSuspect("w1");
+  hold.Notify();
+  first.join();
+  registry.hold = nullptr;
+  const int reads = registry.reads.load();
+  EXPECT_TRUE(router.RouteAny("k", "fp-a", {}).ok());
+  EXPECT_EQ(registry.reads.load(), reads + 1);
 }
 
 }  // namespace
