@@ -389,12 +389,14 @@ size_t NeoxTokenizer::ForcedCut(const std::string& text, size_t from) const {
   if (text.size() < from + longest + 1) return from;
   const size_t limit = text.size() - longest;
   std::vector<bool> inside(text.size() + 1, false);  // within an added token
-  for (const auto* list : {&raw_added_, &normalized_added_}) {
-    if (list->empty()) continue;
-    for (size_t i = from; i < text.size();) {
+  // Leftmost-longest matches of `list` in [begin, end), as SplitAdded
+  // takes them, marked inside; their spans appended to *spans if given.
+  auto scan = [&](const std::vector<Added>& list, size_t begin, size_t end,
+                  std::vector<std::pair<size_t, size_t>>* spans) {
+    for (size_t i = begin; i < end;) {
       size_t match = 0;
-      for (const Added& a : *list) {
-        if (a.utf8.size() > match &&
+      for (const Added& a : list) {
+        if (a.utf8.size() > match && a.utf8.size() <= end - i &&
             text.compare(i, a.utf8.size(), a.utf8) == 0) {
           match = a.utf8.size();
         }
@@ -404,9 +406,20 @@ size_t NeoxTokenizer::ForcedCut(const std::string& text, size_t from) const {
         continue;
       }
       for (size_t k = i + 1; k < i + match; ++k) inside[k] = true;
+      if (spans != nullptr) spans->emplace_back(i, i + match);
       i += match;
     }
+  };
+  // The raw tokens over the text, then the normalized ones in each piece
+  // between raw matches, as Encode matches them.
+  std::vector<std::pair<size_t, size_t>> raw;
+  scan(raw_added_, from, text.size(), &raw);
+  size_t piece = from;
+  for (const auto& [begin, end] : raw) {
+    scan(normalized_added_, piece, begin, nullptr);
+    piece = end;
   }
+  scan(normalized_added_, piece, text.size(), nullptr);
   // Walk the characters from `from`, remembering the last position up to
   // `limit` where a pre-token surely ends: an NFC boundary (the two sides
   // normalize apart) where the class changes between two non-space
