@@ -342,8 +342,11 @@ void SessionManager::Impl::AppendOp(
          clock_->Now() - s->dirty_since >= opt_.checkpoint_interval);
     if (in.checkpoint || policy) {
       // A checkpoint by policy is no request's.
-      absl::Status st = Checkpoint(s.get(), Dur(in.durability),
-                                   in.checkpoint ? in.request_id : "");
+      // At the level this input's requests asked for (the earlier ones'
+      // too, which may have asked for more).
+      absl::Status st =
+          Checkpoint(s.get(), std::max(Dur(in.durability), s->dirty_durability),
+                     in.checkpoint ? in.request_id : "");
       if (!st.ok()) {
         Release(s);
         return done(st);

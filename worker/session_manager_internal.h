@@ -398,8 +398,9 @@ class SessionManager::Impl {
   void Drain();
   // Commits dirty `s` for a drain: a refusal for now (UNAVAILABLE) is
   // retried with backoff until `deadline`; a commit that never lands is
-  // counted and reported (strand).
-  void CommitForDrain(Session* s, absl::Time deadline);
+  // counted and reported (strand). *level_short: a commit of the drain fell
+  // short of its durability, so the rest do not wait for theirs.
+  void CommitForDrain(Session* s, absl::Time deadline, bool* level_short);
   // The durability of a commit by policy of `s` (strand): the default, or
   // more if the uncommitted input's requests asked for more.
   Durability PolicyDurability(const Session* s) const {

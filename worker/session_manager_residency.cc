@@ -309,7 +309,8 @@ void SessionManager::Impl::Evict(const std::shared_ptr<Session>& s) {
   if (s->dirty) {
     absl::Status st =
         CommitNow(s.get(), PolicyDurability(s.get()), "", s->dirty_cause);
-    if (!st.ok() && GetReason(st) != Reason::kFenced) {
+    // (Written below the durability asked for: stored all the same.)
+    if (!st.ok() && GetReason(st) != Reason::kFenced && s->dirty) {
       Release(s);  // keep it: its input would be lost
       return;
     }
@@ -493,14 +494,24 @@ void SessionManager::Impl::CommitIfWaited(const std::shared_ptr<Session>& s) {
   });
 }
 
-void SessionManager::Impl::CommitForDrain(Session* s, absl::Time deadline) {
+void SessionManager::Impl::CommitForDrain(Session* s, absl::Time deadline,
+                                          bool* level_short) {
   absl::Duration backoff = absl::Milliseconds(50);
   absl::Status st;
   while (true) {
-    st = CommitNow(s, PolicyDurability(s), "", s->dirty_cause);
+    // Once one commit fell short of its level (a replica down), or past
+    // the deadline, the rest go at the default level: each wait for the
+    // level would take the whole durability timeout, session by session.
+    const Durability d = *level_short || clock_->Now() >= deadline
+                             ? opt_.default_durability
+                             : PolicyDurability(s);
+    st = CommitNow(s, d, "", s->dirty_cause);
     // Fenced: another worker owns it and its input; not a failure here.
-    // Written below the durability asked for: stored all the same.
-    if (st.ok() || GetReason(st) == Reason::kFenced || !s->dirty) return;
+    if (st.ok() || GetReason(st) == Reason::kFenced) return;
+    if (!s->dirty) {  // written below the level asked for: stored
+      *level_short = true;
+      return;
+    }
     if (st.code() != absl::StatusCode::kUnavailable ||
         clock_->Now() + backoff > deadline) {
       break;
@@ -532,10 +543,11 @@ void SessionManager::Impl::Drain() {
     s->BarIngest(~uint64_t{0}, Draining());
   }
   const absl::Time deadline = clock_->Now() + opt_.drain_commit_timeout;
+  bool level_short = false;
   for (auto& s : all) {
-    RunSync<bool>(s, [this, &s, deadline] {
+    RunSync<bool>(s, [this, &s, deadline, &level_short] {
       if (GoneError(s.get()).ok()) {
-        if (s->dirty) CommitForDrain(s.get(), deadline);
+        if (s->dirty) CommitForDrain(s.get(), deadline, &level_short);
         store_->ReleaseLease(s->key, opt_.owner, s->fence).IgnoreError();
         Drop(s.get(), Session::Gone::kEvicted);
       }

@@ -769,7 +769,7 @@ TEST_F(SessionManagerTest, AMalformedGenerateLeavesABusySessionsAppendAlone) {
   Create("busy");
   AppendInput in;
   in.kind = AppendInput::Kind::kTokens;
-  in.tokens.assign(300, 7);
+  in.tokens.assign(20000, 7);  // ~1 s of ingest at one token a step
   in.expected_input_offset = 0;
   auto w = Open("busy");
   absl::Notification ended;
@@ -789,12 +789,12 @@ TEST_F(SessionManagerTest, AMalformedGenerateLeavesABusySessionsAppendAlone) {
             absl::StatusCode::kInvalidArgument);
   ended.WaitForNotification();
   ASSERT_TRUE(out.ok()) << out.status();
-  EXPECT_EQ(out->input_offset, 300u);
+  EXPECT_EQ(out->input_offset, 20000u);
   ASSERT_TRUE(Close(w).ok());
   // A well-formed one supersedes the live Append (SESSION_BUSY) and runs.
   absl::Notification second_ended;
   absl::StatusOr<AppendAck> second;
-  in.expected_input_offset = 300;
+  in.expected_input_offset = 20000;
   w = Open("busy");
   AppendWhileIngesting(w, in, &second_ended, &second);
   GenerateInput good;
@@ -928,6 +928,30 @@ TEST_F(SessionManagerTest, APolicyCommitReachesTheDurabilityItsInputAskedFor) {
   manager_.reset();
   faulty_.reset();
   std::remove(so.path.c_str());
+}
+
+// A drain whose first commit falls short of its level (this store never
+// reaches FSYNC) commits the other sessions at the default level at once,
+// instead of waiting out the durability timeout session by session; all
+// their input is stored.
+TEST_F(SessionManagerTest, ADrainStopsWaitingForALevelNoCommitReaches) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  Start(SessionManagerOptions{});
+  std::vector<std::shared_ptr<SessionManager::Writer>> writers;
+  for (const char* id : {"d1", "d2", "d3"}) {
+    Create(id);
+    writers.push_back(Open(id));
+    ASSERT_TRUE(
+        Append(writers.back(), 0, "input", false, false, Durability::kFsync)
+            .ok());
+  }
+  manager_->Drain();
+  for (auto& w : writers) manager_->AbandonWriter(w);
+  EXPECT_EQ(faulty_->durable_commits.load(), 1);
+  for (const char* id : {"d1", "d2", "d3"}) {
+    EXPECT_EQ(store_->GetHead({"t", id})->head.input_offset, 5u) << id;
+  }
+  EXPECT_EQ(manager_->stats().drain_commit_failures, 0);
 }
 
 // Once draining, nothing new starts: a create, an import and a Score of a

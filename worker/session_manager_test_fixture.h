@@ -42,8 +42,11 @@ class LosingStore final : public testing::ForwardingStore {
   std::atomic<bool> lose_next_commit{false};
   // Commits refused (UNAVAILABLE, nothing written) before they pass again.
   std::atomic<int> refuse_commits{0};
+  // Commits that asked for more than MEMORY.
+  std::atomic<int> durable_commits{0};
 
   absl::StatusOr<CommitResult> Commit(const CommitRequest& r) override {
+    if (r.durability > Durability::kMemory) ++durable_commits;
     if (refuse_commits.load() > 0) {
       --refuse_commits;
       return Unavailable();
