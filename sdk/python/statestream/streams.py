@@ -129,10 +129,14 @@ class _AckTracker:
         checkpoint = acked.request.checkpoint
         self.last_ack = AppendAck.from_proto(ack)
         # Drop what is committed (acknowledged ones only: the others still
-        # have their acks coming on this call). A checkpoint's ack commits
-        # everything before it.
-        while self._acked > 0 and (checkpoint or
-                                   _committed(self._retained[0], ack)):
+        # have their acks coming on this call) at the durability asked for:
+        # a commit by policy that could not reach it (a replica down) holds
+        # the input at a lower level, so it is kept for a resend. A
+        # checkpoint's ack commits everything before it.
+        durable = (self._durability <= pb.DURABILITY_MEMORY or
+                   ack.durability >= self._durability)
+        while self._acked > 0 and durable and (
+                checkpoint or _committed(self._retained[0], ack)):
             self._retained.popleft()
             self._acked -= 1
             self._dropped_front()

@@ -136,6 +136,15 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
             if r.text_utf8 == b"bad":
                 context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
             end = r.expected_input_offset + len(r.text_utf8)
+            if r.session_id == "low-durability":
+                # Committed by policy below the level asked (a replica
+                # down): MEMORY, whatever the request said.
+                self.applied = max(self.applied, end)
+                yield pb.AppendResponse(
+                    input_offset=self.applied, version=2,
+                    committed_input_offset=self.applied,
+                    durability=pb.DURABILITY_MEMORY)
+                continue
             duplicate = end <= self.applied and len(r.text_utf8) > 0
             self.applied = max(self.applied, end)
             yield pb.AppendResponse(duplicate=duplicate,
@@ -403,6 +412,30 @@ def test_a_resume_that_ends_before_the_delivered_output_is_aborted(fake, aio):
     assert e.value.code == grpc.StatusCode.ABORTED
     assert "before the 2 already delivered" in e.value.message
     assert delivered == [1, 2]
+
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_a_writer_keeps_input_committed_below_its_durability(fake, aio):
+    # Acks that cover the input with a version at MEMORY do not let a
+    # writer that asked FSYNC drop it: it is kept for a resend (only a
+    # version at FSYNC or above, or a checkpoint's ack, releases it).
+    async def run_async():
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            w = await c.session("low-durability").writer(
+                durability=pb.DURABILITY_FSYNC)
+            await w.write(b"abc")
+            ack = await w.sync()
+            return ack, len(w._retained)
+
+    def run_sync():
+        with Client(fake.address, **fast_retries()) as c:
+            w = c.session("low-durability").writer(
+                durability=pb.DURABILITY_FSYNC)
+            w.write(b"abc")
+            return w.sync(), len(w._retained)
+    ack, kept = asyncio.run(run_async()) if aio else run_sync()
+    assert ack.committed_input_offset == 3
+    assert kept == 1
 
 
 # -- GenerateStream.cancel() ---------------------------------------------------
