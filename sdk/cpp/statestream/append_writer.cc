@@ -197,9 +197,8 @@ absl::Status AppendWriter::ReadAcks(size_t keep_unacked) {
     // have their acks coming on this call) at the durability asked for: a
     // commit by policy that could not reach it (a replica down) holds the
     // input at a lower level, so it is kept for a resend.
-    const bool durable =
-        options_.durability <= v1::DURABILITY_MEMORY ||
-        last_ack_.durability() >= options_.durability;
+    const bool durable = options_.durability <= v1::DURABILITY_MEMORY ||
+                         last_ack_.durability() >= options_.durability;
     while (acked_ > 0 && durable &&
            (checkpoint || Committed(retained_.front(), last_ack_))) {
       retained_.pop_front();
