@@ -1,0 +1,298 @@
+// SPDX-License-Identifier: Apache-2.0
+// The session manager with busy sessions and drains: an ingest that stops
+// with its call, Generate and Rollback meeting a live Append, commits by
+// policy at the input's durability, and what a drain commits, retries and
+// refuses. The fixture: session_manager_test_fixture.h.
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "worker/session_manager.h"
+#include "worker/session_manager_test_fixture.h"
+
+namespace statestream::worker {
+namespace {
+
+// An Append's ingest stops when its call does — the writer abandoned
+// (client gone), superseded, or its session deleted — instead of holding
+// the session (and a delete or drain behind it) until all its tokens went
+// through the model. The state is as if it never ran; the next call resends.
+TEST_F(SessionManagerTest, AnAppendsIngestStopsWithItsCall) {
+  StartSlow();  // 262,144 tokens take seconds
+  Create("big");
+  AppendInput in;
+  in.kind = AppendInput::Kind::kTokens;
+  in.tokens.assign(262144, 7);
+  // Starts the big append on a new writer; its outcome lands in `*out`.
+  auto start = [&](absl::Notification* ended, absl::StatusOr<AppendAck>* out) {
+    auto w = Open("big");
+    AppendWhileIngesting(w, in, ended, out);
+    return w;
+  };
+  {  // abandoned
+    absl::Notification ended;
+    absl::StatusOr<AppendAck> out;
+    auto w = start(&ended, &out);
+    manager_->AbandonWriter(w);
+    ended.WaitForNotification();
+    EXPECT_EQ(out.status().code(), absl::StatusCode::kCancelled)
+        << out.status();
+  }
+  {  // superseded: the retry on a new writer runs instead
+    absl::Notification ended;
+    absl::StatusOr<AppendAck> out;
+    start(&ended, &out);
+    auto retry = Open("big");
+    ended.WaitForNotification();
+    EXPECT_EQ(GetReason(out.status()), Reason::kSessionBusy) << out.status();
+    absl::StatusOr<AppendAck> ack = Append(retry, 0, "x");
+    ASSERT_TRUE(ack.ok()) << ack.status();
+    EXPECT_EQ(ack->input_offset, 1u);  // the cancelled tokens left nothing
+    ASSERT_TRUE(Close(retry).ok());
+  }
+  {  // deleted
+    absl::Notification ended;
+    absl::StatusOr<AppendAck> out;
+    in.expected_input_offset = 1;
+    start(&ended, &out);
+    ASSERT_TRUE(manager_->DeleteSession("t", "big", false, "delete-big").ok());
+    ended.WaitForNotification();
+    // The delete's own answer, not SESSION_NOT_FOUND (a delete may fail).
+    EXPECT_EQ(GetReason(out.status()), Reason::kSessionBusy) << out.status();
+  }
+  EXPECT_EQ(scheduler_->stats().active_tasks, 0);
+}
+
+// A committing Generate that is malformed on its own (max_tokens over the
+// limit, bad sampling) is refused before it takes the writer slot, also
+// while the session is busy with a live Append's ingest: the Append goes
+// on to its ack. A well-formed one ends the Append and runs (it used to
+// take the session's lock twice on that path: a deadlock).
+TEST_F(SessionManagerTest, AMalformedGenerateLeavesABusySessionsAppendAlone) {
+  StartSlow();
+  Create("busy");
+  AppendInput in;
+  in.kind = AppendInput::Kind::kTokens;
+  in.tokens.assign(20000, 7);  // ~1 s of ingest at one token a step
+  in.expected_input_offset = 0;
+  auto w = Open("busy");
+  absl::Notification ended;
+  absl::StatusOr<AppendAck> out;
+  AppendWhileIngesting(w, in, &ended, &out);
+  GenerateInput too_long;
+  too_long.request_id = "gen-too-long";
+  too_long.commit = true;
+  too_long.max_tokens = 1 << 30;
+  EXPECT_EQ(GetReason(GenerateStatus("busy", too_long)),
+            Reason::kMessageTooLarge);
+  GenerateInput bad_sampling;
+  bad_sampling.request_id = "gen-bad-sampling";
+  bad_sampling.commit = true;
+  bad_sampling.sampling.temperature = -1;
+  EXPECT_EQ(GenerateStatus("busy", bad_sampling).code(),
+            absl::StatusCode::kInvalidArgument);
+  ended.WaitForNotification();
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->input_offset, 20000u);
+  ASSERT_TRUE(Close(w).ok());
+  // A well-formed one supersedes the live Append (SESSION_BUSY) and runs.
+  absl::Notification second_ended;
+  absl::StatusOr<AppendAck> second;
+  in.expected_input_offset = 20000;
+  w = Open("busy");
+  AppendWhileIngesting(w, in, &second_ended, &second);
+  GenerateInput good;
+  good.request_id = "gen-good";
+  good.commit = true;
+  good.max_tokens = 2;
+  EXPECT_TRUE(GenerateStatus("busy", good).ok());
+  second_ended.WaitForNotification();
+  EXPECT_EQ(GetReason(second.status()), Reason::kSessionBusy)
+      << second.status();
+}
+
+// A rollback and its retry that both arrive while the session is busy
+// (the client timed out waiting) apply once: the retry, in turn after the
+// original, finds it done and answers with the session.
+TEST_F(SessionManagerTest, ARollbackAndItsRetryQueuedTogetherApplyOnce) {
+  StartSlow();
+  Create("r");
+  auto w = Open("r");
+  ASSERT_TRUE(Append(w, 0, "abc", false, true).ok());
+  AppendInput in;
+  in.kind = AppendInput::Kind::kTokens;
+  in.tokens.assign(4000, 7);
+  in.expected_input_offset = 3;
+  in.checkpoint = true;
+  absl::Notification ended;
+  absl::StatusOr<AppendAck> ingested;
+  AppendWhileIngesting(w, in, &ended, &ingested);
+  absl::StatusOr<SessionView> results[2];
+  std::thread calls[2];
+  for (int i = 0; i < 2; ++i) {
+    calls[i] = std::thread([&, i] {
+      results[i] = manager_->Rollback("t", "r", 2, std::nullopt, std::nullopt,
+                                      "rollback-once");
+    });
+  }
+  for (auto& t : calls) t.join();
+  ended.WaitForNotification();
+  EXPECT_TRUE(ingested.ok()) << ingested.status();
+  ASSERT_TRUE(Close(w).ok());
+  for (const auto& r : results) ASSERT_TRUE(r.ok()) << r.status();
+  auto versions = manager_->ListVersions("t", "r");
+  ASSERT_TRUE(versions.ok()) << versions.status();
+  int rollbacks = 0;
+  for (const VersionInfo& v : *versions) rollbacks += v.rolled_back_from != 0;
+  EXPECT_EQ(rollbacks, 1);
+  EXPECT_EQ(results[0]->version, results[1]->version);
+}
+
+// A drain retries a dirty session's commit that the store refuses for now,
+// so its input survives a store blip during shutdown; one still refused at
+// the drain's deadline is counted (and reported), not silently dropped.
+TEST_F(SessionManagerTest, ADrainRetriesACommitTheStoreRefusesForNow) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  for (bool recovers : {true, false}) {
+    SCOPED_TRACE(recovers ? "recovers" : "stays down");
+    SessionManagerOptions o;
+    o.drain_commit_timeout = absl::Milliseconds(recovers ? 5000 : 200);
+    Start(o);
+    const std::string id = recovers ? "blip" : "down";
+    Create(id);
+    auto w = Open(id);
+    ASSERT_TRUE(Append(w, 0, "not yet committed").ok());
+    faulty_->refuse_commits = recovers ? 3 : 1 << 30;
+    manager_->Drain();  // the writer still attached: its input is dirty
+    manager_->AbandonWriter(w);
+    EXPECT_EQ(manager_->stats().drain_commit_failures, recovers ? 0 : 1);
+    faulty_->refuse_commits = 0;
+    Start(SessionManagerOptions{});
+    auto view = manager_->GetSession("t", id);
+    ASSERT_TRUE(view.ok()) << view.status();
+    EXPECT_EQ(view->input_offset, recovers ? 17u : 0u);
+  }
+}
+
+// the only copy.
+TEST_F(SessionManagerTest, APolicyCommitReachesTheDurabilityItsInputAskedFor) {
+  const char* dir = std::getenv("TEST_TMPDIR");
+  SqliteStateStoreOptions so;
+  so.path = std::string(dir != nullptr ? dir : "/tmp") + "/policy-" +
+            std::to_string(getpid()) + ".db";
+  std::remove(so.path.c_str());
+  auto sqlite = NewSqliteStateStore(so);
+  ASSERT_TRUE(sqlite.ok()) << sqlite.status();
+  faulty_ = std::make_unique<LosingStore>(sqlite->get());
+  Start(SessionManagerOptions{});
+  Create("fsync");
+  auto w = Open("fsync");
+  ASSERT_TRUE(Append(w, 0, "keep me", false, false, Durability::kFsync).ok());
+  manager_->Drain();
+  manager_->AbandonWriter(w);
+  auto head = (*sqlite)->GetHead({"t", "fsync"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->head.input_offset, 7u);
+  EXPECT_EQ(head->head.durability, Durability::kFsync);
+  manager_.reset();
+  faulty_.reset();
+  std::remove(so.path.c_str());
+}
+
+// A drain whose first commit falls short of its level (this store never
+// reaches FSYNC) commits the other sessions at the default level at once,
+// instead of waiting out the durability timeout session by session; all
+// their input is stored.
+TEST_F(SessionManagerTest, ADrainStopsWaitingForALevelNoCommitReaches) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  Start(SessionManagerOptions{});
+  std::vector<std::shared_ptr<SessionManager::Writer>> writers;
+  for (const char* id : {"d1", "d2", "d3"}) {
+    Create(id);
+    writers.push_back(Open(id));
+    ASSERT_TRUE(
+        Append(writers.back(), 0, "input", false, false, Durability::kFsync)
+            .ok());
+  }
+  manager_->Drain();
+  for (auto& w : writers) manager_->AbandonWriter(w);
+  EXPECT_EQ(faulty_->durable_commits.load(), 1);
+  for (const char* id : {"d1", "d2", "d3"}) {
+    EXPECT_EQ(store_->GetHead({"t", id})->head.input_offset, 5u) << id;
+  }
+  EXPECT_EQ(manager_->stats().drain_commit_failures, 0);
+}
+
+// Once draining, nothing new starts: a create, an import and a Score of a
+// stored version (which loads no resident session) are UNAVAILABLE with a
+// retry hint, for the client to go elsewhere.
+TEST_F(SessionManagerTest, NothingNewStartsWhileDraining) {
+  Create("d");
+  auto w = Open("d");
+  ASSERT_TRUE(Append(w, 0, "text", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  const std::string blob = Blob("d");
+  manager_->Drain();
+  CreateParams create;
+  create.request_id = "create-after-drain";
+  create.session_id = "new";
+  EXPECT_EQ(GetReason(manager_->CreateSession("t", create).status()),
+            Reason::kOverloaded);
+  CreateParams import;
+  import.request_id = "import-after-drain";
+  import.session_id = "imported";
+  absl::Status imported =
+      manager_->Import("t", blob, false, import, std::nullopt).status();
+  EXPECT_EQ(imported.code(), absl::StatusCode::kUnavailable) << imported;
+  EXPECT_EQ(GetReason(imported), Reason::kOverloaded);
+  ScoreInput score;
+  score.version = 2;
+  score.tokens = {1, 2};
+  absl::Notification scored;
+  absl::Status st;
+  manager_->Score("t", "d", score, [&](absl::StatusOr<ScoreOutcome> o) {
+    st = o.status();
+    scored.Notify();
+  });
+  scored.WaitForNotification();
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_EQ(GetReason(st), Reason::kOverloaded);
+}
+
+// A session whose load was under way when the drain began is not kept
+// (the drain never saw it): the call is UNAVAILABLE/OVERLOADED like any
+// after the drain, and the lease goes back at once.
+TEST_F(SessionManagerTest, ASessionLoadedDuringTheDrainIsNotKept) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  Start(SessionManagerOptions{});
+  Create("late");
+  Start(SessionManagerOptions{});  // a fresh manager: "late" not resident
+  absl::Notification release;
+  faulty_->hold_loads = &release;
+  absl::StatusOr<std::shared_ptr<SessionManager::Writer>> opened;
+  std::thread loader([&] {
+    opened = manager_->OpenWriter("t", "late", [](const absl::Status&) {});
+  });
+  faulty_->load_started.WaitForNotification();
+  manager_->Drain();
+  release.Notify();
+  loader.join();
+  EXPECT_EQ(GetReason(opened.status()), Reason::kOverloaded) << opened.status();
+  EXPECT_FALSE(manager_->IsResident("t", "late"));
+  auto head = store_->GetHead({"t", "late"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->owner, "");
+}
+
+}  // namespace
+}  // namespace statestream::worker
