@@ -16,6 +16,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <regex>
 #include <string>
@@ -776,6 +777,70 @@ class ShorterResume final : public v1::Streams::Service {
  private:
   std::atomic<int> calls_{0};
 };
+
+// A Streams server whose Append commits everything at MEMORY (a policy
+// commit short of its level) and loses the first call after its second
+// request; the offsets each call received.
+class MemoryOnlyAppends final : public v1::Streams::Service {
+ public:
+  grpc::Status Append(
+      grpc::ServerContext*,
+      grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>* stream)
+      override {
+    const int call = calls_.fetch_add(1);
+    v1::AppendRequest req;
+    int n = 0;
+    while (stream->Read(&req)) {
+      {
+        absl::MutexLock lock(&mu_);
+        offsets_[call].push_back(req.expected_input_offset());
+      }
+      if (call == 0 && ++n == 2) {
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "lost");
+      }
+      const uint64_t end = req.expected_input_offset() + req.text_utf8().size();
+      v1::AppendResponse ack;
+      ack.set_input_offset(end);
+      ack.set_committed_input_offset(end);
+      ack.set_version(call + 2);
+      ack.set_durability(req.checkpoint() ? req.durability()
+                                          : v1::DURABILITY_MEMORY);
+      if (!stream->Write(ack)) break;
+    }
+    return grpc::Status::OK;
+  }
+  std::vector<uint64_t> offsets(int call) {
+    absl::MutexLock lock(&mu_);
+    return offsets_[call];
+  }
+
+ private:
+  std::atomic<int> calls_{0};
+  absl::Mutex mu_;
+  std::map<int, std::vector<uint64_t>> offsets_ ABSL_GUARDED_BY(mu_);
+};
+
+// A writer that asked FSYNC keeps input that acks cover only with a MEMORY
+// version, and resends it after a reconnect (it used to drop it).
+TEST(SdkAppendTest, AWriterKeepsInputCommittedBelowItsDurability) {
+  MemoryOnlyAppends service;
+  FakeServer fake;
+  ASSERT_NO_FATAL_FAILURE(Serve(&service, &fake));
+  client::AppendOptions options;
+  options.durability = v1::DURABILITY_FSYNC;
+  options.start_offset = 0;
+  auto writer = fake.client->OpenSession("s").OpenAppend(options);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->Write("abc").ok());
+  ASSERT_TRUE((*writer)->Sync().ok());
+  ASSERT_TRUE((*writer)->Write("def").ok());
+  ASSERT_TRUE((*writer)->Sync().ok());
+  auto closed = (*writer)->Close();
+  ASSERT_TRUE(closed.ok()) << closed.status();
+  const std::vector<uint64_t> resent = service.offsets(1);
+  ASSERT_FALSE(resent.empty());
+  EXPECT_EQ(resent.front(), 0u);  // "abc" again, not only "def"
+}
 
 // A resumed Generate that ends before the output already delivered is
 // another generation: ABORTED, not a `done` after 2 delivered tokens
