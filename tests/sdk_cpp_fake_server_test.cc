@@ -1,0 +1,315 @@
+// SPDX-License-Identifier: Apache-2.0
+// The C++ SDK against fake servers (gRPC services of the test's own on a
+// loopback port): corrupt exports, resumed generations that end early,
+// writers whose input is committed below their durability, and retries
+// with their backoff, reasons and cancellation. The real-server tests are
+// in sdk_cpp_test.cc.
+#include <grpcpp/server_builder.h>
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/crc32c.h"
+#include "common/grpc_status.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "statestream/client.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+
+namespace statestream {
+namespace {
+
+// A fake server (a gRPC service of the test's) on a free loopback port, and
+// a client of it; the client goes first.
+struct FakeServer {
+  std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<client::Client> client;
+  ~FakeServer() {
+    client.reset();
+    if (server != nullptr) server->Shutdown();
+  }
+};
+
+// Serves `service` into `out`; its client retries after 1 ms at first, at
+// most `max_attempts` times (0: the default).
+void Serve(grpc::Service* service, FakeServer* out, int max_attempts = 0) {
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
+  builder.RegisterService(service);
+  out->server = builder.BuildAndStart();
+  ASSERT_NE(out->server, nullptr);
+  client::ClientOptions options;
+  options.targets = {absl::StrCat("127.0.0.1:", port)};
+  if (max_attempts > 0) options.max_attempts = max_attempts;
+  options.initial_backoff = absl::Milliseconds(1);
+  auto c = client::Client::Create(options);
+  ASSERT_TRUE(c.ok()) << c.status();
+  out->client = std::move(*c);
+}
+
+// A Sessions server whose ExportState sends a corrupt blob: a chunk that
+// fails its CRC-32C, or chunks out of order.
+class CorruptExport final : public v1::Sessions::Service {
+ public:
+  explicit CorruptExport(bool reorder) : reorder_(reorder) {}
+  grpc::Status ExportState(
+      grpc::ServerContext*, const v1::ExportStateRequest*,
+      grpc::ServerWriter<v1::ExportStateResponse>* writer) override {
+    v1::ExportStateResponse header;
+    header.mutable_header()->set_total_bytes(8);
+    writer->Write(header);
+    for (uint32_t i : {0u, 1u}) {
+      v1::ExportStateResponse part;
+      v1::StateChunk* c = part.mutable_chunk();
+      c->set_index(reorder_ ? 1 - i : i);
+      c->set_data("abcd");
+      c->set_crc32c(Crc32c(0, "abcd", 4) ^ (reorder_ ? 0 : i));
+      writer->Write(part);
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  bool reorder_;
+};
+
+TEST(SdkExportTest, ACorruptOrReorderedExportIsDataLoss) {
+  for (bool reorder : {false, true}) {
+    CorruptExport service(reorder);
+    FakeServer fake;
+    ASSERT_NO_FATAL_FAILURE(Serve(&service, &fake));
+    auto exported = fake.client->OpenSession("s").Export(0);
+    EXPECT_EQ(exported.status().code(), absl::StatusCode::kDataLoss)
+        << reorder << " " << exported.status();
+  }
+}
+
+// A Streams server whose first Generate sends tokens [1, 2] and is lost;
+// the resumed call sends [1] and ends: it stopped sooner.
+class ShorterResume final : public v1::Streams::Service {
+ public:
+  grpc::Status Generate(grpc::ServerContext*, const v1::GenerateRequest*,
+                        grpc::ServerWriter<v1::GenerateResponse>* w) override {
+    const bool first = calls_.fetch_add(1) == 0;
+    v1::GenerateResponse chunk;
+    chunk.mutable_chunk()->set_start_input_offset(7);
+    chunk.mutable_chunk()->add_tokens(1);
+    chunk.mutable_chunk()->set_text_utf8("a");
+    if (first) {
+      chunk.mutable_chunk()->add_tokens(2);
+      chunk.mutable_chunk()->set_text_utf8("ab");
+      w->Write(chunk);
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "lost");
+    }
+    w->Write(chunk);
+    v1::GenerateResponse done;
+    done.mutable_done()->set_finish_reason(v1::FINISH_REASON_STOP_TOKEN);
+    w->Write(done);
+    return grpc::Status::OK;
+  }
+
+ private:
+  std::atomic<int> calls_{0};
+};
+
+// A Streams server whose Append commits everything at MEMORY (a policy
+// commit short of its level) and loses the first call after its second
+// request; the offsets each call received.
+class MemoryOnlyAppends final : public v1::Streams::Service {
+ public:
+  grpc::Status Append(
+      grpc::ServerContext*,
+      grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>* stream)
+      override {
+    const int call = calls_.fetch_add(1);
+    v1::AppendRequest req;
+    int n = 0;
+    while (stream->Read(&req)) {
+      {
+        absl::MutexLock lock(&mu_);
+        offsets_[call].push_back(req.expected_input_offset());
+      }
+      if (call == 0 && ++n == 2) {
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "lost");
+      }
+      const uint64_t end = req.expected_input_offset() + req.text_utf8().size();
+      v1::AppendResponse ack;
+      ack.set_input_offset(end);
+      ack.set_committed_input_offset(end);
+      ack.set_version(call + 2);
+      ack.set_durability(req.checkpoint() ? req.durability()
+                                          : v1::DURABILITY_MEMORY);
+      if (!stream->Write(ack)) break;
+    }
+    return grpc::Status::OK;
+  }
+  std::vector<uint64_t> offsets(int call) {
+    absl::MutexLock lock(&mu_);
+    return offsets_[call];
+  }
+
+ private:
+  std::atomic<int> calls_{0};
+  absl::Mutex mu_;
+  std::map<int, std::vector<uint64_t>> offsets_ ABSL_GUARDED_BY(mu_);
+};
+
+// A writer that asked FSYNC keeps input that acks cover only with a MEMORY
+// version, and resends it after a reconnect (it used to drop it).
+TEST(SdkAppendTest, AWriterKeepsInputCommittedBelowItsDurability) {
+  MemoryOnlyAppends service;
+  FakeServer fake;
+  ASSERT_NO_FATAL_FAILURE(Serve(&service, &fake));
+  client::AppendOptions options;
+  options.durability = v1::DURABILITY_FSYNC;
+  options.start_offset = 0;
+  auto writer = fake.client->OpenSession("s").OpenAppend(options);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->Write("abc").ok());
+  ASSERT_TRUE((*writer)->Sync().ok());
+  ASSERT_TRUE((*writer)->Write("def").ok());
+  ASSERT_TRUE((*writer)->Sync().ok());
+  auto closed = (*writer)->Close();
+  ASSERT_TRUE(closed.ok()) << closed.status();
+  const std::vector<uint64_t> resent = service.offsets(1);
+  ASSERT_FALSE(resent.empty());
+  EXPECT_EQ(resent.front(), 0u);  // "abc" again, not only "def"
+}
+
+// A resumed Generate that ends before the output already delivered is
+// another generation: ABORTED, not a `done` after 2 delivered tokens
+// that reports 1.
+TEST(SdkGenerateTest, AResumeThatEndsBeforeTheDeliveredOutputIsAborted) {
+  ShorterResume service;
+  FakeServer fake;
+  ASSERT_NO_FATAL_FAILURE(Serve(&service, &fake));
+  v1::GenerateRequest request;
+  request.set_max_tokens(3);
+  auto stream = fake.client->OpenSession("s").Generate(request);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  std::vector<uint32_t> delivered;
+  client::GenerateChunk chunk;
+  while ((*stream)->Next(&chunk)) {
+    delivered.insert(delivered.end(), chunk.tokens.begin(), chunk.tokens.end());
+  }
+  EXPECT_EQ((*stream)->status().code(), absl::StatusCode::kAborted)
+      << (*stream)->status();
+  EXPECT_EQ(delivered, (std::vector<uint32_t>{1, 2}));
+  stream->reset();
+}
+
+}  // namespace
+}  // namespace statestream
+
+namespace statestream {
+namespace {
+
+// A Sessions server whose GetSession always fails RESOURCE_EXHAUSTED/
+// OVERLOADED with a retry_after_ms hint; it records when each call came.
+class OverloadedSessions final : public v1::Sessions::Service {
+ public:
+  explicit OverloadedSessions(int retry_after_ms)
+      : retry_after_ms_(retry_after_ms) {}
+  grpc::Status GetSession(grpc::ServerContext*, const v1::GetSessionRequest*,
+                          v1::Session*) override {
+    {
+      absl::MutexLock lock(&mu_);
+      calls_.push_back(absl::Now());
+    }
+    return ToGrpcStatus(MakeError(
+        absl::StatusCode::kResourceExhausted, Reason::kOverloaded, "queue full",
+        {{"retry_after_ms", absl::StrCat(retry_after_ms_)}}));
+  }
+  std::vector<absl::Time> calls() {
+    absl::MutexLock lock(&mu_);
+    return calls_;
+  }
+
+ private:
+  const int retry_after_ms_;
+  absl::Mutex mu_;
+  std::vector<absl::Time> calls_ ABSL_GUARDED_BY(mu_);
+};
+
+class SdkRetryTest : public ::testing::Test {
+ protected:
+  // Serves an OverloadedSessions(retry_after_ms); a client of it with
+  // `max_attempts` and a 1 ms initial backoff.
+  void Start(int retry_after_ms, int max_attempts) {
+    service_ = std::make_unique<OverloadedSessions>(retry_after_ms);
+    ASSERT_NO_FATAL_FAILURE(Serve(service_.get(), &fake_, max_attempts));
+  }
+
+  // Declared before fake_: destroyed after it.
+  std::unique_ptr<OverloadedSessions> service_;
+  FakeServer fake_;
+};
+
+// Attempts run out: the last error comes back with its code, Reason and
+// metadata (it used to be a new status with the code only: reason
+// REASON_UNSPECIFIED, retry_after_ms lost). Every retry waited at least
+// retry_after_ms (the jitter used to apply after that floor, so a wait
+// could fall 20% short of it).
+TEST_F(SdkRetryTest, AnErrorGivenUpOnKeepsItsReasonAndMetadata) {
+  ASSERT_NO_FATAL_FAILURE(Start(/*retry_after_ms=*/100, /*max_attempts=*/5));
+  absl::Status s = fake_.client->OpenSession("s").Get().status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(GetReason(s), Reason::kOverloaded) << s;
+  EXPECT_EQ(GetErrorMetadata(s, "retry_after_ms").value_or(""), "100") << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "giving up after 5 attempts"))
+      << s;
+  const std::vector<absl::Time> calls = service_->calls();
+  ASSERT_EQ(calls.size(), 5u);
+  for (size_t i = 1; i < calls.size(); ++i) {
+    EXPECT_GE(calls[i] - calls[i - 1], absl::Milliseconds(100)) << i;
+  }
+}
+
+// The deadline passes during the backoff: the error is still the server's
+// (it used to become DEADLINE_EXCEEDED without a reason).
+TEST_F(SdkRetryTest, AnErrorAtTheDeadlineKeepsItsReasonAndMetadata) {
+  ASSERT_NO_FATAL_FAILURE(Start(/*retry_after_ms=*/5000, /*max_attempts=*/5));
+  client::CallOptions call;
+  call.deadline = absl::Now() + absl::Seconds(2);
+  absl::Status s = fake_.client->OpenSession("s").Get(call).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(GetReason(s), Reason::kOverloaded) << s;
+  EXPECT_EQ(GetErrorMetadata(s, "retry_after_ms").value_or(""), "5000") << s;
+  EXPECT_EQ(service_->calls().size(), 1u);
+}
+
+// A Cancel() during a retry's backoff ends the wait at once (the server's
+// retry_after_ms hint here is a minute), and a cancelled call does not
+// move the client off its target.
+TEST_F(SdkRetryTest, ACancelEndsTheBackoffAtOnce) {
+  ASSERT_NO_FATAL_FAILURE(Start(/*retry_after_ms=*/60000, /*max_attempts=*/5));
+  client::Cancellation cancel;
+  client::CallOptions call;
+  call.cancellation = &cancel;
+  std::thread canceller([&] {
+    while (service_->calls().empty()) absl::SleepFor(absl::Milliseconds(5));
+    absl::SleepFor(absl::Milliseconds(100));
+    cancel.Cancel();
+  });
+  const absl::Time start = absl::Now();
+  absl::Status s = fake_.client->OpenSession("s").Get(call).status();
+  const absl::Duration took = absl::Now() - start;
+  canceller.join();
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+  EXPECT_LT(took, absl::Seconds(30)) << "waited out the hint";
+  EXPECT_EQ(service_->calls().size(), 1u);
+}
+
+}  // namespace
+}  // namespace statestream
