@@ -372,21 +372,26 @@ def test_a_resume_is_pinned_to_where_the_generation_started(fake, aio):
     assert resumed.expected_input_offset == 7
 
 
-@pytest.mark.parametrize("aio", [False, True])
-def test_a_resume_on_a_moved_session_is_aborted(fake, aio):
-    delivered = []
-
+def generate_from(fake, session_id, aio, delivered):
+    """Generates 3 tokens on `session_id` of the fake (sync or asyncio
+    client), appending what is delivered to `delivered`."""
     async def consume_async():
         async with AsyncClient(fake.address, **fast_retries()) as c:
-            async for chunk in c.session("moved").generate(max_tokens=3):
+            async for chunk in c.session(session_id).generate(max_tokens=3):
                 delivered.extend(chunk.tokens)
 
     def consume():
         with Client(fake.address, **fast_retries()) as c:
-            for chunk in c.session("moved").generate(max_tokens=3):
+            for chunk in c.session(session_id).generate(max_tokens=3):
                 delivered.extend(chunk.tokens)
+    asyncio.run(consume_async()) if aio else consume()
+
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_a_resume_on_a_moved_session_is_aborted(fake, aio):
+    delivered = []
     with pytest.raises(StatestreamError) as e:
-        asyncio.run(consume_async()) if aio else consume()
+        generate_from(fake, "moved", aio, delivered)
     assert e.value.code == grpc.StatusCode.ABORTED
     assert e.value.reason == "POSITION_MISMATCH"
     assert "input_offset 7" in e.value.message
@@ -397,18 +402,8 @@ def test_a_resume_on_a_moved_session_is_aborted(fake, aio):
 @pytest.mark.parametrize("aio", [False, True])
 def test_a_resume_that_ends_before_the_delivered_output_is_aborted(fake, aio):
     delivered = []
-
-    async def consume_async():
-        async with AsyncClient(fake.address, **fast_retries()) as c:
-            async for chunk in c.session("shorter").generate(max_tokens=3):
-                delivered.extend(chunk.tokens)
-
-    def consume():
-        with Client(fake.address, **fast_retries()) as c:
-            for chunk in c.session("shorter").generate(max_tokens=3):
-                delivered.extend(chunk.tokens)
     with pytest.raises(StatestreamError) as e:
-        asyncio.run(consume_async()) if aio else consume()
+        generate_from(fake, "shorter", aio, delivered)
     assert e.value.code == grpc.StatusCode.ABORTED
     assert "before the 2 already delivered" in e.value.message
     assert delivered == [1, 2]
