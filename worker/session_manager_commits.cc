@@ -201,8 +201,7 @@ absl::Status SessionManager::Impl::CommitGeneration(
       absl::MutexLock lock(&s->mu);
       RefreshView(s);
     } else if (GoneError(s).ok()) {
-      Drop(s, Session::Gone::kEvicted);
-      store_->ReleaseLease(s->key, opt_.owner, s->fence).IgnoreError();
+      DropAndRelease(s, Session::Gone::kEvicted);
     }
   }
   return cs;

@@ -112,6 +112,11 @@ struct Session {
   std::function<void(const absl::Status&)> superseded ABSL_GUARDED_BY(mu);
   enum class Gone { kNo, kEvicted, kFenced, kDeleted };
   Gone gone ABSL_GUARDED_BY(mu) = Gone::kNo;
+  // Held across a lease renewal and across the release of a dropped
+  // session's lease, so a renewal that read `gone` before the drop cannot
+  // revive the lease after its release (it would keep other workers out
+  // for one more TTL). Taken before `mu`, never under it.
+  absl::Mutex lease_mu;
   SessionView view ABSL_GUARDED_BY(mu);
 
   // Owned by the running operation (the strand).
@@ -278,6 +283,15 @@ class SessionManager::Impl {
 
   // Unmaps `s` (if still mapped) and marks it gone.
   void Drop(Session* s, Session::Gone why);
+
+  // Drop(s, why), then releases its lease: after any renewal in flight,
+  // and no renewal starts after it (RenewLoop skips sessions gone).
+  void DropAndRelease(Session* s, Session::Gone why);
+
+  // Renews `s`'s lease unless it is gone (then its lease is released or
+  // being released); drops it if the store says another worker owns it
+  // or it was deleted.
+  void RenewLeaseOf(Session* s);
 
   // Ends the call attached as the session's writer now, with `why`, ahead
   // of what the strand still runs: a delete would otherwise wait (holding

@@ -315,8 +315,7 @@ void SessionManager::Impl::Evict(const std::shared_ptr<Session>& s) {
       return;
     }
   }
-  Drop(s.get(), Session::Gone::kEvicted);
-  store_->ReleaseLease(s->key, opt_.owner, s->fence).IgnoreError();
+  DropAndRelease(s.get(), Session::Gone::kEvicted);
   {
     absl::MutexLock lock(&mu_);
     ++stats_.evictions;
@@ -331,8 +330,31 @@ void SessionManager::Impl::FollowStoreHead(Session* s) {
     auto v = store_->LoadVersion(s->key, h->head.version);
     if (v.ok() && LoadInto(s, *v, &*h).ok()) return;
   }
-  Drop(s, Session::Gone::kEvicted);
+  DropAndRelease(s, Session::Gone::kEvicted);
+}
+
+void SessionManager::Impl::DropAndRelease(Session* s, Session::Gone why) {
+  Drop(s, why);
+  absl::MutexLock lease_lock(&s->lease_mu);
   store_->ReleaseLease(s->key, opt_.owner, s->fence).IgnoreError();
+}
+
+void SessionManager::Impl::RenewLeaseOf(Session* s) {
+  absl::StatusOr<Lease> r;
+  {
+    absl::MutexLock lease_lock(&s->lease_mu);
+    {
+      absl::MutexLock lock(&s->mu);
+      if (s->gone != Session::Gone::kNo) return;
+    }
+    r = store_->RenewLease(s->key, opt_.owner, s->fence, opt_.lease_ttl);
+  }
+  if (!r.ok() && (GetReason(r.status()) == Reason::kFenced ||
+                  r.status().code() == absl::StatusCode::kNotFound)) {
+    Drop(s, r.status().code() == absl::StatusCode::kNotFound
+                ? Session::Gone::kDeleted
+                : Session::Gone::kFenced);
+  }
 }
 
 void SessionManager::Impl::Drop(Session* s, Session::Gone why) {
@@ -459,15 +481,7 @@ void SessionManager::Impl::RenewLoop() {
     }
     if (absl::Now() + every <= next_renewal) continue;
     next_renewal = absl::Now() + renew_every;
-    for (auto& s : all) {
-      auto r = store_->RenewLease(s->key, opt_.owner, s->fence, opt_.lease_ttl);
-      if (!r.ok() && (GetReason(r.status()) == Reason::kFenced ||
-                      r.status().code() == absl::StatusCode::kNotFound)) {
-        Drop(s.get(), r.status().code() == absl::StatusCode::kNotFound
-                          ? Session::Gone::kDeleted
-                          : Session::Gone::kFenced);
-      }
-    }
+    for (auto& s : all) RenewLeaseOf(s.get());
   }
 }
 
@@ -548,8 +562,7 @@ void SessionManager::Impl::Drain() {
     RunSync<bool>(s, [this, &s, deadline, &level_short] {
       if (GoneError(s.get()).ok()) {
         if (s->dirty) CommitForDrain(s.get(), deadline, &level_short);
-        store_->ReleaseLease(s->key, opt_.owner, s->fence).IgnoreError();
-        Drop(s.get(), Session::Gone::kEvicted);
+        DropAndRelease(s.get(), Session::Gone::kEvicted);
       }
       return true;
     });
