@@ -5,12 +5,14 @@
 
 #include <atomic>
 #include <cmath>
+#include <limits>
 #include <random>
 
 #include "absl/synchronization/notification.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "worker/engine/random_model.h"
+#include "worker/engine/tokenizer.h"
 #include "worker/tasks.h"
 
 namespace statestream::worker {
@@ -91,12 +93,13 @@ struct GenOutput {
 };
 
 GenOutput Generate(Scheduler& sched, const engine::Model& m, EngineState start,
-                   GenerateSpec spec) {
+                   GenerateSpec spec,
+                   const engine::Tokenizer* tokenizer = nullptr) {
   GenOutput out;
   out.state = std::move(start);
   absl::Notification done;
   auto task = std::make_shared<GenerateTask>(
-      &out.state, m.info().config.vocab_size, nullptr, spec,
+      &out.state, m.info().config.vocab_size, tokenizer, spec,
       [&](const GeneratedToken& t) { out.tokens.push_back(t.id); },
       [&](const absl::Status& s, const GenerateResult& r) {
         out.status = s;
@@ -134,6 +137,55 @@ TEST(SchedulerTest, GreedyGenerationEqualsManualLoop) {
   EngineState want = Direct(*model, seq);
   EXPECT_EQ(g.state.state, want.state);
   EXPECT_EQ(g.state.position, seq.size());
+}
+
+// Stop strings end the generation at the first token that completes one,
+// wherever the match starts: inside that token, across earlier tokens, or
+// in a resumed generation's earlier text (prior_text).
+TEST(SchedulerTest, StopStringsEndAtTheTokenThatCompletesThem) {
+  auto model = SmallModel();
+  auto bytes = engine::MakeByteTokenizer();  // token id = byte value
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  Scheduler sched(model.get(), SchedulerOptions{});
+  GenerateSpec spec;
+  spec.prompt = Tokens(20, 4);
+  spec.params.temperature = 0;
+  spec.max_tokens = 40;
+  const GenOutput whole =
+      Generate(sched, *model, EngineState::Initial(*model), spec, bytes->get());
+  ASSERT_TRUE(whole.status.ok()) << whole.status;
+  ASSERT_GE(whole.tokens.size(), 30u);
+  std::string text;
+  for (int32_t t : whole.tokens) text.push_back(static_cast<char>(t));
+  // The text's first occurrence of `stop` ends with token `end` (1-based).
+  auto check = [&](const std::string& stop, const std::string& prior,
+                   size_t want_generated, FinishReason want) {
+    SCOPED_TRACE(testing::PrintToString(stop));
+    GenerateSpec s = spec;
+    s.stop_strings = {"\xFF\xFE-never", stop};
+    s.prior_text = prior;
+    s.prior_text_emitted = prior.size();
+    const GenOutput g =
+        Generate(sched, *model, EngineState::Initial(*model), s, bytes->get());
+    ASSERT_TRUE(g.status.ok()) << g.status;
+    EXPECT_EQ(g.result.finish, want);
+    EXPECT_EQ(g.tokens.size(), want_generated);
+    EXPECT_EQ(g.result.generated, static_cast<int>(want_generated));
+  };
+  const size_t n = whole.tokens.size();
+  // Within the last token, and across the six before it.
+  check(text.substr(25, 1), "", text.find(text[25]) + 1,
+        FinishReason::kStopString);
+  const std::string across = text.substr(19, 7);
+  check(across, "", text.find(across) + across.size(),
+        FinishReason::kStopString);
+  // Begun in the earlier text, completed by the first new token.
+  check(std::string("prior") + text.substr(0, 1), "...prior", 1,
+        FinishReason::kStopString);
+  // Wholly in the earlier text: the first check sees it.
+  check("prior", "a prior text", 1, FinishReason::kStopString);
+  // Longer than all the text, or never in it: max_tokens.
+  check(text + "!", "", n, whole.result.finish);
 }
 
 TEST(SchedulerTest, SeededGenerationResumesIdenticallyUnderLoad) {
@@ -203,6 +255,45 @@ TEST(SchedulerTest, ScoreMatchesLogSoftmax) {
 
 // Scores that start together take their first logits from their saved
 // hidden vectors in one head product: the same bits as one alone.
+// Non-finite logits (a state gone bad) never make a NaN logprob: NaN
+// counts as -inf, +inf logits share the mass, all -inf is -inf.
+TEST(SchedulerTest, ScoreLogprobsAreNeverNaN) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  struct Case {
+    std::vector<float> logits;
+    int32_t want;
+    float logprob;
+    bool greedy;
+  };
+  for (const Case& c :
+       std::vector<Case>{{{nan, 0.0f, 0.0f, nan}, 1, std::log(0.5f), true},
+                         {{nan, 0.0f, 0.0f, nan}, 0, -inf, false},
+                         {{inf, 1.0f, inf, 2.0f}, 2, -std::log(2.0f), false},
+                         {{inf, 1.0f, inf, 2.0f}, 3, -inf, false},
+                         {{-inf, -inf, -inf, -inf}, 2, -inf, false}}) {
+    SCOPED_TRACE(testing::PrintToString(c.logits));
+    EngineState state;
+    std::vector<float> logprobs;
+    std::vector<bool> greedy;
+    ScoreTask task(&state, 4, {c.want},
+                   [&](const absl::Status& s, const std::vector<float>& l,
+                       const std::vector<bool>& g) {
+                     EXPECT_TRUE(s.ok()) << s;
+                     logprobs = l;
+                     greedy = g;
+                   });
+    ASSERT_TRUE(task.NextStep(1).logits_from_hidden);
+    std::vector<float> logits = c.logits;
+    task.OnStep(0, logits.data());
+    ASSERT_TRUE(task.Finished());
+    task.OnDone();
+    ASSERT_EQ(logprobs.size(), 1u);
+    EXPECT_FLOAT_EQ(logprobs[0], c.logprob);
+    EXPECT_EQ(greedy[0], c.greedy);
+  }
+}
+
 TEST(SchedulerTest, ScoresStartedTogetherEqualOneAlone) {
   auto model = SmallModel();
   const int V = model->info().config.vocab_size;

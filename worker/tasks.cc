@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "absl/strings/match.h"
+#include "absl/strings/string_view.h"
 #include "worker/engine/utf8.h"
 
 namespace statestream::worker {
@@ -134,13 +134,20 @@ void GenerateTask::Sample(float* logits) {
     phase_ = Phase::kFeedLast;
     return;
   }
+  // A match the last token made ends past stop_scanned_ (the text the
+  // previous check saw, without one): each step searches only where such
+  // a match can start, not the whole output again (quadratic in it).
   for (const std::string& stop : spec_.stop_strings) {
-    if (!stop.empty() && absl::StrContains(text_, stop)) {
+    if (stop.empty()) continue;
+    const size_t from =
+        stop_scanned_ >= stop.size() ? stop_scanned_ - stop.size() + 1 : 0;
+    if (absl::string_view(text_).find(stop, from) != absl::string_view::npos) {
       result_.finish = FinishReason::kStopString;
       phase_ = Phase::kFeedLast;
       return;
     }
   }
+  stop_scanned_ = text_.size();
   if (result_.generated >= spec_.max_tokens) {
     result_.finish = FinishReason::kMaxTokens;
     phase_ = Phase::kFeedLast;
@@ -238,20 +245,20 @@ StepRequest ScoreTask::NextStep(int) {
 void ScoreTask::OnStep(int fed, float* logits) {
   st_->position += static_cast<uint64_t>(fed);
   const int32_t want = tokens_[logprobs_.size()];
-  // Log-softmax of the wanted token, and whether it is the argmax.
+  // Log-softmax of the wanted token (NaN logits count as -inf, +inf ones
+  // share the mass: never a NaN logprob), and whether it is the argmax.
   float max = -INFINITY;
-  int32_t argmax = 0;
+  int32_t argmax = -1;
   for (int i = 0; i < vocab_size_; ++i) {
     if (logits[i] > max) {
       max = logits[i];
       argmax = i;
     }
   }
-  double sum = 0;
-  for (int i = 0; i < vocab_size_; ++i)
-    sum += std::exp(double(logits[i]) - max);
-  logprobs_.push_back(
-      static_cast<float>(double(logits[want]) - max - std::log(sum)));
+  scratch_.resize(vocab_size_);
+  engine::LogSoftmax(absl::MakeConstSpan(logits, vocab_size_),
+                     absl::MakeSpan(scratch_));
+  logprobs_.push_back(scratch_[want]);
   greedy_.push_back(argmax == want);
   if (top_n_ > 0) {
     top_.push_back(engine::ComputeLogprobs(

@@ -171,6 +171,7 @@ class GenerateTask final : public Task {
   GenerateResult result_;
   std::string text_;         // all output bytes so far (for stop strings)
   size_t text_emitted_ = 0;  // bytes of text_ handed out
+  size_t stop_scanned_ = 0;  // bytes of text_ searched for stop strings
   std::atomic<bool> stop_requested_{false};
   int checkpointed_ = 0;  // result_.generated at the last checkpoint
   absl::Time checkpointed_at_;
@@ -211,6 +212,7 @@ class ScoreTask final : public Task {
   bool fed_pending_ = false;  // the token scored last still needs feeding
   std::vector<float> logprobs_;
   std::vector<bool> greedy_;
+  std::vector<float> scratch_;  // a position's log-softmax
   std::function<void(const absl::Status&, const std::vector<float>&,
                      const std::vector<bool>&)>
       done_;
