@@ -199,7 +199,8 @@ void PanelLoop(const K& k, const typename K::W* w, int rows, float* y, int ldy,
               r0 == 0 ? reinterpret_cast<const char*>(wo + kP * pstride) +
                             (t / kR) * share
                       : nullptr;
-          BlockRows<kR, kP>(k, rt, t, wo, yt, ldy, n, {next, share, 0, end});
+          BlockRows<kR, kP>(k, rt, t, wo, yt, ldy, n,
+                            {next, next != nullptr ? share : 0, 0, end});
         } else if constexpr (kP > 1) {
           // The range's last panels, one at a time.
           for (int p = 0; p * kPanelOut < n; ++p) {

@@ -226,6 +226,24 @@ TEST(KernelsTest, QuantizeRowsRoundsToTheRowMaximum) {
   EXPECT_TRUE(std::isnan(scale));
 }
 
+// A row whose max |x| is so small that 127 / max overflows counts as zeros
+// (its zeros came out -127 on AVX-512 and undefined elsewhere); one just
+// above that quantizes as usual.
+TEST(KernelsTest, QuantizeRowsTakesATinyRowForZeros) {
+  const float tiny[] = {1e-37f, 0.0f, -0.0f, 5e-39f, -2e-38f};
+  uint8_t q[5];
+  float scale = -1;
+  QuantizeRows(tiny, 5, 1, 5, q, 5, &scale);
+  EXPECT_EQ(scale, 0.0f);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(q[i], 128) << i;
+  const float small[] = {1e-36f, 0.0f, -4e-37f};
+  QuantizeRows(small, 3, 1, 3, q, 3, &scale);
+  EXPECT_EQ(scale, 1e-36f / 127.0f);
+  EXPECT_EQ(q[0] - 128, 127);
+  EXPECT_EQ(q[1] - 128, 0);
+  EXPECT_EQ(q[2] - 128, -51);  // -50.8
+}
+
 // Every length (vector body and masked tail) and values at rounding ties:
 // the same bytes as the definition, scale = max|x| / 127 and
 // q = round-half-even(x * (127 / max|x|)).

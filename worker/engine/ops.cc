@@ -2,6 +2,7 @@
 #include "worker/engine/ops.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -88,15 +89,20 @@ inline int64_t At(int i, int cs) { return int64_t{i / 64} * cs + i % 64; }
 
 bool RowScale(uint32_t amax_bits, int n, uint8_t* q, int cs, float* scale,
               float* inv) {
-  if (amax_bits == 0 || amax_bits >= 0x7f800000u) {
-    *scale = amax_bits == 0 ? 0.0f : std::numeric_limits<float>::quiet_NaN();
+  float amax;
+  std::memcpy(&amax, &amax_bits, sizeof(amax));
+  // A max below 127 / FLT_MAX (~3.7e-37) would make 127 / max infinite,
+  // and its zeros NaN: the row counts as zeros (it loses < 3.7e-37 a
+  // weight), the same bytes on every path.
+  const bool tiny = amax_bits != 0 && !std::isfinite(127.0f / amax);
+  if (amax_bits == 0 || tiny || amax_bits >= 0x7f800000u) {
+    *scale = amax_bits < 0x7f800000u ? 0.0f
+                                     : std::numeric_limits<float>::quiet_NaN();
     for (int i = 0; i < n; i += 64) {
       std::fill_n(q + At(i, cs), n - i < 64 ? n - i : 64, uint8_t{128});
     }
     return false;
   }
-  float amax;
-  std::memcpy(&amax, &amax_bits, sizeof(amax));
   *scale = amax / 127.0f;
   *inv = 127.0f / amax;
   return true;

@@ -42,8 +42,10 @@ inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
 // Kernels::gemm_i8, row-major (for a product on tiles, where
 // Kernels::gemm_i8_tiles, use QuantizeRowRange below): scale[t] = max_i
 // |x[t][i]| / 127, q = round(x / scale) in [-127, 127], stored as q + 128 in xq
-// (stride ldq >= n). A row of zeros gets scale 0; a row with a NaN or infinity
-// gets scale NaN, so its outputs are NaN as in fp32.
+// (stride ldq >= n). A row of zeros, or one whose max |x| is below
+// 127 / FLT_MAX (~3.7e-37, where 127 / max overflows), gets scale 0 and
+// q = 0; a row with a NaN or infinity gets scale NaN, so its outputs are NaN
+// as in fp32.
 void QuantizeRows(const float* x, int ldx, int rows, int n, uint8_t* xq,
                   int ldq, float* scale);
 // The same for rows [row_begin, row_end) of a product (x, xq and scale

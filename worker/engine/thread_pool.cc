@@ -147,12 +147,13 @@ void ThreadPool::ParallelFor(int tasks, const std::function<void(int)>& fn) {
 template <typename Ready>
 void ThreadPool::WaitUntil(const Ready& ready) {
   // Spin briefly, fetching the read-ahead list, then give the core away.
-  for (int i = 0; !ready(); ++i) {
-    if (i < 4096) {
+  for (int i = 0; !ready();) {
+    if (i < 4096) {  // (then it stays there: no overflow on long waits)
       if (ReadAheadChunk()) {
-        i += 63;  // as long as ~64 pauses
+        i += 64;  // as long as ~64 pauses
       } else {
         SS_CPU_RELAX();
+        ++i;
       }
     } else {
       std::this_thread::yield();
