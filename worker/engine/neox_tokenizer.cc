@@ -465,9 +465,25 @@ absl::Status NeoxTokenizer::Init(const nlohmann::json& j) {
       !(*model)["merges"].is_array()) {
     return BadFile("no BPE model with vocab and merges");
   }
-  if (j.contains("pre_tokenizer") && j["pre_tokenizer"].is_object() &&
-      j["pre_tokenizer"].value("type", "") != "ByteLevel") {
-    return BadFile("only the ByteLevel pre-tokenizer is supported");
+  // What Encode implements: NFC, then GPT-2's byte-level pre-tokenizer
+  // with its regex and no prefix space. A file that asks for anything else
+  // would load and encode differently from Hugging Face's tokenizers.
+  const auto field = [&j](const char* name) -> const nlohmann::json* {
+    auto it = j.find(name);
+    return it != j.end() && it->is_object() ? &*it : nullptr;
+  };
+  const nlohmann::json* normalizer = field("normalizer");
+  if (normalizer == nullptr ||
+      normalizer->value("type", nlohmann::json()) != "NFC") {
+    return BadFile("only the NFC normalizer is supported");
+  }
+  const nlohmann::json* pre = field("pre_tokenizer");
+  if (pre == nullptr || pre->value("type", nlohmann::json()) != "ByteLevel" ||
+      pre->value("add_prefix_space", nlohmann::json(true)) != false ||
+      pre->value("use_regex", nlohmann::json(true)) != true) {
+    return BadFile(
+        "only the ByteLevel pre-tokenizer with add_prefix_space false and "
+        "use_regex true is supported");
   }
   std::array<uint32_t, 256> alphabet = ByteAlphabet();
   absl::flat_hash_map<uint32_t, uint8_t> to_byte;

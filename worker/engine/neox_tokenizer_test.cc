@@ -320,8 +320,10 @@ TEST(NeoxTokenizerFileTest, MalformedFilesAreErrors) {
     vocab["ab"] = 256;
     if (!extra_vocab.empty()) vocab[extra_vocab] = 257;
     return absl::StrCat(
-        "{\"model\": {\"type\": \"BPE\", \"vocab\": ", vocab.dump(),
-        ", \"merges\": [[\"a\", \"b\"]]}",
+        "{\"normalizer\": {\"type\": \"NFC\"}, \"pre_tokenizer\": "
+        "{\"type\": \"ByteLevel\", \"add_prefix_space\": false}, "
+        "\"model\": {\"type\": \"BPE\", \"vocab\": ",
+        vocab.dump(), ", \"merges\": [[\"a\", \"b\"]]}",
         added.empty() ? "" : ", \"added_tokens\": ", added, "}");
   };
   auto t = ParseNeoxTokenizer(file("", "", -1));
@@ -331,6 +333,29 @@ TEST(NeoxTokenizerFileTest, MalformedFilesAreErrors) {
   // A byte valid UTF-8 can hold has no token: text would lose it.
   // Fields of the wrong type, ids past 32 bits: errors, never a crash or
   // a wrapped id.
+  // Settings Encode does not implement: refused, never encoded otherwise
+  // than Hugging Face would.
+  const std::string good = file("", "", -1);
+  const std::string nfc = R"("normalizer": {"type": "NFC"})";
+  const std::string byte_level =
+      R"("pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false})";
+  for (const auto& [from, to] :
+       std::vector<std::pair<std::string, std::string>>{
+           {nfc, R"("normalizer": null)"},
+           {nfc, R"("normalizer": {"type": "NFKC"})"},
+           {nfc, R"("no_normalizer": {})"},
+           {byte_level, R"("pre_tokenizer": {"type": "ByteLevel"})"},
+           {byte_level,
+            R"("pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": )"
+            R"(false, "use_regex": false})"},
+           {byte_level, R"("pre_tokenizer": {"type": "Whitespace"})"}}) {
+    std::string changed = good;
+    ASSERT_NE(changed.find(from), std::string::npos) << from;
+    changed.replace(changed.find(from), from.size(), to);
+    auto r = ParseNeoxTokenizer(changed);
+    ASSERT_FALSE(r.ok()) << to;
+    EXPECT_EQ(GetReason(r.status()), Reason::kInvalidModelFile) << r.status();
+  }
   for (const std::string& bad :
        {file("", "", 'c'),
         file("", R"([{"id": 300, "content": "<x>", "special": "yes"}])", -1),
