@@ -12,6 +12,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -147,6 +148,29 @@ class WorkerE2eTest : public ::testing::Test {
     if (status != nullptr) *status = st;
     EXPECT_TRUE(status != nullptr || st.ok()) << st;
     return blob;
+  }
+
+  // One ImportState call: `header`, then `data` in chunks of the state
+  // header's chunk_bytes.
+  absl::Status Import(const v1::ImportHeader& header, const std::string& data,
+                      const std::string& tenant = "") {
+    auto ctx = Ctx(tenant);
+    v1::Session out;
+    auto writer = sessions_->ImportState(ctx.get(), &out);
+    v1::ImportStateRequest first;
+    *first.mutable_header() = header;
+    writer->Write(first);
+    const uint32_t chunk = header.state().chunk_bytes();
+    for (uint32_t i = 0; chunk > 0 && size_t{i} * chunk < data.size(); ++i) {
+      v1::ImportStateRequest c;
+      c.mutable_chunk()->set_index(i);
+      std::string piece = data.substr(size_t{i} * chunk, chunk);
+      c.mutable_chunk()->set_crc32c(Crc32c(0, piece.data(), piece.size()));
+      c.mutable_chunk()->set_data(std::move(piece));
+      if (!writer->Write(c)) break;
+    }
+    writer->WritesDone();
+    return FromGrpcStatus(writer->Finish());
   }
 
   struct GenResult {
@@ -449,27 +473,13 @@ TEST_F(WorkerE2eTest, ExportImportRoundTripsAndRejectsBadBlobs) {
   auto import =
       [&](const std::string& id, v1::StateHeader h, const std::string& data,
           const std::function<void(v1::ImportHeader*)>& edit = nullptr) {
-        auto ctx = Ctx();
-        v1::Session out;
-        auto writer = sessions_->ImportState(ctx.get(), &out);
-        v1::ImportStateRequest first;
-        first.mutable_header()->set_request_id("import-" + id);
-        first.mutable_header()->set_session_id(id);
-        first.mutable_header()->set_mode(v1::IMPORT_MODE_CREATE);
-        *first.mutable_header()->mutable_state() = h;
-        if (edit) edit(first.mutable_header());
-        writer->Write(first);
-        for (uint32_t i = 0; i * h.chunk_bytes() < data.size(); ++i) {
-          v1::ImportStateRequest c;
-          c.mutable_chunk()->set_index(i);
-          std::string piece =
-              data.substr(size_t{i} * h.chunk_bytes(), h.chunk_bytes());
-          c.mutable_chunk()->set_data(piece);
-          c.mutable_chunk()->set_crc32c(Crc32c(0, piece.data(), piece.size()));
-          if (!writer->Write(c)) break;
-        }
-        writer->WritesDone();
-        return FromGrpcStatus(writer->Finish());
+        v1::ImportHeader first;
+        first.set_request_id("import-" + id);
+        first.set_session_id(id);
+        first.set_mode(v1::IMPORT_MODE_CREATE);
+        *first.mutable_state() = h;
+        if (edit) edit(&first);
+        return Import(first, data);
       };
   ASSERT_TRUE(import("imported", header, blob).ok());
   EXPECT_EQ(Export("imported"), blob);
@@ -638,6 +648,155 @@ TEST_F(WorkerE2eTest, AnotherTenantsSessionIsNotFound) {
   // A malformed tenant is UNAUTHENTICATED.
   EXPECT_EQ(Get("mine", "Not A Tenant").status().code(),
             absl::StatusCode::kUnauthenticated);
+}
+
+// Every call that names a session finds another tenant's NOT_FOUND: none
+// reads, changes, forks, replaces or deletes it, and the same id is free
+// in the caller's own tenant.
+TEST_F(WorkerE2eTest, NoCallReachesAnotherTenantsSession) {
+  Create("held", "alice");
+  ASSERT_TRUE(
+      Append({Text("held", 0, "secret", true, true)}, "alice").status.ok());
+  ASSERT_TRUE(Append({Text("held", 6, "!", true, true)}, "alice").status.ok());
+  v1::StateHeader header;
+  const std::string blob = Export("held", nullptr, &header, "alice");
+  auto not_found = [](const grpc::Status& st) {
+    const absl::Status s = FromGrpcStatus(st);
+    EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+    EXPECT_EQ(GetReason(s), Reason::kSessionNotFound) << s;
+  };
+  v1::Session out;
+  {
+    v1::UpdateSessionRequest u;
+    u.set_request_id("bob-update");
+    u.set_session_id("held");
+    (*u.mutable_labels())["owner"] = "bob";
+    u.mutable_update_mask()->add_paths("labels");
+    not_found(sessions_->UpdateSession(Ctx("bob").get(), u, &out));
+  }
+  {
+    v1::ListVersionsRequest l;
+    l.set_session_id("held");
+    v1::ListVersionsResponse r;
+    not_found(sessions_->ListVersions(Ctx("bob").get(), l, &r));
+  }
+  {
+    v1::RollbackSessionRequest r;
+    r.set_request_id("bob-rollback");
+    r.set_session_id("held");
+    r.set_version(1);
+    not_found(sessions_->RollbackSession(Ctx("bob").get(), r, &out));
+  }
+  {
+    v1::ScoreRequest r;
+    r.set_session_id("held");
+    r.set_text_utf8("x");
+    v1::ScoreResponse resp;
+    not_found(streams_->Score(Ctx("bob").get(), r, &resp));
+  }
+  {
+    v1::CreateSessionRequest fork;
+    fork.set_request_id("bob-fork");
+    fork.set_session_id("bobs-copy");
+    fork.mutable_fork_from()->set_session_id("held");
+    not_found(sessions_->CreateSession(Ctx("bob").get(), fork, &out));
+  }
+  {
+    v1::ImportHeader h;
+    h.set_request_id("bob-import");
+    h.set_session_id("held");
+    h.set_mode(v1::IMPORT_MODE_NEW_VERSION);
+    *h.mutable_state() = header;
+    const absl::Status st = Import(h, blob, "bob");
+    EXPECT_EQ(GetReason(st), Reason::kSessionNotFound) << st;
+  }
+  {
+    v1::DeleteSessionRequest d;
+    d.set_request_id("bob-delete");
+    d.set_session_id("held");
+    v1::DeleteSessionResponse r;
+    not_found(sessions_->DeleteSession(Ctx("bob").get(), d, &r));
+    d.set_request_id("bob-delete-missing");
+    d.set_allow_missing(true);
+    EXPECT_TRUE(sessions_->DeleteSession(Ctx("bob").get(), d, &r).ok());
+  }
+  {
+    v1::ListSessionsRequest l;
+    v1::ListSessionsResponse r;
+    ASSERT_TRUE(sessions_->ListSessions(Ctx("bob").get(), l, &r).ok());
+    for (const v1::Session& s : r.sessions()) EXPECT_NE(s.session_id(), "held");
+  }
+  // Alice's session is as she left it.
+  auto mine = Get("held", "alice");
+  ASSERT_TRUE(mine.ok()) << mine.status();
+  EXPECT_EQ(mine->version(), 3u);
+  EXPECT_EQ(mine->input_offset(), 7u);
+  EXPECT_TRUE(mine->labels().empty());
+  EXPECT_EQ(Export("held", nullptr, nullptr, "alice"), blob);
+  // The id is bob's to use in his tenant, apart from alice's.
+  v1::Session bobs = Create("held", "bob");
+  EXPECT_EQ(bobs.input_offset(), 0u);
+  EXPECT_EQ(Get("held", "alice")->input_offset(), 7u);
+}
+
+// Compare-and-set and kept versions: a Rollback or a NEW_VERSION Import
+// whose expected_version is not the head is FAILED_PRECONDITION with the
+// head's number and changes nothing; a version not kept (never made, or
+// expired past the newest 8) is NOT_FOUND, both VERSION_MISMATCH.
+TEST_F(WorkerE2eTest, RollbackAndImportCheckTheHeadAndKeptVersions) {
+  Create("cas");
+  uint64_t offset = 0;
+  for (int i = 0; i < 10; ++i) {  // versions 2..11: 1-3 expire
+    ASSERT_TRUE(
+        Append({Text("cas", offset, absl::StrCat(i), true, true)}).status.ok());
+    offset += 1;
+  }
+  auto rollback = [&](const std::string& request_id, uint64_t version,
+                      std::optional<uint64_t> expected) {
+    v1::RollbackSessionRequest r;
+    r.set_request_id(request_id);
+    r.set_session_id("cas");
+    r.set_version(version);
+    if (expected) r.set_expected_version(*expected);
+    v1::Session out;
+    grpc::Status st = sessions_->RollbackSession(Ctx().get(), r, &out);
+    if (!st.ok()) return absl::StatusOr<v1::Session>(FromGrpcStatus(st));
+    return absl::StatusOr<v1::Session>(out);
+  };
+  auto stale = rollback("stale", 8, 10);
+  EXPECT_EQ(stale.status().code(), absl::StatusCode::kFailedPrecondition)
+      << stale.status();
+  EXPECT_EQ(GetReason(stale.status()), Reason::kVersionMismatch);
+  EXPECT_EQ(GetErrorMetadata(stale.status(), "head_version"), "11");
+  for (uint64_t gone : {uint64_t{2}, uint64_t{12}}) {
+    auto missing = rollback(absl::StrCat("missing-", gone), gone, 11);
+    EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound)
+        << missing.status();
+    EXPECT_EQ(GetReason(missing.status()), Reason::kVersionMismatch);
+    EXPECT_EQ(GetErrorMetadata(missing.status(), "head_version"), "11");
+  }
+  ASSERT_EQ(Get("cas")->version(), 11u);
+  auto done = rollback("exact", 8, 11);  // v8 holds 7 bytes of input
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->version(), 12u);
+  EXPECT_EQ(done->input_offset(), 7u);
+
+  v1::StateHeader header;
+  const std::string blob = Export("cas", nullptr, &header);
+  v1::ImportHeader h;
+  h.set_request_id("import-stale");
+  h.set_session_id("cas");
+  h.set_mode(v1::IMPORT_MODE_NEW_VERSION);
+  *h.mutable_state() = header;
+  h.set_expected_version(11);
+  const absl::Status refused = Import(h, blob);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_EQ(GetReason(refused), Reason::kVersionMismatch);
+  EXPECT_EQ(GetErrorMetadata(refused, "head_version"), "12");
+  h.set_request_id("import-exact");
+  h.set_expected_version(12);
+  ASSERT_TRUE(Import(h, blob).ok());
+  EXPECT_EQ(Get("cas")->version(), 13u);
 }
 
 }  // namespace
