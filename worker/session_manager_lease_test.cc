@@ -62,7 +62,7 @@ class SessionManagerLeaseTest : public SessionManagerTest {
 // worker takes the session without waiting out a revived lease.
 TEST_F(SessionManagerLeaseTest, ARenewalRacingAnEvictionDoesNotReviveTheLease) {
   held_ = std::make_unique<HeldRenewalStore>(store_.get(), "a",
-                                             absl::Milliseconds(500));
+                                             absl::Seconds(2));
   SessionManagerOptions o;
   o.owner = "test-worker";
   o.residency_bytes = 1;  // the next session's load evicts the idle one
