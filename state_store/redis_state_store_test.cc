@@ -231,11 +231,14 @@ TEST(RedisStateStoreTest, DurabilityIsReportedHonestly) {
   bo.durability_timeout = absl::Seconds(2);
   auto bare_store = NewRedisStateStore(bo);
   ASSERT_TRUE(bare_store.ok()) << bare_store.status();
-  for (int i = 0; i < 100; ++i) {  // until the replica is in sync
+  bool online = false;
+  for (int i = 0; i < 200 && !online; ++i) {  // until the replica is in sync
     auto info = (*bare)->Command({"INFO", "replication"});
-    if (info.ok() && absl::StrContains(*info, "state=online")) break;
-    absl::SleepFor(absl::Milliseconds(50));
+    online = info.ok() && absl::StrContains(*info, "state=online");
+    if (!online) absl::SleepFor(absl::Milliseconds(50));
   }
+  ASSERT_TRUE(online) << "the replica never synced: the check below would "
+                         "pass for the wrong reason";
   auto replicated =
       (*bare_store)->CreateSession(NewSession("r", Durability::kReplicated));
   EXPECT_EQ(DurabilityReachedOf(replicated.status()), Durability::kMemory)

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <regex>
 #include <string>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/descriptor.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -334,7 +336,7 @@ TEST(ServeTest, DrainsCallsInFlightForTheGracePeriod) {
 
 TEST(ServeTest, AcceptsMessagesUpToTheConfiguredLimit) {
   RunningServer server =
-      StartServer("serve", {"--max-receive-message-bytes=8388608"});
+      StartServer("serve", {"--max-receive-message-bytes=12582912"});
   ASSERT_NE(server.process, nullptr);
   auto stub = v1::Sessions::NewStub(Connect(server.address));
   auto call = [&](size_t bytes) {
@@ -344,10 +346,10 @@ TEST(ServeTest, AcceptsMessagesUpToTheConfiguredLimit) {
     auto context = Context();
     return stub->GetSession(context.get(), request, &session).error_code();
   };
-  // Over gRPC's 4 MiB default, under the 8 MiB limit: reaches the service
-  // (which rejects the over-long session id).
-  EXPECT_EQ(call(6 << 20), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_EQ(call(9 << 20), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  // Over the flag's 8 MiB default, under the 12 MiB asked for: reaches the
+  // service (which rejects the over-long session id).
+  EXPECT_EQ(call(10 << 20), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(call(13 << 20), grpc::StatusCode::RESOURCE_EXHAUSTED);
 }
 
 TEST(ServeTest, ATakenPortFailsWithExitOne) {
@@ -362,10 +364,17 @@ TEST(ServeTest, ATakenPortFailsWithExitOne) {
 }
 
 TEST(ServeTest, CreatesTheDataDir) {
-  std::string dir = ::testing::TempDir() + "/statestream_data/nested";
-  RunningServer server = StartServer("serve", {"--data-dir=" + dir});
-  ASSERT_NE(server.process, nullptr);
-  EXPECT_EQ(access(dir.c_str(), W_OK), 0);
+  const std::string top =
+      absl::StrCat(::testing::TempDir(), "/statestream_data_", getpid());
+  std::filesystem::remove_all(top);
+  const std::string dir = top + "/nested";
+  ASSERT_NE(access(dir.c_str(), F_OK), 0);
+  {
+    RunningServer server = StartServer("serve", {"--data-dir=" + dir});
+    ASSERT_NE(server.process, nullptr);
+    EXPECT_EQ(access(dir.c_str(), W_OK), 0);
+  }
+  std::filesystem::remove_all(top);
 }
 
 }  // namespace

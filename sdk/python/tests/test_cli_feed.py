@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """`statestream feed` resumes after the server is killed (SIGKILL) and
 restarted mid-stream: nothing lost, nothing applied twice."""
+import json
 import os
 import subprocess
 import time
@@ -30,8 +31,9 @@ def test_feed_resumes_after_kill9(server, client):
             feed.kill()
             feed.wait()
     assert feed.returncode == 0, err
-    assert b'"bytes":%d' % len(data) in out
-    assert b'"reconnects":0' not in out  # it did resume
+    summary = json.loads(out.decode().strip().splitlines()[-1])
+    assert summary["bytes"] == len(data)
+    assert summary["reconnects"] >= 1  # it did resume
     client.session("ref").append(data)
     a, b = client.session("fed").get(), client.session("ref").get()
     assert (a.input_offset, a.position) == (b.input_offset, b.position)
