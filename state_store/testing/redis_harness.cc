@@ -15,6 +15,7 @@
 #include <filesystem>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -124,7 +125,17 @@ absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start(
   } else {
     s->dir_ = s->options_.dir;
   }
-  if (absl::Status st = s->Spawn(); !st.ok()) return st;
+  absl::Status st = s->Spawn();
+  // A port picked here can be taken before redis-server binds it (by a
+  // test running in parallel): pick another.
+  for (int retry = 0;
+       retry < 5 && !st.ok() && s->options_.port == 0 && absl::IsInternal(st);
+       ++retry) {
+    s->port_ = FreePort();
+    if (s->port_ == 0) return absl::UnavailableError("no free port");
+    st = s->Spawn();
+  }
+  if (!st.ok()) return st;
   return s;
 }
 
@@ -187,8 +198,13 @@ absl::Status RedisServer::Spawn() {
       return absl::InternalError(
           absl::StrCat("redis-server exited; see ", dir_, "/redis.log"));
     }
-    auto pong = Command({"PING"});
-    if (pong.ok() && *pong == "PONG") return absl::OkStatus();
+    // Ours, not another test's server that took the port first (ours
+    // then exits, failing to bind, and the loop above notices).
+    auto info = Command({"INFO", "server"});
+    if (info.ok() &&
+        absl::StrContains(*info, absl::StrCat("process_id:", pid_, "\r\n"))) {
+      return absl::OkStatus();
+    }
     absl::SleepFor(absl::Milliseconds(20));
   }
   return absl::DeadlineExceededError("redis-server did not answer PING");
