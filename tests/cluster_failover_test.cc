@@ -8,6 +8,7 @@
 // happen at protocol points (after given acks or chunks).
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
+#include <httplib.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -20,7 +21,10 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
@@ -86,10 +90,32 @@ class ClusterFailoverTest : public ::testing::Test {
          "--redis=" + redis_->address(),
          "--model=" + *dir_ + "/tiny.safetensors", "--worker-id=" + id,
          "--heartbeat-interval=300ms", "--checkpoint-tokens=300",
-         "--shutdown-grace=1s"},
+         "--shutdown-grace=1s", "--metrics-listen=127.0.0.1:0"},
         absl::StrCat(*dir_, "/", id, ".log"), kStartTimeout);
     ASSERT_TRUE(w.ok()) << w.status();
     workers_->push_back(*std::move(w));
+  }
+
+  // The worker's statestream_fenced_commits_total, or -1.
+  static double FencedCommits(const e2e::ClusterProcess& w) {
+    const std::string& address = w.metrics_address();
+    const size_t colon = address.rfind(':');
+    int port = 0;
+    if (colon == std::string::npos ||
+        !absl::SimpleAtoi(address.substr(colon + 1), &port)) {
+      return -1;
+    }
+    httplib::Client client(address.substr(0, colon), port);
+    auto res = client.Get("/metrics");
+    if (!res || res->status != 200) return -1;
+    constexpr absl::string_view kName = "statestream_fenced_commits_total ";
+    for (absl::string_view line : absl::StrSplit(res->body, '\n')) {
+      double v = 0;
+      if (absl::ConsumePrefix(&line, kName) && absl::SimpleAtod(line, &v)) {
+        return v;
+      }
+    }
+    return -1;
   }
 
   // The live worker holding the session's lease (nullptr if none).
@@ -358,10 +384,12 @@ TEST_F(ClusterFailoverTest, PausedOwnerIsFencedOut) {
   auto stream = streams_[0]->Append(ctx.get());
   uint64_t offset = 0;
   e2e::ClusterProcess* paused = nullptr;
+  double fenced_before = -1;
   for (size_t i = 0; i < chunks.size(); ++i) {
     if (i == 20) {
       paused = Owner("pause-victim");
       ASSERT_NE(paused, nullptr);
+      fenced_before = FencedCommits(*paused);
       paused->Signal(SIGSTOP);  // the gateway's stall timeout moves it
     }
     ASSERT_TRUE(stream->Write(Text("pause-victim", offset, chunks[i])));
@@ -376,6 +404,16 @@ TEST_F(ClusterFailoverTest, PausedOwnerIsFencedOut) {
   stream->WritesDone();
   ASSERT_TRUE(stream->Finish().ok());
   EXPECT_GE(std::atoi(Trailer(*ctx, "x-statestream-attempts").c_str()), 2);
+  // Compare only once the resumed owner met the fence (its idle commit or
+  // its lease renewal, within seconds): before, a late commit that got
+  // through could still land after the comparison.
+  ASSERT_GE(fenced_before, 0);
+  double fenced = fenced_before;
+  for (int i = 0; i < 600 && fenced <= fenced_before; ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+    fenced = FencedCommits(*paused);
+  }
+  EXPECT_GT(fenced, fenced_before) << "the paused owner never met the fence";
   auto ref = Get("pause-ref");
   auto victim = Get("pause-victim");
   ASSERT_TRUE(ref.ok() && victim.ok());
