@@ -180,6 +180,7 @@ class WorkerE2eTest : public ::testing::Test {
     int dones = 0;
     // start_input_offset of the chunks that carry one, by chunk index.
     std::vector<std::pair<uint32_t, uint64_t>> starts;
+    std::vector<v1::TokenLogprob> logprobs;  // with logprobs asked for
     absl::Status status;
   };
   GenResult Generate(const v1::GenerateRequest& req,
@@ -196,6 +197,8 @@ class WorkerE2eTest : public ::testing::Test {
                                   msg.chunk().start_input_offset());
         }
         for (uint32_t t : msg.chunk().tokens()) out.tokens.push_back(t);
+        for (const auto& lp : msg.chunk().logprobs())
+          out.logprobs.push_back(lp);
         out.text += msg.chunk().text_utf8();
       } else {
         out.done = msg.done();
@@ -389,8 +392,11 @@ TEST_F(WorkerE2eTest, ScoreMatchesGreedyGeneration) {
   ASSERT_TRUE(Append({Text("score", 0, "abc", true, true)}).status.ok());
   v1::GenerateRequest g = GenRequest("score", "greedy", 8, false);
   g.mutable_sampling()->set_temperature(0);
+  g.set_logprobs(true);
+  g.set_top_logprobs(2);
   GenResult greedy = Generate(g);
   ASSERT_TRUE(greedy.status.ok()) << greedy.status;
+  ASSERT_EQ(greedy.logprobs.size(), greedy.tokens.size());
   v1::ScoreRequest req;
   req.set_session_id("score");
   for (uint32_t t : greedy.tokens) req.mutable_tokens()->add_ids(t);
@@ -400,6 +406,17 @@ TEST_F(WorkerE2eTest, ScoreMatchesGreedyGeneration) {
   ASSERT_TRUE(st.ok()) << st.error_message();
   ASSERT_EQ(resp.tokens_size(), 8);
   EXPECT_TRUE(resp.all_greedy());
+  // The generation's logprobs are the scores, bit for bit; greedy, each
+  // token is its position's most likely.
+  for (int i = 0; i < 8; ++i) {
+    const v1::TokenLogprob& lp = greedy.logprobs[i];
+    EXPECT_EQ(lp.token(), greedy.tokens[i]) << i;
+    EXPECT_EQ(lp.logprob(), resp.tokens(i).logprob()) << i;
+    ASSERT_EQ(lp.top_size(), 2) << i;
+    EXPECT_EQ(lp.top(0).token(), greedy.tokens[i]) << i;
+    EXPECT_EQ(lp.top(0).logprob(), lp.logprob()) << i;
+    EXPECT_LE(lp.top(1).logprob(), lp.top(0).logprob()) << i;
+  }
   EXPECT_LT(resp.sum_logprob(), 0);
   EXPECT_EQ(resp.position(), 3u);
   // Scoring from version 1 (nothing consumed) is a precondition failure.
@@ -797,6 +814,70 @@ TEST_F(WorkerE2eTest, RollbackAndImportCheckTheHeadAndKeptVersions) {
   h.set_expected_version(12);
   ASSERT_TRUE(Import(h, blob).ok());
   EXPECT_EQ(Get("cas")->version(), 13u);
+}
+
+// Stop strings, logit bias and top_k reach the sampler through the API: a
+// stop string spanning tokens ends the output at the token completing it
+// (and a committing run commits exactly that output), a bias of -1e9 bans
+// a token, top_k = 1 is greedy at any temperature.
+TEST_F(WorkerE2eTest, StopStringsAndSamplingControlsReachTheSampler) {
+  Create("ctl");
+  ASSERT_TRUE(
+      Append({Text("ctl", 0, "the story so far", true, true)}).status.ok());
+  // Output in printable ASCII (the demo model is byte-level): a stop
+  // string is a proto string, valid UTF-8.
+  auto request = [](const std::string& id) {
+    v1::GenerateRequest g = GenRequest("ctl", id, 16, false);
+    g.mutable_sampling()->set_temperature(0);
+    auto& bias = *g.mutable_sampling()->mutable_logit_bias();
+    for (uint32_t t = 0; t < 256; ++t) {
+      if (t < 0x20 || t > 0x7e) bias[t] = -1e9f;
+    }
+    return g;
+  };
+  const GenResult whole = Generate(request("whole"));
+  ASSERT_TRUE(whole.status.ok()) << whole.status;
+  ASSERT_EQ(whole.tokens.size(), 16u);
+  EXPECT_EQ(whole.done.finish_reason(), v1::FINISH_REASON_MAX_TOKENS);
+  const std::string stop = whole.text.substr(5, 3);  // tokens 6-8
+  const size_t end = whole.text.find(stop) + stop.size();
+  for (bool commit : {false, true}) {
+    SCOPED_TRACE(commit ? "committing" : "side branch");
+    v1::GenerateRequest g = request(commit ? "stop-commit" : "stop");
+    g.set_commit(commit);
+    g.add_stop_strings("never in it \x01\x02");
+    g.add_stop_strings(stop);
+    const GenResult stopped = Generate(g);
+    ASSERT_TRUE(stopped.status.ok()) << stopped.status;
+    EXPECT_EQ(stopped.done.finish_reason(), v1::FINISH_REASON_STOP_STRING);
+    EXPECT_EQ(stopped.done.stop_string(), stop);
+    EXPECT_EQ(stopped.tokens,
+              std::vector<uint32_t>(whole.tokens.begin(),
+                                    whole.tokens.begin() + end));
+    EXPECT_EQ(stopped.text, whole.text.substr(0, end));
+    if (commit) {
+      EXPECT_TRUE(stopped.done.committed());
+      EXPECT_EQ(stopped.done.input_offset(), 16u + end);
+      EXPECT_EQ(Get("ctl")->input_offset(), 16u + end);
+    }
+  }
+  // From here on the session holds the committed output too.
+  const GenResult base = Generate(request("base"));
+  ASSERT_TRUE(base.status.ok()) << base.status;
+  v1::GenerateRequest banned = request("banned");
+  (*banned.mutable_sampling()->mutable_logit_bias())[base.tokens[0]] = -1e9f;
+  const GenResult other = Generate(banned);
+  ASSERT_TRUE(other.status.ok()) << other.status;
+  ASSERT_FALSE(other.tokens.empty());
+  EXPECT_NE(other.tokens[0], base.tokens[0]);
+  for (uint32_t t : other.tokens) EXPECT_NE(t, base.tokens[0]);
+  v1::GenerateRequest top1 = request("top-k-1");
+  top1.mutable_sampling()->set_temperature(1.5f);
+  top1.mutable_sampling()->set_top_k(1);
+  top1.mutable_sampling()->set_seed(77);
+  const GenResult greedy = Generate(top1);
+  ASSERT_TRUE(greedy.status.ok()) << greedy.status;
+  EXPECT_EQ(greedy.tokens, base.tokens);
 }
 
 }  // namespace
