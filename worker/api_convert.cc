@@ -212,16 +212,27 @@ void VersionToProto(const VersionInfo& info, uint64_t parent_version,
 
 absl::Status CheckLabels(
     const google::protobuf::Map<std::string, std::string>& labels) {
-  if (labels.size() > 64) return BadField("labels", "at most 64 labels");
+  // Over a size limit: MESSAGE_TOO_LARGE with the limit (the proto's
+  // LIMITS); otherwise malformed: INVALID_ARGUMENT.
+  auto too_large = [](size_t limit, const char* what) {
+    return MakeError(absl::StatusCode::kInvalidArgument,
+                     Reason::kMessageTooLarge, what,
+                     {{"field", "labels"}, {"limit", absl::StrCat(limit)}});
+  };
+  if (labels.size() > 64) return too_large(64, "at most 64 labels");
   for (const auto& [k, v] : labels) {
-    bool ok = !k.empty() && k.size() <= 63;
+    if (k.size() > 63) return too_large(63, "label keys are at most 63 bytes");
+    bool ok = !k.empty();
     for (char c : k) {
       ok = ok && (absl::ascii_isalnum(c) || c == '.' || c == '_' || c == '/' ||
                   c == '-');
     }
     if (!ok)
       return BadField("labels", "keys are 1-63 bytes of [A-Za-z0-9._/-]");
-    if (v.size() > 255 || !engine::IsValidUtf8(v)) {
+    if (v.size() > 255) {
+      return too_large(255, "label values are at most 255 bytes");
+    }
+    if (!engine::IsValidUtf8(v)) {
       return BadField("labels", "values are at most 255 bytes of UTF-8");
     }
   }

@@ -15,6 +15,17 @@
 #include "worker/session_manager_internal.h"
 
 namespace statestream::worker {
+namespace {
+
+// What a queued Rollback or Import found when its turn came: a retry of a
+// request already committed (its session and version), answered as one.
+struct RetryCheck {
+  bool retried = false;
+  std::string seen_id;
+  uint64_t committed = 0;
+};
+
+}  // namespace
 
 absl::StatusOr<SessionView> SessionManager::Impl::CreateOnce(
     CreateSessionRequest r, bool derived, const std::string& request_id,
@@ -362,7 +373,22 @@ absl::StatusOr<SessionView> SessionManager::Rollback(
     const std::string& tenant, const std::string& session_id, uint64_t version,
     std::optional<uint64_t> expected, std::optional<Durability> durability,
     const std::string& request_id) {
-  Impl& m = *impl_;
+  absl::StatusOr<SessionView> out;
+  absl::Notification done;
+  RollbackAsync(tenant, session_id, version, expected, durability, request_id,
+                [&](absl::StatusOr<SessionView> v) {
+                  out = std::move(v);
+                  done.Notify();
+                });
+  done.WaitForNotification();
+  return out;
+}
+
+void SessionManager::RollbackAsync(
+    const std::string& tenant, const std::string& session_id, uint64_t version,
+    std::optional<uint64_t> expected, std::optional<Durability> durability,
+    const std::string& request_id, ViewDone done) {
+  Impl* const m = impl_.get();
   // A retry of a rollback that was committed (even one that failed below
   // the durability asked for) returns the session instead of rolling back
   // again, which would discard input applied since.
@@ -370,20 +396,29 @@ absl::StatusOr<SessionView> SessionManager::Rollback(
       kFnvBasis, absl::StrCat("rollback:", session_id, "@", version, "?",
                               expected ? absl::StrCat(*expected) : "-", "d",
                               durability ? static_cast<int>(*durability) : -1));
-  uint64_t committed = 0;
-  SS_ASSIGN_OR_RETURN(bool seen,
-                      m.Seen(tenant, request_id, digest, nullptr, &committed));
-  if (seen) return Retried(tenant, session_id, committed, m.Dur(durability));
-  SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
-                      m.Resident({tenant, session_id}));
-  bool retried = false;
-  auto out = m.RunSync<absl::StatusOr<SessionView>>(
-      s, [&]() -> absl::StatusOr<SessionView> {
-        SS_RETURN_IF_ERROR(m.GoneError(s.get()));
+  auto turn = std::make_shared<RetryCheck>();
+  absl::StatusOr<bool> seen =
+      m->Seen(tenant, request_id, digest, nullptr, &turn->committed);
+  if (!seen.ok()) return done(seen.status());
+  if (*seen) {
+    return done(
+        Retried(tenant, session_id, turn->committed, m->Dur(durability)));
+  }
+  absl::StatusOr<std::shared_ptr<Session>> resident =
+      m->Resident({tenant, session_id});
+  if (!resident.ok()) return done(resident.status());
+  std::shared_ptr<Session> s = *std::move(resident);
+  // Queued on the session's strand, holding no thread while it waits (a
+  // committing generation holds the strand for its whole run).
+  m->RunAsync<absl::StatusOr<SessionView>>(
+      s,
+      [m, s, tenant, session_id, version, expected, durability, request_id,
+       digest, turn]() -> absl::StatusOr<SessionView> {
+        SS_RETURN_IF_ERROR(m->GoneError(s.get()));
         // Again in turn: the original may have run while this waited.
-        SS_ASSIGN_OR_RETURN(
-            retried, m.Seen(tenant, request_id, digest, nullptr, &committed));
-        if (retried) return SessionView{};
+        SS_ASSIGN_OR_RETURN(turn->retried, m->Seen(tenant, request_id, digest,
+                                                   nullptr, &turn->committed));
+        if (turn->retried) return SessionView{};
         const uint64_t head = s->head.head.version;
         if (expected && *expected != head) {
           return MakeError(absl::StatusCode::kFailedPrecondition,
@@ -391,38 +426,42 @@ absl::StatusOr<SessionView> SessionManager::Rollback(
                            absl::StrCat("the head is version ", head),
                            {{"head_version", absl::StrCat(head)}});
         }
-        auto res = m.store_->Rollback(s->key, head, s->fence, version,
-                                      m.Dur(durability), request_id);
+        auto res = m->store_->Rollback(s->key, head, s->fence, version,
+                                       m->Dur(durability), request_id);
         if (!res.ok()) {
           if (GetReason(res.status()) == Reason::kFenced) {
-            m.Drop(s.get(), Session::Gone::kFenced);
+            m->Drop(s.get(), Session::Gone::kFenced);
           } else {
-            m.FollowStoreHead(s.get());
+            m->FollowStoreHead(s.get());
             // Only a rollback the store wrote (below the durability asked
             // for) is this one; a head that moved otherwise is not.
             if (WrittenBelowDurability(res.status())) {
-              m.Remember(tenant, request_id, session_id, digest,
-                         WrittenVersionOf(res.status()));
+              m->Remember(tenant, request_id, session_id, digest,
+                          WrittenVersionOf(res.status()));
             }
           }
           return res.status();
         }
-        m.Remember(tenant, request_id, session_id, digest,
-                   res->version.version);
-        auto v = m.store_->LoadVersion(s->key, res->version.version);
+        m->Remember(tenant, request_id, session_id, digest,
+                    res->version.version);
+        auto v = m->store_->LoadVersion(s->key, res->version.version);
         absl::Status loaded =
-            v.ok() ? m.LoadInto(s.get(), *v, &res->session) : v.status();
+            v.ok() ? m->LoadInto(s.get(), *v, &res->session) : v.status();
         if (!loaded.ok()) {
-          m.FollowStoreHead(s.get());
+          m->FollowStoreHead(s.get());
           return loaded;
         }
         absl::MutexLock lock(&s->mu);
         return s->view;
+      },
+      [this, m, tenant, session_id, durability, turn,
+       done = std::move(done)](absl::StatusOr<SessionView> out) {
+        if (out.ok() && turn->retried) {
+          out =
+              Retried(tenant, session_id, turn->committed, m->Dur(durability));
+        }
+        done(std::move(out));
       });
-  if (out.ok() && retried) {
-    return Retried(tenant, session_id, committed, m.Dur(durability));
-  }
-  return out;
 }
 
 absl::StatusOr<ExportedState> SessionManager::Export(
@@ -443,6 +482,33 @@ absl::StatusOr<ExportedState> SessionManager::Export(
 absl::StatusOr<SessionView> SessionManager::Import(
     const std::string& tenant, const std::string& blob, bool new_version,
     const CreateParams& params, std::optional<uint64_t> expected) {
+  absl::StatusOr<SessionView> out;
+  absl::Notification done;
+  ImportAsync(tenant, blob, new_version, params, expected,
+              [&](absl::StatusOr<SessionView> v) {
+                out = std::move(v);
+                done.Notify();
+              });
+  done.WaitForNotification();
+  return out;
+}
+
+void SessionManager::ImportAsync(const std::string& tenant,
+                                 const std::string& blob, bool new_version,
+                                 const CreateParams& params,
+                                 std::optional<uint64_t> expected,
+                                 ViewDone done) {
+  // Answered here, unless queued behind the session's strand (then `done`
+  // moved into the operation).
+  absl::StatusOr<SessionView> now =
+      ImportOrQueue(tenant, blob, new_version, params, expected, &done);
+  if (done != nullptr) done(std::move(now));
+}
+
+absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
+    const std::string& tenant, const std::string& blob, bool new_version,
+    const CreateParams& params, std::optional<uint64_t> expected,
+    ViewDone* done) {
   Impl& m = *impl_;
   SS_RETURN_IF_ERROR(m.Admitting());
   SS_ASSIGN_OR_RETURN(StateSnapshot snap, DecodeState(blob));
@@ -511,14 +577,21 @@ absl::StatusOr<SessionView> SessionManager::Import(
   }
   SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
                       m.Resident({tenant, params.session_id}));
-  bool retried = false;
-  auto out = m.RunSync<absl::StatusOr<SessionView>>(
-      s, [&]() -> absl::StatusOr<SessionView> {
+  auto turn = std::make_shared<RetryCheck>();
+  Impl* const mp = &m;
+  // Queued on the session's strand, holding no thread while it waits (a
+  // committing generation holds the strand for its whole run).
+  m.RunAsync<absl::StatusOr<SessionView>>(
+      s,
+      [mp, s, tenant, params, expected, digest, turn,
+       snap = std::move(snap)]() mutable -> absl::StatusOr<SessionView> {
+        Impl& m = *mp;
         SS_RETURN_IF_ERROR(m.GoneError(s.get()));
         // Again in turn: the original may have run while this waited.
-        SS_ASSIGN_OR_RETURN(retried, m.Seen(tenant, params.request_id, digest,
-                                            &seen_id, &committed));
-        if (retried) return SessionView{};
+        SS_ASSIGN_OR_RETURN(turn->retried,
+                            m.Seen(tenant, params.request_id, digest,
+                                   &turn->seen_id, &turn->committed));
+        if (turn->retried) return SessionView{};
         const uint64_t head = s->head.head.version;
         if (expected && *expected != head) {
           return MakeError(absl::StatusCode::kFailedPrecondition,
@@ -555,11 +628,17 @@ absl::StatusOr<SessionView> SessionManager::Import(
         SS_RETURN_IF_ERROR(m.LoadInto(s.get(), v, &res->session));
         absl::MutexLock lock(&s->mu);
         return s->view;
+      },
+      [this, mp, tenant, durability = params.durability, turn,
+       done = std::move(*done)](absl::StatusOr<SessionView> out) {
+        if (out.ok() && turn->retried) {
+          out = Retried(tenant, turn->seen_id, turn->committed,
+                        mp->Dur(durability));
+        }
+        done(std::move(out));
       });
-  if (out.ok() && retried) {
-    return Retried(tenant, seen_id, committed, m.Dur(params.durability));
-  }
-  return out;
+  *done = nullptr;  // moved into the queued operation
+  return SessionView{};
 }
 
 void SessionManager::Drain() { impl_->Drain(); }

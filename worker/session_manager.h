@@ -292,6 +292,20 @@ class SessionManager {
                                      const CreateParams& params,
                                      std::optional<uint64_t> expected);
 
+  // Rollback and Import without holding the caller's thread while the
+  // session is busy (a committing generation holds it for its whole run):
+  // `done` runs once with the outcome, on the caller's thread or, once the
+  // session's turn came, on the manager's pool. The service uses these, so
+  // calls queued behind busy sessions never occupy its threads.
+  using ViewDone = std::function<void(absl::StatusOr<SessionView>)>;
+  void RollbackAsync(const std::string& tenant, const std::string& session_id,
+                     uint64_t version, std::optional<uint64_t> expected,
+                     std::optional<Durability> durability,
+                     const std::string& request_id, ViewDone done);
+  void ImportAsync(const std::string& tenant, const std::string& blob,
+                   bool new_version, const CreateParams& params,
+                   std::optional<uint64_t> expected, ViewDone done);
+
   // --- Streams (asynchronous) ----------------------------------------------
   // A writer call. Opening one supersedes the session's previous writer:
   // `superseded` of the old one runs once, with the status its call should
@@ -362,6 +376,15 @@ class SessionManager {
   absl::StatusOr<SessionView> Retried(const std::string& tenant,
                                       const std::string& session_id,
                                       uint64_t version, Durability durability);
+  // ImportAsync's work up to the session's strand: its answer, or, for a
+  // new version queued on the strand, *done moved into the operation (and
+  // left null).
+  absl::StatusOr<SessionView> ImportOrQueue(const std::string& tenant,
+                                            const std::string& blob,
+                                            bool new_version,
+                                            const CreateParams& params,
+                                            std::optional<uint64_t> expected,
+                                            ViewDone* done);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -135,6 +135,69 @@ TEST_F(SessionManagerTest, ADeleteEndsARunningGeneration) {
             Reason::kSessionNotFound);
 }
 
+// A Rollback or Import behind a committing generation (which holds the
+// session for its whole run) waits for its turn without holding the
+// caller's thread: the service's few threads stay free for other sessions.
+// Each runs once the generation committed, on top of it.
+TEST_F(SessionManagerTest, RollbackAndImportWaitForTheirTurnHoldingNoThread) {
+  Create("s");
+  const std::string blob = Blob("s");  // nothing consumed: version 1
+  Create("g");
+  auto w = Open("g");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());  // version 2
+  ASSERT_TRUE(Close(w).ok());
+  GenerateInput in;
+  in.request_id = "held";
+  in.commit = true;
+  in.max_tokens = 4;
+  in.sampling.seed = 1;
+  in.has_seed = true;
+  absl::Notification first, release, generated;
+  absl::StatusOr<GenerateOutcome> outcome;
+  manager_->Generate(
+      "t", "g", in,
+      [&](const GeneratedPiece&) {
+        if (first.HasBeenNotified()) return;
+        first.Notify();
+        release.WaitForNotification();  // the generation holds the session
+      },
+      [&](absl::StatusOr<GenerateOutcome> o) {
+        outcome = std::move(o);
+        generated.Notify();
+      });
+  first.WaitForNotification();
+  absl::Notification rolled, imported;
+  absl::StatusOr<SessionView> rollback, import;
+  manager_->RollbackAsync("t", "g", 2, std::nullopt, std::nullopt, "roll",
+                          [&](absl::StatusOr<SessionView> v) {
+                            rollback = std::move(v);
+                            rolled.Notify();
+                          });
+  CreateParams p;
+  p.request_id = "import";
+  p.session_id = "g";
+  manager_->ImportAsync("t", blob, true, p, std::nullopt,
+                        [&](absl::StatusOr<SessionView> v) {
+                          import = std::move(v);
+                          imported.Notify();
+                        });
+  // Both returned with the generation still running: queued, not waiting.
+  EXPECT_FALSE(rolled.HasBeenNotified());
+  EXPECT_FALSE(imported.HasBeenNotified());
+  release.Notify();
+  generated.WaitForNotification();
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  EXPECT_EQ(outcome->version, 3u);
+  rolled.WaitForNotification();
+  imported.WaitForNotification();
+  ASSERT_TRUE(rollback.ok()) << rollback.status();
+  EXPECT_EQ(rollback->version, 4u);
+  EXPECT_EQ(rollback->input_offset, 6u);
+  ASSERT_TRUE(import.ok()) << import.status();
+  EXPECT_EQ(import->version, 5u);
+  EXPECT_EQ(import->input_offset, 0u);
+}
+
 // A periodic checkpoint of a committing generation is written but its
 // reply is lost (and the store unreadable right after): the generation goes
 // on, its final commit adopts that version, and the session ends exactly

@@ -312,6 +312,18 @@ class SessionManager::Impl {
   void RunOp(const std::shared_ptr<Session>& s, std::function<void()> op);
   void RunNext(const std::shared_ptr<Session>& s);
   void Release(const std::shared_ptr<Session>& s);
+  // Runs `fn` in the session's turn on the pool, then `done` with its
+  // result (after the strand is released: `done` may queue more).
+  template <typename T>
+  void RunAsync(const std::shared_ptr<Session>& s, std::function<T()> fn,
+                std::function<void(T)> done) {
+    RunOp(s, [this, s, fn = std::move(fn), done = std::move(done)] {
+      T out = fn();
+      Release(s);
+      done(std::move(out));
+    });
+  }
+
   // Runs `fn` in the strand and waits for it. Not from pool threads.
   template <typename T>
   T RunSync(const std::shared_ptr<Session>& s, std::function<T()> fn) {

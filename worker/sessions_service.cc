@@ -3,7 +3,8 @@
 // (ModelSet routes each call). Unary calls run on a small pool of this
 // service's own (they block on store I/O); ExportState and ImportState
 // stream state blobs in chunks of at most 1 MiB, and load or commit the
-// state on the same pool.
+// state on the same pool. Calls that wait for a busy session's turn
+// (RollbackSession, a new-version import) leave the pool while they wait.
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -334,9 +335,14 @@ class ImportReactor final
                                  m_->options().request_id_window);
         }
         if (st.ok()) {
-          auto v = m_->Import(tenant_, blob_, new_version, p, expected);
-          st = v.status();
-          if (v.ok()) SessionToProto(*v, out_);
+          // A new version waits for the session's turn holding no thread;
+          // the call ends from the manager's pool then.
+          m_->ImportAsync(tenant_, blob_, new_version, p, expected,
+                          [this](absl::StatusOr<SessionView> v) {
+                            if (v.ok()) SessionToProto(*v, out_);
+                            FinishAndRelease(v.status());
+                          });
+          return;
         }
       }
     }
@@ -538,22 +544,27 @@ class SessionsService final : public v1::Sessions::CallbackService {
   grpc::ServerUnaryReactor* RollbackSession(
       grpc::CallbackServerContext* ctx, const v1::RollbackSessionRequest* req,
       v1::Session* out) override {
-    return Offload(ctx, [this, ctx, req, out]() -> absl::Status {
-      SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx, *policy_));
-      absl::Status st = CheckRequestId(req->request_id());
+    return OffloadAsync(ctx, [this, ctx, req, out](Finisher finish) {
+      absl::StatusOr<std::string> tenant = TenantOf(*ctx, *policy_);
+      absl::Status st = tenant.status();
+      if (st.ok()) st = CheckRequestId(req->request_id());
       if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
       if (st.ok() && req->version() == 0)
         st = BadField("version", "required (>= 1)");
-      if (!st.ok()) return st;
-      SS_ASSIGN_OR_RETURN(std::optional<Durability> durability,
-                          DurabilityFromProto(req->durability()));
+      absl::StatusOr<std::optional<Durability>> durability =
+          DurabilityFromProto(req->durability());
+      if (st.ok()) st = durability.status();
+      if (!st.ok()) return finish(st);
       std::optional<uint64_t> expected;
       if (req->has_expected_version()) expected = req->expected_version();
-      auto v = models_->ForSession(tenant, req->session_id())
-                   .Rollback(tenant, req->session_id(), req->version(),
-                             expected, durability, req->request_id());
-      if (v.ok()) SessionToProto(*v, out);
-      return v.status();
+      // Waits for the session's turn holding no thread of this pool.
+      models_->ForSession(*tenant, req->session_id())
+          .RollbackAsync(*tenant, req->session_id(), req->version(), expected,
+                         *durability, req->request_id(),
+                         [out, finish](absl::StatusOr<SessionView> v) {
+                           if (v.ok()) SessionToProto(*v, out);
+                           finish(v.status());
+                         });
     });
   }
 
@@ -583,6 +594,24 @@ class SessionsService final : public v1::Sessions::CallbackService {
       // The managers share one WorkerMetrics (or none).
       CountError(models_->default_manager(), st);
       reactor->Finish(ToGrpcStatus(st));
+    });
+    return reactor;
+  }
+
+  // Offload for a call whose answer may come later, from another thread:
+  // `fn` runs on the pool and calls its Finisher exactly once.
+  using Finisher = std::function<void(const absl::Status&)>;
+  grpc::ServerUnaryReactor* OffloadAsync(grpc::CallbackServerContext* ctx,
+                                         std::function<void(Finisher)> fn) {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    Finisher finish = [this, reactor](const absl::Status& st) {
+      CountError(models_->default_manager(), st);
+      reactor->Finish(ToGrpcStatus(st));
+    };
+    pool_.Post([ctx, fn = std::move(fn), finish = std::move(finish)] {
+      if (ctx->IsCancelled())
+        return finish(absl::CancelledError("the call went away"));
+      fn(finish);
     });
     return reactor;
   }
