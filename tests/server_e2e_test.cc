@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
@@ -272,7 +273,13 @@ TEST(WorkerTest, WaitsForARedisThatIsNotUpYet) {
   argv.insert(argv.end(), flags.begin(), flags.end());
   auto worker = e2e::Subprocess::Start(argv);
   ASSERT_TRUE(worker.ok()) << worker.status();
-  absl::SleepFor(absl::Seconds(1));
+  // Until the worker has met the dead Redis (and said it retries).
+  for (int i = 0;
+       i < 600 && !absl::StrContains((*worker)->stderr_text(), "retrying");
+       ++i) {
+    (*worker)->Wait(absl::Milliseconds(100)).IgnoreError();  // reads stderr
+  }
+  ASSERT_THAT((*worker)->stderr_text(), HasSubstr("retrying"));
   // On this thread: the harness's Redis dies with the thread that started
   // it (PR_SET_PDEATHSIG).
   ASSERT_TRUE((*redis)->Restart().ok());
