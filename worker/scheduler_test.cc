@@ -253,8 +253,6 @@ TEST(SchedulerTest, ScoreMatchesLogSoftmax) {
   }
 }
 
-// Scores that start together take their first logits from their saved
-// hidden vectors in one head product: the same bits as one alone.
 // Non-finite logits (a state gone bad) never make a NaN logprob: NaN
 // counts as -inf, +inf logits share the mass, all -inf is -inf.
 TEST(SchedulerTest, ScoreLogprobsAreNeverNaN) {
@@ -294,6 +292,8 @@ TEST(SchedulerTest, ScoreLogprobsAreNeverNaN) {
   }
 }
 
+// Scores that start together take their first logits from their saved
+// hidden vectors in one head product: the same bits as one alone.
 TEST(SchedulerTest, ScoresStartedTogetherEqualOneAlone) {
   auto model = SmallModel();
   const int V = model->info().config.vocab_size;

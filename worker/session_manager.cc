@@ -126,7 +126,7 @@ absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
 
 SessionManager::SessionManager(std::unique_ptr<Impl> impl)
     : impl_(std::move(impl)) {}
-SessionManager::~SessionManager() = default;
+SessionManager::~SessionManager() { impl_->Shutdown(); }
 
 const SessionManagerOptions& SessionManager::options() const {
   return impl_->opt_;

@@ -296,7 +296,8 @@ class SessionManager {
   // session is busy (a committing generation holds it for its whole run):
   // `done` runs once with the outcome, on the caller's thread or, once the
   // session's turn came, on the manager's pool. The service uses these, so
-  // calls queued behind busy sessions never occupy its threads.
+  // rollbacks and imports queued behind busy sessions occupy none of its
+  // threads.
   using ViewDone = std::function<void(absl::StatusOr<SessionView>)>;
   void RollbackAsync(const std::string& tenant, const std::string& session_id,
                      uint64_t version, std::optional<uint64_t> expected,

@@ -193,6 +193,10 @@ class SessionManager::Impl {
   Impl(const SessionManagerOptions& o, engine::Model* model,
        const engine::Tokenizer* tok, Scheduler* sched, StateStore* store);
   ~Impl();
+  // Stops the renewer, drains, runs what is queued and stops the pool;
+  // again, it does nothing. ~SessionManager calls it while impl_ is still
+  // set: queued operations' callbacks may call SessionManager methods.
+  void Shutdown();
 
   SessionManagerOptions opt_;
   Clock* clock_;

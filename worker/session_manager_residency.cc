@@ -111,12 +111,14 @@ SessionManager::Impl::Impl(const SessionManagerOptions& o, engine::Model* model,
   renewer_ = std::thread([this] { RenewLoop(); });
 }
 
-SessionManager::Impl::~Impl() {
+SessionManager::Impl::~Impl() { Shutdown(); }
+
+void SessionManager::Impl::Shutdown() {
   {
     absl::MutexLock lock(&mu_);
     stop_ = true;
   }
-  renewer_.join();
+  if (renewer_.joinable()) renewer_.join();
   Drain();
   // Queued operations run now, while the members they touch exist.
   pool_.Shutdown();

@@ -337,7 +337,10 @@ class ImportReactor final
         if (st.ok()) {
           // A new version waits for the session's turn holding no thread;
           // the call ends from the manager's pool then.
-          m_->ImportAsync(tenant_, blob_, new_version, p, expected,
+          // The blob goes once decoded: a queued import holds its state
+          // once, not twice, beside the budget it counts in.
+          const std::string blob = std::move(blob_);
+          m_->ImportAsync(tenant_, blob, new_version, p, expected,
                           [this](absl::StatusOr<SessionView> v) {
                             if (v.ok()) SessionToProto(*v, out_);
                             FinishAndRelease(v.status());

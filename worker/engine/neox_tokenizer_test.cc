@@ -293,16 +293,25 @@ TEST(NeoxTokenizerFileTest, PicksTokenizerByFileType) {
 }
 
 TEST(NeoxTokenizerFileTest, MalformedFilesAreErrors) {
-  for (const char* bad :
-       {"", "{", "[]", "{\"model\": {}}",
-        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, "
-        "\"merges\": [\"a b\"]}}",
-        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": -1}, "
-        "\"merges\": []}}",
-        "{\"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": []}}"}) {
+  // With the settings Encode implements, so the model's own checks answer.
+  const std::string settings =
+      R"("normalizer": {"type": "NFC"}, "pre_tokenizer": )"
+      R"({"type": "ByteLevel", "add_prefix_space": false}, )";
+  for (const std::string& bad : std::vector<std::string>{
+           "", "{", "[]", R"({"model": {}})",
+           "{" + settings +
+               R"("model": {"type": "BPE", "vocab": {"a": 0}, )"
+               R"("merges": ["a b"]}})",
+           "{" + settings +
+               R"("model": {"type": "BPE", "vocab": {"a": -1}, "merges": []}})",
+           "{" + settings +
+               R"("model": {"type": "BPE", "vocab": {}, "merges": []}})"}) {
     auto t = ParseNeoxTokenizer(bad);
     ASSERT_FALSE(t.ok()) << bad;
     EXPECT_EQ(GetReason(t.status()), Reason::kInvalidModelFile) << bad;
+    // Refused for what the case is about, not for the settings.
+    EXPECT_EQ(t.status().message().find("is supported"), std::string::npos)
+        << t.status();
   }
   // A minimal valid file: a token for every byte (GPT-2's byte-to-symbol
   // alphabet, token id = byte), "ab" and its merge.
@@ -330,9 +339,6 @@ TEST(NeoxTokenizerFileTest, MalformedFilesAreErrors) {
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ((*t)->Encode("abab"), (std::vector<int32_t>{256, 256}));
   EXPECT_EQ((*t)->Encode("a\nc"), (std::vector<int32_t>{'a', '\n', 'c'}));
-  // A byte valid UTF-8 can hold has no token: text would lose it.
-  // Fields of the wrong type, ids past 32 bits: errors, never a crash or
-  // a wrapped id.
   // Settings Encode does not implement: refused, never encoded otherwise
   // than Hugging Face would.
   const std::string good = file("", "", -1);
@@ -356,6 +362,9 @@ TEST(NeoxTokenizerFileTest, MalformedFilesAreErrors) {
     ASSERT_FALSE(r.ok()) << to;
     EXPECT_EQ(GetReason(r.status()), Reason::kInvalidModelFile) << r.status();
   }
+  // A byte valid UTF-8 can hold has no token: text would lose it.
+  // Fields of the wrong type, ids past 32 bits: errors, never a crash or
+  // a wrapped id.
   for (const std::string& bad :
        {file("", "", 'c'),
         file("", R"([{"id": 300, "content": "<x>", "special": "yes"}])", -1),
