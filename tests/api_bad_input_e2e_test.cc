@@ -25,12 +25,12 @@
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "statestream/v1/statestream.grpc.pb.h"
+#include "tests/serve_fixture.h"
 #include "tests/subprocess.h"
 
 namespace statestream {
 namespace {
 
-constexpr absl::Duration kStartTimeout = absl::Seconds(60);
 // SessionManagerOptions::max_generate_tokens (worker/session_manager.h);
 // `serve` has no flag that changes it.
 constexpr uint32_t kMaxGenerateTokens = 8192;
@@ -78,38 +78,8 @@ struct Case {
   Want want;
 };
 
-class ApiBadInputE2eTest : public ::testing::Test {
+class ApiBadInputE2eTest : public e2e::ServeTest {
  protected:
-  static void SetUpTestSuite() {
-    auto started = e2e::StartServer(
-        {STATESTREAM_BIN, "serve", "--listen=127.0.0.1:0"}, kStartTimeout);
-    ASSERT_TRUE(started.ok()) << started.status();
-    server_ = started->process.release();
-    address_ = new std::string(started->address);
-  }
-  static void TearDownTestSuite() {
-    delete server_;
-    delete address_;
-  }
-
-  void SetUp() override {
-    ASSERT_NE(address_, nullptr);
-    auto channel =
-        grpc::CreateChannel(*address_, grpc::InsecureChannelCredentials());
-    sessions_ = v1::Sessions::NewStub(channel);
-    streams_ = v1::Streams::NewStub(channel);
-    models_ = v1::Models::NewStub(channel);
-  }
-
-  static std::unique_ptr<grpc::ClientContext> Ctx(
-      const std::string& tenant = "") {
-    auto ctx = std::make_unique<grpc::ClientContext>();
-    ctx->set_deadline(std::chrono::system_clock::now() +
-                      std::chrono::seconds(120));
-    if (!tenant.empty()) ctx->AddMetadata("x-statestream-tenant", tenant);
-    return ctx;
-  }
-
   // A unary call, e.g. Call(sessions_.get(), &v1::Sessions::Stub::GetSession,
   // req); the response is dropped.
   template <typename Stub, typename Req, typename Resp>
@@ -145,37 +115,6 @@ class ApiBadInputE2eTest : public ::testing::Test {
     const grpc::Status st = sessions_->GetSession(Ctx().get(), req, &s);
     if (!st.ok()) return FromGrpcStatus(st);
     return s;
-  }
-
-  // One Append call: sends every request, reads the acks, half-closes.
-  struct AppendResult {
-    std::vector<v1::AppendResponse> acks;
-    absl::Status status;
-  };
-  AppendResult Append(const std::vector<v1::AppendRequest>& requests) {
-    AppendResult out;
-    auto ctx = Ctx();
-    auto stream = streams_->Append(ctx.get());
-    for (const auto& r : requests) {
-      if (!stream->Write(r)) break;
-      v1::AppendResponse ack;
-      if (!stream->Read(&ack)) break;
-      out.acks.push_back(ack);
-    }
-    stream->WritesDone();
-    v1::AppendResponse extra;
-    while (stream->Read(&extra)) out.acks.push_back(extra);
-    out.status = FromGrpcStatus(stream->Finish());
-    return out;
-  }
-
-  static v1::AppendRequest Text(const std::string& id, uint64_t offset,
-                                const std::string& text) {
-    v1::AppendRequest r;
-    r.set_session_id(id);
-    r.set_expected_input_offset(offset);
-    r.set_text_utf8(text);
-    return r;
   }
 
   // Creates `id` (version 1); a non-empty `text` is appended, flushed and
@@ -294,16 +233,7 @@ class ApiBadInputE2eTest : public ::testing::Test {
       EXPECT_EQ(GetReason(Get(id).status()), Reason::kSessionNotFound) << id;
     }
   }
-
-  static e2e::Subprocess* server_;
-  static std::string* address_;
-  std::unique_ptr<v1::Sessions::Stub> sessions_;
-  std::unique_ptr<v1::Streams::Stub> streams_;
-  std::unique_ptr<v1::Models::Stub> models_;
 };
-
-e2e::Subprocess* ApiBadInputE2eTest::server_ = nullptr;
-std::string* ApiBadInputE2eTest::address_ = nullptr;
 
 TEST_F(ApiBadInputE2eTest, UpdateSession) {
   ASSERT_TRUE(CreateWithText("upd", "").ok());

@@ -24,56 +24,14 @@
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "statestream/v1/statestream.grpc.pb.h"
+#include "tests/serve_fixture.h"
 #include "tests/subprocess.h"
 
 namespace statestream {
 namespace {
 
-constexpr absl::Duration kStartTimeout = absl::Seconds(60);
-
-class WorkerE2eTest : public ::testing::Test {
+class WorkerE2eTest : public e2e::ServeTest {
  protected:
-  static void SetUpTestSuite() {
-    auto started = e2e::StartServer(
-        {STATESTREAM_BIN, "serve", "--listen=127.0.0.1:0"}, kStartTimeout);
-    ASSERT_TRUE(started.ok()) << started.status();
-    server_ = started->process.release();
-    address_ = new std::string(started->address);
-  }
-  static void TearDownTestSuite() {
-    delete server_;
-    delete address_;
-  }
-
-  void TearDown() override {
-    if (HasFailure() && server_ != nullptr) {
-      auto code = server_->Wait(absl::Milliseconds(100));
-      ADD_FAILURE() << "server "
-                    << (code.ok() ? absl::StrCat("exited with ", *code)
-                                  : std::string("running"))
-                    << "; stderr:\n"
-                    << server_->stderr_text();
-    }
-  }
-
-  void SetUp() override {
-    ASSERT_NE(address_, nullptr);
-    auto channel =
-        grpc::CreateChannel(*address_, grpc::InsecureChannelCredentials());
-    sessions_ = v1::Sessions::NewStub(channel);
-    streams_ = v1::Streams::NewStub(channel);
-    models_ = v1::Models::NewStub(channel);
-  }
-
-  static std::unique_ptr<grpc::ClientContext> Ctx(
-      const std::string& tenant = "") {
-    auto ctx = std::make_unique<grpc::ClientContext>();
-    ctx->set_deadline(std::chrono::system_clock::now() +
-                      std::chrono::seconds(120));
-    if (!tenant.empty()) ctx->AddMetadata("x-statestream-tenant", tenant);
-    return ctx;
-  }
-
   v1::Session Create(const std::string& id, const std::string& tenant = "") {
     v1::CreateSessionRequest req;
     req.set_request_id("create-" + id);
@@ -94,41 +52,6 @@ class WorkerE2eTest : public ::testing::Test {
     grpc::Status st = sessions_->GetSession(ctx.get(), req, &s);
     if (!st.ok()) return FromGrpcStatus(st);
     return s;
-  }
-
-  // One Append call: sends every request, reads the acks, half-closes.
-  struct AppendResult {
-    std::vector<v1::AppendResponse> acks;
-    absl::Status status;
-  };
-  AppendResult Append(const std::vector<v1::AppendRequest>& requests,
-                      const std::string& tenant = "") {
-    AppendResult out;
-    auto ctx = Ctx(tenant);
-    auto stream = streams_->Append(ctx.get());
-    for (const auto& r : requests) {
-      if (!stream->Write(r)) break;
-      v1::AppendResponse ack;
-      if (!stream->Read(&ack)) break;
-      out.acks.push_back(ack);
-    }
-    stream->WritesDone();
-    v1::AppendResponse extra;
-    while (stream->Read(&extra)) out.acks.push_back(extra);
-    out.status = FromGrpcStatus(stream->Finish());
-    return out;
-  }
-
-  static v1::AppendRequest Text(const std::string& id, uint64_t offset,
-                                const std::string& text, bool flush = false,
-                                bool checkpoint = false) {
-    v1::AppendRequest r;
-    r.set_session_id(id);
-    r.set_expected_input_offset(offset);
-    r.set_text_utf8(text);
-    r.set_flush(flush);
-    r.set_checkpoint(checkpoint);
-    return r;
   }
 
   std::string Export(const std::string& id, absl::Status* status = nullptr,
@@ -226,16 +149,7 @@ class WorkerE2eTest : public ::testing::Test {
     g.mutable_sampling()->set_temperature(0.8f);
     return g;
   }
-
-  static e2e::Subprocess* server_;
-  static std::string* address_;
-  std::unique_ptr<v1::Sessions::Stub> sessions_;
-  std::unique_ptr<v1::Streams::Stub> streams_;
-  std::unique_ptr<v1::Models::Stub> models_;
 };
-
-e2e::Subprocess* WorkerE2eTest::server_ = nullptr;
-std::string* WorkerE2eTest::address_ = nullptr;
 
 TEST_F(WorkerE2eTest, ModelsDescribeTheDemoModel) {
   v1::ListModelsResponse list;
