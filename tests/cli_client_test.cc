@@ -425,5 +425,37 @@ TEST_F(CliClientTest, GenerateScoreAndChat) {
   EXPECT_LE(offset, 12 + 20 + 4 + 2 + 23 + 4 + 2);
 }
 
+// The sampling flags reach the server: --top_k=1 is greedy at any
+// temperature, --sample_seed repeats a sampled run exactly, --stop ends
+// the output at a stop string.
+TEST_F(CliClientTest, GenerateSamplingFlags) {
+  ASSERT_EQ(Cli({"session", "create", "cli-flags"}).exit_code, 0);
+  auto generate = [&](std::vector<std::string> flags) {
+    std::vector<std::string> args = {"generate", "--session=cli-flags",
+                                     "--prompt=Once upon", "--max_tokens=16"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    e2e::RunResult r = Cli(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r.out;
+  };
+  const std::string greedy = generate({"--temperature=0"});
+  EXPECT_EQ(generate({"--temperature=1.5", "--top_k=1", "--sample_seed=9"}),
+            greedy);
+  const std::string five = generate({"--temperature=1", "--sample_seed=5"});
+  EXPECT_EQ(generate({"--temperature=1", "--sample_seed=5"}), five);
+  EXPECT_NE(generate({"--temperature=1", "--sample_seed=6"}), five);
+  // A printable character of the greedy output (the demo model's output
+  // is fixed) as the stop string.
+  const size_t at = greedy.find_first_of(
+      "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789");
+  ASSERT_NE(at, std::string::npos) << greedy;
+  const std::string stop(1, greedy[at]);
+  const std::string stopped =
+      generate({"--temperature=0", "--stop=" + stop, "--json"});
+  EXPECT_THAT(stopped,
+              HasSubstr(R"("finish_reason":"FINISH_REASON_STOP_STRING")"));
+  EXPECT_THAT(stopped, HasSubstr(absl::StrCat(R"("stop_string":")", stop)));
+}
+
 }  // namespace
 }  // namespace statestream
