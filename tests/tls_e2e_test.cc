@@ -328,7 +328,8 @@ TEST_F(TlsTest, TenantLimits) {
   }
   const std::string gateway =
       Start({"gateway", "--listen=127.0.0.1:0", "--redis=" + redis_->address(),
-             "--api-keys=" + Path("keys.txt"), "--tenant-max-streams=4"},
+             "--api-keys=" + Path("keys.txt"), "--tenant-max-streams=4",
+             "--tenant-max-sessions=5"},
             "gateway.log");
   ASSERT_FALSE(gateway.empty());
   auto a = NewClient(gateway, "", false, key_a);
@@ -377,6 +378,13 @@ TEST_F(TlsTest, TenantLimits) {
   writer->reset();
   auto now = a->OpenSession(s4->session_id()).AppendText("now");
   EXPECT_TRUE(now.ok()) << now.status();
+
+  // tenant-b has no limit of its own: --tenant-max-sessions holds (it has
+  // four sessions, a fifth fits, a sixth does not).
+  EXPECT_TRUE(b->CreateSession({}).ok());
+  auto over = b->CreateSession({});
+  EXPECT_EQ(GetReason(over.status()), Reason::kTenantLimit) << over.status();
+  EXPECT_EQ(GetErrorMetadata(over.status(), "max"), "5");
 }
 
 }  // namespace
