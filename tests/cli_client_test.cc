@@ -160,6 +160,15 @@ TEST_F(CliClientTest, UpdateExportImport) {
   r = Cli({"session", "export", "cli-x", "--output=" + blob});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.err, HasSubstr("exported cli-x version 2"));
+  // --version picks an older one: version 1, before the feed.
+  const std::string first = TempFile("x1.state", "");
+  r = Cli({"session", "export", "cli-x", "--version=1", "--output=" + first});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("exported cli-x version 1"));
+  r = Cli({"session", "import", first, "cli-x-v1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("input_offset=0"));
+  std::filesystem::remove(first);
   r = Cli({"session", "import", blob, "cli-x-copy"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("cli-x-copy\t"));
