@@ -8,7 +8,6 @@
 // happen at protocol points (after given acks or chunks).
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
-#include <httplib.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -21,10 +20,7 @@
 #include <thread>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
@@ -32,6 +28,7 @@
 #include "state_store/testing/redis_harness.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 #include "tests/cluster_process.h"
+#include "tests/metrics_scrape.h"
 #include "tests/subprocess.h"
 
 namespace statestream {
@@ -98,24 +95,10 @@ class ClusterFailoverTest : public ::testing::Test {
 
   // The worker's statestream_fenced_commits_total, or -1.
   static double FencedCommits(const e2e::ClusterProcess& w) {
-    const std::string& address = w.metrics_address();
-    const size_t colon = address.rfind(':');
-    int port = 0;
-    if (colon == std::string::npos ||
-        !absl::SimpleAtoi(address.substr(colon + 1), &port)) {
-      return -1;
-    }
-    httplib::Client client(address.substr(0, colon), port);
-    auto res = client.Get("/metrics");
-    if (!res || res->status != 200) return -1;
-    constexpr absl::string_view kName = "statestream_fenced_commits_total ";
-    for (absl::string_view line : absl::StrSplit(res->body, '\n')) {
-      double v = 0;
-      if (absl::ConsumePrefix(&line, kName) && absl::SimpleAtod(line, &v)) {
-        return v;
-      }
-    }
-    return -1;
+    auto samples = e2e::ScrapeMetrics(w.metrics_address());
+    if (!samples) return -1;
+    auto it = samples->find("statestream_fenced_commits_total");
+    return it == samples->end() ? -1 : it->second;
   }
 
   // The live worker holding the session's lease (nullptr if none).

@@ -3,20 +3,18 @@
 // routing and the aggregated Models service over workers serving two
 // different models, and the gateway's Prometheus `/metrics` after traffic
 // that includes a failover.
-#include <httplib.h>
 
 #include <map>
 #include <string>
 #include <thread>
 
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "tests/cluster_harness.h"
+#include "tests/metrics_scrape.h"
 
 namespace statestream {
 namespace {
@@ -46,25 +44,9 @@ class ClusterOpsTest : public ::testing::Test {
   }
   static std::map<std::string, double> ScrapeAddress(
       const std::string& address) {
-    const size_t colon = address.rfind(':');
-    int port = 0;
-    EXPECT_TRUE(absl::SimpleAtoi(address.substr(colon + 1), &port));
-    httplib::Client client(address.substr(0, colon), port);
-    auto res = client.Get("/metrics");
-    std::map<std::string, double> samples;
-    if (!res || res->status != 200) {
-      ADD_FAILURE() << "GET /metrics failed";
-      return samples;
-    }
-    for (absl::string_view line : absl::StrSplit(res->body, '\n')) {
-      if (line.empty() || line[0] == '#') continue;
-      const size_t space = line.rfind(' ');
-      double v = 0;
-      if (absl::SimpleAtod(line.substr(space + 1), &v)) {
-        samples[std::string(line.substr(0, space))] = v;
-      }
-    }
-    return samples;
+    auto samples = e2e::ScrapeMetrics(address);
+    if (!samples) ADD_FAILURE() << "GET /metrics at " << address << " failed";
+    return samples.value_or(std::map<std::string, double>{});
   }
 
   static e2e::Cluster* cluster_;

@@ -8,7 +8,6 @@
 // poll a condition up to a generous limit.
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
-#include <httplib.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -18,13 +17,13 @@
 #include <thread>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "statestream/v1/statestream.grpc.pb.h"
+#include "tests/metrics_scrape.h"
 #include "tests/subprocess.h"
 
 namespace statestream {
@@ -62,18 +61,10 @@ struct Server {
 
   // The value of the series `name` (with its labels, if any), or -1.
   double Metric(const std::string& name) {
-    const size_t colon = metrics.rfind(':');
-    httplib::Client client(metrics.substr(0, colon),
-                           std::stoi(metrics.substr(colon + 1)));
-    auto res = client.Get("/metrics");
-    if (!res || res->status != 200) return -1;
-    const std::string key = "\n" + name + " ";
-    const size_t at = res->body.find(key);
-    if (at == std::string::npos) return -1;
-    const size_t begin = at + key.size();
-    const size_t end = res->body.find('\n', begin);
-    double v = -1;
-    return absl::SimpleAtod(res->body.substr(begin, end - begin), &v) ? v : -1;
+    auto samples = e2e::ScrapeMetrics(metrics);
+    if (!samples) return -1;
+    auto it = samples->find(name);
+    return it == samples->end() ? -1 : it->second;
   }
 };
 
