@@ -25,6 +25,19 @@ struct RetryCheck {
   uint64_t committed = 0;
 };
 
+// The answer of an asynchronous call `start` makes, waited for.
+absl::StatusOr<SessionView> Await(
+    const std::function<void(SessionManager::ViewDone)>& start) {
+  absl::StatusOr<SessionView> out;
+  absl::Notification done;
+  start([&](absl::StatusOr<SessionView> v) {
+    out = std::move(v);
+    done.Notify();
+  });
+  done.WaitForNotification();
+  return out;
+}
+
 }  // namespace
 
 absl::StatusOr<SessionView> SessionManager::Impl::CreateOnce(
@@ -373,15 +386,10 @@ absl::StatusOr<SessionView> SessionManager::Rollback(
     const std::string& tenant, const std::string& session_id, uint64_t version,
     std::optional<uint64_t> expected, std::optional<Durability> durability,
     const std::string& request_id) {
-  absl::StatusOr<SessionView> out;
-  absl::Notification done;
-  RollbackAsync(tenant, session_id, version, expected, durability, request_id,
-                [&](absl::StatusOr<SessionView> v) {
-                  out = std::move(v);
-                  done.Notify();
-                });
-  done.WaitForNotification();
-  return out;
+  return Await([&](ViewDone done) {
+    RollbackAsync(tenant, session_id, version, expected, durability, request_id,
+                  std::move(done));
+  });
 }
 
 void SessionManager::RollbackAsync(
@@ -482,15 +490,9 @@ absl::StatusOr<ExportedState> SessionManager::Export(
 absl::StatusOr<SessionView> SessionManager::Import(
     const std::string& tenant, const std::string& blob, bool new_version,
     const CreateParams& params, std::optional<uint64_t> expected) {
-  absl::StatusOr<SessionView> out;
-  absl::Notification done;
-  ImportAsync(tenant, blob, new_version, params, expected,
-              [&](absl::StatusOr<SessionView> v) {
-                out = std::move(v);
-                done.Notify();
-              });
-  done.WaitForNotification();
-  return out;
+  return Await([&](ViewDone done) {
+    ImportAsync(tenant, blob, new_version, params, expected, std::move(done));
+  });
 }
 
 void SessionManager::ImportAsync(const std::string& tenant,
