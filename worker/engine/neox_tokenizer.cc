@@ -17,6 +17,7 @@
 #include <unicode/utf16.h>
 
 #include <algorithm>
+#include <array>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -168,14 +169,16 @@ class NeoxTokenizer final : public Tokenizer {
     int32_t id;
     std::string utf8;  // text, as it appears in input
   };
-  // A stream's tail longer than this is cut anyway (ForcedCut), so text
-  // without whitespace cannot grow it without bound.
+  // A stream's tail longer than this is cut anyway (PreTokenCut with
+  // exact false), so one run of letters cannot grow it without bound.
   static constexpr size_t kMaxStreamTailBytes = 64 << 10;
-  // Where to cut `text` (whose first `from` bytes are cut already) when
-  // its tail is too long: the last point before the end where a pre-token
-  // surely ends (a change between letters, digits and other characters),
-  // else the last character boundary; never inside an added token.
-  size_t ForcedCut(const std::string& text, size_t from) const;
+  // Where to cut `text` (whose first `from` bytes are cut already): the
+  // last point before the end where a pre-token surely ends (a change
+  // between letters, digits and other characters, see the definition),
+  // never inside an added token; `from` if there is none. With `exact`
+  // false (a tail too long), where there is none: the last NFC boundary,
+  // else the last character boundary.
+  size_t PreTokenCut(const std::string& text, size_t from, bool exact) const;
   // Calls f(piece) for the text between matches of `tokens` and out(id)
   // for each match; leftmost, longest at a position.
   template <typename Piece>
@@ -350,7 +353,8 @@ StreamEncodeResult NeoxTokenizer::EncodeStream(absl::string_view tail,
   }
   // Nothing before a whitespace character that follows a non-whitespace
   // one can change with more input (see docs/architectures.md): cut at the
-  // last such position and keep the rest as the tail.
+  // last such position, then at the last point after it where a pre-token
+  // surely ends, and keep the rest as the tail.
   size_t cut = 0;
   if (streamable_) {
     UErrorCode err = U_ZERO_ERROR;
@@ -365,15 +369,17 @@ StreamEncodeResult NeoxTokenizer::EncodeStream(absl::string_view tail,
       prev_space = space;
     }
   }
+  cut = PreTokenCut(text, cut, /*exact=*/true);
   if (text.size() - cut > kMaxStreamTailBytes) {
-    cut = std::max(cut, ForcedCut(text, cut));
+    cut = PreTokenCut(text, cut, /*exact=*/false);
   }
   r.tokens = Encode(absl::string_view(text).substr(0, cut));
   r.tail = text.substr(cut);
   return r;
 }
 
-size_t NeoxTokenizer::ForcedCut(const std::string& text, size_t from) const {
+size_t NeoxTokenizer::PreTokenCut(const std::string& text, size_t from,
+                                  bool exact) const {
   UErrorCode err = U_ZERO_ERROR;
   const UNormalizer2* nfc = unorm2_getNFCInstance(&err);
   // No added token Encode takes may span the cut. It lies at least the
@@ -388,12 +394,66 @@ size_t NeoxTokenizer::ForcedCut(const std::string& text, size_t from) const {
   }
   if (text.size() < from + longest + 1) return from;
   const size_t limit = text.size() - longest;
+  // The characters from `from` (up to one past `limit`), decoded once.
+  struct Char {
+    size_t at;
+    UChar32 c;  // negative: not valid UTF-8 (read as U+FFFD)
+  };
+  std::vector<Char> chars;
+  for (size_t i = from; i < text.size();) {
+    const size_t at = i;
+    UChar32 c;
+    U8_NEXT(text.data(), i, text.size(), c);
+    chars.push_back({at, c});
+    if (at > limit) break;
+  }
+  // A character that is an NFC segment of its own, and NFC already: it
+  // stays itself, so its class is the one Encode sees.
+  auto alone = [&](size_t k) {
+    if (k + 1 >= chars.size()) return false;
+    const UChar32 c = chars[k].c, next = chars[k + 1].c;
+    if (c < 0 || next < 0 || !unorm2_hasBoundaryBefore(nfc, c) ||
+        !unorm2_hasBoundaryBefore(nfc, next)) {
+      return false;
+    }
+    UChar buf[2];
+    int32_t len = 0;
+    U16_APPEND_UNSAFE(buf, len, c);
+    UErrorCode e = U_ZERO_ERROR;
+    return unorm2_isNormalized(nfc, buf, len, &e) && U_SUCCESS(e);
+  };
+  // Points up to `limit` where a pre-token surely ends: between two
+  // characters that normalize alone and are of different classes, neither
+  // whitespace, the first not the apostrophe of a contraction. (In "e"
+  // U+0301 "x" the mark joins the "e" and "éx" is one letter run; a mark
+  // that stays alone is "other", as the regex has it.) Each pre-token of the
+  // regex ends where its class changes.
+  std::vector<size_t> sure;
+  for (size_t k = 1; k + 1 < chars.size(); ++k) {
+    if (chars[k].at > limit) break;
+    const UChar32 prev = chars[k - 1].c, c = chars[k].c;
+    if (prev < 0 || c < 0 || prev == '\'') continue;
+    const CharClass a = Classify(prev), b = Classify(c);
+    if (a != b && a != CharClass::kSpace && b != CharClass::kSpace &&
+        alone(k - 1) && alone(k)) {
+      sure.push_back(chars[k].at);
+    }
+  }
+  if (exact && sure.empty() && raw_added_.empty()) return from;
   std::vector<bool> inside(text.size() + 1, false);  // within an added token
+  std::array<bool, 256> starts{};  // first bytes of added tokens
+  for (const auto* list : {&raw_added_, &normalized_added_}) {
+    for (const Added& a : *list) starts[static_cast<uint8_t>(a.utf8[0])] = true;
+  }
   // Leftmost-longest matches of `list` in [begin, end), as SplitAdded
   // takes them, marked inside; their spans appended to *spans if given.
   auto scan = [&](const std::vector<Added>& list, size_t begin, size_t end,
                   std::vector<std::pair<size_t, size_t>>* spans) {
     for (size_t i = begin; i < end;) {
+      if (!starts[static_cast<uint8_t>(text[i])]) {
+        ++i;
+        continue;
+      }
       size_t match = 0;
       for (const Added& a : list) {
         if (a.utf8.size() > match && a.utf8.size() <= end - i &&
@@ -420,40 +480,29 @@ size_t NeoxTokenizer::ForcedCut(const std::string& text, size_t from) const {
     piece = end;
   }
   scan(normalized_added_, piece, text.size(), nullptr);
-  // Walk the characters from `from`, remembering the last position up to
-  // `limit` where a pre-token surely ends: an NFC boundary (the two sides
-  // normalize apart) where the class changes between two non-space
-  // characters, not inside a contraction, and the earlier character keeps
-  // its class through NFC (a starter beginning its own segment: in "e"
-  // U+0301 "x" the mark joins the "e", and "éx" is one letter run).
+  // The end of a raw added token that is decided (it starts by `limit`)
+  // is a cut too: Encode splits there and normalizes each side apart. (A
+  // stream of "<|endoftext|>" would otherwise rescan its whole tail.)
+  size_t cut = from;
+  for (const auto& [begin, end] : raw) {
+    if (begin <= limit) cut = end;
+  }
+  for (auto it = sure.rbegin(); it != sure.rend(); ++it) {
+    if (!inside[*it]) {
+      cut = std::max(cut, *it);
+      break;
+    }
+  }
+  if (cut > from || exact) return cut;
   // Fallbacks, where no such point exists: the last NFC boundary, else the
   // last character boundary at all (text of combining marks only).
-  size_t best = from, nfc_safe = from, any = from;
-  CharClass prev_class = CharClass::kSpace;
-  UChar32 prev = -1;
-  for (size_t i = from; i < text.size();) {
-    const size_t at = i;
-    UChar32 c;
-    U8_NEXT(text.data(), i, text.size(), c);
-    if (at > limit) break;
-    const CharClass cls = c < 0 ? CharClass::kOther : Classify(c);
-    if (at > from && !inside[at]) {
-      any = at;
-      if (c >= 0 && unorm2_hasBoundaryBefore(nfc, c)) {
-        nfc_safe = at;
-        const bool prev_keeps_class = prev >= 0 &&
-                                      u_getCombiningClass(prev) == 0 &&
-                                      unorm2_hasBoundaryBefore(nfc, prev);
-        if (prev_keeps_class && cls != prev_class && cls != CharClass::kSpace &&
-            prev_class != CharClass::kSpace && prev != '\'') {
-          best = at;
-        }
-      }
-    }
-    prev_class = cls;
-    prev = c;
+  size_t nfc_safe = from, any = from;
+  for (const Char& ch : chars) {
+    if (ch.at > limit) break;
+    if (ch.at == from || inside[ch.at]) continue;
+    any = ch.at;
+    if (ch.c >= 0 && unorm2_hasBoundaryBefore(nfc, ch.c)) nfc_safe = ch.at;
   }
-  if (best > from) return best;
   return nfc_safe > from ? nfc_safe : any;
 }
 

@@ -211,6 +211,137 @@ TEST_F(NeoxTokenizerTest, StreamingEqualsWholeEncoding) {
   EXPECT_EQ(r.tokens, tokenizer_->Encode("Hello world"));
 }
 
+// Text streams out as soon as a pre-token surely ends, not only at
+// whitespace: minified JSON, and CJK between its punctuation, keep a tail
+// of a few dozen bytes (it was up to 64 KiB, checkpointed with the
+// session), and every split still gives the whole text's ids, in scripts
+// where classes change inside words (marks are "other"), with decomposed
+// and singleton characters that NFC changes, contractions and added
+// tokens.
+TEST_F(NeoxTokenizerTest, TextStreamsOutWherePreTokensSurelyEnd) {
+  std::string json;
+  while (json.size() < 20000) {
+    absl::StrAppend(&json, "{\"key", json.size(), "\":[12,\"abc\"]}");
+  }
+  size_t longest = 0;
+  EXPECT_EQ(StreamTrackingTail(*tokenizer_, json, 1000, &longest),
+            tokenizer_->Encode(json));
+  EXPECT_LE(longest, size_t{64});
+  std::string cjk;  // "汉字，平假名。カタカナ！" repeated: no whitespace
+  while (cjk.size() < 20000) {
+    absl::StrAppend(&cjk,
+                    "\xe6\xb1\x89\xe5\xad\x97\xef\xbc\x8c\xe5\xb9\xb3"
+                    "\xe5\x81\x87\xe5\x90\x8d\xe3\x80\x82\xe3\x82\xab"
+                    "\xe3\x82\xbf\xe3\x82\xab\xe3\x83\x8a\xef\xbc\x81");
+  }
+  EXPECT_EQ(StreamTrackingTail(*tokenizer_, cjk, 1000, &longest),
+            tokenizer_->Encode(cjk));
+  EXPECT_LE(longest, size_t{64});
+  std::string eot;  // special tokens back to back: cut between them
+  while (eot.size() < 20000) eot += "<|endoftext|><|padding|>";
+  EXPECT_EQ(StreamTrackingTail(*tokenizer_, eot, 1000, &longest),
+            tokenizer_->Encode(eot));
+  EXPECT_LE(longest, size_t{64});
+
+  const std::vector<std::string> texts = {
+      // Devanagari: vowel signs and virama are marks between letters.
+      "\xe0\xa4\xa8\xe0\xa4\xae\xe0\xa4\xb8\xe0\xa5\x8d\xe0\xa4\xa4"
+      "\xe0\xa5\x87,\xe0\xa4\xa6\xe0\xa5\x81\xe0\xa4\xa8\xe0\xa4\xbf"
+      "\xe0\xa4\xaf\xe0\xa4\xbe"
+      "123\xe0\xa5\xa7\xe0\xa5\xa8!",
+      // Decomposed Latin and Hangul jamo that NFC composes; U+212B and
+      // U+2126 (singletons NFC replaces); U+037E (becomes ';').
+      "e\xcc\x81t\xc3\xa9!e\xcc\x81\xcc\xa3x1\xe1\x84\x80\xe1\x85\xa1"
+      "\xe1\x86\xa8.\xe2\x84\xab"
+      "5\xe2\x84\xa6"
+      "a\xcd\xbe;b\xcd\xbe"
+      "7",
+      // Contractions against other classes; an added token inside a word.
+      "it's(they'll)'re1'v9'd'x\"'s'!'ll<|endoftext|>ab<|padding|>12'",
+      // Emoji with modifiers and a joiner, fullwidth digits, Arabic marks.
+      "a\xf0\x9f\x91\x8d\xf0\x9f\x8f\xbd\xe2\x80\x8d\xf0\x9f\x94\xa5"
+      "\xef\xbc\x91\xef\xbc\x92x\xd9\x85\xd9\x8e\xd8\xb1\xd9\x92\xd8"
+      "\xad\xd9\x8e\xd8\xa8\xd9\x8b\xd8\xa7#9",
+      // Bytes that are not UTF-8, and a character split by no chunk.
+      "ab\xff\xfe"
+      "12\xe2\x82"
+      "cd\xe2\x82\xac\xf0\x9f\x98x...",
+  };
+  for (const std::string& one : texts) {
+    std::string text;
+    for (int i = 0; i < 4; ++i) text += one;  // longer than the added tokens
+    const std::vector<int32_t> whole = tokenizer_->Encode(text);
+    for (size_t cut = 0; cut <= text.size(); ++cut) {
+      ASSERT_EQ(Stream(*tokenizer_, text, {cut, text.size()}), whole)
+          << ToHex(text) << " cut at " << cut;
+    }
+    for (size_t size : {1, 2, 3, 5}) {
+      ASSERT_EQ(Stream(*tokenizer_, text, {size}), whole)
+          << ToHex(text) << " in chunks of " << size;
+    }
+  }
+}
+
+// Random text from pieces that stress the cut rule (classes changing
+// inside words, marks NFC composes or keeps apart, singletons, the
+// apostrophe of contractions, added tokens, bytes that are not UTF-8),
+// streamed in random chunks: the whole text's ids every time.
+TEST_F(NeoxTokenizerTest, RandomTextStreamsAsItEncodesWhole) {
+  const std::vector<std::string> pieces = {
+      "a",
+      "Z",
+      "7",
+      "'",
+      "'s",
+      "'ll",
+      "'re",
+      "'d",
+      " ",
+      "  ",
+      "\n",
+      "\t",
+      ".",
+      "!",
+      "(",
+      "\"",
+      "<|endoftext|>",
+      "<|padding|>",
+      "<|",
+      "\xcc\x81",  // U+0301, composes with e
+      "\xcc\xa3",  // U+0323, reorders before U+0301
+      "e",
+      "\xc3\xa9",      // é
+      "\xe2\x84\xab",  // U+212B (NFC: U+00C5)
+      "\xcd\xbe",      // U+037E (NFC: ';')
+      "\xe0\xa4\xa8",
+      "\xe0\xa5\x87",
+      "\xe0\xa5\x8d",  // न े ्
+      "\xe1\x84\x80",
+      "\xe1\x85\xa1",
+      "\xe1\x86\xa8",  // Hangul jamo
+      "\xe6\xb1\x89",
+      "\xef\xbc\x8c",  // 汉 ，
+      "\xef\xbc\x91",  // fullwidth 1
+      "\xf0\x9f\x91\x8d",
+      "\xf0\x9f\x8f\xbd",
+      "\xe2\x80\x8d",  // emoji
+      "\xff",
+      "\xe2\x82",  // not UTF-8
+  };
+  std::mt19937 rng(11);
+  for (int run = 0; run < 300; ++run) {
+    std::string text;
+    const int n = 20 + static_cast<int>(rng() % 80);
+    for (int i = 0; i < n; ++i) text += pieces[rng() % pieces.size()];
+    const std::vector<int32_t> whole = tokenizer_->Encode(text);
+    std::vector<size_t> sizes;
+    for (int i = 0; i < 20; ++i) sizes.push_back(rng() % 12);
+    sizes.push_back(1);
+    ASSERT_EQ(Stream(*tokenizer_, text, sizes), whole) << ToHex(text);
+    ASSERT_EQ(Stream(*tokenizer_, text, {1}), whole) << ToHex(text);
+  }
+}
+
 // Text without whitespace (minified JSON, one long word) cannot grow a
 // stream's tail without bound: past 64 KiB it is cut where a pre-token
 // surely ends (letters, digits, other characters change), so the ids still
