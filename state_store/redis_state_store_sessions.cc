@@ -123,14 +123,76 @@ absl::StatusOr<Lease> RedisStateStore::RenewLease(const SessionKey& key,
   SS_ASSIGN_OR_RETURN(
       Reply r, Eval(key, kRenew,
                     {owner, absl::StrCat(fence), absl::StrCat(TtlMs(ttl))}));
+  return RenewedLease(key, r.get(), owner, fence, start, ttl);
+}
+
+absl::StatusOr<Lease> RedisStateStore::RenewedLease(
+    const SessionKey& key, const redisReply* r, const std::string& owner,
+    uint64_t fence, absl::Time start, absl::Duration ttl) {
+  if (r->type != REDIS_REPLY_ARRAY || r->elements == 0) return BadReply(r);
   const std::string outcome = Str(r->element[0]);
   if (outcome == "NOTFOUND") return SessionNotFound(key);
   uint64_t current = 0;
-  if (outcome == "FENCED" && absl::SimpleAtoi(Str(r->element[1]), &current)) {
+  if (outcome == "FENCED" && r->elements > 1 &&
+      absl::SimpleAtoi(Str(r->element[1]), &current)) {
     return Fenced(fence, current);
   }
   if (outcome != "OK") return Unexpected(outcome);
   return Lease{owner, fence, start + ttl};
+}
+
+std::vector<absl::StatusOr<Lease>> RedisStateStore::RenewLeases(
+    const std::string& owner, const std::vector<LeaseToRenew>& leases,
+    absl::Duration ttl) {
+  std::vector<absl::StatusOr<Lease>> out(leases.size(),
+                                         absl::UnknownError("not run"));
+  const absl::Status bad_ttl = ValidateTtl(ttl, "lease ttl");
+  if (ttl == absl::InfiniteDuration()) ttl = absl::Hours(24 * 365);
+  const absl::Time start = clock_->Now();
+  // EvalThen's keys and arguments for each lease; the strings stay put
+  // (reserved) while the commands point into them.
+  const std::string retention = absl::StrCat(Ms(options_.fence_retention));
+  const std::string now = absl::StrCat(absl::ToUnixMillis(start));
+  const std::string ttl_ms = absl::StrCat(TtlMs(ttl));
+  struct Strings {
+    std::string prefix, head, fence_key, lease, fence;
+  };
+  std::vector<Strings> strings;
+  strings.reserve(leases.size());
+  std::vector<store_internal::RedisClient::Keyed> commands;
+  std::vector<size_t> index;  // command -> lease
+  for (size_t i = 0; i < leases.size(); ++i) {
+    const absl::Status valid =
+        bad_ttl.ok() ? ValidateKey(leases[i].key) : bad_ttl;
+    if (!valid.ok()) {
+      out[i] = valid;
+      continue;
+    }
+    const std::string prefix = Prefix(leases[i].key);
+    strings.push_back({prefix, prefix + "head", prefix + "fence",
+                       prefix + "lease", absl::StrCat(leases[i].fence)});
+    const Strings& k = strings.back();
+    commands.push_back(
+        {k.prefix,
+         {"EVALSHA", sha_[kRenew], "3", k.head, k.fence_key, k.lease, k.prefix,
+          retention, now, owner, k.fence, ttl_ms}});
+    index.push_back(i);
+  }
+  std::vector<absl::StatusOr<Reply>> replies = client_->RunEach(commands);
+  for (size_t c = 0; c < replies.size(); ++c) {
+    const size_t i = index[c];
+    if (!replies[c].ok()) {
+      out[i] = replies[c].status();
+    } else if ((*replies[c])->type == REDIS_REPLY_ERROR &&
+               Str(replies[c]->get()).rfind("NOSCRIPT", 0) == 0) {
+      // The script cache was flushed: RenewLease loads it again.
+      out[i] = RenewLease(leases[i].key, owner, leases[i].fence, ttl);
+    } else {
+      out[i] = RenewedLease(leases[i].key, replies[c]->get(), owner,
+                            leases[i].fence, start, ttl);
+    }
+  }
+  return out;
 }
 
 absl::Status RedisStateStore::ReleaseLease(const SessionKey& key,

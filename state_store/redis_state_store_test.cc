@@ -677,5 +677,37 @@ TEST(RedisStateStoreTest, UnavailableWhileDownThenRecovers) {
       (*store)->CreateSession(NewSession("a", Durability::kMemory)).ok());
 }
 
+// With the server down, every lease of a RenewLeases call is UNAVAILABLE
+// (after one retry deadline: the rest of the call does not retry each);
+// once it is back, the same call renews them.
+TEST(RedisStateStoreTest, RenewLeasesWhileDownAreUnavailable) {
+  auto server = RedisServer::Start({});
+  ASSERT_TRUE(server.ok()) << server.status();
+  RedisStateStoreOptions o;
+  o.addresses = {(*server)->address()};
+  o.retry_deadline = absl::Milliseconds(300);
+  auto store = NewRedisStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  std::vector<StateStore::LeaseToRenew> leases;
+  for (int i = 0; i < 20; ++i) {
+    const std::string id = absl::StrCat("d", i);
+    ASSERT_TRUE(
+        (*store)->CreateSession(NewSession(id, Durability::kMemory)).ok());
+    auto a =
+        (*store)->AcquireLease({"acme", id}, "w", absl::Seconds(60), false);
+    ASSERT_TRUE(a.ok()) << a.status();
+    leases.push_back({{"acme", id}, a->fence});
+  }
+  (*server)->Kill();
+  for (const auto& r : (*store)->RenewLeases("w", leases, absl::Seconds(60))) {
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+    EXPECT_EQ(GetReason(r.status()), Reason::kStoreUnavailable);
+  }
+  ASSERT_TRUE((*server)->Restart().ok());  // no persistence: data is gone
+  for (const auto& r : (*store)->RenewLeases("w", leases, absl::Seconds(60))) {
+    EXPECT_EQ(GetReason(r.status()), Reason::kSessionNotFound) << r.status();
+  }
+}
+
 }  // namespace
 }  // namespace statestream::testing

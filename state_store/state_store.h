@@ -319,6 +319,28 @@ class StateStore {
                                            uint64_t fence,
                                            absl::Duration ttl) = 0;
 
+  // RenewLease for each of `leases` (a session and the fence `owner`
+  // holds it with), one result per entry in order. A worker renews all its
+  // resident sessions' leases every ttl / 3: the Redis store pipelines
+  // them (one round trip per few hundred on each node, not one each), so
+  // tens of thousands renew well inside the ttl. This default calls
+  // RenewLease for each. Whole-call failures (UNAVAILABLE) are reported
+  // per entry.
+  struct LeaseToRenew {
+    SessionKey key;
+    uint64_t fence = 0;
+  };
+  virtual std::vector<absl::StatusOr<Lease>> RenewLeases(
+      const std::string& owner, const std::vector<LeaseToRenew>& leases,
+      absl::Duration ttl) {
+    std::vector<absl::StatusOr<Lease>> out;
+    out.reserve(leases.size());
+    for (const LeaseToRenew& l : leases) {
+      out.push_back(RenewLease(l.key, owner, l.fence, ttl));
+    }
+    return out;
+  }
+
   // Drops the lease if `owner` holds it with `fence`; OK (no-op) otherwise.
   // The fence stays, so the releasing owner may still commit until another
   // owner acquires the lease.

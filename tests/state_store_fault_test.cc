@@ -175,6 +175,42 @@ TEST(StateStoreFaultTest, ClusterSlotMigrationDuringCommits) {
   ExpectConsistent(c->store.get(), key);
 }
 
+// Leases renewed in one pipelined call while a slot moved since the
+// client last read the slot map: those answered MOVED run again at the new
+// owner, and every lease is renewed.
+TEST(StateStoreFaultTest, RenewLeasesFollowAMovedSlot) {
+  const SessionKey first{"acme", "l0"};
+  auto c = StartClusterSession(first, {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  StateStore* store = c->store.get();
+  std::vector<StateStore::LeaseToRenew> leases;
+  for (int i = 0; i < 40; ++i) {
+    const SessionKey key{"acme", absl::StrCat("l", i)};
+    if (i > 0) {
+      CreateSessionRequest cr;
+      cr.key = key;
+      cr.initial_state = TestSnapshot(1);
+      ASSERT_TRUE(store->CreateSession(cr).ok());
+    }
+    auto a = store->AcquireLease(key, "w1", absl::Seconds(60), false);
+    ASSERT_TRUE(a.ok()) << a.status();
+    leases.push_back({key, a->fence});
+  }
+  for (int i : {3, 17, 30}) {
+    const int slot =
+        store_internal::KeySlot(absl::StrCat("ss:{acme/l", i, "}:head"));
+    const absl::Status moved = c->cluster->MoveSlot(slot);
+    ASSERT_TRUE(moved.ok()) << moved;
+  }
+  std::vector<absl::StatusOr<Lease>> r =
+      store->RenewLeases("w1", leases, absl::Seconds(60));
+  ASSERT_EQ(r.size(), leases.size());
+  for (size_t i = 0; i < r.size(); ++i) {
+    ASSERT_TRUE(r[i].ok()) << i << ": " << r[i].status();
+    EXPECT_EQ(r[i]->fence, leases[i].fence);
+  }
+}
+
 // The scripts declare the head, the fence and the lease only; they also
 // touch the versions. With the slot half moved (a version gone ahead, the
 // declared keys all still at the source), every call waits for the move and

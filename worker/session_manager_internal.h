@@ -292,10 +292,12 @@ class SessionManager::Impl {
   // and no renewal starts after it (RenewLoop skips sessions gone).
   void DropAndRelease(Session* s, Session::Gone why);
 
-  // Renews `s`'s lease unless it is gone (then its lease is released or
-  // being released); drops it if the store says another worker owns it
-  // or it was deleted.
-  void RenewLeaseOf(Session* s);
+  // Renews the leases of those of `all` not gone (their leases are
+  // released or being released), kRenewBatch at a time, each batch one
+  // store call (pipelined on Redis) holding the batch's lease_mu; drops a
+  // session if the store says another worker owns it or it was deleted.
+  void RenewLeasesOf(const std::vector<std::shared_ptr<Session>>& all);
+  static constexpr size_t kRenewBatch = 512;
 
   // Ends the call attached as the session's writer now, with `why`, ahead
   // of what the strand still runs: a delete would otherwise wait (holding

@@ -4,7 +4,9 @@
 // release.
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
@@ -90,6 +92,64 @@ TEST_F(SessionManagerLeaseTest, ARenewalRacingAnEvictionDoesNotReviveTheLease) {
   EXPECT_TRUE(owner->owner.empty()) << "held by " << owner->owner;
   EXPECT_TRUE(
       store_->AcquireLease({"t", "a"}, "other", absl::Seconds(30), false).ok());
+}
+
+// Counts RenewLeases calls and the leases in each.
+class CountingStore final : public testing::ForwardingStore {
+ public:
+  using ForwardingStore::ForwardingStore;
+  std::vector<absl::StatusOr<Lease>> RenewLeases(
+      const std::string& owner, const std::vector<LeaseToRenew>& leases,
+      absl::Duration ttl) override {
+    {
+      absl::MutexLock lock(&mu_);
+      sizes_.push_back(leases.size());
+    }
+    return ForwardingStore::RenewLeases(owner, leases, ttl);
+  }
+  std::vector<size_t> sizes() {
+    absl::MutexLock lock(&mu_);
+    return sizes_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<size_t> sizes_;
+};
+
+// The resident sessions' leases are renewed together, one store call per
+// round (pipelined on Redis), and a session another worker took over in
+// the meantime is dropped by that call's answer.
+TEST_F(SessionManagerLeaseTest, LeasesAreRenewedInOneCallPerRound) {
+  CountingStore counting(store_.get());
+  SessionManagerOptions o;
+  o.owner = "test-worker";
+  o.lease_ttl = absl::Milliseconds(600);  // renewals every 200 ms
+  manager_.reset();
+  auto m = SessionManager::Create(o, model_.get(), tokenizer_.get(),
+                                  scheduler_.get(), &counting);
+  ASSERT_TRUE(m.ok()) << m.status();
+  manager_ = *std::move(m);
+  for (const char* id : {"a", "b", "c"}) {
+    Create(id);
+    auto w = Open(id);  // loads it: resident, holding the lease
+    ASSERT_TRUE(Append(w, 0, "x", true, true).ok());
+    ASSERT_TRUE(Close(w).ok());
+    ASSERT_TRUE(manager_->IsResident("t", id));
+  }
+  ASSERT_TRUE(
+      store_->AcquireLease({"t", "b"}, "other", absl::Seconds(30), true).ok());
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (manager_->IsResident("t", "b") && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_FALSE(manager_->IsResident("t", "b"));  // fenced out
+  EXPECT_TRUE(manager_->IsResident("t", "a"));
+  EXPECT_TRUE(manager_->IsResident("t", "c"));
+  const std::vector<size_t> sizes = counting.sizes();
+  ASSERT_FALSE(sizes.empty());
+  EXPECT_EQ(sizes.front(), 3u);  // all three in one call
+  manager_.reset();              // before `counting`
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // SessionManager: residency (load, evict, drop), the per-session strand,
 // lease renewal with the idle commit policy, and drain.
 #include <algorithm>
+#include <functional>
 #include <iostream>
 
 #include "absl/strings/numbers.h"
@@ -341,21 +342,44 @@ void SessionManager::Impl::DropAndRelease(Session* s, Session::Gone why) {
   store_->ReleaseLease(s->key, opt_.owner, s->fence).IgnoreError();
 }
 
-void SessionManager::Impl::RenewLeaseOf(Session* s) {
-  absl::StatusOr<Lease> r;
-  {
-    absl::MutexLock lease_lock(&s->lease_mu);
-    {
-      absl::MutexLock lock(&s->mu);
-      if (s->gone != Session::Gone::kNo) return;
+void SessionManager::Impl::RenewLeasesOf(
+    const std::vector<std::shared_ptr<Session>>& all) {
+  for (size_t at = 0; at < all.size(); at += kRenewBatch) {
+    const size_t end = std::min(all.size(), at + kRenewBatch);
+    // Only this thread holds several lease_mu at once; it takes them in
+    // address order, so no two renewals order them differently (Abseil's
+    // deadlock detection would stop the process on the cycle).
+    std::vector<Session*> slice;
+    for (size_t i = at; i < end; ++i) slice.push_back(all[i].get());
+    std::sort(slice.begin(), slice.end(), std::less<Session*>());
+    std::vector<Session*> batch;
+    std::vector<StateStore::LeaseToRenew> leases;
+    for (Session* s : slice) {
+      s->lease_mu.Lock();
+      bool live;
+      {
+        absl::MutexLock lock(&s->mu);
+        live = s->gone == Session::Gone::kNo;
+      }
+      if (!live) {
+        s->lease_mu.Unlock();
+        continue;
+      }
+      batch.push_back(s);
+      leases.push_back({s->key, s->fence});
     }
-    r = store_->RenewLease(s->key, opt_.owner, s->fence, opt_.lease_ttl);
-  }
-  if (!r.ok() && (GetReason(r.status()) == Reason::kFenced ||
-                  r.status().code() == absl::StatusCode::kNotFound)) {
-    Drop(s, r.status().code() == absl::StatusCode::kNotFound
-                ? Session::Gone::kDeleted
-                : Session::Gone::kFenced);
+    std::vector<absl::StatusOr<Lease>> r =
+        store_->RenewLeases(opt_.owner, leases, opt_.lease_ttl);
+    for (Session* s : batch) s->lease_mu.Unlock();
+    for (size_t k = 0; k < batch.size() && k < r.size(); ++k) {
+      const absl::Status& st = r[k].status();
+      if (GetReason(st) == Reason::kFenced ||
+          st.code() == absl::StatusCode::kNotFound) {
+        Drop(batch[k], st.code() == absl::StatusCode::kNotFound
+                           ? Session::Gone::kDeleted
+                           : Session::Gone::kFenced);
+      }
+    }
   }
 }
 
@@ -483,7 +507,7 @@ void SessionManager::Impl::RenewLoop() {
     }
     if (absl::Now() + every <= next_renewal) continue;
     next_renewal = absl::Now() + renew_every;
-    for (auto& s : all) RenewLeaseOf(s.get());
+    RenewLeasesOf(all);
   }
 }
 

@@ -86,6 +86,18 @@ bool StartsWith(const redisReply* r, absl::string_view prefix) {
          absl::string_view(r->str, r->len).substr(0, prefix.size()) == prefix;
 }
 
+// An error reply that Run answers by running the commands again (after a
+// backoff): the node is busy, loading or without a quorum, or a script
+// touched a key its migrating slot already moved (the scripts touch every
+// such key before writing: redis_scripts.h probe_session), like TRYAGAIN.
+bool IsRetried(const redisReply* r) {
+  return StartsWith(r, "TRYAGAIN") || StartsWith(r, "LOADING") ||
+         StartsWith(r, "CLUSTERDOWN") || StartsWith(r, "MASTERDOWN") ||
+         (r->type == REDIS_REPLY_ERROR &&
+          absl::string_view(r->str, r->len).find("non local key") !=
+              absl::string_view::npos);
+}
+
 bool SplitHostPort(const std::string& address, std::string* host, int* port) {
   const size_t colon = address.rfind(':');
   if (colon == std::string::npos) return false;
@@ -515,6 +527,10 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Attempt(
   }
   if (c != nullptr) redisFree(c);
   for (const Reply& r : replies) {
+    if (IsRetried(r.get())) {
+      *redirect = absl::StrCat("RETRY ", absl::string_view(r->str, r->len));
+      return replies;
+    }
     if (StartsWith(r.get(), "MOVED ") || StartsWith(r.get(), "ASK ")) {
       std::vector<std::string> parts =
           absl::StrSplit(absl::string_view(r->str, r->len), ' ');
@@ -522,18 +538,6 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Attempt(
         *redirect = absl::StrCat(parts[0], " ", parts[2]);
         return replies;
       }
-    }
-    // A script that touched a key its migrating slot already moved (the
-    // scripts touch every such key before writing: redis_scripts.h
-    // probe_session) is run again, like a TRYAGAIN.
-    if (StartsWith(r.get(), "TRYAGAIN") || StartsWith(r.get(), "LOADING") ||
-        StartsWith(r.get(), "CLUSTERDOWN") ||
-        StartsWith(r.get(), "MASTERDOWN") ||
-        (r->type == REDIS_REPLY_ERROR &&
-         absl::string_view(r->str, r->len).find("non local key") !=
-             absl::string_view::npos)) {
-      *redirect = absl::StrCat("RETRY ", absl::string_view(r->str, r->len));
-      return replies;
     }
   }
   return replies;
@@ -655,6 +659,63 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Run(
     backoff = std::min(backoff * 2, options_.backoff_max);
   }
   return Unavailable("too many Redis Cluster redirects");
+}
+
+std::vector<absl::StatusOr<Reply>> RedisClient::RunEach(
+    const std::vector<Keyed>& commands, size_t batch) {
+  std::vector<absl::StatusOr<Reply>> out(commands.size());
+  // By node; a command whose node is unknown goes alone through Run.
+  std::map<std::string, std::vector<size_t>> by_node;
+  std::vector<size_t> alone;
+  for (size_t i = 0; i < commands.size(); ++i) {
+    absl::StatusOr<std::string> a =
+        AddressForSlot(KeySlot(commands[i].routing_key));
+    (a.ok() ? by_node[*a] : alone).push_back(i);
+  }
+  for (const auto& [address, indexes] : by_node) {
+    const size_t step = std::max<size_t>(batch, 1);
+    for (size_t at = 0; at < indexes.size(); at += step) {
+      const size_t end = std::min(indexes.size(), at + step);
+      std::vector<Command> cmds;
+      for (size_t k = at; k < end; ++k) {
+        cmds.push_back(commands[indexes[k]].command);
+      }
+      std::string redirect;
+      absl::StatusOr<std::vector<Reply>> r =
+          Attempt(address, cmds, /*asking=*/false, &redirect);
+      for (size_t k = at; k < end; ++k) {
+        const size_t i = indexes[k];
+        Reply* reply = r.ok() ? &(*r)[k - at] : nullptr;
+        if (reply != nullptr && !IsRetried(reply->get()) &&
+            !StartsWith(reply->get(), "MOVED ") &&
+            !StartsWith(reply->get(), "ASK ")) {
+          out[i] = std::move(*reply);
+        } else {
+          alone.push_back(i);
+        }
+      }
+    }
+  }
+  // Once one of these is UNAVAILABLE after Run's retries, so are the rest:
+  // a store that is down costs one retry deadline, not one per command.
+  absl::Status down;
+  for (size_t i : alone) {
+    if (!down.ok()) {
+      out[i] = down;
+      continue;
+    }
+    absl::StatusOr<std::vector<Reply>> r =
+        Run(commands[i].routing_key, {commands[i].command});
+    if (r.ok()) {
+      out[i] = std::move((*r)[0]);
+    } else {
+      out[i] = r.status();
+      if (r.status().code() == absl::StatusCode::kUnavailable) {
+        down = r.status();
+      }
+    }
+  }
+  return out;
 }
 
 absl::StatusOr<std::vector<Reply>> RedisClient::RunOnEveryPrimary(

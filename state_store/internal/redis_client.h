@@ -75,6 +75,18 @@ class RedisClient {
   absl::StatusOr<std::vector<Reply>> Run(absl::string_view routing_key,
                                          const std::vector<Command>& commands,
                                          const BulkSink& sink = nullptr);
+  // Runs each command as Run(routing key, {command}) would, pipelined:
+  // those whose slots one node serves (standalone: all) share a connection,
+  // up to `batch` at a time. A command answered with a redirect or a
+  // retryable error, or in a batch whose connection failed, is run again
+  // alone through Run. One result per command, in order. The commands must
+  // be safe to repeat.
+  struct Keyed {
+    absl::string_view routing_key;
+    Command command;
+  };
+  std::vector<absl::StatusOr<Reply>> RunEach(const std::vector<Keyed>& commands,
+                                             size_t batch = 256);
   // Runs one command on every primary (standalone: the server), e.g. INFO.
   absl::StatusOr<std::vector<Reply>> RunOnEveryPrimary(const Command& command);
   // PING on every primary, one attempt each (no retry loop: a readiness

@@ -140,6 +140,12 @@ class RedisStateStore final : public StateStore {
                                    const std::string& owner, uint64_t fence,
                                    absl::Duration ttl) override;
 
+  // Pipelined (RedisClient::RunEach): one round trip per 256 leases on
+  // each node.
+  std::vector<absl::StatusOr<Lease>> RenewLeases(
+      const std::string& owner, const std::vector<LeaseToRenew>& leases,
+      absl::Duration ttl) override;
+
   absl::Status ReleaseLease(const SessionKey& key, const std::string& owner,
                             uint64_t fence) override;
 
@@ -196,6 +202,11 @@ class RedisStateStore final : public StateStore {
   // LOADING, CLUSTERDOWN and MASTERDOWN never get here: the client retries
   // them until its deadline.)
   absl::Status BadReply(const redisReply* r);
+  // The lease kRenew's reply `r` grants (`owner`, `fence`, renewed at
+  // `start` for `ttl`), or its error.
+  absl::StatusOr<Lease> RenewedLease(const SessionKey& key, const redisReply* r,
+                                     const std::string& owner, uint64_t fence,
+                                     absl::Time start, absl::Duration ttl);
 
   absl::Status AddToIndex(const SessionKey& key);
 

@@ -291,6 +291,45 @@ TEST_P(StateStoreContractTest, ExpiredLeaseCanBeAcquiredOrRenewed) {
   EXPECT_EQ(owner->owner, "worker-a");
 }
 
+// RenewLeases answers each lease as RenewLease would, in order, across more
+// leases than one pipelined batch: renewed, fenced (another owner took
+// over), deleted, malformed.
+TEST_P(StateStoreContractTest, RenewLeasesAnswersEachLease) {
+  std::vector<StateStore::LeaseToRenew> leases;
+  for (int i = 0; i < 300; ++i) {
+    const SessionKey key{"acme", absl::StrCat("r", i)};
+    ASSERT_OK(store_->CreateSession(Create(key)));
+    auto a = store_->AcquireLease(key, "worker-a", absl::Seconds(1), false);
+    ASSERT_OK(a);
+    leases.push_back({key, a->fence});
+  }
+  ASSERT_OK(store_->AcquireLease(leases[7].key, "worker-b", absl::Seconds(60),
+                                 /*takeover=*/true));
+  ASSERT_OK(store_->DeleteSession(leases[299].key));
+  leases.push_back({{"acme", "bad/id"}, 1});
+  std::vector<absl::StatusOr<Lease>> r =
+      store_->RenewLeases("worker-a", leases, absl::Seconds(60));
+  ASSERT_EQ(r.size(), leases.size());
+  for (int i = 0; i < 299; ++i) {
+    if (i == 7) continue;
+    ASSERT_OK(r[i]);
+    EXPECT_EQ(r[i]->owner, "worker-a");
+    EXPECT_EQ(r[i]->fence, leases[i].fence);
+  }
+  EXPECT_ERROR(r[7], kAborted, kFenced);
+  EXPECT_ERROR(r[299], kNotFound, kSessionNotFound);
+  EXPECT_ERROR(r[300], kInvalidArgument, kInvalidArgument);
+  // Renewed for 60 s: still held past the 1 s the leases were taken for.
+  env_->Advance(absl::Milliseconds(1500));
+  auto owner = store_->GetOwner(leases[150].key);
+  ASSERT_OK(owner);
+  EXPECT_EQ(owner->owner, "worker-a");
+  owner = store_->GetOwner(leases[7].key);
+  ASSERT_OK(owner);
+  EXPECT_EQ(owner->owner, "worker-b");
+  EXPECT_TRUE(store_->RenewLeases("worker-a", {}, absl::Seconds(1)).empty());
+}
+
 TEST_P(StateStoreContractTest, OldVersionsAreDroppedBeyondKeep) {
   store_ = NewStore(3);
   auto created = store_->CreateSession(Create(kKey));
