@@ -84,8 +84,9 @@ class TenantLimits {
   absl::StatusOr<StreamSlot> AcquireStream(const std::string& tenant);
 
   // OK if `tenant` may create one more session: fewer than max_sessions
-  // live sessions in the store (listed, so it costs up to max_sessions head
-  // reads; OK at once when unlimited or without a store), or at the limit
+  // live sessions in the store (StateStore::CountSessionsBound, one read;
+  // only when that is at the limit, listed: up to max_sessions head reads;
+  // OK at once when unlimited or without a store), or at the limit
   // a session under `session_id` (the id the create will use, when known)
   // exists already, created at most `max_age` ago: that create is a retry
   // of one that succeeded (or SESSION_EXISTS), not one more session. (A

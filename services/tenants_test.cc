@@ -10,8 +10,11 @@
 #include <optional>
 #include <string>
 
+#include "absl/synchronization/mutex.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
+#include "state_store/memory_state_store.h"
+#include "state_store/testing/forwarding_store.h"
 
 namespace statestream {
 namespace {
@@ -136,6 +139,69 @@ TEST(TenantAuthTest, DevelopmentModeTakesTheTenantHeader) {
   EXPECT_EQ(*auth.Authenticate(std::nullopt, "acme"), "acme");
   EXPECT_EQ(auth.Authenticate(std::nullopt, "Not/Valid").status().code(),
             absl::StatusCode::kUnauthenticated);
+}
+
+}  // namespace
+namespace {
+
+// Counts listings; `bound_extra` is added to the store's session count (as
+// Redis's index holds expired sessions no listing pruned yet), or with
+// `no_bound` the count is UNIMPLEMENTED.
+class ListingCounter final : public testing::ForwardingStore {
+ public:
+  using ForwardingStore::ForwardingStore;
+  absl::StatusOr<int64_t> CountSessionsBound(const std::string& t) override {
+    if (no_bound) return absl::UnimplementedError("no count");
+    auto n = ForwardingStore::CountSessionsBound(t);
+    if (!n.ok()) return n;
+    return *n + bound_extra;
+  }
+  absl::StatusOr<ListSessionsPage> ListSessions(
+      const ListSessionsRequest& r) override {
+    ++listings;
+    return ForwardingStore::ListSessions(r);
+  }
+  int listings = 0;
+  int64_t bound_extra = 0;
+  bool no_bound = false;
+};
+
+// Below the limit a create costs one count, not a listing of every
+// session; at the count's limit the listing decides (an inflated count
+// does not refuse a tenant below its limit), and at the real limit the
+// create is refused.
+TEST(TenantLimitsTest, SessionLimitCountsOnceAndListsOnlyAtTheLimit) {
+  auto memory = NewMemoryStateStore({});
+  ASSERT_TRUE(memory.ok()) << memory.status();
+  ListingCounter store(memory->get());
+  TenantLimitsOptions options;
+  options.defaults.max_sessions = 3;
+  TenantLimits limits(options, &store);
+  auto create = [&](const std::string& id) {
+    CreateSessionRequest r;
+    r.key = {"acme", id};
+    r.model_id = "tiny";
+    r.initial_state.model_fingerprint = "fp";
+    ASSERT_TRUE(store.CreateSession(r).ok());
+  };
+  for (const char* id : {"a", "b"}) {
+    EXPECT_TRUE(limits.CheckNewSession("acme").ok());
+    create(id);
+  }
+  EXPECT_EQ(store.listings, 0);
+  store.bound_extra = 5;  // stale entries: the count says 7
+  EXPECT_TRUE(limits.CheckNewSession("acme").ok());
+  EXPECT_GT(store.listings, 0);
+  create("c");
+  store.bound_extra = 0;
+  const absl::Status full = limits.CheckNewSession("acme");
+  EXPECT_EQ(GetReason(full), Reason::kTenantLimit) << full;
+  EXPECT_TRUE(limits.CheckNewSession("other").ok());
+  store.no_bound = true;  // a store without a count: listed every time
+  const int before = store.listings;
+  EXPECT_EQ(GetReason(limits.CheckNewSession("acme")), Reason::kTenantLimit);
+  EXPECT_TRUE(limits.CheckNewSession("other").ok());
+  EXPECT_EQ(store.listings, before + 2);
 }
 
 }  // namespace

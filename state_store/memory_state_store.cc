@@ -170,6 +170,19 @@ class MemoryStateStore final : public StateStore {
     return out;
   }
 
+  absl::StatusOr<int64_t> CountSessionsBound(
+      const std::string& tenant) override {
+    SS_RETURN_IF_ERROR(store_internal::ValidateTenant(tenant));
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = clock_->Now();
+    int64_t n = 0;
+    for (auto it = sessions_.lower_bound({tenant, ""});
+         it != sessions_.end() && it->first.first == tenant; ++it) {
+      n += now < it->second.expires_at ? 1 : 0;
+    }
+    return n;
+  }
+
   absl::StatusOr<ListSessionsPage> ListSessions(
       const ListSessionsRequest& r) override {
     SS_ASSIGN_OR_RETURN(std::string after, store_internal::ParseListRequest(r));

@@ -24,6 +24,16 @@ absl::StatusOr<SessionHead> RedisStateStore::GetHead(const SessionKey& key) {
   return read.first;
 }
 
+absl::StatusOr<int64_t> RedisStateStore::CountSessionsBound(
+    const std::string& tenant) {
+  SS_RETURN_IF_ERROR(ValidateTenant(tenant));
+  const std::string index = IndexKey(tenant);
+  SS_ASSIGN_OR_RETURN(std::vector<Reply> r,
+                      client_->Run(index, {{"ZCARD", index}}));
+  if (r[0]->type != REDIS_REPLY_INTEGER) return Unexpected(Str(r[0].get()));
+  return static_cast<int64_t>(r[0]->integer);
+}
+
 absl::StatusOr<ListSessionsPage> RedisStateStore::ListSessions(
     const ListSessionsRequest& req) {
   SS_ASSIGN_OR_RETURN(std::string after, ParseListRequest(req));

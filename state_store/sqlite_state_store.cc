@@ -205,6 +205,19 @@ class SqliteStateStore final : public StateStore {
     return out;
   }
 
+  absl::StatusOr<int64_t> CountSessionsBound(
+      const std::string& tenant) override {
+    SS_RETURN_IF_ERROR(si::ValidateTenant(tenant));
+    absl::MutexLock lock(&mu_);
+    Stmt s(db_,
+           "SELECT COUNT(*) FROM sessions WHERE tenant=? AND expires_ms>?");
+    s.Bind(tenant).Bind(Ms(clock_->Now()));
+    int64_t n = 0;
+    if (s.Step()) n = s.Int(0);
+    SS_RETURN_IF_ERROR(s.status());
+    return n;
+  }
+
   absl::StatusOr<ListSessionsPage> ListSessions(
       const ListSessionsRequest& r) override {
     SS_ASSIGN_OR_RETURN(std::string after, si::ParseListRequest(r));

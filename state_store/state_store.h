@@ -293,6 +293,19 @@ class StateStore {
   virtual absl::StatusOr<ListSessionsPage> ListSessions(
       const ListSessionsRequest& request) = 0;
 
+  // At least the number of the tenant's live sessions, in one cheap read
+  // (a tenant limit checks it before each create, and lists the sessions
+  // only at the limit). Redis counts the tenant's index, which also holds
+  // creates in flight and sessions expired or deleted that no listing has
+  // pruned yet; the in-memory and SQLite stores count exactly.
+  // INVALID_ARGUMENT (bad tenant); UNIMPLEMENTED where a store has no such
+  // count; UNAVAILABLE.
+  virtual absl::StatusOr<int64_t> CountSessionsBound(
+      const std::string& tenant) {
+    (void)tenant;
+    return absl::UnimplementedError("CountSessionsBound");
+  }
+
   // Labels and TTL (pinning); refreshes the TTL of every key.
   // kSessionNotFound; INVALID_ARGUMENT; UNAVAILABLE.
   virtual absl::StatusOr<SessionHead> UpdateSession(

@@ -126,6 +126,10 @@ class RedisStateStore final : public StateStore {
   absl::StatusOr<ListSessionsPage> ListSessions(
       const ListSessionsRequest& req) override;
 
+  // ZCARD of the tenant's index.
+  absl::StatusOr<int64_t> CountSessionsBound(
+      const std::string& tenant) override;
+
   absl::StatusOr<SessionHead> UpdateSession(const SessionKey& key,
                                             const SessionUpdate& u) override;
 

@@ -42,6 +42,9 @@ class ForwardingStore : public StateStore {
       const SessionKey& k) override {
     return s_->ListVersions(k);
   }
+  absl::StatusOr<int64_t> CountSessionsBound(const std::string& t) override {
+    return s_->CountSessionsBound(t);
+  }
   absl::StatusOr<ListSessionsPage> ListSessions(
       const ListSessionsRequest& r) override {
     return s_->ListSessions(r);

@@ -291,6 +291,38 @@ TEST_P(StateStoreContractTest, ExpiredLeaseCanBeAcquiredOrRenewed) {
   EXPECT_EQ(owner->owner, "worker-a");
 }
 
+// CountSessionsBound is never below the tenant's live sessions, and equals
+// them once a listing has pruned what expired.
+TEST_P(StateStoreContractTest, CountSessionsBoundsTheLiveSessions) {
+  auto count = [&](const std::string& tenant) {
+    absl::StatusOr<int64_t> n = store_->CountSessionsBound(tenant);
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.value_or(-1);
+  };
+  EXPECT_EQ(count("acme"), 0);
+  for (const char* id : {"a", "b", "c"}) {
+    ASSERT_OK(store_->CreateSession(Create({"acme", id})));
+  }
+  CreateSessionRequest brief = Create({"acme", "brief"});
+  brief.ttl = absl::Seconds(1);
+  ASSERT_OK(store_->CreateSession(brief));
+  ASSERT_OK(store_->CreateSession(Create({"other", "a"})));
+  EXPECT_EQ(count("acme"), 4);
+  EXPECT_EQ(count("other"), 1);
+  ASSERT_OK(store_->DeleteSession({"acme", "b"}));
+  EXPECT_EQ(count("acme"), 3);
+  env_->Advance(absl::Milliseconds(1500));  // "brief" expires
+  EXPECT_GE(count("acme"), 2);
+  ListSessionsRequest list;
+  list.tenant = "acme";
+  auto page = store_->ListSessions(list);
+  ASSERT_OK(page);
+  EXPECT_EQ(page->sessions.size(), 2u);
+  EXPECT_EQ(count("acme"), 2);
+  EXPECT_ERROR(store_->CountSessionsBound("bad tenant!"), kInvalidArgument,
+               kInvalidArgument);
+}
+
 // RenewLeases answers each lease as RenewLease would, in order, across more
 // leases than one pipelined batch: renewed, fenced (another owner took
 // over), deleted, malformed.
