@@ -188,19 +188,35 @@ std::vector<absl::StatusOr<Lease>> RedisStateStore::RenewLeases(
           retention, now, owner, k.fence, ttl_ms}});
     index.push_back(i);
   }
-  std::vector<absl::StatusOr<Reply>> replies = client_->RunEach(commands);
-  for (size_t c = 0; c < replies.size(); ++c) {
-    const size_t i = index[c];
-    if (!replies[c].ok()) {
-      out[i] = replies[c].status();
-    } else if ((*replies[c])->type == REDIS_REPLY_ERROR &&
-               Str(replies[c]->get()).rfind("NOSCRIPT", 0) == 0) {
-      // The script cache was flushed: RenewLease loads it again.
-      out[i] = RenewLease(leases[i].key, owner, leases[i].fence, ttl);
-    } else {
-      out[i] = RenewedLease(leases[i].key, replies[c]->get(), owner,
-                            leases[i].fence, start, ttl);
+  // A node whose script cache was flushed (a restart, a failover) answers
+  // NOSCRIPT: the first such lease goes through RenewLease, which loads the
+  // script, and the rest are pipelined again; any still NOSCRIPT (another
+  // node's cache) then go one by one.
+  for (int pass = 0; pass < 2 && !commands.empty(); ++pass) {
+    std::vector<absl::StatusOr<Reply>> replies = client_->RunEach(commands);
+    std::vector<store_internal::RedisClient::Keyed> again;
+    std::vector<size_t> again_index;
+    bool loaded = false;
+    for (size_t c = 0; c < replies.size(); ++c) {
+      const size_t i = index[c];
+      if (!replies[c].ok()) {
+        out[i] = replies[c].status();
+      } else if ((*replies[c])->type == REDIS_REPLY_ERROR &&
+                 Str(replies[c]->get()).rfind("NOSCRIPT", 0) == 0) {
+        if (pass == 0 && loaded) {
+          again.push_back(commands[c]);
+          again_index.push_back(i);
+        } else {
+          out[i] = RenewLease(leases[i].key, owner, leases[i].fence, ttl);
+          loaded = true;
+        }
+      } else {
+        out[i] = RenewedLease(leases[i].key, replies[c]->get(), owner,
+                              leases[i].fence, start, ttl);
+      }
     }
+    commands = std::move(again);
+    index = std::move(again_index);
   }
   return out;
 }

@@ -677,15 +677,16 @@ TEST(RedisStateStoreTest, UnavailableWhileDownThenRecovers) {
       (*store)->CreateSession(NewSession("a", Durability::kMemory)).ok());
 }
 
-// With the server down, every lease of a RenewLeases call is UNAVAILABLE
-// (after one retry deadline: the rest of the call does not retry each);
-// once it is back, the same call renews them.
+// After a script-cache flush every lease is renewed; with the server
+// down, every lease of a RenewLeases call is UNAVAILABLE (after one retry
+// deadline: the rest of the call does not retry each); once it is back,
+// each answers for itself.
 TEST(RedisStateStoreTest, RenewLeasesWhileDownAreUnavailable) {
   auto server = RedisServer::Start({});
   ASSERT_TRUE(server.ok()) << server.status();
   RedisStateStoreOptions o;
   o.addresses = {(*server)->address()};
-  o.retry_deadline = absl::Milliseconds(300);
+  o.retry_deadline = absl::Seconds(2);
   auto store = NewRedisStateStore(o);
   ASSERT_TRUE(store.ok()) << store.status();
   std::vector<StateStore::LeaseToRenew> leases;
@@ -698,11 +699,21 @@ TEST(RedisStateStoreTest, RenewLeasesWhileDownAreUnavailable) {
     ASSERT_TRUE(a.ok()) << a.status();
     leases.push_back({{"acme", id}, a->fence});
   }
+  // The script cache flushed (a restart, a failover): loaded again, and
+  // every lease renewed.
+  ASSERT_TRUE((*server)->Command({"SCRIPT", "FLUSH"}).ok());
+  for (const auto& r : (*store)->RenewLeases("w", leases, absl::Seconds(60))) {
+    EXPECT_TRUE(r.ok()) << r.status();
+  }
   (*server)->Kill();
+  const absl::Time start = absl::Now();
   for (const auto& r : (*store)->RenewLeases("w", leases, absl::Seconds(60))) {
     EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
     EXPECT_EQ(GetReason(r.status()), Reason::kStoreUnavailable);
   }
+  // One retry deadline (2 s), not one per lease (40 s): a generous bound
+  // that only the per-lease retries could exceed.
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
   ASSERT_TRUE((*server)->Restart().ok());  // no persistence: data is gone
   for (const auto& r : (*store)->RenewLeases("w", leases, absl::Seconds(60))) {
     EXPECT_EQ(GetReason(r.status()), Reason::kSessionNotFound) << r.status();

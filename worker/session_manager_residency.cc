@@ -371,6 +371,12 @@ void SessionManager::Impl::RenewLeasesOf(
     std::vector<absl::StatusOr<Lease>> r =
         store_->RenewLeases(opt_.owner, leases, opt_.lease_ttl);
     for (Session* s : batch) s->lease_mu.Unlock();
+    // A store that answered none of them (down): the rest of the round
+    // would wait as long for nothing; the next round tries again.
+    const bool down =
+        !r.empty() && std::all_of(r.begin(), r.end(), [](const auto& x) {
+          return x.status().code() == absl::StatusCode::kUnavailable;
+        });
     for (size_t k = 0; k < batch.size() && k < r.size(); ++k) {
       const absl::Status& st = r[k].status();
       if (GetReason(st) == Reason::kFenced ||
@@ -380,6 +386,7 @@ void SessionManager::Impl::RenewLeasesOf(
                            : Session::Gone::kFenced);
       }
     }
+    if (down) return;
   }
 }
 

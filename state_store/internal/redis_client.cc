@@ -661,9 +661,15 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Run(
   return Unavailable("too many Redis Cluster redirects");
 }
 
+std::string RedisClient::KnownAddress(int slot) {
+  absl::MutexLock lock(&mu_);
+  return options_.cluster ? slots_[slot] : standalone_address_;
+}
+
 std::vector<absl::StatusOr<Reply>> RedisClient::RunEach(
     const std::vector<Keyed>& commands, size_t batch) {
   std::vector<absl::StatusOr<Reply>> out(commands.size());
+  const size_t step = std::max<size_t>(batch, 1);
   // By node; a command whose node is unknown goes alone through Run.
   std::map<std::string, std::vector<size_t>> by_node;
   std::vector<size_t> alone;
@@ -673,9 +679,13 @@ std::vector<absl::StatusOr<Reply>> RedisClient::RunEach(
     (a.ok() ? by_node[*a] : alone).push_back(i);
   }
   for (const auto& [address, indexes] : by_node) {
-    const size_t step = std::max<size_t>(batch, 1);
+    bool failed = false;  // a batch failed: the node's rest go alone
     for (size_t at = 0; at < indexes.size(); at += step) {
       const size_t end = std::min(indexes.size(), at + step);
+      if (failed) {
+        alone.insert(alone.end(), indexes.begin() + at, indexes.begin() + end);
+        continue;
+      }
       std::vector<Command> cmds;
       for (size_t k = at; k < end; ++k) {
         cmds.push_back(commands[indexes[k]].command);
@@ -683,6 +693,7 @@ std::vector<absl::StatusOr<Reply>> RedisClient::RunEach(
       std::string redirect;
       absl::StatusOr<std::vector<Reply>> r =
           Attempt(address, cmds, /*asking=*/false, &redirect);
+      failed = !r.ok();
       for (size_t k = at; k < end; ++k) {
         const size_t i = indexes[k];
         Reply* reply = r.ok() ? &(*r)[k - at] : nullptr;
@@ -690,18 +701,29 @@ std::vector<absl::StatusOr<Reply>> RedisClient::RunEach(
             !StartsWith(reply->get(), "MOVED ") &&
             !StartsWith(reply->get(), "ASK ")) {
           out[i] = std::move(*reply);
-        } else {
-          alone.push_back(i);
+          continue;
         }
+        if (reply != nullptr && StartsWith(reply->get(), "MOVED ")) {
+          // "MOVED <slot> <host:port>": the next call goes there at once.
+          std::vector<std::string> parts = absl::StrSplit(
+              absl::string_view((*reply)->str, (*reply)->len), ' ');
+          int slot = -1;
+          if (parts.size() == 3 && absl::SimpleAtoi(parts[1], &slot) &&
+              slot >= 0 && slot < kSlots) {
+            SetSlot(slot, parts[2]);
+          }
+        }
+        alone.push_back(i);
       }
     }
   }
-  // Once one of these is UNAVAILABLE after Run's retries, so are the rest:
-  // a store that is down costs one retry deadline, not one per command.
-  absl::Status down;
+  // A node still UNAVAILABLE after Run's retries costs one retry deadline:
+  // the rest of its commands get that answer at once, not one each.
+  std::map<std::string, absl::Status> down;  // by node ("": unknown)
   for (size_t i : alone) {
-    if (!down.ok()) {
-      out[i] = down;
+    const std::string node = KnownAddress(KeySlot(commands[i].routing_key));
+    if (auto d = down.find(node); d != down.end()) {
+      out[i] = d->second;
       continue;
     }
     absl::StatusOr<std::vector<Reply>> r =
@@ -711,7 +733,7 @@ std::vector<absl::StatusOr<Reply>> RedisClient::RunEach(
     } else {
       out[i] = r.status();
       if (r.status().code() == absl::StatusCode::kUnavailable) {
-        down = r.status();
+        down[node] = r.status();
       }
     }
   }

@@ -78,9 +78,10 @@ class RedisClient {
   // Runs each command as Run(routing key, {command}) would, pipelined:
   // those whose slots one node serves (standalone: all) share a connection,
   // up to `batch` at a time. A command answered with a redirect or a
-  // retryable error, or in a batch whose connection failed, is run again
-  // alone through Run. One result per command, in order. The commands must
-  // be safe to repeat.
+  // retryable error, or in a batch whose connection failed (and the rest
+  // of that node's), is run again alone through Run; a node that stays
+  // UNAVAILABLE then answers the rest of its commands so at once. One
+  // result per command, in order. The commands must be safe to repeat.
   struct Keyed {
     absl::string_view routing_key;
     Command command;
@@ -99,6 +100,8 @@ class RedisClient {
   explicit RedisClient(const RedisClientOptions& options);
   Node* NodeFor(const std::string& address);
   absl::StatusOr<std::string> AddressForSlot(int slot);
+  // The node serving `slot` as last known ("" if none), without asking.
+  std::string KnownAddress(int slot);
   absl::Status RefreshSlots();
   void SetSlot(int slot, const std::string& address);
   // One attempt on `address`. Sets *redirect to "ASK host:port" /

@@ -338,25 +338,27 @@ TEST_P(StateStoreContractTest, RenewLeasesAnswersEachLease) {
   ASSERT_OK(store_->AcquireLease(leases[7].key, "worker-b", absl::Seconds(60),
                                  /*takeover=*/true));
   ASSERT_OK(store_->DeleteSession(leases[299].key));
-  leases.push_back({{"acme", "bad/id"}, 1});
+  leases.insert(leases.begin() + 5, {{"acme", "bad/id"}, 1});
   std::vector<absl::StatusOr<Lease>> r =
       store_->RenewLeases("worker-a", leases, absl::Seconds(60));
   ASSERT_EQ(r.size(), leases.size());
+  // Session i is at i, or at i + 1 from 5 on (after the malformed key).
   for (int i = 0; i < 299; ++i) {
     if (i == 7) continue;
-    ASSERT_OK(r[i]);
-    EXPECT_EQ(r[i]->owner, "worker-a");
-    EXPECT_EQ(r[i]->fence, leases[i].fence);
+    const int at = i < 5 ? i : i + 1;
+    ASSERT_OK(r[at]);
+    EXPECT_EQ(r[at]->owner, "worker-a");
+    EXPECT_EQ(r[at]->fence, leases[at].fence);
   }
-  EXPECT_ERROR(r[7], kAborted, kFenced);
-  EXPECT_ERROR(r[299], kNotFound, kSessionNotFound);
-  EXPECT_ERROR(r[300], kInvalidArgument, kInvalidArgument);
+  EXPECT_ERROR(r[5], kInvalidArgument, kInvalidArgument);
+  EXPECT_ERROR(r[8], kAborted, kFenced);
+  EXPECT_ERROR(r[300], kNotFound, kSessionNotFound);
   // Renewed for 60 s: still held past the 1 s the leases were taken for.
   env_->Advance(absl::Milliseconds(1500));
   auto owner = store_->GetOwner(leases[150].key);
   ASSERT_OK(owner);
   EXPECT_EQ(owner->owner, "worker-a");
-  owner = store_->GetOwner(leases[7].key);
+  owner = store_->GetOwner(leases[8].key);
   ASSERT_OK(owner);
   EXPECT_EQ(owner->owner, "worker-b");
   EXPECT_TRUE(store_->RenewLeases("worker-a", {}, absl::Seconds(1)).empty());

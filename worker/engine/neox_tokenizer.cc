@@ -197,6 +197,8 @@ class NeoxTokenizer final : public Tokenizer {
   std::optional<int32_t> eot_;
   size_t max_token_bytes_ = 1;
   bool streamable_ = true;
+  // Whether exact cuts may fall where classes change (PreTokenCut).
+  bool class_cuts_ = true;
   std::string fingerprint_;
 };
 
@@ -429,7 +431,7 @@ size_t NeoxTokenizer::PreTokenCut(const std::string& text, size_t from,
   // that stays alone is "other", as the regex has it.) Each pre-token of the
   // regex ends where its class changes.
   std::vector<size_t> sure;
-  for (size_t k = 1; k + 1 < chars.size(); ++k) {
+  for (size_t k = 1; k + 1 < chars.size() && (class_cuts_ || !exact); ++k) {
     if (chars[k].at > limit) break;
     const UChar32 prev = chars[k - 1].c, c = chars[k].c;
     if (prev < 0 || c < 0 || prev == '\'') continue;
@@ -637,6 +639,12 @@ absl::Status NeoxTokenizer::Init(const nlohmann::json& j) {
       size_t spaces = 0;
       for (char16_t c : added.text) spaces += u_isUWhiteSpace(c) ? 1 : 0;
       if (spaces != 0 && spaces != added.text.size()) streamable_ = false;
+      // PreTokenCut finds normalized added tokens in the text before NFC:
+      // one of letters or digits might match only once normalized ("e"
+      // U+0301 "a1" for "éa1"), across a cut between classes.
+      if (spaces != added.text.size() && a.value("normalized", true)) {
+        class_cuts_ = false;
+      }
       (a.value("normalized", true) ? normalized_added_ : raw_added_)
           .push_back(std::move(added));
     }

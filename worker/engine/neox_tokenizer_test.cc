@@ -3,6 +3,7 @@
 // the HF `tokenizers` library), decoding, and streaming == whole encoding.
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -423,7 +424,32 @@ TEST(NeoxTokenizerFileTest, PicksTokenizerByFileType) {
   EXPECT_FALSE(LoadTokenizerFile("/nonexistent/tokenizer.json").ok());
 }
 
+// A minimal valid tokenizer.json: a token for every byte (GPT-2's
+// byte-to-symbol alphabet, token id = byte) but `drop_byte`, "ab" and its
+// merge, `extra_vocab` as 257, and the `added` tokens (a JSON array).
+std::string MinimalTokenizerJson(const std::string& extra_vocab,
+                                 const std::string& added, int drop_byte) {
+  nlohmann::json vocab = nlohmann::json::object();
+  int next = 256;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable =
+        (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
+    std::string symbol;
+    AppendUtf8(printable ? b : next++, &symbol);
+    if (b != drop_byte) vocab[symbol] = b;
+  }
+  vocab["ab"] = 256;
+  if (!extra_vocab.empty()) vocab[extra_vocab] = 257;
+  return absl::StrCat(
+      "{\"normalizer\": {\"type\": \"NFC\"}, \"pre_tokenizer\": "
+      "{\"type\": \"ByteLevel\", \"add_prefix_space\": false}, "
+      "\"model\": {\"type\": \"BPE\", \"vocab\": ",
+      vocab.dump(), ", \"merges\": [[\"a\", \"b\"]]}",
+      added.empty() ? "" : ", \"added_tokens\": ", added, "}");
+}
+
 TEST(NeoxTokenizerFileTest, MalformedFilesAreErrors) {
+  const auto file = MinimalTokenizerJson;
   // With the settings Encode implements, so the model's own checks answer.
   const std::string settings =
       R"("normalizer": {"type": "NFC"}, "pre_tokenizer": )"
@@ -444,28 +470,6 @@ TEST(NeoxTokenizerFileTest, MalformedFilesAreErrors) {
     EXPECT_EQ(t.status().message().find("is supported"), std::string::npos)
         << t.status();
   }
-  // A minimal valid file: a token for every byte (GPT-2's byte-to-symbol
-  // alphabet, token id = byte), "ab" and its merge.
-  auto file = [](const std::string& extra_vocab, const std::string& added,
-                 int drop_byte) {
-    nlohmann::json vocab = nlohmann::json::object();
-    int next = 256;
-    for (int b = 0; b < 256; ++b) {
-      const bool printable =
-          (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
-      std::string symbol;
-      AppendUtf8(printable ? b : next++, &symbol);
-      if (b != drop_byte) vocab[symbol] = b;
-    }
-    vocab["ab"] = 256;
-    if (!extra_vocab.empty()) vocab[extra_vocab] = 257;
-    return absl::StrCat(
-        "{\"normalizer\": {\"type\": \"NFC\"}, \"pre_tokenizer\": "
-        "{\"type\": \"ByteLevel\", \"add_prefix_space\": false}, "
-        "\"model\": {\"type\": \"BPE\", \"vocab\": ",
-        vocab.dump(), ", \"merges\": [[\"a\", \"b\"]]}",
-        added.empty() ? "" : ", \"added_tokens\": ", added, "}");
-  };
   auto t = ParseNeoxTokenizer(file("", "", -1));
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ((*t)->Encode("abab"), (std::vector<int32_t>{256, 256}));
@@ -505,6 +509,26 @@ TEST(NeoxTokenizerFileTest, MalformedFilesAreErrors) {
     ASSERT_FALSE(r.ok()) << bad.substr(0, 200);
     EXPECT_EQ(GetReason(r.status()), Reason::kInvalidModelFile) << r.status();
   }
+}
+
+// A normalized added token of letters and digits matches only in the NFC
+// text ("e" U+0301 "a1" is "éa1" once normalized): streaming cuts no text
+// between classes, where that token might span the cut.
+TEST(NeoxTokenizerFileTest, ANormalizedAddedTokenOfLettersStreamsWhole) {
+  auto t = ParseNeoxTokenizer(MinimalTokenizerJson(
+      "", R"([{"id": 300, "content": "\u00e9a1", "normalized": true}])", -1));
+  ASSERT_TRUE(t.ok()) << t.status();
+  std::string text;
+  for (int i = 0; i < 6; ++i)
+    text +=
+        "xe\xcc\x81"
+        "a1.z9";
+  const std::vector<int32_t> whole = (*t)->Encode(text);
+  ASSERT_EQ(std::count(whole.begin(), whole.end(), 300), 6);
+  for (size_t cut = 0; cut <= text.size(); ++cut) {
+    ASSERT_EQ(Stream(**t, text, {cut, text.size()}), whole) << cut;
+  }
+  EXPECT_EQ(Stream(**t, text, {1}), whole);
 }
 
 }  // namespace
