@@ -22,9 +22,8 @@ import grpc.aio
 from statestream.client import (_assemble_export, _channel_options, _crc32c,
                                 _stop_strings, _stop_tokens, new_request_id)
 from statestream.errors import StatestreamError, is_retryable, retry_after
-from statestream.streams import (MAX_WINDOW, _AckTracker, _diverged,
-                                 _ended_short, _moved, _pin_to_start,
-                                 _Retained, _units)
+from statestream.streams import (MAX_WINDOW, _AckTracker,
+                                 _GenerateProgress, _Retained, _units)
 from statestream.types import (AppendAck, ExportedState, GenerateChunk,
                                GenerateDone, GenerateResult, ScoreResult,
                                SessionInfo, VersionInfo)
@@ -542,16 +541,11 @@ class AsyncGenerateStream:
         self._session = session
         self._client = session.client
         self._request = request
-        self._delivered_tokens = 0
-        self._delivered_ids: list = []
-        self._delivered_bytes = 0
+        self._progress = _GenerateProgress(request)
         self._call = None
         self._stubs = None
-        self._seen_bytes = 0
-        self._call_tokens = 0
         self._pin = pin  # commit: pin the offset read at the first read
         self._pinned = False
-        self._pinned_here = False  # see streams._pin_to_start
         self.done: Optional[GenerateDone] = None
         self.reconnects = 0
         self._finished = False
@@ -592,8 +586,7 @@ class AsyncGenerateStream:
                 self._stubs = self._client._stubs[self._client._current]
                 self._call = self._stubs.streams.Generate(
                     self._request, metadata=self._client._metadata)
-                self._seen_bytes = 0
-                self._call_tokens = 0
+                self._progress.new_call()
             try:
                 msg = await self._call.read()
                 err = None
@@ -604,9 +597,7 @@ class AsyncGenerateStream:
                 err = StatestreamError.from_rpc_error(e)
             if err is None:
                 if msg.HasField("done"):
-                    short = _ended_short(self._call_tokens, self._seen_bytes,
-                                         self._delivered_tokens,
-                                         self._delivered_bytes)
+                    short = self._progress.ended_short()
                     if short is not None:
                         self._finished = True
                         self._drop_call()
@@ -614,38 +605,17 @@ class AsyncGenerateStream:
                     self.done = GenerateDone.from_proto(msg.done)
                     self._finished = True
                     break
-                c = msg.chunk
-                diverged = _diverged(self._delivered_ids, c)
-                if diverged is not None:
+                try:
+                    chunk = self._progress.take(msg.chunk)
+                except StatestreamError:
                     self._finished = True
                     self._drop_call()
-                    raise diverged
-                self._call_tokens = max(self._call_tokens,
-                                        c.index + len(c.tokens))
-                if _pin_to_start(self._request, c,
-                                 self._delivered_tokens +
-                                 self._delivered_bytes):
-                    self._pinned_here = True
-                n = len(c.tokens)
-                skip = min(n, max(0, self._delivered_tokens - c.index))
-                self._delivered_ids.extend(c.tokens[skip:])
-                begin = self._seen_bytes
-                self._seen_bytes += len(c.text_utf8)
-                skip_bytes = min(len(c.text_utf8),
-                                 max(0, self._delivered_bytes - begin))
-                if skip == n and skip_bytes == len(c.text_utf8):
+                    raise
+                if chunk is None:
                     continue
-                raw = bytes(c.text_utf8[skip_bytes:])
-                self._delivered_tokens = max(self._delivered_tokens,
-                                             c.index + n)
-                self._delivered_bytes = max(self._delivered_bytes,
-                                            self._seen_bytes)
-                return GenerateChunk(c.index + skip, list(c.tokens[skip:]),
-                                     raw.decode("utf-8", "replace"), raw,
-                                     [lp.logprob for lp in c.logprobs[skip:]])
+                return chunk
             self._call = None
-            moved = _moved(err, self._pinned_here, self._request,
-                           len(self._delivered_ids))
+            moved = self._progress.moved(err)
             if moved is not err:
                 self._finished = True
                 raise moved

@@ -358,6 +358,63 @@ def _moved(err: StatestreamError, pinned_here: bool, request,
         f"({err.message})", err.reason, err.metadata)
 
 
+class _GenerateProgress:
+    """What one Generate delivered across its calls (GenerateStream and the
+    async one share it): a resumed call replays the output from the same
+    state, and only what was not delivered yet goes on."""
+
+    def __init__(self, request):
+        self.request = request
+        self.delivered_tokens = 0
+        self.delivered_ids: list = []
+        self.delivered_bytes = 0
+        self.seen_bytes = 0  # this call's text bytes
+        self.call_tokens = 0  # this call's tokens
+        self.pinned_here = False  # see _pin_to_start
+
+    def new_call(self) -> None:
+        self.seen_bytes = 0
+        self.call_tokens = 0
+
+    def ended_short(self) -> Optional[StatestreamError]:
+        """At `done`: the error if this call ended before what was already
+        delivered (see _ended_short), else None."""
+        return _ended_short(self.call_tokens, self.seen_bytes,
+                            self.delivered_tokens, self.delivered_bytes)
+
+    def take(self, c):
+        """Chunk `c`'s part not delivered yet, as a GenerateChunk; None if
+        all of it was. Raises the ABORTED of _diverged (the caller ends the
+        call first: `take` is called inside its try/except)."""
+        diverged = _diverged(self.delivered_ids, c)
+        if diverged is not None:
+            raise diverged
+        self.call_tokens = max(self.call_tokens, c.index + len(c.tokens))
+        if _pin_to_start(self.request, c,
+                         self.delivered_tokens + self.delivered_bytes):
+            self.pinned_here = True
+        n = len(c.tokens)
+        skip = min(n, max(0, self.delivered_tokens - c.index))
+        self.delivered_ids.extend(c.tokens[skip:])
+        begin = self.seen_bytes
+        self.seen_bytes += len(c.text_utf8)
+        skip_bytes = min(len(c.text_utf8),
+                         max(0, self.delivered_bytes - begin))
+        if skip == n and skip_bytes == len(c.text_utf8):
+            return None
+        raw = bytes(c.text_utf8[skip_bytes:])
+        self.delivered_tokens = max(self.delivered_tokens, c.index + n)
+        self.delivered_bytes = max(self.delivered_bytes, self.seen_bytes)
+        return GenerateChunk(c.index + skip, list(c.tokens[skip:]),
+                             raw.decode("utf-8", "replace"), raw,
+                             [lp.logprob for lp in c.logprobs[skip:]])
+
+    def moved(self, err: StatestreamError) -> StatestreamError:
+        """_moved for this generation: `err`, or the ABORTED that ends it."""
+        return _moved(err, self.pinned_here, self.request,
+                      len(self.delivered_ids))
+
+
 class GenerateStream:
     """Iterates over GenerateChunk, resuming after failures with the same
     request and skipping output already delivered (checked equal to what
@@ -370,17 +427,12 @@ class GenerateStream:
         self._client = client
         self._request = request
         self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._delivered_tokens = 0
-        self._delivered_ids: list = []
-        self._delivered_bytes = 0
-        self._seen_bytes = 0
-        self._call_tokens = 0
+        self._progress = _GenerateProgress(request)
         self._responses = None
         self._stubs = None
         self.done: Optional[GenerateDone] = None
         self.reconnects = 0
         self._finished = False
-        self._pinned_here = False  # see _pin_to_start
         # cancel() may come from another thread: _lock orders it against
         # opening a call, and _cancelled wakes a backoff sleep.
         self._lock = threading.Lock()
@@ -414,8 +466,7 @@ class GenerateStream:
         with self._lock:
             if not self._cancelled.is_set():
                 self._stubs, self._responses = stubs, responses
-                self._seen_bytes = 0
-                self._call_tokens = 0
+                self._progress.new_call()
                 return True
         responses.cancel()
         return False
@@ -434,52 +485,28 @@ class GenerateStream:
                                        "generate ended without done")
             else:
                 if msg.HasField("done"):
-                    short = _ended_short(self._call_tokens, self._seen_bytes,
-                                         self._delivered_tokens,
-                                         self._delivered_bytes)
+                    short = self._progress.ended_short()
                     if short is not None:
                         self.cancel()
                         raise short
                     self.done = GenerateDone.from_proto(msg.done)
                     self._finished = True
                     break
-                c = msg.chunk
-                diverged = _diverged(self._delivered_ids, c)
-                if diverged is not None:
+                try:
+                    chunk = self._progress.take(msg.chunk)
+                except StatestreamError:
                     self.cancel()
-                    raise diverged
-                self._call_tokens = max(self._call_tokens,
-                                        c.index + len(c.tokens))
-                if _pin_to_start(self._request, c,
-                                 self._delivered_tokens +
-                                 self._delivered_bytes):
-                    self._pinned_here = True
-                n = len(c.tokens)
-                skip = min(n, max(0, self._delivered_tokens - c.index))
-                self._delivered_ids.extend(c.tokens[skip:])
-                begin = self._seen_bytes
-                self._seen_bytes += len(c.text_utf8)
-                skip_bytes = min(len(c.text_utf8),
-                                 max(0, self._delivered_bytes - begin))
-                if skip == n and skip_bytes == len(c.text_utf8):
+                    raise
+                if chunk is None:
                     continue
-                raw = bytes(c.text_utf8[skip_bytes:])
-                self._delivered_tokens = max(self._delivered_tokens,
-                                             c.index + n)
-                self._delivered_bytes = max(self._delivered_bytes,
-                                            self._seen_bytes)
-                return GenerateChunk(
-                    c.index + skip, list(c.tokens[skip:]),
-                    raw.decode("utf-8", "replace"), raw,
-                    [lp.logprob for lp in c.logprobs[skip:]])
+                return chunk
             with self._lock:
                 self._responses = None
             if self._cancelled.is_set():
                 # Our own cancel(): not a failure of the target, and not
                 # retried.
                 break
-            moved = _moved(err, self._pinned_here, self._request,
-                           len(self._delivered_ids))
+            moved = self._progress.moved(err)
             if moved is not err:
                 self._finished = True
                 raise moved
