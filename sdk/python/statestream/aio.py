@@ -19,8 +19,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import grpc
 import grpc.aio
 
-from statestream.client import (_assemble_export, _channel_options, _crc32c,
-                                _stop_strings, _stop_tokens, new_request_id)
+from statestream.client import (_assemble_export, _crc32c, _setup,
+                                _stop_strings, _stop_tokens, _Stubs,
+                                new_request_id)
 from statestream.errors import StatestreamError, is_retryable, retry_after
 from statestream.streams import (MAX_WINDOW, _AckTracker,
                                  _GenerateProgress, _Retained, _units)
@@ -28,15 +29,6 @@ from statestream.types import (AppendAck, ExportedState, GenerateChunk,
                                GenerateDone, GenerateResult, ScoreResult,
                                SessionInfo, VersionInfo)
 from statestream.v1 import statestream_pb2 as pb
-from statestream.v1 import statestream_pb2_grpc as rpc
-
-
-class _Stubs:
-    def __init__(self, channel):
-        self.channel = channel
-        self.sessions = rpc.SessionsStub(channel)
-        self.streams = rpc.StreamsStub(channel)
-        self.models = rpc.ModelsStub(channel)
 
 
 class AsyncClient:
@@ -52,30 +44,9 @@ class AsyncClient:
                  timeout: float = 60.0, max_attempts: int = 10,
                  initial_backoff: float = 0.05, max_backoff: float = 2.0,
                  options: Sequence = ()):
-        if isinstance(targets, str):
-            targets = [t for t in targets.split(",") if t]
-        if not targets:
-            raise ValueError("targets is empty")
-        self.timeout = timeout
-        self.max_attempts = max(1, max_attempts)
-        self.initial_backoff = initial_backoff
-        self.max_backoff = max_backoff
-        self._metadata = []
-        if api_key:
-            self._metadata.append(("authorization", "Bearer " + api_key))
-        if tenant:
-            self._metadata.append(("x-statestream-tenant", tenant))
-        opts = _channel_options(options, tls and tls_server_name)
-        self._stubs = []
-        for target in targets:
-            if tls:
-                creds = grpc.ssl_channel_credentials(
-                    root_certificates, private_key, certificate_chain)
-                channel = grpc.aio.secure_channel(target, creds, options=opts)
-            else:
-                channel = grpc.aio.insecure_channel(target, options=opts)
-            self._stubs.append(_Stubs(channel))
-        self._current = 0
+        _setup(self, targets, api_key, tenant, tls, root_certificates,
+               private_key, certificate_chain, tls_server_name, timeout,
+               max_attempts, initial_backoff, max_backoff, options, grpc.aio)
 
     async def close(self) -> None:
         for s in self._stubs:

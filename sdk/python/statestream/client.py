@@ -78,6 +78,38 @@ class _Stubs:
         self.models = rpc.ModelsStub(channel)
 
 
+def _setup(client, targets, api_key, tenant, tls, root_certificates,
+           private_key, certificate_chain, tls_server_name, timeout,
+           max_attempts, initial_backoff, max_backoff, options, grpc_module):
+    """Client's and AsyncClient's shared constructor: the retry settings,
+    the call metadata, and one _Stubs per target on channels that
+    `grpc_module` (grpc or grpc.aio) opens."""
+    if isinstance(targets, str):
+        targets = [t for t in targets.split(",") if t]
+    if not targets:
+        raise ValueError("targets is empty")
+    client.timeout = timeout
+    client.max_attempts = max(1, max_attempts)
+    client.initial_backoff = initial_backoff
+    client.max_backoff = max_backoff
+    client._metadata = []
+    if api_key:
+        client._metadata.append(("authorization", "Bearer " + api_key))
+    if tenant:
+        client._metadata.append(("x-statestream-tenant", tenant))
+    opts = _channel_options(options, tls and tls_server_name)
+    client._stubs = []
+    for target in targets:
+        if tls:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates, private_key, certificate_chain)
+            channel = grpc_module.secure_channel(target, creds, options=opts)
+        else:
+            channel = grpc_module.insecure_channel(target, options=opts)
+        client._stubs.append(_Stubs(channel))
+    client._current = 0
+
+
 class Client:
     """Connection to one or more statestream targets (gateways or `serve`).
 
@@ -97,31 +129,10 @@ class Client:
                  timeout: float = 60.0, max_attempts: int = 10,
                  initial_backoff: float = 0.05, max_backoff: float = 2.0,
                  options: Sequence = ()):
-        if isinstance(targets, str):
-            targets = [t for t in targets.split(",") if t]
-        if not targets:
-            raise ValueError("targets is empty")
-        self.timeout = timeout
-        self.max_attempts = max(1, max_attempts)
-        self.initial_backoff = initial_backoff
-        self.max_backoff = max_backoff
-        self._metadata = []
-        if api_key:
-            self._metadata.append(("authorization", "Bearer " + api_key))
-        if tenant:
-            self._metadata.append(("x-statestream-tenant", tenant))
-        opts = _channel_options(options, tls and tls_server_name)
-        self._stubs = []
-        for target in targets:
-            if tls:
-                creds = grpc.ssl_channel_credentials(
-                    root_certificates, private_key, certificate_chain)
-                channel = grpc.secure_channel(target, creds, options=opts)
-            else:
-                channel = grpc.insecure_channel(target, options=opts)
-            self._stubs.append(_Stubs(channel))
+        _setup(self, targets, api_key, tenant, tls, root_certificates,
+               private_key, certificate_chain, tls_server_name, timeout,
+               max_attempts, initial_backoff, max_backoff, options, grpc)
         self._lock = threading.Lock()
-        self._current = 0
 
     # -- plumbing ----------------------------------------------------------
 
