@@ -18,6 +18,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "worker/engine/tokenizer_test_util.h"
 #include "worker/engine/utf8.h"
 
 namespace statestream::engine {
@@ -25,32 +26,10 @@ namespace {
 
 using ::testing::HasSubstr;
 
-const std::string kTestdata = std::string(STATESTREAM_SHARED_DIR) + "/testdata";
-
-bool ReadFile(const std::string& path, std::string* out) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return false;
-  std::ostringstream s;
-  s << in.rdbuf();
-  *out = s.str();
-  return true;
-}
-
-std::string FromHex(const std::string& hex) {
-  std::string out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
-    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-  }
-  return out;
-}
-
-std::string ToHex(absl::string_view bytes) {
-  std::string out;
-  for (char c : bytes) {
-    absl::StrAppend(&out, absl::Hex(static_cast<uint8_t>(c), absl::kZeroPad2));
-  }
-  return out;
-}
+using testing_util::FromHex;
+using testing_util::kTestdata;
+using testing_util::ReadFile;
+using testing_util::ToHex;
 
 // Loads the official vocab and golden file once for the whole suite.
 class WorldTokenizerTest : public ::testing::Test {
