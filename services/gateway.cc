@@ -190,6 +190,13 @@ std::unique_ptr<grpc::ClientContext> Gateway::UpstreamContext(
     int attempt) {
   auto client = grpc::ClientContext::FromCallbackServerContext(ctx);
   client->AddMetadata("x-statestream-tenant", tenant);
+  // The workers hand the tenant's session limit to the store with each
+  // create, which holds it atomically across gateways.
+  if (options_.limits != nullptr) {
+    if (const int max = options_.limits->For(tenant).max_sessions; max > 0) {
+      client->AddMetadata(kSessionLimitHeader, absl::StrCat(max));
+    }
+  }
   if (options_.internal_token.configured()) {
     client->AddMetadata(kInternalTokenHeader, options_.internal_token.value());
   }

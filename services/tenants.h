@@ -201,6 +201,10 @@ class InternalToken {
 
 // The metadata key gateways send the internal token under.
 inline constexpr char kInternalTokenHeader[] = "x-statestream-internal-token";
+// The caller tenant's session limit, sent by a gateway on the calls it
+// forwards (a worker passes it to the store with each create, which holds
+// it atomically: CreateSessionRequest::max_tenant_sessions).
+inline constexpr char kSessionLimitHeader[] = "x-statestream-max-sessions";
 
 // 1-64 bytes of [a-z0-9_-].
 bool IsValidTenant(absl::string_view tenant);

@@ -55,6 +55,10 @@ class MemoryStateStore final : public StateStore {
     const Id id{r.key.tenant, r.key.session_id};
     if (Find(r.key, now) != nullptr)
       return store_internal::SessionExists(r.key);
+    if (r.max_tenant_sessions > 0 &&
+        LiveSessions(r.key.tenant, now) >= r.max_tenant_sessions) {
+      return store_internal::TenantSessionLimit(r.max_tenant_sessions);
+    }
     Session& s = sessions_[id];
     s = Session();
     const uint64_t fence = ++fences_[id];
@@ -174,13 +178,7 @@ class MemoryStateStore final : public StateStore {
       const std::string& tenant) override {
     SS_RETURN_IF_ERROR(store_internal::ValidateTenant(tenant));
     absl::MutexLock lock(&mu_);
-    const absl::Time now = clock_->Now();
-    int64_t n = 0;
-    for (auto it = sessions_.lower_bound({tenant, ""});
-         it != sessions_.end() && it->first.first == tenant; ++it) {
-      n += now < it->second.expires_at ? 1 : 0;
-    }
-    return n;
+    return LiveSessions(tenant, clock_->Now());
   }
 
   absl::StatusOr<ListSessionsPage> ListSessions(
@@ -380,6 +378,16 @@ class MemoryStateStore final : public StateStore {
   const MemoryStateStoreOptions options_;
   Clock* const clock_;
   absl::Mutex mu_;
+  int64_t LiveSessions(const std::string& tenant, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    int64_t n = 0;
+    for (auto it = sessions_.lower_bound({tenant, ""});
+         it != sessions_.end() && it->first.first == tenant; ++it) {
+      n += now < it->second.expires_at ? 1 : 0;
+    }
+    return n;
+  }
+
   std::map<Id, Session> sessions_ ABSL_GUARDED_BY(mu_);
   std::map<Id, uint64_t> fences_ ABSL_GUARDED_BY(mu_);  // survive deletion
   absl::Time last_sweep_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();

@@ -282,6 +282,29 @@ absl::Status RedisStateStore::AddToIndex(const SessionKey& key) {
   return client_->Run(index, {{"ZADD", index, "0", key.session_id}}).status();
 }
 
+absl::Status RedisStateStore::ReserveInIndex(const SessionKey& key,
+                                             int64_t max) {
+  const std::string index = IndexKey(key.tenant);
+  const std::string max_text = absl::StrCat(max);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    SS_ASSIGN_OR_RETURN(
+        std::vector<Reply> r,
+        RunScript(index, kReserveInIndex, {index},
+                  {index, "0", "0", key.session_id, max_text}, {}));
+    if (Str(r[0]->element[0]) == "OK") return absl::OkStatus();
+    if (attempt == 1) break;
+    // Full, perhaps of sessions gone: a listing prunes them.
+    ListSessionsRequest list;
+    list.tenant = key.tenant;
+    list.page_size = 1000;
+    do {
+      SS_ASSIGN_OR_RETURN(ListSessionsPage page, ListSessions(list));
+      list.page_token = page.next_page_token;
+    } while (!list.page_token.empty());
+  }
+  return TenantSessionLimit(max);
+}
+
 absl::Status RedisStateStore::DropFromIndex(const SessionKey& key) {
   const std::string index = IndexKey(key.tenant);
   SS_RETURN_IF_ERROR(

@@ -29,7 +29,10 @@ absl::StatusOr<CommitResult> RedisStateStore::CreateSession(
   const std::string nonce = NewNonce();
   const std::string now = absl::StrCat(absl::ToUnixMillis(clock_->Now()));
   // Index first (idempotent): a session is never missing from ListSessions.
-  SS_RETURN_IF_ERROR(AddToIndex(r.key));
+  // With a limit, the index entry is the create's reservation.
+  SS_RETURN_IF_ERROR(r.max_tenant_sessions > 0
+                         ? ReserveInIndex(r.key, r.max_tenant_sessions)
+                         : AddToIndex(r.key));
   VersionInfo v =
       DescribeVersion(r.initial_state, encoded.size(), encoded.crc(), 1, 0,
                       static_cast<uint32_t>(chunks.size()));

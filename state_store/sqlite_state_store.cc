@@ -51,6 +51,12 @@ class SqliteStateStore final : public StateStore {
     SS_RETURN_IF_ERROR(SweepExpired(now));
     SS_ASSIGN_OR_RETURN(bool exists, Live(r.key, now));
     if (exists) return si::SessionExists(r.key);
+    if (r.max_tenant_sessions > 0) {
+      SS_ASSIGN_OR_RETURN(int64_t n, LiveSessions(r.key.tenant, now));
+      if (n >= r.max_tenant_sessions) {
+        return si::TenantSessionLimit(r.max_tenant_sessions);
+      }
+    }
     SS_RETURN_IF_ERROR(
         Stmt(db_, "DELETE FROM versions WHERE tenant=? AND sid=?")
             .Bind(r.key.tenant)
@@ -209,9 +215,15 @@ class SqliteStateStore final : public StateStore {
       const std::string& tenant) override {
     SS_RETURN_IF_ERROR(si::ValidateTenant(tenant));
     absl::MutexLock lock(&mu_);
+    return LiveSessions(tenant, clock_->Now());
+  }
+
+  absl::StatusOr<int64_t> LiveSessions(const std::string& tenant,
+                                       absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     Stmt s(db_,
            "SELECT COUNT(*) FROM sessions WHERE tenant=? AND expires_ms>?");
-    s.Bind(tenant).Bind(Ms(clock_->Now()));
+    s.Bind(tenant).Bind(Ms(now));
     int64_t n = 0;
     if (s.Step()) n = s.Int(0);
     SS_RETURN_IF_ERROR(s.status());

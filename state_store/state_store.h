@@ -174,6 +174,13 @@ struct CreateSessionRequest {
   std::string request_id;
   uint64_t request_digest = 0;
   VersionCause cause = VersionCause::kCreate;  // or kFork, kImport
+  // > 0: the tenant may hold at most this many sessions. A create that
+  // would make one more is RESOURCE_EXHAUSTED/kTenantLimit (metadata
+  // limit=max_sessions, max), decided atomically with other creates (in
+  // Redis, by reserving the id in the tenant's index), so concurrent
+  // creates through any number of gateways and workers never overshoot.
+  // A session that exists under the id already does not count again.
+  int64_t max_tenant_sessions = 0;
 };
 
 struct CommitRequest {

@@ -15,10 +15,12 @@
 // No assertion depends on timing.
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -385,6 +387,52 @@ TEST_F(TlsTest, TenantLimits) {
   auto over = b->CreateSession({});
   EXPECT_EQ(GetReason(over.status()), Reason::kTenantLimit) << over.status();
   EXPECT_EQ(GetErrorMetadata(over.status(), "max"), "5");
+}
+
+// Two gateways with the same session limit and creates racing through
+// both: the store holds the limit (each worker passes the gateway's limit
+// with the create, and the store reserves atomically), so the tenant ends
+// with exactly that many sessions, the other creates TENANT_LIMIT.
+TEST_F(TlsTest, ASessionLimitHoldsAcrossGatewaysUnderConcurrentCreates) {
+  ASSERT_NO_FATAL_FAILURE(StartRedis());
+  const std::string model = MakeModel();
+  for (const char* id : {"w1", "w2"}) {
+    ASSERT_FALSE(
+        Start({"worker", "--listen=127.0.0.1:0", "--redis=" + redis_->address(),
+               "--model=" + model, std::string("--worker-id=") + id,
+               "--heartbeat-interval=300ms"},
+              absl::StrCat("worker-", id, ".log"))
+            .empty());
+  }
+  std::vector<std::string> gateways;
+  for (const char* name : {"g1", "g2"}) {
+    gateways.push_back(
+        Start({"gateway", "--listen=127.0.0.1:0",
+               "--redis=" + redis_->address(), "--tenant-max-sessions=3"},
+              absl::StrCat("gateway-", name, ".log")));
+    ASSERT_FALSE(gateways.back().empty());
+  }
+  std::atomic<int> created{0}, refused{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 12; ++t) {
+    threads.emplace_back([&, t] {
+      auto client = NewClient(gateways[t % 2], "");
+      auto s = client->CreateSession({});
+      if (s.ok()) {
+        ++created;
+      } else if (GetReason(s.status()) == Reason::kTenantLimit) {
+        ++refused;
+      } else {
+        ADD_FAILURE() << s.status();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(created.load(), 3);
+  EXPECT_EQ(refused.load(), 9);
+  auto listed = NewClient(gateways[0], "")->ListSessions({});
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_EQ(listed->sessions_size(), 3);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "worker/engine/utf8.h"
@@ -87,6 +88,24 @@ absl::Status CheckSessionQuota(const CallerPolicy& policy,
   if (policy.limits == nullptr) return absl::OkStatus();
   return policy.limits->CheckNewCreate(tenant, session_id, request_id,
                                        request_id_window);
+}
+
+int64_t SessionLimit(const grpc::CallbackServerContext& ctx,
+                     const CallerPolicy& policy, const std::string& tenant) {
+  int64_t limit = 0;
+  if (policy.limits != nullptr) {
+    limit = policy.limits->For(tenant).max_sessions;
+  }
+  const auto& md = ctx.client_metadata();
+  auto it = md.find(kSessionLimitHeader);
+  int64_t forwarded = 0;
+  if (it != md.end() &&
+      absl::SimpleAtoi(absl::string_view(it->second.data(), it->second.size()),
+                       &forwarded) &&
+      forwarded > 0 && (limit <= 0 || forwarded < limit)) {
+    limit = forwarded;
+  }
+  return limit;
 }
 
 absl::Status CheckRequestId(const std::string& id) {

@@ -40,6 +40,12 @@ absl::Status CheckSessionQuota(const CallerPolicy& policy,
                                const std::string& request_id,
                                absl::Duration request_id_window);
 
+// The session limit a create by `tenant` passes to the store (0: none):
+// the smaller of `policy`'s own (serve) and the one a gateway forwards in
+// kSessionLimitHeader (a caller can only lower its limit with it).
+int64_t SessionLimit(const grpc::CallbackServerContext& ctx,
+                     const CallerPolicy& policy, const std::string& tenant);
+
 // 1-64 bytes of [A-Za-z0-9._:-]; INVALID_ARGUMENT (field=request_id).
 absl::Status CheckRequestId(const std::string& request_id);
 

@@ -198,6 +198,7 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
   r.labels = p.labels;
   r.ttl = p.ttl;
   r.durability = m.Dur(p.durability);
+  r.max_tenant_sessions = p.max_tenant_sessions;
   if (p.fork_from) {
     SS_ASSIGN_OR_RETURN(LoadedVersion src,
                         m.store_->LoadVersion({tenant, p.fork_from->first},
@@ -567,6 +568,7 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
     r.labels = params.labels;
     r.ttl = params.ttl;
     r.durability = m.Dur(params.durability);
+    r.max_tenant_sessions = params.max_tenant_sessions;
     snap.parent_session_id.clear();
     snap.parent_version = 0;
     r.initial_state = std::move(snap);

@@ -135,6 +135,9 @@ struct CreateParams {
   absl::Duration ttl = absl::ZeroDuration();  // 0 = store default
   std::optional<std::pair<std::string, uint64_t>> fork_from;  // id, version
   std::optional<Durability> durability;
+  // > 0: the tenant's session limit, enforced by the store atomically
+  // (CreateSessionRequest::max_tenant_sessions).
+  int64_t max_tenant_sessions = 0;
 };
 
 // One Append request (AppendRequest without session_id).

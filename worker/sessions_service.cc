@@ -206,6 +206,7 @@ class ImportReactor final
       return;
     }
     tenant_ = *tenant;
+    session_limit_ = SessionLimit(*ctx, *policy, tenant_);
     // An import is a stream (its chunks), counted like Append.
     auto slot = HoldStream(*policy, tenant_);
     if (!slot.ok()) {
@@ -316,6 +317,7 @@ class ImportReactor final
       CreateParams p;
       p.request_id = header_.request_id();
       p.session_id = header_.session_id();
+      p.max_tenant_sessions = session_limit_;
       p.labels = {header_.labels().begin(), header_.labels().end()};
       auto durability = DurabilityFromProto(header_.durability());
       auto ttl = TtlFromProto(header_.has_ttl(), header_.ttl());
@@ -362,6 +364,7 @@ class ImportReactor final
   std::unique_ptr<TenantLimits::StreamSlot> slot_;
   v1::Session* out_;
   std::string tenant_;
+  int64_t session_limit_ = 0;  // SessionLimit: 0 = none
   v1::ImportStateRequest req_;
   v1::ImportHeader header_;
   bool have_header_ = false;
@@ -414,6 +417,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
       SS_RETURN_IF_ERROR(CheckSessionQuota(*policy_, tenant, p.session_id,
                                            p.request_id,
                                            m->options().request_id_window));
+      p.max_tenant_sessions = SessionLimit(*ctx, *policy_, tenant);
       auto v = m->CreateSession(tenant, p);
       if (v.ok()) SessionToProto(*v, out);
       return v.status();

@@ -39,7 +39,8 @@ std::string ScriptSource(Script s) {
                         kLuaUnregisterWorker,
                         kLuaListWorkers,
                         kLuaRecordDurability,
-                        kLuaAwaitDurability};
+                        kLuaAwaitDurability,
+                        kLuaReserveInIndex};
   return absl::StrCat(kLuaPrelude, body[s]);
 }
 

@@ -339,6 +339,20 @@ redis.call('HSET', vk, 'awaited_ms', ARGV[3])
 return {'OK', redis.call('HGET', vk, 'durability') or '0', nonce}
 )lua";
 
+// KEYS[1]: a tenant's index; ARGV[4]: a session id, ARGV[5]: the most
+// sessions the tenant may hold. Adds the id unless the index holds that
+// many already (it may also hold creates in flight and sessions gone that
+// no listing has pruned: the caller lists, which prunes, and asks again).
+// A create's reservation: one script, so concurrent creates never pass
+// the limit together. Reply: {'OK'} or {'FULL', count}.
+inline constexpr char kLuaReserveInIndex[] = R"lua(
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) then return {'OK'} end
+local n = redis.call('ZCARD', KEYS[1])
+if n >= tonumber(ARGV[5]) then return {'FULL', n} end
+redis.call('ZADD', KEYS[1], 0, ARGV[4])
+return {'OK'}
+)lua";
+
 }  // namespace statestream::store_internal
 
 #endif  // STATESTREAM_STATE_STORE_INTERNAL_REDIS_SCRIPTS_H_

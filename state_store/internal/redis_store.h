@@ -56,6 +56,7 @@ enum Script {
   kListWorkers,
   kRecordDurability,
   kAwaitDurability,
+  kReserveInIndex,
   kScriptCount
 };
 
@@ -213,6 +214,11 @@ class RedisStateStore final : public StateStore {
                                      absl::Time start, absl::Duration ttl);
 
   absl::Status AddToIndex(const SessionKey& key);
+
+  // AddToIndex for a create limited to `max` sessions of the tenant
+  // (kReserveInIndex); at the limit, lists the tenant's sessions (pruning
+  // entries without a head) and tries once more; then kTenantLimit.
+  absl::Status ReserveInIndex(const SessionKey& key, int64_t max);
 
   // Removes a session without a head from the tenant's index. The index
   // and the head live in different slots, so this cannot be one script: a

@@ -183,6 +183,14 @@ absl::Status SessionExists(const SessionKey& key) {
                    {{"session_id", key.session_id}});
 }
 
+absl::Status TenantSessionLimit(int64_t max) {
+  return MakeError(
+      absl::StatusCode::kResourceExhausted, Reason::kTenantLimit,
+      absl::StrCat(
+          "tenant limit reached: too many sessions (max_sessions=", max, ")"),
+      {{"limit", "max_sessions"}, {"max", absl::StrCat(max)}});
+}
+
 absl::Status HeadMismatch(uint64_t expected, uint64_t head) {
   return MakeError(absl::StatusCode::kFailedPrecondition,
                    Reason::kVersionMismatch,

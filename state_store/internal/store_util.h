@@ -36,6 +36,9 @@ bool LabelsMatch(const std::map<std::string, std::string>& labels,
 
 absl::Status SessionNotFound(const SessionKey& key);
 absl::Status SessionExists(const SessionKey& key);
+// RESOURCE_EXHAUSTED/kTenantLimit: the tenant holds `max` sessions
+// (CreateSessionRequest::max_tenant_sessions).
+absl::Status TenantSessionLimit(int64_t max);
 absl::Status HeadMismatch(uint64_t expected, uint64_t head);
 absl::Status VersionNotKept(uint64_t version, uint64_t head, uint64_t oldest);
 absl::Status Fenced(uint64_t fence, uint64_t current);

@@ -291,6 +291,50 @@ TEST_P(StateStoreContractTest, ExpiredLeaseCanBeAcquiredOrRenewed) {
   EXPECT_EQ(owner->owner, "worker-a");
 }
 
+// A create with max_tenant_sessions is refused at the limit (TENANT_LIMIT,
+// with the limit), atomically: of concurrent creates, exactly as many as
+// there is room for succeed. An existing id is not one more session, and
+// expired sessions (in Redis: index entries no listing pruned yet) do not
+// count.
+TEST_P(StateStoreContractTest, ATenantSessionLimitHoldsUnderConcurrentCreates) {
+  auto create = [&](const std::string& id,
+                    absl::Duration ttl = absl::ZeroDuration()) {
+    CreateSessionRequest r = Create({"acme", id});
+    r.ttl = ttl;
+    r.max_tenant_sessions = 6;
+    return store_->CreateSession(r).status();
+  };
+  ASSERT_OK(create("brief", absl::Seconds(1)));
+  ASSERT_OK(create("a"));
+  EXPECT_ERROR(create("a"), kAlreadyExists, kSessionExists);
+  std::atomic<int> created{0}, refused{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      const absl::Status st = create(absl::StrCat("c", t));
+      if (st.ok()) {
+        ++created;
+      } else if (GetReason(st) == Reason::kTenantLimit) {
+        ++refused;
+        EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted);
+        EXPECT_EQ(GetErrorMetadata(st, "limit").value_or(""), "max_sessions");
+        EXPECT_EQ(GetErrorMetadata(st, "max").value_or(""), "6");
+      } else {
+        ADD_FAILURE() << st;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(created.load(), 4);
+  EXPECT_EQ(refused.load(), 4);
+  ASSERT_OK(store_->CreateSession(Create({"other", "x"})));  // no limit
+  env_->Advance(absl::Milliseconds(1500));                   // "brief" expires
+  ASSERT_OK(create("late"));
+  EXPECT_ERROR(create("later"), kResourceExhausted, kTenantLimit);
+  ASSERT_OK(store_->DeleteSession({"acme", "a"}));
+  ASSERT_OK(create("later"));
+}
+
 // CountSessionsBound is never below the tenant's live sessions, and equals
 // them once a listing has pruned what expired.
 TEST_P(StateStoreContractTest, CountSessionsBoundsTheLiveSessions) {
