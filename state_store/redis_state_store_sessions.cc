@@ -307,6 +307,13 @@ absl::Status RedisStateStore::ReserveInIndex(const SessionKey& key,
 
 absl::Status RedisStateStore::DropFromIndex(const SessionKey& key) {
   const std::string index = IndexKey(key.tenant);
+  // A limited create in flight: its reservation stays (CreateSession).
+  const std::string creating = Prefix(key) + "creating";
+  SS_ASSIGN_OR_RETURN(std::vector<Reply> marked,
+                      client_->Run(creating, {{"EXISTS", creating}}));
+  if (marked[0]->type == REDIS_REPLY_INTEGER && marked[0]->integer == 1) {
+    return absl::OkStatus();
+  }
   SS_RETURN_IF_ERROR(
       client_->Run(index, {{"ZREM", index, key.session_id}}).status());
   auto head = GetHead(key);

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -29,10 +30,26 @@ absl::StatusOr<CommitResult> RedisStateStore::CreateSession(
   const std::string nonce = NewNonce();
   const std::string now = absl::StrCat(absl::ToUnixMillis(clock_->Now()));
   // Index first (idempotent): a session is never missing from ListSessions.
-  // With a limit, the index entry is the create's reservation.
-  SS_RETURN_IF_ERROR(r.max_tenant_sessions > 0
-                         ? ReserveInIndex(r.key, r.max_tenant_sessions)
-                         : AddToIndex(r.key));
+  // With a limit, the index entry is the create's reservation, marked in
+  // flight until the create ends, so a listing that meets it before the
+  // head (one at the limit, say) does not prune it and let another create
+  // take its place (DropFromIndex).
+  const std::string creating = Prefix(r.key) + "creating";
+  absl::Cleanup unmark = [&] {
+    if (r.max_tenant_sessions > 0) {
+      client_->Run(creating, {{"DEL", creating}}).IgnoreError();
+    }
+  };
+  if (r.max_tenant_sessions > 0) {
+    SS_RETURN_IF_ERROR(
+        client_
+            ->Run(creating, {{"SET", creating, "1", "PX",
+                              absl::StrCat(Ms(kCreateInFlight))}})
+            .status());
+    SS_RETURN_IF_ERROR(ReserveInIndex(r.key, r.max_tenant_sessions));
+  } else {
+    SS_RETURN_IF_ERROR(AddToIndex(r.key));
+  }
   VersionInfo v =
       DescribeVersion(r.initial_state, encoded.size(), encoded.crc(), 1, 0,
                       static_cast<uint32_t>(chunks.size()));

@@ -219,6 +219,9 @@ class RedisStateStore final : public StateStore {
   // (kReserveInIndex); at the limit, lists the tenant's sessions (pruning
   // entries without a head) and tries once more; then kTenantLimit.
   absl::Status ReserveInIndex(const SessionKey& key, int64_t max);
+  // How long a limited create's in-flight mark ("<prefix>creating") keeps
+  // its reservation from being pruned if the creator dies midway.
+  static constexpr absl::Duration kCreateInFlight = absl::Seconds(60);
 
   // Removes a session without a head from the tenant's index. The index
   // and the head live in different slots, so this cannot be one script: a
