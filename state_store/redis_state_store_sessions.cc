@@ -310,8 +310,9 @@ absl::Status RedisStateStore::DropFromIndex(const SessionKey& key) {
   // A limited create in flight: its reservation stays (CreateSession).
   const std::string creating = Prefix(key) + "creating";
   SS_ASSIGN_OR_RETURN(std::vector<Reply> marked,
-                      client_->Run(creating, {{"EXISTS", creating}}));
-  if (marked[0]->type == REDIS_REPLY_INTEGER && marked[0]->integer == 1) {
+                      client_->Run(creating, {{"GET", creating}}));
+  int64_t in_flight = 0;
+  if (absl::SimpleAtoi(Str(marked[0].get()), &in_flight) && in_flight > 0) {
     return absl::OkStatus();
   }
   SS_RETURN_IF_ERROR(

@@ -746,7 +746,7 @@ TEST(RedisStateStoreTest, AListingKeepsTheReservationOfACreateInFlight) {
   full.max_tenant_sessions = 1;
   EXPECT_EQ(GetReason((*store)->CreateSession(full).status()),
             Reason::kTenantLimit);
-  ASSERT_TRUE((*server)->Command({"DEL", "ss:{acme/x}:creating"}).ok());
+  ASSERT_TRUE((*server)->Command({"DECR", "ss:{acme/x}:creating"}).ok());
   ASSERT_TRUE((*store)->CreateSession(full).ok());  // pruned "x", then room
   EXPECT_EQ((*store)->CountSessionsBound("acme").value_or(-1), 1);
 }

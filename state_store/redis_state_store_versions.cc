@@ -34,18 +34,20 @@ absl::StatusOr<CommitResult> RedisStateStore::CreateSession(
   // flight until the create ends, so a listing that meets it before the
   // head (one at the limit, say) does not prune it and let another create
   // take its place (DropFromIndex).
+  // The mark counts the creates of this id in flight (a retry may overlap
+  // the first attempt): each adds one and takes it back when it ends.
   const std::string creating = Prefix(r.key) + "creating";
+  const std::string mark_ms = absl::StrCat(Ms(kCreateInFlight));
   absl::Cleanup unmark = [&] {
     if (r.max_tenant_sessions > 0) {
-      client_->Run(creating, {{"DEL", creating}}).IgnoreError();
+      client_->Run(creating, {{"DECR", creating}}).IgnoreError();
     }
   };
   if (r.max_tenant_sessions > 0) {
-    SS_RETURN_IF_ERROR(
-        client_
-            ->Run(creating, {{"SET", creating, "1", "PX",
-                              absl::StrCat(Ms(kCreateInFlight))}})
-            .status());
+    SS_RETURN_IF_ERROR(client_
+                           ->Run(creating, {{"INCR", creating},
+                                            {"PEXPIRE", creating, mark_ms}})
+                           .status());
     SS_RETURN_IF_ERROR(ReserveInIndex(r.key, r.max_tenant_sessions));
   } else {
     SS_RETURN_IF_ERROR(AddToIndex(r.key));

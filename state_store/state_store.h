@@ -178,7 +178,9 @@ struct CreateSessionRequest {
   // would make one more is RESOURCE_EXHAUSTED/kTenantLimit (metadata
   // limit=max_sessions, max), decided atomically with other creates (in
   // Redis, by reserving the id in the tenant's index), so concurrent
-  // creates through any number of gateways and workers never overshoot.
+  // creates through any number of gateways and workers do not overshoot
+  // (Redis: but for a create re-using the id of an index entry whose
+  // session is gone while a listing prunes it, docs/state-store.md).
   // A session that exists under the id already does not count again.
   int64_t max_tenant_sessions = 0;
 };
