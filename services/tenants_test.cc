@@ -146,12 +146,12 @@ namespace {
 
 // Counts listings; `bound_extra` is added to the store's session count (as
 // Redis's index holds expired sessions no listing pruned yet), or with
-// `no_bound` the count is UNIMPLEMENTED.
+// `count_fails` the count is UNAVAILABLE.
 class ListingCounter final : public testing::ForwardingStore {
  public:
   using ForwardingStore::ForwardingStore;
   absl::StatusOr<int64_t> CountSessionsBound(const std::string& t) override {
-    if (no_bound) return absl::UnimplementedError("no count");
+    if (count_fails) return absl::UnavailableError("no count");
     auto n = ForwardingStore::CountSessionsBound(t);
     if (!n.ok()) return n;
     return *n + bound_extra;
@@ -163,7 +163,7 @@ class ListingCounter final : public testing::ForwardingStore {
   }
   int listings = 0;
   int64_t bound_extra = 0;
-  bool no_bound = false;
+  bool count_fails = false;
 };
 
 // Below the limit a create costs one count, not a listing of every
@@ -197,7 +197,7 @@ TEST(TenantLimitsTest, SessionLimitCountsOnceAndListsOnlyAtTheLimit) {
   const absl::Status full = limits.CheckNewSession("acme");
   EXPECT_EQ(GetReason(full), Reason::kTenantLimit) << full;
   EXPECT_TRUE(limits.CheckNewSession("other").ok());
-  store.no_bound = true;  // a store without a count: listed every time
+  store.count_fails = true;  // a count that fails: listed every time
   const int before = store.listings;
   EXPECT_EQ(GetReason(limits.CheckNewSession("acme")), Reason::kTenantLimit);
   EXPECT_TRUE(limits.CheckNewSession("other").ok());

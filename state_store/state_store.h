@@ -307,13 +307,9 @@ class StateStore {
   // only at the limit). Redis counts the tenant's index, which also holds
   // creates in flight and sessions expired or deleted that no listing has
   // pruned yet; the in-memory and SQLite stores count exactly.
-  // INVALID_ARGUMENT (bad tenant); UNIMPLEMENTED where a store has no such
-  // count; UNAVAILABLE.
+  // INVALID_ARGUMENT (bad tenant); UNAVAILABLE.
   virtual absl::StatusOr<int64_t> CountSessionsBound(
-      const std::string& tenant) {
-    (void)tenant;
-    return absl::UnimplementedError("CountSessionsBound");
-  }
+      const std::string& tenant) = 0;
 
   // Labels and TTL (pinning); refreshes the TTL of every key.
   // kSessionNotFound; INVALID_ARGUMENT; UNAVAILABLE.
