@@ -192,9 +192,12 @@ absl::StatusOr<std::vector<Reply>> RedisStateStore::EvalThen(
   const std::string now = absl::StrCat(absl::ToUnixMillis(clock_->Now()));
   std::vector<absl::string_view> argv = {prefix, retention, now};
   for (const std::string& a : args) argv.push_back(a);
-  return RunScript(prefix, script,
-                   {prefix + "head", prefix + "fence", prefix + "lease"}, argv,
-                   extra);
+  return RunScript(prefix, script, SessionScriptKeys(prefix), argv, extra);
+}
+
+std::vector<std::string> RedisStateStore::SessionScriptKeys(
+    const std::string& prefix) {
+  return {prefix + "head", prefix + "fence", prefix + "lease"};
 }
 
 absl::Status RedisStateStore::NotKept(const redisReply* r, uint64_t version) {

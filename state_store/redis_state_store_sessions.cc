@@ -165,7 +165,9 @@ std::vector<absl::StatusOr<Lease>> RedisStateStore::RenewLeases(
   const std::string now = absl::StrCat(absl::ToUnixMillis(start));
   const std::string ttl_ms = absl::StrCat(TtlMs(ttl));
   struct Strings {
-    std::string prefix, head, fence_key, lease, fence;
+    std::string prefix;
+    std::vector<std::string> keys;  // SessionScriptKeys
+    std::string fence;
   };
   std::vector<Strings> strings;
   strings.reserve(leases.size());
@@ -179,13 +181,13 @@ std::vector<absl::StatusOr<Lease>> RedisStateStore::RenewLeases(
       continue;
     }
     const std::string prefix = Prefix(leases[i].key);
-    strings.push_back({prefix, prefix + "head", prefix + "fence",
-                       prefix + "lease", absl::StrCat(leases[i].fence)});
+    strings.push_back(
+        {prefix, SessionScriptKeys(prefix), absl::StrCat(leases[i].fence)});
     const Strings& k = strings.back();
     commands.push_back(
         {k.prefix,
-         {"EVALSHA", sha_[kRenew], "3", k.head, k.fence_key, k.lease, k.prefix,
-          retention, now, owner, k.fence, ttl_ms}});
+         {"EVALSHA", sha_[kRenew], "3", k.keys[0], k.keys[1], k.keys[2],
+          k.prefix, retention, now, owner, k.fence, ttl_ms}});
     index.push_back(i);
   }
   // A node whose script cache was flushed (a restart, a failover) answers

@@ -180,6 +180,9 @@ class RedisStateStore final : public StateStore {
   Durability BaseDurability();
 
   std::string Prefix(const SessionKey& k) const;
+  // The keys every session script declares, in order (EvalThen and
+  // RenewLeases): head, fence, lease under the session's `prefix`.
+  static std::vector<std::string> SessionScriptKeys(const std::string& prefix);
 
   std::string HeadKey(const SessionKey& k) const;
 
