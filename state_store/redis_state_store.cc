@@ -24,6 +24,12 @@ absl::Status RedisStateStore::Init() {
     const std::string src = ScriptSource(static_cast<Script>(s));
     SS_ASSIGN_OR_RETURN(auto r,
                         client_->RunOnEveryPrimary({"SCRIPT", "LOAD", src}));
+    if (!r.empty() && IsAccessRefusal(r[0].get())) {
+      // Missing or insufficient credentials do not pass by waiting.
+      return MakeError(
+          absl::StatusCode::kPermissionDenied, Reason::kStoreUnavailable,
+          absl::StrCat("Redis refused SCRIPT LOAD: ", Str(r[0].get())));
+    }
     if (r.empty() || r[0]->type != REDIS_REPLY_STRING) {
       return Unavailable(absl::StrCat("SCRIPT LOAD failed: ",
                                       r.empty() ? "" : Str(r[0].get())));
@@ -130,12 +136,12 @@ absl::Status RedisStateStore::BadReply(const redisReply* r) {
   const std::string text = Str(r);
   if (r->type == REDIS_REPLY_ERROR) {
     const std::string code = text.substr(0, text.find(' '));
-    for (absl::string_view refusal :
-         {"OOM", "MISCONF", "READONLY", "BUSY", "NOREPLICAS"}) {
+    for (absl::string_view refusal : {"OOM", "MISCONF", "READONLY", "BUSY",
+                                      "NOREPLICAS", "NOAUTH", "NOPERM"}) {
       if (code == refusal) {
         return MakeError(absl::StatusCode::kUnavailable,
                          Reason::kStoreUnavailable,
-                         absl::StrCat("Redis refused the write: ", text),
+                         absl::StrCat("Redis refused the command: ", text),
                          {{"redis_error", code}});
       }
     }

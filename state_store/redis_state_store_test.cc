@@ -301,11 +301,17 @@ TEST(RedisStateStoreTest, AuthWithAclUser) {
                   ->Command({"ACL", "SETUSER", "statestream", "on", ">s3cret",
                              "~ss:*", "+@all"})
                   .ok());
+  ASSERT_TRUE((*server)
+                  ->Command({"ACL", "SETUSER", "elsewhere", "on", ">s3cret",
+                             "~other:*", "+@all"})
+                  .ok());
   ASSERT_TRUE((*server)->Command({"ACL", "SETUSER", "default", "off"}).ok());
   RedisStateStoreOptions o;
   o.addresses = {(*server)->address()};
+  // A refused user is a configuration error, not an outage to wait out.
   auto anonymous = NewRedisStateStore(o);
-  EXPECT_FALSE(anonymous.ok());
+  EXPECT_EQ(anonymous.status().code(), absl::StatusCode::kPermissionDenied)
+      << anonymous.status();
   o.user = "statestream";
   o.password = "wrong";
   auto wrong = NewRedisStateStore(o);
@@ -317,6 +323,19 @@ TEST(RedisStateStoreTest, AuthWithAclUser) {
       (*store)->CreateSession(NewSession("a", Durability::kMemory)).ok());
   auto loaded = (*store)->LoadVersion({"acme", "a"}, 0);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
+
+  // A user whose ACL leaves out the store's keys connects, and each call
+  // is refused with Redis's answer (an operator's fix, not a bug).
+  o.user = "elsewhere";
+  auto fenced_off = NewRedisStateStore(o);
+  ASSERT_TRUE(fenced_off.ok()) << fenced_off.status();
+  auto refused =
+      (*fenced_off)->CreateSession(NewSession("b", Durability::kMemory));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable)
+      << refused.status();
+  EXPECT_EQ(GetReason(refused.status()), Reason::kStoreUnavailable);
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "NOPERM"))
+      << refused.status();
 }
 
 // A plain redis-server on a free port and a store on it.
