@@ -25,6 +25,7 @@
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
+#include "state_store/testing/redis_harness.h"
 #include "statestream/client.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 #include "tests/subprocess.h"
@@ -43,8 +44,10 @@ class Server {
   explicit Server(std::string data_dir, std::vector<std::string> flags = {})
       : data_dir_(std::move(data_dir)), flags_(std::move(flags)) {}
 
-  // Starts on `port` (0: a free one). Returns "host:port".
+  // Starts on `port` (0: a free one below the ephemeral range, which
+  // KillAndRestart can take again). Returns "host:port".
   std::string Start(int port = 0) {
+    if (port == 0) port = testing::StablePort();
     std::vector<std::string> argv = {STATESTREAM_BIN,
                                      "serve",
                                      absl::StrCat("--listen=127.0.0.1:", port),

@@ -11,8 +11,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <random>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -42,22 +44,53 @@ int BindPort(int port, int* bound) {
   return fd;
 }
 
-// A free port whose +10000 neighbour (the Cluster bus) is free too.
-int FreePort() {
+}  // namespace
+
+int StablePort(int neighbour) {
+  // The kernel's ephemeral range (where outgoing connections take their
+  // source ports, and bind(0) picks); 32768-60999 by default.
+  int low = 32768, high = 60999;
+  if (FILE* f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r")) {
+    if (fscanf(f, "%d %d", &low, &high) != 2) low = 32768, high = 60999;
+    fclose(f);
+  }
+  // Below it, leaving room for the neighbour below it too.
+  const int first = 10000, last = low - 1 - neighbour;
+  if (last - first >= 1000) {
+    std::mt19937 rng(std::random_device{}() ^ static_cast<unsigned>(getpid()));
+    std::uniform_int_distribution<int> pick(first, last);
+    for (int attempt = 0; attempt < 200; ++attempt) {
+      const int port = pick(rng);
+      int bound = 0;
+      const int fd = BindPort(port, &bound);
+      if (fd < 0) continue;
+      const int fd2 = neighbour != 0 ? BindPort(port + neighbour, &bound) : -1;
+      close(fd);
+      if (neighbour == 0 || fd2 >= 0) {
+        if (fd2 >= 0) close(fd2);
+        return port;
+      }
+    }
+  }
+  // A host whose ephemeral range leaves no room below it: any free port.
   for (int attempt = 0; attempt < 200; ++attempt) {
     int port = 0;
     const int fd = BindPort(0, &port);
     if (fd < 0) continue;
     int bus = 0;
-    const int fd2 = port < 55000 ? BindPort(port + 10000, &bus) : -1;
+    const int fd2 = neighbour != 0 && port + neighbour < 65536
+                        ? BindPort(port + neighbour, &bus)
+                        : -1;
     close(fd);
-    if (fd2 >= 0) {
-      close(fd2);
+    if (neighbour == 0 || fd2 >= 0) {
+      if (fd2 >= 0) close(fd2);
       return port;
     }
   }
   return 0;
 }
+
+namespace {
 
 std::string ReplyText(const redisReply* r) {
   switch (r->type) {
@@ -115,7 +148,7 @@ absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start(
     RedisServerOptions options) {
   std::unique_ptr<RedisServer> s(new RedisServer());
   s->options_ = std::move(options);
-  s->port_ = s->options_.port ? s->options_.port : FreePort();
+  s->port_ = s->options_.port ? s->options_.port : StablePort(10000);
   if (s->port_ == 0) return absl::UnavailableError("no free port");
   if (s->options_.dir.empty()) {
     char tmpl[] = "/tmp/ss-redis-XXXXXX";
@@ -131,7 +164,7 @@ absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start(
   for (int retry = 0;
        retry < 5 && !st.ok() && s->options_.port == 0 && absl::IsInternal(st);
        ++retry) {
-    s->port_ = FreePort();
+    s->port_ = StablePort(10000);
     if (s->port_ == 0) return absl::UnavailableError("no free port");
     st = s->Spawn();
   }

@@ -85,6 +85,13 @@ class RedisCluster {
   std::vector<std::unique_ptr<RedisServer>> nodes_;
 };
 
+// A free loopback port below the kernel's ephemeral range (with port +
+// `neighbour` free too, if not 0: a Cluster node's bus), for a server a
+// test kills and restarts on the same port: no outgoing connection takes
+// it in between, as one may take a port bind(0) picked. Falls back to such
+// a port when the range leaves no room below it. 0 if none was found.
+int StablePort(int neighbour = 0);
+
 // Runs a command line, returns its exit status and output.
 absl::StatusOr<std::string> RunCommand(const std::vector<std::string>& argv,
                                        int* exit_code);

@@ -10,10 +10,35 @@ The process is killed (SIGKILL) on exit in every path."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 from typing import List, Optional
+
+
+def stable_port() -> int:
+    """A free loopback port below the kernel's ephemeral range, so that
+    kill_and_restart can take it again: an outgoing connection may take a
+    port that bind(0) picked while its server is down, never one of these.
+    Any free port when the range leaves no room below it."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    candidates = list(range(10000, low)) if low - 10000 >= 1000 else []
+    random.SystemRandom().shuffle(candidates)
+    for port in candidates[:200] + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free loopback port")
 
 
 class ServeProcess:
@@ -30,6 +55,8 @@ class ServeProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> "ServeProcess":
+        if self.port == 0:
+            self.port = stable_port()
         args = [self.binary, "serve", f"--listen=127.0.0.1:{self.port}"]
         if self.data_dir:
             args.append(f"--data-dir={self.data_dir}")
