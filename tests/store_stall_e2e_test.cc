@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: Apache-2.0
+// A worker whose Redis stops answering (SIGSTOP, as a hung or partitioned
+// server looks) keeps its gRPC threads free: with many calls waiting on
+// the store, calls that need no store I/O (Models, health, Append and
+// Generate on a resident session) are still answered, before any of the
+// waiting ones ends. When Redis answers again, the waiting calls end (done
+// or UNAVAILABLE) and the worker goes on serving.
+//
+// Ordering, not timing: a store call waits at least the Redis client's
+// command timeout (5 s) before it fails, so "the free calls answered while
+// none of the waiting ones had ended" only needs them to take less.
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "state_store/testing/redis_harness.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+#include "tests/subprocess.h"
+
+namespace statestream {
+namespace {
+
+constexpr absl::Duration kStartTimeout = absl::Seconds(90);
+// More calls waiting on the store than any pool of the worker has threads.
+constexpr int kStuckCreates = 64;
+constexpr int kStuckAppends = 16;
+
+std::unique_ptr<grpc::ClientContext> Ctx() {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(std::chrono::system_clock::now() +
+                    std::chrono::seconds(120));
+  return ctx;
+}
+
+// One Append call of `text` at input offset `at`; returns its status and
+// the last ack.
+grpc::Status AppendText(v1::Streams::Stub* streams, const std::string& session,
+                        uint64_t at, const std::string& text, bool checkpoint,
+                        v1::AppendResponse* ack) {
+  static std::atomic<int> next_request{0};
+  v1::AppendRequest append;
+  append.set_session_id(session);
+  append.set_request_id(absl::StrCat("append-", next_request++));
+  append.set_expected_input_offset(at);
+  append.set_text_utf8(text);
+  append.set_checkpoint(checkpoint);
+  auto ctx = Ctx();
+  auto stream = streams->Append(ctx.get());
+  stream->Write(append);
+  stream->WritesDone();
+  while (stream->Read(ack)) {
+  }
+  return stream->Finish();
+}
+
+TEST(StoreStallE2eTest, AWorkerWithAHungStoreStillServesWhatNeedsNoStore) {
+  const std::string dir = absl::StrCat(
+      std::filesystem::temp_directory_path().string(), "/ss-stall-", getpid());
+  std::filesystem::create_directories(dir);
+  const std::string model = dir + "/tiny.safetensors";
+  auto made =
+      e2e::Run({STATESTREAM_BIN, "model", "random", "--arch=x070", "--layers=2",
+                "--embd=64", "--vocab=256", "--seed=7", "--out=" + model},
+               absl::Seconds(60));
+  ASSERT_TRUE(made.ok() && made->exit_code == 0)
+      << (made.ok() ? made->err : made.status().ToString());
+  auto redis = testing::RedisServer::Start({});
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  auto worker =
+      e2e::StartServer({STATESTREAM_BIN, "worker", "--listen=127.0.0.1:0",
+                        "--redis=" + (*redis)->address(), "--model=" + model,
+                        "--worker-id=w-stall", "--shutdown-grace=1s"},
+                       kStartTimeout);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  auto channel =
+      grpc::CreateChannel(worker->address, grpc::InsecureChannelCredentials());
+  auto sessions = v1::Sessions::NewStub(channel);
+  auto streams = v1::Streams::NewStub(channel);
+  auto models = v1::Models::NewStub(channel);
+
+  auto create = [&](const std::string& id) {
+    v1::CreateSessionRequest r;
+    r.set_session_id(id);
+    r.set_request_id("create-" + id);
+    v1::Session s;
+    auto ctx = Ctx();
+    return sessions->CreateSession(ctx.get(), r, &s);
+  };
+  // "hot" is resident (loaded by an Append); the "cold-" ones exist in
+  // the store only.
+  ASSERT_TRUE(create("hot").ok());
+  v1::AppendResponse ack;
+  grpc::Status st = AppendText(streams.get(), "hot", 0, "warm ", true, &ack);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  for (int i = 0; i < kStuckAppends; ++i) {
+    ASSERT_TRUE(create(absl::StrCat("cold-", i)).ok());
+  }
+
+  (*redis)->Pause();
+  std::atomic<int> ended{0};
+  std::mutex mu;
+  std::vector<grpc::Status> results;
+  std::vector<std::thread> stuck;
+  for (int i = 0; i < kStuckCreates; ++i) {
+    stuck.emplace_back([&, i] {
+      grpc::Status s = create(absl::StrCat("new-", i));
+      ++ended;
+      std::lock_guard<std::mutex> lock(mu);
+      results.push_back(s);
+    });
+  }
+  for (int i = 0; i < kStuckAppends; ++i) {
+    stuck.emplace_back([&, i] {
+      v1::AppendResponse a;  // loading the session needs the store
+      grpc::Status s = AppendText(streams.get(), absl::StrCat("cold-", i), 0,
+                                  "x", false, &a);
+      ++ended;
+      std::lock_guard<std::mutex> lock(mu);
+      results.push_back(s);
+    });
+  }
+  // Let the calls reach the worker and block there. (Were some still on
+  // their way, the checks below would only be weaker, never wrong.)
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+
+  // Calls that need no store I/O are answered meanwhile. (In a lambda:
+  // a failed ASSERT leaves it, not the test, whose threads must join.)
+  [&] {
+    {
+      v1::ListModelsResponse listed;
+      auto ctx = Ctx();
+      st = models->ListModels(ctx.get(), v1::ListModelsRequest(), &listed);
+      EXPECT_TRUE(st.ok()) << st.error_message();
+      EXPECT_EQ(listed.models_size(), 1);
+    }
+    {
+      v1::GenerateRequest g;
+      g.set_session_id("hot");
+      g.set_request_id("generate-hot");
+      g.set_max_tokens(8);
+      g.mutable_sampling()->set_temperature(0);
+      auto ctx = Ctx();
+      auto reader = streams->Generate(ctx.get(), g);
+      v1::GenerateResponse r;
+      int tokens = 0;
+      while (reader->Read(&r)) {
+        if (r.has_chunk()) tokens += r.chunk().tokens_size();
+      }
+      st = reader->Finish();
+      EXPECT_TRUE(st.ok()) << st.error_message();
+      EXPECT_EQ(tokens, 8);
+    }
+    {
+      // An Append's requests are acknowledged without the store (only a
+      // checkpoint or the call's close commits). Last: the session's next
+      // operation may be the commit of this input.
+      v1::AppendRequest append;
+      append.set_session_id("hot");
+      append.set_request_id("append-hot-stalled");
+      append.set_expected_input_offset(5);
+      append.set_text_utf8("still here");
+      auto ctx = Ctx();
+      auto stream = streams->Append(ctx.get());
+      ASSERT_TRUE(stream->Write(append));
+      ASSERT_TRUE(stream->Read(&ack)) << stream->Finish().error_message();
+      EXPECT_EQ(ack.input_offset(), std::string("warm still here").size());
+      EXPECT_EQ(ack.committed_input_offset(), 5u);
+      ctx->TryCancel();
+      stream->Finish().IgnoreError();
+    }
+  }();
+  EXPECT_EQ(ended.load(), 0)
+      << "a call waiting on the hung store ended before the free ones";
+
+  (*redis)->Resume();
+  for (auto& t : stuck) t.join();
+  int done = 0;
+  for (const grpc::Status& s : results) {
+    if (s.ok()) {
+      ++done;
+      continue;
+    }
+    // Failed while Redis hung: unavailable, safe to retry.
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << s.error_message();
+  }
+  // And it serves the store again.
+  st = create("after");
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  {
+    v1::GetSessionRequest get;
+    get.set_session_id("cold-0");
+    v1::Session got;
+    auto ctx = Ctx();
+    st = sessions->GetSession(ctx.get(), get, &got);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    st = AppendText(streams.get(), "cold-0", got.input_offset(), "y", true,
+                    &ack);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(ack.committed_input_offset(), got.input_offset() + 1);
+  }
+  if (HasFailure()) {
+    ADD_FAILURE() << done << " of " << results.size()
+                  << " waiting calls succeeded; worker stderr:\n"
+                  << worker->process->stderr_text();
+  }
+  std::error_code ignored;
+  std::filesystem::remove_all(dir, ignored);
+}
+
+}  // namespace
+}  // namespace statestream
