@@ -38,6 +38,11 @@ absl::StatusOr<SessionView> Await(
   return out;
 }
 
+// A queued call whose client went away before its turn: not run.
+absl::Status CallWentAway() {
+  return absl::CancelledError("the call went away before its turn");
+}
+
 }  // namespace
 
 absl::StatusOr<SessionView> SessionManager::Impl::CreateOnce(
@@ -396,7 +401,7 @@ absl::StatusOr<SessionView> SessionManager::Rollback(
 void SessionManager::RollbackAsync(
     const std::string& tenant, const std::string& session_id, uint64_t version,
     std::optional<uint64_t> expected, std::optional<Durability> durability,
-    const std::string& request_id, ViewDone done) {
+    const std::string& request_id, ViewDone done, IsCancelled cancelled) {
   Impl* const m = impl_.get();
   // A retry of a rollback that was committed (even one that failed below
   // the durability asked for) returns the session instead of rolling back
@@ -422,7 +427,9 @@ void SessionManager::RollbackAsync(
   m->RunAsync<absl::StatusOr<SessionView>>(
       s,
       [m, s, tenant, session_id, version, expected, durability, request_id,
-       digest, turn]() -> absl::StatusOr<SessionView> {
+       digest, turn,
+       cancelled = std::move(cancelled)]() -> absl::StatusOr<SessionView> {
+        if (cancelled && cancelled()) return CallWentAway();
         SS_RETURN_IF_ERROR(m->GoneError(s.get()));
         // Again in turn: the original may have run while this waited.
         SS_ASSIGN_OR_RETURN(turn->retried, m->Seen(tenant, request_id, digest,
@@ -500,18 +507,18 @@ void SessionManager::ImportAsync(const std::string& tenant,
                                  const std::string& blob, bool new_version,
                                  const CreateParams& params,
                                  std::optional<uint64_t> expected,
-                                 ViewDone done) {
+                                 ViewDone done, IsCancelled cancelled) {
   // Answered here, unless queued behind the session's strand (then `done`
   // moved into the operation).
-  absl::StatusOr<SessionView> now =
-      ImportOrQueue(tenant, blob, new_version, params, expected, &done);
+  absl::StatusOr<SessionView> now = ImportOrQueue(
+      tenant, blob, new_version, params, expected, &done, std::move(cancelled));
   if (done != nullptr) done(std::move(now));
 }
 
 absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
     const std::string& tenant, const std::string& blob, bool new_version,
     const CreateParams& params, std::optional<uint64_t> expected,
-    ViewDone* done) {
+    ViewDone* done, IsCancelled cancelled) {
   Impl& m = *impl_;
   SS_RETURN_IF_ERROR(m.Admitting());
   SS_ASSIGN_OR_RETURN(StateSnapshot snap, DecodeState(blob));
@@ -587,9 +594,11 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
   // committing generation holds the strand for its whole run).
   m.RunAsync<absl::StatusOr<SessionView>>(
       s,
-      [mp, s, tenant, params, expected, digest, turn,
-       snap = std::move(snap)]() mutable -> absl::StatusOr<SessionView> {
+      [mp, s, tenant, params, expected, digest, turn, snap = std::move(snap),
+       cancelled =
+           std::move(cancelled)]() mutable -> absl::StatusOr<SessionView> {
         Impl& m = *mp;
+        if (cancelled && cancelled()) return CallWentAway();
         SS_RETURN_IF_ERROR(m.GoneError(s.get()));
         // Again in turn: the original may have run while this waited.
         SS_ASSIGN_OR_RETURN(turn->retried,

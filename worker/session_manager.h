@@ -300,15 +300,19 @@ class SessionManager {
   // `done` runs once with the outcome, on the caller's thread or, once the
   // session's turn came, on the manager's pool. The service uses these, so
   // rollbacks and imports queued behind busy sessions occupy none of its
-  // threads.
+  // threads. `cancelled` (optional) is asked when the turn comes: true
+  // (the client went away meanwhile) ends the call CANCELLED, nothing done.
   using ViewDone = std::function<void(absl::StatusOr<SessionView>)>;
+  using IsCancelled = std::function<bool()>;
   void RollbackAsync(const std::string& tenant, const std::string& session_id,
                      uint64_t version, std::optional<uint64_t> expected,
                      std::optional<Durability> durability,
-                     const std::string& request_id, ViewDone done);
+                     const std::string& request_id, ViewDone done,
+                     IsCancelled cancelled = nullptr);
   void ImportAsync(const std::string& tenant, const std::string& blob,
                    bool new_version, const CreateParams& params,
-                   std::optional<uint64_t> expected, ViewDone done);
+                   std::optional<uint64_t> expected, ViewDone done,
+                   IsCancelled cancelled = nullptr);
 
   // --- Streams (asynchronous) ----------------------------------------------
   // A writer call. Opening one supersedes the session's previous writer:
@@ -383,12 +387,10 @@ class SessionManager {
   // ImportAsync's work up to the session's strand: its answer, or, for a
   // new version queued on the strand, *done moved into the operation (and
   // left null).
-  absl::StatusOr<SessionView> ImportOrQueue(const std::string& tenant,
-                                            const std::string& blob,
-                                            bool new_version,
-                                            const CreateParams& params,
-                                            std::optional<uint64_t> expected,
-                                            ViewDone* done);
+  absl::StatusOr<SessionView> ImportOrQueue(
+      const std::string& tenant, const std::string& blob, bool new_version,
+      const CreateParams& params, std::optional<uint64_t> expected,
+      ViewDone* done, IsCancelled cancelled);
   std::unique_ptr<Impl> impl_;
 };
 

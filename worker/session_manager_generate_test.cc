@@ -198,6 +198,79 @@ TEST_F(SessionManagerTest, RollbackAndImportWaitForTheirTurnHoldingNoThread) {
   EXPECT_EQ(import->input_offset, 0u);
 }
 
+// A Rollback or Import queued behind a busy session whose client went away
+// before its turn is not run: it ends CANCELLED and the session is as the
+// generation left it. A retry with the same request id then runs.
+TEST_F(SessionManagerTest, AQueuedRollbackOrImportWhoseClientWentAwayIsNotRun) {
+  Create("s");
+  const std::string blob = Blob("s");
+  Create("g");
+  auto w = Open("g");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());  // version 2
+  ASSERT_TRUE(Close(w).ok());
+  GenerateInput in;
+  in.request_id = "held";
+  in.commit = true;
+  in.max_tokens = 4;
+  in.sampling.seed = 1;
+  in.has_seed = true;
+  absl::Notification first, release, generated;
+  absl::StatusOr<GenerateOutcome> outcome;
+  manager_->Generate(
+      "t", "g", in,
+      [&](const GeneratedPiece&) {
+        if (first.HasBeenNotified()) return;
+        first.Notify();
+        release.WaitForNotification();
+      },
+      [&](absl::StatusOr<GenerateOutcome> o) {
+        outcome = std::move(o);
+        generated.Notify();
+      });
+  first.WaitForNotification();
+  std::atomic<bool> gone{false};
+  auto cancelled = [&gone] { return gone.load(); };
+  absl::Notification rolled, imported;
+  absl::StatusOr<SessionView> rollback, import;
+  manager_->RollbackAsync(
+      "t", "g", 2, std::nullopt, std::nullopt, "roll",
+      [&](absl::StatusOr<SessionView> v) {
+        rollback = std::move(v);
+        rolled.Notify();
+      },
+      cancelled);
+  CreateParams p;
+  p.request_id = "import";
+  p.session_id = "g";
+  manager_->ImportAsync(
+      "t", blob, true, p, std::nullopt,
+      [&](absl::StatusOr<SessionView> v) {
+        import = std::move(v);
+        imported.Notify();
+      },
+      cancelled);
+  gone = true;  // both clients leave while the generation runs
+  release.Notify();
+  generated.WaitForNotification();
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  rolled.WaitForNotification();
+  imported.WaitForNotification();
+  EXPECT_EQ(rollback.status().code(), absl::StatusCode::kCancelled)
+      << rollback.status();
+  EXPECT_EQ(import.status().code(), absl::StatusCode::kCancelled)
+      << import.status();
+  auto view = manager_->GetSession("t", "g");
+  ASSERT_TRUE(view.ok()) << view.status();
+  EXPECT_EQ(view->version, outcome->version);
+  EXPECT_GT(view->input_offset, 6u);  // the generated text is kept
+  // Nothing was remembered for the request id: a retry rolls back.
+  auto again =
+      manager_->Rollback("t", "g", 2, std::nullopt, std::nullopt, "roll");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->version, outcome->version + 1);
+  EXPECT_EQ(again->input_offset, 6u);
+}
+
 // A periodic checkpoint of a committing generation is written but its
 // reply is lost (and the store unreadable right after): the generation goes
 // on, its final commit adopts that version, and the session ends exactly

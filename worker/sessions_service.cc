@@ -199,6 +199,7 @@ class ImportReactor final
         policy_(policy),
         pool_(pool),
         budget_(budget),
+        ctx_(ctx),
         out_(out) {
     absl::StatusOr<std::string> tenant = TenantOf(*ctx, *policy);
     if (!tenant.ok()) {
@@ -342,11 +343,13 @@ class ImportReactor final
           // The blob goes once decoded: a queued import holds its state
           // once, not twice, beside the budget it counts in.
           const std::string blob = std::move(blob_);
-          m_->ImportAsync(tenant_, blob, new_version, p, expected,
-                          [this](absl::StatusOr<SessionView> v) {
-                            if (v.ok()) SessionToProto(*v, out_);
-                            FinishAndRelease(v.status());
-                          });
+          m_->ImportAsync(
+              tenant_, blob, new_version, p, expected,
+              [this](absl::StatusOr<SessionView> v) {
+                if (v.ok()) SessionToProto(*v, out_);
+                FinishAndRelease(v.status());
+              },
+              [this] { return ctx_->IsCancelled(); });
           return;
         }
       }
@@ -359,7 +362,8 @@ class ImportReactor final
   SessionManager* m_ = nullptr;  // the state's model, once the header is read
   Executor* pool_;
   TransferBudget* const budget_;
-  TransferBudget::Hold hold_;  // once the header is read
+  grpc::CallbackServerContext* const ctx_;  // valid until OnDone
+  TransferBudget::Hold hold_;               // once the header is read
   // The tenant's stream slot (null without limits) until the call ends.
   std::unique_ptr<TenantLimits::StreamSlot> slot_;
   v1::Session* out_;
@@ -566,12 +570,14 @@ class SessionsService final : public v1::Sessions::CallbackService {
       if (req->has_expected_version()) expected = req->expected_version();
       // Waits for the session's turn holding no thread of this pool.
       models_->ForSession(*tenant, req->session_id())
-          .RollbackAsync(*tenant, req->session_id(), req->version(), expected,
-                         *durability, req->request_id(),
-                         [out, finish](absl::StatusOr<SessionView> v) {
-                           if (v.ok()) SessionToProto(*v, out);
-                           finish(v.status());
-                         });
+          .RollbackAsync(
+              *tenant, req->session_id(), req->version(), expected, *durability,
+              req->request_id(),
+              [out, finish](absl::StatusOr<SessionView> v) {
+                if (v.ok()) SessionToProto(*v, out);
+                finish(v.status());
+              },
+              [ctx] { return ctx->IsCancelled(); });
     });
   }
 
