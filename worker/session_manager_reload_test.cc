@@ -1,0 +1,324 @@
+// SPDX-License-Identifier: Apache-2.0
+// The session manager across reloads and workers, on the memory store and a
+// real (random-weight, byte-level) model: eviction and reload, the UTF-8
+// carry across a reload, imports with bad side data, states without their
+// hidden vector, and creates and imports retried on another worker. The
+// rest: session_manager_test.cc.
+#include <memory>
+#include <string>
+
+#include "absl/synchronization/notification.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "worker/session_manager.h"
+#include "worker/session_manager_test_fixture.h"
+
+namespace statestream::worker {
+namespace {
+
+TEST_F(SessionManagerTest, EvictsIdleSessionsAndReloadsThemUnchanged) {
+  SessionManagerOptions o;
+  const auto& info = model_->info();
+  o.residency_bytes = (info.state_floats + info.config.n_embd) * 4;  // one
+  Start(o);
+  for (const char* id : {"a", "b", "c"}) {
+    Create(id);
+    auto w = Open(id);
+    ASSERT_TRUE(Append(w, 0, std::string("input of ") + id).ok());
+    ASSERT_TRUE(Close(w).ok());
+  }
+  const std::string a_before = Blob("a");
+  // Touch "a" again: it was evicted (and its input committed on close).
+  auto w = Open("a");
+  auto ack = Append(w, 10, "more", true, true);
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->input_offset, 14u);
+  ASSERT_TRUE(Close(w).ok());
+  EXPECT_GT(manager_->stats().evictions, 0);
+  EXPECT_GT(manager_->stats().loads, 3);
+  // The reloaded state continues exactly like one that never left memory.
+  Create("ref");
+  auto r = Open("ref");
+  ASSERT_TRUE(Append(r, 0, "input of amore", true, true).ok());
+  EXPECT_EQ(Blob("ref"), Blob("a"));
+  EXPECT_NE(a_before, Blob("a"));
+}
+
+// A character split across appends whose first bytes the World tokenizer
+// already emitted as a token (no token starts E1 88, one starts 88), so the
+// tail holds only "\x88": evicted and reloaded in between, the session
+// still accepts the character's last byte, and the result equals the
+// unsplit text.
+TEST_F(SessionManagerTest, ACharacterSplitAcrossAReloadIsAccepted) {
+  SessionManagerOptions o;
+  o.residency_bytes = 1;  // the next session's load evicts the idle one
+  ASSERT_NO_FATAL_FAILURE(StartWorld(o));
+  Create("split");
+  auto w = Open("split");
+  auto first = Append(w, 0, "a\xE1\x88", false, true);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(Close(w).ok());
+  Create("other");
+  auto x = Open("other");
+  ASSERT_TRUE(Append(x, 0, "x", true, true).ok());
+  ASSERT_TRUE(Close(x).ok());
+  EXPECT_GT(manager_->stats().evictions, 0);
+  w = Open("split");
+  auto rest = Append(w, 3, "\x80", true, true);
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  ASSERT_TRUE(Close(w).ok());
+  Create("whole");
+  auto v = Open("whole");
+  ASSERT_TRUE(Append(v, 0, "a\xE1\x88\x80", true, true).ok());
+  ASSERT_TRUE(Close(v).ok());
+  EXPECT_EQ(Blob("split"), Blob("whole"));
+  // A byte that cannot continue the character is still refused.
+  Create("bad");
+  auto b = Open("bad");
+  ASSERT_TRUE(Append(b, 0, "a\xE1\x88", false, true).ok());
+  ASSERT_TRUE(Close(b).ok());
+  ASSERT_TRUE(Append(x = Open("other"), 1, "y", true, true).ok());
+  ASSERT_TRUE(Close(x).ok());
+  b = Open("bad");
+  EXPECT_EQ(GetReason(Append(b, 3, "z", true).status()), Reason::kInvalidUtf8);
+}
+
+// Input that ended on a whole character (no tail: the byte tokenizer, or
+// the World tokenizer after a flush) is just as strict after a reload: a
+// continuation byte that starts the next append is INVALID_UTF8 (snapshots
+// record that the carry is known, not only its bytes).
+TEST_F(SessionManagerTest, AReloadedSessionStillRefusesAStrayContinuationByte) {
+  for (bool world : {false, true}) {
+    SCOPED_TRACE(world ? "world" : "bytes");
+    SessionManagerOptions o;
+    o.residency_bytes = 1;  // the next session's load evicts the idle one
+    if (world) {
+      ASSERT_NO_FATAL_FAILURE(StartWorld(o));
+    } else {
+      Start(o);
+    }
+    const std::string id = world ? "world" : "bytes";
+    Create(id);
+    auto w = Open(id);
+    ASSERT_TRUE(Append(w, 0, "ab\n", world, true).ok());
+    ASSERT_TRUE(Close(w).ok());
+    Create(id + "-other");
+    auto x = Open(id + "-other");
+    ASSERT_TRUE(Append(x, 0, "x", true, true).ok());
+    ASSERT_TRUE(Close(x).ok());
+    const int64_t evictions = manager_->stats().evictions;
+    EXPECT_GT(evictions, 0);
+    w = Open(id);
+    auto stray = Append(w, 3, "\x80xyz", true, true);
+    EXPECT_EQ(GetReason(stray.status()), Reason::kInvalidUtf8)
+        << stray.status();
+    EXPECT_EQ(manager_->GetSession("t", id)->input_offset, 3u);
+    // A whole character is still welcome.
+    ASSERT_TRUE(Append(w, 3, "\xC3\xA9", true, true).ok());
+    ASSERT_TRUE(Close(w).ok());
+  }
+}
+
+// An import whose side data (generation records, UTF-8 carry, sampler) is
+// malformed passes the blob's checksum but no load could decode it: it is
+// STATE_CORRUPT before anything is committed, as a new session or as a new
+// version, and the session stays usable.
+TEST_F(SessionManagerTest, AnImportWithCorruptSideDataCommitsNothing) {
+  auto snap = SnapshotWithInput("src");
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  const auto versions_before = manager_->ListVersions("t", "src");
+  ASSERT_TRUE(versions_before.ok()) << versions_before.status();
+  for (const std::string& bad :
+       {std::string("SSGEN1\n\x05\x00\x00\x00xy"),  // truncated sampler
+        std::string("SSGEN1\n\x00\x00\x00\x00\x01\x00\x00\x00"),
+        std::string("SSMP-not-a-sampler")}) {
+    SCOPED_TRACE(bad);
+    snap->sampler_state = bad;
+    const std::string blob = EncodeState(*snap);
+    CreateParams fresh;
+    fresh.request_id = "import-new";
+    fresh.session_id = "new";
+    EXPECT_EQ(
+        GetReason(
+            manager_->Import("t", blob, false, fresh, std::nullopt).status()),
+        Reason::kStateCorrupt);
+    EXPECT_EQ(GetReason(manager_->GetSession("t", "new").status()),
+              Reason::kSessionNotFound);
+    CreateParams onto;
+    onto.request_id = "import-onto";
+    onto.session_id = "src";
+    EXPECT_EQ(
+        GetReason(
+            manager_->Import("t", blob, true, onto, std::nullopt).status()),
+        Reason::kStateCorrupt);
+  }
+  const auto versions_after = manager_->ListVersions("t", "src");
+  ASSERT_TRUE(versions_after.ok()) << versions_after.status();
+  EXPECT_EQ(versions_after->size(), versions_before->size());
+  // Still loadable and writable.
+  auto w = Open("src");
+  ASSERT_TRUE(Append(w, 10, " more", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+}
+
+// A snapshot saved without last_hidden (position > 0) has no logits for its
+// last token: Generate without a prompt and Score of what follows it are
+// FAILED_PRECONDITION (they used to predict from a zero vector), also after
+// a commit and a reload; once a token is consumed both work.
+TEST_F(SessionManagerTest, AStateWithoutItsHiddenVectorAsksForInput) {
+  auto snap = SnapshotWithInput("src");
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  ASSERT_FALSE(snap->last_hidden.empty());
+  snap->last_hidden.clear();
+  CreateParams p;
+  p.request_id = "import-bare";
+  p.session_id = "bare";
+  ASSERT_TRUE(
+      manager_->Import("t", EncodeState(*snap), false, p, std::nullopt).ok());
+  auto score = [&](const std::string& id) {
+    ScoreInput in;
+    in.tokens = {'x'};
+    absl::Notification done;
+    absl::Status out;
+    manager_->Score("t", id, in, [&](absl::StatusOr<ScoreOutcome> o) {
+      out = o.status();
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return out;
+  };
+  auto generate = [&](const std::string& id) {
+    GenerateInput in;
+    in.request_id = "g";
+    in.max_tokens = 2;
+    return GenerateStatus(id, in);
+  };
+  EXPECT_EQ(score("bare").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(generate("bare").code(), absl::StatusCode::kFailedPrecondition);
+  // Committed again (an empty checkpoint) and reloaded: still no hidden.
+  auto b = Open("bare");
+  ASSERT_TRUE(Append(b, snap->input_offset, "", false, true).ok());
+  ASSERT_TRUE(Close(b).ok());
+  auto again = DecodeState(Blob("bare"));
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->last_hidden.empty());
+  EXPECT_EQ(score("bare").code(), absl::StatusCode::kFailedPrecondition);
+  // A token consumed: logits exist again.
+  b = Open("bare");
+  ASSERT_TRUE(Append(b, snap->input_offset, "!", true, true).ok());
+  ASSERT_TRUE(Close(b).ok());
+  EXPECT_TRUE(score("bare").ok()) << score("bare");
+  EXPECT_TRUE(generate("bare").ok()) << generate("bare");
+  EXPECT_EQ(DecodeState(Blob("bare"))->last_hidden.size(),
+            static_cast<size_t>(model_->info().config.n_embd));
+}
+
+// A create with a server-generated id, retried on another worker (its own
+// request-id memo) after the first worker died: the id derives from the
+// request id, so the retry finds the session the first attempt created and
+// returns it instead of creating a second one; other content under the
+// request id is DUPLICATE_REQUEST.
+TEST_F(SessionManagerTest, AGeneratedIdCreateRetriedOnAnotherWorkerIsOnce) {
+  CreateParams p;
+  p.request_id = "create-generated";
+  p.labels = {{"k", "v"}};
+  auto first = manager_->CreateSession("t", p);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->session_id.size(), 26u);
+  auto other = OtherWorker();
+  ASSERT_NE(other, nullptr);
+  auto retried = other->CreateSession("t", p);
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(retried->session_id, first->session_id);
+  ListSessionsRequest list;
+  list.tenant = "t";
+  list.page_size = 100;
+  auto page = store_->ListSessions(list);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(page->sessions.size(), 1u);
+  CreateParams changed = p;
+  changed.labels = {{"k", "other"}};
+  EXPECT_EQ(GetReason(other->CreateSession("t", changed).status()),
+            Reason::kDuplicateRequest);
+  // Another request id: another session.
+  CreateParams next = p;
+  next.request_id = "create-generated-2";
+  auto second = other->CreateSession("t", next);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_NE(second->session_id, first->session_id);
+}
+
+// A create with a client-chosen id, retried on another worker (or the same
+// one after a restart: its request-id memo is gone): the head records the
+// creating request, so the retry gets the session back instead of
+// SESSION_EXISTS; other content under the request id is DUPLICATE_REQUEST,
+// another request id SESSION_EXISTS, and past the window the id is simply
+// taken.
+TEST_F(SessionManagerTest, AChosenIdCreateRetriedOnAnotherWorkerIsOnce) {
+  CreateParams p;
+  p.session_id = "chosen";
+  p.request_id = "create-chosen";
+  p.labels = {{"k", "v"}};
+  auto first = manager_->CreateSession("t", p);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto w = Open("chosen");
+  ASSERT_TRUE(Append(w, 0, "later input", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  auto other = OtherWorker();
+  ASSERT_NE(other, nullptr);
+  auto retried = other->CreateSession("t", p);
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(retried->session_id, "chosen");
+  EXPECT_EQ(retried->version, 2u);  // the session as it is now
+  EXPECT_EQ(retried->input_offset, 11u);
+  CreateParams changed = p;
+  changed.labels = {{"k", "other"}};
+  EXPECT_EQ(GetReason(other->CreateSession("t", changed).status()),
+            Reason::kDuplicateRequest);
+  CreateParams another = p;
+  another.request_id = "create-chosen-2";
+  EXPECT_EQ(GetReason(other->CreateSession("t", another).status()),
+            Reason::kSessionExists);
+  SessionManagerOptions past_window;
+  past_window.request_id_window = absl::ZeroDuration();
+  auto third = OtherWorker(past_window);
+  ASSERT_NE(third, nullptr);
+  EXPECT_EQ(GetReason(third->CreateSession("t", p).status()),
+            Reason::kSessionExists);
+}
+
+// The same for an ImportState that creates a session with a generated id:
+// the retry on another worker gets the first attempt's session, a
+// different state under the request id is DUPLICATE_REQUEST.
+TEST_F(SessionManagerTest, AGeneratedIdImportRetriedOnAnotherWorkerIsOnce) {
+  Create("src");
+  auto w = Open("src");
+  ASSERT_TRUE(Append(w, 0, "abc", true, true).ok());
+  const std::string abc = Blob("src");
+  ASSERT_TRUE(Append(w, 3, "d", true, true).ok());
+  const std::string abcd = Blob("src");
+  ASSERT_TRUE(Close(w).ok());
+  CreateParams p;
+  p.request_id = "import-generated";
+  auto first = manager_->Import("t", abc, false, p, std::nullopt);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto other = OtherWorker();
+  ASSERT_NE(other, nullptr);
+  auto retried = other->Import("t", abc, false, p, std::nullopt);
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(retried->session_id, first->session_id);
+  EXPECT_EQ(retried->input_offset, 3u);
+  ListSessionsRequest list;
+  list.tenant = "t";
+  list.page_size = 100;
+  auto page = store_->ListSessions(list);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(page->sessions.size(), 2u);  // src and the import
+  EXPECT_EQ(
+      GetReason(other->Import("t", abcd, false, p, std::nullopt).status()),
+      Reason::kDuplicateRequest);
+  other->Drain();
+}
+
+}  // namespace
+}  // namespace statestream::worker
