@@ -24,16 +24,19 @@ absl::Status RedisStateStore::Init() {
     const std::string src = ScriptSource(static_cast<Script>(s));
     SS_ASSIGN_OR_RETURN(auto r,
                         client_->RunOnEveryPrimary({"SCRIPT", "LOAD", src}));
-    if (!r.empty() && IsAccessRefusal(r[0].get())) {
-      // Missing or insufficient credentials do not pass by waiting.
-      return MakeError(
-          absl::StatusCode::kPermissionDenied, Reason::kStoreUnavailable,
-          absl::StrCat("Redis refused SCRIPT LOAD: ", Str(r[0].get())));
+    // Every primary answers (on Cluster each has its own ACL).
+    for (const Reply& each : r) {
+      if (IsAccessRefusal(each.get())) {
+        // Missing or insufficient credentials do not pass by waiting.
+        return AccessRefused(false, absl::StrCat("Redis refused SCRIPT LOAD: ",
+                                                 Str(each.get())));
+      }
+      if (each->type != REDIS_REPLY_STRING) {
+        return Unavailable(
+            absl::StrCat("SCRIPT LOAD failed: ", Str(each.get())));
+      }
     }
-    if (r.empty() || r[0]->type != REDIS_REPLY_STRING) {
-      return Unavailable(absl::StrCat("SCRIPT LOAD failed: ",
-                                      r.empty() ? "" : Str(r[0].get())));
-    }
+    if (r.empty()) return Unavailable("SCRIPT LOAD failed: no primary");
     sha_[s] = Str(r[0].get());
   }
   SS_ASSIGN_OR_RETURN(auto info,

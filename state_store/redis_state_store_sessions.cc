@@ -30,7 +30,7 @@ absl::StatusOr<int64_t> RedisStateStore::CountSessionsBound(
   const std::string index = IndexKey(tenant);
   SS_ASSIGN_OR_RETURN(std::vector<Reply> r,
                       client_->Run(index, {{"ZCARD", index}}));
-  if (r[0]->type != REDIS_REPLY_INTEGER) return Unexpected(Str(r[0].get()));
+  if (r[0]->type != REDIS_REPLY_INTEGER) return BadReply(r[0].get());
   return static_cast<int64_t>(r[0]->integer);
 }
 
@@ -46,7 +46,7 @@ absl::StatusOr<ListSessionsPage> RedisStateStore::ListSessions(
                         client_->Run(index, {{"ZRANGEBYLEX", index, from, "+",
                                               "LIMIT", "0", "100"}}));
     const redisReply* ids = r[0].get();
-    if (ids->type != REDIS_REPLY_ARRAY) return Unexpected(Str(ids));
+    if (ids->type != REDIS_REPLY_ARRAY) return BadReply(ids);
     for (size_t i = 0; i < ids->elements; ++i) {
       const SessionKey key{req.tenant, Str(ids->element[i])};
       if (scanned++ == std::max(options_.max_list_scan, 1)) {
@@ -281,7 +281,11 @@ absl::StatusOr<std::vector<WorkerInfo>> RedisStateStore::ListWorkers() {
 
 absl::Status RedisStateStore::AddToIndex(const SessionKey& key) {
   const std::string index = IndexKey(key.tenant);
-  return client_->Run(index, {{"ZADD", index, "0", key.session_id}}).status();
+  SS_ASSIGN_OR_RETURN(
+      std::vector<Reply> r,
+      client_->Run(index, {{"ZADD", index, "0", key.session_id}}));
+  if (r[0]->type != REDIS_REPLY_INTEGER) return BadReply(r[0].get());
+  return absl::OkStatus();
 }
 
 absl::Status RedisStateStore::ReserveInIndex(const SessionKey& key,

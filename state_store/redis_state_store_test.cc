@@ -305,13 +305,23 @@ TEST(RedisStateStoreTest, AuthWithAclUser) {
                   ->Command({"ACL", "SETUSER", "elsewhere", "on", ">s3cret",
                              "~other:*", "+@all"})
                   .ok());
-  ASSERT_TRUE((*server)->Command({"ACL", "SETUSER", "default", "off"}).ok());
+  // The default user needs a password from here on (the test's own).
+  ASSERT_TRUE(
+      (*server)->Command({"ACL", "SETUSER", "default", ">admin-pw"}).ok());
   RedisStateStoreOptions o;
   o.addresses = {(*server)->address()};
-  // A refused user is a configuration error, not an outage to wait out.
+  // A refused user is a configuration error, not an outage to wait out:
+  // standalone (NOAUTH at SCRIPT LOAD) and Cluster (at CLUSTER SLOTS).
   auto anonymous = NewRedisStateStore(o);
   EXPECT_EQ(anonymous.status().code(), absl::StatusCode::kPermissionDenied)
       << anonymous.status();
+  o.cluster = true;
+  anonymous = NewRedisStateStore(o);
+  EXPECT_EQ(anonymous.status().code(), absl::StatusCode::kPermissionDenied)
+      << anonymous.status();
+  EXPECT_TRUE(absl::StrContains(anonymous.status().message(), "NOAUTH"))
+      << anonymous.status();
+  o.cluster = false;
   o.user = "statestream";
   o.password = "wrong";
   auto wrong = NewRedisStateStore(o);
@@ -323,6 +333,32 @@ TEST(RedisStateStoreTest, AuthWithAclUser) {
       (*store)->CreateSession(NewSession("a", Durability::kMemory)).ok());
   auto loaded = (*store)->LoadVersion({"acme", "a"}, 0);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
+
+  // The password changed under the running store: its next connection is
+  // refused, which is an outage for the operator to mend (UNAVAILABLE with
+  // Redis's answer), not a verdict on the caller.
+  ASSERT_TRUE(
+      (*server)
+          ->Command({"ACL", "SETUSER", "statestream", "resetpass", ">rotated"},
+                    "admin-pw")
+          .ok());
+  ASSERT_TRUE(
+      (*server)
+          ->Command({"CLIENT", "KILL", "USER", "statestream"}, "admin-pw")
+          .ok());
+  auto rotated = (*store)->GetHead({"acme", "a"});
+  EXPECT_EQ(rotated.status().code(), absl::StatusCode::kUnavailable)
+      << rotated.status();
+  EXPECT_EQ(GetReason(rotated.status()), Reason::kStoreUnavailable);
+  EXPECT_EQ(GetErrorMetadata(rotated.status(), "redis_error").value_or(""),
+            "WRONGPASS")
+      << rotated.status();
+  ASSERT_TRUE(
+      (*server)
+          ->Command({"ACL", "SETUSER", "statestream", "resetpass", ">s3cret"},
+                    "admin-pw")
+          .ok());
+  EXPECT_TRUE((*store)->GetHead({"acme", "a"}).ok());
 
   // A user whose ACL leaves out the store's keys connects, and each call
   // is refused with Redis's answer (an operator's fix, not a bug).

@@ -141,6 +141,11 @@ absl::StatusOr<LoadedVersion> RedisStateStore::LoadVersion(
   std::vector<Reply> replies;
   for (int attempt = 0;; ++attempt) {
     SS_ASSIGN_OR_RETURN(replies, client_->Run(HeadKey(key), gets, sink));
+    // A refusal (OOM does not touch reads, but NOPERM or a busy script
+    // does) is not a missing chunk.
+    for (const Reply& r : replies) {
+      if (r->type == REDIS_REPLY_ERROR) return BadReply(r.get());
+    }
     size_t missing = replies.size();
     for (size_t i = 0; i < replies.size() && missing == replies.size(); ++i) {
       if (replies[i]->type != REDIS_REPLY_STRING) missing = i;

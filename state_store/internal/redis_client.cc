@@ -373,6 +373,30 @@ class ReplyReader {
 
 }  // namespace
 
+bool IsAccessRefusal(const redisReply* r) {
+  if (r == nullptr || r->type != REDIS_REPLY_ERROR) return false;
+  const absl::string_view text(r->str, r->len);
+  return absl::StartsWith(text, "NOAUTH ") ||
+         absl::StartsWith(text, "NOPERM ") ||
+         absl::StartsWith(text, "WRONGPASS ");
+}
+
+absl::Status AccessRefused(bool connected, absl::string_view what) {
+  if (!connected) {
+    return MakeError(absl::StatusCode::kPermissionDenied,
+                     Reason::kStoreUnavailable, what);
+  }
+  // The refusal's code is the error text's first word, past a "Redis AUTH
+  // failed on HOST:PORT: " prefix when there is one.
+  absl::string_view text = what;
+  if (const size_t at = text.rfind(": "); at != absl::string_view::npos) {
+    text.remove_prefix(at + 2);
+  }
+  return MakeError(
+      absl::StatusCode::kUnavailable, Reason::kStoreUnavailable, what,
+      {{"redis_error", std::string(text.substr(0, text.find(' ')))}});
+}
+
 struct RedisClient::Node {
   std::string address;
   absl::Mutex mu;
@@ -398,20 +422,33 @@ absl::StatusOr<std::unique_ptr<RedisClient>> RedisClient::Connect(
   std::unique_ptr<RedisClient> client(new RedisClient(options));
   if (options.cluster) {
     SS_RETURN_IF_ERROR(client->RefreshSlots());
+    client->connected_ = true;
     return client;
   }
-  absl::Status last;
+  absl::Status last, refused;
   for (const std::string& seed : options.seeds) {
     std::string redirect;
     auto r = client->Attempt(seed, {{"PING"}}, false, &redirect);
+    if (r.ok() && IsAccessRefusal((*r)[0].get())) {
+      refused = AccessRefused(
+          false, absl::StrCat("Redis refused PING on ", seed, ": ",
+                              absl::string_view((*r)[0]->str, (*r)[0]->len)));
+      continue;
+    }
     if (r.ok()) {
       absl::MutexLock lock(&client->mu_);
       client->standalone_address_ = seed;
+      client->connected_ = true;
       return client;
     }
-    last = r.status();
+    if (r.status().code() == absl::StatusCode::kPermissionDenied) {
+      refused = r.status();
+    } else {
+      last = r.status();
+    }
   }
-  return last;
+  // A seed that refused the credentials says more than one that is down.
+  return refused.ok() ? last : refused;
 }
 
 RedisClient::Node* RedisClient::NodeFor(const std::string& address) {
@@ -477,9 +514,8 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Attempt(
       if (r->type == REDIS_REPLY_ERROR) {
         const std::string err(r->str, r->len);
         redisFree(c);
-        return MakeError(
-            absl::StatusCode::kPermissionDenied, Reason::kStoreUnavailable,
-            absl::StrCat("Redis AUTH failed on ", address, ": ", err));
+        return AccessRefused(connected_, absl::StrCat("Redis AUTH failed on ",
+                                                      address, ": ", err));
       }
     }
   }
@@ -570,6 +606,7 @@ absl::Status RedisClient::RefreshSlots() {
     for (const auto& [address, node] : nodes_) candidates.push_back(address);
   }
   absl::Status last = Unavailable("no Redis Cluster node reachable");
+  absl::Status refused;
   for (const std::string& address : candidates) {
     std::string redirect;
     auto r = Attempt(address, {{"CLUSTER", "SLOTS"}}, false, &redirect);
@@ -582,7 +619,16 @@ absl::Status RedisClient::RefreshSlots() {
     }
     const redisReply* slots = (*r)[0].get();
     if (slots->type != REDIS_REPLY_ARRAY) {
-      last = Unavailable(absl::StrCat("CLUSTER SLOTS on ", address, " failed"));
+      const std::string text = slots->type == REDIS_REPLY_ERROR
+                                   ? std::string(slots->str, slots->len)
+                                   : std::string("not an array");
+      const std::string what =
+          absl::StrCat("CLUSTER SLOTS on ", address, " failed: ", text);
+      if (IsAccessRefusal(slots)) {
+        refused = AccessRefused(connected_, what);
+      } else {
+        last = Unavailable(what);
+      }
       continue;
     }
     std::vector<std::string> map(kSlots);
@@ -608,7 +654,7 @@ absl::Status RedisClient::RefreshSlots() {
     slots_ = std::move(map);
     return absl::OkStatus();
   }
-  return last;
+  return refused.ok() ? last : refused;
 }
 
 absl::StatusOr<std::vector<Reply>> RedisClient::Run(

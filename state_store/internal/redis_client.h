@@ -9,6 +9,7 @@
 #include <hiredis/hiredis.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -55,6 +56,17 @@ struct RedisClientOptions {
   int max_idle_connections_per_node = 8;
   Clock* clock = nullptr;  // not owned
 };
+
+// An error reply refusing the connection's user: NOAUTH (no AUTH given),
+// NOPERM (the ACL forbids the command or key), WRONGPASS.
+bool IsAccessRefusal(const redisReply* r);
+
+// Redis refused the user (`what`: its error text). While connecting, a
+// configuration error: PERMISSION_DENIED, which waiting does not mend. Once
+// connected (an ACL or password changed under a running process, met by a
+// new connection or a command): UNAVAILABLE/STORE_UNAVAILABLE with metadata
+// `redis_error`, for a retry once an operator fixed it.
+absl::Status AccessRefused(bool connected, absl::string_view what);
 
 // Thread-safe.
 class RedisClient {
@@ -118,6 +130,8 @@ class RedisClient {
   // Cluster: slot -> node address ("" = unknown). Standalone: unused.
   std::vector<std::string> slots_ ABSL_GUARDED_BY(mu_);
   std::string standalone_address_ ABSL_GUARDED_BY(mu_);
+  // Connect succeeded (refusals are AccessRefused(true, ...) from then on).
+  std::atomic<bool> connected_{false};
 };
 
 }  // namespace statestream::store_internal

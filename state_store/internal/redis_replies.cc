@@ -5,7 +5,6 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "state_store/internal/redis_scripts.h"
@@ -53,14 +52,6 @@ std::string Str(const redisReply* r) {
   }
   if (r->type == REDIS_REPLY_INTEGER) return absl::StrCat(r->integer);
   return "";
-}
-
-bool IsAccessRefusal(const redisReply* r) {
-  if (r == nullptr || r->type != REDIS_REPLY_ERROR) return false;
-  const absl::string_view text(r->str, r->len);
-  return absl::StartsWith(text, "NOAUTH ") ||
-         absl::StartsWith(text, "NOPERM ") ||
-         absl::StartsWith(text, "WRONGPASS ");
 }
 
 Fields Pairs(const redisReply* r) {

@@ -65,9 +65,6 @@ std::string ScriptSource(Script s);
 
 // A reply's text: strings, statuses, errors and integers; "" otherwise.
 std::string Str(const redisReply* r);
-// An error reply refusing the connection's user: NOAUTH (no AUTH given),
-// NOPERM (the ACL forbids the command or key), WRONGPASS.
-bool IsAccessRefusal(const redisReply* r);
 // An array of name, value, name, value... as Fields.
 Fields Pairs(const redisReply* r);
 // A field as a number; 0 when absent or not a number.
