@@ -99,14 +99,12 @@ class FlagsE2eTest : public ::testing::Test {
     // Without the password the default user is refused from here on.
     ASSERT_FALSE(redis_->Command({"PING"}).ok());
 
-    setenv("STATESTREAM_REDIS_PASSWORD", kUserPassword, 1);
     auto worker = e2e::StartServer(
         {STATESTREAM_BIN, "worker", "--listen=127.0.0.1:0",
          "--redis=" + redis_->address(), "--model=" + *model_,
          "--worker-id=w-auth", "--redis-user=statestream", "--lease-ttl=3s",
          "--heartbeat-interval=300ms", "--shutdown-grace=1s"},
-        kStartTimeout);
-    unsetenv("STATESTREAM_REDIS_PASSWORD");
+        kStartTimeout, {{"STATESTREAM_REDIS_PASSWORD", kUserPassword}});
     ASSERT_TRUE(worker.ok()) << worker.status();
     worker_ = worker->process.release();
   }
@@ -192,11 +190,11 @@ TEST_F(FlagsE2eTest, AWorkerWithoutTheRightCredentialsDoesNotStart) {
         "--model=" + *model_,   "--worker-id=w-refused",
         "--shutdown-grace=1s"};
     argv.insert(argv.end(), c.flags.begin(), c.flags.end());
+    e2e::EnvChanges env = {{"STATESTREAM_REDIS_PASSWORD", std::nullopt}};
     if (c.env_password != nullptr) {
-      setenv("STATESTREAM_REDIS_PASSWORD", c.env_password, 1);
+      env["STATESTREAM_REDIS_PASSWORD"] = c.env_password;
     }
-    auto ran = e2e::Run(argv, absl::Seconds(60));
-    unsetenv("STATESTREAM_REDIS_PASSWORD");
+    auto ran = e2e::Run(argv, absl::Seconds(60), env);
     ASSERT_TRUE(ran.ok()) << ran.status();
     EXPECT_NE(ran->exit_code, 0) << ran->err;
     EXPECT_FALSE(absl::StrContains(ran->out, "listening on")) << ran->out;

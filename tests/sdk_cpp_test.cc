@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -47,28 +48,43 @@ class Server {
   // Starts on `port` (0: a free one below the ephemeral range, which
   // KillAndRestart can take again). Returns "host:port".
   std::string Start(int port = 0) {
-    if (port == 0) port = testing::StablePort();
-    std::vector<std::string> argv = {STATESTREAM_BIN,
-                                     "serve",
-                                     absl::StrCat("--listen=127.0.0.1:", port),
-                                     "--data-dir=" + data_dir_,
-                                     "--checkpoint-tokens=100000000",
-                                     "--checkpoint-interval=10000h"};
-    argv.insert(argv.end(), flags_.begin(), flags_.end());
-    auto p = e2e::Subprocess::Start(argv);
-    EXPECT_TRUE(p.ok()) << p.status();
-    if (!p.ok()) return "";
-    process_ = std::move(*p);
-    auto line = process_->ReadStdoutLine(kStartTimeout);
-    EXPECT_TRUE(line.ok()) << line.status() << process_->stderr_text();
-    std::smatch m;
-    std::string text = line.ok() ? *line : "";
-    if (!std::regex_match(text, m, std::regex(R"(listening on (\S+):(\d+))"))) {
-      ADD_FAILURE() << "no listening line: " << text;
+    const bool pick = port == 0;
+    for (int attempt = 1;; ++attempt) {
+      if (pick) port = testing::StablePort();
+      std::vector<std::string> argv = {
+          STATESTREAM_BIN,
+          "serve",
+          absl::StrCat("--listen=127.0.0.1:", port),
+          "--data-dir=" + data_dir_,
+          "--checkpoint-tokens=100000000",
+          "--checkpoint-interval=10000h"};
+      argv.insert(argv.end(), flags_.begin(), flags_.end());
+      auto p = e2e::Subprocess::Start(argv);
+      if (!p.ok()) {
+        ADD_FAILURE() << p.status();
+        return "";
+      }
+      process_ = std::move(*p);
+      auto line = process_->ReadStdoutLine(kStartTimeout);
+      std::smatch m;
+      const std::string text = line.ok() ? *line : "";
+      if (std::regex_match(text, m,
+                           std::regex(R"(listening on (\S+):(\d+))"))) {
+        port_ = std::stoi(m[2].str());
+        return address();
+      }
+      // A picked port taken before serve bound it (by a test running in
+      // parallel): pick another.
+      process_->Wait(absl::Seconds(30)).IgnoreError();
+      if (pick && attempt < 5 &&
+          absl::StrContains(process_->stderr_text(), "cannot listen")) {
+        continue;
+      }
+      ADD_FAILURE() << "no listening line: " << text << " (" << line.status()
+                    << ")\n"
+                    << process_->stderr_text();
       return "";
     }
-    port_ = std::stoi(m[2].str());
-    return address();
   }
   // SIGKILL, then a new process on the same port and data directory.
   void KillAndRestart() {

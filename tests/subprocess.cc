@@ -20,7 +20,7 @@ extern char** environ;
 namespace statestream::e2e {
 
 absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(
-    const std::vector<std::string>& argv) {
+    const std::vector<std::string>& argv, const EnvChanges& env) {
   int out[2], err[2];
   if (pipe2(out, O_CLOEXEC) != 0) return absl::InternalError("pipe2");
   if (pipe2(err, O_CLOEXEC) != 0) {
@@ -49,8 +49,22 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(
   for (const std::string& arg : argv)
     args.push_back(const_cast<char*>(arg.c_str()));
   args.push_back(nullptr);
+  std::vector<std::string> vars;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const absl::string_view var(*e);
+    if (env.count(std::string(var.substr(0, var.find('=')))) == 0) {
+      vars.emplace_back(var);
+    }
+  }
+  for (const auto& [name, value] : env) {
+    if (value) vars.push_back(absl::StrCat(name, "=", *value));
+  }
+  std::vector<char*> envp;
+  for (std::string& v : vars) envp.push_back(v.data());
+  envp.push_back(nullptr);
   pid_t pid = 0;
-  int error = posix_spawn(&pid, args[0], &actions, &attr, args.data(), environ);
+  int error =
+      posix_spawn(&pid, args[0], &actions, &attr, args.data(), envp.data());
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attr);
   close(out[1]);
@@ -145,8 +159,8 @@ absl::StatusOr<int> Subprocess::Wait(absl::Duration timeout) {
 }
 
 absl::StatusOr<RunResult> Run(const std::vector<std::string>& argv,
-                              absl::Duration timeout) {
-  auto child = Subprocess::Start(argv);
+                              absl::Duration timeout, const EnvChanges& env) {
+  auto child = Subprocess::Start(argv, env);
   if (!child.ok()) return child.status();
   auto exit_code = (*child)->Wait(timeout);
   if (!exit_code.ok()) return exit_code.status();
@@ -155,8 +169,9 @@ absl::StatusOr<RunResult> Run(const std::vector<std::string>& argv,
 }
 
 absl::StatusOr<StartedServer> StartServer(const std::vector<std::string>& argv,
-                                          absl::Duration timeout) {
-  auto process = Subprocess::Start(argv);
+                                          absl::Duration timeout,
+                                          const EnvChanges& env) {
+  auto process = Subprocess::Start(argv, env);
   if (!process.ok()) return process.status();
   StartedServer out;
   out.process = *std::move(process);

@@ -6,7 +6,9 @@
 
 #include <sys/types.h>
 
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,13 +17,18 @@
 
 namespace statestream::e2e {
 
+// Changes to the child's environment: a value sets the variable, nullopt
+// removes it; the rest is inherited. (No setenv in the test process, whose
+// other threads may read the environment.)
+using EnvChanges = std::map<std::string, std::optional<std::string>>;
+
 // Not thread-safe.
 class Subprocess {
  public:
-  // Starts argv[0] (a path) with `argv`, default signal dispositions and an
-  // empty signal mask.
+  // Starts argv[0] (a path) with `argv`, the environment changed by `env`,
+  // default signal dispositions and an empty signal mask.
   static absl::StatusOr<std::unique_ptr<Subprocess>> Start(
-      const std::vector<std::string>& argv);
+      const std::vector<std::string>& argv, const EnvChanges& env = {});
 
   Subprocess(const Subprocess&) = delete;
   Subprocess& operator=(const Subprocess&) = delete;
@@ -76,11 +83,13 @@ struct StartedServer {
 // the process's stderr if something else comes first or nothing within
 // `timeout`; the process is killed then.
 absl::StatusOr<StartedServer> StartServer(const std::vector<std::string>& argv,
-                                          absl::Duration timeout);
+                                          absl::Duration timeout,
+                                          const EnvChanges& env = {});
 
 // Runs `argv` to completion (killing it after `timeout`).
 absl::StatusOr<RunResult> Run(const std::vector<std::string>& argv,
-                              absl::Duration timeout = absl::Seconds(30));
+                              absl::Duration timeout = absl::Seconds(30),
+                              const EnvChanges& env = {});
 
 }  // namespace statestream::e2e
 

@@ -227,7 +227,7 @@ TEST_F(SessionManagerTest, AQueuedRollbackOrImportWhoseClientWentAwayIsNotRun) {
         outcome = std::move(o);
         generated.Notify();
       });
-  first.WaitForNotification();
+  ASSERT_TRUE(first.WaitForNotificationWithTimeout(absl::Seconds(60)));
   std::atomic<bool> gone{false};
   auto cancelled = [&gone] { return gone.load(); };
   absl::Notification rolled, imported;
@@ -252,9 +252,10 @@ TEST_F(SessionManagerTest, AQueuedRollbackOrImportWhoseClientWentAwayIsNotRun) {
   gone = true;  // both clients leave while the generation runs
   release.Notify();
   generated.WaitForNotification();
-  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  // Both answered before any ASSERT can leave this frame.
   rolled.WaitForNotification();
   imported.WaitForNotification();
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
   EXPECT_EQ(rollback.status().code(), absl::StatusCode::kCancelled)
       << rollback.status();
   EXPECT_EQ(import.status().code(), absl::StatusCode::kCancelled)

@@ -15,6 +15,7 @@ import re
 import signal
 import socket
 import subprocess
+import tempfile
 from typing import List, Optional
 
 
@@ -55,21 +56,29 @@ class ServeProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> "ServeProcess":
-        if self.port == 0:
-            self.port = stable_port()
-        args = [self.binary, "serve", f"--listen=127.0.0.1:{self.port}"]
-        if self.data_dir:
-            args.append(f"--data-dir={self.data_dir}")
-        self._proc = subprocess.Popen(args + self.extra_args,
-                                      stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL, text=True)
-        line = self._proc.stdout.readline()
-        m = re.fullmatch(r"listening on (\S+):(\d+)\n?", line)
-        if not m:
-            self.kill()
-            raise RuntimeError(f"serve did not start: {line!r}")
-        self.port = int(m.group(2))
-        return self
+        pick = self.port == 0
+        for attempt in range(1, 6):
+            if pick:
+                self.port = stable_port()
+            args = [self.binary, "serve", f"--listen=127.0.0.1:{self.port}"]
+            if self.data_dir:
+                args.append(f"--data-dir={self.data_dir}")
+            with tempfile.TemporaryFile(mode="w+") as stderr:
+                self._proc = subprocess.Popen(args + self.extra_args,
+                                              stdout=subprocess.PIPE,
+                                              stderr=stderr, text=True)
+                line = self._proc.stdout.readline()
+                m = re.fullmatch(r"listening on (\S+):(\d+)\n?", line)
+                if m:
+                    self.port = int(m.group(2))
+                    return self
+                self.kill()
+                stderr.seek(0)
+                err = stderr.read()
+            # A picked port taken before serve bound it: pick another.
+            if not (pick and attempt < 5 and "cannot listen" in err):
+                raise RuntimeError(f"serve did not start: {line!r} {err}")
+        raise AssertionError("unreachable")
 
     def kill(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
