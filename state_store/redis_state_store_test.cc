@@ -372,6 +372,26 @@ TEST(RedisStateStoreTest, AuthWithAclUser) {
   EXPECT_EQ(GetReason(refused.status()), Reason::kStoreUnavailable);
   EXPECT_TRUE(absl::StrContains(refused.status().message(), "NOPERM"))
       << refused.status();
+
+  // A user that may read every key but the state chunks ("...:c<i>"; the
+  // version records are "...:v<n>"): loading is refused, not reported as a
+  // missing chunk.
+  ASSERT_TRUE((*server)
+                  ->Command({"ACL", "SETUSER", "nochunks", "on", ">s3cret",
+                             "~ss:*[a-z]", "~ss:*:v[0-9]", "%W~ss:*", "+@all"},
+                            "admin-pw")
+                  .ok());
+  o.user = "nochunks";
+  auto no_chunks = NewRedisStateStore(o);
+  ASSERT_TRUE(no_chunks.ok()) << no_chunks.status();
+  auto head_read = (*no_chunks)->GetHead({"acme", "a"});
+  ASSERT_TRUE(head_read.ok()) << head_read.status();
+  auto unread = (*no_chunks)->LoadVersion({"acme", "a"}, 0);
+  EXPECT_EQ(unread.status().code(), absl::StatusCode::kUnavailable)
+      << unread.status();
+  EXPECT_EQ(GetErrorMetadata(unread.status(), "redis_error").value_or(""),
+            "NOPERM")
+      << unread.status();
 }
 
 // A plain redis-server on a free port and a store on it.
