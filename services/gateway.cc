@@ -76,7 +76,9 @@ void Gateway::CountRoute(const absl::StatusOr<Route>& route, int attempt) {
   } else if (attempt > 1) {
     metrics_->IncRoute(D::kRetry);
   } else {
-    metrics_->IncRoute(route->owner ? D::kOwner : D::kRendezvous);
+    metrics_->IncRoute(route->remembered ? D::kRemembered
+                       : route->owner    ? D::kOwner
+                                         : D::kRendezvous);
   }
 }
 

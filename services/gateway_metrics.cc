@@ -9,7 +9,7 @@ namespace statestream {
 namespace {
 
 constexpr const char* kDecisionNames[] = {"owner", "rendezvous", "retry",
-                                          "no_worker"};
+                                          "no_worker", "remembered"};
 
 }  // namespace
 

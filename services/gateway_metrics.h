@@ -29,6 +29,7 @@ class GatewayMetrics {
     kRendezvous,  // rendezvous hashing (no live owner, or a new session)
     kRetry,       // a later attempt, after a failover
     kNoWorker,    // no live worker could take it
+    kRemembered,  // the owner last seen, the store being unreachable
   };
   // Point-in-time values read when rendering.
   struct Gauges {
@@ -68,7 +69,7 @@ class GatewayMetrics {
   std::string Render() const;
 
  private:
-  static constexpr int kDecisions = 4;
+  static constexpr int kDecisions = 5;
 
   mutable absl::Mutex gauge_mu_;
   std::function<Gauges()> gauges_ ABSL_GUARDED_BY(gauge_mu_);

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <system_error>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -49,65 +50,124 @@ GatewayRouter::GatewayRouter(StateStore* store, GatewayRouterOptions options)
 
 absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::Workers() {
   const absl::Time now = clock_->Now();
-  absl::MutexLock lock(&mu_);
-  if (now - workers_read_ < options_.registry_refresh) return workers_;
-  std::vector<WorkerInfo> workers;
-  absl::Time read_at = now;
-  if (store_ != nullptr) {
-    // One read at a time, outside the lock: while the registry is slow or
-    // down, the other calls route with the list known instead of queueing
-    // behind the read (each a store timeout), and those that wait for it
-    // (none known yet) take its outcome instead of reading again.
-    if (reading_ && !workers_.empty()) return workers_;
-    const uint64_t reads_before = reads_;
-    mu_.Await(absl::Condition(
-        +[](bool* reading) { return !*reading; }, &reading_));
-    if (reads_ != reads_before) {
-      if (clock_->Now() - workers_read_ < options_.registry_refresh) {
-        return workers_;
-      }
-      if (!last_read_.ok() && workers_.empty()) return last_read_;
-    }
-    reading_ = true;
-    const uint64_t marks = marks_;
+  mu_.Lock();
+  if (now - workers_read_ < options_.registry_refresh) {
+    std::vector<WorkerInfo> known = workers_;
     mu_.Unlock();
-    auto listed = store_->ListWorkers();
-    mu_.Lock();
-    reading_ = false;
-    ++reads_;
-    last_read_ = listed.status();
-    // A worker marked suspect during the read: the list may predate its
-    // failure, so the next route reads again.
-    read_at = marks_ == marks ? clock_->Now() : absl::InfinitePast();
-    if (!listed.ok()) {
-      // Keep routing with what we knew while the registry is unreachable,
-      // and do not ask it again for a refresh period (a failover's
-      // MarkSuspect still asks at once).
-      if (!workers_.empty()) {
-        workers_read_ = read_at;
-        return workers_;
-      }
-      return listed.status();
+    return known;
+  }
+  if (store_ == nullptr) {
+    std::vector<WorkerInfo> workers;
+    AppendStatic(&workers);
+    workers_ = workers;
+    workers_read_ = now;
+    mu_.Unlock();
+    return workers;
+  }
+  // One read at a time. With workers known, a stale list is read again in
+  // the background while calls route with it: while the registry is slow
+  // or down no call waits for it (each read a store timeout). Only with
+  // none known, or after MarkSuspect (a failover wants the worker that
+  // replaces the failed one), does a call read it itself; the others that
+  // wait for that read take its outcome instead of reading again.
+  if (!workers_.empty() && workers_read_ != absl::InfinitePast()) {
+    std::vector<WorkerInfo> known = workers_;
+    const bool start = !reading_;
+    const uint64_t marks = marks_;
+    reading_ = true;
+    mu_.Unlock();
+    if (start) {
+      InBackground(&refresher_, [this, marks] {
+        auto listed = store_->ListWorkers();
+        absl::MutexLock lock(&mu_);
+        FinishRead(std::move(listed), marks).IgnoreError();
+      });
     }
-    workers = *std::move(listed);
-    // An empty registry with workers known a moment ago is what a Redis
-    // restart looks like until the workers' next heartbeats: keep routing
-    // to the last known ones (a dead one fails fast) and read again next
-    // time.
-    if (workers.empty() && options_.static_workers.empty() &&
-        !workers_.empty()) {
-      return workers_;
+    return known;
+  }
+  if (reading_ && !workers_.empty()) {
+    std::vector<WorkerInfo> known = workers_;
+    mu_.Unlock();
+    return known;
+  }
+  const uint64_t reads_before = reads_;
+  mu_.Await(absl::Condition(
+      +[](bool* reading) { return !*reading; }, &reading_));
+  if (reads_ != reads_before) {
+    if (clock_->Now() - workers_read_ < options_.registry_refresh) {
+      std::vector<WorkerInfo> fresh = workers_;
+      mu_.Unlock();
+      return fresh;
+    }
+    if (!last_read_.ok() && workers_.empty()) {
+      absl::Status failed = last_read_;
+      mu_.Unlock();
+      return failed;
     }
   }
+  reading_ = true;
+  const uint64_t marks = marks_;
+  mu_.Unlock();
+  auto listed = store_->ListWorkers();
+  absl::MutexLock lock(&mu_);
+  return FinishRead(std::move(listed), marks);
+}
+
+void GatewayRouter::AppendStatic(std::vector<WorkerInfo>* workers) const {
   for (const std::string& address : options_.static_workers) {
     WorkerInfo info;
     info.worker_id = address;
     info.address = address;
-    workers.push_back(std::move(info));
+    workers->push_back(std::move(info));
   }
+}
+
+absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::FinishRead(
+    absl::StatusOr<std::vector<WorkerInfo>> listed, uint64_t marks) {
+  reading_ = false;
+  ++reads_;
+  last_read_ = listed.status();
+  // A worker marked suspect during the read: the list may predate its
+  // failure, so the next route reads again.
+  const absl::Time read_at =
+      marks_ == marks ? clock_->Now() : absl::InfinitePast();
+  if (!listed.ok()) {
+    // Keep routing with what we knew while the registry is unreachable,
+    // and do not ask it again for a refresh period (a failover's
+    // MarkSuspect still asks at once).
+    if (!workers_.empty()) {
+      workers_read_ = read_at;
+      return workers_;
+    }
+    return listed.status();
+  }
+  std::vector<WorkerInfo> workers = *std::move(listed);
+  // An empty registry with workers known a moment ago is what a Redis
+  // restart looks like until the workers' next heartbeats: keep routing
+  // to the last known ones (a dead one fails fast) and read again next
+  // time.
+  if (workers.empty() && options_.static_workers.empty() && !workers_.empty()) {
+    return workers_;
+  }
+  AppendStatic(&workers);
   workers_ = std::move(workers);
   workers_read_ = read_at;
   return workers_;
+}
+
+void GatewayRouter::InBackground(std::thread* slot, std::function<void()> fn) {
+  {
+    absl::MutexLock lock(&threads_mu_);
+    // The slot's previous work has reported (its caller's flag was clear):
+    // its thread is ending or gone.
+    if (slot->joinable()) slot->join();
+    try {
+      *slot = std::thread(fn);  // a copy: `fn` is still whole if this throws
+      return;
+    } catch (const std::system_error&) {
+    }
+  }
+  fn();  // out of threads: run it here
 }
 
 bool GatewayRouter::IsSuspect(const std::string& worker_id) {
@@ -190,24 +250,84 @@ absl::StatusOr<Route> GatewayRouter::RouteAny(
   return Pick(hash_key, fingerprint, exclude);
 }
 
+GatewayRouter::~GatewayRouter() { AwaitBackgroundReads(); }
+
+void GatewayRouter::AwaitBackgroundReads() {
+  absl::MutexLock lock(&threads_mu_);
+  if (prober_.joinable()) prober_.join();
+  if (refresher_.joinable()) refresher_.join();
+}
+
+GatewayRouter::Lookup GatewayRouter::HowToLookUp() {
+  absl::MutexLock lock(&mu_);
+  if (lookups_resume_ == absl::InfinitePast()) return Lookup::kRead;
+  if (probing_ || clock_->Now() < lookups_resume_) return Lookup::kRemembered;
+  probing_ = true;
+  return Lookup::kProbe;
+}
+
+void GatewayRouter::Looked(const std::string& hash_key,
+                           const absl::StatusOr<SessionHead>& head) {
+  absl::MutexLock lock(&mu_);
+  probing_ = false;
+  if (head.status().code() == absl::StatusCode::kUnavailable) {
+    lookups_resume_ = clock_->Now() + options_.lookup_pause;
+    return;
+  }
+  lookups_resume_ = absl::InfinitePast();
+  if (!head.ok() || head->owner.empty()) {
+    seen_.erase(hash_key);
+    return;
+  }
+  if (seen_.size() >= options_.max_remembered_owners &&
+      seen_.find(hash_key) == seen_.end()) {
+    seen_.clear();
+  }
+  seen_[hash_key] = Seen{head->owner, head->model_fingerprint};
+}
+
 absl::StatusOr<Route> GatewayRouter::RouteSession(
     const SessionKey& key, const std::set<std::string>& exclude) {
   const std::string hash_key = absl::StrCat(key.tenant, "/", key.session_id);
-  std::string fingerprint;
+  std::string fingerprint, owner;
+  bool remembered = false;
   if (store_ != nullptr) {
     // One read gives both the live lease holder and the model. Errors
     // (missing session, store down) fall back to hashing: the worker then
     // answers with the proper error.
-    auto head = store_->GetHead(key);
-    if (head.ok()) {
-      fingerprint = head->model_fingerprint;
-      if (!head->owner.empty() && exclude.count(head->owner) == 0) {
-        auto workers = Workers();
-        if (workers.ok() && !IsSuspect(head->owner)) {
-          for (const WorkerInfo& w : *workers) {
-            if (w.worker_id == head->owner) {
-              return Route{w.worker_id, w.address, true};
-            }
+    switch (HowToLookUp()) {
+      case Lookup::kRead: {
+        absl::StatusOr<SessionHead> head = store_->GetHead(key);
+        Looked(hash_key, head);
+        if (head.ok()) {
+          fingerprint = head->model_fingerprint;
+          owner = head->owner;
+        }
+        break;
+      }
+      case Lookup::kProbe:
+        InBackground(&prober_, [this, key, hash_key] {
+          Looked(hash_key, store_->GetHead(key));
+        });
+        break;
+      case Lookup::kRemembered:
+        break;
+    }
+    if (fingerprint.empty()) {  // no answer: what was seen last, if any
+      absl::MutexLock lock(&mu_);
+      auto it = seen_.find(hash_key);
+      if (it != seen_.end()) {
+        owner = it->second.owner;
+        fingerprint = it->second.fingerprint;
+        remembered = true;
+      }
+    }
+    if (!owner.empty() && exclude.count(owner) == 0) {
+      auto workers = Workers();
+      if (workers.ok() && !IsSuspect(owner)) {
+        for (const WorkerInfo& w : *workers) {
+          if (w.worker_id == owner) {
+            return Route{w.worker_id, w.address, true, remembered};
           }
         }
       }

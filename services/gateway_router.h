@@ -9,8 +9,10 @@
 #define STATESTREAM_SERVICES_GATEWAY_ROUTER_H_
 
 #include <cstdint>
+#include <functional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -32,6 +34,15 @@ struct GatewayRouterOptions {
   absl::Duration registry_refresh = absl::Milliseconds(500);
   // A worker reported unreachable (MarkSuspect) is avoided this long.
   absl::Duration suspect_for = absl::Seconds(5);
+  // After a session lookup finds the store unreachable (UNAVAILABLE: down,
+  // or hung past its command timeout), calls stop looking sessions up and
+  // route at once to the owner last seen for them (when it is live), else
+  // by hashing, instead of each first waiting out the store. From this
+  // long after the failure, a background lookup (one at a time, no call
+  // waits for it) tries the store again; its first success resumes them.
+  absl::Duration lookup_pause = absl::Seconds(1);
+  // Owners remembered for that (the whole memory is dropped beyond it).
+  size_t max_remembered_owners = 100000;
   // Time source. Not owned; nullptr = Clock::Real().
   Clock* clock = nullptr;
 };
@@ -41,6 +52,8 @@ struct Route {
   std::string address;
   // True when the worker holds the session's live lease.
   bool owner = false;
+  // With `owner`: the owner last seen, the store being unreachable now.
+  bool remembered = false;
 };
 
 // Thread-safe.
@@ -49,6 +62,7 @@ class GatewayRouter {
   // `store` (registry and leases) may be null when static_workers is not
   // empty; it must outlive the router.
   GatewayRouter(StateStore* store, GatewayRouterOptions options);
+  ~GatewayRouter();  // waits for background reads (a store timeout each)
   GatewayRouter(const GatewayRouter&) = delete;
   GatewayRouter& operator=(const GatewayRouter&) = delete;
 
@@ -80,10 +94,30 @@ class GatewayRouter {
   // From the cached list; never reads the store.
   Stats stats();
 
+  // Waits until the background reads started so far have finished (for
+  // tests; the destructor does the same).
+  void AwaitBackgroundReads();
+
  private:
   absl::StatusOr<Route> Pick(const std::string& hash_key,
                              const std::string& fingerprint,
                              const std::set<std::string>& exclude);
+  // Requires mu_: the end of a registry read (reading_ was set for it)
+  // that `listed` the workers; `marks`: marks_ when it began.
+  absl::StatusOr<std::vector<WorkerInfo>> FinishRead(
+      absl::StatusOr<std::vector<WorkerInfo>> listed, uint64_t marks)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AppendStatic(std::vector<WorkerInfo>* workers) const;
+  // Runs `fn` on the thread `slot` (after joining its previous one; `fn`
+  // runs here when no thread can be made). Not with mu_ held.
+  void InBackground(std::thread* slot, std::function<void()> fn)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // How this call learns the session's owner (see lookup_pause).
+  enum class Lookup { kRead, kRemembered, kProbe };
+  Lookup HowToLookUp();
+  // After a lookup: its outcome, and what it said of `hash_key`.
+  void Looked(const std::string& hash_key,
+              const absl::StatusOr<SessionHead>& head);
 
   StateStore* const store_;
   const GatewayRouterOptions options_;
@@ -98,6 +132,20 @@ class GatewayRouter {
   absl::Status last_read_ ABSL_GUARDED_BY(mu_);  // the latest one's outcome
   uint64_t marks_ ABSL_GUARDED_BY(mu_) = 0;      // MarkSuspect calls
   absl::flat_hash_map<std::string, absl::Time> suspects_ ABSL_GUARDED_BY(mu_);
+  // Session lookups: paused until this time after a failure (InfinitePast:
+  // healthy); `probing_` while the background lookup is out.
+  absl::Time lookups_resume_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  bool probing_ ABSL_GUARDED_BY(mu_) = false;
+  // The background lookup and registry read (one each at a time).
+  absl::Mutex threads_mu_;
+  std::thread prober_ ABSL_GUARDED_BY(threads_mu_);
+  std::thread refresher_ ABSL_GUARDED_BY(threads_mu_);
+  struct Seen {
+    std::string owner;
+    std::string fingerprint;
+  };
+  // "tenant/session" -> its owner and model as last looked up.
+  absl::flat_hash_map<std::string, Seen> seen_ ABSL_GUARDED_BY(mu_);
 };
 
 // Rendezvous (highest random weight) score of `worker_id` for `hash_key`:

@@ -84,6 +84,9 @@ TEST_F(GatewayRouterTest, SessionsStayPutWhenAnotherWorkerLeaves) {
     before[id] = router.RouteSession({"t", id}, {})->worker_id;
   }
   ASSERT_TRUE(store_->UnregisterWorker("w3").ok());
+  // The next route starts a registry read (in the background).
+  router.RouteAny("k", "", {}).IgnoreError();
+  router.AwaitBackgroundReads();
   for (const auto& [id, worker] : before) {
     auto now = router.RouteSession({"t", id}, {});
     ASSERT_TRUE(now.ok());
@@ -182,6 +185,8 @@ TEST_F(GatewayRouterTest, AnEmptyRegistryKeepsTheLastKnownWorkers) {
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ(after->worker_id, before->worker_id);
   Register("w9", "fp-a", 0);  // the next read sees the registry again
+  router.RouteAny("k", "", {}).IgnoreError();  // reads it (in the background)
+  router.AwaitBackgroundReads();
   std::set<std::string> seen;
   for (int i = 0; i < 50; ++i) {
     seen.insert(router.RouteAny(absl::StrCat("k", i), "", {})->worker_id);
@@ -211,10 +216,11 @@ class SlowRegistry final : public testing::ForwardingStore {
   }
 };
 
-// While the registry is slow or down, one call reads it and the others
-// route with the workers known (they used to queue behind the read, each
-// a store timeout, under the router's lock); after a failed read the
-// registry is not asked again until the refresh period has passed.
+// While the registry is slow or down, one background read at a time asks
+// it and every call routes with the workers known (calls used to queue
+// behind the read, each a store timeout, under the router's lock; then one
+// call waited for each read); after a failed read the registry is not
+// asked again until the refresh period has passed.
 TEST_F(GatewayRouterTest, ASlowRegistryIsReadOnceWhileCallsRouteOn) {
   SlowRegistry registry(store_.get());
   GatewayRouterOptions options = Options();
@@ -233,9 +239,14 @@ TEST_F(GatewayRouterTest, ASlowRegistryIsReadOnceWhileCallsRouteOn) {
   }
   for (std::thread& t : calls) t.join();
   EXPECT_EQ(routed.load(), 8);
+  router.AwaitBackgroundReads();
   EXPECT_EQ(registry.reads.load(), 2);  // the one failed read
+  EXPECT_TRUE(router.RouteAny("k", "fp-a", {}).ok());
+  router.AwaitBackgroundReads();
+  EXPECT_EQ(registry.reads.load(), 2);  // not again within the period
   clock_.Advance(absl::Seconds(2));
   EXPECT_TRUE(router.RouteAny("k", "fp-a", {}).ok());
+  router.AwaitBackgroundReads();
   EXPECT_EQ(registry.reads.load(), 3);
 }
 
@@ -257,6 +268,92 @@ TEST_F(GatewayRouterTest, CallsThatWaitedForAFailedReadShareItsError) {
   for (std::thread& t : calls) t.join();
   EXPECT_EQ(failed.load(), 8);
   EXPECT_LE(registry.reads.load(), 2);  // one, or two if a call came late
+}
+
+// A store whose session reads, once `down`, fail UNAVAILABLE (a Redis that
+// stopped answering, after its timeout), counting them; `hold` (if set)
+// keeps a read waiting until notified.
+class DownHeads final : public testing::ForwardingStore {
+ public:
+  using ForwardingStore::ForwardingStore;
+  std::atomic<bool> down{false};
+  std::atomic<int> reads{0};
+  absl::Notification* hold = nullptr;
+  absl::Notification reading;
+  absl::StatusOr<SessionHead> GetHead(const SessionKey& k) override {
+    ++reads;
+    if (hold != nullptr) {
+      if (!reading.HasBeenNotified()) reading.Notify();
+      hold->WaitForNotification();
+    }
+    if (down) return absl::UnavailableError("store down");
+    return ForwardingStore::GetHead(k);
+  }
+};
+
+// Once a session lookup finds the store unreachable, calls stop looking
+// sessions up: they route at once to the owner last seen (else by hashing)
+// instead of each waiting out the store. After the pause a background
+// lookup, which no call waits for, tries again; its success resumes them.
+TEST_F(GatewayRouterTest, AnUnreachableStorePausesLookupsForTheOwnerLastSeen) {
+  DownHeads heads(store_.get());
+  GatewayRouterOptions options = Options();
+  options.lookup_pause = absl::Seconds(1);
+  GatewayRouter router(&heads, options);
+  SessionKey key = CreateSession("owned");
+  SessionKey other = CreateSession("other");
+  const std::string hashed = router.RouteSession(key, {})->worker_id;
+  const std::string owner = hashed == "w1" ? "w2" : "w1";
+  ASSERT_TRUE(store_->AcquireLease(key, owner, absl::Seconds(30), true).ok());
+  auto route = router.RouteSession(key, {});  // seen with its owner
+  ASSERT_TRUE(route.ok()) << route.status();
+  EXPECT_EQ(route->worker_id, owner);
+  EXPECT_FALSE(route->remembered);
+  const int before = heads.reads;
+
+  heads.down = true;
+  route = router.RouteSession(key, {});  // this lookup fails
+  ASSERT_TRUE(route.ok()) << route.status();
+  EXPECT_EQ(route->worker_id, owner);
+  EXPECT_TRUE(route->owner);
+  EXPECT_TRUE(route->remembered);
+  EXPECT_EQ(heads.reads, before + 1);
+  // Paused: no reads; the owner last seen, else hashing.
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(router.RouteSession(key, {})->worker_id, owner);
+    EXPECT_FALSE(router.RouteSession(other, {})->owner);
+  }
+  EXPECT_EQ(heads.reads, before + 1);
+  // A failed or excluded owner is not used.
+  EXPECT_EQ(router.RouteSession(key, {owner})->worker_id, hashed);
+
+  // After the pause, a call starts the background lookup and routes on;
+  // so do the others while it waits on the store.
+  clock_.Advance(absl::Seconds(2));
+  absl::Notification release;
+  heads.hold = &release;
+  EXPECT_EQ(router.RouteSession(key, {})->worker_id, owner);
+  heads.reading.WaitForNotification();
+  for (int i = 0; i < 5; ++i) {
+    route = router.RouteSession(key, {});
+    EXPECT_EQ(route->worker_id, owner);
+    EXPECT_TRUE(route->remembered);
+  }
+  EXPECT_EQ(heads.reads, before + 2);
+  // The store answers again (and the lease is gone): the lookup's success
+  // resumes lookups, and the store decides again.
+  ASSERT_TRUE(
+      store_->ReleaseLease(key, owner, store_->GetOwner(key)->fence).ok());
+  heads.down = false;
+  release.Notify();
+  for (int i = 0; i < 1000 && route->remembered; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+    route = router.RouteSession(key, {});
+  }
+  EXPECT_FALSE(route->remembered);
+  EXPECT_FALSE(route->owner);
+  EXPECT_EQ(route->worker_id, hashed);
+  heads.hold = nullptr;
 }
 
 // A worker marked suspect while the registry is being read: the list read

@@ -6,6 +6,8 @@
 // waiting ones ends. When Redis answers again, the waiting calls end (done
 // or UNAVAILABLE) and the worker goes on serving.
 //
+// The same through a gateway, whose session lookups also need Redis.
+//
 // Ordering, not timing: a store call waits at least the Redis client's
 // command timeout (5 s) before it fails, so "the free calls answered while
 // none of the waiting ones had ended" only needs them to take less.
@@ -28,6 +30,7 @@
 #include "gtest/gtest.h"
 #include "state_store/testing/redis_harness.h"
 #include "statestream/v1/statestream.grpc.pb.h"
+#include "tests/metrics_scrape.h"
 #include "tests/subprocess.h"
 
 namespace statestream {
@@ -215,6 +218,116 @@ TEST(StoreStallE2eTest, AWorkerWithAHungStoreStillServesWhatNeedsNoStore) {
   if (HasFailure()) {
     ADD_FAILURE() << done << " of " << results.size()
                   << " waiting calls succeeded; worker stderr:\n"
+                  << worker->process->stderr_text();
+  }
+  std::error_code ignored;
+  std::filesystem::remove_all(dir, ignored);
+}
+
+// Through a gateway: its session lookups (the owner, in Redis) hang too.
+// The first call waits them out once; from then on calls to a resident
+// session route at once to the owner last seen, and are answered before
+// store-bound calls started after them end.
+TEST(StoreStallE2eTest, AGatewayRoutesToTheOwnerLastSeenWhileTheStoreHangs) {
+  const std::string dir =
+      absl::StrCat(std::filesystem::temp_directory_path().string(),
+                   "/ss-stall-gw-", getpid());
+  std::filesystem::create_directories(dir);
+  const std::string model = dir + "/tiny.safetensors";
+  auto made =
+      e2e::Run({STATESTREAM_BIN, "model", "random", "--arch=x070", "--layers=2",
+                "--embd=64", "--vocab=256", "--seed=7", "--out=" + model},
+               absl::Seconds(60));
+  ASSERT_TRUE(made.ok() && made->exit_code == 0)
+      << (made.ok() ? made->err : made.status().ToString());
+  auto redis = testing::RedisServer::Start({});
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  auto worker =
+      e2e::StartServer({STATESTREAM_BIN, "worker", "--listen=127.0.0.1:0",
+                        "--redis=" + (*redis)->address(), "--model=" + model,
+                        "--worker-id=w-stall", "--shutdown-grace=1s"},
+                       kStartTimeout);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  auto gateway =
+      e2e::StartServer({STATESTREAM_BIN, "gateway", "--listen=127.0.0.1:0",
+                        "--redis=" + (*redis)->address(),
+                        "--metrics-listen=127.0.0.1:0", "--shutdown-grace=1s"},
+                       kStartTimeout);
+  ASSERT_TRUE(gateway.ok()) << gateway.status();
+  auto through =
+      grpc::CreateChannel(gateway->address, grpc::InsecureChannelCredentials());
+  auto direct =
+      grpc::CreateChannel(worker->address, grpc::InsecureChannelCredentials());
+  auto sessions = v1::Sessions::NewStub(through);
+  auto streams = v1::Streams::NewStub(through);
+  auto worker_sessions = v1::Sessions::NewStub(direct);
+
+  {
+    v1::CreateSessionRequest r;
+    r.set_session_id("hot");
+    r.set_request_id("create-hot");
+    v1::Session s;
+    auto ctx = Ctx();
+    grpc::Status st = sessions->CreateSession(ctx.get(), r, &s);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  v1::AppendResponse ack;
+  grpc::Status st = AppendText(streams.get(), "hot", 0, "warm ", true, &ack);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  int generated = 0;
+  auto generate = [&]() -> grpc::Status {
+    v1::GenerateRequest g;
+    g.set_session_id("hot");
+    g.set_request_id(absl::StrCat("generate-", generated++));
+    g.set_max_tokens(4);
+    g.mutable_sampling()->set_temperature(0);
+    auto ctx = Ctx();
+    auto reader = streams->Generate(ctx.get(), g);
+    v1::GenerateResponse r;
+    while (reader->Read(&r)) {
+    }
+    return reader->Finish();
+  };
+  ASSERT_TRUE(generate().ok());  // the gateway has seen "hot"'s owner
+
+  (*redis)->Pause();
+  // The first call waits the lookup out (the store's timeout), then goes
+  // to the owner last seen.
+  st = generate();
+  EXPECT_TRUE(st.ok()) << st.error_message();
+
+  std::atomic<int> ended{0};
+  std::vector<std::thread> stuck;
+  for (int i = 0; i < 8; ++i) {
+    stuck.emplace_back([&, i] {
+      v1::CreateSessionRequest r;
+      r.set_session_id(absl::StrCat("new-", i));
+      r.set_request_id(absl::StrCat("create-new-", i));
+      v1::Session s;
+      auto ctx = Ctx();
+      worker_sessions->CreateSession(ctx.get(), r, &s).error_code();
+      ++ended;
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  for (int i = 0; i < 5; ++i) {
+    st = generate();
+    EXPECT_TRUE(st.ok()) << st.error_message();
+  }
+  EXPECT_EQ(ended.load(), 0)
+      << "a call through the gateway waited for the hung store";
+
+  (*redis)->Resume();
+  for (auto& t : stuck) t.join();
+  auto samples = e2e::ScrapeMetrics(gateway->metrics_address);
+  ASSERT_TRUE(samples.has_value());
+  EXPECT_GE((*samples)["statestream_gateway_routing_decisions_total{decision="
+                       "\"remembered\"}"],
+            6);
+  EXPECT_TRUE(generate().ok());
+  if (HasFailure()) {
+    ADD_FAILURE() << "gateway stderr:\n"
+                  << gateway->process->stderr_text() << "worker stderr:\n"
                   << worker->process->stderr_text();
   }
   std::error_code ignored;
