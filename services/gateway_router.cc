@@ -158,16 +158,17 @@ absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::FinishRead(
 void GatewayRouter::InBackground(std::thread* slot, std::function<void()> fn) {
   {
     absl::MutexLock lock(&threads_mu_);
-    // The slot's previous work has reported (its caller's flag was clear):
-    // its thread is ending or gone.
+    // The slot's previous work has reported (only it clears its flag, and
+    // a new one starts only once the flag is clear): its thread is ending
+    // or gone, so this join is short.
     if (slot->joinable()) slot->join();
     try {
       *slot = std::thread(fn);  // a copy: `fn` is still whole if this throws
       return;
-    } catch (const std::system_error&) {
+    } catch (...) {  // out of threads or memory
     }
   }
-  fn();  // out of threads: run it here
+  fn();  // run it here: its flag must be cleared
 }
 
 bool GatewayRouter::IsSuspect(const std::string& worker_id) {
@@ -258,18 +259,26 @@ void GatewayRouter::AwaitBackgroundReads() {
   if (refresher_.joinable()) refresher_.join();
 }
 
-GatewayRouter::Lookup GatewayRouter::HowToLookUp() {
+GatewayRouter::Lookup GatewayRouter::HowToLookUp(const std::string& hash_key,
+                                                 Seen* seen) {
   absl::MutexLock lock(&mu_);
   if (lookups_resume_ == absl::InfinitePast()) return Lookup::kRead;
+  // Paused, but nothing remembered: ask the store (and wait for it), as
+  // hashing would hand the session to a worker that takes it over from its
+  // owner, which a brief outage does not justify.
+  auto it = seen_.find(hash_key);
+  if (it == seen_.end()) return Lookup::kRead;
+  *seen = it->second;
   if (probing_ || clock_->Now() < lookups_resume_) return Lookup::kRemembered;
   probing_ = true;
   return Lookup::kProbe;
 }
 
 void GatewayRouter::Looked(const std::string& hash_key,
-                           const absl::StatusOr<SessionHead>& head) {
+                           const absl::StatusOr<SessionHead>& head,
+                           bool probe) {
   absl::MutexLock lock(&mu_);
-  probing_ = false;
+  if (probe) probing_ = false;
   if (head.status().code() == absl::StatusCode::kUnavailable) {
     lookups_resume_ = clock_->Now() + options_.lookup_pause;
     return;
@@ -279,11 +288,16 @@ void GatewayRouter::Looked(const std::string& hash_key,
     seen_.erase(hash_key);
     return;
   }
-  if (seen_.size() >= options_.max_remembered_owners &&
-      seen_.find(hash_key) == seen_.end()) {
-    seen_.clear();
+  auto it = seen_.find(hash_key);
+  if (it != seen_.end()) {
+    it->second = Seen{head->owner, head->model_fingerprint};
+    return;
   }
-  seen_[hash_key] = Seen{head->owner, head->model_fingerprint};
+  // Full: one arbitrary entry makes room (the busy sessions come back).
+  if (seen_.size() >= options_.max_remembered_owners && !seen_.empty()) {
+    seen_.erase(seen_.begin());
+  }
+  seen_.emplace(hash_key, Seen{head->owner, head->model_fingerprint});
 }
 
 absl::StatusOr<Route> GatewayRouter::RouteSession(
@@ -293,33 +307,45 @@ absl::StatusOr<Route> GatewayRouter::RouteSession(
   bool remembered = false;
   if (store_ != nullptr) {
     // One read gives both the live lease holder and the model. Errors
-    // (missing session, store down) fall back to hashing: the worker then
-    // answers with the proper error.
-    switch (HowToLookUp()) {
+    // (missing session, store down) fall back to the owner last seen, else
+    // to hashing: the worker then answers with the proper error.
+    Seen seen;
+    switch (HowToLookUp(hash_key, &seen)) {
       case Lookup::kRead: {
         absl::StatusOr<SessionHead> head = store_->GetHead(key);
-        Looked(hash_key, head);
+        Looked(hash_key, head, /*probe=*/false);
         if (head.ok()) {
           fingerprint = head->model_fingerprint;
           owner = head->owner;
+        } else if (head.status().code() == absl::StatusCode::kUnavailable) {
+          absl::MutexLock lock(&mu_);
+          auto it = seen_.find(hash_key);
+          if (it != seen_.end()) {
+            seen = it->second;
+            remembered = true;
+          }
         }
         break;
       }
       case Lookup::kProbe:
         InBackground(&prober_, [this, key, hash_key] {
-          Looked(hash_key, store_->GetHead(key));
+          Looked(hash_key, store_->GetHead(key), /*probe=*/true);
         });
+        remembered = true;
         break;
       case Lookup::kRemembered:
+        remembered = true;
         break;
     }
-    if (fingerprint.empty()) {  // no answer: what was seen last, if any
-      absl::MutexLock lock(&mu_);
-      auto it = seen_.find(hash_key);
-      if (it != seen_.end()) {
-        owner = it->second.owner;
-        fingerprint = it->second.fingerprint;
-        remembered = true;
+    if (remembered) {
+      owner = seen.owner;
+      fingerprint = seen.fingerprint;
+      if (exclude.count(owner) != 0) {
+        // It failed this call (e.g. FENCED: the session moved meanwhile):
+        // forget it, so the next calls hash instead of trying it again.
+        absl::MutexLock lock(&mu_);
+        auto it = seen_.find(hash_key);
+        if (it != seen_.end() && it->second.owner == owner) seen_.erase(it);
       }
     }
     if (!owner.empty() && exclude.count(owner) == 0) {

@@ -35,11 +35,11 @@ struct GatewayRouterOptions {
   // A worker reported unreachable (MarkSuspect) is avoided this long.
   absl::Duration suspect_for = absl::Seconds(5);
   // After a session lookup finds the store unreachable (UNAVAILABLE: down,
-  // or hung past its command timeout), calls stop looking sessions up and
-  // route at once to the owner last seen for them (when it is live), else
-  // by hashing, instead of each first waiting out the store. From this
-  // long after the failure, a background lookup (one at a time, no call
-  // waits for it) tries the store again; its first success resumes them.
+  // or hung past its command timeout), calls for sessions whose owner was
+  // seen route at once to it (when it is live) instead of each first
+  // waiting out the store; others still ask the store. From this long
+  // after the failure, a background lookup (one at a time, no call waits
+  // for it) tries the store again; its first success resumes lookups.
   absl::Duration lookup_pause = absl::Seconds(1);
   // Owners remembered for that (the whole memory is dropped beyond it).
   size_t max_remembered_owners = 100000;
@@ -113,11 +113,18 @@ class GatewayRouter {
   void InBackground(std::thread* slot, std::function<void()> fn)
       ABSL_LOCKS_EXCLUDED(mu_);
   // How this call learns the session's owner (see lookup_pause).
+  // kRead: read the store now. kRemembered: use *seen. kProbe: use *seen
+  // and start the background lookup.
   enum class Lookup { kRead, kRemembered, kProbe };
-  Lookup HowToLookUp();
-  // After a lookup: its outcome, and what it said of `hash_key`.
+  struct Seen {
+    std::string owner;
+    std::string fingerprint;
+  };
+  Lookup HowToLookUp(const std::string& hash_key, Seen* seen);
+  // After a lookup (`probe`: the background one): its outcome, and what it
+  // said of `hash_key`.
   void Looked(const std::string& hash_key,
-              const absl::StatusOr<SessionHead>& head);
+              const absl::StatusOr<SessionHead>& head, bool probe);
 
   StateStore* const store_;
   const GatewayRouterOptions options_;
@@ -140,10 +147,6 @@ class GatewayRouter {
   absl::Mutex threads_mu_;
   std::thread prober_ ABSL_GUARDED_BY(threads_mu_);
   std::thread refresher_ ABSL_GUARDED_BY(threads_mu_);
-  struct Seen {
-    std::string owner;
-    std::string fingerprint;
-  };
   // "tenant/session" -> its owner and model as last looked up.
   absl::flat_hash_map<std::string, Seen> seen_ ABSL_GUARDED_BY(mu_);
 };

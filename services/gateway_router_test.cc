@@ -248,6 +248,19 @@ TEST_F(GatewayRouterTest, ASlowRegistryIsReadOnceWhileCallsRouteOn) {
   EXPECT_TRUE(router.RouteAny("k", "fp-a", {}).ok());
   router.AwaitBackgroundReads();
   EXPECT_EQ(registry.reads.load(), 3);
+  // A read that hangs holds no call: they route on while it is out.
+  absl::Notification release;
+  registry.hold = &release;
+  clock_.Advance(absl::Seconds(2));
+  EXPECT_TRUE(router.RouteAny("k", "fp-a", {}).ok());
+  registry.reading.WaitForNotification();
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_TRUE(router.RouteAny(absl::StrCat("k", i), "fp-a", {}).ok());
+  }
+  EXPECT_EQ(registry.reads.load(), 4);
+  release.Notify();
+  router.AwaitBackgroundReads();
+  registry.hold = nullptr;
 }
 
 // With no workers known yet and the registry down, the calls that waited
@@ -271,18 +284,19 @@ TEST_F(GatewayRouterTest, CallsThatWaitedForAFailedReadShareItsError) {
 }
 
 // A store whose session reads, once `down`, fail UNAVAILABLE (a Redis that
-// stopped answering, after its timeout), counting them; `hold` (if set)
-// keeps a read waiting until notified.
+// stopped answering, after its timeout), counting them; reads of session
+// `held` wait for `hold` (if set) first.
 class DownHeads final : public testing::ForwardingStore {
  public:
   using ForwardingStore::ForwardingStore;
   std::atomic<bool> down{false};
   std::atomic<int> reads{0};
+  std::string held;
   absl::Notification* hold = nullptr;
   absl::Notification reading;
   absl::StatusOr<SessionHead> GetHead(const SessionKey& k) override {
     ++reads;
-    if (hold != nullptr) {
+    if (hold != nullptr && k.session_id == held) {
       if (!reading.HasBeenNotified()) reading.Notify();
       hold->WaitForNotification();
     }
@@ -291,11 +305,14 @@ class DownHeads final : public testing::ForwardingStore {
   }
 };
 
-// Once a session lookup finds the store unreachable, calls stop looking
-// sessions up: they route at once to the owner last seen (else by hashing)
-// instead of each waiting out the store. After the pause a background
-// lookup, which no call waits for, tries again; its success resumes them.
+// Once a session lookup finds the store unreachable, calls for a session
+// whose owner was seen route at once to it instead of each waiting out the
+// store (others still ask the store: hashing would take a session from its
+// owner). After the pause one background lookup, which no call waits for,
+// tries again; the failures of other lookups meanwhile do not start a
+// second; its success resumes lookups.
 TEST_F(GatewayRouterTest, AnUnreachableStorePausesLookupsForTheOwnerLastSeen) {
+  absl::Notification release;  // outlives the router's background lookup
   DownHeads heads(store_.get());
   GatewayRouterOptions options = Options();
   options.lookup_pause = absl::Seconds(1);
@@ -309,7 +326,7 @@ TEST_F(GatewayRouterTest, AnUnreachableStorePausesLookupsForTheOwnerLastSeen) {
   ASSERT_TRUE(route.ok()) << route.status();
   EXPECT_EQ(route->worker_id, owner);
   EXPECT_FALSE(route->remembered);
-  const int before = heads.reads;
+  int reads = heads.reads;
 
   heads.down = true;
   route = router.RouteSession(key, {});  // this lookup fails
@@ -317,43 +334,57 @@ TEST_F(GatewayRouterTest, AnUnreachableStorePausesLookupsForTheOwnerLastSeen) {
   EXPECT_EQ(route->worker_id, owner);
   EXPECT_TRUE(route->owner);
   EXPECT_TRUE(route->remembered);
-  EXPECT_EQ(heads.reads, before + 1);
-  // Paused: no reads; the owner last seen, else hashing.
+  EXPECT_EQ(heads.reads, ++reads);
+  // Paused: no reads for the session seen; the owner last seen.
   for (int i = 0; i < 5; ++i) {
     EXPECT_EQ(router.RouteSession(key, {})->worker_id, owner);
-    EXPECT_FALSE(router.RouteSession(other, {})->owner);
   }
-  EXPECT_EQ(heads.reads, before + 1);
-  // A failed or excluded owner is not used.
+  EXPECT_EQ(heads.reads, reads);
+  // One never seen with an owner still asks (and hashes when that fails).
+  EXPECT_FALSE(router.RouteSession(other, {})->owner);
+  EXPECT_EQ(heads.reads, ++reads);
+  // A failed or excluded owner is not used, and is forgotten.
   EXPECT_EQ(router.RouteSession(key, {owner})->worker_id, hashed);
+  EXPECT_EQ(heads.reads, reads);
+  route = router.RouteSession(key, {});  // nothing remembered: asks
+  EXPECT_FALSE(route->owner);
+  EXPECT_EQ(heads.reads, ++reads);
+  heads.down = false;
+  ASSERT_TRUE(router.RouteSession(key, {})->owner);  // seen again
+  EXPECT_EQ(heads.reads, ++reads);
+  heads.down = true;
+  EXPECT_TRUE(router.RouteSession(key, {})->remembered);  // pauses again
+  EXPECT_EQ(heads.reads, ++reads);
 
   // After the pause, a call starts the background lookup and routes on;
-  // so do the others while it waits on the store.
+  // so do the others while it waits on the store, even when other lookups
+  // fail meanwhile.
   clock_.Advance(absl::Seconds(2));
-  absl::Notification release;
+  heads.held = "owned";
   heads.hold = &release;
   EXPECT_EQ(router.RouteSession(key, {})->worker_id, owner);
   heads.reading.WaitForNotification();
+  EXPECT_EQ(heads.reads, ++reads);
+  EXPECT_FALSE(router.RouteSession(other, {})->owner);  // fails at once
+  EXPECT_EQ(heads.reads, ++reads);
+  clock_.Advance(absl::Seconds(2));
   for (int i = 0; i < 5; ++i) {
     route = router.RouteSession(key, {});
     EXPECT_EQ(route->worker_id, owner);
     EXPECT_TRUE(route->remembered);
   }
-  EXPECT_EQ(heads.reads, before + 2);
+  EXPECT_EQ(heads.reads, reads);  // no second background lookup
   // The store answers again (and the lease is gone): the lookup's success
   // resumes lookups, and the store decides again.
   ASSERT_TRUE(
       store_->ReleaseLease(key, owner, store_->GetOwner(key)->fence).ok());
   heads.down = false;
   release.Notify();
-  for (int i = 0; i < 1000 && route->remembered; ++i) {
-    absl::SleepFor(absl::Milliseconds(10));
-    route = router.RouteSession(key, {});
-  }
+  router.AwaitBackgroundReads();
+  route = router.RouteSession(key, {});
   EXPECT_FALSE(route->remembered);
   EXPECT_FALSE(route->owner);
   EXPECT_EQ(route->worker_id, hashed);
-  heads.hold = nullptr;
 }
 
 // A worker marked suspect while the registry is being read: the list read
