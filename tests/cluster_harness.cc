@@ -67,12 +67,9 @@ Cluster::~Cluster() {
 absl::StatusOr<std::string> Cluster::MakeModel(const std::string& name,
                                                uint32_t seed) {
   const std::string path = absl::StrCat(dir_, "/", name, ".safetensors");
-  auto made =
-      Run({bin_, "model", "random", "--arch=x070", "--layers=2", "--embd=64",
-           "--vocab=256", absl::StrCat("--seed=", seed), "--out=" + path},
-          absl::Seconds(60));
-  if (!made.ok()) return made.status();
-  if (made->exit_code != 0) return absl::InternalError(made->err);
+  if (absl::Status made = MakeTinyModel(bin_, path, seed); !made.ok()) {
+    return made;
+  }
   return path;
 }
 

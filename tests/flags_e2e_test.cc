@@ -67,6 +67,25 @@ absl::StatusOr<uint64_t> AppendText(v1::Streams::Stub* streams,
   return ack.committed_input_offset();
 }
 
+// Creates `session` of `tenant` through the server at `address` and
+// appends `text` with a checkpoint; returns the committed input offset.
+absl::StatusOr<uint64_t> CreateAndAppend(const std::string& address,
+                                         const std::string& tenant,
+                                         const std::string& session,
+                                         const std::string& text) {
+  auto channel =
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  v1::CreateSessionRequest create;
+  create.set_session_id(session);
+  create.set_request_id("create-" + session);
+  v1::Session created;
+  auto ctx = Ctx(tenant);
+  grpc::Status st = v1::Sessions::NewStub(channel)->CreateSession(
+      ctx.get(), create, &created);
+  if (!st.ok()) return FromGrpcStatus(st);
+  return AppendText(v1::Streams::NewStub(channel).get(), tenant, session, text);
+}
+
 class FlagsE2eTest : public ::testing::Test {
  protected:
   // One redis-server whose default user needs a password and an ACL user
@@ -78,12 +97,8 @@ class FlagsE2eTest : public ::testing::Test {
                      "/ss-flags-", getpid()));
     std::filesystem::create_directories(*dir_);
     model_ = new std::string(*dir_ + "/tiny.safetensors");
-    auto made = e2e::Run(
-        {STATESTREAM_BIN, "model", "random", "--arch=x070", "--layers=2",
-         "--embd=64", "--vocab=256", "--seed=7", "--out=" + *model_},
-        absl::Seconds(60));
-    ASSERT_TRUE(made.ok() && made->exit_code == 0)
-        << (made.ok() ? made->err : made.status().ToString());
+    absl::Status made = e2e::MakeTinyModel(STATESTREAM_BIN, *model_);
+    ASSERT_TRUE(made.ok()) << made;
     auto redis = testing::RedisServer::Start({});
     ASSERT_TRUE(redis.ok()) << redis.status();
     redis_ = redis->release();
@@ -210,31 +225,22 @@ TEST_F(FlagsE2eTest, AWorkerWithoutTheRightCredentialsDoesNotStart) {
 TEST_F(FlagsE2eTest, AGatewayAndAWorkerServeAsTheAclUser) {
   auto gateway = StartGateway();
   ASSERT_TRUE(gateway.ok()) << gateway.status();
-  auto channel =
-      grpc::CreateChannel(gateway->address, grpc::InsecureChannelCredentials());
-  auto sessions = v1::Sessions::NewStub(channel);
-  auto streams = v1::Streams::NewStub(channel);
-
-  v1::CreateSessionRequest create;
-  create.set_session_id("acl-session");
-  create.set_request_id("create-acl-session");
-  v1::Session created;
-  auto ctx = Ctx("acl");
-  grpc::Status st = sessions->CreateSession(ctx.get(), create, &created);
-  ASSERT_TRUE(st.ok()) << st.error_message() << "\ngateway stderr:\n"
-                       << gateway->process->stderr_text();
-
   const std::string text = "written through an ACL user";
-  auto committed = AppendText(streams.get(), "acl", "acl-session", text);
-  ASSERT_TRUE(committed.ok()) << committed.status();
+  auto committed =
+      CreateAndAppend(gateway->address, "acl", "acl-session", text);
+  ASSERT_TRUE(committed.ok()) << committed.status() << "\ngateway stderr:\n"
+                              << gateway->process->stderr_text();
   EXPECT_EQ(*committed, text.size());
 
   // Read back through the same gateway: the store holds it.
   v1::GetSessionRequest get;
   get.set_session_id("acl-session");
   v1::Session got;
-  ctx = Ctx("acl");
-  st = sessions->GetSession(ctx.get(), get, &got);
+  auto ctx = Ctx("acl");
+  grpc::Status st = v1::Sessions::NewStub(
+                        grpc::CreateChannel(gateway->address,
+                                            grpc::InsecureChannelCredentials()))
+                        ->GetSession(ctx.get(), get, &got);
   ASSERT_TRUE(st.ok()) << st.error_message();
   EXPECT_EQ(got.committed_input_offset(), text.size());
   EXPECT_GE(got.version(), 2u);
@@ -253,18 +259,7 @@ TEST_F(FlagsE2eTest, AGatewayAndAWorkerServeAsTheAclUser) {
 TEST_F(FlagsE2eTest, LeaseTtlSetsTheLeasesExpiry) {
   auto gateway = StartGateway();
   ASSERT_TRUE(gateway.ok()) << gateway.status();
-  auto channel =
-      grpc::CreateChannel(gateway->address, grpc::InsecureChannelCredentials());
-  auto sessions = v1::Sessions::NewStub(channel);
-  auto streams = v1::Streams::NewStub(channel);
-  v1::CreateSessionRequest create;
-  create.set_session_id("leased");
-  create.set_request_id("create-leased");
-  v1::Session created;
-  auto ctx = Ctx("lease");
-  grpc::Status st = sessions->CreateSession(ctx.get(), create, &created);
-  ASSERT_TRUE(st.ok()) << st.error_message();
-  auto committed = AppendText(streams.get(), "lease", "leased", "held");
+  auto committed = CreateAndAppend(gateway->address, "lease", "leased", "held");
   ASSERT_TRUE(committed.ok()) << committed.status();
   // The worker holds the session it serves under a 3 s lease (renewed
   // every second), not the default 30 s one.

@@ -69,27 +69,46 @@ grpc::Status AppendText(v1::Streams::Stub* streams, const std::string& session,
   return stream->Finish();
 }
 
-TEST(StoreStallE2eTest, AWorkerWithAHungStoreStillServesWhatNeedsNoStore) {
-  const std::string dir = absl::StrCat(
-      std::filesystem::temp_directory_path().string(), "/ss-stall-", getpid());
-  std::filesystem::create_directories(dir);
-  const std::string model = dir + "/tiny.safetensors";
-  auto made =
-      e2e::Run({STATESTREAM_BIN, "model", "random", "--arch=x070", "--layers=2",
-                "--embd=64", "--vocab=256", "--seed=7", "--out=" + model},
-               absl::Seconds(60));
-  ASSERT_TRUE(made.ok() && made->exit_code == 0)
-      << (made.ok() ? made->err : made.status().ToString());
-  auto redis = testing::RedisServer::Start({});
-  ASSERT_TRUE(redis.ok()) << redis.status();
-  auto worker =
-      e2e::StartServer({STATESTREAM_BIN, "worker", "--listen=127.0.0.1:0",
-                        "--redis=" + (*redis)->address(), "--model=" + model,
-                        "--worker-id=w-stall", "--shutdown-grace=1s"},
-                       kStartTimeout);
-  ASSERT_TRUE(worker.ok()) << worker.status();
+// A redis-server and one worker on the tests' tiny model.
+class StoreStallE2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = absl::StrCat(
+        std::filesystem::temp_directory_path().string(), "/ss-stall-", getpid(),
+        "-", ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::create_directories(dir_);
+    const std::string model = dir_ + "/tiny.safetensors";
+    absl::Status made = e2e::MakeTinyModel(STATESTREAM_BIN, model);
+    ASSERT_TRUE(made.ok()) << made;
+    auto redis = testing::RedisServer::Start({});
+    ASSERT_TRUE(redis.ok()) << redis.status();
+    redis_ = *std::move(redis);
+    auto worker =
+        e2e::StartServer({STATESTREAM_BIN, "worker", "--listen=127.0.0.1:0",
+                          "--redis=" + redis_->address(), "--model=" + model,
+                          "--worker-id=w-stall", "--shutdown-grace=1s"},
+                         kStartTimeout);
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    worker_ = *std::move(worker);
+  }
+  void TearDown() override {
+    if (HasFailure() && worker_.process != nullptr) {
+      ADD_FAILURE() << "worker stderr:\n" << worker_.process->stderr_text();
+    }
+    worker_.process.reset();
+    redis_.reset();
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+
+  std::string dir_;
+  std::unique_ptr<testing::RedisServer> redis_;
+  e2e::StartedServer worker_;
+};
+
+TEST_F(StoreStallE2eTest, AWorkerWithAHungStoreStillServesWhatNeedsNoStore) {
   auto channel =
-      grpc::CreateChannel(worker->address, grpc::InsecureChannelCredentials());
+      grpc::CreateChannel(worker_.address, grpc::InsecureChannelCredentials());
   auto sessions = v1::Sessions::NewStub(channel);
   auto streams = v1::Streams::NewStub(channel);
   auto models = v1::Models::NewStub(channel);
@@ -112,7 +131,7 @@ TEST(StoreStallE2eTest, AWorkerWithAHungStoreStillServesWhatNeedsNoStore) {
     ASSERT_TRUE(create(absl::StrCat("cold-", i)).ok());
   }
 
-  (*redis)->Pause();
+  redis_->Pause();
   std::atomic<int> ended{0};
   std::mutex mu;
   std::vector<grpc::Status> results;
@@ -188,7 +207,7 @@ TEST(StoreStallE2eTest, AWorkerWithAHungStoreStillServesWhatNeedsNoStore) {
   EXPECT_EQ(ended.load(), 0)
       << "a call waiting on the hung store ended before the free ones";
 
-  (*redis)->Resume();
+  redis_->Resume();
   for (auto& t : stuck) t.join();
   int done = 0;
   for (const grpc::Status& s : results) {
@@ -217,47 +236,25 @@ TEST(StoreStallE2eTest, AWorkerWithAHungStoreStillServesWhatNeedsNoStore) {
   }
   if (HasFailure()) {
     ADD_FAILURE() << done << " of " << results.size()
-                  << " waiting calls succeeded; worker stderr:\n"
-                  << worker->process->stderr_text();
+                  << " waiting calls succeeded";
   }
-  std::error_code ignored;
-  std::filesystem::remove_all(dir, ignored);
 }
 
 // Through a gateway: its session lookups (the owner, in Redis) hang too.
 // The first call waits them out once; from then on calls to a resident
 // session route at once to the owner last seen, and are answered before
 // store-bound calls started after them end.
-TEST(StoreStallE2eTest, AGatewayRoutesToTheOwnerLastSeenWhileTheStoreHangs) {
-  const std::string dir =
-      absl::StrCat(std::filesystem::temp_directory_path().string(),
-                   "/ss-stall-gw-", getpid());
-  std::filesystem::create_directories(dir);
-  const std::string model = dir + "/tiny.safetensors";
-  auto made =
-      e2e::Run({STATESTREAM_BIN, "model", "random", "--arch=x070", "--layers=2",
-                "--embd=64", "--vocab=256", "--seed=7", "--out=" + model},
-               absl::Seconds(60));
-  ASSERT_TRUE(made.ok() && made->exit_code == 0)
-      << (made.ok() ? made->err : made.status().ToString());
-  auto redis = testing::RedisServer::Start({});
-  ASSERT_TRUE(redis.ok()) << redis.status();
-  auto worker =
-      e2e::StartServer({STATESTREAM_BIN, "worker", "--listen=127.0.0.1:0",
-                        "--redis=" + (*redis)->address(), "--model=" + model,
-                        "--worker-id=w-stall", "--shutdown-grace=1s"},
-                       kStartTimeout);
-  ASSERT_TRUE(worker.ok()) << worker.status();
+TEST_F(StoreStallE2eTest, AGatewayRoutesToTheOwnerLastSeenWhileTheStoreHangs) {
   auto gateway =
       e2e::StartServer({STATESTREAM_BIN, "gateway", "--listen=127.0.0.1:0",
-                        "--redis=" + (*redis)->address(),
+                        "--redis=" + redis_->address(),
                         "--metrics-listen=127.0.0.1:0", "--shutdown-grace=1s"},
                        kStartTimeout);
   ASSERT_TRUE(gateway.ok()) << gateway.status();
   auto through =
       grpc::CreateChannel(gateway->address, grpc::InsecureChannelCredentials());
   auto direct =
-      grpc::CreateChannel(worker->address, grpc::InsecureChannelCredentials());
+      grpc::CreateChannel(worker_.address, grpc::InsecureChannelCredentials());
   auto sessions = v1::Sessions::NewStub(through);
   auto streams = v1::Streams::NewStub(through);
   auto worker_sessions = v1::Sessions::NewStub(direct);
@@ -290,7 +287,7 @@ TEST(StoreStallE2eTest, AGatewayRoutesToTheOwnerLastSeenWhileTheStoreHangs) {
   };
   ASSERT_TRUE(generate().ok());  // the gateway has seen "hot"'s owner
 
-  (*redis)->Pause();
+  redis_->Pause();
   // The first call waits the lookup out (the store's timeout), then goes
   // to the owner last seen.
   st = generate();
@@ -317,7 +314,7 @@ TEST(StoreStallE2eTest, AGatewayRoutesToTheOwnerLastSeenWhileTheStoreHangs) {
   EXPECT_EQ(ended.load(), 0)
       << "a call through the gateway waited for the hung store";
 
-  (*redis)->Resume();
+  redis_->Resume();
   for (auto& t : stuck) t.join();
   auto samples = e2e::ScrapeMetrics(gateway->metrics_address);
   ASSERT_TRUE(samples.has_value());
@@ -326,12 +323,8 @@ TEST(StoreStallE2eTest, AGatewayRoutesToTheOwnerLastSeenWhileTheStoreHangs) {
             6);
   EXPECT_TRUE(generate().ok());
   if (HasFailure()) {
-    ADD_FAILURE() << "gateway stderr:\n"
-                  << gateway->process->stderr_text() << "worker stderr:\n"
-                  << worker->process->stderr_text();
+    ADD_FAILURE() << "gateway stderr:\n" << gateway->process->stderr_text();
   }
-  std::error_code ignored;
-  std::filesystem::remove_all(dir, ignored);
 }
 
 }  // namespace

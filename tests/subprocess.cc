@@ -199,4 +199,18 @@ absl::StatusOr<StartedServer> StartServer(const std::vector<std::string>& argv,
   }
 }
 
+absl::Status MakeTinyModel(const std::string& bin, const std::string& path,
+                           uint32_t seed) {
+  auto made =
+      Run({bin, "model", "random", "--arch=x070", "--layers=2", "--embd=64",
+           "--vocab=256", absl::StrCat("--seed=", seed), "--out=" + path},
+          absl::Seconds(60));
+  if (!made.ok()) return made.status();
+  if (made->exit_code != 0) {
+    return absl::InternalError(
+        absl::StrCat("model random exited ", made->exit_code, ": ", made->err));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace statestream::e2e

@@ -6,6 +6,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <optional>
@@ -90,6 +91,11 @@ absl::StatusOr<StartedServer> StartServer(const std::vector<std::string>& argv,
 absl::StatusOr<RunResult> Run(const std::vector<std::string>& argv,
                               absl::Duration timeout = absl::Seconds(30),
                               const EnvChanges& env = {});
+
+// Writes the tests' tiny model to `path` with `bin model random`: RWKV-7,
+// 2 layers, 64 wide, the byte-level 256-token vocabulary, `seed`.
+absl::Status MakeTinyModel(const std::string& bin, const std::string& path,
+                           uint32_t seed = 7);
 
 }  // namespace statestream::e2e
 

@@ -143,11 +143,9 @@ done
   }
 
   std::string MakeModel() {
-    auto made = e2e::Run({STATESTREAM_BIN, "model", "random", "--arch=x070",
-                          "--layers=2", "--embd=64", "--vocab=256", "--seed=7",
-                          "--out=" + Path("tiny.safetensors")},
-                         absl::Seconds(60));
-    EXPECT_TRUE(made.ok() && made->exit_code == 0);
+    absl::Status made =
+        e2e::MakeTinyModel(STATESTREAM_BIN, Path("tiny.safetensors"));
+    EXPECT_TRUE(made.ok()) << made;
     return Path("tiny.safetensors");
   }
 

@@ -19,6 +19,47 @@
 namespace statestream::worker {
 namespace {
 
+// A committing generation of 4 tokens on session `id` that holds the
+// session from its first piece until Release() (or its destruction).
+class HeldGeneration {
+ public:
+  HeldGeneration(SessionManager* manager, const std::string& id) {
+    GenerateInput in;
+    in.request_id = "held";
+    in.commit = true;
+    in.max_tokens = 4;
+    in.sampling.seed = 1;
+    in.has_seed = true;
+    manager->Generate(
+        "t", id, in,
+        [this](const GeneratedPiece&) {
+          if (first_.HasBeenNotified()) return;
+          first_.Notify();
+          release_.WaitForNotification();  // holds the session
+        },
+        [this](absl::StatusOr<GenerateOutcome> o) {
+          outcome_ = std::move(o);
+          generated_.Notify();
+        });
+  }
+  ~HeldGeneration() { Release(); }
+  // Whether it holds the session (false: it ended first, or 60 s passed).
+  bool Holding() {
+    return first_.WaitForNotificationWithTimeout(absl::Seconds(60)) &&
+           !generated_.HasBeenNotified();
+  }
+  // Lets it go on; returns its outcome once it ended.
+  const absl::StatusOr<GenerateOutcome>& Release() {
+    if (!release_.HasBeenNotified()) release_.Notify();
+    generated_.WaitForNotification();
+    return outcome_;
+  }
+
+ private:
+  absl::Notification first_, release_, generated_;
+  absl::StatusOr<GenerateOutcome> outcome_;
+};
+
 // The final commit of a committing generation is written, but its reply is
 // lost and the store cannot be read right after. The session does not go
 // back to the state before the generation (behind the head the store
@@ -146,26 +187,8 @@ TEST_F(SessionManagerTest, RollbackAndImportWaitForTheirTurnHoldingNoThread) {
   auto w = Open("g");
   ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());  // version 2
   ASSERT_TRUE(Close(w).ok());
-  GenerateInput in;
-  in.request_id = "held";
-  in.commit = true;
-  in.max_tokens = 4;
-  in.sampling.seed = 1;
-  in.has_seed = true;
-  absl::Notification first, release, generated;
-  absl::StatusOr<GenerateOutcome> outcome;
-  manager_->Generate(
-      "t", "g", in,
-      [&](const GeneratedPiece&) {
-        if (first.HasBeenNotified()) return;
-        first.Notify();
-        release.WaitForNotification();  // the generation holds the session
-      },
-      [&](absl::StatusOr<GenerateOutcome> o) {
-        outcome = std::move(o);
-        generated.Notify();
-      });
-  first.WaitForNotification();
+  HeldGeneration held(manager_.get(), "g");
+  ASSERT_TRUE(held.Holding());
   absl::Notification rolled, imported;
   absl::StatusOr<SessionView> rollback, import;
   manager_->RollbackAsync("t", "g", 2, std::nullopt, std::nullopt, "roll",
@@ -184,12 +207,11 @@ TEST_F(SessionManagerTest, RollbackAndImportWaitForTheirTurnHoldingNoThread) {
   // Both returned with the generation still running: queued, not waiting.
   EXPECT_FALSE(rolled.HasBeenNotified());
   EXPECT_FALSE(imported.HasBeenNotified());
-  release.Notify();
-  generated.WaitForNotification();
-  ASSERT_TRUE(outcome.ok()) << outcome.status();
-  EXPECT_EQ(outcome->version, 3u);
+  const absl::StatusOr<GenerateOutcome>& outcome = held.Release();
   rolled.WaitForNotification();
   imported.WaitForNotification();
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  EXPECT_EQ(outcome->version, 3u);
   ASSERT_TRUE(rollback.ok()) << rollback.status();
   EXPECT_EQ(rollback->version, 4u);
   EXPECT_EQ(rollback->input_offset, 6u);
@@ -208,26 +230,8 @@ TEST_F(SessionManagerTest, AQueuedRollbackOrImportWhoseClientWentAwayIsNotRun) {
   auto w = Open("g");
   ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());  // version 2
   ASSERT_TRUE(Close(w).ok());
-  GenerateInput in;
-  in.request_id = "held";
-  in.commit = true;
-  in.max_tokens = 4;
-  in.sampling.seed = 1;
-  in.has_seed = true;
-  absl::Notification first, release, generated;
-  absl::StatusOr<GenerateOutcome> outcome;
-  manager_->Generate(
-      "t", "g", in,
-      [&](const GeneratedPiece&) {
-        if (first.HasBeenNotified()) return;
-        first.Notify();
-        release.WaitForNotification();
-      },
-      [&](absl::StatusOr<GenerateOutcome> o) {
-        outcome = std::move(o);
-        generated.Notify();
-      });
-  ASSERT_TRUE(first.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  HeldGeneration held(manager_.get(), "g");
+  ASSERT_TRUE(held.Holding());
   std::atomic<bool> gone{false};
   auto cancelled = [&gone] { return gone.load(); };
   absl::Notification rolled, imported;
@@ -250,8 +254,7 @@ TEST_F(SessionManagerTest, AQueuedRollbackOrImportWhoseClientWentAwayIsNotRun) {
       },
       cancelled);
   gone = true;  // both clients leave while the generation runs
-  release.Notify();
-  generated.WaitForNotification();
+  const absl::StatusOr<GenerateOutcome>& outcome = held.Release();
   // Both answered before any ASSERT can leave this frame.
   rolled.WaitForNotification();
   imported.WaitForNotification();
