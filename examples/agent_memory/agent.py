@@ -21,14 +21,22 @@ retry fails with POSITION_MISMATCH instead of applying the turn twice.
     python3 agent.py --target 127.0.0.1:7700 --session my-agent "Hi, I'm Ada."
     python3 agent.py --target 127.0.0.1:7700 --session my-agent "Who am I?"
 
+With --pending-file PATH the command line pins its turns there: each is
+written (atomically) before it is sent and removed once its reply is
+printed. A run that finds a turn there (the last run died or lost its
+connection mid-turn) first retries that turn, which the server answers
+exactly once, then goes on; with no message it only does that.
+
 (With `statestream serve`'s built-in demo model the replies are noise; the
 mechanics are the point. Use --model with a real RWKV checkpoint for words.)
 """
 import argparse
+import json
+import os
 import sys
 import uuid
-from dataclasses import dataclass
-from typing import Union
+from dataclasses import asdict, dataclass
+from typing import Optional, Union
 
 from statestream import Client, StatestreamError
 
@@ -74,16 +82,55 @@ class Agent:
         return result.text
 
 
+def load_turn(path: str) -> Optional[Turn]:
+    """The turn pinned at `path`, if any."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return Turn(**json.load(f))
+    except FileNotFoundError:
+        return None
+
+
+def pin_turn(path: str, turn: Turn) -> None:
+    """Writes `turn` to `path` atomically (a crash leaves the old file or
+    the new one, never half of one)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(asdict(turn), f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def tell_pinned(agent: Agent, turn: Turn, path: Optional[str]) -> str:
+    """tell(turn), with the turn pinned at `path` (if set) until its reply
+    is back."""
+    if path:
+        pin_turn(path, turn)
+    reply = agent.tell(turn)
+    if path:
+        os.remove(path)
+    return reply
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", default="127.0.0.1:7700")
     p.add_argument("--session", default="agent")
-    p.add_argument("message", nargs="+")
+    p.add_argument("--pending-file", default=None,
+                   help="pin each turn here until its reply is printed; a "
+                   "turn found here is retried first (see above)")
+    p.add_argument("message", nargs="*")
     args = p.parse_args()
     with Client(args.target) as client:
         agent = Agent(client, args.session)
+        pending = load_turn(args.pending_file) if args.pending_file else None
+        if pending is not None:
+            reply = tell_pinned(agent, pending, args.pending_file)
+            print(f"> {pending.message} (retried)\n{reply!r}")
         for m in args.message:
-            print(f"> {m}\n{agent.tell(m)!r}")
+            turn = agent.new_turn(m)
+            print(f"> {m}\n{tell_pinned(agent, turn, args.pending_file)!r}")
         info = agent.session.get()
         print(f"[session {info.session_id}: position {info.position}, "
               f"version {info.version}; sent {agent.bytes_sent} bytes]",

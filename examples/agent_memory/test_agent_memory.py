@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from agent import Agent, Turn
+from agent import Agent, Turn, pin_turn
 from statestream import Client, StatestreamError
 from statestream.testing import ServeProcess
 
@@ -76,3 +76,34 @@ def test_cli_runs(tmp_path):
             capture_output=True, text=True, timeout=120, check=True)
         assert out.stdout.count("> ") == 2
         assert "session cli" in out.stderr
+
+
+def test_cli_retries_its_pinned_turn_once(tmp_path):
+    """A run that died after the server answered its turn but before it
+    printed the reply left the turn pinned: the next run replays that reply
+    (nothing applied twice), removes the pin and goes on."""
+    pending = str(tmp_path / "ada.turn.json")
+    with ServeProcess(data_dir=str(tmp_path / "data")) as server:
+        with Client(server.address) as c:
+            agent = Agent(c, "ada")
+            turn = agent.new_turn(QUESTION)
+            pin_turn(pending, turn)
+            reply = agent.tell(turn)  # answered; the "crash" is here
+            answered = c.session("ada").get()
+        run = [sys.executable, os.path.join(HERE, "agent.py"), "--target",
+               server.address, "--session", "ada", "--pending-file", pending]
+        out = subprocess.run(run, capture_output=True, text=True,
+                             timeout=120, check=True)
+        assert out.stdout == f"> {QUESTION} (retried)\n{reply!r}\n"
+        assert not os.path.exists(pending)
+        with Client(server.address) as c:
+            again = c.session("ada").get()
+            assert (again.input_offset, again.version) == (
+                answered.input_offset, answered.version)
+        # A new message after it is one more turn, pinned while it runs.
+        out = subprocess.run(run + ["next"], capture_output=True, text=True,
+                             timeout=120, check=True)
+        assert out.stdout.startswith("> next\n")
+        assert not os.path.exists(pending)
+        with Client(server.address) as c:
+            assert c.session("ada").get().input_offset > answered.input_offset
