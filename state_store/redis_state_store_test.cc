@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // The contract suite against a real redis-server and a real 6-node Redis
-// Cluster, plus Redis-specific behaviour: durability levels, AUTH, outage
-// and recovery.
+// Cluster, plus Redis-specific behaviour: durability levels, refused
+// writes, outage and recovery. Credentials, ACLs and the eviction policy:
+// redis_state_store_access_test.cc.
 #include "state_store/redis_state_store.h"
 
 #include <memory>
@@ -18,6 +19,7 @@
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "state_store/internal/redis_scripts.h"
+#include "state_store/redis_state_store_test_util.h"
 #include "state_store/testing/redis_harness.h"
 #include "state_store/testing/state_store_contract.h"
 
@@ -122,15 +124,6 @@ INSTANTIATE_TEST_SUITE_P(RedisStandalone, StateStoreContractTest,
                          ::testing::Values(&NewStandaloneEnv));
 INSTANTIATE_TEST_SUITE_P(RedisCluster, StateStoreContractTest,
                          ::testing::Values(&NewClusterEnv));
-
-CreateSessionRequest NewSession(const std::string& id, Durability d) {
-  CreateSessionRequest r;
-  r.key = {"acme", id};
-  r.model_id = "tiny";
-  r.initial_state = TestSnapshot(1);
-  r.durability = d;
-  return r;
-}
 
 // A commit of version 2 of acme/`id` at MEMORY under `fence`.
 CommitRequest SecondVersion(const std::string& id, uint64_t fence) {
@@ -294,119 +287,6 @@ TEST(RedisStateStoreTest, DurabilityIsReportedHonestly) {
   }
 }
 
-TEST(RedisStateStoreTest, AuthWithAclUser) {
-  auto server = RedisServer::Start({});
-  ASSERT_TRUE(server.ok()) << server.status();
-  ASSERT_TRUE((*server)
-                  ->Command({"ACL", "SETUSER", "statestream", "on", ">s3cret",
-                             "~ss:*", "+@all"})
-                  .ok());
-  ASSERT_TRUE((*server)
-                  ->Command({"ACL", "SETUSER", "elsewhere", "on", ">s3cret",
-                             "~other:*", "+@all"})
-                  .ok());
-  // The default user needs a password from here on (the test's own).
-  ASSERT_TRUE(
-      (*server)->Command({"ACL", "SETUSER", "default", ">admin-pw"}).ok());
-  RedisStateStoreOptions o;
-  o.addresses = {(*server)->address()};
-  // A refused user is a configuration error, not an outage to wait out:
-  // standalone (NOAUTH at SCRIPT LOAD) and Cluster (at CLUSTER SLOTS).
-  auto anonymous = NewRedisStateStore(o);
-  EXPECT_EQ(anonymous.status().code(), absl::StatusCode::kPermissionDenied)
-      << anonymous.status();
-  o.cluster = true;
-  anonymous = NewRedisStateStore(o);
-  EXPECT_EQ(anonymous.status().code(), absl::StatusCode::kPermissionDenied)
-      << anonymous.status();
-  EXPECT_TRUE(absl::StrContains(anonymous.status().message(), "NOAUTH"))
-      << anonymous.status();
-  o.cluster = false;
-  o.user = "statestream";
-  o.password = "wrong";
-  auto wrong = NewRedisStateStore(o);
-  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kPermissionDenied);
-  o.password = "s3cret";
-  auto store = NewRedisStateStore(o);
-  ASSERT_TRUE(store.ok()) << store.status();
-  ASSERT_TRUE(
-      (*store)->CreateSession(NewSession("a", Durability::kMemory)).ok());
-  auto loaded = (*store)->LoadVersion({"acme", "a"}, 0);
-  ASSERT_TRUE(loaded.ok()) << loaded.status();
-
-  // The password changed under the running store: its next connection is
-  // refused, which is an outage for the operator to mend (UNAVAILABLE with
-  // Redis's answer), not a verdict on the caller.
-  ASSERT_TRUE(
-      (*server)
-          ->Command({"ACL", "SETUSER", "statestream", "resetpass", ">rotated"},
-                    "admin-pw")
-          .ok());
-  ASSERT_TRUE(
-      (*server)
-          ->Command({"CLIENT", "KILL", "USER", "statestream"}, "admin-pw")
-          .ok());
-  auto rotated = (*store)->GetHead({"acme", "a"});
-  EXPECT_EQ(rotated.status().code(), absl::StatusCode::kUnavailable)
-      << rotated.status();
-  EXPECT_EQ(GetReason(rotated.status()), Reason::kStoreUnavailable);
-  EXPECT_EQ(GetErrorMetadata(rotated.status(), "redis_error").value_or(""),
-            "WRONGPASS")
-      << rotated.status();
-  ASSERT_TRUE(
-      (*server)
-          ->Command({"ACL", "SETUSER", "statestream", "resetpass", ">s3cret"},
-                    "admin-pw")
-          .ok());
-  EXPECT_TRUE((*store)->GetHead({"acme", "a"}).ok());
-
-  // A user whose ACL leaves out the store's keys connects, and each call
-  // is refused with Redis's answer (an operator's fix, not a bug).
-  o.user = "elsewhere";
-  auto fenced_off = NewRedisStateStore(o);
-  ASSERT_TRUE(fenced_off.ok()) << fenced_off.status();
-  auto refused =
-      (*fenced_off)->CreateSession(NewSession("b", Durability::kMemory));
-  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable)
-      << refused.status();
-  EXPECT_EQ(GetReason(refused.status()), Reason::kStoreUnavailable);
-  EXPECT_TRUE(absl::StrContains(refused.status().message(), "NOPERM"))
-      << refused.status();
-
-  // A user that may read every key but the state chunks ("...:c<i>"; the
-  // version records are "...:v<n>"): loading is refused, not reported as a
-  // missing chunk.
-  ASSERT_TRUE((*server)
-                  ->Command({"ACL", "SETUSER", "nochunks", "on", ">s3cret",
-                             "~ss:*[a-z]", "~ss:*:v[0-9]", "%W~ss:*", "+@all"},
-                            "admin-pw")
-                  .ok());
-  o.user = "nochunks";
-  auto no_chunks = NewRedisStateStore(o);
-  ASSERT_TRUE(no_chunks.ok()) << no_chunks.status();
-  auto head_read = (*no_chunks)->GetHead({"acme", "a"});
-  ASSERT_TRUE(head_read.ok()) << head_read.status();
-  auto unread = (*no_chunks)->LoadVersion({"acme", "a"}, 0);
-  EXPECT_EQ(unread.status().code(), absl::StatusCode::kUnavailable)
-      << unread.status();
-  EXPECT_EQ(GetErrorMetadata(unread.status(), "redis_error").value_or(""),
-            "NOPERM")
-      << unread.status();
-}
-
-// A plain redis-server on a free port and a store on it.
-void StartStandalone(std::unique_ptr<RedisServer>* server,
-                     std::unique_ptr<StateStore>* store) {
-  auto started = RedisServer::Start({});
-  ASSERT_TRUE(started.ok()) << started.status();
-  *server = *std::move(started);
-  RedisStateStoreOptions o;
-  o.addresses = {(*server)->address()};
-  auto made = NewRedisStateStore(o);
-  ASSERT_TRUE(made.ok()) << made.status();
-  *store = *std::move(made);
-}
-
 // A commit waiting for a durability it will not reach (no replica), while
 // another writer takes the session over and commits after it with
 // keep_versions 1: the first commit's version is gone before its reply is
@@ -495,29 +375,6 @@ TEST(RedisStateStoreTest, RefusedWritesAreUnavailable) {
   auto committed = store->Commit(r);
   ASSERT_TRUE(committed.ok()) << committed.status();
   EXPECT_EQ(committed->version.version, c->version.version + 1);
-}
-
-// A Redis that may evict keys with a TTL (every session state has one) is
-// reported at connect; noeviction is not.
-TEST(RedisStateStoreTest, AnEvictingRedisIsReportedAtConnect) {
-  auto server = RedisServer::Start({});
-  ASSERT_TRUE(server.ok()) << server.status();
-  std::vector<std::string> warnings;
-  RedisStateStoreOptions o;
-  o.addresses = {(*server)->address()};
-  o.on_warning = [&warnings](const std::string& w) { warnings.push_back(w); };
-  ASSERT_TRUE((*server)
-                  ->Command({"CONFIG", "SET", "maxmemory-policy", "noeviction"})
-                  .ok());
-  ASSERT_TRUE(NewRedisStateStore(o).ok());
-  EXPECT_TRUE(warnings.empty());
-  ASSERT_TRUE(
-      (*server)
-          ->Command({"CONFIG", "SET", "maxmemory-policy", "volatile-lru"})
-          .ok());
-  ASSERT_TRUE(NewRedisStateStore(o).ok());
-  ASSERT_EQ(warnings.size(), 1u);
-  EXPECT_NE(warnings[0].find("volatile-lru"), std::string::npos);
 }
 
 // The delete script sent twice with the same nonce (the client resends a
