@@ -27,45 +27,18 @@
 #include "gtest/gtest.h"
 #include "state_store/testing/redis_harness.h"
 #include "statestream/v1/statestream.grpc.pb.h"
+#include "tests/e2e_calls.h"
 #include "tests/subprocess.h"
 
 namespace statestream {
 namespace {
 
+using e2e::Ctx;
+
 constexpr absl::Duration kStartTimeout = absl::Seconds(90);
 constexpr char kAdminPassword[] = "admin-pw-1";
 constexpr char kUser[] = "statestream";
 constexpr char kUserPassword[] = "s3cret-pw-2";
-
-std::unique_ptr<grpc::ClientContext> Ctx(const std::string& tenant = "") {
-  auto ctx = std::make_unique<grpc::ClientContext>();
-  ctx->set_deadline(std::chrono::system_clock::now() +
-                    std::chrono::seconds(120));
-  if (!tenant.empty()) ctx->AddMetadata("x-statestream-tenant", tenant);
-  return ctx;
-}
-
-// Appends `text` to the session with a checkpoint; returns the ack's
-// committed_input_offset.
-absl::StatusOr<uint64_t> AppendText(v1::Streams::Stub* streams,
-                                    const std::string& tenant,
-                                    const std::string& session,
-                                    const std::string& text) {
-  v1::AppendRequest append;
-  append.set_session_id(session);
-  append.set_text_utf8(text);
-  append.set_checkpoint(true);
-  auto ctx = Ctx(tenant);
-  auto stream = streams->Append(ctx.get());
-  stream->Write(append);
-  stream->WritesDone();
-  v1::AppendResponse ack;
-  const bool acked = stream->Read(&ack);
-  grpc::Status st = stream->Finish();
-  if (!st.ok()) return FromGrpcStatus(st);
-  if (!acked) return absl::InternalError("Append ended without an ack");
-  return ack.committed_input_offset();
-}
 
 // Creates `session` of `tenant` through the server at `address` and
 // appends `text` with a checkpoint; returns the committed input offset.
@@ -83,7 +56,11 @@ absl::StatusOr<uint64_t> CreateAndAppend(const std::string& address,
   grpc::Status st = v1::Sessions::NewStub(channel)->CreateSession(
       ctx.get(), create, &created);
   if (!st.ok()) return FromGrpcStatus(st);
-  return AppendText(v1::Streams::NewStub(channel).get(), tenant, session, text);
+  v1::AppendResponse ack;
+  st = e2e::AppendText(v1::Streams::NewStub(channel).get(), tenant, session, 0,
+                       text, /*checkpoint=*/true, &ack);
+  if (!st.ok()) return FromGrpcStatus(st);
+  return ack.committed_input_offset();
 }
 
 class FlagsE2eTest : public ::testing::Test {

@@ -30,43 +30,25 @@
 #include "gtest/gtest.h"
 #include "state_store/testing/redis_harness.h"
 #include "statestream/v1/statestream.grpc.pb.h"
+#include "tests/e2e_calls.h"
 #include "tests/metrics_scrape.h"
 #include "tests/subprocess.h"
 
 namespace statestream {
 namespace {
 
+using e2e::Ctx;
+
 constexpr absl::Duration kStartTimeout = absl::Seconds(90);
 // More calls waiting on the store than any pool of the worker has threads.
 constexpr int kStuckCreates = 64;
 constexpr int kStuckAppends = 16;
 
-std::unique_ptr<grpc::ClientContext> Ctx() {
-  auto ctx = std::make_unique<grpc::ClientContext>();
-  ctx->set_deadline(std::chrono::system_clock::now() +
-                    std::chrono::seconds(120));
-  return ctx;
-}
-
-// One Append call of `text` at input offset `at`; returns its status and
-// the last ack.
+// An Append of the default tenant.
 grpc::Status AppendText(v1::Streams::Stub* streams, const std::string& session,
                         uint64_t at, const std::string& text, bool checkpoint,
                         v1::AppendResponse* ack) {
-  static std::atomic<int> next_request{0};
-  v1::AppendRequest append;
-  append.set_session_id(session);
-  append.set_request_id(absl::StrCat("append-", next_request++));
-  append.set_expected_input_offset(at);
-  append.set_text_utf8(text);
-  append.set_checkpoint(checkpoint);
-  auto ctx = Ctx();
-  auto stream = streams->Append(ctx.get());
-  stream->Write(append);
-  stream->WritesDone();
-  while (stream->Read(ack)) {
-  }
-  return stream->Finish();
+  return e2e::AppendText(streams, "", session, at, text, checkpoint, ack);
 }
 
 // A redis-server and one worker on the tests' tiny model.

@@ -1,0 +1,57 @@
+// SPDX-License-Identifier: Apache-2.0
+// Client calls the end-to-end tests of real servers share: a context with
+// a deadline and a tenant, and one whole Append call.
+#ifndef STATESTREAM_TESTS_E2E_CALLS_H_
+#define STATESTREAM_TESTS_E2E_CALLS_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+
+namespace statestream::e2e {
+
+// A client context with a 120 s deadline, for `tenant` when not empty
+// (x-statestream-tenant: servers without API keys).
+inline std::unique_ptr<grpc::ClientContext> Ctx(
+    const std::string& tenant = "") {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(std::chrono::system_clock::now() +
+                    std::chrono::seconds(120));
+  if (!tenant.empty()) ctx->AddMetadata("x-statestream-tenant", tenant);
+  return ctx;
+}
+
+// One Append call: `text` at input offset `at` (a fresh request id),
+// half-closed, every ack read. Returns the call's status; *ack is the last
+// ack (untouched if none came).
+inline grpc::Status AppendText(v1::Streams::Stub* streams,
+                               const std::string& tenant,
+                               const std::string& session, uint64_t at,
+                               const std::string& text, bool checkpoint,
+                               v1::AppendResponse* ack) {
+  static std::atomic<int> next_request{0};
+  v1::AppendRequest append;
+  append.set_session_id(session);
+  append.set_request_id(absl::StrCat("append-", next_request++));
+  append.set_expected_input_offset(at);
+  append.set_text_utf8(text);
+  append.set_checkpoint(checkpoint);
+  auto ctx = Ctx(tenant);
+  auto stream = streams->Append(ctx.get());
+  stream->Write(append);
+  stream->WritesDone();
+  while (stream->Read(ack)) {
+  }
+  return stream->Finish();
+}
+
+}  // namespace statestream::e2e
+
+#endif  // STATESTREAM_TESTS_E2E_CALLS_H_
