@@ -625,6 +625,16 @@ absl::Status NeoxTokenizer::Init(const nlohmann::json& j) {
           (a.contains("normalized") && !a["normalized"].is_boolean())) {
         return BadFile("added token: special and normalized are booleans");
       }
+      // Hugging Face's added-token options that change what matches
+      // (eating whitespace beside it, matching whole words only): Encode
+      // does not implement them, so a file that sets one is refused rather
+      // than encoded otherwise than Hugging Face would.
+      for (const char* option : {"lstrip", "rstrip", "single_word"}) {
+        if (a.contains(option) && a[option] != false) {
+          return BadFile(absl::StrCat("added token ", a["content"].dump(), ": ",
+                                      option, " is not supported"));
+        }
+      }
       const std::string content = a["content"].get<std::string>();
       const int64_t wide_id = a["id"].get<int64_t>();
       if (content.empty()) return BadFile("empty added token");

@@ -451,6 +451,13 @@ TEST(NeoxTokenizerFileTest, MalformedFilesAreErrors) {
   }
   auto t = ParseNeoxTokenizer(file("", "", -1));
   ASSERT_TRUE(t.ok()) << t.status();
+  // The options present but off, as in Hugging Face's own files: fine.
+  ASSERT_TRUE(ParseNeoxTokenizer(
+                  file("",
+                       R"([{"id": 300, "content": "<x>", "lstrip": false, )"
+                       R"("rstrip": false, "single_word": false}])",
+                       -1))
+                  .ok());
   EXPECT_EQ((*t)->Encode("abab"), (std::vector<int32_t>{256, 256}));
   EXPECT_EQ((*t)->Encode("a\nc"), (std::vector<int32_t>{'a', '\n', 'c'}));
   // Settings Encode does not implement: refused, never encoded otherwise
@@ -483,6 +490,11 @@ TEST(NeoxTokenizerFileTest, MalformedFilesAreErrors) {
        {file("", "", 'c'),
         file("", R"([{"id": 300, "content": "<x>", "special": "yes"}])", -1),
         file("", R"([{"id": 4294967296, "content": "<x>"}])", -1),
+        // Options Encode does not implement (would match otherwise).
+        file("", R"([{"id": 300, "content": "<x>", "lstrip": true}])", -1),
+        file("", R"([{"id": 300, "content": "<x>", "rstrip": true}])", -1),
+        file("", R"([{"id": 300, "content": "<x>", "single_word": true}])", -1),
+        file("", R"([{"id": 300, "content": "<x>", "lstrip": "no"}])", -1),
         std::string(R"({"model": {"type": 1, "vocab": {}, "merges": []}})")}) {
     auto r = ParseNeoxTokenizer(bad);
     ASSERT_FALSE(r.ok()) << bad.substr(0, 200);
