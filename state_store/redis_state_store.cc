@@ -139,6 +139,15 @@ absl::Status RedisStateStore::BadReply(const redisReply* r) {
   const std::string text = Str(r);
   if (r->type == REDIS_REPLY_ERROR) {
     const std::string code = text.substr(0, text.find(' '));
+    // A script found a count in the session's hashes out of range
+    // (internal/redis_scripts.h): damaged data, refused before any write.
+    if (code == "SSCORRUPT") {
+      absl::string_view what = text;
+      what = what.substr(0, what.find(" script: "));  // Redis's suffix
+      what.remove_prefix(std::min(what.size(), code.size() + 1));
+      return DataLossError(Reason::kStateCorrupt,
+                           absl::StrCat("state is corrupt: ", what));
+    }
     for (absl::string_view refusal : {"OOM", "MISCONF", "READONLY", "BUSY",
                                       "NOREPLICAS", "NOAUTH", "NOPERM"}) {
       if (code == refusal) {
@@ -263,10 +272,13 @@ namespace statestream {
 absl::StatusOr<std::unique_ptr<StateStore>> NewRedisStateStore(
     const RedisStateStoreOptions& options) {
   if (options.keep_versions < 1 ||
+      options.keep_versions > store_internal::kMaxKeptVersions ||
       options.chunk_bytes < store_internal::kMinChunkBytes) {
     return InvalidArgumentError(
         Reason::kInvalidArgument,
-        "keep_versions must be >= 1 and chunk_bytes >= 1024");
+        absl::StrCat("keep_versions must be in [1, ",
+                     store_internal::kMaxKeptVersions,
+                     "] and chunk_bytes >= ", store_internal::kMinChunkBytes));
   }
   SS_RETURN_IF_ERROR(
       store_internal::ValidateTtl(options.default_ttl, "default_ttl"));

@@ -465,24 +465,6 @@ TEST(RedisStateStoreTest, ARefusedCommitLeavesNoChunks) {
   EXPECT_NE(*chunks, "");
 }
 
-// A version hash whose chunk count cannot match its size (damaged, or
-// written by something else) is STATE_CORRUPT, not billions of GETs.
-TEST(RedisStateStoreTest, AnImpossibleChunkCountIsCorrupt) {
-  std::unique_ptr<RedisServer> server;
-  std::unique_ptr<StateStore> store;
-  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
-  const SessionKey key{"acme", "c"};
-  auto c = store->CreateSession(NewSession("c", Durability::kMemory));
-  ASSERT_TRUE(c.ok()) << c.status();
-  ASSERT_TRUE(
-      server->Command({"HSET", "ss:{acme/c}:v1", "chunk_count", "4294967295"})
-          .ok());
-  EXPECT_EQ(GetReason(store->LoadVersion(key, 1).status()),
-            Reason::kStateCorrupt);
-  EXPECT_EQ(GetReason(store->LoadVersion(key, 0).status()),
-            Reason::kStateCorrupt);
-}
-
 // A refusal deletes the refused write's chunks, except those of a version
 // that holds them: a commit resent after a lost reply whose first send was
 // committed is refused (the head moved on since), and its chunks are that

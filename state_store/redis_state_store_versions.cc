@@ -27,6 +27,7 @@ absl::StatusOr<CommitResult> RedisStateStore::CreateSession(
   SS_RETURN_IF_ERROR(ValidateTtl(ttl, "ttl"));
   const EncodedStateParts encoded = EncodeStateParts(r.initial_state);
   const std::vector<absl::string_view> chunks = ChunkViews(encoded);
+  SS_RETURN_IF_ERROR(CheckChunkCount(chunks.size(), encoded.size()));
   const std::string nonce = NewNonce();
   const std::string now = absl::StrCat(absl::ToUnixMillis(clock_->Now()));
   // Index first (idempotent): a session is never missing from ListSessions.
@@ -104,23 +105,20 @@ absl::StatusOr<LoadedVersion> RedisStateStore::LoadVersion(
   // Each chunk but one per part holds at least the smallest chunk_bytes a
   // writer may use: more chunks than that is a damaged hash, not a reason
   // to build billions of GETs.
-  if (info.chunk_count > info.state_bytes / kMinChunkBytes + 4) {
+  if (info.chunk_count > kMaxVersionChunks ||
+      info.chunk_count > info.state_bytes / kMinChunkBytes + 4) {
     return DataLossError(
         Reason::kStateCorrupt,
         absl::StrCat("state is corrupt: version ", info.version, " records ",
                      info.chunk_count, " chunks for ", info.state_bytes,
                      " bytes"));
   }
-  std::vector<std::string> keys;
-  std::vector<Command> gets;
-  for (uint32_t i = 0; i < info.chunk_count; ++i) {
-    keys.push_back(ChunkKey(key, info.version, nonce, i));
-  }
-  for (const std::string& k : keys) gets.push_back({"GET", k});
   // The chunks are received straight into one uninitialised buffer of the
   // recorded size, in order (every byte is written, or the load fails); a
   // chunk that would overrun it gets its own allocation and is reported
-  // as corruption below.
+  // as corruption below. They are asked for kLoadChunksPerRound at a time,
+  // so a damaged size commits no memory (the pages are touched only as
+  // chunks arrive) and a damaged count builds no pipeline of millions.
   const size_t size = info.state_bytes;
   std::unique_ptr<char[]> buffer(
       new (std::nothrow) char[std::max<size_t>(size, 1)]);
@@ -130,27 +128,50 @@ absl::StatusOr<LoadedVersion> RedisStateStore::LoadVersion(
         absl::StrCat("state is corrupt: version ", info.version,
                      " records an impossible size of ", size, " bytes"));
   }
-  size_t filled = 0;
+  size_t filled = 0, round_start = 0;
   const BulkSink sink = [&](size_t command, size_t n) {
-    if (command == 0) filled = 0;  // a retried attempt starts over
+    if (command == 0) filled = round_start;  // a retried round starts over
     if (n > size - filled) return static_cast<char*>(nullptr);
     char* at = buffer.get() + filled;
     filled += n;
     return at;
   };
-  std::vector<Reply> replies;
   for (int attempt = 0;; ++attempt) {
-    SS_ASSIGN_OR_RETURN(replies, client_->Run(HeadKey(key), gets, sink));
-    // A refusal (OOM does not touch reads, but NOPERM or a busy script
-    // does) is not a missing chunk.
-    for (const Reply& r : replies) {
-      if (r->type == REDIS_REPLY_ERROR) return BadReply(r.get());
+    filled = 0;
+    bool overran = false;
+    uint32_t missing = info.chunk_count;
+    for (uint32_t first = 0;
+         first < info.chunk_count && missing == info.chunk_count && !overran;
+         first += kLoadChunksPerRound) {
+      const uint32_t end =
+          std::min(info.chunk_count, first + kLoadChunksPerRound);
+      std::vector<std::string> keys;  // the commands view them
+      for (uint32_t i = first; i < end; ++i) {
+        keys.push_back(ChunkKey(key, info.version, nonce, i));
+      }
+      std::vector<Command> gets;
+      for (const std::string& k : keys) gets.push_back({"GET", k});
+      round_start = filled;
+      SS_ASSIGN_OR_RETURN(std::vector<Reply> replies,
+                          client_->Run(HeadKey(key), gets, sink));
+      // A refusal (OOM does not touch reads, but NOPERM or a busy script
+      // does) is not a missing chunk.
+      for (const Reply& r : replies) {
+        if (r->type == REDIS_REPLY_ERROR) return BadReply(r.get());
+      }
+      for (size_t i = 0; i < replies.size(); ++i) {
+        if (replies[i]->type != REDIS_REPLY_STRING) {
+          missing = first + static_cast<uint32_t>(i);
+          break;
+        }
+        if (replies[i]->str != nullptr) overran = true;  // not in the buffer
+      }
     }
-    size_t missing = replies.size();
-    for (size_t i = 0; i < replies.size() && missing == replies.size(); ++i) {
-      if (replies[i]->type != REDIS_REPLY_STRING) missing = i;
+    if (overran) {
+      filled = size + 1;
+      break;
     }
-    if (missing == replies.size()) break;
+    if (missing == info.chunk_count) break;
     // Expired since the read (dropped beyond keep_versions)?
     auto again = Read(key, static_cast<int64_t>(info.version));
     if (!again.ok()) return again.status();
@@ -166,10 +187,6 @@ absl::StatusOr<LoadedVersion> RedisStateStore::LoadVersion(
         absl::StrCat("state is corrupt: chunk ", missing, " of version ",
                      info.version, " is missing"));
   }
-  for (const Reply& r : replies) {
-    if (r->str != nullptr) filled = size + 1;  // overran
-  }
-  replies.clear();
   const absl::string_view bytes(buffer.get(), size);
   if (filled != size || EncodedStateCrc(bytes) != info.state_crc32c) {
     return DataLossError(
@@ -187,6 +204,7 @@ absl::StatusOr<CommitResult> RedisStateStore::Commit(const CommitRequest& r) {
   SS_RETURN_IF_ERROR(ValidateKey(r.key));
   const EncodedStateParts encoded = EncodeStateParts(r.state);
   const std::vector<absl::string_view> chunks = ChunkViews(encoded);
+  SS_RETURN_IF_ERROR(CheckChunkCount(chunks.size(), encoded.size()));
   const std::string nonce = NewNonce();
   const uint64_t version = r.expected_version + 1;
   VersionInfo v =
@@ -282,6 +300,16 @@ absl::StatusOr<std::vector<VersionInfo>> RedisStateStore::ListVersions(
     out.push_back(ParseVersion(Pairs(r->element[i])));
   }
   return out;
+}
+
+absl::Status RedisStateStore::CheckChunkCount(size_t chunks,
+                                              size_t bytes) const {
+  if (chunks <= kMaxVersionChunks) return absl::OkStatus();
+  return InvalidArgumentError(
+      Reason::kMessageTooLarge,
+      absl::StrCat("a state of ", bytes, " bytes takes ", chunks, " chunks of ",
+                   options_.chunk_bytes, " bytes; the store writes at most ",
+                   kMaxVersionChunks));
 }
 
 std::vector<absl::string_view> RedisStateStore::ChunkViews(

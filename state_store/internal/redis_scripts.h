@@ -6,6 +6,14 @@
 // A reply is an array whose first element names the outcome ("OK", "DUP",
 // "NOTFOUND", "EXISTS", "VERSION", "NOTKEPT", "FENCED", "MODEL", "BUSY",
 // "CHUNKS"). Layout: docs/state-store.md.
+//
+// Counts the scripts read back from a session's hashes (its versions'
+// range, a version's chunk count) are checked before anything is written:
+// a damaged one fails the script with an error reply "SSCORRUPT ..."
+// (DATA_LOSS / STATE_CORRUPT to the caller) instead of driving a loop of
+// billions of steps that would hold the shard, every tenant on it, for
+// hours. The bounds are kMaxKeptVersions and kMaxVersionChunks
+// (internal/redis_store.h), which the store never exceeds.
 #ifndef STATESTREAM_STATE_STORE_INTERNAL_REDIS_SCRIPTS_H_
 #define STATESTREAM_STATE_STORE_INTERNAL_REDIS_SCRIPTS_H_
 
@@ -14,6 +22,20 @@ namespace statestream::store_internal {
 // Helpers prepended to every session script.
 inline constexpr char kLuaPrelude[] = R"lua(
 local P = ARGV[1]
+local MAX_KEPT, MAX_CHUNKS = 65536, 1048576
+local function whole(v, lo, hi, what)
+  local n = tonumber(v)
+  if n == nil or n ~= math.floor(n) or n < lo or n > hi then
+    error({err = 'SSCORRUPT ' .. P .. ' records ' .. what .. ' ' .. tostring(v)})
+  end
+  return n
+end
+-- The oldest kept version and the version of a head that exists.
+local function kept_range(oldest, version)
+  local v = whole(version, 1, 2^53, 'version')
+  local o = whole(oldest, math.max(1, v - MAX_KEPT + 1), v, 'oldest version')
+  return o, v
+end
 local function touch(k, ttl)
   if ttl < 0 then redis.call('PERSIST', k) else redis.call('PEXPIRE', k, ttl) end
 end
@@ -21,8 +43,9 @@ local function version_keys(n)
   local vk = P .. 'v' .. n
   local m = redis.call('HMGET', vk, 'nonce', 'chunk_count')
   if not m[1] then return {} end
+  local count = whole(m[2], 0, MAX_CHUNKS, 'chunk count of version ' .. n)
   local keys = {vk}
-  for i = 0, tonumber(m[2]) - 1 do keys[#keys + 1] = vk .. ':' .. m[1] .. ':c' .. i end
+  for i = 0, count - 1 do keys[#keys + 1] = vk .. ':' .. m[1] .. ':c' .. i end
   return keys
 end
 -- Reads every key of the session's kept versions, before a script that
@@ -36,8 +59,8 @@ end
 -- deleted mid-script is one the node no longer has).
 local function probe_session()
   local h = redis.call('HMGET', P .. 'head', 'oldest', 'version')
-  if not h[1] then return end
-  for n = tonumber(h[1]), tonumber(h[2]) do
+  local oldest, version = kept_range(h[1], h[2])
+  for n = oldest, version do
     for _, k in ipairs(version_keys(n)) do redis.call('EXISTS', k) end
   end
 end
@@ -47,7 +70,8 @@ local function touch_session()
   touch(P .. 'head', ttl)
   if ttl < 0 then redis.call('PERSIST', P .. 'fence')
   else redis.call('PEXPIRE', P .. 'fence', ttl + tonumber(ARGV[2])) end
-  for n = tonumber(h[1]), tonumber(h[2]) do
+  local oldest, version = kept_range(h[1], h[2])
+  for n = oldest, version do
     for _, k in ipairs(version_keys(n)) do touch(k, ttl) end
   end
 end
@@ -174,7 +198,7 @@ inline constexpr char kLuaRead[] = R"lua(
 local h = redis.call('HGETALL', P .. 'head')
 if #h == 0 then return {'NOTFOUND'} end
 local m = redis.call('HMGET', P .. 'head', 'version', 'oldest')
-local ver, oldest = tonumber(m[1]), tonumber(m[2])
+local oldest, ver = kept_range(m[2], m[1])
 local want = tonumber(ARGV[4])
 if want <= 0 then want = ver end
 if want < oldest or want > ver then
@@ -193,8 +217,9 @@ return {'OK', h, vm, redis.call('GET', P .. 'fence') or '0',
 inline constexpr char kLuaVersions[] = R"lua(
 local m = redis.call('HMGET', P .. 'head', 'version', 'oldest')
 if not m[1] then return {'NOTFOUND'} end
+local oldest, ver = kept_range(m[2], m[1])
 local out = {'OK'}
-for n = tonumber(m[2]), tonumber(m[1]) do
+for n = oldest, ver do
   local vm = redis.call('HGETALL', P .. 'v' .. n)
   if #vm > 0 then out[#out + 1] = vm end
 end
@@ -231,9 +256,13 @@ probe_session()
 if ARGV[4] ~= '' then
   redis.call('SET', P .. 'deleted', ARGV[4], 'PX', ARGV[5])
 end
-for n = tonumber(m[2]), tonumber(m[1]) do
+local oldest, ver = kept_range(m[2], m[1])
+for n = oldest, ver do
   local keys = version_keys(n)
-  if #keys > 0 then redis.call('DEL', unpack(keys)) end
+  -- In slices: unpack takes at most ~8000 values.
+  for i = 1, #keys, 1000 do
+    redis.call('DEL', unpack(keys, i, math.min(#keys, i + 999)))
+  end
 end
 redis.call('DEL', P .. 'head', P .. 'lease')
 redis.call('PEXPIRE', P .. 'fence', ARGV[2])

@@ -36,6 +36,15 @@ namespace statestream::store_internal {
 
 // The smallest RedisStateStoreOptions::chunk_bytes (NewRedisStateStore).
 constexpr uint64_t kMinChunkBytes = 1024;
+// The largest keep_versions, and the most chunks a version is written in
+// (a 1 TiB state at the default 1 MiB chunks). The scripts check what
+// they read back against the same bounds (MAX_KEPT and MAX_CHUNKS in
+// internal/redis_scripts.h): beyond them a hash is damaged.
+constexpr int kMaxKeptVersions = 65536;
+constexpr uint64_t kMaxVersionChunks = uint64_t{1} << 20;
+// The chunks LoadVersion asks for in one pipeline: memory is committed as
+// they arrive, never for a recorded size alone.
+constexpr uint32_t kLoadChunksPerRound = 64;
 
 // A hash's fields, as HGETALL (or a script) returns them in pairs.
 using Fields = std::map<std::string, std::string>;
@@ -199,6 +208,8 @@ class RedisStateStore final : public StateStore {
   // table travel as their own small chunks.
   std::vector<absl::string_view> ChunkViews(
       const EncodedStateParts& parts) const;
+  // MESSAGE_TOO_LARGE past kMaxVersionChunks chunks (of a `bytes` state).
+  absl::Status CheckChunkCount(size_t chunks, size_t bytes) const;
 
   absl::Status Unexpected(absl::string_view what);
 
@@ -206,7 +217,9 @@ class RedisStateStore final : public StateStore {
   // for now — out of memory under noeviction (OOM), a failing RDB save
   // (MISCONF), a replica (READONLY), a slow script (BUSY), too few
   // replicas (NOREPLICAS) — is the store being unavailable: retryable, and
-  // the caller's state is untouched. Anything else is a bug. (TRYAGAIN,
+  // the caller's state is untouched. A script's SSCORRUPT (a damaged
+  // count in the session's hashes) is DATA_LOSS / STATE_CORRUPT, nothing
+  // written. Anything else is a bug. (TRYAGAIN,
   // LOADING, CLUSTERDOWN and MASTERDOWN never get here: the client retries
   // them until its deadline.)
   absl::Status BadReply(const redisReply* r);

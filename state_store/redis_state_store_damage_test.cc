@@ -1,0 +1,171 @@
+// SPDX-License-Identifier: Apache-2.0
+// The Redis store on damaged hashes (a bad write by hand, a bug, another
+// program): every call on the session is DATA_LOSS / STATE_CORRUPT at
+// once, nothing is written, and the shard stays free for other sessions.
+#include <sys/resource.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "state_store/redis_state_store.h"
+#include "state_store/redis_state_store_test_util.h"
+#include "state_store/testing/redis_harness.h"
+#include "state_store/testing/state_store_contract.h"
+
+namespace statestream::testing {
+namespace {
+
+int64_t PeakRssKiB() {
+  struct rusage u {};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss;
+}
+
+// Every call that reads the session's versions, and what it must answer.
+struct SessionCall {
+  std::string name;
+  std::function<absl::Status()> run;
+};
+
+std::vector<SessionCall> CallsOn(StateStore* store, const SessionKey& key,
+                                 uint64_t fence) {
+  return {
+      {"LoadVersion(head)",
+       [=] { return store->LoadVersion(key, 0).status(); }},
+      {"ListVersions", [=] { return store->ListVersions(key).status(); }},
+      {"UpdateSession",
+       [=] {
+         SessionUpdate u;
+         u.ttl = absl::Hours(1);
+         return store->UpdateSession(key, u).status();
+       }},
+      {"Commit",
+       [=] {
+         CommitRequest r;
+         r.key = key;
+         r.expected_version = 1;
+         r.fence = fence;
+         r.state = TestSnapshot(2);
+         return store->Commit(r).status();
+       }},
+      {"AcquireLease",
+       [=] {
+         return store->AcquireLease(key, "worker-b", absl::Seconds(10), true)
+             .status();
+       }},
+      {"DeleteSession", [=] { return store->DeleteSession(key); }},
+  };
+}
+
+// Counts the scripts loop over (the versions' range, a version's chunks):
+// damaged, they are refused before any write, instead of a loop of
+// billions of steps that held the shard (and every tenant on it) for
+// hours, or a Lua error reported as INTERNAL.
+TEST(RedisStateStoreDamageTest, ADamagedCountIsCorruptOnEveryCall) {
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  const std::vector<std::pair<std::string, std::vector<std::string>>> damage = {
+      {"huge chunk count", {"v1", "chunk_count", "4294967295"}},
+      {"chunk count not a number", {"v1", "chunk_count", "x"}},
+      {"fractional chunk count", {"v1", "chunk_count", "2.5"}},
+      {"huge head version", {"head", "version", "9000000000000"}},
+      {"version not a number", {"head", "version", "one"}},
+      {"oldest after the version", {"head", "oldest", "7"}},
+      {"oldest below 1", {"head", "oldest", "-5"}},
+      {"no oldest", {"head", "oldest", ""}}};
+  int n = 0;
+  for (const auto& [what, field] : damage) {
+    const std::string id = absl::StrCat("c", n++);
+    const SessionKey key{"acme", id};
+    auto c = store->CreateSession(NewSession(id, Durability::kMemory));
+    ASSERT_TRUE(c.ok()) << c.status();
+    const std::string p = absl::StrCat("ss:{acme/", id, "}:");
+    ASSERT_TRUE(
+        server->Command({"HSET", p + field[0], field[1], field[2]}).ok());
+    auto fence_before = server->Command({"GET", p + "fence"});
+    ASSERT_TRUE(fence_before.ok());
+    for (const SessionCall& call :
+         CallsOn(store.get(), key, c->session.fence)) {
+      // A listing reads no chunk counts (it reports them).
+      if (call.name == "ListVersions" && field[0] == "v1") continue;
+      const absl::Status st = call.run();
+      EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss)
+          << what << ": " << call.name << ": " << st;
+      EXPECT_EQ(GetReason(st), Reason::kStateCorrupt)
+          << what << ": " << call.name << ": " << st;
+    }
+    // Nothing was written: no new fence, no version 2, the head still
+    // there (the delete refused too).
+    EXPECT_EQ(*server->Command({"GET", p + "fence"}), *fence_before) << what;
+    EXPECT_EQ(*server->Command({"EXISTS", p + "v2"}), "0") << what;
+    EXPECT_EQ(*server->Command({"EXISTS", p + "head"}), "1") << what;
+  }
+  // The shard is free: another session works as before.
+  auto other = store->CreateSession(NewSession("fine", Durability::kMemory));
+  ASSERT_TRUE(other.ok()) << other.status();
+  auto loaded = store->LoadVersion({"acme", "fine"}, 0);
+  EXPECT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(store->DeleteSession({"acme", "fine"}).ok());
+}
+
+// A recorded size and count a load cannot trust: the chunks are asked for
+// a round at a time and memory is committed only as they arrive, so a
+// damaged hash claiming a gigabyte in a million chunks (four exist) costs
+// neither a million-command pipeline nor the gigabyte.
+TEST(RedisStateStoreDamageTest, ALoadOfADamagedSizeCommitsNoMemoryForIt) {
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  const SessionKey key{"acme", "big"};
+  auto c = store->CreateSession(NewSession("big", Durability::kMemory));
+  ASSERT_TRUE(c.ok()) << c.status();
+  // Past the most chunks the store writes: refused as it stands.
+  ASSERT_TRUE(server
+                  ->Command({"HSET", "ss:{acme/big}:v1", "state_bytes",
+                             "8589934592", "chunk_count", "4194304"})
+                  .ok());
+  EXPECT_EQ(GetReason(store->LoadVersion(key, 1).status()),
+            Reason::kStateCorrupt);
+  // Within the bounds, chunk 4 on missing.
+  ASSERT_TRUE(server
+                  ->Command({"HSET", "ss:{acme/big}:v1", "state_bytes",
+                             "1073741824", "chunk_count", "1048576"})
+                  .ok());
+  const int64_t before = PeakRssKiB();
+  const absl::Status st = store->LoadVersion(key, 1).status();
+  EXPECT_EQ(GetReason(st), Reason::kStateCorrupt) << st;
+  EXPECT_NE(st.message().find("is missing"), std::string::npos) << st;
+  EXPECT_LT(PeakRssKiB() - before, 64 << 10) << "KiB of peak RSS";
+}
+
+// A state the store would cut into more chunks than it ever reads back is
+// refused at the write (MESSAGE_TOO_LARGE), nothing indexed or written.
+TEST(RedisStateStoreDamageTest, AStateOfTooManyChunksIsRefused) {
+  auto started = RedisServer::Start({});
+  ASSERT_TRUE(started.ok()) << started.status();
+  RedisStateStoreOptions o;
+  o.addresses = {(*started)->address()};
+  o.chunk_bytes = 1024;
+  auto made = NewRedisStateStore(o);
+  ASSERT_TRUE(made.ok()) << made.status();
+  CreateSessionRequest r = NewSession("huge", Durability::kMemory);
+  r.initial_state = TestSnapshot(1, (1024 << 20) / 4 + 1);  // > 1 GiB
+  const absl::Status st = (*made)->CreateSession(r).status();
+  EXPECT_EQ(GetReason(st), Reason::kMessageTooLarge) << st;
+  EXPECT_EQ(*(*started)->Command({"DBSIZE"}), "0");
+  // And keep_versions is bounded like the counts the scripts accept.
+  o.keep_versions = 65537;
+  EXPECT_EQ(NewRedisStateStore(o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace statestream::testing
