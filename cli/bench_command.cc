@@ -253,12 +253,22 @@ absl::Status BenchEngine() {
     return UsageError(
         "--versus-batch must be in [0, 4096], and only with --mode decode");
   }
-  int tokens = mode == "decode" ? 1 : 512;
+  // --precision parses here (a flag of the engine options every loading
+  // command shares) but bench takes the weights' precision from --dtype.
+  if (FlagGiven("precision")) {
+    return UsageError(
+        "bench engine takes no --precision: give the weights' precision "
+        "with --dtype fp32|bf16|int8");
+  }
+  // --tokens: the length of a prefill call; in decode, the tokens each
+  // session decodes (the timed steps, instead of --seconds' minimum).
+  int tokens = mode == "decode" ? 0 : 512;
   if (const std::string t = TokensFlagValue(); !t.empty()) {
     if (!absl::SimpleAtoi(t, &tokens) || tokens < 1 || tokens > (1 << 20)) {
       return UsageError("--tokens must be a count in [1, 2^20]");
     }
   }
+  const int decode_steps = mode == "decode" ? tokens : 0;
   absl::StatusOr<engine::ModelOptions> engine_options =
       EngineOptionsFromFlags();
   if (!engine_options.ok()) return AsUsageError(engine_options.status());
@@ -297,6 +307,7 @@ absl::Status BenchEngine() {
   // Work: `sessions` states; each step feeds `per_step` tokens per session.
   const int sessions = mode == "decode" ? batch : 1;
   const int per_step = mode == "decode" ? 1 : tokens;
+  const bool seconds_given = FlagGiven("seconds");
   Work main_work(info, sessions, per_step);
   std::optional<Work> versus_work;
   if (versus > 0) versus_work.emplace(info, versus, 1);
@@ -307,7 +318,12 @@ absl::Status BenchEngine() {
   std::vector<double> step_s, versus_s;
   const double min_seconds = absl::GetFlag(FLAGS_seconds);
   const auto start = Clock::now();
-  while (step_s.size() < 3 || Seconds(start, Clock::now()) < min_seconds) {
+  // With a decode --tokens count (and no --seconds), exactly that many
+  // steps; else at least 3 and --seconds.
+  const size_t min_steps = decode_steps > 0 ? decode_steps : 3;
+  const bool by_time = decode_steps == 0 || seconds_given;
+  while (step_s.size() < min_steps ||
+         (by_time && Seconds(start, Clock::now()) < min_seconds)) {
     auto t0 = Clock::now();
     SS_RETURN_IF_ERROR(model->Forward(main_work.work));
     step_s.push_back(Seconds(t0, Clock::now()));
@@ -394,7 +410,10 @@ int RunBench(const std::vector<std::string>& args) {
     std::cerr << "statestream bench: expected 'engine'\n";
     return kExitUsage;
   }
-  return ReportStatus(BenchEngine());
+  // Output that did not reach stdout (a full disk) fails too.
+  absl::Status s = BenchEngine();
+  if (s.ok()) s = FlushStdout();
+  return ReportStatus(s);
 }
 
 }  // namespace
@@ -420,7 +439,9 @@ const Command& BenchCommand() {
       "(decode), steps of N other sessions alternate with them and the line\n"
       "adds versus_batch, versus_tokens_per_s and versus_ratio\n"
       "(tokens_per_s over versus_tokens_per_s): a batching ratio both of\n"
-      "whose sides saw the same moments of a shared machine.",
+      "whose sides saw the same moments of a shared machine. The weights'\n"
+      "precision is --dtype (--precision is refused). With --mode decode,\n"
+      "--tokens N times N steps (N tokens per session) instead of --seconds.",
       {__FILE__, kModelFlagFile, kEngineFlagsFile, kDtypeFlagFile,
        kTokenFlagsFile},
       &RunBench};

@@ -31,6 +31,17 @@ absl::Status Chat(const std::vector<std::string>& args) {
   if (!args.empty()) {
     return UsageError("chat takes no arguments");
   }
+  // generate's flags that chat shares the file of but not the meaning: the
+  // prompt is each stdin line, and every turn commits.
+  if (FlagGiven("prompt")) {
+    return UsageError(
+        "chat takes no --prompt: it reads one message per line from stdin");
+  }
+  if (FlagGiven("commit")) {
+    return UsageError("chat takes no --commit: every turn is committed");
+  }
+  SS_ASSIGN_OR_RETURN(const v1::GenerateRequest sampling,
+                      GenerateRequestFromFlags());
   SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
   std::string session_id;
   if (auto flag = SessionFlagValue(); flag.ok()) {
@@ -50,7 +61,7 @@ absl::Status Chat(const std::vector<std::string>& args) {
     if (tty) std::cout << "> " << std::flush;
     if (!std::getline(std::cin, line)) break;
     if (line.empty()) continue;
-    v1::GenerateRequest req = GenerateRequestFromFlags();
+    v1::GenerateRequest req = sampling;
     req.set_commit(true);
     req.set_prompt_text_utf8(
         absl::StrCat(absl::GetFlag(FLAGS_user_prefix), line,
@@ -71,13 +82,19 @@ absl::Status Chat(const std::vector<std::string>& args) {
     } else {
       std::cout << "\n";
     }
-    std::cout.flush();
+    // A reply that did not reach stdout (a full disk, say) ends the chat:
+    // no further turn is committed unseen.
+    SS_RETURN_IF_ERROR(FlushStdout());
   }
   return absl::OkStatus();
 }
 
+// Usage errors exit 2, other failures 1; so does output that did not
+// reach stdout (a full disk).
 int Run(const std::vector<std::string>& args) {
-  return ReportStatus(Chat(args));
+  absl::Status s = Chat(args);
+  if (s.ok()) s = FlushStdout();
+  return ReportStatus(s);
 }
 
 }  // namespace
@@ -91,7 +108,10 @@ const Command& ChatCommand() {
       "Each turn commits `User: LINE\\n\\nAssistant:` and the reply to the\n"
       "session, so a later `chat --session ID` continues the conversation\n"
       "without re-sending it. Without --session a new session is created\n"
-      "(its id is printed on stderr).",
+      "(its id is printed on stderr). With --json each reply is its\n"
+      "GenerateChunk lines, then its GenerateDone (as generate --json: a\n"
+      "chunk's text_utf8 is base64). generate's --prompt and --commit are\n"
+      "refused: the prompt is each line, and every turn commits.",
       {__FILE__, kClientFlagsFile, kTlsFlagsFile, kGenerateFlagsFile},
       &Run};
   return kCommand;

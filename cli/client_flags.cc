@@ -24,7 +24,10 @@ ABSL_FLAG(std::string, api_key, "",
           "API key, sent as `authorization: Bearer KEY`.");
 ABSL_FLAG(std::string, tenant, "",
           "Tenant for development-mode servers (x-statestream-tenant).");
-ABSL_FLAG(bool, json, false, "Print JSON (one object per line) for scripts.");
+ABSL_FLAG(bool, json, false,
+          "Print JSON (one object per line) for scripts, in the proto3 JSON "
+          "mapping: bytes fields (generate's and chat's text_utf8) are "
+          "base64, 64-bit integers are strings.");
 ABSL_FLAG(bool, tls, false, "Connect with TLS (default: plaintext).");
 ABSL_FLAG(std::string, tls_ca, "",
           "TLS: PEM file of root certificates (default: the system's). "

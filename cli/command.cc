@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <set>
+#include <string>
 
 #include "absl/flags/commandlineflag.h"
 #include "absl/flags/reflection.h"
@@ -36,6 +38,12 @@ std::vector<absl::CommandLineFlag*> FlagsOf(const Command& command) {
   std::sort(flags.begin(), flags.end(),
             [](const auto* a, const auto* b) { return a->Name() < b->Name(); });
   return flags;
+}
+
+// The names of the flags ParseFlags set (FlagGiven).
+std::set<std::string>& GivenFlags() {
+  static auto* const given = new std::set<std::string>();
+  return *given;
 }
 
 // "--data-dir": how help text and errors spell a flag.
@@ -139,8 +147,13 @@ absl::StatusOr<ParsedArgs> ParseFlags(const Command& command,
       return absl::InvalidArgumentError(absl::StrCat(
           "bad value \"", value, "\" for flag ", shown, ": ", error));
     }
+    GivenFlags().insert(std::string(flag->Name()));
   }
   return parsed;
+}
+
+bool FlagGiven(absl::string_view name) {
+  return GivenFlags().count(std::string(name)) > 0;
 }
 
 std::string MainHelp() {

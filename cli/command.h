@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace statestream::cli {
 
@@ -61,6 +62,12 @@ struct ParsedArgs {
 // of another command, a missing value or a bad value.
 absl::StatusOr<ParsedArgs> ParseFlags(const Command& command,
                                       const std::vector<std::string>& args);
+
+// Whether ParseFlags set the flag `name` (as Abseil names it, e.g.
+// "max_tokens"; --noflag counts), whatever the value: for a flag a command
+// accepts through a shared file but must refuse (chat and --prompt), or
+// one it must tell apart from its default.
+bool FlagGiven(absl::string_view name);
 
 // `statestream --help` and `statestream <command> --help` texts.
 std::string MainHelp();

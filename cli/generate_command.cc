@@ -32,13 +32,24 @@ namespace statestream::cli {
 
 const char kGenerateFlagsFile[] = __FILE__;
 
-v1::GenerateRequest GenerateRequestFromFlags() {
+absl::StatusOr<v1::GenerateRequest> GenerateRequestFromFlags() {
+  // Both are uint32 on the wire: a negative value would wrap to ~4e9.
+  const int32_t max_tokens = absl::GetFlag(FLAGS_max_tokens);
+  if (max_tokens < 0) {
+    return UsageError(absl::StrCat("--max-tokens must not be negative (got ",
+                                   max_tokens, ")"));
+  }
+  const int32_t top_k = absl::GetFlag(FLAGS_top_k);
+  if (top_k < 0) {
+    return UsageError(absl::StrCat("--top-k must not be negative (got ", top_k,
+                                   "; 0 = no top-k)"));
+  }
   v1::GenerateRequest req;
-  req.set_max_tokens(static_cast<uint32_t>(absl::GetFlag(FLAGS_max_tokens)));
+  req.set_max_tokens(static_cast<uint32_t>(max_tokens));
   v1::SamplingParams* s = req.mutable_sampling();
   s->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
   s->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
-  s->set_top_k(static_cast<uint32_t>(absl::GetFlag(FLAGS_top_k)));
+  s->set_top_k(static_cast<uint32_t>(top_k));
   if (absl::GetFlag(FLAGS_sample_seed) >= 0) {
     s->set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_sample_seed)));
   }
@@ -75,7 +86,7 @@ absl::Status Generate(const std::vector<std::string>& args) {
     return UsageError("generate takes no arguments (see --prompt)");
   }
   SS_ASSIGN_OR_RETURN(std::string session_id, SessionFlagValue());
-  v1::GenerateRequest req = GenerateRequestFromFlags();
+  SS_ASSIGN_OR_RETURN(v1::GenerateRequest req, GenerateRequestFromFlags());
   // The client flags first: a usage error is reported at once, not after
   // stdin has been read to its end.
   SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
@@ -100,8 +111,12 @@ absl::Status Generate(const std::vector<std::string>& args) {
   return absl::OkStatus();
 }
 
+// Usage errors exit 2, other failures 1; so does output that did not
+// reach stdout (a full disk).
 int Run(const std::vector<std::string>& args) {
-  return ReportStatus(Generate(args));
+  absl::Status s = Generate(args);
+  if (s.ok()) s = FlushStdout();
+  return ReportStatus(s);
 }
 
 }  // namespace
@@ -113,9 +128,12 @@ const Command& GenerateCommand() {
       "--session ID [--prompt TEXT|-] [--max_tokens N] [--temperature T]\n"
       "    [--sample_seed S] [--stop a,b] [--commit] [--json]\n\n"
       "Prints the text as it arrives (stdout) and a summary (stderr); with\n"
-      "--json one GenerateChunk per line, then the GenerateDone. Resumes\n"
-      "transparently after a failure (same tokens). Without --commit the\n"
-      "session is not changed.",
+      "--json one GenerateChunk per line, then the GenerateDone, in the\n"
+      "proto3 JSON mapping: a chunk's text_utf8 is a bytes field, so it is\n"
+      "base64 (decode it to get the text; a chunk may end inside a UTF-8\n"
+      "character). Resumes transparently after a failure (same tokens).\n"
+      "Without --commit the session is not changed. --max_tokens and\n"
+      "--top_k must not be negative.",
       {__FILE__, kClientFlagsFile, kTlsFlagsFile},
       &Run};
   return kCommand;

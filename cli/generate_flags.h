@@ -12,8 +12,9 @@ namespace statestream::cli {
 // __FILE__ of cli/generate_command.cc.
 extern const char kGenerateFlagsFile[];
 
-// --max_tokens, --temperature, --top_p, --top_k, --sample_seed, --stop.
-v1::GenerateRequest GenerateRequestFromFlags();
+// --max_tokens, --temperature, --top_p, --top_k, --sample_seed, --stop. A
+// UsageError (cli/cli_util.h) for a negative --max_tokens or --top_k.
+absl::StatusOr<v1::GenerateRequest> GenerateRequestFromFlags();
 
 // Runs `request` on `session`, printing text as it arrives (or, with
 // `json`, one GenerateChunk JSON object per line). Returns the final done.

@@ -252,6 +252,18 @@ absl::Status Compare() {
 
 int RunModel(const std::vector<std::string>& args) {
   const std::string verb = args.empty() ? "" : args[0];
+  if (verb != "info" && verb != "eval" && verb != "random" &&
+      verb != "compare") {
+    std::cerr << "statestream model: expected a verb: info, eval, random or "
+                 "compare\n";
+    return kExitUsage;
+  }
+  if (args.size() > 1) {
+    // Every verb takes its inputs from flags (--model, --tokens, --out).
+    return ReportStatus(UsageError(absl::StrCat(
+        "model ", verb, " takes no arguments after the verb (got \"", args[1],
+        "\"); see statestream model --help")));
+  }
   absl::Status status;
   if (verb == "info") {
     status = Info();
@@ -259,12 +271,8 @@ int RunModel(const std::vector<std::string>& args) {
     status = Eval();
   } else if (verb == "random") {
     status = Random();
-  } else if (verb == "compare") {
-    status = Compare();
   } else {
-    std::cerr << "statestream model: expected a verb: info, eval, random or "
-                 "compare\n";
-    return kExitUsage;
+    status = Compare();
   }
   // Usage errors exit 2, other failures 1; so does output that did not
   // reach stdout (a full disk).

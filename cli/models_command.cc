@@ -40,7 +40,10 @@ int Run(const std::vector<std::string>& args) {
               << "\"\n";
     return kExitUsage;
   }
-  return ReportStatus(Models());
+  // Output that did not reach stdout (a full disk) fails too.
+  absl::Status s = Models();
+  if (s.ok()) s = FlushStdout();
+  return ReportStatus(s);
 }
 
 }  // namespace

@@ -50,8 +50,12 @@ absl::Status Score(const std::vector<std::string>& args) {
   return absl::OkStatus();
 }
 
+// Usage errors exit 2, other failures 1; so does output that did not
+// reach stdout (a full disk).
 int Run(const std::vector<std::string>& args) {
-  return ReportStatus(Score(args));
+  absl::Status s = Score(args);
+  if (s.ok()) s = FlushStdout();
+  return ReportStatus(s);
 }
 
 }  // namespace

@@ -79,9 +79,13 @@ absl::StatusOr<std::map<std::string, std::string>> Labels() {
   std::map<std::string, std::string> out;
   for (absl::string_view kv :
        absl::StrSplit(absl::GetFlag(FLAGS_labels), ',', absl::SkipEmpty())) {
-    std::pair<std::string, std::string> p = absl::StrSplit(kv, '=');
-    if (p.first.empty()) return UsageError("--labels: expected k=v,k2=v2");
-    out[p.first] = p.second;
+    // At the first '=': a value may hold '=' (k=a=b is k -> "a=b").
+    std::vector<std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+    if (p.size() != 2 || p[0].empty()) {
+      return UsageError(
+          absl::StrCat("--labels: expected k=v,k2=v2, got \"", kv, "\""));
+    }
+    out[p[0]] = p[1];
   }
   return out;
 }

@@ -54,12 +54,18 @@ absl::Status Detokenize(const std::vector<std::string>& args) {
   return absl::OkStatus();
 }
 
+// Usage errors exit 2, other failures 1; so does output that did not
+// reach stdout (a full disk).
 int RunTokenize(const std::vector<std::string>& args) {
-  return ReportStatus(Tokenize(args));
+  absl::Status s = Tokenize(args);
+  if (s.ok()) s = FlushStdout();
+  return ReportStatus(s);
 }
 
 int RunDetokenize(const std::vector<std::string>& args) {
-  return ReportStatus(Detokenize(args));
+  absl::Status s = Detokenize(args);
+  if (s.ok()) s = FlushStdout();
+  return ReportStatus(s);
 }
 
 }  // namespace

@@ -363,6 +363,67 @@ TEST_F(CliClientTest, ExportToAFullDiskFails) {
   EXPECT_GT(std::filesystem::file_size(blob), 0u);
 }
 
+// Every verb that prints, not only session and feed: generate, chat,
+// score and models (text and --json) exit 1 when their output does not
+// reach stdout, instead of 0 with the output lost.
+TEST_F(CliClientTest, EveryVerbFailsOnAFullDisk) {
+  if (!std::filesystem::exists("/dev/full")) {
+    GTEST_SKIP() << "no /dev/full here";
+  }
+  ASSERT_EQ(Cli({"session", "create", "cli-full-verbs"}).exit_code, 0);
+  const std::string text = TempFile("full-verbs.txt", "Once upon a time");
+  ASSERT_EQ(Cli({"feed", "--session=cli-full-verbs", text}).exit_code, 0);
+  const std::string target = " --target=" + *target_;
+  const std::vector<std::string> commands = {
+      "generate --session=cli-full-verbs --max_tokens=4 --temperature=0",
+      "generate --session=cli-full-verbs --max_tokens=4 --json",
+      "score --session=cli-full-verbs abc",
+      "score --session=cli-full-verbs --json abc",
+      "models",
+      "models --json",
+      // chat reads its turns from stdin; a single turn, then end of input.
+      "chat --session=cli-full-verbs --max_tokens=4",
+      "chat --session=cli-full-verbs --max_tokens=4 --json",
+  };
+  for (const std::string& command : commands) {
+    const std::string line = absl::StrCat("printf 'hi\\n' | ", Bin(), " ",
+                                          command, target, " > /dev/full");
+    e2e::RunResult r = Shell(line);
+    EXPECT_EQ(r.exit_code, 1) << command << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr("cannot write to stdout")) << command;
+    // The same command with somewhere to write succeeds.
+    r = Shell(absl::StrCat("printf 'hi\\n' | ", Bin(), " ", command, target,
+                           " > /dev/null"));
+    EXPECT_EQ(r.exit_code, 0) << command << ": " << r.err;
+  }
+}
+
+// --labels splits each entry at its first '=' only: the value keeps the
+// rest; an entry without '=' is bad usage, not a label with no value.
+TEST_F(CliClientTest, LabelValuesKeepTheirEqualsSigns) {
+  e2e::RunResult r =
+      Cli({"session", "create", "cli-labels", "--json", "--labels=k=v=w,n=1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(R"("k":"v=w")"));
+  EXPECT_THAT(r.out, HasSubstr(R"("n":"1")"));
+  r = Cli({"session", "list", "--labels=k=v=w"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("cli-labels\t"));
+  r = Cli({"session", "list", "--labels=k=v"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, Not(HasSubstr("cli-labels\t")));
+
+  r = Cli({"session", "create", "cli-labels-bad", "--labels=foo"});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("--labels: expected k=v"));
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(Cli({"session", "get", "cli-labels-bad"}).exit_code, 1);
+  r = Cli({"session", "update", "cli-labels", "--labels=a=1,foo"});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(Cli({"session", "get", "cli-labels", "--json"}).out,
+              HasSubstr(R"("k":"v=w")"));
+}
+
 // On a terminal, chat prompts with "> " and streams each reply; every
 // turn is committed to the session. script(1) gives it a pty; the piped
 // line is typed into it, then end of input ends the chat.

@@ -389,6 +389,133 @@ TEST(CliTest, ClientVerbsExitTwoOnBadUsage) {
   }
 }
 
+// Flags and arguments a verb would take and then ignore are usage errors
+// (exit 2), found before anything connects or loads: generate's --prompt
+// and --commit for chat (shared flag file; chat's prompt is each stdin
+// line and every turn commits), arguments after `model VERB`, --precision
+// for bench (its weights' precision is --dtype), a label without '='.
+TEST(CliTest, IgnoredFlagsAndArgumentsAreUsageErrors) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string error;
+  };
+  const std::vector<Case> cases = {
+      {{"chat", "--prompt=hi"}, "chat takes no --prompt"},
+      {{"chat", "--prompt="}, "chat takes no --prompt"},
+      {{"chat", "--session=s", "--commit"}, "chat takes no --commit"},
+      {{"chat", "--nocommit"}, "chat takes no --commit"},
+      {{"model", "info", "--model=/nonexistent.pth", "extra"},
+       "model info takes no arguments"},
+      {{"model", "eval", "--model=/nonexistent.pth", "--tokens=1", "x"},
+       "model eval takes no arguments"},
+      {{"model", "random", "--out=/nonexistent/m.pth", "--vocab=256", "x"},
+       "model random takes no arguments"},
+      {{"bench", "engine", "--model=/nonexistent.pth", "--precision=bf16"},
+       "bench engine takes no --precision"},
+      {{"bench", "engine", "--model=/nonexistent.pth", "--dtype=int8",
+        "--precision=as-stored"},
+       "with --dtype"},
+      {{"session", "create", "--labels=foo"},
+       "--labels: expected k=v,k2=v2, got \"foo\""},
+      {{"session", "create", "x", "--labels=a=1,foo"},
+       "--labels: expected k=v"},
+      {{"session", "list", "--labels=foo"}, "--labels: expected k=v"},
+  };
+  for (const Case& c : cases) {
+    std::string what;
+    for (const std::string& a : c.args) what += a + " ";
+    e2e::RunResult r = Statestream(c.args);
+    EXPECT_EQ(r.exit_code, 2) << what << r.err;
+    EXPECT_THAT(r.err, HasSubstr("error: ")) << what;
+    EXPECT_THAT(r.err, HasSubstr(c.error)) << what;
+    EXPECT_EQ(r.out, "") << what;
+  }
+}
+
+// --max_tokens and --top_k are uint32 on the wire: a negative value used
+// to wrap to ~4e9 and reach the server.
+TEST(CliTest, NegativeSamplingCountsAreUsageErrors) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string error;
+  };
+  const std::vector<Case> cases = {
+      {{"generate", "--session=s", "--max_tokens=-1"},
+       "--max-tokens must not be negative"},
+      {{"generate", "--session=s", "--max-tokens", "-2147483648"},
+       "--max-tokens must not be negative"},
+      {{"generate", "--session=s", "--top_k=-1"},
+       "--top-k must not be negative"},
+      {{"chat", "--session=s", "--max_tokens=-5"},
+       "--max-tokens must not be negative"},
+      {{"chat", "--top-k=-3"}, "--top-k must not be negative"},
+  };
+  for (const Case& c : cases) {
+    std::string what;
+    for (const std::string& a : c.args) what += a + " ";
+    e2e::RunResult r = Statestream(c.args);
+    EXPECT_EQ(r.exit_code, 2) << what << r.err;
+    EXPECT_THAT(r.err, HasSubstr(c.error)) << what;
+    EXPECT_EQ(r.out, "") << what;
+  }
+}
+
+// --json prints the proto3 JSON mapping, whose bytes fields (a chunk's
+// text_utf8) are base64: the help says so.
+TEST(CliTest, GenerateHelpSaysJsonTextIsBase64) {
+  for (const char* verb : {"generate", "chat"}) {
+    e2e::RunResult r = Statestream({verb, "--help"});
+    EXPECT_EQ(r.exit_code, 0) << verb;
+    EXPECT_THAT(r.out, HasSubstr("text_utf8")) << verb;
+    EXPECT_THAT(r.out, HasSubstr("base64")) << verb;
+  }
+}
+
+// A vocab path that is a directory says so (the tokenizer loaders read an
+// empty vocabulary from it and used to report a missing byte token).
+TEST(CliTest, VocabDirectoryIsNamedAsOne) {
+  const std::string dir = ::testing::TempDir();
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"tokenize", "--vocab=" + dir, "hi"},
+        std::vector<std::string>{"detokenize", "--vocab=" + dir,
+                                 "--tokens=1"}}) {
+    e2e::RunResult r = Statestream(args);
+    EXPECT_EQ(r.exit_code, 1) << args[0] << r.err;
+    EXPECT_THAT(r.err, HasSubstr("is a directory")) << args[0];
+    EXPECT_THAT(r.err, Not(HasSubstr("single-byte token"))) << args[0];
+    EXPECT_EQ(r.out, "") << args[0];
+  }
+  // serve and worker load --vocab for a model that is not byte-level.
+  const std::string model = ::testing::TempDir() + "/cli_test_vocab_" +
+                            std::to_string(getpid()) + ".safetensors";
+  e2e::RunResult made =
+      Statestream({"model", "random", "--layers=1", "--embd=64",
+                   "--head-size=32", "--vocab=512", "--out=" + model});
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  e2e::RunResult r =
+      Statestream({"serve", "--listen=127.0.0.1:0", "--model=" + model,
+                   "--vocab=" + dir, "--device=cpu"});
+  std::remove(model.c_str());
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("is a directory"));
+  EXPECT_THAT(r.err, Not(HasSubstr("single-byte token")));
+}
+
+// Output that does not reach stdout (/dev/full) fails the local verbs too
+// (the client verbs: cli_client_test.cc).
+TEST(CliTest, TokenizeToAFullDiskFails) {
+  if (access("/dev/full", W_OK) != 0) GTEST_SKIP() << "no /dev/full here";
+  for (const std::string& command :
+       {std::string(" tokenize --vocab=bytes hello"),
+        std::string(" detokenize --vocab=bytes --tokens=104,105,106")}) {
+    auto r = e2e::Run({"/bin/sh", "-c",
+                       std::string(STATESTREAM_BIN) + command + " >/dev/full"});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->exit_code, 1) << command << r->err;
+    EXPECT_THAT(r->err, HasSubstr("cannot write to stdout")) << command;
+  }
+}
+
 // The client's TLS flags are checked before anything connects (gRPC would
 // take an empty root PEM for the system's roots and drop a certificate
 // without its key): files that do not read, are empty or hold no PEM,

@@ -450,6 +450,16 @@ TEST(ModelCliTest, BenchEngineRunsEveryDtype) {
       Cli({"bench", "engine", "--model", model, "--batch", "0"}).exit_code, 2);
   EXPECT_EQ(Cli({"bench", "engine", "--mode", "decode"}).exit_code, 2);
   EXPECT_NE(Cli({"bench", "nothing"}).exit_code, 0);
+  // Decode with --tokens N (no --seconds): N timed steps, N tokens a
+  // session.
+  RunResult counted =
+      Cli({"bench", "engine", "--model", model, "--mode", "decode", "--batch",
+           "2", "--tokens", "7", "--threads", "1"});
+  ASSERT_EQ(counted.exit_code, 0) << counted.err;
+  auto counted_lines = JsonLines(counted.out);
+  ASSERT_EQ(counted_lines.size(), 1u) << counted.out;
+  EXPECT_EQ(counted_lines[0]["steps"], 7);
+  EXPECT_EQ(counted_lines[0]["batch"], 2);
 }
 
 TEST(ModelCliTest, TokenizeAndDetokenize) {

@@ -18,9 +18,11 @@
 
 #include <algorithm>
 #include <array>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <sstream>
+#include <system_error>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -717,6 +719,17 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadNeoxTokenizer(
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFile(
     const std::string& path) {
+  // An ifstream opens a directory without complaint and reads nothing:
+  // the error would name what that empty vocabulary lacks.
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    return NotFoundError(
+        Reason::kInvalidModelFile,
+        absl::StrCat(
+            path, " is a directory, not a vocab file (e.g. ",
+            (std::filesystem::path(path) / "rwkv_vocab_v20230424.txt").string(),
+            ")"));
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     return NotFoundError(Reason::kInvalidModelFile,
