@@ -46,9 +46,11 @@ class SqliteStateStore final : public StateStore {
     const std::string bytes = EncodeState(r.initial_state);
     absl::MutexLock lock(&mu_);
     const absl::Time now = clock_->Now();
+    // Housekeeping, committed on its own: a create refused below keeps it,
+    // and one that fails (the file busy) fails no create.
+    SweepExpired(now).IgnoreError();
     SS_RETURN_IF_ERROR(Begin(r.durability));
     Txn txn(this);
-    SS_RETURN_IF_ERROR(SweepExpired(now));
     SS_ASSIGN_OR_RETURN(bool exists, Live(r.key, now));
     if (exists) return si::SessionExists(r.key);
     if (r.max_tenant_sessions > 0) {
@@ -461,28 +463,37 @@ class SqliteStateStore final : public StateStore {
     return Exec("BEGIN");
   }
 
-  // Deletes sessions whose TTL ran out (and their versions), at most once
-  // a minute and 1,000 at a time (on a create, inside its transaction): an
-  // expired session nobody touches again would otherwise stay in the file
-  // forever. Fences stay (a re-created id must not reuse one).
+  // Deletes sessions whose TTL ran out (and their versions), on a create,
+  // in a transaction of its own, kSweepBatch at a time: an expired session
+  // nobody touches again would otherwise stay in the file forever. Once a
+  // minute, and on every create while a full batch shows more waiting, so
+  // the sweep keeps up with any rate of expiry below kSweepBatch a create.
+  // Fences stay (a re-created id must not reuse one).
+  static constexpr int kSweepBatch = 1000;
   absl::Status SweepExpired(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (now - last_sweep_ < absl::Minutes(1)) return absl::OkStatus();
-    last_sweep_ = now;
+    SS_RETURN_IF_ERROR(Begin(Durability::kMemory));
+    Txn txn(this);
     SS_RETURN_IF_ERROR(Exec(
         "CREATE TEMP TABLE IF NOT EXISTS expired (tenant TEXT, sid TEXT)"));
     SS_RETURN_IF_ERROR(Exec("DELETE FROM temp.expired"));
     SS_RETURN_IF_ERROR(
         Stmt(db_,
              "INSERT INTO temp.expired SELECT tenant, sid FROM sessions "
-             "WHERE expires_ms<=? LIMIT 1000")
+             "WHERE expires_ms<=? LIMIT ?")
             .Bind(Ms(now))
+            .Bind(int64_t{kSweepBatch})
             .Run());
+    const int swept = sqlite3_changes(db_);
     SS_RETURN_IF_ERROR(
         Exec("DELETE FROM versions WHERE (tenant, sid) IN "
              "(SELECT tenant, sid FROM temp.expired)"));
-    return Exec(
-        "DELETE FROM sessions WHERE (tenant, sid) IN "
-        "(SELECT tenant, sid FROM temp.expired)");
+    SS_RETURN_IF_ERROR(
+        Exec("DELETE FROM sessions WHERE (tenant, sid) IN "
+             "(SELECT tenant, sid FROM temp.expired)"));
+    SS_RETURN_IF_ERROR(txn.Commit());
+    if (swept < kSweepBatch) last_sweep_ = now;
+    return absl::OkStatus();
   }
 
   // Whether the session exists and is live; drops it if it expired.
@@ -604,8 +615,21 @@ class SqliteStateStore final : public StateStore {
                            .Bind(static_cast<int64_t>(v.cause))
                            .Bind(v.request_id)
                            .Run());
-    const int64_t oldest = std::max<int64_t>(
+    // Never below the oldest recorded: another process on the file may
+    // keep fewer versions, and what it dropped stays dropped.
+    int64_t oldest = std::max<int64_t>(
         1, static_cast<int64_t>(v.version) - options_.keep_versions + 1);
+    {
+      Stmt recorded(db_,
+                    "SELECT oldest FROM sessions WHERE tenant=? AND sid=?");
+      recorded.Bind(key.tenant).Bind(key.session_id);
+      if (recorded.Step()) {
+        oldest = std::max(
+            oldest, std::min(recorded.Int(0), static_cast<int64_t>(v.version)));
+      } else {
+        SS_RETURN_IF_ERROR(recorded.status());
+      }
+    }
     SS_RETURN_IF_ERROR(
         Stmt(db_, "DELETE FROM versions WHERE tenant=? AND sid=? AND version<?")
             .Bind(key.tenant)

@@ -140,6 +140,80 @@ TEST(SqliteStateStoreTest, ExpiredSessionsAreSweptFromTheFile) {
   EXPECT_EQ(head->fence, 2u);
 }
 
+// The sweep is its own transaction: a create refused (the id taken) still
+// sweeps. And while a full batch (1,000) shows more expired, every create
+// sweeps again instead of waiting a minute, so a backlog drains.
+TEST(SqliteStateStoreTest, TheSweepSurvivesARefusedCreateAndDrainsABacklog) {
+  SqliteEnv env;
+  auto store = env.NewStore(8);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto create = [&](const std::string& id, absl::Duration ttl) {
+    CreateSessionRequest r;
+    r.key = {"acme", id};
+    r.model_id = "tiny";
+    r.initial_state = TestSnapshot(1, 8);
+    r.ttl = ttl;
+    return (*store)->CreateSession(r).status();
+  };
+  ASSERT_TRUE(create("long", absl::Hours(1)).ok());
+  for (int i = 0; i < 2100; ++i) {
+    ASSERT_TRUE(create(absl::StrCat("short", i), absl::Seconds(1)).ok());
+  }
+  env.Advance(absl::Minutes(2));
+  EXPECT_EQ(GetReason(create("long", absl::Hours(1))), Reason::kSessionExists);
+  EXPECT_EQ(CountRows(env.path(), "sessions"), 1 + 2100 - 1000);
+  EXPECT_EQ(GetReason(create("long", absl::Hours(1))), Reason::kSessionExists);
+  EXPECT_EQ(CountRows(env.path(), "sessions"), 1 + 100);
+  ASSERT_TRUE(create("next", absl::Hours(1)).ok());
+  EXPECT_EQ(CountRows(env.path(), "sessions"), 2);
+  EXPECT_EQ(CountRows(env.path(), "versions"), 2);
+  // Caught up: the next sweep waits its minute again.
+  ASSERT_TRUE(create("brief", absl::Seconds(1)).ok());
+  env.Advance(absl::Seconds(2));
+  ASSERT_TRUE(create("after", absl::Hours(1)).ok());
+  EXPECT_EQ(CountRows(env.path(), "sessions"), 4);
+}
+
+// Two processes on one file keeping different numbers of versions: the
+// oldest version kept never moves back (a version one of them dropped is
+// not reported as kept), and every version from the oldest to the head
+// loads.
+TEST(SqliteStateStoreTest, TheOldestKeptNeverMovesBackBetweenProcesses) {
+  SqliteEnv env;
+  auto few = env.NewStore(2);
+  auto many = env.NewStore(8);
+  ASSERT_TRUE(few.ok()) << few.status();
+  ASSERT_TRUE(many.ok()) << many.status();
+  CreateSessionRequest r;
+  r.key = {"acme", "shared"};
+  r.model_id = "tiny";
+  r.initial_state = TestSnapshot(1);
+  auto c = (*many)->CreateSession(r);
+  ASSERT_TRUE(c.ok()) << c.status();
+  uint64_t oldest_seen = 1;
+  for (uint64_t v = 1; v < 12; ++v) {
+    StateStore* by = (v % 3 == 0 ? few : many)->get();
+    CommitRequest next;
+    next.key = r.key;
+    next.expected_version = v;
+    next.fence = c->session.fence;
+    next.state = TestSnapshot(v + 1);
+    auto done = by->Commit(next);
+    ASSERT_TRUE(done.ok()) << done.status();
+    for (StateStore* reader : {few->get(), many->get()}) {
+      auto head = reader->GetHead(r.key);
+      ASSERT_TRUE(head.ok()) << head.status();
+      EXPECT_GE(head->oldest_version, oldest_seen) << "after version " << v + 1;
+      oldest_seen = head->oldest_version;
+      for (uint64_t k = head->oldest_version; k <= v + 1; ++k) {
+        auto loaded = reader->LoadVersion(r.key, k);
+        EXPECT_TRUE(loaded.ok())
+            << "version " << k << " of " << v + 1 << ": " << loaded.status();
+      }
+    }
+  }
+}
+
 TEST(SqliteStateStoreTest, SessionsSurviveReopeningAndDurabilityIsHonest) {
   SqliteEnv env;
   CreateSessionRequest r;
