@@ -47,6 +47,7 @@ class MemoryStateStore final : public StateStore {
     const absl::Duration ttl =
         r.ttl == absl::ZeroDuration() ? options_.default_ttl : r.ttl;
     SS_RETURN_IF_ERROR(store_internal::ValidateTtl(ttl, "ttl"));
+    SS_RETURN_IF_ERROR(CheckEncodable(r.initial_state));
     auto bytes =
         std::make_shared<const std::string>(EncodeState(r.initial_state));
     absl::MutexLock lock(&mu_);
@@ -131,6 +132,7 @@ class MemoryStateStore final : public StateStore {
 
   absl::StatusOr<CommitResult> Commit(const CommitRequest& r) override {
     SS_RETURN_IF_ERROR(ValidateKey(r.key));
+    SS_RETURN_IF_ERROR(CheckEncodable(r.state));
     auto bytes = std::make_shared<const std::string>(EncodeState(r.state));
     absl::MutexLock lock(&mu_);
     const absl::Time now = clock_->Now();

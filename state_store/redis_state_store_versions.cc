@@ -25,6 +25,7 @@ absl::StatusOr<CommitResult> RedisStateStore::CreateSession(
   const absl::Duration ttl =
       r.ttl == absl::ZeroDuration() ? options_.default_ttl : r.ttl;
   SS_RETURN_IF_ERROR(ValidateTtl(ttl, "ttl"));
+  SS_RETURN_IF_ERROR(CheckEncodable(r.initial_state));
   const EncodedStateParts encoded = EncodeStateParts(r.initial_state);
   const std::vector<absl::string_view> chunks = ChunkViews(encoded);
   SS_RETURN_IF_ERROR(CheckChunkCount(chunks.size(), encoded.size()));
@@ -202,6 +203,7 @@ absl::StatusOr<LoadedVersion> RedisStateStore::LoadVersion(
 
 absl::StatusOr<CommitResult> RedisStateStore::Commit(const CommitRequest& r) {
   SS_RETURN_IF_ERROR(ValidateKey(r.key));
+  SS_RETURN_IF_ERROR(CheckEncodable(r.state));
   const EncodedStateParts encoded = EncodeStateParts(r.state);
   const std::vector<absl::string_view> chunks = ChunkViews(encoded);
   SS_RETURN_IF_ERROR(CheckChunkCount(chunks.size(), encoded.size()));

@@ -43,6 +43,7 @@ class SqliteStateStore final : public StateStore {
     const absl::Duration ttl =
         r.ttl == absl::ZeroDuration() ? options_.default_ttl : r.ttl;
     SS_RETURN_IF_ERROR(si::ValidateTtl(ttl, "ttl"));
+    SS_RETURN_IF_ERROR(CheckEncodable(r.initial_state));
     const std::string bytes = EncodeState(r.initial_state);
     absl::MutexLock lock(&mu_);
     const absl::Time now = clock_->Now();
@@ -129,6 +130,7 @@ class SqliteStateStore final : public StateStore {
 
   absl::StatusOr<CommitResult> Commit(const CommitRequest& r) override {
     SS_RETURN_IF_ERROR(si::ValidateKey(r.key));
+    SS_RETURN_IF_ERROR(CheckEncodable(r.state));
     const std::string bytes = EncodeState(r.state);
     absl::MutexLock lock(&mu_);
     const absl::Time now = clock_->Now();

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/crc32c.h"
@@ -72,7 +73,8 @@ namespace {
 
 constexpr char kMagicV2[8] = {'S', 'S', 'S', 'T', 'A', 'T', 'E', '2'};
 constexpr uint32_t kMaxChunkBytes = 1u << 26;
-constexpr uint64_t kMaxHeaderBytes = 8u << 20;
+// The header's five strings at their bound, and its fixed fields.
+constexpr uint64_t kMaxHeaderBytes = 5 * uint64_t{kMaxStateFieldBytes} + 4096;
 
 absl::StatusOr<StateSnapshot> DecodeV1(absl::string_view bytes) {
   const absl::string_view body = bytes.substr(0, bytes.size() - 4);
@@ -103,6 +105,32 @@ uint64_t ChunkCount(uint64_t payload, uint32_t chunk) {
 }
 
 }  // namespace
+
+absl::Status CheckEncodable(const StateSnapshot& s) {
+  for (const auto& [name, field] :
+       {std::pair<const char*, const std::string*>{"model_fingerprint",
+                                                   &s.model_fingerprint},
+        {"architecture", &s.architecture},
+        {"tokenizer_tail", &s.tokenizer_tail},
+        {"sampler_state", &s.sampler_state},
+        {"parent_session_id", &s.parent_session_id}}) {
+    if (field->size() > kMaxStateFieldBytes) {
+      return InvalidArgumentError(
+          Reason::kMessageTooLarge,
+          absl::StrCat("the state's ", name, " is ", field->size(),
+                       " bytes; a state holds at most ", kMaxStateFieldBytes,
+                       " bytes in one field"));
+    }
+  }
+  if (s.state.size() > kMaxStateFloats ||
+      s.last_hidden.size() > kMaxStateFloats) {
+    return InvalidArgumentError(
+        Reason::kMessageTooLarge,
+        absl::StrCat("the state holds ", s.state.size() + s.last_hidden.size(),
+                     " floats; at most ", kMaxStateFloats, " each part"));
+  }
+  return absl::OkStatus();
+}
 
 EncodedStateParts EncodeStateParts(const StateSnapshot& s) {
   // fp32 little-endian; this code targets little-endian hosts only.

@@ -50,12 +50,18 @@ struct StateSnapshot {
   std::vector<float> last_hidden;
 };
 
-// Upper bound on a string field's length when decoding (fingerprint, tail,
-// sampler, ...), and on the floats of the state (2^32 = 16 GiB). Far above
-// what the worker writes (a tokenizer tail stays near 64 KiB, the sampler
-// and generation records under 1 MiB), so what it encodes always decodes.
+// Upper bound on a string field's length (fingerprint, tail, sampler, ...),
+// and on the floats of the state (2^32 = 16 GiB). Far above what the
+// worker writes (a tokenizer tail stays near 64 KiB, the sampler and
+// generation records under 1 MiB). The stores refuse to write a snapshot
+// past them (CheckEncodable), so what they hold always decodes.
 inline constexpr uint32_t kMaxStateFieldBytes = 16 << 20;
 inline constexpr uint64_t kMaxStateFloats = uint64_t{1} << 32;
+
+// INVALID_ARGUMENT / MESSAGE_TOO_LARGE when a field of `s` is past those
+// bounds (DecodeState would refuse its encoding); every store checks it
+// before a create or commit writes anything.
+absl::Status CheckEncodable(const StateSnapshot& s);
 // The payload (state + last_hidden) carries one CRC-32C per this many bytes.
 inline constexpr uint32_t kStateChunkBytes = 1 << 20;
 

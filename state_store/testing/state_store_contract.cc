@@ -194,6 +194,38 @@ TEST_P(StateStoreContractTest, LargeStateRoundTrips) {
   ExpectSameSnapshot(loaded->state, r.initial_state);
 }
 
+// Side data at the codec's bound for one field loads back (its header
+// past what a load once accepted); one byte past it is refused at the
+// write, nothing created or committed, instead of a state that is written
+// and then never loads.
+TEST_P(StateStoreContractTest, ASnapshotIsWrittenOnlyIfItLoadsBack) {
+  CreateSessionRequest r = Create(kKey);
+  r.initial_state.sampler_state.assign(kMaxStateFieldBytes, 's');
+  r.initial_state.tokenizer_tail.assign(kMaxStateFieldBytes / 2, 't');
+  auto created = store_->CreateSession(r);
+  ASSERT_OK(created);
+  auto loaded = store_->LoadVersion(kKey, 0);
+  ASSERT_OK(loaded);
+  EXPECT_EQ(loaded->state.sampler_state.size(), kMaxStateFieldBytes);
+  const SessionKey other{"acme", "too-big"};
+  CreateSessionRequest big = Create(other);
+  big.initial_state.sampler_state.assign(kMaxStateFieldBytes + 1, 's');
+  EXPECT_EQ(GetReason(store_->CreateSession(big).status()),
+            Reason::kMessageTooLarge);
+  EXPECT_EQ(GetReason(store_->GetHead(other).status()),
+            Reason::kSessionNotFound);
+  CommitRequest c;
+  c.key = kKey;
+  c.expected_version = 1;
+  c.fence = created->session.fence;
+  c.state = TestSnapshot(2);
+  c.state.tokenizer_tail.assign(kMaxStateFieldBytes + 1, 't');
+  EXPECT_EQ(GetReason(store_->Commit(c).status()), Reason::kMessageTooLarge);
+  auto head = store_->GetHead(kKey);
+  ASSERT_OK(head);
+  EXPECT_EQ(head->head.version, 1u);
+}
+
 TEST_P(StateStoreContractTest, CommitIsCompareAndSet) {
   auto created = store_->CreateSession(Create(kKey));
   ASSERT_OK(created);
