@@ -27,6 +27,8 @@ from statestream.types import (  # noqa: E402
     ScoreResult,
     ScoredToken,
     SessionInfo,
+    TokenLogprob,
+    TopLogprob,
     VersionInfo,
 )
 from statestream.client import (  # noqa: E402
@@ -40,5 +42,5 @@ __all__ = [
     "AppendAck", "AppendWriter", "Client", "ExportedState", "GenerateChunk",
     "GenerateDone", "GenerateResult", "GenerateStream", "ScoreResult",
     "ScoredToken", "Session", "SessionInfo", "StatestreamError",
-    "VersionInfo",
+    "TokenLogprob", "TopLogprob", "VersionInfo",
 ]

@@ -13,27 +13,33 @@ guarantees as statestream.client:
 from __future__ import annotations
 
 import asyncio
-import random
+import datetime
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import grpc
 import grpc.aio
 
-from statestream.client import (_assemble_export, _crc32c, _setup,
-                                _stop_strings, _stop_tokens, _Stubs,
-                                new_request_id)
-from statestream.errors import StatestreamError, is_retryable, retry_after
+from statestream.client import (_ClientBase, _assemble_export,
+                                _closed_error, _create_request, _deadline,
+                                _generate_request, _import_header,
+                                _import_requests, _left,
+                                _not_found_after_unknown, _outcome_unknown,
+                                _rollback_request, _score_request, _setup,
+                                _Stubs, _update_request, new_request_id)
+from statestream.errors import StatestreamError
 from statestream.streams import (MAX_WINDOW, _AckTracker,
-                                 _GenerateProgress, _Retained, _units)
+                                 _GenerateProgress, _Retained, _units, _utf8)
 from statestream.types import (AppendAck, ExportedState, GenerateChunk,
                                GenerateDone, GenerateResult, ScoreResult,
                                SessionInfo, VersionInfo)
 from statestream.v1 import statestream_pb2 as pb
 
 
-class AsyncClient:
+class AsyncClient(_ClientBase):
     """Like statestream.Client, for one event loop (the same options,
-    HTTP/2 keepalive included)."""
+    HTTP/2 keepalive included, and the same methods, as coroutines: every
+    call takes `timeout=`, seconds for the whole operation, retries
+    included)."""
 
     def __init__(self, targets: Union[str, Sequence[str]], *,
                  api_key: Optional[str] = None, tenant: Optional[str] = None,
@@ -49,6 +55,9 @@ class AsyncClient:
                max_attempts, initial_backoff, max_backoff, options, grpc.aio)
 
     async def close(self) -> None:
+        """Closes the channels; later calls fail CANCELLED "client
+        closed" (a StatestreamError)."""
+        self._closed = True
         for s in self._stubs:
             await s.channel.close()
 
@@ -62,197 +71,251 @@ class AsyncClient:
         if self._stubs[self._current] is failed:
             self._current = (self._current + 1) % len(self._stubs)
 
-    async def _retry_or_raise(self, error: StatestreamError,
-                              attempt: int) -> None:
-        if not is_retryable(error) or attempt >= self.max_attempts:
-            raise error
-        backoff = min(self.initial_backoff * 2 ** (attempt - 1),
-                      self.max_backoff) * random.uniform(0.8, 1.2)
-        backoff = max(backoff, retry_after(error))
-        await asyncio.sleep(backoff)
+    async def _retry_or_raise(self, error: StatestreamError, attempt: int,
+                              deadline: Optional[float] = None) -> None:
+        await asyncio.sleep(self._backoff(error, attempt, deadline))
 
-    async def _unary(self, call):
+    def _invoke(self, fn, *args, **kwargs):
+        """fn(*args, **kwargs), which starts a call. After close():
+        CANCELLED "client closed" (gRPC raises UsageError for a closed
+        channel)."""
+        self._check_open()
+        try:
+            return fn(*args, **kwargs)
+        except grpc.aio.UsageError:
+            if self._closed:
+                raise _closed_error() from None
+            raise
+
+    async def _unary(self, call, timeout: Optional[float] = None,
+                     deadline: Optional[float] = None):
+        """As Client._unary: call(stubs, metadata, timeout) returns an
+        awaitable."""
+        if deadline is None:
+            deadline = _deadline(timeout)
         for attempt in range(1, self.max_attempts + 1):
             stubs = self._stubs[self._current]
             try:
-                return await call(stubs, self._metadata, self.timeout)
+                return await self._invoke(call, stubs, self._metadata,
+                                          self._attempt_timeout(deadline))
+            except grpc.aio.UsageError:
+                if self._closed:
+                    raise _closed_error() from None
+                raise
             except grpc.RpcError as e:
                 self._rotate(stubs)
                 await self._retry_or_raise(
-                    StatestreamError.from_rpc_error(e), attempt)
+                    StatestreamError.from_rpc_error(e), attempt, deadline)
         raise AssertionError("unreachable")
 
     async def create_session(self, session_id: str = "", *,
                              model_id: str = "",
                              labels: Optional[Dict[str, str]] = None,
+                             ttl_seconds: Optional[int] = None,
                              fork_from: Optional[str] = None,
                              fork_version: int = 0,
-                             request_id: Optional[str] = None) -> SessionInfo:
-        req = pb.CreateSessionRequest(request_id=request_id or new_request_id(),
-                                      session_id=session_id, model_id=model_id,
-                                      labels=labels or {})
-        if fork_from:
-            req.fork_from.session_id = fork_from
-            req.fork_from.version = fork_version
+                             request_id: Optional[str] = None,
+                             durability: int = pb.DURABILITY_UNSPECIFIED,
+                             timeout: Optional[float] = None) -> SessionInfo:
+        req = _create_request(session_id, model_id, labels, ttl_seconds,
+                              fork_from, fork_version, request_id, durability)
         s = await self._unary(lambda st, md, t: st.sessions.CreateSession(
-            req, metadata=md, timeout=t))
+            req, metadata=md, timeout=t), timeout)
         return SessionInfo.from_proto(s)
 
     def session(self, session_id: str) -> "AsyncSession":
         return AsyncSession(self, session_id)
 
-    async def list_sessions(self, labels: Optional[Dict[str, str]] = None
+    async def list_sessions(self, labels: Optional[Dict[str, str]] = None,
+                            model_id: str = "", *,
+                            timeout: Optional[float] = None
                             ) -> List[SessionInfo]:
-        req = pb.ListSessionsRequest(label_selector=labels or {})
+        """Every page at once (Client.list_sessions iterates); `timeout`
+        bounds them together."""
+        req = pb.ListSessionsRequest(label_selector=labels or {},
+                                     model_id=model_id)
+        deadline = _deadline(timeout)
         out = []
         while True:
             page = await self._unary(lambda st, md, t: st.sessions.ListSessions(
-                req, metadata=md, timeout=t))
+                req, metadata=md, timeout=t), deadline=deadline)
             out += [SessionInfo.from_proto(s) for s in page.sessions]
             if not page.next_page_token:
                 return out
             req.page_token = page.next_page_token
 
-    async def _import(self, header, blob: bytes):
-        def requests():
-            yield pb.ImportStateRequest(header=header)
-            size = header.state.chunk_bytes or (1 << 20)
-            for i in range(0, max(1, (len(blob) + size - 1) // size)):
-                data = blob[i * size:(i + 1) * size]
-                yield pb.ImportStateRequest(chunk=pb.StateChunk(
-                    index=i, data=data, crc32c=_crc32c(data)))
+    async def _import(self, header, blob: bytes,
+                      timeout: Optional[float] = None):
         return await self._unary(lambda st, md, t: st.sessions.ImportState(
-            requests(), metadata=md, timeout=t))
+            _import_requests(header, blob), metadata=md, timeout=t), timeout)
 
     async def import_session(self, state: ExportedState,
-                             session_id: str = "") -> SessionInfo:
-        header = pb.ImportHeader(request_id=new_request_id(),
-                                 session_id=session_id,
-                                 mode=pb.IMPORT_MODE_CREATE)
-        header.state.CopyFrom(state.header)
-        return SessionInfo.from_proto(await self._import(header, state.blob))
+                             session_id: str = "", *,
+                             labels: Optional[Dict[str, str]] = None,
+                             ttl_seconds: Optional[int] = None,
+                             durability: int = pb.DURABILITY_UNSPECIFIED,
+                             timeout: Optional[float] = None) -> SessionInfo:
+        header = _import_header(session_id, pb.IMPORT_MODE_CREATE, state,
+                                labels=labels, ttl_seconds=ttl_seconds,
+                                durability=durability)
+        return SessionInfo.from_proto(await self._import(header, state.blob,
+                                                         timeout))
+
+    async def list_models(self, *, timeout: Optional[float] = None
+                          ) -> List[object]:
+        r = await self._unary(lambda st, md, t: st.models.ListModels(
+            pb.ListModelsRequest(), metadata=md, timeout=t), timeout)
+        return list(r.models)
 
 
 class AsyncSession:
+    """statestream.Session for asyncio: the same methods and arguments."""
+
     def __init__(self, client: AsyncClient, session_id: str):
         self.client = client
         self.id = session_id
 
-    async def get(self) -> SessionInfo:
+    def __repr__(self) -> str:
+        return f"AsyncSession({self.id!r})"
+
+    async def get(self, timeout: Optional[float] = None) -> SessionInfo:
         req = pb.GetSessionRequest(session_id=self.id)
         return SessionInfo.from_proto(await self.client._unary(
             lambda st, md, t: st.sessions.GetSession(req, metadata=md,
-                                                     timeout=t)))
+                                                     timeout=t), timeout))
 
     async def writer(self, *, window: int = 32,
                      max_chunk_bytes: int = 256 << 10,
                      durability: int = pb.DURABILITY_UNSPECIFIED,
+                     timeout: Optional[float] = None,
                      start_offset: Optional[int] = None
                      ) -> "AsyncAppendWriter":
         """As Session.writer: the first request goes at `start_offset`
         (None: the session's applied input_offset, read now); `window` is
-        clamped to 1..MAX_WINDOW (64)."""
-        offset = (await self.get()).input_offset if start_offset is None \
-            else start_offset
+        clamped to 1..MAX_WINDOW (64); `timeout` bounds the writer's whole
+        life from now, the GetSession included."""
+        deadline = _deadline(timeout)
+        offset = (await self.get(timeout=_left(deadline))).input_offset \
+            if start_offset is None else start_offset
         return AsyncAppendWriter(self.client, self.id, offset, window,
-                                 max_chunk_bytes, durability)
+                                 max_chunk_bytes, durability,
+                                 timeout=_left(deadline))
 
-    async def append(self, text: Union[str, bytes], *,
+    async def append(self, text: Union[str, bytes] = b"",
+                     tokens: Optional[Sequence[int]] = None,
+                     flush: bool = True, *,
                      start_offset: Optional[int] = None,
-                     durability: int = pb.DURABILITY_UNSPECIFIED
-                     ) -> AppendAck:
-        """Appends, flushes and commits; returns the final ack. As
-        Session.append, a retry with the same start_offset cannot apply
-        the text twice."""
+                     durability: int = pb.DURABILITY_UNSPECIFIED,
+                     timeout: Optional[float] = None) -> AppendAck:
+        """Appends (text, then tokens), flushes and commits; returns the
+        final ack. As Session.append, a retry with the same start_offset
+        cannot apply the input twice."""
+        data = b"" if text is None else _utf8(text, "text")
         async with await self.writer(start_offset=start_offset,
-                                     durability=durability) as w:
-            await w.write(text)
-            await w.flush()
+                                     durability=durability,
+                                     timeout=timeout) as w:
+            if data:
+                await w.write(data)
+            if tokens:
+                await w.write_tokens(tokens)
+            if flush:
+                await w.flush()
             return await w.close()
 
     def generate(self, prompt: Union[str, bytes, None] = None, *,
+                 prompt_tokens: Optional[Sequence[int]] = None,
                  max_tokens: int = 0, temperature: Optional[float] = None,
-                 top_p: Optional[float] = None, seed: Optional[int] = None,
+                 top_p: Optional[float] = None, top_k: int = 0,
+                 min_p: float = 0.0, presence_penalty: float = 0.0,
+                 frequency_penalty: float = 0.0,
+                 penalty_decay: Optional[float] = None,
+                 logit_bias: Optional[Dict[int, float]] = None,
+                 seed: Optional[int] = None,
                  stop: Union[str, Iterable[str]] = (),
                  stop_tokens: Union[int, Iterable[int]] = (),
                  commit: bool = False,
+                 durability: int = pb.DURABILITY_UNSPECIFIED,
                  logprobs: bool = False, top_logprobs: int = 0,
                  request_id: Optional[str] = None,
-                 expected_input_offset: Optional[int] = None
+                 expected_input_offset: Optional[int] = None,
+                 max_duration: Union[float, datetime.timedelta, None] = None,
+                 timeout: Optional[float] = None
                  ) -> "AsyncGenerateStream":
-        """As Session.generate: `stop` is one stop string or several,
-        `stop_tokens` one token id or several."""
-        req = pb.GenerateRequest(session_id=self.id,
-                                 request_id=request_id or new_request_id(),
-                                 max_tokens=max_tokens, commit=commit,
-                                 logprobs=logprobs, top_logprobs=top_logprobs,
-                                 stop_strings=_stop_strings(stop),
-                                 stop_tokens=_stop_tokens(stop_tokens))
-        if isinstance(prompt, str):
-            prompt = prompt.encode()
-        if prompt:
-            req.prompt_text_utf8 = prompt
-        if temperature is not None:
-            req.sampling.temperature = temperature
-        if top_p is not None:
-            req.sampling.top_p = top_p
-        if seed is not None:
-            req.sampling.seed = seed
-        if expected_input_offset is not None:
-            req.expected_input_offset = expected_input_offset
-        # As Session.generate: pinned at the first read only under an id of
-        # the SDK's own.
-        return AsyncGenerateStream(self, req, pin=request_id is None)
+        """As Session.generate. The pin of a committing generation (no
+        request_id, no expected_input_offset) is read as in the sync
+        client: its GetSession starts now (called inside a running event
+        loop), and the first read waits for it."""
+        req = _generate_request(
+            self.id, prompt, prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            top_k=top_k, min_p=min_p, presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty, penalty_decay=penalty_decay,
+            logit_bias=logit_bias, seed=seed, stop=stop,
+            stop_tokens=stop_tokens, commit=commit, durability=durability,
+            logprobs=logprobs, top_logprobs=top_logprobs,
+            request_id=request_id,
+            expected_input_offset=expected_input_offset,
+            max_duration=max_duration)
+        return AsyncGenerateStream(
+            self, req, pin=(commit and request_id is None and
+                            expected_input_offset is None),
+            timeout=timeout)
 
     async def generate_text(self, prompt=None, **kwargs) -> GenerateResult:
         stream = self.generate(prompt, **kwargs)
-        tokens, raw, lps = [], b"", []
+        tokens, raw, lps, tlps = [], b"", [], []
         async for c in stream:
             tokens += c.tokens
             raw += c.raw
             lps += c.logprobs
+            tlps += c.token_logprobs
         return GenerateResult(tokens, raw.decode("utf-8", "replace"),
-                              stream.done, lps)
+                              stream.done, lps, tlps)
 
     async def score(self, text: Union[str, bytes, None] = None, *,
-                    tokens: Optional[Sequence[int]] = None,
-                    version: int = 0) -> ScoreResult:
-        req = pb.ScoreRequest(session_id=self.id, version=version)
-        if tokens is not None:
-            req.tokens.ids.extend(tokens)
-        else:
-            req.text_utf8 = text.encode() if isinstance(text, str) else text
+                    tokens: Optional[Sequence[int]] = None, version: int = 0,
+                    top_logprobs: int = 0,
+                    expected_input_offset: Optional[int] = None,
+                    timeout: Optional[float] = None) -> ScoreResult:
+        req = _score_request(self.id, text, tokens, version, top_logprobs,
+                             expected_input_offset)
         return ScoreResult.from_proto(await self.client._unary(
-            lambda st, md, t: st.streams.Score(req, metadata=md, timeout=t)))
+            lambda st, md, t: st.streams.Score(req, metadata=md, timeout=t),
+            timeout))
 
-    async def fork(self, version: int = 0, new_id: str = "") -> "AsyncSession":
+    async def fork(self, version: int = 0, new_id: str = "", *,
+                   timeout: Optional[float] = None) -> "AsyncSession":
         info = await self.client.create_session(new_id, fork_from=self.id,
-                                                fork_version=version)
+                                                fork_version=version,
+                                                timeout=timeout)
         return AsyncSession(self.client, info.session_id)
 
-    async def versions(self) -> List[VersionInfo]:
+    async def versions(self, *, timeout: Optional[float] = None
+                       ) -> List[VersionInfo]:
         req = pb.ListVersionsRequest(session_id=self.id)
+        deadline = _deadline(timeout)
         out = []
         while True:
             page = await self.client._unary(
                 lambda st, md, t: st.sessions.ListVersions(
-                    req, metadata=md, timeout=t))
+                    req, metadata=md, timeout=t), deadline=deadline)
             out += [VersionInfo.from_proto(v) for v in page.versions]
             if not page.next_page_token:
                 return out
             req.page_token = page.next_page_token
 
     async def rollback(self, version: int,
-                       expected_version: Optional[int] = None) -> SessionInfo:
-        req = pb.RollbackSessionRequest(request_id=new_request_id(),
-                                        session_id=self.id, version=version)
-        if expected_version is not None:
-            req.expected_version = expected_version
+                       expected_version: Optional[int] = None, *,
+                       durability: int = pb.DURABILITY_UNSPECIFIED,
+                       timeout: Optional[float] = None) -> SessionInfo:
+        req = _rollback_request(self.id, version, expected_version,
+                                durability)
         return SessionInfo.from_proto(await self.client._unary(
             lambda st, md, t: st.sessions.RollbackSession(
-                req, metadata=md, timeout=t)))
+                req, metadata=md, timeout=t), timeout))
 
-    async def export(self, version: int = 0) -> ExportedState:
+    async def export(self, version: int = 0, *,
+                     timeout: Optional[float] = None) -> ExportedState:
         req = pb.ExportStateRequest(session_id=self.id, version=version)
 
         async def call(st, md, t):
@@ -261,37 +324,47 @@ class AsyncSession:
             # Off the event loop: checking a large blob's CRCs takes a while.
             return await asyncio.get_running_loop().run_in_executor(
                 None, _assemble_export, parts, self.id)
-        return await self.client._unary(call)
+        return await self.client._unary(call, timeout)
 
-    async def import_state(self, state: ExportedState) -> SessionInfo:
-        header = pb.ImportHeader(request_id=new_request_id(),
-                                 session_id=self.id,
-                                 mode=pb.IMPORT_MODE_NEW_VERSION)
-        header.state.CopyFrom(state.header)
-        return SessionInfo.from_proto(await self.client._import(header,
-                                                                state.blob))
+    async def import_state(self, state: ExportedState, *,
+                           expected_version: Optional[int] = None,
+                           durability: int = pb.DURABILITY_UNSPECIFIED,
+                           timeout: Optional[float] = None) -> SessionInfo:
+        header = _import_header(self.id, pb.IMPORT_MODE_NEW_VERSION, state,
+                                durability=durability,
+                                expected_version=expected_version)
+        return SessionInfo.from_proto(await self.client._import(
+            header, state.blob, timeout))
 
     async def update(self, *, labels: Optional[Dict[str, str]] = None,
-                 ttl_seconds: Optional[int] = None) -> SessionInfo:
+                     ttl_seconds: Optional[int] = None,
+                     timeout: Optional[float] = None) -> SessionInfo:
         """Replaces the labels and/or the TTL given (the others are kept)."""
-        req = pb.UpdateSessionRequest(request_id=new_request_id(),
-                                      session_id=self.id)
-        if labels is not None:
-            req.labels.update(labels)
-            req.update_mask.paths.append("labels")
-        if ttl_seconds is not None:
-            req.ttl.seconds = ttl_seconds
-            req.update_mask.paths.append("ttl")
+        req = _update_request(self.id, labels, ttl_seconds)
         return SessionInfo.from_proto(await self.client._unary(
             lambda st, md, t: st.sessions.UpdateSession(
-                req, metadata=md, timeout=t)))
+                req, metadata=md, timeout=t), timeout))
 
-    async def delete(self, allow_missing: bool = False) -> None:
+    async def delete(self, allow_missing: bool = False, *,
+                     timeout: Optional[float] = None) -> None:
+        """As Session.delete: SESSION_NOT_FOUND on a retry after an attempt
+        whose outcome is unknown is success (that attempt deleted it)."""
         req = pb.DeleteSessionRequest(request_id=new_request_id(),
                                       session_id=self.id,
                                       allow_missing=allow_missing)
-        await self.client._unary(lambda st, md, t: st.sessions.DeleteSession(
-            req, metadata=md, timeout=t))
+        unknown = False  # an earlier attempt may have deleted it
+
+        async def call(st, md, t):
+            nonlocal unknown
+            try:
+                await st.sessions.DeleteSession(req, metadata=md, timeout=t)
+            except grpc.RpcError as e:
+                err = StatestreamError.from_rpc_error(e)
+                if _not_found_after_unknown(err, unknown):
+                    return
+                unknown = unknown or _outcome_unknown(err)
+                raise
+        await self.client._unary(call, timeout)
 
 
 class AsyncAppendWriter(_AckTracker):
@@ -300,16 +373,19 @@ class AsyncAppendWriter(_AckTracker):
     reconnect included (the server stops reading a client that leaves 64
     acks unread: `window` is clamped to MAX_WINDOW, 64).
 
-    A failure that is not retried (or runs out of attempts) sticks: every
-    later call raises it and opens no call. After close(), calls raise
-    FAILED_PRECONDITION "writer closed". A call cancelled by the caller
+    A failure that is not retried (or runs out of attempts, or passes
+    `timeout`) sticks: every later call raises it and opens no call. After
+    close(), calls (sync() included) raise FAILED_PRECONDITION "writer
+    closed". A call cancelled by the caller
     (asyncio.CancelledError, e.g. from asyncio.wait_for) cancels the gRPC
     call; what write() had taken stays in the writer (its offset counted)
     and the next call resends it on a new call."""
 
     def __init__(self, client: AsyncClient, session_id: str, offset: int,
-                 window: int, max_chunk_bytes: int, durability: int):
+                 window: int, max_chunk_bytes: int, durability: int, *,
+                 timeout: Optional[float] = None):
         self._client = client
+        self._deadline = _deadline(timeout)
         self._session_id = session_id
         self._next_offset = offset
         self._window = max(1, min(window, MAX_WINDOW))
@@ -342,10 +418,19 @@ class AsyncAppendWriter(_AckTracker):
             self._drop_call()
 
     async def write(self, text: Union[str, bytes]) -> None:
-        data = text.encode() if isinstance(text, str) else bytes(text)
+        """As AppendWriter.write: str or bytes, else TypeError."""
+        data = _utf8(text)
         self._check()
         for i in range(0, len(data), self._chunk):
             self._queue(pb.AppendRequest(text_utf8=data[i:i + self._chunk]))
+        await self._pump(self._window)
+
+    async def write_tokens(self, tokens: Sequence[int]) -> None:
+        self._check()
+        for i in range(0, len(tokens), 262144):
+            req = pb.AppendRequest()
+            req.tokens.ids.extend(tokens[i:i + 262144])
+            self._queue(req)
         await self._pump(self._window)
 
     async def flush(self) -> None:
@@ -356,8 +441,7 @@ class AsyncAppendWriter(_AckTracker):
     async def sync(self) -> AppendAck:
         """Waits for the acks of everything written (applied, maybe not
         committed)."""
-        if self._error is not None:
-            raise self._error
+        self._check()
         await self._pump(0)
         return self.last_ack
 
@@ -486,37 +570,64 @@ class AsyncAppendWriter(_AckTracker):
                                 f"append stream ended early: {e}")
 
     async def _reconnect(self, cause: Optional[StatestreamError]) -> None:
-        if self._call is not None:
-            self._call.cancel()
-            self._client._rotate(self._stubs)
-            self._call = None
-            self._attempts += 1
-            try:
-                await self._client._retry_or_raise(cause, self._attempts)
-            except StatestreamError as e:
-                self._error = e
-                raise
-            self.reconnects += 1
-        self._stubs = self._client._stubs[self._client._current]
-        self._call = self._stubs.streams.Append(
-            metadata=self._client._metadata)
+        try:
+            if self._call is not None:
+                self._call.cancel()
+                self._client._rotate(self._stubs)
+                self._call = None
+                self._attempts += 1
+                await self._client._retry_or_raise(cause, self._attempts,
+                                                   self._deadline)
+                self.reconnects += 1
+            self._stubs = self._client._stubs[self._client._current]
+            self._call = self._client._invoke(
+                self._stubs.streams.Append, metadata=self._client._metadata,
+                timeout=self._client._attempt_timeout(self._deadline,
+                                                      unary=False))
+        except StatestreamError as e:
+            self._error = e
+            raise
         self._acked = 0
         self._sent = 0
 
 
+def _retrieve(task: "asyncio.Task") -> None:
+    """A done callback: marks the task's exception retrieved (a stream
+    never read does not log "exception was never retrieved")."""
+    if not task.cancelled():
+        task.exception()
+
+
 class AsyncGenerateStream:
     """Async iterator of GenerateChunk with resume (a resumed call that
-    diverges from what was delivered raises ABORTED); `.done` at the end."""
+    diverges from what was delivered raises ABORTED); `.done` at the end.
+    `timeout` bounds the whole generation from its creation, the pin's
+    GetSession and every resume included."""
 
-    def __init__(self, session: AsyncSession, request, pin: bool = True):
+    def __init__(self, session: AsyncSession, request, pin: bool = True,
+                 timeout: Optional[float] = None):
         self._session = session
         self._client = session.client
         self._request = request
+        self._deadline = _deadline(timeout)
         self._progress = _GenerateProgress(request)
         self._call = None
         self._stubs = None
-        self._pin = pin  # commit: pin the offset read at the first read
-        self._pinned = False
+        # A committing generation is pinned to the input_offset read now,
+        # as Session.generate does (the first read waits for it); outside a
+        # running loop, at the first read.
+        self._pin_task: Optional[asyncio.Task] = None
+        self._pin_later = False
+        if (pin and request.commit and
+                not request.HasField("expected_input_offset")):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._pin_later = True
+            else:
+                self._pin_task = loop.create_task(
+                    session.get(timeout=_left(self._deadline)))
+                self._pin_task.add_done_callback(_retrieve)
         self.done: Optional[GenerateDone] = None
         self.reconnects = 0
         self._finished = False
@@ -529,10 +640,18 @@ class AsyncGenerateStream:
             self._call.cancel()
             self._call = None
 
+    def cancel(self) -> None:
+        """Cancels the call (and the pin's read); the iteration ends
+        (StopAsyncIteration). Not retried."""
+        self._drop_call()
+        if self._pin_task is not None:
+            self._pin_task.cancel()
+            self._pin_task = None
+        self._finished = True
+
     async def aclose(self) -> None:
         """Cancels the call; the iteration ends."""
-        self._drop_call()
-        self._finished = True
+        self.cancel()
 
     async def __anext__(self) -> GenerateChunk:
         try:
@@ -544,20 +663,50 @@ class AsyncGenerateStream:
             self._drop_call()
             raise
 
+    async def _pin(self) -> None:
+        """Sets the request's expected_input_offset to the offset read for
+        the pin, once (shielded: a cancelled read leaves the pin's read
+        running for the next one)."""
+        if self._pin_task is not None:
+            try:
+                info = await asyncio.shield(self._pin_task)
+            except StatestreamError:
+                self._finished = True
+                self._pin_task = None
+                raise
+            self._pin_task = None
+        elif self._pin_later:
+            try:
+                info = await self._session.get(timeout=_left(self._deadline))
+            except StatestreamError:
+                self._finished = True
+                raise
+            self._pin_later = False
+        else:
+            return
+        self._request.expected_input_offset = info.input_offset
+
+    def _open(self) -> None:
+        self._stubs = self._client._stubs[self._client._current]
+        try:
+            self._call = self._client._invoke(
+                self._stubs.streams.Generate, self._request,
+                metadata=self._client._metadata,
+                timeout=self._client._attempt_timeout(self._deadline,
+                                                      unary=False))
+        except StatestreamError:  # the client was closed
+            self._finished = True
+            raise
+        self._progress.new_call()
+
     async def _next(self) -> GenerateChunk:
-        if (self._request.commit and not self._pinned and self._pin and
-                not self._request.HasField("expected_input_offset")):
+        if not self._finished:
             # A retry must not apply a committed generation twice.
-            info = await self._session.get()
-            self._request.expected_input_offset = info.input_offset
-        self._pinned = True
+            await self._pin()
         attempts = 0
         while not self._finished:
             if self._call is None:
-                self._stubs = self._client._stubs[self._client._current]
-                self._call = self._stubs.streams.Generate(
-                    self._request, metadata=self._client._metadata)
-                self._progress.new_call()
+                self._open()
             try:
                 msg = await self._call.read()
                 err = None
@@ -593,7 +742,8 @@ class AsyncGenerateStream:
             self._client._rotate(self._stubs)
             attempts += 1
             try:
-                await self._client._retry_or_raise(err, attempts)
+                await self._client._retry_or_raise(err, attempts,
+                                                   self._deadline)
             except StatestreamError:
                 self._finished = True
                 raise

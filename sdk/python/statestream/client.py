@@ -13,6 +13,7 @@ delivered.
 """
 from __future__ import annotations
 
+import datetime
 import random
 import threading
 import time
@@ -26,7 +27,7 @@ from statestream.types import (AppendAck, ExportedState, GenerateResult,
                                ScoreResult, SessionInfo, VersionInfo)
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as rpc
-from statestream.streams import AppendWriter, GenerateStream
+from statestream.streams import AppendWriter, GenerateStream, _utf8
 
 __all__ = ["AppendWriter", "Client", "GenerateStream", "Session",
            "new_request_id"]
@@ -108,9 +109,80 @@ def _setup(client, targets, api_key, tenant, tls, root_certificates,
             channel = grpc_module.insecure_channel(target, options=opts)
         client._stubs.append(_Stubs(channel))
     client._current = 0
+    client._closed = False
 
 
-class Client:
+def _deadline(timeout: Optional[float]) -> Optional[float]:
+    """The monotonic deadline `timeout` seconds from now (None: none)."""
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _left(deadline: Optional[float]) -> Optional[float]:
+    """Seconds left before `deadline` (None: no deadline), at least 0."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _closed_error() -> StatestreamError:
+    return StatestreamError(grpc.StatusCode.CANCELLED, "client closed")
+
+
+class _ClientBase:
+    """The retry policy and call plumbing Client and AsyncClient share."""
+
+    _closed = False
+
+    def _check_open(self) -> None:
+        """Raises CANCELLED "client closed" after close()."""
+        if self._closed:
+            raise _closed_error()
+
+    def _backoff(self, error: StatestreamError, attempt: int,
+                 deadline: Optional[float]) -> float:
+        """The backoff before attempt+1 after `error`, or raises `error`:
+        not retryable, out of attempts, or past `deadline` after the
+        backoff. After close(): CANCELLED "client closed", not retried (the
+        closed channel cancelled the call)."""
+        if not is_retryable(error):
+            raise error
+        if self._closed:
+            raise _closed_error()
+        if attempt >= self.max_attempts:
+            raise error
+        backoff = min(self.initial_backoff * 2 ** (attempt - 1),
+                      self.max_backoff) * random.uniform(0.8, 1.2)
+        backoff = max(backoff, retry_after(error))
+        if deadline is not None and time.monotonic() + backoff >= deadline:
+            raise error
+        return backoff
+
+    def _attempt_timeout(self, deadline: Optional[float],
+                         unary: bool = True) -> Optional[float]:
+        """One attempt's gRPC timeout: the client's `timeout` (unary calls
+        only), capped by what is left before `deadline`."""
+        t = self.timeout if unary else None
+        if deadline is not None:
+            left = _left(deadline)
+            t = left if t is None else min(t, left)
+        return t
+
+
+def _outcome_unknown(error: StatestreamError) -> bool:
+    """Whether a failed attempt may have been applied: a retried failure
+    other than an admission refusal (RESOURCE_EXHAUSTED: never started)."""
+    return (is_retryable(error) and
+            error.code != grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def _not_found_after_unknown(error: StatestreamError,
+                             unknown: bool) -> bool:
+    """A delete's SESSION_NOT_FOUND on a retry after an attempt whose
+    outcome is unknown: that attempt deleted it (a retry the server no
+    longer recognises, e.g. on another worker, finds it gone)."""
+    return (unknown and error.code == grpc.StatusCode.NOT_FOUND and
+            error.reason == "SESSION_NOT_FOUND")
+
+
+class Client(_ClientBase):
     """Connection to one or more statestream targets (gateways or `serve`).
 
     Thread-safe. Use as a context manager or call close(). `options` are
@@ -137,6 +209,10 @@ class Client:
     # -- plumbing ----------------------------------------------------------
 
     def close(self) -> None:
+        """Closes the channels. Calls in progress, and every later call,
+        fail CANCELLED "client closed" (a StatestreamError; not retried); a
+        writer keeps that error."""
+        self._closed = True
         for s in self._stubs:
             s.channel.close()
 
@@ -158,33 +234,33 @@ class Client:
     def _retry_or_raise(self, error: StatestreamError, attempt: int,
                         deadline: Optional[float], sleep=time.sleep) -> None:
         """Sleeps the backoff before attempt+1 (with `sleep`, which may
-        return early), or raises `error`."""
-        if not is_retryable(error) or attempt >= self.max_attempts:
-            raise error
-        backoff = min(self.initial_backoff * 2 ** (attempt - 1),
-                      self.max_backoff) * random.uniform(0.8, 1.2)
-        backoff = max(backoff, retry_after(error))
-        if deadline is not None and time.monotonic() + backoff >= deadline:
-            raise error
-        sleep(backoff)
+        return early), or raises `error` (see _ClientBase._backoff)."""
+        sleep(self._backoff(error, attempt, deadline))
 
-    def _attempt_timeout(self, deadline: Optional[float],
-                         unary: bool = True) -> Optional[float]:
-        t = self.timeout if unary else None
-        if deadline is not None:
-            left = max(0.0, deadline - time.monotonic())
-            t = left if t is None else min(t, left)
-        return t
+    def _invoke(self, fn, *args, **kwargs):
+        """fn(*args, **kwargs), which starts a call. After close():
+        CANCELLED "client closed" (gRPC raises ValueError for a closed
+        channel)."""
+        self._check_open()
+        try:
+            return fn(*args, **kwargs)
+        except ValueError:
+            if self._closed:
+                raise _closed_error() from None
+            raise
 
-    def _unary(self, call, timeout: Optional[float] = None):
+    def _unary(self, call, timeout: Optional[float] = None,
+               deadline: Optional[float] = None):
         """Runs call(stubs, metadata, timeout) with retries. `timeout`
-        bounds the whole operation (default: none besides each attempt's)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        bounds the whole operation, or `deadline` (monotonic) does (default:
+        none besides each attempt's)."""
+        if deadline is None:
+            deadline = _deadline(timeout)
         for attempt in range(1, self.max_attempts + 1):
             stubs = self._current_stubs()
             try:
-                return call(stubs, self._metadata,
-                            self._attempt_timeout(deadline))
+                return self._invoke(call, stubs, self._metadata,
+                                    self._attempt_timeout(deadline))
             except grpc.RpcError as e:
                 err = StatestreamError.from_rpc_error(e)
                 self._rotate(stubs)
@@ -198,15 +274,14 @@ class Client:
                        ttl_seconds: Optional[int] = None,
                        fork_from: Optional[str] = None, fork_version: int = 0,
                        request_id: Optional[str] = None,
+                       durability: int = pb.DURABILITY_UNSPECIFIED,
                        timeout: Optional[float] = None) -> SessionInfo:
-        req = pb.CreateSessionRequest(request_id=request_id or new_request_id(),
-                                      session_id=session_id, model_id=model_id,
-                                      labels=labels or {})
-        if ttl_seconds is not None:
-            req.ttl.seconds = ttl_seconds
-        if fork_from:
-            req.fork_from.session_id = fork_from
-            req.fork_from.version = fork_version
+        """Creates a session (or a fork of `fork_from`'s version
+        `fork_version`, 0: the head) and commits its version 1 at
+        `durability`. A retry with the same request_id gets the session
+        back."""
+        req = _create_request(session_id, model_id, labels, ttl_seconds,
+                              fork_from, fork_version, request_id, durability)
         s = self._unary(lambda st, md, t: st.sessions.CreateSession(
             req, metadata=md, timeout=t), timeout)
         return SessionInfo.from_proto(s)
@@ -216,41 +291,165 @@ class Client:
         return Session(self, session_id)
 
     def list_sessions(self, labels: Optional[Dict[str, str]] = None,
-                      model_id: str = "") -> Iterator[SessionInfo]:
+                      model_id: str = "", *,
+                      timeout: Optional[float] = None
+                      ) -> Iterator[SessionInfo]:
+        """The tenant's sessions carrying all of `labels` (bound to
+        `model_id` if given), fetched page by page as the iteration goes;
+        `timeout` bounds the whole listing from its first page."""
         req = pb.ListSessionsRequest(label_selector=labels or {},
                                      model_id=model_id)
+        deadline = _deadline(timeout)
         while True:
             page = self._unary(lambda st, md, t: st.sessions.ListSessions(
-                req, metadata=md, timeout=t))
+                req, metadata=md, timeout=t), deadline=deadline)
             for s in page.sessions:
                 yield SessionInfo.from_proto(s)
             if not page.next_page_token:
                 return
             req.page_token = page.next_page_token
 
-    def import_session(self, state: ExportedState,
-                       session_id: str = "") -> SessionInfo:
-        header = pb.ImportHeader(request_id=new_request_id(),
-                                 session_id=session_id,
-                                 mode=pb.IMPORT_MODE_CREATE)
-        header.state.CopyFrom(state.header)
-        return SessionInfo.from_proto(self._import(header, state.blob))
+    def import_session(self, state: ExportedState, session_id: str = "", *,
+                       labels: Optional[Dict[str, str]] = None,
+                       ttl_seconds: Optional[int] = None,
+                       durability: int = pb.DURABILITY_UNSPECIFIED,
+                       timeout: Optional[float] = None) -> SessionInfo:
+        """A new session holding `state` (version 1, at `durability`)."""
+        header = _import_header(session_id, pb.IMPORT_MODE_CREATE, state,
+                                labels=labels, ttl_seconds=ttl_seconds,
+                                durability=durability)
+        return SessionInfo.from_proto(self._import(header, state.blob,
+                                                   timeout))
 
-    def _import(self, header, blob: bytes):
-        def requests():
-            yield pb.ImportStateRequest(header=header)
-            size = header.state.chunk_bytes or (1 << 20)
-            for i in range(0, max(1, (len(blob) + size - 1) // size)):
-                data = blob[i * size:(i + 1) * size]
-                yield pb.ImportStateRequest(chunk=pb.StateChunk(
-                    index=i, data=data, crc32c=_crc32c(data)))
+    def _import(self, header, blob: bytes, timeout: Optional[float] = None):
         return self._unary(lambda st, md, t: st.sessions.ImportState(
-            requests(), metadata=md, timeout=t))
+            _import_requests(header, blob), metadata=md, timeout=t), timeout)
 
-    def list_models(self) -> List[object]:
+    def list_models(self, *, timeout: Optional[float] = None) -> List[object]:
+        """The served models (statestream.v1.Model messages)."""
         r = self._unary(lambda st, md, t: st.models.ListModels(
-            pb.ListModelsRequest(), metadata=md, timeout=t))
+            pb.ListModelsRequest(), metadata=md, timeout=t), timeout)
         return list(r.models)
+
+
+def _create_request(session_id, model_id, labels, ttl_seconds, fork_from,
+                    fork_version, request_id, durability):
+    req = pb.CreateSessionRequest(request_id=request_id or new_request_id(),
+                                  session_id=session_id, model_id=model_id,
+                                  labels=labels or {}, durability=durability)
+    if ttl_seconds is not None:
+        req.ttl.seconds = ttl_seconds
+    if fork_from:
+        req.fork_from.session_id = fork_from
+        req.fork_from.version = fork_version
+    return req
+
+
+def _import_header(session_id, mode, state, *, labels=None,
+                   ttl_seconds=None, durability=pb.DURABILITY_UNSPECIFIED,
+                   expected_version=None):
+    header = pb.ImportHeader(request_id=new_request_id(),
+                             session_id=session_id, mode=mode,
+                             labels=labels or {}, durability=durability)
+    header.state.CopyFrom(state.header)
+    if ttl_seconds is not None:
+        header.ttl.seconds = ttl_seconds
+    if expected_version is not None:
+        header.expected_version = expected_version
+    return header
+
+
+def _import_requests(header, blob: bytes):
+    """The ImportState requests: the header, then the blob in chunks."""
+    yield pb.ImportStateRequest(header=header)
+    size = header.state.chunk_bytes or (1 << 20)
+    for i in range(0, max(1, (len(blob) + size - 1) // size)):
+        data = blob[i * size:(i + 1) * size]
+        yield pb.ImportStateRequest(chunk=pb.StateChunk(
+            index=i, data=data, crc32c=_crc32c(data)))
+
+
+def _rollback_request(session_id, version, expected_version, durability):
+    req = pb.RollbackSessionRequest(request_id=new_request_id(),
+                                    session_id=session_id, version=version,
+                                    durability=durability)
+    if expected_version is not None:
+        req.expected_version = expected_version
+    return req
+
+
+def _update_request(session_id, labels, ttl_seconds):
+    req = pb.UpdateSessionRequest(request_id=new_request_id(),
+                                  session_id=session_id)
+    if labels is not None:
+        req.labels.update(labels)
+        req.update_mask.paths.append("labels")
+    if ttl_seconds is not None:
+        req.ttl.seconds = ttl_seconds
+        req.update_mask.paths.append("ttl")
+    return req
+
+
+def _generate_request(session_id, prompt, *, prompt_tokens, max_tokens,
+                      temperature, top_p, top_k, min_p, presence_penalty,
+                      frequency_penalty, penalty_decay, logit_bias, seed,
+                      stop, stop_tokens, commit, durability, logprobs,
+                      top_logprobs, request_id, expected_input_offset,
+                      max_duration):
+    """The GenerateRequest of Session.generate / AsyncSession.generate
+    (expected_input_offset as given: the caller pins it)."""
+    if prompt and prompt_tokens:
+        raise ValueError("give prompt or prompt_tokens, not both")
+    req = pb.GenerateRequest(session_id=session_id,
+                             request_id=request_id or new_request_id(),
+                             max_tokens=max_tokens, commit=commit,
+                             durability=durability, logprobs=logprobs,
+                             top_logprobs=top_logprobs,
+                             stop_strings=_stop_strings(stop),
+                             stop_tokens=_stop_tokens(stop_tokens))
+    if prompt:
+        req.prompt_text_utf8 = _utf8(prompt, "prompt")
+    elif prompt_tokens:
+        req.prompt_tokens.ids.extend(prompt_tokens)
+    sampling = req.sampling
+    if temperature is not None:
+        sampling.temperature = temperature
+    if top_p is not None:
+        sampling.top_p = top_p
+    sampling.top_k = top_k
+    sampling.min_p = min_p
+    sampling.presence_penalty = presence_penalty
+    sampling.frequency_penalty = frequency_penalty
+    if penalty_decay is not None:
+        sampling.penalty_decay = penalty_decay
+    if logit_bias:
+        sampling.logit_bias.update(logit_bias)
+    if seed is not None:
+        sampling.seed = seed
+    if max_duration is not None:
+        if isinstance(max_duration, datetime.timedelta):
+            req.max_duration.FromTimedelta(max_duration)
+        else:
+            req.max_duration.FromNanoseconds(round(max_duration * 1e9))
+    if expected_input_offset is not None:
+        req.expected_input_offset = expected_input_offset
+    return req
+
+
+def _score_request(session_id, text, tokens, version, top_logprobs,
+                   expected_input_offset):
+    if (text is None) == (tokens is None):
+        raise ValueError("score takes the continuation as text or as "
+                         "tokens: give exactly one")
+    req = pb.ScoreRequest(session_id=session_id, version=version,
+                          top_logprobs=top_logprobs)
+    if tokens is not None:
+        req.tokens.ids.extend(tokens)
+    else:
+        req.text_utf8 = _utf8(text, "text")
+    if expected_input_offset is not None:
+        req.expected_input_offset = expected_input_offset
+    return req
 
 
 def _assemble_export(parts, session_id: str) -> "ExportedState":
@@ -322,7 +521,9 @@ def _stop_tokens(stop_tokens) -> List[int]:
 
 
 class Session:
-    """A handle on one session. Cheap; holds no server resources."""
+    """A handle on one session. Cheap; holds no server resources. Every call
+    takes `timeout=`: seconds for the whole operation, retries included
+    (None: no bound besides each attempt's, the client's `timeout`)."""
 
     def __init__(self, client: Client, session_id: str):
         self.client = client
@@ -353,26 +554,29 @@ class Session:
         start_offset fails POSITION_MISMATCH). `window`: requests in
         flight before reading acks, 1 to MAX_WINDOW (64: the server stops
         reading a writer that leaves 64 acks unread); larger values are
-        clamped."""
-        offset = self.get().input_offset if start_offset is None \
-            else start_offset
+        clamped. `timeout` bounds the writer's whole life from now, the
+        GetSession included."""
+        deadline = _deadline(timeout)
+        offset = self.get(timeout=_left(deadline)).input_offset \
+            if start_offset is None else start_offset
         return AppendWriter(self.client, self.id, offset, window=window,
                             max_chunk_bytes=max_chunk_bytes,
-                            durability=durability, timeout=timeout)
+                            durability=durability, timeout=_left(deadline))
 
     def append(self, text: Union[str, bytes] = b"",
                tokens: Optional[Sequence[int]] = None,
                flush: bool = True, *, start_offset: Optional[int] = None,
                durability: int = pb.DURABILITY_UNSPECIFIED,
                timeout: Optional[float] = None) -> AppendAck:
-        """Appends and commits in one call; returns the final ack. To
-        retry an append that raised, pass the same input with the
-        start_offset it began at (`info.input_offset` read before the first
-        try): the retry cannot apply it twice."""
+        """Appends (text, then tokens) and commits in one call; returns the
+        final ack. To retry an append that raised, pass the same input with
+        the start_offset it began at (`info.input_offset` read before the
+        first try): the retry cannot apply it twice."""
+        data = b"" if text is None else _utf8(text, "text")
         with self.writer(start_offset=start_offset, durability=durability,
                          timeout=timeout) as w:
-            if text:
-                w.write(text)
+            if data:
+                w.write(data)
             if tokens:
                 w.write_tokens(tokens)
             if flush:
@@ -383,128 +587,173 @@ class Session:
                  prompt_tokens: Optional[Sequence[int]] = None,
                  max_tokens: int = 0, temperature: Optional[float] = None,
                  top_p: Optional[float] = None, top_k: int = 0,
+                 min_p: float = 0.0, presence_penalty: float = 0.0,
+                 frequency_penalty: float = 0.0,
+                 penalty_decay: Optional[float] = None,
+                 logit_bias: Optional[Dict[int, float]] = None,
                  seed: Optional[int] = None,
                  stop: Union[str, Iterable[str]] = (),
                  stop_tokens: Union[int, Iterable[int]] = (),
-                 commit: bool = False, logprobs: bool = False,
+                 commit: bool = False,
+                 durability: int = pb.DURABILITY_UNSPECIFIED,
+                 logprobs: bool = False,
                  top_logprobs: int = 0, request_id: Optional[str] = None,
                  expected_input_offset: Optional[int] = None,
+                 max_duration: Union[float, datetime.timedelta, None] = None,
                  timeout: Optional[float] = None) -> "GenerateStream":
-        """An iterator of GenerateChunk; `.done` once exhausted. `stop` is
-        one stop string (stop="\\n\\n") or several; `stop_tokens` one token
-        id or several. With commit=True and no request_id of the caller's,
-        the request pins expected_input_offset (read now unless given), so
-        its resumes can never apply the generation twice. A caller that
-        gives request_id retries by calling again with the same id (and the
-        same arguments): the server replays the committed generation, which
-        a pin read anew would not match (give expected_input_offset to pin
-        it yourself)."""
-        req = pb.GenerateRequest(session_id=self.id,
-                                 request_id=request_id or new_request_id(),
-                                 max_tokens=max_tokens, commit=commit,
-                                 logprobs=logprobs, top_logprobs=top_logprobs,
-                                 stop_strings=_stop_strings(stop),
-                                 stop_tokens=_stop_tokens(stop_tokens))
-        if isinstance(prompt, str):
-            prompt = prompt.encode()
-        if prompt:
-            req.prompt_text_utf8 = prompt
-        elif prompt_tokens:
-            req.prompt_tokens.ids.extend(prompt_tokens)
-        if temperature is not None:
-            req.sampling.temperature = temperature
-        if top_p is not None:
-            req.sampling.top_p = top_p
-        req.sampling.top_k = top_k
-        if seed is not None:
-            req.sampling.seed = seed
+        """An iterator of GenerateChunk; `.done` once exhausted.
+
+        The prompt is `prompt` (text) or `prompt_tokens`, not both
+        (ValueError). Sampling: `temperature`, `top_p`, `top_k`, `min_p`,
+        `presence_penalty`, `frequency_penalty`, `penalty_decay`,
+        `logit_bias` ({token: bias}; <= -1e9 bans it) and `seed`, as
+        SamplingParams. `stop` is one stop string (stop="\\n\\n") or
+        several; `stop_tokens` one token id or several. `max_duration`
+        (seconds or a timedelta) stops gracefully (FINISH_REASON_CANCELLED)
+        after that much generation time. `durability`: of the commit
+        (commit=True). With logprobs=True each chunk's `logprobs` /
+        `token_logprobs` are parallel to its tokens (None for a token
+        replayed without one), `top_logprobs` alternatives in the latter.
+
+        With commit=True and no request_id of the caller's, the request
+        pins expected_input_offset (read now unless given; `timeout`
+        covers that read), so its resumes can never apply the generation
+        twice. A caller that gives request_id retries by calling again with
+        the same id (and the same arguments): the server replays the
+        committed generation, which a pin read anew would not match (give
+        expected_input_offset to pin it yourself)."""
+        req = _generate_request(
+            self.id, prompt, prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            top_k=top_k, min_p=min_p, presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty, penalty_decay=penalty_decay,
+            logit_bias=logit_bias, seed=seed, stop=stop,
+            stop_tokens=stop_tokens, commit=commit, durability=durability,
+            logprobs=logprobs, top_logprobs=top_logprobs,
+            request_id=request_id,
+            expected_input_offset=expected_input_offset,
+            max_duration=max_duration)
+        deadline = _deadline(timeout)
         if commit and expected_input_offset is None and request_id is None:
-            expected_input_offset = self.get().input_offset
-        if expected_input_offset is not None:
-            req.expected_input_offset = expected_input_offset
-        return GenerateStream(self.client, req, timeout)
+            req.expected_input_offset = self.get(
+                timeout=_left(deadline)).input_offset
+        return GenerateStream(self.client, req, _left(deadline))
 
     def generate_text(self, prompt=None, **kwargs) -> GenerateResult:
-        stream = self.generate(prompt, **kwargs)
-        tokens, raw, lps = [], b"", []
-        for c in stream:
-            tokens += c.tokens
-            raw += c.raw
-            lps += c.logprobs
-        return GenerateResult(tokens, raw.decode("utf-8", "replace"),
-                              stream.done, lps)
+        """generate(), collected: the tokens, the text and `done` (and
+        the logprobs, parallel to the tokens, with logprobs=True)."""
+        return _collect(self.generate(prompt, **kwargs))
 
     def score(self, text: Union[str, bytes, None] = None, *,
               tokens: Optional[Sequence[int]] = None, version: int = 0,
+              top_logprobs: int = 0,
+              expected_input_offset: Optional[int] = None,
               timeout: Optional[float] = None) -> ScoreResult:
-        req = pb.ScoreRequest(session_id=self.id, version=version)
-        if tokens is not None:
-            req.tokens.ids.extend(tokens)
-        else:
-            req.text_utf8 = text.encode() if isinstance(text, str) else text
+        """Log-probabilities of a continuation, given as `text` or as
+        `tokens` (exactly one: else ValueError), from the applied state or
+        committed `version`. `top_logprobs` (0-20): also the most likely
+        tokens at each step (ScoredToken.top)."""
+        req = _score_request(self.id, text, tokens, version, top_logprobs,
+                             expected_input_offset)
         return ScoreResult.from_proto(self.client._unary(
             lambda st, md, t: st.streams.Score(req, metadata=md, timeout=t),
             timeout))
 
-    def fork(self, version: int = 0, new_id: str = "") -> "Session":
+    def fork(self, version: int = 0, new_id: str = "", *,
+             timeout: Optional[float] = None) -> "Session":
         info = self.client.create_session(new_id, fork_from=self.id,
-                                          fork_version=version)
+                                          fork_version=version,
+                                          timeout=timeout)
         return Session(self.client, info.session_id)
 
-    def versions(self) -> List[VersionInfo]:
+    def versions(self, *, timeout: Optional[float] = None
+                 ) -> List[VersionInfo]:
+        """Every kept version, newest first (all pages; `timeout` bounds
+        them together)."""
         req = pb.ListVersionsRequest(session_id=self.id)
+        deadline = _deadline(timeout)
         out = []
         while True:
-            page = self.client._unary(lambda st, md, t: st.sessions.ListVersions(
-                req, metadata=md, timeout=t))
+            page = self.client._unary(
+                lambda st, md, t: st.sessions.ListVersions(
+                    req, metadata=md, timeout=t), deadline=deadline)
             out += [VersionInfo.from_proto(v) for v in page.versions]
             if not page.next_page_token:
                 return out
             req.page_token = page.next_page_token
 
     def rollback(self, version: int,
-                 expected_version: Optional[int] = None) -> SessionInfo:
-        req = pb.RollbackSessionRequest(request_id=new_request_id(),
-                                        session_id=self.id, version=version)
-        if expected_version is not None:
-            req.expected_version = expected_version
+                 expected_version: Optional[int] = None, *,
+                 durability: int = pb.DURABILITY_UNSPECIFIED,
+                 timeout: Optional[float] = None) -> SessionInfo:
+        """Commits version `version`'s state as the new head (at
+        `durability`); with expected_version, only if that is the head."""
+        req = _rollback_request(self.id, version, expected_version,
+                                durability)
         return SessionInfo.from_proto(self.client._unary(
             lambda st, md, t: st.sessions.RollbackSession(
-                req, metadata=md, timeout=t)))
+                req, metadata=md, timeout=t), timeout))
 
-    def export(self, version: int = 0) -> ExportedState:
+    def export(self, version: int = 0, *,
+               timeout: Optional[float] = None) -> ExportedState:
         req = pb.ExportStateRequest(session_id=self.id, version=version)
 
         def call(st, md, t):
             return _assemble_export(
                 st.sessions.ExportState(req, metadata=md, timeout=t), self.id)
-        return self.client._unary(call)
+        return self.client._unary(call, timeout)
 
-    def import_state(self, state: ExportedState) -> SessionInfo:
-        header = pb.ImportHeader(request_id=new_request_id(),
-                                 session_id=self.id,
-                                 mode=pb.IMPORT_MODE_NEW_VERSION)
-        header.state.CopyFrom(state.header)
-        return SessionInfo.from_proto(self.client._import(header, state.blob))
+    def import_state(self, state: ExportedState, *,
+                     expected_version: Optional[int] = None,
+                     durability: int = pb.DURABILITY_UNSPECIFIED,
+                     timeout: Optional[float] = None) -> SessionInfo:
+        """Commits `state` as the session's next version (at `durability`;
+        with expected_version, only if that is the head)."""
+        header = _import_header(self.id, pb.IMPORT_MODE_NEW_VERSION, state,
+                                durability=durability,
+                                expected_version=expected_version)
+        return SessionInfo.from_proto(self.client._import(header, state.blob,
+                                                          timeout))
 
     def update(self, *, labels: Optional[Dict[str, str]] = None,
-                 ttl_seconds: Optional[int] = None) -> SessionInfo:
+               ttl_seconds: Optional[int] = None,
+               timeout: Optional[float] = None) -> SessionInfo:
         """Replaces the labels and/or the TTL given (the others are kept)."""
-        req = pb.UpdateSessionRequest(request_id=new_request_id(),
-                                      session_id=self.id)
-        if labels is not None:
-            req.labels.update(labels)
-            req.update_mask.paths.append("labels")
-        if ttl_seconds is not None:
-            req.ttl.seconds = ttl_seconds
-            req.update_mask.paths.append("ttl")
+        req = _update_request(self.id, labels, ttl_seconds)
         return SessionInfo.from_proto(self.client._unary(
             lambda st, md, t: st.sessions.UpdateSession(
-                req, metadata=md, timeout=t)))
+                req, metadata=md, timeout=t), timeout))
 
-    def delete(self, allow_missing: bool = False) -> None:
+    def delete(self, allow_missing: bool = False, *,
+               timeout: Optional[float] = None) -> None:
+        """Deletes the session and all its versions. SESSION_NOT_FOUND
+        raises, unless allow_missing; but on a retry after an attempt whose
+        outcome is unknown (UNAVAILABLE, a deadline, a broken connection)
+        it means that attempt deleted the session, and delete() returns."""
         req = pb.DeleteSessionRequest(request_id=new_request_id(),
                                       session_id=self.id,
                                       allow_missing=allow_missing)
-        self.client._unary(lambda st, md, t: st.sessions.DeleteSession(
-            req, metadata=md, timeout=t))
+        unknown = False  # an earlier attempt may have deleted it
+
+        def call(st, md, t):
+            nonlocal unknown
+            try:
+                st.sessions.DeleteSession(req, metadata=md, timeout=t)
+            except grpc.RpcError as e:
+                err = StatestreamError.from_rpc_error(e)
+                if _not_found_after_unknown(err, unknown):
+                    return
+                unknown = unknown or _outcome_unknown(err)
+                raise
+        self.client._unary(call, timeout)
+
+
+def _collect(stream) -> GenerateResult:
+    tokens, raw, lps, tlps = [], b"", [], []
+    for c in stream:
+        tokens += c.tokens
+        raw += c.raw
+        lps += c.logprobs
+        tlps += c.token_logprobs
+    return GenerateResult(tokens, raw.decode("utf-8", "replace"),
+                          stream.done, lps, tlps)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 import grpc
 
 from statestream.errors import StatestreamError
-from statestream.types import AppendAck, GenerateChunk, GenerateDone
+from statestream.types import (AppendAck, GenerateChunk, GenerateDone,
+                               TokenLogprob)
 from statestream.v1 import statestream_pb2 as pb
 
 if TYPE_CHECKING:
@@ -76,6 +77,17 @@ class _Retained:
     def __init__(self, request):
         self.request = request
         self.acked_version = 0  # `version` of its ack on the current call
+
+
+def _utf8(text, what: str = "text") -> bytes:
+    """`text` (str, or bytes-like: bytes, bytearray, memoryview) as bytes;
+    TypeError for anything else (bytes(3) would be three NUL bytes)."""
+    if isinstance(text, str):
+        return text.encode()
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        return bytes(text)
+    raise TypeError(f"{what} must be str or bytes, not "
+                    f"{type(text).__name__}")
 
 
 def _units(r) -> int:
@@ -193,7 +205,9 @@ class AppendWriter(_AckTracker):
             self._call = None
 
     def write(self, text: Union[str, bytes]) -> None:
-        data = text.encode() if isinstance(text, str) else bytes(text)
+        """Appends UTF-8 text (str, or bytes that may split a character
+        between two writes); TypeError for anything else."""
+        data = _utf8(text)
         for i in range(0, len(data), self._chunk):
             self._send(pb.AppendRequest(text_utf8=data[i:i + self._chunk]))
 
@@ -209,8 +223,7 @@ class AppendWriter(_AckTracker):
     def sync(self) -> AppendAck:
         """Waits for the acks of everything written (applied, maybe not
         committed)."""
-        if self._error is not None:
-            raise self._error
+        self._check()
         self._read_acks(0)
         return self.last_ack
 
@@ -221,8 +234,8 @@ class AppendWriter(_AckTracker):
         return self.last_ack
 
     def close(self) -> AppendAck:
-        """Commits everything written and ends the call. Later calls raise
-        FAILED_PRECONDITION "writer closed"."""
+        """Commits everything written and ends the call. Later calls (sync()
+        included) raise FAILED_PRECONDITION "writer closed"."""
         ack = self.checkpoint()
         self._closed = True
         if self._call is not None:
@@ -275,22 +288,26 @@ class AppendWriter(_AckTracker):
             self._on_ack(ack)
 
     def _reconnect(self, cause: Optional[StatestreamError]) -> None:
-        if self._call is not None:
-            self._call.cancel()
-            self._client._rotate(self._call.stubs)
-            self._call = None
-            self._attempts += 1
-            try:
+        """Opens a new call (after `cause` ended the current one, if any)
+        and resends what is retained. An error that ends the writer (see
+        Client._retry_or_raise; after Client.close(), CANCELLED "client
+        closed") sticks."""
+        try:
+            if self._call is not None:
+                self._call.cancel()
+                self._client._rotate(self._call.stubs)
+                self._call = None
+                self._attempts += 1
                 self._client._retry_or_raise(cause, self._attempts,
                                              self._deadline)
-            except StatestreamError as e:
-                self._error = e
-                raise
-            self.reconnects += 1
-        stubs = self._client._current_stubs()
-        self._call = _AppendCall(stubs, self._client._metadata,
-                                 self._client._attempt_timeout(
-                                     self._deadline, unary=False))
+                self.reconnects += 1
+            stubs = self._client._current_stubs()
+            self._call = self._client._invoke(
+                _AppendCall, stubs, self._client._metadata,
+                self._client._attempt_timeout(self._deadline, unary=False))
+        except StatestreamError as e:
+            self._error = e
+            raise
         self._acked = 0
         # gRPC's thread consumes the queue as the server reads, so this
         # cannot block against unread acks.
@@ -358,6 +375,17 @@ def _moved(err: StatestreamError, pinned_here: bool, request,
         f"({err.message})", err.reason, err.metadata)
 
 
+def _token_logprobs(chunk) -> list:
+    """One entry per token of `chunk`: its TokenLogprob, or None where the
+    server sent none (tokens replayed from a checkpoint or a finished
+    generation come without; a chunk whose logprobs do not match its
+    tokens is taken as having none, rather than shifted)."""
+    if len(chunk.logprobs) != len(chunk.tokens):
+        return [None] * len(chunk.tokens)
+    return [TokenLogprob.from_proto(lp) if lp.token == t else None
+            for t, lp in zip(chunk.tokens, chunk.logprobs)]
+
+
 class _GenerateProgress:
     """What one Generate delivered across its calls (GenerateStream and the
     async one share it): a resumed call replays the output from the same
@@ -405,9 +433,13 @@ class _GenerateProgress:
         raw = bytes(c.text_utf8[skip_bytes:])
         self.delivered_tokens = max(self.delivered_tokens, c.index + n)
         self.delivered_bytes = max(self.delivered_bytes, self.seen_bytes)
+        lps = []
+        if self.request.logprobs or c.logprobs:
+            lps = _token_logprobs(c)[skip:]
         return GenerateChunk(c.index + skip, list(c.tokens[skip:]),
                              raw.decode("utf-8", "replace"), raw,
-                             [lp.logprob for lp in c.logprobs[skip:]])
+                             [None if lp is None else lp.logprob
+                              for lp in lps], lps)
 
     def moved(self, err: StatestreamError) -> StatestreamError:
         """_moved for this generation: `err`, or the ABORTED that ends it."""
@@ -459,10 +491,15 @@ class GenerateStream:
         if self._cancelled.is_set():
             return False
         stubs = self._client._current_stubs()
-        responses = stubs.streams.Generate(
-            self._request, metadata=self._client._metadata,
-            timeout=self._client._attempt_timeout(self._deadline,
-                                                  unary=False))
+        try:
+            responses = self._client._invoke(
+                stubs.streams.Generate, self._request,
+                metadata=self._client._metadata,
+                timeout=self._client._attempt_timeout(self._deadline,
+                                                      unary=False))
+        except StatestreamError:  # the client was closed
+            self._finished = True
+            raise
         with self._lock:
             if not self._cancelled.is_set():
                 self._stubs, self._responses = stubs, responses

@@ -1,10 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Results as plain dataclasses (the proto messages stay available as
-`.proto` where useful)."""
+"""Results as plain dataclasses. Those made from one response message keep
+it as `.proto` (excluded from comparisons and repr), for fields added to the
+API after this SDK. Timestamps are timezone-aware UTC datetimes and
+durations timedeltas; both are None when the server left them unset."""
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 
 def _durability_name(value: int) -> str:
@@ -15,6 +18,25 @@ def _durability_name(value: int) -> str:
         return pb.Durability.Name(value)
     except ValueError:
         return str(value)
+
+
+def _time(message, name: str) -> Optional[datetime.datetime]:
+    """The Timestamp field `name` of `message` as a UTC datetime; None if
+    unset."""
+    if not message.HasField(name):
+        return None
+    return getattr(message, name).ToDatetime(tzinfo=datetime.timezone.utc)
+
+
+def _duration(message, name: str) -> Optional[datetime.timedelta]:
+    """The Duration field `name` of `message`; None if unset."""
+    if not message.HasField(name):
+        return None
+    return getattr(message, name).ToTimedelta()
+
+
+def _proto_field():
+    return field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -33,6 +55,20 @@ class SessionInfo:
     # The durability `version` reached, a Durability name
     # ("DURABILITY_MEMORY", "DURABILITY_FSYNC", "DURABILITY_REPLICATED").
     durability: str = "DURABILITY_UNSPECIFIED"
+    # The bound model's fingerprint (Model.fingerprint).
+    model_fingerprint: str = ""
+    # Encoded size of `version`'s state in bytes (what export() sends).
+    state_bytes: int = 0
+    # Idle time-to-live, and when the session expires unless written again
+    # (update_time + ttl).
+    ttl: Optional[datetime.timedelta] = None
+    expire_time: Optional[datetime.datetime] = None
+    # When version 1 was committed; when the head or the metadata last
+    # changed.
+    create_time: Optional[datetime.datetime] = None
+    update_time: Optional[datetime.datetime] = None
+    # The statestream.v1.Session it was made from.
+    proto: object = _proto_field()
 
     @classmethod
     def from_proto(cls, s) -> "SessionInfo":
@@ -40,7 +76,10 @@ class SessionInfo:
                    s.pending_bytes, s.version, s.committed_position,
                    s.committed_input_offset, dict(s.labels),
                    s.parent.session_id, s.parent.version,
-                   _durability_name(s.durability))
+                   _durability_name(s.durability), s.model_fingerprint,
+                   s.state_bytes, _duration(s, "ttl"),
+                   _time(s, "expire_time"), _time(s, "create_time"),
+                   _time(s, "update_time"), s)
 
 
 @dataclass(frozen=True)
@@ -55,13 +94,23 @@ class VersionInfo:
     request_id: str = ""
     # ROLLBACK: the version it copies; FORK: the source's version; else 0.
     source_version: int = 0
+    # The durability it reached when committed (a Durability name).
+    durability: str = "DURABILITY_UNSPECIFIED"
+    # When it was committed.
+    create_time: Optional[datetime.datetime] = None
+    # The statestream.v1.Version it was made from.
+    proto: object = _proto_field()
 
     @classmethod
     def from_proto(cls, v) -> "VersionInfo":
         from statestream.v1 import statestream_pb2 as pb
+        try:
+            cause = pb.VersionCause.Name(v.cause)
+        except ValueError:  # a newer server's cause
+            cause = str(v.cause)
         return cls(v.version, v.position, v.input_offset, v.pending_bytes,
-                   v.state_bytes, pb.VersionCause.Name(v.cause),
-                   v.request_id, v.source_version)
+                   v.state_bytes, cause, v.request_id, v.source_version,
+                   _durability_name(v.durability), _time(v, "create_time"), v)
 
 
 @dataclass(frozen=True)
@@ -75,12 +124,40 @@ class AppendAck:
     # The durability `version` reached (a Durability name, as SessionInfo).
     durability: str = "DURABILITY_UNSPECIFIED"
     tokens_consumed: int = 0
+    # The statestream.v1.AppendResponse it was made from.
+    proto: object = _proto_field()
 
     @classmethod
     def from_proto(cls, a) -> "AppendAck":
         return cls(a.duplicate, a.position, a.input_offset, a.pending_bytes,
                    a.version, a.committed_input_offset,
-                   _durability_name(a.durability), a.tokens_consumed)
+                   _durability_name(a.durability), a.tokens_consumed, a)
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    """One of the most likely tokens at a step."""
+    token: int
+    logprob: float
+
+
+def _top(message) -> Tuple[TopLogprob, ...]:
+    return tuple(TopLogprob(t.token, t.logprob) for t in message.top)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability (natural log, the model's raw
+    distribution) and, with top_logprobs, the most likely tokens at its
+    step, most likely first (the chosen token may or may not be among
+    them)."""
+    token: int
+    logprob: float
+    top: Tuple[TopLogprob, ...] = ()
+
+    @classmethod
+    def from_proto(cls, lp) -> "TokenLogprob":
+        return cls(lp.token, lp.logprob, _top(lp))
 
 
 @dataclass
@@ -89,7 +166,13 @@ class GenerateChunk:
     tokens: List[int]
     text: str  # UTF-8 complete; see raw for the exact bytes
     raw: bytes
-    logprobs: List[float] = field(default_factory=list)
+    # With logprobs=True: one entry per token, parallel to `tokens`
+    # (logprobs[i] is that of tokens[i]). None for a token the server sent
+    # without one: output a resumed call replays from a checkpoint or a
+    # finished generation carries no logprobs. Empty without logprobs=True.
+    logprobs: List[Optional[float]] = field(default_factory=list)
+    # The same entries with the token id and the top_logprobs alternatives.
+    token_logprobs: List[Optional[TokenLogprob]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -109,14 +192,20 @@ class GenerateDone:
     replayed: bool = False
     # The durability `version` reached (a Durability name, as SessionInfo).
     durability: str = "DURABILITY_UNSPECIFIED"
+    # The statestream.v1.GenerateDone it was made from.
+    proto: object = _proto_field()
 
     @classmethod
     def from_proto(cls, d) -> "GenerateDone":
         from statestream.v1 import statestream_pb2 as pb
-        return cls(pb.FinishReason.Name(d.finish_reason), d.usage.output_tokens,
+        try:
+            reason = pb.FinishReason.Name(d.finish_reason)
+        except ValueError:  # a newer server's reason
+            reason = str(d.finish_reason)
+        return cls(reason, d.usage.output_tokens,
                    d.usage.input_tokens, d.committed, d.position,
                    d.input_offset, d.version, d.stop_token, d.stop_string,
-                   d.replayed, _durability_name(d.durability))
+                   d.replayed, _durability_name(d.durability), d)
 
 
 @dataclass
@@ -124,7 +213,10 @@ class GenerateResult:
     tokens: List[int]
     text: str
     done: GenerateDone
-    logprobs: List[float] = field(default_factory=list)
+    # As GenerateChunk: parallel to `tokens` with logprobs=True (None for a
+    # token that came without one), else empty.
+    logprobs: List[Optional[float]] = field(default_factory=list)
+    token_logprobs: List[Optional[TokenLogprob]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -132,6 +224,9 @@ class ScoredToken:
     token: int
     logprob: float
     greedy: bool
+    # With top_logprobs: the most likely tokens at this step, most likely
+    # first.
+    top: Tuple[TopLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,11 +236,17 @@ class ScoreResult:
     all_greedy: bool
     position: int
     version: int
+    # The input_offset scored from (after flushing the tail, on the copy).
+    input_offset: int = 0
+    # The statestream.v1.ScoreResponse it was made from.
+    proto: object = _proto_field()
 
     @classmethod
     def from_proto(cls, r) -> "ScoreResult":
-        return cls([ScoredToken(t.token, t.logprob, t.greedy) for t in r.tokens],
-                   r.sum_logprob, r.all_greedy, r.position, r.version)
+        return cls([ScoredToken(t.token, t.logprob, t.greedy, _top(t))
+                    for t in r.tokens],
+                   r.sum_logprob, r.all_greedy, r.position, r.version,
+                   r.input_offset, r)
 
 
 @dataclass

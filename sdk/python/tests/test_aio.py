@@ -4,6 +4,7 @@ middle of an Append and of a Generate."""
 import asyncio
 
 import grpc
+import pytest
 
 from statestream import StatestreamError
 from statestream.aio import AsyncClient
@@ -115,3 +116,67 @@ def test_async_committing_generate_retried_under_its_own_id_is_replayed(
     first, again = run(main())
     assert first.done.committed and not first.done.replayed
     assert again.done.replayed and again.tokens == first.tokens
+
+
+def test_async_client_has_the_sync_options(server):
+    # AsyncClient lacked list_models, write_tokens, append(tokens, flush),
+    # generate(prompt_tokens, top_k), create_session(ttl_seconds) and
+    # list_sessions(model_id).
+    from statestream.v1 import statestream_pb2 as pb
+
+    async def main():
+        async with AsyncClient(server.address) as c:
+            models = await c.list_models(timeout=10)
+            model_id = models[0].model_id
+            info = await c.create_session("t", ttl_seconds=3600,
+                                          durability=pb.DURABILITY_FSYNC)
+            assert info.ttl.total_seconds() == 3600
+            assert info.durability == "DURABILITY_FSYNC"
+            assert [x.session_id for x in await c.list_sessions(
+                model_id=model_id)] == ["t"]
+            assert await c.list_sessions(model_id="no-such-model") == []
+            s = c.session("t")
+            w = await s.writer()
+            await w.write_tokens([72, 105])
+            assert (await w.close()).input_offset == 2
+            ack = await s.append("!", tokens=[33], flush=False)
+            assert ack.input_offset == 4
+            out = await s.generate_text(prompt_tokens=[10], top_k=1,
+                                        max_tokens=3)
+            ref = await s.generate_text(prompt_tokens=[10], temperature=0,
+                                        max_tokens=3)
+            assert out.tokens == ref.tokens  # top_k=1 is greedy
+            r = await s.score(tokens=[1, 2], top_logprobs=2)
+            assert all(len(t.top) == 2 for t in r.tokens)
+    run(main())
+
+
+def test_async_commit_pin_is_read_at_generate(server):
+    # A committing generate pins the input_offset read when generate() is
+    # called, in the sync client and now in asyncio too (which read it at
+    # the first __anext__): input appended in between makes the call fail
+    # POSITION_MISMATCH instead of generating from the moved session.
+    from statestream import Client
+    with Client(server.address) as c:
+        c.create_session("pin")
+        s = c.session("pin")
+        s.append("Once upon a time")
+        stream = s.generate(commit=True, max_tokens=2)
+        s.append(" more")
+        with pytest.raises(StatestreamError) as sync_error:
+            list(stream)
+    assert sync_error.value.reason == "POSITION_MISMATCH"
+
+    async def main():
+        async with AsyncClient(server.address) as c:
+            s = c.session("pin")
+            stream = s.generate(commit=True, max_tokens=2)
+            await asyncio.sleep(0.5)  # the pin's read goes first
+            await s.append(" again")
+            with pytest.raises(StatestreamError) as e:
+                async for _ in stream:
+                    pass
+            return e.value
+    e = run(main())
+    assert e.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert e.reason == "POSITION_MISMATCH"

@@ -246,3 +246,103 @@ def test_a_committing_generate_retried_under_its_own_id_is_replayed(client):
     assert again.done.replayed
     assert again.tokens == first.tokens
     assert s.get().input_offset == first.done.input_offset
+
+
+def test_logprobs_keep_top_alternatives_and_token_ids(client):
+    # The top_logprobs alternatives and the token ids of Generate and Score
+    # used to be dropped (and ScoreRequest.top_logprobs could not be set).
+    client.create_session("lp")
+    s = client.session("lp")
+    s.append("Once upon a time")
+    out = s.generate_text(max_tokens=6, seed=1, logprobs=True,
+                          top_logprobs=3)
+    assert len(out.logprobs) == len(out.token_logprobs) == len(out.tokens)
+    for token, lp, tlp in zip(out.tokens, out.logprobs, out.token_logprobs):
+        assert tlp.token == token and tlp.logprob == lp
+        assert len(tlp.top) == 3
+        assert [t.logprob for t in tlp.top] == sorted(
+            (t.logprob for t in tlp.top), reverse=True)
+    # Without logprobs=True: none.
+    plain = s.generate_text(max_tokens=2, seed=1)
+    assert plain.logprobs == [] and plain.token_logprobs == []
+
+    r = s.score(" there", top_logprobs=2)
+    assert all(len(t.top) == 2 for t in r.tokens)
+    assert r.tokens[0].top[0].logprob >= r.tokens[0].top[1].logprob
+    assert all(t.top == () for t in s.score(" there").tokens)
+    # The greedy token is the first alternative.
+    greedy = s.generate_text(max_tokens=1, temperature=0).tokens[0]
+    assert s.score(tokens=[greedy], top_logprobs=1).tokens[0].top[0].token \
+        == greedy
+
+
+def test_durability_and_sampling_options_reach_the_server(client):
+    # durability could not be asked on create_session, rollback, the
+    # imports or a committing generate; nor logit_bias and the other
+    # sampling options on generate. `serve` with a data dir reaches FSYNC;
+    # its default is MEMORY.
+    from statestream.v1 import statestream_pb2 as pb
+    fsync = pb.DURABILITY_FSYNC
+    assert client.create_session("mem").durability == "DURABILITY_MEMORY"
+    info = client.create_session("dur", durability=fsync)
+    assert info.durability == "DURABILITY_FSYNC"
+    s = client.session("dur")
+    s.append("Once upon a time")
+    assert s.rollback(1, durability=fsync).durability == "DURABILITY_FSYNC"
+    s.append("Once upon a time")
+    state = s.export()
+    assert s.import_state(state, durability=fsync,
+                          expected_version=s.get().version
+                          ).durability == "DURABILITY_FSYNC"
+    copy = client.import_session(state, "dur-copy", labels={"k": "v"},
+                                 ttl_seconds=3600, durability=fsync)
+    assert copy.durability == "DURABILITY_FSYNC"
+    assert copy.labels == {"k": "v"} and copy.ttl.total_seconds() == 3600
+    done = s.generate_text(max_tokens=2, commit=True, durability=fsync).done
+    assert done.committed and done.durability == "DURABILITY_FSYNC"
+
+    # logit_bias bans the greedy token; penalties and min_p are accepted.
+    greedy = s.generate_text(max_tokens=1, temperature=0).tokens[0]
+    banned = s.generate_text(max_tokens=1, temperature=0,
+                             logit_bias={greedy: -1e9}).tokens[0]
+    assert banned != greedy
+    out = s.generate_text(max_tokens=4, min_p=0.01, presence_penalty=0.5,
+                          frequency_penalty=0.5, penalty_decay=0.9,
+                          max_duration=30, prompt_tokens=[65, 66])
+    assert len(out.tokens) == 4
+    with pytest.raises(StatestreamError) as e:
+        s.generate_text(max_tokens=1, min_p=2.0)  # out of range
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_infos_carry_every_field(client):
+    # SessionInfo lacked ttl, expire/create/update times, the fingerprint
+    # and state_bytes; VersionInfo durability and create_time; ScoreResult
+    # input_offset. Each also keeps its message as `.proto`.
+    import dataclasses
+    import datetime
+    client.create_session("f", ttl_seconds=3600)
+    s = client.session("f")
+    s.append("hello")
+    info = s.get()
+    assert info.ttl == datetime.timedelta(hours=1)
+    assert info.create_time <= info.update_time
+    assert info.expire_time == info.update_time + info.ttl
+    assert info.create_time.tzinfo is not None
+    assert abs(datetime.datetime.now(datetime.timezone.utc) -
+               info.create_time) < datetime.timedelta(minutes=5)
+    assert info.model_fingerprint == client.list_models()[0].fingerprint
+    assert info.state_bytes > 0
+    assert info.proto.session_id == "f"
+    assert dataclasses.replace(info, proto=None) == info  # not compared
+
+    head, first = s.versions()
+    assert head.durability == first.durability == "DURABILITY_MEMORY"
+    assert first.create_time <= head.create_time
+    assert head.proto.version == head.version == info.version
+
+    r = s.score("!")
+    assert r.input_offset == info.input_offset == 5
+    assert r.proto.input_offset == 5
+    assert s.append("!").proto.input_offset == 6
+    assert s.generate_text(max_tokens=1).done.proto.HasField("usage")

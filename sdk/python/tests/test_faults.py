@@ -5,6 +5,7 @@ malformed error details. Also the client's default channel options."""
 import asyncio
 import os
 import signal
+import socket
 import threading
 import time
 from concurrent import futures
@@ -15,7 +16,8 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from statestream import Client, StatestreamError
+from statestream import (Client, ExportedState, StatestreamError,
+                         TokenLogprob, TopLogprob)
 from statestream.aio import AsyncClient
 from statestream.client import _crc32c
 from statestream.v1 import statestream_pb2 as pb
@@ -29,13 +31,15 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
     """Sessions.GetSession and Streams.Append. Append acks each request
     (resends as duplicates, never committing) except a text "bad", which
     fails UNAVAILABLE at every attempt. Session "malformed" fails with
-    an unparsable grpc-status-details-bin. Generate: see there."""
+    an unparsable grpc-status-details-bin. Generate, DeleteSession: see
+    there."""
 
     def __init__(self):
         self.append_calls = 0
         self.applied = 0
         self.generate_requests = []  # every Generate request received
         self.generate_cancelled = 0  # Generate calls the client cancelled
+        self.delete_requests = []  # every DeleteSession request received
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         rpc.add_SessionsServicer_to_server(self, self.server)
         rpc.add_StreamsServicer_to_server(self, self.server)
@@ -79,6 +83,9 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
             return
         if request.session_id in ("pinned", "moved", "shorter"):
             yield from self._pinned_generate(request, context)
+            return
+        if request.session_id == "replayed-logprobs":
+            yield from self._replayed_logprobs(request, context)
             return
         if (request.session_id == "unavailable-first" and
                 len(self.generate_requests) == 1):
@@ -127,6 +134,48 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
         yield pb.GenerateResponse(done=pb.GenerateDone(
             finish_reason=pb.FINISH_REASON_MAX_TOKENS))
 
+    def _replayed_logprobs(self, request, context):
+        """The first call sends tokens [1, 2] with logprobs (and a top
+        alternative each), then fails UNAVAILABLE. The resumed call replays
+        [1, 2, 3] from a checkpoint, without logprobs as the server does,
+        then samples [4] with its logprob."""
+        calls = sum(r.session_id == request.session_id
+                    for r in self.generate_requests)
+        if calls == 1:
+            yield pb.GenerateResponse(chunk=pb.GenerateChunk(
+                index=0, tokens=[1, 2], text_utf8=b"ab", start_input_offset=7,
+                logprobs=[pb.TokenLogprob(token=1, logprob=-0.5, top=[
+                              pb.TopLogprob(token=9, logprob=-0.25)]),
+                          pb.TokenLogprob(token=2, logprob=-1.5, top=[
+                              pb.TopLogprob(token=8, logprob=-0.75)])]))
+            context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
+        yield pb.GenerateResponse(chunk=pb.GenerateChunk(
+            index=0, tokens=[1, 2, 3], text_utf8=b"abc"))
+        yield pb.GenerateResponse(chunk=pb.GenerateChunk(
+            index=3, tokens=[4], text_utf8=b"d", logprobs=[
+                pb.TokenLogprob(token=4, logprob=-2.5, top=[
+                    pb.TopLogprob(token=4, logprob=-2.5)])]))
+        yield pb.GenerateResponse(done=pb.GenerateDone(
+            finish_reason=pb.FINISH_REASON_MAX_TOKENS))
+
+    def DeleteSession(self, request, context):
+        """Session "lost-ack": the first attempt fails UNAVAILABLE (the
+        session deleted, the answer lost); later attempts find it gone.
+        "overloaded-first": the first attempt is refused OVERLOADED
+        (nothing done), later ones find no session. Others: no session."""
+        attempt = sum(r.request_id == request.request_id
+                      for r in self.delete_requests) + 1
+        self.delete_requests.append(request)
+        if request.session_id == "lost-ack" and attempt == 1:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
+        if request.session_id == "overloaded-first" and attempt == 1:
+            abort_with_reason(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              "OVERLOADED", "queue full")
+        if request.allow_missing:
+            return pb.DeleteSessionResponse()
+        abort_with_reason(context, grpc.StatusCode.NOT_FOUND,
+                          "SESSION_NOT_FOUND", "no such session")
+
     def Append(self, request_iterator, context):
         self.append_calls += 1
         if self.append_calls > MAX_CALLS:
@@ -150,6 +199,18 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
             yield pb.AppendResponse(duplicate=duplicate,
                                     input_offset=self.applied, version=1,
                                     committed_input_offset=0)
+
+
+def abort_with_reason(context, code, reason, message):
+    """Ends the call with `code` and an ErrorInfo carrying `reason`, as the
+    server does."""
+    info = error_details_pb2.ErrorInfo(reason=reason,
+                                       domain="statestream.dev")
+    status = status_pb2.Status(code=code.value[0], message=message)
+    status.details.add().Pack(info)
+    context.set_trailing_metadata((
+        ("grpc-status-details-bin", status.SerializeToString()),))
+    context.abort(code, message)
 
 
 @pytest.fixture
@@ -501,3 +562,235 @@ def test_a_cancel_racing_a_resume_cancels_the_new_call(fake):
             next(stream)
         assert len(opened) == 2
         assert opened[1].code() == grpc.StatusCode.CANCELLED
+
+
+def run_either(aio, sync_fn, async_fn):
+    """sync_fn(), or with aio the coroutine function async_fn, run."""
+    if aio:
+        return asyncio.run(async_fn())
+    return sync_fn()
+
+
+# -- logprobs stay aligned with the tokens ------------------------------------
+#
+# A resumed call replays checkpointed tokens without logprobs. Their logprobs
+# used to be dropped, so GenerateResult.logprobs came out shorter than the
+# tokens and shifted (the next logprob stood for a replayed token); the top
+# alternatives and token ids were dropped too.
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_replayed_tokens_keep_logprobs_aligned(fake, aio):
+    async def run_async():
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            return await c.session("replayed-logprobs").generate_text(
+                max_tokens=4, logprobs=True, top_logprobs=1)
+
+    def run_sync():
+        with Client(fake.address, **fast_retries()) as c:
+            return c.session("replayed-logprobs").generate_text(
+                max_tokens=4, logprobs=True, top_logprobs=1)
+    out = run_either(aio, run_sync, run_async)
+    assert out.tokens == [1, 2, 3, 4]
+    assert out.logprobs == [-0.5, -1.5, None, -2.5]
+    assert out.token_logprobs == [
+        TokenLogprob(1, -0.5, (TopLogprob(9, -0.25),)),
+        TokenLogprob(2, -1.5, (TopLogprob(8, -0.75),)),
+        None,
+        TokenLogprob(4, -2.5, (TopLogprob(4, -2.5),))]
+
+
+# -- every request option reaches the server ---------------------------------
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_generate_sends_every_option(fake, aio):
+    import datetime
+    args = dict(prompt_tokens=[5, 6], max_tokens=3, temperature=0.5,
+                top_p=0.9, top_k=7, min_p=0.05, presence_penalty=0.25,
+                frequency_penalty=0.5, penalty_decay=0.996,
+                logit_bias={3: -1e9, 4: 1.5}, seed=11, commit=True,
+                durability=pb.DURABILITY_FSYNC, request_id="r",
+                max_duration=datetime.timedelta(seconds=2.5))
+
+    async def run_async():
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            await c.session("done").generate_text(**args)
+
+    def run_sync():
+        with Client(fake.address, **fast_retries()) as c:
+            c.session("done").generate_text(**args)
+    run_either(aio, run_sync, run_async)
+    r = fake.generate_requests[-1]
+    assert list(r.prompt_tokens.ids) == [5, 6]
+    assert r.durability == pb.DURABILITY_FSYNC and r.commit
+    assert (r.max_duration.seconds, r.max_duration.nanos) == (2, 500000000)
+    sp = r.sampling
+    assert sp.top_k == 7 and sp.seed == 11
+    assert sp.min_p == pytest.approx(0.05)
+    assert sp.presence_penalty == pytest.approx(0.25)
+    assert sp.frequency_penalty == pytest.approx(0.5)
+    assert sp.HasField("penalty_decay")
+    assert sp.penalty_decay == pytest.approx(0.996)
+    assert dict(sp.logit_bias) == {3: pytest.approx(-1e9), 4: 1.5}
+
+    # Seconds work too; unset options stay unset.
+    with Client(fake.address, **fast_retries()) as c:
+        c.session("done").generate_text("x", max_duration=0.25)
+    r = fake.generate_requests[-1]
+    assert (r.max_duration.seconds, r.max_duration.nanos) == (0, 250000000)
+    assert not r.sampling.HasField("penalty_decay")
+    assert not r.sampling.logit_bias
+
+
+# -- bad input is refused before any call ------------------------------------
+#
+# write(3) used to append bytes(3), three NUL bytes; a prompt given both as
+# text and tokens lost the tokens; score() without a continuation failed
+# inside protobuf.
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_bad_input_is_refused_before_any_call(fake, aio):
+    async def run_async():
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            s = c.session("s")
+            w = await s.writer()
+            for bad in (3, None, ["a"]):
+                with pytest.raises(TypeError):
+                    await w.write(bad)
+            assert w.offset == 0
+            with pytest.raises(ValueError):
+                s.generate("x", prompt_tokens=[1])
+            for kwargs in ({}, dict(text="x", tokens=[1])):
+                with pytest.raises(ValueError):
+                    await s.score(**kwargs)
+            with pytest.raises(TypeError):
+                await s.append(3)
+
+    def run_sync():
+        with Client(fake.address, **fast_retries()) as c:
+            s = c.session("s")
+            w = s.writer()
+            for bad in (3, None, ["a"]):
+                with pytest.raises(TypeError):
+                    w.write(bad)
+            assert w.offset == 0
+            with pytest.raises(ValueError):
+                s.generate("x", prompt_tokens=[1])
+            for kwargs in ({}, dict(text="x", tokens=[1])):
+                with pytest.raises(ValueError):
+                    s.score(**kwargs)
+            with pytest.raises(TypeError):
+                s.append(3)
+    run_either(aio, run_sync, run_async)
+    assert fake.append_calls == 0
+    assert fake.generate_requests == []
+
+
+# -- a delete whose first answer was lost ------------------------------------
+#
+# The first attempt deleted the session but its answer was lost
+# (UNAVAILABLE); the retry, which the server no longer recognises (another
+# worker, a restart), finds no session. That is the delete's success, not
+# SESSION_NOT_FOUND. A first attempt that finds no session still raises, and
+# so does one after a refusal that did nothing (OVERLOADED).
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_a_delete_retried_after_an_unknown_outcome_succeeds(fake, aio):
+    async def delete_async(session_id):
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            await c.session(session_id).delete()
+
+    def delete(session_id):
+        if aio:
+            return asyncio.run(delete_async(session_id))
+        with Client(fake.address, **fast_retries()) as c:
+            c.session(session_id).delete()
+    delete("lost-ack")
+    assert len(fake.delete_requests) == 2
+    for session_id in ("gone", "overloaded-first"):
+        with pytest.raises(StatestreamError) as e:
+            delete(session_id)
+        assert e.value.code == grpc.StatusCode.NOT_FOUND
+        assert e.value.reason == "SESSION_NOT_FOUND"
+
+
+# -- timeouts bound the whole operation --------------------------------------
+#
+# A target that accepts connections but never answers HTTP/2: every call
+# with timeout= must give up within about that time. writer() and a
+# committing generate() used to read the session (GetSession) outside the
+# deadline, each attempt waiting the client's 60 s.
+
+@pytest.fixture
+def blackhole():
+    """A listening socket that never accepts: connections complete in the
+    kernel, and nothing ever answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield "127.0.0.1:%d" % s.getsockname()[1]
+
+
+STATE = ExportedState(pb.StateHeader(total_bytes=4, chunk_count=1,
+                                     chunk_bytes=4), b"abcd")
+
+TIMED_CALLS = {
+    "writer": lambda c, s, t: s.writer(timeout=t),
+    "append": lambda c, s, t: s.append("x", timeout=t),
+    "generate(commit=True)": lambda c, s, t: s.generate(commit=True,
+                                                        timeout=t),
+    "get": lambda c, s, t: s.get(timeout=t),
+    "score": lambda c, s, t: s.score("x", timeout=t),
+    "rollback": lambda c, s, t: s.rollback(1, timeout=t),
+    "update": lambda c, s, t: s.update(labels={}, timeout=t),
+    "delete": lambda c, s, t: s.delete(timeout=t),
+    "versions": lambda c, s, t: s.versions(timeout=t),
+    "export": lambda c, s, t: s.export(timeout=t),
+    "import_state": lambda c, s, t: s.import_state(STATE, timeout=t),
+    "import_session": lambda c, s, t: c.import_session(STATE, timeout=t),
+    "fork": lambda c, s, t: s.fork(timeout=t),
+    "create_session": lambda c, s, t: c.create_session(timeout=t),
+    "list_sessions": lambda c, s, t: c.list_sessions(timeout=t),
+    "list_models": lambda c, s, t: c.list_models(timeout=t),
+}
+
+
+def test_timeouts_bound_calls_to_a_blackholed_target(blackhole):
+    with Client(blackhole) as c:
+        s = c.session("s")
+        for name, call in TIMED_CALLS.items():
+            outcome = []
+
+            def run():
+                try:
+                    r = call(c, s, 1 if name == "writer" else 0.3)
+                    if hasattr(r, "__next__"):  # list_sessions, generate
+                        list(r)
+                except BaseException as e:  # noqa: BLE001 (checked below)
+                    outcome.append(e)
+            began = time.monotonic()
+            t = threading.Thread(target=run, daemon=True)
+            t.start()
+            t.join(15)
+            took = time.monotonic() - began
+            assert not t.is_alive(), f"{name} ignored its timeout"
+            assert len(outcome) == 1 and \
+                isinstance(outcome[0], StatestreamError), (name, outcome)
+            assert took < 4, (name, took)
+
+
+def test_async_timeouts_bound_calls_to_a_blackholed_target(blackhole):
+    async def main():
+        async with AsyncClient(blackhole) as c:
+            s = c.session("s")
+            for name, call in TIMED_CALLS.items():
+                async def run():
+                    r = call(c, s, 1 if name == "writer" else 0.3)
+                    if hasattr(r, "__aiter__"):  # generate
+                        return [chunk async for chunk in r]
+                    return await r
+                began = time.monotonic()
+                with pytest.raises(StatestreamError):
+                    await asyncio.wait_for(run(), 15)
+                took = time.monotonic() - began
+                assert took < 4, (name, took)
+    asyncio.run(main())

@@ -543,3 +543,89 @@ def test_a_dropped_writer_ends_its_call(server):
         # The session is usable, and a later writer is not superseded by
         # anything left behind.
         assert s.append("end").input_offset > len("warm up ")
+
+
+# -- sync() after close(), and a closed client -------------------------------
+#
+# sync() after close() returned the last ack instead of the FAILED_PRECONDITION
+# "writer closed" that every other call raises (C++: the same message).
+# Client.close() during a stream: the CANCELLED of the closed channel was
+# retried, and opening the new call raised gRPC's ValueError ("Cannot invoke
+# RPC: Channel closed!"); it is now a CANCELLED StatestreamError that the
+# writer keeps.
+
+def test_sync_after_close_fails(server):
+    with Client(server.address) as c:
+        c.create_session("closed")
+        w = c.session("closed").writer()
+        w.write("text")
+        w.close()
+        with pytest.raises(StatestreamError) as e:
+            w.sync()
+        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert e.value.message == "writer closed"
+
+
+def test_async_sync_after_close_fails(server):
+    async def main():
+        async with AsyncClient(server.address) as c:
+            await c.create_session("closed")
+            w = await c.session("closed").writer()
+            await w.write("text")
+            await w.close()
+            with pytest.raises(StatestreamError) as e:
+                await w.sync()
+            assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+            assert e.value.message == "writer closed"
+    asyncio.run(main())
+
+
+def test_closing_the_client_ends_its_streams_with_cancelled(server):
+    c = Client(server.address, max_attempts=5, initial_backoff=0.01)
+    c.create_session("gone")
+    s = c.session("gone")
+    w = s.writer()
+    w.write("applied ")
+    w.sync()
+    stream = s.generate("x", max_tokens=8000)
+    next(stream)
+    c.close()
+    w.write("after close")
+    with pytest.raises(StatestreamError) as first:
+        w.sync()
+    assert first.value.code == grpc.StatusCode.CANCELLED
+    assert first.value.message == "client closed"
+    for call in (lambda: w.write("more"), w.flush, w.sync, w.checkpoint,
+                 w.close):
+        with pytest.raises(StatestreamError) as again:
+            call()
+        assert again.value is first.value
+    with pytest.raises(StatestreamError) as e:
+        for _ in stream:
+            pass
+    assert e.value.code == grpc.StatusCode.CANCELLED
+    for call in (s.get, lambda: s.writer(), lambda: next(s.generate("x"))):
+        with pytest.raises(StatestreamError) as e:
+            call()
+        assert e.value.code == grpc.StatusCode.CANCELLED
+
+
+def test_async_closing_the_client_gives_cancelled(server):
+    async def main():
+        c = AsyncClient(server.address)
+        await c.create_session("gone")
+        s = c.session("gone")
+        w = await s.writer()  # no call opened yet
+        await c.close()
+        with pytest.raises(StatestreamError) as first:
+            await w.write("after close")
+            await w.sync()
+        assert first.value.code == grpc.StatusCode.CANCELLED
+        with pytest.raises(StatestreamError) as again:
+            await w.sync()
+        assert again.value is first.value
+        for call in (s.get, s.writer, lambda: s.generate_text("x")):
+            with pytest.raises(StatestreamError) as e:
+                await call()
+            assert e.value.code == grpc.StatusCode.CANCELLED
+    asyncio.run(main())
