@@ -242,6 +242,56 @@ class OverloadedSessions final : public v1::Sessions::Service {
   std::vector<absl::Time> calls_ ABSL_GUARDED_BY(mu_);
 };
 
+// A Sessions server whose DeleteSession answers with `answers`, one per
+// call (the last repeats), as a worker might after a lost reply.
+class ScriptedDeletes final : public v1::Sessions::Service {
+ public:
+  explicit ScriptedDeletes(std::vector<absl::Status> answers)
+      : answers_(std::move(answers)) {}
+  grpc::Status DeleteSession(grpc::ServerContext*,
+                             const v1::DeleteSessionRequest*,
+                             v1::DeleteSessionResponse*) override {
+    absl::MutexLock lock(&mu_);
+    const absl::Status& s = answers_[std::min(calls_++, answers_.size() - 1)];
+    return ToGrpcStatus(s);
+  }
+
+ private:
+  const std::vector<absl::Status> answers_;
+  absl::Mutex mu_;
+  size_t calls_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// A retried delete that finds no session after an attempt whose outcome is
+// unknown (UNAVAILABLE: the reply was lost) is that attempt's delete: done.
+// NOT_FOUND at the first attempt, or after an OVERLOADED refusal (nothing
+// was done), stays SESSION_NOT_FOUND.
+TEST(SdkDeleteTest, ARetryThatFindsNoSessionAfterALostReplyIsDone) {
+  const absl::Status lost = absl::UnavailableError("connection reset");
+  const absl::Status gone = MakeError(absl::StatusCode::kNotFound,
+                                      Reason::kSessionNotFound, "no session");
+  const absl::Status overloaded = MakeError(
+      absl::StatusCode::kResourceExhausted, Reason::kOverloaded, "queue full");
+  struct Case {
+    std::vector<absl::Status> answers;
+    absl::StatusCode want;
+  };
+  for (const Case& c :
+       std::vector<Case>{{{lost, gone}, absl::StatusCode::kOk},
+                         {{lost, lost, gone}, absl::StatusCode::kOk},
+                         {{gone}, absl::StatusCode::kNotFound},
+                         {{overloaded, gone}, absl::StatusCode::kNotFound}}) {
+    ScriptedDeletes service(c.answers);
+    FakeServer fake;
+    ASSERT_NO_FATAL_FAILURE(Serve(&service, &fake));
+    const absl::Status s = fake.client->OpenSession("s").Delete();
+    EXPECT_EQ(s.code(), c.want) << s << " after " << c.answers.size();
+    if (!s.ok()) {
+      EXPECT_EQ(GetReason(s), Reason::kSessionNotFound);
+    }
+  }
+}
+
 class SdkRetryTest : public ::testing::Test {
  protected:
   // Serves an OverloadedSessions(retry_after_ms); a client of it with

@@ -218,6 +218,13 @@ TEST_F(SdkTest, AppendSurvivesKill9OfTheServer) {
   EXPECT_GE((*writer)->reconnects(), 1);
   EXPECT_EQ(done->input_offset(), text.size());
   EXPECT_EQ(done->committed_input_offset(), text.size());
+  // Closed: every call says so (docs/API.md).
+  for (const absl::Status& s :
+       {(*writer)->Sync(), (*writer)->Write("x"), (*writer)->Flush(),
+        (*writer)->Close().status()}) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_EQ(s.message(), "writer closed");
+  }
 
   // The same text through a session that never saw a failure.
   client::Session ref = Create("ref");

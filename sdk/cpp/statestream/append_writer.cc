@@ -124,6 +124,12 @@ absl::Status AppendWriter::Flush() {
   return Send(std::move(r));
 }
 
+absl::Status AppendWriter::Sync() {
+  if (!error_.ok()) return error_;
+  if (closed_) return absl::FailedPreconditionError("writer closed");
+  return ReadAcks(0);
+}
+
 absl::StatusOr<v1::AppendResponse> AppendWriter::Checkpoint() {
   v1::AppendRequest r;
   r.set_checkpoint(true);

@@ -61,7 +61,7 @@ class AppendWriter {
   absl::Status Flush();
   // Wait for the acks of everything written (applied, not necessarily
   // committed).
-  absl::Status Sync() { return ReadAcks(0); }
+  absl::Status Sync();
   // Commit everything written so far and wait for it; returns its ack.
   absl::StatusOr<v1::AppendResponse> Checkpoint();
   // Checkpoint, then end the call. The writer is unusable afterwards.

@@ -456,10 +456,22 @@ absl::Status Session::Delete(bool allow_missing,
   req.set_session_id(id_);
   req.set_allow_missing(allow_missing);
   v1::DeleteSessionResponse out;
-  return client_->Unary(call,
-                        [&](Client::Stubs& stubs, grpc::ClientContext* ctx) {
-                          return stubs.sessions->DeleteSession(ctx, req, &out);
-                        });
+  // A retry that finds no session after an attempt whose outcome is not
+  // known (a lost reply, a dead gateway; not an OVERLOADED refusal) is that
+  // attempt's delete, seen by a server that does not remember its request
+  // id (another worker, a restart): done, not SESSION_NOT_FOUND.
+  bool maybe_deleted = false;
+  return client_->Unary(call, [&](Client::Stubs& stubs,
+                                  grpc::ClientContext* ctx) {
+    grpc::Status st = stubs.sessions->DeleteSession(ctx, req, &out);
+    if (maybe_deleted && st.error_code() == grpc::StatusCode::NOT_FOUND) {
+      return grpc::Status::OK;
+    }
+    if (!st.ok() && st.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      maybe_deleted = true;
+    }
+    return st;
+  });
 }
 
 }  // namespace statestream::client
