@@ -311,6 +311,31 @@ absl::Status RedisStateStore::ReserveInIndex(const SessionKey& key,
   return TenantSessionLimit(max);
 }
 
+void RedisStateStore::PruneIndexSample(const SessionKey& created) {
+  const std::string index = IndexKey(created.tenant);
+  auto drawn = client_->Run(
+      index, {{"ZRANDMEMBER", index, absl::StrCat(kIndexPruneSamples)}});
+  if (!drawn.ok() || (*drawn)[0]->type != REDIS_REPLY_ARRAY) return;
+  const redisReply* ids = (*drawn)[0].get();
+  std::vector<SessionKey> keys;
+  std::vector<std::string> heads;
+  for (size_t i = 0; i < ids->elements; ++i) {
+    SessionKey k{created.tenant, Str(ids->element[i])};
+    if (k.session_id == created.session_id || !ValidateKey(k).ok()) continue;
+    heads.push_back(HeadKey(k));
+    keys.push_back(std::move(k));
+  }
+  std::vector<RedisClient::Keyed> exists;
+  for (const std::string& h : heads) exists.push_back({h, {"EXISTS", h}});
+  const std::vector<absl::StatusOr<Reply>> found = client_->RunEach(exists);
+  for (size_t i = 0; i < found.size() && i < keys.size(); ++i) {
+    if (found[i].ok() && (*found[i])->type == REDIS_REPLY_INTEGER &&
+        (*found[i])->integer == 0) {
+      DropFromIndex(keys[i]).IgnoreError();
+    }
+  }
+}
+
 absl::Status RedisStateStore::DropFromIndex(const SessionKey& key) {
   const std::string index = IndexKey(key.tenant);
   // A limited create in flight: its reservation stays (CreateSession).

@@ -665,5 +665,47 @@ TEST(RedisStateStoreTest, AListingKeepsTheReservationOfACreateInFlight) {
   EXPECT_EQ((*store)->CountSessionsBound("acme").value_or(-1), 1);
 }
 
+// Sessions Redis expired leave the tenant's index even if nobody lists or
+// deletes them: each create drops the stale entries among a few it draws,
+// so the index stays near the live sessions instead of growing forever
+// (and ZCARD, the session limit's bound, with it).
+TEST(RedisStateStoreTest, CreatesPruneTheIndexOfExpiredSessions) {
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  for (int i = 0; i < 60; ++i) {
+    ASSERT_TRUE(store
+                    ->CreateSession(
+                        NewSession(absl::StrCat("old", i), Durability::kMemory))
+                    .ok());
+  }
+  // As Redis expires them: every key of the session goes.
+  for (int i = 0; i < 60; ++i) {
+    const std::string p = absl::StrCat("ss:{acme/old", i, "}:");
+    auto keys = server->Command({"KEYS", p + "*"});
+    ASSERT_TRUE(keys.ok()) << keys.status();
+    for (absl::string_view k : absl::StrSplit(*keys, '\n', absl::SkipEmpty())) {
+      ASSERT_TRUE(server->Command({"DEL", std::string(k)}).ok());
+    }
+  }
+  for (int i = 0; i < 300; ++i) {
+    ASSERT_TRUE(store
+                    ->CreateSession(
+                        NewSession(absl::StrCat("new", i), Durability::kMemory))
+                    .ok());
+  }
+  // Each stale entry is drawn about 2.5 times on average: ~5 of 60 left.
+  auto count = store->CountSessionsBound("acme");
+  ASSERT_TRUE(count.ok()) << count.status();
+  EXPECT_LE(*count, 300 + 30);
+  EXPECT_GE(*count, 300);  // no live session was dropped
+  ListSessionsRequest list;
+  list.tenant = "acme";
+  list.page_size = 1000;
+  auto page = store->ListSessions(list);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(page->sessions.size(), 300u);
+}
+
 }  // namespace
 }  // namespace statestream::testing

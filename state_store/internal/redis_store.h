@@ -45,6 +45,8 @@ constexpr uint64_t kMaxVersionChunks = uint64_t{1} << 20;
 // The chunks LoadVersion asks for in one pipeline: memory is committed as
 // they arrive, never for a recorded size alone.
 constexpr uint32_t kLoadChunksPerRound = 64;
+// Index entries PruneIndexSample checks a create.
+constexpr int kIndexPruneSamples = 3;
 
 // A hash's fields, as HGETALL (or a script) returns them in pairs.
 using Fields = std::map<std::string, std::string>;
@@ -230,6 +232,13 @@ class RedisStateStore final : public StateStore {
                                      absl::Time start, absl::Duration ttl);
 
   absl::Status AddToIndex(const SessionKey& key);
+  // After `created` is indexed: drops from its tenant's index the entries
+  // of a few sessions drawn at random that no longer exist (Redis expired
+  // them; nothing else removes an entry but a delete or a listing that
+  // meets it). Best effort, errors ignored. With kIndexPruneSamples draws
+  // a create, the index holds at most about 1 / kIndexPruneSamples stale
+  // entries a live one in steady state, instead of growing forever.
+  void PruneIndexSample(const SessionKey& created);
 
   // AddToIndex for a create limited to `max` sessions of the tenant
   // (kReserveInIndex); at the limit, lists the tenant's sessions (pruning
