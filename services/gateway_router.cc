@@ -68,9 +68,14 @@ absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::Workers() {
   // the background while calls route with it: while the registry is slow
   // or down no call waits for it (each read a store timeout). Only with
   // none known, or after MarkSuspect (a failover wants the worker that
-  // replaces the failed one), does a call read it itself; the others that
-  // wait for that read take its outcome instead of reading again.
-  if (!workers_.empty() && workers_read_ != absl::InfinitePast()) {
+  // replaces the failed one) while the store answers, does a call read it
+  // itself; the others that wait for that read take its outcome instead of
+  // reading again. With the store unreachable (the last registry read or a
+  // session lookup failed) a failover routes among the workers known too.
+  const bool unreachable =
+      !last_read_.ok() || lookups_resume_ != absl::InfinitePast();
+  if (!workers_.empty() &&
+      (workers_read_ != absl::InfinitePast() || unreachable)) {
     std::vector<WorkerInfo> known = workers_;
     const bool start = !reading_;
     const uint64_t marks = marks_;

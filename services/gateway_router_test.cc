@@ -387,6 +387,42 @@ TEST_F(GatewayRouterTest, AnUnreachableStorePausesLookupsForTheOwnerLastSeen) {
   EXPECT_EQ(route->worker_id, hashed);
 }
 
+// With the store unreachable (the last registry read failed), a failover
+// (MarkSuspect) routes at once among the workers known, the failed one
+// aside, while one background read asks the registry; it used to read the
+// registry inline, each failover waiting out the store.
+TEST_F(GatewayRouterTest, AFailoverWithTheStoreUnreachableDoesNotWaitForIt) {
+  absl::Notification release;  // outlives the router's background read
+  SlowRegistry registry(store_.get());
+  GatewayRouterOptions options = Options();
+  options.registry_refresh = absl::Seconds(1);
+  GatewayRouter router(&registry, options);
+  ASSERT_TRUE(router.RouteAny("k", "fp-a", {}).ok());
+  registry.down = true;
+  clock_.Advance(absl::Seconds(2));
+  ASSERT_TRUE(router.RouteAny("k", "fp-a", {}).ok());  // starts a read
+  router.AwaitBackgroundReads();                       // which failed
+  const int reads = registry.reads.load();
+  registry.hold = &release;  // the store hangs now
+  const std::string failed = router.RouteAny("k", "fp-a", {})->worker_id;
+  router.MarkSuspect(failed);
+  absl::Notification routed;
+  std::string next;
+  std::thread failover([&] {
+    next = router.RouteAny("k", "fp-a", {failed})->worker_id;
+    routed.Notify();
+  });
+  // Routed while the registry read is still held (a hang guard, not a
+  // timing: the old router waited for the held read).
+  EXPECT_TRUE(routed.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  release.Notify();
+  failover.join();
+  EXPECT_NE(next, failed);
+  EXPECT_FALSE(next.empty());
+  router.AwaitBackgroundReads();
+  EXPECT_EQ(registry.reads.load(), reads + 1);  // one background read
+}
+
 // A worker marked suspect while the registry is being read: the list read
 // may predate its failure, so the next route reads the registry again.
 TEST_F(GatewayRouterTest, ASuspectMarkedDuringAReadForcesTheNextRead) {
