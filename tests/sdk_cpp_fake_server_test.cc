@@ -123,6 +123,69 @@ class ShorterResume final : public v1::Streams::Service {
   std::atomic<int> calls_{0};
 };
 
+// A Streams server whose first Generate sends token 1 (started at input
+// offset 7) and is lost; the resumed call sends it again and ends. It
+// keeps the requests.
+class LostAfterOneToken final : public v1::Streams::Service {
+ public:
+  grpc::Status Generate(grpc::ServerContext*, const v1::GenerateRequest* r,
+                        grpc::ServerWriter<v1::GenerateResponse>* w) override {
+    bool first;
+    {
+      absl::MutexLock lock(&mu_);
+      requests_.push_back(*r);
+      first = requests_.size() == 1;
+    }
+    v1::GenerateResponse chunk;
+    chunk.mutable_chunk()->set_start_input_offset(7);
+    chunk.mutable_chunk()->add_tokens(1);
+    w->Write(chunk);
+    if (first) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "lost");
+    v1::GenerateResponse done;
+    done.mutable_done()->set_finish_reason(v1::FINISH_REASON_MAX_TOKENS);
+    w->Write(done);
+    return grpc::Status::OK;
+  }
+  std::vector<v1::GenerateRequest> requests() {
+    absl::MutexLock lock(&mu_);
+    return requests_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<v1::GenerateRequest> requests_ ABSL_GUARDED_BY(mu_);
+};
+
+// A resume is pinned to the input the generation started from, unless the
+// request commits: the server knows a committing retry by the request's
+// digest, which the pin would change (a finished generation was refused
+// DUPLICATE_REQUEST instead of replayed).
+TEST(SdkGenerateTest, OnlyASideBranchResumeIsPinnedToItsStart) {
+  for (const bool commit : {false, true}) {
+    LostAfterOneToken service;
+    FakeServer fake;
+    ASSERT_NO_FATAL_FAILURE(Serve(&service, &fake));
+    v1::GenerateRequest request;
+    request.set_max_tokens(1);
+    request.set_commit(commit);
+    request.set_request_id("turn-1");
+    auto stream = fake.client->OpenSession("s").Generate(request);
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    client::GenerateChunk chunk;
+    while ((*stream)->Next(&chunk)) {
+    }
+    EXPECT_TRUE((*stream)->status().ok()) << (*stream)->status();
+    stream->reset();
+    const std::vector<v1::GenerateRequest> sent = service.requests();
+    ASSERT_EQ(sent.size(), 2u) << commit;
+    EXPECT_FALSE(sent[0].has_expected_input_offset());
+    EXPECT_EQ(sent[1].has_expected_input_offset(), !commit);
+    if (!commit) {
+      EXPECT_EQ(sent[1].expected_input_offset(), 7u);
+    }
+  }
+}
+
 // A Streams server whose Append commits everything at MEMORY (a policy
 // commit short of its level) and loses the first call after its second
 // request; the offsets each call received.

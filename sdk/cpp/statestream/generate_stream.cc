@@ -113,8 +113,12 @@ bool GenerateStream::Next(GenerateChunk* out) {
         CloseCall(/*cancel=*/true);
         return false;
       }
+      // Not a committing request: the server knows its retry by the
+      // request's digest, which a pin added now would change (its finished
+      // generation would be refused DUPLICATE_REQUEST instead of replayed).
       if (c.has_start_input_offset() && delivered_ids_.empty() &&
-          delivered_text_ == 0 && !request_.has_expected_input_offset()) {
+          delivered_text_ == 0 && !request_.commit() &&
+          !request_.has_expected_input_offset()) {
         request_.set_expected_input_offset(c.start_input_offset());
         pinned_here_ = true;
       }

@@ -353,8 +353,13 @@ def _pin_to_start(request, chunk, delivered: int) -> bool:
     is `delivered`, so a resume runs on the same input or fails
     POSITION_MISMATCH: a resume on another input could repeat the delivered
     tokens (greedy sampling) and go on from another state. True if pinned
-    now."""
+    now. Not a committing request: the server knows its retry by the
+    request's digest, which a pin added now would change (its finished
+    generation would be refused DUPLICATE_REQUEST instead of replayed); one
+    the SDK gave its request id to is pinned from the start (generate()),
+    and the divergence check guards the rest."""
     if (chunk.HasField("start_input_offset") and delivered == 0 and
+            not request.commit and
             not request.HasField("expected_input_offset")):
         request.expected_input_offset = chunk.start_input_offset
         return True

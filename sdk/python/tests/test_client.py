@@ -248,6 +248,53 @@ def test_a_committing_generate_retried_under_its_own_id_is_replayed(client):
     assert s.get().input_offset == first.done.input_offset
 
 
+class _NoDone:
+    """A Generate call whose `done` is lost (the stream just ends)."""
+
+    def __init__(self, call):
+        self._call = call
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        msg = next(self._call)
+        if msg.HasField("done"):
+            self._call.cancel()
+            raise StopIteration
+        return msg
+
+    def cancel(self):
+        self._call.cancel()
+
+
+def test_a_committing_generate_whose_done_was_lost_is_replayed(client):
+    # The first call commits, but its done never arrives: the SDK resumes
+    # with the same request, and the server replays the committed
+    # generation. The SDK used to pin the resume to the first chunk's
+    # start_input_offset, which changed the request's digest: the server
+    # refused it DUPLICATE_REQUEST.
+    client.create_session("lost-done")
+    s = client.session("lost-done")
+    s.append("Hello there")
+    calls = []
+    for stubs in client._stubs:
+        real = stubs.streams.Generate
+
+        def generate(*args, _real=real, **kwargs):
+            calls.append(args[0])
+            call = _real(*args, **kwargs)
+            return _NoDone(call) if len(calls) == 1 else call
+        stubs.streams.Generate = generate
+    out = s.generate_text("Say:", max_tokens=6, seed=3, temperature=1.0,
+                          commit=True, request_id="my-turn-2")
+    assert len(calls) == 2
+    assert out.done.committed and out.done.replayed
+    assert len(out.tokens) == 6
+    assert s.get().input_offset == out.done.input_offset
+    assert not calls[1].HasField("expected_input_offset")
+
+
 def test_logprobs_keep_top_alternatives_and_token_ids(client):
     # The top_logprobs alternatives and the token ids of Generate and Score
     # used to be dropped (and ScoreRequest.top_logprobs could not be set).
