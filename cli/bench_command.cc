@@ -51,6 +51,9 @@ ABSL_FLAG(std::string, kernels, "",
 namespace statestream::cli {
 namespace {
 
+// The most timed steps a run takes.
+constexpr size_t kMaxSteps = 100000;
+
 using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
@@ -269,6 +272,11 @@ absl::Status BenchEngine() {
     }
   }
   const int decode_steps = mode == "decode" ? tokens : 0;
+  if (static_cast<size_t>(decode_steps) > kMaxSteps) {
+    return UsageError(
+        absl::StrCat("--tokens for --mode decode must be at most ", kMaxSteps,
+                     " (the steps timed)"));
+  }
   absl::StatusOr<engine::ModelOptions> engine_options =
       EngineOptionsFromFlags();
   if (!engine_options.ok()) return AsUsageError(engine_options.status());
@@ -332,7 +340,7 @@ absl::Status BenchEngine() {
       SS_RETURN_IF_ERROR(model->Forward(versus_work->work));
       versus_s.push_back(Seconds(t0, Clock::now()));
     }
-    if (step_s.size() >= 100000) break;
+    if (step_s.size() >= kMaxSteps) break;
   }
   std::sort(step_s.begin(), step_s.end());
   const double median = step_s[step_s.size() / 2];

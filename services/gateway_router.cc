@@ -70,12 +70,12 @@ absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::Workers() {
   // none known, or after MarkSuspect (a failover wants the worker that
   // replaces the failed one) while the store answers, does a call read it
   // itself; the others that wait for that read take its outcome instead of
-  // reading again. With the store unreachable (the last registry read or a
-  // session lookup failed) a failover routes among the workers known too.
-  const bool unreachable =
-      !last_read_.ok() || lookups_resume_ != absl::InfinitePast();
+  // reading again. With the registry unreachable (its last read failed) a
+  // failover routes among the workers known too. (Not on a failed session
+  // lookup alone: in a Cluster the registry's shard may answer while a
+  // session's does not, and then the failover wants its replacement.)
   if (!workers_.empty() &&
-      (workers_read_ != absl::InfinitePast() || unreachable)) {
+      (workers_read_ != absl::InfinitePast() || !last_read_.ok())) {
     std::vector<WorkerInfo> known = workers_;
     const bool start = !reading_;
     const uint64_t marks = marks_;

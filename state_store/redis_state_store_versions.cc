@@ -118,7 +118,7 @@ absl::StatusOr<LoadedVersion> RedisStateStore::LoadVersion(
   // The chunks are received straight into one uninitialised buffer of the
   // recorded size, in order (every byte is written, or the load fails); a
   // chunk that would overrun it gets its own allocation and is reported
-  // as corruption below. They are asked for kLoadChunksPerRound at a time,
+  // as corruption below. They are asked for ~kLoadBytesPerRound at a time,
   // so a damaged size commits no memory (the pages are touched only as
   // chunks arrive) and a damaged count builds no pipeline of millions.
   const size_t size = info.state_bytes;
@@ -138,15 +138,19 @@ absl::StatusOr<LoadedVersion> RedisStateStore::LoadVersion(
     filled += n;
     return at;
   };
+  const uint64_t per_chunk = std::max<uint64_t>(
+      1, info.state_bytes / std::max<uint32_t>(info.chunk_count, 1));
+  const uint32_t per_round = static_cast<uint32_t>(
+      std::clamp<uint64_t>(kLoadBytesPerRound / per_chunk,
+                           kMinLoadChunksPerRound, kMaxVersionChunks));
   for (int attempt = 0;; ++attempt) {
     filled = 0;
     bool overran = false;
     uint32_t missing = info.chunk_count;
     for (uint32_t first = 0;
          first < info.chunk_count && missing == info.chunk_count && !overran;
-         first += kLoadChunksPerRound) {
-      const uint32_t end =
-          std::min(info.chunk_count, first + kLoadChunksPerRound);
+         first += per_round) {
+      const uint32_t end = std::min(info.chunk_count, first + per_round);
       std::vector<std::string> keys;  // the commands view them
       for (uint32_t i = first; i < end; ++i) {
         keys.push_back(ChunkKey(key, info.version, nonce, i));

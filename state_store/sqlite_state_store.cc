@@ -474,6 +474,9 @@ class SqliteStateStore final : public StateStore {
   static constexpr int kSweepBatch = 1000;
   absl::Status SweepExpired(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (now - last_sweep_ < absl::Minutes(1)) return absl::OkStatus();
+    // Set first: a sweep that fails (the file locked by another process
+    // past the busy timeout) is not tried again by every create.
+    last_sweep_ = now;
     SS_RETURN_IF_ERROR(Begin(Durability::kMemory));
     Txn txn(this);
     SS_RETURN_IF_ERROR(Exec(
@@ -494,7 +497,7 @@ class SqliteStateStore final : public StateStore {
         Exec("DELETE FROM sessions WHERE (tenant, sid) IN "
              "(SELECT tenant, sid FROM temp.expired)"));
     SS_RETURN_IF_ERROR(txn.Commit());
-    if (swept < kSweepBatch) last_sweep_ = now;
+    if (swept == kSweepBatch) last_sweep_ = absl::InfinitePast();  // more
     return absl::OkStatus();
   }
 

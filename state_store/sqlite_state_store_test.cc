@@ -174,6 +174,48 @@ TEST(SqliteStateStoreTest, TheSweepSurvivesARefusedCreateAndDrainsABacklog) {
   EXPECT_EQ(CountRows(env.path(), "sessions"), 4);
 }
 
+// Runs `sql` on the store's file through a connection of its own.
+bool ExecOn(const std::string& path, const char* sql) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open(path.c_str(), &db) != SQLITE_OK) return false;
+  sqlite3_busy_timeout(db, 10000);
+  const bool ok = sqlite3_exec(db, sql, nullptr, nullptr, nullptr) == SQLITE_OK;
+  sqlite3_close(db);
+  return ok;
+}
+
+// A sweep that fails (here a trigger refuses it; in life the file locked by
+// another process past the busy timeout) fails no create, and is not tried
+// again by every create: it waits its minute like one that ran.
+TEST(SqliteStateStoreTest, AFailedSweepFailsNoCreateAndWaitsItsMinute) {
+  SqliteEnv env;
+  auto store = env.NewStore(8);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto create = [&](const std::string& id, absl::Duration ttl) {
+    CreateSessionRequest r;
+    r.key = {"acme", id};
+    r.model_id = "tiny";
+    r.initial_state = TestSnapshot(1, 8);
+    r.ttl = ttl;
+    return (*store)->CreateSession(r).status();
+  };
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(create(absl::StrCat("short", i), absl::Seconds(1)).ok());
+  }
+  env.Advance(absl::Minutes(2));
+  ASSERT_TRUE(ExecOn(env.path(),
+                     "CREATE TRIGGER refuse BEFORE DELETE ON versions "
+                     "BEGIN SELECT RAISE(ABORT, 'refused'); END"));
+  EXPECT_TRUE(create("a", absl::Hours(1)).ok());  // its sweep failed
+  EXPECT_EQ(CountRows(env.path(), "sessions"), 6);
+  ASSERT_TRUE(ExecOn(env.path(), "DROP TRIGGER refuse"));
+  EXPECT_TRUE(create("b", absl::Hours(1)).ok());  // within the minute
+  EXPECT_EQ(CountRows(env.path(), "sessions"), 7);
+  env.Advance(absl::Minutes(1));
+  EXPECT_TRUE(create("c", absl::Hours(1)).ok());
+  EXPECT_EQ(CountRows(env.path(), "sessions"), 3);
+}
+
 // Two processes on one file keeping different numbers of versions: the
 // oldest version kept never moves back (a version one of them dropped is
 // not reported as kept), and every version from the oldest to the head

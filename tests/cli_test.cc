@@ -415,6 +415,8 @@ TEST(CliTest, IgnoredFlagsAndArgumentsAreUsageErrors) {
       {{"bench", "engine", "--model=/nonexistent.pth", "--dtype=int8",
         "--precision=as-stored"},
        "with --dtype"},
+      {{"bench", "engine", "--model=/nonexistent.pth", "--tokens=100001"},
+       "--tokens for --mode decode must be at most 100000"},
       {{"session", "create", "--labels=foo"},
        "--labels: expected k=v,k2=v2, got \"foo\""},
       {{"session", "create", "x", "--labels=a=1,foo"},

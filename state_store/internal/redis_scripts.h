@@ -13,7 +13,9 @@
 // (DATA_LOSS / STATE_CORRUPT to the caller) instead of driving a loop of
 // billions of steps that would hold the shard, every tenant on it, for
 // hours. The bounds are kMaxKeptVersions and kMaxVersionChunks
-// (internal/redis_store.h), which the store never exceeds.
+// (internal/redis_store.h), which the store never exceeds, and a chunk
+// count at most the version's state_bytes / kMinChunkBytes + 4. A delete
+// still removes a damaged session (kLuaDelete).
 #ifndef STATESTREAM_STATE_STORE_INTERNAL_REDIS_SCRIPTS_H_
 #define STATESTREAM_STATE_STORE_INTERNAL_REDIS_SCRIPTS_H_
 
@@ -22,11 +24,12 @@ namespace statestream::store_internal {
 // Helpers prepended to every session script.
 inline constexpr char kLuaPrelude[] = R"lua(
 local P = ARGV[1]
-local MAX_KEPT, MAX_CHUNKS = 65536, 1048576
+local MAX_KEPT, MAX_CHUNKS, MIN_CHUNK_BYTES = 65536, 65536, 1024
 local function whole(v, lo, hi, what)
   local n = tonumber(v)
   if n == nil or n ~= math.floor(n) or n < lo or n > hi then
-    error({err = 'SSCORRUPT ' .. P .. ' records ' .. what .. ' ' .. tostring(v)})
+    error({err = 'SSCORRUPT ' .. P .. ' records ' .. what .. ' ' ..
+                 string.sub(tostring(v), 1, 40)})
   end
   return n
 end
@@ -41,9 +44,12 @@ local function touch(k, ttl)
 end
 local function version_keys(n)
   local vk = P .. 'v' .. n
-  local m = redis.call('HMGET', vk, 'nonce', 'chunk_count')
+  local m = redis.call('HMGET', vk, 'nonce', 'chunk_count', 'state_bytes')
   if not m[1] then return {} end
-  local count = whole(m[2], 0, MAX_CHUNKS, 'chunk count of version ' .. n)
+  local bytes = whole(m[3], 0, 2^53, 'state size of version ' .. n)
+  local count = whole(m[2], 0,
+                      math.min(MAX_CHUNKS, math.floor(bytes / MIN_CHUNK_BYTES) + 4),
+                      'chunk count of version ' .. n)
   local keys = {vk}
   for i = 0, count - 1 do keys[#keys + 1] = vk .. ':' .. m[1] .. ':c' .. i end
   return keys
@@ -250,18 +256,33 @@ if not m[1] then
   end
   return {'NOTFOUND'}
 end
-probe_session()
+-- A damaged session (SSCORRUPT from the probe) is deleted too: its head
+-- and lease go, and so do its versions' hashes when their range is sound;
+-- keys its damaged counts cannot find are left to their TTLs. Any other
+-- error (a key a migrating slot moved) fails the script before a write.
+local sound, e = pcall(probe_session)
+if not sound then
+  local msg = type(e) == 'table' and e.err or tostring(e)
+  if string.sub(msg or '', 1, 9) ~= 'SSCORRUPT' then error(e) end
+end
 -- The nonce first: a new key, which a migrating slot may refuse, and then
 -- before anything is deleted.
 if ARGV[4] ~= '' then
   redis.call('SET', P .. 'deleted', ARGV[4], 'PX', ARGV[5])
 end
-local oldest, ver = kept_range(m[2], m[1])
-for n = oldest, ver do
-  local keys = version_keys(n)
-  -- In slices: unpack takes at most ~8000 values.
-  for i = 1, #keys, 1000 do
-    redis.call('DEL', unpack(keys, i, math.min(#keys, i + 999)))
+if sound then
+  local oldest, ver = kept_range(m[2], m[1])
+  for n = oldest, ver do
+    local keys = version_keys(n)
+    -- In slices: unpack takes at most ~8000 values.
+    for i = 1, #keys, 1000 do
+      redis.call('DEL', unpack(keys, i, math.min(#keys, i + 999)))
+    end
+  end
+else
+  local ranged, oldest, ver = pcall(kept_range, m[2], m[1])
+  if ranged then
+    for n = oldest, ver do redis.call('DEL', P .. 'v' .. n) end
   end
 end
 redis.call('DEL', P .. 'head', P .. 'lease')

@@ -37,14 +37,19 @@ namespace statestream::store_internal {
 // The smallest RedisStateStoreOptions::chunk_bytes (NewRedisStateStore).
 constexpr uint64_t kMinChunkBytes = 1024;
 // The largest keep_versions, and the most chunks a version is written in
-// (a 1 TiB state at the default 1 MiB chunks). The scripts check what
-// they read back against the same bounds (MAX_KEPT and MAX_CHUNKS in
-// internal/redis_scripts.h): beyond them a hash is damaged.
+// (a 64 GiB state at the default 1 MiB chunks, above the codec's largest).
+// The scripts check what they read back against the same bounds
+// (MAX_KEPT and MAX_CHUNKS in internal/redis_scripts.h): beyond them a
+// hash is damaged. A damaged count within them costs a script at most
+// ~130k steps.
 constexpr int kMaxKeptVersions = 65536;
-constexpr uint64_t kMaxVersionChunks = uint64_t{1} << 20;
-// The chunks LoadVersion asks for in one pipeline: memory is committed as
-// they arrive, never for a recorded size alone.
-constexpr uint32_t kLoadChunksPerRound = 64;
+constexpr uint64_t kMaxVersionChunks = uint64_t{1} << 16;
+// What LoadVersion asks for in one pipeline: chunks of about this many
+// bytes in all (by the recorded size over the recorded count), and at
+// least 64. Memory is committed as they arrive, never for a recorded size
+// alone.
+constexpr uint64_t kLoadBytesPerRound = 64 << 20;
+constexpr uint32_t kMinLoadChunksPerRound = 64;
 // Index entries PruneIndexSample checks a create.
 constexpr int kIndexPruneSamples = 3;
 
