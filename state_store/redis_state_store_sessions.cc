@@ -315,8 +315,50 @@ absl::Status RedisStateStore::ReserveInIndex(const SessionKey& key,
   return TenantSessionLimit(max);
 }
 
-void RedisStateStore::PruneIndexSample(const SessionKey& created) {
-  const std::string index = IndexKey(created.tenant);
+RedisStateStore::~RedisStateStore() {
+  std::thread pruner;
+  {
+    absl::MutexLock lock(&prune_mu_);
+    prune_stop_ = true;
+    pruner = std::move(pruner_);
+  }
+  if (pruner.joinable()) pruner.join();
+}
+
+void RedisStateStore::QueueIndexPrune(const std::string& tenant) {
+  absl::MutexLock lock(&prune_mu_);
+  if (prune_stop_ || prune_queue_.size() >= kMaxPruneQueue) return;
+  prune_queue_.push_back(tenant);
+  if (!pruner_.joinable()) {
+    try {
+      pruner_ = std::thread([this] { PruneLoop(); });
+    } catch (...) {  // no thread: the entries wait for a listing
+      prune_queue_.clear();
+    }
+  }
+}
+
+void RedisStateStore::PruneLoop() {
+  for (;;) {
+    std::string tenant;
+    {
+      absl::MutexLock lock(&prune_mu_);
+      prune_mu_.Await(absl::Condition(
+          +[](RedisStateStore* s) {
+            s->prune_mu_.AssertHeld();
+            return s->prune_stop_ || !s->prune_queue_.empty();
+          },
+          this));
+      if (prune_stop_) return;
+      tenant = std::move(prune_queue_.front());
+      prune_queue_.pop_front();
+    }
+    PruneIndexSample(tenant);
+  }
+}
+
+void RedisStateStore::PruneIndexSample(const std::string& tenant) {
+  const std::string index = IndexKey(tenant);
   auto drawn = client_->Run(
       index, {{"ZRANDMEMBER", index, absl::StrCat(kIndexPruneSamples)}});
   if (!drawn.ok() || (*drawn)[0]->type != REDIS_REPLY_ARRAY) return;
@@ -324,8 +366,8 @@ void RedisStateStore::PruneIndexSample(const SessionKey& created) {
   std::vector<SessionKey> keys;
   std::vector<std::string> heads;
   for (size_t i = 0; i < ids->elements; ++i) {
-    SessionKey k{created.tenant, Str(ids->element[i])};
-    if (k.session_id == created.session_id || !ValidateKey(k).ok()) continue;
+    SessionKey k{tenant, Str(ids->element[i])};
+    if (!ValidateKey(k).ok()) continue;
     heads.push_back(HeadKey(k));
     keys.push_back(std::move(k));
   }

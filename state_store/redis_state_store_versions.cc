@@ -88,7 +88,7 @@ absl::StatusOr<CommitResult> RedisStateStore::CreateSession(
   // And again now that the head exists: a listing that ran between the
   // two saw no head and dropped the entry (ListSessions).
   SS_RETURN_IF_ERROR(AddToIndex(r.key));
-  PruneIndexSample(r.key);
+  QueueIndexPrune(r.key.tenant);
   return Finish(r.key, v, nonce, r.durability, reached);
 }
 

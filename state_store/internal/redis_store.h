@@ -13,9 +13,11 @@
 #include <hiredis/hiredis.h>
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -50,8 +52,10 @@ constexpr uint64_t kMaxVersionChunks = uint64_t{1} << 16;
 // alone.
 constexpr uint64_t kLoadBytesPerRound = 64 << 20;
 constexpr uint32_t kMinLoadChunksPerRound = 64;
-// Index entries PruneIndexSample checks a create.
+// Index entries PruneIndexSample checks a create, and the most creates
+// waiting for it.
 constexpr int kIndexPruneSamples = 3;
+constexpr size_t kMaxPruneQueue = 4096;
 
 // A hash's fields, as HGETALL (or a script) returns them in pairs.
 using Fields = std::map<std::string, std::string>;
@@ -112,6 +116,7 @@ class RedisStateStore final : public StateStore {
       : options_(o),
         clock_(o.clock ? o.clock : Clock::Real()),
         client_(std::move(client)) {}
+  ~RedisStateStore() override;  // stops the index pruner
   absl::Status Init();
 
   absl::StatusOr<CommitResult> CreateSession(
@@ -237,13 +242,19 @@ class RedisStateStore final : public StateStore {
                                      absl::Time start, absl::Duration ttl);
 
   absl::Status AddToIndex(const SessionKey& key);
-  // After `created` is indexed: drops from its tenant's index the entries
-  // of a few sessions drawn at random that no longer exist (Redis expired
-  // them; nothing else removes an entry but a delete or a listing that
-  // meets it). Best effort, errors ignored. With kIndexPruneSamples draws
-  // a create, the index holds at most about 1 / kIndexPruneSamples stale
-  // entries a live one in steady state, instead of growing forever.
-  void PruneIndexSample(const SessionKey& created);
+  // After a create of `tenant`'s: queues PruneIndexSample for the pruner
+  // thread (started on first use), so no create waits for it (in a
+  // Cluster a drawn session's shard may be down for seconds). A full queue
+  // drops it: best effort.
+  void QueueIndexPrune(const std::string& tenant);
+  // Drops from `tenant`'s index the entries of a few sessions drawn at
+  // random that no longer exist (Redis expired them; nothing else removes
+  // an entry but a delete or a listing that meets it). Best effort, errors
+  // ignored. With kIndexPruneSamples draws a create, the index holds at
+  // most about 1 / kIndexPruneSamples stale entries a live one in steady
+  // state, instead of growing forever.
+  void PruneIndexSample(const std::string& tenant);
+  void PruneLoop();
 
   // AddToIndex for a create limited to `max` sessions of the tenant
   // (kReserveInIndex); at the limit, lists the tenant's sessions (pruning
@@ -323,6 +334,10 @@ class RedisStateStore final : public StateStore {
   // options_.durability_timeout in ms, as WAIT / WAITAOF take it.
   const std::string wait_timeout_ =
       absl::StrCat(Ms(options_.durability_timeout));
+  absl::Mutex prune_mu_;
+  std::deque<std::string> prune_queue_ ABSL_GUARDED_BY(prune_mu_);
+  bool prune_stop_ ABSL_GUARDED_BY(prune_mu_) = false;
+  std::thread pruner_ ABSL_GUARDED_BY(prune_mu_);
   absl::Mutex fsync_mu_;
   bool fsync_always_ ABSL_GUARDED_BY(fsync_mu_) = false;
   absl::Time fsync_checked_at_ ABSL_GUARDED_BY(fsync_mu_) =
