@@ -21,8 +21,9 @@ import grpc.aio
 
 from statestream.client import (_ClientBase, _assemble_export,
                                 _closed_error, _create_request, _deadline,
-                                _generate_request, _import_header,
-                                _import_requests, _left,
+                                _crc32c_in_thread, _generate_request,
+                                _import_chunk,
+                                _import_chunks, _import_header, _left,
                                 _not_found_after_unknown, _outcome_unknown,
                                 _rollback_request, _score_request, _setup,
                                 _Stubs, _update_request, new_request_id)
@@ -39,7 +40,13 @@ class AsyncClient(_ClientBase):
     """Like statestream.Client, for one event loop (the same options,
     HTTP/2 keepalive included, and the same methods, as coroutines: every
     call takes `timeout=`, seconds for the whole operation, retries
-    included)."""
+    included).
+
+    close() ends the calls in progress, one waiting out a backoff included:
+    they raise StatestreamError CANCELLED "client closed" (not
+    asyncio.CancelledError, though gRPC cancels them), as every later call
+    does. A task cancelled itself (task.cancel(), asyncio.wait_for) still
+    gets asyncio.CancelledError."""
 
     def __init__(self, targets: Union[str, Sequence[str]], *,
                  api_key: Optional[str] = None, tenant: Optional[str] = None,
@@ -53,11 +60,28 @@ class AsyncClient(_ClientBase):
         _setup(self, targets, api_key, tenant, tls, root_certificates,
                private_key, certificate_chain, tls_server_name, timeout,
                max_attempts, initial_backoff, max_backoff, options, grpc.aio)
+        # The futures the backoffs in progress wait on: close() sets them.
+        self._wakers: set = set()
+        # The gRPC calls not done yet: close() cancels them (closing a
+        # grpc.aio channel cancels only the calls a task awaits directly,
+        # not a stream read inside a method of ours).
+        self._calls: set = set()
+        for stubs in self._stubs:
+            for stub in (stubs.sessions, stubs.streams, stubs.models):
+                for name, method in list(vars(stub).items()):
+                    setattr(stub, name, _Tracked(method, self._calls))
 
     async def close(self) -> None:
-        """Closes the channels; later calls fail CANCELLED "client
-        closed" (a StatestreamError)."""
+        """Closes the channels. Calls in progress (one waiting out a
+        backoff included), and every later call, fail CANCELLED "client
+        closed" (a StatestreamError; not retried, is_retryable() is
+        False); a writer keeps that error."""
         self._closed = True
+        for wake in list(self._wakers):
+            if not wake.done():
+                wake.set_result(None)
+        for call in list(self._calls):
+            call.cancel()
         for s in self._stubs:
             await s.channel.close()
 
@@ -72,8 +96,29 @@ class AsyncClient(_ClientBase):
             self._current = (self._current + 1) % len(self._stubs)
 
     async def _retry_or_raise(self, error: StatestreamError, attempt: int,
-                              deadline: Optional[float] = None) -> None:
-        await asyncio.sleep(self._backoff(error, attempt, deadline))
+                              deadline: Optional[float] = None,
+                              wake: Optional[asyncio.Future] = None) -> None:
+        """Waits the backoff before attempt+1, or raises `error` (see
+        _ClientBase._backoff). The wait ends early when `wake` gets a
+        result (a stream's cancel()) or the client is closed, which raises
+        CANCELLED "client closed"."""
+        backoff = self._backoff(error, attempt, deadline)
+        if wake is None:
+            wake = asyncio.get_running_loop().create_future()
+        self._wakers.add(wake)
+        try:
+            await asyncio.wait((wake,), timeout=backoff)
+        finally:
+            self._wakers.discard(wake)
+        self._check_open()
+
+    def _closed_under(self) -> bool:
+        """Called on an asyncio.CancelledError: whether it comes from
+        close(), which cancels the gRPC calls in flight, rather than from a
+        cancellation of the running task (task.cancel(), wait_for), which
+        must propagate. (Python < 3.11 cannot tell them apart: after
+        close(), every cancellation counts as close()'s.)"""
+        return self._closed and not _task_cancelling()
 
     def _invoke(self, fn, *args, **kwargs):
         """fn(*args, **kwargs), which starts a call. After close():
@@ -100,6 +145,10 @@ class AsyncClient(_ClientBase):
                                           self._attempt_timeout(deadline))
             except grpc.aio.UsageError:
                 if self._closed:
+                    raise _closed_error() from None
+                raise
+            except asyncio.CancelledError:
+                if self._closed_under():
                     raise _closed_error() from None
                 raise
             except grpc.RpcError as e:
@@ -147,7 +196,8 @@ class AsyncClient(_ClientBase):
     async def _import(self, header, blob: bytes,
                       timeout: Optional[float] = None):
         return await self._unary(lambda st, md, t: st.sessions.ImportState(
-            _import_requests(header, blob), metadata=md, timeout=t), timeout)
+            _async_import_requests(header, blob), metadata=md, timeout=t),
+            timeout)
 
     async def import_session(self, state: ExportedState,
                              session_id: str = "", *,
@@ -166,6 +216,42 @@ class AsyncClient(_ClientBase):
         r = await self._unary(lambda st, md, t: st.models.ListModels(
             pb.ListModelsRequest(), metadata=md, timeout=t), timeout)
         return list(r.models)
+
+
+class _Tracked:
+    """A stub's method whose calls are kept in `calls` until done."""
+
+    def __init__(self, method, calls: set):
+        self._method = method
+        self._calls = calls
+
+    def __call__(self, *args, **kwargs):
+        call = self._method(*args, **kwargs)
+        self._calls.add(call)
+        call.add_done_callback(self._calls.discard)
+        return call
+
+
+async def _async_import_requests(header, blob: bytes):
+    """As client._import_requests, with each chunk's CRC-32C computed off
+    the event loop (in pure Python, about 0.1 s per MiB): the next chunk's
+    while this one is sent."""
+    loop = asyncio.get_running_loop()
+    yield pb.ImportStateRequest(header=header)
+    chunks = _import_chunks(header, blob)
+    pending = None  # (index, data, the CRC's future)
+    try:
+        for i, data in chunks:
+            crc = loop.run_in_executor(None, _crc32c_in_thread, data)
+            if pending is not None:
+                yield _import_chunk(pending[0], pending[1], await pending[2])
+            pending = (i, data, crc)
+        if pending is not None:
+            yield _import_chunk(pending[0], pending[1], await pending[2])
+            pending = None
+    finally:
+        if pending is not None:
+            pending[2].cancel()
 
 
 class AsyncSession:
@@ -241,10 +327,13 @@ class AsyncSession:
                  max_duration: Union[float, datetime.timedelta, None] = None,
                  timeout: Optional[float] = None
                  ) -> "AsyncGenerateStream":
-        """As Session.generate. The pin of a committing generation (no
-        request_id, no expected_input_offset) is read as in the sync
-        client: its GetSession starts now (called inside a running event
-        loop), and the first read waits for it."""
+        """As Session.generate, except when the pin of a committing
+        generation (no request_id, no expected_input_offset) is read: its
+        GetSession starts now as a task when called inside a running event
+        loop (else at the first read), concurrently with what the caller
+        does next, and the first read waits for it. Input appended right
+        after generate() may or may not be in the pin: when that order
+        matters, pass expected_input_offset (read yourself)."""
         req = _generate_request(
             self.id, prompt, prompt_tokens=prompt_tokens,
             max_tokens=max_tokens, temperature=temperature, top_p=top_p,
@@ -284,9 +373,12 @@ class AsyncSession:
             timeout))
 
     async def fork(self, version: int = 0, new_id: str = "", *,
+                   durability: int = pb.DURABILITY_UNSPECIFIED,
                    timeout: Optional[float] = None) -> "AsyncSession":
+        """As Session.fork: version 1 is committed at `durability`."""
         info = await self.client.create_session(new_id, fork_from=self.id,
                                                 fork_version=version,
+                                                durability=durability,
                                                 timeout=timeout)
         return AsyncSession(self.client, info.session_id)
 
@@ -376,7 +468,9 @@ class AsyncAppendWriter(_AckTracker):
     A failure that is not retried (or runs out of attempts, or passes
     `timeout`) sticks: every later call raises it and opens no call. After
     close(), calls (sync() included) raise FAILED_PRECONDITION "writer
-    closed". A call cancelled by the caller
+    closed"; after AsyncClient.close(), every call (one in progress
+    included) raises CANCELLED "client closed", and keeps it. A call
+    cancelled by the caller
     (asyncio.CancelledError, e.g. from asyncio.wait_for) cancels the gRPC
     call; what write() had taken stays in the writer (its offset counted)
     and the next call resends it on a new call."""
@@ -465,6 +559,9 @@ class AsyncAppendWriter(_AckTracker):
                 return self.last_ack
             raise StatestreamError(grpc.StatusCode.FAILED_PRECONDITION,
                                    "writer closed")
+        if self._client._closed:
+            self._error = _closed_error()
+            raise self._error
         if not self._closing:
             self._queue(pb.AppendRequest(checkpoint=True))
             self._closing = True
@@ -479,19 +576,28 @@ class AsyncAppendWriter(_AckTracker):
             except (grpc.RpcError, asyncio.InvalidStateError):
                 pass  # everything is committed and acknowledged already
             except asyncio.CancelledError:
-                call.cancel()
-                self._close_interrupted = True
-                raise
+                if not self._client._closed_under():
+                    call.cancel()
+                    self._close_interrupted = True
+                    raise
+                # AsyncClient.close() cancelled the call: everything is
+                # committed and acknowledged already.
         return ack
 
     # -- internals -----------------------------------------------------------
 
     def _check(self) -> None:
+        """Raises the writer's error; FAILED_PRECONDITION "writer closed"
+        after close(); else CANCELLED "client closed" (kept) after
+        AsyncClient.close()."""
         if self._error is not None:
             raise self._error
         if self._closed or self._closing:
             raise StatestreamError(grpc.StatusCode.FAILED_PRECONDITION,
                                    "writer closed")
+        if self._client._closed:
+            self._error = _closed_error()
+            raise self._error
 
     def _queue(self, req) -> None:
         req.session_id = self._session_id
@@ -521,6 +627,10 @@ class AsyncAppendWriter(_AckTracker):
             # A cancelled gRPC call fails every later read and write: open a
             # new one next time.
             self._drop_call()
+            if self._client._closed_under():
+                # AsyncClient.close() cancelled the call.
+                self._error = _closed_error()
+                raise self._error from None
             raise
 
     async def _pump_inner(self, keep_unacked: int) -> None:
@@ -591,6 +701,14 @@ class AsyncAppendWriter(_AckTracker):
         self._sent = 0
 
 
+def _task_cancelling() -> bool:
+    """Whether the running task was asked to cancel (task.cancel(), not
+    undone); False where Python (< 3.11) cannot say."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is not None and cancelling() > 0
+
+
 def _retrieve(task: "asyncio.Task") -> None:
     """A done callback: marks the task's exception retrieved (a stream
     never read does not log "exception was never retrieved")."""
@@ -602,7 +720,10 @@ class AsyncGenerateStream:
     """Async iterator of GenerateChunk with resume (a resumed call that
     diverges from what was delivered raises ABORTED); `.done` at the end.
     `timeout` bounds the whole generation from its creation, the pin's
-    GetSession and every resume included."""
+    GetSession and every resume included. cancel() / aclose() end it, a
+    resume's backoff included (the read waiting it out ends with
+    StopAsyncIteration); after AsyncClient.close() a read raises CANCELLED
+    "client closed"."""
 
     def __init__(self, session: AsyncSession, request, pin: bool = True,
                  timeout: Optional[float] = None):
@@ -613,9 +734,10 @@ class AsyncGenerateStream:
         self._progress = _GenerateProgress(request)
         self._call = None
         self._stubs = None
-        # A committing generation is pinned to the input_offset read now,
-        # as Session.generate does (the first read waits for it); outside a
-        # running loop, at the first read.
+        # A committing generation is pinned to the input_offset a
+        # GetSession reads: started now as a task (in a running loop; else
+        # at the first read), running concurrently with what the caller
+        # does next. The first read waits for it.
         self._pin_task: Optional[asyncio.Task] = None
         self._pin_later = False
         if (pin and request.commit and
@@ -631,6 +753,8 @@ class AsyncGenerateStream:
         self.done: Optional[GenerateDone] = None
         self.reconnects = 0
         self._finished = False
+        self._cancelled = False
+        self._wake: Optional[asyncio.Future] = None  # a backoff's, if any
 
     def __aiter__(self) -> "AsyncGenerateStream":
         return self
@@ -642,15 +766,19 @@ class AsyncGenerateStream:
 
     def cancel(self) -> None:
         """Cancels the call (and the pin's read); the iteration ends
-        (StopAsyncIteration). Not retried."""
+        (StopAsyncIteration), a read waiting out a resume's backoff at
+        once. Not retried."""
+        self._cancelled = True
+        self._finished = True
         self._drop_call()
         if self._pin_task is not None:
             self._pin_task.cancel()
             self._pin_task = None
-        self._finished = True
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     async def aclose(self) -> None:
-        """Cancels the call; the iteration ends."""
+        """Cancels the call; the iteration ends (as cancel())."""
         self.cancel()
 
     async def __anext__(self) -> GenerateChunk:
@@ -661,29 +789,46 @@ class AsyncGenerateStream:
             # has cancelled the call, which fails every later read. The next
             # read reissues the same request and skips what was delivered.
             self._drop_call()
+            if self._client._closed_under():
+                # AsyncClient.close() cancelled the call.
+                self._finished = True
+                raise _closed_error() from None
             raise
 
     async def _pin(self) -> None:
         """Sets the request's expected_input_offset to the offset read for
         the pin, once (shielded: a cancelled read leaves the pin's read
         running for the next one)."""
-        if self._pin_task is not None:
+        task = self._pin_task
+        if task is not None:
             try:
-                info = await asyncio.shield(self._pin_task)
+                info = await asyncio.shield(task)
             except StatestreamError:
                 self._finished = True
                 self._pin_task = None
                 raise
-            self._pin_task = None
-        elif self._pin_later:
-            try:
-                info = await self._session.get(timeout=_left(self._deadline))
-            except StatestreamError:
-                self._finished = True
-                raise
-            self._pin_later = False
-        else:
+            except asyncio.CancelledError:
+                if not task.cancelled() or _task_cancelling():
+                    raise  # this read was cancelled; the pin's goes on
+                if self._cancelled:
+                    return  # by cancel(): the iteration ends
+                # The pin's task was cancelled under us (cancel() drops
+                # it): read the pin here rather than awaiting a cancelled
+                # task at every read.
+                self._pin_task = None
+                self._pin_later = True
+            else:
+                self._pin_task = None
+                self._request.expected_input_offset = info.input_offset
+                return
+        if not self._pin_later:
             return
+        try:
+            info = await self._session.get(timeout=_left(self._deadline))
+        except StatestreamError:
+            self._finished = True
+            raise
+        self._pin_later = False
         self._request.expected_input_offset = info.input_offset
 
     def _open(self) -> None:
@@ -741,11 +886,18 @@ class AsyncGenerateStream:
                 raise moved
             self._client._rotate(self._stubs)
             attempts += 1
+            # cancel() ends the backoff at once (AsyncClient.close() too,
+            # raising CANCELLED "client closed").
+            self._wake = asyncio.get_running_loop().create_future()
             try:
                 await self._client._retry_or_raise(err, attempts,
-                                                   self._deadline)
+                                                   self._deadline, self._wake)
             except StatestreamError:
                 self._finished = True
                 raise
+            finally:
+                self._wake = None
+            if self._cancelled:
+                break
             self.reconnects += 1
         raise StopAsyncIteration

@@ -22,7 +22,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import grpc
 
-from statestream.errors import StatestreamError, is_retryable, retry_after
+from statestream.errors import (StatestreamError, client_closed_error,
+                                is_retryable, retry_after)
 from statestream.types import (AppendAck, ExportedState, GenerateResult,
                                ScoreResult, SessionInfo, VersionInfo)
 from statestream.v1 import statestream_pb2 as pb
@@ -122,8 +123,7 @@ def _left(deadline: Optional[float]) -> Optional[float]:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def _closed_error() -> StatestreamError:
-    return StatestreamError(grpc.StatusCode.CANCELLED, "client closed")
+_closed_error = client_closed_error  # CANCELLED "client closed"
 
 
 class _ClientBase:
@@ -205,14 +205,21 @@ class Client(_ClientBase):
                private_key, certificate_chain, tls_server_name, timeout,
                max_attempts, initial_backoff, max_backoff, options, grpc)
         self._lock = threading.Lock()
+        # The events the backoffs in progress wait on: close() sets them.
+        self._wakers: set = set()
 
     # -- plumbing ----------------------------------------------------------
 
     def close(self) -> None:
-        """Closes the channels. Calls in progress, and every later call,
-        fail CANCELLED "client closed" (a StatestreamError; not retried); a
-        writer keeps that error."""
-        self._closed = True
+        """Closes the channels. Calls in progress (one waiting out a
+        backoff included), and every later call, fail CANCELLED "client
+        closed" (a StatestreamError; not retried, is_retryable() is False);
+        a writer keeps that error."""
+        with self._lock:
+            self._closed = True
+            wakers = list(self._wakers)
+        for wake in wakers:
+            wake.set()
         for s in self._stubs:
             s.channel.close()
 
@@ -232,10 +239,25 @@ class Client(_ClientBase):
                 self._current = (self._current + 1) % len(self._stubs)
 
     def _retry_or_raise(self, error: StatestreamError, attempt: int,
-                        deadline: Optional[float], sleep=time.sleep) -> None:
-        """Sleeps the backoff before attempt+1 (with `sleep`, which may
-        return early), or raises `error` (see _ClientBase._backoff)."""
-        sleep(self._backoff(error, attempt, deadline))
+                        deadline: Optional[float],
+                        wake: Optional[threading.Event] = None) -> None:
+        """Sleeps the backoff before attempt+1, or raises `error` (see
+        _ClientBase._backoff). The sleep ends early when `wake` is set (a
+        stream's cancel()) or the client is closed, which raises CANCELLED
+        "client closed"."""
+        backoff = self._backoff(error, attempt, deadline)
+        if wake is None:
+            wake = threading.Event()
+        with self._lock:
+            if self._closed:
+                raise _closed_error()
+            self._wakers.add(wake)
+        try:
+            wake.wait(backoff)
+        finally:
+            with self._lock:
+                self._wakers.discard(wake)
+        self._check_open()
 
     def _invoke(self, fn, *args, **kwargs):
         """fn(*args, **kwargs), which starts a call. After close():
@@ -359,14 +381,23 @@ def _import_header(session_id, mode, state, *, labels=None,
     return header
 
 
+def _import_chunks(header, blob: bytes):
+    """The blob's chunks, (index, data), as ImportState sends them."""
+    size = header.state.chunk_bytes or (1 << 20)
+    for i in range(0, max(1, (len(blob) + size - 1) // size)):
+        yield i, blob[i * size:(i + 1) * size]
+
+
+def _import_chunk(index: int, data: bytes, crc: int):
+    return pb.ImportStateRequest(chunk=pb.StateChunk(index=index, data=data,
+                                                     crc32c=crc))
+
+
 def _import_requests(header, blob: bytes):
     """The ImportState requests: the header, then the blob in chunks."""
     yield pb.ImportStateRequest(header=header)
-    size = header.state.chunk_bytes or (1 << 20)
-    for i in range(0, max(1, (len(blob) + size - 1) // size)):
-        data = blob[i * size:(i + 1) * size]
-        yield pb.ImportStateRequest(chunk=pb.StateChunk(
-            index=i, data=data, crc32c=_crc32c(data)))
+    for i, data in _import_chunks(header, blob):
+        yield _import_chunk(i, data, _crc32c(data))
 
 
 def _rollback_request(session_id, version, expected_version, durability):
@@ -490,8 +521,10 @@ def _crc32c_table():
 _CRC_TABLE = _crc32c_table()
 
 
-def _crc32c_python(data: bytes) -> int:
-    crc = 0xFFFFFFFF
+def _crc32c_python(data: bytes, crc: int = 0) -> int:
+    """CRC-32C of `data`; of what came before and `data` given `crc`, the
+    CRC-32C of what came before."""
+    crc ^= 0xFFFFFFFF
     for b in data:
         crc = _CRC_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
     return crc ^ 0xFFFFFFFF
@@ -502,8 +535,25 @@ try:  # the C implementation when installed (pip: google-crc32c)
 
     def _crc32c(data: bytes) -> int:
         return _google_crc32c.value(data)
+    _C_CRC = True
 except ImportError:  # ~10 MB/s in pure Python
     _crc32c = _crc32c_python
+    _C_CRC = False
+
+
+def _crc32c_in_thread(data: bytes) -> int:
+    """_crc32c(data), computed in a thread beside an event loop. In pure
+    Python: 16 KiB at a time, handing the GIL over in between, else the
+    loop's thread waits up to the switch interval (5 ms) each time it takes
+    the GIL back, which it does many times a step."""
+    if _C_CRC:
+        return _crc32c(data)
+    crc = 0
+    view = memoryview(data)
+    for i in range(0, len(view), 16384):
+        crc = _crc32c_python(view[i:i + 16384], crc)
+        time.sleep(0)
+    return crc
 
 
 def _stop_strings(stop) -> List[str]:
@@ -660,9 +710,14 @@ class Session:
             timeout))
 
     def fork(self, version: int = 0, new_id: str = "", *,
+             durability: int = pb.DURABILITY_UNSPECIFIED,
              timeout: Optional[float] = None) -> "Session":
+        """A new session (`new_id`, empty: server-generated) starting from
+        committed `version` (0: the head) of this one; its version 1 is
+        committed at `durability` (CreateSession with fork_from)."""
         info = self.client.create_session(new_id, fork_from=self.id,
                                           fork_version=version,
+                                          durability=durability,
                                           timeout=timeout)
         return Session(self.client, info.session_id)
 

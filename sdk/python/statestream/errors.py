@@ -58,11 +58,25 @@ class StatestreamError(Exception):
         return cls(code, message or "", reason, metadata)
 
 
+CLIENT_CLOSED = "client closed"
+
+
+def client_closed_error() -> StatestreamError:
+    """CANCELLED "client closed": what a call of a closed client raises
+    (never retryable)."""
+    error = StatestreamError(grpc.StatusCode.CANCELLED, CLIENT_CLOSED)
+    error._client_closed = True
+    return error
+
+
 def is_retryable(error: StatestreamError) -> bool:
-    """True when resending the same request is safe and may succeed."""
+    """True when resending the same request is safe and may succeed. Not
+    for CANCELLED "client closed", which the SDK raises after
+    Client.close() / AsyncClient.close(): no retry can succeed."""
     c = error.code
-    if c in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-             grpc.StatusCode.CANCELLED):
+    if c == grpc.StatusCode.CANCELLED:
+        return not getattr(error, "_client_closed", False)
+    if c in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return True
     if c == grpc.StatusCode.RESOURCE_EXHAUSTED:
         # The worker's admission limits; not a message over a size limit.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import grpc
 
-from statestream.errors import StatestreamError
+from statestream.errors import StatestreamError, client_closed_error
 from statestream.types import (AppendAck, GenerateChunk, GenerateDone,
                                TokenLogprob)
 from statestream.v1 import statestream_pb2 as pb
@@ -169,7 +169,9 @@ class AppendWriter(_AckTracker):
     committed once an ack's committed_input_offset covers its end, except a
     bare flush (see `_committed`); a checkpoint's ack commits everything up
     to it. A failure that is not retried (or runs out of attempts) sticks:
-    every later call raises it."""
+    every later call raises it. After Client.close() every call raises
+    CANCELLED "client closed" (and keeps it), even one that would have
+    only queued its request."""
 
     def __init__(self, client: Client, session_id: str, offset: int, *,
                  window: int, max_chunk_bytes: int, durability: int,
@@ -208,10 +210,12 @@ class AppendWriter(_AckTracker):
         """Appends UTF-8 text (str, or bytes that may split a character
         between two writes); TypeError for anything else."""
         data = _utf8(text)
+        self._check()
         for i in range(0, len(data), self._chunk):
             self._send(pb.AppendRequest(text_utf8=data[i:i + self._chunk]))
 
     def write_tokens(self, tokens: Sequence[int]) -> None:
+        self._check()
         for i in range(0, len(tokens), 262144):
             req = pb.AppendRequest()
             req.tokens.ids.extend(tokens[i:i + 262144])
@@ -251,11 +255,17 @@ class AppendWriter(_AckTracker):
     # -- internals -----------------------------------------------------------
 
     def _check(self) -> None:
+        """Raises the writer's error; FAILED_PRECONDITION "writer closed"
+        after close(); else CANCELLED "client closed" (kept) after
+        Client.close()."""
         if self._error is not None:
             raise self._error
         if self._closed:
             raise StatestreamError(grpc.StatusCode.FAILED_PRECONDITION,
                                    "writer closed")
+        if self._client._closed:
+            self._error = client_closed_error()
+            raise self._error
 
     def _send(self, req) -> None:
         self._check()
@@ -458,7 +468,9 @@ class GenerateStream:
     was delivered, and on the input the generation started from: a resumed
     call that diverges, or finds the session moved on, raises ABORTED). `.done`
     (GenerateDone) is set once the iteration ends; `.reconnects` counts
-    resumptions. cancel() (from any thread) ends the iteration."""
+    resumptions. cancel() (from any thread) ends the iteration, a read
+    waiting out a resume's backoff at once; Client.close() ends it with
+    CANCELLED "client closed"."""
 
     def __init__(self, client: Client, request, timeout: Optional[float]):
         self._client = client
@@ -555,8 +567,9 @@ class GenerateStream:
             self._client._rotate(self._stubs)
             attempts += 1
             try:
+                # cancel() (or Client.close()) ends the backoff at once.
                 self._client._retry_or_raise(err, attempts, self._deadline,
-                                             sleep=self._cancelled.wait)
+                                             wake=self._cancelled)
             except StatestreamError:
                 self._finished = True
                 raise

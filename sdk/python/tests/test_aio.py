@@ -153,9 +153,11 @@ def test_async_client_has_the_sync_options(server):
 
 def test_async_commit_pin_is_read_at_generate(server):
     # A committing generate pins the input_offset read when generate() is
-    # called, in the sync client and now in asyncio too (which read it at
-    # the first __anext__): input appended in between makes the call fail
-    # POSITION_MISMATCH instead of generating from the moved session.
+    # called: input appended after it makes the call fail POSITION_MISMATCH
+    # instead of generating from the moved session. The sync client reads it
+    # inside generate(); asyncio only starts the read there (a task, which
+    # may land after an append made right after: test_faults checks it
+    # starts then), so a caller that needs the order pins it explicitly.
     from statestream import Client
     with Client(server.address) as c:
         c.create_session("pin")
@@ -170,8 +172,9 @@ def test_async_commit_pin_is_read_at_generate(server):
     async def main():
         async with AsyncClient(server.address) as c:
             s = c.session("pin")
-            stream = s.generate(commit=True, max_tokens=2)
-            await asyncio.sleep(0.5)  # the pin's read goes first
+            at = (await s.get()).input_offset
+            stream = s.generate(commit=True, max_tokens=2,
+                                expected_input_offset=at)
             await s.append(" again")
             with pytest.raises(StatestreamError) as e:
                 async for _ in stream:

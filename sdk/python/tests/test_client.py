@@ -393,3 +393,34 @@ def test_infos_carry_every_field(client):
     assert r.proto.input_offset == 5
     assert s.append("!").proto.input_offset == 6
     assert s.generate_text(max_tokens=1).done.proto.HasField("usage")
+
+
+# -- fork takes durability= ---------------------------------------------------
+#
+# A fork commits its version 1 like any create; fork() had no durability=.
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_fork_commits_at_the_durability_asked(server, aio):
+    import asyncio
+    from statestream.aio import AsyncClient
+    from statestream.v1 import statestream_pb2 as pb
+
+    async def run_async():
+        async with AsyncClient(server.address) as c:
+            await c.create_session("src")
+            s = c.session("src")
+            await s.append("some text")
+            fork = await s.fork(new_id="f", durability=pb.DURABILITY_FSYNC)
+            return await fork.get()
+
+    def run_sync():
+        with Client(server.address) as c:
+            c.create_session("src")
+            s = c.session("src")
+            s.append("some text")
+            fork = s.fork(new_id="f", durability=pb.DURABILITY_FSYNC)
+            return fork.get()
+    info = asyncio.run(run_async()) if aio else run_sync()
+    assert info.parent_session_id == "src"
+    assert info.version == 1
+    assert info.durability == "DURABILITY_FSYNC"

@@ -20,6 +20,7 @@ from statestream import (Client, ExportedState, StatestreamError,
                          TokenLogprob, TopLogprob)
 from statestream.aio import AsyncClient
 from statestream.client import _crc32c
+from statestream.errors import is_retryable
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as rpc
 from test_writer import pause
@@ -31,8 +32,8 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
     """Sessions.GetSession and Streams.Append. Append acks each request
     (resends as duplicates, never committing) except a text "bad", which
     fails UNAVAILABLE at every attempt. Session "malformed" fails with
-    an unparsable grpc-status-details-bin. Generate, DeleteSession: see
-    there."""
+    an unparsable grpc-status-details-bin. GetSession, Generate,
+    DeleteSession, ImportState: see there."""
 
     def __init__(self):
         self.append_calls = 0
@@ -40,6 +41,8 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
         self.generate_requests = []  # every Generate request received
         self.generate_cancelled = 0  # Generate calls the client cancelled
         self.delete_requests = []  # every DeleteSession request received
+        self.get_requests = []  # every GetSession request received
+        self.imported_chunks = []  # every ImportState StateChunk received
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         rpc.add_SessionsServicer_to_server(self, self.server)
         rpc.add_StreamsServicer_to_server(self, self.server)
@@ -51,12 +54,35 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
         return f"127.0.0.1:{self.port}"
 
     def GetSession(self, request, context):
+        """Session "slow": answers after 30 s, or when the client cancels.
+        "overloaded": refused OVERLOADED with a 20 s retry_after_ms hint.
+        Others: input_offset 0."""
+        self.get_requests.append(request)
         if request.session_id == "malformed":
             context.set_trailing_metadata((
                 ("grpc-status-details-bin", b"\x1a\x05ab"),))  # truncated
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           "details that do not parse")
+        if request.session_id == "overloaded":
+            abort_with_reason(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              "OVERLOADED", "queue full",
+                              {"retry_after_ms": "20000"})
+        if request.session_id == "slow":
+            deadline = time.monotonic() + 30
+            while context.is_active() and time.monotonic() < deadline:
+                time.sleep(0.01)
         return pb.Session(session_id=request.session_id, input_offset=0)
+
+    def ImportState(self, request_iterator, context):
+        """Keeps every chunk (in imported_chunks: the test checks them,
+        without loading the process meanwhile); the session, version 2."""
+        header = None
+        for r in request_iterator:
+            if r.HasField("header"):
+                header = r.header
+            else:
+                self.imported_chunks.append(r.chunk)
+        return pb.Session(session_id=header.session_id, version=2)
 
     def ExportState(self, request, context):
         # Session "reordered": chunk 1 before 0; "corrupt": a wrong CRC.
@@ -201,11 +227,12 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
                                     committed_input_offset=0)
 
 
-def abort_with_reason(context, code, reason, message):
-    """Ends the call with `code` and an ErrorInfo carrying `reason`, as the
-    server does."""
+def abort_with_reason(context, code, reason, message, metadata=None):
+    """Ends the call with `code` and an ErrorInfo carrying `reason` (and
+    `metadata`), as the server does."""
     info = error_details_pb2.ErrorInfo(reason=reason,
-                                       domain="statestream.dev")
+                                       domain="statestream.dev",
+                                       metadata=metadata or {})
     status = status_pb2.Status(code=code.value[0], message=message)
     status.details.add().Pack(info)
     context.set_trailing_metadata((
@@ -541,6 +568,36 @@ def test_a_cancel_during_the_backoff_opens_no_call(fake):
         assert stream.reconnects == 0
 
 
+@pytest.mark.parametrize("how", ["cancel", "aclose"])
+def test_async_cancel_during_the_backoff_opens_no_call(fake, how):
+    # The async stream slept its whole backoff (asyncio.sleep) after
+    # cancel() / aclose(): up to 60 s with a retry_after_ms hint.
+    async def main():
+        async with AsyncClient(fake.address, **slow_retries()) as c:
+            stream = c.session("unavailable-first").generate("x")
+
+            async def cancel_later():
+                await asyncio.sleep(0.3)
+                if how == "cancel":
+                    stream.cancel()
+                else:
+                    await stream.aclose()
+            canceller = asyncio.create_task(cancel_later())
+            began = time.monotonic()
+            with pytest.raises(StopAsyncIteration):
+                # Fails, then waits the backoff until cancel().
+                await stream.__anext__()
+            took = time.monotonic() - began
+            await canceller
+            with pytest.raises(StopAsyncIteration):
+                await stream.__anext__()
+            return took, stream.reconnects
+    took, reconnects = asyncio.run(main())
+    assert took < 5
+    assert len(fake.generate_requests) == 1
+    assert reconnects == 0
+
+
 def test_a_cancel_racing_a_resume_cancels_the_new_call(fake):
     # cancel() lands while the resumed call is being opened (here: from
     # inside the stub, just before the call starts): the new call must be
@@ -794,3 +851,251 @@ def test_async_timeouts_bound_calls_to_a_blackholed_target(blackhole):
                 took = time.monotonic() - began
                 assert took < 4, (name, took)
     asyncio.run(main())
+
+
+# -- closing the client ends every call --------------------------------------
+#
+# Client.close() / AsyncClient.close() end the calls in progress with
+# CANCELLED "client closed". A call waiting out a backoff slept all of it
+# (up to 60 s with a retry_after_ms hint) before it noticed. AsyncClient's
+# unary calls in flight raised asyncio.CancelledError (gRPC cancels them),
+# which a TaskGroup takes for a cancellation; a committing stream whose pin
+# read was cancelled raised CancelledError at every later read; and a
+# stream's read was not cancelled at all (closing a grpc.aio channel
+# cancels only the calls a task awaits directly): it waited for the server.
+
+def assert_client_closed(error):
+    assert isinstance(error, StatestreamError), repr(error)
+    assert error.code == grpc.StatusCode.CANCELLED
+    assert error.message == "client closed"
+    assert not is_retryable(error)  # documented retry loops stop
+
+
+# Each waits out a backoff: the fake refuses a GetSession OVERLOADED with a
+# 20 s retry_after_ms; a Generate or an Append fails UNAVAILABLE, and the
+# backoff is 10 s.
+BACKOFF_CALLS = {
+    "get": (lambda s: s.get(), "overloaded"),
+    "generate": (lambda s: list(s.generate("x")), "unavailable-first"),
+    "writer": (lambda s: s.append("bad", flush=False), "s"),
+}
+
+
+async def async_backoff_call(s, name):
+    if name == "get":
+        return await s.get()
+    if name == "generate":
+        return [c async for c in s.generate("x")]
+    return await s.append("bad", flush=False)
+
+
+@pytest.mark.parametrize("name", sorted(BACKOFF_CALLS))
+def test_close_ends_a_backoff(fake, name):
+    call, session_id = BACKOFF_CALLS[name]
+    c = Client(fake.address, **slow_retries())
+    timer = threading.Timer(0.3, c.close)
+    timer.start()
+    began = time.monotonic()
+    with pytest.raises(StatestreamError) as e:
+        call(c.session(session_id))
+    assert time.monotonic() - began < 5
+    timer.join()
+    assert_client_closed(e.value)
+
+
+@pytest.mark.parametrize("name", sorted(BACKOFF_CALLS))
+def test_async_close_ends_a_backoff(fake, name):
+    _, session_id = BACKOFF_CALLS[name]
+
+    async def main():
+        c = AsyncClient(fake.address, **slow_retries())
+
+        async def close_later():
+            await asyncio.sleep(0.3)
+            await c.close()
+        closer = asyncio.create_task(close_later())
+        began = time.monotonic()
+        with pytest.raises(StatestreamError) as e:
+            await async_backoff_call(c.session(session_id), name)
+        took = time.monotonic() - began
+        await closer
+        return took, e.value
+    took, error = asyncio.run(main())
+    assert took < 5
+    assert_client_closed(error)
+
+
+async def wait_until(condition, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_async_close_ends_calls_in_flight_with_client_closed(fake):
+    async def main():
+        c = AsyncClient(fake.address, **fast_retries())
+        slow = c.session("slow")
+        get = asyncio.create_task(slow.get())
+        # A committing stream: its pin's GetSession is in flight too.
+        pinned = slow.generate("x", commit=True)
+        # And a stream waiting for its next chunk.
+        reading = c.session("s").generate("x")
+        assert (await reading.__anext__()).tokens == [1]
+        read = asyncio.create_task(reading.__anext__())
+        await wait_until(lambda: len(fake.get_requests) == 2)
+        await c.close()
+        for task in (get, read):
+            with pytest.raises(StatestreamError) as e:
+                await task
+            assert_client_closed(e.value)
+        with pytest.raises(StatestreamError) as e:
+            await pinned.__anext__()
+        assert_client_closed(e.value)
+        for stream in (pinned, reading):  # ended, not CancelledError
+            with pytest.raises(StopAsyncIteration):
+                await stream.__anext__()
+        # And every later call.
+        with pytest.raises(StatestreamError) as e:
+            await slow.get()
+        assert_client_closed(e.value)
+    asyncio.run(main())
+
+
+def test_async_close_in_a_task_group_is_an_error(fake):
+    async def main():
+        c = AsyncClient(fake.address, **fast_retries())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(c.session("slow").get())
+                await wait_until(lambda: len(fake.get_requests) == 1)
+                await c.close()
+        except BaseExceptionGroup as group:  # noqa: F821 (3.11)
+            return group.exceptions
+        raise AssertionError("the closed client's call failed silently")
+    if not hasattr(asyncio, "TaskGroup"):
+        pytest.skip("asyncio.TaskGroup is Python 3.11+")
+    errors = asyncio.run(main())
+    assert len(errors) == 1
+    assert_client_closed(errors[0])
+
+
+def test_async_own_cancellation_after_close_stays_cancelled(fake):
+    # A task cancelled itself still gets asyncio.CancelledError, even when
+    # the client closes meanwhile.
+    if not hasattr(asyncio.Task, "cancelling"):
+        pytest.skip("Python < 3.11 cannot tell the two apart")
+
+    async def main():
+        c = AsyncClient(fake.address, **fast_retries())
+        get = asyncio.create_task(c.session("slow").get())
+        await wait_until(lambda: len(fake.get_requests) == 1)
+        get.cancel()
+        await c.close()
+        with pytest.raises(asyncio.CancelledError):
+            await get
+    asyncio.run(main())
+
+
+def test_client_closed_is_not_retryable(fake):
+    c = Client(fake.address, **fast_retries())
+    c.close()
+    with pytest.raises(StatestreamError) as e:
+        c.session("s").get()
+    assert_client_closed(e.value)
+    # The transport's CANCELLED (not the SDK's own) is still retried.
+    assert is_retryable(StatestreamError(grpc.StatusCode.CANCELLED, "x"))
+
+
+# -- the async commit pin ----------------------------------------------------
+#
+# generate(commit=True) reads the pin with a GetSession that starts at
+# generate() in a running loop (a task, concurrent with what the caller does
+# next), else at the first read.
+
+def test_async_commit_pin_read_starts_at_generate(fake):
+    async def main():
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            stream = c.session("done").generate("x", commit=True)
+            await wait_until(lambda: len(fake.get_requests) == 1)
+            assert fake.generate_requests == []
+            [_ async for _ in stream]
+    asyncio.run(main())
+    assert fake.generate_requests[-1].expected_input_offset == 0
+    assert fake.generate_requests[-1].HasField("expected_input_offset")
+
+    # Outside a running loop: at the first read.
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        c = AsyncClient(fake.address, **fast_retries())
+        stream = c.session("done").generate("x", commit=True)
+
+        async def read():
+            await asyncio.sleep(0.2)
+            assert len(fake.get_requests) == 1
+            [_ async for _ in stream]
+            await c.close()
+        loop.run_until_complete(read())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    assert len(fake.get_requests) == 2
+    assert fake.generate_requests[-1].HasField("expected_input_offset")
+
+
+# -- an async import keeps the event loop running ----------------------------
+#
+# Each chunk's CRC-32C (pure Python without google-crc32c, about 0.1 s per
+# MiB) was computed on the event loop, which stood still meanwhile.
+
+def test_async_import_keeps_the_event_loop_running(fake, monkeypatch):
+    import statestream.client
+    blob = os.urandom(8 << 20)
+    state = ExportedState(pb.StateHeader(total_bytes=len(blob),
+                                         chunk_count=8,
+                                         chunk_bytes=1 << 20), blob)
+    crc_threads = set()  # where the CRCs were computed
+    python_crc = statestream.client._crc32c_python
+
+    def crc(data):
+        crc_threads.add(threading.current_thread())
+        return _crc32c(data)
+
+    def crc_python(data, crc=0):
+        crc_threads.add(threading.current_thread())
+        return python_crc(data, crc)
+    monkeypatch.setattr(statestream.client, "_crc32c", crc)
+    monkeypatch.setattr(statestream.client, "_crc32c_python", crc_python)
+    # The pure-Python CRC, google-crc32c installed or not.
+    monkeypatch.setattr(statestream.client, "_C_CRC", False, raising=False)
+
+    async def main():
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            beats = []
+            done = False
+
+            async def heartbeat():
+                while not done:
+                    beats.append(time.monotonic())
+                    await asyncio.sleep(0.005)
+            hb = asyncio.create_task(heartbeat())
+            await asyncio.sleep(0.05)
+            began = time.monotonic()
+            info = await c.session("big").import_state(state)
+            ended = time.monotonic()
+            done = True
+            await hb
+            return info, sum(began <= b <= ended for b in beats)
+    info, beats = asyncio.run(main())
+    assert info.version == 2
+    chunks = fake.imported_chunks
+    assert [c.index for c in chunks] == list(range(8))
+    assert b"".join(c.data for c in chunks) == blob
+    assert all(c.crc32c == _crc32c(c.data) for c in chunks)
+    # Every CRC off the loop's thread (this one: asyncio.run's).
+    assert crc_threads
+    assert threading.current_thread() not in crc_threads
+    # And the loop ran meanwhile (blocked, it ran between chunks only: a
+    # few beats; free, dozens).
+    assert beats >= 20, beats

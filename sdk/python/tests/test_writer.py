@@ -590,9 +590,8 @@ def test_closing_the_client_ends_its_streams_with_cancelled(server):
     stream = s.generate("x", max_tokens=8000)
     next(stream)
     c.close()
-    w.write("after close")
     with pytest.raises(StatestreamError) as first:
-        w.sync()
+        w.write("after close")
     assert first.value.code == grpc.StatusCode.CANCELLED
     assert first.value.message == "client closed"
     for call in (lambda: w.write("more"), w.flush, w.sync, w.checkpoint,
@@ -629,3 +628,54 @@ def test_async_closing_the_client_gives_cancelled(server):
                 await call()
             assert e.value.code == grpc.StatusCode.CANCELLED
     asyncio.run(main())
+
+
+# -- every writer call after Client.close() raises ----------------------------
+#
+# A write() after the client closed succeeded silently while the window was
+# not full (nothing is read back then): the input went nowhere. Every call
+# now raises CANCELLED "client closed" at once, the same error each time.
+
+WRITER_CALLS = ["write", "write_empty", "write_tokens", "flush", "sync",
+                "checkpoint", "close"]
+
+
+def writer_call(w, name):
+    return {"write": lambda: w.write("x"), "write_empty": lambda: w.write(""),
+            "write_tokens": lambda: w.write_tokens([1]),
+            "flush": w.flush, "sync": w.sync, "checkpoint": w.checkpoint,
+            "close": w.close}[name]()
+
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_every_writer_call_after_client_close_raises(server, aio):
+    def check(first, again):
+        assert first.code == grpc.StatusCode.CANCELLED
+        assert first.message == "client closed"
+        assert again is first  # kept
+
+    async def run_async():
+        c = AsyncClient(server.address)
+        await c.create_session("w")
+        w = await c.session("w").writer()
+        await w.write("applied ")  # a call open, the window far from full
+        await c.close()
+        for name in WRITER_CALLS:
+            with pytest.raises(StatestreamError) as e:
+                await writer_call(w, name)
+            check(e.value, w._error)
+        return w.offset
+
+    def run_sync():
+        c = Client(server.address)
+        c.create_session("w")
+        w = c.session("w").writer()
+        w.write("applied ")
+        c.close()
+        for name in WRITER_CALLS:
+            with pytest.raises(StatestreamError) as e:
+                writer_call(w, name)
+            check(e.value, w._error)
+        return w.offset
+    offset = asyncio.run(run_async()) if aio else run_sync()
+    assert offset == len("applied ")  # nothing taken after the close
