@@ -109,6 +109,17 @@ int64_t CountRows(const std::string& path, const char* table) {
   return n;
 }
 
+// Creates acme/`id` with `ttl` (a small state).
+absl::Status CreateWithTtl(StateStore* store, const std::string& id,
+                           absl::Duration ttl) {
+  CreateSessionRequest r;
+  r.key = {"acme", id};
+  r.model_id = "tiny";
+  r.initial_state = TestSnapshot(1, 8);
+  r.ttl = ttl;
+  return store->CreateSession(r).status();
+}
+
 // Expired sessions nobody touches again leave the file: a create sweeps
 // them (at most once a minute), versions included; live ones stay.
 TEST(SqliteStateStoreTest, ExpiredSessionsAreSweptFromTheFile) {
@@ -116,13 +127,8 @@ TEST(SqliteStateStoreTest, ExpiredSessionsAreSweptFromTheFile) {
   auto store = env.NewStore(8);
   ASSERT_TRUE(store.ok()) << store.status();
   auto create = [&](const std::string& id, absl::Duration ttl) {
-    CreateSessionRequest r;
-    r.key = {"acme", id};
-    r.model_id = "tiny";
-    r.initial_state = TestSnapshot(1);
-    r.ttl = ttl;
-    auto c = (*store)->CreateSession(r);
-    EXPECT_TRUE(c.ok()) << c.status();
+    const absl::Status st = CreateWithTtl(store->get(), id, ttl);
+    EXPECT_TRUE(st.ok()) << st;
   };
   for (int i = 0; i < 50; ++i)
     create(absl::StrCat("short", i), absl::Seconds(1));
@@ -148,12 +154,7 @@ TEST(SqliteStateStoreTest, TheSweepSurvivesARefusedCreateAndDrainsABacklog) {
   auto store = env.NewStore(8);
   ASSERT_TRUE(store.ok()) << store.status();
   auto create = [&](const std::string& id, absl::Duration ttl) {
-    CreateSessionRequest r;
-    r.key = {"acme", id};
-    r.model_id = "tiny";
-    r.initial_state = TestSnapshot(1, 8);
-    r.ttl = ttl;
-    return (*store)->CreateSession(r).status();
+    return CreateWithTtl(store->get(), id, ttl);
   };
   ASSERT_TRUE(create("long", absl::Hours(1)).ok());
   for (int i = 0; i < 2100; ++i) {
@@ -192,12 +193,7 @@ TEST(SqliteStateStoreTest, AFailedSweepFailsNoCreateAndWaitsItsMinute) {
   auto store = env.NewStore(8);
   ASSERT_TRUE(store.ok()) << store.status();
   auto create = [&](const std::string& id, absl::Duration ttl) {
-    CreateSessionRequest r;
-    r.key = {"acme", id};
-    r.model_id = "tiny";
-    r.initial_state = TestSnapshot(1, 8);
-    r.ttl = ttl;
-    return (*store)->CreateSession(r).status();
+    return CreateWithTtl(store->get(), id, ttl);
   };
   for (int i = 0; i < 5; ++i) {
     ASSERT_TRUE(create(absl::StrCat("short", i), absl::Seconds(1)).ok());

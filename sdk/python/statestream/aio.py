@@ -19,7 +19,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import grpc
 import grpc.aio
 
-from statestream.client import (_ClientBase, _assemble_export,
+from statestream.client import (_ClientBase, _Collected, _assemble_export,
                                 _closed_error, _create_request, _deadline,
                                 _crc32c_in_thread, _generate_request,
                                 _import_chunk,
@@ -352,14 +352,10 @@ class AsyncSession:
 
     async def generate_text(self, prompt=None, **kwargs) -> GenerateResult:
         stream = self.generate(prompt, **kwargs)
-        tokens, raw, lps, tlps = [], b"", [], []
+        collected = _Collected()
         async for c in stream:
-            tokens += c.tokens
-            raw += c.raw
-            lps += c.logprobs
-            tlps += c.token_logprobs
-        return GenerateResult(tokens, raw.decode("utf-8", "replace"),
-                              stream.done, lps, tlps)
+            collected.add(c)
+        return collected.result(stream.done)
 
     async def score(self, text: Union[str, bytes, None] = None, *,
                     tokens: Optional[Sequence[int]] = None, version: int = 0,

@@ -803,12 +803,26 @@ class Session:
         self.client._unary(call, timeout)
 
 
+class _Collected:
+    """A GenerateResult built chunk by chunk (generate_text, sync and
+    async)."""
+
+    def __init__(self):
+        self.tokens, self.raw, self.lps, self.tlps = [], b"", [], []
+
+    def add(self, c) -> None:
+        self.tokens += c.tokens
+        self.raw += c.raw
+        self.lps += c.logprobs
+        self.tlps += c.token_logprobs
+
+    def result(self, done) -> GenerateResult:
+        return GenerateResult(self.tokens, self.raw.decode("utf-8", "replace"),
+                              done, self.lps, self.tlps)
+
+
 def _collect(stream) -> GenerateResult:
-    tokens, raw, lps, tlps = [], b"", [], []
+    collected = _Collected()
     for c in stream:
-        tokens += c.tokens
-        raw += c.raw
-        lps += c.logprobs
-        tlps += c.token_logprobs
-    return GenerateResult(tokens, raw.decode("utf-8", "replace"),
-                          stream.done, lps, tlps)
+        collected.add(c)
+    return collected.result(stream.done)
