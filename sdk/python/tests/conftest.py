@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from fake_server import FakeServer
 from statestream import Client
 from statestream.testing import ServeProcess
 
@@ -26,3 +27,11 @@ def client(server):
     with Client(server.address, max_attempts=40, max_backoff=0.5,
                 options=[("grpc.http2.bdp_probe", 0)]) as c:
         yield c
+
+
+@pytest.fixture
+def fake():
+    """The fault-injecting fake server (fake_server.py)."""
+    f = FakeServer()
+    yield f
+    f.server.stop(None)
