@@ -175,6 +175,25 @@ std::shared_ptr<grpc::Channel> Gateway::Channel(const std::string& address) {
   return channel;
 }
 
+bool Gateway::Connect(const std::shared_ptr<grpc::Channel>& channel,
+                      const grpc::CallbackServerContext& ctx) {
+  grpc_connectivity_state state = channel->GetState(/*try_to_connect=*/true);
+  while (state != GRPC_CHANNEL_READY) {
+    if (state == GRPC_CHANNEL_TRANSIENT_FAILURE ||
+        state == GRPC_CHANNEL_SHUTDOWN) {
+      return false;
+    }
+    // IDLE or CONNECTING: gRPC bounds a connection attempt (Channel() sets
+    // it to the stall timeout). Short waits notice a cancelled caller.
+    const auto now = std::chrono::system_clock::now();
+    if (ctx.IsCancelled() || now >= ctx.deadline()) return true;
+    channel->WaitForStateChange(
+        state, std::min(ctx.deadline(), now + std::chrono::milliseconds(100)));
+    state = channel->GetState(/*try_to_connect=*/true);
+  }
+  return true;
+}
+
 absl::StatusOr<std::string> Gateway::Tenant(
     const grpc::CallbackServerContext& ctx) {
   const auto& md = ctx.client_metadata();
@@ -333,7 +352,12 @@ grpc::Status ForwardWithFailover(
   if (!tenant.ok()) return ToGrpcStatus(tenant.status());
   std::set<std::string> exclude;
   grpc::Status last;
-  for (int attempt = 1; attempt <= gateway->options().max_attempts; ++attempt) {
+  // `counted` attempts are bounded by max_attempts; a failover from a
+  // worker that could not be reached costs none (up to
+  // kMaxUnreachableSkips of them): the call never got to it.
+  const int max_attempts = gateway->options().max_attempts;
+  int skips = 0;
+  for (int attempt = 1, counted = 0; counted < max_attempts; ++attempt) {
     absl::StatusOr<Route> route =
         target.session_id.empty()
             ? gateway->router().RouteAny(
@@ -348,7 +372,12 @@ grpc::Status ForwardWithFailover(
     }
     auto client = gateway->UpstreamContext(ctx, *tenant, attempt);
     if (attempts != nullptr) *attempts = attempt;
-    last = call(gateway->Channel(route->address), client.get());
+    std::shared_ptr<grpc::Channel> channel = gateway->Channel(route->address);
+    // Made even on a channel that cannot connect: it fails at once, with
+    // gRPC's reason (refused, TLS handshake) for the status if no worker
+    // is left, or goes through if the worker came back meanwhile.
+    const bool reachable = Gateway::Connect(channel, ctx);
+    last = call(channel, client.get());
     if (!Gateway::ShouldFailover(last) || ctx.IsCancelled() ||
         (settled != nullptr && *settled)) {
       return Gateway::FromWorker(last);
@@ -357,9 +386,8 @@ grpc::Status ForwardWithFailover(
       gateway->router().MarkSuspect(route->worker_id);
     }
     exclude.insert(route->worker_id);
-    if (attempt < gateway->options().max_attempts) {
-      gateway->metrics().IncFailover(target.method);
-    }
+    if (reachable || ++skips > Gateway::kMaxUnreachableSkips) ++counted;
+    if (counted < max_attempts) gateway->metrics().IncFailover(target.method);
   }
   return Gateway::GaveUp(last);
 }

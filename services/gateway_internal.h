@@ -68,6 +68,18 @@ class Gateway {
 
   // One channel per worker address, created on first use.
   std::shared_ptr<grpc::Channel> Channel(const std::string& address);
+  // Whether `channel` has (or now makes) a connection to its worker. False
+  // when connecting failed (refused, handshake failed or timed out): a
+  // call made on it then fails at once and reaches no worker, so a
+  // failover from it costs no attempt. True also when `ctx` is cancelled
+  // or past its deadline first (the call then ends as such).
+  static bool Connect(const std::shared_ptr<grpc::Channel>& channel,
+                      const grpc::CallbackServerContext& ctx);
+  // Failovers from unreachable workers one call may make on top of
+  // max_attempts: after a burst of worker deaths the registry lists dead
+  // workers until their heartbeats expire, and a call should get past
+  // them to a live one.
+  static constexpr int kMaxUnreachableSkips = 32;
   // The caller's tenant (UNAUTHENTICATED as a grpc status on failure).
   absl::StatusOr<std::string> Tenant(const grpc::CallbackServerContext& ctx);
   // A context for one attempt towards a worker: the caller's deadline and

@@ -199,7 +199,10 @@ class AppendCall final : public Watched {
     bool gave_up = false;  // the last worker failed too, none is left
     // max_attempts bounds consecutive attempts without progress: a long
     // stream may lose many workers over its life.
+    // A failover from a worker that could not be reached costs nothing (up
+    // to kMaxUnreachableSkips per call): nothing was sent to it.
     const int max_failures = gateway_->options().max_attempts;
+    int skips = 0;
     for (int attempt = 1, failures = 0; failures < max_failures; ++attempt) {
       auto route =
           gateway_->router().RouteSession({tenant_, session_id_}, exclude);
@@ -211,6 +214,8 @@ class AppendCall final : public Watched {
       }
       bool stalled = false, client_gone = false, progressed = false;
       attempts_ = attempt;
+      const bool reachable =
+          Gateway::Connect(gateway_->Channel(route->address), *ctx_);
       status = Attempt(*route, attempt, &stalled, &client_gone, &progressed);
       if (status.ok() || client_gone || ctx_->IsCancelled()) break;
       if (!stalled && !Gateway::ShouldFailover(status)) break;
@@ -218,7 +223,11 @@ class AppendCall final : public Watched {
         gateway_->router().MarkSuspect(route->worker_id);
       }
       exclude.insert(route->worker_id);
-      failures = progressed ? 1 : failures + 1;
+      if (progressed) {
+        failures = 1;
+      } else if (reachable || ++skips > Gateway::kMaxUnreachableSkips) {
+        ++failures;
+      }
       gave_up = failures >= max_failures;
       if (failures < max_failures) gateway_->metrics().IncFailover("Append");
       if (progressed) exclude = {route->worker_id};

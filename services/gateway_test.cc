@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/clock.h"
@@ -23,6 +24,7 @@
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "services/gateway_metrics.h"
+#include "services/gateway_router.h"
 #include "services/server.h"
 #include "services/tenants.h"
 #include "state_store/memory_state_store.h"
@@ -681,6 +683,72 @@ TEST_F(GatewayTest, ACallNoWorkerCompletedIsUnavailable) {
     EXPECT_EQ(GetReason(FromGrpcStatus(st)), Reason::kOverloaded);
     EXPECT_TRUE(GetErrorMetadata(FromGrpcStatus(st), "retry_after_ms"));
   }
+}
+
+// The address of a gRPC server that has shut down: connections to it are
+// refused, as to a killed worker's.
+std::string DeadAddress() {
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
+  builder.BuildAndStart()->Shutdown();
+  return "127.0.0.1:" + std::to_string(port);
+}
+
+// After a burst of worker deaths the registry lists dead workers until
+// their heartbeats expire. A worker that could not be reached never got
+// the call, so a failover from it costs no attempt: with max_attempts 2
+// and eight dead workers ranked ahead of the two live ones, unary and
+// streaming calls still reach a live worker.
+TEST_F(GatewayTest, UnreachableWorkersCostNoAttempts) {
+  std::atomic<int> got[2] = {0, 0};
+  for (int i = 0; i < 2; ++i) {
+    workers_[i]->get_session = [&got, i](int) {
+      got[i].fetch_add(1);
+      return grpc::Status::OK;
+    };
+  }
+  GatewayOptions options;
+  options.max_attempts = 2;
+  for (int i = 0; i < 8; ++i) {
+    options.router.static_workers.push_back(DeadAddress());
+  }
+  // A session every dead worker outranks.
+  std::string session;
+  for (int n = 0; session.empty(); ++n) {
+    const std::string key = absl::StrCat("default/s", n);
+    const double best_live =
+        std::max(RendezvousScore(key, workers_[0]->address(), 0),
+                 RendezvousScore(key, workers_[1]->address(), 0));
+    bool dead_first = true;
+    for (const std::string& a : options.router.static_workers) {
+      dead_first &= RendezvousScore(key, a, 0) > best_live;
+    }
+    if (dead_first) session = absl::StrCat("s", n);
+  }
+  Start(options);
+  grpc::ClientContext ctx;
+  v1::GetSessionRequest req;
+  req.set_session_id(session);
+  v1::Session resp;
+  const grpc::Status st =
+      v1::Sessions::NewStub(channel_)->GetSession(&ctx, req, &resp);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(got[0].load() + got[1].load(), 1);
+
+  // An Append: every request acked, by a live worker.
+  grpc::ClientContext actx;
+  auto stream = v1::Streams::NewStub(channel_)->Append(&actx);
+  v1::AppendRequest r;
+  r.set_session_id(session);
+  r.set_text_utf8("hello");
+  ASSERT_TRUE(stream->Write(r));
+  stream->WritesDone();
+  v1::AppendResponse ack;
+  ASSERT_TRUE(stream->Read(&ack));
+  EXPECT_EQ(ack.input_offset(), 5u);
+  EXPECT_TRUE(stream->Finish().ok());
 }
 
 // Connections to worker addresses no call has used for a while are closed

@@ -293,7 +293,8 @@ TEST_F(ClusterFailoverTest, AppendSurvivesRepeatedOwnerKills) {
 
   auto ref = Get("append-ref");
   auto victim = Get("append-victim", 1);
-  ASSERT_TRUE(ref.ok() && victim.ok());
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  ASSERT_TRUE(victim.ok()) << victim.status();
   EXPECT_EQ(victim->position(), ref->position());
   EXPECT_EQ(victim->input_offset(), ref->input_offset());
   EXPECT_EQ(victim->committed_input_offset(), victim->input_offset());
@@ -396,7 +397,8 @@ TEST_F(ClusterFailoverTest, PausedOwnerIsFencedOut) {
   EXPECT_GT(fenced, fenced_before) << "the paused owner never met the fence";
   auto ref = Get("pause-ref");
   auto victim = Get("pause-victim");
-  ASSERT_TRUE(ref.ok() && victim.ok());
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  ASSERT_TRUE(victim.ok()) << victim.status();
   EXPECT_EQ(victim->input_offset(), ref->input_offset());
   EXPECT_TRUE(Export("pause-ref") == Export("pause-victim"));
 }
