@@ -84,7 +84,8 @@ struct GatewayOptions {
   // RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms, as is a call when no
   // thread can be made.
   int max_calls = 4096;
-  // Workers tried per call (first attempt included).
+  // Workers tried per call (first attempt included); one that could not
+  // be connected to costs none (see docs/gateway.md, Failover).
   int max_attempts = 5;
   // Bytes of Append requests kept for replay per call (see above).
   int64_t append_buffer_bytes = int64_t{64} << 20;
