@@ -175,23 +175,35 @@ std::shared_ptr<grpc::Channel> Gateway::Channel(const std::string& address) {
   return channel;
 }
 
-bool Gateway::Connect(const std::shared_ptr<grpc::Channel>& channel,
-                      const grpc::CallbackServerContext& ctx) {
+bool Gateway::RefusedFast(const std::shared_ptr<grpc::Channel>& channel,
+                          const grpc::CallbackServerContext& ctx) {
+  const auto start = std::chrono::system_clock::now();
+  const auto bound = std::min(
+      ctx.deadline(), start + absl::ToChronoMilliseconds(kQuickConnectFailure));
   grpc_connectivity_state state = channel->GetState(/*try_to_connect=*/true);
   while (state != GRPC_CHANNEL_READY) {
     if (state == GRPC_CHANNEL_TRANSIENT_FAILURE ||
         state == GRPC_CHANNEL_SHUTDOWN) {
-      return false;
+      return true;
     }
-    // IDLE or CONNECTING: gRPC bounds a connection attempt (Channel() sets
-    // it to the stall timeout). Short waits notice a cancelled caller.
+    // IDLE or CONNECTING. Short waits notice a cancelled caller.
     const auto now = std::chrono::system_clock::now();
-    if (ctx.IsCancelled() || now >= ctx.deadline()) return true;
+    if (ctx.IsCancelled() || now >= bound) return false;
     channel->WaitForStateChange(
-        state, std::min(ctx.deadline(), now + std::chrono::milliseconds(100)));
+        state, std::min(bound, now + std::chrono::milliseconds(100)));
     state = channel->GetState(/*try_to_connect=*/true);
   }
-  return true;
+  return false;
+}
+
+bool Gateway::SkipsAttempt(bool refused_fast,
+                           const std::shared_ptr<grpc::Channel>& channel,
+                           int* skips) {
+  if (!refused_fast ||
+      channel->GetState(/*try_to_connect=*/false) == GRPC_CHANNEL_READY) {
+    return false;
+  }
+  return ++*skips <= kMaxUnreachableSkips;
 }
 
 absl::StatusOr<std::string> Gateway::Tenant(
@@ -376,7 +388,7 @@ grpc::Status ForwardWithFailover(
     // Made even on a channel that cannot connect: it fails at once, with
     // gRPC's reason (refused, TLS handshake) for the status if no worker
     // is left, or goes through if the worker came back meanwhile.
-    const bool reachable = Gateway::Connect(channel, ctx);
+    const bool refused = Gateway::RefusedFast(channel, ctx);
     last = call(channel, client.get());
     if (!Gateway::ShouldFailover(last) || ctx.IsCancelled() ||
         (settled != nullptr && *settled)) {
@@ -386,7 +398,7 @@ grpc::Status ForwardWithFailover(
       gateway->router().MarkSuspect(route->worker_id);
     }
     exclude.insert(route->worker_id);
-    if (reachable || ++skips > Gateway::kMaxUnreachableSkips) ++counted;
+    if (!Gateway::SkipsAttempt(refused, channel, &skips)) ++counted;
     if (counted < max_attempts) gateway->metrics().IncFailover(target.method);
   }
   return Gateway::GaveUp(last);

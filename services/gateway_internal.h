@@ -68,17 +68,24 @@ class Gateway {
 
   // One channel per worker address, created on first use.
   std::shared_ptr<grpc::Channel> Channel(const std::string& address);
-  // Whether `channel` has (or now makes) a connection to its worker. False
-  // when connecting failed (refused, handshake failed or timed out): a
-  // call made on it then fails at once and reaches no worker, so a
-  // failover from it costs no attempt. True also when `ctx` is cancelled
-  // or past its deadline first (the call then ends as such).
-  static bool Connect(const std::shared_ptr<grpc::Channel>& channel,
-                      const grpc::CallbackServerContext& ctx);
-  // Failovers from unreachable workers one call may make on top of
-  // max_attempts: after a burst of worker deaths the registry lists dead
-  // workers until their heartbeats expire, and a call should get past
-  // them to a live one.
+  // Whether connecting `channel` to its worker failed within
+  // kQuickConnectFailure (refused, or the handshake failed): a call made
+  // on it then fails at once and reaches no worker (unless the channel is
+  // READY after all: SkipsAttempt). False once connected, while still
+  // connecting at that bound (a paused or partitioned worker: such waits
+  // count as attempts), and when `ctx` is cancelled or past its deadline.
+  static bool RefusedFast(const std::shared_ptr<grpc::Channel>& channel,
+                          const grpc::CallbackServerContext& ctx);
+  static constexpr absl::Duration kQuickConnectFailure = absl::Seconds(1);
+  // Whether a failover from an attempt costs the call none: its channel
+  // was RefusedFast and is still not READY after the call (so the call
+  // went nowhere), and the call has had fewer than kMaxUnreachableSkips
+  // such (counted in `skips`). After a burst of worker deaths the registry
+  // lists dead workers until their heartbeats expire, and a call should
+  // get past them to a live one.
+  static bool SkipsAttempt(bool refused_fast,
+                           const std::shared_ptr<grpc::Channel>& channel,
+                           int* skips);
   static constexpr int kMaxUnreachableSkips = 32;
   // The caller's tenant (UNAUTHENTICATED as a grpc status on failure).
   absl::StatusOr<std::string> Tenant(const grpc::CallbackServerContext& ctx);

@@ -214,9 +214,11 @@ class AppendCall final : public Watched {
       }
       bool stalled = false, client_gone = false, progressed = false;
       attempts_ = attempt;
-      const bool reachable =
-          Gateway::Connect(gateway_->Channel(route->address), *ctx_);
-      status = Attempt(*route, attempt, &stalled, &client_gone, &progressed);
+      const std::shared_ptr<grpc::Channel> channel =
+          gateway_->Channel(route->address);
+      const bool refused = Gateway::RefusedFast(channel, *ctx_);
+      status = Attempt(*route, attempt, !refused, &stalled, &client_gone,
+                       &progressed);
       if (status.ok() || client_gone || ctx_->IsCancelled()) break;
       if (!stalled && !Gateway::ShouldFailover(status)) break;
       if (stalled || Gateway::WorkerFailed(status)) {
@@ -225,7 +227,7 @@ class AppendCall final : public Watched {
       exclude.insert(route->worker_id);
       if (progressed) {
         failures = 1;
-      } else if (reachable || ++skips > Gateway::kMaxUnreachableSkips) {
+      } else if (!Gateway::SkipsAttempt(refused, channel, &skips)) {
         ++failures;
       }
       gave_up = failures >= max_failures;
@@ -242,8 +244,10 @@ class AppendCall final : public Watched {
     return gave_up ? Gateway::GaveUp(status) : Gateway::FromWorker(status);
   }
 
-  grpc::Status Attempt(const Route& route, int attempt, bool* stalled,
-                       bool* client_gone, bool* progressed) {
+  // `replaying`: count the requests re-sent (not for a worker the gateway
+  // could not connect to: they go nowhere).
+  grpc::Status Attempt(const Route& route, int attempt, bool replaying,
+                       bool* stalled, bool* client_gone, bool* progressed) {
     auto context = gateway_->UpstreamContext(*ctx_, tenant_, attempt);
     auto stream = v1::Streams::NewStub(gateway_->Channel(route.address))
                       ->Append(context.get());
@@ -259,7 +263,7 @@ class AppendCall final : public Watched {
       // Replay everything not known to be committed (and acked).
       seq = log_.empty() ? next_seq_ : log_.front().seq;
       attempt_first_seq_ = seq;
-      if (attempt > 1) {
+      if (attempt > 1 && replaying) {
         gateway_->metrics().AddReplayedRequests(
             static_cast<int64_t>(next_seq_ - seq));
       }

@@ -5,7 +5,11 @@
 // (tests/cluster_*_test.cc) run it against real workers.
 #include "services/gateway.h"
 
+#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -685,16 +689,34 @@ TEST_F(GatewayTest, ACallNoWorkerCompletedIsUnavailable) {
   }
 }
 
-// The address of a gRPC server that has shut down: connections to it are
-// refused, as to a killed worker's.
-std::string DeadAddress() {
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                           &port);
-  builder.BuildAndStart()->Shutdown();
-  return "127.0.0.1:" + std::to_string(port);
-}
+// A loopback port bound but not listening: connections to it are refused,
+// as to a killed worker's, and nothing else can take it while this lives.
+class RefusingPort {
+ public:
+  RefusingPort() {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (fd_ < 0 || bind(fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+        getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      ADD_FAILURE() << "cannot bind a loopback port";
+      return;
+    }
+    address_ = absl::StrCat("127.0.0.1:", ntohs(addr.sin_port));
+  }
+  ~RefusingPort() {
+    if (fd_ >= 0) close(fd_);
+  }
+  RefusingPort(const RefusingPort&) = delete;
+  RefusingPort& operator=(const RefusingPort&) = delete;
+  const std::string& address() const { return address_; }
+
+ private:
+  int fd_ = -1;
+  std::string address_;
+};
 
 // After a burst of worker deaths the registry lists dead workers until
 // their heartbeats expire. A worker that could not be reached never got
@@ -711,8 +733,12 @@ TEST_F(GatewayTest, UnreachableWorkersCostNoAttempts) {
   }
   GatewayOptions options;
   options.max_attempts = 2;
+  // Each call meets every dead worker (none stays avoided as a suspect).
+  options.router.suspect_for = absl::ZeroDuration();
+  std::vector<std::unique_ptr<RefusingPort>> dead;
   for (int i = 0; i < 8; ++i) {
-    options.router.static_workers.push_back(DeadAddress());
+    dead.push_back(std::make_unique<RefusingPort>());
+    options.router.static_workers.push_back(dead.back()->address());
   }
   // A session every dead worker outranks.
   std::string session;
@@ -737,7 +763,7 @@ TEST_F(GatewayTest, UnreachableWorkersCostNoAttempts) {
   EXPECT_TRUE(st.ok()) << st.error_message();
   EXPECT_EQ(got[0].load() + got[1].load(), 1);
 
-  // An Append: every request acked, by a live worker.
+  // An Append: every request acked, by a live worker, the ninth tried.
   grpc::ClientContext actx;
   auto stream = v1::Streams::NewStub(channel_)->Append(&actx);
   v1::AppendRequest r;
@@ -749,6 +775,10 @@ TEST_F(GatewayTest, UnreachableWorkersCostNoAttempts) {
   ASSERT_TRUE(stream->Read(&ack));
   EXPECT_EQ(ack.input_offset(), 5u);
   EXPECT_TRUE(stream->Finish().ok());
+  auto attempts =
+      actx.GetServerTrailingMetadata().find("x-statestream-attempts");
+  ASSERT_NE(attempts, actx.GetServerTrailingMetadata().end());
+  EXPECT_EQ(std::string(attempts->second.data(), attempts->second.size()), "9");
 }
 
 // Connections to worker addresses no call has used for a while are closed
