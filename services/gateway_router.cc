@@ -204,11 +204,31 @@ void GatewayRouter::MarkSuspect(const std::string& worker_id) {
   workers_read_ = absl::InfinitePast();
 }
 
-absl::StatusOr<Route> GatewayRouter::Pick(
-    const std::string& hash_key, const std::string& fingerprint,
-    const std::set<std::string>& exclude) {
-  auto workers = Workers();
-  if (!workers.ok()) return workers.status();
+absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::ReadWorkersNow() {
+  mu_.Lock();
+  if (reading_) {
+    const uint64_t reads_before = reads_;
+    mu_.Await(absl::Condition(
+        +[](bool* reading) { return !*reading; }, &reading_));
+    if (reads_ != reads_before) {
+      absl::StatusOr<std::vector<WorkerInfo>> out = workers_;
+      if (!last_read_.ok()) out = last_read_;
+      mu_.Unlock();
+      return out;
+    }
+  }
+  reading_ = true;
+  const uint64_t marks = marks_;
+  mu_.Unlock();
+  auto listed = store_->ListWorkers();
+  absl::MutexLock lock(&mu_);
+  return FinishRead(std::move(listed), marks);
+}
+
+const WorkerInfo* GatewayRouter::Best(const std::vector<WorkerInfo>& workers,
+                                      const std::string& hash_key,
+                                      const std::string& fingerprint,
+                                      const std::set<std::string>& exclude) {
   const absl::Time now = clock_->Now();
   std::set<std::string> suspects;
   {
@@ -225,7 +245,7 @@ absl::StatusOr<Route> GatewayRouter::Pick(
   // Best among healthy workers; suspects only when nothing else is left.
   const WorkerInfo* best[2] = {nullptr, nullptr};
   double best_score[2] = {-1, -1};
-  for (const WorkerInfo& w : *workers) {
+  for (const WorkerInfo& w : workers) {
     if (exclude.count(w.worker_id) != 0) continue;
     if (!fingerprint.empty() && !w.model_fingerprints.empty() &&
         std::find(w.model_fingerprints.begin(), w.model_fingerprints.end(),
@@ -239,7 +259,27 @@ absl::StatusOr<Route> GatewayRouter::Pick(
       best[tier] = &w;
     }
   }
-  const WorkerInfo* chosen = best[0] != nullptr ? best[0] : best[1];
+  return best[0] != nullptr ? best[0] : best[1];
+}
+
+absl::StatusOr<Route> GatewayRouter::Pick(
+    const std::string& hash_key, const std::string& fingerprint,
+    const std::set<std::string>& exclude) {
+  auto workers = Workers();
+  if (!workers.ok()) return workers.status();
+  const WorkerInfo* chosen = Best(*workers, hash_key, fingerprint, exclude);
+  if (chosen == nullptr && store_ != nullptr) {
+    // Every worker known is excluded (or serves another model). The list
+    // may predate their replacements: after a burst of worker deaths a
+    // failover excludes the dead one by one while calls route on the list
+    // cached before (or while a background read is out). Before giving
+    // up, take a registry read that ends now.
+    auto fresh = ReadWorkersNow();
+    if (fresh.ok()) {
+      workers = std::move(fresh);
+      chosen = Best(*workers, hash_key, fingerprint, exclude);
+    }
+  }
   if (chosen == nullptr) {
     return absl::UnavailableError(
         fingerprint.empty()

@@ -102,6 +102,16 @@ class GatewayRouter {
   absl::StatusOr<Route> Pick(const std::string& hash_key,
                              const std::string& fingerprint,
                              const std::set<std::string>& exclude);
+  // The best of `workers` for `hash_key`: healthy before suspect; nullptr
+  // when every one is excluded or serves another model.
+  const WorkerInfo* Best(const std::vector<WorkerInfo>& workers,
+                         const std::string& hash_key,
+                         const std::string& fingerprint,
+                         const std::set<std::string>& exclude);
+  // The outcome of a registry read that ends after this call began: the
+  // one in flight, else one made now.
+  absl::StatusOr<std::vector<WorkerInfo>> ReadWorkersNow()
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Requires mu_: the end of a registry read (reading_ was set for it)
   // that `listed` the workers; `marks`: marks_ when it began.
   absl::StatusOr<std::vector<WorkerInfo>> FinishRead(
