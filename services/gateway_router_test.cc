@@ -83,6 +83,9 @@ TEST_F(GatewayRouterTest, SessionsStayPutWhenAnotherWorkerLeaves) {
     std::string id = absl::StrCat("s", i);
     before[id] = router.RouteSession({"t", id}, {})->worker_id;
   }
+  // A background read the routes above started may still be out, and
+  // may list w3: let it end first.
+  router.AwaitBackgroundReads();
   ASSERT_TRUE(store_->UnregisterWorker("w3").ok());
   // The next route starts a registry read (in the background).
   router.RouteAny("k", "", {}).IgnoreError();
@@ -184,7 +187,8 @@ TEST_F(GatewayRouterTest, AnEmptyRegistryKeepsTheLastKnownWorkers) {
   auto after = router.RouteAny("k", "", {});
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ(after->worker_id, before->worker_id);
-  Register("w9", "fp-a", 0);  // the next read sees the registry again
+  router.AwaitBackgroundReads();  // the read of the empty registry ends
+  Register("w9", "fp-a", 0);      // the next read sees the registry again
   router.RouteAny("k", "", {}).IgnoreError();  // reads it (in the background)
   router.AwaitBackgroundReads();
   std::set<std::string> seen;
