@@ -95,10 +95,7 @@ absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::Workers() {
     mu_.Unlock();
     return known;
   }
-  const uint64_t reads_before = reads_;
-  mu_.Await(absl::Condition(
-      +[](bool* reading) { return !*reading; }, &reading_));
-  if (reads_ != reads_before) {
+  if (AwaitReadOut()) {
     if (clock_->Now() - workers_read_ < options_.registry_refresh) {
       std::vector<WorkerInfo> fresh = workers_;
       mu_.Unlock();
@@ -110,6 +107,17 @@ absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::Workers() {
       return failed;
     }
   }
+  return ReadRegistry();
+}
+
+bool GatewayRouter::AwaitReadOut() {
+  const uint64_t reads_before = reads_;
+  mu_.Await(absl::Condition(
+      +[](bool* reading) { return !*reading; }, &reading_));
+  return reads_ != reads_before;
+}
+
+absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::ReadRegistry() {
   reading_ = true;
   const uint64_t marks = marks_;
   mu_.Unlock();
@@ -206,23 +214,13 @@ void GatewayRouter::MarkSuspect(const std::string& worker_id) {
 
 absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::ReadWorkersNow() {
   mu_.Lock();
-  if (reading_) {
-    const uint64_t reads_before = reads_;
-    mu_.Await(absl::Condition(
-        +[](bool* reading) { return !*reading; }, &reading_));
-    if (reads_ != reads_before) {
-      absl::StatusOr<std::vector<WorkerInfo>> out = workers_;
-      if (!last_read_.ok()) out = last_read_;
-      mu_.Unlock();
-      return out;
-    }
+  if (AwaitReadOut()) {
+    absl::StatusOr<std::vector<WorkerInfo>> out = workers_;
+    if (!last_read_.ok()) out = last_read_;
+    mu_.Unlock();
+    return out;
   }
-  reading_ = true;
-  const uint64_t marks = marks_;
-  mu_.Unlock();
-  auto listed = store_->ListWorkers();
-  absl::MutexLock lock(&mu_);
-  return FinishRead(std::move(listed), marks);
+  return ReadRegistry();
 }
 
 const WorkerInfo* GatewayRouter::Best(const std::vector<WorkerInfo>& workers,

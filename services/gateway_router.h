@@ -112,6 +112,12 @@ class GatewayRouter {
   // one in flight, else one made now.
   absl::StatusOr<std::vector<WorkerInfo>> ReadWorkersNow()
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Waits while a registry read is out; true if one ended meanwhile.
+  bool AwaitReadOut() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Called with mu_ held, returns with it released: reads the registry
+  // (reading_ set meanwhile) and finishes the read.
+  absl::StatusOr<std::vector<WorkerInfo>> ReadRegistry()
+      ABSL_UNLOCK_FUNCTION(mu_);
   // Requires mu_: the end of a registry read (reading_ was set for it)
   // that `listed` the workers; `marks`: marks_ when it began.
   absl::StatusOr<std::vector<WorkerInfo>> FinishRead(

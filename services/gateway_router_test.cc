@@ -56,6 +56,14 @@ class GatewayRouterTest : public ::testing::Test {
     return options;
   }
 
+  // The registry loses w1..w3 and gains w4.
+  void ReplaceWorkersWithW4() {
+    for (const char* id : {"w1", "w2", "w3"}) {
+      ASSERT_TRUE(store_->UnregisterWorker(id).ok());
+    }
+    Register("w4", "fp-a", 0);
+  }
+
   FakeClock clock_;
   std::unique_ptr<StateStore> store_;
 };
@@ -162,10 +170,7 @@ TEST_F(GatewayRouterTest, ASuspectForcesARegistryRead) {
   options.registry_refresh = absl::Hours(1);
   GatewayRouter router(store_.get(), options);
   ASSERT_TRUE(router.RouteAny("k", "", {}).ok());  // caches w1..w3
-  for (const char* id : {"w1", "w2", "w3"}) {
-    ASSERT_TRUE(store_->UnregisterWorker(id).ok());
-  }
-  Register("w4", "fp-a", 0);
+  ASSERT_NO_FATAL_FAILURE(ReplaceWorkersWithW4());
   auto stale = router.RouteAny("k", "", {});
   ASSERT_TRUE(stale.ok());
   EXPECT_NE(stale->worker_id, "w4");  // still the cached list
@@ -436,10 +441,7 @@ TEST_F(GatewayRouterTest, ACallWithEveryKnownWorkerExcludedReadsTheRegistry) {
   options.registry_refresh = absl::Hours(1);
   GatewayRouter router(store_.get(), options);
   ASSERT_TRUE(router.RouteAny("k", "", {}).ok());  // caches w1..w3
-  for (const char* id : {"w1", "w2", "w3"}) {
-    ASSERT_TRUE(store_->UnregisterWorker(id).ok());
-  }
-  Register("w4", "fp-a", 0);
+  ASSERT_NO_FATAL_FAILURE(ReplaceWorkersWithW4());
   auto fresh = router.RouteAny("k", "", {"w1", "w2", "w3"});
   ASSERT_TRUE(fresh.ok()) << fresh.status();
   EXPECT_EQ(fresh->worker_id, "w4");
@@ -456,10 +458,7 @@ TEST_F(GatewayRouterTest, ACallWithEveryKnownWorkerExcludedJoinsTheReadOut) {
   options.registry_refresh = absl::Seconds(1);
   GatewayRouter router(&registry, options);
   ASSERT_TRUE(router.RouteAny("k", "fp-a", {}).ok());  // caches w1..w3
-  for (const char* id : {"w1", "w2", "w3"}) {
-    ASSERT_TRUE(store_->UnregisterWorker(id).ok());
-  }
-  Register("w4", "fp-a", 0);
+  ASSERT_NO_FATAL_FAILURE(ReplaceWorkersWithW4());
   absl::Notification release;
   registry.hold = &release;
   clock_.Advance(absl::Seconds(2));
