@@ -14,12 +14,15 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
@@ -112,6 +115,64 @@ class ClusterFailoverTest : public ::testing::Test {
       }
     }
     return nullptr;
+  }
+
+  // For a failure message: the session's lease and, for each live worker,
+  // its id, address, whether it is `marked`, and its tokens out.
+  static std::string Diagnose(const std::string& session,
+                              const e2e::ClusterProcess* marked) {
+    std::string out;
+    auto lease = store_->GetOwner({"default", session});
+    absl::StrAppend(&out, "lease: ",
+                    lease.ok()
+                        ? absl::StrCat(lease->owner, " fence ", lease->fence)
+                        : lease.status().ToString(),
+                    "\n");
+    auto listed = store_->ListWorkers();
+    for (auto& w : *workers_) {
+      if (w->pid() <= 0) continue;
+      std::string id = "(unlisted)";
+      if (listed.ok()) {
+        for (const auto& info : *listed) {
+          if (info.address == w->address()) id = info.worker_id;
+        }
+      }
+      double out_tokens = -1;  // a paused worker's metrics would not answer
+      auto samples = w.get() == marked
+                         ? std::nullopt
+                         : e2e::ScrapeMetrics(w->metrics_address());
+      if (samples) {
+        for (const auto& [name, value] : *samples) {
+          if (absl::StartsWith(name, "statestream_tokens_out_total")) {
+            out_tokens = value;
+          }
+        }
+      }
+      absl::StrAppend(&out, id, " ", w->address(), " pid ", w->pid(), " state ",
+                      std::string(1, ProcState(w->pid())),
+                      w.get() == marked ? " (paused)" : "", " tokens out ",
+                      out_tokens, "\n");
+    }
+    return out;
+  }
+
+  // The process's state letter in /proc (T: stopped), or '?'.
+  static char ProcState(int pid) {
+    std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+    std::string line;
+    std::getline(stat, line);
+    const size_t paren = line.rfind(") ");
+    return paren == std::string::npos ? '?' : line[paren + 2];
+  }
+
+  // Stops `p` (SIGSTOP) and waits until the kernel says every thread of
+  // it has (kill returns before).
+  static void Pause(e2e::ClusterProcess* p) {
+    p->Signal(SIGSTOP);
+    for (int i = 0; i < 500 && ProcState(p->pid()) != 'T'; ++i) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    ASSERT_EQ(ProcState(p->pid()), 'T');
   }
 
   // Kills the session's owner and starts a replacement worker.
@@ -371,7 +432,8 @@ TEST_F(ClusterFailoverTest, PausedOwnerIsFencedOut) {
       paused = Owner("pause-victim");
       ASSERT_NE(paused, nullptr);
       fenced_before = FencedCommits(*paused);
-      paused->Signal(SIGSTOP);  // the gateway's stall timeout moves it
+      // The gateway's stall timeout moves it.
+      ASSERT_NO_FATAL_FAILURE(Pause(paused));
     }
     ASSERT_TRUE(stream->Write(Text("pause-victim", offset, chunks[i])));
     offset += chunks[i].size();
@@ -413,7 +475,8 @@ TEST_F(ClusterFailoverTest, CallsToAPausedOwnerFailOver) {
   ASSERT_NO_FATAL_FAILURE(CreateWithPrompt(id, Chunks(1, 64, 4)[0]));
   e2e::ClusterProcess* paused = Owner(id);
   ASSERT_NE(paused, nullptr);
-  paused->Signal(SIGSTOP);
+  const std::string before = Diagnose(id, paused);
+  ASSERT_NO_FATAL_FAILURE(Pause(paused));
   // The gateways' stall timeout is 2 s; without pings and a connect
   // timeout of their own both calls wait past this deadline.
   auto deadline = [] {
@@ -435,7 +498,10 @@ TEST_F(ClusterFailoverTest, CallsToAPausedOwnerFailOver) {
   grpc::Status st = reader->Finish();
   EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
   EXPECT_EQ(tokens, 16);
-  EXPECT_GE(std::atoi(Trailer(*ctx, "x-statestream-attempts").c_str()), 2);
+  const int used = std::atoi(Trailer(*ctx, "x-statestream-attempts").c_str());
+  EXPECT_GE(used, 2) << "before:\n"
+                     << before << "after:\n"
+                     << Diagnose(id, paused);
   v1::GetSessionRequest get;
   get.set_session_id(id);
   v1::Session s;
@@ -444,7 +510,7 @@ TEST_F(ClusterFailoverTest, CallsToAPausedOwnerFailOver) {
   grpc::Status got = sessions_[1]->GetSession(get_ctx.get(), get, &s);
   EXPECT_TRUE(got.ok()) << got.error_code() << " " << got.error_message();
   paused->Signal(SIGCONT);
-  EXPECT_NE(Owner(id), paused);
+  EXPECT_NE(Owner(id), paused) << Diagnose(id, nullptr);
 }
 
 // A request the owner takes longer to apply than the stall timeout (512 KiB
