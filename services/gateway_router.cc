@@ -79,7 +79,7 @@ absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::Workers() {
     std::vector<WorkerInfo> known = workers_;
     const bool start = !reading_;
     const uint64_t marks = marks_;
-    reading_ = true;
+    if (start) BeginRead();
     mu_.Unlock();
     if (start) {
       InBackground(&refresher_, [this, marks] {
@@ -117,8 +117,13 @@ bool GatewayRouter::AwaitReadOut() {
   return reads_ != reads_before;
 }
 
-absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::ReadRegistry() {
+void GatewayRouter::BeginRead() {
   reading_ = true;
+  out_started_ = ++read_starts_;
+}
+
+absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::ReadRegistry() {
+  BeginRead();
   const uint64_t marks = marks_;
   mu_.Unlock();
   auto listed = store_->ListWorkers();
@@ -165,6 +170,7 @@ absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::FinishRead(
   AppendStatic(&workers);
   workers_ = std::move(workers);
   workers_read_ = read_at;
+  listed_by_ = out_started_;
   return workers_;
 }
 
@@ -212,13 +218,22 @@ void GatewayRouter::MarkSuspect(const std::string& worker_id) {
   workers_read_ = absl::InfinitePast();
 }
 
-absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::ReadWorkersNow() {
+absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::ReadWorkersSince(
+    uint64_t began) {
   mu_.Lock();
-  if (AwaitReadOut()) {
-    absl::StatusOr<std::vector<WorkerInfo>> out = workers_;
-    if (!last_read_.ok()) out = last_read_;
-    mu_.Unlock();
-    return out;
+  while (true) {
+    if (!last_read_.ok()) {  // down: no call waits for it (see Workers)
+      absl::Status failed = last_read_;
+      mu_.Unlock();
+      return failed;
+    }
+    if (listed_by_ > began) {
+      std::vector<WorkerInfo> fresh = workers_;
+      mu_.Unlock();
+      return fresh;
+    }
+    if (!reading_) break;
+    AwaitReadOut();  // one that began later counts; an older one does not
   }
   return ReadRegistry();
 }
@@ -263,16 +278,22 @@ const WorkerInfo* GatewayRouter::Best(const std::vector<WorkerInfo>& workers,
 absl::StatusOr<Route> GatewayRouter::Pick(
     const std::string& hash_key, const std::string& fingerprint,
     const std::set<std::string>& exclude) {
+  uint64_t began;
+  {
+    absl::MutexLock lock(&mu_);
+    began = read_starts_;
+  }
   auto workers = Workers();
   if (!workers.ok()) return workers.status();
   const WorkerInfo* chosen = Best(*workers, hash_key, fingerprint, exclude);
-  if (chosen == nullptr && store_ != nullptr) {
-    // Every worker known is excluded (or serves another model). The list
-    // may predate their replacements: after a burst of worker deaths a
-    // failover excludes the dead one by one while calls route on the list
-    // cached before (or while a background read is out). Before giving
-    // up, take a registry read that ends now.
-    auto fresh = ReadWorkersNow();
+  if (chosen == nullptr && store_ != nullptr && !exclude.empty()) {
+    // A failover has excluded every worker it knows. The list may predate
+    // their replacements: after a burst of worker deaths a failover
+    // crosses the dead off one by one while calls route on the list cached
+    // before (or while a read that began before is out). Before giving up,
+    // take a list read after this route began (not when nothing is
+    // excluded: a model no worker serves would cost a read per call).
+    auto fresh = ReadWorkersSince(began);
     if (fresh.ok()) {
       workers = std::move(fresh);
       chosen = Best(*workers, hash_key, fingerprint, exclude);

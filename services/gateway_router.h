@@ -108,10 +108,14 @@ class GatewayRouter {
                          const std::string& hash_key,
                          const std::string& fingerprint,
                          const std::set<std::string>& exclude);
-  // The outcome of a registry read that ends after this call began: the
-  // one in flight, else one made now.
-  absl::StatusOr<std::vector<WorkerInfo>> ReadWorkersNow()
+  // The workers as listed by a registry read that began after read
+  // number `began` (read_starts_): the last one if it did, else the one
+  // out if it did, else one made now. The last read's error at once when
+  // it failed (the registry is down: Workers routes on without it).
+  absl::StatusOr<std::vector<WorkerInfo>> ReadWorkersSince(uint64_t began)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Requires mu_: a registry read begins (reading_, numbered).
+  void BeginRead() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits while a registry read is out; true if one ended meanwhile.
   bool AwaitReadOut() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Called with mu_ held, returns with it released: reads the registry
@@ -151,7 +155,12 @@ class GatewayRouter {
   // A call is reading the registry (outside mu_): the others route with
   // the list known, or wait for that read when none is known yet.
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
-  uint64_t reads_ ABSL_GUARDED_BY(mu_) = 0;      // registry reads finished
+  uint64_t reads_ ABSL_GUARDED_BY(mu_) = 0;  // registry reads finished
+  // Registry reads begun, numbered; the number of the last one begun (the
+  // one out while reading_) and of the one that listed workers_.
+  uint64_t read_starts_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t out_started_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t listed_by_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status last_read_ ABSL_GUARDED_BY(mu_);  // the latest one's outcome
   uint64_t marks_ ABSL_GUARDED_BY(mu_) = 0;      // MarkSuspect calls
   absl::flat_hash_map<std::string, absl::Time> suspects_ ABSL_GUARDED_BY(mu_);

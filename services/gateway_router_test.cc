@@ -213,12 +213,18 @@ class SlowRegistry final : public testing::ForwardingStore {
   // When set, a read waits for it (after notifying `reading`).
   absl::Notification* hold = nullptr;
   absl::Notification reading;
+  // A held read lists the workers before it waits (a read that began
+  // before a change and ends after it).
+  bool list_first = false;
   absl::StatusOr<std::vector<WorkerInfo>> ListWorkers() override {
     ++reads;
+    absl::StatusOr<std::vector<WorkerInfo>> listed;
+    if (list_first) listed = ForwardingStore::ListWorkers();
     if (hold != nullptr) {
-      reading.Notify();
+      if (!reading.HasBeenNotified()) reading.Notify();
       hold->WaitForNotification();
     }
+    if (list_first && !down) return listed;
     if (!down) return ForwardingStore::ListWorkers();
     absl::SleepFor(absl::Milliseconds(200));
     return absl::UnavailableError("registry down");
@@ -450,20 +456,18 @@ TEST_F(GatewayRouterTest, ACallWithEveryKnownWorkerExcludedReadsTheRegistry) {
   EXPECT_EQ(none.status().code(), absl::StatusCode::kUnavailable);
 }
 
-// ... and with a registry read already out, it takes that read's outcome
-// instead of reading again.
-TEST_F(GatewayRouterTest, ACallWithEveryKnownWorkerExcludedJoinsTheReadOut) {
+// ... and when its own route started a background read (the list cached
+// had aged), it waits for that read instead of making another.
+TEST_F(GatewayRouterTest, ACallWithEveryKnownWorkerExcludedJoinsItsRead) {
+  absl::Notification release;  // outlives the router's background read
   SlowRegistry registry(store_.get());
   GatewayRouterOptions options = Options();
   options.registry_refresh = absl::Seconds(1);
   GatewayRouter router(&registry, options);
   ASSERT_TRUE(router.RouteAny("k", "fp-a", {}).ok());  // caches w1..w3
   ASSERT_NO_FATAL_FAILURE(ReplaceWorkersWithW4());
-  absl::Notification release;
   registry.hold = &release;
-  clock_.Advance(absl::Seconds(2));
-  ASSERT_TRUE(router.RouteAny("k", "fp-a", {}).ok());  // starts a read
-  registry.reading.WaitForNotification();
+  clock_.Advance(absl::Seconds(2));  // the list cached has aged
   std::string next;
   absl::Notification routed;
   std::thread failover([&] {
@@ -471,6 +475,7 @@ TEST_F(GatewayRouterTest, ACallWithEveryKnownWorkerExcludedJoinsTheReadOut) {
     next = route.ok() ? route->worker_id : route.status().ToString();
     routed.Notify();
   });
+  registry.reading.WaitForNotification();
   // It waits for the held read (the old router answered "no live worker"
   // at once; a slow thread only makes this pass without testing it).
   EXPECT_FALSE(routed.WaitForNotificationWithTimeout(absl::Milliseconds(200)));
@@ -480,6 +485,77 @@ TEST_F(GatewayRouterTest, ACallWithEveryKnownWorkerExcludedJoinsTheReadOut) {
   registry.hold = nullptr;
   EXPECT_EQ(next, "w4");
   EXPECT_EQ(registry.reads.load(), 2);
+}
+
+// ... but not the outcome of a read out that began before it routed (it
+// may predate the replacements): it reads the registry again after that.
+TEST_F(GatewayRouterTest, ACallWithEveryKnownWorkerExcludedSkipsAnOlderRead) {
+  absl::Notification release;  // outlives the router's background read
+  SlowRegistry registry(store_.get());
+  GatewayRouterOptions options = Options();
+  options.registry_refresh = absl::Seconds(1);
+  GatewayRouter router(&registry, options);
+  ASSERT_TRUE(router.RouteAny("k", "fp-a", {}).ok());  // caches w1..w3
+  registry.list_first = true;
+  registry.hold = &release;
+  clock_.Advance(absl::Seconds(2));
+  ASSERT_TRUE(router.RouteAny("k", "fp-a", {}).ok());  // starts a read
+  registry.reading.WaitForNotification();  // which has listed w1..w3
+  ASSERT_NO_FATAL_FAILURE(ReplaceWorkersWithW4());
+  std::string next;
+  std::thread failover([&] {
+    auto route = router.RouteAny("k", "fp-a", {"w1", "w2", "w3"});
+    next = route.ok() ? route->worker_id : route.status().ToString();
+  });
+  release.Notify();
+  failover.join();
+  router.AwaitBackgroundReads();
+  registry.hold = nullptr;
+  EXPECT_EQ(next, "w4");
+  EXPECT_EQ(registry.reads.load(), 3);
+}
+
+// With the registry down (its last read failed) such a call answers at
+// once, as before: it does not wait a store timeout for another read.
+TEST_F(GatewayRouterTest, ACallWithEveryKnownWorkerExcludedAndTheStoreDown) {
+  absl::Notification release;  // outlives the router's background read
+  SlowRegistry registry(store_.get());
+  GatewayRouterOptions options = Options();
+  options.registry_refresh = absl::Seconds(1);
+  GatewayRouter router(&registry, options);
+  ASSERT_TRUE(router.RouteAny("k", "fp-a", {}).ok());
+  registry.down = true;
+  clock_.Advance(absl::Seconds(2));
+  ASSERT_TRUE(router.RouteAny("k", "fp-a", {}).ok());  // starts a read
+  router.AwaitBackgroundReads();                       // which failed
+  registry.hold = &release;                            // the store hangs now
+  absl::Notification routed;
+  absl::Status status;
+  std::thread failover([&] {
+    status = router.RouteAny("k", "fp-a", {"w1", "w2", "w3"}).status();
+    routed.Notify();
+  });
+  // A hang guard, not a timing: it must not wait for the held read.
+  EXPECT_TRUE(routed.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  release.Notify();
+  failover.join();
+  router.AwaitBackgroundReads();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+}
+
+// A call for a model no worker serves, with nothing excluded, is answered
+// from the list cached: a client cannot make each call read the registry.
+TEST_F(GatewayRouterTest, AModelNoWorkerServesCostsNoRegistryRead) {
+  SlowRegistry registry(store_.get());
+  GatewayRouterOptions options = Options();
+  options.registry_refresh = absl::Hours(1);
+  GatewayRouter router(&registry, options);
+  ASSERT_TRUE(router.RouteAny("k", "fp-a", {}).ok());
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(router.RouteAny("k", "fp-unknown", {}).status().code(),
+              absl::StatusCode::kUnavailable);
+  }
+  EXPECT_EQ(registry.reads.load(), 1);
 }
 
 // A worker marked suspect while the registry is being read: the list read
