@@ -1,0 +1,383 @@
+// SPDX-License-Identifier: Apache-2.0
+// The gateway in process in front of scripted workers
+// (services/gateway_test_util.h): where calls go and when they stop —
+// suspects, unreachable workers, imports bounded and authenticated, the
+// models listed, idle connections, the tenant session limit.
+#include <arpa/inet.h>
+#include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/clock.h"
+#include "common/grpc_status.h"
+#include "common/session_ids.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "services/gateway.h"
+#include "services/gateway_metrics.h"
+#include "services/gateway_router.h"
+#include "services/gateway_test_util.h"
+#include "services/server.h"
+#include "services/tenants.h"
+#include "state_store/memory_state_store.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+
+namespace statestream {
+namespace {
+
+// ABORTED/FENCED says another worker took that one session, not that the
+// worker failed: the call moves on, but the worker is not avoided for the
+// sessions it still serves (the next call on its sessions reaches it).
+TEST_F(GatewayTest, AFencedAnswerDoesNotMakeTheWorkerSuspect) {
+  std::atomic<int> got[2] = {0, 0};
+  std::atomic<int> fenced{-1};  // the worker that answered FENCED
+  for (int i = 0; i < 2; ++i) {
+    workers_[i]->get_session = [&got, &fenced, i](int) {
+      got[i].fetch_add(1);
+      int none = -1;
+      if (fenced.compare_exchange_strong(none, i)) {  // the first call
+        return ToGrpcStatus(MakeError(absl::StatusCode::kAborted,
+                                      Reason::kFenced, "another owner"));
+      }
+      return grpc::Status::OK;
+    };
+  }
+  Start();
+  auto get = [&] {
+    grpc::ClientContext ctx;
+    v1::GetSessionRequest req;
+    req.set_session_id("s");
+    v1::Session resp;
+    return v1::Sessions::NewStub(channel_)->GetSession(&ctx, req, &resp);
+  };
+  ASSERT_TRUE(get().ok());  // the fenced worker, then the other
+  ASSERT_NE(fenced.load(), -1);
+  ASSERT_EQ(got[0].load() + got[1].load(), 2);
+  // "s" ranks the fenced worker first still: it is asked first again.
+  ASSERT_TRUE(get().ok());
+  EXPECT_EQ(got[fenced.load()].load(), 2);
+  EXPECT_EQ(got[1 - fenced.load()].load(), 1);
+}
+
+// The gateway buffers an import whole before forwarding it, so every
+// message after the header must carry a chunk: empty ones (which would
+// fill its memory at a few bytes each on the wire) are INVALID_ARGUMENT,
+// and nothing reaches a worker.
+TEST_F(GatewayTest, AnImportOfEmptyMessagesIsRefused) {
+  Start();
+  grpc::ClientContext ctx;
+  v1::Session resp;
+  auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+  ASSERT_TRUE(writer->Write(ImportHeader(10)));
+  for (int i = 0; i < 3; ++i) {
+    if (!writer->Write(v1::ImportStateRequest())) break;
+  }
+  writer->WritesDone();
+  const absl::Status st = FromGrpcStatus(writer->Finish());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
+}
+
+// An import past the gateway's bound ends at once, MESSAGE_TOO_LARGE as
+// docs/errors.md has it (INVALID_ARGUMENT, field and limit).
+TEST_F(GatewayTest, AnImportPastTheGatewaysBoundIsMessageTooLarge) {
+  GatewayOptions options;
+  options.max_import_bytes = 4096;
+  Start(options);
+  grpc::ClientContext ctx;
+  v1::Session resp;
+  auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+  ASSERT_TRUE(writer->Write(ImportHeader(1 << 20)));
+  v1::ImportStateRequest chunk;
+  chunk.mutable_chunk()->set_data(std::string(8192, 'x'));
+  writer->Write(chunk);
+  writer->WritesDone();
+  const absl::Status st = FromGrpcStatus(writer->Finish());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_EQ(GetReason(st), Reason::kMessageTooLarge);
+  EXPECT_EQ(GetErrorMetadata(st, "limit"), "4096");
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
+}
+
+// With API keys, an import without a valid token ends UNAUTHENTICATED before
+// the gateway reads (and buffers) its messages; a valid token gets through.
+TEST_F(GatewayTest, AnImportIsAuthenticatedBeforeItIsRead) {
+  GatewayOptions options;
+  options.auth = TenantAuth(
+      std::map<std::string, std::string>{{"key-0123456789abcdef", "acme"}});
+  Start(options);
+  auto import = [&](const std::string& token, int chunks) {
+    grpc::ClientContext ctx;
+    if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+    v1::Session resp;
+    auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+    int written = 0;
+    if (writer->Write(ImportHeader(uint64_t{1} << 30))) {
+      v1::ImportStateRequest chunk;
+      chunk.mutable_chunk()->set_data(std::string(1 << 20, 'x'));
+      while (written < chunks && writer->Write(chunk)) ++written;
+    }
+    writer->WritesDone();
+    return std::make_pair(FromGrpcStatus(writer->Finish()), written);
+  };
+  // The refusal comes first: the stream breaks long before 1 GiB is sent.
+  for (const std::string token : {"", "wrong-0123456789abcdef"}) {
+    auto [st, written] = import(token, 1024);
+    EXPECT_EQ(st.code(), absl::StatusCode::kUnauthenticated) << st;
+    EXPECT_EQ(GetReason(st), Reason::kUnauthenticated);
+    EXPECT_LT(written, 1024);
+  }
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
+  // The scripted worker reads it and answers INVALID_ARGUMENT.
+  auto [st, written] = import("key-0123456789abcdef", 0);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 1);
+}
+
+// A worker that failed one call (a suspect, avoided for a while) still
+// serves its models: ListModels lists them instead of answering that no
+// worker serves any.
+TEST_F(GatewayTest, ASuspectWorkersModelsStayListed) {
+  Script<grpc::Status(int)>(&ScriptedWorker::get_session,
+                            [](int) { return Lost(); });
+  Start();
+  auto models = v1::Models::NewStub(channel_);
+  {
+    grpc::ClientContext ctx;
+    v1::ListModelsResponse resp;
+    ASSERT_TRUE(models->ListModels(&ctx, {}, &resp).ok());
+    ASSERT_EQ(resp.models_size(), 1);
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::GetSessionRequest req;
+    req.set_session_id("s");
+    v1::Session resp;
+    EXPECT_EQ(v1::Sessions::NewStub(channel_)
+                  ->GetSession(&ctx, req, &resp)
+                  .error_code(),
+              grpc::StatusCode::UNAVAILABLE);  // both workers now suspect
+  }
+  grpc::ClientContext ctx;
+  v1::ListModelsResponse resp;
+  const grpc::Status st = models->ListModels(&ctx, {}, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(resp.models_size(), 1);
+  EXPECT_EQ(resp.models(0).model_id(), "tiny");
+  EXPECT_EQ(resp.models(0).workers(), 2u);
+}
+
+// When every worker's answer meant "try another" the call ends UNAVAILABLE
+// (retry later), never a worker's CANCELLED (a client would take it for its
+// own cancellation) or the internal ABORTED/FENCED.
+TEST_F(GatewayTest, ACallNoWorkerCompletedIsUnavailable) {
+  for (const grpc::Status& answer :
+       {ToGrpcStatus(MakeError(absl::StatusCode::kAborted, Reason::kFenced,
+                               "taken over")),
+        grpc::Status(grpc::StatusCode::CANCELLED, "shutting down")}) {
+    Script<grpc::Status(int)>(&ScriptedWorker::get_session,
+                              [answer](int) { return answer; });
+    if (server_ == nullptr) Start();
+    grpc::ClientContext ctx;
+    v1::GetSessionRequest req;
+    req.set_session_id("s");
+    v1::Session resp;
+    const grpc::Status st =
+        v1::Sessions::NewStub(channel_)->GetSession(&ctx, req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << st.error_message();
+    // The gateway's own answer, typed like a draining worker's.
+    EXPECT_EQ(GetReason(FromGrpcStatus(st)), Reason::kOverloaded);
+    EXPECT_TRUE(GetErrorMetadata(FromGrpcStatus(st), "retry_after_ms"));
+  }
+}
+
+// A loopback port bound but not listening: connections to it are refused,
+// as to a killed worker's, and nothing else can take it while this lives.
+class RefusingPort {
+ public:
+  RefusingPort() {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (fd_ < 0 || bind(fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+        getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      ADD_FAILURE() << "cannot bind a loopback port";
+      return;
+    }
+    address_ = absl::StrCat("127.0.0.1:", ntohs(addr.sin_port));
+  }
+  ~RefusingPort() {
+    if (fd_ >= 0) close(fd_);
+  }
+  RefusingPort(const RefusingPort&) = delete;
+  RefusingPort& operator=(const RefusingPort&) = delete;
+  const std::string& address() const { return address_; }
+
+ private:
+  int fd_ = -1;
+  std::string address_;
+};
+
+// After a burst of worker deaths the registry lists dead workers until
+// their heartbeats expire. A worker that could not be reached never got
+// the call, so a failover from it costs no attempt: with max_attempts 2
+// and eight dead workers ranked ahead of the two live ones, unary and
+// streaming calls still reach a live worker.
+TEST_F(GatewayTest, UnreachableWorkersCostNoAttempts) {
+  std::atomic<int> got[2] = {0, 0};
+  for (int i = 0; i < 2; ++i) {
+    workers_[i]->get_session = [&got, i](int) {
+      got[i].fetch_add(1);
+      return grpc::Status::OK;
+    };
+  }
+  GatewayOptions options;
+  options.max_attempts = 2;
+  // Each call meets every dead worker (none stays avoided as a suspect).
+  options.router.suspect_for = absl::ZeroDuration();
+  std::vector<std::unique_ptr<RefusingPort>> dead;
+  for (int i = 0; i < 8; ++i) {
+    dead.push_back(std::make_unique<RefusingPort>());
+    options.router.static_workers.push_back(dead.back()->address());
+  }
+  // A session every dead worker outranks.
+  std::string session;
+  for (int n = 0; session.empty(); ++n) {
+    const std::string key = absl::StrCat("default/s", n);
+    const double best_live =
+        std::max(RendezvousScore(key, workers_[0]->address(), 0),
+                 RendezvousScore(key, workers_[1]->address(), 0));
+    bool dead_first = true;
+    for (const std::string& a : options.router.static_workers) {
+      dead_first &= RendezvousScore(key, a, 0) > best_live;
+    }
+    if (dead_first) session = absl::StrCat("s", n);
+  }
+  Start(options);
+  grpc::ClientContext ctx;
+  v1::GetSessionRequest req;
+  req.set_session_id(session);
+  v1::Session resp;
+  const grpc::Status st =
+      v1::Sessions::NewStub(channel_)->GetSession(&ctx, req, &resp);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(got[0].load() + got[1].load(), 1);
+
+  // An Append: every request acked, by a live worker, the ninth tried.
+  grpc::ClientContext actx;
+  auto stream = v1::Streams::NewStub(channel_)->Append(&actx);
+  v1::AppendRequest r;
+  r.set_session_id(session);
+  r.set_text_utf8("hello");
+  ASSERT_TRUE(stream->Write(r));
+  stream->WritesDone();
+  v1::AppendResponse ack;
+  ASSERT_TRUE(stream->Read(&ack));
+  EXPECT_EQ(ack.input_offset(), 5u);
+  EXPECT_TRUE(stream->Finish().ok());
+  auto attempts =
+      actx.GetServerTrailingMetadata().find("x-statestream-attempts");
+  ASSERT_NE(attempts, actx.GetServerTrailingMetadata().end());
+  EXPECT_EQ(std::string(attempts->second.data(), attempts->second.size()), "9");
+}
+
+// Connections to worker addresses no call has used for a while are closed
+// (a rescheduled pod comes back on another address: without this the
+// gateway would keep one per address ever seen).
+TEST_F(GatewayTest, IdleWorkerConnectionsAreClosed) {
+  Script<grpc::Status(int)>(&ScriptedWorker::get_session,
+                            [](int) { return grpc::Status::OK; });
+  GatewayOptions options;
+  options.metrics = &metrics_;
+  options.idle_channel_timeout = absl::Seconds(2);
+  Start(options);
+  grpc::ClientContext ctx;
+  v1::GetSessionRequest req;
+  req.set_session_id("s");
+  v1::Session resp;
+  ASSERT_TRUE(
+      v1::Sessions::NewStub(channel_)->GetSession(&ctx, req, &resp).ok());
+  auto channels = [&] {
+    const std::string text = metrics_.Render();
+    const std::string key = "\nstatestream_gateway_worker_channels ";
+    const size_t at = text.find(key);
+    return at == std::string::npos ? -1
+                                   : std::stoi(text.substr(at + key.size()));
+  };
+  EXPECT_EQ(channels(), 1);
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (channels() != 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(channels(), 0);
+}
+
+// A tenant at its session limit may still retry a create that succeeded
+// (its reply was lost): the session exists, so the create goes to a worker
+// (which returns it) instead of TENANT_LIMIT. A create of a new session is
+// refused, and so is a request id whose derived session is past the
+// request-id window.
+TEST_F(GatewayTest, ARetriedCreateAtTheSessionLimitReachesAWorker) {
+  // The store's clock: "old" is created two hours back.
+  FakeClock clock(absl::Now() - absl::Hours(2));
+  MemoryStateStoreOptions store_options;
+  store_options.clock = &clock;
+  std::shared_ptr<StateStore> store(*NewMemoryStateStore(store_options));
+  auto made = [&](const std::string& id) {
+    CreateSessionRequest r;
+    r.key = {"default", id};
+    r.model_id = "tiny";
+    r.initial_state.model_fingerprint = "fp";
+    ASSERT_TRUE(store->CreateSession(r).ok());
+  };
+  made(DerivedSessionId("default", "create-old"));
+  clock.Advance(absl::Hours(2));
+  made("named");
+  made(DerivedSessionId("default", "create-generated"));
+  Script<grpc::Status(int, v1::Session*)>(&ScriptedWorker::create_session,
+                                          [](int, v1::Session* s) {
+                                            s->set_session_id("returned");
+                                            return grpc::Status::OK;
+                                          });
+  TenantLimitsOptions limits;
+  limits.defaults.max_sessions = 3;
+  GatewayOptions options;
+  options.limits = std::make_shared<TenantLimits>(limits, store.get());
+  Start(options, store);
+  auto create = [&](const std::string& session_id,
+                    const std::string& request_id) {
+    grpc::ClientContext ctx;
+    v1::CreateSessionRequest req;
+    req.set_session_id(session_id);
+    req.set_request_id(request_id);
+    v1::Session resp;
+    return FromGrpcStatus(
+        v1::Sessions::NewStub(channel_)->CreateSession(&ctx, req, &resp));
+  };
+  EXPECT_TRUE(create("named", "create-named").ok());
+  EXPECT_TRUE(create("", "create-generated").ok());
+  EXPECT_EQ(calls_.load(), 2);
+  EXPECT_EQ(GetReason(create("new", "create-new")), Reason::kTenantLimit);
+  EXPECT_EQ(GetReason(create("", "create-other")), Reason::kTenantLimit);
+  // A request id reused past the workers' window (an hour): its derived
+  // session is another request's, and a worker would make a new one.
+  EXPECT_EQ(GetReason(create("", "create-old")), Reason::kTenantLimit);
+  EXPECT_EQ(calls_.load(), 2);
+}
+
+}  // namespace
+}  // namespace statestream

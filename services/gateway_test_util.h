@@ -1,0 +1,210 @@
+// SPDX-License-Identifier: Apache-2.0
+// The gateway tests' scripted workers (real gRPC servers on 127.0.0.1
+// whose answers a test sets) and the fixture that starts a gateway in
+// process in front of them.
+#ifndef STATESTREAM_SERVICES_GATEWAY_TEST_UTIL_H_
+#define STATESTREAM_SERVICES_GATEWAY_TEST_UTIL_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "services/gateway.h"
+#include "services/gateway_metrics.h"
+#include "services/server.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+
+namespace statestream {
+
+// A connection lost mid-call, as the gateway sees it: UNAVAILABLE without
+// details.
+inline grpc::Status Lost() {
+  return grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection reset");
+}
+
+// The worker side of the calls these tests make. Every call counts in
+// `calls`, shared by the workers of a test, so a script can tell the first
+// attempt from a failover.
+class ScriptedWorker final : public v1::Sessions::Service,
+                             public v1::Streams::Service,
+                             public v1::Models::Service {
+ public:
+  explicit ScriptedWorker(std::atomic<int>* calls) : calls_(calls) {
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                             &port);
+    builder.RegisterService(static_cast<v1::Sessions::Service*>(this));
+    builder.RegisterService(static_cast<v1::Streams::Service*>(this));
+    builder.RegisterService(static_cast<v1::Models::Service*>(this));
+    server_ = builder.BuildAndStart();
+    address_ = "127.0.0.1:" + std::to_string(port);
+  }
+  ~ScriptedWorker() override { server_->Shutdown(); }
+  const std::string& address() const { return address_; }
+
+  // Answers by call number (0 = the first call to any worker of the test).
+  std::function<grpc::Status(int, grpc::ServerWriter<v1::ExportStateResponse>*)>
+      export_state;
+  std::function<grpc::Status(int, const v1::GenerateRequest&,
+                             grpc::ServerWriter<v1::GenerateResponse>*)>
+      generate;
+  std::function<grpc::Status(int, v1::Session*)> create_session;
+  std::function<grpc::Status(int)> get_session;
+  // When set, answers an Append (after reading it whole) instead of acking
+  // every request as committed.
+  std::function<grpc::Status(
+      int, const std::vector<v1::AppendRequest>&,
+      grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>*)>
+      append;
+
+  int imports() const { return imports_.load(); }
+  // Requests of the last Append that asked for a checkpoint.
+  int checkpoints() const { return checkpoints_.load(); }
+
+  // Reads the whole call first, then acks each request as committed.
+  grpc::Status Append(
+      grpc::ServerContext*,
+      grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>* stream)
+      override {
+    const int call = calls_->fetch_add(1);
+    std::vector<v1::AppendRequest> requests;
+    v1::AppendRequest req;
+    while (stream->Read(&req)) requests.push_back(req);
+    if (append) return append(call, requests, stream);
+    checkpoints_ = 0;
+    for (const auto& r : requests) {
+      checkpoints_ += r.checkpoint();
+      v1::AppendResponse ack;
+      ack.set_request_id(r.request_id());
+      const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
+      ack.set_input_offset(end);
+      ack.set_committed_input_offset(end);
+      if (!stream->Write(ack)) break;
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ExportState(
+      grpc::ServerContext*, const v1::ExportStateRequest*,
+      grpc::ServerWriter<v1::ExportStateResponse>* w) override {
+    return export_state(calls_->fetch_add(1), w);
+  }
+  grpc::Status Generate(grpc::ServerContext*, const v1::GenerateRequest* req,
+                        grpc::ServerWriter<v1::GenerateResponse>* w) override {
+    return generate(calls_->fetch_add(1), *req, w);
+  }
+  grpc::Status CreateSession(grpc::ServerContext*,
+                             const v1::CreateSessionRequest*,
+                             v1::Session* resp) override {
+    return create_session(calls_->fetch_add(1), resp);
+  }
+  grpc::Status GetSession(grpc::ServerContext*, const v1::GetSessionRequest*,
+                          v1::Session*) override {
+    return get_session(calls_->fetch_add(1));
+  }
+  grpc::Status ImportState(grpc::ServerContext*,
+                           grpc::ServerReader<v1::ImportStateRequest>* r,
+                           v1::Session*) override {
+    ++imports_;
+    v1::ImportStateRequest msg;
+    while (r->Read(&msg)) {
+    }
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "scripted");
+  }
+  grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+                          v1::ListModelsResponse* resp) override {
+    v1::Model* m = resp->add_models();
+    m->set_model_id("tiny");
+    m->set_fingerprint("fp-tiny");
+    return grpc::Status::OK;
+  }
+
+ private:
+  std::atomic<int>* const calls_;
+  std::atomic<int> imports_{0};
+  std::atomic<int> checkpoints_{0};
+  std::unique_ptr<grpc::Server> server_;
+  std::string address_;
+};
+
+class GatewayTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (auto& w : workers_) w = std::make_unique<ScriptedWorker>(&calls_);
+  }
+  void TearDown() override {
+    if (server_ != nullptr) server_->Shutdown(absl::Seconds(1));
+  }
+  void Start(GatewayOptions options = {},
+             std::shared_ptr<StateStore> store = nullptr) {
+    for (auto& w : workers_) {
+      options.router.static_workers.push_back(w->address());
+    }
+    auto services = GatewayServices(options, std::move(store));
+    ASSERT_TRUE(services.ok()) << services.status();
+    ServerOptions server;
+    server.listen = "127.0.0.1:0";
+    auto started = Server::Start(server, *std::move(services));
+    ASSERT_TRUE(started.ok()) << started.status();
+    server_ = *std::move(started);
+    channel_ = grpc::CreateChannel(server_->address(),
+                                   grpc::InsecureChannelCredentials());
+  }
+  // A server-streaming call through the gateway on session "s": the
+  // messages it delivered and how it ended.
+  template <class Resp>
+  struct Streamed {
+    std::vector<Resp> messages;
+    grpc::Status status;
+  };
+  Streamed<v1::ExportStateResponse> ExportS() {
+    grpc::ClientContext ctx;
+    v1::ExportStateRequest req;
+    req.set_session_id("s");
+    return Drain(v1::Sessions::NewStub(channel_)->ExportState(&ctx, req));
+  }
+  Streamed<v1::GenerateResponse> GenerateS(bool commit = false) {
+    grpc::ClientContext ctx;
+    v1::GenerateRequest req;
+    req.set_session_id("s");
+    req.set_commit(commit);
+    return Drain(v1::Streams::NewStub(channel_)->Generate(&ctx, req));
+  }
+  template <class Resp>
+  static Streamed<Resp> Drain(std::unique_ptr<grpc::ClientReader<Resp>> r) {
+    Streamed<Resp> out;
+    Resp msg;
+    while (r->Read(&msg)) out.messages.push_back(msg);
+    out.status = r->Finish();
+    return out;
+  }
+  // A creating import's first message, announcing `total_bytes`.
+  static v1::ImportStateRequest ImportHeader(uint64_t total_bytes) {
+    v1::ImportStateRequest header;
+    header.mutable_header()->set_request_id("r");
+    header.mutable_header()->set_mode(v1::IMPORT_MODE_CREATE);
+    header.mutable_header()->mutable_state()->set_total_bytes(total_bytes);
+    return header;
+  }
+  // Every worker answers `fn`.
+  template <class F>
+  void Script(std::function<F> ScriptedWorker::*member, std::function<F> fn) {
+    for (auto& w : workers_) (*w).*member = fn;
+  }
+
+  std::atomic<int> calls_{0};
+  std::unique_ptr<ScriptedWorker> workers_[2];
+  GatewayMetrics metrics_;  // outlives the gateway (destroyed after server_)
+  std::unique_ptr<Server> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+};
+
+}  // namespace statestream
+
+#endif  // STATESTREAM_SERVICES_GATEWAY_TEST_UTIL_H_
