@@ -119,7 +119,7 @@ bool GatewayRouter::AwaitReadOut() {
 
 void GatewayRouter::BeginRead() {
   reading_ = true;
-  out_started_ = ++read_starts_;
+  ++read_starts_;
 }
 
 absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::ReadRegistry() {
@@ -170,7 +170,7 @@ absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::FinishRead(
   AppendStatic(&workers);
   workers_ = std::move(workers);
   workers_read_ = read_at;
-  listed_by_ = out_started_;
+  listed_by_ = read_starts_;  // no other read began while this one was out
   return workers_;
 }
 

@@ -156,10 +156,9 @@ class GatewayRouter {
   // the list known, or wait for that read when none is known yet.
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t reads_ ABSL_GUARDED_BY(mu_) = 0;  // registry reads finished
-  // Registry reads begun, numbered; the number of the last one begun (the
-  // one out while reading_) and of the one that listed workers_.
+  // Registry reads begun, numbered (the last one is the one out while
+  // reading_), and the number of the one that listed workers_.
   uint64_t read_starts_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t out_started_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t listed_by_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status last_read_ ABSL_GUARDED_BY(mu_);  // the latest one's outcome
   uint64_t marks_ ABSL_GUARDED_BY(mu_) = 0;      // MarkSuspect calls

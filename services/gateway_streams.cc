@@ -198,9 +198,9 @@ class AppendCall final : public Watched {
     grpc::Status status;
     bool gave_up = false;  // the last worker failed too, none is left
     // max_attempts bounds consecutive attempts without progress: a long
-    // stream may lose many workers over its life.
-    // A failover from a worker that could not be reached costs nothing (up
-    // to kMaxUnreachableSkips per call): nothing was sent to it.
+    // stream may lose many workers over its life. A failover from a worker
+    // that could not be reached costs nothing (up to kMaxUnreachableSkips
+    // per call): nothing was sent to it.
     const int max_failures = gateway_->options().max_attempts;
     int skips = 0;
     for (int attempt = 1, failures = 0; failures < max_failures; ++attempt) {
@@ -217,7 +217,7 @@ class AppendCall final : public Watched {
       const std::shared_ptr<grpc::Channel> channel =
           gateway_->Channel(route->address);
       const bool refused = Gateway::RefusedFast(channel, *ctx_);
-      status = Attempt(*route, attempt, !refused, &stalled, &client_gone,
+      status = Attempt(channel, attempt, !refused, &stalled, &client_gone,
                        &progressed);
       if (status.ok() || client_gone || ctx_->IsCancelled()) break;
       if (!stalled && !Gateway::ShouldFailover(status)) break;
@@ -244,13 +244,14 @@ class AppendCall final : public Watched {
     return gave_up ? Gateway::GaveUp(status) : Gateway::FromWorker(status);
   }
 
-  // `replaying`: count the requests re-sent (not for a worker the gateway
-  // could not connect to: they go nowhere).
-  grpc::Status Attempt(const Route& route, int attempt, bool replaying,
-                       bool* stalled, bool* client_gone, bool* progressed) {
+  // One attempt on the route's `channel`. `replaying`: count the requests
+  // re-sent (not for a worker the gateway could not connect to: they go
+  // nowhere).
+  grpc::Status Attempt(const std::shared_ptr<grpc::Channel>& channel,
+                       int attempt, bool replaying, bool* stalled,
+                       bool* client_gone, bool* progressed) {
     auto context = gateway_->UpstreamContext(*ctx_, tenant_, attempt);
-    auto stream = v1::Streams::NewStub(gateway_->Channel(route.address))
-                      ->Append(context.get());
+    auto stream = v1::Streams::NewStub(channel)->Append(context.get());
     uint64_t seq;
     {
       absl::MutexLock lock(&mu_);
