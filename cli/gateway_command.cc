@@ -54,7 +54,13 @@ int Run(const std::vector<std::string>& args) {
     return kExitUsage;
   }
   GatewayOptions options;
-  RedisStateStoreOptions redis = RedisOptionsFromFlags();
+  absl::StatusOr<RedisStateStoreOptions> redis_flags = RedisOptionsFromFlags();
+  if (!redis_flags.ok()) {
+    std::cerr << "statestream gateway: " << redis_flags.status().message()
+              << "\n";
+    return kExitUsage;
+  }
+  RedisStateStoreOptions redis = *std::move(redis_flags);
   for (absl::string_view w :
        absl::StrSplit(absl::GetFlag(FLAGS_workers), ',', absl::SkipEmpty())) {
     options.router.static_workers.emplace_back(w);

@@ -27,11 +27,19 @@ ABSL_FLAG(absl::Duration, redis_connect_timeout, absl::Seconds(60),
           "At startup, how long to keep trying while Redis does not answer "
           "before giving up (exit 1).");
 
+ABSL_FLAG(absl::Duration, redis_command_timeout, absl::Seconds(5),
+          "How long one Redis command (a pipeline: a whole state counts as "
+          "one) may wait for its answer before the connection counts as "
+          "down; a call retries on a fresh connection for up to 3 s more, "
+          "then fails UNAVAILABLE. Raise it for a distant Redis or states of "
+          "tens of MB. A stopping gateway does not wait it out: once "
+          "--shutdown-grace is over, its Redis calls end at once.");
+
 namespace statestream::cli {
 
 const char kRedisFlagsFile[] = __FILE__;
 
-RedisStateStoreOptions RedisOptionsFromFlags() {
+absl::StatusOr<RedisStateStoreOptions> RedisOptionsFromFlags() {
   RedisStateStoreOptions options;
   for (absl::string_view a :
        absl::StrSplit(absl::GetFlag(FLAGS_redis), ',', absl::SkipEmpty())) {
@@ -44,6 +52,12 @@ RedisStateStoreOptions RedisOptionsFromFlags() {
     if (const char* env = std::getenv("STATESTREAM_REDIS_PASSWORD")) {
       options.password = env;
     }
+  }
+  options.command_timeout = absl::GetFlag(FLAGS_redis_command_timeout);
+  if (options.command_timeout <= absl::ZeroDuration() ||
+      options.command_timeout == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError(
+        "--redis-command-timeout must be positive and finite");
   }
   return options;
 }

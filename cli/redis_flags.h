@@ -14,9 +14,10 @@ namespace statestream::cli {
 // __FILE__ of cli/redis_flags.cc, for Command::flag_files.
 extern const char kRedisFlagsFile[];
 
-// Options from --redis, --redis-cluster, --redis-user, --redis-password;
-// addresses is empty when --redis is not given.
-RedisStateStoreOptions RedisOptionsFromFlags();
+// Options from --redis, --redis-cluster, --redis-user, --redis-password,
+// --redis-command-timeout; addresses is empty when --redis is not given.
+// INVALID_ARGUMENT for a value out of range (a usage error).
+absl::StatusOr<RedisStateStoreOptions> RedisOptionsFromFlags();
 
 // NewRedisStateStore, retried while Redis is UNAVAILABLE for up to
 // --redis-connect-timeout (a role started before its Redis, or during a

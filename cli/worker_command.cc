@@ -99,7 +99,12 @@ int Run(const std::vector<std::string>& args) {
   }
   WorkerOptions options;
   options.server = ServerOptionsFromFlags();
-  options.redis = RedisOptionsFromFlags();
+  absl::StatusOr<RedisStateStoreOptions> redis = RedisOptionsFromFlags();
+  if (!redis.ok()) {
+    std::cerr << "statestream worker: " << redis.status().message() << "\n";
+    return kExitUsage;
+  }
+  options.redis = *std::move(redis);
   if (options.redis.addresses.empty()) {
     std::cerr << "statestream worker: --redis is required\n";
     return kExitUsage;

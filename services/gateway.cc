@@ -416,6 +416,11 @@ absl::StatusOr<ServiceSet> GatewayServices(const GatewayOptions& options,
   }
   auto gw = std::make_shared<gateway::Gateway>(options, store.get());
   ServiceSet set;
+  // A gateway has nothing of its own to save: once the shutdown grace is
+  // over, its lookups and registry reads on a hung Redis fail at once.
+  if (StateStore* s = store.get(); s != nullptr) {
+    set.OnInterrupt([s] { s->Interrupt(); });
+  }
   set.Own(std::move(store));  // destroyed after the gateway's threads end
   set.Add(v1::Sessions::service_full_name(),
           gateway::NewSessionsService(gw.get()));

@@ -288,6 +288,8 @@ void Server::Shutdown(absl::Duration grace) {
   // Each step is idempotent and thread-safe.
   StopServing();
   calls_->AwaitIdle(absl::Now() + grace);
+  // The calls still running are cancelled; what they wait on fails now.
+  services_.Interrupt();
   server_->Shutdown(absl::ToChronoTime(absl::Now()));
   server_->Wait();
   if (health_server_ != nullptr) {

@@ -77,7 +77,8 @@ class Server {
 
   // Drains and stops: StopServing (so load balancers stop sending calls),
   // waits up to `grace` for the calls in flight to finish (new calls are
-  // still served meanwhile), then cancels whatever is left, closes all
+  // still served meanwhile), then cancels whatever is left (running the
+  // services' interrupt hooks, ServiceSet::OnInterrupt), closes all
   // connections and returns. Idempotent.
   void Shutdown(absl::Duration grace);
 

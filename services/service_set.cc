@@ -27,6 +27,14 @@ void ServiceSet::Own(std::shared_ptr<void> resource) {
   resources_.push_back(std::move(resource));
 }
 
+void ServiceSet::OnInterrupt(std::function<void()> hook) {
+  interrupt_hooks_.push_back(std::move(hook));
+}
+
+void ServiceSet::Interrupt() const {
+  for (const auto& hook : interrupt_hooks_) hook();
+}
+
 std::vector<grpc::Service*> ServiceSet::services() const {
   std::vector<grpc::Service*> out;
   for (const auto& service : services_) out.push_back(service.get());

@@ -4,6 +4,7 @@
 #ifndef STATESTREAM_SERVICES_SERVICE_SET_H_
 #define STATESTREAM_SERVICES_SERVICE_SET_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,6 +33,15 @@ class ServiceSet {
   // Own() calls, after the services.
   void Own(std::shared_ptr<void> resource);
 
+  // Adds `hook` to what Interrupt() runs: something that makes the work
+  // the services block on (a store's network I/O) fail at once. Hooks must
+  // be thread-safe and idempotent.
+  void OnInterrupt(std::function<void()> hook);
+  // Runs the hooks, in the order added; the server calls it when the
+  // shutdown grace is over, as it cancels the calls still running, so that
+  // none of them waits out a hung backend. Thread-safe once built.
+  void Interrupt() const;
+
   // In the order added.
   const std::vector<std::string>& names() const { return names_; }
   // Parallel to names(); owned by this set.
@@ -42,6 +52,7 @@ class ServiceSet {
   // Declared before services_ so that it is destroyed after them.
   std::vector<std::shared_ptr<void>> resources_;
   std::vector<std::unique_ptr<grpc::Service>> services_;
+  std::vector<std::function<void()>> interrupt_hooks_;
 };
 
 // The public statestream.v1 services (Sessions, Streams, Models) with every

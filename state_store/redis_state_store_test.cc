@@ -9,6 +9,7 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -589,6 +590,72 @@ TEST(RedisStateStoreTest, UnavailableWhileDownThenRecovers) {
             Reason::kSessionNotFound);
   ASSERT_TRUE(
       (*store)->CreateSession(NewSession("a", Durability::kMemory)).ok());
+}
+
+// Interrupt() (a stopping process) ends the calls waiting on a hung Redis
+// and fails every later one at once, UNAVAILABLE; nothing stored is lost.
+// The client's timeouts are a minute, so only the interrupt can end the
+// calls within the bound.
+TEST(RedisStateStoreTest, InterruptEndsCallsWaitingOnAHungServer) {
+  auto server = RedisServer::Start({});
+  ASSERT_TRUE(server.ok()) << server.status();
+  RedisStateStoreOptions o;
+  o.addresses = {(*server)->address()};
+  o.command_timeout = absl::Seconds(60);
+  o.retry_deadline = absl::Seconds(60);
+  auto store = NewRedisStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_TRUE(
+      (*store)->CreateSession(NewSession("a", Durability::kMemory)).ok());
+  (*server)->Pause();
+  const absl::Time start = absl::Now();
+  std::vector<absl::Status> ended(4);
+  std::vector<std::thread> calls;
+  for (size_t i = 0; i < ended.size(); ++i) {
+    calls.emplace_back([&, i] {
+      ended[i] = i % 2 == 0 ? (*store)->GetHead({"acme", "a"}).status()
+                            : (*store)->ListWorkers().status();
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(300));  // into their reads
+  (*store)->Interrupt();
+  for (auto& t : calls) t.join();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(30));
+  for (const absl::Status& status : ended) {
+    EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+    EXPECT_EQ(GetReason(status), Reason::kStoreUnavailable) << status;
+  }
+  (*server)->Resume();
+  const absl::Status later = (*store)->GetHead({"acme", "a"}).status();
+  EXPECT_EQ(later.code(), absl::StatusCode::kUnavailable) << later;
+  EXPECT_TRUE(absl::StrContains(later.message(), "closed")) << later;
+  (*store)->Interrupt();  // idempotent
+  auto again = NewRedisStateStore(o);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE((*again)->GetHead({"acme", "a"}).ok());
+}
+
+// The same for a call retrying a server that is down: its backoff ends.
+TEST(RedisStateStoreTest, InterruptEndsTheRetriesOfACallToADownServer) {
+  auto server = RedisServer::Start({});
+  ASSERT_TRUE(server.ok()) << server.status();
+  RedisStateStoreOptions o;
+  o.addresses = {(*server)->address()};
+  o.retry_deadline = absl::Seconds(120);
+  o.backoff_initial = absl::Seconds(50);
+  o.backoff_max = absl::Seconds(50);
+  auto store = NewRedisStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  (*server)->Kill();
+  const absl::Time start = absl::Now();
+  absl::Status ended;
+  std::thread call([&] { ended = (*store)->GetHead({"acme", "a"}).status(); });
+  absl::SleepFor(absl::Seconds(1));  // into its backoff
+  (*store)->Interrupt();
+  call.join();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(30));
+  EXPECT_EQ(ended.code(), absl::StatusCode::kUnavailable) << ended;
+  EXPECT_EQ(GetReason(ended), Reason::kStoreUnavailable) << ended;
 }
 
 // After a script-cache flush every lease is renewed; with the server

@@ -389,6 +389,13 @@ class StateStore {
     return head.status();
   }
 
+  // For a process that is stopping: the calls waiting on a networked
+  // backend, and every later call, fail at once with UNAVAILABLE/
+  // kStoreUnavailable instead of waiting out its timeouts, so a hung
+  // backend cannot hold up the shutdown. Irreversible. Embedded stores,
+  // which wait on no network, ignore it.
+  virtual void Interrupt() {}
+
  protected:
   StateStore() = default;
 };

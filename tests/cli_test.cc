@@ -133,6 +133,10 @@ TEST(CliTest, BadFlagValuesAreUsageErrors) {
             "--model=m.pth", "--heartbeat-interval=-1s"},
            {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
             "--upstream-stall-timeout=0"},
+           {"gateway", "--redis=127.0.0.1:1", "--listen=127.0.0.1:0",
+            "--redis-command-timeout=0"},
+           {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
+            "--model=m.pth", "--redis-command-timeout=-1s"},
            {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
             "--model=m.pth", "--worker-id=a b"},
            {"session", "list", "--target=127.0.0.1:1", "--timeout=0"}}) {

@@ -13,6 +13,7 @@
 // none of the waiting ones had ended" only needs them to take less.
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -25,6 +26,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
@@ -306,6 +309,61 @@ TEST_F(StoreStallE2eTest, AGatewayRoutesToTheOwnerLastSeenWhileTheStoreHangs) {
   EXPECT_TRUE(generate().ok());
   if (HasFailure()) {
     ADD_FAILURE() << "gateway stderr:\n" << gateway->process->stderr_text();
+  }
+}
+
+// A gateway told to stop while Redis hangs does not wait out the store:
+// once its shutdown grace (1 s) is over, the lookups its calls wait on and
+// its background registry read fail at once, and it exits. Its Redis
+// commands may wait a minute here, so only that can end it within the
+// bound.
+TEST_F(StoreStallE2eTest, AStoppingGatewayDoesNotWaitOutAHungStore) {
+  auto gateway =
+      e2e::StartServer({STATESTREAM_BIN, "gateway", "--listen=127.0.0.1:0",
+                        "--redis=" + redis_->address(), "--shutdown-grace=1s",
+                        "--redis-command-timeout=60s"},
+                       kStartTimeout);
+  ASSERT_TRUE(gateway.ok()) << gateway.status();
+  auto sessions = v1::Sessions::NewStub(grpc::CreateChannel(
+      gateway->address, grpc::InsecureChannelCredentials()));
+  {
+    v1::CreateSessionRequest r;
+    r.set_session_id("seen");
+    r.set_request_id("create-seen");
+    v1::Session s;
+    auto ctx = Ctx();
+    grpc::Status st = sessions->CreateSession(ctx.get(), r, &s);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+
+  redis_->Pause();
+  // Sessions the gateway has not seen: each call waits on a lookup.
+  std::vector<grpc::Status> ended(4);
+  std::vector<std::thread> stuck;
+  for (size_t i = 0; i < ended.size(); ++i) {
+    stuck.emplace_back([&, i] {
+      v1::GetSessionRequest r;
+      r.set_session_id(absl::StrCat("unseen-", i));
+      v1::Session s;
+      auto ctx = Ctx();
+      ended[i] = sessions->GetSession(ctx.get(), r, &s);
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const absl::Time stop = absl::Now();
+  gateway->process->Signal(SIGTERM);
+  absl::StatusOr<int> exited = gateway->process->Wait(absl::Seconds(30));
+  for (auto& t : stuck) t.join();
+  redis_->Resume();
+  ASSERT_TRUE(exited.ok()) << "the gateway waited for the hung store: "
+                           << exited.status();
+  EXPECT_EQ(*exited, 0) << gateway->process->stderr_text();
+  EXPECT_LT(absl::Now() - stop, absl::Seconds(30));
+  for (const grpc::Status& st : ended) {
+    // Ended by the stop, not answered: safe to retry elsewhere.
+    EXPECT_TRUE(st.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                st.error_code() == grpc::StatusCode::CANCELLED)
+        << st.error_code() << " " << st.error_message();
   }
 }
 

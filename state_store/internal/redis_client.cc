@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <set>
@@ -143,6 +144,43 @@ RedisClient::RedisClient(const RedisClientOptions& options)
 
 RedisClient::~RedisClient() = default;
 
+void RedisClient::Close() {
+  absl::MutexLock lock(&close_mu_);
+  closed_ = true;
+  // The calls blocked in recv or send on these return at once.
+  for (int fd : busy_fds_) shutdown(fd, SHUT_RDWR);
+}
+
+bool RedisClient::closed() {
+  absl::MutexLock lock(&close_mu_);
+  return closed_;
+}
+
+bool RedisClient::MarkBusy(int fd) {
+  absl::MutexLock lock(&close_mu_);
+  if (closed_) return false;
+  busy_fds_.insert(fd);
+  return true;
+}
+
+void RedisClient::MarkIdle(int fd) {
+  absl::MutexLock lock(&close_mu_);
+  busy_fds_.erase(fd);
+}
+
+absl::Status RedisClient::ClosedError() {
+  return Unavailable("the Redis client is closed (the process is stopping)");
+}
+
+void RedisClient::Backoff(absl::Duration d) {
+  if (clock_ != Clock::Real()) {
+    clock_->SleepFor(d);
+    return;
+  }
+  absl::MutexLock lock(&close_mu_);
+  close_mu_.AwaitWithTimeout(absl::Condition(&closed_), d);
+}
+
 absl::StatusOr<std::unique_ptr<RedisClient>> RedisClient::Connect(
     const RedisClientOptions& options) {
   if (options.seeds.empty()) {
@@ -195,6 +233,7 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Attempt(
     const std::string& address, const std::vector<Command>& cmds, bool asking,
     std::string* redirect, const BulkSink& sink) {
   redirect->clear();
+  if (closed()) return ClosedError();
   ScopedSigpipeBlock no_sigpipe;
   Node* node = NodeFor(address);
   redisContext* c = nullptr;
@@ -222,6 +261,17 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Attempt(
     }
     redisSetTimeout(c, absl::ToTimeval(options_.command_timeout));
     redisEnableKeepAlive(c);
+  }
+  if (!MarkBusy(c->fd)) {
+    redisFree(c);
+    return ClosedError();
+  }
+  // From here on the socket is unmarked before it is closed.
+  auto drop = [this, c] {
+    MarkIdle(c->fd);
+    redisFree(c);
+  };
+  if (!pooled) {
     if (!options_.password.empty()) {
       Command auth = {"AUTH"};
       if (!options_.user.empty()) auth.push_back(options_.user);
@@ -238,12 +288,13 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Attempt(
           c, static_cast<int>(argv.size()), argv.data(), lens.data())));
       if (r == nullptr) {
         const std::string err = c->errstr;
-        redisFree(c);
+        drop();
+        if (closed()) return ClosedError();
         return Unavailable(absl::StrCat("AUTH on ", address, ": ", err));
       }
       if (r->type == REDIS_REPLY_ERROR) {
         const std::string err(r->str, r->len);
-        redisFree(c);
+        drop();
         return AccessRefused(connected_, absl::StrCat("Redis AUTH failed on ",
                                                       address, ": ", err));
       }
@@ -254,7 +305,7 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Attempt(
   std::vector<Reply> replies;
   absl::Status io = ExchangePipeline(c->fd, cmds, asking, sink, &replies);
   if (!io.ok()) {
-    redisFree(c);
+    drop();
     // A pooled connection that failed says the node went away (a restart,
     // a failover): its other idle ones are as dead. Close them all, so the
     // retry connects afresh instead of trying each with a backoff between.
@@ -266,8 +317,10 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Attempt(
       }
       for (redisContext* s : stale) redisFree(s);
     }
+    if (closed()) return ClosedError();
     return Unavailable(absl::StrCat(address, ": ", io.message()));
   }
+  MarkIdle(c->fd);
   {
     absl::MutexLock lock(&node->mu);
     if (static_cast<int>(node->idle.size()) <
@@ -414,9 +467,10 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Run(
       continue;
     }
     last = r.ok() ? Unavailable(redirect) : r.status();
+    if (closed()) return ClosedError();
     if (!r.ok() && options_.cluster) RefreshSlots().IgnoreError();
     if (clock_->Now() + backoff > deadline) return last;
-    clock_->SleepFor(backoff);
+    Backoff(backoff);
     backoff = std::min(backoff * 2, options_.backoff_max);
   }
   return Unavailable("too many Redis Cluster redirects");

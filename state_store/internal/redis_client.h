@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -107,6 +108,13 @@ class RedisClient {
   // once more, so a failover is not reported as an outage.
   absl::Status Ping();
 
+  // Fails the calls in flight (their sockets are shut down) and every later
+  // call at once with UNAVAILABLE/kStoreUnavailable, retrying nothing: for
+  // a process that is stopping and must not wait out a hung Redis. A
+  // connect already under way still takes up to connect_timeout.
+  // Irreversible; idempotent.
+  void Close();
+
  private:
   struct Node;
   explicit RedisClient(const RedisClientOptions& options);
@@ -116,6 +124,17 @@ class RedisClient {
   std::string KnownAddress(int slot);
   absl::Status RefreshSlots();
   void SetSlot(int slot, const std::string& address);
+  // Marks the socket `fd` as in use by a call, so Close() can shut it
+  // down; false (nothing marked) once Close() was called.
+  bool MarkBusy(int fd);
+  // Unmarks it: before the socket is closed, so Close() never shuts down
+  // an unrelated socket that reuses the number.
+  void MarkIdle(int fd);
+  // The error of a call made or cut short after Close().
+  static absl::Status ClosedError();
+  bool closed();
+  // Sleeps `d` of the clock's time; wakes early at Close() (real clock).
+  void Backoff(absl::Duration d);
   // One attempt on `address`. Sets *redirect to "ASK host:port" /
   // "MOVED host:port" or "RETRY" when the caller should try again.
   absl::StatusOr<std::vector<Reply>> Attempt(const std::string& address,
@@ -132,6 +151,9 @@ class RedisClient {
   std::string standalone_address_ ABSL_GUARDED_BY(mu_);
   // Connect succeeded (refusals are AccessRefused(true, ...) from then on).
   std::atomic<bool> connected_{false};
+  absl::Mutex close_mu_;
+  bool closed_ ABSL_GUARDED_BY(close_mu_) = false;
+  std::set<int> busy_fds_ ABSL_GUARDED_BY(close_mu_);
 };
 
 }  // namespace statestream::store_internal

@@ -124,6 +124,7 @@ class RedisStateStore final : public StateStore {
 
   // PING on every primary, instead of the default's probe-session read.
   absl::Status Ping() override;
+  void Interrupt() override { client_->Close(); }
 
   absl::StatusOr<SessionHead> GetHead(const SessionKey& key) override;
 

@@ -80,6 +80,8 @@ class ForwardingStore : public StateStore {
   absl::StatusOr<std::vector<WorkerInfo>> ListWorkers() override {
     return s_->ListWorkers();
   }
+  absl::Status Ping() override { return s_->Ping(); }
+  void Interrupt() override { s_->Interrupt(); }
 
  protected:
   StateStore* s_;
