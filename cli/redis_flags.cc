@@ -28,11 +28,13 @@ ABSL_FLAG(absl::Duration, redis_connect_timeout, absl::Seconds(60),
           "before giving up (exit 1).");
 
 ABSL_FLAG(absl::Duration, redis_command_timeout, absl::Seconds(5),
-          "How long one Redis command (a pipeline: a whole state counts as "
-          "one) may wait for its answer before the connection counts as "
-          "down; a call retries on a fresh connection for up to 3 s more, "
-          "then fails UNAVAILABLE. Raise it for a distant Redis or states of "
-          "tens of MB. A stopping gateway does not wait it out: once "
+          "How long the Redis client waits on Redis (each read or write on a "
+          "connection; 1 s more, as for every command, for durability "
+          "waits) before the call fails UNAVAILABLE; failures found within "
+          "3 s of a call's start are retried on a fresh connection. Raise it "
+          "for a distant or heavily loaded Redis; a worker's lease renewal "
+          "that waits longer than --lease-ttl loses the lease (fences keep "
+          "that safe). A stopping gateway does not wait it out: once "
           "--shutdown-grace is over, its Redis calls end at once.");
 
 namespace statestream::cli {

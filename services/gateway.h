@@ -110,9 +110,11 @@ struct GatewayOptions {
 };
 
 // The three public services. `store` (registry and leases) may be null when
-// options.router.static_workers is not empty; the set keeps it. Threads: one
-// per streaming call and per unary call in flight, all joined before the set is
-// destroyed.
+// options.router.static_workers is not empty; the set keeps it, and its
+// server's shutdown interrupts it for good once the grace is over
+// (StateStore::Interrupt): do not share it with a role that must write on.
+// Threads: one per streaming call and per unary call in flight, all joined
+// before the set is destroyed.
 absl::StatusOr<ServiceSet> GatewayServices(const GatewayOptions& options,
                                            std::shared_ptr<StateStore> store);
 

@@ -5,12 +5,15 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <memory>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "services/service_set.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 
 namespace statestream {
@@ -59,6 +62,90 @@ TEST(ServerTest, PortZeroPicksAFreePortAndItIsNotShared) {
 
   (*first)->Shutdown(absl::Seconds(1));
   (*first)->Shutdown(absl::Seconds(1));  // idempotent
+}
+
+// A Models service whose ListModels blocks until `release` (or a minute).
+class BlockingModels final : public v1::Models::Service {
+ public:
+  grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+                          v1::ListModelsResponse*) override {
+    entered.Notify();
+    release.WaitForNotificationWithTimeout(absl::Minutes(1));
+    ended = true;
+    return grpc::Status::OK;
+  }
+  absl::Notification entered, release;
+  std::atomic<bool> ended{false};
+};
+
+struct Blocked {
+  std::unique_ptr<Server> server;
+  BlockingModels* models = nullptr;
+  std::atomic<int> hooks_run{0};
+  std::atomic<bool> call_ended_before_hook{false};
+  std::thread client;
+  grpc::Status status;
+};
+
+// A server whose interrupt hook records whether the blocked call had ended
+// and, when `releases`, ends it (as an interrupted store ends its waits);
+// one ListModels call blocked in it.
+void StartBlocked(Blocked* b, bool releases) {
+  ServiceSet set;
+  auto models = std::make_unique<BlockingModels>();
+  b->models = models.get();
+  set.Add(v1::Models::service_full_name(), std::move(models));
+  set.OnInterrupt([b, releases] {
+    if (b->hooks_run++ == 0)
+      b->call_ended_before_hook = b->models->ended.load();
+    if (releases && !b->models->release.HasBeenNotified()) {
+      b->models->release.Notify();
+    }
+  });
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  auto server = Server::Start(options, std::move(set));
+  ASSERT_TRUE(server.ok()) << server.status();
+  b->server = *std::move(server);
+  b->client = std::thread([b, address = b->server->address()] {
+    auto stub = v1::Models::NewStub(
+        grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    v1::ListModelsResponse r;
+    b->status = stub->ListModels(&ctx, v1::ListModelsRequest(), &r);
+  });
+  b->models->entered.WaitForNotification();
+}
+
+// The interrupt hooks run once the grace is over, not before: a call that
+// ends within the grace ends on its own, then the hooks run (once, however
+// often Shutdown is called).
+TEST(ServerTest, InterruptHooksRunAfterTheGrace) {
+  Blocked b;
+  StartBlocked(&b, /*releases=*/false);
+  std::thread stop([&] { b.server->Shutdown(absl::Minutes(1)); });
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(b.hooks_run.load(), 0) << "ran within the grace";
+  b.models->release.Notify();
+  stop.join();
+  b.client.join();
+  EXPECT_TRUE(b.status.ok()) << b.status.error_message();
+  EXPECT_GE(b.hooks_run.load(), 1);
+  EXPECT_TRUE(b.call_ended_before_hook.load());
+}
+
+// A call still running when the grace is over: the hooks run before the
+// server waits for it, so what it waits on (here: the hook's release) ends.
+TEST(ServerTest, InterruptHooksEndTheCallsLeftAfterTheGrace) {
+  Blocked b;
+  StartBlocked(&b, /*releases=*/true);
+  const absl::Time start = absl::Now();
+  b.server->Shutdown(absl::Milliseconds(200));
+  b.client.join();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(30)) << "waited out the call";
+  EXPECT_GE(b.hooks_run.load(), 1);
+  EXPECT_FALSE(b.call_ended_before_hook.load());
+  EXPECT_TRUE(b.models->ended.load());
 }
 
 TEST(ServerTest, RejectsMalformedListenAddress) {
