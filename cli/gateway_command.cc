@@ -42,6 +42,11 @@ ABSL_FLAG(int, max_calls, 4096,
           "RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms.");
 ABSL_FLAG(absl::Duration, suspect_for, absl::Seconds(5),
           "How long a worker that failed a call is avoided.");
+ABSL_FLAG(absl::Duration, tenant_stream_ttl, absl::Seconds(15),
+          "With --redis, --tenant-max-streams (and max_streams) hold across "
+          "gateways: each stream holds a slot in Redis, renewed every third "
+          "of this while open. A gateway that dies without ending its "
+          "streams frees their slots this long after (at least 1s).");
 
 namespace statestream::cli {
 namespace {
@@ -112,7 +117,15 @@ int Run(const std::vector<std::string>& args) {
     return kExitUsage;
   }
   options.worker_tls = *std::move(worker_tls);
-  const TenantLimitsOptions limits = tenants->limits;
+  TenantLimitsOptions limits = tenants->limits;
+  limits.slot_holder = options.gateway_id;  // names its streams' slots
+  limits.slot_ttl = absl::GetFlag(FLAGS_tenant_stream_ttl);
+  if (limits.slot_ttl < absl::Seconds(1) ||
+      limits.slot_ttl == absl::InfiniteDuration()) {
+    std::cerr << "statestream gateway: --tenant-stream-ttl must be at least "
+                 "1s and finite\n";
+    return kExitUsage;
+  }
   if (limits.LimitsSessions() && redis.addresses.empty()) {
     std::cerr << "statestream gateway: session limits need --redis (sessions "
                  "are counted in the state store)\n";

@@ -7,8 +7,11 @@
 #include <algorithm>
 #include <fstream>
 #include <iostream>
+#include <random>
 #include <sstream>
+#include <system_error>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -290,8 +293,35 @@ bool TenantLimitsOptions::LimitsStreams() const {
   return false;
 }
 
+namespace {
+
+// 64 random bits in hex: this process's slots never share names with
+// another's, a restarted one's under the same id included.
+std::string RandomHex() {
+  std::random_device rd;
+  return absl::StrCat(
+      absl::Hex(static_cast<uint64_t>(rd()) << 32 | rd(), absl::kZeroPad16));
+}
+
+}  // namespace
+
 TenantLimits::TenantLimits(TenantLimitsOptions options, StateStore* store)
-    : options_(std::move(options)), store_(store) {}
+    : options_(std::move(options)),
+      store_(store),
+      in_store_(store != nullptr && store->CountsTenantSlots() &&
+                options_.LimitsStreams()),
+      holder_(
+          absl::StrCat(options_.slot_holder.substr(0, 64), ":", RandomHex())) {}
+
+TenantLimits::~TenantLimits() {
+  std::thread renewer;
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+    renewer = std::move(renewer_);
+  }
+  if (renewer.joinable()) renewer.join();
+}
 
 TenantLimit TenantLimits::For(const std::string& tenant) const {
   TenantLimit limit = options_.defaults;
@@ -303,21 +333,25 @@ TenantLimit TenantLimits::For(const std::string& tenant) const {
   return limit;
 }
 
-TenantLimits::StreamSlot::StreamSlot(TenantLimits* limits, std::string tenant)
-    : limits_(limits), tenant_(std::move(tenant)) {}
+TenantLimits::StreamSlot::StreamSlot(TenantLimits* limits, std::string tenant,
+                                     std::string slot)
+    : limits_(limits), tenant_(std::move(tenant)), slot_(std::move(slot)) {}
 
 TenantLimits::StreamSlot::StreamSlot(StreamSlot&& other)
-    : limits_(other.limits_), tenant_(std::move(other.tenant_)) {
+    : limits_(other.limits_),
+      tenant_(std::move(other.tenant_)),
+      slot_(std::move(other.slot_)) {
   other.limits_ = nullptr;
 }
 
 TenantLimits::StreamSlot::~StreamSlot() {
-  if (limits_ != nullptr) limits_->Release(tenant_);
+  if (limits_ != nullptr) limits_->Release(tenant_, slot_);
 }
 
 absl::StatusOr<TenantLimits::StreamSlot> TenantLimits::AcquireStream(
     const std::string& tenant) {
   const int max = For(tenant).max_streams;
+  std::string slot;
   {
     absl::MutexLock lock(&mu_);
     int& open = open_[tenant];
@@ -327,15 +361,79 @@ absl::StatusOr<TenantLimits::StreamSlot> TenantLimits::AcquireStream(
                               "too many concurrent streams");
     }
     ++open;
+    if (in_store_ && max > 0) slot = absl::StrCat(holder_, ":", next_slot_++);
   }
-  return StreamSlot(this, tenant);
+  if (slot.empty()) return StreamSlot(this, tenant, "");
+  absl::StatusOr<bool> taken =
+      store_->AcquireTenantSlot(tenant, slot, max, options_.slot_ttl);
+  if (taken.ok() && !*taken) {
+    Release(tenant, "");
+    return TenantLimitError("max_streams", max,
+                            "too many concurrent streams across gateways");
+  }
+  // Taken, or the store did not answer: admitted on this process's count;
+  // the renewals add the slot once the store answers.
+  absl::MutexLock lock(&mu_);
+  held_[tenant].insert(slot);
+  if (!renewer_.joinable() && !stop_) {
+    try {
+      renewer_ = std::thread([this] { RenewLoop(); });
+    } catch (const std::system_error&) {
+      // Out of threads: the slot expires after slot_ttl; the next stream
+      // tries again.
+    }
+  }
+  return StreamSlot(this, tenant, std::move(slot));
 }
 
-void TenantLimits::Release(const std::string& tenant) {
+void TenantLimits::Release(const std::string& tenant, const std::string& slot) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = open_.find(tenant);
+    if (it != open_.end() && --it->second <= 0) open_.erase(it);
+    if (slot.empty()) return;
+    auto held = held_.find(tenant);
+    if (held != held_.end()) {
+      held->second.erase(slot);
+      if (held->second.empty()) held_.erase(held);
+    }
+  }
+  // Unreachable store: the slot expires after slot_ttl.
+  store_->ReleaseTenantSlot(tenant, slot).IgnoreError();
+}
+
+void TenantLimits::RenewLoop() {
+  const absl::Duration every = options_.slot_ttl / 3;
   absl::MutexLock lock(&mu_);
-  auto it = open_.find(tenant);
-  if (it == open_.end()) return;
-  if (--it->second <= 0) open_.erase(it);
+  while (!stop_) {
+    mu_.AwaitWithTimeout(absl::Condition(&stop_), every);
+    if (stop_) break;
+    const std::map<std::string, std::set<std::string>> renew = held_;
+    mu_.Unlock();
+    for (const auto& [tenant, slots] : renew) {
+      store_
+          ->RenewTenantSlots(tenant, {slots.begin(), slots.end()},
+                             options_.slot_ttl)
+          .IgnoreError();  // again in `every`; expires after slot_ttl
+    }
+    // A slot released while it was being renewed may have been added
+    // back after its release removed it: remove it again.
+    std::vector<std::pair<std::string, std::string>> released;
+    mu_.Lock();
+    for (const auto& [tenant, slots] : renew) {
+      auto held = held_.find(tenant);
+      for (const std::string& slot : slots) {
+        if (held == held_.end() || held->second.count(slot) == 0) {
+          released.emplace_back(tenant, slot);
+        }
+      }
+    }
+    mu_.Unlock();
+    for (const auto& [tenant, slot] : released) {
+      store_->ReleaseTenantSlot(tenant, slot).IgnoreError();
+    }
+    mu_.Lock();
+  }
 }
 
 int TenantLimits::open_streams(const std::string& tenant) const {

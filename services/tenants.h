@@ -10,13 +10,16 @@
 #include <array>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 namespace statestream {
 
@@ -29,9 +32,9 @@ struct TenantLimit {
   // created (CreateSession, fork, ImportState in create mode); calls that
   // race past the check together may overshoot by their number.
   int max_sessions = 0;
-  // Append, Generate and ImportState calls open at once, counted by each
-  // process that enforces it (each gateway, or a serve process)
-  // separately.
+  // Append, Generate and ImportState calls open at once: across every
+  // gateway when their store counts tenant slots (Redis), else by each
+  // process that enforces it (a serve process).
   int max_streams = 0;
 };
 
@@ -51,14 +54,25 @@ struct TenantLimitsOptions {
   // Whether any tenant has a session (stream) limit.
   bool LimitsSessions() const;
   bool LimitsStreams() const;
+
+  // Where the store counts tenant slots (StateStore::CountsTenantSlots),
+  // each stream also takes one there, so max_streams holds across the
+  // processes sharing the store: named "<slot_holder>:<random>:<n>",
+  // renewed every slot_ttl / 3 while open, freed as the stream ends, or
+  // slot_ttl after its process died.
+  std::string slot_holder = "limits";
+  absl::Duration slot_ttl = absl::Seconds(15);
 };
 
-// Thread-safe. Counts open streams per tenant.
+// Thread-safe. Counts open streams per tenant (here, and in the store
+// where it counts tenant slots).
 class TenantLimits {
  public:
-  // `store` (not owned, must outlive this) is where sessions are counted;
-  // null: max_sessions is not enforced here.
+  // `store` (not owned, must outlive this) is where sessions (and, if it
+  // counts them, stream slots) are counted; null: max_sessions is not
+  // enforced here.
   TenantLimits(TenantLimitsOptions options, StateStore* store);
+  ~TenantLimits();  // stops the slot renewals
   TenantLimits(const TenantLimits&) = delete;
   TenantLimits& operator=(const TenantLimits&) = delete;
 
@@ -73,14 +87,18 @@ class TenantLimits {
 
    private:
     friend class TenantLimits;
-    StreamSlot(TenantLimits* limits, std::string tenant);
+    StreamSlot(TenantLimits* limits, std::string tenant, std::string slot);
     TenantLimits* limits_;  // null once moved from
     std::string tenant_;
+    std::string slot_;  // in the store; "" when counted here only
   };
   // A slot for one Append, Generate or ImportState, or
-  // RESOURCE_EXHAUSTED/kTenantLimit
-  // (metadata limit=max_streams, max) when the tenant already has
-  // max_streams open here. The slot must not outlive this object.
+  // RESOURCE_EXHAUSTED/kTenantLimit (metadata limit=max_streams, max) when
+  // the tenant already has max_streams open here or, where the store
+  // counts tenant slots, across the processes sharing it (one store call).
+  // A store that cannot be reached admits the stream on this process's
+  // count alone, and the renewals register its slot once it answers. The
+  // slot must not outlive this object.
   absl::StatusOr<StreamSlot> AcquireStream(const std::string& tenant);
 
   // OK if `tenant` may create one more session: fewer than max_sessions
@@ -112,12 +130,23 @@ class TenantLimits {
   int open_streams(const std::string& tenant) const;
 
  private:
-  void Release(const std::string& tenant);
+  void Release(const std::string& tenant, const std::string& slot);
+  // Renews the held slots every slot_ttl / 3 until stopped.
+  void RenewLoop();
 
   const TenantLimitsOptions options_;
   StateStore* const store_;
+  // Slots are counted in the store (it counts them and a limit is set).
+  const bool in_store_;
+  // "<slot_holder>:<random>": this object's slots' prefix.
+  const std::string holder_;
   mutable absl::Mutex mu_;
   std::map<std::string, int> open_ ABSL_GUARDED_BY(mu_);
+  // The store slots held, by tenant.
+  std::map<std::string, std::set<std::string>> held_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_slot_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread renewer_ ABSL_GUARDED_BY(mu_);
 };
 
 // Immutable after construction; thread-safe.

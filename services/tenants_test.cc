@@ -7,14 +7,18 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "state_store/memory_state_store.h"
+#include "state_store/redis_state_store.h"
 #include "state_store/testing/forwarding_store.h"
+#include "state_store/testing/redis_harness.h"
 
 namespace statestream {
 namespace {
@@ -202,6 +206,117 @@ TEST(TenantLimitsTest, SessionLimitCountsOnceAndListsOnlyAtTheLimit) {
   EXPECT_EQ(GetReason(limits.CheckNewSession("acme")), Reason::kTenantLimit);
   EXPECT_TRUE(limits.CheckNewSession("other").ok());
   EXPECT_EQ(store.listings, before + 2);
+}
+
+// Two gateways' limits over one Redis (each with its own client, as in
+// two processes): max_streams holds across them, and a stream that ends
+// frees its slot at once for either.
+class StreamSlotsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto server = testing::RedisServer::Start({});
+    ASSERT_TRUE(server.ok()) << server.status();
+    redis_ = *std::move(server);
+    for (auto* store : {&store_a_, &store_b_}) {
+      RedisStateStoreOptions o;
+      o.addresses = {redis_->address()};
+      o.retry_deadline = absl::Milliseconds(200);
+      auto made = NewRedisStateStore(o);
+      ASSERT_TRUE(made.ok()) << made.status();
+      *store = *std::move(made);
+    }
+  }
+  TenantLimitsOptions Options(int max_streams,
+                              absl::Duration ttl = absl::Seconds(15)) {
+    TenantLimitsOptions o;
+    o.defaults.max_streams = max_streams;
+    o.slot_ttl = ttl;
+    return o;
+  }
+  int64_t InStore(const std::string& tenant) {
+    absl::StatusOr<int64_t> n = store_a_->CountTenantSlots(tenant);
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.value_or(-1);
+  }
+
+  std::unique_ptr<testing::RedisServer> redis_;
+  std::unique_ptr<StateStore> store_a_, store_b_;
+};
+
+TEST_F(StreamSlotsTest, TheLimitHoldsAcrossGateways) {
+  TenantLimits a(Options(2), store_a_.get());
+  TenantLimits b(Options(2), store_b_.get());
+  auto a1 = a.AcquireStream("acme");
+  auto b1 = b.AcquireStream("acme");
+  ASSERT_TRUE(a1.ok() && b1.ok()) << a1.status() << b1.status();
+  EXPECT_EQ(InStore("acme"), 2);
+  for (TenantLimits* over : {&a, &b}) {
+    auto refused = over->AcquireStream("acme");
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_EQ(GetReason(refused.status()), Reason::kTenantLimit);
+    EXPECT_EQ(GetErrorMetadata(refused.status(), "limit"), "max_streams");
+    EXPECT_EQ(GetErrorMetadata(refused.status(), "max"), "2");
+  }
+  EXPECT_EQ(a.open_streams("acme"), 1);         // the refusal took nothing here
+  EXPECT_TRUE(b.AcquireStream("globex").ok());  // another tenant's own
+  {
+    auto ended = std::move(*a1);  // the stream ends
+  }
+  EXPECT_EQ(InStore("acme"), 1);
+  auto b2 = b.AcquireStream("acme");
+  EXPECT_TRUE(b2.ok()) << b2.status();
+}
+
+// Renewed while open, a slot outlives its ttl; the slot of a gateway that
+// died (taken in the store, never renewed nor released) frees itself.
+TEST_F(StreamSlotsTest, OpenStreamsAreRenewedAndADeadGatewaysExpire) {
+  TenantLimits a(Options(2, absl::Seconds(2)), store_a_.get());
+  auto held = a.AcquireStream("acme");
+  ASSERT_TRUE(held.ok()) << held.status();
+  absl::StatusOr<bool> dead =
+      store_b_->AcquireTenantSlot("acme", "dead:0", 2, absl::Seconds(2));
+  ASSERT_TRUE(dead.ok() && *dead);
+  EXPECT_FALSE(a.AcquireStream("acme").ok());
+  absl::SleepFor(absl::Seconds(3));  // past both ttls
+  EXPECT_EQ(InStore("acme"), 1);     // renewed; the dead one gone
+  auto next = a.AcquireStream("acme");
+  EXPECT_TRUE(next.ok()) << next.status();
+}
+
+// With Redis unreachable a stream is admitted on the gateway's own count;
+// once Redis is back the renewals register its slot.
+TEST_F(StreamSlotsTest, AnUnreachableStoreAdmitsOnTheLocalCount) {
+  TenantLimits a(Options(1, absl::Seconds(3)), store_a_.get());
+  redis_->Kill();
+  auto held = a.AcquireStream("acme");
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_FALSE(a.AcquireStream("acme").ok());  // the local count holds
+  ASSERT_TRUE(redis_->Restart().ok());
+  absl::SleepFor(absl::Seconds(2));  // a renewal (every 1 s) since
+  EXPECT_EQ(InStore("acme"), 1);
+  TenantLimits b(Options(1, absl::Seconds(3)), store_b_.get());
+  EXPECT_FALSE(b.AcquireStream("acme").ok());
+}
+
+// An embedded store counts no slots: each process counts its own streams.
+TEST(TenantLimitsTest, StreamsAreCountedInProcessOverAnEmbeddedStore) {
+  auto memory = NewMemoryStateStore({});
+  ASSERT_TRUE(memory.ok()) << memory.status();
+  EXPECT_FALSE((*memory)->CountsTenantSlots());
+  EXPECT_EQ((*memory)
+                ->AcquireTenantSlot("acme", "s", 1, absl::Seconds(1))
+                .status()
+                .code(),
+            absl::StatusCode::kUnimplemented);
+  TenantLimitsOptions o;
+  o.defaults.max_streams = 1;
+  TenantLimits a(o, memory->get());
+  TenantLimits b(o, memory->get());
+  auto a1 = a.AcquireStream("acme");
+  auto b1 = b.AcquireStream("acme");
+  EXPECT_TRUE(a1.ok() && b1.ok());
+  EXPECT_FALSE(a.AcquireStream("acme").ok());
 }
 
 }  // namespace

@@ -402,6 +402,87 @@ absl::Status RedisStateStore::DropFromIndex(const SessionKey& key) {
   return head.status();
 }
 
+std::string RedisStateStore::SlotsKey(const std::string& tenant) const {
+  return absl::StrCat(options_.key_prefix, ":{t:", tenant, "}:streams");
+}
+
+absl::StatusOr<Reply> RedisStateStore::EvalSlots(
+    const std::string& tenant, Script script, absl::Duration ttl,
+    const std::vector<std::string>& args) {
+  SS_RETURN_IF_ERROR(ValidateTenant(tenant));
+  if (ttl <= absl::ZeroDuration() || ttl == absl::InfiniteDuration()) {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "a tenant slot's ttl must be finite and "
+                                "positive");
+  }
+  const std::string key = SlotsKey(tenant);
+  const std::string ttl_ms = absl::StrCat(std::max<int64_t>(Ms(ttl), 1));
+  std::vector<absl::string_view> argv = {key, "0", "0", ttl_ms};
+  for (const std::string& a : args) argv.push_back(a);
+  SS_ASSIGN_OR_RETURN(std::vector<Reply> r,
+                      RunScript(key, script, {key}, argv, {}));
+  const redisReply* reply = r[0].get();
+  if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||
+      (Str(reply->element[0]) != "OK" && Str(reply->element[0]) != "FULL")) {
+    return BadReply(reply);
+  }
+  return std::move(r[0]);
+}
+
+namespace {
+
+absl::Status ValidateSlot(const std::string& slot) {
+  if (slot.empty() || slot.size() > 256) {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "a tenant slot's name must be 1-256 bytes");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<bool> RedisStateStore::AcquireTenantSlot(
+    const std::string& tenant, const std::string& slot, int max,
+    absl::Duration ttl) {
+  SS_RETURN_IF_ERROR(ValidateSlot(slot));
+  if (max < 1) {
+    return InvalidArgumentError(Reason::kInvalidArgument,
+                                "a tenant slot limit must be at least 1");
+  }
+  SS_ASSIGN_OR_RETURN(
+      Reply r, EvalSlots(tenant, kAcquireSlot, ttl, {slot, absl::StrCat(max)}));
+  return Str(r->element[0]) == "OK";
+}
+
+absl::Status RedisStateStore::RenewTenantSlots(
+    const std::string& tenant, const std::vector<std::string>& slots,
+    absl::Duration ttl) {
+  if (slots.empty()) return absl::OkStatus();
+  for (const std::string& slot : slots) SS_RETURN_IF_ERROR(ValidateSlot(slot));
+  return EvalSlots(tenant, kRenewSlots, ttl, slots).status();
+}
+
+absl::Status RedisStateStore::ReleaseTenantSlot(const std::string& tenant,
+                                                const std::string& slot) {
+  SS_RETURN_IF_ERROR(ValidateTenant(tenant));
+  SS_RETURN_IF_ERROR(ValidateSlot(slot));
+  const std::string key = SlotsKey(tenant);
+  SS_ASSIGN_OR_RETURN(std::vector<Reply> r,
+                      client_->Run(key, {{"ZREM", key, slot}}));
+  if (r[0]->type != REDIS_REPLY_INTEGER) return BadReply(r[0].get());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> RedisStateStore::CountTenantSlots(
+    const std::string& tenant) {
+  SS_ASSIGN_OR_RETURN(Reply r,
+                      EvalSlots(tenant, kCountSlots, absl::Seconds(1), {}));
+  if (r->elements < 2 || r->element[1]->type != REDIS_REPLY_INTEGER) {
+    return BadReply(r.get());
+  }
+  return r->element[1]->integer;
+}
+
 absl::StatusOr<Reply> RedisStateStore::EvalWorkers(
     Script script, std::vector<std::string> args) {
   const std::string prefix = absl::StrCat(options_.key_prefix, ":{workers}:w:");

@@ -658,6 +658,75 @@ TEST(RedisStateStoreTest, InterruptEndsTheRetriesOfACallToADownServer) {
   EXPECT_EQ(GetReason(ended), Reason::kStoreUnavailable) << ended;
 }
 
+// Tenant slots (a tenant's streams across gateways): two stores on one
+// server, as two gateways, share each tenant's limit; a retried acquire
+// renews; a release frees; slots expire unless renewed, and a renewal
+// brings back one that expired; tenants are apart; bad input is refused.
+TEST(RedisStateStoreTest, TenantSlotsHoldALimitAcrossStores) {
+  auto server = RedisServer::Start({});
+  ASSERT_TRUE(server.ok()) << server.status();
+  RedisStateStoreOptions o;
+  o.addresses = {(*server)->address()};
+  auto a = NewRedisStateStore(o);
+  auto b = NewRedisStateStore(o);
+  ASSERT_TRUE(a.ok() && b.ok());
+  StateStore& ga = **a;
+  StateStore& gb = **b;
+  EXPECT_TRUE(ga.CountsTenantSlots());
+  const absl::Duration ttl = absl::Minutes(1);
+  auto take = [&](StateStore& s, const std::string& tenant,
+                  const std::string& slot, int max,
+                  absl::Duration t = absl::Minutes(1)) {
+    absl::StatusOr<bool> got = s.AcquireTenantSlot(tenant, slot, max, t);
+    EXPECT_TRUE(got.ok()) << got.status();
+    return got.value_or(false);
+  };
+  auto count = [](StateStore& s, const std::string& tenant) {
+    absl::StatusOr<int64_t> n = s.CountTenantSlots(tenant);
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.value_or(-1);
+  };
+  EXPECT_TRUE(take(ga, "acme", "a:1", 2));
+  EXPECT_TRUE(take(gb, "acme", "b:1", 2));
+  EXPECT_FALSE(take(ga, "acme", "a:2", 2));
+  EXPECT_TRUE(take(ga, "acme", "a:1", 2));  // held already: a retry
+  EXPECT_EQ(count(gb, "acme"), 2);
+  EXPECT_TRUE(take(gb, "other", "b:2", 1));  // another tenant's own limit
+  ASSERT_TRUE(gb.ReleaseTenantSlot("acme", "b:1").ok());
+  ASSERT_TRUE(gb.ReleaseTenantSlot("acme", "b:1").ok());  // not held: OK
+  EXPECT_TRUE(take(ga, "acme", "a:2", 2));
+  EXPECT_FALSE(take(gb, "acme", "b:3", 2));
+
+  // A holder that died: its slot frees itself after the ttl.
+  EXPECT_TRUE(take(ga, "short", "x:1", 1, absl::Seconds(2)));
+  EXPECT_FALSE(take(gb, "short", "x:2", 1, absl::Seconds(2)));
+  absl::SleepFor(absl::Milliseconds(2500));
+  EXPECT_EQ(count(gb, "short"), 0);
+  EXPECT_TRUE(take(gb, "short", "x:2", 1, absl::Seconds(2)));
+
+  // A renewed slot stays; a renewal re-adds one that expired.
+  EXPECT_TRUE(take(ga, "renewed", "r:1", 5, absl::Seconds(3)));
+  EXPECT_TRUE(take(ga, "renewed", "r:2", 5, absl::Seconds(1)));
+  absl::SleepFor(absl::Milliseconds(1500));
+  EXPECT_EQ(count(ga, "renewed"), 1);  // r:2 expired
+  ASSERT_TRUE(
+      ga.RenewTenantSlots("renewed", {"r:1", "r:2"}, absl::Seconds(3)).ok());
+  absl::SleepFor(absl::Seconds(2));  // r:1 past its first ttl
+  EXPECT_EQ(count(gb, "renewed"), 2);
+
+  for (const absl::Status& bad :
+       {ga.AcquireTenantSlot("acme", "", 2, ttl).status(),
+        ga.AcquireTenantSlot("Not A Tenant", "a:9", 2, ttl).status(),
+        ga.AcquireTenantSlot("acme", "a:9", 0, ttl).status(),
+        ga.AcquireTenantSlot("acme", "a:9", 2, absl::ZeroDuration()).status(),
+        ga.AcquireTenantSlot("acme", std::string(257, 's'), 2, ttl).status(),
+        ga.RenewTenantSlots("acme", {""}, ttl),
+        ga.ReleaseTenantSlot("acme", "")}) {
+    EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_EQ(count(ga, "acme"), 2);  // nothing taken by the bad calls
+}
+
 // After a script-cache flush every lease is renewed; with the server
 // down, every lease of a RenewLeases call is UNAVAILABLE (after one retry
 // deadline: the rest of the call does not retry each); once it is back,

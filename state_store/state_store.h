@@ -389,6 +389,42 @@ class StateStore {
     return head.status();
   }
 
+  // Tenant slots: a tenant's concurrent streams counted across every
+  // process that shares this store (each gateway). A slot is named by its
+  // holder (unique per process and stream: "<process>:<n>", 1-256 bytes)
+  // and lives `ttl` past its last acquire or renewal, so the slots of a
+  // process that died free themselves. Stores that only one process uses
+  // (embedded) do not count them: CountsTenantSlots() is false and the
+  // other calls are UNIMPLEMENTED; their callers count in-process.
+  virtual bool CountsTenantSlots() const { return false; }
+  // Takes `slot` among `tenant`'s unless `max` unexpired ones are held
+  // already: true when taken (or held already: renewed), false at the
+  // limit.
+  virtual absl::StatusOr<bool> AcquireTenantSlot(const std::string& /*tenant*/,
+                                                 const std::string& /*slot*/,
+                                                 int /*max*/,
+                                                 absl::Duration /*ttl*/) {
+    return absl::UnimplementedError("this store counts no tenant slots");
+  }
+  // Renews `tenant`'s `slots` for `ttl`, re-adding any that expired
+  // meanwhile (a stream that outlived a store outage is still open, so it
+  // counts even if that puts the tenant over its limit for a while).
+  virtual absl::Status RenewTenantSlots(
+      const std::string& /*tenant*/, const std::vector<std::string>& /*slots*/,
+      absl::Duration /*ttl*/) {
+    return absl::UnimplementedError("this store counts no tenant slots");
+  }
+  // Frees `slot` (OK if it is not held).
+  virtual absl::Status ReleaseTenantSlot(const std::string& /*tenant*/,
+                                         const std::string& /*slot*/) {
+    return absl::UnimplementedError("this store counts no tenant slots");
+  }
+  // Unexpired slots of `tenant`.
+  virtual absl::StatusOr<int64_t> CountTenantSlots(
+      const std::string& /*tenant*/) {
+    return absl::UnimplementedError("this store counts no tenant slots");
+  }
+
   // For a process that is stopping: the calls waiting on a networked
   // backend, and every later call, fail at once with UNAVAILABLE/
   // kStoreUnavailable instead of waiting out its timeouts, so a hung

@@ -135,6 +135,8 @@ TEST(CliTest, BadFlagValuesAreUsageErrors) {
             "--upstream-stall-timeout=0"},
            {"gateway", "--redis=127.0.0.1:1", "--listen=127.0.0.1:0",
             "--redis-command-timeout=0"},
+           {"gateway", "--redis=127.0.0.1:1", "--listen=127.0.0.1:0",
+            "--tenant-stream-ttl=500ms"},
            {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
             "--model=m.pth", "--redis-command-timeout=-1s"},
            {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",

@@ -433,5 +433,74 @@ TEST_F(TlsTest, ASessionLimitHoldsAcrossGatewaysUnderConcurrentCreates) {
   EXPECT_EQ(listed->sessions_size(), 3);
 }
 
+// Two gateways with one stream limit: the slots are counted in Redis, so
+// the tenant has at most that many streams open across both; a stream that
+// ends frees its slot for the other gateway at once, and the streams of a
+// gateway killed with them open free theirs --tenant-stream-ttl later.
+TEST_F(TlsTest, AStreamLimitHoldsAcrossGateways) {
+  ASSERT_NO_FATAL_FAILURE(StartRedis());
+  const std::string model = MakeModel();
+  ASSERT_FALSE(Start({"worker", "--listen=127.0.0.1:0",
+                      "--redis=" + redis_->address(), "--model=" + model,
+                      "--worker-id=w1", "--heartbeat-interval=300ms"},
+                     "worker.log")
+                   .empty());
+  std::vector<std::string> gateways;
+  for (const char* name : {"g1", "g2"}) {
+    gateways.push_back(
+        Start({"gateway", "--listen=127.0.0.1:0",
+               "--redis=" + redis_->address(), "--tenant-max-streams=2",
+               "--tenant-stream-ttl=2s", std::string("--gateway-id=") + name},
+              absl::StrCat("gateway-", name, ".log")));
+    ASSERT_FALSE(gateways.back().empty());
+  }
+  e2e::ClusterProcess* g2 = processes_.back().get();
+  auto c1 = NewClient(gateways[0], "");
+  auto c2 = NewClient(gateways[1], "");
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4; ++i) {
+    auto s = c1->CreateSession({});
+    ASSERT_TRUE(s.ok()) << s.status();
+    ids.push_back(s->session_id());
+  }
+  auto open = [](Client* c, const std::string& id) {
+    auto writer = c->OpenSession(id).OpenAppend();
+    EXPECT_TRUE(writer.ok()) << writer.status();
+    if (!writer.ok()) return std::unique_ptr<client::AppendWriter>();
+    EXPECT_TRUE((*writer)->Write("open").ok());
+    absl::Status synced = (*writer)->Sync();  // acked: the slot is held
+    EXPECT_TRUE(synced.ok()) << synced;
+    return *std::move(writer);
+  };
+  auto refused = [](Client* c, const std::string& id) {
+    absl::Status st = c->OpenSession(id).AppendText("x").status();
+    EXPECT_EQ(GetReason(st), Reason::kTenantLimit) << st;
+    EXPECT_EQ(GetErrorMetadata(st, "limit"), "max_streams") << st;
+  };
+  auto w1 = open(c1.get(), ids[0]);
+  auto w2 = open(c2.get(), ids[1]);
+  ASSERT_TRUE(w1 != nullptr && w2 != nullptr);
+  refused(c1.get(), ids[2]);  // each gateway holds one: two in all
+  refused(c2.get(), ids[2]);
+
+  ASSERT_TRUE(w1->Close().ok());  // frees its slot before the call ends
+  w1.reset();
+  auto w3 = open(c2.get(), ids[2]);
+  ASSERT_TRUE(w3 != nullptr);
+  refused(c1.get(), ids[3]);
+
+  // g2 dies holding two streams; their slots expire after 2 s.
+  g2->Kill();
+  w2.reset();
+  w3.reset();
+  absl::Status admitted;
+  for (int i = 0; i < 100; ++i) {
+    admitted = c1->OpenSession(ids[3]).AppendText("after").status();
+    if (GetReason(admitted) != Reason::kTenantLimit) break;
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_TRUE(admitted.ok()) << admitted;
+}
+
 }  // namespace
 }  // namespace statestream

@@ -40,8 +40,13 @@ std::string ScriptSource(Script s) {
                         kLuaListWorkers,
                         kLuaRecordDurability,
                         kLuaAwaitDurability,
-                        kLuaReserveInIndex};
-  return absl::StrCat(kLuaPrelude, body[s]);
+                        kLuaReserveInIndex,
+                        kLuaAcquireSlot,
+                        kLuaRenewSlots,
+                        kLuaCountSlots};
+  static_assert(sizeof(body) / sizeof(body[0]) == kScriptCount);
+  const bool slots = s == kAcquireSlot || s == kRenewSlots || s == kCountSlots;
+  return absl::StrCat(kLuaPrelude, slots ? kLuaSlotsPrelude : "", body[s]);
 }
 
 std::string Str(const redisReply* r) {

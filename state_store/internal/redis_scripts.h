@@ -403,6 +403,46 @@ redis.call('ZADD', KEYS[1], 0, ARGV[4])
 return {'OK'}
 )lua";
 
+// Tenant slots (concurrent streams across gateways). KEYS[1]: the
+// tenant's slots, a sorted set of slot -> expiry (ms, Redis's clock), which
+// itself expires with its last slot. Each script first drops the expired.
+// ARGV[4] ttl ms.
+inline constexpr char kLuaSlotsPrelude[] = R"lua(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local function hold(slot)
+  redis.call('ZADD', KEYS[1], now + ttl, slot)
+end
+local function keep()
+  if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+end
+)lua";
+
+// ARGV[5] slot, [6] max. {'OK'} (taken or renewed) or {'FULL', count}.
+inline constexpr char kLuaAcquireSlot[] = R"lua(
+if not redis.call('ZSCORE', KEYS[1], ARGV[5]) then
+  local n = redis.call('ZCARD', KEYS[1])
+  if n >= tonumber(ARGV[6]) then return {'FULL', n} end
+end
+hold(ARGV[5])
+keep()
+return {'OK'}
+)lua";
+
+// ARGV[5..] slots, each held (again) for ttl. {'OK'}.
+inline constexpr char kLuaRenewSlots[] = R"lua(
+for i = 5, #ARGV do hold(ARGV[i]) end
+keep()
+return {'OK'}
+)lua";
+
+// {'OK', count}.
+inline constexpr char kLuaCountSlots[] = R"lua(
+return {'OK', redis.call('ZCARD', KEYS[1])}
+)lua";
+
 }  // namespace statestream::store_internal
 
 #endif  // STATESTREAM_STATE_STORE_INTERNAL_REDIS_SCRIPTS_H_

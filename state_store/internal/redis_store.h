@@ -77,6 +77,9 @@ enum Script {
   kRecordDurability,
   kAwaitDurability,
   kReserveInIndex,
+  kAcquireSlot,
+  kRenewSlots,
+  kCountSlots,
   kScriptCount
 };
 
@@ -125,6 +128,16 @@ class RedisStateStore final : public StateStore {
   // PING on every primary, instead of the default's probe-session read.
   absl::Status Ping() override;
   void Interrupt() override { client_->Close(); }
+  bool CountsTenantSlots() const override { return true; }
+  absl::StatusOr<bool> AcquireTenantSlot(const std::string& tenant,
+                                         const std::string& slot, int max,
+                                         absl::Duration ttl) override;
+  absl::Status RenewTenantSlots(const std::string& tenant,
+                                const std::vector<std::string>& slots,
+                                absl::Duration ttl) override;
+  absl::Status ReleaseTenantSlot(const std::string& tenant,
+                                 const std::string& slot) override;
+  absl::StatusOr<int64_t> CountTenantSlots(const std::string& tenant) override;
 
   absl::StatusOr<SessionHead> GetHead(const SessionKey& key) override;
 
@@ -214,6 +227,14 @@ class RedisStateStore final : public StateStore {
   std::string IndexKey(const std::string& tenant) const;
 
   std::string WorkersKey() const;
+
+  // `tenant`'s slots (its index's hash slot).
+  std::string SlotsKey(const std::string& tenant) const;
+  // Runs a slot script on `tenant`'s slots with ttl ms and `args`; its
+  // reply, or the error of one that is not {'OK', ...} / {'FULL', ...}.
+  absl::StatusOr<Reply> EvalSlots(const std::string& tenant, Script script,
+                                  absl::Duration ttl,
+                                  const std::vector<std::string>& args);
 
   // The stored chunks of a version: the encoding cut into pieces of at most
   // chunk_bytes, referencing the snapshot's floats (nothing is copied).

@@ -81,6 +81,24 @@ class ForwardingStore : public StateStore {
     return s_->ListWorkers();
   }
   absl::Status Ping() override { return s_->Ping(); }
+  bool CountsTenantSlots() const override { return s_->CountsTenantSlots(); }
+  absl::StatusOr<bool> AcquireTenantSlot(const std::string& t,
+                                         const std::string& slot, int max,
+                                         absl::Duration ttl) override {
+    return s_->AcquireTenantSlot(t, slot, max, ttl);
+  }
+  absl::Status RenewTenantSlots(const std::string& t,
+                                const std::vector<std::string>& slots,
+                                absl::Duration ttl) override {
+    return s_->RenewTenantSlots(t, slots, ttl);
+  }
+  absl::Status ReleaseTenantSlot(const std::string& t,
+                                 const std::string& slot) override {
+    return s_->ReleaseTenantSlot(t, slot);
+  }
+  absl::StatusOr<int64_t> CountTenantSlots(const std::string& t) override {
+    return s_->CountTenantSlots(t);
+  }
   void Interrupt() override { s_->Interrupt(); }
 
  protected:
