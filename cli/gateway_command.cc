@@ -160,7 +160,12 @@ int Run(const std::vector<std::string>& args) {
         if (limits.LimitsSessions() || limits.LimitsStreams()) {
           options.limits = std::make_shared<TenantLimits>(limits, store.get());
         }
-        return GatewayServices(options, std::move(store));
+        absl::StatusOr<ServiceSet> set =
+            GatewayServices(options, std::move(store));
+        // The set's gateway holds the limits now: they (and their slot
+        // renewals) end before the store they use, which the set owns.
+        options.limits.reset();
+        return set;
       });
 }
 

@@ -418,6 +418,11 @@ absl::StatusOr<ServiceSet> GatewayServices(const GatewayOptions& options,
   ServiceSet set;
   // A gateway has nothing of its own to save: once the shutdown grace is
   // over, its lookups and registry reads on a hung Redis fail at once.
+  // First its streams' slots in the store go, as they are about to be
+  // cancelled (their clients may resume through another gateway at once).
+  if (TenantLimits* limits = options.limits.get(); limits != nullptr) {
+    set.OnInterrupt([limits] { limits->ReleaseStoreSlots(); });
+  }
   if (StateStore* s = store.get(); s != nullptr) {
     set.OnInterrupt([s] { s->Interrupt(); });
   }

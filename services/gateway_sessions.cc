@@ -213,17 +213,26 @@ class SessionsService final : public v1::Sessions::CallbackService {
     // The caller is authenticated, and within its tenant's stream limit,
     // before a byte is read: the import is buffered whole.
     const absl::StatusOr<std::string> tenant = gateway_->Tenant(*ctx);
-    absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> slot =
-        tenant.ok() ? HoldStreamSlot(gateway_, *ctx) : tenant.status();
-    if (!slot.ok()) {
-      const grpc::Status st = ToGrpcStatus(slot.status());
+    if (!tenant.ok()) {
+      const grpc::Status st = ToGrpcStatus(tenant.status());
       gateway_->EndCall("ImportState", st, began);
       reader->Finish(st);
       reader->Release();
       return reader;
     }
-    const bool spawned = gateway_->Spawn([this, ctx, resp, reader, began,
-                                          slot = *std::move(slot)]() mutable {
+    const bool spawned = gateway_->Spawn([this, ctx, resp, reader,
+                                          began]() mutable {
+      // On the call's own thread: the slot may wait on Redis.
+      absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> held =
+          HoldStreamSlot(gateway_, *ctx);
+      if (!held.ok()) {
+        const grpc::Status st = ToGrpcStatus(held.status());
+        gateway_->EndCall("ImportState", st, began);
+        reader->Finish(st);
+        reader->Release();
+        return;
+      }
+      std::shared_ptr<TenantLimits::StreamSlot> slot = *std::move(held);
       // Kept whole for a replay on failover, so bounded: no more state
       // bytes than the header announces (the worker refuses more anyway)
       // nor than the gateway's limit. A stream that breaks either ends at

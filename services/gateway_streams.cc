@@ -540,17 +540,17 @@ class StreamsService final : public v1::Streams::CallbackService {
       client->Release();
       return client;
     }
-    auto slot = HoldStreamSlot(gateway_, *ctx);
-    if (!slot.ok()) {
-      const grpc::Status status = ToGrpcStatus(slot.status());
-      gateway_->EndCall("Append", status, gateway_->BeginCall());
-      client->Finish(status);
-      client->Release();
-      return client;
-    }
-    if (!gateway_->Spawn([this, ctx, client, tenant = *std::move(tenant),
-                          slot = *std::move(slot)]() mutable {
-          AppendCall(gateway_, ctx, client, tenant, std::move(slot)).Run();
+    // The slot is taken on the call's own thread: it may wait on Redis.
+    if (!gateway_->Spawn([this, ctx, client,
+                          tenant = *std::move(tenant)]() mutable {
+          auto slot = HoldStreamSlot(gateway_, *ctx);
+          if (slot.ok()) {
+            AppendCall(gateway_, ctx, client, tenant, *std::move(slot)).Run();
+          } else {
+            const grpc::Status status = ToGrpcStatus(slot.status());
+            gateway_->EndCall("Append", status, gateway_->BeginCall());
+            client->FinishCall(status);
+          }
           client->Release();
         })) {
       client->FinishCall(Gateway::Refused());
@@ -563,20 +563,15 @@ class StreamsService final : public v1::Streams::CallbackService {
       grpc::CallbackServerContext* ctx,
       const v1::GenerateRequest* req) override {
     auto* client = new BlockingWriter<v1::GenerateResponse>();
-    auto slot = HoldStreamSlot(gateway_, *ctx);
-    if (!slot.ok()) {
-      const grpc::Status status = ToGrpcStatus(slot.status());
-      gateway_->EndCall("Generate", status, gateway_->BeginCall());
-      client->Finish(status);
-      client->Release();
-      return client;
-    }
     const absl::Time began = gateway_->BeginCall();
-    if (!gateway_->Spawn([this, ctx, req, client, slot = *std::move(slot),
-                          began]() mutable {
-          grpc::Status status = ForwardGenerate(gateway_, *ctx, *req, client);
+    // The slot is taken on the call's own thread: it may wait on Redis.
+    if (!gateway_->Spawn([this, ctx, req, client, began]() mutable {
+          auto slot = HoldStreamSlot(gateway_, *ctx);
+          grpc::Status status =
+              slot.ok() ? ForwardGenerate(gateway_, *ctx, *req, client)
+                        : ToGrpcStatus(slot.status());
           gateway_->EndCall("Generate", status, began);
-          slot.reset();  // the client may open its next stream at once
+          if (slot.ok()) slot->reset();  // the client may open its next one
           client->Finish(status);
           client->Release();
         })) {

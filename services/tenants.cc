@@ -352,6 +352,7 @@ absl::StatusOr<TenantLimits::StreamSlot> TenantLimits::AcquireStream(
     const std::string& tenant) {
   const int max = For(tenant).max_streams;
   std::string slot;
+  bool ask_store = false;
   {
     absl::MutexLock lock(&mu_);
     int& open = open_[tenant];
@@ -361,19 +362,27 @@ absl::StatusOr<TenantLimits::StreamSlot> TenantLimits::AcquireStream(
                               "too many concurrent streams");
     }
     ++open;
-    if (in_store_ && max > 0) slot = absl::StrCat(holder_, ":", next_slot_++);
+    if (in_store_ && max > 0) {
+      slot = absl::StrCat(holder_, ":", next_slot_++);
+      ask_store = !store_down_ && !stopping_;
+    }
   }
   if (slot.empty()) return StreamSlot(this, tenant, "");
-  absl::StatusOr<bool> taken =
-      store_->AcquireTenantSlot(tenant, slot, max, options_.slot_ttl);
-  if (taken.ok() && !*taken) {
-    Release(tenant, "");
-    return TenantLimitError("max_streams", max,
-                            "too many concurrent streams across gateways");
+  bool failed = false;
+  if (ask_store) {
+    absl::StatusOr<bool> taken =
+        store_->AcquireTenantSlot(tenant, slot, max, options_.slot_ttl);
+    if (taken.ok() && !*taken) {
+      Release(tenant, "");
+      return TenantLimitError("max_streams", max,
+                              "too many concurrent streams across gateways");
+    }
+    failed = !taken.ok();
   }
-  // Taken, or the store did not answer: admitted on this process's count;
-  // the renewals add the slot once the store answers.
+  // Taken, or the store is not answering: admitted on this process's count
+  // (limits fail open); the renewals add the slot once the store answers.
   absl::MutexLock lock(&mu_);
+  if (failed) store_down_ = true;
   held_[tenant].insert(slot);
   if (!renewer_.joinable() && !stop_) {
     try {
@@ -393,33 +402,67 @@ void TenantLimits::Release(const std::string& tenant, const std::string& slot) {
     if (it != open_.end() && --it->second <= 0) open_.erase(it);
     if (slot.empty()) return;
     auto held = held_.find(tenant);
-    if (held != held_.end()) {
-      held->second.erase(slot);
-      if (held->second.empty()) held_.erase(held);
+    if (held == held_.end() || held->second.erase(slot) == 0) return;
+    if (held->second.empty()) held_.erase(held);
+    // Not answering: every stream's end does not wait on the store; the
+    // renewer removes the slot once it answers (else it expires).
+    if (stopping_) return;
+    if (store_down_) {
+      unreleased_.emplace_back(tenant, slot);
+      return;
     }
   }
-  // Unreachable store: the slot expires after slot_ttl.
-  store_->ReleaseTenantSlot(tenant, slot).IgnoreError();
+  if (!store_->ReleaseTenantSlot(tenant, slot).ok()) {
+    absl::MutexLock lock(&mu_);
+    store_down_ = true;
+    unreleased_.emplace_back(tenant, slot);
+  }
+}
+
+void TenantLimits::ReleaseStoreSlots() {
+  std::map<std::string, std::set<std::string>> held;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    if (store_down_) return;
+    held = held_;
+  }
+  for (const auto& [tenant, slots] : held) {
+    for (const std::string& slot : slots) {
+      if (!store_->ReleaseTenantSlot(tenant, slot).ok()) return;
+    }
+  }
 }
 
 void TenantLimits::RenewLoop() {
   const absl::Duration every = options_.slot_ttl / 3;
+  // After a failed pass, sooner: slots expire slot_ttl after their last
+  // renewal.
+  const absl::Duration retry = std::min(every, absl::Seconds(1));
   absl::MutexLock lock(&mu_);
+  absl::Time next = absl::Now() + every;
   while (!stop_) {
-    mu_.AwaitWithTimeout(absl::Condition(&stop_), every);
+    mu_.AwaitWithDeadline(absl::Condition(&stop_), next);
     if (stop_) break;
+    const absl::Time began = absl::Now();
     const std::map<std::string, std::set<std::string>> renew = held_;
+    const bool probe = store_down_ && !stopping_;
     mu_.Unlock();
-    for (const auto& [tenant, slots] : renew) {
-      store_
-          ->RenewTenantSlots(tenant, {slots.begin(), slots.end()},
-                             options_.slot_ttl)
-          .IgnoreError();  // again in `every`; expires after slot_ttl
+    bool ok = true;
+    if (probe) ok = store_->Ping().ok();
+    for (auto it = renew.begin(); ok && it != renew.end(); ++it) {
+      ok = store_
+               ->RenewTenantSlots(it->first,
+                                  {it->second.begin(), it->second.end()},
+                                  options_.slot_ttl)
+               .ok();
     }
+    mu_.Lock();
+    if (!stopping_) store_down_ = !ok;
     // A slot released while it was being renewed may have been added
     // back after its release removed it: remove it again.
     std::vector<std::pair<std::string, std::string>> released;
-    mu_.Lock();
     for (const auto& [tenant, slots] : renew) {
       auto held = held_.find(tenant);
       for (const std::string& slot : slots) {
@@ -428,6 +471,11 @@ void TenantLimits::RenewLoop() {
         }
       }
     }
+    next = std::max(began + (ok ? every : retry), absl::Now());
+    if (!ok) continue;
+    released.insert(released.end(), unreleased_.begin(), unreleased_.end());
+    unreleased_.clear();
+    if (released.empty()) continue;
     mu_.Unlock();
     for (const auto& [tenant, slot] : released) {
       store_->ReleaseTenantSlot(tenant, slot).IgnoreError();

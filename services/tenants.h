@@ -13,6 +13,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -97,8 +98,9 @@ class TenantLimits {
   // the tenant already has max_streams open here or, where the store
   // counts tenant slots, across the processes sharing it (one store call).
   // A store that cannot be reached admits the stream on this process's
-  // count alone, and the renewals register its slot once it answers. The
-  // slot must not outlive this object.
+  // count alone (and so do the next ones without asking it, until it
+  // answers again), and the renewals register its slot once it answers.
+  // The slot must not outlive this object.
   absl::StatusOr<StreamSlot> AcquireStream(const std::string& tenant);
 
   // OK if `tenant` may create one more session: fewer than max_sessions
@@ -129,6 +131,12 @@ class TenantLimits {
   // Streams `tenant` has open here.
   int open_streams(const std::string& tenant) const;
 
+  // For a process that is stopping, before its store is interrupted:
+  // frees every store slot held (the streams are about to be cancelled, so
+  // their clients may resume through another gateway at once); from then
+  // on streams are counted here only. Stops at the first store error.
+  void ReleaseStoreSlots();
+
  private:
   void Release(const std::string& tenant, const std::string& slot);
   // Renews the held slots every slot_ttl / 3 until stopped.
@@ -145,6 +153,16 @@ class TenantLimits {
   // The store slots held, by tenant.
   std::map<std::string, std::set<std::string>> held_ ABSL_GUARDED_BY(mu_);
   uint64_t next_slot_ ABSL_GUARDED_BY(mu_) = 0;
+  // The store's last slot call failed: until a renewal pass succeeds (or,
+  // with none held, a Ping), streams open and end without asking it, so
+  // a hung store costs each of them nothing, and their slots are added by
+  // the renewals (or expire).
+  bool store_down_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;  // ReleaseStoreSlots ran
+  // Slots of streams that ended while the store was down, for the renewer
+  // to remove once it answers.
+  std::vector<std::pair<std::string, std::string>> unreleased_
+      ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread renewer_ ABSL_GUARDED_BY(mu_);
 };

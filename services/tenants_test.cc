@@ -4,14 +4,17 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
@@ -271,17 +274,30 @@ TEST_F(StreamSlotsTest, TheLimitHoldsAcrossGateways) {
 // Renewed while open, a slot outlives its ttl; the slot of a gateway that
 // died (taken in the store, never renewed nor released) frees itself.
 TEST_F(StreamSlotsTest, OpenStreamsAreRenewedAndADeadGatewaysExpire) {
-  TenantLimits a(Options(2, absl::Seconds(2)), store_a_.get());
+  // Renewed every 4/3 s: a renewal may run 2.6 s late before the slot
+  // expires.
+  TenantLimits a(Options(2, absl::Seconds(4)), store_a_.get());
   auto held = a.AcquireStream("acme");
   ASSERT_TRUE(held.ok()) << held.status();
   absl::StatusOr<bool> dead =
-      store_b_->AcquireTenantSlot("acme", "dead:0", 2, absl::Seconds(2));
+      store_b_->AcquireTenantSlot("acme", "dead:0", 2, absl::Seconds(1));
   ASSERT_TRUE(dead.ok() && *dead);
   EXPECT_FALSE(a.AcquireStream("acme").ok());
-  absl::SleepFor(absl::Seconds(3));  // past both ttls
+  absl::SleepFor(absl::Seconds(5));  // past both ttls
   EXPECT_EQ(InStore("acme"), 1);     // renewed; the dead one gone
   auto next = a.AcquireStream("acme");
   EXPECT_TRUE(next.ok()) << next.status();
+}
+
+// Polls `done` every 50 ms for up to `limit`; whether it came true.
+bool Eventually(const std::function<bool()>& done,
+                absl::Duration limit = absl::Seconds(20)) {
+  const absl::Time end = absl::Now() + limit;
+  while (!done()) {
+    if (absl::Now() > end) return false;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return true;
 }
 
 // With Redis unreachable a stream is admitted on the gateway's own count;
@@ -293,10 +309,106 @@ TEST_F(StreamSlotsTest, AnUnreachableStoreAdmitsOnTheLocalCount) {
   ASSERT_TRUE(held.ok()) << held.status();
   EXPECT_FALSE(a.AcquireStream("acme").ok());  // the local count holds
   ASSERT_TRUE(redis_->Restart().ok());
-  absl::SleepFor(absl::Seconds(2));  // a renewal (every 1 s) since
-  EXPECT_EQ(InStore("acme"), 1);
+  EXPECT_TRUE(Eventually([&] { return InStore("acme") == 1; }));
   TenantLimits b(Options(1, absl::Seconds(3)), store_b_.get());
   EXPECT_FALSE(b.AcquireStream("acme").ok());
+}
+
+// A store whose slot calls fail while `down`, or whose renewals wait at a
+// latch while `hold_renewals`; it counts the calls that reach it.
+class FlakySlots : public testing::ForwardingStore {
+ public:
+  using ForwardingStore::ForwardingStore;
+  absl::StatusOr<bool> AcquireTenantSlot(const std::string& t,
+                                         const std::string& slot, int max,
+                                         absl::Duration ttl) override {
+    ++acquires;
+    if (down) return absl::UnavailableError("down");
+    return s_->AcquireTenantSlot(t, slot, max, ttl);
+  }
+  absl::Status RenewTenantSlots(const std::string& t,
+                                const std::vector<std::string>& slots,
+                                absl::Duration ttl) override {
+    if (!renewing.HasBeenNotified()) renewing.Notify();
+    if (hold_renewals) renewed.WaitForNotification();
+    if (down) return absl::UnavailableError("down");
+    absl::Status done = s_->RenewTenantSlots(t, slots, ttl);
+    if (!renew_done.HasBeenNotified()) renew_done.Notify();
+    return done;
+  }
+  absl::Status ReleaseTenantSlot(const std::string& t,
+                                 const std::string& slot) override {
+    ++releases;
+    if (down) return absl::UnavailableError("down");
+    return s_->ReleaseTenantSlot(t, slot);
+  }
+  absl::Status Ping() override {
+    if (down) return absl::UnavailableError("down");
+    return s_->Ping();
+  }
+  std::atomic<bool> down{false};
+  std::atomic<bool> hold_renewals{false};
+  std::atomic<int> acquires{0}, releases{0};
+  absl::Notification renewing, renewed, renew_done;
+};
+
+// After a slot call fails, streams open and end without asking the store
+// (a hung store would cost each of them its timeout) until a renewal finds
+// it answering; their slots are then added, and the ended ones removed.
+TEST_F(StreamSlotsTest, AFailedCallStopsAskingTheStoreUntilItAnswers) {
+  FlakySlots store(store_a_.get());
+  TenantLimits a(Options(5, absl::Seconds(3)), &store);
+  store.down = true;
+  auto s1 = a.AcquireStream("acme");
+  auto s2 = a.AcquireStream("acme");
+  ASSERT_TRUE(s1.ok() && s2.ok());
+  EXPECT_EQ(store.acquires.load(), 1);
+  { auto ended = std::move(*s2); }
+  EXPECT_EQ(store.releases.load(), 0);
+  store.down = false;
+  EXPECT_TRUE(Eventually([&] { return InStore("acme") == 1; }));
+  // Answering again: the next stream asks it.
+  EXPECT_TRUE(Eventually([&] {
+    auto s3 = a.AcquireStream("acme");
+    return store.acquires.load() > 1;
+  }));
+}
+
+// A slot released while a renewal of it is under way, which may add it
+// back after the release removed it, is removed again.
+TEST_F(StreamSlotsTest, ASlotReleasedDuringItsRenewalDoesNotStay) {
+  FlakySlots store(store_a_.get());
+  store.hold_renewals = true;
+  // Renewed every 3 s; added back, it would stay 9 s.
+  TenantLimits a(Options(5, absl::Seconds(9)), &store);
+  {
+    auto s1 = a.AcquireStream("acme");
+    ASSERT_TRUE(s1.ok());
+    store.renewing.WaitForNotification();  // the renewal has its slot
+    auto ended = std::move(*s1);
+  }
+  EXPECT_EQ(InStore("acme"), 0);  // released
+  store.renewed.Notify();         // the renewal adds it back...
+  store.renew_done.WaitForNotification();
+  EXPECT_TRUE(Eventually([&] { return InStore("acme") == 0; },
+                         absl::Seconds(6)));  // ...and it goes again
+}
+
+// Stopping: every slot held goes from the store at once; streams then
+// count here only.
+TEST_F(StreamSlotsTest, ReleaseStoreSlotsFreesTheSlotsOfAStoppingGateway) {
+  FlakySlots store(store_a_.get());
+  TenantLimits a(Options(5), &store);
+  auto s1 = a.AcquireStream("acme");
+  auto s2 = a.AcquireStream("globex");
+  ASSERT_TRUE(s1.ok() && s2.ok());
+  EXPECT_EQ(InStore("acme") + InStore("globex"), 2);
+  a.ReleaseStoreSlots();
+  EXPECT_EQ(InStore("acme") + InStore("globex"), 0);
+  const int asked = store.acquires.load();
+  auto s3 = a.AcquireStream("acme");
+  EXPECT_TRUE(s3.ok());
+  EXPECT_EQ(store.acquires.load(), asked);
 }
 
 // An embedded store counts no slots: each process counts its own streams.
