@@ -424,7 +424,7 @@ void TenantLimits::ReleaseStoreSlots() {
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return;
-    stopping_ = true;
+    stopping_ = true;  // the renewer renews nothing from now on
     if (store_down_) return;
     held = held_;
   }
@@ -446,6 +446,8 @@ void TenantLimits::RenewLoop() {
     mu_.AwaitWithDeadline(absl::Condition(&stop_), next);
     if (stop_) break;
     const absl::Time began = absl::Now();
+    next = began + every;
+    if (stopping_) continue;  // the slots are gone from the store for good
     const std::map<std::string, std::set<std::string>> renew = held_;
     const bool probe = store_down_ && !stopping_;
     mu_.Unlock();
@@ -460,19 +462,20 @@ void TenantLimits::RenewLoop() {
     }
     mu_.Lock();
     if (!stopping_) store_down_ = !ok;
-    // A slot released while it was being renewed may have been added
-    // back after its release removed it: remove it again.
+    // A slot released while it was being renewed (every one, once
+    // ReleaseStoreSlots ran) may have been added back after its release
+    // removed it: remove it again.
     std::vector<std::pair<std::string, std::string>> released;
     for (const auto& [tenant, slots] : renew) {
       auto held = held_.find(tenant);
       for (const std::string& slot : slots) {
-        if (held == held_.end() || held->second.count(slot) == 0) {
+        if (stopping_ || held == held_.end() || held->second.count(slot) == 0) {
           released.emplace_back(tenant, slot);
         }
       }
     }
     next = std::max(began + (ok ? every : retry), absl::Now());
-    if (!ok) continue;
+    if (!ok && !stopping_) continue;
     released.insert(released.end(), unreleased_.begin(), unreleased_.end());
     unreleased_.clear();
     if (released.empty()) continue;

@@ -398,12 +398,14 @@ TEST_F(StreamSlotsTest, ASlotReleasedDuringItsRenewalDoesNotStay) {
 // count here only.
 TEST_F(StreamSlotsTest, ReleaseStoreSlotsFreesTheSlotsOfAStoppingGateway) {
   FlakySlots store(store_a_.get());
-  TenantLimits a(Options(5), &store);
+  TenantLimits a(Options(5, absl::Seconds(3)), &store);  // renewed every 1 s
   auto s1 = a.AcquireStream("acme");
   auto s2 = a.AcquireStream("globex");
   ASSERT_TRUE(s1.ok() && s2.ok());
   EXPECT_EQ(InStore("acme") + InStore("globex"), 2);
   a.ReleaseStoreSlots();
+  EXPECT_EQ(InStore("acme") + InStore("globex"), 0);
+  absl::SleepFor(absl::Milliseconds(1500));  // no renewal adds them back
   EXPECT_EQ(InStore("acme") + InStore("globex"), 0);
   const int asked = store.acquires.load();
   auto s3 = a.AcquireStream("acme");
