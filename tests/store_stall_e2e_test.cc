@@ -54,6 +54,16 @@ grpc::Status AppendText(v1::Streams::Stub* streams, const std::string& session,
   return e2e::AppendText(streams, "", session, at, text, checkpoint, ack);
 }
 
+// Creates session `id` of the default tenant (request id "create-<id>").
+grpc::Status Create(v1::Sessions::Stub* sessions, const std::string& id) {
+  v1::CreateSessionRequest r;
+  r.set_session_id(id);
+  r.set_request_id("create-" + id);
+  v1::Session s;
+  auto ctx = Ctx();
+  return sessions->CreateSession(ctx.get(), r, &s);
+}
+
 // A redis-server and one worker on the tests' tiny model.
 class StoreStallE2eTest : public ::testing::Test {
  protected:
@@ -99,12 +109,7 @@ TEST_F(StoreStallE2eTest, AWorkerWithAHungStoreStillServesWhatNeedsNoStore) {
   auto models = v1::Models::NewStub(channel);
 
   auto create = [&](const std::string& id) {
-    v1::CreateSessionRequest r;
-    r.set_session_id(id);
-    r.set_request_id("create-" + id);
-    v1::Session s;
-    auto ctx = Ctx();
-    return sessions->CreateSession(ctx.get(), r, &s);
+    return Create(sessions.get(), id);
   };
   // "hot" is resident (loaded by an Append); the "cold-" ones exist in
   // the store only.
@@ -245,12 +250,7 @@ TEST_F(StoreStallE2eTest, AGatewayRoutesToTheOwnerLastSeenWhileTheStoreHangs) {
   auto worker_sessions = v1::Sessions::NewStub(direct);
 
   {
-    v1::CreateSessionRequest r;
-    r.set_session_id("hot");
-    r.set_request_id("create-hot");
-    v1::Session s;
-    auto ctx = Ctx();
-    grpc::Status st = sessions->CreateSession(ctx.get(), r, &s);
+    grpc::Status st = Create(sessions.get(), "hot");
     ASSERT_TRUE(st.ok()) << st.error_message();
   }
   v1::AppendResponse ack;
@@ -282,12 +282,7 @@ TEST_F(StoreStallE2eTest, AGatewayRoutesToTheOwnerLastSeenWhileTheStoreHangs) {
   std::vector<std::thread> stuck;
   for (int i = 0; i < 8; ++i) {
     stuck.emplace_back([&, i] {
-      v1::CreateSessionRequest r;
-      r.set_session_id(absl::StrCat("new-", i));
-      r.set_request_id(absl::StrCat("create-new-", i));
-      v1::Session s;
-      auto ctx = Ctx();
-      worker_sessions->CreateSession(ctx.get(), r, &s).error_code();
+      Create(worker_sessions.get(), absl::StrCat("new-", i)).error_code();
       ++ended;
     });
   }
@@ -327,12 +322,7 @@ TEST_F(StoreStallE2eTest, AStoppingGatewayDoesNotWaitOutAHungStore) {
   auto sessions = v1::Sessions::NewStub(grpc::CreateChannel(
       gateway->address, grpc::InsecureChannelCredentials()));
   {
-    v1::CreateSessionRequest r;
-    r.set_session_id("seen");
-    r.set_request_id("create-seen");
-    v1::Session s;
-    auto ctx = Ctx();
-    grpc::Status st = sessions->CreateSession(ctx.get(), r, &s);
+    grpc::Status st = Create(sessions.get(), "seen");
     ASSERT_TRUE(st.ok()) << st.error_message();
   }
 

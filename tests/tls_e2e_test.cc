@@ -96,6 +96,17 @@ done
     return processes_.back()->address();
   }
 
+  // Redis and one worker, "w1", on the tiny model.
+  void StartRedisAndWorker() {
+    ASSERT_NO_FATAL_FAILURE(StartRedis());
+    ASSERT_FALSE(
+        Start({"worker", "--listen=127.0.0.1:0", "--redis=" + redis_->address(),
+               "--model=" + MakeModel(), "--worker-id=w1",
+               "--heartbeat-interval=300ms"},
+              "worker.log")
+            .empty());
+  }
+
   void StartRedis() {
     auto redis = testing::RedisServer::Start({});
     ASSERT_TRUE(redis.ok()) << redis.status();
@@ -311,13 +322,7 @@ TEST_F(TlsTest, InternalTokenBetweenGatewayAndWorker) {
 }
 
 TEST_F(TlsTest, TenantLimits) {
-  ASSERT_NO_FATAL_FAILURE(StartRedis());
-  const std::string model = MakeModel();
-  ASSERT_FALSE(Start({"worker", "--listen=127.0.0.1:0",
-                      "--redis=" + redis_->address(), "--model=" + model,
-                      "--worker-id=w1", "--heartbeat-interval=300ms"},
-                     "worker.log")
-                   .empty());
+  ASSERT_NO_FATAL_FAILURE(StartRedisAndWorker());
   const std::string key_a = "key-a-0123456789abcdef";
   const std::string key_b = "key-b-0123456789abcdef";
   {
@@ -438,13 +443,7 @@ TEST_F(TlsTest, ASessionLimitHoldsAcrossGatewaysUnderConcurrentCreates) {
 // ends frees its slot for the other gateway at once, and the streams of a
 // gateway killed with them open free theirs --tenant-stream-ttl later.
 TEST_F(TlsTest, AStreamLimitHoldsAcrossGateways) {
-  ASSERT_NO_FATAL_FAILURE(StartRedis());
-  const std::string model = MakeModel();
-  ASSERT_FALSE(Start({"worker", "--listen=127.0.0.1:0",
-                      "--redis=" + redis_->address(), "--model=" + model,
-                      "--worker-id=w1", "--heartbeat-interval=300ms"},
-                     "worker.log")
-                   .empty());
+  ASSERT_NO_FATAL_FAILURE(StartRedisAndWorker());
   std::vector<std::string> gateways;
   for (const char* name : {"g1", "g2"}) {
     gateways.push_back(
