@@ -368,7 +368,7 @@ absl::StatusOr<TenantLimits::StreamSlot> TenantLimits::AcquireStream(
     }
   }
   if (slot.empty()) return StreamSlot(this, tenant, "");
-  bool failed = false;
+  absl::Status failed;
   if (ask_store) {
     absl::StatusOr<bool> taken =
         store_->AcquireTenantSlot(tenant, slot, max, options_.slot_ttl);
@@ -377,12 +377,12 @@ absl::StatusOr<TenantLimits::StreamSlot> TenantLimits::AcquireStream(
       return TenantLimitError("max_streams", max,
                               "too many concurrent streams across gateways");
     }
-    failed = !taken.ok();
+    if (!taken.ok()) failed = taken.status();
   }
   // Taken, or the store is not answering: admitted on this process's count
   // (limits fail open); the renewals add the slot once the store answers.
   absl::MutexLock lock(&mu_);
-  if (failed) store_down_ = true;
+  if (!failed.ok()) SetStoreDown(failed);
   held_[tenant].insert(slot);
   if (!renewer_.joinable() && !stop_) {
     try {
@@ -412,10 +412,25 @@ void TenantLimits::Release(const std::string& tenant, const std::string& slot) {
       return;
     }
   }
-  if (!store_->ReleaseTenantSlot(tenant, slot).ok()) {
+  if (absl::Status released = store_->ReleaseTenantSlot(tenant, slot);
+      !released.ok()) {
     absl::MutexLock lock(&mu_);
-    store_down_ = true;
+    SetStoreDown(released);
     unreleased_.emplace_back(tenant, slot);
+  }
+}
+
+void TenantLimits::SetStoreDown(const absl::Status& why) {
+  const bool down = !why.ok();
+  if (down == store_down_ || stopping_) return;
+  store_down_ = down;
+  if (down) {
+    std::cerr << "statestream: tenant stream slots: the store failed ("
+              << why.message()
+              << "); stream limits count per process until it answers\n";
+  } else {
+    std::cerr << "statestream: tenant stream slots: the store answers "
+                 "again; stream limits hold across processes\n";
   }
 }
 
@@ -451,17 +466,15 @@ void TenantLimits::RenewLoop() {
     const std::map<std::string, std::set<std::string>> renew = held_;
     const bool probe = store_down_ && !stopping_;
     mu_.Unlock();
-    bool ok = true;
-    if (probe) ok = store_->Ping().ok();
-    for (auto it = renew.begin(); ok && it != renew.end(); ++it) {
-      ok = store_
-               ->RenewTenantSlots(it->first,
-                                  {it->second.begin(), it->second.end()},
-                                  options_.slot_ttl)
-               .ok();
+    absl::Status status;
+    if (probe) status = store_->Ping();
+    for (auto it = renew.begin(); status.ok() && it != renew.end(); ++it) {
+      status = store_->RenewTenantSlots(
+          it->first, {it->second.begin(), it->second.end()}, options_.slot_ttl);
     }
+    const bool ok = status.ok();
     mu_.Lock();
-    if (!stopping_) store_down_ = !ok;
+    SetStoreDown(status);
     // A slot released while it was being renewed (every one, once
     // ReleaseStoreSlots ran) may have been added back after its release
     // removed it: remove it again.

@@ -141,6 +141,9 @@ class TenantLimits {
   void Release(const std::string& tenant, const std::string& slot);
   // Renews the held slots every slot_ttl / 3 until stopped.
   void RenewLoop();
+  // Records the outcome of a slot call (OK: the store answers), saying so
+  // on stderr when it changes.
+  void SetStoreDown(const absl::Status& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const TenantLimitsOptions options_;
   StateStore* const store_;

@@ -359,6 +359,7 @@ TEST_F(StreamSlotsTest, AFailedCallStopsAskingTheStoreUntilItAnswers) {
   FlakySlots store(store_a_.get());
   TenantLimits a(Options(5, absl::Seconds(3)), &store);
   store.down = true;
+  ::testing::internal::CaptureStderr();
   auto s1 = a.AcquireStream("acme");
   auto s2 = a.AcquireStream("acme");
   ASSERT_TRUE(s1.ok() && s2.ok());
@@ -372,6 +373,14 @@ TEST_F(StreamSlotsTest, AFailedCallStopsAskingTheStoreUntilItAnswers) {
     auto s3 = a.AcquireStream("acme");
     return store.acquires.load() > 1;
   }));
+  // Each change is said once on stderr.
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(said.find("stream limits count per process"), std::string::npos)
+      << said;
+  EXPECT_NE(said.find("stream limits hold across processes"), std::string::npos)
+      << said;
+  EXPECT_EQ(said.find("count per process"), said.rfind("count per process"))
+      << said;
 }
 
 // A slot released while a renewal of it is under way, which may add it
