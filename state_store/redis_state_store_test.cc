@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // The contract suite against a real redis-server and a real 6-node Redis
 // Cluster, plus Redis-specific behaviour: durability levels, refused
-// writes, outage and recovery. Credentials, ACLs and the eviction policy:
-// redis_state_store_access_test.cc.
+// writes, tenant slots. Credentials, ACLs and the eviction policy:
+// redis_state_store_access_test.cc; outages and Interrupt:
+// redis_state_store_outage_test.cc.
 #include "state_store/redis_state_store.h"
 
 #include <memory>
@@ -566,98 +567,6 @@ TEST(RedisStateStoreTest, AListingDuringACreateKeepsTheSession) {
   }
 }
 
-TEST(RedisStateStoreTest, UnavailableWhileDownThenRecovers) {
-  auto server = RedisServer::Start({});
-  ASSERT_TRUE(server.ok()) << server.status();
-  RedisStateStoreOptions o;
-  o.addresses = {(*server)->address()};
-  o.retry_deadline = absl::Milliseconds(300);
-  auto store = NewRedisStateStore(o);
-  ASSERT_TRUE(store.ok()) << store.status();
-  ASSERT_TRUE(
-      (*store)->CreateSession(NewSession("a", Durability::kMemory)).ok());
-  EXPECT_TRUE((*store)->Ping().ok());
-  (*server)->Kill();
-  auto head = (*store)->GetHead({"acme", "a"});
-  EXPECT_EQ(head.status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ(GetReason(head.status()), Reason::kStoreUnavailable);
-  const absl::Status ping = (*store)->Ping();
-  EXPECT_EQ(ping.code(), absl::StatusCode::kUnavailable) << ping;
-  EXPECT_EQ(GetReason(ping), Reason::kStoreUnavailable) << ping;
-  ASSERT_TRUE((*server)->Restart().ok());  // no persistence: data is gone
-  EXPECT_TRUE((*store)->Ping().ok());
-  EXPECT_EQ(GetReason((*store)->GetHead({"acme", "a"}).status()),
-            Reason::kSessionNotFound);
-  ASSERT_TRUE(
-      (*store)->CreateSession(NewSession("a", Durability::kMemory)).ok());
-}
-
-// Interrupt() (a stopping process) ends the calls waiting on a hung Redis
-// and fails every later one at once, UNAVAILABLE; nothing stored is lost.
-// The client's timeouts are a minute, so only the interrupt can end the
-// calls within the bound.
-TEST(RedisStateStoreTest, InterruptEndsCallsWaitingOnAHungServer) {
-  auto server = RedisServer::Start({});
-  ASSERT_TRUE(server.ok()) << server.status();
-  RedisStateStoreOptions o;
-  o.addresses = {(*server)->address()};
-  o.command_timeout = absl::Seconds(60);
-  o.retry_deadline = absl::Seconds(60);
-  auto store = NewRedisStateStore(o);
-  ASSERT_TRUE(store.ok()) << store.status();
-  ASSERT_TRUE(
-      (*store)->CreateSession(NewSession("a", Durability::kMemory)).ok());
-  (*server)->Pause();
-  const absl::Time start = absl::Now();
-  std::vector<absl::Status> ended(4);
-  std::vector<std::thread> calls;
-  for (size_t i = 0; i < ended.size(); ++i) {
-    calls.emplace_back([&, i] {
-      ended[i] = i % 2 == 0 ? (*store)->GetHead({"acme", "a"}).status()
-                            : (*store)->ListWorkers().status();
-    });
-  }
-  absl::SleepFor(absl::Milliseconds(300));  // into their reads
-  (*store)->Interrupt();
-  for (auto& t : calls) t.join();
-  EXPECT_LT(absl::Now() - start, absl::Seconds(30));
-  for (const absl::Status& status : ended) {
-    EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
-    EXPECT_EQ(GetReason(status), Reason::kStoreUnavailable) << status;
-  }
-  (*server)->Resume();
-  const absl::Status later = (*store)->GetHead({"acme", "a"}).status();
-  EXPECT_EQ(later.code(), absl::StatusCode::kUnavailable) << later;
-  EXPECT_TRUE(absl::StrContains(later.message(), "closed")) << later;
-  (*store)->Interrupt();  // idempotent
-  auto again = NewRedisStateStore(o);
-  ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_TRUE((*again)->GetHead({"acme", "a"}).ok());
-}
-
-// The same for a call retrying a server that is down: its backoff ends.
-TEST(RedisStateStoreTest, InterruptEndsTheRetriesOfACallToADownServer) {
-  auto server = RedisServer::Start({});
-  ASSERT_TRUE(server.ok()) << server.status();
-  RedisStateStoreOptions o;
-  o.addresses = {(*server)->address()};
-  o.retry_deadline = absl::Seconds(120);
-  o.backoff_initial = absl::Seconds(50);
-  o.backoff_max = absl::Seconds(50);
-  auto store = NewRedisStateStore(o);
-  ASSERT_TRUE(store.ok()) << store.status();
-  (*server)->Kill();
-  const absl::Time start = absl::Now();
-  absl::Status ended;
-  std::thread call([&] { ended = (*store)->GetHead({"acme", "a"}).status(); });
-  absl::SleepFor(absl::Seconds(1));  // into its backoff
-  (*store)->Interrupt();
-  call.join();
-  EXPECT_LT(absl::Now() - start, absl::Seconds(30));
-  EXPECT_EQ(ended.code(), absl::StatusCode::kUnavailable) << ended;
-  EXPECT_EQ(GetReason(ended), Reason::kStoreUnavailable) << ended;
-}
-
 // Tenant slots (a tenant's streams across gateways): two stores on one
 // server, as two gateways, share each tenant's limit; a retried acquire
 // renews; a release frees; slots expire unless renewed, and a renewal
@@ -725,49 +634,6 @@ TEST(RedisStateStoreTest, TenantSlotsHoldALimitAcrossStores) {
     EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument) << bad;
   }
   EXPECT_EQ(count(ga, "acme"), 2);  // nothing taken by the bad calls
-}
-
-// After a script-cache flush every lease is renewed; with the server
-// down, every lease of a RenewLeases call is UNAVAILABLE (after one retry
-// deadline: the rest of the call does not retry each); once it is back,
-// each answers for itself.
-TEST(RedisStateStoreTest, RenewLeasesWhileDownAreUnavailable) {
-  auto server = RedisServer::Start({});
-  ASSERT_TRUE(server.ok()) << server.status();
-  RedisStateStoreOptions o;
-  o.addresses = {(*server)->address()};
-  o.retry_deadline = absl::Seconds(2);
-  auto store = NewRedisStateStore(o);
-  ASSERT_TRUE(store.ok()) << store.status();
-  std::vector<StateStore::LeaseToRenew> leases;
-  for (int i = 0; i < 20; ++i) {
-    const std::string id = absl::StrCat("d", i);
-    ASSERT_TRUE(
-        (*store)->CreateSession(NewSession(id, Durability::kMemory)).ok());
-    auto a =
-        (*store)->AcquireLease({"acme", id}, "w", absl::Seconds(60), false);
-    ASSERT_TRUE(a.ok()) << a.status();
-    leases.push_back({{"acme", id}, a->fence});
-  }
-  // The script cache flushed (a restart, a failover): loaded again, and
-  // every lease renewed.
-  ASSERT_TRUE((*server)->Command({"SCRIPT", "FLUSH"}).ok());
-  for (const auto& r : (*store)->RenewLeases("w", leases, absl::Seconds(60))) {
-    EXPECT_TRUE(r.ok()) << r.status();
-  }
-  (*server)->Kill();
-  const absl::Time start = absl::Now();
-  for (const auto& r : (*store)->RenewLeases("w", leases, absl::Seconds(60))) {
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
-    EXPECT_EQ(GetReason(r.status()), Reason::kStoreUnavailable);
-  }
-  // One retry deadline (2 s), not one per lease (40 s): a generous bound
-  // that only the per-lease retries could exceed.
-  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
-  ASSERT_TRUE((*server)->Restart().ok());  // no persistence: data is gone
-  for (const auto& r : (*store)->RenewLeases("w", leases, absl::Seconds(60))) {
-    EXPECT_EQ(GetReason(r.status()), Reason::kSessionNotFound) << r.status();
-  }
 }
 
 // A limited create marks itself in flight: a listing that meets its
