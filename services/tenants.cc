@@ -382,7 +382,13 @@ absl::StatusOr<TenantLimits::StreamSlot> TenantLimits::AcquireStream(
   // Taken, or the store is not answering: admitted on this process's count
   // (limits fail open); the renewals add the slot once the store answers.
   absl::MutexLock lock(&mu_);
-  if (!failed.ok()) SetStoreDown(failed);
+  if (!failed.ok()) SetStoreDown(failed, tenant);
+  if (stopping_ && failed.ok() && ask_store) {
+    // Taken as the gateway stops: its slots are being removed.
+    mu_.Unlock();
+    store_->ReleaseTenantSlot(tenant, slot).IgnoreError();
+    mu_.Lock();
+  }
   held_[tenant].insert(slot);
   if (!renewer_.joinable() && !stop_) {
     try {
@@ -408,20 +414,25 @@ void TenantLimits::Release(const std::string& tenant, const std::string& slot) {
     // renewer removes the slot once it answers (else it expires).
     if (stopping_) return;
     if (store_down_) {
-      unreleased_.emplace_back(tenant, slot);
+      Unreleased(tenant, slot);
       return;
     }
   }
   if (absl::Status released = store_->ReleaseTenantSlot(tenant, slot);
       !released.ok()) {
     absl::MutexLock lock(&mu_);
-    SetStoreDown(released);
-    unreleased_.emplace_back(tenant, slot);
+    SetStoreDown(released, tenant);
+    Unreleased(tenant, slot);
   }
 }
 
-void TenantLimits::SetStoreDown(const absl::Status& why) {
+void TenantLimits::SetStoreDown(const absl::Status& why,
+                                const std::string& tenant) {
   const bool down = !why.ok();
+  if (down) {
+    ++failures_;
+    down_tenant_ = tenant;
+  }
   if (down == store_down_ || stopping_) return;
   store_down_ = down;
   if (down) {
@@ -435,19 +446,14 @@ void TenantLimits::SetStoreDown(const absl::Status& why) {
 }
 
 void TenantLimits::ReleaseStoreSlots() {
-  std::map<std::string, std::set<std::string>> held;
-  {
-    absl::MutexLock lock(&mu_);
-    if (stopping_) return;
-    stopping_ = true;  // the renewer renews nothing from now on
-    if (store_down_) return;
-    held = held_;
-  }
-  for (const auto& [tenant, slots] : held) {
-    for (const std::string& slot : slots) {
-      if (!store_->ReleaseTenantSlot(tenant, slot).ok()) return;
-    }
-  }
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return;
+  stopping_ = true;  // nothing is renewed from now on
+  if (!renewer_.joinable() || held_.empty()) return;
+  // The renewer removes them once any pass of its own is over (which might
+  // otherwise add them back); a store that hangs gets a second of it, then
+  // the store is interrupted and the slots expire.
+  mu_.AwaitWithTimeout(absl::Condition(&stop_released_), absl::Seconds(1));
 }
 
 void TenantLimits::RenewLoop() {
@@ -455,40 +461,67 @@ void TenantLimits::RenewLoop() {
   // After a failed pass, sooner: slots expire slot_ttl after their last
   // renewal.
   const absl::Duration retry = std::min(every, absl::Seconds(1));
+  auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stop_ || (stopping_ && !stop_released_);
+  };
   absl::MutexLock lock(&mu_);
   absl::Time next = absl::Now() + every;
   while (!stop_) {
-    mu_.AwaitWithDeadline(absl::Condition(&stop_), next);
+    mu_.AwaitWithDeadline(absl::Condition(&wake), next);
     if (stop_) break;
     const absl::Time began = absl::Now();
     next = began + every;
-    if (stopping_) continue;  // the slots are gone from the store for good
+    if (stopping_) {
+      // Once: every slot held goes (the streams are being cancelled).
+      if (stop_released_) continue;
+      const std::map<std::string, std::set<std::string>> held = held_;
+      mu_.Unlock();
+      bool ok = true;
+      for (auto it = held.begin(); ok && it != held.end(); ++it) {
+        for (const std::string& slot : it->second) {
+          ok = store_->ReleaseTenantSlot(it->first, slot).ok();
+          if (!ok) break;  // the rest expire
+        }
+      }
+      mu_.Lock();
+      stop_released_ = true;
+      continue;
+    }
     const std::map<std::string, std::set<std::string>> renew = held_;
-    const bool probe = store_down_ && !stopping_;
+    const std::string probe = store_down_ ? down_tenant_ : "";
+    const uint64_t failures = failures_;
     mu_.Unlock();
     absl::Status status;
-    if (probe) status = store_->Ping();
+    // A slot script, as the calls that failed: a server that answers PING
+    // but refuses scripts (full, read-only) is still down for them.
+    if (!probe.empty()) status = store_->CountTenantSlots(probe).status();
+    std::string failed_tenant = probe;
     for (auto it = renew.begin(); status.ok() && it != renew.end(); ++it) {
       status = store_->RenewTenantSlots(
           it->first, {it->second.begin(), it->second.end()}, options_.slot_ttl);
+      failed_tenant = it->first;
     }
     const bool ok = status.ok();
     mu_.Lock();
-    SetStoreDown(status);
-    // A slot released while it was being renewed (every one, once
-    // ReleaseStoreSlots ran) may have been added back after its release
-    // removed it: remove it again.
+    // Up again only if nothing failed since this pass began.
+    if (!ok || failures == failures_) SetStoreDown(status, failed_tenant);
+    // A slot released while it was being renewed may have been added back
+    // after its release removed it: remove it again.
     std::vector<std::pair<std::string, std::string>> released;
     for (const auto& [tenant, slots] : renew) {
       auto held = held_.find(tenant);
       for (const std::string& slot : slots) {
-        if (stopping_ || held == held_.end() || held->second.count(slot) == 0) {
+        if (held == held_.end() || held->second.count(slot) == 0) {
           released.emplace_back(tenant, slot);
         }
       }
     }
     next = std::max(began + (ok ? every : retry), absl::Now());
-    if (!ok && !stopping_) continue;
+    if (!ok) {
+      for (auto& r : released)
+        Unreleased(std::move(r.first), std::move(r.second));
+      continue;
+    }
     released.insert(released.end(), unreleased_.begin(), unreleased_.end());
     unreleased_.clear();
     if (released.empty()) continue;
@@ -498,6 +531,13 @@ void TenantLimits::RenewLoop() {
     }
     mu_.Lock();
   }
+}
+
+void TenantLimits::Unreleased(std::string tenant, std::string slot) {
+  // Beyond this many, the oldest have expired in the store long since.
+  constexpr size_t kMaxUnreleased = 1 << 16;
+  if (unreleased_.size() >= kMaxUnreleased) return;  // it expires
+  unreleased_.emplace_back(std::move(tenant), std::move(slot));
 }
 
 int TenantLimits::open_streams(const std::string& tenant) const {

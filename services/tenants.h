@@ -141,9 +141,13 @@ class TenantLimits {
   void Release(const std::string& tenant, const std::string& slot);
   // Renews the held slots every slot_ttl / 3 until stopped.
   void RenewLoop();
-  // Records the outcome of a slot call (OK: the store answers), saying so
-  // on stderr when it changes.
-  void SetStoreDown(const absl::Status& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records the outcome of a slot call (OK: the store answers) on
+  // `tenant`'s slots, saying so on stderr when it changes.
+  void SetStoreDown(const absl::Status& why, const std::string& tenant)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adds to unreleased_ (bounded).
+  void Unreleased(std::string tenant, std::string slot)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const TenantLimitsOptions options_;
   StateStore* const store_;
@@ -162,6 +166,12 @@ class TenantLimits {
   // the renewals (or expire).
   bool store_down_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;  // ReleaseStoreSlots ran
+  // The renewer has removed the slots held when stopping began.
+  bool stop_released_ ABSL_GUARDED_BY(mu_) = false;
+  // Slot calls failed so far, and the tenant of the last one (the
+  // renewer's probe while the store is down).
+  uint64_t failures_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string down_tenant_ ABSL_GUARDED_BY(mu_);
   // Slots of streams that ended while the store was down, for the renewer
   // to remove once it answers.
   std::vector<std::pair<std::string, std::string>> unreleased_

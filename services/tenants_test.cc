@@ -339,6 +339,8 @@ class FlakySlots : public testing::ForwardingStore {
   absl::Status ReleaseTenantSlot(const std::string& t,
                                  const std::string& slot) override {
     ++releases;
+    if (hold_releases)
+      released.WaitForNotificationWithTimeout(absl::Seconds(30));
     if (down) return absl::UnavailableError("down");
     return s_->ReleaseTenantSlot(t, slot);
   }
@@ -348,8 +350,9 @@ class FlakySlots : public testing::ForwardingStore {
   }
   std::atomic<bool> down{false};
   std::atomic<bool> hold_renewals{false};
+  std::atomic<bool> hold_releases{false};  // hung, until `released`
   std::atomic<int> acquires{0}, releases{0};
-  absl::Notification renewing, renewed, renew_done;
+  absl::Notification renewing, renewed, renew_done, released;
 };
 
 // After a slot call fails, streams open and end without asking the store
@@ -440,6 +443,20 @@ TEST(TenantLimitsTest, StreamsAreCountedInProcessOverAnEmbeddedStore) {
   auto b1 = b.AcquireStream("acme");
   EXPECT_TRUE(a1.ok() && b1.ok());
   EXPECT_FALSE(a.AcquireStream("acme").ok());
+}
+
+// A stopping gateway's slot removal does not wait out a hung store: its
+// shutdown interrupts the store next.
+TEST_F(StreamSlotsTest, ReleaseStoreSlotsDoesNotWaitOutAHungStore) {
+  FlakySlots store(store_a_.get());
+  TenantLimits a(Options(5), &store);
+  auto s1 = a.AcquireStream("acme");
+  ASSERT_TRUE(s1.ok());
+  store.hold_releases = true;
+  const absl::Time start = absl::Now();
+  a.ReleaseStoreSlots();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  store.released.Notify();  // the interrupt, in a gateway
 }
 
 }  // namespace
