@@ -3,10 +3,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 #include <system_error>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status.h"
 
 namespace statestream {
 namespace {
@@ -275,9 +278,10 @@ const WorkerInfo* GatewayRouter::Best(const std::vector<WorkerInfo>& workers,
   return best[0] != nullptr ? best[0] : best[1];
 }
 
-absl::StatusOr<Route> GatewayRouter::Pick(
-    const std::string& hash_key, const std::string& fingerprint,
-    const std::set<std::string>& exclude) {
+absl::StatusOr<Route> GatewayRouter::Pick(const std::string& hash_key,
+                                          const std::string& fingerprint,
+                                          const std::set<std::string>& exclude,
+                                          bool unserved_is_mismatch) {
   uint64_t began;
   {
     absl::MutexLock lock(&mu_);
@@ -299,6 +303,24 @@ absl::StatusOr<Route> GatewayRouter::Pick(
       chosen = Best(*workers, hash_key, fingerprint, exclude);
     }
   }
+  if (chosen == nullptr && unserved_is_mismatch && !fingerprint.empty() &&
+      !workers->empty()) {
+    // Not a worker lost but a model nobody serves (a state exported from
+    // another model, say): retrying would not help.
+    std::set<std::string> served;
+    bool unlisted = false;  // a worker that does not say (serves anything)
+    for (const WorkerInfo& w : *workers) {
+      unlisted = unlisted || w.model_fingerprints.empty();
+      served.insert(w.model_fingerprints.begin(), w.model_fingerprints.end());
+    }
+    if (!unlisted && served.count(fingerprint) == 0) {
+      return MakeError(
+          absl::StatusCode::kFailedPrecondition, Reason::kModelMismatch,
+          absl::StrCat("no worker serves model fingerprint ", fingerprint),
+          {{"expected_fingerprint", absl::StrJoin(served, ",")},
+           {"actual_fingerprint", fingerprint}});
+    }
+  }
   if (chosen == nullptr) {
     return absl::UnavailableError(
         fingerprint.empty()
@@ -312,7 +334,7 @@ absl::StatusOr<Route> GatewayRouter::Pick(
 absl::StatusOr<Route> GatewayRouter::RouteAny(
     const std::string& hash_key, const std::string& fingerprint,
     const std::set<std::string>& exclude) {
-  return Pick(hash_key, fingerprint, exclude);
+  return Pick(hash_key, fingerprint, exclude, true);
 }
 
 GatewayRouter::~GatewayRouter() { AwaitBackgroundReads(); }
@@ -423,7 +445,7 @@ absl::StatusOr<Route> GatewayRouter::RouteSession(
       }
     }
   }
-  return Pick(hash_key, fingerprint, exclude);
+  return Pick(hash_key, fingerprint, exclude, false);
 }
 
 }  // namespace statestream

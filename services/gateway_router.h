@@ -74,7 +74,12 @@ class GatewayRouter {
                                      const std::set<std::string>& exclude);
   // For calls not bound to an existing session (create, list, models): the
   // rendezvous winner for `hash_key` among live workers serving
-  // `fingerprint` ("" = any).
+  // `fingerprint` ("" = any). FAILED_PRECONDITION/MODEL_MISMATCH when no
+  // live worker serves `fingerprint` at all (a state of another model;
+  // metadata expected_fingerprint, the ones served, and
+  // actual_fingerprint); UNAVAILABLE when those that do are excluded or
+  // none is live. An existing session's model is UNAVAILABLE either way
+  // (its worker may be restarting).
   absl::StatusOr<Route> RouteAny(const std::string& hash_key,
                                  const std::string& fingerprint,
                                  const std::set<std::string>& exclude);
@@ -99,9 +104,12 @@ class GatewayRouter {
   void AwaitBackgroundReads();
 
  private:
+  // `unserved_is_mismatch`: a fingerprint no live worker serves is
+  // MODEL_MISMATCH (RouteAny), not UNAVAILABLE.
   absl::StatusOr<Route> Pick(const std::string& hash_key,
                              const std::string& fingerprint,
-                             const std::set<std::string>& exclude);
+                             const std::set<std::string>& exclude,
+                             bool unserved_is_mismatch);
   // The best of `workers` for `hash_key`: healthy before suspect; nullptr
   // when every one is excluded or serves another model.
   const WorkerInfo* Best(const std::vector<WorkerInfo>& workers,

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "common/clock.h"
+#include "common/status.h"
 #include "gtest/gtest.h"
 #include "state_store/memory_state_store.h"
 #include "state_store/testing/forwarding_store.h"
@@ -554,6 +555,7 @@ TEST_F(GatewayRouterTest, ACallWithEveryKnownWorkerExcludedAndTheStoreDown) {
 
 // A call for a model no worker serves, with nothing excluded, is answered
 // from the list cached: a client cannot make each call read the registry.
+// It is MODEL_MISMATCH, not a worker lost: a retry would not help.
 TEST_F(GatewayRouterTest, AModelNoWorkerServesCostsNoRegistryRead) {
   SlowRegistry registry(store_.get());
   GatewayRouterOptions options = Options();
@@ -561,8 +563,11 @@ TEST_F(GatewayRouterTest, AModelNoWorkerServesCostsNoRegistryRead) {
   GatewayRouter router(&registry, options);
   ASSERT_TRUE(router.RouteAny("k", "fp-a", {}).ok());
   for (int i = 0; i < 5; ++i) {
-    EXPECT_EQ(router.RouteAny("k", "fp-unknown", {}).status().code(),
-              absl::StatusCode::kUnavailable);
+    const absl::Status st = router.RouteAny("k", "fp-unknown", {}).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+    EXPECT_EQ(GetReason(st), Reason::kModelMismatch) << st;
+    EXPECT_EQ(GetErrorMetadata(st, "actual_fingerprint"), "fp-unknown");
+    EXPECT_EQ(GetErrorMetadata(st, "expected_fingerprint"), "fp-a");
   }
   EXPECT_EQ(registry.reads.load(), 1);
 }

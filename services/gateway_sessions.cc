@@ -146,6 +146,18 @@ class SessionsService final : public v1::Sessions::CallbackService {
     auto* writer = new BlockingWriter<v1::ExportStateResponse>();
     const absl::Time began = gateway_->BeginCall();
     const bool spawned = gateway_->Spawn([this, ctx, req, writer, began] {
+      // A stream like the others (it holds a thread while its client reads
+      // slowly): within the tenant's stream limit, taken on the call's own
+      // thread since it may wait on Redis.
+      absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> slot =
+          HoldStreamSlot(gateway_, *ctx);
+      if (!slot.ok()) {
+        const grpc::Status st = ToGrpcStatus(slot.status());
+        gateway_->EndCall("ExportState", st, began);
+        writer->Finish(st);
+        writer->Release();
+        return;
+      }
       bool delivered = false;
       grpc::Status st = ForwardWithFailover(
           gateway_, *ctx, Target{"ExportState", req->session_id(), "", ""},
@@ -168,6 +180,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
           },
           nullptr, &delivered);
       gateway_->EndCall("ExportState", st, began);
+      slot->reset();  // the client may open its next stream
       writer->Finish(st);
       writer->Release();
     });
@@ -242,8 +255,10 @@ class SessionsService final : public v1::Sessions::CallbackService {
       uint64_t bytes = 0, kept = 0;
       absl::Status bad;
       while (bad.ok() && reader->Read(&msg)) {
-        // What the message holds in memory, an empty one included.
-        kept += msg.ByteSizeLong() + sizeof(msg);
+        // What the message holds in memory (its chunk is a message of its
+        // own), an empty one included, and its place in `parts` (whose
+        // capacity doubles).
+        kept += msg.SpaceUsedLong() + sizeof(msg);
         if (parts.empty() != msg.has_header()) {
           bad = InvalidArgumentError(
               Reason::kInvalidArgument,

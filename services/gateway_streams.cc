@@ -125,9 +125,11 @@ class AppendCall final : public Watched {
       if (!client_->Read(&request)) break;
       Entry e;
       e.received = absl::Now();
-      // What the entry holds in memory: an empty request serialises to 0
-      // bytes, and a flood of them must still fill the bound.
-      e.bytes = static_cast<int64_t>(request.ByteSizeLong() + sizeof(Entry));
+      // What the entry holds in memory, not its size on the wire: a token
+      // id below 128 is one byte there and four here, and an empty request
+      // serialises to 0 bytes (a flood of them must still fill the bound).
+      e.bytes = static_cast<int64_t>(request.SpaceUsedLong() + sizeof(Entry) -
+                                     sizeof(request));
       uint64_t units = request.has_tokens() ? request.tokens().ids_size()
                                             : request.text_utf8().size();
       e.end = request.expected_input_offset() + units;
@@ -301,8 +303,16 @@ class AppendCall final : public Watched {
           if (deliver) received = e.received;
           e.acked_version = std::max(e.acked_version, ack.version());
         }
-        committed_ = std::max(committed_, ack.committed_input_offset());
-        committed_version_ = std::max(committed_version_, ack.version());
+        // What the newest version covers. Not the largest offset ever
+        // reported: a rollback (or an import of a new version) commits a
+        // newer version at an earlier offset, and the input the stream
+        // sends from there is uncommitted until a later commit covers it.
+        if (ack.version() > committed_version_) {
+          committed_version_ = ack.version();
+          committed_ = ack.committed_input_offset();
+        } else if (ack.version() == committed_version_) {
+          committed_ = std::max(committed_, ack.committed_input_offset());
+        }
         // Entries this attempt has not re-sent yet stay, even when covered
         // by what the new owner reports committed: the sender replays the
         // log in order, one ack per request.

@@ -254,6 +254,33 @@ TEST_F(GatewayTest, AnAppendPastTheReplayBoundAsksForOneCheckpoint) {
   EXPECT_EQ(workers_[0]->checkpoints() + workers_[1]->checkpoints(), 1);
 }
 
+// The bound counts what the log holds in memory: token ids below 128 are a
+// byte each on the wire and four in a request, so 15 requests of 200 such
+// ids (~3 KB on the wire, ~15 KB held) pass a 12 KB bound.
+TEST_F(GatewayTest, TheReplayBoundCountsTokensAsHeldNotAsSent) {
+  GatewayOptions options;
+  options.append_buffer_bytes = 12000;
+  Start(options);
+  grpc::ClientContext ctx;
+  auto stream = v1::Streams::NewStub(channel_)->Append(&ctx);
+  for (int i = 0; i < 15; ++i) {
+    v1::AppendRequest r;
+    r.set_session_id("s");
+    r.set_request_id("r" + std::to_string(i));
+    r.set_expected_input_offset(200 * i);
+    for (int t = 0; t < 200; ++t) r.mutable_tokens()->add_ids(7);
+    ASSERT_TRUE(stream->Write(r));
+  }
+  stream->WritesDone();
+  int acks = 0;
+  v1::AppendResponse ack;
+  while (stream->Read(&ack)) ++acks;
+  const grpc::Status st = stream->Finish();
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(acks, 15);
+  EXPECT_EQ(workers_[0]->checkpoints() + workers_[1]->checkpoints(), 1);
+}
+
 // A bare flush ends where it starts, so a commit at that offset that
 // predates it does not cover it: after a failover the new owner, which
 // loaded that commit, gets the flush again before the text that follows
@@ -324,6 +351,68 @@ TEST_F(GatewayTest, AFailoverReplaysAFlushTheLastCommitDoesNotCover) {
   EXPECT_EQ(replayed[replayed.size() - 2], "flush");
   EXPECT_EQ(replayed.back(), "text-c");
   EXPECT_EQ(std::count(replayed.begin(), replayed.end(), "text-ab"), 0);
+}
+
+// A rollback commits a newer version at an earlier offset, and an open
+// Append continues from there: what the stream sends after it is
+// uncommitted though the offsets committed before it cover them, so a
+// failover replays it (else the new owner, at the rolled-back offset, would
+// see a gap).
+TEST_F(GatewayTest, AFailoverAfterARollbackReplaysWhatFollowedIt) {
+  absl::Mutex mu;
+  std::vector<std::string> replayed;  // request ids the second worker got
+  Script<grpc::Status(
+      int, const std::vector<v1::AppendRequest>&,
+      grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>*)>(
+      &ScriptedWorker::append,
+      [&](int call, const std::vector<v1::AppendRequest>& requests,
+          grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>*
+              stream) {
+        for (const auto& r : requests) {
+          if (call > 0) {
+            absl::MutexLock lock(&mu);
+            replayed.push_back(r.request_id());
+          } else if (r.request_id() == "c") {
+            return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker lost");
+          }
+          // First worker: "a" committed to 10 (version 2); then a rollback
+          // to offset 5 (version 3) and "b" applied from there, not
+          // committed. The second commits everything (version 4).
+          const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
+          v1::AppendResponse ack;
+          ack.set_request_id(r.request_id());
+          ack.set_input_offset(end);
+          const bool a = r.request_id() == "a";
+          ack.set_committed_input_offset(call > 0 ? end : a ? 10 : 5);
+          ack.set_version(call > 0 ? 4 : a ? 2 : 3);
+          if (!stream->Write(ack)) break;
+        }
+        return grpc::Status::OK;
+      });
+  Start();
+  grpc::ClientContext ctx;
+  auto stream = v1::Streams::NewStub(channel_)->Append(&ctx);
+  auto request = [](const std::string& id, uint64_t at,
+                    const std::string& text) {
+    v1::AppendRequest r;
+    r.set_session_id("s");
+    r.set_request_id(id);
+    r.set_expected_input_offset(at);
+    r.set_text_utf8(text);
+    return r;
+  };
+  ASSERT_TRUE(stream->Write(request("a", 0, "0123456789")));
+  ASSERT_TRUE(stream->Write(request("b", 5, "5678")));
+  ASSERT_TRUE(stream->Write(request("c", 9, "9")));
+  stream->WritesDone();
+  std::vector<std::string> acked;
+  v1::AppendResponse ack;
+  while (stream->Read(&ack)) acked.push_back(ack.request_id());
+  const grpc::Status st = stream->Finish();
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(acked, (std::vector<std::string>{"a", "b", "c"}));
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(replayed, (std::vector<std::string>{"b", "c"}));
 }
 
 }  // namespace

@@ -96,6 +96,29 @@ TEST_F(ClusterOpsTest, CreateSessionRoutesByModel) {
   EXPECT_EQ(unknown.code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(GetReason(unknown), Reason::kModelNotFound);
   EXPECT_EQ(GetErrorMetadata(unknown, "model_id"), "no-such-model");
+
+  // So does a state of a model no worker serves: MODEL_MISMATCH, not an
+  // UNAVAILABLE a client would retry.
+  v1::ImportStateRequest header;
+  header.mutable_header()->set_request_id("import-unknown-model");
+  header.mutable_header()->set_mode(v1::IMPORT_MODE_CREATE);
+  v1::StateHeader* state = header.mutable_header()->mutable_state();
+  state->set_model_fingerprint("x070-no-such-model");
+  state->set_total_bytes(4);
+  state->set_chunk_bytes(4);
+  v1::ImportStateRequest chunk;
+  chunk.mutable_chunk()->set_data("abcd");
+  v1::Session created;
+  auto ctx = e2e::ClientContext();
+  auto writer = cluster_->sessions(0)->ImportState(ctx.get(), &created);
+  writer->Write(header);
+  writer->Write(chunk);
+  writer->WritesDone();
+  const absl::Status foreign = FromGrpcStatus(writer->Finish());
+  EXPECT_EQ(foreign.code(), absl::StatusCode::kFailedPrecondition) << foreign;
+  EXPECT_EQ(GetReason(foreign), Reason::kModelMismatch) << foreign;
+  EXPECT_EQ(GetErrorMetadata(foreign, "actual_fingerprint"),
+            "x070-no-such-model");
 }
 
 TEST_F(ClusterOpsTest, MetricsAfterTrafficAndAFailover) {

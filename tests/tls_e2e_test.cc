@@ -372,6 +372,11 @@ TEST_F(TlsTest, TenantLimits) {
   auto generated = a->OpenSession(s4->session_id()).GenerateAll(g);
   EXPECT_EQ(GetReason(generated.status()), Reason::kTenantLimit)
       << generated.status();
+  // An export is a stream too (it holds a gateway thread while its client
+  // reads).
+  auto exported = a->OpenSession(s4->session_id()).Export();
+  EXPECT_EQ(GetReason(exported.status()), Reason::kTenantLimit)
+      << exported.status();
   // Another tenant streams meanwhile.
   auto b_session = b->CreateSession({});
   ASSERT_TRUE(b_session.ok());
@@ -383,6 +388,7 @@ TEST_F(TlsTest, TenantLimits) {
   writer->reset();
   auto now = a->OpenSession(s4->session_id()).AppendText("now");
   EXPECT_TRUE(now.ok()) << now.status();
+  EXPECT_TRUE(a->OpenSession(s4->session_id()).Export().ok());
 
   // tenant-b has no limit of its own: --tenant-max-sessions holds (it has
   // four sessions, a fifth fits, a sixth does not).
