@@ -7,6 +7,7 @@
 #include <grpcpp/server_builder.h>
 
 #include <atomic>
+#include <cmath>
 #include <map>
 #include <memory>
 #include <string>
@@ -40,8 +41,10 @@ struct FakeServer {
 };
 
 // Serves `service` into `out`; its client retries after 1 ms at first, at
-// most `max_attempts` times (0: the default).
-void Serve(grpc::Service* service, FakeServer* out, int max_attempts = 0) {
+// most `max_attempts` times (0: the default), with `more_targets` after the
+// service's address.
+void Serve(grpc::Service* service, FakeServer* out, int max_attempts = 0,
+           const std::vector<std::string>& more_targets = {}) {
   int port = 0;
   grpc::ServerBuilder builder;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
@@ -51,6 +54,8 @@ void Serve(grpc::Service* service, FakeServer* out, int max_attempts = 0) {
   ASSERT_NE(out->server, nullptr);
   client::ClientOptions options;
   options.targets = {absl::StrCat("127.0.0.1:", port)};
+  options.targets.insert(options.targets.end(), more_targets.begin(),
+                         more_targets.end());
   if (max_attempts > 0) options.max_attempts = max_attempts;
   options.initial_backoff = absl::Milliseconds(1);
   auto c = client::Client::Create(options);
@@ -156,6 +161,65 @@ class LostAfterOneToken final : public v1::Streams::Service {
   std::vector<v1::GenerateRequest> requests_ ABSL_GUARDED_BY(mu_);
 };
 
+// A Streams server whose first Generate sends tokens 1 and 2 with their
+// logprobs and is lost; the resumed call replays 1-3 from a checkpoint
+// (without logprobs, as the server does), then samples 4 (with).
+class ReplaysACheckpoint final : public v1::Streams::Service {
+ public:
+  grpc::Status Generate(grpc::ServerContext*, const v1::GenerateRequest*,
+                        grpc::ServerWriter<v1::GenerateResponse>* w) override {
+    const bool first = calls_.fetch_add(1) == 0;
+    auto sampled = [](uint32_t index, std::vector<uint32_t> tokens) {
+      v1::GenerateResponse r;
+      r.mutable_chunk()->set_index(index);
+      for (uint32_t t : tokens) {
+        r.mutable_chunk()->add_tokens(t);
+        v1::TokenLogprob* lp = r.mutable_chunk()->add_logprobs();
+        lp->set_token(t);
+        lp->set_logprob(-0.5f * static_cast<float>(t));
+      }
+      return r;
+    };
+    if (first) {
+      w->Write(sampled(0, {1, 2}));
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "lost");
+    }
+    v1::GenerateResponse replayed;
+    for (uint32_t t : {1, 2, 3}) replayed.mutable_chunk()->add_tokens(t);
+    w->Write(replayed);
+    w->Write(sampled(3, {4}));
+    v1::GenerateResponse done;
+    done.mutable_done()->set_finish_reason(v1::FINISH_REASON_MAX_TOKENS);
+    w->Write(done);
+    return grpc::Status::OK;
+  }
+
+ private:
+  std::atomic<int> calls_{0};
+};
+
+// Logprobs stay parallel to the tokens across a resume that replays
+// checkpointed output: the replayed token not delivered before gets a NaN
+// entry, and the next sampled one keeps its own (they were shifted).
+TEST(SdkGenerateTest, LogprobsStayParallelToTokensAcrossAReplay) {
+  ReplaysACheckpoint service;
+  FakeServer fake;
+  ASSERT_NO_FATAL_FAILURE(Serve(&service, &fake));
+  v1::GenerateRequest request;
+  request.set_max_tokens(4);
+  request.set_logprobs(true);
+  auto result = fake.client->OpenSession("s").GenerateAll(request);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->tokens, (std::vector<uint32_t>{1, 2, 3, 4}));
+  ASSERT_EQ(result->logprobs.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(result->logprobs[i].token(), result->tokens[i]) << i;
+  }
+  EXPECT_FLOAT_EQ(result->logprobs[1].logprob(), -1.0f);
+  EXPECT_TRUE(std::isnan(result->logprobs[2].logprob()));
+  EXPECT_FLOAT_EQ(result->logprobs[3].logprob(), -2.0f);
+}
+
 // A resume is pinned to the input the generation started from, unless the
 // request commits: the server knows a committing retry by the request's
 // digest, which the pin would change (a finished generation was refused
@@ -251,9 +315,9 @@ TEST(SdkAppendTest, AWriterKeepsInputCommittedBelowItsDurability) {
 }
 
 // A resumed Generate that ends before the output already delivered is
-// another generation: ABORTED, not a `done` after 2 delivered tokens
-// that reports 1.
-TEST(SdkGenerateTest, AResumeThatEndsBeforeTheDeliveredOutputIsAborted) {
+// another generation: FAILED_PRECONDITION (not retried), not a `done`
+// after 2 delivered tokens that reports 1.
+TEST(SdkGenerateTest, AResumeThatEndsBeforeTheDeliveredOutputIsNotJoined) {
   ShorterResume service;
   FakeServer fake;
   ASSERT_NO_FATAL_FAILURE(Serve(&service, &fake));
@@ -266,8 +330,9 @@ TEST(SdkGenerateTest, AResumeThatEndsBeforeTheDeliveredOutputIsAborted) {
   while ((*stream)->Next(&chunk)) {
     delivered.insert(delivered.end(), chunk.tokens.begin(), chunk.tokens.end());
   }
-  EXPECT_EQ((*stream)->status().code(), absl::StatusCode::kAborted)
+  EXPECT_EQ((*stream)->status().code(), absl::StatusCode::kFailedPrecondition)
       << (*stream)->status();
+  EXPECT_FALSE(client::IsRetryable((*stream)->status()));
   EXPECT_EQ(delivered, (std::vector<uint32_t>{1, 2}));
   stream->reset();
 }
@@ -352,6 +417,21 @@ TEST(SdkDeleteTest, ARetryThatFindsNoSessionAfterALostReplyIsDone) {
     if (!s.ok()) {
       EXPECT_EQ(GetReason(s), Reason::kSessionNotFound);
     }
+  }
+}
+
+// SESSION_NOT_FOUND says nothing against the target that answered: the
+// client stays on it. (It used to move on, here to a dead port, and the
+// next delete, failing there UNAVAILABLE and then finding no session, was
+// taken for a delete whose reply was lost: done.)
+TEST(SdkDeleteTest, AnAnswerThatIsNotRetriedKeepsTheTarget) {
+  ScriptedDeletes service({MakeError(absl::StatusCode::kNotFound,
+                                     Reason::kSessionNotFound, "no session")});
+  FakeServer fake;
+  ASSERT_NO_FATAL_FAILURE(Serve(&service, &fake, 0, {"127.0.0.1:1"}));
+  for (int i = 0; i < 2; ++i) {
+    const absl::Status s = fake.client->OpenSession("s").Delete();
+    EXPECT_EQ(GetReason(s), Reason::kSessionNotFound) << s << " delete " << i;
   }
 }
 

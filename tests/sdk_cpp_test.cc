@@ -351,26 +351,34 @@ TEST_F(SdkTest, GenerateSurvivesKill9OfTheServer) {
 }
 
 // The session changes while a side-branch Generate is cut off: the
-// resumed call would produce other tokens, and the stream ends ABORTED
-// instead of joining the first call's tokens to the second's.
+// resumed call would produce other tokens, and the stream ends
+// FAILED_PRECONDITION (not retryable: the same call cannot continue the
+// delivered output) instead of joining the first call's tokens to the
+// second's.
 TEST_F(SdkTest, AResumedGenerateThatDivergesIsNotJoined) {
   v1::GenerateRequest req = LongGeneration();
   // The server's seed: derived from the input_offset, which moves.
   req.mutable_sampling()->clear_seed();
   absl::Status st = ResumedAfterTheSessionMoved("diverge", req);
-  EXPECT_EQ(st.code(), absl::StatusCode::kAborted) << st;
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_FALSE(client::IsRetryable(st)) << st;
 }
 
 // Greedy output may repeat what was delivered from another state, so
 // comparing tokens is not enough: a side-branch Generate that pinned no
 // offset is resumed on the input it started from (its first chunk's
-// start_input_offset), and the stream ends ABORTED when the session moved.
+// start_input_offset), and the stream ends with the server's
+// FAILED_PRECONDITION/POSITION_MISMATCH (its metadata kept) when the
+// session moved.
 TEST_F(SdkTest, AResumedGreedyGenerateOnAMovedSessionIsNotJoined) {
   v1::GenerateRequest req = LongGeneration();
   req.mutable_sampling()->set_temperature(0);
   absl::Status st = ResumedAfterTheSessionMoved("moved", req);
-  EXPECT_EQ(st.code(), absl::StatusCode::kAborted) << st;
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
   EXPECT_NE(st.message().find("input moved"), std::string::npos) << st;
+  EXPECT_EQ(GetReason(st), Reason::kPositionMismatch) << st;
+  EXPECT_TRUE(GetErrorMetadata(st, "actual_input_offset").has_value()) << st;
+  EXPECT_FALSE(client::IsRetryable(st)) << st;
 }
 
 // A committing Generate killed mid-stream: the retry (same request id)

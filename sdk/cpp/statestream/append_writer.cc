@@ -217,7 +217,7 @@ absl::Status AppendWriter::ReadAcks(size_t keep_unacked) {
 absl::Status AppendWriter::Reconnect(absl::Status cause) {
   if (call_ != nullptr) {
     if (cause.ok()) cause = absl::UnavailableError("append stream ended early");
-    client_->Rotate(call_->stubs, options_.call);
+    client_->Rotate(call_->stubs, cause, options_.call);
     call_.reset();
     ++attempts_;
     if (absl::Status s = client_->RetryOrFail(cause, attempts_, options_.call);

@@ -50,7 +50,7 @@ absl::Status Client::Unary(const CallOptions& call, Fn fn) {
       status = FromGrpcStatus(fn(stubs, &ctx));
     }
     if (status.ok()) return status;
-    Rotate(&stubs, call);
+    Rotate(&stubs, status, call);
     if (absl::Status s = RetryOrFail(status, attempt, call); !s.ok()) return s;
   }
 }

@@ -79,8 +79,25 @@ bool IsRetryable(const absl::Status& status) {
   }
 }
 
+namespace {
+
+// This thread's generator, seeded with 256 bits from the OS: one
+// random_device word (32 bits) would give every thread one of only 2^32
+// id sequences, and two clients on the same sequence would share ids (a
+// create taken for another's retry).
+std::mt19937_64& Rng() {
+  thread_local std::mt19937_64 rng = [] {
+    std::random_device rd;
+    std::seed_seq seed{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
+    return std::mt19937_64(seed);
+  }();
+  return rng;
+}
+
+}  // namespace
+
 std::string NewRequestId() {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
+  std::mt19937_64& rng = Rng();
   return absl::StrCat(absl::Hex(rng(), absl::kZeroPad16),
                       absl::Hex(rng(), absl::kZeroPad16));
 }
@@ -144,8 +161,10 @@ Client::Stubs& Client::Current() {
   return stubs_[current_];
 }
 
-void Client::Rotate(const Stubs* failed, const CallOptions& call) {
+void Client::Rotate(const Stubs* failed, const absl::Status& error,
+                    const CallOptions& call) {
   if (call.cancellation != nullptr && call.cancellation->cancelled()) return;
+  if (!IsRetryable(error)) return;
   absl::MutexLock lock(&mu_);
   // Only the first caller to see a target fail moves on from it.
   if (&stubs_[current_] == failed) current_ = (current_ + 1) % stubs_.size();
@@ -200,8 +219,7 @@ absl::Status Client::RetryOrFail(const absl::Status& error, int attempt,
     backoff *= 2;
   }
   backoff = std::min(backoff, options_.max_backoff);
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  backoff *= std::uniform_real_distribution<double>(0.8, 1.2)(rng);
+  backoff *= std::uniform_real_distribution<double>(0.8, 1.2)(Rng());
   // OVERLOADED carries the server's hint: wait at least that long (a floor
   // after the jitter, so the wait is never below it).
   if (auto hint = GetErrorMetadata(error, "retry_after_ms")) {

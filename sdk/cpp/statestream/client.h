@@ -138,9 +138,12 @@ class Client {
   };
   // The stubs of the current target.
   Stubs& Current();
-  // Moves to the next target after a failure on `failed`, unless `call`
-  // was cancelled (the caller's cancel says nothing about the target).
-  void Rotate(const Stubs* failed, const CallOptions& call);
+  // Moves to the next target after a retryable `error` on `failed`, unless
+  // `call` was cancelled (the caller's cancel says nothing about the
+  // target). An answer such as NOT_FOUND says nothing against the target
+  // either: every caller of the client stays on it.
+  void Rotate(const Stubs* failed, const absl::Status& error,
+              const CallOptions& call);
   // Prepares a context: metadata, per-attempt deadline. `unary` sets
   // ClientOptions::timeout (capped by call.deadline).
   void Prepare(grpc::ClientContext* ctx, const CallOptions& call,

@@ -16,8 +16,10 @@
 #include <grpcpp/client_context.h>
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
@@ -78,7 +80,7 @@ bool GenerateStream::Next(GenerateChunk* out) {
                                   seen_text_ < delivered_text_)) {
         // A resumed call that ends before the output already delivered
         // stopped sooner: another generation, not the same one's end.
-        status_ = absl::AbortedError(absl::StrCat(
+        status_ = absl::FailedPreconditionError(absl::StrCat(
             "the resumed generation ended after ", call_tokens_,
             " tokens, before the ", delivered_ids_.size(),
             " already delivered (the session changed in between?)"));
@@ -105,7 +107,7 @@ bool GenerateStream::Next(GenerateChunk* out) {
         same = delivered_ids_[c.index() + i] == c.tokens(static_cast<int>(i));
       }
       if (!same) {
-        status_ = absl::AbortedError(absl::StrCat(
+        status_ = absl::FailedPreconditionError(absl::StrCat(
             "the resumed generation diverged from the ", delivered,
             " tokens already delivered (the session changed in between?); "
             "its output is not joined to them"));
@@ -137,8 +139,22 @@ bool GenerateStream::Next(GenerateChunk* out) {
       out->tokens.assign(c.tokens().begin() + skip, c.tokens().end());
       out->text = c.text_utf8().substr(text_skip);
       out->logprobs.clear();
-      for (int i = static_cast<int>(skip); i < c.logprobs_size(); ++i) {
-        out->logprobs.push_back(c.logprobs(i));
+      if (request_.logprobs()) {
+        // One entry per token, as the proto promises: tokens replayed from
+        // a checkpoint or a finished generation come without (a chunk
+        // whose logprobs do not match its tokens is taken as having none,
+        // rather than shifted); theirs is NaN, with no alternatives.
+        const bool matched = c.logprobs_size() == c.tokens_size();
+        for (int i = static_cast<int>(skip); i < c.tokens_size(); ++i) {
+          if (matched && c.logprobs(i).token() == c.tokens(i)) {
+            out->logprobs.push_back(c.logprobs(i));
+          } else {
+            v1::TokenLogprob missing;
+            missing.set_token(c.tokens(i));
+            missing.set_logprob(std::numeric_limits<float>::quiet_NaN());
+            out->logprobs.push_back(std::move(missing));
+          }
+        }
       }
       delivered_ids_.insert(delivered_ids_.end(), c.tokens().begin() + skip,
                             c.tokens().end());
@@ -149,19 +165,23 @@ bool GenerateStream::Next(GenerateChunk* out) {
     absl::Status s = FromGrpcStatus(call_->reader->Finish());
     if (s.ok()) s = absl::UnavailableError("generate ended without done");
     if (pinned_here_ && GetReason(s) == Reason::kPositionMismatch) {
-      status_ = absl::AbortedError(absl::StrCat(
-          "the session's input moved since the generation started at "
-          "input_offset ",
-          request_.expected_input_offset(),
-          "; the resumed call's output is "
-          "not joined to the ",
-          delivered_ids_.size(), " tokens already delivered (", s.message(),
-          ")"));
+      // The worker's reason and metadata (actual_input_offset, ...) stay.
+      status_ = absl::Status(
+          s.code(),
+          absl::StrCat("the session's input moved since the generation "
+                       "started at input_offset ",
+                       request_.expected_input_offset(),
+                       "; the resumed call's output is not joined to the ",
+                       delivered_ids_.size(), " tokens already delivered (",
+                       s.message(), ")"));
+      s.ForEachPayload([this](absl::string_view url, const absl::Cord& value) {
+        status_.SetPayload(url, value);
+      });
       finished_ = true;
       call_.reset();
       return false;
     }
-    client_->Rotate(call_->stubs, call_options_);
+    client_->Rotate(call_->stubs, s, call_options_);
     call_.reset();
     ++attempts_;
     if (absl::Status r = client_->RetryOrFail(s, attempts_, call_options_);

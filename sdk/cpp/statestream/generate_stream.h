@@ -22,6 +22,10 @@ struct GenerateChunk {
   uint32_t index = 0;  // output index of tokens[0]
   std::vector<uint32_t> tokens;
   std::string text;  // UTF-8 complete (see GenerateChunk)
+  // With request.logprobs: one entry per token, parallel to `tokens`. A
+  // token the server replayed (from a checkpoint or a finished generation,
+  // after a resume) has none: its entry has the token, logprob NaN and no
+  // alternatives.
   std::vector<v1::TokenLogprob> logprobs;
 };
 
@@ -74,7 +78,7 @@ class GenerateStream {
 struct GenerateResult {
   std::vector<uint32_t> tokens;
   std::string text;
-  std::vector<v1::TokenLogprob> logprobs;
+  std::vector<v1::TokenLogprob> logprobs;  // as GenerateChunk's
   v1::GenerateDone done;
 };
 

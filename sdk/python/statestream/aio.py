@@ -27,7 +27,7 @@ from statestream.client import (_ClientBase, _Collected, _assemble_export,
                                 _not_found_after_unknown, _outcome_unknown,
                                 _rollback_request, _score_request, _setup,
                                 _Stubs, _update_request, new_request_id)
-from statestream.errors import StatestreamError
+from statestream.errors import StatestreamError, is_retryable
 from statestream.streams import (MAX_WINDOW, _AckTracker,
                                  _GenerateProgress, _Retained, _units, _utf8)
 from statestream.types import (AppendAck, ExportedState, GenerateChunk,
@@ -91,7 +91,11 @@ class AsyncClient(_ClientBase):
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    def _rotate(self, failed: _Stubs) -> None:
+    def _rotate(self, failed: _Stubs,
+                error: Optional[StatestreamError] = None) -> None:
+        """As Client._rotate."""
+        if error is not None and not is_retryable(error):
+            return
         if self._stubs[self._current] is failed:
             self._current = (self._current + 1) % len(self._stubs)
 
@@ -152,9 +156,9 @@ class AsyncClient(_ClientBase):
                     raise _closed_error() from None
                 raise
             except grpc.RpcError as e:
-                self._rotate(stubs)
-                await self._retry_or_raise(
-                    StatestreamError.from_rpc_error(e), attempt, deadline)
+                err = StatestreamError.from_rpc_error(e)
+                self._rotate(stubs, err)
+                await self._retry_or_raise(err, attempt, deadline)
         raise AssertionError("unreachable")
 
     async def create_session(self, session_id: str = "", *,
@@ -346,7 +350,7 @@ class AsyncSession:
             expected_input_offset=expected_input_offset,
             max_duration=max_duration)
         return AsyncGenerateStream(
-            self, req, pin=(commit and request_id is None and
+            self, req, pin=(commit and not request_id and
                             expected_input_offset is None),
             timeout=timeout)
 
@@ -679,7 +683,7 @@ class AsyncAppendWriter(_AckTracker):
         try:
             if self._call is not None:
                 self._call.cancel()
-                self._client._rotate(self._stubs)
+                self._client._rotate(self._stubs, cause)
                 self._call = None
                 self._attempts += 1
                 await self._client._retry_or_raise(cause, self._attempts,
@@ -714,7 +718,7 @@ def _retrieve(task: "asyncio.Task") -> None:
 
 class AsyncGenerateStream:
     """Async iterator of GenerateChunk with resume (a resumed call that
-    diverges from what was delivered raises ABORTED); `.done` at the end.
+    diverges from what was delivered raises FAILED_PRECONDITION); `.done` at the end.
     `timeout` bounds the whole generation from its creation, the pin's
     GetSession and every resume included. cancel() / aclose() end it, a
     resume's backoff included (the read waiting it out ends with
@@ -880,7 +884,7 @@ class AsyncGenerateStream:
             if moved is not err:
                 self._finished = True
                 raise moved
-            self._client._rotate(self._stubs)
+            self._client._rotate(self._stubs, err)
             attempts += 1
             # cancel() ends the backoff at once (AsyncClient.close() too,
             # raising CANCELLED "client closed").

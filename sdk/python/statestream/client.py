@@ -233,7 +233,12 @@ class Client(_ClientBase):
         with self._lock:
             return self._stubs[self._current]
 
-    def _rotate(self, failed: _Stubs) -> None:
+    def _rotate(self, failed: _Stubs,
+                error: Optional[StatestreamError] = None) -> None:
+        """Moves to the next target after a retryable `error` on `failed`
+        (an answer such as NOT_FOUND says nothing against the target)."""
+        if error is not None and not is_retryable(error):
+            return
         with self._lock:
             if self._stubs[self._current] is failed:
                 self._current = (self._current + 1) % len(self._stubs)
@@ -285,7 +290,7 @@ class Client(_ClientBase):
                                     self._attempt_timeout(deadline))
             except grpc.RpcError as e:
                 err = StatestreamError.from_rpc_error(e)
-                self._rotate(stubs)
+                self._rotate(stubs, err)
                 self._retry_or_raise(err, attempt, deadline)
         raise AssertionError("unreachable")
 
@@ -684,7 +689,7 @@ class Session:
             expected_input_offset=expected_input_offset,
             max_duration=max_duration)
         deadline = _deadline(timeout)
-        if commit and expected_input_offset is None and request_id is None:
+        if commit and expected_input_offset is None and not request_id:
             req.expected_input_offset = self.get(
                 timeout=_left(deadline)).input_offset
         return GenerateStream(self.client, req, _left(deadline))

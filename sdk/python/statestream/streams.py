@@ -305,7 +305,7 @@ class AppendWriter(_AckTracker):
         try:
             if self._call is not None:
                 self._call.cancel()
-                self._client._rotate(self._call.stubs)
+                self._client._rotate(self._call.stubs, cause)
                 self._call = None
                 self._attempts += 1
                 self._client._retry_or_raise(cause, self._attempts,
@@ -326,18 +326,20 @@ class AppendWriter(_AckTracker):
 
 
 def _diverged(delivered_ids, chunk) -> Optional[StatestreamError]:
-    """ABORTED if `chunk` of a resumed call differs from the tokens already
-    delivered (the session changed in between: another derived seed and
-    state), rather than joining two outputs."""
+    """FAILED_PRECONDITION if `chunk` of a resumed call differs from the
+    tokens already delivered (the session changed in between: another
+    derived seed and state), rather than joining two outputs. Not retried:
+    the same call cannot continue what was delivered (a new call is a new
+    generation)."""
     if chunk.index > len(delivered_ids):
-        return StatestreamError(grpc.StatusCode.ABORTED,
+        return StatestreamError(grpc.StatusCode.FAILED_PRECONDITION,
                                 "the resumed generation skipped output")
     for i, t in enumerate(chunk.tokens):
         if chunk.index + i >= len(delivered_ids):
             break
         if delivered_ids[chunk.index + i] != t:
             return StatestreamError(
-                grpc.StatusCode.ABORTED,
+                grpc.StatusCode.FAILED_PRECONDITION,
                 f"the resumed generation diverged from the "
                 f"{len(delivered_ids)} tokens already delivered (the session "
                 "changed in between?); its output is not joined to them")
@@ -346,11 +348,12 @@ def _diverged(delivered_ids, chunk) -> Optional[StatestreamError]:
 
 def _ended_short(call_tokens: int, call_bytes: int, delivered_tokens: int,
                  delivered_bytes: int) -> Optional[StatestreamError]:
-    """ABORTED if a resumed call reached `done` before the output already
-    delivered: it stopped sooner, so it is another generation."""
+    """FAILED_PRECONDITION if a resumed call reached `done` before the
+    output already delivered: it stopped sooner, so it is another
+    generation."""
     if call_tokens < delivered_tokens or call_bytes < delivered_bytes:
         return StatestreamError(
-            grpc.StatusCode.ABORTED,
+            grpc.StatusCode.FAILED_PRECONDITION,
             f"the resumed generation ended after {call_tokens} tokens, "
             f"before the {delivered_tokens} already delivered (the session "
             "changed in between?)")
@@ -378,12 +381,13 @@ def _pin_to_start(request, chunk, delivered: int) -> bool:
 
 def _moved(err: StatestreamError, pinned_here: bool, request,
            delivered: int) -> StatestreamError:
-    """ABORTED for a resume refused because the session's input moved since
+    """The server's FAILED_PRECONDITION/POSITION_MISMATCH (its metadata
+    kept) saying why a resume was refused: the session's input moved since
     the generation started (pinned by _pin_to_start); `err` otherwise."""
     if not pinned_here or err.reason != "POSITION_MISMATCH":
         return err
     return StatestreamError(
-        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
         f"the session's input moved since the generation started at "
         f"input_offset {request.expected_input_offset}; the resumed call's "
         f"output is not joined to the {delivered} tokens already delivered "
@@ -427,7 +431,7 @@ class _GenerateProgress:
 
     def take(self, c):
         """Chunk `c`'s part not delivered yet, as a GenerateChunk; None if
-        all of it was. Raises the ABORTED of _diverged (the caller ends the
+        all of it was. Raises the FAILED_PRECONDITION of _diverged (the caller ends the
         call first: `take` is called inside its try/except)."""
         diverged = _diverged(self.delivered_ids, c)
         if diverged is not None:
@@ -457,7 +461,7 @@ class _GenerateProgress:
                               for lp in lps], lps)
 
     def moved(self, err: StatestreamError) -> StatestreamError:
-        """_moved for this generation: `err`, or the ABORTED that ends it."""
+        """_moved for this generation: `err`, or the error that ends it."""
         return _moved(err, self.pinned_here, self.request,
                       len(self.delivered_ids))
 
@@ -466,7 +470,8 @@ class GenerateStream:
     """Iterates over GenerateChunk, resuming after failures with the same
     request and skipping output already delivered (checked equal to what
     was delivered, and on the input the generation started from: a resumed
-    call that diverges, or finds the session moved on, raises ABORTED). `.done`
+    call that diverges, or finds the session moved on, raises
+    FAILED_PRECONDITION, not retried). `.done`
     (GenerateDone) is set once the iteration ends; `.reconnects` counts
     resumptions. cancel() (from any thread) ends the iteration, a read
     waiting out a resume's backoff at once; Client.close() ends it with
@@ -564,7 +569,7 @@ class GenerateStream:
             if moved is not err:
                 self._finished = True
                 raise moved
-            self._client._rotate(self._stubs)
+            self._client._rotate(self._stubs, err)
             attempts += 1
             try:
                 # cancel() (or Client.close()) ends the backoff at once.

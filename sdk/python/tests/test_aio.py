@@ -87,7 +87,7 @@ def test_async_resumed_generate_that_diverges_is_not_joined(server):
     e = resumed_after_the_session_moved(
         server, "diverge", temperature=1.0, logprobs=True, top_logprobs=5,
         request_id="diverging")
-    assert e.code == grpc.StatusCode.ABORTED
+    assert e.code == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_async_resumed_greedy_generate_on_a_moved_session_is_not_joined(
@@ -96,7 +96,7 @@ def test_async_resumed_greedy_generate_on_a_moved_session_is_not_joined(
     # the resume is pinned to the input its first chunk started from.
     e = resumed_after_the_session_moved(server, "moved", temperature=0,
                                         request_id="greedy")
-    assert e.code == grpc.StatusCode.ABORTED
+    assert e.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "input moved" in e.message
     assert e.reason == "POSITION_MISMATCH"
 

@@ -4,6 +4,7 @@ import grpc
 import pytest
 
 from statestream import Client, StatestreamError
+from statestream.errors import is_retryable
 
 
 def text_of(n: int) -> bytes:
@@ -177,21 +178,25 @@ def resumed_after_the_session_moved(server, client, session_id, **generate):
 def test_a_resumed_generate_that_diverges_is_not_joined(server, client):
     # The server's seed derives from the input_offset, which the append in
     # between moves: the resumed call's tokens differ, and the stream raises
-    # ABORTED instead of joining the two outputs.
+    # FAILED_PRECONDITION (not retryable: the same call cannot continue the
+    # delivered output) instead of joining the two outputs.
     e = resumed_after_the_session_moved(
         server, client, "diverge", temperature=1.0, logprobs=True,
         top_logprobs=5, request_id="diverging")
-    assert e.code == grpc.StatusCode.ABORTED
+    assert e.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert not is_retryable(e)
 
 
 def test_a_resumed_greedy_generate_on_a_moved_session_is_not_joined(
         server, client):
     # Greedy output could repeat the delivered tokens from another state:
     # the resume is pinned to the input its first chunk started from, and
-    # the stream raises ABORTED once the session moved.
+    # the stream raises the server's POSITION_MISMATCH once the session
+    # moved.
     e = resumed_after_the_session_moved(server, client, "moved",
                                         temperature=0, request_id="greedy")
-    assert e.code == grpc.StatusCode.ABORTED
+    assert e.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert not is_retryable(e)
     assert "input moved" in e.message
     assert e.reason == "POSITION_MISMATCH"
 

@@ -15,6 +15,7 @@ from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
 from statestream import Client, StatestreamError, TokenLogprob, TopLogprob
+from statestream.errors import is_retryable
 from statestream.aio import AsyncClient
 from statestream.v1 import statestream_pb2 as pb
 from test_writer import pause
@@ -211,7 +212,8 @@ def test_generate_done_has_every_field(fake):
 #
 # The first chunk says where the generation started (start_input_offset); a
 # request that pinned no offset is pinned there for its resumes, and a
-# resume the server refuses because the session moved on is ABORTED, even
+# resume the server refuses because the session moved on ends the stream
+# with that FAILED_PRECONDITION/POSITION_MISMATCH (not retried), even
 # though nothing delivered disagrees (greedy output can repeat itself).
 
 @pytest.mark.parametrize("aio", [False, True])
@@ -246,11 +248,11 @@ def generate_from(fake, session_id, aio, delivered):
 
 
 @pytest.mark.parametrize("aio", [False, True])
-def test_a_resume_on_a_moved_session_is_aborted(fake, aio):
+def test_a_resume_on_a_moved_session_is_not_joined(fake, aio):
     delivered = []
     with pytest.raises(StatestreamError) as e:
         generate_from(fake, "moved", aio, delivered)
-    assert e.value.code == grpc.StatusCode.ABORTED
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert e.value.reason == "POSITION_MISMATCH"
     assert "input_offset 7" in e.value.message
     assert delivered == [1, 2]
@@ -258,11 +260,13 @@ def test_a_resume_on_a_moved_session_is_aborted(fake, aio):
 
 
 @pytest.mark.parametrize("aio", [False, True])
-def test_a_resume_that_ends_before_the_delivered_output_is_aborted(fake, aio):
+def test_a_resume_that_ends_before_the_delivered_output_is_not_joined(
+        fake, aio):
     delivered = []
     with pytest.raises(StatestreamError) as e:
         generate_from(fake, "shorter", aio, delivered)
-    assert e.value.code == grpc.StatusCode.ABORTED
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert not is_retryable(e.value)
     assert "before the 2 already delivered" in e.value.message
     assert delivered == [1, 2]
 
@@ -528,3 +532,29 @@ def test_a_delete_retried_after_an_unknown_outcome_succeeds(fake, aio):
             delete(session_id)
         assert e.value.code == grpc.StatusCode.NOT_FOUND
         assert e.value.reason == "SESSION_NOT_FOUND"
+
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_an_answer_that_is_not_retried_keeps_the_target(fake, aio):
+    # SESSION_NOT_FOUND says nothing against the target that answered: the
+    # client stays on it (it used to move every caller to the next one, here
+    # a dead port).
+    targets = [fake.address, "127.0.0.1:1"]
+
+    async def run_async():
+        async with AsyncClient(targets, **fast_retries()) as c:
+            for _ in range(2):
+                with pytest.raises(StatestreamError) as e:
+                    await c.session("gone").delete()
+                assert e.value.reason == "SESSION_NOT_FOUND"
+            return c._current
+
+    def run():
+        with Client(targets, **fast_retries()) as c:
+            for _ in range(2):
+                with pytest.raises(StatestreamError) as e:
+                    c.session("gone").delete()
+                assert e.value.reason == "SESSION_NOT_FOUND"
+            return c._current
+    assert (asyncio.run(run_async()) if aio else run()) == 0
+    assert len(fake.delete_requests) == 2
