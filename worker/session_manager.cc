@@ -339,13 +339,21 @@ absl::Status SessionManager::DeleteOnce(const std::string& tenant,
   if (s != nullptr) {
     // The live writer (an Append, or a committing generation) ends first,
     // ABORTED: the delete may still fail, so not NOT_FOUND yet; its retry
-    // gets NOT_FOUND once the session is gone.
+    // gets NOT_FOUND once the session is gone (or goes on if it is not).
     m.EndWriter(s.get(),
                 MakeError(absl::StatusCode::kAborted, Reason::kSessionBusy,
-                          "the session is being deleted"));
+                          "the session is being deleted"),
+                /*current_only=*/true);
     st = m.RunSync<absl::Status>(s, [&] {
-      m.Drop(s.get(), Session::Gone::kDeleted);
-      return m.store_->DeleteSession(key);
+      // Gone once the store says so. A delete that failed changes nothing:
+      // the session stays, with its lease, and what queued behind the
+      // delete runs on it (told NOT_FOUND, it would stop retrying a
+      // session that still exists).
+      absl::Status deleted = m.store_->DeleteSession(key);
+      if (deleted.ok() || absl::IsNotFound(deleted)) {
+        m.Drop(s.get(), Session::Gone::kDeleted);
+      }
+      return deleted;
     });
   } else {
     st = m.store_->DeleteSession(key);

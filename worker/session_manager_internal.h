@@ -176,8 +176,10 @@ struct Session {
   }
   void BarIngest(uint64_t through, absl::Status why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    if (barred_through == 0) barred_why = std::move(why);
-    barred_through = std::max(barred_through, through);
+    if (through > barred_through) {
+      if (barred_through == 0) barred_why = std::move(why);
+      barred_through = through;
+    }
     CancelIngest();
   }
 };
@@ -302,7 +304,10 @@ class SessionManager::Impl {
   // Ends the call attached as the session's writer now, with `why`, ahead
   // of what the strand still runs: a delete would otherwise wait (holding
   // a service thread) for a committing generation to run to its end.
-  void EndWriter(Session* s, absl::Status why);
+  // Every writer of the Session object is barred (it is gone), or with
+  // `current_only` the ones opened so far (a delete that may still fail:
+  // the next writer may go on).
+  void EndWriter(Session* s, absl::Status why, bool current_only = false);
 
   absl::Status GoneError(Session* s);
 

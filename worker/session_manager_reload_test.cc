@@ -6,6 +6,7 @@
 // rest: session_manager_test.cc.
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/synchronization/notification.h"
 #include "common/status.h"
@@ -42,6 +43,65 @@ TEST_F(SessionManagerTest, EvictsIdleSessionsAndReloadsThemUnchanged) {
   ASSERT_TRUE(Append(r, 0, "input of amore", true, true).ok());
   EXPECT_EQ(Blob("ref"), Blob("a"));
   EXPECT_NE(a_before, Blob("a"));
+}
+
+// A writer that attaches to a session while its eviction commits it (the
+// session still mapped) keeps the session: the eviction sees the writer
+// after its commit and leaves it resident. It used to drop it all the same
+// and end the new call "the session was evicted; retry".
+TEST_F(SessionManagerTest, AWriterAttachedDuringAnEvictionKeepsTheSession) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  SessionManagerOptions o;
+  o.residency_bytes = 1;  // the next session's load evicts the idle one
+  Start(o);
+  Create("a");
+  Create("b");
+  auto abandoned = Open("a");
+  ASSERT_TRUE(Append(abandoned, 0, "x").ok());  // applied, not committed
+  manager_->AbandonWriter(abandoned);           // its client went away
+  absl::Notification release;
+  faulty_->hold_commits = &release;
+  std::thread load_b([&] { Open("b"); });  // evicts "a": commits it first
+  ASSERT_TRUE(faulty_->commit_started.WaitForNotificationWithTimeout(
+      absl::Seconds(30)));
+  auto w = Open("a");  // still mapped: attaches
+  release.Notify();
+  load_b.join();
+  faulty_->hold_commits = nullptr;
+  auto ack = Append(w, 1, "y", true, true);
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->input_offset, 2u);
+  EXPECT_TRUE(manager_->IsResident("t", "a"));
+  ASSERT_TRUE(Close(w).ok());
+}
+
+// A delete the store refuses changes nothing: the session stays resident
+// with what it applied, and its next writer goes on from there. It used to
+// be dropped first (its uncommitted input lost, its queued operations told
+// SESSION_NOT_FOUND, its lease kept until the TTL).
+TEST_F(SessionManagerTest, ADeleteTheStoreRefusesChangesNothing) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  Start(SessionManagerOptions{});
+  Create("a");
+  auto w = Open("a");
+  ASSERT_TRUE(Append(w, 0, "x").ok());  // applied, not committed
+  faulty_->refuse_deletes = 1;
+  const absl::Status refused = manager_->DeleteSession("t", "a", false, "d-1");
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable) << refused;
+  EXPECT_TRUE(manager_->IsResident("t", "a"));
+  auto view = manager_->GetSession("t", "a");
+  ASSERT_TRUE(view.ok()) << view.status();
+  EXPECT_EQ(view->input_offset, 1u);
+  auto next = Open("a");
+  auto ack = Append(next, 1, "y", true, true);
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->committed_input_offset, 2u);
+  ASSERT_TRUE(Close(next).ok());
+  // The retry deletes it.
+  ASSERT_TRUE(manager_->DeleteSession("t", "a", false, "d-1").ok());
+  EXPECT_FALSE(manager_->IsResident("t", "a"));
+  EXPECT_EQ(GetReason(manager_->GetSession("t", "a").status()),
+            Reason::kSessionNotFound);
 }
 
 // A character split across appends whose first bytes the World tokenizer

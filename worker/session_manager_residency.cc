@@ -318,6 +318,22 @@ void SessionManager::Impl::Evict(const std::shared_ptr<Session>& s) {
       return;
     }
   }
+  bool wanted = false;
+  {
+    // A writer may have attached (an Append or a committing Generate
+    // opened) or an operation queued while the commit ran, on the session
+    // still mapped: keep it for them rather than end their calls "evicted".
+    // Marked gone here, under the lock they take, so none attaches after.
+    absl::MutexLock lock(&s->mu);
+    if (s->gone == Session::Gone::kNo) {
+      wanted = s->writer_attached || !s->ops.empty();
+      if (!wanted) s->gone = Session::Gone::kEvicted;
+    }
+  }
+  if (wanted) {
+    Release(s);
+    return;
+  }
   DropAndRelease(s.get(), Session::Gone::kEvicted);
   {
     absl::MutexLock lock(&mu_);
@@ -415,15 +431,14 @@ void SessionManager::Impl::Drop(Session* s, Session::Gone why) {
   if (first) EndWriter(s, GoneError(s));
 }
 
-void SessionManager::Impl::EndWriter(Session* s, absl::Status why) {
+void SessionManager::Impl::EndWriter(Session* s, absl::Status why,
+                                     bool current_only) {
   std::function<void(const absl::Status&)> superseded;
   {
     absl::MutexLock lock(&s->mu);
     superseded = std::move(s->superseded);
     s->superseded = nullptr;
-    // Every writer of this Session object: both callers retire it (a new
-    // writer after a failed delete gets a fresh one).
-    s->BarIngest(~uint64_t{0}, why);
+    s->BarIngest(current_only ? s->writer_gen : ~uint64_t{0}, why);
   }
   if (superseded) {
     pool_.Post([superseded = std::move(superseded), why = std::move(why)] {

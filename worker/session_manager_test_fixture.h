@@ -45,7 +45,24 @@ class LosingStore final : public testing::ForwardingStore {
   // Commits that asked for more than MEMORY.
   std::atomic<int> durable_commits{0};
 
+  // Deletes refused (UNAVAILABLE, nothing deleted) before they pass again.
+  std::atomic<int> refuse_deletes{0};
+  absl::Status DeleteSession(const SessionKey& k) override {
+    if (refuse_deletes.load() > 0) {
+      --refuse_deletes;
+      return Unavailable();
+    }
+    return ForwardingStore::DeleteSession(k);
+  }
+  // When set, every Commit waits for it (after notifying commit_started).
+  std::atomic<absl::Notification*> hold_commits{nullptr};
+  absl::Notification commit_started;
+
   absl::StatusOr<CommitResult> Commit(const CommitRequest& r) override {
+    if (absl::Notification* hold = hold_commits.load(); hold != nullptr) {
+      if (!commit_notified_.exchange(true)) commit_started.Notify();
+      hold->WaitForNotification();
+    }
     if (r.durability > Durability::kMemory) ++durable_commits;
     if (refuse_commits.load() > 0) {
       --refuse_commits;
@@ -84,6 +101,7 @@ class LosingStore final : public testing::ForwardingStore {
                      "connection lost");
   }
   std::atomic<int> fail_get_heads_{0};
+  std::atomic<bool> commit_notified_{false};
 };
 
 class SessionManagerTest : public ::testing::Test {
