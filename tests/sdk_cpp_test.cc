@@ -666,6 +666,42 @@ TEST_F(SdkTest, SessionCalls) {
   EXPECT_TRUE(fork->Delete(/*allow_missing=*/true).ok());
 }
 
+// CommitOptions reach the server: an import or a rollback with a stale
+// expected_version is refused (so a retry elsewhere cannot apply it twice),
+// and Fork and ImportSession set the new session's labels and TTL.
+TEST_F(SdkTest, CommitOptionsReachTheServer) {
+  client::Session s = Create("opts");
+  ASSERT_TRUE(s.AppendText("hello").ok());  // version 2
+  auto exported = s.Export();
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  client::CommitOptions stale;
+  stale.expected_version = 1;
+  auto refused = s.Import(*exported, stale);
+  EXPECT_EQ(GetReason(refused.status()), Reason::kVersionMismatch)
+      << refused.status();
+  EXPECT_EQ(GetReason(s.Rollback(1, stale).status()), Reason::kVersionMismatch);
+  client::CommitOptions current;
+  current.expected_version = 2;
+  current.durability = v1::DURABILITY_MEMORY;
+  auto imported = s.Import(*exported, current);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  EXPECT_EQ(imported->version(), 3u);
+
+  client::CommitOptions labelled;
+  labelled.labels = {{"kind", "copy"}};
+  labelled.ttl = absl::Hours(2);
+  auto copy = client_->ImportSession(*exported, "opts-copy", labelled);
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  EXPECT_EQ(copy->labels().at("kind"), "copy");
+  EXPECT_EQ(copy->ttl().seconds(), 7200);
+  auto fork = s.Fork(0, "opts-fork", labelled);
+  ASSERT_TRUE(fork.ok()) << fork.status();
+  auto forked = fork->Get();
+  ASSERT_TRUE(forked.ok()) << forked.status();
+  EXPECT_EQ(forked->labels().at("kind"), "copy");
+  EXPECT_EQ(forked->ttl().seconds(), 7200);
+}
+
 TEST_F(SdkTest, TypedErrorsCancellationDeadlinesAndTenants) {
   client::Session s = Create("errs");
   // A gap: not retried, typed, with the actual offset.

@@ -277,6 +277,15 @@ absl::StatusOr<v1::ListModelsResponse> Client::ListModels(
 
 namespace {
 
+google::protobuf::Duration TtlProto(absl::Duration ttl) {
+  google::protobuf::Duration out;
+  const int64_t seconds = absl::ToInt64Seconds(ttl);
+  out.set_seconds(seconds);
+  out.set_nanos(static_cast<int32_t>(
+      absl::ToInt64Nanoseconds(ttl - absl::Seconds(seconds))));
+  return out;
+}
+
 // One ImportState call: header, then the blob in 1 MiB chunks.
 grpc::Status ImportOnce(Client::Stubs& stubs, grpc::ClientContext* ctx,
                         const v1::ImportHeader& header, const std::string& blob,
@@ -300,16 +309,40 @@ grpc::Status ImportOnce(Client::Stubs& stubs, grpc::ClientContext* ctx,
   return writer->Finish();
 }
 
+// The header of an import of `state` (a fresh request id, kept across the
+// call's retries) with `options`' fields.
+v1::ImportHeader ImportHeaderOf(const ExportedState& state,
+                                const std::string& session_id,
+                                v1::ImportMode mode,
+                                const CommitOptions& options) {
+  v1::ImportHeader header;
+  header.set_request_id(NewRequestId());
+  header.set_session_id(session_id);
+  header.set_mode(mode);
+  *header.mutable_state() = state.header;
+  if (options.expected_version) {
+    header.set_expected_version(*options.expected_version);
+  }
+  header.set_durability(options.durability);
+  header.mutable_labels()->insert(options.labels.begin(), options.labels.end());
+  if (options.ttl) *header.mutable_ttl() = TtlProto(*options.ttl);
+  return header;
+}
+
 }  // namespace
 
 absl::StatusOr<v1::Session> Client::ImportSession(const ExportedState& state,
                                                   const std::string& session_id,
                                                   const CallOptions& call) {
-  v1::ImportHeader header;
-  header.set_request_id(NewRequestId());
-  header.set_session_id(session_id);
-  header.set_mode(v1::IMPORT_MODE_CREATE);
-  *header.mutable_state() = state.header;
+  return ImportSession(state, session_id, CommitOptions(), call);
+}
+
+absl::StatusOr<v1::Session> Client::ImportSession(const ExportedState& state,
+                                                  const std::string& session_id,
+                                                  const CommitOptions& options,
+                                                  const CallOptions& call) {
+  const v1::ImportHeader header =
+      ImportHeaderOf(state, session_id, v1::IMPORT_MODE_CREATE, options);
   v1::Session out;
   absl::Status s = Unary(call, [&](Stubs& stubs, grpc::ClientContext* ctx) {
     return ImportOnce(stubs, ctx, header, state.blob, &out);
@@ -347,10 +380,20 @@ absl::StatusOr<v1::ScoreResponse> Session::Score(
 absl::StatusOr<Session> Session::Fork(uint64_t version,
                                       const std::string& new_id,
                                       const CallOptions& call) const {
+  return Fork(version, new_id, CommitOptions(), call);
+}
+
+absl::StatusOr<Session> Session::Fork(uint64_t version,
+                                      const std::string& new_id,
+                                      const CommitOptions& options,
+                                      const CallOptions& call) const {
   v1::CreateSessionRequest req;
   req.set_session_id(new_id);
   req.mutable_fork_from()->set_session_id(id_);
   req.mutable_fork_from()->set_version(version);
+  req.set_durability(options.durability);
+  req.mutable_labels()->insert(options.labels.begin(), options.labels.end());
+  if (options.ttl) *req.mutable_ttl() = TtlProto(*options.ttl);
   auto created = client_->CreateSession(std::move(req), call);
   if (!created.ok()) return created.status();
   return Session(client_, created->session_id());
@@ -377,11 +420,22 @@ absl::StatusOr<std::vector<v1::Version>> Session::Versions(
 absl::StatusOr<v1::Session> Session::Rollback(
     uint64_t version, std::optional<uint64_t> expected_version,
     const CallOptions& call) const {
+  CommitOptions options;
+  options.expected_version = expected_version;
+  return Rollback(version, options, call);
+}
+
+absl::StatusOr<v1::Session> Session::Rollback(uint64_t version,
+                                              const CommitOptions& options,
+                                              const CallOptions& call) const {
   v1::RollbackSessionRequest req;
   req.set_request_id(NewRequestId());
   req.set_session_id(id_);
   req.set_version(version);
-  if (expected_version) req.set_expected_version(*expected_version);
+  if (options.expected_version) {
+    req.set_expected_version(*options.expected_version);
+  }
+  req.set_durability(options.durability);
   v1::Session out;
   absl::Status s =
       client_->Unary(call, [&](Client::Stubs& stubs, grpc::ClientContext* ctx) {
@@ -440,11 +494,14 @@ absl::StatusOr<ExportedState> Session::Export(uint64_t version,
 
 absl::StatusOr<v1::Session> Session::Import(const ExportedState& state,
                                             const CallOptions& call) const {
-  v1::ImportHeader header;
-  header.set_request_id(NewRequestId());
-  header.set_session_id(id_);
-  header.set_mode(v1::IMPORT_MODE_NEW_VERSION);
-  *header.mutable_state() = state.header;
+  return Import(state, CommitOptions(), call);
+}
+
+absl::StatusOr<v1::Session> Session::Import(const ExportedState& state,
+                                            const CommitOptions& options,
+                                            const CallOptions& call) const {
+  const v1::ImportHeader header =
+      ImportHeaderOf(state, id_, v1::IMPORT_MODE_NEW_VERSION, options);
   v1::Session out;
   absl::Status s =
       client_->Unary(call, [&](Client::Stubs& stubs, grpc::ClientContext* ctx) {

@@ -22,6 +22,7 @@
 #define STATESTREAM_SDK_CPP_STATESTREAM_CLIENT_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -31,6 +32,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "statestream/append_writer.h"
 #include "statestream/generate_stream.h"
 #include "statestream/options.h"
@@ -46,6 +48,23 @@ namespace statestream::client {
 struct ExportedState {
   v1::StateHeader header;
   std::string blob;
+};
+
+// What a call that commits a version may also ask (Import, Rollback, Fork,
+// Client::ImportSession); the same as the Python SDK's keyword arguments.
+struct CommitOptions {
+  // Import and Rollback: commit only if this is the head, else
+  // FAILED_PRECONDITION/VERSION_MISMATCH. Set it to make a retry exact: a
+  // retry that reaches another worker (or a restarted one) is otherwise
+  // applied again.
+  std::optional<uint64_t> expected_version;
+  // The level the new version reaches before the call returns (unset:
+  // the server's default).
+  v1::Durability durability = v1::DURABILITY_UNSPECIFIED;
+  // Fork and ImportSession: the new session's labels and idle TTL (unset:
+  // the server's default).
+  std::map<std::string, std::string> labels;
+  std::optional<absl::Duration> ttl;
 };
 
 // A handle on one session; cheap to copy; holds no server resources.
@@ -79,15 +98,24 @@ class Session {
   absl::StatusOr<Session> Fork(uint64_t version = 0,
                                const std::string& new_id = "",
                                const CallOptions& call = {}) const;
+  absl::StatusOr<Session> Fork(uint64_t version, const std::string& new_id,
+                               const CommitOptions& options,
+                               const CallOptions& call = {}) const;
   absl::StatusOr<std::vector<v1::Version>> Versions(
       const CallOptions& call = {}) const;
   absl::StatusOr<v1::Session> Rollback(
       uint64_t version, std::optional<uint64_t> expected_version = {},
       const CallOptions& call = {}) const;
+  absl::StatusOr<v1::Session> Rollback(uint64_t version,
+                                       const CommitOptions& options,
+                                       const CallOptions& call = {}) const;
   absl::StatusOr<ExportedState> Export(uint64_t version = 0,
                                        const CallOptions& call = {}) const;
   // Commits `state` as this session's next version (IMPORT_MODE_NEW_VERSION).
   absl::StatusOr<v1::Session> Import(const ExportedState& state,
+                                     const CallOptions& call = {}) const;
+  absl::StatusOr<v1::Session> Import(const ExportedState& state,
+                                     const CommitOptions& options,
                                      const CallOptions& call = {}) const;
   // UpdateSession: labels and/or TTL per request.update_mask;
   // session_id and an empty request_id are filled in.
@@ -124,6 +152,10 @@ class Client {
   // Creates a session from an exported blob (IMPORT_MODE_CREATE).
   absl::StatusOr<v1::Session> ImportSession(const ExportedState& state,
                                             const std::string& session_id = "",
+                                            const CallOptions& call = {});
+  absl::StatusOr<v1::Session> ImportSession(const ExportedState& state,
+                                            const std::string& session_id,
+                                            const CommitOptions& options,
                                             const CallOptions& call = {});
   absl::StatusOr<v1::ListModelsResponse> ListModels(
       const CallOptions& call = {});
