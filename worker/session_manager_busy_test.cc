@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
@@ -292,6 +293,67 @@ TEST_F(SessionManagerTest, ASessionLoadedDuringTheDrainIsNotKept) {
   auto head = store_->GetHead({"t", "late"});
   ASSERT_TRUE(head.ok()) << head.status();
   EXPECT_EQ(head->owner, "");
+}
+
+// Calls that must load their session (Score and Generate of sessions not
+// resident) wait for a slow store on the loaders, not on the threads that
+// run resident sessions' operations: with more of them held at the store
+// than those threads, a resident session's Append still completes. (They
+// used to fill every one of them, waiting on the load.)
+TEST_F(SessionManagerTest, LoadsHeldAtTheStoreDoNotStallResidentSessions) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  SessionManagerOptions o;
+  o.threads = 2;
+  Start(o);
+  constexpr int kCold = 4;
+  for (int i = 0; i < kCold; ++i) Create("cold-" + std::to_string(i));
+  Start(o);  // a fresh manager: none of them resident
+  Create("hot");
+  auto w = Open("hot");
+  absl::Notification release;
+  faulty_->hold_loads = &release;
+  absl::Mutex mu;
+  int answered = 0;
+  for (int i = 0; i < kCold; ++i) {
+    ScoreInput in;
+    in.tokens = {1};
+    manager_->Score("t", "cold-" + std::to_string(i), in,
+                    [&](absl::StatusOr<ScoreOutcome>) {
+                      absl::MutexLock lock(&mu);
+                      ++answered;
+                    });
+    GenerateInput g;
+    g.max_tokens = 1;
+    manager_->Generate(
+        "t", "cold-" + std::to_string(i), g, [](const GeneratedPiece&) {},
+        [&](absl::StatusOr<GenerateOutcome>) {
+          absl::MutexLock lock(&mu);
+          ++answered;
+        });
+  }
+  ASSERT_TRUE(
+      faulty_->load_started.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  AppendInput in;
+  in.request_id = "hot-1";
+  in.kind = AppendInput::Kind::kText;
+  in.text = "x";
+  in.checkpoint = true;
+  absl::Notification acked;
+  absl::Status st;
+  manager_->Append(w, in, [&](absl::StatusOr<AppendAck> a) {
+    st = a.status();
+    acked.Notify();
+  });
+  EXPECT_TRUE(acked.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  release.Notify();
+  acked.WaitForNotification();
+  EXPECT_TRUE(st.ok()) << st;
+  absl::MutexLock lock(&mu);
+  EXPECT_TRUE(mu.AwaitWithTimeout(
+      absl::Condition(
+          +[](int* n) { return *n == 2 * kCold; }, &answered),
+      absl::Seconds(60)));
+  faulty_->hold_loads = nullptr;
 }
 
 }  // namespace

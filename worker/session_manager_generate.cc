@@ -483,16 +483,17 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       }
     });
   };
+  const SessionKey key{tenant, session_id};
   if (!in.commit) {
-    m.pool_.Post(std::move(run));
+    m.PostFinding(key, false, std::move(run));
     return job;
   }
   // A committing generation takes the session's writer slot, which ends a
   // live Append call. A retry that only replays a finished generation, or a
   // request that fails at once, must not: they are answered first, on the
   // session's strand, without the slot (the run re-checks what can change).
-  m.pool_.Post([&m, tenant, session_id, in = std::move(in), emit, done,
-                run = std::move(run)]() mutable {
+  m.PostFinding(key, false, [&m, tenant, session_id, in = std::move(in),
+                             emit, done, run = std::move(run)]() mutable {
     auto r = m.Resident({tenant, session_id});
     if (!r.ok()) return done(r.status());
     std::shared_ptr<Session> s = *r;
@@ -534,7 +535,9 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
     std::function<void(absl::StatusOr<ScoreOutcome>)> done) {
   Impl& m = *impl_;
   auto job = std::make_shared<JobImpl>();
-  m.pool_.Post([&m, job, tenant, session_id, in = std::move(in), done] {
+  const bool reads_store = in.version != 0;
+  m.PostFinding({tenant, session_id}, reads_store, [&m, job, tenant, session_id,
+                                                    in = std::move(in), done] {
     if (absl::Status st = m.Admitting(); !st.ok()) return done(st);
     // Validate the continuation first.
     std::vector<int32_t> cont;

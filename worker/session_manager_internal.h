@@ -211,6 +211,11 @@ class SessionManager::Impl {
   const std::string fingerprint_;
   const int64_t session_bytes_;
   Executor pool_;
+  // Calls that must find their session first, when that may read the
+  // store (PostFinding): a slow store holds these, never pool_, which runs
+  // the operations of the sessions already resident. Loads take load_mu_
+  // one at a time, so two threads keep one ready behind the one loading.
+  Executor loaders_{2};
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Session>> resident_
@@ -256,6 +261,11 @@ class SessionManager::Impl {
   // --- Residency ------------------------------------------------------------
 
   absl::StatusOr<std::shared_ptr<Session>> Resident(const SessionKey& key);
+  // Runs `fn` (which finds `key`'s session, or with `reads_store` reads
+  // the store itself) on pool_ when the session is resident and nothing
+  // else reads the store, else on loaders_.
+  void PostFinding(const SessionKey& key, bool reads_store,
+                   std::function<void()> fn);
 
   // Fills the strand-owned fields from a loaded version. Needs the strand
   // (or exclusive ownership).

@@ -121,8 +121,24 @@ void SessionManager::Impl::Shutdown() {
   }
   if (renewer_.joinable()) renewer_.join();
   Drain();
-  // Queued operations run now, while the members they touch exist.
+  // Queued operations run now, while the members they touch exist (the
+  // loaders' first: they queue operations on pool_).
+  loaders_.Shutdown();
   pool_.Shutdown();
+}
+
+void SessionManager::Impl::PostFinding(const SessionKey& key, bool reads_store,
+                                       std::function<void()> fn) {
+  bool resident = false;
+  if (!reads_store) {
+    absl::MutexLock lock(&mu_);
+    resident = resident_.contains(MapKey(key));
+  }
+  if (resident) {
+    pool_.Post(std::move(fn));
+  } else {
+    loaders_.Post(std::move(fn));
+  }
 }
 
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
@@ -137,7 +153,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
       return it->second;
     }
   }
-  absl::MutexLock load(&load_mu_);
+  absl::ReleasableMutexLock load(&load_mu_);
   {
     absl::MutexLock lock(&mu_);
     auto it = resident_.find(mk);
@@ -195,6 +211,9 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
     store_->ReleaseLease(key, opt_.owner, lease.fence).IgnoreError();
     return Draining();
   }
+  // The next load need not wait for these commits (an eviction re-checks
+  // its victim, so two loads that picked the same one evict it once).
+  load.Release();
   for (auto& v : victims) Evict(v);
   return s;
 }
