@@ -485,50 +485,49 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
   };
   const SessionKey key{tenant, session_id};
   if (!in.commit) {
-    m.PostFinding(key, false, std::move(run));
+    m.PostFinding(key, /*reads_store=*/false, std::move(run));
     return job;
   }
   // A committing generation takes the session's writer slot, which ends a
   // live Append call. A retry that only replays a finished generation, or a
   // request that fails at once, must not: they are answered first, on the
   // session's strand, without the slot (the run re-checks what can change).
-  m.PostFinding(
-      key, false,
-      [&m, tenant, session_id, in = std::move(in), emit, done,
-       run = std::move(run)]() mutable {
-        auto r = m.Resident({tenant, session_id});
-        if (!r.ok()) return done(r.status());
-        std::shared_ptr<Session> s = *r;
-        // Something runs on the session (a committing generation holds it to
-        // its end): a new writer call supersedes it at once, as always. (run
-        // takes s->mu itself: not under the lock.)
-        bool busy = false;
-        {
-          absl::MutexLock lock(&s->mu);
-          busy = s->busy;
+  auto answer_first = [&m, tenant, session_id, in = std::move(in), emit, done,
+                       run = std::move(run)]() mutable {
+    auto r = m.Resident({tenant, session_id});
+    if (!r.ok()) return done(r.status());
+    std::shared_ptr<Session> s = *r;
+    // Something runs on the session (a committing generation holds it to
+    // its end): a new writer call supersedes it at once, as always. (run
+    // takes s->mu itself: not under the lock.)
+    bool busy = false;
+    {
+      absl::MutexLock lock(&s->mu);
+      busy = s->busy;
+    }
+    if (busy) return run();
+    m.RunOp(s, [&m, s, in = std::move(in), emit, done,
+                run = std::move(run)]() mutable {
+      absl::StatusOr<GenerateOutcome> answer = absl::UnknownError("");
+      bool answered = false;
+      if (m.GoneError(s.get()).ok()) {
+        const Impl::GenerateChecks checks = m.CheckGenerate(s.get(), in);
+        if (!checks.refused.ok()) {
+          answer = checks.refused;
+          answered = true;
+        } else if (checks.record != nullptr &&
+                   checks.record->finish != kGenerationInProgress) {
+          answer = m.ReplayFinished(s.get(), *checks.record,
+                                    m.Dur(in.durability), emit);
+          answered = true;
         }
-        if (busy) return run();
-        m.RunOp(s, [&m, s, in = std::move(in), emit, done,
-                    run = std::move(run)]() mutable {
-          absl::StatusOr<GenerateOutcome> answer = absl::UnknownError("");
-          bool answered = false;
-          if (m.GoneError(s.get()).ok()) {
-            const Impl::GenerateChecks checks = m.CheckGenerate(s.get(), in);
-            if (!checks.refused.ok()) {
-              answer = checks.refused;
-              answered = true;
-            } else if (checks.record != nullptr &&
-                       checks.record->finish != kGenerationInProgress) {
-              answer = m.ReplayFinished(s.get(), *checks.record,
-                                        m.Dur(in.durability), emit);
-              answered = true;
-            }
-          }
-          m.Release(s);
-          if (answered) return done(std::move(answer));
-          run();
-        });
-      });
+      }
+      m.Release(s);
+      if (answered) return done(std::move(answer));
+      run();
+    });
+  };
+  m.PostFinding(key, /*reads_store=*/false, std::move(answer_first));
   return job;
 }
 
@@ -537,140 +536,135 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
     std::function<void(absl::StatusOr<ScoreOutcome>)> done) {
   Impl& m = *impl_;
   auto job = std::make_shared<JobImpl>();
-  const bool reads_store = in.version != 0;
-  m.PostFinding(
-      {tenant, session_id}, reads_store,
-      [&m, job, tenant, session_id, in = std::move(in), done] {
-        if (absl::Status st = m.Admitting(); !st.ok()) return done(st);
-        // Validate the continuation first.
-        std::vector<int32_t> cont;
-        if (in.is_text) {
-          if (in.text.size() > kMaxTextBytes) {
-            return done(TooLarge("text_utf8", kMaxTextBytes));
-          }
-          if (!engine::IsValidUtf8(in.text)) {
-            return done(Invalid(Reason::kInvalidUtf8,
-                                "text_utf8 is not valid UTF-8",
-                                {{"field", "text_utf8"}}));
-          }
-          cont = m.tok_->Encode(in.text);
-          if (cont.size() > kMaxScoreTokens) {
-            return done(TooLarge("text_utf8 (tokens)", kMaxScoreTokens));
-          }
-        } else {
-          if (in.tokens.size() > kMaxScoreTokens) {
-            return done(TooLarge("tokens.ids", kMaxScoreTokens));
-          }
-          if (absl::Status st = CheckTokens(in.tokens, m.vocab_, "tokens.ids");
-              !st.ok()) {
-            return done(st);
-          }
-          cont = in.tokens;
-        }
-        if (cont.empty()) {
-          return done(Invalid(Reason::kInvalidArgument,
-                              "the continuation is empty",
+  const bool reads_store = in.version != 0;  // an older version's state
+  auto score_call = [&m, job, tenant, session_id, in = std::move(in), done] {
+    if (absl::Status st = m.Admitting(); !st.ok()) return done(st);
+    // Validate the continuation first.
+    std::vector<int32_t> cont;
+    if (in.is_text) {
+      if (in.text.size() > kMaxTextBytes) {
+        return done(TooLarge("text_utf8", kMaxTextBytes));
+      }
+      if (!engine::IsValidUtf8(in.text)) {
+        return done(Invalid(Reason::kInvalidUtf8,
+                            "text_utf8 is not valid UTF-8",
+                            {{"field", "text_utf8"}}));
+      }
+      cont = m.tok_->Encode(in.text);
+      if (cont.size() > kMaxScoreTokens) {
+        return done(TooLarge("text_utf8 (tokens)", kMaxScoreTokens));
+      }
+    } else {
+      if (in.tokens.size() > kMaxScoreTokens) {
+        return done(TooLarge("tokens.ids", kMaxScoreTokens));
+      }
+      if (absl::Status st = CheckTokens(in.tokens, m.vocab_, "tokens.ids");
+          !st.ok()) {
+        return done(st);
+      }
+      cont = in.tokens;
+    }
+    if (cont.empty()) {
+      return done(Invalid(Reason::kInvalidArgument, "the continuation is empty",
+                          {{"field", "continuation"}}));
+    }
+    // The response holds a log-probability per token plus top_logprobs
+    // more, ~11 bytes each: refuse before computing what could not be sent
+    // (the message limit is 8 MiB).
+    const size_t entries = cont.size() * (1 + std::max(in.top_logprobs, 0));
+    if (entries > kMaxScoreEntries) {
+      return done(TooLarge("tokens x (1 + top_logprobs)", kMaxScoreEntries));
+    }
+    auto work = std::make_shared<EngineState>();
+    auto tail = std::make_shared<std::string>();
+    auto out = std::make_shared<ScoreOutcome>();
+    // Whether work->last_hidden is that of its last token.
+    auto hidden = std::make_shared<bool>(true);
+    auto run = [&m, job, work, tail, out, hidden, cont, in, done]() {
+      std::vector<int32_t> flushed =
+          m.tok_->EncodeStream(*tail, "", true).tokens;
+      out->position = work->position + flushed.size();
+      if (out->position == 0) {
+        return done(MakeError(absl::StatusCode::kFailedPrecondition,
+                              Reason::kInvalidArgument,
+                              "nothing consumed yet to predict from",
                               {{"field", "continuation"}}));
-        }
-        // The response holds a log-probability per token plus top_logprobs
-        // more, ~11 bytes each: refuse before computing what could not be sent
-        // (the message limit is 8 MiB).
-        const size_t entries = cont.size() * (1 + std::max(in.top_logprobs, 0));
-        if (entries > kMaxScoreEntries) {
-          return done(
-              TooLarge("tokens x (1 + top_logprobs)", kMaxScoreEntries));
-        }
-        auto work = std::make_shared<EngineState>();
-        auto tail = std::make_shared<std::string>();
-        auto out = std::make_shared<ScoreOutcome>();
-        // Whether work->last_hidden is that of its last token.
-        auto hidden = std::make_shared<bool>(true);
-        auto run = [&m, job, work, tail, out, hidden, cont, in, done]() {
-          std::vector<int32_t> flushed =
-              m.tok_->EncodeStream(*tail, "", true).tokens;
-          out->position = work->position + flushed.size();
-          if (out->position == 0) {
-            return done(MakeError(absl::StatusCode::kFailedPrecondition,
-                                  Reason::kInvalidArgument,
-                                  "nothing consumed yet to predict from",
-                                  {{"field", "continuation"}}));
-          }
-          if (!*hidden && flushed.empty())
-            return done(NoHidden("continuation"));
-          out->tokens = cont;
-          const int top_n = in.top_logprobs;
-          auto score = [&m, job, work, out, cont, top_n, done]() {
-            if (m.opt_.metrics != nullptr)
-              m.opt_.metrics->AddTokensIn(cont.size());
-            auto holder = std::make_shared<ScoreTask*>(nullptr);
-            auto task = std::make_shared<ScoreTask>(
-                work.get(), m.vocab_, cont,
-                [work, out, holder, done](const absl::Status& st,
-                                          const std::vector<float>& lp,
-                                          const std::vector<bool>& greedy) {
-                  if (!st.ok()) return done(st);
-                  out->logprobs = lp;
-                  out->greedy = greedy;
-                  out->top = (*holder)->top();
-                  done(*out);
-                });
-            *holder = task.get();
-            task->set_top_logprobs(top_n);
-            if (!job->SetTask(task)) return done(CancelledError());
-            if (absl::Status st = m.sched_->Submit(task); !st.ok()) done(st);
-          };
-          if (flushed.empty()) return score();
-          auto ingest = std::make_shared<IngestTask>(
-              work.get(), std::move(flushed),
-              [&m, score, done](const absl::Status& st) {
-                if (!st.ok()) return done(st);
-                m.pool_.Post(score);
-              });
-          if (!job->SetTask(ingest)) return done(CancelledError());
-          if (absl::Status st = m.sched_->Submit(ingest); !st.ok()) done(st);
-        };
-        const SessionKey key{tenant, session_id};
-        if (in.version != 0) {
-          auto v = m.store_->LoadVersion(key, in.version);
-          if (!v.ok()) return done(v.status());
-          if (absl::Status st = CheckStateMatchesModel(
-                  v->state, m.fingerprint_, m.model_->info().state_floats);
-              !st.ok()) {
-            return done(st);
-          }
-          work->state.assign(v->state.state.begin(), v->state.state.end());
-          work->position = v->state.position;
-          work->last_hidden = v->state.last_hidden;
-          *hidden = work->last_hidden.size() ==
-                    static_cast<size_t>(m.model_->info().config.n_embd);
-          work->last_hidden.resize(m.model_->info().config.n_embd);
-          *tail = v->state.tokenizer_tail;
-          out->input_offset = v->state.input_offset;
-          out->version = v->version.version;
-          return run();
-        }
-        auto r = m.Resident(key);
-        if (!r.ok()) return done(r.status());
-        std::shared_ptr<Session> s = *r;
-        m.RunOp(s, [&m, s, in, work, tail, out, hidden, run, done] {
-          absl::Status g = m.GoneError(s.get());
-          if (g.ok() && in.expected_input_offset &&
-              *in.expected_input_offset != s->input_offset) {
-            g = m.PositionMismatch(s.get(), *in.expected_input_offset);
-          }
-          if (!g.ok()) {
-            m.Release(s);
-            return done(g);
-          }
-          *work = s->live;
-          *hidden = s->live.position != s->no_hidden_at;
-          *tail = s->tail;
-          out->input_offset = s->input_offset;
-          out->version = s->head.head.version;
-          m.Release(s);
-          run();
-        });
-      });
+      }
+      if (!*hidden && flushed.empty()) return done(NoHidden("continuation"));
+      out->tokens = cont;
+      const int top_n = in.top_logprobs;
+      auto score = [&m, job, work, out, cont, top_n, done]() {
+        if (m.opt_.metrics != nullptr) m.opt_.metrics->AddTokensIn(cont.size());
+        auto holder = std::make_shared<ScoreTask*>(nullptr);
+        auto task = std::make_shared<ScoreTask>(
+            work.get(), m.vocab_, cont,
+            [work, out, holder, done](const absl::Status& st,
+                                      const std::vector<float>& lp,
+                                      const std::vector<bool>& greedy) {
+              if (!st.ok()) return done(st);
+              out->logprobs = lp;
+              out->greedy = greedy;
+              out->top = (*holder)->top();
+              done(*out);
+            });
+        *holder = task.get();
+        task->set_top_logprobs(top_n);
+        if (!job->SetTask(task)) return done(CancelledError());
+        if (absl::Status st = m.sched_->Submit(task); !st.ok()) done(st);
+      };
+      if (flushed.empty()) return score();
+      auto ingest = std::make_shared<IngestTask>(
+          work.get(), std::move(flushed),
+          [&m, score, done](const absl::Status& st) {
+            if (!st.ok()) return done(st);
+            m.pool_.Post(score);
+          });
+      if (!job->SetTask(ingest)) return done(CancelledError());
+      if (absl::Status st = m.sched_->Submit(ingest); !st.ok()) done(st);
+    };
+    const SessionKey key{tenant, session_id};
+    if (in.version != 0) {
+      auto v = m.store_->LoadVersion(key, in.version);
+      if (!v.ok()) return done(v.status());
+      if (absl::Status st = CheckStateMatchesModel(
+              v->state, m.fingerprint_, m.model_->info().state_floats);
+          !st.ok()) {
+        return done(st);
+      }
+      work->state.assign(v->state.state.begin(), v->state.state.end());
+      work->position = v->state.position;
+      work->last_hidden = v->state.last_hidden;
+      *hidden = work->last_hidden.size() ==
+                static_cast<size_t>(m.model_->info().config.n_embd);
+      work->last_hidden.resize(m.model_->info().config.n_embd);
+      *tail = v->state.tokenizer_tail;
+      out->input_offset = v->state.input_offset;
+      out->version = v->version.version;
+      return run();
+    }
+    auto r = m.Resident(key);
+    if (!r.ok()) return done(r.status());
+    std::shared_ptr<Session> s = *r;
+    m.RunOp(s, [&m, s, in, work, tail, out, hidden, run, done] {
+      absl::Status g = m.GoneError(s.get());
+      if (g.ok() && in.expected_input_offset &&
+          *in.expected_input_offset != s->input_offset) {
+        g = m.PositionMismatch(s.get(), *in.expected_input_offset);
+      }
+      if (!g.ok()) {
+        m.Release(s);
+        return done(g);
+      }
+      *work = s->live;
+      *hidden = s->live.position != s->no_hidden_at;
+      *tail = s->tail;
+      out->input_offset = s->input_offset;
+      out->version = s->head.head.version;
+      m.Release(s);
+      run();
+    });
+  };
+  m.PostFinding({tenant, session_id}, reads_store, std::move(score_call));
   return job;
 }
 
