@@ -295,6 +295,31 @@ TEST_F(SessionManagerTest, ASessionLoadedDuringTheDrainIsNotKept) {
   EXPECT_EQ(head->owner, "");
 }
 
+// A refused delete's "being deleted" ends only the writers it ended: a
+// later writer of the same session whose ingest the drain cancels hears
+// the drain's OVERLOADED (which a gateway moves elsewhere), not
+// SESSION_BUSY (which nobody retries).
+TEST_F(SessionManagerTest, ARefusedDeleteDoesNotEndLaterWritersAsBusy) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  StartSlow();  // 262,144 tokens take seconds
+  Create("big");
+  auto first = Open("big");
+  ASSERT_TRUE(Append(first, 0, "x").ok());
+  faulty_->refuse_deletes = 1;
+  ASSERT_FALSE(manager_->DeleteSession("t", "big", false, "d-1").ok());
+  auto next = Open("big");
+  AppendInput in;
+  in.kind = AppendInput::Kind::kTokens;
+  in.tokens.assign(262144, 7);
+  in.expected_input_offset = 1;
+  absl::Notification ended;
+  absl::StatusOr<AppendAck> out;
+  AppendWhileIngesting(next, in, &ended, &out);
+  manager_->Drain();
+  ended.WaitForNotification();
+  EXPECT_EQ(GetReason(out.status()), Reason::kOverloaded) << out.status();
+}
+
 // Calls that must load their session (Score and Generate of sessions not
 // resident) wait for a slow store on the loaders, not on the threads that
 // run resident sessions' operations: with more of them held at the store

@@ -390,7 +390,7 @@ void SessionManager::Impl::AppendOp(
 absl::Status SessionManager::Impl::WhyCancelled(Session* s, uint64_t gen) {
   {
     absl::MutexLock lock(&s->mu);
-    if (gen <= s->barred_through) return s->barred_why;
+    if (absl::Status barred = s->BarredWhy(gen); !barred.ok()) return barred;
   }
   if (absl::Status gone = GoneError(s); !gone.ok()) return gone;
   SS_RETURN_IF_ERROR(Admitting());

@@ -21,6 +21,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -158,27 +159,43 @@ struct Session {
     if (std::shared_ptr<Task> t = ingest.lock()) t->Cancel();
     ingest.reset();
   }
-  // Writers up to this generation start no ingest (and a cancelled one
-  // answers `barred_why`): those a delete ended (EndWriter), all once the
-  // worker drains. An op past its checks when that happens would
-  // otherwise submit after CancelIngest found nothing to cancel.
-  uint64_t barred_through ABSL_GUARDED_BY(mu) = 0;
-  absl::Status barred_why ABSL_GUARDED_BY(mu);
-  // The first bar's reason stays (a drain after a delete still says
-  // "being deleted"). `why` is never OK.
+  // Writers up to a bar's generation start no ingest (and a cancelled one
+  // answers its reason): those a delete ended (EndWriter; the delete may
+  // still fail, and later writers go on), all once the session is gone or
+  // the worker drains. An op past its checks when that happens would
+  // otherwise submit after CancelIngest found nothing to cancel. Each
+  // writer keeps the first reason that barred it (one a delete ended still
+  // hears "being deleted" when the drain follows), so `bars` holds ranges:
+  // (through, why) with `through` rising, each covering the generations
+  // above the one before. A refused delete adds one (consecutive ones with
+  // the same reason merge), and a full bar (through = ~0) ends the list.
+  std::vector<std::pair<uint64_t, absl::Status>> bars ABSL_GUARDED_BY(mu);
+  // Why writer `gen` is barred; OK if it is not.
+  absl::Status BarredWhy(uint64_t gen) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    for (const auto& [through, why] : bars) {
+      if (gen <= through) return why;
+    }
+    return absl::OkStatus();
+  }
   // Why writer `gen` may do nothing more (OK if it may): barred (a delete
   // or the drain), superseded, or its call gone (abandoned).
   absl::Status WriterEnded(uint64_t gen) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    if (gen <= barred_through) return barred_why;
+    if (absl::Status barred = BarredWhy(gen); !barred.ok()) return barred;
     if (writer_gen != gen || !writer_attached) return Busy();
     return absl::OkStatus();
   }
+  // `why` is never OK.
   void BarIngest(uint64_t through, absl::Status why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    if (through > barred_through) {
-      if (barred_through == 0) barred_why = std::move(why);
-      barred_through = through;
+    const uint64_t last = bars.empty() ? 0 : bars.back().first;
+    if (through > last) {
+      if (!bars.empty() && bars.back().second == why) {
+        bars.back().first = through;
+      } else {
+        bars.emplace_back(through, std::move(why));
+      }
     }
     CancelIngest();
   }
