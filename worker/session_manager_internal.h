@@ -171,8 +171,7 @@ struct Session {
   // the same reason merge), and a full bar (through = ~0) ends the list.
   std::vector<std::pair<uint64_t, absl::Status>> bars ABSL_GUARDED_BY(mu);
   // Why writer `gen` is barred; OK if it is not.
-  absl::Status BarredWhy(uint64_t gen) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  absl::Status BarredWhy(uint64_t gen) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     for (const auto& [through, why] : bars) {
       if (gen <= through) return why;
     }
