@@ -171,6 +171,13 @@ absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::FinishRead(
     return workers_;
   }
   AppendStatic(&workers);
+  const absl::Time now = clock_->Now();
+  absl::erase_if(served_, [&](const auto& entry) {
+    return entry.second < now - options_.served_memory;
+  });
+  for (const WorkerInfo& w : workers) {
+    for (const std::string& fp : w.model_fingerprints) served_[fp] = now;
+  }
   workers_ = std::move(workers);
   workers_read_ = read_at;
   listed_by_ = read_starts_;  // no other read began while this one was out
@@ -313,7 +320,12 @@ absl::StatusOr<Route> GatewayRouter::Pick(const std::string& hash_key,
       unlisted = unlisted || w.model_fingerprints.empty();
       served.insert(w.model_fingerprints.begin(), w.model_fingerprints.end());
     }
-    if (!unlisted && served.count(fingerprint) == 0) {
+    bool lately = false;  // its workers may be restarting
+    {
+      absl::MutexLock lock(&mu_);
+      lately = served_.contains(fingerprint);
+    }
+    if (!unlisted && !lately && served.count(fingerprint) == 0) {
       return MakeError(
           absl::StatusCode::kFailedPrecondition, Reason::kModelMismatch,
           absl::StrCat("no worker serves model fingerprint ", fingerprint),

@@ -43,6 +43,10 @@ struct GatewayRouterOptions {
   absl::Duration lookup_pause = absl::Seconds(1);
   // Owners remembered for that (the whole memory is dropped beyond it).
   size_t max_remembered_owners = 100000;
+  // A model some worker served within this long is one whose workers may
+  // be restarting: a call for it that finds none is UNAVAILABLE (retried),
+  // while one never served (or not for this long) is MODEL_MISMATCH.
+  absl::Duration served_memory = absl::Minutes(10);
   // Time source. Not owned; nullptr = Clock::Real().
   Clock* clock = nullptr;
 };
@@ -75,11 +79,11 @@ class GatewayRouter {
   // For calls not bound to an existing session (create, list, models): the
   // rendezvous winner for `hash_key` among live workers serving
   // `fingerprint` ("" = any). FAILED_PRECONDITION/MODEL_MISMATCH when no
-  // live worker serves `fingerprint` at all (a state of another model;
-  // metadata expected_fingerprint, the ones served, and
-  // actual_fingerprint); UNAVAILABLE when those that do are excluded or
-  // none is live. An existing session's model is UNAVAILABLE either way
-  // (its worker may be restarting).
+  // live worker serves `fingerprint` and none did within served_memory (a
+  // state of another model; metadata expected_fingerprint, the ones
+  // served, and actual_fingerprint); UNAVAILABLE when those that serve it
+  // are excluded, or none is live but one was lately (restarting). An
+  // existing session's model is UNAVAILABLE either way.
   absl::StatusOr<Route> RouteAny(const std::string& hash_key,
                                  const std::string& fingerprint,
                                  const std::set<std::string>& exclude);
@@ -181,6 +185,9 @@ class GatewayRouter {
   std::thread refresher_ ABSL_GUARDED_BY(threads_mu_);
   // "tenant/session" -> its owner and model as last looked up.
   absl::flat_hash_map<std::string, Seen> seen_ ABSL_GUARDED_BY(mu_);
+  // Model fingerprint -> when a registry read last listed a worker of it
+  // (entries older than served_memory are dropped at each read).
+  absl::flat_hash_map<std::string, absl::Time> served_ ABSL_GUARDED_BY(mu_);
 };
 
 // Rendezvous (highest random weight) score of `worker_id` for `hash_key`:

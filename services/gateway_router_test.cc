@@ -572,6 +572,30 @@ TEST_F(GatewayRouterTest, AModelNoWorkerServesCostsNoRegistryRead) {
   EXPECT_EQ(registry.reads.load(), 1);
 }
 
+// A model the registry listed lately is one whose workers may be
+// restarting: with none listed now, a call for it is UNAVAILABLE (the
+// client retries) until served_memory has passed, then MODEL_MISMATCH.
+TEST_F(GatewayRouterTest, AModelServedLatelyIsUnavailableNotAMismatch) {
+  GatewayRouter router(store_.get(), Options());  // reads at every route
+  ASSERT_TRUE(router.RouteAny("k", "fp-a", {}).ok());
+  for (const char* id : {"w1", "w2", "w3"}) {
+    ASSERT_TRUE(store_->UnregisterWorker(id).ok());
+  }
+  clock_.Advance(absl::Minutes(9));
+  Register("w5", "fp-b", 0);  // another model only
+  // The route that finds the list stale reads it in the background.
+  router.RouteAny("k", "fp-a", {}).IgnoreError();
+  router.AwaitBackgroundReads();
+  absl::Status restarting = router.RouteAny("k", "fp-a", {}).status();
+  EXPECT_EQ(restarting.code(), absl::StatusCode::kUnavailable) << restarting;
+  clock_.Advance(absl::Minutes(2));
+  Register("w5", "fp-b", 0);
+  router.RouteAny("k", "fp-a", {}).IgnoreError();
+  router.AwaitBackgroundReads();
+  absl::Status gone = router.RouteAny("k", "fp-a", {}).status();
+  EXPECT_EQ(GetReason(gone), Reason::kModelMismatch) << gone;
+}
+
 // A worker marked suspect while the registry is being read: the list read
 // may predate its failure, so the next route reads the registry again.
 TEST_F(GatewayRouterTest, ASuspectMarkedDuringAReadForcesTheNextRead) {

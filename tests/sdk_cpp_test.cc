@@ -523,7 +523,7 @@ TEST_F(SdkTest, FailsOverToTheNextTarget) {
 // `serve --api-keys` authenticates every call itself (no gateway in front)
 // and enforces the tenants' limits: sessions counted in its store (a retry
 // of a create that succeeded still gets its session at the limit), and
-// Append/Generate streams open at once.
+// Append/Generate/Export streams open at once.
 TEST_F(SdkTest, ServeWithApiKeysAuthenticatesAndLimitsTenants) {
   const std::string keys = (dir_ / "keys.txt").string();
   const std::string key_a = "key-a-0123456789abcdef";
@@ -604,6 +604,8 @@ TEST_F(SdkTest, ServeWithApiKeysAuthenticatesAndLimitsTenants) {
   g.set_max_tokens(4);
   EXPECT_EQ(GetReason(a->OpenSession("a1").GenerateAll(g).status()),
             Reason::kTenantLimit);
+  EXPECT_EQ(GetReason(a->OpenSession("a1").Export().status()),
+            Reason::kTenantLimit);
   auto b_session = b->CreateSession({});
   ASSERT_TRUE(b_session.ok()) << b_session.status();
   EXPECT_TRUE(b->OpenSession(b_session->session_id()).AppendText("b").ok());
@@ -612,6 +614,7 @@ TEST_F(SdkTest, ServeWithApiKeysAuthenticatesAndLimitsTenants) {
   writer->reset();
   auto ack = a->OpenSession(a2).AppendText("now");
   EXPECT_TRUE(ack.ok()) << ack.status();
+  EXPECT_TRUE(a->OpenSession(a2).Export().ok());
 }
 
 TEST_F(SdkTest, SessionCalls) {

@@ -111,6 +111,12 @@ class ExportReactor final
     absl::StatusOr<std::string> tenant = TenantOf(*ctx, *policy);
     absl::Status st = tenant.status();
     if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
+    // An export is a stream (its chunks), counted like Append and import.
+    if (st.ok()) {
+      auto slot = HoldStream(*policy, *tenant);
+      st = slot.status();
+      if (slot.ok()) slot_ = *std::move(slot);
+    }
     if (!st.ok()) {
       Finish(ToGrpcStatus(st));
       return;
@@ -124,16 +130,10 @@ class ExportReactor final
   void Load(SessionManager& m, const std::string& tenant,
             const std::string& session_id, uint64_t version) {
     absl::StatusOr<ExportedState> e = m.Export(tenant, session_id, version);
-    if (!e.ok()) {
-      Finish(ToGrpcStatus(e.status()));
-      return;
-    }
+    if (!e.ok()) return FinishAndRelease(ToGrpcStatus(e.status()));
     absl::StatusOr<TransferBudget::Hold> hold =
         budget_->Acquire(e->blob.size());
-    if (!hold.ok()) {
-      Finish(ToGrpcStatus(hold.status()));
-      return;
-    }
+    if (!hold.ok()) return FinishAndRelease(ToGrpcStatus(hold.status()));
     hold_ = *std::move(hold);
     blob_ = std::move(e->blob);
     auto* h = msg_.mutable_header();
@@ -173,15 +173,18 @@ class ExportReactor final
   void OnDone() override { delete this; }
 
  private:
-  // The budget is free again once the last message is written, before the
-  // client sees the call end (so its next transfer finds it free).
+  // The budget and the stream slot are free again once the last message is
+  // written, before the client sees the call end (so its next transfer
+  // finds them free).
   void FinishAndRelease(const grpc::Status& status) {
     hold_.Release();
+    slot_.reset();
     Finish(status);
   }
 
   TransferBudget* const budget_;
   TransferBudget::Hold hold_;
+  std::unique_ptr<TenantLimits::StreamSlot> slot_;
   std::string blob_;
   v1::ExportStateResponse msg_;
   uint32_t count_ = 0, next_ = 0;

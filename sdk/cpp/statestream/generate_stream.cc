@@ -8,11 +8,12 @@
 // text bytes below delivered_text_ are skipped, once checked equal to what
 // was delivered: a resumed call that produced other tokens (the session
 // changed in between, or another kind of worker rounded differently) ends
-// the stream with ABORTED instead of joining two outputs. The first chunk
-// says which input_offset the generation started from; a request that
-// pinned none is pinned to it for the resumes, so one that would run on
-// another input (which may still repeat the delivered tokens: greedy
-// sampling) fails POSITION_MISMATCH, also reported as ABORTED.
+// the stream with FAILED_PRECONDITION (not retryable) instead of joining
+// two outputs. The first chunk says which input_offset the generation
+// started from; a request that pinned none is pinned to it for the
+// resumes, so one that would run on another input (which may still repeat
+// the delivered tokens: greedy sampling) fails with the server's
+// FAILED_PRECONDITION/POSITION_MISMATCH, which ends the stream too.
 #include <grpcpp/client_context.h>
 
 #include <algorithm>
