@@ -435,6 +435,32 @@ TEST(SdkDeleteTest, AnAnswerThatIsNotRetriedKeepsTheTarget) {
   }
 }
 
+// A typed INTERNAL (a gateway misconfigured: "a worker refused this
+// gateway's credentials") is not retried, but it is the target's fault:
+// the next call goes to the next target.
+TEST(SdkDeleteTest, AnInternalErrorMovesToTheNextTarget) {
+  ScriptedDeletes healthy({MakeError(absl::StatusCode::kNotFound,
+                                     Reason::kSessionNotFound, "no session")});
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
+  builder.RegisterService(&healthy);
+  std::unique_ptr<grpc::Server> second = builder.BuildAndStart();
+  ASSERT_NE(second, nullptr);
+  ScriptedDeletes broken({MakeError(absl::StatusCode::kInternal,
+                                    Reason::kInternal, "misconfigured")});
+  FakeServer fake;
+  ASSERT_NO_FATAL_FAILURE(
+      Serve(&broken, &fake, 0, {absl::StrCat("127.0.0.1:", port)}));
+  EXPECT_EQ(GetReason(fake.client->OpenSession("s").Delete()),
+            Reason::kInternal);
+  EXPECT_EQ(GetReason(fake.client->OpenSession("s").Delete()),
+            Reason::kSessionNotFound);
+  fake.client.reset();
+  second->Shutdown();
+}
+
 class SdkRetryTest : public ::testing::Test {
  protected:
   // Serves an OverloadedSessions(retry_after_ms); a client of it with

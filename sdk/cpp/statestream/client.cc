@@ -96,6 +96,23 @@ std::mt19937_64& Rng() {
 
 }  // namespace
 
+bool BlamesTarget(const absl::Status& error) {
+  switch (error.code()) {
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kAlreadyExists:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+      return false;
+    case absl::StatusCode::kAborted:
+      return GetReason(error) != Reason::kSessionBusy;
+    case absl::StatusCode::kResourceExhausted:
+      return GetReason(error) == Reason::kOverloaded;
+    default:
+      return true;
+  }
+}
+
 std::string NewRequestId() {
   std::mt19937_64& rng = Rng();
   return absl::StrCat(absl::Hex(rng(), absl::kZeroPad16),
@@ -164,7 +181,8 @@ Client::Stubs& Client::Current() {
 void Client::Rotate(const Stubs* failed, const absl::Status& error,
                     const CallOptions& call) {
   if (call.cancellation != nullptr && call.cancellation->cancelled()) return;
-  if (!IsRetryable(error)) return;
+  if (!BlamesTarget(error)) return;
+  if (absl::Now() >= call.deadline) return;  // the operation's own deadline
   absl::MutexLock lock(&mu_);
   // Only the first caller to see a target fail moves on from it.
   if (&stubs_[current_] == failed) current_ = (current_ + 1) % stubs_.size();

@@ -88,6 +88,13 @@ struct CallOptions {
 
 // True for failures after which the same request may be resent.
 bool IsRetryable(const absl::Status& status);
+// Whether `status` may be the target's fault (a transport failure, a
+// gateway overloaded or misconfigured, INTERNAL), so the client moves to
+// its next target. A typed answer about the request or the session
+// (NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, INVALID_ARGUMENT,
+// OUT_OF_RANGE, ABORTED/SESSION_BUSY, RESOURCE_EXHAUSTED other than
+// OVERLOADED) would be the same anywhere: the client stays.
+bool BlamesTarget(const absl::Status& status);
 // A fresh request id (random, 32 hex digits).
 std::string NewRequestId();
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import grpc
@@ -27,7 +28,7 @@ from statestream.client import (_ClientBase, _Collected, _assemble_export,
                                 _not_found_after_unknown, _outcome_unknown,
                                 _rollback_request, _score_request, _setup,
                                 _Stubs, _update_request, new_request_id)
-from statestream.errors import StatestreamError, is_retryable
+from statestream.errors import StatestreamError, blames_target
 from statestream.streams import (MAX_WINDOW, _AckTracker,
                                  _GenerateProgress, _Retained, _units, _utf8)
 from statestream.types import (AppendAck, ExportedState, GenerateChunk,
@@ -92,9 +93,12 @@ class AsyncClient(_ClientBase):
         await self.close()
 
     def _rotate(self, failed: _Stubs,
-                error: Optional[StatestreamError] = None) -> None:
+                error: Optional[StatestreamError] = None,
+                deadline: Optional[float] = None) -> None:
         """As Client._rotate."""
-        if error is not None and not is_retryable(error):
+        if error is not None and not blames_target(error):
+            return
+        if deadline is not None and time.monotonic() >= deadline:
             return
         if self._stubs[self._current] is failed:
             self._current = (self._current + 1) % len(self._stubs)
@@ -157,7 +161,7 @@ class AsyncClient(_ClientBase):
                 raise
             except grpc.RpcError as e:
                 err = StatestreamError.from_rpc_error(e)
-                self._rotate(stubs, err)
+                self._rotate(stubs, err, deadline)
                 await self._retry_or_raise(err, attempt, deadline)
         raise AssertionError("unreachable")
 
@@ -683,7 +687,7 @@ class AsyncAppendWriter(_AckTracker):
         try:
             if self._call is not None:
                 self._call.cancel()
-                self._client._rotate(self._stubs, cause)
+                self._client._rotate(self._stubs, cause, self._deadline)
                 self._call = None
                 self._attempts += 1
                 await self._client._retry_or_raise(cause, self._attempts,
@@ -884,7 +888,7 @@ class AsyncGenerateStream:
             if moved is not err:
                 self._finished = True
                 raise moved
-            self._client._rotate(self._stubs, err)
+            self._client._rotate(self._stubs, err, self._deadline)
             attempts += 1
             # cancel() ends the backoff at once (AsyncClient.close() too,
             # raising CANCELLED "client closed").

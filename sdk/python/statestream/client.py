@@ -22,8 +22,9 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import grpc
 
-from statestream.errors import (StatestreamError, client_closed_error,
-                                is_retryable, retry_after)
+from statestream.errors import (StatestreamError, blames_target,
+                                client_closed_error, is_retryable,
+                                retry_after)
 from statestream.types import (AppendAck, ExportedState, GenerateResult,
                                ScoreResult, SessionInfo, VersionInfo)
 from statestream.v1 import statestream_pb2 as pb
@@ -234,10 +235,14 @@ class Client(_ClientBase):
             return self._stubs[self._current]
 
     def _rotate(self, failed: _Stubs,
-                error: Optional[StatestreamError] = None) -> None:
-        """Moves to the next target after a retryable `error` on `failed`
-        (an answer such as NOT_FOUND says nothing against the target)."""
-        if error is not None and not is_retryable(error):
+                error: Optional[StatestreamError] = None,
+                deadline: Optional[float] = None) -> None:
+        """Moves to the next target after `error` on `failed`, unless the
+        error says nothing against the target (blames_target) or the
+        operation's own `deadline` (monotonic) ran out."""
+        if error is not None and not blames_target(error):
+            return
+        if deadline is not None and time.monotonic() >= deadline:
             return
         with self._lock:
             if self._stubs[self._current] is failed:
@@ -290,7 +295,7 @@ class Client(_ClientBase):
                                     self._attempt_timeout(deadline))
             except grpc.RpcError as e:
                 err = StatestreamError.from_rpc_error(e)
-                self._rotate(stubs, err)
+                self._rotate(stubs, err, deadline)
                 self._retry_or_raise(err, attempt, deadline)
         raise AssertionError("unreachable")
 

@@ -89,6 +89,24 @@ def is_retryable(error: StatestreamError) -> bool:
     return False
 
 
+def blames_target(error: StatestreamError) -> bool:
+    """True when `error` may be the target's fault (a transport failure, a
+    gateway overloaded or misconfigured), so the client moves to its next
+    target. A typed answer about the request or the session (NOT_FOUND,
+    FAILED_PRECONDITION, INVALID_ARGUMENT, SESSION_BUSY, TENANT_LIMIT, ...)
+    would be the same anywhere: the client stays."""
+    c = error.code
+    if c in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
+             grpc.StatusCode.FAILED_PRECONDITION,
+             grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
+        return False
+    if c == grpc.StatusCode.ABORTED:
+        return error.reason != "SESSION_BUSY"
+    if c == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return error.reason == "OVERLOADED"
+    return True
+
+
 def retry_after(error: StatestreamError) -> float:
     """The server's retry hint in seconds (OVERLOADED), else 0."""
     try:

@@ -177,12 +177,16 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
         """Session "lost-ack": the first attempt fails UNAVAILABLE (the
         session deleted, the answer lost); later attempts find it gone.
         "overloaded-first": the first attempt is refused OVERLOADED
-        (nothing done), later ones find no session. Others: no session."""
+        (nothing done), later ones find no session. "internal": a typed
+        INTERNAL (a misconfigured gateway). Others: no session."""
         attempt = sum(r.request_id == request.request_id
                       for r in self.delete_requests) + 1
         self.delete_requests.append(request)
         if request.session_id == "lost-ack" and attempt == 1:
             context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
+        if request.session_id == "internal":
+            abort_with_reason(context, grpc.StatusCode.INTERNAL, "INTERNAL",
+                              "misconfigured")
         if request.session_id == "overloaded-first" and attempt == 1:
             abort_with_reason(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                               "OVERLOADED", "queue full")

@@ -558,3 +558,25 @@ def test_an_answer_that_is_not_retried_keeps_the_target(fake, aio):
             return c._current
     assert (asyncio.run(run_async()) if aio else run()) == 0
     assert len(fake.delete_requests) == 2
+
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_an_internal_error_moves_to_the_next_target(fake, aio):
+    # A typed INTERNAL is not retried, but it is the target's fault (a
+    # misconfigured gateway): the client moves on for its next call.
+    targets = [fake.address, "127.0.0.1:1"]
+
+    async def run_async():
+        async with AsyncClient(targets, **fast_retries()) as c:
+            with pytest.raises(StatestreamError) as e:
+                await c.session("internal").delete()
+            assert e.value.reason == "INTERNAL"
+            return c._current
+
+    def run():
+        with Client(targets, **fast_retries()) as c:
+            with pytest.raises(StatestreamError) as e:
+                c.session("internal").delete()
+            assert e.value.reason == "INTERNAL"
+            return c._current
+    assert (asyncio.run(run_async()) if aio else run()) == 1
