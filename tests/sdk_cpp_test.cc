@@ -679,25 +679,26 @@ TEST_F(SdkTest, CommitOptionsReachTheServer) {
   ASSERT_TRUE(exported.ok()) << exported.status();
   client::CommitOptions stale;
   stale.expected_version = 1;
-  auto refused = s.Import(*exported, stale);
+  auto refused = s.ImportWith(*exported, stale);
   EXPECT_EQ(GetReason(refused.status()), Reason::kVersionMismatch)
       << refused.status();
-  EXPECT_EQ(GetReason(s.Rollback(1, stale).status()), Reason::kVersionMismatch);
+  EXPECT_EQ(GetReason(s.RollbackWith(1, stale).status()),
+            Reason::kVersionMismatch);
   client::CommitOptions current;
   current.expected_version = 2;
   current.durability = v1::DURABILITY_MEMORY;
-  auto imported = s.Import(*exported, current);
+  auto imported = s.ImportWith(*exported, current);
   ASSERT_TRUE(imported.ok()) << imported.status();
   EXPECT_EQ(imported->version(), 3u);
 
   client::CommitOptions labelled;
   labelled.labels = {{"kind", "copy"}};
   labelled.ttl = absl::Hours(2);
-  auto copy = client_->ImportSession(*exported, "opts-copy", labelled);
+  auto copy = client_->ImportSessionWith(*exported, "opts-copy", labelled);
   ASSERT_TRUE(copy.ok()) << copy.status();
   EXPECT_EQ(copy->labels().at("kind"), "copy");
   EXPECT_EQ(copy->ttl().seconds(), 7200);
-  auto fork = s.Fork(0, "opts-fork", labelled);
+  auto fork = s.ForkWith(0, "opts-fork", labelled);
   ASSERT_TRUE(fork.ok()) << fork.status();
   auto forked = fork->Get();
   ASSERT_TRUE(forked.ok()) << forked.status();

@@ -352,13 +352,12 @@ v1::ImportHeader ImportHeaderOf(const ExportedState& state,
 absl::StatusOr<v1::Session> Client::ImportSession(const ExportedState& state,
                                                   const std::string& session_id,
                                                   const CallOptions& call) {
-  return ImportSession(state, session_id, CommitOptions(), call);
+  return ImportSessionWith(state, session_id, CommitOptions(), call);
 }
 
-absl::StatusOr<v1::Session> Client::ImportSession(const ExportedState& state,
-                                                  const std::string& session_id,
-                                                  const CommitOptions& options,
-                                                  const CallOptions& call) {
+absl::StatusOr<v1::Session> Client::ImportSessionWith(
+    const ExportedState& state, const std::string& session_id,
+    const CommitOptions& options, const CallOptions& call) {
   const v1::ImportHeader header =
       ImportHeaderOf(state, session_id, v1::IMPORT_MODE_CREATE, options);
   v1::Session out;
@@ -398,13 +397,13 @@ absl::StatusOr<v1::ScoreResponse> Session::Score(
 absl::StatusOr<Session> Session::Fork(uint64_t version,
                                       const std::string& new_id,
                                       const CallOptions& call) const {
-  return Fork(version, new_id, CommitOptions(), call);
+  return ForkWith(version, new_id, CommitOptions(), call);
 }
 
-absl::StatusOr<Session> Session::Fork(uint64_t version,
-                                      const std::string& new_id,
-                                      const CommitOptions& options,
-                                      const CallOptions& call) const {
+absl::StatusOr<Session> Session::ForkWith(uint64_t version,
+                                          const std::string& new_id,
+                                          const CommitOptions& options,
+                                          const CallOptions& call) const {
   v1::CreateSessionRequest req;
   req.set_session_id(new_id);
   req.mutable_fork_from()->set_session_id(id_);
@@ -440,12 +439,12 @@ absl::StatusOr<v1::Session> Session::Rollback(
     const CallOptions& call) const {
   CommitOptions options;
   options.expected_version = expected_version;
-  return Rollback(version, options, call);
+  return RollbackWith(version, options, call);
 }
 
-absl::StatusOr<v1::Session> Session::Rollback(uint64_t version,
-                                              const CommitOptions& options,
-                                              const CallOptions& call) const {
+absl::StatusOr<v1::Session> Session::RollbackWith(
+    uint64_t version, const CommitOptions& options,
+    const CallOptions& call) const {
   v1::RollbackSessionRequest req;
   req.set_request_id(NewRequestId());
   req.set_session_id(id_);
@@ -512,12 +511,12 @@ absl::StatusOr<ExportedState> Session::Export(uint64_t version,
 
 absl::StatusOr<v1::Session> Session::Import(const ExportedState& state,
                                             const CallOptions& call) const {
-  return Import(state, CommitOptions(), call);
+  return ImportWith(state, CommitOptions(), call);
 }
 
-absl::StatusOr<v1::Session> Session::Import(const ExportedState& state,
-                                            const CommitOptions& options,
-                                            const CallOptions& call) const {
+absl::StatusOr<v1::Session> Session::ImportWith(const ExportedState& state,
+                                                const CommitOptions& options,
+                                                const CallOptions& call) const {
   const v1::ImportHeader header =
       ImportHeaderOf(state, id_, v1::IMPORT_MODE_NEW_VERSION, options);
   v1::Session out;

@@ -50,8 +50,10 @@ struct ExportedState {
   std::string blob;
 };
 
-// What a call that commits a version may also ask (Import, Rollback, Fork,
-// Client::ImportSession); the same as the Python SDK's keyword arguments.
+// What a call that commits a version may also ask (ImportWith,
+// RollbackWith, ForkWith, Client::ImportSessionWith: named apart from
+// Import, Rollback, Fork and ImportSession so that a `{}` argument is never
+// ambiguous); the same as the Python SDK's keyword arguments.
 struct CommitOptions {
   // Import and Rollback: commit only if this is the head, else
   // FAILED_PRECONDITION/VERSION_MISMATCH. Set it to make a retry exact: a
@@ -98,25 +100,25 @@ class Session {
   absl::StatusOr<Session> Fork(uint64_t version = 0,
                                const std::string& new_id = "",
                                const CallOptions& call = {}) const;
-  absl::StatusOr<Session> Fork(uint64_t version, const std::string& new_id,
-                               const CommitOptions& options,
-                               const CallOptions& call = {}) const;
+  absl::StatusOr<Session> ForkWith(uint64_t version, const std::string& new_id,
+                                   const CommitOptions& options,
+                                   const CallOptions& call = {}) const;
   absl::StatusOr<std::vector<v1::Version>> Versions(
       const CallOptions& call = {}) const;
   absl::StatusOr<v1::Session> Rollback(
       uint64_t version, std::optional<uint64_t> expected_version = {},
       const CallOptions& call = {}) const;
-  absl::StatusOr<v1::Session> Rollback(uint64_t version,
-                                       const CommitOptions& options,
-                                       const CallOptions& call = {}) const;
+  absl::StatusOr<v1::Session> RollbackWith(uint64_t version,
+                                           const CommitOptions& options,
+                                           const CallOptions& call = {}) const;
   absl::StatusOr<ExportedState> Export(uint64_t version = 0,
                                        const CallOptions& call = {}) const;
   // Commits `state` as this session's next version (IMPORT_MODE_NEW_VERSION).
   absl::StatusOr<v1::Session> Import(const ExportedState& state,
                                      const CallOptions& call = {}) const;
-  absl::StatusOr<v1::Session> Import(const ExportedState& state,
-                                     const CommitOptions& options,
-                                     const CallOptions& call = {}) const;
+  absl::StatusOr<v1::Session> ImportWith(const ExportedState& state,
+                                         const CommitOptions& options,
+                                         const CallOptions& call = {}) const;
   // UpdateSession: labels and/or TTL per request.update_mask;
   // session_id and an empty request_id are filled in.
   absl::StatusOr<v1::Session> Update(v1::UpdateSessionRequest request,
@@ -153,10 +155,10 @@ class Client {
   absl::StatusOr<v1::Session> ImportSession(const ExportedState& state,
                                             const std::string& session_id = "",
                                             const CallOptions& call = {});
-  absl::StatusOr<v1::Session> ImportSession(const ExportedState& state,
-                                            const std::string& session_id,
-                                            const CommitOptions& options,
-                                            const CallOptions& call = {});
+  absl::StatusOr<v1::Session> ImportSessionWith(const ExportedState& state,
+                                                const std::string& session_id,
+                                                const CommitOptions& options,
+                                                const CallOptions& call = {});
   absl::StatusOr<v1::ListModelsResponse> ListModels(
       const CallOptions& call = {});
 
