@@ -302,6 +302,21 @@ class AppendCall final : public Watched {
           Entry& e = log_[seq - log_.front().seq];
           if (deliver) received = e.received;
           e.acked_version = std::max(e.acked_version, ack.version());
+          // A request applied (not a duplicate) below where the session
+          // stood at the previous ack: its input moved back in between (a
+          // rollback, an import of a new version), which discarded every
+          // request before this one, committed or not. None is replayed.
+          if (deliver && !ack.duplicate() && delivered_any_ &&
+              e.request.expected_input_offset() < delivered_input_offset_) {
+            while (log_.front().seq < seq) {
+              log_bytes_ -= log_.front().bytes;
+              log_.pop_front();
+            }
+          }
+        }
+        if (deliver) {
+          delivered_input_offset_ = ack.input_offset();
+          delivered_any_ = true;
         }
         // What the newest version covers. Not the largest offset ever
         // reported: a rollback (or an import of a new version) commits a
@@ -378,6 +393,9 @@ class AppendCall final : public Watched {
   uint64_t acked_ ABSL_GUARDED_BY(mu_) = 0;     // acks sent to the client
   uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t committed_version_ ABSL_GUARDED_BY(mu_) = 0;  // of committed_
+  // The input_offset the client's latest ack reported.
+  uint64_t delivered_input_offset_ ABSL_GUARDED_BY(mu_) = 0;
+  bool delivered_any_ ABSL_GUARDED_BY(mu_) = false;
   // A checkpoint the gateway asked for (log over its bound) is pending
   // until acked_ reaches this.
   uint64_t forced_until_ ABSL_GUARDED_BY(mu_) = 0;

@@ -357,7 +357,9 @@ TEST_F(GatewayTest, AFailoverReplaysAFlushTheLastCommitDoesNotCover) {
 // Append continues from there: what the stream sends after it is
 // uncommitted though the offsets committed before it cover them, so a
 // failover replays it (else the new owner, at the rolled-back offset, would
-// see a gap).
+// see a gap); what it sent before, applied but not committed ("x"), the
+// rollback discarded, so a failover does not replay it (the new owner
+// would refuse it: POSITION_MISMATCH).
 TEST_F(GatewayTest, AFailoverAfterARollbackReplaysWhatFollowedIt) {
   absl::Mutex mu;
   std::vector<std::string> replayed;  // request ids the second worker got
@@ -375,16 +377,17 @@ TEST_F(GatewayTest, AFailoverAfterARollbackReplaysWhatFollowedIt) {
           } else if (r.request_id() == "c") {
             return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker lost");
           }
-          // First worker: "a" committed to 10 (version 2); then a rollback
-          // to offset 5 (version 3) and "b" applied from there, not
-          // committed. The second commits everything (version 4).
+          // First worker: "a" committed to 10 (version 2), "x" applied
+          // after it; then a rollback to offset 5 (version 3) and "b"
+          // applied from there, not committed. The second commits
+          // everything (version 4).
           const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
           v1::AppendResponse ack;
           ack.set_request_id(r.request_id());
           ack.set_input_offset(end);
-          const bool a = r.request_id() == "a";
-          ack.set_committed_input_offset(call > 0 ? end : a ? 10 : 5);
-          ack.set_version(call > 0 ? 4 : a ? 2 : 3);
+          const bool before = r.request_id() == "a" || r.request_id() == "x";
+          ack.set_committed_input_offset(call > 0 ? end : before ? 10 : 5);
+          ack.set_version(call > 0 ? 4 : before ? 2 : 3);
           if (!stream->Write(ack)) break;
         }
         return grpc::Status::OK;
@@ -402,6 +405,7 @@ TEST_F(GatewayTest, AFailoverAfterARollbackReplaysWhatFollowedIt) {
     return r;
   };
   ASSERT_TRUE(stream->Write(request("a", 0, "0123456789")));
+  ASSERT_TRUE(stream->Write(request("x", 10, "ab")));
   ASSERT_TRUE(stream->Write(request("b", 5, "5678")));
   ASSERT_TRUE(stream->Write(request("c", 9, "9")));
   stream->WritesDone();
@@ -410,7 +414,7 @@ TEST_F(GatewayTest, AFailoverAfterARollbackReplaysWhatFollowedIt) {
   while (stream->Read(&ack)) acked.push_back(ack.request_id());
   const grpc::Status st = stream->Finish();
   ASSERT_TRUE(st.ok()) << st.error_message();
-  EXPECT_EQ(acked, (std::vector<std::string>{"a", "b", "c"}));
+  EXPECT_EQ(acked, (std::vector<std::string>{"a", "x", "b", "c"}));
   absl::MutexLock lock(&mu);
   EXPECT_EQ(replayed, (std::vector<std::string>{"b", "c"}));
 }
