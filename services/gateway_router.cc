@@ -320,12 +320,19 @@ absl::StatusOr<Route> GatewayRouter::Pick(const std::string& hash_key,
       unlisted = unlisted || w.model_fingerprints.empty();
       served.insert(w.model_fingerprints.begin(), w.model_fingerprints.end());
     }
-    bool lately = false;  // its workers may be restarting
+    // Its workers may be restarting (listed lately), or the list predates
+    // them (older than a refresh: the read it started may list them): a
+    // retry may succeed.
+    bool maybe = false;
     {
       absl::MutexLock lock(&mu_);
-      lately = served_.contains(fingerprint);
+      const absl::Time now = clock_->Now();
+      auto it = served_.find(fingerprint);
+      maybe = (it != served_.end() &&
+               it->second >= now - options_.served_memory) ||
+              now - workers_read_ > options_.registry_refresh;
     }
-    if (!unlisted && !lately && served.count(fingerprint) == 0) {
+    if (!unlisted && !maybe && served.count(fingerprint) == 0) {
       return MakeError(
           absl::StatusCode::kFailedPrecondition, Reason::kModelMismatch,
           absl::StrCat("no worker serves model fingerprint ", fingerprint),

@@ -82,7 +82,8 @@ class GatewayRouter {
   // live worker serves `fingerprint` and none did within served_memory (a
   // state of another model; metadata expected_fingerprint, the ones
   // served, and actual_fingerprint); UNAVAILABLE when those that serve it
-  // are excluded, or none is live but one was lately (restarting). An
+  // are excluded, or none is live but one was lately (restarting), or the
+  // list is older than registry_refresh (its read is under way). An
   // existing session's model is UNAVAILABLE either way.
   absl::StatusOr<Route> RouteAny(const std::string& hash_key,
                                  const std::string& fingerprint,

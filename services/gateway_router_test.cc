@@ -570,6 +570,15 @@ TEST_F(GatewayRouterTest, AModelNoWorkerServesCostsNoRegistryRead) {
     EXPECT_EQ(GetErrorMetadata(st, "expected_fingerprint"), "fp-a");
   }
   EXPECT_EQ(registry.reads.load(), 1);
+  // A list older than a refresh may predate the model's workers: the call
+  // is UNAVAILABLE (retried) while the read it started runs.
+  clock_.Advance(absl::Hours(2));
+  for (const char* id : {"w1", "w2", "w3"}) Register(id, "fp-a", 0);
+  const absl::Status stale = router.RouteAny("k", "fp-unknown", {}).status();
+  EXPECT_EQ(stale.code(), absl::StatusCode::kUnavailable) << stale;
+  router.AwaitBackgroundReads();
+  EXPECT_EQ(GetReason(router.RouteAny("k", "fp-unknown", {}).status()),
+            Reason::kModelMismatch);
 }
 
 // A model the registry listed lately is one whose workers may be

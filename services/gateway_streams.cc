@@ -261,6 +261,7 @@ class AppendCall final : public Watched {
       attempt_over_ = false;
       stalled_ = false;
       attempt_sent_ = attempt_acked_ = attempt_delivered_ = 0;
+      attempt_acks_any_ = false;
       in_flight_units_.clear();
       last_progress_ = absl::Now();
       // Replay everything not known to be committed (and acked).
@@ -302,22 +303,23 @@ class AppendCall final : public Watched {
           Entry& e = log_[seq - log_.front().seq];
           if (deliver) received = e.received;
           e.acked_version = std::max(e.acked_version, ack.version());
-          // A request applied (not a duplicate) below where the session
-          // stood at the previous ack: its input moved back in between (a
-          // rollback, an import of a new version), which discarded every
-          // request before this one, committed or not. None is replayed.
-          if (deliver && !ack.duplicate() && delivered_any_ &&
-              e.request.expected_input_offset() < delivered_input_offset_) {
+          // A new request applied (not a duplicate) below where this
+          // worker's previous ack left the session: its input moved back in
+          // between (a rollback, an import of a new version), which
+          // discarded every request before this one, committed or not.
+          // None is replayed. (Only within an attempt: a new owner resumes
+          // below what the last one reported, and its acks of replayed
+          // requests, delivered or not, set where it stands.)
+          if (deliver && !ack.duplicate() && attempt_acks_any_ &&
+              e.request.expected_input_offset() < attempt_input_offset_) {
             while (log_.front().seq < seq) {
               log_bytes_ -= log_.front().bytes;
               log_.pop_front();
             }
           }
         }
-        if (deliver) {
-          delivered_input_offset_ = ack.input_offset();
-          delivered_any_ = true;
-        }
+        attempt_input_offset_ = ack.input_offset();
+        attempt_acks_any_ = true;
         // What the newest version covers. Not the largest offset ever
         // reported: a rollback (or an import of a new version) commits a
         // newer version at an earlier offset, and the input the stream
@@ -393,9 +395,7 @@ class AppendCall final : public Watched {
   uint64_t acked_ ABSL_GUARDED_BY(mu_) = 0;     // acks sent to the client
   uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t committed_version_ ABSL_GUARDED_BY(mu_) = 0;  // of committed_
-  // The input_offset the client's latest ack reported.
-  uint64_t delivered_input_offset_ ABSL_GUARDED_BY(mu_) = 0;
-  bool delivered_any_ ABSL_GUARDED_BY(mu_) = false;
+
   // A checkpoint the gateway asked for (log over its bound) is pending
   // until acked_ reaches this.
   uint64_t forced_until_ ABSL_GUARDED_BY(mu_) = 0;
@@ -410,6 +410,9 @@ class AppendCall final : public Watched {
   uint64_t attempt_sent_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t attempt_acked_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t attempt_delivered_ ABSL_GUARDED_BY(mu_) = 0;
+  // The input_offset this attempt's latest ack reported (if any).
+  uint64_t attempt_input_offset_ ABSL_GUARDED_BY(mu_) = 0;
+  bool attempt_acks_any_ ABSL_GUARDED_BY(mu_) = false;
   // Units (tokens or text bytes) of the requests sent and not acked yet.
   std::deque<uint64_t> in_flight_units_ ABSL_GUARDED_BY(mu_);
   absl::Time last_progress_ ABSL_GUARDED_BY(mu_);

@@ -419,5 +419,70 @@ TEST_F(GatewayTest, AFailoverAfterARollbackReplaysWhatFollowedIt) {
   EXPECT_EQ(replayed, (std::vector<std::string>{"b", "c"}));
 }
 
+// A client that reconnected resends what it kept; the worker that still
+// holds it answers duplicates that report where the session stands (past
+// them). After that worker dies, the new owner applies the replay from the
+// last commit: the first request delivered from it starts below what the
+// lost worker reported, which is no rollback, so nothing is dropped, and a
+// second failover replays everything uncommitted again.
+TEST_F(GatewayTest, AReplayAfterDuplicatesIsNotTakenForARollback) {
+  absl::Mutex mu;
+  std::vector<std::string> third;  // request ids the third attempt got
+  Script<grpc::Status(
+      int, const std::vector<v1::AppendRequest>&,
+      grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>*)>(
+      &ScriptedWorker::append,
+      [&](int call, const std::vector<v1::AppendRequest>& requests,
+          grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>*
+              stream) {
+        for (const auto& r : requests) {
+          const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
+          v1::AppendResponse ack;
+          ack.set_request_id(r.request_id());
+          ack.set_version(call == 2 ? 2 : 1);
+          if (call == 0) {
+            // Holds r1..r5 applied (at 50), nothing committed; lost at r4.
+            if (r.request_id() == "r4") {
+              return grpc::Status(grpc::StatusCode::UNAVAILABLE, "lost");
+            }
+            ack.set_duplicate(true);
+            ack.set_input_offset(50);
+          } else {
+            // From the last commit (0): applies each; the second is lost
+            // after r5, the third commits everything.
+            ack.set_input_offset(end);
+            ack.set_committed_input_offset(call == 2 ? end : 0);
+            if (call == 2) {
+              absl::MutexLock lock(&mu);
+              third.push_back(r.request_id());
+            }
+          }
+          if (!stream->Write(ack)) break;
+        }
+        return call == 1 ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "lost")
+                         : grpc::Status::OK;
+      });
+  Start();
+  grpc::ClientContext ctx;
+  auto stream = v1::Streams::NewStub(channel_)->Append(&ctx);
+  for (int i = 0; i < 5; ++i) {
+    v1::AppendRequest r;
+    r.set_session_id("s");
+    r.set_request_id("r" + std::to_string(i + 1));
+    r.set_expected_input_offset(10 * i);
+    r.set_text_utf8("0123456789");
+    ASSERT_TRUE(stream->Write(r));
+  }
+  stream->WritesDone();
+  std::vector<std::string> acked;
+  v1::AppendResponse ack;
+  while (stream->Read(&ack)) acked.push_back(ack.request_id());
+  const grpc::Status st = stream->Finish();
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(acked, (std::vector<std::string>{"r1", "r2", "r3", "r4", "r5"}));
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(third, (std::vector<std::string>{"r1", "r2", "r3", "r4", "r5"}));
+}
+
 }  // namespace
 }  // namespace statestream

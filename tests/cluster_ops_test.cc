@@ -108,13 +108,20 @@ TEST_F(ClusterOpsTest, CreateSessionRoutesByModel) {
   state->set_chunk_bytes(4);
   v1::ImportStateRequest chunk;
   chunk.mutable_chunk()->set_data("abcd");
-  v1::Session created;
-  auto ctx = e2e::ClientContext();
-  auto writer = cluster_->sessions(0)->ImportState(ctx.get(), &created);
-  writer->Write(header);
-  writer->Write(chunk);
-  writer->WritesDone();
-  const absl::Status foreign = FromGrpcStatus(writer->Finish());
+  // (Retried while UNAVAILABLE, as the SDKs do: the gateway's list of
+  // workers may be older than a refresh.)
+  absl::Status foreign;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    v1::Session created;
+    auto ctx = e2e::ClientContext();
+    auto writer = cluster_->sessions(0)->ImportState(ctx.get(), &created);
+    writer->Write(header);
+    writer->Write(chunk);
+    writer->WritesDone();
+    foreign = FromGrpcStatus(writer->Finish());
+    if (!absl::IsUnavailable(foreign)) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
   EXPECT_EQ(foreign.code(), absl::StatusCode::kFailedPrecondition) << foreign;
   EXPECT_EQ(GetReason(foreign), Reason::kModelMismatch) << foreign;
   EXPECT_EQ(GetErrorMetadata(foreign, "actual_fingerprint"),
