@@ -492,8 +492,11 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
   // live Append call. A retry that only replays a finished generation, or a
   // request that fails at once, must not: they are answered first, on the
   // session's strand, without the slot (the run re-checks what can change).
-  auto answer_first = [&m, tenant, session_id, in = std::move(in), emit, done,
-                       run = std::move(run)]() mutable {
+  auto answer_first = [&m, job, tenant, session_id, in = std::move(in), emit,
+                       done, run = std::move(run)]() mutable {
+    // A call that went away while this waited (maybe on the loaders behind
+    // a slow store) loads nothing.
+    if (job->cancelled()) return done(CancelledError());
     auto r = m.Resident({tenant, session_id});
     if (!r.ok()) return done(r.status());
     std::shared_ptr<Session> s = *r;
@@ -539,6 +542,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
   const bool reads_store = in.version != 0;  // an older version's state
   auto score_call = [&m, job, tenant, session_id, in = std::move(in), done] {
     if (absl::Status st = m.Admitting(); !st.ok()) return done(st);
+    if (job->cancelled()) return done(CancelledError());
     // Validate the continuation first.
     std::vector<int32_t> cont;
     if (in.is_text) {

@@ -153,7 +153,10 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
       return it->second;
     }
   }
-  absl::ReleasableMutexLock load(&load_mu_);
+  // Held through the victims' evictions too: a load that picked victims
+  // while others were still being evicted (busy, so skipped, but still
+  // counted) would evict one session too many, maybe the one just loaded.
+  absl::MutexLock load(&load_mu_);
   {
     absl::MutexLock lock(&mu_);
     auto it = resident_.find(mk);
@@ -211,9 +214,6 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
     store_->ReleaseLease(key, opt_.owner, lease.fence).IgnoreError();
     return Draining();
   }
-  // The next load need not wait for these commits (an eviction re-checks
-  // its victim, so two loads that picked the same one evict it once).
-  load.Release();
   for (auto& v : victims) Evict(v);
   return s;
 }
