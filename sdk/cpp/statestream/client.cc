@@ -103,6 +103,8 @@ bool BlamesTarget(const absl::Status& error) {
     case absl::StatusCode::kFailedPrecondition:
     case absl::StatusCode::kInvalidArgument:
     case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kUnauthenticated:  // the same key everywhere
+    case absl::StatusCode::kPermissionDenied:
       return false;
     case absl::StatusCode::kAborted:
       return GetReason(error) != Reason::kSessionBusy;
@@ -182,7 +184,6 @@ void Client::Rotate(const Stubs* failed, const absl::Status& error,
                     const CallOptions& call) {
   if (call.cancellation != nullptr && call.cancellation->cancelled()) return;
   if (!BlamesTarget(error)) return;
-  if (absl::Now() >= call.deadline) return;  // the operation's own deadline
   absl::MutexLock lock(&mu_);
   // Only the first caller to see a target fail moves on from it.
   if (&stubs_[current_] == failed) current_ = (current_ + 1) % stubs_.size();

@@ -173,9 +173,8 @@ class Client {
   // The stubs of the current target.
   Stubs& Current();
   // Moves to the next target after `error` on `failed` when it may be the
-  // target's fault (BlamesTarget), unless `call` was cancelled or its
-  // deadline passed (the caller's cancel or deadline says nothing about
-  // the target).
+  // target's fault (BlamesTarget), unless `call` was cancelled (the
+  // caller's cancel says nothing about the target).
   void Rotate(const Stubs* failed, const absl::Status& error,
               const CallOptions& call);
   // Prepares a context: metadata, per-attempt deadline. `unary` sets

@@ -93,7 +93,9 @@ bool IsRetryable(const absl::Status& status);
 // its next target. A typed answer about the request or the session
 // (NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, INVALID_ARGUMENT,
 // OUT_OF_RANGE, ABORTED/SESSION_BUSY, RESOURCE_EXHAUSTED other than
-// OVERLOADED) would be the same anywhere: the client stays.
+// OVERLOADED, and UNAUTHENTICATED or PERMISSION_DENIED: the caller's
+// credentials) would be the same anywhere: the client stays. A
+// DEADLINE_EXCEEDED moves it (a target that never answers looks so).
 bool BlamesTarget(const absl::Status& status);
 // A fresh request id (random, 32 hex digits).
 std::string NewRequestId();

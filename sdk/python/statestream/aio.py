@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import time
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import grpc
@@ -93,12 +92,9 @@ class AsyncClient(_ClientBase):
         await self.close()
 
     def _rotate(self, failed: _Stubs,
-                error: Optional[StatestreamError] = None,
-                deadline: Optional[float] = None) -> None:
+                error: Optional[StatestreamError] = None) -> None:
         """As Client._rotate."""
         if error is not None and not blames_target(error):
-            return
-        if deadline is not None and time.monotonic() >= deadline:
             return
         if self._stubs[self._current] is failed:
             self._current = (self._current + 1) % len(self._stubs)
@@ -161,7 +157,7 @@ class AsyncClient(_ClientBase):
                 raise
             except grpc.RpcError as e:
                 err = StatestreamError.from_rpc_error(e)
-                self._rotate(stubs, err, deadline)
+                self._rotate(stubs, err)
                 await self._retry_or_raise(err, attempt, deadline)
         raise AssertionError("unreachable")
 
@@ -687,7 +683,7 @@ class AsyncAppendWriter(_AckTracker):
         try:
             if self._call is not None:
                 self._call.cancel()
-                self._client._rotate(self._stubs, cause, self._deadline)
+                self._client._rotate(self._stubs, cause)
                 self._call = None
                 self._attempts += 1
                 await self._client._retry_or_raise(cause, self._attempts,
@@ -888,7 +884,7 @@ class AsyncGenerateStream:
             if moved is not err:
                 self._finished = True
                 raise moved
-            self._client._rotate(self._stubs, err, self._deadline)
+            self._client._rotate(self._stubs, err)
             attempts += 1
             # cancel() ends the backoff at once (AsyncClient.close() too,
             # raising CANCELLED "client closed").

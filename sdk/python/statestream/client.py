@@ -235,14 +235,10 @@ class Client(_ClientBase):
             return self._stubs[self._current]
 
     def _rotate(self, failed: _Stubs,
-                error: Optional[StatestreamError] = None,
-                deadline: Optional[float] = None) -> None:
+                error: Optional[StatestreamError] = None) -> None:
         """Moves to the next target after `error` on `failed`, unless the
-        error says nothing against the target (blames_target) or the
-        operation's own `deadline` (monotonic) ran out."""
+        error says nothing against the target (blames_target)."""
         if error is not None and not blames_target(error):
-            return
-        if deadline is not None and time.monotonic() >= deadline:
             return
         with self._lock:
             if self._stubs[self._current] is failed:
@@ -295,7 +291,7 @@ class Client(_ClientBase):
                                     self._attempt_timeout(deadline))
             except grpc.RpcError as e:
                 err = StatestreamError.from_rpc_error(e)
-                self._rotate(stubs, err, deadline)
+                self._rotate(stubs, err)
                 self._retry_or_raise(err, attempt, deadline)
         raise AssertionError("unreachable")
 

@@ -305,8 +305,7 @@ class AppendWriter(_AckTracker):
         try:
             if self._call is not None:
                 self._call.cancel()
-                self._client._rotate(self._call.stubs, cause,
-                                     self._deadline)
+                self._client._rotate(self._call.stubs, cause)
                 self._call = None
                 self._attempts += 1
                 self._client._retry_or_raise(cause, self._attempts,
@@ -570,7 +569,7 @@ class GenerateStream:
             if moved is not err:
                 self._finished = True
                 raise moved
-            self._client._rotate(self._stubs, err, self._deadline)
+            self._client._rotate(self._stubs, err)
             attempts += 1
             try:
                 # cancel() (or Client.close()) ends the backoff at once.
