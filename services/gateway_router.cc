@@ -328,9 +328,9 @@ absl::StatusOr<Route> GatewayRouter::Pick(const std::string& hash_key,
       absl::MutexLock lock(&mu_);
       const absl::Time now = clock_->Now();
       auto it = served_.find(fingerprint);
-      maybe = (it != served_.end() &&
-               it->second >= now - options_.served_memory) ||
-              now - workers_read_ > options_.registry_refresh;
+      maybe =
+          (it != served_.end() && it->second >= now - options_.served_memory) ||
+          now - workers_read_ > options_.registry_refresh;
     }
     if (!unlisted && !maybe && served.count(fingerprint) == 0) {
       return MakeError(
