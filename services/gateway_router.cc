@@ -171,6 +171,7 @@ absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::FinishRead(
     return workers_;
   }
   AppendStatic(&workers);
+  listed_at_ = read_at;
   const absl::Time now = clock_->Now();
   absl::erase_if(served_, [&](const auto& entry) {
     return entry.second < now - options_.served_memory;
@@ -310,29 +311,44 @@ absl::StatusOr<Route> GatewayRouter::Pick(const std::string& hash_key,
       chosen = Best(*workers, hash_key, fingerprint, exclude);
     }
   }
-  if (chosen == nullptr && unserved_is_mismatch && !fingerprint.empty() &&
-      !workers->empty()) {
-    // Not a worker lost but a model nobody serves (a state exported from
-    // another model, say): retrying would not help.
+  if (chosen == nullptr && unserved_is_mismatch && !fingerprint.empty()) {
+    // Perhaps not a worker lost but a model nobody serves (a state exported
+    // from another model, say), which retrying would not help. Decided on a
+    // list the registry gave within a refresh: an older one may predate the
+    // model's workers, so it is read again first (one read, shared, for
+    // the calls of a refresh period; the registry unreachable: UNAVAILABLE).
+    bool fresh_list = false;
+    {
+      absl::MutexLock lock(&mu_);
+      fresh_list = clock_->Now() - listed_at_ <= options_.registry_refresh;
+    }
+    if (!fresh_list && store_ != nullptr) {
+      auto fresh = ReadWorkersSince(began);
+      fresh_list = fresh.ok();
+      if (fresh.ok()) {
+        workers = std::move(fresh);
+        chosen = Best(*workers, hash_key, fingerprint, exclude);
+      }
+    }
+    if (chosen != nullptr) {
+      return Route{chosen->worker_id, chosen->address, false};
+    }
     std::set<std::string> served;
     bool unlisted = false;  // a worker that does not say (serves anything)
     for (const WorkerInfo& w : *workers) {
       unlisted = unlisted || w.model_fingerprints.empty();
       served.insert(w.model_fingerprints.begin(), w.model_fingerprints.end());
     }
-    // Its workers may be restarting (listed lately), or the list predates
-    // them (older than a refresh: the read it started may list them): a
-    // retry may succeed.
-    bool maybe = false;
+    // Its workers may be restarting (listed lately): a retry may succeed.
+    bool lately = false;
     {
       absl::MutexLock lock(&mu_);
-      const absl::Time now = clock_->Now();
       auto it = served_.find(fingerprint);
-      maybe =
-          (it != served_.end() && it->second >= now - options_.served_memory) ||
-          now - workers_read_ > options_.registry_refresh;
+      lately = it != served_.end() &&
+               it->second >= clock_->Now() - options_.served_memory;
     }
-    if (!unlisted && !maybe && served.count(fingerprint) == 0) {
+    if (fresh_list && !workers->empty() && !unlisted && !lately &&
+        served.count(fingerprint) == 0) {
       return MakeError(
           absl::StatusCode::kFailedPrecondition, Reason::kModelMismatch,
           absl::StrCat("no worker serves model fingerprint ", fingerprint),

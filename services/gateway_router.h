@@ -81,10 +81,11 @@ class GatewayRouter {
   // `fingerprint` ("" = any). FAILED_PRECONDITION/MODEL_MISMATCH when no
   // live worker serves `fingerprint` and none did within served_memory (a
   // state of another model; metadata expected_fingerprint, the ones
-  // served, and actual_fingerprint); UNAVAILABLE when those that serve it
-  // are excluded, or none is live but one was lately (restarting), or the
-  // list is older than registry_refresh (its read is under way). An
-  // existing session's model is UNAVAILABLE either way.
+  // served, and actual_fingerprint), decided on a list the registry gave
+  // within registry_refresh (else read first); UNAVAILABLE when those that
+  // serve it are excluded, or none is live but one was lately
+  // (restarting), or the registry cannot be read. An existing session's
+  // model is UNAVAILABLE either way.
   absl::StatusOr<Route> RouteAny(const std::string& hash_key,
                                  const std::string& fingerprint,
                                  const std::set<std::string>& exclude);
@@ -186,6 +187,9 @@ class GatewayRouter {
   std::thread refresher_ ABSL_GUARDED_BY(threads_mu_);
   // "tenant/session" -> its owner and model as last looked up.
   absl::flat_hash_map<std::string, Seen> seen_ ABSL_GUARDED_BY(mu_);
+  // When the registry last listed workers (a failed read does not count;
+  // InfinitePast when a worker was marked suspect during that read).
+  absl::Time listed_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   // Model fingerprint -> when a registry read last listed a worker of it
   // (entries older than served_memory are dropped at each read).
   absl::flat_hash_map<std::string, absl::Time> served_ ABSL_GUARDED_BY(mu_);
