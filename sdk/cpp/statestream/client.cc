@@ -103,8 +103,6 @@ bool BlamesTarget(const absl::Status& error) {
     case absl::StatusCode::kFailedPrecondition:
     case absl::StatusCode::kInvalidArgument:
     case absl::StatusCode::kOutOfRange:
-    case absl::StatusCode::kUnauthenticated:  // the same key everywhere
-    case absl::StatusCode::kPermissionDenied:
       return false;
     case absl::StatusCode::kAborted:
       return GetReason(error) != Reason::kSessionBusy;

@@ -93,9 +93,10 @@ bool IsRetryable(const absl::Status& status);
 // its next target. A typed answer about the request or the session
 // (NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, INVALID_ARGUMENT,
 // OUT_OF_RANGE, ABORTED/SESSION_BUSY, RESOURCE_EXHAUSTED other than
-// OVERLOADED, and UNAUTHENTICATED or PERMISSION_DENIED: the caller's
-// credentials) would be the same anywhere: the client stays. A
-// DEADLINE_EXCEEDED moves it (a target that never answers looks so).
+// OVERLOADED) would be the same anywhere: the client stays. A
+// DEADLINE_EXCEEDED moves it (a target that never answers looks so), and
+// so does UNAUTHENTICATED (a gateway that has not loaded a rotated key
+// yet).
 bool BlamesTarget(const absl::Status& status);
 // A fresh request id (random, 32 hex digits).
 std::string NewRequestId();

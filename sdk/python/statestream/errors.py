@@ -98,10 +98,7 @@ def blames_target(error: StatestreamError) -> bool:
     c = error.code
     if c in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
              grpc.StatusCode.FAILED_PRECONDITION,
-             grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE,
-             # The caller's credentials: the same answer everywhere.
-             grpc.StatusCode.UNAUTHENTICATED,
-             grpc.StatusCode.PERMISSION_DENIED):
+             grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
         return False
     if c == grpc.StatusCode.ABORTED:
         return error.reason != "SESSION_BUSY"
