@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
@@ -230,26 +231,14 @@ TEST_F(GatewayTest, AnAppendPastTheReplayBoundAsksForOneCheckpoint) {
   GatewayOptions options;
   options.append_buffer_bytes = 5000;  // ~350 bytes an entry: ~14 fit
   Start(options);
-  grpc::ClientContext ctx;
-  auto stream = v1::Streams::NewStub(channel_)->Append(&ctx);
-  uint64_t offset = 0;
+  std::vector<v1::AppendRequest> requests;
   const std::string text(200, 'x');
   for (int i = 0; i < 20; ++i) {
-    v1::AppendRequest r;
-    r.set_session_id("s");
-    r.set_request_id("r" + std::to_string(i));
-    r.set_expected_input_offset(offset);
-    r.set_text_utf8(text);
-    offset += text.size();
-    ASSERT_TRUE(stream->Write(r));
+    requests.push_back(AppendAt(absl::StrCat("r", i), 200 * i, text));
   }
-  stream->WritesDone();
-  int acks = 0;
-  v1::AppendResponse ack;
-  while (stream->Read(&ack)) ++acks;
-  const grpc::Status st = stream->Finish();
-  ASSERT_TRUE(st.ok()) << st.error_message();
-  EXPECT_EQ(acks, 20);
+  const Appended out = AppendThrough(requests);
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_EQ(out.acked.size(), 20u);
   EXPECT_EQ(calls_.load(), 1);
   EXPECT_EQ(workers_[0]->checkpoints() + workers_[1]->checkpoints(), 1);
 }
@@ -261,23 +250,14 @@ TEST_F(GatewayTest, TheReplayBoundCountsTokensAsHeldNotAsSent) {
   GatewayOptions options;
   options.append_buffer_bytes = 12000;
   Start(options);
-  grpc::ClientContext ctx;
-  auto stream = v1::Streams::NewStub(channel_)->Append(&ctx);
+  std::vector<v1::AppendRequest> requests;
   for (int i = 0; i < 15; ++i) {
-    v1::AppendRequest r;
-    r.set_session_id("s");
-    r.set_request_id("r" + std::to_string(i));
-    r.set_expected_input_offset(200 * i);
-    for (int t = 0; t < 200; ++t) r.mutable_tokens()->add_ids(7);
-    ASSERT_TRUE(stream->Write(r));
+    requests.push_back(AppendAt(absl::StrCat("r", i), 200 * i));
+    for (int t = 0; t < 200; ++t) requests.back().mutable_tokens()->add_ids(7);
   }
-  stream->WritesDone();
-  int acks = 0;
-  v1::AppendResponse ack;
-  while (stream->Read(&ack)) ++acks;
-  const grpc::Status st = stream->Finish();
-  ASSERT_TRUE(st.ok()) << st.error_message();
-  EXPECT_EQ(acks, 15);
+  const Appended out = AppendThrough(requests);
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_EQ(out.acked.size(), 15u);
   EXPECT_EQ(workers_[0]->checkpoints() + workers_[1]->checkpoints(), 1);
 }
 
@@ -288,64 +268,40 @@ TEST_F(GatewayTest, TheReplayBoundCountsTokensAsHeldNotAsSent) {
 TEST_F(GatewayTest, AFailoverReplaysAFlushTheLastCommitDoesNotCover) {
   absl::Mutex mu;
   std::vector<std::string> replayed;  // request ids the second worker got
-  Script<grpc::Status(
-      int, const std::vector<v1::AppendRequest>&,
-      grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>*)>(
-      &ScriptedWorker::append,
-      [&](int call, const std::vector<v1::AppendRequest>& requests,
-          grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>*
-              stream) {
-        if (call > 0) {
-          absl::MutexLock lock(&mu);
-          for (const auto& r : requests) replayed.push_back(r.request_id());
-        }
-        for (const auto& r : requests) {
-          if (call == 0 && r.request_id() == "text-c") {
-            return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker lost");
-          }
-          // First worker: "ab" committed at 2 (version 2) by the
-          // checkpoint; the flush after it applied, not committed. The
-          // second commits everything (version 3).
-          const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
-          v1::AppendResponse ack;
-          ack.set_request_id(r.request_id());
-          ack.set_input_offset(end);
-          const bool first = call == 0 && r.request_id() == "text-ab";
-          ack.set_committed_input_offset(first ? 0 : end);
-          ack.set_version(call > 0 ? 3 : first ? 1 : 2);
-          if (!stream->Write(ack)) break;
-        }
-        return grpc::Status::OK;
-      });
+  ScriptAppends([&](int call, const std::vector<v1::AppendRequest>& requests,
+                    AppendStream* stream) {
+    if (call > 0) {
+      absl::MutexLock lock(&mu);
+      for (const auto& r : requests) replayed.push_back(r.request_id());
+    }
+    for (const auto& r : requests) {
+      if (call == 0 && r.request_id() == "text-c") {
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker lost");
+      }
+      // First worker: "ab" committed at 2 (version 2) by the
+      // checkpoint; the flush after it applied, not committed. The
+      // second commits everything (version 3).
+      const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
+      v1::AppendResponse ack;
+      ack.set_request_id(r.request_id());
+      ack.set_input_offset(end);
+      const bool first = call == 0 && r.request_id() == "text-ab";
+      ack.set_committed_input_offset(first ? 0 : end);
+      ack.set_version(call > 0 ? 3 : first ? 1 : 2);
+      if (!stream->Write(ack)) break;
+    }
+    return grpc::Status::OK;
+  });
   Start();
-  grpc::ClientContext ctx;
-  auto stream = v1::Streams::NewStub(channel_)->Append(&ctx);
-  auto request = [](const std::string& id, uint64_t at) {
-    v1::AppendRequest r;
-    r.set_session_id("s");
-    r.set_request_id(id);
-    r.set_expected_input_offset(at);
-    return r;
-  };
-  v1::AppendRequest ab = request("text-ab", 0);
-  ab.set_text_utf8("ab");
-  v1::AppendRequest checkpoint = request("checkpoint", 2);
+  v1::AppendRequest checkpoint = AppendAt("checkpoint", 2);
   checkpoint.set_checkpoint(true);
-  v1::AppendRequest flush = request("flush", 2);
+  v1::AppendRequest flush = AppendAt("flush", 2);
   flush.set_flush(true);
-  v1::AppendRequest c = request("text-c", 2);
-  c.set_text_utf8("c");
-  for (const auto* r : {&ab, &checkpoint, &flush, &c}) {
-    ASSERT_TRUE(stream->Write(*r));
-  }
-  stream->WritesDone();
-  std::vector<std::string> acked;
-  v1::AppendResponse ack;
-  while (stream->Read(&ack)) acked.push_back(ack.request_id());
-  const grpc::Status st = stream->Finish();
-  ASSERT_TRUE(st.ok()) << st.error_message();
-  EXPECT_EQ(acked, (std::vector<std::string>{"text-ab", "checkpoint", "flush",
-                                             "text-c"}));
+  const Appended out = AppendThrough({AppendAt("text-ab", 0, "ab"), checkpoint,
+                                      flush, AppendAt("text-c", 2, "c")});
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_EQ(out.acked, (std::vector<std::string>{"text-ab", "checkpoint",
+                                                 "flush", "text-c"}));
   absl::MutexLock lock(&mu);
   ASSERT_GE(replayed.size(), 2u);
   EXPECT_EQ(replayed[replayed.size() - 2], "flush");
@@ -363,58 +319,36 @@ TEST_F(GatewayTest, AFailoverReplaysAFlushTheLastCommitDoesNotCover) {
 TEST_F(GatewayTest, AFailoverAfterARollbackReplaysWhatFollowedIt) {
   absl::Mutex mu;
   std::vector<std::string> replayed;  // request ids the second worker got
-  Script<grpc::Status(
-      int, const std::vector<v1::AppendRequest>&,
-      grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>*)>(
-      &ScriptedWorker::append,
-      [&](int call, const std::vector<v1::AppendRequest>& requests,
-          grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>*
-              stream) {
-        for (const auto& r : requests) {
-          if (call > 0) {
-            absl::MutexLock lock(&mu);
-            replayed.push_back(r.request_id());
-          } else if (r.request_id() == "c") {
-            return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker lost");
-          }
-          // First worker: "a" committed to 10 (version 2), "x" applied
-          // after it; then a rollback to offset 5 (version 3) and "b"
-          // applied from there, not committed. The second commits
-          // everything (version 4).
-          const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
-          v1::AppendResponse ack;
-          ack.set_request_id(r.request_id());
-          ack.set_input_offset(end);
-          const bool before = r.request_id() == "a" || r.request_id() == "x";
-          ack.set_committed_input_offset(call > 0 ? end : before ? 10 : 5);
-          ack.set_version(call > 0 ? 4 : before ? 2 : 3);
-          if (!stream->Write(ack)) break;
-        }
-        return grpc::Status::OK;
-      });
+  ScriptAppends([&](int call, const std::vector<v1::AppendRequest>& requests,
+                    AppendStream* stream) {
+    for (const auto& r : requests) {
+      if (call > 0) {
+        absl::MutexLock lock(&mu);
+        replayed.push_back(r.request_id());
+      } else if (r.request_id() == "c") {
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker lost");
+      }
+      // First worker: "a" committed to 10 (version 2), "x" applied
+      // after it; then a rollback to offset 5 (version 3) and "b"
+      // applied from there, not committed. The second commits
+      // everything (version 4).
+      const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
+      v1::AppendResponse ack;
+      ack.set_request_id(r.request_id());
+      ack.set_input_offset(end);
+      const bool before = r.request_id() == "a" || r.request_id() == "x";
+      ack.set_committed_input_offset(call > 0 ? end : before ? 10 : 5);
+      ack.set_version(call > 0 ? 4 : before ? 2 : 3);
+      if (!stream->Write(ack)) break;
+    }
+    return grpc::Status::OK;
+  });
   Start();
-  grpc::ClientContext ctx;
-  auto stream = v1::Streams::NewStub(channel_)->Append(&ctx);
-  auto request = [](const std::string& id, uint64_t at,
-                    const std::string& text) {
-    v1::AppendRequest r;
-    r.set_session_id("s");
-    r.set_request_id(id);
-    r.set_expected_input_offset(at);
-    r.set_text_utf8(text);
-    return r;
-  };
-  ASSERT_TRUE(stream->Write(request("a", 0, "0123456789")));
-  ASSERT_TRUE(stream->Write(request("x", 10, "ab")));
-  ASSERT_TRUE(stream->Write(request("b", 5, "5678")));
-  ASSERT_TRUE(stream->Write(request("c", 9, "9")));
-  stream->WritesDone();
-  std::vector<std::string> acked;
-  v1::AppendResponse ack;
-  while (stream->Read(&ack)) acked.push_back(ack.request_id());
-  const grpc::Status st = stream->Finish();
-  ASSERT_TRUE(st.ok()) << st.error_message();
-  EXPECT_EQ(acked, (std::vector<std::string>{"a", "x", "b", "c"}));
+  const Appended out =
+      AppendThrough({AppendAt("a", 0, "0123456789"), AppendAt("x", 10, "ab"),
+                     AppendAt("b", 5, "5678"), AppendAt("c", 9, "9")});
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_EQ(out.acked, (std::vector<std::string>{"a", "x", "b", "c"}));
   absl::MutexLock lock(&mu);
   EXPECT_EQ(replayed, (std::vector<std::string>{"b", "c"}));
 }
@@ -428,58 +362,45 @@ TEST_F(GatewayTest, AFailoverAfterARollbackReplaysWhatFollowedIt) {
 TEST_F(GatewayTest, AReplayAfterDuplicatesIsNotTakenForARollback) {
   absl::Mutex mu;
   std::vector<std::string> third;  // request ids the third attempt got
-  Script<grpc::Status(
-      int, const std::vector<v1::AppendRequest>&,
-      grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>*)>(
-      &ScriptedWorker::append,
-      [&](int call, const std::vector<v1::AppendRequest>& requests,
-          grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>*
-              stream) {
-        for (const auto& r : requests) {
-          const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
-          v1::AppendResponse ack;
-          ack.set_request_id(r.request_id());
-          ack.set_version(call == 2 ? 2 : 1);
-          if (call == 0) {
-            // Holds r1..r5 applied (at 50), nothing committed; lost at r4.
-            if (r.request_id() == "r4") {
-              return grpc::Status(grpc::StatusCode::UNAVAILABLE, "lost");
-            }
-            ack.set_duplicate(true);
-            ack.set_input_offset(50);
-          } else {
-            // From the last commit (0): applies each; the second is lost
-            // after r5, the third commits everything.
-            ack.set_input_offset(end);
-            ack.set_committed_input_offset(call == 2 ? end : 0);
-            if (call == 2) {
-              absl::MutexLock lock(&mu);
-              third.push_back(r.request_id());
-            }
-          }
-          if (!stream->Write(ack)) break;
+  ScriptAppends([&](int call, const std::vector<v1::AppendRequest>& requests,
+                    AppendStream* stream) {
+    for (const auto& r : requests) {
+      const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
+      v1::AppendResponse ack;
+      ack.set_request_id(r.request_id());
+      ack.set_version(call == 2 ? 2 : 1);
+      if (call == 0) {
+        // Holds r1..r5 applied (at 50), nothing committed; lost at r4.
+        if (r.request_id() == "r4") {
+          return grpc::Status(grpc::StatusCode::UNAVAILABLE, "lost");
         }
-        return call == 1 ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "lost")
-                         : grpc::Status::OK;
-      });
+        ack.set_duplicate(true);
+        ack.set_input_offset(50);
+      } else {
+        // From the last commit (0): applies each; the second is lost
+        // after r5, the third commits everything.
+        ack.set_input_offset(end);
+        ack.set_committed_input_offset(call == 2 ? end : 0);
+        if (call == 2) {
+          absl::MutexLock lock(&mu);
+          third.push_back(r.request_id());
+        }
+      }
+      if (!stream->Write(ack)) break;
+    }
+    return call == 1 ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "lost")
+                     : grpc::Status::OK;
+  });
   Start();
-  grpc::ClientContext ctx;
-  auto stream = v1::Streams::NewStub(channel_)->Append(&ctx);
+  std::vector<v1::AppendRequest> requests;
   for (int i = 0; i < 5; ++i) {
-    v1::AppendRequest r;
-    r.set_session_id("s");
-    r.set_request_id("r" + std::to_string(i + 1));
-    r.set_expected_input_offset(10 * i);
-    r.set_text_utf8("0123456789");
-    ASSERT_TRUE(stream->Write(r));
+    requests.push_back(
+        AppendAt(absl::StrCat("r", i + 1), 10 * i, "0123456789"));
   }
-  stream->WritesDone();
-  std::vector<std::string> acked;
-  v1::AppendResponse ack;
-  while (stream->Read(&ack)) acked.push_back(ack.request_id());
-  const grpc::Status st = stream->Finish();
-  ASSERT_TRUE(st.ok()) << st.error_message();
-  EXPECT_EQ(acked, (std::vector<std::string>{"r1", "r2", "r3", "r4", "r5"}));
+  const Appended out = AppendThrough(requests);
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_EQ(out.acked,
+            (std::vector<std::string>{"r1", "r2", "r3", "r4", "r5"}));
   absl::MutexLock lock(&mu);
   EXPECT_EQ(third, (std::vector<std::string>{"r1", "r2", "r3", "r4", "r5"}));
 }

@@ -197,6 +197,44 @@ class GatewayTest : public ::testing::Test {
   void Script(std::function<F> ScriptedWorker::*member, std::function<F> fn) {
     for (auto& w : workers_) (*w).*member = fn;
   }
+  using AppendStream =
+      grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>;
+  // Every worker answers its Appends with `fn` (ScriptedWorker::append).
+  void ScriptAppends(
+      std::function<grpc::Status(int, const std::vector<v1::AppendRequest>&,
+                                 AppendStream*)>
+          fn) {
+    Script(&ScriptedWorker::append, std::move(fn));
+  }
+  // A request of session "s" at input offset `at`, with `text` if any.
+  static v1::AppendRequest AppendAt(const std::string& id, uint64_t at,
+                                    const std::string& text = "") {
+    v1::AppendRequest r;
+    r.set_session_id("s");
+    r.set_request_id(id);
+    r.set_expected_input_offset(at);
+    if (!text.empty()) r.set_text_utf8(text);
+    return r;
+  }
+  // One Append call through the gateway: sends `requests`, half-closes,
+  // then reads every ack (the request ids acked, in order) and the end.
+  struct Appended {
+    std::vector<std::string> acked;
+    grpc::Status status;
+  };
+  Appended AppendThrough(const std::vector<v1::AppendRequest>& requests) {
+    grpc::ClientContext ctx;
+    auto stream = v1::Streams::NewStub(channel_)->Append(&ctx);
+    for (const auto& r : requests) {
+      if (!stream->Write(r)) break;
+    }
+    stream->WritesDone();
+    Appended out;
+    v1::AppendResponse ack;
+    while (stream->Read(&ack)) out.acked.push_back(ack.request_id());
+    out.status = stream->Finish();
+    return out;
+  }
 
   std::atomic<int> calls_{0};
   std::unique_ptr<ScriptedWorker> workers_[2];

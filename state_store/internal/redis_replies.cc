@@ -1,29 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 // The Redis store's replies and script arguments (redis_store.h).
 #include <algorithm>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/random.h"
 #include "state_store/internal/redis_scripts.h"
 #include "state_store/internal/redis_store.h"
 
 namespace statestream::store_internal {
-namespace {
-
-// This thread's generator, seeded with 256 bits from the OS.
-std::mt19937_64& Rng() {
-  thread_local std::mt19937_64 rng = [] {
-    std::random_device rd;
-    std::seed_seq seed{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
-    return std::mt19937_64(seed);
-  }();
-  return rng;
-}
-
-}  // namespace
 
 std::string ScriptSource(Script s) {
   const char* body[] = {kLuaCreate,
@@ -90,12 +77,9 @@ int64_t TtlMs(absl::Duration ttl) {
   return ttl == absl::InfiniteDuration() ? -1 : std::max<int64_t>(1, Ms(ttl));
 }
 
-std::string NewNonce() {
-  return absl::StrCat(absl::Hex(Rng()(), absl::kZeroPad16),
-                      absl::Hex(Rng()(), absl::kZeroPad16));
-}
+std::string NewNonce() { return RandomHex128(); }
 
-std::string FenceSalt() { return absl::StrCat(Rng()() & 1023); }
+std::string FenceSalt() { return absl::StrCat(ThreadRng()() & 1023); }
 
 VersionInfo ParseVersion(const Fields& f) {
   VersionInfo v;

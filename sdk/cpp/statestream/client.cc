@@ -19,6 +19,7 @@
 #include "absl/time/clock.h"
 #include "common/crc32c.h"
 #include "common/grpc_status.h"
+#include "common/random.h"
 #include "common/status.h"
 #include "statestream/call_scope.h"
 
@@ -79,23 +80,6 @@ bool IsRetryable(const absl::Status& status) {
   }
 }
 
-namespace {
-
-// This thread's generator, seeded with 256 bits from the OS: one
-// random_device word (32 bits) would give every thread one of only 2^32
-// id sequences, and two clients on the same sequence would share ids (a
-// create taken for another's retry).
-std::mt19937_64& Rng() {
-  thread_local std::mt19937_64 rng = [] {
-    std::random_device rd;
-    std::seed_seq seed{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
-    return std::mt19937_64(seed);
-  }();
-  return rng;
-}
-
-}  // namespace
-
 bool BlamesTarget(const absl::Status& error) {
   switch (error.code()) {
     case absl::StatusCode::kNotFound:
@@ -113,11 +97,7 @@ bool BlamesTarget(const absl::Status& error) {
   }
 }
 
-std::string NewRequestId() {
-  std::mt19937_64& rng = Rng();
-  return absl::StrCat(absl::Hex(rng(), absl::kZeroPad16),
-                      absl::Hex(rng(), absl::kZeroPad16));
-}
+std::string NewRequestId() { return RandomHex128(); }
 
 // --- Client ------------------------------------------------------------------
 
@@ -236,7 +216,7 @@ absl::Status Client::RetryOrFail(const absl::Status& error, int attempt,
     backoff *= 2;
   }
   backoff = std::min(backoff, options_.max_backoff);
-  backoff *= std::uniform_real_distribution<double>(0.8, 1.2)(Rng());
+  backoff *= std::uniform_real_distribution<double>(0.8, 1.2)(ThreadRng());
   // OVERLOADED carries the server's hint: wait at least that long (a floor
   // after the jitter, so the wait is never below it).
   if (auto hint = GetErrorMetadata(error, "retry_after_ms")) {
