@@ -319,10 +319,15 @@ absl::StatusOr<Route> GatewayRouter::Pick(const std::string& hash_key,
     // the calls of a refresh period; the registry unreachable: UNAVAILABLE).
     bool fresh_list = false;
     {
+      // The fresh list may be newer than the one this call routed on (a
+      // background read may have ended since): decide on it.
       absl::MutexLock lock(&mu_);
       fresh_list = clock_->Now() - listed_at_ <= options_.registry_refresh;
+      if (fresh_list) workers = workers_;
     }
-    if (!fresh_list && store_ != nullptr) {
+    if (fresh_list) {
+      chosen = Best(*workers, hash_key, fingerprint, exclude);
+    } else if (store_ != nullptr) {
       auto fresh = ReadWorkersSince(began);
       fresh_list = fresh.ok();
       if (fresh.ok()) {
