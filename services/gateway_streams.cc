@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
+#include "common/random.h"
 #include "common/status.h"
 #include "services/gateway_internal.h"
 #include "statestream/v1/statestream.grpc.pb.h"
@@ -237,10 +238,9 @@ class AppendCall final : public Watched {
       if (progressed) exclude = {route->worker_id};
       // Jittered: the streams of a worker that died all fail at once, and
       // would otherwise reach its sessions' new owners in lockstep.
-      thread_local std::mt19937_64 rng{std::random_device{}()};
       absl::SleepFor(
           std::min(absl::Milliseconds(50) * failures, absl::Milliseconds(500)) *
-          std::uniform_real_distribution<double>(0.5, 1.0)(rng));
+          std::uniform_real_distribution<double>(0.5, 1.0)(ThreadRng()));
     }
     gateway_->Unwatch(this);
     return gave_up ? Gateway::GaveUp(status) : Gateway::FromWorker(status);

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <fstream>
 #include <iostream>
-#include <random>
 #include <sstream>
 #include <system_error>
 #include <utility>
@@ -18,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/random.h"
 #include "common/session_ids.h"
 #include "common/status.h"
 #include "state_store/state_store.h"
@@ -293,25 +293,15 @@ bool TenantLimitsOptions::LimitsStreams() const {
   return false;
 }
 
-namespace {
-
-// 64 random bits in hex: this process's slots never share names with
-// another's, a restarted one's under the same id included.
-std::string RandomHex() {
-  std::random_device rd;
-  return absl::StrCat(
-      absl::Hex(static_cast<uint64_t>(rd()) << 32 | rd(), absl::kZeroPad16));
-}
-
-}  // namespace
-
 TenantLimits::TenantLimits(TenantLimitsOptions options, StateStore* store)
     : options_(std::move(options)),
       store_(store),
       in_store_(store != nullptr && store->CountsTenantSlots() &&
                 options_.LimitsStreams()),
-      holder_(
-          absl::StrCat(options_.slot_holder.substr(0, 64), ":", RandomHex())) {}
+      // Random bits: this process's slots never share names with
+      // another's, a restarted one's under the same id included.
+      holder_(absl::StrCat(options_.slot_holder.substr(0, 64), ":",
+                           RandomHex128())) {}
 
 TenantLimits::~TenantLimits() {
   std::thread renewer;
