@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -22,6 +23,7 @@
 #include "common/crc32c.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "statestream/client.h"
 #include "statestream/v1/statestream.grpc.pb.h"
@@ -88,6 +90,29 @@ class CorruptExport final : public v1::Sessions::Service {
  private:
   bool reorder_;
 };
+
+// An api_key or tenant gRPC cannot send as a header (outside 0x20-0x7E)
+// is refused when the client is made: at the first call it aborted the
+// process (grpc++ asserts on a header it cannot add).
+TEST(SdkOptionsTest, HeaderValuesOutsidePrintableAsciiAreRefused) {
+  for (const auto& [key, tenant] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"key\r", ""}, {"", "caf\xc3\xa9"}, {"a\nb", "t"}}) {
+    client::ClientOptions options;
+    options.targets = {"127.0.0.1:1"};
+    options.api_key = key;
+    options.tenant = tenant;
+    auto c = client::Client::Create(options);
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(c.status().message()),
+                ::testing::HasSubstr("printable ASCII"));
+  }
+  client::ClientOptions fine;
+  fine.targets = {"127.0.0.1:1"};
+  fine.api_key = "k3y-with.symbols_~!";
+  fine.tenant = "acme";
+  EXPECT_TRUE(client::Client::Create(fine).ok());
+}
 
 TEST(SdkExportTest, ACorruptOrReorderedExportIsDataLoss) {
   for (bool reorder : {false, true}) {

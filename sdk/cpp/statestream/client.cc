@@ -108,6 +108,21 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
   if (options.targets.empty()) {
     return absl::InvalidArgumentError("ClientOptions.targets is empty");
   }
+  // Metadata values go out as they are: a byte gRPC refuses in a header
+  // (outside 0x20-0x7E) would abort the process on the first call.
+  const std::pair<const char*, const std::string*> headers[] = {
+      {"api_key", &options.api_key}, {"tenant", &options.tenant}};
+  for (const auto& [name, value] : headers) {
+    for (char c : *value) {
+      if (c < 0x20 || c > 0x7E) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "ClientOptions.", name,
+            " may hold only printable ASCII (a header value); "
+            "found byte 0x",
+            absl::Hex(static_cast<unsigned char>(c), absl::kZeroPad2)));
+      }
+    }
+  }
   if (options.max_attempts < 1) options.max_attempts = 1;
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (options.tls) {
