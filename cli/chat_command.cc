@@ -42,10 +42,11 @@ absl::Status Chat(const std::vector<std::string>& args) {
   }
   SS_ASSIGN_OR_RETURN(const v1::GenerateRequest sampling,
                       GenerateRequestFromFlags());
+  SS_RETURN_IF_ERROR(CheckUtf8("--turn-end", absl::GetFlag(FLAGS_turn_end)));
   SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
   std::string session_id;
-  if (auto flag = SessionFlagValue(); flag.ok()) {
-    session_id = *flag;
+  if (FlagGiven("session")) {
+    SS_ASSIGN_OR_RETURN(session_id, SessionFlagValue());
   } else {
     SS_ASSIGN_OR_RETURN(v1::Session created,
                         client->CreateSession(v1::CreateSessionRequest()));

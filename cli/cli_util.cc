@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <utility>
 
@@ -17,6 +18,7 @@
 #include "absl/strings/strip.h"
 #include "cli/command.h"
 #include "common/status.h"
+#include "worker/engine/utf8.h"
 
 namespace statestream::cli {
 namespace {
@@ -53,6 +55,24 @@ absl::StatusOr<std::string> ReadAll(int fd, const std::string& name) {
 
 absl::Status UsageError(absl::string_view message) {
   return AsUsageError(InvalidArgumentError(Reason::kInvalidArgument, message));
+}
+
+absl::Status CheckUtf8(absl::string_view what, absl::string_view value) {
+  if (engine::IsValidUtf8(value)) return absl::OkStatus();
+  return UsageError(absl::StrCat(what, " is not valid UTF-8"));
+}
+
+absl::Status CheckHeaderValue(absl::string_view what, absl::string_view value) {
+  for (char c : value) {
+    if (c < 0x20 || c > 0x7E) {
+      return UsageError(absl::StrCat(
+          what,
+          " may hold only printable ASCII (it is sent as a header); "
+          "found byte 0x",
+          absl::Hex(static_cast<unsigned char>(c), absl::kZeroPad2)));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status AsUsageError(absl::Status status) {
@@ -95,25 +115,70 @@ absl::StatusOr<std::string> ReadStdin() {
   return ReadAll(STDIN_FILENO, "stdin");
 }
 
-absl::Status WriteFileAtomically(const std::string& path,
-                                 absl::string_view bytes) {
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) {
-    return absl::PermissionDeniedError(absl::StrCat("cannot write ", tmp));
-  }
+namespace {
+
+// All of `bytes` to `fd`, retrying interrupted and short writes.
+absl::Status WriteAll(int fd, absl::string_view bytes,
+                      const std::string& path) {
   size_t done = 0;
   while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      ::close(fd);
-      return absl::DataLossError(absl::StrCat("short write to ", tmp));
+      return absl::ErrnoToStatus(n < 0 ? errno : EIO,
+                                 absl::StrCat("cannot write ", path));
     }
     done += static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0 ||
-      std::rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::DataLossError(absl::StrCat("cannot finish writing ", path));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status WriteFileAtomically(const std::string& path,
+                                 absl::string_view bytes) {
+  // A device or a pipe (/dev/stdout, a FIFO) has nothing to replace: it is
+  // written in place (a rename over it would replace the device itself).
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("cannot write ", path));
+    }
+    absl::Status written = WriteAll(fd, bytes, path);
+    if (::close(fd) != 0 && written.ok()) {
+      written = absl::ErrnoToStatus(errno, absl::StrCat("cannot write ", path));
+    }
+    return written;
+  }
+  // A name of this process's own, so two writers never share one.
+  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
+  const int fd =
+      ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("cannot write ", path));
+  }
+  absl::Status written = WriteAll(fd, bytes, path);
+  if (written.ok() && ::fsync(fd) != 0) {
+    written = absl::ErrnoToStatus(errno, absl::StrCat("cannot write ", path));
+  }
+  if (::close(fd) != 0 && written.ok()) {
+    written = absl::ErrnoToStatus(errno, absl::StrCat("cannot write ", path));
+  }
+  if (written.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) {
+    written = absl::ErrnoToStatus(errno, absl::StrCat("cannot write ", path));
+  }
+  if (!written.ok()) {
+    ::unlink(tmp.c_str());  // the earlier file, if any, is untouched
+    return written;
+  }
+  // The rename itself survives a crash once the directory is synced.
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  if (const int d = ::open(dir.empty() ? "." : dir.c_str(),
+                           O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      d >= 0) {
+    ::fsync(d);
+    ::close(d);
   }
   return absl::OkStatus();
 }

@@ -32,6 +32,14 @@ absl::Status UsageError(absl::string_view message);
 absl::Status AsUsageError(absl::Status status);
 bool IsUsageError(const absl::Status& status);
 
+// A UsageError naming `what` unless `value` is valid UTF-8: the API's
+// `string` fields (ids, labels, stop strings) must be, and a server cannot
+// even parse a request that breaks this (UNIMPLEMENTED with no message).
+absl::Status CheckUtf8(absl::string_view what, absl::string_view value);
+// A UsageError naming `what` unless `value` is printable ASCII (0x20-0x7E),
+// all a gRPC metadata value may hold.
+absl::Status CheckHeaderValue(absl::string_view what, absl::string_view value);
+
 // "1,2,-3" -> {1, 2, -3}; "" -> {}. A UsageError naming `flag` on a
 // malformed or out-of-range entry.
 absl::StatusOr<std::vector<int32_t>> ParseIntList(absl::string_view text,
@@ -43,7 +51,10 @@ absl::StatusOr<std::string> ReadFile(const std::string& path);
 // The whole of standard input, like ReadFile (read from the descriptor: do
 // not mix with std::cin).
 absl::StatusOr<std::string> ReadStdin();
-// Writes to PATH.tmp, fsyncs, renames over PATH.
+// PATH whole or not at all: writes PATH.tmp.PID, fsyncs it, renames it
+// over PATH and syncs the directory; on failure the temporary goes and an
+// earlier PATH stays as it was. A PATH that exists and is not a regular
+// file (a device, a FIFO, /dev/stdout) is written in place.
 absl::Status WriteFileAtomically(const std::string& path,
                                  absl::string_view bytes);
 // Flushes std::cout and stdout. An error if anything written to them did

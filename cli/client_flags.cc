@@ -127,6 +127,8 @@ absl::StatusOr<std::unique_ptr<client::Client>> ClientFromFlags() {
   if (options.targets.empty()) return UsageError("--target is empty");
   options.api_key = absl::GetFlag(FLAGS_api_key);
   options.tenant = absl::GetFlag(FLAGS_tenant);
+  SS_RETURN_IF_ERROR(CheckHeaderValue("--api-key", options.api_key));
+  SS_RETURN_IF_ERROR(CheckHeaderValue("--tenant", options.tenant));
   options.timeout = absl::GetFlag(FLAGS_timeout);
   options.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   options.max_backoff = absl::GetFlag(FLAGS_max_backoff);
@@ -150,6 +152,7 @@ absl::StatusOr<std::string> SessionFlagValue() {
   if (session.empty()) {
     return UsageError("--session is required");
   }
+  SS_RETURN_IF_ERROR(CheckUtf8("--session", session));
   return session;
 }
 

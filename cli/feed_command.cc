@@ -199,6 +199,11 @@ absl::Status Feed(const std::vector<std::string>& args) {
   }
   client::AppendOptions options;
   options.max_chunk_bytes = chunk;
+  // Where the skip above (and the rerun hint) placed the input: should the
+  // session move before the stream opens (another writer, or an owner lost
+  // with input it had not committed), the server refuses the first request
+  // (POSITION_MISMATCH) instead of the input landing at another offset.
+  options.start_offset = start.input_offset();
   SS_ASSIGN_OR_RETURN(auto writer, session.OpenAppend(options));
 
   const absl::Time begin = absl::Now();

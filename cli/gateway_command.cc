@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/command.h"
@@ -29,8 +30,9 @@ ABSL_FLAG(std::string, workers, "",
           "Static worker list HOST:PORT[,...], used besides (or, without "
           "--redis, instead of) the Redis registry.");
 ABSL_FLAG(std::string, gateway_id, "",
-          "Name sent to workers as x-statestream-forwarded-by; default "
-          "gateway-HOST-PID.");
+          "Name sent to workers as x-statestream-forwarded-by and holding "
+          "its streams' tenant slots, 1-128 bytes of [A-Za-z0-9._:-]; "
+          "default gateway-HOST-PID.");
 ABSL_FLAG(absl::Duration, upstream_stall_timeout, absl::Seconds(10),
           "A worker that answers nothing this long while requests are "
           "outstanding (Append: plus 100 ms per token or text byte of the "
@@ -79,6 +81,18 @@ int Run(const std::vector<std::string>& args) {
     char host[64] = {};
     gethostname(host, sizeof(host) - 1);
     options.gateway_id = absl::StrCat("gateway-", host, "-", getpid());
+  }
+  // Sent as a header and kept in Redis (tenant slots): a byte gRPC refuses
+  // in a header would abort the gateway on its first forwarded call.
+  if (options.gateway_id.size() > 128 ||
+      !std::all_of(options.gateway_id.begin(), options.gateway_id.end(),
+                   [](char c) {
+                     return absl::ascii_isalnum(c) || c == '.' || c == '_' ||
+                            c == '-' || c == ':';
+                   })) {
+    std::cerr << "statestream gateway: --gateway-id must be 1-128 bytes of "
+                 "[A-Za-z0-9._:-]\n";
+    return kExitUsage;
   }
   options.upstream_stall_timeout = absl::GetFlag(FLAGS_upstream_stall_timeout);
   if (options.upstream_stall_timeout <= absl::ZeroDuration()) {
@@ -134,10 +148,16 @@ int Run(const std::vector<std::string>& args) {
   TuneMallocForLargeBuffers();
   // Outlives the services (and their gauge source): the HTTP server stops
   // after RunServer returns.
+  absl::StatusOr<std::string> listen_flag = MetricsListenFromFlag();
+  if (!listen_flag.ok()) {
+    std::cerr << "statestream gateway: " << listen_flag.status().message()
+              << "\n";
+    return kExitUsage;
+  }
+  const std::string metrics_listen = *std::move(listen_flag);
   GatewayMetrics metrics;
   options.metrics = &metrics;
   std::unique_ptr<worker::MetricsHttpServer> metrics_http;
-  const std::string metrics_listen = MetricsListenFromFlag();
   return RunServer(
       "gateway", ServerOptionsFromFlags(), ShutdownGraceFromFlag(),
       [&]() -> absl::StatusOr<ServiceSet> {

@@ -54,6 +54,7 @@ absl::StatusOr<v1::GenerateRequest> GenerateRequestFromFlags() {
     s->set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_sample_seed)));
   }
   for (const std::string& stop : absl::GetFlag(FLAGS_stop)) {
+    SS_RETURN_IF_ERROR(CheckUtf8("--stop", stop));
     req.add_stop_strings(stop);
   }
   return req;

@@ -6,13 +6,17 @@
 
 #include <string>
 
+#include "absl/status/statusor.h"
+
 namespace statestream::cli {
 
 // __FILE__ of cli/metrics_flags.cc, for Command::flag_files.
 extern const char kMetricsFlagsFile[];
 
-// --metrics-listen: HOST:PORT for `/metrics`; empty: no endpoint.
-std::string MetricsListenFromFlag();
+// --metrics-listen: HOST:PORT for `/metrics`; empty: no endpoint. A
+// malformed address is an error (a usage error: exit 2 before anything
+// loads).
+absl::StatusOr<std::string> MetricsListenFromFlag();
 
 }  // namespace statestream::cli
 

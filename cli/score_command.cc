@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/cli_util.h"
 #include "cli/client_flags.h"
@@ -23,7 +24,13 @@ absl::Status Score(const std::vector<std::string>& args) {
     }
     SS_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
                         ParseIntList(tokens, "--tokens"));
-    for (int32_t id : ids) req.mutable_tokens()->add_ids(id);
+    for (int32_t id : ids) {
+      // uint32 on the wire: -1 would be sent as 4294967295.
+      if (id < 0) {
+        return UsageError(absl::StrCat("--tokens: ", id, " is not a token id"));
+      }
+      req.mutable_tokens()->add_ids(static_cast<uint32_t>(id));
+    }
   } else if (args.size() == 1) {
     std::string text = args[0];
     if (text == "-") {

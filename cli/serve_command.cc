@@ -65,8 +65,10 @@ struct Worker {
 
 // A small byte-level RWKV-7 with random weights, generated the same way
 // every time, so `serve` works with no download. Its output is noise.
+// Under --device auto, a choice the GPU refuses (int8 weights) runs on the
+// CPU, as a --model does (LoadServedModel); `*device_used` says where.
 absl::StatusOr<std::unique_ptr<engine::Model>> DemoModel(
-    const std::string& device) {
+    const DeviceChoice& device, std::string* device_used) {
   engine::RandomModelSpec spec;
   spec.n_layer = 2;
   spec.n_embd = 128;
@@ -74,8 +76,19 @@ absl::StatusOr<std::unique_ptr<engine::Model>> DemoModel(
   spec.seed = 20240424;
   auto options = EngineOptionsFromFlags();  // --threads, --precision
   if (!options.ok()) return options.status();
-  options->device = device;
-  return engine::LoadRandomModel("x070", spec, *options);
+  options->device = device.device;
+  options->cuda_verified_only = device.cpu_fallback;
+  *device_used = device.device;
+  auto model = engine::LoadRandomModel("x070", spec, *options);
+  if (!model.ok() && device.cpu_fallback &&
+      model.status().code() == absl::StatusCode::kFailedPrecondition) {
+    std::cerr << "statestream serve: the demo model runs on the CPU: "
+              << model.status().message() << "\n";
+    options->device = "cpu";
+    *device_used = "cpu";
+    model = engine::LoadRandomModel("x070", spec, *options);
+  }
+  return model;
 }
 
 // The models of --model, or the demo model.
@@ -83,13 +96,12 @@ absl::StatusOr<std::vector<ServedModel>> LoadModels(
     const ServeOptions& options) {
   std::vector<ServedModel> out;
   if (options.models.empty()) {
-    auto model = DemoModel(options.device.device);
-    if (!model.ok()) return model.status();
     ServedModel demo;
+    auto model = DemoModel(options.device, &demo.device);
+    if (!model.ok()) return model.status();
     demo.model_id = "demo-random-bytes";
     demo.model = *std::move(model);
     demo.tokenizer = *engine::MakeByteTokenizer();
-    demo.device = options.device.device;
     out.push_back(std::move(demo));
     std::cerr << "statestream serve: no --model: serving the built-in demo "
                  "model \"demo-random-bytes\" (random weights, byte-level; "
@@ -193,7 +205,13 @@ int Run(const std::vector<std::string>& args) {
     std::cerr << "statestream serve: " << s.message() << "\n";
     return kExitUsage;
   }
-  options.metrics_listen = MetricsListenFromFlag();
+  absl::StatusOr<std::string> metrics_listen = MetricsListenFromFlag();
+  if (!metrics_listen.ok()) {
+    std::cerr << "statestream serve: " << metrics_listen.status().message()
+              << "\n";
+    return kExitUsage;
+  }
+  options.metrics_listen = *std::move(metrics_listen);
   auto tenants = TenantSetupFromFlags("serve");
   if (!tenants.ok()) {
     std::cerr << "statestream serve: " << tenants.status().message() << "\n";

@@ -1,15 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
 // `statestream session create|get|list|update|delete|fork|versions|rollback|
 // export|import`.
+#include <algorithm>
 #include <cstddef>
-#include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -21,16 +23,22 @@
 #include "state_store/state_codec.h"
 
 ABSL_FLAG(std::string, model_id, "",
-          "session create: the model (default: the server's default).");
+          "session create: the model (default: the server's default); "
+          "session list: only that model's sessions.");
 ABSL_FLAG(std::string, labels, "",
-          "session create/update: labels k=v,k2=v2 (update replaces them "
-          "all); session list: only sessions with these labels.");
+          "session create/fork/import/update: labels k=v,k2=v2 (update "
+          "replaces them all); session list: only sessions with these "
+          "labels.");
 ABSL_FLAG(absl::Duration, ttl, absl::ZeroDuration(),
-          "session update: the new time to live after the last write (e.g. "
-          "24h); 0: leave it.");
-ABSL_FLAG(uint64_t, version, 0, "session export: the version (0: the head).");
+          "session create/fork/import/update: the time to live after the "
+          "last write, 1s to 365 days (e.g. 24h); 0: the server's default "
+          "(update: leave it).");
+ABSL_FLAG(uint64_t, version, 0,
+          "session export and fork: the version (0: the head; fork also "
+          "takes ID@VERSION).");
 ABSL_FLAG(std::string, output, "-",
-          "session export: the file to write the state to (-: stdout).");
+          "session export: the file to write the state to (-: stdout; a "
+          "file is replaced whole, never left half written).");
 
 namespace statestream::cli {
 namespace {
@@ -39,28 +47,56 @@ constexpr char kSessionSynopsis[] =
     "usage: statestream session create|get|list|update|delete|fork|versions|"
     "rollback|export|import ...";
 
-// The arguments each verb takes after it.
+// The arguments each verb takes after it, and the flags of this file it
+// reads (one it does not read is a usage error, never silently dropped).
 struct VerbArguments {
   const char* verb;
   size_t min_args;
   size_t max_args;
   const char* synopsis;
+  std::vector<const char*> flags;
 };
-constexpr VerbArguments kVerbArguments[] = {
-    {"create", 0, 1, "create [ID] [--model-id M] [--labels k=v,...]"},
-    {"get", 1, 1, "get ID"},
-    {"list", 0, 0, "list [--labels k=v,...]"},
-    {"update", 1, 1, "update ID [--labels k=v,...] [--ttl D]"},
-    {"delete", 1, 1, "delete ID"},
-    {"fork", 1, 2, "fork ID[@VERSION] [NEW_ID]"},
-    {"versions", 1, 1, "versions ID"},
-    {"rollback", 2, 2, "rollback ID VERSION"},
-    {"export", 1, 1, "export ID [--version N] [--output FILE]"},
-    {"import", 1, 2, "import FILE|- [NEW_ID]"},
+const VerbArguments kVerbArguments[] = {
+    {"create",
+     0,
+     1,
+     "create [ID] [--model-id M] [--labels k=v,...] [--ttl D]",
+     {"model_id", "labels", "ttl"}},
+    {"get", 1, 1, "get ID", {}},
+    {"list",
+     0,
+     0,
+     "list [--model-id M] [--labels k=v,...]",
+     {"model_id", "labels"}},
+    {"update",
+     1,
+     1,
+     "update ID [--labels k=v,...] [--ttl D]",
+     {"labels", "ttl"}},
+    {"delete", 1, 1, "delete ID", {}},
+    {"fork",
+     1,
+     2,
+     "fork ID[@VERSION] [NEW_ID] [--version N] [--labels k=v,...] [--ttl D]",
+     {"version", "labels", "ttl"}},
+    {"versions", 1, 1, "versions ID", {}},
+    {"rollback", 2, 2, "rollback ID VERSION", {}},
+    {"export",
+     1,
+     1,
+     "export ID [--version N] [--output FILE]",
+     {"version", "output"}},
+    {"import",
+     1,
+     2,
+     "import FILE|- [NEW_ID] [--labels k=v,...] [--ttl D]",
+     {"labels", "ttl"}},
 };
+constexpr const char* kSessionFlags[] = {"model_id", "labels", "ttl", "version",
+                                         "output"};
 
 // A usage error unless `verb` is a session verb given as many arguments as
-// it takes.
+// it takes, and only flags it reads. Ids must be UTF-8 (a `string` field).
 absl::Status CheckArguments(const std::string& verb,
                             const std::vector<std::string>& rest) {
   for (const VerbArguments& v : kVerbArguments) {
@@ -69,10 +105,45 @@ absl::Status CheckArguments(const std::string& verb,
       return UsageError(
           absl::StrCat("usage: statestream session ", v.synopsis));
     }
+    for (const char* flag : kSessionFlags) {
+      if (!FlagGiven(flag)) continue;
+      if (std::find_if(v.flags.begin(), v.flags.end(), [&](const char* f) {
+            return absl::string_view(f) == flag;
+          }) == v.flags.end()) {
+        std::string name = flag;
+        std::replace(name.begin(), name.end(), '_', '-');
+        return UsageError(absl::StrCat("session ", verb, " takes no --", name,
+                                       "; usage: statestream session ",
+                                       v.synopsis));
+      }
+    }
+    // import's first argument is a file name, any bytes.
+    for (size_t i = verb == "import" ? 1 : 0; i < rest.size(); ++i) {
+      SS_RETURN_IF_ERROR(CheckUtf8(
+          absl::StrCat("the session id \"", absl::CHexEscape(rest[i]), "\""),
+          rest[i]));
+    }
     return absl::OkStatus();
   }
   return UsageError(
       absl::StrCat("unknown verb `session ", verb, "`; ", kSessionSynopsis));
+}
+
+// --ttl, exactly (unset: nullopt); a usage error outside the server's
+// range, so that 500ms is not sent as 0 s.
+absl::StatusOr<std::optional<absl::Duration>> Ttl() {
+  const absl::Duration ttl = absl::GetFlag(FLAGS_ttl);
+  if (ttl == absl::ZeroDuration()) return std::nullopt;
+  if (ttl < absl::Seconds(1) || ttl > absl::Hours(24 * 365)) {
+    return UsageError("--ttl must be between 1s and 365 days (8760h)");
+  }
+  return ttl;
+}
+
+void SetDuration(absl::Duration d, google::protobuf::Duration* out) {
+  const int64_t seconds = absl::IDivDuration(d, absl::Seconds(1), &d);
+  out->set_seconds(seconds);
+  out->set_nanos(static_cast<int32_t>(absl::ToInt64Nanoseconds(d)));
 }
 
 absl::StatusOr<std::map<std::string, std::string>> Labels() {
@@ -85,6 +156,7 @@ absl::StatusOr<std::map<std::string, std::string>> Labels() {
       return UsageError(
           absl::StrCat("--labels: expected k=v,k2=v2, got \"", kv, "\""));
     }
+    SS_RETURN_IF_ERROR(CheckUtf8("--labels", kv));
     out[p[0]] = p[1];
   }
   return out;
@@ -108,6 +180,14 @@ void PrintSession(const v1::Session& s) {
   std::cout << "\n";
 }
 
+// A new session's --labels and --ttl (fork, import).
+absl::StatusOr<client::CommitOptions> NewSessionOptions() {
+  client::CommitOptions options;
+  SS_ASSIGN_OR_RETURN(options.labels, Labels());
+  SS_ASSIGN_OR_RETURN(options.ttl, Ttl());
+  return options;
+}
+
 absl::StatusOr<uint64_t> ParseVersion(absl::string_view text) {
   uint64_t v = 0;
   if (!absl::SimpleAtoi(text, &v)) {
@@ -129,6 +209,8 @@ absl::Status Session(const std::vector<std::string>& args) {
     req.set_model_id(absl::GetFlag(FLAGS_model_id));
     SS_ASSIGN_OR_RETURN(auto labels, Labels());
     req.mutable_labels()->insert(labels.begin(), labels.end());
+    SS_ASSIGN_OR_RETURN(std::optional<absl::Duration> ttl, Ttl());
+    if (ttl.has_value()) SetDuration(*ttl, req.mutable_ttl());
     SS_ASSIGN_OR_RETURN(v1::Session s, client->CreateSession(req));
     PrintSession(s);
     return absl::OkStatus();
@@ -137,6 +219,7 @@ absl::Status Session(const std::vector<std::string>& args) {
     v1::ListSessionsRequest req;
     SS_ASSIGN_OR_RETURN(auto labels, Labels());
     req.mutable_label_selector()->insert(labels.begin(), labels.end());
+    req.set_model_id(absl::GetFlag(FLAGS_model_id));
     do {
       SS_ASSIGN_OR_RETURN(v1::ListSessionsResponse page,
                           client->ListSessions(req));
@@ -152,10 +235,9 @@ absl::Status Session(const std::vector<std::string>& args) {
       req.mutable_labels()->insert(labels.begin(), labels.end());
       req.mutable_update_mask()->add_paths("labels");
     }
-    const absl::Duration ttl = absl::GetFlag(FLAGS_ttl);
-    if (ttl < absl::ZeroDuration()) return UsageError("--ttl must be positive");
-    if (ttl > absl::ZeroDuration()) {
-      req.mutable_ttl()->set_seconds(absl::ToInt64Seconds(ttl));
+    SS_ASSIGN_OR_RETURN(std::optional<absl::Duration> ttl, Ttl());
+    if (ttl.has_value()) {
+      SetDuration(*ttl, req.mutable_ttl());
       req.mutable_update_mask()->add_paths("ttl");
     }
     if (req.update_mask().paths().empty()) {
@@ -179,13 +261,8 @@ absl::Status Session(const std::vector<std::string>& args) {
       // A full disk or a closed file: the blob is cut short, not exported.
       SS_RETURN_IF_ERROR(FlushStdout());
     } else {
-      std::ofstream f(out, std::ios::binary | std::ios::trunc);
-      f.write(state.blob.data(),
-              static_cast<std::streamsize>(state.blob.size()));
-      f.close();
-      if (!f) {
-        return absl::UnavailableError(absl::StrCat("cannot write ", out));
-      }
+      // Whole or not at all: a failed write keeps an earlier snapshot.
+      SS_RETURN_IF_ERROR(WriteFileAtomically(out, state.blob));
     }
     std::cerr << "exported " << rest[0] << " version " << state.header.version()
               << ": " << state.blob.size() << " bytes, position "
@@ -213,9 +290,10 @@ absl::Status Session(const std::vector<std::string>& args) {
         (blob.size() + kStateChunkBytes - 1) / kStateChunkBytes));
     h.set_crc32c(Crc32c(0, blob.data(), blob.size()));
     state.blob = std::move(blob);
-    SS_ASSIGN_OR_RETURN(
-        v1::Session s,
-        client->ImportSession(state, rest.size() == 2 ? rest[1] : ""));
+    SS_ASSIGN_OR_RETURN(client::CommitOptions commit, NewSessionOptions());
+    SS_ASSIGN_OR_RETURN(v1::Session s,
+                        client->ImportSessionWith(
+                            state, rest.size() == 2 ? rest[1] : "", commit));
     PrintSession(s);
     return absl::OkStatus();
   }
@@ -250,13 +328,19 @@ absl::Status Session(const std::vector<std::string>& args) {
   if (verb == "fork") {
     // ID[@VERSION] [NEW_ID]
     std::pair<std::string, std::string> src = absl::StrSplit(rest[0], '@');
-    uint64_t version = 0;
+    uint64_t version = absl::GetFlag(FLAGS_version);
     if (!src.second.empty()) {
+      if (FlagGiven("version")) {
+        return UsageError(
+            "give the version as ID@VERSION or --version, "
+            "not both");
+      }
       SS_ASSIGN_OR_RETURN(version, ParseVersion(src.second));
     }
+    SS_ASSIGN_OR_RETURN(client::CommitOptions commit, NewSessionOptions());
     SS_ASSIGN_OR_RETURN(client::Session fork,
-                        client->OpenSession(src.first).Fork(
-                            version, rest.size() == 2 ? rest[1] : ""));
+                        client->OpenSession(src.first).ForkWith(
+                            version, rest.size() == 2 ? rest[1] : "", commit));
     SS_ASSIGN_OR_RETURN(v1::Session s, fork.Get());
     PrintSession(s);
     return absl::OkStatus();
@@ -286,14 +370,19 @@ const Command& SessionCommand() {
   static const Command kCommand{
       "session",
       "Create, inspect, fork, roll back and delete sessions.",
-      "create [ID] | get ID | list | update ID | delete ID |\n"
-      "    fork ID[@VERSION] [NEW_ID] | versions ID | rollback ID VERSION |\n"
-      "    export ID [--version N] [--output FILE] | import FILE|- [NEW_ID]\n"
+      "create [ID] [--model-id M] [--labels k=v,...] [--ttl D] |\n"
+      "    get ID | list [--model-id M] [--labels k=v,...] |\n"
+      "    update ID [--labels k=v,...] [--ttl D] | delete ID |\n"
+      "    fork ID[@VERSION] [NEW_ID] [--labels k=v,...] [--ttl D] |\n"
+      "    versions ID | rollback ID VERSION |\n"
+      "    export ID [--version N] [--output FILE] |\n"
+      "    import FILE|- [NEW_ID] [--labels k=v,...] [--ttl D]\n"
       "    [--target HOST:PORT] [--json]\n\n"
       "Prints one line per session (or version); with --json one JSON\n"
       "object per line (statestream.v1.Session / Version). export writes\n"
       "the state in the snapshot format (docs/state-format.md); import\n"
-      "creates a session from such a file.",
+      "creates a session from such a file. A flag the verb does not read\n"
+      "is a usage error.",
       {__FILE__, kClientFlagsFile, kTlsFlagsFile},
       &Run};
   return kCommand;

@@ -19,7 +19,8 @@ ABSL_FLAG(int32_t, tenant_max_sessions, 0,
           "unlimited. --api-keys may set it per tenant. A gateway needs "
           "--redis for it.");
 ABSL_FLAG(int32_t, tenant_max_streams, 0,
-          "Append, Generate and ImportState calls each tenant may have open "
+          "Append, Generate, ImportState and ExportState calls each tenant "
+          "may have open "
           "at once on this server; one more fails with RESOURCE_EXHAUSTED/"
           "TENANT_LIMIT. 0: unlimited. --api-keys may set it per tenant.");
 

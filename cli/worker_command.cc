@@ -151,7 +151,13 @@ int Run(const std::vector<std::string>& args) {
     std::cerr << "statestream worker: " << s.message() << "\n";
     return kExitUsage;
   }
-  options.metrics_listen = MetricsListenFromFlag();
+  absl::StatusOr<std::string> metrics_listen = MetricsListenFromFlag();
+  if (!metrics_listen.ok()) {
+    std::cerr << "statestream worker: " << metrics_listen.status().message()
+              << "\n";
+    return kExitUsage;
+  }
+  options.metrics_listen = *std::move(metrics_listen);
   absl::StatusOr<InternalToken> internal_token = InternalTokenFromFlag();
   if (!internal_token.ok()) {
     std::cerr << "statestream worker: " << internal_token.status().message()

@@ -228,6 +228,100 @@ TEST_F(CliClientTest, UpdateExportImport) {
   EXPECT_THAT(r.err, HasSubstr("SESSION_NOT_FOUND"));
 }
 
+// Every flag a session verb accepts reaches the request (create --ttl, list
+// --model-id, fork --version/--labels/--ttl and import --labels/--ttl used
+// to be dropped without a word).
+TEST_F(CliClientTest, SessionVerbsSendEveryFlagTheyTake) {
+  e2e::RunResult r = Cli({"session", "create", "cli-f", "--ttl=2h", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(R"("ttl":"7200s")"));
+  const std::string text = TempFile("f.txt", "two versions");
+  ASSERT_EQ(Cli({"feed", "--session=cli-f", text}).exit_code, 0);
+
+  r = Cli({"session", "list", "--model-id=demo-random-bytes"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("cli-f\t"));
+  r = Cli({"session", "list", "--model-id=no-such-model"});
+  EXPECT_THAT(r.out, Not(HasSubstr("cli-f\t"))) << r.err;
+
+  r = Cli({"session", "fork", "cli-f", "cli-f-fork", "--version=1",
+           "--labels=from=fork", "--ttl=90m", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(R"("version":"1")"));
+  EXPECT_THAT(r.out, HasSubstr(R"("from":"fork")"));
+  EXPECT_THAT(r.out, HasSubstr(R"("ttl":"5400s")"));
+  EXPECT_THAT(r.out, Not(HasSubstr(R"("input_offset")")));  // version 1: 0
+
+  const std::string blob = TempFile("f.state", "");
+  ASSERT_EQ(Cli({"session", "export", "cli-f", "--output=" + blob}).exit_code,
+            0);
+  r = Cli({"session", "import", blob, "cli-f-import", "--labels=from=file",
+           "--ttl=3h", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(R"("from":"file")"));
+  EXPECT_THAT(r.out, HasSubstr(R"("ttl":"10800s")"));
+  EXPECT_THAT(r.out, HasSubstr(R"("input_offset":"12")"));
+}
+
+// An export that fails part-way keeps the snapshot already at that path
+// (it used to truncate the file first). The write is cut short by a file
+// size limit, with SIGXFSZ ignored so that write() fails with EFBIG.
+TEST_F(CliClientTest, AFailedExportKeepsTheEarlierFile) {
+  ASSERT_EQ(Cli({"session", "create", "cli-keep"}).exit_code, 0);
+  const std::string text = TempFile("keep.txt", "state worth keeping");
+  ASSERT_EQ(Cli({"feed", "--session=cli-keep", text}).exit_code, 0);
+  const std::string earlier = "an earlier snapshot";
+  const std::string blob = TempFile("keep.state", earlier);
+  // ulimit -f counts 512-byte blocks: 8 KiB, less than the state.
+  e2e::RunResult r = Shell(absl::StrCat(
+      "trap '' XFSZ; ulimit -f 16; ", Bin(),
+      " session export cli-keep --target=", *target_, " --output=", blob));
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("cannot write " + blob));
+  std::ifstream in(blob, std::ios::binary);
+  const std::string kept((std::istreambuf_iterator<char>(in)),
+                         std::istreambuf_iterator<char>());
+  EXPECT_EQ(kept, earlier);
+  // No temporary left beside it.
+  for (const auto& entry : std::filesystem::directory_iterator(
+           std::filesystem::path(blob).parent_path())) {
+    EXPECT_THAT(entry.path().string(), Not(HasSubstr(blob + ".tmp")));
+  }
+  // Without the limit it is replaced whole.
+  r = Cli({"session", "export", "cli-keep", "--output=" + blob});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_GT(std::filesystem::file_size(blob), 8192u);
+}
+
+// A rerun's feed places the input where it read the session: input that
+// reaches the session between that read and the stream's first request
+// (another writer here; a lost owner's uncommitted input likewise) makes
+// the feed fail with POSITION_MISMATCH. It used to open the stream at
+// wherever the session had moved to, appending the rest of the file at
+// the wrong offset. The feed reads from a FIFO, so it waits in the skip
+// (after its read of the session) until the test writes.
+TEST_F(CliClientTest, FeedRefusesASessionThatMovedUnderIt) {
+  ASSERT_EQ(Cli({"session", "create", "cli-moved"}).exit_code, 0);
+  const std::string head = TempFile("moved-head.txt", "0123456789");
+  ASSERT_EQ(Cli({"feed", "--session=cli-moved", head}).exit_code, 0);
+  const std::string script = absl::StrCat(
+      "d=$(mktemp -d); mkfifo $d/in; ", Bin(),
+      " feed --session=cli-moved --start_offset=0 --target=", *target_,
+      " $d/in 2> $d/err & f=$!; exec 3> $d/in; ",
+      // Until the feed waits on the FIFO: it has read the session.
+      "i=0; until grep -q pipe_read /proc/$f/wchan 2>/dev/null || "
+      "[ $i -ge 600 ]; do sleep 0.05; i=$((i+1)); done; ",
+      "printf XYZ | ", Bin(), " feed --session=cli-moved --target=", *target_,
+      " - > /dev/null; ",
+      "printf 0123456789abcdefghij >&3; exec 3>&-; wait $f; echo rc=$?; ",
+      "cat $d/err; rm -r $d");
+  e2e::RunResult r = Shell(script);
+  EXPECT_THAT(r.out, HasSubstr("rc=1")) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("[POSITION_MISMATCH]")) << r.out;
+  r = Cli({"session", "get", "cli-moved"});
+  EXPECT_THAT(r.out, HasSubstr("input_offset=13")) << r.err;
+}
+
 TEST_F(CliClientTest, FeedProgressOnlyOnATerminal) {
   ASSERT_EQ(Cli({"session", "create", "cli-feed"}).exit_code, 0);
   const std::string file = TempFile("feed.txt", std::string(200000, 'a'));

@@ -141,6 +141,18 @@ TEST(CliTest, BadFlagValuesAreUsageErrors) {
             "--model=m.pth", "--redis-command-timeout=-1s"},
            {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
             "--model=m.pth", "--worker-id=a b"},
+           // A header value gRPC refuses aborted the gateway at its first
+           // forwarded call.
+           {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
+            "--gateway-id=passerelle-\xc3\xa9"},
+           {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
+            "--gateway-id=a b"},
+           // Found up front, not after the models load (exit 1, late).
+           {"serve", "--listen=127.0.0.1:0", "--metrics-listen=9090"},
+           {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
+            "--model=m.pth", "--metrics-listen=host:port"},
+           {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
+            "--metrics-listen=:9090"},
            {"session", "list", "--target=127.0.0.1:1", "--timeout=0"}}) {
     e2e::RunResult r = Statestream(args);
     EXPECT_EQ(r.exit_code, 2) << args.back();
@@ -324,7 +336,42 @@ TEST(CliTest, ClientVerbsExitTwoOnBadUsage) {
        "not a version number: notanumber"},
       {{"session", "fork", "x@v2"}, 2, "not a version number: v2"},
       {{"session", "update", "x"}, 2, "needs --labels and/or --ttl"},
-      {{"session", "update", "x", "--ttl=-1s"}, 2, "--ttl must be positive"},
+      {{"session", "update", "x", "--ttl=-1s"},
+       2,
+       "--ttl must be between 1s and 365 days"},
+      // Sent as 0 s (refused by the server, exit 1) before.
+      {{"session", "update", "x", "--ttl=500ms"},
+       2,
+       "--ttl must be between 1s and 365 days"},
+      {{"session", "create", "x", "--ttl=9000h"},
+       2,
+       "--ttl must be between 1s and 365 days"},
+      // Header values gRPC refuses aborted the command (SIGABRT).
+      {{"session", "list", "--api-key=k\r"},
+       2,
+       "--api-key may hold only printable ASCII"},
+      {{"session", "list", "--tenant=caf\xc3\xa9"},
+       2,
+       "--tenant may hold only printable ASCII"},
+      // A `string` field that is not UTF-8: the server cannot parse the
+      // request and answers UNIMPLEMENTED with no message.
+      {{"session", "get", "caf\xe9"}, 2, "is not valid UTF-8"},
+      {{"session", "fork", "x", "caf\xe9"}, 2, "is not valid UTF-8"},
+      {{"session", "create", "x", "--labels=k=\xff"},
+       2,
+       "--labels is not valid UTF-8"},
+      {{"generate", "--session=caf\xe9"}, 2, "--session is not valid UTF-8"},
+      {{"generate", "--session=s", "--stop=\xc3"},
+       2,
+       "--stop is not valid UTF-8"},
+      {{"chat", "--session=s", "--turn-end=\xff"},
+       2,
+       "--turn-end is not valid UTF-8"},
+      {{"chat", "--session=caf\xe9"}, 2, "--session is not valid UTF-8"},
+      // uint32 on the wire: -1 was sent as 4294967295.
+      {{"score", "--session=s", "--tokens=1,-1"},
+       2,
+       "--tokens: -1 is not a token id"},
       {{"session", "create", "--labels==v"}, 2, "--labels: expected k=v"},
       {{"session", "get", "x", "--max-attempts", "0"},
        2,
@@ -428,6 +475,19 @@ TEST(CliTest, IgnoredFlagsAndArgumentsAreUsageErrors) {
       {{"session", "create", "x", "--labels=a=1,foo"},
        "--labels: expected k=v"},
       {{"session", "list", "--labels=foo"}, "--labels: expected k=v"},
+      // Session verbs read only their own flags.
+      {{"session", "get", "x", "--ttl=1h"}, "session get takes no --ttl"},
+      {{"session", "create", "x", "--version=3"},
+       "session create takes no --version"},
+      {{"session", "list", "--output=f"}, "session list takes no --output"},
+      {{"session", "delete", "x", "--labels=a=b"},
+       "session delete takes no --labels"},
+      {{"session", "export", "x", "--model-id=m"},
+       "session export takes no --model-id"},
+      {{"session", "rollback", "x", "2", "--ttl=1h"},
+       "session rollback takes no --ttl"},
+      {{"session", "fork", "x@1", "--version=2"},
+       "as ID@VERSION or --version, not both"},
   };
   for (const Case& c : cases) {
     std::string what;

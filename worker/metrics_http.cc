@@ -40,7 +40,9 @@ class HttpServer final : public MetricsHttpServer {
     return absl::OkStatus();
   }
   std::string address() const override {
-    return absl::StrCat(host_, ":", port_);
+    return host_.find(':') == std::string::npos
+               ? absl::StrCat(host_, ":", port_)
+               : absl::StrCat("[", host_, "]:", port_);
   }
 
  private:
@@ -67,8 +69,12 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     return absl::InvalidArgumentError(
         absl::StrCat("--metrics-listen ", listen, ": want HOST:PORT"));
   }
-  auto server =
-      std::make_unique<HttpServer>(listen.substr(0, colon), std::move(render));
+  std::string host = listen.substr(0, colon);
+  // [::1]:9090 binds ::1 (the brackets only set the port apart).
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  auto server = std::make_unique<HttpServer>(host, std::move(render));
   if (absl::Status st = server->Bind(port); !st.ok()) return st;
   return std::unique_ptr<MetricsHttpServer>(std::move(server));
 }
