@@ -2,8 +2,9 @@
 // StateStore: versioned, fenced, checksummed session state (DESIGN.md,
 // "Contracts"). Three implementations share this interface and one contract
 // test suite (state_store_contract.h):
-//   memory_state_store.h  in-process, for tests and single-process use
-//   sqlite_state_store.h  embedded and durable (SQLite WAL), for `serve`
+//   memory_state_store.h  in-process: tests, and `serve` (its default)
+//   sqlite_state_store.h  embedded and durable (SQLite WAL): `serve
+//                         --data-dir`
 //   redis_state_store.h   Redis standalone or Cluster, for the cluster roles
 // Documentation: docs/state-store.md.
 //
