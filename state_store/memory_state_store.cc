@@ -30,6 +30,7 @@ struct Session {
   std::string lease_owner;
   absl::Time lease_expires = absl::InfinitePast();
   absl::Time expires_at = absl::InfiniteFuture();
+  uint64_t fence = 0;  // from the store's one counter (last_fence_)
 };
 
 absl::Time Expiry(absl::Time now, absl::Duration ttl) {
@@ -62,7 +63,7 @@ class MemoryStateStore final : public StateStore {
     }
     Session& s = sessions_[id];
     s = Session();
-    const uint64_t fence = ++fences_[id];
+    const uint64_t fence = s.fence = ++last_fence_;
     s.head.key = r.key;
     s.head.model_id = r.model_id;
     s.head.model_fingerprint = r.initial_state.model_fingerprint;
@@ -140,7 +141,7 @@ class MemoryStateStore final : public StateStore {
     if (s == nullptr) return SessionNotFound(r.key);
     // The fence first: a writer that was taken over learns that it was,
     // even when its expected version is stale too.
-    const uint64_t fence = fences_[{r.key.tenant, r.key.session_id}];
+    const uint64_t fence = s->fence;
     if (r.fence != fence) return store_internal::Fenced(r.fence, fence);
     const uint64_t head = s->head.head.version;
     if (r.expected_version != head) {
@@ -241,7 +242,7 @@ class MemoryStateStore final : public StateStore {
     if (!takeover && now < s->lease_expires && s->lease_owner != owner) {
       return store_internal::LeaseBusy(s->lease_owner);
     }
-    const uint64_t fence = ++fences_[{key.tenant, key.session_id}];
+    const uint64_t fence = s->fence = ++last_fence_;
     s->lease_owner = owner;
     s->lease_expires = now + ttl;
     s->expires_at = Expiry(now, s->head.ttl);
@@ -257,7 +258,7 @@ class MemoryStateStore final : public StateStore {
     const absl::Time now = clock_->Now();
     Session* s = Find(key, now);
     if (s == nullptr) return SessionNotFound(key);
-    const uint64_t current = fences_[{key.tenant, key.session_id}];
+    const uint64_t current = s->fence;
     const bool live = now < s->lease_expires;
     if (fence != current || (live && s->lease_owner != owner)) {
       return store_internal::Fenced(fence, current);
@@ -273,8 +274,7 @@ class MemoryStateStore final : public StateStore {
     absl::MutexLock lock(&mu_);
     Session* s = Find(key, clock_->Now());
     if (s == nullptr) return absl::OkStatus();
-    if (s->lease_owner == owner &&
-        fences_[{key.tenant, key.session_id}] == fence) {
+    if (s->lease_owner == owner && s->fence == fence) {
       s->lease_owner.clear();
       s->lease_expires = absl::InfinitePast();
     }
@@ -347,7 +347,7 @@ class MemoryStateStore final : public StateStore {
   SessionHead HeadOf(const Session& s, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     SessionHead h = s.head;
-    h.fence = fences_[{h.key.tenant, h.key.session_id}];
+    h.fence = s.fence;
     if (now < s.lease_expires) {
       h.owner = s.lease_owner;
       h.lease_expires_at = s.lease_expires;
@@ -391,7 +391,11 @@ class MemoryStateStore final : public StateStore {
   }
 
   std::map<Id, Session> sessions_ ABSL_GUARDED_BY(mu_);
-  std::map<Id, uint64_t> fences_ ABSL_GUARDED_BY(mu_);  // survive deletion
+  // The last fence handed out, to any session: one counter for all of them,
+  // so an id created again never meets a fence its earlier life gave out,
+  // and nothing is kept per id after a session goes (a map of every id
+  // ever created grew without bound in a long-running `serve`).
+  uint64_t last_fence_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time last_sweep_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::map<std::string, WorkerInfo> workers_ ABSL_GUARDED_BY(mu_);
 };

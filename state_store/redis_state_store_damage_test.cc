@@ -143,6 +143,35 @@ TEST(RedisStateStoreDamageTest, ADamagedCountIsCorruptOnEveryCall) {
   EXPECT_TRUE(store->DeleteSession({"acme", "fine"}).ok());
 }
 
+// A head whose own version hash is gone (evicted, or deleted by hand) is
+// damage: STATE_CORRUPT on a read, left out of the tenant's listing, and
+// deleted by id. It was NOT_FOUND/VERSION_MISMATCH for "version
+// 18446744073709551615", which failed the tenant's every listing.
+TEST(RedisStateStoreDamageTest, AHeadWithoutItsVersionHashIsCorrupt) {
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  ASSERT_TRUE(
+      store->CreateSession(NewSession("lost", Durability::kMemory)).ok());
+  ASSERT_TRUE(
+      store->CreateSession(NewSession("kept", Durability::kMemory)).ok());
+  ASSERT_TRUE(server->Command({"DEL", "ss:{acme/lost}:v1"}).ok());
+  const SessionKey key{"acme", "lost"};
+  auto head = store->GetHead(key);
+  EXPECT_EQ(head.status().code(), absl::StatusCode::kDataLoss) << head.status();
+  EXPECT_EQ(GetReason(head.status()), Reason::kStateCorrupt);
+  EXPECT_EQ(GetReason(store->LoadVersion(key, 0).status()),
+            Reason::kStateCorrupt);
+  ListSessionsRequest list;
+  list.tenant = "acme";
+  auto page = store->ListSessions(list);
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_EQ(page->sessions.size(), 1u);
+  EXPECT_EQ(page->sessions[0].key.session_id, "kept");
+  EXPECT_TRUE(store->DeleteSession(key).ok());
+  EXPECT_EQ(GetReason(store->GetHead(key).status()), Reason::kSessionNotFound);
+}
+
 // A recorded size and count a load cannot trust: the chunks are asked for
 // a round at a time and memory is committed only as they arrive, so a
 // damaged hash claiming a gigabyte in 65,536 chunks (four exist) costs

@@ -21,6 +21,7 @@
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "state_store/internal/redis_scripts.h"
+#include "state_store/internal/redis_store.h"
 #include "state_store/redis_state_store_test_util.h"
 #include "state_store/testing/redis_harness.h"
 #include "state_store/testing/state_store_contract.h"
@@ -405,6 +406,41 @@ TEST(RedisStateStoreTest, ADeleteResentAfterALostReplyIsOk) {
   EXPECT_EQ(*other, "NOTFOUND");
   EXPECT_EQ(GetReason(store->DeleteSession({"acme", "d"})),
             Reason::kSessionNotFound);
+  // A copy of the first send that reaches Redis late, after the id was
+  // created again, deletes nothing (it deleted the new session).
+  ASSERT_TRUE(store->CreateSession(NewSession("d", Durability::kMemory)).ok());
+  auto late = run("n1");
+  ASSERT_TRUE(late.ok()) << late.status();
+  EXPECT_EQ(*late, "OK");
+  EXPECT_TRUE(store->GetHead({"acme", "d"}).ok());
+}
+
+// A chunk write that reaches Redis after its version was committed (the
+// first send of a pipeline the client resent after a timeout, held up in
+// the network) leaves the committed chunk as it is: it used to put the
+// pending TTL back on it, and the head was lost when that ran out.
+TEST(RedisStateStoreTest, ALateChunkWriteLeavesACommittedVersionAlone) {
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  ASSERT_TRUE(store->CreateSession(NewSession("c", Durability::kMemory)).ok());
+  auto keys = server->Command({"KEYS", "ss:{acme/c}:v1:*:c*"});
+  ASSERT_TRUE(keys.ok()) << keys.status();
+  const std::vector<std::string> chunks =
+      absl::StrSplit(*keys, '\n', absl::SkipEmpty());
+  ASSERT_FALSE(chunks.empty());
+  for (const std::string& k : chunks) {
+    auto value = server->Command({"GET", k});
+    ASSERT_TRUE(value.ok()) << value.status();
+    const store_internal::Command late =
+        store_internal::PendingChunkWrite(k, *value, "300", true);
+    ASSERT_TRUE(
+        server->Command(std::vector<std::string>(late.begin(), late.end()))
+            .ok());
+  }
+  absl::SleepFor(absl::Milliseconds(500));
+  auto loaded = store->LoadVersion({"acme", "c"}, 0);
+  EXPECT_TRUE(loaded.ok()) << loaded.status();
 }
 
 // A label filter that matches almost nothing reads at most max_list_scan
@@ -665,6 +701,38 @@ TEST(RedisStateStoreTest, AListingKeepsTheReservationOfACreateInFlight) {
   ASSERT_TRUE((*server)->Command({"DECR", "ss:{acme/x}:creating"}).ok());
   ASSERT_TRUE((*store)->CreateSession(full).ok());  // pruned "x", then room
   EXPECT_EQ((*store)->CountSessionsBound("acme").value_or(-1), 1);
+}
+
+// The in-flight mark of a limited create goes when the create ends (it
+// stayed at "0"), and one less never takes it below zero: a mark already
+// gone (expired under a slow create) stayed as -1 without a TTL, and the
+// next create of that id read 0, "none in flight", so a listing could
+// prune its reservation.
+TEST(RedisStateStoreTest, TheCreateMarkGoesAndNeverGoesNegative) {
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  CreateSessionRequest limited = NewSession("m", Durability::kMemory);
+  limited.max_tenant_sessions = 10;
+  ASSERT_TRUE(store->CreateSession(limited).ok());
+  EXPECT_EQ(*server->Command({"EXISTS", "ss:{acme/m}:creating"}), "0");
+
+  const std::string k = "ss:{acme/gone}:creating";
+  const std::string src =
+      store_internal::ScriptSource(store_internal::kUnmarkCreate);
+  auto unmark = [&] {
+    return server->Command({"EVAL", src, "1", k, k, "0", "0"});
+  };
+  ASSERT_TRUE(unmark().ok());  // no mark: none made
+  EXPECT_EQ(*server->Command({"EXISTS", k}), "0");
+  ASSERT_TRUE(server->Command({"SET", k, "2", "PX", "60000"}).ok());
+  ASSERT_TRUE(unmark().ok());  // two creates in flight: one left
+  EXPECT_EQ(*server->Command({"GET", k}), "1");
+  auto ttl = server->Command({"PTTL", k});
+  int64_t ms = -1;
+  EXPECT_TRUE(absl::SimpleAtoi(*ttl, &ms) && ms > 0) << *ttl;
+  ASSERT_TRUE(unmark().ok());
+  EXPECT_EQ(*server->Command({"EXISTS", k}), "0");
 }
 
 // Sessions Redis expired leave the tenant's index even if nobody lists or

@@ -40,9 +40,11 @@ absl::StatusOr<CommitResult> RedisStateStore::CreateSession(
   // the first attempt): each adds one and takes it back when it ends.
   const std::string creating = Prefix(r.key) + "creating";
   const std::string mark_ms = absl::StrCat(Ms(kCreateInFlight));
+  bool marked = false;  // only a create that marked unmarks
   absl::Cleanup unmark = [&] {
-    if (r.max_tenant_sessions > 0) {
-      client_->Run(creating, {{"DECR", creating}}).IgnoreError();
+    if (marked) {
+      RunScript(creating, kUnmarkCreate, {creating}, {creating, "0", "0"}, {})
+          .IgnoreError();
     }
   };
   if (r.max_tenant_sessions > 0) {
@@ -50,6 +52,7 @@ absl::StatusOr<CommitResult> RedisStateStore::CreateSession(
                            ->Run(creating, {{"INCR", creating},
                                             {"PEXPIRE", creating, mark_ms}})
                            .status());
+    marked = true;
     SS_RETURN_IF_ERROR(ReserveInIndex(r.key, r.max_tenant_sessions));
   } else {
     SS_RETURN_IF_ERROR(AddToIndex(r.key));
@@ -346,10 +349,14 @@ absl::StatusOr<Reply> RedisStateStore::WriteVersion(
     keys.push_back(ChunkKey(key, version, nonce, i));
   }
   const std::string pending = absl::StrCat(Ms(options_.pending_chunk_ttl));
-  std::vector<Command> sets;
-  for (uint32_t i = 0; i < n; ++i) {
-    sets.push_back({"SET", keys[3 + i], chunks[i], "PX", pending});
-  }
+  auto chunk_writes = [&](bool first_send) {
+    std::vector<Command> sets;
+    for (uint32_t i = 0; i < n; ++i) {
+      sets.push_back(
+          PendingChunkWrite(keys[3 + i], chunks[i], pending, first_send));
+    }
+    return sets;
+  };
   const std::string retention = absl::StrCat(Ms(options_.fence_retention));
   const std::string now = absl::StrCat(absl::ToUnixMillis(clock_->Now()));
   std::vector<absl::string_view> argv = {prefix, retention, now};
@@ -359,7 +366,7 @@ absl::StatusOr<Reply> RedisStateStore::WriteVersion(
   // persistence, or a commit slower than pending_chunk_ttl): rewrite them.
   for (int attempt = 0; attempt < 3; ++attempt) {
     SS_ASSIGN_OR_RETURN(std::vector<Reply> set_replies,
-                        client_->Run(prefix, sets));
+                        client_->Run(prefix, chunk_writes(attempt == 0)));
     for (const Reply& r : set_replies) {
       if (r->type == REDIS_REPLY_ERROR) return BadReply(r.get());
     }

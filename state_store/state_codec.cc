@@ -129,6 +129,21 @@ absl::Status CheckEncodable(const StateSnapshot& s) {
         absl::StrCat("the state holds ", s.state.size() + s.last_hidden.size(),
                      " floats; at most ", kMaxStateFloats, " each part"));
   }
+  // What DecodeState refuses is never written: a state that was written
+  // always decodes (docs/state-format.md).
+  if (s.dtype != StateDtype::kF32) {
+    return InvalidArgumentError(
+        Reason::kInvalidArgument,
+        absl::StrCat("the state's dtype ", static_cast<uint32_t>(s.dtype),
+                     " is not one this format holds (f32)"));
+  }
+  if (!s.last_hidden.empty() && s.n_embd != 0 &&
+      s.last_hidden.size() != s.n_embd) {
+    return InvalidArgumentError(
+        Reason::kInvalidArgument,
+        absl::StrCat("the state's last_hidden holds ", s.last_hidden.size(),
+                     " floats, not n_embd = ", s.n_embd));
+  }
   return absl::OkStatus();
 }
 

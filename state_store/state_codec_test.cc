@@ -160,6 +160,14 @@ TEST(StateCodecTest, HiddenOfWrongLengthIsCorrupt) {
   s.last_hidden = {1, 2, 3};  // n_embd is 4
   EXPECT_EQ(GetReason(DecodeState(EncodeState(s)).status()),
             Reason::kStateCorrupt);
+  // The stores refuse to write it: what they write always decodes.
+  EXPECT_EQ(CheckEncodable(s).code(), absl::StatusCode::kInvalidArgument);
+  s.last_hidden = {1, 2, 3, 4};
+  EXPECT_TRUE(CheckEncodable(s).ok());
+  s.dtype = static_cast<StateDtype>(7);
+  EXPECT_EQ(CheckEncodable(s).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GetReason(DecodeState(EncodeState(s)).status()),
+            Reason::kStateCorrupt);
 }
 
 TEST(StateCodecTest, CorruptionIsATypedError) {

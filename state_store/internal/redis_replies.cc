@@ -30,7 +30,8 @@ std::string ScriptSource(Script s) {
                         kLuaReserveInIndex,
                         kLuaAcquireSlot,
                         kLuaRenewSlots,
-                        kLuaCountSlots};
+                        kLuaCountSlots,
+                        kLuaUnmarkCreate};
   static_assert(sizeof(body) / sizeof(body[0]) == kScriptCount);
   const bool slots = s == kAcquireSlot || s == kRenewSlots || s == kCountSlots;
   return absl::StrCat(kLuaPrelude, slots ? kLuaSlotsPrelude : "", body[s]);
@@ -78,6 +79,13 @@ int64_t TtlMs(absl::Duration ttl) {
 }
 
 std::string NewNonce() { return RandomHex128(); }
+
+Command PendingChunkWrite(absl::string_view key, absl::string_view chunk,
+                          absl::string_view pending_ms, bool first_send) {
+  Command c = {"SET", key, chunk, "PX", pending_ms};
+  if (first_send) c.push_back("NX");
+  return c;
+}
 
 std::string FenceSalt() { return absl::StrCat(ThreadRng()() & 1023); }
 

@@ -211,7 +211,14 @@ if want < oldest or want > ver then
   return {'NOTKEPT', tostring(ver), tostring(oldest)}
 end
 local vm = redis.call('HGETALL', P .. 'v' .. want)
-if #vm == 0 then return {'NOTKEPT', tostring(ver), tostring(oldest)} end
+if #vm == 0 then
+  -- The head's own hash is gone (evicted, or deleted by hand): damage,
+  -- which a listing leaves out, not a version the caller asked wrongly for.
+  if want == ver then
+    error({err = 'SSCORRUPT ' .. P .. ' has no hash for its head version ' .. ver})
+  end
+  return {'NOTKEPT', tostring(ver), tostring(oldest)}
+end
 local hv = vm
 if want ~= ver then hv = redis.call('HGETALL', P .. 'v' .. ver) end
 return {'OK', h, vm, redis.call('GET', P .. 'fence') or '0',
@@ -247,15 +254,15 @@ return {'OK'}
 
 // KEYS: head, fence, lease. ARGV[4] the call's nonce, ARGV[5] ms: a deletion
 // leaves the nonce behind that long (P .. 'deleted'), so the same call sent
-// again after a lost reply is OK, not NOTFOUND.
+// again after a lost reply is OK, not NOTFOUND; and a copy of it that
+// reaches Redis late (a resent pipeline's first send) deletes nothing, not
+// a session created again under that id since.
 inline constexpr char kLuaDelete[] = R"lua(
-local m = redis.call('HMGET', P .. 'head', 'version', 'oldest')
-if not m[1] then
-  if ARGV[4] ~= '' and redis.call('GET', P .. 'deleted') == ARGV[4] then
-    return {'OK'}
-  end
-  return {'NOTFOUND'}
+if ARGV[4] ~= '' and redis.call('GET', P .. 'deleted') == ARGV[4] then
+  return {'OK'}
 end
+local m = redis.call('HMGET', P .. 'head', 'version', 'oldest')
+if not m[1] then return {'NOTFOUND'} end
 -- A damaged session (SSCORRUPT from the probe) is deleted too: its head
 -- and lease go, and so do its versions' hashes when their range is sound;
 -- keys its damaged counts cannot find are left to their TTLs. Any other
@@ -400,6 +407,22 @@ if redis.call('ZSCORE', KEYS[1], ARGV[4]) then return {'OK'} end
 local n = redis.call('ZCARD', KEYS[1])
 if n >= tonumber(ARGV[5]) then return {'FULL', n} end
 redis.call('ZADD', KEYS[1], 0, ARGV[4])
+return {'OK'}
+)lua";
+
+// KEYS[1]: a session's in-flight create mark (CreateSession counts the
+// creates of one id under way). One of them ended: one less, and the key
+// goes at zero. Never below zero: a mark already gone (expired under a
+// create slower than its TTL, or never set: the marking call failed) stays
+// gone, where a DECR would leave -1 without a TTL, and the next create's
+// mark would read 0, "none in flight". Reply: {'OK'}.
+inline constexpr char kLuaUnmarkCreate[] = R"lua(
+local n = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if n <= 1 then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('DECR', KEYS[1])
+end
 return {'OK'}
 )lua";
 

@@ -80,6 +80,7 @@ enum Script {
   kAcquireSlot,
   kRenewSlots,
   kCountSlots,
+  kUnmarkCreate,
   kScriptCount
 };
 
@@ -102,6 +103,15 @@ int64_t TtlMs(absl::Duration ttl);
 
 // 128 random bits: two writers of one version never share chunk keys.
 std::string NewNonce();
+// The write of one chunk before its commit: SET key chunk PX pending_ms,
+// with NX on the first send. A pipeline resent after a timeout can still
+// have its first copy reach Redis later (bytes the kernel held): without
+// NX that late SET would put the pending TTL back on a chunk the commit
+// has since made part of the head, and the head would expire with it.
+// Sends after a CHUNKS answer (chunks vanished: nothing committed) write
+// over what is left, renewing its TTL.
+Command PendingChunkWrite(absl::string_view key, absl::string_view chunk,
+                          absl::string_view pending_ms, bool first_send);
 // 10 random bits added to the server's clock in a new fence (kLuaPrelude's
 // next_fence): two grants in one millisecond rarely collide even when the
 // counter went back.

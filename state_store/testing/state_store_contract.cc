@@ -172,6 +172,11 @@ TEST_P(StateStoreContractTest, ASnapshotIsWrittenOnlyIfItLoadsBack) {
   c.state = TestSnapshot(2);
   c.state.tokenizer_tail.assign(kMaxStateFieldBytes + 1, 't');
   EXPECT_EQ(GetReason(store_->Commit(c).status()), Reason::kMessageTooLarge);
+  // A last_hidden that is not n_embd long would fail every load.
+  c.state = TestSnapshot(2);
+  c.state.last_hidden.assign(c.state.n_embd + 1, 0.5f);
+  EXPECT_EQ(store_->Commit(c).status().code(),
+            absl::StatusCode::kInvalidArgument);
   auto head = store_->GetHead(kKey);
   ASSERT_OK(head);
   EXPECT_EQ(head->head.version, 1u);
