@@ -210,6 +210,26 @@ TEST(KernelsTest, TanhIsAccurateAndOdd) {
   EXPECT_TRUE(std::isnan(Tanh(std::nanf(""))));
 }
 
+// relu(x)^2 keeps a NaN a NaN whatever its sign bit, as the reference does:
+// x86's default NaN (0xffc00000, from inf - inf or 0 * inf) became 0.
+TEST(KernelsTest, ReluSquareKeepsEveryNan) {
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> x = {-std::nanf(""), std::nanf(""), inf - inf, -1.0f, 2.0f,
+                          -inf,           inf,           -0.0f,     0.5f};
+  // Past a vector's width too, so a vectorised loop is checked.
+  for (int i = 0; i < 40; ++i) x.push_back(i % 2 ? -std::nanf("") : -3.0f);
+  std::vector<float> y = x;
+  ReluSquare(y.data(), static_cast<int64_t>(y.size()));
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (std::isnan(x[i])) {
+      EXPECT_TRUE(std::isnan(y[i])) << i;
+    } else {
+      const float r = x[i] > 0 ? x[i] : 0.0f;
+      EXPECT_EQ(y[i], r * r) << i;
+    }
+  }
+}
+
 TEST(KernelsTest, QuantizeRowsRoundsToTheRowMaximum) {
   const float x[] = {0.5f, -1.0f, 0.25f, 1.0f / 254, 0.0f, -0.7f};
   uint8_t q[6];

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <system_error>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
@@ -112,11 +113,19 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(
     return CudaDeviceStatus();
 #endif
   }
-  // Detection by key set, in the order of docs/architectures.md.
-  if (LooksLikeRwkv7(*file)) return LoadRwkv7(std::move(file), options);
-  if (LooksLikeRwkv6(*file)) return LoadRwkv6(std::move(file), options);
-  if (LooksLikeRwkv5(*file)) return LoadRwkv5(std::move(file), options);
-  if (LooksLikeRwkv4(*file)) return LoadRwkv4(std::move(file), options);
+  // Detection by key set, in the order of docs/architectures.md. The
+  // model's thread pool starts its threads as it is made: a process (or
+  // pod) out of threads or address space is an error, not an abort.
+  try {
+    if (LooksLikeRwkv7(*file)) return LoadRwkv7(std::move(file), options);
+    if (LooksLikeRwkv6(*file)) return LoadRwkv6(std::move(file), options);
+    if (LooksLikeRwkv5(*file)) return LoadRwkv5(std::move(file), options);
+    if (LooksLikeRwkv4(*file)) return LoadRwkv4(std::move(file), options);
+  } catch (const std::system_error& e) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot start the engine's threads (--threads ",
+                     options.threads, "): ", e.what()));
+  }
   return InvalidArgumentError(
       Reason::kInvalidModelFile,
       "unsupported architecture: the tensor names match no known RWKV "

@@ -60,13 +60,15 @@ void GroupNorm(const float* x, int groups, int n, const float* w,
 }
 
 void ReluSquare(float* x, int64_t n) {
-  // max(x, 0) by clearing every bit of a negative number (sign bit set):
-  // integer operations the compiler vectorises, where a float compare and
-  // select stays a scalar branch.
+  // max(x, 0) by clearing every bit of a negative number (sign bit set, up
+  // to -Inf = 0xff800000; a NaN with its sign bit set, such as x86's
+  // default NaN 0xffc00000, stays NaN as in the reference): integer
+  // operations the compiler vectorises, where a float compare and select
+  // stays a scalar branch.
   for (int64_t i = 0; i < n; ++i) {
     uint32_t b;
     std::memcpy(&b, &x[i], sizeof(b));
-    b &= ~static_cast<uint32_t>(static_cast<int32_t>(b) >> 31);
+    b &= (b - 0x80000000u) <= 0x7f800000u ? 0u : ~0u;
     float r;
     std::memcpy(&r, &b, sizeof(r));
     x[i] = r * r;

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // safetensors: u64 LE header length N, N bytes of JSON, then the data buffer.
 // The JSON is parsed with nlohmann::json's non-throwing parser and every
-// field's type is checked before it is read.
+// field's type is checked before it is read. Before that, a scan of the
+// text bounds what the parsed tree can cost (CheckHeaderShape).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -96,8 +97,77 @@ absl::StatusOr<TensorView> ParseTensor(const std::string& name,
   return v;
 }
 
+// Limits on a header's shape that every real file is far inside.
+constexpr int kMaxHeaderDepth = 3;          // {"t": {"shape": [..]}}
+constexpr int kMaxArrayElements = 64;       // shape (rank) and data_offsets
+constexpr size_t kMaxHeaderKeys = 1 << 20;  // tensors × 3, plus metadata
+
+// The parsed tree costs ~64-80 bytes a value: 100 MiB of `[` or of `0,`
+// would take gigabytes before any field is looked at. A real header is
+// objects three deep whose arrays are a shape and two offsets, so a
+// deeper nesting, a longer array or more keys is refused first, from the
+// text alone (outside strings), and the tree stays within a small multiple
+// of the header.
+absl::Status CheckHeaderShape(absl::string_view header) {
+  char open[kMaxHeaderDepth];
+  int elements[kMaxHeaderDepth];
+  int depth = 0;
+  size_t keys = 0;
+  bool in_string = false, escaped = false;
+  for (char c : header) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    switch (c) {
+      case '"':
+        in_string = true;
+        break;
+      case '{':
+      case '[':
+        if (depth == kMaxHeaderDepth) {
+          return BadFile(absl::StrCat("safetensors: header nested deeper than ",
+                                      kMaxHeaderDepth, " levels"));
+        }
+        open[depth] = c;
+        elements[depth] = 1;
+        ++depth;
+        break;
+      case '}':
+      case ']':
+        if (depth > 0) --depth;  // a mismatch is the parser's to report
+        break;
+      case ',':
+        if (depth > 0 && open[depth - 1] == '[' &&
+            ++elements[depth - 1] > kMaxArrayElements) {
+          return BadFile(absl::StrCat("safetensors: header array longer than ",
+                                      kMaxArrayElements, " elements"));
+        }
+        break;
+      case ':':
+        if (++keys > kMaxHeaderKeys) {
+          return BadFile(absl::StrCat("safetensors: header has more than ",
+                                      kMaxHeaderKeys, " keys"));
+        }
+        break;
+      default:
+        break;
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<TensorMap> ParseHeader(absl::string_view header,
                                       absl::string_view data) {
+  if (absl::Status shape = CheckHeaderShape(header); !shape.ok()) {
+    return shape;
+  }
   Json root = Json::parse(header.begin(), header.end(), /*cb=*/nullptr,
                           /*allow_exceptions=*/false);
   if (root.is_discarded()) return BadFile("safetensors: header is not JSON");

@@ -49,16 +49,27 @@ void FutexWakeAll(std::atomic<uint32_t>* word) {
 }  // namespace
 
 ThreadPool::ThreadPool(int threads, int spin_us) : spin_us_(spin_us) {
-  for (int i = 1; i < threads; ++i) {
-    workers_.emplace_back([this] { WorkerLoop(); });
+  try {
+    for (int i = 1; i < threads; ++i) {
+      workers_.emplace_back([this] { WorkerLoop(); });
+    }
+  } catch (...) {
+    // Out of threads or memory part-way (std::system_error): the threads
+    // already started stop and are joined, so the error reaches the caller
+    // (a joinable std::thread destroyed in the unwinding would abort).
+    Stop();
+    throw;
   }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { Stop(); }
+
+void ThreadPool::Stop() {
   stop_.store(true);
   epoch_.fetch_add(1);
   FutexWakeAll(&epoch_);
   for (auto& t : workers_) t.join();
+  workers_.clear();
 }
 
 void ThreadPool::RunTasks(uint32_t gen) {

@@ -30,7 +30,9 @@ class ThreadPool {
  public:
   // `threads` >= 1 counts the calling thread: ThreadPool(1) runs everything
   // inline and starts no thread. Idle workers spin for `spin_us`
-  // microseconds before sleeping (0: sleep at once).
+  // microseconds before sleeping (0: sleep at once). Throws
+  // std::system_error when a thread cannot start, having stopped and
+  // joined those that did.
   explicit ThreadPool(int threads, int spin_us = 200);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
@@ -70,6 +72,8 @@ class ThreadPool {
   int64_t ReadAheadLeft() const;
 
  private:
+  // Stops the workers and joins them (the destructor; a failed start).
+  void Stop();
   void WorkerLoop();
   // Claims and runs tasks of generation `gen` until none are left.
   void RunTasks(uint32_t gen);

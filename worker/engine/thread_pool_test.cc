@@ -2,10 +2,14 @@
 #include "worker/engine/thread_pool.h"
 
 #include <sched.h>
+#include <sys/resource.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <initializer_list>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -16,6 +20,40 @@
 
 namespace statestream::engine {
 namespace {
+
+// A thread that cannot start (the process is out of address space for its
+// stack, or of threads) is a std::system_error the loader turns into an
+// error: the pool stops and joins the threads it had started. It used to
+// abort (a joinable std::thread destroyed while unwinding).
+TEST(ThreadPoolDeathTest, AThreadThatCannotStartIsAnErrorNotAnAbort) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "ASan reserves address space beyond any RLIMIT_AS";
+#else
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        long pages = 0;
+        if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+          if (std::fscanf(f, "%ld", &pages) != 1) pages = 0;
+          std::fclose(f);
+        }
+        // Room for two or three more 8 MiB thread stacks, not 63.
+        struct rlimit r;
+        r.rlim_cur = r.rlim_max =
+            static_cast<rlim_t>(pages) * 4096 + (24 << 20);
+        if (pages == 0 || setrlimit(RLIMIT_AS, &r) != 0) std::_Exit(3);
+        try {
+          ThreadPool pool(64);
+          std::_Exit(1);
+        } catch (const std::system_error&) {
+          std::_Exit(0);
+        } catch (...) {
+          std::_Exit(2);
+        }
+      },
+      ::testing::ExitedWithCode(0), "");
+#endif
+}
 
 TEST(ThreadPoolTest, RunsEveryTaskExactlyOnce) {
   for (int threads : {1, 2, 3, 5}) {

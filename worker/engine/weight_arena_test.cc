@@ -207,4 +207,31 @@ TEST(WeightArenaTest, NonFiniteWeightsQuantizeToDefinedValues) {
   EXPECT_NEAR(row[0], 1.0f, 1.0f / 127);
 }
 
+// A row whose max |w| is below 127 / FLT_MAX counts as zeros, as an
+// activation row does: 1 / scale overflowed, and every nonzero weight read
+// back as +-max (5e-40 as 1e-38, 20 times too large).
+TEST(WeightArenaTest, ARowOfTinyWeightsQuantizesToZeros) {
+  const char* dir = std::getenv("TEST_TMPDIR");
+  const std::string path =
+      std::string(dir != nullptr ? dir : "/tmp") + "/tiny_row_test.safetensors";
+  std::vector<float> vals(2 * 64, 0.0f);
+  vals[0] = 1e-38f;
+  vals[1] = 5e-40f;
+  vals[2] = -3e-39f;
+  for (int c = 0; c < 64; ++c) vals[64 + c] = 1.0f;  // an ordinary row
+  ASSERT_TRUE(WriteSafetensors(path, {{"m", {2, 64}, vals}}, DType::kF32).ok());
+  auto file = WeightFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  WeightLoader ld(std::move(*file), WeightPrecision::kInt8);
+  Matrix m;
+  ASSERT_TRUE(ld.Mat("m", 2, 64, &m).ok());
+  EXPECT_EQ(m.scale[0], 0.0f);
+  EXPECT_EQ(m.wsum[0], 0);
+  float row[64];
+  m.ReadRow(0, row);
+  for (int c = 0; c < 64; ++c) EXPECT_EQ(row[c], 0.0f) << c;
+  m.ReadRow(1, row);
+  EXPECT_NEAR(row[0], 1.0f, 1.0f / 127);
+}
+
 }  // namespace statestream::engine

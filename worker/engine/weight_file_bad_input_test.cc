@@ -2,6 +2,8 @@
 // WeightFile on bad input: every malformed file must be an INVALID_ARGUMENT
 // with Reason::kInvalidModelFile that says what is wrong, never a crash.
 // Meant to run under ASan/UBSan too.
+#include <sys/resource.h>
+
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -443,9 +445,36 @@ TEST(WeightFileBadInput, SafetensorsHeader) {
   }
   ExpectBad(St("{\"w\xff\":1}"), "not JSON");  // invalid UTF-8
   std::string deep(100000, '[');
-  ExpectBad(St(deep), "not JSON");
+  ExpectBad(St(deep), "nested deeper than 3 levels");
   ExpectBad(St(std::string(50000, '[') + std::string(50000, ']')),
-            "not a JSON object");
+            "nested deeper than 3 levels");
+  // Within the bounds, brackets and commas in strings count for nothing.
+  ExpectBad(St(R"({"w":{"dtype":"F32","shape":[)" + std::string(64, '1') +
+               R"(],"data_offsets":[0,16]},"__metadata__":{"k":"[[[[,,,:"}})"),
+            "shape");
+  std::string long_shape = R"({"w":{"dtype":"F32","shape":[1)";
+  for (int i = 0; i < 64; ++i) long_shape += ",1";
+  ExpectBad(St(long_shape + R"(],"data_offsets":[0,16]}})"),
+            "array longer than 64 elements");
+}
+
+// What a hostile header costs is bounded by the header's shape, refused
+// before a tree is built: 16 MiB of `[` (or of `0,` in one array) took
+// ~80 bytes a character as a parsed tree, over a gigabyte.
+TEST(WeightFileBadInput, AHostileHeaderCostsLittleMemory) {
+  struct rusage before {};
+  getrusage(RUSAGE_SELF, &before);
+  ExpectBad(St(std::string(16 << 20, '[')), "nested deeper");
+  std::string zeros = R"({"w":{"dtype":"F32","shape":[)";
+  for (int i = 0; i < (8 << 20); ++i) zeros += "0,";
+  zeros += R"(0],"data_offsets":[0,16]}})";
+  ExpectBad(St(zeros), "array longer than");
+  struct rusage after {};
+  getrusage(RUSAGE_SELF, &after);
+  // The images are 16 MiB each (with copies, and ASan's quarantine); the
+  // trees took 1.3 GB and more.
+  EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 512 << 10)  // KiB
+      << "peak RSS grew by " << (after.ru_maxrss - before.ru_maxrss) << " KiB";
 }
 
 }  // namespace

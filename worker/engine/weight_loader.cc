@@ -163,13 +163,17 @@ void WeightLoader::Quantize(int rows, int cols,
   for (int r = 0; r < rows; ++r) {
     read_row(r, row.data());
     // The scale covers the row's finite weights; an all-zero row keeps
-    // scale 0 (and zeros). Non-finite weights saturate: +-Inf to +-127, NaN
-    // to 0 (casting a NaN to an integer is undefined).
+    // scale 0 (and zeros), and so does one whose max |w| is below 127 /
+    // FLT_MAX (~3.7e-37), where 1 / scale would overflow and every nonzero
+    // weight read back as +-max: the rule of the activations
+    // (QuantizeRows). Non-finite weights saturate: +-Inf to +-127, NaN to
+    // 0 (casting a NaN to an integer is undefined).
     float amax = 0;
     for (float v : row) {
       if (std::isfinite(v)) amax = std::max(amax, std::fabs(v));
     }
-    const float scale = amax / 127.0f;
+    const bool tiny = amax > 0 && !std::isfinite(127.0f / amax);
+    const float scale = tiny ? 0.0f : amax / 127.0f;
     const float inv = scale > 0 ? 1.0f / scale : 0.0f;
     int32_t sum = 0;
     for (int c = 0; c < cols; ++c) {
