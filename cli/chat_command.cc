@@ -45,7 +45,8 @@ absl::Status Chat(const std::vector<std::string>& args) {
   SS_RETURN_IF_ERROR(CheckUtf8("--turn-end", absl::GetFlag(FLAGS_turn_end)));
   SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
   std::string session_id;
-  if (FlagGiven("session")) {
+  // --session= (an empty $SID) starts a new session like no --session.
+  if (!SessionFlagIsEmpty()) {
     SS_ASSIGN_OR_RETURN(session_id, SessionFlagValue());
   } else {
     SS_ASSIGN_OR_RETURN(v1::Session created,

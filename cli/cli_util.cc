@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "absl/strings/cord.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -137,45 +138,59 @@ absl::Status WriteAll(int fd, absl::string_view bytes,
 
 absl::Status WriteFileAtomically(const std::string& path,
                                  absl::string_view bytes) {
-  // A device or a pipe (/dev/stdout, a FIFO) has nothing to replace: it is
-  // written in place (a rename over it would replace the device itself).
+  auto failed = [&](int error) {
+    return absl::ErrnoToStatus(error, absl::StrCat("cannot write ", path));
+  };
+  // What is not a regular file of its own has nothing to replace and is
+  // written in place: a device or a FIFO, and /dev/... or /proc/... names
+  // such as /dev/stdout (a link to whatever fd 1 is, even a regular file
+  // the shell opened: renaming over it would replace the link, or fail).
   struct stat st;
-  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+  const bool exists = ::stat(path.c_str(), &st) == 0;
+  if ((exists && !S_ISREG(st.st_mode)) || absl::StartsWith(path, "/dev/") ||
+      absl::StartsWith(path, "/proc/")) {
     const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd < 0) {
-      return absl::ErrnoToStatus(errno, absl::StrCat("cannot write ", path));
-    }
+    if (fd < 0) return failed(errno);
     absl::Status written = WriteAll(fd, bytes, path);
-    if (::close(fd) != 0 && written.ok()) {
-      written = absl::ErrnoToStatus(errno, absl::StrCat("cannot write ", path));
-    }
+    if (::close(fd) != 0 && written.ok()) written = failed(errno);
     return written;
   }
-  // A name of this process's own, so two writers never share one.
-  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
-  const int fd =
-      ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return absl::ErrnoToStatus(errno, absl::StrCat("cannot write ", path));
+  // A link is followed: its target is replaced, the link stays.
+  std::string target = path;
+  if (exists) {
+    std::error_code error;
+    const std::filesystem::path real = std::filesystem::canonical(path, error);
+    if (error) return failed(error.value());
+    target = real.string();
   }
-  absl::Status written = WriteAll(fd, bytes, path);
-  if (written.ok() && ::fsync(fd) != 0) {
-    written = absl::ErrnoToStatus(errno, absl::StrCat("cannot write ", path));
+  // The temporary sits beside the target under a name mkstemp made its own
+  // (O_EXCL: never a file or link already there), with the mode the file
+  // had, or a new file's (0666 less the umask; mkstemp makes 0600).
+  std::filesystem::path dir = std::filesystem::path(target).parent_path();
+  if (dir.empty()) dir = ".";
+  std::string tmp = (dir / ".statestream-XXXXXX").string();
+  const int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
+  if (fd < 0) return failed(errno);
+  mode_t mode = st.st_mode & 07777;
+  if (!exists) {
+    const mode_t mask = ::umask(0);
+    ::umask(mask);
+    mode = 0666 & ~mask;
   }
-  if (::close(fd) != 0 && written.ok()) {
-    written = absl::ErrnoToStatus(errno, absl::StrCat("cannot write ", path));
-  }
-  if (written.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) {
-    written = absl::ErrnoToStatus(errno, absl::StrCat("cannot write ", path));
+  absl::Status written =
+      ::fchmod(fd, mode) == 0 ? absl::OkStatus() : failed(errno);
+  if (written.ok()) written = WriteAll(fd, bytes, path);
+  if (written.ok() && ::fsync(fd) != 0) written = failed(errno);
+  if (::close(fd) != 0 && written.ok()) written = failed(errno);
+  if (written.ok() && std::rename(tmp.c_str(), target.c_str()) != 0) {
+    written = failed(errno);
   }
   if (!written.ok()) {
     ::unlink(tmp.c_str());  // the earlier file, if any, is untouched
     return written;
   }
   // The rename itself survives a crash once the directory is synced.
-  const std::string dir = std::filesystem::path(path).parent_path().string();
-  if (const int d = ::open(dir.empty() ? "." : dir.c_str(),
-                           O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (const int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
       d >= 0) {
     ::fsync(d);
     ::close(d);

@@ -51,10 +51,12 @@ absl::StatusOr<std::string> ReadFile(const std::string& path);
 // The whole of standard input, like ReadFile (read from the descriptor: do
 // not mix with std::cin).
 absl::StatusOr<std::string> ReadStdin();
-// PATH whole or not at all: writes PATH.tmp.PID, fsyncs it, renames it
-// over PATH and syncs the directory; on failure the temporary goes and an
-// earlier PATH stays as it was. A PATH that exists and is not a regular
-// file (a device, a FIFO, /dev/stdout) is written in place.
+// PATH whole or not at all: writes a temporary beside it (mkstemp, the
+// file's mode), fsyncs it, renames it over PATH and syncs the directory; on
+// failure the temporary goes and an earlier PATH stays as it was. A link
+// is followed (its target is replaced). A PATH that exists and is not a
+// regular file (a device, a FIFO), or one under /dev/ or /proc/ (such as
+// /dev/stdout), is written in place.
 absl::Status WriteFileAtomically(const std::string& path,
                                  absl::string_view bytes);
 // Flushes std::cout and stdout. An error if anything written to them did

@@ -147,6 +147,8 @@ absl::StatusOr<std::unique_ptr<client::Client>> ClientFromFlags() {
 
 bool JsonOutputFlag() { return absl::GetFlag(FLAGS_json); }
 
+bool SessionFlagIsEmpty() { return absl::GetFlag(FLAGS_session).empty(); }
+
 absl::StatusOr<std::string> SessionFlagValue() {
   std::string session = absl::GetFlag(FLAGS_session);
   if (session.empty()) {

@@ -29,6 +29,8 @@ absl::StatusOr<std::unique_ptr<client::Client>> ClientFromFlags();
 bool JsonOutputFlag();
 // --session; a usage error naming the flag when empty.
 absl::StatusOr<std::string> SessionFlagValue();
+// Whether --session is unset or empty.
+bool SessionFlagIsEmpty();
 // One message as a single line of JSON (proto3 JSON mapping, field names
 // as in the .proto).
 std::string ToJson(const google::protobuf::Message& message);

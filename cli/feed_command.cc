@@ -199,10 +199,15 @@ absl::Status Feed(const std::vector<std::string>& args) {
   }
   client::AppendOptions options;
   options.max_chunk_bytes = chunk;
-  // Where the skip above (and the rerun hint) placed the input: should the
-  // session move before the stream opens (another writer, or an owner lost
-  // with input it had not committed), the server refuses the first request
-  // (POSITION_MISMATCH) instead of the input landing at another offset.
+  // Where the skip above (and the rerun hint) placed the input. Should the
+  // session move before the stream opens, the server refuses the first
+  // request that does not fit (POSITION_MISMATCH) instead of the input
+  // landing at another offset: a session that went back (an owner lost
+  // with input it had not committed) leaves a gap, and one that moved on
+  // into a request's bytes splits it. Appends are idempotent by offset, so
+  // requests wholly below where another writer took the session are taken
+  // for resends (acked as duplicates): feed assumes it is the session's
+  // only writer, as every Append does.
   options.start_offset = start.input_offset();
   SS_ASSIGN_OR_RETURN(auto writer, session.OpenAppend(options));
 

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <system_error>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -246,7 +247,17 @@ absl::StatusOr<std::unique_ptr<ServedModels>> StartModels(
                         sessions.request_id_window,
                         sessions.max_create_request_ids, sessions.clock);
   for (ServedModel& m : out->models) {
-    m.scheduler = std::make_unique<worker::Scheduler>(m.model.get(), scheduler);
+    // Its step pool and loop thread start here: out of threads or address
+    // space is an error like the model's own pool (LoadModel), not an
+    // abort.
+    try {
+      m.scheduler =
+          std::make_unique<worker::Scheduler>(m.model.get(), scheduler);
+    } catch (const std::system_error& e) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("model ", m.model_id,
+                       ": cannot start the scheduler's threads: ", e.what()));
+    }
     worker::SessionManagerOptions options = sessions;
     options.request_memo = memo;
     options.model_id = m.model_id;

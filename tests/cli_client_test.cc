@@ -265,32 +265,66 @@ TEST_F(CliClientTest, SessionVerbsSendEveryFlagTheyTake) {
 
 // An export that fails part-way keeps the snapshot already at that path
 // (it used to truncate the file first). The write is cut short by a file
-// size limit, with SIGXFSZ ignored so that write() fails with EFBIG.
-TEST_F(CliClientTest, AFailedExportKeepsTheEarlierFile) {
+// size limit, with SIGXFSZ ignored so that write() fails with EFBIG. A
+// replaced file keeps its mode, a link stays a link (its target is
+// replaced), and /dev/stdout is written in place even when the shell sent
+// stdout to a regular file.
+TEST_F(CliClientTest, AnExportReplacesTheFileWholeOrNotAtAll) {
   ASSERT_EQ(Cli({"session", "create", "cli-keep"}).exit_code, 0);
   const std::string text = TempFile("keep.txt", "state worth keeping");
   ASSERT_EQ(Cli({"feed", "--session=cli-keep", text}).exit_code, 0);
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() /
+      absl::StrCat("ss-cli-", getpid(), "-export");
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(std::filesystem::create_directory(dir));
+  const std::string blob = (dir / "keep.state").string();
   const std::string earlier = "an earlier snapshot";
-  const std::string blob = TempFile("keep.state", earlier);
+  std::ofstream(blob, std::ios::binary) << earlier;
+  std::filesystem::permissions(blob, std::filesystem::perms::owner_read |
+                                         std::filesystem::perms::owner_write);
+  auto contents = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)),
+                       std::istreambuf_iterator<char>());
+  };
   // ulimit -f counts 512-byte blocks: 8 KiB, less than the state.
   e2e::RunResult r = Shell(absl::StrCat(
       "trap '' XFSZ; ulimit -f 16; ", Bin(),
       " session export cli-keep --target=", *target_, " --output=", blob));
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_THAT(r.err, HasSubstr("cannot write " + blob));
-  std::ifstream in(blob, std::ios::binary);
-  const std::string kept((std::istreambuf_iterator<char>(in)),
-                         std::istreambuf_iterator<char>());
-  EXPECT_EQ(kept, earlier);
+  EXPECT_EQ(contents(blob), earlier);
   // No temporary left beside it.
-  for (const auto& entry : std::filesystem::directory_iterator(
-           std::filesystem::path(blob).parent_path())) {
-    EXPECT_THAT(entry.path().string(), Not(HasSubstr(blob + ".tmp")));
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    names.push_back(entry.path().filename().string());
   }
-  // Without the limit it is replaced whole.
+  EXPECT_EQ(names, std::vector<std::string>{"keep.state"});
+
+  // Without the limit it is replaced whole, with its mode.
   r = Cli({"session", "export", "cli-keep", "--output=" + blob});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_GT(std::filesystem::file_size(blob), 8192u);
+  const std::string state = contents(blob);
+  EXPECT_GT(state.size(), 8192u);
+  EXPECT_EQ(
+      std::filesystem::status(blob).permissions(),
+      std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  // Through a link: the link stays, its target is replaced.
+  const std::string link = (dir / "latest.state").string();
+  std::ofstream(blob, std::ios::binary) << earlier;
+  std::filesystem::create_symlink(blob, link);
+  r = Cli({"session", "export", "cli-keep", "--output=" + link});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(std::filesystem::is_symlink(link));
+  EXPECT_EQ(contents(blob), state);
+  // /dev/stdout onto a file the shell opened.
+  const std::string out = (dir / "stdout.state").string();
+  r = Shell(absl::StrCat(Bin(), " session export cli-keep --target=", *target_,
+                         " --output=/dev/stdout > ", out));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(contents(out), state);
+  std::filesystem::remove_all(dir);
 }
 
 // A rerun's feed places the input where it read the session: input that
@@ -309,8 +343,9 @@ TEST_F(CliClientTest, FeedRefusesASessionThatMovedUnderIt) {
       " feed --session=cli-moved --start_offset=0 --target=", *target_,
       " $d/in 2> $d/err & f=$!; exec 3> $d/in; ",
       // Until the feed waits on the FIFO: it has read the session.
-      "i=0; until grep -q pipe_read /proc/$f/wchan 2>/dev/null || "
-      "[ $i -ge 600 ]; do sleep 0.05; i=$((i+1)); done; ",
+      // (pipe_read since Linux 5.6, pipe_wait before; elsewhere, 10 s.)
+      "i=0; until grep -qE 'pipe_(read|wait)' /proc/$f/wchan 2>/dev/null "
+      "|| [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done; ",
       "printf XYZ | ", Bin(), " feed --session=cli-moved --target=", *target_,
       " - > /dev/null; ",
       "printf 0123456789abcdefghij >&3; exec 3>&-; wait $f; echo rc=$?; ",
