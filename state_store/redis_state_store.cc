@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -229,7 +230,20 @@ absl::Status RedisStateStore::NotKept(const redisReply* r, uint64_t version) {
 
 absl::StatusOr<std::pair<SessionHead, Fields>> RedisStateStore::Read(
     const SessionKey& key, int64_t version) {
-  SS_ASSIGN_OR_RETURN(Reply r, Eval(key, kRead, {absl::StrCat(version)}));
+  absl::StatusOr<Reply> read = Eval(key, kRead, {absl::StrCat(version)});
+  // In a Cluster, a slot moving key by key can have taken the head to its
+  // new node before the head version's hash (kLuaRead, run there after
+  // ASKING, finds no hash: "has no hash for its head version"). Read again
+  // once the move has gone on, as a load does for chunks; only then is it
+  // damage.
+  for (int attempt = 0;
+       options_.cluster && !read.ok() && attempt < 6 &&
+       absl::StrContains(read.status().message(), "no hash for its head");
+       ++attempt) {
+    clock_->SleepFor(absl::Milliseconds(25 << attempt));  // ~1.6 s in all
+    read = Eval(key, kRead, {absl::StrCat(version)});
+  }
+  SS_ASSIGN_OR_RETURN(Reply r, std::move(read));
   const std::string outcome = Str(r->element[0]);
   if (outcome == "NOTFOUND") return SessionNotFound(key);
   if (outcome == "NOTKEPT") {

@@ -7,6 +7,7 @@
 #include "state_store/redis_state_store.h"
 
 #include <memory>
+#include <regex>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -418,12 +419,40 @@ TEST(RedisStateStoreTest, ADeleteResentAfterALostReplyIsOk) {
 // A chunk write that reaches Redis after its version was committed (the
 // first send of a pipeline the client resent after a timeout, held up in
 // the network) leaves the committed chunk as it is: it used to put the
-// pending TTL back on it, and the head was lost when that ran out.
+// pending TTL back on it, and the head was lost when that ran out. The
+// store's own commands are read back from SLOWLOG (every command logged):
+// each chunk SET carries NX.
 TEST(RedisStateStoreTest, ALateChunkWriteLeavesACommittedVersionAlone) {
   std::unique_ptr<RedisServer> server;
   std::unique_ptr<StateStore> store;
   ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  ASSERT_TRUE(
+      server->Command({"CONFIG", "SET", "slowlog-log-slower-than", "0"}).ok());
+  ASSERT_TRUE(
+      server->Command({"CONFIG", "SET", "slowlog-max-len", "100000"}).ok());
+  ASSERT_TRUE(server->Command({"SLOWLOG", "RESET"}).ok());
   ASSERT_TRUE(store->CreateSession(NewSession("c", Durability::kMemory)).ok());
+  auto log = server->Command({"SLOWLOG", "GET", "100000"});
+  ASSERT_TRUE(log.ok()) << log.status();
+  // Each entry's arguments, one a line: the chunk SETs are those of a
+  // chunk key (scripts' own SETs, of the fence say, are logged too).
+  const std::vector<absl::string_view> lines = absl::StrSplit(*log, '\n');
+  const std::regex chunk_key(R"(ss:\{acme/c\}:v1:[0-9a-f]{32}:c[0-9]+)");
+  int sets = 0, nx = 0;
+  for (size_t i = 0; i + 1 < lines.size(); ++i) {
+    if (lines[i] != "SET" ||
+        !std::regex_match(std::string(lines[i + 1]), chunk_key)) {
+      continue;
+    }
+    ++sets;
+    // The value (128 bytes at most in the log) may hold newlines.
+    size_t px = i + 3;
+    while (px + 2 < lines.size() && px < i + 40 && lines[px] != "PX") ++px;
+    nx += px + 2 < lines.size() && lines[px] == "PX" && lines[px + 2] == "NX";
+  }
+  EXPECT_GT(sets, 0);
+  EXPECT_EQ(nx, sets);
+
   auto keys = server->Command({"KEYS", "ss:{acme/c}:v1:*:c*"});
   ASSERT_TRUE(keys.ok()) << keys.status();
   const std::vector<std::string> chunks =
@@ -432,11 +461,13 @@ TEST(RedisStateStoreTest, ALateChunkWriteLeavesACommittedVersionAlone) {
   for (const std::string& k : chunks) {
     auto value = server->Command({"GET", k});
     ASSERT_TRUE(value.ok()) << value.status();
-    const store_internal::Command late =
-        store_internal::PendingChunkWrite(k, *value, "300", true);
-    ASSERT_TRUE(
-        server->Command(std::vector<std::string>(late.begin(), late.end()))
-            .ok());
+    for (const store_internal::Command& late :
+         {store_internal::PendingChunkWrite(k, *value, "300"),
+          store_internal::PendingChunkRenewal(k, "300")}) {
+      ASSERT_TRUE(
+          server->Command(std::vector<std::string>(late.begin(), late.end()))
+              .ok());
+    }
   }
   absl::SleepFor(absl::Milliseconds(500));
   auto loaded = store->LoadVersion({"acme", "c"}, 0);

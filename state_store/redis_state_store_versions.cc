@@ -349,11 +349,11 @@ absl::StatusOr<Reply> RedisStateStore::WriteVersion(
     keys.push_back(ChunkKey(key, version, nonce, i));
   }
   const std::string pending = absl::StrCat(Ms(options_.pending_chunk_ttl));
-  auto chunk_writes = [&](bool first_send) {
+  auto chunk_writes = [&](bool again) {
     std::vector<Command> sets;
     for (uint32_t i = 0; i < n; ++i) {
-      sets.push_back(
-          PendingChunkWrite(keys[3 + i], chunks[i], pending, first_send));
+      sets.push_back(PendingChunkWrite(keys[3 + i], chunks[i], pending));
+      if (again) sets.push_back(PendingChunkRenewal(keys[3 + i], pending));
     }
     return sets;
   };
@@ -366,7 +366,7 @@ absl::StatusOr<Reply> RedisStateStore::WriteVersion(
   // persistence, or a commit slower than pending_chunk_ttl): rewrite them.
   for (int attempt = 0; attempt < 3; ++attempt) {
     SS_ASSIGN_OR_RETURN(std::vector<Reply> set_replies,
-                        client_->Run(prefix, chunk_writes(attempt == 0)));
+                        client_->Run(prefix, chunk_writes(attempt > 0)));
     for (const Reply& r : set_replies) {
       if (r->type == REDIS_REPLY_ERROR) return BadReply(r.get());
     }

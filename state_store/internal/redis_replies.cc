@@ -81,10 +81,13 @@ int64_t TtlMs(absl::Duration ttl) {
 std::string NewNonce() { return RandomHex128(); }
 
 Command PendingChunkWrite(absl::string_view key, absl::string_view chunk,
-                          absl::string_view pending_ms, bool first_send) {
-  Command c = {"SET", key, chunk, "PX", pending_ms};
-  if (first_send) c.push_back("NX");
-  return c;
+                          absl::string_view pending_ms) {
+  return {"SET", key, chunk, "PX", pending_ms, "NX"};
+}
+
+Command PendingChunkRenewal(absl::string_view key,
+                            absl::string_view pending_ms) {
+  return {"PEXPIRE", key, pending_ms, "GT"};
 }
 
 std::string FenceSalt() { return absl::StrCat(ThreadRng()() & 1023); }

@@ -103,15 +103,20 @@ int64_t TtlMs(absl::Duration ttl);
 
 // 128 random bits: two writers of one version never share chunk keys.
 std::string NewNonce();
-// The write of one chunk before its commit: SET key chunk PX pending_ms,
-// with NX on the first send. A pipeline resent after a timeout can still
-// have its first copy reach Redis later (bytes the kernel held): without
-// NX that late SET would put the pending TTL back on a chunk the commit
-// has since made part of the head, and the head would expire with it.
-// Sends after a CHUNKS answer (chunks vanished: nothing committed) write
-// over what is left, renewing its TTL.
+// The write of one chunk before its commit: SET key chunk PX pending_ms NX.
+// A pipeline resent after a timeout can still have its first copy reach
+// Redis later (bytes the kernel held): without NX that late SET would put
+// the pending TTL back on a chunk the commit has since made part of the
+// head, and the head would expire with it. (A chunk's bytes never change
+// for its key: the key holds the attempt's nonce.)
 Command PendingChunkWrite(absl::string_view key, absl::string_view chunk,
-                          absl::string_view pending_ms, bool first_send);
+                          absl::string_view pending_ms);
+// Sent after each write when chunks are written again (after a CHUNKS
+// answer: some vanished, nothing was committed): PEXPIRE key pending_ms GT
+// renews a chunk that survived, and can never shorten a committed one's
+// TTL (GT; a key without one counts as infinite).
+Command PendingChunkRenewal(absl::string_view key,
+                            absl::string_view pending_ms);
 // 10 random bits added to the server's clock in a new fence (kLuaPrelude's
 // next_fence): two grants in one millisecond rarely collide even when the
 // counter went back.
