@@ -100,7 +100,7 @@ absl::StatusOr<TensorView> ParseTensor(const std::string& name,
 // Limits on a header's shape that every real file is far inside.
 constexpr int kMaxHeaderDepth = 3;          // {"t": {"shape": [..]}}
 constexpr int kMaxArrayElements = 64;       // shape (rank) and data_offsets
-constexpr size_t kMaxHeaderKeys = 1 << 20;  // tensors × 3, plus metadata
+constexpr size_t kMaxHeaderKeys = 1 << 20;  // 4 a tensor, plus metadata
 
 // The parsed tree costs ~64-80 bytes a value: 100 MiB of `[` or of `0,`
 // would take gigabytes before any field is looked at. A real header is

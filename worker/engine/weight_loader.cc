@@ -172,9 +172,12 @@ void WeightLoader::Quantize(int rows, int cols,
     for (float v : row) {
       if (std::isfinite(v)) amax = std::max(amax, std::fabs(v));
     }
-    const bool tiny = amax > 0 && !std::isfinite(127.0f / amax);
+    const float inv_max = amax > 0 ? 127.0f / amax : 0.0f;
+    const bool tiny = !std::isfinite(inv_max);
     const float scale = tiny ? 0.0f : amax / 127.0f;
-    const float inv = scale > 0 ? 1.0f / scale : 0.0f;
+    // 127 / max, as the activations' RowScale: 1 / (max / 127) of a
+    // subnormal scale could still overflow.
+    const float inv = tiny ? 0.0f : inv_max;
     int32_t sum = 0;
     for (int c = 0; c < cols; ++c) {
       float v = std::isinf(row[c]) ? std::copysign(127.0f, row[c])

@@ -161,7 +161,9 @@ __global__ void ReluSqKernel(const float* x, int f, int c, RowTables tab,
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < f) {
     const int64_t o = static_cast<int64_t>(t) * f + i;
-    const float r = fmaxf(x[o], 0.0f);
+    // relu keeps a NaN a NaN, as the reference and the CPU (fmaxf would
+    // make it 0).
+    const float r = x[o] > 0.0f || x[o] != x[o] ? x[o] : 0.0f;
     Put(out, o, r * r);
   }
   if (i < c && (tab.flags[t] & 2) != 0) {
