@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "common/status.h"
+#include "worker/engine/utf8.h"
 
 namespace statestream::worker {
 namespace {
@@ -138,6 +139,12 @@ absl::Status DecodeSamplerSideData(const std::string& value,
       for (int32_t t : r.tokens) {
         if (t < 0x80 || t > 0xFF) return Corrupt("utf-8 carry");
         c.bytes.push_back(static_cast<char>(t));
+      }
+      // The start of a character more bytes can complete, as the worker
+      // only ever writes: any other bytes (a crafted import) would make
+      // every later append of valid text INVALID_UTF8.
+      if (engine::Utf8CompletePrefixLength(c.bytes) != 0) {
+        return Corrupt("utf-8 carry");
       }
       c.known = true;
       if (carry != nullptr) *carry = std::move(c);
