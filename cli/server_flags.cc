@@ -21,8 +21,9 @@
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7700",
           "Address to serve on, HOST:PORT; port 0 picks a free port. Once "
-          "ready, the server prints one line `listening on HOST:PORT` (the "
-          "port actually bound) to stdout.");
+          "ready, the server prints `listening on HOST:PORT` (the port "
+          "actually bound) to stdout; with --metrics-listen a `metrics on "
+          "HOST:PORT` line comes first.");
 ABSL_FLAG(int32_t, max_receive_message_bytes, 8 << 20,
           "Largest gRPC message accepted, in bytes (at least 2 MiB); larger "
           "ones fail with RESOURCE_EXHAUSTED. A gateway uses the larger of "
@@ -43,6 +44,12 @@ ABSL_FLAG(absl::Duration, request_id_window, absl::Hours(1),
           "(CreateSession, committing Generate). Workers remember them; a "
           "gateway with a tenant session limit lets a retried create through "
           "within it, so give it the workers' value.");
+ABSL_FLAG(absl::Duration, max_connection_age, absl::ZeroDuration(),
+          "Tell each client connection to go away (HTTP/2 GOAWAY) after "
+          "about this long (e.g. 10m; gRPC adds up to 10% jitter): calls "
+          "open on it run to their end, the client opens a new connection "
+          "for its next calls, so behind a Kubernetes Service clients spread "
+          "over gateways added since. 0: never. At least 1s.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
           "On SIGINT/SIGTERM, how long calls in flight may take to finish "
           "before they are cancelled (e.g. 5s, 500ms). gateway and worker "
@@ -70,6 +77,7 @@ ServerOptions ServerOptionsFromFlags() {
   options.max_send_message_bytes = absl::GetFlag(FLAGS_max_send_message_bytes);
   options.readiness_interval = absl::GetFlag(FLAGS_readiness_interval);
   options.health_listen = absl::GetFlag(FLAGS_health_listen);
+  options.max_connection_age = absl::GetFlag(FLAGS_max_connection_age);
   return options;
 }
 
@@ -134,6 +142,12 @@ int RunServer(absl::string_view role, const ServerOptions& options,
   if (options.readiness_interval <= absl::ZeroDuration()) {
     std::cerr << "statestream " << role
               << ": --readiness-interval must be positive\n";
+    return kExitUsage;
+  }
+  if (options.max_connection_age != absl::ZeroDuration() &&
+      options.max_connection_age < absl::Seconds(1)) {
+    std::cerr << "statestream " << role
+              << ": --max-connection-age must be 0 (never) or at least 1s\n";
     return kExitUsage;
   }
 

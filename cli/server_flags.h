@@ -44,7 +44,8 @@ bool ClientCertificatesRequired();
 // `options.tls` is replaced.
 // Blocks those signals first (so threads started later never take them),
 // then calls `build` for the role's services, starts the server, prints
-// exactly one line "listening on HOST:PORT" to stdout once it is ready, and
+// "listening on HOST:PORT" to stdout once it is ready (after the `metrics
+// on` line of a --metrics-listen, which `build` prints), and
 // on the first signal shuts down with `grace` for calls in flight (exit 0).
 // A second signal exits at once (exit 1). Errors are printed to stderr
 // prefixed with "statestream <role>: " (exit 1).

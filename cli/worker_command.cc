@@ -28,6 +28,7 @@
 #include "cli/worker_flags.h"
 #include "cli/worker_metrics.h"
 #include "common/malloc_tuning.h"
+#include "services/server.h"
 #include "services/worker_registration.h"
 #include "state_store/internal/store_util.h"
 #include "state_store/redis_state_store.h"
@@ -39,7 +40,9 @@ ABSL_FLAG(std::string, worker_id, "",
           "of [A-Za-z0-9._:-], unique per process; default worker-HOST-PID.");
 ABSL_FLAG(std::string, advertise, "",
           "HOST:PORT gateways use to reach this worker; default the bound "
-          "--listen address.");
+          "--listen address. An IPv6 host goes in brackets ([fd00::5]:7700); "
+          "one without them (as $(POD_IP):7700 gives on an IPv6 cluster) is "
+          "bracketed at the last colon.");
 ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(1),
           "Registry heartbeat period; the entry expires after three.");
 ABSL_FLAG(absl::Duration, lease_ttl, absl::Seconds(30),
@@ -122,6 +125,21 @@ int Run(const std::vector<std::string>& args) {
     return kExitUsage;
   }
   options.advertise = absl::GetFlag(FLAGS_advertise);
+  if (!options.advertise.empty()) {
+    // fd00::5:7700: the port is after the last colon (a port is required),
+    // the rest an IPv6 host that gRPC reads only in brackets.
+    const size_t colon = options.advertise.rfind(':');
+    if (options.advertise.front() != '[' && colon != std::string::npos &&
+        options.advertise.find(':') < colon) {
+      options.advertise = absl::StrCat("[", options.advertise.substr(0, colon),
+                                       "]", options.advertise.substr(colon));
+    }
+    if (auto address = ParseListenAddress(options.advertise); !address.ok()) {
+      std::cerr << "statestream worker: --advertise: "
+                << address.status().message() << "\n";
+      return kExitUsage;
+    }
+  }
   options.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
   auto models = ParseModelList(ModelFlagValue(), VocabFlagValue());
   if (!models.ok() || models->empty()) {

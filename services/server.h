@@ -47,6 +47,12 @@ struct ServerOptions {
   // with the same statuses, for probes that cannot speak (mutual) TLS, such
   // as Kubernetes' native gRPC probes. Empty: none.
   std::string health_listen;
+  // After about this long (gRPC adds up to 10 % jitter) a client connection
+  // is told to go away (HTTP/2 GOAWAY): calls open on it go on to their
+  // end, the client's next calls open a new connection. Behind a
+  // connection-balancing Service, clients thus spread over gateways added
+  // since they connected. Zero: never.
+  absl::Duration max_connection_age = absl::ZeroDuration();
 };
 
 // Thread-safe. Serving runs on gRPC's threads; the owner only starts and

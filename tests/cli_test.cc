@@ -147,6 +147,9 @@ TEST(CliTest, BadFlagValuesAreUsageErrors) {
             "--gateway-id=passerelle-\xc3\xa9"},
            {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
             "--gateway-id=a b"},
+           {"serve", "--listen=127.0.0.1:0", "--max-connection-age=500ms"},
+           {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
+            "--model=m.pth", "--advertise=no-port"},
            // Found up front, not after the models load (exit 1, late).
            {"serve", "--listen=127.0.0.1:0", "--metrics-listen=9090"},
            {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",

@@ -340,6 +340,37 @@ TEST(ServeTest, DrainsCallsInFlightForTheGracePeriod) {
   context.TryCancel();
 }
 
+// --max-connection-age: the server sends a connection away after the age
+// (GOAWAY; an idle client channel then drops to IDLE, where it stays READY
+// without the flag), a call open at that time runs on, and the next call
+// opens a new connection.
+TEST(ServeTest, OldConnectionsAreSentAwayAndCallsGoOn) {
+  RunningServer server = StartServer("serve", {"--max-connection-age=1s"});
+  ASSERT_NE(server.process, nullptr);
+  std::shared_ptr<grpc::Channel> idle = Connect(server.address);
+  EXPECT_EQ(HealthOf(idle.get(), ""), HealthCheckResponse::SERVING);
+  EXPECT_EQ(idle->GetState(false), GRPC_CHANNEL_READY);
+  // A call open across the age, on a connection of its own.
+  auto stub = Health::NewStub(Connect(server.address));
+  grpc::ClientContext context;
+  auto watch = stub->Watch(&context, HealthCheckRequest());
+  HealthCheckResponse response;
+  ASSERT_TRUE(watch->Read(&response));
+  // 1 s plus gRPC's jitter (up to 10 %), with room for a busy machine.
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (idle->GetState(false) == GRPC_CHANNEL_READY &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_NE(idle->GetState(false), GRPC_CHANNEL_READY);
+  EXPECT_EQ(HealthOf(idle.get(), ""), HealthCheckResponse::SERVING);
+  // The open call saw no error: it still hears the shutdown.
+  server.process->Signal(SIGTERM);
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
+  context.TryCancel();
+}
+
 TEST(ServeTest, AcceptsMessagesUpToTheConfiguredLimit) {
   RunningServer server =
       StartServer("serve", {"--max-receive-message-bytes=12582912"});

@@ -8,14 +8,17 @@
 #
 # `up` writes DIR/cluster.env (REDIS, WORKERS, GATEWAYS, ...: source it) and
 # DIR/pids, and returns once every process has printed `listening on`.
-# Logs: DIR/<name>.log. `stop` sends SIGTERM to every process in DIR/pids
-# (gateways first, then workers, then Redis), waits, then SIGKILLs leftovers.
-# DIR defaults to $STATESTREAM_CLUSTER_DIR or /tmp/statestream-cluster.
+# Logs: DIR/<name>.log. `stop` stops the gateways, then the workers (they
+# drain and commit to Redis), then Redis: each tier gets SIGTERM and up to 15
+# s before SIGKILL, and only processes that still run what DIR/pids says
+# (statestream or redis-server) are signalled. DIR defaults to
+# $STATESTREAM_CLUSTER_DIR, else $XDG_RUNTIME_DIR (or /tmp)/
+# statestream-cluster-UID, and must belong to the user running the script.
 set -euo pipefail
 
 cmd="${1:-}"
 [ -n "$cmd" ] && shift || true
-dir="${STATESTREAM_CLUSTER_DIR:-/tmp/statestream-cluster}"
+dir="${STATESTREAM_CLUSTER_DIR:-${XDG_RUNTIME_DIR:-/tmp}/statestream-cluster-$(id -u)}"
 bin="build/cli/statestream"
 model=""
 n_workers=3
@@ -33,24 +36,49 @@ while (($#)); do
   esac
 done
 
-stop_all() {
-  local pidfile="$dir/pids"
-  [ -f "$pidfile" ] || return 0
-  # Reverse start order: gateways, workers (they drain and commit), Redis.
-  local pids
-  pids=$(tac "$pidfile" | awk '{print $1}')
-  for p in $pids; do kill -TERM "$p" 2>/dev/null || true; done
+# ours PID NAME: whether PID still runs the program recorded as NAME (a
+# stale pid file must not get a recycled pid killed).
+ours() {
+  local want=statestream
+  [ "$2" = redis ] && want=redis-server
+  tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q -- "$want"
+}
+
+# stop_tier PATTERN: SIGTERM to the recorded processes whose name matches,
+# up to 15 s for them to exit, then SIGKILL.
+stop_tier() {
+  local pids=() p name
+  while read -r p name; do
+    # shellcheck disable=SC2053
+    [[ "$name" == $1 ]] && ours "$p" "$name" && pids+=("$p")
+  done <"$dir/pids"
+  ((${#pids[@]})) || return 0
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   local deadline=$((SECONDS + 15))
-  for p in $pids; do
+  for p in "${pids[@]}"; do
     while kill -0 "$p" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
     kill -KILL "$p" 2>/dev/null || true
   done
-  rm -f "$pidfile"
 }
 
-# Prints a free loopback TCP port.
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+stop_all() {
+  [ -f "$dir/pids" ] || return 0
+  # Gateways, then workers (they drain: commit resident sessions and
+  # release leases, which needs Redis), then Redis.
+  stop_tier 'gateway-*'
+  stop_tier 'worker-*'
+  stop_tier redis
+  rm -f "$dir/pids"
+}
+
+# The directory holds the pid file, the internal token and the logs: it
+# must be this user's (not one another user made in /tmp beforehand).
+check_dir() {
+  [ -d "$dir" ] || return 0
+  if [ ! -O "$dir" ] || [ -L "$dir" ]; then
+    echo "error: $dir is not a directory of this user's" >&2
+    exit 1
+  fi
 }
 
 # wait_listening LOG PID NAME: waits for `listening on HOST:PORT`, prints HOST:PORT.
@@ -84,6 +112,7 @@ start() {
 
 case "$cmd" in
   stop)
+    check_dir
     stop_all
     echo "stopped"
     ;;
@@ -91,7 +120,9 @@ case "$cmd" in
     [ -x "$bin" ] || { echo "error: no binary at $bin (--bin PATH)" >&2; exit 1; }
     bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
     command -v redis-server >/dev/null || { echo "error: redis-server not found" >&2; exit 1; }
-    mkdir -p "$dir"
+    check_dir
+    mkdir -p -m 700 "$dir"
+    check_dir
     dir="$(cd "$dir" && pwd)"
     if [ -f "$dir/pids" ]; then
       echo "a cluster is already recorded in $dir/pids; stopping it first" >&2
@@ -106,18 +137,30 @@ case "$cmd" in
     fi
 
     mkdir -p "$dir/redis"
-    redis_port=$(free_port)
-    redis_pid=$(start redis redis-server --port "$redis_port" --bind 127.0.0.1 \
-      --dir "$dir/redis" --appendonly yes --appendfsync everysec \
-      --maxmemory-policy noeviction \
-      --save "" --daemonize no --protected-mode yes)
-    redis_addr="127.0.0.1:$redis_port"
+    # A port below the kernel's ephemeral range (where port-0 listeners and
+    # outgoing connections land), tried again if taken; the Redis that
+    # answers must be the one started (its process_id).
     deadline=$((SECONDS + timeout_s))
-    until redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG; do
-      kill -0 "$redis_pid" 2>/dev/null || { echo "error: redis exited" >&2; tail "$dir/redis.log" >&2; exit 1; }
-      ((SECONDS < deadline)) || { echo "error: redis not up" >&2; exit 1; }
-      sleep 0.1
+    redis_pid=""
+    for _ in $(seq 1 20); do
+      redis_port=$((20000 + RANDOM % 12000))
+      redis_pid=$(start redis redis-server --port "$redis_port" --bind 127.0.0.1 \
+        --dir "$dir/redis" --appendonly yes --appendfsync everysec \
+        --maxmemory-policy noeviction \
+        --save "" --daemonize no --protected-mode yes)
+      until redis-cli -p "$redis_port" info server 2>/dev/null |
+          grep -q "^process_id:$redis_pid"; do
+        kill -0 "$redis_pid" 2>/dev/null || break
+        ((SECONDS < deadline)) || { echo "error: redis not up" >&2; exit 1; }
+        sleep 0.1
+      done
+      kill -0 "$redis_pid" 2>/dev/null && break
+      # Exited (the port was taken): forget it and try another port.
+      sed -i "/^$redis_pid redis\$/d" "$dir/pids"
+      redis_pid=""
     done
+    [ -n "$redis_pid" ] || { echo "error: redis exited" >&2; tail "$dir/redis.log" >&2; exit 1; }
+    redis_addr="127.0.0.1:$redis_port"
 
     # The gateways' secret towards the workers: a fresh one per cluster.
     od -An -N24 -tx1 /dev/urandom | tr -d ' \n' > "$dir/internal-token"
