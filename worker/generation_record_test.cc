@@ -83,10 +83,9 @@ TEST(GenerationRecordTest, TheUtf8CarryRoundTripsWithOrWithoutRecords) {
   // continuation byte, an impossible lead, an overlong or surrogate start,
   // a complete character): each made every later append INVALID_UTF8.
   for (const std::string& bad :
-       {std::string("a"), std::string("\xE1\x88\x80\x80"),
-        std::string("\x80"), std::string("\xC0"), std::string("\xF5"),
-        std::string("\xE0\x80"), std::string("\xED\xA0"),
-        std::string("\xC3\xA9")}) {
+       {std::string("a"), std::string("\xE1\x88\x80\x80"), std::string("\x80"),
+        std::string("\xC0"), std::string("\xF5"), std::string("\xE0\x80"),
+        std::string("\xED\xA0"), std::string("\xC3\xA9")}) {
     std::string sampler;
     Utf8Carry carry;
     std::deque<GenerationRecord> out;
