@@ -7,10 +7,14 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <optional>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -118,6 +122,40 @@ absl::StatusOr<std::string> ReadStdin() {
 
 namespace {
 
+// The descriptor a name stands for: /dev/stdin|stdout|stderr, /dev/fd/N
+// and /proc/self/fd/N.
+std::optional<int> NamedDescriptor(absl::string_view path) {
+  if (path == "/dev/stdout") return STDOUT_FILENO;
+  if (path == "/dev/stderr") return STDERR_FILENO;
+  int fd = -1;
+  for (absl::string_view prefix : {"/dev/fd/", "/proc/self/fd/"}) {
+    if (absl::ConsumePrefix(&path, prefix) && absl::SimpleAtoi(path, &fd) &&
+        fd >= 0) {
+      return fd;
+    }
+  }
+  return std::nullopt;
+}
+
+// The process's umask, read without changing it (umask(2) sets it, for a
+// moment, for every thread).
+mode_t CurrentUmask() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    absl::string_view rest = line;
+    if (absl::ConsumePrefix(&rest, "Umask:")) {
+      const std::string octal(absl::StripAsciiWhitespace(rest));
+      char* end = nullptr;
+      const unsigned long mask = std::strtoul(octal.c_str(), &end, 8);
+      if (!octal.empty() && *end == '\0' && mask <= 0777) {
+        return static_cast<mode_t>(mask);
+      }
+    }
+  }
+  return 022;
+}
+
 // All of `bytes` to `fd`, retrying interrupted and short writes.
 absl::Status WriteAll(int fd, absl::string_view bytes,
                       const std::string& path) {
@@ -141,14 +179,22 @@ absl::Status WriteFileAtomically(const std::string& path,
   auto failed = [&](int error) {
     return absl::ErrnoToStatus(error, absl::StrCat("cannot write ", path));
   };
-  // What is not a regular file of its own has nothing to replace and is
-  // written in place: a device or a FIFO, and /dev/... or /proc/... names
-  // such as /dev/stdout (a link to whatever fd 1 is, even a regular file
-  // the shell opened: renaming over it would replace the link, or fail).
+  // A name for one of this process's descriptors (/dev/stdout, /dev/fd/N,
+  // /proc/self/fd/N) is written through that descriptor, where the shell
+  // put it (at its offset, appending under >>): reopening the name would
+  // start again at offset 0 of a file the shell opened.
+  if (std::optional<int> fd = NamedDescriptor(path)) {
+    if (*fd == STDOUT_FILENO) {  // after what was printed before it
+      std::cout.flush();
+      std::fflush(stdout);
+    }
+    return WriteAll(*fd, bytes, path);
+  }
+  // What exists and is not a regular file (a device, a FIFO) has nothing
+  // to replace and is written in place.
   struct stat st;
   const bool exists = ::stat(path.c_str(), &st) == 0;
-  if ((exists && !S_ISREG(st.st_mode)) || absl::StartsWith(path, "/dev/") ||
-      absl::StartsWith(path, "/proc/")) {
+  if (exists && !S_ISREG(st.st_mode)) {
     const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
     if (fd < 0) return failed(errno);
     absl::Status written = WriteAll(fd, bytes, path);
@@ -171,12 +217,9 @@ absl::Status WriteFileAtomically(const std::string& path,
   std::string tmp = (dir / ".statestream-XXXXXX").string();
   const int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
   if (fd < 0) return failed(errno);
-  mode_t mode = st.st_mode & 07777;
-  if (!exists) {
-    const mode_t mask = ::umask(0);
-    ::umask(mask);
-    mode = 0666 & ~mask;
-  }
+  // The permission bits only: the new file is the caller's, so setuid,
+  // setgid or sticky bits copied from another owner's file mean nothing.
+  const mode_t mode = exists ? st.st_mode & 0777 : 0666 & ~CurrentUmask();
   absl::Status written =
       ::fchmod(fd, mode) == 0 ? absl::OkStatus() : failed(errno);
   if (written.ok()) written = WriteAll(fd, bytes, path);

@@ -52,11 +52,13 @@ absl::StatusOr<std::string> ReadFile(const std::string& path);
 // not mix with std::cin).
 absl::StatusOr<std::string> ReadStdin();
 // PATH whole or not at all: writes a temporary beside it (mkstemp, the
-// file's mode), fsyncs it, renames it over PATH and syncs the directory; on
-// failure the temporary goes and an earlier PATH stays as it was. A link
-// is followed (its target is replaced). A PATH that exists and is not a
-// regular file (a device, a FIFO), or one under /dev/ or /proc/ (such as
-// /dev/stdout), is written in place.
+// file's permission bits, or 0666 less the umask), fsyncs it, renames it
+// over PATH and syncs the directory; on failure the temporary goes and an
+// earlier PATH stays as it was. A link to a file is followed (its target is
+// replaced; a dangling link is replaced). A name for one of the process's
+// descriptors (/dev/stdout, /dev/fd/N, /proc/self/fd/N) is written through
+// that descriptor; a PATH that exists and is not a regular file (a device,
+// a FIFO) is written in place.
 absl::Status WriteFileAtomically(const std::string& path,
                                  absl::string_view bytes);
 // Flushes std::cout and stdout. An error if anything written to them did

@@ -46,7 +46,7 @@ ABSL_FLAG(absl::Duration, request_id_window, absl::Hours(1),
           "within it, so give it the workers' value.");
 ABSL_FLAG(absl::Duration, max_connection_age, absl::ZeroDuration(),
           "Tell each client connection to go away (HTTP/2 GOAWAY) after "
-          "about this long (e.g. 10m; gRPC adds up to 10% jitter): calls "
+          "about this long (e.g. 10m; gRPC jitters it by +-10%): calls "
           "open on it run to their end, the client opens a new connection "
           "for its next calls, so behind a Kubernetes Service clients spread "
           "over gateways added since. 0: never. At least 1s.");

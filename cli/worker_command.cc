@@ -2,6 +2,8 @@
 // `statestream worker`: holds sessions, runs the model and checkpoints
 // session state to Redis; registers itself in the cluster registry so that
 // gateways can route to it.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -134,9 +136,19 @@ int Run(const std::vector<std::string>& args) {
       options.advertise = absl::StrCat("[", options.advertise.substr(0, colon),
                                        "]", options.advertise.substr(colon));
     }
-    if (auto address = ParseListenAddress(options.advertise); !address.ok()) {
-      std::cerr << "statestream worker: --advertise: "
-                << address.status().message() << "\n";
+    auto address = ParseListenAddress(options.advertise);
+    // A bracketed host must be an IPv6 address (fd00::5 without its port
+    // would read as [fd00:]:5), and gateways dial a real port.
+    in6_addr ip6;
+    const bool bad_host =
+        address.ok() && address->first.front() == '[' &&
+        inet_pton(AF_INET6,
+                  address->first.substr(1, address->first.size() - 2).c_str(),
+                  &ip6) != 1;
+    if (!address.ok() || bad_host || address->second == 0) {
+      std::cerr << "statestream worker: --advertise " << options.advertise
+                << ": want HOST:PORT with a port 1-65535 (an IPv6 host in "
+                   "brackets)\n";
       return kExitUsage;
     }
   }

@@ -207,7 +207,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   if (options.max_connection_age > absl::ZeroDuration()) {
-    // The grace for calls open at that time stays gRPC's default: none.
+    // The grace for calls open at that time stays gRPC's default,
+    // unlimited: they run to their end on the old connection.
     builder.AddChannelArgument(
         GRPC_ARG_MAX_CONNECTION_AGE_MS,
         static_cast<int>(std::min<int64_t>(

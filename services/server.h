@@ -47,7 +47,7 @@ struct ServerOptions {
   // with the same statuses, for probes that cannot speak (mutual) TLS, such
   // as Kubernetes' native gRPC probes. Empty: none.
   std::string health_listen;
-  // After about this long (gRPC adds up to 10 % jitter) a client connection
+  // After about this long (gRPC jitters it by +-10 %) a client connection
   // is told to go away (HTTP/2 GOAWAY): calls open on it go on to their
   // end, the client's next calls open a new connection. Behind a
   // connection-balancing Service, clients thus spread over gateways added

@@ -318,12 +318,28 @@ TEST_F(CliClientTest, AnExportReplacesTheFileWholeOrNotAtAll) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(std::filesystem::is_symlink(link));
   EXPECT_EQ(contents(blob), state);
-  // /dev/stdout onto a file the shell opened.
+  // /dev/stdout onto a file the shell opened: through fd 1, at its offset
+  // (>> appends).
   const std::string out = (dir / "stdout.state").string();
   r = Shell(absl::StrCat(Bin(), " session export cli-keep --target=", *target_,
                          " --output=/dev/stdout > ", out));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(contents(out), state);
+  r = Shell(absl::StrCat("printf PREFIX > ", out, "; ", Bin(),
+                         " session export cli-keep --target=", *target_,
+                         " --output=/dev/stdout >> ", out));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(contents(out), "PREFIX" + state);
+  // A new file gets 0666 less the umask.
+  const std::string fresh = (dir / "fresh.state").string();
+  r = Shell(absl::StrCat("umask 027; ", Bin(),
+                         " session export cli-keep --target=", *target_,
+                         " --output=", fresh));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(std::filesystem::status(fresh).permissions(),
+            std::filesystem::perms::owner_read |
+                std::filesystem::perms::owner_write |
+                std::filesystem::perms::group_read);
   std::filesystem::remove_all(dir);
 }
 

@@ -150,6 +150,11 @@ TEST(CliTest, BadFlagValuesAreUsageErrors) {
            {"serve", "--listen=127.0.0.1:0", "--max-connection-age=500ms"},
            {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
             "--model=m.pth", "--advertise=no-port"},
+           // An IPv6 address without its port, bracketed at the wrong colon.
+           {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
+            "--model=m.pth", "--advertise=fd00::5"},
+           {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
+            "--model=m.pth", "--advertise=10.0.0.5:0"},
            // Found up front, not after the models load (exit 1, late).
            {"serve", "--listen=127.0.0.1:0", "--metrics-listen=9090"},
            {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",

@@ -318,7 +318,8 @@ timeout 20 "$BIN" session create deploy-test-1 --target "${gws[0]}" --timeout 10
 timeout 20 "$BIN" session get deploy-test-1 --target "${gws[1]}" --timeout 10s | grep -q deploy-test-1 ||
   { echo "FAIL: session made through ${gws[0]} not visible through ${gws[1]}"; exit 1; }
 
-timeout 30 "$SRC/deploy/local/cluster.sh" stop --dir "$cluster_dir" >/dev/null ||
+# Three tiers, up to 15 s each.
+timeout 60 "$SRC/deploy/local/cluster.sh" stop --dir "$cluster_dir" >/dev/null ||
   { echo "FAIL: cluster.sh stop"; exit 1; }
 left=""
 while read -r pid name; do

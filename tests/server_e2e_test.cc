@@ -350,13 +350,17 @@ TEST(ServeTest, OldConnectionsAreSentAwayAndCallsGoOn) {
   std::shared_ptr<grpc::Channel> idle = Connect(server.address);
   EXPECT_EQ(HealthOf(idle.get(), ""), HealthCheckResponse::SERVING);
   EXPECT_EQ(idle->GetState(false), GRPC_CHANNEL_READY);
-  // A call open across the age, on a connection of its own.
-  auto stub = Health::NewStub(Connect(server.address));
+  // A call open across the age, on a connection of its own (a channel
+  // with its own subchannel pool shares none with `idle`).
+  grpc::ChannelArguments own;
+  own.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  auto stub = Health::NewStub(grpc::CreateCustomChannel(
+      server.address, grpc::InsecureChannelCredentials(), own));
   grpc::ClientContext context;
   auto watch = stub->Watch(&context, HealthCheckRequest());
   HealthCheckResponse response;
   ASSERT_TRUE(watch->Read(&response));
-  // 1 s plus gRPC's jitter (up to 10 %), with room for a busy machine.
+  // 1 s give or take gRPC's jitter (10 %), with room for a busy machine.
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
   while (idle->GetState(false) == GRPC_CHANNEL_READY &&
          absl::Now() < deadline) {

@@ -10,15 +10,15 @@
 # DIR/pids, and returns once every process has printed `listening on`.
 # Logs: DIR/<name>.log. `stop` stops the gateways, then the workers (they
 # drain and commit to Redis), then Redis: each tier gets SIGTERM and up to 15
-# s before SIGKILL, and only processes that still run what DIR/pids says
-# (statestream or redis-server) are signalled. DIR defaults to
-# $STATESTREAM_CLUSTER_DIR, else $XDG_RUNTIME_DIR (or /tmp)/
-# statestream-cluster-UID, and must belong to the user running the script.
+# s before SIGKILL, and only processes that still run the executable
+# DIR/pids recorded for them are signalled. DIR defaults to
+# $STATESTREAM_CLUSTER_DIR, else /tmp/statestream-cluster-UID, and must
+# belong to the user running the script.
 set -euo pipefail
 
 cmd="${1:-}"
 [ -n "$cmd" ] && shift || true
-dir="${STATESTREAM_CLUSTER_DIR:-${XDG_RUNTIME_DIR:-/tmp}/statestream-cluster-$(id -u)}"
+dir="${STATESTREAM_CLUSTER_DIR:-/tmp/statestream-cluster-$(id -u)}"
 bin="build/cli/statestream"
 model=""
 n_workers=3
@@ -36,21 +36,19 @@ while (($#)); do
   esac
 done
 
-# ours PID NAME: whether PID still runs the program recorded as NAME (a
+# ours PID EXE: whether PID still runs the executable recorded for it (a
 # stale pid file must not get a recycled pid killed).
 ours() {
-  local want=statestream
-  [ "$2" = redis ] && want=redis-server
-  tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q -- "$want"
+  [ -n "$2" ] && [ "$(readlink -f "/proc/$1/exe" 2>/dev/null)" = "$2" ]
 }
 
 # stop_tier PATTERN: SIGTERM to the recorded processes whose name matches,
 # up to 15 s for them to exit, then SIGKILL.
 stop_tier() {
-  local pids=() p name
-  while read -r p name; do
+  local pids=() p name exe
+  while read -r p name exe; do
     # shellcheck disable=SC2053
-    [[ "$name" == $1 ]] && ours "$p" "$name" && pids+=("$p")
+    [[ "$name" == $1 ]] && ours "$p" "$exe" && pids+=("$p")
   done <"$dir/pids"
   ((${#pids[@]})) || return 0
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -101,12 +99,15 @@ wait_listening() {
   return 1
 }
 
-# start NAME ARGV...: starts a process in the background, records its pid.
+# start NAME ARGV...: starts a process in the background, records its pid
+# and its executable.
 start() {
   local name="$1"; shift
+  local exe
+  exe=$(readlink -f "$(command -v "$1")")
   "$@" >"$dir/$name.log" 2>&1 </dev/null &
   local pid=$!
-  echo "$pid $name" >>"$dir/pids"
+  echo "$pid $name $exe" >>"$dir/pids"
   echo "$pid"
 }
 
@@ -140,23 +141,25 @@ case "$cmd" in
     # A port below the kernel's ephemeral range (where port-0 listeners and
     # outgoing connections land), tried again if taken; the Redis that
     # answers must be the one started (its process_id).
+    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    ((low > 11000)) || low=32768
     deadline=$((SECONDS + timeout_s))
     redis_pid=""
     for _ in $(seq 1 20); do
-      redis_port=$((20000 + RANDOM % 12000))
+      redis_port=$((10000 + RANDOM % (low - 10000)))
       redis_pid=$(start redis redis-server --port "$redis_port" --bind 127.0.0.1 \
         --dir "$dir/redis" --appendonly yes --appendfsync everysec \
         --maxmemory-policy noeviction \
         --save "" --daemonize no --protected-mode yes)
-      until redis-cli -p "$redis_port" info server 2>/dev/null |
-          grep -q "^process_id:$redis_pid"; do
+      until timeout 2 redis-cli -p "$redis_port" info server 2>/dev/null |
+          tr -d '\r' | grep -qx "process_id:$redis_pid"; do
         kill -0 "$redis_pid" 2>/dev/null || break
         ((SECONDS < deadline)) || { echo "error: redis not up" >&2; exit 1; }
         sleep 0.1
       done
       kill -0 "$redis_pid" 2>/dev/null && break
       # Exited (the port was taken): forget it and try another port.
-      sed -i "/^$redis_pid redis\$/d" "$dir/pids"
+      sed -i "/^$redis_pid redis /d" "$dir/pids"
       redis_pid=""
     done
     [ -n "$redis_pid" ] || { echo "error: redis exited" >&2; tail "$dir/redis.log" >&2; exit 1; }
