@@ -175,26 +175,34 @@ TEST(WeightArenaTest, LoadedMatricesOwnTheirArena) {
   EXPECT_EQ(row[41], 41.0f * 6 + 5);  // exact in bf16
 }
 
+// `vals` (2 rows of 64) written as a safetensors file `name` under
+// TEST_TMPDIR (or /tmp) and loaded back with int8 weights into `m`.
+void LoadInt8(const std::string& name, const std::vector<float>& vals,
+              Matrix* m) {
+  const char* dir = std::getenv("TEST_TMPDIR");
+  const std::string path =
+      std::string(dir != nullptr ? dir : "/tmp") + "/" + name;
+  ASSERT_TRUE(WriteSafetensors(path, {{"m", {2, 64}, vals}}, DType::kF32).ok());
+  auto file = WeightFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  WeightLoader ld(std::move(*file), WeightPrecision::kInt8);
+  ASSERT_TRUE(ld.Mat("m", 2, 64, m).ok());
+  ASSERT_NE(m->i8, nullptr);
+}
+
 }  // namespace
+
 // int8 weights from a row with NaN and +-Inf: the scale covers the finite
 // weights, Inf saturates to +-127 and NaN reads 0 (its cast used to be
 // undefined, and an Inf zeroed the whole row's scale).
 TEST(WeightArenaTest, NonFiniteWeightsQuantizeToDefinedValues) {
-  const char* dir = std::getenv("TEST_TMPDIR");
-  const std::string path = std::string(dir != nullptr ? dir : "/tmp") +
-                           "/nonfinite_test.safetensors";
   std::vector<float> vals(2 * 64, 1.0f);
   vals[3] = std::nanf("");
   vals[5] = std::numeric_limits<float>::infinity();
   vals[6] = -std::numeric_limits<float>::infinity();
   vals[7] = -2.0f;
-  ASSERT_TRUE(WriteSafetensors(path, {{"m", {2, 64}, vals}}, DType::kF32).ok());
-  auto file = WeightFile::Open(path);
-  ASSERT_TRUE(file.ok()) << file.status();
-  WeightLoader ld(std::move(*file), WeightPrecision::kInt8);
   Matrix m;
-  ASSERT_TRUE(ld.Mat("m", 2, 64, &m).ok());
-  ASSERT_NE(m.i8, nullptr);
+  ASSERT_NO_FATAL_FAILURE(LoadInt8("nonfinite_test.safetensors", vals, &m));
   EXPECT_FLOAT_EQ(m.scale[0], 2.0f / 127);
   float row[64];
   m.ReadRow(0, row);
@@ -211,20 +219,13 @@ TEST(WeightArenaTest, NonFiniteWeightsQuantizeToDefinedValues) {
 // activation row does: 1 / scale overflowed, and every nonzero weight read
 // back as +-max (5e-40 as 1e-38, 20 times too large).
 TEST(WeightArenaTest, ARowOfTinyWeightsQuantizesToZeros) {
-  const char* dir = std::getenv("TEST_TMPDIR");
-  const std::string path =
-      std::string(dir != nullptr ? dir : "/tmp") + "/tiny_row_test.safetensors";
   std::vector<float> vals(2 * 64, 0.0f);
   vals[0] = 1e-38f;
   vals[1] = 5e-40f;
   vals[2] = -3e-39f;
   for (int c = 0; c < 64; ++c) vals[64 + c] = 1.0f;  // an ordinary row
-  ASSERT_TRUE(WriteSafetensors(path, {{"m", {2, 64}, vals}}, DType::kF32).ok());
-  auto file = WeightFile::Open(path);
-  ASSERT_TRUE(file.ok()) << file.status();
-  WeightLoader ld(std::move(*file), WeightPrecision::kInt8);
   Matrix m;
-  ASSERT_TRUE(ld.Mat("m", 2, 64, &m).ok());
+  ASSERT_NO_FATAL_FAILURE(LoadInt8("tiny_row_test.safetensors", vals, &m));
   EXPECT_EQ(m.scale[0], 0.0f);
   EXPECT_EQ(m.wsum[0], 0);
   float row[64];
