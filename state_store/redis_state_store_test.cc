@@ -7,7 +7,6 @@
 #include "state_store/redis_state_store.h"
 
 #include <memory>
-#include <regex>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -379,99 +378,6 @@ TEST(RedisStateStoreTest, RefusedWritesAreUnavailable) {
   auto committed = store->Commit(r);
   ASSERT_TRUE(committed.ok()) << committed.status();
   EXPECT_EQ(committed->version.version, c->version.version + 1);
-}
-
-// The delete script sent twice with the same nonce (the client resends a
-// pipeline whose reply it lost) answers OK both times; another call after
-// the deletion still gets NOTFOUND.
-TEST(RedisStateStoreTest, ADeleteResentAfterALostReplyIsOk) {
-  std::unique_ptr<RedisServer> server;
-  std::unique_ptr<StateStore> store;
-  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
-  ASSERT_TRUE(store->CreateSession(NewSession("d", Durability::kMemory)).ok());
-  const std::string p = "ss:{acme/d}:";
-  const std::string src =
-      absl::StrCat(store_internal::kLuaPrelude, store_internal::kLuaDelete);
-  auto run = [&](const std::string& nonce) {
-    return server->Command({"EVAL", src, "3", p + "head", p + "fence",
-                            p + "lease", p, "60000", "0", nonce, "60000"});
-  };
-  auto first = run("n1");
-  ASSERT_TRUE(first.ok()) << first.status();
-  EXPECT_EQ(*first, "OK");
-  auto resent = run("n1");
-  ASSERT_TRUE(resent.ok()) << resent.status();
-  EXPECT_EQ(*resent, "OK");
-  auto other = run("n2");
-  ASSERT_TRUE(other.ok()) << other.status();
-  EXPECT_EQ(*other, "NOTFOUND");
-  EXPECT_EQ(GetReason(store->DeleteSession({"acme", "d"})),
-            Reason::kSessionNotFound);
-  // A copy of the first send that reaches Redis late, after the id was
-  // created again, deletes nothing (it deleted the new session).
-  ASSERT_TRUE(store->CreateSession(NewSession("d", Durability::kMemory)).ok());
-  auto late = run("n1");
-  ASSERT_TRUE(late.ok()) << late.status();
-  EXPECT_EQ(*late, "OK");
-  EXPECT_TRUE(store->GetHead({"acme", "d"}).ok());
-}
-
-// A chunk write that reaches Redis after its version was committed (the
-// first send of a pipeline the client resent after a timeout, held up in
-// the network) leaves the committed chunk as it is: it used to put the
-// pending TTL back on it, and the head was lost when that ran out. The
-// store's own commands are read back from SLOWLOG (every command logged):
-// each chunk SET carries NX.
-TEST(RedisStateStoreTest, ALateChunkWriteLeavesACommittedVersionAlone) {
-  std::unique_ptr<RedisServer> server;
-  std::unique_ptr<StateStore> store;
-  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
-  ASSERT_TRUE(
-      server->Command({"CONFIG", "SET", "slowlog-log-slower-than", "0"}).ok());
-  ASSERT_TRUE(
-      server->Command({"CONFIG", "SET", "slowlog-max-len", "100000"}).ok());
-  ASSERT_TRUE(server->Command({"SLOWLOG", "RESET"}).ok());
-  ASSERT_TRUE(store->CreateSession(NewSession("c", Durability::kMemory)).ok());
-  auto log = server->Command({"SLOWLOG", "GET", "100000"});
-  ASSERT_TRUE(log.ok()) << log.status();
-  // Each entry's arguments, one a line: the chunk SETs are those of a
-  // chunk key (scripts' own SETs, of the fence say, are logged too).
-  const std::vector<absl::string_view> lines = absl::StrSplit(*log, '\n');
-  const std::regex chunk_key(R"(ss:\{acme/c\}:v1:[0-9a-f]{32}:c[0-9]+)");
-  int sets = 0, nx = 0;
-  for (size_t i = 0; i + 1 < lines.size(); ++i) {
-    if (lines[i] != "SET" ||
-        !std::regex_match(std::string(lines[i + 1]), chunk_key)) {
-      continue;
-    }
-    ++sets;
-    // The value (128 bytes at most in the log) may hold newlines.
-    size_t px = i + 3;
-    while (px + 2 < lines.size() && px < i + 40 && lines[px] != "PX") ++px;
-    nx += px + 2 < lines.size() && lines[px] == "PX" && lines[px + 2] == "NX";
-  }
-  EXPECT_GT(sets, 0);
-  EXPECT_EQ(nx, sets);
-
-  auto keys = server->Command({"KEYS", "ss:{acme/c}:v1:*:c*"});
-  ASSERT_TRUE(keys.ok()) << keys.status();
-  const std::vector<std::string> chunks =
-      absl::StrSplit(*keys, '\n', absl::SkipEmpty());
-  ASSERT_FALSE(chunks.empty());
-  for (const std::string& k : chunks) {
-    auto value = server->Command({"GET", k});
-    ASSERT_TRUE(value.ok()) << value.status();
-    for (const store_internal::Command& late :
-         {store_internal::PendingChunkWrite(k, *value, "300"),
-          store_internal::PendingChunkRenewal(k, "300")}) {
-      ASSERT_TRUE(
-          server->Command(std::vector<std::string>(late.begin(), late.end()))
-              .ok());
-    }
-  }
-  absl::SleepFor(absl::Milliseconds(500));
-  auto loaded = store->LoadVersion({"acme", "c"}, 0);
-  EXPECT_TRUE(loaded.ok()) << loaded.status();
 }
 
 // A label filter that matches almost nothing reads at most max_list_scan
