@@ -19,12 +19,24 @@ if [ ! -f "$MODEL" ]; then
 fi
 
 start_server() {
+  # Emptied here, not by the redirection below: that runs in the child,
+  # after the wait may already have read a `listening on` line left by a
+  # server of an earlier run.
+  : >"$OUT/serve.out"
   "$SS" serve --listen 127.0.0.1:0 --data-dir "$OUT/data" --model "$MODEL" \
     >"$OUT/serve.out" 2>"$OUT/serve.err" &
   SERVER=$!
-  for _ in $(seq 300); do
-    grep -q '^listening on ' "$OUT/serve.out" 2>/dev/null && break
+  # Up to 2 minutes (a busy machine loads the model slowly); then a clear
+  # failure, never a demo against an empty address.
+  local deadline=$((SECONDS + 120))
+  until grep -q '^listening on ' "$OUT/serve.out" 2>/dev/null; do
     kill -0 $SERVER 2>/dev/null || { cat "$OUT/serve.err"; exit 1; }
+    if ((SECONDS >= deadline)); then
+      echo "error: statestream serve is not listening after 120 s" >&2
+      cat "$OUT/serve.err" >&2
+      kill -KILL $SERVER
+      exit 1
+    fi
     sleep 0.1
   done
   ADDR=$(sed -n 's/^listening on //p' "$OUT/serve.out")
