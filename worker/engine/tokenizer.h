@@ -48,10 +48,13 @@ class Tokenizer {
   virtual std::string fingerprint() const = 0;
   // Valid ids are [0, vocab_size()). Equals the model's embedding rows.
   virtual int vocab_size() const = 0;
-  // The longest token in bytes. EncodeStream's tail is always shorter.
+  // The longest token in bytes. The World and byte tokenizers' EncodeStream
+  // tail is always shorter; NeoX's can reach its 64 KiB stream cap (below).
   virtual size_t max_token_bytes() const = 0;
   // The end-of-text / document-separator id, if the vocabulary has one
-  // (World: 0). It decodes to nothing and Encode never produces it.
+  // (World: 0). It decodes to nothing. World's Encode never produces it;
+  // NeoX's does for the text <|endoftext|> (an added token, as in the
+  // reference).
   virtual std::optional<int32_t> end_of_text_id() const = 0;
 
   // The bytes of one token; empty for ids outside [0, vocab_size()), for the
@@ -69,7 +72,8 @@ class Tokenizer {
   // Contract: for any split of a text into chunks c1..cn, feeding them in
   // order (each call's tail into the next, flush on the last) yields exactly
   // Encode(c1 + ... + cn), concatenated. The tail is a suffix of tail +
-  // chunk, shorter than max_token_bytes(); a caller-supplied tail of any
+  // chunk (shorter than max_token_bytes() for World and bytes; for NeoX,
+  // see LoadNeoxTokenizer); a caller-supplied tail of any
   // length or content is accepted (it is just bytes that came first).
   virtual StreamEncodeResult EncodeStream(absl::string_view tail,
                                           absl::string_view chunk,
@@ -114,9 +118,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseWorldTokenizer(
 // as the RWKV code's decode (skip_special_tokens). EncodeStream keeps as its
 // tail the text after the last whitespace character that follows a
 // non-whitespace one, so the tail is not bounded by max_token_bytes() for
-// long runs without whitespace. Errors: NOT_FOUND if unreadable;
-// INVALID_ARGUMENT / kInvalidModelFile for malformed JSON or a merge naming a
-// token missing from the vocab.
+// long runs without whitespace (up to a 64 KiB cap, past which the cut is
+// inexact: docs/architectures.md). Each call scans the whole tail again,
+// so such a run streamed a byte at a time costs O(tail) per byte (a known
+// cost; an incremental cut search would remove it). Errors: NOT_FOUND if
+// unreadable; INVALID_ARGUMENT / kInvalidModelFile for malformed JSON or a
+// merge naming a token missing from the vocab.
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadNeoxTokenizer(
     const std::string& path);
 absl::StatusOr<std::unique_ptr<Tokenizer>> ParseNeoxTokenizer(
