@@ -153,7 +153,10 @@ mode_t CurrentUmask() {
       }
     }
   }
-  return 022;
+  // No Umask line (Linux before 4.7, no /proc): set it back at once.
+  const mode_t mask = ::umask(077);
+  ::umask(mask);
+  return mask;
 }
 
 // All of `bytes` to `fd`, retrying interrupted and short writes.
@@ -184,10 +187,17 @@ absl::Status WriteFileAtomically(const std::string& path,
   // put it (at its offset, appending under >>): reopening the name would
   // start again at offset 0 of a file the shell opened.
   if (std::optional<int> fd = NamedDescriptor(path)) {
-    if (*fd == STDOUT_FILENO) {  // after what was printed before it
-      std::cout.flush();
-      std::fflush(stdout);
+    // Only a descriptor the command was given (a shell's 3>file), open for
+    // writing: the process's own (gRPC's sockets, say) are close-on-exec.
+    const int fd_flags = ::fcntl(*fd, F_GETFD);
+    const int fl = ::fcntl(*fd, F_GETFL);
+    if (fd_flags < 0 || fl < 0) return failed(errno);
+    if ((fd_flags & FD_CLOEXEC) != 0 || (fl & O_ACCMODE) == O_RDONLY) {
+      return failed(EBADF);
     }
+    // After what was printed before it (stdout may share the file).
+    std::cout.flush();
+    std::fflush(stdout);
     return WriteAll(*fd, bytes, path);
   }
   // What exists and is not a regular file (a device, a FIFO) has nothing

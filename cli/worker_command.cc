@@ -139,11 +139,14 @@ int Run(const std::vector<std::string>& args) {
     auto address = ParseListenAddress(options.advertise);
     // A bracketed host must be an IPv6 address (fd00::5 without its port
     // would read as [fd00:]:5), and gateways dial a real port.
+    // (A link-local address's %zone is not inet_pton's to read.)
     in6_addr ip6;
     const bool bad_host =
         address.ok() && address->first.front() == '[' &&
         inet_pton(AF_INET6,
-                  address->first.substr(1, address->first.size() - 2).c_str(),
+                  address->first.substr(1, address->first.size() - 2)
+                      .substr(0, address->first.find('%') - 1)
+                      .c_str(),
                   &ip6) != 1;
     if (!address.ok() || bad_host || address->second == 0) {
       std::cerr << "statestream worker: --advertise " << options.advertise

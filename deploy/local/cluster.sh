@@ -36,10 +36,22 @@ while (($#)); do
   esac
 done
 
-# ours PID EXE: whether PID still runs the executable recorded for it (a
-# stale pid file must not get a recycled pid killed).
+# ours PID EXE NAME: whether PID still runs the executable recorded for it
+# (a stale pid file must not get a recycled pid killed); one rebuilt or
+# upgraded since reads "EXE (deleted)". A pid file of an older cluster.sh
+# has no EXE: its command line must then name the program.
 ours() {
-  [ -n "$2" ] && [ "$(readlink -f "/proc/$1/exe" 2>/dev/null)" = "$2" ]
+  if [ -z "$2" ]; then
+    local want=statestream
+    [ "$3" = redis ] && want=redis-server
+    tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q -- "$want"
+    return
+  fi
+  local running
+  running=$(readlink "/proc/$1/exe" 2>/dev/null) || return 1
+  running=${running% (deleted)}
+  [ "$(readlink -f "$running" 2>/dev/null || echo "$running")" = "$2" ] ||
+    [ "$running" = "$2" ]
 }
 
 # stop_tier PATTERN: SIGTERM to the recorded processes whose name matches,
@@ -48,7 +60,7 @@ stop_tier() {
   local pids=() p name exe
   while read -r p name exe; do
     # shellcheck disable=SC2053
-    [[ "$name" == $1 ]] && ours "$p" "$exe" && pids+=("$p")
+    [[ "$name" == $1 ]] && ours "$p" "$exe" "$name" && pids+=("$p")
   done <"$dir/pids"
   ((${#pids[@]})) || return 0
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -66,6 +78,14 @@ stop_all() {
   stop_tier 'gateway-*'
   stop_tier 'worker-*'
   stop_tier redis
+  # The record goes only once none of its processes is left.
+  local p name exe
+  while read -r p name exe; do
+    if ours "$p" "$exe" "$name"; then
+      echo "error: $name (pid $p) still runs; $dir/pids kept" >&2
+      return 1
+    fi
+  done <"$dir/pids"
   rm -f "$dir/pids"
 }
 
