@@ -11,7 +11,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/command.h"
@@ -23,6 +22,7 @@
 #include "common/malloc_tuning.h"
 #include "services/gateway.h"
 #include "services/tenants.h"
+#include "state_store/internal/store_util.h"
 #include "state_store/redis_state_store.h"
 #include "worker/metrics_http.h"
 
@@ -84,14 +84,10 @@ int Run(const std::vector<std::string>& args) {
   }
   // Sent as a header and kept in Redis (tenant slots): a byte gRPC refuses
   // in a header would abort the gateway on its first forwarded call.
-  if (options.gateway_id.size() > 128 ||
-      !std::all_of(options.gateway_id.begin(), options.gateway_id.end(),
-                   [](char c) {
-                     return absl::ascii_isalnum(c) || c == '.' || c == '_' ||
-                            c == '-' || c == ':';
-                   })) {
-    std::cerr << "statestream gateway: --gateway-id must be 1-128 bytes of "
-                 "[A-Za-z0-9._:-]\n";
+  if (absl::Status id =
+          store_internal::ValidateNodeId("gateway_id", options.gateway_id);
+      !id.ok()) {
+    std::cerr << "statestream gateway: --gateway-id: " << id.message() << "\n";
     return kExitUsage;
   }
   options.upstream_stall_timeout = absl::GetFlag(FLAGS_upstream_stall_timeout);

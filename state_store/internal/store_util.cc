@@ -89,16 +89,20 @@ absl::Status ValidateKey(const SessionKey& key) {
   return absl::OkStatus();
 }
 
-absl::Status ValidateWorkerId(absl::string_view id) {
+absl::Status ValidateNodeId(absl::string_view field, absl::string_view id) {
   if (id.empty() || id.size() > 128) {
-    return Invalid("worker_id", "must be 1-128 bytes");
+    return Invalid(field, "must be 1-128 bytes");
   }
   for (char c : id) {
     if (!IsAlnum(c) && c != '.' && c != '_' && c != '-' && c != ':') {
-      return Invalid("worker_id", "must be [A-Za-z0-9._:-]");
+      return Invalid(field, "must be [A-Za-z0-9._:-]");
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status ValidateWorkerId(absl::string_view id) {
+  return ValidateNodeId("worker_id", id);
 }
 
 absl::Status ValidateOwner(absl::string_view owner) {

@@ -19,6 +19,10 @@ namespace statestream::store_internal {
 absl::Status ValidateKey(const SessionKey& key);
 absl::Status ValidateTenant(absl::string_view tenant);
 absl::Status ValidateWorkerId(absl::string_view id);
+// A process's name in the cluster (a worker id, a gateway id: sent as a
+// header and kept in Redis): 1-128 bytes of [A-Za-z0-9._:-]; `field`
+// names it in the error.
+absl::Status ValidateNodeId(absl::string_view field, absl::string_view id);
 absl::Status ValidateOwner(absl::string_view owner);
 // ttl > 0 (InfiniteDuration allowed); `what` names the field.
 absl::Status ValidateTtl(absl::Duration ttl, absl::string_view what);
