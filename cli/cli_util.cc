@@ -56,6 +56,59 @@ absl::StatusOr<std::string> ReadAll(int fd, const std::string& name) {
   return out;
 }
 
+// The descriptor a name stands for: /dev/stdin|stdout|stderr, /dev/fd/N
+// and /proc/self/fd/N.
+std::optional<int> NamedDescriptor(absl::string_view path) {
+  if (path == "/dev/stdout") return STDOUT_FILENO;
+  if (path == "/dev/stderr") return STDERR_FILENO;
+  int fd = -1;
+  for (absl::string_view prefix : {"/dev/fd/", "/proc/self/fd/"}) {
+    if (absl::ConsumePrefix(&path, prefix) && absl::SimpleAtoi(path, &fd) &&
+        fd >= 0) {
+      return fd;
+    }
+  }
+  return std::nullopt;
+}
+
+// The process's umask, read without changing it (umask(2) sets it, for a
+// moment, for every thread).
+mode_t CurrentUmask() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    absl::string_view rest = line;
+    if (absl::ConsumePrefix(&rest, "Umask:")) {
+      const std::string octal(absl::StripAsciiWhitespace(rest));
+      char* end = nullptr;
+      const unsigned long mask = std::strtoul(octal.c_str(), &end, 8);
+      if (!octal.empty() && *end == '\0' && mask <= 0777) {
+        return static_cast<mode_t>(mask);
+      }
+    }
+  }
+  // No Umask line (Linux before 4.7, no /proc): set it back at once.
+  const mode_t mask = ::umask(077);
+  ::umask(mask);
+  return mask;
+}
+
+// All of `bytes` to `fd`, retrying interrupted and short writes.
+absl::Status WriteAll(int fd, absl::string_view bytes,
+                      const std::string& path) {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      return absl::ErrnoToStatus(n < 0 ? errno : EIO,
+                                 absl::StrCat("cannot write ", path));
+    }
+    done += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status UsageError(absl::string_view message) {
@@ -119,63 +172,6 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
 absl::StatusOr<std::string> ReadStdin() {
   return ReadAll(STDIN_FILENO, "stdin");
 }
-
-namespace {
-
-// The descriptor a name stands for: /dev/stdin|stdout|stderr, /dev/fd/N
-// and /proc/self/fd/N.
-std::optional<int> NamedDescriptor(absl::string_view path) {
-  if (path == "/dev/stdout") return STDOUT_FILENO;
-  if (path == "/dev/stderr") return STDERR_FILENO;
-  int fd = -1;
-  for (absl::string_view prefix : {"/dev/fd/", "/proc/self/fd/"}) {
-    if (absl::ConsumePrefix(&path, prefix) && absl::SimpleAtoi(path, &fd) &&
-        fd >= 0) {
-      return fd;
-    }
-  }
-  return std::nullopt;
-}
-
-// The process's umask, read without changing it (umask(2) sets it, for a
-// moment, for every thread).
-mode_t CurrentUmask() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    absl::string_view rest = line;
-    if (absl::ConsumePrefix(&rest, "Umask:")) {
-      const std::string octal(absl::StripAsciiWhitespace(rest));
-      char* end = nullptr;
-      const unsigned long mask = std::strtoul(octal.c_str(), &end, 8);
-      if (!octal.empty() && *end == '\0' && mask <= 0777) {
-        return static_cast<mode_t>(mask);
-      }
-    }
-  }
-  // No Umask line (Linux before 4.7, no /proc): set it back at once.
-  const mode_t mask = ::umask(077);
-  ::umask(mask);
-  return mask;
-}
-
-// All of `bytes` to `fd`, retrying interrupted and short writes.
-absl::Status WriteAll(int fd, absl::string_view bytes,
-                      const std::string& path) {
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      return absl::ErrnoToStatus(n < 0 ? errno : EIO,
-                                 absl::StrCat("cannot write ", path));
-    }
-    done += static_cast<size_t>(n);
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
 
 absl::Status WriteFileAtomically(const std::string& path,
                                  absl::string_view bytes) {

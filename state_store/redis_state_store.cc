@@ -228,6 +228,12 @@ absl::Status RedisStateStore::NotKept(const redisReply* r, uint64_t version) {
   return VersionNotKept(version, head, oldest);
 }
 
+bool RedisStateStore::WaitForSlotMove(int attempt) {
+  if (!options_.cluster || attempt >= 6) return false;
+  clock_->SleepFor(absl::Milliseconds(25 << attempt));
+  return true;
+}
+
 absl::StatusOr<std::pair<SessionHead, Fields>> RedisStateStore::Read(
     const SessionKey& key, int64_t version) {
   absl::StatusOr<Reply> read = Eval(key, kRead, {absl::StrCat(version)});
@@ -237,10 +243,10 @@ absl::StatusOr<std::pair<SessionHead, Fields>> RedisStateStore::Read(
   // once the move has gone on, as a load does for chunks; only then is it
   // damage.
   for (int attempt = 0;
-       options_.cluster && !read.ok() && attempt < 6 &&
-       absl::StrContains(read.status().message(), "no hash for its head");
+       !read.ok() &&
+       absl::StrContains(read.status().message(), "no hash for its head") &&
+       WaitForSlotMove(attempt);
        ++attempt) {
-    clock_->SleepFor(absl::Milliseconds(25 << attempt));  // ~1.6 s in all
     read = Eval(key, kRead, {absl::StrCat(version)});
   }
   SS_ASSIGN_OR_RETURN(Reply r, std::move(read));

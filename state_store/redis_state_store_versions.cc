@@ -187,10 +187,7 @@ absl::StatusOr<LoadedVersion> RedisStateStore::LoadVersion(
     // In a Cluster, the session's slot may be migrating: the pipeline
     // was resent whole to the target (ASK), where the chunks not moved
     // yet read as nil. Read again once the move has gone on.
-    if (options_.cluster && attempt < 6) {  // ~1.6 s in all
-      clock_->SleepFor(absl::Milliseconds(25 << attempt));
-      continue;
-    }
+    if (WaitForSlotMove(attempt)) continue;
     return DataLossError(
         Reason::kStateCorrupt,
         absl::StrCat("state is corrupt: chunk ", missing, " of version ",

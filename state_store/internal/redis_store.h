@@ -328,6 +328,11 @@ class RedisStateStore final : public StateStore {
   // VERSION_MISMATCH/NOT_FOUND for `version`, from a script's
   // {'NOTKEPT', head, oldest}.
   static absl::Status NotKept(const redisReply* r, uint64_t version);
+  // In a Cluster, a slot moves key by key: a read can find some of a
+  // session's keys on the new node before the others. Sleeps before retry
+  // `attempt` (25 ms doubling, ~1.6 s over six) and returns true, or false
+  // when there is no Cluster or the tries are spent.
+  bool WaitForSlotMove(int attempt);
 
   absl::StatusOr<Reply> EvalWorkers(Script script,
                                     std::vector<std::string> args);
