@@ -263,6 +263,9 @@ int Run(const std::vector<std::string>& args) {
     reg.load_fn = [models] {
       return static_cast<double>(models->stats().resident);
     };
+    reg.resync = [models] {
+      for (worker::SessionManager* m : models->managers()) m->RenewLeasesNow();
+    };
     auto registration = WorkerRegistration::Start(kept->store.get(), reg);
     if (!registration.ok()) return registration.status();
     kept->registration = *std::move(registration);

@@ -12,9 +12,9 @@ absl::StatusOr<std::unique_ptr<WorkerRegistration>> WorkerRegistration::Start(
     return absl::InvalidArgumentError("heartbeat_interval must be positive");
   }
   if (options.load_fn) options.info.load = options.load_fn();
-  absl::Status registered =
+  absl::StatusOr<bool> registered =
       store->RegisterWorker(options.info, 3 * options.heartbeat_interval);
-  if (!registered.ok()) return registered;
+  if (!registered.ok()) return registered.status();
   std::unique_ptr<WorkerRegistration> r(
       new WorkerRegistration(store, std::move(options)));
   r->thread_ = std::thread([p = r.get()] { p->Loop(); });
@@ -39,14 +39,20 @@ void WorkerRegistration::Loop() {
     }
     mu_.Unlock();
     if (options_.load_fn) info.load = options_.load_fn();
-    absl::Status st =
+    absl::StatusOr<bool> listed =
         store_->RegisterWorker(info, 3 * options_.heartbeat_interval);
+    const absl::Status& st = listed.status();
     if (!st.ok() && !failing) {
       std::cerr << "worker " << info.worker_id
                 << ": registry heartbeat failed (retrying): " << st << "\n";
     } else if (st.ok() && failing) {
       std::cerr << "worker " << info.worker_id << ": registry heartbeat ok\n";
+    } else if (st.ok() && !*listed) {
+      std::cerr << "worker " << info.worker_id
+                << ": registry entry had expired or was lost; listed again, "
+                   "re-checking sessions\n";
     }
+    if (st.ok() && (failing || !*listed) && options_.resync) options_.resync();
     failing = !st.ok();
     mu_.Lock();
   }

@@ -286,15 +286,18 @@ class MemoryStateStore final : public StateStore {
     return Lease{h.owner, h.fence, h.lease_expires_at};
   }
 
-  absl::Status RegisterWorker(const WorkerInfo& info,
-                              absl::Duration ttl) override {
+  absl::StatusOr<bool> RegisterWorker(const WorkerInfo& info,
+                                      absl::Duration ttl) override {
     SS_RETURN_IF_ERROR(store_internal::ValidateWorkerId(info.worker_id));
     SS_RETURN_IF_ERROR(store_internal::ValidateTtl(ttl, "worker ttl"));
     absl::MutexLock lock(&mu_);
+    const absl::Time now = clock_->Now();
+    auto it = workers_.find(info.worker_id);
+    const bool listed = it != workers_.end() && it->second.expires_at > now;
     WorkerInfo& w = workers_[info.worker_id];
     w = info;
-    w.expires_at = clock_->Now() + ttl;
-    return absl::OkStatus();
+    w.expires_at = now + ttl;
+    return listed;
   }
 
   absl::Status UnregisterWorker(const std::string& worker_id) override {

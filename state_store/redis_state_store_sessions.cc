@@ -239,8 +239,8 @@ absl::StatusOr<Lease> RedisStateStore::GetOwner(const SessionKey& key) {
   return Lease{h.owner, h.fence, h.lease_expires_at};
 }
 
-absl::Status RedisStateStore::RegisterWorker(const WorkerInfo& info,
-                                             absl::Duration ttl) {
+absl::StatusOr<bool> RedisStateStore::RegisterWorker(const WorkerInfo& info,
+                                                     absl::Duration ttl) {
   SS_RETURN_IF_ERROR(ValidateWorkerId(info.worker_id));
   SS_RETURN_IF_ERROR(ValidateTtl(ttl, "worker ttl"));
   if (ttl == absl::InfiniteDuration()) ttl = absl::Hours(24 * 365);
@@ -248,9 +248,11 @@ absl::Status RedisStateStore::RegisterWorker(const WorkerInfo& info,
       EncodeStringMap({{"address", info.address},
                        {"models", absl::StrJoin(info.model_fingerprints, "\n")},
                        {"load", absl::StrCat(info.load)}});
-  return EvalWorkers(kRegisterWorker,
-                     {info.worker_id, payload, absl::StrCat(TtlMs(ttl))})
-      .status();
+  SS_ASSIGN_OR_RETURN(Reply r,
+                      EvalWorkers(kRegisterWorker, {info.worker_id, payload,
+                                                    absl::StrCat(TtlMs(ttl))}));
+  return r->elements > 1 && r->element[1]->type == REDIS_REPLY_INTEGER &&
+         r->element[1]->integer == 1;
 }
 
 absl::Status RedisStateStore::UnregisterWorker(const std::string& worker_id) {

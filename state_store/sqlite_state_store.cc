@@ -375,19 +375,25 @@ class SqliteStateStore final : public StateStore {
     return Lease{h.owner, h.fence, h.lease_expires_at};
   }
 
-  absl::Status RegisterWorker(const WorkerInfo& info,
-                              absl::Duration ttl) override {
+  absl::StatusOr<bool> RegisterWorker(const WorkerInfo& info,
+                                      absl::Duration ttl) override {
     SS_RETURN_IF_ERROR(si::ValidateWorkerId(info.worker_id));
     SS_RETURN_IF_ERROR(si::ValidateTtl(ttl, "worker ttl"));
     absl::MutexLock lock(&mu_);
     const absl::Time now = clock_->Now();
-    return Stmt(db_, "INSERT OR REPLACE INTO workers VALUES (?,?,?,?,?)")
-        .Bind(info.worker_id)
-        .Bind(info.address)
-        .Bind(absl::StrJoin(info.model_fingerprints, "\n"))
-        .Bind(info.load)
-        .Bind(ttl == absl::InfiniteDuration() ? kNever : Ms(now + ttl))
-        .Run();
+    Stmt live(db_, "SELECT 1 FROM workers WHERE id=? AND expires_ms>?");
+    live.Bind(info.worker_id).Bind(Ms(now));
+    const bool listed = live.Step();
+    SS_RETURN_IF_ERROR(live.status());
+    SS_RETURN_IF_ERROR(
+        Stmt(db_, "INSERT OR REPLACE INTO workers VALUES (?,?,?,?,?)")
+            .Bind(info.worker_id)
+            .Bind(info.address)
+            .Bind(absl::StrJoin(info.model_fingerprints, "\n"))
+            .Bind(info.load)
+            .Bind(ttl == absl::InfiniteDuration() ? kNever : Ms(now + ttl))
+            .Run());
+    return listed;
   }
 
   absl::Status UnregisterWorker(const std::string& worker_id) override {

@@ -372,9 +372,13 @@ class StateStore {
   virtual absl::StatusOr<Lease> GetOwner(const SessionKey& key) = 0;
 
   // Worker registry: announces or refreshes (heartbeat) `info` for `ttl`.
+  // Returns whether the entry was listed just before: false for the first
+  // announcement, after UnregisterWorker, and for a heartbeat that came too
+  // late (the entry expired: the worker was paused or cut off) or found
+  // the entry lost with the store's data (a restart without persistence).
   // INVALID_ARGUMENT; UNAVAILABLE.
-  virtual absl::Status RegisterWorker(const WorkerInfo& info,
-                                      absl::Duration ttl) = 0;
+  virtual absl::StatusOr<bool> RegisterWorker(const WorkerInfo& info,
+                                              absl::Duration ttl) = 0;
   virtual absl::Status UnregisterWorker(const std::string& worker_id) = 0;
   // Live workers, ordered by worker_id.
   virtual absl::StatusOr<std::vector<WorkerInfo>> ListWorkers() = 0;

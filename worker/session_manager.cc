@@ -664,6 +664,11 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
 
 void SessionManager::Drain() { impl_->Drain(); }
 
+void SessionManager::RenewLeasesNow() {
+  absl::MutexLock lock(&impl_->mu_);
+  impl_->renew_now_ = true;
+}
+
 SessionManager::Stats SessionManager::stats() const {
   absl::MutexLock lock(&impl_->mu_);
   Stats s = impl_->stats_;

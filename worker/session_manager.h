@@ -358,6 +358,14 @@ class SessionManager {
   // ones, commits dirty sessions and releases every lease. Idempotent.
   void Drain();
 
+  // Has the renewal thread renew every resident session's lease now
+  // rather than at its next period (lease_ttl / 3): a session another
+  // worker took over, or that the store no longer has, is dropped, and
+  // its calls end (FENCED / SESSION_NOT_FOUND). For a worker that may have
+  // missed changes: its registry entry had expired or was lost
+  // (WorkerRegistrationOptions::resync). Returns at once.
+  void RenewLeasesNow();
+
   struct Stats {
     int resident = 0;
     int active = 0;  // resident with an operation or a writer attached

@@ -239,6 +239,8 @@ class SessionManager::Impl {
   int64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  // RenewLeasesNow asked the renewal thread for a round at once.
+  bool renew_now_ ABSL_GUARDED_BY(mu_) = false;
   Stats stats_ ABSL_GUARDED_BY(mu_);
   // Running generations, stopped gracefully by Drain().
   std::set<std::shared_ptr<GenerateTask>> generating_ ABSL_GUARDED_BY(mu_);

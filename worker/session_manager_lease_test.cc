@@ -152,5 +152,44 @@ TEST_F(SessionManagerLeaseTest, LeasesAreRenewedInOneCallPerRound) {
   manager_.reset();              // before `counting`
 }
 
+// RenewLeasesNow renews at once, not at the next period (an hour away
+// here): sessions the store lost or another worker took over are dropped,
+// the rest stay.
+TEST_F(SessionManagerLeaseTest, RenewLeasesNowDropsWhatTheStoreNoLongerHas) {
+  SessionManagerOptions o;
+  o.owner = "test-worker";
+  o.lease_ttl = absl::Hours(3);  // renewals every hour
+  manager_.reset();
+  auto m = SessionManager::Create(o, model_.get(), tokenizer_.get(),
+                                  scheduler_.get(), store_.get());
+  ASSERT_TRUE(m.ok()) << m.status();
+  manager_ = *std::move(m);
+  for (const char* id : {"kept", "lost", "taken"}) {
+    Create(id);
+    auto w = Open(id);
+    ASSERT_TRUE(Append(w, 0, "x", true, true).ok());
+    ASSERT_TRUE(Close(w).ok());
+    ASSERT_TRUE(manager_->IsResident("t", id));
+  }
+  ASSERT_TRUE(store_->DeleteSession({"t", "lost"}).ok());
+  ASSERT_TRUE(
+      store_->AcquireLease({"t", "taken"}, "other", absl::Seconds(30), true)
+          .ok());
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_TRUE(manager_->IsResident("t", "lost"));  // no renewal yet
+  manager_->RenewLeasesNow();
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while ((manager_->IsResident("t", "lost") ||
+          manager_->IsResident("t", "taken")) &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_FALSE(manager_->IsResident("t", "lost"));
+  EXPECT_FALSE(manager_->IsResident("t", "taken"));
+  EXPECT_TRUE(manager_->IsResident("t", "kept"));
+  auto lost = manager_->GetSession("t", "lost");
+  EXPECT_EQ(lost.status().code(), absl::StatusCode::kNotFound) << lost.status();
+}
+
 }  // namespace
 }  // namespace statestream::worker

@@ -535,18 +535,24 @@ void SessionManager::Impl::RenewLoop() {
             : renew_every;
   absl::Time next_renewal = absl::Now() + renew_every;
   // Renewals run at the last tick before next_renewal, never after it.
+  auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stop_ || renew_now_;
+  };
   for (;;) {
     std::vector<std::shared_ptr<Session>> all;
+    bool now = false;
     {
       absl::MutexLock lock(&mu_);
-      mu_.AwaitWithTimeout(absl::Condition(&stop_), every);
+      mu_.AwaitWithTimeout(absl::Condition(&woken), every);
       if (stop_) return;
+      now = renew_now_;
+      renew_now_ = false;
       for (auto& [k, s] : resident_) all.push_back(s);
     }
-    if (sweep) {
+    if (sweep && !now) {
       for (auto& s : all) CommitIfWaited(s);
     }
-    if (absl::Now() + every <= next_renewal) continue;
+    if (!now && absl::Now() + every <= next_renewal) continue;
     next_renewal = absl::Now() + renew_every;
     RenewLeasesOf(all);
   }

@@ -335,13 +335,15 @@ return {'OK'}
 )lua";
 
 // Worker registry; ARGV[1] is the worker key prefix. KEYS: the index.
-// ARGV[4] id, [5] payload, [6] ttl ms.
+// ARGV[4] id, [5] payload, [6] ttl ms. Reply {'OK', 1 if the entry was
+// live before, else 0}.
 inline constexpr char kLuaRegisterWorker[] = R"lua(
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local listed = redis.call('EXISTS', ARGV[1] .. ARGV[4])
 redis.call('SET', ARGV[1] .. ARGV[4], ARGV[5], 'PX', ARGV[6])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[6]), ARGV[4])
-return {'OK'}
+return {'OK', listed}
 )lua";
 
 inline constexpr char kLuaUnregisterWorker[] = R"lua(

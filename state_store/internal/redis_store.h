@@ -206,8 +206,8 @@ class RedisStateStore final : public StateStore {
 
   absl::StatusOr<Lease> GetOwner(const SessionKey& key) override;
 
-  absl::Status RegisterWorker(const WorkerInfo& info,
-                              absl::Duration ttl) override;
+  absl::StatusOr<bool> RegisterWorker(const WorkerInfo& info,
+                                      absl::Duration ttl) override;
 
   absl::Status UnregisterWorker(const std::string& worker_id) override;
 

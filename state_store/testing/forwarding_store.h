@@ -71,7 +71,8 @@ class ForwardingStore : public StateStore {
   absl::StatusOr<Lease> GetOwner(const SessionKey& k) override {
     return s_->GetOwner(k);
   }
-  absl::Status RegisterWorker(const WorkerInfo& w, absl::Duration t) override {
+  absl::StatusOr<bool> RegisterWorker(const WorkerInfo& w,
+                                      absl::Duration t) override {
     return s_->RegisterWorker(w, t);
   }
   absl::Status UnregisterWorker(const std::string& id) override {

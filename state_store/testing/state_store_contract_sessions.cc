@@ -179,10 +179,15 @@ TEST_P(StateStoreContractTest, ListSessionsPagesByBytesToo) {
 TEST_P(StateStoreContractTest, WorkerRegistry) {
   WorkerInfo a{"w-a", "10.0.0.1:7000", {"fp1", "fp2"}, 0.5, {}};
   WorkerInfo b{"w-b", "10.0.0.2:7000", {"fp1"}, 0.25, {}};
-  ASSERT_OK(store_->RegisterWorker(a, absl::Hours(1)));
+  // RegisterWorker says whether the entry was listed just before.
+  auto listed = store_->RegisterWorker(a, absl::Hours(1));
+  ASSERT_OK(listed);
+  EXPECT_FALSE(*listed);  // announced
   ASSERT_OK(store_->RegisterWorker(b, absl::Milliseconds(300)));
   a.load = 0.75;
-  ASSERT_OK(store_->RegisterWorker(a, absl::Hours(1)));  // heartbeat
+  listed = store_->RegisterWorker(a, absl::Hours(1));  // heartbeat
+  ASSERT_OK(listed);
+  EXPECT_TRUE(*listed);
   EXPECT_ERROR(store_->RegisterWorker(WorkerInfo{"bad id", "", {}, 0, {}},
                                       absl::Hours(1)),
                kInvalidArgument, kInvalidArgument);
@@ -194,10 +199,19 @@ TEST_P(StateStoreContractTest, WorkerRegistry) {
   EXPECT_EQ((*workers)[0].address, "10.0.0.1:7000");
   EXPECT_THAT((*workers)[0].model_fingerprints, ElementsAre("fp1", "fp2"));
   EXPECT_EQ((*workers)[0].load, 0.75);
+  // A heartbeat after the entry expired finds it unlisted.
+  listed = store_->RegisterWorker(b, absl::Milliseconds(300));
+  ASSERT_OK(listed);
+  EXPECT_FALSE(*listed);
+  ASSERT_OK(store_->UnregisterWorker("w-b"));
   ASSERT_OK(store_->UnregisterWorker("w-a"));
   workers = store_->ListWorkers();
   ASSERT_OK(workers);
   EXPECT_TRUE(workers->empty());
+  listed = store_->RegisterWorker(a, absl::Hours(1));  // after unregistering
+  ASSERT_OK(listed);
+  EXPECT_FALSE(*listed);
+  ASSERT_OK(store_->UnregisterWorker("w-a"));
 }
 
 }  // namespace

@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: Apache-2.0
+// The registry heartbeat: a worker whose entry vanished (expired, or lost
+// by the store) or whose heartbeats failed re-checks its sessions once the
+// next heartbeat lists it again (WorkerRegistrationOptions::resync).
+#include "services/worker_registration.h"
+
+#include <atomic>
+#include <memory>
+
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "state_store/memory_state_store.h"
+#include "state_store/testing/forwarding_store.h"
+
+namespace statestream {
+namespace {
+
+// Fails every RegisterWorker with UNAVAILABLE while `down` is set.
+class FlakyRegistry final : public testing::ForwardingStore {
+ public:
+  using ForwardingStore::ForwardingStore;
+  std::atomic<bool> down{false};
+  std::atomic<int> calls{0};
+  absl::StatusOr<bool> RegisterWorker(const WorkerInfo& w,
+                                      absl::Duration t) override {
+    ++calls;
+    if (down) return absl::UnavailableError("registry down");
+    return ForwardingStore::RegisterWorker(w, t);
+  }
+};
+
+bool Listed(StateStore* store, const std::string& id) {
+  auto workers = store->ListWorkers();
+  if (!workers.ok()) return false;
+  for (const WorkerInfo& w : *workers) {
+    if (w.worker_id == id) return true;
+  }
+  return false;
+}
+
+// Waits up to 10 s for `done`.
+template <typename F>
+bool WaitFor(F done) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (!done()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return true;
+}
+
+class WorkerRegistrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto s = NewMemoryStateStore(MemoryStateStoreOptions{});
+    ASSERT_TRUE(s.ok()) << s.status();
+    memory_ = *std::move(s);
+    flaky_ = std::make_unique<FlakyRegistry>(memory_.get());
+    WorkerRegistrationOptions o;
+    o.info.worker_id = "w1";
+    o.info.address = "127.0.0.1:1";
+    o.heartbeat_interval = absl::Milliseconds(20);
+    o.resync = [this] { ++resyncs_; };
+    auto r = WorkerRegistration::Start(flaky_.get(), o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    registration_ = *std::move(r);
+  }
+  void TearDown() override { registration_.reset(); }
+
+  std::unique_ptr<StateStore> memory_;
+  std::unique_ptr<FlakyRegistry> flaky_;
+  std::atomic<int> resyncs_{0};
+  std::unique_ptr<WorkerRegistration> registration_;
+};
+
+TEST_F(WorkerRegistrationTest, SteadyHeartbeatsDoNotResync) {
+  ASSERT_TRUE(WaitFor([&] { return flaky_->calls >= 10; }));
+  EXPECT_TRUE(Listed(memory_.get(), "w1"));
+  EXPECT_EQ(resyncs_, 0);
+}
+
+TEST_F(WorkerRegistrationTest, AnEntryTheStoreLostIsListedAgainAndResyncs) {
+  ASSERT_TRUE(WaitFor([&] { return flaky_->calls >= 3; }));
+  ASSERT_EQ(resyncs_, 0);
+  ASSERT_TRUE(memory_->UnregisterWorker("w1").ok());  // as a wiped store
+  ASSERT_TRUE(WaitFor([&] { return resyncs_ >= 1; }));
+  EXPECT_TRUE(Listed(memory_.get(), "w1"));
+  // Once: the next heartbeats find it listed.
+  const int calls = flaky_->calls;
+  ASSERT_TRUE(WaitFor([&] { return flaky_->calls >= calls + 5; }));
+  EXPECT_EQ(resyncs_, 1);
+}
+
+TEST_F(WorkerRegistrationTest, HeartbeatsThatFailedResyncOnceTheyWorkAgain) {
+  ASSERT_TRUE(WaitFor([&] { return flaky_->calls >= 3; }));
+  flaky_->down = true;
+  const int calls = flaky_->calls;
+  ASSERT_TRUE(WaitFor([&] { return flaky_->calls >= calls + 2; }));
+  EXPECT_EQ(resyncs_, 0);  // not while failing
+  flaky_->down = false;
+  ASSERT_TRUE(WaitFor([&] { return resyncs_ >= 1; }));
+  const int after = flaky_->calls;
+  ASSERT_TRUE(WaitFor([&] { return flaky_->calls >= after + 5; }));
+  EXPECT_EQ(resyncs_, 1);
+  EXPECT_TRUE(Listed(memory_.get(), "w1"));
+}
+
+TEST_F(WorkerRegistrationTest, StopUnregisters) {
+  ASSERT_TRUE(Listed(memory_.get(), "w1"));
+  registration_->Stop();
+  EXPECT_FALSE(Listed(memory_.get(), "w1"));
+}
+
+}  // namespace
+}  // namespace statestream
