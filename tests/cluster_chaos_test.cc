@@ -14,12 +14,16 @@
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
+#include "common/status.h"
 #include "gtest/gtest.h"
 #include "tests/cluster_harness.h"
+#include "tests/metrics_scrape.h"
 
 namespace statestream {
 namespace {
@@ -48,10 +52,28 @@ class ClusterChaosTest : public ::testing::Test {
     ASSERT_TRUE(blob.ok()) << blob.status();
     *state = *blob;
   }
-  static void WaitFor(const std::atomic<int>& n, int at_least) {
+  // Whether `n` reached `at_least` within two minutes.
+  [[nodiscard]] static bool WaitFor(const std::atomic<int>& n, int at_least) {
+    const absl::Time deadline = absl::Now() + absl::Minutes(2);
     while (n.load() < at_least) {
+      if (absl::Now() > deadline) return false;
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
+    return true;
+  }
+
+  // statestream_gateway_failovers_total{method="Append"} over the
+  // gateways (-1 when one cannot be read).
+  double AppendFailovers() {
+    double sum = 0;
+    for (auto& g : cluster_->gateways()) {
+      auto samples = e2e::ScrapeMetrics(g->metrics_address());
+      if (!samples) return -1;
+      auto it = samples->find(
+          "statestream_gateway_failovers_total{method=\"Append\"}");
+      if (it != samples->end()) sum += it->second;
+    }
+    return sum;
   }
 
   std::unique_ptr<e2e::Cluster> cluster_;
@@ -74,10 +96,15 @@ TEST_F(ClusterChaosTest, RedisRestartDuringTraffic) {
   constexpr int kSessions = 4;
   std::atomic<int> acked{0};
   std::atomic<uint64_t> committed[kSessions] = {};
-  std::atomic<bool> down{false};
-  std::atomic<int> errors_while_down{0};
   std::vector<std::string> unexpected;
   absl::Mutex mu;
+  // While `down`, a client that meets an error waits in its on_error until
+  // Redis is back: so every client is known to have met the outage, no
+  // acknowledgement arrives while the heads are checked, and nothing is
+  // re-sent before the check (a resend would hide a lost commit).
+  bool down = false;                // guarded by mu
+  bool give_up = false;             // guarded by mu: the test failed
+  bool met_outage[kSessions] = {};  // guarded by mu
   std::vector<std::thread> clients;
   for (int i = 0; i < kSessions; ++i) {
     ASSERT_TRUE(cluster_->Create(absl::StrCat("r", i), i % 2).ok());
@@ -87,17 +114,24 @@ TEST_F(ClusterChaosTest, RedisRestartDuringTraffic) {
       absl::Status st = e2e::AppendResumable(
           cluster_.get(), absl::StrCat("r", i), chunks, 5,
           [&](const grpc::Status& s) {
-            if (down.load()) errors_while_down.fetch_add(1);
-            // While Redis is away the service answers UNAVAILABLE (the
-            // store, or no ready worker); a stream cut by it may end
-            // CANCELLED/ABORTED too. Anything else is a bug.
-            if (s.error_code() != grpc::StatusCode::UNAVAILABLE &&
-                s.error_code() != grpc::StatusCode::ABORTED &&
-                s.error_code() != grpc::StatusCode::CANCELLED) {
+            {
               absl::MutexLock lock(&mu);
-              unexpected.push_back(
-                  absl::StrCat(s.error_code(), " ", s.error_message()));
-              return false;
+              // While Redis is away the service answers UNAVAILABLE (the
+              // store, or no ready worker); a stream cut by it may end
+              // CANCELLED/ABORTED too. Anything else is a bug.
+              if (s.error_code() != grpc::StatusCode::UNAVAILABLE &&
+                  s.error_code() != grpc::StatusCode::ABORTED &&
+                  s.error_code() != grpc::StatusCode::CANCELLED) {
+                unexpected.push_back(
+                    absl::StrCat(s.error_code(), " ", s.error_message()));
+                return false;
+              }
+              if (down) {
+                met_outage[i] = true;
+                mu.Await(absl::Condition(
+                    +[](bool* d) { return !*d; }, &down));
+              }
+              if (give_up) return false;
             }
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
             return true;
@@ -109,27 +143,56 @@ TEST_F(ClusterChaosTest, RedisRestartDuringTraffic) {
       }
     });
   }
-  WaitFor(acked, kSessions * 15);
-  uint64_t committed_before[kSessions];
-  down = true;
-  for (int i = 0; i < kSessions; ++i) committed_before[i] = committed[i];
+  // Whatever fails below, the clients are released and joined.
+  absl::Cleanup join = [&] {
+    {
+      absl::MutexLock lock(&mu);
+      down = false;
+      give_up = ::testing::Test::HasFatalFailure();
+    }
+    for (auto& t : clients) t.join();
+  };
+  ASSERT_TRUE(WaitFor(acked, kSessions * 15));
+  {
+    absl::MutexLock lock(&mu);
+    down = true;
+  }
   cluster_->redis()->Kill();
   // A call that must touch the store fails cleanly while it is away.
   absl::Status create = cluster_->Create("during-outage", 1);
   EXPECT_EQ(create.code(), absl::StatusCode::kUnavailable) << create;
   for (auto& w : cluster_->workers()) EXPECT_GT(w->pid(), 0);
+  // Every client needs Redis within 5 chunks (its next checkpoint), so
+  // each meets the outage; then none can be acknowledged anything more.
+  auto all_met = [&] {
+    return std::all_of(std::begin(met_outage), std::end(met_outage),
+                       [](bool m) { return m; });
+  };
+  {
+    absl::MutexLock lock(&mu);
+    mu.AwaitWithTimeout(absl::Condition(&all_met), absl::Seconds(120));
+    EXPECT_TRUE(all_met()) << "a client never met the outage";
+  }
+  uint64_t committed_before[kSessions];
+  for (int i = 0; i < kSessions; ++i) committed_before[i] = committed[i];
   ASSERT_TRUE(cluster_->redis()->Restart().ok());
-  down = false;
-  for (auto& t : clients) t.join();
+  // Acknowledged commits survived the restart: read before any client
+  // resumes (a client that re-sent lost input would hide the loss).
+  for (int i = 0; i < kSessions; ++i) {
+    const std::string id = absl::StrCat("r", i);
+    auto head = cluster_->store()->GetHead({"default", id});
+    ASSERT_TRUE(head.ok()) << id << ": " << head.status();
+    EXPECT_GE(head->head.input_offset, committed_before[i]) << id;
+  }
+  EXPECT_GT(*std::max_element(std::begin(committed_before),
+                              std::end(committed_before)),
+            0u);
+  std::move(join).Invoke();
   EXPECT_TRUE(unexpected.empty()) << absl::StrJoin(unexpected, "\n");
   for (auto& w : cluster_->workers()) EXPECT_GT(w->pid(), 0);
   for (auto& g : cluster_->gateways()) EXPECT_GT(g->pid(), 0);
   for (int i = 0; i < kSessions; ++i) {
     const std::string id = absl::StrCat("r", i);
-    // Acknowledged commits survived the restart.
-    auto head = cluster_->store()->GetHead({"default", id});
-    ASSERT_TRUE(head.ok()) << head.status();
-    EXPECT_GE(head->head.input_offset, committed_before[i]) << id;
     // The service recovers by itself: UNAVAILABLE may linger briefly
     // (workers re-register with their next heartbeat).
     auto s = cluster_->Get(id);
@@ -146,66 +209,95 @@ TEST_F(ClusterChaosTest, RedisRestartDuringTraffic) {
     ASSERT_TRUE(state.ok()) << state.status();
     EXPECT_TRUE(*state == ref_state) << id << ": state differs";
   }
-  std::printf("redis restart: %d client errors while Redis was down\n",
-              errors_while_down.load());
 }
 
 TEST_F(ClusterChaosTest, WorkersAddedAndRemovedUnderLoad) {
   ASSERT_NO_FATAL_FAILURE(StartCluster({}));
-  const auto chunks = e2e::TextChunks(80, 48, 12);
+  const auto chunks = e2e::TextChunks(400, 48, 12);
   v1::Session ref;
   std::string ref_state;
   ASSERT_NO_FATAL_FAILURE(Reference(chunks, &ref, &ref_state));
   constexpr int kSessions = 8;
-  std::atomic<int> acked{0};
+  std::atomic<int> acked[kSessions] = {};
+  std::atomic<int> acked_total{0}, client_retries{0};
   std::vector<std::string> failures;
   absl::Mutex mu;
   for (int i = 0; i < kSessions; ++i) {
     ASSERT_TRUE(cluster_->Create(absl::StrCat("m", i), i % 2).ok());
   }
+  const double failovers_before = AppendFailovers();
   std::vector<std::thread> clients;
+  absl::Cleanup join = [&] {
+    for (auto& t : clients) t.join();
+  };
   for (int i = 0; i < kSessions; ++i) {
     clients.emplace_back([&, i] {
       // The gateway moves streams by itself; a client retry (resume from
       // the session's offset) is allowed only for UNAVAILABLE.
       absl::Status st = e2e::AppendResumable(
           cluster_.get(), absl::StrCat("m", i), chunks, 5,
-          [](const grpc::Status& s) {
+          [&](const grpc::Status& s) {
+            client_retries.fetch_add(1);
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
             return s.error_code() == grpc::StatusCode::UNAVAILABLE;
           },
-          nullptr, &acked);
+          nullptr, &acked[i]);
       if (!st.ok()) {
         absl::MutexLock lock(&mu);
         failures.push_back(st.ToString());
       }
     });
   }
+  // AppendResumable counts per session; the total for the waits.
+  auto total_acked = [&] {
+    int n = 0;
+    for (auto& a : acked) n += a.load();
+    acked_total = n;
+    return n;
+  };
+  auto wait_total = [&](int at_least) {
+    const absl::Time deadline = absl::Now() + absl::Minutes(2);
+    while (total_acked() < at_least && absl::Now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return acked_total.load() >= at_least;
+  };
   const int total = kSessions * static_cast<int>(chunks.size());
-  // Two workers join, then the owners of m0 and m1 leave: one drained
-  // (SIGTERM), one killed.
-  WaitFor(acked, total / 8);
+  // Two workers join, then the owners of two sessions whose streams still
+  // run leave: one killed, one drained (SIGTERM).
+  ASSERT_TRUE(wait_total(total / 8));
   ASSERT_TRUE(cluster_->AddWorker().ok());
-  WaitFor(acked, total / 4);
+  ASSERT_TRUE(wait_total(total / 4));
   ASSERT_TRUE(cluster_->AddWorker().ok());
-  WaitFor(acked, total * 3 / 8);
-  // (No ASSERT while the clients run.)
-  auto owner_of_some_session = [&]() -> e2e::ClusterProcess* {
-    for (int i = 0; i < kSessions; ++i) {
-      e2e::ClusterProcess* p = cluster_->Owner(absl::StrCat("m", i));
-      if (p != nullptr) return p;
-    }
-    for (auto& w : cluster_->workers()) {
-      if (w->pid() > 0) return w.get();
-    }
+  ASSERT_TRUE(wait_total(total * 3 / 8));
+  // (A moved session's lease may name its old worker for a moment.)
+  auto owner_of_a_running_stream = [&]() -> e2e::ClusterProcess* {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    do {
+      for (int i = 0; i < kSessions; ++i) {
+        if (acked[i].load() + 10 >= static_cast<int>(chunks.size())) continue;
+        e2e::ClusterProcess* p = cluster_->Owner(absl::StrCat("m", i));
+        if (p != nullptr) return p;
+      }
+      absl::SleepFor(absl::Milliseconds(20));
+    } while (absl::Now() < deadline);
     return nullptr;
   };
-  e2e::ClusterProcess* drained = owner_of_some_session();
+  // Killed first: a drain (SIGTERM) takes long enough for every stream to
+  // end meanwhile.
+  e2e::ClusterProcess* killed = owner_of_a_running_stream();
+  ASSERT_NE(killed, nullptr);
+  killed->Kill();
+  e2e::ClusterProcess* drained = owner_of_a_running_stream();
+  ASSERT_NE(drained, nullptr);
   EXPECT_EQ(drained->Terminate(), 0);
-  WaitFor(acked, total / 2);
-  owner_of_some_session()->Kill();
-  for (auto& t : clients) t.join();
+  std::move(join).Invoke();
   EXPECT_TRUE(failures.empty()) << failures.front();
+  // Both departures moved streams: the gateways failed them over, or
+  // (a drained worker's streams end UNAVAILABLE) the clients resumed.
+  EXPECT_GE(AppendFailovers() - failovers_before + client_retries.load(), 2)
+      << "failovers " << AppendFailovers() - failovers_before
+      << ", client retries " << client_retries.load();
   int live = 0;
   for (auto& w : cluster_->workers()) live += w->pid() > 0 ? 1 : 0;
   EXPECT_EQ(live, 3);
@@ -219,6 +311,197 @@ TEST_F(ClusterChaosTest, WorkersAddedAndRemovedUnderLoad) {
     ASSERT_TRUE(state.ok()) << state.status();
     EXPECT_TRUE(*state == ref_state) << id << ": state differs";
   }
+}
+
+// Redis restarted empty (no persistence: everything it held is gone)
+// while a worker holds the session resident. Its next heartbeat finds its
+// registry entry gone and it re-checks its leases at once (not at its next
+// renewal, lease_ttl / 3 = 20 s here): the session is dropped, no worker
+// answers from or re-commits the stale copy, and a new session of the same
+// id starts from nothing.
+TEST_F(ClusterChaosTest, RedisRestartedEmptyResurrectsNothing) {
+  e2e::ClusterOptions options;
+  options.worker_args = {"--lease-ttl=60s"};
+  ASSERT_NO_FATAL_FAILURE(StartCluster(options));
+  const auto chunks = e2e::TextChunks(20, 64, 21);
+  ASSERT_TRUE(cluster_->Create("lost").ok());
+  ASSERT_TRUE(e2e::AppendResumable(cluster_.get(), "lost", chunks, 2,
+                                   [](const grpc::Status&) { return false; })
+                  .ok());
+  ASSERT_NE(cluster_->Owner("lost"), nullptr);  // resident, leased
+  cluster_->redis()->Kill();
+  ASSERT_TRUE(cluster_->redis()->Restart().ok());
+  // Until the owner's next heartbeat (300 ms) it may still answer from
+  // its copy (and the gateways UNAVAILABLE while the registry is empty).
+  for (int gw = 0; gw < 2; ++gw) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(5);
+    absl::StatusOr<v1::Session> s = cluster_->Get("lost", gw);
+    while (s.status().code() != absl::StatusCode::kNotFound &&
+           absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(50));
+      s = cluster_->Get("lost", gw);
+    }
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kNotFound)
+        << "gateway " << gw << ": "
+        << (s.ok() ? s->DebugString() : s.status().ToString());
+    EXPECT_EQ(GetReason(s.status()), Reason::kSessionNotFound);
+  }
+  // An append at the old offset or at 0 finds no session either.
+  for (uint64_t offset : {uint64_t{20 * 64}, uint64_t{0}}) {
+    auto ctx = e2e::ClientContext();
+    auto stream = cluster_->streams(offset == 0 ? 1 : 0)->Append(ctx.get());
+    v1::AppendRequest r;
+    r.set_session_id("lost");
+    r.set_expected_input_offset(offset);
+    r.set_text_utf8("more");
+    stream->Write(r);
+    stream->WritesDone();
+    v1::AppendResponse ack;
+    EXPECT_FALSE(stream->Read(&ack)) << ack.DebugString();
+    const absl::Status st = FromGrpcStatus(stream->Finish());
+    EXPECT_EQ(st.code(), absl::StatusCode::kNotFound) << st;
+  }
+  // No worker writes its stale copy back (its lease renewal, an idle
+  // commit) over the next heartbeats.
+  absl::SleepFor(absl::Seconds(3));
+  auto head = cluster_->store()->GetHead({"default", "lost"});
+  EXPECT_EQ(head.status().code(), absl::StatusCode::kNotFound)
+      << (head.ok() ? "the stale state came back" : head.status().ToString());
+  // A new session of the same id is a fresh one.
+  // (A new logical operation: a new request id. The first create's id
+  // is still remembered by the worker that served it.)
+  v1::CreateSessionRequest create;
+  create.set_request_id("create-lost-again");
+  create.set_session_id("lost");
+  v1::Session created;
+  auto ctx = e2e::ClientContext();
+  const absl::Status recreated = FromGrpcStatus(
+      cluster_->sessions(1)->CreateSession(ctx.get(), create, &created));
+  ASSERT_TRUE(recreated.ok()) << recreated;
+  ASSERT_TRUE(cluster_->Create("fresh").ok());
+  const auto more = e2e::TextChunks(5, 64, 22);
+  for (const char* id : {"lost", "fresh"}) {
+    ASSERT_TRUE(e2e::AppendResumable(cluster_.get(), id, more, 2,
+                                     [](const grpc::Status&) { return false; })
+                    .ok())
+        << id;
+  }
+  auto lost = cluster_->Export("lost");
+  auto fresh = cluster_->Export("fresh");
+  ASSERT_TRUE(lost.ok()) << lost.status();
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_TRUE(*lost == *fresh) << "the recreated session kept old state";
+  auto s = cluster_->Get("lost", 0);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->input_offset(), 5u * 64);
+}
+
+// Unary mutations retried with the same request_id after the worker that
+// served them was SIGKILLed: the retry reaches a worker whose memory never
+// saw the id, and gets what statestream.proto ("request ids") promises from
+// the store: a create its session back (DUPLICATE_REQUEST for other
+// content), a rollback with expected_version VERSION_MISMATCH (one without
+// it applied again), a delete SESSION_NOT_FOUND unless allow_missing.
+TEST_F(ClusterChaosTest, UnaryRetriesAfterTheirWorkerIsKilled) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster({}));
+  // Every worker SIGKILLed and replaced: whichever served the first call
+  // (a session just created or rolled back may hold no lease to name it),
+  // no live worker remembers its request id.
+  auto replace_workers = [&] {
+    int killed = 0;
+    for (auto& w : cluster_->workers()) {
+      if (w->pid() <= 0) continue;
+      w->Kill();
+      ++killed;
+    }
+    ASSERT_GT(killed, 0);
+    for (int i = 0; i < killed; ++i) ASSERT_TRUE(cluster_->AddWorker().ok());
+  };
+  auto call = [](auto method, auto* stub, const auto& request, auto* reply) {
+    auto ctx = e2e::ClientContext();
+    return FromGrpcStatus(((*stub).*method)(ctx.get(), request, reply));
+  };
+  // Create.
+  v1::CreateSessionRequest create;
+  create.set_request_id("retry-create");
+  create.set_session_id("retried");
+  (*create.mutable_labels())["k"] = "v";
+  v1::Session created, again;
+  ASSERT_TRUE(call(&v1::Sessions::Stub::CreateSession, cluster_->sessions(0),
+                   create, &created)
+                  .ok());
+  ASSERT_NO_FATAL_FAILURE(replace_workers());
+  absl::Status st = call(&v1::Sessions::Stub::CreateSession,
+                         cluster_->sessions(1), create, &again);
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(again.session_id(), "retried");
+  EXPECT_EQ(again.version(), created.version());
+  EXPECT_EQ(again.create_time().seconds(), created.create_time().seconds());
+  EXPECT_EQ(again.create_time().nanos(), created.create_time().nanos());
+  v1::CreateSessionRequest other = create;
+  (*other.mutable_labels())["k"] = "w";
+  st = call(&v1::Sessions::Stub::CreateSession, cluster_->sessions(0), other,
+            &again);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_EQ(GetReason(st), Reason::kDuplicateRequest) << st;
+  // Three committed versions past the create's.
+  ASSERT_TRUE(e2e::AppendResumable(cluster_.get(), "retried",
+                                   e2e::TextChunks(3, 32, 23), 1,
+                                   [](const grpc::Status&) { return false; })
+                  .ok());
+  auto head = cluster_->Get("retried");
+  ASSERT_TRUE(head.ok()) << head.status();
+  ASSERT_GT(head->version(), created.version());
+  // Rollback with expected_version.
+  v1::RollbackSessionRequest rollback;
+  rollback.set_request_id("retry-rollback-expected");
+  rollback.set_session_id("retried");
+  rollback.set_version(created.version());
+  rollback.set_expected_version(head->version());
+  v1::Session rolled;
+  ASSERT_TRUE(call(&v1::Sessions::Stub::RollbackSession, cluster_->sessions(0),
+                   rollback, &rolled)
+                  .ok());
+  EXPECT_GT(rolled.version(), head->version());
+  ASSERT_NO_FATAL_FAILURE(replace_workers());
+  st = call(&v1::Sessions::Stub::RollbackSession, cluster_->sessions(1),
+            rollback, &again);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_EQ(GetReason(st), Reason::kVersionMismatch) << st;
+  head = cluster_->Get("retried", 1);
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->version(), rolled.version()) << "the retry was applied";
+  // Rollback without expected_version: applied again, as documented.
+  rollback.set_request_id("retry-rollback-plain");
+  rollback.clear_expected_version();
+  ASSERT_TRUE(call(&v1::Sessions::Stub::RollbackSession, cluster_->sessions(0),
+                   rollback, &rolled)
+                  .ok());
+  ASSERT_NO_FATAL_FAILURE(replace_workers());
+  st = call(&v1::Sessions::Stub::RollbackSession, cluster_->sessions(1),
+            rollback, &again);
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(again.version(), rolled.version() + 1);
+  EXPECT_EQ(again.input_offset(), rolled.input_offset());
+  // Delete.
+  v1::DeleteSessionRequest del;
+  del.set_request_id("retry-delete");
+  del.set_session_id("retried");
+  v1::DeleteSessionResponse deleted;
+  ASSERT_TRUE(call(&v1::Sessions::Stub::DeleteSession, cluster_->sessions(0),
+                   del, &deleted)
+                  .ok());
+  ASSERT_NO_FATAL_FAILURE(replace_workers());
+  st = call(&v1::Sessions::Stub::DeleteSession, cluster_->sessions(1), del,
+            &deleted);
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound) << st;
+  EXPECT_EQ(GetReason(st), Reason::kSessionNotFound) << st;
+  del.set_allow_missing(true);
+  st = call(&v1::Sessions::Stub::DeleteSession, cluster_->sessions(1), del,
+            &deleted);
+  EXPECT_TRUE(st.ok()) << st;
+  EXPECT_EQ(cluster_->Get("retried").status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 // 200 sessions over 2 gateways for STATESTREAM_LOAD_SECONDS (default 15):

@@ -167,7 +167,11 @@ class ClusterFailoverTest : public ::testing::Test {
 
   // Stops `p` (SIGSTOP) and waits until the kernel says every thread of
   // it has (kill returns before).
+  // Stops `p` (SIGSTOP). The fixture's TearDown sends SIGCONT to every
+  // paused worker, so a test that fails before resuming it leaves none
+  // stopped for the next test of the suite.
   static void Pause(e2e::ClusterProcess* p) {
+    paused_.push_back(p);
     p->Signal(SIGSTOP);
     for (int i = 0; i < 500 && ProcState(p->pid()) != 'T'; ++i) {
       absl::SleepFor(absl::Milliseconds(10));
@@ -196,6 +200,8 @@ class ClusterFailoverTest : public ::testing::Test {
   }
 
   void TearDown() override {
+    for (e2e::ClusterProcess* p : paused_) p->Signal(SIGCONT);
+    paused_.clear();
     if (!HasFailure()) return;
     for (auto& g : *gateways_) ADD_FAILURE() << "gateway log:\n" << g->Log();
     for (auto& w : *workers_) ADD_FAILURE() << "worker log:\n" << w->Log();
@@ -330,6 +336,8 @@ class ClusterFailoverTest : public ::testing::Test {
   static StateStore* store_;
   static std::vector<std::unique_ptr<e2e::ClusterProcess>>* workers_;
   static std::vector<std::unique_ptr<e2e::ClusterProcess>>* gateways_;
+  // Workers Pause stopped (each stays in workers_ until the suite ends).
+  static inline std::vector<e2e::ClusterProcess*> paused_;
   std::unique_ptr<v1::Sessions::Stub> sessions_[2];
   std::unique_ptr<v1::Streams::Stub> streams_[2];
 };
@@ -442,8 +450,9 @@ TEST_F(ClusterFailoverTest, PausedOwnerIsFencedOut) {
     EXPECT_EQ(ack.input_offset(), offset);
   }
   e2e::ClusterProcess* now_owner = Owner("pause-victim");
-  EXPECT_NE(now_owner, paused);
   paused->Signal(SIGCONT);  // its late commit must be refused (fenced)
+  ASSERT_NE(now_owner, nullptr) << "no live worker holds the lease";
+  EXPECT_NE(now_owner, paused);
   stream->WritesDone();
   ASSERT_TRUE(stream->Finish().ok());
   EXPECT_GE(std::atoi(Trailer(*ctx, "x-statestream-attempts").c_str()), 2);
@@ -510,7 +519,9 @@ TEST_F(ClusterFailoverTest, CallsToAPausedOwnerFailOver) {
   grpc::Status got = sessions_[1]->GetSession(get_ctx.get(), get, &s);
   EXPECT_TRUE(got.ok()) << got.error_code() << " " << got.error_message();
   paused->Signal(SIGCONT);
-  EXPECT_NE(Owner(id), paused) << Diagnose(id, nullptr);
+  e2e::ClusterProcess* now_owner = Owner(id);
+  ASSERT_NE(now_owner, nullptr) << Diagnose(id, nullptr);
+  EXPECT_NE(now_owner, paused) << Diagnose(id, nullptr);
 }
 
 // A request the owner takes longer to apply than the stall timeout (512 KiB

@@ -129,13 +129,16 @@ TEST_F(ClusterOpsTest, CreateSessionRoutesByModel) {
 }
 
 TEST_F(ClusterOpsTest, MetricsAfterTrafficAndAFailover) {
-  const auto chunks = e2e::TextChunks(40, 64, 5);
+  const auto chunks = e2e::TextChunks(200, 64, 5);
+  ASSERT_TRUE(cluster_->Create("metrics-ref", 1, "tiny").ok());
+  ASSERT_TRUE(e2e::AppendResumable(cluster_, "metrics-ref", chunks, 0,
+                                   [](const grpc::Status&) { return false; })
+                  .ok());
   ASSERT_TRUE(cluster_->Create("metrics-s", 0, "tiny").ok());
   // Kill the owner once the session is loaded, mid-stream: the gateway
   // replays (or resends) on the other tiny worker.
   std::atomic<int> acked{0};
-  std::thread killer;
-  bool killed = false;
+  int acked_at_kill = -1;
   absl::Status appended;
   std::atomic<bool> client_done{false};
   {
@@ -149,13 +152,31 @@ TEST_F(ClusterOpsTest, MetricsAfterTrafficAndAFailover) {
     while (acked.load() < 10 && !client_done.load()) std::this_thread::yield();
     e2e::ClusterProcess* owner = cluster_->Owner("metrics-s");
     if (owner != nullptr) {
+      acked_at_kill = acked.load();
       owner->Kill();
-      killed = true;
     }
     client.join();
   }
   ASSERT_TRUE(appended.ok()) << appended;
-  ASSERT_TRUE(killed);
+  ASSERT_GE(acked_at_kill, 0) << "no owner to kill";
+  ASSERT_LT(acked_at_kill, static_cast<int>(chunks.size()))
+      << "the stream ended before the kill";
+  {
+    // The kill moved the stream (an Append failover) or its retry,
+    // counted before anything else runs.
+    auto m0 = Scrape(0);
+    auto m1 = Scrape(1);
+    auto sum = [&](const std::string& key) { return m0[key] + m1[key]; };
+    EXPECT_GE(sum("statestream_gateway_failovers_total{method=\"Append\"}") +
+                  sum("statestream_gateway_routing_decisions_total{decision="
+                      "\"retry\"}"),
+              1);
+  }
+  auto ref = cluster_->Export("metrics-ref");
+  auto got = cluster_->Export("metrics-s");
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(*ref == *got) << "the state after the failover differs";
   v1::GenerateRequest g;
   g.set_session_id("metrics-s");
   g.set_request_id("metrics-gen");
@@ -188,11 +209,6 @@ TEST_F(ClusterOpsTest, MetricsAfterTrafficAndAFailover) {
   EXPECT_GT(sum("statestream_gateway_routing_decisions_total{decision="
                 "\"rendezvous\"}"),
             0);
-  // The kill moved the stream (Append failover) or its retry.
-  EXPECT_GE(sum("statestream_gateway_failovers_total{method=\"Append\"}") +
-                sum("statestream_gateway_routing_decisions_total{decision="
-                    "\"retry\"}"),
-            1);
   EXPECT_GE(m0["statestream_gateway_workers_known"], 2);
   EXPECT_TRUE(m0.count("statestream_gateway_workers_ready") == 1);
   EXPECT_TRUE(m0.count("statestream_gateway_replayed_requests_total") == 1);

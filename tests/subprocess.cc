@@ -4,7 +4,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -28,23 +28,6 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(
     close(out[1]);
     return absl::InternalError("pipe2");
   }
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
-  posix_spawn_file_actions_adddup2(&actions, err[1], STDERR_FILENO);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t empty, defaults;
-  sigemptyset(&empty);
-  sigemptyset(&defaults);
-  sigaddset(&defaults, SIGINT);
-  sigaddset(&defaults, SIGTERM);
-  sigaddset(&defaults, SIGPIPE);
-  posix_spawnattr_setsigmask(&attr, &empty);
-  posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr,
-                           POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-
   std::vector<char*> args;
   for (const std::string& arg : argv)
     args.push_back(const_cast<char*>(arg.c_str()));
@@ -62,18 +45,53 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(
   std::vector<char*> envp;
   for (std::string& v : vars) envp.push_back(v.data());
   envp.push_back(nullptr);
-  pid_t pid = 0;
-  int error =
-      posix_spawn(&pid, args[0], &actions, &attr, args.data(), envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attr);
+  // exec's errno comes back through `status`; end of file means exec ran.
+  int status[2];
+  if (pipe2(status, O_CLOEXEC) != 0) {
+    for (int fd : {out[0], out[1], err[0], err[1]}) close(fd);
+    return absl::InternalError("pipe2");
+  }
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    // Only async-signal-safe calls until exec. The child dies with the
+    // test (a crashed or killed test binary leaves no server behind).
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    dup2(out[1], STDOUT_FILENO);
+    dup2(err[1], STDERR_FILENO);
+    struct sigaction dfl = {};
+    dfl.sa_handler = SIG_DFL;
+    for (int sig : {SIGINT, SIGTERM, SIGPIPE}) sigaction(sig, &dfl, nullptr);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    execve(args[0], args.data(), envp.data());
+    const int error = errno;
+    (void)!write(status[1], &error, sizeof(error));
+    _exit(127);
+  }
+  const int fork_error = errno;
   close(out[1]);
   close(err[1]);
+  close(status[1]);
+  int error = 0;
+  if (pid < 0) {
+    error = fork_error;
+  } else {
+    ssize_t n;
+    do {
+      n = read(status[0], &error, sizeof(error));
+    } while (n < 0 && errno == EINTR);
+    if (n != sizeof(error)) error = 0;
+    if (error != 0) waitpid(pid, nullptr, 0);
+  }
+  close(status[0]);
   if (error != 0) {
     close(out[0]);
     close(err[0]);
     return absl::InternalError(
-        absl::StrCat("posix_spawn ", argv[0], ": ", std::strerror(error)));
+        absl::StrCat("starting ", argv[0], ": ", std::strerror(error)));
   }
   return std::unique_ptr<Subprocess>(new Subprocess(pid, out[0], err[0]));
 }

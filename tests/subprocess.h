@@ -27,7 +27,10 @@ using EnvChanges = std::map<std::string, std::optional<std::string>>;
 class Subprocess {
  public:
   // Starts argv[0] (a path) with `argv`, the environment changed by `env`,
-  // default signal dispositions and an empty signal mask.
+  // default signal dispositions and an empty signal mask. The child is
+  // SIGKILLed when the thread that started it ends (PR_SET_PDEATHSIG), so a
+  // crashed or killed test leaves no server running: start long-lived
+  // children from the test's main thread.
   static absl::StatusOr<std::unique_ptr<Subprocess>> Start(
       const std::vector<std::string>& argv, const EnvChanges& env = {});
 
