@@ -124,7 +124,14 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
                                  StateStore** store_out) {
   if (!options.data_dir.empty()) {
     std::error_code error;
-    std::filesystem::create_directories(options.data_dir, error);
+    // A directory serve creates is private (0700): it holds every
+    // tenant's state. One that exists is left as its owner set it.
+    if (!std::filesystem::exists(options.data_dir, error) &&
+        std::filesystem::create_directories(options.data_dir, error)) {
+      std::filesystem::permissions(
+          options.data_dir, std::filesystem::perms::owner_all,
+          std::filesystem::perm_options::replace, error);
+    }
     if (error || !std::filesystem::is_directory(options.data_dir)) {
       return absl::FailedPreconditionError(
           absl::StrCat("cannot create --data-dir ", options.data_dir, ": ",

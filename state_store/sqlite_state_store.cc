@@ -245,9 +245,17 @@ class SqliteStateStore final : public StateStore {
     s.Bind(r.tenant).Bind(after).Bind(Ms(now));
     ListSessionsPage page;
     while (s.Step()) {
-      SS_ASSIGN_OR_RETURN(SessionHead h, Head({r.tenant, s.Text(0)}, now));
-      if (!si::LabelsMatch(h.labels, r.label_filter)) continue;
-      if (!si::AddToPage(r, std::move(h), &page)) break;
+      absl::StatusOr<SessionHead> h = Head({r.tenant, s.Text(0)}, now);
+      // A damaged session is left out, as the Redis store does (a delete
+      // by id removes it): one bad row must not fail the tenant's every
+      // listing, nor every create once the tenant is at its limit.
+      if (!h.ok() && (GetReason(h.status()) == Reason::kStateCorrupt ||
+                      GetReason(h.status()) == Reason::kSessionNotFound)) {
+        continue;
+      }
+      SS_RETURN_IF_ERROR(h.status());
+      if (!si::LabelsMatch(h->labels, r.label_filter)) continue;
+      if (!si::AddToPage(r, *std::move(h), &page)) break;
     }
     SS_RETURN_IF_ERROR(s.status());
     return page;
@@ -435,10 +443,10 @@ class SqliteStateStore final : public StateStore {
     }
     absl::Status Commit() {
       done_ = true;
-      if (sqlite3_exec(s_->db_, "COMMIT", nullptr, nullptr, nullptr) !=
-          SQLITE_OK) {
-        const absl::Status st = si::Unavailable(
-            absl::StrCat("sqlite commit: ", sqlite3_errmsg(s_->db_)));
+      const int rc = sqlite3_exec(s_->db_, "COMMIT", nullptr, nullptr, nullptr);
+      if (rc != SQLITE_OK) {
+        const absl::Status st = si::SqliteError(
+            rc, absl::StrCat("sqlite commit: ", sqlite3_errmsg(s_->db_)));
         sqlite3_exec(s_->db_, "ROLLBACK", nullptr, nullptr, nullptr);
         return st;
       }
@@ -451,8 +459,9 @@ class SqliteStateStore final : public StateStore {
   };
 
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (sqlite3_exec(db_, sql, nullptr, nullptr, nullptr) != SQLITE_OK) {
-      return si::Unavailable(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+    const int rc = sqlite3_exec(db_, sql, nullptr, nullptr, nullptr);
+    if (rc != SQLITE_OK) {
+      return si::SqliteError(rc, absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
     }
     return absl::OkStatus();
   }

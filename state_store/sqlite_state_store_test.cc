@@ -3,8 +3,10 @@
 
 #include <sqlite3.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
@@ -286,6 +288,90 @@ TEST(SqliteStateStoreTest, SessionsSurviveReopeningAndDurabilityIsHonest) {
   auto head = (*store)->GetHead(r.key);
   ASSERT_TRUE(head.ok());
   EXPECT_EQ(head->fence, fence);
+}
+
+CreateSessionRequest Creating(const std::string& id) {
+  CreateSessionRequest r;
+  r.key = {"acme", id};
+  r.model_id = "tiny";
+  r.initial_state = TestSnapshot(1, 1000);
+  return r;
+}
+
+// The file holds every tenant's state: private whatever the umask.
+TEST(SqliteStateStoreTest, TheFilesArePrivate) {
+  SqliteEnv env;
+  const mode_t before = umask(022);
+  auto store = env.NewStore(8);
+  umask(before);
+  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_TRUE((*store)->CreateSession(Creating("s")).ok());
+  for (const std::string& path : {env.path(), env.path() + "-wal"}) {
+    struct stat st;
+    ASSERT_EQ(stat(path.c_str(), &st), 0) << path;
+    EXPECT_EQ(st.st_mode & 077, 0u)
+        << path << " mode " << std::oct << (st.st_mode & 0777);
+  }
+}
+
+// One damaged session is left out of listings (as in the Redis store), not
+// a DATA_LOSS for the tenant's every listing.
+TEST(SqliteStateStoreTest, ADamagedSessionIsLeftOutOfListings) {
+  SqliteEnv env;
+  auto store = env.NewStore(8);
+  ASSERT_TRUE(store.ok()) << store.status();
+  for (const char* id : {"a", "b", "c"}) {
+    ASSERT_TRUE((*store)->CreateSession(Creating(id)).ok()) << id;
+  }
+  ASSERT_TRUE(
+      ExecOn(env.path(), "UPDATE sessions SET labels='x' WHERE sid='b'"));
+  EXPECT_EQ(GetReason((*store)->GetHead({"acme", "b"}).status()),
+            Reason::kStateCorrupt);
+  ListSessionsRequest list;
+  list.tenant = "acme";
+  auto page = (*store)->ListSessions(list);
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_EQ(page->sessions.size(), 2u);
+  EXPECT_EQ(page->sessions[0].key.session_id, "a");
+  EXPECT_EQ(page->sessions[1].key.session_id, "c");
+  EXPECT_TRUE((*store)->DeleteSession({"acme", "b"}).ok());
+}
+
+// A damaged file is DATA_LOSS/kStateCorrupt (retrying cannot help), not
+// UNAVAILABLE as for a store that cannot be reached.
+TEST(SqliteStateStoreTest, ADamagedFileIsStateCorrupt) {
+  SqliteEnv env;
+  {
+    auto store = env.NewStore(8);
+    ASSERT_TRUE(store.ok()) << store.status();
+    for (int i = 0; i < 50; ++i) {
+      ASSERT_TRUE((*store)->CreateSession(Creating(absl::StrCat("s", i))).ok());
+    }
+  }
+  // Every page after the first (the schema) overwritten.
+  {
+    std::fstream f(env.path(), std::ios::in | std::ios::out | std::ios::binary);
+    ASSERT_TRUE(f.good());
+    f.seekg(0, std::ios::end);
+    const std::streamoff size = f.tellg();
+    ASSERT_GT(size, 8192);
+    f.seekp(4096);
+    const std::string junk(size - 4096, '\xA5');
+    f.write(junk.data(), static_cast<std::streamsize>(junk.size()));
+  }
+  auto store = env.NewStore(8);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto head = (*store)->GetHead({"acme", "s7"});
+  EXPECT_EQ(head.status().code(), absl::StatusCode::kDataLoss) << head.status();
+  EXPECT_EQ(GetReason(head.status()), Reason::kStateCorrupt) << head.status();
+  (*store).reset();
+  // A file that is no database at all.
+  {
+    std::ofstream f(env.path(), std::ios::trunc | std::ios::binary);
+    f << std::string(8192, 'x');
+  }
+  auto other = env.NewStore(8);
+  EXPECT_EQ(GetReason(other.status()), Reason::kStateCorrupt) << other.status();
 }
 
 // A database written before sessions recorded their creating request (no

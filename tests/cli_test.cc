@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 // The `statestream` command line: help, usage errors and exit codes.
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -178,6 +180,27 @@ TEST(CliTest, UnusableDataDirOrModelFails) {
       {"serve", "--listen=127.0.0.1:0", "--model=/nonexistent/model.pth"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("/nonexistent/model.pth"));
+}
+
+// The data directory serve creates, and the database in it, are private
+// (they hold every tenant's state) whatever the umask.
+TEST(CliTest, ServeCreatesAPrivateDataDir) {
+  char tmpl[] = "/tmp/ss-cli-data-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = std::string(tmpl) + "/new/data";
+  const mode_t before = umask(022);
+  auto server = e2e::StartServer(
+      {STATESTREAM_BIN, "serve", "--listen=127.0.0.1:0", "--data-dir=" + dir},
+      absl::Seconds(60));
+  umask(before);
+  ASSERT_TRUE(server.ok()) << server.status();
+  for (const std::string& path : {dir, dir + "/sessions.db"}) {
+    struct stat st;
+    ASSERT_EQ(stat(path.c_str(), &st), 0) << path;
+    EXPECT_EQ(st.st_mode & 077, 0u) << path;
+  }
+  server->process.reset();
+  std::filesystem::remove_all(tmpl);
 }
 
 TEST(CliTest, BadModelListsAndDevicesAreUsageErrors) {

@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "state_store/internal/sqlite_db.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <set>
 #include <string>
@@ -44,8 +47,22 @@ constexpr std::pair<const char*, const char*> kAddedColumns[] = {
 
 }  // namespace
 
+absl::Status SqliteError(int rc, absl::string_view what) {
+  const int primary = rc & 0xff;
+  if (primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB) {
+    return DataLossError(Reason::kStateCorrupt,
+                         absl::StrCat(what, " (the database file is damaged)"));
+  }
+  return Unavailable(what);
+}
+
 absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,
                                       absl::Duration busy_timeout) {
+  // The file holds every tenant's state and pending input: created
+  // private (0600) whatever the umask. SQLite gives its -wal and -shm
+  // files the database file's mode.
+  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd >= 0) close(fd);
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(
           path.c_str(), &db,
@@ -59,12 +76,11 @@ absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,
       db, static_cast<int>(absl::ToInt64Milliseconds(busy_timeout)));
   auto exec = [db](const char* sql) -> absl::Status {
     char* err = nullptr;
-    if (sqlite3_exec(db, sql, nullptr, nullptr, &err) == SQLITE_OK) {
-      return absl::OkStatus();
-    }
+    const int rc = sqlite3_exec(db, sql, nullptr, nullptr, &err);
+    if (rc == SQLITE_OK) return absl::OkStatus();
     const std::string msg = err ? err : "";
     sqlite3_free(err);
-    return Unavailable(absl::StrCat("sqlite setup: ", msg));
+    return SqliteError(rc, absl::StrCat("sqlite setup: ", msg));
   };
   absl::Status setup = exec("PRAGMA journal_mode=WAL");
   if (setup.ok()) setup = exec(kSchema);

@@ -20,10 +20,16 @@
 
 namespace statestream::store_internal {
 
-// Opens (creating) the database at `path` in WAL mode with `busy_timeout`,
-// creates the tables and adds the columns later versions added.
+// Opens (creating, mode 0600) the database at `path` in WAL mode with
+// `busy_timeout`, creates the tables and adds the columns later versions
+// added. DATA_LOSS/kStateCorrupt for a file that is not a sound database.
 absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,
                                       absl::Duration busy_timeout);
+
+// The status of a failed SQLite call that returned `rc`: DATA_LOSS/
+// kStateCorrupt when the file is damaged (SQLITE_CORRUPT, SQLITE_NOTADB:
+// retrying cannot help), else UNAVAILABLE/kStoreUnavailable.
+absl::Status SqliteError(int rc, absl::string_view what);
 
 constexpr int64_t kNever = INT64_MAX;
 
@@ -78,7 +84,7 @@ class Stmt {
     if (rc_ == SQLITE_OK || rc_ == SQLITE_ROW || rc_ == SQLITE_DONE) {
       return absl::OkStatus();
     }
-    return Unavailable(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+    return SqliteError(rc_, absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
   }
   int64_t Int(int i) const { return sqlite3_column_int64(s_, i); }
   double Real(int i) const { return sqlite3_column_double(s_, i); }
