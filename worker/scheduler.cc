@@ -25,6 +25,7 @@ Scheduler::Scheduler(engine::Model* model, const SchedulerOptions& options,
 Scheduler::~Scheduler() { Stop(); }
 
 absl::Status Scheduler::Submit(std::shared_ptr<Task> task) {
+  SS_RETURN_IF_ERROR(task->CheckInput(model_->info().config.vocab_size));
   absl::MutexLock lock(&mu_);
   if (stopping_) {
     return MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
@@ -276,7 +277,7 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
       }
     }
     // Otherwise validation failed before any state changed; every task in
-    // the batch is ended below (each was validated at submission, so this
+    // the batch is ended below (Submit checked each task's tokens, so this
     // is a bug path).
     absl::MutexLock lock(&mu_);
     ++stats_.iterations;

@@ -74,6 +74,15 @@ class Task {
   // Ends the task (cancelled, deadline exceeded, engine error). Whatever
   // the task fed is already in its state; the owner decides what to keep.
   virtual void OnError(const absl::Status& status) = 0;
+  // Whether every token the task will feed or look up is in [0,
+  // vocab_size): else INVALID_ARGUMENT/kInvalidToken naming the first bad
+  // one. Submit refuses a task that fails it, so one bad sequence never
+  // reaches a batch (whose Forward would fail every task in it) and no
+  // task indexes logits with a bad id.
+  virtual absl::Status CheckInput(int vocab_size) const {
+    (void)vocab_size;
+    return absl::OkStatus();
+  }
 
   // Thread-safe: asks the scheduler to drop the task (client went away).
   void Cancel() { cancelled_.store(true); }

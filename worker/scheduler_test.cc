@@ -498,6 +498,53 @@ TEST(SchedulerTest, ATaskOverTheWholeTokenBoundIsTooLarge) {
   EXPECT_EQ(state.position, 100u);
 }
 
+// A task with an out-of-range token is refused at Submit: it never joins
+// a batch (whose Forward would fail the healthy tasks in it too), and a
+// Score never indexes its logits with the bad id.
+TEST(SchedulerTest, ATaskWithABadTokenIsRefusedAndSparesTheOthers) {
+  auto model = SmallModel();
+  Scheduler sched(model.get(), SchedulerOptions{});
+  const int V = model->info().config.vocab_size;
+  EngineState bad = EngineState::Initial(*model);
+  for (std::vector<int32_t> tokens :
+       {std::vector<int32_t>{1, 2, V}, std::vector<int32_t>{-1}}) {
+    absl::Status st = sched.Submit(std::make_shared<IngestTask>(
+        &bad, tokens,
+        [](const absl::Status&) { ADD_FAILURE() << "a refused task ran"; }));
+    EXPECT_EQ(GetReason(st), Reason::kInvalidToken) << st;
+  }
+  EngineState scored = Direct(*model, Tokens(5, 1));
+  absl::Status st = sched.Submit(std::make_shared<ScoreTask>(
+      &scored, V, std::vector<int32_t>{V + 5},
+      [](const absl::Status&, const std::vector<float>&,
+         const std::vector<bool>&) { ADD_FAILURE() << "a refused task ran"; }));
+  EXPECT_EQ(GetReason(st), Reason::kInvalidToken) << st;
+  GenerateSpec spec;
+  spec.prompt = {3, V};
+  spec.max_tokens = 4;
+  st = sched.Submit(std::make_shared<GenerateTask>(
+      &bad, V, nullptr, spec, [](const GeneratedToken&) {},
+      [](const absl::Status&, const GenerateResult&) {
+        ADD_FAILURE() << "a refused task ran";
+      }));
+  EXPECT_EQ(GetReason(st), Reason::kInvalidToken) << st;
+  EXPECT_EQ(bad.position, 0u);
+  // A healthy task still runs, alone.
+  EngineState good = EngineState::Initial(*model);
+  Waiter w;
+  ASSERT_TRUE(
+      sched
+          .Submit(std::make_shared<IngestTask>(&good, Tokens(8, 2),
+                                               [&](const absl::Status& s) {
+                                                 w.status = s;
+                                                 w.done.Notify();
+                                               }))
+          .ok());
+  w.done.WaitForNotification();
+  EXPECT_TRUE(w.status.ok()) << w.status;
+  EXPECT_EQ(good.position, 8u);
+}
+
 TEST(SchedulerTest, OverloadCancelAndDeadline) {
   auto model = SmallModel();
   SchedulerOptions opts;

@@ -49,6 +49,7 @@ class IngestTask final : public Task {
   bool Finished() const override { return next_ == tokens_.size(); }
   void OnDone() override { done_(absl::OkStatus()); }
   void OnError(const absl::Status& s) override { done_(s); }
+  absl::Status CheckInput(int vocab_size) const override;
 
  private:
   EngineState* st_;
@@ -140,6 +141,7 @@ class GenerateTask final : public Task {
   bool Finished() const override { return finished_; }
   void OnDone() override;
   void OnError(const absl::Status& s) override;
+  absl::Status CheckInput(int vocab_size) const override;
 
   // Thread-safe: finish gracefully (kCancelled) after the next sampled
   // token, keeping the output so far (the worker is draining). A task
@@ -195,6 +197,7 @@ class ScoreTask final : public Task {
   bool Finished() const override { return logprobs_.size() == tokens_.size(); }
   void OnDone() override;
   void OnError(const absl::Status& s) override;
+  absl::Status CheckInput(int vocab_size) const override;
 
   // Also record the `n` most likely tokens at each position (before the
   // task is submitted); read them with top() from `done`.
