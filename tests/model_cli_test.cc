@@ -227,7 +227,8 @@ TEST(ModelCliTest, RandomModelsLoadInBothFormats) {
 }
 
 // Dimensions past what the engine loads (worker/engine/rwkv_common.h:
-// n_embd <= 32768, dim_ffn <= 16 n_embd, vocab <= 2^21, head size <= 256)
+// n_embd <= 32768, dim_ffn <= 16 n_embd and 2^17, vocab <= 2^21, head size
+// <= 256)
 // are refused before anything is allocated, naming the flag: usage errors
 // like the other bad dimensions, where --ffn 2000000000 used to pass the
 // checks and abort on bad_alloc. At the limit, the model loads.
@@ -242,6 +243,9 @@ TEST(ModelCliTest, RandomDimensionsPastTheEnginesLimitsAreUsageErrors) {
        "dim_ffn (--ffn) 2000000000 is outside [0, 1024]"},
       {{"--ffn", "1025"}, "dim_ffn (--ffn) 1025"},
       {{"--ffn", "-1"}, "dim_ffn (--ffn) -1"},
+      // Past 2^17 inputs an int8 product could overflow int32.
+      {{"--embd", "16384", "--ffn", "131073"},
+       "dim_ffn (--ffn) 131073 is outside [0, 131072]"},
       {{"--embd", "65536"}, "n_embd (--embd) 65536 is outside [1, 32768]"},
       {{"--embd", "2000000000"}, "n_embd (--embd) 2000000000"},
       {{"--vocab", "2097153"},

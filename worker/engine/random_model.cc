@@ -210,11 +210,12 @@ absl::Status CheckDims(const std::string& arch, const RandomModelSpec& s,
                        s.head_size));
     }
   }
-  const int64_t max_ffn = int64_t{16} * s.n_embd;
+  const int64_t max_ffn =
+      std::min<int64_t>(int64_t{16} * s.n_embd, rwkv::kMaxMatrixInputs);
   const int64_t ffn = s.dim_ffn < 0 ? s.dim_ffn : FfnWidth(arch, s);
   if (ffn < 0 || ffn > max_ffn) {
     return OutOfRange(arch, "dim_ffn (--ffn)", ffn, 0, max_ffn,
-                      " (at most 16 n_embd; 0: the default)");
+                      " (at most 16 n_embd and 131,072; 0: the default)");
   }
   const std::pair<const char*, int> ranks[] = {
       {"d_decay", s.d_decay}, {"d_aaa", s.d_aaa}, {"d_mv", s.d_mv},

@@ -38,7 +38,8 @@ absl::StatusOr<std::vector<NamedTensor>> RandomRwkv7(
 // A state dict of architecture `arch` ("x070", "x060", "x052" or "v4"; v4
 // ignores head_size). INVALID_ARGUMENT for an unknown architecture, or
 // dimensions the engine would not load (the limits of
-// worker/engine/rwkv_common.h: n_embd <= kMaxEmbd, dim_ffn <= 16 n_embd,
+// worker/engine/rwkv_common.h: n_embd <= kMaxEmbd, dim_ffn <= 16 n_embd
+// and <= kMaxMatrixInputs,
 // vocab_size <= kMaxVocab, head_size <= kMaxHeadSize, LoRA ranks <=
 // kMaxLoraRank; at most 512 layers), naming the dimension.
 absl::StatusOr<std::vector<NamedTensor>> RandomModel(

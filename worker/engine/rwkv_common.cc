@@ -382,11 +382,12 @@ absl::Status ReadCommonConfig(const WeightFile& file, WeightLoader& ld,
   // Legal shapes far past any RWKV (the largest: C 5,120, F 4C, vocab
   // 65,536) would size per-call buffers in gigabytes: refuse them here.
   if (c->n_embd > kMaxEmbd || c->dim_ffn > 16 * c->n_embd ||
-      c->vocab_size > kMaxVocab) {
+      c->dim_ffn > kMaxMatrixInputs || c->vocab_size > kMaxVocab) {
     return BadModel(absl::StrCat(
         "n_embd ", c->n_embd, ", dim_ffn ", c->dim_ffn, ", vocab ",
         c->vocab_size, " exceed what the engine takes (n_embd <= ", kMaxEmbd,
-        ", dim_ffn <= 16 n_embd, vocab <= ", kMaxVocab, ")"));
+        ", dim_ffn <= min(16 n_embd, ", kMaxMatrixInputs,
+        "), vocab <= ", kMaxVocab, ")"));
   }
   return absl::OkStatus();
 }

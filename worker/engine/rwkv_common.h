@@ -338,6 +338,10 @@ inline constexpr int kMaxEmbd = 32768;
 inline constexpr int kMaxVocab = 1 << 21;
 inline constexpr int kMaxHeadSize = 256;
 inline constexpr int kMaxLoraRank = 4096;
+// The most inputs of any matrix (the FFN's value matrix has dim_ffn): an
+// int8 product sums up to this many terms of at most 127 x 128 in int32
+// (exact below 2^31 / 16,256 = 132,104 terms).
+inline constexpr int kMaxMatrixInputs = 1 << 17;
 
 // n_layer (largest blocks.<i> index + 1), n_embd and vocab (emb.weight) and
 // dim_ffn (blocks.0.ffn.key.weight), within the limits above.
