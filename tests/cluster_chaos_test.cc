@@ -22,6 +22,7 @@
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
+#include "state_store/state_codec.h"
 #include "tests/cluster_harness.h"
 #include "tests/metrics_scrape.h"
 
@@ -502,6 +503,149 @@ TEST_F(ClusterChaosTest, UnaryRetriesAfterTheirWorkerIsKilled) {
   EXPECT_TRUE(st.ok()) << st;
   EXPECT_EQ(cluster_->Get("retried").status().code(),
             absl::StatusCode::kNotFound);
+}
+
+// A committing Generate whose worker and gateway are SIGKILLed once a
+// checkpoint of it is committed, retried by the client with the same
+// request id through the other gateway: the output equals an
+// uninterrupted run's, it is applied once
+// (the session ends where the reference does, same state), and a third
+// call with the same id replays it without applying anything.
+TEST_F(ClusterChaosTest, ACommittingGenerateRetriedAfterItsWorkerAndGatewayDie) {
+  e2e::ClusterOptions options;
+  options.worker_args = {"--generate-checkpoint-tokens=32"};
+  ASSERT_NO_FATAL_FAILURE(StartCluster(options));
+  const auto prompt = e2e::TextChunks(1, 64, 31);
+  for (const char* id : {"gen-ref", "gen-victim"}) {
+    ASSERT_TRUE(cluster_->Create(id).ok()) << id;
+    ASSERT_TRUE(e2e::AppendResumable(cluster_.get(), id, prompt, 1,
+                                     [](const grpc::Status&) { return false; })
+                    .ok())
+        << id;
+  }
+  constexpr uint32_t kMaxTokens = 2048;
+  auto request = [&](const std::string& id) {
+    v1::GenerateRequest g;
+    g.set_session_id(id);
+    g.set_request_id("gen-commit-1");
+    g.set_max_tokens(kMaxTokens);
+    g.set_commit(true);
+    g.mutable_sampling()->set_seed(99);
+    g.mutable_sampling()->set_temperature(1.0f);
+    // Large responses: flow control holds the worker back while the test
+    // does not read, so the kill lands mid-generation.
+    g.set_logprobs(true);
+    g.set_top_logprobs(20);
+    return g;
+  };
+  struct Output {
+    grpc::Status status;
+    std::vector<uint32_t> tokens;
+    v1::GenerateDone done;
+  };
+  auto read_all = [](grpc::ClientReader<v1::GenerateResponse>* reader) {
+    Output out;
+    v1::GenerateResponse msg;
+    while (reader->Read(&msg)) {
+      if (msg.has_chunk()) {
+        for (uint32_t t : msg.chunk().tokens()) out.tokens.push_back(t);
+      }
+      if (msg.has_done()) out.done = msg.done();
+    }
+    out.status = reader->Finish();
+    return out;
+  };
+  Output ref;
+  {
+    auto ctx = e2e::ClientContext();
+    auto reader = cluster_->streams(0)->Generate(ctx.get(), request("gen-ref"));
+    ref = read_all(reader.get());
+  }
+  ASSERT_TRUE(ref.status.ok()) << ref.status.error_message();
+  ASSERT_EQ(ref.tokens.size(), kMaxTokens);
+  ASSERT_TRUE(ref.done.committed());
+
+  const uint64_t prompt_bytes = prompt[0].size();
+  Output first;
+  bool killed = false;
+  {
+    auto ctx = e2e::ClientContext();
+    auto reader =
+        cluster_->streams(1)->Generate(ctx.get(), request("gen-victim"));
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while (absl::Now() < deadline) {
+      auto s = cluster_->Get("gen-victim", 0);
+      ASSERT_TRUE(s.ok()) << s.status();
+      if (s->input_offset() == prompt_bytes + kMaxTokens) break;  // done
+      if (s->committed_input_offset() > prompt_bytes) {
+        // The worker and the gateway the call went through die together
+        // (one machine lost): the call fails and the client retries.
+        e2e::ClusterProcess* owner = cluster_->Owner("gen-victim");
+        ASSERT_NE(owner, nullptr);
+        owner->Kill();
+        cluster_->gateways()[1]->Kill();
+        killed = true;
+        break;
+      }
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+    first = read_all(reader.get());
+  }
+  ASSERT_TRUE(killed) << "no checkpoint of the generation was seen";
+  ASSERT_EQ(first.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << first.status.error_message();
+  EXPECT_LT(first.tokens.size(), kMaxTokens);
+  // The client's retry: the same request, through the other gateway.
+  Output got;
+  {
+    auto ctx = e2e::ClientContext();
+    auto reader =
+        cluster_->streams(0)->Generate(ctx.get(), request("gen-victim"));
+    got = read_all(reader.get());
+  }
+  ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+  EXPECT_TRUE(got.tokens == ref.tokens) << "the token sequences differ";
+  EXPECT_TRUE(got.done.committed());
+  EXPECT_EQ(got.done.input_offset(), ref.done.input_offset());
+  EXPECT_EQ(got.done.position(), ref.done.position());
+  auto victim_state = cluster_->Export("gen-victim");
+  auto ref_state = cluster_->Export("gen-ref");
+  ASSERT_TRUE(victim_state.ok()) << victim_state.status();
+  ASSERT_TRUE(ref_state.ok()) << ref_state.status();
+  // The same state, position and input; the exports' generation records
+  // differ only in their commit times and the requests' session ids.
+  auto victim_snapshot = DecodeState(*victim_state);
+  auto ref_snapshot = DecodeState(*ref_state);
+  ASSERT_TRUE(victim_snapshot.ok()) << victim_snapshot.status();
+  ASSERT_TRUE(ref_snapshot.ok()) << ref_snapshot.status();
+  EXPECT_TRUE(victim_snapshot->state == ref_snapshot->state)
+      << "the states differ";
+  EXPECT_TRUE(victim_snapshot->last_hidden == ref_snapshot->last_hidden);
+  EXPECT_EQ(victim_snapshot->position, ref_snapshot->position);
+  EXPECT_EQ(victim_snapshot->input_offset, ref_snapshot->input_offset);
+  EXPECT_EQ(victim_snapshot->tokenizer_tail, ref_snapshot->tokenizer_tail);
+  // Once more with the same id: replayed, nothing applied again.
+  Output again;
+  {
+    auto ctx = e2e::ClientContext();
+    auto reader =
+        cluster_->streams(0)->Generate(ctx.get(), request("gen-victim"));
+    again = read_all(reader.get());
+  }
+  ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+  EXPECT_TRUE(again.done.replayed());
+  EXPECT_TRUE(again.tokens == ref.tokens);
+  auto s = cluster_->Get("gen-victim", 0);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->input_offset(), ref.done.input_offset());
+  double diverged = 0;
+  for (auto& g : cluster_->gateways()) {
+    if (g->pid() <= 0) continue;
+    auto m = e2e::ScrapeMetrics(g->metrics_address());
+    ASSERT_TRUE(m.has_value());
+    diverged += (*m)["statestream_gateway_generate_diverged_total"];
+  }
+  EXPECT_EQ(diverged, 0);
 }
 
 // 200 sessions over 2 gateways for STATESTREAM_LOAD_SECONDS (default 15):
