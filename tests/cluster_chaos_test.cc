@@ -511,7 +511,8 @@ TEST_F(ClusterChaosTest, UnaryRetriesAfterTheirWorkerIsKilled) {
 // uninterrupted run's, it is applied once
 // (the session ends where the reference does, same state), and a third
 // call with the same id replays it without applying anything.
-TEST_F(ClusterChaosTest, ACommittingGenerateRetriedAfterItsWorkerAndGatewayDie) {
+TEST_F(ClusterChaosTest,
+       ACommittingGenerateRetriedAfterItsWorkerAndGatewayDie) {
   e2e::ClusterOptions options;
   options.worker_args = {"--generate-checkpoint-tokens=32"};
   ASSERT_NO_FATAL_FAILURE(StartCluster(options));
