@@ -1,133 +1,71 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "worker/metrics_http.h"
 
-#include <httplib.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <sys/socket.h>
 
-#include <atomic>
-#include <deque>
-#include <thread>
+#include <cstring>
 #include <utility>
-#include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/time/clock.h"
 
 namespace statestream::worker {
 namespace {
 
-// cpp-httplib's own pool queues every accepted connection without bound
-// (each holding a descriptor). This one runs kThreads connections and
-// queues at most kQueued more; past that the accepting thread waits, so
-// further clients wait in the kernel's small listen backlog instead.
-class BoundedPool final : public httplib::TaskQueue {
- public:
-  static constexpr int kThreads = 2;
-  static constexpr size_t kQueued = 16;
-
-  BoundedPool() {
-    for (int i = 0; i < kThreads; ++i) threads_.emplace_back([this] { Run(); });
-  }
-  ~BoundedPool() override = default;
-
-  void enqueue(std::function<void()> fn) override {
-    absl::MutexLock lock(&mu_);
-    auto room = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return jobs_.size() < kQueued;
-    };
-    mu_.Await(absl::Condition(&room));
-    jobs_.push_back(std::move(fn));
-  }
-  void shutdown() override {
-    {
-      absl::MutexLock lock(&mu_);
-      stopping_ = true;
-    }
-    for (std::thread& t : threads_) t.join();
-  }
-
- private:
-  void Run() {
-    for (;;) {
-      std::function<void()> job;
-      {
-        absl::MutexLock lock(&mu_);
-        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return !jobs_.empty() || stopping_;
-        };
-        mu_.Await(absl::Condition(&ready));
-        if (jobs_.empty()) return;  // stopping, nothing left
-        job = std::move(jobs_.front());
-        jobs_.pop_front();
-      }
-      job();  // serves the connection, then closes it
-    }
-  }
-
-  absl::Mutex mu_;
-  std::deque<std::function<void()>> jobs_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<std::thread> threads_;
-};
+// The port is unauthenticated and may face any client on the network, so
+// every resource a client can hold is bounded: libmicrohttpd runs one
+// event-driven thread (a slow client holds a socket, never a thread), at
+// most kMaxConnections sockets (kPerAddress from one address), a request's
+// line and headers within kMemoryPerConnection (past it: 431/414 and the
+// connection closes), and a connection silent for kIdleSeconds is closed.
+constexpr unsigned kMaxConnections = 64;
+constexpr unsigned kPerAddress = 16;
+constexpr size_t kMemoryPerConnection = 32 << 10;
+constexpr unsigned kIdleSeconds = 2;
 
 class HttpServer final : public MetricsHttpServer {
  public:
   HttpServer(std::string host, std::function<std::string()> render)
-      : host_(std::move(host)) {
-    // Anything but GET/HEAD /metrics is answered before its body is read,
-    // and no request may carry more than a small body.
-    server_.set_pre_routing_handler(
-        [](const httplib::Request& req, httplib::Response& res) {
-          if (req.path != "/metrics") {
-            res.status = 404;
-            return httplib::Server::HandlerResponse::Handled;
-          }
-          if (req.method != "GET" && req.method != "HEAD") {
-            res.status = 405;
-            res.set_header("Allow", "GET, HEAD");
-            return httplib::Server::HandlerResponse::Handled;
-          }
-          return httplib::Server::HandlerResponse::Unhandled;
-        });
-    server_.set_payload_max_length(kMaxBody);
-    server_.set_read_timeout(1, 0);
-    server_.set_write_timeout(5, 0);
-    server_.set_keep_alive_timeout(1);
-    server_.set_keep_alive_max_count(100);
-    server_.new_task_queue = [] { return new BoundedPool(); };
-    server_.Get("/metrics",
-                [render = std::move(render)](const httplib::Request&,
-                                             httplib::Response& res) {
-                  res.set_content(render(), "text/plain; version=0.0.4");
-                });
-  }
+      : host_(std::move(host)), render_(std::move(render)) {}
   ~HttpServer() override {
-    server_.stop();
-    if (thread_.joinable()) thread_.join();
+    if (daemon_ != nullptr) MHD_stop_daemon(daemon_);
   }
+
   absl::Status Bind(int port) {
-    if (port == 0) {
-      port_ = server_.bind_to_any_port(host_);
-    } else {
-      port_ = server_.bind_to_port(host_, port) ? port : -1;
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    addrinfo* found = nullptr;
+    const std::string service = absl::StrCat(port);
+    if (const int rc =
+            getaddrinfo(host_.c_str(), service.c_str(), &hints, &found);
+        rc != 0) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot bind the metrics server to ", host_, ":", port,
+                       ": ", gai_strerror(rc)));
     }
-    if (port_ < 0) {
+    const bool v6 = found->ai_family == AF_INET6;
+    daemon_ = MHD_start_daemon(
+        MHD_USE_AUTO_INTERNAL_THREAD | (v6 ? MHD_USE_IPv6 : 0), 0, nullptr,
+        nullptr, &HttpServer::Handle, this, MHD_OPTION_SOCK_ADDR,
+        found->ai_addr, MHD_OPTION_CONNECTION_LIMIT, kMaxConnections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, kPerAddress,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, kMemoryPerConnection,
+        MHD_OPTION_CONNECTION_TIMEOUT, kIdleSeconds, MHD_OPTION_END);
+    freeaddrinfo(found);
+    if (daemon_ == nullptr) {
       return absl::UnavailableError(
           absl::StrCat("cannot bind the metrics server to ", host_, ":", port));
     }
-    thread_ = std::thread([this] {
-      server_.listen_after_bind();
-      listen_returned_ = true;
-    });
-    // stop() does nothing until the listening thread has marked the server
-    // running: a server destroyed before that would wait forever.
-    while (!server_.is_running() && !listen_returned_) {
-      absl::SleepFor(absl::Milliseconds(1));
-    }
+    const MHD_DaemonInfo* info =
+        MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_BIND_PORT);
+    port_ = info != nullptr ? info->port : port;
     return absl::OkStatus();
   }
+
   std::string address() const override {
     return host_.find(':') == std::string::npos
                ? absl::StrCat(host_, ":", port_)
@@ -135,12 +73,41 @@ class HttpServer final : public MetricsHttpServer {
   }
 
  private:
-  static constexpr size_t kMaxBody = 1024;
+  // GET/HEAD /metrics; anything else 404/405, answered at the headers (a
+  // request's body is never read: the connection closes after the answer).
+  static MHD_Result Handle(void* self, MHD_Connection* connection,
+                           const char* url, const char* method,
+                           const char* /*version*/, const char* /*upload_data*/,
+                           size_t* /*upload_data_size*/, void** /*state*/) {
+    const bool get = std::strcmp(method, MHD_HTTP_METHOD_GET) == 0 ||
+                     std::strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+    unsigned status = MHD_HTTP_OK;
+    std::string body;
+    if (std::strcmp(url, "/metrics") != 0) {
+      status = MHD_HTTP_NOT_FOUND;
+    } else if (!get) {
+      status = MHD_HTTP_METHOD_NOT_ALLOWED;
+    } else {
+      body = static_cast<HttpServer*>(self)->render_();
+    }
+    MHD_Response* response = MHD_create_response_from_buffer(
+        body.size(), body.data(), MHD_RESPMEM_MUST_COPY);
+    if (response == nullptr) return MHD_NO;  // closes the connection
+    if (status == MHD_HTTP_OK) {
+      MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE,
+                              "text/plain; version=0.0.4");
+    } else if (status == MHD_HTTP_METHOD_NOT_ALLOWED) {
+      MHD_add_response_header(response, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+    }
+    const MHD_Result queued = MHD_queue_response(connection, status, response);
+    MHD_destroy_response(response);
+    return queued;
+  }
+
   const std::string host_;
-  httplib::Server server_;
+  const std::function<std::string()> render_;
+  MHD_Daemon* daemon_ = nullptr;
   int port_ = -1;
-  std::atomic<bool> listen_returned_{false};
-  std::thread thread_;
 };
 
 }  // namespace

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Serves Prometheus text (WorkerMetrics::Render(), or any renderer: the
-// gateway's metrics) as `GET /metrics` over HTTP (cpp-httplib), on its own
-// thread.
+// gateway's metrics) as `GET /metrics` over HTTP (libmicrohttpd), on its
+// own thread, with every per-client resource bounded (metrics_http.cc).
 #ifndef STATESTREAM_WORKER_METRICS_HTTP_H_
 #define STATESTREAM_WORKER_METRICS_HTTP_H_
 
