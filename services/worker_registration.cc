@@ -52,7 +52,13 @@ void WorkerRegistration::Loop() {
                 << ": registry entry had expired or was lost; listed again, "
                    "re-checking sessions\n";
     }
-    if (st.ok() && (failing || !*listed) && options_.resync) options_.resync();
+    // Only a lost entry says the worker was away long enough to have
+    // missed something (three periods: other workers may have taken its
+    // sessions over, or the store lost them). A heartbeat or two that
+    // failed while the entry lived says nothing about the leases, and
+    // renewing everything after each would multiply renewals exactly while
+    // the store struggles.
+    if (st.ok() && !*listed && options_.resync) options_.resync();
     failing = !st.ok();
     mu_.Lock();
   }

@@ -30,12 +30,12 @@ struct WorkerRegistrationOptions {
   // Current load (e.g. resident sessions); called on the heartbeat thread.
   std::function<double()> load_fn;
   // Called on the heartbeat thread after a heartbeat that found the entry
-  // no longer listed (it expired while the worker was paused or cut off,
-  // or the store lost it in a restart without persistence), or that
-  // followed failed heartbeats. Either way the worker may have missed
-  // changes to its sessions (taken over meanwhile, or gone with the
-  // store's data), so it re-checks them now instead of at its next lease
-  // renewal (SessionManager::RenewLeasesNow).
+  // no longer listed: it expired (the worker was paused, or its heartbeats
+  // failed, for three periods) or the store lost it (a restart without
+  // persistence). Either way the worker may have missed changes to its
+  // sessions (taken over meanwhile, or gone with the store's data), so it
+  // re-checks them now instead of at its next lease renewal
+  // (SessionManager::RenewLeasesNow).
   std::function<void()> resync;
 };
 
