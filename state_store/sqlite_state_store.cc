@@ -244,12 +244,22 @@ class SqliteStateStore final : public StateStore {
            "expires_ms>? ORDER BY sid");
     s.Bind(r.tenant).Bind(after).Bind(Ms(now));
     ListSessionsPage page;
+    int scanned = 0;
     while (s.Step()) {
-      absl::StatusOr<SessionHead> h = Head({r.tenant, s.Text(0)}, now);
+      const std::string sid = s.Text(0);
+      if (scanned++ == std::max(options_.max_list_scan, 1)) {
+        // Read enough for one call: the rest from after the last read.
+        page.next_page_token = si::MakePageToken(after);
+        return page;
+      }
+      after = sid;
+      absl::StatusOr<SessionHead> h = Head({r.tenant, sid}, now);
       // A damaged session is left out, as the Redis store does (a delete
       // by id removes it): one bad row must not fail the tenant's every
-      // listing, nor every create once the tenant is at its limit.
-      if (!h.ok() && (GetReason(h.status()) == Reason::kStateCorrupt ||
+      // listing, nor every create once the tenant is at its limit. A
+      // damaged file is reported, not hidden as an empty listing.
+      if (!h.ok() && ((GetReason(h.status()) == Reason::kStateCorrupt &&
+                       GetErrorMetadata(h.status(), "database") != "damaged") ||
                       GetReason(h.status()) == Reason::kSessionNotFound)) {
         continue;
       }

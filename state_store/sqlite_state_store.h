@@ -33,10 +33,15 @@ struct SqliteStateStoreOptions {
   absl::Duration busy_timeout = absl::Seconds(10);
   // Time source for TTLs and leases. Not owned. nullptr = Clock::Real().
   Clock* clock = nullptr;
+  // Session heads one ListSessions call reads at most (as the Redis
+  // store's): a label filter that matches little returns short pages with
+  // a token instead of holding the store's lock over every session.
+  int max_list_scan = 2000;
 };
 
 // Opens (or creates) the database. INVALID_ARGUMENT for bad options;
-// UNAVAILABLE/kStoreUnavailable when the file cannot be opened.
+// UNAVAILABLE/kStoreUnavailable when the file cannot be opened;
+// DATA_LOSS/kStateCorrupt when it is not a sound database.
 absl::StatusOr<std::unique_ptr<StateStore>> NewSqliteStateStore(
     const SqliteStateStoreOptions& options);
 

@@ -312,6 +312,49 @@ TEST(SqliteStateStoreTest, TheFilesArePrivate) {
     EXPECT_EQ(st.st_mode & 077, 0u)
         << path << " mode " << std::oct << (st.st_mode & 0777);
   }
+  // A file an older build left 0644 is made private when opened.
+  (*store).reset();
+  ASSERT_EQ(chmod(env.path().c_str(), 0644), 0);
+  auto reopened = env.NewStore(8);
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  struct stat st;
+  ASSERT_EQ(stat(env.path().c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u) << std::oct << (st.st_mode & 0777);
+}
+
+// A label filter that matches almost nothing reads at most max_list_scan
+// heads a call (under the store's lock): short (here empty) pages with a
+// token, until the listing ends, and the one match is still found.
+TEST(SqliteStateStoreTest, AFilteredListingReadsBoundedPages) {
+  SqliteEnv env;
+  SqliteStateStoreOptions o;
+  o.path = env.path();
+  o.max_list_scan = 10;
+  auto store = NewSqliteStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  for (int i = 0; i < 35; ++i) {
+    CreateSessionRequest r = Creating(absl::StrCat("s", 100 + i));
+    if (i == 31) r.labels = {{"want", "yes"}};
+    ASSERT_TRUE((*store)->CreateSession(r).ok());
+  }
+  ListSessionsRequest req;
+  req.tenant = "acme";
+  req.page_size = 100;
+  req.label_filter = {{"want", "yes"}};
+  int calls = 0;
+  std::vector<std::string> found;
+  do {
+    auto page = (*store)->ListSessions(req);
+    ASSERT_TRUE(page.ok()) << page.status();
+    ASSERT_LE(page->sessions.size(), 1u);
+    for (const SessionHead& h : page->sessions) {
+      found.push_back(h.key.session_id);
+    }
+    req.page_token = page->next_page_token;
+    ASSERT_LT(++calls, 10);
+  } while (!req.page_token.empty());
+  EXPECT_EQ(found, std::vector<std::string>{"s131"});
+  EXPECT_EQ(calls, 4);  // 10 + 10 + 10 + 5 heads
 }
 
 // One damaged session is left out of listings (as in the Redis store), not
@@ -364,6 +407,13 @@ TEST(SqliteStateStoreTest, ADamagedFileIsStateCorrupt) {
   auto head = (*store)->GetHead({"acme", "s7"});
   EXPECT_EQ(head.status().code(), absl::StatusCode::kDataLoss) << head.status();
   EXPECT_EQ(GetReason(head.status()), Reason::kStateCorrupt) << head.status();
+  // A listing reports the damaged file, not an empty page.
+  ListSessionsRequest list;
+  list.tenant = "acme";
+  auto page = (*store)->ListSessions(list);
+  EXPECT_EQ(GetReason(page.status()), Reason::kStateCorrupt)
+      << (page.ok() ? "a page of " + std::to_string(page->sessions.size())
+                    : page.status().ToString());
   (*store).reset();
   // A file that is no database at all.
   {

@@ -2,6 +2,7 @@
 #include "state_store/internal/sqlite_db.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -50,8 +51,9 @@ constexpr std::pair<const char*, const char*> kAddedColumns[] = {
 absl::Status SqliteError(int rc, absl::string_view what) {
   const int primary = rc & 0xff;
   if (primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB) {
-    return DataLossError(Reason::kStateCorrupt,
-                         absl::StrCat(what, " (the database file is damaged)"));
+    return MakeError(absl::StatusCode::kDataLoss, Reason::kStateCorrupt,
+                     absl::StrCat(what, " (the database file is damaged)"),
+                     {{"database", "damaged"}});
   }
   return Unavailable(what);
 }
@@ -61,8 +63,19 @@ absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,
   // The file holds every tenant's state and pending input: created
   // private (0600) whatever the umask. SQLite gives its -wal and -shm
   // files the database file's mode.
-  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd >= 0) close(fd);
+  // A file an older build left readable to others (0644) is made private
+  // too, with its -wal/-shm, when this process owns it.
+  for (const std::string& p : {path, path + "-wal", path + "-shm"}) {
+    const int fd =
+        open(p.c_str(), O_RDWR | O_CLOEXEC | (p == path ? O_CREAT : 0), 0600);
+    if (fd < 0) continue;
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() &&
+        (st.st_mode & 077) != 0) {
+      fchmod(fd, st.st_mode & 0700);
+    }
+    close(fd);
+  }
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(
           path.c_str(), &db,

@@ -27,8 +27,9 @@ absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,
                                       absl::Duration busy_timeout);
 
 // The status of a failed SQLite call that returned `rc`: DATA_LOSS/
-// kStateCorrupt when the file is damaged (SQLITE_CORRUPT, SQLITE_NOTADB:
-// retrying cannot help), else UNAVAILABLE/kStoreUnavailable.
+// kStateCorrupt with metadata database=damaged when the file is damaged
+// (SQLITE_CORRUPT, SQLITE_NOTADB: retrying cannot help), else
+// UNAVAILABLE/kStoreUnavailable.
 absl::Status SqliteError(int rc, absl::string_view what);
 
 constexpr int64_t kNever = INT64_MAX;
