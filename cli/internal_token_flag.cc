@@ -29,8 +29,7 @@ absl::StatusOr<InternalToken> InternalTokenFromFlag() {
     return absl::InvalidArgumentError(
         absl::StrCat("--internal-token-file: ", token.status().message()));
   }
-  if (absl::StartsWith(token->value(), "CHANGE-ME") ||
-      absl::StartsWith(token->value(), "dev-only-insecure")) {
+  if (token->holds_placeholder()) {
     std::cerr << "statestream: WARNING: --internal-token-file holds the "
                  "placeholder token of the example manifests: anyone who "
                  "has read them can act as a gateway; replace it\n";

@@ -168,6 +168,8 @@ absl::StatusOr<TenantAuth> TenantAuth::FromFile(const std::string& path) {
       }
     }
   }
+  // A read error part-way would drop the rest of the keys.
+  if (in.bad()) return absl::NotFoundError(absl::StrCat("cannot read ", path));
   if (keys.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": no API keys"));
   }
@@ -228,6 +230,8 @@ absl::Status InternalToken::Add(absl::string_view token) {
   }
   if (value_.empty()) value_ = std::string(token);
   digests_.push_back(*digest);
+  placeholder_ = placeholder_ || absl::StartsWith(token, "CHANGE-ME") ||
+                 absl::StartsWith(token, "dev-only-insecure");
   return absl::OkStatus();
 }
 

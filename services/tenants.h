@@ -247,6 +247,10 @@ class InternalToken {
   bool configured() const { return !value_.empty(); }
   // What a gateway sends: the first token.
   const std::string& value() const { return value_; }
+  // Whether any of the tokens is the example manifests' placeholder (it
+  // starts with "CHANGE-ME" or "dev-only-insecure"): anyone who has read
+  // them could act as a gateway. The CLI warns.
+  bool holds_placeholder() const { return placeholder_; }
   // OK when none is configured or `shown` is one of the tokens (compared as
   // SHA-256 digests in constant time, against all of them);
   // UNAUTHENTICATED otherwise.
@@ -257,6 +261,7 @@ class InternalToken {
 
   std::string value_;
   std::vector<std::array<unsigned char, 32>> digests_;
+  bool placeholder_ = false;
 };
 
 // The metadata key gateways send the internal token under.

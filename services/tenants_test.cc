@@ -98,6 +98,19 @@ TEST(InternalTokenTest, AFileMayHoldSeveralTokensForRotation) {
   write("# nothing but a comment\n\n");
   EXPECT_EQ(InternalToken::FromFile(path).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // The example manifests' placeholder, even as the second token (left
+  // there after a rotation), is reported.
+  EXPECT_FALSE(token->holds_placeholder());
+  write("new-token-0123456789abcdef\nCHANGE-ME-0123456789abcdef\n");
+  auto placeholder = InternalToken::FromFile(path);
+  ASSERT_TRUE(placeholder.ok()) << placeholder.status();
+  EXPECT_TRUE(placeholder->holds_placeholder());
+  // A directory opens but cannot be read: NOT_FOUND, not a file of no
+  // tokens (the same for the API keys).
+  EXPECT_EQ(InternalToken::FromFile(dir).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(TenantAuth::FromFile(dir).status().code(),
+            absl::StatusCode::kNotFound);
   std::remove(path.c_str());
   rmdir(dir);
 }
