@@ -95,7 +95,7 @@ TEST_F(ClusterChaosTest, RedisRestartDuringTraffic) {
   std::string ref_state;
   ASSERT_NO_FATAL_FAILURE(Reference(chunks, &ref, &ref_state));
   constexpr int kSessions = 4;
-  std::atomic<int> acked{0};
+  std::atomic<int> acked[kSessions] = {};
   std::atomic<uint64_t> committed[kSessions] = {};
   std::vector<std::string> unexpected;
   absl::Mutex mu;
@@ -106,6 +106,7 @@ TEST_F(ClusterChaosTest, RedisRestartDuringTraffic) {
   bool down = false;                // guarded by mu
   bool give_up = false;             // guarded by mu: the test failed
   bool met_outage[kSessions] = {};  // guarded by mu
+  bool finished[kSessions] = {};    // guarded by mu: its stream ended
   std::vector<std::thread> clients;
   for (int i = 0; i < kSessions; ++i) {
     ASSERT_TRUE(cluster_->Create(absl::StrCat("r", i), i % 2).ok());
@@ -137,11 +138,10 @@ TEST_F(ClusterChaosTest, RedisRestartDuringTraffic) {
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
             return true;
           },
-          &committed[i], &acked);
-      if (!st.ok()) {
-        absl::MutexLock lock(&mu);
-        unexpected.push_back(st.ToString());
-      }
+          &committed[i], &acked[i]);
+      absl::MutexLock lock(&mu);
+      finished[i] = true;
+      if (!st.ok()) unexpected.push_back(st.ToString());
     });
   }
   // Whatever fails below, the clients are released and joined.
@@ -153,7 +153,9 @@ TEST_F(ClusterChaosTest, RedisRestartDuringTraffic) {
     }
     for (auto& t : clients) t.join();
   };
-  ASSERT_TRUE(WaitFor(acked, kSessions * 15));
+  // Redis goes once every client is some way in (a client that finished
+  // first cannot meet the outage, and is not required to below).
+  for (int i = 0; i < kSessions; ++i) ASSERT_TRUE(WaitFor(acked[i], 10));
   {
     absl::MutexLock lock(&mu);
     down = true;
@@ -164,15 +166,20 @@ TEST_F(ClusterChaosTest, RedisRestartDuringTraffic) {
   EXPECT_EQ(create.code(), absl::StatusCode::kUnavailable) << create;
   for (auto& w : cluster_->workers()) EXPECT_GT(w->pid(), 0);
   // Every client needs Redis within 5 chunks (its next checkpoint), so
-  // each meets the outage; then none can be acknowledged anything more.
-  auto all_met = [&] {
-    return std::all_of(std::begin(met_outage), std::end(met_outage),
-                       [](bool m) { return m; });
+  // each still running meets the outage; then none can be acknowledged
+  // anything more.
+  auto all_met = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    for (int i = 0; i < kSessions; ++i) {
+      if (!met_outage[i] && !finished[i]) return false;
+    }
+    return true;
   };
   {
     absl::MutexLock lock(&mu);
     mu.AwaitWithTimeout(absl::Condition(&all_met), absl::Seconds(120));
     EXPECT_TRUE(all_met()) << "a client never met the outage";
+    EXPECT_TRUE(std::any_of(std::begin(met_outage), std::end(met_outage),
+                            [](bool m) { return m; }));
   }
   uint64_t committed_before[kSessions];
   for (int i = 0; i < kSessions; ++i) committed_before[i] = committed[i];
@@ -227,6 +234,7 @@ TEST_F(ClusterChaosTest, WorkersAddedAndRemovedUnderLoad) {
     ASSERT_TRUE(cluster_->Create(absl::StrCat("m", i), i % 2).ok());
   }
   const double failovers_before = AppendFailovers();
+  ASSERT_GE(failovers_before, 0) << "a gateway's /metrics cannot be read";
   std::vector<std::thread> clients;
   absl::Cleanup join = [&] {
     for (auto& t : clients) t.join();
@@ -294,10 +302,15 @@ TEST_F(ClusterChaosTest, WorkersAddedAndRemovedUnderLoad) {
   EXPECT_EQ(drained->Terminate(), 0);
   std::move(join).Invoke();
   EXPECT_TRUE(failures.empty()) << failures.front();
-  // Both departures moved streams: the gateways failed them over, or
-  // (a drained worker's streams end UNAVAILABLE) the clients resumed.
-  EXPECT_GE(AppendFailovers() - failovers_before + client_retries.load(), 2)
-      << "failovers " << AppendFailovers() - failovers_before
+  // The departures moved streams: the gateways failed them over, or (a
+  // drained worker's streams end UNAVAILABLE) the clients resumed. (The
+  // two workers' sessions were mid-stream when their workers left, and
+  // every session ends equal to the reference below, so each one's rest
+  // was applied elsewhere.)
+  const double failovers_after = AppendFailovers();
+  ASSERT_GE(failovers_after, 0) << "a gateway's /metrics cannot be read";
+  EXPECT_GE(failovers_after - failovers_before + client_retries.load(), 2)
+      << "failovers " << failovers_after - failovers_before
       << ", client retries " << client_retries.load();
   int live = 0;
   for (auto& w : cluster_->workers()) live += w->pid() > 0 ? 1 : 0;
