@@ -236,6 +236,11 @@ TEST(WorkerRestartTest, AnInt8StateIsAMismatchForTheFp32Model) {
   const std::string dir =
       absl::StrCat(::testing::TempDir(), "/worker_e2e_int8_", getpid());
   std::filesystem::remove_all(dir);
+  struct Appended {
+    bool acked = false;
+    v1::AppendResponse ack;
+    absl::Status finished;
+  };
   auto append = [](v1::Streams::Stub* stub) {
     grpc::ClientContext ctx;
     auto stream = stub->Append(&ctx);
@@ -245,12 +250,28 @@ TEST(WorkerRestartTest, AnInt8StateIsAMismatchForTheFp32Model) {
     r.set_flush(true);
     r.set_checkpoint(true);
     EXPECT_TRUE(stream->Write(r));
-    v1::AppendResponse ack;
-    const bool read = stream->Read(&ack);
+    Appended out;
+    out.acked = stream->Read(&out.ack);
     stream->WritesDone();
-    return std::make_pair(read, FromGrpcStatus(stream->Finish()));
+    out.finished = FromGrpcStatus(stream->Finish());
+    return out;
   };
+  auto export_state = [](v1::Sessions::Stub* stub) {
+    grpc::ClientContext ctx;
+    v1::ExportStateRequest req;
+    req.set_session_id("q");
+    auto reader = stub->ExportState(&ctx, req);
+    v1::ExportStateResponse msg;
+    std::string blob;
+    while (reader->Read(&msg)) {
+      if (msg.has_chunk()) blob += msg.chunk().data();
+    }
+    return reader->Finish().ok() ? blob : std::string();
+  };
+  std::string int8_state;
+  int run = 0;
   for (const char* precision : {"int8", "f32", "int8"}) {
+    ++run;
     auto [server, sessions, streams] = StartServe(
         {"--data-dir=" + dir, std::string("--precision=") + precision});
     ASSERT_NE(server, nullptr);
@@ -261,14 +282,27 @@ TEST(WorkerRestartTest, AnInt8StateIsAMismatchForTheFp32Model) {
     v1::Session s;
     // A retry of the same request id after the first run: answered, not
     // created twice.
-    sessions->CreateSession(&c, create, &s);
-    auto [acked, finished] = append(streams.get());
+    const absl::Status created =
+        FromGrpcStatus(sessions->CreateSession(&c, create, &s));
+    if (run == 1) {
+      EXPECT_TRUE(created.ok()) << created;
+    }
+    const Appended a = append(streams.get());
     if (std::string(precision) == "f32") {  // the int8 state: refused
-      EXPECT_FALSE(acked);
-      EXPECT_EQ(GetReason(finished), Reason::kModelMismatch) << finished;
+      EXPECT_FALSE(a.acked);
+      EXPECT_EQ(GetReason(a.finished), Reason::kModelMismatch) << a.finished;
     } else {  // applied, then (third run) acknowledged as a duplicate
-      EXPECT_TRUE(acked) << finished;
-      EXPECT_TRUE(finished.ok()) << finished;
+      EXPECT_TRUE(a.acked) << a.finished;
+      EXPECT_TRUE(a.finished.ok()) << a.finished;
+      EXPECT_EQ(a.ack.input_offset(), 9u);
+      EXPECT_EQ(a.ack.duplicate(), run == 3);
+      const std::string state = export_state(sessions.get());
+      EXPECT_FALSE(state.empty());
+      if (run == 1) {
+        int8_state = state;
+      } else {  // the f32 server left it intact
+        EXPECT_TRUE(state == int8_state) << "the int8 state changed";
+      }
     }
     server->Signal(SIGTERM);
     ASSERT_TRUE(server->Wait(absl::Seconds(60)).ok());
