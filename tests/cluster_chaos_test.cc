@@ -662,6 +662,88 @@ TEST_F(ClusterChaosTest,
   EXPECT_EQ(diverged, 0);
 }
 
+// The owner SIGKILLed with a checkpoint's commit in flight: Redis is paused
+// (SIGSTOP) when the checkpoint is asked for, the owner dies, then Redis
+// resumes and runs whatever the dead worker had sent into its socket (its
+// chunk writes; the commit script follows their replies, so here it never
+// lands — the line printed says). The client resumes from the committed
+// offset and ends with the reference's state, every kept version loads,
+// versions only grow and fences never go back.
+TEST_F(ClusterChaosTest, AnOwnerKilledWithACommitInFlight) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster({}));
+  const auto chunks = e2e::TextChunks(30, 64, 41);
+  v1::Session ref;
+  std::string ref_state;
+  ASSERT_NO_FATAL_FAILURE(Reference(chunks, &ref, &ref_state));
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE(round);
+    const std::string id = absl::StrCat("inflight", round);
+    ASSERT_TRUE(cluster_->Create(id).ok());
+    const size_t before = 10 + 5 * static_cast<size_t>(round);
+    {
+      auto ctx = e2e::ClientContext();
+      auto stream = cluster_->streams(0)->Append(ctx.get());
+      uint64_t offset = 0;
+      for (size_t i = 0; i <= before; ++i) {
+        v1::AppendRequest r;
+        r.set_session_id(id);
+        r.set_expected_input_offset(offset);
+        r.set_text_utf8(chunks[i]);
+        r.set_checkpoint(true);
+        if (i == before) {
+          e2e::ClusterProcess* owner = cluster_->Owner(id);
+          ASSERT_NE(owner, nullptr);
+          cluster_->redis()->Pause();
+          ASSERT_TRUE(stream->Write(r));
+          // Time for the owner to apply the chunk and send its commit
+          // (into the paused server's socket): either way is fine.
+          absl::SleepFor(absl::Milliseconds(100 * round));
+          owner->Kill();
+          cluster_->redis()->Resume();
+          break;
+        }
+        ASSERT_TRUE(stream->Write(r));
+        v1::AppendResponse ack;
+        ASSERT_TRUE(stream->Read(&ack));
+        offset += chunks[i].size();
+        ASSERT_EQ(ack.committed_input_offset(), offset);
+      }
+      ctx->TryCancel();
+      stream->Finish();
+    }
+    ASSERT_TRUE(cluster_->AddWorker().ok());
+    auto head = cluster_->store()->GetHead({"default", id});
+    ASSERT_TRUE(head.ok()) << head.status();
+    std::printf(
+        "round %d: the in-flight commit %s\n", round,
+        head->head.input_offset > before * 64 ? "landed" : "did not land");
+    // The client's side: resume from the committed offset.
+    const absl::Status st = e2e::AppendResumable(
+        cluster_.get(), id, chunks, 1, [](const grpc::Status& s) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+          return s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                 s.error_code() == grpc::StatusCode::ABORTED;
+        });
+    ASSERT_TRUE(st.ok()) << st;
+    auto state = cluster_->Export(id);
+    ASSERT_TRUE(state.ok()) << state.status();
+    EXPECT_TRUE(*state == ref_state) << "the state differs";
+    auto versions = cluster_->store()->ListVersions({"default", id});
+    ASSERT_TRUE(versions.ok()) << versions.status();
+    ASSERT_FALSE(versions->empty());
+    for (size_t k = 0; k < versions->size(); ++k) {
+      const VersionInfo& v = (*versions)[k];
+      auto loaded = cluster_->store()->LoadVersion({"default", id}, v.version);
+      EXPECT_TRUE(loaded.ok()) << v.version << ": " << loaded.status();
+      if (k > 0) {
+        EXPECT_GT(v.version, (*versions)[k - 1].version);
+        EXPECT_GE(v.fence, (*versions)[k - 1].fence) << v.version;
+        EXPECT_GE(v.input_offset, (*versions)[k - 1].input_offset) << v.version;
+      }
+    }
+  }
+}
+
 // 200 sessions over 2 gateways for STATESTREAM_LOAD_SECONDS (default 15):
 // each client thread appends to its sessions in turn (one Append stream per
 // request) and every 8th operation generates 8 tokens. Reports throughput
