@@ -266,6 +266,7 @@ int Run(const std::vector<std::string>& args) {
     reg.resync = [models] {
       for (worker::SessionManager* m : models->managers()) m->RenewLeasesNow();
     };
+    reg.resync_after_failing = options.sessions.lease_ttl / 3;
     auto registration = WorkerRegistration::Start(kept->store.get(), reg);
     if (!registration.ok()) return registration.status();
     kept->registration = *std::move(registration);

@@ -4,6 +4,8 @@
 #include <iostream>
 #include <utility>
 
+#include "absl/time/clock.h"
+
 namespace statestream {
 
 absl::StatusOr<std::unique_ptr<WorkerRegistration>> WorkerRegistration::Start(
@@ -29,6 +31,7 @@ WorkerRegistration::~WorkerRegistration() { Stop(); }
 
 void WorkerRegistration::Loop() {
   bool failing = false;
+  absl::Time failing_since = absl::InfinitePast();
   WorkerInfo info = options_.info;
   absl::MutexLock lock(&mu_);
   while (true) {
@@ -43,14 +46,20 @@ void WorkerRegistration::Loop() {
         store_->RegisterWorker(info, 3 * options_.heartbeat_interval);
     const absl::Status& st = listed.status();
     if (!st.ok() && !failing) {
+      failing_since = absl::Now();
       std::cerr << "worker " << info.worker_id
                 << ": registry heartbeat failed (retrying): " << st << "\n";
     } else if (st.ok() && failing) {
       std::cerr << "worker " << info.worker_id << ": registry heartbeat ok\n";
-    } else if (st.ok() && !*listed) {
+    }
+    const bool long_failure =
+        st.ok() && failing &&
+        absl::Now() - failing_since >= options_.resync_after_failing;
+    if (st.ok() && (!*listed || long_failure)) {
       std::cerr << "worker " << info.worker_id
-                << ": registry entry had expired or was lost; listed again, "
-                   "re-checking sessions\n";
+                << (!*listed ? ": registry entry had expired or was lost"
+                             : ": registry unreachable for a while")
+                << "; re-checking sessions\n";
     }
     // Only a lost entry says the worker was away long enough to have
     // missed something (three periods: other workers may have taken its
@@ -58,7 +67,9 @@ void WorkerRegistration::Loop() {
     // failed while the entry lived says nothing about the leases, and
     // renewing everything after each would multiply renewals exactly while
     // the store struggles.
-    if (st.ok() && !*listed && options_.resync) options_.resync();
+    if (st.ok() && (!*listed || long_failure) && options_.resync) {
+      options_.resync();
+    }
     failing = !st.ok();
     mu_.Lock();
   }

@@ -37,6 +37,10 @@ struct WorkerRegistrationOptions {
   // re-checks them now instead of at its next lease renewal
   // (SessionManager::RenewLeasesNow).
   std::function<void()> resync;
+  // Also resync once heartbeats that failed for this long work again,
+  // even if the entry lived (a heartbeat interval long against the lease
+  // TTL keeps the entry past the leases): the worker passes lease_ttl / 3.
+  absl::Duration resync_after_failing = absl::InfiniteDuration();
 };
 
 // Thread-safe. Destruction unregisters (see Stop).

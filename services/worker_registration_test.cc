@@ -122,6 +122,29 @@ TEST_F(WorkerRegistrationTest, OnlyFailuresThatOutlastTheEntryResync) {
   EXPECT_TRUE(Listed(memory_.get(), "w1"));
 }
 
+// With resync_after_failing, failures that lasted that long resync once the
+// heartbeat works again, though the entry lived (a heartbeat interval long
+// against the leases' TTL).
+TEST_F(WorkerRegistrationTest, LongFailuresResyncWhenAskedTo) {
+  registration_.reset();
+  WorkerRegistrationOptions o;
+  o.info.worker_id = "w2";
+  o.info.address = "127.0.0.1:2";
+  o.heartbeat_interval = absl::Milliseconds(20);
+  o.resync = [this] { ++resyncs_; };
+  o.resync_after_failing = absl::Milliseconds(200);
+  auto r = WorkerRegistration::Start(flaky_.get(), o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  flaky_->down = true;
+  absl::SleepFor(absl::Milliseconds(400));
+  EXPECT_TRUE(Listed(memory_.get(), "w2"));  // the fake clock never moved
+  flaky_->down = false;
+  ASSERT_TRUE(WaitFor([&] { return resyncs_ >= 1; }));
+  const int after = flaky_->calls;
+  ASSERT_TRUE(WaitFor([&] { return flaky_->calls >= after + 5; }));
+  EXPECT_EQ(resyncs_, 1);
+}
+
 TEST_F(WorkerRegistrationTest, StopUnregisters) {
   ASSERT_TRUE(Listed(memory_.get(), "w1"));
   registration_->Stop();

@@ -103,10 +103,12 @@ TEST_F(ClusterChaosTest, RedisRestartDuringTraffic) {
   // Redis is back: so every client is known to have met the outage, no
   // acknowledgement arrives while the heads are checked, and nothing is
   // re-sent before the check (a resend would hide a lost commit).
-  bool down = false;                // guarded by mu
-  bool give_up = false;             // guarded by mu: the test failed
-  bool met_outage[kSessions] = {};  // guarded by mu
-  bool finished[kSessions] = {};    // guarded by mu: its stream ended
+  bool down = false;                    // guarded by mu
+  bool give_up = false;                 // guarded by mu: the test failed
+  bool met_outage[kSessions] = {};      // guarded by mu
+  bool finished[kSessions] = {};        // guarded by mu: its stream ended
+  bool redis_gone = false;              // guarded by mu: killed, not restarted
+  bool finished_without_redis = false;  // guarded by mu
   std::vector<std::thread> clients;
   for (int i = 0; i < kSessions; ++i) {
     ASSERT_TRUE(cluster_->Create(absl::StrCat("r", i), i % 2).ok());
@@ -141,6 +143,8 @@ TEST_F(ClusterChaosTest, RedisRestartDuringTraffic) {
           &committed[i], &acked[i]);
       absl::MutexLock lock(&mu);
       finished[i] = true;
+      // Its last chunk is a checkpoint: no stream can end OK without Redis.
+      if (st.ok() && redis_gone) finished_without_redis = true;
       if (!st.ok()) unexpected.push_back(st.ToString());
     });
   }
@@ -161,6 +165,10 @@ TEST_F(ClusterChaosTest, RedisRestartDuringTraffic) {
     down = true;
   }
   cluster_->redis()->Kill();
+  {
+    absl::MutexLock lock(&mu);
+    redis_gone = true;
+  }
   // A call that must touch the store fails cleanly while it is away.
   absl::Status create = cluster_->Create("during-outage", 1);
   EXPECT_EQ(create.code(), absl::StatusCode::kUnavailable) << create;
@@ -183,6 +191,12 @@ TEST_F(ClusterChaosTest, RedisRestartDuringTraffic) {
   }
   uint64_t committed_before[kSessions];
   for (int i = 0; i < kSessions; ++i) committed_before[i] = committed[i];
+  {
+    absl::MutexLock lock(&mu);
+    redis_gone = false;
+    EXPECT_FALSE(finished_without_redis)
+        << "a stream ended OK while Redis was gone";
+  }
   ASSERT_TRUE(cluster_->redis()->Restart().ok());
   // Acknowledged commits survived the restart: read before any client
   // resumes (a client that re-sent lost input would hide the loss).

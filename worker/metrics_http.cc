@@ -47,14 +47,19 @@ class HttpServer final : public MetricsHttpServer {
           absl::StrCat("cannot bind the metrics server to ", host_, ":", port,
                        ": ", gai_strerror(rc)));
     }
-    const bool v6 = found->ai_family == AF_INET6;
-    daemon_ = MHD_start_daemon(
-        MHD_USE_AUTO_INTERNAL_THREAD | (v6 ? MHD_USE_IPv6 : 0), 0, nullptr,
-        nullptr, &HttpServer::Handle, this, MHD_OPTION_SOCK_ADDR,
-        found->ai_addr, MHD_OPTION_CONNECTION_LIMIT, kMaxConnections,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, kPerAddress,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, kMemoryPerConnection,
-        MHD_OPTION_CONNECTION_TIMEOUT, kIdleSeconds, MHD_OPTION_END);
+    // The first address that binds. An IPv6 one accepts IPv4 too where
+    // the system allows ([::] takes every client, as a dual-stack socket).
+    for (addrinfo* a = found; a != nullptr && daemon_ == nullptr;
+         a = a->ai_next) {
+      const bool v6 = a->ai_family == AF_INET6;
+      daemon_ = MHD_start_daemon(
+          MHD_USE_AUTO_INTERNAL_THREAD | (v6 ? MHD_USE_DUAL_STACK : 0), 0,
+          nullptr, nullptr, &HttpServer::Handle, this, MHD_OPTION_SOCK_ADDR,
+          a->ai_addr, MHD_OPTION_CONNECTION_LIMIT, kMaxConnections,
+          MHD_OPTION_PER_IP_CONNECTION_LIMIT, kPerAddress,
+          MHD_OPTION_CONNECTION_MEMORY_LIMIT, kMemoryPerConnection,
+          MHD_OPTION_CONNECTION_TIMEOUT, kIdleSeconds, MHD_OPTION_END);
+    }
     freeaddrinfo(found);
     if (daemon_ == nullptr) {
       return absl::UnavailableError(

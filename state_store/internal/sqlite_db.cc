@@ -61,20 +61,20 @@ absl::Status SqliteError(int rc, absl::string_view what) {
 absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,
                                       absl::Duration busy_timeout) {
   // The file holds every tenant's state and pending input: created
-  // private (0600) whatever the umask. SQLite gives its -wal and -shm
-  // files the database file's mode.
-  // A file an older build left readable to others (0644) is made private
-  // too, with its -wal/-shm, when this process owns it.
+  // private (0600) whatever the umask; SQLite gives its -wal and -shm
+  // files the database file's mode. A file an older build left readable
+  // to others (0644) is made private too, with its -wal/-shm, when this
+  // process owns it. By path only: closing a descriptor of the file would
+  // drop the POSIX locks another connection of this process holds on it.
+  const int created =
+      open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (created >= 0) close(created);  // new: no connection can hold it yet
   for (const std::string& p : {path, path + "-wal", path + "-shm"}) {
-    const int fd =
-        open(p.c_str(), O_RDWR | O_CLOEXEC | (p == path ? O_CREAT : 0), 0600);
-    if (fd < 0) continue;
     struct stat st;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() &&
-        (st.st_mode & 077) != 0) {
-      fchmod(fd, st.st_mode & 0700);
+    if (lstat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+        st.st_uid == geteuid() && (st.st_mode & 077) != 0) {
+      chmod(p.c_str(), st.st_mode & 0700);
     }
-    close(fd);
   }
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(
