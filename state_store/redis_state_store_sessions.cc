@@ -394,9 +394,18 @@ absl::Status RedisStateStore::DropFromIndex(const SessionKey& key) {
   if (absl::SimpleAtoi(Str(marked[0].get()), &in_flight) && in_flight > 0) {
     return absl::OkStatus();
   }
+  // A session whose create ended since the caller read no head has one
+  // now: it stays. (Removing first and adding back left a moment in which
+  // the index counted one session less, and a create racing through
+  // another gateway took the place: the tenant passed its limit.)
+  auto head = GetHead(key);
+  if (head.ok()) return absl::OkStatus();
+  if (GetReason(head.status()) != Reason::kSessionNotFound) {
+    return head.status();
+  }
   SS_RETURN_IF_ERROR(
       client_->Run(index, {{"ZREM", index, key.session_id}}).status());
-  auto head = GetHead(key);
+  head = GetHead(key);
   if (head.ok()) return AddToIndex(key);
   if (GetReason(head.status()) == Reason::kSessionNotFound) {
     return absl::OkStatus();
