@@ -304,9 +304,12 @@ void Gateway::SweepChannels(absl::Time now) {
 bool Gateway::ShouldFailover(const grpc::Status& status) {
   switch (status.error_code()) {
     case grpc::StatusCode::UNAVAILABLE: {
-      // Transport failures carry no ErrorInfo; a draining worker says so.
+      // Transport failures carry no ErrorInfo; a worker that is leaving
+      // (draining, shutting down) says so with stopping=true (a worker
+      // from before the key: by its message).
       if (status.error_details().empty()) return true;
-      return status.error_message() == "the worker is draining";
+      return GetErrorMetadata(FromGrpcStatus(status), "stopping") == "true" ||
+             status.error_message() == "the worker is draining";
     }
     case grpc::StatusCode::CANCELLED:  // the worker shut down (or stalled)
       return true;

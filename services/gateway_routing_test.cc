@@ -25,6 +25,7 @@
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "services/gateway.h"
+#include "services/gateway_internal.h"
 #include "services/gateway_metrics.h"
 #include "services/gateway_router.h"
 #include "services/gateway_test_util.h"
@@ -201,6 +202,25 @@ TEST_F(GatewayTest, ACallNoWorkerCompletedIsUnavailable) {
     EXPECT_EQ(GetReason(FromGrpcStatus(st)), Reason::kOverloaded);
     EXPECT_TRUE(GetErrorMetadata(FromGrpcStatus(st), "retry_after_ms"));
   }
+}
+
+// A worker that is leaving (draining, or its scheduler shutting down) says
+// so with stopping=true, and the gateway moves the call; a worker that is
+// only overloaded does not get its call moved (the client backs off).
+TEST(GatewayFailoverTest, ALeavingWorkerIsFailedOverAnOverloadedOneIsNot) {
+  auto unavailable = [](const char* message, ErrorMetadata metadata) {
+    return ToGrpcStatus(MakeError(absl::StatusCode::kUnavailable,
+                                  Reason::kOverloaded, message, metadata));
+  };
+  EXPECT_TRUE(gateway::Gateway::ShouldFailover(
+      unavailable("the worker is shutting down",
+                  {{"retry_after_ms", "100"}, {"stopping", "true"}})));
+  EXPECT_TRUE(gateway::Gateway::ShouldFailover(
+      unavailable("the worker is draining", {{"retry_after_ms", "100"}})));
+  EXPECT_FALSE(gateway::Gateway::ShouldFailover(
+      unavailable("queue full", {{"retry_after_ms", "100"}})));
+  EXPECT_TRUE(gateway::Gateway::ShouldFailover(
+      grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection refused")));
 }
 
 // A loopback port bound but not listening: connections to it are refused,

@@ -29,7 +29,8 @@ absl::Status Scheduler::Submit(std::shared_ptr<Task> task) {
   absl::MutexLock lock(&mu_);
   if (stopping_) {
     return MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
-                     "the worker is shutting down");
+                     "the worker is shutting down",
+                     {{"retry_after_ms", "100"}, {"stopping", "true"}});
   }
   // A task over the whole token bound would be refused with a retry hint
   // forever: it is too large, not waiting for room.
@@ -105,7 +106,8 @@ void Scheduler::Loop() {
   }
   const absl::Status stopped =
       MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
-                "the worker is shutting down");
+                "the worker is shutting down",
+                {{"retry_after_ms", "100"}, {"stopping", "true"}});
   for (auto& t : active) t->OnError(stopped);
   absl::MutexLock lock(&mu_);
   for (auto& t : incoming_) t->OnError(stopped);

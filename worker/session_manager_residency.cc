@@ -53,7 +53,8 @@ absl::Status Busy() {
 
 absl::Status Draining() {
   return MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
-                   "the worker is draining", {{"retry_after_ms", "100"}});
+                   "the worker is draining",
+                   {{"retry_after_ms", "100"}, {"stopping", "true"}});
 }
 
 bool WrittenBelowDurability(const absl::Status& st) {
