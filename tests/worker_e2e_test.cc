@@ -501,8 +501,11 @@ TEST_F(WorkerE2eTest, BadInputGetsTypedErrors) {
   EXPECT_EQ(GetReason(st), Reason::kInvalidToken) << st;
   st = Append({Text("bad", 0, "ok\xFF")}).status;
   EXPECT_EQ(GetReason(st), Reason::kInvalidUtf8) << st;
+  // input_offset: the input offset of the first invalid byte.
+  EXPECT_EQ(GetErrorMetadata(st, "input_offset"), "2") << st;
   st = Append({Text("bad", 0, "caf\xC3", true)}).status;  // incomplete
   EXPECT_EQ(GetReason(st), Reason::kInvalidUtf8) << st;
+  EXPECT_EQ(GetErrorMetadata(st, "input_offset"), "3") << st;
   st = Append({Text("bad", 0, std::string((1 << 20) + 1, 'a'))}).status;
   EXPECT_EQ(GetReason(st), Reason::kMessageTooLarge) << st;
   auto got = Get("bad");

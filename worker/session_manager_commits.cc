@@ -290,17 +290,25 @@ void SessionManager::Impl::AppendOp(
     }
     const std::string joined = carry + std::string(text.substr(skip));
     const size_t complete = engine::Utf8CompletePrefixLength(joined);
-    if (!engine::IsValidUtf8(absl::string_view(joined).substr(0, complete))) {
+    const size_t bad = engine::FirstInvalidUtf8Byte(
+        absl::string_view(joined).substr(0, complete));
+    if (bad != complete) {
+      // The input offset of the first invalid byte: the carry is the tail
+      // of earlier input, this request's text starts at `at`.
+      const uint64_t bad_at = bad < carry.size()
+                                  ? at - carry.size() + bad
+                                  : at + skip + (bad - carry.size());
       return fail(Invalid(
           Reason::kInvalidUtf8, "text_utf8 is not valid UTF-8",
-          {{"input_offset", absl::StrCat(at)}, {"field", "text_utf8"}}));
+          {{"input_offset", absl::StrCat(bad_at)}, {"field", "text_utf8"}}));
     }
     carry = joined.substr(complete);
   }
   if (flush && !carry.empty()) {
     return fail(Invalid(
         Reason::kInvalidUtf8, "text ends inside a UTF-8 character at a flush",
-        {{"input_offset", absl::StrCat(at + units)}, {"field", "text_utf8"}}));
+        {{"input_offset", absl::StrCat(at + units - carry.size())},
+         {"field", "text_utf8"}}));
   }
   std::vector<int32_t> tokens;
   std::string new_tail = s->tail;

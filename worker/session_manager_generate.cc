@@ -56,10 +56,11 @@ absl::Status SessionManager::Impl::CheckRequest(const GenerateInput& in) const {
     if (in.prompt_text.size() > kMaxTextBytes) {
       return TooLarge("prompt_text_utf8", kMaxTextBytes);
     }
-    if (!engine::IsValidUtf8(in.prompt_text)) {
-      return Invalid(Reason::kInvalidUtf8,
-                     "prompt_text_utf8 is not valid UTF-8",
-                     {{"field", "prompt_text_utf8"}});
+    if (const size_t bad = engine::FirstInvalidUtf8Byte(in.prompt_text);
+        bad != in.prompt_text.size()) {
+      return Invalid(
+          Reason::kInvalidUtf8, "prompt_text_utf8 is not valid UTF-8",
+          {{"field", "prompt_text_utf8"}, {"byte_offset", absl::StrCat(bad)}});
     }
   } else if (in.prompt_kind == GenerateInput::Prompt::kTokens) {
     if (in.prompt_tokens.size() > kMaxAppendTokens) {
@@ -549,10 +550,11 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
       if (in.text.size() > kMaxTextBytes) {
         return done(TooLarge("text_utf8", kMaxTextBytes));
       }
-      if (!engine::IsValidUtf8(in.text)) {
-        return done(Invalid(Reason::kInvalidUtf8,
-                            "text_utf8 is not valid UTF-8",
-                            {{"field", "text_utf8"}}));
+      if (const size_t bad = engine::FirstInvalidUtf8Byte(in.text);
+          bad != in.text.size()) {
+        return done(Invalid(
+            Reason::kInvalidUtf8, "text_utf8 is not valid UTF-8",
+            {{"field", "text_utf8"}, {"byte_offset", absl::StrCat(bad)}}));
       }
       cont = m.tok_->Encode(in.text);
       if (cont.size() > kMaxScoreTokens) {

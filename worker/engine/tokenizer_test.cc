@@ -469,6 +469,17 @@ TEST(Utf8Test, Validity) {
   EXPECT_FALSE(IsValidUtf8("\xe4\xb8"));  // truncated
 }
 
+TEST(Utf8Test, FirstInvalidByte) {
+  EXPECT_EQ(FirstInvalidUtf8Byte(""), 0u);
+  EXPECT_EQ(FirstInvalidUtf8Byte("abc"), 3u);
+  EXPECT_EQ(FirstInvalidUtf8Byte("ab\xff"
+                                 "c"),
+            2u);
+  EXPECT_EQ(FirstInvalidUtf8Byte("abcdefghij\x80"), 10u);  // past the fast path
+  EXPECT_EQ(FirstInvalidUtf8Byte("\xc3\xa9\xc0\xaf"), 2u);      // overlong
+  EXPECT_EQ(FirstInvalidUtf8Byte("\xe4\xb8\xad\xe4\xb8"), 3u);  // truncated
+}
+
 TEST(Utf8Test, CompletePrefixLength) {
   EXPECT_EQ(Utf8CompletePrefixLength(""), 0u);
   EXPECT_EQ(Utf8CompletePrefixLength("abc"), 3u);

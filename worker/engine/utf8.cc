@@ -46,6 +46,10 @@ Seq NextSequence(absl::string_view bytes, size_t i) {
 }  // namespace
 
 bool IsValidUtf8(absl::string_view bytes) {
+  return FirstInvalidUtf8Byte(bytes) == bytes.size();
+}
+
+size_t FirstInvalidUtf8Byte(absl::string_view bytes) {
   size_t i = 0;
   while (i < bytes.size()) {
     // ASCII fast path, 8 bytes at a time.
@@ -60,10 +64,10 @@ bool IsValidUtf8(absl::string_view bytes) {
     }
     if (i >= bytes.size()) break;
     const Seq s = NextSequence(bytes, i);
-    if (s.kind != SeqKind::kValid) return false;
+    if (s.kind != SeqKind::kValid) return i;
     i += s.length;
   }
-  return true;
+  return bytes.size();
 }
 
 size_t Utf8CompletePrefixLength(absl::string_view bytes) {

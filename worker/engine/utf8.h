@@ -17,6 +17,11 @@ namespace statestream::engine {
 // True when `bytes` is well-formed UTF-8 (the empty string is).
 bool IsValidUtf8(absl::string_view bytes);
 
+// Where the first ill-formed (or, at the end, truncated) sequence of
+// `bytes` starts; bytes.size() when there is none.
+//   "ab\xFFc" -> 2    "ab\xE2\x82" -> 2    "abc" -> 3
+size_t FirstInvalidUtf8Byte(absl::string_view bytes);
+
 // Length of the longest prefix of `bytes` that can be emitted now: everything
 // except a trailing sequence that is an incomplete but so-far valid UTF-8
 // character (at most 3 bytes), which a streaming decoder holds back until
