@@ -87,7 +87,32 @@ TEST_F(GatewayTest, AnImportOfEmptyMessagesIsRefused) {
   writer->WritesDone();
   const absl::Status st = FromGrpcStatus(writer->Finish());
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  // Typed as a worker types it: the field.
+  EXPECT_EQ(GetErrorMetadata(st, "field"), "chunk") << st;
   EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
+  // A first message that is no header, and more bytes than the header's.
+  {
+    grpc::ClientContext c2;
+    auto w2 = v1::Sessions::NewStub(channel_)->ImportState(&c2, &resp);
+    v1::ImportStateRequest chunk;
+    chunk.mutable_chunk()->set_data("x");
+    w2->Write(chunk);
+    w2->WritesDone();
+    const absl::Status no_header = FromGrpcStatus(w2->Finish());
+    EXPECT_EQ(GetErrorMetadata(no_header, "field"), "header") << no_header;
+  }
+  {
+    grpc::ClientContext c3;
+    auto w3 = v1::Sessions::NewStub(channel_)->ImportState(&c3, &resp);
+    ASSERT_TRUE(w3->Write(ImportHeader(10)));
+    v1::ImportStateRequest chunk;
+    chunk.mutable_chunk()->set_data(std::string(11, 'x'));
+    w3->Write(chunk);
+    w3->WritesDone();
+    const absl::Status over = FromGrpcStatus(w3->Finish());
+    EXPECT_EQ(GetReason(over), Reason::kStateCorrupt) << over;
+    EXPECT_TRUE(GetErrorMetadata(over, "detail").has_value()) << over;
+  }
 }
 
 // An import past the gateway's bound ends at once, MESSAGE_TOO_LARGE as

@@ -259,21 +259,26 @@ class SessionsService final : public v1::Sessions::CallbackService {
         // own), an empty one included, and its place in `parts` (whose
         // capacity doubles).
         kept += msg.SpaceUsedLong() + sizeof(msg);
+        // Typed as the worker types them (worker/sessions_service.cc).
         if (parts.empty() != msg.has_header()) {
-          bad = InvalidArgumentError(
-              Reason::kInvalidArgument,
-              "header: the first message must be the header, and only it");
+          bad = MakeError(
+              absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
+              "header: the first message must be the header, and only it",
+              {{"field", "header"}});
         } else if (!msg.has_header() && !msg.has_chunk()) {
-          bad = InvalidArgumentError(
-              Reason::kInvalidArgument,
-              "chunk: every message after the header must carry a chunk");
+          bad = MakeError(
+              absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
+              "chunk: every message after the header must carry a chunk",
+              {{"field", "chunk"}});
         } else if (msg.has_chunk()) {
           bytes += msg.chunk().data().size();
           if (bytes > parts[0].header().state().total_bytes()) {
-            bad = DataLossError(
-                Reason::kStateCorrupt,
+            const std::string detail =
                 absl::StrCat("more state bytes than the header's total_bytes ",
-                             parts[0].header().state().total_bytes()));
+                             parts[0].header().state().total_bytes());
+            bad = MakeError(absl::StatusCode::kDataLoss, Reason::kStateCorrupt,
+                            absl::StrCat("state blob rejected: ", detail),
+                            {{"detail", detail}});
           }
         }
         if (bad.ok() && kept > static_cast<uint64_t>(

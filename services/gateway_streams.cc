@@ -191,9 +191,10 @@ class AppendCall final : public Watched {
       mu_.Await(absl::Condition(&started));
       if (log_.empty()) return grpc::Status::OK;  // nothing was sent
       if (session_id_.empty()) {
-        return ToGrpcStatus(InvalidArgumentError(
-            Reason::kInvalidArgument,
-            "session_id is required in the first request"));
+        return ToGrpcStatus(MakeError(
+            absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
+            "session_id is required in the first request",
+            {{"field", "session_id"}}));
       }
     }
     gateway_->Watch(this);

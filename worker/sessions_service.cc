@@ -284,7 +284,11 @@ class ImportReactor final
       blob_.reserve(s.total_bytes());
       return absl::OkStatus();
     }
-    if (!req_.has_chunk()) return BadField("header", "sent twice");
+    if (req_.has_header()) return BadField("header", "sent twice");
+    if (!req_.has_chunk()) {
+      return BadField("chunk",
+                      "every message after the header must carry a chunk");
+    }
     const v1::StateChunk& c = req_.chunk();
     const v1::StateHeader& s = header_.state();
     if (c.index() != next_ || next_ >= s.chunk_count()) {
