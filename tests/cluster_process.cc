@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "tests/child_setup.h"
 
 namespace statestream::e2e {
 
@@ -33,13 +33,7 @@ absl::StatusOr<std::unique_ptr<ClusterProcess>> ClusterProcess::Start(
   const pid_t pid = fork();
   if (pid == 0) {
     // Only async-signal-safe calls until exec.
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    dup2(out[1], STDOUT_FILENO);
-    dup2(log, STDERR_FILENO);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
+    if (!PrepareChild(parent, out[1], log)) _exit(127);
     execv(args[0], args.data());
     _exit(127);
   }

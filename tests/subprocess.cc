@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,6 +13,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "tests/child_setup.h"
 
 extern char** environ;
 
@@ -54,18 +54,8 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(
   const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid == 0) {
-    // Only async-signal-safe calls until exec. The child dies with the
-    // test (a crashed or killed test binary leaves no server behind).
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    dup2(out[1], STDOUT_FILENO);
-    dup2(err[1], STDERR_FILENO);
-    struct sigaction dfl = {};
-    dfl.sa_handler = SIG_DFL;
-    for (int sig : {SIGINT, SIGTERM, SIGPIPE}) sigaction(sig, &dfl, nullptr);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
+    // Only async-signal-safe calls until exec.
+    if (!PrepareChild(parent, out[1], err[1])) _exit(127);
     execve(args[0], args.data(), envp.data());
     const int error = errno;
     (void)!write(status[1], &error, sizeof(error));

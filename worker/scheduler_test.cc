@@ -56,6 +56,20 @@ struct Waiter {
   absl::Status status;
 };
 
+// Feeds `tokens` into `state` through `sched` and waits: Submit's error,
+// else the task's.
+absl::Status Ingest(Scheduler& sched, EngineState* state,
+                    std::vector<int32_t> tokens) {
+  Waiter w;
+  SS_RETURN_IF_ERROR(sched.Submit(std::make_shared<IngestTask>(
+      state, std::move(tokens), [&](const absl::Status& s) {
+        w.status = s;
+        w.done.Notify();
+      })));
+  w.done.WaitForNotification();
+  return w.status;
+}
+
 TEST(SchedulerTest, ConcurrentIngestsEqualDirectRuns) {
   auto model = SmallModel();
   Scheduler sched(model.get(), SchedulerOptions{});
@@ -484,17 +498,7 @@ TEST(SchedulerTest, ATaskOverTheWholeTokenBoundIsTooLarge) {
   EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
   EXPECT_EQ(GetReason(refused), Reason::kMessageTooLarge);
   EXPECT_EQ(GetErrorMetadata(refused, "limit"), "100");
-  Waiter w;
-  ASSERT_TRUE(
-      sched
-          .Submit(std::make_shared<IngestTask>(&state, Tokens(100, 4),
-                                               [&](const absl::Status& s) {
-                                                 w.status = s;
-                                                 w.done.Notify();
-                                               }))
-          .ok());
-  w.done.WaitForNotification();
-  EXPECT_TRUE(w.status.ok()) << w.status;
+  EXPECT_TRUE(Ingest(sched, &state, Tokens(100, 4)).ok());
   EXPECT_EQ(state.position, 100u);
 }
 
@@ -531,17 +535,7 @@ TEST(SchedulerTest, ATaskWithABadTokenIsRefusedAndSparesTheOthers) {
   EXPECT_EQ(bad.position, 0u);
   // A healthy task still runs, alone.
   EngineState good = EngineState::Initial(*model);
-  Waiter w;
-  ASSERT_TRUE(
-      sched
-          .Submit(std::make_shared<IngestTask>(&good, Tokens(8, 2),
-                                               [&](const absl::Status& s) {
-                                                 w.status = s;
-                                                 w.done.Notify();
-                                               }))
-          .ok());
-  w.done.WaitForNotification();
-  EXPECT_TRUE(w.status.ok()) << w.status;
+  EXPECT_TRUE(Ingest(sched, &good, Tokens(8, 2)).ok());
   EXPECT_EQ(good.position, 8u);
 }
 

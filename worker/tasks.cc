@@ -4,41 +4,21 @@
 #include <algorithm>
 #include <cmath>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "absl/types/span.h"
-#include "common/status.h"
 #include "worker/engine/utf8.h"
 
 namespace statestream::worker {
 
-namespace {
-
-// INVALID_ARGUMENT/kInvalidToken for the first id outside [0, vocab).
-absl::Status CheckIds(absl::Span<const int32_t> ids, int vocab) {
-  for (size_t i = 0; i < ids.size(); ++i) {
-    if (ids[i] < 0 || ids[i] >= vocab) {
-      return InvalidArgumentError(
-          Reason::kInvalidToken,
-          absl::StrCat("token ", ids[i], " at index ", i,
-                       " is outside the vocabulary [0, ", vocab, ")"));
-    }
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
-
 absl::Status IngestTask::CheckInput(int vocab_size) const {
-  return CheckIds(tokens_, vocab_size);
+  return engine::ValidateTokenIds(tokens_, vocab_size);
 }
 
 absl::Status GenerateTask::CheckInput(int vocab_size) const {
-  return CheckIds(spec_.prompt, vocab_size);
+  return engine::ValidateTokenIds(spec_.prompt, vocab_size);
 }
 
 absl::Status ScoreTask::CheckInput(int vocab_size) const {
-  return CheckIds(tokens_, std::min(vocab_size, vocab_size_));
+  return engine::ValidateTokenIds(tokens_, std::min(vocab_size, vocab_size_));
 }
 
 EngineState EngineState::Initial(const engine::Model& model) {

@@ -53,6 +53,13 @@ class StateStoreContractTest
 StateSnapshot TestSnapshot(uint64_t seed, size_t floats = 1000,
                            const std::string& fingerprint = "x070-test-fp");
 
+// For a store whose ListSessions reads at most 10 heads a call: creates 35
+// sessions of tenant "acme" (s100..s134), labelled want=yes on both sides of
+// each 10-head boundary, and checks that a listing filtered on the label
+// returns short pages with a token (4 calls: 10 + 10 + 10 + 5 heads) that
+// hold each match once.
+void ExpectBoundedFilteredListing(StateStore* store);
+
 }  // namespace statestream::testing
 
 #endif  // STATESTREAM_STATE_STORE_TESTING_STATE_STORE_CONTRACT_H_

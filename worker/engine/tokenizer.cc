@@ -7,7 +7,10 @@
 namespace statestream::engine {
 
 absl::Status Tokenizer::ValidateIds(absl::Span<const int32_t> ids) const {
-  const int vocab = vocab_size();
+  return ValidateTokenIds(ids, vocab_size());
+}
+
+absl::Status ValidateTokenIds(absl::Span<const int32_t> ids, int vocab) {
   for (size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= vocab) {
       return InvalidArgumentError(

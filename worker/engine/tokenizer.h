@@ -93,6 +93,11 @@ class Tokenizer {
   Tokenizer() = default;
 };
 
+// OK if every id is in [0, vocab); otherwise INVALID_ARGUMENT with
+// Reason::kInvalidToken naming the first bad id and its index
+// (Tokenizer::ValidateIds with the tokenizer's vocab_size()).
+absl::Status ValidateTokenIds(absl::Span<const int32_t> ids, int vocab);
+
 // The World vocabulary always has this many ids (the model's embedding rows),
 // whatever ids the vocab file assigns; the official file assigns 1..65529.
 inline constexpr int kWorldVocabSize = 65536;
