@@ -183,12 +183,13 @@ TEST_F(ClusterRetryTest,
     out.status = reader->Finish();
     return out;
   };
-  Output ref;
-  {
+  // The whole generation of `id`'s request through gateway `gw`.
+  auto generate = [&](int gw, const std::string& id) {
     auto ctx = e2e::ClientContext();
-    auto reader = cluster_->streams(0)->Generate(ctx.get(), request("gen-ref"));
-    ref = read_all(reader.get());
-  }
+    auto reader = cluster_->streams(gw)->Generate(ctx.get(), request(id));
+    return read_all(reader.get());
+  };
+  const Output ref = generate(0, "gen-ref");
   ASSERT_TRUE(ref.status.ok()) << ref.status.error_message();
   ASSERT_EQ(ref.tokens.size(), kMaxTokens);
   ASSERT_TRUE(ref.done.committed());
@@ -224,13 +225,7 @@ TEST_F(ClusterRetryTest,
       << first.status.error_message();
   EXPECT_LT(first.tokens.size(), kMaxTokens);
   // The client's retry: the same request, through the other gateway.
-  Output got;
-  {
-    auto ctx = e2e::ClientContext();
-    auto reader =
-        cluster_->streams(0)->Generate(ctx.get(), request("gen-victim"));
-    got = read_all(reader.get());
-  }
+  const Output got = generate(0, "gen-victim");
   ASSERT_TRUE(got.status.ok()) << got.status.error_message();
   EXPECT_TRUE(got.tokens == ref.tokens) << "the token sequences differ";
   EXPECT_TRUE(got.done.committed());
@@ -253,13 +248,7 @@ TEST_F(ClusterRetryTest,
   EXPECT_EQ(victim_snapshot->input_offset, ref_snapshot->input_offset);
   EXPECT_EQ(victim_snapshot->tokenizer_tail, ref_snapshot->tokenizer_tail);
   // Once more with the same id: replayed, nothing applied again.
-  Output again;
-  {
-    auto ctx = e2e::ClientContext();
-    auto reader =
-        cluster_->streams(0)->Generate(ctx.get(), request("gen-victim"));
-    again = read_all(reader.get());
-  }
+  const Output again = generate(0, "gen-victim");
   ASSERT_TRUE(again.status.ok()) << again.status.error_message();
   EXPECT_TRUE(again.done.replayed());
   EXPECT_TRUE(again.tokens == ref.tokens);
