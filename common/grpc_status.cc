@@ -60,6 +60,21 @@ std::string SanitizeUtf8(absl::string_view in, size_t max_bytes) {
   return out;
 }
 
+// google.rpc.ErrorInfo's form for a reason: UPPER_SNAKE_CASE, at most 63
+// characters. Anything else off the wire is not a reason this side relays.
+bool IsReasonName(absl::string_view name) {
+  if (name.empty() || name.size() > 63 || name == "REASON_UNSPECIFIED") {
+    return false;
+  }
+  if (!(name.front() >= 'A' && name.front() <= 'Z')) return false;
+  for (char c : name) {
+    if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_')) {
+      return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
@@ -69,16 +84,18 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   std::string message = SanitizeUtf8(status.message(), kMaxErrorMessageBytes);
 
   google::rpc::ErrorInfo info;
-  Reason reason = GetReason(status);
+  // By name, so a gateway relays a reason from a newer worker unchanged.
+  std::string reason = GetReasonName(status);
+  if (reason.empty()) reason = std::string(ReasonName(Reason::kUnspecified));
   // A server error raised without a reason is still the server's:
   // INTERNAL, so clients tell it from a transport failure (no ErrorInfo at
   // all), which they retry.
-  if (reason == Reason::kUnspecified &&
+  if (reason == ReasonName(Reason::kUnspecified) &&
       (status.code() == absl::StatusCode::kInternal ||
        status.code() == absl::StatusCode::kUnknown)) {
-    reason = Reason::kInternal;
+    reason = std::string(ReasonName(Reason::kInternal));
   }
-  info.set_reason(std::string(ReasonName(reason)));
+  info.set_reason(std::move(reason));
   info.set_domain(kErrorDomain);
   for (const auto& [key, value] : GetErrorMetadata(status)) {
     (*info.mutable_metadata())[SanitizeUtf8(key, kMaxMetadataKeyBytes)] =
@@ -106,12 +123,17 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
         info.domain() != kErrorDomain) {
       continue;
     }
-    Reason reason =
-        ReasonFromName(info.reason()).value_or(Reason::kUnspecified);
     ErrorMetadata metadata(info.metadata().begin(), info.metadata().end());
     std::sort(metadata.begin(), metadata.end());
-    if (reason == Reason::kUnspecified && metadata.empty()) break;
-    return MakeError(code, reason, status.error_message(), std::move(metadata));
+    const bool named = IsReasonName(info.reason());
+    if (!named && metadata.empty()) break;
+    absl::Status out = MakeError(code, Reason::kUnspecified,
+                                 status.error_message(), std::move(metadata));
+    // Verbatim, so a reason added by a newer server reaches the caller by
+    // name (GetReasonName) instead of collapsing into REASON_UNSPECIFIED.
+    SetReasonName(out, named ? absl::string_view(info.reason())
+                             : ReasonName(Reason::kUnspecified));
+    return out;
   }
   return absl::Status(code, status.error_message());
 }

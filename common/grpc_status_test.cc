@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "common/grpc_status.h"
 
+#include <optional>
 #include <string>
 
 #include "common/status.h"
@@ -130,18 +131,58 @@ TEST(GrpcStatusTest, ForeignOrGarbageDetailsKeepCodeAndMessage) {
   EXPECT_EQ(GetReason(FromGrpcStatus(foreign)), Reason::kUnspecified);
 }
 
-TEST(GrpcStatusTest, UnknownReasonNameReadsAsUnspecified) {
+grpc::Status WireError(grpc::StatusCode code, const std::string& reason,
+                       bool with_metadata) {
   google::rpc::ErrorInfo info;
-  info.set_reason("FROM_THE_FUTURE");
+  info.set_reason(reason);
   info.set_domain(kErrorDomain);
-  (*info.mutable_metadata())["k"] = "v";
+  if (with_metadata) (*info.mutable_metadata())["k"] = "v";
   google::rpc::Status details;
+  details.set_code(static_cast<int>(code));
   details.add_details()->PackFrom(info);
-  absl::Status back = FromGrpcStatus(grpc::Status(
-      grpc::StatusCode::ABORTED, "later", details.SerializeAsString()));
-  EXPECT_EQ(back.code(), absl::StatusCode::kAborted);
-  EXPECT_EQ(GetReason(back), Reason::kUnspecified);
-  EXPECT_EQ(GetErrorMetadata(back, "k"), "v");
+  return grpc::Status(code, "later", details.SerializeAsString());
+}
+
+TEST(GrpcStatusTest, UnknownReasonNameReadsAsUnspecifiedButKeepsItsName) {
+  for (bool with_metadata : {true, false}) {
+    absl::Status back = FromGrpcStatus(
+        WireError(grpc::StatusCode::ABORTED, "FROM_THE_FUTURE", with_metadata));
+    EXPECT_EQ(back.code(), absl::StatusCode::kAborted);
+    EXPECT_EQ(back.message(), "later");
+    EXPECT_EQ(GetReason(back), Reason::kUnspecified);
+    EXPECT_EQ(GetReasonName(back), "FROM_THE_FUTURE") << with_metadata;
+    EXPECT_EQ(GetErrorMetadata(back, "k"),
+              with_metadata ? std::optional<std::string>("v") : std::nullopt);
+  }
+}
+
+TEST(GrpcStatusTest, AGatewayRelaysAReasonNewerThanItself) {
+  absl::Status from_worker = FromGrpcStatus(
+      WireError(grpc::StatusCode::RESOURCE_EXHAUSTED, "FROM_THE_FUTURE", true));
+  grpc::Status relayed = ToGrpcStatus(from_worker);
+  EXPECT_EQ(relayed.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  google::rpc::ErrorInfo info = WireErrorInfo(relayed);
+  EXPECT_EQ(info.reason(), "FROM_THE_FUTURE");
+  EXPECT_EQ(info.metadata().at("k"), "v");
+}
+
+TEST(GrpcStatusTest, AMalformedReasonNameIsNotKept) {
+  for (const std::string& bad :
+       {std::string("lower_case"), std::string("_LEADING"),
+        std::string("SPACE IN"), std::string(64, 'A'), std::string("\xC3\xA9"),
+        std::string("REASON_UNSPECIFIED"), std::string()}) {
+    absl::Status back =
+        FromGrpcStatus(WireError(grpc::StatusCode::ABORTED, bad, false));
+    EXPECT_EQ(back, absl::AbortedError("later")) << bad;
+    EXPECT_EQ(GetReasonName(back), "") << bad;
+    back = FromGrpcStatus(WireError(grpc::StatusCode::ABORTED, bad, true));
+    EXPECT_EQ(GetReasonName(back), "REASON_UNSPECIFIED") << bad;
+    EXPECT_EQ(GetErrorMetadata(back, "k"), "v") << bad;
+  }
+  // The longest name the form allows is kept.
+  EXPECT_EQ(GetReasonName(FromGrpcStatus(WireError(
+                grpc::StatusCode::ABORTED, std::string(63, 'A'), false))),
+            std::string(63, 'A'));
 }
 
 }  // namespace

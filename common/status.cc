@@ -71,6 +71,19 @@ Reason GetReason(const absl::Status& status) {
   return ReasonFromName(std::string(*payload)).value_or(Reason::kUnspecified);
 }
 
+std::string GetReasonName(const absl::Status& status) {
+  auto payload = status.GetPayload(kReasonUrl);
+  return payload ? std::string(*payload) : std::string();
+}
+
+void SetReasonName(absl::Status& status, absl::string_view reason_name) {
+  if (reason_name.empty()) {
+    status.ErasePayload(kReasonUrl);
+  } else {
+    status.SetPayload(kReasonUrl, absl::Cord(reason_name));
+  }
+}
+
 ErrorMetadata GetErrorMetadata(const absl::Status& status) {
   std::vector<std::pair<size_t, std::pair<std::string, std::string>>> items;
   status.ForEachPayload([&](absl::string_view url, const absl::Cord& value) {

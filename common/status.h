@@ -55,8 +55,17 @@ using ErrorMetadata = std::vector<std::pair<std::string, std::string>>;
 absl::Status MakeError(absl::StatusCode code, Reason reason,
                        absl::string_view message, ErrorMetadata metadata = {});
 
-// The reason attached by MakeError, or kUnspecified.
+// The reason attached by MakeError, or kUnspecified. A reason name this
+// build does not know (sent by a newer server) also reads as kUnspecified;
+// GetReasonName still has it.
 Reason GetReason(const absl::Status& status);
+// The reason's wire name ("SESSION_NOT_FOUND", ...) exactly as attached,
+// including names newer than this build's Reason enum; "" when the status
+// carries no reason.
+std::string GetReasonName(const absl::Status& status);
+// Attaches `reason_name` verbatim (for errors decoded off the wire, whose
+// name may be newer than this build). An empty name removes the reason.
+void SetReasonName(absl::Status& status, absl::string_view reason_name);
 // The metadata attached by MakeError, in insertion order.
 ErrorMetadata GetErrorMetadata(const absl::Status& status);
 // One metadata value, if present.

@@ -34,6 +34,21 @@ TEST(StatusTest, MakeErrorCarriesReasonAndMetadata) {
 TEST(StatusTest, PlainStatusHasNoReason) {
   EXPECT_EQ(GetReason(absl::InternalError("x")), Reason::kUnspecified);
   EXPECT_EQ(GetReason(absl::OkStatus()), Reason::kUnspecified);
+  EXPECT_EQ(GetReasonName(absl::InternalError("x")), "");
+}
+
+TEST(StatusTest, ReasonNameIsKeptVerbatim) {
+  absl::Status s = absl::AbortedError("x");
+  SetReasonName(s, "FROM_THE_FUTURE");
+  EXPECT_EQ(GetReasonName(s), "FROM_THE_FUTURE");
+  EXPECT_EQ(GetReason(s), Reason::kUnspecified);
+  SetReasonName(s, "FENCED");
+  EXPECT_EQ(GetReason(s), Reason::kFenced);
+  SetReasonName(s, "");
+  EXPECT_EQ(GetReasonName(s), "");
+  EXPECT_EQ(GetReasonName(MakeError(absl::StatusCode::kNotFound,
+                                    Reason::kSessionNotFound, "m")),
+            "SESSION_NOT_FOUND");
 }
 
 absl::StatusOr<int> Half(int x) {

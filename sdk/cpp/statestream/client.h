@@ -4,7 +4,7 @@
 // resuming Generate streams. Results are the statestream.v1 messages
 // (proto/statestream/v1/statestream.proto); errors are absl::Status values
 // carrying the server's Reason and metadata (common/status.h GetReason,
-// GetErrorMetadata).
+// GetErrorMetadata; GetReasonName also has reasons newer than this SDK).
 //
 // Resume protocol (docs/API.md): a call that fails with UNAVAILABLE,
 // DEADLINE_EXCEEDED of a single attempt, ABORTED/FENCED or a broken
