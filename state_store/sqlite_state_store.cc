@@ -495,7 +495,8 @@ class SqliteStateStore final : public StateStore {
   // nobody touches again would otherwise stay in the file forever. Once a
   // minute, and on every create while a full batch shows more waiting, so
   // the sweep keeps up with any rate of expiry below kSweepBatch a create.
-  // Fences stay (a re-created id must not reuse one).
+  // Their fences go too: the file's one counter keeps a re-created id
+  // from reusing one.
   static constexpr int kSweepBatch = 1000;
   absl::Status SweepExpired(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (now - last_sweep_ < absl::Minutes(1)) return absl::OkStatus();
@@ -521,6 +522,9 @@ class SqliteStateStore final : public StateStore {
     SS_RETURN_IF_ERROR(
         Exec("DELETE FROM sessions WHERE (tenant, sid) IN "
              "(SELECT tenant, sid FROM temp.expired)"));
+    SS_RETURN_IF_ERROR(
+        Exec("DELETE FROM fences WHERE (tenant, sid) IN "
+             "(SELECT tenant, sid FROM temp.expired)"));
     SS_RETURN_IF_ERROR(txn.Commit());
     if (swept == kSweepBatch) last_sweep_ = absl::InfinitePast();  // more
     return absl::OkStatus();
@@ -538,28 +542,39 @@ class SqliteStateStore final : public StateStore {
     return s.Int(0) > Ms(now);
   }
 
+  // The next fence of the file's one counter, recorded as `key`'s.
   absl::StatusOr<uint64_t> BumpFence(const SessionKey& key)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Stmt next(db_,
+              "UPDATE fence_counter SET value=value+1 WHERE id=0 "
+              "RETURNING value");
+    if (!next.Step()) {
+      SS_RETURN_IF_ERROR(next.status());
+      return si::Unavailable("the fence counter is missing");
+    }
+    const int64_t fence = next.Int(0);
+    SS_RETURN_IF_ERROR(next.Run());  // to SQLITE_DONE
     SS_RETURN_IF_ERROR(
         Stmt(db_,
-             "INSERT INTO fences VALUES (?,?,1) ON CONFLICT(tenant, sid) DO "
-             "UPDATE SET fence=fence+1")
+             "INSERT INTO fences VALUES (?,?,?) ON CONFLICT(tenant, sid) DO "
+             "UPDATE SET fence=excluded.fence")
             .Bind(key.tenant)
             .Bind(key.session_id)
+            .Bind(fence)
             .Run());
-    Stmt s(db_, "SELECT fence FROM fences WHERE tenant=? AND sid=?");
-    s.Bind(key.tenant).Bind(key.session_id);
-    if (!s.Step()) return si::Unavailable("fence vanished");
-    return static_cast<uint64_t>(s.Int(0));
+    return static_cast<uint64_t>(fence);
   }
 
   absl::Status DropSession(const SessionKey& key)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    SS_RETURN_IF_ERROR(
-        Stmt(db_, "DELETE FROM sessions WHERE tenant=? AND sid=?")
-            .Bind(key.tenant)
-            .Bind(key.session_id)
-            .Run());
+    for (const char* table : {"sessions", "fences"}) {
+      SS_RETURN_IF_ERROR(Stmt(db_, absl::StrCat("DELETE FROM ", table,
+                                                " WHERE tenant=? AND sid=?")
+                                       .c_str())
+                             .Bind(key.tenant)
+                             .Bind(key.session_id)
+                             .Run());
+    }
     return Stmt(db_, "DELETE FROM versions WHERE tenant=? AND sid=?")
         .Bind(key.tenant)
         .Bind(key.session_id)

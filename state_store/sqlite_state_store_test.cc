@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
@@ -140,12 +141,94 @@ TEST(SqliteStateStoreTest, ExpiredSessionsAreSweptFromTheFile) {
   create("next", absl::Hours(1));
   EXPECT_EQ(CountRows(env.path(), "sessions"), 2);
   EXPECT_EQ(CountRows(env.path(), "versions"), 2);
+  EXPECT_EQ(CountRows(env.path(), "fences"), 2);
   EXPECT_TRUE((*store)->GetHead({"acme", "long"}).ok());
-  // A re-created id gets a fence above its expired incarnation's.
+  // A re-created id gets a fence no incarnation of any id had: 52 were
+  // handed out (fences count from 1).
   create("short0", absl::Hours(1));
   auto head = (*store)->GetHead({"acme", "short0"});
   ASSERT_TRUE(head.ok()) << head.status();
-  EXPECT_EQ(head->fence, 2u);
+  EXPECT_EQ(head->fence, 53u);
+}
+
+// Runs `sql` on the file at `path` from a connection of its own.
+absl::Status ExecSql(const std::string& path, const char* sql) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open(path.c_str(), &db) != SQLITE_OK) {
+    sqlite3_close(db);
+    return absl::UnavailableError("open");
+  }
+  sqlite3_busy_timeout(db, 10000);
+  char* err = nullptr;
+  const int rc = sqlite3_exec(db, sql, nullptr, nullptr, &err);
+  const std::string msg = err ? err : "";
+  sqlite3_free(err);
+  sqlite3_close(db);
+  return rc == SQLITE_OK ? absl::OkStatus() : absl::InternalError(msg);
+}
+
+// A deleted session leaves no row behind, fence included, however many
+// ids a tenant churns through; and a re-created id, in this process or
+// the next, never gets a fence it or any other id had.
+TEST(SqliteStateStoreTest, DeletedSessionsLeaveNoFenceAndFencesNeverRepeat) {
+  SqliteEnv env;
+  std::set<uint64_t> fences;
+  for (int round = 0; round < 2; ++round) {
+    auto store = env.NewStore(8);
+    ASSERT_TRUE(store.ok()) << store.status();
+    for (int i = 0; i < 20; ++i) {
+      const SessionKey key{"acme", absl::StrCat("churn", i % 4)};
+      ASSERT_TRUE(
+          CreateWithTtl(store->get(), key.session_id, absl::Hours(1)).ok());
+      auto head = (*store)->GetHead(key);
+      ASSERT_TRUE(head.ok()) << head.status();
+      EXPECT_TRUE(fences.insert(head->fence).second) << head->fence;
+      auto lease = (*store)->AcquireLease(key, "w1", absl::Seconds(10),
+                                          /*takeover=*/false);
+      ASSERT_TRUE(lease.ok()) << lease.status();
+      EXPECT_TRUE(fences.insert(lease->fence).second) << lease->fence;
+      ASSERT_TRUE((*store)->DeleteSession(key).ok());
+    }
+    EXPECT_EQ(CountRows(env.path(), "sessions"), 0);
+    EXPECT_EQ(CountRows(env.path(), "fences"), 0);
+    EXPECT_EQ(CountRows(env.path(), "versions"), 0);
+  }
+}
+
+// A file from before the one counter (a fences row per id ever created,
+// no fence_counter table) opens with its counter above every fence it
+// holds, the rows of deleted ids dropped and the live ones kept.
+TEST(SqliteStateStoreTest, AFileWithFencesPerIdIsUpgraded) {
+  SqliteEnv env;
+  {
+    auto store = env.NewStore(8);
+    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_TRUE(CreateWithTtl(store->get(), "live", absl::Hours(1)).ok());
+  }
+  ASSERT_TRUE(ExecSql(env.path(),
+                      "DROP TABLE fence_counter;"
+                      "UPDATE fences SET fence=7;"
+                      "INSERT INTO fences VALUES ('acme','gone',500);")
+                  .ok());
+  auto store = env.NewStore(8);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ(CountRows(env.path(), "fences"), 1);
+  auto live = (*store)->GetHead({"acme", "live"});
+  ASSERT_TRUE(live.ok()) << live.status();
+  EXPECT_EQ(live->fence, 7u);
+  ASSERT_TRUE(CreateWithTtl(store->get(), "gone", absl::Hours(1)).ok());
+  auto gone = (*store)->GetHead({"acme", "gone"});
+  ASSERT_TRUE(gone.ok()) << gone.status();
+  EXPECT_EQ(gone->fence, 501u);
+  // Opening again starts nothing over.
+  store->reset();
+  store = env.NewStore(8);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto lease = (*store)->AcquireLease({"acme", "live"}, "w", absl::Seconds(5),
+                                      /*takeover=*/false);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_EQ(lease->fence, 502u);
+  EXPECT_EQ(CountRows(env.path(), "fences"), 2);
 }
 
 // The sweep is its own transaction: a create refused (the id taken) still

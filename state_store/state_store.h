@@ -317,8 +317,10 @@ class StateStore {
   virtual absl::StatusOr<SessionHead> UpdateSession(
       const SessionKey& key, const SessionUpdate& update) = 0;
 
-  // Removes the session and every version; the fence counter survives (so a
-  // re-created session never reuses a fence). kSessionNotFound; UNAVAILABLE.
+  // Removes the session and every version. A re-created session never
+  // reuses a fence: the fence counter survives the delete (Redis: per id;
+  // memory and SQLite: one counter for all sessions, nothing kept per id).
+  // kSessionNotFound; UNAVAILABLE.
   virtual absl::Status DeleteSession(const SessionKey& key) = 0;
 
   // Grants `owner` the lease for `ttl` and returns the new (bumped) fence.

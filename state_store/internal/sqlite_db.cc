@@ -38,6 +38,21 @@ CREATE TABLE IF NOT EXISTS workers (
   expires_ms INTEGER);
 )sql";
 
+// Fences come from one counter for the whole file (fence_counter), so a
+// deleted session's `fences` row can go with it and a re-created id still
+// never reuses a fence. A file from before the counter kept a row per id
+// ever created: the table is made with its counter above all of them and
+// the rows of sessions that are gone are dropped, in one transaction. Only
+// then: an open reads no table page, so a file damaged in places opens
+// and answers DATA_LOSS for what it lost.
+constexpr char kAddFenceCounter[] = R"sql(
+CREATE TABLE fence_counter (
+  id INTEGER PRIMARY KEY CHECK (id = 0), value INTEGER NOT NULL);
+INSERT INTO fence_counter SELECT 0, COALESCE(MAX(fence), 0) FROM fences;
+DELETE FROM fences WHERE NOT EXISTS (SELECT 1 FROM sessions s
+  WHERE s.tenant = fences.tenant AND s.sid = fences.sid);
+)sql";
+
 // Columns added after the first release, with their defaults for old rows:
 // the sessions' creating request, the versions' cause and request id.
 constexpr std::pair<const char*, const char*> kAddedColumns[] = {
@@ -116,6 +131,14 @@ absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,
         setup = exec(absl::StrCat("ALTER TABLE ", table, " ADD COLUMN ", column)
                          .c_str());
       }
+    }
+    if (setup.ok()) {
+      Stmt counter(db,
+                   "SELECT 1 FROM sqlite_master WHERE type='table' AND "
+                   "name='fence_counter'");
+      const bool have_counter = counter.Step();
+      setup = counter.status();
+      if (setup.ok() && !have_counter) setup = exec(kAddFenceCounter);
     }
     setup = setup.ok() ? exec("COMMIT") : setup;
     if (!setup.ok()) exec("ROLLBACK").IgnoreError();
