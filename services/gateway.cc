@@ -379,7 +379,7 @@ grpc::Status ForwardWithFailover(
                   absl::StrCat(*tenant, "/", target.hash_key),
                   target.fingerprint, exclude)
             : gateway->router().RouteSession({*tenant, target.session_id},
-                                             exclude);
+                                             exclude, target.any_model);
     gateway->CountRoute(route, attempt);
     if (!route.ok()) {
       return attempt == 1 ? ToGrpcStatus(route.status())

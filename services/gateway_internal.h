@@ -268,6 +268,10 @@ struct Target {
   std::string session_id;   // non-empty: the session's owner (or its hash)
   std::string hash_key;     // else: rendezvous of tenant/hash_key ...
   std::string fingerprint;  // ... among workers serving this model ("" any)
+  // A session call any worker can answer from the store (it does not run
+  // the model): when no live worker serves the session's model, another
+  // one answers instead of UNAVAILABLE.
+  bool any_model = false;
 };
 
 // Sends one call to workers until one answers with something other than a

@@ -427,7 +427,8 @@ void GatewayRouter::Looked(const std::string& hash_key,
 }
 
 absl::StatusOr<Route> GatewayRouter::RouteSession(
-    const SessionKey& key, const std::set<std::string>& exclude) {
+    const SessionKey& key, const std::set<std::string>& exclude,
+    bool any_model) {
   const std::string hash_key = absl::StrCat(key.tenant, "/", key.session_id);
   std::string fingerprint, owner;
   bool remembered = false;
@@ -485,7 +486,14 @@ absl::StatusOr<Route> GatewayRouter::RouteSession(
       }
     }
   }
-  return Pick(hash_key, fingerprint, exclude, false);
+  absl::StatusOr<Route> route = Pick(hash_key, fingerprint, exclude, false);
+  if (!route.ok() && any_model && !fingerprint.empty() &&
+      absl::IsUnavailable(route.status())) {
+    // Its model's workers are gone (retired, or all failed this call):
+    // the session can still be read, exported and deleted elsewhere.
+    return Pick(hash_key, "", exclude, false);
+  }
+  return route;
 }
 
 }  // namespace statestream

@@ -73,9 +73,12 @@ class GatewayRouter {
   // The worker for the session. Workers whose id is in `exclude` (tried and
   // failed during this call) are skipped, and so are suspects, unless no
   // other worker is left. UNAVAILABLE when no live worker serves the
-  // session's model.
+  // session's model, unless `any_model` (a call that does not run the
+  // model: reads, update, delete, export): then any live worker, by the
+  // session's hash.
   absl::StatusOr<Route> RouteSession(const SessionKey& key,
-                                     const std::set<std::string>& exclude);
+                                     const std::set<std::string>& exclude,
+                                     bool any_model = false);
   // For calls not bound to an existing session (create, list, models): the
   // rendezvous winner for `hash_key` among live workers serving
   // `fingerprint` ("" = any). FAILED_PRECONDITION/MODEL_MISMATCH when no

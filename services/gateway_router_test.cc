@@ -156,6 +156,33 @@ TEST_F(GatewayRouterTest, FiltersByModelAndFailsWithoutWorkers) {
   EXPECT_EQ(router.RouteSession(key, {"w2", "w3"})->worker_id, "w1");
 }
 
+// A session whose model no live worker serves (retired) can still be
+// read, exported and deleted: calls that do not run the model go to any
+// worker, by the session's hash; the others stay UNAVAILABLE.
+TEST_F(GatewayRouterTest, ASessionOfAModelNobodyServesIsReachableForReads) {
+  Register("other", "fp-b", 0);
+  GatewayRouter router(store_.get(), Options());
+  SessionKey key = CreateSession("retired");
+  for (const char* id : {"w1", "w2", "w3"}) {
+    ASSERT_TRUE(store_->UnregisterWorker(id).ok());
+  }
+  EXPECT_EQ(router.RouteSession(key, {}).status().code(),
+            absl::StatusCode::kUnavailable);
+  auto read = router.RouteSession(key, {}, /*any_model=*/true);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->worker_id, "other");
+  // Nobody left at all: still UNAVAILABLE.
+  EXPECT_EQ(
+      router.RouteSession(key, {"other"}, /*any_model=*/true).status().code(),
+      absl::StatusCode::kUnavailable);
+  // While the model's workers live, reads go to them as before.
+  Register("w1", "fp-a", 0);
+  GatewayRouter fresh(store_.get(), Options());
+  auto back = fresh.RouteSession(key, {}, /*any_model=*/true);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->worker_id, "w1");
+}
+
 TEST_F(GatewayRouterTest, LoadShiftsNewSessions) {
   Register("w1", "fp-a", 50);  // heavily loaded
   GatewayRouter router(store_.get(), Options());

@@ -39,13 +39,14 @@ grpc::Status SessionQuota(Gateway* gateway,
 }
 
 // Every rpc is one line: route key and the stub method.
-#define SS_FORWARD(Service, Method, session_expr, hash_expr)                  \
-  ForwardUnary(                                                               \
-      gateway_, ctx, req, resp, Target{#Method, session_expr, hash_expr, ""}, \
-      [](const std::shared_ptr<grpc::Channel>& channel,                       \
-         grpc::ClientContext* client, const auto& request, auto* response) {  \
-        return v1::Service::NewStub(channel)->Method(client, request,         \
-                                                     response);               \
+#define SS_FORWARD(Service, Method, session_expr, hash_expr, any_model)      \
+  ForwardUnary(                                                              \
+      gateway_, ctx, req, resp,                                              \
+      Target{#Method, session_expr, hash_expr, "", any_model},               \
+      [](const std::shared_ptr<grpc::Channel>& channel,                      \
+         grpc::ClientContext* client, const auto& request, auto* response) { \
+        return v1::Service::NewStub(channel)->Method(client, request,        \
+                                                     response);              \
       })
 
 class SessionsService final : public v1::Sessions::CallbackService {
@@ -110,32 +111,38 @@ class SessionsService final : public v1::Sessions::CallbackService {
   grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* ctx,
                                        const v1::GetSessionRequest* req,
                                        v1::Session* resp) override {
-    return SS_FORWARD(Sessions, GetSession, req->session_id(), "");
+    return SS_FORWARD(Sessions, GetSession, req->session_id(), "",
+                      /*any_model=*/true);
   }
   grpc::ServerUnaryReactor* ListSessions(
       grpc::CallbackServerContext* ctx, const v1::ListSessionsRequest* req,
       v1::ListSessionsResponse* resp) override {
-    return SS_FORWARD(Sessions, ListSessions, "", "list");
+    return SS_FORWARD(Sessions, ListSessions, "", "list",
+                      /*any_model=*/true);
   }
   grpc::ServerUnaryReactor* UpdateSession(grpc::CallbackServerContext* ctx,
                                           const v1::UpdateSessionRequest* req,
                                           v1::Session* resp) override {
-    return SS_FORWARD(Sessions, UpdateSession, req->session_id(), "");
+    return SS_FORWARD(Sessions, UpdateSession, req->session_id(), "",
+                      /*any_model=*/true);
   }
   grpc::ServerUnaryReactor* DeleteSession(
       grpc::CallbackServerContext* ctx, const v1::DeleteSessionRequest* req,
       v1::DeleteSessionResponse* resp) override {
-    return SS_FORWARD(Sessions, DeleteSession, req->session_id(), "");
+    return SS_FORWARD(Sessions, DeleteSession, req->session_id(), "",
+                      /*any_model=*/true);
   }
   grpc::ServerUnaryReactor* ListVersions(
       grpc::CallbackServerContext* ctx, const v1::ListVersionsRequest* req,
       v1::ListVersionsResponse* resp) override {
-    return SS_FORWARD(Sessions, ListVersions, req->session_id(), "");
+    return SS_FORWARD(Sessions, ListVersions, req->session_id(), "",
+                      /*any_model=*/true);
   }
   grpc::ServerUnaryReactor* RollbackSession(
       grpc::CallbackServerContext* ctx, const v1::RollbackSessionRequest* req,
       v1::Session* resp) override {
-    return SS_FORWARD(Sessions, RollbackSession, req->session_id(), "");
+    return SS_FORWARD(Sessions, RollbackSession, req->session_id(), "",
+                      /*any_model=*/false);
   }
 
   // Server streaming: resent to another worker only before the first
@@ -160,7 +167,8 @@ class SessionsService final : public v1::Sessions::CallbackService {
       }
       bool delivered = false;
       grpc::Status st = ForwardWithFailover(
-          gateway_, *ctx, Target{"ExportState", req->session_id(), "", ""},
+          gateway_, *ctx,
+          Target{"ExportState", req->session_id(), "", "", /*any_model=*/true},
           [&](const std::shared_ptr<grpc::Channel>& channel,
               grpc::ClientContext* client) {
             auto reader = Sessions::NewStub(channel)->ExportState(client, *req);

@@ -573,5 +573,104 @@ TEST(MultiModelClusterTest, GatewayRoutesEveryModelOfAWorker) {
   }
 }
 
+// A model retired from the cluster (its last worker stopped) leaves its
+// sessions readable, exportable (the header still names their model) and
+// deletable through a gateway: those calls need no model, so another
+// worker answers them.
+TEST(MultiModelClusterTest, ASessionOfARetiredModelCanBeReadExportedDeleted) {
+  e2e::ClusterOptions options;
+  options.workers = 1;  // tiny
+  options.gateways = 1;
+  auto cluster = e2e::Cluster::Start(STATESTREAM_BIN, options);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  e2e::Cluster& c = **cluster;
+  auto m1 = c.MakeModel("m1", 11);
+  ASSERT_TRUE(m1.ok()) << m1.status();
+  auto w = c.AddWorker(*m1);
+  ASSERT_TRUE(w.ok()) << w.status();
+  absl::Status created;
+  for (int i = 0; i < 100; ++i) {  // until the gateway has read the worker
+    created = c.Create("retiring", 0, "m1");
+    if (created.ok()) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(created.ok()) << created << c.Logs();
+  {
+    v1::AppendRequest r;
+    r.set_session_id("retiring");
+    r.set_text_utf8("hello");
+    r.set_flush(true);
+    r.set_checkpoint(true);
+    auto ctx = e2e::ClientContext();
+    auto stream = c.streams(0)->Append(ctx.get());
+    ASSERT_TRUE(stream->Write(r));
+    v1::AppendResponse ack;
+    ASSERT_TRUE(stream->Read(&ack)) << c.Logs();
+    stream->WritesDone();
+    ASSERT_TRUE(stream->Finish().ok());
+  }
+  auto before = c.Get("retiring");
+  ASSERT_TRUE(before.ok()) << before.status();
+  EXPECT_EQ(c.Owner("retiring"), c.workers()[*w].get());
+  EXPECT_EQ(c.workers()[*w]->Terminate(), 0) << c.Logs();  // unregisters
+
+  auto after = c.Get("retiring");
+  ASSERT_TRUE(after.ok()) << after.status() << c.Logs();
+  EXPECT_EQ(after->model_id(), "m1");
+  EXPECT_EQ(after->model_fingerprint(), before->model_fingerprint());
+  EXPECT_EQ(after->committed_input_offset(), 5u);
+  {
+    v1::ListVersionsRequest req;
+    req.set_session_id("retiring");
+    v1::ListVersionsResponse resp;
+    auto ctx = e2e::ClientContext();
+    const grpc::Status st = c.sessions(0)->ListVersions(ctx.get(), req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_GE(resp.versions_size(), 2);
+  }
+  {
+    v1::ExportStateRequest req;
+    req.set_session_id("retiring");
+    auto ctx = e2e::ClientContext();
+    auto reader = c.sessions(0)->ExportState(ctx.get(), req);
+    v1::ExportStateResponse msg;
+    v1::StateHeader header;
+    size_t bytes = 0;
+    while (reader->Read(&msg)) {
+      if (msg.has_header()) header = msg.header();
+      if (msg.has_chunk()) bytes += msg.chunk().data().size();
+    }
+    const grpc::Status st = reader->Finish();
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(header.model_id(), "m1");
+    EXPECT_EQ(header.model_fingerprint(), before->model_fingerprint());
+    EXPECT_EQ(header.architecture(), "x070");
+    EXPECT_EQ(header.input_offset(), 5u);
+    EXPECT_EQ(bytes, header.total_bytes());
+  }
+  {
+    v1::UpdateSessionRequest req;
+    req.set_request_id("label-retired");
+    req.set_session_id("retiring");
+    (*req.mutable_labels())["state"] = "retired";
+    req.mutable_update_mask()->add_paths("labels");
+    v1::Session resp;
+    auto ctx = e2e::ClientContext();
+    const grpc::Status st = c.sessions(0)->UpdateSession(ctx.get(), req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(resp.labels().at("state"), "retired");
+  }
+  {
+    v1::DeleteSessionRequest req;
+    req.set_request_id("delete-retired");
+    req.set_session_id("retiring");
+    v1::DeleteSessionResponse resp;
+    auto ctx = e2e::ClientContext();
+    const grpc::Status st = c.sessions(0)->DeleteSession(ctx.get(), req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  EXPECT_EQ(GetReason(c.Get("retiring").status()), Reason::kSessionNotFound);
+}
+
 }  // namespace
 }  // namespace statestream

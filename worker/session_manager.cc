@@ -500,6 +500,20 @@ absl::StatusOr<ExportedState> SessionManager::Export(
   out.input_offset = v.state.input_offset;
   out.pending_bytes = static_cast<uint32_t>(v.state.tokenizer_tail.size());
   out.blob = EncodeState(v.state);
+  if (v.state.model_fingerprint == fingerprint()) {
+    out.model_id = options().model_id;
+    out.model_fingerprint = fingerprint();
+    out.architecture = engine::ArchName(model().info().config.arch);
+  } else {
+    // Reached through a worker that does not serve the session's model
+    // (a gateway sends reads of a model nobody serves anywhere): the
+    // header still describes the state, so it imports where that model is.
+    SS_ASSIGN_OR_RETURN(SessionHead head,
+                        impl_->store_->GetHead({tenant, session_id}));
+    out.model_id = head.model_id;
+    out.model_fingerprint = v.state.model_fingerprint;
+    out.architecture = v.state.architecture;
+  }
   return out;
 }
 

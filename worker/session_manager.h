@@ -235,6 +235,9 @@ struct ScoreOutcome {
 struct ExportedState {
   std::string blob;  // EncodeState of the version's snapshot
   std::string session_id;
+  // The state's model: this manager's, or (a session of a model not
+  // served here) the session's own, as recorded in the store.
+  std::string model_id, model_fingerprint, architecture;
   uint64_t version = 0, position = 0, input_offset = 0;
   uint32_t pending_bytes = 0;
 };

@@ -138,9 +138,9 @@ class ExportReactor final
     blob_ = std::move(e->blob);
     auto* h = msg_.mutable_header();
     h->set_format_version(1);
-    h->set_model_id(m.options().model_id);
-    h->set_model_fingerprint(m.fingerprint());
-    h->set_architecture(engine::ArchName(m.model().info().config.arch));
+    h->set_model_id(e->model_id);
+    h->set_model_fingerprint(e->model_fingerprint);
+    h->set_architecture(e->architecture);
     h->set_session_id(e->session_id);
     h->set_version(e->version);
     h->set_position(e->position);
