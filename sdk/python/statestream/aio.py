@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import weakref
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import grpc
@@ -64,8 +65,10 @@ class AsyncClient(_ClientBase):
         self._wakers: set = set()
         # The gRPC calls not done yet: close() cancels them (closing a
         # grpc.aio channel cancels only the calls a task awaits directly,
-        # not a stream read inside a method of ours).
-        self._calls: set = set()
+        # not a stream read inside a method of ours). Weak: a call its
+        # caller dropped (a `break` out of `async for`, a writer never
+        # closed) is collected, and grpc.aio cancels it then.
+        self._calls: weakref.WeakSet = weakref.WeakSet()
         for stubs in self._stubs:
             for stub in (stubs.sessions, stubs.streams, stubs.models):
                 for name, method in list(vars(stub).items()):
@@ -223,16 +226,16 @@ class AsyncClient(_ClientBase):
 
 
 class _Tracked:
-    """A stub's method whose calls are kept in `calls` until done."""
+    """A stub's method whose calls are kept, weakly, in `calls` (for
+    close()); a call leaves the set when it is collected."""
 
-    def __init__(self, method, calls: set):
+    def __init__(self, method, calls: "weakref.WeakSet"):
         self._method = method
         self._calls = calls
 
     def __call__(self, *args, **kwargs):
         call = self._method(*args, **kwargs)
         self._calls.add(call)
-        call.add_done_callback(self._calls.discard)
         return call
 
 

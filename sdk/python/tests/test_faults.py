@@ -3,6 +3,7 @@
 real one does not make on demand: a request that fails at every attempt,
 malformed error details. Also the client's default channel options."""
 import asyncio
+import gc
 import os
 import signal
 import threading
@@ -580,3 +581,41 @@ def test_an_internal_error_moves_to_the_next_target(fake, aio):
             assert e.value.reason == "INTERNAL"
             return c._current
     assert (asyncio.run(run_async()) if aio else run()) == 1
+
+
+# -- a Generate stream dropped unfinished --------------------------------------
+#
+# The asyncio client kept every call it started in a set until the call
+# ended, so a stream its caller dropped (`break` out of `async for`) was never
+# collected and never cancelled: the server went on generating, holding one
+# of the tenant's streams, until the client closed. Both clients now cancel
+# it as soon as it is collected, the client still open.
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_a_dropped_generate_is_cancelled(fake, aio):
+    def wait_cancelled(deadline):
+        return fake.generate_cancelled >= 1 or time.monotonic() > deadline
+
+    def run_sync():
+        with Client(fake.address) as c:
+            for chunk in c.session("s").generate("x"):
+                assert chunk.tokens == [1]
+                break
+            gc.collect()
+            deadline = time.monotonic() + 10
+            while not wait_cancelled(deadline):
+                time.sleep(0.01)
+            return fake.generate_cancelled
+
+    async def run_async():
+        async with AsyncClient(fake.address) as c:
+            async for chunk in c.session("s").generate("x"):
+                assert chunk.tokens == [1]
+                break
+            gc.collect()
+            deadline = time.monotonic() + 10
+            while not wait_cancelled(deadline):
+                await asyncio.sleep(0.01)
+            return fake.generate_cancelled
+
+    assert (asyncio.run(run_async()) if aio else run_sync()) == 1
