@@ -706,6 +706,34 @@ TEST_F(SdkTest, CommitOptionsReachTheServer) {
   EXPECT_EQ(forked->ttl().seconds(), 7200);
 }
 
+// A Fork or an ImportSession retried under the caller's request id (after
+// the first gave up, say) gets the same server-named session back instead
+// of a second one.
+TEST_F(SdkTest, AForkOrImportRetriedUnderItsRequestIdIsTheSameSession) {
+  client::Session s = Create("exact");
+  ASSERT_TRUE(s.AppendText("hello").ok());
+  auto exported = s.Export();
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  client::CommitOptions fork_once;
+  fork_once.request_id = "fork-exact-1";
+  auto a = s.ForkWith(0, "", fork_once);
+  auto b = s.ForkWith(0, "", fork_once);
+  ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+  EXPECT_FALSE(a->id().empty());
+  EXPECT_EQ(a->id(), b->id());
+  client::CommitOptions import_once;
+  import_once.request_id = "import-exact-1";
+  auto c = client_->ImportSessionWith(*exported, "", import_once);
+  auto d = client_->ImportSessionWith(*exported, "", import_once);
+  ASSERT_TRUE(c.ok() && d.ok()) << c.status() << d.status();
+  EXPECT_EQ(c->session_id(), d->session_id());
+  EXPECT_NE(c->session_id(), a->id());
+  // Without one, each call is a new session.
+  auto e = s.ForkWith(0, "", client::CommitOptions());
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_NE(e->id(), a->id());
+}
+
 TEST_F(SdkTest, TypedErrorsCancellationDeadlinesAndTenants) {
   client::Session s = Create("errs");
   // A gap: not retried, typed, with the actual offset.

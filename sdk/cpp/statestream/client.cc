@@ -321,14 +321,15 @@ grpc::Status ImportOnce(Client::Stubs& stubs, grpc::ClientContext* ctx,
   return writer->Finish();
 }
 
-// The header of an import of `state` (a fresh request id, kept across the
-// call's retries) with `options`' fields.
+// The header of an import of `state` (options.request_id, else a fresh one,
+// kept across the call's retries) with `options`' fields.
 v1::ImportHeader ImportHeaderOf(const ExportedState& state,
                                 const std::string& session_id,
                                 v1::ImportMode mode,
                                 const CommitOptions& options) {
   v1::ImportHeader header;
-  header.set_request_id(NewRequestId());
+  header.set_request_id(options.request_id.empty() ? NewRequestId()
+                                                   : options.request_id);
   header.set_session_id(session_id);
   header.set_mode(mode);
   *header.mutable_state() = state.header;
@@ -399,6 +400,7 @@ absl::StatusOr<Session> Session::ForkWith(uint64_t version,
                                           const CommitOptions& options,
                                           const CallOptions& call) const {
   v1::CreateSessionRequest req;
+  req.set_request_id(options.request_id);  // "": CreateSession makes one
   req.set_session_id(new_id);
   req.mutable_fork_from()->set_session_id(id_);
   req.mutable_fork_from()->set_version(version);
@@ -440,7 +442,8 @@ absl::StatusOr<v1::Session> Session::RollbackWith(
     uint64_t version, const CommitOptions& options,
     const CallOptions& call) const {
   v1::RollbackSessionRequest req;
-  req.set_request_id(NewRequestId());
+  req.set_request_id(options.request_id.empty() ? NewRequestId()
+                                                : options.request_id);
   req.set_session_id(id_);
   req.set_version(version);
   if (options.expected_version) {

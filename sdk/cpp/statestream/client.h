@@ -67,6 +67,10 @@ struct CommitOptions {
   // the server's default).
   std::map<std::string, std::string> labels;
   std::optional<absl::Duration> ttl;
+  // The request id ("" = a new one per call, kept across its retries).
+  // Give your own to retry a call that gave up exactly once: a Fork or an
+  // ImportSession retried under it gets the same session back.
+  std::string request_id;
 };
 
 // A handle on one session; cheap to copy; holds no server resources.

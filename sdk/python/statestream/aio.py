@@ -210,9 +210,12 @@ class AsyncClient(_ClientBase):
                              session_id: str = "", *,
                              labels: Optional[Dict[str, str]] = None,
                              ttl_seconds: Optional[int] = None,
+                             request_id: Optional[str] = None,
                              durability: int = pb.DURABILITY_UNSPECIFIED,
                              timeout: Optional[float] = None) -> SessionInfo:
+        """As Client.import_session."""
         header = _import_header(session_id, pb.IMPORT_MODE_CREATE, state,
+                                request_id=request_id,
                                 labels=labels, ttl_seconds=ttl_seconds,
                                 durability=durability)
         return SessionInfo.from_proto(await self._import(header, state.blob,
@@ -376,11 +379,13 @@ class AsyncSession:
             timeout))
 
     async def fork(self, version: int = 0, new_id: str = "", *,
+                   request_id: Optional[str] = None,
                    durability: int = pb.DURABILITY_UNSPECIFIED,
                    timeout: Optional[float] = None) -> "AsyncSession":
         """As Session.fork: version 1 is committed at `durability`."""
         info = await self.client.create_session(new_id, fork_from=self.id,
                                                 fork_version=version,
+                                                request_id=request_id,
                                                 durability=durability,
                                                 timeout=timeout)
         return AsyncSession(self.client, info.session_id)
@@ -403,6 +408,7 @@ class AsyncSession:
                        expected_version: Optional[int] = None, *,
                        durability: int = pb.DURABILITY_UNSPECIFIED,
                        timeout: Optional[float] = None) -> SessionInfo:
+        """As Session.rollback (set expected_version to make it exact)."""
         req = _rollback_request(self.id, version, expected_version,
                                 durability)
         return SessionInfo.from_proto(await self.client._unary(
@@ -425,6 +431,8 @@ class AsyncSession:
                            expected_version: Optional[int] = None,
                            durability: int = pb.DURABILITY_UNSPECIFIED,
                            timeout: Optional[float] = None) -> SessionInfo:
+        """As Session.import_state (set expected_version to make it
+        exact)."""
         header = _import_header(self.id, pb.IMPORT_MODE_NEW_VERSION, state,
                                 durability=durability,
                                 expected_version=expected_version)

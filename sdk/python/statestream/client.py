@@ -95,6 +95,19 @@ def _setup(client, targets, api_key, tenant, tls, root_certificates,
     client.max_attempts = max(1, max_attempts)
     client.initial_backoff = initial_backoff
     client.max_backoff = max_backoff
+    # Header values: a byte gRPC refuses there fails every call with an
+    # error that repeats the value (the key) in the sync client; told here,
+    # naming the option only. A key read from a file keeps its newline.
+    for name, value in (("api_key", api_key), ("tenant", tenant)):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise TypeError("%s must be a str" % name)
+        bad = next((c for c in value if not " " <= c <= "~"), None)
+        if bad is not None:
+            raise ValueError(
+                "%s may hold only printable ASCII (a header value); found "
+                "character U+%04X" % (name, ord(bad)))
     client._metadata = []
     if api_key:
         client._metadata.append(("authorization", "Bearer " + api_key))
@@ -340,12 +353,15 @@ class Client(_ClientBase):
     def import_session(self, state: ExportedState, session_id: str = "", *,
                        labels: Optional[Dict[str, str]] = None,
                        ttl_seconds: Optional[int] = None,
+                       request_id: Optional[str] = None,
                        durability: int = pb.DURABILITY_UNSPECIFIED,
                        timeout: Optional[float] = None) -> SessionInfo:
-        """A new session holding `state` (version 1, at `durability`)."""
+        """A new session holding `state` (version 1, at `durability`). A
+        retry with the same request_id (after this call gave up) gets the
+        session back instead of a second one, as create_session's does."""
         header = _import_header(session_id, pb.IMPORT_MODE_CREATE, state,
                                 labels=labels, ttl_seconds=ttl_seconds,
-                                durability=durability)
+                                durability=durability, request_id=request_id)
         return SessionInfo.from_proto(self._import(header, state.blob,
                                                    timeout))
 
@@ -375,8 +391,8 @@ def _create_request(session_id, model_id, labels, ttl_seconds, fork_from,
 
 def _import_header(session_id, mode, state, *, labels=None,
                    ttl_seconds=None, durability=pb.DURABILITY_UNSPECIFIED,
-                   expected_version=None):
-    header = pb.ImportHeader(request_id=new_request_id(),
+                   expected_version=None, request_id=None):
+    header = pb.ImportHeader(request_id=request_id or new_request_id(),
                              session_id=session_id, mode=mode,
                              labels=labels or {}, durability=durability)
     header.state.CopyFrom(state.header)
@@ -416,6 +432,8 @@ def _rollback_request(session_id, version, expected_version, durability):
 
 
 def _update_request(session_id, labels, ttl_seconds):
+    if labels is None and ttl_seconds is None:
+        raise ValueError("update() needs labels or ttl_seconds (or both)")
     req = pb.UpdateSessionRequest(request_id=new_request_id(),
                                   session_id=session_id)
     if labels is not None:
@@ -563,14 +581,19 @@ def _crc32c_in_thread(data: bytes) -> int:
 
 
 def _stop_strings(stop) -> List[str]:
-    """`stop` as a list: one str is one stop string (not its characters)."""
+    """`stop` as a list: one str is one stop string (not its characters);
+    None is none."""
+    if stop is None:
+        return []
     if isinstance(stop, (str, bytes)):
         stop = [stop] if stop else []
     return [s.decode() if isinstance(s, bytes) else s for s in stop]
 
 
 def _stop_tokens(stop_tokens) -> List[int]:
-    """`stop_tokens` as a list: one int is one token id."""
+    """`stop_tokens` as a list: one int is one token id; None is none."""
+    if stop_tokens is None:
+        return []
     if isinstance(stop_tokens, int):
         return [stop_tokens]
     return list(stop_tokens)
@@ -716,13 +739,16 @@ class Session:
             timeout))
 
     def fork(self, version: int = 0, new_id: str = "", *,
+             request_id: Optional[str] = None,
              durability: int = pb.DURABILITY_UNSPECIFIED,
              timeout: Optional[float] = None) -> "Session":
         """A new session (`new_id`, empty: server-generated) starting from
         committed `version` (0: the head) of this one; its version 1 is
-        committed at `durability` (CreateSession with fork_from)."""
+        committed at `durability` (CreateSession with fork_from). A retry
+        with the same request_id gets the same fork back."""
         info = self.client.create_session(new_id, fork_from=self.id,
                                           fork_version=version,
+                                          request_id=request_id,
                                           durability=durability,
                                           timeout=timeout)
         return Session(self.client, info.session_id)
@@ -748,7 +774,9 @@ class Session:
                  durability: int = pb.DURABILITY_UNSPECIFIED,
                  timeout: Optional[float] = None) -> SessionInfo:
         """Commits version `version`'s state as the new head (at
-        `durability`); with expected_version, only if that is the head."""
+        `durability`); with expected_version, only if that is the head.
+        Set expected_version to make the call exact: a retry that reaches
+        another worker (or a restarted one) is otherwise applied again."""
         req = _rollback_request(self.id, version, expected_version,
                                 durability)
         return SessionInfo.from_proto(self.client._unary(
@@ -769,7 +797,9 @@ class Session:
                      durability: int = pb.DURABILITY_UNSPECIFIED,
                      timeout: Optional[float] = None) -> SessionInfo:
         """Commits `state` as the session's next version (at `durability`;
-        with expected_version, only if that is the head)."""
+        with expected_version, only if that is the head). Set
+        expected_version to make the call exact: a retry that reaches
+        another worker (or a restarted one) is otherwise applied again."""
         header = _import_header(self.id, pb.IMPORT_MODE_NEW_VERSION, state,
                                 durability=durability,
                                 expected_version=expected_version)

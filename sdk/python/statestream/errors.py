@@ -23,6 +23,13 @@ class StatestreamError(Exception):
         self.reason = reason
         self.metadata = dict(metadata or {})
 
+    def __reduce__(self):
+        # Rebuilt from its fields (and attributes such as the closed
+        # client's mark), so it crosses pickling: multiprocessing,
+        # concurrent.futures.ProcessPoolExecutor, copy.copy.
+        return (type(self), (self.code, self.message, self.reason,
+                             self.metadata), dict(self.__dict__))
+
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> "StatestreamError":
         code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN

@@ -429,3 +429,104 @@ def test_fork_commits_at_the_durability_asked(server, aio):
     assert info.parent_session_id == "src"
     assert info.version == 1
     assert info.durability == "DURABILITY_FSYNC"
+
+
+# -- arguments checked before anything is sent -------------------------------
+#
+# An api_key with a byte gRPC refuses in a header (a key file's trailing
+# newline) failed every call: the sync client with a ValueError that quoted
+# the whole bearer token, the async one with cygrpc's ExecuteBatchError. Now
+# both refuse it at construction, naming the option, not the value.
+
+@pytest.mark.parametrize("aio", [False, True])
+@pytest.mark.parametrize("option,value", [("api_key", "sk-secret\n"),
+                                          ("tenant", "t\u00e9nant")])
+def test_header_options_must_be_printable_ascii(server, aio, option, value):
+    from statestream.aio import AsyncClient
+    with pytest.raises(ValueError) as raised:
+        (AsyncClient if aio else Client)(server.address, **{option: value})
+    assert option in str(raised.value)
+    assert "sk-secret" not in str(raised.value)
+
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_unset_options_are_none_and_an_empty_update_is_refused(server, aio):
+    import asyncio
+    from statestream.aio import AsyncClient
+
+    async def run_async():
+        async with AsyncClient(server.address) as c:
+            await c.create_session("opts")
+            s = c.session("opts")
+            await s.append("ab")
+            with pytest.raises(ValueError):
+                await s.update()
+            return await s.generate_text(max_tokens=3, seed=1, stop=None,
+                                         stop_tokens=None)
+
+    def run_sync():
+        with Client(server.address) as c:
+            c.create_session("opts")
+            s = c.session("opts")
+            s.append("ab")
+            with pytest.raises(ValueError):
+                s.update()
+            return s.generate_text(max_tokens=3, seed=1, stop=None,
+                                   stop_tokens=None)
+    result = asyncio.run(run_async()) if aio else run_sync()
+    assert len(result.tokens) == 3
+
+
+# fork() and import_session() took no request_id, so a caller retrying one
+# that gave up could not make the retry exactly-once: it made a second
+# session (a server-generated id) instead of getting the first back.
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_fork_and_import_session_retried_under_their_request_id(server, aio):
+    import asyncio
+    from statestream.aio import AsyncClient
+
+    async def run_async():
+        async with AsyncClient(server.address) as c:
+            await c.create_session("origin")
+            s = c.session("origin")
+            await s.append("text")
+            forks = [(await s.fork(request_id="fork-1")).id for _ in range(2)]
+            state = await s.export()
+            imports = [(await c.import_session(state, request_id="imp-1"))
+                       .session_id for _ in range(2)]
+            return forks, imports
+
+    def run_sync():
+        with Client(server.address) as c:
+            c.create_session("origin")
+            s = c.session("origin")
+            s.append("text")
+            forks = [s.fork(request_id="fork-1").id for _ in range(2)]
+            state = s.export()
+            imports = [c.import_session(state, request_id="imp-1").session_id
+                       for _ in range(2)]
+            return forks, imports
+    forks, imports = asyncio.run(run_async()) if aio else run_sync()
+    assert forks[0] and forks[0] == forks[1]
+    assert imports[0] and imports[0] == imports[1]
+    assert forks[0] != imports[0]
+
+
+# A StatestreamError could not be pickled (its args were only the formatted
+# message), so one raised in a multiprocessing worker never reached the
+# parent process.
+
+def test_errors_survive_pickling():
+    import copy
+    import pickle
+    from statestream.errors import client_closed_error
+    e = StatestreamError(grpc.StatusCode.FAILED_PRECONDITION, "moved",
+                         "POSITION_MISMATCH", {"actual_input_offset": "7"})
+    for back in (pickle.loads(pickle.dumps(e)), copy.copy(e)):
+        assert (back.code, back.message, back.reason, back.metadata) == \
+            (e.code, e.message, e.reason, e.metadata)
+        assert str(back) == str(e)
+    closed = pickle.loads(pickle.dumps(client_closed_error()))
+    assert closed.code == grpc.StatusCode.CANCELLED
+    assert not is_retryable(closed)
