@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <system_error>
 #include <utility>
@@ -83,7 +84,9 @@ void Gateway::CountRoute(const absl::StatusOr<Route>& route, int attempt) {
 }
 
 absl::StatusOr<std::vector<Gateway::WorkerModels>> Gateway::Models(
-    const grpc::CallbackServerContext& ctx, const std::string& tenant) {
+    const grpc::CallbackServerContext& ctx, const std::string& tenant,
+    bool* all_known) {
+  if (all_known != nullptr) *all_known = true;
   auto workers = router_.Workers();
   if (!workers.ok()) return workers.status();
   std::vector<WorkerModels> out;
@@ -101,7 +104,10 @@ absl::StatusOr<std::vector<Gateway::WorkerModels>> Gateway::Models(
         continue;
       }
     }
-    if (router_.IsSuspect(w.worker_id)) continue;  // not asked while suspect
+    if (router_.IsSuspect(w.worker_id)) {  // not asked while suspect
+      if (all_known != nullptr) *all_known = false;
+      continue;
+    }
     auto client = UpstreamContext(ctx, tenant, 1);
     client->set_deadline(std::chrono::system_clock::now() +
                          absl::ToChronoMilliseconds(options_.models_timeout));
@@ -115,6 +121,7 @@ absl::StatusOr<std::vector<Gateway::WorkerModels>> Gateway::Models(
       if (ctx.IsCancelled())
         return absl::CancelledError("the caller cancelled");
       if (ShouldFailover(st)) router_.MarkSuspect(w.worker_id);
+      if (all_known != nullptr) *all_known = false;
       continue;
     }
     std::vector<v1::Model> models(resp.models().begin(), resp.models().end());
@@ -137,6 +144,42 @@ absl::StatusOr<std::vector<Gateway::WorkerModels>> Gateway::Models(
     return absl::UnavailableError("no ready worker answered ListModels");
   }
   return out;
+}
+
+absl::StatusOr<v1::Model> Gateway::ResolveModel(
+    const grpc::CallbackServerContext& ctx, const std::string& tenant,
+    const std::string& model_id) {
+  bool all_known = true;
+  auto workers = Models(ctx, tenant, &all_known);
+  if (!workers.ok()) return workers.status();
+  const absl::Time now = absl::Now();
+  std::optional<v1::Model> best;
+  bool seen_lately = false;
+  {
+    absl::MutexLock lock(&models_mu_);
+    for (const WorkerModels& w : *workers) {
+      for (const v1::Model& m : w.models) model_ids_seen_[m.model_id()] = now;
+    }
+    std::erase_if(model_ids_seen_, [&](const auto& entry) {
+      return entry.second < now - options_.router.served_memory;
+    });
+    seen_lately = model_ids_seen_.count(model_id) != 0;
+  }
+  for (v1::Model& m : MergeModels(*workers)) {  // by (id, fingerprint)
+    if (m.model_id() == model_id &&
+        (!best.has_value() || m.workers() > best->workers())) {
+      best = std::move(m);
+    }
+  }
+  if (best.has_value()) return *std::move(best);
+  if (all_known && !seen_lately) return ModelNotFound(model_id);
+  return MakeError(
+      absl::StatusCode::kUnavailable, Reason::kUnspecified,
+      absl::StrCat("no ready worker serves model \"", model_id,
+                   "\" now, but one may: ",
+                   seen_lately ? "it was served lately (restarting?)"
+                               : "a worker's models are not known yet"),
+      {{"model_id", model_id}});
 }
 
 std::shared_ptr<grpc::Channel> Gateway::Channel(const std::string& address) {

@@ -63,8 +63,22 @@ class Gateway {
     WorkerInfo worker;
     std::vector<v1::Model> models;
   };
+  // `all_known` (optional) tells whether every live worker's models are
+  // in the answer (none skipped as suspect or for not answering).
   absl::StatusOr<std::vector<WorkerModels>> Models(
-      const grpc::CallbackServerContext& ctx, const std::string& tenant);
+      const grpc::CallbackServerContext& ctx, const std::string& tenant,
+      bool* all_known = nullptr);
+
+  // The model `model_id` names in the cluster: of its fingerprints (two
+  // during a rollout), the one most ready workers serve, ties to the
+  // lowest, so GetModel describes what CreateSession binds. NOT_FOUND/
+  // MODEL_NOT_FOUND only when every live worker's models are known and
+  // none served the id within router.served_memory; otherwise (its
+  // workers restarting, or one whose models are unknown) UNAVAILABLE, which
+  // clients retry.
+  absl::StatusOr<v1::Model> ResolveModel(const grpc::CallbackServerContext& ctx,
+                                         const std::string& tenant,
+                                         const std::string& model_id);
 
   // One channel per worker address, created on first use.
   std::shared_ptr<grpc::Channel> Channel(const std::string& address);
@@ -137,6 +151,8 @@ class Gateway {
   // Keyed by worker id + "@" + address.
   std::map<std::string, std::vector<v1::Model>> models_
       ABSL_GUARDED_BY(models_mu_);
+  // When each model id was last among the ready workers' (ResolveModel).
+  std::map<std::string, absl::Time> model_ids_seen_ ABSL_GUARDED_BY(models_mu_);
   absl::Mutex mu_;
   struct ChannelEntry {
     std::shared_ptr<grpc::Channel> channel;

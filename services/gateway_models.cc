@@ -72,15 +72,32 @@ class ModelsService final : public v1::Models::CallbackService {
   grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* ctx,
                                      const v1::GetModelRequest* req,
                                      v1::Model* resp) override {
-    return Answer(ctx, "GetModel", [req, resp](std::vector<v1::Model> models) {
-      for (auto& m : models) {
-        if (m.model_id() == req->model_id()) {
-          *resp = std::move(m);
-          return absl::OkStatus();
-        }
-      }
-      return ModelNotFound(req->model_id());
-    });
+    // The model CreateSession would bind (ResolveModel).
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    const absl::Time began = gateway_->BeginCall();
+    const bool spawned =
+        gateway_->Spawn([this, ctx, req, resp, reactor, began] {
+          absl::Status status;
+          auto tenant = gateway_->Tenant(*ctx);
+          if (!tenant.ok()) {
+            status = tenant.status();
+          } else if (req->model_id().empty()) {
+            // As a worker answers it: an empty id is not the default model.
+            status = ModelNotFound("");
+          } else {
+            auto model = gateway_->ResolveModel(*ctx, *tenant, req->model_id());
+            status = model.status();
+            if (model.ok()) *resp = *std::move(model);
+          }
+          const grpc::Status out = ToGrpcStatus(status);
+          gateway_->EndCall("GetModel", out, began);
+          reactor->Finish(out);
+        });
+    if (!spawned) {
+      gateway_->EndCall("GetModel", Gateway::Refused(), began);
+      reactor->Finish(Gateway::Refused());
+    }
+    return reactor;
   }
 
  private:

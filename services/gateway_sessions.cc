@@ -84,19 +84,9 @@ class SessionsService final : public v1::Sessions::CallbackService {
     if (!req.model_id().empty()) {
       auto tenant = gateway_->Tenant(ctx);
       if (!tenant.ok()) return ToGrpcStatus(tenant.status());
-      auto workers = gateway_->Models(ctx, *tenant);
-      if (!workers.ok()) return ToGrpcStatus(workers.status());
-      // The fingerprint most ready workers serve under that id.
-      uint32_t best = 0;
-      for (const v1::Model& m : MergeModels(*workers)) {
-        if (m.model_id() == req.model_id() && m.workers() > best) {
-          best = m.workers();
-          target.fingerprint = m.fingerprint();
-        }
-      }
-      if (target.fingerprint.empty()) {
-        return ToGrpcStatus(ModelNotFound(req.model_id()));
-      }
+      auto model = gateway_->ResolveModel(ctx, *tenant, req.model_id());
+      if (!model.ok()) return ToGrpcStatus(model.status());
+      target.fingerprint = model->fingerprint();
     } else if (req.has_fork_from() && !req.fork_from().session_id().empty()) {
       target.session_id = req.fork_from().session_id();
     }

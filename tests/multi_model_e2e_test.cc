@@ -670,6 +670,26 @@ TEST(MultiModelClusterTest, ASessionOfARetiredModelCanBeReadExportedDeleted) {
     ASSERT_TRUE(st.ok()) << st.error_message();
   }
   EXPECT_EQ(GetReason(c.Get("retiring").status()), Reason::kSessionNotFound);
+
+  // Once the gateway's list has dropped the worker, the model it served
+  // lately is UNAVAILABLE (its workers may be restarting: clients retry),
+  // not a MODEL_NOT_FOUND they would give up on.
+  absl::Status model = absl::OkStatus();
+  for (int i = 0; i < 100 && model.ok(); ++i) {
+    v1::GetModelRequest req;
+    req.set_model_id("m1");
+    v1::Model resp;
+    auto ctx = e2e::ClientContext();
+    model = FromGrpcStatus(c.models(0)->GetModel(ctx.get(), req, &resp));
+    if (model.ok()) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(model.code(), absl::StatusCode::kUnavailable) << model;
+  const absl::Status create = c.Create("after-retirement", 0, "m1");
+  EXPECT_EQ(create.code(), absl::StatusCode::kUnavailable) << create;
+  EXPECT_EQ(GetErrorMetadata(create, "model_id"), "m1");
+  // A model never served is still NOT_FOUND.
+  const absl::Status never = c.Create("never", 0, "m9");
+  EXPECT_EQ(GetReason(never), Reason::kModelNotFound) << never;
 }
 
 }  // namespace
