@@ -422,7 +422,8 @@ grpc::Status ForwardWithFailover(
                   absl::StrCat(*tenant, "/", target.hash_key),
                   target.fingerprint, exclude)
             : gateway->router().RouteSession({*tenant, target.session_id},
-                                             exclude, target.any_model);
+                                             exclude, target.any_model,
+                                             target.fingerprint);
     gateway->CountRoute(route, attempt);
     if (!route.ok()) {
       return attempt == 1 ? ToGrpcStatus(route.status())

@@ -280,10 +280,12 @@ class BlockingBidi final : public Blocking<grpc::ServerBidiReactor<Req, Resp>> {
 
 // Where a call goes.
 struct Target {
-  std::string method;       // rpc name, for the metrics
-  std::string session_id;   // non-empty: the session's owner (or its hash)
-  std::string hash_key;     // else: rendezvous of tenant/hash_key ...
-  std::string fingerprint;  // ... among workers serving this model ("" any)
+  std::string method;      // rpc name, for the metrics
+  std::string session_id;  // non-empty: the session's owner (or its hash)
+  std::string hash_key;    // else: rendezvous of tenant/hash_key ...
+  // ... among workers serving this model ("" any); with session_id, the
+  // model to route by when the store has no such session (an import).
+  std::string fingerprint;
   // A session call any worker can answer from the store (it does not run
   // the model): when no live worker serves the session's model, another
   // one answers instead of UNAVAILABLE.

@@ -427,8 +427,8 @@ void GatewayRouter::Looked(const std::string& hash_key,
 }
 
 absl::StatusOr<Route> GatewayRouter::RouteSession(
-    const SessionKey& key, const std::set<std::string>& exclude,
-    bool any_model) {
+    const SessionKey& key, const std::set<std::string>& exclude, bool any_model,
+    const std::string& fingerprint_hint) {
   const std::string hash_key = absl::StrCat(key.tenant, "/", key.session_id);
   std::string fingerprint, owner;
   bool remembered = false;
@@ -486,7 +486,9 @@ absl::StatusOr<Route> GatewayRouter::RouteSession(
       }
     }
   }
-  absl::StatusOr<Route> route = Pick(hash_key, fingerprint, exclude, false);
+  const bool hinted = fingerprint.empty() && !fingerprint_hint.empty();
+  if (hinted) fingerprint = fingerprint_hint;
+  absl::StatusOr<Route> route = Pick(hash_key, fingerprint, exclude, hinted);
   if (!route.ok() && any_model && !fingerprint.empty() &&
       absl::IsUnavailable(route.status())) {
     // Its model's workers are gone (retired, or all failed this call):

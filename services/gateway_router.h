@@ -75,10 +75,14 @@ class GatewayRouter {
   // other worker is left. UNAVAILABLE when no live worker serves the
   // session's model, unless `any_model` (a call that does not run the
   // model: reads, update, delete, export): then any live worker, by the
-  // session's hash.
+  // session's hash. `fingerprint_hint` (an import's state) stands in for
+  // the model of a session the store does not know: among the workers
+  // serving it, FAILED_PRECONDITION/MODEL_MISMATCH when none does (as
+  // RouteAny), so a worker of another model does not answer instead.
   absl::StatusOr<Route> RouteSession(const SessionKey& key,
                                      const std::set<std::string>& exclude,
-                                     bool any_model = false);
+                                     bool any_model = false,
+                                     const std::string& fingerprint_hint = "");
   // For calls not bound to an existing session (create, list, models): the
   // rendezvous winner for `hash_key` among live workers serving
   // `fingerprint` ("" = any). FAILED_PRECONDITION/MODEL_MISMATCH when no

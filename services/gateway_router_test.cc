@@ -183,6 +183,30 @@ TEST_F(GatewayRouterTest, ASessionOfAModelNobodyServesIsReachableForReads) {
   EXPECT_EQ(back->worker_id, "w1");
 }
 
+// An import into a session the store does not know routes by the state's
+// model: to a worker serving it (which answers SESSION_NOT_FOUND), or
+// MODEL_MISMATCH when none does, never to a worker of another model. An
+// existing session routes by its own model whatever the hint.
+TEST_F(GatewayRouterTest, AMissingSessionRoutesByTheImportedStatesModel) {
+  Register("other", "fp-b", 0);
+  GatewayRouter router(store_.get(), Options());
+  for (int i = 0; i < 20; ++i) {
+    const SessionKey missing{"t", absl::StrCat("missing-", i)};
+    auto route = router.RouteSession(missing, {}, false, "fp-b");
+    ASSERT_TRUE(route.ok()) << route.status();
+    EXPECT_EQ(route->worker_id, "other");
+  }
+  const absl::Status unserved =
+      router.RouteSession({"t", "missing"}, {}, false, "fp-z").status();
+  EXPECT_EQ(GetReason(unserved), Reason::kModelMismatch) << unserved;
+  SessionKey existing = CreateSession("exists");  // model fp-a
+  for (int i = 0; i < 5; ++i) {
+    auto route = router.RouteSession(existing, {}, false, "fp-b");
+    ASSERT_TRUE(route.ok()) << route.status();
+    EXPECT_NE(route->worker_id, "other");
+  }
+}
+
 TEST_F(GatewayRouterTest, LoadShiftsNewSessions) {
   Register("w1", "fp-a", 50);  // heavily loaded
   GatewayRouter router(store_.get(), Options());

@@ -307,6 +307,10 @@ class SessionsService final : public v1::Sessions::CallbackService {
         const auto& header = parts[0].header();
         if (header.mode() == v1::IMPORT_MODE_NEW_VERSION) {
           target.session_id = header.session_id();
+          // A session the store does not know is answered by a worker of
+          // the state's model (SESSION_NOT_FOUND), not any worker's
+          // MODEL_MISMATCH.
+          target.fingerprint = header.state().model_fingerprint();
         } else {
           target.hash_key = header.session_id().empty() ? header.request_id()
                                                         : header.session_id();
