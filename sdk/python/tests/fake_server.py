@@ -105,13 +105,21 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
         if (request.session_id == "unavailable-first" and
                 len(self.generate_requests) == 1):
             context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
+        # Counted when the call ends unfinished: a cancel that comes while
+        # the chunk is sent ends the call without resuming this generator.
+        ended = []
+
+        def count_cancel():
+            if not ended:
+                self.generate_cancelled += 1
+        context.add_callback(count_cancel)
         yield pb.GenerateResponse(chunk=pb.GenerateChunk(
             index=0, tokens=[1], text_utf8=b"a"))
         deadline = time.monotonic() + 30
         while context.is_active() and time.monotonic() < deadline:
             time.sleep(0.01)
-        if not context.is_active():
-            self.generate_cancelled += 1
+        if context.is_active():
+            ended.append(True)  # not cancelled within 30 s
 
     def _pinned_generate(self, request, context):
         """The first call sends tokens [1, 2] started at input_offset 7,
