@@ -120,8 +120,12 @@ absl::StatusOr<std::vector<Gateway::WorkerModels>> Gateway::Models(
       // nothing of the worker: no suspicion, which would move sessions.
       if (ctx.IsCancelled())
         return absl::CancelledError("the caller cancelled");
-      if (ShouldFailover(st)) router_.MarkSuspect(w.worker_id);
-      if (all_known != nullptr) *all_known = false;
+      if (ShouldFailover(st)) {
+        router_.MarkSuspect(w.worker_id);
+        // Not reached: it may serve any model. One that answered an error
+        // (an older build, a policy) serves none this gateway can use.
+        if (all_known != nullptr) *all_known = false;
+      }
       continue;
     }
     std::vector<v1::Model> models(resp.models().begin(), resp.models().end());

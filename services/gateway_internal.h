@@ -64,7 +64,8 @@ class Gateway {
     std::vector<v1::Model> models;
   };
   // `all_known` (optional) tells whether every live worker's models are
-  // in the answer (none skipped as suspect or for not answering).
+  // in the answer (none skipped as suspect or unreachable; one that
+  // answered ListModels with an error counts as known, serving none).
   absl::StatusOr<std::vector<WorkerModels>> Models(
       const grpc::CallbackServerContext& ctx, const std::string& tenant,
       bool* all_known = nullptr);

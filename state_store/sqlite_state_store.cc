@@ -542,15 +542,19 @@ class SqliteStateStore final : public StateStore {
     return s.Int(0) > Ms(now);
   }
 
-  // The next fence of the file's one counter, recorded as `key`'s.
+  // The next fence of the file's one counter, recorded as `key`'s. Above
+  // the id's own fence too: one bumped per id (by a build before the
+  // counter, on the same file) still never comes back.
   absl::StatusOr<uint64_t> BumpFence(const SessionKey& key)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     Stmt next(db_,
-              "UPDATE fence_counter SET value=value+1 WHERE id=0 "
-              "RETURNING value");
+              "UPDATE fence_counter SET value=MAX(value, COALESCE((SELECT "
+              "fence FROM fences WHERE tenant=?1 AND sid=?2), 0))+1 WHERE "
+              "id=0 RETURNING value");
+    next.Bind(key.tenant).Bind(key.session_id);
     if (!next.Step()) {
       SS_RETURN_IF_ERROR(next.status());
-      return si::Unavailable("the fence counter is missing");
+      return si::SqliteError(SQLITE_CORRUPT, "the fence counter is missing");
     }
     const int64_t fence = next.Int(0);
     SS_RETURN_IF_ERROR(next.Run());  // to SQLITE_DONE

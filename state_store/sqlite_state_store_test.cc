@@ -229,6 +229,20 @@ TEST(SqliteStateStoreTest, AFileWithFencesPerIdIsUpgraded) {
   ASSERT_TRUE(lease.ok()) << lease.status();
   EXPECT_EQ(lease->fence, 502u);
   EXPECT_EQ(CountRows(env.path(), "fences"), 2);
+  // A process of an older build on the same file bumps the id's own row
+  // past the counter: the next fence is still above it.
+  ASSERT_TRUE(
+      ExecSql(env.path(), "UPDATE fences SET fence=600 WHERE sid='live'").ok());
+  auto after = (*store)->AcquireLease({"acme", "live"}, "w2", absl::Seconds(5),
+                                      /*takeover=*/true);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->fence, 601u);
+  // A counter whose row is gone is a damaged file, not an outage.
+  ASSERT_TRUE(ExecSql(env.path(), "DELETE FROM fence_counter").ok());
+  auto damaged = (*store)->AcquireLease({"acme", "live"}, "w3",
+                                        absl::Seconds(5), /*takeover=*/true);
+  EXPECT_EQ(GetReason(damaged.status()), Reason::kStateCorrupt)
+      << damaged.status();
 }
 
 // The sweep is its own transaction: a create refused (the id taken) still

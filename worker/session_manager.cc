@@ -259,6 +259,11 @@ absl::StatusOr<SessionView> SessionManager::GetSession(
     // from the store. If the store cannot be asked, the copy is the best
     // answer there is.
     auto lease = m.store_->GetOwner(key);
+    if (absl::IsNotFound(lease.status())) {
+      // Deleted meanwhile (through another worker): never shown again.
+      m.Drop(resident.get(), Session::Gone::kDeleted);
+      return lease.status();
+    }
     if (!lease.ok() || lease->fence == resident->fence) {
       absl::MutexLock l2(&resident->mu);
       return resident->view;
@@ -510,7 +515,11 @@ absl::StatusOr<ExportedState> SessionManager::Export(
     // header still describes the state, so it imports where that model is.
     SS_ASSIGN_OR_RETURN(SessionHead head,
                         impl_->store_->GetHead({tenant, session_id}));
-    out.model_id = head.model_id;
+    // Informational; left out if the id was re-created for another model
+    // between the two reads.
+    if (head.model_fingerprint == v.state.model_fingerprint) {
+      out.model_id = head.model_id;
+    }
     out.model_fingerprint = v.state.model_fingerprint;
     out.architecture = v.state.architecture;
   }

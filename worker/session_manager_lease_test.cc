@@ -191,5 +191,20 @@ TEST_F(SessionManagerLeaseTest, RenewLeasesNowDropsWhatTheStoreNoLongerHas) {
   EXPECT_EQ(lost.status().code(), absl::StatusCode::kNotFound) << lost.status();
 }
 
+// A resident session deleted through another worker (a gateway sends a
+// delete anywhere when the session's model has no live worker) is gone
+// here at the next GetSession, not answered from the copy held.
+TEST_F(SessionManagerLeaseTest, ASessionDeletedElsewhereIsNotShownAgain) {
+  Create("gone");
+  auto w = Open("gone");
+  ASSERT_TRUE(Append(w, 0, "x", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  ASSERT_TRUE(manager_->IsResident("t", "gone"));
+  ASSERT_TRUE(store_->DeleteSession({"t", "gone"}).ok());
+  auto got = manager_->GetSession("t", "gone");
+  EXPECT_EQ(GetReason(got.status()), Reason::kSessionNotFound) << got.status();
+  EXPECT_FALSE(manager_->IsResident("t", "gone"));
+}
+
 }  // namespace
 }  // namespace statestream::worker

@@ -42,9 +42,10 @@ CREATE TABLE IF NOT EXISTS workers (
 // deleted session's `fences` row can go with it and a re-created id still
 // never reuses a fence. A file from before the counter kept a row per id
 // ever created: the table is made with its counter above all of them and
-// the rows of sessions that are gone are dropped, in one transaction. Only
-// then: an open reads no table page, so a file damaged in places opens
-// and answers DATA_LOSS for what it lost.
+// the rows of sessions that are gone are dropped, in one transaction (a
+// scan of both tables, once: a file with millions of ids takes a while,
+// and other processes wait for it). Later opens read no table page, so a
+// file damaged in places opens and answers DATA_LOSS for what it lost.
 constexpr char kAddFenceCounter[] = R"sql(
 CREATE TABLE fence_counter (
   id INTEGER PRIMARY KEY CHECK (id = 0), value INTEGER NOT NULL);
