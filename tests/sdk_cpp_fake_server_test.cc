@@ -125,6 +125,27 @@ TEST(SdkExportTest, ACorruptOrReorderedExportIsDataLoss) {
   }
 }
 
+// A Sessions server whose ExportState ends OK having sent nothing.
+class EmptyExport final : public v1::Sessions::Service {
+ public:
+  grpc::Status ExportState(
+      grpc::ServerContext*, const v1::ExportStateRequest*,
+      grpc::ServerWriter<v1::ExportStateResponse>*) override {
+    return grpc::Status::OK;
+  }
+};
+
+// An export that ends without its header is no state (it used to come back
+// as an empty ExportedState: 0 bytes of 0).
+TEST(SdkExportTest, AnExportWithoutAHeaderIsDataLoss) {
+  EmptyExport service;
+  FakeServer fake;
+  ASSERT_NO_FATAL_FAILURE(Serve(&service, &fake));
+  auto exported = fake.client->OpenSession("s").Export(0);
+  EXPECT_EQ(exported.status().code(), absl::StatusCode::kDataLoss)
+      << exported.status();
+}
+
 // A Streams server whose first Generate sends tokens [1, 2] and is lost;
 // the resumed call sends [1] and ends: it stopped sooner.
 class ShorterResume final : public v1::Streams::Service {
@@ -443,6 +464,27 @@ TEST(SdkDeleteTest, ARetryThatFindsNoSessionAfterALostReplyIsDone) {
       EXPECT_EQ(GetReason(s), Reason::kSessionNotFound);
     }
   }
+  // Only SESSION_NOT_FOUND is the lost attempt's delete: another NOT_FOUND
+  // (a route, a model) after a lost reply is the answer.
+  ScriptedDeletes other({lost, absl::NotFoundError("no route")});
+  FakeServer fake;
+  ASSERT_NO_FATAL_FAILURE(Serve(&other, &fake));
+  const absl::Status s = fake.client->OpenSession("s").Delete();
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+}
+
+// An INTERNAL carrying a reason newer than this SDK is the server's typed
+// answer, not a transport failure: not retried (it was, as only a reason
+// this build knows counted).
+TEST(SdkDeleteTest, AnInternalErrorWithANewerReasonIsNotRetried) {
+  absl::Status future = absl::InternalError("a newer server's answer");
+  SetReasonName(future, "FROM_THE_FUTURE");
+  ScriptedDeletes service({future, absl::OkStatus()});
+  FakeServer fake;
+  ASSERT_NO_FATAL_FAILURE(Serve(&service, &fake));
+  const absl::Status s = fake.client->OpenSession("s").Delete();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+  EXPECT_EQ(GetReasonName(s), "FROM_THE_FUTURE") << s;
 }
 
 // SESSION_NOT_FOUND says nothing against the target that answered: the

@@ -734,6 +734,19 @@ TEST_F(SdkTest, AForkOrImportRetriedUnderItsRequestIdIsTheSameSession) {
   EXPECT_NE(e->id(), a->id());
 }
 
+// A closed writer refuses every write, one with nothing to send too (an
+// empty write used to succeed after Close).
+TEST_F(SdkTest, AClosedWriterRefusesEmptyWrites) {
+  client::Session s = Create("closed-writer");
+  auto writer = s.OpenAppend();
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->Write("abc").ok());
+  ASSERT_TRUE((*writer)->Close().ok());
+  EXPECT_EQ((*writer)->Write("").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*writer)->WriteTokens({}).code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
 TEST_F(SdkTest, TypedErrorsCancellationDeadlinesAndTenants) {
   client::Session s = Create("errs");
   // A gap: not retried, typed, with the actual offset.

@@ -95,7 +95,15 @@ absl::Status AppendWriter::Fail(absl::Status status) {
   return status;
 }
 
+absl::Status AppendWriter::Usable() const {
+  if (!error_.ok()) return error_;
+  if (closed_) return absl::FailedPreconditionError("writer closed");
+  return absl::OkStatus();
+}
+
 absl::Status AppendWriter::Write(std::string_view text_utf8) {
+  // Even with nothing to send: a closed or failed writer says so.
+  if (absl::Status s = Usable(); !s.ok()) return s;
   while (!text_utf8.empty()) {
     const size_t n = std::min(text_utf8.size(), options_.max_chunk_bytes);
     v1::AppendRequest r;
@@ -107,6 +115,7 @@ absl::Status AppendWriter::Write(std::string_view text_utf8) {
 }
 
 absl::Status AppendWriter::WriteTokens(const std::vector<uint32_t>& tokens) {
+  if (absl::Status s = Usable(); !s.ok()) return s;
   constexpr size_t kMaxTokens = 262144;
   for (size_t i = 0; i < tokens.size(); i += kMaxTokens) {
     v1::AppendRequest r;
@@ -154,8 +163,7 @@ absl::StatusOr<v1::AppendResponse> AppendWriter::Close() {
 }
 
 absl::Status AppendWriter::Send(v1::AppendRequest request) {
-  if (!error_.ok()) return error_;
-  if (closed_) return absl::FailedPreconditionError("writer closed");
+  if (absl::Status s = Usable(); !s.ok()) return s;
   request.set_session_id(session_id_);
   request.set_expected_input_offset(next_offset_);
   request.set_durability(options_.durability);

@@ -85,6 +85,8 @@ class AppendWriter {
   struct Call;
   AppendWriter(Client* client, std::string session_id, uint64_t offset,
                AppendOptions options);
+  // The error a closed (FAILED_PRECONDITION) or failed writer keeps.
+  absl::Status Usable() const;
   absl::Status Send(v1::AppendRequest request);
   absl::Status ReadAcks(size_t keep_unacked);
   absl::Status Reconnect(absl::Status cause);

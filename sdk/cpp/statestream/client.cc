@@ -73,8 +73,9 @@ bool IsRetryable(const absl::Status& status) {
     case absl::StatusCode::kUnknown:
     case absl::StatusCode::kInternal:
       // Transport failures ("stream removed", RST_STREAM) carry no reason;
-      // the server's own INTERNAL errors do.
-      return GetReason(status) == Reason::kUnspecified;
+      // the server's own INTERNAL errors do, even one newer than this SDK.
+      return GetReasonName(status).empty() ||
+             GetReasonName(status) == ReasonName(Reason::kUnspecified);
     default:
       return false;
   }
@@ -139,7 +140,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
   for (const std::string& target : o.targets) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(o.max_receive_message_bytes);
-    args.SetMaxSendMessageSize(o.max_receive_message_bytes);
+    // Imports send 1 MiB chunks whatever the receive limit.
+    args.SetMaxSendMessageSize(std::max(o.max_receive_message_bytes, 8 << 20));
     // Reconnect quickly after a server restart: the retry loop, not the
     // channel's (up to 120 s) reconnect backoff, decides how long to wait.
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
@@ -471,9 +473,13 @@ absl::StatusOr<ExportedState> Session::Export(uint64_t version,
     auto reader = stubs.sessions->ExportState(ctx, req);
     v1::ExportStateResponse part;
     uint32_t next = 0;
+    bool header = false;
     std::string corrupt;
     while (reader->Read(&part)) {
-      if (part.has_header()) out.header = part.header();
+      if (part.has_header()) {
+        out.header = part.header();
+        header = true;
+      }
       if (!part.has_chunk() || !corrupt.empty()) continue;
       // In order, each as its CRC-32C says (else the blob is corrupt:
       // DATA_LOSS, not retried).
@@ -492,6 +498,9 @@ absl::StatusOr<ExportedState> Session::Export(uint64_t version,
       ctx->TryCancel();
     }
     grpc::Status finished = reader->Finish();
+    if (corrupt.empty() && finished.ok() && !header) {
+      corrupt = "export: the stream ended without a header";
+    }
     if (!corrupt.empty()) {
       return grpc::Status(grpc::StatusCode::DATA_LOSS, corrupt);
     }
@@ -546,14 +555,17 @@ absl::Status Session::Delete(bool allow_missing,
   req.set_allow_missing(allow_missing);
   v1::DeleteSessionResponse out;
   // A retry that finds no session after an attempt whose outcome is not
-  // known (a lost reply, a dead gateway; not an OVERLOADED refusal) is that
-  // attempt's delete, seen by a server that does not remember its request
-  // id (another worker, a restart): done, not SESSION_NOT_FOUND.
+  // known (a lost reply, a dead gateway; not a RESOURCE_EXHAUSTED refusal)
+  // is that attempt's delete, seen by a server that does not remember its
+  // request id (another worker, a restart): done, not SESSION_NOT_FOUND.
+  // An UNAVAILABLE/OVERLOADED counts as unknown: a gateway gives up with
+  // it after workers that may have applied the call failed.
   bool maybe_deleted = false;
   return client_->Unary(call, [&](Client::Stubs& stubs,
                                   grpc::ClientContext* ctx) {
     grpc::Status st = stubs.sessions->DeleteSession(ctx, req, &out);
-    if (maybe_deleted && st.error_code() == grpc::StatusCode::NOT_FOUND) {
+    if (maybe_deleted && st.error_code() == grpc::StatusCode::NOT_FOUND &&
+        GetReason(FromGrpcStatus(st)) == Reason::kSessionNotFound) {
       return grpc::Status::OK;
     }
     if (!st.ok() && st.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) {

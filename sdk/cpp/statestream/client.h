@@ -7,17 +7,24 @@
 // GetErrorMetadata; GetReasonName also has reasons newer than this SDK).
 //
 // Resume protocol (docs/API.md): a call that fails with UNAVAILABLE,
-// DEADLINE_EXCEEDED of a single attempt, ABORTED/FENCED or a broken
-// connection is retried on the next target with exponential backoff, at
-// most ClientOptions::max_attempts times in a row. Appends are resent at
-// their original offsets (the server acknowledges already-applied ones as
-// duplicates); Generate is reissued with the same request_id and seed,
-// pinned to the input_offset it started from, and the tokens already
-// delivered are skipped.
+// DEADLINE_EXCEEDED of a single attempt, ABORTED/FENCED,
+// RESOURCE_EXHAUSTED/OVERLOADED, UNKNOWN/INTERNAL without a reason (a
+// transport failure) or a broken connection is retried on the next target
+// with exponential backoff (at least the server's retry_after_ms), at most
+// ClientOptions::max_attempts times in a row. Appends are resent at their
+// original offsets (the server acknowledges already-applied ones as
+// duplicates); Generate is reissued with the same request_id and seed and
+// the tokens already delivered are skipped; a side branch (commit=false)
+// is also pinned to the input_offset it started from, and a committing one
+// finds its record on the server by request_id.
 //
 // Thread safety: Client is thread-safe. Session, AppendWriter and
 // GenerateStream are not (one thread each), except Cancellation::Cancel,
 // which may be called from any thread.
+//
+// Lifetime: the Client must outlive every Session, AppendWriter and
+// GenerateStream made from it (they hold a pointer to it and calls on its
+// channels).
 #ifndef STATESTREAM_SDK_CPP_STATESTREAM_CLIENT_H_
 #define STATESTREAM_SDK_CPP_STATESTREAM_CLIENT_H_
 

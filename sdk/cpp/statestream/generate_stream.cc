@@ -10,8 +10,10 @@
 // changed in between, or another kind of worker rounded differently) ends
 // the stream with FAILED_PRECONDITION (not retryable) instead of joining
 // two outputs. The first chunk says which input_offset the generation
-// started from; a request that pinned none is pinned to it for the
-// resumes, so one that would run on another input (which may still repeat
+// started from; a side branch (commit=false) that pinned none is pinned to
+// it for the resumes (a committing one is found by its request_id and
+// content, which a pin would change), so one that would run on another
+// input (which may still repeat
 // the delivered tokens: greedy sampling) fails with the server's
 // FAILED_PRECONDITION/POSITION_MISMATCH, which ends the stream too.
 #include <grpcpp/client_context.h>

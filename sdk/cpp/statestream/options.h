@@ -34,8 +34,8 @@ struct ClientOptions {
   std::string tls_cert_chain_pem;   // client certificate (mTLS), optional
   std::string tls_private_key_pem;  // its key
   std::string tls_server_name;      // overrides the name checked; optional
-  // Deadline of each unary call and of each attempt's connection wait
-  // (streams have no deadline unless CallOptions gives one).
+  // Deadline of each attempt of a unary call (streams have no deadline
+  // unless CallOptions gives one; their connection waits are gRPC's).
   absl::Duration timeout = absl::Seconds(60);
   // Attempts per operation before giving up (>= 1), counted from the last
   // progress: an Append or Generate that made progress starts counting
