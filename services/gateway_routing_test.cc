@@ -71,6 +71,34 @@ TEST_F(GatewayTest, AFencedAnswerDoesNotMakeTheWorkerSuspect) {
   EXPECT_EQ(got[1 - fenced.load()].load(), 1);
 }
 
+// A header without a mode or without its state is refused as a worker
+// refuses it (INVALID_ARGUMENT, the field) before anything is buffered or
+// routed: an UNSPECIFIED mode used to be taken for CREATE (and counted
+// against the tenant's sessions), a missing state to read as DATA_LOSS.
+TEST_F(GatewayTest, AnImportHeaderWithoutModeOrStateIsRefused) {
+  Start();
+  v1::ImportStateRequest no_mode = ImportHeader(10);
+  no_mode.mutable_header()->set_mode(v1::IMPORT_MODE_UNSPECIFIED);
+  v1::ImportStateRequest no_state = ImportHeader(10);
+  no_state.mutable_header()->clear_state();
+  for (const auto& [header, field] :
+       {std::pair(no_mode, "mode"), std::pair(no_state, "state")}) {
+    grpc::ClientContext ctx;
+    v1::Session resp;
+    auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+    ASSERT_TRUE(writer->Write(header));
+    v1::ImportStateRequest chunk;
+    chunk.mutable_chunk()->set_data("0123456789");
+    writer->Write(chunk);
+    writer->WritesDone();
+    const absl::Status st = FromGrpcStatus(writer->Finish());
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_EQ(GetReason(st), Reason::kInvalidArgument) << st;
+    EXPECT_EQ(GetErrorMetadata(st, "field"), field) << st;
+  }
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
+}
+
 // The gateway buffers an import whole before forwarding it, so every
 // message after the header must carry a chunk: empty ones (which would
 // fill its memory at a few bytes each on the wire) are INVALID_ARGUMENT,

@@ -257,12 +257,24 @@ class SessionsService final : public v1::Sessions::CallbackService {
         // own), an empty one included, and its place in `parts` (whose
         // capacity doubles).
         kept += msg.SpaceUsedLong() + sizeof(msg);
-        // Typed as the worker types them (worker/sessions_service.cc).
+        // Typed as the worker types them (worker/sessions_service.cc),
+        // the header's mode and state before the gateway buffers chunks
+        // or decides on its mode.
+        const auto mode = msg.header().mode();
         if (parts.empty() != msg.has_header()) {
           bad = MakeError(
               absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
               "header: the first message must be the header, and only it",
               {{"field", "header"}});
+        } else if (msg.has_header() && mode != v1::IMPORT_MODE_CREATE &&
+                   mode != v1::IMPORT_MODE_NEW_VERSION) {
+          bad = MakeError(absl::StatusCode::kInvalidArgument,
+                          Reason::kInvalidArgument, "mode: required",
+                          {{"field", "mode"}});
+        } else if (msg.has_header() && !msg.header().has_state()) {
+          bad = MakeError(absl::StatusCode::kInvalidArgument,
+                          Reason::kInvalidArgument, "state: required",
+                          {{"field", "state"}});
         } else if (!msg.has_header() && !msg.has_chunk()) {
           bad = MakeError(
               absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,

@@ -377,6 +377,9 @@ TEST_F(ApiBadInputE2eTest, ImportState) {
       {"missing request_id",
        imp("imp-rid", [&](Messages* m) { head(m)->clear_request_id(); }),
        WantField("request_id")},
+      {"header without its state",
+       imp("imp-nostate", [&](Messages* m) { head(m)->clear_state(); }),
+       WantField("state")},
       {"a chunk first",
        imp("imp-nohead", [](Messages* m) { m->erase(m->begin()); }),
        WantField("header")},
@@ -402,8 +405,8 @@ TEST_F(ApiBadInputE2eTest, ImportState) {
        WantKey(absl::StatusCode::kAlreadyExists, Reason::kSessionExists,
                "session_id", "imp-src")},
   });
-  ExpectGone({"imp-mode", "imp-rid", "imp-nohead", "imp-crc", "imp-short",
-              "imp-gap", "imp-nowhere"});
+  ExpectGone({"imp-mode", "imp-rid", "imp-nostate", "imp-nohead", "imp-crc",
+              "imp-short", "imp-gap", "imp-nowhere"});
   ExpectAt("imp-src", 2, 10);
   // Control: the same messages under a free id import fine.
   const absl::Status ok = imp("imp-ok", [](Messages*) {})();

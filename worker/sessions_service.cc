@@ -256,6 +256,7 @@ class ImportReactor final
       SS_RETURN_IF_ERROR(DurabilityFromProto(header_.durability()).status());
       SS_RETURN_IF_ERROR(
           TtlFromProto(header_.has_ttl(), header_.ttl()).status());
+      if (!header_.has_state()) return BadField("state", "required");
       const v1::StateHeader& s = header_.state();
       // The state's model decides which manager imports it; into a session
       // of another model, that manager answers MODEL_MISMATCH.
