@@ -522,6 +522,26 @@ TEST_F(MultiModelServeTest, StatesNeverCrossModels) {
   EXPECT_EQ(forked.model_id(), "six");
 }
 
+// Appends "hello" to `id` through gateway 0, flushed and checkpointed, in
+// one Append call: its ack.
+absl::StatusOr<v1::AppendResponse> AppendHello(e2e::Cluster& c,
+                                               const std::string& id) {
+  v1::AppendRequest r;
+  r.set_session_id(id);
+  r.set_text_utf8("hello");
+  r.set_flush(true);
+  r.set_checkpoint(true);
+  auto ctx = e2e::ClientContext();
+  auto stream = c.streams(0)->Append(ctx.get());
+  v1::AppendResponse ack;
+  const bool acked = stream->Write(r) && stream->Read(&ack);
+  stream->WritesDone();
+  const absl::Status st = FromGrpcStatus(stream->Finish());
+  if (!st.ok()) return st;
+  if (!acked) return absl::InternalError("the stream ended without an ack");
+  return ack;
+}
+
 // A gateway in front of a worker serving two models and one serving the
 // cluster's `tiny`: sessions of every model reach a worker serving it.
 TEST(MultiModelClusterTest, GatewayRoutesEveryModelOfAWorker) {
@@ -553,19 +573,9 @@ TEST(MultiModelClusterTest, GatewayRoutesEveryModelOfAWorker) {
     const std::string id = absl::StrCat("routed-", i);
     ASSERT_TRUE(c.Create(id, 0, model).ok()) << id << c.Logs();
     // An Append through the gateway lands on the worker serving the model.
-    v1::AppendRequest r;
-    r.set_session_id(id);
-    r.set_text_utf8("hello");
-    r.set_flush(true);
-    r.set_checkpoint(true);
-    auto ctx = e2e::ClientContext();
-    auto stream = c.streams(0)->Append(ctx.get());
-    ASSERT_TRUE(stream->Write(r));
-    v1::AppendResponse ack;
-    ASSERT_TRUE(stream->Read(&ack)) << c.Logs();
-    stream->WritesDone();
-    ASSERT_TRUE(stream->Finish().ok());
-    EXPECT_EQ(ack.position(), 5u);
+    auto ack = AppendHello(c, id);
+    ASSERT_TRUE(ack.ok()) << ack.status() << c.Logs();
+    EXPECT_EQ(ack->position(), 5u);
     auto s = c.Get(id);
     ASSERT_TRUE(s.ok()) << s.status();
     EXPECT_EQ(s->model_id(), model);
@@ -595,20 +605,7 @@ TEST(MultiModelClusterTest, ASessionOfARetiredModelCanBeReadExportedDeleted) {
     absl::SleepFor(absl::Milliseconds(100));
   }
   ASSERT_TRUE(created.ok()) << created << c.Logs();
-  {
-    v1::AppendRequest r;
-    r.set_session_id("retiring");
-    r.set_text_utf8("hello");
-    r.set_flush(true);
-    r.set_checkpoint(true);
-    auto ctx = e2e::ClientContext();
-    auto stream = c.streams(0)->Append(ctx.get());
-    ASSERT_TRUE(stream->Write(r));
-    v1::AppendResponse ack;
-    ASSERT_TRUE(stream->Read(&ack)) << c.Logs();
-    stream->WritesDone();
-    ASSERT_TRUE(stream->Finish().ok());
-  }
+  ASSERT_TRUE(AppendHello(c, "retiring").ok()) << c.Logs();
   auto before = c.Get("retiring");
   ASSERT_TRUE(before.ok()) << before.status();
   EXPECT_EQ(c.Owner("retiring"), c.workers()[*w].get());
