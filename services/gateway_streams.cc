@@ -137,7 +137,9 @@ class AppendCall final : public Watched {
       e.units = units;
       e.request = std::move(request);
       absl::MutexLock lock(&mu_);
-      if (session_id_.empty()) session_id_ = e.request.session_id();
+      // The call's session is the first request's: one that names none is
+      // refused, whatever a later request names.
+      if (next_seq_ == 0) session_id_ = e.request.session_id();
       // Past the bound, make the worker commit so the log can shrink: one
       // request at a time (the next only once that one is acked), not
       // every request read meanwhile, each a commit of the whole state.

@@ -227,6 +227,23 @@ TEST_F(GatewayTest, ACommittingRerunFromAnotherOffsetIsDiverged) {
 // Past its replay bound the gateway asks the worker for a checkpoint so the
 // log can shrink: one request at a time, not every request read until that
 // one is acked (each would commit the whole state).
+// The call's session is its first request's: a first request naming none
+// is INVALID_ARGUMENT whatever later requests name (it used to take a
+// later request's id when that one was read before the call was routed).
+TEST_F(GatewayTest, AnAppendWhoseFirstRequestNamesNoSessionIsRefused) {
+  Start();
+  for (int i = 0; i < 5; ++i) {
+    v1::AppendRequest first = AppendAt("r0", 0, "ab");
+    first.clear_session_id();
+    const Appended out = AppendThrough({first, AppendAt("r1", 2, "cd")});
+    const absl::Status st = FromGrpcStatus(out.status);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_EQ(GetErrorMetadata(st, "field"), "session_id") << st;
+    EXPECT_TRUE(out.acked.empty());
+  }
+  EXPECT_EQ(calls_.load(), 0);
+}
+
 TEST_F(GatewayTest, AnAppendPastTheReplayBoundAsksForOneCheckpoint) {
   GatewayOptions options;
   options.append_buffer_bytes = 5000;  // ~350 bytes an entry: ~14 fit
