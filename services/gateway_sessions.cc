@@ -257,9 +257,10 @@ class SessionsService final : public v1::Sessions::CallbackService {
         // own), an empty one included, and its place in `parts` (whose
         // capacity doubles).
         kept += msg.SpaceUsedLong() + sizeof(msg);
-        // Typed as the worker types them (worker/sessions_service.cc),
-        // the header's mode and state before the gateway buffers chunks
-        // or decides on its mode.
+        // Typed as the worker types them (worker/sessions_service.cc):
+        // the header's mode and state, checked before the gateway buffers
+        // chunks or acts on the mode; the worker checks the rest (so a
+        // header wrong in several fields may name another one first).
         const auto mode = msg.header().mode();
         if (parts.empty() != msg.has_header()) {
           bad = MakeError(

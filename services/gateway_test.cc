@@ -224,9 +224,6 @@ TEST_F(GatewayTest, ACommittingRerunFromAnotherOffsetIsDiverged) {
   for (const auto& msg : generated.messages) EXPECT_FALSE(msg.has_done());
 }
 
-// Past its replay bound the gateway asks the worker for a checkpoint so the
-// log can shrink: one request at a time, not every request read until that
-// one is acked (each would commit the whole state).
 // The call's session is its first request's: a first request naming none
 // is INVALID_ARGUMENT whatever later requests name (it used to take a
 // later request's id when that one was read before the call was routed).
@@ -244,6 +241,9 @@ TEST_F(GatewayTest, AnAppendWhoseFirstRequestNamesNoSessionIsRefused) {
   EXPECT_EQ(calls_.load(), 0);
 }
 
+// Past its replay bound the gateway asks the worker for a checkpoint so the
+// log can shrink: one request at a time, not every request read until that
+// one is acked (each would commit the whole state).
 TEST_F(GatewayTest, AnAppendPastTheReplayBoundAsksForOneCheckpoint) {
   GatewayOptions options;
   options.append_buffer_bytes = 5000;  // ~350 bytes an entry: ~14 fit

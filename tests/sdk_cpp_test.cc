@@ -764,6 +764,12 @@ TEST_F(SdkTest, TypedErrorsCancellationDeadlinesAndTenants) {
   EXPECT_TRUE(GetReason(busy) == Reason::kSessionBusy ||
               GetReason(busy) == Reason::kPositionMismatch)
       << busy;
+  // A failed writer returns its error from every later call, Close twice
+  // included (the second Close used to say "writer closed").
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(GetReason((*writer)->Close().status()), GetReason(busy)) << i;
+  }
+  EXPECT_EQ(GetReason((*writer)->Sync()), GetReason(busy));
 
   client::Cancellation cancel;
   cancel.Cancel();

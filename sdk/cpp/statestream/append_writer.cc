@@ -134,8 +134,7 @@ absl::Status AppendWriter::Flush() {
 }
 
 absl::Status AppendWriter::Sync() {
-  if (!error_.ok()) return error_;
-  if (closed_) return absl::FailedPreconditionError("writer closed");
+  if (absl::Status s = Usable(); !s.ok()) return s;
   return ReadAcks(0);
 }
 
@@ -148,7 +147,8 @@ absl::StatusOr<v1::AppendResponse> AppendWriter::Checkpoint() {
 }
 
 absl::StatusOr<v1::AppendResponse> AppendWriter::Close() {
-  if (closed_) return absl::FailedPreconditionError("writer closed");
+  // A failed writer's error first, as every other call returns it.
+  if (absl::Status s = Usable(); !s.ok()) return s;
   auto ack = Checkpoint();
   closed_ = true;
   if (!ack.ok()) return ack;

@@ -140,8 +140,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
   for (const std::string& target : o.targets) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(o.max_receive_message_bytes);
-    // Imports send 1 MiB chunks whatever the receive limit.
-    args.SetMaxSendMessageSize(std::max(o.max_receive_message_bytes, 8 << 20));
+    // Appends (up to ~1.3 MiB of tokens) and import chunks (1 MiB) go out
+    // whatever the receive limit; -1 (unlimited) stays unlimited.
+    args.SetMaxSendMessageSize(
+        o.max_receive_message_bytes < 0
+            ? -1
+            : std::max(o.max_receive_message_bytes, 8 << 20));
     // Reconnect quickly after a server restart: the retry loop, not the
     // channel's (up to 120 s) reconnect backoff, decides how long to wait.
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);

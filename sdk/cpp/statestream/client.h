@@ -9,14 +9,17 @@
 // Resume protocol (docs/API.md): a call that fails with UNAVAILABLE,
 // DEADLINE_EXCEEDED of a single attempt, ABORTED/FENCED,
 // RESOURCE_EXHAUSTED/OVERLOADED, UNKNOWN/INTERNAL without a reason (a
-// transport failure) or a broken connection is retried on the next target
+// transport failure), CANCELLED not asked for by the caller, or a broken
+// connection is retried on the next target
 // with exponential backoff (at least the server's retry_after_ms), at most
 // ClientOptions::max_attempts times in a row. Appends are resent at their
 // original offsets (the server acknowledges already-applied ones as
 // duplicates); Generate is reissued with the same request_id and seed and
 // the tokens already delivered are skipped; a side branch (commit=false)
 // is also pinned to the input_offset it started from, and a committing one
-// finds its record on the server by request_id.
+// finds its record on the server by request_id and content (one whose id
+// the SDK made is pinned, before its first send, to the session's
+// input_offset).
 //
 // Thread safety: Client is thread-safe. Session, AppendWriter and
 // GenerateStream are not (one thread each), except Cancellation::Cancel,

@@ -34,8 +34,9 @@ struct ClientOptions {
   std::string tls_cert_chain_pem;   // client certificate (mTLS), optional
   std::string tls_private_key_pem;  // its key
   std::string tls_server_name;      // overrides the name checked; optional
-  // Deadline of each attempt of a unary call (streams have no deadline
-  // unless CallOptions gives one; their connection waits are gRPC's).
+  // Deadline of each attempt of a unary call, ExportState and ImportState
+  // included (Append and Generate streams have none unless CallOptions
+  // gives one; their connection waits are gRPC's).
   absl::Duration timeout = absl::Seconds(60);
   // Attempts per operation before giving up (>= 1), counted from the last
   // progress: an Append or Generate that made progress starts counting
@@ -48,7 +49,9 @@ struct ClientOptions {
   // would pass, is returned with its code, Reason and metadata.
   absl::Duration initial_backoff = absl::Milliseconds(50);
   absl::Duration max_backoff = absl::Seconds(2);
-  // Largest message received, bytes (the server's default limit is 8 MiB).
+  // Largest message received, bytes (the server's default limit is 8 MiB;
+  // -1: unlimited). Messages sent may be up to the larger of this and
+  // 8 MiB.
   int max_receive_message_bytes = 8 << 20;
   // Extra integer channel arguments (GRPC_ARG_*), e.g. HTTP/2 window tuning;
   // they override the SDK's own: keepalive pings every 20 s while a call is
