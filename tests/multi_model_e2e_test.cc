@@ -522,6 +522,14 @@ TEST_F(MultiModelServeTest, StatesNeverCrossModels) {
   EXPECT_EQ(forked.model_id(), "six");
 }
 
+// A cluster of one worker (serving `tiny`) and one gateway.
+absl::StatusOr<std::unique_ptr<e2e::Cluster>> OneWorkerCluster() {
+  e2e::ClusterOptions options;
+  options.workers = 1;
+  options.gateways = 1;
+  return e2e::Cluster::Start(STATESTREAM_BIN, options);
+}
+
 // Appends "hello" to `id` through gateway 0, flushed and checkpointed, in
 // one Append call: its ack.
 absl::StatusOr<v1::AppendResponse> AppendHello(e2e::Cluster& c,
@@ -545,10 +553,7 @@ absl::StatusOr<v1::AppendResponse> AppendHello(e2e::Cluster& c,
 // A gateway in front of a worker serving two models and one serving the
 // cluster's `tiny`: sessions of every model reach a worker serving it.
 TEST(MultiModelClusterTest, GatewayRoutesEveryModelOfAWorker) {
-  e2e::ClusterOptions options;
-  options.workers = 1;  // tiny
-  options.gateways = 1;
-  auto cluster = e2e::Cluster::Start(STATESTREAM_BIN, options);
+  auto cluster = OneWorkerCluster();
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   e2e::Cluster& c = **cluster;
   auto m1 = c.MakeModel("m1", 11);
@@ -588,10 +593,7 @@ TEST(MultiModelClusterTest, GatewayRoutesEveryModelOfAWorker) {
 // deletable through a gateway: those calls need no model, so another
 // worker answers them.
 TEST(MultiModelClusterTest, ASessionOfARetiredModelCanBeReadExportedDeleted) {
-  e2e::ClusterOptions options;
-  options.workers = 1;  // tiny
-  options.gateways = 1;
-  auto cluster = e2e::Cluster::Start(STATESTREAM_BIN, options);
+  auto cluster = OneWorkerCluster();
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   e2e::Cluster& c = **cluster;
   auto m1 = c.MakeModel("m1", 11);
