@@ -268,8 +268,10 @@ absl::Status FlushStdout() {
 int ReportStatus(const absl::Status& status) {
   if (status.ok()) return kExitOk;
   std::cerr << "error: " << status.message();
-  if (Reason r = GetReason(status); r != Reason::kUnspecified) {
-    std::cerr << " [" << ReasonName(r) << "]";
+  // By name: a reason newer than this build is still shown.
+  if (const std::string reason = GetReasonName(status);
+      !reason.empty() && reason != ReasonName(Reason::kUnspecified)) {
+    std::cerr << " [" << reason << "]";
   }
   std::cerr << "\n";
   return IsUsageError(status) ? kExitUsage : kExitFailure;
