@@ -53,7 +53,7 @@ if(STATESTREAM_BUILD_TESTS)
             golden_trace.cc
     LIBS ss_engine nlohmann_json::nlohmann_json)
   ss_add_test(engine_arch_test
-    SOURCES arch_golden_test.cc golden.cc golden_trace.cc
+    SOURCES arch_golden_test.cc reference_model_test.cc golden.cc golden_trace.cc
     LIBS ss_engine nlohmann_json::nlohmann_json)
 endif()
 

@@ -1,0 +1,659 @@
+// SPDX-License-Identifier: Apache-2.0
+// Every architecture against a plain float64 re-implementation of the
+// equations in ../shared/testdata/README.md, on random models of shapes
+// the golden files do not have (head sizes 8 to 64, widths that are not a
+// multiple of the vector length, odd LoRA ranks, vocabularies and FFN
+// widths), in every kernel build, one token at a time and in one chunk, and
+// from fp32 and bf16 files. The goldens pin the engine to the official code
+// at four shapes; this pins every shape to the equations, so a kernel's
+// tail or blocking bug that those four shapes happen to miss still fails.
+//
+// The reference reads the state dict the checkpoint was written from, never
+// the engine's loader, packing or kernels: loops over doubles in the
+// README's order, written for clarity rather than speed.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "worker/engine/golden.h"
+#include "worker/engine/model.h"
+#include "worker/engine/random_model.h"
+#include "worker/engine/weight_file.h"
+#include "worker/engine/weight_writer.h"
+
+namespace statestream::engine {
+namespace {
+
+using Vec = std::vector<double>;
+
+// Rounds to the nearest bf16, ties to even, as the checkpoint writer does.
+float RoundToBf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  bits &= 0xffff0000u;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// The state dict by name, as doubles (bf16-rounded first when the engine
+// reads a bf16 file: the README's bf16 goldens upcast before anything else).
+class Weights {
+ public:
+  Weights(const std::vector<NamedTensor>& tensors, bool bf16) {
+    for (const NamedTensor& t : tensors) {
+      Vec& v = values_[t.name];
+      for (float f : t.values) v.push_back(bf16 ? RoundToBf16(f) : f);
+      shapes_[t.name] = t.shape;
+    }
+  }
+  bool Has(const std::string& name) const { return values_.count(name) > 0; }
+  const Vec& operator[](const std::string& name) const {
+    auto it = values_.find(name);
+    if (it == values_.end()) {
+      ADD_FAILURE() << "reference: no tensor " << name;
+      static const Vec kEmpty;
+      return kEmpty;
+    }
+    return it->second;
+  }
+  int64_t Dim(const std::string& name, int i) const {
+    return shapes_.at(name).at(i);
+  }
+
+ private:
+  std::map<std::string, Vec> values_;
+  std::map<std::string, std::vector<int64_t>> shapes_;
+};
+
+double Sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+// LayerNorm over the whole vector, population variance.
+Vec LayerNorm(const Vec& x, const Vec& w, const Vec& b, double eps) {
+  const size_t n = x.size();
+  double mean = 0, var = 0;
+  for (double v : x) mean += v;
+  mean /= n;
+  for (double v : x) var += (v - mean) * (v - mean);
+  var /= n;
+  Vec y(n);
+  for (size_t i = 0; i < n; ++i) {
+    y[i] = (x[i] - mean) / std::sqrt(var + eps) * w[i] + b[i];
+  }
+  return y;
+}
+
+// LayerNorm of each of `groups` equal slices, with the affine parameters of
+// the whole vector.
+Vec GroupNorm(const Vec& x, int groups, const Vec& w, const Vec& b,
+              double eps) {
+  const size_t n = x.size() / groups;
+  Vec y(x.size());
+  for (int g = 0; g < groups; ++g) {
+    Vec slice(x.begin() + g * n, x.begin() + (g + 1) * n);
+    Vec ws(w.begin() + g * n, w.begin() + (g + 1) * n);
+    Vec bs(b.begin() + g * n, b.begin() + (g + 1) * n);
+    Vec out = LayerNorm(slice, ws, bs, eps);
+    std::copy(out.begin(), out.end(), y.begin() + g * n);
+  }
+  return y;
+}
+
+// y = W x for a Linear weight W [out, in].
+Vec Linear(const Vec& w, const Vec& x) {
+  const size_t in = x.size(), out = w.size() / in;
+  Vec y(out, 0.0);
+  for (size_t o = 0; o < out; ++o) {
+    for (size_t i = 0; i < in; ++i) y[o] += w[o * in + i] * x[i];
+  }
+  return y;
+}
+
+// y = x @ M for a LoRA factor M [in, out], read from `offset` on.
+Vec Times(const Vec& x, const Vec& m, size_t out, size_t offset = 0) {
+  Vec y(out, 0.0);
+  for (size_t i = 0; i < x.size(); ++i) {
+    for (size_t o = 0; o < out; ++o) y[o] += x[i] * m[offset + i * out + o];
+  }
+  return y;
+}
+
+Vec Map(Vec x, double (*f)(double)) {
+  for (double& v : x) v = f(v);
+  return x;
+}
+
+Vec Slice(const Vec& x, size_t begin, size_t n) {
+  return Vec(x.begin() + begin, x.begin() + begin + n);
+}
+
+double Tanh(double x) { return std::tanh(x); }
+double Silu(double x) { return x * Sigmoid(x); }
+double ReluSquared(double x) { return x > 0 ? x * x : 0; }
+
+// One session of the reference: the state in the engine's canonical layout
+// (docs/state-format.md), as doubles.
+class Reference {
+ public:
+  Reference(const std::string& arch, const Weights& w, const ModelConfig& c)
+      : arch_(arch), w_(w), c_(c) {
+    const size_t C = c.n_embd,
+                 HNN = size_t{1} * c.n_head * c.head_size * c.head_size;
+    layer_floats_ = arch == "v4" ? 5 * C : 2 * C + HNN;
+    state_.assign(layer_floats_ * c.n_layer, 0.0);
+    if (arch == "v4") {
+      for (int l = 0; l < c.n_layer; ++l) {
+        std::fill_n(state_.begin() + l * layer_floats_ + 3 * C, C, -1e30);
+      }
+    }
+  }
+
+  const Vec& state() const { return state_; }
+
+  Vec Step(int token) {
+    const size_t C = c_.n_embd;
+    Vec x = LayerNorm(Slice(w_["emb.weight"], size_t(token) * C, C),
+                      w_["blocks.0.ln0.weight"], w_["blocks.0.ln0.bias"], 1e-5);
+    Vec v_first;
+    for (int l = 0; l < c_.n_layer; ++l) {
+      double* s = state_.data() + l * layer_floats_;
+      const std::string b = absl::StrCat("blocks.", l, ".");
+      Vec xa = LayerNorm(x, w_[b + "ln1.weight"], w_[b + "ln1.bias"], 1e-5);
+      Vec att = arch_ == "x070"   ? Rwkv7Att(b + "att.", l, xa, s, v_first)
+                : arch_ == "v4"   ? Rwkv4Att(b + "att.", xa, s)
+                : arch_ == "x052" ? Rwkv5Att(b + "att.", xa, s)
+                                  : Rwkv6Att(b + "att.", xa, s);
+      for (size_t i = 0; i < C; ++i) x[i] += att[i];
+      Vec xf = LayerNorm(x, w_[b + "ln2.weight"], w_[b + "ln2.bias"], 1e-5);
+      double* ffn_prev = s + layer_floats_ - C;
+      Vec ffn = Ffn(b + "ffn.", xf, ffn_prev);
+      for (size_t i = 0; i < C; ++i) x[i] += ffn[i];
+      std::copy(xf.begin(), xf.end(), ffn_prev);
+    }
+    return Linear(w_["head.weight"],
+                  LayerNorm(x, w_["ln_out.weight"], w_["ln_out.bias"], 1e-5));
+  }
+
+ private:
+  // x_c = xa + (prev - xa) * mix: the parameter weights the previous token
+  // (x060, x070).
+  static Vec MixPrevious(const Vec& xa, const double* prev, const Vec& mix) {
+    Vec y(xa.size());
+    for (size_t i = 0; i < xa.size(); ++i) {
+      y[i] = xa[i] + (prev[i] - xa[i]) * mix[i];
+    }
+    return y;
+  }
+  // x_c = xx * mix + prev * (1 - mix): the parameter weights the current
+  // token (v4, x052).
+  static Vec MixCurrent(const Vec& xx, const double* prev, const Vec& mix) {
+    Vec y(xx.size());
+    for (size_t i = 0; i < xx.size(); ++i) {
+      y[i] = xx[i] * mix[i] + prev[i] * (1 - mix[i]);
+    }
+    return y;
+  }
+
+  Vec Rwkv7Att(const std::string& a, int layer, const Vec& xa, double* s,
+               Vec& v_first) {
+    const size_t C = c_.n_embd, H = c_.n_head, N = c_.head_size;
+    auto mix = [&](const char* p) { return MixPrevious(xa, s, w_[a + p]); };
+    auto lora = [&](const Vec& x, const std::string& p, double (*inner)(double),
+                    const Vec* bias) {
+      const size_t d = w_.Dim(a + p + "1", 1);
+      Vec y =
+          Times(Map(Times(x, w_[a + p + "1"], d), inner), w_[a + p + "2"], C);
+      if (bias != nullptr) {
+        for (size_t i = 0; i < C; ++i) y[i] += (*bias)[i];
+      }
+      return y;
+    };
+    auto identity = [](double v) { return v; };
+    Vec r = Linear(w_[a + "receptance.weight"], mix("x_r"));
+    Vec k = Linear(w_[a + "key.weight"], mix("x_k"));
+    Vec v = Linear(w_[a + "value.weight"], mix("x_v"));
+    Vec omega = lora(mix("x_w"), "w", Tanh, &w_[a + "w0"]);
+    for (double& o : omega) o = std::exp(-std::exp(-0.5) * Sigmoid(o));
+    Vec aa = Map(lora(mix("x_a"), "a", identity, &w_[a + "a0"]), Sigmoid);
+    Vec g = lora(mix("x_g"), "g", Sigmoid, nullptr);
+    Vec kk(C);
+    for (size_t i = 0; i < C; ++i) kk[i] = k[i] * w_[a + "k_k"][i];
+    for (size_t h = 0; h < H; ++h) {
+      double norm = 0;
+      for (size_t j = 0; j < N; ++j) norm += kk[h * N + j] * kk[h * N + j];
+      norm = std::max(std::sqrt(norm), 1e-12);
+      for (size_t j = 0; j < N; ++j) kk[h * N + j] /= norm;
+    }
+    for (size_t i = 0; i < C; ++i) {
+      k[i] *= 1 + (aa[i] - 1) * w_[a + "k_a"][i];
+    }
+    if (layer == 0) {
+      v_first = v;
+    } else {
+      Vec gate = Map(lora(mix("x_v"), "v", identity, &w_[a + "v0"]), Sigmoid);
+      for (size_t i = 0; i < C; ++i) v[i] += (v_first[i] - v[i]) * gate[i];
+    }
+    Vec y(C, 0.0);
+    for (size_t h = 0; h < H; ++h) {
+      double* S = s + C + h * N * N;  // S[i][j]: i value, j key
+      for (size_t i = 0; i < N; ++i) {
+        double sa = 0;
+        for (size_t m = 0; m < N; ++m) sa += S[i * N + m] * kk[h * N + m];
+        for (size_t j = 0; j < N; ++j) {
+          const size_t kj = h * N + j;
+          S[i * N + j] = S[i * N + j] * omega[kj] - sa * kk[kj] * aa[kj] +
+                         v[h * N + i] * k[kj];
+        }
+        for (size_t j = 0; j < N; ++j)
+          y[h * N + i] += S[i * N + j] * r[h * N + j];
+      }
+    }
+    y = GroupNorm(y, H, w_[a + "ln_x.weight"], w_[a + "ln_x.bias"], 64e-5);
+    for (size_t h = 0; h < H; ++h) {
+      double bonus = 0;
+      for (size_t j = 0; j < N; ++j) {
+        bonus += r[h * N + j] * k[h * N + j] * w_[a + "r_k"][h * N + j];
+      }
+      for (size_t i = 0; i < N; ++i) y[h * N + i] += bonus * v[h * N + i];
+    }
+    for (size_t i = 0; i < C; ++i) y[i] *= g[i];
+    std::copy(xa.begin(), xa.end(), s);
+    return Linear(w_[a + "output.weight"], y);
+  }
+
+  Vec Rwkv4Att(const std::string& a, const Vec& xx, double* s) {
+    const size_t C = c_.n_embd;
+    double *aa = s + C, *bb = s + 2 * C, *pp = s + 3 * C;
+    Vec r = Map(Linear(w_[a + "receptance.weight"],
+                       MixCurrent(xx, s, w_[a + "time_mix_r"])),
+                Sigmoid);
+    Vec k =
+        Linear(w_[a + "key.weight"], MixCurrent(xx, s, w_[a + "time_mix_k"]));
+    Vec v =
+        Linear(w_[a + "value.weight"], MixCurrent(xx, s, w_[a + "time_mix_v"]));
+    Vec out(C);
+    for (size_t i = 0; i < C; ++i) {
+      const double w = -std::exp(w_[a + "time_decay"][i]);
+      const double u = w_[a + "time_first"][i];
+      double q = std::max(pp[i], u + k[i]);
+      double e1 = std::exp(pp[i] - q), e2 = std::exp(u + k[i] - q);
+      out[i] = r[i] * (e1 * aa[i] + e2 * v[i]) / (e1 * bb[i] + e2);
+      q = std::max(w + pp[i], k[i]);
+      e1 = std::exp(w + pp[i] - q);
+      e2 = std::exp(k[i] - q);
+      aa[i] = e1 * aa[i] + e2 * v[i];
+      bb[i] = e1 * bb[i] + e2;
+      pp[i] = q;
+    }
+    std::copy(xx.begin(), xx.end(), s);
+    return Linear(w_[a + "output.weight"], out);
+  }
+
+  // The x052 and x060 recurrence, S[i][j] with i key and j value: read out
+  // before the update, with the bonus; then decay along the key index.
+  Vec KeyValueRecurrence(const std::string& a, const Vec& r, const Vec& k,
+                         const Vec& v, const Vec& omega, double* s) {
+    const size_t C = c_.n_embd, H = c_.n_head, N = c_.head_size;
+    const Vec& u = w_[a + "time_faaaa"];
+    Vec y(C, 0.0);
+    for (size_t h = 0; h < H; ++h) {
+      double* S = s + C + h * N * N;
+      for (size_t i = 0; i < N; ++i) {
+        const size_t ki = h * N + i;
+        for (size_t j = 0; j < N; ++j) {
+          const double kv = k[ki] * v[h * N + j];
+          y[h * N + j] += r[ki] * (u[ki] * kv + S[i * N + j]);
+          S[i * N + j] = omega[ki] * S[i * N + j] + kv;
+        }
+      }
+    }
+    return GroupNorm(y, H, w_[a + "ln_x.weight"], w_[a + "ln_x.bias"], 64e-5);
+  }
+
+  Vec Rwkv5Att(const std::string& a, const Vec& xx, double* s) {
+    const size_t C = c_.n_embd;
+    auto proj = [&](const char* m, const char* mix) {
+      return Linear(w_[a + m + ".weight"], MixCurrent(xx, s, w_[a + mix]));
+    };
+    Vec r = proj("receptance", "time_mix_r"), k = proj("key", "time_mix_k");
+    Vec v = proj("value", "time_mix_v");
+    Vec g = Map(proj("gate", "time_mix_g"), Silu);
+    Vec omega = w_[a + "time_decay"];
+    for (double& o : omega) o = std::exp(-std::exp(o));
+    Vec y = KeyValueRecurrence(a, r, k, v, omega, s);
+    for (size_t i = 0; i < C; ++i) y[i] *= g[i];
+    std::copy(xx.begin(), xx.end(), s);
+    return Linear(w_[a + "output.weight"], y);
+  }
+
+  Vec Rwkv6Att(const std::string& a, const Vec& xx, double* s) {
+    const size_t C = c_.n_embd;
+    const size_t dm = w_.Dim(a + "time_maa_w2", 1);
+    const size_t dd = w_.Dim(a + "time_decay_w1", 1);
+    Vec xxx = MixPrevious(xx, s, w_[a + "time_maa_x"]);
+    Vec m = Map(Times(xxx, w_[a + "time_maa_w1"], 5 * dm), Tanh);
+    Vec mixed[5];  // w, k, v, r, g
+    const char* names[5] = {"w", "k", "v", "r", "g"};
+    for (size_t f = 0; f < 5; ++f) {
+      Vec mf =
+          Times(Slice(m, f * dm, dm), w_[a + "time_maa_w2"], C, f * dm * C);
+      const Vec& maa = w_[a + "time_maa_" + names[f]];
+      mixed[f].resize(C);
+      for (size_t i = 0; i < C; ++i) {
+        mixed[f][i] = xx[i] + (s[i] - xx[i]) * (maa[i] + mf[i]);
+      }
+    }
+    Vec r = Linear(w_[a + "receptance.weight"], mixed[3]);
+    Vec k = Linear(w_[a + "key.weight"], mixed[1]);
+    Vec v = Linear(w_[a + "value.weight"], mixed[2]);
+    Vec g = Map(Linear(w_[a + "gate.weight"], mixed[4]), Silu);
+    Vec omega = Times(Map(Times(mixed[0], w_[a + "time_decay_w1"], dd), Tanh),
+                      w_[a + "time_decay_w2"], C);
+    for (size_t i = 0; i < C; ++i) {
+      omega[i] = std::exp(-std::exp(w_[a + "time_decay"][i] + omega[i]));
+    }
+    Vec y = KeyValueRecurrence(a, r, k, v, omega, s);
+    for (size_t i = 0; i < C; ++i) y[i] *= g[i];
+    std::copy(xx.begin(), xx.end(), s);
+    return Linear(w_[a + "output.weight"], y);
+  }
+
+  Vec Ffn(const std::string& f, const Vec& xf, const double* prev) {
+    if (arch_ == "x070") {
+      Vec hidden = Map(
+          Linear(w_[f + "key.weight"], MixPrevious(xf, prev, w_[f + "x_k"])),
+          ReluSquared);
+      return Linear(w_[f + "value.weight"], hidden);
+    }
+    Vec xk, xr;
+    if (arch_ == "x060") {
+      xk = MixPrevious(xf, prev, w_[f + "time_maa_k"]);
+      xr = MixPrevious(xf, prev, w_[f + "time_maa_r"]);
+    } else {
+      xk = MixCurrent(xf, prev, w_[f + "time_mix_k"]);
+      xr = MixCurrent(xf, prev, w_[f + "time_mix_r"]);
+    }
+    Vec hidden = Map(Linear(w_[f + "key.weight"], xk), ReluSquared);
+    Vec out = Linear(w_[f + "value.weight"], hidden);
+    Vec gate = Map(Linear(w_[f + "receptance.weight"], xr), Sigmoid);
+    for (size_t i = 0; i < out.size(); ++i) out[i] *= gate[i];
+    return out;
+  }
+
+  std::string arch_;
+  const Weights& w_;
+  ModelConfig c_;
+  size_t layer_floats_ = 0;
+  Vec state_;
+};
+
+std::string TempPath(const std::string& name) {
+  const char* dir = std::getenv("TEST_TMPDIR");
+  return std::string(dir != nullptr ? dir : "/tmp") + "/ss_reference_test_" +
+         std::to_string(getpid()) + "_" + name;
+}
+
+// The README's tolerance for fp32 compute on fp32 or bf16 weights.
+bool Close(float got, double want) {
+  return std::fabs(got - want) <= 1e-4 + 1e-4 * std::fabs(want);
+}
+
+// Reports the first few values outside the tolerance, their count and the
+// largest difference, once for the whole vector. `row` (the vocabulary size
+// for logits of every position) only labels them.
+void ExpectClose(const std::vector<float>& got, const Vec& want,
+                 const std::string& what, size_t row = 0) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int bad = 0;
+  double worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    // pp starts at -1e30: compare its exponent's sign, not its digits.
+    const bool ok = want[i] < -1e29 ? got[i] < -1e29f : Close(got[i], want[i]);
+    if (want[i] >= -1e29) worst = std::max(worst, std::fabs(got[i] - want[i]));
+    if (!ok && ++bad <= 3) {
+      ADD_FAILURE() << what << " ["
+                    << (row > 0 ? absl::StrCat("token ", i / row, ", ", i % row)
+                                : absl::StrCat(i))
+                    << "]: " << got[i] << ", want " << want[i];
+    }
+  }
+  EXPECT_EQ(bad, 0) << what << ": largest difference " << worst;
+}
+
+struct Case {
+  const char* arch;
+  RandomModelSpec spec;
+};
+
+std::string Describe(const Case& k) {
+  const RandomModelSpec& s = k.spec;
+  return absl::StrCat(k.arch, " L", s.n_layer, " C", s.n_embd, " N",
+                      s.head_size, " V", s.vocab_size, " F", s.dim_ffn);
+}
+
+// Shapes the goldens do not cover. Widths that are not a multiple of 16
+// exercise the kernels' tails; head size 8 is rwkv.cpp's x052 test model's.
+std::vector<Case> Cases() {
+  return {
+      {"x070",
+       {.n_layer = 3,
+        .n_embd = 96,
+        .vocab_size = 1001,
+        .head_size = 32,
+        .dim_ffn = 344,
+        .d_decay = 24,
+        .d_aaa = 8,
+        .d_mv = 5,
+        .d_gate = 40,
+        .seed = 11}},
+      {"x070",
+       {.n_layer = 2,
+        .n_embd = 40,
+        .vocab_size = 37,
+        .head_size = 8,
+        .dim_ffn = 0,
+        .d_decay = 3,
+        .d_aaa = 7,
+        .d_mv = 1,
+        .d_gate = 9,
+        .seed = 12}},
+      {"x070",
+       {.n_layer = 1,
+        .n_embd = 256,
+        .vocab_size = 300,
+        .head_size = 64,
+        .seed = 13}},
+      {"x060",
+       {.n_layer = 2,
+        .n_embd = 96,
+        .vocab_size = 333,
+        .head_size = 32,
+        .dim_ffn = 200,
+        .d_decay = 24,
+        .d_mix = 8,
+        .seed = 14}},
+      {"x060",
+       {.n_layer = 2,
+        .n_embd = 48,
+        .vocab_size = 70,
+        .head_size = 8,
+        .d_decay = 5,
+        .d_mix = 3,
+        .seed = 15}},
+      {"x052",
+       {.n_layer = 3,
+        .n_embd = 64,
+        .vocab_size = 257,
+        .head_size = 8,
+        .seed = 16}},
+      {"x052",
+       {.n_layer = 2,
+        .n_embd = 192,
+        .vocab_size = 99,
+        .head_size = 64,
+        .dim_ffn = 500,
+        .seed = 17}},
+      {"v4",
+       {.n_layer = 3,
+        .n_embd = 72,
+        .vocab_size = 50,
+        .dim_ffn = 200,
+        .seed = 18}},
+      {"v4", {.n_layer = 2, .n_embd = 136, .vocab_size = 515, .seed = 19}},
+  };
+}
+
+std::vector<int32_t> Tokens(int n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = static_cast<int32_t>(rng() % vocab);
+  t[0] = 0;
+  t[3] = vocab - 1;
+  t[6] = t[5];
+  return t;
+}
+
+// The engine's logits at every position and its final state, feeding
+// `tokens` one per Forward call, or all in one call next to an unrelated
+// session (the chunked, batched path).
+struct EngineRun {
+  std::vector<float> logits;  // tokens.size() rows of vocab_size
+  std::vector<float> state;
+};
+
+EngineRun RunEngine(Model& m, const std::vector<int32_t>& tokens,
+                    bool one_call) {
+  const int V = m.info().config.vocab_size;
+  EngineRun run;
+  run.state.resize(m.info().state_floats);
+  m.InitState(run.state.data());
+  if (!one_call) {
+    std::vector<float> logits(V);
+    const int32_t zero = 0;
+    for (const int32_t& t : tokens) {
+      SequenceWork work{absl::MakeConstSpan(&t, 1), run.state.data(),
+                        absl::MakeConstSpan(&zero, 1), logits.data()};
+      EXPECT_TRUE(m.Forward({&work, 1}).ok());
+      run.logits.insert(run.logits.end(), logits.begin(), logits.end());
+    }
+    return run;
+  }
+  std::vector<int32_t> positions(tokens.size());
+  for (size_t i = 0; i < positions.size(); ++i) positions[i] = i;
+  run.logits.resize(tokens.size() * V);
+  std::vector<float> other(m.info().state_floats);
+  m.InitState(other.data());
+  std::vector<float> other_logits(V);
+  const std::vector<int32_t> other_tokens = Tokens(9, V, 99);
+  const int32_t last = 8;
+  SequenceWork batch[2] = {
+      {other_tokens, other.data(), absl::MakeConstSpan(&last, 1),
+       other_logits.data()},
+      {tokens, run.state.data(), positions, run.logits.data()}};
+  EXPECT_TRUE(m.Forward(batch).ok());
+  return run;
+}
+
+TEST(ReferenceTest, EveryArchitectureMatchesTheEquationsAtOtherShapes) {
+  for (const Case& k : Cases()) {
+    auto tensors = RandomModel(k.arch, k.spec);
+    ASSERT_TRUE(tensors.ok()) << Describe(k) << ": " << tensors.status();
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      const Weights weights(*tensors, dtype == DType::kBF16);
+      const std::string path = TempPath("model.safetensors");
+      ASSERT_TRUE(WriteCheckpoint(path, *tensors, dtype).ok());
+      for (const char* kernels : {"", "avx2", "scalar"}) {
+        ModelOptions options;
+        options.threads = 2;
+        options.kernels = kernels;
+        auto model = LoadModel(path, options);
+        ASSERT_TRUE(model.ok()) << Describe(k) << ": " << model.status();
+        const ModelConfig& c = (*model)->info().config;
+        const std::vector<int32_t> tokens = Tokens(24, c.vocab_size, 3);
+        Reference ref(k.arch, weights, c);
+        Vec want;  // the logits after each token, one row each
+        for (int32_t t : tokens) {
+          Vec logits = ref.Step(t);
+          want.insert(want.end(), logits.begin(), logits.end());
+        }
+        for (bool one_call : {false, true}) {
+          const std::string what =
+              absl::StrCat(Describe(k), dtype == DType::kBF16 ? " bf16" : "",
+                           " kernels ", (*model)->info().kernels,
+                           one_call ? " in one call" : " token by token");
+          EngineRun run = RunEngine(**model, tokens, one_call);
+          ExpectClose(run.logits, want, what + ", logits", c.vocab_size);
+          ExpectClose(run.state, ref.state(), what + ", final state");
+        }
+      }
+      std::remove(path.c_str());
+    }
+  }
+}
+
+// The reference itself is held to the official code: on every golden
+// model it reproduces the official logits and final state (a mistake shared
+// by the reference and the engine would otherwise pass unnoticed).
+TEST(ReferenceTest, ReferenceReproducesTheGoldens) {
+  if (!testing::SharedDataAvailable()) GTEST_SKIP() << "no ../shared/testdata";
+  for (const char* name :
+       {"rwkv7-tiny", "rwkv6-tiny", "rwkv5-tiny", "rwkv4-tiny"}) {
+    const std::string path =
+        testing::SharedPath(absl::StrCat("testdata/", name, ".pth"));
+    auto file = WeightFile::Open(path);
+    ASSERT_TRUE(file.ok()) << file.status();
+    std::vector<NamedTensor> tensors;
+    for (const std::string& n : (*file)->Names()) {
+      const TensorView* view = (*file)->Find(n);
+      NamedTensor t{n, view->shape, std::vector<float>(view->numel())};
+      ReadAsF32(*view, t.values.data());
+      tensors.push_back(std::move(t));
+    }
+    ModelOptions options;
+    options.threads = 1;
+    auto model = LoadModel(path, options);
+    ASSERT_TRUE(model.ok()) << model.status();
+    const ModelConfig& c = (*model)->info().config;
+    const nlohmann::json golden = testing::LoadJson(
+        testing::SharedPath(absl::StrCat("testdata/", name, ".golden.json")));
+    const Weights weights(tensors, false);
+    Reference ref(ArchName(c.arch), weights, c);
+    const std::vector<int32_t> tokens = testing::Ints(golden["tokens"]);
+    const std::vector<int32_t> positions =
+        testing::Ints(golden["logits_positions"]);
+    size_t next = 0;
+    for (size_t p = 0; p < tokens.size(); ++p) {
+      Vec logits = ref.Step(tokens[p]);
+      if (next < positions.size() && positions[next] == static_cast<int>(p)) {
+        ExpectClose(testing::Floats(golden["logits"][next]), logits,
+                    absl::StrCat(name, " logits after token ", p));
+        ++next;
+      }
+    }
+    EXPECT_EQ(next, positions.size()) << name;
+    std::vector<float> state;
+    for (const auto& layer : golden["final_state"]["layers"]) {
+      for (const char* f :
+           c.arch == Arch::kRwkv4
+               ? std::vector<const char*>{"att_x_prev", "aa", "bb", "pp",
+                                          "ffn_x_prev"}
+               : std::vector<const char*>{"att_x_prev", "wkv", "ffn_x_prev"}) {
+        std::vector<float> v = testing::Floats(layer[f]);
+        state.insert(state.end(), v.begin(), v.end());
+      }
+    }
+    ExpectClose(state, ref.state(), absl::StrCat(name, " final state"));
+  }
+}
+
+}  // namespace
+}  // namespace statestream::engine
