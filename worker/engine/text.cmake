@@ -27,7 +27,12 @@ if(STATESTREAM_BUILD_TESTS)
     SOURCES ${CMAKE_CURRENT_LIST_DIR}/tokenizer_test.cc
             ${CMAKE_CURRENT_LIST_DIR}/sampler_test.cc
     LIBS ss_text OpenSSL::Crypto nlohmann_json::nlohmann_json)
+  # ICU's regex engine (icu-i18n) runs the pre-token pattern in the
+  # test's reference tokenizer.
+  pkg_check_modules(ICU_I18N REQUIRED IMPORTED_TARGET icu-i18n)
   ss_add_test(engine_neox_tokenizer_test
     SOURCES ${CMAKE_CURRENT_LIST_DIR}/neox_tokenizer_test.cc
-    LIBS ss_text OpenSSL::Crypto nlohmann_json::nlohmann_json)
+            ${CMAKE_CURRENT_LIST_DIR}/neox_reference_test.cc
+    LIBS ss_text OpenSSL::Crypto nlohmann_json::nlohmann_json
+         PkgConfig::ICU_I18N PkgConfig::ICU_UC)
 endif()
