@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "worker/engine/golden.h"
@@ -45,18 +46,49 @@ float RoundToBf16(float f) {
   return f;
 }
 
-// The state dict by name, as doubles (bf16-rounded first when the engine
-// reads a bf16 file: the README's bf16 goldens upcast before anything else).
+// Rounds to the nearest IEEE half (the compiler's conversion: ties to even,
+// subnormals kept).
+float RoundToF16(float f) {
+  return static_cast<float>(static_cast<_Float16>(f));
+}
+
+// What the engine computes with, for each way of giving it the weights.
+enum class Rounding {
+  kNone,        // an fp32 file
+  kAllBf16,     // a bf16 file: every tensor, widened before anything else
+  kMatrixBf16,  // an fp32 file loaded with WeightPrecision::kBF16: the
+                // embedding, the head and every Linear weight (the 2-D
+                // `*.weight` tensors); the LoRA factors stay fp32
+  kAllF16,      // an fp16 file: every tensor, widened
+};
+
+// The state dict by name, as doubles.
 class Weights {
  public:
-  Weights(const std::vector<NamedTensor>& tensors, bool bf16) {
+  Weights(const std::vector<NamedTensor>& tensors, Rounding rounding) {
     for (const NamedTensor& t : tensors) {
+      const bool matrix =
+          t.shape.size() == 2 && absl::EndsWith(t.name, ".weight");
       Vec& v = values_[t.name];
-      for (float f : t.values) v.push_back(bf16 ? RoundToBf16(f) : f);
+      for (float f : t.values) {
+        switch (rounding) {
+          case Rounding::kNone:
+            break;
+          case Rounding::kAllBf16:
+            f = RoundToBf16(f);
+            break;
+          case Rounding::kMatrixBf16:
+            if (matrix) f = RoundToBf16(f);
+            break;
+          case Rounding::kAllF16:
+            f = RoundToF16(f);
+            break;
+        }
+        v.push_back(f);
+      }
       shapes_[t.name] = t.shape;
     }
   }
-  bool Has(const std::string& name) const { return values_.count(name) > 0; }
   const Vec& operator[](const std::string& name) const {
     auto it = values_.find(name);
     if (it == values_.end()) {
@@ -416,9 +448,8 @@ void ExpectClose(const std::vector<float>& got, const Vec& want,
   int bad = 0;
   double worst = 0;
   for (size_t i = 0; i < got.size(); ++i) {
-    // pp starts at -1e30: compare its exponent's sign, not its digits.
-    const bool ok = want[i] < -1e29 ? got[i] < -1e29f : Close(got[i], want[i]);
-    if (want[i] >= -1e29) worst = std::max(worst, std::fabs(got[i] - want[i]));
+    const bool ok = Close(got[i], want[i]);
+    worst = std::max(worst, std::fabs(got[i] - want[i]));
     if (!ok && ++bad <= 3) {
       ADD_FAILURE() << what << " ["
                     << (row > 0 ? absl::StrCat("token ", i / row, ", ", i % row)
@@ -440,14 +471,18 @@ std::string Describe(const Case& k) {
                       s.head_size, " V", s.vocab_size, " F", s.dim_ffn);
 }
 
-// Shapes the goldens do not cover. Widths that are not a multiple of 16
-// exercise the kernels' tails; head size 8 is rwkv.cpp's x052 test model's.
+// Shapes the goldens do not cover: head sizes 8 to 64 (8 is rwkv.cpp's x052
+// test model's; 12 and 24 leave partial vector groups), widths that are not
+// multiples of the vector length (v4 at 101 leaves a 5-channel tail), odd
+// LoRA ranks, an FFN wide enough that a chunk's products walk their rows in
+// parts that fit in L2, and a vocabulary large enough that decode splits the
+// head's outputs into long and short ranges at every thread count used.
 std::vector<Case> Cases() {
   return {
       {"x070",
        {.n_layer = 3,
         .n_embd = 96,
-        .vocab_size = 1001,
+        .vocab_size = 2053,
         .head_size = 32,
         .dim_ffn = 344,
         .d_decay = 24,
@@ -467,132 +502,255 @@ std::vector<Case> Cases() {
         .d_gate = 9,
         .seed = 12}},
       {"x070",
+       {.n_layer = 2,
+        .n_embd = 144,
+        .vocab_size = 300,
+        .head_size = 24,
+        .dim_ffn = 2100,
+        .seed = 13}},
+      {"x070",
        {.n_layer = 1,
         .n_embd = 256,
         .vocab_size = 300,
         .head_size = 64,
-        .seed = 13}},
+        .seed = 14}},
       {"x060",
        {.n_layer = 2,
         .n_embd = 96,
-        .vocab_size = 333,
+        .vocab_size = 1333,
         .head_size = 32,
         .dim_ffn = 200,
         .d_decay = 24,
         .d_mix = 8,
-        .seed = 14}},
+        .seed = 15}},
       {"x060",
        {.n_layer = 2,
-        .n_embd = 48,
+        .n_embd = 60,
         .vocab_size = 70,
-        .head_size = 8,
+        .head_size = 12,
         .d_decay = 5,
         .d_mix = 3,
-        .seed = 15}},
+        .seed = 16}},
       {"x052",
        {.n_layer = 3,
         .n_embd = 64,
         .vocab_size = 257,
         .head_size = 8,
-        .seed = 16}},
+        .seed = 17}},
+      {"x052",
+       {.n_layer = 2,
+        .n_embd = 60,
+        .vocab_size = 1500,
+        .head_size = 12,
+        .seed = 18}},
       {"x052",
        {.n_layer = 2,
         .n_embd = 192,
         .vocab_size = 99,
         .head_size = 64,
         .dim_ffn = 500,
-        .seed = 17}},
+        .seed = 19}},
       {"v4",
        {.n_layer = 3,
-        .n_embd = 72,
+        .n_embd = 101,
         .vocab_size = 50,
         .dim_ffn = 200,
-        .seed = 18}},
-      {"v4", {.n_layer = 2, .n_embd = 136, .vocab_size = 515, .seed = 19}},
+        .seed = 20}},
+      {"v4", {.n_layer = 2, .n_embd = 136, .vocab_size = 1515, .seed = 21}},
   };
+}
+
+// The dimensions the spec asks for, for the reference (never the engine's
+// reading of them) and to check the engine's.
+ModelConfig ConfigOf(const Case& k) {
+  const RandomModelSpec& s = k.spec;
+  const std::string arch = k.arch;
+  ModelConfig c;
+  c.n_layer = s.n_layer;
+  c.n_embd = s.n_embd;
+  c.vocab_size = s.vocab_size;
+  if (arch != "v4") {
+    c.head_size = s.head_size;
+    c.n_head = s.n_embd / s.head_size;
+  }
+  c.dim_ffn = s.dim_ffn != 0                   ? s.dim_ffn
+              : arch == "x070" || arch == "v4" ? 4 * s.n_embd
+                                               : s.n_embd * 7 / 2 / 32 * 32;
+  return c;
 }
 
 std::vector<int32_t> Tokens(int n, int vocab, uint32_t seed) {
   std::mt19937 rng(seed);
   std::vector<int32_t> t(n);
   for (auto& x : t) x = static_cast<int32_t>(rng() % vocab);
-  t[0] = 0;
-  t[3] = vocab - 1;
-  t[6] = t[5];
+  if (n > 6) {
+    t[0] = 0;
+    t[3] = vocab - 1;
+    t[6] = t[5];
+  }
   return t;
 }
 
-// The engine's logits at every position and its final state, feeding
-// `tokens` one per Forward call, or all in one call next to an unrelated
-// session (the chunked, batched path).
-struct EngineRun {
-  std::vector<float> logits;  // tokens.size() rows of vocab_size
-  std::vector<float> state;
+// Sessions of these lengths run side by side: one longer than two of the
+// engine's 64-row chunks, one ending a token short of a chunk, single
+// tokens, and four sessions a thread at 2 threads (decode batches walk a
+// session's heads in one task from there).
+constexpr int kLengths[] = {130, 9, 1, 66, 3, 12, 2, 5};
+constexpr int kSessions = sizeof(kLengths) / sizeof(kLengths[0]);
+
+struct Sessions {
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<Vec> logits;  // per session: a row of vocab_size per token
+  std::vector<Vec> state;
 };
 
-EngineRun RunEngine(Model& m, const std::vector<int32_t>& tokens,
-                    bool one_call) {
-  const int V = m.info().config.vocab_size;
-  EngineRun run;
-  run.state.resize(m.info().state_floats);
-  m.InitState(run.state.data());
-  if (!one_call) {
-    std::vector<float> logits(V);
-    const int32_t zero = 0;
-    for (const int32_t& t : tokens) {
-      SequenceWork work{absl::MakeConstSpan(&t, 1), run.state.data(),
-                        absl::MakeConstSpan(&zero, 1), logits.data()};
-      EXPECT_TRUE(m.Forward({&work, 1}).ok());
-      run.logits.insert(run.logits.end(), logits.begin(), logits.end());
+Sessions ReferenceRun(const Case& k, const std::vector<NamedTensor>& tensors,
+                      Rounding rounding) {
+  const Weights weights(tensors, rounding);
+  Sessions out;
+  for (int s = 0; s < kSessions; ++s) {
+    out.tokens.push_back(Tokens(kLengths[s], k.spec.vocab_size, 3 + s));
+    Reference ref(k.arch, weights, ConfigOf(k));
+    Vec logits;
+    for (int32_t t : out.tokens.back()) {
+      Vec row = ref.Step(t);
+      logits.insert(logits.end(), row.begin(), row.end());
     }
-    return run;
+    out.logits.push_back(std::move(logits));
+    out.state.push_back(ref.state());
   }
-  std::vector<int32_t> positions(tokens.size());
-  for (size_t i = 0; i < positions.size(); ++i) positions[i] = i;
-  run.logits.resize(tokens.size() * V);
-  std::vector<float> other(m.info().state_floats);
-  m.InitState(other.data());
-  std::vector<float> other_logits(V);
-  const std::vector<int32_t> other_tokens = Tokens(9, V, 99);
-  const int32_t last = 8;
-  SequenceWork batch[2] = {
-      {other_tokens, other.data(), absl::MakeConstSpan(&last, 1),
-       other_logits.data()},
-      {tokens, run.state.data(), positions, run.logits.data()}};
-  EXPECT_TRUE(m.Forward(batch).ok());
+  return out;
+}
+
+// How the engine is given the sessions' tokens.
+enum class Feed {
+  kDecode,   // one token of every unfinished session per Forward call
+  kChunks,   // up to 17 tokens of every unfinished session per call
+  kOneCall,  // everything in one call
+};
+
+const char* FeedName(Feed f) {
+  return f == Feed::kDecode   ? "decode batches"
+         : f == Feed::kChunks ? "calls of 17 tokens"
+                              : "one call";
+}
+
+// The engine's logits after every token of every session, and their final
+// states.
+struct EngineRun {
+  std::vector<std::vector<float>> logits;
+  std::vector<std::vector<float>> state;
+};
+
+EngineRun RunEngine(Model& m, const Sessions& sessions, Feed feed) {
+  const int V = m.info().config.vocab_size;
+  const size_t step = feed == Feed::kDecode   ? 1
+                      : feed == Feed::kChunks ? 17
+                                              : 1000;
+  EngineRun run;
+  run.logits.resize(kSessions);
+  run.state.resize(kSessions);
+  for (int s = 0; s < kSessions; ++s) {
+    run.logits[s].resize(sessions.tokens[s].size() * V);
+    run.state[s].resize(m.info().state_floats);
+    m.InitState(run.state[s].data());
+  }
+  std::vector<int32_t> positions(step);
+  for (size_t i = 0; i < step; ++i) positions[i] = static_cast<int32_t>(i);
+  for (size_t at = 0;; at += step) {
+    std::vector<SequenceWork> batch;
+    for (int s = 0; s < kSessions; ++s) {
+      const std::vector<int32_t>& tokens = sessions.tokens[s];
+      if (at >= tokens.size()) continue;
+      const size_t n = std::min(step, tokens.size() - at);
+      batch.push_back({absl::MakeConstSpan(tokens.data() + at, n),
+                       run.state[s].data(),
+                       absl::MakeConstSpan(positions.data(), n),
+                       run.logits[s].data() + at * V});
+    }
+    if (batch.empty()) break;
+    const absl::Status status = m.Forward(batch);
+    EXPECT_TRUE(status.ok()) << status;
+    if (!status.ok()) break;
+  }
   return run;
 }
 
+struct Weighting {
+  DType file;
+  WeightPrecision precision;
+  Rounding rounding;
+  const char* name;
+};
+
 TEST(ReferenceTest, EveryArchitectureMatchesTheEquationsAtOtherShapes) {
+  struct Build {
+    const char* kernels;
+    int threads;
+  };
+  // Thread counts change how products split their outputs and when decode
+  // batches walk a session's heads in one task. The scalar build is slow:
+  // it runs once per model, on the fp32 file in one call (kernel builds are
+  // also held bit for bit to each other by model_test.cc).
+  std::vector<Build> builds = {{"", 2}, {"", 1}};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    builds.push_back({"avx2", 3});
+  }
+  builds.push_back({"scalar", 1});
+  const Weighting weightings[] = {
+      {DType::kF32, WeightPrecision::kAsStored, Rounding::kNone, "fp32"},
+      {DType::kBF16, WeightPrecision::kAsStored, Rounding::kAllBf16,
+       "bf16 file"},
+      {DType::kF32, WeightPrecision::kBF16, Rounding::kMatrixBf16,
+       "fp32 file as bf16"},
+      {DType::kF16, WeightPrecision::kAsStored, Rounding::kAllF16, "fp16 file"},
+  };
   for (const Case& k : Cases()) {
     auto tensors = RandomModel(k.arch, k.spec);
     ASSERT_TRUE(tensors.ok()) << Describe(k) << ": " << tensors.status();
-    for (DType dtype : {DType::kF32, DType::kBF16}) {
-      const Weights weights(*tensors, dtype == DType::kBF16);
-      const std::string path = TempPath("model.safetensors");
-      ASSERT_TRUE(WriteCheckpoint(path, *tensors, dtype).ok());
-      for (const char* kernels : {"", "avx2", "scalar"}) {
+    for (const Weighting& w : weightings) {
+      const Sessions want = ReferenceRun(k, *tensors, w.rounding);
+      const std::string path = TempPath(absl::StrCat(
+          "model", w.file == DType::kF16 ? ".pth" : ".safetensors"));
+      ASSERT_TRUE(WriteCheckpoint(path, *tensors, w.file).ok());
+      for (size_t b = 0; b < builds.size(); ++b) {
+        const bool scalar = std::string(builds[b].kernels) == "scalar";
+        // The kernel builds differ in their products, which the first two
+        // weightings cover; the other two differ only in what is loaded.
+        if (b > 0 && w.rounding != Rounding::kNone &&
+            (scalar || w.rounding != Rounding::kAllBf16)) {
+          continue;
+        }
         ModelOptions options;
-        options.threads = 2;
-        options.kernels = kernels;
+        options.precision = w.precision;
+        options.threads = builds[b].threads;
+        options.kernels = builds[b].kernels;
         auto model = LoadModel(path, options);
         ASSERT_TRUE(model.ok()) << Describe(k) << ": " << model.status();
         const ModelConfig& c = (*model)->info().config;
-        const std::vector<int32_t> tokens = Tokens(24, c.vocab_size, 3);
-        Reference ref(k.arch, weights, c);
-        Vec want;  // the logits after each token, one row each
-        for (int32_t t : tokens) {
-          Vec logits = ref.Step(t);
-          want.insert(want.end(), logits.begin(), logits.end());
+        const ModelConfig spec = ConfigOf(k);
+        EXPECT_EQ(ArchName(c.arch), std::string(k.arch)) << Describe(k);
+        EXPECT_EQ(c.n_layer, spec.n_layer) << Describe(k);
+        EXPECT_EQ(c.n_embd, spec.n_embd) << Describe(k);
+        EXPECT_EQ(c.vocab_size, spec.vocab_size) << Describe(k);
+        EXPECT_EQ(c.dim_ffn, spec.dim_ffn) << Describe(k);
+        if (spec.n_head > 0) {
+          EXPECT_EQ(c.n_head, spec.n_head) << Describe(k);
+          EXPECT_EQ(c.head_size, spec.head_size) << Describe(k);
         }
-        for (bool one_call : {false, true}) {
-          const std::string what =
-              absl::StrCat(Describe(k), dtype == DType::kBF16 ? " bf16" : "",
-                           " kernels ", (*model)->info().kernels,
-                           one_call ? " in one call" : " token by token");
-          EngineRun run = RunEngine(**model, tokens, one_call);
-          ExpectClose(run.logits, want, what + ", logits", c.vocab_size);
-          ExpectClose(run.state, ref.state(), what + ", final state");
+        for (Feed feed : {Feed::kDecode, Feed::kChunks, Feed::kOneCall}) {
+          if (scalar && feed != Feed::kOneCall) continue;
+          const std::string what = absl::StrCat(
+              Describe(k), ", ", w.name, ", kernels ", (*model)->info().kernels,
+              ", ", builds[b].threads, " threads, ", FeedName(feed));
+          EngineRun run = RunEngine(**model, want, feed);
+          for (int s = 0; s < kSessions; ++s) {
+            const std::string session =
+                absl::StrCat(what, ", session of ", kLengths[s], " tokens");
+            ExpectClose(run.logits[s], want.logits[s], session + ", logits",
+                        c.vocab_size);
+            ExpectClose(run.state[s], want.state[s], session + ", state");
+          }
         }
       }
       std::remove(path.c_str());
@@ -604,7 +762,7 @@ TEST(ReferenceTest, EveryArchitectureMatchesTheEquationsAtOtherShapes) {
 // model it reproduces the official logits and final state (a mistake shared
 // by the reference and the engine would otherwise pass unnoticed).
 TEST(ReferenceTest, ReferenceReproducesTheGoldens) {
-  if (!testing::SharedDataAvailable()) GTEST_SKIP() << "no ../shared/testdata";
+  SS_REQUIRE_SHARED_DATA();
   for (const char* name :
        {"rwkv7-tiny", "rwkv6-tiny", "rwkv5-tiny", "rwkv4-tiny"}) {
     const std::string path =
@@ -625,7 +783,7 @@ TEST(ReferenceTest, ReferenceReproducesTheGoldens) {
     const ModelConfig& c = (*model)->info().config;
     const nlohmann::json golden = testing::LoadJson(
         testing::SharedPath(absl::StrCat("testdata/", name, ".golden.json")));
-    const Weights weights(tensors, false);
+    const Weights weights(tensors, Rounding::kNone);
     Reference ref(ArchName(c.arch), weights, c);
     const std::vector<int32_t> tokens = testing::Ints(golden["tokens"]);
     const std::vector<int32_t> positions =
