@@ -24,6 +24,7 @@
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "tests/cluster_fixture.h"
+#include "tests/e2e_calls.h"
 
 namespace statestream {
 namespace {
@@ -480,6 +481,120 @@ TEST_F(ClusterChaosTest, BoundedLoad) {
     ASSERT_TRUE(s.ok()) << s.status();
     EXPECT_EQ(s->input_offset(), offsets[i]) << i;
   }
+}
+
+// Redis restarted from a snapshot older than the session's last commits
+// (snapshots only, no AOF: what a crash of Redis saving every few minutes
+// leaves) while its owner still holds it. The store kept the owner's lease,
+// so its fence still matches, but not its latest versions. The owner writes
+// its copy over the store's older head at its next commit (every commit
+// was VERSION_MISMATCH for as long as it held the lease), and no
+// acknowledged input is lost.
+TEST_F(ClusterChaosTest, RedisBackFromAnOlderSnapshotLosesNoAcknowledgedInput) {
+  e2e::ClusterOptions options;
+  options.redis_args = {"--appendonly", "no", "--save", ""};
+  options.worker_args = {"--lease-ttl=60s"};
+  ASSERT_NO_FATAL_FAILURE(StartCluster(options));
+  const auto chunks = e2e::TextChunks(16, 64, 31);
+  v1::Session ref;
+  std::string ref_state;
+  ASSERT_NO_FATAL_FAILURE(Reference(chunks, &ref, &ref_state));
+  const auto never = [](const grpc::Status&) { return false; };
+  ASSERT_TRUE(cluster_->Create("back").ok());
+  ASSERT_TRUE(e2e::AppendResumable(cluster_.get(), "back",
+                                   {chunks.begin(), chunks.begin() + 6}, 2,
+                                   never)
+                  .ok());
+  ASSERT_TRUE(cluster_->redis()->Command({"SAVE"}).ok());
+  const SessionKey key{"default", "back"};
+  auto saved = cluster_->store()->GetHead(key);
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  ASSERT_TRUE(e2e::AppendResumable(cluster_.get(), "back",
+                                   {chunks.begin(), chunks.begin() + 12}, 2,
+                                   never)
+                  .ok());
+  auto before = cluster_->Get("back");
+  ASSERT_TRUE(before.ok()) << before.status();
+  ASSERT_GT(before->version(), saved->head.version);
+  cluster_->redis()->Kill();
+  ASSERT_TRUE(cluster_->redis()->Restart().ok());
+  auto restored = cluster_->store()->GetHead(key);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  ASSERT_EQ(restored->head.version, saved->head.version)
+      << "Redis did not go back to the snapshot";
+  // Go on from where the client was acknowledged, retrying only while
+  // the gateways find no worker (their registry was restored too).
+  int unavailable = 0;
+  ASSERT_TRUE(e2e::AppendResumable(cluster_.get(), "back", chunks, 2,
+                                   [&](const grpc::Status& st) {
+                                     if (st.error_code() !=
+                                             grpc::StatusCode::UNAVAILABLE ||
+                                         ++unavailable > 50) {
+                                       ADD_FAILURE() << st.error_code() << " "
+                                                     << st.error_message();
+                                       return false;
+                                     }
+                                     absl::SleepFor(absl::Milliseconds(100));
+                                     return true;
+                                   })
+                  .ok());
+  auto after = cluster_->Get("back");
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->input_offset(), ref.input_offset());
+  EXPECT_EQ(after->committed_input_offset(), ref.input_offset());
+  auto head = cluster_->store()->GetHead(key);
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->head.version, after->version());
+  EXPECT_EQ(head->head.input_offset, ref.input_offset());
+  auto state = cluster_->Export("back");
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_TRUE(*state == ref_state) << "the state differs from the reference";
+}
+
+// A session deleted behind its owner's back (straight in the store, as a
+// delete resent through another worker or an expiry does) must not be
+// answered from the owner's copy: input for it is not taken for a resend
+// of the old session's, and a new session of the same id starts empty.
+TEST_F(ClusterChaosTest, ADeletedSessionIsNotAnsweredFromItsOwnersCopy) {
+  e2e::ClusterOptions options;
+  options.worker_args = {"--lease-ttl=60s"};
+  ASSERT_NO_FATAL_FAILURE(StartCluster(options));
+  const auto chunks = e2e::TextChunks(4, 64, 41);
+  ASSERT_TRUE(cluster_->Create("again").ok());
+  ASSERT_TRUE(e2e::AppendResumable(cluster_.get(), "again", chunks, 2,
+                                   [](const grpc::Status&) { return false; })
+                  .ok());
+  e2e::ClusterProcess* owner = cluster_->Owner("again");
+  ASSERT_NE(owner, nullptr);
+  auto channel =
+      grpc::CreateChannel(owner->address(), grpc::InsecureChannelCredentials());
+  auto streams = v1::Streams::NewStub(channel);
+  ASSERT_TRUE(cluster_->store()->DeleteSession({"default", "again"}).ok());
+  v1::AppendResponse ack;
+  grpc::Status st = e2e::AppendText(streams.get(), "default", "again", 0,
+                                    "hello", true, &ack);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND)
+      << st.error_message() << "; acknowledged " << ack.DebugString();
+  // Created again (a new operation: a new request id), the same worker
+  // takes the new session's first input.
+  v1::CreateSessionRequest create;
+  create.set_request_id("create-again-2");
+  create.set_session_id("again");
+  v1::Session created;
+  auto ctx = e2e::ClientContext();
+  const absl::Status recreated = FromGrpcStatus(
+      cluster_->sessions(1)->CreateSession(ctx.get(), create, &created));
+  ASSERT_TRUE(recreated.ok()) << recreated;
+  ack.Clear();
+  st = e2e::AppendText(streams.get(), "default", "again", 0, "hello", true,
+                       &ack);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_FALSE(ack.duplicate());
+  EXPECT_EQ(ack.input_offset(), 5u);
+  EXPECT_EQ(ack.committed_input_offset(), 5u);
+  auto s = cluster_->Get("again");
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->input_offset(), 5u);
 }
 
 }  // namespace

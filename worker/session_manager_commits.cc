@@ -2,6 +2,7 @@
 // SessionManager: commits and checkpoints of the live state, and the
 // writers' Append pipeline.
 #include <algorithm>
+#include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "worker/engine/utf8.h"
@@ -52,6 +53,15 @@ absl::Status SessionManager::Impl::RaiseHeadDurability(Session* s,
                                                        Durability d) {
   if (s->head.head.durability >= d) return absl::OkStatus();
   auto v = store_->AwaitDurability(s->key, s->head.head.version, d);
+  if (GetReason(v.status()) == Reason::kVersionMismatch) {
+    // Our head is not in the store: it went back (CommitNow). Write this
+    // copy again on top of what it kept.
+    auto h = store_->GetHead(s->key);
+    if (h.ok() && h->head.fence == s->fence &&
+        h->head.version < s->head.head.version) {
+      return CommitNow(s, d, /*request_id=*/"", VersionCause::kAppend);
+    }
+  }
   const std::optional<Durability> reached =
       v.ok() ? v->durability : DurabilityReachedOf(v.status());
   if (reached && *reached > s->head.head.durability) {
@@ -88,6 +98,10 @@ absl::Status SessionManager::Impl::CommitNow(Session* s, Durability d,
   if (!res.ok()) {
     if (GetReason(res.status()) == Reason::kFenced) {
       Drop(s, Session::Gone::kFenced);
+    } else if (GetReason(res.status()) == Reason::kSessionNotFound) {
+      // Deleted meanwhile (through another worker, or expired): the copy
+      // must not answer for a session of the same id created since.
+      Drop(s, Session::Gone::kDeleted);
     } else if (auto h = store_->GetHead(s->key); h.ok()) {
       // A newer head committed under this session's own fence is a commit
       // of ours whose answer never came (written below the durability
@@ -114,6 +128,24 @@ absl::Status SessionManager::Impl::CommitNow(Session* s, Durability d,
           if (h->head.durability >= d) return absl::OkStatus();
           return DurabilityNotReached(h->head.version, d, h->head.durability);
         }
+      } else if (h->head.version < s->head.head.version &&
+                 h->head.fence == s->fence && retry &&
+                 GetReason(res.status()) == Reason::kVersionMismatch) {
+        // The store went back: it restarted without our latest versions
+        // (Redis saving snapshots only or fsyncing every second, or a
+        // replica promoted before it had them) but with our lease. No
+        // version ever lowers a head (a rollback is a new version), nobody
+        // else can write with our fence, and this copy holds everything
+        // acknowledged: commit it on top of what the store kept, so no
+        // acknowledged input is lost. The versions after the store's head
+        // are numbered again (docs/state-store.md).
+        std::cerr << "session " << s->key.tenant << "/" << s->key.session_id
+                  << ": the store's head is version " << h->head.version
+                  << ", below this worker's " << s->head.head.version
+                  << " under the same lease (the store lost writes); "
+                     "committing the resident state on top of it\n";
+        s->head = *h;
+        return CommitNow(s, d, request_id, cause, /*retry=*/false);
       }
     }
     return res.status();
@@ -129,6 +161,17 @@ absl::Status SessionManager::Impl::CommitNow(Session* s, Durability d,
   absl::MutexLock lock(&s->mu);
   RefreshView(s);
   return absl::OkStatus();
+}
+
+absl::Status SessionManager::Impl::StillOurs(Session* s) {
+  auto lease = store_->GetOwner(s->key);
+  if (absl::IsNotFound(lease.status())) {
+    Drop(s, Session::Gone::kDeleted);
+    return GoneError(s);
+  }
+  if (!lease.ok() || lease->fence == s->fence) return absl::OkStatus();
+  Drop(s, Session::Gone::kFenced);
+  return GoneError(s);
 }
 
 AppendAck SessionManager::Impl::Ack(Session* s, const std::string& request_id) {
@@ -261,6 +304,14 @@ void SessionManager::Impl::AppendOp(
   if (in.expected_input_offset != at) {
     if (in.expected_input_offset + units <= at &&
         in.expected_input_offset <= at) {
+      // A resend, or the first input of a new session of the same id sent
+      // to a copy that outlived the old one (deleted, or taken over, since
+      // our last lease renewal): acknowledged as a duplicate, it would be
+      // lost. The store tells them apart, once a call.
+      if (!w->lease_checked) {
+        w->lease_checked = true;
+        if (absl::Status st = StillOurs(s.get()); !st.ok()) return fail(st);
+      }
       AppendAck ack = Ack(s.get(), in.request_id);
       ack.duplicate = true;
       const bool uncovered = s->dirty && s->head.head.input_offset <

@@ -204,6 +204,9 @@ class SessionManager::Writer {
  public:
   std::shared_ptr<Session> session;
   uint64_t gen = 0;
+  // Set (on the strand) once a resent request made this call ask the store
+  // whether the copy is still the session's (Impl::StillOurs).
+  bool lease_checked = false;
 };
 
 class SessionManager::Impl {
@@ -401,16 +404,22 @@ class SessionManager::Impl {
                                                Durability d);
 
   // Commits the live state (strand). FENCED drops the session; a commit
-  // that exists below the requested durability resyncs the head.
-  // `retry`: go on once from a head adopted below (one of ours whose
-  // answer never came). `request_id` and `cause` are recorded with the
-  // version (VersionInfo); a commit of whatever is dirty passes
-  // s->dirty_cause.
+  // that exists below the requested durability resyncs the head; a store
+  // head below ours under our fence (the store lost writes) is written
+  // over with the live state. `retry`: go on once from a head adopted
+  // below (one of ours whose answer never came, or the store's older one).
+  // `request_id` and `cause` are recorded with the version (VersionInfo); a
+  // commit of whatever is dirty passes s->dirty_cause.
   absl::Status CommitNow(Session* s, Durability d,
                          const std::string& request_id, VersionCause cause,
                          bool retry = true);
 
   AppendAck Ack(Session* s, const std::string& request_id);
+  // Whether the store still has this copy's session under its fence (a
+  // lease renewal asks the same, every lease_ttl / 3). No: the copy is
+  // dropped, and the error is SESSION_NOT_FOUND (deleted) or FENCED (taken
+  // over). A store that cannot answer leaves the copy standing (OK).
+  absl::Status StillOurs(Session* s);
 
   absl::Status PositionMismatch(Session* s, uint64_t expected);
 
