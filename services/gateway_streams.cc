@@ -327,10 +327,14 @@ class AppendCall final : public Watched {
         // reported: a rollback (or an import of a new version) commits a
         // newer version at an earlier offset, and the input the stream
         // sends from there is uncommitted until a later commit covers it.
-        if (ack.version() > committed_version_) {
+        // A lower version than before: the store went back (it restarted
+        // without its latest versions) and the versions after its head
+        // are numbered again (docs/state-store.md); start over from this
+        // ack, or the log would never be trimmed again.
+        if (ack.version() != committed_version_) {
           committed_version_ = ack.version();
           committed_ = ack.committed_input_offset();
-        } else if (ack.version() == committed_version_) {
+        } else {
           committed_ = std::max(committed_, ack.committed_input_offset());
         }
         // Entries this attempt has not re-sent yet stay, even when covered

@@ -370,6 +370,45 @@ TEST_F(GatewayTest, AFailoverAfterARollbackReplaysWhatFollowedIt) {
   EXPECT_EQ(replayed, (std::vector<std::string>{"b", "c"}));
 }
 
+// A store that went back (Redis restored from an older snapshot) has the
+// owner commit its copy over the older head, so versions are numbered
+// again from there: a lower version than the stream saw before is a new
+// start, and what it covers is committed (else the log would never shrink
+// again, and a failover would replay input the store holds).
+TEST_F(GatewayTest, ALowerVersionStartsTheCommittedCountOver) {
+  absl::Mutex mu;
+  std::vector<std::string> replayed;  // request ids the second worker got
+  ScriptAppends([&](int call, const std::vector<v1::AppendRequest>& requests,
+                    AppendStream* stream) {
+    for (const auto& r : requests) {
+      if (call > 0) {
+        absl::MutexLock lock(&mu);
+        replayed.push_back(r.request_id());
+      } else if (r.request_id() == "c") {
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker lost");
+      }
+      // First worker: "a" committed as version 10; the store then went
+      // back to version 4, and "b" was committed over it as version 5.
+      const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
+      v1::AppendResponse ack;
+      ack.set_request_id(r.request_id());
+      ack.set_input_offset(end);
+      ack.set_committed_input_offset(end);
+      ack.set_version(call > 0 ? 6 : r.request_id() == "a" ? 10 : 5);
+      if (!stream->Write(ack)) break;
+    }
+    return grpc::Status::OK;
+  });
+  Start();
+  const Appended out =
+      AppendThrough({AppendAt("a", 0, "0123456789"), AppendAt("b", 10, "ab"),
+                     AppendAt("c", 12, "cd")});
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_EQ(out.acked, (std::vector<std::string>{"a", "b", "c"}));
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(replayed, (std::vector<std::string>{"c"}));
+}
+
 // A client that reconnected resends what it kept; the worker that still
 // holds it answers duplicates that report where the session stands (past
 // them). After that worker dies, the new owner applies the replay from the

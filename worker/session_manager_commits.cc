@@ -54,12 +54,12 @@ absl::Status SessionManager::Impl::RaiseHeadDurability(Session* s,
   if (s->head.head.durability >= d) return absl::OkStatus();
   auto v = store_->AwaitDurability(s->key, s->head.head.version, d);
   if (GetReason(v.status()) == Reason::kVersionMismatch) {
-    // Our head is not in the store: it went back (CommitNow). Write this
-    // copy again on top of what it kept.
+    // Our head is not in the store: if it went back, write this copy
+    // again on top of what it kept.
     auto h = store_->GetHead(s->key);
-    if (h.ok() && h->head.fence == s->fence &&
-        h->head.version < s->head.head.version) {
-      return CommitNow(s, d, /*request_id=*/"", VersionCause::kAppend);
+    if (h.ok() && AdoptOlderHead(s, *h, d, s->head.head.cause)) {
+      return CommitNow(s, d, /*request_id=*/"", s->dirty_cause,
+                       /*retry=*/false);
     }
   }
   const std::optional<Durability> reached =
@@ -128,24 +128,9 @@ absl::Status SessionManager::Impl::CommitNow(Session* s, Durability d,
           if (h->head.durability >= d) return absl::OkStatus();
           return DurabilityNotReached(h->head.version, d, h->head.durability);
         }
-      } else if (h->head.version < s->head.head.version &&
-                 h->head.fence == s->fence && retry &&
-                 GetReason(res.status()) == Reason::kVersionMismatch) {
-        // The store went back: it restarted without our latest versions
-        // (Redis saving snapshots only or fsyncing every second, or a
-        // replica promoted before it had them) but with our lease. No
-        // version ever lowers a head (a rollback is a new version), nobody
-        // else can write with our fence, and this copy holds everything
-        // acknowledged: commit it on top of what the store kept, so no
-        // acknowledged input is lost. The versions after the store's head
-        // are numbered again (docs/state-store.md).
-        std::cerr << "session " << s->key.tenant << "/" << s->key.session_id
-                  << ": the store's head is version " << h->head.version
-                  << ", below this worker's " << s->head.head.version
-                  << " under the same lease (the store lost writes); "
-                     "committing the resident state on top of it\n";
-        s->head = *h;
-        return CommitNow(s, d, request_id, cause, /*retry=*/false);
+      } else if (retry && GetReason(res.status()) == Reason::kVersionMismatch &&
+                 AdoptOlderHead(s, *h, d, cause)) {
+        return CommitNow(s, d, request_id, s->dirty_cause, /*retry=*/false);
       }
     }
     return res.status();
@@ -161,6 +146,28 @@ absl::Status SessionManager::Impl::CommitNow(Session* s, Durability d,
   absl::MutexLock lock(&s->mu);
   RefreshView(s);
   return absl::OkStatus();
+}
+
+bool SessionManager::Impl::AdoptOlderHead(Session* s, const SessionHead& h,
+                                          Durability d, VersionCause cause) {
+  if (h.fence != s->fence || h.head.version >= s->head.head.version) {
+    return false;
+  }
+  std::cerr << "session " << s->key.tenant << "/" << s->key.session_id
+            << ": the store's head is version " << h.head.version
+            << ", below this worker's " << s->head.head.version
+            << " under its lease (the store lost writes); the resident state "
+               "is committed over it\n";
+  if (!s->dirty) {
+    s->dirty_since = clock_->Now();
+    s->dirty_cause = cause;
+  }
+  s->dirty = true;
+  s->dirty_durability = std::max(s->dirty_durability, d);
+  s->head = h;
+  absl::MutexLock lock(&s->mu);
+  RefreshView(s);
+  return true;
 }
 
 absl::Status SessionManager::Impl::StillOurs(Session* s) {
@@ -302,16 +309,17 @@ void SessionManager::Impl::AppendOp(
       in.kind == AppendInput::Kind::kText ? in.text.size() : in.tokens.size();
   const uint64_t at = s->input_offset;
   if (in.expected_input_offset != at) {
+    // A resend, or input for a new session of the same id sent to a copy
+    // that outlived the old one (deleted, or taken over, since our last
+    // lease renewal): acknowledged as a duplicate it would be lost, and
+    // refused its offset would be told the old session's. The store tells
+    // them apart, once a call.
+    if (!w->lease_checked) {
+      w->lease_checked = true;
+      if (absl::Status st = StillOurs(s.get()); !st.ok()) return fail(st);
+    }
     if (in.expected_input_offset + units <= at &&
         in.expected_input_offset <= at) {
-      // A resend, or the first input of a new session of the same id sent
-      // to a copy that outlived the old one (deleted, or taken over, since
-      // our last lease renewal): acknowledged as a duplicate, it would be
-      // lost. The store tells them apart, once a call.
-      if (!w->lease_checked) {
-        w->lease_checked = true;
-        if (absl::Status st = StillOurs(s.get()); !st.ok()) return fail(st);
-      }
       AppendAck ack = Ack(s.get(), in.request_id);
       ack.duplicate = true;
       const bool uncovered = s->dirty && s->head.head.input_offset <

@@ -405,9 +405,9 @@ class SessionManager::Impl {
 
   // Commits the live state (strand). FENCED drops the session; a commit
   // that exists below the requested durability resyncs the head; a store
-  // head below ours under our fence (the store lost writes) is written
-  // over with the live state. `retry`: go on once from a head adopted
-  // below (one of ours whose answer never came, or the store's older one).
+  // head below ours (AdoptOlderHead) is written over with the live state.
+  // `retry`: go on once from a head adopted (one of ours whose answer never
+  // came, or the store's older one).
   // `request_id` and `cause` are recorded with the version (VersionInfo); a
   // commit of whatever is dirty passes s->dirty_cause.
   absl::Status CommitNow(Session* s, Durability d,
@@ -415,6 +415,18 @@ class SessionManager::Impl {
                          bool retry = true);
 
   AppendAck Ack(Session* s, const std::string& request_id);
+  // The store went back (it restarted without our latest versions) when
+  // its head `h` is below ours while the lease is still ours (h.fence): no
+  // head goes down otherwise, a rollback being a new version, and nobody
+  // else can write with our fence. Then the copy, which holds everything
+  // it acknowledged, takes `h` as its head and is marked dirty (`cause`,
+  // at least `d`) to be committed over it, and this returns true.
+  bool AdoptOlderHead(Session* s, const SessionHead& h, Durability d,
+                      VersionCause cause);
+  // For a clean copy about to be released (evicted, drained): reads the
+  // store's head and adopts it if the store went back, so the copy is
+  // committed, not lost. (A dirty copy's commit finds out by itself.)
+  void AdoptIfStoreWentBack(Session* s);
   // Whether the store still has this copy's session under its fence (a
   // lease renewal asks the same, every lease_ttl / 3). No: the copy is
   // dropped, and the error is SESSION_NOT_FOUND (deleted) or FENCED (taken

@@ -329,6 +329,7 @@ void SessionManager::Impl::Evict(const std::shared_ptr<Session>& s) {
     }
     s->busy = true;
   }
+  AdoptIfStoreWentBack(s.get());
   if (s->dirty) {
     absl::Status st =
         CommitNow(s.get(), PolicyDurability(s.get()), "", s->dirty_cause);
@@ -360,6 +361,14 @@ void SessionManager::Impl::Evict(const std::shared_ptr<Session>& s) {
     ++stats_.evictions;
   }
   Release(s);
+}
+
+void SessionManager::Impl::AdoptIfStoreWentBack(Session* s) {
+  if (s->dirty) return;  // its commit finds out
+  auto h = store_->GetHead(s->key);
+  if (h.ok()) {
+    AdoptOlderHead(s, *h, opt_.default_durability, s->head.head.cause);
+  }
 }
 
 void SessionManager::Impl::FollowStoreHead(Session* s) {
@@ -594,8 +603,12 @@ void SessionManager::Impl::CommitForDrain(Session* s, absl::Time deadline,
                              ? opt_.default_durability
                              : PolicyDurability(s);
     st = CommitNow(s, d, "", s->dirty_cause);
-    // Fenced: another worker owns it and its input; not a failure here.
-    if (st.ok() || GetReason(st) == Reason::kFenced) return;
+    // Fenced: another worker owns it and its input; deleted: nobody wants
+    // it. Not failures here.
+    if (st.ok() || GetReason(st) == Reason::kFenced ||
+        GetReason(st) == Reason::kSessionNotFound) {
+      return;
+    }
     if (!s->dirty) {  // written below the level asked for: stored
       *level_short = true;
       return;
@@ -635,6 +648,7 @@ void SessionManager::Impl::Drain() {
   for (auto& s : all) {
     RunSync<bool>(s, [this, &s, deadline, &level_short] {
       if (GoneError(s.get()).ok()) {
+        AdoptIfStoreWentBack(s.get());
         if (s->dirty) CommitForDrain(s.get(), deadline, &level_short);
         DropAndRelease(s.get(), Session::Gone::kEvicted);
       }
