@@ -611,6 +611,24 @@ TEST_F(ClusterChaosTest, ADeletedSessionIsNotAnsweredFromItsOwnersCopy) {
   auto s = cluster_->Get("again");
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->input_offset(), 5u);
+  // Deleted and created again before the copy sees any input: the new
+  // session's fence tells the copy it is stale (FENCED, retried by clients
+  // and gateways), and the retry starts the new session.
+  ASSERT_TRUE(cluster_->store()->DeleteSession({"default", "again"}).ok());
+  create.set_request_id("create-again-3");
+  auto ctx3 = e2e::ClientContext();
+  const absl::Status third = FromGrpcStatus(
+      cluster_->sessions(0)->CreateSession(ctx3.get(), create, &created));
+  ASSERT_TRUE(third.ok()) << third;
+  ack.Clear();
+  st = e2e::AppendText(streams.get(), "default", "again", 0, "hi", true, &ack);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED)
+      << st.error_message() << "; acknowledged " << ack.DebugString();
+  ack.Clear();
+  st = e2e::AppendText(streams.get(), "default", "again", 0, "hi", true, &ack);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_FALSE(ack.duplicate());
+  EXPECT_EQ(ack.committed_input_offset(), 2u);
 }
 
 }  // namespace
