@@ -283,32 +283,18 @@ TEST_F(GatewayTest, TheReplayBoundCountsTokensAsHeldNotAsSent) {
 // loaded that commit, gets the flush again before the text that follows
 // (else it would tokenize the text before and after the flush as one).
 TEST_F(GatewayTest, AFailoverReplaysAFlushTheLastCommitDoesNotCover) {
-  absl::Mutex mu;
-  std::vector<std::string> replayed;  // request ids the second worker got
-  ScriptAppends([&](int call, const std::vector<v1::AppendRequest>& requests,
-                    AppendStream* stream) {
-    if (call > 0) {
-      absl::MutexLock lock(&mu);
-      for (const auto& r : requests) replayed.push_back(r.request_id());
-    }
-    for (const auto& r : requests) {
-      if (call == 0 && r.request_id() == "text-c") {
-        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker lost");
-      }
-      // First worker: "ab" committed at 2 (version 2) by the
-      // checkpoint; the flush after it applied, not committed. The
-      // second commits everything (version 3).
-      const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
-      v1::AppendResponse ack;
-      ack.set_request_id(r.request_id());
-      ack.set_input_offset(end);
-      const bool first = call == 0 && r.request_id() == "text-ab";
-      ack.set_committed_input_offset(first ? 0 : end);
-      ack.set_version(call > 0 ? 3 : first ? 1 : 2);
-      if (!stream->Write(ack)) break;
-    }
-    return grpc::Status::OK;
-  });
+  Replayed replayed;
+  ScriptFailover(
+      "text-c",
+      [](int call, const v1::AppendRequest& r, v1::AppendResponse* ack) {
+        // First worker: "ab" committed at 2 (version 2) by the
+        // checkpoint; the flush after it applied, not committed. The
+        // second commits everything (version 3).
+        const bool first = call == 0 && r.request_id() == "text-ab";
+        ack->set_committed_input_offset(first ? 0 : ack->input_offset());
+        ack->set_version(call > 0 ? 3 : first ? 1 : 2);
+      },
+      &replayed);
   Start();
   v1::AppendRequest checkpoint = AppendAt("checkpoint", 2);
   checkpoint.set_checkpoint(true);
@@ -319,11 +305,11 @@ TEST_F(GatewayTest, AFailoverReplaysAFlushTheLastCommitDoesNotCover) {
   ASSERT_TRUE(out.status.ok()) << out.status.error_message();
   EXPECT_EQ(out.acked, (std::vector<std::string>{"text-ab", "checkpoint",
                                                  "flush", "text-c"}));
-  absl::MutexLock lock(&mu);
-  ASSERT_GE(replayed.size(), 2u);
-  EXPECT_EQ(replayed[replayed.size() - 2], "flush");
-  EXPECT_EQ(replayed.back(), "text-c");
-  EXPECT_EQ(std::count(replayed.begin(), replayed.end(), "text-ab"), 0);
+  absl::MutexLock lock(&replayed.mu);
+  ASSERT_GE(replayed.ids.size(), 2u);
+  EXPECT_EQ(replayed.ids[replayed.ids.size() - 2], "flush");
+  EXPECT_EQ(replayed.ids.back(), "text-c");
+  EXPECT_EQ(std::count(replayed.ids.begin(), replayed.ids.end(), "text-ab"), 0);
 }
 
 // A rollback commits a newer version at an earlier offset, and an open
@@ -334,40 +320,29 @@ TEST_F(GatewayTest, AFailoverReplaysAFlushTheLastCommitDoesNotCover) {
 // rollback discarded, so a failover does not replay it (the new owner
 // would refuse it: POSITION_MISMATCH).
 TEST_F(GatewayTest, AFailoverAfterARollbackReplaysWhatFollowedIt) {
-  absl::Mutex mu;
-  std::vector<std::string> replayed;  // request ids the second worker got
-  ScriptAppends([&](int call, const std::vector<v1::AppendRequest>& requests,
-                    AppendStream* stream) {
-    for (const auto& r : requests) {
-      if (call > 0) {
-        absl::MutexLock lock(&mu);
-        replayed.push_back(r.request_id());
-      } else if (r.request_id() == "c") {
-        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker lost");
-      }
-      // First worker: "a" committed to 10 (version 2), "x" applied
-      // after it; then a rollback to offset 5 (version 3) and "b"
-      // applied from there, not committed. The second commits
-      // everything (version 4).
-      const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
-      v1::AppendResponse ack;
-      ack.set_request_id(r.request_id());
-      ack.set_input_offset(end);
-      const bool before = r.request_id() == "a" || r.request_id() == "x";
-      ack.set_committed_input_offset(call > 0 ? end : before ? 10 : 5);
-      ack.set_version(call > 0 ? 4 : before ? 2 : 3);
-      if (!stream->Write(ack)) break;
-    }
-    return grpc::Status::OK;
-  });
+  Replayed replayed;
+  ScriptFailover(
+      "c",
+      [](int call, const v1::AppendRequest& r, v1::AppendResponse* ack) {
+        // First worker: "a" committed to 10 (version 2), "x" applied
+        // after it; then a rollback to offset 5 (version 3) and "b"
+        // applied from there, not committed. The second commits
+        // everything (version 4).
+        const bool before = r.request_id() == "a" || r.request_id() == "x";
+        ack->set_committed_input_offset(call > 0 ? ack->input_offset()
+                                        : before ? 10
+                                                 : 5);
+        ack->set_version(call > 0 ? 4 : before ? 2 : 3);
+      },
+      &replayed);
   Start();
   const Appended out =
       AppendThrough({AppendAt("a", 0, "0123456789"), AppendAt("x", 10, "ab"),
                      AppendAt("b", 5, "5678"), AppendAt("c", 9, "9")});
   ASSERT_TRUE(out.status.ok()) << out.status.error_message();
   EXPECT_EQ(out.acked, (std::vector<std::string>{"a", "x", "b", "c"}));
-  absl::MutexLock lock(&mu);
-  EXPECT_EQ(replayed, (std::vector<std::string>{"b", "c"}));
+  absl::MutexLock lock(&replayed.mu);
+  EXPECT_EQ(replayed.ids, (std::vector<std::string>{"b", "c"}));
 }
 
 // A store that went back (Redis restored from an older snapshot) has the
@@ -376,37 +351,24 @@ TEST_F(GatewayTest, AFailoverAfterARollbackReplaysWhatFollowedIt) {
 // start, and what it covers is committed (else the log would never shrink
 // again, and a failover would replay input the store holds).
 TEST_F(GatewayTest, ALowerVersionStartsTheCommittedCountOver) {
-  absl::Mutex mu;
-  std::vector<std::string> replayed;  // request ids the second worker got
-  ScriptAppends([&](int call, const std::vector<v1::AppendRequest>& requests,
-                    AppendStream* stream) {
-    for (const auto& r : requests) {
-      if (call > 0) {
-        absl::MutexLock lock(&mu);
-        replayed.push_back(r.request_id());
-      } else if (r.request_id() == "c") {
-        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker lost");
-      }
-      // First worker: "a" committed as version 10; the store then went
-      // back to version 4, and "b" was committed over it as version 5.
-      const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
-      v1::AppendResponse ack;
-      ack.set_request_id(r.request_id());
-      ack.set_input_offset(end);
-      ack.set_committed_input_offset(end);
-      ack.set_version(call > 0 ? 6 : r.request_id() == "a" ? 10 : 5);
-      if (!stream->Write(ack)) break;
-    }
-    return grpc::Status::OK;
-  });
+  Replayed replayed;
+  ScriptFailover(
+      "c",
+      [](int call, const v1::AppendRequest& r, v1::AppendResponse* ack) {
+        // First worker: "a" committed as version 10; the store then went
+        // back to version 4, and "b" was committed over it as version 5.
+        ack->set_committed_input_offset(ack->input_offset());
+        ack->set_version(call > 0 ? 6 : r.request_id() == "a" ? 10 : 5);
+      },
+      &replayed);
   Start();
   const Appended out =
       AppendThrough({AppendAt("a", 0, "0123456789"), AppendAt("b", 10, "ab"),
                      AppendAt("c", 12, "cd")});
   ASSERT_TRUE(out.status.ok()) << out.status.error_message();
   EXPECT_EQ(out.acked, (std::vector<std::string>{"a", "b", "c"}));
-  absl::MutexLock lock(&mu);
-  EXPECT_EQ(replayed, (std::vector<std::string>{"c"}));
+  absl::MutexLock lock(&replayed.mu);
+  EXPECT_EQ(replayed.ids, (std::vector<std::string>{"c"}));
 }
 
 // A client that reconnected resends what it kept; the worker that still

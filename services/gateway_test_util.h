@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 #include "services/gateway.h"
 #include "services/gateway_metrics.h"
@@ -205,6 +206,38 @@ class GatewayTest : public ::testing::Test {
                                  AppendStream*)>
           fn) {
     Script(&ScriptedWorker::append, std::move(fn));
+  }
+  // The request ids the workers' later Append calls received.
+  struct Replayed {
+    absl::Mutex mu;
+    std::vector<std::string> ids ABSL_GUARDED_BY(mu);
+  };
+  // Every worker's Appends, scripted for one failover: the first call
+  // fails (UNAVAILABLE) when it reaches request `fail_at`; every other
+  // request is acked as `fill` says (request id and input offset already
+  // set), and what later calls receive goes to `replayed`.
+  void ScriptFailover(
+      const std::string& fail_at,
+      std::function<void(int, const v1::AppendRequest&, v1::AppendResponse*)>
+          fill,
+      Replayed* replayed) {
+    ScriptAppends([=](int call, const std::vector<v1::AppendRequest>& requests,
+                      AppendStream* stream) {
+      for (const auto& r : requests) {
+        if (call > 0) {
+          absl::MutexLock lock(&replayed->mu);
+          replayed->ids.push_back(r.request_id());
+        } else if (r.request_id() == fail_at) {
+          return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker lost");
+        }
+        v1::AppendResponse ack;
+        ack.set_request_id(r.request_id());
+        ack.set_input_offset(r.expected_input_offset() + r.text_utf8().size());
+        fill(call, r, &ack);
+        if (!stream->Write(ack)) break;
+      }
+      return grpc::Status::OK;
+    });
   }
   // A request of session "s" at input offset `at`, with `text` if any.
   static v1::AppendRequest AppendAt(const std::string& id, uint64_t at,

@@ -15,6 +15,7 @@
 #include "worker/engine/golden_trace.h"
 #include "worker/engine/model.h"
 #include "worker/engine/random_model.h"
+#include "worker/engine/tensor_test_util.h"
 #include "worker/engine/weight_file.h"
 #include "worker/engine/weight_writer.h"
 
@@ -27,6 +28,7 @@ using testing::Floats;
 using testing::Ints;
 using testing::LoadJson;
 using testing::SharedPath;
+using testing::StateFromGolden;
 
 std::string TempPath(const std::string& name) {
   const char* dir = std::getenv("TEST_TMPDIR");
@@ -45,35 +47,12 @@ std::unique_ptr<Model> Load(const std::string& rel, ModelOptions opts = {}) {
   return LoadPath(SharedPath(rel), std::move(opts));
 }
 
-// Flattens golden final_state.layers into the engine's layout: per layer
-// the architecture's fields in order (docs/architectures.md).
-std::vector<float> StateFromGolden(const nlohmann::json& layers,
-                                   const std::string& arch) {
-  std::vector<std::string> fields = {"att_x_prev", "wkv", "ffn_x_prev"};
-  if (arch == "v4") fields = {"att_x_prev", "aa", "bb", "pp", "ffn_x_prev"};
-  std::vector<float> out;
-  for (const auto& layer : layers) {
-    for (const std::string& f : fields) {
-      std::vector<float> v = Floats(layer[f]);
-      out.insert(out.end(), v.begin(), v.end());
-    }
-  }
-  return out;
-}
-
 // A copy of a checkpoint with every tensor rounded to bf16, as the golden
 // files' bf16_checkpoint was made; written once per test as .pth.
 std::string Bf16Copy(const std::string& rel) {
-  auto file = WeightFile::Open(SharedPath(rel));
-  EXPECT_TRUE(file.ok()) << file.status();
-  if (!file.ok()) return "";
-  std::vector<NamedTensor> tensors;
-  for (const std::string& name : (*file)->Names()) {
-    const TensorView* t = (*file)->Find(name);
-    NamedTensor n{name, t->shape, std::vector<float>(t->numel())};
-    ReadAsF32(*t, n.values.data());
-    tensors.push_back(std::move(n));
-  }
+  const std::vector<NamedTensor> tensors =
+      testing::ReadTensors(SharedPath(rel));
+  if (tensors.empty()) return "";
   std::string path = TempPath("bf16.pth");
   EXPECT_TRUE(WritePth(path, tensors, DType::kBF16).ok());
   return path;

@@ -28,6 +28,10 @@ std::vector<float> Floats(const nlohmann::json& j);  // flattens nested arrays
 // Flattens golden final_state.layers into the canonical x070 state layout:
 // per layer att_x_prev[C], wkv[H][N][N], ffn_x_prev[C].
 std::vector<float> StateFromGolden(const nlohmann::json& layers);
+// The same for architecture `arch` ("v4": att_x_prev, aa, bb, pp,
+// ffn_x_prev; the others as x070's; docs/architectures.md).
+std::vector<float> StateFromGolden(const nlohmann::json& layers,
+                                   const std::string& arch);
 
 // Max of |got - want| - (abs_tol + rel_tol * |want|) over all elements;
 // <= 0 means within tolerance. Sets *where to the worst index.

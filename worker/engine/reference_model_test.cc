@@ -28,6 +28,7 @@
 #include "worker/engine/golden.h"
 #include "worker/engine/model.h"
 #include "worker/engine/random_model.h"
+#include "worker/engine/tensor_test_util.h"
 #include "worker/engine/weight_file.h"
 #include "worker/engine/weight_writer.h"
 
@@ -777,15 +778,8 @@ TEST(ReferenceTest, ReferenceReproducesTheGoldens) {
        {"rwkv7-tiny", "rwkv6-tiny", "rwkv5-tiny", "rwkv4-tiny"}) {
     const std::string path =
         testing::SharedPath(absl::StrCat("testdata/", name, ".pth"));
-    auto file = WeightFile::Open(path);
-    ASSERT_TRUE(file.ok()) << file.status();
-    std::vector<NamedTensor> tensors;
-    for (const std::string& n : (*file)->Names()) {
-      const TensorView* view = (*file)->Find(n);
-      NamedTensor t{n, view->shape, std::vector<float>(view->numel())};
-      ReadAsF32(*view, t.values.data());
-      tensors.push_back(std::move(t));
-    }
+    const std::vector<NamedTensor> tensors = testing::ReadTensors(path);
+    ASSERT_FALSE(tensors.empty()) << path;
     ModelOptions options;
     options.threads = 1;
     auto model = LoadModel(path, options);
@@ -808,17 +802,8 @@ TEST(ReferenceTest, ReferenceReproducesTheGoldens) {
       }
     }
     EXPECT_EQ(next, positions.size()) << name;
-    std::vector<float> state;
-    for (const auto& layer : golden["final_state"]["layers"]) {
-      for (const char* f :
-           c.arch == Arch::kRwkv4
-               ? std::vector<const char*>{"att_x_prev", "aa", "bb", "pp",
-                                          "ffn_x_prev"}
-               : std::vector<const char*>{"att_x_prev", "wkv", "ffn_x_prev"}) {
-        std::vector<float> v = testing::Floats(layer[f]);
-        state.insert(state.end(), v.begin(), v.end());
-      }
-    }
+    const std::vector<float> state = testing::StateFromGolden(
+        golden["final_state"]["layers"], ArchName(c.arch));
     ExpectClose(state, ref.state(), absl::StrCat(name, " final state"));
   }
 }
