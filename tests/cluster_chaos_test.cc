@@ -29,7 +29,23 @@
 namespace statestream {
 namespace {
 
-class ClusterChaosTest : public e2e::ClusterFixture {};
+class ClusterChaosTest : public e2e::ClusterFixture {
+ protected:
+  // A cluster whose leases outlast the test (60 s: renewed every 20 s),
+  // with session `id` created and `n` chunks of 64 bytes appended to it:
+  // resident and leased on its owner.
+  void StartWithResidentSession(const std::string& id, int n, uint32_t seed) {
+    e2e::ClusterOptions options;
+    options.worker_args = {"--lease-ttl=60s"};
+    ASSERT_NO_FATAL_FAILURE(StartCluster(options));
+    ASSERT_TRUE(cluster_->Create(id).ok());
+    ASSERT_TRUE(e2e::AppendResumable(cluster_.get(), id,
+                                     e2e::TextChunks(n, 64, seed), 2,
+                                     [](const grpc::Status&) { return false; })
+                    .ok());
+    ASSERT_NE(cluster_->Owner(id), nullptr);
+  }
+};
 
 // Redis SIGKILLed (AOF, appendfsync always) and restarted under traffic.
 // Clients resume from the committed offset, as the proto says. Two bugs
@@ -299,15 +315,7 @@ TEST_F(ClusterChaosTest, WorkersAddedAndRemovedUnderLoad) {
 // answers from or re-commits the stale copy, and a new session of the same
 // id starts from nothing.
 TEST_F(ClusterChaosTest, RedisRestartedEmptyResurrectsNothing) {
-  e2e::ClusterOptions options;
-  options.worker_args = {"--lease-ttl=60s"};
-  ASSERT_NO_FATAL_FAILURE(StartCluster(options));
-  const auto chunks = e2e::TextChunks(20, 64, 21);
-  ASSERT_TRUE(cluster_->Create("lost").ok());
-  ASSERT_TRUE(e2e::AppendResumable(cluster_.get(), "lost", chunks, 2,
-                                   [](const grpc::Status&) { return false; })
-                  .ok());
-  ASSERT_NE(cluster_->Owner("lost"), nullptr);  // resident, leased
+  ASSERT_NO_FATAL_FAILURE(StartWithResidentSession("lost", 20, 21));
   cluster_->redis()->Kill();
   ASSERT_TRUE(cluster_->redis()->Restart().ok());
   // Until the owner's next heartbeat (300 ms) it may still answer from
@@ -572,16 +580,8 @@ TEST_F(ClusterChaosTest, RedisBackFromAnOlderSnapshotLosesNoAcknowledgedInput) {
 // answered from the owner's copy: input for it is not taken for a resend
 // of the old session's, and a new session of the same id starts empty.
 TEST_F(ClusterChaosTest, ADeletedSessionIsNotAnsweredFromItsOwnersCopy) {
-  e2e::ClusterOptions options;
-  options.worker_args = {"--lease-ttl=60s"};
-  ASSERT_NO_FATAL_FAILURE(StartCluster(options));
-  const auto chunks = e2e::TextChunks(4, 64, 41);
-  ASSERT_TRUE(cluster_->Create("again").ok());
-  ASSERT_TRUE(e2e::AppendResumable(cluster_.get(), "again", chunks, 2,
-                                   [](const grpc::Status&) { return false; })
-                  .ok());
+  ASSERT_NO_FATAL_FAILURE(StartWithResidentSession("again", 4, 41));
   e2e::ClusterProcess* owner = cluster_->Owner("again");
-  ASSERT_NE(owner, nullptr);
   auto channel =
       grpc::CreateChannel(owner->address(), grpc::InsecureChannelCredentials());
   auto streams = v1::Streams::NewStub(channel);
