@@ -328,13 +328,21 @@ class AppendCall final : public Watched {
         // newer version at an earlier offset, and the input the stream
         // sends from there is uncommitted until a later commit covers it.
         // A lower version than before: the store went back (it restarted
-        // without its latest versions) and the versions after its head
-        // are numbered again (docs/state-store.md); start over from this
-        // ack, or the log would never be trimmed again.
-        if (ack.version() != committed_version_) {
+        // without its latest versions) and the owner's versions after its
+        // head are numbered again (docs/state-store.md), or a stale copy
+        // answered. Neither is trusted to have committed more than before
+        // until a newer version follows (a stale copy never commits one);
+        // then the count goes on from there, or the log would never be
+        // trimmed again.
+        if (ack.version() > committed_version_) {
           committed_version_ = ack.version();
           committed_ = ack.committed_input_offset();
-        } else {
+          committed_unconfirmed_ = false;
+        } else if (ack.version() < committed_version_) {
+          committed_version_ = ack.version();
+          committed_ = std::min(committed_, ack.committed_input_offset());
+          committed_unconfirmed_ = true;
+        } else if (!committed_unconfirmed_) {
           committed_ = std::max(committed_, ack.committed_input_offset());
         }
         // Entries this attempt has not re-sent yet stay, even when covered
@@ -402,6 +410,9 @@ class AppendCall final : public Watched {
   uint64_t acked_ ABSL_GUARDED_BY(mu_) = 0;     // acks sent to the client
   uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t committed_version_ ABSL_GUARDED_BY(mu_) = 0;  // of committed_
+  // Set by an ack of a lower version than the one before, until a newer
+  // one: committed_ is then not raised.
+  bool committed_unconfirmed_ ABSL_GUARDED_BY(mu_) = false;
 
   // A checkpoint the gateway asked for (log over its bound) is pending
   // until acked_ reaches this.

@@ -347,28 +347,31 @@ TEST_F(GatewayTest, AFailoverAfterARollbackReplaysWhatFollowedIt) {
 
 // A store that went back (Redis restored from an older snapshot) has the
 // owner commit its copy over the older head, so versions are numbered
-// again from there: a lower version than the stream saw before is a new
-// start, and what it covers is committed (else the log would never shrink
-// again, and a failover would replay input the store holds).
+// again from there. A lower version than the stream saw before commits no
+// more than before (a stale copy answers the same way), but once a newer
+// one follows, the count goes on from it: what it covers is not replayed
+// (else the log would never shrink again).
 TEST_F(GatewayTest, ALowerVersionStartsTheCommittedCountOver) {
   Replayed replayed;
   ScriptFailover(
-      "c",
+      "d",
       [](int call, const v1::AppendRequest& r, v1::AppendResponse* ack) {
         // First worker: "a" committed as version 10; the store then went
-        // back to version 4, and "b" was committed over it as version 5.
+        // back to version 4, "b" was committed over it as version 5 and
+        // "c" as version 6.
         ack->set_committed_input_offset(ack->input_offset());
-        ack->set_version(call > 0 ? 6 : r.request_id() == "a" ? 10 : 5);
+        const std::string& id = r.request_id();
+        ack->set_version(call > 0 ? 7 : id == "a" ? 10 : id == "b" ? 5 : 6);
       },
       &replayed);
   Start();
   const Appended out =
       AppendThrough({AppendAt("a", 0, "0123456789"), AppendAt("b", 10, "ab"),
-                     AppendAt("c", 12, "cd")});
+                     AppendAt("c", 12, "cd"), AppendAt("d", 14, "ef")});
   ASSERT_TRUE(out.status.ok()) << out.status.error_message();
-  EXPECT_EQ(out.acked, (std::vector<std::string>{"a", "b", "c"}));
+  EXPECT_EQ(out.acked, (std::vector<std::string>{"a", "b", "c", "d"}));
   absl::MutexLock lock(&replayed.mu);
-  EXPECT_EQ(replayed.ids, (std::vector<std::string>{"c"}));
+  EXPECT_EQ(replayed.ids, (std::vector<std::string>{"d"}));
 }
 
 // A client that reconnected resends what it kept; the worker that still

@@ -130,7 +130,7 @@ absl::Status SessionManager::Impl::CommitNow(Session* s, Durability d,
         }
       } else if (retry && GetReason(res.status()) == Reason::kVersionMismatch &&
                  AdoptOlderHead(s, *h, d, cause)) {
-        return CommitNow(s, d, request_id, s->dirty_cause, /*retry=*/false);
+        return CommitNow(s, d, request_id, cause, /*retry=*/false);
       }
     }
     return res.status();
@@ -163,7 +163,9 @@ bool SessionManager::Impl::AdoptOlderHead(Session* s, const SessionHead& h,
     s->dirty_cause = cause;
   }
   s->dirty = true;
-  s->dirty_durability = std::max(s->dirty_durability, d);
+  // At least as durable as what clients were told of the lost head.
+  s->dirty_durability =
+      std::max({s->dirty_durability, d, s->head.head.durability});
   s->head = h;
   absl::MutexLock lock(&s->mu);
   RefreshView(s);
@@ -222,6 +224,7 @@ absl::Status SessionManager::Impl::CommitGeneration(
   AddGenerationRecord(std::move(rec), opt_.generation_records,
                       opt_.generation_record_tokens, opt_.request_id_window,
                       clock_->Now(), &s->records);
+  const uint64_t version_before = s->head.head.version;
   absl::Status cs = CommitNow(s, d, request_id, VersionCause::kGenerate);
   if (!cs.ok() && s->head.head.input_offset != s->input_offset) {
     // Not written as far as this session knows. Only a store that still
@@ -244,7 +247,9 @@ absl::Status SessionManager::Impl::CommitGeneration(
       s->input_offset = offset;
       absl::MutexLock lock(&s->mu);
       RefreshView(s);
-    } else if (!final) {
+    } else if (!final || s->head.head.version < version_before) {
+      // (A final commit's copy is kept too when it adopted an older head
+      // of a store that went back: it alone holds what the store lost.)
       if (!s->dirty) s->dirty_since = clock_->Now();
       s->dirty = true;
       s->dirty_cause = VersionCause::kGenerate;

@@ -374,6 +374,11 @@ void SessionManager::Impl::AdoptIfStoreWentBack(Session* s) {
 void SessionManager::Impl::FollowStoreHead(Session* s) {
   auto h = store_->GetHead(s->key);
   if (h.ok() && h->head.version == s->head.head.version) return;
+  // A store that went back: keep the copy, to be committed over its head.
+  if (h.ok() &&
+      AdoptOlderHead(s, *h, opt_.default_durability, s->head.head.cause)) {
+    return;
+  }
   if (h.ok()) {
     auto v = store_->LoadVersion(s->key, h->head.version);
     if (v.ok() && LoadInto(s, *v, &*h).ok()) return;
@@ -648,7 +653,8 @@ void SessionManager::Impl::Drain() {
   for (auto& s : all) {
     RunSync<bool>(s, [this, &s, deadline, &level_short] {
       if (GoneError(s.get()).ok()) {
-        AdoptIfStoreWentBack(s.get());
+        // (Each asks the store: not once the drain's time is up.)
+        if (clock_->Now() < deadline) AdoptIfStoreWentBack(s.get());
         if (s->dirty) CommitForDrain(s.get(), deadline, &level_short);
         DropAndRelease(s.get(), Session::Gone::kEvicted);
       }
