@@ -45,6 +45,19 @@ class ClusterChaosTest : public e2e::ClusterFixture {
                     .ok());
     ASSERT_NE(cluster_->Owner(id), nullptr);
   }
+  // Creates session `id` through gateway `gw` as a new operation (a new
+  // `request_id`: a worker remembers the first create's id and would
+  // answer it again).
+  absl::Status CreateAgain(const std::string& id, const std::string& request_id,
+                           int gw) {
+    v1::CreateSessionRequest create;
+    create.set_request_id(request_id);
+    create.set_session_id(id);
+    v1::Session created;
+    auto ctx = e2e::ClientContext();
+    return FromGrpcStatus(
+        cluster_->sessions(gw)->CreateSession(ctx.get(), create, &created));
+  }
 };
 
 // Redis SIGKILLed (AOF, appendfsync always) and restarted under traffic.
@@ -355,15 +368,7 @@ TEST_F(ClusterChaosTest, RedisRestartedEmptyResurrectsNothing) {
   EXPECT_EQ(head.status().code(), absl::StatusCode::kNotFound)
       << (head.ok() ? "the stale state came back" : head.status().ToString());
   // A new session of the same id is a fresh one.
-  // (A new logical operation: a new request id. The first create's id
-  // is still remembered by the worker that served it.)
-  v1::CreateSessionRequest create;
-  create.set_request_id("create-lost-again");
-  create.set_session_id("lost");
-  v1::Session created;
-  auto ctx = e2e::ClientContext();
-  const absl::Status recreated = FromGrpcStatus(
-      cluster_->sessions(1)->CreateSession(ctx.get(), create, &created));
+  const absl::Status recreated = CreateAgain("lost", "create-lost-again", 1);
   ASSERT_TRUE(recreated.ok()) << recreated;
   ASSERT_TRUE(cluster_->Create("fresh").ok());
   const auto more = e2e::TextChunks(5, 64, 22);
@@ -593,13 +598,7 @@ TEST_F(ClusterChaosTest, ADeletedSessionIsNotAnsweredFromItsOwnersCopy) {
       << st.error_message() << "; acknowledged " << ack.DebugString();
   // Created again (a new operation: a new request id), the same worker
   // takes the new session's first input.
-  v1::CreateSessionRequest create;
-  create.set_request_id("create-again-2");
-  create.set_session_id("again");
-  v1::Session created;
-  auto ctx = e2e::ClientContext();
-  const absl::Status recreated = FromGrpcStatus(
-      cluster_->sessions(1)->CreateSession(ctx.get(), create, &created));
+  const absl::Status recreated = CreateAgain("again", "create-again-2", 1);
   ASSERT_TRUE(recreated.ok()) << recreated;
   ack.Clear();
   st = e2e::AppendText(streams.get(), "default", "again", 0, "hello", true,
@@ -615,10 +614,7 @@ TEST_F(ClusterChaosTest, ADeletedSessionIsNotAnsweredFromItsOwnersCopy) {
   // session's fence tells the copy it is stale (FENCED, retried by clients
   // and gateways), and the retry starts the new session.
   ASSERT_TRUE(cluster_->store()->DeleteSession({"default", "again"}).ok());
-  create.set_request_id("create-again-3");
-  auto ctx3 = e2e::ClientContext();
-  const absl::Status third = FromGrpcStatus(
-      cluster_->sessions(0)->CreateSession(ctx3.get(), create, &created));
+  const absl::Status third = CreateAgain("again", "create-again-3", 0);
   ASSERT_TRUE(third.ok()) << third;
   ack.Clear();
   st = e2e::AppendText(streams.get(), "default", "again", 0, "hi", true, &ack);
