@@ -580,6 +580,50 @@ TEST_F(ClusterChaosTest, RedisBackFromAnOlderSnapshotLosesNoAcknowledgedInput) {
   EXPECT_EQ(idle_head->head.input_offset, 12u * 64);
 }
 
+// The same store going back, met by an eviction: a worker with room for
+// one resident session evicts a clean copy that is ahead of the store, and
+// writes it back first.
+TEST_F(ClusterChaosTest, AnEvictionAfterTheStoreWentBackWritesTheCopyBack) {
+  e2e::ClusterOptions options;
+  options.workers = 1;
+  options.redis_args = {"--appendonly", "no", "--save", ""};
+  options.worker_args = {"--lease-ttl=60s", "--residency-bytes=1"};
+  ASSERT_NO_FATAL_FAILURE(StartCluster(options));
+  const auto chunks = e2e::TextChunks(12, 64, 51);
+  const auto never = [](const grpc::Status&) { return false; };
+  ASSERT_TRUE(cluster_->Create("kept").ok());
+  ASSERT_TRUE(e2e::AppendResumable(cluster_.get(), "kept",
+                                   {chunks.begin(), chunks.begin() + 6}, 2,
+                                   never)
+                  .ok());
+  ASSERT_TRUE(cluster_->redis()->Command({"SAVE"}).ok());
+  ASSERT_TRUE(
+      e2e::AppendResumable(cluster_.get(), "kept", chunks, 2, never).ok());
+  cluster_->redis()->Kill();
+  ASSERT_TRUE(cluster_->redis()->Restart().ok());
+  const SessionKey key{"default", "kept"};
+  auto restored = cluster_->store()->GetHead(key);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  ASSERT_EQ(restored->head.input_offset, 6u * 64)
+      << "Redis did not go back to the snapshot";
+  // Another session loads on the only worker: "kept" is evicted.
+  absl::Status other;
+  for (int tries = 0; tries < 50; ++tries) {
+    other = CreateAgain("other", "create-other", 0);
+    if (other.code() != absl::StatusCode::kUnavailable) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(other.ok()) << other;
+  v1::AppendResponse ack;
+  const grpc::Status st = e2e::AppendText(cluster_->streams(0), "", "other", 0,
+                                          "x", /*checkpoint=*/true, &ack);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  auto head = cluster_->store()->GetHead(key);
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->head.input_offset, 12u * 64);
+  EXPECT_EQ(head->head.version, restored->head.version + 1);
+}
+
 // A session deleted behind its owner's back (straight in the store, as a
 // delete resent through another worker or an expiry does) must not be
 // answered from the owner's copy: input for it is not taken for a resend
