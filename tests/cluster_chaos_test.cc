@@ -686,6 +686,46 @@ TEST_F(ClusterChaosTest, ADurableCheckpointAfterTheStoreWentBackWritesTheCopy) {
   EXPECT_EQ(head->head.version, saved[0].head.version + 1);
 }
 
+// The same store going back, met by a committing Generate: the
+// generation's commit goes over the store's older head, with the input the
+// copy holds beneath it.
+TEST_F(ClusterChaosTest, AGenerationAfterTheStoreWentBackCommitsOverIt) {
+  e2e::ClusterOptions options;
+  options.redis_args = {"--appendonly", "no", "--save", ""};
+  options.worker_args = {"--lease-ttl=60s"};
+  ASSERT_NO_FATAL_FAILURE(StartCluster(options));
+  const std::vector<SessionHead> saved = StoreGoesBack({"gen"});
+  ASSERT_EQ(saved.size(), 1u);
+  v1::GenerateRequest g;
+  g.set_session_id("gen");
+  g.set_request_id("gen-after-restore");
+  g.set_max_tokens(4);
+  g.set_commit(true);
+  g.mutable_sampling()->set_temperature(0);
+  grpc::Status st;
+  v1::GenerateDone done;
+  for (int tries = 0; tries < 50; ++tries) {
+    auto ctx = e2e::ClientContext();
+    auto reader = cluster_->streams(0)->Generate(ctx.get(), g);
+    v1::GenerateResponse msg;
+    while (reader->Read(&msg)) {
+      if (msg.has_done()) done = msg.done();
+    }
+    st = reader->Finish();
+    if (st.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  EXPECT_TRUE(done.committed());
+  EXPECT_EQ(done.version(), saved[0].head.version + 1);
+  auto head = cluster_->store()->GetHead({"default", "gen"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->head.version, done.version());
+  EXPECT_EQ(head->head.input_offset, done.input_offset());
+  EXPECT_GE(head->head.input_offset, 12u * 64);
+  EXPECT_EQ(head->head.position, done.position());
+}
+
 // A session deleted behind its owner's back (straight in the store, as a
 // delete resent through another worker or an expiry does) must not be
 // answered from the owner's copy: input for it is not taken for a resend
