@@ -30,27 +30,28 @@ namespace statestream::testing {
 namespace {
 
 RedisServer* SharedServer() {
-  static RedisServer* server = [] {
+  // Destroyed at exit, which stops redis-server and removes its directory.
+  static const std::unique_ptr<RedisServer> server = [] {
     auto s = RedisServer::Start({});
     if (!s.ok()) {
       ADD_FAILURE() << s.status();
-      return static_cast<RedisServer*>(nullptr);
+      return std::unique_ptr<RedisServer>();
     }
-    return s->release();
+    return *std::move(s);
   }();
-  return server;
+  return server.get();
 }
 
 RedisCluster* SharedCluster() {
-  static RedisCluster* cluster = [] {
+  static const std::unique_ptr<RedisCluster> cluster = [] {
     auto c = RedisCluster::Start();
     if (!c.ok()) {
       ADD_FAILURE() << c.status();
-      return static_cast<RedisCluster*>(nullptr);
+      return std::unique_ptr<RedisCluster>();
     }
-    return c->release();
+    return *std::move(c);
   }();
-  return cluster;
+  return cluster.get();
 }
 
 class RedisEnv : public StoreEnv {

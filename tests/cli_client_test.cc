@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/testing/scratch_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/subprocess.h"
@@ -39,11 +40,15 @@ class CliClientTest : public ::testing::Test {
     ASSERT_TRUE(
         std::regex_match(*line, m, std::regex(R"(listening on (\S+))")));
     target_ = new std::string(m[1].str());
+    // Every file the tests write goes under one private directory.
+    scratch_ = new testing::ScratchDir("ss-cli-client");
   }
   static void TearDownTestSuite() {
     delete server_;  // SIGKILL + reap
     server_ = nullptr;
     delete target_;
+    delete scratch_;  // and everything in it
+    scratch_ = nullptr;
   }
 
   // statestream VERB ARGS... --target=<server>
@@ -64,15 +69,14 @@ class CliClientTest : public ::testing::Test {
 
   static std::string TempFile(const std::string& name,
                               const std::string& contents) {
-    const std::string path =
-        absl::StrCat(std::filesystem::temp_directory_path().string(),
-                     "/ss-cli-", getpid(), "-", name);
+    const std::string path = scratch_->File(name);
     std::ofstream(path, std::ios::binary) << contents;
     return path;
   }
 
   static inline e2e::Subprocess* server_ = nullptr;
   static inline std::string* target_ = nullptr;
+  static inline testing::ScratchDir* scratch_ = nullptr;
 };
 
 TEST_F(CliClientTest, SessionVerbs) {
@@ -274,8 +278,7 @@ TEST_F(CliClientTest, AnExportReplacesTheFileWholeOrNotAtAll) {
   const std::string text = TempFile("keep.txt", "state worth keeping");
   ASSERT_EQ(Cli({"feed", "--session=cli-keep", text}).exit_code, 0);
   const std::filesystem::path dir =
-      std::filesystem::temp_directory_path() /
-      absl::StrCat("ss-cli-", getpid(), "-export");
+      std::filesystem::path(scratch_->path()) / "export";
   std::filesystem::remove_all(dir);
   ASSERT_TRUE(std::filesystem::create_directory(dir));
   const std::string blob = (dir / "keep.state").string();
@@ -355,7 +358,7 @@ TEST_F(CliClientTest, FeedRefusesASessionThatMovedUnderIt) {
   const std::string head = TempFile("moved-head.txt", "0123456789");
   ASSERT_EQ(Cli({"feed", "--session=cli-moved", head}).exit_code, 0);
   const std::string script = absl::StrCat(
-      "d=$(mktemp -d); mkfifo $d/in; ", Bin(),
+      "d=$(mktemp -d -p ", scratch_->path(), "); mkfifo $d/in; ", Bin(),
       " feed --session=cli-moved --start_offset=0 --target=", *target_,
       " $d/in 2> $d/err & f=$!; exec 3> $d/in; ",
       // Until the feed waits on the FIFO: it has read the session.

@@ -17,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/status.h"
+#include "common/testing/scratch_dir.h"
 #include "gtest/gtest.h"
 #include "worker/session_manager.h"
 #include "worker/session_manager_test_fixture.h"
@@ -187,11 +188,11 @@ TEST_F(SessionManagerTest, ADrainRetriesACommitTheStoreRefusesForNow) {
 
 // the only copy.
 TEST_F(SessionManagerTest, APolicyCommitReachesTheDurabilityItsInputAskedFor) {
-  const char* dir = std::getenv("TEST_TMPDIR");
+  // Removed with everything SQLite put in it (the database and its -wal
+  // and -shm files) when the test ends.
+  const testing::ScratchDir dir("ss-policy");
   SqliteStateStoreOptions so;
-  so.path = std::string(dir != nullptr ? dir : "/tmp") + "/policy-" +
-            std::to_string(getpid()) + ".db";
-  std::remove(so.path.c_str());
+  so.path = dir.File("sessions.db");
   auto sqlite = NewSqliteStateStore(so);
   ASSERT_TRUE(sqlite.ok()) << sqlite.status();
   faulty_ = std::make_unique<LosingStore>(sqlite->get());
@@ -207,7 +208,7 @@ TEST_F(SessionManagerTest, APolicyCommitReachesTheDurabilityItsInputAskedFor) {
   EXPECT_EQ(head->head.durability, Durability::kFsync);
   manager_.reset();
   faulty_.reset();
-  std::remove(so.path.c_str());
+  sqlite->reset();
 }
 
 // A drain whose first commit falls short of its level (this store never

@@ -151,8 +151,14 @@ absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start(
   s->port_ = s->options_.port ? s->options_.port : StablePort(10000);
   if (s->port_ == 0) return absl::UnavailableError("no free port");
   if (s->options_.dir.empty()) {
-    char tmpl[] = "/tmp/ss-redis-XXXXXX";
-    if (mkdtemp(tmpl) == nullptr) return absl::InternalError("mkdtemp failed");
+    // Under $TMPDIR when set; removed by the destructor.
+    std::error_code ec;
+    std::string tmpl =
+        (std::filesystem::temp_directory_path(ec) / "ss-redis-XXXXXX").string();
+    if (ec || mkdtemp(tmpl.data()) == nullptr) {
+      return absl::InternalError(
+          absl::StrCat("cannot make a directory like ", tmpl));
+    }
     s->dir_ = tmpl;
     s->own_dir_ = true;
   } else {

@@ -2,7 +2,6 @@
 // RWKV-4, RWKV-5.2 and RWKV-6 against the official reference (golden
 // vectors in ../shared/testdata), architecture detection, fingerprints and
 // the determinism contract of model.h for every architecture.
-#include <unistd.h>
 
 #include <cstring>
 #include <map>
@@ -10,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "common/testing/scratch_dir.h"
 #include "gtest/gtest.h"
 #include "worker/engine/golden.h"
 #include "worker/engine/golden_trace.h"
@@ -30,10 +30,9 @@ using testing::LoadJson;
 using testing::SharedPath;
 using testing::StateFromGolden;
 
+// In this process's scratch directory, removed at exit.
 std::string TempPath(const std::string& name) {
-  const char* dir = std::getenv("TEST_TMPDIR");
-  return std::string(dir != nullptr ? dir : "/tmp") + "/ss_arch_test_" +
-         std::to_string(getpid()) + "_" + name;
+  return ::statestream::testing::ProcessScratchDir().File(name);
 }
 
 std::unique_ptr<Model> LoadPath(const std::string& path,

@@ -3,8 +3,6 @@
 // determinism contract of model.h.
 #include "worker/engine/model.h"
 
-#include <unistd.h>
-
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -12,6 +10,7 @@
 #include <random>
 
 #include "common/status.h"
+#include "common/testing/scratch_dir.h"
 #include "gtest/gtest.h"
 #include "worker/engine/accuracy.h"
 #include "worker/engine/golden.h"
@@ -630,10 +629,9 @@ TEST(ModelTest, NotAModel) {
 namespace statestream::engine {
 namespace {
 
+// In this process's scratch directory, removed at exit.
 std::string TempPath(const std::string& name) {
-  const char* dir = std::getenv("TEST_TMPDIR");
-  return std::string(dir != nullptr ? dir : "/tmp") + "/ss_model_test_" +
-         std::to_string(getpid()) + "_" + name;
+  return ::statestream::testing::ProcessScratchDir().File(name);
 }
 
 // Random models of other shapes, written as .pth and .safetensors in every

@@ -8,7 +8,6 @@
 // at four shapes; this pins every shape to the equations, so a kernel's
 // tail or blocking bug that those four shapes happen to miss still fails.
 // The reference is reference_rwkv.h.
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -18,6 +17,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/testing/scratch_dir.h"
 #include "gtest/gtest.h"
 #include "worker/engine/golden.h"
 #include "worker/engine/model.h"
@@ -34,10 +34,9 @@ using reference::Rounding;
 using reference::Vec;
 using reference::Weights;
 
+// In this process's scratch directory, removed at exit.
 std::string TempPath(const std::string& name) {
-  const char* dir = std::getenv("TEST_TMPDIR");
-  return std::string(dir != nullptr ? dir : "/tmp") + "/ss_reference_test_" +
-         std::to_string(getpid()) + "_" + name;
+  return ::statestream::testing::ProcessScratchDir().File(name);
 }
 
 // The README's tolerance for fp32 compute on fp32 or bf16 weights.

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "common/testing/scratch_dir.h"
 #include "worker/engine/huge_pages.h"
 #include "worker/engine/kernels.h"
 #include "worker/engine/weight_loader.h"
@@ -117,9 +118,8 @@ TEST(HugePagesTest, LargeBlocksAreAdvisedSmallOnesAreHeap) {
 // Loaded matrices live in the arena (64-byte aligned, kept alive by the
 // matrix), not in the file mapping, and outlive their loader and file.
 TEST(WeightArenaTest, LoadedMatricesOwnTheirArena) {
-  const char* dir = std::getenv("TEST_TMPDIR");
   const std::string path =
-      std::string(dir != nullptr ? dir : "/tmp") + "/arena_test.safetensors";
+      ::statestream::testing::ProcessScratchDir().File("arena.safetensors");
   std::vector<float> vals(6 * 130);
   for (size_t i = 0; i < vals.size(); ++i) vals[i] = static_cast<float>(i);
   ASSERT_TRUE(
@@ -176,12 +176,12 @@ TEST(WeightArenaTest, LoadedMatricesOwnTheirArena) {
 }
 
 // `vals` (2 rows of 64) written as a safetensors file `name` under
-// TEST_TMPDIR (or /tmp) and loaded back with int8 weights into `m`.
+// the process's scratch directory and loaded back with int8 weights into
+// `m`.
 void LoadInt8(const std::string& name, const std::vector<float>& vals,
               Matrix* m) {
-  const char* dir = std::getenv("TEST_TMPDIR");
   const std::string path =
-      std::string(dir != nullptr ? dir : "/tmp") + "/" + name;
+      ::statestream::testing::ProcessScratchDir().File(name);
   ASSERT_TRUE(WriteSafetensors(path, {{"m", {2, 64}, vals}}, DType::kF32).ok());
   auto file = WeightFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();
