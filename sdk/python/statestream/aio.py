@@ -27,6 +27,7 @@ from statestream.client import (_ClientBase, _Collected, _assemble_export,
                                 _import_chunks, _import_header, _left,
                                 _not_found_after_unknown, _outcome_unknown,
                                 _rollback_request, _score_request, _setup,
+                                _state_blob,
                                 _Stubs, _update_request, new_request_id)
 from statestream.errors import StatestreamError, blames_target
 from statestream.streams import (MAX_WINDOW, _AckTracker,
@@ -214,12 +215,13 @@ class AsyncClient(_ClientBase):
                              durability: int = pb.DURABILITY_UNSPECIFIED,
                              timeout: Optional[float] = None) -> SessionInfo:
         """As Client.import_session."""
+        blob = _state_blob(state)
         header = _import_header(session_id, pb.IMPORT_MODE_CREATE, state,
                                 request_id=request_id,
                                 labels=labels, ttl_seconds=ttl_seconds,
                                 durability=durability)
-        return SessionInfo.from_proto(await self._import(header, state.blob,
-                                                         timeout))
+        return SessionInfo.from_proto(await self._import(
+            header, blob, timeout))
 
     async def list_models(self, *, timeout: Optional[float] = None
                           ) -> List[object]:
@@ -433,11 +435,12 @@ class AsyncSession:
                            timeout: Optional[float] = None) -> SessionInfo:
         """As Session.import_state (set expected_version to make it
         exact)."""
+        blob = _state_blob(state)
         header = _import_header(self.id, pb.IMPORT_MODE_NEW_VERSION, state,
                                 durability=durability,
                                 expected_version=expected_version)
         return SessionInfo.from_proto(await self.client._import(
-            header, state.blob, timeout))
+            header, blob, timeout))
 
     async def update(self, *, labels: Optional[Dict[str, str]] = None,
                      ttl_seconds: Optional[int] = None,
@@ -734,7 +737,8 @@ class AsyncGenerateStream:
     GetSession and every resume included. cancel() / aclose() end it, a
     resume's backoff included (the read waiting it out ends with
     StopAsyncIteration); after AsyncClient.close() a read raises CANCELLED
-    "client closed"."""
+    "client closed". As an async context manager, leaving the block ends
+    a generation not yet done (as Client's GenerateStream in `with`)."""
 
     def __init__(self, session: AsyncSession, request, pin: bool = True,
                  timeout: Optional[float] = None):
@@ -791,6 +795,19 @@ class AsyncGenerateStream:
     async def aclose(self) -> None:
         """Cancels the call; the iteration ends (as cancel())."""
         self.cancel()
+
+    async def close(self) -> None:
+        """As GenerateStream.close(): ends the generation if it is not
+        done; nothing once the iteration has ended."""
+        if not self._finished:
+            self.cancel()
+
+    async def __aenter__(self) -> "AsyncGenerateStream":
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        """Leaving the block ends a generation not yet done."""
+        await self.close()
 
     async def __anext__(self) -> GenerateChunk:
         try:

@@ -29,7 +29,8 @@ from statestream.types import (AppendAck, ExportedState, GenerateResult,
                                ScoreResult, SessionInfo, VersionInfo)
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as rpc
-from statestream.streams import AppendWriter, GenerateStream, _utf8
+from statestream.streams import (AppendWriter, GenerateStream,
+                                 _invalid_utf8, _utf8)
 
 __all__ = ["AppendWriter", "Client", "GenerateStream", "Session",
            "new_request_id"]
@@ -359,11 +360,11 @@ class Client(_ClientBase):
         """A new session holding `state` (version 1, at `durability`). A
         retry with the same request_id (after this call gave up) gets the
         session back instead of a second one, as create_session's does."""
+        blob = _state_blob(state)
         header = _import_header(session_id, pb.IMPORT_MODE_CREATE, state,
                                 labels=labels, ttl_seconds=ttl_seconds,
                                 durability=durability, request_id=request_id)
-        return SessionInfo.from_proto(self._import(header, state.blob,
-                                                   timeout))
+        return SessionInfo.from_proto(self._import(header, blob, timeout))
 
     def _import(self, header, blob: bytes, timeout: Optional[float] = None):
         return self._unary(lambda st, md, t: st.sessions.ImportState(
@@ -401,6 +402,20 @@ def _import_header(session_id, mode, state, *, labels=None,
     if expected_version is not None:
         header.expected_version = expected_version
     return header
+
+
+def _state_blob(state) -> bytes:
+    """`state.blob` as bytes (bytes-like is copied); TypeError for anything
+    else or for a `state` that is no ExportedState, before any call (a
+    request that fails to build inside the call's request iterator surfaces
+    as a retried UNKNOWN, or in asyncio as a CancelledError)."""
+    if not isinstance(state, ExportedState):
+        raise TypeError("state must be an ExportedState (from export()), "
+                        f"not {type(state).__name__}")
+    blob = state.blob
+    if isinstance(blob, (bytes, bytearray, memoryview)):
+        return bytes(blob)
+    raise TypeError(f"state.blob must be bytes, not {type(blob).__name__}")
 
 
 def _import_chunks(header, blob: bytes):
@@ -453,6 +468,9 @@ def _generate_request(session_id, prompt, *, prompt_tokens, max_tokens,
                       max_duration):
     """The GenerateRequest of Session.generate / AsyncSession.generate
     (expected_input_offset as given: the caller pins it)."""
+    # None is no prompt; anything else must be text (0 or [] are a
+    # TypeError, not an empty prompt).
+    prompt = None if prompt is None else _utf8(prompt, "prompt")
     if prompt and prompt_tokens:
         raise ValueError("give prompt or prompt_tokens, not both")
     req = pb.GenerateRequest(session_id=session_id,
@@ -463,7 +481,7 @@ def _generate_request(session_id, prompt, *, prompt_tokens, max_tokens,
                              stop_strings=_stop_strings(stop),
                              stop_tokens=_stop_tokens(stop_tokens))
     if prompt:
-        req.prompt_text_utf8 = _utf8(prompt, "prompt")
+        req.prompt_text_utf8 = prompt
     elif prompt_tokens:
         req.prompt_tokens.ids.extend(prompt_tokens)
     sampling = req.sampling
@@ -587,7 +605,14 @@ def _stop_strings(stop) -> List[str]:
         return []
     if isinstance(stop, (str, bytes)):
         stop = [stop] if stop else []
-    return [s.decode() if isinstance(s, bytes) else s for s in stop]
+    out = []
+    for s in stop:
+        data = _utf8(s, "stop string")
+        try:
+            out.append(data.decode())
+        except UnicodeDecodeError as e:
+            raise _invalid_utf8("stop string", e.start) from None
+    return out
 
 
 def _stop_tokens(stop_tokens) -> List[int]:
@@ -800,11 +825,12 @@ class Session:
         with expected_version, only if that is the head). Set
         expected_version to make the call exact: a retry that reaches
         another worker (or a restarted one) is otherwise applied again."""
+        blob = _state_blob(state)
         header = _import_header(self.id, pb.IMPORT_MODE_NEW_VERSION, state,
                                 durability=durability,
                                 expected_version=expected_version)
-        return SessionInfo.from_proto(self.client._import(header, state.blob,
-                                                          timeout))
+        return SessionInfo.from_proto(
+            self.client._import(header, blob, timeout))
 
     def update(self, *, labels: Optional[Dict[str, str]] = None,
                ttl_seconds: Optional[int] = None,

@@ -81,13 +81,26 @@ class _Retained:
 
 def _utf8(text, what: str = "text") -> bytes:
     """`text` (str, or bytes-like: bytes, bytearray, memoryview) as bytes;
-    TypeError for anything else (bytes(3) would be three NUL bytes)."""
+    TypeError for anything else (bytes(3) would be three NUL bytes). A str
+    that has no UTF-8 form (a lone surrogate, e.g. from
+    surrogateescape) is INVALID_ARGUMENT/INVALID_UTF8, as the server
+    answers bytes that are not UTF-8; bytes are the server's to check."""
     if isinstance(text, str):
-        return text.encode()
+        try:
+            return text.encode()
+        except UnicodeEncodeError as e:
+            raise _invalid_utf8(what, e.start) from None
     if isinstance(text, (bytes, bytearray, memoryview)):
         return bytes(text)
     raise TypeError(f"{what} must be str or bytes, not "
                     f"{type(text).__name__}")
+
+
+def _invalid_utf8(what: str, index: int) -> StatestreamError:
+    """The INVALID_UTF8 error for text refused before any call."""
+    return StatestreamError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"{what} is not valid UTF-8 (at index {index})", "INVALID_UTF8")
 
 
 def _units(r) -> int:
@@ -475,7 +488,11 @@ class GenerateStream:
     (GenerateDone) is set once the iteration ends; `.reconnects` counts
     resumptions. cancel() (from any thread) ends the iteration, a read
     waiting out a resume's backoff at once; Client.close() ends it with
-    CANCELLED "client closed"."""
+    CANCELLED "client closed". As a context manager, leaving the block
+    cancels a generation not yet done: `break` out of a committing one
+    inside `with` and the server stops there, rather than committing
+    output nobody reads (the tokens committed are then those the server
+    produced before it saw the cancel; read `Session.get()`)."""
 
     def __init__(self, client: Client, request, timeout: Optional[float]):
         self._client = client
@@ -494,6 +511,18 @@ class GenerateStream:
 
     def __iter__(self) -> "GenerateStream":
         return self
+
+    def __enter__(self) -> "GenerateStream":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Ends the generation if it is not done (as cancel()); nothing
+        once the iteration has ended."""
+        if not self._finished:
+            self.cancel()
 
     def cancel(self) -> None:
         """Cancels the call and ends the iteration (StopIteration), from

@@ -32,6 +32,7 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
         self.delete_requests = []  # every DeleteSession request received
         self.get_requests = []  # every GetSession request received
         self.imported_chunks = []  # every ImportState StateChunk received
+        self.import_calls = 0  # ImportState calls received
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         rpc.add_SessionsServicer_to_server(self, self.server)
         rpc.add_StreamsServicer_to_server(self, self.server)
@@ -65,6 +66,7 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
     def ImportState(self, request_iterator, context):
         """Keeps every chunk (in imported_chunks: the test checks them,
         without loading the process meanwhile); the session, version 2."""
+        self.import_calls += 1
         header = None
         for r in request_iterator:
             if r.HasField("header"):

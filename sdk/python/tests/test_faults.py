@@ -15,7 +15,8 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
-from statestream import Client, StatestreamError, TokenLogprob, TopLogprob
+from statestream import (Client, ExportedState, StatestreamError,
+                         TokenLogprob, TopLogprob)
 from statestream.errors import is_retryable
 from statestream.aio import AsyncClient
 from statestream.v1 import statestream_pb2 as pb
@@ -467,10 +468,25 @@ def test_generate_sends_every_option(fake, aio):
 #
 # write(3) used to append bytes(3), three NUL bytes; a prompt given both as
 # text and tokens lost the tokens; score() without a continuation failed
-# inside protobuf.
+# inside protobuf; a prompt of 0 or [] was taken for no prompt; a str with
+# a lone surrogate or a bytes stop string that is not UTF-8 raised a bare
+# Unicode error; an import whose blob was not bytes failed inside the
+# call's request iterator (a retried UNKNOWN for ~9 s, and in asyncio a
+# CancelledError that a TaskGroup swallowed).
+
+def _assert_invalid_utf8(e):
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.reason == "INVALID_UTF8"
+    assert not is_retryable(e.value)
+
+
+BAD_BLOBS = ("text", None, 3)
+
 
 @pytest.mark.parametrize("aio", [False, True])
 def test_bad_input_is_refused_before_any_call(fake, aio):
+    header = pb.StateHeader(total_bytes=4)
+
     async def run_async():
         async with AsyncClient(fake.address, **fast_retries()) as c:
             s = c.session("s")
@@ -478,14 +494,31 @@ def test_bad_input_is_refused_before_any_call(fake, aio):
             for bad in (3, None, ["a"]):
                 with pytest.raises(TypeError):
                     await w.write(bad)
+            with pytest.raises(StatestreamError) as e:
+                await w.write("a\ud800b")
+            _assert_invalid_utf8(e)
             assert w.offset == 0
             with pytest.raises(ValueError):
                 s.generate("x", prompt_tokens=[1])
+            for bad in (0, [], False, 5):
+                with pytest.raises(TypeError):
+                    s.generate(bad)
+            for stop in (b"\xff", ["ok", "\udc80"]):
+                with pytest.raises(StatestreamError) as e:
+                    s.generate("x", stop=stop)
+                _assert_invalid_utf8(e)
             for kwargs in ({}, dict(text="x", tokens=[1])):
                 with pytest.raises(ValueError):
                     await s.score(**kwargs)
             with pytest.raises(TypeError):
                 await s.append(3)
+            for blob in BAD_BLOBS:
+                with pytest.raises(TypeError):
+                    await c.import_session(ExportedState(header, blob))
+                with pytest.raises(TypeError):
+                    await s.import_state(ExportedState(header, blob))
+            with pytest.raises(TypeError):
+                await c.import_session(None)
 
     def run_sync():
         with Client(fake.address, **fast_retries()) as c:
@@ -494,17 +527,58 @@ def test_bad_input_is_refused_before_any_call(fake, aio):
             for bad in (3, None, ["a"]):
                 with pytest.raises(TypeError):
                     w.write(bad)
+            with pytest.raises(StatestreamError) as e:
+                w.write("a\ud800b")
+            _assert_invalid_utf8(e)
             assert w.offset == 0
             with pytest.raises(ValueError):
                 s.generate("x", prompt_tokens=[1])
+            for bad in (0, [], False, 5):
+                with pytest.raises(TypeError):
+                    s.generate(bad)
+            for stop in (b"\xff", ["ok", "\udc80"]):
+                with pytest.raises(StatestreamError) as e:
+                    s.generate("x", stop=stop)
+                _assert_invalid_utf8(e)
             for kwargs in ({}, dict(text="x", tokens=[1])):
                 with pytest.raises(ValueError):
                     s.score(**kwargs)
             with pytest.raises(TypeError):
                 s.append(3)
+            for blob in BAD_BLOBS:
+                with pytest.raises(TypeError):
+                    c.import_session(ExportedState(header, blob))
+                with pytest.raises(TypeError):
+                    s.import_state(ExportedState(header, blob))
+            with pytest.raises(TypeError):
+                c.import_session(None)
     run_either(aio, run_sync, run_async)
     assert fake.append_calls == 0
     assert fake.generate_requests == []
+    assert fake.import_calls == 0
+
+
+# A blob that is bytes-like but not bytes (a bytearray, a memoryview) is
+# imported as its bytes.
+@pytest.mark.parametrize("aio", [False, True])
+def test_a_bytes_like_blob_is_imported(fake, aio):
+    blob = b"0123456789"
+    header = pb.StateHeader(total_bytes=len(blob))
+    states = [ExportedState(header, bytearray(blob)),
+              ExportedState(header, memoryview(blob))]
+
+    async def run_async():
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            for state in states:
+                assert (await c.import_session(state)).version == 2
+
+    def run_sync():
+        with Client(fake.address, **fast_retries()) as c:
+            for state in states:
+                assert c.import_session(state).version == 2
+    run_either(aio, run_sync, run_async)
+    assert fake.import_calls == 2
+    assert [c.data for c in fake.imported_chunks] == [blob, blob]
 
 
 # -- a delete whose first answer was lost ------------------------------------
@@ -619,3 +693,37 @@ def test_a_dropped_generate_is_cancelled(fake, aio):
             return fake.generate_cancelled
 
     assert (asyncio.run(run_async()) if aio else run_sync()) == 1
+
+
+# Leaving a `with` block ends a stream the caller still holds (a `break`
+# alone does not: the call runs on, and a committing one commits output
+# nobody reads).
+@pytest.mark.parametrize("aio", [False, True])
+def test_leaving_a_with_block_cancels_the_generate(fake, aio):
+    def cancelled():
+        deadline = time.monotonic() + 10
+        while fake.generate_cancelled < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return fake.generate_cancelled
+
+    def run_sync():
+        with Client(fake.address) as c:
+            with c.session("s").generate("x", commit=True) as stream:
+                for chunk in stream:
+                    assert chunk.tokens == [1]
+                    break
+            held = stream  # still referenced: only the block ended it
+            assert cancelled() == 1
+            assert list(held) == []  # ended, not resumed
+            held.close()  # again: nothing
+
+    async def run_async():
+        async with AsyncClient(fake.address) as c:
+            async with c.session("s").generate("x") as stream:
+                async for chunk in stream:
+                    assert chunk.tokens == [1]
+                    break
+            held = stream
+            assert await asyncio.to_thread(cancelled) == 1
+            assert [c async for c in held] == []
+    run_either(aio, run_sync, run_async)

@@ -16,8 +16,8 @@ PAIRS = [(Client, AsyncClient), (Session, AsyncSession),
 
 # Public methods one side has and the other lacks, on purpose.
 ONLY_ASYNC = {
-    # The async-iterator protocol's way to end a stream; cancel() is on
-    # both.
+    # The async-iterator protocol's way to end a stream; cancel() and
+    # close() are on both.
     AsyncGenerateStream: {"aclose"},
 }
 ONLY_SYNC = {}
