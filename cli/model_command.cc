@@ -20,6 +20,7 @@
 #include "cli/command.h"
 #include "cli/engine_flags.h"
 #include "cli/model_flag.h"
+#include "cli/model_loading.h"
 #include "common/status.h"
 #include "nlohmann/json.hpp"
 #include "state_store/state_codec.h"
@@ -27,14 +28,17 @@
 #include "worker/engine/model.h"
 #include "worker/engine/random_model.h"
 #include "worker/engine/weight_writer.h"
+#include "worker/session_manager.h"
 
 ABSL_FLAG(std::string, positions, "",
           "eval: indices into --tokens whose logits to print (negative counts "
           "from the end); default: the last.");
 ABSL_FLAG(std::string, state_in, "",
-          "eval: start from this state file instead of the zero state.");
+          "eval: start from this state file (a session's, as `session "
+          "export` writes) instead of the initial state.");
 ABSL_FLAG(std::string, state_out, "",
-          "eval: write the final state to this file (docs/state-format.md).");
+          "eval: write the final state to this file, as a session's "
+          "(`session import` takes it; docs/state-format.md).");
 ABSL_FLAG(std::string, arch, "x070",
           "random: architecture: x070, x060, x052 or v4.");
 ABSL_FLAG(int, layers, 2, "random: number of layers.");
@@ -127,15 +131,34 @@ absl::Status Eval() {
   }
   SS_ASSIGN_OR_RETURN(auto model, LoadFlagModel());
   const engine::ModelInfo& info = model->info();
+  const std::string in = absl::GetFlag(FLAGS_state_in);
+  const std::string out = absl::GetFlag(FLAGS_state_out);
   StateSnapshot snapshot;
-  snapshot.model_fingerprint = info.fingerprint;
+  if (!in.empty() || !out.empty()) {
+    // A state file is a session's: it names the tokenizer `serve` pairs
+    // with this model, so files move between eval and the service.
+    ModelSpec spec;
+    spec.model_id = ModelIdFromPath(ModelFlagValue());
+    spec.path = ModelFlagValue();
+    spec.vocab_path = VocabFlagValue();
+    SS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Tokenizer> tokenizer,
+                        LoadServedTokenizer(*model, spec));
+    snapshot.model_fingerprint =
+        worker::SessionStateFingerprint(*model, *tokenizer);
+  }
+  snapshot.architecture = engine::ArchName(info.config.arch);
+  snapshot.n_layer = info.config.n_layer;
+  snapshot.n_embd = info.config.n_embd;
+  snapshot.n_head = info.config.n_head;
+  snapshot.head_size = info.config.head_size;
   snapshot.state.assign(info.state_floats, 0.0f);
   model->InitState(snapshot.state.data());
-  if (const std::string in = absl::GetFlag(FLAGS_state_in); !in.empty()) {
+  if (!in.empty()) {
     SS_ASSIGN_OR_RETURN(std::string bytes, ReadFile(in));
+    const std::string fingerprint = snapshot.model_fingerprint;
     SS_ASSIGN_OR_RETURN(snapshot, DecodeState(bytes));
     SS_RETURN_IF_ERROR(
-        CheckStateMatchesModel(snapshot, info.fingerprint, info.state_floats));
+        CheckStateMatchesModel(snapshot, fingerprint, info.state_floats));
   }
   const int V = info.config.vocab_size;
   std::vector<float> logits(positions.size() * V);
@@ -145,7 +168,10 @@ absl::Status Eval() {
   engine::SequenceWork work{tokens, snapshot.state.data(), positions,
                             logits.data(), hidden.data()};
   SS_RETURN_IF_ERROR(model->Forward({&work, 1}));
+  // As a token append: one input unit per token; undecided text bytes
+  // (tokenizer_tail) stay undecided.
   snapshot.position += tokens.size();
+  snapshot.input_offset += tokens.size();
   if (!tokens.empty()) snapshot.last_hidden = std::move(hidden);
   std::string line;
   for (size_t j = 0; j < positions.size(); ++j) {
@@ -157,7 +183,7 @@ absl::Status Eval() {
     line += "]}\n";
     std::cout << line;
   }
-  if (const std::string out = absl::GetFlag(FLAGS_state_out); !out.empty()) {
+  if (!out.empty()) {
     SS_RETURN_IF_ERROR(WriteFileAtomically(out, EncodeState(snapshot)));
   }
   return absl::OkStatus();
@@ -292,8 +318,12 @@ const Command& ModelCommand() {
       "      params, state_bytes, fingerprint, kernels, weights_dtype and,\n"
       "      with bf16 weights, bf16_activations.\n"
       "  model eval   --model PATH --tokens 1,2,3 [--positions 0,7,-1]\n"
-      "               [--state-in F] [--state-out F] [--threads N]\n"
+      "               [--state-in F] [--state-out F] [--vocab F]\n"
+      "               [--threads N]\n"
       "      One JSON line {\"position\": p, \"logits\": [...]} per position.\n"
+      "      State files are sessions' (session export/import), named by\n"
+      "      the model and the tokenizer serve pairs with it (--vocab, else\n"
+      "      rwkv_vocab_v20230424.txt beside the model; none for 256 tokens).\n"
       "  model random --arch x070|x060|x052|v4 --layers L --embd C --vocab V\n"
       "               [--head-size 64] [--ffn F] [--seed S] [--dtype f32]\n"
       "               --out PATH\n"

@@ -182,9 +182,14 @@ absl::StatusOr<ServedModel> LoadServedModel(const ModelSpec& spec,
         absl::StrCat("--model ", spec.path, ": ", model.status().message()));
   }
   out.model = *std::move(model);
-  if (out.model->info().config.vocab_size == 256) {
-    out.tokenizer = *engine::MakeByteTokenizer();
-    return out;
+  SS_ASSIGN_OR_RETURN(out.tokenizer, LoadServedTokenizer(*out.model, spec));
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<engine::Tokenizer>> LoadServedTokenizer(
+    const engine::Model& model, const ModelSpec& spec) {
+  if (model.info().config.vocab_size == 256) {
+    return engine::MakeByteTokenizer();
   }
   std::string vocab = spec.vocab_path;
   if (vocab.empty()) {
@@ -199,8 +204,7 @@ absl::StatusOr<ServedModel> LoadServedModel(const ModelSpec& spec,
         absl::StrCat("--vocab ", vocab, " (model ", spec.model_id,
                      "): ", tokenizer.status().message()));
   }
-  out.tokenizer = *std::move(tokenizer);
-  return out;
+  return tokenizer;
 }
 
 void LogServedModel(absl::string_view role, const ServedModel& model,

@@ -80,6 +80,12 @@ struct ServedModel {
 absl::StatusOr<ServedModel> LoadServedModel(const ModelSpec& spec,
                                             const DeviceChoice& device);
 
+// The tokenizer LoadServedModel pairs with `model` (the byte tokenizer for
+// a 256-token vocabulary, else spec.vocab_path or the file beside
+// spec.path): the one a session's state fingerprint names.
+absl::StatusOr<std::unique_ptr<engine::Tokenizer>> LoadServedTokenizer(
+    const engine::Model& model, const ModelSpec& spec);
+
 // One line to stderr: "statestream ROLE: model ID: ARCH, FILE on DEVICE"
 // and, when it runs elsewhere than --device asked, why.
 void LogServedModel(absl::string_view role, const ServedModel& model,

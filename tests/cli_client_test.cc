@@ -273,6 +273,52 @@ TEST_F(CliClientTest, SessionVerbsSendEveryFlagTheyTake) {
 // replaced file keeps its mode, a link stays a link (its target is
 // replaced), and /dev/stdout is written in place even when the shell sent
 // stdout to a regular file.
+// One state file format: `model eval --state-out` writes what `session
+// import` takes, and `session export` what `model eval --state-in` reads
+// (the server's demo model is `model random`'s defaults, seed 20240424).
+TEST_F(CliClientTest, AStateMovesBetweenModelEvalAndTheServer) {
+  // The model verbs take no --target.
+  auto local = [](std::vector<std::string> args) {
+    args.insert(args.begin(), STATESTREAM_BIN);
+    auto r = e2e::Run(args, absl::Seconds(120));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : e2e::RunResult{};
+  };
+  const std::string model = scratch_->File("demo.safetensors");
+  e2e::RunResult r = local(
+      {"model", "random", "--vocab=256", "--seed=20240424", "--out", model});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string evaluated = scratch_->File("eval.state");
+  r = local({"model", "eval", "--model", model, "--tokens=72,105",
+             "--state-out", evaluated});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = Cli({"session", "import", evaluated, "cli-from-eval"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("position=2"));
+  EXPECT_THAT(r.out, HasSubstr("input_offset=2"));
+
+  // The server goes on from it; its export goes back to model eval, which
+  // gives the logits of the three tokens read in one go.
+  r = Cli({"feed", "--session=cli-from-eval", TempFile("bang.txt", "!")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string exported = scratch_->File("export.state");
+  r = Cli({"session", "export", "cli-from-eval", "--output=" + exported});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  e2e::RunResult resumed = local({"model", "eval", "--model", model,
+                                  "--tokens=10", "--state-in", exported});
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  e2e::RunResult whole =
+      local({"model", "eval", "--model", model, "--tokens=72,105,33,10"});
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+  // The same logits, bit for bit (the printed position is relative to
+  // --tokens).
+  auto logits = [](const std::string& line) {
+    return line.substr(std::min(line.size(), line.find("\"logits\"")));
+  };
+  ASSERT_THAT(whole.out, HasSubstr("\"logits\""));
+  EXPECT_EQ(logits(resumed.out), logits(whole.out));
+}
+
 TEST_F(CliClientTest, AnExportReplacesTheFileWholeOrNotAtAll) {
   ASSERT_EQ(Cli({"session", "create", "cli-keep"}).exit_code, 0);
   const std::string text = TempFile("keep.txt", "state worth keeping");
@@ -403,8 +449,8 @@ TEST_F(CliClientTest, FeedProgressOnlyOnATerminal) {
                                          "--target=",
                                          *target_, " -"));
   ASSERT_EQ(in.exit_code, 0) << in.err;
-  EXPECT_THAT(in.out, HasSubstr(R"("bytes":3)"));
-  EXPECT_THAT(in.out, HasSubstr(R"("input_offset":400003)"));
+  EXPECT_THAT(in.out, HasSubstr(R"("bytes":"3")"));
+  EXPECT_THAT(in.out, HasSubstr(R"("input_offset":"400003")"));
 }
 
 // A rerun of a feed that stopped part way, with --start_offset, appends
@@ -421,15 +467,15 @@ TEST_F(CliClientTest, FeedRerunWithStartOffsetSkipsWhatTheSessionHas) {
   e2e::RunResult rerun =
       Cli({"feed", "--session=cli-rerun", "--start_offset=0", "--json", file});
   ASSERT_EQ(rerun.exit_code, 0) << rerun.err;
-  EXPECT_THAT(rerun.out, HasSubstr(R"("bytes":10)"));
-  EXPECT_THAT(rerun.out, HasSubstr(R"("skipped":10)"));
-  EXPECT_THAT(rerun.out, HasSubstr(R"("input_offset":20)"));
+  EXPECT_THAT(rerun.out, HasSubstr(R"("bytes":"10")"));
+  EXPECT_THAT(rerun.out, HasSubstr(R"("skipped":"10")"));
+  EXPECT_THAT(rerun.out, HasSubstr(R"("input_offset":"20")"));
   // Again: nothing left to send.
   rerun =
       Cli({"feed", "--session=cli-rerun", "--start_offset=0", "--json", file});
   ASSERT_EQ(rerun.exit_code, 0) << rerun.err;
-  EXPECT_THAT(rerun.out, HasSubstr(R"("bytes":0)"));
-  EXPECT_THAT(rerun.out, HasSubstr(R"("input_offset":20)"));
+  EXPECT_THAT(rerun.out, HasSubstr(R"("bytes":"0")"));
+  EXPECT_THAT(rerun.out, HasSubstr(R"("input_offset":"20")"));
   // The session is before the offset, or has more than the file: refused.
   e2e::RunResult gap =
       Cli({"feed", "--session=cli-rerun", "--start_offset=25", file});
@@ -605,6 +651,12 @@ TEST_F(CliClientTest, GenerateScoreAndChat) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out,
               HasSubstr(R"("finish_reason":"FINISH_REASON_MAX_TOKENS")"));
+  // The first chunk says where the generation started, as the proto has it.
+  EXPECT_THAT(r.out.substr(0, r.out.find('\n')),
+              HasSubstr(R"("start_input_offset":"0")"));
+  EXPECT_EQ(r.out.find("start_input_offset", r.out.find('\n')),
+            std::string::npos)
+      << r.out;
   // A side branch by default.
   EXPECT_THAT(Cli({"session", "get", "cli-gen"}).out,
               HasSubstr("input_offset=0"));

@@ -21,6 +21,7 @@
 #include "common/crc32c.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 #include "tests/cluster_harness.h"
@@ -482,6 +483,10 @@ TEST_F(MultiModelServeTest, StatesNeverCrossModels) {
                          v1::IMPORT_MODE_NEW_VERSION, "x-six");
   EXPECT_EQ(into_six.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(GetReason(into_six.status()), Reason::kModelMismatch);
+  // Both models are served here: the message says what is wrong.
+  EXPECT_THAT(std::string(into_six.status().message()),
+              ::testing::HasSubstr("session x-six is of another model than "
+                                   "the imported state"));
   // As the other model (a header claiming six's fingerprint).
   auto six_header = Export(*both_, "x-six");
   ASSERT_TRUE(six_header.ok());

@@ -149,6 +149,11 @@ SessionManager::~SessionManager() { impl_->Shutdown(); }
 const SessionManagerOptions& SessionManager::options() const {
   return impl_->opt_;
 }
+std::string SessionStateFingerprint(const engine::Model& model,
+                                    const engine::Tokenizer& tokenizer) {
+  return absl::StrCat(model.info().fingerprint, "+", tokenizer.fingerprint());
+}
+
 const std::string& SessionManager::fingerprint() const {
   return impl_->fingerprint_;
 }
@@ -617,8 +622,21 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
           return m.FirstVersionHolds(h.key, req.initial_state);
         });
   }
-  SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
-                      m.Resident({tenant, params.session_id}));
+  absl::StatusOr<std::shared_ptr<Session>> resident =
+      m.Resident({tenant, params.session_id});
+  if (GetReason(resident.status()) == Reason::kModelMismatch) {
+    // The session is of another model, maybe one served here too: say
+    // what the caller can do, not that this worker lacks the model.
+    return MakeError(
+        absl::StatusCode::kFailedPrecondition, Reason::kModelMismatch,
+        absl::StrCat("session ", params.session_id,
+                     " is of another model than the imported state (",
+                     snap.model_fingerprint,
+                     "): a new version must be a state of the session's "
+                     "model; import this one as a new session instead"),
+        GetErrorMetadata(resident.status()));
+  }
+  SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s, std::move(resident));
   auto turn = std::make_shared<RetryCheck>();
   Impl* const mp = &m;
   // Queued on the session's strand, holding no thread while it waits (a

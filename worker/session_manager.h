@@ -242,6 +242,13 @@ struct ExportedState {
   uint32_t pending_bytes = 0;
 };
 
+// The fingerprint a session's state is stored and exported under: the
+// model's and the tokenizer's ("MODEL+TOKENIZER"), since the undecided
+// text bytes it holds belong to that tokenizer. `model eval --state-in/
+// --state-out` writes and reads the same one.
+std::string SessionStateFingerprint(const engine::Model& model,
+                                    const engine::Tokenizer& tokenizer);
+
 class SessionManager {
  public:
   // `model`, `tokenizer`, `scheduler` and `store` must outlive the manager.

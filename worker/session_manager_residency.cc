@@ -103,8 +103,7 @@ SessionManager::Impl::Impl(const SessionManagerOptions& o, engine::Model* model,
       sched_(sched),
       store_(store),
       vocab_(model->info().config.vocab_size),
-      fingerprint_(
-          absl::StrCat(model->info().fingerprint, "+", tok->fingerprint())),
+      fingerprint_(SessionStateFingerprint(*model, *tok)),
       session_bytes_(
           (model->info().state_floats + model->info().config.n_embd) *
           int64_t{sizeof(float)}),
