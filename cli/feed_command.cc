@@ -24,8 +24,10 @@
 #include "cli/client_flags.h"
 #include "cli/command.h"
 #include "common/status.h"
+#include "nlohmann/json.hpp"
 
-ABSL_FLAG(int64_t, chunk_bytes, 64 << 10, "feed: bytes per Append request.");
+ABSL_FLAG(int64_t, chunk_bytes, 64 << 10,
+          "feed: bytes per Append request, 1 to 1048576.");
 ABSL_FLAG(int64_t, start_offset, -1,
           "feed: the session's input_offset where FILE begins (e.g. the "
           "input_offset before a run that failed): the bytes the session "
@@ -37,6 +39,9 @@ ABSL_FLAG(std::string, progress, "auto",
 
 namespace statestream::cli {
 namespace {
+
+// --chunk-bytes at most: well inside a server's smallest message limit.
+constexpr int64_t kMaxChunkBytes = 1 << 20;
 
 std::string Bytes(double n) {
   if (n >= 1 << 20) return absl::StrFormat("%.1f MiB", n / (1 << 20));
@@ -154,8 +159,19 @@ absl::Status Feed(const std::vector<std::string>& args) {
   }
   const bool progress =
       mode == "always" || (mode == "auto" && isatty(STDERR_FILENO));
-  const size_t chunk = static_cast<size_t>(
-      std::clamp<int64_t>(absl::GetFlag(FLAGS_chunk_bytes), 1, 1 << 20));
+  const int64_t chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
+  if (chunk_bytes < 1 || chunk_bytes > kMaxChunkBytes) {
+    return UsageError(absl::StrCat("--chunk-bytes must be in [1, ",
+                                   kMaxChunkBytes, "] (got ", chunk_bytes,
+                                   ")"));
+  }
+  const size_t chunk = static_cast<size_t>(chunk_bytes);
+  if (absl::GetFlag(FLAGS_start_offset) < -1) {
+    return UsageError(
+        absl::StrCat("--start-offset must be an input_offset, or -1 for the "
+                     "session's current one (got ",
+                     absl::GetFlag(FLAGS_start_offset), ")"));
+  }
 
   // Bad usage first; nothing connects before the first call.
   SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
@@ -254,12 +270,17 @@ absl::Status Feed(const std::vector<std::string>& args) {
     std::fputs("\n", stderr);
   }
   if (JsonOutputFlag()) {
-    std::cout << absl::StrCat(
-        R"({"session_id":")", session_id, R"(","bytes":)", sent,
-        R"(,"tokens":)", tokens, R"(,"position":)", done.position(),
-        R"(,"input_offset":)", done.input_offset(), R"(,"version":)",
-        done.version(), R"(,"reconnects":)", writer->reconnects(),
-        R"(,"skipped":)", skipped, "}\n");
+    // As the proto3 JSON mapping writes them: 64-bit counts are strings.
+    nlohmann::ordered_json j;
+    j["session_id"] = session_id;
+    j["bytes"] = absl::StrCat(sent);
+    j["tokens"] = absl::StrCat(tokens);
+    j["position"] = absl::StrCat(done.position());
+    j["input_offset"] = absl::StrCat(done.input_offset());
+    j["version"] = absl::StrCat(done.version());
+    j["reconnects"] = writer->reconnects();
+    j["skipped"] = absl::StrCat(skipped);
+    std::cout << j.dump() << "\n";
   } else {
     if (skipped > 0) {
       std::cout << "skipped " << skipped << " bytes the session had; ";
@@ -292,7 +313,9 @@ const Command& FeedCommand() {
       "attempts. If it gives up, rerun with --start_offset (the session's\n"
       "input_offset before the first run): the bytes it already has are\n"
       "skipped. On a terminal, stderr shows a progress bar: bytes, tokens,\n"
-      "tokens/s and (for files) ETA.",
+      "tokens/s and (for files) ETA. With --json, one line: session_id,\n"
+      "bytes, tokens, position, input_offset, version, reconnects, skipped\n"
+      "(64-bit counts as strings, as the proto3 JSON mapping has them).",
       {__FILE__, kClientFlagsFile, kTlsFlagsFile},
       &Run};
   return kCommand;

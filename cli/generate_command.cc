@@ -15,7 +15,9 @@
 
 ABSL_FLAG(std::string, prompt, "",
           "generate: text appended before sampling (- reads stdin).");
-ABSL_FLAG(int32_t, max_tokens, 256, "generate/chat: most tokens to sample.");
+ABSL_FLAG(int32_t, max_tokens, 256,
+          "generate/chat: most tokens to sample; 0: the server's default "
+          "(256).");
 ABSL_FLAG(double, temperature, 1.0, "generate/chat: 0 is greedy.");
 ABSL_FLAG(double, top_p, 1.0, "generate/chat: nucleus sampling mass.");
 ABSL_FLAG(int32_t, top_k, 0, "generate/chat: 0 = no top-k truncation.");
@@ -50,6 +52,11 @@ absl::StatusOr<v1::GenerateRequest> GenerateRequestFromFlags() {
   s->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
   s->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
   s->set_top_k(static_cast<uint32_t>(top_k));
+  if (absl::GetFlag(FLAGS_sample_seed) < -1) {
+    return UsageError(absl::StrCat(
+        "--sample-seed must be 0 or more, or -1 for the server's (got ",
+        absl::GetFlag(FLAGS_sample_seed), ")"));
+  }
   if (absl::GetFlag(FLAGS_sample_seed) >= 0) {
     s->set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_sample_seed)));
   }
@@ -70,6 +77,9 @@ absl::StatusOr<v1::GenerateDone> StreamGeneration(
       c.set_index(chunk.index);
       c.mutable_tokens()->Add(chunk.tokens.begin(), chunk.tokens.end());
       c.set_text_utf8(chunk.text);
+      if (chunk.start_input_offset) {
+        c.set_start_input_offset(*chunk.start_input_offset);
+      }
       std::cout << ToJson(c) << "\n";
     } else {
       std::cout << chunk.text;

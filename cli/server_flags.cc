@@ -144,6 +144,11 @@ int RunServer(absl::string_view role, const ServerOptions& options,
               << ": --readiness-interval must be positive\n";
     return kExitUsage;
   }
+  if (grace < absl::ZeroDuration() || grace == absl::InfiniteDuration()) {
+    std::cerr << "statestream " << role
+              << ": --shutdown-grace must be 0 or more (e.g. 5s), and finite\n";
+    return kExitUsage;
+  }
   if (options.max_connection_age != absl::ZeroDuration() &&
       options.max_connection_age < absl::Seconds(1)) {
     std::cerr << "statestream " << role

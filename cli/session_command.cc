@@ -92,8 +92,11 @@ const VerbArguments kVerbArguments[] = {
      "import FILE|- [NEW_ID] [--labels k=v,...] [--ttl D]",
      {"labels", "ttl"}},
 };
-constexpr const char* kSessionFlags[] = {"model_id", "labels", "ttl", "version",
-                                         "output"};
+// --session is a client flag (feed, generate, ...); session verbs take the
+// id as an argument, so `session create --session X` is refused, never a
+// session with a random id.
+constexpr const char* kSessionFlags[] = {"model_id", "labels", "ttl",
+                                         "version",  "output", "session"};
 
 // A usage error unless `verb` is a session verb given as many arguments as
 // it takes, and only flags it reads. Ids must be UTF-8 (a `string` field).

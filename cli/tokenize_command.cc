@@ -47,6 +47,9 @@ absl::Status Detokenize(const std::vector<std::string>& args) {
     return UsageError("detokenize takes ids from --tokens");
   }
   SS_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIntList(list, "--tokens"));
+  if (ids.empty()) {
+    return UsageError("detokenize needs --tokens (ids, e.g. --tokens=72,105)");
+  }
   SS_ASSIGN_OR_RETURN(auto tok, LoadFlagTokenizer());
   SS_ASSIGN_OR_RETURN(std::string bytes, tok->Decode(ids));
   std::cout.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));

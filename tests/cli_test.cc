@@ -163,7 +163,10 @@ TEST(CliTest, BadFlagValuesAreUsageErrors) {
             "--model=m.pth", "--metrics-listen=host:port"},
            {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
             "--metrics-listen=:9090"},
-           {"session", "list", "--target=127.0.0.1:1", "--timeout=0"}}) {
+           {"session", "list", "--target=127.0.0.1:1", "--timeout=0"},
+           {"serve", "--listen=127.0.0.1:0", "--shutdown-grace=-1s"},
+           {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
+            "--shutdown-grace=-5s"}}) {
     e2e::RunResult r = Statestream(args);
     EXPECT_EQ(r.exit_code, 2) << args.back();
     EXPECT_NE(r.err, "") << args.back();
@@ -423,6 +426,24 @@ TEST(CliTest, ClientVerbsExitTwoOnBadUsage) {
        2,
        "--max-attempts must be at least 1"},
       {{"generate"}, 2, "--session is required"},
+      // Numbers outside what the flag means: refused, never clamped or
+      // taken as "unset".
+      {{"feed", "--session=s", "--chunk-bytes=0", "/dev/null"},
+       2,
+       "--chunk-bytes must be in [1, 1048576] (got 0)"},
+      {{"feed", "--session=s", "--chunk-bytes=-5", "/dev/null"},
+       2,
+       "--chunk-bytes must be in [1, 1048576]"},
+      {{"feed", "--session=s", "--chunk-bytes=2000000", "/dev/null"},
+       2,
+       "--chunk-bytes must be in [1, 1048576]"},
+      {{"feed", "--session=s", "--start-offset=-2", "/dev/null"},
+       2,
+       "--start-offset must be an input_offset, or -1"},
+      {{"generate", "--session=s", "--sample-seed=-2"},
+       2,
+       "--sample-seed must be 0 or more, or -1"},
+      {{"detokenize", "--vocab=bytes"}, 2, "detokenize needs --tokens"},
       {{"generate", "--session=s", "--max-attempts=0"},
        2,
        "--max-attempts must be at least 1"},
@@ -508,6 +529,12 @@ TEST(CliTest, IgnoredFlagsAndArgumentsAreUsageErrors) {
       {{"session", "list", "--labels=foo"}, "--labels: expected k=v"},
       // Session verbs read only their own flags.
       {{"session", "get", "x", "--ttl=1h"}, "session get takes no --ttl"},
+      // The id is an argument: --session is refused, not ignored.
+      {{"session", "create", "--session=s"},
+       "session create takes no --session; usage: statestream session create "
+       "[ID]"},
+      {{"session", "get", "s1", "--session=s2"},
+       "session get takes no --session"},
       {{"session", "create", "x", "--version=3"},
        "session create takes no --version"},
       {{"session", "list", "--output=f"}, "session list takes no --output"},

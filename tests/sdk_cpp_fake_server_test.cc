@@ -281,9 +281,12 @@ TEST(SdkGenerateTest, OnlyASideBranchResumeIsPinnedToItsStart) {
     request.set_request_id("turn-1");
     auto stream = fake.client->OpenSession("s").Generate(request);
     ASSERT_TRUE(stream.ok()) << stream.status();
+    // Token 1 once: the first chunk delivered says where it started.
     client::GenerateChunk chunk;
-    while ((*stream)->Next(&chunk)) {
-    }
+    ASSERT_TRUE((*stream)->Next(&chunk)) << (*stream)->status();
+    EXPECT_EQ(chunk.tokens, std::vector<uint32_t>{1});
+    EXPECT_EQ(chunk.start_input_offset, std::optional<uint64_t>(7));
+    EXPECT_FALSE((*stream)->Next(&chunk));
     EXPECT_TRUE((*stream)->status().ok()) << (*stream)->status();
     stream->reset();
     const std::vector<v1::GenerateRequest> sent = service.requests();

@@ -121,6 +121,9 @@ bool GenerateStream::Next(GenerateChunk* out) {
       // Not a committing request: the server knows its retry by the
       // request's digest, which a pin added now would change (its finished
       // generation would be refused DUPLICATE_REQUEST instead of replayed).
+      if (c.has_start_input_offset()) {
+        start_input_offset_ = c.start_input_offset();
+      }
       if (c.has_start_input_offset() && delivered_ids_.empty() &&
           delivered_text_ == 0 && !request_.commit() &&
           !request_.has_expected_input_offset()) {
@@ -138,6 +141,10 @@ bool GenerateStream::Next(GenerateChunk* out) {
                                    delivered_text_ - text_begin)
               : 0;
       if (skip == n && text_skip == c.text_utf8().size()) continue;
+      out->start_input_offset.reset();
+      if (delivered_ids_.empty() && delivered_text_ == 0) {
+        out->start_input_offset = start_input_offset_;
+      }
       out->index = c.index() + skip;
       out->tokens.assign(c.tokens().begin() + skip, c.tokens().end());
       out->text = c.text_utf8().substr(text_skip);

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,11 @@ struct GenerateChunk {
   // after a resume) has none: its entry has the token, logprob NaN and no
   // alternatives.
   std::vector<v1::TokenLogprob> logprobs;
+  // On the first chunk delivered, when the server sampled the generation
+  // (not replayed it): the session's input_offset it started from (see
+  // v1::GenerateChunk.start_input_offset). A side-branch (commit=false)
+  // call is resumed later by setting expected_input_offset to it.
+  std::optional<uint64_t> start_input_offset;
 };
 
 // Iterates over a Generate call's output, resuming after failures: the
@@ -69,6 +75,8 @@ class GenerateStream {
   // first chunk's start_input_offset: a resume that fails POSITION_MISMATCH
   // means the session's input moved between the attempts.
   bool pinned_here_ = false;
+  // The current call's start_input_offset, for the first chunk delivered.
+  std::optional<uint64_t> start_input_offset_;
   bool finished_ = false;
   absl::Status status_;
   v1::GenerateDone done_;

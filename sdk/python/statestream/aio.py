@@ -31,7 +31,8 @@ from statestream.client import (_ClientBase, _Collected, _assemble_export,
                                 _Stubs, _update_request, new_request_id)
 from statestream.errors import StatestreamError, blames_target
 from statestream.streams import (MAX_WINDOW, _AckTracker,
-                                 _GenerateProgress, _Retained, _units, _utf8)
+                                 _GenerateProgress, _Retained, _session_id,
+                                 _units, _utf8)
 from statestream.types import (AppendAck, ExportedState, GenerateChunk,
                                GenerateDone, GenerateResult, ScoreResult,
                                SessionInfo, VersionInfo)
@@ -271,7 +272,7 @@ class AsyncSession:
 
     def __init__(self, client: AsyncClient, session_id: str):
         self.client = client
-        self.id = session_id
+        self.id = _session_id(session_id)
 
     def __repr__(self) -> str:
         return f"AsyncSession({self.id!r})"

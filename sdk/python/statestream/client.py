@@ -30,7 +30,7 @@ from statestream.types import (AppendAck, ExportedState, GenerateResult,
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as rpc
 from statestream.streams import (AppendWriter, GenerateStream,
-                                 _invalid_utf8, _utf8)
+                                 _invalid_utf8, _session_id, _utf8)
 
 __all__ = ["AppendWriter", "Client", "GenerateStream", "Session",
            "new_request_id"]
@@ -380,7 +380,8 @@ class Client(_ClientBase):
 def _create_request(session_id, model_id, labels, ttl_seconds, fork_from,
                     fork_version, request_id, durability):
     req = pb.CreateSessionRequest(request_id=request_id or new_request_id(),
-                                  session_id=session_id, model_id=model_id,
+                                  session_id=_session_id(session_id),
+                                  model_id=model_id,
                                   labels=labels or {}, durability=durability)
     if ttl_seconds is not None:
         req.ttl.seconds = ttl_seconds
@@ -394,7 +395,7 @@ def _import_header(session_id, mode, state, *, labels=None,
                    ttl_seconds=None, durability=pb.DURABILITY_UNSPECIFIED,
                    expected_version=None, request_id=None):
     header = pb.ImportHeader(request_id=request_id or new_request_id(),
-                             session_id=session_id, mode=mode,
+                             session_id=_session_id(session_id), mode=mode,
                              labels=labels or {}, durability=durability)
     header.state.CopyFrom(state.header)
     if ttl_seconds is not None:
@@ -631,7 +632,7 @@ class Session:
 
     def __init__(self, client: Client, session_id: str):
         self.client = client
-        self.id = session_id
+        self.id = _session_id(session_id)
 
     def __repr__(self) -> str:
         return f"Session({self.id!r})"

@@ -96,6 +96,16 @@ def _utf8(text, what: str = "text") -> bytes:
                     f"{type(text).__name__}")
 
 
+def _session_id(value, what: str = "session id") -> str:
+    """`value` if it is a str the request can carry: TypeError for another
+    type, INVALID_ARGUMENT/INVALID_UTF8 for a str with no UTF-8 form (a
+    lone surrogate), before any call; the server checks the rest."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    _utf8(value, what)
+    return value
+
+
 def _invalid_utf8(what: str, index: int) -> StatestreamError:
     """The INVALID_UTF8 error for text refused before any call."""
     return StatestreamError(
@@ -431,6 +441,7 @@ class _GenerateProgress:
         self.seen_bytes = 0  # this call's text bytes
         self.call_tokens = 0  # this call's tokens
         self.pinned_here = False  # see _pin_to_start
+        self.start_input_offset = None  # for the first chunk delivered
 
     def new_call(self) -> None:
         self.seen_bytes = 0
@@ -450,6 +461,9 @@ class _GenerateProgress:
         if diverged is not None:
             raise diverged
         self.call_tokens = max(self.call_tokens, c.index + len(c.tokens))
+        if c.HasField("start_input_offset"):
+            self.start_input_offset = c.start_input_offset
+        first = self.delivered_tokens == 0 and self.delivered_bytes == 0
         if _pin_to_start(self.request, c,
                          self.delivered_tokens + self.delivered_bytes):
             self.pinned_here = True
@@ -471,7 +485,8 @@ class _GenerateProgress:
         return GenerateChunk(c.index + skip, list(c.tokens[skip:]),
                              raw.decode("utf-8", "replace"), raw,
                              [None if lp is None else lp.logprob
-                              for lp in lps], lps)
+                              for lp in lps], lps,
+                             self.start_input_offset if first else None)
 
     def moved(self, err: StatestreamError) -> StatestreamError:
         """_moved for this generation: `err`, or the error that ends it."""

@@ -173,6 +173,11 @@ class GenerateChunk:
     logprobs: List[Optional[float]] = field(default_factory=list)
     # The same entries with the token id and the top_logprobs alternatives.
     token_logprobs: List[Optional[TokenLogprob]] = field(default_factory=list)
+    # On the first chunk delivered, when the server sampled the generation
+    # (not replayed it): the session's input_offset it started from. A
+    # side-branch (commit=False) call is resumed later by passing it as
+    # expected_input_offset. None on every other chunk.
+    start_input_offset: Optional[int] = None
 
 
 @dataclass(frozen=True)

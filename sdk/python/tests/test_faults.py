@@ -234,6 +234,22 @@ def test_a_resume_is_pinned_to_where_the_generation_started(fake, aio):
     assert resumed.expected_input_offset == 7
 
 
+@pytest.mark.parametrize("aio", [False, True])
+def test_only_the_first_chunk_says_where_the_generation_started(fake, aio):
+    if aio:
+        async def main():
+            async with AsyncClient(fake.address, **fast_retries()) as c:
+                return [ch async for ch in
+                        c.session("pinned").generate(max_tokens=3)]
+        chunks = asyncio.run(main())
+    else:
+        with Client(fake.address, **fast_retries()) as c:
+            chunks = list(c.session("pinned").generate(max_tokens=3))
+    # [1, 2] from the lost call, then [3] from the resumed one.
+    assert [ch.tokens for ch in chunks] == [[1, 2], [3]]
+    assert [ch.start_input_offset for ch in chunks] == [7, None]
+
+
 def generate_from(fake, session_id, aio, delivered):
     """Generates 3 tokens on `session_id` of the fake (sync or asyncio
     client), appending what is delivered to `delivered`."""
@@ -519,6 +535,15 @@ def test_bad_input_is_refused_before_any_call(fake, aio):
                     await s.import_state(ExportedState(header, blob))
             with pytest.raises(TypeError):
                 await c.import_session(None)
+            for bad_id in (5, b"s", None):
+                with pytest.raises(TypeError):
+                    c.session(bad_id)
+            with pytest.raises(StatestreamError) as e:
+                c.session("s\udc80")
+            _assert_invalid_utf8(e)
+            with pytest.raises(StatestreamError) as e:
+                await c.create_session("s\udc80")
+            _assert_invalid_utf8(e)
 
     def run_sync():
         with Client(fake.address, **fast_retries()) as c:
@@ -552,6 +577,15 @@ def test_bad_input_is_refused_before_any_call(fake, aio):
                     s.import_state(ExportedState(header, blob))
             with pytest.raises(TypeError):
                 c.import_session(None)
+            for bad_id in (5, b"s", None):
+                with pytest.raises(TypeError):
+                    c.session(bad_id)
+            with pytest.raises(StatestreamError) as e:
+                c.session("s\udc80")
+            _assert_invalid_utf8(e)
+            with pytest.raises(StatestreamError) as e:
+                c.create_session("s\udc80")
+            _assert_invalid_utf8(e)
     run_either(aio, run_sync, run_async)
     assert fake.append_calls == 0
     assert fake.generate_requests == []
