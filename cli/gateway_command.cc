@@ -107,6 +107,12 @@ int Run(const std::vector<std::string>& args) {
     return kExitUsage;
   }
   options.router.suspect_for = absl::GetFlag(FLAGS_suspect_for);
+  if (options.router.suspect_for < absl::ZeroDuration() ||
+      options.router.suspect_for == absl::InfiniteDuration()) {
+    std::cerr << "statestream gateway: --suspect-for must be 0 or more, and "
+                 "finite\n";
+    return kExitUsage;
+  }
   absl::StatusOr<TenantSetup> tenants = TenantSetupFromFlags("gateway");
   if (!tenants.ok()) {
     std::cerr << "statestream gateway: " << tenants.status().message() << "\n";

@@ -142,9 +142,12 @@ const Command& GenerateCommand() {
       "--json one GenerateChunk per line, then the GenerateDone, in the\n"
       "proto3 JSON mapping: a chunk's text_utf8 is a bytes field, so it is\n"
       "base64 (decode it to get the text; a chunk may end inside a UTF-8\n"
-      "character). Resumes transparently after a failure (same tokens).\n"
+      "character); the first chunk of a generation the server sampled\n"
+      "carries start_input_offset, the session's input_offset it started\n"
+      "from. Resumes transparently after a failure (same tokens).\n"
       "Without --commit the session is not changed. --max_tokens and\n"
-      "--top_k must not be negative.",
+      "--top_k must not be negative; --sample_seed is 0 or more, or -1\n"
+      "(the server derives one).",
       {__FILE__, kClientFlagsFile, kTlsFlagsFile},
       &Run};
   return kCommand;

@@ -4,6 +4,7 @@
 // read it; logits are printed as the shortest decimal that parses back to
 // the same float32.
 #include <charconv>
+#include <deque>
 #include <fstream>
 #include <iostream>
 #include <new>
@@ -27,7 +28,9 @@
 #include "worker/engine/accuracy.h"
 #include "worker/engine/model.h"
 #include "worker/engine/random_model.h"
+#include "worker/engine/utf8.h"
 #include "worker/engine/weight_writer.h"
+#include "worker/generation_record.h"
 #include "worker/session_manager.h"
 
 ABSL_FLAG(std::string, positions, "",
@@ -111,6 +114,44 @@ absl::Status Info() {
   return absl::OkStatus();
 }
 
+// `snapshot` after a token append of `tokens`, as a worker applies one:
+// the undecided text bytes (tokenizer tail) are flushed into tokens first,
+// and refused as INVALID_UTF8 when they end inside a character; a
+// generation checkpointed mid-run is dropped (it cannot go on past new
+// input); input_offset counts one unit per token given. Returns the tokens
+// to run: the flushed ones, then `tokens`.
+absl::StatusOr<std::vector<int32_t>> ApplyTokenAppend(
+    const engine::Tokenizer& tokenizer, const std::vector<int32_t>& tokens,
+    StateSnapshot* snapshot) {
+  std::string sampler;
+  std::deque<worker::GenerationRecord> records;
+  worker::Utf8Carry carry;
+  SS_RETURN_IF_ERROR(worker::DecodeSamplerSideData(snapshot->sampler_state,
+                                                   &sampler, &records, &carry));
+  const std::string& tail = snapshot->tokenizer_tail;
+  const std::string open =
+      carry.known && carry.input_offset == snapshot->input_offset &&
+              !carry.bytes.empty()
+          ? carry.bytes
+          : tail.substr(engine::Utf8CompletePrefixLength(tail));
+  if (!open.empty()) {
+    return MakeError(
+        absl::StatusCode::kInvalidArgument, Reason::kInvalidUtf8,
+        "the state's text ends inside a UTF-8 character, so tokens cannot "
+        "follow it (the service refuses that append too)",
+        {{"input_offset", absl::StrCat(snapshot->input_offset - open.size())}});
+  }
+  std::vector<int32_t> run = tokenizer.EncodeStream(tail, "", true).tokens;
+  run.insert(run.end(), tokens.begin(), tokens.end());
+  snapshot->tokenizer_tail.clear();
+  worker::DropInProgressRecords(&records);
+  snapshot->input_offset += tokens.size();
+  snapshot->position += run.size();
+  snapshot->sampler_state = worker::EncodeSamplerSideData(
+      sampler, records, {"", snapshot->input_offset, true});
+  return run;
+}
+
 absl::Status Eval() {
   SS_ASSIGN_OR_RETURN(std::vector<int32_t> tokens,
                       ParseIntList(TokensFlagValue(), "--tokens"));
@@ -134,6 +175,7 @@ absl::Status Eval() {
   const std::string in = absl::GetFlag(FLAGS_state_in);
   const std::string out = absl::GetFlag(FLAGS_state_out);
   StateSnapshot snapshot;
+  std::unique_ptr<engine::Tokenizer> tokenizer;
   if (!in.empty() || !out.empty()) {
     // A state file is a session's: it names the tokenizer `serve` pairs
     // with this model, so files move between eval and the service.
@@ -141,8 +183,7 @@ absl::Status Eval() {
     spec.model_id = ModelIdFromPath(ModelFlagValue());
     spec.path = ModelFlagValue();
     spec.vocab_path = VocabFlagValue();
-    SS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Tokenizer> tokenizer,
-                        LoadServedTokenizer(*model, spec));
+    SS_ASSIGN_OR_RETURN(tokenizer, LoadServedTokenizer(*model, spec));
     snapshot.model_fingerprint =
         worker::SessionStateFingerprint(*model, *tokenizer);
   }
@@ -157,25 +198,37 @@ absl::Status Eval() {
     SS_ASSIGN_OR_RETURN(std::string bytes, ReadFile(in));
     const std::string fingerprint = snapshot.model_fingerprint;
     SS_ASSIGN_OR_RETURN(snapshot, DecodeState(bytes));
+    // Files `model eval` wrote before states named their tokenizer carry
+    // the model's fingerprint alone (and never undecided text).
+    if (snapshot.model_fingerprint == info.fingerprint) {
+      snapshot.model_fingerprint = fingerprint;
+    }
     SS_RETURN_IF_ERROR(
         CheckStateMatchesModel(snapshot, fingerprint, info.state_floats));
+  }
+  // What the model runs: with a state file, as the service applies a token
+  // append (the state's undecided text first); else just --tokens.
+  std::vector<int32_t> run = tokens;
+  if (tokenizer != nullptr) {
+    SS_ASSIGN_OR_RETURN(run, ApplyTokenAppend(*tokenizer, tokens, &snapshot));
+    const int32_t flushed = static_cast<int32_t>(run.size() - tokens.size());
+    for (int32_t& p : positions) p += flushed;
   }
   const int V = info.config.vocab_size;
   std::vector<float> logits(positions.size() * V);
   // The last token's hidden vector goes into --state-out, so that a
   // session imported from it can predict without another token.
   std::vector<float> hidden(info.config.n_embd);
-  engine::SequenceWork work{tokens, snapshot.state.data(), positions,
+  engine::SequenceWork work{run, snapshot.state.data(), positions,
                             logits.data(), hidden.data()};
   SS_RETURN_IF_ERROR(model->Forward({&work, 1}));
-  // As a token append: one input unit per token; undecided text bytes
-  // (tokenizer_tail) stay undecided.
-  snapshot.position += tokens.size();
-  snapshot.input_offset += tokens.size();
-  if (!tokens.empty()) snapshot.last_hidden = std::move(hidden);
+  snapshot.last_hidden = std::move(hidden);
   std::string line;
+  const int32_t flushed = static_cast<int32_t>(run.size() - tokens.size());
   for (size_t j = 0; j < positions.size(); ++j) {
-    line = absl::StrCat("{\"position\": ", positions[j], ", \"logits\": [");
+    // Indices into --tokens, whatever undecided text ran before them.
+    line = absl::StrCat("{\"position\": ", positions[j] - flushed,
+                        ", \"logits\": [");
     for (int v = 0; v < V; ++v) {
       if (v) line += ", ";
       line += FloatText(logits[j * V + v]);

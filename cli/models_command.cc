@@ -40,6 +40,10 @@ int Run(const std::vector<std::string>& args) {
               << "\"\n";
     return kExitUsage;
   }
+  if (FlagGiven("session")) {
+    return ReportStatus(
+        UsageError("models takes no --session (it lists the server's models)"));
+  }
   // Output that did not reach stdout (a full disk) fails too.
   absl::Status s = Models();
   if (s.ok()) s = FlushStdout();

@@ -144,6 +144,14 @@ int RunServer(absl::string_view role, const ServerOptions& options,
               << ": --readiness-interval must be positive\n";
     return kExitUsage;
   }
+  if (const absl::Duration window = RequestIdWindowFromFlag();
+      window <= absl::ZeroDuration() || window == absl::InfiniteDuration()) {
+    // 0 or less would forget every request id at once: retries applied
+    // twice.
+    std::cerr << "statestream " << role
+              << ": --request-id-window must be positive and finite\n";
+    return kExitUsage;
+  }
   if (grace < absl::ZeroDuration() || grace == absl::InfiniteDuration()) {
     std::cerr << "statestream " << role
               << ": --shutdown-grace must be 0 or more (e.g. 5s), and finite\n";

@@ -8,7 +8,8 @@
 ABSL_FLAG(std::string, vocab, "",
           "tokenize/detokenize: World vocabulary file "
           "(rwkv_vocab_v20230424.txt) or 'bytes' (token = byte); "
-          "model random: the vocabulary size; serve/worker: the tokenizer "
+          "model random: the vocabulary size; model eval: the tokenizer its "
+          "state files name (as serve's); serve/worker: the tokenizer "
           "of each --model entry, comma-separated in the same order (an "
           "empty entry or flag: rwkv_vocab_v20230424.txt beside the model; "
           "byte-level models need none).");

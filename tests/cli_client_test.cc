@@ -267,12 +267,6 @@ TEST_F(CliClientTest, SessionVerbsSendEveryFlagTheyTake) {
   EXPECT_THAT(r.out, HasSubstr(R"("input_offset":"12")"));
 }
 
-// An export that fails part-way keeps the snapshot already at that path
-// (it used to truncate the file first). The write is cut short by a file
-// size limit, with SIGXFSZ ignored so that write() fails with EFBIG. A
-// replaced file keeps its mode, a link stays a link (its target is
-// replaced), and /dev/stdout is written in place even when the shell sent
-// stdout to a regular file.
 // One state file format: `model eval --state-out` writes what `session
 // import` takes, and `session export` what `model eval --state-in` reads
 // (the server's demo model is `model random`'s defaults, seed 20240424).
@@ -319,6 +313,12 @@ TEST_F(CliClientTest, AStateMovesBetweenModelEvalAndTheServer) {
   EXPECT_EQ(logits(resumed.out), logits(whole.out));
 }
 
+// An export that fails part-way keeps the snapshot already at that path
+// (it used to truncate the file first). The write is cut short by a file
+// size limit, with SIGXFSZ ignored so that write() fails with EFBIG. A
+// replaced file keeps its mode, a link stays a link (its target is
+// replaced), and /dev/stdout is written in place even when the shell sent
+// stdout to a regular file.
 TEST_F(CliClientTest, AnExportReplacesTheFileWholeOrNotAtAll) {
   ASSERT_EQ(Cli({"session", "create", "cli-keep"}).exit_code, 0);
   const std::string text = TempFile("keep.txt", "state worth keeping");

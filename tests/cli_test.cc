@@ -163,15 +163,47 @@ TEST(CliTest, BadFlagValuesAreUsageErrors) {
             "--model=m.pth", "--metrics-listen=host:port"},
            {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
             "--metrics-listen=:9090"},
-           {"session", "list", "--target=127.0.0.1:1", "--timeout=0"},
-           {"serve", "--listen=127.0.0.1:0", "--shutdown-grace=-1s"},
-           {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
-            "--shutdown-grace=-5s"}}) {
+           {"session", "list", "--target=127.0.0.1:1", "--timeout=0"}}) {
     e2e::RunResult r = Statestream(args);
     EXPECT_EQ(r.exit_code, 2) << args.back();
     EXPECT_NE(r.err, "") << args.back();
     EXPECT_EQ(r.out, "") << args.back();
   }
+}
+
+// Durations that cannot mean anything are refused by name, not taken as
+// "now" or "never".
+TEST(CliTest, NegativeDurationsAreUsageErrors) {
+  const std::string gateway_flags[] = {"gateway", "--workers=127.0.0.1:1",
+                                       "--listen=127.0.0.1:0"};
+  struct Case {
+    std::vector<std::string> args;
+    std::string error;
+  };
+  const std::vector<Case> cases = {
+      {{"serve", "--listen=127.0.0.1:0", "--shutdown-grace=-1s"},
+       "--shutdown-grace must be 0 or more"},
+      {{"gateway", "--shutdown-grace=-5s"}, "--shutdown-grace must be 0 or"},
+      {{"serve", "--listen=127.0.0.1:0", "--request-id-window=-1h"},
+       "--request-id-window must be positive"},
+      {{"gateway", "--request-id-window=0"},
+       "--request-id-window must be positive"},
+      {{"gateway", "--suspect-for=-1s"}, "--suspect-for must be 0 or more"},
+  };
+  for (Case c : cases) {
+    if (c.args[0] == "gateway") {
+      c.args.insert(c.args.begin() + 1, std::begin(gateway_flags) + 1,
+                    std::end(gateway_flags));
+    }
+    e2e::RunResult r = Statestream(c.args);
+    EXPECT_EQ(r.exit_code, 2) << c.args.back();
+    EXPECT_THAT(r.err, HasSubstr(c.error)) << c.args.back();
+    EXPECT_EQ(r.out, "") << c.args.back();
+  }
+  e2e::RunResult r =
+      Statestream({"models", "--target=127.0.0.1:1", "--session=s"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("models takes no --session"));
 }
 
 TEST(CliTest, UnusableDataDirOrModelFails) {

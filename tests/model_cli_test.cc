@@ -6,17 +6,23 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <deque>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/testing/scratch_dir.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "state_store/state_codec.h"
 #include "tests/subprocess.h"
 #include "worker/engine/golden.h"
+#include "worker/generation_record.h"
 
 namespace statestream::e2e {
 namespace {
@@ -134,6 +140,108 @@ TEST(ModelCliTest, EvalMatchesGoldenAndResumes) {
     }
     std::remove(state.c_str());
   }
+}
+
+// A state file is a session's: --state-in applies --tokens as the service
+// applies a token append. Undecided text bytes run first (and a state that
+// ends inside a UTF-8 character is refused), a generation checkpointed
+// mid-run is dropped, input_offset counts the tokens given; files written
+// before states named their tokenizer still load.
+TEST(ModelCliTest, EvalAppliesTokensAsATokenAppend) {
+  SS_REQUIRE_SHARED_DATA();
+  ::statestream::testing::ScratchDir dir("ss-model-cli");
+  const std::string model = SharedPath("testdata/rwkv7-tiny.pth");
+  const std::string start = dir.File("start.state");
+  RunResult r = Cli({"model", "eval", "--model", model, "--tokens=5,6,7",
+                     "--state-out", start});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto read = [](const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    std::stringstream bytes;
+    bytes << f.rdbuf();
+    auto snapshot = DecodeState(bytes.str());
+    EXPECT_TRUE(snapshot.ok()) << snapshot.status();
+    return snapshot.ok() ? *snapshot : StateSnapshot{};
+  };
+  auto write = [&](const StateSnapshot& snapshot, const std::string& name) {
+    const std::string path = dir.File(name);
+    std::ofstream(path, std::ios::binary) << EncodeState(snapshot);
+    return path;
+  };
+  const StateSnapshot begun = read(start);
+  EXPECT_EQ(begun.position, 3u);
+  EXPECT_EQ(begun.input_offset, 3u);
+  EXPECT_TRUE(absl::StrContains(begun.model_fingerprint, "+rwkv_world"))
+      << begun.model_fingerprint;
+
+  // Text "a b" appended without a flush, and a generation checkpointed.
+  StateSnapshot pending = begun;
+  pending.tokenizer_tail = "a b";
+  pending.input_offset += 3;
+  worker::GenerationRecord checkpointed;
+  checkpointed.request_id = "gen-1";
+  checkpointed.finish = worker::kGenerationInProgress;
+  checkpointed.tokens = {9, 9};
+  pending.sampler_state = worker::EncodeSamplerSideData("", {checkpointed}, {});
+  r = Cli({"model", "eval", "--model", model, "--tokens=8,9", "--state-in",
+           write(pending, "pending.state"), "--state-out",
+           dir.File("after.state"), "--positions=0,1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // "a b" is 98,333 in the World vocabulary: those run first.
+  RunResult whole = Cli({"model", "eval", "--model", model, "--tokens",
+                         "5,6,7,98,333,8,9", "--positions=5,6"});
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+  auto got = JsonLines(r.out), want = JsonLines(whole.out);
+  ASSERT_EQ(got.size(), 2u);
+  ASSERT_EQ(want.size(), 2u);
+  for (size_t j = 0; j < 2; ++j) {
+    EXPECT_EQ(got[j]["position"], j);  // indices into --tokens
+    EXPECT_EQ(got[j]["logits"], want[j]["logits"]) << j;
+  }
+  const StateSnapshot after = read(dir.File("after.state"));
+  EXPECT_EQ(after.tokenizer_tail, "");
+  EXPECT_EQ(after.position, 7u);
+  EXPECT_EQ(after.input_offset, 8u);  // 6 + the two tokens given
+  std::string sampler;
+  std::deque<worker::GenerationRecord> records;
+  ASSERT_TRUE(
+      worker::DecodeSamplerSideData(after.sampler_state, &sampler, &records)
+          .ok());
+  EXPECT_TRUE(records.empty());
+
+  // Text that ends inside a character: no token may follow it.
+  StateSnapshot open = begun;
+  open.tokenizer_tail = "\xe4\xb8";
+  open.input_offset += 2;
+  r = Cli({"model", "eval", "--model", model, "--tokens=8", "--state-in",
+           write(open, "open.state")});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("INVALID_UTF8"), std::string::npos) << r.err;
+
+  // A file of the model's fingerprint alone (before tokenizers were named).
+  StateSnapshot legacy = begun;
+  legacy.model_fingerprint =
+      begun.model_fingerprint.substr(0, begun.model_fingerprint.find('+'));
+  r = Cli({"model", "eval", "--model", model, "--tokens=8,9", "--state-in",
+           write(legacy, "legacy.state")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  whole = Cli({"model", "eval", "--model", model, "--tokens=5,6,7,8,9"});
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+  EXPECT_EQ(JsonLines(r.out)[0]["logits"], JsonLines(whole.out)[0]["logits"]);
+
+  // Without a vocabulary beside the model, eval runs; a state file needs
+  // one (--vocab), since it names the tokenizer.
+  const std::string alone = dir.File("alone.pth");
+  std::filesystem::copy_file(model, alone);
+  EXPECT_EQ(Cli({"model", "eval", "--model", alone, "--tokens=5"}).exit_code,
+            0);
+  r = Cli({"model", "eval", "--model", alone, "--tokens=5", "--state-out",
+           dir.File("alone.state")});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--vocab"), std::string::npos) << r.err;
+  r = Cli({"model", "eval", "--model", alone, "--tokens=8,9", "--state-in",
+           start, "--vocab", SharedPath("testdata/rwkv_vocab_v20230424.txt")});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
 TEST(ModelCliTest, EvalRejectsBadInput) {

@@ -75,7 +75,8 @@ class GenerateStream {
   // first chunk's start_input_offset: a resume that fails POSITION_MISMATCH
   // means the session's input moved between the attempts.
   bool pinned_here_ = false;
-  // The current call's start_input_offset, for the first chunk delivered.
+  // The latest start_input_offset any call sent, for the first chunk
+  // delivered (kept across calls: a replaying call does not send it).
   std::optional<uint64_t> start_input_offset_;
   bool finished_ = false;
   absl::Status status_;

@@ -380,12 +380,13 @@ class Client(_ClientBase):
 def _create_request(session_id, model_id, labels, ttl_seconds, fork_from,
                     fork_version, request_id, durability):
     req = pb.CreateSessionRequest(request_id=request_id or new_request_id(),
-                                  session_id=_session_id(session_id),
+                                  session_id=_session_id(
+                                      "" if session_id is None else session_id),
                                   model_id=model_id,
                                   labels=labels or {}, durability=durability)
     if ttl_seconds is not None:
         req.ttl.seconds = ttl_seconds
-    if fork_from:
+    if fork_from is not None and _session_id(fork_from, "fork_from"):
         req.fork_from.session_id = fork_from
         req.fork_from.version = fork_version
     return req
@@ -395,7 +396,9 @@ def _import_header(session_id, mode, state, *, labels=None,
                    ttl_seconds=None, durability=pb.DURABILITY_UNSPECIFIED,
                    expected_version=None, request_id=None):
     header = pb.ImportHeader(request_id=request_id or new_request_id(),
-                             session_id=_session_id(session_id), mode=mode,
+                             session_id=_session_id(
+                                 "" if session_id is None else session_id),
+                             mode=mode,
                              labels=labels or {}, durability=durability)
     header.state.CopyFrom(state.header)
     if ttl_seconds is not None:

@@ -441,7 +441,9 @@ class _GenerateProgress:
         self.seen_bytes = 0  # this call's text bytes
         self.call_tokens = 0  # this call's tokens
         self.pinned_here = False  # see _pin_to_start
-        self.start_input_offset = None  # for the first chunk delivered
+        # The latest start_input_offset any call sent, for the first chunk
+        # delivered (kept across calls: a replaying call does not send it).
+        self.start_input_offset = None
 
     def new_call(self) -> None:
         self.seen_bytes = 0

@@ -530,3 +530,13 @@ def test_errors_survive_pickling():
     closed = pickle.loads(pickle.dumps(client_closed_error()))
     assert closed.code == grpc.StatusCode.CANCELLED
     assert not is_retryable(closed)
+
+
+# A session id of None is no id, as protobuf took it before the SDK checked
+# ids: the server generates one.
+def test_a_session_id_of_none_is_server_generated(server, client):
+    info = client.create_session(None)
+    assert info.session_id
+    state = client.session(info.session_id).export()
+    copy = client.import_session(state, None)
+    assert copy.session_id and copy.session_id != info.session_id

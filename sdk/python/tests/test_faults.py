@@ -544,6 +544,11 @@ def test_bad_input_is_refused_before_any_call(fake, aio):
             with pytest.raises(StatestreamError) as e:
                 await c.create_session("s\udc80")
             _assert_invalid_utf8(e)
+            with pytest.raises(StatestreamError) as e:
+                await c.create_session("copy", fork_from="s\udc80")
+            _assert_invalid_utf8(e)
+            with pytest.raises(TypeError):
+                await c.create_session("copy", fork_from=b"s")
 
     def run_sync():
         with Client(fake.address, **fast_retries()) as c:
@@ -586,6 +591,11 @@ def test_bad_input_is_refused_before_any_call(fake, aio):
             with pytest.raises(StatestreamError) as e:
                 c.create_session("s\udc80")
             _assert_invalid_utf8(e)
+            with pytest.raises(StatestreamError) as e:
+                c.create_session("copy", fork_from="s\udc80")
+            _assert_invalid_utf8(e)
+            with pytest.raises(TypeError):
+                c.create_session("copy", fork_from=b"s")
     run_either(aio, run_sync, run_async)
     assert fake.append_calls == 0
     assert fake.generate_requests == []
