@@ -5,6 +5,7 @@
 #include "worker/session_manager.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "common/crc32c.h"
@@ -551,6 +552,64 @@ void SessionManager::ImportAsync(const std::string& tenant,
   if (done != nullptr) done(std::move(now));
 }
 
+namespace {
+
+// What the codec cannot know of an imported snapshot, checked before it
+// becomes a version: a state no worker wrote would otherwise be served as
+// a silent wrong answer.
+absl::Status CheckImportedState(const StateSnapshot& snap,
+                                const engine::ModelInfo& info) {
+  // The shape fields are informational, but one that is set must agree.
+  const engine::ModelConfig& c = info.config;
+  if ((!snap.architecture.empty() &&
+       snap.architecture != engine::ArchName(c.arch)) ||
+      (snap.n_layer != 0 && snap.n_layer != static_cast<uint32_t>(c.n_layer)) ||
+      (snap.n_embd != 0 && snap.n_embd != static_cast<uint32_t>(c.n_embd)) ||
+      (snap.n_head != 0 && snap.n_head != static_cast<uint32_t>(c.n_head)) ||
+      (snap.head_size != 0 &&
+       snap.head_size != static_cast<uint32_t>(c.head_size))) {
+    return MakeError(
+        absl::StatusCode::kFailedPrecondition, Reason::kModelMismatch,
+        absl::StrCat("the state's header describes ", snap.architecture, " L",
+                     snap.n_layer, " C", snap.n_embd, " H", snap.n_head, "x",
+                     snap.head_size, ", not the model's ",
+                     engine::ArchName(c.arch), " L", c.n_layer, " C", c.n_embd,
+                     " H", c.n_head, "x", c.head_size));
+  }
+  // Counters far past anything a session reaches (2^63 units): one more
+  // append would wrap them, and exactly-once resumes compare them.
+  constexpr uint64_t kMaxCount = uint64_t{1} << 63;
+  if (snap.position >= kMaxCount || snap.input_offset >= kMaxCount ||
+      snap.tokenizer_tail.size() > snap.input_offset) {
+    return DataLossError(
+        Reason::kStateCorrupt,
+        absl::StrCat("the state's counters are out of range (position ",
+                     snap.position, ", input_offset ", snap.input_offset, ", ",
+                     snap.tokenizer_tail.size(), " pending bytes)"));
+  }
+  // Undecided text is text the service accepted: valid UTF-8, except a
+  // character its end leaves open.
+  const absl::string_view tail = snap.tokenizer_tail;
+  const size_t complete = engine::Utf8CompletePrefixLength(tail);
+  if (engine::FirstInvalidUtf8Byte(tail.substr(0, complete)) != complete) {
+    return DataLossError(Reason::kStateCorrupt,
+                         "the state's pending text is not valid UTF-8");
+  }
+  // A recurrent state the model produced is finite.
+  for (const std::vector<float>* v : {&snap.state, &snap.last_hidden}) {
+    if (!std::all_of(v->begin(), v->end(),
+                     [](float f) { return std::isfinite(f); })) {
+      return DataLossError(Reason::kStateCorrupt,
+                           v == &snap.state
+                               ? "the state holds NaN or infinite values"
+                               : "last_hidden holds NaN or infinite values");
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
     const std::string& tenant, const std::string& blob, bool new_version,
     const CreateParams& params, std::optional<uint64_t> expected,
@@ -565,6 +624,7 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
           static_cast<size_t>(m.model_->info().config.n_embd)) {
     return DataLossError(Reason::kStateCorrupt, "last_hidden has a bad size");
   }
+  SS_RETURN_IF_ERROR(CheckImportedState(snap, m.model_->info()));
   // The side data a load decodes, checked before anything is committed: a
   // version no worker can load would leave the session unusable.
   {

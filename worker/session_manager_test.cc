@@ -8,6 +8,9 @@
 #include "worker/session_manager.h"
 
 #include <atomic>
+#include <cmath>
+#include <functional>
+#include <limits>
 #include <memory>
 #include <set>
 #include <string>
@@ -54,6 +57,70 @@ TEST_F(SessionManagerTest, AppendsAreExactlyOnceAndCommitOnRequest) {
 // for fails (UNAVAILABLE: the in-memory store reaches MEMORY only) but
 // exists. The resident session follows the store's head, so appends and
 // commits go on from the new state instead of failing forever.
+// An imported state the model could not have produced is refused, typed,
+// as a new session and as a new version: counters about to wrap, pending
+// text that is not UTF-8 or longer than the input, non-finite values, a
+// header describing another shape. Nothing is written.
+TEST_F(SessionManagerTest, AnImportNoWorkerCouldHaveWrittenIsRefused) {
+  auto good = SnapshotWithInput("origin");
+  ASSERT_TRUE(good.ok()) << good.status();
+  struct Case {
+    const char* what;
+    std::function<void(StateSnapshot*)> spoil;
+    Reason reason;
+  };
+  const Case cases[] = {
+      {"input_offset near 2^64",
+       [](StateSnapshot* s) { s->input_offset = ~uint64_t{0} - 10; },
+       Reason::kStateCorrupt},
+      {"position 2^64-1", [](StateSnapshot* s) { s->position = ~uint64_t{0}; },
+       Reason::kStateCorrupt},
+      {"pending text longer than the input",
+       [](StateSnapshot* s) { s->tokenizer_tail = std::string(100, 'a'); },
+       Reason::kStateCorrupt},
+      {"pending text not UTF-8",
+       [](StateSnapshot* s) { s->tokenizer_tail = "\xff\xfe"; },
+       Reason::kStateCorrupt},
+      {"NaN state", [](StateSnapshot* s) { s->state[3] = std::nanf(""); },
+       Reason::kStateCorrupt},
+      {"infinite last_hidden",
+       [](StateSnapshot* s) {
+         s->last_hidden.back() = std::numeric_limits<float>::infinity();
+       },
+       Reason::kStateCorrupt},
+      {"another layer count", [](StateSnapshot* s) { s->n_layer += 1; },
+       Reason::kModelMismatch},
+      {"another architecture", [](StateSnapshot* s) { s->architecture = "v4"; },
+       Reason::kModelMismatch},
+  };
+  for (const Case& c : cases) {
+    StateSnapshot bad = *good;
+    ASSERT_FALSE(bad.last_hidden.empty());
+    c.spoil(&bad);
+    const std::string blob = EncodeState(bad);
+    CreateParams fresh;
+    fresh.session_id = "copy";
+    auto created = manager_->Import("t", blob, false, fresh, std::nullopt);
+    EXPECT_EQ(GetReason(created.status()), c.reason)
+        << c.what << ": " << created.status();
+    CreateParams into;
+    into.session_id = "origin";
+    auto version = manager_->Import("t", blob, true, into, std::nullopt);
+    EXPECT_EQ(GetReason(version.status()), c.reason)
+        << c.what << ": " << version.status();
+  }
+  EXPECT_EQ(store_->GetHead({"t", "copy"}).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetHead({"t", "origin"})->head.version,
+            good->position > 0 ? 2u : 1u);
+  // The untouched state imports.
+  CreateParams fresh;
+  fresh.session_id = "copy";
+  EXPECT_TRUE(
+      manager_->Import("t", EncodeState(*good), false, fresh, std::nullopt)
+          .ok());
+}
+
 TEST_F(SessionManagerTest, AFailedWriteTheStoreKeptMovesTheSession) {
   Create("s");
   auto w = Open("s");
