@@ -657,6 +657,14 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
           *in.expected_input_offset != s->input_offset) {
         g = m.PositionMismatch(s.get(), *in.expected_input_offset);
       }
+      if (g.ok() && !s->utf8_carry.empty()) {
+        // As Generate: the pending text is flushed before the
+        // continuation, and cannot be while a character is open.
+        g = Invalid(Reason::kInvalidUtf8,
+                    "the session's pending text ends inside a UTF-8 character",
+                    {{"input_offset", absl::StrCat(s->input_offset)},
+                     {"field", "text_utf8"}});
+      }
       if (!g.ok()) {
         m.Release(s);
         return done(g);

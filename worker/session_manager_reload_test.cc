@@ -225,6 +225,39 @@ TEST_F(SessionManagerTest, AnImportWithCorruptSideDataCommitsNothing) {
 // last token: Generate without a prompt and Score of what follows it are
 // FAILED_PRECONDITION (they used to predict from a zero vector), also after
 // a commit and a reload; once a token is consumed both work.
+// Pending text that ends inside a UTF-8 character cannot be flushed:
+// Score refuses it as Generate does (it used to score on without it).
+TEST_F(SessionManagerTest, ScoreAndGenerateRefuseAnOpenCharacter) {
+  Create("open");
+  auto w = Open("open");
+  ASSERT_TRUE(Append(w, 0, "ab\xe2\x82", false, false).ok());
+  ScoreInput score;
+  score.tokens = {'x'};
+  absl::Notification scored;
+  absl::Status status;
+  manager_->Score("t", "open", score, [&](absl::StatusOr<ScoreOutcome> o) {
+    status = o.status();
+    scored.Notify();
+  });
+  scored.WaitForNotification();
+  EXPECT_EQ(GetReason(status), Reason::kInvalidUtf8) << status;
+  GenerateInput generate;
+  generate.request_id = "g";
+  generate.max_tokens = 1;
+  EXPECT_EQ(GetReason(GenerateStatus("open", generate)), Reason::kInvalidUtf8);
+  // The character completed: both go on.
+  ASSERT_TRUE(Append(w, 4, "\xac", true, false).ok());
+  ASSERT_TRUE(Close(w).ok());
+  absl::Notification again;
+  manager_->Score("t", "open", score, [&](absl::StatusOr<ScoreOutcome> o) {
+    status = o.status();
+    again.Notify();
+  });
+  again.WaitForNotification();
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_TRUE(GenerateStatus("open", generate).ok());
+}
+
 TEST_F(SessionManagerTest, AStateWithoutItsHiddenVectorAsksForInput) {
   auto snap = SnapshotWithInput("src");
   ASSERT_TRUE(snap.ok()) << snap.status();
