@@ -160,6 +160,15 @@ struct GenerateTiming {
   bool first = true;
 };
 
+// Generate and Score flush the pending text first; they cannot while its
+// last character is open.
+absl::Status OpenCharacterError(uint64_t input_offset) {
+  return Invalid(
+      Reason::kInvalidUtf8,
+      "the session's pending text ends inside a UTF-8 character",
+      {{"input_offset", absl::StrCat(input_offset)}, {"field", "text_utf8"}});
+}
+
 }  // namespace
 
 std::shared_ptr<SessionManager::Job> SessionManager::Generate(
@@ -246,11 +255,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       } else {
         std::vector<int32_t> prompt;
         if (!s->utf8_carry.empty()) {
-          return fail(Invalid(Reason::kInvalidUtf8,
-                              "the session's pending text ends inside a UTF-8 "
-                              "character",
-                              {{"input_offset", absl::StrCat(s->input_offset)},
-                               {"field", "text_utf8"}}));
+          return fail(OpenCharacterError(s->input_offset));
         }
         // (The prompt itself was checked before the strand: CheckRequest.)
         if (in.prompt_kind == GenerateInput::Prompt::kText) {
@@ -660,10 +665,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
       if (g.ok() && !s->utf8_carry.empty()) {
         // As Generate: the pending text is flushed before the
         // continuation, and cannot be while a character is open.
-        g = Invalid(Reason::kInvalidUtf8,
-                    "the session's pending text ends inside a UTF-8 character",
-                    {{"input_offset", absl::StrCat(s->input_offset)},
-                     {"field", "text_utf8"}});
+        g = OpenCharacterError(s->input_offset);
       }
       if (!g.ok()) {
         m.Release(s);
