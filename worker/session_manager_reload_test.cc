@@ -233,13 +233,7 @@ TEST_F(SessionManagerTest, ScoreAndGenerateRefuseAnOpenCharacter) {
   ASSERT_TRUE(Append(w, 0, "ab\xe2\x82", false, false).ok());
   ScoreInput score;
   score.tokens = {'x'};
-  absl::Notification scored;
-  absl::Status status;
-  manager_->Score("t", "open", score, [&](absl::StatusOr<ScoreOutcome> o) {
-    status = o.status();
-    scored.Notify();
-  });
-  scored.WaitForNotification();
+  absl::Status status = ScoreStatus("open", score);
   EXPECT_EQ(GetReason(status), Reason::kInvalidUtf8) << status;
   GenerateInput generate;
   generate.request_id = "g";
@@ -248,12 +242,7 @@ TEST_F(SessionManagerTest, ScoreAndGenerateRefuseAnOpenCharacter) {
   // The character completed: both go on.
   ASSERT_TRUE(Append(w, 4, "\xac", true, false).ok());
   ASSERT_TRUE(Close(w).ok());
-  absl::Notification again;
-  manager_->Score("t", "open", score, [&](absl::StatusOr<ScoreOutcome> o) {
-    status = o.status();
-    again.Notify();
-  });
-  again.WaitForNotification();
+  status = ScoreStatus("open", score);
   EXPECT_TRUE(status.ok()) << status;
   EXPECT_TRUE(GenerateStatus("open", generate).ok());
 }
@@ -271,14 +260,7 @@ TEST_F(SessionManagerTest, AStateWithoutItsHiddenVectorAsksForInput) {
   auto score = [&](const std::string& id) {
     ScoreInput in;
     in.tokens = {'x'};
-    absl::Notification done;
-    absl::Status out;
-    manager_->Score("t", id, in, [&](absl::StatusOr<ScoreOutcome> o) {
-      out = o.status();
-      done.Notify();
-    });
-    done.WaitForNotification();
-    return out;
+    return ScoreStatus(id, in);
   };
   auto generate = [&](const std::string& id) {
     GenerateInput in;

@@ -291,6 +291,18 @@ class SessionManagerTest : public ::testing::Test {
     return out;
   }
 
+  // Scores `in` on session `id` and returns how it ended.
+  absl::Status ScoreStatus(const std::string& id, const ScoreInput& in) {
+    absl::Notification done;
+    absl::Status out;
+    manager_->Score("t", id, in, [&](absl::StatusOr<ScoreOutcome> o) {
+      out = o.status();
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return out;
+  }
+
   std::unique_ptr<engine::Model> model_;
   std::unique_ptr<engine::Tokenizer> tokenizer_;
   std::unique_ptr<StateStore> store_;
