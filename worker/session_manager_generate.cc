@@ -642,6 +642,12 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
           !st.ok()) {
         return done(st);
       }
+      // As for the head: that version's pending text is flushed first.
+      auto carry = StateCarry(v->state);
+      if (!carry.ok()) return done(carry.status());
+      if (!carry->empty()) {
+        return done(OpenCharacterError(v->state.input_offset));
+      }
       work->state.assign(v->state.state.begin(), v->state.state.end());
       work->position = v->state.position;
       work->last_hidden = v->state.last_hidden;

@@ -78,6 +78,14 @@ absl::Status NoHidden(const char* field);
 // of the text so far when the tail holds the whole character.
 std::string TailCarry(const std::string& tail);
 
+// The UTF-8 carry a stored state says its input left open, as a load
+// rebuilds it: the recorded carry when it is for this very input, else the
+// tail's. `*known` (optional): whether the state says so for certain.
+// DATA_LOSS / STATE_CORRUPT for malformed side data.
+absl::StatusOr<std::string> StateCarry(
+    const StateSnapshot& snap, std::string* sampler = nullptr,
+    std::deque<GenerationRecord>* records = nullptr, bool* known = nullptr);
+
 // Bytes of `text` that can start a streamed text: after a reload the UTF-8
 // carry is rebuilt from the tokenizer tail, which may be empty (byte
 // tokenizer); leading continuation bytes are then accepted once.

@@ -230,7 +230,8 @@ TEST_F(SessionManagerTest, AnImportWithCorruptSideDataCommitsNothing) {
 TEST_F(SessionManagerTest, ScoreAndGenerateRefuseAnOpenCharacter) {
   Create("open");
   auto w = Open("open");
-  ASSERT_TRUE(Append(w, 0, "ab\xe2\x82", false, false).ok());
+  auto open = Append(w, 0, "ab\xe2\x82", false, /*checkpoint=*/true);
+  ASSERT_TRUE(open.ok()) << open.status();
   ScoreInput score;
   score.tokens = {'x'};
   absl::Status status = ScoreStatus("open", score);
@@ -245,6 +246,10 @@ TEST_F(SessionManagerTest, ScoreAndGenerateRefuseAnOpenCharacter) {
   status = ScoreStatus("open", score);
   EXPECT_TRUE(status.ok()) << status;
   EXPECT_TRUE(GenerateStatus("open", generate).ok());
+  // The version committed with the character open is still refused.
+  score.version = open->version;
+  status = ScoreStatus("open", score);
+  EXPECT_EQ(GetReason(status), Reason::kInvalidUtf8) << status;
 }
 
 TEST_F(SessionManagerTest, AStateWithoutItsHiddenVectorAsksForInput) {

@@ -80,6 +80,31 @@ std::string TailCarry(const std::string& tail) {
   return tail.substr(engine::Utf8CompletePrefixLength(tail));
 }
 
+absl::StatusOr<std::string> StateCarry(const StateSnapshot& snap,
+                                       std::string* sampler,
+                                       std::deque<GenerationRecord>* records,
+                                       bool* known) {
+  std::string sampler_unused;
+  std::deque<GenerationRecord> records_unused;
+  Utf8Carry carry;
+  SS_RETURN_IF_ERROR(DecodeSamplerSideData(
+      snap.sampler_state, sampler != nullptr ? sampler : &sampler_unused,
+      records != nullptr ? records : &records_unused, &carry));
+  // Recorded (not the tail's end), and for this very input: a worker that
+  // predates the record may have written the value back after more input.
+  if (carry.known && carry.input_offset == snap.input_offset) {
+    if (known != nullptr) *known = true;
+    return carry.bytes.empty() ? TailCarry(snap.tokenizer_tail)
+                               : std::move(carry.bytes);
+  }
+  // An empty tail after input: snapshots written before the carry was
+  // recorded do not say whether a character was left open.
+  if (known != nullptr) {
+    *known = !snap.tokenizer_tail.empty() || snap.input_offset == 0;
+  }
+  return TailCarry(snap.tokenizer_tail);
+}
+
 size_t LeadingContinuationBytes(absl::string_view text) {
   size_t n = 0;
   while (n < text.size() && n < 3 &&
@@ -235,21 +260,8 @@ absl::Status SessionManager::Impl::LoadInto(Session* s, const LoadedVersion& v,
   }
   s->tail = snap.tokenizer_tail;
   s->input_offset = snap.input_offset;
-  Utf8Carry carry;
-  SS_RETURN_IF_ERROR(DecodeSamplerSideData(
-      snap.sampler_state, &s->sampler_state, &s->records, &carry));
-  // Recorded (not the tail's end), and for this very input: a worker that
-  // predates the record may have written the value back after more input.
-  if (carry.known && carry.input_offset == snap.input_offset) {
-    s->utf8_carry =
-        carry.bytes.empty() ? TailCarry(s->tail) : std::move(carry.bytes);
-    s->carry_known = true;
-  } else {
-    s->utf8_carry = TailCarry(s->tail);
-    // An empty tail after input: snapshots written before the carry was
-    // recorded do not say whether a character was left open.
-    s->carry_known = !s->tail.empty() || snap.input_offset == 0;
-  }
+  SS_ASSIGN_OR_RETURN(s->utf8_carry, StateCarry(snap, &s->sampler_state,
+                                                &s->records, &s->carry_known));
   if (head != nullptr) s->head = *head;
   s->head.head = v.version;
   s->dirty = false;
