@@ -105,7 +105,7 @@ const Command& ChatCommand() {
   static const Command kCommand{
       "chat",
       "Talk with a model; the session is the conversation's memory.",
-      "[--session ID] [--max_tokens N] [--temperature T] [--json]\n\n"
+      "[--session ID] [--max-tokens N] [--temperature T] [--json]\n\n"
       "Reads one user message per line from stdin and streams each reply.\n"
       "Each turn commits `User: LINE\\n\\nAssistant:` and the reply to the\n"
       "session, so a later `chat --session ID` continues the conversation\n"

@@ -19,8 +19,8 @@ namespace statestream::cli {
 // __FILE__ of cli/client_flags.cc.
 extern const char kClientFlagsFile[];
 
-// A client from --target, --api_key, --tenant, --tls*, --timeout,
-// --max_attempts, --max_backoff. Bad values are usage errors (UsageError,
+// A client from --target, --api-key, --tenant, --tls*, --timeout,
+// --max-attempts, --max-backoff. Bad values are usage errors (UsageError,
 // cli/cli_util.h), found before anything connects: --max-attempts below 1,
 // a TLS file that does not read, is empty or holds no usable PEM, --tls-cert
 // without --tls-key (or the reverse), a --tls-* flag without --tls.

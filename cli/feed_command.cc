@@ -190,7 +190,7 @@ absl::Status Feed(const std::vector<std::string>& args) {
       return MakeError(
           absl::StatusCode::kFailedPrecondition, Reason::kPositionMismatch,
           absl::StrCat("the session is at input_offset ", start.input_offset(),
-                       ", before --start_offset ", from),
+                       ", before --start-offset ", from),
           {{"actual_input_offset", absl::StrCat(start.input_offset())}});
     }
     base = static_cast<uint64_t>(from);
@@ -208,7 +208,7 @@ absl::Status Feed(const std::vector<std::string>& args) {
       return MakeError(
           absl::StatusCode::kFailedPrecondition, Reason::kPositionMismatch,
           absl::StrCat("the session already has ", skipped,
-                       " bytes past --start_offset, more than the input"),
+                       " bytes past --start-offset, more than the input"),
           {{"actual_input_offset", absl::StrCat(start.input_offset())}});
     }
     if (total >= 0) total -= static_cast<int64_t>(skipped);
@@ -245,7 +245,7 @@ absl::Status Feed(const std::vector<std::string>& args) {
                        " bytes sent (the session may hold part of them: its "
                        "committed_input_offset was ",
                        writer->last_ack().committed_input_offset(),
-                       " at the last ack); rerun with --start_offset=", base,
+                       " at the last ack); rerun with --start-offset=", base,
                        " to append each byte of the input once"));
     }
     if (*n == 0) break;
@@ -306,11 +306,11 @@ const Command& FeedCommand() {
       "feed",
       "Stream a file or stdin into a session, exactly once.",
       "--session ID FILE|- [--target HOST:PORT] [--progress auto]\n"
-      "             [--start_offset N] [--max_attempts N]\n\n"
+      "             [--start-offset N] [--max-attempts N]\n\n"
       "Appends the bytes as text, flushes the tokenizer and commits. A\n"
       "broken connection or a restarted server is resumed transparently\n"
-      "(nothing is lost or applied twice) for up to --max_attempts\n"
-      "attempts. If it gives up, rerun with --start_offset (the session's\n"
+      "(nothing is lost or applied twice) for up to --max-attempts\n"
+      "attempts. If it gives up, rerun with --start-offset (the session's\n"
       "input_offset before the first run): the bytes it already has are\n"
       "skipped. On a terminal, stderr shows a progress bar: bytes, tokens,\n"
       "tokens/s and (for files) ETA. With --json, one line: session_id,\n"

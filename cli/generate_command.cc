@@ -136,8 +136,8 @@ const Command& GenerateCommand() {
   static const Command kCommand{
       "generate",
       "Sample a continuation from a session, streaming the text.",
-      "--session ID [--prompt TEXT|-] [--max_tokens N] [--temperature T]\n"
-      "    [--sample_seed S] [--stop a,b] [--commit] [--json]\n\n"
+      "--session ID [--prompt TEXT|-] [--max-tokens N] [--temperature T]\n"
+      "    [--sample-seed S] [--stop a,b] [--commit] [--json]\n\n"
       "Prints the text as it arrives (stdout) and a summary (stderr); with\n"
       "--json one GenerateChunk per line, then the GenerateDone, in the\n"
       "proto3 JSON mapping: a chunk's text_utf8 is a bytes field, so it is\n"
@@ -145,8 +145,8 @@ const Command& GenerateCommand() {
       "character); the first chunk of a generation the server sampled\n"
       "carries start_input_offset, the session's input_offset it started\n"
       "from. Resumes transparently after a failure (same tokens).\n"
-      "Without --commit the session is not changed. --max_tokens and\n"
-      "--top_k must not be negative; --sample_seed is 0 or more, or -1\n"
+      "Without --commit the session is not changed. --max-tokens and\n"
+      "--top-k must not be negative; --sample-seed is 0 or more, or -1\n"
       "(the server derives one).",
       {__FILE__, kClientFlagsFile, kTlsFlagsFile},
       &Run};

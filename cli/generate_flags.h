@@ -12,8 +12,8 @@ namespace statestream::cli {
 // __FILE__ of cli/generate_command.cc.
 extern const char kGenerateFlagsFile[];
 
-// --max_tokens, --temperature, --top_p, --top_k, --sample_seed, --stop. A
-// UsageError (cli/cli_util.h) for a negative --max_tokens or --top_k.
+// --max-tokens, --temperature, --top-p, --top-k, --sample-seed, --stop. A
+// UsageError (cli/cli_util.h) for a negative --max-tokens or --top-k.
 absl::StatusOr<v1::GenerateRequest> GenerateRequestFromFlags();
 
 // Runs `request` on `session`, printing text as it arrives (or, with

@@ -178,7 +178,7 @@ TEST_F(CliClientTest, UpdateExportImport) {
   EXPECT_THAT(r.out, HasSubstr("cli-x-copy\t"));
   EXPECT_THAT(r.out, HasSubstr("input_offset=19"));
   // The copy holds the same state: the same continuation.
-  const std::vector<std::string> gen = {"generate", "--max_tokens=6",
+  const std::vector<std::string> gen = {"generate", "--max-tokens=6",
                                         "--temperature=0", "--json"};
   auto with = [&](const std::string& id) {
     std::vector<std::string> args = gen;
@@ -405,7 +405,7 @@ TEST_F(CliClientTest, FeedRefusesASessionThatMovedUnderIt) {
   ASSERT_EQ(Cli({"feed", "--session=cli-moved", head}).exit_code, 0);
   const std::string script = absl::StrCat(
       "d=$(mktemp -d -p ", scratch_->path(), "); mkfifo $d/in; ", Bin(),
-      " feed --session=cli-moved --start_offset=0 --target=", *target_,
+      " feed --session=cli-moved --start-offset=0 --target=", *target_,
       " $d/in 2> $d/err & f=$!; exec 3> $d/in; ",
       // Until the feed waits on the FIFO: it has read the session.
       // (pipe_read since Linux 5.6, pipe_wait before; elsewhere, 10 s.)
@@ -427,14 +427,14 @@ TEST_F(CliClientTest, FeedProgressOnlyOnATerminal) {
   const std::string file = TempFile("feed.txt", std::string(200000, 'a'));
   // Piped stderr: no progress bar.
   e2e::RunResult piped =
-      Cli({"feed", "--session=cli-feed", "--chunk_bytes=4096", file});
+      Cli({"feed", "--session=cli-feed", "--chunk-bytes=4096", file});
   ASSERT_EQ(piped.exit_code, 0) << piped.err;
   EXPECT_EQ(piped.err, "");
   EXPECT_THAT(piped.out, HasSubstr("fed 200000 bytes (200000 tokens)"));
 
   // A terminal: script(1) runs the command on a pty.
   const std::string cmd = absl::StrCat(
-      Bin(), " feed --session=cli-feed --chunk_bytes=4096 --target=", *target_,
+      Bin(), " feed --session=cli-feed --chunk-bytes=4096 --target=", *target_,
       " ", file);
   e2e::RunResult tty =
       Shell(absl::StrCat("script -qec '", cmd, "' /dev/null </dev/null"));
@@ -453,7 +453,7 @@ TEST_F(CliClientTest, FeedProgressOnlyOnATerminal) {
   EXPECT_THAT(in.out, HasSubstr(R"("input_offset":"400003")"));
 }
 
-// A rerun of a feed that stopped part way, with --start_offset, appends
+// A rerun of a feed that stopped part way, with --start-offset, appends
 // only what the session does not have: each byte once.
 TEST_F(CliClientTest, FeedRerunWithStartOffsetSkipsWhatTheSessionHas) {
   ASSERT_EQ(Cli({"session", "create", "cli-rerun"}).exit_code, 0);
@@ -465,29 +465,29 @@ TEST_F(CliClientTest, FeedRerunWithStartOffsetSkipsWhatTheSessionHas) {
                    " feed --session=cli-rerun --target=", *target_, " -"));
   ASSERT_EQ(half.exit_code, 0) << half.err;
   e2e::RunResult rerun =
-      Cli({"feed", "--session=cli-rerun", "--start_offset=0", "--json", file});
+      Cli({"feed", "--session=cli-rerun", "--start-offset=0", "--json", file});
   ASSERT_EQ(rerun.exit_code, 0) << rerun.err;
   EXPECT_THAT(rerun.out, HasSubstr(R"("bytes":"10")"));
   EXPECT_THAT(rerun.out, HasSubstr(R"("skipped":"10")"));
   EXPECT_THAT(rerun.out, HasSubstr(R"("input_offset":"20")"));
   // Again: nothing left to send.
   rerun =
-      Cli({"feed", "--session=cli-rerun", "--start_offset=0", "--json", file});
+      Cli({"feed", "--session=cli-rerun", "--start-offset=0", "--json", file});
   ASSERT_EQ(rerun.exit_code, 0) << rerun.err;
   EXPECT_THAT(rerun.out, HasSubstr(R"("bytes":"0")"));
   EXPECT_THAT(rerun.out, HasSubstr(R"("input_offset":"20")"));
   // The session is before the offset, or has more than the file: refused.
   e2e::RunResult gap =
-      Cli({"feed", "--session=cli-rerun", "--start_offset=25", file});
+      Cli({"feed", "--session=cli-rerun", "--start-offset=25", file});
   EXPECT_EQ(gap.exit_code, 1);
   EXPECT_THAT(gap.err, HasSubstr("[POSITION_MISMATCH]"));
   const std::string shorter = TempFile("short.txt", "0123");
   e2e::RunResult more =
-      Cli({"feed", "--session=cli-rerun", "--start_offset=0", shorter});
+      Cli({"feed", "--session=cli-rerun", "--start-offset=0", shorter});
   EXPECT_EQ(more.exit_code, 1);
   EXPECT_THAT(more.err, HasSubstr("more than the input"));
   e2e::RunResult bad =
-      Cli({"feed", "--session=cli-rerun", "--max_attempts=0", file});
+      Cli({"feed", "--session=cli-rerun", "--max-attempts=0", file});
   EXPECT_EQ(bad.exit_code, 2);  // bad usage
   EXPECT_THAT(bad.err, HasSubstr("--max-attempts must be at least 1"));
 }
@@ -517,7 +517,7 @@ TEST_F(CliClientTest, FeedFailsOnAnUnreadableInput) {
     r = Cli({"feed", "--session=cli-unreadable", "/proc/self/mem"});
     EXPECT_EQ(r.exit_code, 1) << r.err;
     EXPECT_THAT(r.err, HasSubstr("cannot read /proc/self/mem after 0 bytes"));
-    EXPECT_THAT(r.err, HasSubstr("--start_offset=0"));
+    EXPECT_THAT(r.err, HasSubstr("--start-offset=0"));
     EXPECT_THAT(r.out, Not(HasSubstr("fed ")));
   }
   // Nothing was appended or committed.
@@ -569,15 +569,15 @@ TEST_F(CliClientTest, EveryVerbFailsOnAFullDisk) {
   ASSERT_EQ(Cli({"feed", "--session=cli-full-verbs", text}).exit_code, 0);
   const std::string target = " --target=" + *target_;
   const std::vector<std::string> commands = {
-      "generate --session=cli-full-verbs --max_tokens=4 --temperature=0",
-      "generate --session=cli-full-verbs --max_tokens=4 --json",
+      "generate --session=cli-full-verbs --max-tokens=4 --temperature=0",
+      "generate --session=cli-full-verbs --max-tokens=4 --json",
       "score --session=cli-full-verbs abc",
       "score --session=cli-full-verbs --json abc",
       "models",
       "models --json",
       // chat reads its turns from stdin; a single turn, then end of input.
-      "chat --session=cli-full-verbs --max_tokens=4",
-      "chat --session=cli-full-verbs --max_tokens=4 --json",
+      "chat --session=cli-full-verbs --max-tokens=4",
+      "chat --session=cli-full-verbs --max-tokens=4 --json",
   };
   for (const std::string& command : commands) {
     const std::string line = absl::StrCat("printf 'hi\\n' | ", Bin(), " ",
@@ -624,7 +624,7 @@ TEST_F(CliClientTest, LabelValuesKeepTheirEqualsSigns) {
 TEST_F(CliClientTest, ChatOnATerminal) {
   ASSERT_EQ(Cli({"session", "create", "cli-chat-tty"}).exit_code, 0);
   const std::string cmd = absl::StrCat(
-      Bin(), " chat --session=cli-chat-tty --max_tokens=4 --target=", *target_);
+      Bin(), " chat --session=cli-chat-tty --max-tokens=4 --target=", *target_);
   e2e::RunResult tty = Shell(absl::StrCat(
       "printf 'hi\\n' | timeout 60 script -qec '", cmd, "' /dev/null"));
   ASSERT_EQ(tty.exit_code, 0) << tty.out << tty.err;
@@ -632,7 +632,7 @@ TEST_F(CliClientTest, ChatOnATerminal) {
   // Piped (not a terminal): no prompt.
   e2e::RunResult piped = Shell(absl::StrCat(
       "printf 'hi\\n' | ", Bin(),
-      " chat --session=cli-chat-tty --max_tokens=4 --target=", *target_));
+      " chat --session=cli-chat-tty --max-tokens=4 --target=", *target_));
   ASSERT_EQ(piped.exit_code, 0) << piped.err;
   EXPECT_THAT(piped.out, Not(HasSubstr("> ")));
   // Both turns committed "User: hi\n\nAssistant:" (20 bytes) and more.
@@ -647,7 +647,7 @@ TEST_F(CliClientTest, ChatOnATerminal) {
 TEST_F(CliClientTest, GenerateScoreAndChat) {
   ASSERT_EQ(Cli({"session", "create", "cli-gen"}).exit_code, 0);
   e2e::RunResult r = Cli({"generate", "--session=cli-gen", "--prompt=Once",
-                          "--max_tokens=8", "--temperature=0", "--json"});
+                          "--max-tokens=8", "--temperature=0", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out,
               HasSubstr(R"("finish_reason":"FINISH_REASON_MAX_TOKENS")"));
@@ -661,7 +661,7 @@ TEST_F(CliClientTest, GenerateScoreAndChat) {
   EXPECT_THAT(Cli({"session", "get", "cli-gen"}).out,
               HasSubstr("input_offset=0"));
 
-  r = Cli({"generate", "--session=cli-gen", "--prompt=Once", "--max_tokens=8",
+  r = Cli({"generate", "--session=cli-gen", "--prompt=Once", "--max-tokens=8",
            "--commit"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.err, HasSubstr("committed"));
@@ -679,7 +679,7 @@ TEST_F(CliClientTest, GenerateScoreAndChat) {
   // (+ the turn end unless the reply stopped at it).
   r = Shell(absl::StrCat(
       "printf 'hi\\nagain\\n' | ", Bin(),
-      " chat --session=cli-gen --max_tokens=4 --target=", *target_, " --json"));
+      " chat --session=cli-gen --max-tokens=4 --target=", *target_, " --json"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n') >= 2, true);
   EXPECT_THAT(r.out, HasSubstr(R"("committed":true)"));
@@ -695,25 +695,25 @@ TEST_F(CliClientTest, GenerateScoreAndChat) {
   EXPECT_LE(offset, 12 + 20 + 4 + 2 + 23 + 4 + 2);
 }
 
-// The sampling flags reach the server: --top_k=1 is greedy at any
-// temperature, --sample_seed repeats a sampled run exactly, --stop ends
+// The sampling flags reach the server: --top-k=1 is greedy at any
+// temperature, --sample-seed repeats a sampled run exactly, --stop ends
 // the output at a stop string.
 TEST_F(CliClientTest, GenerateSamplingFlags) {
   ASSERT_EQ(Cli({"session", "create", "cli-flags"}).exit_code, 0);
   auto generate = [&](std::vector<std::string> flags) {
     std::vector<std::string> args = {"generate", "--session=cli-flags",
-                                     "--prompt=Once upon", "--max_tokens=16"};
+                                     "--prompt=Once upon", "--max-tokens=16"};
     args.insert(args.end(), flags.begin(), flags.end());
     e2e::RunResult r = Cli(args);
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return r.out;
   };
   const std::string greedy = generate({"--temperature=0"});
-  EXPECT_EQ(generate({"--temperature=1.5", "--top_k=1", "--sample_seed=9"}),
+  EXPECT_EQ(generate({"--temperature=1.5", "--top-k=1", "--sample-seed=9"}),
             greedy);
-  const std::string five = generate({"--temperature=1", "--sample_seed=5"});
-  EXPECT_EQ(generate({"--temperature=1", "--sample_seed=5"}), five);
-  EXPECT_NE(generate({"--temperature=1", "--sample_seed=6"}), five);
+  const std::string five = generate({"--temperature=1", "--sample-seed=5"});
+  EXPECT_EQ(generate({"--temperature=1", "--sample-seed=5"}), five);
+  EXPECT_NE(generate({"--temperature=1", "--sample-seed=6"}), five);
   // A printable character of the greedy output (the demo model's output
   // is fixed) as the stop string.
   const size_t at = greedy.find_first_of(

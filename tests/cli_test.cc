@@ -442,6 +442,7 @@ TEST(CliTest, ClientVerbsExitTwoOnBadUsage) {
       {{"session", "get", "x", "--max-attempts", "0"},
        2,
        "--max-attempts must be at least 1"},
+      // Either spelling of a flag's name.
       {{"session", "get", "x", "--max_attempts=0"},
        2,
        "--max-attempts must be at least 1"},
@@ -590,7 +591,7 @@ TEST(CliTest, IgnoredFlagsAndArgumentsAreUsageErrors) {
   }
 }
 
-// --max_tokens and --top_k are uint32 on the wire: a negative value used
+// --max-tokens and --top-k are uint32 on the wire: a negative value used
 // to wrap to ~4e9 and reach the server.
 TEST(CliTest, NegativeSamplingCountsAreUsageErrors) {
   struct Case {
@@ -598,13 +599,13 @@ TEST(CliTest, NegativeSamplingCountsAreUsageErrors) {
     std::string error;
   };
   const std::vector<Case> cases = {
-      {{"generate", "--session=s", "--max_tokens=-1"},
+      {{"generate", "--session=s", "--max-tokens=-1"},
        "--max-tokens must not be negative"},
       {{"generate", "--session=s", "--max-tokens", "-2147483648"},
        "--max-tokens must not be negative"},
-      {{"generate", "--session=s", "--top_k=-1"},
+      {{"generate", "--session=s", "--top-k=-1"},
        "--top-k must not be negative"},
-      {{"chat", "--session=s", "--max_tokens=-5"},
+      {{"chat", "--session=s", "--max-tokens=-5"},
        "--max-tokens must not be negative"},
       {{"chat", "--top-k=-3"}, "--top-k must not be negative"},
   };

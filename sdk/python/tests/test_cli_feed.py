@@ -15,7 +15,7 @@ def test_feed_resumes_after_kill9(server, client):
     data = b"".join(b"%05d the quick brown fox\n" % i for i in range(4000))
     half = (len(data) // 2) // chunk * chunk
     feed = subprocess.Popen(
-        [binary, "feed", "--session=fed", f"--chunk_bytes={chunk}",
+        [binary, "feed", "--session=fed", f"--chunk-bytes={chunk}",
          f"--target={server.address}", "--json", "-"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
