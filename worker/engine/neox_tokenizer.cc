@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -174,6 +175,9 @@ class NeoxTokenizer final : public Tokenizer {
   // A stream's tail longer than this is cut anyway (PreTokenCut with
   // exact false), so one run of letters cannot grow it without bound.
   static constexpr size_t kMaxStreamTailBytes = 64 << 10;
+  // Past this many tail bytes, EncodeStream scans only when the text
+  // reaches the next step of a geometric grid (see there).
+  static constexpr size_t kRescanFromBytes = 256;
   // Where to cut `text` (whose first `from` bytes are cut already): the
   // last point before the end where a pre-token surely ends (a change
   // between letters, digits and other characters, see the definition),
@@ -353,6 +357,22 @@ StreamEncodeResult NeoxTokenizer::EncodeStream(absl::string_view tail,
   std::string text = absl::StrCat(tail, chunk);
   if (flush) {
     r.tokens = Encode(text);
+    return r;
+  }
+  // The scan below reads all of tail + chunk, so a long tail fed in small
+  // chunks (one run without whitespace, a byte at a time) made it
+  // quadratic: 30 s for 64 KiB. Holding text back is always exact (the
+  // cut only comes later), so past kRescanFromBytes the scan runs only
+  // when the text reaches the next step of a grid of four steps a doubling
+  // (or passes the cap): each byte costs a few bytes of scanning in all,
+  // and the tail holds at most about a fifth more than a scan would leave.
+  auto step = [](size_t n) {
+    const int width = std::bit_width(n);  // n >= kRescanFromBytes
+    return (width << 2) | ((n >> (width - 3)) & 3);
+  };
+  if (tail.size() >= kRescanFromBytes && text.size() <= kMaxStreamTailBytes &&
+      step(text.size()) == step(tail.size())) {
+    r.tail = std::move(text);
     return r;
   }
   // Nothing before a whitespace character that follows a non-whitespace
