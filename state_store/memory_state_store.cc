@@ -113,6 +113,8 @@ class MemoryStateStore final : public StateStore {
   }
 
   // Memory only: FSYNC and REPLICATED are never reached.
+  Durability MaxDurability() const override { return Durability::kMemory; }
+
   absl::StatusOr<VersionInfo> AwaitDurability(const SessionKey& key,
                                               uint64_t version,
                                               Durability wanted) override {

@@ -153,9 +153,11 @@ class SqliteStateStore final : public StateStore {
     return Install(r.key, v, bytes, r.durability, now, &txn);
   }
 
+  // One file on one host: REPLICATED is never reached.
+  Durability MaxDurability() const override { return Durability::kFsync; }
+
   // FSYNC: a synchronous (synchronous=FULL) write transaction marking the
   // version, whose commit fsyncs the log with every earlier commit in it.
-  // REPLICATED is never reached.
   absl::StatusOr<VersionInfo> AwaitDurability(const SessionKey& key,
                                               uint64_t version,
                                               Durability wanted) override {

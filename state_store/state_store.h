@@ -273,6 +273,14 @@ class StateStore {
   // reached: the version then exists, see the file comment).
   virtual absl::StatusOr<CommitResult> Commit(const CommitRequest& request) = 0;
 
+  // The highest durability this store can ever reach: memory MEMORY,
+  // SQLite FSYNC, Redis REPLICATED (whether a Redis commit reaches FSYNC or
+  // REPLICATED depends on the servers' configuration, which can change at
+  // run time: a commit below what it asked for fails UNAVAILABLE). A request
+  // asking for more is refused before anything is written (the service:
+  // FAILED_PRECONDITION, field durability), not retried in vain.
+  virtual Durability MaxDurability() const { return Durability::kReplicated; }
+
   // Raises the durability of an existing `version` to `wanted` without
   // writing another: waits for what the store needs (Redis: WAIT/WAITAOF
   // after a marker write on the version; SQLite: a synchronous commit,

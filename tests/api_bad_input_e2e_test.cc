@@ -485,6 +485,77 @@ TEST_F(ApiBadInputE2eTest, CreateAndGetSession) {
   EXPECT_TRUE(ok.ok()) << ok;
 }
 
+// `serve` without --data-dir keeps sessions in memory, which never reaches
+// FSYNC: every request asking for it (or REPLICATED) is refused before
+// anything is written, FAILED_PRECONDITION (not UNAVAILABLE: a retry
+// cannot help). It used to write the version at MEMORY and fail
+// UNAVAILABLE, which the SDKs retried for seconds.
+TEST_F(ApiBadInputE2eTest, DurabilityTheStoreNeverReaches) {
+  ASSERT_TRUE(CreateWithText("dur", "abc").ok());  // versions 1, 2
+  const Want never = {absl::StatusCode::kFailedPrecondition,
+                      Reason::kInvalidArgument,
+                      "durability",
+                      {{"max_durability", "MEMORY"}}};
+  v1::CreateSessionRequest create;
+  create.set_request_id("c-dur-new");
+  create.set_session_id("dur-new");
+  create.set_durability(v1::DURABILITY_FSYNC);
+  auto cr = Editor(sessions_.get(), &v1::Sessions::Stub::CreateSession, create);
+  v1::RollbackSessionRequest rollback;
+  rollback.set_request_id("rb-dur");
+  rollback.set_session_id("dur");
+  rollback.set_version(1);
+  rollback.set_durability(v1::DURABILITY_REPLICATED);
+  v1::GenerateRequest generate;
+  generate.set_session_id("dur");
+  generate.set_request_id("gen-dur");
+  generate.set_max_tokens(2);
+  generate.set_commit(true);
+  generate.set_durability(v1::DURABILITY_FSYNC);
+  v1::StateHeader header;
+  std::string blob;
+  ASSERT_TRUE(Export("dur", 0, &header, &blob).ok());
+  v1::ImportHeader import;
+  import.set_request_id("import-dur");
+  import.set_session_id("dur-imported");
+  import.set_mode(v1::IMPORT_MODE_CREATE);
+  import.set_durability(v1::DURABILITY_FSYNC);
+  *import.mutable_state() = header;
+  ExpectCases({
+      {"CreateSession FSYNC", cr([](auto*) {}), never},
+      {"CreateSession REPLICATED",
+       cr([](auto* r) { r->set_durability(v1::DURABILITY_REPLICATED); }),
+       never},
+      {"a fork at FSYNC",
+       cr([](auto* r) { r->mutable_fork_from()->set_session_id("dur"); }),
+       never},
+      {"RollbackSession REPLICATED",
+       [&] {
+         return Call(sessions_.get(), &v1::Sessions::Stub::RollbackSession,
+                     rollback);
+       },
+       never},
+      {"Append FSYNC",
+       [&] {
+         v1::AppendRequest r = Text("dur", 3, "de");
+         r.set_checkpoint(true);
+         r.set_durability(v1::DURABILITY_FSYNC);
+         return Append({r}).status;
+       },
+       never},
+      {"committing Generate FSYNC", [&] { return GenerateStatus(generate); },
+       never},
+      {"ImportState FSYNC",
+       [&] { return ImportRaw(ImportMessages(import, blob)); }, never},
+  });
+  ExpectAt("dur", 2, 3);
+  ExpectGone({"dur-new", "dur-imported"});
+  // MEMORY (and the default) are fine.
+  const absl::Status memory =
+      cr([](auto* r) { r->set_durability(v1::DURABILITY_MEMORY); })();
+  EXPECT_TRUE(memory.ok()) << memory;
+}
+
 TEST_F(ApiBadInputE2eTest, Generate) {
   ASSERT_TRUE(CreateWithText("gen", "hello").ok());  // versions 1, 2
   auto session = Get("gen");

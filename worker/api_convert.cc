@@ -131,22 +131,37 @@ absl::Status CheckSessionId(const std::string& id, const char* field) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::optional<Durability>> DurabilityFromProto(
-    v1::Durability d) {
+absl::StatusOr<std::optional<Durability>> DurabilityFromProto(v1::Durability d,
+                                                              Durability max) {
+  Durability level;
   switch (d) {
     case v1::DURABILITY_UNSPECIFIED:
       return std::nullopt;
     case v1::DURABILITY_MEMORY:
-      return Durability::kMemory;
+      level = Durability::kMemory;
+      break;
     case v1::DURABILITY_FSYNC:
-      return Durability::kFsync;
+      level = Durability::kFsync;
+      break;
     case v1::DURABILITY_REPLICATED:
-      return Durability::kReplicated;
+      level = Durability::kReplicated;
+      break;
     default:
       return BadField("durability",
                       absl::StrCat("unknown level ", static_cast<int>(d),
                                    " (MEMORY, FSYNC or REPLICATED)"));
   }
+  if (level > max) {
+    return MakeError(
+        absl::StatusCode::kFailedPrecondition, Reason::kInvalidArgument,
+        absl::StrCat("this server's state store never reaches ",
+                     DurabilityName(level), " (at most ", DurabilityName(max),
+                     max == Durability::kMemory
+                         ? "; `serve --data-dir` stores to disk: FSYNC)"
+                         : ")"),
+        {{"field", "durability"}, {"max_durability", DurabilityName(max)}});
+  }
+  return level;
 }
 
 v1::Durability DurabilityToProto(Durability d) {

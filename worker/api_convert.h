@@ -54,8 +54,13 @@ absl::Status CheckSessionId(const std::string& id, const char* field);
 
 // The level asked for; nullopt for DURABILITY_UNSPECIFIED (the server's
 // default). A value this version does not know is INVALID_ARGUMENT
-// (field=durability), never silently a lower level.
-absl::StatusOr<std::optional<Durability>> DurabilityFromProto(v1::Durability d);
+// (field=durability), never silently a lower level. A level above `max`,
+// which the state store can never reach (StateStore::MaxDurability), is
+// FAILED_PRECONDITION/INVALID_ARGUMENT (field=durability, metadata
+// max_durability): refused before anything is written, where a commit
+// would be written at the lower level and fail UNAVAILABLE on every retry.
+absl::StatusOr<std::optional<Durability>> DurabilityFromProto(v1::Durability d,
+                                                              Durability max);
 v1::Durability DurabilityToProto(Durability d);
 
 void SessionToProto(const SessionView& view, v1::Session* out);

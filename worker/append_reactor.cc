@@ -127,7 +127,9 @@ class AppendReactor final
     }
     in.flush = r.flush();
     in.checkpoint = r.checkpoint();
-    SS_ASSIGN_OR_RETURN(in.durability, DurabilityFromProto(r.durability()));
+    SS_ASSIGN_OR_RETURN(
+        in.durability,
+        DurabilityFromProto(r.durability(), models_->max_durability()));
     if (writer_ == nullptr) {
       SS_RETURN_IF_ERROR(CheckSessionId(r.session_id(), "session_id"));
       session_id_ = r.session_id();

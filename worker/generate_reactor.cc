@@ -143,7 +143,9 @@ class GenerateReactor final
     in.max_tokens =
         static_cast<int>(std::min<uint32_t>(r.max_tokens(), 1 << 30));
     in.commit = r.commit();
-    SS_ASSIGN_OR_RETURN(in.durability, DurabilityFromProto(r.durability()));
+    SS_ASSIGN_OR_RETURN(
+        in.durability,
+        DurabilityFromProto(r.durability(), models_->max_durability()));
     in.logprobs = r.logprobs();
     if (r.top_logprobs() > 20) return BadField("top_logprobs", "0-20");
     in.top_logprobs = static_cast<int>(r.top_logprobs());

@@ -40,6 +40,10 @@ class ModelSet {
   // In configuration order; never empty.
   const std::vector<SessionManager*>& managers() const { return managers_; }
   SessionManager& default_manager() const { return *managers_.front(); }
+  // The most durable level the managers' (one) store can ever reach.
+  Durability max_durability() const {
+    return default_manager().max_durability();
+  }
 
   // The manager of `model_id` ("" = the default model).
   // NOT_FOUND/kModelNotFound (metadata model_id).

@@ -163,6 +163,10 @@ const engine::Tokenizer& SessionManager::tokenizer() const {
   return *impl_->tok_;
 }
 
+Durability SessionManager::max_durability() const {
+  return impl_->store_->MaxDurability();
+}
+
 absl::StatusOr<SessionView> SessionManager::CreateSession(
     const std::string& tenant, const CreateParams& p) {
   Impl& m = *impl_;

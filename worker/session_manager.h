@@ -265,6 +265,9 @@ class SessionManager {
   const std::string& fingerprint() const;
   const engine::Model& model() const;
   const engine::Tokenizer& tokenizer() const;
+  // The most durable level the state store can ever reach
+  // (StateStore::MaxDurability).
+  Durability max_durability() const;
 
   // --- Sessions (blocking; store I/O on the caller's thread) ---------------
   absl::StatusOr<SessionView> CreateSession(const std::string& tenant,

@@ -253,7 +253,9 @@ class ImportReactor final
         SS_RETURN_IF_ERROR(CheckSessionId(header_.session_id(), "session_id"));
       }
       SS_RETURN_IF_ERROR(CheckLabels(header_.labels()));
-      SS_RETURN_IF_ERROR(DurabilityFromProto(header_.durability()).status());
+      SS_RETURN_IF_ERROR(
+          DurabilityFromProto(header_.durability(), models_->max_durability())
+              .status());
       SS_RETURN_IF_ERROR(
           TtlFromProto(header_.has_ttl(), header_.ttl()).status());
       if (!header_.has_state()) return BadField("state", "required");
@@ -328,7 +330,8 @@ class ImportReactor final
       p.session_id = header_.session_id();
       p.max_tenant_sessions = session_limit_;
       p.labels = {header_.labels().begin(), header_.labels().end()};
-      auto durability = DurabilityFromProto(header_.durability());
+      auto durability =
+          DurabilityFromProto(header_.durability(), models_->max_durability());
       auto ttl = TtlFromProto(header_.has_ttl(), header_.ttl());
       if (!durability.ok()) {
         st = durability.status();
@@ -411,7 +414,9 @@ class SessionsService final : public v1::Sessions::CallbackService {
       p.model_id = req->model_id();
       p.labels = {req->labels().begin(), req->labels().end()};
       p.ttl = *ttl;
-      SS_ASSIGN_OR_RETURN(p.durability, DurabilityFromProto(req->durability()));
+      SS_ASSIGN_OR_RETURN(
+          p.durability,
+          DurabilityFromProto(req->durability(), models_->max_durability()));
       if (req->has_fork_from()) {
         st = CheckSessionId(req->fork_from().session_id(),
                             "fork_from.session_id");
@@ -571,7 +576,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
       if (st.ok() && req->version() == 0)
         st = BadField("version", "required (>= 1)");
       absl::StatusOr<std::optional<Durability>> durability =
-          DurabilityFromProto(req->durability());
+          DurabilityFromProto(req->durability(), models_->max_durability());
       if (st.ok()) st = durability.status();
       if (!st.ok()) return finish(st);
       std::optional<uint64_t> expected;

@@ -29,6 +29,7 @@ class ForwardingStore : public StateStore {
   absl::StatusOr<CommitResult> Commit(const CommitRequest& r) override {
     return s_->Commit(r);
   }
+  Durability MaxDurability() const override { return s_->MaxDurability(); }
   absl::StatusOr<VersionInfo> AwaitDurability(const SessionKey& k, uint64_t v,
                                               Durability d) override {
     return s_->AwaitDurability(k, v, d);

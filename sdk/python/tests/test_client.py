@@ -216,6 +216,18 @@ def test_results_say_the_durability_reached_and_why_generate_stopped(client):
         assert w.sync().tokens_consumed > 0  # the demo model: bytes
         assert w.checkpoint().durability == "DURABILITY_MEMORY"
     assert s.get().durability == "DURABILITY_MEMORY"
+    # REPLICATED it never reaches: refused at once, nothing written, not
+    # retried (it used to write at FSYNC and fail UNAVAILABLE each retry).
+    before = s.get().version
+    with pytest.raises(StatestreamError) as e:
+        s.append("!", durability=pb.DURABILITY_REPLICATED)
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert not is_retryable(e.value)
+    assert e.value.metadata["max_durability"] == "FSYNC"
+    with pytest.raises(StatestreamError) as e:
+        client.create_session("d2", durability=pb.DURABILITY_REPLICATED)
+    assert e.value.metadata["field"] == "durability"
+    assert s.get().version == before
 
     # Greedy, so the same first token again: a stop token the second time.
     first = s.generate_text(max_tokens=1, temperature=0).tokens[0]
