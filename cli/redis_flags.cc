@@ -78,8 +78,8 @@ absl::StatusOr<std::unique_ptr<StateStore>> ConnectRedis(
     }
     std::cerr << "statestream " << role << ": " << store.status().message()
               << "; retrying for up to "
-              << absl::FormatDuration(
-                     absl::Trunc(deadline - absl::Now(), absl::Seconds(1)))
+              << absl::FormatDuration(absl::Trunc(deadline - absl::Now(),
+                                                  absl::Milliseconds(100)))
               << "\n";
     sigset_t pending;
     sigemptyset(&pending);

@@ -31,7 +31,8 @@ ABSL_FLAG(std::string, labels, "",
           "labels.");
 ABSL_FLAG(absl::Duration, ttl, absl::ZeroDuration(),
           "session create/fork/import/update: the time to live after the "
-          "last write, 1s to 365 days (e.g. 24h); 0: the server's default "
+          "last write, 1s to 8760h (365 days; hours are the largest unit: "
+          "e.g. 24h); 0: the server's default "
           "(update: leave it).");
 ABSL_FLAG(uint64_t, version, 0,
           "session export and fork: the version (0: the head; fork also "

@@ -92,8 +92,9 @@ const Command& DetokenizeCommand() {
       "detokenize",
       "Write the bytes of token ids to standard output.",
       "--vocab PATH|bytes --tokens 1,2,3\n\n"
-      "Writes the raw bytes (which need not be valid UTF-8); id 0 (end of\n"
-      "text) writes nothing; an id outside the vocabulary is an error.",
+      "Writes the raw bytes (which need not be valid UTF-8); the World\n"
+      "vocabulary's id 0 (end of text) writes nothing (with bytes, 0 is\n"
+      "the byte 0x00); an id outside the vocabulary is an error.",
       {__FILE__, kVocabFlagFile, kTokenFlagsFile},
       &RunDetokenize};
   return kCommand;

@@ -4,7 +4,9 @@
 #include "absl/flags/flag.h"
 #include "cli/cli_util.h"
 
-ABSL_FLAG(std::string, tokens, "", "Comma-separated token ids, e.g. 1,2,3.");
+ABSL_FLAG(std::string, tokens, "",
+          "Comma-separated token ids, e.g. 1,2,3 (bench engine: a count, the "
+          "prefill call's length or the decode steps timed).");
 
 namespace statestream::cli {
 
