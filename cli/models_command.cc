@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// `statestream models`: the models a server serves (through a gateway: every
-// ready worker's, merged).
+// `statestream models [ID]`: the models a server serves (through a gateway:
+// every ready worker's, merged), or one of them.
 #include <iostream>
 #include <string>
 #include <vector>
@@ -13,30 +13,38 @@
 namespace statestream::cli {
 namespace {
 
-absl::Status Models() {
-  SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
-  SS_ASSIGN_OR_RETURN(v1::ListModelsResponse resp, client->ListModels());
-  for (const v1::Model& m : resp.models()) {
-    if (JsonOutputFlag()) {
-      std::cout << ToJson(m) << "\n";
-      continue;
-    }
-    std::cout << m.model_id() << "\tarchitecture=" << m.architecture()
-              << " n_layer=" << m.n_layer() << " n_embd=" << m.n_embd()
-              << " vocab_size=" << m.vocab_size()
-              << " state_bytes=" << m.state_bytes()
-              << " weights=" << m.weights_dtype();
-    if (!m.bf16_activations().empty()) {
-      std::cout << " bf16_activations=" << m.bf16_activations();
-    }
-    std::cout << " fingerprint=" << m.fingerprint() << "\n";
+void Print(const v1::Model& m) {
+  if (JsonOutputFlag()) {
+    std::cout << ToJson(m) << "\n";
+    return;
   }
+  std::cout << m.model_id() << "\tarchitecture=" << m.architecture()
+            << " n_layer=" << m.n_layer() << " n_embd=" << m.n_embd()
+            << " vocab_size=" << m.vocab_size()
+            << " state_bytes=" << m.state_bytes()
+            << " weights=" << m.weights_dtype();
+  if (!m.bf16_activations().empty()) {
+    std::cout << " bf16_activations=" << m.bf16_activations();
+  }
+  std::cout << " fingerprint=" << m.fingerprint() << "\n";
+}
+
+// Every model (ListModels), or the one named (GetModel).
+absl::Status Models(const std::vector<std::string>& ids) {
+  SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
+  if (ids.empty()) {
+    SS_ASSIGN_OR_RETURN(v1::ListModelsResponse resp, client->ListModels());
+    for (const v1::Model& m : resp.models()) Print(m);
+    return absl::OkStatus();
+  }
+  SS_ASSIGN_OR_RETURN(v1::Model m, client->GetModel(ids[0]));
+  Print(m);
   return absl::OkStatus();
 }
 
 int Run(const std::vector<std::string>& args) {
-  if (!args.empty()) {
-    std::cerr << "statestream models: unexpected argument \"" << args[0]
+  if (args.size() > 1) {
+    std::cerr << "statestream models: unexpected argument \"" << args[1]
               << "\"\n";
     return kExitUsage;
   }
@@ -45,7 +53,7 @@ int Run(const std::vector<std::string>& args) {
         UsageError("models takes no --session (it lists the server's models)"));
   }
   // Output that did not reach stdout (a full disk) fails too.
-  absl::Status s = Models();
+  absl::Status s = Models(args);
   if (s.ok()) s = FlushStdout();
   return ReportStatus(s);
 }
@@ -55,11 +63,13 @@ int Run(const std::vector<std::string>& args) {
 const Command& ModelsCommand() {
   static const Command kCommand{
       "models",
-      "List the models a server serves (ListModels).",
-      "[--target HOST:PORT] [--json]\n\n"
+      "List the models a server serves (ListModels), or show one (GetModel).",
+      "[MODEL_ID] [--target HOST:PORT] [--json]\n\n"
       "One line per model (with --json one statestream.v1.Model object per\n"
       "line). Through a gateway: the models of every ready worker, merged.\n"
-      "For local checkpoint files see `statestream model`.",
+      "With MODEL_ID only that model; one no server serves is\n"
+      "MODEL_NOT_FOUND (exit 1). For local checkpoint files see\n"
+      "`statestream model`.",
       {__FILE__, kClientFlagsFile, kTlsFlagsFile},
       &Run};
   return kCommand;

@@ -200,7 +200,15 @@ TEST_F(CliClientTest, UpdateExportImport) {
   r = Cli({"models", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr(R"("model_id":"demo-random-bytes")"));
-  EXPECT_EQ(Cli({"models", "extra"}).exit_code, 2);
+  // One model by id (GetModel); an unknown one is MODEL_NOT_FOUND.
+  r = Cli({"models", "demo-random-bytes"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, ::testing::StartsWith("demo-random-bytes\tarchitecture="));
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+  r = Cli({"models", "no-such-model"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("MODEL_NOT_FOUND"));
+  EXPECT_EQ(Cli({"models", "demo-random-bytes", "extra"}).exit_code, 2);
 
   // Bad input: not a snapshot; a missing file; an unknown session.
   const std::string junk = TempFile("junk.state", "not a state");

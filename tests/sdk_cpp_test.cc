@@ -667,6 +667,17 @@ TEST_F(SdkTest, SessionCalls) {
   EXPECT_EQ(gone.code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(GetReason(gone), Reason::kSessionNotFound);
   EXPECT_TRUE(fork->Delete(/*allow_missing=*/true).ok());
+
+  // Models: the list, one by id, an unknown id.
+  auto models = client_->ListModels();
+  ASSERT_TRUE(models.ok()) << models.status();
+  ASSERT_EQ(models->models_size(), 1);
+  auto model = client_->GetModel(models->models(0).model_id());
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ(model->fingerprint(), models->models(0).fingerprint());
+  absl::Status unknown = client_->GetModel("no-such-model").status();
+  EXPECT_EQ(unknown.code(), absl::StatusCode::kNotFound) << unknown;
+  EXPECT_EQ(GetReason(unknown), Reason::kModelNotFound);
 }
 
 // CommitOptions reach the server: an import or a rollback with a stale

@@ -295,6 +295,18 @@ absl::StatusOr<v1::ListModelsResponse> Client::ListModels(
   return out;
 }
 
+absl::StatusOr<v1::Model> Client::GetModel(const std::string& model_id,
+                                           const CallOptions& call) {
+  v1::GetModelRequest request;
+  request.set_model_id(model_id);
+  v1::Model out;
+  absl::Status s = Unary(call, [&](Stubs& stubs, grpc::ClientContext* ctx) {
+    return stubs.models->GetModel(ctx, request, &out);
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
 namespace {
 
 google::protobuf::Duration TtlProto(absl::Duration ttl) {

@@ -175,6 +175,10 @@ class Client {
                                                 const CallOptions& call = {});
   absl::StatusOr<v1::ListModelsResponse> ListModels(
       const CallOptions& call = {});
+  // One served model (Models.GetModel): NOT_FOUND/MODEL_NOT_FOUND for an id
+  // no server serves (an empty one too).
+  absl::StatusOr<v1::Model> GetModel(const std::string& model_id,
+                                     const CallOptions& call = {});
 
   const ClientOptions& options() const { return options_; }
 
