@@ -21,18 +21,19 @@ import grpc
 import grpc.aio
 
 from statestream.client import (_ClientBase, _Collected, _assemble_export,
-                                _closed_error, _create_request, _deadline,
+                                _closed_error, _create_request,
                                 _crc32c_in_thread, _generate_request,
                                 _import_chunk,
-                                _import_chunks, _import_header, _left,
+                                _import_chunks, _import_header, _list_request,
                                 _not_found_after_unknown, _outcome_unknown,
                                 _rollback_request, _score_request, _setup,
                                 _state_blob,
                                 _Stubs, _update_request, new_request_id)
 from statestream.errors import StatestreamError, blames_target
 from statestream.streams import (MAX_WINDOW, _AckTracker,
-                                 _GenerateProgress, _Retained, _session_id,
-                                 _units, _utf8)
+                                 _GenerateProgress, _Retained, _deadline,
+                                 _durability, _left, _str_field, _units,
+                                 _utf8)
 from statestream.types import (AppendAck, ExportedState, GenerateChunk,
                                GenerateDone, GenerateResult, ScoreResult,
                                SessionInfo, VersionInfo)
@@ -190,8 +191,7 @@ class AsyncClient(_ClientBase):
                             ) -> List[SessionInfo]:
         """Every page at once (Client.list_sessions iterates); `timeout`
         bounds them together."""
-        req = pb.ListSessionsRequest(label_selector=labels or {},
-                                     model_id=model_id)
+        req = _list_request(labels, model_id)
         deadline = _deadline(timeout)
         out = []
         while True:
@@ -229,6 +229,13 @@ class AsyncClient(_ClientBase):
         r = await self._unary(lambda st, md, t: st.models.ListModels(
             pb.ListModelsRequest(), metadata=md, timeout=t), timeout)
         return list(r.models)
+
+    async def get_model(self, model_id: str, *,
+                        timeout: Optional[float] = None) -> object:
+        """As Client.get_model."""
+        req = pb.GetModelRequest(model_id=_str_field(model_id, "model_id"))
+        return await self._unary(lambda st, md, t: st.models.GetModel(
+            req, metadata=md, timeout=t), timeout)
 
 
 class _Tracked:
@@ -272,7 +279,7 @@ class AsyncSession:
 
     def __init__(self, client: AsyncClient, session_id: str):
         self.client = client
-        self.id = _session_id(session_id)
+        self.id = _str_field(session_id, "session id")
 
     def __repr__(self) -> str:
         return f"AsyncSession({self.id!r})"
@@ -293,6 +300,7 @@ class AsyncSession:
         (None: the session's applied input_offset, read now); `window` is
         clamped to 1..MAX_WINDOW (64); `timeout` bounds the writer's whole
         life from now, the GetSession included."""
+        durability = _durability(durability)
         deadline = _deadline(timeout)
         offset = (await self.get(timeout=_left(deadline))).input_offset \
             if start_offset is None else start_offset
@@ -499,7 +507,7 @@ class AsyncAppendWriter(_AckTracker):
         self._next_offset = offset
         self._window = max(1, min(window, MAX_WINDOW))
         self._chunk = max(1, min(max_chunk_bytes, 1 << 20))
-        self._durability = durability
+        self._durability = _durability(durability)
         self._init_tracker(offset)
         self._sent = 0  # of _retained, sent on the current call
         self._call = None
@@ -548,10 +556,14 @@ class AsyncAppendWriter(_AckTracker):
         await self._pump(self._window)
 
     async def sync(self) -> AppendAck:
-        """Waits for the acks of everything written (applied, maybe not
-        committed)."""
+        """As AppendWriter.sync: the latest ack once everything written is
+        acknowledged; before any, the session's current ack (a request
+        without payload)."""
         self._check()
         await self._pump(0)
+        if self.last_ack is None:
+            self._queue(pb.AppendRequest())
+            await self._pump(0)
         return self.last_ack
 
     async def checkpoint(self) -> AppendAck:

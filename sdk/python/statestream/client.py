@@ -14,10 +14,13 @@ delivered.
 from __future__ import annotations
 
 import datetime
+import math
+import numbers
 import random
 import threading
 import time
 import uuid
+import weakref
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import grpc
@@ -29,8 +32,9 @@ from statestream.types import (AppendAck, ExportedState, GenerateResult,
                                ScoreResult, SessionInfo, VersionInfo)
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as rpc
-from statestream.streams import (AppendWriter, GenerateStream,
-                                 _invalid_utf8, _session_id, _utf8)
+from statestream.streams import (AppendWriter, GenerateStream, _deadline,
+                                 _durability, _invalid_utf8, _labels, _left,
+                                 _str_field, _timeout, _utf8)
 
 __all__ = ["AppendWriter", "Client", "GenerateStream", "Session",
            "new_request_id"]
@@ -96,7 +100,7 @@ def _setup(client, targets, api_key, tenant, tls, root_certificates,
         targets = [t for t in targets.split(",") if t]
     if not targets:
         raise ValueError("targets is empty")
-    client.timeout = timeout
+    client.timeout = _timeout(timeout)
     client.max_attempts = max(1, max_attempts)
     client.initial_backoff = initial_backoff
     client.max_backoff = max_backoff
@@ -130,16 +134,6 @@ def _setup(client, targets, api_key, tenant, tls, root_certificates,
         client._stubs.append(_Stubs(channel))
     client._current = 0
     client._closed = False
-
-
-def _deadline(timeout: Optional[float]) -> Optional[float]:
-    """The monotonic deadline `timeout` seconds from now (None: none)."""
-    return None if timeout is None else time.monotonic() + timeout
-
-
-def _left(deadline: Optional[float]) -> Optional[float]:
-    """Seconds left before `deadline` (None: no deadline), at least 0."""
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 _closed_error = client_closed_error  # CANCELLED "client closed"
@@ -209,7 +203,8 @@ class Client(_ClientBase):
     name; by default HTTP/2 keepalive pings an open call's connection every
     20 s and fails its calls (UNAVAILABLE, then resumed on the next target)
     when a ping goes unanswered for 10 s, e.g.
-    options=[("grpc.keepalive_time_ms", 60000)] to ping less often."""
+    options=[("grpc.keepalive_time_ms", 60000)] to ping less often.
+    `timeout` bounds each unary attempt (None or inf: no bound)."""
 
     def __init__(self, targets: Union[str, Sequence[str]], *,
                  api_key: Optional[str] = None, tenant: Optional[str] = None,
@@ -226,6 +221,11 @@ class Client(_ClientBase):
         self._lock = threading.Lock()
         # The events the backoffs in progress wait on: close() sets them.
         self._wakers: set = set()
+        # The writers' open Append calls (streams._AppendCall): close()
+        # ends them, else gRPC's thread that consumes one's requests waits
+        # on its queue for as long as the writer is referenced. Weak: a
+        # dropped writer's call ends by its finalizer.
+        self._append_calls: weakref.WeakSet = weakref.WeakSet()
 
     # -- plumbing ----------------------------------------------------------
 
@@ -237,8 +237,11 @@ class Client(_ClientBase):
         with self._lock:
             self._closed = True
             wakers = list(self._wakers)
+            calls = list(self._append_calls)
         for wake in wakers:
             wake.set()
+        for call in calls:
+            call.cancel()
         for s in self._stubs:
             s.channel.close()
 
@@ -247,6 +250,17 @@ class Client(_ClientBase):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _opened(self, call) -> None:
+        """Keeps a writer's new Append call (streams._AppendCall) for
+        close() to end; if close() came meanwhile, ends it and raises
+        CANCELLED "client closed"."""
+        with self._lock:
+            if not self._closed:
+                self._append_calls.add(call)
+                return
+        call.cancel()
+        raise _closed_error()
 
     def _current_stubs(self) -> _Stubs:
         with self._lock:
@@ -342,10 +356,13 @@ class Client(_ClientBase):
                       ) -> Iterator[SessionInfo]:
         """The tenant's sessions carrying all of `labels` (bound to
         `model_id` if given), fetched page by page as the iteration goes;
-        `timeout` bounds the whole listing from its first page."""
-        req = pb.ListSessionsRequest(label_selector=labels or {},
-                                     model_id=model_id)
-        deadline = _deadline(timeout)
+        `timeout` bounds the whole listing from its first page. The
+        arguments are checked at the call, before the iteration."""
+        req = _list_request(labels, model_id)
+        return self._list_pages(req, _deadline(timeout))
+
+    def _list_pages(self, req, deadline: Optional[float]
+                    ) -> Iterator[SessionInfo]:
         while True:
             page = self._unary(lambda st, md, t: st.sessions.ListSessions(
                 req, metadata=md, timeout=t), deadline=deadline)
@@ -380,17 +397,31 @@ class Client(_ClientBase):
             pb.ListModelsRequest(), metadata=md, timeout=t), timeout)
         return list(r.models)
 
+    def get_model(self, model_id: str, *,
+                  timeout: Optional[float] = None) -> object:
+        """One served model (a statestream.v1.Model message);
+        NOT_FOUND/MODEL_NOT_FOUND for an id no server serves."""
+        req = pb.GetModelRequest(model_id=_str_field(model_id, "model_id"))
+        return self._unary(lambda st, md, t: st.models.GetModel(
+            req, metadata=md, timeout=t), timeout)
+
+
+def _request_id(request_id) -> str:
+    """`request_id` checked (_str_field); a new one for None or ""."""
+    return (_str_field(request_id, "request_id", optional=True) or
+            new_request_id())
+
 
 def _create_request(session_id, model_id, labels, ttl_seconds, fork_from,
                     fork_version, request_id, durability):
-    req = pb.CreateSessionRequest(request_id=request_id or new_request_id(),
-                                  session_id=_session_id(
-                                      "" if session_id is None else session_id),
-                                  model_id=model_id,
-                                  labels=labels or {}, durability=durability)
+    req = pb.CreateSessionRequest(
+        request_id=_request_id(request_id),
+        session_id=_str_field(session_id, "session id", optional=True),
+        model_id=_str_field(model_id, "model_id", optional=True),
+        labels=_labels(labels), durability=_durability(durability))
     if ttl_seconds is not None:
         req.ttl.seconds = ttl_seconds
-    if fork_from is not None and _session_id(fork_from, "fork_from"):
+    if fork_from is not None and _str_field(fork_from, "fork_from"):
         req.fork_from.session_id = fork_from
         req.fork_from.version = fork_version
     return req
@@ -399,11 +430,11 @@ def _create_request(session_id, model_id, labels, ttl_seconds, fork_from,
 def _import_header(session_id, mode, state, *, labels=None,
                    ttl_seconds=None, durability=pb.DURABILITY_UNSPECIFIED,
                    expected_version=None, request_id=None):
-    header = pb.ImportHeader(request_id=request_id or new_request_id(),
-                             session_id=_session_id(
-                                 "" if session_id is None else session_id),
-                             mode=mode,
-                             labels=labels or {}, durability=durability)
+    header = pb.ImportHeader(
+        request_id=_request_id(request_id),
+        session_id=_str_field(session_id, "session id", optional=True),
+        mode=mode, labels=_labels(labels),
+        durability=_durability(durability))
     header.state.CopyFrom(state.header)
     if ttl_seconds is not None:
         header.ttl.seconds = ttl_seconds
@@ -445,10 +476,16 @@ def _import_requests(header, blob: bytes):
         yield _import_chunk(i, data, _crc32c(data))
 
 
+def _list_request(labels, model_id):
+    return pb.ListSessionsRequest(
+        label_selector=_labels(labels),
+        model_id=_str_field(model_id, "model_id", optional=True))
+
+
 def _rollback_request(session_id, version, expected_version, durability):
     req = pb.RollbackSessionRequest(request_id=new_request_id(),
                                     session_id=session_id, version=version,
-                                    durability=durability)
+                                    durability=_durability(durability))
     if expected_version is not None:
         req.expected_version = expected_version
     return req
@@ -460,7 +497,7 @@ def _update_request(session_id, labels, ttl_seconds):
     req = pb.UpdateSessionRequest(request_id=new_request_id(),
                                   session_id=session_id)
     if labels is not None:
-        req.labels.update(labels)
+        req.labels.update(_labels(labels))
         req.update_mask.paths.append("labels")
     if ttl_seconds is not None:
         req.ttl.seconds = ttl_seconds
@@ -482,9 +519,10 @@ def _generate_request(session_id, prompt, *, prompt_tokens, max_tokens,
     if prompt and prompt_tokens:
         raise ValueError("give prompt or prompt_tokens, not both")
     req = pb.GenerateRequest(session_id=session_id,
-                             request_id=request_id or new_request_id(),
+                             request_id=_request_id(request_id),
                              max_tokens=max_tokens, commit=commit,
-                             durability=durability, logprobs=logprobs,
+                             durability=_durability(durability),
+                             logprobs=logprobs,
                              top_logprobs=top_logprobs,
                              stop_strings=_stop_strings(stop),
                              stop_tokens=_stop_tokens(stop_tokens))
@@ -508,13 +546,38 @@ def _generate_request(session_id, prompt, *, prompt_tokens, max_tokens,
     if seed is not None:
         sampling.seed = seed
     if max_duration is not None:
-        if isinstance(max_duration, datetime.timedelta):
-            req.max_duration.FromTimedelta(max_duration)
-        else:
-            req.max_duration.FromNanoseconds(round(max_duration * 1e9))
+        req.max_duration.FromNanoseconds(_duration_nanos(max_duration,
+                                                         "max_duration"))
     if expected_input_offset is not None:
         req.expected_input_offset = expected_input_offset
     return req
+
+
+# google.protobuf.Duration's range, which the server requires: seconds at
+# most this (nanos 0 to 999,999,999), not negative.
+_MAX_DURATION_S = 315_576_000_000
+
+
+def _duration_nanos(value, what: str) -> int:
+    """`value` (seconds, or a timedelta) in nanoseconds. ValueError unless
+    finite, not negative and within what the server takes
+    (_MAX_DURATION_S), TypeError for another type, before any call."""
+    if isinstance(value, datetime.timedelta):
+        nanos = ((value.days * 86400 + value.seconds) * 10 ** 6 +
+                 value.microseconds) * 1000
+    elif isinstance(value, numbers.Real):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{what} must be a finite number of seconds, "
+                             f"at least 0, not {value}")
+        nanos = (value * 10 ** 9 if isinstance(value, numbers.Integral)
+                 else round(value * 1e9))
+    else:
+        raise TypeError(f"{what} must be seconds or a timedelta, not "
+                        f"{type(value).__name__}")
+    if nanos < 0 or nanos // 10 ** 9 > _MAX_DURATION_S:
+        raise ValueError(f"{what} must be from 0 to {_MAX_DURATION_S:,} "
+                         f"seconds, not {value}")
+    return nanos
 
 
 def _score_request(session_id, text, tokens, version, top_logprobs,
@@ -635,11 +698,15 @@ def _stop_tokens(stop_tokens) -> List[int]:
 class Session:
     """A handle on one session. Cheap; holds no server resources. Every call
     takes `timeout=`: seconds for the whole operation, retries included
-    (None: no bound besides each attempt's, the client's `timeout`)."""
+    (None or inf: no bound besides each attempt's, the client's `timeout`;
+    NaN or negative: ValueError). Every `durability=`, here and in the
+    client's methods, takes a Durability or its name ("DURABILITY_FSYNC",
+    as results report it); an unknown one is a ValueError, before any
+    call."""
 
     def __init__(self, client: Client, session_id: str):
         self.client = client
-        self.id = _session_id(session_id)
+        self.id = _str_field(session_id, "session id")
 
     def __repr__(self) -> str:
         return f"Session({self.id!r})"
@@ -668,6 +735,7 @@ class Session:
         reading a writer that leaves 64 acks unread); larger values are
         clamped. `timeout` bounds the writer's whole life from now, the
         GetSession included."""
+        durability = _durability(durability)
         deadline = _deadline(timeout)
         offset = self.get(timeout=_left(deadline)).input_offset \
             if start_offset is None else start_offset
@@ -721,8 +789,9 @@ class Session:
         `logit_bias` ({token: bias}; <= -1e9 bans it) and `seed`, as
         SamplingParams. `stop` is one stop string (stop="\\n\\n") or
         several; `stop_tokens` one token id or several. `max_duration`
-        (seconds or a timedelta) stops gracefully (FINISH_REASON_CANCELLED)
-        after that much generation time. `durability`: of the commit
+        (seconds or a timedelta, 0 to 315,576,000,000 s: else ValueError)
+        stops gracefully (FINISH_REASON_CANCELLED) after that much
+        generation time. `durability`: of the commit
         (commit=True). With logprobs=True each chunk's `logprobs` /
         `token_logprobs` are parallel to its tokens (None for a token
         replayed without one), `top_logprobs` alternatives in the latter.

@@ -6,11 +6,14 @@ resume protocol."""
 from __future__ import annotations
 
 import collections
+import collections.abc
+import math
+import numbers
 import queue
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Union
 
 import grpc
 
@@ -33,8 +36,9 @@ MAX_WINDOW = 64
 class _AppendCall:
     """One Append call: requests go through a queue, acks come back in
     order. gRPC consumes the queue on a thread of its own, which waits on
-    it until _END: every way out of the call (close_send, cancel, and the
-    finalizer of a call dropped without either) puts _END."""
+    it until _END: every way out of the call (close_send, cancel, which
+    Client.close() calls, and the finalizer of a call dropped without
+    either) puts _END."""
 
     def __init__(self, stubs: _Stubs, metadata, timeout):
         self.stubs = stubs
@@ -96,14 +100,85 @@ def _utf8(text, what: str = "text") -> bytes:
                     f"{type(text).__name__}")
 
 
-def _session_id(value, what: str = "session id") -> str:
-    """`value` if it is a str the request can carry: TypeError for another
-    type, INVALID_ARGUMENT/INVALID_UTF8 for a str with no UTF-8 form (a
-    lone surrogate), before any call; the server checks the rest."""
+def _str_field(value, what: str, *, optional: bool = False) -> str:
+    """`value` if it is a str a request can carry; every str field of a
+    request goes through here (ids, model_id, labels). TypeError for
+    another type, INVALID_ARGUMENT/INVALID_UTF8 for a str with no UTF-8
+    form (a lone surrogate, which protobuf fails with UnicodeEncodeError),
+    before any call; the server checks the rest. `optional`: None is ""
+    (none: the server's default, or a generated id)."""
+    if value is None and optional:
+        return ""
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, not {type(value).__name__}")
     _utf8(value, what)
     return value
+
+
+def _labels(labels, what: str = "labels") -> Dict[str, str]:
+    """`labels` (None: none) as a dict, each key and value checked by
+    _str_field; TypeError for anything but a mapping of str to str (a
+    list of pairs included)."""
+    if labels is None:
+        return {}
+    if not isinstance(labels, collections.abc.Mapping):
+        raise TypeError(f"{what} must be a mapping of str to str, not "
+                        f"{type(labels).__name__}")
+    return {_str_field(k, f"{what} key"): _str_field(v, f"{what}[{k!r}]")
+            for k, v in labels.items()}
+
+
+def _durability(value) -> int:
+    """A Durability given as its number or its name ("DURABILITY_FSYNC",
+    as results report it), as its number; None is DURABILITY_UNSPECIFIED
+    (the server's default). ValueError for a name or number the API does
+    not define, TypeError for another type, before any call."""
+    if value is None:
+        return pb.DURABILITY_UNSPECIFIED
+    if isinstance(value, str):
+        if value in pb.Durability.keys():
+            return pb.Durability.Value(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if value in pb.Durability.values():
+            return int(value)
+    else:
+        raise TypeError("durability must be a Durability (an int) or its "
+                        f"name, not {type(value).__name__}")
+    raise ValueError(f"unknown durability {value!r}: one of "
+                     f"{', '.join(pb.Durability.keys())} (or its number)")
+
+
+# Past this, gRPC cannot represent a deadline (nanoseconds since the epoch,
+# 64 bits: ~7e9 s from now) and fails the call DEADLINE_EXCEEDED at once;
+# a bound this far off (~31 years) is none.
+_UNBOUNDED_S = 1e9
+
+
+def _timeout(timeout, what: str = "timeout") -> Optional[float]:
+    """`timeout` in seconds as a bound: None (none) for None, inf or more
+    than _UNBOUNDED_S; ValueError for NaN or a negative one, TypeError for
+    anything but a number, before any call."""
+    if timeout is None:
+        return None
+    if not isinstance(timeout, numbers.Real):
+        raise TypeError(f"{what} must be a number of seconds, not "
+                        f"{type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"{what} must be at least 0 seconds (inf or None: "
+                         f"no bound), not {timeout}")
+    return None if timeout > _UNBOUNDED_S else float(timeout)
+
+
+def _deadline(timeout: Optional[float]) -> Optional[float]:
+    """The monotonic deadline `timeout` seconds from now (None: none; see
+    _timeout)."""
+    timeout = _timeout(timeout)
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _left(deadline: Optional[float]) -> Optional[float]:
+    """Seconds left before `deadline` (None: no deadline), at least 0."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _invalid_utf8(what: str, index: int) -> StatestreamError:
@@ -204,8 +279,8 @@ class AppendWriter(_AckTracker):
         self._next_offset = offset
         self._window = max(1, min(window, MAX_WINDOW))
         self._chunk = max(1, min(max_chunk_bytes, _MAX_TEXT))
-        self._durability = durability
-        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._durability = _durability(durability)
+        self._deadline = _deadline(timeout)
         self._init_tracker(offset)
         self._call: Optional[_AppendCall] = None
         self._error: Optional[StatestreamError] = None
@@ -249,9 +324,14 @@ class AppendWriter(_AckTracker):
 
     def sync(self) -> AppendAck:
         """Waits for the acks of everything written (applied, maybe not
-        committed)."""
+        committed); returns the latest. Before anything was acknowledged,
+        asks for the session's current ack (a request without payload),
+        so there is always one."""
         self._check()
         self._read_acks(0)
+        if self.last_ack is None:
+            self._send(pb.AppendRequest())
+            self._read_acks(0)
         return self.last_ack
 
     def checkpoint(self) -> AppendAck:
@@ -338,6 +418,7 @@ class AppendWriter(_AckTracker):
             self._call = self._client._invoke(
                 _AppendCall, stubs, self._client._metadata,
                 self._client._attempt_timeout(self._deadline, unary=False))
+            self._client._opened(self._call)  # Client.close() ends it
         except StatestreamError as e:
             self._error = e
             raise
@@ -514,7 +595,7 @@ class GenerateStream:
     def __init__(self, client: Client, request, timeout: Optional[float]):
         self._client = client
         self._request = request
-        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._deadline = _deadline(timeout)
         self._progress = _GenerateProgress(request)
         self._responses = None
         self._stubs = None

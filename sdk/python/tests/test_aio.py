@@ -128,6 +128,11 @@ def test_async_client_has_the_sync_options(server):
         async with AsyncClient(server.address) as c:
             models = await c.list_models(timeout=10)
             model_id = models[0].model_id
+            assert (await c.get_model(model_id)).fingerprint == \
+                models[0].fingerprint
+            with pytest.raises(StatestreamError) as e:
+                await c.get_model("no-such-model")
+            assert e.value.reason == "MODEL_NOT_FOUND"
             info = await c.create_session("t", ttl_seconds=3600,
                                           durability=pb.DURABILITY_FSYNC)
             assert info.ttl.total_seconds() == 3600

@@ -396,6 +396,12 @@ def test_infos_carry_every_field(client):
     assert abs(datetime.datetime.now(datetime.timezone.utc) -
                info.create_time) < datetime.timedelta(minutes=5)
     assert info.model_fingerprint == client.list_models()[0].fingerprint
+    model = client.get_model(client.list_models()[0].model_id)
+    assert model.fingerprint == info.model_fingerprint
+    with pytest.raises(StatestreamError) as e:
+        client.get_model("no-such-model")
+    assert e.value.code == grpc.StatusCode.NOT_FOUND
+    assert e.value.reason == "MODEL_NOT_FOUND"
     assert info.state_bytes > 0
     assert info.proto.session_id == "f"
     assert dataclasses.replace(info, proto=None) == info  # not compared

@@ -58,6 +58,7 @@ TIMED_CALLS = {
     "create_session": lambda c, s, t: c.create_session(timeout=t),
     "list_sessions": lambda c, s, t: c.list_sessions(timeout=t),
     "list_models": lambda c, s, t: c.list_models(timeout=t),
+    "get_model": lambda c, s, t: c.get_model("m", timeout=t),
 }
 
 

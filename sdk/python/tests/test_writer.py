@@ -679,3 +679,64 @@ def test_every_writer_call_after_client_close_raises(server, aio):
         return w.offset
     offset = asyncio.run(run_async()) if aio else run_sync()
     assert offset == len("applied ")  # nothing taken after the close
+
+
+# -- sync() before any ack ----------------------------------------------------
+#
+# sync() on a writer that had nothing acknowledged yet returned None, though
+# it returns an AppendAck: it now asks the server for the session's current
+# ack (a request without payload), the position everything written so far
+# (nothing) leaves it at.
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_sync_on_a_fresh_writer_returns_the_current_ack(server, aio):
+    async def run_async():
+        async with AsyncClient(server.address) as c:
+            await c.create_session("fresh")
+            s = c.session("fresh")
+            await s.append("abc")
+            w = await s.writer()
+            first = await w.sync()
+            await w.write("de")
+            return first, await w.sync(), await w.close(), await s.get()
+
+    def run_sync():
+        with Client(server.address) as c:
+            c.create_session("fresh")
+            s = c.session("fresh")
+            s.append("abc")
+            w = s.writer()
+            first = w.sync()
+            w.write("de")
+            return first, w.sync(), w.close(), s.get()
+    first, second, closed, info = (asyncio.run(run_async()) if aio
+                                   else run_sync())
+    assert first is not None
+    assert (first.input_offset, first.committed_input_offset) == (3, 3)
+    assert first.version == 2 and not first.duplicate
+    assert second.input_offset == 5
+    assert closed.committed_input_offset == info.input_offset == 5
+
+
+# -- Client.close() ends an open writer's call --------------------------------
+#
+# After Client.close() a sync writer still referenced kept its gRPC call's
+# request thread waiting on the writer's queue until the writer was
+# collected.
+
+def test_closing_the_client_ends_an_open_writers_call(server):
+    c = Client(server.address)
+    c.create_session("open")
+    s = c.session("open")
+    s.append("warm up ")
+    baseline = settled_thread_count()
+    w = s.writer()
+    w.write("uncommitted ")
+    w.sync()  # its call is open: a request thread waits on its queue
+    assert threading.active_count() > baseline
+    c.close()
+    assert wait_for_threads(baseline) <= baseline
+    with pytest.raises(StatestreamError) as e:
+        w.write("more")
+    assert e.value.code == grpc.StatusCode.CANCELLED
+    del w
