@@ -279,7 +279,7 @@ class StateStore {
   // run time: a commit below what it asked for fails UNAVAILABLE). A request
   // asking for more is refused before anything is written (the service:
   // FAILED_PRECONDITION, field durability), not retried in vain.
-  virtual Durability MaxDurability() const { return Durability::kReplicated; }
+  virtual Durability MaxDurability() const = 0;
 
   // Raises the durability of an existing `version` to `wanted` without
   // writing another: waits for what the store needs (Redis: WAIT/WAITAOF

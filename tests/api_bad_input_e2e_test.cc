@@ -550,6 +550,12 @@ TEST_F(ApiBadInputE2eTest, DurabilityTheStoreNeverReaches) {
   });
   ExpectAt("dur", 2, 3);
   ExpectGone({"dur-new", "dur-imported"});
+  // A side branch writes nothing: its durability is not the store's
+  // business (an unknown level is still refused, see Generate).
+  generate.set_commit(false);
+  const absl::Status side = GenerateStatus(generate);
+  EXPECT_TRUE(side.ok()) << side;
+  ExpectAt("dur", 2, 3);
   // MEMORY (and the default) are fine.
   const absl::Status memory =
       cr([](auto* r) { r->set_durability(v1::DURABILITY_MEMORY); })();
@@ -607,6 +613,11 @@ TEST_F(ApiBadInputE2eTest, Generate) {
          g->set_top_logprobs(21);
        }),
        WantField("top_logprobs")},
+      {"durability 9 on a side branch", gen([](auto* g) {
+         g->set_commit(false);
+         g->set_durability(static_cast<v1::Durability>(9));
+       }),
+       WantField("durability")},
   };
   for (const Case& c : cases) {
     ExpectCase(c);

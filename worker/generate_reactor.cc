@@ -145,7 +145,11 @@ class GenerateReactor final
     in.commit = r.commit();
     SS_ASSIGN_OR_RETURN(
         in.durability,
-        DurabilityFromProto(r.durability(), models_->max_durability()));
+        // Only a commit asks the store for anything (a side branch writes
+        // nothing); an unknown level is refused either way.
+        DurabilityFromProto(r.durability(), r.commit()
+                                                ? models_->max_durability()
+                                                : Durability::kReplicated));
     in.logprobs = r.logprobs();
     if (r.top_logprobs() > 20) return BadField("top_logprobs", "0-20");
     in.top_logprobs = static_cast<int>(r.top_logprobs());

@@ -161,6 +161,10 @@ class RedisStateStore final : public StateStore {
 
   absl::StatusOr<CommitResult> Commit(const CommitRequest& r) override;
 
+  // What a commit reaches depends on the servers' configuration at the
+  // time (state-store.md, "Durability").
+  Durability MaxDurability() const override { return Durability::kReplicated; }
+
   absl::StatusOr<VersionInfo> AwaitDurability(const SessionKey& key,
                                               uint64_t version,
                                               Durability wanted) override;

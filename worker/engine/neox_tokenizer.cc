@@ -365,7 +365,7 @@ StreamEncodeResult NeoxTokenizer::EncodeStream(absl::string_view tail,
   // cut only comes later), so past kRescanFromBytes the scan runs only
   // when the text reaches the next step of a grid of four steps a doubling
   // (or passes the cap): each byte costs a few bytes of scanning in all,
-  // and the tail holds at most about a fifth more than a scan would leave.
+  // and the tail holds up to a quarter more than the last scan left.
   auto step = [](size_t n) {
     const int width = std::bit_width(n);  // n >= kRescanFromBytes
     return (width << 2) | ((n >> (width - 3)) & 3);

@@ -362,7 +362,7 @@ TEST_F(NeoxTokenizerTest, TextWithoutWhitespaceKeepsTheTailBounded) {
 }
 
 // A long tail fed in small chunks is scanned only at steps of a geometric
-// grid (the text holding back at most about a fifth more), not on every
+// grid (holding up to a quarter more than the last scan left), not on every
 // call: a byte at a time, a 64 KiB run took ~30 s. Holding back stays
 // exact, and text after the run streams out again.
 TEST_F(NeoxTokenizerTest, ALongTailFedByteByByteHoldsBackLittle) {
@@ -384,7 +384,7 @@ TEST_F(NeoxTokenizerTest, ALongTailFedByteByByteHoldsBackLittle) {
   }
   EXPECT_EQ(ids, tokenizer_->Encode(text));
   EXPECT_GT(longest, size_t{5000});
-  EXPECT_LE(longest, size_t{5000} * 6 / 5 + 64);
+  EXPECT_LE(longest, size_t{5000} * 5 / 4 + 64);
   // After a long run, the words that follow come out before the next run.
   tail.clear();
   const std::string run(1000, 'z');

@@ -126,11 +126,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseWorldTokenizer(
 // long runs without whitespace (up to a 64 KiB cap, past which the cut is
 // inexact: docs/architectures.md). A tail of 256 bytes or more is scanned
 // again only when the text reaches the next step of a grid of four steps a
-// doubling (it holds back at most about a fifth more meanwhile), so such a
-// run streamed a byte at a time costs a few bytes of scanning a byte, not
-// O(tail). Errors: NOT_FOUND if
-// unreadable; INVALID_ARGUMENT / kInvalidModelFile for malformed JSON or a
-// merge naming a token missing from the vocab.
+// doubling (meanwhile it holds up to a quarter more than the last scan left),
+// so such a run streamed a byte at a time costs a few bytes of scanning a byte,
+// not O(tail). Errors: NOT_FOUND if unreadable; INVALID_ARGUMENT /
+// kInvalidModelFile for malformed JSON or a merge naming a token missing from
+// the vocab.
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadNeoxTokenizer(
     const std::string& path);
 absl::StatusOr<std::unique_ptr<Tokenizer>> ParseNeoxTokenizer(

@@ -148,10 +148,13 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
             : std::max(o.max_receive_message_bytes, 8 << 20));
     // Reconnect quickly after a server restart: the retry loop, not the
     // channel's (up to 120 s) reconnect backoff, decides how long to wait.
-    // Not GRPC_ARG_MIN_RECONNECT_BACKOFF_MS: gRPC core reads it as the least
-    // time a connection attempt is given (default 20 s), and 100 ms failed
-    // every handshake over a slow link.
+    // GRPC_ARG_MIN_RECONNECT_BACKOFF_MS is, in gRPC core, the least time a
+    // connection attempt is given (default 20 s): 5 s lets a slow link's
+    // handshake finish (100 ms, set before, failed every one slower than
+    // that) and still gives up on a host that drops packets soon enough to
+    // fail over to the next target.
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
     // HTTP/2 pings while calls are open: a stream to a server that stopped
     // answering without closing the connection (paused, partitioned) fails

@@ -47,9 +47,11 @@ def new_request_id() -> str:
 # Channel options every client starts from; `options` passed to a client
 # replace the ones with the same name. Reconnects: 100 ms after a failed
 # attempt, backing off to 1 s, so a restarted server is found at once (the
-# retry loop decides how long to wait). Not grpc.min_reconnect_backoff_ms:
-# gRPC core reads it as the least time a connection attempt is given
-# (default 20 s), and 100 ms failed every handshake over a slow link.
+# retry loop decides how long to wait). grpc.min_reconnect_backoff_ms is,
+# in gRPC core, the least time a connection attempt is given (default
+# 20 s): 5 s lets a slow link's handshake finish (100 ms, set before,
+# failed every one slower than that) and still gives up on a host that
+# drops packets soon enough to fail over to the next target.
 # HTTP/2 keepalive: while calls are
 # open, a ping every 20 s that must be answered within 10 s, so a call on a
 # connection that died silently (a paused or partitioned server, a dropped
@@ -61,6 +63,7 @@ DEFAULT_CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", 8 << 20),
     ("grpc.max_send_message_length", 8 << 20),
     ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 5000),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.keepalive_time_ms", 20000),
     ("grpc.keepalive_timeout_ms", 10000),
@@ -359,10 +362,11 @@ class Client(_ClientBase):
         `timeout` bounds the whole listing from its first page. The
         arguments are checked at the call, before the iteration."""
         req = _list_request(labels, model_id)
-        return self._list_pages(req, _deadline(timeout))
+        return self._list_pages(req, _timeout(timeout))
 
-    def _list_pages(self, req, deadline: Optional[float]
+    def _list_pages(self, req, timeout: Optional[float]
                     ) -> Iterator[SessionInfo]:
+        deadline = _deadline(timeout)  # from the first page
         while True:
             page = self._unary(lambda st, md, t: st.sessions.ListSessions(
                 req, metadata=md, timeout=t), deadline=deadline)
@@ -565,12 +569,13 @@ def _duration_nanos(value, what: str) -> int:
     if isinstance(value, datetime.timedelta):
         nanos = ((value.days * 86400 + value.seconds) * 10 ** 6 +
                  value.microseconds) * 1000
-    elif isinstance(value, numbers.Real):
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"{what} must be a finite number of seconds, "
                              f"at least 0, not {value}")
-        nanos = (value * 10 ** 9 if isinstance(value, numbers.Integral)
-                 else round(value * 1e9))
+        # int() first: a fixed-width integer (numpy) would wrap.
+        nanos = (int(value) * 10 ** 9 if isinstance(value, numbers.Integral)
+                 else round(float(value) * 1e9))
     else:
         raise TypeError(f"{what} must be seconds or a timedelta, not "
                         f"{type(value).__name__}")

@@ -160,7 +160,7 @@ def _timeout(timeout, what: str = "timeout") -> Optional[float]:
     anything but a number, before any call."""
     if timeout is None:
         return None
-    if not isinstance(timeout, numbers.Real):
+    if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool):
         raise TypeError(f"{what} must be a number of seconds, not "
                         f"{type(timeout).__name__}")
     if math.isnan(timeout) or timeout < 0:

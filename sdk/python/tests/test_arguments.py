@@ -242,7 +242,7 @@ def test_a_negative_or_nan_timeout_is_refused_before_any_call(fake, aio):
                          lambda: s.append("x", timeout=t),
                          lambda: s.delete(timeout=t)):
                 yield call, raises(ValueError)
-        for t in ("1", [1]):
+        for t in ("1", [1], True):
             yield lambda: s.get(timeout=t), raises(TypeError)
     check_all(aio, fake.address, cases)
     assert_nothing_sent(fake)
@@ -270,7 +270,7 @@ def test_max_duration_must_be_a_duration_the_server_takes(fake, aio):
         for d in bad:
             yield (lambda: s.generate("p", max_duration=d),
                    raises(ValueError))
-        for d in ("1", [1]):
+        for d in ("1", [1], True):
             yield (lambda: s.generate("p", max_duration=d),
                    raises(TypeError))
         for d in (0, 0.25, top, top + 0.5, datetime.timedelta(seconds=top)):

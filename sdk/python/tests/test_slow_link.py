@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Clients reach a server over a slow link (a high round-trip time, as a
 TLS connection across regions has): the channel gives a connection attempt
-gRPC's 20 s, not the 0.1-1 s the SDKs' `min_reconnect_backoff_ms` once set
-(that argument is the minimum connect timeout in gRPC core): a handshake
-slower than that never completed. Checked for the Python client (sync and
+5 s (`min_reconnect_backoff_ms`, the minimum connect timeout in gRPC
+core), not the 0.1-1 s it was once set to: a handshake slower than that
+never completed. Checked for the Python client (sync and
 async) and, through the CLI, the C++ client."""
 import asyncio
 import os
