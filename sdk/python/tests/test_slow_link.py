@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from statestream import Client
+from statestream import Client, StatestreamError
 from statestream.aio import AsyncClient
 
 DELAY_S = 0.5  # each way, for every piece of data
@@ -102,3 +102,20 @@ def test_the_cpp_client_connects_over_a_slow_link(slow):
         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
+
+
+def test_a_sync_client_finds_a_restarted_server_at_once(server):
+    # Calls made while the server is down leave the channel in
+    # TRANSIENT_FAILURE; its reconnect timer fired only while a thread
+    # polled it, so calls failed with the old "Connection refused" for
+    # 5-10 s after the server was back. Eight attempts at most 0.5 s apart
+    # (~2.7 s; the channel retries within its 1 s max backoff) reach it.
+    with Client(server.address, max_attempts=8, initial_backoff=0.1,
+                max_backoff=0.5) as c:
+        assert c.list_models()
+        server.kill()
+        for _ in range(4):
+            with pytest.raises(StatestreamError):
+                c.list_models(timeout=0.2)
+        server.start()
+        assert c.list_models()
