@@ -24,27 +24,22 @@ namespace {
 
 enum Kind { kWorld = 0, kNeox = 1, kBytes = 2 };
 
+// The tokenizer, or the program ends with the load's error.
+const Tokenizer* OrExit(absl::StatusOr<std::unique_ptr<Tokenizer>> t) {
+  if (!t.ok()) {
+    std::fprintf(stderr, "%s\n", t.status().ToString().c_str());
+    std::exit(1);
+  }
+  return t->release();
+}
+
 const Tokenizer& Get(Kind kind) {
   static const Tokenizer* const tokenizers[3] = {
-      [] {
-        auto t = LoadWorldTokenizer(absl::StrCat(
-            STATESTREAM_SHARED_DIR, "/testdata/rwkv_vocab_v20230424.txt"));
-        if (!t.ok()) {
-          std::fprintf(stderr, "%s\n", t.status().ToString().c_str());
-          std::exit(1);
-        }
-        return t->release();
-      }(),
-      [] {
-        auto t = LoadNeoxTokenizer(absl::StrCat(
-            STATESTREAM_SHARED_DIR, "/testdata/20B_tokenizer.json"));
-        if (!t.ok()) {
-          std::fprintf(stderr, "%s\n", t.status().ToString().c_str());
-          std::exit(1);
-        }
-        return t->release();
-      }(),
-      MakeByteTokenizer()->release(),
+      OrExit(LoadWorldTokenizer(absl::StrCat(
+          STATESTREAM_SHARED_DIR, "/testdata/rwkv_vocab_v20230424.txt"))),
+      OrExit(LoadNeoxTokenizer(absl::StrCat(STATESTREAM_SHARED_DIR,
+                                            "/testdata/20B_tokenizer.json"))),
+      OrExit(MakeByteTokenizer()),
   };
   return *tokenizers[kind];
 }
