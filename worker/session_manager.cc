@@ -633,10 +633,7 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
   // version no worker can load would leave the session unusable.
   {
     std::string sampler;
-    std::deque<GenerationRecord> records;
-    Utf8Carry carry;
-    SS_RETURN_IF_ERROR(
-        DecodeSamplerSideData(snap.sampler_state, &sampler, &records, &carry));
+    SS_RETURN_IF_ERROR(StateCarry(snap, &sampler).status());
     if (!sampler.empty()) {
       SS_RETURN_IF_ERROR(engine::SamplerState::Parse(sampler).status());
     }
