@@ -35,7 +35,9 @@ ABSL_FLAG(std::string, tls_ca, "",
 ABSL_FLAG(std::string, tls_server_name, "",
           "TLS: expect this name in the server certificate. Needs --tls.");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(60),
-          "Deadline of each unary call attempt.");
+          "Deadline of each unary call attempt; a session export or import "
+          "attempt ends once it goes this long without moving a 1 MiB "
+          "chunk.");
 ABSL_FLAG(int, max_attempts, 10,
           "Attempts per operation before giving up, counted from the last "
           "progress (an Append or Generate that moved on starts again). With "

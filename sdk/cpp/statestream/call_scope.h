@@ -7,6 +7,13 @@
 
 #include <grpcpp/client_context.h>
 
+#include <algorithm>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/grpc_status.h"
 #include "sdk/cpp/statestream/client.h"
 
@@ -36,6 +43,67 @@ class CallScope {
   bool cancelled_ = false;
 };
 
+// Cancels a call that goes `idle` without Progress(): the bound of a
+// transfer attempt (ExportState, ImportState), whose length grows with the
+// state and the link while each message's does not. A thread per attempt:
+// transfers are few and each moves megabytes.
+class StallGuard {
+ public:
+  StallGuard(grpc::ClientContext* ctx, absl::Duration idle)
+      : ctx_(ctx), idle_(idle), due_(absl::Now() + idle) {
+    thread_ = std::thread([this] { Watch(); });
+  }
+  ~StallGuard() {
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+    }
+    thread_.join();
+  }
+  StallGuard(const StallGuard&) = delete;
+  StallGuard& operator=(const StallGuard&) = delete;
+
+  // A message went out or came in: the call has `idle` again from now.
+  void Progress() {
+    absl::MutexLock lock(&mu_);
+    due_ = absl::Now() + idle_;
+  }
+  // Stops watching: what is left of the call is bounded by its deadline
+  // (an import's last writes may sit in buffers longer than `idle`).
+  void Disarm() {
+    absl::MutexLock lock(&mu_);
+    done_ = true;
+  }
+  // True once the call was cancelled for going idle.
+  bool stalled() const {
+    absl::MutexLock lock(&mu_);
+    return stalled_;
+  }
+  absl::Duration idle() const { return idle_; }
+
+ private:
+  void Watch() {
+    absl::MutexLock lock(&mu_);
+    while (!done_) {
+      const absl::Time due = due_;
+      if (absl::Now() >= due) {
+        stalled_ = true;
+        ctx_->TryCancel();
+        return;
+      }
+      mu_.AwaitWithDeadline(absl::Condition(&done_), due);
+    }
+  }
+
+  grpc::ClientContext* const ctx_;
+  const absl::Duration idle_;
+  std::thread thread_;
+  mutable absl::Mutex mu_;
+  absl::Time due_ ABSL_GUARDED_BY(mu_);
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  bool stalled_ ABSL_GUARDED_BY(mu_) = false;
+};
+
 // `fn(Client::Stubs&, grpc::ClientContext*) -> grpc::Status`, one attempt.
 template <typename Fn>
 absl::Status Client::Unary(const CallOptions& call, Fn fn) {
@@ -48,6 +116,38 @@ absl::Status Client::Unary(const CallOptions& call, Fn fn) {
       CallScope scope(&ctx, call);
       if (scope.cancelled()) return absl::CancelledError("cancelled");
       status = FromGrpcStatus(fn(stubs, &ctx));
+    }
+    if (status.ok()) return status;
+    Rotate(&stubs, status, call);
+    if (absl::Status s = RetryOrFail(status, attempt, call); !s.ok()) return s;
+  }
+}
+
+// `fn(Client::Stubs&, grpc::ClientContext*, StallGuard&) -> grpc::Status`,
+// one attempt of a transfer: bounded by call.deadline and `budget` from its
+// start, and cancelled once ClientOptions::timeout passes without fn's
+// guard.Progress() (a message sent or received) while armed; a stalled
+// attempt is DEADLINE_EXCEEDED and retried.
+template <typename Fn>
+absl::Status Client::Transfer(const CallOptions& call, absl::Duration budget,
+                              Fn fn) {
+  for (int attempt = 1;; ++attempt) {
+    Stubs& stubs = Current();
+    grpc::ClientContext ctx;
+    CallOptions bounded = call;
+    bounded.deadline = std::min(call.deadline, absl::Now() + budget);
+    Prepare(&ctx, bounded, /*unary=*/false);
+    absl::Status status;
+    {
+      CallScope scope(&ctx, call);
+      if (scope.cancelled()) return absl::CancelledError("cancelled");
+      StallGuard guard(&ctx, options_.timeout);
+      status = FromGrpcStatus(fn(stubs, &ctx, guard));
+      if (!status.ok() && guard.stalled()) {
+        status = absl::DeadlineExceededError(
+            absl::StrCat("no progress for ", absl::FormatDuration(guard.idle()),
+                         " (ClientOptions::timeout)"));
+      }
     }
     if (status.ok()) return status;
     Rotate(&stubs, status, call);

@@ -321,14 +321,29 @@ google::protobuf::Duration TtlProto(absl::Duration ttl) {
   return out;
 }
 
-// One ImportState call: header, then the blob in 1 MiB chunks.
+// An import attempt's bound: the client's timeout for each chunk, the
+// header and the answer. Its writes are watched for stalls, but the last
+// ones may wait in the connection's buffers (megabytes) after the last
+// write returns.
+absl::Duration ImportBudget(const ClientOptions& options,
+                            const ExportedState& state) {
+  const uint64_t chunk = state.header.chunk_bytes() > 0
+                             ? state.header.chunk_bytes()
+                             : uint64_t{1} << 20;
+  const uint64_t chunks = (state.blob.size() + chunk - 1) / chunk;
+  return options.timeout * static_cast<double>(chunks + 2);
+}
+
+// One ImportState call: header, then the blob in 1 MiB chunks, each
+// message sent a sign of progress to `guard`.
 grpc::Status ImportOnce(Client::Stubs& stubs, grpc::ClientContext* ctx,
-                        const v1::ImportHeader& header, const std::string& blob,
-                        v1::Session* out) {
+                        StallGuard& guard, const v1::ImportHeader& header,
+                        const std::string& blob, v1::Session* out) {
   auto writer = stubs.sessions->ImportState(ctx, out);
   v1::ImportStateRequest req;
   *req.mutable_header() = header;
   bool ok = writer->Write(req);
+  guard.Progress();
   const size_t chunk = header.state().chunk_bytes() > 0
                            ? header.state().chunk_bytes()
                            : size_t{1} << 20;
@@ -339,7 +354,9 @@ grpc::Status ImportOnce(Client::Stubs& stubs, grpc::ClientContext* ctx,
     c->set_data(blob.substr(i * chunk, chunk));
     c->set_crc32c(Crc32c(0, c->data().data(), c->data().size()));
     ok = writer->Write(part);
+    guard.Progress();
   }
+  guard.Disarm();
   writer->WritesDone();
   return writer->Finish();
 }
@@ -379,9 +396,11 @@ absl::StatusOr<v1::Session> Client::ImportSessionWith(
   const v1::ImportHeader header =
       ImportHeaderOf(state, session_id, v1::IMPORT_MODE_CREATE, options);
   v1::Session out;
-  absl::Status s = Unary(call, [&](Stubs& stubs, grpc::ClientContext* ctx) {
-    return ImportOnce(stubs, ctx, header, state.blob, &out);
-  });
+  absl::Status s =
+      Transfer(call, ImportBudget(options_, state),
+               [&](Stubs& stubs, grpc::ClientContext* ctx, StallGuard& guard) {
+                 return ImportOnce(stubs, ctx, guard, header, state.blob, &out);
+               });
   if (!s.ok()) return s;
   return out;
 }
@@ -488,45 +507,48 @@ absl::StatusOr<ExportedState> Session::Export(uint64_t version,
   req.set_session_id(id_);
   req.set_version(version);
   ExportedState out;
-  absl::Status s = client_->Unary(call, [&](Client::Stubs& stubs,
-                                            grpc::ClientContext* ctx) {
-    out = ExportedState();
-    auto reader = stubs.sessions->ExportState(ctx, req);
-    v1::ExportStateResponse part;
-    uint32_t next = 0;
-    bool header = false;
-    std::string corrupt;
-    while (reader->Read(&part)) {
-      if (part.has_header()) {
-        out.header = part.header();
-        header = true;
-      }
-      if (!part.has_chunk() || !corrupt.empty()) continue;
-      // In order, each as its CRC-32C says (else the blob is corrupt:
-      // DATA_LOSS, not retried).
-      const v1::StateChunk& c = part.chunk();
-      if (c.index() != next) {
-        corrupt = absl::StrCat("export: chunk ", c.index(),
-                               " arrived in place of ", next);
-      } else if (Crc32c(0, c.data().data(), c.data().size()) != c.crc32c()) {
-        corrupt =
-            absl::StrCat("export: chunk ", c.index(), " fails its CRC-32C");
-      } else {
-        ++next;
-        out.blob += c.data();
-        continue;
-      }
-      ctx->TryCancel();
-    }
-    grpc::Status finished = reader->Finish();
-    if (corrupt.empty() && finished.ok() && !header) {
-      corrupt = "export: the stream ended without a header";
-    }
-    if (!corrupt.empty()) {
-      return grpc::Status(grpc::StatusCode::DATA_LOSS, corrupt);
-    }
-    return finished;
-  });
+  absl::Status s = client_->Transfer(
+      call, absl::InfiniteDuration(),
+      [&](Client::Stubs& stubs, grpc::ClientContext* ctx, StallGuard& guard) {
+        out = ExportedState();
+        auto reader = stubs.sessions->ExportState(ctx, req);
+        v1::ExportStateResponse part;
+        uint32_t next = 0;
+        bool header = false;
+        std::string corrupt;
+        while (reader->Read(&part)) {
+          guard.Progress();
+          if (part.has_header()) {
+            out.header = part.header();
+            header = true;
+          }
+          if (!part.has_chunk() || !corrupt.empty()) continue;
+          // In order, each as its CRC-32C says (else the blob is corrupt:
+          // DATA_LOSS, not retried).
+          const v1::StateChunk& c = part.chunk();
+          if (c.index() != next) {
+            corrupt = absl::StrCat("export: chunk ", c.index(),
+                                   " arrived in place of ", next);
+          } else if (Crc32c(0, c.data().data(), c.data().size()) !=
+                     c.crc32c()) {
+            corrupt =
+                absl::StrCat("export: chunk ", c.index(), " fails its CRC-32C");
+          } else {
+            ++next;
+            out.blob += c.data();
+            continue;
+          }
+          ctx->TryCancel();
+        }
+        grpc::Status finished = reader->Finish();
+        if (corrupt.empty() && finished.ok() && !header) {
+          corrupt = "export: the stream ended without a header";
+        }
+        if (!corrupt.empty()) {
+          return grpc::Status(grpc::StatusCode::DATA_LOSS, corrupt);
+        }
+        return finished;
+      });
   if (!s.ok()) return s;
   if (out.blob.size() != out.header.total_bytes()) {
     return absl::DataLossError(
@@ -547,9 +569,10 @@ absl::StatusOr<v1::Session> Session::ImportWith(const ExportedState& state,
   const v1::ImportHeader header =
       ImportHeaderOf(state, id_, v1::IMPORT_MODE_NEW_VERSION, options);
   v1::Session out;
-  absl::Status s =
-      client_->Unary(call, [&](Client::Stubs& stubs, grpc::ClientContext* ctx) {
-        return ImportOnce(stubs, ctx, header, state.blob, &out);
+  absl::Status s = client_->Transfer(
+      call, ImportBudget(client_->options(), state),
+      [&](Client::Stubs& stubs, grpc::ClientContext* ctx, StallGuard& guard) {
+        return ImportOnce(stubs, ctx, guard, header, state.blob, &out);
       });
   if (!s.ok()) return s;
   return out;

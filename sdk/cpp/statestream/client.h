@@ -206,6 +206,11 @@ class Client {
   // Runs a unary call with retries.
   template <typename Fn>
   absl::Status Unary(const CallOptions& call, Fn fn);
+  // Runs an ExportState or ImportState call with retries; each attempt
+  // ends after `budget`, or once it goes ClientOptions::timeout without
+  // moving a message.
+  template <typename Fn>
+  absl::Status Transfer(const CallOptions& call, absl::Duration budget, Fn fn);
 
  private:
   explicit Client(ClientOptions options);

@@ -34,9 +34,12 @@ struct ClientOptions {
   std::string tls_cert_chain_pem;   // client certificate (mTLS), optional
   std::string tls_private_key_pem;  // its key
   std::string tls_server_name;      // overrides the name checked; optional
-  // Deadline of each attempt of a unary call, ExportState and ImportState
-  // included (Append and Generate streams have none unless CallOptions
-  // gives one; their connection waits are gRPC's).
+  // Deadline of each attempt of a unary call. An ExportState or ImportState
+  // attempt may take as long as its state and the link need, but ends once
+  // it goes this long without a message (1 MiB chunks) sent or received,
+  // and an import attempt within this much per chunk, plus two.
+  // Append and Generate streams have none unless CallOptions gives one;
+  // their connection waits are gRPC's.
   absl::Duration timeout = absl::Seconds(60);
   // Attempts per operation before giving up (>= 1), counted from the last
   // progress: an Append or Generate that made progress starts counting

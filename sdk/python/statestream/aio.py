@@ -34,6 +34,8 @@ from statestream.streams import (MAX_WINDOW, _AckTracker,
                                  _GenerateProgress, _Retained, _deadline,
                                  _durability, _left, _str_field, _units,
                                  _utf8)
+from statestream.transfer import (_AsyncStallGuard, _cap, _import_budget,
+                                  _stalled_error)
 from statestream.types import (AppendAck, ExportedState, GenerateChunk,
                                GenerateDone, GenerateResult, ScoreResult,
                                SessionInfo, VersionInfo)
@@ -167,6 +169,41 @@ class AsyncClient(_ClientBase):
                 await self._retry_or_raise(err, attempt, deadline)
         raise AssertionError("unreachable")
 
+    async def _transfer(self, call, timeout: Optional[float] = None,
+                        budget: Optional[float] = None):
+        """As Client._transfer: call(stubs, metadata, timeout, guard)
+        returns an awaitable."""
+        deadline = _deadline(timeout)
+        for attempt in range(1, self.max_attempts + 1):
+            stubs = self._stubs[self._current]
+            guard = _AsyncStallGuard(self.timeout)
+            try:
+                return await self._invoke(
+                    call, stubs, self._metadata,
+                    _cap(self._attempt_timeout(deadline, unary=False),
+                         budget), guard)
+            except grpc.aio.UsageError:
+                if self._closed:
+                    raise _closed_error() from None
+                raise
+            except asyncio.CancelledError:
+                if self._closed_under():
+                    raise _closed_error() from None
+                if not guard.stalled or _task_cancelling():
+                    raise
+                # The guard cancelled the gRPC call: a stall.
+                err = _stalled_error(self.timeout)
+                self._rotate(stubs, err)
+                await self._retry_or_raise(err, attempt, deadline)
+            except grpc.RpcError as e:
+                err = (_stalled_error(self.timeout) if guard.stalled else
+                       StatestreamError.from_rpc_error(e))
+                self._rotate(stubs, err)
+                await self._retry_or_raise(err, attempt, deadline)
+            finally:
+                guard.close()
+        raise AssertionError("unreachable")
+
     async def create_session(self, session_id: str = "", *,
                              model_id: str = "",
                              labels: Optional[Dict[str, str]] = None,
@@ -204,9 +241,15 @@ class AsyncClient(_ClientBase):
 
     async def _import(self, header, blob: bytes,
                       timeout: Optional[float] = None):
-        return await self._unary(lambda st, md, t: st.sessions.ImportState(
-            _async_import_requests(header, blob), metadata=md, timeout=t),
-            timeout)
+        async def call(st, md, t, guard):
+            c = st.sessions.ImportState(
+                _async_watched(_async_import_requests(header, blob), guard),
+                metadata=md, timeout=t)
+            guard.attach(c)
+            return await c
+        return await self._transfer(call, timeout,
+                                    _import_budget(self.timeout, header,
+                                                   blob))
 
     async def import_session(self, state: ExportedState,
                              session_id: str = "", *,
@@ -250,6 +293,14 @@ class _Tracked:
         call = self._method(*args, **kwargs)
         self._calls.add(call)
         return call
+
+
+async def _async_watched(requests, guard):
+    """As client._watched, for an async iterator."""
+    async for r in requests:
+        guard.progress()
+        yield r
+    guard.disarm()
 
 
 async def _async_import_requests(header, blob: bytes):
@@ -430,13 +481,17 @@ class AsyncSession:
                      timeout: Optional[float] = None) -> ExportedState:
         req = pb.ExportStateRequest(session_id=self.id, version=version)
 
-        async def call(st, md, t):
-            parts = [part async for part in st.sessions.ExportState(
-                req, metadata=md, timeout=t)]
+        async def call(st, md, t, guard):
+            stream = st.sessions.ExportState(req, metadata=md, timeout=t)
+            guard.attach(stream)
+            parts = []
+            async for part in stream:
+                guard.progress()
+                parts.append(part)
             # Off the event loop: checking a large blob's CRCs takes a while.
             return await asyncio.get_running_loop().run_in_executor(
                 None, _assemble_export, parts, self.id)
-        return await self.client._unary(call, timeout)
+        return await self.client._transfer(call, timeout)
 
     async def import_state(self, state: ExportedState, *,
                            expected_version: Optional[int] = None,

@@ -32,6 +32,8 @@ from statestream.types import (AppendAck, ExportedState, GenerateResult,
                                ScoreResult, SessionInfo, VersionInfo)
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as rpc
+from statestream.transfer import (_StallGuard, _cap, _import_budget,
+                                  _stalled_error)
 from statestream.streams import (AppendWriter, GenerateStream, _deadline,
                                  _durability, _invalid_utf8, _labels, _left,
                                  _str_field, _timeout, _utf8)
@@ -235,7 +237,9 @@ class Client(_ClientBase):
     20 s and fails its calls (UNAVAILABLE, then resumed on the next target)
     when a ping goes unanswered for 10 s, e.g.
     options=[("grpc.keepalive_time_ms", 60000)] to ping less often.
-    `timeout` bounds each unary attempt (None or inf: no bound)."""
+    `timeout` bounds each unary attempt (None or inf: no bound); an
+    export or import attempt ends once it goes `timeout` without moving a
+    1 MiB chunk (an import also within `timeout` per chunk, plus two)."""
 
     def __init__(self, targets: Union[str, Sequence[str]], *,
                  api_key: Optional[str] = None, tenant: Optional[str] = None,
@@ -359,6 +363,30 @@ class Client(_ClientBase):
                 self._retry_or_raise(err, attempt, deadline)
         raise AssertionError("unreachable")
 
+    def _transfer(self, call, timeout: Optional[float] = None,
+                  budget: Optional[float] = None):
+        """As _unary for ExportState and ImportState: runs call(stubs,
+        metadata, timeout, guard) with retries, each attempt bounded by
+        `budget` (None: none) and ended by `guard` once it goes the
+        client's timeout without guard.progress() (transfer.py)."""
+        deadline = _deadline(timeout)
+        for attempt in range(1, self.max_attempts + 1):
+            stubs = self._current_stubs()
+            guard = _StallGuard(self.timeout)
+            try:
+                return self._invoke(
+                    call, stubs, self._metadata,
+                    _cap(self._attempt_timeout(deadline, unary=False),
+                         budget), guard)
+            except grpc.RpcError as e:
+                err = (_stalled_error(self.timeout) if guard.stalled else
+                       StatestreamError.from_rpc_error(e))
+                self._rotate(stubs, err)
+                self._retry_or_raise(err, attempt, deadline)
+            finally:
+                guard.close()
+        raise AssertionError("unreachable")
+
     # -- sessions ------------------------------------------------------------
 
     def create_session(self, session_id: str = "", *, model_id: str = "",
@@ -421,8 +449,14 @@ class Client(_ClientBase):
         return SessionInfo.from_proto(self._import(header, blob, timeout))
 
     def _import(self, header, blob: bytes, timeout: Optional[float] = None):
-        return self._unary(lambda st, md, t: st.sessions.ImportState(
-            _import_requests(header, blob), metadata=md, timeout=t), timeout)
+        def call(st, md, t, guard):
+            future = st.sessions.ImportState.future(
+                _watched(_import_requests(header, blob), guard),
+                metadata=md, timeout=t)
+            guard.attach(future)
+            return future.result()
+        return self._transfer(call, timeout,
+                              _import_budget(self.timeout, header, blob))
 
     def list_models(self, *, timeout: Optional[float] = None) -> List[object]:
         """The served models (statestream.v1.Model messages)."""
@@ -507,6 +541,15 @@ def _import_requests(header, blob: bytes):
     yield pb.ImportStateRequest(header=header)
     for i, data in _import_chunks(header, blob):
         yield _import_chunk(i, data, _crc32c(data))
+
+
+def _watched(requests, guard):
+    """`requests`, each one taken (the one before it sent) a sign of
+    progress to `guard`, which is disarmed after the last."""
+    for r in requests:
+        guard.progress()
+        yield r
+    guard.disarm()
 
 
 def _list_request(labels, model_id):
@@ -923,10 +966,15 @@ class Session:
                timeout: Optional[float] = None) -> ExportedState:
         req = pb.ExportStateRequest(session_id=self.id, version=version)
 
-        def call(st, md, t):
-            return _assemble_export(
-                st.sessions.ExportState(req, metadata=md, timeout=t), self.id)
-        return self.client._unary(call, timeout)
+        def call(st, md, t, guard):
+            stream = st.sessions.ExportState(req, metadata=md, timeout=t)
+            guard.attach(stream)
+            parts = []
+            for part in stream:
+                guard.progress()
+                parts.append(part)
+            return _assemble_export(parts, self.id)
+        return self.client._transfer(call, timeout)
 
     def import_state(self, state: ExportedState, *,
                      expected_version: Optional[int] = None,

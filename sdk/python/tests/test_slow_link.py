@@ -1,30 +1,44 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Clients reach a server over a slow link (a high round-trip time, as a
-TLS connection across regions has): the channel gives a connection attempt
-5 s (`min_reconnect_backoff_ms`, the minimum connect timeout in gRPC
-core), not the 0.1-1 s it was once set to: a handshake slower than that
-never completed. Checked for the Python client (sync and
-async) and, through the CLI, the C++ client."""
+"""Clients reach a server over a slow link.
+
+- A high round-trip time, as a TLS connection across regions has: the
+  channel gives a connection attempt 5 s (`min_reconnect_backoff_ms`, the
+  minimum connect timeout in gRPC core), not the 0.1-1 s it was once set
+  to: a handshake slower than that never completed.
+- A narrow one: a session's state moves in 1 MiB chunks, and an export or
+  import attempt is bounded by the client's timeout per chunk, not for the
+  whole state, so a state larger than the link moves in one timeout still
+  moves; a link that moves nothing still ends the attempt.
+
+Checked for the Python client (sync and async) and, through the CLI, the
+C++ client."""
 import asyncio
 import os
 import subprocess
 import threading
 
+import grpc
 import pytest
 
 from statestream import Client, StatestreamError
 from statestream.aio import AsyncClient
+from statestream.testing import ServeProcess
 
 DELAY_S = 0.5  # each way, for every piece of data
 
 
 class SlowProxy:
-    """A TCP proxy on 127.0.0.1 that holds every read DELAY_S before
-    passing it on, in both directions."""
+    """A TCP proxy on 127.0.0.1 that holds every read `delay` seconds
+    before passing it on, in both directions, at most `rate` bytes a
+    second each way (None: as fast as it reads), and forwards nothing while
+    paused."""
 
-    def __init__(self, upstream: str):
+    def __init__(self, upstream: str, delay: float = DELAY_S,
+                 rate: float = None):
         host, port = upstream.rsplit(":", 1)
         self._upstream = (host, int(port))
+        self._delay = delay
+        self._rate = rate
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -37,16 +51,23 @@ class SlowProxy:
             asyncio.start_server(self._handle, "127.0.0.1", 0))
         self.address = "127.0.0.1:%d" % (
             self._server.sockets[0].getsockname()[1])
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._ready.set()
         self._loop.run_forever()
+
+    def pause(self):
+        self._loop.call_soon_threadsafe(self._flowing.clear)
 
     async def _pipe(self, reader, writer):
         try:
             while True:
-                data = await reader.read(65536)
+                data = await reader.read(16384 if self._rate else 65536)
                 if not data:
                     break
-                await asyncio.sleep(DELAY_S)
+                await asyncio.sleep(self._delay + (
+                    len(data) / self._rate if self._rate else 0))
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -119,3 +140,90 @@ def test_a_sync_client_finds_a_restarted_server_at_once(server):
                 c.list_models(timeout=0.2)
         server.start()
         assert c.list_models()
+
+
+# A state of 5.4 MB (6 chunks): 160 layers of 2 heads, small otherwise.
+BIG_STATE_MODEL = ["--arch", "x070", "--layers", "160", "--embd", "128",
+                   "--vocab", "256", "--ffn", "64", "--dtype", "bf16"]
+RATE = 2e6  # bytes a second each way: ~0.5 s a chunk, ~2.7 s the state
+TIMEOUT = 1.5  # seconds: several chunks, never the whole state
+
+
+@pytest.fixture(scope="module")
+def big_state_server(tmp_path_factory):
+    binary = os.environ["STATESTREAM_BIN"]
+    model = tmp_path_factory.mktemp("model") / "big-state.safetensors"
+    subprocess.run([binary, "model", "random", *BIG_STATE_MODEL,
+                    "--out", str(model)], check=True, timeout=120)
+    with ServeProcess(binary, extra_args=["--model", str(model)]) as s:
+        yield s
+
+
+@pytest.fixture
+def narrow(big_state_server):
+    proxy = SlowProxy(big_state_server.address, delay=0, rate=RATE)
+    yield proxy
+    proxy.close()
+
+
+def test_the_python_client_moves_a_state_longer_than_its_timeout(narrow):
+    with Client(narrow.address, timeout=TIMEOUT, max_attempts=1) as c:
+        s = c.session(c.create_session().session_id)
+        state = s.export()
+        assert len(state.blob) == state.header.total_bytes > 5 << 20
+        copy = c.import_session(state)
+        assert c.session(copy.session_id).export().blob == state.blob
+
+    async def run():
+        async with AsyncClient(narrow.address, timeout=TIMEOUT,
+                               max_attempts=1) as c:
+            exported = await c.session(s.id).export()
+            copy = await c.import_session(exported)
+            return exported, copy
+    exported, copy = asyncio.run(run())
+    assert exported.blob == state.blob
+    assert copy.version == 1
+
+
+def test_the_cpp_client_moves_a_state_longer_than_its_timeout(narrow,
+                                                               tmp_path):
+    def cli(*args):
+        out = subprocess.run(
+            [os.environ["STATESTREAM_BIN"], *args, "--target", narrow.address,
+             "--max-attempts", "1", "--timeout", f"{TIMEOUT}s"],
+            capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+    with Client(narrow.address) as c:
+        sid = c.create_session().session_id
+    path = tmp_path / "big.state"
+    cli("session", "export", sid, "--output", str(path))
+    assert path.stat().st_size > 5 << 20
+    cli("session", "import", str(path), "big-copy")
+    cli("session", "export", "big-copy", "--output", str(tmp_path / "b"))
+    assert (tmp_path / "b").read_bytes() == path.read_bytes()
+
+
+def test_a_transfer_that_moves_nothing_ends_at_the_timeout(narrow, tmp_path):
+    with Client(narrow.address, timeout=1, max_attempts=1) as c:
+        s = c.session(c.create_session().session_id)
+        narrow.pause()
+        with pytest.raises(StatestreamError) as e:
+            s.export()
+        assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    async def run():
+        async with AsyncClient(narrow.address, timeout=1,
+                               max_attempts=1) as c:
+            await c.session(s.id).export()
+    with pytest.raises(StatestreamError) as e:
+        asyncio.run(run())
+    assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    out = subprocess.run(
+        [os.environ["STATESTREAM_BIN"], "session", "export", s.id,
+         "--output", str(tmp_path / "never"), "--target", narrow.address,
+         "--max-attempts", "1", "--timeout", "1s"],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "no progress for 1s" in out.stderr
