@@ -132,6 +132,9 @@ def check_image(where, image):
         errors.append(f"{where}: image {image!r}: no deploy/docker Dockerfile for tag {tag!r}")
     return True
 
+# Secrets the operator creates (docs/deploy.md, "Secrets").
+EXTERNAL_SECRETS = {"statestream-api-keys", "statestream-internal-token", "statestream-tls"}
+
 VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 # Environment variables the binary itself reads (cli/redis_flags.cc).
 READ_BY_BINARY = {"STATESTREAM_REDIS_PASSWORD"}
@@ -141,11 +144,21 @@ for overlay in overlays:
     docs = [d for d in yaml.safe_load_all(open(os.path.join(work, oname + ".yaml"))) if d]
     kinds = {d["kind"] for d in docs}
     for k in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-              "ConfigMap", "Secret", "NetworkPolicy", "PersistentVolumeClaim"):
+              "ConfigMap", "NetworkPolicy", "PersistentVolumeClaim"):
         if k not in kinds:
             errors.append(f"{oname}: no {k}")
     cms = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
     secrets = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
+    # Only dev renders Secrets (its public development ones); every other
+    # overlay expects them created beforehand (docs/deploy.md, "Secrets"):
+    # one rendered there would overwrite the real one at each apply.
+    if oname == "dev":
+        for n in sorted(EXTERNAL_SECRETS - {"statestream-tls"} - secrets):
+            errors.append(f"dev: Secret {n} not generated")
+    else:
+        for n in sorted(secrets):
+            errors.append(f"{oname}: renders Secret {n} (an apply would overwrite the real one)")
+        secrets = secrets | EXTERNAL_SECRETS
     pvcs = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
     roles_seen = set()
     for d in docs:
@@ -253,7 +266,10 @@ for overlay in overlays:
                     errors.append(f"{where}: tcpSocket livenessProbe is not on the --listen port")
             elif "grpc" not in live and "tcpSocket" not in live:
                 errors.append(f"{where}: livenessProbe is neither grpc nor tcpSocket")
-            if "preStop" not in c.get("lifecycle", {}):
+            # Gateways sit behind a Service: preStop lets it drop the
+            # endpoint before SIGTERM. Workers have no Service and leave the
+            # registry at SIGTERM, so they need none.
+            if role == "gateway" and "preStop" not in c.get("lifecycle", {}):
                 errors.append(f"{where}: no preStop")
             if d["kind"] == "Deployment":
                 grace = seconds(values.get("shutdown-grace", help_default(role, "shutdown-grace")))
