@@ -5,7 +5,7 @@ set -euo pipefail
 PKGS=(
   build-essential cmake ninja-build ccache pkg-config clang clang-format
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
-  libabsl-dev libhiredis-dev libsqlite3-dev libzstd-dev libxxhash-dev zlib1g-dev
+  libabsl-dev libhiredis-dev libsqlite3-dev libxxhash-dev zlib1g-dev
   nlohmann-json3-dev libmicrohttpd-dev libcpp-httplib-dev libgtest-dev libgmock-dev
   libbenchmark-dev
   redis-server redis-tools python3 python3-grpcio python3-pytest python3-yaml grpc-proto
