@@ -42,7 +42,9 @@ ABSL_FLAG(std::string, worker_id, "",
           "of [A-Za-z0-9._:-], unique per process; default worker-HOST-PID.");
 ABSL_FLAG(std::string, advertise, "",
           "HOST:PORT gateways use to reach this worker; default the bound "
-          "--listen address. An IPv6 host goes in brackets ([fd00::5]:7700); "
+          "--listen address (a wildcard one, 0.0.0.0 or [::], is logged as a "
+          "warning: only this host can dial it). An IPv6 host goes in brackets "
+          "([fd00::5]:7700); "
           "one without them (as $(POD_IP):7700 gives on an IPv6 cluster) is "
           "bracketed at the last colon.");
 ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(1),
@@ -272,6 +274,17 @@ int Run(const std::vector<std::string>& args) {
     kept->registration = *std::move(registration);
     std::cerr << "statestream worker: registered " << options.worker_id
               << " at " << reg.info.address << "\n";
+    // A wildcard is where this worker listens, not an address to dial:
+    // gateways elsewhere would dial themselves.
+    auto host = ParseListenAddress(reg.info.address);
+    if (host.ok() && (host->first == "0.0.0.0" || host->first == "[::]" ||
+                      host->first.empty())) {
+      std::cerr << "statestream worker: warning: gateways will dial "
+                << reg.info.address
+                << ", a wildcard address only this host reaches; set "
+                   "--advertise HOST:PORT to an address they can dial (e.g. "
+                   "the pod's IP)\n";
+    }
     return absl::OkStatus();
   };
   // Ready while Redis answers: a worker that cannot load or commit states

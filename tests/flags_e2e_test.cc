@@ -5,12 +5,14 @@
 // worker, and --request-id-window on `serve` and on a gateway holding a
 // tenant session limit. Each case is built so that the flag's default
 // gives a different answer: the default lease is 30 s, the default window
-// an hour.
+// an hour. A worker registered at a wildcard address (--listen 0.0.0.0
+// without --advertise) says so.
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -314,6 +316,28 @@ TEST_F(FlagsE2eTest, AGatewayLetsARetryThroughItsLimitOnlyWithinTheWindow) {
       << st.error_message();
   EXPECT_EQ(GetReason(FromGrpcStatus(st)), Reason::kTenantLimit)
       << st.error_message();
+}
+
+TEST_F(FlagsE2eTest, AWorkerRegisteredAtAWildcardAddressSaysSo) {
+  // Gateways dial the registered address: 0.0.0.0 reaches only this host.
+  for (const char* listen : {"0.0.0.0:0", "127.0.0.1:0"}) {
+    SCOPED_TRACE(listen);
+    auto worker = e2e::StartServer(
+        {STATESTREAM_BIN, "worker", absl::StrCat("--listen=", listen),
+         "--redis=" + redis_->address(), "--model=" + *model_,
+         "--worker-id=w-wildcard", "--redis-user=statestream",
+         "--heartbeat-interval=300ms", "--shutdown-grace=1s"},
+        kStartTimeout, {{"STATESTREAM_REDIS_PASSWORD", kUserPassword}});
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    worker->process->Signal(SIGTERM);  // leaves the registry
+    auto exited = worker->process->Wait(absl::Seconds(60));
+    ASSERT_TRUE(exited.ok()) << exited.status();
+    const std::string& err = worker->process->stderr_text();
+    ASSERT_TRUE(absl::StrContains(err, "registered w-wildcard at ")) << err;
+    EXPECT_EQ(absl::StrContains(err, "a wildcard address only this host"),
+              absl::StartsWith(listen, "0.0.0.0"))
+        << err;
+  }
 }
 
 }  // namespace
