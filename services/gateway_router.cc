@@ -362,11 +362,18 @@ absl::StatusOr<Route> GatewayRouter::Pick(const std::string& hash_key,
     }
   }
   if (chosen == nullptr) {
-    return absl::UnavailableError(
+    // Typed like the gateway's other "no worker could take it" answer
+    // (Gateway::GaveUp): workers restarting or being replaced come back
+    // within a few heartbeats, so the hint is one registry refresh.
+    return MakeError(
+        absl::StatusCode::kUnavailable, Reason::kOverloaded,
         fingerprint.empty()
-            ? "no live worker"
+            ? "no live worker; retry"
             : absl::StrCat("no live worker serves model fingerprint ",
-                           fingerprint));
+                           fingerprint, "; retry"),
+        {{"retry_after_ms",
+          absl::StrCat(std::max<int64_t>(
+              1, absl::ToInt64Milliseconds(options_.registry_refresh)))}});
   }
   return Route{chosen->worker_id, chosen->address, false};
 }

@@ -151,6 +151,10 @@ TEST_F(GatewayRouterTest, FiltersByModelAndFailsWithoutWorkers) {
   }
   auto none = router.RouteSession(key, {"w1", "w2", "w3"});
   EXPECT_EQ(none.status().code(), absl::StatusCode::kUnavailable);
+  // Typed, with a retry hint of one registry refresh (at least 1 ms; these
+  // options read the registry on every route).
+  EXPECT_EQ(GetReason(none.status()), Reason::kOverloaded) << none.status();
+  EXPECT_EQ(GetErrorMetadata(none.status(), "retry_after_ms"), "1");
   // A suspect is still used when nothing else is left.
   router.MarkSuspect("w1");
   EXPECT_EQ(router.RouteSession(key, {"w2", "w3"})->worker_id, "w1");
