@@ -143,7 +143,8 @@ absl::Status Client::Transfer(const CallOptions& call, absl::Duration budget,
       if (scope.cancelled()) return absl::CancelledError("cancelled");
       StallGuard guard(&ctx, options_.timeout);
       status = FromGrpcStatus(fn(stubs, &ctx, guard));
-      if (!status.ok() && guard.stalled()) {
+      // The guard's cancel, not a status the call had already ended with.
+      if (status.code() == absl::StatusCode::kCancelled && guard.stalled()) {
         status = absl::DeadlineExceededError(
             absl::StrCat("no progress for ", absl::FormatDuration(guard.idle()),
                          " (ClientOptions::timeout)"));

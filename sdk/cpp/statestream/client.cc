@@ -331,7 +331,11 @@ absl::Duration ImportBudget(const ClientOptions& options,
                              ? state.header.chunk_bytes()
                              : uint64_t{1} << 20;
   const uint64_t chunks = (state.blob.size() + chunk - 1) / chunk;
-  return options.timeout * static_cast<double>(chunks + 2);
+  const absl::Duration budget =
+      options.timeout * static_cast<double>(chunks + 2);
+  // Past a century, no bound (a deadline that far is not gRPC's to keep).
+  return budget > absl::Hours(24 * 365 * 100) ? absl::InfiniteDuration()
+                                              : budget;
 }
 
 // One ImportState call: header, then the blob in 1 MiB chunks, each

@@ -488,6 +488,7 @@ class AsyncSession:
             async for part in stream:
                 guard.progress()
                 parts.append(part)
+            guard.disarm()  # the stream is over: the CRCs are not its time
             # Off the event loop: checking a large blob's CRCs takes a while.
             return await asyncio.get_running_loop().run_in_executor(
                 None, _assemble_export, parts, self.id)

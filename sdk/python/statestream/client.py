@@ -378,9 +378,17 @@ class Client(_ClientBase):
                     call, stubs, self._metadata,
                     _cap(self._attempt_timeout(deadline, unary=False),
                          budget), guard)
-            except grpc.RpcError as e:
-                err = (_stalled_error(self.timeout) if guard.stalled else
-                       StatestreamError.from_rpc_error(e))
+            except (grpc.RpcError, grpc.FutureCancelledError) as e:
+                # A cancelled future (an import's) raises
+                # FutureCancelledError: only the guard cancels one. Its
+                # verdict is in once its thread has ended.
+                guard.close()
+                if guard.stalled:
+                    err = _stalled_error(self.timeout)
+                elif isinstance(e, grpc.RpcError):
+                    err = StatestreamError.from_rpc_error(e)
+                else:
+                    raise
                 self._rotate(stubs, err)
                 self._retry_or_raise(err, attempt, deadline)
             finally:
@@ -973,6 +981,7 @@ class Session:
             for part in stream:
                 guard.progress()
                 parts.append(part)
+            guard.disarm()  # the stream is over: the CRCs are not its time
             return _assemble_export(parts, self.id)
         return self.client._transfer(call, timeout)
 

@@ -19,6 +19,7 @@ from typing import Optional
 import grpc
 
 from statestream.errors import StatestreamError
+from statestream.streams import _UNBOUNDED_S
 
 
 def _stalled_error(idle: float) -> StatestreamError:
@@ -32,11 +33,13 @@ def _stalled_error(idle: float) -> StatestreamError:
 def _import_budget(timeout: Optional[float], header,
                    blob: bytes) -> Optional[float]:
     """An import attempt's bound: `timeout` per chunk of `blob`, plus two
-    (the header, and the answer); None without a timeout."""
+    (the header, and the answer); None without a timeout, or past what
+    gRPC takes as a deadline (streams._UNBOUNDED_S)."""
     if timeout is None:
         return None
     size = header.state.chunk_bytes or (1 << 20)
-    return timeout * ((len(blob) + size - 1) // size + 2)
+    budget = timeout * ((len(blob) + size - 1) // size + 2)
+    return None if budget > _UNBOUNDED_S else budget
 
 
 def _cap(t: Optional[float], budget: Optional[float]) -> Optional[float]:
@@ -49,11 +52,14 @@ def _cap(t: Optional[float], budget: Optional[float]) -> Optional[float]:
 class _StallGuard:
     """Cancels the call attached to it once `idle` seconds pass without
     progress() while armed (a thread per attempt: transfers are few, and
-    each moves megabytes). No watch when `idle` is None."""
+    each moves megabytes). No watch when `idle` is None. `stalled` only
+    when the cancel ended a call still running (one that had ended keeps
+    its own outcome)."""
 
     def __init__(self, idle: Optional[float]):
         self.idle = idle
         self.stalled = False
+        self._fired = False
         self._call = None
         self._done = idle is None
         self._due = time.monotonic() + (idle or 0)
@@ -69,9 +75,9 @@ class _StallGuard:
         stalled."""
         with self._cond:
             self._call = call
-            stalled = self.stalled
-        if stalled:
-            call.cancel()
+            fired = self._fired
+        if fired:
+            self.stalled = call.cancel()
 
     def progress(self) -> None:
         """A message went out or came in: `idle` again from now."""
@@ -94,14 +100,14 @@ class _StallGuard:
             while not self._done:
                 left = self._due - time.monotonic()
                 if left <= 0:
-                    self.stalled = True
+                    self._fired = True
                     call = self._call
                     break
                 self._cond.wait(left)
             else:
                 return
         if call is not None:
-            call.cancel()
+            self.stalled = call.cancel()
 
 
 class _AsyncStallGuard:
@@ -110,6 +116,7 @@ class _AsyncStallGuard:
     def __init__(self, idle: Optional[float]):
         self.idle = idle
         self.stalled = False
+        self._fired = False
         self._call = None
         self._due = time.monotonic() + (idle or 0)
         self._task = None
@@ -119,8 +126,8 @@ class _AsyncStallGuard:
 
     def attach(self, call) -> None:
         self._call = call
-        if self.stalled:
-            call.cancel()
+        if self._fired:
+            self.stalled = call.cancel()
 
     def progress(self) -> None:
         self._due = time.monotonic() + (self.idle or 0)
@@ -138,6 +145,6 @@ class _AsyncStallGuard:
             if left <= 0:
                 break
             await asyncio.sleep(left)
-        self.stalled = True
+        self._fired = True
         if self._call is not None:
-            self._call.cancel()
+            self.stalled = self._call.cancel()

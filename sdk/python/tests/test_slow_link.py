@@ -60,13 +60,20 @@ class SlowProxy:
         self._loop.call_soon_threadsafe(self._flowing.clear)
 
     async def _pipe(self, reader, writer):
+        loop = asyncio.get_running_loop()
+        due = loop.time()  # when the bytes so far may have gone, at `rate`
         try:
             while True:
                 data = await reader.read(16384 if self._rate else 65536)
                 if not data:
                     break
-                await asyncio.sleep(self._delay + (
-                    len(data) / self._rate if self._rate else 0))
+                if self._rate:
+                    # Paced against a schedule: a late wake-up is made up
+                    # for, not added to every read after it.
+                    due = max(due, loop.time()) + len(data) / self._rate
+                    await asyncio.sleep(due - loop.time() + self._delay)
+                else:
+                    await asyncio.sleep(self._delay)
                 await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
@@ -145,8 +152,8 @@ def test_a_sync_client_finds_a_restarted_server_at_once(server):
 # A state of 5.4 MB (6 chunks): 160 layers of 2 heads, small otherwise.
 BIG_STATE_MODEL = ["--arch", "x070", "--layers", "160", "--embd", "128",
                    "--vocab", "256", "--ffn", "64", "--dtype", "bf16"]
-RATE = 2e6  # bytes a second each way: ~0.5 s a chunk, ~2.7 s the state
-TIMEOUT = 1.5  # seconds: several chunks, never the whole state
+RATE = 1.5e6  # bytes a second each way: ~0.7 s a chunk, ~3.6 s the state
+TIMEOUT = 2.0  # seconds: ~3 chunks, never the whole state
 
 
 @pytest.fixture(scope="module")
@@ -204,26 +211,47 @@ def test_the_cpp_client_moves_a_state_longer_than_its_timeout(narrow,
     assert (tmp_path / "b").read_bytes() == path.read_bytes()
 
 
-def test_a_transfer_that_moves_nothing_ends_at_the_timeout(narrow, tmp_path):
-    with Client(narrow.address, timeout=1, max_attempts=1) as c:
+def test_a_transfer_that_moves_nothing_ends_at_the_timeout(
+        big_state_server, narrow, tmp_path):
+    # A state to import, taken directly (not through the proxy).
+    with Client(big_state_server.address) as c:
         s = c.session(c.create_session().session_id)
-        narrow.pause()
-        with pytest.raises(StatestreamError) as e:
-            s.export()
-        assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        state = s.export()
+    path = tmp_path / "big.state"
+    subprocess.run(
+        [os.environ["STATESTREAM_BIN"], "session", "export", s.id,
+         "--output", str(path), "--target", big_state_server.address],
+        check=True, capture_output=True, timeout=60)
+    narrow.pause()
 
-    async def run():
+    def stalled(error):
+        assert error.code == grpc.StatusCode.DEADLINE_EXCEEDED, error
+        assert "no progress" in error.message
+
+    with Client(narrow.address, timeout=1, max_attempts=1) as c:
+        with pytest.raises(StatestreamError) as e:
+            c.session(s.id).export()
+        stalled(e.value)
+        with pytest.raises(StatestreamError) as e:
+            c.import_session(state)
+        stalled(e.value)
+
+    async def run(call):
         async with AsyncClient(narrow.address, timeout=1,
                                max_attempts=1) as c:
-            await c.session(s.id).export()
-    with pytest.raises(StatestreamError) as e:
-        asyncio.run(run())
-    assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            await call(c)
+    for call in (lambda c: c.session(s.id).export(),
+                 lambda c: c.import_session(state)):
+        with pytest.raises(StatestreamError) as e:
+            asyncio.run(run(call))
+        stalled(e.value)
 
-    out = subprocess.run(
-        [os.environ["STATESTREAM_BIN"], "session", "export", s.id,
-         "--output", str(tmp_path / "never"), "--target", narrow.address,
-         "--max-attempts", "1", "--timeout", "1s"],
-        capture_output=True, text=True, timeout=60)
-    assert out.returncode != 0
-    assert "no progress for 1s" in out.stderr
+    for args in (["session", "export", s.id, "--output",
+                  str(tmp_path / "never")],
+                 ["session", "import", str(path), "never-imported"]):
+        out = subprocess.run(
+            [os.environ["STATESTREAM_BIN"], *args, "--target",
+             narrow.address, "--max-attempts", "1", "--timeout", "1s"],
+            capture_output=True, text=True, timeout=60)
+        assert out.returncode != 0
+        assert "no progress for 1s" in out.stderr, out.stderr
