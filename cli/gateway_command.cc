@@ -42,6 +42,13 @@ ABSL_FLAG(absl::Duration, upstream_stall_timeout, absl::Seconds(10),
 ABSL_FLAG(int, max_calls, 4096,
           "Calls served at once (each holds a thread); more are "
           "RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms.");
+ABSL_FLAG(int64_t, max_buffered_bytes, int64_t{512} << 20,
+          "Bytes all calls together keep in memory: Append requests kept for "
+          "replay until committed, and imports (read whole, each at most "
+          "256 MiB). Past it Appends read on only as commits free room and "
+          "imports are RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms; a "
+          "call holding nothing may always take one request or import. Size "
+          "the gateway's memory limit for it plus ~256 MiB.");
 ABSL_FLAG(absl::Duration, suspect_for, absl::Seconds(5),
           "How long a worker that failed a call is avoided.");
 ABSL_FLAG(absl::Duration, tenant_stream_ttl, absl::Seconds(15),
@@ -104,6 +111,12 @@ int Run(const std::vector<std::string>& args) {
   options.max_calls = absl::GetFlag(FLAGS_max_calls);
   if (options.max_calls < 1) {
     std::cerr << "statestream gateway: --max-calls must be at least 1\n";
+    return kExitUsage;
+  }
+  options.max_buffered_bytes = absl::GetFlag(FLAGS_max_buffered_bytes);
+  if (options.max_buffered_bytes < 1) {
+    std::cerr << "statestream gateway: --max-buffered-bytes must be at least "
+                 "1\n";
     return kExitUsage;
   }
   options.router.suspect_for = absl::GetFlag(FLAGS_suspect_for);

@@ -25,7 +25,9 @@
 namespace statestream::gateway {
 
 Gateway::Gateway(GatewayOptions options, StateStore* store)
-    : options_(std::move(options)), router_(store, options_.router) {
+    : options_(std::move(options)),
+      router_(store, options_.router),
+      buffers_(options_.max_buffered_bytes, "--max-buffered-bytes") {
   if (options_.metrics == nullptr) {
     own_metrics_ = std::make_unique<GatewayMetrics>();
   }
@@ -38,6 +40,7 @@ Gateway::Gateway(GatewayOptions options, StateStore* store)
     g.workers_ready = s.known - s.suspect;
     g.calls_active = calls_active_.load();
     g.worker_channels = channel_count_.load();
+    g.buffered_bytes = buffers_.held();
     return g;
   });
   watchdog_ = std::thread([this] { WatchdogLoop(); });

@@ -89,9 +89,20 @@ struct GatewayOptions {
   int max_attempts = 5;
   // Bytes of Append requests kept for replay per call (see above).
   int64_t append_buffer_bytes = int64_t{64} << 20;
+  // Bytes all calls together keep in memory: Append requests kept for
+  // replay and imports read whole. Past it an Append reads its client's
+  // next request only once the buffers shrink (its next request is sent
+  // with checkpoint=true, so its worker commits and the log can go), and
+  // an import is RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms before a
+  // chunk is read. A call that holds nothing may always take one request or
+  // one import (so nothing within the other bounds waits forever): the
+  // buffers stay within this plus one request per Append call.
+  int64_t max_buffered_bytes = int64_t{512} << 20;
   // Most state bytes one ImportState may stream (kept whole for a replay on
-  // failover); the header's total_bytes bounds each call first.
-  int64_t max_import_bytes = int64_t{1} << 30;
+  // failover); the header's total_bytes bounds each call first, and a
+  // header announcing more is refused before a chunk is read. Keep it
+  // within max_buffered_bytes. (A 14B model's state is ~80 MB.)
+  int64_t max_import_bytes = int64_t{256} << 20;
   // Message size limits towards workers, bytes.
   int max_message_bytes = 8 << 20;
   // The workers' request-id window (their --request-id-window): at the

@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/byte_budget.h"
 #include "services/gateway.h"
 #include "services/gateway_metrics.h"
 #include "services/gateway_router.h"
@@ -45,6 +46,8 @@ class Gateway {
   const GatewayOptions& options() const { return options_; }
   GatewayRouter& router() { return router_; }
   GatewayMetrics& metrics() { return *metrics_; }
+  // What the calls keep in memory (GatewayOptions::max_buffered_bytes).
+  ByteBudget& buffers() { return buffers_; }
 
   // Bracket every forwarded call (calls_active gauge, per-method latency,
   // outcome and errors_total).
@@ -145,6 +148,7 @@ class Gateway {
 
   const GatewayOptions options_;
   GatewayRouter router_;
+  ByteBudget buffers_;
   std::unique_ptr<GatewayMetrics> own_metrics_;  // when options_ has none
   GatewayMetrics* metrics_;
   std::atomic<int64_t> calls_active_{0};

@@ -139,6 +139,10 @@ std::string GatewayMetrics::Render() const {
                "Forwarded calls in flight.", g.calls_active);
   AppendMetric(&out, "statestream_gateway_worker_channels", "gauge",
                "Connections to worker addresses held open.", g.worker_channels);
+  AppendMetric(&out, "statestream_gateway_buffered_bytes", "gauge",
+               "Bytes of Append requests kept for replay and of imports read "
+               "whole (--max-buffered-bytes).",
+               g.buffered_bytes);
   return out;
 }
 

@@ -37,6 +37,7 @@ class GatewayMetrics {
     int64_t workers_ready = 0;    // of those, not suspect
     int64_t calls_active = 0;     // forwarded calls in flight
     int64_t worker_channels = 0;  // open connections to worker addresses
+    int64_t buffered_bytes = 0;   // Append logs and imports held in memory
   };
 
   GatewayMetrics() = default;

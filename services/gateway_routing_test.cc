@@ -164,6 +164,52 @@ TEST_F(GatewayTest, AnImportPastTheGatewaysBoundIsMessageTooLarge) {
   EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
 }
 
+// Imports are read whole, so together they take at most the gateway's
+// buffers (one always fits alone): another import while they are held is
+// RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms before a chunk is read,
+// and fits once the first is done. A header announcing more than an import
+// may hold is refused at once.
+TEST_F(GatewayTest, ImportsWaitForRoomInTheGatewaysBuffers) {
+  GatewayOptions options;
+  options.max_buffered_bytes = 1 << 20;
+  options.max_import_bytes = 1 << 20;
+  Start(options);
+  auto import = [&](uint64_t total) {
+    grpc::ClientContext ctx;
+    v1::Session resp;
+    auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+    writer->Write(ImportHeader(total));
+    writer->WritesDone();
+    return FromGrpcStatus(writer->Finish());
+  };
+  grpc::ClientContext first_ctx;
+  v1::Session first_resp;
+  auto first =
+      v1::Sessions::NewStub(channel_)->ImportState(&first_ctx, &first_resp);
+  ASSERT_TRUE(first->Write(ImportHeader(768 << 10)));
+  // Refused once the gateway has read the first one's header (until then
+  // the scripted workers answer INVALID_ARGUMENT).
+  absl::Status second;
+  for (int i = 0; i < 500; ++i) {
+    second = import(512 << 10);
+    if (second.code() == absl::StatusCode::kResourceExhausted) break;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(second.code(), absl::StatusCode::kResourceExhausted) << second;
+  EXPECT_EQ(GetReason(second), Reason::kOverloaded);
+  EXPECT_TRUE(GetErrorMetadata(second, "retry_after_ms").has_value());
+  first->WritesDone();
+  EXPECT_EQ(FromGrpcStatus(first->Finish()).code(),
+            absl::StatusCode::kInvalidArgument);  // the worker's answer
+  const int before = workers_[0]->imports() + workers_[1]->imports();
+  const absl::Status third = import(512 << 10);
+  EXPECT_EQ(third.code(), absl::StatusCode::kInvalidArgument) << third;
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), before + 1);
+  const absl::Status huge = import((1 << 20) + 1);
+  EXPECT_EQ(GetReason(huge), Reason::kMessageTooLarge) << huge;
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), before + 1);
+}
+
 // With API keys, an import without a valid token ends UNAUTHENTICATED before
 // the gateway reads (and buffers) its messages; a valid token gets through.
 TEST_F(GatewayTest, AnImportIsAuthenticatedBeforeItIsRead) {
@@ -177,7 +223,7 @@ TEST_F(GatewayTest, AnImportIsAuthenticatedBeforeItIsRead) {
     v1::Session resp;
     auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
     int written = 0;
-    if (writer->Write(ImportHeader(uint64_t{1} << 30))) {
+    if (writer->Write(ImportHeader(uint64_t{1} << 28))) {
       v1::ImportStateRequest chunk;
       chunk.mutable_chunk()->set_data(std::string(1 << 20, 'x'));
       while (written < chunks && writer->Write(chunk)) ++written;
@@ -185,7 +231,7 @@ TEST_F(GatewayTest, AnImportIsAuthenticatedBeforeItIsRead) {
     writer->WritesDone();
     return std::make_pair(FromGrpcStatus(writer->Finish()), written);
   };
-  // The refusal comes first: the stream breaks long before 1 GiB is sent.
+  // The refusal comes first: the stream breaks long before 256 MiB is sent.
   for (const std::string token : {"", "wrong-0123456789abcdef"}) {
     auto [st, written] = import(token, 1024);
     EXPECT_EQ(st.code(), absl::StatusCode::kUnauthenticated) << st;

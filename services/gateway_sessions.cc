@@ -252,6 +252,9 @@ class SessionsService final : public v1::Sessions::CallbackService {
       v1::ImportStateRequest msg;
       uint64_t bytes = 0, kept = 0;
       absl::Status bad;
+      // The announced state's room in the gateway's buffers, taken at the
+      // header (held until the call ends).
+      ByteBudget::Hold room;
       while (bad.ok() && reader->Read(&msg)) {
         // What the message holds in memory (its chunk is a message of its
         // own), an empty one included, and its place in `parts` (whose
@@ -292,8 +295,22 @@ class SessionsService final : public v1::Sessions::CallbackService {
                             {{"detail", detail}});
           }
         }
-        if (bad.ok() && kept > static_cast<uint64_t>(
-                                   gateway_->options().max_import_bytes)) {
+        const uint64_t max_import =
+            static_cast<uint64_t>(gateway_->options().max_import_bytes);
+        if (bad.ok() && msg.has_header()) {
+          // Within the per-call bound (as announced), then the gateway's.
+          const uint64_t total = msg.header().state().total_bytes();
+          if (total > max_import) {
+            kept = total;  // refused just below, as past the bound
+          } else if (auto held = gateway_->buffers().Acquire(
+                         static_cast<int64_t>(total));
+                     !held.ok()) {
+            bad = held.status();
+          } else {
+            room = *std::move(held);
+          }
+        }
+        if (bad.ok() && kept > max_import) {
           bad = MakeError(
               absl::StatusCode::kInvalidArgument, Reason::kMessageTooLarge,
               absl::StrCat("the import is larger than the gateway takes (",

@@ -43,6 +43,11 @@ class AppendCall final : public Watched {
         client_(client),
         tenant_(std::move(tenant)),
         slot_(std::move(slot)) {}
+  // What the log still holds goes back to the gateway's buffers.
+  ~AppendCall() override {
+    absl::MutexLock lock(&mu_);
+    gateway_->buffers().Give(log_bytes_);
+  }
 
   // Serves the call to its end (Finish included).
   void Run() {
@@ -111,16 +116,30 @@ class AppendCall final : public Watched {
            (e.end == committed_ && committed_version_ > e.acked_version);
   }
 
+  // The oldest log entry, committed (or discarded by a rollback).
+  void DropOldest() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    log_bytes_ -= log_.front().bytes;
+    gateway_->buffers().Give(log_.front().bytes);
+    log_.pop_front();
+  }
+
   void ReadClient() {
     const int64_t limit = gateway_->options().append_buffer_bytes;
+    ByteBudget& buffers = gateway_->buffers();
     v1::AppendRequest request;
     while (true) {
       {
         absl::MutexLock lock(&mu_);
-        auto room = [this, limit]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-          return finished_ || log_bytes_ <= 2 * limit;
+        // Room in this call's log and in the gateway's buffers (a call
+        // holding nothing may always read one). Other calls free the
+        // gateway's without touching mu_: looked at again every 20 ms.
+        auto room = [this, limit, &buffers]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+          return finished_ || (log_bytes_ <= 2 * limit &&
+                               (log_bytes_ == 0 || !buffers.over()));
         };
-        mu_.Await(absl::Condition(&room));
+        while (!mu_.AwaitWithTimeout(absl::Condition(&room),
+                                     absl::Milliseconds(20))) {
+        }
         if (finished_) break;
       }
       if (!client_->Read(&request)) break;
@@ -144,7 +163,9 @@ class AppendCall final : public Watched {
       // request at a time (the next only once that one is acked), not
       // every request read meanwhile, each a commit of the whole state.
       e.seq = next_seq_++;
-      if (log_bytes_ + e.bytes > limit && acked_ >= forced_until_) {
+      buffers.Take(e.bytes);
+      if ((log_bytes_ + e.bytes > limit || buffers.over()) &&
+          acked_ >= forced_until_) {
         e.request.set_checkpoint(true);
         forced_until_ = e.seq + 1;
       }
@@ -316,8 +337,7 @@ class AppendCall final : public Watched {
           if (deliver && !ack.duplicate() && attempt_acks_any_ &&
               e.request.expected_input_offset() < attempt_input_offset_) {
             while (log_.front().seq < seq) {
-              log_bytes_ -= log_.front().bytes;
-              log_.pop_front();
+              DropOldest();
             }
           }
         }
@@ -351,8 +371,7 @@ class AppendCall final : public Watched {
         while (!log_.empty() && log_.front().seq < acked_ &&
                log_.front().seq < attempt_first_seq_ + attempt_sent_ &&
                Committed(log_.front())) {
-          log_bytes_ -= log_.front().bytes;
-          log_.pop_front();
+          DropOldest();
         }
         ++seq;
       }

@@ -1,18 +1,22 @@
 // SPDX-License-Identifier: Apache-2.0
 // Operations through real gateways (tests/cluster_harness.h): model-aware
 // routing and the aggregated Models service over workers serving two
-// different models, and the gateway's Prometheus `/metrics` after traffic
-// that includes a failover.
+// different models, the gateway's Prometheus `/metrics` after traffic
+// that includes a failover, and the bound on what a gateway buffers.
 
+#include <algorithm>
+#include <atomic>
 #include <map>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
+#include "tests/cluster_fixture.h"
 #include "tests/cluster_harness.h"
 #include "tests/metrics_scrape.h"
 
@@ -245,6 +249,75 @@ TEST_F(ClusterOpsTest, WorkersServeTheirMetrics) {
     }
   }
   EXPECT_TRUE(committed) << "no state commit observed";
+}
+
+// A gateway keeps at most --max-buffered-bytes of Append requests (plus one
+// request per call) and never stalls a stream on it: its calls' next
+// requests ask for commits, which free the buffers. Workers here commit
+// only when asked, so without those commits four 260 KiB Appends would
+// hold 1 MiB.
+class GatewayBuffersTest : public e2e::ClusterFixture {};
+
+TEST_F(GatewayBuffersTest, AppendsThroughSmallBuffersLandExactlyOnce) {
+  constexpr int64_t kMax = 64 << 10;
+  constexpr int kCalls = 4;
+  e2e::ClusterOptions options;
+  options.workers = 1;
+  options.gateways = 1;
+  options.worker_args = {"--checkpoint-tokens=100000000",
+                         "--checkpoint-interval=10000h"};
+  options.gateway_args = {absl::StrCat("--max-buffered-bytes=", kMax)};
+  StartCluster(options);
+  // 65 chunks: the reference asks for a commit every 5th, these calls only
+  // at their last, so both end committed at the same offset.
+  const auto chunks = e2e::TextChunks(65, 4096, 31);
+  v1::Session reference;
+  std::string reference_state;
+  Reference(chunks, &reference, &reference_state);
+
+  std::atomic<bool> done{false};
+  double most = 0;
+  std::thread scraper([&] {
+    while (!done.load()) {
+      auto samples =
+          e2e::ScrapeMetrics(cluster_->gateways()[0]->metrics_address());
+      if (samples) {
+        most = std::max(most, (*samples)["statestream_gateway_buffered_bytes"]);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
+  std::vector<std::thread> writers;
+  std::vector<absl::Status> results(kCalls);
+  for (int i = 0; i < kCalls; ++i) {
+    const std::string id = absl::StrCat("buffered-", i);
+    ASSERT_TRUE(cluster_->Create(id).ok());
+    writers.emplace_back([&, i, id] {
+      results[i] = e2e::AppendResumable(
+          cluster_.get(), id, chunks, /*checkpoint_every=*/65,
+          [](const grpc::Status&) { return false; });
+    });
+  }
+  for (auto& w : writers) w.join();
+  done = true;
+  scraper.join();
+  for (int i = 0; i < kCalls; ++i) {
+    ASSERT_TRUE(results[i].ok()) << results[i];
+    const std::string id = absl::StrCat("buffered-", i);
+    auto head = cluster_->Get(id);
+    ASSERT_TRUE(head.ok()) << head.status();
+    EXPECT_EQ(head->input_offset(), reference.input_offset());
+    auto state = cluster_->Export(id);
+    ASSERT_TRUE(state.ok()) << state.status();
+    EXPECT_TRUE(*state == reference_state) << id;
+  }
+  // Within the bound plus one request (~4 KiB of text) per call; nothing
+  // left once the calls are over.
+  EXPECT_GT(most, 0);
+  EXPECT_LE(most, kMax + kCalls * 8192);
+  auto after = e2e::ScrapeMetrics(cluster_->gateways()[0]->metrics_address());
+  ASSERT_TRUE(after.has_value());
+  EXPECT_EQ((*after)["statestream_gateway_buffered_bytes"], 0);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/byte_budget.h"
 #include "common/crc32c.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
@@ -42,62 +43,6 @@ absl::Status Corrupt(absl::string_view detail) {
                    {{"detail", std::string(detail)}});
 }
 
-// Bytes of state blobs held by exports and imports in flight. Thread-safe.
-class TransferBudget {
- public:
-  explicit TransferBudget(int64_t max) : max_(max) {}
-
-  // Bytes taken from the budget until Release() or destruction.
-  class Hold {
-   public:
-    Hold() = default;
-    Hold(TransferBudget* budget, int64_t bytes)
-        : budget_(budget), bytes_(bytes) {}
-    Hold(Hold&& other) noexcept { *this = std::move(other); }
-    Hold& operator=(Hold&& other) noexcept {
-      Release();
-      budget_ = std::exchange(other.budget_, nullptr);
-      bytes_ = std::exchange(other.bytes_, 0);
-      return *this;
-    }
-    ~Hold() { Release(); }
-    void Release() {
-      if (budget_ != nullptr) budget_->Give(bytes_);
-      budget_ = nullptr;
-      bytes_ = 0;
-    }
-
-   private:
-    TransferBudget* budget_ = nullptr;
-    int64_t bytes_ = 0;
-  };
-
-  // RESOURCE_EXHAUSTED/OVERLOADED past the budget (one always fits alone).
-  absl::StatusOr<Hold> Acquire(int64_t bytes) {
-    absl::MutexLock lock(&mu_);
-    if (held_ > 0 && held_ + bytes > max_) {
-      return MakeError(absl::StatusCode::kResourceExhausted,
-                       Reason::kOverloaded,
-                       absl::StrCat("state transfers in flight hold ", held_,
-                                    " bytes; this worker holds at most ", max_,
-                                    " (--max-transfer-bytes)"),
-                       {{"retry_after_ms", "500"}});
-    }
-    held_ += bytes;
-    return Hold(this, bytes);
-  }
-
- private:
-  void Give(int64_t bytes) {
-    absl::MutexLock lock(&mu_);
-    held_ -= bytes;
-  }
-
-  const int64_t max_;
-  absl::Mutex mu_;
-  int64_t held_ ABSL_GUARDED_BY(mu_) = 0;
-};
-
 // Loads the version on the pool, then streams the header and the chunks.
 // Until Finish, gRPC keeps the reactor alive (also after a cancel), so the
 // pool's closure may use it.
@@ -105,7 +50,7 @@ class ExportReactor final
     : public grpc::ServerWriteReactor<v1::ExportStateResponse> {
  public:
   ExportReactor(ModelSet* models, const CallerPolicy* policy, Executor* pool,
-                TransferBudget* budget, grpc::CallbackServerContext* ctx,
+                ByteBudget* budget, grpc::CallbackServerContext* ctx,
                 const v1::ExportStateRequest* req)
       : budget_(budget) {
     absl::StatusOr<std::string> tenant = TenantOf(*ctx, *policy);
@@ -131,8 +76,7 @@ class ExportReactor final
             const std::string& session_id, uint64_t version) {
     absl::StatusOr<ExportedState> e = m.Export(tenant, session_id, version);
     if (!e.ok()) return FinishAndRelease(ToGrpcStatus(e.status()));
-    absl::StatusOr<TransferBudget::Hold> hold =
-        budget_->Acquire(e->blob.size());
+    absl::StatusOr<ByteBudget::Hold> hold = budget_->Acquire(e->blob.size());
     if (!hold.ok()) return FinishAndRelease(ToGrpcStatus(hold.status()));
     hold_ = *std::move(hold);
     blob_ = std::move(e->blob);
@@ -182,8 +126,8 @@ class ExportReactor final
     Finish(status);
   }
 
-  TransferBudget* const budget_;
-  TransferBudget::Hold hold_;
+  ByteBudget* const budget_;
+  ByteBudget::Hold hold_;
   std::unique_ptr<TenantLimits::StreamSlot> slot_;
   std::string blob_;
   v1::ExportStateResponse msg_;
@@ -196,7 +140,7 @@ class ImportReactor final
     : public grpc::ServerReadReactor<v1::ImportStateRequest> {
  public:
   ImportReactor(ModelSet* models, const CallerPolicy* policy, Executor* pool,
-                TransferBudget* budget, grpc::CallbackServerContext* ctx,
+                ByteBudget* budget, grpc::CallbackServerContext* ctx,
                 v1::Session* out)
       : models_(models),
         policy_(policy),
@@ -372,9 +316,9 @@ class ImportReactor final
   const CallerPolicy* const policy_;
   SessionManager* m_ = nullptr;  // the state's model, once the header is read
   Executor* pool_;
-  TransferBudget* const budget_;
+  ByteBudget* const budget_;
   grpc::CallbackServerContext* const ctx_;  // valid until OnDone
-  TransferBudget::Hold hold_;               // once the header is read
+  ByteBudget::Hold hold_;                   // once the header is read
   // The tenant's stream slot (null without limits) until the call ends.
   std::unique_ptr<TenantLimits::StreamSlot> slot_;
   v1::Session* out_;
@@ -392,7 +336,8 @@ class SessionsService final : public v1::Sessions::CallbackService {
   SessionsService(ModelSet* models, std::shared_ptr<const CallerPolicy> policy)
       : models_(models),
         policy_(std::move(policy)),
-        budget_(models->default_manager().options().max_transfer_bytes),
+        budget_(models->default_manager().options().max_transfer_bytes,
+                "--max-transfer-bytes"),
         pool_(4) {}
 
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* ctx,
@@ -644,7 +589,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
 
   ModelSet* const models_;
   const std::shared_ptr<const CallerPolicy> policy_;  // outlives the reactors
-  TransferBudget budget_;  // outlives the reactors (the server stops first)
+  ByteBudget budget_;  // outlives the reactors (the server stops first)
   Executor pool_;
 };
 
