@@ -45,10 +45,11 @@ ABSL_FLAG(int, max_calls, 4096,
 ABSL_FLAG(int64_t, max_buffered_bytes, int64_t{512} << 20,
           "Bytes all calls together keep in memory: Append requests kept for "
           "replay until committed, and imports (read whole, each at most "
-          "256 MiB). Past it Appends read on only as commits free room and "
-          "imports are RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms; a "
-          "call holding nothing may always take one request or import. Size "
-          "the gateway's memory limit for it plus ~256 MiB.");
+          "256 MiB). Past it each Append goes a request at a time, each "
+          "committed before the next is read (within this plus two requests "
+          "a call), and imports are RESOURCE_EXHAUSTED/OVERLOADED with "
+          "retry_after_ms unless nothing else is held. Size the gateway's "
+          "memory limit for it plus ~256 MiB.");
 ABSL_FLAG(absl::Duration, suspect_for, absl::Seconds(5),
           "How long a worker that failed a call is avoided.");
 ABSL_FLAG(absl::Duration, tenant_stream_ttl, absl::Seconds(15),

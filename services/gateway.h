@@ -90,13 +90,12 @@ struct GatewayOptions {
   // Bytes of Append requests kept for replay per call (see above).
   int64_t append_buffer_bytes = int64_t{64} << 20;
   // Bytes all calls together keep in memory: Append requests kept for
-  // replay and imports read whole. Past it an Append reads its client's
-  // next request only once the buffers shrink (its next request is sent
-  // with checkpoint=true, so its worker commits and the log can go), and
-  // an import is RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms before a
-  // chunk is read. A call that holds nothing may always take one request or
-  // one import (so nothing within the other bounds waits forever): the
-  // buffers stay within this plus one request per Append call.
+  // replay and imports read whole. Past it each Append reads one request
+  // at a time, sent with checkpoint=true, and the next once that is acked
+  // (its commit has emptied the log): every stream moves, a commit per
+  // request, and the buffers stay within this plus two requests per
+  // Append. An import is RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms
+  // before a chunk is read, unless nothing else is held.
   int64_t max_buffered_bytes = int64_t{512} << 20;
   // Most state bytes one ImportState may stream (kept whole for a replay on
   // failover); the header's total_bytes bounds each call first, and a

@@ -130,12 +130,18 @@ class AppendCall final : public Watched {
     while (true) {
       {
         absl::MutexLock lock(&mu_);
-        // Room in this call's log and in the gateway's buffers (a call
-        // holding nothing may always read one). Other calls free the
-        // gateway's without touching mu_: looked at again every 20 ms.
+        // Room in this call's log, and in the gateway's buffers or for
+        // one more request: one read past the gateway's bound goes with
+        // checkpoint=true (below), and the call reads on once that is
+        // acked, its commit having emptied the log. So every call moves,
+        // a commit per request, whatever its worker's commit policy, and
+        // the buffers exceed the bound by at most two requests a call.
+        // Other calls free the gateway's without touching mu_: looked at
+        // again every 20 ms.
         auto room = [this, limit, &buffers]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
           return finished_ || (log_bytes_ <= 2 * limit &&
-                               (log_bytes_ == 0 || !buffers.over()));
+                               (log_bytes_ == 0 || acked_ >= forced_until_ ||
+                                !buffers.over()));
         };
         while (!mu_.AwaitWithTimeout(absl::Condition(&room),
                                      absl::Milliseconds(20))) {
