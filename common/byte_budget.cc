@@ -22,17 +22,34 @@ void ByteBudget::Hold::Release() {
   bytes_ = 0;
 }
 
+namespace {
+
+absl::Status Refusal(int64_t held, int64_t max, const std::string& what) {
+  return MakeError(
+      absl::StatusCode::kResourceExhausted, Reason::kOverloaded,
+      absl::StrCat("calls in flight hold ", held,
+                   " bytes; this server holds at most ", max, " (", what, ")"),
+      {{"retry_after_ms", "500"}});
+}
+
+}  // namespace
+
 absl::StatusOr<ByteBudget::Hold> ByteBudget::Acquire(int64_t bytes) {
   absl::MutexLock lock(&mu_);
-  if (held_ > 0 && held_ + bytes > max_) {
-    return MakeError(absl::StatusCode::kResourceExhausted, Reason::kOverloaded,
-                     absl::StrCat("calls in flight hold ", held_,
-                                  " bytes; this server holds at most ", max_,
-                                  " (", what_, ")"),
-                     {{"retry_after_ms", "500"}});
-  }
+  if (held_ > 0 && held_ + bytes > max_) return Refusal(held_, max_, what_);
   held_ += bytes;
   return Hold(this, bytes);
+}
+
+absl::Status ByteBudget::Grow(Hold* hold, int64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  if (held_ > hold->bytes_ && held_ + bytes > max_) {
+    return Refusal(held_, max_, what_);
+  }
+  held_ += bytes;
+  hold->budget_ = this;
+  hold->bytes_ += bytes;
+  return absl::OkStatus();
 }
 
 void ByteBudget::Take(int64_t bytes) {

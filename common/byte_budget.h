@@ -42,6 +42,9 @@ class ByteBudget {
   // request within every other bound is never refused forever); else
   // RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms.
   absl::StatusOr<Hold> Acquire(int64_t bytes);
+  // `bytes` more for `hold` (one of this budget's), by Acquire's rule: if
+  // they fit, or if nothing but `hold` is held.
+  absl::Status Grow(Hold* hold, int64_t bytes);
   // Counts `bytes` as held whether or not they fit (memory already taken);
   // Give() returns them.
   void Take(int64_t bytes);

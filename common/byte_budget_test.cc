@@ -37,6 +37,26 @@ TEST(ByteBudgetTest, OneAlwaysFitsAloneAndTheRestWaitForRoom) {
   EXPECT_EQ(budget.held(), 40);
 }
 
+TEST(ByteBudgetTest, AHoldGrowsByAcquiresRule) {
+  ByteBudget budget(100, "--max-test-bytes");
+  auto a = budget.Acquire(30);
+  ASSERT_TRUE(a.ok());
+  // Alone, a hold may grow past the budget; with another held, only within.
+  EXPECT_TRUE(budget.Grow(&*a, 90).ok());
+  EXPECT_EQ(a->bytes(), 120);
+  a->Release();
+  auto b = budget.Acquire(50);
+  auto c = budget.Acquire(20);
+  ASSERT_TRUE(b.ok() && c.ok());
+  const absl::Status refused = budget.Grow(&*c, 31);
+  EXPECT_EQ(GetReason(refused), Reason::kOverloaded) << refused;
+  EXPECT_TRUE(budget.Grow(&*c, 30).ok());
+  EXPECT_EQ(budget.held(), 100);
+  b->Release();
+  c->Release();
+  EXPECT_EQ(budget.held(), 0);
+}
+
 TEST(ByteBudgetTest, TakenBytesCountWhetherOrNotTheyFit) {
   ByteBudget budget(10, "--max-test-bytes");
   budget.Take(8);

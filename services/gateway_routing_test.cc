@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/clock.h"
@@ -164,15 +165,32 @@ TEST_F(GatewayTest, AnImportPastTheGatewaysBoundIsMessageTooLarge) {
   EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
 }
 
+// statestream_gateway_buffered_bytes as `metrics` shows it (-1: absent).
+double BufferedBytes(const GatewayMetrics& metrics) {
+  const std::string text = metrics.Render();
+  const std::string name = "\nstatestream_gateway_buffered_bytes ";
+  const size_t at = text.find(name);
+  double value = -1;
+  if (at != std::string::npos) {
+    const size_t from = at + name.size();
+    (void)absl::SimpleAtod(text.substr(from, text.find('\n', from) - from),
+                           &value);
+  }
+  return value;
+}
+
 // Imports are read whole, so together they take at most the gateway's
 // buffers (one always fits alone): another import while they are held is
 // RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms before a chunk is read,
 // and fits once the first is done. A header announcing more than an import
 // may hold is refused at once.
 TEST_F(GatewayTest, ImportsWaitForRoomInTheGatewaysBuffers) {
+  // Outlives the gateway (the fixture stops it after this body).
+  static GatewayMetrics* const metrics = new GatewayMetrics();
+  auto buffered = [] { return BufferedBytes(*metrics); };
   GatewayOptions options;
   options.max_buffered_bytes = 1 << 20;
-  options.max_import_bytes = 1 << 20;
+  options.metrics = metrics;
   Start(options);
   auto import = [&](uint64_t total) {
     grpc::ClientContext ctx;
@@ -187,27 +205,66 @@ TEST_F(GatewayTest, ImportsWaitForRoomInTheGatewaysBuffers) {
   auto first =
       v1::Sessions::NewStub(channel_)->ImportState(&first_ctx, &first_resp);
   ASSERT_TRUE(first->Write(ImportHeader(768 << 10)));
-  // Refused once the gateway has read the first one's header (until then
-  // the scripted workers answer INVALID_ARGUMENT).
-  absl::Status second;
-  for (int i = 0; i < 500; ++i) {
-    second = import(512 << 10);
-    if (second.code() == absl::StatusCode::kResourceExhausted) break;
-    absl::SleepFor(absl::Milliseconds(10));
+  for (int i = 0; i < 1000 && buffered() < (768 << 10); ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
   }
+  ASSERT_GE(buffered(), 768 << 10);
+  const absl::Status second = import(512 << 10);
   EXPECT_EQ(second.code(), absl::StatusCode::kResourceExhausted) << second;
   EXPECT_EQ(GetReason(second), Reason::kOverloaded);
   EXPECT_TRUE(GetErrorMetadata(second, "retry_after_ms").has_value());
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
   first->WritesDone();
   EXPECT_EQ(FromGrpcStatus(first->Finish()).code(),
             absl::StatusCode::kInvalidArgument);  // the worker's answer
-  const int before = workers_[0]->imports() + workers_[1]->imports();
+  // Given back before the client saw the end: the next one fits at once.
+  EXPECT_EQ(buffered(), 0);
   const absl::Status third = import(512 << 10);
   EXPECT_EQ(third.code(), absl::StatusCode::kInvalidArgument) << third;
-  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), before + 1);
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 2);
+  // More than the whole budget is refused at the header, never read.
   const absl::Status huge = import((1 << 20) + 1);
   EXPECT_EQ(GetReason(huge), Reason::kMessageTooLarge) << huge;
-  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), before + 1);
+  EXPECT_EQ(GetErrorMetadata(huge, "limit"), absl::StrCat(1 << 20));
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 2);
+}
+
+// An import sent in tiny chunks holds far more than its state (each message
+// has its own overhead): that is taken from the buffers too, so such
+// imports cannot hold more than the budget between them.
+TEST_F(GatewayTest, AnImportsOverheadCountsInTheGatewaysBuffers) {
+  static GatewayMetrics* const metrics = new GatewayMetrics();
+  GatewayOptions options;
+  options.max_buffered_bytes = 1 << 20;
+  options.metrics = metrics;
+  Start(options);
+  grpc::ClientContext first_ctx;
+  v1::Session first_resp;
+  auto first =
+      v1::Sessions::NewStub(channel_)->ImportState(&first_ctx, &first_resp);
+  ASSERT_TRUE(first->Write(ImportHeader(512 << 10)));
+  for (int i = 0; i < 1000 && BufferedBytes(*metrics) < (512 << 10); ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_GE(BufferedBytes(*metrics), 512 << 10);
+  // 64 KiB announced, sent a byte a message: ~100 bytes held per byte.
+  grpc::ClientContext ctx;
+  v1::Session resp;
+  auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+  ASSERT_TRUE(writer->Write(ImportHeader(64 << 10)));
+  v1::ImportStateRequest tiny;
+  tiny.mutable_chunk()->set_data("x");
+  int written = 0;
+  while (written < (64 << 10) && writer->Write(tiny)) ++written;
+  writer->WritesDone();
+  const absl::Status st = FromGrpcStatus(writer->Finish());
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  EXPECT_EQ(GetReason(st), Reason::kOverloaded) << st;
+  EXPECT_LT(written, 64 << 10);
+  EXPECT_LE(BufferedBytes(*metrics), 1 << 20);
+  first->WritesDone();
+  first->Finish();
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 1);
 }
 
 // With API keys, an import without a valid token ends UNAUTHENTICATED before

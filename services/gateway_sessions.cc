@@ -3,6 +3,7 @@
 // owner with unary failover (see gateway.h for the contracts).
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <string>
@@ -252,9 +253,14 @@ class SessionsService final : public v1::Sessions::CallbackService {
       v1::ImportStateRequest msg;
       uint64_t bytes = 0, kept = 0;
       absl::Status bad;
-      // The announced state's room in the gateway's buffers, taken at the
-      // header (held until the call ends).
+      // Its room in the gateway's buffers: the announced state's at the
+      // header, more as the messages turn out to hold more (each by the
+      // budget's rule), given back once the import is forwarded.
       ByteBudget::Hold room;
+      // Per call, within the gateway's whole budget too.
+      const uint64_t max_import = static_cast<uint64_t>(
+          std::min(gateway_->options().max_import_bytes,
+                   gateway_->options().max_buffered_bytes));
       while (bad.ok() && reader->Read(&msg)) {
         // What the message holds in memory (its chunk is a message of its
         // own), an empty one included, and its place in `parts` (whose
@@ -295,28 +301,27 @@ class SessionsService final : public v1::Sessions::CallbackService {
                             {{"detail", detail}});
           }
         }
-        const uint64_t max_import =
-            static_cast<uint64_t>(gateway_->options().max_import_bytes);
-        if (bad.ok() && msg.has_header()) {
-          // Within the per-call bound (as announced), then the gateway's.
-          const uint64_t total = msg.header().state().total_bytes();
-          if (total > max_import) {
-            kept = total;  // refused just below, as past the bound
-          } else if (auto held = gateway_->buffers().Acquire(
-                         static_cast<int64_t>(total));
-                     !held.ok()) {
-            bad = held.status();
-          } else {
-            room = *std::move(held);
+        if (bad.ok() && msg.has_header() &&
+            msg.header().state().total_bytes() > max_import) {
+          kept = msg.header().state().total_bytes();  // refused just below
+        }
+        if (bad.ok() && kept <= max_import) {
+          // What is held, and the rest of the announced state.
+          const uint64_t total = msg.has_header()
+                                     ? msg.header().state().total_bytes()
+                                     : parts[0].header().state().total_bytes();
+          const uint64_t want = kept + (total > bytes ? total - bytes : 0);
+          if (want > static_cast<uint64_t>(room.bytes())) {
+            bad = gateway_->buffers().Grow(
+                &room, static_cast<int64_t>(want) - room.bytes());
           }
         }
         if (bad.ok() && kept > max_import) {
           bad = MakeError(
               absl::StatusCode::kInvalidArgument, Reason::kMessageTooLarge,
               absl::StrCat("the import is larger than the gateway takes (",
-                           gateway_->options().max_import_bytes, " bytes)"),
-              {{"field", "chunk"},
-               {"limit", absl::StrCat(gateway_->options().max_import_bytes)}});
+                           max_import, " bytes)"),
+              {{"field", "chunk"}, {"limit", absl::StrCat(max_import)}});
         }
         parts.push_back(std::move(msg));
       }
@@ -324,6 +329,8 @@ class SessionsService final : public v1::Sessions::CallbackService {
         const grpc::Status st = ToGrpcStatus(bad);
         gateway_->EndCall("ImportState", st, began);
         slot.reset();
+        parts.clear();
+        room.Release();  // before the client sees the end, as the slot
         reader->Finish(st);
         reader->Release();
         return;
@@ -366,6 +373,8 @@ class SessionsService final : public v1::Sessions::CallbackService {
                     });
       gateway_->EndCall("ImportState", st, began);
       slot.reset();  // the client may open its next stream at once
+      parts.clear();
+      room.Release();  // and its next import find the room
       reader->Finish(st);
       reader->Release();
     });

@@ -136,16 +136,14 @@ class AppendCall final : public Watched {
         // acked, its commit having emptied the log. So every call moves,
         // a commit per request, whatever its worker's commit policy, and
         // the buffers exceed the bound by at most two requests a call.
-        // Other calls free the gateway's without touching mu_: looked at
-        // again every 20 ms.
+        // What wakes a waiting call is its own ack (under mu_); the
+        // gateway's buffers emptying does not, so it waits for that ack.
         auto room = [this, limit, &buffers]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
           return finished_ || (log_bytes_ <= 2 * limit &&
                                (log_bytes_ == 0 || acked_ >= forced_until_ ||
                                 !buffers.over()));
         };
-        while (!mu_.AwaitWithTimeout(absl::Condition(&room),
-                                     absl::Milliseconds(20))) {
-        }
+        mu_.Await(absl::Condition(&room));
         if (finished_) break;
       }
       if (!client_->Read(&request)) break;
