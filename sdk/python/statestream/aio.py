@@ -150,38 +150,28 @@ class AsyncClient(_ClientBase):
         awaitable."""
         if deadline is None:
             deadline = _deadline(timeout)
-        for attempt in range(1, self.max_attempts + 1):
-            stubs = self._stubs[self._current]
-            try:
-                return await self._invoke(call, stubs, self._metadata,
-                                          self._attempt_timeout(deadline))
-            except grpc.aio.UsageError:
-                if self._closed:
-                    raise _closed_error() from None
-                raise
-            except asyncio.CancelledError:
-                if self._closed_under():
-                    raise _closed_error() from None
-                raise
-            except grpc.RpcError as e:
-                err = StatestreamError.from_rpc_error(e)
-                self._rotate(stubs, err)
-                await self._retry_or_raise(err, attempt, deadline)
-        raise AssertionError("unreachable")
+        return await self._attempts(
+            lambda st, md, t, guard: call(st, md, t), deadline,
+            self._attempt_timeout, None)
 
     async def _transfer(self, call, timeout: Optional[float] = None,
                         budget: Optional[float] = None):
         """As Client._transfer: call(stubs, metadata, timeout, guard)
         returns an awaitable."""
-        deadline = _deadline(timeout)
+        return await self._attempts(
+            call, _deadline(timeout),
+            lambda d: _cap(self._attempt_timeout(d, unary=False), budget),
+            self.timeout)
+
+    async def _attempts(self, call, deadline: Optional[float],
+                        attempt_timeout, idle: Optional[float]):
+        """As Client._attempts."""
         for attempt in range(1, self.max_attempts + 1):
             stubs = self._stubs[self._current]
-            guard = _AsyncStallGuard(self.timeout)
+            guard = _AsyncStallGuard(idle)
             try:
-                return await self._invoke(
-                    call, stubs, self._metadata,
-                    _cap(self._attempt_timeout(deadline, unary=False),
-                         budget), guard)
+                return await self._invoke(call, stubs, self._metadata,
+                                          attempt_timeout(deadline), guard)
             except grpc.aio.UsageError:
                 if self._closed:
                     raise _closed_error() from None
@@ -192,11 +182,11 @@ class AsyncClient(_ClientBase):
                 if not guard.stalled or _task_cancelling():
                     raise
                 # The guard cancelled the gRPC call: a stall.
-                err = _stalled_error(self.timeout)
+                err = _stalled_error(idle)
                 self._rotate(stubs, err)
                 await self._retry_or_raise(err, attempt, deadline)
             except grpc.RpcError as e:
-                err = (_stalled_error(self.timeout) if guard.stalled else
+                err = (_stalled_error(idle) if guard.stalled else
                        StatestreamError.from_rpc_error(e))
                 self._rotate(stubs, err)
                 await self._retry_or_raise(err, attempt, deadline)

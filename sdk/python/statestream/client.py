@@ -352,16 +352,8 @@ class Client(_ClientBase):
         none besides each attempt's)."""
         if deadline is None:
             deadline = _deadline(timeout)
-        for attempt in range(1, self.max_attempts + 1):
-            stubs = self._current_stubs()
-            try:
-                return self._invoke(call, stubs, self._metadata,
-                                    self._attempt_timeout(deadline))
-            except grpc.RpcError as e:
-                err = StatestreamError.from_rpc_error(e)
-                self._rotate(stubs, err)
-                self._retry_or_raise(err, attempt, deadline)
-        raise AssertionError("unreachable")
+        return self._attempts(lambda st, md, t, guard: call(st, md, t),
+                              deadline, self._attempt_timeout, None)
 
     def _transfer(self, call, timeout: Optional[float] = None,
                   budget: Optional[float] = None):
@@ -369,22 +361,28 @@ class Client(_ClientBase):
         metadata, timeout, guard) with retries, each attempt bounded by
         `budget` (None: none) and ended by `guard` once it goes the
         client's timeout without guard.progress() (transfer.py)."""
-        deadline = _deadline(timeout)
+        return self._attempts(
+            call, _deadline(timeout),
+            lambda d: _cap(self._attempt_timeout(d, unary=False), budget),
+            self.timeout)
+
+    def _attempts(self, call, deadline: Optional[float], attempt_timeout,
+                  idle: Optional[float]):
+        """The retry loop: call(stubs, metadata, attempt_timeout(deadline),
+        guard), with a stall guard watching `idle` (None: none)."""
         for attempt in range(1, self.max_attempts + 1):
             stubs = self._current_stubs()
-            guard = _StallGuard(self.timeout)
+            guard = _StallGuard(idle)
             try:
-                return self._invoke(
-                    call, stubs, self._metadata,
-                    _cap(self._attempt_timeout(deadline, unary=False),
-                         budget), guard)
+                return self._invoke(call, stubs, self._metadata,
+                                    attempt_timeout(deadline), guard)
             except (grpc.RpcError, grpc.FutureCancelledError) as e:
                 # A cancelled future (an import's) raises
                 # FutureCancelledError: only the guard cancels one. Its
                 # verdict is in once its thread has ended.
                 guard.close()
                 if guard.stalled:
-                    err = _stalled_error(self.timeout)
+                    err = _stalled_error(idle)
                 elif isinstance(e, grpc.RpcError):
                     err = StatestreamError.from_rpc_error(e)
                 else:
