@@ -8,6 +8,7 @@
 #include <grpcpp/client_context.h>
 
 #include <algorithm>
+#include <chrono>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -49,24 +50,28 @@ class CallScope {
 // transfers are few and each moves megabytes.
 class StallGuard {
  public:
+  // No watch when `idle` is infinite (or past a century).
   StallGuard(grpc::ClientContext* ctx, absl::Duration idle)
-      : ctx_(ctx), idle_(idle), due_(absl::Now() + idle) {
+      : ctx_(ctx),
+        idle_(idle > absl::Hours(24 * 365 * 100) ? absl::InfiniteDuration()
+                                                 : idle),
+        due_(Clock::now()) {
+    if (idle_ == absl::InfiniteDuration()) return;
+    due_ += absl::ToChronoNanoseconds(idle_);
     thread_ = std::thread([this] { Watch(); });
   }
   ~StallGuard() {
-    {
-      absl::MutexLock lock(&mu_);
-      done_ = true;
-    }
-    thread_.join();
+    Disarm();
+    if (thread_.joinable()) thread_.join();
   }
   StallGuard(const StallGuard&) = delete;
   StallGuard& operator=(const StallGuard&) = delete;
 
   // A message went out or came in: the call has `idle` again from now.
   void Progress() {
+    if (idle_ == absl::InfiniteDuration()) return;
     absl::MutexLock lock(&mu_);
-    due_ = absl::Now() + idle_;
+    due_ = Clock::now() + absl::ToChronoNanoseconds(idle_);
   }
   // Stops watching: what is left of the call is bounded by its deadline
   // (an import's last writes may sit in buffers longer than `idle`).
@@ -82,16 +87,20 @@ class StallGuard {
   absl::Duration idle() const { return idle_; }
 
  private:
+  // Steady: a step of the wall clock neither fires nor delays the guard.
+  using Clock = std::chrono::steady_clock;
+
   void Watch() {
     absl::MutexLock lock(&mu_);
     while (!done_) {
-      const absl::Time due = due_;
-      if (absl::Now() >= due) {
+      const Clock::duration left = due_ - Clock::now();
+      if (left <= Clock::duration::zero()) {
         stalled_ = true;
         ctx_->TryCancel();
         return;
       }
-      mu_.AwaitWithDeadline(absl::Condition(&done_), due);
+      mu_.AwaitWithTimeout(absl::Condition(&done_),
+                           absl::FromChrono(left) + absl::Microseconds(100));
     }
   }
 
@@ -99,7 +108,7 @@ class StallGuard {
   const absl::Duration idle_;
   std::thread thread_;
   mutable absl::Mutex mu_;
-  absl::Time due_ ABSL_GUARDED_BY(mu_);
+  Clock::time_point due_ ABSL_GUARDED_BY(mu_);
   bool done_ ABSL_GUARDED_BY(mu_) = false;
   bool stalled_ ABSL_GUARDED_BY(mu_) = false;
 };
