@@ -42,7 +42,7 @@ ABSL_FLAG(int, max_attempts, 10,
           "Attempts per operation before giving up, counted from the last "
           "progress (an Append or Generate that moved on starts again). With "
           "--max-backoff they bound how long a server may be down or "
-          "restarting: 10 attempts at up to 2 s wait about 15 s.");
+          "restarting: 10 attempts at up to 2 s wait about 9 s.");
 ABSL_FLAG(absl::Duration, max_backoff, absl::Seconds(2),
           "Longest wait between two attempts (the waits double from 50 ms).");
 ABSL_FLAG(std::string, session, "", "The session id.");

@@ -31,6 +31,8 @@
 #ifndef STATESTREAM_SDK_CPP_STATESTREAM_CLIENT_H_
 #define STATESTREAM_SDK_CPP_STATESTREAM_CLIENT_H_
 
+#include <grpcpp/channel.h>
+
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -184,12 +186,14 @@ class Client {
 
   // Internals shared with the handles.
   struct Stubs {
+    std::shared_ptr<grpc::Channel> channel;
     std::unique_ptr<v1::Sessions::Stub> sessions;
     std::unique_ptr<v1::Streams::Stub> streams;
     std::unique_ptr<v1::Models::Stub> models;
   };
-  // The stubs of the current target.
+  // The stubs of the current target, and its channel.
   Stubs& Current();
+  std::shared_ptr<grpc::Channel> CurrentChannel() const;
   // Moves to the next target after `error` on `failed` when it may be the
   // target's fault (BlamesTarget), unless `call` was cancelled (the
   // caller's cancel says nothing about the target).
@@ -216,7 +220,7 @@ class Client {
   explicit Client(ClientOptions options);
   ClientOptions options_;
   std::vector<Stubs> stubs_;
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   size_t current_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

@@ -16,6 +16,7 @@ import asyncio
 import os
 import subprocess
 import threading
+import time
 
 import grpc
 import pytest
@@ -255,3 +256,20 @@ def test_a_transfer_that_moves_nothing_ends_at_the_timeout(
             capture_output=True, text=True, timeout=60)
         assert out.returncode != 0
         assert "no progress for 1s" in out.stderr, out.stderr
+
+
+def test_the_cpp_client_finds_a_restarted_server_at_once(server):
+    # The C++ client waits on a channel that is not connected during its
+    # backoff instead of sleeping beside it: an unwatched sync channel
+    # reconnected only ~14 s after its server was back. Eight attempts at
+    # most 0.5 s apart (~2.3 s) reach a server restarted after ~1 s.
+    server.kill()
+    client = subprocess.Popen(
+        [os.environ["STATESTREAM_BIN"], "models", "--target", server.address,
+         "--max-attempts", "8", "--max-backoff", "500ms"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1)
+    server.start()
+    out, err = client.communicate(timeout=60)
+    assert client.returncode == 0, err
+    assert out.strip()
