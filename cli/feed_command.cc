@@ -25,6 +25,7 @@
 #include "cli/command.h"
 #include "common/status.h"
 #include "nlohmann/json.hpp"
+#include "worker/engine/utf8.h"
 
 ABSL_FLAG(int64_t, chunk_bytes, 64 << 10,
           "feed: bytes per Append request, 1 to 1048576.");
@@ -148,6 +149,16 @@ class Input {
   uint64_t read_ = 0;  // bytes read so far
 };
 
+// `error` with `detail` after its message, keeping its code, Reason and
+// metadata.
+absl::Status WithDetail(const absl::Status& error, absl::string_view detail) {
+  absl::Status out(error.code(), absl::StrCat(error.message(), detail));
+  error.ForEachPayload([&out](absl::string_view url, const absl::Cord& value) {
+    out.SetPayload(url, value);
+  });
+  return out;
+}
+
 absl::Status Feed(const std::vector<std::string>& args) {
   if (args.size() != 1) {
     return UsageError("feed takes one FILE argument (or -)");
@@ -215,6 +226,9 @@ absl::Status Feed(const std::vector<std::string>& args) {
   }
   client::AppendOptions options;
   options.max_chunk_bytes = chunk;
+  // A few requests ahead keep the server busy; more would only run ahead
+  // of the progress bar, which shows what the server has acked.
+  options.window = 4;
   // Where the skip above (and the rerun hint) placed the input. Should the
   // session move before the stream opens, the server refuses the first
   // request that does not fit (POSITION_MISMATCH) instead of the input
@@ -231,38 +245,91 @@ absl::Status Feed(const std::vector<std::string>& args) {
   absl::Time last_draw = absl::InfinitePast();
   bool drawn = false;
   uint64_t sent = 0;
+  // What a failure leaves, and how to go on: the session's committed
+  // offset at the last ack, and the rerun that appends each byte once.
+  auto stopped = [&](const absl::Status& error) {
+    if (drawn) std::fputs("\n", stderr);
+    return WithDetail(
+        error, absl::StrCat("; stopped after sending ", sent,
+                            " bytes (the session's committed_input_offset "
+                            "was ",
+                            writer->last_ack().committed_input_offset(),
+                            " at the last ack); rerun with --start-offset=",
+                            base, " to append each byte of the input once"));
+  };
+  // The input is checked as UTF-8 before it is sent: a server refuses
+  // text that is not, and a session left with half a character pending
+  // refuses every later text that does not complete it. `carry` holds an
+  // incomplete character at the end of a read until the next one.
+  std::string carry, data;
+  absl::Status bad_input;
   while (true) {
     absl::StatusOr<size_t> n = in->Read(buffer.data(), chunk);
     if (!n.ok()) {
       // Not the end of the input: commit nothing more and say so. The
       // writer is abandoned (its call cancelled); the server may still
       // have committed part of what was sent by its own checkpoint policy.
-      if (drawn) std::fputs("\n", stderr);
-      return absl::Status(
+      return stopped(absl::Status(
           n.status().code(),
-          absl::StrCat(n.status().message(),
-                       "; stopped without committing the ", sent,
-                       " bytes sent (the session may hold part of them: its "
-                       "committed_input_offset was ",
-                       writer->last_ack().committed_input_offset(),
-                       " at the last ack); rerun with --start-offset=", base,
-                       " to append each byte of the input once"));
+          absl::StrCat(n.status().message(), "; nothing more was committed")));
     }
-    if (*n == 0) break;
-    SS_RETURN_IF_ERROR(writer->Write(std::string_view(buffer.data(), *n)));
-    sent += *n;
+    data.assign(carry);
+    data.append(buffer.data(), *n);
+    carry.clear();
+    const size_t complete = engine::Utf8CompletePrefixLength(data);
+    const size_t valid = engine::FirstInvalidUtf8Byte(data);
+    size_t take = complete;
+    if (valid < complete || (*n == 0 && valid < data.size())) {
+      // An ill-formed byte, or the input ends inside a character: send
+      // (and commit) what comes before it, then stop.
+      take = valid;
+      const uint64_t at = skipped + sent + valid;  // in the input
+      bad_input = MakeError(
+          absl::StatusCode::kInvalidArgument, Reason::kInvalidUtf8,
+          absl::StrCat(valid < complete
+                           ? "the input is not valid UTF-8 at byte "
+                           : "the input ends inside a UTF-8 character at "
+                             "byte ",
+                       at, " (session input_offset ", base + at,
+                       "); the bytes before it were appended and committed: "
+                       "fix the input and rerun with --start-offset=",
+                       base, " to append the rest once"),
+          {{"input_offset", absl::StrCat(base + at)}});
+    } else {
+      carry = data.substr(complete);
+    }
+    if (take > 0) {
+      if (absl::Status w = writer->Write(std::string_view(data.data(), take));
+          !w.ok()) {
+        return stopped(w);
+      }
+      sent += take;
+    }
+    if (*n == 0 || !bad_input.ok()) break;
     if (progress && absl::Now() - last_draw > absl::Milliseconds(100)) {
       last_draw = absl::Now();
       drawn = true;
-      // No ack yet reads as position 0.
-      const uint64_t acked = writer->last_ack().position();
-      DrawProgress(sent, total,
-                   acked > start.position() ? acked - start.position() : 0,
+      // What the server has taken (acked) of this run; no ack yet reads
+      // as offset and position 0.
+      const v1::AppendResponse& ack = writer->last_ack();
+      DrawProgress(ack.input_offset() > start.input_offset()
+                       ? ack.input_offset() - start.input_offset()
+                       : 0,
+                   total,
+                   ack.position() > start.position()
+                       ? ack.position() - start.position()
+                       : 0,
                    absl::Now() - begin);
     }
   }
-  SS_RETURN_IF_ERROR(writer->Flush());
-  SS_ASSIGN_OR_RETURN(v1::AppendResponse done, writer->Close());
+  if (absl::Status f = writer->Flush(); !f.ok()) return stopped(f);
+  absl::StatusOr<v1::AppendResponse> closed = writer->Close();
+  if (!closed.ok()) return stopped(closed.status());
+  const v1::AppendResponse done = *std::move(closed);
+  if (!bad_input.ok()) {
+    if (drawn) std::fputs("\n", stderr);
+    return bad_input;
+  }
   const uint64_t tokens = done.position() - start.position();
   if (progress) {
     DrawProgress(sent, total < 0 ? -1 : static_cast<int64_t>(sent), tokens,
@@ -307,7 +374,10 @@ const Command& FeedCommand() {
       "Stream a file or stdin into a session, exactly once.",
       "--session ID FILE|- [--target HOST:PORT] [--progress auto]\n"
       "             [--start-offset N] [--max-attempts N]\n\n"
-      "Appends the bytes as text, flushes the tokenizer and commits. A\n"
+      "Appends the bytes as text, flushes the tokenizer and commits. The\n"
+      "input must be UTF-8: at an ill-formed byte, or an end inside a\n"
+      "character, what comes before it is appended and committed and feed\n"
+      "stops there (INVALID_UTF8, naming the byte). A\n"
       "broken connection or a restarted server is resumed transparently\n"
       "(nothing is lost or applied twice) for up to --max-attempts\n"
       "attempts. If it gives up, rerun with --start-offset (the session's\n"

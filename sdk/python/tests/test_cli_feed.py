@@ -39,3 +39,44 @@ def test_feed_resumes_after_kill9(server, client):
     assert (a.input_offset, a.position) == (b.input_offset, b.position)
     assert (client.session("fed").score("x").sum_logprob ==
             client.session("ref").score("x").sum_logprob)
+
+
+def _feed(server, session, data, *extra):
+    return subprocess.run(
+        [os.environ["STATESTREAM_BIN"], "feed", f"--session={session}",
+         f"--target={server.address}", *extra, "-"],
+        input=data, capture_output=True, timeout=120)
+
+
+def test_feed_stops_at_input_that_is_not_utf8(server, client):
+    # The input is checked before it is sent: what comes before an
+    # ill-formed byte is appended and committed, and a rerun of the fixed
+    # input with --start-offset appends the rest once.
+    client.create_session("bad-byte")
+    good = "é quick brown fox. ".encode() * 200
+    out = _feed(server, "bad-byte", good + b"\xff" + b"tail",
+                "--chunk-bytes=512")
+    assert out.returncode == 1
+    err = out.stderr.decode()
+    assert "not valid UTF-8 at byte %d" % len(good) in err, err
+    assert "[INVALID_UTF8]" in err and "--start-offset=0" in err, err
+    s = client.session("bad-byte").get()
+    assert s.committed_input_offset == s.input_offset == len(good)
+    fixed = good + b"?tail"
+    assert _feed(server, "bad-byte", fixed,
+                 "--start-offset=0").returncode == 0
+    assert client.session("bad-byte").get().input_offset == len(fixed)
+
+
+def test_feed_of_input_that_ends_inside_a_character_leaves_a_usable_session(
+        server, client):
+    # The half character is never sent: a session holding it pending would
+    # refuse every later text that does not complete it.
+    client.create_session("half-char")
+    out = _feed(server, "half-char", b"ok \xe2\x82")
+    assert out.returncode == 1
+    assert b"ends inside a UTF-8 character at byte 3" in out.stderr
+    assert client.session("half-char").get().committed_input_offset == 3
+    assert _feed(server, "half-char", "next €".encode()).returncode == 0
+    assert client.session("half-char").get().input_offset == 3 + len(
+        "next €".encode())
