@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -43,18 +44,18 @@ absl::Status Chat(const std::vector<std::string>& args) {
   SS_ASSIGN_OR_RETURN(const v1::GenerateRequest sampling,
                       GenerateRequestFromFlags());
   SS_RETURN_IF_ERROR(CheckUtf8("--turn-end", absl::GetFlag(FLAGS_turn_end)));
+  SS_RETURN_IF_ERROR(
+      CheckUtf8("--user-prefix", absl::GetFlag(FLAGS_user_prefix)));
+  SS_RETURN_IF_ERROR(
+      CheckUtf8("--assistant-prefix", absl::GetFlag(FLAGS_assistant_prefix)));
   SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
-  std::string session_id;
-  // --session= (an empty $SID) starts a new session like no --session.
+  // --session= (an empty $SID) starts a new session like no --session: at
+  // the first message, so input that never makes one leaves none behind.
+  std::optional<client::Session> session;
   if (!SessionFlagIsEmpty()) {
-    SS_ASSIGN_OR_RETURN(session_id, SessionFlagValue());
-  } else {
-    SS_ASSIGN_OR_RETURN(v1::Session created,
-                        client->CreateSession(v1::CreateSessionRequest()));
-    session_id = created.session_id();
-    std::cerr << "session " << session_id << "\n";
+    SS_ASSIGN_OR_RETURN(std::string session_id, SessionFlagValue());
+    session = client->OpenSession(session_id);
   }
-  client::Session session = client->OpenSession(session_id);
   const bool tty = isatty(STDIN_FILENO) && isatty(STDOUT_FILENO);
   const bool json = JsonOutputFlag();
   const std::string turn_end = absl::GetFlag(FLAGS_turn_end);
@@ -63,6 +64,13 @@ absl::Status Chat(const std::vector<std::string>& args) {
     if (tty) std::cout << "> " << std::flush;
     if (!std::getline(std::cin, line)) break;
     if (line.empty()) continue;
+    SS_RETURN_IF_ERROR(CheckUtf8("a line of stdin", line));
+    if (!session) {
+      SS_ASSIGN_OR_RETURN(v1::Session created,
+                          client->CreateSession(v1::CreateSessionRequest()));
+      std::cerr << "session " << created.session_id() << "\n";
+      session = client->OpenSession(created.session_id());
+    }
     v1::GenerateRequest req = sampling;
     req.set_commit(true);
     req.set_prompt_text_utf8(
@@ -70,14 +78,14 @@ absl::Status Chat(const std::vector<std::string>& args) {
                      absl::GetFlag(FLAGS_assistant_prefix)));
     if (!turn_end.empty()) req.add_stop_strings(turn_end);
     SS_ASSIGN_OR_RETURN(v1::GenerateDone done,
-                        StreamGeneration(session, req, json));
+                        StreamGeneration(*session, req, json));
     // Unless the reply ended with the turn end itself (a --stop string
     // is not one).
     if (!turn_end.empty() &&
         !(done.finish_reason() == v1::FINISH_REASON_STOP_STRING &&
           done.stop_string() == turn_end)) {
       // Close the turn in the session's history too.
-      SS_RETURN_IF_ERROR(session.AppendText(turn_end).status());
+      SS_RETURN_IF_ERROR(session->AppendText(turn_end).status());
     }
     if (json) {
       std::cout << ToJson(done) << "\n";

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -124,6 +125,12 @@ absl::StatusOr<std::unique_ptr<client::Client>> ClientFromFlags() {
   client::ClientOptions options;
   for (absl::string_view t :
        absl::StrSplit(absl::GetFlag(FLAGS_target), ',', absl::SkipEmpty())) {
+    // HOST:PORT, or a gRPC target URI (dns:///h:p, unix:/path, ...): a
+    // host alone would go to gRPC's default port, 443.
+    if (!absl::StrContains(t, ':') || absl::EndsWith(t, ":")) {
+      return UsageError(
+          absl::StrCat("--target ", t, ": want HOST:PORT (no port given)"));
+    }
     options.targets.emplace_back(t);
   }
   if (options.targets.empty()) return UsageError("--target is empty");

@@ -61,6 +61,12 @@ absl::StatusOr<v1::GenerateRequest> GenerateRequestFromFlags() {
     s->set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_sample_seed)));
   }
   for (const std::string& stop : absl::GetFlag(FLAGS_stop)) {
+    // "a,,b" or ",": the API's stop strings are 1-256 bytes each.
+    if (stop.empty()) {
+      return UsageError(
+          "--stop: each stop string must be 1-256 bytes (an "
+          "empty one is between two commas)");
+    }
     SS_RETURN_IF_ERROR(CheckUtf8("--stop", stop));
     req.add_stop_strings(stop);
   }

@@ -450,6 +450,14 @@ TEST(CliTest, ClientVerbsExitTwoOnBadUsage) {
        2,
        "--max-backoff must not be negative"},
       {{"session", "get", "x", "--target="}, 2, "--target is empty"},
+      // A host alone went to gRPC's default port, retried for ~9 s.
+      {{"session", "get", "x", "--target=127.0.0.1"},
+       2,
+       "want HOST:PORT (no port given)"},
+      // Sent, and refused by the server (exit 1), before.
+      {{"generate", "--session=s", "--stop=a,,b"},
+       2,
+       "each stop string must be 1-256 bytes"},
       {{"feed"}, 2, "feed takes one FILE argument"},
       {{"feed", "in.txt"}, 2, "--session is required"},
       {{"feed", "--session=s", "--progress=maybe", "in.txt"},

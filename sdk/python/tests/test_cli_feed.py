@@ -80,3 +80,21 @@ def test_feed_of_input_that_ends_inside_a_character_leaves_a_usable_session(
     assert _feed(server, "half-char", "next €".encode()).returncode == 0
     assert client.session("half-char").get().input_offset == 3 + len(
         "next €".encode())
+
+
+def test_chat_makes_no_session_for_input_without_a_message(server, client):
+    # The session is created at the first message: input with none, or
+    # whose first line is not UTF-8, leaves no orphan session behind.
+    before = len(list(client.list_sessions()))
+    for stdin, code in ((b"", 0), (b"\n\n", 0), (b"\xff\n", 2)):
+        out = subprocess.run(
+            [os.environ["STATESTREAM_BIN"], "chat",
+             f"--target={server.address}", "--max-tokens=4"],
+            input=stdin, capture_output=True, timeout=60)
+        assert out.returncode == code, out.stderr
+    assert len(list(client.list_sessions())) == before
+    out = subprocess.run(
+        [os.environ["STATESTREAM_BIN"], "chat", f"--target={server.address}",
+         "--max-tokens=4"], input=b"hello\n", capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert len(list(client.list_sessions())) == before + 1
