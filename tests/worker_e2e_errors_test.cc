@@ -26,6 +26,19 @@ TEST_F(WorkerE2eTest, BadInputGetsTypedErrors) {
   st = Append({Text("bad", 0, "caf\xC3", true)}).status;  // incomplete
   EXPECT_EQ(GetReason(st), Reason::kInvalidUtf8) << st;
   EXPECT_EQ(GetErrorMetadata(st, "input_offset"), "3") << st;
+  // Half a character pending: text that does not continue it is refused,
+  // and the message says why (the session otherwise looks stuck).
+  Create("half");
+  ASSERT_TRUE(Append({Text("half", 0, "ok \xE2\x82")}).status.ok());
+  st = Append({Text("half", 5, "next")}).status;
+  EXPECT_EQ(GetReason(st), Reason::kInvalidUtf8) << st;
+  EXPECT_NE(st.message().find("does not continue the incomplete UTF-8 "
+                              "character the session's text ends with (2 "
+                              "bytes from input_offset 3)"),
+            std::string::npos)
+      << st;
+  // Its rest ("\xAC" of the euro sign) is taken.
+  EXPECT_TRUE(Append({Text("half", 5, "\xAC.", true)}).status.ok());
   st = Append({Text("bad", 0, std::string((1 << 20) + 1, 'a'))}).status;
   EXPECT_EQ(GetReason(st), Reason::kMessageTooLarge) << st;
   auto got = Get("bad");

@@ -362,8 +362,19 @@ void SessionManager::Impl::AppendOp(
       const uint64_t bad_at = bad < carry.size()
                                   ? at - carry.size() + bad
                                   : at + skip + (bad - carry.size());
+      // Said plainly when the session's text ends inside a character
+      // this text does not continue: every text but its rest is refused.
       return fail(Invalid(
-          Reason::kInvalidUtf8, "text_utf8 is not valid UTF-8",
+          Reason::kInvalidUtf8,
+          !carry.empty() && bad < carry.size()
+              ? absl::StrCat(
+                    "text_utf8 does not continue the incomplete UTF-8 "
+                    "character the session's text ends with (",
+                    carry.size(), " bytes from input_offset ",
+                    at - carry.size(),
+                    "): send the rest of that character first, or roll "
+                    "the session back")
+              : std::string("text_utf8 is not valid UTF-8"),
           {{"input_offset", absl::StrCat(bad_at)}, {"field", "text_utf8"}}));
     }
     carry = joined.substr(complete);
