@@ -196,6 +196,10 @@ absl::Status Feed(const std::vector<std::string>& args) {
   uint64_t base = start.input_offset();
   // A rerun: skip what the session already has of the input.
   uint64_t skipped = 0;
+  // The end of the skipped bytes, up to a character's first 3: a run that
+  // stopped inside a character (the writer splits long text anywhere)
+  // left the session holding its start, and the rest continues it.
+  std::string skipped_tail;
   if (const int64_t from = absl::GetFlag(FLAGS_start_offset); from >= 0) {
     if (start.input_offset() < static_cast<uint64_t>(from)) {
       return MakeError(
@@ -214,6 +218,10 @@ absl::Status Feed(const std::vector<std::string>& args) {
                    static_cast<size_t>(std::min<uint64_t>(left, chunk))));
       if (n == 0) break;
       left -= n;
+      skipped_tail.append(buffer.data(), n);
+      if (skipped_tail.size() > 3) {
+        skipped_tail.erase(0, skipped_tail.size() - 3);
+      }
     }
     if (left > 0) {
       return MakeError(
@@ -261,7 +269,12 @@ absl::Status Feed(const std::vector<std::string>& args) {
   // text that is not, and a session left with half a character pending
   // refuses every later text that does not complete it. `carry` holds an
   // incomplete character at the end of a read until the next one.
-  std::string carry, data;
+  // `carry` begins with the session's own incomplete character, if any:
+  // checked with what follows, never sent (`held` bytes of it).
+  std::string carry =
+      skipped_tail.substr(engine::Utf8CompletePrefixLength(skipped_tail));
+  size_t held = carry.size();
+  std::string data;
   absl::Status bad_input;
   while (true) {
     absl::StatusOr<size_t> n = in->Read(buffer.data(), chunk);
@@ -283,7 +296,7 @@ absl::Status Feed(const std::vector<std::string>& args) {
       // An ill-formed byte, or the input ends inside a character: send
       // (and commit) what comes before it, then stop.
       take = valid;
-      const uint64_t at = skipped + sent + valid;  // in the input
+      const uint64_t at = skipped + sent + valid - held;  // in the input
       bad_input = MakeError(
           absl::StatusCode::kInvalidArgument, Reason::kInvalidUtf8,
           absl::StrCat(valid < complete
@@ -298,13 +311,15 @@ absl::Status Feed(const std::vector<std::string>& args) {
     } else {
       carry = data.substr(complete);
     }
-    if (take > 0) {
-      if (absl::Status w = writer->Write(std::string_view(data.data(), take));
+    if (take > held) {
+      if (absl::Status w =
+              writer->Write(std::string_view(data.data() + held, take - held));
           !w.ok()) {
         return stopped(w);
       }
-      sent += take;
+      sent += take - held;
     }
+    held -= std::min(held, take);
     if (*n == 0 || !bad_input.ok()) break;
     if (progress && absl::Now() - last_draw > absl::Milliseconds(100)) {
       last_draw = absl::Now();

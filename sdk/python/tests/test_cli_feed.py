@@ -98,3 +98,19 @@ def test_chat_makes_no_session_for_input_without_a_message(server, client):
          "--max-tokens=4"], input=b"hello\n", capture_output=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert len(list(client.list_sessions())) == before + 1
+
+
+def test_feed_resumes_a_session_that_stopped_inside_a_character(server,
+                                                                 client):
+    # A run can stop with the session holding the start of a character (the
+    # writer splits long text anywhere): the rerun's first bytes continue
+    # it, and are taken as such, not refused as ill-formed.
+    client.create_session("mid-char")
+    data = "ab€cd".encode()
+    client.session("mid-char").append(data[:4], flush=False)  # "ab" + 2/3
+    out = _feed(server, "mid-char", data, "--start-offset=0", "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    assert summary["skipped"] == "4" and summary["bytes"] == "3"
+    s = client.session("mid-char").get()
+    assert s.input_offset == s.committed_input_offset == len(data)
