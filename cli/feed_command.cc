@@ -3,6 +3,8 @@
 // session exactly once, resuming after failures (the SDK's AppendWriter),
 // with a progress bar on a terminal.
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -40,6 +42,34 @@ ABSL_FLAG(std::string, progress, "auto",
 
 namespace statestream::cli {
 namespace {
+
+// Set by the first Ctrl-C (SIGINT): feed stops reading, commits what it
+// sent and says where it stopped; a second one ends it at once (the
+// handler restores the default action).
+volatile sig_atomic_t g_interrupted = 0;
+
+extern "C" void OnInterrupt(int) {
+  g_interrupted = 1;
+  signal(SIGINT, SIG_DFL);
+}
+
+// SIGINT for this thread only, interrupting its reads: gRPC's threads,
+// started after InterruptsComeHere(true) blocked it, keep it blocked.
+void InterruptsComeHere(bool block_first) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  if (block_first) {
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    return;
+  }
+  struct sigaction action = {};
+  action.sa_handler = OnInterrupt;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = 0;  // no SA_RESTART: a blocked read returns EINTR
+  sigaction(SIGINT, &action, nullptr);
+  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+}
 
 // --chunk-bytes at most: well inside a server's smallest message limit.
 constexpr int64_t kMaxChunkBytes = 1 << 20;
@@ -121,9 +151,10 @@ class Input {
   // Fills buffer[0, n); fewer bytes only at the end of the input (0 there).
   absl::StatusOr<size_t> Read(char* buffer, size_t n) {
     size_t got = 0;
-    while (got < n) {
+    while (got < n && !g_interrupted) {
       const ssize_t r = ::read(fd_, buffer + got, n - got);
       if (r < 0) {
+        if (errno == EINTR && g_interrupted) break;  // Ctrl-C: as an end
         if (errno == EINTR) continue;
         const int read_errno = errno;
         return absl::ErrnoToStatus(
@@ -185,6 +216,7 @@ absl::Status Feed(const std::vector<std::string>& args) {
   }
 
   // Bad usage first; nothing connects before the first call.
+  InterruptsComeHere(/*block_first=*/true);  // before gRPC starts threads
   SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
   SS_ASSIGN_OR_RETURN(std::unique_ptr<Input> in, Input::Open(args[0]));
   int64_t total = in->size();
@@ -249,6 +281,7 @@ absl::Status Feed(const std::vector<std::string>& args) {
   options.start_offset = start.input_offset();
   SS_ASSIGN_OR_RETURN(auto writer, session.OpenAppend(options));
 
+  InterruptsComeHere(/*block_first=*/false);
   const absl::Time begin = absl::Now();
   absl::Time last_draw = absl::InfinitePast();
   bool drawn = false;
@@ -286,13 +319,17 @@ absl::Status Feed(const std::vector<std::string>& args) {
           n.status().code(),
           absl::StrCat(n.status().message(), "; nothing more was committed")));
     }
+    // Ctrl-C: what was read is sent, an incomplete character is not (as
+    // at an end inside one, but without the error), and the rest waits
+    // for a rerun.
+    const bool interrupted = g_interrupted != 0;
     data.assign(carry);
     data.append(buffer.data(), *n);
     carry.clear();
     const size_t complete = engine::Utf8CompletePrefixLength(data);
     const size_t valid = engine::FirstInvalidUtf8Byte(data);
     size_t take = complete;
-    if (valid < complete || (*n == 0 && valid < data.size())) {
+    if (valid < complete || (*n == 0 && !interrupted && valid < data.size())) {
       // An ill-formed byte, or the input ends inside a character: send
       // (and commit) what comes before it, then stop.
       take = valid;
@@ -320,7 +357,7 @@ absl::Status Feed(const std::vector<std::string>& args) {
       sent += take - held;
     }
     held -= std::min(held, take);
-    if (*n == 0 || !bad_input.ok()) break;
+    if (*n == 0 || interrupted || !bad_input.ok()) break;
     if (progress && absl::Now() - last_draw > absl::Milliseconds(100)) {
       last_draw = absl::Now();
       drawn = true;
@@ -362,6 +399,7 @@ absl::Status Feed(const std::vector<std::string>& args) {
     j["version"] = absl::StrCat(done.version());
     j["reconnects"] = writer->reconnects();
     j["skipped"] = absl::StrCat(skipped);
+    if (g_interrupted) j["interrupted"] = true;
     std::cout << j.dump() << "\n";
   } else {
     if (skipped > 0) {
@@ -372,12 +410,21 @@ absl::Status Feed(const std::vector<std::string>& args) {
               << " input_offset=" << done.input_offset()
               << " version=" << done.version() << "\n";
   }
+  if (g_interrupted) {
+    std::cerr << "interrupted: the " << sent
+              << " bytes sent are committed (input_offset "
+              << done.input_offset() << "); rerun with --start-offset=" << base
+              << " to append the rest of the input once\n";
+  }
   return absl::OkStatus();
 }
 
+// 130 after a Ctrl-C that stopped it (128 + SIGINT, as a shell reports
+// one), once what it sent is committed and reported.
 int Run(const std::vector<std::string>& args) {
   absl::Status s = Feed(args);
   if (s.ok()) s = FlushStdout();
+  if (s.ok() && g_interrupted) return 128 + SIGINT;
   return ReportStatus(s);
 }
 
@@ -400,7 +447,10 @@ const Command& FeedCommand() {
       "skipped. On a terminal, stderr shows a progress bar: bytes, tokens,\n"
       "tokens/s and (for files) ETA. With --json, one line: session_id,\n"
       "bytes, tokens, position, input_offset, version, reconnects, skipped\n"
-      "(64-bit counts as strings, as the proto3 JSON mapping has them).",
+      "(64-bit counts as strings, as the proto3 JSON mapping has them).\n"
+      "Ctrl-C stops reading: what was sent is committed and reported (and\n"
+      "\"interrupted\": true), then it exits 130; a second Ctrl-C ends it\n"
+      "at once.",
       {__FILE__, kClientFlagsFile, kTlsFlagsFile},
       &Run};
   return kCommand;

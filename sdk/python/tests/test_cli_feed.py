@@ -1,8 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""`statestream feed` resumes after the server is killed (SIGKILL) and
-restarted mid-stream: nothing lost, nothing applied twice."""
+"""`statestream feed` and `chat` against a real `serve`: feed resumes
+after the server is killed (SIGKILL) and restarted mid-stream (nothing
+lost, nothing applied twice), checks its input as UTF-8 before sending it,
+resumes a session left inside a character, and commits what it sent at a
+Ctrl-C; chat makes no session for input without a message."""
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -114,3 +118,32 @@ def test_feed_resumes_a_session_that_stopped_inside_a_character(server,
     assert summary["skipped"] == "4" and summary["bytes"] == "3"
     s = client.session("mid-char").get()
     assert s.input_offset == s.committed_input_offset == len(data)
+
+
+def test_ctrl_c_commits_what_feed_sent_and_says_where_it_stopped(server,
+                                                                 client):
+    client.create_session("ctrl-c")
+    feed = subprocess.Popen(
+        [os.environ["STATESTREAM_BIN"], "feed", "--session=ctrl-c",
+         f"--target={server.address}", "--json", "--chunk-bytes=1000", "-"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        feed.stdin.write(b"x" * 5000)
+        feed.stdin.flush()
+        # Wait (no time limit asserted) until the server has applied it;
+        # the input stays open, so feed is blocked reading more.
+        while client.session("ctrl-c").get().input_offset < 5000:
+            time.sleep(0.05)
+        feed.send_signal(signal.SIGINT)
+        out, err = feed.communicate(timeout=60)
+    finally:
+        if feed.poll() is None:
+            feed.kill()
+            feed.wait()
+    assert feed.returncode == 130, err
+    summary = json.loads(out.decode().strip().splitlines()[-1])
+    assert summary["interrupted"] is True
+    assert summary["input_offset"] == "5000"
+    assert b"rerun with --start-offset=0" in err
+    s = client.session("ctrl-c").get()
+    assert s.committed_input_offset == s.input_offset == 5000
