@@ -53,22 +53,23 @@ extern "C" void OnInterrupt(int) {
   signal(SIGINT, SIG_DFL);
 }
 
-// SIGINT for this thread only, interrupting its reads: gRPC's threads,
-// started after InterruptsComeHere(true) blocked it, keep it blocked.
-void InterruptsComeHere(bool block_first) {
+// SIGINT blocked (`block`) or not in this thread: blocked while gRPC
+// starts its threads, which keep it blocked, so that it reaches the main
+// thread and interrupts its read.
+void BlockInterrupts(bool block) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
-  if (block_first) {
-    pthread_sigmask(SIG_BLOCK, &set, nullptr);
-    return;
-  }
+  pthread_sigmask(block ? SIG_BLOCK : SIG_UNBLOCK, &set, nullptr);
+}
+
+// From here on a Ctrl-C stops the feed instead of killing it.
+void CatchInterrupts() {
   struct sigaction action = {};
   action.sa_handler = OnInterrupt;
   sigemptyset(&action.sa_mask);
   action.sa_flags = 0;  // no SA_RESTART: a blocked read returns EINTR
   sigaction(SIGINT, &action, nullptr);
-  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
 }
 
 // --chunk-bytes at most: well inside a server's smallest message limit.
@@ -216,8 +217,10 @@ absl::Status Feed(const std::vector<std::string>& args) {
   }
 
   // Bad usage first; nothing connects before the first call.
-  InterruptsComeHere(/*block_first=*/true);  // before gRPC starts threads
-  SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
+  BlockInterrupts(true);  // while gRPC starts its threads
+  absl::StatusOr<std::unique_ptr<client::Client>> made = ClientFromFlags();
+  BlockInterrupts(false);  // until the stream, Ctrl-C kills as usual
+  SS_ASSIGN_OR_RETURN(auto client, std::move(made));
   SS_ASSIGN_OR_RETURN(std::unique_ptr<Input> in, Input::Open(args[0]));
   int64_t total = in->size();
 
@@ -281,7 +284,7 @@ absl::Status Feed(const std::vector<std::string>& args) {
   options.start_offset = start.input_offset();
   SS_ASSIGN_OR_RETURN(auto writer, session.OpenAppend(options));
 
-  InterruptsComeHere(/*block_first=*/false);
+  CatchInterrupts();
   const absl::Time begin = absl::Now();
   absl::Time last_draw = absl::InfinitePast();
   bool drawn = false;
