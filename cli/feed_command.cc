@@ -184,11 +184,7 @@ class Input {
 // `error` with `detail` after its message, keeping its code, Reason and
 // metadata.
 absl::Status WithDetail(const absl::Status& error, absl::string_view detail) {
-  absl::Status out(error.code(), absl::StrCat(error.message(), detail));
-  error.ForEachPayload([&out](absl::string_view url, const absl::Cord& value) {
-    out.SetPayload(url, value);
-  });
-  return out;
+  return WithMessage(error, absl::StrCat(error.message(), detail));
 }
 
 absl::Status Feed(const std::vector<std::string>& args) {

@@ -84,6 +84,15 @@ void SetReasonName(absl::Status& status, absl::string_view reason_name) {
   }
 }
 
+absl::Status WithMessage(const absl::Status& status,
+                         absl::string_view message) {
+  absl::Status out(status.code(), message);
+  status.ForEachPayload([&out](absl::string_view url, const absl::Cord& value) {
+    out.SetPayload(url, value);
+  });
+  return out;
+}
+
 ErrorMetadata GetErrorMetadata(const absl::Status& status) {
   std::vector<std::pair<size_t, std::pair<std::string, std::string>>> items;
   status.ForEachPayload([&](absl::string_view url, const absl::Cord& value) {

@@ -55,6 +55,10 @@ using ErrorMetadata = std::vector<std::pair<std::string, std::string>>;
 absl::Status MakeError(absl::StatusCode code, Reason reason,
                        absl::string_view message, ErrorMetadata metadata = {});
 
+// `status` with `message` in place of its own, keeping its code, Reason
+// and metadata (every payload).
+absl::Status WithMessage(const absl::Status& status, absl::string_view message);
+
 // The reason attached by MakeError, or kUnspecified. A reason name this
 // build does not know (sent by a newer server) also reads as kUnspecified;
 // GetReasonName still has it.

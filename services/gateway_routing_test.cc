@@ -17,7 +17,6 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/clock.h"
@@ -34,6 +33,7 @@
 #include "services/tenants.h"
 #include "state_store/memory_state_store.h"
 #include "statestream/v1/statestream.grpc.pb.h"
+#include "tests/metrics_scrape.h"
 
 namespace statestream {
 namespace {
@@ -167,16 +167,9 @@ TEST_F(GatewayTest, AnImportPastTheGatewaysBoundIsMessageTooLarge) {
 
 // statestream_gateway_buffered_bytes as `metrics` shows it (-1: absent).
 double BufferedBytes(const GatewayMetrics& metrics) {
-  const std::string text = metrics.Render();
-  const std::string name = "\nstatestream_gateway_buffered_bytes ";
-  const size_t at = text.find(name);
-  double value = -1;
-  if (at != std::string::npos) {
-    const size_t from = at + name.size();
-    (void)absl::SimpleAtod(text.substr(from, text.find('\n', from) - from),
-                           &value);
-  }
-  return value;
+  const auto samples = e2e::ParseMetrics(metrics.Render());
+  const auto it = samples.find("statestream_gateway_buffered_bytes");
+  return it == samples.end() ? -1 : it->second;
 }
 
 // Imports are read whole, so together they take at most the gateway's

@@ -16,6 +16,22 @@
 
 namespace statestream::e2e {
 
+// The samples of a Prometheus text exposition: series (with labels) to
+// values.
+inline std::map<std::string, double> ParseMetrics(absl::string_view text) {
+  std::map<std::string, double> samples;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t space = line.rfind(' ');
+    double v = 0;
+    if (space != absl::string_view::npos &&
+        absl::SimpleAtod(line.substr(space + 1), &v)) {
+      samples[std::string(line.substr(0, space))] = v;
+    }
+  }
+  return samples;
+}
+
 // nullopt when the address is malformed or the GET fails.
 inline std::optional<std::map<std::string, double>> ScrapeMetrics(
     const std::string& address) {
@@ -28,17 +44,7 @@ inline std::optional<std::map<std::string, double>> ScrapeMetrics(
   httplib::Client client(address.substr(0, colon), port);
   auto res = client.Get("/metrics");
   if (!res || res->status != 200) return std::nullopt;
-  std::map<std::string, double> samples;
-  for (absl::string_view line : absl::StrSplit(res->body, '\n')) {
-    if (line.empty() || line[0] == '#') continue;
-    const size_t space = line.rfind(' ');
-    double v = 0;
-    if (space != absl::string_view::npos &&
-        absl::SimpleAtod(line.substr(space + 1), &v)) {
-      samples[std::string(line.substr(0, space))] = v;
-    }
-  }
-  return samples;
+  return ParseMetrics(res->body);
 }
 
 }  // namespace statestream::e2e

@@ -219,11 +219,7 @@ namespace {
 // `error` with `prefix` before its message, keeping its code and payloads
 // (the Reason and metadata: GetReason, GetErrorMetadata).
 absl::Status Prefixed(const absl::Status& error, absl::string_view prefix) {
-  absl::Status out(error.code(), absl::StrCat(prefix, error.message()));
-  error.ForEachPayload([&out](absl::string_view url, const absl::Cord& value) {
-    out.SetPayload(url, value);
-  });
-  return out;
+  return WithMessage(error, absl::StrCat(prefix, error.message()));
 }
 
 }  // namespace

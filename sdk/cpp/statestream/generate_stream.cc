@@ -176,17 +176,13 @@ bool GenerateStream::Next(GenerateChunk* out) {
     if (s.ok()) s = absl::UnavailableError("generate ended without done");
     if (pinned_here_ && GetReason(s) == Reason::kPositionMismatch) {
       // The worker's reason and metadata (actual_input_offset, ...) stay.
-      status_ = absl::Status(
-          s.code(),
-          absl::StrCat("the session's input moved since the generation "
-                       "started at input_offset ",
-                       request_.expected_input_offset(),
-                       "; the resumed call's output is not joined to the ",
-                       delivered_ids_.size(), " tokens already delivered (",
-                       s.message(), ")"));
-      s.ForEachPayload([this](absl::string_view url, const absl::Cord& value) {
-        status_.SetPayload(url, value);
-      });
+      status_ = WithMessage(
+          s, absl::StrCat("the session's input moved since the generation "
+                          "started at input_offset ",
+                          request_.expected_input_offset(),
+                          "; the resumed call's output is not joined to the ",
+                          delivered_ids_.size(), " tokens already delivered (",
+                          s.message(), ")"));
       finished_ = true;
       call_.reset();
       return false;
