@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // `statestream generate`: sample a continuation from a session, streaming
 // the text to stdout. Its sampling flags are shared with `chat`.
+#include <unistd.h>
+
+#include <cmath>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -18,8 +21,9 @@ ABSL_FLAG(std::string, prompt, "",
 ABSL_FLAG(int32_t, max_tokens, 256,
           "generate/chat: most tokens to sample; 0: the server's default "
           "(256).");
-ABSL_FLAG(double, temperature, 1.0, "generate/chat: 0 is greedy.");
-ABSL_FLAG(double, top_p, 1.0, "generate/chat: nucleus sampling mass.");
+ABSL_FLAG(double, temperature, 1.0, "generate/chat: 0 or more; 0 is greedy.");
+ABSL_FLAG(double, top_p, 1.0,
+          "generate/chat: nucleus sampling mass, in (0, 1]; 1 = off.");
 ABSL_FLAG(int32_t, top_k, 0, "generate/chat: 0 = no top-k truncation.");
 ABSL_FLAG(int64_t, sample_seed, -1,
           "generate/chat: the sampler's seed; -1: derived by the server from "
@@ -46,11 +50,26 @@ absl::StatusOr<v1::GenerateRequest> GenerateRequestFromFlags() {
     return UsageError(absl::StrCat("--top-k must not be negative (got ", top_k,
                                    "; 0 = no top-k)"));
   }
+  // The sampler's own bounds (worker/engine/sampler.cc, Validate), checked
+  // here so that a typo is a usage error before any connection is made.
+  const float temperature =
+      static_cast<float>(absl::GetFlag(FLAGS_temperature));
+  if (!(temperature >= 0.0f) || std::isinf(temperature)) {
+    return UsageError(
+        absl::StrCat("--temperature must be finite and 0 or more (got ",
+                     absl::GetFlag(FLAGS_temperature), "; 0 = greedy)"));
+  }
+  const float top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
+  if (!(top_p > 0.0f && top_p <= 1.0f)) {
+    return UsageError(absl::StrCat("--top-p must be in (0, 1] (got ",
+                                   absl::GetFlag(FLAGS_top_p),
+                                   "; 1 = no nucleus truncation)"));
+  }
   v1::GenerateRequest req;
   req.set_max_tokens(static_cast<uint32_t>(max_tokens));
   v1::SamplingParams* s = req.mutable_sampling();
-  s->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
-  s->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
+  s->set_temperature(temperature);
+  s->set_top_p(top_p);
   s->set_top_k(static_cast<uint32_t>(top_k));
   if (absl::GetFlag(FLAGS_sample_seed) < -1) {
     return UsageError(absl::StrCat(
@@ -120,7 +139,9 @@ absl::Status Generate(const std::vector<std::string>& args) {
   if (json) {
     std::cout << ToJson(done) << "\n";
   } else {
-    std::cout << "\n";
+    // A terminal gets a line break so that the shell's prompt starts on a
+    // line of its own; a pipe or a file gets exactly the generated text.
+    if (isatty(STDOUT_FILENO)) std::cout << "\n";
     std::cerr << "[" << v1::FinishReason_Name(done.finish_reason()) << ", "
               << done.usage().output_tokens() << " tokens"
               << (done.committed() ? ", committed" : "") << "]\n";
@@ -144,7 +165,8 @@ const Command& GenerateCommand() {
       "Sample a continuation from a session, streaming the text.",
       "--session ID [--prompt TEXT|-] [--max-tokens N] [--temperature T]\n"
       "    [--sample-seed S] [--stop a,b] [--commit] [--json]\n\n"
-      "Prints the text as it arrives (stdout) and a summary (stderr); with\n"
+      "Prints the text as it arrives (stdout; exactly the generated text,\n"
+      "plus a line break on a terminal) and a summary (stderr); with\n"
       "--json one GenerateChunk per line, then the GenerateDone, in the\n"
       "proto3 JSON mapping: a chunk's text_utf8 is a bytes field, so it is\n"
       "base64 (decode it to get the text; a chunk may end inside a UTF-8\n"
@@ -152,7 +174,8 @@ const Command& GenerateCommand() {
       "carries start_input_offset, the session's input_offset it started\n"
       "from. Resumes transparently after a failure (same tokens).\n"
       "Without --commit the session is not changed. --max-tokens and\n"
-      "--top-k must not be negative; --sample-seed is 0 or more, or -1\n"
+      "--top-k must not be negative, --temperature is finite and 0 or\n"
+      "more, --top-p is in (0, 1]; --sample-seed is 0 or more, or -1\n"
       "(the server derives one).",
       {__FILE__, kClientFlagsFile, kTlsFlagsFile},
       &Run};

@@ -13,7 +13,9 @@ namespace statestream::cli {
 extern const char kGenerateFlagsFile[];
 
 // --max-tokens, --temperature, --top-p, --top-k, --sample-seed, --stop. A
-// UsageError (cli/cli_util.h) for a negative --max-tokens or --top-k.
+// UsageError (cli/cli_util.h) for a value the sampler would refuse: a
+// negative --max-tokens or --top-k, a negative or non-finite --temperature,
+// a --top-p outside (0, 1].
 absl::StatusOr<v1::GenerateRequest> GenerateRequestFromFlags();
 
 // Runs `request` on `session`, printing text as it arrives (or, with

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/testing/scratch_dir.h"
@@ -733,6 +734,20 @@ TEST_F(CliClientTest, GenerateSamplingFlags) {
   EXPECT_THAT(stopped,
               HasSubstr(R"("finish_reason":"FINISH_REASON_STOP_STRING")"));
   EXPECT_THAT(stopped, HasSubstr(absl::StrCat(R"("stop_string":")", stop)));
+
+  // Piped, the text is exactly what was generated: the chunks of the same
+  // (greedy) generation, without the line break a terminal gets.
+  const std::string json = generate({"--temperature=0", "--json"});
+  std::string chunks;
+  const std::regex text(R"re("text_utf8":"([^"]*)")re");
+  for (std::sregex_iterator it(json.begin(), json.end(), text), end; it != end;
+       ++it) {
+    std::string bytes;
+    ASSERT_TRUE(absl::Base64Unescape((*it)[1].str(), &bytes)) << json;
+    chunks += bytes;
+  }
+  EXPECT_EQ(greedy, chunks) << json;
+  EXPECT_EQ(greedy.size(), 16u);
 }
 
 }  // namespace

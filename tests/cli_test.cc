@@ -600,8 +600,10 @@ TEST(CliTest, IgnoredFlagsAndArgumentsAreUsageErrors) {
 }
 
 // --max-tokens and --top-k are uint32 on the wire: a negative value used
-// to wrap to ~4e9 and reach the server.
-TEST(CliTest, NegativeSamplingCountsAreUsageErrors) {
+// to wrap to ~4e9 and reach the server. --temperature and --top-p outside
+// the sampler's bounds used to reach it too (a connection, its retries,
+// then INVALID_ARGUMENT with exit 1): these run without a server.
+TEST(CliTest, SamplingFlagsOutOfRangeAreUsageErrors) {
   struct Case {
     std::vector<std::string> args;
     std::string error;
@@ -616,6 +618,15 @@ TEST(CliTest, NegativeSamplingCountsAreUsageErrors) {
       {{"chat", "--session=s", "--max-tokens=-5"},
        "--max-tokens must not be negative"},
       {{"chat", "--top-k=-3"}, "--top-k must not be negative"},
+      {{"generate", "--session=s", "--temperature=-1"},
+       "--temperature must be finite and 0 or more (got -1"},
+      {{"generate", "--session=s", "--temperature=nan"},
+       "--temperature must be finite"},
+      {{"chat", "--temperature=inf"}, "--temperature must be finite"},
+      {{"generate", "--session=s", "--top-p=0"},
+       "--top-p must be in (0, 1] (got 0"},
+      {{"generate", "--session=s", "--top-p=1.5"}, "--top-p must be in"},
+      {{"chat", "--top-p=-0.1"}, "--top-p must be in"},
   };
   for (const Case& c : cases) {
     std::string what;
