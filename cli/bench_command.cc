@@ -415,8 +415,7 @@ absl::Status BenchEngine() {
 
 int RunBench(const std::vector<std::string>& args) {
   if (args.size() != 1 || args[0] != "engine") {
-    std::cerr << "statestream bench: expected 'engine'\n";
-    return kExitUsage;
+    return ReportUsageError("expected 'engine'");
   }
   // Output that did not reach stdout (a full disk) fails too.
   absl::Status s = BenchEngine();

@@ -265,6 +265,17 @@ absl::Status FlushStdout() {
   return absl::DataLossError("cannot write to stdout (output incomplete)");
 }
 
+namespace {
+std::string& CommandName() {
+  static std::string* const name = new std::string;
+  return *name;
+}
+}  // namespace
+
+void SetCommandName(absl::string_view name) {
+  CommandName() = std::string(name);
+}
+
 int ReportStatus(const absl::Status& status) {
   if (status.ok()) return kExitOk;
   std::cerr << "error: " << status.message();
@@ -274,7 +285,15 @@ int ReportStatus(const absl::Status& status) {
     std::cerr << " [" << reason << "]";
   }
   std::cerr << "\n";
-  return IsUsageError(status) ? kExitUsage : kExitFailure;
+  if (!IsUsageError(status)) return kExitFailure;
+  std::cerr << "Run 'statestream "
+            << (CommandName().empty() ? "" : CommandName() + " ")
+            << "--help' for usage.\n";
+  return kExitUsage;
+}
+
+int ReportUsageError(absl::string_view message) {
+  return ReportStatus(UsageError(message));
 }
 
 }  // namespace statestream::cli

@@ -66,9 +66,18 @@ absl::Status WriteFileAtomically(const std::string& path,
 // command printed is then incomplete and it must not exit 0.
 absl::Status FlushStdout();
 
-// Prints a failed status as "error: MESSAGE [REASON]" to stderr. Returns
-// kExitOk for OK, kExitUsage for a UsageError, else kExitFailure.
+// The command being run ("serve", "session"), for the hint that follows a
+// usage error. Set once by main, before the command runs.
+void SetCommandName(absl::string_view name);
+
+// Prints a failed status as "error: MESSAGE [REASON]" to stderr, and for
+// a UsageError the line "Run 'statestream COMMAND --help' for usage.".
+// Returns kExitOk for OK, kExitUsage for a UsageError, else kExitFailure.
 int ReportStatus(const absl::Status& status);
+// ReportStatus(UsageError(message)): every command line that a command
+// refuses is reported the same way, whichever verb (client or server)
+// refused it. Returns kExitUsage.
+int ReportUsageError(absl::string_view message);
 
 }  // namespace statestream::cli
 

@@ -13,6 +13,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "cli/cli_util.h"
 #include "cli/command.h"
 #include "cli/gateway_security_flags.h"
 #include "cli/metrics_flags.h"
@@ -64,16 +65,13 @@ namespace {
 int Run(const std::vector<std::string>& args) {
   BlockShutdownSignals();
   if (!args.empty()) {
-    std::cerr << "statestream gateway: unexpected argument \"" << args[0]
-              << "\"\n";
-    return kExitUsage;
+    return ReportUsageError(
+        absl::StrCat("unexpected argument \"", args[0], "\""));
   }
   GatewayOptions options;
   absl::StatusOr<RedisStateStoreOptions> redis_flags = RedisOptionsFromFlags();
   if (!redis_flags.ok()) {
-    std::cerr << "statestream gateway: " << redis_flags.status().message()
-              << "\n";
-    return kExitUsage;
+    return ReportUsageError(redis_flags.status().message());
   }
   RedisStateStoreOptions redis = *std::move(redis_flags);
   for (absl::string_view w :
@@ -81,8 +79,7 @@ int Run(const std::vector<std::string>& args) {
     options.router.static_workers.emplace_back(w);
   }
   if (redis.addresses.empty() && options.router.static_workers.empty()) {
-    std::cerr << "statestream gateway: give --redis (registry) or --workers\n";
-    return kExitUsage;
+    return ReportUsageError("give --redis (registry) or --workers");
   }
   options.gateway_id = absl::GetFlag(FLAGS_gateway_id);
   if (options.gateway_id.empty()) {
@@ -95,14 +92,11 @@ int Run(const std::vector<std::string>& args) {
   if (absl::Status id =
           store_internal::ValidateNodeId("gateway_id", options.gateway_id);
       !id.ok()) {
-    std::cerr << "statestream gateway: --gateway-id: " << id.message() << "\n";
-    return kExitUsage;
+    return ReportUsageError(absl::StrCat("--gateway-id: ", id.message()));
   }
   options.upstream_stall_timeout = absl::GetFlag(FLAGS_upstream_stall_timeout);
   if (options.upstream_stall_timeout <= absl::ZeroDuration()) {
-    std::cerr << "statestream gateway: --upstream-stall-timeout must be "
-                 "positive\n";
-    return kExitUsage;
+    return ReportUsageError("--upstream-stall-timeout must be positive");
   }
   options.request_id_window = RequestIdWindowFromFlag();
   // What clients may send is forwarded, and what workers answer is sent on.
@@ -111,40 +105,30 @@ int Run(const std::vector<std::string>& args) {
       std::max(server.max_receive_message_bytes, server.max_send_message_bytes);
   options.max_calls = absl::GetFlag(FLAGS_max_calls);
   if (options.max_calls < 1) {
-    std::cerr << "statestream gateway: --max-calls must be at least 1\n";
-    return kExitUsage;
+    return ReportUsageError("--max-calls must be at least 1");
   }
   options.max_buffered_bytes = absl::GetFlag(FLAGS_max_buffered_bytes);
   if (options.max_buffered_bytes < 1) {
-    std::cerr << "statestream gateway: --max-buffered-bytes must be at least "
-                 "1\n";
-    return kExitUsage;
+    return ReportUsageError("--max-buffered-bytes must be at least 1");
   }
   options.router.suspect_for = absl::GetFlag(FLAGS_suspect_for);
   if (options.router.suspect_for < absl::ZeroDuration() ||
       options.router.suspect_for == absl::InfiniteDuration()) {
-    std::cerr << "statestream gateway: --suspect-for must be 0 or more, and "
-                 "finite\n";
-    return kExitUsage;
+    return ReportUsageError("--suspect-for must be 0 or more, and finite");
   }
   absl::StatusOr<TenantSetup> tenants = TenantSetupFromFlags("gateway");
   if (!tenants.ok()) {
-    std::cerr << "statestream gateway: " << tenants.status().message() << "\n";
-    return kExitUsage;
+    return ReportUsageError(tenants.status().message());
   }
   options.auth = tenants->auth;
   absl::StatusOr<InternalToken> internal_token = InternalTokenFromFlag();
   if (!internal_token.ok()) {
-    std::cerr << "statestream gateway: " << internal_token.status().message()
-              << "\n";
-    return kExitUsage;
+    return ReportUsageError(internal_token.status().message());
   }
   options.internal_token = *std::move(internal_token);
   absl::StatusOr<ClientTlsOptions> worker_tls = WorkerTlsFromFlags();
   if (!worker_tls.ok()) {
-    std::cerr << "statestream gateway: " << worker_tls.status().message()
-              << "\n";
-    return kExitUsage;
+    return ReportUsageError(worker_tls.status().message());
   }
   options.worker_tls = *std::move(worker_tls);
   TenantLimitsOptions limits = tenants->limits;
@@ -152,23 +136,20 @@ int Run(const std::vector<std::string>& args) {
   limits.slot_ttl = absl::GetFlag(FLAGS_tenant_stream_ttl);
   if (limits.slot_ttl < absl::Seconds(1) ||
       limits.slot_ttl == absl::InfiniteDuration()) {
-    std::cerr << "statestream gateway: --tenant-stream-ttl must be at least "
-                 "1s and finite\n";
-    return kExitUsage;
+    return ReportUsageError(
+        "--tenant-stream-ttl must be at least 1s and finite");
   }
   if (limits.LimitsSessions() && redis.addresses.empty()) {
-    std::cerr << "statestream gateway: session limits need --redis (sessions "
-                 "are counted in the state store)\n";
-    return kExitUsage;
+    return ReportUsageError(
+        "session limits need --redis (sessions are counted in the state "
+        "store)");
   }
   TuneMallocForLargeBuffers();
   // Outlives the services (and their gauge source): the HTTP server stops
   // after RunServer returns.
   absl::StatusOr<std::string> listen_flag = MetricsListenFromFlag();
   if (!listen_flag.ok()) {
-    std::cerr << "statestream gateway: " << listen_flag.status().message()
-              << "\n";
-    return kExitUsage;
+    return ReportUsageError(listen_flag.status().message());
   }
   const std::string metrics_listen = *std::move(listen_flag);
   GatewayMetrics metrics;

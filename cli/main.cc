@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/cli_util.h"
 #include "cli/command.h"
 
 namespace statestream::cli {
@@ -27,6 +28,7 @@ int Main(const std::vector<std::string>& args) {
     return kExitOk;
   }
   const Command* command = FindCommand(verb);
+  if (command != nullptr) SetCommandName(command->name);
   if (command == nullptr) {
     std::cerr << "statestream: "
               << (verb[0] == '-' ? "flags go after the command: " + verb +
@@ -37,9 +39,7 @@ int Main(const std::vector<std::string>& args) {
   }
   auto parsed = ParseFlags(*command, {args.begin() + 1, args.end()});
   if (!parsed.ok()) {
-    std::cerr << "statestream " << verb << ": " << parsed.status().message()
-              << "\nRun 'statestream " << verb << " --help' for usage.\n";
-    return kExitUsage;
+    return ReportUsageError(parsed.status().message());
   }
   if (parsed->help) {
     std::cout << CommandHelp(*command);

@@ -333,9 +333,7 @@ int RunModel(const std::vector<std::string>& args) {
   const std::string verb = args.empty() ? "" : args[0];
   if (verb != "info" && verb != "eval" && verb != "random" &&
       verb != "compare") {
-    std::cerr << "statestream model: expected a verb: info, eval, random or "
-                 "compare\n";
-    return kExitUsage;
+    return ReportUsageError("expected a verb: info, eval, random or compare");
   }
   if (args.size() > 1) {
     // Every verb takes its inputs from flags (--model, --tokens, --out).

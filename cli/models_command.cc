@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "cli/cli_util.h"
 #include "cli/client_flags.h"
 #include "cli/command.h"
@@ -44,9 +45,8 @@ absl::Status Models(const std::vector<std::string>& ids) {
 
 int Run(const std::vector<std::string>& args) {
   if (args.size() > 1) {
-    std::cerr << "statestream models: unexpected argument \"" << args[1]
-              << "\"\n";
-    return kExitUsage;
+    return ReportUsageError(
+        absl::StrCat("unexpected argument \"", args[1], "\""));
   }
   if (FlagGiven("session")) {
     return ReportStatus(

@@ -188,41 +188,34 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
 int Run(const std::vector<std::string>& args) {
   BlockShutdownSignals();  // before any thread (a GPU driver's) starts
   if (!args.empty()) {
-    std::cerr << "statestream serve: unexpected argument \"" << args[0]
-              << "\"\n";
-    return kExitUsage;
+    return ReportUsageError(
+        absl::StrCat("unexpected argument \"", args[0], "\""));
   }
   ServeOptions options;
   options.server = ServerOptionsFromFlags();
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   auto models = ParseModelList(ModelFlagValue(), VocabFlagValue());
   if (!models.ok()) {
-    std::cerr << "statestream serve: " << models.status().message() << "\n";
-    return kExitUsage;
+    return ReportUsageError(models.status().message());
   }
   options.models = *std::move(models);
   auto device = EngineFlagsAndDevice("serve");
   if (!device.ok()) {
-    std::cerr << "statestream serve: " << device.status().message() << "\n";
-    return kExitUsage;
+    return ReportUsageError(device.status().message());
   }
   options.device = *std::move(device);
   if (absl::Status s = ApplyWorkerFlags(&options.sessions, &options.scheduler);
       !s.ok()) {
-    std::cerr << "statestream serve: " << s.message() << "\n";
-    return kExitUsage;
+    return ReportUsageError(s.message());
   }
   absl::StatusOr<std::string> metrics_listen = MetricsListenFromFlag();
   if (!metrics_listen.ok()) {
-    std::cerr << "statestream serve: " << metrics_listen.status().message()
-              << "\n";
-    return kExitUsage;
+    return ReportUsageError(metrics_listen.status().message());
   }
   options.metrics_listen = *std::move(metrics_listen);
   auto tenants = TenantSetupFromFlags("serve");
   if (!tenants.ok()) {
-    std::cerr << "statestream serve: " << tenants.status().message() << "\n";
-    return kExitUsage;
+    return ReportUsageError(tenants.status().message());
   }
   options.tenants = *std::move(tenants);
   TuneMallocForLargeBuffers();  // multi-MB states: docs/state-store.md

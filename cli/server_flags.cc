@@ -140,41 +140,33 @@ int RunServer(absl::string_view role, const ServerOptions& options,
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   if (options.readiness_interval <= absl::ZeroDuration()) {
-    std::cerr << "statestream " << role
-              << ": --readiness-interval must be positive\n";
-    return kExitUsage;
+    return ReportUsageError("--readiness-interval must be positive");
   }
   if (const absl::Duration window = RequestIdWindowFromFlag();
       window <= absl::ZeroDuration() || window == absl::InfiniteDuration()) {
     // 0 or less would forget every request id at once: retries applied
     // twice.
-    std::cerr << "statestream " << role
-              << ": --request-id-window must be positive and finite\n";
-    return kExitUsage;
+    return ReportUsageError("--request-id-window must be positive and finite");
   }
   if (grace < absl::ZeroDuration() || grace == absl::InfiniteDuration()) {
-    std::cerr << "statestream " << role
-              << ": --shutdown-grace must be 0 or more (e.g. 5s), and finite\n";
-    return kExitUsage;
+    return ReportUsageError(
+        "--shutdown-grace must be 0 or more (e.g. 5s), and finite");
   }
   if (options.max_connection_age != absl::ZeroDuration() &&
       options.max_connection_age < absl::Seconds(1)) {
-    std::cerr << "statestream " << role
-              << ": --max-connection-age must be 0 (never) or at least 1s\n";
-    return kExitUsage;
+    return ReportUsageError(
+        "--max-connection-age must be 0 (never) or at least 1s");
   }
 
   if (auto address = ParseListenAddress(options.listen); !address.ok()) {
-    std::cerr << "statestream " << role
-              << ": --listen: " << address.status().message() << "\n";
-    return kExitUsage;
+    return ReportUsageError(
+        absl::StrCat("--listen: ", address.status().message()));
   }
   if (!options.health_listen.empty()) {
     if (auto address = ParseListenAddress(options.health_listen);
         !address.ok()) {
-      std::cerr << "statestream " << role
-                << ": --health-listen: " << address.status().message() << "\n";
-      return kExitUsage;
+      return ReportUsageError(
+          absl::StrCat("--health-listen: ", address.status().message()));
     }
   }
   // gRPC reads -1 as unlimited and 0 as nothing; below the floor the API's
@@ -184,18 +176,14 @@ int RunServer(absl::string_view role, const ServerOptions& options,
       {"--max-send-message-bytes", options.max_send_message_bytes}};
   for (const auto& [flag, bytes] : sizes) {
     if (bytes < kMinMessageBytes) {
-      std::cerr << "statestream " << role << ": " << flag
-                << " must be at least " << kMinMessageBytes << " (got " << bytes
-                << ")\n";
-      return kExitUsage;
+      return ReportUsageError(absl::StrCat(
+          flag, " must be at least ", kMinMessageBytes, " (got ", bytes, ")"));
     }
   }
   ServerOptions server_options = options;
   absl::StatusOr<ServerTlsOptions> tls = ServerTlsFromFlags();
   if (!tls.ok()) {
-    std::cerr << "statestream " << role << ": " << tls.status().message()
-              << "\n";
-    return kExitUsage;
+    return ReportUsageError(tls.status().message());
   }
   server_options.tls = *std::move(tls);
   auto fail = [&](const absl::Status& status) {

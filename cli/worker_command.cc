@@ -100,21 +100,18 @@ absl::StatusOr<std::vector<ServedModel>> LoadModels(
 int Run(const std::vector<std::string>& args) {
   BlockShutdownSignals();  // before any thread (a GPU driver's) starts
   if (!args.empty()) {
-    std::cerr << "statestream worker: unexpected argument \"" << args[0]
-              << "\"\n";
-    return kExitUsage;
+    return ReportUsageError(
+        absl::StrCat("unexpected argument \"", args[0], "\""));
   }
   WorkerOptions options;
   options.server = ServerOptionsFromFlags();
   absl::StatusOr<RedisStateStoreOptions> redis = RedisOptionsFromFlags();
   if (!redis.ok()) {
-    std::cerr << "statestream worker: " << redis.status().message() << "\n";
-    return kExitUsage;
+    return ReportUsageError(redis.status().message());
   }
   options.redis = *std::move(redis);
   if (options.redis.addresses.empty()) {
-    std::cerr << "statestream worker: --redis is required\n";
-    return kExitUsage;
+    return ReportUsageError("--redis is required");
   }
   options.worker_id = absl::GetFlag(FLAGS_worker_id);
   if (options.worker_id.empty()) {
@@ -125,8 +122,7 @@ int Run(const std::vector<std::string>& args) {
   // Checked now, not once the models are loaded and the port is bound.
   if (absl::Status id = store_internal::ValidateWorkerId(options.worker_id);
       !id.ok()) {
-    std::cerr << "statestream worker: --worker-id: " << id.message() << "\n";
-    return kExitUsage;
+    return ReportUsageError(absl::StrCat("--worker-id: ", id.message()));
   }
   options.advertise = absl::GetFlag(FLAGS_advertise);
   if (!options.advertise.empty()) {
@@ -151,53 +147,42 @@ int Run(const std::vector<std::string>& args) {
                       .c_str(),
                   &ip6) != 1;
     if (!address.ok() || bad_host || address->second == 0) {
-      std::cerr << "statestream worker: --advertise " << options.advertise
-                << ": want HOST:PORT with a port 1-65535 (an IPv6 host in "
-                   "brackets)\n";
-      return kExitUsage;
+      return ReportUsageError(absl::StrCat(
+          "--advertise ", options.advertise,
+          ": want HOST:PORT with a port 1-65535 (an IPv6 host in brackets)"));
     }
   }
   options.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
   auto models = ParseModelList(ModelFlagValue(), VocabFlagValue());
   if (!models.ok() || models->empty()) {
-    std::cerr << "statestream worker: "
-              << (models.ok() ? "--model is required"
-                              : models.status().message())
-              << "\n";
-    return kExitUsage;
+    return ReportUsageError(models.ok() ? "--model is required"
+                                        : models.status().message());
   }
   options.models = *std::move(models);
   auto device = EngineFlagsAndDevice("worker");
   if (!device.ok()) {
-    std::cerr << "statestream worker: " << device.status().message() << "\n";
-    return kExitUsage;
+    return ReportUsageError(device.status().message());
   }
   options.device = *std::move(device);
   options.sessions.owner = options.worker_id;
   options.sessions.lease_ttl = absl::GetFlag(FLAGS_lease_ttl);
   if (options.sessions.lease_ttl <= absl::ZeroDuration() ||
       options.heartbeat_interval <= absl::ZeroDuration()) {
-    std::cerr << "statestream worker: --lease-ttl and --heartbeat-interval "
-                 "must be positive\n";
-    return kExitUsage;
+    return ReportUsageError(
+        "--lease-ttl and --heartbeat-interval must be positive");
   }
   if (absl::Status s = ApplyWorkerFlags(&options.sessions, &options.scheduler);
       !s.ok()) {
-    std::cerr << "statestream worker: " << s.message() << "\n";
-    return kExitUsage;
+    return ReportUsageError(s.message());
   }
   absl::StatusOr<std::string> metrics_listen = MetricsListenFromFlag();
   if (!metrics_listen.ok()) {
-    std::cerr << "statestream worker: " << metrics_listen.status().message()
-              << "\n";
-    return kExitUsage;
+    return ReportUsageError(metrics_listen.status().message());
   }
   options.metrics_listen = *std::move(metrics_listen);
   absl::StatusOr<InternalToken> internal_token = InternalTokenFromFlag();
   if (!internal_token.ok()) {
-    std::cerr << "statestream worker: " << internal_token.status().message()
-              << "\n";
-    return kExitUsage;
+    return ReportUsageError(internal_token.status().message());
   }
   auto policy = std::make_shared<worker::CallerPolicy>();
   policy->internal_token = *std::move(internal_token);
