@@ -85,6 +85,29 @@ TEST(CliTest, UnknownFlagIsAUsageError) {
   EXPECT_THAT(r.err, HasSubstr("statestream serve --help"));
 }
 
+// A refused command line reads the same whichever verb refused it and
+// whatever found it (the flag parser, a server role's checks, a client
+// verb's): one error line, then where the usage is.
+TEST(CliTest, EveryUsageErrorHasOneForm) {
+  const std::vector<std::vector<std::string>> cases = {
+      {"generate", "--top-k=abc"},                // the flag parser
+      {"generate", "--session=s", "--top-k=-1"},  // a client verb
+      {"session", "create", "--labels=foo"},
+      {"serve", "extra"},  // a server role
+      {"gateway", "--max-calls=0"},
+      {"worker", "--listen=127.0.0.1:0"},  // no --redis
+  };
+  for (const std::vector<std::string>& args : cases) {
+    e2e::RunResult r = Statestream(args);
+    EXPECT_EQ(r.exit_code, 2) << args[0] << " " << args[1] << ": " << r.err;
+    EXPECT_THAT(r.err, ::testing::StartsWith("error: ")) << r.err;
+    EXPECT_THAT(r.err, HasSubstr("[INVALID_ARGUMENT]\nRun 'statestream " +
+                                 args[0] + " --help' for usage.\n"))
+        << r.err;
+    EXPECT_EQ(r.out, "");
+  }
+}
+
 TEST(CliTest, FlagOfAnotherCommandIsAUsageError) {
   e2e::RunResult r = Statestream({"gateway", "--data-dir=/tmp/x"});
   EXPECT_EQ(r.exit_code, 2);
