@@ -27,8 +27,8 @@ ABSL_FLAG(std::string, model_id, "",
           "session list: only that model's sessions.");
 ABSL_FLAG(std::string, labels, "",
           "session create/fork/import/update: labels k=v,k2=v2 (update "
-          "replaces them all); session list: only sessions with these "
-          "labels.");
+          "replaces them all; --labels= clears them); session list: only "
+          "sessions with these labels.");
 ABSL_FLAG(absl::Duration, ttl, absl::ZeroDuration(),
           "session create/fork/import/update: the time to live after the "
           "last write, 1s to 8760h (365 days; hours are the largest unit: "
@@ -235,7 +235,8 @@ absl::Status Session(const std::vector<std::string>& args) {
   if (verb == "update") {
     v1::UpdateSessionRequest req;
     SS_ASSIGN_OR_RETURN(auto labels, Labels());
-    if (!absl::GetFlag(FLAGS_labels).empty()) {
+    // Given, even empty: --labels= clears them all.
+    if (FlagGiven("labels")) {
       req.mutable_labels()->insert(labels.begin(), labels.end());
       req.mutable_update_mask()->add_paths("labels");
     }

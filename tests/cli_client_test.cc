@@ -157,6 +157,11 @@ TEST_F(CliClientTest, UpdateExportImport) {
   EXPECT_THAT(r.out, HasSubstr(R"("b":"2")"));
   EXPECT_THAT(r.out, Not(HasSubstr(R"("a":"1")")));  // replaced
   EXPECT_THAT(r.out, HasSubstr(R"("ttl":"172800s")"));
+  // --labels= (given, empty) clears them; the TTL stays.
+  r = Cli({"session", "update", "cli-x", "--labels=", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, Not(HasSubstr(R"("labels")"))) << r.out;
+  EXPECT_THAT(r.out, HasSubstr(R"("ttl":"172800s")"));
   r = Cli({"session", "update", "cli-x"});  // nothing to update: bad usage
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_THAT(r.err, HasSubstr("--labels and/or --ttl"));
