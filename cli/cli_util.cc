@@ -285,6 +285,14 @@ int ReportStatus(const absl::Status& status) {
     std::cerr << " [" << reason << "]";
   }
   std::cerr << "\n";
+  // UNAVAILABLE without a reason: the transport's, not a statestream
+  // server's (its errors carry one). Nothing answered at the address.
+  if (absl::IsUnavailable(status) && GetReasonName(status).empty()) {
+    std::cerr << "hint: no statestream server answered at the --target "
+                 "address (default 127.0.0.1:7700; is `statestream serve` "
+                 "or a gateway running there, with --tls if it uses "
+                 "TLS?)\n";
+  }
   if (!IsUsageError(status)) return kExitFailure;
   std::cerr << "Run 'statestream "
             << (CommandName().empty() ? "" : CommandName() + " ")

@@ -194,6 +194,19 @@ TEST(CliTest, BadFlagValuesAreUsageErrors) {
   }
 }
 
+// Nothing listening at --target: the transport's UNAVAILABLE (no reason)
+// comes with a hint at what to check. A server's own errors carry a
+// reason and get none (CliClientTest).
+TEST(CliTest, NoServerAtTheTargetGetsAHint) {
+  e2e::RunResult r = Statestream(
+      {"session", "list", "--target=127.0.0.1:1", "--max-attempts=1"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("127.0.0.1:1"));
+  EXPECT_THAT(r.err, HasSubstr("hint: no statestream server answered at the "
+                               "--target address"));
+  EXPECT_EQ(r.out, "");
+}
+
 // Durations that cannot mean anything are refused by name, not taken as
 // "now" or "never".
 TEST(CliTest, NegativeDurationsAreUsageErrors) {
