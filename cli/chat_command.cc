@@ -84,8 +84,14 @@ absl::Status Chat(const std::vector<std::string>& args) {
     if (!turn_end.empty() &&
         !(done.finish_reason() == v1::FINISH_REASON_STOP_STRING &&
           done.stop_string() == turn_end)) {
-      // Close the turn in the session's history too.
-      SS_RETURN_IF_ERROR(session->AppendText(turn_end).status());
+      // Close the turn in the session's history too; the turn's done line
+      // then reports the session after it.
+      SS_ASSIGN_OR_RETURN(v1::AppendResponse closed,
+                          session->AppendText(turn_end));
+      done.set_position(closed.position());
+      done.set_input_offset(closed.input_offset());
+      done.set_version(closed.version());
+      done.set_durability(closed.durability());
     }
     if (json) {
       std::cout << ToJson(done) << "\n";

@@ -708,6 +708,18 @@ TEST_F(CliClientTest, GenerateScoreAndChat) {
   const int offset = std::stoi(m[1].str());
   EXPECT_GE(offset, 12 + 20 + 23);
   EXPECT_LE(offset, 12 + 20 + 4 + 2 + 23 + 4 + 2);
+  // The last turn's done line reports the session after the whole turn,
+  // its closing "\n\n" included (it lagged one commit behind).
+  const std::string last_done = r.out.substr(r.out.rfind("{\"finish_reason"));
+  ASSERT_TRUE(std::regex_search(last_done, m,
+                                std::regex(R"re("input_offset":"(\d+)")re")))
+      << r.out;
+  EXPECT_EQ(std::stoi(m[1].str()), offset) << r.out;
+  std::smatch version;
+  ASSERT_TRUE(std::regex_search(after.out, version,
+                                std::regex(R"re("version":"(\d+)")re")));
+  EXPECT_THAT(last_done, HasSubstr(absl::StrCat(R"("version":")",
+                                                version[1].str(), "\"")));
 }
 
 // The sampling flags reach the server: --top-k=1 is greedy at any
