@@ -115,6 +115,18 @@ def _end_watches(channels) -> None:
         time.sleep(0.01)
 
 
+def _close_channels(channels) -> None:
+    """Ends the watches, then closes the channels: close() runs it, and so
+    does a Client's finalizer (weakref.finalize) when the client is
+    collected or, at the latest, when the interpreter exits. Left to the
+    channels' own __del__ during the interpreter's shutdown, a watched
+    channel's unsubscribe waits on gRPC's polling thread, which no longer
+    runs then: a script that never closed its Client never exited."""
+    _end_watches(channels)
+    for channel in channels:
+        channel.close()
+
+
 def _setup(client, targets, api_key, tenant, tls, root_certificates,
            private_key, certificate_chain, tls_server_name, timeout,
            max_attempts, initial_backoff, max_backoff, options, grpc_module):
@@ -231,7 +243,9 @@ def _not_found_after_unknown(error: StatestreamError,
 class Client(_ClientBase):
     """Connection to one or more statestream targets (gateways or `serve`).
 
-    Thread-safe. Use as a context manager or call close(). `options` are
+    Thread-safe. Use as a context manager or call close() (a client left
+    open is closed when it is collected, or when the interpreter exits).
+    `options` are
     gRPC channel arguments that replace DEFAULT_CHANNEL_OPTIONS of the same
     name; by default HTTP/2 keepalive pings an open call's connection every
     20 s and fails its calls (UNAVAILABLE, then resumed on the next target)
@@ -261,6 +275,9 @@ class Client(_ClientBase):
         # on its queue for as long as the writer is referenced. Weak: a
         # dropped writer's call ends by its finalizer.
         self._append_calls: weakref.WeakSet = weakref.WeakSet()
+        # Runs once: from close(), when the client is collected, or at exit.
+        self._release = weakref.finalize(
+            self, _close_channels, [s.channel for s in self._stubs])
 
     # -- plumbing ----------------------------------------------------------
 
@@ -277,9 +294,7 @@ class Client(_ClientBase):
             wake.set()
         for call in calls:
             call.cancel()
-        _end_watches([s.channel for s in self._stubs])
-        for s in self._stubs:
-            s.channel.close()
+        self._release()
 
     def __enter__(self) -> "Client":
         return self

@@ -258,6 +258,48 @@ def test_client_closed_is_not_retryable(fake):
     assert is_retryable(StatestreamError(grpc.StatusCode.CANCELLED, "x"))
 
 
+# -- a client left open ------------------------------------------------------
+#
+# A sync Client watches its channels' connectivity (faster reconnects). A
+# script that never closed its Client then never exited: the channels'
+# __del__ at interpreter shutdown waited on gRPC's polling thread.
+
+NEVER_CLOSED = """
+import sys
+from statestream import Client
+client = Client(sys.argv[1:])
+if sys.argv[1] != "127.0.0.1:1":
+    client.create_session()
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["live", "nothing-there"])
+def test_a_script_that_never_closes_its_client_exits(server, tmp_path, live):
+    import subprocess
+    import sys
+    script = tmp_path / "never_closed.py"
+    script.write_text(NEVER_CLOSED)
+    target = server.address if live else "127.0.0.1:1"
+    r = subprocess.run([sys.executable, str(script), target],
+                       capture_output=True, text=True, timeout=20,
+                       env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "done\n"
+    assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_dropped_client_closes_its_channels(server):
+    import gc
+    c = Client(server.address)
+    c.list_models()
+    release = c._release
+    assert release.alive
+    del c
+    gc.collect()
+    assert not release.alive  # ran: watches ended, channels closed
+
+
 # -- the async commit pin ----------------------------------------------------
 #
 # generate(commit=True) reads the pin with a GetSession that starts at
