@@ -30,10 +30,11 @@ from statestream.client import (_ClientBase, _Collected, _assemble_export,
                                 _state_blob,
                                 _Stubs, _update_request, new_request_id)
 from statestream.errors import StatestreamError, blames_target
-from statestream.streams import (MAX_WINDOW, _AckTracker,
+from statestream.streams import (_AckTracker,
                                  _GenerateProgress, _Retained, _deadline,
-                                 _durability, _left, _str_field, _units,
-                                 _utf8)
+                                 _durability, _left, _str_field,
+                                 _token_requests, _units, _utf8,
+                                 _writer_sizes)
 from statestream.transfer import (_AsyncStallGuard, _cap, _import_budget,
                                   _stalled_error)
 from statestream.types import (AppendAck, ExportedState, GenerateChunk,
@@ -339,8 +340,9 @@ class AsyncSession:
                      ) -> "AsyncAppendWriter":
         """As Session.writer: the first request goes at `start_offset`
         (None: the session's applied input_offset, read now); `window` is
-        clamped to 1..MAX_WINDOW (64); `timeout` bounds the writer's whole
-        life from now, the GetSession included."""
+        1 to MAX_WINDOW (64; larger values are clamped); `timeout` bounds
+        the writer's whole life from now, the GetSession included."""
+        _writer_sizes(window, max_chunk_bytes)
         durability = _durability(durability)
         deadline = _deadline(timeout)
         offset = (await self.get(timeout=_left(deadline))).input_offset \
@@ -551,8 +553,7 @@ class AsyncAppendWriter(_AckTracker):
         self._deadline = _deadline(timeout)
         self._session_id = session_id
         self._next_offset = offset
-        self._window = max(1, min(window, MAX_WINDOW))
-        self._chunk = max(1, min(max_chunk_bytes, 1 << 20))
+        self._window, self._chunk = _writer_sizes(window, max_chunk_bytes)
         self._durability = _durability(durability)
         self._init_tracker(offset)
         self._sent = 0  # of _retained, sent on the current call
@@ -590,9 +591,7 @@ class AsyncAppendWriter(_AckTracker):
 
     async def write_tokens(self, tokens: Sequence[int]) -> None:
         self._check()
-        for i in range(0, len(tokens), 262144):
-            req = pb.AppendRequest()
-            req.tokens.ids.extend(tokens[i:i + 262144])
+        for req in _token_requests(tokens):
             self._queue(req)
         await self._pump(self._window)
 

@@ -36,7 +36,8 @@ from statestream.transfer import (_StallGuard, _cap, _import_budget,
                                   _stalled_error)
 from statestream.streams import (AppendWriter, GenerateStream, _deadline,
                                  _durability, _invalid_utf8, _labels, _left,
-                                 _str_field, _timeout, _utf8)
+                                 _str_field, _timeout, _utf8,
+                                 _writer_sizes)
 
 __all__ = ["AppendWriter", "Client", "GenerateStream", "Session",
            "new_request_id"]
@@ -772,8 +773,9 @@ def _stop_strings(stop) -> List[str]:
     None is none."""
     if stop is None:
         return []
-    if isinstance(stop, (str, bytes)):
-        stop = [stop] if stop else []
+    # One string, str or bytes-like (as a prompt): not a list of them.
+    if isinstance(stop, (str, bytes, bytearray, memoryview)):
+        stop = [stop] if len(stop) else []
     out = []
     for s in stop:
         data = _utf8(s, "stop string")
@@ -831,8 +833,10 @@ class Session:
         start_offset fails POSITION_MISMATCH). `window`: requests in
         flight before reading acks, 1 to MAX_WINDOW (64: the server stops
         reading a writer that leaves 64 acks unread); larger values are
-        clamped. `timeout` bounds the writer's whole life from now, the
-        GetSession included."""
+        clamped. `max_chunk_bytes`: text per request, 1 to 1 MiB (larger
+        values are clamped). `timeout` bounds the writer's whole life from
+        now, the GetSession included."""
+        _writer_sizes(window, max_chunk_bytes)
         durability = _durability(durability)
         deadline = _deadline(timeout)
         offset = self.get(timeout=_left(deadline)).input_offset \

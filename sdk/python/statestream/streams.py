@@ -128,6 +128,32 @@ def _labels(labels, what: str = "labels") -> Dict[str, str]:
             for k, v in labels.items()}
 
 
+def _writer_sizes(window, max_chunk_bytes):
+    """A writer's `window` and `max_chunk_bytes`, clamped to at most
+    MAX_WINDOW and 1 MiB; ValueError below 1, TypeError for anything but
+    an int, before any call (0 used to mean a request per byte)."""
+    for name, value in (("window", window),
+                        ("max_chunk_bytes", max_chunk_bytes)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an int, not "
+                            f"{type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1 (got {value})")
+    return min(int(window), MAX_WINDOW), min(int(max_chunk_bytes), _MAX_TEXT)
+
+
+def _token_requests(tokens):
+    """`tokens` as AppendRequests of at most 262,144 ids each, all built
+    before the first is sent: an id out of range (ValueError) or not an
+    int (TypeError) anywhere sends none of them."""
+    requests = []
+    for i in range(0, len(tokens), 262144):
+        req = pb.AppendRequest()
+        req.tokens.ids.extend(tokens[i:i + 262144])
+        requests.append(req)
+    return requests
+
+
 def _durability(value) -> int:
     """A Durability given as its number or its name ("DURABILITY_FSYNC",
     as results report it), as its number; None is DURABILITY_UNSPECIFIED
@@ -277,8 +303,7 @@ class AppendWriter(_AckTracker):
         self._client = client
         self._session_id = session_id
         self._next_offset = offset
-        self._window = max(1, min(window, MAX_WINDOW))
-        self._chunk = max(1, min(max_chunk_bytes, _MAX_TEXT))
+        self._window, self._chunk = _writer_sizes(window, max_chunk_bytes)
         self._durability = _durability(durability)
         self._deadline = _deadline(timeout)
         self._init_tracker(offset)
@@ -314,9 +339,7 @@ class AppendWriter(_AckTracker):
 
     def write_tokens(self, tokens: Sequence[int]) -> None:
         self._check()
-        for i in range(0, len(tokens), 262144):
-            req = pb.AppendRequest()
-            req.tokens.ids.extend(tokens[i:i + 262144])
+        for req in _token_requests(tokens):
             self._send(req)
 
     def flush(self) -> None:

@@ -290,3 +290,65 @@ def test_the_server_takes_the_longest_max_duration(client):
     s.append("abc")
     for d in (315_576_000_000, datetime.timedelta(seconds=315_576_000_000)):
         assert len(s.generate_text(max_tokens=2, max_duration=d).tokens) == 2
+
+
+# -- writers -----------------------------------------------------------------
+#
+# window and max_chunk_bytes below 1 were clamped to 1 (a request per byte,
+# 20x slower, silently); a bad token id past the first 262,144 raised
+# ValueError after the first chunk had gone out (and was later committed).
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_writer_sizes_are_checked_before_any_call(fake, aio):
+    def cases(c, s):
+        for kw in ({"window": 0}, {"window": -1}, {"max_chunk_bytes": 0},
+                   {"max_chunk_bytes": -5}):
+            yield lambda kw=kw: s.writer(**kw), raises(ValueError)
+        for kw in ({"window": 2.5}, {"window": True},
+                   {"max_chunk_bytes": "1"}):
+            yield lambda kw=kw: s.writer(**kw), raises(TypeError)
+    check_all(aio, fake.address, cases)
+    assert_nothing_sent(fake)
+
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_a_bad_token_id_anywhere_sends_none_of_them(server, aio):
+    tokens = [65] * 262144 + [2 ** 32]
+
+    async def run_async():
+        async with AsyncClient(server.address) as c:
+            s = c.session((await c.create_session()).session_id)
+            async with await s.writer() as w:
+                with pytest.raises(ValueError):
+                    await w.write_tokens(tokens)
+                with pytest.raises(TypeError):
+                    await w.write_tokens([65] * 262144 + ["x"])
+                assert w.offset == 0
+            return (await s.get()).input_offset
+
+    def run_sync():
+        with Client(server.address) as c:
+            s = c.session(c.create_session().session_id)
+            with s.writer() as w:
+                with pytest.raises(ValueError):
+                    w.write_tokens(tokens)
+                with pytest.raises(TypeError):
+                    w.write_tokens([65] * 262144 + ["x"])
+                assert w.offset == 0
+            return s.get().input_offset
+    assert run_either(aio, run_sync, run_async) == 0
+
+
+# -- stop strings are bytes-like, as prompts are ------------------------------
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_a_stop_string_may_be_any_bytes_like(fake, aio):
+    def cases(c, s):
+        for stop in (b"\n\n", bytearray(b"\n\n"), memoryview(b"\n\n"),
+                     [bytearray(b"\n\n")], "\n\n"):
+            yield (lambda stop=stop: c.session("done").generate_text(
+                       "p", stop=stop),
+                   lambda e: e is None or pytest.fail(repr(e)))
+    check_all(aio, fake.address, cases)
+    assert [list(r.stop_strings) for r in fake.generate_requests] == \
+        [["\n\n"]] * 5
