@@ -426,6 +426,36 @@ TEST(WorkerLoadE2eTest, SigtermCommitsTheRunningGenerationAndExits) {
   std::filesystem::remove_all(dir);
 }
 
+// statestream_errors_total counts every service's errors: the Models
+// service's (GetModel of an unknown id) were missing.
+TEST(WorkerLoadE2eTest, EveryServicesErrorsAreCounted) {
+  auto server = Server::Start({});
+  ASSERT_NE(server, nullptr);
+  auto models = v1::Models::NewStub(server->channel);
+  for (const std::string id : {"no-such-model", ""}) {
+    v1::GetModelRequest req;
+    req.set_model_id(id);
+    v1::Model out;
+    auto ctx = Ctx();
+    const absl::Status s =
+        FromGrpcStatus(models->GetModel(ctx.get(), req, &out));
+    ASSERT_EQ(GetReason(s), Reason::kModelNotFound) << s;
+  }
+  v1::GetSessionRequest get;
+  get.set_session_id("no-such-session");
+  v1::Session session;
+  auto ctx = Ctx();
+  ASSERT_EQ(GetReason(FromGrpcStatus(
+                server->sessions->GetSession(ctx.get(), get, &session))),
+            Reason::kSessionNotFound);
+  EXPECT_EQ(
+      server->Metric("statestream_errors_total{reason=\"MODEL_NOT_FOUND\"}"),
+      2);
+  EXPECT_EQ(
+      server->Metric("statestream_errors_total{reason=\"SESSION_NOT_FOUND\"}"),
+      1);
+}
+
 TEST(WorkerLoadE2eTest, MaxDurationAndScoreTopLogprobs) {
   auto server = Server::Start({});
   ASSERT_NE(server, nullptr);

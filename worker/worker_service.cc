@@ -24,9 +24,7 @@ class ModelsService final : public v1::Models::CallbackService {
                                        const v1::ListModelsRequest*,
                                        v1::ListModelsResponse* out) override {
     if (auto tenant = TenantOf(*ctx, *policy_); !tenant.ok()) {
-      auto* r = ctx->DefaultReactor();
-      r->Finish(ToGrpcStatus(tenant.status()));
-      return r;
+      return Finish(ctx, tenant.status());
     }
     std::vector<const SessionManager*> sorted(models_->managers().begin(),
                                               models_->managers().end());
@@ -34,18 +32,14 @@ class ModelsService final : public v1::Models::CallbackService {
       return a->options().model_id < b->options().model_id;
     });
     for (const SessionManager* m : sorted) ModelToProto(*m, out->add_models());
-    auto* r = ctx->DefaultReactor();
-    r->Finish(grpc::Status::OK);
-    return r;
+    return Finish(ctx, absl::OkStatus());
   }
 
   grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* ctx,
                                      const v1::GetModelRequest* req,
                                      v1::Model* out) override {
-    auto* r = ctx->DefaultReactor();
     if (auto tenant = TenantOf(*ctx, *policy_); !tenant.ok()) {
-      r->Finish(ToGrpcStatus(tenant.status()));
-      return r;
+      return Finish(ctx, tenant.status());
     }
     // An empty id is not the default model here: GetModel names one.
     absl::StatusOr<SessionManager*> m =
@@ -53,16 +47,23 @@ class ModelsService final : public v1::Models::CallbackService {
             ? MakeError(absl::StatusCode::kNotFound, Reason::kModelNotFound,
                         "no served model has this id", {{"model_id", ""}})
             : models_->ForModel(req->model_id());
-    if (!m.ok()) {
-      r->Finish(ToGrpcStatus(m.status()));
-      return r;
-    }
+    if (!m.ok()) return Finish(ctx, m.status());
     ModelToProto(**m, out);
-    r->Finish(grpc::Status::OK);
-    return r;
+    return Finish(ctx, absl::OkStatus());
   }
 
  private:
+  // Finishes the call with `status`, counted in statestream_errors_total
+  // as the other services' errors are (the managers share one
+  // WorkerMetrics, or none).
+  grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* ctx,
+                                   const absl::Status& status) {
+    CountError(models_->default_manager(), status);
+    grpc::ServerUnaryReactor* r = ctx->DefaultReactor();
+    r->Finish(ToGrpcStatus(status));
+    return r;
+  }
+
   ModelSet* models_;
   const std::shared_ptr<const CallerPolicy> policy_;
 };
