@@ -107,7 +107,17 @@ absl::StatusOr<std::vector<ModelSpec>> ParseModelList(
                        ": give one per --model entry, in the same order (an "
                        "empty entry keeps the default, e.g. --vocab=,v.txt)"));
     }
-    for (size_t i = 0; i < v.size(); ++i) out[i].vocab_path = v[i];
+    for (size_t i = 0; i < v.size(); ++i) {
+      // tokenize/detokenize's "bytes" is no file; a served model picks the
+      // byte-level tokenizer by itself, from its 256-token vocabulary.
+      if (v[i] == "bytes") {
+        return BadList("vocab",
+                       "\"bytes\" is for tokenize and detokenize; a served "
+                       "model with 256 tokens is byte-level by itself (leave "
+                       "its entry empty)");
+      }
+      out[i].vocab_path = v[i];
+    }
   }
   return out;
 }

@@ -289,6 +289,9 @@ TEST(CliTest, BadModelListsAndDevicesAreUsageErrors) {
       {{"--model=a.pth,b.pth", "--vocab=v.txt"},
        "--vocab: 1 entry for 2 models"},
       {{"--model=a.pth", "--vocab=,v.txt"}, "--vocab: 2 entries for 1 model"},
+      // tokenize's "bytes" was read as a file name ("cannot read bytes").
+      {{"--model=a.pth", "--vocab=bytes"},
+       "--vocab: \"bytes\" is for tokenize and detokenize"},
       {{"--model=a.pth", "--device=gpu"}, "--device must be cpu, cuda or auto"},
       {{"--model=a.pth", "--precision=int4"},
        "--precision must be as-stored, f32, bf16 or int8"},
