@@ -328,6 +328,23 @@ TEST_F(GatewayTest, ASuspectWorkersModelsStayListed) {
   EXPECT_EQ(resp.models(0).workers(), 2u);
 }
 
+// No worker answering ListModels is the gateway's own UNAVAILABLE, typed
+// like the router's "no live worker" (OVERLOADED, when to retry), not a
+// bare status a client would take for a failed connection.
+TEST_F(GatewayTest, NoWorkerAnsweringListModelsIsTyped) {
+  Start();
+  for (auto& w : workers_) w.reset();  // both gone: nothing answers
+  grpc::ClientContext ctx;
+  v1::ListModelsResponse resp;
+  const grpc::Status st =
+      v1::Models::NewStub(channel_)->ListModels(&ctx, {}, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << st.error_message();
+  EXPECT_EQ(GetReason(FromGrpcStatus(st)), Reason::kOverloaded)
+      << st.error_message();
+  EXPECT_TRUE(GetErrorMetadata(FromGrpcStatus(st), "retry_after_ms"));
+}
+
 // When every worker's answer meant "try another" the call ends UNAVAILABLE
 // (retry later), never a worker's CANCELLED (a client would take it for its
 // own cancellation) or the internal ABORTED/FENCED.
