@@ -9,6 +9,7 @@
 // output exceeds the client's fixed HTTP/2 window, so a kill always lands
 // mid-stream.
 #include <grpc/impl/codegen/grpc_types.h>
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -584,6 +585,21 @@ TEST_F(SdkTest, ServeWithApiKeysAuthenticatesAndLimitsTenants) {
   for (int i = 0; i < 3; ++i) EXPECT_TRUE(b->CreateSession({}).ok());
   EXPECT_EQ(GetReason(b->OpenSession("a1").Get().status()),
             Reason::kSessionNotFound);
+  // The session limit a gateway forwards to its workers is not a client's
+  // to send: serve is the edge and ignores it (it applied it, lowering
+  // the caller's own limit).
+  {
+    auto stub = v1::Sessions::NewStub(grpc::CreateChannel(
+        server_->address(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + key_b);
+    ctx.AddMetadata("x-statestream-max-sessions", "1");
+    v1::CreateSessionRequest req;
+    req.set_request_id("create-b-with-a-limit");
+    v1::Session out;
+    const grpc::Status st = stub->CreateSession(&ctx, req, &out);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+  }
   // Streams authenticate too.
   EXPECT_EQ(GetReason(connect("", "tenant-a")
                           ->OpenSession("a1")

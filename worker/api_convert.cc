@@ -96,6 +96,11 @@ int64_t SessionLimit(const grpc::CallbackServerContext& ctx,
   if (policy.limits != nullptr) {
     limit = policy.limits->For(tenant).max_sessions;
   }
+  // A server that authenticates its callers (serve --api-keys) is the
+  // edge: its callers are clients, not gateways, and the header is theirs
+  // to make up. Only a worker behind gateways (no keys of its own) takes
+  // it.
+  if (!policy.auth.development_mode()) return limit;
   const auto& md = ctx.client_metadata();
   auto it = md.find(kSessionLimitHeader);
   int64_t forwarded = 0;

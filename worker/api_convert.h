@@ -42,7 +42,9 @@ absl::Status CheckSessionQuota(const CallerPolicy& policy,
 
 // The session limit a create by `tenant` passes to the store (0: none):
 // the smaller of `policy`'s own (serve) and the one a gateway forwards in
-// kSessionLimitHeader (a caller can only lower its limit with it).
+// kSessionLimitHeader (a caller can only lower its limit with it). A
+// server with API keys of its own (serve --api-keys) ignores the header:
+// its callers are clients, not gateways.
 int64_t SessionLimit(const grpc::CallbackServerContext& ctx,
                      const CallerPolicy& policy, const std::string& tenant);
 
