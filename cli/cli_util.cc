@@ -23,7 +23,7 @@
 #include "absl/strings/strip.h"
 #include "cli/command.h"
 #include "common/status.h"
-#include "worker/engine/utf8.h"
+#include "common/utf8.h"
 
 namespace statestream::cli {
 namespace {
@@ -116,7 +116,7 @@ absl::Status UsageError(absl::string_view message) {
 }
 
 absl::Status CheckUtf8(absl::string_view what, absl::string_view value) {
-  if (engine::IsValidUtf8(value)) return absl::OkStatus();
+  if (IsValidUtf8(value)) return absl::OkStatus();
   return UsageError(absl::StrCat(what, " is not valid UTF-8"));
 }
 

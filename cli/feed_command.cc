@@ -26,8 +26,8 @@
 #include "cli/client_flags.h"
 #include "cli/command.h"
 #include "common/status.h"
+#include "common/utf8.h"
 #include "nlohmann/json.hpp"
-#include "worker/engine/utf8.h"
 
 ABSL_FLAG(int64_t, chunk_bytes, 64 << 10,
           "feed: bytes per Append request, 1 to 1048576.");
@@ -304,7 +304,7 @@ absl::Status Feed(const std::vector<std::string>& args) {
   // `carry` begins with the session's own incomplete character, if any:
   // checked with what follows, never sent (`held` bytes of it).
   std::string carry =
-      skipped_tail.substr(engine::Utf8CompletePrefixLength(skipped_tail));
+      skipped_tail.substr(Utf8CompletePrefixLength(skipped_tail));
   size_t held = carry.size();
   std::string data;
   absl::Status bad_input;
@@ -325,8 +325,8 @@ absl::Status Feed(const std::vector<std::string>& args) {
     data.assign(carry);
     data.append(buffer.data(), *n);
     carry.clear();
-    const size_t complete = engine::Utf8CompletePrefixLength(data);
-    const size_t valid = engine::FirstInvalidUtf8Byte(data);
+    const size_t complete = Utf8CompletePrefixLength(data);
+    const size_t valid = FirstInvalidUtf8Byte(data);
     size_t take = complete;
     if (valid < complete || (*n == 0 && !interrupted && valid < data.size())) {
       // An ill-formed byte, or the input ends inside a character: send

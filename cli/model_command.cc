@@ -23,12 +23,12 @@
 #include "cli/model_flag.h"
 #include "cli/model_loading.h"
 #include "common/status.h"
+#include "common/utf8.h"
 #include "nlohmann/json.hpp"
 #include "state_store/state_codec.h"
 #include "worker/engine/accuracy.h"
 #include "worker/engine/model.h"
 #include "worker/engine/random_model.h"
-#include "worker/engine/utf8.h"
 #include "worker/engine/weight_writer.h"
 #include "worker/generation_record.h"
 #include "worker/session_manager.h"
@@ -133,7 +133,7 @@ absl::StatusOr<std::vector<int32_t>> ApplyTokenAppend(
       carry.known && carry.input_offset == snapshot->input_offset &&
               !carry.bytes.empty()
           ? carry.bytes
-          : tail.substr(engine::Utf8CompletePrefixLength(tail));
+          : tail.substr(Utf8CompletePrefixLength(tail));
   if (!open.empty()) {
     return MakeError(
         absl::StatusCode::kInvalidArgument, Reason::kInvalidUtf8,

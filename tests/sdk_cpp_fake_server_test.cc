@@ -6,6 +6,7 @@
 // in sdk_cpp_test.cc.
 #include <grpcpp/server_builder.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <map>
@@ -563,6 +564,36 @@ TEST_F(SdkRetryTest, AnErrorGivenUpOnKeepsItsReasonAndMetadata) {
   for (size_t i = 1; i < calls.size(); ++i) {
     EXPECT_GE(calls[i] - calls[i - 1], absl::Milliseconds(100)) << i;
   }
+}
+
+// A retry moved to another target (failed over to an idle channel) still
+// waits out the server's retry_after_ms: the overloaded worker behind both
+// is the same. It went as soon as the new channel connected.
+TEST(SdkRetryFailoverTest, TheHintHoldsOnTheNextTargetToo) {
+  OverloadedSessions second_service(/*retry_after_ms=*/300);
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
+  builder.RegisterService(&second_service);
+  std::unique_ptr<grpc::Server> second = builder.BuildAndStart();
+  ASSERT_NE(second, nullptr);
+  OverloadedSessions first_service(/*retry_after_ms=*/300);
+  FakeServer fake;
+  ASSERT_NO_FATAL_FAILURE(Serve(&first_service, &fake, /*max_attempts=*/3,
+                                {absl::StrCat("127.0.0.1:", port)}));
+  absl::Status s = fake.client->OpenSession("s").Get().status();
+  EXPECT_EQ(GetReason(s), Reason::kOverloaded) << s;
+  std::vector<absl::Time> calls = first_service.calls();
+  for (absl::Time t : second_service.calls()) calls.push_back(t);
+  std::sort(calls.begin(), calls.end());
+  ASSERT_EQ(calls.size(), 3u);
+  EXPECT_FALSE(second_service.calls().empty());  // it did move
+  for (size_t i = 1; i < calls.size(); ++i) {
+    EXPECT_GE(calls[i] - calls[i - 1], absl::Milliseconds(300)) << i;
+  }
+  fake.client.reset();
+  second->Shutdown();
 }
 
 // The deadline passes during the backoff: the error is still the server's

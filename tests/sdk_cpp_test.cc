@@ -502,6 +502,95 @@ TEST_F(SdkTest, AWindowOver64IsClamped) {
   EXPECT_EQ(done->committed_input_offset(), 3000u);
 }
 
+// Text is checked as the server would check it before any of it is sent:
+// text the server refused after earlier requests of the same Write (or
+// AppendText's flush) were applied left the session holding part of it,
+// half a character included, which then failed every later text append.
+TEST_F(SdkTest, TextIsCheckedWholeBeforeAnyOfItIsSent) {
+  client::Session s = Create("utf8");
+  auto offset = [&] { return s.Get().value().input_offset(); };
+  // AppendText ending inside a character: refused, nothing applied.
+  absl::Status st = s.AppendText("abc\xE2\x82").status();
+  EXPECT_EQ(GetReason(st), Reason::kInvalidUtf8) << st;
+  EXPECT_EQ(GetErrorMetadata(st, "input_offset"), "3") << st;
+  EXPECT_EQ(offset(), 0u);
+  // A bad byte past the first request of a long Write: refused whole, and
+  // the writer stays usable.
+  client::AppendOptions small;
+  small.max_chunk_bytes = 1000;
+  auto writer = s.OpenAppend(small);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  std::string text(5000, 'x');
+  text[4000] = '\xFF';
+  st = (*writer)->Write(text);
+  EXPECT_EQ(GetReason(st), Reason::kInvalidUtf8) << st;
+  EXPECT_EQ(GetErrorMetadata(st, "input_offset"), "4000") << st;
+  EXPECT_EQ((*writer)->offset(), 0u);
+  // A character split across writes is fine; a flush inside one is
+  // refused until its rest is written.
+  ASSERT_TRUE((*writer)->Write("ok \xE2").ok());
+  st = (*writer)->Flush();
+  EXPECT_EQ(GetReason(st), Reason::kInvalidUtf8) << st;
+  EXPECT_EQ(GetErrorMetadata(st, "input_offset"), "3") << st;
+  st = (*writer)->Write("x");  // does not continue the open character
+  EXPECT_EQ(GetReason(st), Reason::kInvalidUtf8) << st;
+  ASSERT_TRUE((*writer)->Write("\x82\xAC").ok());
+  ASSERT_TRUE((*writer)->Flush().ok());
+  auto done = (*writer)->Close();
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->committed_input_offset(), 6u);  // "ok €"
+  // A new writer may start with the rest of a character the session
+  // holds (it cannot know it): the server checks those bytes.
+  writer = s.OpenAppend();
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->Write("\xE2\x82").ok());
+  ASSERT_TRUE((*writer)->Close().ok());
+  auto ack = s.AppendText("\xAC!");
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->input_offset(), 10u);
+}
+
+// Options no writer or client can run with are refused before any call
+// (a window or max_chunk_bytes of 0 was a request per byte; a timeout of 0
+// failed every attempt at once; max_attempts 0 became 1).
+TEST_F(SdkTest, OptionsThatCannotWorkAreRefused) {
+  client::Session s = Create("options");
+  for (auto [window, chunk] : std::vector<std::pair<int, size_t>>{
+           {0, 1000}, {-3, 1000}, {32, 0}, {32, static_cast<size_t>(-5)}}) {
+    client::AppendOptions options;
+    options.window = window;
+    options.max_chunk_bytes = chunk;
+    EXPECT_EQ(s.OpenAppend(options).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << window << " " << chunk;
+    EXPECT_EQ(s.AppendText("x", options).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(s.Get().value().input_offset(), 0u);
+  auto with = [&](auto edit) {
+    client::ClientOptions options;
+    options.targets = {server_->address()};
+    edit(options);
+    return client::Client::Create(options).status().code();
+  };
+  using client::ClientOptions;
+  EXPECT_EQ(with([](ClientOptions& o) { o.max_attempts = 0; }),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(with([](ClientOptions& o) { o.timeout = absl::ZeroDuration(); }),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(with([](ClientOptions& o) { o.timeout = -absl::Seconds(1); }),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(with([](ClientOptions& o) {
+              o.initial_backoff = -absl::Milliseconds(1);
+            }),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(with([](ClientOptions& o) {
+              o.timeout = absl::InfiniteDuration();
+              o.initial_backoff = absl::ZeroDuration();
+            }),
+            absl::StatusCode::kOk);
+}
+
 TEST_F(SdkTest, FailsOverToTheNextTarget) {
   // A target nobody listens on any more, then the live server.
   Server dead((dir_ / "dead").string());

@@ -10,7 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
-#include "worker/engine/utf8.h"
+#include "common/utf8.h"
 #include "worker/metrics.h"
 
 namespace statestream::worker {
@@ -271,7 +271,7 @@ absl::Status CheckLabels(
     if (v.size() > 255) {
       return too_large(255, "label values are at most 255 bytes");
     }
-    if (!engine::IsValidUtf8(v)) {
+    if (!IsValidUtf8(v)) {
       return BadField("labels", "values are at most 255 bytes of UTF-8");
     }
   }

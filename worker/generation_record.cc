@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "common/status.h"
-#include "worker/engine/utf8.h"
+#include "common/utf8.h"
 
 namespace statestream::worker {
 namespace {
@@ -143,7 +143,7 @@ absl::Status DecodeSamplerSideData(const std::string& value,
       // The start of a character more bytes can complete, as the worker
       // only ever writes: any other bytes (a crafted import) would make
       // every later append of valid text INVALID_UTF8.
-      if (engine::Utf8CompletePrefixLength(c.bytes) != 0) {
+      if (Utf8CompletePrefixLength(c.bytes) != 0) {
         return Corrupt("utf-8 carry");
       }
       c.known = true;

@@ -10,9 +10,9 @@
 #include "absl/strings/str_cat.h"
 #include "common/crc32c.h"
 #include "common/session_ids.h"
+#include "common/utf8.h"
 #include "state_store/state_codec.h"
 #include "worker/engine/sampler.h"
-#include "worker/engine/utf8.h"
 #include "worker/session_manager_internal.h"
 
 namespace statestream::worker {
@@ -594,8 +594,8 @@ absl::Status CheckImportedState(const StateSnapshot& snap,
   // Undecided text is text the service accepted: valid UTF-8, except a
   // character its end leaves open.
   const absl::string_view tail = snap.tokenizer_tail;
-  const size_t complete = engine::Utf8CompletePrefixLength(tail);
-  if (engine::FirstInvalidUtf8Byte(tail.substr(0, complete)) != complete) {
+  const size_t complete = Utf8CompletePrefixLength(tail);
+  if (FirstInvalidUtf8Byte(tail.substr(0, complete)) != complete) {
     return DataLossError(Reason::kStateCorrupt,
                          "the state's pending text is not valid UTF-8");
   }

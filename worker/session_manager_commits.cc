@@ -5,7 +5,7 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
-#include "worker/engine/utf8.h"
+#include "common/utf8.h"
 #include "worker/metrics.h"
 #include "worker/session_manager_internal.h"
 
@@ -353,9 +353,9 @@ void SessionManager::Impl::AppendOp(
       skip = LeadingContinuationBytes(text);
     }
     const std::string joined = carry + std::string(text.substr(skip));
-    const size_t complete = engine::Utf8CompletePrefixLength(joined);
-    const size_t bad = engine::FirstInvalidUtf8Byte(
-        absl::string_view(joined).substr(0, complete));
+    const size_t complete = Utf8CompletePrefixLength(joined);
+    const size_t bad =
+        FirstInvalidUtf8Byte(absl::string_view(joined).substr(0, complete));
     if (bad != complete) {
       // The input offset of the first invalid byte: the carry is the tail
       // of earlier input, this request's text starts at `at`.

@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/session_ids.h"
-#include "worker/engine/utf8.h"
+#include "common/utf8.h"
 #include "worker/metrics.h"
 #include "worker/session_manager_internal.h"
 
@@ -56,7 +56,7 @@ absl::Status SessionManager::Impl::CheckRequest(const GenerateInput& in) const {
     if (in.prompt_text.size() > kMaxTextBytes) {
       return TooLarge("prompt_text_utf8", kMaxTextBytes);
     }
-    if (const size_t bad = engine::FirstInvalidUtf8Byte(in.prompt_text);
+    if (const size_t bad = FirstInvalidUtf8Byte(in.prompt_text);
         bad != in.prompt_text.size()) {
       return Invalid(
           Reason::kInvalidUtf8, "prompt_text_utf8 is not valid UTF-8",
@@ -85,7 +85,7 @@ GenerateOutcome SessionManager::Impl::Replay(
       text.append(bytes.data(), bytes.size());
     }
     const absl::string_view pending = absl::string_view(text).substr(emitted);
-    const size_t complete = engine::Utf8CompletePrefixLength(pending);
+    const size_t complete = Utf8CompletePrefixLength(pending);
     p.text = std::string(pending.substr(0, complete));
     emitted += complete;
     emit(p);
@@ -555,7 +555,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
       if (in.text.size() > kMaxTextBytes) {
         return done(TooLarge("text_utf8", kMaxTextBytes));
       }
-      if (const size_t bad = engine::FirstInvalidUtf8Byte(in.text);
+      if (const size_t bad = FirstInvalidUtf8Byte(in.text);
           bad != in.text.size()) {
         return done(Invalid(
             Reason::kInvalidUtf8, "text_utf8 is not valid UTF-8",

@@ -86,11 +86,6 @@ absl::StatusOr<std::string> StateCarry(
     const StateSnapshot& snap, std::string* sampler = nullptr,
     std::deque<GenerationRecord>* records = nullptr, bool* known = nullptr);
 
-// Bytes of `text` that can start a streamed text: after a reload the UTF-8
-// carry is rebuilt from the tokenizer tail, which may be empty (byte
-// tokenizer); leading continuation bytes are then accepted once.
-size_t LeadingContinuationBytes(absl::string_view text);
-
 // Periodic checkpoints of one committing generation (see Generate): at
 // most one commit in flight; a newer checkpoint replaces one still waiting;
 // the generation's final step waits for the commit in flight.

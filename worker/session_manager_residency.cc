@@ -7,7 +7,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "worker/engine/utf8.h"
+#include "common/utf8.h"
 #include "worker/metrics.h"
 #include "worker/session_manager_internal.h"
 
@@ -77,7 +77,7 @@ absl::Status NoHidden(const char* field) {
 }
 
 std::string TailCarry(const std::string& tail) {
-  return tail.substr(engine::Utf8CompletePrefixLength(tail));
+  return tail.substr(Utf8CompletePrefixLength(tail));
 }
 
 absl::StatusOr<std::string> StateCarry(const StateSnapshot& snap,
@@ -103,15 +103,6 @@ absl::StatusOr<std::string> StateCarry(const StateSnapshot& snap,
     *known = !snap.tokenizer_tail.empty() || snap.input_offset == 0;
   }
   return TailCarry(snap.tokenizer_tail);
-}
-
-size_t LeadingContinuationBytes(absl::string_view text) {
-  size_t n = 0;
-  while (n < text.size() && n < 3 &&
-         (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) {
-    ++n;
-  }
-  return n;
 }
 
 SessionManager::Impl::Impl(const SessionManagerOptions& o, engine::Model* model,

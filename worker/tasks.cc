@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "absl/strings/string_view.h"
-#include "worker/engine/utf8.h"
+#include "common/utf8.h"
 
 namespace statestream::worker {
 
@@ -206,7 +206,7 @@ void GenerateTask::Emit(int32_t token, const engine::LogprobResult* lp) {
   }
   const absl::string_view pending =
       absl::string_view(text_).substr(text_emitted_);
-  const size_t complete = engine::Utf8CompletePrefixLength(pending);
+  const size_t complete = Utf8CompletePrefixLength(pending);
   out.text = std::string(pending.substr(0, complete));
   text_emitted_ += complete;
   if (lp != nullptr) {

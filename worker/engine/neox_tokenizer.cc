@@ -28,9 +28,9 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "common/utf8.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine/tokenizer.h"
-#include "worker/engine/utf8.h"
 
 namespace statestream::engine {
 namespace {

@@ -1,12 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-# ss_text: tokenizers (RWKV World, byte-level), UTF-8 helpers and the sampler.
+# ss_text: tokenizers (RWKV World, byte-level, NeoX) and the sampler (UTF-8
+# helpers: common/utf8.h).
 # Pure computation over bytes and floats: no I/O beyond reading a vocab file.
 add_library(ss_text
   ${CMAKE_CURRENT_LIST_DIR}/tokenizer.cc
   ${CMAKE_CURRENT_LIST_DIR}/world_tokenizer.cc
   ${CMAKE_CURRENT_LIST_DIR}/byte_tokenizer.cc
   ${CMAKE_CURRENT_LIST_DIR}/neox_tokenizer.cc
-  ${CMAKE_CURRENT_LIST_DIR}/utf8.cc
   ${CMAKE_CURRENT_LIST_DIR}/sampler.cc)
 target_include_directories(ss_text PUBLIC ${PROJECT_SOURCE_DIR})
 # The sampler's arithmetic must be the same bits on every machine (a session

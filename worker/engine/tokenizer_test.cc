@@ -15,11 +15,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "common/utf8.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine/tokenizer_test_util.h"
-#include "worker/engine/utf8.h"
 
 namespace statestream::engine {
 namespace {

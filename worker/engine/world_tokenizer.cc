@@ -15,8 +15,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "common/utf8.h"
 #include "worker/engine/tokenizer.h"
-#include "worker/engine/utf8.h"
 
 namespace statestream::engine {
 namespace {

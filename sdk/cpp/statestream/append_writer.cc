@@ -22,6 +22,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
+#include "common/status.h"
+#include "common/utf8.h"
 #include "statestream/call_scope.h"
 #include "statestream/client.h"
 
@@ -66,6 +68,20 @@ bool Committed(const AppendWriter::Retained& e, const v1::AppendResponse& ack) {
 
 }  // namespace
 
+absl::Status CheckAppendOptions(const AppendOptions& options) {
+  // A size_t: a negative int assigned to it reads as a huge value.
+  if (options.window < 1 || options.max_chunk_bytes < 1 ||
+      options.max_chunk_bytes > (size_t{1} << 62)) {
+    return MakeError(
+        absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
+        absl::StrCat("AppendOptions: window and max_chunk_bytes "
+                     "must be at least 1 (got ",
+                     options.window, " and ",
+                     static_cast<int64_t>(options.max_chunk_bytes), ")"));
+  }
+  return absl::OkStatus();
+}
+
 AppendWriter::AppendWriter(Client* client, std::string session_id,
                            uint64_t offset, AppendOptions options)
     : client_(client),
@@ -73,9 +89,10 @@ AppendWriter::AppendWriter(Client* client, std::string session_id,
       options_(std::move(options)),
       next_offset_(offset),
       acked_high_(offset) {
-  options_.window = std::clamp(options_.window, 1, kMaxAppendWindow);
+  // Checked (CheckAppendOptions) before a writer is made; clamped above.
+  options_.window = std::min(options_.window, kMaxAppendWindow);
   options_.max_chunk_bytes =
-      std::clamp<size_t>(options_.max_chunk_bytes, 1, size_t{1} << 20);
+      std::min<size_t>(options_.max_chunk_bytes, size_t{1} << 20);
 }
 
 AppendWriter::~AppendWriter() {
@@ -101,9 +118,50 @@ absl::Status AppendWriter::Usable() const {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::string> AppendWriter::Utf8CarryAfter(std::string_view text,
+                                                         bool flush) const {
+  // The server's check (SessionManager's Append), made before anything is
+  // sent: text it would refuse after earlier requests of the same Write
+  // were applied would leave the session holding part of it.
+  const size_t skip = carry_known_ ? 0
+                                   : LeadingContinuationBytes(absl::string_view(
+                                         text.data(), text.size()));
+  const std::string joined = utf8_carry_ + std::string(text.substr(skip));
+  const size_t complete = Utf8CompletePrefixLength(joined);
+  const size_t bad =
+      FirstInvalidUtf8Byte(absl::string_view(joined).substr(0, complete));
+  const uint64_t at = next_offset_;  // where `text` starts
+  if (bad != complete) {
+    const uint64_t bad_at = bad < utf8_carry_.size()
+                                ? at - utf8_carry_.size() + bad
+                                : at + skip + (bad - utf8_carry_.size());
+    return MakeError(
+        absl::StatusCode::kInvalidArgument, Reason::kInvalidUtf8,
+        bad < utf8_carry_.size()
+            ? "text does not continue the incomplete UTF-8 "
+              "character the writer's text ends with"
+            : "text is not valid UTF-8; nothing of it was sent",
+        {{"input_offset", absl::StrCat(bad_at)}, {"field", "text_utf8"}});
+  }
+  std::string carry = joined.substr(complete);
+  if (flush && !carry.empty()) {
+    return MakeError(
+        absl::StatusCode::kInvalidArgument, Reason::kInvalidUtf8,
+        "text ends inside a UTF-8 character at a flush; nothing was sent",
+        {{"input_offset", absl::StrCat(at + text.size() - carry.size())},
+         {"field", "text_utf8"}});
+  }
+  return carry;
+}
+
 absl::Status AppendWriter::Write(std::string_view text_utf8) {
   // Even with nothing to send: a closed or failed writer says so.
   if (absl::Status s = Usable(); !s.ok()) return s;
+  if (text_utf8.empty()) return absl::OkStatus();
+  absl::StatusOr<std::string> carry = Utf8CarryAfter(text_utf8, false);
+  if (!carry.ok()) return carry.status();  // not sticky: nothing was sent
+  utf8_carry_ = *std::move(carry);
+  carry_known_ = true;
   while (!text_utf8.empty()) {
     const size_t n = std::min(text_utf8.size(), options_.max_chunk_bytes);
     v1::AppendRequest r;
@@ -128,6 +186,15 @@ absl::Status AppendWriter::WriteTokens(const std::vector<uint32_t>& tokens) {
 }
 
 absl::Status AppendWriter::Flush() {
+  if (absl::Status s = Usable(); !s.ok()) return s;
+  if (!utf8_carry_.empty()) {  // not sticky: write the rest, then flush
+    return MakeError(
+        absl::StatusCode::kInvalidArgument, Reason::kInvalidUtf8,
+        "the text written ends inside a UTF-8 character: write the rest of "
+        "it before flushing",
+        {{"input_offset", absl::StrCat(next_offset_ - utf8_carry_.size())},
+         {"field", "text_utf8"}});
+  }
   v1::AppendRequest r;
   r.set_flush(true);
   return Send(std::move(r));

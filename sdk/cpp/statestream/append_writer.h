@@ -30,10 +30,11 @@ inline constexpr int kMaxAppendWindow = 64;
 struct AppendOptions {
   // Durability of the writer's commits.
   v1::Durability durability = v1::DURABILITY_UNSPECIFIED;
-  // Requests sent before waiting for an ack (pipelining window), clamped to
-  // [1, kMaxAppendWindow].
+  // Requests sent before waiting for an ack (pipelining window), at least
+  // 1; larger than kMaxAppendWindow is clamped to it.
   int window = 32;
-  // Largest text piece per request; longer writes are split (<= 1 MiB).
+  // Largest text piece per request, at least 1; longer writes are split.
+  // Larger than 1 MiB is clamped to it.
   size_t max_chunk_bytes = 256 << 10;
   CallOptions call;
   // The expected input_offset of the writer's first request: the session's
@@ -55,9 +56,15 @@ class AppendWriter {
   ~AppendWriter();  // cancels an open call; uncommitted input may be lost
 
   // Queue text / tokens (sent at once, acks read as the window fills).
+  // Text is checked whole before any of it is sent, as the server would:
+  // UTF-8, but for a character left open at its end (the next Write
+  // continues it) or one its start finishes (the session's). Text that is
+  // not is INVALID_ARGUMENT/INVALID_UTF8 (metadata input_offset of the
+  // first bad byte), nothing is sent and the writer stays usable.
   absl::Status Write(std::string_view text_utf8);
   absl::Status WriteTokens(const std::vector<uint32_t>& tokens);
-  // Tokenize the pending tail.
+  // Tokenize the pending tail. With the text written ending inside a
+  // character: INVALID_ARGUMENT/INVALID_UTF8, nothing sent, still usable.
   absl::Status Flush();
   // Wait for the acks of everything written (applied, not necessarily
   // committed).
@@ -87,6 +94,11 @@ class AppendWriter {
                AppendOptions options);
   // The error a closed (FAILED_PRECONDITION) or failed writer keeps.
   absl::Status Usable() const;
+  // The incomplete character the text written ends with after `text` too,
+  // or the server's INVALID_UTF8 for it (with `flush`, also when a
+  // character would be left open).
+  absl::StatusOr<std::string> Utf8CarryAfter(std::string_view text,
+                                             bool flush) const;
   absl::Status Send(v1::AppendRequest request);
   absl::Status ReadAcks(size_t keep_unacked);
   absl::Status Reconnect(absl::Status cause);
@@ -110,7 +122,16 @@ class AppendWriter {
   uint64_t version_high_ = 0;
   absl::Status error_;  // sticky
   bool closed_ = false;
+  // UTF-8 as the server checks it: the open character the text written so
+  // far ends with; before the first text, whether it may start with the
+  // rest of one the session holds (not known: accepted once).
+  std::string utf8_carry_;
+  bool carry_known_ = false;
 };
+
+// INVALID_ARGUMENT for options no writer can run with (a window or a
+// max_chunk_bytes below 1), checked before anything is called.
+absl::Status CheckAppendOptions(const AppendOptions& options);
 
 }  // namespace statestream::client
 

@@ -124,7 +124,26 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
       }
     }
   }
-  if (options.max_attempts < 1) options.max_attempts = 1;
+  // Values no call could run with: refused, not bent into something.
+  if (options.max_attempts < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ClientOptions.max_attempts must be at least 1 (got ",
+                     options.max_attempts, ")"));
+  }
+  if (options.timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ClientOptions.timeout must be positive (InfiniteDuration: no "
+        "bound; got ",
+        absl::FormatDuration(options.timeout), ")"));
+  }
+  if (options.initial_backoff < absl::ZeroDuration() ||
+      options.max_backoff < absl::ZeroDuration() ||
+      options.initial_backoff == absl::InfiniteDuration() ||
+      options.max_backoff == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError(
+        "ClientOptions.initial_backoff and max_backoff must be 0 or more, "
+        "and finite");
+  }
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (options.tls) {
     grpc::SslCredentialsOptions ssl;
@@ -247,11 +266,12 @@ absl::Status Client::RetryOrFail(const absl::Status& error, int attempt,
   backoff *= std::uniform_real_distribution<double>(0.8, 1.2)(ThreadRng());
   // OVERLOADED carries the server's hint: wait at least that long (a floor
   // after the jitter, so the wait is never below it).
+  absl::Duration hinted = absl::ZeroDuration();
   if (auto hint = GetErrorMetadata(error, "retry_after_ms")) {
     int64_t ms = 0;
     if (absl::SimpleAtoi(*hint, &ms) && ms > 0) {
-      backoff =
-          std::max(backoff, absl::Milliseconds(std::min<int64_t>(ms, 60000)));
+      hinted = absl::Milliseconds(std::min<int64_t>(ms, 60000));
+      backoff = std::max(backoff, hinted);
     }
   }
   if (absl::Now() + backoff >= call.deadline) {
@@ -261,11 +281,14 @@ absl::Status Client::RetryOrFail(const absl::Status& error, int attempt,
   // sync channel reconnects (its connect attempts complete, its backoff
   // timer fires) only while a thread waits on it, so an unwatched one
   // kept failing "Connection refused" ~14 s after its server was back.
-  // Connected again, the next attempt goes at once. (One that is
-  // connected answered: its retry_after_ms hint is waited out in full.)
+  // Connected again, the next attempt goes at once, but never before a
+  // server's retry_after_ms hint is out: the error may have come from
+  // another target than the one now current (failed over to an idle
+  // channel), and the overloaded worker behind both is the same.
   const std::shared_ptr<grpc::Channel> channel = CurrentChannel();
   if (channel->GetState(/*try_to_connect=*/true) != GRPC_CHANNEL_READY) {
     const absl::Time until = absl::Now() + backoff;
+    const absl::Time floor = absl::Now() + hinted;
     for (absl::Time now = absl::Now(); now < until; now = absl::Now()) {
       if (call.cancellation != nullptr && call.cancellation->cancelled()) {
         return absl::CancelledError("cancelled");
@@ -273,19 +296,24 @@ absl::Status Client::RetryOrFail(const absl::Status& error, int attempt,
       // In slices, to see a cancellation within 50 ms.
       if (channel->WaitForConnected(absl::ToChronoTime(
               std::min(until, now + absl::Milliseconds(50))))) {
-        break;
+        return Pause(floor - absl::Now(), call);
       }
     }
     return absl::OkStatus();
   }
+  return Pause(backoff, call);
+}
+
+absl::Status Client::Pause(absl::Duration d, const CallOptions& call) {
+  if (d <= absl::ZeroDuration()) return absl::OkStatus();
   // Cancelled during the backoff: no further attempt, and no wait for the
   // rest of it (a server's retry_after_ms hint may be up to a minute).
   if (call.cancellation != nullptr) {
-    if (call.cancellation->WaitForCancel(backoff)) {
+    if (call.cancellation->WaitForCancel(d)) {
       return absl::CancelledError("cancelled");
     }
   } else {
-    absl::SleepFor(backoff);
+    absl::SleepFor(d);
   }
   return absl::OkStatus();
 }

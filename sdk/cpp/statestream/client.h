@@ -207,6 +207,9 @@ class Client {
   // sleeping the backoff), else the error to return.
   absl::Status RetryOrFail(const absl::Status& error, int attempt,
                            const CallOptions& call) const;
+  // Waits `d` (nothing if not positive); CANCELLED if call.cancellation
+  // fires meanwhile (no wait for the rest).
+  static absl::Status Pause(absl::Duration d, const CallOptions& call);
   // Runs a unary call with retries.
   template <typename Fn>
   absl::Status Unary(const CallOptions& call, Fn fn);

@@ -205,6 +205,7 @@ bool GenerateStream::Next(GenerateChunk* out) {
 
 absl::StatusOr<std::unique_ptr<AppendWriter>> Session::OpenAppend(
     AppendOptions options) const {
+  if (absl::Status s = CheckAppendOptions(options); !s.ok()) return s;
   uint64_t offset = 0;
   if (options.start_offset.has_value()) {
     offset = *options.start_offset;
@@ -221,6 +222,12 @@ absl::StatusOr<v1::AppendResponse> Session::AppendText(
     std::string_view text, AppendOptions options) const {
   auto writer = OpenAppend(std::move(options));
   if (!writer.ok()) return writer.status();
+  // All of it UTF-8, no character left open at the flush: checked before
+  // anything is sent, else the session would keep part of the text.
+  if (auto carry = (*writer)->Utf8CarryAfter(text, /*flush=*/true);
+      !carry.ok()) {
+    return carry.status();
+  }
   if (absl::Status s = (*writer)->Write(text); !s.ok()) return s;
   if (absl::Status s = (*writer)->Flush(); !s.ok()) return s;
   return (*writer)->Close();

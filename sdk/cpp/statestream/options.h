@@ -20,7 +20,8 @@ namespace statestream::client {
 
 struct ClientOptions {
   // Gateways (or `statestream serve` addresses), "host:port". Calls start on
-  // the first and move to the next after a retryable failure. Required.
+  // the first and move to the next after a failure that may be the
+  // target's fault (BlamesTarget below), retried or not. Required.
   std::vector<std::string> targets;
   // Sent as `authorization: Bearer <api_key>`; empty: none.
   std::string api_key;
@@ -34,14 +35,16 @@ struct ClientOptions {
   std::string tls_cert_chain_pem;   // client certificate (mTLS), optional
   std::string tls_private_key_pem;  // its key
   std::string tls_server_name;      // overrides the name checked; optional
-  // Deadline of each attempt of a unary call. An ExportState or ImportState
+  // Deadline of each attempt of a unary call (positive; InfiniteDuration:
+  // none). An ExportState or ImportState
   // attempt may take as long as its state and the link need, but ends once
   // it goes this long without a message (1 MiB chunks) sent or received,
   // and an import attempt within this much per chunk, plus two.
   // Append and Generate streams have none unless CallOptions gives one;
   // their connection waits are gRPC's.
   absl::Duration timeout = absl::Seconds(60);
-  // Attempts per operation before giving up (>= 1), counted from the last
+  // Attempts per operation before giving up (>= 1; Client::Create refuses
+  // less, and a timeout or backoff below 0), counted from the last
   // progress: an Append or Generate that made progress starts counting
   // again.
   int max_attempts = 10;

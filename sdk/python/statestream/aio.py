@@ -34,7 +34,7 @@ from statestream.streams import (_AckTracker,
                                  _GenerateProgress, _Retained, _deadline,
                                  _durability, _left, _str_field,
                                  _token_requests, _units, _utf8,
-                                 _writer_sizes)
+                                 _utf8_carry, _writer_sizes)
 from statestream.transfer import (_AsyncStallGuard, _cap, _import_budget,
                                   _stalled_error)
 from statestream.types import (AppendAck, ExportedState, GenerateChunk,
@@ -365,6 +365,9 @@ class AsyncSession:
                                      durability=durability,
                                      timeout=timeout) as w:
             if data:
+                # Whole, before anything is sent (a flush in a character
+                # would leave the session holding the text before it).
+                _utf8_carry(b"", False, data, w.offset, flush)
                 await w.write(data)
             if tokens:
                 await w.write_tokens(tokens)
@@ -554,6 +557,8 @@ class AsyncAppendWriter(_AckTracker):
         self._session_id = session_id
         self._next_offset = offset
         self._window, self._chunk = _writer_sizes(window, max_chunk_bytes)
+        self._carry = b""  # as AppendWriter's
+        self._carry_known = False
         self._durability = _durability(durability)
         self._init_tracker(offset)
         self._sent = 0  # of _retained, sent on the current call
@@ -585,6 +590,12 @@ class AsyncAppendWriter(_AckTracker):
         """As AppendWriter.write: str or bytes, else TypeError."""
         data = _utf8(text)
         self._check()
+        if not data:
+            return
+        if self._carry or not isinstance(text, str):  # a str is UTF-8
+            self._carry = _utf8_carry(self._carry, self._carry_known, data,
+                                      self._next_offset, False)
+        self._carry_known = True
         for i in range(0, len(data), self._chunk):
             self._queue(pb.AppendRequest(text_utf8=data[i:i + self._chunk]))
         await self._pump(self._window)
@@ -597,6 +608,7 @@ class AsyncAppendWriter(_AckTracker):
 
     async def flush(self) -> None:
         self._check()
+        _utf8_carry(self._carry, True, b"", self._next_offset, True)
         self._queue(pb.AppendRequest(flush=True))
         await self._pump(self._window)
 

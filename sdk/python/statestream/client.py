@@ -37,7 +37,7 @@ from statestream.transfer import (_StallGuard, _cap, _import_budget,
 from statestream.streams import (AppendWriter, GenerateStream, _deadline,
                                  _durability, _invalid_utf8, _labels, _left,
                                  _str_field, _timeout, _utf8,
-                                 _writer_sizes)
+                                 _utf8_carry, _writer_sizes)
 
 __all__ = ["AppendWriter", "Client", "GenerateStream", "Session",
            "new_request_id"]
@@ -858,6 +858,9 @@ class Session:
         with self.writer(start_offset=start_offset, durability=durability,
                          timeout=timeout) as w:
             if data:
+                # Whole, before anything is sent (a flush in a character
+                # would leave the session holding the text before it).
+                _utf8_carry(b"", False, data, w.offset, flush)
                 w.write(data)
             if tokens:
                 w.write_tokens(tokens)

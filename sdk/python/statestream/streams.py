@@ -5,6 +5,7 @@ statestream.Session.writer() / .generate(); see statestream.client for the
 resume protocol."""
 from __future__ import annotations
 
+import codecs
 import collections
 import collections.abc
 import math
@@ -214,6 +215,54 @@ def _invalid_utf8(what: str, index: int) -> StatestreamError:
         f"{what} is not valid UTF-8 (at index {index})", "INVALID_UTF8")
 
 
+def _leading_continuation(data: bytes) -> int:
+    """The continuation bytes (at most 3) `data` starts with: the rest of a
+    character earlier text left open (common/utf8.h)."""
+    n = 0
+    while n < len(data) and n < 3 and data[n] & 0xC0 == 0x80:
+        n += 1
+    return n
+
+
+def _utf8_carry(carry: bytes, known: bool, data: bytes, at: int,
+                flush: bool) -> bytes:
+    """The server's UTF-8 check of a writer's text, made before any of it
+    is sent (text the server refused after the first requests of a write
+    were applied left the session holding part of it): `carry`, the
+    character the writer's text so far left open, plus `data` (starting
+    at input offset `at`) must be UTF-8 but for a character left open at
+    the end, which is returned (the new carry); with `flush`, none may be
+    left open. Before the writer's first text (`known` False) `data` may
+    start with the rest of a character the session holds: the server
+    checks those bytes. INVALID_ARGUMENT/INVALID_UTF8 with metadata
+    input_offset (of the first bad byte) otherwise."""
+    skip = 0 if known else _leading_continuation(data)
+    joined = carry + data[skip:]
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        decoder.decode(joined, False)
+    except UnicodeDecodeError as e:
+        bad = e.start
+        bad_at = (at - len(carry) + bad if bad < len(carry)
+                  else at + skip + bad - len(carry))
+        raise StatestreamError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "text does not continue the incomplete UTF-8 character the "
+            "writer's text ends with" if bad < len(carry) else
+            "text is not valid UTF-8; nothing of it was sent",
+            "INVALID_UTF8",
+            {"input_offset": str(bad_at), "field": "text_utf8"}) from None
+    tail = decoder.getstate()[0]
+    if flush and tail:
+        raise StatestreamError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "text ends inside a UTF-8 character at a flush; write the rest "
+            "of it first (nothing was sent)", "INVALID_UTF8",
+            {"input_offset": str(at + len(data) - len(tail)),
+             "field": "text_utf8"})
+    return tail
+
+
 def _units(r) -> int:
     return len(r.tokens.ids) if r.HasField("tokens") else len(r.text_utf8)
 
@@ -304,6 +353,10 @@ class AppendWriter(_AckTracker):
         self._session_id = session_id
         self._next_offset = offset
         self._window, self._chunk = _writer_sizes(window, max_chunk_bytes)
+        # The character the text written so far leaves open (_utf8_carry);
+        # before the first text, whether its start may finish one.
+        self._carry = b""
+        self._carry_known = False
         self._durability = _durability(durability)
         self._deadline = _deadline(timeout)
         self._init_tracker(offset)
@@ -334,6 +387,12 @@ class AppendWriter(_AckTracker):
         between two writes); TypeError for anything else."""
         data = _utf8(text)
         self._check()
+        if not data:
+            return
+        if self._carry or not isinstance(text, str):  # a str is UTF-8
+            self._carry = _utf8_carry(self._carry, self._carry_known, data,
+                                      self._next_offset, False)
+        self._carry_known = True
         for i in range(0, len(data), self._chunk):
             self._send(pb.AppendRequest(text_utf8=data[i:i + self._chunk]))
 
@@ -343,6 +402,8 @@ class AppendWriter(_AckTracker):
             self._send(req)
 
     def flush(self) -> None:
+        self._check()
+        _utf8_carry(self._carry, True, b"", self._next_offset, True)
         self._send(pb.AppendRequest(flush=True))
 
     def sync(self) -> AppendAck:

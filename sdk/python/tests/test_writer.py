@@ -146,7 +146,9 @@ def test_writer_errors_stick(server):
         c.create_session("bad")
         appends = CountingAppend(c)
         w = c.session("bad").writer()
-        w.write(b"ok \xff")  # impossible UTF-8: INVALID_ARGUMENT at once
+        # A token past the vocabulary: the server's INVALID_ARGUMENT. (Bad
+        # UTF-8 is refused by the writer itself, before sending: below.)
+        w.write_tokens([1 << 20])
         with pytest.raises(StatestreamError) as first:
             w.sync()
         assert first.value.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -165,7 +167,7 @@ def test_async_writer_errors_stick(server):
             await c.create_session("bad")
             appends = CountingAppend(c)
             w = await c.session("bad").writer()
-            await w.write(b"ok \xff")
+            await w.write_tokens([1 << 20])  # past the vocabulary
             with pytest.raises(StatestreamError) as first:
                 await w.sync()
             assert first.value.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -177,6 +179,67 @@ def test_async_writer_errors_stick(server):
             assert appends.calls == 1
             assert (await c.session("bad").get()).input_offset == 0
     asyncio.run(main())
+
+
+# Text the server would refuse is refused before any of it is sent, as
+# it would be checked (UTF-8 but for a character left open at the end, or
+# finished at the start of the writer's first text): a bad byte past the
+# first request, or a flush inside a character, left the session holding
+# the text before it (half a character that failed every later append).
+@pytest.mark.parametrize("aio", [False, True])
+def test_text_is_checked_whole_before_any_of_it_is_sent(server, aio):
+    bad = bytearray(b"x" * 5000)
+    bad[4000] = 0xFF
+
+    def expect(call, offset):
+        with pytest.raises(StatestreamError) as e:
+            call()
+        assert e.value.reason == "INVALID_UTF8", e.value
+        assert e.value.metadata["input_offset"] == str(offset)
+
+    async def run_async():
+        async with AsyncClient(server.address) as c:
+            s = c.session((await c.create_session()).session_id)
+            with pytest.raises(StatestreamError) as e:
+                await s.append(b"abc\xe2\x82")
+            assert e.value.metadata["input_offset"] == "3"
+            assert (await s.get()).input_offset == 0
+            async with await s.writer(max_chunk_bytes=1000) as w:
+                with pytest.raises(StatestreamError):
+                    await w.write(bytes(bad))
+                assert w.offset == 0
+                await w.write(b"ok \xe2")
+                with pytest.raises(StatestreamError):
+                    await w.flush()
+                with pytest.raises(StatestreamError):
+                    await w.write("x")
+                await w.write(b"\x82\xac")
+                await w.flush()
+            async with await s.writer() as w:  # the session's open char
+                await w.write(b"\xe2\x82")
+            await s.append(b"\xac!")
+            return (await s.get()).input_offset
+
+    def run_sync():
+        with Client(server.address) as c:
+            s = c.session(c.create_session().session_id)
+            expect(lambda: s.append(b"abc\xe2\x82"), 3)
+            assert s.get().input_offset == 0
+            with s.writer(max_chunk_bytes=1000) as w:
+                expect(lambda: w.write(bytes(bad)), 4000)
+                assert w.offset == 0
+                w.write(b"ok \xe2")
+                expect(w.flush, 3)
+                expect(lambda: w.write("x"), 3)
+                w.write(b"\x82\xac")
+                w.flush()
+            with s.writer() as w:  # the session's open character
+                w.write(b"\xe2\x82")
+            s.append(b"\xac!")
+            return s.get().input_offset
+
+    result = asyncio.run(run_async()) if aio else run_sync()
+    assert result == 10  # "ok €" + "€!"
 
 
 def test_async_writer_out_of_attempts_does_not_write_twice(server):

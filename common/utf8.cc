@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "worker/engine/utf8.h"
+#include "common/utf8.h"
 
-namespace statestream::engine {
+namespace statestream {
 namespace {
 
 enum class SeqKind { kValid, kInvalid, kTruncated };
@@ -118,4 +118,13 @@ bool AppendUtf8(uint32_t cp, std::string* out) {
   return true;
 }
 
-}  // namespace statestream::engine
+size_t LeadingContinuationBytes(absl::string_view text) {
+  size_t n = 0;
+  while (n < text.size() && n < 3 &&
+         (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) {
+    ++n;
+  }
+  return n;
+}
+
+}  // namespace statestream

@@ -3,8 +3,8 @@
 // output. "Valid" means RFC 3629 / Unicode well-formed: no overlong forms, no
 // surrogates (U+D800..U+DFFF), nothing above U+10FFFF. All functions are pure,
 // thread-safe, and accept arbitrary bytes.
-#ifndef STATESTREAM_WORKER_ENGINE_UTF8_H_
-#define STATESTREAM_WORKER_ENGINE_UTF8_H_
+#ifndef STATESTREAM_COMMON_UTF8_H_
+#define STATESTREAM_COMMON_UTF8_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -12,7 +12,7 @@
 
 #include "absl/strings/string_view.h"
 
-namespace statestream::engine {
+namespace statestream {
 
 // True when `bytes` is well-formed UTF-8 (the empty string is).
 bool IsValidUtf8(absl::string_view bytes);
@@ -31,6 +31,12 @@ size_t FirstInvalidUtf8Byte(absl::string_view bytes);
 //   "ab\xF0\x9F\x98" -> 2    "ab\xFF" -> 3    "ab\xE0\xA4 x" -> 6
 size_t Utf8CompletePrefixLength(absl::string_view bytes);
 
+// The continuation bytes (at most 3) `text` starts with: the rest of a
+// character that text before it left open. A server that does not know
+// that earlier text (a session reloaded with an empty tokenizer tail) or a
+// client that never saw it (a writer's first text) accepts them once.
+size_t LeadingContinuationBytes(absl::string_view text);
+
 // `bytes` with every maximal invalid subpart replaced by one U+FFFD, the
 // Unicode "substitution of maximal subparts" practice shared by Python's
 // bytes.decode("utf-8", errors="replace"), WHATWG TextDecoder and Rust's
@@ -41,6 +47,6 @@ std::string DecodeUtf8Lossy(absl::string_view bytes);
 // appends nothing) for surrogates and values above U+10FFFF.
 bool AppendUtf8(uint32_t code_point, std::string* out);
 
-}  // namespace statestream::engine
+}  // namespace statestream
 
-#endif  // STATESTREAM_WORKER_ENGINE_UTF8_H_
+#endif  // STATESTREAM_COMMON_UTF8_H_
