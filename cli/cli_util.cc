@@ -285,9 +285,12 @@ int ReportStatus(const absl::Status& status) {
     std::cerr << " [" << reason << "]";
   }
   std::cerr << "\n";
-  // UNAVAILABLE without a reason: the transport's, not a statestream
-  // server's (its errors carry one). Nothing answered at the address.
-  if (absl::IsUnavailable(status) && GetReasonName(status).empty()) {
+  // UNAVAILABLE without a reason is the transport's, not a statestream
+  // server's (its errors carry one); gRPC's words say whether a connection
+  // was never made (a stream cut midway is UNAVAILABLE too).
+  if (absl::IsUnavailable(status) && GetReasonName(status).empty() &&
+      (absl::StrContains(status.message(), "failed to connect") ||
+       absl::StrContains(status.message(), "DNS resolution failed"))) {
     std::cerr << "hint: no statestream server answered at the --target "
                  "address (default 127.0.0.1:7700; is `statestream serve` "
                  "or a gateway running there, with --tls if it uses "

@@ -540,14 +540,29 @@ TEST_F(SdkTest, TextIsCheckedWholeBeforeAnyOfItIsSent) {
   ASSERT_TRUE(done.ok()) << done.status();
   EXPECT_EQ(done->committed_input_offset(), 6u);  // "ok €"
   // A new writer may start with the rest of a character the session
-  // holds (it cannot know it): the server checks those bytes.
+  // holds (it cannot know it), over several writes: the server checks
+  // those bytes.
   writer = s.OpenAppend();
   ASSERT_TRUE(writer.ok()) << writer.status();
-  ASSERT_TRUE((*writer)->Write("\xE2\x82").ok());
+  ASSERT_TRUE((*writer)->Write("\xE2").ok());
   ASSERT_TRUE((*writer)->Close().ok());
-  auto ack = s.AppendText("\xAC!");
-  ASSERT_TRUE(ack.ok()) << ack.status();
-  EXPECT_EQ(ack->input_offset(), 10u);
+  writer = s.OpenAppend();
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->Write("\x82").ok());
+  ASSERT_TRUE((*writer)->Write("\xAC!").ok());
+  ASSERT_TRUE((*writer)->Close().ok());
+  // Tokens flush the text before them: not inside a character.
+  writer = s.OpenAppend();
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->Write("a\xE2").ok());
+  st = (*writer)->WriteTokens({65});
+  EXPECT_EQ(GetReason(st), Reason::kInvalidUtf8) << st;
+  EXPECT_EQ(GetErrorMetadata(st, "input_offset"), "11") << st;
+  ASSERT_TRUE((*writer)->Write("\x82\xAC").ok());
+  ASSERT_TRUE((*writer)->WriteTokens({65}).ok());
+  done = (*writer)->Close();
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->committed_input_offset(), 15u);
 }
 
 // Options no writer or client can run with are refused before any call
@@ -585,8 +600,13 @@ TEST_F(SdkTest, OptionsThatCannotWorkAreRefused) {
             }),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(with([](ClientOptions& o) {
+              o.initial_backoff = absl::InfiniteDuration();
+            }),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(with([](ClientOptions& o) {
               o.timeout = absl::InfiniteDuration();
               o.initial_backoff = absl::ZeroDuration();
+              o.max_backoff = absl::InfiniteDuration();  // no cap
             }),
             absl::StatusCode::kOk);
 }

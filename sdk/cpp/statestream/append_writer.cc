@@ -123,9 +123,7 @@ absl::StatusOr<std::string> AppendWriter::Utf8CarryAfter(std::string_view text,
   // The server's check (SessionManager's Append), made before anything is
   // sent: text it would refuse after earlier requests of the same Write
   // were applied would leave the session holding part of it.
-  const size_t skip = carry_known_ ? 0
-                                   : LeadingContinuationBytes(absl::string_view(
-                                         text.data(), text.size()));
+  const size_t skip = SkippedLead(text);
   const std::string joined = utf8_carry_ + std::string(text.substr(skip));
   const size_t complete = Utf8CompletePrefixLength(joined);
   const size_t bad =
@@ -154,6 +152,23 @@ absl::StatusOr<std::string> AppendWriter::Utf8CarryAfter(std::string_view text,
   return carry;
 }
 
+size_t AppendWriter::SkippedLead(std::string_view text) const {
+  if (carry_known_) return 0;
+  return std::min<size_t>(
+      LeadingContinuationBytes(absl::string_view(text.data(), text.size())),
+      3 - lead_skipped_);
+}
+
+absl::Status AppendWriter::Utf8Flushable() const {
+  if (utf8_carry_.empty()) return absl::OkStatus();
+  return MakeError(
+      absl::StatusCode::kInvalidArgument, Reason::kInvalidUtf8,
+      "the text written ends inside a UTF-8 character: write the rest of it "
+      "before a flush or tokens (nothing was sent)",
+      {{"input_offset", absl::StrCat(next_offset_ - utf8_carry_.size())},
+       {"field", "text_utf8"}});
+}
+
 absl::Status AppendWriter::Write(std::string_view text_utf8) {
   // Even with nothing to send: a closed or failed writer says so.
   if (absl::Status s = Usable(); !s.ok()) return s;
@@ -161,9 +176,20 @@ absl::Status AppendWriter::Write(std::string_view text_utf8) {
   absl::StatusOr<std::string> carry = Utf8CarryAfter(text_utf8, false);
   if (!carry.ok()) return carry.status();  // not sticky: nothing was sent
   utf8_carry_ = *std::move(carry);
-  carry_known_ = true;
+  // Continuation bytes that may finish the session's open character: the
+  // carry stays unknown until text past them (at most three in all).
+  const size_t lead = SkippedLead(text_utf8);
+  if (lead == text_utf8.size()) {
+    lead_skipped_ += lead;
+  } else {
+    carry_known_ = true;
+  }
+  // A server that does not know the session's open character skips such
+  // bytes only at the start of one request: they go in the first whole.
+  size_t first = std::max(lead, options_.max_chunk_bytes);
   while (!text_utf8.empty()) {
-    const size_t n = std::min(text_utf8.size(), options_.max_chunk_bytes);
+    const size_t n = std::min(text_utf8.size(), first);
+    first = options_.max_chunk_bytes;
     v1::AppendRequest r;
     r.set_text_utf8(std::string(text_utf8.substr(0, n)));
     if (absl::Status s = Send(std::move(r)); !s.ok()) return s;
@@ -174,6 +200,11 @@ absl::Status AppendWriter::Write(std::string_view text_utf8) {
 
 absl::Status AppendWriter::WriteTokens(const std::vector<uint32_t>& tokens) {
   if (absl::Status s = Usable(); !s.ok()) return s;
+  if (tokens.empty()) return absl::OkStatus();
+  // Tokens flush the text before them (the server refuses them after an
+  // open character); after them, text starts clean.
+  if (absl::Status s = Utf8Flushable(); !s.ok()) return s;  // not sticky
+  carry_known_ = true;
   constexpr size_t kMaxTokens = 262144;
   for (size_t i = 0; i < tokens.size(); i += kMaxTokens) {
     v1::AppendRequest r;
@@ -187,14 +218,8 @@ absl::Status AppendWriter::WriteTokens(const std::vector<uint32_t>& tokens) {
 
 absl::Status AppendWriter::Flush() {
   if (absl::Status s = Usable(); !s.ok()) return s;
-  if (!utf8_carry_.empty()) {  // not sticky: write the rest, then flush
-    return MakeError(
-        absl::StatusCode::kInvalidArgument, Reason::kInvalidUtf8,
-        "the text written ends inside a UTF-8 character: write the rest of "
-        "it before flushing",
-        {{"input_offset", absl::StrCat(next_offset_ - utf8_carry_.size())},
-         {"field", "text_utf8"}});
-  }
+  // Not sticky: write the rest, then flush.
+  if (absl::Status s = Utf8Flushable(); !s.ok()) return s;
   v1::AppendRequest r;
   r.set_flush(true);
   return Send(std::move(r));

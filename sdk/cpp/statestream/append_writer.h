@@ -64,7 +64,8 @@ class AppendWriter {
   absl::Status Write(std::string_view text_utf8);
   absl::Status WriteTokens(const std::vector<uint32_t>& tokens);
   // Tokenize the pending tail. With the text written ending inside a
-  // character: INVALID_ARGUMENT/INVALID_UTF8, nothing sent, still usable.
+  // character: INVALID_ARGUMENT/INVALID_UTF8, nothing sent, still usable
+  // (WriteTokens too: tokens flush the text before them).
   absl::Status Flush();
   // Wait for the acks of everything written (applied, not necessarily
   // committed).
@@ -99,6 +100,12 @@ class AppendWriter {
   // character would be left open).
   absl::StatusOr<std::string> Utf8CarryAfter(std::string_view text,
                                              bool flush) const;
+  // The continuation bytes `text` starts with that may finish a character
+  // the session holds (0 once the carry is known).
+  size_t SkippedLead(std::string_view text) const;
+  // INVALID_UTF8 when the text written ends inside a character (a flush or
+  // tokens would be refused), else OK.
+  absl::Status Utf8Flushable() const;
   absl::Status Send(v1::AppendRequest request);
   absl::Status ReadAcks(size_t keep_unacked);
   absl::Status Reconnect(absl::Status cause);
@@ -127,6 +134,7 @@ class AppendWriter {
   // rest of one the session holds (not known: accepted once).
   std::string utf8_carry_;
   bool carry_known_ = false;
+  size_t lead_skipped_ = 0;  // continuation bytes taken while not known
 };
 
 // INVALID_ARGUMENT for options no writer can run with (a window or a

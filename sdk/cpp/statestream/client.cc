@@ -137,12 +137,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
         absl::FormatDuration(options.timeout), ")"));
   }
   if (options.initial_backoff < absl::ZeroDuration() ||
-      options.max_backoff < absl::ZeroDuration() ||
       options.initial_backoff == absl::InfiniteDuration() ||
-      options.max_backoff == absl::InfiniteDuration()) {
+      options.max_backoff < absl::ZeroDuration()) {
     return absl::InvalidArgumentError(
-        "ClientOptions.initial_backoff and max_backoff must be 0 or more, "
-        "and finite");
+        "ClientOptions.initial_backoff must be 0 or more and finite, "
+        "max_backoff 0 or more (InfiniteDuration: no cap)");
   }
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (options.tls) {

@@ -44,7 +44,8 @@ struct ClientOptions {
   // their connection waits are gRPC's.
   absl::Duration timeout = absl::Seconds(60);
   // Attempts per operation before giving up (>= 1; Client::Create refuses
-  // less, and a timeout or backoff below 0), counted from the last
+  // less, a timeout of 0 or less, a negative backoff, an infinite
+  // initial_backoff), counted from the last
   // progress: an Append or Generate that made progress starts counting
   // again.
   int max_attempts = 10;

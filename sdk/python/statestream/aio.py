@@ -367,7 +367,7 @@ class AsyncSession:
             if data:
                 # Whole, before anything is sent (a flush in a character
                 # would leave the session holding the text before it).
-                _utf8_carry(b"", False, data, w.offset, flush)
+                _utf8_carry(b"", 3, data, w.offset, flush or bool(tokens))
                 await w.write(data)
             if tokens:
                 await w.write_tokens(tokens)
@@ -557,8 +557,6 @@ class AsyncAppendWriter(_AckTracker):
         self._session_id = session_id
         self._next_offset = offset
         self._window, self._chunk = _writer_sizes(window, max_chunk_bytes)
-        self._carry = b""  # as AppendWriter's
-        self._carry_known = False
         self._durability = _durability(durability)
         self._init_tracker(offset)
         self._sent = 0  # of _retained, sent on the current call
@@ -592,23 +590,22 @@ class AsyncAppendWriter(_AckTracker):
         self._check()
         if not data:
             return
-        if self._carry or not isinstance(text, str):  # a str is UTF-8
-            self._carry = _utf8_carry(self._carry, self._carry_known, data,
-                                      self._next_offset, False)
-        self._carry_known = True
-        for i in range(0, len(data), self._chunk):
-            self._queue(pb.AppendRequest(text_utf8=data[i:i + self._chunk]))
+        for req in self._text_requests(text, data):
+            self._queue(req)
         await self._pump(self._window)
 
     async def write_tokens(self, tokens: Sequence[int]) -> None:
         self._check()
-        for req in _token_requests(tokens):
+        requests = _token_requests(tokens)
+        if requests:
+            self._check_flushable(tokens=True)
+        for req in requests:
             self._queue(req)
         await self._pump(self._window)
 
     async def flush(self) -> None:
         self._check()
-        _utf8_carry(self._carry, True, b"", self._next_offset, True)
+        self._check_flushable()
         self._queue(pb.AppendRequest(flush=True))
         await self._pump(self._window)
 

@@ -860,7 +860,7 @@ class Session:
             if data:
                 # Whole, before anything is sent (a flush in a character
                 # would leave the session holding the text before it).
-                _utf8_carry(b"", False, data, w.offset, flush)
+                _utf8_carry(b"", 3, data, w.offset, flush or bool(tokens))
                 w.write(data)
             if tokens:
                 w.write_tokens(tokens)

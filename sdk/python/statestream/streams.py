@@ -224,7 +224,7 @@ def _leading_continuation(data: bytes) -> int:
     return n
 
 
-def _utf8_carry(carry: bytes, known: bool, data: bytes, at: int,
+def _utf8_carry(carry: bytes, skippable: int, data: bytes, at: int,
                 flush: bool) -> bytes:
     """The server's UTF-8 check of a writer's text, made before any of it
     is sent (text the server refused after the first requests of a write
@@ -232,17 +232,24 @@ def _utf8_carry(carry: bytes, known: bool, data: bytes, at: int,
     character the writer's text so far left open, plus `data` (starting
     at input offset `at`) must be UTF-8 but for a character left open at
     the end, which is returned (the new carry); with `flush`, none may be
-    left open. Before the writer's first text (`known` False) `data` may
-    start with the rest of a character the session holds: the server
-    checks those bytes. INVALID_ARGUMENT/INVALID_UTF8 with metadata
+    left open. Up to `skippable` continuation bytes `data` starts with may
+    be the rest of a character the session holds (a writer's first text):
+    the server checks those. INVALID_ARGUMENT/INVALID_UTF8 with metadata
     input_offset (of the first bad byte) otherwise."""
-    skip = 0 if known else _leading_continuation(data)
+    skip = min(_leading_continuation(data), skippable)
     joined = carry + data[skip:]
     decoder = codecs.getincrementaldecoder("utf-8")()
+    bad = None
     try:
         decoder.decode(joined, False)
     except UnicodeDecodeError as e:
         bad = e.start
+    tail = decoder.getstate()[0] if bad is None else b""
+    # CPython holds back ED A0..BF (a surrogate's start) as an open
+    # character; no continuation makes it valid (common/utf8.cc refuses).
+    if len(tail) >= 2 and tail[0] == 0xED and tail[1] >= 0xA0:
+        bad = len(joined) - len(tail)
+    if bad is not None:
         bad_at = (at - len(carry) + bad if bad < len(carry)
                   else at + skip + bad - len(carry))
         raise StatestreamError(
@@ -251,13 +258,12 @@ def _utf8_carry(carry: bytes, known: bool, data: bytes, at: int,
             "writer's text ends with" if bad < len(carry) else
             "text is not valid UTF-8; nothing of it was sent",
             "INVALID_UTF8",
-            {"input_offset": str(bad_at), "field": "text_utf8"}) from None
-    tail = decoder.getstate()[0]
+            {"input_offset": str(bad_at), "field": "text_utf8"})
     if flush and tail:
         raise StatestreamError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            "text ends inside a UTF-8 character at a flush; write the rest "
-            "of it first (nothing was sent)", "INVALID_UTF8",
+            "text ends inside a UTF-8 character at a flush or tokens; "
+            "write the rest of it first (nothing was sent)", "INVALID_UTF8",
             {"input_offset": str(at + len(data) - len(tail)),
              "field": "text_utf8"})
     return tail
@@ -288,7 +294,43 @@ class _AckTracker:
     """What the sync and asyncio writers share: the retained queue, the
     commit rule and what counts as progress."""
 
+    def _text_requests(self, text, data: bytes):
+        """The requests of a write of `data` (from `text`), after the
+        server's UTF-8 check made here (_utf8_carry: raises before any is
+        sent). Continuation bytes it starts with that may finish the
+        session's open character keep the carry unknown (three at most in
+        all), and go whole in the first request: a server that does not
+        know that character skips them only at a request's start."""
+        skippable = 0 if self._carry_known else 3 - self._lead_skipped
+        if self._carry or not isinstance(text, str):  # a str is UTF-8
+            self._carry = _utf8_carry(self._carry, skippable, data,
+                                      self._next_offset, False)
+        lead = min(_leading_continuation(data), skippable)
+        if lead == len(data):
+            self._lead_skipped += lead
+        else:
+            self._carry_known = True
+        first = max(lead, self._chunk)
+        out = [pb.AppendRequest(text_utf8=data[:first])]
+        for i in range(first, len(data), self._chunk):
+            out.append(pb.AppendRequest(text_utf8=data[i:i + self._chunk]))
+        return out
+
+    def _check_flushable(self, tokens: bool = False) -> None:
+        """INVALID_UTF8 (nothing sent, the writer still usable) when the
+        text written ends inside a character: a flush, or tokens (which
+        flush the text before them), would be refused. After tokens the
+        text starts clean."""
+        _utf8_carry(self._carry, 0, b"", self._next_offset, True)
+        if tokens:
+            self._carry_known = True
+
     def _init_tracker(self, offset: int) -> None:
+        # The character the text written so far leaves open (_utf8_carry);
+        # until it is known, continuation bytes may finish the session's.
+        self._carry = b""
+        self._carry_known = False
+        self._lead_skipped = 0
         # Requests not yet known committed, in offset order; on the current
         # call the first `_acked` of them were acknowledged.
         self._retained: "collections.deque" = collections.deque()
@@ -353,10 +395,6 @@ class AppendWriter(_AckTracker):
         self._session_id = session_id
         self._next_offset = offset
         self._window, self._chunk = _writer_sizes(window, max_chunk_bytes)
-        # The character the text written so far leaves open (_utf8_carry);
-        # before the first text, whether its start may finish one.
-        self._carry = b""
-        self._carry_known = False
         self._durability = _durability(durability)
         self._deadline = _deadline(timeout)
         self._init_tracker(offset)
@@ -389,21 +427,20 @@ class AppendWriter(_AckTracker):
         self._check()
         if not data:
             return
-        if self._carry or not isinstance(text, str):  # a str is UTF-8
-            self._carry = _utf8_carry(self._carry, self._carry_known, data,
-                                      self._next_offset, False)
-        self._carry_known = True
-        for i in range(0, len(data), self._chunk):
-            self._send(pb.AppendRequest(text_utf8=data[i:i + self._chunk]))
+        for req in self._text_requests(text, data):
+            self._send(req)
 
     def write_tokens(self, tokens: Sequence[int]) -> None:
         self._check()
-        for req in _token_requests(tokens):
+        requests = _token_requests(tokens)
+        if requests:
+            self._check_flushable(tokens=True)
+        for req in requests:
             self._send(req)
 
     def flush(self) -> None:
         self._check()
-        _utf8_carry(self._carry, True, b"", self._next_offset, True)
+        self._check_flushable()
         self._send(pb.AppendRequest(flush=True))
 
     def sync(self) -> AppendAck:

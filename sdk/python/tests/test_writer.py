@@ -216,8 +216,19 @@ def test_text_is_checked_whole_before_any_of_it_is_sent(server, aio):
                 await w.write(b"\x82\xac")
                 await w.flush()
             async with await s.writer() as w:  # the session's open char
-                await w.write(b"\xe2\x82")
-            await s.append(b"\xac!")
+                await w.write(b"\xe2")
+            async with await s.writer() as w:
+                await w.write(b"\x82")
+                await w.write(b"\xac!")
+                await w.write(b"a\xe2")
+                with pytest.raises(StatestreamError):
+                    await w.write_tokens([65])  # tokens flush the text
+                with pytest.raises(StatestreamError):
+                    await w.write(b"\x82\xac\xed\xa0")  # a surrogate's start
+                await w.write(b"\x82\xac")
+                await w.write_tokens([65])
+            with pytest.raises(StatestreamError):
+                await s.append(b"caf\xc3", tokens=[65], flush=False)
             return (await s.get()).input_offset
 
     def run_sync():
@@ -234,12 +245,21 @@ def test_text_is_checked_whole_before_any_of_it_is_sent(server, aio):
                 w.write(b"\x82\xac")
                 w.flush()
             with s.writer() as w:  # the session's open character
-                w.write(b"\xe2\x82")
-            s.append(b"\xac!")
+                w.write(b"\xe2")
+            with s.writer() as w:
+                w.write(b"\x82")
+                w.write(b"\xac!")
+                w.write(b"a\xe2")
+                expect(lambda: w.write_tokens([65]), 11)  # tokens flush
+                expect(lambda: w.write(b"\x82\xac\xed\xa0"), 14)  # surrogate
+                w.write(b"\x82\xac")
+                w.write_tokens([65])
+            expect(lambda: s.append(b"caf\xc3", tokens=[65], flush=False),
+                   18)
             return s.get().input_offset
 
     result = asyncio.run(run_async()) if aio else run_sync()
-    assert result == 10  # "ok €" + "€!"
+    assert result == 15  # "ok €" + "€!" + "a€" + a token
 
 
 def test_async_writer_out_of_attempts_does_not_write_twice(server):
