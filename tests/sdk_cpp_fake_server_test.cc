@@ -43,20 +43,30 @@ struct FakeServer {
   }
 };
 
-// Serves `service` into `out`; its client retries after 1 ms at first, at
-// most `max_attempts` times (0: the default), with `more_targets` after the
-// service's address.
-void Serve(grpc::Service* service, FakeServer* out, int max_attempts = 0,
-           const std::vector<std::string>& more_targets = {}) {
+// A server of `service` on a free loopback port, its "host:port" in
+// `address`; null if it did not start.
+std::unique_ptr<grpc::Server> Listen(grpc::Service* service,
+                                     std::string* address) {
   int port = 0;
   grpc::ServerBuilder builder;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
                            &port);
   builder.RegisterService(service);
-  out->server = builder.BuildAndStart();
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  *address = absl::StrCat("127.0.0.1:", port);
+  return server;
+}
+
+// Serves `service` into `out`; its client retries after 1 ms at first, at
+// most `max_attempts` times (0: the default), with `more_targets` after the
+// service's address.
+void Serve(grpc::Service* service, FakeServer* out, int max_attempts = 0,
+           const std::vector<std::string>& more_targets = {}) {
+  std::string address;
+  out->server = Listen(service, &address);
   ASSERT_NE(out->server, nullptr);
   client::ClientOptions options;
-  options.targets = {absl::StrCat("127.0.0.1:", port)};
+  options.targets = {address};
   options.targets.insert(options.targets.end(), more_targets.begin(),
                          more_targets.end());
   if (max_attempts > 0) options.max_attempts = max_attempts;
@@ -512,18 +522,13 @@ TEST(SdkDeleteTest, AnAnswerThatIsNotRetriedKeepsTheTarget) {
 TEST(SdkDeleteTest, AnInternalErrorMovesToTheNextTarget) {
   ScriptedDeletes healthy({MakeError(absl::StatusCode::kNotFound,
                                      Reason::kSessionNotFound, "no session")});
-  int port = 0;
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                           &port);
-  builder.RegisterService(&healthy);
-  std::unique_ptr<grpc::Server> second = builder.BuildAndStart();
+  std::string second_address;
+  std::unique_ptr<grpc::Server> second = Listen(&healthy, &second_address);
   ASSERT_NE(second, nullptr);
   ScriptedDeletes broken({MakeError(absl::StatusCode::kInternal,
                                     Reason::kInternal, "misconfigured")});
   FakeServer fake;
-  ASSERT_NO_FATAL_FAILURE(
-      Serve(&broken, &fake, 0, {absl::StrCat("127.0.0.1:", port)}));
+  ASSERT_NO_FATAL_FAILURE(Serve(&broken, &fake, 0, {second_address}));
   EXPECT_EQ(GetReason(fake.client->OpenSession("s").Delete()),
             Reason::kInternal);
   EXPECT_EQ(GetReason(fake.client->OpenSession("s").Delete()),
@@ -571,17 +576,14 @@ TEST_F(SdkRetryTest, AnErrorGivenUpOnKeepsItsReasonAndMetadata) {
 // is the same. It went as soon as the new channel connected.
 TEST(SdkRetryFailoverTest, TheHintHoldsOnTheNextTargetToo) {
   OverloadedSessions second_service(/*retry_after_ms=*/300);
-  int port = 0;
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                           &port);
-  builder.RegisterService(&second_service);
-  std::unique_ptr<grpc::Server> second = builder.BuildAndStart();
+  std::string second_address;
+  std::unique_ptr<grpc::Server> second =
+      Listen(&second_service, &second_address);
   ASSERT_NE(second, nullptr);
   OverloadedSessions first_service(/*retry_after_ms=*/300);
   FakeServer fake;
-  ASSERT_NO_FATAL_FAILURE(Serve(&first_service, &fake, /*max_attempts=*/3,
-                                {absl::StrCat("127.0.0.1:", port)}));
+  ASSERT_NO_FATAL_FAILURE(
+      Serve(&first_service, &fake, /*max_attempts=*/3, {second_address}));
   absl::Status s = fake.client->OpenSession("s").Get().status();
   EXPECT_EQ(GetReason(s), Reason::kOverloaded) << s;
   std::vector<absl::Time> calls = first_service.calls();

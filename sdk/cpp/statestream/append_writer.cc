@@ -124,10 +124,15 @@ absl::StatusOr<std::string> AppendWriter::Utf8CarryAfter(std::string_view text,
   // sent: text it would refuse after earlier requests of the same Write
   // were applied would leave the session holding part of it.
   const size_t skip = SkippedLead(text);
-  const std::string joined = utf8_carry_ + std::string(text.substr(skip));
+  // Copied only to prepend an open character (the text may be megabytes).
+  std::string with_carry;
+  absl::string_view joined(text.data() + skip, text.size() - skip);
+  if (!utf8_carry_.empty()) {
+    with_carry = utf8_carry_ + std::string(joined);
+    joined = with_carry;
+  }
   const size_t complete = Utf8CompletePrefixLength(joined);
-  const size_t bad =
-      FirstInvalidUtf8Byte(absl::string_view(joined).substr(0, complete));
+  const size_t bad = FirstInvalidUtf8Byte(joined.substr(0, complete));
   const uint64_t at = next_offset_;  // where `text` starts
   if (bad != complete) {
     const uint64_t bad_at = bad < utf8_carry_.size()
@@ -141,7 +146,7 @@ absl::StatusOr<std::string> AppendWriter::Utf8CarryAfter(std::string_view text,
             : "text is not valid UTF-8; nothing of it was sent",
         {{"input_offset", absl::StrCat(bad_at)}, {"field", "text_utf8"}});
   }
-  std::string carry = joined.substr(complete);
+  std::string carry(joined.substr(complete));
   if (flush && !carry.empty()) {
     return MakeError(
         absl::StatusCode::kInvalidArgument, Reason::kInvalidUtf8,
@@ -170,10 +175,14 @@ absl::Status AppendWriter::Utf8Flushable() const {
 }
 
 absl::Status AppendWriter::Write(std::string_view text_utf8) {
+  return WriteText(text_utf8, /*final=*/false);
+}
+
+absl::Status AppendWriter::WriteText(std::string_view text_utf8, bool final) {
   // Even with nothing to send: a closed or failed writer says so.
   if (absl::Status s = Usable(); !s.ok()) return s;
   if (text_utf8.empty()) return absl::OkStatus();
-  absl::StatusOr<std::string> carry = Utf8CarryAfter(text_utf8, false);
+  absl::StatusOr<std::string> carry = Utf8CarryAfter(text_utf8, final);
   if (!carry.ok()) return carry.status();  // not sticky: nothing was sent
   utf8_carry_ = *std::move(carry);
   // Continuation bytes that may finish the session's open character: the

@@ -95,6 +95,9 @@ class AppendWriter {
                AppendOptions options);
   // The error a closed (FAILED_PRECONDITION) or failed writer keeps.
   absl::Status Usable() const;
+  // Write; with `final` (a flush follows: Session::AppendText) text ending
+  // inside a character is refused before anything is sent.
+  absl::Status WriteText(std::string_view text_utf8, bool final);
   // The incomplete character the text written ends with after `text` too,
   // or the server's INVALID_UTF8 for it (with `flush`, also when a
   // character would be left open).

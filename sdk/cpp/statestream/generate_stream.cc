@@ -224,11 +224,9 @@ absl::StatusOr<v1::AppendResponse> Session::AppendText(
   if (!writer.ok()) return writer.status();
   // All of it UTF-8, no character left open at the flush: checked before
   // anything is sent, else the session would keep part of the text.
-  if (auto carry = (*writer)->Utf8CarryAfter(text, /*flush=*/true);
-      !carry.ok()) {
-    return carry.status();
+  if (absl::Status s = (*writer)->WriteText(text, /*final=*/true); !s.ok()) {
+    return s;
   }
-  if (absl::Status s = (*writer)->Write(text); !s.ok()) return s;
   if (absl::Status s = (*writer)->Flush(); !s.ok()) return s;
   return (*writer)->Close();
 }

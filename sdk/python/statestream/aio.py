@@ -34,7 +34,7 @@ from statestream.streams import (_AckTracker,
                                  _GenerateProgress, _Retained, _deadline,
                                  _durability, _left, _str_field,
                                  _token_requests, _units, _utf8,
-                                 _utf8_carry, _writer_sizes)
+                                 _writer_sizes)
 from statestream.transfer import (_AsyncStallGuard, _cap, _import_budget,
                                   _stalled_error)
 from statestream.types import (AppendAck, ExportedState, GenerateChunk,
@@ -367,8 +367,7 @@ class AsyncSession:
             if data:
                 # Whole, before anything is sent (a flush in a character
                 # would leave the session holding the text before it).
-                _utf8_carry(b"", 3, data, w.offset, flush or bool(tokens))
-                await w.write(data)
+                await w._write_text(data, flush or bool(tokens))
             if tokens:
                 await w.write_tokens(tokens)
             if flush:
@@ -586,11 +585,15 @@ class AsyncAppendWriter(_AckTracker):
 
     async def write(self, text: Union[str, bytes]) -> None:
         """As AppendWriter.write: str or bytes, else TypeError."""
+        await self._write_text(text, False)
+
+    async def _write_text(self, text, final: bool) -> None:
+        """As AppendWriter._write_text."""
         data = _utf8(text)
         self._check()
         if not data:
             return
-        for req in self._text_requests(text, data):
+        for req in self._text_requests(text, data, final):
             self._queue(req)
         await self._pump(self._window)
 

@@ -37,7 +37,7 @@ from statestream.transfer import (_StallGuard, _cap, _import_budget,
 from statestream.streams import (AppendWriter, GenerateStream, _deadline,
                                  _durability, _invalid_utf8, _labels, _left,
                                  _str_field, _timeout, _utf8,
-                                 _utf8_carry, _writer_sizes)
+                                 _writer_sizes)
 
 __all__ = ["AppendWriter", "Client", "GenerateStream", "Session",
            "new_request_id"]
@@ -860,8 +860,7 @@ class Session:
             if data:
                 # Whole, before anything is sent (a flush in a character
                 # would leave the session holding the text before it).
-                _utf8_carry(b"", 3, data, w.offset, flush or bool(tokens))
-                w.write(data)
+                w._write_text(data, flush or bool(tokens))
             if tokens:
                 w.write_tokens(tokens)
             if flush:

@@ -294,17 +294,18 @@ class _AckTracker:
     """What the sync and asyncio writers share: the retained queue, the
     commit rule and what counts as progress."""
 
-    def _text_requests(self, text, data: bytes):
+    def _text_requests(self, text, data: bytes, final: bool):
         """The requests of a write of `data` (from `text`), after the
         server's UTF-8 check made here (_utf8_carry: raises before any is
         sent). Continuation bytes it starts with that may finish the
         session's open character keep the carry unknown (three at most in
         all), and go whole in the first request: a server that does not
-        know that character skips them only at a request's start."""
+        know that character skips them only at a request's start. `final`:
+        a flush follows, so no character may be left open."""
         skippable = 0 if self._carry_known else 3 - self._lead_skipped
         if self._carry or not isinstance(text, str):  # a str is UTF-8
             self._carry = _utf8_carry(self._carry, skippable, data,
-                                      self._next_offset, False)
+                                      self._next_offset, final)
         lead = min(_leading_continuation(data), skippable)
         if lead == len(data):
             self._lead_skipped += lead
@@ -423,11 +424,16 @@ class AppendWriter(_AckTracker):
     def write(self, text: Union[str, bytes]) -> None:
         """Appends UTF-8 text (str, or bytes that may split a character
         between two writes); TypeError for anything else."""
+        self._write_text(text, False)
+
+    def _write_text(self, text, final: bool) -> None:
+        """write(); with `final` (a flush follows: Session.append) text
+        ending inside a character is refused before anything is sent."""
         data = _utf8(text)
         self._check()
         if not data:
             return
-        for req in self._text_requests(text, data):
+        for req in self._text_requests(text, data, final):
             self._send(req)
 
     def write_tokens(self, tokens: Sequence[int]) -> None:
