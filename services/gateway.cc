@@ -148,14 +148,9 @@ absl::StatusOr<std::vector<Gateway::WorkerModels>> Gateway::Models(
     }
   }
   if (out.empty()) {
-    // As the router's "no live worker": the server's own UNAVAILABLE (a
-    // reason, a hint when to retry), not a transport failure.
-    return MakeError(
-        absl::StatusCode::kUnavailable, Reason::kOverloaded,
-        "no ready worker answered ListModels; retry",
-        {{"retry_after_ms", absl::StrCat(std::max<int64_t>(
-                                1, absl::ToInt64Milliseconds(
-                                       options_.router.registry_refresh)))}});
+    // The server's own UNAVAILABLE (a reason, a hint when to retry), not a
+    // transport failure.
+    return router_.NoWorker("no ready worker answered ListModels; retry");
   }
   return out;
 }

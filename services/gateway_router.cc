@@ -362,20 +362,23 @@ absl::StatusOr<Route> GatewayRouter::Pick(const std::string& hash_key,
     }
   }
   if (chosen == nullptr) {
-    // Typed like the gateway's other "no worker could take it" answer
-    // (Gateway::GaveUp): workers restarting or being replaced come back
-    // within a few heartbeats, so the hint is one registry refresh.
-    return MakeError(
-        absl::StatusCode::kUnavailable, Reason::kOverloaded,
+    return NoWorker(
         fingerprint.empty()
             ? "no live worker; retry"
             : absl::StrCat("no live worker serves model fingerprint ",
-                           fingerprint, "; retry"),
-        {{"retry_after_ms",
-          absl::StrCat(std::max<int64_t>(
-              1, absl::ToInt64Milliseconds(options_.registry_refresh)))}});
+                           fingerprint, "; retry"));
   }
   return Route{chosen->worker_id, chosen->address, false};
+}
+
+absl::Status GatewayRouter::NoWorker(absl::string_view message) const {
+  // Typed like the gateway's other "no worker could take it" answer
+  // (Gateway::GaveUp).
+  return MakeError(
+      absl::StatusCode::kUnavailable, Reason::kOverloaded, message,
+      {{"retry_after_ms",
+        absl::StrCat(std::max<int64_t>(
+            1, absl::ToInt64Milliseconds(options_.registry_refresh)))}});
 }
 
 absl::StatusOr<Route> GatewayRouter::RouteAny(

@@ -97,6 +97,12 @@ class GatewayRouter {
                                  const std::string& fingerprint,
                                  const std::set<std::string>& exclude);
 
+  // UNAVAILABLE/OVERLOADED with `message` and retry_after_ms of one
+  // registry refresh: the answer when no live worker can take a call.
+  // Workers restarting or being replaced come back within a few
+  // heartbeats; the gateway's ListModels answers the same.
+  absl::Status NoWorker(absl::string_view message) const;
+
   // The worker failed a call at the transport level (or stalled).
   void MarkSuspect(const std::string& worker_id);
 
