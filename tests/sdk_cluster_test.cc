@@ -23,6 +23,7 @@
 #include "state_store/testing/redis_harness.h"
 #include "statestream/client.h"
 #include "tests/cluster_process.h"
+#include "tests/sdk_cpp_fixture.h"
 #include "tests/subprocess.h"
 
 namespace statestream {
@@ -116,11 +117,7 @@ class SdkClusterTest : public ::testing::Test {
   }
 
   client::Session Create(const std::string& id) {
-    v1::CreateSessionRequest req;
-    req.set_session_id(id);
-    auto s = client_->CreateSession(req);
-    EXPECT_TRUE(s.ok()) << s.status();
-    return client_->OpenSession(id);
+    return sdk_test::CreateAndOpen(*client_, id);
   }
 
   double ScoreOf(const client::Session& s) {

@@ -32,6 +32,15 @@ using client::ClientOptions;
 
 constexpr absl::Duration kStartTimeout = absl::Seconds(60);
 
+// Creates session `id` (a failure fails the test) and opens it.
+inline client::Session CreateAndOpen(Client& client, const std::string& id) {
+  v1::CreateSessionRequest req;
+  req.set_session_id(id);
+  auto s = client.CreateSession(req);
+  EXPECT_TRUE(s.ok()) << s.status();
+  return client.OpenSession(id);
+}
+
 // A `statestream serve` process on a --data-dir that outlives it.
 class Server {
  public:
@@ -155,11 +164,7 @@ class SdkTest : public ::testing::Test {
   }
 
   client::Session Create(const std::string& id) {
-    v1::CreateSessionRequest req;
-    req.set_session_id(id);
-    auto s = client_->CreateSession(req);
-    EXPECT_TRUE(s.ok()) << s.status();
-    return client_->OpenSession(id);
+    return CreateAndOpen(*client_, id);
   }
 
   static std::string Text(size_t n) {
