@@ -6,11 +6,18 @@
 #include <utility>
 
 #include "common/status.h"
+#include "google/protobuf/unknown_field_set.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 
 namespace statestream {
 namespace {
+
+// MarkUnread's unknown field: the largest field number a message may have
+// (no statestream message uses it), with a value a client sending it by
+// chance would not.
+constexpr int kUnreadMarkField = (1 << 29) - 1;
+constexpr uint64_t kUnreadMarkValue = 0x5353'554e'5245'4144;  // "SSUNREAD"
 
 constexpr size_t kMaxMetadataKeyBytes = 128;
 constexpr size_t kMaxMetadataValueBytes = 256;
@@ -136,6 +143,31 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
     return out;
   }
   return absl::Status(code, status.error_message());
+}
+
+void MarkUnread(google::protobuf::Message* msg) {
+  msg->GetReflection()->MutableUnknownFields(msg)->AddVarint(kUnreadMarkField,
+                                                             kUnreadMarkValue);
+}
+
+bool ReadUnparsable(const google::protobuf::Message& msg) {
+  const google::protobuf::UnknownFieldSet& unknown =
+      msg.GetReflection()->GetUnknownFields(msg);
+  for (int i = 0; i < unknown.field_count(); ++i) {
+    const google::protobuf::UnknownField& f = unknown.field(i);
+    if (f.number() == kUnreadMarkField &&
+        f.type() == google::protobuf::UnknownField::TYPE_VARINT &&
+        f.varint() == kUnreadMarkValue) {
+      return false;
+    }
+  }
+  return true;
+}
+
+absl::Status UnparsableRequestError() {
+  return absl::UnimplementedError(
+      "a request message could not be parsed (a string field that is not "
+      "UTF-8?); the messages before it were taken, none after it");
 }
 
 }  // namespace statestream

@@ -11,6 +11,7 @@
 #include <grpcpp/support/status.h>
 
 #include "absl/status/status.h"
+#include "google/protobuf/message.h"
 
 namespace statestream {
 
@@ -32,6 +33,23 @@ absl::Status FromGrpcStatus(const grpc::Status& status);
 
 // Longest message ToGrpcStatus sends, in bytes: trailers are size-limited.
 inline constexpr size_t kMaxErrorMessageBytes = 1024;
+
+// A streaming reader's failed read is the end of the client's messages or a
+// message gRPC could not parse (a proto3 `string` field that is not UTF-8):
+// gRPC reports both alike (Read returns false, OnReadDone(false)) and lets
+// the call go on. gRPC answers a unary call's unparsable request
+// UNIMPLEMENTED; a stream's must end the same way, or the service takes it
+// for the client's half-close (an Append commits and ends OK, dropping the
+// messages after it). Told apart by a mark: MarkUnread(msg) before each
+// read puts an unknown field into the message the read fills. gRPC parses a
+// message that arrived into it, and parsing clears it first; a failed read
+// without a message leaves it as it was. So after a failed read,
+// ReadUnparsable(msg) (the mark is gone) is a message that did not parse.
+void MarkUnread(google::protobuf::Message* msg);
+bool ReadUnparsable(const google::protobuf::Message& msg);
+// The error that ends such a stream: UNIMPLEMENTED, as gRPC's for a unary
+// call.
+absl::Status UnparsableRequestError();
 
 }  // namespace statestream
 

@@ -185,5 +185,29 @@ TEST(GrpcStatusTest, AMalformedReasonNameIsNotKept) {
             std::string(63, 'A'));
 }
 
+// The mark tells a read that got no message (it stays) from one whose
+// message did not parse (parsing cleared it), as gRPC reads: Clear, then
+// parse.
+TEST(GrpcStatusTest, TheUnreadMarkIsGoneOnlyOnceAMessageWasParsed) {
+  google::rpc::ErrorInfo valid;
+  valid.set_reason("R");
+  google::rpc::ErrorInfo garbled;
+  garbled.set_reason("\xFF");  // proto3 strings must be UTF-8
+  const std::string garbled_wire = garbled.SerializeAsString();
+
+  google::rpc::ErrorInfo msg;
+  MarkUnread(&msg);
+  EXPECT_FALSE(ReadUnparsable(msg));  // no message arrived
+  MarkUnread(&msg);                   // twice: still one mark's meaning
+  EXPECT_FALSE(ReadUnparsable(msg));
+  ASSERT_FALSE(msg.ParseFromString(garbled_wire));
+  EXPECT_TRUE(ReadUnparsable(msg));
+  MarkUnread(&msg);
+  ASSERT_TRUE(msg.ParseFromString(valid.SerializeAsString()));
+  EXPECT_TRUE(ReadUnparsable(msg));  // a message came (the read succeeded)
+  EXPECT_EQ(msg.reason(), "R");
+  EXPECT_EQ(UnparsableRequestError().code(), absl::StatusCode::kUnimplemented);
+}
+
 }  // namespace
 }  // namespace statestream

@@ -20,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/byte_budget.h"
+#include "common/grpc_status.h"
 #include "services/gateway.h"
 #include "services/gateway_metrics.h"
 #include "services/gateway_router.h"
@@ -233,12 +234,20 @@ class BlockingBidi final : public Blocking<grpc::ServerBidiReactor<Req, Resp>> {
         if (read_over_) return false;
         reading_ = true;
       }
+      MarkUnread(msg);
       this->StartRead(msg);
     }
     absl::MutexLock lock(&mu_);
     mu_.Await(absl::Condition(
         +[](bool* p) { return !*p; }, &reading_));
+    if (read_failed_ && ReadUnparsable(*msg)) unparsable_ = true;
     return !read_over_;
+  }
+  // A Read failed on a message gRPC could not parse (common/grpc_status.h),
+  // not at the end of the client's messages.
+  bool unparsable() {
+    absl::MutexLock lock(&mu_);
+    return unparsable_;
   }
   bool Write(const Resp& msg) {
     {
@@ -265,6 +274,7 @@ class BlockingBidi final : public Blocking<grpc::ServerBidiReactor<Req, Resp>> {
   void OnReadDone(bool ok) override {
     absl::MutexLock lock(&mu_);
     if (!ok) read_over_ = true;
+    read_failed_ = !ok;
     reading_ = false;
   }
   void OnWriteDone(bool ok) override {
@@ -279,6 +289,8 @@ class BlockingBidi final : public Blocking<grpc::ServerBidiReactor<Req, Resp>> {
   absl::Mutex mu_;
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
   bool read_over_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_failed_ ABSL_GUARDED_BY(mu_) = false;  // the last OnReadDone's
+  bool unparsable_ ABSL_GUARDED_BY(mu_) = false;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
 };

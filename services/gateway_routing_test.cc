@@ -142,6 +142,21 @@ TEST_F(GatewayTest, AnImportOfEmptyMessagesIsRefused) {
     EXPECT_EQ(GetReason(over), Reason::kStateCorrupt) << over;
     EXPECT_TRUE(GetErrorMetadata(over, "detail").has_value()) << over;
   }
+  {
+    // A message gRPC cannot parse (a request_id that is not UTF-8):
+    // UNIMPLEMENTED, as for a unary call, not the end of the import.
+    grpc::ClientContext c4;
+    auto w4 = v1::Sessions::NewStub(channel_)->ImportState(&c4, &resp);
+    ASSERT_TRUE(w4->Write(ImportHeader(10)));
+    v1::ImportStateRequest garbled = ImportHeader(10);
+    garbled.mutable_header()->set_request_id("\xFF");
+    w4->Write(garbled);
+    w4->WritesDone();
+    const grpc::Status st4 = w4->Finish();
+    EXPECT_EQ(st4.error_code(), grpc::StatusCode::UNIMPLEMENTED)
+        << st4.error_message();
+  }
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
 }
 
 // An import past the gateway's bound ends at once, MESSAGE_TOO_LARGE as

@@ -203,11 +203,18 @@ class SessionsService final : public v1::Sessions::CallbackService {
           absl::MutexLock lock(&mu_);
           reading_ = true;
         }
+        MarkUnread(msg);
         StartRead(msg);
         absl::MutexLock lock(&mu_);
         mu_.Await(absl::Condition(
             +[](bool* p) { return !*p; }, &reading_));
+        unparsable_ = !ok_ && ReadUnparsable(*msg);
         return ok_;
+      }
+      // The last Read failed on a message gRPC could not parse.
+      bool unparsable() {
+        absl::MutexLock lock(&mu_);
+        return unparsable_;
       }
       void OnReadDone(bool ok) override {
         absl::MutexLock lock(&mu_);
@@ -219,6 +226,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
       absl::Mutex mu_;
       bool reading_ ABSL_GUARDED_BY(mu_) = false;
       bool ok_ ABSL_GUARDED_BY(mu_) = false;
+      bool unparsable_ ABSL_GUARDED_BY(mu_) = false;
     };
     auto* reader = new Reader();
     const absl::Time began = gateway_->BeginCall();
@@ -325,6 +333,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
         }
         parts.push_back(std::move(msg));
       }
+      if (bad.ok() && reader->unparsable()) bad = UnparsableRequestError();
       if (!bad.ok()) {
         const grpc::Status st = ToGrpcStatus(bad);
         gateway_->EndCall("ImportState", st, began);

@@ -62,6 +62,12 @@ class AppendCall final : public Watched {
       return;
     }
     grpc::Status final_status = Forward();
+    // A message that did not parse ended the client's input: what came
+    // before it went through (and was committed, as at a half-close), but
+    // the call is no success.
+    if (final_status.ok() && client_->unparsable()) {
+      final_status = ToGrpcStatus(UnparsableRequestError());
+    }
     gateway_->EndCall("Append", final_status, began);
     ctx_->AddTrailingMetadata(kAttemptsTrailer, absl::StrCat(attempts_));
     slot_.reset();  // the client may open its next stream at once

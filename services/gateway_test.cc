@@ -241,6 +241,25 @@ TEST_F(GatewayTest, AnAppendWhoseFirstRequestNamesNoSessionIsRefused) {
   EXPECT_EQ(calls_.load(), 0);
 }
 
+// A message gRPC cannot parse (a request_id that is not UTF-8) ends the
+// call UNIMPLEMENTED, as gRPC answers a unary call's, not as a half-close
+// that ends OK: what came before it goes through, nothing after it.
+TEST_F(GatewayTest, AnAppendMessageThatDoesNotParseEndsTheCall) {
+  Start();
+  v1::AppendRequest bad = AppendAt("\xFF", 2, "cd");
+  const Appended out =
+      AppendThrough({AppendAt("r0", 0, "ab"), bad, AppendAt("r2", 4, "ef")});
+  EXPECT_EQ(out.status.error_code(), grpc::StatusCode::UNIMPLEMENTED)
+      << out.status.error_message();
+  EXPECT_EQ(out.acked, std::vector<std::string>{"r0"});
+  // A first message that does not parse: nothing reaches a worker.
+  const Appended first = AppendThrough({bad, AppendAt("r2", 4, "ef")});
+  EXPECT_EQ(first.status.error_code(), grpc::StatusCode::UNIMPLEMENTED)
+      << first.status.error_message();
+  EXPECT_TRUE(first.acked.empty());
+  EXPECT_EQ(calls_.load(), 1);
+}
+
 // Past its replay bound the gateway asks the worker for a checkpoint so the
 // log can shrink: one request at a time, not every request read until that
 // one is acked (each would commit the whole state).

@@ -395,6 +395,17 @@ TEST_F(ApiBadInputE2eTest, ImportState) {
        WantCorrupt("missing chunks")},
       {"middle chunk missing", without_chunk("imp-gap", 1),
        WantCorrupt("chunk 2 out of order")},
+      // A message gRPC cannot parse ends the stream UNIMPLEMENTED, as a
+      // unary call's request (it was read as the end of the chunks:
+      // "missing chunks").
+      {"a message that does not parse (a request_id that is not UTF-8)",
+       imp("imp-garbled",
+           [](Messages* m) {
+             v1::ImportStateRequest garbled;
+             garbled.mutable_header()->set_request_id("\xFF");
+             m->insert(m->begin() + 1, garbled);
+           }),
+       {absl::StatusCode::kUnimplemented, Reason::kUnspecified, "", {}}},
       {"NEW_VERSION into an unknown session",
        imp("imp-nowhere",
            [&](Messages* m) {
@@ -406,7 +417,7 @@ TEST_F(ApiBadInputE2eTest, ImportState) {
                "session_id", "imp-src")},
   });
   ExpectGone({"imp-mode", "imp-rid", "imp-nostate", "imp-nohead", "imp-crc",
-              "imp-short", "imp-gap", "imp-nowhere"});
+              "imp-short", "imp-gap", "imp-garbled", "imp-nowhere"});
   ExpectAt("imp-src", 2, 10);
   // Control: the same messages under a free id import fine.
   const absl::Status ok = imp("imp-ok", [](Messages*) {})();
@@ -683,11 +694,24 @@ TEST_F(ApiBadInputE2eTest, Append) {
       {"262145 tokens in one request",
        [&] { return Append({too_many}).status; },
        WantTooLarge("tokens.ids", absl::StrCat(kMaxAppendTokens))},
+      // A message gRPC cannot parse ends the call UNIMPLEMENTED, as a
+      // unary call's request; it used to read as the client's half-close,
+      // the call ending OK without the requests after it.
+      {"second request with a request_id that is not UTF-8",
+       [&] {
+         v1::AppendRequest garbled = Text("app", 4, "ef");
+         garbled.set_request_id("\xFF");
+         AppendResult r =
+             Append({Text("app", 2, "cd"), garbled, Text("app", 4, "gh")});
+         EXPECT_EQ(r.acks.size(), 1u) << r.status;
+         return r.status;
+       },
+       {absl::StatusCode::kUnimplemented, Reason::kUnspecified, "", {}}},
   });
-  // The one acked request only (whether committed yet or not).
+  // The acked requests only (whether committed yet or not).
   auto s = Get("app");
   ASSERT_TRUE(s.ok()) << s.status();
-  EXPECT_EQ(s->input_offset(), 2u);
+  EXPECT_EQ(s->input_offset(), 4u);
 }
 
 }  // namespace

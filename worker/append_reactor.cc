@@ -47,10 +47,11 @@ class AppendReactor final
       return;
     }
     slot_ = *std::move(slot);
-    StartRead(&req_);
+    Read();
   }
 
   void OnReadDone(bool ok) override {
+    if (!ok && ReadUnparsable(req_)) return Fail(UnparsableRequestError());
     if (!ok) {
       // Half-close: commit what is uncommitted and end with OK.
       if (writer_ == nullptr) return Fail(absl::OkStatus());
@@ -85,7 +86,7 @@ class AppendReactor final
     if (read_paused_ && !finish_ &&
         writes_.size() < static_cast<size_t>(kMaxUnreadAcks)) {
       read_paused_ = false;
-      StartRead(&req_);
+      Read();
     }
   }
 
@@ -109,6 +110,11 @@ class AppendReactor final
   }
 
  private:
+  void Read() {
+    MarkUnread(&req_);
+    StartRead(&req_);
+  }
+
   absl::Status Handle() {
     const v1::AppendRequest& r = req_;
     // The request is checked whole before a first one opens the writer: a
@@ -235,7 +241,7 @@ class AppendReactor final
       read_paused_ = true;
       return;
     }
-    StartRead(&req_);
+    Read();
   }
 
   // Marks a manager call outstanding, so the reactor cannot finish (and be

@@ -162,13 +162,18 @@ class ImportReactor final
       return;
     }
     slot_ = *std::move(slot);
+    MarkUnread(&req_);
     StartRead(&req_);
   }
 
   void OnReadDone(bool ok) override {
+    if (!ok && ReadUnparsable(req_)) {
+      return FinishAndRelease(UnparsableRequestError());
+    }
     if (!ok) return pool_->Post([this] { Complete(); });
     absl::Status st = Take();
     if (!st.ok()) return FinishAndRelease(st);
+    MarkUnread(&req_);
     StartRead(&req_);
   }
   void OnDone() override { delete this; }
