@@ -142,12 +142,24 @@ absl::Status RedisStateStore::BadReply(const redisReply* r) {
     const std::string code = text.substr(0, text.find(' '));
     // A script found a count in the session's hashes out of range
     // (internal/redis_scripts.h): damaged data, refused before any write.
+    absl::string_view what = text;
+    what = what.substr(0, what.find(" script: "));  // Redis's suffix
     if (code == "SSCORRUPT") {
-      absl::string_view what = text;
-      what = what.substr(0, what.find(" script: "));  // Redis's suffix
       what.remove_prefix(std::min(what.size(), code.size() + 1));
       return DataLossError(Reason::kStateCorrupt,
                            absl::StrCat("state is corrupt: ", what));
+    }
+    // A key of the session of another type than the store writes, or a
+    // script's Lua error on a value not as the store wrote it (the scripts
+    // check the values they rely on, so this is one they did not foresee):
+    // damage, the same error on every call, as SSCORRUPT. (A script's
+    // error on a Redis command is "ERR ... script: ..., on @user_script";
+    // only Lua's own start "ERR user_script:".)
+    if (code == "WRONGTYPE" || absl::StartsWith(text, "ERR user_script:")) {
+      return DataLossError(
+          Reason::kStateCorrupt,
+          absl::StrCat("state is corrupt: a script failed on its keys: ",
+                       what));
     }
     for (absl::string_view refusal : {"OOM", "MISCONF", "READONLY", "BUSY",
                                       "NOREPLICAS", "NOAUTH", "NOPERM"}) {

@@ -143,6 +143,83 @@ TEST(RedisStateStoreDamageTest, ADamagedCountIsCorruptOnEveryCall) {
   EXPECT_TRUE(store->DeleteSession({"acme", "fine"}).ok());
 }
 
+// Keys of the wrong type, and numbers that are none, where the scripts and
+// the store read them: STATE_CORRUPT (or a call that does not read them
+// goes through), never INTERNAL (a Lua error or WRONGTYPE relayed); the
+// tenant's listing leaves the sessions out whose head cannot be read, and a
+// delete removes each. A head of the wrong type failed every listing of
+// the tenant and could not be deleted.
+TEST(RedisStateStoreDamageTest, KeysOfTheWrongTypeAreCorruptNotInternal) {
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  struct Damage {
+    std::string what;
+    std::vector<std::vector<std::string>> commands;  // on the key's suffix
+    bool head_readable;  // listed: GetHead does not read the damage
+  };
+  const std::vector<Damage> damage = {
+      {"head a string", {{"DEL", "head"}, {"SET", "head", "junk"}}, false},
+      {"head a list", {{"DEL", "head"}, {"RPUSH", "head", "a"}}, false},
+      {"head version hash a string",
+       {{"DEL", "v1"}, {"SET", "v1", "junk"}},
+       false},
+      {"lease a string", {{"SET", "lease", "junk"}}, false},
+      {"fence a hash", {{"DEL", "fence"}, {"HSET", "fence", "a", "b"}}, false},
+      {"fence not a number", {{"SET", "fence", "abc"}}, false},
+      {"ttl_ms not a number", {{"HSET", "head", "ttl_ms", "zz"}}, false},
+      {"deletion mark a hash", {{"HSET", "deleted", "a", "b"}}, true},
+  };
+  int n = 0;
+  std::vector<uint64_t> fences;
+  for (const Damage& d : damage) {
+    const std::string id = absl::StrCat("w", n++);
+    auto c = store->CreateSession(NewSession(id, Durability::kMemory));
+    ASSERT_TRUE(c.ok()) << c.status();
+    fences.push_back(c->session.fence);
+    const std::string p = absl::StrCat("ss:{acme/", id, "}:");
+    for (std::vector<std::string> cmd : d.commands) {
+      cmd[1] = p + cmd[1];
+      ASSERT_TRUE(server->Command(cmd).ok()) << d.what;
+    }
+  }
+  ListSessionsRequest list;
+  list.tenant = "acme";
+  auto page = store->ListSessions(list);
+  ASSERT_TRUE(page.ok()) << page.status();
+  size_t readable = 0;
+  for (const Damage& d : damage) readable += d.head_readable;
+  EXPECT_EQ(page->sessions.size(), readable);
+  for (int i = 0; i < n; ++i) {
+    const SessionKey key{"acme", absl::StrCat("w", i)};
+    std::vector<SessionCall> calls = {
+        {"GetHead", [&] { return store->GetHead(key).status(); }},
+        {"RenewLease", [&] {
+           return store
+               ->RenewLease(key, "worker-a", fences[i], absl::Seconds(10))
+               .status();
+         }}};
+    for (SessionCall& call : CallsOn(store.get(), key, fences[i])) {
+      calls.push_back(std::move(call));
+    }
+    for (const SessionCall& call : calls) {
+      const absl::Status st = call.run();
+      EXPECT_TRUE(st.ok() || GetReason(st) == Reason::kStateCorrupt)
+          << damage[i].what << ": " << call.name << ": " << st;
+    }
+  }
+  for (int i = 0; i < n; ++i) {
+    const SessionKey key{"acme", absl::StrCat("w", i)};
+    const absl::Status deleted = store->DeleteSession(key);
+    EXPECT_TRUE(deleted.ok()) << damage[i].what << ": " << deleted;
+    EXPECT_EQ(GetReason(store->GetHead(key).status()), Reason::kSessionNotFound)
+        << damage[i].what;
+  }
+  auto other = store->CreateSession(NewSession("fine", Durability::kMemory));
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_TRUE(store->LoadVersion({"acme", "fine"}, 0).ok());
+}
+
 // A head whose own version hash is gone (evicted, or deleted by hand) is
 // damage: STATE_CORRUPT on a read, left out of the tenant's listing, and
 // deleted by id. It was NOT_FOUND/VERSION_MISMATCH for "version

@@ -70,9 +70,13 @@ local function probe_session()
     for _, k in ipairs(version_keys(n)) do redis.call('EXISTS', k) end
   end
 end
+-- The session's TTL in ms (-1: pinned) and fence, as the head and the
+-- fence key record them.
+local function ttl_of(v) return whole(v, -1, 2^53, 'TTL (ms)') end
+local function fence_of(v) return whole(v or '0', 0, 2^53, 'fence') end
 local function touch_session()
   local h = redis.call('HMGET', P .. 'head', 'oldest', 'version', 'ttl_ms')
-  local ttl = tonumber(h[3])
+  local ttl = ttl_of(h[3])
   touch(P .. 'head', ttl)
   if ttl < 0 then redis.call('PERSIST', P .. 'fence')
   else redis.call('PEXPIRE', P .. 'fence', ttl + tonumber(ARGV[2])) end
@@ -89,7 +93,7 @@ end
 local function next_fence(salt)
   local t = redis.call('TIME')
   local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local last = tonumber(redis.call('GET', P .. 'fence') or '0')
+  local last = fence_of(redis.call('GET', P .. 'fence'))
   local f = string.format('%.0f', math.max(last + 1, ms * 1024 + tonumber(salt)))
   redis.call('SET', P .. 'fence', f)
   return f
@@ -166,7 +170,7 @@ end
 -- The fence before the version: a writer that was taken over learns that
 -- it was, even when its expected version is stale too.
 local fence = redis.call('GET', P .. 'fence') or '0'
-if tonumber(fence) ~= tonumber(ARGV[5]) then
+if fence_of(fence) ~= tonumber(ARGV[5]) then
   drop_chunks(ARGV[7])
   return {'FENCED', fence}
 end
@@ -221,7 +225,10 @@ if #vm == 0 then
 end
 local hv = vm
 if want ~= ver then hv = redis.call('HGETALL', P .. 'v' .. ver) end
-return {'OK', h, vm, redis.call('GET', P .. 'fence') or '0',
+ttl_of(redis.call('HGET', P .. 'head', 'ttl_ms'))
+local fence = redis.call('GET', P .. 'fence') or '0'
+fence_of(fence)
+return {'OK', h, vm, fence,
         redis.call('HGETALL', P .. 'lease'), redis.call('PTTL', P .. 'lease'),
         hv}
 )lua";
@@ -258,19 +265,32 @@ return {'OK'}
 // reaches Redis late (a resent pipeline's first send) deletes nothing, not
 // a session created again under that id since.
 inline constexpr char kLuaDelete[] = R"lua(
+-- A key of the wrong type (a write by hand) is damage too; TYPE tells
+-- without failing on it.
+local function typed(k, want)
+  local t = redis.call('TYPE', k)['ok']
+  return t == 'none' or t == want
+end
+if not typed(P .. 'deleted', 'string') then redis.call('DEL', P .. 'deleted') end
 if ARGV[4] ~= '' and redis.call('GET', P .. 'deleted') == ARGV[4] then
   return {'OK'}
 end
-local m = redis.call('HMGET', P .. 'head', 'version', 'oldest')
-if not m[1] then return {'NOTFOUND'} end
--- A damaged session (SSCORRUPT from the probe) is deleted too: its head
--- and lease go, and so do its versions' hashes when their range is sound;
--- keys its damaged counts cannot find are left to their TTLs. Any other
--- error (a key a migrating slot moved) fails the script before a write.
-local sound, e = pcall(probe_session)
-if not sound then
-  local msg = type(e) == 'table' and e.err or tostring(e)
-  if string.sub(msg or '', 1, 9) ~= 'SSCORRUPT' then error(e) end
+-- A damaged session is deleted too: its head and lease go, and so do its
+-- versions' hashes when their range is sound; keys its damaged counts
+-- cannot find are left to their TTLs. Damage is what the scripts raise on
+-- data not as the store wrote it: SSCORRUPT, WRONGTYPE, or a Lua error on
+-- a value (a string). Any other error (a key a migrating slot moved) fails
+-- the script before a write.
+local m, sound = {}, false
+if typed(P .. 'head', 'hash') then
+  m = redis.call('HMGET', P .. 'head', 'version', 'oldest')
+  if not m[1] then return {'NOTFOUND'} end
+  local e
+  sound, e = pcall(probe_session)
+  if not sound and type(e) == 'table' then
+    local code = string.sub(e.err or '', 1, 9)
+    if code ~= 'SSCORRUPT' and code ~= 'WRONGTYPE' then error(e) end
+  end
 end
 -- The nonce first: a new key, which a migrating slot may refuse, and then
 -- before anything is deleted.
@@ -293,7 +313,13 @@ else
   end
 end
 redis.call('DEL', P .. 'head', P .. 'lease')
-redis.call('PEXPIRE', P .. 'fence', ARGV[2])
+-- The fence stays a while (fence retention), unless it is no fence.
+if pcall(fence_of, redis.call('TYPE', P .. 'fence')['ok'] == 'string' and
+                   redis.call('GET', P .. 'fence') or 'x') then
+  redis.call('PEXPIRE', P .. 'fence', ARGV[2])
+else
+  redis.call('DEL', P .. 'fence')
+end
 return {'OK'}
 )lua";
 
@@ -318,6 +344,7 @@ return {'OK', f}
 inline constexpr char kLuaRenew[] = R"lua(
 if redis.call('EXISTS', P .. 'head') == 0 then return {'NOTFOUND'} end
 local f = redis.call('GET', P .. 'fence') or '0'
+fence_of(f)
 if f ~= ARGV[5] then return {'FENCED', f} end
 local lease = P .. 'lease'
 local cur = redis.call('HGET', lease, 'owner')
