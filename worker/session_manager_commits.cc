@@ -3,6 +3,8 @@
 // writers' Append pipeline.
 #include <algorithm>
 #include <iostream>
+#include <memory>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/utf8.h"
@@ -10,6 +12,51 @@
 #include "worker/session_manager_internal.h"
 
 namespace statestream::worker {
+namespace {
+
+// What an Append request changes in a session besides its live state: kept
+// to undo the request when the commit due with it fails.
+struct Unapplied {
+  uint64_t input_offset;
+  std::string tail;
+  std::string utf8_carry;
+  bool carry_known;
+  bool dirty;
+  absl::Time dirty_since;
+  VersionCause dirty_cause;
+  Durability dirty_durability;
+  int64_t uncommitted_tokens;
+  std::deque<GenerationRecord> records;
+
+  static Unapplied Of(const Session& s) {
+    return {s.input_offset,
+            s.tail,
+            s.utf8_carry,
+            s.carry_known,
+            s.dirty,
+            s.dirty_since,
+            s.dirty_cause,
+            s.dirty_durability,
+            s.uncommitted_tokens,
+            s.records};
+  }
+  // `live`: the state before the request's tokens (null: it had none).
+  void Restore(Session* s, std::shared_ptr<EngineState> live) {
+    if (live != nullptr) s->live = std::move(*live);
+    s->input_offset = input_offset;
+    s->tail = std::move(tail);
+    s->utf8_carry = std::move(utf8_carry);
+    s->carry_known = carry_known;
+    s->dirty = dirty;
+    s->dirty_since = dirty_since;
+    s->dirty_cause = dirty_cause;
+    s->dirty_durability = dirty_durability;
+    s->uncommitted_tokens = uncommitted_tokens;
+    s->records = std::move(records);
+  }
+};
+
+}  // namespace
 
 StateSnapshot SessionManager::Impl::Snapshot(const Session* s) const {
   const auto& cfg = model_->info().config;
@@ -399,14 +446,31 @@ void SessionManager::Impl::AppendOp(
   if (in.kind == AppendInput::Kind::kTokens) {
     tokens.insert(tokens.end(), in.tokens.begin(), in.tokens.end());
   }
-  auto finish = [this, s, w, in, units, carry, new_tail,
-                 done](uint32_t consumed) {
+  // `before_live`: the state before the request's tokens (null when it
+  // consumed none), to go back to if its commit surely did not happen.
+  auto finish = [this, s, w, in, units, carry, new_tail, done](
+                    uint32_t consumed,
+                    std::shared_ptr<EngineState> before_live) {
+    // With a commit due (asked for, or the policy's), what the request
+    // changes is kept, so that a commit that fails leaves nothing of the
+    // request applied (a request is applied atomically: payload, flush,
+    // checkpoint) where the store shows it did not happen.
+    const absl::Time now = clock_->Now();
+    const bool changes = units > 0 || consumed > 0;
+    // The policy's commit: after checkpoint_tokens or checkpoint_interval
+    // of uncommitted input, this request's included.
+    const bool policy =
+        (s->dirty || changes) &&
+        (s->uncommitted_tokens + consumed >= opt_.checkpoint_tokens ||
+         now - (s->dirty ? s->dirty_since : now) >= opt_.checkpoint_interval);
+    std::optional<Unapplied> before;
+    if (in.checkpoint || policy) before = Unapplied::Of(*s);
     s->input_offset += units;
     s->tail = new_tail;
     s->utf8_carry = carry;
     if (units > 0) s->carry_known = true;
-    if (units > 0 || consumed > 0) {
-      if (!s->dirty) s->dirty_since = clock_->Now();
+    if (changes) {
+      if (!s->dirty) s->dirty_since = now;
       s->dirty = true;
       s->dirty_cause = VersionCause::kAppend;
       s->dirty_durability = std::max(s->dirty_durability, Dur(in.durability));
@@ -418,18 +482,29 @@ void SessionManager::Impl::AppendOp(
       absl::MutexLock lock(&s->mu);
       RefreshView(s.get());
     }
-    const bool policy =
-        s->dirty &&
-        (s->uncommitted_tokens >= opt_.checkpoint_tokens ||
-         clock_->Now() - s->dirty_since >= opt_.checkpoint_interval);
-    if (in.checkpoint || policy) {
+    if (before) {
       // A checkpoint by policy is no request's.
       // At the level this input's requests asked for (the earlier ones'
       // too, which may have asked for more).
+      const uint64_t version_before = s->head.head.version;
       absl::Status st =
           Checkpoint(s.get(), std::max(Dur(in.durability), s->dirty_durability),
                      in.checkpoint ? in.request_id : "");
       if (!st.ok()) {
+        // Surely not written only while the store still has the head this
+        // session knew (as a failed generation's commit): then back to
+        // before the request. Else (the store unreadable: its outcome
+        // unknown) the request stays applied, uncommitted, and a resend
+        // is a duplicate; the next commit adopts or writes it.
+        if (GoneError(s.get()).ok() && s->dirty &&
+            s->head.head.version == version_before) {
+          auto h = store_->GetHead(s->key);
+          if (h.ok() && h->head.version == version_before) {
+            before->Restore(s.get(), std::move(before_live));
+            absl::MutexLock lock(&s->mu);
+            RefreshView(s.get());
+          }
+        }
         Release(s);
         return done(st);
       }
@@ -439,7 +514,7 @@ void SessionManager::Impl::AppendOp(
     Release(s);
     done(ack);
   };
-  if (tokens.empty()) return finish(0);
+  if (tokens.empty()) return finish(0, nullptr);
   auto work = std::make_shared<EngineState>(s->live);
   const uint32_t n = static_cast<uint32_t>(tokens.size());
   auto task = std::make_shared<IngestTask>(
@@ -453,8 +528,8 @@ void SessionManager::Impl::AppendOp(
             Release(s);
             return done(why);
           }
-          s->live = std::move(*work);
-          finish(n);
+          std::swap(s->live, *work);  // `work`: the state before
+          finish(n, work);
         });
       });
   absl::Status refused;

@@ -274,6 +274,53 @@ TEST_F(SessionManagerTest, ACommitWhoseReplyWasLostIsAdopted) {
   EXPECT_EQ(store_->GetHead({"t", "s"})->head.input_offset, 4u);
 }
 
+// A request whose commit the store refused, nothing written, is not
+// applied (a request is applied atomically: payload, flush, checkpoint):
+// the error, the session where it was before the request, and the same
+// request resent is applied, not acknowledged as a duplicate of input the
+// session never committed. The same for a commit the policy took with a
+// request that asked for none. It used to stay applied: a resend, with
+// any content, was a duplicate.
+TEST_F(SessionManagerTest, ARequestWhoseCommitTheStoreRefusedIsNotApplied) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  for (const bool policy : {false, true}) {
+    SCOPED_TRACE(policy ? "the policy's commit" : "a checkpoint request");
+    SessionManagerOptions o;
+    if (policy) o.checkpoint_tokens = 6;
+    Start(o);
+    const std::string id = policy ? "by-policy" : "asked";
+    Create(id);
+    auto w = Open(id);
+    ASSERT_TRUE(Append(w, 0, "abc").ok());  // applied, uncommitted
+    faulty_->refuse_commits = 1;
+    auto refused = Append(w, 3, "def", false, !policy);
+    EXPECT_EQ(GetReason(refused.status()), Reason::kStoreUnavailable)
+        << refused.status();
+    auto view = manager_->GetSession("t", id);
+    ASSERT_TRUE(view.ok()) << view.status();
+    EXPECT_EQ(view->input_offset, 3u);
+    EXPECT_EQ(view->position, 3u);
+    // Resent (on a new writer, as a client's reconnect): applied now.
+    auto again = Open(id);
+    auto resent = Append(again, 3, "def", false, !policy);
+    ASSERT_TRUE(resent.ok()) << resent.status();
+    EXPECT_FALSE(resent->duplicate);
+    EXPECT_EQ(resent->committed_input_offset, 6u);
+    // The state is the one "abcdef" makes, once.
+    const std::string ref = id + "-ref";
+    Create(ref);
+    auto rw = Open(ref);
+    ASSERT_TRUE(Append(rw, 0, "abcdef", false, true).ok());
+    auto got = store_->LoadVersion({"t", id}, 0);
+    auto want = store_->LoadVersion({"t", ref}, 0);
+    ASSERT_TRUE(got.ok() && want.ok());
+    EXPECT_EQ(got->state.position, 6u);
+    EXPECT_EQ(got->state.state, want->state.state);
+    ASSERT_TRUE(Close(again).ok());
+    ASSERT_TRUE(Close(rw).ok());
+  }
+}
+
 // Retries with the same request id do what the first call did, once: a
 // delete that succeeded succeeds, a rollback is not repeated, a create
 // that failed but exists returns it; other content under the id is
