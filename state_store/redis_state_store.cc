@@ -275,25 +275,28 @@ absl::StatusOr<std::pair<SessionHead, Fields>> RedisStateStore::Read(
   s.key = key;
   s.model_id = Get(h, "model_id");
   s.model_fingerprint = Get(h, "fingerprint");
-  s.oldest_version = U64(h, "oldest");
+  constexpr absl::string_view kHead = "the session's head";
+  SS_ASSIGN_OR_RETURN(s.oldest_version, U64(h, "oldest", kHead));
   s.parent_session_id = Get(h, "parent_sid");
-  s.parent_version = U64(h, "parent_ver");
+  SS_ASSIGN_OR_RETURN(s.parent_version, U64(h, "parent_ver", kHead));
   s.create_request_id = Get(h, "create_rid");
-  s.create_digest = U64(h, "create_dg");
+  SS_ASSIGN_OR_RETURN(s.create_digest, U64(h, "create_dg", kHead));
   if (!DecodeStringMap(Get(h, "labels"), &s.labels)) {
     return DataLossError(Reason::kStateCorrupt, "session labels are corrupt");
   }
-  const int64_t ttl = I64(h, "ttl_ms");
+  SS_ASSIGN_OR_RETURN(const int64_t ttl, I64(h, "ttl_ms", kHead));
   s.ttl = ttl < 0 ? absl::InfiniteDuration() : absl::Milliseconds(ttl);
-  s.created_at = absl::FromUnixMillis(I64(h, "created_ms"));
-  s.updated_at = absl::FromUnixMillis(I64(h, "updated_ms"));
+  SS_ASSIGN_OR_RETURN(const int64_t created, I64(h, "created_ms", kHead));
+  SS_ASSIGN_OR_RETURN(const int64_t updated, I64(h, "updated_ms", kHead));
+  s.created_at = absl::FromUnixMillis(created);
+  s.updated_at = absl::FromUnixMillis(updated);
   (void)absl::SimpleAtoi(Str(r->element[3]), &s.fence);
   const long long pttl = r->element[5]->integer;
   if (!Get(lease, "owner").empty() && pttl > 0) {
     s.owner = Get(lease, "owner");
     s.lease_expires_at = clock_->Now() + absl::Milliseconds(pttl);
   }
-  s.head = ParseVersion(Pairs(r->element[6]));
+  SS_ASSIGN_OR_RETURN(s.head, ParseVersion(Pairs(r->element[6])));
   return std::make_pair(std::move(s), std::move(vm));
 }
 

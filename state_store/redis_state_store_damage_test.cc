@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
@@ -110,11 +111,15 @@ TEST(RedisStateStoreDamageTest, ADamagedCountIsCorruptOnEveryCall) {
     EXPECT_EQ(*server->Command({"EXISTS", p + "head"}), "1") << what;
   }
   // The tenant's listing leaves the sessions whose head is damaged out
-  // instead of failing (those with a damaged version are listed: the head
-  // is sound), and a limited create counts them all (TENANT_LIMIT, not
-  // DATA_LOSS).
+  // instead of failing (those whose version records counts out of range
+  // are listed: the head reads, and a listing loops over no counts; a
+  // value that is no number at all is damage to any read), and a limited
+  // create counts them all (TENANT_LIMIT, not DATA_LOSS).
   size_t sound_heads = 0;
-  for (const auto& [what, field] : damage) sound_heads += field[0] == "v1";
+  for (const auto& [what, field] : damage) {
+    uint64_t number;
+    sound_heads += field[0] == "v1" && absl::SimpleAtoi(field[2], &number);
+  }
   ListSessionsRequest list;
   list.tenant = "acme";
   auto page = store->ListSessions(list);
@@ -218,6 +223,38 @@ TEST(RedisStateStoreDamageTest, KeysOfTheWrongTypeAreCorruptNotInternal) {
   auto other = store->CreateSession(NewSession("fine", Durability::kMemory));
   ASSERT_TRUE(other.ok()) << other.status();
   EXPECT_TRUE(store->LoadVersion({"acme", "fine"}, 0).ok());
+}
+
+// A version hash whose numbers are none, or that disagrees with its state
+// (the position and input offset GetHead reports): STATE_CORRUPT, not a
+// 0 read for "xyz" nor a session that reports one place and resumes at
+// another.
+TEST(RedisStateStoreDamageTest,
+     AVersionHashThatDisagreesWithItsStateIsCorrupt) {
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  for (const char* id : {"xyz", "moved", "kept"}) {
+    ASSERT_TRUE(store->CreateSession(NewSession(id, Durability::kMemory)).ok());
+  }
+  ASSERT_TRUE(
+      server->Command({"HSET", "ss:{acme/xyz}:v1", "position", "xyz"}).ok());
+  ASSERT_TRUE(server
+                  ->Command({"HSET", "ss:{acme/moved}:v1", "position", "5",
+                             "input_offset", "5"})
+                  .ok());
+  const absl::Status head = store->GetHead({"acme", "xyz"}).status();
+  EXPECT_EQ(GetReason(head), Reason::kStateCorrupt) << head;
+  const absl::Status versions = store->ListVersions({"acme", "xyz"}).status();
+  EXPECT_EQ(GetReason(versions), Reason::kStateCorrupt) << versions;
+  const absl::Status load = store->LoadVersion({"acme", "moved"}, 0).status();
+  EXPECT_EQ(GetReason(load), Reason::kStateCorrupt) << load;
+  EXPECT_TRUE(store->LoadVersion({"acme", "kept"}, 0).ok());
+  ListSessionsRequest list;
+  list.tenant = "acme";
+  auto page = store->ListSessions(list);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(page->sessions.size(), 2u);  // "xyz" left out
 }
 
 // A head whose own version hash is gone (evicted, or deleted by hand) is

@@ -105,7 +105,7 @@ absl::StatusOr<LoadedVersion> RedisStateStore::LoadVersion(
       auto read,
       Read(key, static_cast<int64_t>(std::min(version, kMaxVersion))));
   const auto& [head, vm] = read;
-  const VersionInfo info = ParseVersion(vm);
+  SS_ASSIGN_OR_RETURN(const VersionInfo info, ParseVersion(vm));
   const std::string nonce = Get(vm, "nonce");
   // Each chunk but one per part holds at least the smallest chunk_bytes a
   // writer may use: more chunks than that is a damaged hash, not a reason
@@ -203,6 +203,7 @@ absl::StatusOr<LoadedVersion> RedisStateStore::LoadVersion(
   LoadedVersion out;
   out.version = info;
   SS_ASSIGN_OR_RETURN(out.state, DecodeState(bytes));
+  SS_RETURN_IF_ERROR(CheckVersionMatchesState(info, out.state));
   return out;
 }
 
@@ -260,7 +261,7 @@ absl::StatusOr<VersionInfo> RedisStateStore::AwaitDurability(
                           head.first.oldest_version);
   }
   SS_ASSIGN_OR_RETURN(auto read, Read(key, static_cast<int64_t>(version)));
-  VersionInfo v = ParseVersion(read.second);
+  SS_ASSIGN_OR_RETURN(VersionInfo v, ParseVersion(read.second));
   if (v.durability >= wanted) return v;
   const std::string number = absl::StrCat(version);
   SS_ASSIGN_OR_RETURN(
@@ -304,7 +305,8 @@ absl::StatusOr<std::vector<VersionInfo>> RedisStateStore::ListVersions(
   }
   std::vector<VersionInfo> out;
   for (size_t i = 1; i < r->elements; ++i) {
-    out.push_back(ParseVersion(Pairs(r->element[i])));
+    SS_ASSIGN_OR_RETURN(VersionInfo v, ParseVersion(Pairs(r->element[i])));
+    out.push_back(std::move(v));
   }
   return out;
 }
@@ -427,7 +429,7 @@ absl::StatusOr<CommitResult> RedisStateStore::Finish(const SessionKey& key,
   auto read = Read(key, static_cast<int64_t>(version));
   CommitResult out;
   if (read.ok()) {
-    out.version = ParseVersion(read->second);
+    SS_ASSIGN_OR_RETURN(out.version, ParseVersion(read->second));
   } else if (read.status().code() == absl::StatusCode::kNotFound &&
              GetReason(read.status()) == Reason::kVersionMismatch) {
     // Newer commits (another writer's, during a durability wait) dropped

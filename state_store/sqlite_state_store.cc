@@ -125,6 +125,7 @@ class SqliteStateStore final : public StateStore {
                        " does not match its size and CRC"));
     }
     SS_ASSIGN_OR_RETURN(out.state, DecodeState(bytes));
+    SS_RETURN_IF_ERROR(si::CheckVersionMatchesState(out.version, out.state));
     return out;
   }
 

@@ -456,6 +456,22 @@ TEST(SqliteStateStoreTest, ADamagedSessionIsLeftOutOfListings) {
   EXPECT_TRUE((*store)->DeleteSession({"acme", "b"}).ok());
 }
 
+// A version's record edited apart from its state (the position GetHead
+// reports) is STATE_CORRUPT at the load, not a session that reports one
+// place and resumes at another.
+TEST(SqliteStateStoreTest, AVersionRecordThatDisagreesWithItsStateIsCorrupt) {
+  SqliteEnv env;
+  auto store = env.NewStore(8);
+  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_TRUE((*store)->CreateSession(Creating("moved")).ok());
+  ASSERT_TRUE((*store)->CreateSession(Creating("kept")).ok());
+  ASSERT_TRUE(
+      ExecOn(env.path(), "UPDATE versions SET position=5 WHERE sid='moved'"));
+  const absl::Status st = (*store)->LoadVersion({"acme", "moved"}, 0).status();
+  EXPECT_EQ(GetReason(st), Reason::kStateCorrupt) << st;
+  EXPECT_TRUE((*store)->LoadVersion({"acme", "kept"}, 0).ok());
+}
+
 // A damaged file is DATA_LOSS/kStateCorrupt (retrying cannot help), not
 // UNAVAILABLE as for a store that cannot be reached.
 TEST(SqliteStateStoreTest, ADamagedFileIsStateCorrupt) {

@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // The Redis store's replies and script arguments (redis_store.h).
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/random.h"
+#include "common/status.h"
 #include "state_store/internal/redis_scripts.h"
 #include "state_store/internal/redis_store.h"
 
@@ -56,17 +58,28 @@ Fields Pairs(const redisReply* r) {
   return f;
 }
 
-uint64_t U64(const Fields& f, const std::string& k) {
+namespace {
+
+template <typename T>
+absl::StatusOr<T> Number(const Fields& f, const std::string& k,
+                         absl::string_view where) {
   auto it = f.find(k);
-  uint64_t v = 0;
-  if (it != f.end() && !absl::SimpleAtoi(it->second, &v)) v = 0;
-  return v;
+  T v = 0;
+  if (it == f.end() || absl::SimpleAtoi(it->second, &v)) return v;
+  return DataLossError(Reason::kStateCorrupt,
+                       absl::StrCat("state is corrupt: ", where, " records ", k,
+                                    " '", it->second.substr(0, 40), "'"));
 }
-int64_t I64(const Fields& f, const std::string& k) {
-  auto it = f.find(k);
-  int64_t v = 0;
-  if (it != f.end() && !absl::SimpleAtoi(it->second, &v)) v = 0;
-  return v;
+
+}  // namespace
+
+absl::StatusOr<uint64_t> U64(const Fields& f, const std::string& k,
+                             absl::string_view where) {
+  return Number<uint64_t>(f, k, where);
+}
+absl::StatusOr<int64_t> I64(const Fields& f, const std::string& k,
+                            absl::string_view where) {
+  return Number<int64_t>(f, k, where);
 }
 std::string Get(const Fields& f, const std::string& k) {
   auto it = f.find(k);
@@ -92,23 +105,36 @@ Command PendingChunkRenewal(absl::string_view key,
 
 std::string FenceSalt() { return absl::StrCat(ThreadRng()() & 1023); }
 
-VersionInfo ParseVersion(const Fields& f) {
+absl::StatusOr<VersionInfo> ParseVersion(const Fields& f) {
   VersionInfo v;
-  v.version = U64(f, "version");
-  v.position = U64(f, "position");
-  v.input_offset = U64(f, "input_offset");
-  v.tail_bytes = static_cast<uint32_t>(U64(f, "tail_bytes"));
-  v.fence = U64(f, "fence");
-  v.state_bytes = U64(f, "state_bytes");
-  v.chunk_count = static_cast<uint32_t>(U64(f, "chunk_count"));
-  v.state_crc32c = static_cast<uint32_t>(U64(f, "crc"));
-  v.rolled_back_from = U64(f, "rolled_back_from");
-  v.cause = VersionCauseOf(U64(f, "cause"));
+  // Named by the version it claims (the hash's own key is not at hand).
+  const std::string where =
+      absl::StrCat("version ", Get(f, "version").substr(0, 40));
+  SS_ASSIGN_OR_RETURN(v.version, U64(f, "version", where));
+  SS_ASSIGN_OR_RETURN(v.position, U64(f, "position", where));
+  SS_ASSIGN_OR_RETURN(v.input_offset, U64(f, "input_offset", where));
+  SS_ASSIGN_OR_RETURN(v.fence, U64(f, "fence", where));
+  SS_ASSIGN_OR_RETURN(v.state_bytes, U64(f, "state_bytes", where));
+  SS_ASSIGN_OR_RETURN(v.rolled_back_from, U64(f, "rolled_back_from", where));
+  uint32_t* const narrow[] = {&v.tail_bytes, &v.chunk_count, &v.state_crc32c};
+  const char* const narrow_keys[] = {"tail_bytes", "chunk_count", "crc"};
+  for (int i = 0; i < 3; ++i) {
+    SS_ASSIGN_OR_RETURN(const uint64_t n, U64(f, narrow_keys[i], where));
+    if (n > std::numeric_limits<uint32_t>::max()) {
+      return DataLossError(Reason::kStateCorrupt,
+                           absl::StrCat("state is corrupt: ", where,
+                                        " records ", narrow_keys[i], " ", n));
+    }
+    *narrow[i] = static_cast<uint32_t>(n);
+  }
+  SS_ASSIGN_OR_RETURN(const uint64_t cause, U64(f, "cause", where));
+  v.cause = VersionCauseOf(cause);
   v.request_id = Get(f, "rid");
-  const uint64_t d = U64(f, "durability");
+  SS_ASSIGN_OR_RETURN(const uint64_t d, U64(f, "durability", where));
   v.durability =
       d >= 1 && d <= 3 ? static_cast<Durability>(d) : Durability::kMemory;
-  v.committed_at = absl::FromUnixMillis(I64(f, "committed_ms"));
+  SS_ASSIGN_OR_RETURN(const int64_t committed, I64(f, "committed_ms", where));
+  v.committed_at = absl::FromUnixMillis(committed);
   return v;
 }
 

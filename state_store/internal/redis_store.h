@@ -91,9 +91,13 @@ std::string ScriptSource(Script s);
 std::string Str(const redisReply* r);
 // An array of name, value, name, value... as Fields.
 Fields Pairs(const redisReply* r);
-// A field as a number; 0 when absent or not a number.
-uint64_t U64(const Fields& f, const std::string& k);
-int64_t I64(const Fields& f, const std::string& k);
+// A field as a number; 0 when absent. A value that is no number (or
+// does not fit) is damage: DATA_LOSS/STATE_CORRUPT naming `where`, the hash
+// it is in ("version 3", "the head").
+absl::StatusOr<uint64_t> U64(const Fields& f, const std::string& k,
+                             absl::string_view where);
+absl::StatusOr<int64_t> I64(const Fields& f, const std::string& k,
+                            absl::string_view where);
 // A field's text; "" when absent.
 std::string Get(const Fields& f, const std::string& k);
 
@@ -122,8 +126,8 @@ Command PendingChunkRenewal(absl::string_view key,
 // counter went back.
 std::string FenceSalt();
 
-// A version's hash, and back.
-VersionInfo ParseVersion(const Fields& f);
+// A version's hash (STATE_CORRUPT when a number in it is none), and back.
+absl::StatusOr<VersionInfo> ParseVersion(const Fields& f);
 std::vector<std::string> VersionFields(const VersionInfo& v,
                                        const std::string& nonce);
 

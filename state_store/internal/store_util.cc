@@ -269,6 +269,21 @@ bool DecodeStringMap(absl::string_view s,
   return true;
 }
 
+absl::Status CheckVersionMatchesState(const VersionInfo& v,
+                                      const StateSnapshot& s) {
+  if (v.position == s.position && v.input_offset == s.input_offset &&
+      v.tail_bytes == s.tokenizer_tail.size()) {
+    return absl::OkStatus();
+  }
+  return DataLossError(
+      Reason::kStateCorrupt,
+      absl::StrCat("state is corrupt: version ", v.version,
+                   " records position ", v.position, ", input offset ",
+                   v.input_offset, " and ", v.tail_bytes,
+                   " tail bytes; its state holds ", s.position, ", ",
+                   s.input_offset, " and ", s.tokenizer_tail.size()));
+}
+
 VersionInfo DescribeVersion(const StateSnapshot& s, absl::string_view encoded,
                             uint64_t version, uint64_t fence,
                             uint32_t chunk_count) {

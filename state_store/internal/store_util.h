@@ -67,6 +67,14 @@ VersionInfo DescribeVersion(const StateSnapshot& snapshot,
                             uint64_t version, uint64_t fence,
                             uint32_t chunk_count);
 
+// DATA_LOSS/STATE_CORRUPT unless the loaded `snapshot` is where its
+// version's record `v` (what GetHead and ListVersions report) says: the
+// same position, input offset and tokenizer tail size. A record edited
+// apart from its state would otherwise report one place and resume at
+// another.
+absl::Status CheckVersionMatchesState(const VersionInfo& v,
+                                      const StateSnapshot& snapshot);
+
 // What the writer said made a version (cause, request id and, for a
 // commit, rolled_back_from), copied from its request into `v`.
 void RecordCause(const CommitRequest& r, VersionInfo* v);
