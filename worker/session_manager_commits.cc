@@ -427,9 +427,13 @@ void SessionManager::Impl::AppendOp(
     carry = joined.substr(complete);
   }
   if (flush && !carry.empty()) {
+    // The open character's first byte: the carry ends where the request's
+    // text does (a token request adds no text).
+    const uint64_t text_end =
+        in.kind == AppendInput::Kind::kText ? at + units : at;
     return fail(Invalid(
         Reason::kInvalidUtf8, "text ends inside a UTF-8 character at a flush",
-        {{"input_offset", absl::StrCat(at + units - carry.size())},
+        {{"input_offset", absl::StrCat(text_end - carry.size())},
          {"field", "text_utf8"}}));
   }
   std::vector<int32_t> tokens;

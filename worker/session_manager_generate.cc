@@ -161,12 +161,14 @@ struct GenerateTiming {
 };
 
 // Generate and Score flush the pending text first; they cannot while its
-// last character is open.
-absl::Status OpenCharacterError(uint64_t input_offset) {
-  return Invalid(
-      Reason::kInvalidUtf8,
-      "the session's pending text ends inside a UTF-8 character",
-      {{"input_offset", absl::StrCat(input_offset)}, {"field", "text_utf8"}});
+// last character is open. `input_offset`: the session's; `open`: the bytes
+// of that character it holds. The error's input_offset is the character's
+// first byte, as an Append's flush reports it.
+absl::Status OpenCharacterError(uint64_t input_offset, size_t open) {
+  return Invalid(Reason::kInvalidUtf8,
+                 "the session's pending text ends inside a UTF-8 character",
+                 {{"input_offset", absl::StrCat(input_offset - open)},
+                  {"field", "text_utf8"}});
 }
 
 }  // namespace
@@ -255,7 +257,8 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       } else {
         std::vector<int32_t> prompt;
         if (!s->utf8_carry.empty()) {
-          return fail(OpenCharacterError(s->input_offset));
+          return fail(
+              OpenCharacterError(s->input_offset, s->utf8_carry.size()));
         }
         // (The prompt itself was checked before the strand: CheckRequest.)
         if (in.prompt_kind == GenerateInput::Prompt::kText) {
@@ -646,7 +649,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
       auto carry = StateCarry(v->state);
       if (!carry.ok()) return done(carry.status());
       if (!carry->empty()) {
-        return done(OpenCharacterError(v->state.input_offset));
+        return done(OpenCharacterError(v->state.input_offset, carry->size()));
       }
       work->state.assign(v->state.state.begin(), v->state.state.end());
       work->position = v->state.position;
@@ -671,7 +674,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
       if (g.ok() && !s->utf8_carry.empty()) {
         // As Generate: the pending text is flushed before the
         // continuation, and cannot be while a character is open.
-        g = OpenCharacterError(s->input_offset);
+        g = OpenCharacterError(s->input_offset, s->utf8_carry.size());
       }
       if (!g.ok()) {
         m.Release(s);

@@ -232,14 +232,28 @@ TEST_F(SessionManagerTest, ScoreAndGenerateRefuseAnOpenCharacter) {
   auto w = Open("open");
   auto open = Append(w, 0, "ab\xe2\x82", false, /*checkpoint=*/true);
   ASSERT_TRUE(open.ok()) << open.status();
+  // Every refusal names the open character's first byte, offset 2 (Score,
+  // Generate and a token request used to name the session's end, 4).
+  auto expect_open_at_2 = [](const absl::Status& st) {
+    EXPECT_EQ(GetReason(st), Reason::kInvalidUtf8) << st;
+    EXPECT_EQ(GetErrorMetadata(st, "input_offset"), "2") << st;
+  };
   ScoreInput score;
   score.tokens = {'x'};
   absl::Status status = ScoreStatus("open", score);
-  EXPECT_EQ(GetReason(status), Reason::kInvalidUtf8) << status;
+  expect_open_at_2(status);
   GenerateInput generate;
   generate.request_id = "g";
   generate.max_tokens = 1;
-  EXPECT_EQ(GetReason(GenerateStatus("open", generate)), Reason::kInvalidUtf8);
+  expect_open_at_2(GenerateStatus("open", generate));
+  expect_open_at_2(Append(w, 4, "", /*flush=*/true).status());
+  {
+    AppendInput tokens;
+    tokens.kind = AppendInput::Kind::kTokens;
+    tokens.tokens = {'x', 'y', 'z'};
+    tokens.expected_input_offset = 4;
+    expect_open_at_2(Append(w, tokens).status());
+  }
   // The character completed: both go on.
   ASSERT_TRUE(Append(w, 4, "\xac", true, false).ok());
   ASSERT_TRUE(Close(w).ok());
@@ -249,7 +263,7 @@ TEST_F(SessionManagerTest, ScoreAndGenerateRefuseAnOpenCharacter) {
   // The version committed with the character open is still refused.
   score.version = open->version;
   status = ScoreStatus("open", score);
-  EXPECT_EQ(GetReason(status), Reason::kInvalidUtf8) << status;
+  expect_open_at_2(status);
 }
 
 TEST_F(SessionManagerTest, AStateWithoutItsHiddenVectorAsksForInput) {

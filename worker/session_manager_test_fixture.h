@@ -186,6 +186,10 @@ class SessionManagerTest : public ::testing::Test {
     in.text = text;
     in.flush = flush;
     in.checkpoint = checkpoint;
+    return Append(w, in);
+  }
+  absl::StatusOr<AppendAck> Append(
+      const std::shared_ptr<SessionManager::Writer>& w, const AppendInput& in) {
     absl::Notification done;
     absl::StatusOr<AppendAck> out;
     manager_->Append(w, in, [&](absl::StatusOr<AppendAck> a) {
