@@ -413,6 +413,19 @@ TEST_F(WorkerE2eTest, StopStringsAndSamplingControlsReachTheSampler) {
   const GenResult greedy = Generate(top1);
   ASSERT_TRUE(greedy.status.ok()) << greedy.status;
   EXPECT_EQ(greedy.tokens, base.tokens);
+  // A top_k of at least the vocabulary's size keeps every token, however
+  // large (one past INT32_MAX was refused "too large"): as top_k 0.
+  v1::GenerateRequest all = request("top-k-all");
+  all.mutable_sampling()->set_temperature(1.5f);
+  all.mutable_sampling()->set_seed(77);
+  const GenResult untruncated = Generate(all);
+  ASSERT_TRUE(untruncated.status.ok()) << untruncated.status;
+  for (uint32_t k : {256u, 4294967295u}) {
+    all.mutable_sampling()->set_top_k(k);
+    const GenResult huge = Generate(all);
+    ASSERT_TRUE(huge.status.ok()) << k << ": " << huge.status;
+    EXPECT_EQ(huge.tokens, untruncated.tokens) << k;
+  }
 }
 
 }  // namespace

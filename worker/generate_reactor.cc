@@ -96,10 +96,9 @@ class GenerateReactor final
     if (p.temperature > 100)
       return BadField("sampling.temperature", "at most 100");
     if (sp.has_top_p()) p.top_p = sp.top_p();
-    if (sp.top_k() > static_cast<uint32_t>(INT32_MAX)) {
-      return BadField("sampling.top_k", "too large");
-    }
-    p.top_k = static_cast<int>(sp.top_k());
+    // Any k: one at least the vocabulary's size keeps every token.
+    p.top_k = static_cast<int>(
+        std::min<uint32_t>(sp.top_k(), static_cast<uint32_t>(INT32_MAX)));
     p.min_p = sp.min_p();
     if (p.min_p >= 1) return BadField("sampling.min_p", "must be in [0, 1)");
     p.presence_penalty = sp.presence_penalty();

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -155,6 +156,7 @@ absl::Status Validate(const SamplingParams& p, int vocab_size) {
   if (!(p.penalty_decay >= 0.0f && p.penalty_decay <= 1.0f)) {
     return BadParam("sampling.penalty_decay", "must be in [0, 1]");
   }
+  std::set<int32_t> banned;
   for (const auto& [token, bias] : p.logit_bias) {
     if (token < 0 || token >= vocab_size) {
       return BadToken(token, vocab_size, "sampling.logit_bias");
@@ -162,6 +164,12 @@ absl::Status Validate(const SamplingParams& p, int vocab_size) {
     if (std::isnan(bias) || bias == std::numeric_limits<float>::infinity()) {
       return BadParam("sampling.logit_bias", "must not be NaN or +inf");
     }
+    if (bias == kNegInf) banned.insert(token);  // banned
+  }
+  // Nothing would be left to sample (it would take a banned token).
+  if (vocab_size > 0 && banned.size() >= static_cast<size_t>(vocab_size)) {
+    return BadParam("sampling.logit_bias",
+                    "bans every token of the vocabulary");
   }
   for (int32_t token : p.stop_tokens) {
     if (token < 0 || token >= vocab_size) {

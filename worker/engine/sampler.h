@@ -56,8 +56,9 @@ struct SamplingParams {
 };
 
 // OK, or INVALID_ARGUMENT with Reason::kInvalidArgument (a numeric field
-// out of range or NaN) or Reason::kInvalidToken (a logit_bias or stop token
-// outside [0, vocab_size)).
+// out of range or NaN, or a logit_bias that bans every token) or
+// Reason::kInvalidToken (a logit_bias or stop token outside
+// [0, vocab_size)).
 absl::Status Validate(const SamplingParams& params, int vocab_size);
 
 // Everything a session must keep for sampling to continue identically.

@@ -289,6 +289,16 @@ TEST(SamplerTest, ValidateRejectsBadParams) {
       },
       Reason::kInvalidArgument);
   bad([](SamplingParams& p) { p.stop_tokens = {100}; }, Reason::kInvalidToken);
+  // Every token banned: nothing left to sample (it took a banned one).
+  bad(
+      [](SamplingParams& p) {
+        for (int t = 0; t < 100; ++t) p.logit_bias.push_back({t, -kInf});
+      },
+      Reason::kInvalidArgument);
+  SamplingParams all_but_one;
+  for (int t = 1; t < 100; ++t) all_but_one.logit_bias.push_back({t, -kInf});
+  all_but_one.logit_bias.push_back({0, -1e30f});  // very unlikely, not banned
+  EXPECT_TRUE(Validate(all_but_one, 100).ok());
 }
 
 TEST(SamplerTest, UnvalidatedParamsNeverCrash) {
