@@ -167,7 +167,7 @@ bool ReadUnparsable(const google::protobuf::Message& msg) {
 absl::Status UnparsableRequestError() {
   return absl::UnimplementedError(
       "a request message could not be parsed (a string field that is not "
-      "UTF-8?); the messages before it were taken, none after it");
+      "UTF-8?)");
 }
 
 }  // namespace statestream

@@ -155,11 +155,17 @@ absl::Status RedisStateStore::BadReply(const redisReply* r) {
     // damage, the same error on every call, as SSCORRUPT. (A script's
     // error on a Redis command is "ERR ... script: ..., on @user_script";
     // only Lua's own start "ERR user_script:".)
-    if (code == "WRONGTYPE" || absl::StartsWith(text, "ERR user_script:")) {
+    if (code == "WRONGTYPE") {
       return DataLossError(
           Reason::kStateCorrupt,
-          absl::StrCat("state is corrupt: a script failed on its keys: ",
+          absl::StrCat("state is corrupt: a key holds another type than the "
+                       "store writes: ",
                        what));
+    }
+    if (absl::StartsWith(text, "ERR user_script:")) {
+      return DataLossError(
+          Reason::kStateCorrupt,
+          absl::StrCat("state is corrupt: a script failed on a value: ", what));
     }
     for (absl::string_view refusal : {"OOM", "MISCONF", "READONLY", "BUSY",
                                       "NOREPLICAS", "NOAUTH", "NOPERM"}) {

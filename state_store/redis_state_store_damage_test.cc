@@ -162,18 +162,29 @@ TEST(RedisStateStoreDamageTest, KeysOfTheWrongTypeAreCorruptNotInternal) {
     std::string what;
     std::vector<std::vector<std::string>> commands;  // on the key's suffix
     bool head_readable;  // listed: GetHead does not read the damage
+    // The calls that write (an update, a commit, a lease) are refused, with
+    // nothing written.
+    bool writes_refused;
   };
   const std::vector<Damage> damage = {
-      {"head a string", {{"DEL", "head"}, {"SET", "head", "junk"}}, false},
-      {"head a list", {{"DEL", "head"}, {"RPUSH", "head", "a"}}, false},
+      {"head a string",
+       {{"DEL", "head"}, {"SET", "head", "junk"}},
+       false,
+       true},
+      {"head a list", {{"DEL", "head"}, {"RPUSH", "head", "a"}}, false, true},
+      {"head without a version", {{"HDEL", "head", "version"}}, false, true},
       {"head version hash a string",
        {{"DEL", "v1"}, {"SET", "v1", "junk"}},
-       false},
-      {"lease a string", {{"SET", "lease", "junk"}}, false},
-      {"fence a hash", {{"DEL", "fence"}, {"HSET", "fence", "a", "b"}}, false},
-      {"fence not a number", {{"SET", "fence", "abc"}}, false},
-      {"ttl_ms not a number", {{"HSET", "head", "ttl_ms", "zz"}}, false},
-      {"deletion mark a hash", {{"HSET", "deleted", "a", "b"}}, true},
+       false,
+       true},
+      {"lease a string", {{"SET", "lease", "junk"}}, false, false},
+      {"fence a hash",
+       {{"DEL", "fence"}, {"HSET", "fence", "a", "b"}},
+       false,
+       true},
+      {"fence not a number", {{"SET", "fence", "abc"}}, false, true},
+      {"ttl_ms not a number", {{"HSET", "head", "ttl_ms", "zz"}}, false, true},
+      {"deletion mark a hash", {{"HSET", "deleted", "a", "b"}}, true, false},
   };
   int n = 0;
   std::vector<uint64_t> fences;
@@ -207,10 +218,27 @@ TEST(RedisStateStoreDamageTest, KeysOfTheWrongTypeAreCorruptNotInternal) {
     for (SessionCall& call : CallsOn(store.get(), key, fences[i])) {
       calls.push_back(std::move(call));
     }
+    const std::string p = absl::StrCat("ss:{acme/w", i, "}:");
+    const auto fence_before = server->Command({"GET", p + "fence"});
     for (const SessionCall& call : calls) {
       const absl::Status st = call.run();
-      EXPECT_TRUE(st.ok() || GetReason(st) == Reason::kStateCorrupt)
-          << damage[i].what << ": " << call.name << ": " << st;
+      const bool writes = call.name == "UpdateSession" ||
+                          call.name == "Commit" || call.name == "AcquireLease";
+      if (damage[i].writes_refused && writes) {
+        EXPECT_EQ(GetReason(st), Reason::kStateCorrupt)
+            << damage[i].what << ": " << call.name << ": " << st;
+      } else {
+        EXPECT_TRUE(st.ok() || GetReason(st) == Reason::kStateCorrupt)
+            << damage[i].what << ": " << call.name << ": " << st;
+      }
+    }
+    if (damage[i].writes_refused) {
+      const auto fence_after = server->Command({"GET", p + "fence"});
+      EXPECT_EQ(fence_after.ok(), fence_before.ok()) << damage[i].what;
+      if (fence_after.ok() && fence_before.ok()) {
+        EXPECT_EQ(*fence_after, *fence_before) << damage[i].what;
+      }
+      EXPECT_EQ(*server->Command({"EXISTS", p + "v2"}), "0") << damage[i].what;
     }
   }
   for (int i = 0; i < n; ++i) {

@@ -433,7 +433,8 @@ void SessionManager::Impl::AppendOp(
         in.kind == AppendInput::Kind::kText ? at + units : at;
     return fail(Invalid(
         Reason::kInvalidUtf8, "text ends inside a UTF-8 character at a flush",
-        {{"input_offset", absl::StrCat(text_end - carry.size())},
+        {{"input_offset",
+          absl::StrCat(text_end - std::min<uint64_t>(carry.size(), text_end))},
          {"field", "text_utf8"}}));
   }
   std::vector<int32_t> tokens;

@@ -165,10 +165,12 @@ struct GenerateTiming {
 // of that character it holds. The error's input_offset is the character's
 // first byte, as an Append's flush reports it.
 absl::Status OpenCharacterError(uint64_t input_offset, size_t open) {
-  return Invalid(Reason::kInvalidUtf8,
-                 "the session's pending text ends inside a UTF-8 character",
-                 {{"input_offset", absl::StrCat(input_offset - open)},
-                  {"field", "text_utf8"}});
+  return Invalid(
+      Reason::kInvalidUtf8,
+      "the session's pending text ends inside a UTF-8 character",
+      {{"input_offset",
+        absl::StrCat(input_offset - std::min<uint64_t>(open, input_offset))},
+       {"field", "text_utf8"}});
 }
 
 }  // namespace

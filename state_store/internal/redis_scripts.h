@@ -8,7 +8,8 @@
 // "CHUNKS"). Layout: docs/state-store.md.
 //
 // Counts the scripts read back from a session's hashes (its versions'
-// range, a version's chunk count) are checked before anything is written:
+// range, a version's chunk count), and the TTL and fence they write from,
+// are checked before anything is written (probe_session):
 // a damaged one fails the script with an error reply "SSCORRUPT ..."
 // (DATA_LOSS / STATE_CORRUPT to the caller) instead of driving a loop of
 // billions of steps that would hold the shard, every tenant on it, for
@@ -63,17 +64,20 @@ end
 -- The same holds for any key the node does not have, so after the probe
 -- the scripts write only keys they have read, declared or kept (a key
 -- deleted mid-script is one the node no longer has).
-local function probe_session()
-  local h = redis.call('HMGET', P .. 'head', 'oldest', 'version')
-  local oldest, version = kept_range(h[1], h[2])
-  for n = oldest, version do
-    for _, k in ipairs(version_keys(n)) do redis.call('EXISTS', k) end
-  end
-end
 -- The session's TTL in ms (-1: pinned) and fence, as the head and the
 -- fence key record them.
 local function ttl_of(v) return whole(v, -1, 2^53, 'TTL (ms)') end
 local function fence_of(v) return whole(v or '0', 0, 2^53, 'fence') end
+local function probe_session()
+  local h = redis.call('HMGET', P .. 'head', 'oldest', 'version', 'ttl_ms')
+  local oldest, version = kept_range(h[1], h[2])
+  -- The values the writes that follow use: checked before any of them.
+  ttl_of(h[3])
+  fence_of(redis.call('GET', P .. 'fence'))
+  for n = oldest, version do
+    for _, k in ipairs(version_keys(n)) do redis.call('EXISTS', k) end
+  end
+end
 local function touch_session()
   local h = redis.call('HMGET', P .. 'head', 'oldest', 'version', 'ttl_ms')
   local ttl = ttl_of(h[3])
@@ -149,13 +153,12 @@ return {'OK', fence}
 // new version's field/value pairs.
 inline constexpr char kLuaCommit[] = R"lua(
 local head = P .. 'head'
-local ver = redis.call('HGET', head, 'version')
-if not ver then
+if redis.call('EXISTS', head) == 0 then
   drop_chunks(ARGV[7])
   return {'NOTFOUND'}
 end
-ver = tonumber(ver)
-probe_session()
+probe_session()  -- a head without a version is damage, not absent
+local ver = tonumber(redis.call('HGET', head, 'version'))
 local expected = tonumber(ARGV[4])
 if ver == expected + 1 and redis.call('HGET', head, 'nonce') == ARGV[7] then
   -- A retry after a lost reply: the commit happened on another connection.
@@ -235,8 +238,8 @@ return {'OK', h, vm, fence,
 
 // KEYS: head. Reply: {'OK', pairs of each kept version...}.
 inline constexpr char kLuaVersions[] = R"lua(
+if redis.call('EXISTS', P .. 'head') == 0 then return {'NOTFOUND'} end
 local m = redis.call('HMGET', P .. 'head', 'version', 'oldest')
-if not m[1] then return {'NOTFOUND'} end
 local oldest, ver = kept_range(m[2], m[1])
 local out = {'OK'}
 for n = oldest, ver do
@@ -283,8 +286,8 @@ end
 -- the script before a write.
 local m, sound = {}, false
 if typed(P .. 'head', 'hash') then
+  if redis.call('EXISTS', P .. 'head') == 0 then return {'NOTFOUND'} end
   m = redis.call('HMGET', P .. 'head', 'version', 'oldest')
-  if not m[1] then return {'NOTFOUND'} end
   local e
   sound, e = pcall(probe_session)
   if not sound and type(e) == 'table' then

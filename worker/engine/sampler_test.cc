@@ -297,7 +297,9 @@ TEST(SamplerTest, ValidateRejectsBadParams) {
       Reason::kInvalidArgument);
   SamplingParams all_but_one;
   for (int t = 1; t < 100; ++t) all_but_one.logit_bias.push_back({t, -kInf});
-  all_but_one.logit_bias.push_back({0, -1e30f});  // very unlikely, not banned
+  // Finite: very unlikely, not banned (the API sends a bias <= -1e9 as
+  // -inf, which is).
+  all_but_one.logit_bias.push_back({0, -1e30f});
   EXPECT_TRUE(Validate(all_but_one, 100).ok());
 }
 
