@@ -455,6 +455,44 @@ TEST(ArchTest, RandomModelsOfEveryArchitectureRoundTrip) {
   }
   EXPECT_FALSE(RandomModel("x999", {}).ok());
   EXPECT_FALSE(RandomModel("x052", {.n_embd = 100, .head_size = 64}).ok());
+  // An x052 of head size 1 would load as no known architecture (detection
+  // needs N > 1); a tiny width's default FFN stays within 16 n_embd.
+  EXPECT_FALSE(RandomModel("x052", {.n_embd = 8, .head_size = 1}).ok());
+  auto tiny = LoadRandomModel(
+      "x060", {.n_layer = 1, .n_embd = 1, .vocab_size = 4, .head_size = 1});
+  EXPECT_TRUE(tiny.ok()) << tiny.status();
+}
+
+// A layer's per-head tensor ([H, N]: x070's att.r_k, x060's and x052's
+// att.time_faaaa, x052's att.time_decay) in another head layout than
+// block 0's, which set the heads, is refused naming it. x070 and x060 read
+// the same bytes as block 0's heads.
+TEST(ArchTest, ALayerWithAnotherHeadLayoutIsRefused) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"x070", "blocks.1.att.r_k"},
+      {"x060", "blocks.1.att.time_faaaa"},
+      {"x052", "blocks.1.att.time_faaaa"},
+      {"x052", "blocks.1.att.time_decay"}};
+  for (const auto& [arch, name] : cases) {
+    auto tensors = RandomModel(
+        arch, {.n_layer = 2, .n_embd = 64, .vocab_size = 50, .head_size = 32});
+    ASSERT_TRUE(tensors.ok()) << tensors.status();
+    bool found = false;
+    for (auto& x : *tensors) {
+      if (x.name != name) continue;
+      ASSERT_EQ(x.shape, (std::vector<int64_t>{2, 32})) << name;
+      x.shape = {4, 16};  // the same 64 values
+      found = true;
+    }
+    ASSERT_TRUE(found) << arch << " " << name;
+    std::string path = TempPath("heads.safetensors");
+    ASSERT_TRUE(WriteCheckpoint(path, *tensors, DType::kF32).ok());
+    auto m = LoadModel(path);
+    std::remove(path.c_str());
+    ASSERT_FALSE(m.ok()) << arch << " " << name;
+    EXPECT_EQ(GetReason(m.status()), Reason::kInvalidModelFile);
+    EXPECT_NE(m.status().message().find(name), std::string::npos) << m.status();
+  }
 }
 
 TEST(ArchTest, MissingOrMisshapenTensorIsAClearError) {

@@ -58,7 +58,9 @@ int64_t TrainingFfn(int c) { return (c * 7 / 2) / 32 * 32; }
 int64_t FfnWidth(const std::string& arch, const RandomModelSpec& s) {
   if (s.dim_ffn > 0) return s.dim_ffn;
   if (arch == "x070" || arch == "v4") return int64_t{4} * s.n_embd;
-  return std::max<int64_t>(32, TrainingFfn(s.n_embd));
+  // At least 32, within the 16 n_embd every loader allows.
+  return std::min<int64_t>(std::max<int64_t>(32, TrainingFfn(s.n_embd)),
+                           int64_t{16} * s.n_embd);
 }
 
 }  // namespace
@@ -200,6 +202,13 @@ absl::Status CheckDims(const std::string& arch, const RandomModelSpec& s,
   if (heads) {
     if (s.head_size < 1 || s.head_size > rwkv::kMaxHeadSize) {
       return OutOfRange(arch, "head_size (--head-size)", s.head_size, 1,
+                        rwkv::kMaxHeadSize);
+    }
+    // x052's heads are told from x060's by a 2-D att.time_decay [H, N]
+    // with N > 1 (docs/architectures.md): one of N = 1 would load as no
+    // known architecture.
+    if (arch == "x052" && s.head_size < 2) {
+      return OutOfRange(arch, "head_size (--head-size)", s.head_size, 2,
                         rwkv::kMaxHeadSize);
     }
     if (s.n_embd % s.head_size != 0) {

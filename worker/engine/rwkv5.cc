@@ -119,15 +119,10 @@ absl::Status Rwkv5::Init(WeightLoader& ld) {
     SS_RETURN_IF_ERROR(ld.Vector(a + "time_mix_v", C, &L.mix_v));
     SS_RETURN_IF_ERROR(ld.Vector(a + "time_mix_r", C, &L.mix_r));
     SS_RETURN_IF_ERROR(ld.Vector(a + "time_mix_g", C, &L.mix_g));
-    int h, n;
-    SS_RETURN_IF_ERROR(rwkv::Dims2(ld, a + "time_decay", &h, &n));
-    if (h != cfg.n_head || n != cfg.head_size) {
-      return rwkv::BadModel(absl::StrCat(a, "time_decay is [", h, ",", n,
-                                         "], expected [", cfg.n_head, ",",
-                                         cfg.head_size, "]"));
-    }
+    SS_RETURN_IF_ERROR(rwkv::CheckHeadShape(ld, a + "time_decay", cfg));
     SS_RETURN_IF_ERROR(ld.Vector(a + "time_decay", C, &L.decay));
     for (float& w : L.decay) w = std::exp(-std::exp(w));
+    SS_RETURN_IF_ERROR(rwkv::CheckHeadShape(ld, a + "time_faaaa", cfg));
     SS_RETURN_IF_ERROR(ld.Vector(a + "time_faaaa", C, &L.bonus));
     SS_RETURN_IF_ERROR(ld.Mat(a + "receptance.weight", C, C, &L.receptance));
     SS_RETURN_IF_ERROR(ld.Mat(a + "key.weight", C, C, &L.key));

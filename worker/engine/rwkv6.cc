@@ -217,6 +217,7 @@ absl::Status Rwkv6::Init(WeightLoader& ld) {
         ld.MatT(a + "time_decay_w1", C, cfg.d_decay, &L.decay_w1));
     SS_RETURN_IF_ERROR(
         ld.MatT(a + "time_decay_w2", cfg.d_decay, C, &L.decay_w2));
+    SS_RETURN_IF_ERROR(rwkv::CheckHeadShape(ld, a + "time_faaaa", cfg));
     SS_RETURN_IF_ERROR(ld.Vector(a + "time_faaaa", C, &L.bonus));
     SS_RETURN_IF_ERROR(ld.Mat(a + "receptance.weight", C, C, &L.receptance));
     SS_RETURN_IF_ERROR(ld.Mat(a + "key.weight", C, C, &L.key));

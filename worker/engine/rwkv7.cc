@@ -352,6 +352,7 @@ absl::Status Rwkv7::Init(WeightLoader& ld) {
     SS_RETURN_IF_ERROR(ld.MatT(a + "g2", c.d_gate, C, &L.g2));
     SS_RETURN_IF_ERROR(vec(a + "k_k", C, &L.k_k));
     SS_RETURN_IF_ERROR(vec(a + "k_a", C, &L.k_a));
+    SS_RETURN_IF_ERROR(rwkv::CheckHeadShape(ld, a + "r_k", c));
     SS_RETURN_IF_ERROR(vec(a + "r_k", C, &L.r_k));
     SS_RETURN_IF_ERROR(ld.Mat(a + "receptance.weight", C, C, &L.receptance));
     SS_RETURN_IF_ERROR(ld.Mat(a + "key.weight", C, C, &L.key));

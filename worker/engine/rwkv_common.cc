@@ -360,6 +360,17 @@ absl::Status Dims2(WeightLoader& ld, const std::string& name, int* d0,
   return absl::OkStatus();
 }
 
+absl::Status CheckHeadShape(WeightLoader& ld, const std::string& name,
+                            const ModelConfig& c) {
+  int h, n;
+  SS_RETURN_IF_ERROR(Dims2(ld, name, &h, &n));
+  if (h != c.n_head || n != c.head_size) {
+    return BadModel(absl::StrCat(name, " is [", h, ",", n, "], expected [",
+                                 c.n_head, ",", c.head_size, "]"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadCommonConfig(const WeightFile& file, WeightLoader& ld,
                               ModelConfig* c) {
   int max_block = -1;

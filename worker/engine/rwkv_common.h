@@ -352,6 +352,12 @@ absl::Status CheckHeads(const ModelConfig& c,
                         std::initializer_list<int> lora_ranks = {});
 // The two dimensions of a non-empty 2-D tensor.
 absl::Status Dims2(WeightLoader& ld, const std::string& name, int* d0, int* d1);
+// A per-head tensor of a layer ([H, N]: x070's att.r_k, x060's and x052's
+// att.time_faaaa, x052's att.time_decay) has block 0's head layout, which
+// set the config's n_head and head_size: a layer that differs is a bad
+// file, not the same bytes read as block 0's heads.
+absl::Status CheckHeadShape(WeightLoader& ld, const std::string& name,
+                            const ModelConfig& c);
 absl::Status BadModel(absl::string_view what);
 
 // "<arch>-L<layers>-C<embd>-H<heads>-F<ffn>-V<vocab>-<digest>".
