@@ -708,10 +708,12 @@ TEST_F(ApiBadInputE2eTest, Append) {
        },
        {absl::StatusCode::kUnimplemented, Reason::kUnspecified, "", {}}},
   });
-  // The acked requests only (whether committed yet or not).
+  // The acked requests only; those before the message that did not parse
+  // committed, as at a half-close (and as a gateway does).
   auto s = Get("app");
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->input_offset(), 4u);
+  EXPECT_EQ(s->committed_input_offset(), 4u);
 }
 
 }  // namespace

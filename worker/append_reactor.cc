@@ -51,16 +51,19 @@ class AppendReactor final
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok && ReadUnparsable(req_)) return Fail(UnparsableRequestError());
     if (!ok) {
-      // Half-close: commit what is uncommitted and end with OK.
-      if (writer_ == nullptr) return Fail(absl::OkStatus());
+      // Half-close: commit what is uncommitted and end with OK. A message
+      // that did not parse ends the input too (as through a gateway): what
+      // came before is committed, and the call ends UNIMPLEMENTED.
+      const absl::Status end =
+          ReadUnparsable(req_) ? UnparsableRequestError() : absl::OkStatus();
+      if (writer_ == nullptr) return Fail(end);
       if (!BeginOp()) return;  // already finished: OnDone abandons the writer
-      m_->CloseWriter(writer_, durability_, [this](absl::Status st) {
+      m_->CloseWriter(writer_, durability_, [this, end](absl::Status st) {
         Locked<ThisReactor> lock(this);
         op_pending_ = false;
         closed_ = true;
-        SetFinishLocked(st);
+        SetFinishLocked(st.ok() ? end : st);
       });
       return;
     }
