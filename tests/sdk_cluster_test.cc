@@ -121,11 +121,7 @@ class SdkClusterTest : public ::testing::Test {
   }
 
   double ScoreOf(const client::Session& s) {
-    v1::ScoreRequest req;
-    req.set_text_utf8("the end");
-    auto r = s.Score(req);
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? r->sum_logprob() : 0;
+    return sdk_test::SumLogprob(s, "the end");
   }
 
   static std::string Text(size_t n) {

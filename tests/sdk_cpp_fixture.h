@@ -41,6 +41,16 @@ inline client::Session CreateAndOpen(Client& client, const std::string& id) {
   return client.OpenSession(id);
 }
 
+// Session `s`'s sum of logprobs for `text` (0 when the Score fails, which
+// fails the test).
+inline double SumLogprob(const client::Session& s, const std::string& text) {
+  v1::ScoreRequest req;
+  req.set_text_utf8(text);
+  auto r = s.Score(req);
+  EXPECT_TRUE(r.ok()) << r.status();
+  return r.ok() ? r->sum_logprob() : 0;
+}
+
 // A `statestream serve` process on a --data-dir that outlives it.
 class Server {
  public:
@@ -177,11 +187,7 @@ class SdkTest : public ::testing::Test {
   }
 
   double ScoreOf(const client::Session& s) {
-    v1::ScoreRequest req;
-    req.set_text_utf8("and then it continued.");
-    auto r = s.Score(req);
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? r->sum_logprob() : 0;
+    return SumLogprob(s, "and then it continued.");
   }
 
   std::filesystem::path dir_;

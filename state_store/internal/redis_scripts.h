@@ -210,8 +210,9 @@ return {'OK'}
 inline constexpr char kLuaRead[] = R"lua(
 local h = redis.call('HGETALL', P .. 'head')
 if #h == 0 then return {'NOTFOUND'} end
-local m = redis.call('HMGET', P .. 'head', 'version', 'oldest')
+local m = redis.call('HMGET', P .. 'head', 'version', 'oldest', 'ttl_ms')
 local oldest, ver = kept_range(m[2], m[1])
+ttl_of(m[3])
 local want = tonumber(ARGV[4])
 if want <= 0 then want = ver end
 if want < oldest or want > ver then
@@ -228,7 +229,6 @@ if #vm == 0 then
 end
 local hv = vm
 if want ~= ver then hv = redis.call('HGETALL', P .. 'v' .. ver) end
-ttl_of(redis.call('HGET', P .. 'head', 'ttl_ms'))
 local fence = redis.call('GET', P .. 'fence') or '0'
 fence_of(fence)
 return {'OK', h, vm, fence,
