@@ -592,8 +592,10 @@ absl::Status CheckImportedState(const StateSnapshot& snap,
                      snap.tokenizer_tail.size(), " pending bytes)"));
   }
   // Undecided text is text the service accepted: valid UTF-8, except a
-  // character its end leaves open.
-  const absl::string_view tail = snap.tokenizer_tail;
+  // character its end leaves open and the rest of one its start continues
+  // (a World token may end inside a character, leaving the rest pending).
+  absl::string_view tail = snap.tokenizer_tail;
+  tail.remove_prefix(LeadingContinuationBytes(tail));
   const size_t complete = Utf8CompletePrefixLength(tail);
   if (FirstInvalidUtf8Byte(tail.substr(0, complete)) != complete) {
     return DataLossError(Reason::kStateCorrupt,

@@ -143,6 +143,37 @@ TEST_F(SessionManagerTest, ACharacterSplitAcrossAReloadIsAccepted) {
   EXPECT_EQ(GetReason(Append(b, 3, "z", true).status()), Reason::kInvalidUtf8);
 }
 
+// The same split state exported and imported (a new session): its tail
+// starts inside the character, and the copy continues like the original.
+TEST_F(SessionManagerTest, AStateWhoseTailStartsInsideACharacterRoundTrips) {
+  ASSERT_NO_FATAL_FAILURE(StartWorld(SessionManagerOptions{}));
+  Create("split");
+  auto w = Open("split");
+  ASSERT_TRUE(Append(w, 0, "a\xE1\x88", false, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  auto snap = DecodeState(Blob("split"));
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  ASSERT_EQ(snap->tokenizer_tail, "\x88");
+  CreateParams p;
+  p.session_id = "copy";
+  auto copy = manager_->Import("t", Blob("split"), false, p, std::nullopt);
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  auto c = Open("copy");
+  ASSERT_TRUE(Append(c, 3, "\x80", true, true).ok());
+  ASSERT_TRUE(Close(c).ok());
+  Create("whole");
+  auto v = Open("whole");
+  ASSERT_TRUE(Append(v, 0, "a\xE1\x88\x80", true, true).ok());
+  ASSERT_TRUE(Close(v).ok());
+  EXPECT_EQ(DecodeState(Blob("copy"))->state,
+            DecodeState(Blob("whole"))->state);
+  // The copy still refuses a byte that cannot continue the character.
+  auto bad = manager_->Import("t", Blob("split"), true, p, std::nullopt);
+  ASSERT_TRUE(bad.ok()) << bad.status();
+  c = Open("copy");
+  EXPECT_EQ(GetReason(Append(c, 3, "z", true).status()), Reason::kInvalidUtf8);
+}
+
 // Input that ended on a whole character (no tail: the byte tokenizer, or
 // the World tokenizer after a flush) is just as strict after a reload: a
 // continuation byte that starts the next append is INVALID_UTF8 (snapshots

@@ -15,6 +15,8 @@
 #include <set>
 #include <string>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
@@ -81,6 +83,12 @@ TEST_F(SessionManagerTest, AnImportNoWorkerCouldHaveWrittenIsRefused) {
       {"pending text not UTF-8",
        [](StateSnapshot* s) { s->tokenizer_tail = "\xff\xfe"; },
        Reason::kStateCorrupt},
+      {"pending text starting with 4 continuation bytes",
+       [](StateSnapshot* s) { s->tokenizer_tail = "\x80\x80\x80\x80"; },
+       Reason::kStateCorrupt},
+      {"pending text not UTF-8 after the rest of a character",
+       [](StateSnapshot* s) { s->tokenizer_tail = "\xa6\xff"; },
+       Reason::kStateCorrupt},
       {"NaN state", [](StateSnapshot* s) { s->state[3] = std::nanf(""); },
        Reason::kStateCorrupt},
       {"infinite last_hidden",
@@ -119,6 +127,26 @@ TEST_F(SessionManagerTest, AnImportNoWorkerCouldHaveWrittenIsRefused) {
   EXPECT_TRUE(
       manager_->Import("t", EncodeState(*good), false, fresh, std::nullopt)
           .ok());
+}
+
+// A World token may end inside a character (the vocabulary holds byte
+// sequences), so the tail a worker exports may start with the rest of a
+// character and end inside another: such states import.
+TEST_F(SessionManagerTest, AnImportedTailMayStartAndEndInsideACharacter) {
+  auto good = SnapshotWithInput("origin");
+  ASSERT_TRUE(good.ok()) << good.status();
+  int n = 0;
+  for (const char* tail : {"\xa6", "\x9f\x91\xa6 x", "\x80\x80\x80",
+                           "\xa6hi \xf0\x9f", "\x91\xa6\xe2\x82"}) {
+    StateSnapshot snap = *good;
+    snap.tokenizer_tail = tail;
+    CreateParams p;
+    p.session_id = absl::StrCat("copy", n++);
+    auto imported =
+        manager_->Import("t", EncodeState(snap), false, p, std::nullopt);
+    EXPECT_TRUE(imported.ok())
+        << absl::CEscape(tail) << ": " << imported.status();
+  }
 }
 
 TEST_F(SessionManagerTest, AFailedWriteTheStoreKeptMovesTheSession) {
