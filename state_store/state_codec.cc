@@ -309,7 +309,9 @@ absl::Status CheckStateMatchesModel(const StateSnapshot& s,
         absl::StatusCode::kFailedPrecondition, Reason::kModelMismatch,
         absl::StrCat("state belongs to model ", s.model_fingerprint, " (",
                      s.state.size(), " floats), not ", fingerprint, " (",
-                     state_floats, " floats)"));
+                     state_floats, " floats)"),
+        {{"expected_fingerprint", std::string(fingerprint)},
+         {"actual_fingerprint", s.model_fingerprint}});
   }
   return absl::OkStatus();
 }

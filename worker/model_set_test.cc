@@ -198,8 +198,31 @@ TEST_F(ModelSetTest, StatesOfOneModelAreMismatchedOnTheOther) {
   EXPECT_EQ(GetReason(b_.manager->CreateSession("t", fork).status()),
             Reason::kModelMismatch);
   // A misrouted load is refused before any lease is taken.
-  EXPECT_EQ(GetReason(Feed(*a_.manager, "on-b", "x")), Reason::kModelMismatch);
+  const absl::Status misrouted = Feed(*a_.manager, "on-b", "x");
+  EXPECT_EQ(GetReason(misrouted), Reason::kModelMismatch);
   EXPECT_FALSE(a_.manager->IsResident("t", "on-b"));
+  // Every one names the fingerprint it met as actual_fingerprint (the
+  // state's, or the session's for a load) and the one it had to match as
+  // expected_fingerprint (the serving model's, or the session's for a
+  // state put into it).
+  const std::string& fa = a_.manager->fingerprint();
+  const std::string& fb = b_.manager->fingerprint();
+  struct Want {
+    const char* what;
+    absl::Status status;
+    std::string expected, actual;
+  };
+  for (const Want& w :
+       {Want{"import as a new session", created.status(), fb, fa},
+        Want{"import into B's session", into_b.status(), fb, fa},
+        Want{"A's import into B's session", a_into_b.status(), fb, fa},
+        Want{"fork", b_.manager->CreateSession("t", fork).status(), fb, fa},
+        Want{"misrouted load", misrouted, fa, fb}}) {
+    EXPECT_EQ(GetErrorMetadata(w.status, "expected_fingerprint"), w.expected)
+        << w.what << ": " << w.status;
+    EXPECT_EQ(GetErrorMetadata(w.status, "actual_fingerprint"), w.actual)
+        << w.what << ": " << w.status;
+  }
 }
 
 TEST_F(ModelSetTest, StatsSumAndDrainCoversEveryModel) {

@@ -697,7 +697,10 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
                      snap.model_fingerprint,
                      "): a new version must be a state of the session's "
                      "model; import this one as a new session instead"),
-        GetErrorMetadata(resident.status()));
+        {{"expected_fingerprint",
+          GetErrorMetadata(resident.status(), "actual_fingerprint")
+              .value_or("")},
+         {"actual_fingerprint", snap.model_fingerprint}});
   }
   SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s, std::move(resident));
   auto turn = std::make_shared<RetryCheck>();

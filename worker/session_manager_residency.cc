@@ -185,8 +185,8 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
                      Reason::kModelMismatch,
                      "the session belongs to a model this worker does not "
                      "serve",
-                     {{"expected_fingerprint", head.model_fingerprint},
-                      {"actual_fingerprint", fingerprint_}});
+                     {{"expected_fingerprint", fingerprint_},
+                      {"actual_fingerprint", head.model_fingerprint}});
   }
   SS_ASSIGN_OR_RETURN(Lease lease,
                       store_->AcquireLease(key, opt_.owner, opt_.lease_ttl,
