@@ -3,6 +3,8 @@
 // and an embedded state store.
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <string>
@@ -136,6 +138,14 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
       return absl::FailedPreconditionError(
           absl::StrCat("cannot create --data-dir ", options.data_dir, ": ",
                        error ? error.message() : "not a directory"));
+    }
+    // The store writes its file, log and lock files there (even a read
+    // takes a session's lease): say so at start, not as SQLite's "unable
+    // to open database file".
+    if (access(options.data_dir.c_str(), W_OK | X_OK) != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("--data-dir ", options.data_dir,
+                       " is not writable: ", std::strerror(errno)));
     }
   }
   auto w = std::make_shared<Worker>();

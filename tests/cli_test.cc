@@ -247,6 +247,10 @@ TEST(CliTest, UnusableDataDirOrModelFails) {
       {"serve", "--listen=127.0.0.1:0", "--data-dir=/proc/statestream/x"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("--data-dir"));
+  // A directory this process cannot write (even as root).
+  r = Statestream({"serve", "--listen=127.0.0.1:0", "--data-dir=/proc/self"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("--data-dir /proc/self is not writable"));
   r = Statestream(
       {"serve", "--listen=127.0.0.1:0", "--model=/nonexistent/model.pth"});
   EXPECT_EQ(r.exit_code, 1);
