@@ -7,6 +7,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "cli/cli_util.h"
+#include "cli/server_flags.h"
 #include "services/tenants.h"
 
 ABSL_FLAG(bool, worker_tls, false,
@@ -57,6 +58,12 @@ absl::StatusOr<ClientTlsOptions> WorkerTlsFromFlags() {
     return absl::InvalidArgumentError(
         absl::StrCat("--worker-tls-*: ", valid.message()));
   }
+  absl::StatusOr<absl::Duration> reload = TlsReloadIntervalFromFlag();
+  if (!reload.ok()) return reload.status();
+  tls.root_certs_path = paths[0];
+  tls.cert_chain_path = paths[1];
+  tls.private_key_path = paths[2];
+  tls.reload_interval = *reload;
   return tls;
 }
 

@@ -61,6 +61,14 @@ ABSL_FLAG(std::string, tls_client_ca, "",
           "certificate signed by one of them (the handshake fails "
           "otherwise). Needs --tls-cert.");
 
+ABSL_FLAG(absl::Duration, tls_reload_interval, absl::Minutes(1),
+          "How often --tls-cert, --tls-key and --tls-client-ca (and a "
+          "gateway's --worker-tls-* files) are reread (at least 1s): new "
+          "connections use what the files hold, so a certificate renewed on "
+          "disk (a Kubernetes Secret, cert-manager) is used without a "
+          "restart; open connections keep theirs. Replace a certificate and "
+          "its key together (a Secret volume does). 0: read once at start.");
+
 namespace statestream::cli {
 
 const char kServerFlagsFile[] = __FILE__;
@@ -109,7 +117,23 @@ absl::StatusOr<ServerTlsOptions> ServerTlsFromFlags() {
     return absl::InvalidArgumentError(absl::StrCat(
         "--tls-cert/--tls-key/--tls-client-ca: ", valid.message()));
   }
+  absl::StatusOr<absl::Duration> reload = TlsReloadIntervalFromFlag();
+  if (!reload.ok()) return reload.status();
+  tls.cert_chain_path = paths[0];
+  tls.private_key_path = paths[1];
+  tls.client_ca_path = paths[2];
+  tls.reload_interval = *reload;
   return tls;
+}
+
+absl::StatusOr<absl::Duration> TlsReloadIntervalFromFlag() {
+  const absl::Duration reload = absl::GetFlag(FLAGS_tls_reload_interval);
+  if (reload < absl::ZeroDuration() ||
+      (reload > absl::ZeroDuration() && reload < absl::Seconds(1))) {
+    return absl::InvalidArgumentError(
+        "--tls-reload-interval: 0 (read once) or at least 1s");
+  }
+  return reload;
 }
 
 bool ClientCertificatesRequired() {

@@ -31,9 +31,13 @@ absl::Duration ShutdownGraceFromFlag();
 // needs the same value for its tenant session limit).
 absl::Duration RequestIdWindowFromFlag();
 // --tls-cert, --tls-key, --tls-client-ca: the files read and checked
-// (ValidateServerTls). INVALID_ARGUMENT naming the flag. RunServer applies
-// them itself; for roles that need to know (the unauthenticated warning).
+// (ValidateServerTls), reread every --tls-reload-interval. INVALID_ARGUMENT
+// naming the flag. RunServer applies them itself; for roles that need to
+// know (the unauthenticated warning).
 absl::StatusOr<ServerTlsOptions> ServerTlsFromFlags();
+// --tls-reload-interval (also the gateway's --worker-tls-* files):
+// INVALID_ARGUMENT unless 0 or at least 1s.
+absl::StatusOr<absl::Duration> TlsReloadIntervalFromFlag();
 // Whether --tls-client-ca is set (callers must hold a client certificate).
 bool ClientCertificatesRequired();
 

@@ -27,7 +27,8 @@ namespace statestream::gateway {
 Gateway::Gateway(GatewayOptions options, StateStore* store)
     : options_(std::move(options)),
       router_(store, options_.router),
-      buffers_(options_.max_buffered_bytes, "--max-buffered-bytes") {
+      buffers_(options_.max_buffered_bytes, "--max-buffered-bytes"),
+      worker_credentials_(MakeChannelCredentials(options_.worker_tls)) {
   if (options_.metrics == nullptr) {
     own_metrics_ = std::make_unique<GatewayMetrics>();
   }
@@ -221,8 +222,8 @@ std::shared_ptr<grpc::Channel> Gateway::Channel(const std::string& address) {
     // worker's kernel accepts the TCP connection, and the HTTP/2 handshake
     // then never completes.
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, static_cast<int>(stall_ms));
-    auto credentials = MakeChannelCredentials(options_.worker_tls, &args);
-    channel = grpc::CreateCustomChannel(address, credentials, args);
+    SetServerName(options_.worker_tls, &args);
+    channel = grpc::CreateCustomChannel(address, worker_credentials_, args);
   }
   return channel;
 }

@@ -164,6 +164,8 @@ class Gateway {
     std::shared_ptr<grpc::Channel> channel;
     absl::Time used;  // last handed to a call
   };
+  // Every worker channel's (one watcher of the TLS files for all).
+  const std::shared_ptr<grpc::ChannelCredentials> worker_credentials_;
   std::map<std::string, ChannelEntry> channels_ ABSL_GUARDED_BY(mu_);
   absl::Time channels_swept_ ABSL_GUARDED_BY(mu_);
   std::atomic<int64_t> channel_count_{0};  // channels_.size(), for the gauge

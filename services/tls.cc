@@ -3,6 +3,9 @@
 
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_certificate_verifier.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <grpcpp/support/channel_arguments.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -10,6 +13,8 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -136,10 +141,28 @@ absl::Status ValidateClientTls(const ClientTlsOptions& options) {
 std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(
     const ServerTlsOptions& options) {
   if (!options.enabled()) return grpc::InsecureServerCredentials();
-  grpc::SslServerCredentialsOptions ssl(
+  const grpc_ssl_client_certificate_request_type request =
       options.client_ca_pem.empty()
           ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-          : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+          : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  if (options.reload_interval > absl::ZeroDuration() &&
+      !options.cert_chain_path.empty() && !options.private_key_path.empty() &&
+      options.client_ca_pem.empty() == options.client_ca_path.empty()) {
+    // gRPC's watcher rereads the files (key and certificate together, and
+    // retries a read that raced a rewrite) on its own thread.
+    const auto seconds = static_cast<unsigned int>(
+        std::max<int64_t>(1, absl::ToInt64Seconds(options.reload_interval)));
+    auto files =
+        std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+            options.private_key_path, options.cert_chain_path,
+            options.client_ca_path, seconds);
+    grpc::experimental::TlsServerCredentialsOptions tls(files);
+    tls.watch_identity_key_cert_pairs();
+    if (!options.client_ca_path.empty()) tls.watch_root_certs();
+    tls.set_cert_request_type(request);
+    return grpc::experimental::TlsServerCredentials(tls);
+  }
+  grpc::SslServerCredentialsOptions ssl(request);
   ssl.pem_root_certs = options.client_ca_pem;
   ssl.pem_key_cert_pairs.push_back(
       {options.private_key_pem, options.cert_chain_pem});
@@ -147,16 +170,44 @@ std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(
 }
 
 std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(
-    const ClientTlsOptions& options, grpc::ChannelArguments* args) {
+    const ClientTlsOptions& options) {
   if (!options.enabled) return grpc::InsecureChannelCredentials();
+  const bool identity = !options.cert_chain_path.empty() &&
+                        !options.private_key_path.empty() &&
+                        !options.cert_chain_pem.empty();
+  const bool roots =
+      !options.root_certs_path.empty() && !options.root_certs_pem.empty();
+  if (options.reload_interval > absl::ZeroDuration() && (identity || roots)) {
+    const auto seconds = static_cast<unsigned int>(
+        std::max<int64_t>(1, absl::ToInt64Seconds(options.reload_interval)));
+    auto files =
+        std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+            identity ? options.private_key_path : "",
+            identity ? options.cert_chain_path : "",
+            roots ? options.root_certs_path : "", seconds);
+    grpc::experimental::TlsChannelCredentialsOptions tls;
+    tls.set_certificate_provider(files);
+    if (identity) tls.watch_identity_key_cert_pairs();
+    if (roots) tls.watch_root_certs();  // else the system's roots
+    // The certificate must name the host (or the override), as with the
+    // SSL credentials below.
+    tls.set_verify_server_certs(true);
+    tls.set_certificate_verifier(
+        std::make_shared<grpc::experimental::HostNameCertificateVerifier>());
+    return grpc::experimental::TlsCredentials(tls);
+  }
   grpc::SslCredentialsOptions ssl;
   ssl.pem_root_certs = options.root_certs_pem;
   ssl.pem_cert_chain = options.cert_chain_pem;
   ssl.pem_private_key = options.private_key_pem;
-  if (!options.server_name.empty()) {
+  return grpc::SslCredentials(ssl);
+}
+
+void SetServerName(const ClientTlsOptions& options,
+                   grpc::ChannelArguments* args) {
+  if (options.enabled && !options.server_name.empty()) {
     args->SetSslTargetNameOverride(options.server_name);
   }
-  return grpc::SslCredentials(ssl);
 }
 
 }  // namespace statestream

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 
 namespace grpc {
 class ChannelArguments;
@@ -29,6 +30,16 @@ struct ServerTlsOptions {
   // handshake fails otherwise, so no call is ever served). Needs a
   // certificate.
   std::string client_ca_pem;
+  // The files the three were read from, reread every reload_interval when
+  // it is positive and the paths are set: new handshakes then use what the
+  // files hold (a certificate renewed on disk, e.g. a Kubernetes Secret
+  // updated by cert-manager, is served without a restart; connections
+  // already open keep theirs). The certificate and key must change together
+  // (a Secret volume swaps its files at once); see docs/gateway.md.
+  std::string cert_chain_path;
+  std::string private_key_path;
+  std::string client_ca_path;
+  absl::Duration reload_interval = absl::ZeroDuration();
 
   bool enabled() const { return !cert_chain_pem.empty(); }
 };
@@ -45,6 +56,14 @@ struct ClientTlsOptions {
   // Name checked against the server certificate instead of the host part of
   // the address; empty: the host.
   std::string server_name;
+  // The files the PEM fields were read from, reread every reload_interval
+  // when it is positive (as ServerTlsOptions): new connections use what the
+  // files hold, so a renewed client certificate or CA bundle is used without
+  // a restart.
+  std::string root_certs_path;
+  std::string cert_chain_path;
+  std::string private_key_path;
+  absl::Duration reload_interval = absl::ZeroDuration();
 };
 
 // INVALID_ARGUMENT naming what is wrong (no certificate in the PEM, a key
@@ -59,10 +78,13 @@ absl::Status ValidateClientTls(const ClientTlsOptions& options);
 std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(
     const ServerTlsOptions& options);
 
-// Credentials for a channel, plus the server name override (if any) set on
-// `args`.
+// Credentials for channels (insecure when !options.enabled); one object
+// serves every channel (with files to reread, one watcher thread for all).
 std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(
-    const ClientTlsOptions& options, grpc::ChannelArguments* args);
+    const ClientTlsOptions& options);
+// Sets the server name override (if any) on a channel's `args`.
+void SetServerName(const ClientTlsOptions& options,
+                   grpc::ChannelArguments* args);
 
 }  // namespace statestream
 

@@ -65,6 +65,10 @@ for n in server client; do
   key $n.key
   openssl req -new -key $n.key -out $n.csr -subj /CN=$n
   openssl x509 -req -in $n.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $n.pem -days 2 -extfile $n.ext
+  # The same role's renewal, signed by the other CA.
+  key ${n}2.key
+  openssl req -new -key ${n}2.key -out ${n}2.csr -subj /CN=${n}2
+  openssl x509 -req -in ${n}2.csr -CA other-ca.pem -CAkey other-ca.key -CAcreateserial -out ${n}2.pem -days 2 -extfile $n.ext
 done
 )";
     auto made = e2e::Run({"/bin/sh", "-c", "cd \"$0\" && " + script, dir_});
@@ -105,6 +109,21 @@ done
                "--heartbeat-interval=300ms"},
               "worker.log")
             .empty());
+  }
+
+  // Redis and one worker, "w1", serving TLS (server.pem, for localhost and
+  // 127.0.0.1) to clients holding a certificate signed by ca.pem; its
+  // address in `*address`.
+  void StartRedisAndWorkerWithTls(std::string* address) {
+    ASSERT_NO_FATAL_FAILURE(StartRedis());
+    *address =
+        Start({"worker", "--listen=127.0.0.1:0", "--redis=" + redis_->address(),
+               "--model=" + MakeModel(), "--worker-id=w1",
+               "--heartbeat-interval=300ms", "--tls-cert=" + Path("server.pem"),
+               "--tls-key=" + Path("server.key"),
+               "--tls-client-ca=" + Path("ca.pem")},
+              "worker.log");
+    ASSERT_FALSE(address->empty());
   }
 
   void StartRedis() {
@@ -153,6 +172,29 @@ done
     EXPECT_EQ(generated->tokens.size(), 8u);
   }
 
+  // Replaces `to`.pem/.key with copies of `from`.pem/.key, each file by a
+  // rename (so a reader sees a whole old or a whole new file).
+  void Install(const std::string& from, const std::string& to) {
+    for (const char* ext : {".key", ".pem"}) {
+      std::filesystem::copy_file(
+          Path(from + ext), Path(to + ext + ".new"),
+          std::filesystem::copy_options::overwrite_existing);
+      std::filesystem::rename(Path(to + ext + ".new"), Path(to + ext));
+    }
+  }
+
+  // Whether `ok()` holds within a minute (polled): a reread is due every
+  // second.
+  template <class F>
+  static bool Eventually(F ok) {
+    const absl::Time deadline = absl::Now() + absl::Minutes(1);
+    while (absl::Now() < deadline) {
+      if (ok()) return true;
+      absl::SleepFor(absl::Milliseconds(200));
+    }
+    return false;
+  }
+
   std::string MakeModel() {
     absl::Status made =
         e2e::MakeTinyModel(STATESTREAM_BIN, Path("tiny.safetensors"));
@@ -187,6 +229,72 @@ TEST_F(TlsTest, ServeWithTls) {
       << untrusted.status();
 }
 
+// Certificates renewed on disk are used without a restart
+// (--tls-reload-interval): a server's new certificate serves new
+// handshakes while an open connection keeps its own, and a gateway's new
+// client certificate reaches workers that refused the old one.
+TEST_F(TlsTest, RenewedCertificatesAreUsedWithoutARestart) {
+  Install("server", "live-server");
+  const std::string address = Start(
+      {"serve", "--listen=127.0.0.1:0", "--tls-cert=" + Path("live-server.pem"),
+       "--tls-key=" + Path("live-server.key"), "--tls-reload-interval=1s"},
+      "serve.log");
+  ASSERT_FALSE(address.empty());
+  auto before = NewClient(address, "ca.pem");
+  ASSERT_TRUE(before->ListSessions({}).ok());
+  Install("server2", "live-server");
+  EXPECT_TRUE(Eventually([&] {
+    return NewClient(address, "other-ca.pem")->ListSessions({}).ok();
+  })) << "the renewed certificate was never served";
+  auto old_ca = NewClient(address, "ca.pem");
+  EXPECT_EQ(old_ca->ListSessions({}).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(before->ListSessions({}).ok());  // its connection stays open
+
+  // The gateway's client certificate: signed by a CA the worker does not
+  // trust, then renewed by one it does.
+  std::string worker_address;
+  ASSERT_NO_FATAL_FAILURE(StartRedisAndWorkerWithTls(&worker_address));
+  Install("client2", "live-client");
+  const std::string gateway_address =
+      Start({"gateway", "--listen=127.0.0.1:0", "--redis=" + redis_->address(),
+             "--worker-tls-ca=" + Path("ca.pem"),
+             "--worker-tls-cert=" + Path("live-client.pem"),
+             "--worker-tls-key=" + Path("live-client.key"),
+             "--worker-tls-server-name=localhost", "--tls-reload-interval=1s"},
+            "gateway.log");
+  ASSERT_FALSE(gateway_address.empty());
+  auto via_gateway = NewClient(gateway_address, "");
+  EXPECT_EQ(via_gateway->CreateSession({}).status().code(),
+            absl::StatusCode::kUnavailable);
+  Install("client", "live-client");
+  EXPECT_TRUE(Eventually([&] { return via_gateway->CreateSession({}).ok(); }))
+      << "the renewed client certificate was never used";
+}
+
+// With a wrong --worker-tls-server-name the gateway reaches no worker: the
+// name is checked against the worker's certificate, on the files' reread
+// path and on the read-once one.
+TEST_F(TlsTest, AWorkerCertificateNotForTheServerNameIsRefused) {
+  std::string worker_address;
+  ASSERT_NO_FATAL_FAILURE(StartRedisAndWorkerWithTls(&worker_address));
+  for (const char* reload :
+       {"--tls-reload-interval=1m", "--tls-reload-interval=0"}) {
+    SCOPED_TRACE(reload);
+    const std::string gateway_address = Start(
+        {"gateway", "--listen=127.0.0.1:0", "--redis=" + redis_->address(),
+         "--worker-tls-ca=" + Path("ca.pem"),
+         "--worker-tls-cert=" + Path("client.pem"),
+         "--worker-tls-key=" + Path("client.key"),
+         "--worker-tls-server-name=not-the-worker.example", reload},
+        absl::StrCat("gateway-", processes_.size(), ".log"));
+    ASSERT_FALSE(gateway_address.empty());
+    auto via_gateway = NewClient(gateway_address, "");
+    EXPECT_EQ(via_gateway->CreateSession({}).status().code(),
+              absl::StatusCode::kUnavailable);
+  }
+}
+
 TEST_F(TlsTest, BadCertificateFilesAreUsageErrors) {
   const std::vector<std::vector<std::string>> cases = {
       {"--tls-cert=" + Path("missing.pem"), "--tls-key=" + Path("server.key")},
@@ -215,20 +323,10 @@ TEST_F(TlsTest, BadCertificateFilesAreUsageErrors) {
 }
 
 TEST_F(TlsTest, GatewayToWorkerMutualTls) {
-  ASSERT_NO_FATAL_FAILURE(StartRedis());
-  const std::string model = MakeModel();
+  std::string worker_address;
+  ASSERT_NO_FATAL_FAILURE(StartRedisAndWorkerWithTls(&worker_address));
   const std::vector<std::string> server_tls = {
       "--tls-cert=" + Path("server.pem"), "--tls-key=" + Path("server.key")};
-  std::vector<std::string> worker = {"worker",
-                                     "--listen=127.0.0.1:0",
-                                     "--redis=" + redis_->address(),
-                                     "--model=" + model,
-                                     "--worker-id=w1",
-                                     "--heartbeat-interval=300ms",
-                                     "--tls-client-ca=" + Path("ca.pem")};
-  worker.insert(worker.end(), server_tls.begin(), server_tls.end());
-  const std::string worker_address = Start(worker, "worker.log");
-  ASSERT_FALSE(worker_address.empty());
 
   std::vector<std::string> gateway = {"gateway",
                                       "--listen=127.0.0.1:0",
