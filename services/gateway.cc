@@ -354,6 +354,22 @@ void Gateway::SweepChannels(absl::Time now) {
   channel_count_.store(static_cast<int64_t>(channels_.size()));
 }
 
+bool Gateway::ClientGone(const grpc::CallbackServerContext& ctx,
+                         const grpc::Status& upstream) {
+  auto gone = [&ctx] {
+    return ctx.IsCancelled() ||
+           std::chrono::system_clock::now() >= ctx.deadline();
+  };
+  if (gone()) return true;
+  if (upstream.error_code() != grpc::StatusCode::CANCELLED) return false;
+  const absl::Time until = absl::Now() + kCancelNotice;
+  while (absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(2));
+    if (gone()) return true;
+  }
+  return false;
+}
+
 bool Gateway::ShouldFailover(const grpc::Status& status) {
   switch (status.error_code()) {
     case grpc::StatusCode::UNAVAILABLE: {
@@ -447,8 +463,8 @@ grpc::Status ForwardWithFailover(
     // is left, or goes through if the worker came back meanwhile.
     const bool refused = Gateway::RefusedFast(channel, ctx);
     last = call(channel, client.get());
-    if (!Gateway::ShouldFailover(last) || ctx.IsCancelled() ||
-        (settled != nullptr && *settled)) {
+    if (!Gateway::ShouldFailover(last) || (settled != nullptr && *settled) ||
+        Gateway::ClientGone(ctx, last)) {
       return Gateway::FromWorker(last);
     }
     if (Gateway::WorkerFailed(last)) {

@@ -124,6 +124,17 @@ class Gateway {
   void Watch(Watched* call);
   void Unwatch(Watched* call);
 
+  // Whether the call's own client cancelled it (or went away) or its
+  // deadline passed, so that `upstream`, a worker's answer, is that
+  // cancellation propagated, not a worker failure. gRPC cancels the
+  // upstream call as the client's cancel arrives, and `ctx` may show it a
+  // moment later: after an upstream CANCELLED this waits up to
+  // kCancelNotice for it (a worker's own CANCELLED, from a shutdown, fails
+  // over that much later).
+  static bool ClientGone(const grpc::CallbackServerContext& ctx,
+                         const grpc::Status& upstream);
+  static constexpr absl::Duration kCancelNotice = absl::Milliseconds(250);
+
   // Whether a worker's answer means "try another worker" (see gateway.h).
   static bool ShouldFailover(const grpc::Status& status);
   // Whether such an answer says the worker itself failed (to be avoided a

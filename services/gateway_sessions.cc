@@ -164,12 +164,19 @@ class SessionsService final : public v1::Sessions::CallbackService {
               grpc::ClientContext* client) {
             auto reader = Sessions::NewStub(channel)->ExportState(client, *req);
             v1::ExportStateResponse msg;
+            bool client_gone = false;
             while (reader->Read(&msg)) {
               delivered = true;
-              if (!writer->Write(msg)) client->TryCancel();
+              if (!writer->Write(msg)) {
+                client_gone = true;
+                client->TryCancel();
+              }
             }
             grpc::Status s = reader->Finish();
-            if (delivered && !s.ok() && Gateway::ShouldFailover(s)) {
+            // Cut short by its own client: that is how the call ends.
+            if (client_gone) return s;
+            if (delivered && !s.ok() && Gateway::ShouldFailover(s) &&
+                !Gateway::ClientGone(*ctx, s)) {
               return ToGrpcStatus(MakeError(absl::StatusCode::kUnavailable,
                                             Reason::kOverloaded,
                                             "worker lost during export; retry",

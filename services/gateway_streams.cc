@@ -256,8 +256,9 @@ class AppendCall final : public Watched {
       const bool refused = Gateway::RefusedFast(channel, *ctx_);
       status = Attempt(channel, attempt, !refused, &stalled, &client_gone,
                        &progressed);
-      if (status.ok() || client_gone || ctx_->IsCancelled()) break;
+      if (status.ok() || client_gone) break;
       if (!stalled && !Gateway::ShouldFailover(status)) break;
+      if (Gateway::ClientGone(*ctx_, status)) break;
       if (stalled || Gateway::WorkerFailed(status)) {
         gateway_->router().MarkSuspect(route->worker_id);
       }

@@ -132,6 +132,84 @@ TEST_F(ClusterOpsTest, CreateSessionRoutesByModel) {
             "x070-no-such-model");
 }
 
+// A call its own client cancels, or whose deadline passes, mid-stream ends
+// there: gRPC cancels the gateway's upstream call at once, and that
+// CANCELLED is no worker failure — no failover, no suspect worker, and the
+// session stays with its owner.
+TEST_F(ClusterOpsTest, AClientsCancelOrDeadlineIsNoWorkerFailure) {
+  ASSERT_TRUE(cluster_->Create("cancelled", 0, "tiny").ok());
+  const auto failovers = [](std::map<std::string, double> m) {
+    double n =
+        m["statestream_gateway_routing_decisions_total{decision="
+          "\"retry\"}"];
+    for (const char* method : {"Append", "Generate", "ExportState"}) {
+      n += m[absl::StrCat("statestream_gateway_failovers_total{method=\"",
+                          method, "\"}")];
+    }
+    return n;
+  };
+  const double before = failovers(Scrape(0));
+  const double exports_unavailable_before = Scrape(0)
+      ["statestream_gateway_calls_total{method=\"ExportState\","
+       "code=\"UNAVAILABLE\"}"];
+  e2e::ClusterProcess* owner = nullptr;
+  for (int i = 0; i < 24; ++i) {
+    SCOPED_TRACE(i);
+    auto ctx = e2e::ClientContext();
+    const bool by_deadline = i % 3 == 2;
+    if (by_deadline) {
+      ctx->set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::milliseconds(20 + 2 * i));
+    }
+    grpc::Status status;
+    if (i % 3 == 1) {  // an export cut short after its first message
+      v1::ExportStateRequest req;
+      req.set_session_id("cancelled");
+      auto reader = cluster_->sessions(0)->ExportState(ctx.get(), req);
+      v1::ExportStateResponse msg;
+      reader->Read(&msg);
+      ctx->TryCancel();
+      while (reader->Read(&msg)) {
+      }
+      status = reader->Finish();
+    } else {  // a long generation cancelled after two chunks
+      v1::GenerateRequest g;
+      g.set_session_id("cancelled");
+      g.set_request_id(absl::StrCat("cancelled-", i));
+      g.set_prompt_text_utf8("once upon a time");
+      g.set_max_tokens(8192);
+      g.mutable_sampling()->set_seed(i);
+      auto reader = cluster_->streams(0)->Generate(ctx.get(), g);
+      v1::GenerateResponse msg;
+      if (!by_deadline) {
+        for (int read = 0; read < 2; ++read) {
+          ASSERT_TRUE(reader->Read(&msg)) << reader->Finish().error_message();
+        }
+        ctx->TryCancel();
+      }
+      while (reader->Read(&msg)) {
+      }
+      status = reader->Finish();
+    }
+    // (An export may finish before its cancel.)
+    if (i % 3 != 1 || !status.ok()) {
+      EXPECT_EQ(status.error_code(), by_deadline
+                                         ? grpc::StatusCode::DEADLINE_EXCEEDED
+                                         : grpc::StatusCode::CANCELLED)
+          << status.error_message();
+    }
+    if (i == 0) owner = cluster_->Owner("cancelled");
+  }
+  EXPECT_EQ(failovers(Scrape(0)) - before, 0);
+  EXPECT_NE(owner, nullptr);
+  EXPECT_EQ(cluster_->Owner("cancelled"), owner);
+  // Exports cut short by their clients are counted as CANCELLED, not as
+  // the gateway's UNAVAILABLE.
+  EXPECT_EQ(Scrape(0)["statestream_gateway_calls_total{method=\"ExportState\","
+                      "code=\"UNAVAILABLE\"}"],
+            exports_unavailable_before);
+}
+
 TEST_F(ClusterOpsTest, MetricsAfterTrafficAndAFailover) {
   const auto chunks = e2e::TextChunks(200, 64, 5);
   ASSERT_TRUE(cluster_->Create("metrics-ref", 1, "tiny").ok());
