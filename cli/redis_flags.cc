@@ -37,6 +37,14 @@ ABSL_FLAG(absl::Duration, redis_command_timeout, absl::Seconds(5),
           "that safe). A stopping gateway does not wait it out: once "
           "--shutdown-grace is over, its Redis calls end at once.");
 
+ABSL_FLAG(absl::Duration, redis_fence_retention, absl::Hours(24 * 7),
+          "How long a deleted or expired session's fence counter (one key of "
+          "~90 bytes per session id) stays in Redis (at least 1h): Redis "
+          "holds one for every session created in that time. A re-created "
+          "id continues its fences within it; after it, a new fence still "
+          "starts above the old ones by Redis's clock (docs/state-store.md), "
+          "so shortening it saves memory, not safety.");
+
 namespace statestream::cli {
 
 const char kRedisFlagsFile[] = __FILE__;
@@ -60,6 +68,12 @@ absl::StatusOr<RedisStateStoreOptions> RedisOptionsFromFlags() {
       options.command_timeout == absl::InfiniteDuration()) {
     return absl::InvalidArgumentError(
         "--redis-command-timeout must be positive and finite");
+  }
+  options.fence_retention = absl::GetFlag(FLAGS_redis_fence_retention);
+  if (options.fence_retention < absl::Hours(1) ||
+      options.fence_retention == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError(
+        "--redis-fence-retention must be at least 1h and finite");
   }
   return options;
 }

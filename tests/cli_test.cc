@@ -165,6 +165,9 @@ TEST(CliTest, BadFlagValuesAreUsageErrors) {
            {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
             "--model=m.pth", "--redis-command-timeout=-1s"},
            {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
+            "--model=m.pth", "--redis-fence-retention=30m"},
+           {"serve", "--listen=127.0.0.1:0", "--tls-reload-interval=500ms"},
+           {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
             "--model=m.pth", "--worker-id=a b"},
            // A header value gRPC refuses aborted the gateway at its first
            // forwarded call.
