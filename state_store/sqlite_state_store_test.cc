@@ -13,6 +13,7 @@
 #include "common/clock.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
+#include "state_store/internal/sqlite_db.h"
 #include "state_store/testing/state_store_contract.h"
 
 namespace statestream::testing {
@@ -385,6 +386,43 @@ TEST(SqliteStateStoreTest, SessionsSurviveReopeningAndDurabilityIsHonest) {
   auto head = (*store)->GetHead(r.key);
   ASSERT_TRUE(head.ok());
   EXPECT_EQ(head->fence, fence);
+}
+
+// A transaction larger than the log's limit (a 32 MB state here; a sweep
+// of many sessions in production) grows the write-ahead log, which shrinks
+// back to the limit once SQLite restarts it instead of keeping its peak.
+TEST(SqliteStateStoreTest, TheWriteAheadLogShrinksAfterALargeTransaction) {
+  SqliteEnv env;
+  auto store = env.NewStore(1);
+  ASSERT_TRUE(store.ok()) << store.status();
+  CreateSessionRequest r;
+  r.key = {"acme", "big"};
+  r.model_id = "tiny";
+  r.initial_state = TestSnapshot(1, 8'000'000);  // 32 MB
+  auto c = (*store)->CreateSession(r);
+  ASSERT_TRUE(c.ok()) << c.status();
+  const std::string wal = env.path() + "-wal";
+  EXPECT_GT(std::filesystem::file_size(wal),
+            uint64_t{store_internal::kJournalSizeLimitBytes});
+  // Small commits: the first checkpoints the log, a later one restarts it.
+  CreateSessionRequest small = r;
+  small.key.session_id = "small";
+  small.initial_state = TestSnapshot(2, 1000);
+  auto s = (*store)->CreateSession(small);
+  ASSERT_TRUE(s.ok()) << s.status();
+  for (uint64_t v = 1; v <= 4; ++v) {
+    CommitRequest cr;
+    cr.key = small.key;
+    cr.expected_version = v;
+    cr.fence = s->session.fence;
+    cr.state = TestSnapshot(v + 2, 1000);
+    ASSERT_TRUE((*store)->Commit(cr).ok());
+  }
+  EXPECT_LE(std::filesystem::file_size(wal),
+            uint64_t{store_internal::kJournalSizeLimitBytes});
+  auto loaded = (*store)->LoadVersion(r.key, 0);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->state.state.size(), 8'000'000u);
 }
 
 CreateSessionRequest Creating(const std::string& id) {

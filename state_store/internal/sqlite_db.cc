@@ -112,6 +112,11 @@ absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,
     return SqliteError(rc, absl::StrCat("sqlite setup: ", msg));
   };
   absl::Status setup = exec("PRAGMA journal_mode=WAL");
+  // The write-ahead log grows to the largest transaction between
+  // checkpoints (a 34 MB state, a sweep of many sessions) and SQLite
+  // reuses the file at that size; this makes it truncate the file back
+  // whenever it restarts the log.
+  if (setup.ok()) setup = exec(kJournalSizeLimit);
   if (setup.ok()) setup = exec(kSchema);
   // Each column of kAddedColumns the file lacks is added (empty for the
   // rows it has), all in one write transaction, so processes opening the

@@ -103,6 +103,12 @@ class Stmt {
   int n_ = 0;
 };
 
+// What the write-ahead log is truncated to when SQLite restarts it
+// (OpenDatabase): 16 MiB.
+inline constexpr int64_t kJournalSizeLimitBytes = int64_t{16} << 20;
+inline constexpr char kJournalSizeLimit[] =
+    "PRAGMA journal_size_limit=16777216";
+
 constexpr char kSessionColumns[] =
     "model_id, fingerprint, parent_sid, parent_ver, labels, ttl_ms, "
     "created_ms, updated_ms, expires_ms, head, oldest, lease_owner, "
