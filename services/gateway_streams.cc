@@ -632,6 +632,7 @@ class StreamsService final : public v1::Streams::CallbackService {
           }
           client->Release();
         })) {
+      gateway_->EndCall("Append", Gateway::Refused(), gateway_->BeginCall());
       client->FinishCall(Gateway::Refused());
       client->Release();
     }

@@ -604,11 +604,13 @@ TEST_F(ClusterFailoverTest, TenantsAreIsolatedThroughTheGateway) {
 
 // A gateway serving --max-calls calls refuses the next one, typed and
 // retryable (RESOURCE_EXHAUSTED/OVERLOADED), instead of starting a thread
-// per call without bound; once a call ends the next one is served.
+// per call without bound, and counts it in its metrics (a stream as well
+// as a unary call); once a call ends the next one is served.
 TEST_F(ClusterFailoverTest, AGatewayAtItsCallLimitRefusesMore) {
   auto g = e2e::ClusterProcess::Start(
       {STATESTREAM_BIN, "gateway", "--listen=127.0.0.1:0",
-       "--redis=" + redis_->address(), "--max-calls=1", "--shutdown-grace=1s"},
+       "--redis=" + redis_->address(), "--max-calls=1", "--shutdown-grace=1s",
+       "--metrics-listen=127.0.0.1:0"},
       absl::StrCat(*dir_, "/gateway-limited.log"), kStartTimeout);
   ASSERT_TRUE(g.ok()) << g.status();
   auto channel =
@@ -634,6 +636,26 @@ TEST_F(ClusterFailoverTest, AGatewayAtItsCallLimitRefusesMore) {
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
       << refused.error_message();
   EXPECT_EQ(GetReason(FromGrpcStatus(refused)), Reason::kOverloaded);
+  {
+    auto second_ctx = Ctx();
+    auto second = streams->Append(second_ctx.get());
+    second->Write(Text(id, 4, "more"));
+    second->WritesDone();
+    const grpc::Status st = second->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+        << st.error_message();
+  }
+  auto metrics = e2e::ScrapeMetrics((*g)->metrics_address());
+  ASSERT_TRUE(metrics.has_value());
+  for (const char* method : {"GetSession", "Append"}) {
+    EXPECT_EQ(
+        (*metrics)[absl::StrCat("statestream_gateway_calls_total{method=\"",
+                                method, "\",code=\"RESOURCE_EXHAUSTED\"}")],
+        1)
+        << method;
+  }
+  EXPECT_EQ(
+      (*metrics)["statestream_gateway_errors_total{reason=\"OVERLOADED\"}"], 2);
   stream->WritesDone();
   ASSERT_TRUE(stream->Finish().ok());
   // The call's thread ends just after its status is sent.
