@@ -63,7 +63,7 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 
 ABSL_FLAG(absl::Duration, tls_reload_interval, absl::Minutes(1),
           "How often --tls-cert, --tls-key and --tls-client-ca (and a "
-          "gateway's --worker-tls-* files) are reread (at least 1s): new "
+          "gateway's --worker-tls-* files) are reread (1s to 24h): new "
           "connections use what the files hold, so a certificate renewed on "
           "disk (a Kubernetes Secret, cert-manager) is used without a "
           "restart; open connections keep theirs. Replace a certificate and "
@@ -129,9 +129,10 @@ absl::StatusOr<ServerTlsOptions> ServerTlsFromFlags() {
 absl::StatusOr<absl::Duration> TlsReloadIntervalFromFlag() {
   const absl::Duration reload = absl::GetFlag(FLAGS_tls_reload_interval);
   if (reload < absl::ZeroDuration() ||
-      (reload > absl::ZeroDuration() && reload < absl::Seconds(1))) {
+      (reload > absl::ZeroDuration() && reload < absl::Seconds(1)) ||
+      reload > absl::Hours(24)) {
     return absl::InvalidArgumentError(
-        "--tls-reload-interval: 0 (read once) or at least 1s");
+        "--tls-reload-interval: 0 (read once) or 1s to 24h");
   }
   return reload;
 }

@@ -258,7 +258,10 @@ class AppendCall final : public Watched {
                        &progressed);
       if (status.ok() || client_gone) break;
       if (!stalled && !Gateway::ShouldFailover(status)) break;
-      if (Gateway::ClientGone(*ctx_, status)) break;
+      // (A stall's CANCELLED is the watchdog's own: no wait for a sign.)
+      if (stalled ? ctx_->IsCancelled() : Gateway::ClientGone(*ctx_, status)) {
+        break;
+      }
       if (stalled || Gateway::WorkerFailed(status)) {
         gateway_->router().MarkSuspect(route->worker_id);
       }

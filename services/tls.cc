@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <iostream>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -91,6 +92,13 @@ absl::Status CheckKeyPair(const std::string& chain_pem,
   return absl::OkStatus();
 }
 
+// gRPC's watcher takes whole seconds (at least 1); the flag is at most a
+// day (TlsReloadIntervalFromFlag).
+unsigned int RereadSeconds(absl::Duration interval) {
+  return static_cast<unsigned int>(std::clamp<int64_t>(
+      absl::ToInt64Seconds(interval), 1, int64_t{24} * 3600));
+}
+
 }  // namespace
 
 absl::Status ValidateServerTls(const ServerTlsOptions& options) {
@@ -150,17 +158,21 @@ std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(
       options.client_ca_pem.empty() == options.client_ca_path.empty()) {
     // gRPC's watcher rereads the files (key and certificate together, and
     // retries a read that raced a rewrite) on its own thread.
-    const auto seconds = static_cast<unsigned int>(
-        std::max<int64_t>(1, absl::ToInt64Seconds(options.reload_interval)));
     auto files =
         std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
             options.private_key_path, options.cert_chain_path,
-            options.client_ca_path, seconds);
+            options.client_ca_path, RereadSeconds(options.reload_interval));
     grpc::experimental::TlsServerCredentialsOptions tls(files);
     tls.watch_identity_key_cert_pairs();
     if (!options.client_ca_path.empty()) tls.watch_root_certs();
     tls.set_cert_request_type(request);
-    return grpc::experimental::TlsServerCredentials(tls);
+    // Null only for options gRPC refuses, which these are not meant to
+    // be: then the files as read at start.
+    if (auto credentials = grpc::experimental::TlsServerCredentials(tls)) {
+      return credentials;
+    }
+    std::cerr << "statestream: gRPC refused the TLS options of the "
+                 "certificate watcher; serving the files as read at start\n";
   }
   grpc::SslServerCredentialsOptions ssl(request);
   ssl.pem_root_certs = options.client_ca_pem;
@@ -178,13 +190,12 @@ std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(
   const bool roots =
       !options.root_certs_path.empty() && !options.root_certs_pem.empty();
   if (options.reload_interval > absl::ZeroDuration() && (identity || roots)) {
-    const auto seconds = static_cast<unsigned int>(
-        std::max<int64_t>(1, absl::ToInt64Seconds(options.reload_interval)));
     auto files =
         std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
             identity ? options.private_key_path : "",
             identity ? options.cert_chain_path : "",
-            roots ? options.root_certs_path : "", seconds);
+            roots ? options.root_certs_path : "",
+            RereadSeconds(options.reload_interval));
     grpc::experimental::TlsChannelCredentialsOptions tls;
     tls.set_certificate_provider(files);
     if (identity) tls.watch_identity_key_cert_pairs();
@@ -194,7 +205,11 @@ std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(
     tls.set_verify_server_certs(true);
     tls.set_certificate_verifier(
         std::make_shared<grpc::experimental::HostNameCertificateVerifier>());
-    return grpc::experimental::TlsCredentials(tls);
+    if (auto credentials = grpc::experimental::TlsCredentials(tls)) {
+      return credentials;
+    }
+    std::cerr << "statestream: gRPC refused the TLS options of the "
+                 "certificate watcher; using the files as read at start\n";
   }
   grpc::SslCredentialsOptions ssl;
   ssl.pem_root_certs = options.root_certs_pem;

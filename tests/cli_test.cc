@@ -167,6 +167,7 @@ TEST(CliTest, BadFlagValuesAreUsageErrors) {
            {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
             "--model=m.pth", "--redis-fence-retention=30m"},
            {"serve", "--listen=127.0.0.1:0", "--tls-reload-interval=500ms"},
+           {"serve", "--listen=127.0.0.1:0", "--tls-reload-interval=25h"},
            {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
             "--model=m.pth", "--worker-id=a b"},
            // A header value gRPC refuses aborted the gateway at its first

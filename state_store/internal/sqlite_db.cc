@@ -10,6 +10,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "common/status.h"
 
 namespace statestream::store_internal {
@@ -116,7 +117,11 @@ absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,
   // checkpoints (a 34 MB state, a sweep of many sessions) and SQLite
   // reuses the file at that size; this makes it truncate the file back
   // whenever it restarts the log.
-  if (setup.ok()) setup = exec(kJournalSizeLimit);
+  if (setup.ok()) {
+    setup =
+        exec(absl::StrCat("PRAGMA journal_size_limit=", kJournalSizeLimitBytes)
+                 .c_str());
+  }
   if (setup.ok()) setup = exec(kSchema);
   // Each column of kAddedColumns the file lacks is added (empty for the
   // rows it has), all in one write transaction, so processes opening the

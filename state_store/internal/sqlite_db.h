@@ -106,8 +106,6 @@ class Stmt {
 // What the write-ahead log is truncated to when SQLite restarts it
 // (OpenDatabase): 16 MiB.
 inline constexpr int64_t kJournalSizeLimitBytes = int64_t{16} << 20;
-inline constexpr char kJournalSizeLimit[] =
-    "PRAGMA journal_size_limit=16777216";
 
 constexpr char kSessionColumns[] =
     "model_id, fingerprint, parent_sid, parent_ver, labels, ttl_ms, "
