@@ -2,12 +2,13 @@
 #include "cli/gateway_security_flags.h"
 
 #include <string>
-#include <utility>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "cli/cli_util.h"
 #include "cli/server_flags.h"
+#include "cli/tls_flags.h"
+#include "common/status.h"
 #include "services/tenants.h"
 
 ABSL_FLAG(bool, worker_tls, false,
@@ -34,36 +35,23 @@ const char kGatewaySecurityFlagsFile[] = __FILE__;
 absl::StatusOr<ClientTlsOptions> WorkerTlsFromFlags() {
   ClientTlsOptions tls;
   tls.server_name = absl::GetFlag(FLAGS_worker_tls_server_name);
-  const std::pair<const char*, std::string*> fields[] = {
-      {"--worker-tls-ca", &tls.root_certs_pem},
-      {"--worker-tls-cert", &tls.cert_chain_pem},
-      {"--worker-tls-key", &tls.private_key_pem},
-  };
-  const std::string paths[] = {absl::GetFlag(FLAGS_worker_tls_ca),
-                               absl::GetFlag(FLAGS_worker_tls_cert),
-                               absl::GetFlag(FLAGS_worker_tls_key)};
-  tls.enabled = absl::GetFlag(FLAGS_worker_tls) || !tls.server_name.empty();
-  for (size_t i = 0; i < 3; ++i) {
-    if (paths[i].empty()) continue;
-    tls.enabled = true;
-    absl::StatusOr<std::string> pem = ReadFile(paths[i]);
-    if (!pem.ok() || pem->empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(fields[i].first, ": cannot read ", paths[i],
-                       pem.ok() ? " (empty)" : ""));
-    }
-    *fields[i].second = *std::move(pem);
-  }
+  SS_RETURN_IF_ERROR(ReadPemFiles({
+      {"--worker-tls-ca", absl::GetFlag(FLAGS_worker_tls_ca),
+       &tls.root_certs_pem, &tls.root_certs_path},
+      {"--worker-tls-cert", absl::GetFlag(FLAGS_worker_tls_cert),
+       &tls.cert_chain_pem, &tls.cert_chain_path},
+      {"--worker-tls-key", absl::GetFlag(FLAGS_worker_tls_key),
+       &tls.private_key_pem, &tls.private_key_path},
+  }));
+  // Any of them turns TLS on.
+  tls.enabled = absl::GetFlag(FLAGS_worker_tls) || !tls.server_name.empty() ||
+                !tls.root_certs_path.empty() || !tls.cert_chain_path.empty() ||
+                !tls.private_key_path.empty();
   if (absl::Status valid = ValidateClientTls(tls); !valid.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("--worker-tls-*: ", valid.message()));
   }
-  absl::StatusOr<absl::Duration> reload = TlsReloadIntervalFromFlag();
-  if (!reload.ok()) return reload.status();
-  tls.root_certs_path = paths[0];
-  tls.cert_chain_path = paths[1];
-  tls.private_key_path = paths[2];
-  tls.reload_interval = *reload;
+  SS_ASSIGN_OR_RETURN(tls.reload_interval, TlsReloadIntervalFromFlag());
   return tls;
 }
 

@@ -18,6 +18,7 @@
 #include "cli/cli_util.h"
 #include "cli/command.h"
 #include "cli/tls_flags.h"
+#include "common/status.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7700",
           "Address to serve on, HOST:PORT; port 0 picks a free port. Once "
@@ -95,34 +96,19 @@ absl::Duration ShutdownGraceFromFlag() {
 
 absl::StatusOr<ServerTlsOptions> ServerTlsFromFlags() {
   ServerTlsOptions tls;
-  const std::pair<const char*, std::string*> files[] = {
-      {"--tls-cert", &tls.cert_chain_pem},
-      {"--tls-key", &tls.private_key_pem},
-      {"--tls-client-ca", &tls.client_ca_pem},
-  };
-  const std::string paths[] = {absl::GetFlag(FLAGS_tls_cert),
-                               absl::GetFlag(FLAGS_tls_key),
-                               absl::GetFlag(FLAGS_tls_client_ca)};
-  for (size_t i = 0; i < 3; ++i) {
-    if (paths[i].empty()) continue;
-    absl::StatusOr<std::string> pem = ReadFile(paths[i]);
-    if (!pem.ok() || pem->empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(files[i].first, ": cannot read ", paths[i],
-                       pem.ok() ? " (empty)" : ""));
-    }
-    *files[i].second = *std::move(pem);
-  }
+  SS_RETURN_IF_ERROR(ReadPemFiles({
+      {"--tls-cert", absl::GetFlag(FLAGS_tls_cert), &tls.cert_chain_pem,
+       &tls.cert_chain_path},
+      {"--tls-key", absl::GetFlag(FLAGS_tls_key), &tls.private_key_pem,
+       &tls.private_key_path},
+      {"--tls-client-ca", absl::GetFlag(FLAGS_tls_client_ca),
+       &tls.client_ca_pem, &tls.client_ca_path},
+  }));
   if (absl::Status valid = ValidateServerTls(tls); !valid.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--tls-cert/--tls-key/--tls-client-ca: ", valid.message()));
   }
-  absl::StatusOr<absl::Duration> reload = TlsReloadIntervalFromFlag();
-  if (!reload.ok()) return reload.status();
-  tls.cert_chain_path = paths[0];
-  tls.private_key_path = paths[1];
-  tls.client_ca_path = paths[2];
-  tls.reload_interval = *reload;
+  SS_ASSIGN_OR_RETURN(tls.reload_interval, TlsReloadIntervalFromFlag());
   return tls;
 }
 

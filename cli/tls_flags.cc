@@ -1,7 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "cli/tls_flags.h"
 
+#include <utility>
+
 #include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "cli/cli_util.h"
 
 ABSL_FLAG(std::string, tls_cert, "",
           "PEM certificate chain (leaf first) this process presents: a "
@@ -14,5 +18,19 @@ ABSL_FLAG(std::string, tls_key, "",
 namespace statestream::cli {
 
 const char kTlsFlagsFile[] = __FILE__;
+
+absl::Status ReadPemFiles(std::initializer_list<PemFileFlag> files) {
+  for (const PemFileFlag& f : files) {
+    if (f.path.empty()) continue;
+    absl::StatusOr<std::string> pem = ReadFile(f.path);
+    if (!pem.ok() || pem->empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          f.flag, ": cannot read ", f.path, pem.ok() ? " (empty)" : ""));
+    }
+    *f.pem = *std::move(pem);
+    *f.where = f.path;
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace statestream::cli

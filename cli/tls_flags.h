@@ -6,9 +6,11 @@
 #ifndef STATESTREAM_CLI_TLS_FLAGS_H_
 #define STATESTREAM_CLI_TLS_FLAGS_H_
 
+#include <initializer_list>
 #include <string>
 
 #include "absl/flags/declare.h"
+#include "absl/status/status.h"
 
 ABSL_DECLARE_FLAG(std::string, tls_cert);
 ABSL_DECLARE_FLAG(std::string, tls_key);
@@ -18,6 +20,18 @@ namespace statestream::cli {
 // __FILE__ of cli/tls_flags.cc, for Command::flag_files (every command
 // that lists kServerFlagsFile or kClientFlagsFile lists it too).
 extern const char kTlsFlagsFile[];
+
+// A server role's flag naming a PEM file (--tls-cert, --worker-tls-ca, ...).
+struct PemFileFlag {
+  const char* flag;    // its name, for errors
+  std::string path;    // its value; empty: not given
+  std::string* pem;    // gets the file's contents
+  std::string* where;  // gets `path` (kept to reread the file)
+};
+
+// Reads every given file into its `pem` and records its path.
+// INVALID_ARGUMENT naming the flag when one cannot be read or is empty.
+absl::Status ReadPemFiles(std::initializer_list<PemFileFlag> files);
 
 }  // namespace statestream::cli
 
