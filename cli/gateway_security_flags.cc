@@ -5,7 +5,6 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
-#include "cli/cli_util.h"
 #include "cli/server_flags.h"
 #include "cli/tls_flags.h"
 #include "common/status.h"
