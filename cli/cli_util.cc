@@ -32,30 +32,6 @@ namespace {
 // SDK only turns ErrorInfo into the reason and metadata payloads).
 constexpr absl::string_view kUsageUrl = "statestream.dev/cli/usage-error";
 
-// Reads `fd` to its end; `name` (a path, or "stdin") for errors.
-absl::StatusOr<std::string> ReadAll(int fd, const std::string& name) {
-  const std::string what = absl::StrCat("cannot read ", name);
-  struct stat st;
-  if (::fstat(fd, &st) != 0) return absl::ErrnoToStatus(errno, what);
-  // read(2) on a directory fails with EISDIR anyway; say so before trying.
-  if (S_ISDIR(st.st_mode)) return absl::ErrnoToStatus(EISDIR, what);
-  std::string out;
-  if (S_ISREG(st.st_mode) && st.st_size > 0) {
-    out.reserve(static_cast<size_t>(st.st_size));
-  }
-  char buffer[1 << 16];
-  while (true) {
-    const ssize_t n = ::read(fd, buffer, sizeof(buffer));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return absl::ErrnoToStatus(errno, what);
-    }
-    if (n == 0) break;
-    out.append(buffer, static_cast<size_t>(n));
-  }
-  return out;
-}
-
 // The descriptor a name stands for: /dev/stdin|stdout|stderr, /dev/fd/N
 // and /proc/self/fd/N.
 std::optional<int> NamedDescriptor(absl::string_view path) {
@@ -156,21 +132,6 @@ absl::StatusOr<std::vector<int32_t>> ParseIntList(absl::string_view text,
     out.push_back(v);
   }
   return out;
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int open_errno = errno;
-    return absl::ErrnoToStatus(open_errno, absl::StrCat("cannot read ", path));
-  }
-  absl::StatusOr<std::string> bytes = ReadAll(fd, path);
-  ::close(fd);
-  return bytes;
-}
-
-absl::StatusOr<std::string> ReadStdin() {
-  return ReadAll(STDIN_FILENO, "stdin");
 }
 
 absl::Status WriteFileAtomically(const std::string& path,

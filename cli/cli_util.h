@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/files.h"
 
 namespace statestream::cli {
 
@@ -45,12 +46,7 @@ absl::Status CheckHeaderValue(absl::string_view what, absl::string_view value);
 absl::StatusOr<std::vector<int32_t>> ParseIntList(absl::string_view text,
                                                   absl::string_view flag);
 
-// The whole file. Never throws: an error "cannot read PATH: WHY" for a file
-// that does not open, a directory or a read error (not an empty string).
-absl::StatusOr<std::string> ReadFile(const std::string& path);
-// The whole of standard input, like ReadFile (read from the descriptor: do
-// not mix with std::cin).
-absl::StatusOr<std::string> ReadStdin();
+// ReadFile and ReadStdin: common/files.h.
 // PATH whole or not at all: writes a temporary beside it (mkstemp, the
 // file's permission bits, or 0666 less the umask), fsyncs it, renames it
 // over PATH and syncs the directory; on failure the temporary goes and an

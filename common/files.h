@@ -1,0 +1,23 @@
+// SPDX-License-Identifier: Apache-2.0
+// Reading whole files without surprises: an error for a directory or a read
+// that fails part-way, never an empty or truncated string.
+#ifndef STATESTREAM_COMMON_FILES_H_
+#define STATESTREAM_COMMON_FILES_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace statestream {
+
+// The whole file. Never throws: an error "cannot read PATH: WHY" (its errno's
+// code: NOT_FOUND, PERMISSION_DENIED, ...) for a file that does not open, a
+// directory or a read error (not an empty string).
+absl::StatusOr<std::string> ReadFile(const std::string& path);
+// The whole of standard input, like ReadFile (read from the descriptor: do
+// not mix with std::cin).
+absl::StatusOr<std::string> ReadStdin();
+
+}  // namespace statestream
+
+#endif  // STATESTREAM_COMMON_FILES_H_
