@@ -62,6 +62,9 @@ ABSL_FLAG(absl::Duration, tenant_stream_ttl, absl::Seconds(15),
 namespace statestream::cli {
 namespace {
 
+constexpr char kSessionLimitsNeedRedis[] =
+    "session limits need --redis (sessions are counted in the state store)";
+
 int Run(const std::vector<std::string>& args) {
   BlockShutdownSignals();
   if (!args.empty()) {
@@ -140,9 +143,7 @@ int Run(const std::vector<std::string>& args) {
         "--tenant-stream-ttl must be at least 1s and finite");
   }
   if (limits.LimitsSessions() && redis.addresses.empty()) {
-    return ReportUsageError(
-        "session limits need --redis (sessions are counted in the state "
-        "store)");
+    return ReportUsageError(kSessionLimitsNeedRedis);
   }
   TuneMallocForLargeBuffers();
   // Outlives the services (and their gauge source): the HTTP server stops
@@ -174,11 +175,25 @@ int Run(const std::vector<std::string>& args) {
           if (!opened.ok()) return opened.status();
           store = std::shared_ptr<StateStore>(std::move(*opened));
         }
-        if (limits.LimitsSessions() || limits.LimitsStreams()) {
+        if (tenants->NeedsLimits()) {
           options.limits = std::make_shared<TenantLimits>(limits, store.get());
         }
         absl::StatusOr<ServiceSet> set =
             GatewayServices(options, std::move(store));
+        if (set.ok()) {
+          // Stops rereading before the limits it updates go.
+          set->Own(StartApiKeysReloader(
+              *tenants, options.limits, "gateway",
+              [counts_sessions =
+                   !redis.addresses.empty()](const TenantAuth& auth) {
+                TenantLimitsOptions reread;
+                reread.tenants = auth.limits();
+                if (reread.LimitsSessions() && !counts_sessions) {
+                  return absl::InvalidArgumentError(kSessionLimitsNeedRedis);
+                }
+                return absl::OkStatus();
+              }));
+        }
         // The set's gateway holds the limits now: they (and their slot
         // renewals) end before the store they use, which the set owns.
         options.limits.reset();

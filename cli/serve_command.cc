@@ -182,16 +182,18 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
   w->metrics_http = *std::move(http);
   auto policy = std::make_shared<worker::CallerPolicy>();
   policy->auth = options.tenants.auth;
-  if (options.tenants.limits.LimitsSessions() ||
-      options.tenants.limits.LimitsStreams()) {
+  if (options.tenants.NeedsLimits()) {
     // Sessions are counted in the embedded store, which outlives the
     // services (ServiceSet::Own below).
     policy->limits =
         std::make_shared<TenantLimits>(options.tenants.limits, w->store.get());
   }
+  std::shared_ptr<ApiKeysReloader> reloader =
+      StartApiKeysReloader(options.tenants, policy->limits, "serve");
   ServiceSet set =
       worker::PublicApiServices(w->models->set.get(), std::move(policy));
   set.Own(std::move(w));
+  set.Own(std::move(reloader));  // stops first: it updates the limits
   return set;
 }
 

@@ -7,12 +7,20 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "common/files.h"
 
 ABSL_FLAG(std::string, api_keys, "",
           "File of \"TOKEN TENANT [max_sessions=N] [max_streams=N]\" lines. "
           "Callers then authenticate with `authorization: Bearer TOKEN`. "
           "Without it the server runs UNAUTHENTICATED (development mode: "
           "tenant from the x-statestream-tenant header).");
+ABSL_FLAG(absl::Duration, api_keys_reload_interval, absl::Minutes(1),
+          "How often the --api-keys file is reread (1s to 24h): keys added "
+          "or removed there, and the limits it sets, take effect without a "
+          "restart (calls already open keep running). A file that cannot be "
+          "read or parsed then changes nothing (it is said on stderr). 0: "
+          "read once at start.");
 ABSL_FLAG(int32_t, tenant_max_sessions, 0,
           "Live sessions each tenant may hold (counted in the state store); "
           "creating one more fails with RESOURCE_EXHAUSTED/TENANT_LIMIT. 0: "
@@ -32,12 +40,27 @@ absl::StatusOr<TenantSetup> TenantSetupFromFlags(const char* command) {
   TenantSetup setup;
   const std::string keys = absl::GetFlag(FLAGS_api_keys);
   if (!keys.empty()) {
-    auto auth = TenantAuth::FromFile(keys);
+    setup.keys_path = keys;
+    absl::StatusOr<std::string> text = ReadFile(keys);
+    if (!text.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--api-keys: ", text.status().message()));
+    }
+    setup.keys_digest = Sha256Of(*text);
+    auto auth = TenantAuth::FromText(keys, *text);
     if (!auth.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("--api-keys: ", auth.status().message()));
     }
     setup.auth = *std::move(auth);
+    const absl::Duration reload = absl::GetFlag(FLAGS_api_keys_reload_interval);
+    if (reload < absl::ZeroDuration() ||
+        (reload > absl::ZeroDuration() && reload < absl::Seconds(1)) ||
+        reload > absl::Hours(24)) {
+      return absl::InvalidArgumentError(
+          "--api-keys-reload-interval: 0 (read once) or 1s to 24h");
+    }
+    setup.reload_interval = absl::Trunc(reload, absl::Seconds(1));
   } else {
     std::cerr << "statestream " << command
               << ": WARNING: no --api-keys: running UNAUTHENTICATED; any "
@@ -53,6 +76,21 @@ absl::StatusOr<TenantSetup> TenantSetupFromFlags(const char* command) {
   }
   setup.limits.tenants = setup.auth.limits();
   return setup;
+}
+
+std::shared_ptr<ApiKeysReloader> StartApiKeysReloader(
+    const TenantSetup& setup, std::shared_ptr<TenantLimits> limits,
+    const char* command,
+    std::function<absl::Status(const TenantAuth&)> validate) {
+  if (!setup.reloads()) return nullptr;
+  ApiKeysReloaderOptions options;
+  options.path = setup.keys_path;
+  options.interval = setup.reload_interval;
+  options.loaded_digest = setup.keys_digest;
+  options.validate = std::move(validate);
+  options.who = command;
+  return std::make_shared<ApiKeysReloader>(std::move(options), setup.auth,
+                                           std::move(limits));
 }
 
 }  // namespace statestream::cli

@@ -7,7 +7,13 @@
 #ifndef STATESTREAM_CLI_TENANT_FLAGS_H_
 #define STATESTREAM_CLI_TENANT_FLAGS_H_
 
+#include <functional>
+#include <memory>
+#include <string>
+
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "services/api_keys_reloader.h"
 #include "services/tenants.h"
 
 namespace statestream::cli {
@@ -19,12 +25,35 @@ struct TenantSetup {
   TenantAuth auth;  // development mode without --api-keys
   // The flags' defaults with the keys file's per-tenant overrides.
   TenantLimitsOptions limits;
+  // --api-keys, the digest of what it held at start (Sha256Of: the bytes
+  // hold the tokens), and --api-keys-reload-interval (0: read once).
+  std::string keys_path;
+  std::string keys_digest;
+  absl::Duration reload_interval = absl::ZeroDuration();
+
+  // The keys file is reread while running: the limits it sets may change,
+  // so a TenantLimits is needed even when none is set now.
+  bool reloads() const {
+    return !keys_path.empty() && reload_interval > absl::ZeroDuration();
+  }
+  bool NeedsLimits() const {
+    return reloads() || limits.LimitsSessions() || limits.LimitsStreams();
+  }
 };
 
 // Reads --api-keys (and warns on stderr, as `command`, when it is absent:
-// every caller then picks its tenant) and the limit flags.
-// INVALID_ARGUMENT naming the flag.
+// every caller then picks its tenant), --api-keys-reload-interval and the
+// limit flags. INVALID_ARGUMENT naming the flag.
 absl::StatusOr<TenantSetup> TenantSetupFromFlags(const char* command);
+
+// What keeps `setup.auth` (every copy) and `limits` (may be null) in step
+// with the keys file while it lives; null when setup.reloads() is false.
+// `validate` (may be empty): what `command` needs of a reread file, as it
+// checked the first at start.
+std::shared_ptr<ApiKeysReloader> StartApiKeysReloader(
+    const TenantSetup& setup, std::shared_ptr<TenantLimits> limits,
+    const char* command,
+    std::function<absl::Status(const TenantAuth&)> validate = {});
 
 // __FILE__ of cli/internal_token_flag.cc, for Command::flag_files.
 extern const char kInternalTokenFlagFile[];

@@ -259,16 +259,31 @@ bool Gateway::SkipsAttempt(bool refused_fast,
   return ++*skips <= kMaxUnreachableSkips;
 }
 
+namespace {
+
+std::optional<absl::string_view> Metadata(
+    const grpc::CallbackServerContext& ctx, const char* key) {
+  const auto& md = ctx.client_metadata();
+  auto it = md.find(key);
+  if (it == md.end()) return std::nullopt;
+  return absl::string_view(it->second.data(), it->second.size());
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> Gateway::Tenant(
     const grpc::CallbackServerContext& ctx) {
-  const auto& md = ctx.client_metadata();
-  auto get = [&md](const char* key) -> std::optional<absl::string_view> {
-    auto it = md.find(key);
-    if (it == md.end()) return std::nullopt;
-    return absl::string_view(it->second.data(), it->second.size());
+  return options_.auth.Authenticate(Metadata(ctx, "authorization"),
+                                    Metadata(ctx, "x-statestream-tenant"));
+}
+
+Credentials Gateway::CredentialsOf(const grpc::CallbackServerContext& ctx) {
+  auto copy = [&ctx](const char* key) -> std::optional<std::string> {
+    std::optional<absl::string_view> value = Metadata(ctx, key);
+    if (!value) return std::nullopt;
+    return std::string(*value);
   };
-  return options_.auth.Authenticate(get("authorization"),
-                                    get("x-statestream-tenant"));
+  return {copy("authorization"), copy("x-statestream-tenant")};
 }
 
 std::unique_ptr<grpc::ClientContext> Gateway::UpstreamContext(

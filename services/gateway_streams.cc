@@ -34,15 +34,19 @@ using AppendBidi = BlockingBidi<v1::AppendRequest, v1::AppendResponse>;
 class AppendCall final : public Watched {
  public:
   // `slot`: the tenant's stream slot (may be null), freed before the
-  // client sees the call end.
+  // client sees the call end. `credentials` named `tenant` under key set
+  // `auth_generation` (TenantAuth::generation).
   AppendCall(Gateway* gateway, grpc::CallbackServerContext* ctx,
              AppendBidi* client, std::string tenant,
-             std::shared_ptr<TenantLimits::StreamSlot> slot)
+             std::shared_ptr<TenantLimits::StreamSlot> slot,
+             Credentials credentials, uint64_t auth_generation)
       : gateway_(gateway),
         ctx_(ctx),
         client_(client),
         tenant_(std::move(tenant)),
-        slot_(std::move(slot)) {}
+        slot_(std::move(slot)),
+        credentials_(std::move(credentials)),
+        auth_generation_(auth_generation) {}
   // What the log still holds goes back to the gateway's buffers.
   ~AppendCall() override {
     absl::MutexLock lock(&mu_);
@@ -62,11 +66,18 @@ class AppendCall final : public Watched {
       return;
     }
     grpc::Status final_status = Forward();
-    // A message that did not parse ended the client's input: what came
-    // before it went through (and was committed, as at a half-close), but
-    // the call is no success.
+    // A message that did not parse, or one sent after the call's API key
+    // was revoked, ended the client's input: what came before it went
+    // through (and was committed, as at a half-close), but the call is no
+    // success.
     if (final_status.ok() && client_->unparsable()) {
       final_status = ToGrpcStatus(UnparsableRequestError());
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      if (final_status.ok() && !input_ended_.ok()) {
+        final_status = ToGrpcStatus(input_ended_);
+      }
     }
     gateway_->EndCall("Append", final_status, began);
     ctx_->AddTrailingMetadata(kAttemptsTrailer, absl::StrCat(attempts_));
@@ -153,6 +164,16 @@ class AppendCall final : public Watched {
         if (finished_) break;
       }
       if (!client_->Read(&request)) break;
+      // Each request is sent under the key the call was opened with.
+      // (Not read from ctx_: the call may be finishing as this read
+      // returns, and its metadata go with it.)
+      if (absl::Status valid = gateway_->options().auth.Recheck(
+              credentials_, tenant_, &auth_generation_);
+          !valid.ok()) {
+        absl::MutexLock lock(&mu_);
+        input_ended_ = std::move(valid);
+        break;
+      }
       Entry e;
       e.received = absl::Now();
       // What the entry holds in memory, not its size on the wire: a token
@@ -434,6 +455,8 @@ class AppendCall final : public Watched {
   const std::string tenant_;
   std::shared_ptr<TenantLimits::StreamSlot> slot_;
   int attempts_ = 0;  // Run's thread only
+  const Credentials credentials_;
+  uint64_t auth_generation_;  // ReadClient's only (TenantAuth::Recheck)
 
   absl::Mutex mu_;
   std::string session_id_ ABSL_GUARDED_BY(mu_);
@@ -451,6 +474,9 @@ class AppendCall final : public Watched {
   // until acked_ reaches this.
   uint64_t forced_until_ ABSL_GUARDED_BY(mu_) = 0;
   bool client_done_ ABSL_GUARDED_BY(mu_) = false;
+  // Why the client's input ended early: its API key was revoked (or
+  // could not be checked).
+  absl::Status input_ended_ ABSL_GUARDED_BY(mu_);
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   // The attempt in progress.
   grpc::ClientContext* upstream_ ABSL_GUARDED_BY(mu_) = nullptr;
@@ -614,6 +640,7 @@ class StreamsService final : public v1::Streams::CallbackService {
   grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>* Append(
       grpc::CallbackServerContext* ctx) override {
     auto* client = new AppendBidi();
+    const uint64_t auth_generation = gateway_->options().auth.generation();
     auto tenant = gateway_->Tenant(*ctx);
     if (!tenant.ok()) {
       const grpc::Status status = ToGrpcStatus(tenant.status());
@@ -623,11 +650,13 @@ class StreamsService final : public v1::Streams::CallbackService {
       return client;
     }
     // The slot is taken on the call's own thread: it may wait on Redis.
-    if (!gateway_->Spawn([this, ctx, client,
-                          tenant = *std::move(tenant)]() mutable {
+    if (!gateway_->Spawn([this, ctx, client, tenant = *std::move(tenant),
+                          auth_generation]() mutable {
           auto slot = HoldStreamSlot(gateway_, *ctx);
           if (slot.ok()) {
-            AppendCall(gateway_, ctx, client, tenant, *std::move(slot)).Run();
+            AppendCall(gateway_, ctx, client, tenant, *std::move(slot),
+                       Gateway::CredentialsOf(*ctx), auth_generation)
+                .Run();
           } else {
             const grpc::Status status = ToGrpcStatus(slot.status());
             gateway_->EndCall("Append", status, gateway_->BeginCall());

@@ -16,7 +16,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/files.h"
 #include "common/random.h"
 #include "common/session_ids.h"
 #include "common/status.h"
@@ -123,24 +125,53 @@ const Entry* FindDigest(const std::vector<Entry>& entries,
 
 }  // namespace
 
-TenantAuth::TenantAuth(std::map<std::string, std::string> api_keys) {
+std::string Sha256Of(absl::string_view data) {
+  const std::optional<std::array<unsigned char, 32>> digest = Sha256(data);
+  if (!digest) return "";
+  return std::string(digest->begin(), digest->end());
+}
+
+std::optional<TenantAuth::KeySet> TenantAuth::MakeKeySet(
+    std::map<std::string, std::string> api_keys) {
+  KeySet set;
   for (auto& [token, tenant] : api_keys) {
     std::optional<std::array<unsigned char, 32>> digest = Sha256(token);
-    // Without digests no token can be checked: every call is refused.
-    if (!digest) digests_failed_ = true;
-    keys_.push_back(
-        {digest.value_or(std::array<unsigned char, 32>{}), std::move(tenant)});
+    if (!digest) return std::nullopt;
+    set.keys.push_back({*digest, std::move(tenant)});
   }
+  return set;
+}
+
+TenantAuth::TenantAuth(KeySet keys) : shared_(std::make_shared<Shared>()) {
+  absl::MutexLock lock(&shared_->mu);
+  shared_->current = std::make_shared<const KeySet>(std::move(keys));
+}
+
+TenantAuth::TenantAuth(std::map<std::string, std::string> api_keys) {
+  if (api_keys.empty()) return;  // development mode
+  std::optional<KeySet> set = MakeKeySet(std::move(api_keys));
+  if (!set) {
+    // Without digests no token can be checked: every call is refused.
+    set.emplace();
+    set->digests_failed = true;
+  }
+  *this = TenantAuth(*std::move(set));
 }
 
 absl::StatusOr<TenantAuth> TenantAuth::FromFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) return absl::NotFoundError(text.status().message());
+  return FromText(path, *text);
+}
+
+absl::StatusOr<TenantAuth> TenantAuth::FromText(absl::string_view name,
+                                                absl::string_view text) {
   std::map<std::string, std::string> keys;
   std::map<std::string, TenantLimitOverride> limits;
-  std::string line;
-  for (int number = 1; std::getline(in, line); ++number) {
-    std::istringstream words(line);
+  int number = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++number;
+    std::istringstream words{std::string(line)};
     std::string token, tenant, word;
     if (!(words >> token) || token[0] == '#') continue;
     TenantLimitOverride limit;
@@ -148,7 +179,7 @@ absl::StatusOr<TenantAuth> TenantAuth::FromFile(const std::string& path) {
     while (ok && (words >> word)) ok = ParseLimit(word, &limit);
     if (!ok) {
       return absl::InvalidArgumentError(absl::StrCat(
-          path, ":", number,
+          name, ":", number,
           ": expected \"TOKEN TENANT [max_sessions=N] [max_streams=N]\" "
           "(token: 16-256 printable bytes; tenant: 1-64 bytes of [a-z0-9_-]; "
           "N: 0-",
@@ -156,30 +187,87 @@ absl::StatusOr<TenantAuth> TenantAuth::FromFile(const std::string& path) {
     }
     if (!keys.emplace(token, tenant).second) {
       return absl::InvalidArgumentError(
-          absl::StrCat(path, ":", number, ": duplicate token"));
+          absl::StrCat(name, ":", number, ": duplicate token"));
     }
     if (limit.max_sessions || limit.max_streams) {
       TenantLimitOverride& merged = limits[tenant];
       if (!MergeLimit(limit.max_sessions, &merged.max_sessions) ||
           !MergeLimit(limit.max_streams, &merged.max_streams)) {
         return absl::InvalidArgumentError(absl::StrCat(
-            path, ":", number, ": tenant ", tenant,
+            name, ":", number, ": tenant ", tenant,
             " has different limits on another line (limits are per tenant)"));
       }
     }
   }
-  // A read error part-way would drop the rest of the keys.
-  if (in.bad()) return absl::NotFoundError(absl::StrCat("cannot read ", path));
   if (keys.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": no API keys"));
+    return absl::InvalidArgumentError(absl::StrCat(name, ": no API keys"));
   }
-  TenantAuth auth(std::move(keys));
-  if (auth.digests_failed_) {
+  std::optional<KeySet> set = MakeKeySet(std::move(keys));
+  if (!set) {
     return absl::FailedPreconditionError(
         "cannot compute SHA-256 (OpenSSL) to hold the API keys");
   }
-  auth.limits_ = std::move(limits);
-  return auth;
+  set->limits = std::move(limits);
+  return TenantAuth(*std::move(set));
+}
+
+std::shared_ptr<const TenantAuth::KeySet> TenantAuth::Current() const {
+  if (shared_ == nullptr) return nullptr;
+  absl::MutexLock lock(&shared_->mu);
+  return shared_->current;
+}
+
+std::map<std::string, TenantLimitOverride> TenantAuth::limits() const {
+  std::shared_ptr<const KeySet> set = Current();
+  return set == nullptr ? std::map<std::string, TenantLimitOverride>{}
+                        : set->limits;
+}
+
+size_t TenantAuth::key_count() const {
+  std::shared_ptr<const KeySet> set = Current();
+  return set == nullptr ? 0 : set->keys.size();
+}
+
+absl::Status TenantAuth::Replace(const TenantAuth& newer) {
+  if (development_mode() || newer.development_mode()) {
+    return absl::FailedPreconditionError(
+        "API keys cannot be turned on or off while running");
+  }
+  std::shared_ptr<const KeySet> set = newer.Current();
+  absl::MutexLock lock(&shared_->mu);
+  shared_->current = std::move(set);
+  shared_->generation.fetch_add(1, std::memory_order_release);
+  return absl::OkStatus();
+}
+
+uint64_t TenantAuth::generation() const {
+  return shared_ == nullptr
+             ? 0
+             : shared_->generation.load(std::memory_order_acquire);
+}
+
+absl::Status TenantAuth::Recheck(const Credentials& credentials,
+                                 const std::string& tenant,
+                                 uint64_t* seen) const {
+  if (shared_ == nullptr) return absl::OkStatus();  // nothing to revoke
+  // Read before the keys: a Replace in between is checked next time.
+  const uint64_t now = generation();
+  if (*seen == now) return absl::OkStatus();
+  auto view = [](const std::optional<std::string>& value) {
+    return value ? std::optional<absl::string_view>(*value) : std::nullopt;
+  };
+  absl::StatusOr<std::string> named = Authenticate(
+      view(credentials.authorization), view(credentials.tenant_header));
+  if (!named.ok() && GetReason(named.status()) != Reason::kUnauthenticated) {
+    return named.status();  // not the caller's doing (SHA-256 failed)
+  }
+  if (!named.ok() || *named != tenant) {
+    return Unauthenticated(
+        "the API key this call was made with was revoked (or now names "
+        "another tenant)");
+  }
+  *seen = now;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::string> TenantAuth::Authenticate(
@@ -203,16 +291,18 @@ absl::StatusOr<std::string> TenantAuth::Authenticate(
       !absl::StartsWithIgnoreCase(*authorization, kBearer)) {
     return Unauthenticated("missing credentials (authorization: Bearer ...)");
   }
+  const std::shared_ptr<const KeySet> set = Current();
   const std::optional<std::array<unsigned char, 32>> digest =
       Sha256(authorization->substr(kBearer.size()));
-  if (!digest || digests_failed_) {
+  if (!digest || set->digests_failed) {
     // Not the caller's fault: INTERNAL, logged, not "fix credentials".
     std::cerr << "statestream: SHA-256 failed; an API key was not checked\n";
     return MakeError(absl::StatusCode::kInternal, Reason::kInternal,
                      "API keys cannot be checked (SHA-256 failed)");
   }
   const Key* found = FindDigest(
-      keys_, *digest, [](const Key& key) -> const auto& { return key.digest; });
+      set->keys, *digest,
+      [](const Key& key) -> const auto& { return key.digest; });
   if (found == nullptr) return Unauthenticated("unknown API key");
   return found->tenant;
 }
@@ -300,8 +390,8 @@ bool TenantLimitsOptions::LimitsStreams() const {
 TenantLimits::TenantLimits(TenantLimitsOptions options, StateStore* store)
     : options_(std::move(options)),
       store_(store),
-      in_store_(store != nullptr && store->CountsTenantSlots() &&
-                options_.LimitsStreams()),
+      in_store_(store != nullptr && store->CountsTenantSlots()),
+      overrides_(options_.tenants),
       // Random bits: this process's slots never share names with
       // another's, a restarted one's under the same id included.
       holder_(absl::StrCat(options_.slot_holder.substr(0, 64), ":",
@@ -319,12 +409,19 @@ TenantLimits::~TenantLimits() {
 
 TenantLimit TenantLimits::For(const std::string& tenant) const {
   TenantLimit limit = options_.defaults;
-  auto it = options_.tenants.find(tenant);
-  if (it != options_.tenants.end()) {
+  absl::MutexLock lock(&overrides_mu_);
+  auto it = overrides_.find(tenant);
+  if (it != overrides_.end()) {
     limit.max_sessions = it->second.max_sessions.value_or(limit.max_sessions);
     limit.max_streams = it->second.max_streams.value_or(limit.max_streams);
   }
   return limit;
+}
+
+void TenantLimits::SetOverrides(
+    std::map<std::string, TenantLimitOverride> tenants) {
+  absl::MutexLock lock(&overrides_mu_);
+  overrides_ = std::move(tenants);
 }
 
 TenantLimits::StreamSlot::StreamSlot(TenantLimits* limits, std::string tenant,

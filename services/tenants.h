@@ -8,7 +8,10 @@
 #define STATESTREAM_SERVICES_TENANTS_H_
 
 #include <array>
+#include <atomic>
+#include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -78,6 +81,10 @@ class TenantLimits {
   TenantLimits& operator=(const TenantLimits&) = delete;
 
   TenantLimit For(const std::string& tenant) const;
+
+  // Replaces the per-tenant overrides (a reloaded keys file's): streams
+  // and creates from now on are checked against them.
+  void SetOverrides(std::map<std::string, TenantLimitOverride> tenants);
 
   // Holds one of a tenant's stream slots until destroyed. Move-only.
   class StreamSlot {
@@ -149,10 +156,14 @@ class TenantLimits {
   void Unreleased(std::string tenant, std::string slot)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  const TenantLimitsOptions options_;
+  const TenantLimitsOptions options_;  // its `tenants`: see overrides_
   StateStore* const store_;
-  // Slots are counted in the store (it counts them and a limit is set).
+  // Slots of tenants with a stream limit are counted in the store (it
+  // counts them).
   const bool in_store_;
+  mutable absl::Mutex overrides_mu_;
+  std::map<std::string, TenantLimitOverride> overrides_
+      ABSL_GUARDED_BY(overrides_mu_);
   // "<slot_holder>:<random>": this object's slots' prefix.
   const std::string holder_;
   mutable absl::Mutex mu_;
@@ -180,7 +191,20 @@ class TenantLimits {
   std::thread renewer_ ABSL_GUARDED_BY(mu_);
 };
 
-// Immutable after construction; thread-safe.
+// A call's credentials as it sent them (metadata values; nullopt =
+// absent), kept by a long call to Recheck them: the call's metadata may be
+// gone before its last read returns.
+struct Credentials {
+  std::optional<std::string> authorization;  // `authorization`
+  std::optional<std::string> tenant_header;  // `x-statestream-tenant`
+};
+
+// SHA-256 of `data` (32 bytes), or "" if it cannot be computed: to tell
+// whether a secrets file changed without keeping its bytes.
+std::string Sha256Of(absl::string_view data);
+
+// Thread-safe. Copies share one key set: Replace() through any of them
+// (an ApiKeysReloader's) is seen by all (the services').
 class TenantAuth {
  public:
   // Development mode: no keys.
@@ -196,12 +220,34 @@ class TenantAuth {
   // limit may be repeated on its lines only with the same value.
   // INVALID_ARGUMENT naming the line; NOT_FOUND if the file cannot be read.
   static absl::StatusOr<TenantAuth> FromFile(const std::string& path);
+  // The same from a file's contents; `name` (the path) prefixes errors.
+  static absl::StatusOr<TenantAuth> FromText(absl::string_view name,
+                                             absl::string_view text);
 
-  bool development_mode() const { return keys_.empty(); }
-  // The limits the keys file sets, by tenant.
-  const std::map<std::string, TenantLimitOverride>& limits() const {
-    return limits_;
-  }
+  // Fixed at construction: a reload never turns authentication off or on.
+  bool development_mode() const { return shared_ == nullptr; }
+  // The limits the keys file sets, by tenant (as of now).
+  std::map<std::string, TenantLimitOverride> limits() const;
+  // Keys held now.
+  size_t key_count() const;
+
+  // From now on, this object and every copy of it hold `newer`'s keys and
+  // limits (calls already authenticated are not affected until they
+  // Recheck). FAILED_PRECONDITION, changing nothing, if either is in
+  // development mode.
+  absl::Status Replace(const TenantAuth& newer);
+
+  // Which key set is in use: read it before Authenticate, and a call
+  // authenticated then passes it to Recheck.
+  uint64_t generation() const;
+
+  // For a call that outlives a Replace (a long Append): OK while
+  // `credentials` still name `tenant`; UNAUTHENTICATED/kUnauthenticated
+  // ("revoked") once they do not. `*seen` (generation() before the call
+  // was authenticated) holds which key set was last checked: while no
+  // Replace happened since, this is one atomic read.
+  absl::Status Recheck(const Credentials& credentials,
+                       const std::string& tenant, uint64_t* seen) const;
 
   // The caller's tenant from its `authorization` and `x-statestream-tenant`
   // metadata (nullopt = absent). With keys: "Bearer <token>" (the scheme in
@@ -220,9 +266,25 @@ class TenantAuth {
     std::array<unsigned char, 32> digest;
     std::string tenant;
   };
-  std::vector<Key> keys_;
-  bool digests_failed_ = false;  // then every call is refused
-  std::map<std::string, TenantLimitOverride> limits_;
+  struct KeySet {
+    std::vector<Key> keys;
+    bool digests_failed = false;  // then every call is refused
+    std::map<std::string, TenantLimitOverride> limits;
+  };
+  // What the copies share: the key set in use, swapped whole, and how
+  // many sets have been in use (from 1).
+  struct Shared {
+    mutable absl::Mutex mu;
+    std::shared_ptr<const KeySet> current ABSL_GUARDED_BY(mu);
+    std::atomic<uint64_t> generation{1};
+  };
+  // The keys' digests; nullopt if SHA-256 failed for one of them.
+  static std::optional<KeySet> MakeKeySet(
+      std::map<std::string, std::string> api_keys);
+  explicit TenantAuth(KeySet keys);
+  std::shared_ptr<const KeySet> Current() const;
+
+  std::shared_ptr<Shared> shared_;  // null: development mode
 };
 
 // The secret gateways show their workers (`x-statestream-internal-token`,

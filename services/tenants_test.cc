@@ -284,6 +284,34 @@ TEST_F(StreamSlotsTest, TheLimitHoldsAcrossGateways) {
   EXPECT_TRUE(b2.ok()) << b2.status();
 }
 
+// A stream limit a reloaded keys file adds where none was set at start
+// holds across gateways too (their slots go to the store from then on),
+// and one it removes stops counting.
+TEST_F(StreamSlotsTest, ALimitSetWhileRunningHoldsAcrossGateways) {
+  TenantLimits a(Options(0), store_a_.get());
+  TenantLimits b(Options(0), store_b_.get());
+  {
+    auto before = a.AcquireStream("acme");  // unlimited: counted here only
+    ASSERT_TRUE(before.ok());
+    EXPECT_EQ(InStore("acme"), 0);
+  }
+  for (TenantLimits* limits : {&a, &b}) {
+    limits->SetOverrides({{"acme", TenantLimitOverride{std::nullopt, 1}}});
+  }
+  EXPECT_EQ(a.For("acme").max_streams, 1);
+  EXPECT_EQ(a.For("globex").max_streams, 0);
+  auto b1 = b.AcquireStream("acme");
+  ASSERT_TRUE(b1.ok()) << b1.status();
+  EXPECT_EQ(InStore("acme"), 1);
+  auto refused = a.AcquireStream("acme");  // by the store: none open here
+  EXPECT_EQ(GetReason(refused.status()), Reason::kTenantLimit);
+  EXPECT_EQ(a.open_streams("acme"), 0);
+  EXPECT_TRUE(a.AcquireStream("globex").ok());
+  for (TenantLimits* limits : {&a, &b}) limits->SetOverrides({});
+  auto again = a.AcquireStream("acme");
+  EXPECT_TRUE(again.ok()) << again.status();
+}
+
 // Renewed while open, a slot outlives its ttl; the slot of a gateway that
 // died (taken in the store, never renewed nor released) frees itself.
 TEST_F(StreamSlotsTest, OpenStreamsAreRenewedAndADeadGatewaysExpire) {

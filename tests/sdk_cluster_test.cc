@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "state_store/redis_state_store.h"
@@ -256,6 +258,74 @@ TEST_F(SdkClusterTest, ApiKeysThroughAGateway) {
   absl::Status other =
       connect("zeta-token-0123456789")->OpenSession("keyed").Get().status();
   EXPECT_EQ(GetReason(other), Reason::kSessionNotFound) << other;
+}
+
+// The keys file is reread while the gateway runs: a key added on disk
+// works and a revoked one is refused without a restart, an Append stream
+// open under it ends (UNAUTHENTICATED) at its next request, what it had
+// sent before committed, and limits the file sets apply, even where none
+// were set at start.
+TEST_F(SdkClusterTest, KeysChangedOnDiskApplyWithoutARestart) {
+  const std::string keys = dir_ + "/keys-live";
+  const std::string acme_key = "acme-token-0123456789";
+  const std::string newco_key = "newco-token-0123456789";
+  std::ofstream(keys) << acme_key << " acme\n";
+  auto g = e2e::ClusterProcess::Start(
+      {STATESTREAM_BIN, "gateway", "--listen=127.0.0.1:0",
+       "--redis=" + redis_->address(), "--api-keys=" + keys,
+       "--api-keys-reload-interval=1s"},
+      dir_ + "/gateway-live-keys.log", kStartTimeout);
+  ASSERT_TRUE(g.ok()) << g.status();
+  auto connect = [&](const std::string& key) {
+    client::ClientOptions options;
+    options.targets = {(*g)->address()};
+    options.api_key = key;
+    return std::move(client::Client::Create(options).value());
+  };
+  auto acme = connect(acme_key);
+  auto newco = connect(newco_key);
+  EXPECT_EQ(GetReason(newco->ListModels().status()), Reason::kUnauthenticated);
+  v1::CreateSessionRequest req;
+  req.set_session_id("live");
+  ASSERT_TRUE(acme->CreateSession(req).ok());
+  auto open = acme->OpenSession("live").OpenAppend();
+  ASSERT_TRUE(open.ok()) << open.status();
+  ASSERT_TRUE((*open)->Write("before ").ok());
+  ASSERT_TRUE((*open)->Sync().ok());
+
+  // Replaced as a Secret volume does: renamed over the old file.
+  std::ofstream(keys + ".new") << newco_key << " newco max_streams=1\n";
+  std::filesystem::rename(keys + ".new", keys);
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (!newco->ListModels().ok() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(newco->ListModels().ok());
+  EXPECT_EQ(GetReason(acme->OpenSession("live").Get().status()),
+            Reason::kUnauthenticated);
+  (*open)->Write("after").IgnoreError();  // may fail here or at Close
+  absl::Status revoked = (*open)->Close().status();
+  EXPECT_EQ(revoked.code(), absl::StatusCode::kUnauthenticated) << revoked;
+  EXPECT_EQ(GetReason(revoked), Reason::kUnauthenticated) << revoked;
+  open->reset();
+  auto head = store_->GetHead({"acme", "live"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->head.input_offset, 7u);  // "before " committed; not "after"
+
+  ASSERT_TRUE(newco->CreateSession(req).ok());
+  auto writer = newco->OpenSession("live").OpenAppend();
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->Write("one stream").ok());
+  ASSERT_TRUE((*writer)->Sync().ok());
+  absl::Status second = newco->OpenSession("live").AppendText("two").status();
+  EXPECT_EQ(GetReason(second), Reason::kTenantLimit) << second;
+  ASSERT_TRUE((*writer)->Close().ok());
+  // A broken file changes nothing: the keys in use stay.
+  std::ofstream(keys + ".new") << "not a key line\n";
+  std::filesystem::rename(keys + ".new", keys);
+  absl::SleepFor(absl::Seconds(2));
+  EXPECT_TRUE(newco->ListModels().ok());
+  EXPECT_EQ(GetReason(acme->ListModels().status()), Reason::kUnauthenticated);
 }
 
 }  // namespace

@@ -439,6 +439,50 @@ TEST_F(SdkTest, ServeWithApiKeysAuthenticatesAndLimitsTenants) {
   EXPECT_TRUE(a->OpenSession(a2).Export().ok());
 }
 
+// `serve` rereads its keys file (--api-keys-reload-interval): a key
+// rotated on disk works at once; an Append open under the revoked one ends
+// UNAUTHENTICATED at its next request, what it had sent committed.
+TEST_F(SdkTest, ServeRereadsItsApiKeys) {
+  const std::string keys = (dir_ / "keys.txt").string();
+  const std::string old_key = "old-key-0123456789abcdef";
+  const std::string new_key = "new-key-0123456789abcdef";
+  std::ofstream(keys) << old_key << " tenant-a\n";
+  ASSERT_NO_FATAL_FAILURE(
+      StartServer({"--api-keys=" + keys, "--api-keys-reload-interval=1s"}));
+  auto connect = [&](const std::string& key) {
+    ClientOptions options;
+    options.targets = {server_->address()};
+    options.api_key = key;
+    return std::move(Client::Create(options).value());
+  };
+  auto old_client = connect(old_key);
+  auto new_client = connect(new_key);
+  v1::CreateSessionRequest req;
+  req.set_session_id("rotated");
+  ASSERT_TRUE(old_client->CreateSession(req).ok());
+  auto writer = old_client->OpenSession("rotated").OpenAppend();
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->Write("before ").ok());
+  ASSERT_TRUE((*writer)->Sync().ok());
+
+  std::ofstream(keys + ".new") << new_key << " tenant-a\n";
+  std::filesystem::rename(keys + ".new", keys);
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (!new_client->ListModels().ok() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(new_client->ListModels().ok());
+  EXPECT_EQ(GetReason(old_client->ListModels().status()),
+            Reason::kUnauthenticated);
+  (*writer)->Write("after").IgnoreError();  // may fail here or at Close
+  absl::Status revoked = (*writer)->Close().status();
+  EXPECT_EQ(GetReason(revoked), Reason::kUnauthenticated) << revoked;
+  writer->reset();
+  auto session = new_client->OpenSession("rotated").Get();
+  ASSERT_TRUE(session.ok()) << session.status();
+  EXPECT_EQ(session->input_offset(), 7u);  // "before ", committed
+}
+
 TEST_F(SdkTest, SessionCalls) {
   client::Session s = Create("calls");
   ASSERT_TRUE(s.AppendText("hello world").ok());

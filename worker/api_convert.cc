@@ -57,19 +57,31 @@ void ToTimestamp(absl::Time t, google::protobuf::Timestamp* out) {
   out->set_nanos(static_cast<int32_t>(ns % 1000000000));
 }
 
+std::optional<absl::string_view> Metadata(
+    const grpc::CallbackServerContext& ctx, const char* key) {
+  const auto& md = ctx.client_metadata();
+  auto it = md.find(key);
+  if (it == md.end()) return std::nullopt;
+  return absl::string_view(it->second.data(), it->second.size());
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> TenantOf(const grpc::CallbackServerContext& ctx,
                                      const CallerPolicy& policy) {
-  const auto& md = ctx.client_metadata();
-  auto get = [&md](const char* key) -> std::optional<absl::string_view> {
-    auto it = md.find(key);
-    if (it == md.end()) return std::nullopt;
-    return absl::string_view(it->second.data(), it->second.size());
+  SS_RETURN_IF_ERROR(
+      policy.internal_token.Check(Metadata(ctx, kInternalTokenHeader)));
+  return policy.auth.Authenticate(Metadata(ctx, "authorization"),
+                                  Metadata(ctx, "x-statestream-tenant"));
+}
+
+Credentials CredentialsOf(const grpc::CallbackServerContext& ctx) {
+  auto copy = [&ctx](const char* key) -> std::optional<std::string> {
+    std::optional<absl::string_view> value = Metadata(ctx, key);
+    if (!value) return std::nullopt;
+    return std::string(*value);
   };
-  SS_RETURN_IF_ERROR(policy.internal_token.Check(get(kInternalTokenHeader)));
-  return policy.auth.Authenticate(get("authorization"),
-                                  get("x-statestream-tenant"));
+  return {copy("authorization"), copy("x-statestream-tenant")};
 }
 
 absl::StatusOr<std::unique_ptr<TenantLimits::StreamSlot>> HoldStream(

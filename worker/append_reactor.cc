@@ -29,18 +29,21 @@ class AppendReactor final
   AppendReactor(ModelSet* models, const CallerPolicy* policy, Executor* pool,
                 grpc::CallbackServerContext* ctx)
       : models_(models),
+        policy_(policy),
         pool_(pool),
         link_(std::make_shared<Link<AppendReactor>>()) {
     {
       absl::MutexLock lock(&link_->mu);
       link_->reactor = this;
     }
+    auth_generation_ = policy->auth.generation();  // before TenantOf
     auto tenant = TenantOf(*ctx, *policy);
     if (!tenant.ok()) {
       Fail(tenant.status());
       return;
     }
     tenant_ = *tenant;
+    credentials_ = CredentialsOf(*ctx);
     auto slot = HoldStream(*policy, tenant_);
     if (!slot.ok()) {
       Fail(slot.status());
@@ -55,17 +58,15 @@ class AppendReactor final
       // Half-close: commit what is uncommitted and end with OK. A message
       // that did not parse ends the input too (as through a gateway): what
       // came before is committed, and the call ends UNIMPLEMENTED.
-      const absl::Status end =
-          ReadUnparsable(req_) ? UnparsableRequestError() : absl::OkStatus();
-      if (writer_ == nullptr) return Fail(end);
-      if (!BeginOp()) return;  // already finished: OnDone abandons the writer
-      m_->CloseWriter(writer_, durability_, [this, end](absl::Status st) {
-        Locked<ThisReactor> lock(this);
-        op_pending_ = false;
-        closed_ = true;
-        SetFinishLocked(st.ok() ? end : st);
-      });
-      return;
+      return EndInput(ReadUnparsable(req_) ? UnparsableRequestError()
+                                           : absl::OkStatus());
+    }
+    // A request sent after the call's API key was revoked (serve
+    // --api-keys, reread) ends the input the same way, UNAUTHENTICATED.
+    if (absl::Status valid =
+            policy_->auth.Recheck(credentials_, tenant_, &auth_generation_);
+        !valid.ok()) {
+      return EndInput(valid);
     }
     absl::Status st = Handle();
     if (!st.ok()) Fail(st);
@@ -116,6 +117,19 @@ class AppendReactor final
   void Read() {
     MarkUnread(&req_);
     StartRead(&req_);
+  }
+
+  // No more input: commits what is uncommitted, then the call ends with
+  // `end` (or the commit's error).
+  void EndInput(const absl::Status& end) {
+    if (writer_ == nullptr) return Fail(end);
+    if (!BeginOp()) return;  // already finished: OnDone abandons the writer
+    m_->CloseWriter(writer_, durability_, [this, end](absl::Status st) {
+      Locked<ThisReactor> lock(this);
+      op_pending_ = false;
+      closed_ = true;
+      SetFinishLocked(st.ok() ? end : st);
+    });
   }
 
   absl::Status Handle() {
@@ -297,6 +311,7 @@ class AppendReactor final
   }
 
   ModelSet* const models_;
+  const CallerPolicy* const policy_;
   Executor* const pool_;
   // The tenant's stream slot (null without limits) until the call ends.
   std::unique_ptr<TenantLimits::StreamSlot> slot_ ABSL_GUARDED_BY(mu_);
@@ -304,7 +319,9 @@ class AppendReactor final
   SessionManager* m_ = nullptr;
   std::shared_ptr<Link<AppendReactor>> link_;
   std::string tenant_, session_id_;
-  v1::AppendRequest req_;  // one read at a time
+  Credentials credentials_;       // the call's, for Recheck
+  uint64_t auth_generation_ = 0;  // TenantAuth::Recheck's, in OnReadDone
+  v1::AppendRequest req_;         // one read at a time
   // Set under mu_ (on the pool) with m_; read by the reactor's callbacks.
   std::shared_ptr<SessionManager::Writer> writer_;
   std::optional<Durability> durability_;
