@@ -124,11 +124,11 @@ int Run(const std::vector<std::string>& args) {
     return ReportUsageError(tenants.status().message());
   }
   options.auth = tenants->auth;
-  absl::StatusOr<InternalToken> internal_token = InternalTokenFromFlag();
+  absl::StatusOr<InternalTokenSetup> internal_token = InternalTokenFromFlags();
   if (!internal_token.ok()) {
     return ReportUsageError(internal_token.status().message());
   }
-  options.internal_token = *std::move(internal_token);
+  options.internal_token = internal_token->token;
   absl::StatusOr<ClientTlsOptions> worker_tls = WorkerTlsFromFlags();
   if (!worker_tls.ok()) {
     return ReportUsageError(worker_tls.status().message());
@@ -193,6 +193,7 @@ int Run(const std::vector<std::string>& args) {
                 }
                 return absl::OkStatus();
               }));
+          set->Own(StartInternalTokenReloader(*internal_token, "gateway"));
         }
         // The set's gateway holds the limits now: they (and their slot
         // renewals) end before the store they use, which the set owns.
@@ -214,8 +215,8 @@ const Command& GatewayCommand() {
       "Append and Generate streams to another worker when one fails.\n"
       "Stops cleanly on SIGINT or SIGTERM.",
       {__FILE__, kServerFlagsFile, kTlsFlagsFile, kGatewaySecurityFlagsFile,
-       kTenantFlagsFile, kInternalTokenFlagFile, kMetricsFlagsFile,
-       kRedisFlagsFile},
+       kTenantFlagsFile, kInternalTokenFlagFile, kSecretsReloadFlagFile,
+       kMetricsFlagsFile, kRedisFlagsFile},
       &Run};
   return kCommand;
 }

@@ -3,12 +3,15 @@
 // cli/tenant_flags.h). Its own file: Command::flag_files lists files, and
 // a worker takes this flag but not the API keys.
 #include <iostream>
+#include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "cli/tenant_flags.h"
+#include "common/files.h"
 
 ABSL_FLAG(std::string, internal_token_file, "",
           "File holding the secret (16-256 printable bytes) that gateways "
@@ -21,10 +24,17 @@ namespace statestream::cli {
 
 const char kInternalTokenFlagFile[] = __FILE__;
 
-absl::StatusOr<InternalToken> InternalTokenFromFlag() {
-  const std::string path = absl::GetFlag(FLAGS_internal_token_file);
-  if (path.empty()) return InternalToken();
-  auto token = InternalToken::FromFile(path);
+absl::StatusOr<InternalTokenSetup> InternalTokenFromFlags() {
+  InternalTokenSetup setup;
+  setup.path = absl::GetFlag(FLAGS_internal_token_file);
+  if (setup.path.empty()) return setup;
+  absl::StatusOr<std::string> text = ReadFile(setup.path);
+  if (!text.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--internal-token-file: ", text.status().message()));
+  }
+  setup.digest = Sha256Of(*text);
+  auto token = InternalToken::FromText(setup.path, *text);
   if (!token.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("--internal-token-file: ", token.status().message()));
@@ -34,7 +44,26 @@ absl::StatusOr<InternalToken> InternalTokenFromFlag() {
                  "placeholder token of the example manifests: anyone who "
                  "has read them can act as a gateway; replace it\n";
   }
-  return token;
+  setup.token = *std::move(token);
+  absl::StatusOr<absl::Duration> reload = SecretsReloadIntervalFromFlag();
+  if (!reload.ok()) return reload.status();
+  setup.reload_interval = *reload;
+  return setup;
+}
+
+std::shared_ptr<SecretFileReloader> StartInternalTokenReloader(
+    const InternalTokenSetup& setup, const char* command) {
+  if (setup.path.empty() || setup.reload_interval <= absl::ZeroDuration()) {
+    return nullptr;
+  }
+  SecretFileOptions options;
+  options.path = setup.path;
+  options.flag = "--internal-token-file";
+  options.interval = setup.reload_interval;
+  options.loaded_digest = setup.digest;
+  options.who = command;
+  return std::make_shared<SecretFileReloader>(
+      std::move(options), ApplyInternalToken(setup.path, setup.token));
 }
 
 }  // namespace statestream::cli

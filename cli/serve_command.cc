@@ -188,7 +188,7 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
     policy->limits =
         std::make_shared<TenantLimits>(options.tenants.limits, w->store.get());
   }
-  std::shared_ptr<ApiKeysReloader> reloader =
+  std::shared_ptr<SecretFileReloader> reloader =
       StartApiKeysReloader(options.tenants, policy->limits, "serve");
   ServiceSet set =
       worker::PublicApiServices(w->models->set.get(), std::move(policy));
@@ -268,8 +268,8 @@ const Command& ServeCommand() {
       "--tenant-max-sessions/--tenant-max-streams limit each tenant.\n"
       "Stops cleanly on SIGINT or SIGTERM.",
       {__FILE__, kServerFlagsFile, kTlsFlagsFile, kTenantFlagsFile,
-       kMetricsFlagsFile, kModelFlagFile, kVocabFlagFile, kDeviceFlagFile,
-       kEngineFlagsFile, kWorkerFlagsFile},
+       kSecretsReloadFlagFile, kMetricsFlagsFile, kModelFlagFile,
+       kVocabFlagFile, kDeviceFlagFile, kEngineFlagsFile, kWorkerFlagsFile},
       &Run};
   return kCommand;
 }

@@ -15,12 +15,6 @@ ABSL_FLAG(std::string, api_keys, "",
           "Callers then authenticate with `authorization: Bearer TOKEN`. "
           "Without it the server runs UNAUTHENTICATED (development mode: "
           "tenant from the x-statestream-tenant header).");
-ABSL_FLAG(absl::Duration, api_keys_reload_interval, absl::Minutes(1),
-          "How often the --api-keys file is reread (1s to 24h): keys added "
-          "or removed there, and the limits it sets, take effect without a "
-          "restart (calls already open keep running). A file that cannot be "
-          "read or parsed then changes nothing (it is said on stderr). 0: "
-          "read once at start.");
 ABSL_FLAG(int32_t, tenant_max_sessions, 0,
           "Live sessions each tenant may hold (counted in the state store); "
           "creating one more fails with RESOURCE_EXHAUSTED/TENANT_LIMIT. 0: "
@@ -53,14 +47,9 @@ absl::StatusOr<TenantSetup> TenantSetupFromFlags(const char* command) {
           absl::StrCat("--api-keys: ", auth.status().message()));
     }
     setup.auth = *std::move(auth);
-    const absl::Duration reload = absl::GetFlag(FLAGS_api_keys_reload_interval);
-    if (reload < absl::ZeroDuration() ||
-        (reload > absl::ZeroDuration() && reload < absl::Seconds(1)) ||
-        reload > absl::Hours(24)) {
-      return absl::InvalidArgumentError(
-          "--api-keys-reload-interval: 0 (read once) or 1s to 24h");
-    }
-    setup.reload_interval = absl::Trunc(reload, absl::Seconds(1));
+    absl::StatusOr<absl::Duration> reload = SecretsReloadIntervalFromFlag();
+    if (!reload.ok()) return reload.status();
+    setup.reload_interval = *reload;
   } else {
     std::cerr << "statestream " << command
               << ": WARNING: no --api-keys: running UNAUTHENTICATED; any "
@@ -78,19 +67,20 @@ absl::StatusOr<TenantSetup> TenantSetupFromFlags(const char* command) {
   return setup;
 }
 
-std::shared_ptr<ApiKeysReloader> StartApiKeysReloader(
+std::shared_ptr<SecretFileReloader> StartApiKeysReloader(
     const TenantSetup& setup, std::shared_ptr<TenantLimits> limits,
     const char* command,
     std::function<absl::Status(const TenantAuth&)> validate) {
   if (!setup.reloads()) return nullptr;
-  ApiKeysReloaderOptions options;
+  SecretFileOptions options;
   options.path = setup.keys_path;
+  options.flag = "--api-keys";
   options.interval = setup.reload_interval;
   options.loaded_digest = setup.keys_digest;
-  options.validate = std::move(validate);
   options.who = command;
-  return std::make_shared<ApiKeysReloader>(std::move(options), setup.auth,
-                                           std::move(limits));
+  return std::make_shared<SecretFileReloader>(
+      std::move(options), ApplyApiKeys(setup.keys_path, setup.auth,
+                                       std::move(limits), std::move(validate)));
 }
 
 }  // namespace statestream::cli

@@ -13,7 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "services/api_keys_reloader.h"
+#include "services/secret_file_reloader.h"
 #include "services/tenants.h"
 
 namespace statestream::cli {
@@ -26,7 +26,7 @@ struct TenantSetup {
   // The flags' defaults with the keys file's per-tenant overrides.
   TenantLimitsOptions limits;
   // --api-keys, the digest of what it held at start (Sha256Of: the bytes
-  // hold the tokens), and --api-keys-reload-interval (0: read once).
+  // hold the tokens), and --secrets-reload-interval (0: read once).
   std::string keys_path;
   std::string keys_digest;
   absl::Duration reload_interval = absl::ZeroDuration();
@@ -42,7 +42,7 @@ struct TenantSetup {
 };
 
 // Reads --api-keys (and warns on stderr, as `command`, when it is absent:
-// every caller then picks its tenant), --api-keys-reload-interval and the
+// every caller then picks its tenant), --secrets-reload-interval and the
 // limit flags. INVALID_ARGUMENT naming the flag.
 absl::StatusOr<TenantSetup> TenantSetupFromFlags(const char* command);
 
@@ -50,16 +50,36 @@ absl::StatusOr<TenantSetup> TenantSetupFromFlags(const char* command);
 // with the keys file while it lives; null when setup.reloads() is false.
 // `validate` (may be empty): what `command` needs of a reread file, as it
 // checked the first at start.
-std::shared_ptr<ApiKeysReloader> StartApiKeysReloader(
+std::shared_ptr<SecretFileReloader> StartApiKeysReloader(
     const TenantSetup& setup, std::shared_ptr<TenantLimits> limits,
     const char* command,
     std::function<absl::Status(const TenantAuth&)> validate = {});
 
 // __FILE__ of cli/internal_token_flag.cc, for Command::flag_files.
 extern const char kInternalTokenFlagFile[];
-// --internal-token-file's token (none when unset). INVALID_ARGUMENT naming
-// the flag (never echoing the token).
-absl::StatusOr<InternalToken> InternalTokenFromFlag();
+
+struct InternalTokenSetup {
+  InternalToken token;  // none when --internal-token-file is unset
+  // The file, the digest of what it held at start, and
+  // --secrets-reload-interval (0: read once).
+  std::string path;
+  std::string digest;
+  absl::Duration reload_interval = absl::ZeroDuration();
+};
+// --internal-token-file's token (warning on stderr when it holds the
+// example manifests' placeholder) and --secrets-reload-interval.
+// INVALID_ARGUMENT naming the flag (never echoing the token).
+absl::StatusOr<InternalTokenSetup> InternalTokenFromFlags();
+// What keeps `setup.token` (every copy) in step with its file while it
+// lives; null when there is none or it is read once.
+std::shared_ptr<SecretFileReloader> StartInternalTokenReloader(
+    const InternalTokenSetup& setup, const char* command);
+
+// __FILE__ of cli/secrets_reload_flag.cc, for Command::flag_files.
+extern const char kSecretsReloadFlagFile[];
+// --secrets-reload-interval: 0 (read once) or 1s to 24h, in whole
+// seconds. INVALID_ARGUMENT naming the flag.
+absl::StatusOr<absl::Duration> SecretsReloadIntervalFromFlag();
 
 }  // namespace statestream::cli
 

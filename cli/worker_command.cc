@@ -180,12 +180,12 @@ int Run(const std::vector<std::string>& args) {
     return ReportUsageError(metrics_listen.status().message());
   }
   options.metrics_listen = *std::move(metrics_listen);
-  absl::StatusOr<InternalToken> internal_token = InternalTokenFromFlag();
+  absl::StatusOr<InternalTokenSetup> internal_token = InternalTokenFromFlags();
   if (!internal_token.ok()) {
     return ReportUsageError(internal_token.status().message());
   }
   auto policy = std::make_shared<worker::CallerPolicy>();
-  policy->internal_token = *std::move(internal_token);
+  policy->internal_token = internal_token->token;
   // Workers trust the tenant the gateway forwards; say who may call.
   std::vector<std::string> must;
   if (policy->internal_token.configured()) {
@@ -235,6 +235,7 @@ int Run(const std::vector<std::string>& args) {
     w->metrics_http = *std::move(http);
     ServiceSet set = worker::PublicApiServices(w->models->set.get(), policy);
     set.Own(w);
+    set.Own(StartInternalTokenReloader(*internal_token, "worker"));
     kept = w;
     return set;
   };
@@ -303,7 +304,8 @@ const Command& WorkerCommand() {
       "by side, each with its own scheduler.",
       {__FILE__, kServerFlagsFile, kTlsFlagsFile, kRedisFlagsFile,
        kModelFlagFile, kVocabFlagFile, kDeviceFlagFile, kEngineFlagsFile,
-       kWorkerFlagsFile, kMetricsFlagsFile, kInternalTokenFlagFile},
+       kWorkerFlagsFile, kMetricsFlagsFile, kInternalTokenFlagFile,
+       kSecretsReloadFlagFile},
       &Run};
   return kCommand;
 }

@@ -5,7 +5,6 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
-#include <fstream>
 #include <iostream>
 #include <sstream>
 #include <system_error>
@@ -307,7 +306,7 @@ absl::StatusOr<std::string> TenantAuth::Authenticate(
   return found->tenant;
 }
 
-absl::Status InternalToken::Add(absl::string_view token) {
+absl::Status InternalToken::TokenSet::Add(absl::string_view token) {
   if (!IsValidToken(token)) {
     return absl::InvalidArgumentError(
         "an internal token must be 16-256 printable ASCII bytes without "
@@ -318,51 +317,95 @@ absl::Status InternalToken::Add(absl::string_view token) {
     return MakeError(absl::StatusCode::kInternal, Reason::kInternal,
                      "the internal token cannot be hashed (SHA-256 failed)");
   }
-  if (value_.empty()) value_ = std::string(token);
-  digests_.push_back(*digest);
-  placeholder_ = placeholder_ || absl::StartsWith(token, "CHANGE-ME") ||
-                 absl::StartsWith(token, "dev-only-insecure");
+  if (value.empty()) value = std::string(token);
+  digests.push_back(*digest);
+  placeholder = placeholder || absl::StartsWith(token, "CHANGE-ME") ||
+                absl::StartsWith(token, "dev-only-insecure");
   return absl::OkStatus();
+}
+
+InternalToken::InternalToken(TokenSet tokens)
+    : shared_(std::make_shared<Shared>()) {
+  absl::MutexLock lock(&shared_->mu);
+  shared_->current = std::make_shared<const TokenSet>(std::move(tokens));
+}
+
+std::shared_ptr<const InternalToken::TokenSet> InternalToken::Current() const {
+  if (shared_ == nullptr) return nullptr;
+  absl::MutexLock lock(&shared_->mu);
+  return shared_->current;
 }
 
 absl::StatusOr<InternalToken> InternalToken::FromValue(
     absl::string_view token) {
-  InternalToken out;
-  SS_RETURN_IF_ERROR(out.Add(absl::StripAsciiWhitespace(token)));
-  return out;
+  TokenSet tokens;
+  SS_RETURN_IF_ERROR(tokens.Add(absl::StripAsciiWhitespace(token)));
+  return InternalToken(std::move(tokens));
 }
 
 absl::StatusOr<InternalToken> InternalToken::FromFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  InternalToken out;
-  std::string line;
-  for (int number = 1; std::getline(in, line); ++number) {
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) return absl::NotFoundError(text.status().message());
+  return FromText(path, *text);
+}
+
+absl::StatusOr<InternalToken> InternalToken::FromText(absl::string_view name,
+                                                      absl::string_view text) {
+  TokenSet tokens;
+  int number = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++number;
     const absl::string_view token = absl::StripAsciiWhitespace(line);
     if (token.empty() || token[0] == '#') continue;
-    if (absl::Status st = out.Add(token); !st.ok()) {
+    if (absl::Status st = tokens.Add(token); !st.ok()) {
       return absl::Status(st.code(),
-                          absl::StrCat(path, ":", number, ": ", st.message()));
+                          absl::StrCat(name, ":", number, ": ", st.message()));
     }
   }
-  if (in.bad()) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  if (!out.configured()) {
+  if (tokens.digests.empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(path, ": no token (one per line)"));
+        absl::StrCat(name, ": no token (one per line)"));
   }
-  return out;
+  return InternalToken(std::move(tokens));
+}
+
+std::string InternalToken::value() const {
+  std::shared_ptr<const TokenSet> tokens = Current();
+  return tokens == nullptr ? "" : tokens->value;
+}
+
+size_t InternalToken::count() const {
+  std::shared_ptr<const TokenSet> tokens = Current();
+  return tokens == nullptr ? 0 : tokens->digests.size();
+}
+
+bool InternalToken::holds_placeholder() const {
+  std::shared_ptr<const TokenSet> tokens = Current();
+  return tokens != nullptr && tokens->placeholder;
+}
+
+absl::Status InternalToken::Replace(const InternalToken& newer) {
+  if (!configured() || !newer.configured()) {
+    return absl::FailedPreconditionError(
+        "the internal token cannot be turned on or off while running");
+  }
+  std::shared_ptr<const TokenSet> tokens = newer.Current();
+  absl::MutexLock lock(&shared_->mu);
+  shared_->current = std::move(tokens);
+  return absl::OkStatus();
 }
 
 absl::Status InternalToken::Check(
     std::optional<absl::string_view> shown) const {
-  if (!configured()) return absl::OkStatus();
+  std::shared_ptr<const TokenSet> tokens = Current();
+  if (tokens == nullptr) return absl::OkStatus();
   const std::optional<std::array<unsigned char, 32>> digest =
       shown.has_value() ? Sha256(*shown) : std::nullopt;
-  const bool found = digest.has_value() &&
-                     FindDigest(
-                         digests_, *digest, [](const auto& d) -> const auto& {
-                           return d;
-                         }) != nullptr;
+  const bool found =
+      digest.has_value() &&
+      FindDigest(
+          tokens->digests, *digest,
+          [](const auto& d) -> const auto& { return d; }) != nullptr;
   if (!found) {
     return Unauthenticated(
         "this worker takes calls only from gateways that show its internal "

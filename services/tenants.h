@@ -290,7 +290,9 @@ class TenantAuth {
 // The secret gateways show their workers (`x-statestream-internal-token`,
 // proto/statestream/v1/internal.proto): a worker that has one takes the
 // tenant header only from callers that show it, so a client that reaches a
-// worker directly cannot pick a tenant. Immutable; thread-safe.
+// worker directly cannot pick a tenant. Thread-safe. Copies share one set
+// of tokens: Replace() through any of them (a SecretFileReloader's) is
+// seen by all.
 class InternalToken {
  public:
   // None: every caller is trusted (development, or mutual TLS alone).
@@ -303,27 +305,47 @@ class InternalToken {
   // old. INVALID_ARGUMENT (naming the line and the rule, never a token);
   // NOT_FOUND if the file cannot be read.
   static absl::StatusOr<InternalToken> FromFile(const std::string& path);
+  // The same from a file's contents; `name` (the path) prefixes errors.
+  static absl::StatusOr<InternalToken> FromText(absl::string_view name,
+                                                absl::string_view text);
   // One token (the same rules); for tests and embedding.
   static absl::StatusOr<InternalToken> FromValue(absl::string_view token);
 
-  bool configured() const { return !value_.empty(); }
-  // What a gateway sends: the first token.
-  const std::string& value() const { return value_; }
+  // Fixed at construction: a reload never turns the token on or off.
+  bool configured() const { return shared_ != nullptr; }
+  // What a gateway sends: the first token ("" when none is configured).
+  std::string value() const;
+  // Tokens held now.
+  size_t count() const;
   // Whether any of the tokens is the example manifests' placeholder (it
   // starts with "CHANGE-ME" or "dev-only-insecure"): anyone who has read
   // them could act as a gateway. The CLI warns.
-  bool holds_placeholder() const { return placeholder_; }
+  bool holds_placeholder() const;
   // OK when none is configured or `shown` is one of the tokens (compared as
   // SHA-256 digests in constant time, against all of them);
   // UNAUTHENTICATED otherwise.
   absl::Status Check(std::optional<absl::string_view> shown) const;
 
- private:
-  absl::Status Add(absl::string_view token);
+  // From now on this object and every copy of it hold `newer`'s tokens
+  // (calls already admitted are not affected). FAILED_PRECONDITION,
+  // changing nothing, if either has none.
+  absl::Status Replace(const InternalToken& newer);
 
-  std::string value_;
-  std::vector<std::array<unsigned char, 32>> digests_;
-  bool placeholder_ = false;
+ private:
+  struct TokenSet {
+    std::string value;
+    std::vector<std::array<unsigned char, 32>> digests;
+    bool placeholder = false;
+    absl::Status Add(absl::string_view token);
+  };
+  struct Shared {
+    mutable absl::Mutex mu;
+    std::shared_ptr<const TokenSet> current ABSL_GUARDED_BY(mu);
+  };
+  explicit InternalToken(TokenSet tokens);
+  std::shared_ptr<const TokenSet> Current() const;
+
+  std::shared_ptr<Shared> shared_;  // null: none configured
 };
 
 // The metadata key gateways send the internal token under.

@@ -273,7 +273,7 @@ TEST_F(SdkClusterTest, KeysChangedOnDiskApplyWithoutARestart) {
   auto g = e2e::ClusterProcess::Start(
       {STATESTREAM_BIN, "gateway", "--listen=127.0.0.1:0",
        "--redis=" + redis_->address(), "--api-keys=" + keys,
-       "--api-keys-reload-interval=1s"},
+       "--secrets-reload-interval=1s"},
       dir_ + "/gateway-live-keys.log", kStartTimeout);
   ASSERT_TRUE(g.ok()) << g.status();
   auto connect = [&](const std::string& key) {

@@ -439,7 +439,7 @@ TEST_F(SdkTest, ServeWithApiKeysAuthenticatesAndLimitsTenants) {
   EXPECT_TRUE(a->OpenSession(a2).Export().ok());
 }
 
-// `serve` rereads its keys file (--api-keys-reload-interval): a key
+// `serve` rereads its keys file (--secrets-reload-interval): a key
 // rotated on disk works at once; an Append open under the revoked one ends
 // UNAUTHENTICATED at its next request, what it had sent committed.
 TEST_F(SdkTest, ServeRereadsItsApiKeys) {
@@ -448,7 +448,7 @@ TEST_F(SdkTest, ServeRereadsItsApiKeys) {
   const std::string new_key = "new-key-0123456789abcdef";
   std::ofstream(keys) << old_key << " tenant-a\n";
   ASSERT_NO_FATAL_FAILURE(
-      StartServer({"--api-keys=" + keys, "--api-keys-reload-interval=1s"}));
+      StartServer({"--api-keys=" + keys, "--secrets-reload-interval=1s"}));
   auto connect = [&](const std::string& key) {
     ClientOptions options;
     options.targets = {server_->address()};

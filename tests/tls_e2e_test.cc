@@ -419,6 +419,59 @@ TEST_F(TlsTest, InternalTokenBetweenGatewayAndWorker) {
       << refused;
 }
 
+// The internal token is rotated on disk without restarts
+// (--secrets-reload-interval): a worker that drops the gateways' token
+// refuses them until the gateways' file names the new one.
+TEST_F(TlsTest, InternalTokenRotatesWithoutRestarts) {
+  ASSERT_NO_FATAL_FAILURE(StartRedis());
+  const std::string model = MakeModel();
+  const std::string old_token = "internal-old-0123456789";
+  const std::string new_token = "internal-new-0123456789";
+  // As a Secret volume updates: a new file renamed over the old.
+  auto write = [this](const std::string& name, const std::string& text) {
+    std::ofstream(Path(name + ".new")) << text;
+    std::filesystem::rename(Path(name + ".new"), Path(name));
+  };
+  write("worker.token", old_token + "\n");
+  write("gateway.token", old_token + "\n");
+  ASSERT_FALSE(
+      Start({"worker", "--listen=127.0.0.1:0", "--redis=" + redis_->address(),
+             "--model=" + model, "--worker-id=w1", "--heartbeat-interval=300ms",
+             "--internal-token-file=" + Path("worker.token"),
+             "--secrets-reload-interval=1s"},
+            "worker.log")
+          .empty());
+  const std::string gateway =
+      Start({"gateway", "--listen=127.0.0.1:0", "--redis=" + redis_->address(),
+             "--internal-token-file=" + Path("gateway.token"),
+             "--secrets-reload-interval=1s"},
+            "gateway.log");
+  ASSERT_FALSE(gateway.empty());
+  auto client = NewClient(gateway, "");
+  ASSERT_TRUE(client->CreateSession({}).ok());
+  auto wait_for = [&](absl::StatusCode code) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    absl::Status st = client->CreateSession({}).status();
+    while (st.code() != code && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(100));
+      st = client->CreateSession({}).status();
+    }
+    return st;
+  };
+  // The worker takes only the new token: the gateway's old one is refused
+  // (INTERNAL to the client, whose own credentials were fine).
+  write("worker.token", new_token + "\n");
+  absl::Status refused = wait_for(absl::StatusCode::kInternal);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInternal) << refused;
+  // The gateway sends the new one: served again.
+  write("gateway.token", new_token + "\n" + old_token + "\n");
+  absl::Status served = wait_for(absl::StatusCode::kOk);
+  EXPECT_TRUE(served.ok()) << served;
+  EXPECT_NE(processes_.front()->Log().find("--internal-token-file"),
+            std::string::npos)
+      << processes_.front()->Log();
+}
+
 TEST_F(TlsTest, TenantLimits) {
   ASSERT_NO_FATAL_FAILURE(StartRedisAndWorker());
   const std::string key_a = "key-a-0123456789abcdef";

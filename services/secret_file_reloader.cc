@@ -1,0 +1,124 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "services/secret_file_reloader.h"
+
+#include <iostream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/files.h"
+
+namespace statestream {
+
+SecretFileReloader::SecretFileReloader(SecretFileOptions options,
+                                       SecretFileApply apply)
+    : options_(std::move(options)), apply_(std::move(apply)) {
+  {
+    absl::MutexLock lock(&check_mu_);
+    last_digest_ = options_.loaded_digest;
+  }
+  if (options_.interval > absl::ZeroDuration()) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+}
+
+SecretFileReloader::~SecretFileReloader() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+absl::Status SecretFileReloader::Check() {
+  absl::MutexLock lock(&check_mu_);
+  const std::string& path = options_.path;
+  auto say = [this](absl::string_view what) {
+    std::cerr << "statestream " << options_.who << ": " << options_.flag << ": "
+              << what << "\n";
+  };
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) {
+    // Said once: a file being replaced may be missing for a moment, and a
+    // deleted one stays so.
+    absl::Status unreadable = absl::NotFoundError(
+        absl::StrCat(text.status().message(), "; what is in use stays"));
+    if (last_status_ != unreadable) say(unreadable.message());
+    last_digest_.clear();
+    last_status_ = unreadable;
+    return unreadable;
+  }
+  const std::string digest = Sha256Of(*text);
+  if (!digest.empty() && digest == last_digest_) return last_status_;
+  if (options_.settle > absl::ZeroDuration()) {
+    if (!Sleep(options_.settle)) return absl::CancelledError("stopping");
+    absl::StatusOr<std::string> again = ReadFile(path);
+    if (!again.ok() || Sha256Of(*again) != digest) {
+      return absl::UnavailableError(absl::StrCat(
+          path, " changed while being read; it is read again next time"));
+    }
+  }
+  last_digest_ = digest;
+  absl::StatusOr<std::string> applied = apply_(*text);
+  if (!applied.ok()) {
+    last_status_ = absl::Status(
+        applied.status().code(),
+        absl::StrCat(applied.status().message(), "; what is in use stays"));
+    say(last_status_.message());
+    return last_status_;
+  }
+  say(absl::StrCat(path, " reread: ", *applied));
+  last_status_ = absl::OkStatus();
+  return last_status_;
+}
+
+bool SecretFileReloader::Sleep(absl::Duration d) {
+  absl::MutexLock lock(&mu_);
+  return !mu_.AwaitWithTimeout(absl::Condition(&stop_), d);
+}
+
+void SecretFileReloader::Loop() {
+  while (Sleep(options_.interval)) {
+    Check().IgnoreError();  // said on stderr
+  }
+}
+
+SecretFileApply ApplyApiKeys(
+    std::string name, TenantAuth auth, std::shared_ptr<TenantLimits> limits,
+    std::function<absl::Status(const TenantAuth&)> validate) {
+  return [name = std::move(name), auth = std::move(auth),
+          limits = std::move(limits), validate = std::move(validate)](
+             absl::string_view text) mutable -> absl::StatusOr<std::string> {
+    absl::StatusOr<TenantAuth> newer = TenantAuth::FromText(name, text);
+    if (!newer.ok()) return newer.status();
+    if (validate) {
+      if (absl::Status valid = validate(*newer); !valid.ok()) return valid;
+    }
+    if (absl::Status replaced = auth.Replace(*newer); !replaced.ok()) {
+      return replaced;
+    }
+    if (limits != nullptr) limits->SetOverrides(newer->limits());
+    return absl::StrCat(newer->key_count(), " API keys in use");
+  };
+}
+
+SecretFileApply ApplyInternalToken(std::string name, InternalToken token) {
+  return [name = std::move(name), token = std::move(token)](
+             absl::string_view text) mutable -> absl::StatusOr<std::string> {
+    absl::StatusOr<InternalToken> newer = InternalToken::FromText(name, text);
+    if (!newer.ok()) return newer.status();
+    if (absl::Status replaced = token.Replace(*newer); !replaced.ok()) {
+      return replaced;
+    }
+    if (newer->holds_placeholder()) {
+      std::cerr << "statestream: WARNING: " << name
+                << " holds the placeholder token of the example manifests: "
+                   "anyone who has read them can act as a gateway; replace "
+                   "it\n";
+    }
+    return absl::StrCat(newer->count(),
+                        newer->count() == 1 ? " token" : " tokens",
+                        " in use; gateways send the first");
+  };
+}
+
+}  // namespace statestream
