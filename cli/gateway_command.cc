@@ -154,6 +154,7 @@ int Run(const std::vector<std::string>& args) {
   }
   const std::string metrics_listen = *std::move(listen_flag);
   GatewayMetrics metrics;
+  SecretFileMetrics secrets;
   options.metrics = &metrics;
   std::unique_ptr<worker::MetricsHttpServer> metrics_http;
   return RunServer(
@@ -163,7 +164,9 @@ int Run(const std::vector<std::string>& args) {
         // the HTTP thread never takes them.
         if (!metrics_listen.empty()) {
           auto http = worker::MetricsHttpServer::Start(
-              metrics_listen, [&metrics] { return metrics.Render(); });
+              metrics_listen, [&metrics, &secrets] {
+                return metrics.Render() + secrets.Render();
+              });
           if (!http.ok()) return http.status();
           metrics_http = *std::move(http);
           std::printf("metrics on %s\n", metrics_http->address().c_str());
@@ -182,7 +185,7 @@ int Run(const std::vector<std::string>& args) {
             GatewayServices(options, std::move(store));
         if (set.ok()) {
           // Stops rereading before the limits it updates go.
-          set->Own(StartApiKeysReloader(
+          std::shared_ptr<SecretFileReloader> keys = StartApiKeysReloader(
               *tenants, options.limits, "gateway",
               [counts_sessions =
                    !redis.addresses.empty()](const TenantAuth& auth) {
@@ -192,8 +195,13 @@ int Run(const std::vector<std::string>& args) {
                   return absl::InvalidArgumentError(kSessionLimitsNeedRedis);
                 }
                 return absl::OkStatus();
-              }));
-          set->Own(StartInternalTokenReloader(*internal_token, "gateway"));
+              });
+          std::shared_ptr<SecretFileReloader> token =
+              StartInternalTokenReloader(*internal_token, "gateway");
+          secrets.Add(keys);
+          secrets.Add(token);
+          set->Own(std::move(keys));
+          set->Own(std::move(token));
         }
         // The set's gateway holds the limits now: they (and their slot
         // renewals) end before the store they use, which the set owns.

@@ -175,9 +175,10 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
   if (!started.ok()) return started.status();
   w->models = *std::move(started);
   *models_out = w->models->set.get();
+  auto secrets = std::make_shared<SecretFileMetrics>();
   auto http =
       ServeWorkerMetrics(metrics, w->models->set.get(), w->models->schedulers(),
-                         options.metrics_listen);
+                         options.metrics_listen, secrets);
   if (!http.ok()) return http.status();
   w->metrics_http = *std::move(http);
   auto policy = std::make_shared<worker::CallerPolicy>();
@@ -190,6 +191,7 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
   }
   std::shared_ptr<SecretFileReloader> reloader =
       StartApiKeysReloader(options.tenants, policy->limits, "serve");
+  secrets->Add(reloader);
   ServiceSet set =
       worker::PublicApiServices(w->models->set.get(), std::move(policy));
   set.Own(std::move(w));

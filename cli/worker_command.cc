@@ -209,6 +209,7 @@ int Run(const std::vector<std::string>& args) {
   TuneMallocForLargeBuffers();
 
   std::shared_ptr<Worker> kept;
+  auto secrets = std::make_shared<SecretFileMetrics>();
   auto build = [&]() -> absl::StatusOr<ServiceSet> {
     auto w = std::make_shared<Worker>();
     auto models = LoadModels(options);
@@ -228,14 +229,17 @@ int Run(const std::vector<std::string>& args) {
         StartModels(*std::move(models), sessions, scheduler, w->store.get());
     if (!started.ok()) return started.status();
     w->models = *std::move(started);
-    auto http =
-        ServeWorkerMetrics(w->metrics.get(), w->models->set.get(),
-                           w->models->schedulers(), options.metrics_listen);
+    auto http = ServeWorkerMetrics(w->metrics.get(), w->models->set.get(),
+                                   w->models->schedulers(),
+                                   options.metrics_listen, secrets);
     if (!http.ok()) return http.status();
     w->metrics_http = *std::move(http);
     ServiceSet set = worker::PublicApiServices(w->models->set.get(), policy);
     set.Own(w);
-    set.Own(StartInternalTokenReloader(*internal_token, "worker"));
+    std::shared_ptr<SecretFileReloader> reloader =
+        StartInternalTokenReloader(*internal_token, "worker");
+    secrets->Add(reloader);
+    set.Own(std::move(reloader));
     kept = w;
     return set;
   };

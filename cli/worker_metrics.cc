@@ -19,7 +19,8 @@ void AttachWorkerMetrics(worker::WorkerMetrics* metrics,
 
 absl::StatusOr<std::unique_ptr<worker::MetricsHttpServer>> ServeWorkerMetrics(
     worker::WorkerMetrics* metrics, const worker::ModelSet* models,
-    std::vector<worker::Scheduler*> schedulers, const std::string& listen) {
+    std::vector<worker::Scheduler*> schedulers, const std::string& listen,
+    std::shared_ptr<const SecretFileMetrics> secrets) {
   metrics->SetGaugeSource([models, schedulers] {
     const worker::SessionManager::Stats s = models->stats();
     worker::WorkerMetrics::Gauges g;
@@ -32,7 +33,12 @@ absl::StatusOr<std::unique_ptr<worker::MetricsHttpServer>> ServeWorkerMetrics(
     return g;
   });
   if (listen.empty()) return nullptr;
-  auto http = worker::MetricsHttpServer::Start(listen, metrics);
+  auto http = worker::MetricsHttpServer::Start(
+      listen, [metrics, secrets = std::move(secrets)] {
+        std::string out = metrics->Render();
+        if (secrets != nullptr) out += secrets->Render();
+        return out;
+      });
   if (!http.ok()) return http.status();
   std::printf("metrics on %s\n", (*http)->address().c_str());
   std::fflush(stdout);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "services/secret_file_reloader.h"
 #include "worker/metrics.h"
 #include "worker/metrics_http.h"
 #include "worker/model_set.h"
@@ -28,9 +29,12 @@ void AttachWorkerMetrics(worker::WorkerMetrics* metrics,
 // `/metrics` there and prints "metrics on HOST:PORT" (before the server's
 // "listening on" line). Returns the endpoint (nullptr when `listen` is
 // empty). `models` and `schedulers` must outlive `metrics`' renders.
+// `secrets` (may be null): the secrets files' metrics, served after the
+// worker's.
 absl::StatusOr<std::unique_ptr<worker::MetricsHttpServer>> ServeWorkerMetrics(
     worker::WorkerMetrics* metrics, const worker::ModelSet* models,
-    std::vector<worker::Scheduler*> schedulers, const std::string& listen);
+    std::vector<worker::Scheduler*> schedulers, const std::string& listen,
+    std::shared_ptr<const SecretFileMetrics> secrets = nullptr);
 
 }  // namespace statestream::cli
 

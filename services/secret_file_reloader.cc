@@ -3,9 +3,13 @@
 
 #include <iostream>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 #include "common/files.h"
+#include "common/histogram.h"
 
 namespace statestream {
 
@@ -15,6 +19,10 @@ SecretFileReloader::SecretFileReloader(SecretFileOptions options,
   {
     absl::MutexLock lock(&check_mu_);
     last_digest_ = options_.loaded_digest;
+  }
+  {
+    absl::MutexLock lock(&stats_mu_);
+    stats_.last_applied = absl::Now();
   }
   if (options_.interval > absl::ZeroDuration()) {
     thread_ = std::thread([this] { Loop(); });
@@ -42,7 +50,10 @@ absl::Status SecretFileReloader::Check() {
     // deleted one stays so.
     absl::Status unreadable = absl::NotFoundError(
         absl::StrCat(text.status().message(), "; what is in use stays"));
-    if (last_status_ != unreadable) say(unreadable.message());
+    if (last_status_ != unreadable) {
+      say(unreadable.message());
+      Count(false);
+    }
     last_digest_.clear();
     last_status_ = unreadable;
     return unreadable;
@@ -64,11 +75,81 @@ absl::Status SecretFileReloader::Check() {
         applied.status().code(),
         absl::StrCat(applied.status().message(), "; what is in use stays"));
     say(last_status_.message());
+    Count(false);
     return last_status_;
   }
   say(absl::StrCat(path, " reread: ", *applied));
+  Count(true);
   last_status_ = absl::OkStatus();
   return last_status_;
+}
+
+void SecretFileReloader::Count(bool applied) {
+  absl::MutexLock lock(&stats_mu_);
+  stats_.current = applied;
+  if (applied) {
+    ++stats_.applied;
+    stats_.last_applied = absl::Now();
+  } else {
+    ++stats_.refused;
+  }
+}
+
+SecretFileReloader::Stats SecretFileReloader::stats() const {
+  absl::MutexLock lock(&stats_mu_);
+  return stats_;
+}
+
+void SecretFileMetrics::Add(
+    const std::shared_ptr<SecretFileReloader>& reloader) {
+  if (reloader == nullptr) return;
+  absl::MutexLock lock(&mu_);
+  reloaders_.push_back(reloader);
+}
+
+std::string SecretFileMetrics::Render() const {
+  std::vector<std::pair<std::string, SecretFileReloader::Stats>> files;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const std::weak_ptr<SecretFileReloader>& weak : reloaders_) {
+      if (std::shared_ptr<SecretFileReloader> reloader = weak.lock()) {
+        files.emplace_back(
+            std::string(absl::StripPrefix(reloader->options().flag, "--")),
+            reloader->stats());
+      }
+    }
+  }
+  std::string out;
+  if (files.empty()) return out;
+  AppendMetricHeader(
+      &out, "statestream_secrets_file_current", "gauge",
+      "1 while the secrets file's current version is in use; 0 after a "
+      "reread found it unreadable or refused it (the version before stays "
+      "in use), by flag.");
+  for (const auto& [flag, stats] : files) {
+    absl::StrAppend(&out, "statestream_secrets_file_current{flag=\"", flag,
+                    "\"} ", stats.current ? 1 : 0, "\n");
+  }
+  AppendMetricHeader(
+      &out, "statestream_secrets_reloads_total", "counter",
+      "Changed versions of a secrets file found by its rereads, by flag and "
+      "outcome (applied; refused: malformed, not servable, or unreadable).");
+  for (const auto& [flag, stats] : files) {
+    absl::StrAppend(&out, "statestream_secrets_reloads_total{flag=\"", flag,
+                    "\",result=\"applied\"} ", stats.applied, "\n",
+                    "statestream_secrets_reloads_total{flag=\"", flag,
+                    "\",result=\"refused\"} ", stats.refused, "\n");
+  }
+  AppendMetricHeader(
+      &out, "statestream_secrets_last_applied_timestamp_seconds", "gauge",
+      "When the version in use was read (at start, or by a reread), by "
+      "flag.");
+  for (const auto& [flag, stats] : files) {
+    absl::StrAppend(
+        &out, "statestream_secrets_last_applied_timestamp_seconds{flag=\"",
+        flag, "\"} ", absl::ToUnixSeconds(stats.last_applied), "\n");
+  }
+  return out;
 }
 
 bool SecretFileReloader::Sleep(absl::Duration d) {

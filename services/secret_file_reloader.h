@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -59,8 +60,22 @@ class SecretFileReloader {
   // or `apply`'s error.
   absl::Status Check();
 
+  // For /metrics (SecretFileMetrics).
+  struct Stats {
+    uint64_t applied = 0;  // versions put in use since start
+    // Versions refused (malformed, not servable) and spells unreadable.
+    uint64_t refused = 0;
+    // The file's current version is what is in use (false after a reread
+    // found it unreadable or refused it, until one is applied).
+    bool current = true;
+    absl::Time last_applied;  // start, or when the version in use was read
+  };
+  Stats stats() const;
+  const SecretFileOptions& options() const { return options_; }
+
  private:
   void Loop();
+  void Count(bool applied);
   // Waits `d` unless stopped first; false if stopped.
   bool Sleep(absl::Duration d);
 
@@ -71,9 +86,27 @@ class SecretFileReloader {
   // the outcome; "" after a failed read.
   std::string last_digest_ ABSL_GUARDED_BY(check_mu_);
   absl::Status last_status_ ABSL_GUARDED_BY(check_mu_);
+  mutable absl::Mutex stats_mu_;  // not check_mu_: a Check may wait
+  Stats stats_ ABSL_GUARDED_BY(stats_mu_);
   absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
+};
+
+// The reloaders' state for a process's /metrics:
+// statestream_secrets_file_current{flag}, statestream_secrets_reloads_total
+// {flag,result} and statestream_secrets_last_applied_timestamp_seconds
+// {flag}. Holds them weakly (a reloader ends with its services).
+// Thread-safe.
+class SecretFileMetrics {
+ public:
+  void Add(const std::shared_ptr<SecretFileReloader>& reloader);  // null: none
+  std::string Render() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  std::vector<std::weak_ptr<SecretFileReloader>> reloaders_
+      ABSL_GUARDED_BY(mu_);
 };
 
 // An API keys file (TenantAuth::FromText): every copy of `auth` (not in

@@ -234,6 +234,41 @@ TEST_F(SecretFileReloaderTest, InternalTokensRotateWithoutARestart) {
   EXPECT_TRUE(worker_copy.configured());
 }
 
+// /metrics tells whether each file's current version is in use, and how
+// many versions were applied and refused.
+TEST_F(SecretFileReloaderTest, MetricsSayWhetherTheFileIsInUse) {
+  const std::string first = std::string(kOld) + " acme\n";
+  Write(first);
+  auto auth = TenantAuth::FromFile(path_);
+  ASSERT_TRUE(auth.ok()) << auth.status();
+  auto reloader = std::make_shared<SecretFileReloader>(
+      Options(first), ApplyApiKeys(path_, *auth, nullptr));
+  SecretFileMetrics metrics;
+  metrics.Add(reloader);
+  metrics.Add(nullptr);  // a file read once: nothing
+  auto has = [&metrics](const std::string& line) {
+    const std::string text = metrics.Render();
+    return absl::StrContains(text, "\n" + line + "\n") ||
+           absl::StartsWith(text, line + "\n");
+  };
+  EXPECT_TRUE(has("statestream_secrets_file_current{flag=\"api-keys\"} 1"));
+  EXPECT_TRUE(has("# TYPE statestream_secrets_reloads_total counter"));
+  Write("malformed\n");
+  EXPECT_FALSE(reloader->Check().ok());
+  EXPECT_TRUE(has("statestream_secrets_file_current{flag=\"api-keys\"} 0"));
+  EXPECT_TRUE(
+      has("statestream_secrets_reloads_total{flag=\"api-keys\","
+          "result=\"refused\"} 1"));
+  Write(std::string(kNew) + " acme\n");
+  EXPECT_TRUE(reloader->Check().ok());
+  EXPECT_TRUE(has("statestream_secrets_file_current{flag=\"api-keys\"} 1"));
+  EXPECT_TRUE(
+      has("statestream_secrets_reloads_total{flag=\"api-keys\","
+          "result=\"applied\"} 1"));
+  reloader.reset();
+  EXPECT_EQ(metrics.Render(), "");
+}
+
 // A long call rechecks its credentials: nothing to do while no Replace
 // happened; refused once its key is gone or names another tenant.
 TEST(TenantAuthReplaceTest, ARecheckRefusesARevokedOrMovedKey) {
