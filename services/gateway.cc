@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
+#include "services/caller_metadata.h"
 #include "services/gateway_internal.h"
 #include "services/tls.h"
 #include "statestream/v1/statestream.grpc.pb.h"
@@ -259,31 +260,11 @@ bool Gateway::SkipsAttempt(bool refused_fast,
   return ++*skips <= kMaxUnreachableSkips;
 }
 
-namespace {
-
-std::optional<absl::string_view> Metadata(
-    const grpc::CallbackServerContext& ctx, const char* key) {
-  const auto& md = ctx.client_metadata();
-  auto it = md.find(key);
-  if (it == md.end()) return std::nullopt;
-  return absl::string_view(it->second.data(), it->second.size());
-}
-
-}  // namespace
-
 absl::StatusOr<std::string> Gateway::Tenant(
     const grpc::CallbackServerContext& ctx) {
-  return options_.auth.Authenticate(Metadata(ctx, "authorization"),
-                                    Metadata(ctx, "x-statestream-tenant"));
-}
-
-Credentials Gateway::CredentialsOf(const grpc::CallbackServerContext& ctx) {
-  auto copy = [&ctx](const char* key) -> std::optional<std::string> {
-    std::optional<absl::string_view> value = Metadata(ctx, key);
-    if (!value) return std::nullopt;
-    return std::string(*value);
-  };
-  return {copy("authorization"), copy("x-statestream-tenant")};
+  return options_.auth.Authenticate(
+      ClientMetadata(ctx, "authorization"),
+      ClientMetadata(ctx, "x-statestream-tenant"));
 }
 
 std::unique_ptr<grpc::ClientContext> Gateway::UpstreamContext(

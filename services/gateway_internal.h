@@ -108,9 +108,6 @@ class Gateway {
   static constexpr int kMaxUnreachableSkips = 32;
   // The caller's tenant (UNAUTHENTICATED as a grpc status on failure).
   absl::StatusOr<std::string> Tenant(const grpc::CallbackServerContext& ctx);
-  // The call's credentials, kept by a long call to Recheck them
-  // (TenantAuth::Recheck: UNAUTHENTICATED once its API key was revoked).
-  static Credentials CredentialsOf(const grpc::CallbackServerContext& ctx);
   // A context for one attempt towards a worker: the caller's deadline and
   // cancellation propagate; forwarding metadata set.
   std::unique_ptr<grpc::ClientContext> UpstreamContext(

@@ -20,6 +20,7 @@
 #include "common/grpc_status.h"
 #include "common/random.h"
 #include "common/status.h"
+#include "services/caller_metadata.h"
 #include "services/gateway_internal.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 
@@ -655,7 +656,7 @@ class StreamsService final : public v1::Streams::CallbackService {
           auto slot = HoldStreamSlot(gateway_, *ctx);
           if (slot.ok()) {
             AppendCall(gateway_, ctx, client, tenant, *std::move(slot),
-                       Gateway::CredentialsOf(*ctx), auth_generation)
+                       CredentialsOf(*ctx), auth_generation)
                 .Run();
           } else {
             const grpc::Status status = ToGrpcStatus(slot.status());

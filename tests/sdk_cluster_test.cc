@@ -86,6 +86,15 @@ class SdkClusterTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
 
+  // A client of the gateway at `address` with API key `key`.
+  static std::unique_ptr<client::Client> Connect(const std::string& address,
+                                                 const std::string& key) {
+    client::ClientOptions options;
+    options.targets = {address};
+    options.api_key = key;
+    return std::move(client::Client::Create(options).value());
+  }
+
   void AddWorker() {
     const std::string id = absl::StrCat("w", next_worker_++);
     auto w = e2e::ClusterProcess::Start(
@@ -239,10 +248,7 @@ TEST_F(SdkClusterTest, ApiKeysThroughAGateway) {
       dir_ + "/gateway-keys.log", kStartTimeout);
   ASSERT_TRUE(g.ok()) << g.status();
   auto connect = [&](const std::string& key) {
-    client::ClientOptions options;
-    options.targets = {(*g)->address()};
-    options.api_key = key;
-    return std::move(client::Client::Create(options).value());
+    return Connect((*g)->address(), key);
   };
   auto acme = connect("acme-token-0123456789");
   v1::CreateSessionRequest req;
@@ -277,10 +283,7 @@ TEST_F(SdkClusterTest, KeysChangedOnDiskApplyWithoutARestart) {
       dir_ + "/gateway-live-keys.log", kStartTimeout);
   ASSERT_TRUE(g.ok()) << g.status();
   auto connect = [&](const std::string& key) {
-    client::ClientOptions options;
-    options.targets = {(*g)->address()};
-    options.api_key = key;
-    return std::move(client::Client::Create(options).value());
+    return Connect((*g)->address(), key);
   };
   auto acme = connect(acme_key);
   auto newco = connect(newco_key);

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "common/utf8.h"
+#include "services/caller_metadata.h"
 #include "worker/metrics.h"
 
 namespace statestream::worker {
@@ -57,31 +58,14 @@ void ToTimestamp(absl::Time t, google::protobuf::Timestamp* out) {
   out->set_nanos(static_cast<int32_t>(ns % 1000000000));
 }
 
-std::optional<absl::string_view> Metadata(
-    const grpc::CallbackServerContext& ctx, const char* key) {
-  const auto& md = ctx.client_metadata();
-  auto it = md.find(key);
-  if (it == md.end()) return std::nullopt;
-  return absl::string_view(it->second.data(), it->second.size());
-}
-
 }  // namespace
 
 absl::StatusOr<std::string> TenantOf(const grpc::CallbackServerContext& ctx,
                                      const CallerPolicy& policy) {
   SS_RETURN_IF_ERROR(
-      policy.internal_token.Check(Metadata(ctx, kInternalTokenHeader)));
-  return policy.auth.Authenticate(Metadata(ctx, "authorization"),
-                                  Metadata(ctx, "x-statestream-tenant"));
-}
-
-Credentials CredentialsOf(const grpc::CallbackServerContext& ctx) {
-  auto copy = [&ctx](const char* key) -> std::optional<std::string> {
-    std::optional<absl::string_view> value = Metadata(ctx, key);
-    if (!value) return std::nullopt;
-    return std::string(*value);
-  };
-  return {copy("authorization"), copy("x-statestream-tenant")};
+      policy.internal_token.Check(ClientMetadata(ctx, kInternalTokenHeader)));
+  return policy.auth.Authenticate(ClientMetadata(ctx, "authorization"),
+                                  ClientMetadata(ctx, "x-statestream-tenant"));
 }
 
 absl::StatusOr<std::unique_ptr<TenantLimits::StreamSlot>> HoldStream(

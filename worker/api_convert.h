@@ -25,9 +25,6 @@ namespace statestream::worker {
 // `authorization` and `x-statestream-tenant` metadata); UNAUTHENTICATED.
 absl::StatusOr<std::string> TenantOf(const grpc::CallbackServerContext& ctx,
                                      const CallerPolicy& policy);
-// The call's credentials, kept by a long call to Recheck them
-// (TenantAuth::Recheck: UNAUTHENTICATED once its API key was revoked).
-Credentials CredentialsOf(const grpc::CallbackServerContext& ctx);
 
 // One of `tenant`'s stream slots, held until destroyed (null without
 // limits), or RESOURCE_EXHAUSTED/TENANT_LIMIT.

@@ -11,6 +11,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
+#include "services/caller_metadata.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 #include "worker/api_convert.h"
 #include "worker/executor.h"
