@@ -14,7 +14,9 @@
 #include "common/files.h"
 
 ABSL_FLAG(std::string, internal_token_file, "",
-          "File holding the secret (16-256 printable bytes) that gateways "
+          "File holding the secret (16-256 printable ASCII bytes, no spaces; "
+          "several, one per line, while rotating: gateways send the first, "
+          "workers accept any) that gateways "
           "show workers on every call (x-statestream-internal-token). A "
           "worker given it refuses calls without it (UNAUTHENTICATED), so "
           "only gateways can pick a tenant; a gateway given it sends it. "
@@ -26,9 +28,13 @@ const char kInternalTokenFlagFile[] = __FILE__;
 
 absl::StatusOr<InternalTokenSetup> InternalTokenFromFlags() {
   InternalTokenSetup setup;
+  // Checked whether or not a file is given: a bad value is a mistake.
+  absl::StatusOr<absl::Duration> reload = SecretsReloadIntervalFromFlag();
+  if (!reload.ok()) return reload.status();
   setup.path = absl::GetFlag(FLAGS_internal_token_file);
   if (setup.path.empty()) return setup;
-  absl::StatusOr<std::string> text = ReadFile(setup.path);
+  absl::StatusOr<std::string> text =
+      ReadRegularFile(setup.path, kMaxSecretsFileBytes);
   if (!text.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("--internal-token-file: ", text.status().message()));
@@ -45,8 +51,6 @@ absl::StatusOr<InternalTokenSetup> InternalTokenFromFlags() {
                  "has read them can act as a gateway; replace it\n";
   }
   setup.token = *std::move(token);
-  absl::StatusOr<absl::Duration> reload = SecretsReloadIntervalFromFlag();
-  if (!reload.ok()) return reload.status();
   setup.reload_interval = *reload;
   return setup;
 }

@@ -3,6 +3,7 @@
 // (declared in cli/tenant_flags.h): how often the secrets files each reads
 // (--api-keys, --internal-token-file) are reread.
 #include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "cli/tenant_flags.h"
 
@@ -25,7 +26,8 @@ absl::StatusOr<absl::Duration> SecretsReloadIntervalFromFlag() {
       (reload > absl::ZeroDuration() && reload < absl::Seconds(1)) ||
       reload > absl::Hours(24)) {
     return absl::InvalidArgumentError(
-        "--secrets-reload-interval: 0 (read once) or 1s to 24h");
+        absl::StrCat("--secrets-reload-interval=", absl::FormatDuration(reload),
+                     ": 0 (read once) or 1s to 24h"));
   }
   return absl::Trunc(reload, absl::Seconds(1));
 }

@@ -32,10 +32,14 @@ const char kTenantFlagsFile[] = __FILE__;
 
 absl::StatusOr<TenantSetup> TenantSetupFromFlags(const char* command) {
   TenantSetup setup;
+  // Checked whether or not a file is given: a bad value is a mistake.
+  absl::StatusOr<absl::Duration> reload = SecretsReloadIntervalFromFlag();
+  if (!reload.ok()) return reload.status();
   const std::string keys = absl::GetFlag(FLAGS_api_keys);
   if (!keys.empty()) {
     setup.keys_path = keys;
-    absl::StatusOr<std::string> text = ReadFile(keys);
+    absl::StatusOr<std::string> text =
+        ReadRegularFile(keys, kMaxSecretsFileBytes);
     if (!text.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("--api-keys: ", text.status().message()));
@@ -47,8 +51,6 @@ absl::StatusOr<TenantSetup> TenantSetupFromFlags(const char* command) {
           absl::StrCat("--api-keys: ", auth.status().message()));
     }
     setup.auth = *std::move(auth);
-    absl::StatusOr<absl::Duration> reload = SecretsReloadIntervalFromFlag();
-    if (!reload.ok()) return reload.status();
     setup.reload_interval = *reload;
   } else {
     std::cerr << "statestream " << command

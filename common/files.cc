@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -13,13 +14,27 @@
 namespace statestream {
 namespace {
 
-// Reads `fd` to its end; `name` (a path, or "stdin") for errors.
-absl::StatusOr<std::string> ReadAll(int fd, const std::string& name) {
+constexpr size_t kNoLimit = static_cast<size_t>(-1);
+
+// Reads `fd` to its end; `name` (a path, or "stdin") for errors. With a
+// `max_bytes` limit, only a regular file that size or smaller.
+absl::StatusOr<std::string> ReadAll(int fd, const std::string& name,
+                                    size_t max_bytes = kNoLimit) {
   const std::string what = absl::StrCat("cannot read ", name);
   struct stat st;
   if (::fstat(fd, &st) != 0) return absl::ErrnoToStatus(errno, what);
   // read(2) on a directory fails with EISDIR anyway; say so before trying.
   if (S_ISDIR(st.st_mode)) return absl::ErrnoToStatus(EISDIR, what);
+  if (max_bytes != kNoLimit) {
+    if (!S_ISREG(st.st_mode)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, ": not a regular file"));
+    }
+    if (static_cast<uint64_t>(st.st_size) > max_bytes) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, ": larger than ", max_bytes, " bytes"));
+    }
+  }
   std::string out;
   if (S_ISREG(st.st_mode) && st.st_size > 0) {
     out.reserve(static_cast<size_t>(st.st_size));
@@ -33,6 +48,11 @@ absl::StatusOr<std::string> ReadAll(int fd, const std::string& name) {
     }
     if (n == 0) break;
     out.append(buffer, static_cast<size_t>(n));
+    // A file growing as it is read.
+    if (out.size() > max_bytes) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, ": larger than ", max_bytes, " bytes"));
+    }
   }
   return out;
 }
@@ -46,6 +66,20 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
     return absl::ErrnoToStatus(open_errno, absl::StrCat("cannot read ", path));
   }
   absl::StatusOr<std::string> bytes = ReadAll(fd, path);
+  ::close(fd);
+  return bytes;
+}
+
+absl::StatusOr<std::string> ReadRegularFile(const std::string& path,
+                                            size_t max_bytes) {
+  // O_NONBLOCK: opening a FIFO with no writer returns at once (and fstat
+  // then refuses it) instead of waiting for one.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    const int open_errno = errno;
+    return absl::ErrnoToStatus(open_errno, absl::StrCat("cannot read ", path));
+  }
+  absl::StatusOr<std::string> bytes = ReadAll(fd, path, max_bytes);
   ::close(fd);
   return bytes;
 }

@@ -4,6 +4,7 @@
 #ifndef STATESTREAM_COMMON_FILES_H_
 #define STATESTREAM_COMMON_FILES_H_
 
+#include <cstddef>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -17,6 +18,14 @@ absl::StatusOr<std::string> ReadFile(const std::string& path);
 // The whole of standard input, like ReadFile (read from the descriptor: do
 // not mix with std::cin).
 absl::StatusOr<std::string> ReadStdin();
+
+// The whole of a regular file of at most `max_bytes` (a symlink to one is
+// followed): for files read again and again by a running server (secrets),
+// where a FIFO would block the reader forever and /dev/zero would fill
+// memory. Opened without blocking; anything else, or a larger file, is
+// FAILED_PRECONDITION "cannot read PATH: ..."; errno's code otherwise.
+absl::StatusOr<std::string> ReadRegularFile(const std::string& path,
+                                            size_t max_bytes);
 
 }  // namespace statestream
 

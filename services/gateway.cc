@@ -390,11 +390,39 @@ bool Gateway::WorkerFailed(const grpc::Status& status) {
          status.error_code() != grpc::StatusCode::ABORTED;
 }
 
+namespace {
+
+// Refusals by workers, said at most once per kRefusalLogEvery (with the
+// number not said): under load every call is refused, and one line per
+// call would bury the log.
+constexpr absl::Duration kRefusalLogEvery = absl::Seconds(10);
+ABSL_CONST_INIT absl::Mutex refusal_log_mu(absl::kConstInit);
+absl::Time refusal_logged ABSL_GUARDED_BY(refusal_log_mu) =
+    absl::InfinitePast();
+uint64_t refusals_unlogged ABSL_GUARDED_BY(refusal_log_mu) = 0;
+
+}  // namespace
+
 grpc::Status Gateway::FromWorker(const grpc::Status& status) {
   if (status.error_code() != grpc::StatusCode::UNAUTHENTICATED) return status;
-  std::cerr << "statestream gateway: a worker refused this gateway: "
-            << status.error_message()
-            << " (check --internal-token-file and the worker TLS flags)\n";
+  {
+    absl::MutexLock lock(&refusal_log_mu);
+    const absl::Time now = absl::Now();
+    if (now - refusal_logged >= kRefusalLogEvery) {
+      std::cerr << "statestream gateway: a worker refused this gateway: "
+                << status.error_message()
+                << " (check --internal-token-file and the worker TLS flags)";
+      if (refusals_unlogged > 0) {
+        std::cerr << "; " << refusals_unlogged << " more since the last such "
+                  << "line";
+      }
+      std::cerr << "\n";
+      refusal_logged = now;
+      refusals_unlogged = 0;
+    } else {
+      ++refusals_unlogged;
+    }
+  }
   return ToGrpcStatus(MakeError(
       absl::StatusCode::kInternal, Reason::kInternal,
       "a worker refused this gateway's credentials (the cluster's internal "

@@ -44,7 +44,8 @@ absl::Status SecretFileReloader::Check() {
     std::cerr << "statestream " << options_.who << ": " << options_.flag << ": "
               << what << "\n";
   };
-  absl::StatusOr<std::string> text = ReadFile(path);
+  absl::StatusOr<std::string> text =
+      ReadRegularFile(path, kMaxSecretsFileBytes);
   if (!text.ok()) {
     // Said once: a file being replaced may be missing for a moment, and a
     // deleted one stays so.
@@ -62,7 +63,8 @@ absl::Status SecretFileReloader::Check() {
   if (!digest.empty() && digest == last_digest_) return last_status_;
   if (options_.settle > absl::ZeroDuration()) {
     if (!Sleep(options_.settle)) return absl::CancelledError("stopping");
-    absl::StatusOr<std::string> again = ReadFile(path);
+    absl::StatusOr<std::string> again =
+        ReadRegularFile(path, kMaxSecretsFileBytes);
     if (!again.ok() || Sha256Of(*again) != digest) {
       return absl::UnavailableError(absl::StrCat(
           path, " changed while being read; it is read again next time"));

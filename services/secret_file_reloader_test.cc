@@ -2,6 +2,7 @@
 #include "services/secret_file_reloader.h"
 
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -124,6 +125,15 @@ TEST_F(SecretFileReloaderTest, ABadOrMissingFileKeepsTheKeysInUse) {
   }
   std::remove(path_.c_str());
   EXPECT_EQ(reloader.Check().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(*As(*auth, kOld), "acme");
+  // A FIFO (or a link to /dev/zero) in its place would hang the reread or
+  // fill memory: refused at once.
+  ASSERT_EQ(mkfifo(path_.c_str(), 0600), 0);
+  EXPECT_EQ(reloader.Check().code(), absl::StatusCode::kNotFound);
+  std::remove(path_.c_str());
+  ASSERT_EQ(symlink("/dev/zero", path_.c_str()), 0);
+  EXPECT_EQ(reloader.Check().code(), absl::StatusCode::kNotFound);
+  std::remove(path_.c_str());
   EXPECT_EQ(*As(*auth, kOld), "acme");
   // Fixed: applied.
   Write(std::string(kNew) + " acme\n");

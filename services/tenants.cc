@@ -158,7 +158,8 @@ TenantAuth::TenantAuth(std::map<std::string, std::string> api_keys) {
 }
 
 absl::StatusOr<TenantAuth> TenantAuth::FromFile(const std::string& path) {
-  absl::StatusOr<std::string> text = ReadFile(path);
+  absl::StatusOr<std::string> text =
+      ReadRegularFile(path, kMaxSecretsFileBytes);
   if (!text.ok()) return absl::NotFoundError(text.status().message());
   return FromText(path, *text);
 }
@@ -318,6 +319,9 @@ absl::Status InternalToken::TokenSet::Add(absl::string_view token) {
                      "the internal token cannot be hashed (SHA-256 failed)");
   }
   if (value.empty()) value = std::string(token);
+  for (const auto& held : digests) {
+    if (held == *digest) return absl::OkStatus();  // listed twice
+  }
   digests.push_back(*digest);
   placeholder = placeholder || absl::StartsWith(token, "CHANGE-ME") ||
                 absl::StartsWith(token, "dev-only-insecure");
@@ -344,7 +348,8 @@ absl::StatusOr<InternalToken> InternalToken::FromValue(
 }
 
 absl::StatusOr<InternalToken> InternalToken::FromFile(const std::string& path) {
-  absl::StatusOr<std::string> text = ReadFile(path);
+  absl::StatusOr<std::string> text =
+      ReadRegularFile(path, kMaxSecretsFileBytes);
   if (!text.ok()) return absl::NotFoundError(text.status().message());
   return FromText(path, *text);
 }

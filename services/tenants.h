@@ -199,6 +199,10 @@ struct Credentials {
   std::optional<std::string> tenant_header;  // `x-statestream-tenant`
 };
 
+// The largest API keys or internal token file read (about 300,000 keys):
+// a larger one is refused, not held.
+inline constexpr size_t kMaxSecretsFileBytes = size_t{16} << 20;
+
 // SHA-256 of `data` (32 bytes), or "" if it cannot be computed: to tell
 // whether a secrets file changed without keeping its bytes.
 std::string Sha256Of(absl::string_view data);
@@ -218,7 +222,8 @@ class TenantAuth {
   // bytes without spaces; tenants 1-64 bytes of [a-z0-9_-]; limits 0 (none)
   // to 1000000. A tenant with several tokens shares one set of limits: a
   // limit may be repeated on its lines only with the same value.
-  // INVALID_ARGUMENT naming the line; NOT_FOUND if the file cannot be read.
+  // INVALID_ARGUMENT naming the line; NOT_FOUND if the file cannot be read
+  // (or is no regular file of at most kMaxSecretsFileBytes).
   static absl::StatusOr<TenantAuth> FromFile(const std::string& path);
   // The same from a file's contents; `name` (the path) prefixes errors.
   static absl::StatusOr<TenantAuth> FromText(absl::string_view name,

@@ -157,6 +157,13 @@ TEST(CliTest, BadFlagValuesAreUsageErrors) {
             "--model=m.pth", "--redis-fence-retention=30m"},
            {"serve", "--listen=127.0.0.1:0", "--tls-reload-interval=500ms"},
            {"serve", "--listen=127.0.0.1:0", "--tls-reload-interval=25h"},
+           // Refused with no secrets file given too.
+           {"serve", "--listen=127.0.0.1:0", "--secrets-reload-interval=500ms"},
+           {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
+            "--secrets-reload-interval=-1s"},
+           {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
+            "--model=m.pth", "--secrets-reload-interval=25h"},
+           {"serve", "--listen=127.0.0.1:0", "--api-keys=/dev/zero"},
            {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
             "--model=m.pth", "--worker-id=a b"},
            // A header value gRPC refuses aborted the gateway at its first

@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "common/files.h"
+
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace statestream {
+namespace {
+
+class FilesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char dir[] = "/tmp/ss-files-XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    dir_ = dir;
+  }
+  void TearDown() override {
+    for (const char* name : {"/f", "/fifo", "/big"}) {
+      std::remove((dir_ + name).c_str());
+    }
+    rmdir(dir_.c_str());
+  }
+  std::string dir_;
+};
+
+TEST_F(FilesTest, ReadsAWholeFile) {
+  std::ofstream(dir_ + "/f") << "one\ntwo\n";
+  EXPECT_EQ(*ReadFile(dir_ + "/f"), "one\ntwo\n");
+  EXPECT_EQ(*ReadRegularFile(dir_ + "/f", 8), "one\ntwo\n");
+  EXPECT_EQ(ReadFile(dir_ + "/missing").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_FALSE(ReadFile(dir_).ok());  // a directory is no empty file
+  EXPECT_FALSE(ReadRegularFile(dir_, 8).ok());
+}
+
+// What a running server rereads must not hang it or fill its memory: a
+// FIFO with no writer, an endless device, a file over the bound.
+TEST_F(FilesTest, ARegularFileReadRefusesWhatCouldHangOrFillMemory) {
+  ASSERT_EQ(mkfifo((dir_ + "/fifo").c_str(), 0600), 0);
+  absl::StatusOr<std::string> fifo = ReadRegularFile(dir_ + "/fifo", 1 << 20);
+  EXPECT_EQ(fifo.status().code(), absl::StatusCode::kFailedPrecondition)
+      << fifo.status();
+  EXPECT_NE(fifo.status().message().find("not a regular file"),
+            std::string::npos);
+  EXPECT_EQ(ReadRegularFile("/dev/zero", 1 << 20).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  std::ofstream(dir_ + "/big") << std::string(1025, 'x');
+  absl::StatusOr<std::string> big = ReadRegularFile(dir_ + "/big", 1024);
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(big.status().message().find("larger than 1024 bytes"),
+            std::string::npos);
+  EXPECT_EQ(ReadRegularFile(dir_ + "/big", 1025)->size(), 1025u);
+}
+
+}  // namespace
+}  // namespace statestream
