@@ -124,7 +124,8 @@ int Run(const std::vector<std::string>& args) {
     return ReportUsageError(tenants.status().message());
   }
   options.auth = tenants->auth;
-  absl::StatusOr<InternalTokenSetup> internal_token = InternalTokenFromFlags();
+  absl::StatusOr<InternalTokenSetup> internal_token =
+      InternalTokenFromFlags("gateway");
   if (!internal_token.ok()) {
     return ReportUsageError(internal_token.status().message());
   }

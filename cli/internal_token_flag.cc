@@ -11,7 +11,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "cli/tenant_flags.h"
-#include "common/files.h"
 
 ABSL_FLAG(std::string, internal_token_file, "",
           "File holding the secret (16-256 printable ASCII bytes, no spaces; "
@@ -26,19 +25,17 @@ namespace statestream::cli {
 
 const char kInternalTokenFlagFile[] = __FILE__;
 
-absl::StatusOr<InternalTokenSetup> InternalTokenFromFlags() {
+absl::StatusOr<InternalTokenSetup> InternalTokenFromFlags(const char* command) {
   InternalTokenSetup setup;
   // Checked whether or not a file is given: a bad value is a mistake.
   absl::StatusOr<absl::Duration> reload = SecretsReloadIntervalFromFlag();
   if (!reload.ok()) return reload.status();
   setup.path = absl::GetFlag(FLAGS_internal_token_file);
   if (setup.path.empty()) return setup;
-  absl::StatusOr<std::string> text =
-      ReadRegularFile(setup.path, kMaxSecretsFileBytes);
-  if (!text.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--internal-token-file: ", text.status().message()));
-  }
+  bool rereadable = false;
+  absl::StatusOr<std::string> text = ReadSecretsFileAtStart(
+      setup.path, "--internal-token-file", command, *reload, &rereadable);
+  if (!text.ok()) return text.status();
   setup.digest = Sha256Of(*text);
   auto token = InternalToken::FromText(setup.path, *text);
   if (!token.ok()) {
@@ -51,7 +48,7 @@ absl::StatusOr<InternalTokenSetup> InternalTokenFromFlags() {
                  "has read them can act as a gateway; replace it\n";
   }
   setup.token = *std::move(token);
-  setup.reload_interval = *reload;
+  if (rereadable) setup.reload_interval = *reload;
   return setup;
 }
 

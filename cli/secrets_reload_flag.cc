@@ -2,10 +2,16 @@
 // --secrets-reload-interval, shared by `gateway`, `worker` and `serve`
 // (declared in cli/tenant_flags.h): how often the secrets files each reads
 // (--api-keys, --internal-token-file) are reread.
+#include <sys/stat.h>
+
+#include <iostream>
+#include <string>
+
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "cli/tenant_flags.h"
+#include "common/files.h"
 
 ABSL_FLAG(absl::Duration, secrets_reload_interval, absl::Minutes(1),
           "How often --api-keys and --internal-token-file are reread (1s to "
@@ -30,6 +36,27 @@ absl::StatusOr<absl::Duration> SecretsReloadIntervalFromFlag() {
                      ": 0 (read once) or 1s to 24h"));
   }
   return absl::Trunc(reload, absl::Seconds(1));
+}
+
+absl::StatusOr<std::string> ReadSecretsFileAtStart(const std::string& path,
+                                                   const char* flag,
+                                                   const char* command,
+                                                   absl::Duration reload,
+                                                   bool* rereadable) {
+  struct stat st;
+  *rereadable = ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+  absl::StatusOr<std::string> text =
+      *rereadable ? ReadRegularFile(path, kMaxSecretsFileBytes)
+                  : ReadFileUpTo(path, kMaxSecretsFileBytes);
+  if (!text.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": ", text.status().message()));
+  }
+  if (!*rereadable && reload > absl::ZeroDuration()) {
+    std::cerr << "statestream " << command << ": " << flag << ": " << path
+              << " is not a regular file: read once, not reread\n";
+  }
+  return text;
 }
 
 }  // namespace statestream::cli

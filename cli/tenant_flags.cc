@@ -8,7 +8,6 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "common/files.h"
 
 ABSL_FLAG(std::string, api_keys, "",
           "File of \"TOKEN TENANT [max_sessions=N] [max_streams=N]\" lines. "
@@ -38,12 +37,10 @@ absl::StatusOr<TenantSetup> TenantSetupFromFlags(const char* command) {
   const std::string keys = absl::GetFlag(FLAGS_api_keys);
   if (!keys.empty()) {
     setup.keys_path = keys;
-    absl::StatusOr<std::string> text =
-        ReadRegularFile(keys, kMaxSecretsFileBytes);
-    if (!text.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--api-keys: ", text.status().message()));
-    }
+    bool rereadable = false;
+    absl::StatusOr<std::string> text = ReadSecretsFileAtStart(
+        keys, "--api-keys", command, *reload, &rereadable);
+    if (!text.ok()) return text.status();
     setup.keys_digest = Sha256Of(*text);
     auto auth = TenantAuth::FromText(keys, *text);
     if (!auth.ok()) {
@@ -51,7 +48,7 @@ absl::StatusOr<TenantSetup> TenantSetupFromFlags(const char* command) {
           absl::StrCat("--api-keys: ", auth.status().message()));
     }
     setup.auth = *std::move(auth);
-    setup.reload_interval = *reload;
+    if (rereadable) setup.reload_interval = *reload;
   } else {
     std::cerr << "statestream " << command
               << ": WARNING: no --api-keys: running UNAUTHENTICATED; any "

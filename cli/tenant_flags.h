@@ -66,10 +66,10 @@ struct InternalTokenSetup {
   std::string digest;
   absl::Duration reload_interval = absl::ZeroDuration();
 };
-// --internal-token-file's token (warning on stderr when it holds the
-// example manifests' placeholder) and --secrets-reload-interval.
+// --internal-token-file's token (warning on stderr, as `command`, when it
+// holds the example manifests' placeholder) and --secrets-reload-interval.
 // INVALID_ARGUMENT naming the flag (never echoing the token).
-absl::StatusOr<InternalTokenSetup> InternalTokenFromFlags();
+absl::StatusOr<InternalTokenSetup> InternalTokenFromFlags(const char* command);
 // What keeps `setup.token` (every copy) in step with its file while it
 // lives; null when there is none or it is read once.
 std::shared_ptr<SecretFileReloader> StartInternalTokenReloader(
@@ -80,6 +80,16 @@ extern const char kSecretsReloadFlagFile[];
 // --secrets-reload-interval: 0 (read once) or 1s to 24h, in whole
 // seconds. INVALID_ARGUMENT naming the flag.
 absl::StatusOr<absl::Duration> SecretsReloadIntervalFromFlag();
+// The secrets file `path` (given as `flag`) at start: a regular file, which
+// can be reread (`*rereadable`), or anything else (a pipe: `<(vault ...)`,
+// /dev/stdin) read whole once, which cannot (said on stderr as `command`
+// when `reload` is on). At most kMaxSecretsFileBytes. INVALID_ARGUMENT
+// naming the flag.
+absl::StatusOr<std::string> ReadSecretsFileAtStart(const std::string& path,
+                                                   const char* flag,
+                                                   const char* command,
+                                                   absl::Duration reload,
+                                                   bool* rereadable);
 
 }  // namespace statestream::cli
 

@@ -180,7 +180,8 @@ int Run(const std::vector<std::string>& args) {
     return ReportUsageError(metrics_listen.status().message());
   }
   options.metrics_listen = *std::move(metrics_listen);
-  absl::StatusOr<InternalTokenSetup> internal_token = InternalTokenFromFlags();
+  absl::StatusOr<InternalTokenSetup> internal_token =
+      InternalTokenFromFlags("worker");
   if (!internal_token.ok()) {
     return ReportUsageError(internal_token.status().message());
   }

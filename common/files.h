@@ -26,6 +26,10 @@ absl::StatusOr<std::string> ReadStdin();
 // FAILED_PRECONDITION "cannot read PATH: ..."; errno's code otherwise.
 absl::StatusOr<std::string> ReadRegularFile(const std::string& path,
                                             size_t max_bytes);
+// ReadFile of at most `max_bytes`, of any kind (a pipe, /dev/stdin): a
+// larger one is FAILED_PRECONDITION. May wait for a FIFO's writer.
+absl::StatusOr<std::string> ReadFileUpTo(const std::string& path,
+                                         size_t max_bytes);
 
 }  // namespace statestream
 

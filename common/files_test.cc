@@ -57,6 +57,12 @@ TEST_F(FilesTest, ARegularFileReadRefusesWhatCouldHangOrFillMemory) {
   EXPECT_NE(big.status().message().find("larger than 1024 bytes"),
             std::string::npos);
   EXPECT_EQ(ReadRegularFile(dir_ + "/big", 1025)->size(), 1025u);
+  // Any kind of file, bounded.
+  EXPECT_EQ(ReadFileUpTo(dir_ + "/big", 1024).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ReadFileUpTo("/dev/zero", 1 << 16).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(*ReadFileUpTo("/dev/null", 16), "");
 }
 
 }  // namespace

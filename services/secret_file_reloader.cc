@@ -15,14 +15,18 @@ namespace statestream {
 
 SecretFileReloader::SecretFileReloader(SecretFileOptions options,
                                        SecretFileApply apply)
-    : options_(std::move(options)), apply_(std::move(apply)) {
+    : options_(std::move(options)),
+      apply_(std::move(apply)),
+      stats_(std::make_shared<StatsCell>()) {
   {
     absl::MutexLock lock(&check_mu_);
     last_digest_ = options_.loaded_digest;
+    applied_digest_ = options_.loaded_digest;
   }
+  stats_->flag = std::string(absl::StripPrefix(options_.flag, "--"));
   {
-    absl::MutexLock lock(&stats_mu_);
-    stats_.last_applied = absl::Now();
+    absl::MutexLock lock(&stats_->mu);
+    stats_->stats.last_applied = absl::Now();
   }
   if (options_.interval > absl::ZeroDuration()) {
     thread_ = std::thread([this] { Loop(); });
@@ -44,8 +48,11 @@ absl::Status SecretFileReloader::Check() {
     std::cerr << "statestream " << options_.who << ": " << options_.flag << ": "
               << what << "\n";
   };
-  absl::StatusOr<std::string> text =
-      ReadRegularFile(path, kMaxSecretsFileBytes);
+  auto read = [this, &path] {
+    return options_.read ? options_.read(path)
+                         : ReadRegularFile(path, kMaxSecretsFileBytes);
+  };
+  absl::StatusOr<std::string> text = read();
   if (!text.ok()) {
     // Said once: a file being replaced may be missing for a moment, and a
     // deleted one stays so.
@@ -61,10 +68,17 @@ absl::Status SecretFileReloader::Check() {
   }
   const std::string digest = Sha256Of(*text);
   if (!digest.empty() && digest == last_digest_) return last_status_;
+  if (!digest.empty() && digest == applied_digest_) {
+    // Back to the version in use (after an unreadable spell, or a refused
+    // version undone): nothing to apply.
+    last_digest_ = digest;
+    last_status_ = absl::OkStatus();
+    SetCurrent();
+    return last_status_;
+  }
   if (options_.settle > absl::ZeroDuration()) {
     if (!Sleep(options_.settle)) return absl::CancelledError("stopping");
-    absl::StatusOr<std::string> again =
-        ReadRegularFile(path, kMaxSecretsFileBytes);
+    absl::StatusOr<std::string> again = read();
     if (!again.ok() || Sha256Of(*again) != digest) {
       return absl::UnavailableError(absl::StrCat(
           path, " changed while being read; it is read again next time"));
@@ -81,43 +95,50 @@ absl::Status SecretFileReloader::Check() {
     return last_status_;
   }
   say(absl::StrCat(path, " reread: ", *applied));
+  applied_digest_ = digest;
   Count(true);
   last_status_ = absl::OkStatus();
   return last_status_;
 }
 
 void SecretFileReloader::Count(bool applied) {
-  absl::MutexLock lock(&stats_mu_);
-  stats_.current = applied;
+  absl::MutexLock lock(&stats_->mu);
+  Stats& stats = stats_->stats;
+  stats.current = applied;
   if (applied) {
-    ++stats_.applied;
-    stats_.last_applied = absl::Now();
+    ++stats.applied;
+    stats.last_applied = absl::Now();
   } else {
-    ++stats_.refused;
+    ++stats.refused;
   }
 }
 
+void SecretFileReloader::SetCurrent() {
+  absl::MutexLock lock(&stats_->mu);
+  stats_->stats.current = true;
+}
+
 SecretFileReloader::Stats SecretFileReloader::stats() const {
-  absl::MutexLock lock(&stats_mu_);
-  return stats_;
+  absl::MutexLock lock(&stats_->mu);
+  return stats_->stats;
 }
 
 void SecretFileMetrics::Add(
     const std::shared_ptr<SecretFileReloader>& reloader) {
   if (reloader == nullptr) return;
   absl::MutexLock lock(&mu_);
-  reloaders_.push_back(reloader);
+  files_.push_back(reloader->stats_);
 }
 
 std::string SecretFileMetrics::Render() const {
   std::vector<std::pair<std::string, SecretFileReloader::Stats>> files;
   {
     absl::MutexLock lock(&mu_);
-    for (const std::weak_ptr<SecretFileReloader>& weak : reloaders_) {
-      if (std::shared_ptr<SecretFileReloader> reloader = weak.lock()) {
-        files.emplace_back(
-            std::string(absl::StripPrefix(reloader->options().flag, "--")),
-            reloader->stats());
+    for (const auto& weak : files_) {
+      if (std::shared_ptr<const SecretFileReloader::StatsCell> file =
+              weak.lock()) {
+        absl::MutexLock file_lock(&file->mu);
+        files.emplace_back(file->flag, file->stats);
       }
     }
   }

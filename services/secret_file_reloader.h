@@ -36,6 +36,9 @@ struct SecretFileOptions {
   absl::Duration settle = absl::Seconds(1);
   // Names the process on stderr ("gateway").
   std::string who = "statestream";
+  // Reads the file (tests stand in for a file changing between reads);
+  // default: ReadRegularFile, at most kMaxSecretsFileBytes.
+  std::function<absl::StatusOr<std::string>(const std::string& path)> read;
 };
 
 // Puts a changed file's bytes in use: what is now in use, for stderr
@@ -71,11 +74,22 @@ class SecretFileReloader {
     absl::Time last_applied;  // start, or when the version in use was read
   };
   Stats stats() const;
-  const SecretFileOptions& options() const { return options_; }
 
  private:
+  friend class SecretFileMetrics;
+  // What /metrics reads: shared with SecretFileMetrics, which must not
+  // keep the reloader (and what its apply holds) alive.
+  struct StatsCell {
+    std::string flag;  // without its dashes
+    mutable absl::Mutex mu;
+    Stats stats ABSL_GUARDED_BY(mu);
+  };
+
   void Loop();
+  // Records a version applied (true) or refused; `current`: whether the
+  // version in use is the file's current one.
   void Count(bool applied);
+  void SetCurrent();
   // Waits `d` unless stopped first; false if stopped.
   bool Sleep(absl::Duration d);
 
@@ -86,8 +100,11 @@ class SecretFileReloader {
   // the outcome; "" after a failed read.
   std::string last_digest_ ABSL_GUARDED_BY(check_mu_);
   absl::Status last_status_ ABSL_GUARDED_BY(check_mu_);
-  mutable absl::Mutex stats_mu_;  // not check_mu_: a Check may wait
-  Stats stats_ ABSL_GUARDED_BY(stats_mu_);
+  // The digest of the version in use: found again after an unreadable
+  // spell, it is not applied (nor counted) again.
+  std::string applied_digest_ ABSL_GUARDED_BY(check_mu_);
+  // Not under check_mu_: a Check may wait.
+  const std::shared_ptr<StatsCell> stats_;
   absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
@@ -96,8 +113,8 @@ class SecretFileReloader {
 // The reloaders' state for a process's /metrics:
 // statestream_secrets_file_current{flag}, statestream_secrets_reloads_total
 // {flag,result} and statestream_secrets_last_applied_timestamp_seconds
-// {flag}. Holds them weakly (a reloader ends with its services).
-// Thread-safe.
+// {flag}. Holds only their counters, weakly (a reloader ends with its
+// services). Thread-safe.
 class SecretFileMetrics {
  public:
   void Add(const std::shared_ptr<SecretFileReloader>& reloader);  // null: none
@@ -105,7 +122,7 @@ class SecretFileMetrics {
 
  private:
   mutable absl::Mutex mu_;
-  std::vector<std::weak_ptr<SecretFileReloader>> reloaders_
+  std::vector<std::weak_ptr<const SecretFileReloader::StatsCell>> files_
       ABSL_GUARDED_BY(mu_);
 };
 

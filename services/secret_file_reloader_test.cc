@@ -11,7 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <thread>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/time/clock.h"
@@ -172,19 +172,25 @@ TEST_F(SecretFileReloaderTest, AFileThatChangesWhileReadIsNotApplied) {
   Write(first);
   auto auth = TenantAuth::FromFile(path_);
   ASSERT_TRUE(auth.ok()) << auth.status();
-  SecretFileReloader reloader(
-      Options(first, absl::ZeroDuration(), absl::Milliseconds(500)),
-      ApplyApiKeys(path_, *auth, nullptr));
-  Write(std::string(kNew) + " acme\n" + kOld + " acme\n");  // half of it
-  std::thread writer([this] {
-    absl::SleepFor(absl::Milliseconds(100));
-    Write(std::string(kNew) + " acme-prod\n" + kOld + " acme\n");
-  });
+  // What the reads find: the new file half-written (its second line cut
+  // at "acme"), then whole, then whole again.
+  const std::string whole =
+      std::string(kOld) + " acme\n" + kNew + " acme-prod\n";
+  std::vector<std::string> reads = {whole.substr(0, whole.size() - 6), whole,
+                                    whole, whole};
+  size_t next = 0;
+  SecretFileOptions options =
+      Options(first, absl::ZeroDuration(), absl::Milliseconds(1));
+  options.read = [&](const std::string&) -> absl::StatusOr<std::string> {
+    return reads.at(next++);
+  };
+  SecretFileReloader reloader(std::move(options),
+                              ApplyApiKeys(path_, *auth, nullptr));
   const absl::Status caught = reloader.Check();
-  writer.join();
   EXPECT_EQ(caught.code(), absl::StatusCode::kUnavailable) << caught;
   EXPECT_FALSE(As(*auth, kNew).ok());
   ASSERT_TRUE(reloader.Check().ok());
+  EXPECT_EQ(next, 4u);
   EXPECT_EQ(*As(*auth, kNew), "acme-prod");
 }
 
@@ -269,6 +275,17 @@ TEST_F(SecretFileReloaderTest, MetricsSayWhetherTheFileIsInUse) {
   EXPECT_TRUE(
       has("statestream_secrets_reloads_total{flag=\"api-keys\","
           "result=\"refused\"} 1"));
+  Write(std::string(kNew) + " acme\n");
+  EXPECT_TRUE(reloader->Check().ok());
+  EXPECT_TRUE(has("statestream_secrets_file_current{flag=\"api-keys\"} 1"));
+  EXPECT_TRUE(
+      has("statestream_secrets_reloads_total{flag=\"api-keys\","
+          "result=\"applied\"} 1"));
+  // Unreadable for a while, then back as it was: in use again, not one
+  // more version applied.
+  std::remove(path_.c_str());
+  EXPECT_FALSE(reloader->Check().ok());
+  EXPECT_TRUE(has("statestream_secrets_file_current{flag=\"api-keys\"} 0"));
   Write(std::string(kNew) + " acme\n");
   EXPECT_TRUE(reloader->Check().ok());
   EXPECT_TRUE(has("statestream_secrets_file_current{flag=\"api-keys\"} 1"));

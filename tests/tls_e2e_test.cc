@@ -467,8 +467,9 @@ TEST_F(TlsTest, InternalTokenRotatesWithoutRestarts) {
   write("gateway.token", new_token + "\n" + old_token + "\n");
   absl::Status served = wait_for(absl::StatusCode::kOk);
   EXPECT_TRUE(served.ok()) << served;
-  EXPECT_NE(processes_.front()->Log().find("--internal-token-file"),
-            std::string::npos)
+  const std::string reread =
+      "--internal-token-file: " + Path("worker.token") + " reread";
+  EXPECT_NE(processes_.front()->Log().find(reread), std::string::npos)
       << processes_.front()->Log();
 }
 
