@@ -10,6 +10,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "cli/server_flags.h"
 #include "cli/tenant_flags.h"
 #include "common/files.h"
 
@@ -27,15 +28,8 @@ namespace statestream::cli {
 const char kSecretsReloadFlagFile[] = __FILE__;
 
 absl::StatusOr<absl::Duration> SecretsReloadIntervalFromFlag() {
-  const absl::Duration reload = absl::GetFlag(FLAGS_secrets_reload_interval);
-  if (reload < absl::ZeroDuration() ||
-      (reload > absl::ZeroDuration() && reload < absl::Seconds(1)) ||
-      reload > absl::Hours(24)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--secrets-reload-interval=", absl::FormatDuration(reload),
-                     ": 0 (read once) or 1s to 24h"));
-  }
-  return absl::Trunc(reload, absl::Seconds(1));
+  return ReloadInterval("--secrets-reload-interval",
+                        absl::GetFlag(FLAGS_secrets_reload_interval));
 }
 
 absl::StatusOr<std::string> ReadSecretsFileAtStart(const std::string& path,

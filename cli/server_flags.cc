@@ -112,15 +112,21 @@ absl::StatusOr<ServerTlsOptions> ServerTlsFromFlags() {
   return tls;
 }
 
-absl::StatusOr<absl::Duration> TlsReloadIntervalFromFlag() {
-  const absl::Duration reload = absl::GetFlag(FLAGS_tls_reload_interval);
-  if (reload < absl::ZeroDuration() ||
-      (reload > absl::ZeroDuration() && reload < absl::Seconds(1)) ||
-      reload > absl::Hours(24)) {
+absl::StatusOr<absl::Duration> ReloadInterval(const char* flag,
+                                              absl::Duration value) {
+  if (value < absl::ZeroDuration() ||
+      (value > absl::ZeroDuration() && value < absl::Seconds(1)) ||
+      value > absl::Hours(24)) {
     return absl::InvalidArgumentError(
-        "--tls-reload-interval: 0 (read once) or 1s to 24h");
+        absl::StrCat(flag, "=", absl::FormatDuration(value),
+                     ": 0 (read once) or 1s to 24h"));
   }
-  return reload;
+  return absl::Trunc(value, absl::Seconds(1));
+}
+
+absl::StatusOr<absl::Duration> TlsReloadIntervalFromFlag() {
+  return ReloadInterval("--tls-reload-interval",
+                        absl::GetFlag(FLAGS_tls_reload_interval));
 }
 
 bool ClientCertificatesRequired() {

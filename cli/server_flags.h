@@ -38,6 +38,10 @@ absl::StatusOr<ServerTlsOptions> ServerTlsFromFlags();
 // --tls-reload-interval (also the gateway's --worker-tls-* files):
 // INVALID_ARGUMENT unless 0 or at least 1s.
 absl::StatusOr<absl::Duration> TlsReloadIntervalFromFlag();
+// A reread interval flag's `value`: 0 (read once) or 1s to 24h, in whole
+// seconds (truncated). INVALID_ARGUMENT naming the flag and the value.
+absl::StatusOr<absl::Duration> ReloadInterval(const char* flag,
+                                              absl::Duration value);
 // Whether --tls-client-ca is set (callers must hold a client certificate).
 bool ClientCertificatesRequired();
 
