@@ -30,14 +30,12 @@ absl::StatusOr<InternalTokenSetup> InternalTokenFromFlags(const char* command) {
   // Checked whether or not a file is given: a bad value is a mistake.
   absl::StatusOr<absl::Duration> reload = SecretsReloadIntervalFromFlag();
   if (!reload.ok()) return reload.status();
-  setup.path = absl::GetFlag(FLAGS_internal_token_file);
-  if (setup.path.empty()) return setup;
-  bool rereadable = false;
+  const std::string path = absl::GetFlag(FLAGS_internal_token_file);
+  if (path.empty()) return setup;
   absl::StatusOr<std::string> text = ReadSecretsFileAtStart(
-      setup.path, "--internal-token-file", command, *reload, &rereadable);
+      path, "--internal-token-file", command, *reload, &setup.file);
   if (!text.ok()) return text.status();
-  setup.digest = Sha256Of(*text);
-  auto token = InternalToken::FromText(setup.path, *text);
+  auto token = InternalToken::FromText(path, *text);
   if (!token.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("--internal-token-file: ", token.status().message()));
@@ -48,23 +46,13 @@ absl::StatusOr<InternalTokenSetup> InternalTokenFromFlags(const char* command) {
                  "has read them can act as a gateway; replace it\n";
   }
   setup.token = *std::move(token);
-  if (rereadable) setup.reload_interval = *reload;
   return setup;
 }
 
 std::shared_ptr<SecretFileReloader> StartInternalTokenReloader(
     const InternalTokenSetup& setup, const char* command) {
-  if (setup.path.empty() || setup.reload_interval <= absl::ZeroDuration()) {
-    return nullptr;
-  }
-  SecretFileOptions options;
-  options.path = setup.path;
-  options.flag = "--internal-token-file";
-  options.interval = setup.reload_interval;
-  options.loaded_digest = setup.digest;
-  options.who = command;
-  return std::make_shared<SecretFileReloader>(
-      std::move(options), ApplyInternalToken(setup.path, setup.token));
+  return StartSecretsReloader(setup.file, command,
+                              ApplyInternalToken(setup.file.path, setup.token));
 }
 
 }  // namespace statestream::cli

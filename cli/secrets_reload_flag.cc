@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 
 #include <iostream>
+#include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
@@ -36,21 +38,38 @@ absl::StatusOr<std::string> ReadSecretsFileAtStart(const std::string& path,
                                                    const char* flag,
                                                    const char* command,
                                                    absl::Duration reload,
-                                                   bool* rereadable) {
+                                                   SecretsFile* file) {
   struct stat st;
-  *rereadable = ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+  const bool regular = ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
   absl::StatusOr<std::string> text =
-      *rereadable ? ReadRegularFile(path, kMaxSecretsFileBytes)
-                  : ReadFileUpTo(path, kMaxSecretsFileBytes);
+      regular ? ReadRegularFile(path, kMaxSecretsFileBytes)
+              : ReadFileUpTo(path, kMaxSecretsFileBytes);
   if (!text.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat(flag, ": ", text.status().message()));
   }
-  if (!*rereadable && reload > absl::ZeroDuration()) {
+  if (!regular && reload > absl::ZeroDuration()) {
     std::cerr << "statestream " << command << ": " << flag << ": " << path
               << " is not a regular file: read once, not reread\n";
   }
+  file->path = path;
+  file->flag = flag;
+  file->digest = Sha256Of(*text);
+  file->reload_interval = regular ? reload : absl::ZeroDuration();
   return text;
+}
+
+std::shared_ptr<SecretFileReloader> StartSecretsReloader(
+    const SecretsFile& file, const char* command, SecretFileApply apply) {
+  if (!file.reloads()) return nullptr;
+  SecretFileOptions options;
+  options.path = file.path;
+  options.flag = file.flag;
+  options.interval = file.reload_interval;
+  options.loaded_digest = file.digest;
+  options.who = command;
+  return std::make_shared<SecretFileReloader>(std::move(options),
+                                              std::move(apply));
 }
 
 }  // namespace statestream::cli

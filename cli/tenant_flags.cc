@@ -36,19 +36,15 @@ absl::StatusOr<TenantSetup> TenantSetupFromFlags(const char* command) {
   if (!reload.ok()) return reload.status();
   const std::string keys = absl::GetFlag(FLAGS_api_keys);
   if (!keys.empty()) {
-    setup.keys_path = keys;
-    bool rereadable = false;
     absl::StatusOr<std::string> text = ReadSecretsFileAtStart(
-        keys, "--api-keys", command, *reload, &rereadable);
+        keys, "--api-keys", command, *reload, &setup.keys);
     if (!text.ok()) return text.status();
-    setup.keys_digest = Sha256Of(*text);
     auto auth = TenantAuth::FromText(keys, *text);
     if (!auth.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("--api-keys: ", auth.status().message()));
     }
     setup.auth = *std::move(auth);
-    if (rereadable) setup.reload_interval = *reload;
   } else {
     std::cerr << "statestream " << command
               << ": WARNING: no --api-keys: running UNAUTHENTICATED; any "
@@ -70,16 +66,10 @@ std::shared_ptr<SecretFileReloader> StartApiKeysReloader(
     const TenantSetup& setup, std::shared_ptr<TenantLimits> limits,
     const char* command,
     std::function<absl::Status(const TenantAuth&)> validate) {
-  if (!setup.reloads()) return nullptr;
-  SecretFileOptions options;
-  options.path = setup.keys_path;
-  options.flag = "--api-keys";
-  options.interval = setup.reload_interval;
-  options.loaded_digest = setup.keys_digest;
-  options.who = command;
-  return std::make_shared<SecretFileReloader>(
-      std::move(options), ApplyApiKeys(setup.keys_path, setup.auth,
-                                       std::move(limits), std::move(validate)));
+  return StartSecretsReloader(
+      setup.keys, command,
+      ApplyApiKeys(setup.keys.path, setup.auth, std::move(limits),
+                   std::move(validate)));
 }
 
 }  // namespace statestream::cli

@@ -21,23 +21,32 @@ namespace statestream::cli {
 // __FILE__ of cli/tenant_flags.cc, for Command::flag_files.
 extern const char kTenantFlagsFile[];
 
+// A secrets file as read at start (ReadSecretsFileAtStart): what a
+// SecretFileReloader needs to reread it.
+struct SecretsFile {
+  std::string path;       // "" when its flag is unset
+  const char* flag = "";  // "--api-keys"
+  // Sha256Of what it held at start (never its bytes: they hold tokens).
+  std::string digest;
+  // --secrets-reload-interval, or 0 (read once) for a file that is no
+  // regular file.
+  absl::Duration reload_interval = absl::ZeroDuration();
+
+  bool reloads() const {
+    return !path.empty() && reload_interval > absl::ZeroDuration();
+  }
+};
+
 struct TenantSetup {
   TenantAuth auth;  // development mode without --api-keys
   // The flags' defaults with the keys file's per-tenant overrides.
   TenantLimitsOptions limits;
-  // --api-keys, the digest of what it held at start (Sha256Of: the bytes
-  // hold the tokens), and --secrets-reload-interval (0: read once).
-  std::string keys_path;
-  std::string keys_digest;
-  absl::Duration reload_interval = absl::ZeroDuration();
+  SecretsFile keys;  // --api-keys
 
   // The keys file is reread while running: the limits it sets may change,
   // so a TenantLimits is needed even when none is set now.
-  bool reloads() const {
-    return !keys_path.empty() && reload_interval > absl::ZeroDuration();
-  }
   bool NeedsLimits() const {
-    return reloads() || limits.LimitsSessions() || limits.LimitsStreams();
+    return keys.reloads() || limits.LimitsSessions() || limits.LimitsStreams();
   }
 };
 
@@ -47,7 +56,8 @@ struct TenantSetup {
 absl::StatusOr<TenantSetup> TenantSetupFromFlags(const char* command);
 
 // What keeps `setup.auth` (every copy) and `limits` (may be null) in step
-// with the keys file while it lives; null when setup.reloads() is false.
+// with the keys file while it lives; null when setup.keys.reloads() is
+// false.
 // `validate` (may be empty): what `command` needs of a reread file, as it
 // checked the first at start.
 std::shared_ptr<SecretFileReloader> StartApiKeysReloader(
@@ -60,11 +70,7 @@ extern const char kInternalTokenFlagFile[];
 
 struct InternalTokenSetup {
   InternalToken token;  // none when --internal-token-file is unset
-  // The file, the digest of what it held at start, and
-  // --secrets-reload-interval (0: read once).
-  std::string path;
-  std::string digest;
-  absl::Duration reload_interval = absl::ZeroDuration();
+  SecretsFile file;     // --internal-token-file
 };
 // --internal-token-file's token (warning on stderr, as `command`, when it
 // holds the example manifests' placeholder) and --secrets-reload-interval.
@@ -80,16 +86,20 @@ extern const char kSecretsReloadFlagFile[];
 // --secrets-reload-interval: 0 (read once) or 1s to 24h, in whole
 // seconds. INVALID_ARGUMENT naming the flag.
 absl::StatusOr<absl::Duration> SecretsReloadIntervalFromFlag();
-// The secrets file `path` (given as `flag`) at start: a regular file, which
-// can be reread (`*rereadable`), or anything else (a pipe: `<(vault ...)`,
-// /dev/stdin) read whole once, which cannot (said on stderr as `command`
-// when `reload` is on). At most kMaxSecretsFileBytes. INVALID_ARGUMENT
-// naming the flag.
+// The secrets file `path` (given as `flag`) at start, its bytes, and in
+// `*file` how to reread it: a regular file is reread every `reload`;
+// anything else (a pipe: `<(vault ...)`, /dev/stdin) is read whole once
+// (said on stderr as `command` when `reload` is on). At most
+// kMaxSecretsFileBytes. INVALID_ARGUMENT naming the flag.
 absl::StatusOr<std::string> ReadSecretsFileAtStart(const std::string& path,
                                                    const char* flag,
                                                    const char* command,
                                                    absl::Duration reload,
-                                                   bool* rereadable);
+                                                   SecretsFile* file);
+// What rereads `file` into `apply` while it lives, saying so on stderr as
+// `command`; null when the file is read once (or there is none).
+std::shared_ptr<SecretFileReloader> StartSecretsReloader(
+    const SecretsFile& file, const char* command, SecretFileApply apply);
 
 }  // namespace statestream::cli
 

@@ -118,11 +118,6 @@ void SecretFileReloader::SetCurrent() {
   stats_->stats.current = true;
 }
 
-SecretFileReloader::Stats SecretFileReloader::stats() const {
-  absl::MutexLock lock(&stats_->mu);
-  return stats_->stats;
-}
-
 void SecretFileMetrics::Add(
     const std::shared_ptr<SecretFileReloader>& reloader) {
   if (reloader == nullptr) return;

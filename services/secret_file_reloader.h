@@ -73,7 +73,6 @@ class SecretFileReloader {
     bool current = true;
     absl::Time last_applied;  // start, or when the version in use was read
   };
-  Stats stats() const;
 
  private:
   friend class SecretFileMetrics;
