@@ -1,14 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "common/files.h"
 
-#include <stdlib.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
 #include <string>
 
+#include "common/testing/scratch_dir.h"
 #include "gtest/gtest.h"
 
 namespace statestream {
@@ -16,18 +15,8 @@ namespace {
 
 class FilesTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char dir[] = "/tmp/ss-files-XXXXXX";
-    ASSERT_NE(mkdtemp(dir), nullptr);
-    dir_ = dir;
-  }
-  void TearDown() override {
-    for (const char* name : {"/f", "/fifo", "/big"}) {
-      std::remove((dir_ + name).c_str());
-    }
-    rmdir(dir_.c_str());
-  }
-  std::string dir_;
+  testing::ScratchDir scratch_{"ss-files"};
+  const std::string dir_ = scratch_.path();
 };
 
 TEST_F(FilesTest, ReadsAWholeFile) {

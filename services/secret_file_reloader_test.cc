@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "services/secret_file_reloader.h"
 
-#include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -16,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
+#include "common/testing/scratch_dir.h"
 #include "gtest/gtest.h"
 #include "services/tenants.h"
 
@@ -27,16 +27,6 @@ constexpr char kNew[] = "new-key-0123456789abcdef";
 
 class SecretFileReloaderTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char dir[] = "/tmp/ss-api-keys-XXXXXX";
-    ASSERT_NE(mkdtemp(dir), nullptr);
-    dir_ = dir;
-    path_ = dir_ + "/keys.txt";
-  }
-  void TearDown() override {
-    std::remove(path_.c_str());
-    rmdir(dir_.c_str());
-  }
   // Replaced the way a Kubernetes Secret volume does: a new file renamed
   // over the old, so a reader sees one or the other whole.
   void Write(const std::string& text) {
@@ -63,7 +53,8 @@ class SecretFileReloaderTest : public ::testing::Test {
     return options;
   }
 
-  std::string dir_, path_;
+  testing::ScratchDir dir_{"ss-secrets"};
+  const std::string path_ = dir_.File("keys.txt");
 };
 
 TEST_F(SecretFileReloaderTest, AddedAndRevokedKeysTakeEffectInEveryCopy) {
