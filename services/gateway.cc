@@ -441,11 +441,17 @@ grpc::Status Gateway::GaveUp(const grpc::Status& last) {
 
 absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> HoldStreamSlot(
     Gateway* gateway, const grpc::CallbackServerContext& ctx) {
-  TenantLimits* limits = gateway->options().limits.get();
-  if (limits == nullptr) return nullptr;
+  if (gateway->options().limits == nullptr) return nullptr;
   auto tenant = gateway->Tenant(ctx);
   if (!tenant.ok()) return tenant.status();
-  auto slot = limits->AcquireStream(*tenant);
+  return HoldStreamSlot(gateway, *tenant);
+}
+
+absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> HoldStreamSlot(
+    Gateway* gateway, const std::string& tenant) {
+  TenantLimits* limits = gateway->options().limits.get();
+  if (limits == nullptr) return nullptr;
+  auto slot = limits->AcquireStream(tenant);
   if (!slot.ok()) return slot.status();
   return std::make_shared<TenantLimits::StreamSlot>(*std::move(slot));
 }

@@ -369,6 +369,9 @@ grpc::ServerUnaryReactor* ForwardUnary(Gateway* gateway,
 // otherwise.
 absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> HoldStreamSlot(
     Gateway* gateway, const grpc::CallbackServerContext& ctx);
+// The same for a caller already authenticated as `tenant`.
+absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> HoldStreamSlot(
+    Gateway* gateway, const std::string& tenant);
 
 // The models of all ready workers merged by (model_id, fingerprint),
 // ordered by model_id (gateway_models.cc).

@@ -247,11 +247,11 @@ class SessionsService final : public v1::Sessions::CallbackService {
       reader->Release();
       return reader;
     }
-    const bool spawned = gateway_->Spawn([this, ctx, resp, reader,
-                                          began]() mutable {
+    const bool spawned = gateway_->Spawn([this, ctx, resp, reader, began,
+                                          tenant = *tenant]() mutable {
       // On the call's own thread: the slot may wait on Redis.
       absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> held =
-          HoldStreamSlot(gateway_, *ctx);
+          HoldStreamSlot(gateway_, tenant);
       if (!held.ok()) {
         const grpc::Status st = ToGrpcStatus(held.status());
         gateway_->EndCall("ImportState", st, began);

@@ -653,7 +653,7 @@ class StreamsService final : public v1::Streams::CallbackService {
     // The slot is taken on the call's own thread: it may wait on Redis.
     if (!gateway_->Spawn([this, ctx, client, tenant = *std::move(tenant),
                           auth_generation]() mutable {
-          auto slot = HoldStreamSlot(gateway_, *ctx);
+          auto slot = HoldStreamSlot(gateway_, tenant);
           if (slot.ok()) {
             AppendCall(gateway_, ctx, client, tenant, *std::move(slot),
                        CredentialsOf(*ctx), auth_generation)
