@@ -51,10 +51,15 @@ Gateway::Gateway(GatewayOptions options, StateStore* store)
 Gateway::~Gateway() {
   metrics_->SetGaugeSource(nullptr);
   {
+    absl::MutexLock lock(&threads_mu_);
+    auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(threads_mu_) {
+      return calls_ == 0 && threads_ == 0;
+    };
+    threads_mu_.Await(absl::Condition(&idle));
+  }
+  {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
-    mu_.Await(absl::Condition(
-        +[](int* n) { return *n == 0; }, &threads_));
   }
   watchdog_.join();
 }
@@ -287,21 +292,45 @@ std::unique_ptr<grpc::ClientContext> Gateway::UpstreamContext(
   return client;
 }
 
-bool Gateway::Spawn(std::function<void()> fn) {
+bool Gateway::AdmitCall() {
+  absl::MutexLock lock(&threads_mu_);
+  if (calls_ >= options_.max_calls) return false;
+  ++calls_;
+  return true;
+}
+
+void Gateway::ReleaseCall() {
+  absl::MutexLock lock(&threads_mu_);
+  --calls_;
+}
+
+bool Gateway::Detach(std::function<void()> fn) {
   {
-    absl::MutexLock lock(&mu_);
-    if (threads_ >= options_.max_calls) return false;
+    absl::MutexLock lock(&threads_mu_);
     ++threads_;
   }
   try {
-    std::thread([this, fn = std::move(fn)] {
+    std::thread([this, fn = std::move(fn)]() mutable {
       fn();
-      absl::MutexLock lock(&mu_);
+      fn = nullptr;  // what it holds goes before the destructor may return
+      absl::MutexLock lock(&threads_mu_);
       --threads_;
     }).detach();
   } catch (const std::system_error&) {  // out of threads (a pids limit)
-    absl::MutexLock lock(&mu_);
+    absl::MutexLock lock(&threads_mu_);
     --threads_;
+    return false;
+  }
+  return true;
+}
+
+bool Gateway::Spawn(std::function<void()> fn) {
+  if (!AdmitCall()) return false;
+  if (!Detach([this, fn = std::move(fn)] {
+        fn();
+        ReleaseCall();
+      })) {
+    ReleaseCall();
     return false;
   }
   return true;
@@ -330,7 +359,7 @@ void Gateway::WatchdogLoop() {
                                absl::Milliseconds(100))) {
     const absl::Time now = absl::Now();
     // Under mu_: a call unwatches itself before it goes away.
-    for (Watched* call : watched_) call->CheckStall(now);
+    for (Watched* call : watched_) call->Check(now);
     SweepChannels(now);
   }
 }

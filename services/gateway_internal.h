@@ -28,11 +28,13 @@
 
 namespace statestream::gateway {
 
-// A call the stall watchdog looks at every 100 ms.
+// A call the watchdog looks at every 100 ms (stalls, revoked keys).
 class Watched {
  public:
   virtual ~Watched() = default;
-  virtual void CheckStall(absl::Time now) = 0;
+  // Under the watchdog's lock: quick checks only, and nothing that waits
+  // (Unwatch included); hand longer work to Gateway::Detach.
+  virtual void Check(absl::Time now) = 0;
 };
 
 // Thread-safe.
@@ -114,9 +116,18 @@ class Gateway {
       const grpc::CallbackServerContext& ctx, const std::string& tenant,
       int attempt);
 
-  // Runs `fn` on a new thread that the destructor waits for. False, with
-  // `fn` dropped, when options().max_calls calls are already running or no
-  // thread can be made: the caller then finishes its call with Refused().
+  // Counts a call against options().max_calls until ReleaseCall. False
+  // when that many are running: finish it with Refused().
+  [[nodiscard]] bool AdmitCall();
+  void ReleaseCall();
+  // Runs `fn` on a new, short-lived thread that the destructor waits for,
+  // outside the call count: a step of an admitted call that may block (a
+  // store read, a backoff). False, with `fn` dropped, when no thread can be
+  // made.
+  [[nodiscard]] bool Detach(std::function<void()> fn);
+  // AdmitCall, then `fn` on a Detach'ed thread, and ReleaseCall after it:
+  // a call forwarded on a thread of its own. False, with `fn` dropped,
+  // when either fails: the caller then finishes its call with Refused().
   [[nodiscard]] bool Spawn(std::function<void()> fn);
   // RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms: a call Spawn refused.
   static grpc::Status Refused();
@@ -180,18 +191,20 @@ class Gateway {
   std::map<std::string, ChannelEntry> channels_ ABSL_GUARDED_BY(mu_);
   absl::Time channels_swept_ ABSL_GUARDED_BY(mu_);
   std::atomic<int64_t> channel_count_{0};  // channels_.size(), for the gauge
-  int threads_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // Apart from mu_, which the watchdog holds while it checks calls.
+  absl::Mutex threads_mu_;
+  int calls_ ABSL_GUARDED_BY(threads_mu_) = 0;    // admitted, not released
+  int threads_ ABSL_GUARDED_BY(threads_mu_) = 0;  // Detach'ed, running
   std::set<Watched*> watched_ ABSL_GUARDED_BY(mu_);
   std::thread watchdog_;
 };
 
 // Blocking adaptors over the callback API, so a forwarding call can be
-// written as straight-line code on its own thread. Unlike the synchronous
-// server API, Finish may be called while a Read is pending (the read then
-// fails), so a call can end with any status while the client still sends.
-// Lifetime: created with two references, one dropped by gRPC (OnDone), one
-// by the owning thread (Release) after its last use.
+// written as straight-line code on its own thread (Append is forwarded by
+// reactors instead: gateway_streams.cc). Lifetime: created with two references,
+// one dropped by gRPC (OnDone), one by the owning thread (Release) after its
+// last use.
 template <class Base>
 class Blocking : public Base {
  public:
@@ -230,81 +243,6 @@ class BlockingWriter final : public Blocking<grpc::ServerWriteReactor<Resp>> {
  private:
   absl::Mutex mu_;
   bool pending_ ABSL_GUARDED_BY(mu_) = false;
-  bool broken_ ABSL_GUARDED_BY(mu_) = false;
-};
-
-template <class Req, class Resp>
-class BlockingBidi final : public Blocking<grpc::ServerBidiReactor<Req, Resp>> {
- public:
-  // One reader thread and one writer thread at a time.
-  bool Read(Req* msg) {
-    {
-      // No read starts after FinishCall: the reader thread may still be
-      // looping when another thread ends the call.
-      absl::MutexLock start(&start_mu_);
-      {
-        absl::MutexLock lock(&mu_);
-        if (read_over_) return false;
-        reading_ = true;
-      }
-      MarkUnread(msg);
-      this->StartRead(msg);
-    }
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](bool* p) { return !*p; }, &reading_));
-    if (read_failed_ && ReadUnparsable(*msg)) unparsable_ = true;
-    return !read_over_;
-  }
-  // A Read failed on a message gRPC could not parse (common/grpc_status.h),
-  // not at the end of the client's messages.
-  bool unparsable() {
-    absl::MutexLock lock(&mu_);
-    return unparsable_;
-  }
-  bool Write(const Resp& msg) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (broken_) return false;
-      writing_ = true;
-    }
-    this->StartWrite(&msg);
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](bool* p) { return !*p; }, &writing_));
-    return !broken_;
-  }
-  // Finish, from any thread: a Read already started ends (false); a later
-  // one returns false without starting.
-  void FinishCall(const grpc::Status& status) {
-    {
-      absl::MutexLock start(&start_mu_);
-      absl::MutexLock lock(&mu_);
-      read_over_ = true;
-    }
-    this->Finish(status);
-  }
-  void OnReadDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
-    if (!ok) read_over_ = true;
-    read_failed_ = !ok;
-    reading_ = false;
-  }
-  void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
-    if (!ok) broken_ = true;
-    writing_ = false;
-  }
-
- private:
-  // Orders StartRead before Finish (never held by a reaction).
-  absl::Mutex start_mu_;
-  absl::Mutex mu_;
-  bool reading_ ABSL_GUARDED_BY(mu_) = false;
-  bool read_over_ ABSL_GUARDED_BY(mu_) = false;
-  bool read_failed_ ABSL_GUARDED_BY(mu_) = false;  // the last OnReadDone's
-  bool unparsable_ ABSL_GUARDED_BY(mu_) = false;
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
 };
 

@@ -5,13 +5,14 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
-#include <system_error>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -27,92 +28,89 @@
 namespace statestream::gateway {
 namespace {
 
-using AppendBidi = BlockingBidi<v1::AppendRequest, v1::AppendResponse>;
-
-// One client Append call. Threads: Run (routes, reads worker acks, writes
-// them to the client), ReadClient (client -> log), and per attempt Send
-// (log -> worker).
-class AppendCall final : public Watched {
+// One client Append call, forwarded without a thread of its own. The
+// client's stream and each attempt's stream to a worker are callback
+// reactors that move requests and acks as they complete; only the steps
+// that may block — taking and releasing the tenant's stream slot (Redis),
+// routing (a lease read), a failover's wait and backoff — run on a
+// short-lived thread (Gateway::Detach; the setup, routing and failover
+// steps one after another). An idle stream holds no thread.
+//
+// Operations are started under mu_: gRPC never runs a reaction inside the
+// call that starts an operation or cancels (every tag of these streams is
+// can_inline=false, and OnDone is scheduled, not run inline), so this
+// cannot deadlock, and it orders them: one read and one write at a time
+// per stream, no client read or write after Finish.
+//
+// Lifetime: counted references, one held by gRPC (dropped in OnDone, after
+// Finish), one by the attempt in progress (dropped in its OnDone) and one
+// by each task thread. The last one deletes the call.
+class AppendCall final
+    : public grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>,
+      public Watched {
  public:
-  // `slot`: the tenant's stream slot (may be null), freed before the
-  // client sees the call end. `credentials` named `tenant` under key set
-  // `auth_generation` (TenantAuth::generation).
-  AppendCall(Gateway* gateway, grpc::CallbackServerContext* ctx,
-             AppendBidi* client, std::string tenant,
-             std::shared_ptr<TenantLimits::StreamSlot> slot,
-             Credentials credentials, uint64_t auth_generation)
-      : gateway_(gateway),
-        ctx_(ctx),
-        client_(client),
-        tenant_(std::move(tenant)),
-        slot_(std::move(slot)),
-        credentials_(std::move(credentials)),
-        auth_generation_(auth_generation) {}
-  // What the log still holds goes back to the gateway's buffers.
-  ~AppendCall() override {
-    absl::MutexLock lock(&mu_);
-    gateway_->buffers().Give(log_bytes_);
-  }
+  AppendCall(Gateway* gateway, grpc::CallbackServerContext* ctx)
+      : gateway_(gateway), ctx_(ctx) {}
 
-  // Serves the call to its end (Finish included).
-  void Run() {
-    const absl::Time began = gateway_->BeginCall();
-    std::thread reader;
-    try {
-      reader = std::thread([this] { ReadClient(); });
-    } catch (const std::system_error&) {  // out of threads
-      gateway_->EndCall("Append", Gateway::Refused(), began);
-      slot_.reset();
-      client_->FinishCall(Gateway::Refused());
-      return;
-    }
-    grpc::Status final_status = Forward();
-    // A message that did not parse, or one sent after the call's API key
-    // was revoked, ended the client's input: what came before it went
-    // through (and was committed, as at a half-close), but the call is no
-    // success.
-    if (final_status.ok() && client_->unparsable()) {
-      final_status = ToGrpcStatus(UnparsableRequestError());
-    }
+  // From the rpc handler, before the reactor is returned.
+  void Start() {
+    began_ = gateway_->BeginCall();
+    absl::StatusOr<std::string> tenant;
     {
       absl::MutexLock lock(&mu_);
-      if (final_status.ok() && !input_ended_.ok()) {
-        final_status = ToGrpcStatus(input_ended_);
+      auth_generation_ = gateway_->options().auth.generation();
+      tenant = gateway_->Tenant(*ctx_);
+      if (tenant.ok()) {
+        tenant_ = *tenant;
+        credentials_ = CredentialsOf(*ctx_);
       }
     }
-    gateway_->EndCall("Append", final_status, began);
-    ctx_->AddTrailingMetadata(kAttemptsTrailer, absl::StrCat(attempts_));
-    slot_.reset();  // the client may open its next stream at once
-    client_->FinishCall(final_status);
+    if (!tenant.ok()) {
+      const grpc::Status status = ToGrpcStatus(tenant.status());
+      gateway_->EndCall("Append", status, began_);
+      Finish(status);
+      return;
+    }
+    if (!gateway_->AdmitCall()) {
+      gateway_->EndCall("Append", Gateway::Refused(), began_);
+      Finish(Gateway::Refused());
+      return;
+    }
+    admitted_ = true;
+    // The slot is taken on a task thread: it may wait on Redis.
+    if (!RunTask([this] { Setup(); })) {
+      gateway_->EndCall("Append", Gateway::Refused(), began_);
+      Finish(Gateway::Refused());
+    }
+  }
+
+  // What the log still holds goes back to the gateway's buffers.
+  ~AppendCall() override {
     {
       absl::MutexLock lock(&mu_);
-      finished_ = true;
+      gateway_->buffers().Give(log_bytes_);
     }
-    reader.join();
+    if (admitted_) gateway_->ReleaseCall();
   }
 
-  // A worker that acknowledges nothing for the stall timeout plus an
-  // allowance per input unit of the oldest request in flight (a request is
-  // acked once it has all gone through the model: a 1 MiB one can take
-  // minutes; each ack restarts the clock) is treated as failed. A paused or
-  // partitioned worker is found sooner by its connection's unanswered pings
-  // (Gateway::Channel).
-  void CheckStall(absl::Time now) override {
-    absl::MutexLock lock(&mu_);
-    const GatewayOptions& o = gateway_->options();
-    const uint64_t oldest =
-        in_flight_units_.empty() ? 0 : in_flight_units_.front();
-    if (upstream_ != nullptr && !stalled_ && !writing_client_ &&
-        attempt_sent_ > attempt_acked_ &&
-        now - last_progress_ >
-            o.upstream_stall_timeout +
-                o.upstream_stall_per_unit * static_cast<double>(oldest)) {
-      stalled_ = true;
-      upstream_->TryCancel();
-    }
-  }
+  // Every 100 ms while the call is open. A worker that acknowledges
+  // nothing for the stall timeout plus an allowance per input unit of the
+  // oldest request in flight (a request is acked once it has all gone
+  // through the model: a 1 MiB one can take minutes; each ack restarts the
+  // clock) is treated as failed; a paused or partitioned worker is found
+  // sooner by its connection's unanswered pings (Gateway::Channel). And a
+  // stream whose API key was revoked ends even while its client sends
+  // nothing (one atomic read while the keys do not change).
+  void Check(absl::Time now) override;
+
+  // gRPC: the client's stream.
+  void OnReadDone(bool ok) override;
+  void OnWriteDone(bool ok) override;
+  void OnDone() override { Unref(); }
 
  private:
+  class Upstream;
+
   struct Entry {
     v1::AppendRequest request;
     uint64_t seq = 0;            // index among the client's requests
@@ -122,6 +120,74 @@ class AppendCall final : public Watched {
     int64_t bytes = 0;
     absl::Time received;  // read from the client
   };
+
+  void Ref() { refs_.fetch_add(1); }
+  void Unref() {
+    if (refs_.fetch_sub(1) == 1) delete this;
+  }
+
+  // Runs `fn` on a task thread holding a reference. False (`fn` dropped)
+  // when no thread can be made.
+  [[nodiscard]] bool RunTask(std::function<void()> fn) {
+    Ref();
+    if (gateway_->Detach([this, fn = std::move(fn)] {
+          fn();
+          Unref();
+        })) {
+      return true;
+    }
+    Unref();
+    return false;
+  }
+
+  // Ends the call with `status` (on a task thread; on this one if none can
+  // be made). Never under mu_.
+  void Conclude(grpc::Status status) {
+    if (!RunTask([this, status] { End(status); })) End(status);
+  }
+
+  // Task: the tenant's stream slot, then the client's requests.
+  void Setup();
+  // Task: picks the next worker (after `backoff`) and starts an attempt.
+  void Route(absl::Duration backoff);
+  // Task: what an attempt that failed over leads to.
+  void AfterAttempt(grpc::Status status, bool stalled, bool progressed);
+  // Task: the client's input ends with `why` (its key was revoked).
+  void EndInput(absl::Status why);
+  // Finishes the call (once): frees its slot first, so the client may open
+  // its next stream at once. May block; never under mu_.
+  void End(grpc::Status status);
+
+  // Reactions of the attempt in progress.
+  void UpstreamWriteDone(bool ok);
+  void UpstreamReadDone(bool ok);
+  void UpstreamDone(Upstream* upstream, const grpc::Status& status);
+
+  // Room in this call's log, and in the gateway's buffers or for one more
+  // request: one read past the gateway's bound goes with checkpoint=true
+  // (OnReadDone), and the call reads on once that is acked, its commit
+  // having emptied the log. So every call moves, a commit per request,
+  // whatever its worker's commit policy, and the buffers exceed the bound
+  // by at most two requests a call. What lets a waiting call read again is
+  // its own ack, or the gateway's buffers below their bound at the
+  // watchdog's next look (Check).
+  bool Room() const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return log_bytes_ <= 2 * gateway_->options().append_buffer_bytes &&
+           (log_bytes_ == 0 || acked_ >= forced_until_ ||
+            !gateway_->buffers().over());
+  }
+  // Starts reading the client's next request if there is room.
+  void MaybeReadClient() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sends the attempt's next log entry, or half-closes once the client has
+  // and everything was sent.
+  void MaybeWriteUpstream() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The attempt will write no more.
+  void DropWriteHold() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The attempt will read no more.
+  void DropReadHold() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The client's input is over (client_done_ just set). True when the call
+  // ends here: nothing was read, so nothing is to be sent.
+  bool InputOver() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Whether acknowledged `e` is known committed. A request with a payload
   // is once the commit covers its end. A bare flush ends where it starts,
@@ -141,56 +207,208 @@ class AppendCall final : public Watched {
     log_.pop_front();
   }
 
-  void ReadClient() {
-    const int64_t limit = gateway_->options().append_buffer_bytes;
-    ByteBudget& buffers = gateway_->buffers();
-    v1::AppendRequest request;
-    while (true) {
-      {
-        absl::MutexLock lock(&mu_);
-        // Room in this call's log, and in the gateway's buffers or for
-        // one more request: one read past the gateway's bound goes with
-        // checkpoint=true (below), and the call reads on once that is
-        // acked, its commit having emptied the log. So every call moves,
-        // a commit per request, whatever its worker's commit policy, and
-        // the buffers exceed the bound by at most two requests a call.
-        // What wakes a waiting call is its own ack (under mu_); the
-        // gateway's buffers emptying does not, so it waits for that ack.
-        auto room = [this, limit, &buffers]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-          return finished_ || (log_bytes_ <= 2 * limit &&
-                               (log_bytes_ == 0 || acked_ >= forced_until_ ||
-                                !buffers.over()));
-        };
-        mu_.Await(absl::Condition(&room));
-        if (finished_) break;
-      }
-      if (!client_->Read(&request)) break;
-      // Each request is sent under the key the call was opened with.
-      // (Not read from ctx_: the call may be finishing as this read
-      // returns, and its metadata go with it.)
-      if (absl::Status valid = gateway_->options().auth.Recheck(
-              credentials_, tenant_, &auth_generation_);
-          !valid.ok()) {
-        absl::MutexLock lock(&mu_);
-        input_ended_ = std::move(valid);
-        break;
-      }
+  Gateway* const gateway_;
+  // Valid until Finish (gRPC keeps it until OnDone, which follows Finish).
+  grpc::CallbackServerContext* const ctx_;
+  std::atomic<int> refs_{1};  // gRPC's, until OnDone
+  bool admitted_ = false;     // counted in Gateway::AdmitCall (Start's)
+  absl::Time began_;          // Start's
+
+  // Tasks only (one runs at a time per call).
+  std::set<std::string> exclude_;
+  int failures_ = 0;  // consecutive attempts without progress
+  int skips_ = 0;     // Gateway::SkipsAttempt's count
+
+  absl::Mutex mu_;
+  std::string tenant_ ABSL_GUARDED_BY(mu_);
+  // The call's credentials: each request is sent under the key the call
+  // was opened with (not read from ctx_: its metadata may be gone).
+  Credentials credentials_ ABSL_GUARDED_BY(mu_);
+  uint64_t auth_generation_ ABSL_GUARDED_BY(mu_) = 0;  // Recheck's
+  std::shared_ptr<TenantLimits::StreamSlot> slot_ ABSL_GUARDED_BY(mu_);
+  bool watched_ ABSL_GUARDED_BY(mu_) = false;      // Gateway::Watch'ed
+  int attempts_ ABSL_GUARDED_BY(mu_) = 0;          // workers tried
+  grpc::Status last_status_ ABSL_GUARDED_BY(mu_);  // the last attempt's
+
+  // The client's side.
+  v1::AppendRequest read_ ABSL_GUARDED_BY(mu_);  // the read in flight's
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  // A read failed on a message gRPC could not parse.
+  bool unparsable_ ABSL_GUARDED_BY(mu_) = false;
+  v1::AppendResponse write_ ABSL_GUARDED_BY(mu_);   // the write in flight's
+  absl::Time write_received_ ABSL_GUARDED_BY(mu_);  // its request's
+  bool writing_client_ ABSL_GUARDED_BY(mu_) = false;
+  bool client_gone_ ABSL_GUARDED_BY(mu_) = false;  // a write to it failed
+  bool client_done_ ABSL_GUARDED_BY(mu_) = false;  // no more requests
+  // Why the client's input ended early: its API key was revoked (or
+  // could not be checked).
+  absl::Status input_ended_ ABSL_GUARDED_BY(mu_);
+  bool revoking_ ABSL_GUARDED_BY(mu_) = false;  // EndInput scheduled
+  bool ending_ ABSL_GUARDED_BY(mu_) = false;    // End decided
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish called
+
+  std::string session_id_ ABSL_GUARDED_BY(mu_);
+  std::deque<Entry> log_ ABSL_GUARDED_BY(mu_);
+  int64_t log_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;  // requests read
+  uint64_t acked_ ABSL_GUARDED_BY(mu_) = 0;     // acks sent to the client
+  uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t committed_version_ ABSL_GUARDED_BY(mu_) = 0;  // of committed_
+  // Set by an ack of a lower version than the one before, until a newer
+  // one: committed_ is then not raised.
+  bool committed_unconfirmed_ ABSL_GUARDED_BY(mu_) = false;
+  // A checkpoint the gateway asked for (log over its bound) is pending
+  // until acked_ reaches this.
+  uint64_t forced_until_ ABSL_GUARDED_BY(mu_) = 0;
+
+  // The attempt in progress (null between attempts).
+  Upstream* upstream_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::shared_ptr<grpc::Channel> attempt_channel_ ABSL_GUARDED_BY(mu_);
+  std::string attempt_worker_ ABSL_GUARDED_BY(mu_);
+  bool attempt_refused_ ABSL_GUARDED_BY(mu_) = false;  // RefusedFast
+  bool write_hold_ ABSL_GUARDED_BY(mu_) = false;       // the attempt may write
+  bool read_hold_ ABSL_GUARDED_BY(mu_) = false;        // ... and read
+  bool upstream_writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool attempt_over_ ABSL_GUARDED_BY(mu_) = false;  // its acks ended
+  bool stalled_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t send_seq_ ABSL_GUARDED_BY(mu_) = 0;  // the next entry to send
+  uint64_t ack_seq_ ABSL_GUARDED_BY(mu_) = 0;   // what the next ack answers
+  uint64_t attempt_first_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t attempt_sent_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t attempt_acked_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t attempt_delivered_ ABSL_GUARDED_BY(mu_) = 0;
+  // The input_offset this attempt's latest ack reported (if any).
+  uint64_t attempt_input_offset_ ABSL_GUARDED_BY(mu_) = 0;
+  bool attempt_acks_any_ ABSL_GUARDED_BY(mu_) = false;
+  // Units (tokens or text bytes) of the requests sent and not acked yet.
+  std::deque<uint64_t> in_flight_units_ ABSL_GUARDED_BY(mu_);
+  absl::Time last_progress_ ABSL_GUARDED_BY(mu_);
+};
+
+// One attempt: the Append stream to one worker.
+class AppendCall::Upstream final
+    : public grpc::ClientBidiReactor<v1::AppendRequest, v1::AppendResponse> {
+ public:
+  Upstream(AppendCall* call, std::shared_ptr<grpc::Channel> channel,
+           std::unique_ptr<grpc::ClientContext> context)
+      : call_(call),
+        stub_(v1::Streams::NewStub(channel)),
+        context_(std::move(context)) {}
+
+  // Binds the stream (no operation starts before StartCall).
+  void Bind() { stub_->async()->Append(context_.get(), this); }
+  grpc::ClientContext* context() { return context_.get(); }
+
+  v1::AppendRequest request;  // the write in flight's
+  v1::AppendResponse ack;     // the read in flight's
+
+  void OnWriteDone(bool ok) override { call_->UpstreamWriteDone(ok); }
+  void OnReadDone(bool ok) override { call_->UpstreamReadDone(ok); }
+  void OnDone(const grpc::Status& status) override {
+    call_->UpstreamDone(this, status);
+  }
+
+ private:
+  AppendCall* const call_;
+  const std::unique_ptr<v1::Streams::Stub> stub_;
+  const std::unique_ptr<grpc::ClientContext> context_;
+};
+
+void AppendCall::Check(absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  // Not before Setup has said so (End unwatches only a call that says it
+  // is watched), nor once End has.
+  if (!watched_) return;
+  const GatewayOptions& o = gateway_->options();
+  const uint64_t oldest =
+      in_flight_units_.empty() ? 0 : in_flight_units_.front();
+  if (upstream_ != nullptr && !stalled_ && !writing_client_ &&
+      attempt_sent_ > attempt_acked_ &&
+      now - last_progress_ >
+          o.upstream_stall_timeout +
+              o.upstream_stall_per_unit * static_cast<double>(oldest)) {
+    stalled_ = true;
+    upstream_->context()->TryCancel();
+  }
+  if (!client_done_ && !ending_ && !revoking_) {
+    absl::Status valid =
+        o.auth.Recheck(credentials_, tenant_, &auth_generation_);
+    if (!valid.ok()) {
+      // Ending may block (the slot): not on the watchdog's thread. If no
+      // thread can be made, the next check tries again.
+      revoking_ = RunTask([this, valid] { EndInput(valid); });
+    }
+  }
+  // A call waiting for room reads on once the gateway's buffers are below
+  // their bound again, even if its own acks do not come.
+  MaybeReadClient();
+}
+
+void AppendCall::Setup() {
+  std::string tenant;
+  {
+    absl::MutexLock lock(&mu_);
+    tenant = tenant_;
+  }
+  auto slot = HoldStreamSlot(gateway_, tenant);
+  if (!slot.ok()) {
+    End(ToGrpcStatus(slot.status()));
+    return;
+  }
+  gateway_->Watch(this);
+  absl::MutexLock lock(&mu_);
+  slot_ = *std::move(slot);
+  watched_ = true;
+  MaybeReadClient();
+}
+
+void AppendCall::MaybeReadClient() {
+  if (reading_ || client_done_ || ending_ || !Room()) return;
+  reading_ = true;
+  MarkUnread(&read_);
+  StartRead(&read_);
+}
+
+void AppendCall::OnReadDone(bool ok) {
+  std::optional<grpc::Status> end;
+  {
+    absl::MutexLock lock(&mu_);
+    reading_ = false;
+    if (client_done_ || ending_) return;  // (the call is ending anyway)
+    absl::Status valid;
+    if (ok) {
+      valid = gateway_->options().auth.Recheck(credentials_, tenant_,
+                                               &auth_generation_);
+    }
+    if (!ok || !valid.ok()) {
+      // A message that did not parse, or one sent after the call's API
+      // key was revoked, ends the client's input: what came before it goes
+      // through (and is committed, as at a half-close), but the call is no
+      // success (End). That message is not applied.
+      if (!ok && ReadUnparsable(read_)) unparsable_ = true;
+      if (!valid.ok()) input_ended_ = std::move(valid);
+      client_done_ = true;
+      if (InputOver()) end = grpc::Status::OK;
+    } else {
+      const int64_t limit = gateway_->options().append_buffer_bytes;
+      ByteBudget& buffers = gateway_->buffers();
       Entry e;
       e.received = absl::Now();
       // What the entry holds in memory, not its size on the wire: a token
       // id below 128 is one byte there and four here, and an empty request
       // serialises to 0 bytes (a flood of them must still fill the bound).
-      e.bytes = static_cast<int64_t>(request.SpaceUsedLong() + sizeof(Entry) -
-                                     sizeof(request));
-      uint64_t units = request.has_tokens() ? request.tokens().ids_size()
-                                            : request.text_utf8().size();
-      e.end = request.expected_input_offset() + units;
+      e.bytes = static_cast<int64_t>(read_.SpaceUsedLong() + sizeof(Entry) -
+                                     sizeof(read_));
+      const uint64_t units = read_.has_tokens() ? read_.tokens().ids_size()
+                                                : read_.text_utf8().size();
+      e.end = read_.expected_input_offset() + units;
       e.units = units;
-      e.request = std::move(request);
-      absl::MutexLock lock(&mu_);
+      e.request = std::move(read_);
+      read_.Clear();
       // The call's session is the first request's: one that names none is
       // refused, whatever a later request names.
-      if (next_seq_ == 0) session_id_ = e.request.session_id();
+      const bool first = next_seq_ == 0;
+      if (first) session_id_ = e.request.session_id();
       // Past the bound, make the worker commit so the log can shrink: one
       // request at a time (the next only once that one is acked), not
       // every request read meanwhile, each a commit of the whole state.
@@ -203,298 +421,355 @@ class AppendCall final : public Watched {
       }
       log_bytes_ += e.bytes;
       log_.push_back(std::move(e));
-    }
-    absl::MutexLock lock(&mu_);
-    client_done_ = true;
-  }
-
-  // Writes log entries from `seq` on to the worker, then half-closes once
-  // the client has.
-  void Send(
-      grpc::ClientReaderWriter<v1::AppendRequest, v1::AppendResponse>* stream,
-      uint64_t seq) {
-    while (true) {
-      v1::AppendRequest request;
-      {
-        absl::MutexLock lock(&mu_);
-        auto ready = [this, seq]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-          return attempt_over_ || seq < next_seq_ || client_done_;
-        };
-        mu_.Await(absl::Condition(&ready));
-        if (attempt_over_) return;
-        if (seq >= next_seq_) break;  // client done, everything sent
-        if (log_.empty() || seq < log_.front().seq) return;  // cannot happen
-        const Entry& e = log_[seq - log_.front().seq];
-        request = e.request;
-        if (request.session_id().empty()) request.set_session_id(session_id_);
-        if (attempt_sent_ == attempt_acked_) last_progress_ = absl::Now();
-        ++attempt_sent_;
-        in_flight_units_.push_back(e.units);
-      }
-      if (!stream->Write(request)) return;
-      ++seq;
-    }
-    stream->WritesDone();
-  }
-
-  grpc::Status Forward() {
-    {
-      absl::MutexLock lock(&mu_);
-      auto started = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-        return !log_.empty() || client_done_;
-      };
-      mu_.Await(absl::Condition(&started));
-      if (log_.empty()) return grpc::Status::OK;  // nothing was sent
-      if (session_id_.empty()) {
-        return ToGrpcStatus(MakeError(
+      if (first && session_id_.empty()) {
+        ending_ = true;
+        end = ToGrpcStatus(MakeError(
             absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
             "session_id is required in the first request",
             {{"field", "session_id"}}));
+      } else if (first) {
+        if (!RunTask([this] { Route(absl::ZeroDuration()); })) {
+          ending_ = true;
+          end = Gateway::Refused();
+        }
+      } else {
+        MaybeWriteUpstream();
       }
+      MaybeReadClient();
     }
-    gateway_->Watch(this);
-    std::set<std::string> exclude;
-    grpc::Status status;
-    bool gave_up = false;  // the last worker failed too, none is left
-    // max_attempts bounds consecutive attempts without progress: a long
-    // stream may lose many workers over its life. A failover from a worker
-    // that could not be reached costs nothing (up to kMaxUnreachableSkips
-    // per call): nothing was sent to it.
-    const int max_failures = gateway_->options().max_attempts;
-    int skips = 0;
-    for (int attempt = 1, failures = 0; failures < max_failures; ++attempt) {
-      auto route =
-          gateway_->router().RouteSession({tenant_, session_id_}, exclude);
-      gateway_->CountRoute(route, attempt);
-      if (!route.ok()) {
-        if (attempt == 1) status = ToGrpcStatus(route.status());
-        gave_up = attempt > 1;
-        break;
-      }
-      bool stalled = false, client_gone = false, progressed = false;
-      attempts_ = attempt;
-      const std::shared_ptr<grpc::Channel> channel =
-          gateway_->Channel(route->address);
-      const bool refused = Gateway::RefusedFast(channel, *ctx_);
-      status = Attempt(channel, attempt, !refused, &stalled, &client_gone,
-                       &progressed);
-      if (status.ok() || client_gone) break;
-      if (!stalled && !Gateway::ShouldFailover(status)) break;
-      // (A stall's CANCELLED is the watchdog's own: no wait for a sign.)
-      if (stalled ? ctx_->IsCancelled() : Gateway::ClientGone(*ctx_, status)) {
-        break;
-      }
-      if (stalled || Gateway::WorkerFailed(status)) {
-        gateway_->router().MarkSuspect(route->worker_id);
-      }
-      exclude.insert(route->worker_id);
-      if (progressed) {
-        failures = 1;
-      } else if (!Gateway::SkipsAttempt(refused, channel, &skips)) {
-        ++failures;
-      }
-      gave_up = failures >= max_failures;
-      if (failures < max_failures) gateway_->metrics().IncFailover("Append");
-      if (progressed) exclude = {route->worker_id};
-      // Jittered: the streams of a worker that died all fail at once, and
-      // would otherwise reach its sessions' new owners in lockstep.
-      absl::SleepFor(
-          std::min(absl::Milliseconds(50) * failures, absl::Milliseconds(500)) *
-          std::uniform_real_distribution<double>(0.5, 1.0)(ThreadRng()));
-    }
-    gateway_->Unwatch(this);
-    return gave_up ? Gateway::GaveUp(status) : Gateway::FromWorker(status);
+    if (end) ending_ = true;
   }
+  if (end) Conclude(*end);
+}
 
-  // One attempt on the route's `channel`. `replaying`: count the requests
-  // re-sent (not for a worker the gateway could not connect to: they go
-  // nowhere).
-  grpc::Status Attempt(const std::shared_ptr<grpc::Channel>& channel,
-                       int attempt, bool replaying, bool* stalled,
-                       bool* client_gone, bool* progressed) {
-    auto context = gateway_->UpstreamContext(*ctx_, tenant_, attempt);
-    auto stream = v1::Streams::NewStub(channel)->Append(context.get());
-    uint64_t seq;
-    {
-      absl::MutexLock lock(&mu_);
-      upstream_ = context.get();
-      attempt_over_ = false;
-      stalled_ = false;
-      attempt_sent_ = attempt_acked_ = attempt_delivered_ = 0;
-      attempt_acks_any_ = false;
-      in_flight_units_.clear();
-      last_progress_ = absl::Now();
-      // Replay everything not known to be committed (and acked).
-      seq = log_.empty() ? next_seq_ : log_.front().seq;
-      attempt_first_seq_ = seq;
-      if (attempt > 1 && replaying) {
-        gateway_->metrics().AddReplayedRequests(
-            static_cast<int64_t>(next_seq_ - seq));
-      }
+bool AppendCall::InputOver() {
+  if (next_seq_ == 0) return true;  // nothing to send: no attempt started
+  MaybeWriteUpstream();  // between attempts, the next one half-closes
+  return false;
+}
+
+void AppendCall::EndInput(absl::Status why) {
+  {
+    absl::MutexLock lock(&mu_);
+    revoking_ = false;
+    if (client_done_ || ending_) return;
+    input_ended_ = std::move(why);
+    client_done_ = true;
+    if (!InputOver()) return;
+    ending_ = true;
+  }
+  End(grpc::Status::OK);
+}
+
+void AppendCall::Route(absl::Duration backoff) {
+  absl::SleepFor(backoff);
+  std::string session_id, tenant;
+  int attempt;
+  grpc::Status last;
+  {
+    absl::MutexLock lock(&mu_);
+    session_id = session_id_;
+    tenant = tenant_;
+    attempt = attempts_ + 1;
+    last = last_status_;
+  }
+  // max_attempts bounds consecutive attempts without progress: a long
+  // stream may lose many workers over its life. A failover from a worker
+  // that could not be reached costs nothing (up to kMaxUnreachableSkips
+  // per call): nothing was sent to it.
+  auto route = gateway_->router().RouteSession({tenant, session_id}, exclude_);
+  gateway_->CountRoute(route, attempt);
+  if (!route.ok()) {
+    End(attempt == 1 ? ToGrpcStatus(route.status()) : Gateway::GaveUp(last));
+    return;
+  }
+  std::shared_ptr<grpc::Channel> channel = gateway_->Channel(route->address);
+  const bool refused = Gateway::RefusedFast(channel, *ctx_);
+  auto* upstream = new Upstream(
+      this, channel, gateway_->UpstreamContext(*ctx_, tenant, attempt));
+  Ref();  // the attempt's, dropped in UpstreamDone
+  absl::MutexLock lock(&mu_);
+  attempts_ = attempt;
+  upstream_ = upstream;
+  attempt_channel_ = std::move(channel);
+  attempt_worker_ = route->worker_id;
+  attempt_refused_ = refused;
+  attempt_over_ = false;
+  stalled_ = false;
+  upstream_writing_ = false;
+  attempt_sent_ = attempt_acked_ = attempt_delivered_ = 0;
+  attempt_acks_any_ = false;
+  in_flight_units_.clear();
+  last_progress_ = absl::Now();
+  // Replay everything not known to be committed (and acked); not counted
+  // for a worker the gateway could not connect to: it goes nowhere.
+  send_seq_ = ack_seq_ = attempt_first_seq_ =
+      log_.empty() ? next_seq_ : log_.front().seq;
+  if (attempt > 1 && !refused) {
+    gateway_->metrics().AddReplayedRequests(
+        static_cast<int64_t>(next_seq_ - send_seq_));
+  }
+  upstream->Bind();
+  // Operations start outside the attempt's reactions: writes as requests
+  // arrive (held until DropWriteHold), reads once the client has the last
+  // ack (held until the acks end: DropReadHold).
+  upstream->AddMultipleHolds(2);
+  write_hold_ = read_hold_ = true;
+  upstream->StartRead(&upstream->ack);
+  upstream->StartCall();
+  MaybeWriteUpstream();
+}
+
+void AppendCall::MaybeWriteUpstream() {
+  if (upstream_ == nullptr || !write_hold_ || upstream_writing_) return;
+  if (attempt_over_) {
+    DropWriteHold();
+    return;
+  }
+  if (send_seq_ < next_seq_) {
+    if (log_.empty() || send_seq_ < log_.front().seq) {  // cannot happen
+      upstream_->context()->TryCancel();
+      DropWriteHold();
+      return;
     }
-    std::thread sender;
-    try {
-      sender = std::thread([this, s = stream.get(), seq] { Send(s, seq); });
-    } catch (const std::system_error&) {  // out of threads: refuse the call
-      context->TryCancel();
-      stream->Finish().IgnoreError();
-      absl::MutexLock lock(&mu_);
-      upstream_ = nullptr;
-      return Gateway::Refused();
+    const Entry& e = log_[send_seq_ - log_.front().seq];
+    upstream_->request = e.request;
+    if (upstream_->request.session_id().empty()) {
+      upstream_->request.set_session_id(session_id_);
     }
-    v1::AppendResponse ack;
-    while (stream->Read(&ack)) {
-      bool deliver;
-      absl::Time received;
-      {
-        absl::MutexLock lock(&mu_);
-        ++attempt_acked_;
-        last_progress_ = absl::Now();
-        if (!in_flight_units_.empty()) {
-          in_flight_units_.pop_front();
-        }
-        deliver = seq >= acked_;  // else a replayed request's second ack
-        if (deliver) {
-          acked_ = seq + 1;
-          ++attempt_delivered_;
-        }
-        if (!log_.empty() && seq >= log_.front().seq &&
-            seq - log_.front().seq < log_.size()) {
-          Entry& e = log_[seq - log_.front().seq];
-          if (deliver) received = e.received;
-          e.acked_version = std::max(e.acked_version, ack.version());
-          // A new request applied (not a duplicate) below where this
-          // worker's previous ack left the session: its input moved back in
-          // between (a rollback, an import of a new version), which
-          // discarded every request before this one, committed or not.
-          // None is replayed. (Only within an attempt: a new owner resumes
-          // below what the last one reported, and its acks of replayed
-          // requests, delivered or not, set where it stands.)
-          if (deliver && !ack.duplicate() && attempt_acks_any_ &&
-              e.request.expected_input_offset() < attempt_input_offset_) {
-            while (log_.front().seq < seq) {
-              DropOldest();
-            }
-          }
-        }
-        attempt_input_offset_ = ack.input_offset();
-        attempt_acks_any_ = true;
-        // What the newest version covers. Not the largest offset ever
-        // reported: a rollback (or an import of a new version) commits a
-        // newer version at an earlier offset, and the input the stream
-        // sends from there is uncommitted until a later commit covers it.
-        // A lower version than before: the store went back (it restarted
-        // without its latest versions) and the owner's versions after its
-        // head are numbered again (docs/state-store.md), or a stale copy
-        // answered. Neither is trusted to have committed more than before
-        // until a newer version follows (a stale copy never commits one);
-        // then the count goes on from there, or the log would never be
-        // trimmed again.
-        if (ack.version() > committed_version_) {
-          committed_version_ = ack.version();
-          committed_ = ack.committed_input_offset();
-          committed_unconfirmed_ = false;
-        } else if (ack.version() < committed_version_) {
-          committed_version_ = ack.version();
-          committed_ = std::min(committed_, ack.committed_input_offset());
-          committed_unconfirmed_ = true;
-        } else if (!committed_unconfirmed_) {
-          committed_ = std::max(committed_, ack.committed_input_offset());
-        }
-        // Entries this attempt has not re-sent yet stay, even when covered
-        // by what the new owner reports committed: the sender replays the
-        // log in order, one ack per request.
-        while (!log_.empty() && log_.front().seq < acked_ &&
-               log_.front().seq < attempt_first_seq_ + attempt_sent_ &&
-               Committed(log_.front())) {
-          DropOldest();
-        }
-        ++seq;
-      }
-      if (deliver) {
-        // A client slow to read its acks holds this thread here: that time
-        // is not the worker's silence (CheckStall).
-        {
-          absl::MutexLock lock(&mu_);
-          writing_client_ = true;
-        }
-        const bool written = client_->Write(ack);
-        absl::MutexLock lock(&mu_);
-        writing_client_ = false;
-        last_progress_ = absl::Now();
-        if (!written) {
-          *client_gone = true;
-          context->TryCancel();
-          break;
-        }
-      }
-      if (deliver && received != absl::Time()) {
-        gateway_->metrics().ObserveAppendAck(absl::Now() - received);
-      }
+    if (attempt_sent_ == attempt_acked_) last_progress_ = absl::Now();
+    ++attempt_sent_;
+    ++send_seq_;
+    in_flight_units_.push_back(e.units);
+    upstream_writing_ = true;
+    upstream_->StartWrite(&upstream_->request);
+  } else if (client_done_) {
+    upstream_->StartWritesDone();
+    DropWriteHold();
+  }
+}
+
+void AppendCall::DropWriteHold() {
+  if (!write_hold_) return;
+  write_hold_ = false;
+  upstream_->RemoveHold();
+}
+
+void AppendCall::DropReadHold() {
+  if (!read_hold_) return;
+  read_hold_ = false;
+  upstream_->RemoveHold();
+}
+
+void AppendCall::UpstreamWriteDone(bool ok) {
+  absl::MutexLock lock(&mu_);
+  upstream_writing_ = false;
+  if (!ok) {
+    // The stream broke: its acks end too, and so does the attempt.
+    DropWriteHold();
+    return;
+  }
+  MaybeWriteUpstream();
+}
+
+void AppendCall::UpstreamReadDone(bool ok) {
+  absl::MutexLock lock(&mu_);
+  if (!ok) {
+    attempt_over_ = true;
+    if (!upstream_writing_) DropWriteHold();
+    DropReadHold();
+    return;
+  }
+  const v1::AppendResponse& ack = upstream_->ack;
+  const uint64_t seq = ack_seq_++;
+  ++attempt_acked_;
+  last_progress_ = absl::Now();
+  if (!in_flight_units_.empty()) in_flight_units_.pop_front();
+  const bool deliver = seq >= acked_;  // else a replayed request's second ack
+  absl::Time received;
+  if (deliver) {
+    acked_ = seq + 1;
+    ++attempt_delivered_;
+  }
+  if (!log_.empty() && seq >= log_.front().seq &&
+      seq - log_.front().seq < log_.size()) {
+    Entry& e = log_[seq - log_.front().seq];
+    if (deliver) received = e.received;
+    e.acked_version = std::max(e.acked_version, ack.version());
+    // A new request applied (not a duplicate) below where this worker's
+    // previous ack left the session: its input moved back in between (a
+    // rollback, an import of a new version), which discarded every request
+    // before this one, committed or not. None is replayed. (Only within an
+    // attempt: a new owner resumes below what the last one reported, and
+    // its acks of replayed requests, delivered or not, set where it
+    // stands.)
+    if (deliver && !ack.duplicate() && attempt_acks_any_ &&
+        e.request.expected_input_offset() < attempt_input_offset_) {
+      while (log_.front().seq < seq) DropOldest();
     }
-    {
-      absl::MutexLock lock(&mu_);
+  }
+  attempt_input_offset_ = ack.input_offset();
+  attempt_acks_any_ = true;
+  // What the newest version covers. Not the largest offset ever reported:
+  // a rollback (or an import of a new version) commits a newer version at
+  // an earlier offset, and the input the stream sends from there is
+  // uncommitted until a later commit covers it. A lower version than
+  // before: the store went back (it restarted without its latest versions)
+  // and the owner's versions after its head are numbered again
+  // (docs/state-store.md), or a stale copy answered. Neither is trusted to
+  // have committed more than before until a newer version follows (a stale
+  // copy never commits one); then the count goes on from there, or the log
+  // would never be trimmed again.
+  if (ack.version() > committed_version_) {
+    committed_version_ = ack.version();
+    committed_ = ack.committed_input_offset();
+    committed_unconfirmed_ = false;
+  } else if (ack.version() < committed_version_) {
+    committed_version_ = ack.version();
+    committed_ = std::min(committed_, ack.committed_input_offset());
+    committed_unconfirmed_ = true;
+  } else if (!committed_unconfirmed_) {
+    committed_ = std::max(committed_, ack.committed_input_offset());
+  }
+  // Entries this attempt has not re-sent yet stay, even when covered by
+  // what the new owner reports committed: the attempt replays the log in
+  // order, one ack per request.
+  while (!log_.empty() && log_.front().seq < acked_ &&
+         log_.front().seq < attempt_first_seq_ + attempt_sent_ &&
+         Committed(log_.front())) {
+    DropOldest();
+  }
+  if (deliver && !client_gone_) {
+    // The next ack is read once the client has this one (OnWriteDone): a
+    // client slow to read its acks holds the worker's back. That time is
+    // not the worker's silence (Check).
+    write_ = ack;
+    write_received_ = received;
+    writing_client_ = true;
+    StartWrite(&write_);
+  } else {
+    upstream_->StartRead(&upstream_->ack);
+  }
+  MaybeReadClient();
+}
+
+void AppendCall::OnWriteDone(bool ok) {
+  absl::Time received;
+  {
+    absl::MutexLock lock(&mu_);
+    writing_client_ = false;
+    last_progress_ = absl::Now();
+    received = write_received_;
+    // upstream_ is there: its read hold is (its acks wait for this write).
+    if (ok) {
+      upstream_->StartRead(&upstream_->ack);
+    } else {
+      client_gone_ = true;
       attempt_over_ = true;
+      upstream_->context()->TryCancel();
+      if (!upstream_writing_) DropWriteHold();
+      DropReadHold();
     }
-    sender.join();
-    grpc::Status status = stream->Finish();
+  }
+  if (ok && received != absl::Time()) {
+    gateway_->metrics().ObserveAppendAck(absl::Now() - received);
+  }
+}
+
+void AppendCall::UpstreamDone(Upstream* upstream, const grpc::Status& status) {
+  bool stalled, progressed, client_gone;
+  {
     absl::MutexLock lock(&mu_);
     upstream_ = nullptr;
     // Stalled only if the watchdog's cancel ended the call: a worker's own
     // answer that crossed it (a newer writer's SESSION_BUSY, say) stands.
-    *stalled = stalled_ && status.error_code() == grpc::StatusCode::CANCELLED;
+    stalled = stalled_ && status.error_code() == grpc::StatusCode::CANCELLED;
     // Progress is acks the client had not had: a replay's acks of requests
     // delivered before do not count, or a request that stalls every owner
     // would be retried forever.
-    *progressed = attempt_delivered_ > 0;
-    return status;
+    progressed = attempt_delivered_ > 0;
+    client_gone = client_gone_;
+    last_status_ = status;
   }
+  delete upstream;
+  if (status.ok() || client_gone ||
+      (!stalled && !Gateway::ShouldFailover(status))) {
+    Conclude(Gateway::FromWorker(status));
+  } else if (!RunTask([this, status, stalled, progressed] {
+               AfterAttempt(status, stalled, progressed);
+             })) {
+    Conclude(Gateway::Refused());
+  }
+  Unref();  // the attempt's
+}
 
-  Gateway* const gateway_;
-  grpc::CallbackServerContext* const ctx_;
-  AppendBidi* const client_;
-  const std::string tenant_;
-  std::shared_ptr<TenantLimits::StreamSlot> slot_;
-  int attempts_ = 0;  // Run's thread only
-  const Credentials credentials_;
-  uint64_t auth_generation_;  // ReadClient's only (TenantAuth::Recheck)
+void AppendCall::AfterAttempt(grpc::Status status, bool stalled,
+                              bool progressed) {
+  // (A stall's CANCELLED is the watchdog's own: no wait for a sign.)
+  if (stalled ? ctx_->IsCancelled() : Gateway::ClientGone(*ctx_, status)) {
+    End(Gateway::FromWorker(status));
+    return;
+  }
+  std::string worker;
+  std::shared_ptr<grpc::Channel> channel;
+  bool refused;
+  {
+    absl::MutexLock lock(&mu_);
+    worker = attempt_worker_;
+    channel = std::move(attempt_channel_);
+    refused = attempt_refused_;
+  }
+  if (stalled || Gateway::WorkerFailed(status)) {
+    gateway_->router().MarkSuspect(worker);
+  }
+  exclude_.insert(worker);
+  const int max_failures = gateway_->options().max_attempts;
+  if (progressed) {
+    failures_ = 1;
+  } else if (!Gateway::SkipsAttempt(refused, channel, &skips_)) {
+    ++failures_;
+  }
+  channel.reset();
+  if (failures_ >= max_failures) {
+    End(Gateway::GaveUp(status));
+    return;
+  }
+  gateway_->metrics().IncFailover("Append");
+  if (progressed) exclude_ = {worker};
+  // Jittered: the streams of a worker that died all fail at once, and
+  // would otherwise reach its sessions' new owners in lockstep.
+  Route(std::min(absl::Milliseconds(50) * failures_, absl::Milliseconds(500)) *
+        std::uniform_real_distribution<double>(0.5, 1.0)(ThreadRng()));
+}
 
-  absl::Mutex mu_;
-  std::string session_id_ ABSL_GUARDED_BY(mu_);
-  std::deque<Entry> log_ ABSL_GUARDED_BY(mu_);
-  int64_t log_bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;  // requests read
-  uint64_t acked_ ABSL_GUARDED_BY(mu_) = 0;     // acks sent to the client
-  uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t committed_version_ ABSL_GUARDED_BY(mu_) = 0;  // of committed_
-  // Set by an ack of a lower version than the one before, until a newer
-  // one: committed_ is then not raised.
-  bool committed_unconfirmed_ ABSL_GUARDED_BY(mu_) = false;
-
-  // A checkpoint the gateway asked for (log over its bound) is pending
-  // until acked_ reaches this.
-  uint64_t forced_until_ ABSL_GUARDED_BY(mu_) = 0;
-  bool client_done_ ABSL_GUARDED_BY(mu_) = false;
-  // Why the client's input ended early: its API key was revoked (or
-  // could not be checked).
-  absl::Status input_ended_ ABSL_GUARDED_BY(mu_);
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  // The attempt in progress.
-  grpc::ClientContext* upstream_ ABSL_GUARDED_BY(mu_) = nullptr;
-  bool attempt_over_ ABSL_GUARDED_BY(mu_) = false;
-  bool stalled_ ABSL_GUARDED_BY(mu_) = false;
-  bool writing_client_ ABSL_GUARDED_BY(mu_) = false;  // blocked on the client
-  uint64_t attempt_first_seq_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t attempt_sent_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t attempt_acked_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t attempt_delivered_ ABSL_GUARDED_BY(mu_) = 0;
-  // The input_offset this attempt's latest ack reported (if any).
-  uint64_t attempt_input_offset_ ABSL_GUARDED_BY(mu_) = 0;
-  bool attempt_acks_any_ ABSL_GUARDED_BY(mu_) = false;
-  // Units (tokens or text bytes) of the requests sent and not acked yet.
-  std::deque<uint64_t> in_flight_units_ ABSL_GUARDED_BY(mu_);
-  absl::Time last_progress_ ABSL_GUARDED_BY(mu_);
-};
+void AppendCall::End(grpc::Status status) {
+  std::shared_ptr<TenantLimits::StreamSlot> slot;
+  bool watched;
+  int attempts;
+  {
+    absl::MutexLock lock(&mu_);
+    if (finished_) return;
+    finished_ = ending_ = true;
+    // Input ended early: what came before went through, but the call is
+    // no success.
+    if (status.ok() && unparsable_) {
+      status = ToGrpcStatus(UnparsableRequestError());
+    }
+    if (status.ok() && !input_ended_.ok()) status = ToGrpcStatus(input_ended_);
+    slot = std::move(slot_);
+    watched = watched_;
+    watched_ = false;
+    attempts = attempts_;
+  }
+  if (watched) gateway_->Unwatch(this);
+  gateway_->EndCall("Append", status, began_);
+  // (Not for a call that ended before it could send: no slot.)
+  if (watched) {
+    ctx_->AddTrailingMetadata(kAttemptsTrailer, absl::StrCat(attempts));
+  }
+  slot.reset();  // the client may open its next stream at once
+  Finish(status);
+}
 
 // Forwards one Generate, skipping output the client already has after a
 // failover. Returns the worker's status, or UNAVAILABLE if a re-run
@@ -640,36 +915,9 @@ class StreamsService final : public v1::Streams::CallbackService {
 
   grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>* Append(
       grpc::CallbackServerContext* ctx) override {
-    auto* client = new AppendBidi();
-    const uint64_t auth_generation = gateway_->options().auth.generation();
-    auto tenant = gateway_->Tenant(*ctx);
-    if (!tenant.ok()) {
-      const grpc::Status status = ToGrpcStatus(tenant.status());
-      gateway_->EndCall("Append", status, gateway_->BeginCall());
-      client->Finish(status);
-      client->Release();
-      return client;
-    }
-    // The slot is taken on the call's own thread: it may wait on Redis.
-    if (!gateway_->Spawn([this, ctx, client, tenant = *std::move(tenant),
-                          auth_generation]() mutable {
-          auto slot = HoldStreamSlot(gateway_, tenant);
-          if (slot.ok()) {
-            AppendCall(gateway_, ctx, client, tenant, *std::move(slot),
-                       CredentialsOf(*ctx), auth_generation)
-                .Run();
-          } else {
-            const grpc::Status status = ToGrpcStatus(slot.status());
-            gateway_->EndCall("Append", status, gateway_->BeginCall());
-            client->FinishCall(status);
-          }
-          client->Release();
-        })) {
-      gateway_->EndCall("Append", Gateway::Refused(), gateway_->BeginCall());
-      client->FinishCall(Gateway::Refused());
-      client->Release();
-    }
-    return client;
+    auto* call = new AppendCall(gateway_, ctx);
+    call->Start();
+    return call;
   }
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(

@@ -667,6 +667,76 @@ TEST_F(ClusterFailoverTest, AGatewayAtItsCallLimitRefusesMore) {
   EXPECT_TRUE(served.ok()) << served.error_message();
 }
 
+// The process's thread count (/proc/PID/status), or -1.
+int Threads(pid_t pid) {
+  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(status, line)) {
+    if (absl::StartsWith(line, "Threads:")) return std::atoi(line.c_str() + 8);
+  }
+  return -1;
+}
+
+// A gateway forwards Append streams without a thread per stream: 200 open
+// streams, idle between requests, leave its thread count where it was (it
+// was three threads a stream), every one still acks after idling, and
+// when the owner of some is killed (SIGKILL) they all fail over at once
+// and commit every request, none lost or doubled.
+TEST_F(ClusterFailoverTest, IdleAppendStreamsHoldNoGatewayThreads) {
+  constexpr int kStreams = 200;
+  const pid_t gateway = (*gateways_)[1]->pid();
+  struct Open {
+    std::string id;
+    std::unique_ptr<grpc::ClientContext> ctx;
+    std::unique_ptr<
+        grpc::ClientReaderWriter<v1::AppendRequest, v1::AppendResponse>>
+        stream;
+    uint64_t offset = 0;
+  };
+  std::vector<Open> open(kStreams);
+  for (int i = 0; i < kStreams; ++i) {
+    open[i].id = absl::StrCat("idle-", i);
+    ASSERT_TRUE(Create(open[i].id, 1).ok());
+  }
+  const int before = Threads(gateway);
+  ASSERT_GT(before, 0);
+  // Every stream sends `text` before any reads its ack.
+  auto step = [&](const std::string& text) {
+    for (Open& o : open) {
+      ASSERT_TRUE(o.stream->Write(Text(o.id, o.offset, text))) << o.id;
+      o.offset += text.size();
+    }
+    for (Open& o : open) {
+      v1::AppendResponse ack;
+      ASSERT_TRUE(o.stream->Read(&ack)) << o.id;
+      EXPECT_EQ(ack.input_offset(), o.offset) << o.id;
+    }
+  };
+  for (Open& o : open) {
+    o.ctx = Ctx();
+    o.stream = streams_[1]->Append(o.ctx.get());
+  }
+  ASSERT_NO_FATAL_FAILURE(step("opened, "));
+  const int idle = Threads(gateway);
+  EXPECT_LT(idle - before, kStreams / 4)
+      << before << " threads before the streams opened, " << idle
+      << " with them open and idle";
+  absl::SleepFor(absl::Seconds(1));
+  ASSERT_NO_FATAL_FAILURE(step("idled, "));
+  ASSERT_TRUE(KillOwner(open[0].id));
+  ASSERT_NO_FATAL_FAILURE(step("failed over."));
+  for (Open& o : open) {
+    o.stream->WritesDone();
+    grpc::Status st = o.stream->Finish();
+    EXPECT_TRUE(st.ok()) << o.id << ": " << st.error_message();
+  }
+  for (const Open& o : open) {
+    auto s = Get(o.id, 1);
+    ASSERT_TRUE(s.ok()) << o.id << ": " << s.status();
+    EXPECT_EQ(s->committed_input_offset(), o.offset) << o.id;
+  }
+}
+
 // The owner drained (SIGTERM) under an open Append: the sessions it evicts
 // answer "the worker is draining", so the gateway moves the stream to
 // another worker and the client sees every ack and OK, never the drain.

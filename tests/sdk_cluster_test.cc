@@ -7,8 +7,11 @@
 // kill always loses applied input that must be resent; the client's HTTP/2
 // window is fixed, so a long Generate cannot finish before the kill.
 #include <grpc/impl/codegen/grpc_types.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -19,11 +22,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/grpc_status.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "state_store/redis_state_store.h"
 #include "state_store/testing/redis_harness.h"
 #include "statestream/client.h"
+#include "statestream/v1/statestream.grpc.pb.h"
 #include "tests/cluster_process.h"
 #include "tests/sdk_cpp_fixture.h"
 #include "tests/subprocess.h"
@@ -295,6 +300,28 @@ TEST_F(SdkClusterTest, KeysChangedOnDiskApplyWithoutARestart) {
   ASSERT_TRUE(open.ok()) << open.status();
   ASSERT_TRUE((*open)->Write("before ").ok());
   ASSERT_TRUE((*open)->Sync().ok());
+  // A second stream under the key, idle when it is revoked.
+  ASSERT_TRUE(acme->CreateSession([] {
+                    v1::CreateSessionRequest r;
+                    r.set_session_id("idle");
+                    return r;
+                  }())
+                  .ok());
+  auto raw = v1::Streams::NewStub(
+      grpc::CreateChannel((*g)->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext idle_ctx;
+  idle_ctx.AddMetadata("authorization", "Bearer " + acme_key);
+  idle_ctx.set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::seconds(60));
+  auto idle = raw->Append(&idle_ctx);
+  {
+    v1::AppendRequest r;
+    r.set_session_id("idle");
+    r.set_text_utf8("quiet");
+    ASSERT_TRUE(idle->Write(r));
+    v1::AppendResponse ack;
+    ASSERT_TRUE(idle->Read(&ack));
+  }
 
   // Replaced as a Secret volume does: renamed over the old file.
   std::ofstream(keys + ".new") << newco_key << " newco max_streams=1\n";
@@ -314,6 +341,17 @@ TEST_F(SdkClusterTest, KeysChangedOnDiskApplyWithoutARestart) {
   auto head = store_->GetHead({"acme", "live"});
   ASSERT_TRUE(head.ok()) << head.status();
   EXPECT_EQ(head->head.input_offset, 7u);  // "before " committed; not "after"
+  // The idle stream ended without another request from its client (the
+  // gateway's watchdog rechecks keys), its input committed.
+  v1::AppendResponse more;
+  EXPECT_FALSE(idle->Read(&more));
+  grpc::Status idle_end = idle->Finish();
+  EXPECT_EQ(idle_end.error_code(), grpc::StatusCode::UNAUTHENTICATED)
+      << idle_end.error_message();
+  EXPECT_EQ(GetReason(FromGrpcStatus(idle_end)), Reason::kUnauthenticated);
+  auto idle_head = store_->GetHead({"acme", "idle"});
+  ASSERT_TRUE(idle_head.ok()) << idle_head.status();
+  EXPECT_EQ(idle_head->head.input_offset, 5u);
 
   ASSERT_TRUE(newco->CreateSession(req).ok());
   auto writer = newco->OpenSession("live").OpenAppend();
