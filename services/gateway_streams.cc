@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // The gateway's Streams service: Append with replay-based failover,
-// Generate with resume-and-skip failover, Score forwarded like any unary
-// call (see gateway.h for the contracts).
+// Generate with resume-and-skip failover, both forwarded by reactors (no
+// thread per call), Score forwarded like any unary call (see gateway.h for
+// the contracts).
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -28,6 +29,52 @@
 namespace statestream::gateway {
 namespace {
 
+// What the calls forwarded by reactors (AppendCall, GenerateCall) share:
+// counted references — gRPC's until OnDone, the attempt in progress's,
+// each task's — the last of which deletes the call; the call's admission
+// (Gateway::AdmitCall); and its tasks, the steps that may block, each on a
+// short-lived thread (Gateway::Detach).
+class ReactorCall {
+ public:
+  virtual ~ReactorCall() {
+    if (admitted_) gateway_->ReleaseCall();
+  }
+
+ protected:
+  explicit ReactorCall(Gateway* gateway) : gateway_(gateway) {}
+
+  void Ref() { refs_.fetch_add(1); }
+  void Unref() {
+    if (refs_.fetch_sub(1) == 1) delete this;
+  }
+  // Runs `fn` on a task thread holding a reference. False (`fn` dropped)
+  // when no thread can be made.
+  [[nodiscard]] bool RunTask(std::function<void()> fn) {
+    Ref();
+    if (gateway_->Detach([this, fn = std::move(fn)] {
+          fn();
+          Unref();
+        })) {
+      return true;
+    }
+    Unref();
+    return false;
+  }
+  // Ends the call with `status` (End) on a task thread, or on this one if
+  // none can be made. Never under the call's lock.
+  void Conclude(grpc::Status status) {
+    if (!RunTask([this, status] { End(status); })) End(status);
+  }
+  // Frees the call's stream slot, then finishes it (once). May block.
+  virtual void End(grpc::Status status) = 0;
+
+  Gateway* const gateway_;
+  bool admitted_ = false;  // counted in Gateway::AdmitCall
+
+ private:
+  std::atomic<int> refs_{1};  // gRPC's, until OnDone
+};
+
 // One client Append call, forwarded without a thread of its own. The
 // client's stream and each attempt's stream to a worker are callback
 // reactors that move requests and acks as they complete; only the steps
@@ -42,15 +89,14 @@ namespace {
 // cannot deadlock, and it orders them: one read and one write at a time
 // per stream, no client read or write after Finish.
 //
-// Lifetime: counted references, one held by gRPC (dropped in OnDone, after
-// Finish), one by the attempt in progress (dropped in its OnDone) and one
-// by each task thread. The last one deletes the call.
+// Lifetime: ReactorCall's references.
 class AppendCall final
     : public grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>,
-      public Watched {
+      public Watched,
+      private ReactorCall {
  public:
   AppendCall(Gateway* gateway, grpc::CallbackServerContext* ctx)
-      : gateway_(gateway), ctx_(ctx) {}
+      : ReactorCall(gateway), ctx_(ctx) {}
 
   // From the rpc handler, before the reactor is returned.
   void Start() {
@@ -86,11 +132,8 @@ class AppendCall final
 
   // What the log still holds goes back to the gateway's buffers.
   ~AppendCall() override {
-    {
-      absl::MutexLock lock(&mu_);
-      gateway_->buffers().Give(log_bytes_);
-    }
-    if (admitted_) gateway_->ReleaseCall();
+    absl::MutexLock lock(&mu_);
+    gateway_->buffers().Give(log_bytes_);
   }
 
   // Every 100 ms while the call is open. A worker that acknowledges
@@ -121,31 +164,6 @@ class AppendCall final
     absl::Time received;  // read from the client
   };
 
-  void Ref() { refs_.fetch_add(1); }
-  void Unref() {
-    if (refs_.fetch_sub(1) == 1) delete this;
-  }
-
-  // Runs `fn` on a task thread holding a reference. False (`fn` dropped)
-  // when no thread can be made.
-  [[nodiscard]] bool RunTask(std::function<void()> fn) {
-    Ref();
-    if (gateway_->Detach([this, fn = std::move(fn)] {
-          fn();
-          Unref();
-        })) {
-      return true;
-    }
-    Unref();
-    return false;
-  }
-
-  // Ends the call with `status` (on a task thread; on this one if none can
-  // be made). Never under mu_.
-  void Conclude(grpc::Status status) {
-    if (!RunTask([this, status] { End(status); })) End(status);
-  }
-
   // Task: the tenant's stream slot, then the client's requests.
   void Setup();
   // Task: picks the next worker (after `backoff`) and starts an attempt.
@@ -156,7 +174,7 @@ class AppendCall final
   void EndInput(absl::Status why);
   // Finishes the call (once): frees its slot first, so the client may open
   // its next stream at once. May block; never under mu_.
-  void End(grpc::Status status);
+  void End(grpc::Status status) override;
 
   // Reactions of the attempt in progress.
   void UpstreamWriteDone(bool ok);
@@ -207,12 +225,9 @@ class AppendCall final
     log_.pop_front();
   }
 
-  Gateway* const gateway_;
   // Valid until Finish (gRPC keeps it until OnDone, which follows Finish).
   grpc::CallbackServerContext* const ctx_;
-  std::atomic<int> refs_{1};  // gRPC's, until OnDone
-  bool admitted_ = false;     // counted in Gateway::AdmitCall (Start's)
-  absl::Time began_;          // Start's
+  absl::Time began_;  // Start's
 
   // Tasks only (one runs at a time per call).
   std::set<std::string> exclude_;
@@ -771,17 +786,85 @@ void AppendCall::End(grpc::Status status) {
   Finish(status);
 }
 
-// Forwards one Generate, skipping output the client already has after a
-// failover. Returns the worker's status, or UNAVAILABLE if a re-run
-// diverged from what was delivered.
-grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
-                             const v1::GenerateRequest& request,
-                             BlockingWriter<v1::GenerateResponse>* client) {
-  std::vector<uint32_t> tokens;  // delivered
-  std::string text;              // delivered
-  bool done = false;             // `done` delivered: nothing to resend
-  int attempts = 0;
-  int64_t skipped = 0;
+// One client Generate call, forwarded like an Append: the client's stream
+// and each attempt's stream are reactors, and the slot, routing, the
+// failover decision (which may wait for a cancel's sign) and the end run
+// on short-lived threads. After a failover the output the client already
+// has is skipped; a re-run that diverges from it ends the call
+// UNAVAILABLE. A chunk is read from the worker once the client has the
+// one before (its pace holds the worker's back).
+class GenerateCall final
+    : public grpc::ServerWriteReactor<v1::GenerateResponse>,
+      private ReactorCall {
+ public:
+  GenerateCall(Gateway* gateway, grpc::CallbackServerContext* ctx,
+               const v1::GenerateRequest* request)
+      : ReactorCall(gateway),
+        ctx_(ctx),
+        request_(*request),
+        attempt_request_(*request) {}
+
+  // From the rpc handler, before the reactor is returned.
+  void Start() {
+    began_ = gateway_->BeginCall();
+    auto tenant = gateway_->Tenant(*ctx_);
+    grpc::Status refused;
+    if (!tenant.ok()) {
+      refused = ToGrpcStatus(tenant.status());
+    } else if (!gateway_->AdmitCall()) {
+      refused = Gateway::Refused();
+    } else {
+      admitted_ = true;
+      tenant_ = *std::move(tenant);
+      // The slot is taken on a task thread: it may wait on Redis.
+      if (RunTask([this] { Setup(); })) return;
+      refused = Gateway::Refused();
+    }
+    gateway_->EndCall("Generate", refused, began_);
+    Finish(refused);
+  }
+
+  void OnWriteDone(bool ok) override;
+  void OnDone() override { Unref(); }
+
+ private:
+  class Upstream;
+
+  // Task: the tenant's stream slot, then the first attempt.
+  void Setup();
+  // Task: picks the next worker and starts an attempt on it.
+  void Route();
+  // Task: ends the call with `status`, or tries another worker.
+  void AfterAttempt(grpc::Status status);
+  // Frees the slot, then finishes (once). May block; never under mu_.
+  void End(grpc::Status status) override;
+
+  // Reactions of the attempt in progress.
+  void UpstreamReadDone(bool ok);
+  void UpstreamDone(Upstream* upstream, grpc::Status status);
+  void DropReadHold() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The attempt's output diverged from what was delivered, at `index`.
+  void Diverged(size_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  grpc::CallbackServerContext* const ctx_;  // valid until Finish
+  const v1::GenerateRequest request_;
+  absl::Time began_;    // Start's
+  std::string tenant_;  // Start's
+
+  // Tasks only (one after another).
+  std::set<std::string> exclude_;
+  int counted_ = 0;  // attempts bounded by max_attempts
+  int skips_ = 0;    // Gateway::SkipsAttempt's count
+
+  absl::Mutex mu_;
+  std::shared_ptr<TenantLimits::StreamSlot> slot_ ABSL_GUARDED_BY(mu_);
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  int attempts_ ABSL_GUARDED_BY(mu_) = 0;
+  grpc::Status last_ ABSL_GUARDED_BY(mu_);             // the last attempt's
+  std::vector<uint32_t> tokens_ ABSL_GUARDED_BY(mu_);  // delivered
+  std::string text_ ABSL_GUARDED_BY(mu_);              // delivered
+  bool done_ ABSL_GUARDED_BY(mu_) = false;             // `done` delivered
+  int64_t skipped_ ABSL_GUARDED_BY(mu_) = 0;
   // What the attempts send: once the first chunk says which input_offset a
   // side-branch generation started from, a request that pinned none is
   // pinned there, so a re-run on a session that moved on (whose output may
@@ -789,124 +872,294 @@ grpc::Status ForwardGenerate(Gateway* gateway, grpc::CallbackServerContext& ctx,
   // committing one: the request digest that finds its generation record
   // (checkpointed or finished) covers expected_input_offset, so it is
   // re-sent unchanged.
-  v1::GenerateRequest attempt_request = request;
-  bool pinned_here = false;
+  v1::GenerateRequest attempt_request_ ABSL_GUARDED_BY(mu_);
+  bool pinned_here_ ABSL_GUARDED_BY(mu_) = false;
   // The input_offset the delivered output was sampled from: a re-run
   // sampled from another (a committing one, after input the lost worker
   // had applied but not committed) is another generation.
-  std::optional<uint64_t> started_at;
-  grpc::Status status = ForwardWithFailover(
-      gateway, ctx, Target{"Generate", request.session_id(), "", ""},
-      [&](const std::shared_ptr<grpc::Channel>& channel,
-          grpc::ClientContext* upstream) {
-        auto reader =
-            v1::Streams::NewStub(channel)->Generate(upstream, attempt_request);
-        size_t regen_tokens = 0;
-        std::string regen_text;
-        std::optional<size_t> diverged;
-        v1::GenerateResponse msg;
-        while (reader->Read(&msg)) {
-          v1::GenerateResponse out;
-          if (msg.has_chunk()) {
-            const v1::GenerateChunk& in = msg.chunk();
-            v1::GenerateChunk* chunk = out.mutable_chunk();
-            chunk->set_index(static_cast<uint32_t>(tokens.size()));
-            if (in.has_start_input_offset() && started_at &&
-                *started_at != in.start_input_offset() &&
-                (!tokens.empty() || !text.empty())) {
-              diverged = 0;
-              upstream->TryCancel();
-              break;
-            }
-            if (in.has_start_input_offset() && tokens.empty() && text.empty()) {
-              started_at = in.start_input_offset();
-              if (!request.commit() &&
-                  !attempt_request.has_expected_input_offset()) {
-                attempt_request.set_expected_input_offset(
-                    in.start_input_offset());
-                pinned_here = true;
-              }
-              chunk->set_start_input_offset(in.start_input_offset());
-            }
-            for (int i = 0; i < in.tokens_size() && !diverged; ++i) {
-              const size_t k = regen_tokens + i;
-              if (k < tokens.size()) {
-                if (tokens[k] != in.tokens(i)) diverged = k;
-                ++skipped;
-                continue;
-              }
-              chunk->add_tokens(in.tokens(i));
-              if (i < in.logprobs_size()) {
-                *chunk->add_logprobs() = in.logprobs(i);
-              }
-            }
-            regen_tokens += in.tokens_size();
-            const size_t before = regen_text.size();
-            regen_text += in.text_utf8();
-            const size_t overlap = std::min(regen_text.size(), text.size());
-            if (!diverged && before < overlap &&
-                regen_text.compare(before, overlap - before, text, before,
-                                   overlap - before) != 0) {
-              diverged = tokens.size();
-            }
-            if (diverged) {
-              upstream->TryCancel();
-              break;
-            }
-            if (regen_text.size() > text.size()) {
-              chunk->set_text_utf8(
-                  regen_text.substr(std::max(before, text.size())));
-            }
-            if (chunk->tokens_size() == 0 && chunk->text_utf8().empty()) {
-              continue;  // all of it was delivered before
-            }
-            tokens.insert(tokens.end(), chunk->tokens().begin(),
-                          chunk->tokens().end());
-            text += chunk->text_utf8();
-          } else {
-            // A re-run that ends before the output already delivered is
-            // not the same generation either (it stopped sooner).
-            if (msg.has_done() && (regen_tokens < tokens.size() ||
-                                   regen_text.size() < text.size())) {
-              diverged = regen_tokens;
-              upstream->TryCancel();
-              break;
-            }
-            out = msg;
-          }
-          if (!client->Write(out)) {
-            upstream->TryCancel();
-            break;
-          }
-          if (out.has_done()) done = true;
-        }
-        grpc::Status status = reader->Finish();
-        // Once `done` was delivered the generation is over: a connection
-        // lost before the trailers is no reason to run it again (the
-        // client would get a second `done`).
-        if (done && Gateway::ShouldFailover(status)) return grpc::Status::OK;
-        // The session moved on since the generation started: a re-run
-        // would be another generation.
-        if (!diverged && pinned_here &&
-            GetReason(FromGrpcStatus(status)) == Reason::kPositionMismatch) {
-          diverged = tokens.size();
-        }
-        if (diverged) {
-          gateway->metrics().IncDiverged();
-          return ToGrpcStatus(MakeError(
-              absl::StatusCode::kUnavailable, Reason::kUnspecified,
-              "the generation could not be resumed identically after a "
-              "worker failure (the session's applied state changed); the "
-              "output so far was not committed: retry the request",
-              {{"diverged_at", absl::StrCat(*diverged)},
-               {"delivered_tokens", absl::StrCat(tokens.size())}}));
-        }
-        return status;
-      },
-      &attempts, &done);
-  gateway->metrics().AddSkippedTokens(skipped);
-  ctx.AddTrailingMetadata(kAttemptsTrailer, absl::StrCat(attempts));
-  return status;
+  std::optional<uint64_t> started_at_ ABSL_GUARDED_BY(mu_);
+  v1::GenerateResponse write_ ABSL_GUARDED_BY(mu_);  // the write in flight's
+  bool client_gone_ ABSL_GUARDED_BY(mu_) = false;
+
+  // The attempt in progress (null between attempts).
+  Upstream* upstream_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::shared_ptr<grpc::Channel> attempt_channel_ ABSL_GUARDED_BY(mu_);
+  std::string attempt_worker_ ABSL_GUARDED_BY(mu_);
+  bool attempt_refused_ ABSL_GUARDED_BY(mu_) = false;  // RefusedFast
+  bool read_hold_ ABSL_GUARDED_BY(mu_) = false;
+  size_t regen_tokens_ ABSL_GUARDED_BY(mu_) = 0;  // this attempt's output
+  std::string regen_text_ ABSL_GUARDED_BY(mu_);
+  std::optional<size_t> diverged_ ABSL_GUARDED_BY(mu_);
+};
+
+// One attempt: the Generate stream from one worker.
+class GenerateCall::Upstream final
+    : public grpc::ClientReadReactor<v1::GenerateResponse> {
+ public:
+  Upstream(GenerateCall* call, std::shared_ptr<grpc::Channel> channel,
+           std::unique_ptr<grpc::ClientContext> context,
+           v1::GenerateRequest request)
+      : call_(call),
+        stub_(v1::Streams::NewStub(channel)),
+        context_(std::move(context)),
+        request_(std::move(request)) {}
+
+  void Bind() { stub_->async()->Generate(context_.get(), &request_, this); }
+  grpc::ClientContext* context() { return context_.get(); }
+
+  v1::GenerateResponse msg;  // the read in flight's
+
+  void OnReadDone(bool ok) override { call_->UpstreamReadDone(ok); }
+  void OnDone(const grpc::Status& status) override {
+    call_->UpstreamDone(this, status);
+  }
+
+ private:
+  GenerateCall* const call_;
+  const std::unique_ptr<v1::Streams::Stub> stub_;
+  const std::unique_ptr<grpc::ClientContext> context_;
+  const v1::GenerateRequest request_;
+};
+
+void GenerateCall::Setup() {
+  auto slot = HoldStreamSlot(gateway_, tenant_);
+  if (!slot.ok()) {
+    End(ToGrpcStatus(slot.status()));
+    return;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    slot_ = *std::move(slot);
+  }
+  Route();
+}
+
+void GenerateCall::Route() {
+  int attempt;
+  grpc::Status last;
+  v1::GenerateRequest request;
+  {
+    absl::MutexLock lock(&mu_);
+    attempt = attempts_ + 1;
+    last = last_;
+    request = attempt_request_;
+  }
+  auto route = gateway_->router().RouteSession({tenant_, request_.session_id()},
+                                               exclude_);
+  gateway_->CountRoute(route, attempt);
+  if (!route.ok()) {
+    End(attempt == 1 ? ToGrpcStatus(route.status()) : Gateway::GaveUp(last));
+    return;
+  }
+  auto context = gateway_->UpstreamContext(*ctx_, tenant_, attempt);
+  std::shared_ptr<grpc::Channel> channel = gateway_->Channel(route->address);
+  // Made even on a channel that cannot connect: it fails at once, with
+  // gRPC's reason for the status if no worker is left, or goes through if
+  // the worker came back meanwhile.
+  const bool refused = Gateway::RefusedFast(channel, *ctx_);
+  auto* upstream =
+      new Upstream(this, channel, std::move(context), std::move(request));
+  Ref();  // the attempt's, dropped in UpstreamDone
+  absl::MutexLock lock(&mu_);
+  attempts_ = attempt;
+  upstream_ = upstream;
+  attempt_channel_ = std::move(channel);
+  attempt_worker_ = route->worker_id;
+  attempt_refused_ = refused;
+  regen_tokens_ = 0;
+  regen_text_.clear();
+  diverged_.reset();
+  upstream->Bind();
+  // Reads start from OnWriteDone too (outside the attempt's reactions).
+  upstream->AddHold();
+  read_hold_ = true;
+  upstream->StartRead(&upstream->msg);
+  upstream->StartCall();
+}
+
+void GenerateCall::DropReadHold() {
+  if (!read_hold_) return;
+  read_hold_ = false;
+  upstream_->RemoveHold();
+}
+
+void GenerateCall::Diverged(size_t index) {
+  diverged_ = index;
+  upstream_->context()->TryCancel();
+  DropReadHold();
+}
+
+void GenerateCall::UpstreamReadDone(bool ok) {
+  absl::MutexLock lock(&mu_);
+  if (!ok) {
+    DropReadHold();
+    return;
+  }
+  const v1::GenerateResponse& msg = upstream_->msg;
+  v1::GenerateResponse out;
+  if (msg.has_chunk()) {
+    const v1::GenerateChunk& in = msg.chunk();
+    v1::GenerateChunk* chunk = out.mutable_chunk();
+    chunk->set_index(static_cast<uint32_t>(tokens_.size()));
+    if (in.has_start_input_offset() && started_at_ &&
+        *started_at_ != in.start_input_offset() &&
+        (!tokens_.empty() || !text_.empty())) {
+      Diverged(0);
+      return;
+    }
+    if (in.has_start_input_offset() && tokens_.empty() && text_.empty()) {
+      started_at_ = in.start_input_offset();
+      if (!request_.commit() && !attempt_request_.has_expected_input_offset()) {
+        attempt_request_.set_expected_input_offset(in.start_input_offset());
+        pinned_here_ = true;
+      }
+      chunk->set_start_input_offset(in.start_input_offset());
+    }
+    std::optional<size_t> diverged;
+    for (int i = 0; i < in.tokens_size() && !diverged; ++i) {
+      const size_t k = regen_tokens_ + i;
+      if (k < tokens_.size()) {
+        if (tokens_[k] != in.tokens(i)) diverged = k;
+        ++skipped_;
+        continue;
+      }
+      chunk->add_tokens(in.tokens(i));
+      if (i < in.logprobs_size()) *chunk->add_logprobs() = in.logprobs(i);
+    }
+    regen_tokens_ += in.tokens_size();
+    const size_t before = regen_text_.size();
+    regen_text_ += in.text_utf8();
+    const size_t overlap = std::min(regen_text_.size(), text_.size());
+    if (!diverged && before < overlap &&
+        regen_text_.compare(before, overlap - before, text_, before,
+                            overlap - before) != 0) {
+      diverged = tokens_.size();
+    }
+    if (diverged) {
+      Diverged(*diverged);
+      return;
+    }
+    if (regen_text_.size() > text_.size()) {
+      chunk->set_text_utf8(regen_text_.substr(std::max(before, text_.size())));
+    }
+    if (chunk->tokens_size() == 0 && chunk->text_utf8().empty()) {
+      upstream_->StartRead(&upstream_->msg);  // all of it was delivered
+      return;
+    }
+    tokens_.insert(tokens_.end(), chunk->tokens().begin(),
+                   chunk->tokens().end());
+    text_ += chunk->text_utf8();
+  } else {
+    // A re-run that ends before the output already delivered is not the
+    // same generation either (it stopped sooner).
+    if (msg.has_done() &&
+        (regen_tokens_ < tokens_.size() || regen_text_.size() < text_.size())) {
+      Diverged(regen_tokens_);
+      return;
+    }
+    out = msg;
+  }
+  write_ = std::move(out);
+  StartWrite(&write_);
+}
+
+void GenerateCall::OnWriteDone(bool ok) {
+  absl::MutexLock lock(&mu_);
+  // upstream_ is there: its read hold is (its next read waits for this).
+  if (ok) {
+    if (write_.has_done()) done_ = true;
+    upstream_->StartRead(&upstream_->msg);
+  } else {
+    client_gone_ = true;
+    upstream_->context()->TryCancel();
+    DropReadHold();
+  }
+}
+
+void GenerateCall::UpstreamDone(Upstream* upstream, grpc::Status status) {
+  bool settled;
+  {
+    absl::MutexLock lock(&mu_);
+    upstream_ = nullptr;
+    // Once `done` was delivered the generation is over: a connection lost
+    // before the trailers is no reason to run it again (the client would
+    // get a second `done`).
+    if (done_ && Gateway::ShouldFailover(status)) status = grpc::Status::OK;
+    // The session moved on since the generation started: a re-run would be
+    // another generation.
+    if (!diverged_ && pinned_here_ &&
+        GetReason(FromGrpcStatus(status)) == Reason::kPositionMismatch) {
+      diverged_ = tokens_.size();
+    }
+    if (diverged_) {
+      gateway_->metrics().IncDiverged();
+      status = ToGrpcStatus(MakeError(
+          absl::StatusCode::kUnavailable, Reason::kUnspecified,
+          "the generation could not be resumed identically after a worker "
+          "failure (the session's applied state changed); the output so far "
+          "was not committed: retry the request",
+          {{"diverged_at", absl::StrCat(*diverged_)},
+           {"delivered_tokens", absl::StrCat(tokens_.size())}}));
+    }
+    last_ = status;
+    // A call that delivered `done` cannot be resent.
+    settled = done_;
+  }
+  delete upstream;
+  if (!Gateway::ShouldFailover(status) || settled) {
+    Conclude(Gateway::FromWorker(status));
+  } else if (!RunTask([this, status] { AfterAttempt(status); })) {
+    Conclude(Gateway::Refused());
+  }
+  Unref();  // the attempt's
+}
+
+void GenerateCall::AfterAttempt(grpc::Status status) {
+  if (Gateway::ClientGone(*ctx_, status)) {
+    End(Gateway::FromWorker(status));
+    return;
+  }
+  std::string worker;
+  std::shared_ptr<grpc::Channel> channel;
+  bool refused;
+  {
+    absl::MutexLock lock(&mu_);
+    worker = attempt_worker_;
+    channel = std::move(attempt_channel_);
+    refused = attempt_refused_;
+  }
+  if (Gateway::WorkerFailed(status)) gateway_->router().MarkSuspect(worker);
+  exclude_.insert(worker);
+  // Attempts are bounded by max_attempts; a failover from a worker that
+  // could not be reached costs none (up to kMaxUnreachableSkips of them):
+  // the call never got to it.
+  if (!Gateway::SkipsAttempt(refused, channel, &skips_)) ++counted_;
+  channel.reset();
+  if (counted_ >= gateway_->options().max_attempts) {
+    End(Gateway::GaveUp(status));
+    return;
+  }
+  gateway_->metrics().IncFailover("Generate");
+  Route();
+}
+
+void GenerateCall::End(grpc::Status status) {
+  std::shared_ptr<TenantLimits::StreamSlot> slot;
+  int attempts;
+  int64_t skipped;
+  {
+    absl::MutexLock lock(&mu_);
+    if (finished_) return;
+    finished_ = true;
+    slot = std::move(slot_);
+    attempts = attempts_;
+    skipped = skipped_;
+  }
+  gateway_->metrics().AddSkippedTokens(skipped);
+  gateway_->EndCall("Generate", status, began_);
+  ctx_->AddTrailingMetadata(kAttemptsTrailer, absl::StrCat(attempts));
+  slot.reset();  // the client may open its next stream at once
+  Finish(status);
 }
 
 class StreamsService final : public v1::Streams::CallbackService {
@@ -923,24 +1176,9 @@ class StreamsService final : public v1::Streams::CallbackService {
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* ctx,
       const v1::GenerateRequest* req) override {
-    auto* client = new BlockingWriter<v1::GenerateResponse>();
-    const absl::Time began = gateway_->BeginCall();
-    // The slot is taken on the call's own thread: it may wait on Redis.
-    if (!gateway_->Spawn([this, ctx, req, client, began]() mutable {
-          auto slot = HoldStreamSlot(gateway_, *ctx);
-          grpc::Status status =
-              slot.ok() ? ForwardGenerate(gateway_, *ctx, *req, client)
-                        : ToGrpcStatus(slot.status());
-          gateway_->EndCall("Generate", status, began);
-          if (slot.ok()) slot->reset();  // the client may open its next one
-          client->Finish(status);
-          client->Release();
-        })) {
-      gateway_->EndCall("Generate", Gateway::Refused(), began);
-      client->Finish(Gateway::Refused());
-      client->Release();
-    }
-    return client;
+    auto* call = new GenerateCall(gateway_, ctx, req);
+    call->Start();
+    return call;
   }
 
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx,

@@ -737,6 +737,63 @@ TEST_F(ClusterFailoverTest, IdleAppendStreamsHoldNoGatewayThreads) {
   }
 }
 
+// Generate calls in progress hold no gateway thread either: 40 of them,
+// each read one chunk at a time by a slow client (so flow control holds
+// their workers back), leave the gateway's thread count where it was (it
+// was one thread a call); one then runs to its end, the others are
+// cancelled, and the gateway is back to its threads at rest.
+TEST_F(ClusterFailoverTest, OpenGeneratesHoldNoGatewayThreads) {
+  constexpr int kCalls = 40;
+  const pid_t gateway = (*gateways_)[1]->pid();
+  const auto prompt = Chunks(1, 32, 5)[0];
+  for (int i = 0; i < kCalls; ++i) {
+    ASSERT_NO_FATAL_FAILURE(
+        CreateWithPrompt(absl::StrCat("gen-open-", i), prompt));
+  }
+  const int before = Threads(gateway);
+  ASSERT_GT(before, 0);
+  std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
+  std::vector<std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>>>
+      readers;
+  for (int i = 0; i < kCalls; ++i) {
+    v1::GenerateRequest g;
+    g.set_session_id(absl::StrCat("gen-open-", i));
+    g.set_request_id("open");
+    g.set_max_tokens(4096);
+    g.mutable_sampling()->set_seed(7);
+    g.set_logprobs(true);
+    g.set_top_logprobs(20);
+    ctxs.push_back(Ctx());
+    readers.push_back(streams_[1]->Generate(ctxs.back().get(), g));
+  }
+  for (auto& reader : readers) {
+    v1::GenerateResponse msg;
+    if (!reader->Read(&msg)) {
+      grpc::Status st = reader->Finish();
+      FAIL() << st.error_code() << ": " << st.error_message();
+    }
+    EXPECT_TRUE(msg.has_chunk());
+  }
+  const int open = Threads(gateway);
+  EXPECT_LT(open - before, kCalls / 4)
+      << before << " threads before the calls, " << open << " with them open";
+  v1::GenerateResponse msg;
+  uint32_t tokens = 0;
+  bool done = false;
+  while (readers[0]->Read(&msg)) {
+    if (msg.has_chunk()) tokens += msg.chunk().tokens_size();
+    if (msg.has_done()) done = true;
+  }
+  grpc::Status first = readers[0]->Finish();
+  EXPECT_TRUE(first.ok()) << first.error_message();
+  EXPECT_TRUE(done);
+  EXPECT_GT(tokens, 0u);
+  for (int i = 1; i < kCalls; ++i) {
+    ctxs[i]->TryCancel();
+    EXPECT_EQ(readers[i]->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+}
+
 // The owner drained (SIGTERM) under an open Append: the sessions it evicts
 // answer "the worker is draining", so the gateway moves the stream to
 // another worker and the client sees every ack and OK, never the drain.
