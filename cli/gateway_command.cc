@@ -41,8 +41,8 @@ ABSL_FLAG(absl::Duration, upstream_stall_timeout, absl::Seconds(10),
           "unanswered this long, "
           "is treated as failed and the call moves on.");
 ABSL_FLAG(int, max_calls, 4096,
-          "Calls served at once (Append streams included; each other call "
-          "holds a thread while it forwards); more are "
+          "Calls served at once (Append and Generate streams included; each "
+          "other call holds a thread while it forwards); more are "
           "RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms.");
 ABSL_FLAG(int64_t, max_buffered_bytes, int64_t{512} << 20,
           "Bytes all calls together keep in memory: Append requests kept for "

@@ -80,8 +80,8 @@ struct GatewayOptions {
   // request is acked only once it has all gone through the model. Liveness
   // meanwhile comes from the connection's pings.
   absl::Duration upstream_stall_per_unit = absl::Milliseconds(100);
-  // Calls served at once (Append streams included: they hold no thread;
-  // every other call holds one while it forwards); more are
+  // Calls served at once (Append and Generate streams included: they hold
+  // no thread; every other call holds one while it forwards); more are
   // RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms, as is a call when no
   // thread can be made.
   int max_calls = 4096;
@@ -124,9 +124,9 @@ struct GatewayOptions {
 // options.router.static_workers is not empty; the set keeps it, and its
 // server's shutdown interrupts it for good once the grace is over
 // (StateStore::Interrupt): do not share it with a role that must write on.
-// Threads: one per call in flight other than Append (an Append stream holds
-// one only while it routes or fails over), all joined before the set is
-// destroyed.
+// Threads: one per call in flight other than Append and Generate (those
+// hold one only while they route or fail over), all joined before the set
+// is destroyed.
 absl::StatusOr<ServiceSet> GatewayServices(const GatewayOptions& options,
                                            std::shared_ptr<StateStore> store);
 

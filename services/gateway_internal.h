@@ -201,8 +201,8 @@ class Gateway {
 };
 
 // Blocking adaptors over the callback API, so a forwarding call can be
-// written as straight-line code on its own thread (Append is forwarded by
-// reactors instead: gateway_streams.cc). Lifetime: created with two references,
+// written as straight-line code on its own thread (Append and Generate are
+// forwarded by reactors instead: gateway_streams.cc). Lifetime: created with two references,
 // one dropped by gRPC (OnDone), one by the owning thread (Release) after its
 // last use.
 template <class Base>
