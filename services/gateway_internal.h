@@ -202,9 +202,9 @@ class Gateway {
 
 // Blocking adaptors over the callback API, so a forwarding call can be
 // written as straight-line code on its own thread (Append and Generate are
-// forwarded by reactors instead: gateway_streams.cc). Lifetime: created with two references,
-// one dropped by gRPC (OnDone), one by the owning thread (Release) after its
-// last use.
+// forwarded by reactors instead: gateway_streams.cc). Lifetime: created with
+// two references, one dropped by gRPC (OnDone), one by the owning thread
+// (Release) after its last use.
 template <class Base>
 class Blocking : public Base {
  public:
