@@ -68,8 +68,43 @@ class ReactorCall {
   // Frees the call's stream slot, then finishes it (once). May block.
   virtual void End(grpc::Status status) = 0;
 
+  // Where an attempt went.
+  struct Placed {
+    std::string worker;
+    std::shared_ptr<grpc::Channel> channel;
+    bool refused = false;  // Gateway::RefusedFast
+  };
+  // Task: the worker for attempt `attempt` on `session` (none of exclude_),
+  // connected; the router's error when there is none.
+  absl::StatusOr<Placed> Place(const grpc::CallbackServerContext& ctx,
+                               const SessionKey& session, int attempt) {
+    auto route = gateway_->router().RouteSession(session, exclude_);
+    gateway_->CountRoute(route, attempt);
+    if (!route.ok()) return route.status();
+    Placed placed;
+    placed.worker = route->worker_id;
+    placed.channel = gateway_->Channel(route->address);
+    // Made even on a channel that cannot connect: it fails at once, with
+    // gRPC's reason for the status if no worker is left, or goes through
+    // if the worker came back meanwhile.
+    placed.refused = Gateway::RefusedFast(placed.channel, ctx);
+    return placed;
+  }
+  // Task, after an attempt on `placed` that failed over: marks its worker
+  // suspect (`suspect`), leaves it out of the next routes, and says whether
+  // the attempt counts against max_attempts (not when it never reached the
+  // worker: Gateway::SkipsAttempt).
+  bool Counts(Placed placed, bool suspect) {
+    if (suspect) gateway_->router().MarkSuspect(placed.worker);
+    exclude_.insert(placed.worker);
+    return !Gateway::SkipsAttempt(placed.refused, placed.channel, &skips_);
+  }
+
   Gateway* const gateway_;
   bool admitted_ = false;  // counted in Gateway::AdmitCall
+  // Tasks only (one after another).
+  std::set<std::string> exclude_;
+  int skips_ = 0;  // Gateway::SkipsAttempt's count
 
  private:
   std::atomic<int> refs_{1};  // gRPC's, until OnDone
@@ -229,10 +264,7 @@ class AppendCall final
   grpc::CallbackServerContext* const ctx_;
   absl::Time began_;  // Start's
 
-  // Tasks only (one runs at a time per call).
-  std::set<std::string> exclude_;
-  int failures_ = 0;  // consecutive attempts without progress
-  int skips_ = 0;     // Gateway::SkipsAttempt's count
+  int failures_ = 0;  // consecutive attempts without progress (tasks')
 
   absl::Mutex mu_;
   std::string tenant_ ABSL_GUARDED_BY(mu_);
@@ -278,11 +310,9 @@ class AppendCall final
 
   // The attempt in progress (null between attempts).
   Upstream* upstream_ ABSL_GUARDED_BY(mu_) = nullptr;
-  std::shared_ptr<grpc::Channel> attempt_channel_ ABSL_GUARDED_BY(mu_);
-  std::string attempt_worker_ ABSL_GUARDED_BY(mu_);
-  bool attempt_refused_ ABSL_GUARDED_BY(mu_) = false;  // RefusedFast
-  bool write_hold_ ABSL_GUARDED_BY(mu_) = false;       // the attempt may write
-  bool read_hold_ ABSL_GUARDED_BY(mu_) = false;        // ... and read
+  Placed placed_ ABSL_GUARDED_BY(mu_);
+  bool write_hold_ ABSL_GUARDED_BY(mu_) = false;  // the attempt may write
+  bool read_hold_ ABSL_GUARDED_BY(mu_) = false;   // ... and read
   bool upstream_writing_ ABSL_GUARDED_BY(mu_) = false;
   bool attempt_over_ ABSL_GUARDED_BY(mu_) = false;  // its acks ended
   bool stalled_ ABSL_GUARDED_BY(mu_) = false;
@@ -492,23 +522,19 @@ void AppendCall::Route(absl::Duration backoff) {
   // stream may lose many workers over its life. A failover from a worker
   // that could not be reached costs nothing (up to kMaxUnreachableSkips
   // per call): nothing was sent to it.
-  auto route = gateway_->router().RouteSession({tenant, session_id}, exclude_);
-  gateway_->CountRoute(route, attempt);
-  if (!route.ok()) {
-    End(attempt == 1 ? ToGrpcStatus(route.status()) : Gateway::GaveUp(last));
+  auto placed = Place(*ctx_, {tenant, session_id}, attempt);
+  if (!placed.ok()) {
+    End(attempt == 1 ? ToGrpcStatus(placed.status()) : Gateway::GaveUp(last));
     return;
   }
-  std::shared_ptr<grpc::Channel> channel = gateway_->Channel(route->address);
-  const bool refused = Gateway::RefusedFast(channel, *ctx_);
   auto* upstream = new Upstream(
-      this, channel, gateway_->UpstreamContext(*ctx_, tenant, attempt));
+      this, placed->channel, gateway_->UpstreamContext(*ctx_, tenant, attempt));
   Ref();  // the attempt's, dropped in UpstreamDone
   absl::MutexLock lock(&mu_);
   attempts_ = attempt;
   upstream_ = upstream;
-  attempt_channel_ = std::move(channel);
-  attempt_worker_ = route->worker_id;
-  attempt_refused_ = refused;
+  const bool refused = placed->refused;
+  placed_ = *std::move(placed);
   attempt_over_ = false;
   stalled_ = false;
   upstream_writing_ = false;
@@ -725,26 +751,20 @@ void AppendCall::AfterAttempt(grpc::Status status, bool stalled,
     End(Gateway::FromWorker(status));
     return;
   }
-  std::string worker;
-  std::shared_ptr<grpc::Channel> channel;
-  bool refused;
+  Placed placed;
   {
     absl::MutexLock lock(&mu_);
-    worker = attempt_worker_;
-    channel = std::move(attempt_channel_);
-    refused = attempt_refused_;
+    placed = std::move(placed_);
   }
-  if (stalled || Gateway::WorkerFailed(status)) {
-    gateway_->router().MarkSuspect(worker);
-  }
-  exclude_.insert(worker);
+  const std::string worker = placed.worker;
+  const bool counts =
+      Counts(std::move(placed), stalled || Gateway::WorkerFailed(status));
   const int max_failures = gateway_->options().max_attempts;
   if (progressed) {
     failures_ = 1;
-  } else if (!Gateway::SkipsAttempt(refused, channel, &skips_)) {
+  } else if (counts) {
     ++failures_;
   }
-  channel.reset();
   if (failures_ >= max_failures) {
     End(Gateway::GaveUp(status));
     return;
@@ -851,10 +871,7 @@ class GenerateCall final
   absl::Time began_;    // Start's
   std::string tenant_;  // Start's
 
-  // Tasks only (one after another).
-  std::set<std::string> exclude_;
-  int counted_ = 0;  // attempts bounded by max_attempts
-  int skips_ = 0;    // Gateway::SkipsAttempt's count
+  int counted_ = 0;  // attempts bounded by max_attempts (tasks')
 
   absl::Mutex mu_;
   std::shared_ptr<TenantLimits::StreamSlot> slot_ ABSL_GUARDED_BY(mu_);
@@ -883,9 +900,7 @@ class GenerateCall final
 
   // The attempt in progress (null between attempts).
   Upstream* upstream_ ABSL_GUARDED_BY(mu_) = nullptr;
-  std::shared_ptr<grpc::Channel> attempt_channel_ ABSL_GUARDED_BY(mu_);
-  std::string attempt_worker_ ABSL_GUARDED_BY(mu_);
-  bool attempt_refused_ ABSL_GUARDED_BY(mu_) = false;  // RefusedFast
+  Placed placed_ ABSL_GUARDED_BY(mu_);
   bool read_hold_ ABSL_GUARDED_BY(mu_) = false;
   size_t regen_tokens_ ABSL_GUARDED_BY(mu_) = 0;  // this attempt's output
   std::string regen_text_ ABSL_GUARDED_BY(mu_);
@@ -944,28 +959,19 @@ void GenerateCall::Route() {
     last = last_;
     request = attempt_request_;
   }
-  auto route = gateway_->router().RouteSession({tenant_, request_.session_id()},
-                                               exclude_);
-  gateway_->CountRoute(route, attempt);
-  if (!route.ok()) {
-    End(attempt == 1 ? ToGrpcStatus(route.status()) : Gateway::GaveUp(last));
+  auto placed = Place(*ctx_, {tenant_, request_.session_id()}, attempt);
+  if (!placed.ok()) {
+    End(attempt == 1 ? ToGrpcStatus(placed.status()) : Gateway::GaveUp(last));
     return;
   }
-  auto context = gateway_->UpstreamContext(*ctx_, tenant_, attempt);
-  std::shared_ptr<grpc::Channel> channel = gateway_->Channel(route->address);
-  // Made even on a channel that cannot connect: it fails at once, with
-  // gRPC's reason for the status if no worker is left, or goes through if
-  // the worker came back meanwhile.
-  const bool refused = Gateway::RefusedFast(channel, *ctx_);
-  auto* upstream =
-      new Upstream(this, channel, std::move(context), std::move(request));
+  auto* upstream = new Upstream(
+      this, placed->channel, gateway_->UpstreamContext(*ctx_, tenant_, attempt),
+      std::move(request));
   Ref();  // the attempt's, dropped in UpstreamDone
   absl::MutexLock lock(&mu_);
   attempts_ = attempt;
   upstream_ = upstream;
-  attempt_channel_ = std::move(channel);
-  attempt_worker_ = route->worker_id;
-  attempt_refused_ = refused;
+  placed_ = *std::move(placed);
   regen_tokens_ = 0;
   regen_text_.clear();
   diverged_.reset();
@@ -1119,22 +1125,15 @@ void GenerateCall::AfterAttempt(grpc::Status status) {
     End(Gateway::FromWorker(status));
     return;
   }
-  std::string worker;
-  std::shared_ptr<grpc::Channel> channel;
-  bool refused;
+  Placed placed;
   {
     absl::MutexLock lock(&mu_);
-    worker = attempt_worker_;
-    channel = std::move(attempt_channel_);
-    refused = attempt_refused_;
+    placed = std::move(placed_);
   }
-  if (Gateway::WorkerFailed(status)) gateway_->router().MarkSuspect(worker);
-  exclude_.insert(worker);
   // Attempts are bounded by max_attempts; a failover from a worker that
   // could not be reached costs none (up to kMaxUnreachableSkips of them):
   // the call never got to it.
-  if (!Gateway::SkipsAttempt(refused, channel, &skips_)) ++counted_;
-  channel.reset();
+  if (Counts(std::move(placed), Gateway::WorkerFailed(status))) ++counted_;
   if (counted_ >= gateway_->options().max_attempts) {
     End(Gateway::GaveUp(status));
     return;
