@@ -60,13 +60,18 @@ class ReactorCall {
     Unref();
     return false;
   }
-  // Ends the call with `status` (End) on a task thread, or on this one if
-  // none can be made. Never under the call's lock.
+  // Ends the call with `status` (End): on a task thread when that may
+  // block (a stream slot to release), else (or if no thread can be made)
+  // on this one. Never under the call's lock.
   void Conclude(grpc::Status status) {
-    if (!RunTask([this, status] { End(status); })) End(status);
+    if (!HoldsSlot() || !RunTask([this, status] { End(status); })) {
+      End(status);
+    }
   }
   // Frees the call's stream slot, then finishes it (once). May block.
   virtual void End(grpc::Status status) = 0;
+  // Whether the call holds a stream slot (End releases it).
+  virtual bool HoldsSlot() = 0;
 
   // Where an attempt went.
   struct Placed {
@@ -210,6 +215,10 @@ class AppendCall final
   // Finishes the call (once): frees its slot first, so the client may open
   // its next stream at once. May block; never under mu_.
   void End(grpc::Status status) override;
+  bool HoldsSlot() override {
+    absl::MutexLock lock(&mu_);
+    return slot_ != nullptr;
+  }
 
   // Reactions of the attempt in progress.
   void UpstreamWriteDone(bool ok);
@@ -858,6 +867,10 @@ class GenerateCall final
   void AfterAttempt(grpc::Status status);
   // Frees the slot, then finishes (once). May block; never under mu_.
   void End(grpc::Status status) override;
+  bool HoldsSlot() override {
+    absl::MutexLock lock(&mu_);
+    return slot_ != nullptr;
+  }
 
   // Reactions of the attempt in progress.
   void UpstreamReadDone(bool ok);
