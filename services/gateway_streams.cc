@@ -1096,7 +1096,7 @@ void GenerateCall::OnWriteDone(bool ok) {
 }
 
 void GenerateCall::UpstreamDone(Upstream* upstream, grpc::Status status) {
-  bool settled;
+  bool settled, client_gone;
   {
     absl::MutexLock lock(&mu_);
     upstream_ = nullptr;
@@ -1123,9 +1123,10 @@ void GenerateCall::UpstreamDone(Upstream* upstream, grpc::Status status) {
     last_ = status;
     // A call that delivered `done` cannot be resent.
     settled = done_;
+    client_gone = client_gone_;  // a write to it failed
   }
   delete upstream;
-  if (!Gateway::ShouldFailover(status) || settled) {
+  if (!Gateway::ShouldFailover(status) || settled || client_gone) {
     Conclude(Gateway::FromWorker(status));
   } else if (!RunTask([this, status] { AfterAttempt(status); })) {
     Conclude(Gateway::Refused());
