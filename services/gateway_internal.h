@@ -318,6 +318,14 @@ std::vector<v1::Model> MergeModels(
 // NOT_FOUND/MODEL_NOT_FOUND: no ready worker serves `model_id`.
 absl::Status ModelNotFound(const std::string& model_id);
 
+// Serve one Append (gateway_append.cc) or Generate (gateway_generate.cc):
+// the reactor to return from the rpc handler.
+grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>* StartAppend(
+    Gateway* gateway, grpc::CallbackServerContext* ctx);
+grpc::ServerWriteReactor<v1::GenerateResponse>* StartGenerate(
+    Gateway* gateway, grpc::CallbackServerContext* ctx,
+    const v1::GenerateRequest* request);
+
 // The gateway's services (gateway_sessions.cc, gateway_streams.cc,
 // gateway_models.cc); `gateway` outlives them.
 std::unique_ptr<grpc::Service> NewSessionsService(Gateway* gateway);

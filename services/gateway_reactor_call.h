@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: Apache-2.0
+// ReactorCall: what the gateway's calls forwarded by callback reactors
+// (AppendCall in gateway_append.cc, GenerateCall in gateway_generate.cc)
+// share. Internal to services/; docs/gateway.md, "Forwarding by reactors",
+// says what they rely on.
+#ifndef STATESTREAM_SERVICES_GATEWAY_REACTOR_CALL_H_
+#define STATESTREAM_SERVICES_GATEWAY_REACTOR_CALL_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <utility>
+
+#include "absl/status/statusor.h"
+#include "services/gateway_internal.h"
+
+namespace statestream::gateway {
+
+// What the calls forwarded by reactors (AppendCall, GenerateCall) share:
+// counted references — gRPC's until OnDone, the attempt in progress's,
+// each task's — the last of which deletes the call; the call's admission
+// (Gateway::AdmitCall); and its tasks, the steps that may block, each on a
+// short-lived thread (Gateway::Detach).
+class ReactorCall {
+ public:
+  virtual ~ReactorCall() {
+    if (admitted_) gateway_->ReleaseCall();
+  }
+
+ protected:
+  explicit ReactorCall(Gateway* gateway) : gateway_(gateway) {}
+
+  void Ref() { refs_.fetch_add(1); }
+  void Unref() {
+    if (refs_.fetch_sub(1) == 1) delete this;
+  }
+  // Runs `fn` on a task thread holding a reference. False (`fn` dropped)
+  // when no thread can be made.
+  [[nodiscard]] bool RunTask(std::function<void()> fn) {
+    Ref();
+    if (gateway_->Detach([this, fn = std::move(fn)] {
+          fn();
+          Unref();
+        })) {
+      return true;
+    }
+    Unref();
+    return false;
+  }
+  // Ends the call with `status` (End): on a task thread when that may
+  // block (a stream slot to release), else (or if no thread can be made)
+  // on this one. Never under the call's lock.
+  void Conclude(grpc::Status status) {
+    if (!HoldsSlot() || !RunTask([this, status] { End(status); })) {
+      End(status);
+    }
+  }
+  // Frees the call's stream slot, then finishes it (once). May block.
+  virtual void End(grpc::Status status) = 0;
+  // Whether the call holds a stream slot (End releases it).
+  virtual bool HoldsSlot() = 0;
+
+  // Where an attempt went.
+  struct Placed {
+    std::string worker;
+    std::shared_ptr<grpc::Channel> channel;
+    bool refused = false;  // Gateway::RefusedFast
+  };
+  // Task: the worker for attempt `attempt` on `session` (none of exclude_),
+  // connected; the router's error when there is none.
+  absl::StatusOr<Placed> Place(const grpc::CallbackServerContext& ctx,
+                               const SessionKey& session, int attempt) {
+    auto route = gateway_->router().RouteSession(session, exclude_);
+    gateway_->CountRoute(route, attempt);
+    if (!route.ok()) return route.status();
+    Placed placed;
+    placed.worker = route->worker_id;
+    placed.channel = gateway_->Channel(route->address);
+    // Made even on a channel that cannot connect: it fails at once, with
+    // gRPC's reason for the status if no worker is left, or goes through
+    // if the worker came back meanwhile.
+    placed.refused = Gateway::RefusedFast(placed.channel, ctx);
+    return placed;
+  }
+  // Task, after an attempt on `placed` that failed over: marks its worker
+  // suspect (`suspect`), leaves it out of the next routes, and says whether
+  // the attempt counts against max_attempts (not when it never reached the
+  // worker: Gateway::SkipsAttempt).
+  bool Counts(Placed placed, bool suspect) {
+    if (suspect) gateway_->router().MarkSuspect(placed.worker);
+    exclude_.insert(placed.worker);
+    return !Gateway::SkipsAttempt(placed.refused, placed.channel, &skips_);
+  }
+
+  Gateway* const gateway_;
+  bool admitted_ = false;  // counted in Gateway::AdmitCall
+  // Tasks only (one after another).
+  std::set<std::string> exclude_;
+  int skips_ = 0;  // Gateway::SkipsAttempt's count
+
+ private:
+  std::atomic<int> refs_{1};  // gRPC's, until OnDone
+};
+
+}  // namespace statestream::gateway
+
+#endif  // STATESTREAM_SERVICES_GATEWAY_REACTOR_CALL_H_
