@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// The gateway's shared machinery (channels, tenants, threads, the stall
-// watchdog, unary failover) and its service set; the services are in
-// gateway_sessions.cc, gateway_streams.cc and gateway_models.cc.
+// The gateway's shared machinery (channels, tenants, call admission and
+// threads, the watchdog, unary failover) and its service set; the services
+// are in gateway_sessions.cc, gateway_streams.cc (with gateway_append.cc
+// and gateway_generate.cc) and gateway_models.cc.
 #include "services/gateway.h"
 
 #include <grpcpp/grpcpp.h>

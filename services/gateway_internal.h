@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Shared by the gateway's services (gateway.cc: unary calls and wiring;
-// gateway_streams.cc: Append and Generate). Internal to services/.
+// gateway_streams.cc: the Streams service, with Append in
+// gateway_append.cc and Generate in gateway_generate.cc). Internal to
+// services/.
 #ifndef STATESTREAM_SERVICES_GATEWAY_INTERNAL_H_
 #define STATESTREAM_SERVICES_GATEWAY_INTERNAL_H_
 
@@ -202,8 +204,8 @@ class Gateway {
 
 // Blocking adaptors over the callback API, so a forwarding call can be
 // written as straight-line code on its own thread (Append and Generate are
-// forwarded by reactors instead: gateway_streams.cc). Lifetime: created with
-// two references, one dropped by gRPC (OnDone), one by the owning thread
+// forwarded by reactors instead: gateway_reactor_call.h). Lifetime: created
+// with two references, one dropped by gRPC (OnDone), one by the owning thread
 // (Release) after its last use.
 template <class Base>
 class Blocking : public Base {
