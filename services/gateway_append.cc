@@ -54,16 +54,11 @@ class AppendCall final
   // From the rpc handler, before the reactor is returned.
   void Start() {
     began_ = gateway_->BeginCall();
-    absl::StatusOr<std::string> tenant;
     {
       absl::MutexLock lock(&mu_);
       auth_generation_ = gateway_->options().auth.generation();
-      tenant = gateway_->Tenant(*ctx_);
-      if (tenant.ok()) {
-        tenant_ = *tenant;
-        credentials_ = CredentialsOf(*ctx_);
-      }
     }
+    absl::StatusOr<std::string> tenant = gateway_->Tenant(*ctx_);
     if (!tenant.ok()) {
       const grpc::Status status = ToGrpcStatus(tenant.status());
       gateway_->EndCall("Append", status, began_);
@@ -76,6 +71,8 @@ class AppendCall final
       return;
     }
     admitted_ = true;
+    tenant_ = *std::move(tenant);
+    credentials_ = CredentialsOf(*ctx_);
     // The slot is taken on a task thread: it may wait on Redis.
     if (!RunTask([this] { Setup(); })) {
       gateway_->EndCall("Append", Gateway::Refused(), began_);
@@ -188,11 +185,13 @@ class AppendCall final
 
   int failures_ = 0;  // consecutive attempts without progress (tasks')
 
-  absl::Mutex mu_;
-  std::string tenant_ ABSL_GUARDED_BY(mu_);
+  // Set by Start before any task or read, read-only after.
+  std::string tenant_;
   // The call's credentials: each request is sent under the key the call
   // was opened with (not read from ctx_: its metadata may be gone).
-  Credentials credentials_ ABSL_GUARDED_BY(mu_);
+  Credentials credentials_;
+
+  absl::Mutex mu_;
   uint64_t auth_generation_ ABSL_GUARDED_BY(mu_) = 0;  // Recheck's
   std::shared_ptr<TenantLimits::StreamSlot> slot_ ABSL_GUARDED_BY(mu_);
   bool watched_ ABSL_GUARDED_BY(mu_) = false;      // Gateway::Watch'ed
@@ -312,12 +311,7 @@ void AppendCall::Check(absl::Time now) {
 }
 
 void AppendCall::Setup() {
-  std::string tenant;
-  {
-    absl::MutexLock lock(&mu_);
-    tenant = tenant_;
-  }
-  auto slot = HoldStreamSlot(gateway_, tenant);
+  auto slot = HoldStreamSlot(gateway_, tenant_);
   if (!slot.ok()) {
     End(ToGrpcStatus(slot.status()));
     return;
@@ -430,13 +424,12 @@ void AppendCall::EndInput(absl::Status why) {
 
 void AppendCall::Route(absl::Duration backoff) {
   absl::SleepFor(backoff);
-  std::string session_id, tenant;
+  std::string session_id;
   int attempt;
   grpc::Status last;
   {
     absl::MutexLock lock(&mu_);
     session_id = session_id_;
-    tenant = tenant_;
     attempt = attempts_ + 1;
     last = last_status_;
   }
@@ -444,13 +437,14 @@ void AppendCall::Route(absl::Duration backoff) {
   // stream may lose many workers over its life. A failover from a worker
   // that could not be reached costs nothing (up to kMaxUnreachableSkips
   // per call): nothing was sent to it.
-  auto placed = Place(*ctx_, {tenant, session_id}, attempt);
+  auto placed = Place(*ctx_, {tenant_, session_id}, attempt);
   if (!placed.ok()) {
     End(attempt == 1 ? ToGrpcStatus(placed.status()) : Gateway::GaveUp(last));
     return;
   }
-  auto* upstream = new Upstream(
-      this, placed->channel, gateway_->UpstreamContext(*ctx_, tenant, attempt));
+  auto* upstream =
+      new Upstream(this, placed->channel,
+                   gateway_->UpstreamContext(*ctx_, tenant_, attempt));
   Ref();  // the attempt's, dropped in UpstreamDone
   absl::MutexLock lock(&mu_);
   attempts_ = attempt;

@@ -89,7 +89,8 @@ class GenerateCall final
   void Diverged(size_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   grpc::CallbackServerContext* const ctx_;  // valid until Finish
-  const v1::GenerateRequest request_;
+  // gRPC's, kept until OnDone (which follows Finish).
+  const v1::GenerateRequest& request_;
   absl::Time began_;    // Start's
   std::string tenant_;  // Start's
 
