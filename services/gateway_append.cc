@@ -437,7 +437,8 @@ void AppendCall::Route(absl::Duration backoff) {
   // stream may lose many workers over its life. A failover from a worker
   // that could not be reached costs nothing (up to kMaxUnreachableSkips
   // per call): nothing was sent to it.
-  auto placed = Place(*ctx_, {tenant_, session_id}, attempt);
+  auto placed =
+      Place(*ctx_, tenant_, Target{"Append", session_id, "", ""}, attempt);
   if (!placed.ok()) {
     End(attempt == 1 ? ToGrpcStatus(placed.status()) : Gateway::GaveUp(last));
     return;

@@ -182,7 +182,9 @@ void GenerateCall::Route() {
     last = last_;
     request = attempt_request_;
   }
-  auto placed = Place(*ctx_, {tenant_, request_.session_id()}, attempt);
+  auto placed =
+      Place(*ctx_, tenant_, Target{"Generate", request_.session_id(), "", ""},
+            attempt);
   if (!placed.ok()) {
     End(attempt == 1 ? ToGrpcStatus(placed.status()) : Gateway::GaveUp(last));
     return;

@@ -279,31 +279,6 @@ grpc::Status ForwardWithFailover(
 // failover). For operators and the fault tests.
 inline constexpr char kAttemptsTrailer[] = "x-statestream-attempts";
 
-// A unary call forwarded on a gateway thread.
-template <class Req, class Resp, class Call>
-grpc::ServerUnaryReactor* ForwardUnary(Gateway* gateway,
-                                       grpc::CallbackServerContext* ctx,
-                                       const Req* req, Resp* resp,
-                                       Target target, Call call) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  const absl::Time began = gateway->BeginCall();
-  const bool spawned = gateway->Spawn([=] {
-    grpc::Status status =
-        ForwardWithFailover(gateway, *ctx, target,
-                            [&](const std::shared_ptr<grpc::Channel>& channel,
-                                grpc::ClientContext* client) {
-                              return call(channel, client, *req, resp);
-                            });
-    gateway->EndCall(target.method, status, began);
-    reactor->Finish(status);
-  });
-  if (!spawned) {
-    gateway->EndCall(target.method, Gateway::Refused(), began);
-    reactor->Finish(Gateway::Refused());
-  }
-  return reactor;
-}
-
 // The caller's stream slot (Append, Generate, ImportState), held until the
 // call ends (null without limits); UNAUTHENTICATED or TENANT_LIMIT
 // otherwise.

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // ReactorCall: what the gateway's calls forwarded by callback reactors
-// (AppendCall in gateway_append.cc, GenerateCall in gateway_generate.cc)
-// share. Internal to services/; docs/gateway.md, "Forwarding by reactors",
-// says what they rely on.
+// (AppendCall in gateway_append.cc, GenerateCall in gateway_generate.cc,
+// UnaryCall in gateway_unary.cc) share. Internal to services/; docs/gateway.md,
+// "Forwarding by reactors", says what they rely on.
 #ifndef STATESTREAM_SERVICES_GATEWAY_REACTOR_CALL_H_
 #define STATESTREAM_SERVICES_GATEWAY_REACTOR_CALL_H_
 
@@ -16,11 +16,13 @@
 #include <utility>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "services/gateway_internal.h"
 
 namespace statestream::gateway {
 
-// What the calls forwarded by reactors (AppendCall, GenerateCall) share:
+// What the calls forwarded by reactors (AppendCall, GenerateCall,
+// UnaryCall) share:
 // counted references — gRPC's until OnDone, the attempt in progress's,
 // each task's — the last of which deletes the call; the call's admission
 // (Gateway::AdmitCall); and its tasks, the steps that may block, each on a
@@ -70,11 +72,18 @@ class ReactorCall {
     std::shared_ptr<grpc::Channel> channel;
     bool refused = false;  // Gateway::RefusedFast
   };
-  // Task: the worker for attempt `attempt` on `session` (none of exclude_),
-  // connected; the router's error when there is none.
+  // Task: the worker for attempt `attempt` of `tenant`'s call to `target`
+  // (none of exclude_), connected; the router's error when there is none.
   absl::StatusOr<Placed> Place(const grpc::CallbackServerContext& ctx,
-                               const SessionKey& session, int attempt) {
-    auto route = gateway_->router().RouteSession(session, exclude_);
+                               const std::string& tenant, const Target& target,
+                               int attempt) {
+    auto route = target.session_id.empty()
+                     ? gateway_->router().RouteAny(
+                           absl::StrCat(tenant, "/", target.hash_key),
+                           target.fingerprint, exclude_)
+                     : gateway_->router().RouteSession(
+                           {tenant, target.session_id}, exclude_,
+                           target.any_model, target.fingerprint);
     gateway_->CountRoute(route, attempt);
     if (!route.ok()) return route.status();
     Placed placed;

@@ -14,6 +14,7 @@
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "services/gateway_internal.h"
+#include "services/gateway_unary.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 
 namespace statestream::gateway {
@@ -40,14 +41,13 @@ grpc::Status SessionQuota(Gateway* gateway,
 }
 
 // Every rpc is one line: route key and the stub method.
-#define SS_FORWARD(Service, Method, session_expr, hash_expr, any_model)      \
-  ForwardUnary(                                                              \
-      gateway_, ctx, req, resp,                                              \
-      Target{#Method, session_expr, hash_expr, "", any_model},               \
-      [](const std::shared_ptr<grpc::Channel>& channel,                      \
-         grpc::ClientContext* client, const auto& request, auto* response) { \
-        return v1::Service::NewStub(channel)->Method(client, request,        \
-                                                     response);              \
+#define SS_FORWARD(Service, Method, session_expr, hash_expr, any_model) \
+  ForwardUnary<v1::Service>(                                            \
+      gateway_, ctx, req, resp,                                         \
+      Target{#Method, session_expr, hash_expr, "", any_model},          \
+      [](auto* async, grpc::ClientContext* client, const auto* request, \
+         auto* response, std::function<void(grpc::Status)> done) {      \
+        async->Method(client, request, response, std::move(done));      \
       })
 
 class SessionsService final : public v1::Sessions::CallbackService {
@@ -61,42 +61,35 @@ class SessionsService final : public v1::Sessions::CallbackService {
     // server-generated id, of the request id, so retries land together)
     // among the workers serving its model; a fork goes where its source
     // lives.
-    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    const absl::Time began = gateway_->BeginCall();
-    if (!gateway_->Spawn([this, ctx, req, resp, reactor, began] {
-          grpc::Status status = CreateSessionOnWorker(*ctx, *req, resp);
-          gateway_->EndCall("CreateSession", status, began);
-          reactor->Finish(status);
-        })) {
-      gateway_->EndCall("CreateSession", Gateway::Refused(), began);
-      reactor->Finish(Gateway::Refused());
-    }
-    return reactor;
+    // The quota and the model are looked up on the call's first task (they
+    // may wait on Redis or on the workers).
+    return ForwardUnary<v1::Sessions>(
+        gateway_, ctx, req, resp, Target{"CreateSession", "", "", ""},
+        [](auto* async, grpc::ClientContext* client, const auto* request,
+           auto* response, std::function<void(grpc::Status)> done) {
+          async->CreateSession(client, request, response, std::move(done));
+        },
+        [this, ctx, req](const std::string& tenant, Target* target) {
+          return CreateSessionTarget(*ctx, tenant, *req, target);
+        });
   }
-  grpc::Status CreateSessionOnWorker(const grpc::CallbackServerContext& ctx,
-                                     const v1::CreateSessionRequest& req,
-                                     v1::Session* resp) {
+  grpc::Status CreateSessionTarget(const grpc::CallbackServerContext& ctx,
+                                   const std::string& tenant,
+                                   const v1::CreateSessionRequest& req,
+                                   Target* target) {
     grpc::Status quota =
         SessionQuota(gateway_, ctx, req.session_id(), req.request_id());
     if (!quota.ok()) return quota;
-    Target target{
-        "CreateSession", "",
-        req.session_id().empty() ? req.request_id() : req.session_id(), ""};
+    target->hash_key =
+        req.session_id().empty() ? req.request_id() : req.session_id();
     if (!req.model_id().empty()) {
-      auto tenant = gateway_->Tenant(ctx);
-      if (!tenant.ok()) return ToGrpcStatus(tenant.status());
-      auto model = gateway_->ResolveModel(ctx, *tenant, req.model_id());
+      auto model = gateway_->ResolveModel(ctx, tenant, req.model_id());
       if (!model.ok()) return ToGrpcStatus(model.status());
-      target.fingerprint = model->fingerprint();
+      target->fingerprint = model->fingerprint();
     } else if (req.has_fork_from() && !req.fork_from().session_id().empty()) {
-      target.session_id = req.fork_from().session_id();
+      target->session_id = req.fork_from().session_id();
     }
-    return ForwardWithFailover(
-        gateway_, ctx, target,
-        [&](const std::shared_ptr<grpc::Channel>& channel,
-            grpc::ClientContext* client) {
-          return Sessions::NewStub(channel)->CreateSession(client, req, resp);
-        });
+    return grpc::Status::OK;
   }
 
   grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* ctx,

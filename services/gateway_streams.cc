@@ -8,6 +8,7 @@
 #include <string>
 
 #include "services/gateway_internal.h"
+#include "services/gateway_unary.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 
 namespace statestream::gateway {
@@ -31,13 +32,11 @@ class StreamsService final : public v1::Streams::CallbackService {
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx,
                                   const v1::ScoreRequest* req,
                                   v1::ScoreResponse* resp) override {
-    return ForwardUnary(
+    return ForwardUnary<v1::Streams>(
         gateway_, ctx, req, resp, Target{"Score", req->session_id(), "", ""},
-        [](const std::shared_ptr<grpc::Channel>& channel,
-           grpc::ClientContext* client, const v1::ScoreRequest& request,
-           v1::ScoreResponse* response) {
-          return v1::Streams::NewStub(channel)->Score(client, request,
-                                                      response);
+        [](auto* async, grpc::ClientContext* client, const auto* request,
+           auto* response, std::function<void(grpc::Status)> done) {
+          async->Score(client, request, response, std::move(done));
         });
   }
 

@@ -24,6 +24,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
@@ -791,6 +792,75 @@ TEST_F(ClusterFailoverTest, OpenGeneratesHoldNoGatewayThreads) {
   for (int i = 1; i < kCalls; ++i) {
     ctxs[i]->TryCancel();
     EXPECT_EQ(readers[i]->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+}
+
+// Unary calls waiting on a worker hold no gateway thread: 40 GetSession
+// calls to the sessions of a paused owner (SIGSTOP, over a connection the
+// gateway has open, so each waits for an answer until the gateway's pings
+// go unanswered) leave the gateway's thread count where it was (it was one
+// thread a call); then each fails over and ends OK on another worker.
+TEST_F(ClusterFailoverTest, UnaryCallsWaitingOnAWorkerHoldNoGatewayThreads) {
+  constexpr int kCalls = 40;
+  const pid_t gateway = (*gateways_)[1]->pid();
+  std::vector<std::string> ids;
+  e2e::ClusterProcess* owner = nullptr;
+  for (int i = 0; ids.size() < kCalls && i < 400; ++i) {
+    const std::string id = absl::StrCat("unary-wait-", i);
+    ASSERT_NO_FATAL_FAILURE(CreateWithPrompt(id, "leased"));
+    e2e::ClusterProcess* o = Owner(id);
+    if (owner == nullptr) owner = o;
+    if (o != nullptr && o == owner) ids.push_back(id);
+  }
+  ASSERT_EQ(ids.size(), static_cast<size_t>(kCalls));
+  // The gateway's connection to the owner is open and in use.
+  ASSERT_TRUE(Get(ids[0], 1).ok());
+  ASSERT_NO_FATAL_FAILURE(Pause(owner));
+  const int before = Threads(gateway);
+  ASSERT_GT(before, 0);
+  struct Call {
+    std::unique_ptr<grpc::ClientContext> ctx;
+    v1::GetSessionRequest req;
+    v1::Session resp;
+    grpc::Status status;
+  };
+  std::vector<Call> calls(kCalls);
+  absl::Mutex mu;
+  int ended = 0;
+  for (int i = 0; i < kCalls; ++i) {
+    Call& c = calls[i];
+    c.ctx = Ctx();
+    c.ctx->set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::seconds(20));
+    c.req.set_session_id(ids[i]);
+    sessions_[1]->async()->GetSession(c.ctx.get(), &c.req, &c.resp,
+                                      [&c, &mu, &ended](grpc::Status st) {
+                                        absl::MutexLock lock(&mu);
+                                        c.status = std::move(st);
+                                        ++ended;
+                                      });
+  }
+  // Well inside the 2 s stall timeout: the calls wait on the paused owner.
+  absl::SleepFor(absl::Milliseconds(500));
+  const int waiting = Threads(gateway);
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_LT(ended, kCalls / 2) << "the calls did not wait on the owner";
+  }
+  EXPECT_LT(waiting - before, kCalls / 4)
+      << before << " threads before the calls, " << waiting
+      << " while they waited";
+  {
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(
+        +[](int* n) { return *n == kCalls; }, &ended));
+  }
+  owner->Signal(SIGCONT);
+  for (int i = 0; i < kCalls; ++i) {
+    EXPECT_TRUE(calls[i].status.ok())
+        << ids[i] << ": " << calls[i].status.error_code() << " "
+        << calls[i].status.error_message();
+    EXPECT_EQ(calls[i].resp.session_id(), ids[i]);
   }
 }
 

@@ -1,0 +1,155 @@
+// SPDX-License-Identifier: Apache-2.0
+// The gateway's unary calls: UnaryCall forwards one with failover, its
+// worker's answer awaited by gRPC rather than by a thread.
+#include "services/gateway_unary.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "absl/status/statusor.h"
+#include "absl/time/clock.h"
+#include "common/grpc_status.h"
+#include "services/gateway_internal.h"
+#include "services/gateway_reactor_call.h"
+
+namespace statestream::gateway {
+namespace {
+
+// One client unary call. Its steps run one after another, each started by
+// the one before: Start (the rpc handler), Setup and Route (a task each,
+// as routing may read the store), the attempt (awaited by gRPC),
+// AttemptDone (gRPC's reaction), AfterAttempt (a task: ClientGone may
+// wait), then Route again or End. So the fields below need no lock: the
+// step that starts the next one touches none of them after it has.
+class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
+ public:
+  UnaryCall(Gateway* gateway, grpc::CallbackServerContext* ctx, Target target,
+            UnaryAttempt attempt, UnaryPrepare prepare)
+      : ReactorCall(gateway),
+        ctx_(ctx),
+        target_(std::move(target)),
+        attempt_(std::move(attempt)),
+        prepare_(std::move(prepare)) {}
+
+  // From the rpc handler, before the reactor is returned.
+  void Start() {
+    began_ = gateway_->BeginCall();
+    auto tenant = gateway_->Tenant(*ctx_);
+    grpc::Status refused;
+    if (!tenant.ok()) {
+      refused = ToGrpcStatus(tenant.status());
+    } else if (!gateway_->AdmitCall()) {
+      refused = Gateway::Refused();
+    } else {
+      admitted_ = true;
+      tenant_ = *std::move(tenant);
+      if (RunTask([this] { Setup(); })) return;
+      refused = Gateway::Refused();
+    }
+    End(refused);
+  }
+
+  void OnDone() override { Unref(); }
+
+ private:
+  // Task: `prepare_`, then the first attempt.
+  void Setup() {
+    if (prepare_ != nullptr) {
+      grpc::Status status = prepare_(tenant_, &target_);
+      prepare_ = nullptr;
+      if (!status.ok()) {
+        End(status);
+        return;
+      }
+    }
+    Route();
+  }
+
+  // Task: picks the next worker and starts an attempt on it.
+  void Route() {
+    const int attempt = attempts_ + 1;
+    auto placed = Place(*ctx_, tenant_, target_, attempt);
+    if (!placed.ok()) {
+      End(attempt == 1 ? ToGrpcStatus(placed.status())
+                       : Gateway::GaveUp(last_));
+      return;
+    }
+    attempts_ = attempt;
+    placed_ = *std::move(placed);
+    context_ = gateway_->UpstreamContext(*ctx_, tenant_, attempt);
+    Ref();  // the attempt's, dropped in AttemptDone
+    // The last step here: AttemptDone may run before attempt_ returns.
+    attempt_(placed_.channel, context_.get(),
+             [this](grpc::Status status) { AttemptDone(std::move(status)); });
+  }
+
+  // gRPC's reaction to the attempt's end: must not block.
+  void AttemptDone(grpc::Status status) {
+    last_ = status;
+    if (!Gateway::ShouldFailover(status)) {
+      End(Gateway::FromWorker(status));
+    } else if (!RunTask([this, status] { AfterAttempt(status); })) {
+      End(Gateway::Refused());
+    }
+    Unref();  // the attempt's
+  }
+
+  // Task: ends the call with `status`, or tries another worker.
+  void AfterAttempt(grpc::Status status) {
+    if (Gateway::ClientGone(*ctx_, status)) {
+      End(Gateway::FromWorker(status));
+      return;
+    }
+    // Attempts are bounded by max_attempts; a failover from a worker that
+    // could not be reached costs none (up to kMaxUnreachableSkips of
+    // them): the call never got to it.
+    if (Counts(std::move(placed_), Gateway::WorkerFailed(status))) {
+      ++counted_;
+    }
+    if (counted_ >= gateway_->options().max_attempts) {
+      End(Gateway::GaveUp(status));
+      return;
+    }
+    gateway_->metrics().IncFailover(target_.method);
+    Route();
+  }
+
+  // Finishes the call (it never holds a slot: no step of End blocks).
+  void End(grpc::Status status) override {
+    gateway_->EndCall(target_.method, status, began_);
+    Finish(status);
+  }
+  bool HoldsSlot() override { return false; }
+
+  grpc::CallbackServerContext* const ctx_;  // valid until Finish
+  Target target_;
+  const UnaryAttempt attempt_;
+  UnaryPrepare prepare_;  // Setup's
+  absl::Time began_;      // Start's
+  std::string tenant_;    // Start's
+  int attempts_ = 0;      // started
+  int counted_ = 0;       // bounded by max_attempts
+  grpc::Status last_;     // the last attempt's
+  // The attempt in progress (or the last): its worker and channel, and
+  // its context, which gRPC uses until AttemptDone.
+  Placed placed_;
+  std::unique_ptr<grpc::ClientContext> context_;
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* StartUnary(Gateway* gateway,
+                                     grpc::CallbackServerContext* ctx,
+                                     Target target, UnaryAttempt attempt,
+                                     UnaryPrepare prepare) {
+  auto* call = new UnaryCall(gateway, ctx, std::move(target),
+                             std::move(attempt), std::move(prepare));
+  call->Start();
+  return call;
+}
+
+}  // namespace statestream::gateway
