@@ -220,34 +220,6 @@ class Blocking : public Base {
   std::atomic<int> refs_{2};
 };
 
-template <class Resp>
-class BlockingWriter final : public Blocking<grpc::ServerWriteReactor<Resp>> {
- public:
-  // One writer thread. False once the client is gone.
-  bool Write(const Resp& msg) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (broken_) return false;
-      pending_ = true;
-    }
-    this->StartWrite(&msg);
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](bool* p) { return !*p; }, &pending_));
-    return !broken_;
-  }
-  void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
-    if (!ok) broken_ = true;
-    pending_ = false;
-  }
-
- private:
-  absl::Mutex mu_;
-  bool pending_ ABSL_GUARDED_BY(mu_) = false;
-  bool broken_ ABSL_GUARDED_BY(mu_) = false;
-};
-
 // Where a call goes.
 struct Target {
   std::string method;      // rpc name, for the metrics
@@ -302,6 +274,10 @@ grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>* StartAppend(
 grpc::ServerWriteReactor<v1::GenerateResponse>* StartGenerate(
     Gateway* gateway, grpc::CallbackServerContext* ctx,
     const v1::GenerateRequest* request);
+// Serve one ExportState (gateway_export.cc).
+grpc::ServerWriteReactor<v1::ExportStateResponse>* StartExport(
+    Gateway* gateway, grpc::CallbackServerContext* ctx,
+    const v1::ExportStateRequest* request);
 
 // The gateway's services (gateway_sessions.cc, gateway_streams.cc,
 // gateway_models.cc); `gateway` outlives them.

@@ -134,61 +134,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
   grpc::ServerWriteReactor<v1::ExportStateResponse>* ExportState(
       grpc::CallbackServerContext* ctx,
       const v1::ExportStateRequest* req) override {
-    auto* writer = new BlockingWriter<v1::ExportStateResponse>();
-    const absl::Time began = gateway_->BeginCall();
-    const bool spawned = gateway_->Spawn([this, ctx, req, writer, began] {
-      // A stream like the others (it holds a thread while its client reads
-      // slowly): within the tenant's stream limit, taken on the call's own
-      // thread since it may wait on Redis.
-      absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> slot =
-          HoldStreamSlot(gateway_, *ctx);
-      if (!slot.ok()) {
-        const grpc::Status st = ToGrpcStatus(slot.status());
-        gateway_->EndCall("ExportState", st, began);
-        writer->Finish(st);
-        writer->Release();
-        return;
-      }
-      bool delivered = false;
-      grpc::Status st = ForwardWithFailover(
-          gateway_, *ctx,
-          Target{"ExportState", req->session_id(), "", "", /*any_model=*/true},
-          [&](const std::shared_ptr<grpc::Channel>& channel,
-              grpc::ClientContext* client) {
-            auto reader = Sessions::NewStub(channel)->ExportState(client, *req);
-            v1::ExportStateResponse msg;
-            bool client_gone = false;
-            while (reader->Read(&msg)) {
-              delivered = true;
-              if (!writer->Write(msg)) {
-                client_gone = true;
-                client->TryCancel();
-              }
-            }
-            grpc::Status s = reader->Finish();
-            // Cut short by its own client: that is how the call ends.
-            if (client_gone) return s;
-            if (delivered && !s.ok() && Gateway::ShouldFailover(s) &&
-                !Gateway::ClientGone(*ctx, s)) {
-              return ToGrpcStatus(MakeError(absl::StatusCode::kUnavailable,
-                                            Reason::kOverloaded,
-                                            "worker lost during export; retry",
-                                            {{"retry_after_ms", "200"}}));
-            }
-            return s;
-          },
-          nullptr, &delivered);
-      gateway_->EndCall("ExportState", st, began);
-      slot->reset();  // the client may open its next stream
-      writer->Finish(st);
-      writer->Release();
-    });
-    if (!spawned) {
-      gateway_->EndCall("ExportState", Gateway::Refused(), began);
-      writer->Finish(Gateway::Refused());
-      writer->Release();
-    }
-    return writer;
+    return StartExport(gateway_, ctx, req);
   }
 
   // Client streaming: the whole import (at most one state) is read first,

@@ -45,6 +45,36 @@ TEST_F(GatewayTest, AnExportIsNotResentOnceItHasDeliveredAMessage) {
   EXPECT_EQ(calls_.load(), 1);
 }
 
+// An export whose worker is lost before its first message is resent to
+// another: the client gets the second worker's export whole, in order.
+TEST_F(GatewayTest, AnExportLostBeforeItsFirstMessageIsResent) {
+  using W = grpc::ServerWriter<v1::ExportStateResponse>;
+  Script<grpc::Status(int, W*)>(&ScriptedWorker::export_state, [](int n, W* w) {
+    if (n == 0) return Lost();
+    v1::ExportStateResponse header;
+    header.mutable_header()->set_version(4);
+    w->Write(header);
+    for (uint32_t i = 0; i < 3; ++i) {
+      v1::ExportStateResponse chunk;
+      chunk.mutable_chunk()->set_index(i);
+      chunk.mutable_chunk()->set_data(std::string(1 << 16, 'a' + i));
+      w->Write(chunk);
+    }
+    return grpc::Status::OK;
+  });
+  Start();
+  const auto exported = ExportS();
+  EXPECT_TRUE(exported.status.ok()) << exported.status.error_message();
+  ASSERT_EQ(exported.messages.size(), 4u);
+  EXPECT_EQ(exported.messages[0].header().version(), 4u);
+  for (uint32_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(exported.messages[i + 1].chunk().index(), i);
+    EXPECT_EQ(exported.messages[i + 1].chunk().data(),
+              std::string(1 << 16, 'a' + i));
+  }
+  EXPECT_EQ(calls_.load(), 2);
+}
+
 // A generation whose `done` was delivered is over: a connection lost
 // before the trailers neither fails the call nor runs it again (a second
 // `done`).
