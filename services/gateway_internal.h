@@ -202,24 +202,6 @@ class Gateway {
   std::thread watchdog_;
 };
 
-// Blocking adaptors over the callback API, so a forwarding call can be
-// written as straight-line code on its own thread (Append and Generate are
-// forwarded by reactors instead: gateway_reactor_call.h). Lifetime: created
-// with two references, one dropped by gRPC (OnDone), one by the owning thread
-// (Release) after its last use.
-template <class Base>
-class Blocking : public Base {
- public:
-  void Release() { Unref(); }
-
- protected:
-  void Unref() {
-    if (refs_.fetch_sub(1) == 1) delete this;
-  }
-  void OnDone() override { Unref(); }
-  std::atomic<int> refs_{2};
-};
-
 // Where a call goes.
 struct Target {
   std::string method;      // rpc name, for the metrics
@@ -260,6 +242,15 @@ absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> HoldStreamSlot(
 absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> HoldStreamSlot(
     Gateway* gateway, const std::string& tenant);
 
+// OK, or TENANT_LIMIT when `tenant` may not create another session
+// (services/tenants.h). A create whose session exists already (a retry of
+// one that succeeded: under `session_id`, or for a generated id the one
+// derived from `request_id`) passes, for the worker to answer
+// (gateway_sessions.cc).
+grpc::Status SessionQuota(Gateway* gateway, const std::string& tenant,
+                          const std::string& session_id,
+                          const std::string& request_id);
+
 // The models of all ready workers merged by (model_id, fingerprint),
 // ordered by model_id (gateway_models.cc).
 std::vector<v1::Model> MergeModels(
@@ -274,10 +265,13 @@ grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>* StartAppend(
 grpc::ServerWriteReactor<v1::GenerateResponse>* StartGenerate(
     Gateway* gateway, grpc::CallbackServerContext* ctx,
     const v1::GenerateRequest* request);
-// Serve one ExportState (gateway_export.cc).
+// Serve one ExportState (gateway_export.cc) or ImportState
+// (gateway_import.cc).
 grpc::ServerWriteReactor<v1::ExportStateResponse>* StartExport(
     Gateway* gateway, grpc::CallbackServerContext* ctx,
     const v1::ExportStateRequest* request);
+grpc::ServerReadReactor<v1::ImportStateRequest>* StartImport(
+    Gateway* gateway, grpc::CallbackServerContext* ctx, v1::Session* response);
 
 // The gateway's services (gateway_sessions.cc, gateway_streams.cc,
 // gateway_models.cc); `gateway` outlives them.

@@ -75,6 +75,41 @@ TEST_F(GatewayTest, AnExportLostBeforeItsFirstMessageIsResent) {
   EXPECT_EQ(calls_.load(), 2);
 }
 
+// An import whose worker is lost is resent whole to another (the gateway
+// kept it): the second worker gets every part, in order, and its answer
+// reaches the client.
+TEST_F(GatewayTest, AnImportLostByItsWorkerIsResentWhole) {
+  using Parts = std::vector<v1::ImportStateRequest>;
+  Script<grpc::Status(int, const Parts&, v1::Session*)>(
+      &ScriptedWorker::import_state,
+      [](int n, const Parts& parts, v1::Session* session) {
+        if (n == 0) return Lost();
+        if (parts.size() != 3 || !parts[0].has_header() ||
+            parts[1].chunk().data() != std::string(1000, 'a') ||
+            parts[2].chunk().data() != std::string(1000, 'b')) {
+          return grpc::Status(grpc::StatusCode::DATA_LOSS, "parts differ");
+        }
+        session->set_session_id("imported");
+        return grpc::Status::OK;
+      });
+  Start();
+  grpc::ClientContext ctx;
+  v1::Session session;
+  auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &session);
+  ASSERT_TRUE(writer->Write(ImportHeader(2000)));
+  for (char c : {'a', 'b'}) {
+    v1::ImportStateRequest chunk;
+    chunk.mutable_chunk()->set_index(c - 'a');
+    chunk.mutable_chunk()->set_data(std::string(1000, c));
+    ASSERT_TRUE(writer->Write(chunk));
+  }
+  writer->WritesDone();
+  grpc::Status st = writer->Finish();
+  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  EXPECT_EQ(session.session_id(), "imported");
+  EXPECT_EQ(calls_.load(), 2);
+}
+
 // A generation whose `done` was delivered is over: a connection lost
 // before the trailers neither fails the call nor runs it again (a second
 // `done`).

@@ -64,6 +64,12 @@ class ScriptedWorker final : public v1::Sessions::Service,
       grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>*)>
       append;
 
+  // When set, answers an ImportState (after reading it whole) instead of
+  // INVALID_ARGUMENT.
+  std::function<grpc::Status(int, const std::vector<v1::ImportStateRequest>&,
+                             v1::Session*)>
+      import_state;
+
   int imports() const { return imports_.load(); }
   // Requests of the last Append that asked for a checkpoint.
   int checkpoints() const { return checkpoints_.load(); }
@@ -111,11 +117,12 @@ class ScriptedWorker final : public v1::Sessions::Service,
   }
   grpc::Status ImportState(grpc::ServerContext*,
                            grpc::ServerReader<v1::ImportStateRequest>* r,
-                           v1::Session*) override {
+                           v1::Session* resp) override {
     ++imports_;
+    std::vector<v1::ImportStateRequest> parts;
     v1::ImportStateRequest msg;
-    while (r->Read(&msg)) {
-    }
+    while (r->Read(&msg)) parts.push_back(msg);
+    if (import_state) return import_state(calls_->fetch_add(1), parts, resp);
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "scripted");
   }
   grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,

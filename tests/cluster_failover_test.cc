@@ -864,6 +864,65 @@ TEST_F(ClusterFailoverTest, UnaryCallsWaitingOnAWorkerHoldNoGatewayThreads) {
   }
 }
 
+// Imports in progress hold no gateway thread while their clients upload:
+// 40 of them, each stopped after its header, leave the gateway's thread
+// count where it was (it was one thread an import); each then sends its
+// chunks and creates a session with the exported state.
+TEST_F(ClusterFailoverTest, OpenImportsHoldNoGatewayThreads) {
+  constexpr int kCalls = 40;
+  const pid_t gateway = (*gateways_)[1]->pid();
+  ASSERT_NO_FATAL_FAILURE(CreateWithPrompt("import-source", "exported"));
+  std::vector<v1::ExportStateResponse> exported;
+  {
+    v1::ExportStateRequest req;
+    req.set_session_id("import-source");
+    auto ctx = Ctx();
+    auto reader = sessions_[1]->ExportState(ctx.get(), req);
+    v1::ExportStateResponse msg;
+    while (reader->Read(&msg)) exported.push_back(msg);
+    ASSERT_TRUE(reader->Finish().ok());
+  }
+  ASSERT_GE(exported.size(), 2u);
+  ASSERT_TRUE(exported[0].has_header());
+  const int before = Threads(gateway);
+  ASSERT_GT(before, 0);
+  struct Open {
+    std::unique_ptr<grpc::ClientContext> ctx;
+    v1::Session session;
+    std::unique_ptr<grpc::ClientWriter<v1::ImportStateRequest>> writer;
+  };
+  std::vector<Open> open(kCalls);
+  for (int i = 0; i < kCalls; ++i) {
+    Open& o = open[i];
+    o.ctx = Ctx();
+    o.writer = sessions_[1]->ImportState(o.ctx.get(), &o.session);
+    v1::ImportStateRequest header;
+    header.mutable_header()->set_session_id(absl::StrCat("imported-", i));
+    header.mutable_header()->set_request_id(absl::StrCat("import-", i));
+    header.mutable_header()->set_mode(v1::IMPORT_MODE_CREATE);
+    *header.mutable_header()->mutable_state() = exported[0].header();
+    ASSERT_TRUE(o.writer->Write(header));
+  }
+  // The headers are read (and each import admitted) within this.
+  absl::SleepFor(absl::Milliseconds(500));
+  const int uploading = Threads(gateway);
+  EXPECT_LT(uploading - before, kCalls / 4)
+      << before << " threads before the imports, " << uploading
+      << " while their clients uploaded";
+  for (int i = 0; i < kCalls; ++i) {
+    Open& o = open[i];
+    for (size_t k = 1; k < exported.size(); ++k) {
+      v1::ImportStateRequest chunk;
+      *chunk.mutable_chunk() = exported[k].chunk();
+      ASSERT_TRUE(o.writer->Write(chunk));
+    }
+    o.writer->WritesDone();
+    grpc::Status st = o.writer->Finish();
+    EXPECT_TRUE(st.ok()) << i << ": " << st.error_message();
+    EXPECT_EQ(o.session.session_id(), absl::StrCat("imported-", i));
+  }
+}
+
 // The owner drained (SIGTERM) under an open Append: the sessions it evicts
 // answer "the worker is draining", so the gateway moves the stream to
 // another worker and the client sees every ack and OK, never the drain.

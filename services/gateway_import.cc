@@ -1,0 +1,353 @@
+// SPDX-License-Identifier: Apache-2.0
+// The gateway's ImportState, forwarded by reactors (no thread per call):
+// the import (at most one state) is read whole first, bounded, so it can
+// be resent to another worker.
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/byte_budget.h"
+#include "common/grpc_status.h"
+#include "common/status.h"
+#include "services/gateway_internal.h"
+#include "services/gateway_reactor_call.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+
+namespace statestream::gateway {
+namespace {
+
+// One client ImportState call. Its steps run one after another, each
+// started by the one before: Start (the rpc handler), Setup (a task: the
+// tenant's stream slot), the reads (OnReadDone, one at a time), Forward (a
+// task: the session quota), Route (a task), the attempt's writes and its
+// end (gRPC's reactions), AfterAttempt (a task), then Route again or End.
+// So the fields below need no lock: no step touches them after it has
+// started the next.
+class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
+                         private ReactorCall {
+ public:
+  ImportCall(Gateway* gateway, grpc::CallbackServerContext* ctx,
+             v1::Session* response)
+      : ReactorCall(gateway), ctx_(ctx), response_(response) {}
+
+  // From the rpc handler, before the reactor is returned. The caller is
+  // authenticated, and within its tenant's stream limit, before a byte is
+  // read: the import is buffered whole.
+  void Start() {
+    began_ = gateway_->BeginCall();
+    auto tenant = gateway_->Tenant(*ctx_);
+    grpc::Status refused;
+    if (!tenant.ok()) {
+      refused = ToGrpcStatus(tenant.status());
+    } else if (!gateway_->AdmitCall()) {
+      refused = Gateway::Refused();
+    } else {
+      admitted_ = true;
+      tenant_ = *std::move(tenant);
+      // The slot is taken on a task thread: it may wait on Redis.
+      if (RunTask([this] { Setup(); })) return;
+      refused = Gateway::Refused();
+    }
+    gateway_->EndCall("ImportState", refused, began_);
+    Finish(refused);
+  }
+
+  void OnReadDone(bool ok) override;
+  void OnDone() override { Unref(); }
+
+ private:
+  class Upstream;
+
+  // Task: the tenant's stream slot, then the first read.
+  void Setup();
+  void Read() {
+    MarkUnread(&msg_);
+    StartRead(&msg_);
+  }
+  // Whether `msg_`, the next message read, may join the import: typed as
+  // the worker types them (worker/sessions_service.cc) — the header's mode
+  // and state, checked before the gateway buffers chunks or acts on the
+  // mode; the worker checks the rest (so a header wrong in several fields
+  // may name another one first) — and kept within the gateway's bounds.
+  absl::Status Check();
+  // Task: where the import goes, its quota, then the first attempt.
+  void Forward();
+  // Task: picks the next worker and starts an attempt on it.
+  void Route();
+  // gRPC's reaction to an attempt's end.
+  void UpstreamDone(Upstream* upstream, grpc::Status status);
+  // Task: ends the call with `status`, or tries another worker.
+  void AfterAttempt(grpc::Status status);
+  // Frees the slot and the import's buffers, then finishes (once).
+  void End(grpc::Status status) override;
+  bool HoldsSlot() override { return slot_ != nullptr; }
+
+  grpc::CallbackServerContext* const ctx_;  // valid until Finish
+  v1::Session* const response_;             // gRPC's, valid until OnDone
+  absl::Time began_;                        // Start's
+  std::string tenant_;                      // Start's
+  std::shared_ptr<TenantLimits::StreamSlot> slot_;
+  bool finished_ = false;
+
+  // The import, kept whole for a replay on failover, so bounded: no more
+  // state bytes than the header announces (the worker refuses more anyway)
+  // nor than the gateway's limit. A stream that breaks either ends at
+  // once, before the gateway has buffered it.
+  v1::ImportStateRequest msg_;  // the read in flight's
+  std::vector<v1::ImportStateRequest> parts_;
+  uint64_t bytes_ = 0;  // state bytes in the chunks so far
+  uint64_t kept_ = 0;   // what parts_ holds in memory
+  // Its room in the gateway's buffers: the announced state's at the
+  // header, more as the messages turn out to hold more (each by the
+  // budget's rule), given back once the import is forwarded.
+  ByteBudget::Hold room_;
+
+  Target target_{"ImportState", "", "", ""};
+  int attempts_ = 0;   // started
+  int counted_ = 0;    // bounded by max_attempts
+  grpc::Status last_;  // the last attempt's
+  Placed placed_;      // the attempt in progress's (or the last's)
+};
+
+// One attempt: the import written to one worker.
+class ImportCall::Upstream final
+    : public grpc::ClientWriteReactor<v1::ImportStateRequest> {
+ public:
+  Upstream(ImportCall* call, std::shared_ptr<grpc::Channel> channel,
+           std::unique_ptr<grpc::ClientContext> context)
+      : call_(call),
+        stub_(v1::Sessions::NewStub(channel)),
+        context_(std::move(context)) {}
+
+  // Writes call_->parts_ in order, then ends its side.
+  void Start() {
+    stub_->async()->ImportState(context_.get(), call_->response_, this);
+    Next();
+    StartCall();
+  }
+
+  void OnWriteDone(bool ok) override {
+    // A write that failed ends the stream: its status says why.
+    if (ok) Next();
+  }
+  void OnDone(const grpc::Status& status) override {
+    call_->UpstreamDone(this, status);
+  }
+
+ private:
+  void Next() {
+    if (next_ < call_->parts_.size()) {
+      StartWrite(&call_->parts_[next_++]);
+    } else {
+      StartWritesDone();
+    }
+  }
+
+  ImportCall* const call_;
+  const std::unique_ptr<v1::Sessions::Stub> stub_;
+  const std::unique_ptr<grpc::ClientContext> context_;
+  size_t next_ = 0;  // the next part to write
+};
+
+void ImportCall::Setup() {
+  auto slot = HoldStreamSlot(gateway_, tenant_);
+  if (!slot.ok()) {
+    End(ToGrpcStatus(slot.status()));
+    return;
+  }
+  slot_ = *std::move(slot);
+  Read();
+}
+
+void ImportCall::OnReadDone(bool ok) {
+  if (!ok) {
+    // The client's side ended: all of it is here, or a message it sent
+    // did not parse.
+    if (ctx_->IsCancelled()) {
+      Conclude(grpc::Status(grpc::StatusCode::CANCELLED,
+                            "the client cancelled the import"));
+    } else if (ReadUnparsable(msg_)) {
+      Conclude(ToGrpcStatus(UnparsableRequestError()));
+    } else if (!RunTask([this] { Forward(); })) {
+      Conclude(Gateway::Refused());
+    }
+    return;
+  }
+  absl::Status bad = Check();
+  parts_.push_back(std::move(msg_));
+  if (!bad.ok()) {
+    Conclude(ToGrpcStatus(bad));
+    return;
+  }
+  Read();
+}
+
+absl::Status ImportCall::Check() {
+  const v1::ImportStateRequest& msg = msg_;
+  // What the message holds in memory (its chunk is a message of its own),
+  // an empty one included, and its place in `parts_` (whose capacity
+  // doubles).
+  kept_ += msg.SpaceUsedLong() + sizeof(msg);
+  const auto mode = msg.header().mode();
+  if (parts_.empty() != msg.has_header()) {
+    return MakeError(
+        absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
+        "header: the first message must be the header, and only it",
+        {{"field", "header"}});
+  }
+  if (msg.has_header() && mode != v1::IMPORT_MODE_CREATE &&
+      mode != v1::IMPORT_MODE_NEW_VERSION) {
+    return MakeError(absl::StatusCode::kInvalidArgument,
+                     Reason::kInvalidArgument, "mode: required",
+                     {{"field", "mode"}});
+  }
+  if (msg.has_header() && !msg.header().has_state()) {
+    return MakeError(absl::StatusCode::kInvalidArgument,
+                     Reason::kInvalidArgument, "state: required",
+                     {{"field", "state"}});
+  }
+  if (!msg.has_header() && !msg.has_chunk()) {
+    return MakeError(absl::StatusCode::kInvalidArgument,
+                     Reason::kInvalidArgument,
+                     "chunk: every message after the header must carry a chunk",
+                     {{"field", "chunk"}});
+  }
+  // The announced state's size, the header's.
+  const uint64_t total = msg.has_header()
+                             ? msg.header().state().total_bytes()
+                             : parts_[0].header().state().total_bytes();
+  if (msg.has_chunk()) {
+    bytes_ += msg.chunk().data().size();
+    if (bytes_ > total) {
+      const std::string detail = absl::StrCat(
+          "more state bytes than the header's total_bytes ", total);
+      return MakeError(absl::StatusCode::kDataLoss, Reason::kStateCorrupt,
+                       absl::StrCat("state blob rejected: ", detail),
+                       {{"detail", detail}});
+    }
+  }
+  // Per call, within the gateway's whole budget too.
+  const uint64_t max_import =
+      static_cast<uint64_t>(std::min(gateway_->options().max_import_bytes,
+                                     gateway_->options().max_buffered_bytes));
+  if (msg.has_header() && total > max_import) {
+    kept_ = total;  // refused just below
+  }
+  if (kept_ <= max_import) {
+    // What is held, and the rest of the announced state.
+    const uint64_t want = kept_ + (total > bytes_ ? total - bytes_ : 0);
+    if (want > static_cast<uint64_t>(room_.bytes())) {
+      absl::Status grown = gateway_->buffers().Grow(
+          &room_, static_cast<int64_t>(want) - room_.bytes());
+      if (!grown.ok()) return grown;
+    }
+  }
+  if (kept_ > max_import) {
+    return MakeError(
+        absl::StatusCode::kInvalidArgument, Reason::kMessageTooLarge,
+        absl::StrCat("the import is larger than the gateway takes (",
+                     max_import, " bytes)"),
+        {{"field", "chunk"}, {"limit", absl::StrCat(max_import)}});
+  }
+  return absl::OkStatus();
+}
+
+void ImportCall::Forward() {
+  // A new version goes to the session's owner; a new session to a worker
+  // serving the state's model (rendezvous of its id, or of the request id
+  // for a generated one, so retries land together). An import with no
+  // header at all (an empty stream) goes anywhere, for the worker to
+  // refuse.
+  if (!parts_.empty()) {
+    const auto& header = parts_[0].header();
+    target_.fingerprint = header.state().model_fingerprint();
+    if (header.mode() == v1::IMPORT_MODE_NEW_VERSION) {
+      // A session the store does not know is answered by a worker of the
+      // state's model (SESSION_NOT_FOUND), not any worker's MODEL_MISMATCH.
+      target_.session_id = header.session_id();
+    } else {
+      target_.hash_key = header.session_id().empty() ? header.request_id()
+                                                     : header.session_id();
+      grpc::Status quota = SessionQuota(gateway_, tenant_, header.session_id(),
+                                        header.request_id());
+      if (!quota.ok()) {
+        End(quota);
+        return;
+      }
+    }
+  }
+  Route();
+}
+
+void ImportCall::Route() {
+  const int attempt = attempts_ + 1;
+  auto placed = Place(*ctx_, tenant_, target_, attempt);
+  if (!placed.ok()) {
+    End(attempt == 1 ? ToGrpcStatus(placed.status()) : Gateway::GaveUp(last_));
+    return;
+  }
+  attempts_ = attempt;
+  placed_ = *std::move(placed);
+  response_->Clear();
+  auto* upstream =
+      new Upstream(this, placed_.channel,
+                   gateway_->UpstreamContext(*ctx_, tenant_, attempt));
+  Ref();              // the attempt's, dropped in UpstreamDone
+  upstream->Start();  // the last step here: UpstreamDone may follow at once
+}
+
+void ImportCall::UpstreamDone(Upstream* upstream, grpc::Status status) {
+  delete upstream;
+  last_ = status;
+  if (!Gateway::ShouldFailover(status)) {
+    Conclude(Gateway::FromWorker(status));
+  } else if (!RunTask([this, status] { AfterAttempt(status); })) {
+    Conclude(Gateway::Refused());
+  }
+  Unref();  // the attempt's
+}
+
+void ImportCall::AfterAttempt(grpc::Status status) {
+  if (Gateway::ClientGone(*ctx_, status)) {
+    End(Gateway::FromWorker(status));
+    return;
+  }
+  // Attempts are bounded by max_attempts; a failover from a worker that
+  // could not be reached costs none (up to kMaxUnreachableSkips of them).
+  if (Counts(std::move(placed_), Gateway::WorkerFailed(status))) ++counted_;
+  if (counted_ >= gateway_->options().max_attempts) {
+    End(Gateway::GaveUp(status));
+    return;
+  }
+  gateway_->metrics().IncFailover("ImportState");
+  Route();
+}
+
+void ImportCall::End(grpc::Status status) {
+  if (finished_) return;
+  finished_ = true;
+  gateway_->EndCall("ImportState", status, began_);
+  slot_.reset();  // the client may open its next stream at once
+  parts_.clear();
+  parts_.shrink_to_fit();
+  room_.Release();  // and its next import find the room
+  Finish(status);
+}
+
+}  // namespace
+
+grpc::ServerReadReactor<v1::ImportStateRequest>* StartImport(
+    Gateway* gateway, grpc::CallbackServerContext* ctx, v1::Session* response) {
+  auto* call = new ImportCall(gateway, ctx, response);
+  call->Start();
+  return call;
+}
+
+}  // namespace statestream::gateway
