@@ -41,9 +41,9 @@ ABSL_FLAG(absl::Duration, upstream_stall_timeout, absl::Seconds(10),
           "unanswered this long, "
           "is treated as failed and the call moves on.");
 ABSL_FLAG(int, max_calls, 4096,
-          "Calls served at once (Append and Generate streams included; each "
-          "other call holds a thread while it forwards); more are "
-          "RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms.");
+          "Calls served at once, streams included (a call holds a thread "
+          "only while it routes or fails over, not while it waits); more "
+          "are RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms.");
 ABSL_FLAG(int64_t, max_buffered_bytes, int64_t{512} << 20,
           "Bytes all calls together keep in memory: Append requests kept for "
           "replay until committed, and imports (read whole, each at most "

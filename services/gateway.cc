@@ -486,57 +486,6 @@ absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> HoldStreamSlot(
   return std::make_shared<TenantLimits::StreamSlot>(*std::move(slot));
 }
 
-grpc::Status ForwardWithFailover(
-    Gateway* gateway, const grpc::CallbackServerContext& ctx,
-    const Target& target,
-    const std::function<grpc::Status(const std::shared_ptr<grpc::Channel>&,
-                                     grpc::ClientContext*)>& call,
-    int* attempts, const bool* settled) {
-  auto tenant = gateway->Tenant(ctx);
-  if (!tenant.ok()) return ToGrpcStatus(tenant.status());
-  std::set<std::string> exclude;
-  grpc::Status last;
-  // `counted` attempts are bounded by max_attempts; a failover from a
-  // worker that could not be reached costs none (up to
-  // kMaxUnreachableSkips of them): the call never got to it.
-  const int max_attempts = gateway->options().max_attempts;
-  int skips = 0;
-  for (int attempt = 1, counted = 0; counted < max_attempts; ++attempt) {
-    absl::StatusOr<Route> route =
-        target.session_id.empty()
-            ? gateway->router().RouteAny(
-                  absl::StrCat(*tenant, "/", target.hash_key),
-                  target.fingerprint, exclude)
-            : gateway->router().RouteSession({*tenant, target.session_id},
-                                             exclude, target.any_model,
-                                             target.fingerprint);
-    gateway->CountRoute(route, attempt);
-    if (!route.ok()) {
-      return attempt == 1 ? ToGrpcStatus(route.status())
-                          : Gateway::GaveUp(last);
-    }
-    auto client = gateway->UpstreamContext(ctx, *tenant, attempt);
-    if (attempts != nullptr) *attempts = attempt;
-    std::shared_ptr<grpc::Channel> channel = gateway->Channel(route->address);
-    // Made even on a channel that cannot connect: it fails at once, with
-    // gRPC's reason (refused, TLS handshake) for the status if no worker
-    // is left, or goes through if the worker came back meanwhile.
-    const bool refused = Gateway::RefusedFast(channel, ctx);
-    last = call(channel, client.get());
-    if (!Gateway::ShouldFailover(last) || (settled != nullptr && *settled) ||
-        Gateway::ClientGone(ctx, last)) {
-      return Gateway::FromWorker(last);
-    }
-    if (Gateway::WorkerFailed(last)) {
-      gateway->router().MarkSuspect(route->worker_id);
-    }
-    exclude.insert(route->worker_id);
-    if (!Gateway::SkipsAttempt(refused, channel, &skips)) ++counted;
-    if (counted < max_attempts) gateway->metrics().IncFailover(target.method);
-  }
-  return Gateway::GaveUp(last);
-}
-
 }  // namespace statestream::gateway
 
 namespace statestream {

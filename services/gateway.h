@@ -80,10 +80,10 @@ struct GatewayOptions {
   // request is acked only once it has all gone through the model. Liveness
   // meanwhile comes from the connection's pings.
   absl::Duration upstream_stall_per_unit = absl::Milliseconds(100);
-  // Calls served at once (Append and Generate streams included: they hold
-  // no thread; every other call holds one while it forwards); more are
-  // RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms, as is a call when no
-  // thread can be made.
+  // Calls served at once, streams included (a call holds a thread only
+  // while it routes or fails over, not while it waits on a worker or its
+  // client); more are RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms, as
+  // is a call when no thread can be made.
   int max_calls = 4096;
   // Workers tried per call (first attempt included); one that could not
   // be connected to costs none (see docs/gateway.md, Failover).

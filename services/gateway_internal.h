@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-// Shared by the gateway's services (gateway.cc: unary calls and wiring;
-// gateway_streams.cc: the Streams service, with Append in
-// gateway_append.cc and Generate in gateway_generate.cc). Internal to
-// services/.
+// Shared by the gateway's services (gateway.cc: the Gateway and wiring;
+// gateway_sessions.cc, gateway_streams.cc, gateway_models.cc: the
+// services; each call is forwarded by reactors: gateway_unary.cc,
+// gateway_append.cc, gateway_generate.cc, gateway_export.cc,
+// gateway_import.cc). Internal to services/.
 #ifndef STATESTREAM_SERVICES_GATEWAY_INTERNAL_H_
 #define STATESTREAM_SERVICES_GATEWAY_INTERNAL_H_
 
@@ -215,19 +216,6 @@ struct Target {
   // one answers instead of UNAVAILABLE.
   bool any_model = false;
 };
-
-// Sends one call to workers until one answers with something other than a
-// failover condition, or max_attempts are used. `call(channel, context)`
-// makes one attempt. `attempts` (optional) gets the number of workers
-// tried. `settled` (optional), once true after an attempt, ends the call
-// with that attempt's status whatever it is: a streaming call that has
-// delivered part of its answer cannot be resent.
-grpc::Status ForwardWithFailover(
-    Gateway* gateway, const grpc::CallbackServerContext& ctx,
-    const Target& target,
-    const std::function<grpc::Status(const std::shared_ptr<grpc::Channel>&,
-                                     grpc::ClientContext*)>& call,
-    int* attempts = nullptr, const bool* settled = nullptr);
 
 // Trailing metadata key: how many workers a streaming call used (1 = no
 // failover). For operators and the fault tests.

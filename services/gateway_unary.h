@@ -28,9 +28,10 @@ using UnaryPrepare =
     std::function<grpc::Status(const std::string& tenant, Target* target)>;
 
 // Forwards a unary call to workers until one answers with something other
-// than a failover condition, or max_attempts are used (the rules of
-// ForwardWithFailover). The call is admitted (Gateway::AdmitCall) for its
-// whole life, but holds a thread only while it routes, decides on a
+// than a failover condition (Gateway::ShouldFailover), or max_attempts are
+// used (a worker that could not be reached costs none:
+// Gateway::SkipsAttempt). The call is admitted (Gateway::AdmitCall) for
+// its whole life, but holds a thread only while it routes, decides on a
 // failover or runs `prepare`: a worker's answer is awaited by gRPC.
 grpc::ServerUnaryReactor* StartUnary(Gateway* gateway,
                                      grpc::CallbackServerContext* ctx,
