@@ -441,7 +441,9 @@ TEST_F(SdkTest, ServeWithApiKeysAuthenticatesAndLimitsTenants) {
 
 // `serve` rereads its keys file (--secrets-reload-interval): a key
 // rotated on disk works at once; an Append open under the revoked one ends
-// UNAUTHENTICATED at its next request, what it had sent committed.
+// UNAUTHENTICATED at its next request, what it had sent committed; one
+// left idle ends so without another request, and one whose request is
+// still being applied ends once that request is acked.
 TEST_F(SdkTest, ServeRereadsItsApiKeys) {
   const std::string keys = (dir_ / "keys.txt").string();
   const std::string old_key = "old-key-0123456789abcdef";
@@ -464,6 +466,41 @@ TEST_F(SdkTest, ServeRereadsItsApiKeys) {
   ASSERT_TRUE(writer.ok()) << writer.status();
   ASSERT_TRUE((*writer)->Write("before ").ok());
   ASSERT_TRUE((*writer)->Sync().ok());
+  // A second stream under the key, idle when it is revoked.
+  req.set_session_id("idle");
+  ASSERT_TRUE(old_client->CreateSession(req).ok());
+  auto raw = v1::Streams::NewStub(grpc::CreateChannel(
+      server_->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext idle_ctx;
+  idle_ctx.AddMetadata("authorization", "Bearer " + old_key);
+  idle_ctx.set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::seconds(60));
+  auto idle = raw->Append(&idle_ctx);
+  {
+    v1::AppendRequest r;
+    r.set_session_id("idle");
+    r.set_text_utf8("quiet");
+    ASSERT_TRUE(idle->Write(r));
+    v1::AppendResponse ack;
+    ASSERT_TRUE(idle->Read(&ack));
+    EXPECT_EQ(ack.input_offset(), 5u);
+  }
+  // A third with a long request in flight as the key goes (or just done:
+  // then it is idle, and ends the same way).
+  req.set_session_id("busy");
+  ASSERT_TRUE(old_client->CreateSession(req).ok());
+  grpc::ClientContext busy_ctx;
+  busy_ctx.AddMetadata("authorization", "Bearer " + old_key);
+  busy_ctx.set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::seconds(180));
+  auto busy = raw->Append(&busy_ctx);
+  const std::string long_text(256 << 10, 'x');
+  {
+    v1::AppendRequest r;
+    r.set_session_id("busy");
+    r.set_text_utf8(long_text);
+    ASSERT_TRUE(busy->Write(r));
+  }
 
   std::ofstream(keys + ".new") << new_key << " tenant-a\n";
   std::filesystem::rename(keys + ".new", keys);
@@ -481,6 +518,28 @@ TEST_F(SdkTest, ServeRereadsItsApiKeys) {
   auto session = new_client->OpenSession("rotated").Get();
   ASSERT_TRUE(session.ok()) << session.status();
   EXPECT_EQ(session->input_offset(), 7u);  // "before ", committed
+  // The idle stream ended without another request from its client, its
+  // input committed.
+  v1::AppendResponse more;
+  EXPECT_FALSE(idle->Read(&more));
+  grpc::Status idle_end = idle->Finish();
+  EXPECT_EQ(idle_end.error_code(), grpc::StatusCode::UNAUTHENTICATED)
+      << idle_end.error_message();
+  EXPECT_EQ(GetReason(FromGrpcStatus(idle_end)), Reason::kUnauthenticated);
+  auto idle_session = new_client->OpenSession("idle").Get();
+  ASSERT_TRUE(idle_session.ok()) << idle_session.status();
+  EXPECT_EQ(idle_session->input_offset(), 5u);
+  EXPECT_EQ(idle_session->committed_input_offset(), 5u);
+  v1::AppendResponse busy_ack;
+  ASSERT_TRUE(busy->Read(&busy_ack));
+  EXPECT_EQ(busy_ack.input_offset(), long_text.size());
+  EXPECT_FALSE(busy->Read(&busy_ack));
+  grpc::Status busy_end = busy->Finish();
+  EXPECT_EQ(busy_end.error_code(), grpc::StatusCode::UNAUTHENTICATED)
+      << busy_end.error_message();
+  auto busy_session = new_client->OpenSession("busy").Get();
+  ASSERT_TRUE(busy_session.ok()) << busy_session.status();
+  EXPECT_EQ(busy_session->committed_input_offset(), long_text.size());
 }
 
 TEST_F(SdkTest, SessionCalls) {

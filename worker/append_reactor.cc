@@ -23,15 +23,17 @@ namespace statestream::worker::streams_internal {
 namespace {
 
 class AppendReactor final
-    : public grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse> {
+    : public grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>,
+      private KeyWatchers::Watcher {
   using ThisReactor = AppendReactor;
 
  public:
   AppendReactor(ModelSet* models, const CallerPolicy* policy, Executor* pool,
-                grpc::CallbackServerContext* ctx)
+                KeyWatchers* keys, grpc::CallbackServerContext* ctx)
       : models_(models),
         policy_(policy),
         pool_(pool),
+        keys_(keys),
         link_(std::make_shared<Link<AppendReactor>>()) {
     {
       absl::MutexLock lock(&link_->mu);
@@ -51,10 +53,26 @@ class AppendReactor final
       return;
     }
     slot_ = *std::move(slot);
-    Read();
+    keys_->Add(this);  // until OnDone
+    watched_ = true;
+    Locked<ThisReactor> lock(this);
+    ReadLocked();
   }
 
   void OnReadDone(bool ok) override {
+    absl::Status valid;
+    {
+      absl::MutexLock lock(&mu_);
+      reading_ = false;
+      // Ended meanwhile (its key revoked while it waited): a request read
+      // since is not taken.
+      if (input_ended_) return;
+      // A request sent after the call's API key was revoked (serve
+      // --api-keys, reread) ends the input, UNAUTHENTICATED.
+      if (ok) {
+        valid = policy_->auth.Recheck(credentials_, tenant_, &auth_generation_);
+      }
+    }
     if (!ok) {
       // Half-close: commit what is uncommitted and end with OK. A message
       // that did not parse ends the input too (as through a gateway): what
@@ -62,15 +80,25 @@ class AppendReactor final
       return EndInput(ReadUnparsable(req_) ? UnparsableRequestError()
                                            : absl::OkStatus());
     }
-    // A request sent after the call's API key was revoked (serve
-    // --api-keys, reread) ends the input the same way, UNAUTHENTICATED.
-    if (absl::Status valid =
-            policy_->auth.Recheck(credentials_, tenant_, &auth_generation_);
-        !valid.ok()) {
-      return EndInput(valid);
-    }
+    if (!valid.ok()) return EndInput(valid);
     absl::Status st = Handle();
     if (!st.ok()) Fail(st);
+  }
+
+  // The API keys changed: a call whose key was revoked ends as a request
+  // sent with it would — at once if it waits for its client (its input
+  // committed), else once the request in flight is acked.
+  void KeysChanged() override {
+    Locked<ThisReactor> lock(this);
+    if (input_ended_ || finish_) return;
+    absl::Status valid =
+        policy_->auth.Recheck(credentials_, tenant_, &auth_generation_);
+    if (valid.ok()) return;
+    if (reading_ || (read_paused_ && !op_pending_)) {
+      EndInputLocked(valid);
+    } else {
+      revoked_ = valid;  // ReadLocked ends the input instead of reading
+    }
   }
 
   void OnWriteDone(bool ok) override {
@@ -88,10 +116,10 @@ class AppendReactor final
       MaybeFinishLocked();
     }
     // The client reads its acks again: so does the call its requests.
-    if (read_paused_ && !finish_ &&
+    if (read_paused_ && !finish_ && !input_ended_ &&
         writes_.size() < static_cast<size_t>(kMaxUnreadAcks)) {
       read_paused_ = false;
-      Read();
+      ReadLocked();
     }
   }
 
@@ -101,6 +129,7 @@ class AppendReactor final
   }
 
   void OnDone() override {
+    if (watched_) keys_->Remove(this);
     {
       absl::MutexLock lock(&link_->mu);
       link_->reactor = nullptr;
@@ -115,16 +144,46 @@ class AppendReactor final
   }
 
  private:
-  void Read() {
+  // The next request, unless the call's key was revoked meanwhile: then
+  // the input ends.
+  void ReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (revoked_) return EndInputLocked(*revoked_);
+    reading_ = true;
     MarkUnread(&req_);
     StartRead(&req_);
   }
 
-  // No more input: commits what is uncommitted, then the call ends with
-  // `end` (or the commit's error).
+  // No more input (once): commits what is uncommitted, then the call ends
+  // with `end` (or the commit's error).
   void EndInput(const absl::Status& end) {
-    if (writer_ == nullptr) return Fail(end);
-    if (!BeginOp()) return;  // already finished: OnDone abandons the writer
+    {
+      Locked<ThisReactor> lock(this);
+      if (!EndingInputLocked(end)) return;
+    }
+    CloseInput(end);
+  }
+  // The same where mu_ is held: the commit starts on the pool.
+  void EndInputLocked(const absl::Status& end)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!EndingInputLocked(end)) return;
+    pool_->Post([this, end] { CloseInput(end); });
+  }
+  // Marks the input ended; true when its writer is to be closed now (the
+  // op is begun: the call cannot finish, and be deleted, before it ends).
+  bool EndingInputLocked(const absl::Status& end)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (input_ended_) return false;
+    input_ended_ = true;
+    if (writer_ == nullptr) {
+      SetFinishLocked(end);
+      return false;
+    }
+    if (finished_) return false;  // OnDone abandons the writer
+    op_pending_ = true;
+    return true;
+  }
+  // Commits what is uncommitted (EndingInputLocked began the op).
+  void CloseInput(const absl::Status& end) {
     m_->CloseWriter(writer_, durability_, [this, end](absl::Status st) {
       Locked<ThisReactor> lock(this);
       op_pending_ = false;
@@ -259,7 +318,7 @@ class AppendReactor final
       read_paused_ = true;
       return;
     }
-    Read();
+    ReadLocked();
   }
 
   // Marks a manager call outstanding, so the reactor cannot finish (and be
@@ -314,15 +373,16 @@ class AppendReactor final
   ModelSet* const models_;
   const CallerPolicy* const policy_;
   Executor* const pool_;
+  KeyWatchers* const keys_;
+  bool watched_ = false;  // added to keys_ (the constructor's)
   // The tenant's stream slot (null without limits) until the call ends.
   std::unique_ptr<TenantLimits::StreamSlot> slot_ ABSL_GUARDED_BY(mu_);
   // The session's model's manager; set with writer_.
   SessionManager* m_ = nullptr;
   std::shared_ptr<Link<AppendReactor>> link_;
   std::string tenant_, session_id_;
-  Credentials credentials_;       // the call's, for Recheck
-  uint64_t auth_generation_ = 0;  // TenantAuth::Recheck's, in OnReadDone
-  v1::AppendRequest req_;         // one read at a time
+  Credentials credentials_;  // the call's, for Recheck
+  v1::AppendRequest req_;    // one read at a time
   // Set under mu_ (on the pool) with m_; read by the reactor's callbacks.
   std::shared_ptr<SessionManager::Writer> writer_;
   std::optional<Durability> durability_;
@@ -336,6 +396,13 @@ class AppendReactor final
   std::deque<v1::AppendResponse> writes_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;  // a read is started
+  // TenantAuth::Recheck's (OnReadDone, KeysChanged).
+  uint64_t auth_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  // The call's key was revoked while a request was in flight: the input
+  // ends instead of the next read (ReadLocked).
+  std::optional<absl::Status> revoked_ ABSL_GUARDED_BY(mu_);
+  bool input_ended_ ABSL_GUARDED_BY(mu_) = false;  // EndInput's, once
   bool op_pending_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<absl::Status> finish_ ABSL_GUARDED_BY(mu_);
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
@@ -349,8 +416,8 @@ class AppendReactor final
 
 grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>*
 NewAppendReactor(ModelSet* models, const CallerPolicy* policy, Executor* pool,
-                 grpc::CallbackServerContext* ctx) {
-  return new AppendReactor(models, policy, pool, ctx);
+                 KeyWatchers* keys, grpc::CallbackServerContext* ctx) {
+  return new AppendReactor(models, policy, pool, keys, ctx);
 }
 
 }  // namespace statestream::worker::streams_internal

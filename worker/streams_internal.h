@@ -8,6 +8,8 @@
 
 #include <cstdint>
 #include <optional>
+#include <set>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -15,6 +17,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "services/tenants.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 #include "worker/executor.h"
 #include "worker/model_set.h"
@@ -67,9 +71,46 @@ class Locked {
 
 // The reactors of Streams.Append and Streams.Generate; each deletes itself
 // in OnDone.
+// The calls that keep a caller's credentials open (Append streams), told
+// when the API keys change (serve rereads --api-keys): a call whose key was
+// revoked then ends, idle or not, within kInterval. Thread-safe.
+class KeyWatchers {
+ public:
+  class Watcher {
+   public:
+    // Under the registry's lock: quick, and nothing that waits on it
+    // (Remove included).
+    virtual void KeysChanged() = 0;
+
+   protected:
+    ~Watcher() = default;
+  };
+  // Watches `auth` (which outlives this) from a thread of its own, none in
+  // development mode (no keys: nothing can be revoked).
+  explicit KeyWatchers(const TenantAuth* auth);
+  ~KeyWatchers();  // stops the thread
+  KeyWatchers(const KeyWatchers&) = delete;
+  KeyWatchers& operator=(const KeyWatchers&) = delete;
+
+  // From Add until Remove, `w` is told of each change.
+  void Add(Watcher* w);
+  void Remove(Watcher* w);
+
+  static constexpr absl::Duration kInterval = absl::Milliseconds(100);
+
+ private:
+  void Loop();
+
+  const TenantAuth* const auth_;
+  absl::Mutex mu_;
+  std::set<Watcher*> watchers_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
 grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>*
 NewAppendReactor(ModelSet* models, const CallerPolicy* policy, Executor* pool,
-                 grpc::CallbackServerContext* ctx);
+                 KeyWatchers* keys, grpc::CallbackServerContext* ctx);
 grpc::ServerWriteReactor<v1::GenerateResponse>* NewGenerateReactor(
     ModelSet* models, const CallerPolicy* policy,
     grpc::CallbackServerContext* ctx, const v1::GenerateRequest* req);

@@ -51,6 +51,39 @@ absl::StatusOr<std::vector<int32_t>> Ids(const v1::Tokens& t,
   return out;
 }
 
+KeyWatchers::KeyWatchers(const TenantAuth* auth) : auth_(auth) {
+  if (!auth->development_mode()) thread_ = std::thread([this] { Loop(); });
+}
+
+KeyWatchers::~KeyWatchers() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void KeyWatchers::Add(Watcher* w) {
+  absl::MutexLock lock(&mu_);
+  watchers_.insert(w);
+}
+
+void KeyWatchers::Remove(Watcher* w) {
+  absl::MutexLock lock(&mu_);
+  watchers_.erase(w);
+}
+
+void KeyWatchers::Loop() {
+  uint64_t seen = auth_->generation();
+  absl::MutexLock lock(&mu_);
+  while (!mu_.AwaitWithTimeout(absl::Condition(&stopping_), kInterval)) {
+    const uint64_t now = auth_->generation();
+    if (now == seen) continue;
+    seen = now;
+    for (Watcher* w : watchers_) w->KeysChanged();
+  }
+}
+
 namespace {
 
 // Score, cancelled when the client goes away (OnCancel).
@@ -176,11 +209,14 @@ class ScoreReactor final : public grpc::ServerUnaryReactor {
 class StreamsService final : public v1::Streams::CallbackService {
  public:
   StreamsService(ModelSet* models, std::shared_ptr<const CallerPolicy> policy)
-      : models_(models), policy_(std::move(policy)), pool_(8) {}
+      : models_(models),
+        policy_(std::move(policy)),
+        keys_(&policy_->auth),
+        pool_(8) {}
 
   grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>* Append(
       grpc::CallbackServerContext* ctx) override {
-    return NewAppendReactor(models_, policy_.get(), &pool_, ctx);
+    return NewAppendReactor(models_, policy_.get(), &pool_, &keys_, ctx);
   }
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
@@ -198,6 +234,7 @@ class StreamsService final : public v1::Streams::CallbackService {
  private:
   ModelSet* const models_;
   const std::shared_ptr<const CallerPolicy> policy_;  // outlives the reactors
+  KeyWatchers keys_;  // the open Append calls (they outlive it too)
   // Opens Append calls' writers (session loads); outlives the reactors
   // (the server stops first).
   Executor pool_;
