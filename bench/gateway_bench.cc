@@ -132,8 +132,11 @@ class Bench {
     Append(*gw_streams_, "rt-gw", 0, prompt, true);
     Append(*gw_streams_, "rt-direct", 0, prompt, true);
     auto direct = v1::Streams::NewStub(Channel(OwnerAddress("rt-direct")));
+    auto direct_sessions =
+        v1::Sessions::NewStub(Channel(OwnerAddress("rt-direct")));
 
-    std::vector<double> append_gw, append_direct, gen_gw, gen_direct;
+    std::vector<double> append_gw, append_direct, gen_gw, gen_direct, get_gw,
+        get_direct;
     auto gw_ctx = Ctx(), direct_ctx = Ctx();
     auto gw_stream = gw_streams_->Append(gw_ctx.get());
     auto direct_stream = direct->Append(direct_ctx.get());
@@ -162,6 +165,21 @@ class Bench {
         if (GenerateOne(*stub, id).empty()) return;
         out->push_back(Ms(Clock::now() - t0));
       }
+      for (auto [stub, out, id] :
+           {std::tuple{gw_sessions_.get(), &get_gw, "rt-gw"},
+            std::tuple{direct_sessions.get(), &get_direct, "rt-direct"}}) {
+        v1::GetSessionRequest get;
+        get.set_session_id(id);
+        v1::Session session;
+        auto ctx = Ctx();
+        const auto t0 = Clock::now();
+        grpc::Status st = stub->GetSession(ctx.get(), get, &session);
+        if (!st.ok()) {
+          std::fprintf(stderr, "GetSession: %s\n", st.error_message().c_str());
+          return;
+        }
+        out->push_back(Ms(Clock::now() - t0));
+      }
     }
     for (auto* s : {gw_stream.get(), direct_stream.get()}) {
       s->WritesDone();
@@ -176,7 +194,8 @@ class Bench {
          {std::tuple{"Append message (1 token, open stream)", &append_direct,
                      &append_gw},
           std::tuple{"Generate call (1 token, not committed)", &gen_direct,
-                     &gen_gw}}) {
+                     &gen_gw},
+          std::tuple{"GetSession call (unary)", &get_direct, &get_gw}}) {
       std::printf("| %s | %.3f ms | %.3f ms | %.3f ms | %.3f ms | %.3f ms |\n",
                   name, Percentile(*d, 0.5), Percentile(*d, 0.99),
                   Percentile(*g, 0.5), Percentile(*g, 0.99),
