@@ -37,18 +37,12 @@ class ExportCall final
   // From the rpc handler, before the reactor is returned.
   void Start() {
     began_ = gateway_->BeginCall();
-    auto tenant = gateway_->Tenant(*ctx_);
-    grpc::Status refused;
-    if (!tenant.ok()) {
-      refused = ToGrpcStatus(tenant.status());
-    } else if (!gateway_->AdmitCall()) {
-      refused = Gateway::Refused();
-    } else {
+    grpc::Status refused = Gateway::Refused();
+    if (gateway_->AdmitCall()) {
       admitted_ = true;
-      tenant_ = *std::move(tenant);
-      // The slot is taken on a task thread: it may wait on Redis.
+      // The caller is authenticated (a scan of every key) and its slot
+      // taken (it may wait on Redis) on a task thread.
       if (RunTask([this] { Setup(); })) return;
-      refused = Gateway::Refused();
     }
     gateway_->EndCall("ExportState", refused, began_);
     Finish(refused);
@@ -60,7 +54,7 @@ class ExportCall final
  private:
   class Upstream;
 
-  // Task: the tenant's stream slot, then the first attempt.
+  // Task: the caller's tenant and stream slot, then the first attempt.
   void Setup();
   // Task: picks the next worker and starts an attempt on it.
   void Route();
@@ -82,7 +76,7 @@ class ExportCall final
   // gRPC's, kept until OnDone (which follows Finish).
   const v1::ExportStateRequest& request_;
   absl::Time began_;    // Start's
-  std::string tenant_;  // Start's
+  std::string tenant_;  // Setup's
   int counted_ = 0;     // attempts bounded by max_attempts (tasks')
 
   absl::Mutex mu_;
@@ -130,6 +124,12 @@ class ExportCall::Upstream final
 };
 
 void ExportCall::Setup() {
+  auto tenant = gateway_->Tenant(*ctx_);
+  if (!tenant.ok()) {
+    End(ToGrpcStatus(tenant.status()));
+    return;
+  }
+  tenant_ = *std::move(tenant);
   auto slot = HoldStreamSlot(gateway_, tenant_);
   if (!slot.ok()) {
     End(ToGrpcStatus(slot.status()));

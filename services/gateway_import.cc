@@ -42,18 +42,12 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
   // read: the import is buffered whole.
   void Start() {
     began_ = gateway_->BeginCall();
-    auto tenant = gateway_->Tenant(*ctx_);
-    grpc::Status refused;
-    if (!tenant.ok()) {
-      refused = ToGrpcStatus(tenant.status());
-    } else if (!gateway_->AdmitCall()) {
-      refused = Gateway::Refused();
-    } else {
+    grpc::Status refused = Gateway::Refused();
+    if (gateway_->AdmitCall()) {
       admitted_ = true;
-      tenant_ = *std::move(tenant);
-      // The slot is taken on a task thread: it may wait on Redis.
+      // The caller is authenticated (a scan of every key) and its slot
+      // taken (it may wait on Redis) on a task thread.
       if (RunTask([this] { Setup(); })) return;
-      refused = Gateway::Refused();
     }
     gateway_->EndCall("ImportState", refused, began_);
     Finish(refused);
@@ -65,7 +59,7 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
  private:
   class Upstream;
 
-  // Task: the tenant's stream slot, then the first read.
+  // Task: the caller's tenant and stream slot, then the first read.
   void Setup();
   void Read() {
     MarkUnread(&msg_);
@@ -92,7 +86,7 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
   grpc::CallbackServerContext* const ctx_;  // valid until Finish
   v1::Session* const response_;             // gRPC's, valid until OnDone
   absl::Time began_;                        // Start's
-  std::string tenant_;                      // Start's
+  std::string tenant_;                      // Setup's
   std::shared_ptr<TenantLimits::StreamSlot> slot_;
   bool finished_ = false;
 
@@ -157,6 +151,12 @@ class ImportCall::Upstream final
 };
 
 void ImportCall::Setup() {
+  auto tenant = gateway_->Tenant(*ctx_);
+  if (!tenant.ok()) {
+    End(ToGrpcStatus(tenant.status()));
+    return;
+  }
+  tenant_ = *std::move(tenant);
   auto slot = HoldStreamSlot(gateway_, tenant_);
   if (!slot.ok()) {
     End(ToGrpcStatus(slot.status()));

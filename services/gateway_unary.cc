@@ -38,26 +38,20 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
   // From the rpc handler, before the reactor is returned.
   void Start() {
     began_ = gateway_->BeginCall();
-    auto tenant = gateway_->Tenant(*ctx_);
-    grpc::Status refused;
-    if (!tenant.ok()) {
-      refused = ToGrpcStatus(tenant.status());
-    } else if (!gateway_->AdmitCall()) {
-      refused = Gateway::Refused();
-    } else {
-      admitted_ = true;
-      tenant_ = *std::move(tenant);
-      if (RunTask([this] { Setup(); })) return;
-      refused = Gateway::Refused();
-    }
-    End(refused);
+    if (!gateway_->AdmitCall()) return End(Gateway::Refused());
+    admitted_ = true;
+    // The caller is authenticated on the task (a scan of every key).
+    if (!RunTask([this] { Setup(); })) End(Gateway::Refused());
   }
 
   void OnDone() override { Unref(); }
 
  private:
-  // Task: `prepare_`, then the first attempt.
+  // Task: the caller's tenant, `prepare_`, then the first attempt.
   void Setup() {
+    auto tenant = gateway_->Tenant(*ctx_);
+    if (!tenant.ok()) return End(ToGrpcStatus(tenant.status()));
+    tenant_ = *std::move(tenant);
     if (prepare_ != nullptr) {
       grpc::Status status = prepare_(tenant_, &target_);
       prepare_ = nullptr;
@@ -130,7 +124,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
   const UnaryAttempt attempt_;
   UnaryPrepare prepare_;  // Setup's
   absl::Time began_;      // Start's
-  std::string tenant_;    // Start's
+  std::string tenant_;    // Setup's
   int attempts_ = 0;      // started
   int counted_ = 0;       // bounded by max_attempts
   grpc::Status last_;     // the last attempt's

@@ -23,8 +23,7 @@ namespace statestream::worker::streams_internal {
 namespace {
 
 class AppendReactor final
-    : public grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>,
-      private KeyWatchers::Watcher {
+    : public grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse> {
   using ThisReactor = AppendReactor;
 
  public:
@@ -53,10 +52,24 @@ class AppendReactor final
       return;
     }
     slot_ = *std::move(slot);
-    keys_->Add(this);  // until OnDone
-    watched_ = true;
+    // Told of key changes until OnDone (through link_, which outlives
+    // this while a notice runs).
+    keys_id_ = keys_->Add([weak = std::weak_ptr<Link<AppendReactor>>(link_)] {
+      auto link = weak.lock();
+      if (link == nullptr) return;
+      absl::MutexLock lock(&link->mu);
+      if (link->reactor != nullptr) link->reactor->KeysChanged();
+    });
     Locked<ThisReactor> lock(this);
-    ReadLocked();
+    // A change since auth_generation_ was read is checked here (the
+    // watcher may have told the others before this was added).
+    if (absl::Status valid =
+            policy_->auth.Recheck(credentials_, tenant_, &auth_generation_);
+        !valid.ok()) {
+      EndInputLocked(valid);
+    } else {
+      ReadLocked();
+    }
   }
 
   void OnReadDone(bool ok) override {
@@ -88,7 +101,7 @@ class AppendReactor final
   // The API keys changed: a call whose key was revoked ends as a request
   // sent with it would — at once if it waits for its client (its input
   // committed), else once the request in flight is acked.
-  void KeysChanged() override {
+  void KeysChanged() {
     Locked<ThisReactor> lock(this);
     if (input_ended_ || finish_) return;
     absl::Status valid =
@@ -129,7 +142,7 @@ class AppendReactor final
   }
 
   void OnDone() override {
-    if (watched_) keys_->Remove(this);
+    if (keys_id_) keys_->Remove(*keys_id_);
     {
       absl::MutexLock lock(&link_->mu);
       link_->reactor = nullptr;
@@ -315,6 +328,9 @@ class AppendReactor final
     // A client that does not read its acks gets no more requests read:
     // they wait in its flow-control window instead of in this queue.
     if (writes_.size() >= static_cast<size_t>(kMaxUnreadAcks)) {
+      // Its key revoked meanwhile: the input ends now, not once the client
+      // reads again.
+      if (revoked_) return EndInputLocked(*revoked_);
       read_paused_ = true;
       return;
     }
@@ -374,7 +390,7 @@ class AppendReactor final
   const CallerPolicy* const policy_;
   Executor* const pool_;
   KeyWatchers* const keys_;
-  bool watched_ = false;  // added to keys_ (the constructor's)
+  std::optional<uint64_t> keys_id_;  // in keys_ (the constructor's)
   // The tenant's stream slot (null without limits) until the call ends.
   std::unique_ptr<TenantLimits::StreamSlot> slot_ ABSL_GUARDED_BY(mu_);
   // The session's model's manager; set with writer_.

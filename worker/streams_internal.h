@@ -7,8 +7,9 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <optional>
-#include <set>
 #include <thread>
 #include <vector>
 
@@ -76,15 +77,6 @@ class Locked {
 // revoked then ends, idle or not, within kInterval. Thread-safe.
 class KeyWatchers {
  public:
-  class Watcher {
-   public:
-    // Under the registry's lock: quick, and nothing that waits on it
-    // (Remove included).
-    virtual void KeysChanged() = 0;
-
-   protected:
-    ~Watcher() = default;
-  };
   // Watches `auth` (which outlives this) from a thread of its own, none in
   // development mode (no keys: nothing can be revoked).
   explicit KeyWatchers(const TenantAuth* auth);
@@ -92,9 +84,11 @@ class KeyWatchers {
   KeyWatchers(const KeyWatchers&) = delete;
   KeyWatchers& operator=(const KeyWatchers&) = delete;
 
-  // From Add until Remove, `w` is told of each change.
-  void Add(Watcher* w);
-  void Remove(Watcher* w);
+  // `changed` runs on the watcher's thread after each change, outside any
+  // lock of this, from Add until Remove(id) — and may run once more just
+  // after Remove returns: it must hold its call weakly.
+  uint64_t Add(std::function<void()> changed);
+  void Remove(uint64_t id);
 
   static constexpr absl::Duration kInterval = absl::Milliseconds(100);
 
@@ -103,7 +97,8 @@ class KeyWatchers {
 
   const TenantAuth* const auth_;
   absl::Mutex mu_;
-  std::set<Watcher*> watchers_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, std::function<void()>> watchers_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };

@@ -9,8 +9,11 @@
 #include <grpcpp/grpcpp.h>
 
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
@@ -63,14 +66,16 @@ KeyWatchers::~KeyWatchers() {
   if (thread_.joinable()) thread_.join();
 }
 
-void KeyWatchers::Add(Watcher* w) {
+uint64_t KeyWatchers::Add(std::function<void()> changed) {
   absl::MutexLock lock(&mu_);
-  watchers_.insert(w);
+  const uint64_t id = next_id_++;
+  watchers_.emplace(id, std::move(changed));
+  return id;
 }
 
-void KeyWatchers::Remove(Watcher* w) {
+void KeyWatchers::Remove(uint64_t id) {
   absl::MutexLock lock(&mu_);
-  watchers_.erase(w);
+  watchers_.erase(id);
 }
 
 void KeyWatchers::Loop() {
@@ -80,7 +85,14 @@ void KeyWatchers::Loop() {
     const uint64_t now = auth_->generation();
     if (now == seen) continue;
     seen = now;
-    for (Watcher* w : watchers_) w->KeysChanged();
+    // Each call rechecks its key (a scan of the keys): outside the lock,
+    // so calls open and end meanwhile.
+    std::vector<std::function<void()>> told;
+    told.reserve(watchers_.size());
+    for (const auto& [id, changed] : watchers_) told.push_back(changed);
+    mu_.Unlock();
+    for (const auto& changed : told) changed();
+    mu_.Lock();
   }
 }
 
