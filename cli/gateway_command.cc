@@ -44,6 +44,10 @@ ABSL_FLAG(int, max_calls, 4096,
           "Calls served at once, streams included (a call holds a thread "
           "only while it routes or fails over, not while it waits); more "
           "are RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms.");
+ABSL_FLAG(int, max_task_threads, 256,
+          "Threads for the steps of calls that may block (routing, stream "
+          "slots, a failover's wait), started on demand up to this many; "
+          "beyond it the steps queue.");
 ABSL_FLAG(int64_t, max_buffered_bytes, int64_t{512} << 20,
           "Bytes all calls together keep in memory: Append requests kept for "
           "replay until committed, and imports (read whole, each at most "
@@ -108,6 +112,10 @@ int Run(const std::vector<std::string>& args) {
   options.max_message_bytes =
       std::max(server.max_receive_message_bytes, server.max_send_message_bytes);
   options.max_calls = absl::GetFlag(FLAGS_max_calls);
+  options.max_task_threads = absl::GetFlag(FLAGS_max_task_threads);
+  if (options.max_task_threads < 1) {
+    return ReportUsageError("--max-task-threads must be at least 1");
+  }
   if (options.max_calls < 1) {
     return ReportUsageError("--max-calls must be at least 1");
   }

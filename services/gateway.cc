@@ -53,10 +53,17 @@ Gateway::~Gateway() {
   metrics_->SetGaugeSource(nullptr);
   {
     absl::MutexLock lock(&threads_mu_);
-    auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(threads_mu_) {
-      return calls_ == 0 && threads_ == 0;
+    // Every call released and every task run, then the idle task threads
+    // told to end.
+    auto quiet = [this]() ABSL_SHARED_LOCKS_REQUIRED(threads_mu_) {
+      return calls_ == 0 && tasks_.empty() && idle_ == threads_;
     };
-    threads_mu_.Await(absl::Condition(&idle));
+    threads_mu_.Await(absl::Condition(&quiet));
+    tasks_stopping_ = true;
+    auto ended = [this]() ABSL_SHARED_LOCKS_REQUIRED(threads_mu_) {
+      return threads_ == 0;
+    };
+    threads_mu_.Await(absl::Condition(&ended));
   }
   {
     absl::MutexLock lock(&mu_);
@@ -306,23 +313,46 @@ void Gateway::ReleaseCall() {
 }
 
 bool Gateway::Detach(std::function<void()> fn) {
-  {
-    absl::MutexLock lock(&threads_mu_);
-    ++threads_;
+  absl::MutexLock lock(&threads_mu_);
+  tasks_.push_back(std::move(fn));
+  // An idle thread takes it, or a busy one once its task ends.
+  if (static_cast<int>(tasks_.size()) <= idle_ ||
+      threads_ >= options_.max_task_threads) {
+    return true;
   }
+  ++threads_;
   try {
-    std::thread([this, fn = std::move(fn)]() mutable {
-      fn();
-      fn = nullptr;  // what it holds goes before the destructor may return
-      absl::MutexLock lock(&threads_mu_);
-      --threads_;
-    }).detach();
+    std::thread([this] { TaskLoop(); }).detach();
   } catch (const std::system_error&) {  // out of threads (a pids limit)
-    absl::MutexLock lock(&threads_mu_);
     --threads_;
+    if (threads_ > 0) return true;  // queued for the running ones
+    tasks_.pop_back();
     return false;
   }
   return true;
+}
+
+void Gateway::TaskLoop() {
+  threads_mu_.Lock();
+  for (;;) {
+    if (tasks_.empty()) {
+      ++idle_;
+      auto woken = [this]() ABSL_SHARED_LOCKS_REQUIRED(threads_mu_) {
+        return !tasks_.empty() || tasks_stopping_;
+      };
+      threads_mu_.AwaitWithTimeout(absl::Condition(&woken), kTaskIdle);
+      --idle_;
+      if (tasks_.empty()) break;  // idle too long, or the gateway stops
+    }
+    std::function<void()> fn = std::move(tasks_.front());
+    tasks_.pop_front();
+    threads_mu_.Unlock();
+    fn();
+    fn = nullptr;  // what it holds goes before the destructor may return
+    threads_mu_.Lock();
+  }
+  --threads_;
+  threads_mu_.Unlock();
 }
 
 bool Gateway::Spawn(std::function<void()> fn) {

@@ -85,6 +85,12 @@ struct GatewayOptions {
   // client); more are RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms, as
   // is a call when no thread can be made.
   int max_calls = 4096;
+  // Threads for the steps of calls that may block (routing, stream slots,
+  // a failover's wait): started on demand up to this many, kept 2 s when
+  // idle; beyond it the steps queue (a burst of failovers, e.g. a worker
+  // with thousands of streams gone, then waits its turn instead of
+  // needing a thread per stream).
+  int max_task_threads = 256;
   // Workers tried per call (first attempt included); one that could not
   // be connected to costs none (see docs/gateway.md, Failover).
   int max_attempts = 5;

@@ -10,6 +10,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -123,11 +124,14 @@ class Gateway {
   // when that many are running: finish it with Refused().
   [[nodiscard]] bool AdmitCall();
   void ReleaseCall();
-  // Runs `fn` on a new, short-lived thread that the destructor waits for,
-  // outside the call count: a step of an admitted call that may block (a
-  // store read, a backoff). False, with `fn` dropped, when no thread can be
-  // made.
+  // Runs `fn` on a task thread, outside the call count: a step of an
+  // admitted call that may block (a store read, a backoff). The threads
+  // are started on demand up to options().max_task_threads and end after
+  // kTaskIdle without work; beyond that many `fn` waits its turn. The
+  // destructor waits for every task. False, with `fn` dropped, only when
+  // no thread runs and none can be made.
   [[nodiscard]] bool Detach(std::function<void()> fn);
+  static constexpr absl::Duration kTaskIdle = absl::Seconds(2);
   // AdmitCall, then `fn` on a Detach'ed thread, and ReleaseCall after it:
   // a call forwarded on a thread of its own. False, with `fn` dropped,
   // when either fails: the caller then finishes its call with Refused().
@@ -168,6 +172,8 @@ class Gateway {
 
  private:
   void WatchdogLoop();
+  // A task thread: runs tasks_ until none comes for kTaskIdle.
+  void TaskLoop();
   // Closes the connections no call used for idle_channel_timeout (calls
   // still holding one keep it).
   void SweepChannels(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -197,8 +203,13 @@ class Gateway {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   // Apart from mu_, which the watchdog holds while it checks calls.
   absl::Mutex threads_mu_;
-  int calls_ ABSL_GUARDED_BY(threads_mu_) = 0;    // admitted, not released
-  int threads_ ABSL_GUARDED_BY(threads_mu_) = 0;  // Detach'ed, running
+  int calls_ ABSL_GUARDED_BY(threads_mu_) = 0;  // admitted, not released
+  // Detach's: the task threads, those of them waiting for work, and the
+  // tasks no thread has taken yet.
+  int threads_ ABSL_GUARDED_BY(threads_mu_) = 0;
+  int idle_ ABSL_GUARDED_BY(threads_mu_) = 0;
+  std::deque<std::function<void()>> tasks_ ABSL_GUARDED_BY(threads_mu_);
+  bool tasks_stopping_ ABSL_GUARDED_BY(threads_mu_) = false;
   std::set<Watched*> watched_ ABSL_GUARDED_BY(mu_);
   std::thread watchdog_;
 };

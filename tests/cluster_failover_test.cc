@@ -63,7 +63,11 @@ class ClusterFailoverTest : public ::testing::Test {
       auto g = e2e::ClusterProcess::Start(
           {STATESTREAM_BIN, "gateway", "--listen=127.0.0.1:0",
            "--redis=" + redis_->address(), "--upstream-stall-timeout=2s",
-           "--suspect-for=2s", "--shutdown-grace=1s"},
+           "--suspect-for=2s", "--shutdown-grace=1s",
+           // Few task threads: a call that held one while it waited (on
+           // its worker or its client) would stall the others, and the
+           // failover bursts below queue.
+           "--max-task-threads=4"},
           absl::StrCat(*dir_, "/gateway", i, ".log"), kStartTimeout);
       ASSERT_TRUE(g.ok()) << g.status();
       gateways_->push_back(*std::move(g));
