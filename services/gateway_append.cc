@@ -65,16 +65,10 @@ class AppendCall final
       Finish(status);
       return;
     }
-    if (!gateway_->AdmitCall()) {
-      gateway_->EndCall("Append", Gateway::Refused(), began_);
-      Finish(Gateway::Refused());
-      return;
-    }
-    admitted_ = true;
     tenant_ = *std::move(tenant);
     credentials_ = CredentialsOf(*ctx_);
     // The slot is taken on a task thread: it may wait on Redis.
-    if (!RunTask([this] { Setup(); })) {
+    if (!Admit([this] { Setup(); })) {
       gateway_->EndCall("Append", Gateway::Refused(), began_);
       Finish(Gateway::Refused());
     }

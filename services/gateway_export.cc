@@ -37,15 +37,9 @@ class ExportCall final
   // From the rpc handler, before the reactor is returned.
   void Start() {
     began_ = gateway_->BeginCall();
-    grpc::Status refused = Gateway::Refused();
-    if (gateway_->AdmitCall()) {
-      admitted_ = true;
-      // The caller is authenticated (a scan of every key) and its slot
-      // taken (it may wait on Redis) on a task thread.
-      if (RunTask([this] { Setup(); })) return;
-    }
-    gateway_->EndCall("ExportState", refused, began_);
-    Finish(refused);
+    if (Admit([this] { Setup(); })) return;
+    gateway_->EndCall("ExportState", Gateway::Refused(), began_);
+    Finish(Gateway::Refused());
   }
 
   void OnWriteDone(bool ok) override;
@@ -124,13 +118,7 @@ class ExportCall::Upstream final
 };
 
 void ExportCall::Setup() {
-  auto tenant = gateway_->Tenant(*ctx_);
-  if (!tenant.ok()) {
-    End(ToGrpcStatus(tenant.status()));
-    return;
-  }
-  tenant_ = *std::move(tenant);
-  auto slot = HoldStreamSlot(gateway_, tenant_);
+  auto slot = TenantAndSlot(*ctx_, &tenant_);
   if (!slot.ok()) {
     End(ToGrpcStatus(slot.status()));
     return;

@@ -49,13 +49,10 @@ class GenerateCall final
     grpc::Status refused;
     if (!tenant.ok()) {
       refused = ToGrpcStatus(tenant.status());
-    } else if (!gateway_->AdmitCall()) {
-      refused = Gateway::Refused();
     } else {
-      admitted_ = true;
       tenant_ = *std::move(tenant);
       // The slot is taken on a task thread: it may wait on Redis.
-      if (RunTask([this] { Setup(); })) return;
+      if (Admit([this] { Setup(); })) return;
       refused = Gateway::Refused();
     }
     gateway_->EndCall("Generate", refused, began_);

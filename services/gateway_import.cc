@@ -42,15 +42,9 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
   // read: the import is buffered whole.
   void Start() {
     began_ = gateway_->BeginCall();
-    grpc::Status refused = Gateway::Refused();
-    if (gateway_->AdmitCall()) {
-      admitted_ = true;
-      // The caller is authenticated (a scan of every key) and its slot
-      // taken (it may wait on Redis) on a task thread.
-      if (RunTask([this] { Setup(); })) return;
-    }
-    gateway_->EndCall("ImportState", refused, began_);
-    Finish(refused);
+    if (Admit([this] { Setup(); })) return;
+    gateway_->EndCall("ImportState", Gateway::Refused(), began_);
+    Finish(Gateway::Refused());
   }
 
   void OnReadDone(bool ok) override;
@@ -151,13 +145,7 @@ class ImportCall::Upstream final
 };
 
 void ImportCall::Setup() {
-  auto tenant = gateway_->Tenant(*ctx_);
-  if (!tenant.ok()) {
-    End(ToGrpcStatus(tenant.status()));
-    return;
-  }
-  tenant_ = *std::move(tenant);
-  auto slot = HoldStreamSlot(gateway_, tenant_);
+  auto slot = TenantAndSlot(*ctx_, &tenant_);
   if (!slot.ok()) {
     End(ToGrpcStatus(slot.status()));
     return;

@@ -40,6 +40,25 @@ class ReactorCall {
   void Unref() {
     if (refs_.fetch_sub(1) == 1) delete this;
   }
+  // From the rpc handler: admits the call (Gateway::AdmitCall) and runs
+  // `first` as its first task. False when the gateway serves as many calls
+  // as it may or no task can run: the handler then finishes the call with
+  // Gateway::Refused().
+  [[nodiscard]] bool Admit(std::function<void()> first) {
+    if (!gateway_->AdmitCall()) return false;
+    admitted_ = true;
+    return RunTask(std::move(first));
+  }
+  // Task: the caller's tenant (into `*tenant`), then its stream slot;
+  // UNAUTHENTICATED or TENANT_LIMIT otherwise. Authenticating scans every
+  // key and the slot may wait on Redis: not on gRPC's threads.
+  absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> TenantAndSlot(
+      const grpc::CallbackServerContext& ctx, std::string* tenant) {
+    absl::StatusOr<std::string> named = gateway_->Tenant(ctx);
+    if (!named.ok()) return named.status();
+    *tenant = *std::move(named);
+    return HoldStreamSlot(gateway_, *tenant);
+  }
   // Runs `fn` on a task thread holding a reference. False (`fn` dropped)
   // when no thread can be made.
   [[nodiscard]] bool RunTask(std::function<void()> fn) {

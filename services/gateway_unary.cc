@@ -38,10 +38,8 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
   // From the rpc handler, before the reactor is returned.
   void Start() {
     began_ = gateway_->BeginCall();
-    if (!gateway_->AdmitCall()) return End(Gateway::Refused());
-    admitted_ = true;
     // The caller is authenticated on the task (a scan of every key).
-    if (!RunTask([this] { Setup(); })) End(Gateway::Refused());
+    if (!Admit([this] { Setup(); })) End(Gateway::Refused());
   }
 
   void OnDone() override { Unref(); }
