@@ -71,7 +71,6 @@ class ExportCall final
   const v1::ExportStateRequest& request_;
   absl::Time began_;    // Start's
   std::string tenant_;  // Setup's
-  int counted_ = 0;     // attempts bounded by max_attempts (tasks')
 
   absl::Mutex mu_;
   std::shared_ptr<TenantLimits::StreamSlot> slot_ ABSL_GUARDED_BY(mu_);
@@ -228,14 +227,10 @@ void ExportCall::AfterAttempt(grpc::Status status) {
         "worker lost during export; retry", {{"retry_after_ms", "200"}})));
     return;
   }
-  // Attempts are bounded by max_attempts; a failover from a worker that
-  // could not be reached costs none (up to kMaxUnreachableSkips of them).
-  if (Counts(std::move(placed), Gateway::WorkerFailed(status))) ++counted_;
-  if (counted_ >= gateway_->options().max_attempts) {
+  if (!MayRetry(std::move(placed), status, "ExportState")) {
     End(Gateway::GaveUp(status));
     return;
   }
-  gateway_->metrics().IncFailover("ExportState");
   Route();
 }
 

@@ -91,8 +91,6 @@ class GenerateCall final
   absl::Time began_;    // Start's
   std::string tenant_;  // Start's
 
-  int counted_ = 0;  // attempts bounded by max_attempts (tasks')
-
   absl::Mutex mu_;
   std::shared_ptr<TenantLimits::StreamSlot> slot_ ABSL_GUARDED_BY(mu_);
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
@@ -353,15 +351,10 @@ void GenerateCall::AfterAttempt(grpc::Status status) {
     absl::MutexLock lock(&mu_);
     placed = std::move(placed_);
   }
-  // Attempts are bounded by max_attempts; a failover from a worker that
-  // could not be reached costs none (up to kMaxUnreachableSkips of them):
-  // the call never got to it.
-  if (Counts(std::move(placed), Gateway::WorkerFailed(status))) ++counted_;
-  if (counted_ >= gateway_->options().max_attempts) {
+  if (!MayRetry(std::move(placed), status, "Generate")) {
     End(Gateway::GaveUp(status));
     return;
   }
-  gateway_->metrics().IncFailover("Generate");
   Route();
 }
 

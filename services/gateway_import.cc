@@ -99,7 +99,6 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
 
   Target target_{"ImportState", "", "", ""};
   int attempts_ = 0;   // started
-  int counted_ = 0;    // bounded by max_attempts
   grpc::Status last_;  // the last attempt's
   Placed placed_;      // the attempt in progress's (or the last's)
 };
@@ -307,14 +306,10 @@ void ImportCall::AfterAttempt(grpc::Status status) {
     End(Gateway::FromWorker(status));
     return;
   }
-  // Attempts are bounded by max_attempts; a failover from a worker that
-  // could not be reached costs none (up to kMaxUnreachableSkips of them).
-  if (Counts(std::move(placed_), Gateway::WorkerFailed(status))) ++counted_;
-  if (counted_ >= gateway_->options().max_attempts) {
+  if (!MayRetry(std::move(placed_), status, "ImportState")) {
     End(Gateway::GaveUp(status));
     return;
   }
-  gateway_->metrics().IncFailover("ImportState");
   Route();
 }
 

@@ -124,11 +124,26 @@ class ReactorCall {
     return !Gateway::SkipsAttempt(placed.refused, placed.channel, &skips_);
   }
 
+  // Task, after an attempt on `placed` that failed over with `status`
+  // (Counts): whether another worker may be tried — then counted in the
+  // failover metric as `method`'s — or the call has used max_attempts.
+  // Attempts are bounded by max_attempts; a failover from a worker that
+  // could not be reached costs none (up to kMaxUnreachableSkips of them):
+  // the call never got to it. (Append counts its own: progress resets it.)
+  bool MayRetry(Placed placed, const grpc::Status& status,
+                const std::string& method) {
+    if (Counts(std::move(placed), Gateway::WorkerFailed(status))) ++counted_;
+    if (counted_ >= gateway_->options().max_attempts) return false;
+    gateway_->metrics().IncFailover(method);
+    return true;
+  }
+
   Gateway* const gateway_;
   bool admitted_ = false;  // counted in Gateway::AdmitCall
   // Tasks only (one after another).
   std::set<std::string> exclude_;
-  int skips_ = 0;  // Gateway::SkipsAttempt's count
+  int skips_ = 0;    // Gateway::SkipsAttempt's count
+  int counted_ = 0;  // MayRetry's: attempts bounded by max_attempts
 
  private:
   std::atomic<int> refs_{1};  // gRPC's, until OnDone

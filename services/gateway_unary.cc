@@ -96,17 +96,10 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
       End(Gateway::FromWorker(status));
       return;
     }
-    // Attempts are bounded by max_attempts; a failover from a worker that
-    // could not be reached costs none (up to kMaxUnreachableSkips of
-    // them): the call never got to it.
-    if (Counts(std::move(placed_), Gateway::WorkerFailed(status))) {
-      ++counted_;
-    }
-    if (counted_ >= gateway_->options().max_attempts) {
+    if (!MayRetry(std::move(placed_), status, target_.method)) {
       End(Gateway::GaveUp(status));
       return;
     }
-    gateway_->metrics().IncFailover(target_.method);
     Route();
   }
 
@@ -124,7 +117,6 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
   absl::Time began_;      // Start's
   std::string tenant_;    // Setup's
   int attempts_ = 0;      // started
-  int counted_ = 0;       // bounded by max_attempts
   grpc::Status last_;     // the last attempt's
   // The attempt in progress (or the last): its worker and channel, and
   // its context, which gRPC uses until AttemptDone.
