@@ -89,6 +89,9 @@ class AppendCall final
   // stream whose API key was revoked ends even while its client sends
   // nothing (one atomic read while the keys do not change).
   void Check(absl::Time now) override;
+  // Task, after the keys changed: ends the input if the call's key was
+  // revoked (the scan of every key, not under the watchdog's lock).
+  void RecheckKey();
 
   // gRPC: the client's stream.
   void OnReadDone(bool ok) override;
@@ -205,7 +208,7 @@ class AppendCall final
   // Why the client's input ended early: its API key was revoked (or
   // could not be checked).
   absl::Status input_ended_ ABSL_GUARDED_BY(mu_);
-  bool revoking_ ABSL_GUARDED_BY(mu_) = false;  // EndInput scheduled
+  bool revoking_ ABSL_GUARDED_BY(mu_) = false;  // RecheckKey scheduled
   bool ending_ ABSL_GUARDED_BY(mu_) = false;    // End decided
   bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish called
 
@@ -290,18 +293,29 @@ void AppendCall::Check(absl::Time now) {
     stalled_ = true;
     upstream_->context()->TryCancel();
   }
-  if (!client_done_ && !ending_ && !revoking_) {
-    absl::Status valid =
-        o.auth.Recheck(credentials_, tenant_, &auth_generation_);
-    if (!valid.ok()) {
-      // Ending may block (the slot): not on the watchdog's thread. If no
-      // thread can be made, the next check tries again.
-      revoking_ = RunTask([this, valid] { EndInput(valid); });
-    }
+  if (!client_done_ && !ending_ && !revoking_ &&
+      o.auth.generation() != auth_generation_) {
+    // The recheck (a scan of every key) and the end (it may block on the
+    // slot) run on a task. If it cannot run, the next check tries again.
+    revoking_ = RunTask([this] { RecheckKey(); });
   }
   // A call waiting for room reads on once the gateway's buffers are below
   // their bound again, even if its own acks do not come.
   MaybeReadClient();
+}
+
+void AppendCall::RecheckKey() {
+  absl::Status valid;
+  {
+    absl::MutexLock lock(&mu_);
+    valid = gateway_->options().auth.Recheck(credentials_, tenant_,
+                                             &auth_generation_);
+    if (valid.ok()) {
+      revoking_ = false;
+      return;
+    }
+  }
+  EndInput(std::move(valid));
 }
 
 void AppendCall::Setup() {
