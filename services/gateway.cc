@@ -500,14 +500,6 @@ grpc::Status Gateway::GaveUp(const grpc::Status& last) {
 }
 
 absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> HoldStreamSlot(
-    Gateway* gateway, const grpc::CallbackServerContext& ctx) {
-  if (gateway->options().limits == nullptr) return nullptr;
-  auto tenant = gateway->Tenant(ctx);
-  if (!tenant.ok()) return tenant.status();
-  return HoldStreamSlot(gateway, *tenant);
-}
-
-absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> HoldStreamSlot(
     Gateway* gateway, const std::string& tenant) {
   TenantLimits* limits = gateway->options().limits.get();
   if (limits == nullptr) return nullptr;

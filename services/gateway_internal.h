@@ -232,12 +232,10 @@ struct Target {
 // failover). For operators and the fault tests.
 inline constexpr char kAttemptsTrailer[] = "x-statestream-attempts";
 
-// The caller's stream slot (Append, Generate, ImportState), held until the
-// call ends (null without limits); UNAUTHENTICATED or TENANT_LIMIT
-// otherwise.
-absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> HoldStreamSlot(
-    Gateway* gateway, const grpc::CallbackServerContext& ctx);
-// The same for a caller already authenticated as `tenant`.
+// The stream slot of a caller authenticated as `tenant` (Append,
+// Generate, ExportState, ImportState), held until the call ends (null
+// without limits); TENANT_LIMIT otherwise. ReactorCall::TenantAndSlot
+// authenticates first.
 absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> HoldStreamSlot(
     Gateway* gateway, const std::string& tenant);
 
