@@ -90,7 +90,7 @@ class AppendCall final
   // nothing (one atomic read while the keys do not change).
   void Check(absl::Time now) override;
   // Task, after the keys changed: ends the input if the call's key was
-  // revoked (the scan of every key, not under the watchdog's lock).
+  // revoked (a hash lookup, not under the watchdog's lock).
   void RecheckKey();
 
   // gRPC: the client's stream.
@@ -295,7 +295,7 @@ void AppendCall::Check(absl::Time now) {
   }
   if (!client_done_ && !ending_ && !revoking_ &&
       o.auth.generation() != auth_generation_) {
-    // The recheck (a scan of every key) and the end (it may block on the
+    // The recheck (a hash lookup) and the end (it may block on the
     // slot) run on a task. If it cannot run, the next check tries again.
     revoking_ = RunTask([this] { RecheckKey(); });
   }

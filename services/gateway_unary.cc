@@ -38,7 +38,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
   // From the rpc handler, before the reactor is returned.
   void Start() {
     began_ = gateway_->BeginCall();
-    // The caller is authenticated on the task (a scan of every key).
+    // The caller is authenticated on the task (SHA-256 and a lookup).
     if (!Admit([this] { Setup(); })) End(Gateway::Refused());
   }
 

@@ -105,19 +105,13 @@ std::optional<std::array<unsigned char, 32>> Sha256(absl::string_view data) {
   return digest;
 }
 
-// The last of `entries` whose digest equals `digest`, every entry compared
-// in constant time (neither timing nor the order tells which matched);
-// null if none.
-template <class Entry, class DigestOf>
-const Entry* FindDigest(const std::vector<Entry>& entries,
-                        const std::array<unsigned char, 32>& digest,
-                        DigestOf digest_of) {
-  const Entry* found = nullptr;
-  for (const Entry& entry : entries) {
-    const std::array<unsigned char, 32>& want = digest_of(entry);
-    if (CRYPTO_memcmp(want.data(), digest.data(), digest.size()) == 0) {
-      found = &entry;
-    }
+// Whether `digest` is one of `held`, each compared in constant time (a
+// handful of internal tokens: neither timing nor the order tells which).
+bool HoldsDigest(const std::vector<std::array<unsigned char, 32>>& held,
+                 const std::array<unsigned char, 32>& digest) {
+  bool found = false;
+  for (const std::array<unsigned char, 32>& want : held) {
+    found |= CRYPTO_memcmp(want.data(), digest.data(), digest.size()) == 0;
   }
   return found;
 }
@@ -136,7 +130,7 @@ std::optional<TenantAuth::KeySet> TenantAuth::MakeKeySet(
   for (auto& [token, tenant] : api_keys) {
     std::optional<std::array<unsigned char, 32>> digest = Sha256(token);
     if (!digest) return std::nullopt;
-    set.keys.push_back({*digest, std::move(tenant)});
+    set.tenants.emplace(*digest, std::move(tenant));
   }
   return set;
 }
@@ -225,7 +219,7 @@ std::map<std::string, TenantLimitOverride> TenantAuth::limits() const {
 
 size_t TenantAuth::key_count() const {
   std::shared_ptr<const KeySet> set = Current();
-  return set == nullptr ? 0 : set->keys.size();
+  return set == nullptr ? 0 : set->tenants.size();
 }
 
 absl::Status TenantAuth::Replace(const TenantAuth& newer) {
@@ -300,11 +294,9 @@ absl::StatusOr<std::string> TenantAuth::Authenticate(
     return MakeError(absl::StatusCode::kInternal, Reason::kInternal,
                      "API keys cannot be checked (SHA-256 failed)");
   }
-  const Key* found = FindDigest(
-      set->keys, *digest,
-      [](const Key& key) -> const auto& { return key.digest; });
-  if (found == nullptr) return Unauthenticated("unknown API key");
-  return found->tenant;
+  const auto found = set->tenants.find(*digest);
+  if (found == set->tenants.end()) return Unauthenticated("unknown API key");
+  return found->second;
 }
 
 absl::Status InternalToken::TokenSet::Add(absl::string_view token) {
@@ -406,12 +398,7 @@ absl::Status InternalToken::Check(
   if (tokens == nullptr) return absl::OkStatus();
   const std::optional<std::array<unsigned char, 32>> digest =
       shown.has_value() ? Sha256(*shown) : std::nullopt;
-  const bool found =
-      digest.has_value() &&
-      FindDigest(
-          tokens->digests, *digest,
-          [](const auto& d) -> const auto& { return d; }) != nullptr;
-  if (!found) {
+  if (!digest.has_value() || !HoldsDigest(tokens->digests, *digest)) {
     return Unauthenticated(
         "this worker takes calls only from gateways that show its internal "
         "token (x-statestream-internal-token)");

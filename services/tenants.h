@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
@@ -265,14 +266,13 @@ class TenantAuth {
       std::optional<absl::string_view> tenant_header) const;
 
  private:
-  // Tokens are kept as SHA-256 digests and compared in constant time, all
-  // of them on every call: neither timing nor a memory dump gives a token.
-  struct Key {
-    std::array<unsigned char, 32> digest;
-    std::string tenant;
-  };
+  // Tokens are kept only as SHA-256 digests, so a memory dump gives no
+  // token; a call's token is hashed and its digest looked up in a hash
+  // table (one lookup whatever the number of keys). The lookup's timing
+  // can only tell how close a shown token's digest came to a held one,
+  // which does not help to find a token (docs/gateway.md, "Tenants").
   struct KeySet {
-    std::vector<Key> keys;
+    absl::flat_hash_map<std::array<unsigned char, 32>, std::string> tenants;
     bool digests_failed = false;  // then every call is refused
     std::map<std::string, TenantLimitOverride> limits;
   };

@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -150,6 +151,37 @@ TEST(TenantAuthTest, AnythingElseIsUnauthenticatedWithoutEchoingTheToken) {
                 .status()
                 .code(),
             absl::StatusCode::kUnauthenticated);
+}
+
+TEST(TenantAuthTest, EachOfManyKeysNamesItsOwnTenantAndARereadRevokes) {
+  // Keys that share all but their last bytes, as generated keys do.
+  std::map<std::string, std::string> keys;
+  for (int i = 0; i < 5000; ++i) {
+    keys.emplace(absl::StrCat("sk-many-0123456789-", i),
+                 absl::StrCat("tenant-", i % 97));
+  }
+  TenantAuth auth(keys);
+  EXPECT_EQ(auth.key_count(), 5000u);
+  for (const auto& [token, tenant] : keys) {
+    auto named = auth.Authenticate("Bearer " + token, std::nullopt);
+    ASSERT_TRUE(named.ok()) << token << " " << named.status();
+    ASSERT_EQ(*named, tenant) << token;
+  }
+  EXPECT_EQ(auth.Authenticate("Bearer sk-many-0123456789-5000", std::nullopt)
+                .status()
+                .code(),
+            absl::StatusCode::kUnauthenticated);
+  // A reread without key 7: it alone is refused, through every copy.
+  const TenantAuth copy = auth;
+  keys.erase("sk-many-0123456789-7");
+  ASSERT_TRUE(auth.Replace(TenantAuth(keys)).ok());
+  EXPECT_EQ(copy.Authenticate("Bearer sk-many-0123456789-7", std::nullopt)
+                .status()
+                .code(),
+            absl::StatusCode::kUnauthenticated);
+  auto kept = copy.Authenticate("Bearer sk-many-0123456789-8", std::nullopt);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_EQ(*kept, "tenant-8");
 }
 
 TEST(TenantAuthTest, DevelopmentModeTakesTheTenantHeader) {
