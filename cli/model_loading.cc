@@ -214,6 +214,16 @@ absl::StatusOr<std::unique_ptr<engine::Tokenizer>> LoadServedTokenizer(
         absl::StrCat("--vocab ", vocab, " (model ", spec.model_id,
                      "): ", tokenizer.status().message()));
   }
+  // Text would tokenize to ids the model has no row for, and its samples
+  // to ids the tokenizer cannot spell.
+  const int model_vocab = model.info().config.vocab_size;
+  if ((*tokenizer)->vocab_size() != model_vocab) {
+    return MakeError(
+        absl::StatusCode::kFailedPrecondition, Reason::kModelMismatch,
+        absl::StrCat("--vocab ", vocab, " has ", (*tokenizer)->vocab_size(),
+                     " token ids but model ", spec.model_id, " has ",
+                     model_vocab, " (give the model's own vocabulary)"));
+  }
   return tokenizer;
 }
 

@@ -80,6 +80,28 @@ TEST(ModelCliTest, InfoReportsTheShapes) {
 }
 
 // Every file of the tiny model, at the golden positions, then save/resume.
+// A state file names the tokenizer its model is served with, which must
+// have the model's vocabulary: the tiny golden models (512 ids) have none.
+// This writes an RWKV-7 model of the World vocabulary's 65,536 ids (1
+// layer, 64 wide, `seed`) as `name` in `dir`, with the vocabulary beside
+// it as serve pairs them; "" (and a test failure) if that fails.
+std::string WorldModel(const ::statestream::testing::ScratchDir& dir,
+                       const std::string& name, int seed = 1) {
+  const std::string vocab = dir.File("rwkv_vocab_v20230424.txt");
+  std::error_code ec;
+  if (!std::filesystem::exists(vocab)) {
+    std::filesystem::create_symlink(
+        SharedPath("testdata/rwkv_vocab_v20230424.txt"), vocab, ec);
+  }
+  EXPECT_FALSE(ec) << ec.message();
+  const std::string model = dir.File(name);
+  RunResult made =
+      Cli({"model", "random", "--layers=1", "--embd=64", "--vocab=65536",
+           "--seed=" + std::to_string(seed), "--out=" + model});
+  EXPECT_EQ(made.exit_code, 0) << made.err;
+  return made.exit_code == 0 && !ec ? model : "";
+}
+
 TEST(ModelCliTest, EvalMatchesGoldenAndResumes) {
   SS_REQUIRE_SHARED_DATA();
   nlohmann::json g = LoadJson(SharedPath("testdata/rwkv7-tiny.golden.json"));
@@ -101,44 +123,55 @@ TEST(ModelCliTest, EvalMatchesGoldenAndResumes) {
       EXPECT_EQ(lines[j]["position"], positions[j]);
       ExpectLogitsClose(lines[j]["logits"], want[j]);
     }
-    // Split after 20 tokens: state out, state in, same last logits (bit for
-    // bit, so the printed text is identical).
-    const std::string state = Temp("state.bin");
-    std::vector<int> head(tokens.begin(), tokens.begin() + 20);
-    std::vector<int> tail(tokens.begin() + 20, tokens.end());
-    ASSERT_EQ(Cli({"model", "eval", "--model", model, "--tokens", Join(head),
-                   "--state-out", state})
-                  .exit_code,
-              0);
-    RunResult resumed = Cli({"model", "eval", "--model", model, "--tokens",
-                             Join(tail), "--state-in", state});
-    RunResult whole =
-        Cli({"model", "eval", "--model", model, "--tokens", Join(tokens)});
-    ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
-    auto a = JsonLines(resumed.out), b = JsonLines(whole.out);
-    ASSERT_EQ(a.size(), 1u);
-    ASSERT_EQ(b.size(), 1u);
-    EXPECT_EQ(a[0]["logits"], b[0]["logits"]) << file;
     if (!bf16) {
-      // Continue from the golden final state's equivalent: the continuation.
-      const std::string full = Temp("full.bin");
-      ASSERT_EQ(Cli({"model", "eval", "--model", model, "--tokens",
-                     Join(tokens), "--state-out", full})
-                    .exit_code,
-                0);
+      // The continuation: the golden final state's next tokens.
       std::vector<int> cont =
           g["continuation"]["tokens"].get<std::vector<int>>();
-      RunResult c =
-          Cli({"model", "eval", "--model", model, "--tokens", Join(cont),
-               "--positions", "0,1,2,3,4", "--state-in", full});
+      std::vector<int> all = tokens;
+      all.insert(all.end(), cont.begin(), cont.end());
+      std::vector<int> at;
+      for (size_t j = 0; j < cont.size(); ++j) {
+        at.push_back(static_cast<int>(tokens.size() + j));
+      }
+      RunResult c = Cli({"model", "eval", "--model", model, "--tokens",
+                         Join(all), "--positions", Join(at)});
       ASSERT_EQ(c.exit_code, 0) << c.err;
       auto cl = JsonLines(c.out);
+      ASSERT_EQ(cl.size(), cont.size());
       for (size_t j = 0; j < cont.size(); ++j) {
         ExpectLogitsClose(cl[j]["logits"], g["continuation"]["logits"][j]);
       }
-      std::remove(full.c_str());
     }
-    std::remove(state.c_str());
+  }
+  // Split after 20 tokens: state out, state in, the same logits from there
+  // on as one run (bit for bit, so the printed text is identical).
+  ::statestream::testing::ScratchDir dir("ss-model-cli");
+  const std::string model = WorldModel(dir, "world.safetensors");
+  ASSERT_FALSE(model.empty());
+  const std::string state = dir.File("state.bin");
+  std::vector<int> head(tokens.begin(), tokens.begin() + 20);
+  std::vector<int> tail(tokens.begin() + 20, tokens.end());
+  ASSERT_EQ(Cli({"model", "eval", "--model", model, "--tokens", Join(head),
+                 "--state-out", state})
+                .exit_code,
+            0);
+  std::vector<int> tail_positions, whole_positions;
+  for (size_t j = 0; j < tail.size(); ++j) {
+    tail_positions.push_back(static_cast<int>(j));
+    whole_positions.push_back(static_cast<int>(20 + j));
+  }
+  RunResult resumed =
+      Cli({"model", "eval", "--model", model, "--tokens", Join(tail),
+           "--positions", Join(tail_positions), "--state-in", state});
+  RunResult whole = Cli({"model", "eval", "--model", model, "--tokens",
+                         Join(tokens), "--positions", Join(whole_positions)});
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+  auto a = JsonLines(resumed.out), b = JsonLines(whole.out);
+  ASSERT_EQ(a.size(), tail.size());
+  ASSERT_EQ(b.size(), tail.size());
+  for (size_t j = 0; j < tail.size(); ++j) {
+    EXPECT_EQ(a[j]["logits"], b[j]["logits"]) << j;
   }
 }
 
@@ -150,7 +183,8 @@ TEST(ModelCliTest, EvalMatchesGoldenAndResumes) {
 TEST(ModelCliTest, EvalAppliesTokensAsATokenAppend) {
   SS_REQUIRE_SHARED_DATA();
   ::statestream::testing::ScratchDir dir("ss-model-cli");
-  const std::string model = SharedPath("testdata/rwkv7-tiny.pth");
+  const std::string model = WorldModel(dir, "world.safetensors");
+  ASSERT_FALSE(model.empty());
   const std::string start = dir.File("start.state");
   RunResult r = Cli({"model", "eval", "--model", model, "--tokens=5,6,7",
                      "--state-out", start});
@@ -231,12 +265,13 @@ TEST(ModelCliTest, EvalAppliesTokensAsATokenAppend) {
 
   // Without a vocabulary beside the model, eval runs; a state file needs
   // one (--vocab), since it names the tokenizer.
-  const std::string alone = dir.File("alone.pth");
+  ::statestream::testing::ScratchDir elsewhere("ss-model-cli");
+  const std::string alone = elsewhere.File("alone.safetensors");
   std::filesystem::copy_file(model, alone);
   EXPECT_EQ(Cli({"model", "eval", "--model", alone, "--tokens=5"}).exit_code,
             0);
   r = Cli({"model", "eval", "--model", alone, "--tokens=5", "--state-out",
-           dir.File("alone.state")});
+           elsewhere.File("alone.state")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("--vocab"), std::string::npos) << r.err;
   r = Cli({"model", "eval", "--model", alone, "--tokens=8,9", "--state-in",
@@ -266,15 +301,33 @@ TEST(ModelCliTest, EvalRejectsBadInput) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("INVALID_MODEL_FILE"), std::string::npos) << r.err;
 
+  // A state file needs a tokenizer of the model's vocabulary: the World
+  // vocabulary (65,536 ids) is refused for a 512-id model, even though
+  // some text would tokenize below 512.
+  ::statestream::testing::ScratchDir dir("ss-model-cli");
+  for (const char* flag : {"--state-out", "--state-in"}) {
+    r = Cli({"model", "eval", "--model", model, "--tokens", "1", flag,
+             dir.File("never.bin"), "--vocab",
+             SharedPath("testdata/rwkv_vocab_v20230424.txt")});
+    EXPECT_EQ(r.exit_code, 1) << flag;
+    EXPECT_NE(r.err.find("MODEL_MISMATCH"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("65536 token ids but model"), std::string::npos)
+        << r.err;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir.File("never.bin")));
+
   // A corrupt state file and a state of another model.
-  const std::string state = Temp("bad_state.bin");
-  ASSERT_EQ(Cli({"model", "eval", "--model", model, "--tokens", "1,2",
+  const std::string world = WorldModel(dir, "a.safetensors", 1);
+  const std::string other = WorldModel(dir, "b.safetensors", 2);
+  ASSERT_FALSE(world.empty());
+  ASSERT_FALSE(other.empty());
+  const std::string state = dir.File("bad_state.bin");
+  ASSERT_EQ(Cli({"model", "eval", "--model", world, "--tokens", "1,2",
                  "--state-out", state})
                 .exit_code,
             0);
-  r = Cli({"model", "eval", "--model",
-           SharedPath("testdata/rwkv7-tiny-bf16.pth"), "--tokens", "3",
-           "--state-in", state});
+  r = Cli({"model", "eval", "--model", other, "--tokens", "3", "--state-in",
+           state});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("MODEL_MISMATCH"), std::string::npos) << r.err;
   {
@@ -282,11 +335,10 @@ TEST(ModelCliTest, EvalRejectsBadInput) {
     f.seekp(100);
     f.put('\x7f');
   }
-  r = Cli({"model", "eval", "--model", model, "--tokens", "3", "--state-in",
+  r = Cli({"model", "eval", "--model", world, "--tokens", "3", "--state-in",
            state});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("STATE_CORRUPT"), std::string::npos) << r.err;
-  std::remove(state.c_str());
   EXPECT_EQ(Cli({"model", "frobnicate"}).exit_code, 2);
 }
 
