@@ -410,20 +410,8 @@ void Gateway::SweepChannels(absl::Time now) {
   channel_count_.store(static_cast<int64_t>(channels_.size()));
 }
 
-bool Gateway::ClientGone(const grpc::CallbackServerContext& ctx,
-                         const grpc::Status& upstream) {
-  auto gone = [&ctx] {
-    return ctx.IsCancelled() ||
-           std::chrono::system_clock::now() >= ctx.deadline();
-  };
-  if (gone()) return true;
-  if (upstream.error_code() != grpc::StatusCode::CANCELLED) return false;
-  const absl::Time until = absl::Now() + kCancelNotice;
-  while (absl::Now() < until) {
-    absl::SleepFor(absl::Milliseconds(2));
-    if (gone()) return true;
-  }
-  return false;
+bool Gateway::ClientGone(const grpc::CallbackServerContext& ctx) {
+  return ctx.IsCancelled() || std::chrono::system_clock::now() >= ctx.deadline();
 }
 
 bool Gateway::ShouldFailover(const grpc::Status& status) {

@@ -32,9 +32,11 @@ namespace {
 // client's stream and each attempt's stream to a worker are callback
 // reactors that move requests and acks as they complete; only the steps
 // that may block — taking and releasing the tenant's stream slot (Redis),
-// routing (a lease read), a failover's wait and backoff — run on a
-// short-lived thread (Gateway::Detach; the setup, routing and failover
-// steps one after another). An idle stream holds no thread.
+// routing (a lease read) — run on a task thread (Gateway::Detach; the
+// setup, routing and failover steps one after another). A failover's wait
+// for the client's cancel and its backoff are gRPC alarms
+// (ReactorCall::RunAfterAttempt, RunTaskAfter). An idle or failing-over
+// stream holds no thread.
 //
 // Operations are started under mu_: gRPC never runs a reaction inside the
 // call that starts an operation or cancels (every tag of these streams is
@@ -96,6 +98,7 @@ class AppendCall final
   // gRPC: the client's stream.
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
+  void OnCancel() override { CancelWaits(); }
   void OnDone() override { Unref(); }
 
  private:
@@ -113,10 +116,11 @@ class AppendCall final
 
   // Task: the tenant's stream slot, then the client's requests.
   void Setup();
-  // Task: picks the next worker (after `backoff`) and starts an attempt.
-  void Route(absl::Duration backoff);
+  // Task: picks the next worker and starts an attempt.
+  void Route();
   // Task: what an attempt that failed over leads to.
-  void AfterAttempt(grpc::Status status, bool stalled, bool progressed);
+  void AfterAttempt(grpc::Status status, bool stalled, bool progressed,
+                    bool client_gone);
   // Task: the client's input ends with `why` (its key was revoked).
   void EndInput(absl::Status why);
   // Finishes the call (once): frees its slot first, so the client may open
@@ -397,7 +401,7 @@ void AppendCall::OnReadDone(bool ok) {
             "session_id is required in the first request",
             {{"field", "session_id"}}));
       } else if (first) {
-        if (!RunTask([this] { Route(absl::ZeroDuration()); })) {
+        if (!RunTask([this] { Route(); })) {
           ending_ = true;
           end = Gateway::Refused();
         }
@@ -430,8 +434,7 @@ void AppendCall::EndInput(absl::Status why) {
   End(grpc::Status::OK);
 }
 
-void AppendCall::Route(absl::Duration backoff) {
-  absl::SleepFor(backoff);
+void AppendCall::Route() {
   std::string session_id;
   int attempt;
   grpc::Status last;
@@ -661,18 +664,21 @@ void AppendCall::UpstreamDone(Upstream* upstream, const grpc::Status& status) {
   if (status.ok() || client_gone ||
       (!stalled && !Gateway::ShouldFailover(status))) {
     Conclude(Gateway::FromWorker(status));
-  } else if (!RunTask([this, status, stalled, progressed] {
-               AfterAttempt(status, stalled, progressed);
-             })) {
+  } else if (!RunAfterAttempt(
+                 *ctx_,
+                 // A stall's CANCELLED is the watchdog's own.
+                 !stalled && status.error_code() == grpc::StatusCode::CANCELLED,
+                 [this, status, stalled, progressed](bool client_gone) {
+                   AfterAttempt(status, stalled, progressed, client_gone);
+                 })) {
     Conclude(Gateway::Refused());
   }
   Unref();  // the attempt's
 }
 
 void AppendCall::AfterAttempt(grpc::Status status, bool stalled,
-                              bool progressed) {
-  // (A stall's CANCELLED is the watchdog's own: no wait for a sign.)
-  if (stalled ? ctx_->IsCancelled() : Gateway::ClientGone(*ctx_, status)) {
+                              bool progressed, bool client_gone) {
+  if (client_gone) {
     End(Gateway::FromWorker(status));
     return;
   }
@@ -697,9 +703,12 @@ void AppendCall::AfterAttempt(grpc::Status status, bool stalled,
   gateway_->metrics().IncFailover("Append");
   if (progressed) exclude_ = {worker};
   // Jittered: the streams of a worker that died all fail at once, and
-  // would otherwise reach its sessions' new owners in lockstep.
-  Route(std::min(absl::Milliseconds(50) * failures_, absl::Milliseconds(500)) *
-        std::uniform_real_distribution<double>(0.5, 1.0)(ThreadRng()));
+  // would otherwise reach its sessions' new owners in lockstep. No thread
+  // waits out the backoff.
+  RunTaskAfter(
+      std::min(absl::Milliseconds(50) * failures_, absl::Milliseconds(500)) *
+          std::uniform_real_distribution<double>(0.5, 1.0)(ThreadRng()),
+      [this] { Route(); });
 }
 
 void AppendCall::End(grpc::Status status) {

@@ -60,6 +60,7 @@ class GenerateCall final
   }
 
   void OnWriteDone(bool ok) override;
+  void OnCancel() override { CancelWaits(); }
   void OnDone() override { Unref(); }
 
  private:
@@ -70,7 +71,7 @@ class GenerateCall final
   // Task: picks the next worker and starts an attempt on it.
   void Route();
   // Task: ends the call with `status`, or tries another worker.
-  void AfterAttempt(grpc::Status status);
+  void AfterAttempt(grpc::Status status, bool client_gone);
   // Frees the slot, then finishes (once). May block; never under mu_.
   void End(grpc::Status status) override;
   bool HoldsSlot() override {
@@ -335,14 +336,18 @@ void GenerateCall::UpstreamDone(Upstream* upstream, grpc::Status status) {
   delete upstream;
   if (!Gateway::ShouldFailover(status) || settled || client_gone) {
     Conclude(Gateway::FromWorker(status));
-  } else if (!RunTask([this, status] { AfterAttempt(status); })) {
+  } else if (!RunAfterAttempt(
+                 *ctx_, status.error_code() == grpc::StatusCode::CANCELLED,
+                 [this, status](bool client_gone) {
+                   AfterAttempt(status, client_gone);
+                 })) {
     Conclude(Gateway::Refused());
   }
   Unref();  // the attempt's
 }
 
-void GenerateCall::AfterAttempt(grpc::Status status) {
-  if (Gateway::ClientGone(*ctx_, status)) {
+void GenerateCall::AfterAttempt(grpc::Status status, bool client_gone) {
+  if (client_gone) {
     End(Gateway::FromWorker(status));
     return;
   }

@@ -48,6 +48,7 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
   }
 
   void OnReadDone(bool ok) override;
+  void OnCancel() override { CancelWaits(); }
   void OnDone() override { Unref(); }
 
  private:
@@ -72,7 +73,7 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
   // gRPC's reaction to an attempt's end.
   void UpstreamDone(Upstream* upstream, grpc::Status status);
   // Task: ends the call with `status`, or tries another worker.
-  void AfterAttempt(grpc::Status status);
+  void AfterAttempt(grpc::Status status, bool client_gone);
   // Frees the slot and the import's buffers, then finishes (once).
   void End(grpc::Status status) override;
   bool HoldsSlot() override { return slot_ != nullptr; }
@@ -295,14 +296,18 @@ void ImportCall::UpstreamDone(Upstream* upstream, grpc::Status status) {
   last_ = status;
   if (!Gateway::ShouldFailover(status)) {
     Conclude(Gateway::FromWorker(status));
-  } else if (!RunTask([this, status] { AfterAttempt(status); })) {
+  } else if (!RunAfterAttempt(
+                 *ctx_, status.error_code() == grpc::StatusCode::CANCELLED,
+                 [this, status](bool client_gone) {
+                   AfterAttempt(status, client_gone);
+                 })) {
     Conclude(Gateway::Refused());
   }
   Unref();  // the attempt's
 }
 
-void ImportCall::AfterAttempt(grpc::Status status) {
-  if (Gateway::ClientGone(*ctx_, status)) {
+void ImportCall::AfterAttempt(grpc::Status status, bool client_gone) {
+  if (client_gone) {
     End(Gateway::FromWorker(status));
     return;
   }

@@ -125,7 +125,7 @@ class Gateway {
   [[nodiscard]] bool AdmitCall();
   void ReleaseCall();
   // Runs `fn` on a task thread, outside the call count: a step of an
-  // admitted call that may block (a store read, a backoff). The threads
+  // admitted call that may block (a store read). The threads
   // are started on demand up to options().max_task_threads and end after
   // kTaskIdle without work; beyond that many `fn` waits its turn. The
   // destructor waits for every task. False, with `fn` dropped, only when
@@ -143,14 +143,9 @@ class Gateway {
   void Unwatch(Watched* call);
 
   // Whether the call's own client cancelled it (or went away) or its
-  // deadline passed, so that `upstream`, a worker's answer, is that
-  // cancellation propagated, not a worker failure. gRPC cancels the
-  // upstream call as the client's cancel arrives, and `ctx` may show it a
-  // moment later: after an upstream CANCELLED this waits up to
-  // kCancelNotice for it (a worker's own CANCELLED, from a shutdown, fails
-  // over that much later).
-  static bool ClientGone(const grpc::CallbackServerContext& ctx,
-                         const grpc::Status& upstream);
+  // deadline passed. After an upstream CANCELLED, ctx may show that a
+  // moment later: ReactorCall::RunAfterAttempt waits up to kCancelNotice.
+  static bool ClientGone(const grpc::CallbackServerContext& ctx);
   static constexpr absl::Duration kCancelNotice = absl::Milliseconds(250);
 
   // Whether a worker's answer means "try another worker" (see gateway.h).

@@ -6,6 +6,7 @@
 #ifndef STATESTREAM_SERVICES_GATEWAY_REACTOR_CALL_H_
 #define STATESTREAM_SERVICES_GATEWAY_REACTOR_CALL_H_
 
+#include <grpcpp/alarm.h>
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
@@ -17,6 +18,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "services/gateway_internal.h"
 
 namespace statestream::gateway {
@@ -72,6 +76,52 @@ class ReactorCall {
     Unref();
     return false;
   }
+  // Runs `fn` as a task once `delay` has passed, holding no thread
+  // meanwhile (a gRPC alarm; at once for no delay). If no task can run
+  // then, the call ends Gateway::Refused() (Conclude).
+  void RunTaskAfter(absl::Duration delay, std::function<void()> fn) {
+    if (delay <= absl::ZeroDuration()) {
+      if (!RunTask(std::move(fn))) Conclude(Gateway::Refused());
+      return;
+    }
+    Wait(delay, /*cancellable=*/false, [this, fn = std::move(fn)]() mutable {
+      if (!RunTask(std::move(fn))) Conclude(Gateway::Refused());
+    });
+  }
+  // gRPC's reaction, after an attempt that may fail over ended with
+  // `upstream`: runs `after(client_gone)` as a task, `client_gone` true
+  // when the call's own client cancelled it (or its deadline passed), so
+  // that `upstream` is that cancellation propagated, not a worker failure.
+  // gRPC cancels the upstream call as the client's cancel arrives, and
+  // `ctx` may show it a moment later: after an upstream CANCELLED
+  // (`may_be_client`) the task starts once OnCancel says so
+  // (CancelWaits) or after Gateway::kCancelNotice (a worker's own
+  // CANCELLED, from a shutdown, fails over that much later), holding no
+  // thread meanwhile. False (`after` dropped) when no task can run now;
+  // a wait whose task cannot run ends the call Gateway::Refused().
+  [[nodiscard]] bool RunAfterAttempt(const grpc::CallbackServerContext& ctx,
+                                     bool may_be_client,
+                                     std::function<void(bool)> after) {
+    auto run = [this, &ctx, after = std::move(after)]() mutable {
+      return RunTask([&ctx, after = std::move(after)] {
+        after(Gateway::ClientGone(ctx));
+      });
+    };
+    if (!may_be_client || Gateway::ClientGone(ctx)) return run();
+    Wait(Gateway::kCancelNotice, /*cancellable=*/true,
+         [this, run = std::move(run)]() mutable {
+           if (!run()) Conclude(Gateway::Refused());
+         });
+    return true;
+  }
+  // From the reactor's OnCancel: the client is gone, so a wait of
+  // RunAfterAttempt (now or later) ends at once.
+  void CancelWaits() {
+    absl::MutexLock lock(&wait_mu_);
+    client_cancelled_ = true;
+    if (wait_ != nullptr && wait_cancellable_) wait_->Cancel();
+  }
+
   // Ends the call with `status` (End): on a task thread when that may
   // block (a stream slot to release), else (or if no thread can be made)
   // on this one. Never under the call's lock.
@@ -146,7 +196,32 @@ class ReactorCall {
   int counted_ = 0;  // MayRetry's: attempts bounded by max_attempts
 
  private:
+  // Calls `fired` on gRPC's executor once `delay` has passed (or, if
+  // `cancellable`, CancelWaits ran), holding a reference. One wait at a
+  // time: a call's steps run one after another.
+  void Wait(absl::Duration delay, bool cancellable,
+            std::function<void()> fired) {
+    Ref();
+    auto alarm = std::make_unique<grpc::Alarm>();
+    absl::MutexLock lock(&wait_mu_);
+    if (cancellable && client_cancelled_) delay = absl::ZeroDuration();
+    // The wait before has fired (its callback may still be returning:
+    // the alarm's own reference keeps what it runs alive).
+    wait_ = std::move(alarm);
+    wait_cancellable_ = cancellable;
+    // Never runs `fired` inline: gRPC hands it to its executor.
+    wait_->Set(absl::ToChronoTime(absl::Now() + delay),
+               [this, fired = std::move(fired)](bool) {
+                 fired();
+                 Unref();
+               });
+  }
+
   std::atomic<int> refs_{1};  // gRPC's, until OnDone
+  absl::Mutex wait_mu_;
+  std::unique_ptr<grpc::Alarm> wait_ ABSL_GUARDED_BY(wait_mu_);
+  bool wait_cancellable_ ABSL_GUARDED_BY(wait_mu_) = false;
+  bool client_cancelled_ ABSL_GUARDED_BY(wait_mu_) = false;
 };
 
 }  // namespace statestream::gateway

@@ -9,10 +9,12 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -508,6 +510,43 @@ TEST_F(GatewayTest, AReplayAfterDuplicatesIsNotTakenForARollback) {
             (std::vector<std::string>{"r1", "r2", "r3", "r4", "r5"}));
   absl::MutexLock lock(&mu);
   EXPECT_EQ(third, (std::vector<std::string>{"r1", "r2", "r3", "r4", "r5"}));
+}
+
+// A worker's own CANCELLED (it is shutting down) moves a call, but only
+// after the gateway waited kCancelNotice (250 ms) for a sign that the
+// client cancelled it instead. That wait holds no task thread: 16 calls
+// cancelled at once by their worker all wait together, then fail over
+// with one task thread. (When each wait held the thread, they waited one
+// after another, 4 s in all, and most missed their 3 s deadlines.)
+TEST_F(GatewayTest, CallsWaitingForTheirClientsCancelHoldNoTaskThread) {
+  constexpr int kCalls = 16;
+  Script<grpc::Status(int)>(&ScriptedWorker::get_session, [](int n) {
+    return n < kCalls ? grpc::Status(grpc::StatusCode::CANCELLED,
+                                     "the worker is shutting down")
+                      : grpc::Status::OK;
+  });
+  GatewayOptions options;
+  options.max_task_threads = 1;
+  Start(options);
+  std::vector<grpc::Status> ended(kCalls);
+  std::vector<std::thread> callers;
+  for (int i = 0; i < kCalls; ++i) {
+    callers.emplace_back([&, i] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(3));
+      v1::GetSessionRequest req;
+      req.set_session_id("s");
+      v1::Session resp;
+      ended[i] = v1::Sessions::NewStub(channel_)->GetSession(&ctx, req, &resp);
+    });
+  }
+  for (auto& c : callers) c.join();
+  for (int i = 0; i < kCalls; ++i) {
+    EXPECT_TRUE(ended[i].ok()) << i << ": " << ended[i].error_code() << " "
+                               << ended[i].error_message();
+  }
+  EXPECT_EQ(calls_.load(), 2 * kCalls);
 }
 
 }  // namespace

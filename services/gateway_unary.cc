@@ -22,9 +22,9 @@ namespace {
 // One client unary call. Its steps run one after another, each started by
 // the one before: Start (the rpc handler), Setup and Route (a task each,
 // as routing may read the store), the attempt (awaited by gRPC),
-// AttemptDone (gRPC's reaction), AfterAttempt (a task: ClientGone may
-// wait), then Route again or End. So the fields below need no lock: the
-// step that starts the next one touches none of them after it has.
+// AttemptDone (gRPC's reaction), AfterAttempt (a task, maybe after an
+// alarm: RunAfterAttempt), then Route again or End. So the fields below need no
+// lock: the step that starts the next one touches none of them after it has.
 class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
  public:
   UnaryCall(Gateway* gateway, grpc::CallbackServerContext* ctx, Target target,
@@ -42,6 +42,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
     if (!Admit([this] { Setup(); })) End(Gateway::Refused());
   }
 
+  void OnCancel() override { CancelWaits(); }
   void OnDone() override { Unref(); }
 
  private:
@@ -84,15 +85,19 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
     last_ = status;
     if (!Gateway::ShouldFailover(status)) {
       End(Gateway::FromWorker(status));
-    } else if (!RunTask([this, status] { AfterAttempt(status); })) {
+    } else if (!RunAfterAttempt(
+                   *ctx_, status.error_code() == grpc::StatusCode::CANCELLED,
+                   [this, status](bool client_gone) {
+                     AfterAttempt(status, client_gone);
+                   })) {
       End(Gateway::Refused());
     }
     Unref();  // the attempt's
   }
 
   // Task: ends the call with `status`, or tries another worker.
-  void AfterAttempt(grpc::Status status) {
-    if (Gateway::ClientGone(*ctx_, status)) {
+  void AfterAttempt(grpc::Status status, bool client_gone) {
+    if (client_gone) {
       End(Gateway::FromWorker(status));
       return;
     }
