@@ -411,7 +411,8 @@ void Gateway::SweepChannels(absl::Time now) {
 }
 
 bool Gateway::ClientGone(const grpc::CallbackServerContext& ctx) {
-  return ctx.IsCancelled() || std::chrono::system_clock::now() >= ctx.deadline();
+  return ctx.IsCancelled() ||
+         std::chrono::system_clock::now() >= ctx.deadline();
 }
 
 bool Gateway::ShouldFailover(const grpc::Status& status) {
