@@ -9,7 +9,9 @@
 //   2. failover time: SIGKILL of the worker serving a long Generate, to the
 //      first token after the stall (the largest gap between tokens in the
 //      window after the kill), beside the normal gap between tokens;
-//   3. resuming a session on a cold worker (state loaded from Redis + the
+//   3. with --burst_streams=N: N open Append streams whose owner is killed
+//      at once, the time from the kill to their next acks;
+//   4. resuming a session on a cold worker (state loaded from Redis + the
 //      first token) vs re-ingesting its history into a new session (+ the
 //      first token), for histories of 1k, 10k and 100k tokens.
 // Prints a Markdown report. Results: bench/RESULTS.md.
@@ -49,6 +51,10 @@ ABSL_FLAG(std::string, histories, "1000,10000,100000",
           "Session histories (tokens) for cold resume vs re-ingest.");
 ABSL_FLAG(int, round_trips, 300, "Round trips per path for the overhead.");
 ABSL_FLAG(int, failovers, 5, "Worker kills for the failover time.");
+ABSL_FLAG(int, burst_streams, 0,
+          "Open Append streams whose owner is killed at once (0: skip).");
+ABSL_FLAG(int, gateway_task_threads, 0,
+          "The gateway's --max-task-threads (0: its default).");
 ABSL_FLAG(std::string, statestream, STATESTREAM_BIN, "The statestream binary.");
 
 namespace statestream {
@@ -106,10 +112,14 @@ class Bench {
     for (int i = 0; i < 2; ++i) {
       if (absl::Status s = AddWorker(); !s.ok()) return s;
     }
-    auto g = e2e::ClusterProcess::Start(
-        {bin_, "gateway", "--listen=127.0.0.1:0",
-         "--redis=" + redis_->address(), "--shutdown-grace=1s"},
-        dir_ + "/gateway.log", absl::Seconds(60));
+    std::vector<std::string> gateway = {bin_, "gateway", "--listen=127.0.0.1:0",
+                                        "--redis=" + redis_->address(),
+                                        "--shutdown-grace=1s"};
+    if (const int t = absl::GetFlag(FLAGS_gateway_task_threads); t > 0) {
+      gateway.push_back(absl::StrCat("--max-task-threads=", t));
+    }
+    auto g = e2e::ClusterProcess::Start(gateway, dir_ + "/gateway.log",
+                                        absl::Seconds(60));
     if (!g.ok()) return g.status();
     gateway_ = *std::move(g);
     gw_sessions_ = v1::Sessions::NewStub(Channel(gateway_->address()));
@@ -477,6 +487,73 @@ class Bench {
   }
 
   const std::string bin_ = absl::GetFlag(FLAGS_statestream);
+
+ public:
+  // --burst_streams Append streams through the gateway, each with a
+  // request acked; the owner of the first is killed (SIGKILL) and every
+  // stream sends one more request: the time from the kill to the last
+  // ack.
+  void Burst() {
+    const int n = absl::GetFlag(FLAGS_burst_streams);
+    if (n <= 0) return;
+    using Stream =
+        grpc::ClientReaderWriter<v1::AppendRequest, v1::AppendResponse>;
+    struct Open {
+      std::string id;
+      std::unique_ptr<grpc::ClientContext> ctx;
+      std::unique_ptr<Stream> stream;
+    };
+    auto request = [](const std::string& id, uint64_t offset) {
+      v1::AppendRequest r;
+      r.set_session_id(id);
+      r.set_expected_input_offset(offset);
+      r.mutable_tokens()->add_ids(static_cast<uint32_t>(offset % 256));
+      return r;
+    };
+    std::vector<Open> open(n);
+    for (int i = 0; i < n; ++i) {
+      open[i].id = absl::StrCat("burst-", i);
+      Create(open[i].id);
+      open[i].ctx = Ctx();
+      open[i].stream = gw_streams_->Append(open[i].ctx.get());
+      v1::AppendResponse ack;
+      if (!open[i].stream->Write(request(open[i].id, 0)) ||
+          !open[i].stream->Read(&ack)) {
+        std::fprintf(stderr, "burst: stream %d did not open\n", i);
+        return;
+      }
+    }
+    e2e::ClusterProcess* victim = Owner(open[0].id);
+    if (victim == nullptr) return;
+    int moved = 0;
+    for (const Open& o : open) moved += Owner(o.id) == victim;
+    const auto kill_at = Clock::now();
+    victim->Kill();
+    for (Open& o : open) o.stream->Write(request(o.id, 1));
+    std::vector<double> acked;
+    for (Open& o : open) {
+      v1::AppendResponse ack;
+      if (!o.stream->Read(&ack) || ack.input_offset() != 2) {
+        std::fprintf(stderr, "burst: %s lost its ack\n", o.id.c_str());
+        return;
+      }
+      acked.push_back(Ms(Clock::now() - kill_at));
+    }
+    for (Open& o : open) {
+      o.stream->WritesDone();
+      o.stream->Finish();
+    }
+    const int threads = absl::GetFlag(FLAGS_gateway_task_threads);
+    std::printf(
+        "\n### %d Append streams, the owner of %d killed (gateway task "
+        "threads: %s)\n\nkill -> every stream's next ack: %.1f ms\n",
+        n, moved, threads > 0 ? absl::StrCat(threads).c_str() : "default",
+        *std::max_element(acked.begin(), acked.end()));
+    SweepDead();
+    AddWorker().IgnoreError();
+  }
+
+ private:
   std::string dir_, model_;
   std::unique_ptr<testing::RedisServer> redis_;
   std::unique_ptr<StateStore> store_;
@@ -490,7 +567,8 @@ class Bench {
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "gateway_bench [--histories=1000,10000,100000] [--round_trips=N] "
-      "[--failovers=N] [--layers=N --embd=C]");
+      "[--failovers=N] [--burst_streams=N [--gateway_task_threads=T]] "
+      "[--layers=N --embd=C]");
   absl::ParseCommandLine(argc, argv);
   Bench bench;
   if (absl::Status s = bench.SetUp(); !s.ok()) {
@@ -502,6 +580,8 @@ int Main(int argc, char** argv) {
   bench.Overhead();
   std::fflush(stdout);
   bench.Failover();
+  std::fflush(stdout);
+  bench.Burst();
   std::fflush(stdout);
   bench.ResumeVsReingest();
   return 0;
