@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 #include "state_store/redis_state_store.h"
+#include "tests/e2e_calls.h"
 #include "tests/subprocess.h"
 
 namespace statestream::e2e {
@@ -160,18 +161,7 @@ absl::StatusOr<v1::Session> Cluster::Get(const std::string& id, int gw) {
 }
 
 absl::StatusOr<std::string> Cluster::Export(const std::string& id, int gw) {
-  v1::ExportStateRequest req;
-  req.set_session_id(id);
-  auto ctx = ClientContext();
-  auto reader = sessions_[gw]->ExportState(ctx.get(), req);
-  v1::ExportStateResponse msg;
-  std::string blob;
-  while (reader->Read(&msg)) {
-    if (msg.has_chunk()) blob += msg.chunk().data();
-  }
-  grpc::Status st = reader->Finish();
-  if (!st.ok()) return FromGrpcStatus(st);
-  return blob;
+  return ExportBlob(sessions_[gw].get(), id, ClientContext());
 }
 
 std::unique_ptr<grpc::ClientContext> ClientContext() {

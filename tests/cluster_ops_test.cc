@@ -332,12 +332,15 @@ TEST_F(ClusterOpsTest, WorkersServeTheirMetrics) {
 // A gateway keeps at most --max-buffered-bytes of Append requests (plus two
 // requests per call) and never stalls a stream on it: past it each call's
 // next request asks for a commit, which frees its log. Workers here commit
-// only when asked, so without those commits four 260 KiB Appends would
-// hold 1 MiB.
+// only when asked, so without those commits four 65 KiB Appends would
+// hold 260 KiB, 16 times the bound. (Sized so that under ASan, beside
+// another test, the calls end well within their 120 s deadline: with 4
+// KiB chunks they did not always.)
 class GatewayBuffersTest : public e2e::ClusterFixture {};
 
 TEST_F(GatewayBuffersTest, AppendsThroughSmallBuffersLandExactlyOnce) {
-  constexpr int64_t kMax = 64 << 10;
+  constexpr int64_t kMax = 16 << 10;
+  constexpr int kChunk = 1024;
   constexpr int kCalls = 4;
   e2e::ClusterOptions options;
   options.workers = 1;
@@ -348,19 +351,30 @@ TEST_F(GatewayBuffersTest, AppendsThroughSmallBuffersLandExactlyOnce) {
   StartCluster(options);
   // 65 chunks: the reference asks for a commit every 5th, these calls only
   // at their last, so both end committed at the same offset.
-  const auto chunks = e2e::TextChunks(65, 4096, 31);
+  const auto chunks = e2e::TextChunks(65, kChunk, 31);
   v1::Session reference;
   std::string reference_state;
   Reference(chunks, &reference, &reference_state);
 
-  std::atomic<bool> done{false};
-  double most = 0;
-  std::thread scraper([&] {
-    while (!done.load()) {
+  // The most the gateway buffered, sampled until the calls are over (or
+  // an assertion below returns: the thread is joined either way).
+  struct Scraper {
+    std::atomic<bool> done{false};
+    std::atomic<double> most{0};
+    std::thread thread;
+    ~Scraper() {
+      done = true;
+      if (thread.joinable()) thread.join();
+    }
+  } scraper;
+  scraper.thread = std::thread([&] {
+    while (!scraper.done.load()) {
       auto samples =
           e2e::ScrapeMetrics(cluster_->gateways()[0]->metrics_address());
       if (samples) {
-        most = std::max(most, (*samples)["statestream_gateway_buffered_bytes"]);
+        scraper.most =
+            std::max(scraper.most.load(),
+                     (*samples)["statestream_gateway_buffered_bytes"]);
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
@@ -368,8 +382,11 @@ TEST_F(GatewayBuffersTest, AppendsThroughSmallBuffersLandExactlyOnce) {
   std::vector<std::thread> writers;
   std::vector<absl::Status> results(kCalls);
   for (int i = 0; i < kCalls; ++i) {
+    ASSERT_TRUE(cluster_->Create(absl::StrCat("buffered-", i)).ok());
+    ASSERT_TRUE(cluster_->Create(absl::StrCat("pipelined-", i)).ok());
+  }
+  for (int i = 0; i < kCalls; ++i) {
     const std::string id = absl::StrCat("buffered-", i);
-    ASSERT_TRUE(cluster_->Create(id).ok());
     writers.emplace_back([&, i, id] {
       results[i] = e2e::AppendResumable(
           cluster_.get(), id, chunks, /*checkpoint_every=*/65,
@@ -394,7 +411,6 @@ TEST_F(GatewayBuffersTest, AppendsThroughSmallBuffersLandExactlyOnce) {
   std::vector<grpc::Status> ended(kCalls);
   for (int i = 0; i < kCalls; ++i) {
     const std::string id = absl::StrCat("pipelined-", i);
-    ASSERT_TRUE(cluster_->Create(id).ok());
     pipelined.emplace_back([&, i, id] {
       auto ctx = e2e::ClientContext();
       auto stream = cluster_->streams(0)->Append(ctx.get());
@@ -425,12 +441,12 @@ TEST_F(GatewayBuffersTest, AppendsThroughSmallBuffersLandExactlyOnce) {
     ASSERT_TRUE(state.ok()) << state.status();
     EXPECT_TRUE(*state == reference_state) << i;
   }
-  done = true;
-  scraper.join();
-  // Within the bound plus two requests (~4 KiB of text each) per call;
-  // nothing left once the calls are over.
-  EXPECT_GT(most, 0);
-  EXPECT_LE(most, kMax + kCalls * 2 * 8192);
+  scraper.done = true;
+  scraper.thread.join();
+  // Within the bound plus two requests (a chunk of text each, and their
+  // encoding) per call; nothing left once the calls are over.
+  EXPECT_GT(scraper.most.load(), 0);
+  EXPECT_LE(scraper.most.load(), kMax + kCalls * 2 * (2 * kChunk));
   auto after = e2e::ScrapeMetrics(cluster_->gateways()[0]->metrics_address());
   ASSERT_TRUE(after.has_value());
   EXPECT_EQ((*after)["statestream_gateway_buffered_bytes"], 0);

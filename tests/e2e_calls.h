@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Client calls the end-to-end tests of real servers share: a context with
-// a deadline and a tenant, and one whole Append call.
+// a deadline and a tenant, one whole Append call and one export.
 #ifndef STATESTREAM_TESTS_E2E_CALLS_H_
 #define STATESTREAM_TESTS_E2E_CALLS_H_
 
@@ -12,7 +12,9 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 
 namespace statestream::e2e {
@@ -50,6 +52,24 @@ inline grpc::Status AppendText(v1::Streams::Stub* streams,
   while (stream->Read(ack)) {
   }
   return stream->Finish();
+}
+
+// The session's state as ExportState streams it (its chunks' bytes,
+// through `ctx`), or the call's error.
+inline absl::StatusOr<std::string> ExportBlob(
+    v1::Sessions::Stub* sessions, const std::string& session,
+    std::unique_ptr<grpc::ClientContext> ctx) {
+  v1::ExportStateRequest req;
+  req.set_session_id(session);
+  auto reader = sessions->ExportState(ctx.get(), req);
+  v1::ExportStateResponse msg;
+  std::string blob;
+  while (reader->Read(&msg)) {
+    if (msg.has_chunk()) blob += msg.chunk().data();
+  }
+  const grpc::Status st = reader->Finish();
+  if (!st.ok()) return FromGrpcStatus(st);
+  return blob;
 }
 
 }  // namespace statestream::e2e
