@@ -3,6 +3,8 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -307,7 +309,9 @@ class SqliteStateStore final : public StateStore {
     SS_ASSIGN_OR_RETURN(bool exists, Live(key, clock_->Now()));
     if (!exists) return si::SessionNotFound(key);
     SS_RETURN_IF_ERROR(DropSession(key));
-    return txn.Commit();
+    SS_RETURN_IF_ERROR(txn.Commit());
+    ReleaseFreePages();
+    return absl::OkStatus();
   }
 
   absl::StatusOr<Lease> AcquireLease(const SessionKey& key,
@@ -530,7 +534,31 @@ class SqliteStateStore final : public StateStore {
              "(SELECT tenant, sid FROM temp.expired)"));
     SS_RETURN_IF_ERROR(txn.Commit());
     if (swept == kSweepBatch) last_sweep_ = absl::InfinitePast();  // more
+    if (swept > 0) ReleaseFreePages();
     return absl::OkStatus();
+  }
+
+  // After a delete: gives the file's free pages past si::kFreeSlackBytes
+  // back to the file system, at most si::kReleaseMaxBytes of them (SQLite
+  // moves pages from the file's end into free ones, then cuts the end; the
+  // file shrinks when the log is next checkpointed). A no-op in a file an
+  // older build created (auto_vacuum off). Best effort: what is not
+  // released now is at the next delete, and later commits reuse free
+  // pages anyway.
+  void ReleaseFreePages() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto pragma = [this](const char* sql) -> int64_t {
+      Stmt s(db_, sql);
+      return s.Step() ? s.Int(0) : -1;
+    };
+    if (pragma("PRAGMA auto_vacuum") != 2) return;  // 2: INCREMENTAL
+    const int64_t page = pragma("PRAGMA page_size");
+    const int64_t free_pages = pragma("PRAGMA freelist_count");
+    if (page <= 0 || free_pages < 0) return;
+    const int64_t release = std::min(free_pages - si::kFreeSlackBytes / page,
+                                     si::kReleaseMaxBytes / page);
+    if (release <= 0) return;
+    Exec(absl::StrCat("PRAGMA incremental_vacuum(", release, ")").c_str())
+        .IgnoreError();
   }
 
   // Whether the session exists and is live; drops it if it expired.

@@ -425,6 +425,63 @@ TEST(SqliteStateStoreTest, TheWriteAheadLogShrinksAfterALargeTransaction) {
   EXPECT_EQ(loaded->state.state.size(), 8'000'000u);
 }
 
+// Deleted sessions give their space back: a file this build creates has
+// auto_vacuum=INCREMENTAL, and each delete releases the free pages past
+// the slack, so the file shrinks at the log's next checkpoint instead of
+// keeping its largest size. The store goes on working in the smaller file.
+TEST(SqliteStateStoreTest, DeletedSessionsGiveTheirSpaceBack) {
+  SqliteEnv env;
+  auto store = env.NewStore(1);
+  ASSERT_TRUE(store.ok()) << store.status();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(env.path().c_str(), &db), SQLITE_OK);
+  sqlite3_busy_timeout(db, 10000);
+  // The file's size once the log is copied into it and emptied.
+  auto checkpointed_size = [&] {
+    EXPECT_EQ(sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_TRUNCATE,
+                                        nullptr, nullptr),
+              SQLITE_OK)
+        << sqlite3_errmsg(db);
+    return static_cast<int64_t>(std::filesystem::file_size(env.path()));
+  };
+  sqlite3_stmt* mode = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA auto_vacuum", -1, &mode, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(mode), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int(mode, 0), 2);  // INCREMENTAL
+  sqlite3_finalize(mode);
+
+  constexpr int kSessions = 6;
+  constexpr int64_t kStateBytes = 16'000'000;  // 4 M floats
+  for (int i = 0; i < kSessions; ++i) {
+    CreateSessionRequest r;
+    r.key = {"acme", absl::StrCat("big-", i)};
+    r.model_id = "tiny";
+    r.initial_state = TestSnapshot(i + 1, kStateBytes / 4);
+    auto c = (*store)->CreateSession(r);
+    ASSERT_TRUE(c.ok()) << c.status();
+  }
+  const int64_t full = checkpointed_size();
+  EXPECT_GT(full, kSessions * kStateBytes);
+  for (int i = 0; i < kSessions; ++i) {
+    ASSERT_TRUE(
+        (*store)->DeleteSession({"acme", absl::StrCat("big-", i)}).ok());
+  }
+  const int64_t emptied = checkpointed_size();
+  // What is left: the slack kept for later commits, and the tables.
+  EXPECT_LT(emptied, store_internal::kFreeSlackBytes + (4 << 20))
+      << "from " << full;
+  CreateSessionRequest r;
+  r.key = {"acme", "after"};
+  r.model_id = "tiny";
+  r.initial_state = TestSnapshot(9, kStateBytes / 4);
+  ASSERT_TRUE((*store)->CreateSession(r).ok());
+  auto loaded = (*store)->LoadVersion(r.key, 0);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->state.state.size(), static_cast<size_t>(kStateBytes / 4));
+  sqlite3_close(db);
+}
+
 CreateSessionRequest Creating(const std::string& id) {
   CreateSessionRequest r;
   r.key = {"acme", id};

@@ -112,7 +112,12 @@ absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,
     sqlite3_free(err);
     return SqliteError(rc, absl::StrCat("sqlite setup: ", msg));
   };
-  absl::Status setup = exec("PRAGMA journal_mode=WAL");
+  // Pages freed by deletes can be given back to the file system
+  // (SqliteStateStore releases them): set only while the file has no
+  // table yet, so a file an older build created keeps auto_vacuum off
+  // (docs/state-store.md says how to convert it).
+  absl::Status setup = exec("PRAGMA auto_vacuum=INCREMENTAL");
+  if (setup.ok()) setup = exec("PRAGMA journal_mode=WAL");
   // The write-ahead log grows to the largest transaction between
   // checkpoints (a 34 MB state, a sweep of many sessions) and SQLite
   // reuses the file at that size; this makes it truncate the file back

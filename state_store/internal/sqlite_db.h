@@ -106,6 +106,11 @@ class Stmt {
 // What the write-ahead log is truncated to when SQLite restarts it
 // (OpenDatabase): 16 MiB.
 inline constexpr int64_t kJournalSizeLimitBytes = int64_t{16} << 20;
+// Free pages a file keeps for later commits after a delete; past that they
+// are given back to the file system, at most kReleaseMaxBytes a delete
+// (each page moved is written to the log, under the store's lock).
+inline constexpr int64_t kFreeSlackBytes = int64_t{16} << 20;
+inline constexpr int64_t kReleaseMaxBytes = int64_t{64} << 20;
 
 constexpr char kSessionColumns[] =
     "model_id, fingerprint, parent_sid, parent_ver, labels, ttl_ms, "
