@@ -444,6 +444,11 @@ void AppendCall::Route() {
     attempt = attempts_ + 1;
     last = last_status_;
   }
+  // The client may have cancelled during the backoff (which then ended).
+  if (attempt > 1 && Gateway::ClientGone(*ctx_)) {
+    End(Gateway::FromWorker(last));
+    return;
+  }
   // max_attempts bounds consecutive attempts without progress: a long
   // stream may lose many workers over its life. A failover from a worker
   // that could not be reached costs nothing (up to kMaxUnreachableSkips
@@ -669,7 +674,10 @@ void AppendCall::UpstreamDone(Upstream* upstream, const grpc::Status& status) {
                  // A stall's CANCELLED is the watchdog's own.
                  !stalled && status.error_code() == grpc::StatusCode::CANCELLED,
                  [this, status, stalled, progressed](bool client_gone) {
-                   AfterAttempt(status, stalled, progressed, client_gone);
+                   // After a stall only the client's own cancel counts,
+                   // not a deadline (the stalled worker is suspect).
+                   AfterAttempt(status, stalled, progressed,
+                                stalled ? ctx_->IsCancelled() : client_gone);
                  })) {
     Conclude(Gateway::Refused());
   }

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // ReactorCall: what the gateway's calls forwarded by callback reactors
 // (AppendCall in gateway_append.cc, GenerateCall in gateway_generate.cc,
-// UnaryCall in gateway_unary.cc) share. Internal to services/; docs/gateway.md,
-// "Forwarding by reactors", says what they rely on.
+// UnaryCall in gateway_unary.cc, ExportCall in gateway_export.cc,
+// ImportCall in gateway_import.cc) share. Internal to services/;
+// docs/gateway.md, "Forwarding by reactors", says what they rely on.
 #ifndef STATESTREAM_SERVICES_GATEWAY_REACTOR_CALL_H_
 #define STATESTREAM_SERVICES_GATEWAY_REACTOR_CALL_H_
 
@@ -25,12 +26,12 @@
 
 namespace statestream::gateway {
 
-// What the calls forwarded by reactors (AppendCall, GenerateCall,
-// UnaryCall) share:
-// counted references — gRPC's until OnDone, the attempt in progress's,
-// each task's — the last of which deletes the call; the call's admission
-// (Gateway::AdmitCall); and its tasks, the steps that may block, each on a
-// short-lived thread (Gateway::Detach).
+// What the calls forwarded by reactors share: counted references — gRPC's
+// until OnDone, the attempt in progress's, each task's, each wait's — the
+// last of which deletes the call; the call's admission
+// (Gateway::AdmitCall); its tasks, the steps that may block, each on a
+// pool thread (Gateway::Detach); and its waits, gRPC alarms that hold no
+// thread.
 class ReactorCall {
  public:
   virtual ~ReactorCall() {
@@ -54,8 +55,8 @@ class ReactorCall {
     return RunTask(std::move(first));
   }
   // Task: the caller's tenant (into `*tenant`), then its stream slot;
-  // UNAUTHENTICATED or TENANT_LIMIT otherwise. Authenticating scans every
-  // key and the slot may wait on Redis: not on gRPC's threads.
+  // UNAUTHENTICATED or TENANT_LIMIT otherwise. The slot may wait on
+  // Redis: not on gRPC's threads.
   absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> TenantAndSlot(
       const grpc::CallbackServerContext& ctx, std::string* tenant) {
     absl::StatusOr<std::string> named = gateway_->Tenant(ctx);
@@ -76,15 +77,17 @@ class ReactorCall {
     Unref();
     return false;
   }
-  // Runs `fn` as a task once `delay` has passed, holding no thread
-  // meanwhile (a gRPC alarm; at once for no delay). If no task can run
-  // then, the call ends Gateway::Refused() (Conclude).
+  // Runs `fn` as a task once `delay` has passed or the client cancelled
+  // (CancelWaits), holding no thread meanwhile (a gRPC alarm; at once for
+  // no delay). If no task can run then (no thread exists and none can be
+  // made), the call ends Gateway::Refused() on gRPC's executor, as the
+  // reactions' own fallback does.
   void RunTaskAfter(absl::Duration delay, std::function<void()> fn) {
     if (delay <= absl::ZeroDuration()) {
       if (!RunTask(std::move(fn))) Conclude(Gateway::Refused());
       return;
     }
-    Wait(delay, /*cancellable=*/false, [this, fn = std::move(fn)]() mutable {
+    Wait(delay, [this, fn = std::move(fn)]() mutable {
       if (!RunTask(std::move(fn))) Conclude(Gateway::Refused());
     });
   }
@@ -108,18 +111,17 @@ class ReactorCall {
       });
     };
     if (!may_be_client || Gateway::ClientGone(ctx)) return run();
-    Wait(Gateway::kCancelNotice, /*cancellable=*/true,
-         [this, run = std::move(run)]() mutable {
-           if (!run()) Conclude(Gateway::Refused());
-         });
+    Wait(Gateway::kCancelNotice, [this, run = std::move(run)]() mutable {
+      if (!run()) Conclude(Gateway::Refused());
+    });
     return true;
   }
-  // From the reactor's OnCancel: the client is gone, so a wait of
-  // RunAfterAttempt (now or later) ends at once.
+  // From the reactor's OnCancel: the client is gone, so a wait (now or
+  // later) ends at once.
   void CancelWaits() {
     absl::MutexLock lock(&wait_mu_);
     client_cancelled_ = true;
-    if (wait_ != nullptr && wait_cancellable_) wait_->Cancel();
+    if (wait_ != nullptr) wait_->Cancel();
   }
 
   // Ends the call with `status` (End): on a task thread when that may
@@ -196,19 +198,17 @@ class ReactorCall {
   int counted_ = 0;  // MayRetry's: attempts bounded by max_attempts
 
  private:
-  // Calls `fired` on gRPC's executor once `delay` has passed (or, if
-  // `cancellable`, CancelWaits ran), holding a reference. One wait at a
-  // time: a call's steps run one after another.
-  void Wait(absl::Duration delay, bool cancellable,
-            std::function<void()> fired) {
+  // Calls `fired` on gRPC's executor once `delay` has passed or
+  // CancelWaits ran, holding a reference. One wait at a time: a call's
+  // steps run one after another.
+  void Wait(absl::Duration delay, std::function<void()> fired) {
     Ref();
     auto alarm = std::make_unique<grpc::Alarm>();
     absl::MutexLock lock(&wait_mu_);
-    if (cancellable && client_cancelled_) delay = absl::ZeroDuration();
+    if (client_cancelled_) delay = absl::ZeroDuration();
     // The wait before has fired (its callback may still be returning:
     // the alarm's own reference keeps what it runs alive).
     wait_ = std::move(alarm);
-    wait_cancellable_ = cancellable;
     // Never runs `fired` inline: gRPC hands it to its executor.
     wait_->Set(absl::ToChronoTime(absl::Now() + delay),
                [this, fired = std::move(fired)](bool) {
@@ -220,7 +220,6 @@ class ReactorCall {
   std::atomic<int> refs_{1};  // gRPC's, until OnDone
   absl::Mutex wait_mu_;
   std::unique_ptr<grpc::Alarm> wait_ ABSL_GUARDED_BY(wait_mu_);
-  bool wait_cancellable_ ABSL_GUARDED_BY(wait_mu_) = false;
   bool client_cancelled_ ABSL_GUARDED_BY(wait_mu_) = false;
 };
 

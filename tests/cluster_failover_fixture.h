@@ -252,14 +252,7 @@ class ClusterFailoverTest : public ::testing::Test {
 
   // Deterministic text of `n` chunks.
   static std::vector<std::string> Chunks(int n, int size, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::vector<std::string> chunks;
-    for (int i = 0; i < n; ++i) {
-      std::string c;
-      for (int j = 0; j < size; ++j) c.push_back(' ' + rng() % 90);
-      chunks.push_back(c);
-    }
-    return chunks;
+    return TextChunks(n, size, seed);
   }
 
   // Creates session `id` with `prompt` appended and committed (through

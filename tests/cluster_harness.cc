@@ -171,17 +171,6 @@ std::unique_ptr<grpc::ClientContext> ClientContext() {
   return ctx;
 }
 
-std::vector<std::string> TextChunks(int n, int size, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<std::string> chunks;
-  for (int i = 0; i < n; ++i) {
-    std::string c;
-    for (int j = 0; j < size; ++j) c.push_back(' ' + rng() % 90);
-    chunks.push_back(c);
-  }
-  return chunks;
-}
-
 absl::Status AppendResumable(
     Cluster* cluster, const std::string& id,
     const std::vector<std::string>& chunks, int checkpoint_every,

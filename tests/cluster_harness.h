@@ -21,6 +21,7 @@
 #include "state_store/testing/redis_harness.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 #include "tests/cluster_process.h"
+#include "tests/e2e_calls.h"  // TextChunks
 
 namespace statestream::e2e {
 
@@ -86,9 +87,6 @@ class Cluster {
 
 // A client context with a 120 s deadline.
 std::unique_ptr<grpc::ClientContext> ClientContext();
-
-// Deterministic printable chunks.
-std::vector<std::string> TextChunks(int n, int size, uint32_t seed);
 
 // Appends `chunks` to session `id` one request at a time (each acked before
 // the next), with checkpoint=true on every `checkpoint_every`-th. When a

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Client calls the end-to-end tests of real servers share: a context with
-// a deadline and a tenant, one whole Append call and one export.
+// a deadline and a tenant, one whole Append call, one export, and
+// deterministic text.
 #ifndef STATESTREAM_TESTS_E2E_CALLS_H_
 #define STATESTREAM_TESTS_E2E_CALLS_H_
 
@@ -10,7 +11,9 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -52,6 +55,18 @@ inline grpc::Status AppendText(v1::Streams::Stub* streams,
   while (stream->Read(ack)) {
   }
   return stream->Finish();
+}
+
+// `n` deterministic chunks of `size` printable ASCII bytes.
+inline std::vector<std::string> TextChunks(int n, int size, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<std::string> chunks;
+  for (int i = 0; i < n; ++i) {
+    std::string c;
+    for (int j = 0; j < size; ++j) c.push_back(' ' + rng() % 90);
+    chunks.push_back(c);
+  }
+  return chunks;
 }
 
 // The session's state as ExportState streams it (its chunks' bytes,
