@@ -92,7 +92,12 @@ class SqliteStateStore final : public StateStore {
                            .Run());
     VersionInfo v = si::DescribeVersion(r.initial_state, bytes, 1, fence, 1);
     si::RecordCause(r, &v);
-    return Install(r.key, v, bytes, r.durability, now, &txn);
+    absl::StatusOr<CommitResult> done =
+        Install(r.key, v, bytes, r.durability, now, &txn);
+    // A backlog of free pages that deletes left (more than commits churn:
+    // each frees at most the version it replaces) shrinks with commits too.
+    if (done.ok()) ReleaseFreePages(si::kFreeSlackBytes + si::kReleaseMaxBytes);
+    return done;
   }
 
   absl::StatusOr<SessionHead> GetHead(const SessionKey& key) override {
@@ -153,7 +158,12 @@ class SqliteStateStore final : public StateStore {
     VersionInfo v =
         si::DescribeVersion(r.state, bytes, h.head.version + 1, r.fence, 1);
     si::RecordCause(r, &v);
-    return Install(r.key, v, bytes, r.durability, now, &txn);
+    absl::StatusOr<CommitResult> done =
+        Install(r.key, v, bytes, r.durability, now, &txn);
+    // A backlog of free pages that deletes left (more than commits churn:
+    // each frees at most the version it replaces) shrinks with commits too.
+    if (done.ok()) ReleaseFreePages(si::kFreeSlackBytes + si::kReleaseMaxBytes);
+    return done;
   }
 
   // One file on one host: REPLICATED is never reached.
@@ -310,7 +320,7 @@ class SqliteStateStore final : public StateStore {
     if (!exists) return si::SessionNotFound(key);
     SS_RETURN_IF_ERROR(DropSession(key));
     SS_RETURN_IF_ERROR(txn.Commit());
-    ReleaseFreePages();
+    ReleaseFreePages(si::kFreeSlackBytes);
     return absl::OkStatus();
   }
 
@@ -534,28 +544,30 @@ class SqliteStateStore final : public StateStore {
              "(SELECT tenant, sid FROM temp.expired)"));
     SS_RETURN_IF_ERROR(txn.Commit());
     if (swept == kSweepBatch) last_sweep_ = absl::InfinitePast();  // more
-    if (swept > 0) ReleaseFreePages();
+    if (swept > 0) ReleaseFreePages(si::kFreeSlackBytes);
     return absl::OkStatus();
   }
 
-  // After a delete: gives the file's free pages past si::kFreeSlackBytes
-  // back to the file system, at most si::kReleaseMaxBytes of them (SQLite
-  // moves pages from the file's end into free ones, then cuts the end; the
-  // file shrinks when the log is next checkpointed). A no-op in a file an
-  // older build created (auto_vacuum off). Best effort: what is not
-  // released now is at the next delete, and later commits reuse free
-  // pages anyway.
-  void ReleaseFreePages() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  // After a write: gives the file's free pages past `keep_bytes` back to
+  // the file system, at most si::kReleaseMaxBytes of them (SQLite moves
+  // pages from the file's end into free ones, then cuts the end; the file
+  // shrinks when the log is next checkpointed). A no-op in a file an older
+  // build created (auto_vacuum off). Best effort: what is not released
+  // now is at a later write, and commits reuse free pages anyway.
+  void ReleaseFreePages(int64_t keep_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     auto pragma = [this](const char* sql) -> int64_t {
       Stmt s(db_, sql);
       return s.Step() ? s.Int(0) : -1;
     };
-    if (pragma("PRAGMA auto_vacuum") != 2) return;  // 2: INCREMENTAL
-    const int64_t page = pragma("PRAGMA page_size");
+    if (page_bytes_ == 0) {  // first call: the file's mode and page size
+      page_bytes_ = pragma("PRAGMA auto_vacuum") == 2  // 2: INCREMENTAL
+                        ? pragma("PRAGMA page_size")
+                        : -1;
+    }
+    if (page_bytes_ <= 0) return;
     const int64_t free_pages = pragma("PRAGMA freelist_count");
-    if (page <= 0 || free_pages < 0) return;
-    const int64_t release = std::min(free_pages - si::kFreeSlackBytes / page,
-                                     si::kReleaseMaxBytes / page);
+    const int64_t release = std::min(free_pages - keep_bytes / page_bytes_,
+                                     si::kReleaseMaxBytes / page_bytes_);
     if (release <= 0) return;
     Exec(absl::StrCat("PRAGMA incremental_vacuum(", release, ")").c_str())
         .IgnoreError();
@@ -742,6 +754,9 @@ class SqliteStateStore final : public StateStore {
   absl::Mutex mu_;
   sqlite3* const db_ ABSL_PT_GUARDED_BY(mu_);
   absl::Time last_sweep_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  // ReleaseFreePages': the page size of a file with auto_vacuum=INCREMENTAL,
+  // -1 for another file (nothing to release), 0 until it looked.
+  int64_t page_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace

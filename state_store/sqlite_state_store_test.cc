@@ -429,6 +429,7 @@ TEST(SqliteStateStoreTest, TheWriteAheadLogShrinksAfterALargeTransaction) {
 // auto_vacuum=INCREMENTAL, and each delete releases the free pages past
 // the slack, so the file shrinks at the log's next checkpoint instead of
 // keeping its largest size. The store goes on working in the smaller file.
+// A sweep's larger backlog keeps shrinking with the commits after it.
 TEST(SqliteStateStoreTest, DeletedSessionsGiveTheirSpaceBack) {
   SqliteEnv env;
   auto store = env.NewStore(1);
@@ -451,7 +452,7 @@ TEST(SqliteStateStoreTest, DeletedSessionsGiveTheirSpaceBack) {
   EXPECT_EQ(sqlite3_column_int(mode, 0), 2);  // INCREMENTAL
   sqlite3_finalize(mode);
 
-  constexpr int kSessions = 6;
+  constexpr int kSessions = 3;
   constexpr int64_t kStateBytes = 16'000'000;  // 4 M floats
   for (int i = 0; i < kSessions; ++i) {
     CreateSessionRequest r;
@@ -475,10 +476,44 @@ TEST(SqliteStateStoreTest, DeletedSessionsGiveTheirSpaceBack) {
   r.key = {"acme", "after"};
   r.model_id = "tiny";
   r.initial_state = TestSnapshot(9, kStateBytes / 4);
-  ASSERT_TRUE((*store)->CreateSession(r).ok());
+  auto after = (*store)->CreateSession(r);
+  ASSERT_TRUE(after.ok()) << after.status();
   auto loaded = (*store)->LoadVersion(r.key, 0);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->state.state.size(), static_cast<size_t>(kStateBytes / 4));
+
+  // A sweep of 14 expired sessions frees 224 MB at once: it releases 64
+  // MiB, and each write after it (the create that swept, then commits)
+  // up to 64 MiB more while more than 80 MiB is free (a commit's own
+  // churn stays below that).
+  constexpr int kExpiring = 14;
+  for (int i = 0; i < kExpiring; ++i) {
+    CreateSessionRequest big;
+    big.key = {"acme", absl::StrCat("expiring-", i)};
+    big.model_id = "tiny";
+    big.initial_state = TestSnapshot(i + 1, kStateBytes / 4);
+    big.ttl = absl::Seconds(1);
+    ASSERT_TRUE((*store)->CreateSession(big).ok());
+  }
+  const int64_t backlog = checkpointed_size();
+  EXPECT_GT(backlog, kExpiring * kStateBytes);
+  env.Advance(absl::Minutes(2));
+  ASSERT_TRUE(CreateWithTtl(store->get(), "sweeper", absl::Hours(1)).ok());
+  const int64_t swept = checkpointed_size();
+  EXPECT_LT(swept, backlog - (120 << 20));
+  EXPECT_GT(swept, backlog - (136 << 20));  // the rest waits for commits
+  for (uint64_t v = 1; v <= 3; ++v) {
+    CommitRequest c;
+    c.key = r.key;
+    c.expected_version = v;
+    c.fence = after->session.fence;
+    c.state = TestSnapshot(v + 9, 1000);
+    ASSERT_TRUE((*store)->Commit(c).ok());
+  }
+  EXPECT_LT(checkpointed_size(), kStateBytes + store_internal::kFreeSlackBytes +
+                                     store_internal::kReleaseMaxBytes +
+                                     (4 << 20))
+      << "from " << swept;
   sqlite3_close(db);
 }
 

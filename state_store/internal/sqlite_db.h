@@ -107,8 +107,10 @@ class Stmt {
 // (OpenDatabase): 16 MiB.
 inline constexpr int64_t kJournalSizeLimitBytes = int64_t{16} << 20;
 // Free pages a file keeps for later commits after a delete; past that they
-// are given back to the file system, at most kReleaseMaxBytes a delete
-// (each page moved is written to the log, under the store's lock).
+// are given back to the file system, at most kReleaseMaxBytes a write
+// (each page moved is written to the log, under the store's lock). After
+// a create or commit only what exceeds kFreeSlackBytes + kReleaseMaxBytes
+// is (the backlog of a large sweep, not a commit's own churn).
 inline constexpr int64_t kFreeSlackBytes = int64_t{16} << 20;
 inline constexpr int64_t kReleaseMaxBytes = int64_t{64} << 20;
 
