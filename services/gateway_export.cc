@@ -35,7 +35,8 @@ class ExportCall final : public ServerStreamCall<v1::ExportStateResponse> {
                   /*any_model=*/true};
   }
 
-  void BindLocked(Upstream* upstream) override {
+  void BindLocked(Upstream* upstream) override
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     std::shared_ptr<v1::Sessions::Stub> stub =
         v1::Sessions::NewStub(upstream->channel());
     stub->async()->ExportState(upstream->context(), &request_, upstream);
@@ -43,7 +44,8 @@ class ExportCall final : public ServerStreamCall<v1::ExportStateResponse> {
   }
 
   Relay RelayLocked(v1::ExportStateResponse* in,
-                    v1::ExportStateResponse* out) override {
+                    v1::ExportStateResponse* out) override
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     delivered_ = true;
     *out = std::move(*in);
     return Relay::kWrite;

@@ -39,7 +39,8 @@ class GenerateCall final : public ServerStreamCall<v1::GenerateResponse> {
     return Target{"Generate", request_.session_id(), "", ""};
   }
 
-  void BindLocked(Upstream* upstream) override {
+  void BindLocked(Upstream* upstream) override
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     sent_ = attempt_request_;
     regen_tokens_ = 0;
     regen_text_.clear();
@@ -51,7 +52,8 @@ class GenerateCall final : public ServerStreamCall<v1::GenerateResponse> {
   }
 
   Relay RelayLocked(v1::GenerateResponse* in_msg,
-                    v1::GenerateResponse* out) override {
+                    v1::GenerateResponse* out) override
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const v1::GenerateResponse& msg = *in_msg;
     if (msg.has_chunk()) {
       const v1::GenerateChunk& in = msg.chunk();
@@ -116,11 +118,13 @@ class GenerateCall final : public ServerStreamCall<v1::GenerateResponse> {
     return Relay::kWrite;
   }
 
-  void DeliveredLocked(const v1::GenerateResponse& out) override {
+  void DeliveredLocked(const v1::GenerateResponse& out) override
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (out.has_done()) done_ = true;
   }
 
-  grpc::Status SettleLocked(grpc::Status status, bool* settled) override {
+  grpc::Status SettleLocked(grpc::Status status, bool* settled) override
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     // Once `done` was delivered the generation is over: a connection lost
     // before the trailers is no reason to run it again (the client would
     // get a second `done`).
@@ -147,15 +151,12 @@ class GenerateCall final : public ServerStreamCall<v1::GenerateResponse> {
   }
 
   void Ending() override {
-    int attempts;
     int64_t skipped;
     {
       absl::MutexLock lock(&mu_);
-      attempts = attempts_;
       skipped = skipped_;
     }
     gateway_->metrics().AddSkippedTokens(skipped);
-    ctx_->AddTrailingMetadata(kAttemptsTrailer, absl::StrCat(attempts));
   }
 
   // The attempt's output diverged from what was delivered, at `index`.

@@ -16,6 +16,8 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/grpc_status.h"
@@ -42,12 +44,23 @@ template <class Response>
 class ServerStreamCall : public grpc::ServerWriteReactor<Response>,
                          protected ReactorCall {
  public:
-  // From the rpc handler, before the reactor is returned.
+  // From the rpc handler, before the reactor is returned. The caller is
+  // authenticated here (a hash lookup), so a bad key costs no call slot
+  // and no task; its stream slot is taken on a task (it may wait on
+  // Redis).
   void Start() {
     began_ = gateway_->BeginCall();
-    if (Admit([this] { Setup(); })) return;
-    gateway_->EndCall(method_, Gateway::Refused(), began_);
-    this->Finish(Gateway::Refused());
+    grpc::Status refused;
+    absl::StatusOr<std::string> tenant = gateway_->Tenant(*ctx_);
+    if (!tenant.ok()) {
+      refused = ToGrpcStatus(tenant.status());
+    } else {
+      tenant_ = *std::move(tenant);
+      if (Admit([this] { Setup(); })) return;
+      refused = Gateway::Refused();
+    }
+    gateway_->EndCall(method_, refused, began_);
+    this->Finish(refused);
   }
 
   void OnWriteDone(bool ok) override {
@@ -123,7 +136,7 @@ class ServerStreamCall : public grpc::ServerWriteReactor<Response>,
   // Task, before another attempt: a status to end with when the call may
   // not be resent.
   virtual std::optional<grpc::Status> RefuseResend() { return std::nullopt; }
-  // Once, as the call ends (metrics, trailers).
+  // Once, as the call ends (metrics).
   virtual void Ending() {}
 
   // Ends the attempt in progress: cancels it and drops the read hold.
@@ -135,7 +148,7 @@ class ServerStreamCall : public grpc::ServerWriteReactor<Response>,
   grpc::CallbackServerContext* const ctx_;  // valid until Finish
   const std::string method_;                // for the metrics
   absl::Time began_;                        // Start's
-  std::string tenant_;                      // Setup's
+  std::string tenant_;                      // Start's
 
   absl::Mutex mu_;
   int attempts_ ABSL_GUARDED_BY(mu_) = 0;
@@ -143,9 +156,9 @@ class ServerStreamCall : public grpc::ServerWriteReactor<Response>,
   Upstream* upstream_ ABSL_GUARDED_BY(mu_) = nullptr;
 
  private:
-  // Task: the caller's tenant and stream slot, then the first attempt.
+  // Task: the tenant's stream slot, then the first attempt.
   void Setup() {
-    auto slot = TenantAndSlot(*ctx_, &tenant_);
+    auto slot = HoldStreamSlot(gateway_, tenant_);
     if (!slot.ok()) {
       End(ToGrpcStatus(slot.status()));
       return;
@@ -209,17 +222,21 @@ class ServerStreamCall : public grpc::ServerWriteReactor<Response>,
     Route();
   }
 
-  // Frees the slot, then finishes (once). May block; never under mu_.
+  // Frees the slot, then finishes (once), with the attempts made in the
+  // x-statestream-attempts trailer. May block; never under mu_.
   void End(grpc::Status status) override {
     std::shared_ptr<TenantLimits::StreamSlot> slot;
+    int attempts;
     {
       absl::MutexLock lock(&mu_);
       if (finished_) return;
       finished_ = true;
       slot = std::move(slot_);
+      attempts = attempts_;
     }
     Ending();
     gateway_->EndCall(method_, status, began_);
+    ctx_->AddTrailingMetadata(kAttemptsTrailer, absl::StrCat(attempts));
     slot.reset();  // the client may open its next stream at once
     this->Finish(status);
   }

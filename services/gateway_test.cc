@@ -44,6 +44,7 @@ TEST_F(GatewayTest, AnExportIsNotResentOnceItHasDeliveredAMessage) {
   EXPECT_EQ(exported.status.error_code(), grpc::StatusCode::UNAVAILABLE)
       << exported.status.error_message();
   EXPECT_EQ(exported.messages.size(), 1u);
+  EXPECT_EQ(exported.attempts, "1");
   EXPECT_EQ(calls_.load(), 1);
 }
 
@@ -74,6 +75,7 @@ TEST_F(GatewayTest, AnExportLostBeforeItsFirstMessageIsResent) {
     EXPECT_EQ(exported.messages[i + 1].chunk().data(),
               std::string(1 << 16, 'a' + i));
   }
+  EXPECT_EQ(exported.attempts, "2");
   EXPECT_EQ(calls_.load(), 2);
 }
 

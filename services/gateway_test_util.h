@@ -170,26 +170,33 @@ class GatewayTest : public ::testing::Test {
   struct Streamed {
     std::vector<Resp> messages;
     grpc::Status status;
+    std::string attempts;  // the x-statestream-attempts trailer
   };
   Streamed<v1::ExportStateResponse> ExportS() {
     grpc::ClientContext ctx;
     v1::ExportStateRequest req;
     req.set_session_id("s");
-    return Drain(v1::Sessions::NewStub(channel_)->ExportState(&ctx, req));
+    return Drain(&ctx, v1::Sessions::NewStub(channel_)->ExportState(&ctx, req));
   }
   Streamed<v1::GenerateResponse> GenerateS(bool commit = false) {
     grpc::ClientContext ctx;
     v1::GenerateRequest req;
     req.set_session_id("s");
     req.set_commit(commit);
-    return Drain(v1::Streams::NewStub(channel_)->Generate(&ctx, req));
+    return Drain(&ctx, v1::Streams::NewStub(channel_)->Generate(&ctx, req));
   }
   template <class Resp>
-  static Streamed<Resp> Drain(std::unique_ptr<grpc::ClientReader<Resp>> r) {
+  static Streamed<Resp> Drain(grpc::ClientContext* ctx,
+                              std::unique_ptr<grpc::ClientReader<Resp>> r) {
     Streamed<Resp> out;
     Resp msg;
     while (r->Read(&msg)) out.messages.push_back(msg);
     out.status = r->Finish();
+    const auto& trailers = ctx->GetServerTrailingMetadata();
+    if (auto it = trailers.find("x-statestream-attempts");
+        it != trailers.end()) {
+      out.attempts.assign(it->second.data(), it->second.size());
+    }
     return out;
   }
   // A creating import's first message, announcing `total_bytes`.

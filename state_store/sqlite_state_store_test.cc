@@ -124,6 +124,19 @@ absl::Status CreateWithTtl(StateStore* store, const std::string& id,
   return store->CreateSession(r).status();
 }
 
+// Commits versions 2..n+1 of a session at version 1, small states.
+void CommitSmallVersions(StateStore* store, const SessionKey& key,
+                         uint64_t fence, int n) {
+  for (uint64_t v = 1; v <= static_cast<uint64_t>(n); ++v) {
+    CommitRequest c;
+    c.key = key;
+    c.expected_version = v;
+    c.fence = fence;
+    c.state = TestSnapshot(v + 2, 1000);
+    ASSERT_TRUE(store->Commit(c).ok());
+  }
+}
+
 // Expired sessions nobody touches again leave the file: a create sweeps
 // them (at most once a minute), versions included; live ones stay.
 TEST(SqliteStateStoreTest, ExpiredSessionsAreSweptFromTheFile) {
@@ -391,19 +404,6 @@ TEST(SqliteStateStoreTest, SessionsSurviveReopeningAndDurabilityIsHonest) {
 // A transaction larger than the log's limit (a 32 MB state here; a sweep
 // of many sessions in production) grows the write-ahead log, which shrinks
 // back to the limit once SQLite restarts it instead of keeping its peak.
-// Commits versions 2..n+1 of a session at version 1, small states.
-void CommitSmallVersions(StateStore* store, const SessionKey& key,
-                         uint64_t fence, int n) {
-  for (uint64_t v = 1; v <= static_cast<uint64_t>(n); ++v) {
-    CommitRequest c;
-    c.key = key;
-    c.expected_version = v;
-    c.fence = fence;
-    c.state = TestSnapshot(v + 2, 1000);
-    ASSERT_TRUE(store->Commit(c).ok());
-  }
-}
-
 TEST(SqliteStateStoreTest, TheWriteAheadLogShrinksAfterALargeTransaction) {
   SqliteEnv env;
   auto store = env.NewStore(1);
@@ -423,7 +423,8 @@ TEST(SqliteStateStoreTest, TheWriteAheadLogShrinksAfterALargeTransaction) {
   small.initial_state = TestSnapshot(2, 1000);
   auto s = (*store)->CreateSession(small);
   ASSERT_TRUE(s.ok()) << s.status();
-  CommitSmallVersions(store->get(), small.key, s->session.fence, 4);
+  ASSERT_NO_FATAL_FAILURE(
+      CommitSmallVersions(store->get(), small.key, s->session.fence, 4));
   EXPECT_LE(std::filesystem::file_size(wal),
             uint64_t{store_internal::kJournalSizeLimitBytes});
   auto loaded = (*store)->LoadVersion(r.key, 0);
@@ -508,7 +509,8 @@ TEST(SqliteStateStoreTest, DeletedSessionsGiveTheirSpaceBack) {
   const int64_t swept = checkpointed_size();
   EXPECT_LT(swept, backlog - (120 << 20));
   EXPECT_GT(swept, backlog - (136 << 20));  // the rest waits for commits
-  CommitSmallVersions(store->get(), r.key, after->session.fence, 3);
+  ASSERT_NO_FATAL_FAILURE(
+      CommitSmallVersions(store->get(), r.key, after->session.fence, 3));
   EXPECT_LT(checkpointed_size(), kStateBytes + store_internal::kFreeSlackBytes +
                                      store_internal::kReleaseMaxBytes +
                                      (4 << 20))
