@@ -42,9 +42,18 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
   // read: the import is buffered whole.
   void Start() {
     began_ = gateway_->BeginCall();
-    if (Admit([this] { Setup(); })) return;
-    gateway_->EndCall("ImportState", Gateway::Refused(), began_);
-    Finish(Gateway::Refused());
+    grpc::Status refused;
+    absl::StatusOr<std::string> tenant = gateway_->Tenant(*ctx_);
+    if (!tenant.ok()) {
+      refused = ToGrpcStatus(tenant.status());
+    } else {
+      tenant_ = *std::move(tenant);
+      // The slot is taken on a task: it may wait on Redis.
+      if (Admit([this] { Setup(); })) return;
+      refused = Gateway::Refused();
+    }
+    gateway_->EndCall("ImportState", refused, began_);
+    Finish(refused);
   }
 
   void OnReadDone(bool ok) override;
@@ -81,7 +90,7 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
   grpc::CallbackServerContext* const ctx_;  // valid until Finish
   v1::Session* const response_;             // gRPC's, valid until OnDone
   absl::Time began_;                        // Start's
-  std::string tenant_;                      // Setup's
+  std::string tenant_;                      // Start's
   std::shared_ptr<TenantLimits::StreamSlot> slot_;
   bool finished_ = false;
 
@@ -145,7 +154,7 @@ class ImportCall::Upstream final
 };
 
 void ImportCall::Setup() {
-  auto slot = TenantAndSlot(*ctx_, &tenant_);
+  auto slot = HoldStreamSlot(gateway_, tenant_);
   if (!slot.ok()) {
     End(ToGrpcStatus(slot.status()));
     return;

@@ -229,8 +229,9 @@ inline constexpr char kAttemptsTrailer[] = "x-statestream-attempts";
 
 // The stream slot of a caller authenticated as `tenant` (Append,
 // Generate, ExportState, ImportState), held until the call ends (null
-// without limits); TENANT_LIMIT otherwise. ReactorCall::TenantAndSlot
-// authenticates first.
+// without limits); TENANT_LIMIT otherwise. Each call authenticates in its
+// Start (a hash lookup) and takes its slot on a task (this may wait on
+// Redis).
 absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> HoldStreamSlot(
     Gateway* gateway, const std::string& tenant);
 

@@ -54,16 +54,6 @@ class ReactorCall {
     admitted_ = true;
     return RunTask(std::move(first));
   }
-  // Task: the caller's tenant (into `*tenant`), then its stream slot;
-  // UNAUTHENTICATED or TENANT_LIMIT otherwise. The slot may wait on
-  // Redis: not on gRPC's threads.
-  absl::StatusOr<std::shared_ptr<TenantLimits::StreamSlot>> TenantAndSlot(
-      const grpc::CallbackServerContext& ctx, std::string* tenant) {
-    absl::StatusOr<std::string> named = gateway_->Tenant(ctx);
-    if (!named.ok()) return named.status();
-    *tenant = *std::move(named);
-    return HoldStreamSlot(gateway_, *tenant);
-  }
   // Runs `fn` on a task thread holding a reference. False (`fn` dropped)
   // when no thread can be made.
   [[nodiscard]] bool RunTask(std::function<void()> fn) {

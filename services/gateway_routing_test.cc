@@ -12,12 +12,15 @@
 #include <algorithm>
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/clock.h"
 #include "common/grpc_status.h"
@@ -273,6 +276,94 @@ TEST_F(GatewayTest, AnImportsOverheadCountsInTheGatewaysBuffers) {
   first->WritesDone();
   first->Finish();
   EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 1);
+}
+
+// A caller with a bad key is refused UNAUTHENTICATED as its call starts,
+// before it is admitted: a gateway serving as many calls as it may
+// (--max-calls, here 1, held by a GetSession its worker sits on) still
+// says "unauthenticated", not "overloaded, retry", to every kind of call,
+// and such calls take no call slot from real ones.
+TEST_F(GatewayTest, ABadKeyIsRefusedBeforeTheCallTakesASlot) {
+  absl::Notification release;
+  std::atomic<int> waiting{0};
+  Script<grpc::Status(int)>(&ScriptedWorker::get_session, [&](int) {
+    waiting.fetch_add(1);
+    release.WaitForNotificationWithTimeout(absl::Seconds(30));
+    return grpc::Status::OK;
+  });
+  GatewayOptions options;
+  options.auth = TenantAuth(
+      std::map<std::string, std::string>{{"key-0123456789abcdef", "acme"}});
+  options.max_calls = 1;
+  Start(options);
+  auto get = [&](const std::string& token) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + token);
+    v1::GetSessionRequest req;
+    req.set_session_id("s");
+    v1::Session resp;
+    return FromGrpcStatus(
+        v1::Sessions::NewStub(channel_)->GetSession(&ctx, req, &resp));
+  };
+  std::thread holder([&] { EXPECT_TRUE(get("key-0123456789abcdef").ok()); });
+  while (waiting.load() == 0) absl::SleepFor(absl::Milliseconds(5));
+  const std::string bad = "Bearer wrong-0123456789abcdef";
+  std::vector<absl::Status> refused;
+  refused.push_back(get("wrong-0123456789abcdef"));
+  {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", bad);
+    v1::GenerateRequest req;
+    req.set_session_id("s");
+    auto reader = v1::Streams::NewStub(channel_)->Generate(&ctx, req);
+    v1::GenerateResponse msg;
+    while (reader->Read(&msg)) {
+    }
+    refused.push_back(FromGrpcStatus(reader->Finish()));
+  }
+  {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", bad);
+    v1::ExportStateRequest req;
+    req.set_session_id("s");
+    auto reader = v1::Sessions::NewStub(channel_)->ExportState(&ctx, req);
+    v1::ExportStateResponse msg;
+    while (reader->Read(&msg)) {
+    }
+    refused.push_back(FromGrpcStatus(reader->Finish()));
+  }
+  {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", bad);
+    v1::Session resp;
+    auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+    writer->Write(ImportHeader(10));
+    writer->WritesDone();
+    refused.push_back(FromGrpcStatus(writer->Finish()));
+  }
+  {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", bad);
+    auto stream = v1::Streams::NewStub(channel_)->Append(&ctx);
+    v1::AppendRequest req;
+    req.set_session_id("s");
+    stream->Write(req);
+    stream->WritesDone();
+    v1::AppendResponse ack;
+    while (stream->Read(&ack)) {
+    }
+    refused.push_back(FromGrpcStatus(stream->Finish()));
+  }
+  for (size_t i = 0; i < refused.size(); ++i) {
+    EXPECT_EQ(refused[i].code(), absl::StatusCode::kUnauthenticated)
+        << i << ": " << refused[i];
+    EXPECT_EQ(GetReason(refused[i]), Reason::kUnauthenticated) << i;
+  }
+  // A good key still finds the one slot taken.
+  const absl::Status busy = get("key-0123456789abcdef");
+  EXPECT_EQ(GetReason(busy), Reason::kOverloaded) << busy;
+  release.Notify();
+  holder.join();
 }
 
 // With API keys, an import without a valid token ends UNAUTHENTICATED before

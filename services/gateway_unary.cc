@@ -38,7 +38,10 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
   // From the rpc handler, before the reactor is returned.
   void Start() {
     began_ = gateway_->BeginCall();
-    // The caller is authenticated on the task (SHA-256 and a lookup).
+    // Authenticated here (a hash lookup): a bad key costs no call slot.
+    auto tenant = gateway_->Tenant(*ctx_);
+    if (!tenant.ok()) return End(ToGrpcStatus(tenant.status()));
+    tenant_ = *std::move(tenant);
     if (!Admit([this] { Setup(); })) End(Gateway::Refused());
   }
 
@@ -46,11 +49,8 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
   void OnDone() override { Unref(); }
 
  private:
-  // Task: the caller's tenant, `prepare_`, then the first attempt.
+  // Task: `prepare_`, then the first attempt.
   void Setup() {
-    auto tenant = gateway_->Tenant(*ctx_);
-    if (!tenant.ok()) return End(ToGrpcStatus(tenant.status()));
-    tenant_ = *std::move(tenant);
     if (prepare_ != nullptr) {
       grpc::Status status = prepare_(tenant_, &target_);
       prepare_ = nullptr;
@@ -120,7 +120,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
   const UnaryAttempt attempt_;
   UnaryPrepare prepare_;  // Setup's
   absl::Time began_;      // Start's
-  std::string tenant_;    // Setup's
+  std::string tenant_;    // Start's
   int attempts_ = 0;      // started
   grpc::Status last_;     // the last attempt's
   // The attempt in progress (or the last): its worker and channel, and
