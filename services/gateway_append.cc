@@ -60,19 +60,13 @@ class AppendCall final
       absl::MutexLock lock(&mu_);
       auth_generation_ = gateway_->options().auth.generation();
     }
-    absl::StatusOr<std::string> tenant = gateway_->Tenant(*ctx_);
-    if (!tenant.ok()) {
-      const grpc::Status status = ToGrpcStatus(tenant.status());
-      gateway_->EndCall("Append", status, began_);
-      Finish(status);
-      return;
-    }
-    tenant_ = *std::move(tenant);
     credentials_ = CredentialsOf(*ctx_);
     // The slot is taken on a task thread: it may wait on Redis.
-    if (!Admit([this] { Setup(); })) {
-      gateway_->EndCall("Append", Gateway::Refused(), began_);
-      Finish(Gateway::Refused());
+    const grpc::Status refused =
+        AuthenticateAndAdmit(*ctx_, &tenant_, [this] { Setup(); });
+    if (!refused.ok()) {
+      gateway_->EndCall("Append", refused, began_);
+      Finish(refused);
     }
   }
 

@@ -42,16 +42,10 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
   // read: the import is buffered whole.
   void Start() {
     began_ = gateway_->BeginCall();
-    grpc::Status refused;
-    absl::StatusOr<std::string> tenant = gateway_->Tenant(*ctx_);
-    if (!tenant.ok()) {
-      refused = ToGrpcStatus(tenant.status());
-    } else {
-      tenant_ = *std::move(tenant);
-      // The slot is taken on a task: it may wait on Redis.
-      if (Admit([this] { Setup(); })) return;
-      refused = Gateway::Refused();
-    }
+    // The slot is taken on a task: it may wait on Redis.
+    const grpc::Status refused =
+        AuthenticateAndAdmit(*ctx_, &tenant_, [this] { Setup(); });
+    if (refused.ok()) return;
     gateway_->EndCall("ImportState", refused, began_);
     Finish(refused);
   }

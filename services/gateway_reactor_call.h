@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/grpc_status.h"
 #include "services/gateway_internal.h"
 
 namespace statestream::gateway {
@@ -53,6 +54,18 @@ class ReactorCall {
     if (!gateway_->AdmitCall()) return false;
     admitted_ = true;
     return RunTask(std::move(first));
+  }
+  // From the rpc handler: authenticates the caller into `*tenant` (a hash
+  // lookup, so a bad key costs no call slot and no task), then admits the
+  // call and runs `first` as its first task (Admit). OK, or the status to
+  // finish the call with: UNAUTHENTICATED, or Gateway::Refused().
+  grpc::Status AuthenticateAndAdmit(const grpc::CallbackServerContext& ctx,
+                                    std::string* tenant,
+                                    std::function<void()> first) {
+    absl::StatusOr<std::string> named = gateway_->Tenant(ctx);
+    if (!named.ok()) return ToGrpcStatus(named.status());
+    *tenant = *std::move(named);
+    return Admit(std::move(first)) ? grpc::Status::OK : Gateway::Refused();
   }
   // Runs `fn` on a task thread holding a reference. False (`fn` dropped)
   // when no thread can be made.

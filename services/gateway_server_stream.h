@@ -50,15 +50,9 @@ class ServerStreamCall : public grpc::ServerWriteReactor<Response>,
   // Redis).
   void Start() {
     began_ = gateway_->BeginCall();
-    grpc::Status refused;
-    absl::StatusOr<std::string> tenant = gateway_->Tenant(*ctx_);
-    if (!tenant.ok()) {
-      refused = ToGrpcStatus(tenant.status());
-    } else {
-      tenant_ = *std::move(tenant);
-      if (Admit([this] { Setup(); })) return;
-      refused = Gateway::Refused();
-    }
+    const grpc::Status refused =
+        AuthenticateAndAdmit(*ctx_, &tenant_, [this] { Setup(); });
+    if (refused.ok()) return;
     gateway_->EndCall(method_, refused, began_);
     this->Finish(refused);
   }

@@ -38,11 +38,9 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
   // From the rpc handler, before the reactor is returned.
   void Start() {
     began_ = gateway_->BeginCall();
-    // Authenticated here (a hash lookup): a bad key costs no call slot.
-    auto tenant = gateway_->Tenant(*ctx_);
-    if (!tenant.ok()) return End(ToGrpcStatus(tenant.status()));
-    tenant_ = *std::move(tenant);
-    if (!Admit([this] { Setup(); })) End(Gateway::Refused());
+    const grpc::Status refused =
+        AuthenticateAndAdmit(*ctx_, &tenant_, [this] { Setup(); });
+    if (!refused.ok()) End(refused);
   }
 
   void OnCancel() override { CancelWaits(); }
