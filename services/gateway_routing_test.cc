@@ -315,22 +315,18 @@ TEST_F(GatewayTest, ABadKeyIsRefusedBeforeTheCallTakesASlot) {
     ctx.AddMetadata("authorization", bad);
     v1::GenerateRequest req;
     req.set_session_id("s");
-    auto reader = v1::Streams::NewStub(channel_)->Generate(&ctx, req);
-    v1::GenerateResponse msg;
-    while (reader->Read(&msg)) {
-    }
-    refused.push_back(FromGrpcStatus(reader->Finish()));
+    refused.push_back(FromGrpcStatus(
+        Drain(&ctx, v1::Streams::NewStub(channel_)->Generate(&ctx, req))
+            .status));
   }
   {
     grpc::ClientContext ctx;
     ctx.AddMetadata("authorization", bad);
     v1::ExportStateRequest req;
     req.set_session_id("s");
-    auto reader = v1::Sessions::NewStub(channel_)->ExportState(&ctx, req);
-    v1::ExportStateResponse msg;
-    while (reader->Read(&msg)) {
-    }
-    refused.push_back(FromGrpcStatus(reader->Finish()));
+    refused.push_back(FromGrpcStatus(
+        Drain(&ctx, v1::Sessions::NewStub(channel_)->ExportState(&ctx, req))
+            .status));
   }
   {
     grpc::ClientContext ctx;
