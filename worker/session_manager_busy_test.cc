@@ -186,8 +186,12 @@ TEST_F(SessionManagerTest, ADrainRetriesACommitTheStoreRefusesForNow) {
   }
 }
 
-// the only copy.
-TEST_F(SessionManagerTest, APolicyCommitReachesTheDurabilityItsInputAskedFor) {
+// Input whose requests asked for FSYNC is committed at FSYNC whatever
+// commits it: a policy commit (here the drain's; the idle and eviction
+// commits alike), a half-close, a committing generation or a duplicate's
+// checkpoint, each asking for less itself. A writer drops what a commit
+// covers, and a MEMORY commit of it would have been the only copy.
+TEST_F(SessionManagerTest, EveryCommitReachesTheDurabilityItsInputAskedFor) {
   // Removed with everything SQLite put in it (the database and its -wal
   // and -shm files) when the test ends.
   const testing::ScratchDir dir("ss-policy");
@@ -197,15 +201,33 @@ TEST_F(SessionManagerTest, APolicyCommitReachesTheDurabilityItsInputAskedFor) {
   ASSERT_TRUE(sqlite.ok()) << sqlite.status();
   faulty_ = std::make_unique<LosingStore>(sqlite->get());
   Start(SessionManagerOptions{});
-  Create("fsync");
-  auto w = Open("fsync");
-  ASSERT_TRUE(Append(w, 0, "keep me", false, false, Durability::kFsync).ok());
-  manager_->Drain();
-  manager_->AbandonWriter(w);
-  auto head = (*sqlite)->GetHead({"t", "fsync"});
-  ASSERT_TRUE(head.ok()) << head.status();
-  EXPECT_EQ(head->head.input_offset, 7u);
-  EXPECT_EQ(head->head.durability, Durability::kFsync);
+  for (const std::string end : {"close", "generate", "duplicate", "drain"}) {
+    SCOPED_TRACE(end);
+    Create(end);
+    auto w = Open(end);
+    ASSERT_TRUE(Append(w, 0, "keep ", false, false, Durability::kFsync).ok());
+    // A later request of the same input asks for the default (MEMORY).
+    ASSERT_TRUE(Append(w, 5, "me").ok());
+    if (end == "close") {
+      ASSERT_TRUE(Close(w).ok());
+    } else if (end == "generate") {
+      manager_->AbandonWriter(w);
+      Generate(end, /*commit=*/true, "generate-" + end);
+    } else if (end == "duplicate") {
+      // A resend of the second request, now with a checkpoint.
+      auto dup = Append(w, 5, "me", false, /*checkpoint=*/true);
+      ASSERT_TRUE(dup.ok()) << dup.status();
+      EXPECT_TRUE(dup->duplicate);
+      ASSERT_TRUE(Close(w).ok());
+    } else {
+      manager_->Drain();
+      manager_->AbandonWriter(w);
+    }
+    auto head = (*sqlite)->GetHead({"t", end});
+    ASSERT_TRUE(head.ok()) << head.status();
+    EXPECT_GE(head->head.input_offset, 7u);
+    EXPECT_EQ(head->head.durability, Durability::kFsync);
+  }
   manager_.reset();
   faulty_.reset();
   sqlite->reset();

@@ -92,7 +92,12 @@ StateSnapshot SessionManager::Impl::Snapshot(const Session* s) const {
 
 absl::Status SessionManager::Impl::Checkpoint(Session* s, Durability d,
                                               const std::string& request_id) {
-  if (s->dirty) return CommitNow(s, d, request_id, s->dirty_cause);
+  // The uncommitted input's commit reaches the highest level its requests
+  // asked for, whatever this one asks: a writer drops what a commit covers.
+  if (s->dirty) {
+    return CommitNow(s, std::max(d, s->dirty_durability), request_id,
+                     s->dirty_cause);
+  }
   return RaiseHeadDurability(s, d);
 }
 
@@ -272,7 +277,9 @@ absl::Status SessionManager::Impl::CommitGeneration(
                       opt_.generation_record_tokens, opt_.request_id_window,
                       clock_->Now(), &s->records);
   const uint64_t version_before = s->head.head.version;
-  absl::Status cs = CommitNow(s, d, request_id, VersionCause::kGenerate);
+  // With the input before it, at the level that input asked for too.
+  absl::Status cs = CommitNow(s, std::max(d, s->dirty_durability), request_id,
+                              VersionCause::kGenerate);
   if (!cs.ok() && s->head.head.input_offset != s->input_offset) {
     // Not written as far as this session knows. Only a store that still
     // has the head it knew says so for sure; then the session goes back
@@ -378,8 +385,7 @@ void SessionManager::Impl::AppendOp(
                                              in.expected_input_offset + units;
       if (in.checkpoint) {
         absl::Status st =
-            uncovered ? CommitNow(s.get(), Dur(in.durability), in.request_id,
-                                  s->dirty_cause)
+            uncovered ? Checkpoint(s.get(), Dur(in.durability), in.request_id)
                       : RaiseHeadDurability(s.get(), Dur(in.durability));
         if (!st.ok()) return fail(st);
         ack = Ack(s.get(), in.request_id);
@@ -488,13 +494,11 @@ void SessionManager::Impl::AppendOp(
       RefreshView(s.get());
     }
     if (before) {
-      // A checkpoint by policy is no request's.
-      // At the level this input's requests asked for (the earlier ones'
-      // too, which may have asked for more).
+      // A checkpoint by policy is no request's. At the level this input's
+      // requests asked for (Checkpoint: the earlier ones' too).
       const uint64_t version_before = s->head.head.version;
-      absl::Status st =
-          Checkpoint(s.get(), std::max(Dur(in.durability), s->dirty_durability),
-                     in.checkpoint ? in.request_id : "");
+      absl::Status st = Checkpoint(s.get(), Dur(in.durability),
+                                   in.checkpoint ? in.request_id : "");
       if (!st.ok()) {
         // Surely not written only while the store still has the head this
         // session knew (as a failed generation's commit): then back to
