@@ -27,6 +27,20 @@ Scheduler::~Scheduler() { Stop(); }
 absl::Status Scheduler::Submit(std::shared_ptr<Task> task) {
   SS_RETURN_IF_ERROR(task->CheckInput(model_->info().config.vocab_size));
   absl::MutexLock lock(&mu_);
+  SS_RETURN_IF_ERROR(RoomFor(task->queued_tokens));
+  ++admitted_;
+  admitted_tokens_ += task->queued_tokens;
+  task->admitted_at = clock_->Now();
+  incoming_.push_back(std::move(task));
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::CheckRoom(int64_t queued_tokens) const {
+  absl::MutexLock lock(&mu_);
+  return RoomFor(queued_tokens);
+}
+
+absl::Status Scheduler::RoomFor(int64_t queued_tokens) const {
   if (stopping_) {
     return MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
                      "the worker is shutting down",
@@ -34,18 +48,18 @@ absl::Status Scheduler::Submit(std::shared_ptr<Task> task) {
   }
   // A task over the whole token bound would be refused with a retry hint
   // forever: it is too large, not waiting for room.
-  if (task->queued_tokens > options_.max_queued_tokens) {
+  if (queued_tokens > options_.max_queued_tokens) {
     return MakeError(
         absl::StatusCode::kInvalidArgument, Reason::kMessageTooLarge,
-        absl::StrCat("the call needs ", task->queued_tokens,
+        absl::StrCat("the call needs ", queued_tokens,
                      " tokens of work, more than this worker queues in all (",
                      options_.max_queued_tokens,
                      "): send less input or ask for fewer tokens"),
-        {{"tokens", absl::StrCat(task->queued_tokens)},
+        {{"tokens", absl::StrCat(queued_tokens)},
          {"limit", absl::StrCat(options_.max_queued_tokens)}});
   }
   if (admitted_ >= options_.max_tasks ||
-      admitted_tokens_ + task->queued_tokens > options_.max_queued_tokens) {
+      admitted_tokens_ + queued_tokens > options_.max_queued_tokens) {
     // A rough hint: the time to drain a batch's worth of queued work.
     const int64_t hint_ms =
         std::clamp<int64_t>(admitted_tokens_ / 1000 + 50, 50, 5000);
@@ -55,10 +69,6 @@ absl::Status Scheduler::Submit(std::shared_ptr<Task> task) {
                      admitted_tokens_, " tokens queued; retry later"),
         {{"retry_after_ms", absl::StrCat(hint_ms)}});
   }
-  ++admitted_;
-  admitted_tokens_ += task->queued_tokens;
-  task->admitted_at = clock_->Now();
-  incoming_.push_back(std::move(task));
   return absl::OkStatus();
 }
 

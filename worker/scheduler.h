@@ -145,6 +145,10 @@ class Scheduler {
   // "retry_after_ms" metadata hint) without calling it, or UNAVAILABLE when
   // stopping. On admission the task will get exactly one OnDone/OnError.
   absl::Status Submit(std::shared_ptr<Task> task);
+  // What Submit would answer now for a task of (at least) `queued_tokens`,
+  // admitting nothing: lets a caller refuse before it takes a resource
+  // (a committing Generate, the session's writer slot). Submit decides.
+  absl::Status CheckRoom(int64_t queued_tokens) const;
 
   // Ends every task with UNAVAILABLE and joins the thread. Idempotent.
   void Stop();
@@ -153,6 +157,9 @@ class Scheduler {
   const engine::Model& model() const { return *model_; }
 
  private:
+  // Submit's refusals for a task of `queued_tokens`.
+  absl::Status RoomFor(int64_t queued_tokens) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Loop();
   // One iteration over `active`; false when there was nothing to do.
   bool Iterate(std::vector<std::shared_ptr<Task>>& active);

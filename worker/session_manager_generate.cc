@@ -11,6 +11,23 @@
 
 namespace statestream::worker {
 
+namespace {
+
+// Generate and Score flush the pending text first; they cannot while its
+// last character is open. `input_offset`: the session's; `open`: the bytes
+// of that character it holds. The error's input_offset is the character's
+// first byte, as an Append's flush reports it.
+absl::Status OpenCharacterError(uint64_t input_offset, size_t open) {
+  return Invalid(
+      Reason::kInvalidUtf8,
+      "the session's pending text ends inside a UTF-8 character",
+      {{"input_offset",
+        absl::StrCat(input_offset - std::min<uint64_t>(open, input_offset))},
+       {"field", "text_utf8"}});
+}
+
+}  // namespace
+
 absl::StatusOr<GenerateOutcome> SessionManager::Impl::ReplayFinished(
     Session* s, const GenerationRecord& rec, Durability d,
     const std::function<void(const GeneratedPiece&)>& emit) {
@@ -43,6 +60,27 @@ SessionManager::Impl::GenerateChecks SessionManager::Impl::CheckGenerate(
   } else if (c.record == nullptr && in.expected_input_offset &&
              *in.expected_input_offset != s->input_offset) {
     c.refused = PositionMismatch(s, *in.expected_input_offset);
+  } else if (c.record == nullptr) {
+    // What the session's state refuses. The prompt is empty exactly when
+    // there is no pending text to flush and the request brings none: the
+    // tokenizer gives a non-empty flush or valid text at least one token.
+    const bool no_prompt =
+        s->tail.empty() &&
+        (in.prompt_kind == GenerateInput::Prompt::kText
+             ? in.prompt_text.empty()
+             : in.prompt_kind != GenerateInput::Prompt::kTokens ||
+                   in.prompt_tokens.empty());
+    if (!s->utf8_carry.empty()) {
+      c.refused = OpenCharacterError(s->input_offset, s->utf8_carry.size());
+    } else if (s->live.position == 0 && no_prompt) {
+      c.refused = MakeError(absl::StatusCode::kFailedPrecondition,
+                            Reason::kInvalidArgument,
+                            "nothing consumed yet to generate from: send a "
+                            "prompt",
+                            {{"field", "prompt"}});
+    } else if (s->live.position == s->no_hidden_at && no_prompt) {
+      c.refused = NoHidden("prompt");
+    }
   }
   return c;
 }
@@ -160,19 +198,6 @@ struct GenerateTiming {
   bool first = true;
 };
 
-// Generate and Score flush the pending text first; they cannot while its
-// last character is open. `input_offset`: the session's; `open`: the bytes
-// of that character it holds. The error's input_offset is the character's
-// first byte, as an Append's flush reports it.
-absl::Status OpenCharacterError(uint64_t input_offset, size_t open) {
-  return Invalid(
-      Reason::kInvalidUtf8,
-      "the session's pending text ends inside a UTF-8 character",
-      {{"input_offset",
-        absl::StrCat(input_offset - std::min<uint64_t>(open, input_offset))},
-       {"field", "text_utf8"}});
-}
-
 }  // namespace
 
 std::shared_ptr<SessionManager::Job> SessionManager::Generate(
@@ -258,11 +283,8 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
         spec.prior_text_emitted = emitted;
       } else {
         std::vector<int32_t> prompt;
-        if (!s->utf8_carry.empty()) {
-          return fail(
-              OpenCharacterError(s->input_offset, s->utf8_carry.size()));
-        }
-        // (The prompt itself was checked before the strand: CheckRequest.)
+        // (The prompt itself was checked before the strand, CheckRequest;
+        // what the session's state refuses by CheckGenerate.)
         if (in.prompt_kind == GenerateInput::Prompt::kText) {
           prompt = m.tok_->EncodeStream(s->tail, in.prompt_text, true).tokens;
           prompt_units = in.prompt_text.size();
@@ -273,16 +295,6 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
                           in.prompt_tokens.end());
             prompt_units = in.prompt_tokens.size();
           }
-        }
-        if (s->live.position == 0 && prompt.empty()) {
-          return fail(MakeError(absl::StatusCode::kFailedPrecondition,
-                                Reason::kInvalidArgument,
-                                "nothing consumed yet to generate from: send "
-                                "a prompt",
-                                {{"field", "prompt"}}));
-        }
-        if (s->live.position == s->no_hidden_at && prompt.empty()) {
-          return fail(NoHidden("prompt"));
         }
         if (!in.has_seed) {
           uint64_t h = kFnvBasis;
@@ -534,6 +546,18 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
           answer = m.ReplayFinished(s.get(), *checks.record,
                                     m.Dur(in.durability), emit);
           answered = true;
+        } else if (checks.record == nullptr) {
+          // A new generation the scheduler would refuse now (too large, or
+          // no room: at least max_tokens and the prompt's ids).
+          const size_t ids = in.prompt_kind == GenerateInput::Prompt::kTokens
+                                 ? in.prompt_tokens.size()
+                                 : 0;
+          absl::Status room =
+              m.sched_->CheckRoom(static_cast<int64_t>(ids) + m.MaxTokens(in));
+          if (!room.ok()) {
+            answer = std::move(room);
+            answered = true;
+          }
         }
       }
       m.Release(s);

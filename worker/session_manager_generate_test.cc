@@ -139,6 +139,51 @@ TEST_F(SessionManagerTest, AReplayOrARefusedGenerateLeavesTheWriterAlone) {
   ASSERT_TRUE(Close(live).ok());
 }
 
+// A committing Generate that the session's state refuses (pending text
+// ending inside a character; nothing consumed yet and no prompt) or that
+// the scheduler has no room for is answered without the writer slot too:
+// the live Append goes on.
+TEST_F(SessionManagerTest,
+       AGenerateTheSessionOrSchedulerRefusesLeavesTheWriter) {
+  SchedulerOptions small;
+  small.max_queued_tokens = 100;
+  manager_.reset();
+  scheduler_ = std::make_unique<Scheduler>(model_.get(), small);
+  Start(SessionManagerOptions{});
+  struct Case {
+    const char* name;
+    std::string text;  // appended first, unflushed
+    int max_tokens;
+    Reason reason;
+  };
+  const Case cases[] = {
+      {"open-char", "a\xE2\x82", 4, Reason::kInvalidUtf8},
+      {"fresh", "", 4, Reason::kInvalidArgument},
+      {"no-room", "abc", 200, Reason::kMessageTooLarge},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    Create(c.name);
+    auto superseded = std::make_shared<absl::Notification>();
+    auto live = Open(c.name, superseded);
+    if (!c.text.empty()) {
+      ASSERT_TRUE(Append(live, 0, c.text).ok());
+    }
+    GenerateInput in;
+    in.request_id = absl::StrCat("gen-", c.name);
+    in.commit = true;
+    in.max_tokens = c.max_tokens;
+    const absl::Status refused = GenerateStatus(c.name, in);
+    EXPECT_EQ(GetReason(refused), c.reason) << refused;
+    EXPECT_FALSE(superseded->HasBeenNotified());
+    // The writer goes on where it was (the open character completed).
+    auto next = Append(live, c.text.size(),
+                       c.reason == Reason::kInvalidUtf8 ? "\xAC" : "x");
+    ASSERT_TRUE(next.ok()) << next.status();
+    ASSERT_TRUE(Close(live).ok());
+  }
+}
+
 // A delete does not wait for a committing generation to run to its end (it
 // would hold a service thread all along): the generation's call ends at
 // once, uncommitted, and the session is gone.
