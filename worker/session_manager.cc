@@ -443,6 +443,18 @@ void SessionManager::RollbackAsync(
   }
   absl::StatusOr<std::shared_ptr<Session>> resident =
       m->Resident({tenant, session_id});
+  if (GetReason(resident.status()) == Reason::kStateCorrupt) {
+    // The head cannot be loaded: rolling back needs nothing of it (the way
+    // out docs/errors.md gives for STATE_CORRUPT).
+    const SessionKey key{tenant, session_id};
+    return done(m->AnswerHeadWrite(
+        tenant, session_id, request_id, digest,
+        m->WriteOverUnloadableHead(
+            key, expected, [&](const SessionHead& head, uint64_t fence) {
+              return m->store_->Rollback(key, head.head.version, fence, version,
+                                         m->Dur(durability), request_id);
+            })));
+  }
   if (!resident.ok()) return done(resident.status());
   std::shared_ptr<Session> s = *std::move(resident);
   // Queued on the session's strand, holding no thread while it waits (a
@@ -701,6 +713,26 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
           GetErrorMetadata(resident.status(), "actual_fingerprint")
               .value_or("")},
          {"actual_fingerprint", snap.model_fingerprint}});
+  }
+  if (GetReason(resident.status()) == Reason::kStateCorrupt) {
+    // The head cannot be loaded: a new version needs nothing of it.
+    const SessionKey key{tenant, params.session_id};
+    return m.AnswerHeadWrite(
+        tenant, params.session_id, params.request_id, digest,
+        m.WriteOverUnloadableHead(
+            key, expected, [&](const SessionHead& head, uint64_t fence) {
+              snap.parent_session_id = head.parent_session_id;
+              snap.parent_version = head.parent_version;
+              CommitRequest r;
+              r.key = key;
+              r.expected_version = head.head.version;
+              r.fence = fence;
+              r.state = snap;
+              r.durability = m.Dur(params.durability);
+              r.cause = VersionCause::kImport;
+              r.request_id = params.request_id;
+              return m.store_->Commit(r);
+            }));
   }
   SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s, std::move(resident));
   auto turn = std::make_shared<RetryCheck>();

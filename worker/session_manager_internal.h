@@ -299,6 +299,28 @@ class SessionManager::Impl {
   // On the strand, after its state or commit status changed.
   void RefreshView(Session* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu);
 
+  // For a session whose head this worker cannot load (Resident answered
+  // STATE_CORRUPT: a chunk lost, side data that does not decode), the
+  // writes that need nothing of the head's state (a rollback, an import as
+  // the next version) run without it, so the documented way out works:
+  // under a lease of their own (taken over, as a load does) `write(head,
+  // fence)` runs, then the lease goes back and the next call loads the new
+  // head. `expected`: the head version the caller expects.
+  using HeadWrite = std::function<absl::StatusOr<CommitResult>(
+      const SessionHead& head, uint64_t fence)>;
+  absl::StatusOr<CommitResult> WriteOverUnloadableHead(
+      const SessionKey& key, std::optional<uint64_t> expected,
+      const HeadWrite& write);
+  // The answer to such a write: the new head's view, the request id
+  // remembered (`digest`) for a write the store made, even below the
+  // durability asked for (then its error).
+  absl::StatusOr<SessionView> AnswerHeadWrite(
+      const std::string& tenant, const std::string& session_id,
+      const std::string& request_id, uint64_t digest,
+      const absl::StatusOr<CommitResult>& written);
+  // FAILED_PRECONDITION/MODEL_MISMATCH unless `head` is of this model.
+  absl::Status CheckHeadModel(const SessionHead& head) const;
+
   SessionView ViewOfHead(const SessionHead& h) const;
 
   // Never `loading` (the session being loaded for its caller: with a

@@ -2,8 +2,8 @@
 // The session manager across reloads and workers, on the memory store and a
 // real (random-weight, byte-level) model: eviction and reload, the UTF-8
 // carry across a reload, imports with bad side data, states without their
-// hidden vector, and creates and imports retried on another worker. The
-// rest: session_manager_test.cc.
+// hidden vector, creates and imports retried on another worker, and a way
+// past a head no load can read. The rest: session_manager_test.cc.
 #include <memory>
 #include <string>
 #include <thread>
@@ -443,6 +443,62 @@ TEST_F(SessionManagerTest, AGeneratedIdImportRetriedOnAnotherWorkerIsOnce) {
       GetReason(other->Import("t", abcd, false, p, std::nullopt).status()),
       Reason::kDuplicateRequest);
   other->Drain();
+}
+
+// A head no load can read (STATE_CORRUPT) does not lock the session: a
+// rollback to an older version and an import as the next version need
+// nothing of it, as docs/errors.md's way out says; the session then goes
+// on from the version written.
+TEST_F(SessionManagerTest, ARollbackOrAnImportGetsPastAnUnreadableHead) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  Start(SessionManagerOptions{});
+  Create("c");
+  auto w = Open("c");
+  auto first = Append(w, 0, "first", true, true);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto second = Append(w, 5, " second", true, true);
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_TRUE(Close(w).ok());
+  const std::string blob = Blob("c");
+  Start(SessionManagerOptions{});  // nothing resident
+  faulty_->corrupt_version = second->version;
+  auto refused = manager_->OpenWriter("t", "c", [](const absl::Status&) {});
+  EXPECT_EQ(GetReason(refused.status()), Reason::kStateCorrupt);
+  // A stale expectation is still refused.
+  EXPECT_EQ(GetReason(manager_
+                          ->Rollback("t", "c", first->version, first->version,
+                                     std::nullopt, "")
+                          .status()),
+            Reason::kVersionMismatch);
+  auto rolled = manager_->Rollback("t", "c", first->version, second->version,
+                                   std::nullopt, "roll-past");
+  ASSERT_TRUE(rolled.ok()) << rolled.status();
+  EXPECT_EQ(rolled->version, second->version + 1);
+  EXPECT_EQ(rolled->input_offset, 5u);
+  // Its retry answers the same, rolling back nothing more.
+  auto again = manager_->Rollback("t", "c", first->version, second->version,
+                                  std::nullopt, "roll-past");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->version, rolled->version);
+  auto w2 = Open("c");
+  ASSERT_TRUE(Append(w2, 5, "!", true, true).ok());
+  ASSERT_TRUE(Close(w2).ok());
+  // The head unreadable again: an import as its next version.
+  Start(SessionManagerOptions{});
+  auto head = store_->GetHead({"t", "c"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  faulty_->corrupt_version = head->head.version;
+  CreateParams p;
+  p.session_id = "c";
+  p.request_id = "import-past";
+  auto imported = manager_->Import("t", blob, true, p, std::nullopt);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  EXPECT_EQ(imported->version, head->head.version + 1);
+  EXPECT_EQ(imported->input_offset, 12u);
+  auto view = manager_->GetSession("t", "c");
+  ASSERT_TRUE(view.ok()) << view.status();
+  EXPECT_EQ(view->input_offset, 12u);
+  faulty_->corrupt_version = 0;
 }
 
 }  // namespace

@@ -180,14 +180,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
   }
   const absl::Time load_start = clock_->Now();
   SS_ASSIGN_OR_RETURN(SessionHead head, store_->GetHead(key));
-  if (head.model_fingerprint != fingerprint_) {
-    return MakeError(absl::StatusCode::kFailedPrecondition,
-                     Reason::kModelMismatch,
-                     "the session belongs to a model this worker does not "
-                     "serve",
-                     {{"expected_fingerprint", fingerprint_},
-                      {"actual_fingerprint", head.model_fingerprint}});
-  }
+  SS_RETURN_IF_ERROR(CheckHeadModel(head));
   SS_ASSIGN_OR_RETURN(Lease lease,
                       store_->AcquireLease(key, opt_.owner, opt_.lease_ttl,
                                            /*takeover=*/true));
@@ -232,6 +225,65 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
   }
   for (auto& v : victims) Evict(v);
   return s;
+}
+
+absl::Status SessionManager::Impl::CheckHeadModel(
+    const SessionHead& head) const {
+  if (head.model_fingerprint == fingerprint_) return absl::OkStatus();
+  return MakeError(absl::StatusCode::kFailedPrecondition,
+                   Reason::kModelMismatch,
+                   "the session belongs to a model this worker does not serve",
+                   {{"expected_fingerprint", fingerprint_},
+                    {"actual_fingerprint", head.model_fingerprint}});
+}
+
+absl::StatusOr<CommitResult> SessionManager::Impl::WriteOverUnloadableHead(
+    const SessionKey& key, std::optional<uint64_t> expected,
+    const HeadWrite& write) {
+  // With loads held off, nothing makes the session resident meanwhile.
+  absl::MutexLock load(&load_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    if (draining_) return Draining();
+    if (resident_.contains(MapKey(key))) {
+      // Loaded since its head failed to (a newer one was written): the
+      // call's ordinary path applies; the client retries.
+      return MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
+                       "the session's head changed meanwhile; retry",
+                       {{"retry_after_ms", "0"}});
+    }
+  }
+  SS_ASSIGN_OR_RETURN(SessionHead head, store_->GetHead(key));
+  SS_RETURN_IF_ERROR(CheckHeadModel(head));
+  if (expected && *expected != head.head.version) {
+    return MakeError(absl::StatusCode::kFailedPrecondition,
+                     Reason::kVersionMismatch,
+                     absl::StrCat("the head is version ", head.head.version),
+                     {{"head_version", absl::StrCat(head.head.version)}});
+  }
+  SS_ASSIGN_OR_RETURN(Lease lease,
+                      store_->AcquireLease(key, opt_.owner, opt_.lease_ttl,
+                                           /*takeover=*/true));
+  absl::StatusOr<CommitResult> written = write(head, lease.fence);
+  store_->ReleaseLease(key, opt_.owner, lease.fence).IgnoreError();
+  return written;
+}
+
+absl::StatusOr<SessionView> SessionManager::Impl::AnswerHeadWrite(
+    const std::string& tenant, const std::string& session_id,
+    const std::string& request_id, uint64_t digest,
+    const absl::StatusOr<CommitResult>& written) {
+  if (!written.ok()) {
+    if (WrittenBelowDurability(written.status())) {
+      Remember(tenant, request_id, session_id, digest,
+               WrittenVersionOf(written.status()));
+    }
+    return written.status();
+  }
+  Remember(tenant, request_id, session_id, digest, written->version.version);
+  SessionHead head = written->session;
+  head.head = written->version;
+  return ViewOfHead(head);
 }
 
 absl::Status SessionManager::Impl::LoadInto(Session* s, const LoadedVersion& v,

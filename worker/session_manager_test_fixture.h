@@ -79,11 +79,24 @@ class LosingStore final : public testing::ForwardingStore {
   // load_started).
   absl::Notification* hold_loads = nullptr;
   absl::Notification load_started;
+  // A version whose state no load can read (as one whose chunk was lost).
+  std::atomic<uint64_t> corrupt_version{0};
   absl::StatusOr<LoadedVersion> LoadVersion(const SessionKey& k,
                                             uint64_t version) override {
     if (hold_loads != nullptr) {
       if (!load_started.HasBeenNotified()) load_started.Notify();
       hold_loads->WaitForNotification();
+    }
+    if (corrupt_version.load() != 0) {
+      uint64_t v = version;
+      if (v == 0) {
+        auto head = ForwardingStore::GetHead(k);
+        if (head.ok()) v = head->head.version;
+      }
+      if (v == corrupt_version.load()) {
+        return DataLossError(Reason::kStateCorrupt,
+                             "a chunk of the state is missing");
+      }
     }
     return ForwardingStore::LoadVersion(k, version);
   }
