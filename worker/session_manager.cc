@@ -320,6 +320,7 @@ absl::StatusOr<SessionView> SessionManager::UpdateSession(
     it->second->view.labels = h.labels;
     it->second->view.ttl = h.ttl;
     it->second->view.update_time = h.updated_at;
+    m.SweepSoonFor(h.ttl);
     return it->second->view;
   }
   return m.ViewOfHead(h);

@@ -233,6 +233,39 @@ TEST_F(SessionManagerTest, EveryCommitReachesTheDurabilityItsInputAskedFor) {
   sqlite->reset();
 }
 
+// A session expires `ttl` after its last write, and input a worker holds
+// uncommitted is none: with a TTL shorter than the checkpoint interval, a
+// writer that keeps sending, then stops, still finds its session and all
+// its input in the store: the policy commits input half a TTL after the
+// store's last write (Impl::CommitDue), and the sweep looks at sessions
+// with a short TTL often enough to.
+TEST_F(SessionManagerTest, AWritersInputIsCommittedBeforeItsSessionExpires) {
+  SessionManagerOptions o;
+  o.checkpoint_interval = absl::Hours(1);
+  Start(o);
+  CreateParams p;
+  p.request_id = "create-short";
+  p.session_id = "short";
+  p.ttl = absl::Seconds(2);
+  ASSERT_TRUE(manager_->CreateSession("t", p).ok());
+  auto w = Open("short");
+  uint64_t at = 0;
+  for (int i = 0; i < 8; ++i) {  // past the TTL
+    auto ack = Append(w, at, "x");
+    ASSERT_TRUE(ack.ok()) << i << ": " << ack.status();
+    at = ack->input_offset;
+    absl::SleepFor(absl::Milliseconds(400));
+  }
+  auto last = Append(w, at, "y");  // not yet committed
+  ASSERT_TRUE(last.ok()) << last.status();
+  at = last->input_offset;
+  absl::SleepFor(absl::Milliseconds(1800));  // silence near the TTL
+  auto head = store_->GetHead({"t", "short"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->head.input_offset, at);
+  ASSERT_TRUE(Close(w).ok());
+}
+
 // A drain whose first commit falls short of its level (this store never
 // reaches FSYNC) commits the other sessions at the default level at once,
 // instead of waiting out the durability timeout session by session; all

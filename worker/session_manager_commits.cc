@@ -469,11 +469,16 @@ void SessionManager::Impl::AppendOp(
     const absl::Time now = clock_->Now();
     const bool changes = units > 0 || consumed > 0;
     // The policy's commit: after checkpoint_tokens or checkpoint_interval
-    // of uncommitted input, this request's included.
+    // of uncommitted input (sooner with a short TTL: CommitDue), this
+    // request's included.
+    bool due;
+    {
+      absl::MutexLock lock(&s->mu);
+      due = now >= CommitDue(s.get(), s->dirty ? s->dirty_since : now);
+    }
     const bool policy =
         (s->dirty || changes) &&
-        (s->uncommitted_tokens + consumed >= opt_.checkpoint_tokens ||
-         now - (s->dirty ? s->dirty_since : now) >= opt_.checkpoint_interval);
+        (s->uncommitted_tokens + consumed >= opt_.checkpoint_tokens || due);
     std::optional<Unapplied> before;
     if (in.checkpoint || policy) before = Unapplied::Of(*s);
     s->input_offset += units;

@@ -148,7 +148,7 @@ struct Session {
   // writer drops what a commit covers.
   Durability dirty_durability = Durability::kMemory;
   // dirty_since while dirty, else InfiniteFuture: what the renewal loop
-  // reads (under mu) to find input waiting for a commit.
+  // reads (under mu) to find input due for a commit (Impl::CommitDue).
   absl::Time dirty_hint ABSL_GUARDED_BY(mu) = absl::InfiniteFuture();
   absl::Time dirty_since;
   int64_t last_use = 0;  // guarded by the manager's mu_
@@ -247,6 +247,19 @@ class SessionManager::Impl {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   // RenewLeasesNow asked the renewal thread for a round at once.
   bool renew_now_ ABSL_GUARDED_BY(mu_) = false;
+  // When the renewal thread sweeps next for input due, and whether a
+  // session loaded (or given a shorter TTL) since needs it sooner
+  // (SweepSoonFor).
+  absl::Time sweep_at_ ABSL_GUARDED_BY(mu_);
+  bool sweep_now_ ABSL_GUARDED_BY(mu_) = false;
+  // A session of idle TTL `ttl` is resident: the sweep must look at it at
+  // least every ttl / 4 (see CommitIfWaited).
+  void SweepSoonFor(absl::Duration ttl) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (ttl > absl::ZeroDuration() && ttl < absl::InfiniteDuration() &&
+        clock_->Now() + ttl / 4 < sweep_at_) {
+      sweep_now_ = true;
+    }
+  }
   Stats stats_ ABSL_GUARDED_BY(mu_);
   // Running generations, stopped gracefully by Drain().
   std::set<std::shared_ptr<GenerateTask>> generating_ ABSL_GUARDED_BY(mu_);
@@ -501,10 +514,28 @@ class SessionManager::Impl {
   // is otherwise checked only when a request arrives.
   void RenewLoop();
 
-  // Queues a policy commit on an idle session whose input has waited
-  // (none running or queued: a running operation checks the policy when it
-  // ends).
-  void CommitIfWaited(const std::shared_ptr<Session>& s);
+  // Queues a policy commit on an idle session whose input is due (none
+  // running or queued: a running operation checks the policy when it
+  // ends). Returns when its input will be due (InfiniteFuture: none
+  // waits, or it was queued now).
+  absl::Time CommitIfWaited(const std::shared_ptr<Session>& s);
+
+  // When uncommitted input that began at `dirty_since` (InfiniteFuture:
+  // none) is due for a commit by policy: checkpoint_interval later or,
+  // sooner, half the session's TTL after its last write. The store
+  // expires a session `ttl` after its last write, and input held here is
+  // none: a writer's stream must not outlive its session. (s->mu: the
+  // view's TTL and update time, which UpdateSession sets.)
+  absl::Time CommitDue(const Session* s, absl::Time dirty_since) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu) {
+    if (dirty_since == absl::InfiniteFuture()) return dirty_since;
+    absl::Time due = dirty_since + opt_.checkpoint_interval;
+    const absl::Duration ttl = s->view.ttl;
+    if (ttl > absl::ZeroDuration() && ttl < absl::InfiniteDuration()) {
+      due = std::min(due, s->view.update_time + ttl / 2);
+    }
+    return due;
+  }
 
   void Drain();
   // Commits dirty `s` for a drain: a refusal for now (UNAVAILABLE) is

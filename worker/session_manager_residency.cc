@@ -125,6 +125,12 @@ SessionManager::Impl::Impl(const SessionManagerOptions& o, engine::Model* model,
           int64_t{sizeof(float)}),
       pool_(o.threads),
       rng_(std::random_device{}()) {
+  {
+    // The renewal thread's first wait is at most this long: a session
+    // loaded before it began that needs a sweep sooner wakes it.
+    absl::MutexLock lock(&mu_);
+    sweep_at_ = clock_->Now() + opt_.lease_ttl / 3;
+  }
   renewer_ = std::thread([this] { RenewLoop(); });
 }
 
@@ -213,6 +219,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
     if (!draining) {
       s->last_use = ++tick_;
       resident_[mk] = s;
+      SweepSoonFor(head.ttl);
       ++stats_.loads;
       victims = PickVictims(s.get());
     }
@@ -596,58 +603,84 @@ void SessionManager::Impl::Release(const std::shared_ptr<Session>& s) {
 
 void SessionManager::Impl::RenewLoop() {
   const absl::Duration renew_every = opt_.lease_ttl / 3;
-  const bool sweep = opt_.checkpoint_interval > absl::ZeroDuration() &&
-                     opt_.checkpoint_interval < absl::InfiniteDuration();
+  // The sweep for input due by policy runs at least this often, and
+  // sooner when a session's input falls due before (a short TTL).
+  const bool by_interval = opt_.checkpoint_interval > absl::ZeroDuration() &&
+                           opt_.checkpoint_interval < absl::InfiniteDuration();
   const absl::Duration every =
-      sweep ? std::min(renew_every, std::max(opt_.checkpoint_interval / 2,
-                                             absl::Milliseconds(50)))
-            : renew_every;
+      by_interval ? std::min(renew_every, std::max(opt_.checkpoint_interval / 2,
+                                                   absl::Milliseconds(50)))
+                  : renew_every;
   absl::Time next_renewal = absl::Now() + renew_every;
+  absl::Duration wait = every;
   // Renewals run at the last tick before next_renewal, never after it.
   auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return stop_ || renew_now_;
+    return stop_ || renew_now_ || sweep_now_;
   };
   for (;;) {
     std::vector<std::shared_ptr<Session>> all;
     bool now = false;
     {
       absl::MutexLock lock(&mu_);
-      mu_.AwaitWithTimeout(absl::Condition(&woken), every);
+      sweep_at_ = clock_->Now() + wait;
+      mu_.AwaitWithTimeout(absl::Condition(&woken), wait);
       if (stop_) return;
       now = renew_now_;
-      renew_now_ = false;
+      renew_now_ = sweep_now_ = false;
       for (auto& [k, s] : resident_) all.push_back(s);
     }
-    if (sweep && !now) {
-      for (auto& s : all) CommitIfWaited(s);
+    wait = every;
+    if (!now) {
+      absl::Time next_due = absl::InfiniteFuture();
+      for (auto& s : all) next_due = std::min(next_due, CommitIfWaited(s));
+      if (next_due != absl::InfiniteFuture()) {
+        wait =
+            std::clamp(next_due - clock_->Now(), absl::Milliseconds(10), every);
+      }
     }
-    if (!now && absl::Now() + every <= next_renewal) continue;
+    if (!now && absl::Now() + wait <= next_renewal) continue;
     next_renewal = absl::Now() + renew_every;
     RenewLeasesOf(all);
   }
 }
 
-void SessionManager::Impl::CommitIfWaited(const std::shared_ptr<Session>& s) {
+absl::Time SessionManager::Impl::CommitIfWaited(
+    const std::shared_ptr<Session>& s) {
   {
     absl::MutexLock lock(&mu_);
-    if (draining_ || stop_) return;
+    if (draining_ || stop_) return absl::InfiniteFuture();
   }
+  // Input may come any moment and be due half a TTL after the last
+  // write: with a short TTL, the sweep looks again a quarter on (so also
+  // after a commit queued now, or a busy session's).
+  absl::Time look_again = absl::InfiniteFuture();
   {
     absl::MutexLock lock(&s->mu);
-    if (s->busy || !s->ops.empty() || s->gone != Session::Gone::kNo ||
-        clock_->Now() - s->dirty_hint < opt_.checkpoint_interval) {
-      return;
+    if (s->gone != Session::Gone::kNo) return absl::InfiniteFuture();
+    const absl::Duration ttl = s->view.ttl;
+    if (ttl > absl::ZeroDuration() && ttl < absl::InfiniteDuration()) {
+      look_again = clock_->Now() + ttl / 4;
     }
+    const absl::Time due = CommitDue(s.get(), s->dirty_hint);
+    if (due == absl::InfiniteFuture()) return look_again;  // nothing waits
+    if (clock_->Now() < due) return due;
+    // A busy session's operation checks the policy as it ends.
+    if (s->busy || !s->ops.empty()) return look_again;
   }
   RunOp(s, [this, s] {
-    if (GoneError(s.get()).ok() && s->dirty &&
-        clock_->Now() - s->dirty_since >= opt_.checkpoint_interval) {
+    bool due = false;
+    if (GoneError(s.get()).ok() && s->dirty) {
+      absl::MutexLock lock(&s->mu);
+      due = clock_->Now() >= CommitDue(s.get(), s->dirty_since);
+    }
+    if (due) {
       // A failure leaves it dirty: the next sweep or request tries again.
       CommitNow(s.get(), PolicyDurability(s.get()), "", s->dirty_cause)
           .IgnoreError();
     }
     Release(s);
   });
+  return look_again;
 }
 
 void SessionManager::Impl::CommitForDrain(Session* s, absl::Time deadline,
