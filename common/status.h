@@ -87,7 +87,13 @@ inline absl::Status FailedPreconditionError(Reason reason,
                                             absl::string_view msg) {
   return MakeError(absl::StatusCode::kFailedPrecondition, reason, msg);
 }
+// A STATE_CORRUPT error carries its message as metadata `detail` too
+// (docs/errors.md), for clients that branch on what failed.
 inline absl::Status DataLossError(Reason reason, absl::string_view msg) {
+  if (reason == Reason::kStateCorrupt) {
+    return MakeError(absl::StatusCode::kDataLoss, reason, msg,
+                     {{"detail", std::string(msg)}});
+  }
   return MakeError(absl::StatusCode::kDataLoss, reason, msg);
 }
 

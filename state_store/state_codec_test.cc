@@ -176,6 +176,10 @@ TEST(StateCodecTest, CorruptionIsATypedError) {
     auto d = DecodeState(bytes.substr(0, cut));
     ASSERT_FALSE(d.ok()) << cut;
     EXPECT_EQ(GetReason(d.status()), Reason::kStateCorrupt);
+    // What failed, for clients (docs/errors.md): the message's words.
+    EXPECT_EQ(GetErrorMetadata(d.status(), "detail").value_or(""),
+              d.status().message())
+        << cut;
   }
   for (size_t i = 0; i < bytes.size(); ++i) {
     std::string flipped = bytes;
@@ -183,6 +187,7 @@ TEST(StateCodecTest, CorruptionIsATypedError) {
     auto d = DecodeState(flipped);
     ASSERT_FALSE(d.ok()) << i;
     EXPECT_EQ(d.status().code(), absl::StatusCode::kDataLoss);
+    EXPECT_TRUE(GetErrorMetadata(d.status(), "detail").has_value()) << i;
   }
 }
 

@@ -575,7 +575,8 @@ namespace {
 // becomes a version: a state no worker wrote would otherwise be served as
 // a silent wrong answer.
 absl::Status CheckImportedState(const StateSnapshot& snap,
-                                const engine::ModelInfo& info) {
+                                const engine::ModelInfo& info,
+                                const std::string& fingerprint) {
   // The shape fields are informational, but one that is set must agree.
   const engine::ModelConfig& c = info.config;
   if ((!snap.architecture.empty() &&
@@ -591,7 +592,9 @@ absl::Status CheckImportedState(const StateSnapshot& snap,
                      snap.n_layer, " C", snap.n_embd, " H", snap.n_head, "x",
                      snap.head_size, ", not the model's ",
                      engine::ArchName(c.arch), " L", c.n_layer, " C", c.n_embd,
-                     " H", c.n_head, "x", c.head_size));
+                     " H", c.n_head, "x", c.head_size),
+        {{"expected_fingerprint", fingerprint},
+         {"actual_fingerprint", snap.model_fingerprint}});
   }
   // Counters far past anything a session reaches (2^63 units): one more
   // append would wrap them, and exactly-once resumes compare them.
@@ -643,7 +646,8 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
           static_cast<size_t>(m.model_->info().config.n_embd)) {
     return DataLossError(Reason::kStateCorrupt, "last_hidden has a bad size");
   }
-  SS_RETURN_IF_ERROR(CheckImportedState(snap, m.model_->info()));
+  SS_RETURN_IF_ERROR(
+      CheckImportedState(snap, m.model_->info(), m.fingerprint_));
   // The side data a load decodes, checked before anything is committed: a
   // version no worker can load would leave the session unusable.
   {

@@ -116,6 +116,15 @@ TEST_F(SessionManagerTest, AnImportNoWorkerCouldHaveWrittenIsRefused) {
     auto version = manager_->Import("t", blob, true, into, std::nullopt);
     EXPECT_EQ(GetReason(version.status()), c.reason)
         << c.what << ": " << version.status();
+    // With the metadata docs/errors.md lists for the reason.
+    for (const char* key :
+         c.reason == Reason::kStateCorrupt
+             ? std::vector<const char*>{"detail"}
+             : std::vector<const char*>{"expected_fingerprint",
+                                        "actual_fingerprint"}) {
+      EXPECT_TRUE(GetErrorMetadata(created.status(), key).has_value())
+          << c.what << ": " << key << ": " << created.status();
+    }
   }
   EXPECT_EQ(store_->GetHead({"t", "copy"}).status().code(),
             absl::StatusCode::kNotFound);

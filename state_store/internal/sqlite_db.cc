@@ -68,9 +68,10 @@ constexpr std::pair<const char*, const char*> kAddedColumns[] = {
 absl::Status SqliteError(int rc, absl::string_view what) {
   const int primary = rc & 0xff;
   if (primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB) {
-    return MakeError(absl::StatusCode::kDataLoss, Reason::kStateCorrupt,
-                     absl::StrCat(what, " (the database file is damaged)"),
-                     {{"database", "damaged"}});
+    return MakeError(
+        absl::StatusCode::kDataLoss, Reason::kStateCorrupt,
+        absl::StrCat(what, " (the database file is damaged)"),
+        {{"database", "damaged"}, {"detail", "the database file is damaged"}});
   }
   return Unavailable(what);
 }
