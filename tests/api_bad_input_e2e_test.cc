@@ -312,6 +312,25 @@ TEST_F(ApiBadInputE2eTest, ListRollbackAndExport) {
       {"ListSessions page_token 'garbage!'",
        ls([](auto* r) { r->set_page_token("garbage!"); }),
        WantField("page_token")},
+      // A selector no label could match is malformed, as labels are.
+      {"ListSessions label_selector with an empty key",
+       ls([](auto* r) { (*r->mutable_label_selector())[""] = "x"; }),
+       WantField("label_selector")},
+      {"ListSessions label_selector key 'a b'",
+       ls([](auto* r) { (*r->mutable_label_selector())["a b"] = "x"; }),
+       WantField("label_selector")},
+      {"ListSessions label_selector value of 256 bytes", ls([](auto* r) {
+         (*r->mutable_label_selector())["k"] = std::string(256, 'v');
+       }),
+       WantTooLarge("label_selector", "255")},
+      {"ListSessions label_selector of 65 labels", ls([](auto* r) {
+         for (int i = 0; i < 65; ++i) {
+           const std::string key = {'k', static_cast<char>('a' + i / 26),
+                                    static_cast<char>('a' + i % 26)};
+           r->mutable_label_selector()->insert({key, "v"});
+         }
+       }),
+       WantTooLarge("label_selector", "64")},
       {"Rollback version 0", rb([](auto* r) { r->set_version(0); }),
        WantField("version")},
       {"Rollback unknown session",

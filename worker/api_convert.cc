@@ -246,13 +246,15 @@ void VersionToProto(const VersionInfo& info, uint64_t parent_version,
 }
 
 absl::Status CheckLabels(
-    const google::protobuf::Map<std::string, std::string>& labels) {
+    const google::protobuf::Map<std::string, std::string>& labels,
+    absl::string_view field) {
   // Over a size limit: MESSAGE_TOO_LARGE with the limit (the proto's
   // LIMITS); otherwise malformed: INVALID_ARGUMENT.
-  auto too_large = [](size_t limit, const char* what) {
-    return MakeError(absl::StatusCode::kInvalidArgument,
-                     Reason::kMessageTooLarge, what,
-                     {{"field", "labels"}, {"limit", absl::StrCat(limit)}});
+  auto too_large = [field](size_t limit, const char* what) {
+    return MakeError(
+        absl::StatusCode::kInvalidArgument, Reason::kMessageTooLarge,
+        absl::StrCat(field, ": ", what),
+        {{"field", std::string(field)}, {"limit", absl::StrCat(limit)}});
   };
   if (labels.size() > 64) return too_large(64, "at most 64 labels");
   for (const auto& [k, v] : labels) {
@@ -262,13 +264,12 @@ absl::Status CheckLabels(
       ok = ok && (absl::ascii_isalnum(c) || c == '.' || c == '_' || c == '/' ||
                   c == '-');
     }
-    if (!ok)
-      return BadField("labels", "keys are 1-63 bytes of [A-Za-z0-9._/-]");
+    if (!ok) return BadField(field, "keys are 1-63 bytes of [A-Za-z0-9._/-]");
     if (v.size() > 255) {
       return too_large(255, "label values are at most 255 bytes");
     }
     if (!IsValidUtf8(v)) {
-      return BadField("labels", "values are at most 255 bytes of UTF-8");
+      return BadField(field, "values are at most 255 bytes of UTF-8");
     }
   }
   return absl::OkStatus();

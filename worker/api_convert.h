@@ -78,9 +78,11 @@ void CountError(const SessionManager& manager, const absl::Status& status);
 // digest of a request for request-id idempotency.
 uint64_t ContentDigest(const google::protobuf::Message& message);
 
-// Labels and TTL limits of CreateSessionRequest; INVALID_ARGUMENT.
+// Labels and TTL limits of CreateSessionRequest; INVALID_ARGUMENT naming
+// `field` (a ListSessionsRequest's label_selector: the same rules).
 absl::Status CheckLabels(
-    const google::protobuf::Map<std::string, std::string>& labels);
+    const google::protobuf::Map<std::string, std::string>& labels,
+    absl::string_view field = "labels");
 absl::StatusOr<absl::Duration> TtlFromProto(
     bool has_ttl, const google::protobuf::Duration& ttl);
 

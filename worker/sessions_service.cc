@@ -412,6 +412,9 @@ class SessionsService final : public v1::Sessions::CallbackService {
       v1::ListSessionsResponse* out) override {
     return Offload(ctx, [this, ctx, req, out]() -> absl::Status {
       SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx, *policy_));
+      // A selector no label can match is a malformed filter, as the labels
+      // of a create would be.
+      SS_RETURN_IF_ERROR(CheckLabels(req->label_selector(), "label_selector"));
       // Every manager lists the shared store, sessions of all models.
       auto page = models_->default_manager().ListSessions(
           tenant, static_cast<int>(std::min<uint32_t>(req->page_size(), 1000)),
