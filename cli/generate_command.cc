@@ -15,13 +15,15 @@
 #include "cli/command.h"
 #include "cli/generate_flags.h"
 #include "common/status.h"
+#include "worker/engine/sampler.h"
 
 ABSL_FLAG(std::string, prompt, "",
           "generate: text appended before sampling (- reads stdin).");
 ABSL_FLAG(int32_t, max_tokens, 256,
           "generate/chat: most tokens to sample; 0: the server's default "
           "(256).");
-ABSL_FLAG(double, temperature, 1.0, "generate/chat: 0 or more; 0 is greedy.");
+ABSL_FLAG(double, temperature, 1.0,
+          "generate/chat: from 0 to 100; 0 is greedy.");
 ABSL_FLAG(double, top_p, 1.0,
           "generate/chat: nucleus sampling mass, in (0, 1]; 1 = off.");
 ABSL_FLAG(int32_t, top_k, 0, "generate/chat: 0 = no top-k truncation.");
@@ -54,10 +56,10 @@ absl::StatusOr<v1::GenerateRequest> GenerateRequestFromFlags() {
   // here so that a typo is a usage error before any connection is made.
   const float temperature =
       static_cast<float>(absl::GetFlag(FLAGS_temperature));
-  if (!(temperature >= 0.0f) || std::isinf(temperature)) {
-    return UsageError(
-        absl::StrCat("--temperature must be finite and 0 or more (got ",
-                     absl::GetFlag(FLAGS_temperature), "; 0 = greedy)"));
+  if (!(temperature >= 0.0f && temperature <= engine::kMaxApiTemperature)) {
+    return UsageError(absl::StrCat("--temperature must be from 0 to 100 (got ",
+                                   absl::GetFlag(FLAGS_temperature),
+                                   "; 0 = greedy)"));
   }
   const float top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
   if (!(top_p > 0.0f && top_p <= 1.0f)) {
@@ -174,8 +176,8 @@ const Command& GenerateCommand() {
       "carries start_input_offset, the session's input_offset it started\n"
       "from. Resumes transparently after a failure (same tokens).\n"
       "Without --commit the session is not changed. --max-tokens and\n"
-      "--top-k must not be negative, --temperature is finite and 0 or\n"
-      "more, --top-p is in (0, 1]; --sample-seed is 0 or more, or -1\n"
+      "--top-k must not be negative, --temperature is from 0 to 100,\n"
+      "--top-p is in (0, 1]; --sample-seed is 0 or more, or -1\n"
       "(the server derives one).",
       {__FILE__, kClientFlagsFile, kTlsFlagsFile},
       &Run};

@@ -14,7 +14,7 @@ extern const char kGenerateFlagsFile[];
 
 // --max-tokens, --temperature, --top-p, --top-k, --sample-seed, --stop. A
 // UsageError (cli/cli_util.h) for a value the sampler would refuse: a
-// negative --max-tokens or --top-k, a negative or non-finite --temperature,
+// negative --max-tokens or --top-k, a --temperature outside [0, 100],
 // a --top-p outside (0, 1].
 absl::StatusOr<v1::GenerateRequest> GenerateRequestFromFlags();
 

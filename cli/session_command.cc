@@ -352,6 +352,10 @@ absl::Status Session(const std::vector<std::string>& args) {
   }
   if (verb == "rollback") {
     SS_ASSIGN_OR_RETURN(uint64_t version, ParseVersion(rest[1]));
+    if (version == 0) {  // versions count from 1 (fork's 0 is the head)
+      return UsageError(
+          "rollback: VERSION is 1 or more (see 'session versions ID')");
+    }
     SS_ASSIGN_OR_RETURN(v1::Session s,
                         client->OpenSession(rest[0]).Rollback(version));
     PrintSession(s);

@@ -10,7 +10,9 @@
 #include "absl/time/time.h"
 
 ABSL_FLAG(std::string, api_keys, "",
-          "File of \"TOKEN TENANT [max_sessions=N] [max_streams=N]\" lines. "
+          "File of \"TOKEN TENANT [max_sessions=N] [max_streams=N]\" lines "
+          "(TOKEN: 16-256 printable ASCII bytes, no spaces; TENANT: 1-64 "
+          "bytes of [a-z0-9_-]; '#' starts a comment line). "
           "Callers then authenticate with `authorization: Bearer TOKEN`. "
           "Without it the server runs UNAUTHENTICATED (development mode: "
           "tenant from the x-statestream-tenant header).");

@@ -464,8 +464,9 @@ TEST(CliTest, IgnoredFlagsAndArgumentsAreUsageErrors) {
 
 // --max-tokens and --top-k are uint32 on the wire: a negative value used
 // to wrap to ~4e9 and reach the server. --temperature and --top-p outside
-// the sampler's bounds used to reach it too (a connection, its retries,
-// then INVALID_ARGUMENT with exit 1): these run without a server.
+// the API's bounds, and a rollback to version 0, used to reach it too (a
+// connection, its retries, then INVALID_ARGUMENT with exit 1): these run
+// without a server.
 TEST(CliTest, SamplingFlagsOutOfRangeAreUsageErrors) {
   struct Case {
     std::vector<std::string> args;
@@ -482,10 +483,13 @@ TEST(CliTest, SamplingFlagsOutOfRangeAreUsageErrors) {
        "--max-tokens must not be negative"},
       {{"chat", "--top-k=-3"}, "--top-k must not be negative"},
       {{"generate", "--session=s", "--temperature=-1"},
-       "--temperature must be finite and 0 or more (got -1"},
+       "--temperature must be from 0 to 100 (got -1"},
       {{"generate", "--session=s", "--temperature=nan"},
-       "--temperature must be finite"},
-      {{"chat", "--temperature=inf"}, "--temperature must be finite"},
+       "--temperature must be from 0 to 100"},
+      {{"chat", "--temperature=inf"}, "--temperature must be from 0 to 100"},
+      {{"generate", "--session=s", "--temperature=101"},
+       "--temperature must be from 0 to 100 (got 101"},
+      {{"session", "rollback", "s", "0"}, "VERSION is 1 or more"},
       {{"generate", "--session=s", "--top-p=0"},
        "--top-p must be in (0, 1] (got 0"},
       {{"generate", "--session=s", "--top-p=1.5"}, "--top-p must be in"},

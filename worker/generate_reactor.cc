@@ -93,14 +93,18 @@ class GenerateReactor final
     const v1::SamplingParams& sp = r.sampling();
     engine::SamplingParams& p = in.sampling;
     if (sp.has_temperature()) p.temperature = sp.temperature();
-    if (p.temperature > 100)
+    if (p.temperature > engine::kMaxApiTemperature) {
       return BadField("sampling.temperature", "at most 100");
+    }
     if (sp.has_top_p()) p.top_p = sp.top_p();
     // Any k: one at least the vocabulary's size keeps every token.
     p.top_k = static_cast<int>(
         std::min<uint32_t>(sp.top_k(), static_cast<uint32_t>(INT32_MAX)));
     p.min_p = sp.min_p();
-    if (p.min_p >= 1) return BadField("sampling.min_p", "must be in [0, 1)");
+    // (NaN too: the sampler's own check allows 1.)
+    if (!(p.min_p >= 0 && p.min_p < 1)) {
+      return BadField("sampling.min_p", "must be in [0, 1)");
+    }
     p.presence_penalty = sp.presence_penalty();
     p.frequency_penalty = sp.frequency_penalty();
     if (sp.has_penalty_decay()) p.penalty_decay = sp.penalty_decay();

@@ -25,6 +25,10 @@
 
 namespace statestream::engine {
 
+// The public API's bound on SamplingParams.temperature (the proto's; the
+// engine itself takes any finite value), which the CLI checks up front.
+inline constexpr float kMaxApiTemperature = 100.0f;
+
 // How to pick the next token. Applied in this order: logit_bias, penalties,
 // temperature, top_k, top_p, min_p, then a draw. Check with Validate().
 struct SamplingParams {
