@@ -546,7 +546,12 @@ class AsyncAppendWriter(_AckTracker):
     cancelled by the caller
     (asyncio.CancelledError, e.g. from asyncio.wait_for) cancels the gRPC
     call; what write() had taken stays in the writer (its offset counted)
-    and the next call resends it on a new call."""
+    and the next call resends it on a new call.
+
+    Several tasks may share a writer (e.g. one writing, one checkpointing
+    on a timer): each call's requests take their offsets in the order the
+    calls are made, and the sending and reading of acks is one task's at a
+    time."""
 
     def __init__(self, client: AsyncClient, session_id: str, offset: int,
                  window: int, max_chunk_bytes: int, durability: int, *,
@@ -559,6 +564,9 @@ class AsyncAppendWriter(_AckTracker):
         self._durability = _durability(durability)
         self._init_tracker(offset)
         self._sent = 0  # of _retained, sent on the current call
+        # One task at a time sends and reads acks: two pumping at once
+        # would send a request twice and pair acks with the wrong ones.
+        self._pump_lock = asyncio.Lock()
         self._call = None
         self._stubs = None
         self._error: Optional[StatestreamError] = None
@@ -704,9 +712,10 @@ class AsyncAppendWriter(_AckTracker):
 
     async def _pump(self, keep_unacked: int) -> None:
         """Sends what the window allows and reads acks until at most
-        `keep_unacked` requests are unacknowledged."""
+        `keep_unacked` requests are unacknowledged (one task at a time)."""
         try:
-            await self._pump_inner(keep_unacked)
+            async with self._pump_lock:
+                await self._pump_inner(keep_unacked)
         except asyncio.CancelledError:
             # A cancelled gRPC call fails every later read and write: open a
             # new one next time.

@@ -207,7 +207,8 @@ class _ClientBase:
             raise _closed_error()
         if attempt >= self.max_attempts:
             raise error
-        backoff = min(self.initial_backoff * 2 ** (attempt - 1),
+        # (2 ** 1024 is past a float: the exponent stops at 64.)
+        backoff = min(self.initial_backoff * 2.0 ** min(attempt - 1, 64),
                       self.max_backoff) * random.uniform(0.8, 1.2)
         backoff = max(backoff, retry_after(error))
         if deadline is not None and time.monotonic() + backoff >= deadline:
