@@ -629,6 +629,7 @@ TEST_F(SdkRetryTest, ACancelEndsTheBackoffAtOnce) {
   const absl::Duration took = absl::Now() - start;
   canceller.join();
   EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+  EXPECT_FALSE(client::IsRetryable(s)) << s;
   EXPECT_LT(took, absl::Seconds(30)) << "waited out the hint";
   EXPECT_EQ(service_->calls().size(), 1u);
 }

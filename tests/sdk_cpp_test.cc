@@ -157,8 +157,12 @@ TEST_F(SdkTest, AWriterCancelledBeforeItsFirstWriteFailsCleanly) {
   auto writer = s.OpenAppend(options);
   ASSERT_TRUE(writer.ok()) << writer.status();
   cancel.Cancel();
-  EXPECT_EQ((*writer)->Write("x").code(), absl::StatusCode::kCancelled);
+  const absl::Status written = (*writer)->Write("x");
+  EXPECT_EQ(written.code(), absl::StatusCode::kCancelled);
   EXPECT_EQ((*writer)->Flush().code(), absl::StatusCode::kCancelled);
+  // The caller's own cancel: a retry loop on IsRetryable stops (docs/API.md).
+  EXPECT_TRUE(client::IsCallerCancelled(written)) << written;
+  EXPECT_FALSE(client::IsRetryable(written)) << written;
 }
 
 v1::GenerateRequest LongGeneration() {
@@ -698,7 +702,11 @@ TEST_F(SdkTest, TypedErrorsCancellationDeadlinesAndTenants) {
   cancel.Cancel();
   client::CallOptions cancelled;
   cancelled.cancellation = &cancel;
-  EXPECT_EQ(s.Get(cancelled).status().code(), absl::StatusCode::kCancelled);
+  const absl::Status got = s.Get(cancelled).status();
+  EXPECT_EQ(got.code(), absl::StatusCode::kCancelled);
+  EXPECT_FALSE(client::IsRetryable(got)) << got;
+  // A CANCELLED of the service's (a worker shutting down) is retried.
+  EXPECT_TRUE(client::IsRetryable(absl::CancelledError("shutting down")));
 
   client::CallOptions past;
   past.deadline = absl::Now() - absl::Seconds(1);

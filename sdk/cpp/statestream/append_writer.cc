@@ -339,7 +339,7 @@ absl::Status AppendWriter::Reconnect(absl::Status cause) {
   call->stubs = &client_->Current();
   client_->Prepare(&call->ctx, options_.call, /*unary=*/false);
   call->scope = std::make_unique<CallScope>(&call->ctx, options_.call);
-  if (call->scope->cancelled()) return Fail(absl::CancelledError("cancelled"));
+  if (call->scope->cancelled()) return Fail(CallerCancelled());
   call->stream = call->stubs->streams->Append(&call->ctx);
   call_ = std::move(call);
   acked_ = 0;

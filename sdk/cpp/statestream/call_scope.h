@@ -123,7 +123,7 @@ absl::Status Client::Unary(const CallOptions& call, Fn fn) {
     absl::Status status;
     {
       CallScope scope(&ctx, call);
-      if (scope.cancelled()) return absl::CancelledError("cancelled");
+      if (scope.cancelled()) return CallerCancelled();
       status = FromGrpcStatus(fn(stubs, &ctx));
     }
     if (status.ok()) return status;
@@ -149,7 +149,7 @@ absl::Status Client::Transfer(const CallOptions& call, absl::Duration budget,
     absl::Status status;
     {
       CallScope scope(&ctx, call);
-      if (scope.cancelled()) return absl::CancelledError("cancelled");
+      if (scope.cancelled()) return CallerCancelled();
       StallGuard guard(&ctx, options_.timeout);
       status = FromGrpcStatus(fn(stubs, &ctx, guard));
       // The guard's cancel, not a status the call had already ended with.

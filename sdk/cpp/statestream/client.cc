@@ -58,7 +58,26 @@ void Cancellation::Unregister(grpc::ClientContext* ctx) {
 
 // --- helpers -----------------------------------------------------------------
 
+namespace {
+// Marks the SDK's own CANCELLED for a caller's Cancel() (kept by
+// WithMessage, which keeps every payload).
+constexpr char kCallerCancelledUrl[] =
+    "type.statestream.dev/statestream.client.CallerCancelled";
+}  // namespace
+
+absl::Status CallerCancelled() {
+  absl::Status status = absl::CancelledError("cancelled");
+  status.SetPayload(kCallerCancelledUrl, absl::Cord("1"));
+  return status;
+}
+
+bool IsCallerCancelled(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kCancelled &&
+         status.GetPayload(kCallerCancelledUrl).has_value();
+}
+
 bool IsRetryable(const absl::Status& status) {
+  if (IsCallerCancelled(status)) return false;
   switch (status.code()) {
     case absl::StatusCode::kUnavailable:
     case absl::StatusCode::kDeadlineExceeded:
@@ -245,7 +264,7 @@ absl::Status Prefixed(const absl::Status& error, absl::string_view prefix) {
 absl::Status Client::RetryOrFail(const absl::Status& error, int attempt,
                                  const CallOptions& call) const {
   if (call.cancellation != nullptr && call.cancellation->cancelled()) {
-    return absl::CancelledError("cancelled");
+    return CallerCancelled();
   }
   // Not retried: the error itself, with its code, Reason and metadata (as
   // Python's _retry_or_raise re-raises it).
@@ -290,7 +309,7 @@ absl::Status Client::RetryOrFail(const absl::Status& error, int attempt,
     const absl::Time floor = absl::Now() + hinted;
     for (absl::Time now = absl::Now(); now < until; now = absl::Now()) {
       if (call.cancellation != nullptr && call.cancellation->cancelled()) {
-        return absl::CancelledError("cancelled");
+        return CallerCancelled();
       }
       // In slices, to see a cancellation within 50 ms.
       if (channel->WaitForConnected(absl::ToChronoTime(
@@ -309,7 +328,7 @@ absl::Status Client::Pause(absl::Duration d, const CallOptions& call) {
   // rest of it (a server's retry_after_ms hint may be up to a minute).
   if (call.cancellation != nullptr) {
     if (call.cancellation->WaitForCancel(d)) {
-      return absl::CancelledError("cancelled");
+      return CallerCancelled();
     }
   } else {
     absl::SleepFor(d);

@@ -60,7 +60,7 @@ absl::Status GenerateStream::Open() {
   call_->stubs = &client_->Current();
   client_->Prepare(&call_->ctx, call_options_, /*unary=*/false);
   call_->scope = std::make_unique<CallScope>(&call_->ctx, call_options_);
-  if (call_->scope->cancelled()) return absl::CancelledError("cancelled");
+  if (call_->scope->cancelled()) return CallerCancelled();
   call_->reader = call_->stubs->streams->Generate(&call_->ctx, request_);
   seen_text_ = 0;
   call_tokens_ = 0;

@@ -96,8 +96,15 @@ struct CallOptions {
   Cancellation* cancellation = nullptr;
 };
 
-// True for failures after which the same request may be resent.
+// True for failures after which the same request may be resent. False for
+// CallerCancelled (a CANCELLED from the service, e.g. a worker shutting
+// down, stays retryable).
 bool IsRetryable(const absl::Status& status);
+// The CANCELLED an operation ends with once its caller's own
+// Cancellation::Cancel() was called, and whether `status` is one: a retry
+// loop built on IsRetryable stops there.
+absl::Status CallerCancelled();
+bool IsCallerCancelled(const absl::Status& status);
 // Whether `status` may be the target's fault (a transport failure, a
 // gateway overloaded or misconfigured, INTERNAL), so the client moves to
 // its next target. A typed answer about the request or the session
