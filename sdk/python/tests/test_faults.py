@@ -779,11 +779,18 @@ def test_the_backoff_stays_capped_after_very_many_attempts(aio):
     # 2 ** 1024 is past a float, and attempt 1025 raised OverflowError,
     # which no StatestreamError handler caught.
     options = dict(max_attempts=10**6, initial_backoff=0.05, max_backoff=2)
-    client = (AsyncClient if aio else Client)("127.0.0.1:1", **options)
     error = StatestreamError(grpc.StatusCode.UNAVAILABLE, "down")
-    for attempt in (1, 64, 1025, 999_999):
-        assert 0 < client._backoff(error, attempt, None) <= 2 * 1.2
-    if aio:
-        asyncio.run(client.close())
-    else:
-        client.close()
+
+    def check(client):
+        for attempt in (1, 64, 1025, 999_999):
+            assert 0 < client._backoff(error, attempt, None) <= 2 * 1.2
+
+    async def run_async():
+        async with AsyncClient("127.0.0.1:1", **options) as c:
+            check(c)
+
+    def run_sync():
+        with Client("127.0.0.1:1", **options) as c:
+            check(c)
+
+    run_either(aio, run_sync, run_async)
