@@ -158,9 +158,12 @@ TEST(SdkExportTest, AnExportWithoutAHeaderIsDataLoss) {
 }
 
 // A Streams server whose first Generate sends tokens [1, 2] and is lost;
-// the resumed call sends [1] and ends: it stopped sooner.
+// the resumed call sends [1] and ends: it stopped sooner. With `committed`
+// its done says the server committed it (a committing request whose
+// resume ran out of time on a slower worker).
 class ShorterResume final : public v1::Streams::Service {
  public:
+  explicit ShorterResume(bool committed = false) : committed_(committed) {}
   grpc::Status Generate(grpc::ServerContext*, const v1::GenerateRequest*,
                         grpc::ServerWriter<v1::GenerateResponse>* w) override {
     const bool first = calls_.fetch_add(1) == 0;
@@ -177,11 +180,18 @@ class ShorterResume final : public v1::Streams::Service {
     w->Write(chunk);
     v1::GenerateResponse done;
     done.mutable_done()->set_finish_reason(v1::FINISH_REASON_STOP_TOKEN);
+    if (committed_) {
+      done.mutable_done()->set_committed(true);
+      done.mutable_done()->set_position(12);
+      done.mutable_done()->set_input_offset(8);
+      done.mutable_done()->set_version(5);
+    }
     w->Write(done);
     return grpc::Status::OK;
   }
 
  private:
+  const bool committed_;
   std::atomic<int> calls_{0};
 };
 
@@ -377,24 +387,38 @@ TEST(SdkAppendTest, AWriterKeepsInputCommittedBelowItsDurability) {
 // A resumed Generate that ends before the output already delivered is
 // another generation: FAILED_PRECONDITION (not retried), not a `done`
 // after 2 delivered tokens that reports 1.
+// When the server committed that shorter output, the error says where the
+// session is (it holds less than the caller saw).
 TEST(SdkGenerateTest, AResumeThatEndsBeforeTheDeliveredOutputIsNotJoined) {
-  ShorterResume service;
-  FakeServer fake;
-  ASSERT_NO_FATAL_FAILURE(Serve(&service, &fake));
-  v1::GenerateRequest request;
-  request.set_max_tokens(3);
-  auto stream = fake.client->OpenSession("s").Generate(request);
-  ASSERT_TRUE(stream.ok()) << stream.status();
-  std::vector<uint32_t> delivered;
-  client::GenerateChunk chunk;
-  while ((*stream)->Next(&chunk)) {
-    delivered.insert(delivered.end(), chunk.tokens.begin(), chunk.tokens.end());
+  for (bool committed : {false, true}) {
+    SCOPED_TRACE(committed ? "committed" : "side branch");
+    ShorterResume service(committed);
+    FakeServer fake;
+    ASSERT_NO_FATAL_FAILURE(Serve(&service, &fake));
+    v1::GenerateRequest request;
+    request.set_max_tokens(3);
+    request.set_commit(committed);
+    request.set_request_id("gen-1");  // no pin read (the fake has no Get)
+    auto stream = fake.client->OpenSession("s").Generate(request);
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    std::vector<uint32_t> delivered;
+    client::GenerateChunk chunk;
+    while ((*stream)->Next(&chunk)) {
+      delivered.insert(delivered.end(), chunk.tokens.begin(),
+                       chunk.tokens.end());
+    }
+    const absl::Status st = (*stream)->status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+    EXPECT_FALSE(client::IsRetryable(st));
+    EXPECT_EQ(delivered, (std::vector<uint32_t>{1, 2}));
+    EXPECT_EQ(GetErrorMetadata(st, "committed").has_value(), committed) << st;
+    if (committed) {
+      EXPECT_EQ(GetErrorMetadata(st, "input_offset").value_or(""), "8");
+      EXPECT_EQ(GetErrorMetadata(st, "version").value_or(""), "5");
+      EXPECT_EQ(GetErrorMetadata(st, "position").value_or(""), "12");
+    }
+    stream->reset();
   }
-  EXPECT_EQ((*stream)->status().code(), absl::StatusCode::kFailedPrecondition)
-      << (*stream)->status();
-  EXPECT_FALSE(client::IsRetryable((*stream)->status()));
-  EXPECT_EQ(delivered, (std::vector<uint32_t>{1, 2}));
-  stream->reset();
 }
 
 }  // namespace

@@ -82,11 +82,28 @@ bool GenerateStream::Next(GenerateChunk* out) {
       if (response.has_done() && (call_tokens_ < delivered_ids_.size() ||
                                   seen_text_ < delivered_text_)) {
         // A resumed call that ends before the output already delivered
-        // stopped sooner: another generation, not the same one's end.
-        status_ = absl::FailedPreconditionError(absl::StrCat(
+        // stopped sooner (the session changed, or a time limit came first
+        // on a slower worker): another generation, not the same one's end.
+        // When the server committed it, the error says where the session
+        // is, which is not where the delivered output left it.
+        const v1::GenerateDone& d = response.done();
+        std::string message = absl::StrCat(
             "the resumed generation ended after ", call_tokens_,
             " tokens, before the ", delivered_ids_.size(),
-            " already delivered (the session changed in between?)"));
+            " already delivered (the session changed in between, or a time "
+            "limit came first?)");
+        ErrorMetadata metadata;
+        if (d.committed()) {
+          absl::StrAppend(&message, "; the server committed its ", call_tokens_,
+                          " tokens: the session is at input_offset ",
+                          d.input_offset(), " (version ", d.version(), ")");
+          metadata = {{"committed", "true"},
+                      {"position", absl::StrCat(d.position())},
+                      {"input_offset", absl::StrCat(d.input_offset())},
+                      {"version", absl::StrCat(d.version())}};
+        }
+        status_ = MakeError(absl::StatusCode::kFailedPrecondition,
+                            Reason::kUnspecified, message, std::move(metadata));
         finished_ = true;
         CloseCall(/*cancel=*/true);
         return false;

@@ -969,7 +969,7 @@ class AsyncGenerateStream:
                 err = StatestreamError.from_rpc_error(e)
             if err is None:
                 if msg.HasField("done"):
-                    short = self._progress.ended_short()
+                    short = self._progress.ended_short(msg.done)
                     if short is not None:
                         self._finished = True
                         self._drop_call()

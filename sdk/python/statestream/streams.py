@@ -578,16 +578,29 @@ def _diverged(delivered_ids, chunk) -> Optional[StatestreamError]:
 
 
 def _ended_short(call_tokens: int, call_bytes: int, delivered_tokens: int,
-                 delivered_bytes: int) -> Optional[StatestreamError]:
-    """FAILED_PRECONDITION if a resumed call reached `done` before the
-    output already delivered: it stopped sooner, so it is another
-    generation."""
+                 delivered_bytes: int, done=None) -> Optional[StatestreamError]:
+    """FAILED_PRECONDITION if a resumed call reached `done` (the proto)
+    before the output already delivered: it stopped sooner (the session
+    changed, or a time limit came first on a slower worker), so it is
+    another generation. When the server committed that shorter output, the
+    error says where the session is (metadata committed, position,
+    input_offset, version): not where the delivered output left it."""
     if call_tokens < delivered_tokens or call_bytes < delivered_bytes:
-        return StatestreamError(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            f"the resumed generation ended after {call_tokens} tokens, "
-            f"before the {delivered_tokens} already delivered (the session "
-            "changed in between?)")
+        message = (f"the resumed generation ended after {call_tokens} "
+                   f"tokens, before the {delivered_tokens} already delivered "
+                   "(the session changed in between, or a time limit came "
+                   "first?)")
+        metadata = {}
+        if done is not None and done.committed:
+            message += (f"; the server committed its {call_tokens} tokens: "
+                        f"the session is at input_offset "
+                        f"{done.input_offset} (version {done.version})")
+            metadata = {"committed": "true",
+                        "position": str(done.position),
+                        "input_offset": str(done.input_offset),
+                        "version": str(done.version)}
+        return StatestreamError(grpc.StatusCode.FAILED_PRECONDITION, message,
+                                metadata=metadata)
     return None
 
 
@@ -657,11 +670,11 @@ class _GenerateProgress:
         self.seen_bytes = 0
         self.call_tokens = 0
 
-    def ended_short(self) -> Optional[StatestreamError]:
-        """At `done`: the error if this call ended before what was already
-        delivered (see _ended_short), else None."""
+    def ended_short(self, done=None) -> Optional[StatestreamError]:
+        """At `done` (the proto): the error if this call ended before what
+        was already delivered (see _ended_short), else None."""
         return _ended_short(self.call_tokens, self.seen_bytes,
-                            self.delivered_tokens, self.delivered_bytes)
+                            self.delivered_tokens, self.delivered_bytes, done)
 
     def take(self, c):
         """Chunk `c`'s part not delivered yet, as a GenerateChunk; None if
@@ -798,7 +811,7 @@ class GenerateStream:
                                        "generate ended without done")
             else:
                 if msg.HasField("done"):
-                    short = self._progress.ended_short()
+                    short = self._progress.ended_short(msg.done)
                     if short is not None:
                         self.cancel()
                         raise short

@@ -98,7 +98,8 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
                 committed=True, replayed=True, position=5, input_offset=6,
                 version=4, durability=pb.DURABILITY_FSYNC))
             return
-        if request.session_id in ("pinned", "moved", "shorter"):
+        if request.session_id in ("pinned", "moved", "shorter",
+                                  "shorter-committed"):
             yield from self._pinned_generate(request, context)
             return
         if request.session_id == "replayed-logprobs":
@@ -128,7 +129,9 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
         then fails UNAVAILABLE. Later calls: "pinned" repeats them and ends
         if the request pins offset 7; "moved" (the session moved on) fails
         POSITION_MISMATCH as the server does when the pin no longer
-        holds; "shorter" resumes with [1] and ends (it stopped sooner)."""
+        holds; "shorter" resumes with [1] and ends (it stopped sooner);
+        "shorter-committed" too, its done committed (a committing request
+        whose resume ran out of time on a slower worker)."""
         calls = sum(r.session_id == request.session_id
                     for r in self.generate_requests)
         if calls == 1:
@@ -136,11 +139,15 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
                 index=0, tokens=[1, 2], text_utf8=b"ab",
                 start_input_offset=7))
             context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
-        if request.session_id == "shorter":
+        if request.session_id in ("shorter", "shorter-committed"):
             yield pb.GenerateResponse(chunk=pb.GenerateChunk(
                 index=0, tokens=[1], text_utf8=b"a", start_input_offset=7))
+            committed = request.session_id == "shorter-committed"
             yield pb.GenerateResponse(done=pb.GenerateDone(
-                finish_reason=pb.FINISH_REASON_STOP_TOKEN))
+                finish_reason=pb.FINISH_REASON_STOP_TOKEN,
+                committed=committed, position=12 if committed else 0,
+                input_offset=8 if committed else 0,
+                version=5 if committed else 0))
             return
         if (request.session_id == "moved" or
                 not request.HasField("expected_input_offset") or

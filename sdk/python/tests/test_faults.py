@@ -250,17 +250,19 @@ def test_only_the_first_chunk_says_where_the_generation_started(fake, aio):
     assert [ch.start_input_offset for ch in chunks] == [7, None]
 
 
-def generate_from(fake, session_id, aio, delivered):
+def generate_from(fake, session_id, aio, delivered, commit=False):
     """Generates 3 tokens on `session_id` of the fake (sync or asyncio
     client), appending what is delivered to `delivered`."""
     async def consume_async():
         async with AsyncClient(fake.address, **fast_retries()) as c:
-            async for chunk in c.session(session_id).generate(max_tokens=3):
+            async for chunk in c.session(session_id).generate(
+                    max_tokens=3, commit=commit):
                 delivered.extend(chunk.tokens)
 
     def consume():
         with Client(fake.address, **fast_retries()) as c:
-            for chunk in c.session(session_id).generate(max_tokens=3):
+            for chunk in c.session(session_id).generate(max_tokens=3,
+                                                        commit=commit):
                 delivered.extend(chunk.tokens)
     asyncio.run(consume_async()) if aio else consume()
 
@@ -287,6 +289,23 @@ def test_a_resume_that_ends_before_the_delivered_output_is_not_joined(
     assert not is_retryable(e.value)
     assert "before the 2 already delivered" in e.value.message
     assert delivered == [1, 2]
+    assert e.value.metadata.get("committed") is None
+
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_a_committed_resume_that_ends_short_says_where_the_session_is(
+        fake, aio):
+    # The server committed the resumed call's shorter output: the caller
+    # saw more than the session holds, and the error says where it is.
+    delivered = []
+    with pytest.raises(StatestreamError) as e:
+        generate_from(fake, "shorter-committed", aio, delivered, commit=True)
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert not is_retryable(e.value)
+    assert delivered == [1, 2]
+    assert e.value.metadata == {"committed": "true", "position": "12",
+                                "input_offset": "8", "version": "5"}
+    assert "the session is at input_offset 8 (version 5)" in e.value.message
 
 
 @pytest.mark.parametrize("aio", [False, True])
