@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // SessionManager's internals, shared by its source files:
-//   session_manager.cc            the public calls (sessions, versions,
-//                                 import/export) and creates;
+//   session_manager.cc            the public session calls and creates;
+//   session_manager_versions.cc   versions, rollback, export and import;
 //   session_manager_residency.cc  loading, eviction, the per-session strand,
 //                                 lease renewal, the idle policy and drain;
 //   session_manager_commits.cc    commits, checkpoints and the Append
