@@ -74,6 +74,15 @@ constexpr uint64_t kHiddenKnown = ~uint64_t{0};
 // FAILED_PRECONDITION for logits asked of a state without last_hidden.
 absl::Status NoHidden(const char* field);
 
+// FAILED_PRECONDITION/VERSION_MISMATCH (metadata head_version) unless the
+// head is the version the caller `expected` (none: any).
+absl::Status CheckExpectedHead(std::optional<uint64_t> expected, uint64_t head);
+
+// Whether a session's TTL lets it expire (set, not pinned).
+inline bool Expires(absl::Duration ttl) {
+  return ttl > absl::ZeroDuration() && ttl < absl::InfiniteDuration();
+}
+
 // The incomplete UTF-8 character at the end of a tokenizer tail: the carry
 // of the text so far when the tail holds the whole character.
 std::string TailCarry(const std::string& tail);
@@ -255,8 +264,7 @@ class SessionManager::Impl {
   // A session of idle TTL `ttl` is resident: the sweep must look at it at
   // least every ttl / 4 (see CommitIfWaited).
   void SweepSoonFor(absl::Duration ttl) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (ttl > absl::ZeroDuration() && ttl < absl::InfiniteDuration() &&
-        clock_->Now() + ttl / 4 < sweep_at_) {
+    if (Expires(ttl) && clock_->Now() + ttl / 4 < sweep_at_) {
       sweep_now_ = true;
     }
   }
@@ -530,9 +538,8 @@ class SessionManager::Impl {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu) {
     if (dirty_since == absl::InfiniteFuture()) return dirty_since;
     absl::Time due = dirty_since + opt_.checkpoint_interval;
-    const absl::Duration ttl = s->view.ttl;
-    if (ttl > absl::ZeroDuration() && ttl < absl::InfiniteDuration()) {
-      due = std::min(due, s->view.update_time + ttl / 2);
+    if (Expires(s->view.ttl)) {
+      due = std::min(due, s->view.update_time + s->view.ttl / 2);
     }
     return due;
   }

@@ -76,6 +76,15 @@ absl::Status NoHidden(const char* field) {
                    {{"field", field}});
 }
 
+absl::Status CheckExpectedHead(std::optional<uint64_t> expected,
+                               uint64_t head) {
+  if (!expected || *expected == head) return absl::OkStatus();
+  return MakeError(absl::StatusCode::kFailedPrecondition,
+                   Reason::kVersionMismatch,
+                   absl::StrCat("the head is version ", head),
+                   {{"head_version", absl::StrCat(head)}});
+}
+
 std::string TailCarry(const std::string& tail) {
   return tail.substr(Utf8CompletePrefixLength(tail));
 }
@@ -262,12 +271,7 @@ absl::StatusOr<CommitResult> SessionManager::Impl::WriteOverUnloadableHead(
   }
   SS_ASSIGN_OR_RETURN(SessionHead head, store_->GetHead(key));
   SS_RETURN_IF_ERROR(CheckHeadModel(head));
-  if (expected && *expected != head.head.version) {
-    return MakeError(absl::StatusCode::kFailedPrecondition,
-                     Reason::kVersionMismatch,
-                     absl::StrCat("the head is version ", head.head.version),
-                     {{"head_version", absl::StrCat(head.head.version)}});
-  }
+  SS_RETURN_IF_ERROR(CheckExpectedHead(expected, head.head.version));
   SS_ASSIGN_OR_RETURN(Lease lease,
                       store_->AcquireLease(key, opt_.owner, opt_.lease_ttl,
                                            /*takeover=*/true));
@@ -657,10 +661,7 @@ absl::Time SessionManager::Impl::CommitIfWaited(
   {
     absl::MutexLock lock(&s->mu);
     if (s->gone != Session::Gone::kNo) return absl::InfiniteFuture();
-    const absl::Duration ttl = s->view.ttl;
-    if (ttl > absl::ZeroDuration() && ttl < absl::InfiniteDuration()) {
-      look_again = clock_->Now() + ttl / 4;
-    }
+    if (Expires(s->view.ttl)) look_again = clock_->Now() + s->view.ttl / 4;
     const absl::Time due = CommitDue(s.get(), s->dirty_hint);
     if (due == absl::InfiniteFuture()) return look_again;  // nothing waits
     if (clock_->Now() < due) return due;

@@ -44,6 +44,25 @@ absl::Status CallWentAway() {
   return absl::CancelledError("the call went away before its turn");
 }
 
+// The commit of imported `snap` as the version of session `key` after
+// `head`, under `fence`: the session keeps its fork origin.
+CommitRequest ImportCommit(const SessionKey& key, const SessionHead& head,
+                           uint64_t fence, const StateSnapshot& snap,
+                           Durability durability,
+                           const std::string& request_id) {
+  CommitRequest r;
+  r.key = key;
+  r.expected_version = head.head.version;
+  r.fence = fence;
+  r.state = snap;
+  r.state.parent_session_id = head.parent_session_id;
+  r.state.parent_version = head.parent_version;
+  r.durability = durability;
+  r.cause = VersionCause::kImport;
+  r.request_id = request_id;
+  return r;
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<VersionInfo>> SessionManager::ListVersions(
@@ -114,12 +133,7 @@ void SessionManager::RollbackAsync(
                                                    nullptr, &turn->committed));
         if (turn->retried) return SessionView{};
         const uint64_t head = s->head.head.version;
-        if (expected && *expected != head) {
-          return MakeError(absl::StatusCode::kFailedPrecondition,
-                           Reason::kVersionMismatch,
-                           absl::StrCat("the head is version ", head),
-                           {{"head_version", absl::StrCat(head)}});
-        }
+        SS_RETURN_IF_ERROR(CheckExpectedHead(expected, head));
         auto res = m->store_->Rollback(s->key, head, s->fence, version,
                                        m->Dur(durability), request_id);
         if (!res.ok()) {
@@ -368,17 +382,9 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
         tenant, params.session_id, params.request_id, digest,
         m.WriteOverUnloadableHead(
             key, expected, [&](const SessionHead& head, uint64_t fence) {
-              snap.parent_session_id = head.parent_session_id;
-              snap.parent_version = head.parent_version;
-              CommitRequest r;
-              r.key = key;
-              r.expected_version = head.head.version;
-              r.fence = fence;
-              r.state = snap;
-              r.durability = m.Dur(params.durability);
-              r.cause = VersionCause::kImport;
-              r.request_id = params.request_id;
-              return m.store_->Commit(r);
+              return m.store_->Commit(ImportCommit(key, head, fence, snap,
+                                                   m.Dur(params.durability),
+                                                   params.request_id));
             }));
   }
   SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s, std::move(resident));
@@ -399,23 +405,10 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
                             m.Seen(tenant, params.request_id, digest,
                                    &turn->seen_id, &turn->committed));
         if (turn->retried) return SessionView{};
-        const uint64_t head = s->head.head.version;
-        if (expected && *expected != head) {
-          return MakeError(absl::StatusCode::kFailedPrecondition,
-                           Reason::kVersionMismatch,
-                           absl::StrCat("the head is version ", head),
-                           {{"head_version", absl::StrCat(head)}});
-        }
-        snap.parent_session_id = s->head.parent_session_id;
-        snap.parent_version = s->head.parent_version;
-        CommitRequest r;
-        r.key = s->key;
-        r.expected_version = head;
-        r.fence = s->fence;
-        r.state = snap;
-        r.durability = m.Dur(params.durability);
-        r.cause = VersionCause::kImport;
-        r.request_id = params.request_id;
+        SS_RETURN_IF_ERROR(CheckExpectedHead(expected, s->head.head.version));
+        CommitRequest r =
+            ImportCommit(s->key, s->head, s->fence, snap,
+                         m.Dur(params.durability), params.request_id);
         auto res = m.store_->Commit(r);
         if (!res.ok()) {
           if (GetReason(res.status()) == Reason::kFenced) {
@@ -431,7 +424,7 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
         }
         m.Remember(tenant, params.request_id, params.session_id, digest,
                    res->version.version);
-        LoadedVersion v{res->version, std::move(snap)};
+        LoadedVersion v{res->version, std::move(r.state)};
         SS_RETURN_IF_ERROR(m.LoadInto(s.get(), v, &res->session));
         absl::MutexLock lock(&s->mu);
         return s->view;
