@@ -199,7 +199,7 @@ class MemoryStateStore final : public StateStore {
         it = sessions_.erase(it);
         continue;
       }
-      if (store_internal::LabelsMatch(s.head.labels, r.label_filter)) {
+      if (store_internal::ListedBy(r, s.head)) {
         if (!store_internal::AddToPage(r, HeadOf(s, now), &page)) break;
       }
       ++it;

@@ -68,9 +68,7 @@ absl::StatusOr<ListSessionsPage> RedisStateStore::ListSessions(
         SS_RETURN_IF_ERROR(DropFromIndex(key));
         continue;
       }
-      if (!LabelsMatch(head->labels, req.label_filter)) {
-        continue;
-      }
+      if (!ListedBy(req, *head)) continue;
       if (!AddToPage(req, *std::move(head), &page)) return page;
     }
     if (ids->elements < 100) return page;

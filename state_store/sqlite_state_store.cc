@@ -279,7 +279,7 @@ class SqliteStateStore final : public StateStore {
         continue;
       }
       SS_RETURN_IF_ERROR(h.status());
-      if (!si::LabelsMatch(h->labels, r.label_filter)) continue;
+      if (!si::ListedBy(r, *h)) continue;
       if (!si::AddToPage(r, *std::move(h), &page)) break;
     }
     SS_RETURN_IF_ERROR(s.status());

@@ -215,6 +215,8 @@ struct ListSessionsRequest {
   std::string page_token;  // "" = first page; else a next_page_token
   // Only sessions whose labels include every pair here.
   std::map<std::string, std::string> label_filter;
+  // Only sessions bound to this model; "" = any.
+  std::string model_filter;
   // When > 0, a page also ends before the session that would take the
   // heads' estimated encoded size past this (it holds one at least), so a
   // page of sessions with many labels fits in a response.

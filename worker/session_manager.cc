@@ -266,13 +266,13 @@ SessionManager::ListSessions(const std::string& tenant, int page_size,
   r.page_size = page_size <= 0 ? 50 : std::min(page_size, 1000);
   r.page_token = page_token;
   r.label_filter = labels;
+  r.model_filter = model_id;
   // Well under gRPC's default 4 MiB receive limit: 1,000 sessions with
   // 64 labels of 318 bytes each would be ~20 MB.
   r.max_bytes = kMaxListBytes;
   SS_ASSIGN_OR_RETURN(ListSessionsPage page, impl_->store_->ListSessions(r));
   std::pair<std::vector<SessionView>, std::string> out;
   for (const SessionHead& h : page.sessions) {
-    if (!model_id.empty() && h.model_id != model_id) continue;
     out.first.push_back(impl_->ViewOfHead(h));
   }
   out.second = page.next_page_token;

@@ -166,11 +166,13 @@ bool AddToPage(const ListSessionsRequest& r, SessionHead head,
   return true;
 }
 
-bool LabelsMatch(const std::map<std::string, std::string>& labels,
-                 const std::map<std::string, std::string>& filter) {
-  for (const auto& [k, v] : filter) {
-    auto it = labels.find(k);
-    if (it == labels.end() || it->second != v) return false;
+bool ListedBy(const ListSessionsRequest& r, const SessionHead& head) {
+  if (!r.model_filter.empty() && head.model_id != r.model_filter) {
+    return false;
+  }
+  for (const auto& [k, v] : r.label_filter) {
+    auto it = head.labels.find(k);
+    if (it == head.labels.end() || it->second != v) return false;
   }
   return true;
 }

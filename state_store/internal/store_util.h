@@ -35,8 +35,8 @@ std::string MakePageToken(absl::string_view last_session_id);
 bool AddToPage(const ListSessionsRequest& r, SessionHead head,
                ListSessionsPage* page);
 
-bool LabelsMatch(const std::map<std::string, std::string>& labels,
-                 const std::map<std::string, std::string>& filter);
+// Whether `head` passes `r`'s filters (labels and model).
+bool ListedBy(const ListSessionsRequest& r, const SessionHead& head);
 
 absl::Status SessionNotFound(const SessionKey& key);
 absl::Status SessionExists(const SessionKey& key);

@@ -139,6 +139,33 @@ TEST_P(StateStoreContractTest, ListSessionsPagesFiltersAndIsolatesTenants) {
   EXPECT_ERROR(store_->ListSessions(req), kInvalidArgument, kInvalidArgument);
 }
 
+// The model filter is applied as the store reads, as the label filter
+// is: a page of page_size holds that many sessions of the model when
+// that many exist, however many sessions of other models lie between.
+TEST_P(StateStoreContractTest, ListSessionsFiltersByModelAsItReads) {
+  for (int i = 0; i < 9; ++i) {
+    CreateSessionRequest r = Create({"acme", absl::StrCat("m", i)});
+    if (i % 3 == 2) r.model_id = "other";
+    ASSERT_OK(store_->CreateSession(r));
+  }
+  ListSessionsRequest req;
+  req.tenant = "acme";
+  req.page_size = 2;
+  req.model_filter = "other";
+  auto page = store_->ListSessions(req);
+  ASSERT_OK(page);
+  ASSERT_EQ(page->sessions.size(), 2u);
+  EXPECT_EQ(page->sessions[0].key.session_id, "m2");
+  EXPECT_EQ(page->sessions[1].key.session_id, "m5");
+  req.page_token = page->next_page_token;
+  page = store_->ListSessions(req);
+  ASSERT_OK(page);
+  ASSERT_EQ(page->sessions.size(), 1u);
+  EXPECT_EQ(page->sessions[0].key.session_id, "m8");
+  EXPECT_EQ(page->sessions[0].model_id, "other");
+  EXPECT_EQ(page->next_page_token, "");
+}
+
 // A page also ends at max_bytes of heads (one head at least), so sessions
 // with many labels page through a response size limit: every session
 // once, in order.
