@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 #include <system_error>
 
 #include "absl/container/flat_hash_set.h"
@@ -76,7 +77,9 @@ absl::Status Model::ValidateBatch(absl::Span<const SequenceWork> batch) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<Model>> LoadModel(
+namespace {
+
+absl::StatusOr<std::unique_ptr<Model>> LoadOnDevice(
     std::shared_ptr<const WeightFile> file, const ModelOptions& options) {
   if (!options.device.empty() && options.device != "cpu" &&
       options.device != "cuda") {
@@ -113,24 +116,50 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(
     return CudaDeviceStatus();
 #endif
   }
-  // Detection by key set, in the order of docs/architectures.md. The
-  // model's thread pool starts its threads as it is made: a process (or
-  // pod) out of threads or address space is an error, not an abort.
-  try {
-    if (LooksLikeRwkv7(*file)) return LoadRwkv7(std::move(file), options);
-    if (LooksLikeRwkv6(*file)) return LoadRwkv6(std::move(file), options);
-    if (LooksLikeRwkv5(*file)) return LoadRwkv5(std::move(file), options);
-    if (LooksLikeRwkv4(*file)) return LoadRwkv4(std::move(file), options);
-  } catch (const std::system_error& e) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cannot start the engine's threads (--threads ",
-                     options.threads, "): ", e.what()));
+  // Detection by key set, in the order of docs/architectures.md.
+  if (LooksLikeRwkv7(*file)) return LoadRwkv7(std::move(file), options);
+  if (LooksLikeRwkv6(*file)) return LoadRwkv6(std::move(file), options);
+  if (LooksLikeRwkv5(*file)) return LoadRwkv5(std::move(file), options);
+  if (LooksLikeRwkv4(*file)) {
+    // RWKV-5.0/5.1 keep v4's time_first name (per head) and add ln_x.
+    if (file->Find("blocks.0.att.ln_x.weight") != nullptr) {
+      return InvalidArgumentError(
+          Reason::kInvalidModelFile,
+          "unsupported architecture: RWKV-5.0/5.1 (att.time_first with "
+          "att.ln_x); x052 and later are supported");
+    }
+    return LoadRwkv4(std::move(file), options);
   }
   return InvalidArgumentError(
       Reason::kInvalidModelFile,
       "unsupported architecture: the tensor names match no known RWKV "
       "version (x070 needs blocks.0.att.r_k and att.w0, x060 att.time_maa_x, "
       "x052 att.time_faaaa with a 2-D att.time_decay, v4 att.time_first)");
+}
+
+absl::Status OutOfMemory(const ModelOptions& options) {
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "out of memory loading the model (", options.threads,
+      " threads; the weights need about the file's size, or 1/4 of it as "
+      "int8 from fp32)"));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Model>> LoadModel(
+    std::shared_ptr<const WeightFile> file, const ModelOptions& options) {
+  // A process (or pod) out of memory, threads or address space gets an
+  // error, not an abort: the weight arena's mappings throw bad_alloc, the
+  // model's thread pool (started as it is made) system_error.
+  try {
+    return LoadOnDevice(std::move(file), options);
+  } catch (const std::bad_alloc&) {
+    return OutOfMemory(options);
+  } catch (const std::system_error& e) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot start the engine's threads (--threads ",
+                     options.threads, "): ", e.what()));
+  }
 }
 
 #ifndef STATESTREAM_HAVE_CUDA
@@ -143,8 +172,15 @@ absl::Status CudaDeviceStatus() {
 
 absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path,
                                                  const ModelOptions& options) {
-  SS_ASSIGN_OR_RETURN(std::unique_ptr<WeightFile> file, WeightFile::Open(path));
-  return LoadModel(std::shared_ptr<const WeightFile>(std::move(file)), options);
+  absl::StatusOr<std::unique_ptr<WeightFile>> file;
+  try {
+    file = WeightFile::Open(path);
+  } catch (const std::bad_alloc&) {
+    return OutOfMemory(options);
+  }
+  if (!file.ok()) return file.status();
+  return LoadModel(std::shared_ptr<const WeightFile>(*std::move(file)),
+                   options);
 }
 
 }  // namespace statestream::engine

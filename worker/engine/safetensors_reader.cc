@@ -9,7 +9,9 @@
 #include <exception>
 #include <string>
 #include <utility>
+#include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine/weight_file_internal.h"
@@ -98,21 +100,26 @@ absl::StatusOr<TensorView> ParseTensor(const std::string& name,
 }
 
 // Limits on a header's shape that every real file is far inside.
-constexpr int kMaxHeaderDepth = 3;          // {"t": {"shape": [..]}}
-constexpr int kMaxArrayElements = 64;       // shape (rank) and data_offsets
-constexpr size_t kMaxHeaderKeys = 1 << 20;  // 4 a tensor, plus metadata
+constexpr int kMaxHeaderDepth = 3;     // {"t": {"shape": [..]}}
+constexpr int kMaxArrayElements = 64;  // shape (rank) and data_offsets
+// Object members plus array elements: ~8 a tensor (its object, three
+// members, a shape and two offsets), so 2^20 is ~130,000 tensors.
+constexpr size_t kMaxHeaderValues = 1 << 20;
 
-// The parsed tree costs ~64-80 bytes a value: 100 MiB of `[` or of `0,`
+// The parsed tree costs ~50-80 bytes a value: 100 MiB of `[` or of `{},`
 // would take gigabytes before any field is looked at. A real header is
 // objects three deep whose arrays are a shape and two offsets, so a
-// deeper nesting, a longer array or more keys is refused first, from the
-// text alone (outside strings), and the tree stays within a small multiple
-// of the header.
+// deeper nesting, a longer array or more values is refused first, from
+// the text alone (outside strings): the tree stays under ~100 MB.
 absl::Status CheckHeaderShape(absl::string_view header) {
   char open[kMaxHeaderDepth];
   int elements[kMaxHeaderDepth];
   int depth = 0;
-  size_t keys = 0;
+  size_t values = 0;
+  auto too_many = [] {
+    return BadFile(absl::StrCat("safetensors: header has more than ",
+                                kMaxHeaderValues, " values"));
+  };
   bool in_string = false, escaped = false;
   for (char c : header) {
     if (in_string) {
@@ -138,23 +145,25 @@ absl::Status CheckHeaderShape(absl::string_view header) {
         open[depth] = c;
         elements[depth] = 1;
         ++depth;
+        // An array's first element (a `[]` counts one: a bound suffices).
+        if (c == '[' && ++values > kMaxHeaderValues) return too_many();
         break;
       case '}':
       case ']':
         if (depth > 0) --depth;  // a mismatch is the parser's to report
         break;
       case ',':
-        if (depth > 0 && open[depth - 1] == '[' &&
-            ++elements[depth - 1] > kMaxArrayElements) {
-          return BadFile(absl::StrCat("safetensors: header array longer than ",
-                                      kMaxArrayElements, " elements"));
+        if (depth > 0 && open[depth - 1] == '[') {
+          if (++elements[depth - 1] > kMaxArrayElements) {
+            return BadFile(
+                absl::StrCat("safetensors: header array longer than ",
+                             kMaxArrayElements, " elements"));
+          }
+          if (++values > kMaxHeaderValues) return too_many();
         }
         break;
       case ':':
-        if (++keys > kMaxHeaderKeys) {
-          return BadFile(absl::StrCat("safetensors: header has more than ",
-                                      kMaxHeaderKeys, " keys"));
-        }
+        if (++values > kMaxHeaderValues) return too_many();
         break;
       default:
         break;
@@ -168,9 +177,29 @@ absl::StatusOr<TensorMap> ParseHeader(absl::string_view header,
   if (absl::Status shape = CheckHeaderShape(header); !shape.ok()) {
     return shape;
   }
-  Json root = Json::parse(header.begin(), header.end(), /*cb=*/nullptr,
+  // A key twice in one object (two entries for one tensor) is refused:
+  // the parser would keep the last, another reader the first.
+  std::vector<absl::flat_hash_set<std::string>> keys;
+  std::string duplicate;
+  auto note_keys = [&](int /*depth*/, Json::parse_event_t event, Json& j) {
+    if (event == Json::parse_event_t::object_start) {
+      keys.emplace_back();
+    } else if (event == Json::parse_event_t::object_end) {
+      if (!keys.empty()) keys.pop_back();
+    } else if (event == Json::parse_event_t::key && !keys.empty() &&
+               !keys.back().insert(j.get<std::string>()).second &&
+               duplicate.empty()) {
+      duplicate = j.get<std::string>();
+    }
+    return true;
+  };
+  Json root = Json::parse(header.begin(), header.end(), note_keys,
                           /*allow_exceptions=*/false);
   if (root.is_discarded()) return BadFile("safetensors: header is not JSON");
+  if (!duplicate.empty()) {
+    return BadFile(absl::StrCat("safetensors: key '", duplicate,
+                                "' appears twice in one object"));
+  }
   if (!root.is_object()) {
     return BadFile("safetensors: header is not a JSON object");
   }

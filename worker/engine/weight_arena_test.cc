@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "common/status.h"
 #include "common/testing/scratch_dir.h"
 #include "worker/engine/huge_pages.h"
 #include "worker/engine/kernels.h"
@@ -177,24 +178,31 @@ TEST(WeightArenaTest, LoadedMatricesOwnTheirArena) {
 
 // `vals` (2 rows of 64) written as a safetensors file `name` under
 // the process's scratch directory and loaded back with int8 weights into
-// `m`.
+// `m`; the load's status (refused for non-finite weights) in `*status`
+// when given, else it must succeed.
 void LoadInt8(const std::string& name, const std::vector<float>& vals,
-              Matrix* m) {
+              Matrix* m, absl::Status* status = nullptr) {
   const std::string path =
       ::statestream::testing::ProcessScratchDir().File(name);
   ASSERT_TRUE(WriteSafetensors(path, {{"m", {2, 64}, vals}}, DType::kF32).ok());
   auto file = WeightFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();
   WeightLoader ld(std::move(*file), WeightPrecision::kInt8);
-  ASSERT_TRUE(ld.Mat("m", 2, 64, m).ok());
+  absl::Status s = ld.Mat("m", 2, 64, m);
+  if (status != nullptr) {
+    *status = s;
+  } else {
+    ASSERT_TRUE(s.ok()) << s;
+  }
   ASSERT_NE(m->i8, nullptr);
 }
 
 }  // namespace
 
-// int8 weights from a row with NaN and +-Inf: the scale covers the finite
-// weights, Inf saturates to +-127 and NaN reads 0 (its cast used to be
-// undefined, and an Inf zeroed the whole row's scale).
+// int8 weights from a row with NaN and +-Inf: the load is refused, naming
+// the count, and the quantizing on the way is defined: the scale covers
+// the finite weights, Inf saturates to +-127 and NaN reads 0 (its cast
+// used to be undefined, and an Inf zeroed the whole row's scale).
 TEST(WeightArenaTest, NonFiniteWeightsQuantizeToDefinedValues) {
   std::vector<float> vals(2 * 64, 1.0f);
   vals[3] = std::nanf("");
@@ -202,7 +210,13 @@ TEST(WeightArenaTest, NonFiniteWeightsQuantizeToDefinedValues) {
   vals[6] = -std::numeric_limits<float>::infinity();
   vals[7] = -2.0f;
   Matrix m;
-  ASSERT_NO_FATAL_FAILURE(LoadInt8("nonfinite_test.safetensors", vals, &m));
+  absl::Status status;
+  ASSERT_NO_FATAL_FAILURE(
+      LoadInt8("nonfinite_test.safetensors", vals, &m, &status));
+  EXPECT_EQ(GetReason(status), Reason::kInvalidModelFile) << status;
+  EXPECT_NE(status.message().find("tensor m holds 3 NaN or infinite"),
+            std::string::npos)
+      << status;
   EXPECT_FLOAT_EQ(m.scale[0], 2.0f / 127);
   float row[64];
   m.ReadRow(0, row);

@@ -253,7 +253,9 @@ absl::StatusOr<std::unique_ptr<WeightFile>> WeightFile::FromBuffer(
 
 absl::StatusOr<std::unique_ptr<WeightFile>> WeightFile::Open(
     const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer (it is then
+  // refused as not a regular file).
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     return MakeError(absl::StatusCode::kNotFound, Reason::kInvalidModelFile,
                      absl::StrCat(path, ": cannot open: ", strerror(errno)));
@@ -270,6 +272,10 @@ absl::StatusOr<std::unique_ptr<WeightFile>> WeightFile::Open(
     if (addr == MAP_FAILED) {
       int err = errno;
       close(fd);
+      if (err == ENOMEM) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            path, ": cannot map ", size, " bytes: ", strerror(err)));
+      }
       return internal::BadFile(
           absl::StrCat(path, ": mmap failed: ", strerror(err)));
     }

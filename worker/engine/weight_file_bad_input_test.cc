@@ -457,6 +457,20 @@ TEST(WeightFileBadInput, SafetensorsHeader) {
   for (int i = 0; i < 64; ++i) long_shape += ",1";
   ExpectBad(St(long_shape + R"(],"data_offsets":[0,16]}})"),
             "array longer than 64 elements");
+  // One tensor named twice (the parser would keep the second), or one
+  // field twice in a tensor's object.
+  ExpectBad(St(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
+               R"("w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}})"),
+            "key 'w' appears twice");
+  ExpectBad(St(R"({"w":{"dtype":"F32","shape":[4],"shape":[2,2],)"
+               R"("data_offsets":[0,16]}})"),
+            "key 'shape' appears twice");
+  // The same member name in different objects is no duplicate.
+  auto two = WeightFile::FromBuffer(BuildSafetensors(
+      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+      R"("b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})",
+      Bytes(kFour)));
+  EXPECT_TRUE(two.ok()) << two.status();
 }
 
 // What a hostile header costs is bounded by the header's shape, refused
@@ -475,13 +489,24 @@ TEST(WeightFileBadInputDeathTest, AHostileHeaderCostsLittleMemory) {
         for (int i = 0; i < (8 << 20); ++i) zeros += "0,";
         zeros += R"(0],"data_offsets":[0,16]}})";
         const bool wide = !WeightFile::FromBuffer(St(zeros)).ok();
+        // Within every depth and length bound, 40 MiB of short arrays of
+        // empty objects: ~13M values, a tree of ~1 GB.
+        std::string many = "{";
+        std::string arrays = "[{}";
+        for (int i = 1; i < 64; ++i) arrays += ",{}";
+        arrays += "]";
+        for (int i = 0; many.size() < (40u << 20); ++i) {
+          absl::StrAppend(&many, i ? "," : "", "\"k", i, "\":", arrays);
+        }
+        many += "}";
+        const bool values = !WeightFile::FromBuffer(St(many)).ok();
         struct rusage after {};
         getrusage(RUSAGE_SELF, &after);
         // The images are 16 MiB each (with copies, and ASan's quarantine);
         // the trees took 1.3 GB and more.
         const long grew_kib = after.ru_maxrss - before.ru_maxrss;
         std::fprintf(stderr, "peak RSS grew by %ld KiB\n", grew_kib);
-        std::_Exit(deep && wide && grew_kib < (512 << 10) ? 0 : 1);
+        std::_Exit(deep && wide && values && grew_kib < (512 << 10) ? 0 : 1);
       },
       ::testing::ExitedWithCode(0), "peak RSS grew by");
 }

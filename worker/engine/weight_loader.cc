@@ -81,6 +81,17 @@ void PutRow(const Matrix& m, const T* row, int r, T* dst) {
   }
 }
 
+// Bits of an exponent of all ones: NaN or an infinity.
+int64_t CountNonFinite(const float* v, int64_t n) {
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, v + i, sizeof(bits));
+    bad += (bits & 0x7f800000u) == 0x7f800000u;
+  }
+  return bad;
+}
+
 template <typename T>
 void ReadAs(const TensorView& t, T* out) {
   if constexpr (sizeof(T) == 4) {
@@ -166,9 +177,11 @@ void WeightLoader::Quantize(int rows, int cols,
     // scale 0 (and zeros), and so does one whose max |w| is below 127 /
     // FLT_MAX (~3.7e-37), where 1 / scale would overflow and every nonzero
     // weight read back as +-max: the rule of the activations
-    // (QuantizeRows). Non-finite weights saturate: +-Inf to +-127, NaN to
-    // 0 (casting a NaN to an integer is undefined).
+    // (QuantizeRows). Non-finite weights are counted (the load then fails:
+    // CheckFinite) and saturate meanwhile: +-Inf to +-127, NaN to 0
+    // (casting a NaN to an integer is undefined).
     float amax = 0;
+    nonfinite_ += CountNonFinite(row.data(), cols);
     for (float v : row) {
       if (std::isfinite(v)) amax = std::max(amax, std::fabs(v));
     }
@@ -276,6 +289,7 @@ void WeightLoader::HashHeader(absl::string_view name,
 }
 
 void WeightLoader::HashValues(const float* v, int64_t n) {
+  nonfinite_ += CountNonFinite(v, n);
   XXH3_128bits_update(hash_, v, sizeof(float) * n);
 }
 
@@ -284,8 +298,18 @@ void WeightLoader::HashValues(const uint16_t* v, int64_t n) {
   for (int64_t i = 0; i < n; i += 4096) {
     const int64_t m = n - i < 4096 ? n - i : 4096;
     for (int64_t j = 0; j < m; ++j) buf[j] = BF16ToF32(v[i + j]);
+    nonfinite_ += CountNonFinite(buf, m);
     XXH3_128bits_update(hash_, buf, sizeof(float) * m);
   }
+}
+
+absl::Status WeightLoader::CheckFinite(absl::string_view name) {
+  const int64_t bad = nonfinite_;
+  nonfinite_ = 0;
+  if (bad == 0) return absl::OkStatus();
+  return BadFile(
+      absl::StrCat("tensor ", name, " holds ", bad,
+                   " NaN or infinite values (a corrupt checkpoint)"));
 }
 
 void WeightLoader::HashInt8(absl::string_view name,
@@ -314,7 +338,7 @@ absl::Status WeightLoader::Vector(absl::string_view name, int64_t numel,
   params_ += numel;
   HashHeader(name, {numel});
   HashValues(out->data(), numel);
-  return absl::OkStatus();
+  return CheckFinite(name);
 }
 
 absl::Status WeightLoader::Mat(absl::string_view name, int rows, int cols,
@@ -347,7 +371,7 @@ absl::Status WeightLoader::Mat(absl::string_view name, int rows, int cols,
     ReleaseSource(*t);
     params_ += n;
     HashInt8(name, {rows, cols}, *out);
-    return absl::OkStatus();
+    return CheckFinite(name);
   }
   const bool want_bf16 =
       precision_ == WeightPrecision::kBF16 ||
@@ -360,7 +384,7 @@ absl::Status WeightLoader::Mat(absl::string_view name, int rows, int cols,
     CopyMatrix<float>(*t, out);
   }
   params_ += n;
-  return absl::OkStatus();
+  return CheckFinite(name);
 }
 
 absl::Status WeightLoader::MatT(absl::string_view name, int rows, int cols,
@@ -384,7 +408,7 @@ absl::Status WeightLoader::MatT(absl::string_view name, int rows, int cols,
         out);
     params_ += n;
     HashInt8(name, {rows, cols}, *out);
-    return absl::OkStatus();
+    return CheckFinite(name);
   }
   out->rows = cols;
   out->cols = rows;
@@ -412,7 +436,7 @@ absl::Status WeightLoader::MatT(absl::string_view name, int rows, int cols,
   params_ += n;
   HashHeader(name, {rows, cols});
   HashValues(tmp.data(), n);
-  return absl::OkStatus();
+  return CheckFinite(name);
 }
 
 void WeightLoader::Adopt(const std::vector<float>& row_major, int rows,

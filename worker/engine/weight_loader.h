@@ -123,6 +123,10 @@ class WeightLoader {
   // the products are the same too).
   void HashValues(const float* v, int64_t n);
   void HashValues(const uint16_t* v, int64_t n);
+  // Every weight read (hashed or quantized) must be finite: a NaN or an
+  // infinity makes every output NaN (fp32) or silently another model
+  // (int8 saturates them), so the file is refused, naming the tensor.
+  absl::Status CheckFinite(absl::string_view name);
   // Room in the arena for `out`'s rows x cols values of T (fp32 or bf16)
   // in the configured layout, set as out->f32 or out->bf16, with
   // out->panels set and the panels' padding zeroed.
@@ -148,6 +152,8 @@ class WeightLoader {
   MatrixLayout layout_;
   Bf16Activations bf16_activations_ = Bf16Activations::kDefault;
   int64_t params_ = 0;
+  // NaN and infinite weights read since the last CheckFinite.
+  int64_t nonfinite_ = 0;
   // Matrix weights loaded as fp32, bf16 and int8.
   int64_t matrix_weights_[3] = {0, 0, 0};
   XXH3_state_t* hash_;

@@ -8,14 +8,14 @@ set(SS_WEIGHTS_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/pickle_ops.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/pth_reader.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/safetensors_reader.cc)
-set(SS_WEIGHTS_DEPS ss_common absl::flat_hash_map absl::strings
-    nlohmann_json::nlohmann_json)
+set(SS_WEIGHTS_DEPS ss_common absl::flat_hash_map absl::flat_hash_set
+    absl::strings nlohmann_json::nlohmann_json)
 
 add_library(ss_weights ${SS_WEIGHTS_SOURCES})
 target_include_directories(ss_weights PUBLIC ${PROJECT_SOURCE_DIR})
 target_link_libraries(ss_weights PUBLIC ss_common absl::status absl::statusor
-                      PRIVATE absl::flat_hash_map absl::strings
-                      nlohmann_json::nlohmann_json)
+                      PRIVATE absl::flat_hash_map absl::flat_hash_set
+                      absl::strings nlohmann_json::nlohmann_json)
 
 if(STATESTREAM_BUILD_TESTS)
   ss_add_test(engine_weights_test
