@@ -237,15 +237,15 @@ void SetCommandName(absl::string_view name) {
   CommandName() = std::string(name);
 }
 
+std::string ReasonTag(const absl::Status& status) {
+  const std::string reason = GetReasonName(status);
+  if (reason.empty() || reason == ReasonName(Reason::kUnspecified)) return "";
+  return absl::StrCat(" [", reason, "]");
+}
+
 int ReportStatus(const absl::Status& status) {
   if (status.ok()) return kExitOk;
-  std::cerr << "error: " << status.message();
-  // By name: a reason newer than this build is still shown.
-  if (const std::string reason = GetReasonName(status);
-      !reason.empty() && reason != ReasonName(Reason::kUnspecified)) {
-    std::cerr << " [" << reason << "]";
-  }
-  std::cerr << "\n";
+  std::cerr << "error: " << status.message() << ReasonTag(status) << "\n";
   // UNAVAILABLE without a reason is the transport's, not a statestream
   // server's (its errors carry one); gRPC's words say whether a connection
   // was never made (a stream cut midway is UNAVAILABLE too).

@@ -70,6 +70,9 @@ void SetCommandName(absl::string_view name);
 // a UsageError the line "Run 'statestream COMMAND --help' for usage.".
 // Returns kExitOk for OK, kExitUsage for a UsageError, else kExitFailure.
 int ReportStatus(const absl::Status& status);
+// " [REASON]" for a status carrying a reason (by name: a reason newer than
+// this build is still shown), else "".
+std::string ReasonTag(const absl::Status& status);
 // ReportStatus(UsageError(message)): every command line that a command
 // refuses is reported the same way, whichever verb (client or server)
 // refused it. Returns kExitUsage.

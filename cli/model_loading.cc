@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/engine_flags.h"
@@ -167,10 +168,6 @@ absl::StatusOr<DeviceChoice> EngineFlagsAndDevice(absl::string_view role) {
 
 absl::StatusOr<ServedModel> LoadServedModel(const ModelSpec& spec,
                                             const DeviceChoice& device) {
-  if (!std::filesystem::is_regular_file(spec.path)) {
-    return absl::NotFoundError(
-        absl::StrCat("--model ", spec.path, ": no such file"));
-  }
   ServedModel out;
   out.model_id = spec.model_id;
   out.device = device.device;
@@ -187,9 +184,13 @@ absl::StatusOr<ServedModel> LoadServedModel(const ModelSpec& spec,
     model = engine::LoadModel(spec.path, options);
   }
   if (!model.ok()) {
-    return absl::Status(
-        model.status().code(),
-        absl::StrCat("--model ", spec.path, ": ", model.status().message()));
+    // With its reason (INVALID_MODEL_FILE, ...); the path once: a file's
+    // errors start with it, the loader's (a missing tensor) do not.
+    const absl::string_view message = model.status().message();
+    return WithMessage(model.status(), absl::StartsWith(message, spec.path)
+                                           ? absl::StrCat("--model ", message)
+                                           : absl::StrCat("--model ", spec.path,
+                                                          ": ", message));
   }
   out.model = *std::move(model);
   SS_ASSIGN_OR_RETURN(out.tokenizer, LoadServedTokenizer(*out.model, spec));

@@ -204,7 +204,8 @@ int RunServer(absl::string_view role, const ServerOptions& options,
   }
   server_options.tls = *std::move(tls);
   auto fail = [&](const absl::Status& status) {
-    std::cerr << "statestream " << role << ": " << status.message() << "\n";
+    std::cerr << "statestream " << role << ": " << status.message()
+              << ReasonTag(status) << "\n";
     return kExitFailure;
   };
   absl::StatusOr<ServiceSet> services = build();

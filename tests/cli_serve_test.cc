@@ -34,7 +34,22 @@ TEST(CliTest, UnusableDataDirOrModelFails) {
   r = Statestream(
       {"serve", "--listen=127.0.0.1:0", "--model=/nonexistent/model.pth"});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.err, HasSubstr("/nonexistent/model.pth"));
+  EXPECT_THAT(r.err, HasSubstr("serve: --model /nonexistent/model.pth: cannot "
+                               "open: No such file or directory "
+                               "[INVALID_MODEL_FILE]"));
+  // No regular file (a device that reads forever), and a file that is no
+  // model: each refused with the path once and the reason.
+  r = Statestream({"serve", "--listen=127.0.0.1:0", "--model=/dev/zero"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("serve: --model /dev/zero: not a regular file "
+                               "[INVALID_MODEL_FILE]"));
+  const std::string golden =
+      std::string(STATESTREAM_SHARED_DIR) + "/testdata/rwkv7-tiny.golden.json";
+  r = Statestream({"serve", "--listen=127.0.0.1:0", "--model=" + golden});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("serve: --model " + golden + ": "));
+  EXPECT_THAT(r.err, HasSubstr("[INVALID_MODEL_FILE]"));
+  EXPECT_EQ(r.err.find(golden), r.err.rfind(golden)) << r.err;
 }
 
 // The data directory serve creates, and the database in it, are private
