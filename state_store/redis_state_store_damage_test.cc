@@ -314,6 +314,28 @@ TEST(RedisStateStoreDamageTest, AHeadWithoutItsVersionHashIsCorrupt) {
   EXPECT_EQ(GetReason(store->GetHead(key).status()), Reason::kSessionNotFound);
 }
 
+// An index entry no session can have (an id that is no id, put there by
+// hand or another program) is dropped by the listing, not an
+// INVALID_ARGUMENT for the tenant's every listing (and so every create
+// at its session limit).
+TEST(RedisStateStoreDamageTest, AForeignIndexEntryIsDroppedFromListings) {
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  ASSERT_TRUE(
+      store->CreateSession(NewSession("kept", Durability::kMemory)).ok());
+  const std::string index = "ss:{t:acme}:sessions";
+  ASSERT_TRUE(server->Command({"ZADD", index, "0", "bad}id"}).ok());
+  ASSERT_TRUE(server->Command({"ZADD", index, "0", ""}).ok());
+  ListSessionsRequest list;
+  list.tenant = "acme";
+  auto page = store->ListSessions(list);
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_EQ(page->sessions.size(), 1u);
+  EXPECT_EQ(page->sessions[0].key.session_id, "kept");
+  EXPECT_EQ(*server->Command({"ZCARD", index}), "1");
+}
+
 // A recorded size and count a load cannot trust: the chunks are asked for
 // a round at a time and memory is committed only as they arrive, so a
 // damaged hash claiming a gigabyte in 65,536 chunks (four exist) costs

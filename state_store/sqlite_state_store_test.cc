@@ -603,6 +603,25 @@ TEST(SqliteStateStoreTest, AVersionRecordThatDisagreesWithItsStateIsCorrupt) {
   EXPECT_TRUE((*store)->LoadVersion({"acme", "kept"}, 0).ok());
 }
 
+// A durability the store does not know (a damaged or foreign row) reads
+// as the least, MEMORY, as in the Redis store: never an enum value out of
+// range, never more than is known.
+TEST(SqliteStateStoreTest, AnUnknownDurabilityReadsAsTheLeast) {
+  SqliteEnv env;
+  auto store = env.NewStore(8);
+  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_TRUE((*store)->CreateSession(Creating("odd")).ok());
+  for (const char* value : {"0", "7", "-1", "NULL"}) {
+    ASSERT_TRUE(ExecOn(env.path(),
+                       absl::StrCat("UPDATE versions SET durability=", value,
+                                    " WHERE sid='odd'")
+                           .c_str()));
+    auto loaded = (*store)->LoadVersion({"acme", "odd"}, 0);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    EXPECT_EQ(loaded->version.durability, Durability::kMemory) << value;
+  }
+}
+
 // A damaged file is DATA_LOSS/kStateCorrupt (retrying cannot help), not
 // UNAVAILABLE as for a store that cannot be reached.
 TEST(SqliteStateStoreTest, ADamagedFileIsStateCorrupt) {

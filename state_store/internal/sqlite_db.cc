@@ -10,6 +10,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 
@@ -118,7 +119,32 @@ absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,
   // table yet, so a file an older build created keeps auto_vacuum off
   // (docs/state-store.md says how to convert it).
   absl::Status setup = exec("PRAGMA auto_vacuum=INCREMENTAL");
-  if (setup.ok()) setup = exec("PRAGMA journal_mode=WAL");
+  if (setup.ok()) {
+    // The pragma answers the mode it left: a file system without the
+    // shared memory WAL needs (a network mount) keeps the rollback
+    // journal, where readers wait on writers and SQLite's locking is not
+    // to be trusted. Refused rather than run that way unnoticed.
+    std::string mode;
+    char* err = nullptr;
+    const int rc = sqlite3_exec(
+        db, "PRAGMA journal_mode=WAL",
+        [](void* out, int n, char** values, char**) {
+          if (n > 0 && values[0] != nullptr) {
+            *static_cast<std::string*>(out) = values[0];
+          }
+          return 0;
+        },
+        &mode, &err);
+    const std::string msg = err ? err : "";
+    sqlite3_free(err);
+    if (rc != SQLITE_OK) {
+      setup = SqliteError(rc, absl::StrCat("sqlite setup: ", msg));
+    } else if (absl::AsciiStrToLower(mode) != "wal") {
+      setup = Unavailable(
+          absl::StrCat("cannot open ", path, " in WAL mode (journal mode '",
+                       mode, "'): put --data-dir on a local file system"));
+    }
+  }
   // The write-ahead log grows to the largest transaction between
   // checkpoints (a 34 MB state, a sweep of many sessions) and SQLite
   // reuses the file at that size; this makes it truncate the file back
@@ -201,7 +227,11 @@ VersionInfo ReadVersion(const Stmt& s, int at) {
   v.chunk_count = 1;
   v.state_crc32c = static_cast<uint32_t>(s.Int(at + 6));
   v.rolled_back_from = s.Int(at + 7);
-  v.durability = static_cast<Durability>(s.Int(at + 8));
+  // An unknown value (a damaged or foreign row) claims the least, as the
+  // Redis store's ParseVersion does.
+  const int64_t d = s.Int(at + 8);
+  v.durability =
+      d >= 1 && d <= 3 ? static_cast<Durability>(d) : Durability::kMemory;
   v.committed_at = absl::FromUnixMillis(s.Int(at + 9));
   v.cause = VersionCauseOf(s.Int(at + 10));
   v.request_id = s.Text(at + 11);

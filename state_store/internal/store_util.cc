@@ -117,6 +117,11 @@ absl::Status ValidateTtl(absl::Duration ttl, absl::string_view what) {
   if (ttl != absl::InfiniteDuration() && ttl < absl::Milliseconds(1)) {
     return Invalid(what, "must be at least 1 ms");
   }
+  // Far past the API's 365 days; the Redis scripts take TTLs below 2^53
+  // ms and would fail after writing part of a call past that.
+  if (ttl != absl::InfiniteDuration() && ttl > kMaxFiniteTtl) {
+    return Invalid(what, "must be at most 3650 days (or infinite)");
+  }
   return absl::OkStatus();
 }
 

@@ -24,7 +24,10 @@ absl::Status ValidateWorkerId(absl::string_view id);
 // names it in the error.
 absl::Status ValidateNodeId(absl::string_view field, absl::string_view id);
 absl::Status ValidateOwner(absl::string_view owner);
-// ttl > 0 (InfiniteDuration allowed); `what` names the field.
+// The longest finite TTL a store takes (session, lease or worker).
+inline constexpr absl::Duration kMaxFiniteTtl = absl::Hours(24 * 3650);
+// 1 ms <= ttl <= kMaxFiniteTtl, or InfiniteDuration; `what` names the
+// field.
 absl::Status ValidateTtl(absl::Duration ttl, absl::string_view what);
 // Checks page_size and returns the session id the page starts after ("" for
 // the first page).

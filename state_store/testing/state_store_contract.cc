@@ -166,6 +166,31 @@ TEST_P(StateStoreContractTest, MissingAndMalformedKeys) {
   }
 }
 
+// A finite TTL past the stores' bound (3650 days) is INVALID_ARGUMENT
+// before anything is written, for a session, an update and a lease; the
+// Redis scripts failed past 2^53 ms after writing part of the call.
+TEST_P(StateStoreContractTest, ATtlPastTheBoundIsRefusedBeforeAnyWrite) {
+  const absl::Duration huge = absl::Hours(24 * 3651);
+  CreateSessionRequest r = Create(kKey);
+  r.ttl = huge;
+  EXPECT_ERROR(store_->CreateSession(r), kInvalidArgument, kInvalidArgument);
+  EXPECT_ERROR(store_->GetHead(kKey), kNotFound, kSessionNotFound);
+  r.ttl = absl::InfiniteDuration();
+  ASSERT_OK(store_->CreateSession(r));
+  SessionUpdate u;
+  u.ttl = huge;
+  EXPECT_ERROR(store_->UpdateSession(kKey, u), kInvalidArgument,
+               kInvalidArgument);
+  EXPECT_ERROR(store_->AcquireLease(kKey, "w1", huge, false), kInvalidArgument,
+               kInvalidArgument);
+  auto head = store_->GetHead(kKey);
+  ASSERT_OK(head);
+  EXPECT_EQ(head->ttl, absl::InfiniteDuration());
+  EXPECT_EQ(head->owner, "");
+  u.ttl = absl::Hours(24 * 3650);
+  ASSERT_OK(store_->UpdateSession(kKey, u));
+}
+
 TEST_P(StateStoreContractTest, LargeStateRoundTrips) {
   CreateSessionRequest r = Create(kKey);
   r.initial_state = TestSnapshot(7, 900'000);  // 3.6 MB: several chunks
