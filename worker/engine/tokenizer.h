@@ -123,8 +123,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseWorldTokenizer(
 // as the RWKV code's decode (skip_special_tokens). EncodeStream keeps as its
 // tail the text after the last whitespace character that follows a
 // non-whitespace one, so the tail is not bounded by max_token_bytes() for
-// long runs without whitespace (up to a 64 KiB cap, past which the cut is
-// inexact: docs/architectures.md). A tail of 256 bytes or more is scanned
+// long runs without whitespace, or of whitespace (up to a 64 KiB cap, past
+// which the cut is inexact: docs/architectures.md). A tail of 256 bytes or more is scanned
 // again only when the text reaches the next step of a grid of four steps a
 // doubling (meanwhile it holds up to a quarter more than the last scan left),
 // so such a run streamed a byte at a time costs a few bytes of scanning a byte,
