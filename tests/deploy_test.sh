@@ -90,8 +90,10 @@ def help_default(role, flag):
 
 FLAGS = {r: help_flags(r) for r in ("gateway", "worker", "serve")}
 # Seconds margin terminationGracePeriodSeconds must leave beyond preStop's
-# sleep and --shutdown-grace.
+# sleep and --shutdown-grace (and, for a worker, its drain's commits of
+# up to --residency-bytes at DRAIN_BYTES_PER_S: docs/deploy.md).
 GRACE_MARGIN = 5
+DRAIN_BYTES_PER_S = 50e6
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
 UNIT = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
 
@@ -275,13 +277,20 @@ for overlay in overlays:
                 grace = seconds(values.get("shutdown-grace", help_default(role, "shutdown-grace")))
                 pre = prestop_seconds(c)
                 tgps = spec.get("terminationGracePeriodSeconds", 30)
+                drain = 0.0
+                if role == "worker":
+                    resident = values.get("residency-bytes", help_default(role, "residency-bytes"))
+                    drain = float(resident) / DRAIN_BYTES_PER_S if resident and resident.isdigit() else None
                 if grace is None:
                     errors.append(f"{where}: cannot read --shutdown-grace")
+                elif drain is None:
+                    errors.append(f"{where}: cannot read --residency-bytes")
                 elif pre is None:
                     errors.append(f"{where}: preStop is not a sleep: cannot check the grace period")
-                elif tgps < pre + grace + GRACE_MARGIN:
+                elif tgps < pre + grace + drain + GRACE_MARGIN:
                     errors.append(f"{where}: terminationGracePeriodSeconds {tgps} < preStop {pre:g}s"
-                                  f" + --shutdown-grace {grace:g}s + {GRACE_MARGIN}s margin")
+                                  f" + --shutdown-grace {grace:g}s + the drain's commits {drain:.0f}s"
+                                  f" + {GRACE_MARGIN}s margin")
             if role == "worker" and oname == "gpu":
                 if "nvidia.com/gpu" not in c.get("resources", {}).get("limits", {}):
                     errors.append(f"{where}: gpu overlay worker without an nvidia.com/gpu limit")

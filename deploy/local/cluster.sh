@@ -86,7 +86,7 @@ stop_all() {
       return 1
     fi
   done <"$dir/pids"
-  rm -f "$dir/pids"
+  rm -f "$dir/pids" "$dir/cluster.env"
 }
 
 # The directory holds the pid file, the internal token and the logs: it
@@ -140,7 +140,9 @@ case "$cmd" in
   up)
     [ -x "$bin" ] || { echo "error: no binary at $bin (--bin PATH)" >&2; exit 1; }
     bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
-    command -v redis-server >/dev/null || { echo "error: redis-server not found" >&2; exit 1; }
+    for tool in redis-server redis-cli; do
+      command -v "$tool" >/dev/null || { echo "error: $tool not found (apt-get install redis-server)" >&2; exit 1; }
+    done
     check_dir
     mkdir -p -m 700 "$dir"
     check_dir
