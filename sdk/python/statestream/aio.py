@@ -332,16 +332,22 @@ class AsyncSession:
             lambda st, md, t: st.sessions.GetSession(req, metadata=md,
                                                      timeout=t), timeout))
 
-    async def writer(self, *, window: int = 32,
-                     max_chunk_bytes: int = 256 << 10,
-                     durability: int = pb.DURABILITY_UNSPECIFIED,
-                     timeout: Optional[float] = None,
-                     start_offset: Optional[int] = None
-                     ) -> "AsyncAppendWriter":
+    def writer(self, *, window: int = 32,
+               max_chunk_bytes: int = 256 << 10,
+               durability: int = pb.DURABILITY_UNSPECIFIED,
+               timeout: Optional[float] = None,
+               start_offset: Optional[int] = None) -> "_OpeningWriter":
         """As Session.writer: the first request goes at `start_offset`
         (None: the session's applied input_offset, read now); `window` is
         1 to MAX_WINDOW (64; larger values are clamped); `timeout` bounds
-        the writer's whole life from now, the GetSession included."""
+        the writer's whole life from now, the GetSession included. Await
+        it for the writer (`w = await s.writer()`), or use it directly:
+        `async with s.writer() as w:`."""
+        return _OpeningWriter(self._open_writer(
+            window, max_chunk_bytes, durability, timeout, start_offset))
+
+    async def _open_writer(self, window, max_chunk_bytes, durability,
+                           timeout, start_offset) -> "AsyncAppendWriter":
         _writer_sizes(window, max_chunk_bytes)
         durability = _durability(durability)
         deadline = _deadline(timeout)
@@ -530,6 +536,26 @@ class AsyncSession:
                 unknown = unknown or _outcome_unknown(err)
                 raise
         await self.client._unary(call, timeout)
+
+
+class _OpeningWriter:
+    """What AsyncSession.writer returns: awaitable (the writer), and an
+    async context manager of the writer, so both `async with await
+    s.writer()` and `async with s.writer()` work."""
+
+    def __init__(self, opening) -> None:
+        self._opening = opening
+        self._writer: Optional["AsyncAppendWriter"] = None
+
+    def __await__(self):
+        return self._opening.__await__()
+
+    async def __aenter__(self) -> "AsyncAppendWriter":
+        self._writer = await self._opening
+        return await self._writer.__aenter__()
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        await self._writer.__aexit__(exc_type, exc, tb)
 
 
 class AsyncAppendWriter(_AckTracker):

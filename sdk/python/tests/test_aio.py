@@ -188,3 +188,21 @@ def test_async_commit_pin_is_read_at_generate(server):
     e = run(main())
     assert e.code == grpc.StatusCode.FAILED_PRECONDITION
     assert e.reason == "POSITION_MISMATCH"
+
+
+def test_a_writer_is_an_async_context_manager_without_await(server):
+    """`async with s.writer() as w:` (no await) works, as `with s.writer()
+    as w:` does in the blocking client; awaiting it still gives the
+    writer."""
+    async def main():
+        async with AsyncClient(server.address) as c:
+            await c.create_session("cm")
+            s = c.session("cm")
+            async with s.writer() as w:
+                await w.write(b"hello ")
+                await w.flush()
+            async with await s.writer() as w:
+                await w.write(b"world")
+                await w.flush()
+            assert (await s.get()).input_offset == 11
+    run(main())
