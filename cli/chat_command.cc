@@ -30,7 +30,8 @@ namespace {
 
 absl::Status Chat(const std::vector<std::string>& args) {
   if (!args.empty()) {
-    return UsageError("chat takes no arguments");
+    return UsageError(
+        "chat takes no arguments (--session ID continues a session)");
   }
   // generate's flags that chat shares the file of but not the meaning: the
   // prompt is each stdin line, and every turn commits.

@@ -28,7 +28,8 @@ ABSL_FLAG(std::string, tenant, "",
 ABSL_FLAG(bool, json, false,
           "Print JSON (one object per line) for scripts, in the proto3 JSON "
           "mapping: bytes fields (generate's and chat's text_utf8) are "
-          "base64, 64-bit integers are strings.");
+          "base64, 64-bit integers are strings; every field is printed, "
+          "zeros and empty ones too.");
 ABSL_FLAG(bool, tls, false, "Connect with TLS (default: plaintext).");
 ABSL_FLAG(std::string, tls_ca, "",
           "TLS: PEM file of root certificates (default: the system's). "
@@ -161,7 +162,9 @@ bool SessionFlagIsEmpty() { return absl::GetFlag(FLAGS_session).empty(); }
 absl::StatusOr<std::string> SessionFlagValue() {
   std::string session = absl::GetFlag(FLAGS_session);
   if (session.empty()) {
-    return UsageError("--session is required");
+    return UsageError(
+        "--session ID is required (create one with `statestream session "
+        "create`)");
   }
   SS_RETURN_IF_ERROR(CheckUtf8("--session", session));
   return session;
@@ -170,6 +173,8 @@ absl::StatusOr<std::string> SessionFlagValue() {
 std::string ToJson(const google::protobuf::Message& message) {
   google::protobuf::util::JsonPrintOptions options;
   options.preserve_proto_field_names = true;
+  // Every field, zeros too: `jq .position` of a new session is 0, not null.
+  options.always_print_primitive_fields = true;
   std::string out;
   (void)google::protobuf::util::MessageToJsonString(message, &out, options);
   return out;

@@ -9,7 +9,7 @@ ABSL_FLAG(int, threads, 0,
           "CPU this process may use (its affinity, capped by a cgroup CPU "
           "quota).");
 ABSL_FLAG(std::string, precision, "as-stored",
-          "Weights in memory: as-stored, f32, bf16 or int8 (per-row "
+          "Weights in memory: as-stored, f32 (or fp32), bf16 or int8 (per-row "
           "scales; CPU only).");
 ABSL_FLAG(std::string, bf16_activations, "",
           "Activations of products with bf16 weights: split (two bf16 terms, "
@@ -32,7 +32,7 @@ absl::StatusOr<engine::ModelOptions> EngineOptionsFromFlags() {
   const std::string p = absl::GetFlag(FLAGS_precision);
   if (p == "as-stored") {
     o.precision = engine::WeightPrecision::kAsStored;
-  } else if (p == "f32") {
+  } else if (p == "f32" || p == "fp32") {  // fp32: as `models` prints it
     o.precision = engine::WeightPrecision::kF32;
   } else if (p == "bf16") {
     o.precision = engine::WeightPrecision::kBF16;
@@ -41,7 +41,7 @@ absl::StatusOr<engine::ModelOptions> EngineOptionsFromFlags() {
   } else {
     return InvalidArgumentError(
         Reason::kInvalidArgument,
-        "--precision must be as-stored, f32, bf16 or int8");
+        "--precision must be as-stored, f32 (or fp32), bf16 or int8");
   }
   const std::string a = absl::GetFlag(FLAGS_bf16_activations);
   if (a.empty()) {

@@ -189,7 +189,8 @@ absl::Status WithDetail(const absl::Status& error, absl::string_view detail) {
 
 absl::Status Feed(const std::vector<std::string>& args) {
   if (args.size() != 1) {
-    return UsageError("feed takes one FILE argument (or -)");
+    return UsageError(
+        "feed takes one FILE argument (or -); the session is --session ID");
   }
   SS_ASSIGN_OR_RETURN(std::string session_id, SessionFlagValue());
   const std::string mode = absl::GetFlag(FLAGS_progress);

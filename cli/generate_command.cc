@@ -121,7 +121,9 @@ namespace {
 
 absl::Status Generate(const std::vector<std::string>& args) {
   if (!args.empty()) {
-    return UsageError("generate takes no arguments (see --prompt)");
+    return UsageError(
+        "generate takes no arguments: the session is --session ID, the "
+        "prompt --prompt TEXT");
   }
   SS_ASSIGN_OR_RETURN(std::string session_id, SessionFlagValue());
   SS_ASSIGN_OR_RETURN(v1::GenerateRequest req, GenerateRequestFromFlags());

@@ -247,14 +247,14 @@ absl::Status Random() {
   if (out.empty()) return UsageError("--out is required");
   engine::DType dtype;
   const std::string d = DtypeFlagValue();
-  if (d.empty() || d == "f32") {
+  if (d.empty() || d == "f32" || d == "fp32") {
     dtype = engine::DType::kF32;
   } else if (d == "bf16") {
     dtype = engine::DType::kBF16;
   } else if (d == "f16") {
     dtype = engine::DType::kF16;
   } else {
-    return UsageError("--dtype must be f32, bf16 or f16");
+    return UsageError("--dtype must be f32 (or fp32), bf16 or f16");
   }
   engine::RandomModelSpec spec;
   spec.n_layer = absl::GetFlag(FLAGS_layers);

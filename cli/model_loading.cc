@@ -221,9 +221,14 @@ absl::StatusOr<std::unique_ptr<engine::Tokenizer>> LoadServedTokenizer(
   if ((*tokenizer)->vocab_size() != model_vocab) {
     return MakeError(
         absl::StatusCode::kFailedPrecondition, Reason::kModelMismatch,
-        absl::StrCat("--vocab ", vocab, " has ", (*tokenizer)->vocab_size(),
-                     " token ids but model ", spec.model_id, " has ",
-                     model_vocab, " (give the model's own vocabulary)"));
+        absl::StrCat(
+            "--vocab ", vocab, " has ", (*tokenizer)->vocab_size(),
+            " token ids but model ", spec.model_id, " has ", model_vocab,
+            spec.vocab_path.empty()
+                ? " (no --vocab given: the World vocabulary beside the model "
+                  "was tried; give the model's own with --vocab, or serve a "
+                  "byte-level model of 256 ids, which needs none)"
+                : " (give the model's own vocabulary)"));
   }
   return tokenizer;
 }

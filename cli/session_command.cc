@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // `statestream session create|get|list|update|delete|fork|versions|rollback|
 // export|import`.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstddef>
 #include <iostream>
@@ -96,8 +98,8 @@ const VerbArguments kVerbArguments[] = {
 // --session is a client flag (feed, generate, ...); session verbs take the
 // id as an argument, so `session create --session X` is refused, never a
 // session with a random id.
-constexpr const char* kSessionFlags[] = {"model_id", "labels", "ttl",
-                                         "version",  "output", "session"};
+constexpr const char* kSessionFlags[] = {"model_id", "labels", "ttl", "version",
+                                         "output"};
 
 // A usage error unless `verb` is a session verb given as many arguments as
 // it takes, and only flags it reads. Ids must be UTF-8 (a `string` field).
@@ -105,6 +107,12 @@ absl::Status CheckArguments(const std::string& verb,
                             const std::vector<std::string>& rest) {
   for (const VerbArguments& v : kVerbArguments) {
     if (verb != v.verb) continue;
+    if (FlagGiven("session")) {
+      return UsageError(absl::StrCat("session ", verb,
+                                     " takes the id as an argument, not "
+                                     "--session: statestream session ",
+                                     v.synopsis));
+    }
     if (rest.size() < v.min_args || rest.size() > v.max_args) {
       return UsageError(
           absl::StrCat("usage: statestream session ", v.synopsis));
@@ -254,6 +262,12 @@ absl::Status Session(const std::vector<std::string>& args) {
     return absl::OkStatus();
   }
   if (verb == "export") {
+    // The blob is binary: never onto a terminal.
+    if (absl::GetFlag(FLAGS_output) == "-" && isatty(STDOUT_FILENO)) {
+      return UsageError(
+          "session export writes the state as binary: give --output FILE "
+          "or redirect stdout");
+    }
     // The blob is the snapshot file format (docs/state-format.md), the
     // same as `model eval --state-out`; the header goes to stderr.
     SS_ASSIGN_OR_RETURN(

@@ -43,6 +43,21 @@ TEST(CliTest, UnknownCommandIsAUsageError) {
   EXPECT_EQ(r.out, "");
 }
 
+// `session export` to a terminal is refused before any call: the state is
+// binary. (Run under script(1), which gives it a terminal.)
+TEST(CliTest, ExportRefusesToWriteBinaryToATerminal) {
+  if (access("/usr/bin/script", X_OK) != 0) {
+    GTEST_SKIP() << "no script(1) to give the command a terminal";
+  }
+  auto r = e2e::Run(
+      {"/usr/bin/script", "-qec",
+       std::string(STATESTREAM_BIN) + " session export s1 --target=127.0.0.1:1",
+       "/dev/null"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->exit_code, 2) << r->out << r->err;
+  EXPECT_THAT(r->out, HasSubstr("give --output FILE or redirect stdout"));
+}
+
 TEST(CliTest, FlagBeforeTheCommandIsAUsageError) {
   e2e::RunResult r = Statestream({"--listen=127.0.0.1:0", "serve"});
   EXPECT_EQ(r.exit_code, 2);
@@ -322,14 +337,14 @@ TEST(CliTest, ClientVerbsExitTwoOnBadUsage) {
        2,
        "each stop string must be 1-256 bytes"},
       {{"feed"}, 2, "feed takes one FILE argument"},
-      {{"feed", "in.txt"}, 2, "--session is required"},
+      {{"feed", "in.txt"}, 2, "--session ID is required"},
       {{"feed", "--session=s", "--progress=maybe", "in.txt"},
        2,
        "--progress must be auto, always or never"},
       {{"feed", "--session=s", "--max-attempts=0", "/dev/null"},
        2,
        "--max-attempts must be at least 1"},
-      {{"generate"}, 2, "--session is required"},
+      {{"generate"}, 2, "--session ID is required"},
       // Numbers outside what the flag means: refused, never clamped or
       // taken as "unset".
       {{"feed", "--session=s", "--chunk-bytes=0", "/dev/null"},
@@ -355,7 +370,9 @@ TEST(CliTest, ClientVerbsExitTwoOnBadUsage) {
        2,
        "--tokens: 'x' is not a 32-bit integer"},
       {{"models", "--max-attempts=0"}, 2, "--max-attempts must be at least 1"},
-      {{"generate", "--session=s", "extra"}, 2, "generate takes no arguments"},
+      {{"generate", "--session=s", "extra"},
+       2,
+       "generate takes no arguments: the session is --session ID"},
       {{"chat", "extra"}, 2, "chat takes no arguments"},
       {{"score", "--session=s"}, 2, "score takes one TEXT argument"},
       {{"score", "--session=s", "--tokens=1", "text"},
@@ -435,10 +452,13 @@ TEST(CliTest, IgnoredFlagsAndArgumentsAreUsageErrors) {
       {{"session", "get", "x", "--ttl=1h"}, "session get takes no --ttl"},
       // The id is an argument: --session is refused, not ignored.
       {{"session", "create", "--session=s"},
-       "session create takes no --session; usage: statestream session create "
-       "[ID]"},
+       "session create takes the id as an argument, not --session: "
+       "statestream session create [ID]"},
       {{"session", "get", "s1", "--session=s2"},
-       "session get takes no --session"},
+       "session get takes the id as an argument, not --session"},
+      {{"session", "get", "--session=s2"},
+       "session get takes the id as an argument, not --session: "
+       "statestream session get ID"},
       {{"session", "create", "x", "--version=3"},
        "session create takes no --version"},
       {{"session", "list", "--output=f"}, "session list takes no --output"},

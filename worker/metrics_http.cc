@@ -33,7 +33,17 @@ class HttpServer final : public MetricsHttpServer {
     if (daemon_ != nullptr) MHD_stop_daemon(daemon_);
   }
 
+  // 0.0.0.0 binds as gRPC's listeners do: the IPv6 any address, dual
+  // stack, so a metrics port scraped over IPv6 answers as the gRPC port
+  // beside it does; 0.0.0.0 itself where the host has no IPv6.
   absl::Status Bind(int port) {
+    if (host_ == "0.0.0.0" && BindHost("::", port).ok()) {
+      return absl::OkStatus();
+    }
+    return BindHost(host_, port);
+  }
+
+  absl::Status BindHost(const std::string& host, int port) {
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
@@ -41,10 +51,10 @@ class HttpServer final : public MetricsHttpServer {
     addrinfo* found = nullptr;
     const std::string service = absl::StrCat(port);
     if (const int rc =
-            getaddrinfo(host_.c_str(), service.c_str(), &hints, &found);
+            getaddrinfo(host.c_str(), service.c_str(), &hints, &found);
         rc != 0) {
       return absl::UnavailableError(
-          absl::StrCat("cannot bind the metrics server to ", host_, ":", port,
+          absl::StrCat("cannot bind the metrics server to ", host, ":", port,
                        ": ", gai_strerror(rc)));
     }
     // The first address that binds. An IPv6 one accepts IPv4 too where
@@ -63,7 +73,7 @@ class HttpServer final : public MetricsHttpServer {
     freeaddrinfo(found);
     if (daemon_ == nullptr) {
       return absl::UnavailableError(
-          absl::StrCat("cannot bind the metrics server to ", host_, ":", port));
+          absl::StrCat("cannot bind the metrics server to ", host, ":", port));
     }
     const MHD_DaemonInfo* info =
         MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_BIND_PORT);

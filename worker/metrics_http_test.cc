@@ -13,6 +13,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -213,6 +214,31 @@ TEST(MetricsHttpTest, TheIpv6AnyAddressTakesIpv4Clients) {
       << (*server)->address();
   EXPECT_TRUE(absl::StartsWith(Exchange(PortOf(**server), kScrape).text,
                                "HTTP/1.1 200"));
+}
+
+// `0.0.0.0:PORT` takes IPv6 clients too, as a gRPC listener on 0.0.0.0
+// does: a metrics port scraped over IPv6 answers like the gRPC port.
+TEST(MetricsHttpTest, TheIpv4AnyAddressTakesIpv6ClientsLikeGrpc) {
+  auto server = MetricsHttpServer::Start("0.0.0.0:0",
+                                         [] { return std::string("up 1\n"); });
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_TRUE(absl::StartsWith((*server)->address(), "0.0.0.0:"))
+      << (*server)->address();
+  EXPECT_TRUE(absl::StartsWith(Exchange(PortOf(**server), kScrape).text,
+                               "HTTP/1.1 200"));
+  const int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) GTEST_SKIP() << "no IPv6 here";
+  sockaddr_in6 addr{};
+  addr.sin6_family = AF_INET6;
+  addr.sin6_port = htons(static_cast<uint16_t>(PortOf(**server)));
+  addr.sin6_addr = in6addr_loopback;
+  const int rc = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  const int err = errno;
+  close(fd);
+  if (rc != 0 && (err == EADDRNOTAVAIL || err == ENETUNREACH)) {
+    GTEST_SKIP() << "no IPv6 loopback here";
+  }
+  EXPECT_EQ(rc, 0) << std::strerror(err);
 }
 
 // Destroyed right after Start, over and over: it stops every time.

@@ -211,12 +211,16 @@ absl::Status HeadMismatch(uint64_t expected, uint64_t head) {
 }
 
 absl::Status VersionNotKept(uint64_t version, uint64_t head, uint64_t oldest) {
-  return MakeError(absl::StatusCode::kNotFound, Reason::kVersionMismatch,
-                   absl::StrCat("version ", version, " is not kept (kept: ",
-                                oldest, "..", head, ")"),
-                   {{"version", absl::StrCat(version)},
-                    {"head_version", absl::StrCat(head)},
-                    {"oldest_version", absl::StrCat(oldest)}});
+  return MakeError(
+      absl::StatusCode::kNotFound, Reason::kVersionMismatch,
+      version > head
+          ? absl::StrCat("no version ", version, " yet (head is ", head,
+                         "; kept: ", oldest, "..", head, ")")
+          : absl::StrCat("version ", version, " is not kept (kept: ", oldest,
+                         "..", head, ")"),
+      {{"version", absl::StrCat(version)},
+       {"head_version", absl::StrCat(head)},
+       {"oldest_version", absl::StrCat(oldest)}});
 }
 
 absl::Status Fenced(uint64_t fence, uint64_t current) {

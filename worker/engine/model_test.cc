@@ -3,7 +3,6 @@
 // determinism contract of model.h.
 #include "worker/engine/model.h"
 
-#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <cerrno>
@@ -18,6 +17,7 @@
 #include "common/testing/scratch_dir.h"
 #include "gtest/gtest.h"
 #include "worker/engine/accuracy.h"
+#include "worker/engine/address_space_test_util.h"
 #include "worker/engine/golden.h"
 #include "worker/engine/golden_trace.h"
 #include "worker/engine/kernels.h"
@@ -807,14 +807,7 @@ TEST(ModelDeathTest, OutOfMemoryIsAnErrorNotAnAbort) {
   for (int64_t room : {file_bytes / 2, file_bytes + file_bytes / 2}) {
     EXPECT_EXIT(
         {
-          long pages = 0;
-          if (FILE* f = std::fopen("/proc/self/statm", "r")) {
-            if (std::fscanf(f, "%ld", &pages) != 1) pages = 0;
-            std::fclose(f);
-          }
-          struct rlimit r;
-          r.rlim_cur = r.rlim_max = static_cast<rlim_t>(pages) * 4096 + room;
-          if (pages == 0 || setrlimit(RLIMIT_AS, &r) != 0) std::_Exit(3);
+          if (!testing::CapAddressSpace(room)) std::_Exit(3);
           auto m = LoadModel(path, Opts(1, ""));
           std::fprintf(stderr, "status: %s\n", m.status().ToString().c_str());
           std::_Exit(!m.ok() && m.status().code() ==

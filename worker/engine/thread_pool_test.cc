@@ -2,7 +2,6 @@
 #include "worker/engine/thread_pool.h"
 
 #include <sched.h>
-#include <sys/resource.h>
 
 #include <atomic>
 #include <chrono>
@@ -14,6 +13,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "worker/engine/address_space_test_util.h"
 #include "worker/engine/huge_pages.h"
 #include "worker/engine/ops.h"
 #include "worker/engine/weight_loader.h"
@@ -32,16 +32,8 @@ TEST(ThreadPoolDeathTest, AThreadThatCannotStartIsAnErrorNotAnAbort) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(
       {
-        long pages = 0;
-        if (FILE* f = std::fopen("/proc/self/statm", "r")) {
-          if (std::fscanf(f, "%ld", &pages) != 1) pages = 0;
-          std::fclose(f);
-        }
         // Room for two or three more 8 MiB thread stacks, not 63.
-        struct rlimit r;
-        r.rlim_cur = r.rlim_max =
-            static_cast<rlim_t>(pages) * 4096 + (24 << 20);
-        if (pages == 0 || setrlimit(RLIMIT_AS, &r) != 0) std::_Exit(3);
+        if (!testing::CapAddressSpace(24 << 20)) std::_Exit(3);
         try {
           ThreadPool pool(64);
           std::_Exit(1);
