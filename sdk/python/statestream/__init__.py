@@ -11,7 +11,8 @@
             print(chunk.text, end="")
 
 The generated stubs (statestream.v1.*_pb2) are built into the build tree
-(sdk/python/gen); this package extends its path to find them there.
+(build/sdk/python/gen: put it on PYTHONPATH); this package extends its
+path to find them there.
 """
 from pkgutil import extend_path
 
