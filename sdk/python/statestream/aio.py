@@ -441,12 +441,16 @@ class AsyncSession:
             timeout))
 
     async def fork(self, version: int = 0, new_id: str = "", *,
+                   labels: Optional[Dict[str, str]] = None,
+                   ttl_seconds: Optional[int] = None,
                    request_id: Optional[str] = None,
                    durability: int = pb.DURABILITY_UNSPECIFIED,
                    timeout: Optional[float] = None) -> "AsyncSession":
         """As Session.fork: version 1 is committed at `durability`."""
         info = await self.client.create_session(new_id, fork_from=self.id,
                                                 fork_version=version,
+                                                labels=labels,
+                                                ttl_seconds=ttl_seconds,
                                                 request_id=request_id,
                                                 durability=durability,
                                                 timeout=timeout)

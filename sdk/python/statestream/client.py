@@ -946,15 +946,20 @@ class Session:
             timeout))
 
     def fork(self, version: int = 0, new_id: str = "", *,
+             labels: Optional[Dict[str, str]] = None,
+             ttl_seconds: Optional[int] = None,
              request_id: Optional[str] = None,
              durability: int = pb.DURABILITY_UNSPECIFIED,
              timeout: Optional[float] = None) -> "Session":
         """A new session (`new_id`, empty: server-generated) starting from
-        committed `version` (0: the head) of this one; its version 1 is
+        committed `version` (0: the head) of this one, with `labels` and
+        `ttl_seconds` as create_session takes them; its version 1 is
         committed at `durability` (CreateSession with fork_from). A retry
         with the same request_id gets the same fork back."""
         info = self.client.create_session(new_id, fork_from=self.id,
                                           fork_version=version,
+                                          labels=labels,
+                                          ttl_seconds=ttl_seconds,
                                           request_id=request_id,
                                           durability=durability,
                                           timeout=timeout)

@@ -74,6 +74,11 @@ def test_session_calls(client):
     fork = s.fork(new_id="s-fork")
     assert fork.get().parent_session_id == "s"
     assert fork.score("!").sum_logprob == s.score("!").sum_logprob
+    # A fork takes labels and a TTL as a create does.
+    labelled = s.fork(new_id="s-fork2", labels={"kind": "fork"},
+                      ttl_seconds=3600).get()
+    assert labelled.labels == {"kind": "fork"}
+    assert labelled.ttl.total_seconds() == 3600
 
     state = s.export(2)
     imported = client.import_session(state, "s-import")
@@ -96,7 +101,7 @@ def test_session_calls(client):
         "VERSION_CAUSE_IMPORT"
 
     assert {x.session_id for x in client.list_sessions()} == {
-        "s", "s-fork", "s-import"}
+        "s", "s-fork", "s-fork2", "s-import"}
     assert [x.session_id for x in client.list_sessions({"kind": "test"})] == [
         "s"]
 
