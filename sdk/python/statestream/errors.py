@@ -17,7 +17,17 @@ class StatestreamError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str,
                  reason: str = "REASON_UNSPECIFIED",
                  metadata: Optional[Dict[str, str]] = None):
-        super().__init__(f"{code.name}: {message} [{reason}]")
+        text = f"{code.name}: {message} [{reason}]"
+        if (code == grpc.StatusCode.UNAVAILABLE and
+                reason == "REASON_UNSPECIFIED" and
+                ("failed to connect" in message or
+                 "DNS resolution failed" in message)):
+            # The transport's, not a server's (its errors carry a reason),
+            # as the CLI's hint says.
+            text += (" (no statestream server answered at the target "
+                     "address: is one running there, with tls= as it "
+                     "serves?)")
+        super().__init__(text)
         self.code = code
         self.message = message
         self.reason = reason

@@ -75,6 +75,18 @@ def test_async_malformed_status_details_give_a_typed_error(fake):
     asyncio.run(main())
 
 
+def test_no_server_at_the_target_says_so():
+    """A connection refused (the transport's UNAVAILABLE, no reason) says
+    that no server answered there, as the CLI's hint does; .message stays
+    the transport's own."""
+    with Client("127.0.0.1:1", max_attempts=1) as c:
+        with pytest.raises(StatestreamError) as e:
+            c.session("x").get(timeout=5)
+    assert e.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "no statestream server answered" in str(e.value)
+    assert "no statestream server" not in e.value.message
+
+
 def test_malformed_error_info_gives_a_typed_error():
     status = status_pb2.Status(code=9, message="m")
     status.details.append(any_pb2.Any(
