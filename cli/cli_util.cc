@@ -257,6 +257,10 @@ int ReportStatus(const absl::Status& status) {
                  "or a gateway running there, with --tls if it uses "
                  "TLS?)\n";
   }
+  if (GetReason(status) == Reason::kSessionNotFound) {
+    std::cerr << "hint: `statestream session list` shows this tenant's "
+                 "sessions; `statestream session create ID` makes one\n";
+  }
   if (!IsUsageError(status)) return kExitFailure;
   std::cerr << "Run 'statestream "
             << (CommandName().empty() ? "" : CommandName() + " ")

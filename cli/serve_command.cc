@@ -153,6 +153,8 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
   if (!models.ok()) return models.status();
   absl::StatusOr<std::unique_ptr<StateStore>> store;
   if (options.data_dir.empty()) {
+    std::cerr << "statestream serve: no --data-dir: sessions live in memory "
+                 "and are lost when the server exits\n";
     store = NewMemoryStateStore(MemoryStateStoreOptions{});
   } else {
     SqliteStateStoreOptions sqlite;

@@ -16,12 +16,14 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "cli/cli_util.h"
 #include "cli/client_flags.h"
 #include "cli/command.h"
 #include "common/crc32c.h"
 #include "common/status.h"
+#include "google/protobuf/util/time_util.h"
 #include "state_store/state_codec.h"
 
 ABSL_FLAG(std::string, model_id, "",
@@ -189,6 +191,19 @@ void PrintSession(const v1::Session& s) {
     std::cout << " parent=" << s.parent().session_id() << "@"
               << s.parent().version();
   }
+  if (!s.labels().empty()) {
+    // Sorted (a proto map has no order), as --labels takes them.
+    const std::map<std::string, std::string> labels(s.labels().begin(),
+                                                    s.labels().end());
+    std::cout << " labels="
+              << absl::StrJoin(labels, ",", absl::PairFormatter("="));
+  }
+  if (s.has_ttl()) {
+    std::cout << " ttl=" << s.ttl().seconds() << "s expires="
+              << google::protobuf::util::TimeUtil::ToString(s.expire_time());
+  } else {
+    std::cout << " ttl=pinned";
+  }
   std::cout << "\n";
 }
 
@@ -322,7 +337,13 @@ absl::Status Session(const std::vector<std::string>& args) {
     return absl::OkStatus();
   }
   if (verb == "delete") {
-    return client->OpenSession(rest[0]).Delete();
+    SS_RETURN_IF_ERROR(client->OpenSession(rest[0]).Delete());
+    // --json: one object per call, as every verb prints (a session id
+    // is [A-Za-z0-9._-]: nothing to escape).
+    if (JsonOutputFlag()) {
+      std::cout << "{\"session_id\":\"" << rest[0] << "\",\"deleted\":true}\n";
+    }
+    return absl::OkStatus();
   }
   if (verb == "versions") {
     SS_ASSIGN_OR_RETURN(auto versions, client->OpenSession(rest[0]).Versions());

@@ -121,6 +121,9 @@ TEST_F(CliClientTest, SessionVerbs) {
   r = Cli({"session", "list", "--labels=kind=cli"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("cli-s\t"));
+  // The plain line shows the labels and when the session expires.
+  EXPECT_THAT(r.out, HasSubstr(" labels=kind=cli ttl="));
+  EXPECT_THAT(r.out, HasSubstr(" expires=20"));
   EXPECT_THAT(r.out, Not(HasSubstr("cli-fork")));
 
   r = Cli({"session", "rollback", "cli-s", "1"});
@@ -128,12 +131,15 @@ TEST_F(CliClientTest, SessionVerbs) {
   EXPECT_THAT(r.out, HasSubstr("input_offset=0"));
   EXPECT_THAT(r.out, HasSubstr("version=3"));
 
-  r = Cli({"session", "delete", "cli-fork"});
+  r = Cli({"session", "delete", "cli-fork", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "{\"session_id\":\"cli-fork\",\"deleted\":true}\n");
   r = Cli({"session", "get", "cli-fork"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("[SESSION_NOT_FOUND]"));
-  EXPECT_THAT(r.err, Not(HasSubstr("hint:")));  // a server answered
+  // A server answered: no connection hint; how to find or make a session.
+  EXPECT_THAT(r.err, Not(HasSubstr("no statestream server answered")));
+  EXPECT_THAT(r.err, HasSubstr("hint: `statestream session list` shows"));
 
   r = Cli({"session", "frobnicate"});
   EXPECT_EQ(r.exit_code, 2);
