@@ -130,7 +130,8 @@ const Command& ChatCommand() {
       "chunk's text_utf8 is base64). generate's --prompt and --commit are\n"
       "refused: the prompt is each line, and every turn commits.",
       {__FILE__, kClientFlagsFile, kTlsFlagsFile, kGenerateFlagsFile},
-      &Run};
+      &Run,
+      {"prompt", "commit"}};
   return kCommand;
 }
 

@@ -8,6 +8,7 @@
 
 #include "absl/flags/commandlineflag.h"
 #include "absl/flags/reflection.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -184,9 +185,15 @@ std::string CommandHelp(const Command& command) {
   std::vector<absl::CommandLineFlag*> flags = FlagsOf(command);
   absl::StrAppend(&text, "\nFlags:\n");
   for (const absl::CommandLineFlag* flag : flags) {
+    if (std::find(command.hidden_flags.begin(), command.hidden_flags.end(),
+                  flag->Name()) != command.hidden_flags.end()) {
+      continue;
+    }
     std::string fallback = flag->DefaultValue();
-    if (flag->IsOfType<std::string>())
-      fallback = absl::StrCat("\"", fallback, "\"");
+    // Escaped: a default of "\n\nAssistant:" stays on one line.
+    if (flag->IsOfType<std::string>() || fallback.empty()) {
+      fallback = absl::StrCat("\"", absl::CHexEscape(fallback), "\"");
+    }
     absl::StrAppend(&text, "  ", Spelling(flag->Name()), " (default ", fallback,
                     ")\n", Wrap(flag->Help(), 6, 78));
   }

@@ -43,6 +43,10 @@ struct Command {
   // Runs the command once its flags are set; `args` are the positional
   // arguments. Returns an exit code. Prints its own errors (stderr).
   int (*run)(const std::vector<std::string>& args);
+  // Flags of `flag_files` the command does not take (chat shares
+  // generate's file but not its --commit): left out of its --help; the
+  // command refuses them itself, saying why.
+  std::vector<const char*> hidden_flags = {};
 };
 
 // Every command, in the order `statestream --help` lists them.

@@ -71,7 +71,8 @@ const Command& ModelsCommand() {
       "MODEL_NOT_FOUND (exit 1). For local checkpoint files see\n"
       "`statestream model`.",
       {__FILE__, kClientFlagsFile, kTlsFlagsFile},
-      &Run};
+      &Run,
+      {"session"}};
   return kCommand;
 }
 

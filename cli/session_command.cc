@@ -428,7 +428,9 @@ const Command& SessionCommand() {
       "creates a session from such a file. A flag the verb does not read\n"
       "is a usage error.",
       {__FILE__, kClientFlagsFile, kTlsFlagsFile},
-      &Run};
+      &Run,
+      // The id is an argument of each session verb.
+      {"session"}};
   return kCommand;
 }
 

@@ -80,6 +80,21 @@ TEST(CliTest, CommandHelpShowsOnlyItsFlags) {
   }
   EXPECT_EQ(Statestream({"help", "serve"}).out,
             Statestream({"serve", "--help"}).out);
+  // A shared file's flags a verb refuses are not listed for it; string
+  // defaults are escaped onto one line.
+  e2e::RunResult chat = Statestream({"chat", "--help"});
+  EXPECT_THAT(chat.out, Not(HasSubstr("  --commit (default")));
+  EXPECT_THAT(chat.out, Not(HasSubstr("  --prompt (default")));
+  EXPECT_THAT(chat.out, HasSubstr(R"(--stop (default ""))"));
+  EXPECT_THAT(chat.out, HasSubstr("--temperature"));
+  EXPECT_THAT(chat.out,
+              HasSubstr(R"(--assistant-prefix (default "\n\nAssistant:"))"));
+  EXPECT_THAT(Statestream({"generate", "--help"}).out,
+              HasSubstr("  --commit (default"));
+  EXPECT_THAT(Statestream({"models", "--help"}).out,
+              Not(HasSubstr("  --session (default")));
+  EXPECT_THAT(Statestream({"session", "--help"}).out,
+              Not(HasSubstr("  --session (default")));
 }
 
 TEST(CliTest, UnknownFlagIsAUsageError) {
