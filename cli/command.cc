@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
+#include "absl/time/time.h"
 
 namespace statestream::cli {
 namespace {
@@ -145,8 +146,13 @@ absl::StatusOr<ParsedArgs> ParseFlags(const Command& command,
     }
     std::string error;
     if (!flag->ParseFrom(value, &error)) {
+      // Abseil's words say nothing of the form a duration takes.
+      const char* form = flag->IsOfType<absl::Duration>()
+                             ? " (a duration such as 500ms, 30s, 15m or 24h; "
+                               "hours are the largest unit)"
+                             : "";
       return absl::InvalidArgumentError(absl::StrCat(
-          "bad value \"", value, "\" for flag ", shown, ": ", error));
+          "bad value \"", value, "\" for flag ", shown, ": ", error, form));
     }
     GivenFlags().insert(std::string(flag->Name()));
   }

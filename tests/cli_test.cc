@@ -305,6 +305,14 @@ TEST(CliTest, ClientVerbsExitTwoOnBadUsage) {
       {{"session", "create", "x", "--ttl=9000h"},
        2,
        "--ttl must be between 1s and 365 days"},
+      // A duration without a unit, or in days: the form is named.
+      {{"session", "create", "x", "--ttl=5"},
+       2,
+       "bad value \"5\" for flag --ttl: Illegal value"},
+      {{"session", "create", "x", "--ttl=10d"},
+       2,
+       "(a duration such as 500ms, 30s, 15m or 24h; hours are the largest "
+       "unit)"},
       // Header values gRPC refuses aborted the command (SIGABRT).
       {{"session", "list", "--api-key=k\r"},
        2,
