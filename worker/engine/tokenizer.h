@@ -124,11 +124,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseWorldTokenizer(
 // tail the text after the last whitespace character that follows a
 // non-whitespace one, so the tail is not bounded by max_token_bytes() for
 // long runs without whitespace, or of whitespace (up to a 64 KiB cap, past
-// which the cut is inexact: docs/architectures.md). A tail of 256 bytes or more is scanned
-// again only when the text reaches the next step of a grid of four steps a
-// doubling (meanwhile it holds up to a quarter more than the last scan left),
-// so such a run streamed a byte at a time costs a few bytes of scanning a byte,
-// not O(tail). Errors: NOT_FOUND if unreadable; INVALID_ARGUMENT /
+// which the cut is inexact: docs/architectures.md). A tail of 256 bytes or more
+// is scanned again only when the text reaches the next step of a grid of four
+// steps a doubling (meanwhile it holds up to a quarter more than the last scan
+// left), so such a run streamed a byte at a time costs a few bytes of scanning
+// a byte, not O(tail). Errors: NOT_FOUND if unreadable; INVALID_ARGUMENT /
 // kInvalidModelFile for malformed JSON or a merge naming a token missing from
 // the vocab.
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadNeoxTokenizer(
