@@ -48,7 +48,8 @@ set_source_files_properties(kernels_avx2.cc PROPERTIES COMPILE_OPTIONS
 
 if(STATESTREAM_BUILD_TESTS)
   ss_add_test(engine_model_test
-    SOURCES model_test.cc kernels_test.cc wkv7_test.cc thread_pool_test.cc weight_arena_test.cc
+    SOURCES model_test.cc model_load_test.cc kernels_test.cc wkv7_test.cc
+            thread_pool_test.cc weight_arena_test.cc
             golden.cc
             golden_trace.cc
     LIBS ss_engine nlohmann_json::nlohmann_json)
