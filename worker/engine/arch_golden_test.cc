@@ -14,6 +14,7 @@
 #include "worker/engine/golden.h"
 #include "worker/engine/golden_trace.h"
 #include "worker/engine/model.h"
+#include "worker/engine/model_test_util.h"
 #include "worker/engine/random_model.h"
 #include "worker/engine/tensor_test_util.h"
 #include "worker/engine/weight_file.h"
@@ -27,6 +28,7 @@ using testing::ExpectTraceMatchesGolden;
 using testing::Floats;
 using testing::Ints;
 using testing::LoadJson;
+using testing::Opts;
 using testing::SharedPath;
 using testing::StateFromGolden;
 
@@ -303,13 +305,6 @@ void ExpectBitIdentical(const FeedResult& a, const FeedResult& b,
   EXPECT_EQ(0, std::memcmp(a.logits.data(), b.logits.data(),
                            a.logits.size() * sizeof(float)))
       << what << ": logits differ";
-}
-
-ModelOptions Opts(int threads, const char* kernels) {
-  ModelOptions o;
-  o.threads = threads;
-  o.kernels = kernels;
-  return o;
 }
 
 TEST(ArchTest, ChunkingBatchingThreadsAndKernelsAreBitIdentical) {

@@ -20,22 +20,15 @@
 #include "worker/engine/address_space_test_util.h"
 #include "worker/engine/golden.h"
 #include "worker/engine/model.h"
+#include "worker/engine/model_test_util.h"
 #include "worker/engine/random_model.h"
 #include "worker/engine/weight_writer.h"
 
 namespace statestream::engine {
 namespace {
 
+using testing::Opts;
 using testing::SharedPath;
-
-ModelOptions Opts(int threads, const char* kernels,
-                  WeightPrecision precision = WeightPrecision::kAsStored) {
-  ModelOptions o;
-  o.threads = threads;
-  o.kernels = kernels;
-  o.precision = precision;
-  return o;
-}
 
 // In this process's scratch directory, removed at exit.
 std::string TempPath(const std::string& name) {

@@ -16,6 +16,7 @@
 #include "worker/engine/golden.h"
 #include "worker/engine/golden_trace.h"
 #include "worker/engine/kernels.h"
+#include "worker/engine/model_test_util.h"
 #include "worker/engine/random_model.h"
 #include "worker/engine/weight_writer.h"
 
@@ -27,17 +28,9 @@ using testing::ExpectTraceMatchesGolden;
 using testing::Floats;
 using testing::Ints;
 using testing::LoadJson;
+using testing::Opts;
 using testing::SharedPath;
 using testing::StateFromGolden;
-
-ModelOptions Opts(int threads, const char* kernels,
-                  WeightPrecision precision = WeightPrecision::kAsStored) {
-  ModelOptions o;
-  o.threads = threads;
-  o.kernels = kernels;
-  o.precision = precision;
-  return o;
-}
 
 // The kernel builds beside the scalar one (each skipped where the CPU lacks
 // its instruction set).
