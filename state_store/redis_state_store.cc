@@ -268,10 +268,15 @@ absl::StatusOr<std::pair<SessionHead, Fields>> RedisStateStore::Read(
     read = Eval(key, kRead, {absl::StrCat(version)});
   }
   SS_ASSIGN_OR_RETURN(Reply r, std::move(read));
+  return ParseRead(key, version, r.get());
+}
+
+absl::StatusOr<std::pair<SessionHead, Fields>> RedisStateStore::ParseRead(
+    const SessionKey& key, int64_t version, const redisReply* r) {
   const std::string outcome = Str(r->element[0]);
   if (outcome == "NOTFOUND") return SessionNotFound(key);
   if (outcome == "NOTKEPT") {
-    return NotKept(r.get(), static_cast<uint64_t>(version));
+    return NotKept(r, static_cast<uint64_t>(version));
   }
   if (outcome != "OK" || r->elements != 7) return Unexpected(outcome);
   const Fields h = Pairs(r->element[1]);

@@ -34,28 +34,84 @@ absl::StatusOr<int64_t> RedisStateStore::CountSessionsBound(
   return static_cast<int64_t>(r[0]->integer);
 }
 
+std::vector<absl::StatusOr<SessionHead>> RedisStateStore::GetHeads(
+    const std::vector<SessionKey>& keys) {
+  std::vector<absl::StatusOr<SessionHead>> out;
+  out.reserve(keys.size());
+  // EvalThen's keys and arguments for each session; the strings stay put
+  // (reserved) while the commands point into them.
+  const std::string retention = absl::StrCat(Ms(options_.fence_retention));
+  const std::string now = absl::StrCat(absl::ToUnixMillis(clock_->Now()));
+  struct Strings {
+    std::string prefix;
+    std::vector<std::string> keys;  // SessionScriptKeys
+  };
+  std::vector<Strings> strings;
+  strings.reserve(keys.size());
+  std::vector<RedisClient::Keyed> commands;
+  commands.reserve(keys.size());
+  for (const SessionKey& key : keys) {
+    const std::string prefix = Prefix(key);
+    strings.push_back({prefix, SessionScriptKeys(prefix)});
+    const Strings& k = strings.back();
+    commands.push_back({k.prefix,
+                        {"EVALSHA", sha_[kRead], "3", k.keys[0], k.keys[1],
+                         k.keys[2], k.prefix, retention, now, "-1"}});
+  }
+  std::vector<absl::StatusOr<Reply>> replies = client_->RunEach(commands);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (!replies[i].ok()) {
+      out.push_back(replies[i].status());
+      continue;
+    }
+    const redisReply* r = replies[i]->get();
+    if (r->type != REDIS_REPLY_ARRAY || r->elements == 0) {
+      out.push_back(GetHead(keys[i]));
+      continue;
+    }
+    auto read = ParseRead(keys[i], -1, r);
+    if (read.ok()) {
+      out.push_back(std::move(read->first));
+    } else {
+      out.push_back(read.status());
+    }
+  }
+  return out;
+}
+
 absl::StatusOr<ListSessionsPage> RedisStateStore::ListSessions(
     const ListSessionsRequest& req) {
   SS_ASSIGN_OR_RETURN(std::string after, ParseListRequest(req));
   const std::string index = IndexKey(req.tenant);
+  const bool filtered = !req.model_filter.empty() || !req.label_filter.empty();
   ListSessionsPage page;
-  std::string from = after.empty() ? "-" : absl::StrCat("(", after);
-  int scanned = 0;
+  std::string last = after;  // the last id read: the listing goes on after it
+  int budget = std::max(options_.max_list_scan, 1);
   while (true) {
-    SS_ASSIGN_OR_RETURN(std::vector<Reply> r,
-                        client_->Run(index, {{"ZRANGEBYLEX", index, from, "+",
-                                              "LIMIT", "0", "100"}}));
+    // Ids a batch at a time, each batch's heads read in one pipeline, then
+    // taken in index order. Unfiltered, a batch is what can still fill the
+    // page (and one more, to know if it is the last): no head read for
+    // nothing. The page's end is then known by AddToPage refusing one.
+    const int room = static_cast<int>(req.page_size - page.sessions.size()) + 1;
+    const int batch =
+        std::min(filtered ? 100 : std::clamp(room, 1, 100), budget + 1);
+    SS_ASSIGN_OR_RETURN(
+        std::vector<Reply> r,
+        client_->Run(index, {{"ZRANGEBYLEX", index,
+                              last.empty() ? "-" : absl::StrCat("(", last), "+",
+                              "LIMIT", "0", absl::StrCat(batch)}}));
     const redisReply* ids = r[0].get();
     if (ids->type != REDIS_REPLY_ARRAY) return BadReply(ids);
-    for (size_t i = 0; i < ids->elements; ++i) {
-      const SessionKey key{req.tenant, Str(ids->element[i])};
-      if (scanned++ == std::max(options_.max_list_scan, 1)) {
-        // Read enough for one call: the rest from after the last read.
-        page.next_page_token =
-            MakePageToken(from.size() > 1 ? from.substr(1) : std::string());
-        return page;
-      }
-      from = absl::StrCat("(", key.session_id);
+    // Past the scan budget: enough read for one call, the rest from after
+    // the last id read.
+    const bool budget_spent = static_cast<int>(ids->elements) > budget;
+    const size_t n = budget_spent ? budget : ids->elements;
+    budget -= static_cast<int>(n);
+    std::vector<SessionKey> keys;
+    std::vector<std::string> ids_read;
+    for (size_t i = 0; i < n; ++i) {
+      SessionKey key{req.tenant, Str(ids->element[i])};
+      ids_read.push_back(key.session_id);
       if (!ValidateKey(key).ok()) {
         // No session can have this id (a foreign or damaged entry): it
         // is dropped, not a listing failed for the tenant's every call.
@@ -64,7 +120,11 @@ absl::StatusOr<ListSessionsPage> RedisStateStore::ListSessions(
             .IgnoreError();
         continue;
       }
-      auto head = GetHead(key);
+      keys.push_back(std::move(key));
+    }
+    std::vector<absl::StatusOr<SessionHead>> heads = GetHeads(keys);
+    for (size_t i = 0; i < keys.size(); ++i) {
+      absl::StatusOr<SessionHead>& head = heads[i];
       if (!head.ok()) {
         // A damaged session is left out (it stays indexed, counted toward
         // the tenant's limit, and a delete by id removes it): one bad hash
@@ -73,13 +133,18 @@ absl::StatusOr<ListSessionsPage> RedisStateStore::ListSessions(
         if (GetReason(head.status()) != Reason::kSessionNotFound) {
           return head.status();
         }
-        SS_RETURN_IF_ERROR(DropFromIndex(key));
+        SS_RETURN_IF_ERROR(DropFromIndex(keys[i]));
         continue;
       }
       if (!ListedBy(req, *head)) continue;
       if (!AddToPage(req, *std::move(head), &page)) return page;
     }
-    if (ids->elements < 100) return page;
+    if (!ids_read.empty()) last = ids_read.back();
+    if (budget_spent) {
+      page.next_page_token = MakePageToken(last);
+      return page;
+    }
+    if (ids->elements < static_cast<size_t>(batch)) return page;
   }
 }
 

@@ -375,6 +375,15 @@ class RedisStateStore final : public StateStore {
   // The head (and the fields of `version`: 0 = head, -1 = head only).
   absl::StatusOr<std::pair<SessionHead, Fields>> Read(const SessionKey& key,
                                                       int64_t version);
+  // Read's answer from kLuaRead's reply `r`.
+  absl::StatusOr<std::pair<SessionHead, Fields>> ParseRead(
+      const SessionKey& key, int64_t version, const redisReply* r);
+  // GetHead of each of `keys` (valid keys), pipelined (RunEach): one round
+  // trip per node for all of them instead of one per session. A reply that
+  // is not a plain answer (NOSCRIPT, a damaged session's SSCORRUPT, a slot
+  // mid-move) is read again alone through GetHead, which knows each case.
+  std::vector<absl::StatusOr<SessionHead>> GetHeads(
+      const std::vector<SessionKey>& keys);
 
   const RedisStateStoreOptions options_;
   Clock* const clock_;
