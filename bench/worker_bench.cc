@@ -7,7 +7,9 @@
 //      through the API, beside the engine's own batched decode at the same
 //      batch sizes (the ceiling continuous batching can reach);
 //   3. time to first token of an interactive session while another session
-//      ingests a long document (100k tokens by default).
+//      ingests a long document (100k tokens by default);
+//   4. a long Score through the scheduler in prefill chunks vs one token a
+//      step.
 // The model is a random x070 from the project's generator (written to a
 // temporary .safetensors and loaded like any checkpoint). A 65,536-token
 // vocabulary is served with a synthetic World vocab file (the 256 byte
@@ -37,6 +39,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/barrier.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/malloc_tuning.h"
 #include "services/server.h"
@@ -49,6 +52,7 @@
 #include "worker/engine/weight_writer.h"
 #include "worker/scheduler.h"
 #include "worker/session_manager.h"
+#include "worker/tasks.h"
 #include "worker/worker_service.h"
 
 ABSL_FLAG(int, layers, 6, "Model: layers.");
@@ -61,7 +65,7 @@ ABSL_FLAG(std::string, dtype, "bf16",
           "Weights: f32 or bf16 (as stored), or int8 (stored f32, "
           "quantized at load).");
 ABSL_FLAG(int, threads, 0, "Engine threads; 0 = one per hardware thread.");
-ABSL_FLAG(std::string, parts, "1,2,3", "Which parts to run.");
+ABSL_FLAG(std::string, parts, "1,2,3,4", "Which parts to run.");
 ABSL_FLAG(int, tokens, 256, "Part 1: tokens per Generate at one session.");
 ABSL_FLAG(int, repeats, 3,
           "Part 1: engine and API runs, interleaved; medians are reported.");
@@ -71,6 +75,7 @@ ABSL_FLAG(int, session_tokens, 128, "Part 2: tokens per session's Generate.");
 ABSL_FLAG(int, engine_steps, 32,
           "Part 2: decode steps of the engine-alone batched runs.");
 ABSL_FLAG(int, ingest_tokens, 100000, "Part 3: tokens of the document.");
+ABSL_FLAG(int, score_tokens, 1024, "Part 4: tokens of the Score.");
 ABSL_FLAG(int, ingest_chunk, 4096, "Part 3: tokens per Append request.");
 ABSL_FLAG(int, ttft_tokens, 4, "Part 3: max_tokens of each interactive call.");
 ABSL_FLAG(absl::Duration, ttft_pause, absl::Milliseconds(100),
@@ -469,6 +474,62 @@ absl::Status PartThree(engine::Model& model, Client& client) {
   return absl::OkStatus();
 }
 
+// Part 4: a Score of --score-tokens through the scheduler (ScoreTask):
+// prefill chunks with logits after every token (the default 64) vs one
+// token a step (prefill_chunk 1: how Score ran before 2026-12-06),
+// alternating, median of --repeats.
+absl::Status PartFour(engine::Model& model, Client&) {
+  const int vocab = model.info().config.vocab_size;
+  const int n = absl::GetFlag(FLAGS_score_tokens);
+  const std::vector<int32_t> prefix = RandomTokens(kPromptTokens, vocab, 7);
+  const std::vector<int32_t> cont = RandomTokens(n, vocab, 13);
+  auto score = [&](int chunk) -> absl::StatusOr<double> {
+    worker::SchedulerOptions o;
+    o.prefill_chunk = chunk;
+    worker::Scheduler sched(&model, o);
+    worker::EngineState s = worker::EngineState::Initial(model);
+    int32_t last = static_cast<int32_t>(prefix.size()) - 1;
+    std::vector<float> logits(vocab);
+    engine::SequenceWork w{prefix, s.state.data(),
+                           absl::MakeConstSpan(&last, 1), logits.data(),
+                           s.last_hidden.data()};
+    if (absl::Status st = model.Forward({&w, 1}); !st.ok()) return st;
+    s.position = prefix.size();
+    absl::Notification done;
+    absl::Status result;
+    const absl::Time start = absl::Now();
+    absl::Status submitted = sched.Submit(std::make_shared<worker::ScoreTask>(
+        &s, vocab, cont,
+        [&](const absl::Status& st, const std::vector<float>&,
+            const std::vector<bool>&) {
+          result = st;
+          done.Notify();
+        }));
+    if (!submitted.ok()) return submitted;
+    done.WaitForNotification();
+    if (!result.ok()) return result;
+    return n / absl::ToDoubleSeconds(absl::Now() - start);
+  };
+  std::vector<double> chunked, single;
+  for (int r = 0; r < absl::GetFlag(FLAGS_repeats); ++r) {
+    auto a = score(64);
+    if (!a.ok()) return a.status();
+    chunked.push_back(*a);
+    auto b = score(1);
+    if (!b.ok()) return b.status();
+    single.push_back(*b);
+  }
+  std::printf("## 4. Score of %d tokens (scheduler, one session)\n\n", n);
+  std::printf("| method | tokens/s |\n|---|---|\n");
+  std::printf("| prefill chunks of 64, logits after every token | %.0f |\n",
+              Median(chunked));
+  std::printf("| one token a step (before 2026-12-06) | %.0f |\n",
+              Median(single));
+  std::printf("\nRatio %.1fx, median of %zu.\n\n",
+              Median(chunked) / Median(single), chunked.size());
+  return absl::OkStatus();
+}
+
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "worker_bench [flags]: gRPC vs engine tokens/s, 1-64 concurrent "
@@ -531,7 +592,7 @@ int Main(int argc, char** argv) {
   Client client((*w)->channel);
   const std::string parts = absl::GetFlag(FLAGS_parts);
   const std::pair<char, absl::Status (*)(engine::Model&, Client&)> all[] = {
-      {'1', &PartOne}, {'2', &PartTwo}, {'3', &PartThree}};
+      {'1', &PartOne}, {'2', &PartTwo}, {'3', &PartThree}, {'4', &PartFour}};
   for (const auto& [name, part] : all) {
     if (parts.find(name) == std::string::npos) continue;
     if (absl::Status st = part(**model, client); !st.ok()) {

@@ -253,11 +253,24 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
   engine::HugePageVector<float>& logits = logits_;
   if (!work.empty()) {
     std::vector<engine::SequenceWork> batch;
+    // Each entry's logit positions: its last token's, or (every token)
+    // a prefix of 0, 1, 2, ...
     std::vector<int32_t> last(work.size());
-    int wants = 0;
-    for (const Entry& e : work) wants += e.req.want_logits ? 1 : 0;
-    if (logits.size() < static_cast<size_t>(wants) * V) {
-      logits.resize(static_cast<size_t>(wants) * V);
+    size_t most = 0;
+    int rows = 0;
+    for (const Entry& e : work) {
+      if (!e.req.want_logits) continue;
+      const int n = e.req.logits_at_every_token
+                        ? static_cast<int>(e.req.tokens.size())
+                        : 1;
+      rows += n;
+      most = std::max(most, static_cast<size_t>(n));
+    }
+    while (every_position_.size() < most) {
+      every_position_.push_back(static_cast<int32_t>(every_position_.size()));
+    }
+    if (logits.size() < static_cast<size_t>(rows) * V) {
+      logits.resize(static_cast<size_t>(rows) * V);
     }
     int slot = 0;
     std::vector<int> slot_of(work.size(), -1);
@@ -269,9 +282,14 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
       w.state = e.task->state();
       w.last_hidden = e.task->last_hidden();
       if (e.req.want_logits) {
-        w.logit_positions = absl::MakeConstSpan(&last[i], 1);
+        w.logit_positions =
+            e.req.logits_at_every_token
+                ? absl::MakeConstSpan(every_position_)
+                      .subspan(0, e.req.tokens.size())
+                : absl::MakeConstSpan(&last[i], 1);
         w.logits = logits.data() + static_cast<size_t>(slot) * V;
-        slot_of[i] = slot++;
+        slot_of[i] = slot;
+        slot += static_cast<int>(w.logit_positions.size());
       }
       batch.push_back(w);
     }

@@ -40,6 +40,9 @@ struct StepRequest {
   absl::Span<const int32_t> tokens;
   // Logits after the last token fed are wanted.
   bool want_logits = false;
+  // With want_logits: the logits after every token fed, one row each in
+  // order (Score's continuation), instead of after the last only.
+  bool logits_at_every_token = false;
   // Instead of feeding tokens: recompute the logits of the session's last
   // token from its stored hidden vector (Model::Logits).
   bool logits_from_hidden = false;
@@ -65,7 +68,8 @@ class Task {
   virtual StepRequest NextStep(int max_tokens) = 0;
   // The step ran: the first `fed` tokens of the request were consumed (the
   // scheduler may feed fewer than asked); `logits` is set when the request
-  // wanted them (vocab floats, valid during the call only). They are this
+  // wanted them (vocab floats, `fed` rows of them for
+  // logits_at_every_token; valid during the call only). They are this
   // task's own: it may use them as scratch (the sampler does).
   virtual void OnStep(int fed, float* logits) = 0;
   // True once the task needs no further step; OnDone follows.
@@ -168,6 +172,8 @@ class Scheduler {
   // On huge pages from 2 MiB, so every session's row starts on a cache
   // line: the head's stores are whole lines (engine-kernels.md).
   engine::HugePageVector<float> logits_;
+  // 0, 1, 2, ...: the logit positions of a logits_at_every_token request.
+  std::vector<int32_t> every_position_;
   // Takes ended tasks out of the admission counts.
   void Release(const std::vector<std::shared_ptr<Task>>& ended);
 

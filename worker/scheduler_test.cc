@@ -354,6 +354,55 @@ TEST(SchedulerTest, ScoresStartedTogetherEqualOneAlone) {
   }
 }
 
+// A long continuation is scored in prefill chunks with logits after every
+// token: a pass over the weights per chunk, not per token, and the same
+// bits as scoring one token per step (prefill_chunk 1).
+TEST(SchedulerTest, AScoreRunsInPrefillChunksAndEqualsOneTokenAtATime) {
+  auto model = SmallModel();
+  const int V = model->info().config.vocab_size;
+  const std::vector<int32_t> cont = Tokens(150, 6);
+  auto run = [&](int chunk, int64_t* iterations) {
+    SchedulerOptions o;
+    o.prefill_chunk = chunk;
+    Scheduler sched(model.get(), o);
+    EngineState s = Direct(*model, Tokens(10, 7));
+    absl::Notification done;
+    std::vector<float> got;
+    std::vector<bool> greedy;
+    auto task = std::make_shared<ScoreTask>(
+        &s, V, cont,
+        [&](const absl::Status& st, const std::vector<float>& lp,
+            const std::vector<bool>& g) {
+          EXPECT_TRUE(st.ok()) << st;
+          got = lp;
+          greedy = g;
+          done.Notify();
+        });
+    task->set_top_logprobs(3);
+    EXPECT_TRUE(sched.Submit(task).ok());
+    done.WaitForNotification();
+    EXPECT_EQ(task->top().size(), cont.size());
+    *iterations = sched.stats().iterations;
+    // Logprobs, then greedy flags, then each position's top 3 (id, logprob).
+    got.insert(got.end(), greedy.begin(), greedy.end());
+    for (const auto& top : task->top()) {
+      for (const engine::TokenLogprob& t : top) {
+        got.push_back(static_cast<float>(t.id));
+        got.push_back(t.logprob);
+      }
+    }
+    return got;
+  };
+  int64_t chunked = 0, single = 0;
+  const std::vector<float> a = run(64, &chunked);
+  const std::vector<float> b = run(1, &single);
+  ASSERT_EQ(a.size(), 2 * cont.size() + 6 * cont.size());
+  EXPECT_EQ(a, b);
+  // 149 tokens fed (the last is only scored): 3 chunks of 64 vs 149 steps.
+  EXPECT_EQ(chunked, 3);
+  EXPECT_EQ(single, 149);
+}
+
 TEST(SchedulerTest, GenerationIsNotStalledByALongIngest) {
   auto model = SmallModel();
   SchedulerOptions opts;

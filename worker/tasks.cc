@@ -243,19 +243,36 @@ ScoreTask::ScoreTask(
   queued_tokens = static_cast<int64_t>(tokens_.size());
 }
 
-StepRequest ScoreTask::NextStep(int) {
+StepRequest ScoreTask::NextStep(int max_tokens) {
   StepRequest r;
   if (!fed_pending_) {
     r.logits_from_hidden = true;  // logits of the state's last token
     return r;
   }
-  r.tokens = absl::MakeConstSpan(&tokens_[logprobs_.size() - 1], 1);
+  // A prefill chunk of the tokens scored so far and not yet fed, with the
+  // logits after each (the next token's). The last token is never fed:
+  // nothing is scored after it.
+  const size_t next = logprobs_.size() - 1;
+  const size_t n = std::min(tokens_.size() - logprobs_.size(),
+                            static_cast<size_t>(std::max(max_tokens, 1)));
+  r.tokens = absl::MakeConstSpan(tokens_).subspan(next, n);
   r.want_logits = true;
+  r.logits_at_every_token = true;
+  r.prefill = true;
   return r;
 }
 
 void ScoreTask::OnStep(int fed, float* logits) {
   st_->position += static_cast<uint64_t>(fed);
+  // One row per token fed; the first step (from the hidden vector) one.
+  const int rows = std::max(fed, 1);
+  for (int row = 0; row < rows; ++row) {
+    Score(logits + static_cast<size_t>(row) * vocab_size_);
+  }
+  fed_pending_ = true;
+}
+
+void ScoreTask::Score(float* logits) {
   const int32_t want = tokens_[logprobs_.size()];
   // Log-softmax of the wanted token (NaN logits count as -inf, +inf ones
   // share the mass: never a NaN logprob), and whether it is the argmax.
@@ -277,7 +294,6 @@ void ScoreTask::OnStep(int fed, float* logits) {
                        absl::MakeConstSpan(logits, vocab_size_), want, top_n_)
                        .top);
   }
-  fed_pending_ = true;
 }
 
 void ScoreTask::OnDone() { done_(absl::OkStatus(), logprobs_, greedy_); }

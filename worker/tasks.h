@@ -181,7 +181,10 @@ class GenerateTask final : public Task {
 
 // Log-probabilities of `tokens` (non-empty) as a continuation of the state
 // (position > 0), which it advances: give it a copy. `done` gets one
-// logprob per token and whether each was the greedy choice.
+// logprob per token and whether each was the greedy choice. The first
+// token's logits come from the saved hidden vector, the rest from prefill
+// chunks with logits after every token (one pass over the weights per
+// chunk, not per token).
 class ScoreTask final : public Task {
  public:
   ScoreTask(EngineState* state, int vocab_size, std::vector<int32_t> tokens,
@@ -212,10 +215,12 @@ class ScoreTask final : public Task {
   int top_n_ = 0;
   std::vector<std::vector<engine::TokenLogprob>> top_;
   std::vector<int32_t> tokens_;
-  bool fed_pending_ = false;  // the token scored last still needs feeding
+  bool fed_pending_ = false;  // the first token is scored (from hidden)
   std::vector<float> logprobs_;
   std::vector<bool> greedy_;
   std::vector<float> scratch_;  // a position's log-softmax
+  // Scores the next token from the `logits` before it.
+  void Score(float* logits);
   std::function<void(const absl::Status&, const std::vector<float>&,
                      const std::vector<bool>&)>
       done_;
