@@ -282,11 +282,10 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
       w.state = e.task->state();
       w.last_hidden = e.task->last_hidden();
       if (e.req.want_logits) {
-        w.logit_positions =
-            e.req.logits_at_every_token
-                ? absl::MakeConstSpan(every_position_)
-                      .subspan(0, e.req.tokens.size())
-                : absl::MakeConstSpan(&last[i], 1);
+        w.logit_positions = e.req.logits_at_every_token
+                                ? absl::MakeConstSpan(every_position_)
+                                      .subspan(0, e.req.tokens.size())
+                                : absl::MakeConstSpan(&last[i], 1);
         w.logits = logits.data() + static_cast<size_t>(slot) * V;
         slot_of[i] = slot;
         slot += static_cast<int>(w.logit_positions.size());
