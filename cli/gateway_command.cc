@@ -40,6 +40,10 @@ ABSL_FLAG(absl::Duration, upstream_stall_timeout, absl::Seconds(10),
           "oldest request in flight), or whose connection leaves pings "
           "unanswered this long, "
           "is treated as failed and the call moves on.");
+ABSL_FLAG(absl::Duration, client_stall_timeout, absl::Seconds(60),
+          "A client that holds the gateway's buffers and does not move this "
+          "long is cut off (CANCELLED): an Append client that leaves an ack "
+          "unread, an import client that sends nothing more.");
 ABSL_FLAG(int, max_calls, 4096,
           "Calls served at once, streams included (a call holds a thread "
           "only while it routes or fails over, not while it waits); more "
@@ -105,6 +109,10 @@ int Run(const std::vector<std::string>& args) {
   options.upstream_stall_timeout = absl::GetFlag(FLAGS_upstream_stall_timeout);
   if (options.upstream_stall_timeout <= absl::ZeroDuration()) {
     return ReportUsageError("--upstream-stall-timeout must be positive");
+  }
+  options.client_stall_timeout = absl::GetFlag(FLAGS_client_stall_timeout);
+  if (options.client_stall_timeout <= absl::ZeroDuration()) {
+    return ReportUsageError("--client-stall-timeout must be positive");
   }
   options.request_id_window = RequestIdWindowFromFlag();
   // What clients may send is forwarded, and what workers answer is sent on.

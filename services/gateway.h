@@ -80,6 +80,12 @@ struct GatewayOptions {
   // request is acked only once it has all gone through the model. Liveness
   // meanwhile comes from the connection's pings.
   absl::Duration upstream_stall_per_unit = absl::Milliseconds(100);
+  // A client that holds the gateway's buffers and does not move for this
+  // long is cut off (CANCELLED): an Append whose client leaves an ack
+  // unread (its replay log cannot be trimmed meanwhile), an import whose
+  // client sends nothing more. Otherwise a few idle streams would hold
+  // max_buffered_bytes, and every other tenant's Append and import with it.
+  absl::Duration client_stall_timeout = absl::Seconds(60);
   // Calls served at once, streams included (a call holds a thread only
   // while it routes or fails over, not while it waits on a worker or its
   // client); more are RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms, as

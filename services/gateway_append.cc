@@ -83,7 +83,9 @@ class AppendCall final
   // clock) is treated as failed; a paused or partitioned worker is found
   // sooner by its connection's unanswered pings (Gateway::Channel). And a
   // stream whose API key was revoked ends even while its client sends
-  // nothing (one atomic read while the keys do not change).
+  // nothing (one atomic read while the keys do not change). A client that
+  // leaves an ack unread for client_stall_timeout is cut off: its log
+  // (up to two append_buffer_bytes) cannot be trimmed meanwhile.
   void Check(absl::Time now) override;
   // Task, after the keys changed: ends the input if the call's key was
   // revoked (a hash lookup, not under the watchdog's lock).
@@ -201,8 +203,10 @@ class AppendCall final
   v1::AppendResponse write_ ABSL_GUARDED_BY(mu_);   // the write in flight's
   absl::Time write_received_ ABSL_GUARDED_BY(mu_);  // its request's
   bool writing_client_ ABSL_GUARDED_BY(mu_) = false;
-  bool client_gone_ ABSL_GUARDED_BY(mu_) = false;  // a write to it failed
-  bool client_done_ ABSL_GUARDED_BY(mu_) = false;  // no more requests
+  absl::Time write_started_ ABSL_GUARDED_BY(mu_);     // the write in flight's
+  bool client_stalled_ ABSL_GUARDED_BY(mu_) = false;  // cut off (Check)
+  bool client_gone_ ABSL_GUARDED_BY(mu_) = false;     // a write to it failed
+  bool client_done_ ABSL_GUARDED_BY(mu_) = false;     // no more requests
   // Why the client's input ended early: its API key was revoked (or
   // could not be checked).
   absl::Status input_ended_ ABSL_GUARDED_BY(mu_);
@@ -290,6 +294,13 @@ void AppendCall::Check(absl::Time now) {
               o.upstream_stall_per_unit * static_cast<double>(oldest)) {
     stalled_ = true;
     upstream_->context()->TryCancel();
+  }
+  if (writing_client_ && !client_stalled_ &&
+      now - write_started_ > o.client_stall_timeout) {
+    // The write's end (not ok) ends the call as a client gone would.
+    client_stalled_ = true;
+    gateway_->metrics().CountClientStall("Append");
+    ctx_->TryCancel();
   }
   if (!client_done_ && !ending_ && !revoking_ &&
       o.auth.generation() != auth_generation_) {
@@ -614,6 +625,7 @@ void AppendCall::UpstreamReadDone(bool ok) {
     write_ = ack;
     write_received_ = received;
     writing_client_ = true;
+    write_started_ = absl::Now();
     StartWrite(&write_);
   } else {
     upstream_->StartRead(&upstream_->ack);

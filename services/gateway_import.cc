@@ -5,6 +5,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -31,6 +32,7 @@ namespace {
 // So the fields below need no lock: no step touches them after it has
 // started the next.
 class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
+                         public Watched,
                          private ReactorCall {
  public:
   ImportCall(Gateway* gateway, grpc::CallbackServerContext* ctx,
@@ -52,6 +54,20 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
 
   void OnReadDone(bool ok) override;
   void OnCancel() override { CancelWaits(); }
+  // Every 100 ms while the call reads: a client that sends nothing for
+  // client_stall_timeout while the import holds its part of the gateway's
+  // buffers is cut off.
+  void Check(absl::Time now) override {
+    const int64_t since = read_since_ns_.load();
+    if (since == 0 || stalled_.load() ||
+        now - absl::FromUnixNanos(since) <=
+            gateway_->options().client_stall_timeout) {
+      return;
+    }
+    stalled_ = true;
+    gateway_->metrics().CountClientStall("ImportState");
+    ctx_->TryCancel();
+  }
   void OnDone() override { Unref(); }
 
  private:
@@ -61,6 +77,7 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
   void Setup();
   void Read() {
     MarkUnread(&msg_);
+    read_since_ns_ = absl::GetCurrentTimeNanos();
     StartRead(&msg_);
   }
   // Whether `msg_`, the next message read, may join the import: typed as
@@ -87,6 +104,11 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
   std::string tenant_;                      // Start's
   std::shared_ptr<TenantLimits::StreamSlot> slot_;
   bool finished_ = false;
+  bool watched_ = false;  // Gateway::Watch'ed (Setup), until End
+  // Read by the watchdog (Check): when the read in flight began (0: none),
+  // and whether Check cut the client off.
+  std::atomic<int64_t> read_since_ns_{0};
+  std::atomic<bool> stalled_{false};
 
   // The import, kept whole for a replay on failover, so bounded: no more
   // state bytes than the header announces (the worker refuses more anyway)
@@ -96,9 +118,10 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
   std::vector<v1::ImportStateRequest> parts_;
   uint64_t bytes_ = 0;  // state bytes in the chunks so far
   uint64_t kept_ = 0;   // what parts_ holds in memory
-  // Its room in the gateway's buffers: the announced state's at the
-  // header, more as the messages turn out to hold more (each by the
-  // budget's rule), given back once the import is forwarded.
+  // Its room in the gateway's buffers: what has arrived, grown as it
+  // arrives (each by the budget's rule), given back once the import is
+  // forwarded. (Not the announced size at the header: a header alone,
+  // ~100 bytes on the wire, would then hold up to max_import_bytes.)
   ByteBudget::Hold room_;
 
   Target target_{"ImportState", "", "", ""};
@@ -154,14 +177,21 @@ void ImportCall::Setup() {
     return;
   }
   slot_ = *std::move(slot);
+  gateway_->Watch(this);
+  watched_ = true;
   Read();
 }
 
 void ImportCall::OnReadDone(bool ok) {
+  read_since_ns_ = 0;
   if (!ok) {
     // The client's side ended: all of it is here, or a message it sent
     // did not parse.
-    if (ctx_->IsCancelled()) {
+    if (stalled_) {
+      Conclude(
+          grpc::Status(grpc::StatusCode::CANCELLED,
+                       "the client sent nothing for --client-stall-timeout"));
+    } else if (ctx_->IsCancelled()) {
       Conclude(grpc::Status(grpc::StatusCode::CANCELLED,
                             "the client cancelled the import"));
     } else if (ReadUnparsable(msg_)) {
@@ -231,14 +261,10 @@ absl::Status ImportCall::Check() {
   if (msg.has_header() && total > max_import) {
     kept_ = total;  // refused just below
   }
-  if (kept_ <= max_import) {
-    // What is held, and the rest of the announced state.
-    const uint64_t want = kept_ + (total > bytes_ ? total - bytes_ : 0);
-    if (want > static_cast<uint64_t>(room_.bytes())) {
-      absl::Status grown = gateway_->buffers().Grow(
-          &room_, static_cast<int64_t>(want) - room_.bytes());
-      if (!grown.ok()) return grown;
-    }
+  if (kept_ <= max_import && kept_ > static_cast<uint64_t>(room_.bytes())) {
+    absl::Status grown = gateway_->buffers().Grow(
+        &room_, static_cast<int64_t>(kept_) - room_.bytes());
+    if (!grown.ok()) return grown;
   }
   if (kept_ > max_import) {
     return MakeError(
@@ -324,6 +350,8 @@ void ImportCall::AfterAttempt(grpc::Status status, bool client_gone) {
 void ImportCall::End(grpc::Status status) {
   if (finished_) return;
   finished_ = true;
+  // No Check once this returns, so none after Finish.
+  if (watched_) gateway_->Unwatch(this);
   gateway_->EndCall("ImportState", status, began_);
   slot_.reset();  // the client may open its next stream at once
   parts_.clear();

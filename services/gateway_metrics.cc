@@ -45,6 +45,11 @@ void GatewayMetrics::IncFailover(const std::string& method) {
   ++failovers_[method];
 }
 
+void GatewayMetrics::CountClientStall(const std::string& method) {
+  absl::MutexLock lock(&mu_);
+  ++client_stalls_[method];
+}
+
 void GatewayMetrics::IncRoute(RouteDecision decision) {
   absl::MutexLock lock(&mu_);
   ++routes_[static_cast<int>(decision)];
@@ -107,6 +112,15 @@ std::string GatewayMetrics::Render() const {
       "resent unary calls), by rpc method.");
   for (const auto& [method, n] : failovers_) {
     absl::StrAppend(&out, "statestream_gateway_failovers_total{method=\"",
+                    method, "\"} ", n, "\n");
+  }
+  AppendMetricHeader(
+      &out, "statestream_gateway_client_stalls_total", "counter",
+      "Clients cut off for holding buffers without moving for "
+      "--client-stall-timeout (an Append ack left unread, an import left "
+      "unsent), by rpc method.");
+  for (const auto& [method, n] : client_stalls_) {
+    absl::StrAppend(&out, "statestream_gateway_client_stalls_total{method=\"",
                     method, "\"} ", n, "\n");
   }
   AppendMetricHeader(

@@ -59,6 +59,8 @@ class GatewayMetrics {
   void ObserveAppendAck(absl::Duration d);
   // A call moved to another worker (`method` as above).
   void IncFailover(const std::string& method);
+  // A client cut off for not moving (client_stall_timeout), by method.
+  void CountClientStall(const std::string& method);
   void IncRoute(RouteDecision decision);
   // Append requests re-sent to a new worker after a failover.
   void AddReplayedRequests(int64_t n);
@@ -82,6 +84,7 @@ class GatewayMetrics {
       ABSL_GUARDED_BY(mu_);  // by (method, code)
   std::map<std::string, uint64_t> errors_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> failovers_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, uint64_t> client_stalls_ ABSL_GUARDED_BY(mu_);
   uint64_t routes_[kDecisions] ABSL_GUARDED_BY(mu_) = {};
   uint64_t replayed_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t skipped_ ABSL_GUARDED_BY(mu_) = 0;

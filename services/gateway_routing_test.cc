@@ -190,11 +190,19 @@ double BufferedBytes(const GatewayMetrics& metrics) {
   return it == samples.end() ? -1 : it->second;
 }
 
+// A chunk of `bytes` state bytes.
+v1::ImportStateRequest ImportChunk(size_t bytes) {
+  v1::ImportStateRequest chunk;
+  chunk.mutable_chunk()->set_data(std::string(bytes, 'x'));
+  return chunk;
+}
+
 // Imports are read whole, so together they take at most the gateway's
-// buffers (one always fits alone): another import while they are held is
-// RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms before a chunk is read,
-// and fits once the first is done. A header announcing more than an import
-// may hold is refused at once.
+// buffers (one always fits alone), room taken as their bytes arrive:
+// another import while they are held is RESOURCE_EXHAUSTED/OVERLOADED
+// with retry_after_ms once its bytes do not fit, and fits once the first
+// is done. A header announcing more than an import may hold is refused at
+// once.
 TEST_F(GatewayTest, ImportsWaitForRoomInTheGatewaysBuffers) {
   // Outlives the gateway (the fixture stops it after this body).
   static GatewayMetrics* const metrics = new GatewayMetrics();
@@ -207,7 +215,7 @@ TEST_F(GatewayTest, ImportsWaitForRoomInTheGatewaysBuffers) {
     grpc::ClientContext ctx;
     v1::Session resp;
     auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
-    writer->Write(ImportHeader(total));
+    if (writer->Write(ImportHeader(total))) writer->Write(ImportChunk(total));
     writer->WritesDone();
     return FromGrpcStatus(writer->Finish());
   };
@@ -216,6 +224,10 @@ TEST_F(GatewayTest, ImportsWaitForRoomInTheGatewaysBuffers) {
   auto first =
       v1::Sessions::NewStub(channel_)->ImportState(&first_ctx, &first_resp);
   ASSERT_TRUE(first->Write(ImportHeader(768 << 10)));
+  // The header alone holds next to nothing: room is taken as bytes come.
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_LT(buffered(), 4096);
+  ASSERT_TRUE(first->Write(ImportChunk(768 << 10)));
   for (int i = 0; i < 1000 && buffered() < (768 << 10); ++i) {
     absl::SleepFor(absl::Milliseconds(5));
   }
@@ -254,6 +266,7 @@ TEST_F(GatewayTest, AnImportsOverheadCountsInTheGatewaysBuffers) {
   auto first =
       v1::Sessions::NewStub(channel_)->ImportState(&first_ctx, &first_resp);
   ASSERT_TRUE(first->Write(ImportHeader(512 << 10)));
+  ASSERT_TRUE(first->Write(ImportChunk(512 << 10)));
   for (int i = 0; i < 1000 && BufferedBytes(*metrics) < (512 << 10); ++i) {
     absl::SleepFor(absl::Milliseconds(5));
   }
@@ -276,6 +289,86 @@ TEST_F(GatewayTest, AnImportsOverheadCountsInTheGatewaysBuffers) {
   first->WritesDone();
   first->Finish();
   EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 1);
+}
+
+// An import whose client stops sending is cut off after
+// client_stall_timeout and its room given back: idle clients cannot hold
+// the gateway's buffers (and every other tenant's imports) for as long as
+// their connections live.
+TEST_F(GatewayTest, AnImportWhoseClientStopsSendingIsCutOff) {
+  static GatewayMetrics* const metrics = new GatewayMetrics();
+  GatewayOptions options;
+  options.max_buffered_bytes = 1 << 20;
+  options.client_stall_timeout = absl::Milliseconds(300);
+  options.metrics = metrics;
+  Start(options);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  v1::Session resp;
+  auto idle = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+  ASSERT_TRUE(idle->Write(ImportHeader(768 << 10)));
+  ASSERT_TRUE(idle->Write(ImportChunk(512 << 10)));
+  for (int i = 0; i < 1000 && BufferedBytes(*metrics) < (512 << 10); ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_GE(BufferedBytes(*metrics), 512 << 10);
+  for (int i = 0; i < 1000 && BufferedBytes(*metrics) > 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(BufferedBytes(*metrics), 0);
+  EXPECT_EQ(FromGrpcStatus(idle->Finish()).code(),
+            absl::StatusCode::kCancelled);
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
+  const auto samples = e2e::ParseMetrics(metrics->Render());
+  const auto it = samples.find(
+      "statestream_gateway_client_stalls_total{method=\"ImportState\"}");
+  ASSERT_NE(it, samples.end());
+  EXPECT_EQ(it->second, 1);
+}
+
+// An Append whose client leaves its acks unread (its replay log cannot be
+// trimmed meanwhile) is cut off after client_stall_timeout, its log given
+// back to the gateway's buffers.
+TEST_F(GatewayTest, AnAppendWhoseClientLeavesAcksUnreadIsCutOff) {
+  static GatewayMetrics* const metrics = new GatewayMetrics();
+  GatewayOptions options;
+  options.client_stall_timeout = absl::Milliseconds(300);
+  options.metrics = metrics;
+  Start(options);
+  // A client whose receive window fills soon: acks stay in the gateway.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
+  auto channel = grpc::CreateCustomChannel(
+      server_->address(), grpc::InsecureChannelCredentials(), args);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  auto stream = v1::Streams::NewStub(channel)->Append(&ctx);
+  const std::string text(100, 'a');
+  for (int i = 0; i < 5000; ++i) {
+    ASSERT_TRUE(stream->Write(
+        AppendAt(absl::StrCat("r", i), static_cast<uint64_t>(i) * 100, text)));
+  }
+  stream->WritesDone();
+  const auto stalls = [] {
+    const auto samples = e2e::ParseMetrics(metrics->Render());
+    const auto it = samples.find(
+        "statestream_gateway_client_stalls_total{method=\"Append\"}");
+    return it == samples.end() ? 0.0 : it->second;
+  };
+  for (int i = 0; i < 2000 && stalls() == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(stalls(), 1);
+  for (int i = 0; i < 1000 && BufferedBytes(*metrics) > 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(BufferedBytes(*metrics), 0);
+  v1::AppendResponse ack;
+  int acks = 0;
+  while (stream->Read(&ack)) ++acks;
+  EXPECT_LT(acks, 5000);
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
 }
 
 // A caller with a bad key is refused UNAUTHENTICATED as its call starts,
