@@ -289,6 +289,26 @@ class SessionManager::Impl {
     memo_->Remember(tenant, request_id, session_id, digest, version);
   }
 
+  // A retry the memo does not know (another worker served it, this one
+  // restarted, or the memo dropped it) found in the store instead: the
+  // kept version of `key` that `cause` made for `request_id`, if any.
+  // DUPLICATE_REQUEST when that version is not what this request would
+  // have made (`same` says no). A rollback or NEW_VERSION import applied
+  // again would discard what was committed since (Append input included).
+  absl::StatusOr<std::optional<uint64_t>> CommittedInStore(
+      const SessionKey& key, const std::string& request_id, VersionCause cause,
+      const std::function<bool(const VersionInfo&)>& same) {
+    if (request_id.empty()) return std::nullopt;
+    SS_ASSIGN_OR_RETURN(std::vector<VersionInfo> versions,
+                        store_->ListVersions(key));
+    for (const VersionInfo& v : versions) {
+      if (v.cause != cause || v.request_id != request_id) continue;
+      if (!same(v)) return DuplicateRequest(request_id);
+      return v.version;
+    }
+    return std::nullopt;
+  }
+
   static std::string MapKey(const SessionKey& k) {
     return absl::StrCat(k.tenant, "/", k.session_id);
   }

@@ -445,6 +445,58 @@ TEST_F(SessionManagerTest, AGeneratedIdImportRetriedOnAnotherWorkerIsOnce) {
   other->Drain();
 }
 
+// A rollback or a NEW_VERSION import retried on another worker (a gateway
+// resends one whose worker died before answering; the memo is per process)
+// is found in the store by its request id: it applies nothing again, so the
+// input committed since stays. The same id for another rollback or another
+// state is DUPLICATE_REQUEST.
+TEST_F(SessionManagerTest, ARollbackOrImportRetriedOnAnotherWorkerIsOnce) {
+  Create("s");
+  auto w = Open("s");
+  ASSERT_TRUE(Append(w, 0, "abc", true, true).ok());
+  const std::string abc = Blob("s");
+  ASSERT_TRUE(Append(w, 3, "d", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  auto head = store_->GetHead({"t", "s"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  const uint64_t abc_version = head->head.version - 1;
+  auto rolled = manager_->Rollback("t", "s", abc_version, std::nullopt,
+                                   std::nullopt, "rollback-1");
+  ASSERT_TRUE(rolled.ok()) << rolled.status();
+  EXPECT_EQ(rolled->input_offset, 3u);
+  CreateParams p;
+  p.request_id = "import-1";
+  p.session_id = "s";
+  auto imported = manager_->Import("t", abc, true, p, std::nullopt);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  // Input committed after both.
+  w = Open("s");
+  ASSERT_TRUE(Append(w, 3, "xyz", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  manager_->Drain();
+  head = store_->GetHead({"t", "s"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  const uint64_t last = head->head.version;
+  auto other = OtherWorker();
+  ASSERT_NE(other, nullptr);
+  auto again = other->Rollback("t", "s", abc_version, std::nullopt,
+                               std::nullopt, "rollback-1");
+  ASSERT_TRUE(again.ok()) << again.status();
+  auto again_import = other->Import("t", abc, true, p, std::nullopt);
+  ASSERT_TRUE(again_import.ok()) << again_import.status();
+  head = store_->GetHead({"t", "s"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->head.version, last);
+  EXPECT_EQ(head->head.input_offset, 6u);
+  EXPECT_EQ(GetReason(other
+                          ->Rollback("t", "s", abc_version + 1, std::nullopt,
+                                     std::nullopt, "rollback-1")
+                          .status()),
+            Reason::kDuplicateRequest);
+  w = nullptr;
+  other->Drain();
+}
+
 // A head no load can read (STATE_CORRUPT) does not lock the session: a
 // rollback to an older version and an import as the next version need
 // nothing of it, as docs/errors.md's way out says; the session then goes

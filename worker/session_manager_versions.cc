@@ -132,6 +132,17 @@ void SessionManager::RollbackAsync(
         SS_ASSIGN_OR_RETURN(turn->retried, m->Seen(tenant, request_id, digest,
                                                    nullptr, &turn->committed));
         if (turn->retried) return SessionView{};
+        SS_ASSIGN_OR_RETURN(
+            std::optional<uint64_t> found,
+            m->CommittedInStore(s->key, request_id, VersionCause::kRollback,
+                                [version](const VersionInfo& v) {
+                                  return v.rolled_back_from == version;
+                                }));
+        if (found) {
+          turn->retried = true;
+          turn->committed = *found;
+          return SessionView{};
+        }
         const uint64_t head = s->head.head.version;
         SS_RETURN_IF_ERROR(CheckExpectedHead(expected, head));
         auto res = m->store_->Rollback(s->key, head, s->fence, version,
@@ -405,6 +416,19 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
                             m.Seen(tenant, params.request_id, digest,
                                    &turn->seen_id, &turn->committed));
         if (turn->retried) return SessionView{};
+        SS_ASSIGN_OR_RETURN(
+            std::optional<uint64_t> found,
+            m.CommittedInStore(s->key, params.request_id, VersionCause::kImport,
+                               [&snap](const VersionInfo& v) {
+                                 return v.position == snap.position &&
+                                        v.input_offset == snap.input_offset;
+                               }));
+        if (found) {
+          turn->retried = true;
+          turn->seen_id = params.session_id;
+          turn->committed = *found;
+          return SessionView{};
+        }
         SS_RETURN_IF_ERROR(CheckExpectedHead(expected, s->head.head.version));
         CommitRequest r =
             ImportCommit(s->key, s->head, s->fence, snap,

@@ -987,8 +987,9 @@ class Session:
                  timeout: Optional[float] = None) -> SessionInfo:
         """Commits version `version`'s state as the new head (at
         `durability`); with expected_version, only if that is the head.
-        Set expected_version to make the call exact: a retry that reaches
-        another worker (or a restarted one) is otherwise applied again."""
+        A retry that reaches another worker (or a restarted one) finds
+        the version it committed while that is kept; set expected_version
+        to make the call exact beyond that."""
         req = _rollback_request(self.id, version, expected_version,
                                 durability)
         return SessionInfo.from_proto(self.client._unary(
@@ -1015,9 +1016,10 @@ class Session:
                      durability: int = pb.DURABILITY_UNSPECIFIED,
                      timeout: Optional[float] = None) -> SessionInfo:
         """Commits `state` as the session's next version (at `durability`;
-        with expected_version, only if that is the head). Set
-        expected_version to make the call exact: a retry that reaches
-        another worker (or a restarted one) is otherwise applied again."""
+        with expected_version, only if that is the head). A retry that
+        reaches another worker (or a restarted one) finds the version it
+        committed while that is kept; set expected_version to make the
+        call exact beyond that."""
         blob = _state_blob(state)
         header = _import_header(self.id, pb.IMPORT_MODE_NEW_VERSION, state,
                                 durability=durability,
