@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/status.h"
@@ -184,6 +185,30 @@ TEST_F(SessionManagerTest, ADrainRetriesACommitTheStoreRefusesForNow) {
     ASSERT_TRUE(view.ok()) << view.status();
     EXPECT_EQ(view->input_offset, recovers ? 17u : 0u);
   }
+}
+
+// A store that does not answer during a drain costs the drain its deadline,
+// not a commit attempt (each waiting out the store client's timeouts) per
+// dirty session after it: once a commit past the deadline found the store
+// down, the other dirty sessions are reported at once without one.
+TEST_F(SessionManagerTest, ADrainPastItsDeadlineStopsCallingADownStore) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  SessionManagerOptions o;
+  o.drain_commit_timeout = absl::Milliseconds(200);
+  Start(o);
+  std::vector<std::shared_ptr<SessionManager::Writer>> writers;
+  for (int i = 0; i < 5; ++i) {
+    const std::string id = absl::StrCat("down", i);
+    Create(id);
+    writers.push_back(Open(id));
+    ASSERT_TRUE(Append(writers.back(), 0, "not yet committed").ok());
+  }
+  faulty_->refuse_commits = 1 << 30;
+  manager_->Drain();
+  for (auto& w : writers) manager_->AbandonWriter(w);
+  EXPECT_EQ(manager_->stats().drain_commit_failures, 5);
+  absl::MutexLock lock(&faulty_->refused_mu);
+  EXPECT_EQ(faulty_->refused_sessions.size(), 1u);
 }
 
 // Input whose requests asked for FSYNC is committed at FSYNC whatever

@@ -569,7 +569,12 @@ class SessionManager::Impl {
   // retried with backoff until `deadline`; a commit that never lands is
   // counted and reported (strand). *level_short: a commit of the drain fell
   // short of its durability, so the rest do not wait for theirs.
-  void CommitForDrain(Session* s, absl::Time deadline, bool* level_short);
+  // False when the commit failed and the store did not answer
+  // (UNAVAILABLE): the session is reported (ReportNotStored).
+  bool CommitForDrain(Session* s, absl::Time deadline, bool* level_short);
+  // Counts and logs a session the drain could not commit: its input past
+  // the head's offset, for clients to resend.
+  void ReportNotStored(const Session* s, const absl::Status& why);
   // The durability of a commit by policy of `s` (strand): the default, or
   // more if the uncommitted input's requests asked for more.
   Durability PolicyDurability(const Session* s) const {

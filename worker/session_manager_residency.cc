@@ -684,7 +684,7 @@ absl::Time SessionManager::Impl::CommitIfWaited(
   return look_again;
 }
 
-void SessionManager::Impl::CommitForDrain(Session* s, absl::Time deadline,
+bool SessionManager::Impl::CommitForDrain(Session* s, absl::Time deadline,
                                           bool* level_short) {
   absl::Duration backoff = absl::Milliseconds(50);
   absl::Status st;
@@ -700,11 +700,11 @@ void SessionManager::Impl::CommitForDrain(Session* s, absl::Time deadline,
     // it. Not failures here.
     if (st.ok() || GetReason(st) == Reason::kFenced ||
         GetReason(st) == Reason::kSessionNotFound) {
-      return;
+      return true;
     }
     if (!s->dirty) {  // written below the level asked for: stored
       *level_short = true;
-      return;
+      return true;
     }
     if (st.code() != absl::StatusCode::kUnavailable ||
         clock_->Now() + backoff > deadline) {
@@ -713,6 +713,12 @@ void SessionManager::Impl::CommitForDrain(Session* s, absl::Time deadline,
     clock_->SleepFor(backoff);
     backoff = std::min(backoff * 2, absl::Seconds(1));
   }
+  ReportNotStored(s, st);
+  return st.code() != absl::StatusCode::kUnavailable;
+}
+
+void SessionManager::Impl::ReportNotStored(const Session* s,
+                                           const absl::Status& why) {
   {
     absl::MutexLock lock(&mu_);
     ++stats_.drain_commit_failures;
@@ -720,7 +726,7 @@ void SessionManager::Impl::CommitForDrain(Session* s, absl::Time deadline,
   std::cerr << "drain: session " << s->key.tenant << "/" << s->key.session_id
             << " could not be committed; its input after offset "
             << s->head.head.input_offset << " (up to " << s->input_offset
-            << ") is not stored, for clients to resend: " << st << "\n";
+            << ") is not stored, for clients to resend: " << why << "\n";
 }
 
 void SessionManager::Impl::Drain() {
@@ -738,12 +744,33 @@ void SessionManager::Impl::Drain() {
   }
   const absl::Time deadline = clock_->Now() + opt_.drain_commit_timeout;
   bool level_short = false;
+  // Once a commit found the store not answering until the deadline, the
+  // rest are reported without store calls (each would wait out the store
+  // client's timeouts: with a hung Redis and hundreds of dirty sessions,
+  // far past any termination grace period, and most never reported) and
+  // their leases left to expire.
+  bool store_down = false;
   for (auto& s : all) {
-    RunSync<bool>(s, [this, &s, deadline, &level_short] {
+    RunSync<bool>(s, [this, &s, deadline, &level_short, &store_down] {
       if (GoneError(s.get()).ok()) {
+        if (store_down) {
+          if (s->dirty) {
+            ReportNotStored(s.get(),
+                            absl::UnavailableError(
+                                "not tried: the store did not answer the "
+                                "drain's commits past its deadline"));
+          }
+          Drop(s.get(), Session::Gone::kEvicted);
+          return true;
+        }
         // (Each asks the store: not once the drain's time is up.)
         if (clock_->Now() < deadline) AdoptIfStoreWentBack(s.get());
-        if (s->dirty) CommitForDrain(s.get(), deadline, &level_short);
+        // (A false CommitForDrain: UNAVAILABLE until the deadline.)
+        if (s->dirty && !CommitForDrain(s.get(), deadline, &level_short)) {
+          store_down = true;
+          Drop(s.get(), Session::Gone::kEvicted);
+          return true;
+        }
         DropAndRelease(s.get(), Session::Gone::kEvicted);
       }
       return true;

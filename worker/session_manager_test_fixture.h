@@ -6,7 +6,10 @@
 #define STATESTREAM_WORKER_SESSION_MANAGER_TEST_FIXTURE_H_
 
 #include <atomic>
+#include <set>
+#include <string>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
@@ -44,6 +47,9 @@ class LosingStore final : public testing::ForwardingStore {
   std::atomic<int> refuse_commits{0};
   // Commits that asked for more than MEMORY.
   std::atomic<int> durable_commits{0};
+  // The sessions whose commits were refused.
+  absl::Mutex refused_mu;
+  std::set<std::string> refused_sessions ABSL_GUARDED_BY(refused_mu);
 
   // Deletes refused (UNAVAILABLE, nothing deleted) before they pass again.
   std::atomic<int> refuse_deletes{0};
@@ -66,6 +72,8 @@ class LosingStore final : public testing::ForwardingStore {
     if (r.durability > Durability::kMemory) ++durable_commits;
     if (refuse_commits.load() > 0) {
       --refuse_commits;
+      absl::MutexLock lock(&refused_mu);
+      refused_sessions.insert(r.key.session_id);
       return Unavailable();
     }
     auto res = ForwardingStore::Commit(r);
