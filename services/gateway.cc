@@ -138,11 +138,14 @@ absl::StatusOr<std::vector<Gateway::WorkerModels>> Gateway::Models(
       // nothing of the worker: no suspicion, which would move sessions.
       if (ctx.IsCancelled())
         return absl::CancelledError("the caller cancelled");
-      if (ShouldFailover(st)) {
-        router_.MarkSuspect(w.worker_id);
-        // Not reached: it may serve any model. One that answered an error
-        // (an older build, a policy) serves none this gateway can use.
-        if (all_known != nullptr) *all_known = false;
+      if (ShouldFailover(st)) router_.MarkSuspect(w.worker_id);
+      // Not reached, or too slow to answer (a paused or CPU-starved
+      // worker: DEADLINE_EXCEEDED), or busy: it may serve any model, so a
+      // model not found elsewhere is UNAVAILABLE (retry), not NOT_FOUND.
+      // One that answered with a refusal (an older build, a policy)
+      // serves none this gateway can use.
+      if (!AnsweredWithRefusal(st) && all_known != nullptr) {
+        *all_known = false;
       }
       continue;
     }
@@ -168,6 +171,20 @@ absl::StatusOr<std::vector<Gateway::WorkerModels>> Gateway::Models(
     return router_.NoWorker("no ready worker answered ListModels; retry");
   }
   return out;
+}
+
+bool Gateway::AnsweredWithRefusal(const grpc::Status& status) {
+  switch (status.error_code()) {
+    case grpc::StatusCode::UNIMPLEMENTED:
+    case grpc::StatusCode::PERMISSION_DENIED:
+    case grpc::StatusCode::UNAUTHENTICATED:
+    case grpc::StatusCode::INVALID_ARGUMENT:
+    case grpc::StatusCode::FAILED_PRECONDITION:
+    case grpc::StatusCode::NOT_FOUND:
+      return true;
+    default:
+      return false;
+  }
 }
 
 absl::StatusOr<v1::Model> Gateway::ResolveModel(
@@ -197,13 +214,18 @@ absl::StatusOr<v1::Model> Gateway::ResolveModel(
   }
   if (best.has_value()) return *std::move(best);
   if (all_known && !seen_lately) return ModelNotFound(model_id);
+  // Typed as the router's other "no worker now" answer (OVERLOADED with
+  // retry_after_ms), with the model named.
+  absl::Status none = router_.NoWorker(absl::StrCat(
+      "no ready worker serves model \"", model_id, "\" now, but one may: ",
+      seen_lately ? "it was served lately (restarting?)"
+                  : "a worker's models are not known yet (one did not "
+                    "answer ListModels in time)"));
   return MakeError(
-      absl::StatusCode::kUnavailable, Reason::kUnspecified,
-      absl::StrCat("no ready worker serves model \"", model_id,
-                   "\" now, but one may: ",
-                   seen_lately ? "it was served lately (restarting?)"
-                               : "a worker's models are not known yet"),
-      {{"model_id", model_id}});
+      absl::StatusCode::kUnavailable, Reason::kOverloaded, none.message(),
+      {{"model_id", model_id},
+       {"retry_after_ms",
+        GetErrorMetadata(none, "retry_after_ms").value_or("1000")}});
 }
 
 std::shared_ptr<grpc::Channel> Gateway::Channel(const std::string& address) {

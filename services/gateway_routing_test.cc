@@ -540,6 +540,40 @@ TEST_F(GatewayTest, NoWorkerAnsweringListModelsIsTyped) {
   EXPECT_TRUE(GetErrorMetadata(FromGrpcStatus(st), "retry_after_ms"));
 }
 
+// A model no worker is known to serve is NOT_FOUND/MODEL_NOT_FOUND only when
+// every worker answered ListModels: one too slow to answer (paused,
+// CPU-starved) may serve it, so that is UNAVAILABLE/OVERLOADED (retry),
+// not a NOT_FOUND clients take as final. A worker that refuses ListModels
+// counts as serving nothing.
+TEST_F(GatewayTest, AModelIsNotFoundOnlyWhenEveryWorkerAnswered) {
+  // Worker 0 serves "tiny"; worker 1 is slow to answer, or refuses.
+  std::atomic<bool> slow{true};
+  workers_[1]->list_models = [&](v1::ListModelsResponse*) {
+    if (slow) absl::SleepFor(absl::Milliseconds(500));
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "an old build");
+  };
+  GatewayOptions options;
+  options.models_timeout = absl::Milliseconds(100);
+  Start(options);
+  auto create = [&] {
+    grpc::ClientContext ctx;
+    v1::CreateSessionRequest req;
+    req.set_request_id("r");
+    req.set_model_id("other");
+    v1::Session resp;
+    return FromGrpcStatus(
+        v1::Sessions::NewStub(channel_)->CreateSession(&ctx, req, &resp));
+  };
+  const absl::Status unknown = create();
+  EXPECT_EQ(unknown.code(), absl::StatusCode::kUnavailable) << unknown;
+  EXPECT_EQ(GetReason(unknown), Reason::kOverloaded) << unknown;
+  EXPECT_EQ(GetErrorMetadata(unknown, "model_id"), "other");
+  EXPECT_TRUE(GetErrorMetadata(unknown, "retry_after_ms").has_value());
+  slow = false;
+  const absl::Status refused = create();
+  EXPECT_EQ(GetReason(refused), Reason::kModelNotFound) << refused;
+}
+
 // When every worker's answer meant "try another" the call ends UNAVAILABLE
 // (retry later), never a worker's CANCELLED (a client would take it for its
 // own cancellation) or the internal ABORTED/FENCED.

@@ -57,6 +57,9 @@ class ScriptedWorker final : public v1::Sessions::Service,
       generate;
   std::function<grpc::Status(int, v1::Session*)> create_session;
   std::function<grpc::Status(int)> get_session;
+  // ListModels' answer instead of model "tiny" (its call number is not
+  // counted: the gateway asks on its own).
+  std::function<grpc::Status(v1::ListModelsResponse*)> list_models;
   // When set, answers an Append (after reading it whole) instead of acking
   // every request as committed.
   std::function<grpc::Status(
@@ -127,6 +130,7 @@ class ScriptedWorker final : public v1::Sessions::Service,
   }
   grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
                           v1::ListModelsResponse* resp) override {
+    if (list_models) return list_models(resp);
     v1::Model* m = resp->add_models();
     m->set_model_id("tiny");
     m->set_fingerprint("fp-tiny");
