@@ -50,6 +50,13 @@ class GenerateStream {
   // Valid once Next returned false with status() OK.
   const v1::GenerateDone& done() const { return done_; }
   int reconnects() const { return reconnects_; }
+  // The request as this stream sends it: with the request_id it chose
+  // when the caller left it empty, and the expected_input_offset it
+  // pinned. After status() gave up with a retryable error (IsRetryable),
+  // issue exactly this request again (Session::Generate) to go on with the
+  // same generation rather than start a second: a committing one finds
+  // its record on the server (no second commit), a side branch its input.
+  const v1::GenerateRequest& request() const { return request_; }
 
  private:
   friend class Session;
