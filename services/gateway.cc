@@ -456,12 +456,6 @@ bool Gateway::ShouldFailover(const grpc::Status& status) {
   }
 }
 
-bool Gateway::RefusedBeforeActing(const grpc::Status& status) {
-  if (status.error_code() == grpc::StatusCode::ABORTED) return true;
-  return status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-         !status.error_details().empty();
-}
-
 bool Gateway::WorkerFailed(const grpc::Status& status) {
   return ShouldFailover(status) &&
          status.error_code() != grpc::StatusCode::ABORTED;

@@ -158,11 +158,6 @@ class Gateway {
   // gateway can use (an older build, a policy), not that it could not
   // answer (unreachable, too slow, busy).
   static bool AnsweredWithRefusal(const grpc::Status& status);
-  // Of the answers ShouldFailover moves on from: a worker's own refusal
-  // before it acted (draining or stopping, ABORTED/FENCED), as opposed to
-  // a call cut short whose outcome is unknown (a lost connection, a
-  // worker's CANCELLED as it shut down).
-  static bool RefusedBeforeActing(const grpc::Status& status);
   // What a call ends with when its last worker's answer still meant "try
   // another" but no attempt is left: UNAVAILABLE/OVERLOADED with
   // retry_after_ms (retry later), never a worker's CANCELLED (a client

@@ -574,39 +574,6 @@ TEST_F(GatewayTest, AModelIsNotFoundOnlyWhenEveryWorkerAnswered) {
   EXPECT_EQ(GetReason(refused), Reason::kModelNotFound) << refused;
 }
 
-// A delete the gateway resends after an attempt whose outcome is unknown
-// (the worker's connection lost mid-call) and that then finds no session
-// was that attempt's delete: OK, not a NOT_FOUND for a delete that
-// happened. After a worker's refusal (it was draining: nothing done) the
-// NOT_FOUND stands.
-TEST_F(GatewayTest, AResentDeleteThatFindsNoSessionIsTheFirstOnes) {
-  const grpc::Status not_found = ToGrpcStatus(MakeError(
-      absl::StatusCode::kNotFound, Reason::kSessionNotFound, "no session"));
-  const grpc::Status draining = ToGrpcStatus(
-      MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
-                "the worker is draining", {{"stopping", "true"}}));
-  grpc::Status first = Lost();
-  Script<grpc::Status(int)>(&ScriptedWorker::delete_session, [&](int call) {
-    return call == 0 ? first : not_found;
-  });
-  Start();
-  auto remove = [&] {
-    grpc::ClientContext ctx;
-    v1::DeleteSessionRequest req;
-    req.set_session_id("s");
-    req.set_request_id("d");
-    v1::DeleteSessionResponse resp;
-    return v1::Sessions::NewStub(channel_)->DeleteSession(&ctx, req, &resp);
-  };
-  const grpc::Status lost = remove();
-  EXPECT_TRUE(lost.ok()) << lost.error_message();
-  calls_ = 0;
-  first = draining;
-  const grpc::Status refused = remove();
-  EXPECT_EQ(GetReason(FromGrpcStatus(refused)), Reason::kSessionNotFound)
-      << refused.error_message();
-}
-
 // When every worker's answer meant "try another" the call ends UNAVAILABLE
 // (retry later), never a worker's CANCELLED (a client would take it for its
 // own cancellation) or the internal ABORTED/FENCED.

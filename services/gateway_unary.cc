@@ -13,7 +13,6 @@
 #include "absl/status/statusor.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
-#include "common/status.h"
 #include "services/gateway_internal.h"
 #include "services/gateway_reactor_call.h"
 
@@ -83,23 +82,13 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
   void AttemptDone(grpc::Status status) {
     last_ = status;
     if (!Gateway::ShouldFailover(status)) {
-      // A delete resent after an attempt that may have deleted the session
-      // (its worker's connection lost, or the worker cancelled the call as
-      // it shut down) and now finds none: that attempt's delete, done.
-      if (target_.method == "DeleteSession" && maybe_applied_ &&
-          GetReason(FromGrpcStatus(status)) == Reason::kSessionNotFound) {
-        End(grpc::Status::OK);
-      } else {
-        End(Gateway::FromWorker(status));
-      }
+      End(Gateway::FromWorker(status));
     } else if (!RunAfterAttempt(
                    *ctx_, status.error_code() == grpc::StatusCode::CANCELLED,
                    [this, status](bool client_gone) {
                      AfterAttempt(status, client_gone);
                    })) {
       End(Gateway::Refused());
-    } else if (!Gateway::RefusedBeforeActing(status)) {
-      maybe_applied_ = true;
     }
     Unref();  // the attempt's
   }
@@ -132,9 +121,6 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
   std::string tenant_;    // Start's
   int attempts_ = 0;      // started
   grpc::Status last_;     // the last attempt's
-  // An attempt failed over may have acted before it failed (its outcome
-  // is unknown): not a worker's refusal (draining, fenced).
-  bool maybe_applied_ = false;
   // The attempt in progress (or the last): its worker and channel, and
   // its context, which gRPC uses until AttemptDone.
   Placed placed_;
