@@ -175,15 +175,18 @@ absl::StatusOr<std::vector<Gateway::WorkerModels>> Gateway::Models(
 
 bool Gateway::AnsweredWithRefusal(const grpc::Status& status) {
   switch (status.error_code()) {
-    case grpc::StatusCode::UNIMPLEMENTED:
-    case grpc::StatusCode::PERMISSION_DENIED:
-    case grpc::StatusCode::UNAUTHENTICATED:
-    case grpc::StatusCode::INVALID_ARGUMENT:
-    case grpc::StatusCode::FAILED_PRECONDITION:
-    case grpc::StatusCode::NOT_FOUND:
-      return true;
-    default:
+    // Not reached, too slow, or busy: it may serve any model.
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+    case grpc::StatusCode::CANCELLED:
+    case grpc::StatusCode::ABORTED:
       return false;
+    // An answer, if an error (an older build, a policy, a bug): a worker
+    // failing ListModels so does not keep every unknown model id
+    // "maybe served" for ever.
+    default:
+      return true;
   }
 }
 

@@ -58,13 +58,14 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
   // client_stall_timeout while the import holds its part of the gateway's
   // buffers is cut off.
   void Check(absl::Time now) override {
-    const int64_t since = read_since_ns_.load();
-    if (since == 0 || stalled_.load() ||
-        now - absl::FromUnixNanos(since) <=
-            gateway_->options().client_stall_timeout) {
+    int64_t since = read_since_ns_.load();
+    if (since <= 0 || now - absl::FromUnixNanos(since) <=
+                          gateway_->options().client_stall_timeout) {
       return;
     }
-    stalled_ = true;
+    // Claimed from OnReadDone (which takes it back to 0): a read that ends
+    // meanwhile is not cut off.
+    if (!read_since_ns_.compare_exchange_strong(since, kStalled)) return;
     gateway_->metrics().CountClientStall("ImportState");
     ctx_->TryCancel();
   }
@@ -80,6 +81,7 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
     read_since_ns_ = absl::GetCurrentTimeNanos();
     StartRead(&msg_);
   }
+  static constexpr int64_t kStalled = -1;  // read_since_ns_: Check cut it
   // Whether `msg_`, the next message read, may join the import: typed as
   // the worker types them (worker/sessions_service.cc) — the header's mode
   // and state, checked before the gateway buffers chunks or acts on the
@@ -105,10 +107,9 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
   std::shared_ptr<TenantLimits::StreamSlot> slot_;
   bool finished_ = false;
   bool watched_ = false;  // Gateway::Watch'ed (Setup), until End
-  // Read by the watchdog (Check): when the read in flight began (0: none),
-  // and whether Check cut the client off.
+  // Shared with the watchdog (Check): when the read in flight began (0:
+  // none; kStalled: Check cut the client off).
   std::atomic<int64_t> read_since_ns_{0};
-  std::atomic<bool> stalled_{false};
 
   // The import, kept whole for a replay on failover, so bounded: no more
   // state bytes than the header announces (the worker refuses more anyway)
@@ -183,11 +184,11 @@ void ImportCall::Setup() {
 }
 
 void ImportCall::OnReadDone(bool ok) {
-  read_since_ns_ = 0;
+  const bool stalled = read_since_ns_.exchange(0) == kStalled;
   if (!ok) {
     // The client's side ended: all of it is here, or a message it sent
     // did not parse.
-    if (stalled_) {
+    if (stalled) {
       Conclude(
           grpc::Status(grpc::StatusCode::CANCELLED,
                        "the client sent nothing for --client-stall-timeout"));

@@ -155,8 +155,8 @@ class Gateway {
   // worker took that one session, and this one still serves the others.
   static bool WorkerFailed(const grpc::Status& status);
   // A worker's answer to ListModels that says it serves nothing this
-  // gateway can use (an older build, a policy), not that it could not
-  // answer (unreachable, too slow, busy).
+  // gateway can use (an error it answered: an older build, a policy), not
+  // that it could not answer (unreachable, too slow, busy).
   static bool AnsweredWithRefusal(const grpc::Status& status);
   // What a call ends with when its last worker's answer still meant "try
   // another" but no attempt is left: UNAVAILABLE/OVERLOADED with
