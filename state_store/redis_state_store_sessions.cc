@@ -86,7 +86,7 @@ absl::StatusOr<ListSessionsPage> RedisStateStore::ListSessions(
   const bool filtered = !req.model_filter.empty() || !req.label_filter.empty();
   ListSessionsPage page;
   std::string last = after;  // the last id read: the listing goes on after it
-  int budget = std::max(options_.max_list_scan, 1);
+  int budget = std::clamp(options_.max_list_scan, 1, 1 << 20);
   while (true) {
     // Ids a batch at a time, each batch's heads read in one pipeline, then
     // taken in index order. Unfiltered, a batch is what can still fill the
