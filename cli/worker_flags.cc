@@ -28,6 +28,10 @@ ABSL_FLAG(int64_t, max_transfer_bytes, int64_t{1} << 30,
           "State bytes that ExportState/ImportState calls in flight hold at "
           "once (each keeps its whole state until its call ends); beyond, "
           "new ones get RESOURCE_EXHAUSTED/OVERLOADED.");
+ABSL_FLAG(int64_t, max_copy_bytes, int64_t{1} << 30,
+          "Per model: bytes of the working copies of session states that "
+          "Generate and Score calls in flight hold (each runs on a copy); "
+          "beyond, new ones get RESOURCE_EXHAUSTED/OVERLOADED.");
 ABSL_FLAG(int32_t, max_tasks, 1024,
           "Scheduler admission: tasks (appends, generations, scores) queued "
           "or running before new ones get RESOURCE_EXHAUSTED/OVERLOADED.");
@@ -50,6 +54,7 @@ absl::Status ApplyWorkerFlags(worker::SessionManagerOptions* sessions,
       absl::GetFlag(FLAGS_generate_checkpoint_interval);
   sessions->residency_bytes = absl::GetFlag(FLAGS_residency_bytes);
   sessions->max_transfer_bytes = absl::GetFlag(FLAGS_max_transfer_bytes);
+  sessions->max_copy_bytes = absl::GetFlag(FLAGS_max_copy_bytes);
   sessions->request_id_window = RequestIdWindowFromFlag();
   scheduler->max_tasks = absl::GetFlag(FLAGS_max_tasks);
   scheduler->max_queued_tokens = absl::GetFlag(FLAGS_max_queued_tokens);
@@ -63,6 +68,7 @@ absl::Status ApplyWorkerFlags(worker::SessionManagerOptions* sessions,
       {"--checkpoint-tokens", sessions->checkpoint_tokens},
       {"--residency-bytes", sessions->residency_bytes},
       {"--max-transfer-bytes", sessions->max_transfer_bytes},
+      {"--max-copy-bytes", sessions->max_copy_bytes},
       {"--max-tasks", scheduler->max_tasks},
       {"--max-queued-tokens", scheduler->max_queued_tokens}};
   for (const auto& [flag, value] : at_least_one) {

@@ -8,8 +8,9 @@
 // task (interactive latency), then prefill chunks for ingesting tasks in
 // round-robin order, so a 100k-token document advances in chunks between
 // decode steps instead of stalling them. Admission is bounded (OVERLOADED /
-// RESOURCE_EXHAUSTED with a retry hint); cancelled tasks and tasks past
-// their deadline are dropped at the next iteration.
+// RESOURCE_EXHAUSTED with a retry hint); cancelled tasks (a client gone or
+// its gRPC deadline passed: the call's OnCancel cancels its task) and tasks
+// past a Task::deadline set on them are dropped at the next iteration.
 #ifndef STATESTREAM_WORKER_SCHEDULER_H_
 #define STATESTREAM_WORKER_SCHEDULER_H_
 

@@ -62,6 +62,13 @@ struct SessionManagerOptions {
   // new one is RESOURCE_EXHAUSTED/OVERLOADED (one always fits alone). Read
   // from the default model's options (worker-wide).
   int64_t max_transfer_bytes = int64_t{1} << 30;
+  // Bytes of the working copies of session states that Generate and Score
+  // calls in flight hold (each runs on a copy of its session's state: a
+  // side branch, a score, a committing generation until it commits); past
+  // it a new one is RESOURCE_EXHAUSTED/OVERLOADED (one always fits alone).
+  // Per model. Without it, a client's side branches of one session (up to
+  // the scheduler's max_tasks) would each hold a whole state.
+  int64_t max_copy_bytes = int64_t{1} << 30;
   // Server checkpoint policy for Append streams: commit once this many
   // tokens or this much time of uncommitted input has accumulated.
   int64_t checkpoint_tokens = 4096;
@@ -176,7 +183,9 @@ struct GenerateInput {
   std::optional<Durability> durability;
   bool logprobs = false;
   int top_logprobs = 0;
-  // Stop gracefully (Finish::kCancelled) after this much generation time.
+  // Stop gracefully (Finish::kCancelled) after this much generation time,
+  // counted from the call's turn on its session (not time queued behind
+  // other work on it).
   std::optional<absl::Duration> max_duration;
   // Digest of the request's content (everything but the transport): a
   // committed generation is recorded under (request_id, digest); a retry

@@ -314,11 +314,16 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       spec.logprobs = in.logprobs;
       spec.top_logprobs = in.top_logprobs;
       spec.clock = m.clock_;
-      if (in.max_duration) spec.stop_at = timing->arrival + *in.max_duration;
+      // Generation time: from the turn, not the arrival (a call queued
+      // behind a committing generation would otherwise sample one token).
+      if (in.max_duration) spec.stop_at = m.clock_->Now() + *in.max_duration;
       // Only a drain stops a task mid-prompt: retry on another worker
       // (nothing was committed: checkpoints come after the prompt).
       spec.stopped_in_prompt = Draining();
-      auto work = std::make_shared<EngineState>(s->live);
+      absl::StatusOr<std::shared_ptr<EngineState>> copy =
+          m.WorkingCopy(&s->live);
+      if (!copy.ok()) return fail(copy.status());
+      std::shared_ptr<EngineState> work = *std::move(copy);
       const uint64_t start_offset = s->input_offset;
       std::shared_ptr<GenerationCheckpoints> cps;
       if (in.commit &&
@@ -615,7 +620,9 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
     if (entries > kMaxScoreEntries) {
       return done(TooLarge("tokens x (1 + top_logprobs)", kMaxScoreEntries));
     }
-    auto work = std::make_shared<EngineState>();
+    absl::StatusOr<std::shared_ptr<EngineState>> copy = m.WorkingCopy(nullptr);
+    if (!copy.ok()) return done(copy.status());
+    std::shared_ptr<EngineState> work = *std::move(copy);
     auto tail = std::make_shared<std::string>();
     auto out = std::make_shared<ScoreOutcome>();
     // Whether work->last_hidden is that of its last token.

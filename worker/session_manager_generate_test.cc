@@ -265,6 +265,81 @@ TEST_F(SessionManagerTest, RollbackAndImportWaitForTheirTurnHoldingNoThread) {
   EXPECT_EQ(import->input_offset, 0u);
 }
 
+// Generate and Score run on working copies of the session's state, held
+// against max_copy_bytes: with one copy held (a committing generation
+// running) and no room for another, a Score is RESOURCE_EXHAUSTED/
+// OVERLOADED with retry_after_ms, and runs once the copy is gone.
+TEST_F(SessionManagerTest, WorkingCopiesAreBoundedByMaxCopyBytes) {
+  SessionManagerOptions o;
+  o.max_copy_bytes = 1;  // one copy always fits alone; a second does not
+  Start(o);
+  Create("g");
+  auto w = Open("g");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  auto score = [&] {
+    ScoreInput in;
+    in.tokens = {1, 2};
+    absl::Notification scored;
+    absl::Status st;
+    manager_->Score("t", "g", in, [&](absl::StatusOr<ScoreOutcome> out) {
+      st = out.status();
+      scored.Notify();
+    });
+    scored.WaitForNotification();
+    return st;
+  };
+  {
+    HeldGeneration held(manager_.get(), "g");
+    ASSERT_TRUE(held.Holding());
+    const absl::Status refused = score();
+    EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+    EXPECT_EQ(GetReason(refused), Reason::kOverloaded);
+    EXPECT_TRUE(GetErrorMetadata(refused, "retry_after_ms").has_value());
+    ASSERT_TRUE(held.Release().ok());
+  }
+  // (The generation's last references to its copy may go a moment after
+  // its outcome.)
+  absl::Status st = score();
+  for (int i = 0; i < 200 && GetReason(st) == Reason::kOverloaded; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+    st = score();
+  }
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// max_duration is generation time: a call queued behind a committing
+// generation longer than its max_duration still generates, instead of
+// sampling one token and stopping (CANCELLED) the moment its turn comes.
+TEST_F(SessionManagerTest, MaxDurationCountsFromTheGenerationsTurn) {
+  Create("g");
+  auto w = Open("g");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  HeldGeneration held(manager_.get(), "g");
+  ASSERT_TRUE(held.Holding());
+  GenerateInput in;
+  in.request_id = "timed";
+  in.max_tokens = 8;
+  in.max_duration = absl::Seconds(1);
+  in.sampling.seed = 2;
+  in.has_seed = true;
+  absl::Notification done;
+  absl::StatusOr<GenerateOutcome> outcome;
+  manager_->Generate(
+      "t", "g", in, [](const GeneratedPiece&) {},
+      [&](absl::StatusOr<GenerateOutcome> o) {
+        outcome = std::move(o);
+        done.Notify();
+      });
+  absl::SleepFor(absl::Milliseconds(1500));  // queued past max_duration
+  ASSERT_TRUE(held.Release().ok());
+  done.WaitForNotification();
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  EXPECT_EQ(outcome->finish, GenerateOutcome::Finish::kMaxTokens);
+  EXPECT_EQ(outcome->output_tokens, 8u);
+}
+
 // A Rollback or Import queued behind a busy session whose client went away
 // before its turn is not run: it ends CANCELLED and the session is as the
 // generation left it. A retry with the same request id then runs.

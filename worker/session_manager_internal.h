@@ -31,6 +31,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "common/byte_budget.h"
 #include "common/status.h"
 #include "worker/executor.h"
 #include "worker/generation_record.h"
@@ -247,6 +248,19 @@ class SessionManager::Impl {
   // the operations of the sessions already resident. Loads take load_mu_
   // one at a time, so two threads keep one ready behind the one loading.
   Executor loaders_{2};
+  // Working copies of session states (Generate, Score): max_copy_bytes.
+  ByteBudget copies_{opt_.max_copy_bytes, "--max-copy-bytes"};
+  // A working copy of `from` (a state with no hidden vector when null),
+  // its bytes held in copies_ until the last reference to it is gone;
+  // RESOURCE_EXHAUSTED/OVERLOADED past the budget (one always fits).
+  absl::StatusOr<std::shared_ptr<EngineState>> WorkingCopy(
+      const EngineState* from) {
+    SS_ASSIGN_OR_RETURN(ByteBudget::Hold hold, copies_.Acquire(session_bytes_));
+    auto held = std::make_shared<ByteBudget::Hold>(std::move(hold));
+    return std::shared_ptr<EngineState>(
+        from != nullptr ? new EngineState(*from) : new EngineState(),
+        [held](EngineState* s) { delete s; });
+  }
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Session>> resident_
@@ -291,19 +305,29 @@ class SessionManager::Impl {
 
   // A retry the memo does not know (another worker served it, this one
   // restarted, or the memo dropped it) found in the store instead: the
-  // kept version of `key` that `cause` made for `request_id`, if any.
+  // kept version of `key` that `cause` made for `request_id` within the
+  // idempotency window, if any (then remembered under `digest`).
   // DUPLICATE_REQUEST when that version is not what this request would
   // have made (`same` says no). A rollback or NEW_VERSION import applied
   // again would discard what was committed since (Append input included).
+  // A store that cannot list the versions (a damaged record among them)
+  // finds none: the call goes on as before this lookup, so a rollback
+  // stays the way out of a damaged session.
   absl::StatusOr<std::optional<uint64_t>> CommittedInStore(
       const SessionKey& key, const std::string& request_id, VersionCause cause,
-      const std::function<bool(const VersionInfo&)>& same) {
+      uint64_t digest, const std::function<bool(const VersionInfo&)>& same) {
     if (request_id.empty()) return std::nullopt;
-    SS_ASSIGN_OR_RETURN(std::vector<VersionInfo> versions,
-                        store_->ListVersions(key));
-    for (const VersionInfo& v : versions) {
-      if (v.cause != cause || v.request_id != request_id) continue;
+    absl::StatusOr<std::vector<VersionInfo>> versions =
+        store_->ListVersions(key);
+    if (!versions.ok()) return std::nullopt;
+    const absl::Time since = clock_->Now() - opt_.request_id_window;
+    for (const VersionInfo& v : *versions) {
+      if (v.cause != cause || v.request_id != request_id ||
+          v.committed_at < since) {
+        continue;
+      }
       if (!same(v)) return DuplicateRequest(request_id);
+      Remember(key.tenant, request_id, key.session_id, digest, v.version);
       return v.version;
     }
     return std::nullopt;

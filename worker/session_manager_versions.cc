@@ -135,7 +135,7 @@ void SessionManager::RollbackAsync(
         SS_ASSIGN_OR_RETURN(
             std::optional<uint64_t> found,
             m->CommittedInStore(s->key, request_id, VersionCause::kRollback,
-                                [version](const VersionInfo& v) {
+                                digest, [version](const VersionInfo& v) {
                                   return v.rolled_back_from == version;
                                 }));
         if (found) {
@@ -419,9 +419,11 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
         SS_ASSIGN_OR_RETURN(
             std::optional<uint64_t> found,
             m.CommittedInStore(s->key, params.request_id, VersionCause::kImport,
-                               [&snap](const VersionInfo& v) {
+                               digest, [&snap](const VersionInfo& v) {
                                  return v.position == snap.position &&
-                                        v.input_offset == snap.input_offset;
+                                        v.input_offset == snap.input_offset &&
+                                        v.tail_bytes ==
+                                            snap.tokenizer_tail.size();
                                }));
         if (found) {
           turn->retried = true;
