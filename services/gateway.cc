@@ -28,7 +28,16 @@ namespace statestream::gateway {
 
 Gateway::Gateway(GatewayOptions options, StateStore* store)
     : options_(std::move(options)),
-      router_(store, options_.router),
+      router_(store,
+              [this] {
+                // Static workers' models, from what they answered
+                // ListModels: a create of a model goes to one serving it.
+                GatewayRouterOptions o = options_.router;
+                o.fingerprints_of = [this](const WorkerInfo& w) {
+                  return KnownFingerprints(w);
+                };
+                return o;
+              }()),
       buffers_(options_.max_buffered_bytes, "--max-buffered-bytes"),
       worker_credentials_(MakeChannelCredentials(options_.worker_tls)) {
   if (options_.metrics == nullptr) {
@@ -170,6 +179,15 @@ absl::StatusOr<std::vector<Gateway::WorkerModels>> Gateway::Models(
     // transport failure.
     return router_.NoWorker("no ready worker answered ListModels; retry");
   }
+  return out;
+}
+
+std::vector<std::string> Gateway::KnownFingerprints(const WorkerInfo& w) {
+  std::vector<std::string> out;
+  absl::MutexLock lock(&models_mu_);
+  auto it = models_.find(absl::StrCat(w.worker_id, "@", w.address));
+  if (it == models_.end()) return out;
+  for (const v1::Model& m : it->second) out.push_back(m.fingerprint());
   return out;
 }
 

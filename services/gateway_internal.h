@@ -158,6 +158,9 @@ class Gateway {
   // gateway can use (an error it answered: an older build, a policy), not
   // that it could not answer (unreachable, too slow, busy).
   static bool AnsweredWithRefusal(const grpc::Status& status);
+  // The model fingerprints `w` answered ListModels with, as cached (empty:
+  // not asked yet). GatewayRouterOptions::fingerprints_of.
+  std::vector<std::string> KnownFingerprints(const WorkerInfo& w);
   // What a call ends with when its last worker's answer still meant "try
   // another" but no attempt is left: UNAVAILABLE/OVERLOADED with
   // retry_after_ms (retry later), never a worker's CANCELLED (a client

@@ -271,9 +271,15 @@ const WorkerInfo* GatewayRouter::Best(const std::vector<WorkerInfo>& workers,
   double best_score[2] = {-1, -1};
   for (const WorkerInfo& w : workers) {
     if (exclude.count(w.worker_id) != 0) continue;
-    if (!fingerprint.empty() && !w.model_fingerprints.empty() &&
-        std::find(w.model_fingerprints.begin(), w.model_fingerprints.end(),
-                  fingerprint) == w.model_fingerprints.end()) {
+    const std::vector<std::string>* serves = &w.model_fingerprints;
+    std::vector<std::string> learned;
+    if (!fingerprint.empty() && serves->empty() && options_.fingerprints_of) {
+      learned = options_.fingerprints_of(w);
+      serves = &learned;
+    }
+    if (!fingerprint.empty() && !serves->empty() &&
+        std::find(serves->begin(), serves->end(), fingerprint) ==
+            serves->end()) {
       continue;
     }
     const int tier = suspects.count(w.worker_id) != 0 ? 1 : 0;

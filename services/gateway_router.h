@@ -29,6 +29,10 @@ struct GatewayRouterOptions {
   // HOST:PORT of workers to use besides (or, without a store, instead of)
   // the registry. A static worker's id is its address; its load is 0.
   std::vector<std::string> static_workers;
+  // The model fingerprints of a worker whose entry names none (a static
+  // worker), as learned otherwise (the gateway's ListModels cache); empty:
+  // not known, so it may serve any. Called without the router's lock.
+  std::function<std::vector<std::string>(const WorkerInfo&)> fingerprints_of;
   // The registry is re-read when the cached list is older than this, and
   // after any MarkSuspect.
   absl::Duration registry_refresh = absl::Milliseconds(500);
