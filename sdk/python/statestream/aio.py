@@ -878,6 +878,23 @@ class AsyncGenerateStream:
         self.reconnects = 0
         self._finished = False
         self._cancelled = False
+
+    @property
+    def request_id(self) -> str:
+        """The request id the generation is sent with (the SDK's own when
+        none was given). To retry a generation that gave up (a retryable
+        error once its attempts ran out) as the same one, not a second,
+        generate again with this request_id and expected_input_offset: a
+        committing one then finds its record instead of committing twice."""
+        return self._request.request_id
+
+    @property
+    def expected_input_offset(self) -> Optional[int]:
+        """The input offset the generation is pinned to (the SDK's pin of
+        a committing one when none was given), or None."""
+        if self._request.HasField("expected_input_offset"):
+            return self._request.expected_input_offset
+        return None
         self._wake: Optional[asyncio.Future] = None  # a backoff's, if any
 
     def __aiter__(self) -> "AsyncGenerateStream":

@@ -63,6 +63,26 @@ def test_generate_survives_kill9(server, client):
     assert stream.done.finish_reason == "FINISH_REASON_MAX_TOKENS"
 
 
+def test_generate_stream_names_its_request(client):
+    client.create_session("named")
+    s = client.session("named")
+    s.append("Once upon a time")
+    stream = s.generate(max_tokens=4, commit=True)
+    assert len(stream.request_id) == 32  # the SDK's own
+    assert stream.expected_input_offset == 16  # pinned: committing
+    first = list(stream)
+    # Sent again as the same generation: replayed, not committed twice.
+    again = s.generate_text(max_tokens=4, commit=True,
+                            request_id=stream.request_id,
+                            expected_input_offset=stream.expected_input_offset)
+    assert again.tokens == [t for c in first for t in c.tokens]
+    assert again.done.replayed
+    assert s.get().input_offset == stream.done.input_offset
+    side = s.generate(max_tokens=2, request_id="mine")
+    assert side.request_id == "mine"
+    assert side.expected_input_offset is None
+
+
 def test_session_calls(client):
     client.create_session("s", labels={"kind": "test"})
     s = client.session("s")
