@@ -216,6 +216,7 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
   work = std::move(decodes);
   budget -= static_cast<int>(work.size());
   size_t fed = 0;
+  int score_rows = std::max(options_.max_score_rows, 1);
   const size_t first = prefills.empty() ? 0 : prefill_rr_ % prefills.size();
   for (size_t k = 0; k < prefills.size() && budget > 0; ++k) {
     Task* t = active[prefills[(first + k) % prefills.size()]].get();
@@ -223,8 +224,14 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
     StepRequest r = t->NextStep(offer);
     ++fed;
     if (r.tokens.empty()) continue;
-    if (static_cast<int>(r.tokens.size()) > offer) {
-      r.tokens = r.tokens.subspan(0, offer);
+    int most = offer;
+    if (r.want_logits && r.logits_at_every_token) {
+      if (score_rows == 0) continue;  // its turn comes next iteration
+      most = std::min(most, score_rows);
+      score_rows -= std::min(most, static_cast<int>(r.tokens.size()));
+    }
+    if (static_cast<int>(r.tokens.size()) > most) {
+      r.tokens = r.tokens.subspan(0, most);
     }
     budget -= static_cast<int>(r.tokens.size());
     work.push_back({t, r});

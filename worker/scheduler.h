@@ -111,6 +111,10 @@ struct SchedulerOptions {
   int max_batch_tokens = 256;
   // Tokens of one task's prefill per iteration.
   int prefill_chunk = 64;
+  // Rows of logits after every token (Score's chunks) per iteration, all
+  // tasks together: each row is vocab floats (256 KiB at 65,536) in a
+  // buffer kept for the process's life.
+  int max_score_rows = 64;
   // Tasks admitted (queued or running) before Submit answers OVERLOADED.
   int max_tasks = 1024;
   // Sum of queued_tokens over admitted tasks before OVERLOADED (a task over

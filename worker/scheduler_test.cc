@@ -403,6 +403,66 @@ TEST(SchedulerTest, AScoreRunsInPrefillChunksAndEqualsOneTokenAtATime) {
   EXPECT_EQ(single, 149);
 }
 
+// Scores that run together share max_score_rows rows of logits per
+// iteration (each row is a vocabulary of floats kept for the process's
+// life), and still give the bits each gives alone.
+TEST(SchedulerTest, ScoresTogetherShareTheBoundOnLogitRows) {
+  auto model = SmallModel();
+  const int V = model->info().config.vocab_size;
+  constexpr int kScores = 4;
+  std::atomic<int> most_tokens{0};
+  auto run = [&](int n) {
+    SchedulerOptions o;
+    o.max_score_rows = 48;
+    o.on_batch = [&](int, int tokens) {
+      int seen = most_tokens.load();
+      while (tokens > seen &&
+             !most_tokens.compare_exchange_weak(seen, tokens)) {
+      }
+    };
+    Scheduler sched(model.get(), o);
+    std::vector<EngineState> states;
+    for (int i = 0; i < n; ++i) states.push_back(Direct(*model, Tokens(10, i)));
+    std::vector<std::vector<float>> got(n);
+    std::vector<absl::Notification> done(n);
+    for (int i = 0; i < n; ++i) {
+      EXPECT_TRUE(
+          sched
+              .Submit(std::make_shared<ScoreTask>(
+                  &states[i], V, Tokens(100, 20 + i),
+                  [&, i](const absl::Status& st, const std::vector<float>& lp,
+                         const std::vector<bool>&) {
+                    EXPECT_TRUE(st.ok()) << st;
+                    got[i] = lp;
+                    done[i].Notify();
+                  }))
+              .ok());
+    }
+    for (auto& d : done) d.WaitForNotification();
+    return got;
+  };
+  const std::vector<std::vector<float>> together = run(kScores);
+  EXPECT_LE(most_tokens.load(), 48);
+  EXPECT_GT(most_tokens.load(), 0);
+  for (int i = 0; i < kScores; ++i) {
+    Scheduler sched(model.get(), SchedulerOptions{});
+    EngineState s = Direct(*model, Tokens(10, i));
+    absl::Notification done;
+    std::vector<float> alone;
+    ASSERT_TRUE(sched
+                    .Submit(std::make_shared<ScoreTask>(
+                        &s, V, Tokens(100, 20 + i),
+                        [&](const absl::Status&, const std::vector<float>& lp,
+                            const std::vector<bool>&) {
+                          alone = lp;
+                          done.Notify();
+                        }))
+                    .ok());
+    done.WaitForNotification();
+    EXPECT_EQ(together[i], alone) << "score " << i;
+  }
+}
+
 TEST(SchedulerTest, GenerationIsNotStalledByALongIngest) {
   auto model = SmallModel();
   SchedulerOptions opts;
