@@ -878,6 +878,7 @@ class AsyncGenerateStream:
         self.reconnects = 0
         self._finished = False
         self._cancelled = False
+        self._wake: Optional[asyncio.Future] = None  # a backoff's, if any
 
     @property
     def request_id(self) -> str:
@@ -895,7 +896,6 @@ class AsyncGenerateStream:
         if self._request.HasField("expected_input_offset"):
             return self._request.expected_input_offset
         return None
-        self._wake: Optional[asyncio.Future] = None  # a backoff's, if any
 
     def __aiter__(self) -> "AsyncGenerateStream":
         return self

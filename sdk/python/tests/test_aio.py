@@ -45,6 +45,8 @@ def test_async_append_and_generate_survive_kill9(server):
                         logprobs=True, top_logprobs=5, request_id="g")
             expected = await s.generate_text(**args)
             stream = s.generate(**args)
+            assert stream.request_id == "g"
+            assert stream.expected_input_offset is None  # a side branch
             tokens = []
             async for chunk in stream:
                 if not tokens:
