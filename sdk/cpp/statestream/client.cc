@@ -409,10 +409,10 @@ absl::Duration ImportBudget(const ClientOptions& options,
 
 // One ImportState call: header, then the blob in 1 MiB chunks, each
 // message sent a sign of progress to `guard`.
-grpc::Status ImportOnce(Client::Stubs& stubs, grpc::ClientContext* ctx,
+grpc::Status ImportOnce(v1::Sessions::Stub& sessions, grpc::ClientContext* ctx,
                         StallGuard& guard, const v1::ImportHeader& header,
                         const std::string& blob, v1::Session* out) {
-  auto writer = stubs.sessions->ImportState(ctx, out);
+  auto writer = sessions.ImportState(ctx, out);
   v1::ImportStateRequest req;
   *req.mutable_header() = header;
   bool ok = writer->Write(req);
@@ -472,7 +472,8 @@ absl::StatusOr<v1::Session> Client::ImportSessionWith(
   absl::Status s =
       Transfer(call, ImportBudget(options_, state),
                [&](Stubs& stubs, grpc::ClientContext* ctx, StallGuard& guard) {
-                 return ImportOnce(stubs, ctx, guard, header, state.blob, &out);
+                 return ImportOnce(*stubs.sessions, ctx, guard, header,
+                                   state.blob, &out);
                });
   if (!s.ok()) return s;
   return out;
@@ -645,7 +646,8 @@ absl::StatusOr<v1::Session> Session::ImportWith(const ExportedState& state,
   absl::Status s = client_->Transfer(
       call, ImportBudget(client_->options(), state),
       [&](Client::Stubs& stubs, grpc::ClientContext* ctx, StallGuard& guard) {
-        return ImportOnce(stubs, ctx, guard, header, state.blob, &out);
+        return ImportOnce(*stubs.sessions, ctx, guard, header, state.blob,
+                          &out);
       });
   if (!s.ok()) return s;
   return out;

@@ -184,7 +184,12 @@ class Client {
 
   const ClientOptions& options() const { return options_; }
 
-  // Internals shared with the handles.
+ private:
+  // Internals shared with the handles (not API: no auth metadata, retries
+  // or failover outside them).
+  friend class Session;
+  friend class AppendWriter;
+  friend class GenerateStream;
   struct Stubs {
     std::shared_ptr<grpc::Channel> channel;
     std::unique_ptr<v1::Sessions::Stub> sessions;
@@ -219,7 +224,6 @@ class Client {
   template <typename Fn>
   absl::Status Transfer(const CallOptions& call, absl::Duration budget, Fn fn);
 
- private:
   explicit Client(ClientOptions options);
   ClientOptions options_;
   std::vector<Stubs> stubs_;
