@@ -31,7 +31,8 @@ from statestream.client import (_ClientBase, _Collected, _assemble_export,
                                 _Stubs, _update_request, new_request_id)
 from statestream.errors import StatestreamError, blames_target
 from statestream.streams import (_AckTracker,
-                                 _GenerateProgress, _Retained, _deadline,
+                                 _GenerateProgress, _NamesItsRequest, _Retained,
+                                 _deadline,
                                  _durability, _left, _str_field,
                                  _token_requests, _units, _utf8,
                                  _writer_sizes)
@@ -839,7 +840,7 @@ def _retrieve(task: "asyncio.Task") -> None:
         task.exception()
 
 
-class AsyncGenerateStream:
+class AsyncGenerateStream(_NamesItsRequest):
     """Async iterator of GenerateChunk with resume (a resumed call that
     diverges from what was delivered raises FAILED_PRECONDITION); `.done` at the end.
     `timeout` bounds the whole generation from its creation, the pin's
@@ -879,23 +880,6 @@ class AsyncGenerateStream:
         self._finished = False
         self._cancelled = False
         self._wake: Optional[asyncio.Future] = None  # a backoff's, if any
-
-    @property
-    def request_id(self) -> str:
-        """The request id the generation is sent with (the SDK's own when
-        none was given). To retry a generation that gave up (a retryable
-        error once its attempts ran out) as the same one, not a second,
-        generate again with this request_id and expected_input_offset: a
-        committing one then finds its record instead of committing twice."""
-        return self._request.request_id
-
-    @property
-    def expected_input_offset(self) -> Optional[int]:
-        """The input offset the generation is pinned to (the SDK's pin of
-        a committing one when none was given), or None."""
-        if self._request.HasField("expected_input_offset"):
-            return self._request.expected_input_offset
-        return None
 
     def __aiter__(self) -> "AsyncGenerateStream":
         return self

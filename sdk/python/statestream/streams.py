@@ -717,7 +717,27 @@ class _GenerateProgress:
                       len(self.delivered_ids))
 
 
-class GenerateStream:
+class _NamesItsRequest:
+    """What a generate stream (sync or async) is sent as: its `_request`."""
+    @property
+    def request_id(self) -> str:
+        """The request id the generation is sent with (the SDK's own when
+        none was given). To retry a generation that gave up (a retryable
+        error once its attempts ran out) as the same one, not a second,
+        generate again with this request_id and expected_input_offset: a
+        committing one then finds its record instead of committing twice."""
+        return self._request.request_id
+
+    @property
+    def expected_input_offset(self) -> Optional[int]:
+        """The input offset the generation is pinned to (the SDK's pin of
+        a committing one when none was given), or None."""
+        if self._request.HasField("expected_input_offset"):
+            return self._request.expected_input_offset
+        return None
+
+
+class GenerateStream(_NamesItsRequest):
     """Iterates over GenerateChunk, resuming after failures with the same
     request and skipping output already delivered (checked equal to what
     was delivered, and on the input the generation started from: a resumed
@@ -749,23 +769,6 @@ class GenerateStream:
 
     def __iter__(self) -> "GenerateStream":
         return self
-
-    @property
-    def request_id(self) -> str:
-        """The request id the generation is sent with (the SDK's own when
-        none was given). To retry a generation that gave up (a retryable
-        error once its attempts ran out) as the same one, not a second,
-        generate again with this request_id and expected_input_offset: a
-        committing one then finds its record instead of committing twice."""
-        return self._request.request_id
-
-    @property
-    def expected_input_offset(self) -> Optional[int]:
-        """The input offset the generation is pinned to (the SDK's pin of
-        a committing one when none was given), or None."""
-        if self._request.HasField("expected_input_offset"):
-            return self._request.expected_input_offset
-        return None
 
     def __enter__(self) -> "GenerateStream":
         return self
