@@ -306,6 +306,26 @@ TEST(SchedulerTest, ScoreLogprobsAreNeverNaN) {
   }
 }
 
+// The logprobs of `cont` after Tokens(10, seed), scored alone on a
+// scheduler of its own.
+std::vector<float> ScoreAlone(engine::Model& model, uint32_t seed,
+                              const std::vector<int32_t>& cont) {
+  Scheduler sched(&model, SchedulerOptions{});
+  EngineState s = Direct(model, Tokens(10, seed));
+  absl::Notification done;
+  std::vector<float> alone;
+  const absl::Status submitted = sched.Submit(std::make_shared<ScoreTask>(
+      &s, model.info().config.vocab_size, cont,
+      [&](const absl::Status&, const std::vector<float>& lp,
+          const std::vector<bool>&) {
+        alone = lp;
+        done.Notify();
+      }));
+  EXPECT_TRUE(submitted.ok()) << submitted;
+  if (submitted.ok()) done.WaitForNotification();
+  return alone;
+}
+
 // Scores that start together take their first logits from their saved
 // hidden vectors in one head product: the same bits as one alone.
 TEST(SchedulerTest, ScoresStartedTogetherEqualOneAlone) {
@@ -336,21 +356,7 @@ TEST(SchedulerTest, ScoresStartedTogetherEqualOneAlone) {
   };
   const std::vector<std::vector<float>> together = run(kScores);
   for (int i = 0; i < kScores; ++i) {
-    Scheduler sched(model.get(), SchedulerOptions{});
-    EngineState s = Direct(*model, Tokens(10, i));
-    absl::Notification done;
-    std::vector<float> alone;
-    ASSERT_TRUE(sched
-                    .Submit(std::make_shared<ScoreTask>(
-                        &s, V, cont,
-                        [&](const absl::Status&, const std::vector<float>& lp,
-                            const std::vector<bool>&) {
-                          alone = lp;
-                          done.Notify();
-                        }))
-                    .ok());
-    done.WaitForNotification();
-    EXPECT_EQ(together[i], alone) << "score " << i;
+    EXPECT_EQ(together[i], ScoreAlone(*model, i, cont)) << "score " << i;
   }
 }
 
@@ -445,21 +451,8 @@ TEST(SchedulerTest, ScoresTogetherShareTheBoundOnLogitRows) {
   EXPECT_LE(most_tokens.load(), 48);
   EXPECT_GT(most_tokens.load(), 0);
   for (int i = 0; i < kScores; ++i) {
-    Scheduler sched(model.get(), SchedulerOptions{});
-    EngineState s = Direct(*model, Tokens(10, i));
-    absl::Notification done;
-    std::vector<float> alone;
-    ASSERT_TRUE(sched
-                    .Submit(std::make_shared<ScoreTask>(
-                        &s, V, Tokens(100, 20 + i),
-                        [&](const absl::Status&, const std::vector<float>& lp,
-                            const std::vector<bool>&) {
-                          alone = lp;
-                          done.Notify();
-                        }))
-                    .ok());
-    done.WaitForNotification();
-    EXPECT_EQ(together[i], alone) << "score " << i;
+    EXPECT_EQ(together[i], ScoreAlone(*model, i, Tokens(100, 20 + i)))
+        << "score " << i;
   }
 }
 
