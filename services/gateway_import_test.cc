@@ -1,0 +1,322 @@
+// SPDX-License-Identifier: Apache-2.0
+// The gateway's ImportState and its buffers, in process in front of
+// scripted workers (services/gateway_test_util.h): imports checked and
+// bounded as they are read, the room calls take in the gateway's buffers,
+// and clients that hold it without moving cut off.
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/grpc_status.h"
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "services/gateway.h"
+#include "services/gateway_metrics.h"
+#include "services/gateway_test_util.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+#include "tests/metrics_scrape.h"
+
+namespace statestream {
+namespace {
+
+// A header without a mode or without its state is refused as a worker
+// refuses it (INVALID_ARGUMENT, the field) before anything is buffered or
+// routed: an UNSPECIFIED mode used to be taken for CREATE (and counted
+// against the tenant's sessions), a missing state to read as DATA_LOSS.
+TEST_F(GatewayTest, AnImportHeaderWithoutModeOrStateIsRefused) {
+  Start();
+  v1::ImportStateRequest no_mode = ImportHeader(10);
+  no_mode.mutable_header()->set_mode(v1::IMPORT_MODE_UNSPECIFIED);
+  v1::ImportStateRequest no_state = ImportHeader(10);
+  no_state.mutable_header()->clear_state();
+  for (const auto& [header, field] :
+       {std::pair(no_mode, "mode"), std::pair(no_state, "state")}) {
+    grpc::ClientContext ctx;
+    v1::Session resp;
+    auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+    ASSERT_TRUE(writer->Write(header));
+    v1::ImportStateRequest chunk;
+    chunk.mutable_chunk()->set_data("0123456789");
+    writer->Write(chunk);
+    writer->WritesDone();
+    const absl::Status st = FromGrpcStatus(writer->Finish());
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_EQ(GetReason(st), Reason::kInvalidArgument) << st;
+    EXPECT_EQ(GetErrorMetadata(st, "field"), field) << st;
+  }
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
+}
+
+// The gateway buffers an import whole before forwarding it, so every
+// message after the header must carry a chunk: empty ones (which would
+// fill its memory at a few bytes each on the wire) are INVALID_ARGUMENT,
+// and nothing reaches a worker.
+TEST_F(GatewayTest, AnImportOfEmptyMessagesIsRefused) {
+  Start();
+  grpc::ClientContext ctx;
+  v1::Session resp;
+  auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+  ASSERT_TRUE(writer->Write(ImportHeader(10)));
+  for (int i = 0; i < 3; ++i) {
+    if (!writer->Write(v1::ImportStateRequest())) break;
+  }
+  writer->WritesDone();
+  const absl::Status st = FromGrpcStatus(writer->Finish());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  // Typed as a worker types it: the field.
+  EXPECT_EQ(GetErrorMetadata(st, "field"), "chunk") << st;
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
+  // A first message that is no header, and more bytes than the header's.
+  {
+    grpc::ClientContext c2;
+    auto w2 = v1::Sessions::NewStub(channel_)->ImportState(&c2, &resp);
+    v1::ImportStateRequest chunk;
+    chunk.mutable_chunk()->set_data("x");
+    w2->Write(chunk);
+    w2->WritesDone();
+    const absl::Status no_header = FromGrpcStatus(w2->Finish());
+    EXPECT_EQ(GetErrorMetadata(no_header, "field"), "header") << no_header;
+  }
+  {
+    grpc::ClientContext c3;
+    auto w3 = v1::Sessions::NewStub(channel_)->ImportState(&c3, &resp);
+    ASSERT_TRUE(w3->Write(ImportHeader(10)));
+    v1::ImportStateRequest chunk;
+    chunk.mutable_chunk()->set_data(std::string(11, 'x'));
+    w3->Write(chunk);
+    w3->WritesDone();
+    const absl::Status over = FromGrpcStatus(w3->Finish());
+    EXPECT_EQ(GetReason(over), Reason::kStateCorrupt) << over;
+    EXPECT_TRUE(GetErrorMetadata(over, "detail").has_value()) << over;
+  }
+  {
+    // A message gRPC cannot parse (a request_id that is not UTF-8):
+    // UNIMPLEMENTED, as for a unary call, not the end of the import.
+    grpc::ClientContext c4;
+    auto w4 = v1::Sessions::NewStub(channel_)->ImportState(&c4, &resp);
+    ASSERT_TRUE(w4->Write(ImportHeader(10)));
+    v1::ImportStateRequest garbled = ImportHeader(10);
+    garbled.mutable_header()->set_request_id("\xFF");
+    w4->Write(garbled);
+    w4->WritesDone();
+    const grpc::Status st4 = w4->Finish();
+    EXPECT_EQ(st4.error_code(), grpc::StatusCode::UNIMPLEMENTED)
+        << st4.error_message();
+  }
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
+}
+
+// An import past the gateway's bound ends at once, MESSAGE_TOO_LARGE as
+// docs/errors.md has it (INVALID_ARGUMENT, field and limit).
+TEST_F(GatewayTest, AnImportPastTheGatewaysBoundIsMessageTooLarge) {
+  GatewayOptions options;
+  options.max_import_bytes = 4096;
+  Start(options);
+  grpc::ClientContext ctx;
+  v1::Session resp;
+  auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+  ASSERT_TRUE(writer->Write(ImportHeader(1 << 20)));
+  v1::ImportStateRequest chunk;
+  chunk.mutable_chunk()->set_data(std::string(8192, 'x'));
+  writer->Write(chunk);
+  writer->WritesDone();
+  const absl::Status st = FromGrpcStatus(writer->Finish());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_EQ(GetReason(st), Reason::kMessageTooLarge);
+  EXPECT_EQ(GetErrorMetadata(st, "limit"), "4096");
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
+}
+
+// statestream_gateway_buffered_bytes as `metrics` shows it (-1: absent).
+double BufferedBytes(const GatewayMetrics& metrics) {
+  const auto samples = e2e::ParseMetrics(metrics.Render());
+  const auto it = samples.find("statestream_gateway_buffered_bytes");
+  return it == samples.end() ? -1 : it->second;
+}
+
+// A chunk of `bytes` state bytes.
+v1::ImportStateRequest ImportChunk(size_t bytes) {
+  v1::ImportStateRequest chunk;
+  chunk.mutable_chunk()->set_data(std::string(bytes, 'x'));
+  return chunk;
+}
+
+// Imports are read whole, so together they take at most the gateway's
+// buffers (one always fits alone), room taken as their bytes arrive:
+// another import while they are held is RESOURCE_EXHAUSTED/OVERLOADED
+// with retry_after_ms once its bytes do not fit, and fits once the first
+// is done. A header announcing more than an import may hold is refused at
+// once.
+TEST_F(GatewayTest, ImportsWaitForRoomInTheGatewaysBuffers) {
+  // Outlives the gateway (the fixture stops it after this body).
+  static GatewayMetrics* const metrics = new GatewayMetrics();
+  auto buffered = [] { return BufferedBytes(*metrics); };
+  GatewayOptions options;
+  options.max_buffered_bytes = 1 << 20;
+  options.metrics = metrics;
+  Start(options);
+  auto import = [&](uint64_t total) {
+    grpc::ClientContext ctx;
+    v1::Session resp;
+    auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+    if (writer->Write(ImportHeader(total))) writer->Write(ImportChunk(total));
+    writer->WritesDone();
+    return FromGrpcStatus(writer->Finish());
+  };
+  grpc::ClientContext first_ctx;
+  v1::Session first_resp;
+  auto first =
+      v1::Sessions::NewStub(channel_)->ImportState(&first_ctx, &first_resp);
+  ASSERT_TRUE(first->Write(ImportHeader(768 << 10)));
+  // The header alone holds next to nothing: room is taken as bytes come.
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_LT(buffered(), 4096);
+  ASSERT_TRUE(first->Write(ImportChunk(768 << 10)));
+  for (int i = 0; i < 1000 && buffered() < (768 << 10); ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_GE(buffered(), 768 << 10);
+  const absl::Status second = import(512 << 10);
+  EXPECT_EQ(second.code(), absl::StatusCode::kResourceExhausted) << second;
+  EXPECT_EQ(GetReason(second), Reason::kOverloaded);
+  EXPECT_TRUE(GetErrorMetadata(second, "retry_after_ms").has_value());
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
+  first->WritesDone();
+  EXPECT_EQ(FromGrpcStatus(first->Finish()).code(),
+            absl::StatusCode::kInvalidArgument);  // the worker's answer
+  // Given back before the client saw the end: the next one fits at once.
+  EXPECT_EQ(buffered(), 0);
+  const absl::Status third = import(512 << 10);
+  EXPECT_EQ(third.code(), absl::StatusCode::kInvalidArgument) << third;
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 2);
+  // More than the whole budget is refused at the header, never read.
+  const absl::Status huge = import((1 << 20) + 1);
+  EXPECT_EQ(GetReason(huge), Reason::kMessageTooLarge) << huge;
+  EXPECT_EQ(GetErrorMetadata(huge, "limit"), absl::StrCat(1 << 20));
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 2);
+}
+
+// An import sent in tiny chunks holds far more than its state (each message
+// has its own overhead): that is taken from the buffers too, so such
+// imports cannot hold more than the budget between them.
+TEST_F(GatewayTest, AnImportsOverheadCountsInTheGatewaysBuffers) {
+  static GatewayMetrics* const metrics = new GatewayMetrics();
+  GatewayOptions options;
+  options.max_buffered_bytes = 1 << 20;
+  options.metrics = metrics;
+  Start(options);
+  grpc::ClientContext first_ctx;
+  v1::Session first_resp;
+  auto first =
+      v1::Sessions::NewStub(channel_)->ImportState(&first_ctx, &first_resp);
+  ASSERT_TRUE(first->Write(ImportHeader(512 << 10)));
+  ASSERT_TRUE(first->Write(ImportChunk(512 << 10)));
+  for (int i = 0; i < 1000 && BufferedBytes(*metrics) < (512 << 10); ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_GE(BufferedBytes(*metrics), 512 << 10);
+  // 64 KiB announced, sent a byte a message: ~100 bytes held per byte.
+  grpc::ClientContext ctx;
+  v1::Session resp;
+  auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+  ASSERT_TRUE(writer->Write(ImportHeader(64 << 10)));
+  v1::ImportStateRequest tiny;
+  tiny.mutable_chunk()->set_data("x");
+  int written = 0;
+  while (written < (64 << 10) && writer->Write(tiny)) ++written;
+  writer->WritesDone();
+  const absl::Status st = FromGrpcStatus(writer->Finish());
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  EXPECT_EQ(GetReason(st), Reason::kOverloaded) << st;
+  EXPECT_LT(written, 64 << 10);
+  EXPECT_LE(BufferedBytes(*metrics), 1 << 20);
+  first->WritesDone();
+  first->Finish();
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 1);
+}
+
+// An import whose client stops sending is cut off after
+// client_stall_timeout and its room given back: idle clients cannot hold
+// the gateway's buffers (and every other tenant's imports) for as long as
+// their connections live.
+TEST_F(GatewayTest, AnImportWhoseClientStopsSendingIsCutOff) {
+  static GatewayMetrics* const metrics = new GatewayMetrics();
+  GatewayOptions options;
+  options.max_buffered_bytes = 1 << 20;
+  options.client_stall_timeout = absl::Milliseconds(300);
+  options.metrics = metrics;
+  Start(options);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  v1::Session resp;
+  auto idle = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+  ASSERT_TRUE(idle->Write(ImportHeader(768 << 10)));
+  ASSERT_TRUE(idle->Write(ImportChunk(512 << 10)));
+  for (int i = 0; i < 1000 && BufferedBytes(*metrics) < (512 << 10); ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_GE(BufferedBytes(*metrics), 512 << 10);
+  for (int i = 0; i < 1000 && BufferedBytes(*metrics) > 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(BufferedBytes(*metrics), 0);
+  EXPECT_EQ(FromGrpcStatus(idle->Finish()).code(),
+            absl::StatusCode::kCancelled);
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
+  const auto samples = e2e::ParseMetrics(metrics->Render());
+  const auto it = samples.find(
+      "statestream_gateway_client_stalls_total{method=\"ImportState\"}");
+  ASSERT_NE(it, samples.end());
+  EXPECT_EQ(it->second, 1);
+}
+
+// An Append whose client leaves its acks unread (its replay log cannot be
+// trimmed meanwhile) is cut off after client_stall_timeout, its log given
+// back to the gateway's buffers.
+TEST_F(GatewayTest, AnAppendWhoseClientLeavesAcksUnreadIsCutOff) {
+  static GatewayMetrics* const metrics = new GatewayMetrics();
+  GatewayOptions options;
+  options.client_stall_timeout = absl::Milliseconds(300);
+  options.metrics = metrics;
+  Start(options);
+  // A client whose receive window fills soon: acks stay in the gateway.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
+  auto channel = grpc::CreateCustomChannel(
+      server_->address(), grpc::InsecureChannelCredentials(), args);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  auto stream = v1::Streams::NewStub(channel)->Append(&ctx);
+  const std::string text(100, 'a');
+  for (int i = 0; i < 5000; ++i) {
+    ASSERT_TRUE(stream->Write(
+        AppendAt(absl::StrCat("r", i), static_cast<uint64_t>(i) * 100, text)));
+  }
+  stream->WritesDone();
+  const auto stalls = [] {
+    const auto samples = e2e::ParseMetrics(metrics->Render());
+    const auto it = samples.find(
+        "statestream_gateway_client_stalls_total{method=\"Append\"}");
+    return it == samples.end() ? 0.0 : it->second;
+  };
+  for (int i = 0; i < 2000 && stalls() == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(stalls(), 1);
+  for (int i = 0; i < 1000 && BufferedBytes(*metrics) > 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(BufferedBytes(*metrics), 0);
+  v1::AppendResponse ack;
+  int acks = 0;
+  while (stream->Read(&ack)) ++acks;
+  EXPECT_LT(acks, 5000);
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+}
+
+}  // namespace
+}  // namespace statestream
