@@ -232,6 +232,68 @@ absl::StatusOr<std::vector<Reply>> RedisStateStore::EvalThen(
   return RunScript(prefix, script, SessionScriptKeys(prefix), argv, extra);
 }
 
+std::vector<absl::StatusOr<Reply>> RedisStateStore::EvalEach(
+    Script script, const std::vector<SessionKey>& keys,
+    const std::vector<std::vector<std::string>>& args) {
+  std::vector<absl::StatusOr<Reply>> out;
+  out.reserve(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    out.push_back(absl::UnknownError("not run"));
+  }
+  // The commands point into these strings, which stay put (reserved).
+  const std::string retention = absl::StrCat(Ms(options_.fence_retention));
+  const std::string now = absl::StrCat(absl::ToUnixMillis(clock_->Now()));
+  struct Strings {
+    std::string prefix;
+    std::vector<std::string> keys;  // SessionScriptKeys
+  };
+  std::vector<Strings> strings;
+  strings.reserve(keys.size());
+  std::vector<RedisClient::Keyed> commands;
+  commands.reserve(keys.size());
+  std::vector<size_t> index;  // command -> key
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const std::string prefix = Prefix(keys[i]);
+    strings.push_back({prefix, SessionScriptKeys(prefix)});
+    const Strings& k = strings.back();
+    Command cmd = {"EVALSHA", sha_[script], "3",       k.keys[0], k.keys[1],
+                   k.keys[2], k.prefix,     retention, now};
+    cmd.insert(cmd.end(), args[i].begin(), args[i].end());
+    commands.push_back({k.prefix, std::move(cmd)});
+    index.push_back(i);
+  }
+  for (int pass = 0; pass < 2 && !commands.empty(); ++pass) {
+    std::vector<absl::StatusOr<Reply>> replies = client_->RunEach(commands);
+    std::vector<RedisClient::Keyed> again;
+    std::vector<size_t> again_index;
+    bool loaded = false;
+    for (size_t c = 0; c < replies.size(); ++c) {
+      const size_t i = index[c];
+      if (!replies[c].ok()) {
+        out[i] = replies[c].status();
+        continue;
+      }
+      const redisReply* r = replies[c]->get();
+      if (r->type == REDIS_REPLY_ERROR && Str(r).rfind("NOSCRIPT", 0) == 0) {
+        if (pass == 0 && loaded) {
+          again.push_back(std::move(commands[c]));
+          again_index.push_back(i);
+        } else {
+          out[i] = Eval(keys[i], script, args[i]);
+          loaded = true;
+        }
+      } else if (r->type != REDIS_REPLY_ARRAY || r->elements == 0) {
+        out[i] = BadReply(r);
+      } else {
+        out[i] = std::move(replies[c]);
+      }
+    }
+    commands = std::move(again);
+    index = std::move(again_index);
+  }
+  return out;
+}
+
 std::vector<std::string> RedisStateStore::SessionScriptKeys(
     const std::string& prefix) {
   return {prefix + "head", prefix + "fence", prefix + "lease"};

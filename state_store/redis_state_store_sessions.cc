@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -36,40 +37,21 @@ absl::StatusOr<int64_t> RedisStateStore::CountSessionsBound(
 
 std::vector<absl::StatusOr<SessionHead>> RedisStateStore::GetHeads(
     const std::vector<SessionKey>& keys) {
+  std::vector<absl::StatusOr<Reply>> replies =
+      EvalEach(kRead, keys,
+               std::vector<std::vector<std::string>>(
+                   keys.size(), std::vector<std::string>{"-1"}));
   std::vector<absl::StatusOr<SessionHead>> out;
   out.reserve(keys.size());
-  // EvalThen's keys and arguments for each session; the strings stay put
-  // (reserved) while the commands point into them.
-  const std::string retention = absl::StrCat(Ms(options_.fence_retention));
-  const std::string now = absl::StrCat(absl::ToUnixMillis(clock_->Now()));
-  struct Strings {
-    std::string prefix;
-    std::vector<std::string> keys;  // SessionScriptKeys
-  };
-  std::vector<Strings> strings;
-  strings.reserve(keys.size());
-  std::vector<RedisClient::Keyed> commands;
-  commands.reserve(keys.size());
-  for (const SessionKey& key : keys) {
-    const std::string prefix = Prefix(key);
-    strings.push_back({prefix, SessionScriptKeys(prefix)});
-    const Strings& k = strings.back();
-    commands.push_back({k.prefix,
-                        {"EVALSHA", sha_[kRead], "3", k.keys[0], k.keys[1],
-                         k.keys[2], k.prefix, retention, now, "-1"}});
-  }
-  std::vector<absl::StatusOr<Reply>> replies = client_->RunEach(commands);
   for (size_t i = 0; i < keys.size(); ++i) {
-    if (!replies[i].ok()) {
-      out.push_back(replies[i].status());
-      continue;
+    absl::StatusOr<std::pair<SessionHead, Fields>> read =
+        replies[i].ok() ? ParseRead(keys[i], -1, replies[i]->get())
+                        : absl::StatusOr<std::pair<SessionHead, Fields>>(
+                              replies[i].status());
+    if (!read.ok() &&
+        absl::StrContains(read.status().message(), "no hash for its head")) {
+      read = Read(keys[i], -1);  // mid slot move
     }
-    const redisReply* r = replies[i]->get();
-    if (r->type != REDIS_REPLY_ARRAY || r->elements == 0) {
-      out.push_back(GetHead(keys[i]));
-      continue;
-    }
-    auto read = ParseRead(keys[i], -1, r);
     if (read.ok()) {
       out.push_back(std::move(read->first));
     } else {
@@ -239,20 +221,10 @@ std::vector<absl::StatusOr<Lease>> RedisStateStore::RenewLeases(
   const absl::Status bad_ttl = ValidateTtl(ttl, "lease ttl");
   if (ttl == absl::InfiniteDuration()) ttl = absl::Hours(24 * 365);
   const absl::Time start = clock_->Now();
-  // EvalThen's keys and arguments for each lease; the strings stay put
-  // (reserved) while the commands point into them.
-  const std::string retention = absl::StrCat(Ms(options_.fence_retention));
-  const std::string now = absl::StrCat(absl::ToUnixMillis(start));
+  std::vector<SessionKey> keys;
+  std::vector<std::vector<std::string>> args;
+  std::vector<size_t> index;  // call -> lease
   const std::string ttl_ms = absl::StrCat(TtlMs(ttl));
-  struct Strings {
-    std::string prefix;
-    std::vector<std::string> keys;  // SessionScriptKeys
-    std::string fence;
-  };
-  std::vector<Strings> strings;
-  strings.reserve(leases.size());
-  std::vector<store_internal::RedisClient::Keyed> commands;
-  std::vector<size_t> index;  // command -> lease
   for (size_t i = 0; i < leases.size(); ++i) {
     const absl::Status valid =
         bad_ttl.ok() ? ValidateKey(leases[i].key) : bad_ttl;
@@ -260,45 +232,19 @@ std::vector<absl::StatusOr<Lease>> RedisStateStore::RenewLeases(
       out[i] = valid;
       continue;
     }
-    const std::string prefix = Prefix(leases[i].key);
-    strings.push_back(
-        {prefix, SessionScriptKeys(prefix), absl::StrCat(leases[i].fence)});
-    const Strings& k = strings.back();
-    commands.push_back(
-        {k.prefix,
-         {"EVALSHA", sha_[kRenew], "3", k.keys[0], k.keys[1], k.keys[2],
-          k.prefix, retention, now, owner, k.fence, ttl_ms}});
+    keys.push_back(leases[i].key);
+    args.push_back({owner, absl::StrCat(leases[i].fence), ttl_ms});
     index.push_back(i);
   }
-  // A node whose script cache was flushed (a restart, a failover) answers
-  // NOSCRIPT: the first such lease goes through RenewLease, which loads the
-  // script, and the rest are pipelined again; any still NOSCRIPT (another
-  // node's cache) then go one by one.
-  for (int pass = 0; pass < 2 && !commands.empty(); ++pass) {
-    std::vector<absl::StatusOr<Reply>> replies = client_->RunEach(commands);
-    std::vector<store_internal::RedisClient::Keyed> again;
-    std::vector<size_t> again_index;
-    bool loaded = false;
-    for (size_t c = 0; c < replies.size(); ++c) {
-      const size_t i = index[c];
-      if (!replies[c].ok()) {
-        out[i] = replies[c].status();
-      } else if ((*replies[c])->type == REDIS_REPLY_ERROR &&
-                 Str(replies[c]->get()).rfind("NOSCRIPT", 0) == 0) {
-        if (pass == 0 && loaded) {
-          again.push_back(commands[c]);
-          again_index.push_back(i);
-        } else {
-          out[i] = RenewLease(leases[i].key, owner, leases[i].fence, ttl);
-          loaded = true;
-        }
-      } else {
-        out[i] = RenewedLease(leases[i].key, replies[c]->get(), owner,
-                              leases[i].fence, start, ttl);
-      }
+  std::vector<absl::StatusOr<Reply>> replies = EvalEach(kRenew, keys, args);
+  for (size_t c = 0; c < replies.size(); ++c) {
+    const size_t i = index[c];
+    if (!replies[c].ok()) {
+      out[i] = replies[c].status();
+    } else {
+      out[i] = RenewedLease(leases[i].key, replies[c]->get(), owner,
+                            leases[i].fence, start, ttl);
     }
-    commands = std::move(again);
-    index = std::move(again_index);
   }
   return out;
 }
@@ -374,22 +320,40 @@ absl::Status RedisStateStore::ReserveInIndex(const SessionKey& key,
                                              int64_t max) {
   const std::string index = IndexKey(key.tenant);
   const std::string max_text = absl::StrCat(max);
-  for (int attempt = 0; attempt < 2; ++attempt) {
+  auto reserve = [&]() -> absl::StatusOr<bool> {
     SS_ASSIGN_OR_RETURN(
         std::vector<Reply> r,
         RunScript(index, kReserveInIndex, {index},
                   {index, "0", "0", key.session_id, max_text}, {}));
-    if (Str(r[0]->element[0]) == "OK") return absl::OkStatus();
-    if (attempt == 1) break;
-    // Full, perhaps of sessions gone: a listing prunes them.
-    ListSessionsRequest list;
-    list.tenant = key.tenant;
-    list.page_size = 1000;
-    do {
-      SS_ASSIGN_OR_RETURN(ListSessionsPage page, ListSessions(list));
-      list.page_token = page.next_page_token;
-    } while (!list.page_token.empty());
+    return Str(r[0]->element[0]) == "OK";
+  };
+  SS_ASSIGN_OR_RETURN(bool reserved, reserve());
+  if (reserved) return absl::OkStatus();
+  // Full, perhaps of sessions gone: a sample of entries first (the whole
+  // index when it is small), then the whole tenant, read by a listing
+  // that prunes as it goes, but not more often than the interval.
+  if (PruneIndexSample(key.tenant, kFullIndexSamples)) {
+    SS_ASSIGN_OR_RETURN(reserved, reserve());
+    if (reserved) return absl::OkStatus();
   }
+  const std::string pruned =
+      absl::StrCat(options_.key_prefix, ":{t:", key.tenant, "}:pruned");
+  SS_ASSIGN_OR_RETURN(
+      std::vector<Reply> mark,
+      client_->Run(pruned, {{"SET", pruned, "1", "NX", "PX",
+                             absl::StrCat(Ms(kFullIndexPruneInterval))}}));
+  if (mark[0]->type != REDIS_REPLY_STATUS) {  // nil: listed lately
+    return TenantSessionLimit(max);
+  }
+  ListSessionsRequest list;
+  list.tenant = key.tenant;
+  list.page_size = 1000;
+  do {
+    SS_ASSIGN_OR_RETURN(ListSessionsPage page, ListSessions(list));
+    list.page_token = page.next_page_token;
+  } while (!list.page_token.empty());
+  SS_ASSIGN_OR_RETURN(reserved, reserve());
+  if (reserved) return absl::OkStatus();
   return TenantSessionLimit(max);
 }
 
@@ -435,11 +399,11 @@ void RedisStateStore::PruneLoop() {
   }
 }
 
-void RedisStateStore::PruneIndexSample(const std::string& tenant) {
+bool RedisStateStore::PruneIndexSample(const std::string& tenant, int samples) {
   const std::string index = IndexKey(tenant);
-  auto drawn = client_->Run(
-      index, {{"ZRANDMEMBER", index, absl::StrCat(kIndexPruneSamples)}});
-  if (!drawn.ok() || (*drawn)[0]->type != REDIS_REPLY_ARRAY) return;
+  auto drawn =
+      client_->Run(index, {{"ZRANDMEMBER", index, absl::StrCat(samples)}});
+  if (!drawn.ok() || (*drawn)[0]->type != REDIS_REPLY_ARRAY) return false;
   const redisReply* ids = (*drawn)[0].get();
   std::vector<SessionKey> keys;
   std::vector<std::string> heads;
@@ -452,12 +416,15 @@ void RedisStateStore::PruneIndexSample(const std::string& tenant) {
   std::vector<RedisClient::Keyed> exists;
   for (const std::string& h : heads) exists.push_back({h, {"EXISTS", h}});
   const std::vector<absl::StatusOr<Reply>> found = client_->RunEach(exists);
+  bool gone = false;
   for (size_t i = 0; i < found.size() && i < keys.size(); ++i) {
     if (found[i].ok() && (*found[i])->type == REDIS_REPLY_INTEGER &&
         (*found[i])->integer == 0) {
       DropFromIndex(keys[i]).IgnoreError();
+      gone = true;
     }
   }
+  return gone;
 }
 
 absl::Status RedisStateStore::DropFromIndex(const SessionKey& key) {

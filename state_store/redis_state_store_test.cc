@@ -6,7 +6,9 @@
 // redis_state_store_outage_test.cc.
 #include "state_store/redis_state_store.h"
 
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -17,7 +19,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/clock.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "state_store/internal/redis_scripts.h"
@@ -342,6 +346,70 @@ TEST(RedisStateStoreTest, ACommitDroppedByANewerOneIsStillReported) {
   EXPECT_EQ(GetReason(waited.status()), Reason::kStoreUnavailable);
   EXPECT_EQ(GetErrorMetadata(waited.status(), "version"), "2");
   EXPECT_EQ(GetErrorMetadata(waited.status(), "durability_reached"), "MEMORY");
+}
+
+// The real clock, running `hook` first at each reading once set.
+class HookedClock : public Clock {
+ public:
+  absl::Time Now() const override {
+    if (hook) hook();
+    return absl::Now();
+  }
+  void SleepFor(absl::Duration d) override { absl::SleepFor(d); }
+  std::function<void()> hook;
+};
+
+// The fence a create returns is the one it granted, usable until someone
+// acquires the lease: a takeover between the create's script and its
+// reading back of the head does not hand the creator the new holder's
+// fence (two writers on one fence). The clock's hook makes the takeover
+// at the first reading after the head exists.
+TEST(RedisStateStoreTest, ACreateReturnsTheFenceItGranted) {
+  auto server = RedisServer::Start({});
+  ASSERT_TRUE(server.ok()) << server.status();
+  HookedClock clock;
+  RedisStateStoreOptions o;
+  o.addresses = {(*server)->address()};
+  o.clock = &clock;
+  auto store = NewRedisStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  o.clock = nullptr;
+  auto other = NewRedisStateStore(o);
+  ASSERT_TRUE(other.ok()) << other.status();
+  const SessionKey key{"acme", "f"};
+  absl::Mutex mu;
+  std::optional<absl::StatusOr<Lease>> taken;
+  clock.hook = [&] {
+    absl::MutexLock lock(&mu);
+    if (taken.has_value()) return;
+    auto head = (*server)->Command({"EXISTS", "ss:{acme/f}:head"});
+    if (head.ok() && *head == "1") {
+      taken = (*other)->AcquireLease(key, "thief", absl::Seconds(60), true);
+    }
+  };
+  auto created = (*store)->CreateSession(NewSession("f", Durability::kMemory));
+  ASSERT_TRUE(created.ok()) << created.status();
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_TRUE(taken.has_value()) << "the hook never ran after the create";
+    ASSERT_TRUE(taken->ok()) << taken->status();
+    clock.hook = nullptr;
+  }
+  auto v1 = (*other)->ListVersions(key);
+  ASSERT_TRUE(v1.ok()) << v1.status();
+  ASSERT_FALSE(v1->empty());
+  EXPECT_EQ(created->session.fence, v1->front().fence);
+  EXPECT_LT(created->session.fence, (*taken)->fence);
+  // The creator's fence is stale now, as the contract says: its commit is
+  // refused, the holder's goes through.
+  CommitRequest commit;
+  commit.key = key;
+  commit.expected_version = 1;
+  commit.fence = created->session.fence;
+  commit.state = TestSnapshot(2);
+  EXPECT_EQ(GetReason((*store)->Commit(commit).status()), Reason::kFenced);
+  commit.fence = (*taken)->fence;
+  EXPECT_TRUE((*store)->Commit(commit).ok());
 }
 
 // A server that refuses writes (here: out of memory under noeviction) is
@@ -698,6 +766,65 @@ TEST(RedisStateStoreTest, CreatesPruneTheIndexOfExpiredSessions) {
   auto page = store->ListSessions(list);
   ASSERT_TRUE(page.ok()) << page.status();
   EXPECT_EQ(page->sessions.size(), 300u);
+}
+
+// A create at its tenant's limit frees the place of a session that is gone
+// (found by a sample, else by a listing of the whole tenant), but a tenant
+// retrying creates at its limit does not have its every session read each
+// time: the whole tenant at most once a kFullIndexPruneInterval. (Each
+// refused create listed the tenant: 150 head reads a retry here.)
+TEST(RedisStateStoreTest, ACreateAtTheLimitListsTheTenantAtMostOnceAWhile) {
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  constexpr int kLimit = 150;
+  auto create = [&](const std::string& id) {
+    CreateSessionRequest r = NewSession(id, Durability::kMemory);
+    r.max_tenant_sessions = kLimit;
+    return store->CreateSession(r).status();
+  };
+  for (int i = 0; i < kLimit; ++i) {
+    ASSERT_TRUE(create(absl::StrCat("s", i)).ok());
+  }
+  EXPECT_EQ(GetReason(create("x")), Reason::kTenantLimit);
+  // s7 gone as if Redis expired it (its index entry stays): its place is
+  // free to the next create, whether the sample draws it or not.
+  ASSERT_TRUE(server->Command({"DEL", "ss:{acme/s7}:head"}).ok());
+  ASSERT_TRUE(
+      server->Command({"SET", "ss:{t:acme}:pruned", "1", "PX", "60000"}).ok())
+      << "a listing of the whole tenant just ran";
+  for (int tries = 0; create("x").ok() == false; ++tries) {
+    // The sample (64 of 150) missed s7 and a listing waits for the mark:
+    // the create is refused until a sample draws it.
+    ASSERT_LT(tries, 40) << "64 of 150 drawn each time never met s7";
+  }
+  ASSERT_TRUE(server->Command({"DEL", "ss:{acme/s8}:head"}).ok());
+  ASSERT_TRUE(server->Command({"DEL", "ss:{t:acme}:pruned"}).ok());
+  EXPECT_TRUE(create("y").ok());  // by the sample, or else the listing
+  auto reads = [&]() -> int64_t {
+    auto info = server->Command({"INFO", "commandstats"});
+    EXPECT_TRUE(info.ok()) << info.status();
+    const std::string& text = info.ok() ? *info : "";
+    const std::string kCalls = "cmdstat_evalsha:calls=";
+    const size_t at = text.find(kCalls);
+    int64_t n = -1;
+    if (at != std::string::npos) {
+      const size_t from = at + kCalls.size();
+      absl::SimpleAtoi(text.substr(from, text.find(',', from) - from), &n);
+    }
+    return n;
+  };
+  ASSERT_TRUE(
+      server->Command({"SET", "ss:{t:acme}:pruned", "1", "PX", "60000"}).ok());
+  const int64_t before = reads();
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(GetReason(create(absl::StrCat("z", i))), Reason::kTenantLimit);
+  }
+  // A reservation and an unmark each: a handful of scripts, not a listing.
+  EXPECT_LT(reads() - before, 5 * 10);
+  ASSERT_TRUE(server->Command({"DEL", "ss:{t:acme}:pruned"}).ok());
+  EXPECT_EQ(GetReason(create("z")), Reason::kTenantLimit);  // lists it all
+  EXPECT_EQ(*server->Command({"EXISTS", "ss:{t:acme}:pruned"}), "1");
 }
 
 }  // namespace

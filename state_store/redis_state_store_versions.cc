@@ -92,7 +92,14 @@ absl::StatusOr<CommitResult> RedisStateStore::CreateSession(
   // two saw no head and dropped the entry (ListSessions).
   SS_RETURN_IF_ERROR(AddToIndex(r.key));
   QueueIndexPrune(r.key.tenant);
-  return Finish(r.key, v, nonce, r.durability, reached);
+  SS_ASSIGN_OR_RETURN(CommitResult out,
+                      Finish(r.key, v, nonce, r.durability, reached));
+  // The fence this create granted (version 1 records it), not the head's
+  // as Finish read it: a lease taken since bumped that one, and it is the
+  // lease holder's. (0, none, if newer commits dropped version 1 already:
+  // then someone took the lease.)
+  out.session.fence = out.version.fence;
+  return out;
 }
 
 absl::StatusOr<LoadedVersion> RedisStateStore::LoadVersion(

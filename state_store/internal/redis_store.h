@@ -55,6 +55,10 @@ constexpr uint32_t kMinLoadChunksPerRound = 64;
 // Index entries PruneIndexSample checks a create, and the most creates
 // waiting for it.
 constexpr int kIndexPruneSamples = 3;
+// Entries a create at its tenant's limit checks before it is refused, and
+// how often at most it lists the whole tenant instead (ReserveInIndex).
+constexpr int kFullIndexSamples = 64;
+constexpr absl::Duration kFullIndexPruneInterval = absl::Seconds(10);
 constexpr size_t kMaxPruneQueue = 4096;
 
 // A hash's fields, as HGETALL (or a script) returns them in pairs.
@@ -239,7 +243,7 @@ class RedisStateStore final : public StateStore {
 
   std::string Prefix(const SessionKey& k) const;
   // The keys every session script declares, in order (EvalThen and
-  // RenewLeases): head, fence, lease under the session's `prefix`.
+  // EvalEach): head, fence, lease under the session's `prefix`.
   static std::vector<std::string> SessionScriptKeys(const std::string& prefix);
 
   std::string HeadKey(const SessionKey& k) const;
@@ -298,12 +302,20 @@ class RedisStateStore final : public StateStore {
   // ignored. With kIndexPruneSamples draws a create, the index holds at
   // most about 1 / kIndexPruneSamples stale entries a live one in steady
   // state, instead of growing forever.
-  void PruneIndexSample(const std::string& tenant);
+  // `samples` entries drawn instead of kIndexPruneSamples (the whole index
+  // when it holds no more). Returns whether any drawn had no head.
+  bool PruneIndexSample(const std::string& tenant,
+                        int samples = kIndexPruneSamples);
   void PruneLoop();
 
   // AddToIndex for a create limited to `max` sessions of the tenant
-  // (kReserveInIndex); at the limit, lists the tenant's sessions (pruning
-  // entries without a head) and tries once more; then kTenantLimit.
+  // (kReserveInIndex). At the limit, prunes kFullIndexSamples entries drawn
+  // at random and, if any had no head, tries again; then, at most once per
+  // tenant every kFullIndexPruneInterval across the store's users (a mark,
+  // "<prefix>:{t:<tenant>}:pruned"), lists the whole tenant (pruning every
+  // entry without a head) and tries once more; then kTenantLimit. A tenant
+  // retrying creates at its limit so costs a sample each, not a read of
+  // its every session.
   absl::Status ReserveInIndex(const SessionKey& key, int64_t max);
   // How long a limited create's in-flight mark ("<prefix>creating") keeps
   // its reservation from being pruned if the creator dies midway.
@@ -327,6 +339,18 @@ class RedisStateStore final : public StateStore {
 
   absl::StatusOr<Reply> Eval(const SessionKey& key, Script script,
                              std::vector<std::string> args);
+
+  // Eval of `script` for each of `keys` (valid keys) with its `args`,
+  // pipelined (RedisClient::RunEach): one round trip per node for all of
+  // them. A node whose script cache was flushed (a restart, a failover)
+  // answers NOSCRIPT: the first such call runs alone through Eval, which
+  // loads the script, and the rest are pipelined again; any still NOSCRIPT
+  // (another node's cache) then go one by one. A reply that is not the
+  // script's answer is its error (BadReply), as Eval's. One result per
+  // key, in order.
+  std::vector<absl::StatusOr<Reply>> EvalEach(
+      Script script, const std::vector<SessionKey>& keys,
+      const std::vector<std::vector<std::string>>& args);
 
   // Eval, then `extra` commands on the same connection: all the replies.
   absl::StatusOr<std::vector<Reply>> EvalThen(
@@ -378,10 +402,10 @@ class RedisStateStore final : public StateStore {
   // Read's answer from kLuaRead's reply `r`.
   absl::StatusOr<std::pair<SessionHead, Fields>> ParseRead(
       const SessionKey& key, int64_t version, const redisReply* r);
-  // GetHead of each of `keys` (valid keys), pipelined (RunEach): one round
-  // trip per node for all of them instead of one per session. A reply that
-  // is not a plain answer (NOSCRIPT, a damaged session's SSCORRUPT, a slot
-  // mid-move) is read again alone through GetHead, which knows each case.
+  // GetHead of each of `keys` (valid keys), pipelined (EvalEach): one round
+  // trip per node for all of them instead of one per session. A head read
+  // mid slot move is read again alone through Read, which waits the move
+  // out.
   std::vector<absl::StatusOr<SessionHead>> GetHeads(
       const std::vector<SessionKey>& keys);
 
