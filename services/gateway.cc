@@ -210,7 +210,7 @@ bool Gateway::AnsweredWithRefusal(const grpc::Status& status) {
 
 absl::StatusOr<v1::Model> Gateway::ResolveModel(
     const grpc::CallbackServerContext& ctx, const std::string& tenant,
-    const std::string& model_id) {
+    const std::string& model_id, std::set<std::string>* elsewhere) {
   bool all_known = true;
   auto workers = Models(ctx, tenant, &all_known);
   if (!workers.ok()) return workers.status();
@@ -233,7 +233,20 @@ absl::StatusOr<v1::Model> Gateway::ResolveModel(
       best = std::move(m);
     }
   }
-  if (best.has_value()) return *std::move(best);
+  if (best.has_value()) {
+    if (elsewhere != nullptr) {
+      for (const WorkerModels& w : *workers) {
+        bool weights = false, id = false;
+        for (const v1::Model& m : w.models) {
+          if (m.fingerprint() != best->fingerprint()) continue;
+          weights = true;
+          id = id || m.model_id() == model_id;
+        }
+        if (weights && !id) elsewhere->insert(w.worker.worker_id);
+      }
+    }
+    return *std::move(best);
+  }
   if (all_known && !seen_lately) return ModelNotFound(model_id);
   // Typed as the router's other "no worker now" answer (OVERLOADED with
   // retry_after_ms), with the model named.

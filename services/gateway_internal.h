@@ -87,9 +87,12 @@ class Gateway {
   // none served the id within router.served_memory; otherwise (its
   // workers restarting, or one whose models are unknown) UNAVAILABLE, which
   // clients retry.
-  absl::StatusOr<v1::Model> ResolveModel(const grpc::CallbackServerContext& ctx,
-                                         const std::string& tenant,
-                                         const std::string& model_id);
+  // `elsewhere` (optional) gets the ids of the workers that serve the
+  // model's weights under other ids only (a create of this id would fail
+  // there: model ids are per worker, fingerprints shared).
+  absl::StatusOr<v1::Model> ResolveModel(
+      const grpc::CallbackServerContext& ctx, const std::string& tenant,
+      const std::string& model_id, std::set<std::string>* elsewhere = nullptr);
 
   // One channel per worker address, created on first use.
   std::shared_ptr<grpc::Channel> Channel(const std::string& address);
@@ -228,6 +231,9 @@ struct Target {
   // the model): when no live worker serves the session's model, another
   // one answers instead of UNAVAILABLE.
   bool any_model = false;
+  // Workers never to route to (ids): those serving `fingerprint` under
+  // another model id only, for a create by model id.
+  std::set<std::string> unfit = {};
 };
 
 // Trailing metadata key: how many workers a streaming call used (1 = no

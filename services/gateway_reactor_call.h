@@ -151,12 +151,19 @@ class ReactorCall {
   absl::StatusOr<Placed> Place(const grpc::CallbackServerContext& ctx,
                                const std::string& tenant, const Target& target,
                                int attempt) {
+    std::set<std::string> both;
+    if (!target.unfit.empty()) {
+      both = exclude_;
+      both.insert(target.unfit.begin(), target.unfit.end());
+    }
+    const std::set<std::string>& exclude =
+        target.unfit.empty() ? exclude_ : both;
     auto route = target.session_id.empty()
                      ? gateway_->router().RouteAny(
                            absl::StrCat(tenant, "/", target.hash_key),
-                           target.fingerprint, exclude_)
+                           target.fingerprint, exclude)
                      : gateway_->router().RouteSession(
-                           {tenant, target.session_id}, exclude_,
+                           {tenant, target.session_id}, exclude,
                            target.any_model, target.fingerprint);
     gateway_->CountRoute(route, attempt);
     if (!route.ok()) return route.status();

@@ -61,7 +61,8 @@ class SessionsService final : public v1::Sessions::CallbackService {
     target->hash_key =
         req.session_id().empty() ? req.request_id() : req.session_id();
     if (!req.model_id().empty()) {
-      auto model = gateway_->ResolveModel(ctx, tenant, req.model_id());
+      auto model =
+          gateway_->ResolveModel(ctx, tenant, req.model_id(), &target->unfit);
       if (!model.ok()) return ToGrpcStatus(model.status());
       target->fingerprint = model->fingerprint();
     } else if (req.has_fork_from() && !req.fork_from().session_id().empty()) {
