@@ -288,15 +288,26 @@ absl::Status Feed(const std::vector<std::string>& args) {
   uint64_t sent = 0;
   // What a failure leaves, and how to go on: the session's committed
   // offset at the last ack, and the rerun that appends each byte once.
+  // (No ack yet: what the session had committed when feed began.) A
+  // request too large for the server is one --chunk-bytes must shrink:
+  // the same rerun would fail the same way.
   auto stopped = [&](const absl::Status& error) {
     if (drawn) std::fputs("\n", stderr);
+    const v1::AppendResponse& ack = writer->last_ack();
     return WithDetail(
-        error, absl::StrCat("; stopped after sending ", sent,
-                            " bytes (the session's committed_input_offset "
-                            "was ",
-                            writer->last_ack().committed_input_offset(),
-                            " at the last ack); rerun with --start-offset=",
-                            base, " to append each byte of the input once"));
+        error,
+        absl::StrCat(
+            "; stopped after sending ", sent,
+            " bytes (the session's committed_input_offset was ",
+            ack.version() != 0
+                ? absl::StrCat(ack.committed_input_offset(), " at the last ack")
+                : absl::StrCat(start.committed_input_offset(),
+                               " when feed began; no ack came"),
+            "); rerun with --start-offset=", base,
+            GetReason(error) == Reason::kMessageTooLarge
+                ? absl::StrCat(" and a --chunk-bytes below ", chunk)
+                : "",
+            " to append each byte of the input once"));
   };
   // The input is checked as UTF-8 before it is sent: a server refuses
   // text that is not, and a session left with half a character pending

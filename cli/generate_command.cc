@@ -88,6 +88,11 @@ absl::StatusOr<v1::GenerateRequest> GenerateRequestFromFlags() {
           "--stop: each stop string must be 1-256 bytes (an "
           "empty one is between two commas)");
     }
+    if (stop.size() > 256) {
+      return UsageError(
+          absl::StrCat("--stop: each stop string must be 1-256 bytes (one has ",
+                       stop.size(), ")"));
+    }
     SS_RETURN_IF_ERROR(CheckUtf8("--stop", stop));
     req.add_stop_strings(stop);
   }

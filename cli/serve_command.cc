@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // `statestream serve`: the all-in-one server, a worker with the public API
 // and an embedded state store.
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -13,6 +15,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "cli/cli_util.h"
 #include "cli/command.h"
@@ -35,7 +38,8 @@
 
 ABSL_FLAG(std::string, data_dir, "",
           "Directory of the embedded state store, created if missing; empty "
-          "keeps session state in memory only (lost on exit).");
+          "keeps session state in memory only (lost on exit). One server "
+          "per directory: a second serve on it fails at start.");
 namespace statestream::cli {
 namespace {
 
@@ -55,6 +59,8 @@ struct ServeOptions {
 
 // Everything the services point into, destroyed in reverse order.
 struct Worker {
+  // The --data-dir's lock (DataDirLock), held for the server's life.
+  int data_dir_lock = -1;
   std::unique_ptr<worker::WorkerMetrics> metrics;
   std::unique_ptr<StateStore> store;
   std::unique_ptr<ServedModels> models;  // drains on destruction
@@ -62,8 +68,50 @@ struct Worker {
   ~Worker() {
     metrics_http.reset();
     models.reset();
+    store.reset();
+    if (data_dir_lock >= 0) close(data_dir_lock);
   }
 };
+
+// Locks `dir` for this server alone (flock on dir/serve.lock, which holds
+// the holder's pid; the kernel drops it when the process ends, killed or
+// not). Two servers on one directory would each be a worker with no
+// gateway between them: each would take the sessions the other holds
+// (a load takes over the lease) and resend input the other had put at the
+// same offsets, so one writer's input was dropped as already there. The
+// SQLite store itself serves several processes; serve is one worker.
+absl::StatusOr<int> DataDirLock(const std::string& dir) {
+  const std::string path = (std::filesystem::path(dir) / "serve.lock").string();
+  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot open ", path, " (--data-dir's lock): ", std::strerror(errno)));
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int error = errno;
+    char pid[32] = {0};
+    const ssize_t n = pread(fd, pid, sizeof(pid) - 1, 0);
+    close(fd);
+    if (error != EWOULDBLOCK) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot lock ", path, ": ", std::strerror(error)));
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--data-dir ", dir, " is in use by another statestream serve",
+        n > 0 ? absl::StrCat(" (pid ", absl::StripAsciiWhitespace(pid), ")")
+              : "",
+        ": two servers on one directory would take each other's sessions; "
+        "stop that one, or give this one its own --data-dir (to serve one "
+        "store from several workers, run a gateway and workers on Redis: "
+        "docs/deploy.md)"));
+  }
+  const std::string mine = absl::StrCat(getpid(), "\n");
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, mine.data(), mine.size(), 0) !=
+                                   static_cast<ssize_t>(mine.size())) {
+    // The lock holds all the same; only the pid in a refusal is missing.
+  }
+  return fd;
+}
 
 // A small byte-level RWKV-7 with random weights, generated the same way
 // every time, so `serve` works with no download. Its output is noise.
@@ -149,6 +197,11 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
     }
   }
   auto w = std::make_shared<Worker>();
+  if (!options.data_dir.empty()) {
+    auto lock = DataDirLock(options.data_dir);
+    if (!lock.ok()) return lock.status();
+    w->data_dir_lock = *lock;
+  }
   auto models = LoadModels(options);
   if (!models.ok()) return models.status();
   absl::StatusOr<std::unique_ptr<StateStore>> store;

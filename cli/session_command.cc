@@ -171,7 +171,10 @@ absl::StatusOr<std::map<std::string, std::string>> Labels() {
           absl::StrCat("--labels: expected k=v,k2=v2, got \"", kv, "\""));
     }
     SS_RETURN_IF_ERROR(CheckUtf8("--labels", kv));
-    out[p[0]] = p[1];
+    if (!out.emplace(p[0], p[1]).second) {  // not one value dropped silently
+      return UsageError(
+          absl::StrCat("--labels: the key \"", p[0], "\" is given twice"));
+    }
   }
   return out;
 }
@@ -297,6 +300,11 @@ absl::Status Session(const std::vector<std::string>& args) {
     } else {
       // Whole or not at all: a failed write keeps an earlier snapshot.
       SS_RETURN_IF_ERROR(WriteFileAtomically(out, state.blob));
+    }
+    if (JsonOutputFlag()) {
+      // The header as JSON: on stdout, unless the blob is there.
+      (out == "-" ? std::cerr : std::cout) << ToJson(state.header) << "\n";
+      return absl::OkStatus();
     }
     std::cerr << "exported " << rest[0] << " version " << state.header.version()
               << ": " << state.blob.size() << " bytes, position "
@@ -424,9 +432,10 @@ const Command& SessionCommand() {
       "    [--target HOST:PORT] [--json]\n\n"
       "Prints one line per session (or version); with --json one JSON\n"
       "object per line (statestream.v1.Session / Version). export writes\n"
-      "the state in the snapshot format (docs/state-format.md); import\n"
-      "creates a session from such a file. A flag the verb does not read\n"
-      "is a usage error.",
+      "the state in the snapshot format (docs/state-format.md); with\n"
+      "--json its StateHeader (on stderr when the state goes to stdout);\n"
+      "import creates a session from such a file. A flag the verb does not\n"
+      "read is a usage error.",
       {__FILE__, kClientFlagsFile, kTlsFlagsFile},
       &Run,
       // The id is an argument of each session verb.

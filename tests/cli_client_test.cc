@@ -182,6 +182,13 @@ TEST_F(CliClientTest, UpdateExportImport) {
   r = Cli({"session", "export", "cli-x", "--version=1", "--output=" + first});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.err, HasSubstr("exported cli-x version 1"));
+  // --json: the state's header, as JSON, on stdout (the state is a file).
+  r = Cli({"session", "export", "cli-x", "--version=1", "--json",
+           "--output=" + first});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(R"("session_id":"cli-x")"));
+  EXPECT_THAT(r.out, HasSubstr(R"("version":"1")"));
+  EXPECT_EQ(r.err, "");
   r = Cli({"session", "import", first, "cli-x-v1"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("input_offset=0"));

@@ -3,6 +3,7 @@
 // as it starts (data directory, models, devices, precisions).
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -71,6 +72,69 @@ TEST(CliTest, ServeCreatesAPrivateDataDir) {
   }
   server->process.reset();
   std::filesystem::remove_all(tmpl);
+}
+
+// One server per --data-dir: a second one on it fails at start, naming
+// the first's pid (two would be two workers with no gateway between them,
+// taking each other's sessions: a writer's acked input was dropped). The
+// lock goes with the process, however it ended: after a SIGKILL the
+// directory serves again at once.
+TEST(CliTest, ASecondServeOnOneDataDirFails) {
+  char tmpl[] = "/tmp/ss-cli-lock-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  const std::vector<std::string> argv = {
+      STATESTREAM_BIN, "serve", "--listen=127.0.0.1:0", "--data-dir=" + dir};
+  auto first = e2e::StartServer(argv, absl::Seconds(60));
+  ASSERT_TRUE(first.ok()) << first.status();
+  e2e::RunResult r =
+      Statestream({"serve", "--listen=127.0.0.1:0", "--data-dir=" + dir});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err,
+              HasSubstr("--data-dir " + dir +
+                        " is in use by another statestream serve (pid "));
+  EXPECT_THAT(r.out, Not(HasSubstr("listening")));
+  first->process->Signal(SIGKILL);
+  ASSERT_TRUE(first->process->Wait(absl::Seconds(30)).ok());
+  auto again = e2e::StartServer(argv, absl::Seconds(60));
+  ASSERT_TRUE(again.ok()) << again.status();
+  again->process.reset();
+  std::filesystem::remove_all(tmpl);
+}
+
+// A feed refused at its first request (more tokens than the worker queues
+// in all: MESSAGE_TOO_LARGE) says what the session had committed when feed
+// began, not an ack that never came, and that the rerun needs a smaller
+// --chunk-bytes: the same rerun would fail the same way. With one, it
+// goes through.
+TEST(CliTest, AFeedTooLargeForTheWorkerSaysToShrinkItsChunks) {
+  auto server =
+      e2e::StartServer({STATESTREAM_BIN, "serve", "--listen=127.0.0.1:0",
+                        "--max-queued-tokens=1000"},
+                       absl::Seconds(60));
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string target = "--target=" + server->address;
+  char path[] = "/tmp/ss-cli-feed-XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  const std::string text(3000, 'a');
+  ASSERT_EQ(write(fd, text.data(), text.size()),
+            static_cast<ssize_t>(text.size()));
+  close(fd);
+  ASSERT_EQ(Statestream({"session", "create", "big", target}).exit_code, 0);
+  e2e::RunResult r = Statestream({"feed", "--session=big", target, path});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("[MESSAGE_TOO_LARGE]"));
+  EXPECT_THAT(r.err, HasSubstr("committed_input_offset was 0 when feed began; "
+                               "no ack came"));
+  EXPECT_THAT(r.err, HasSubstr("rerun with --start-offset=0 and a "
+                               "--chunk-bytes below "));
+  r = Statestream({"feed", "--session=big", target, "--start-offset=0",
+                   "--chunk-bytes=500", path});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = Statestream({"session", "get", "big", target});
+  EXPECT_THAT(r.out, HasSubstr("committed_input_offset=3000"));
+  std::remove(path);
 }
 
 TEST(CliTest, BadModelListsAndDevicesAreUsageErrors) {
