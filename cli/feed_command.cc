@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -290,7 +291,27 @@ absl::Status Feed(const std::vector<std::string>& args) {
   // offset at the last ack, and the rerun that appends each byte once.
   // (No ack yet: what the session had committed when feed began.) A
   // request too large for the server is one --chunk-bytes must shrink:
-  // the same rerun would fail the same way.
+  // the same rerun would fail the same way. The size to rerun with scales
+  // the largest request sent by the worker's token limit over the tokens
+  // it counted, when it says (else: smaller than that request).
+  size_t largest = 0;  // the largest request sent, in bytes
+  auto smaller_chunks = [&](const absl::Status& error) -> std::string {
+    if (GetReason(error) != Reason::kMessageTooLarge || largest == 0) {
+      return "";
+    }
+    int64_t tokens = 0, limit = 0;
+    if (absl::SimpleAtoi(GetErrorMetadata(error, "tokens").value_or(""),
+                         &tokens) &&
+        absl::SimpleAtoi(GetErrorMetadata(error, "limit").value_or(""),
+                         &limit) &&
+        limit > 0 && tokens > limit) {
+      const uint64_t fit = std::max<uint64_t>(
+          1, static_cast<uint64_t>(largest) * static_cast<uint64_t>(limit) /
+                 static_cast<uint64_t>(tokens));
+      return absl::StrCat(" and --chunk-bytes=", fit, " or less");
+    }
+    return absl::StrCat(" and a --chunk-bytes below ", largest);
+  };
   auto stopped = [&](const absl::Status& error) {
     if (drawn) std::fputs("\n", stderr);
     const v1::AppendResponse& ack = writer->last_ack();
@@ -303,10 +324,7 @@ absl::Status Feed(const std::vector<std::string>& args) {
                 ? absl::StrCat(ack.committed_input_offset(), " at the last ack")
                 : absl::StrCat(start.committed_input_offset(),
                                " when feed began; no ack came"),
-            "); rerun with --start-offset=", base,
-            GetReason(error) == Reason::kMessageTooLarge
-                ? absl::StrCat(" and a --chunk-bytes below ", chunk)
-                : "",
+            "); rerun with --start-offset=", base, smaller_chunks(error),
             " to append each byte of the input once"));
   };
   // The input is checked as UTF-8 before it is sent: a server refuses
@@ -366,6 +384,7 @@ absl::Status Feed(const std::vector<std::string>& args) {
         return stopped(w);
       }
       sent += take - held;
+      largest = std::max(largest, std::min<size_t>(take - held, chunk));
     }
     held -= std::min(held, take);
     if (*n == 0 || interrupted || !bad_input.ok()) break;

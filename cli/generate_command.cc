@@ -81,6 +81,10 @@ absl::StatusOr<v1::GenerateRequest> GenerateRequestFromFlags() {
   if (absl::GetFlag(FLAGS_sample_seed) >= 0) {
     s->set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_sample_seed)));
   }
+  if (absl::GetFlag(FLAGS_stop).size() > 16) {  // the API's bound
+    return UsageError(absl::StrCat("--stop: at most 16 stop strings (got ",
+                                   absl::GetFlag(FLAGS_stop).size(), ")"));
+  }
   for (const std::string& stop : absl::GetFlag(FLAGS_stop)) {
     // "a,,b" or ",": the API's stop strings are 1-256 bytes each.
     if (stop.empty()) {

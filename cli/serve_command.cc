@@ -89,6 +89,14 @@ absl::StatusOr<int> DataDirLock(const std::string& dir) {
   }
   if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
     const int error = errno;
+    if (error == ENOLCK || error == EOPNOTSUPP || error == ENOSYS) {
+      // A file system without locks (some network or FUSE ones): serve
+      // runs, unguarded, and says so.
+      std::cerr << "statestream serve: WARNING: cannot lock " << path << " ("
+                << std::strerror(error)
+                << "): nothing stops a second serve on this --data-dir\n";
+      return fd;
+    }
     char pid[32] = {0};
     const ssize_t n = pread(fd, pid, sizeof(pid) - 1, 0);
     close(fd);

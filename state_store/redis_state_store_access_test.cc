@@ -118,6 +118,40 @@ TEST(RedisStateStoreTest, AuthWithAclUser) {
       << unread.status();
 }
 
+// A create at the tenant's limit that cannot write the listing's mark
+// (here an ACL leaves it out; as well OOM or READONLY) is the store being
+// unavailable, a retryable error naming the refusal, not TENANT_LIMIT:
+// the limit may not be reached at all (entries of sessions gone).
+TEST(RedisStateStoreTest, ARefusedListingMarkIsUnavailableNotTheLimit) {
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> admin;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &admin));
+  ASSERT_TRUE(server
+                  ->Command({"ACL", "SETUSER", "nomark", "on", ">s3cret",
+                             "~ss:{acme/*", "~ss:{t:acme}:sessions", "+@all"})
+                  .ok());
+  RedisStateStoreOptions o;
+  o.addresses = {server->address()};
+  o.user = "nomark";
+  o.password = "s3cret";
+  auto store = NewRedisStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto create = [&](StateStore& s, const std::string& id) {
+    CreateSessionRequest r = NewSession(id, Durability::kMemory);
+    r.max_tenant_sessions = 2;
+    return s.CreateSession(r).status();
+  };
+  ASSERT_TRUE(create(**store, "a").ok());
+  ASSERT_TRUE(create(**store, "b").ok());
+  const absl::Status refused = create(**store, "c");
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable) << refused;
+  EXPECT_EQ(GetReason(refused), Reason::kStoreUnavailable) << refused;
+  EXPECT_EQ(GetErrorMetadata(refused, "redis_error").value_or(""), "NOPERM")
+      << refused;
+  // With the mark written, the same create is the limit.
+  EXPECT_EQ(GetReason(create(*admin, "c")), Reason::kTenantLimit);
+}
+
 // A Redis that may evict keys with a TTL (every session state has one) is
 // reported at connect; noeviction is not.
 TEST(RedisStateStoreTest, AnEvictingRedisIsReportedAtConnect) {

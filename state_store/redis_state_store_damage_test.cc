@@ -336,8 +336,9 @@ TEST(RedisStateStoreDamageTest, AForeignIndexEntryIsDroppedFromListings) {
   EXPECT_EQ(*server->Command({"ZCARD", index}), "1");
 }
 
-// A listing reads each batch's heads in one pipeline; a reply that is not
-// a plain answer is read again alone. Across pages of 3, with the script
+// A listing reads each batch's heads in one pipeline (after NOSCRIPT, one
+// read loads the script and the rest are pipelined again). Across pages of
+// 3, with the script
 // cache flushed (every pipelined read answers NOSCRIPT), a damaged session
 // and an index entry whose session is gone in the middle, the listing is
 // the sound sessions in order, each once.

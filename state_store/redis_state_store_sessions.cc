@@ -342,9 +342,8 @@ absl::Status RedisStateStore::ReserveInIndex(const SessionKey& key,
       std::vector<Reply> mark,
       client_->Run(pruned, {{"SET", pruned, "1", "NX", "PX",
                              absl::StrCat(Ms(kFullIndexPruneInterval))}}));
-  if (mark[0]->type != REDIS_REPLY_STATUS) {  // nil: listed lately
-    return TenantSessionLimit(max);
-  }
+  if (mark[0]->type == REDIS_REPLY_NIL) return TenantSessionLimit(max);
+  if (mark[0]->type != REDIS_REPLY_STATUS) return BadReply(mark[0].get());
   ListSessionsRequest list;
   list.tenant = key.tenant;
   list.page_size = 1000;

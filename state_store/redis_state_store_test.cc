@@ -6,6 +6,7 @@
 // redis_state_store_outage_test.cc.
 #include "state_store/redis_state_store.h"
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -348,15 +349,20 @@ TEST(RedisStateStoreTest, ACommitDroppedByANewerOneIsStillReported) {
   EXPECT_EQ(GetErrorMetadata(waited.status(), "durability_reached"), "MEMORY");
 }
 
-// The real clock, running `hook` first at each reading once set.
+// The real clock, running `hook` (set before any reading, never changed)
+// first at each reading while armed.
 class HookedClock : public Clock {
  public:
+  explicit HookedClock(std::function<void()> hook) : hook_(std::move(hook)) {}
   absl::Time Now() const override {
-    if (hook) hook();
+    if (armed.load()) hook_();
     return absl::Now();
   }
   void SleepFor(absl::Duration d) override { absl::SleepFor(d); }
-  std::function<void()> hook;
+  std::atomic<bool> armed{true};
+
+ private:
+  const std::function<void()> hook_;
 };
 
 // The fence a create returns is the one it granted, usable until someone
@@ -367,35 +373,36 @@ class HookedClock : public Clock {
 TEST(RedisStateStoreTest, ACreateReturnsTheFenceItGranted) {
   auto server = RedisServer::Start({});
   ASSERT_TRUE(server.ok()) << server.status();
-  HookedClock clock;
+  const SessionKey key{"acme", "f"};
+  absl::Mutex mu;
+  std::optional<absl::StatusOr<Lease>> taken;
+  std::unique_ptr<StateStore> other;  // set before the hook can run
+  HookedClock clock([&] {
+    absl::MutexLock lock(&mu);
+    if (taken.has_value()) return;
+    auto head = (*server)->Command({"EXISTS", "ss:{acme/f}:head"});
+    if (head.ok() && *head == "1") {
+      taken = other->AcquireLease(key, "thief", absl::Seconds(60), true);
+    }
+  });
   RedisStateStoreOptions o;
   o.addresses = {(*server)->address()};
   o.clock = &clock;
   auto store = NewRedisStateStore(o);
   ASSERT_TRUE(store.ok()) << store.status();
   o.clock = nullptr;
-  auto other = NewRedisStateStore(o);
-  ASSERT_TRUE(other.ok()) << other.status();
-  const SessionKey key{"acme", "f"};
-  absl::Mutex mu;
-  std::optional<absl::StatusOr<Lease>> taken;
-  clock.hook = [&] {
-    absl::MutexLock lock(&mu);
-    if (taken.has_value()) return;
-    auto head = (*server)->Command({"EXISTS", "ss:{acme/f}:head"});
-    if (head.ok() && *head == "1") {
-      taken = (*other)->AcquireLease(key, "thief", absl::Seconds(60), true);
-    }
-  };
+  auto made = NewRedisStateStore(o);
+  ASSERT_TRUE(made.ok()) << made.status();
+  other = *std::move(made);
   auto created = (*store)->CreateSession(NewSession("f", Durability::kMemory));
   ASSERT_TRUE(created.ok()) << created.status();
   {
     absl::MutexLock lock(&mu);
     ASSERT_TRUE(taken.has_value()) << "the hook never ran after the create";
     ASSERT_TRUE(taken->ok()) << taken->status();
-    clock.hook = nullptr;
   }
-  auto v1 = (*other)->ListVersions(key);
+  clock.armed = false;
+  auto v1 = other->ListVersions(key);
   ASSERT_TRUE(v1.ok()) << v1.status();
   ASSERT_FALSE(v1->empty());
   EXPECT_EQ(created->session.fence, v1->front().fence);
@@ -810,7 +817,8 @@ TEST(RedisStateStoreTest, ACreateAtTheLimitListsTheTenantAtMostOnceAWhile) {
     int64_t n = -1;
     if (at != std::string::npos) {
       const size_t from = at + kCalls.size();
-      absl::SimpleAtoi(text.substr(from, text.find(',', from) - from), &n);
+      (void)absl::SimpleAtoi(text.substr(from, text.find(',', from) - from),
+                             &n);
     }
     return n;
   };

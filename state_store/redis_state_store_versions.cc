@@ -88,17 +88,23 @@ absl::StatusOr<CommitResult> RedisStateStore::CreateSession(
   const std::string outcome = Str(reply->element[0]);
   if (outcome == "EXISTS") return SessionExists(r.key);
   if (outcome != "OK" && outcome != "DUP") return Unexpected(outcome);
+  uint64_t granted = 0;  // DUP (a resend): version 1 records it
+  if (outcome == "OK" &&
+      (reply->elements < 2 ||
+       !absl::SimpleAtoi(Str(reply->element[1]), &granted))) {
+    return Unexpected("a create granted no fence");
+  }
   // And again now that the head exists: a listing that ran between the
   // two saw no head and dropped the entry (ListSessions).
   SS_RETURN_IF_ERROR(AddToIndex(r.key));
   QueueIndexPrune(r.key.tenant);
   SS_ASSIGN_OR_RETURN(CommitResult out,
                       Finish(r.key, v, nonce, r.durability, reached));
-  // The fence this create granted (version 1 records it), not the head's
-  // as Finish read it: a lease taken since bumped that one, and it is the
-  // lease holder's. (0, none, if newer commits dropped version 1 already:
-  // then someone took the lease.)
-  out.session.fence = out.version.fence;
+  // The fence this create granted, not the head's as Finish read it: a
+  // lease taken since bumped that one, and it is the lease holder's. (A
+  // resent create's from version 1; 0, none, if newer commits dropped
+  // version 1 already: then someone took the lease.)
+  out.session.fence = granted != 0 ? granted : out.version.fence;
   return out;
 }
 

@@ -127,10 +127,11 @@ TEST(CliTest, AFeedTooLargeForTheWorkerSaysToShrinkItsChunks) {
   EXPECT_THAT(r.err, HasSubstr("[MESSAGE_TOO_LARGE]"));
   EXPECT_THAT(r.err, HasSubstr("committed_input_offset was 0 when feed began; "
                                "no ack came"));
-  EXPECT_THAT(r.err, HasSubstr("rerun with --start-offset=0 and a "
-                               "--chunk-bytes below "));
+  // 3000 bytes were 3000 tokens (a byte-level model) of the 1000 queued.
+  EXPECT_THAT(r.err, HasSubstr("rerun with --start-offset=0 and "
+                               "--chunk-bytes=1000 or less"));
   r = Statestream({"feed", "--session=big", target, "--start-offset=0",
-                   "--chunk-bytes=500", path});
+                   "--chunk-bytes=1000", path});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   r = Statestream({"session", "get", "big", target});
   EXPECT_THAT(r.out, HasSubstr("committed_input_offset=3000"));
