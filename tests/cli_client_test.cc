@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <regex>
 #include <string>
@@ -189,6 +190,12 @@ TEST_F(CliClientTest, UpdateExportImport) {
   EXPECT_THAT(r.out, HasSubstr(R"("session_id":"cli-x")"));
   EXPECT_THAT(r.out, HasSubstr(R"("version":"1")"));
   EXPECT_EQ(r.err, "");
+  // The state on stdout: the header goes to stderr, the state stays whole.
+  r = Cli({"session", "export", "cli-x", "--version=1", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr(R"("session_id":"cli-x")"));
+  std::ifstream file(first, std::ios::binary);
+  EXPECT_EQ(r.out, std::string(std::istreambuf_iterator<char>(file), {}));
   r = Cli({"session", "import", first, "cli-x-v1"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("input_offset=0"));
