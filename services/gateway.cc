@@ -211,6 +211,12 @@ bool Gateway::AnsweredWithRefusal(const grpc::Status& status) {
 absl::StatusOr<v1::Model> Gateway::ResolveModel(
     const grpc::CallbackServerContext& ctx, const std::string& tenant,
     const std::string& model_id, std::set<std::string>* elsewhere) {
+  return ResolveModel(ctx, tenant, model_id, elsewhere, /*fresh=*/false);
+}
+
+absl::StatusOr<v1::Model> Gateway::ResolveModel(
+    const grpc::CallbackServerContext& ctx, const std::string& tenant,
+    const std::string& model_id, std::set<std::string>* elsewhere, bool fresh) {
   bool all_known = true;
   auto workers = Models(ctx, tenant, &all_known);
   if (!workers.ok()) return workers.status();
@@ -247,7 +253,15 @@ absl::StatusOr<v1::Model> Gateway::ResolveModel(
     }
     return *std::move(best);
   }
-  if (all_known && !seen_lately) return ModelNotFound(model_id);
+  if (all_known && !seen_lately) {
+    // NOT_FOUND is final to a client: decided on a registry list read
+    // within a refresh, not on one an idle gateway kept from before the
+    // model's workers joined. (Unreadable: UNAVAILABLE below, retried.)
+    if (fresh) return ModelNotFound(model_id);
+    if (router_.RefreshNow().ok()) {
+      return ResolveModel(ctx, tenant, model_id, elsewhere, /*fresh=*/true);
+    }
+  }
   // Typed as the router's other "no worker now" answer (OVERLOADED with
   // retry_after_ms), with the model named.
   absl::Status none = router_.NoWorker(absl::StrCat(

@@ -201,6 +201,19 @@ void GatewayRouter::InBackground(std::thread* slot, std::function<void()> fn) {
   fn();  // run it here: its flag must be cleared
 }
 
+absl::Status GatewayRouter::RefreshNow() {
+  uint64_t began;
+  {
+    absl::MutexLock lock(&mu_);
+    if (store_ == nullptr ||
+        clock_->Now() - listed_at_ <= options_.registry_refresh) {
+      return absl::OkStatus();
+    }
+    began = read_starts_;
+  }
+  return ReadWorkersSince(began).status();
+}
+
 bool GatewayRouter::IsSuspect(const std::string& worker_id) {
   absl::MutexLock lock(&mu_);
   auto it = suspects_.find(worker_id);

@@ -112,6 +112,12 @@ class GatewayRouter {
 
   // Live workers (registry + static), for Models and diagnostics.
   absl::StatusOr<std::vector<WorkerInfo>> Workers();
+  // Makes the list Workers gives one the registry gave within a refresh
+  // period: at once when it is, else after a read (shared with the calls
+  // waiting for one). For an answer that must not rest on a list an idle
+  // gateway kept (a model no worker serves: the list may predate its
+  // workers). OK with static workers only; the read's error if it failed.
+  absl::Status RefreshNow();
   // Whether `worker_id` failed a call within suspect_for.
   bool IsSuspect(const std::string& worker_id);
 

@@ -354,6 +354,51 @@ TEST_F(GatewayTest, ACreateGoesToAWorkerServingItsModelIdNotJustItsWeights) {
   }
 }
 
+// A model whose worker joined while the gateway was idle: the create's
+// NOT_FOUND (final to a client) is decided on a registry list read within
+// a refresh, so it finds the new worker instead of the list the gateway
+// kept from before (the first create after the pause was MODEL_NOT_FOUND,
+// the next one fine).
+TEST_F(GatewayTest, AModelOfAWorkerThatJoinedWhileIdleIsFound) {
+  workers_[1]->list_models = [](v1::ListModelsResponse* resp) {
+    v1::Model* m = resp->add_models();
+    m->set_model_id("other");
+    m->set_fingerprint("fp-other");
+    return grpc::Status::OK;
+  };
+  for (auto& w : workers_) {
+    w->create_session = [](int, v1::Session*) { return grpc::Status::OK; };
+  }
+  std::shared_ptr<StateStore> store(*NewMemoryStateStore({}));
+  auto join = [&](int i, const std::string& fingerprint) {
+    WorkerInfo w;
+    w.worker_id = absl::StrCat("w", i);
+    w.address = workers_[i]->address();
+    w.model_fingerprints = {fingerprint};
+    ASSERT_TRUE(store->RegisterWorker(w, absl::Minutes(5)).ok());
+  };
+  join(0, "fp-tiny");
+  GatewayOptions options;
+  options.router.registry_refresh = absl::Milliseconds(100);
+  Start(options, store, /*static_workers=*/false);
+  auto create = [&](const std::string& model) {
+    grpc::ClientContext ctx;
+    v1::CreateSessionRequest req;
+    req.set_request_id(absl::StrCat("r-", model));
+    req.set_model_id(model);
+    v1::Session resp;
+    return FromGrpcStatus(
+        v1::Sessions::NewStub(channel_)->CreateSession(&ctx, req, &resp));
+  };
+  EXPECT_EQ(GetReason(create("other")), Reason::kModelNotFound);
+  EXPECT_TRUE(create("tiny").ok());
+  join(1, "fp-other");
+  absl::SleepFor(absl::Milliseconds(300));  // the gateway's list is stale
+  const absl::Status found = create("other");
+  EXPECT_TRUE(found.ok()) << found;
+  EXPECT_EQ(GetReason(create("none")), Reason::kModelNotFound);
+}
+
 // When every worker's answer meant "try another" the call ends UNAVAILABLE
 // (retry later), never a worker's CANCELLED (a client would take it for its
 // own cancellation) or the internal ABORTED/FENCED.

@@ -153,10 +153,13 @@ class GatewayTest : public ::testing::Test {
   void TearDown() override {
     if (server_ != nullptr) server_->Shutdown(absl::Seconds(1));
   }
+  // `static_workers`: the workers are --workers (else only what `store`'s
+  // registry lists).
   void Start(GatewayOptions options = {},
-             std::shared_ptr<StateStore> store = nullptr) {
+             std::shared_ptr<StateStore> store = nullptr,
+             bool static_workers = true) {
     for (auto& w : workers_) {
-      options.router.static_workers.push_back(w->address());
+      if (static_workers) options.router.static_workers.push_back(w->address());
     }
     auto services = GatewayServices(options, std::move(store));
     ASSERT_TRUE(services.ok()) << services.status();
