@@ -9,6 +9,8 @@
 #include <string>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -53,6 +55,16 @@ absl::StatusOr<RedisStateStoreOptions> RedisOptionsFromFlags() {
   RedisStateStoreOptions options;
   for (absl::string_view a :
        absl::StrSplit(absl::GetFlag(FLAGS_redis), ',', absl::SkipEmpty())) {
+    // HOST:PORT (the host may be a name or an address, IPv6 included: the
+    // port follows the last colon): a typo is bad usage, not an outage.
+    const size_t colon = a.rfind(':');
+    int port = 0;
+    if (colon == absl::string_view::npos || colon == 0 ||
+        !absl::SimpleAtoi(a.substr(colon + 1), &port) || port < 1 ||
+        port > 65535) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--redis ", a, ": want HOST:PORT"));
+    }
     options.addresses.emplace_back(a);
   }
   options.cluster = absl::GetFlag(FLAGS_redis_cluster);
@@ -87,7 +99,7 @@ absl::StatusOr<std::unique_ptr<StateStore>> ConnectRedis(
     absl::StatusOr<std::unique_ptr<StateStore>> store =
         NewRedisStateStore(options);
     if (store.ok() || store.status().code() != absl::StatusCode::kUnavailable ||
-        absl::Now() + backoff > deadline) {
+        absl::Now() >= deadline) {
       return store;
     }
     std::cerr << "statestream " << role << ": " << store.status().message()
@@ -101,7 +113,9 @@ absl::StatusOr<std::unique_ptr<StateStore>> ConnectRedis(
     if (sigismember(&pending, SIGTERM) || sigismember(&pending, SIGINT)) {
       return absl::CancelledError("stopped while waiting for Redis");
     }
-    absl::SleepFor(backoff);
+    // The last try at the deadline, not a backoff before it: a Redis that
+    // comes up within the timeout is found.
+    absl::SleepFor(std::min(backoff, deadline - absl::Now()));
     backoff = std::min(backoff * 2, absl::Seconds(5));
   }
 }

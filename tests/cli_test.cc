@@ -255,6 +255,12 @@ TEST(CliTest, NegativeDurationsAreUsageErrors) {
       {{"gateway", "--request-id-window=0"},
        "--request-id-window must be positive"},
       {{"gateway", "--suspect-for=-1s"}, "--suspect-for must be 0 or more"},
+      // A malformed address is a typo, not an outage to wait out.
+      {{"gateway", "--redis=notahost"}, "--redis notahost: want HOST:PORT"},
+      {{"gateway", "--redis=h:99999"}, "--redis h:99999: want HOST:PORT"},
+      {{"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:6379,:1",
+        "--model=/dev/null"},
+       "--redis :1: want HOST:PORT"},
   };
   for (Case c : cases) {
     if (c.args[0] == "gateway") {

@@ -18,6 +18,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/descriptor.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -250,7 +252,9 @@ TEST(WorkerTest, HealthIsNotServingWhileRedisIsDown) {
 }
 
 // A worker started while its Redis is down waits for it (and says so)
-// instead of exiting; past --redis-connect-timeout it exits 1.
+// instead of exiting; past --redis-connect-timeout it exits 1, after a last
+// try at the deadline (not at the backoff step before it: a 3 s timeout
+// gave up after 1.9 s).
 TEST(WorkerTest, WaitsForARedisThatIsNotUpYet) {
   auto redis = testing::RedisServer::Start({});
   ASSERT_TRUE(redis.ok()) << redis.status();
@@ -261,12 +265,14 @@ TEST(WorkerTest, WaitsForARedisThatIsNotUpYet) {
   {
     std::vector<std::string> argv = {STATESTREAM_BIN, "worker",
                                      "--listen=127.0.0.1:0",
-                                     "--redis-connect-timeout=1s"};
+                                     "--redis-connect-timeout=3s"};
     argv.insert(argv.end(), flags.begin(), flags.end());
+    const absl::Time start = absl::Now();
     auto gave_up = e2e::Run(argv);
     ASSERT_TRUE(gave_up.ok()) << gave_up.status();
     EXPECT_EQ(gave_up->exit_code, 1);
     EXPECT_THAT(gave_up->err, HasSubstr("retrying"));
+    EXPECT_GE(absl::Now() - start, absl::Milliseconds(2900));
   }
   std::vector<std::string> argv = {STATESTREAM_BIN, "worker",
                                    "--listen=127.0.0.1:0"};
