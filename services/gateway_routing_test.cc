@@ -279,79 +279,61 @@ TEST_F(GatewayTest, AModelIsNotFoundOnlyWhenEveryWorkerAnswered) {
   EXPECT_EQ(GetReason(refused), Reason::kModelNotFound) << refused;
 }
 
+class GatewayModelRoutingTest : public GatewayTest {
+ protected:
+  // Worker 1 serves `model_id` with `fingerprint`, worker 0 "tiny" with
+  // "fp-tiny": 8 creates of each id through the gateway each go to the
+  // worker serving that id, none to the other.
+  void ExpectCreatesOnTheirModelsWorker(const std::string& model_id,
+                                        const std::string& fingerprint) {
+    workers_[1]->list_models = [=](v1::ListModelsResponse* resp) {
+      v1::Model* m = resp->add_models();
+      m->set_model_id(model_id);
+      m->set_fingerprint(fingerprint);
+      return grpc::Status::OK;
+    };
+    std::atomic<int> on[2] = {0, 0};
+    for (int i = 0; i < 2; ++i) {
+      workers_[i]->create_session = [&on, i](int, v1::Session*) {
+        ++on[i];
+        return grpc::Status::OK;
+      };
+    }
+    Start();
+    for (const std::string& model : {model_id, std::string("tiny")}) {
+      for (int i = 0; i < 8; ++i) {
+        grpc::ClientContext ctx;
+        v1::CreateSessionRequest req;
+        req.set_request_id(absl::StrCat("r-", model, i));
+        req.set_session_id(absl::StrCat(model, i));
+        req.set_model_id(model);
+        v1::Session resp;
+        const grpc::Status st =
+            v1::Sessions::NewStub(channel_)->CreateSession(&ctx, req, &resp);
+        EXPECT_TRUE(st.ok()) << st.error_message();
+      }
+      const int served_by = model == model_id ? 1 : 0;
+      EXPECT_EQ(on[served_by].load(), 8) << model;
+      EXPECT_EQ(on[1 - served_by].load(), 0) << model;
+      on[0] = on[1] = 0;
+    }
+  }
+};
+
 // Static workers (--workers) name no models: the gateway learns them from
 // ListModels, so a create of a model goes to a worker serving it, never to
 // one that would answer MODEL_NOT_FOUND.
-TEST_F(GatewayTest, StaticWorkersGetCreatesOfTheirOwnModel) {
-  workers_[1]->list_models = [](v1::ListModelsResponse* resp) {
-    v1::Model* m = resp->add_models();
-    m->set_model_id("other");
-    m->set_fingerprint("fp-other");
-    return grpc::Status::OK;
-  };
-  std::atomic<int> on[2] = {0, 0};
-  for (int i = 0; i < 2; ++i) {
-    workers_[i]->create_session = [&on, i](int, v1::Session*) {
-      ++on[i];
-      return grpc::Status::OK;
-    };
-  }
-  Start();
-  for (const char* model : {"other", "tiny"}) {
-    for (int i = 0; i < 8; ++i) {
-      grpc::ClientContext ctx;
-      v1::CreateSessionRequest req;
-      req.set_request_id(absl::StrCat("r-", model, i));
-      req.set_session_id(absl::StrCat(model, i));
-      req.set_model_id(model);
-      v1::Session resp;
-      const grpc::Status st =
-          v1::Sessions::NewStub(channel_)->CreateSession(&ctx, req, &resp);
-      EXPECT_TRUE(st.ok()) << st.error_message();
-    }
-    const int served_by = std::string(model) == "other" ? 1 : 0;
-    EXPECT_EQ(on[served_by].load(), 8) << model;
-    EXPECT_EQ(on[1 - served_by].load(), 0) << model;
-    on[0] = on[1] = 0;
-  }
+TEST_F(GatewayModelRoutingTest, StaticWorkersGetCreatesOfTheirOwnModel) {
+  ExpectCreatesOnTheirModelsWorker("other", "fp-other");
 }
 
 // Two workers serving the same weights under two model ids (one
 // fingerprint): a create of each id goes to the worker serving that id,
 // never to the other, which would answer MODEL_NOT_FOUND (routing by the
 // fingerprint alone sent half the creates there).
-TEST_F(GatewayTest, ACreateGoesToAWorkerServingItsModelIdNotJustItsWeights) {
-  workers_[1]->list_models = [](v1::ListModelsResponse* resp) {
-    v1::Model* m = resp->add_models();
-    m->set_model_id("alias");
-    m->set_fingerprint("fp-tiny");
-    return grpc::Status::OK;
-  };
-  std::atomic<int> on[2] = {0, 0};
-  for (int i = 0; i < 2; ++i) {
-    workers_[i]->create_session = [&on, i](int, v1::Session*) {
-      ++on[i];
-      return grpc::Status::OK;
-    };
-  }
-  Start();
-  for (const char* model : {"alias", "tiny"}) {
-    for (int i = 0; i < 8; ++i) {
-      grpc::ClientContext ctx;
-      v1::CreateSessionRequest req;
-      req.set_request_id(absl::StrCat("r-", model, i));
-      req.set_session_id(absl::StrCat(model, i));
-      req.set_model_id(model);
-      v1::Session resp;
-      const grpc::Status st =
-          v1::Sessions::NewStub(channel_)->CreateSession(&ctx, req, &resp);
-      EXPECT_TRUE(st.ok()) << st.error_message();
-    }
-    const int served_by = std::string(model) == "alias" ? 1 : 0;
-    EXPECT_EQ(on[served_by].load(), 8) << model;
-    EXPECT_EQ(on[1 - served_by].load(), 0) << model;
-    on[0] = on[1] = 0;
-  }
+TEST_F(GatewayModelRoutingTest,
+       ACreateGoesToAWorkerServingItsModelIdNotJustItsWeights) {
+  ExpectCreatesOnTheirModelsWorker("alias", "fp-tiny");
 }
 
 // A model whose worker joined while the gateway was idle: the create's
