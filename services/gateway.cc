@@ -211,69 +211,65 @@ bool Gateway::AnsweredWithRefusal(const grpc::Status& status) {
 absl::StatusOr<v1::Model> Gateway::ResolveModel(
     const grpc::CallbackServerContext& ctx, const std::string& tenant,
     const std::string& model_id, std::set<std::string>* elsewhere) {
-  return ResolveModel(ctx, tenant, model_id, elsewhere, /*fresh=*/false);
-}
-
-absl::StatusOr<v1::Model> Gateway::ResolveModel(
-    const grpc::CallbackServerContext& ctx, const std::string& tenant,
-    const std::string& model_id, std::set<std::string>* elsewhere, bool fresh) {
-  bool all_known = true;
-  auto workers = Models(ctx, tenant, &all_known);
-  if (!workers.ok()) return workers.status();
-  const absl::Time now = absl::Now();
-  std::optional<v1::Model> best;
-  bool seen_lately = false;
-  {
-    absl::MutexLock lock(&models_mu_);
-    for (const WorkerModels& w : *workers) {
-      for (const v1::Model& m : w.models) model_ids_seen_[m.model_id()] = now;
-    }
-    std::erase_if(model_ids_seen_, [&](const auto& entry) {
-      return entry.second < now - options_.router.served_memory;
-    });
-    seen_lately = model_ids_seen_.count(model_id) != 0;
-  }
-  for (v1::Model& m : MergeModels(*workers)) {  // by (id, fingerprint)
-    if (m.model_id() == model_id &&
-        (!best.has_value() || m.workers() > best->workers())) {
-      best = std::move(m);
-    }
-  }
-  if (best.has_value()) {
-    if (elsewhere != nullptr) {
+  // NOT_FOUND is final to a client: decided on a registry list read within
+  // a refresh, not on one an idle gateway kept from before the model's
+  // workers joined, so a pass that finds nothing on an older list reads
+  // the registry again (RefreshNow) and looks once more. (Unreadable:
+  // UNAVAILABLE, retried.)
+  for (bool fresh = false;; fresh = true) {
+    bool all_known = true;
+    auto workers = Models(ctx, tenant, &all_known);
+    if (!workers.ok()) return workers.status();
+    const absl::Time now = absl::Now();
+    std::optional<v1::Model> best;
+    bool seen_lately = false;
+    {
+      absl::MutexLock lock(&models_mu_);
       for (const WorkerModels& w : *workers) {
-        bool weights = false, id = false;
-        for (const v1::Model& m : w.models) {
-          if (m.fingerprint() != best->fingerprint()) continue;
-          weights = true;
-          id = id || m.model_id() == model_id;
-        }
-        if (weights && !id) elsewhere->insert(w.worker.worker_id);
+        for (const v1::Model& m : w.models) model_ids_seen_[m.model_id()] = now;
+      }
+      std::erase_if(model_ids_seen_, [&](const auto& entry) {
+        return entry.second < now - options_.router.served_memory;
+      });
+      seen_lately = model_ids_seen_.count(model_id) != 0;
+    }
+    for (v1::Model& m : MergeModels(*workers)) {  // by (id, fingerprint)
+      if (m.model_id() == model_id &&
+          (!best.has_value() || m.workers() > best->workers())) {
+        best = std::move(m);
       }
     }
-    return *std::move(best);
-  }
-  if (all_known && !seen_lately) {
-    // NOT_FOUND is final to a client: decided on a registry list read
-    // within a refresh, not on one an idle gateway kept from before the
-    // model's workers joined. (Unreadable: UNAVAILABLE below, retried.)
-    if (fresh) return ModelNotFound(model_id);
-    if (router_.RefreshNow().ok()) {
-      return ResolveModel(ctx, tenant, model_id, elsewhere, /*fresh=*/true);
+    if (best.has_value()) {
+      if (elsewhere != nullptr) {
+        for (const WorkerModels& w : *workers) {
+          bool weights = false, id = false;
+          for (const v1::Model& m : w.models) {
+            if (m.fingerprint() != best->fingerprint()) continue;
+            weights = true;
+            id = id || m.model_id() == model_id;
+          }
+          if (weights && !id) elsewhere->insert(w.worker.worker_id);
+        }
+      }
+      return *std::move(best);
     }
+    if (all_known && !seen_lately) {
+      if (fresh) return ModelNotFound(model_id);
+      if (router_.RefreshNow().ok()) continue;
+    }
+    // Typed as the router's other "no worker now" answer (OVERLOADED with
+    // retry_after_ms), with the model named.
+    absl::Status none = router_.NoWorker(absl::StrCat(
+        "no ready worker serves model \"", model_id, "\" now, but one may: ",
+        seen_lately ? "it was served lately (restarting?)"
+                    : "a worker's models are not known yet (one did not "
+                      "answer ListModels in time)"));
+    return MakeError(
+        absl::StatusCode::kUnavailable, Reason::kOverloaded, none.message(),
+        {{"model_id", model_id},
+         {"retry_after_ms",
+          GetErrorMetadata(none, "retry_after_ms").value_or("1000")}});
   }
-  // Typed as the router's other "no worker now" answer (OVERLOADED with
-  // retry_after_ms), with the model named.
-  absl::Status none = router_.NoWorker(absl::StrCat(
-      "no ready worker serves model \"", model_id, "\" now, but one may: ",
-      seen_lately ? "it was served lately (restarting?)"
-                  : "a worker's models are not known yet (one did not "
-                    "answer ListModels in time)"));
-  return MakeError(
-      absl::StatusCode::kUnavailable, Reason::kOverloaded, none.message(),
-      {{"model_id", model_id},
-       {"retry_after_ms",
-        GetErrorMetadata(none, "retry_after_ms").value_or("1000")}});
 }
 
 std::shared_ptr<grpc::Channel> Gateway::Channel(const std::string& address) {

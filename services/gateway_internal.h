@@ -93,12 +93,6 @@ class Gateway {
   absl::StatusOr<v1::Model> ResolveModel(
       const grpc::CallbackServerContext& ctx, const std::string& tenant,
       const std::string& model_id, std::set<std::string>* elsewhere = nullptr);
-  // `fresh`: the registry list was read within a refresh (RefreshNow).
-  absl::StatusOr<v1::Model> ResolveModel(const grpc::CallbackServerContext& ctx,
-                                         const std::string& tenant,
-                                         const std::string& model_id,
-                                         std::set<std::string>* elsewhere,
-                                         bool fresh);
 
   // One channel per worker address, created on first use.
   std::shared_ptr<grpc::Channel> Channel(const std::string& address);
