@@ -239,7 +239,7 @@ const Command& GatewayCommand() {
       "forwarding each call to the session's owner worker (its lease\n"
       "holder), else to a live worker chosen by rendezvous hashing; moves\n"
       "Append and Generate streams to another worker when one fails.\n"
-      "Stops cleanly on SIGINT or SIGTERM.",
+      "Stops cleanly (drains) on SIGINT, SIGTERM or SIGHUP.",
       {__FILE__, kServerFlagsFile, kTlsFlagsFile, kGatewaySecurityFlagsFile,
        kTenantFlagsFile, kInternalTokenFlagFile, kSecretsReloadFlagFile,
        kMetricsFlagsFile, kRedisFlagsFile},

@@ -1,8 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "cli/redis_flags.h"
 
-#include <signal.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <iostream>
@@ -14,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "cli/server_flags.h"
 
 ABSL_FLAG(std::string, redis, "",
           "Redis address(es), HOST:PORT[,HOST:PORT...]: the state store and "
@@ -107,10 +106,7 @@ absl::StatusOr<std::unique_ptr<StateStore>> ConnectRedis(
               << absl::FormatDuration(absl::Trunc(deadline - absl::Now(),
                                                   absl::Milliseconds(100)))
               << "\n";
-    sigset_t pending;
-    sigemptyset(&pending);
-    sigpending(&pending);
-    if (sigismember(&pending, SIGTERM) || sigismember(&pending, SIGINT)) {
+    if (ShutdownSignalPending()) {
       return absl::CancelledError("stopped while waiting for Redis");
     }
     // The last try at the deadline, not a backoff before it: a Redis that

@@ -23,7 +23,8 @@ absl::StatusOr<RedisStateStoreOptions> RedisOptionsFromFlags();
 // --redis-connect-timeout (a role started before its Redis, or during a
 // restart, waits for it instead of exiting), each failure logged to stderr
 // as "statestream ROLE: ...". Other errors (AUTH) at once; CANCELLED if
-// SIGINT/SIGTERM is pending (RunServer blocks them while it builds).
+// a ShutdownSignals() one is pending (RunServer blocks them while it
+// builds).
 absl::StatusOr<std::unique_ptr<StateStore>> ConnectRedis(
     const RedisStateStoreOptions& options, absl::string_view role);
 

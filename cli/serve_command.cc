@@ -331,7 +331,7 @@ const Command& ServeCommand() {
       "need none). With --api-keys FILE callers authenticate with\n"
       "`authorization: Bearer TOKEN` (else any caller picks its tenant);\n"
       "--tenant-max-sessions/--tenant-max-streams limit each tenant.\n"
-      "Stops cleanly on SIGINT or SIGTERM.",
+      "Stops cleanly (drains) on SIGINT, SIGTERM or SIGHUP.",
       {__FILE__, kServerFlagsFile, kTlsFlagsFile, kTenantFlagsFile,
        kSecretsReloadFlagFile, kMetricsFlagsFile, kModelFlagFile,
        kVocabFlagFile, kDeviceFlagFile, kEngineFlagsFile, kWorkerFlagsFile},

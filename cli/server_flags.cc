@@ -51,12 +51,13 @@ ABSL_FLAG(absl::Duration, max_connection_age, absl::ZeroDuration(),
           "open on it run to their end, the client opens a new connection "
           "for its next calls, so behind a Kubernetes Service clients spread "
           "over gateways added since. 0: never. At least 1s.");
-ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
-          "On SIGINT/SIGTERM, how long calls in flight may take to finish "
-          "before they are cancelled (e.g. 5s, 500ms). gateway and worker "
-          "let them run; serve first drains its sessions (running "
-          "generations stop and commit, appends stop at their next "
-          "request, dirty sessions commit), so its calls end sooner.");
+ABSL_FLAG(
+    absl::Duration, shutdown_grace, absl::Seconds(5),
+    "On SIGINT/SIGTERM/SIGHUP, how long calls in flight may take to finish "
+    "before they are cancelled (e.g. 5s, 500ms). gateway and worker "
+    "let them run; serve first drains its sessions (running "
+    "generations stop and commit, appends stop at their next "
+    "request, dirty sessions commit), so its calls end sooner.");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "Mutual TLS: PEM CA certificates; every client must present a "
           "certificate signed by one of them (the handshake fails "
@@ -133,11 +134,34 @@ bool ClientCertificatesRequired() {
   return !absl::GetFlag(FLAGS_tls_client_ca).empty();
 }
 
-void BlockShutdownSignals() {
+sigset_t ShutdownSignals() {
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
+  return signals;
+}
+
+bool ShutdownSignalPending() {
+  sigset_t pending;
+  sigemptyset(&pending);
+  sigpending(&pending);
+  const sigset_t stop = ShutdownSignals();
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sigismember(&stop, sig) == 1 && sigismember(&pending, sig) == 1) {
+      return true;
+    }
+  }
+  return false;
+}
+
+void BlockShutdownSignals() {
+  // A server outlives the pipe its logs go to (a crashed log shipper, a
+  // closed terminal's `| tee`): a write there fails with EPIPE instead of
+  // ending the process by SIGPIPE at its next log line.
+  signal(SIGPIPE, SIG_IGN);
+  const sigset_t signals = ShutdownSignals();
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 }
 
@@ -152,10 +176,7 @@ int RunServer(absl::string_view role, const ServerOptions& options,
               absl::FunctionRef<absl::StatusOr<ServiceSet>()> build,
               const ServerHooks& hooks) {
   BlockShutdownSignals();
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
+  const sigset_t signals = ShutdownSignals();
   if (options.readiness_interval <= absl::ZeroDuration()) {
     return ReportUsageError("--readiness-interval must be positive");
   }

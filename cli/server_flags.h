@@ -4,6 +4,8 @@
 #ifndef STATESTREAM_CLI_SERVER_FLAGS_H_
 #define STATESTREAM_CLI_SERVER_FLAGS_H_
 
+#include <signal.h>
+
 #include <functional>
 #include <string>
 
@@ -45,9 +47,10 @@ absl::StatusOr<absl::Duration> ReloadInterval(const char* flag,
 // Whether --tls-client-ca is set (callers must hold a client certificate).
 bool ClientCertificatesRequired();
 
-// Runs a server role until SIGINT or SIGTERM, and returns its exit code.
-// Serves TLS as --tls-cert/--tls-key/--tls-client-ca say (bad or unreadable
-// files: usage error, exit 2, before `build`, as are a bad --listen or
+// Runs a server role until SIGINT, SIGTERM or SIGHUP, and returns its exit
+// code. Serves TLS as --tls-cert/--tls-key/--tls-client-ca say (bad or
+// unreadable files: usage error, exit 2, before `build`, as are a bad --listen
+// or
 // --health-listen and message limits below kMinMessageBytes);
 // `options.tls` is replaced.
 // Blocks those signals first (so threads started later never take them),
@@ -61,10 +64,18 @@ int RunServer(absl::string_view role, const ServerOptions& options,
               absl::Duration grace,
               absl::FunctionRef<absl::StatusOr<ServiceSet>()> build);
 
-// Blocks SIGINT and SIGTERM in the calling thread, so every thread started
-// after it leaves them to RunServer's handling. Server roles call it first
-// (RunServer does too): a thread started before, a GPU driver's say, would
-// otherwise take a SIGTERM and end the process without a drain.
+// The signals that drain a server: SIGINT, SIGTERM and SIGHUP (a closed
+// terminal or session drains it like a SIGTERM rather than killing it).
+sigset_t ShutdownSignals();
+// Whether one of them is pending (blocked, not yet taken).
+bool ShutdownSignalPending();
+
+// Blocks ShutdownSignals() in the calling thread, so every thread started
+// after it leaves them to RunServer's handling, and ignores SIGPIPE for the
+// process (a log pipe whose reader died fails writes with EPIPE instead of
+// killing the server). Server roles call it first (RunServer does too): a
+// thread started before, a GPU driver's say, would otherwise take a SIGTERM
+// and end the process without a drain.
 void BlockShutdownSignals();
 
 // Lifecycle hooks of RunServer, for roles that announce themselves (the

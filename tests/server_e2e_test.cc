@@ -202,6 +202,60 @@ TEST_P(ServerRoleTest, ServesHealthReflectionAndTheApiThenStopsOnSigterm) {
   std::remove(model.c_str());
 }
 
+// A closed terminal (SIGHUP) drains a server like SIGTERM: exit 0, not
+// death by the signal.
+TEST_P(ServerRoleTest, DrainsOnSighup) {
+  auto redis = testing::RedisServer::Start({});
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  const std::string model = TinyModel("sighup_test");
+  ASSERT_FALSE(model.empty());
+  RunningServer server =
+      StartServer(GetParam(), RoleFlags(GetParam(), redis->get(), model));
+  ASSERT_NE(server.process, nullptr);
+  EXPECT_EQ(HealthOf(Connect(server.address).get(), ""),
+            HealthCheckResponse::SERVING);
+
+  server.process->Signal(SIGHUP);
+  auto exit_code = server.process->Wait(kExitTimeout);
+  ASSERT_TRUE(exit_code.ok()) << exit_code.status();
+  EXPECT_EQ(*exit_code, 0) << server.process->stderr_text();
+  EXPECT_THAT(server.process->stderr_text(), HasSubstr("shutting down"));
+  std::remove(model.c_str());
+}
+
+// A server whose stderr is a pipe with no reader left (a log shipper that
+// died) keeps serving: its log writes fail with EPIPE instead of killing it
+// by SIGPIPE. The SIGTERM's own "shutting down" line is such a write; the
+// drain still ends in exit 0.
+TEST_P(ServerRoleTest, OutlivesItsLogReader) {
+  auto redis = testing::RedisServer::Start({});
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  const std::string model = TinyModel("log_reader_test");
+  ASSERT_FALSE(model.empty());
+  std::vector<std::string> flags = RoleFlags(GetParam(), redis->get(), model);
+  if (GetParam() == "worker") flags.push_back("--heartbeat-interval=100ms");
+  RunningServer server = StartServer(GetParam(), flags);
+  ASSERT_NE(server.process, nullptr);
+  std::shared_ptr<grpc::Channel> channel = Connect(server.address);
+  server.process->CloseStderr();
+
+  if (GetParam() == "worker") {
+    // Its heartbeats fail while Redis is down and succeed once it is back:
+    // the worker logs both (ten heartbeats each way) and serves on.
+    (*redis)->Kill();
+    absl::SleepFor(absl::Seconds(1));
+    ASSERT_TRUE((*redis)->Restart().ok());
+    absl::SleepFor(absl::Seconds(1));
+  }
+  EXPECT_EQ(HealthOf(channel.get(), ""), HealthCheckResponse::SERVING);
+
+  server.process->Signal(SIGTERM);
+  auto exit_code = server.process->Wait(kExitTimeout);
+  ASSERT_TRUE(exit_code.ok()) << exit_code.status();
+  EXPECT_EQ(*exit_code, 0);
+  std::remove(model.c_str());
+}
+
 INSTANTIATE_TEST_SUITE_P(Roles, ServerRoleTest,
                          ::testing::Values("serve", "gateway", "worker"),
                          [](const auto& info) { return info.param; });

@@ -143,6 +143,11 @@ void Subprocess::Signal(int signal_number) {
   if (!exited_) kill(pid_, signal_number);
 }
 
+void Subprocess::CloseStderr() {
+  if (err_fd_ >= 0) close(err_fd_);
+  err_fd_ = -1;
+}
+
 absl::StatusOr<int> Subprocess::Wait(absl::Duration timeout) {
   absl::Time deadline = absl::Now() + timeout;
   while (!exited_) {

@@ -45,6 +45,11 @@ class Subprocess {
 
   void Signal(int signal_number);
 
+  // Closes this end of the child's stderr pipe: the child's next write to
+  // stderr fails with EPIPE (or kills it by SIGPIPE, where not ignored), as
+  // when a log shipper reading a server's stderr dies.
+  void CloseStderr();
+
   // Waits for the child to exit, collecting its output meanwhile. Returns
   // the exit status, or 128 + the signal number if a signal killed it.
   // DEADLINE_EXCEEDED after `timeout` (the child keeps running).
