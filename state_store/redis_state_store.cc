@@ -81,9 +81,10 @@ Durability RedisStateStore::BaseDurability() {
   const absl::Time now = clock_->Now();
   {
     absl::MutexLock lock(&fsync_mu_);
-    if (now - fsync_checked_at_ < absl::Seconds(1)) {
+    if (fsync_checking_ || now - fsync_checked_at_ < absl::Seconds(1)) {
       return fsync_always_ ? Durability::kFsync : Durability::kMemory;
     }
+    fsync_checking_ = true;
   }
   bool all = false;
   auto append = client_->RunOnEveryPrimary({"CONFIG", "GET", "append*"});
@@ -103,6 +104,7 @@ Durability RedisStateStore::BaseDurability() {
   absl::MutexLock lock(&fsync_mu_);
   fsync_always_ = all;
   fsync_checked_at_ = now;
+  fsync_checking_ = false;
   return all ? Durability::kFsync : Durability::kMemory;
 }
 

@@ -3,8 +3,13 @@
 // UNAVAILABLE (after one retry deadline, not one per lease) and succeed
 // again once it is back, and Interrupt() (a stopping process) ends the
 // calls waiting on it at once.
+#include <atomic>
+#include <cstdio>
+#include <map>
+#include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -15,6 +20,7 @@
 #include "state_store/redis_state_store.h"
 #include "state_store/redis_state_store_test_util.h"
 #include "state_store/testing/redis_harness.h"
+#include "state_store/testing/state_store_contract_util.h"
 
 namespace statestream::testing {
 namespace {
@@ -71,6 +77,84 @@ TEST(RedisStateStoreTest, ADeleteSucceedsWhileTheIndexShardHangs) {
   auto page = (*store)->ListSessions(list);
   ASSERT_TRUE(page.ok()) << page.status();
   for (const SessionHead& h : page->sessions) EXPECT_NE(h.key.session_id, id);
+}
+
+// Without WAITAOF (Redis < 7.2) a write reads every primary's fsync
+// settings once a second. With a primary hung, one write waits on that
+// read (for the command timeout); the others, to the healthy shards, go
+// through meanwhile with the last answer. (Every write that came while
+// the read hung used to read again itself, and stalled as long.)
+TEST(RedisStateStoreTest, AHungPrimaryStallsOneDurabilityReadNotEveryWrite) {
+  // The other shards serve on once the hung one is marked failed.
+  auto cluster = RedisCluster::Start({"--cluster-require-full-coverage", "no"});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  auto info = (*cluster)->node(0)->Command({"INFO", "server"});
+  ASSERT_TRUE(info.ok()) << info.status();
+  int major = 0, minor = 0;
+  const size_t at = info->find("redis_version:");
+  ASSERT_NE(at, std::string::npos);
+  ASSERT_EQ(
+      std::sscanf(info->c_str() + at, "redis_version:%d.%d", &major, &minor),
+      2);
+  if (major > 7 || (major == 7 && minor >= 2)) {
+    GTEST_SKIP() << "WAITAOF: no fsync settings are read";
+  }
+  RedisStateStoreOptions o;
+  o.addresses = (*cluster)->addresses();
+  o.cluster = true;
+  o.command_timeout = absl::Seconds(3);
+  o.retry_deadline = absl::Seconds(3);
+  auto store = NewRedisStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  // Sessions and the tenant's index, and the primaries they are on.
+  std::vector<std::pair<std::string, int>> sessions;  // id, head's node
+  std::map<std::string, uint64_t> fences;
+  std::set<int> primaries;
+  for (int i = 0; i < 24; ++i) {
+    const std::string id = absl::StrCat("s", i);
+    auto created = (*store)->CreateSession(NewSession(id, Durability::kMemory));
+    ASSERT_TRUE(created.ok()) << created.status();
+    fences[id] = created->session.fence;
+    const int node =
+        NodeOf(cluster->get(), absl::StrCat("ss:{acme/", id, "}:head"));
+    ASSERT_NE(node, -1);
+    sessions.emplace_back(id, node);
+    primaries.insert(node);
+  }
+  const int index_node = NodeOf(cluster->get(), "ss:{t:acme}:sessions");
+  primaries.insert(index_node);
+  ASSERT_GE(primaries.size(), 2u);
+  // A primary to hang, and two sessions elsewhere.
+  int hung = -1;
+  for (int node : primaries) {
+    if (node != index_node) hung = node;
+  }
+  ASSERT_NE(hung, -1);
+  std::vector<std::string> healthy;
+  for (const auto& [id, node] : sessions) {
+    if (node != hung && healthy.size() < 2) healthy.push_back(id);
+  }
+  ASSERT_EQ(healthy.size(), 2u);
+
+  absl::SleepFor(absl::Milliseconds(1100));  // the last read is stale
+  (*cluster)->node(hung)->Pause();
+  std::atomic<bool> first_done = false;
+  absl::StatusOr<CommitResult> first;
+  std::thread first_write([&] {
+    first = (*store)->Commit(
+        Commit({"acme", healthy[0]}, 1, fences.at(healthy[0]), 2));
+    first_done = true;
+  });
+  absl::SleepFor(absl::Seconds(1));  // into its read of the hung primary
+  for (uint64_t v = 1; v <= 3; ++v) {
+    auto later = (*store)->Commit(
+        Commit({"acme", healthy[1]}, v, fences.at(healthy[1]), v + 1));
+    EXPECT_TRUE(later.ok()) << later.status();
+  }
+  EXPECT_FALSE(first_done) << "the later commits waited on the hung primary";
+  (*cluster)->node(hung)->Resume();
+  first_write.join();
+  EXPECT_TRUE(first.ok()) << first.status();
 }
 
 TEST(RedisStateStoreTest, UnavailableWhileDownThenRecovers) {

@@ -237,8 +237,10 @@ class RedisStateStore final : public StateStore {
   // appendonly yes, appendfsync always, and no-appendfsync-on-rewrite no
   // (else a rewrite skips the fsyncs). Read again at most once a second, as
   // CONFIG SET or a failover to a differently configured node changes it;
-  // CONFIG forbidden by ACLs counts as not. With WAITAOF, MEMORY: what
-  // WAITAOF answers is what counts.
+  // CONFIG forbidden by ACLs counts as not. One caller reads at a time:
+  // the others take the last answer meanwhile, so a hung primary stalls
+  // that one write (for the command timeout), not every write to every
+  // shard. With WAITAOF, MEMORY: what WAITAOF answers is what counts.
   Durability BaseDurability();
 
   std::string Prefix(const SessionKey& k) const;
@@ -423,6 +425,7 @@ class RedisStateStore final : public StateStore {
   std::thread pruner_ ABSL_GUARDED_BY(prune_mu_);
   absl::Mutex fsync_mu_;
   bool fsync_always_ ABSL_GUARDED_BY(fsync_mu_) = false;
+  bool fsync_checking_ ABSL_GUARDED_BY(fsync_mu_) = false;  // a read runs
   absl::Time fsync_checked_at_ ABSL_GUARDED_BY(fsync_mu_) =
       absl::InfinitePast();
 };
