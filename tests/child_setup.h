@@ -14,8 +14,9 @@ namespace statestream::e2e {
 // async-signal-safe calls: the child is SIGKILLed when the thread that
 // forked it ends (a crashed or killed test leaves no server behind), takes
 // `out` and `err` as its stdout and stderr, and gets default dispositions
-// for SIGINT, SIGTERM and SIGPIPE (an ignored signal stays ignored across
-// exec) and an empty signal mask. False when `parent` is already gone: the
+// for SIGINT, SIGTERM, SIGHUP and SIGPIPE (an ignored signal stays ignored
+// across exec: a test run under nohup would start servers deaf to SIGHUP)
+// and an empty signal mask. False when `parent` is already gone: the
 // child should _exit.
 inline bool PrepareChild(pid_t parent, int out, int err) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -24,7 +25,9 @@ inline bool PrepareChild(pid_t parent, int out, int err) {
   dup2(err, STDERR_FILENO);
   struct sigaction dfl = {};
   dfl.sa_handler = SIG_DFL;
-  for (int sig : {SIGINT, SIGTERM, SIGPIPE}) sigaction(sig, &dfl, nullptr);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGPIPE}) {
+    sigaction(sig, &dfl, nullptr);
+  }
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
