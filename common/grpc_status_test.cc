@@ -9,6 +9,7 @@
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "gtest/gtest.h"
+#include "statestream/v1/statestream.pb.h"
 
 namespace statestream {
 namespace {
@@ -26,6 +27,18 @@ google::rpc::ErrorInfo WireErrorInfo(const grpc::Status& status) {
   google::rpc::ErrorInfo info;
   EXPECT_TRUE(details.details(0).UnpackTo(&info));
   return info;
+}
+
+// The reasons the code makes are the proto's enum, name for number, and
+// every value of it: a reason added to one is added to the other.
+TEST(GrpcStatusTest, ReasonsAreTheProtosEnum) {
+  const google::protobuf::EnumDescriptor* proto = v1::Reason_descriptor();
+  ASSERT_EQ(proto->value_count(),
+            static_cast<int>(Reason::kResumeDiverged) + 1);
+  for (int i = 0; i < proto->value_count(); ++i) {
+    const google::protobuf::EnumValueDescriptor* value = proto->value(i);
+    EXPECT_EQ(ReasonName(static_cast<Reason>(value->number())), value->name());
+  }
 }
 
 TEST(GrpcStatusTest, OkMapsToOk) {

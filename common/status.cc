@@ -14,7 +14,7 @@ namespace {
 constexpr absl::string_view kReasonUrl = "statestream.dev/reason";
 constexpr absl::string_view kMetaUrlPrefix = "statestream.dev/meta/";
 
-constexpr std::array<absl::string_view, 21> kNames = {
+constexpr std::array<absl::string_view, 22> kNames = {
     "REASON_UNSPECIFIED",
     "SESSION_NOT_FOUND",
     "SESSION_EXISTS",
@@ -36,8 +36,10 @@ constexpr std::array<absl::string_view, 21> kNames = {
     "DUPLICATE_REQUEST",
     "INTERNAL",
     "TENANT_LIMIT",
+    "RESUME_DIVERGED",
 };
-static_assert(kNames.size() == static_cast<size_t>(Reason::kTenantLimit) + 1);
+static_assert(kNames.size() ==
+              static_cast<size_t>(Reason::kResumeDiverged) + 1);
 
 }  // namespace
 

@@ -41,6 +41,7 @@ enum class Reason {
   kDuplicateRequest,  // request id reused with different content
   kInternal,          // a bug; logged with context
   kTenantLimit,       // the tenant is at its session or stream limit
+  kResumeDiverged,    // a resumed generation differs from output delivered
 };
 
 // "SESSION_NOT_FOUND", ... ; "REASON_UNSPECIFIED" for kUnspecified.

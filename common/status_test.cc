@@ -8,7 +8,7 @@ namespace statestream {
 namespace {
 
 TEST(StatusTest, ReasonNamesRoundTrip) {
-  for (int i = 0; i <= static_cast<int>(Reason::kTenantLimit); ++i) {
+  for (int i = 0; i <= static_cast<int>(Reason::kResumeDiverged); ++i) {
     auto reason = static_cast<Reason>(i);
     EXPECT_EQ(ReasonFromName(ReasonName(reason)), reason);
   }

@@ -138,7 +138,7 @@ class GenerateCall final : public ServerStreamCall<v1::GenerateResponse> {
     if (diverged_) {
       gateway_->metrics().IncDiverged();
       status = ToGrpcStatus(MakeError(
-          absl::StatusCode::kUnavailable, Reason::kUnspecified,
+          absl::StatusCode::kUnavailable, Reason::kResumeDiverged,
           "the generation could not be resumed identically after a worker "
           "failure (the session's applied state changed); the output so far "
           "was not committed: retry the request",

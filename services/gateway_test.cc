@@ -171,6 +171,7 @@ TEST_F(GatewayTest, AShorterRerunAfterAFailoverIsDiverged) {
   for (const auto& msg : generated.messages) dones += msg.has_done();
   const absl::Status st = FromGrpcStatus(generated.status);
   EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_EQ(GetReason(st), Reason::kResumeDiverged) << st;
   EXPECT_EQ(GetErrorMetadata(st, "diverged_at"), "1");
   EXPECT_EQ(dones, 0);
   EXPECT_EQ(calls_.load(), 2);
@@ -288,6 +289,7 @@ TEST_F(GatewayTest, ACommittingRerunFromAnotherOffsetIsDiverged) {
   const auto generated = GenerateS(/*commit=*/true);
   const absl::Status st = FromGrpcStatus(generated.status);
   EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_EQ(GetReason(st), Reason::kResumeDiverged) << st;
   EXPECT_EQ(GetErrorMetadata(st, "diverged_at"), "0");
   EXPECT_EQ(GetErrorMetadata(st, "delivered_tokens"), "2");
   for (const auto& msg : generated.messages) EXPECT_FALSE(msg.has_done());

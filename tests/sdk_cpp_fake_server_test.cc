@@ -160,10 +160,12 @@ TEST(SdkExportTest, AnExportWithoutAHeaderIsDataLoss) {
 // A Streams server whose first Generate sends tokens [1, 2] and is lost;
 // the resumed call sends [1] and ends: it stopped sooner. With `committed`
 // its done says the server committed it (a committing request whose
-// resume ran out of time on a slower worker).
+// resume ran out of time on a slower worker). With `diverge` the resumed
+// call sends [1, 5, 6] instead: another output.
 class ShorterResume final : public v1::Streams::Service {
  public:
-  explicit ShorterResume(bool committed = false) : committed_(committed) {}
+  explicit ShorterResume(bool committed = false, bool diverge = false)
+      : committed_(committed), diverge_(diverge) {}
   grpc::Status Generate(grpc::ServerContext*, const v1::GenerateRequest*,
                         grpc::ServerWriter<v1::GenerateResponse>* w) override {
     const bool first = calls_.fetch_add(1) == 0;
@@ -176,6 +178,11 @@ class ShorterResume final : public v1::Streams::Service {
       chunk.mutable_chunk()->set_text_utf8("ab");
       w->Write(chunk);
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "lost");
+    }
+    if (diverge_) {
+      chunk.mutable_chunk()->add_tokens(5);
+      chunk.mutable_chunk()->add_tokens(6);
+      chunk.mutable_chunk()->set_text_utf8("aef");
     }
     w->Write(chunk);
     v1::GenerateResponse done;
@@ -192,6 +199,7 @@ class ShorterResume final : public v1::Streams::Service {
 
  private:
   const bool committed_;
+  const bool diverge_;
   std::atomic<int> calls_{0};
 };
 
@@ -409,6 +417,7 @@ TEST(SdkGenerateTest, AResumeThatEndsBeforeTheDeliveredOutputIsNotJoined) {
     }
     const absl::Status st = (*stream)->status();
     EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+    EXPECT_EQ(GetReason(st), Reason::kResumeDiverged) << st;
     EXPECT_FALSE(client::IsRetryable(st));
     EXPECT_EQ(delivered, (std::vector<uint32_t>{1, 2}));
     EXPECT_EQ(GetErrorMetadata(st, "committed").has_value(), committed) << st;
@@ -419,6 +428,32 @@ TEST(SdkGenerateTest, AResumeThatEndsBeforeTheDeliveredOutputIsNotJoined) {
     }
     stream->reset();
   }
+}
+
+// A resumed Generate whose output differs from what was delivered is
+// another generation: FAILED_PRECONDITION/RESUME_DIVERGED, not retried,
+// nothing of it delivered.
+TEST(SdkGenerateTest, AResumeWithOtherOutputIsNotJoined) {
+  ShorterResume service(/*committed=*/false, /*diverge=*/true);
+  FakeServer fake;
+  ASSERT_NO_FATAL_FAILURE(Serve(&service, &fake));
+  v1::GenerateRequest request;
+  request.set_max_tokens(3);
+  request.set_request_id("gen-1");
+  auto stream = fake.client->OpenSession("s").Generate(request);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  std::vector<uint32_t> delivered;
+  client::GenerateChunk chunk;
+  while ((*stream)->Next(&chunk)) {
+    delivered.insert(delivered.end(), chunk.tokens.begin(), chunk.tokens.end());
+  }
+  const absl::Status st = (*stream)->status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_EQ(GetReason(st), Reason::kResumeDiverged) << st;
+  EXPECT_FALSE(client::IsRetryable(st));
+  EXPECT_THAT(std::string(st.message()),
+              ::testing::HasSubstr("diverged from the 2"));
+  EXPECT_EQ(delivered, (std::vector<uint32_t>{1, 2}));
 }
 
 }  // namespace

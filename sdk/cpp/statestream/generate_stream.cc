@@ -102,8 +102,9 @@ bool GenerateStream::Next(GenerateChunk* out) {
                       {"input_offset", absl::StrCat(d.input_offset())},
                       {"version", absl::StrCat(d.version())}};
         }
-        status_ = MakeError(absl::StatusCode::kFailedPrecondition,
-                            Reason::kUnspecified, message, std::move(metadata));
+        status_ =
+            MakeError(absl::StatusCode::kFailedPrecondition,
+                      Reason::kResumeDiverged, message, std::move(metadata));
         finished_ = true;
         CloseCall(/*cancel=*/true);
         return false;
@@ -127,10 +128,11 @@ bool GenerateStream::Next(GenerateChunk* out) {
         same = delivered_ids_[c.index() + i] == c.tokens(static_cast<int>(i));
       }
       if (!same) {
-        status_ = absl::FailedPreconditionError(absl::StrCat(
-            "the resumed generation diverged from the ", delivered,
-            " tokens already delivered (the session changed in between?); "
-            "its output is not joined to them"));
+        status_ = MakeError(
+            absl::StatusCode::kFailedPrecondition, Reason::kResumeDiverged,
+            absl::StrCat("the resumed generation diverged from the ", delivered,
+                         " tokens already delivered (the session changed in "
+                         "between?); its output is not joined to them"));
         finished_ = true;
         CloseCall(/*cancel=*/true);
         return false;

@@ -564,7 +564,8 @@ def _diverged(delivered_ids, chunk) -> Optional[StatestreamError]:
     generation)."""
     if chunk.index > len(delivered_ids):
         return StatestreamError(grpc.StatusCode.FAILED_PRECONDITION,
-                                "the resumed generation skipped output")
+                                "the resumed generation skipped output",
+                                "RESUME_DIVERGED")
     for i, t in enumerate(chunk.tokens):
         if chunk.index + i >= len(delivered_ids):
             break
@@ -573,7 +574,8 @@ def _diverged(delivered_ids, chunk) -> Optional[StatestreamError]:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"the resumed generation diverged from the "
                 f"{len(delivered_ids)} tokens already delivered (the session "
-                "changed in between?); its output is not joined to them")
+                "changed in between?); its output is not joined to them",
+                "RESUME_DIVERGED")
     return None
 
 
@@ -600,7 +602,7 @@ def _ended_short(call_tokens: int, call_bytes: int, delivered_tokens: int,
                         "input_offset": str(done.input_offset),
                         "version": str(done.version)}
         return StatestreamError(grpc.StatusCode.FAILED_PRECONDITION, message,
-                                metadata=metadata)
+                                "RESUME_DIVERGED", metadata)
     return None
 
 

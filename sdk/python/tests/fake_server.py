@@ -99,7 +99,7 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
                 version=4, durability=pb.DURABILITY_FSYNC))
             return
         if request.session_id in ("pinned", "moved", "shorter",
-                                  "shorter-committed"):
+                                  "shorter-committed", "diverged"):
             yield from self._pinned_generate(request, context)
             return
         if request.session_id == "replayed-logprobs":
@@ -131,7 +131,8 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
         POSITION_MISMATCH as the server does when the pin no longer
         holds; "shorter" resumes with [1] and ends (it stopped sooner);
         "shorter-committed" too, its done committed (a committing request
-        whose resume ran out of time on a slower worker)."""
+        whose resume ran out of time on a slower worker); "diverged"
+        resumes with [1, 5, 6] (another output) and ends."""
         calls = sum(r.session_id == request.session_id
                     for r in self.generate_requests)
         if calls == 1:
@@ -139,6 +140,13 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
                 index=0, tokens=[1, 2], text_utf8=b"ab",
                 start_input_offset=7))
             context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
+        if request.session_id == "diverged":
+            yield pb.GenerateResponse(chunk=pb.GenerateChunk(
+                index=0, tokens=[1, 5, 6], text_utf8=b"aef",
+                start_input_offset=7))
+            yield pb.GenerateResponse(done=pb.GenerateDone(
+                finish_reason=pb.FINISH_REASON_MAX_TOKENS))
+            return
         if request.session_id in ("shorter", "shorter-committed"):
             yield pb.GenerateResponse(chunk=pb.GenerateChunk(
                 index=0, tokens=[1], text_utf8=b"a", start_input_offset=7))

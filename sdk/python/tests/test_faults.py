@@ -298,10 +298,24 @@ def test_a_resume_that_ends_before_the_delivered_output_is_not_joined(
     with pytest.raises(StatestreamError) as e:
         generate_from(fake, "shorter", aio, delivered)
     assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert e.value.reason == "RESUME_DIVERGED"
     assert not is_retryable(e.value)
     assert "before the 2 already delivered" in e.value.message
     assert delivered == [1, 2]
     assert e.value.metadata.get("committed") is None
+
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_a_resume_with_other_output_is_not_joined(fake, aio):
+    delivered = []
+    with pytest.raises(StatestreamError) as e:
+        generate_from(fake, "diverged", aio, delivered)
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert e.value.reason == "RESUME_DIVERGED"
+    assert not is_retryable(e.value)
+    assert "diverged from the 2 tokens already delivered" in e.value.message
+    assert delivered == [1, 2]
+    assert len(fake.generate_requests) == 2  # not retried further
 
 
 @pytest.mark.parametrize("aio", [False, True])
