@@ -516,6 +516,12 @@ absl::Time refusal_logged ABSL_GUARDED_BY(refusal_log_mu) =
     absl::InfinitePast();
 uint64_t refusals_unlogged ABSL_GUARDED_BY(refusal_log_mu) = 0;
 
+// Calls given up after a transport failure, logged the same way.
+ABSL_CONST_INIT absl::Mutex gave_up_log_mu(absl::kConstInit);
+absl::Time gave_up_logged ABSL_GUARDED_BY(gave_up_log_mu) =
+    absl::InfinitePast();
+uint64_t gave_up_unlogged ABSL_GUARDED_BY(gave_up_log_mu) = 0;
+
 }  // namespace
 
 grpc::Status Gateway::FromWorker(const grpc::Status& status) {
@@ -545,12 +551,36 @@ grpc::Status Gateway::FromWorker(const grpc::Status& status) {
 }
 
 grpc::Status Gateway::GaveUp(const grpc::Status& last) {
+  const std::string code = absl::StatusCodeToString(
+      static_cast<absl::StatusCode>(last.error_code()));
+  std::string said;
+  if (last.error_details().empty()) {
+    // A transport failure ("failed to connect to all addresses; ...
+    // ipv4:10.0.3.7:50051: Connection refused"): the worker's address is
+    // the cluster's, not the caller's to see. The log has it.
+    said = absl::StrCat("the last one tried did not answer (", code, ")");
+    absl::MutexLock lock(&gave_up_log_mu);
+    const absl::Time now = absl::Now();
+    if (now - gave_up_logged >= kRefusalLogEvery) {
+      std::cerr << "statestream gateway: gave up on a call: the last worker "
+                << "tried did not answer: " << code << ": "
+                << last.error_message();
+      if (gave_up_unlogged > 0) {
+        std::cerr << "; " << gave_up_unlogged << " more since the last such "
+                  << "line";
+      }
+      std::cerr << "\n";
+      gave_up_logged = now;
+      gave_up_unlogged = 0;
+    } else {
+      ++gave_up_unlogged;
+    }
+  } else {
+    said = absl::StrCat("the last answered ", code, ": ", last.error_message());
+  }
   return ToGrpcStatus(MakeError(
       absl::StatusCode::kUnavailable, Reason::kOverloaded,
-      absl::StrCat("no worker could complete the call (the last answered ",
-                   absl::StatusCodeToString(
-                       static_cast<absl::StatusCode>(last.error_code())),
-                   ": ", last.error_message(), "); retry"),
+      absl::StrCat("no worker could complete the call (", said, "); retry"),
       {{"retry_after_ms", "200"}}));
 }
 

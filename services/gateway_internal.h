@@ -168,6 +168,8 @@ class Gateway {
   // another" but no attempt is left: UNAVAILABLE/OVERLOADED with
   // retry_after_ms (retry later), never a worker's CANCELLED (a client
   // would take it for its own cancellation) or the internal ABORTED/FENCED.
+  // A transport failure's text (it names the worker's address) goes to the
+  // gateway's log, not to the caller.
   static grpc::Status GaveUp(const grpc::Status& last);
   // A worker's final answer as the client gets it: UNAUTHENTICATED from a
   // worker means the worker refused this gateway (internal token or client

@@ -27,6 +27,7 @@
 #include "common/grpc_status.h"
 #include "common/session_ids.h"
 #include "common/status.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "services/gateway.h"
 #include "services/gateway_internal.h"
@@ -41,6 +42,9 @@
 
 namespace statestream {
 namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
 
 // ABORTED/FENCED says another worker took that one session, not that the
 // worker failed: the call moves on, but the worker is not avoided for the
@@ -404,6 +408,47 @@ TEST_F(GatewayTest, ACallNoWorkerCompletedIsUnavailable) {
     EXPECT_EQ(GetReason(FromGrpcStatus(st)), Reason::kOverloaded);
     EXPECT_TRUE(GetErrorMetadata(FromGrpcStatus(st), "retry_after_ms"));
   }
+}
+
+// A call no worker could be reached for ends UNAVAILABLE without the
+// transport's text, which names the workers' addresses (the cluster's, not
+// the caller's to see; the gateway's log has them).
+TEST_F(GatewayTest, AGivenUpCallDoesNotNameWorkerAddresses) {
+  Start();
+  const std::vector<std::string> addresses = {workers_[0]->address(),
+                                              workers_[1]->address()};
+  for (auto& w : workers_) w.reset();  // both gone: nothing answers
+  grpc::ClientContext ctx;
+  v1::GetSessionRequest req;
+  req.set_session_id("s");
+  v1::Session resp;
+  const grpc::Status st =
+      v1::Sessions::NewStub(channel_)->GetSession(&ctx, req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << st.error_message();
+  EXPECT_EQ(GetReason(FromGrpcStatus(st)), Reason::kOverloaded);
+  for (const std::string& address : addresses) {
+    const std::string port = address.substr(address.rfind(':') + 1);
+    EXPECT_THAT(st.error_message(), Not(HasSubstr(port)));
+  }
+  EXPECT_THAT(st.error_message(), Not(HasSubstr("ipv4")));
+}
+
+TEST(GatewayFailoverTest, GivingUpKeepsAWorkersAnswerNotTheTransportsText) {
+  const grpc::Status transport = gateway::Gateway::GaveUp(
+      grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                   "failed to connect to all addresses; last error: UNKNOWN: "
+                   "ipv4:10.9.8.7:50051: Connection refused"));
+  EXPECT_EQ(transport.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(transport.error_message(), Not(HasSubstr("10.9.8.7")));
+  EXPECT_THAT(transport.error_message(),
+              HasSubstr("the last one tried did not answer (UNAVAILABLE)"));
+  const grpc::Status answered = gateway::Gateway::GaveUp(ToGrpcStatus(
+      MakeError(absl::StatusCode::kUnavailable, Reason::kOverloaded,
+                "the worker is draining", {{"stopping", "true"}})));
+  EXPECT_THAT(answered.error_message(),
+              HasSubstr("the last answered UNAVAILABLE: the worker is "
+                        "draining"));
 }
 
 // A worker that is leaving (draining, or its scheduler shutting down) says
