@@ -12,7 +12,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "common/status.h"
 #include "state_store/internal/redis_client.h"
 #include "state_store/internal/redis_store.h"
@@ -42,17 +41,9 @@ absl::Status RedisStateStore::Init() {
   }
   SS_ASSIGN_OR_RETURN(auto info,
                       client_->RunOnEveryPrimary({"INFO", "server"}));
-  const std::string text = info.empty() ? "" : Str(info[0].get());
-  const size_t at = text.find("redis_version:");
-  if (at != std::string::npos) {
-    std::vector<std::string> v = absl::StrSplit(
-        text.substr(at + 14, text.find('\r', at) - at - 14), '.');
-    int major = 0, minor = 0;
-    if (v.size() >= 2 && absl::SimpleAtoi(v[0], &major) &&
-        absl::SimpleAtoi(v[1], &minor)) {
-      have_waitaof_ = major > 7 || (major == 7 && minor >= 2);
-    }
-  }
+  std::vector<std::string> texts;
+  for (const auto& each : info) texts.push_back(Str(each.get()));
+  have_waitaof_ = AllHaveWaitaof(texts);
   (void)BaseDurability();
   WarnIfEvicting();
   return absl::OkStatus();

@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
+#include "state_store/internal/redis_store.h"
 #include "state_store/testing/redis_harness.h"
 
 namespace statestream::store_internal {
@@ -201,6 +202,24 @@ TEST(RedisClientRestartTest, AFullPoolOfDeadConnectionsCostsOneRetry) {
   auto r = (*client)->Run("k", {{"PING"}});
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(Text((*r)[0].get()), "PONG");
+}
+
+// WAITAOF only when every primary has it (Redis 7.2+): a Cluster in the
+// middle of an upgrade from 7.0 reads the fsync settings instead.
+TEST(RedisReplyTest, WaitaofWhenEveryPrimaryIsAtLeast7Point2) {
+  using store_internal::AllHaveWaitaof;
+  const std::string v70 =
+      "# Server\r\nredis_version:7.0.15\r\nredis_mode:x\r\n";
+  const std::string v72 = "# Server\r\nredis_version:7.2.4\r\nredis_mode:x\r\n";
+  const std::string v8 = "redis_version:8.0.0\n";
+  EXPECT_TRUE(AllHaveWaitaof({v72}));
+  EXPECT_TRUE(AllHaveWaitaof({v72, v8}));
+  EXPECT_FALSE(AllHaveWaitaof({v70}));
+  EXPECT_FALSE(AllHaveWaitaof({v72, v70}));  // the first no longer decides
+  EXPECT_FALSE(AllHaveWaitaof({v70, v72}));
+  EXPECT_FALSE(AllHaveWaitaof({}));
+  EXPECT_FALSE(AllHaveWaitaof({"# Server\r\n"}));
+  EXPECT_FALSE(AllHaveWaitaof({"redis_version:seven\r\n"}));
 }
 
 TEST(RedisClientProtocolTest, MalformedRepliesAreUnavailableNotCrashes) {

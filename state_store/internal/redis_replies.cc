@@ -1,18 +1,38 @@
 // SPDX-License-Identifier: Apache-2.0
 // The Redis store's replies and script arguments (redis_store.h).
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/random.h"
 #include "common/status.h"
 #include "state_store/internal/redis_scripts.h"
 #include "state_store/internal/redis_store.h"
 
 namespace statestream::store_internal {
+
+bool AllHaveWaitaof(const std::vector<std::string>& info_server) {
+  if (info_server.empty()) return false;
+  for (const std::string& text : info_server) {
+    const size_t at = text.find("redis_version:");
+    if (at == std::string::npos) return false;
+    const size_t begin = at + std::strlen("redis_version:");
+    const std::vector<std::string> v = absl::StrSplit(
+        text.substr(begin, text.find_first_of("\r\n", begin) - begin), '.');
+    int major = 0, minor = 0;
+    if (v.size() < 2 || !absl::SimpleAtoi(v[0], &major) ||
+        !absl::SimpleAtoi(v[1], &minor) ||
+        !(major > 7 || (major == 7 && minor >= 2))) {
+      return false;
+    }
+  }
+  return true;
+}
 
 std::string ScriptSource(Script s) {
   const char* body[] = {kLuaCreate,

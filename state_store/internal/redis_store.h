@@ -95,6 +95,11 @@ std::string ScriptSource(Script s);
 std::string Str(const redisReply* r);
 // An array of name, value, name, value... as Fields.
 Fields Pairs(const redisReply* r);
+// Whether each `INFO server` text (one per primary) says Redis 7.2 or
+// later, which has WAITAOF. False for none, or for a text without a
+// readable redis_version: in a Cluster mid-upgrade one older primary would
+// refuse WAITAOF, so the store reads the fsync settings instead.
+bool AllHaveWaitaof(const std::vector<std::string>& info_server);
 // A field as a number; 0 when absent. A value that is no number (or
 // does not fit) is damage: DATA_LOSS/STATE_CORRUPT naming `where`, the hash
 // it is in ("version 3", "the head").
