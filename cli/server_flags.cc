@@ -139,7 +139,13 @@ sigset_t ShutdownSignals() {
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGHUP);
+  // Not when started ignoring it (nohup): a blocked signal is never
+  // discarded as ignored, so sigwait would take it. Nothing here changes
+  // SIGHUP's disposition, so every call answers the same.
+  struct sigaction hup = {};
+  if (sigaction(SIGHUP, nullptr, &hup) != 0 || hup.sa_handler != SIG_IGN) {
+    sigaddset(&signals, SIGHUP);
+  }
   return signals;
 }
 
@@ -255,8 +261,10 @@ int RunServer(absl::string_view role, const ServerOptions& options,
   std::cerr << "statestream " << role << ": " << strsignal(signal_number)
             << ", shutting down\n";
   std::thread([signals] {
-    int again = 0;
-    sigwait(&signals, &again);
+    // A second SIGINT/SIGTERM ends the drain. Not a second SIGHUP: a
+    // closing terminal sends one from the shell and one from the kernel.
+    int again = SIGHUP;
+    while (again == SIGHUP) sigwait(&signals, &again);
     std::_Exit(kExitFailure);
   }).detach();
   (*server)->StopServing();  // NOT_SERVING while the role drains

@@ -58,14 +58,15 @@ bool ClientCertificatesRequired();
 // "listening on HOST:PORT" to stdout once it is ready (after the `metrics
 // on` line of a --metrics-listen, which `build` prints), and
 // on the first signal shuts down with `grace` for calls in flight (exit 0).
-// A second signal exits at once (exit 1). Errors are printed to stderr
-// prefixed with "statestream <role>: " (exit 1).
+// A second SIGINT or SIGTERM exits at once (exit 1). Errors are printed to
+// stderr prefixed with "statestream <role>: " (exit 1).
 int RunServer(absl::string_view role, const ServerOptions& options,
               absl::Duration grace,
               absl::FunctionRef<absl::StatusOr<ServiceSet>()> build);
 
 // The signals that drain a server: SIGINT, SIGTERM and SIGHUP (a closed
-// terminal or session drains it like a SIGTERM rather than killing it).
+// terminal or session drains it like a SIGTERM rather than killing it;
+// not SIGHUP when the process started with it ignored, as under nohup).
 sigset_t ShutdownSignals();
 // Whether one of them is pending (blocked, not yet taken).
 bool ShutdownSignalPending();

@@ -79,8 +79,11 @@ Durability RedisStateStore::BaseDurability() {
   }
   bool all = false;
   auto append = client_->RunOnEveryPrimary({"CONFIG", "GET", "append*"});
-  auto rewrite = client_->RunOnEveryPrimary(
-      {"CONFIG", "GET", "no-appendfsync-on-rewrite"});
+  // Not after a failure: a hung primary would cost a second timeout.
+  absl::StatusOr<std::vector<Reply>> rewrite =
+      append.ok() ? client_->RunOnEveryPrimary(
+                        {"CONFIG", "GET", "no-appendfsync-on-rewrite"})
+                  : append.status();
   if (append.ok() && !append->empty() && rewrite.ok() &&
       rewrite->size() == append->size()) {
     all = true;

@@ -15,8 +15,8 @@ namespace statestream::e2e {
 // forked it ends (a crashed or killed test leaves no server behind), takes
 // `out` and `err` as its stdout and stderr, and gets default dispositions
 // for SIGINT, SIGTERM, SIGHUP and SIGPIPE (an ignored signal stays ignored
-// across exec: a test run under nohup would start servers deaf to SIGHUP)
-// and an empty signal mask. False when `parent` is already gone: the
+// across exec: under nohup a server would keep SIGHUP ignored) and an
+// empty signal mask. False when `parent` is already gone: the
 // child should _exit.
 inline bool PrepareChild(pid_t parent, int out, int err) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);

@@ -40,6 +40,7 @@ using ::grpc::reflection::v1alpha::ServerReflectionRequest;
 using ::grpc::reflection::v1alpha::ServerReflectionResponse;
 using ::testing::HasSubstr;
 using ::testing::IsSupersetOf;
+using ::testing::Not;
 
 constexpr absl::Duration kStartTimeout = absl::Seconds(30);
 constexpr absl::Duration kExitTimeout = absl::Seconds(15);
@@ -203,23 +204,36 @@ TEST_P(ServerRoleTest, ServesHealthReflectionAndTheApiThenStopsOnSigterm) {
 }
 
 // A closed terminal (SIGHUP) drains a server like SIGTERM: exit 0, not
-// death by the signal.
+// death by the signal. A second SIGHUP during the drain (a closing
+// terminal sends one from the shell and one from the kernel) does not end
+// it early, as a second SIGTERM would.
 TEST_P(ServerRoleTest, DrainsOnSighup) {
   auto redis = testing::RedisServer::Start({});
   ASSERT_TRUE(redis.ok()) << redis.status();
   const std::string model = TinyModel("sighup_test");
   ASSERT_FALSE(model.empty());
-  RunningServer server =
-      StartServer(GetParam(), RoleFlags(GetParam(), redis->get(), model));
+  std::vector<std::string> flags = RoleFlags(GetParam(), redis->get(), model);
+  flags.push_back("--shutdown-grace=2s");
+  RunningServer server = StartServer(GetParam(), flags);
   ASSERT_NE(server.process, nullptr);
-  EXPECT_EQ(HealthOf(Connect(server.address).get(), ""),
-            HealthCheckResponse::SERVING);
+  // A Health Watch is a call in flight: the drain waits for it (the grace).
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(60));
+  auto watch = Health::NewStub(Connect(server.address))->Watch(&context, {});
+  HealthCheckResponse response;
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
 
+  server.process->Signal(SIGHUP);
+  ASSERT_TRUE(watch->Read(&response));  // draining
+  EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
   server.process->Signal(SIGHUP);
   auto exit_code = server.process->Wait(kExitTimeout);
   ASSERT_TRUE(exit_code.ok()) << exit_code.status();
   EXPECT_EQ(*exit_code, 0) << server.process->stderr_text();
   EXPECT_THAT(server.process->stderr_text(), HasSubstr("shutting down"));
+  context.TryCancel();
   std::remove(model.c_str());
 }
 
@@ -233,7 +247,10 @@ TEST_P(ServerRoleTest, OutlivesItsLogReader) {
   const std::string model = TinyModel("log_reader_test");
   ASSERT_FALSE(model.empty());
   std::vector<std::string> flags = RoleFlags(GetParam(), redis->get(), model);
-  if (GetParam() == "worker") flags.push_back("--heartbeat-interval=100ms");
+  if (GetParam() == "worker") {
+    flags.push_back("--heartbeat-interval=100ms");
+    flags.push_back("--readiness-interval=100ms");
+  }
   RunningServer server = StartServer(GetParam(), flags);
   ASSERT_NE(server.process, nullptr);
   std::shared_ptr<grpc::Channel> channel = Connect(server.address);
@@ -246,6 +263,12 @@ TEST_P(ServerRoleTest, OutlivesItsLogReader) {
     absl::SleepFor(absl::Seconds(1));
     ASSERT_TRUE((*redis)->Restart().ok());
     absl::SleepFor(absl::Seconds(1));
+    // Ready again once its next probe finds Redis.
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (HealthOf(channel.get(), "") != HealthCheckResponse::SERVING &&
+           absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(100));
+    }
   }
   EXPECT_EQ(HealthOf(channel.get(), ""), HealthCheckResponse::SERVING);
 
@@ -254,6 +277,34 @@ TEST_P(ServerRoleTest, OutlivesItsLogReader) {
   ASSERT_TRUE(exit_code.ok()) << exit_code.status();
   EXPECT_EQ(*exit_code, 0);
   std::remove(model.c_str());
+}
+
+// Started with SIGHUP ignored (nohup), a server keeps it ignored: a
+// closed terminal does not stop it. (Blocked for sigwait, an ignored
+// signal would be taken, not discarded.)
+TEST(ServerSignalTest, KeepsSighupIgnoredUnderNohup) {
+  auto process = e2e::Subprocess::Start(
+      {"/bin/sh", "-c", "trap '' HUP; exec \"$0\" \"$@\"", STATESTREAM_BIN,
+       "serve", "--listen=127.0.0.1:0"});
+  ASSERT_TRUE(process.ok()) << process.status();
+  auto line = (*process)->ReadStdoutLine(kStartTimeout);
+  ASSERT_TRUE(line.ok()) << line.status();
+  std::smatch match;
+  ASSERT_TRUE(std::regex_match(
+      *line, match, std::regex(R"(listening on (127\.0\.0\.1:\d+))")))
+      << *line;
+  std::shared_ptr<grpc::Channel> channel = Connect(match[1].str());
+  EXPECT_EQ(HealthOf(channel.get(), ""), HealthCheckResponse::SERVING);
+
+  (*process)->Signal(SIGHUP);
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_EQ(HealthOf(channel.get(), ""), HealthCheckResponse::SERVING);
+  EXPECT_THAT((*process)->stderr_text(), Not(HasSubstr("shutting down")));
+
+  (*process)->Signal(SIGTERM);
+  auto exit_code = (*process)->Wait(kExitTimeout);
+  ASSERT_TRUE(exit_code.ok()) << exit_code.status();
+  EXPECT_EQ(*exit_code, 0) << (*process)->stderr_text();
 }
 
 INSTANTIATE_TEST_SUITE_P(Roles, ServerRoleTest,

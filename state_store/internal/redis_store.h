@@ -243,9 +243,10 @@ class RedisStateStore final : public StateStore {
   // (else a rewrite skips the fsyncs). Read again at most once a second, as
   // CONFIG SET or a failover to a differently configured node changes it;
   // CONFIG forbidden by ACLs counts as not. One caller reads at a time:
-  // the others take the last answer meanwhile, so a hung primary stalls
-  // that one write (for the command timeout), not every write to every
-  // shard. With WAITAOF, MEMORY: what WAITAOF answers is what counts.
+  // the others take the last answer meanwhile (older than a second while
+  // a read hangs), so a hung primary stalls that one write (for the
+  // command timeout), not every write to every shard. With WAITAOF, MEMORY:
+  // what WAITAOF answers is what counts.
   Durability BaseDurability();
 
   std::string Prefix(const SessionKey& k) const;
