@@ -27,7 +27,10 @@ void Print(const v1::Model& m) {
   if (!m.bf16_activations().empty()) {
     std::cout << " bf16_activations=" << m.bf16_activations();
   }
-  std::cout << " fingerprint=" << m.fingerprint() << "\n";
+  std::cout << " fingerprint=" << m.fingerprint();
+  // What a `session create` without --model gets.
+  if (m.is_default()) std::cout << " default=true";
+  std::cout << "\n";
 }
 
 // Every model (ListModels), or the one named (GetModel).
@@ -66,7 +69,9 @@ const Command& ModelsCommand() {
       "List the models a server serves (ListModels), or show one (GetModel).",
       "[MODEL_ID] [--target HOST:PORT] [--json]\n\n"
       "One line per model (with --json one statestream.v1.Model object per\n"
-      "line). Through a gateway: the models of every ready worker, merged.\n"
+      "line); default=true marks the one a create without --model gets.\n"
+      "Through a gateway: the models of every ready worker, merged (a\n"
+      "default only when every worker has the same).\n"
       "With MODEL_ID only that model; one no server serves is\n"
       "MODEL_NOT_FOUND (exit 1). For local checkpoint files see\n"
       "`statestream model`.",

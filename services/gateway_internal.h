@@ -260,7 +260,8 @@ grpc::Status SessionQuota(Gateway* gateway, const std::string& tenant,
                           const std::string& request_id);
 
 // The models of all ready workers merged by (model_id, fingerprint),
-// ordered by model_id (gateway_models.cc).
+// ordered by model_id (gateway_models.cc); is_default when it is every
+// one of `workers`' default.
 std::vector<v1::Model> MergeModels(
     const std::vector<Gateway::WorkerModels>& workers);
 // NOT_FOUND/MODEL_NOT_FOUND: no ready worker serves `model_id`.

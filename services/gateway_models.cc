@@ -22,6 +22,7 @@ namespace statestream::gateway {
 std::vector<v1::Model> MergeModels(
     const std::vector<Gateway::WorkerModels>& workers) {
   std::map<std::pair<std::string, std::string>, v1::Model> merged;
+  std::map<std::pair<std::string, std::string>, size_t> defaults;
   for (const auto& w : workers) {
     for (const v1::Model& m : w.models) {
       auto [it, fresh] = merged.try_emplace({m.model_id(), m.fingerprint()}, m);
@@ -31,6 +32,7 @@ std::vector<v1::Model> MergeModels(
         out.set_workers(0);
       }
       out.set_workers(out.workers() + 1);
+      if (m.is_default()) ++defaults[{m.model_id(), m.fingerprint()}];
       for (int b : m.backends()) {
         if (std::find(out.backends().begin(), out.backends().end(), b) ==
             out.backends().end()) {
@@ -42,6 +44,8 @@ std::vector<v1::Model> MergeModels(
   std::vector<v1::Model> out;
   for (auto& [key, m] : merged) {
     std::sort(m.mutable_backends()->begin(), m.mutable_backends()->end());
+    // Wherever a create without a model lands, it gets this one.
+    m.set_is_default(defaults[key] == workers.size());
     out.push_back(std::move(m));
   }
   return out;

@@ -232,6 +232,34 @@ TEST_F(GatewayTest, ASuspectWorkersModelsStayListed) {
   EXPECT_EQ(resp.models(0).workers(), 2u);
 }
 
+// A gateway marks a model default only when it is every worker's: a
+// create without a model goes to the worker its id hashes to.
+TEST(GatewayModelsTest, ADefaultIsMarkedOnlyWhenEveryWorkerHasIt) {
+  auto model = [](const std::string& id, bool is_default) {
+    v1::Model m;
+    m.set_model_id(id);
+    m.set_fingerprint("fp-" + id);
+    m.set_is_default(is_default);
+    return m;
+  };
+  std::vector<gateway::Gateway::WorkerModels> workers(2);
+  workers[0].models = {model("a", true), model("b", false)};
+  workers[1].models = {model("a", true)};
+  std::vector<v1::Model> merged = gateway::MergeModels(workers);
+  ASSERT_EQ(merged.size(), 2u);
+  EXPECT_TRUE(merged[0].is_default());  // a, both workers' default
+  EXPECT_FALSE(merged[1].is_default());
+  workers[1].models = {model("b", true)};  // the defaults differ
+  merged = gateway::MergeModels(workers);
+  ASSERT_EQ(merged.size(), 2u);
+  EXPECT_FALSE(merged[0].is_default());
+  EXPECT_FALSE(merged[1].is_default());
+  workers[1].models.clear();  // one worker serving nothing it said
+  merged = gateway::MergeModels(workers);
+  ASSERT_EQ(merged.size(), 2u);
+  EXPECT_FALSE(merged[0].is_default());
+}
+
 // No worker answering ListModels is the gateway's own UNAVAILABLE, typed
 // like the router's "no live worker" (OVERLOADED, when to retry), not a
 // bare status a client would take for a failed connection.

@@ -227,10 +227,12 @@ TEST_F(CliClientTest, UpdateExportImport) {
   r = Cli({"models", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr(R"("model_id":"demo-random-bytes")"));
+  EXPECT_THAT(r.out, HasSubstr(R"("is_default":true)"));  // the only one
   // One model by id (GetModel); an unknown one is MODEL_NOT_FOUND.
   r = Cli({"models", "demo-random-bytes"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, ::testing::StartsWith("demo-random-bytes\tarchitecture="));
+  EXPECT_THAT(r.out, ::testing::EndsWith(" default=true\n"));
   EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
   r = Cli({"models", "no-such-model"});
   EXPECT_EQ(r.exit_code, 1);

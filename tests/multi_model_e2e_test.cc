@@ -295,6 +295,9 @@ TEST_F(MultiModelServeTest, ListsAndGetsEveryModel) {
   EXPECT_EQ(list.models(0).architecture(), "x070");
   EXPECT_EQ(list.models(1).model_id(), "six");
   EXPECT_EQ(list.models(1).architecture(), "x060");
+  // The first configured is the default (--model seven=...,six=...).
+  EXPECT_TRUE(list.models(0).is_default());
+  EXPECT_FALSE(list.models(1).is_default());
   for (const v1::Model& m : list.models()) {  // fp32 files, as stored
     EXPECT_EQ(m.weights_dtype(), "fp32") << m.model_id();
     EXPECT_EQ(m.bf16_activations(), "") << m.model_id();
@@ -305,6 +308,7 @@ TEST_F(MultiModelServeTest, ListsAndGetsEveryModel) {
     auto c = ClientContext();
     ASSERT_TRUE(single->models->ListModels(c.get(), {}, &one).ok());
     ASSERT_EQ(one.models_size(), 1);
+    EXPECT_TRUE(one.models(0).is_default());  // its only model
     const int i = one.models(0).model_id() == "seven" ? 0 : 1;
     EXPECT_EQ(one.models(0).fingerprint(), list.models(i).fingerprint());
   }
@@ -314,6 +318,7 @@ TEST_F(MultiModelServeTest, ListsAndGetsEveryModel) {
   auto c2 = ClientContext();
   ASSERT_TRUE(both_->models->GetModel(c2.get(), req, &model).ok());
   EXPECT_EQ(model.architecture(), "x060");
+  EXPECT_FALSE(model.is_default());
   req.set_model_id("eight");
   auto c3 = ClientContext();
   absl::Status missing =
@@ -578,6 +583,11 @@ TEST(MultiModelClusterTest, GatewayRoutesEveryModelOfAWorker) {
   EXPECT_EQ(list.models(0).model_id(), "m1");
   EXPECT_EQ(list.models(1).model_id(), "m2");
   EXPECT_EQ(list.models(2).model_id(), "tiny");
+  // The workers' defaults differ (tiny, m1): a create without a model gets
+  // either, so none is the gateway's.
+  for (const v1::Model& m : list.models()) {
+    EXPECT_FALSE(m.is_default()) << m.model_id();
+  }
   for (int i = 0; i < 6; ++i) {
     const std::string model = i % 2 == 0 ? "m1" : "m2";
     const std::string id = absl::StrCat("routed-", i);

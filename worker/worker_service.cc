@@ -31,7 +31,11 @@ class ModelsService final : public v1::Models::CallbackService {
     std::sort(sorted.begin(), sorted.end(), [](const auto* a, const auto* b) {
       return a->options().model_id < b->options().model_id;
     });
-    for (const SessionManager* m : sorted) ModelToProto(*m, out->add_models());
+    for (const SessionManager* m : sorted) {
+      v1::Model* model = out->add_models();
+      ModelToProto(*m, model);
+      model->set_is_default(m == &models_->default_manager());
+    }
     return Finish(ctx, absl::OkStatus());
   }
 
@@ -49,6 +53,7 @@ class ModelsService final : public v1::Models::CallbackService {
             : models_->ForModel(req->model_id());
     if (!m.ok()) return Finish(ctx, m.status());
     ModelToProto(**m, out);
+    out->set_is_default(*m == &models_->default_manager());
     return Finish(ctx, absl::OkStatus());
   }
 

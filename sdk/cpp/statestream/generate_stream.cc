@@ -8,10 +8,10 @@
 // text bytes below delivered_text_ are skipped, once checked equal to what
 // was delivered: a resumed call that produced other tokens (the session
 // changed in between, or another kind of worker rounded differently) ends
-// the stream with FAILED_PRECONDITION (not retryable) instead of joining
-// two outputs. The first chunk says which input_offset the generation
-// started from; a side branch (commit=false) that pinned none is pinned to
-// it for the resumes (a committing one is found by its request_id and
+// the stream with FAILED_PRECONDITION/RESUME_DIVERGED (not retryable),
+// not joining two outputs. The first chunk says which input_offset the
+// generation started from; a side branch (commit=false) that pinned none is
+// pinned to it for the resumes (a committing one is found by its request_id and
 // content, which a pin would change), so one that would run on another
 // input (which may still repeat
 // the delivered tokens: greedy sampling) fails with the server's
