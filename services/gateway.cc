@@ -507,43 +507,56 @@ bool Gateway::WorkerFailed(const grpc::Status& status) {
 
 namespace {
 
-// Refusals by workers, said at most once per kRefusalLogEvery (with the
-// number not said): under load every call is refused, and one line per
-// call would bury the log.
-constexpr absl::Duration kRefusalLogEvery = absl::Seconds(10);
-ABSL_CONST_INIT absl::Mutex refusal_log_mu(absl::kConstInit);
-absl::Time refusal_logged ABSL_GUARDED_BY(refusal_log_mu) =
-    absl::InfinitePast();
-uint64_t refusals_unlogged ABSL_GUARDED_BY(refusal_log_mu) = 0;
+// A log line said at most once per kEvery, with the number not said since:
+// under load every call meets the same failure, and one line per call
+// would bury the log. The line is written outside the lock (a stalled
+// stderr reader holds up only the call that writes).
+class ThrottledLog {
+ public:
+  static constexpr absl::Duration kEvery = absl::Seconds(10);
 
-// Calls given up after a transport failure, logged the same way.
-ABSL_CONST_INIT absl::Mutex gave_up_log_mu(absl::kConstInit);
-absl::Time gave_up_logged ABSL_GUARDED_BY(gave_up_log_mu) =
-    absl::InfinitePast();
-uint64_t gave_up_unlogged ABSL_GUARDED_BY(gave_up_log_mu) = 0;
+  void Say(absl::string_view line) {
+    uint64_t unsaid = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      const absl::Time now = absl::Now();
+      if (now - said_ < kEvery) {
+        ++unsaid_;
+        return;
+      }
+      said_ = now;
+      unsaid = std::exchange(unsaid_, 0);
+    }
+    std::string text = absl::StrCat("statestream gateway: ", line);
+    if (unsaid > 0) {
+      absl::StrAppend(&text, "; ", unsaid, " more since the last such line");
+    }
+    std::cerr << text << "\n";
+  }
+
+ private:
+  absl::Mutex mu_;
+  absl::Time said_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  uint64_t unsaid_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+ThrottledLog& RefusalLog() {
+  static ThrottledLog* log = new ThrottledLog;
+  return *log;
+}
+
+ThrottledLog& GaveUpLog() {
+  static ThrottledLog* log = new ThrottledLog;
+  return *log;
+}
 
 }  // namespace
 
 grpc::Status Gateway::FromWorker(const grpc::Status& status) {
   if (status.error_code() != grpc::StatusCode::UNAUTHENTICATED) return status;
-  {
-    absl::MutexLock lock(&refusal_log_mu);
-    const absl::Time now = absl::Now();
-    if (now - refusal_logged >= kRefusalLogEvery) {
-      std::cerr << "statestream gateway: a worker refused this gateway: "
-                << status.error_message()
-                << " (check --internal-token-file and the worker TLS flags)";
-      if (refusals_unlogged > 0) {
-        std::cerr << "; " << refusals_unlogged << " more since the last such "
-                  << "line";
-      }
-      std::cerr << "\n";
-      refusal_logged = now;
-      refusals_unlogged = 0;
-    } else {
-      ++refusals_unlogged;
-    }
-  }
+  RefusalLog().Say(
+      absl::StrCat("a worker refused this gateway: ", status.error_message(),
+                   " (check --internal-token-file and the worker TLS flags)"));
   return ToGrpcStatus(MakeError(
       absl::StatusCode::kInternal, Reason::kInternal,
       "a worker refused this gateway's credentials (the cluster's internal "
@@ -559,22 +572,9 @@ grpc::Status Gateway::GaveUp(const grpc::Status& last) {
     // ipv4:10.0.3.7:50051: Connection refused"): the worker's address is
     // the cluster's, not the caller's to see. The log has it.
     said = absl::StrCat("the last one tried did not answer (", code, ")");
-    absl::MutexLock lock(&gave_up_log_mu);
-    const absl::Time now = absl::Now();
-    if (now - gave_up_logged >= kRefusalLogEvery) {
-      std::cerr << "statestream gateway: gave up on a call: the last worker "
-                << "tried did not answer: " << code << ": "
-                << last.error_message();
-      if (gave_up_unlogged > 0) {
-        std::cerr << "; " << gave_up_unlogged << " more since the last such "
-                  << "line";
-      }
-      std::cerr << "\n";
-      gave_up_logged = now;
-      gave_up_unlogged = 0;
-    } else {
-      ++gave_up_unlogged;
-    }
+    GaveUpLog().Say(absl::StrCat(
+        "gave up on a call: the last worker tried did not answer: ", code, ": ",
+        last.error_message()));
   } else {
     said = absl::StrCat("the last answered ", code, ": ", last.error_message());
   }
