@@ -27,30 +27,26 @@ namespace {
 // it, so that create cannot take its place; once the mark is gone (the
 // create ended or its creator died), the entry without a head is pruned.
 TEST(RedisStateStoreTest, AListingKeepsTheReservationOfACreateInFlight) {
-  auto server = RedisServer::Start({});
-  ASSERT_TRUE(server.ok()) << server.status();
-  RedisStateStoreOptions o;
-  o.addresses = {(*server)->address()};
-  auto store = NewRedisStateStore(o);
-  ASSERT_TRUE(store.ok()) << store.status();
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  ASSERT_TRUE(server->Command({"ZADD", "ss:{t:acme}:sessions", "0", "x"}).ok());
   ASSERT_TRUE(
-      (*server)->Command({"ZADD", "ss:{t:acme}:sessions", "0", "x"}).ok());
-  ASSERT_TRUE((*server)
-                  ->Command({"SET", "ss:{acme/x}:creating", "1", "PX", "60000"})
-                  .ok());
+      server->Command({"SET", "ss:{acme/x}:creating", "1", "PX", "60000"})
+          .ok());
   ListSessionsRequest list;
   list.tenant = "acme";
-  auto page = (*store)->ListSessions(list);
+  auto page = store->ListSessions(list);
   ASSERT_TRUE(page.ok()) << page.status();
   EXPECT_TRUE(page->sessions.empty());
-  EXPECT_EQ((*store)->CountSessionsBound("acme").value_or(-1), 1);
+  EXPECT_EQ(store->CountSessionsBound("acme").value_or(-1), 1);
   CreateSessionRequest full = NewSession("y", Durability::kMemory);
   full.max_tenant_sessions = 1;
-  EXPECT_EQ(GetReason((*store)->CreateSession(full).status()),
+  EXPECT_EQ(GetReason(store->CreateSession(full).status()),
             Reason::kTenantLimit);
-  ASSERT_TRUE((*server)->Command({"DECR", "ss:{acme/x}:creating"}).ok());
-  ASSERT_TRUE((*store)->CreateSession(full).ok());  // pruned "x", then room
-  EXPECT_EQ((*store)->CountSessionsBound("acme").value_or(-1), 1);
+  ASSERT_TRUE(server->Command({"DECR", "ss:{acme/x}:creating"}).ok());
+  ASSERT_TRUE(store->CreateSession(full).ok());  // pruned "x", then room
+  EXPECT_EQ(store->CountSessionsBound("acme").value_or(-1), 1);
 }
 
 // The in-flight mark of a limited create goes when the create ends (it

@@ -283,28 +283,24 @@ TEST_P(ServerRoleTest, OutlivesItsLogReader) {
 // closed terminal does not stop it. (Blocked for sigwait, an ignored
 // signal would be taken, not discarded.)
 TEST(ServerSignalTest, KeepsSighupIgnoredUnderNohup) {
-  auto process = e2e::Subprocess::Start(
-      {"/bin/sh", "-c", "trap '' HUP; exec \"$0\" \"$@\"", STATESTREAM_BIN,
-       "serve", "--listen=127.0.0.1:0"});
-  ASSERT_TRUE(process.ok()) << process.status();
-  auto line = (*process)->ReadStdoutLine(kStartTimeout);
-  ASSERT_TRUE(line.ok()) << line.status();
-  std::smatch match;
-  ASSERT_TRUE(std::regex_match(
-      *line, match, std::regex(R"(listening on (127\.0\.0\.1:\d+))")))
-      << *line;
-  std::shared_ptr<grpc::Channel> channel = Connect(match[1].str());
+  auto server =
+      e2e::StartServer({"/bin/sh", "-c", "trap '' HUP; exec \"$0\" \"$@\"",
+                        STATESTREAM_BIN, "serve", "--listen=127.0.0.1:0"},
+                       kStartTimeout);
+  ASSERT_TRUE(server.ok()) << server.status();
+  e2e::Subprocess* process = server->process.get();
+  std::shared_ptr<grpc::Channel> channel = Connect(server->address);
   EXPECT_EQ(HealthOf(channel.get(), ""), HealthCheckResponse::SERVING);
 
-  (*process)->Signal(SIGHUP);
+  process->Signal(SIGHUP);
   absl::SleepFor(absl::Milliseconds(500));
   EXPECT_EQ(HealthOf(channel.get(), ""), HealthCheckResponse::SERVING);
-  EXPECT_THAT((*process)->stderr_text(), Not(HasSubstr("shutting down")));
+  EXPECT_THAT(process->stderr_text(), Not(HasSubstr("shutting down")));
 
-  (*process)->Signal(SIGTERM);
-  auto exit_code = (*process)->Wait(kExitTimeout);
+  process->Signal(SIGTERM);
+  auto exit_code = process->Wait(kExitTimeout);
   ASSERT_TRUE(exit_code.ok()) << exit_code.status();
-  EXPECT_EQ(*exit_code, 0) << (*process)->stderr_text();
+  EXPECT_EQ(*exit_code, 0) << process->stderr_text();
 }
 
 INSTANTIATE_TEST_SUITE_P(Roles, ServerRoleTest,
