@@ -2,10 +2,13 @@
 #include "common/grpc_status.h"
 
 #include <algorithm>
+#include <optional>
 #include <string>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "common/throttled_log.h"
 #include "google/protobuf/unknown_field_set.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
@@ -82,13 +85,27 @@ bool IsReasonName(absl::string_view name) {
   return true;
 }
 
+ThrottledLog& WithheldLog() {
+  static ThrottledLog* log = new ThrottledLog("statestream: ");
+  return *log;
+}
+
 }  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   int code = static_cast<int>(status.code());
   if (code < 1 || code > 16) code = static_cast<int>(grpc::StatusCode::UNKNOWN);
-  std::string message = SanitizeUtf8(status.message(), kMaxErrorMessageBytes);
+  std::string message;
+  if (const std::optional<std::string> shown = GetPublicMessage(status)) {
+    // The whole text names the deployment's insides (WithPublicMessage):
+    // the caller gets the public one, the operator's log the whole.
+    WithheldLog().Say(absl::StrCat("a client was told \"", *shown,
+                                   "\"; the error: ", status.message()));
+    message = SanitizeUtf8(*shown, kMaxErrorMessageBytes);
+  } else {
+    message = SanitizeUtf8(status.message(), kMaxErrorMessageBytes);
+  }
 
   google::rpc::ErrorInfo info;
   // By name, so a gateway relays a reason from a newer worker unchanged.

@@ -13,6 +13,8 @@ namespace {
 
 constexpr absl::string_view kReasonUrl = "statestream.dev/reason";
 constexpr absl::string_view kMetaUrlPrefix = "statestream.dev/meta/";
+constexpr absl::string_view kPublicMessageUrl =
+    "statestream.dev/public_message";
 
 constexpr std::array<absl::string_view, 22> kNames = {
     "REASON_UNSPECIFIED",
@@ -93,6 +95,20 @@ absl::Status WithMessage(const absl::Status& status,
     out.SetPayload(url, value);
   });
   return out;
+}
+
+absl::Status WithPublicMessage(absl::Status status,
+                               absl::string_view public_message) {
+  if (!status.ok()) {
+    status.SetPayload(kPublicMessageUrl, absl::Cord(public_message));
+  }
+  return status;
+}
+
+std::optional<std::string> GetPublicMessage(const absl::Status& status) {
+  auto payload = status.GetPayload(kPublicMessageUrl);
+  if (!payload) return std::nullopt;
+  return std::string(*payload);
 }
 
 ErrorMetadata GetErrorMetadata(const absl::Status& status) {

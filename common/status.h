@@ -57,8 +57,19 @@ absl::Status MakeError(absl::StatusCode code, Reason reason,
                        absl::string_view message, ErrorMetadata metadata = {});
 
 // `status` with `message` in place of its own, keeping its code, Reason
-// and metadata (every payload).
+// and metadata (every payload: a public message, WithPublicMessage below,
+// stays as it was).
 absl::Status WithMessage(const absl::Status& status, absl::string_view message);
+
+// `status` with the message a client gets in place of its own: the edge
+// (ToGrpcStatus) sends `public_message` and logs the whole message, which
+// status.message() keeps for every log on the way. For errors whose text
+// names the deployment's insides (a Redis node's address, a path on the
+// server): the operator's to see, not the caller's.
+absl::Status WithPublicMessage(absl::Status status,
+                               absl::string_view public_message);
+// The message set by WithPublicMessage, if any.
+std::optional<std::string> GetPublicMessage(const absl::Status& status);
 
 // The reason attached by MakeError, or kUnspecified. A reason name this
 // build does not know (sent by a newer server) also reads as kUnspecified;

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "common/status.h"
 
+#include <optional>
+
 #include "absl/status/statusor.h"
 #include "gtest/gtest.h"
 
@@ -49,6 +51,22 @@ TEST(StatusTest, ReasonNameIsKeptVerbatim) {
   EXPECT_EQ(GetReasonName(MakeError(absl::StatusCode::kNotFound,
                                     Reason::kSessionNotFound, "m")),
             "SESSION_NOT_FOUND");
+}
+
+TEST(StatusTest, APublicMessageLeavesTheWholeOneAndThePayloads) {
+  absl::Status s = WithPublicMessage(
+      MakeError(absl::StatusCode::kUnavailable, Reason::kStoreUnavailable,
+                "connect to 10.0.0.5:6379: Connection refused",
+                {{"redis_error", "X"}}),
+      "connect to a Redis node: Connection refused");
+  EXPECT_EQ(s.message(), "connect to 10.0.0.5:6379: Connection refused");
+  EXPECT_EQ(GetPublicMessage(s), "connect to a Redis node: Connection refused");
+  EXPECT_EQ(GetReason(s), Reason::kStoreUnavailable);
+  EXPECT_EQ(GetErrorMetadata(s, "redis_error"), "X");
+  EXPECT_EQ(GetPublicMessage(absl::UnavailableError("x")), std::nullopt);
+  EXPECT_TRUE(WithPublicMessage(absl::OkStatus(), "y").ok());
+  EXPECT_EQ(GetPublicMessage(WithPublicMessage(absl::OkStatus(), "y")),
+            std::nullopt);
 }
 
 absl::StatusOr<int> Half(int x) {

@@ -9,7 +9,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <iostream>
 #include <map>
 #include <optional>
 #include <system_error>
@@ -19,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
+#include "common/throttled_log.h"
 #include "services/caller_metadata.h"
 #include "services/gateway_internal.h"
 #include "services/tls.h"
@@ -507,46 +507,13 @@ bool Gateway::WorkerFailed(const grpc::Status& status) {
 
 namespace {
 
-// A log line said at most once per kEvery, with the number not said since:
-// under load every call meets the same failure, and one line per call
-// would bury the log. The line is written outside the lock (a stalled
-// stderr reader holds up only the call that writes).
-class ThrottledLog {
- public:
-  static constexpr absl::Duration kEvery = absl::Seconds(10);
-
-  void Say(absl::string_view line) {
-    uint64_t unsaid = 0;
-    {
-      absl::MutexLock lock(&mu_);
-      const absl::Time now = absl::Now();
-      if (now - said_ < kEvery) {
-        ++unsaid_;
-        return;
-      }
-      said_ = now;
-      unsaid = std::exchange(unsaid_, 0);
-    }
-    std::string text = absl::StrCat("statestream gateway: ", line);
-    if (unsaid > 0) {
-      absl::StrAppend(&text, "; ", unsaid, " more since the last such line");
-    }
-    std::cerr << text << "\n";
-  }
-
- private:
-  absl::Mutex mu_;
-  absl::Time said_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
-  uint64_t unsaid_ ABSL_GUARDED_BY(mu_) = 0;
-};
-
 ThrottledLog& RefusalLog() {
-  static ThrottledLog* log = new ThrottledLog;
+  static ThrottledLog* log = new ThrottledLog("statestream gateway: ");
   return *log;
 }
 
 ThrottledLog& GaveUpLog() {
-  static ThrottledLog* log = new ThrottledLog;
+  static ThrottledLog* log = new ThrottledLog("statestream gateway: ");
   return *log;
 }
 

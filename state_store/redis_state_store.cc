@@ -128,9 +128,28 @@ std::string RedisStateStore::WorkersKey() const {
 }
 
 absl::Status RedisStateStore::Unexpected(absl::string_view what) {
-  return MakeError(absl::StatusCode::kInternal, Reason::kInternal,
-                   absl::StrCat("unexpected Redis reply: ", what));
+  return WithPublicMessage(
+      MakeError(absl::StatusCode::kInternal, Reason::kInternal,
+                absl::StrCat("unexpected Redis reply: ", what)),
+      "unexpected Redis reply (the server's log has it)");
 }
+
+namespace {
+
+// STATE_CORRUPT whose message (for the logs) names Redis keys or a
+// script's insides, and `shown`, its form for clients (message and the
+// `detail` metadata): the store's layout is the deployment's, not the
+// caller's.
+absl::Status CorruptReply(absl::string_view whole, absl::string_view shown) {
+  const std::string shown_message = absl::StrCat("state is corrupt: ", shown);
+  return WithPublicMessage(
+      MakeError(absl::StatusCode::kDataLoss, Reason::kStateCorrupt,
+                absl::StrCat("state is corrupt: ", whole),
+                {{"detail", shown_message}}),
+      shown_message);
+}
+
+}  // namespace
 
 absl::Status RedisStateStore::BadReply(const redisReply* r) {
   const std::string text = Str(r);
@@ -141,9 +160,15 @@ absl::Status RedisStateStore::BadReply(const redisReply* r) {
     absl::string_view what = text;
     what = what.substr(0, what.find(" script: "));  // Redis's suffix
     if (code == "SSCORRUPT") {
+      // "SSCORRUPT <the session's key prefix> records ...": a client is
+      // told "the session records ...".
       what.remove_prefix(std::min(what.size(), code.size() + 1));
-      return DataLossError(Reason::kStateCorrupt,
-                           absl::StrCat("state is corrupt: ", what));
+      const size_t space = what.find(' ');
+      return CorruptReply(what,
+                          absl::StartsWith(what, options_.key_prefix) &&
+                                  space != absl::string_view::npos
+                              ? absl::StrCat("the session", what.substr(space))
+                              : std::string(what));
     }
     // A key of the session of another type than the store writes, or a
     // script's Lua error on a value not as the store wrote it (the scripts
@@ -159,17 +184,21 @@ absl::Status RedisStateStore::BadReply(const redisReply* r) {
                        what));
     }
     if (absl::StartsWith(text, "ERR user_script:")) {
-      return DataLossError(
-          Reason::kStateCorrupt,
-          absl::StrCat("state is corrupt: a script failed on a value: ", what));
+      return CorruptReply(
+          absl::StrCat("a script failed on a value: ", what),
+          "a script failed on a stored value (the server's log has Lua's "
+          "error)");
     }
     for (absl::string_view refusal : {"OOM", "MISCONF", "READONLY", "BUSY",
                                       "NOREPLICAS", "NOAUTH", "NOPERM"}) {
       if (code == refusal) {
-        return MakeError(absl::StatusCode::kUnavailable,
-                         Reason::kStoreUnavailable,
-                         absl::StrCat("Redis refused the command: ", text),
-                         {{"redis_error", code}});
+        // Redis's text may name the store's ACL user (NOPERM) or a
+        // script: a client is told the refusal's code.
+        return WithPublicMessage(
+            MakeError(absl::StatusCode::kUnavailable, Reason::kStoreUnavailable,
+                      absl::StrCat("Redis refused the command: ", text),
+                      {{"redis_error", code}}),
+            absl::StrCat("Redis refused the command (", code, ")"));
       }
     }
   }

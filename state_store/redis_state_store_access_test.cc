@@ -148,6 +148,9 @@ TEST(RedisStateStoreTest, ARefusedListingMarkIsUnavailableNotTheLimit) {
   EXPECT_EQ(GetReason(refused), Reason::kStoreUnavailable) << refused;
   EXPECT_EQ(GetErrorMetadata(refused, "redis_error").value_or(""), "NOPERM")
       << refused;
+  // Redis's text may name the store's ACL user (NOPERM on a command) or a
+  // script: the log's to see; a client is told the refusal's code.
+  EXPECT_EQ(GetPublicMessage(refused), "Redis refused the command (NOPERM)");
   // With the mark written, the same create is the limit.
   EXPECT_EQ(GetReason(create(*admin, "c")), Reason::kTenantLimit);
 }

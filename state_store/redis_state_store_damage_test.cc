@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -27,6 +28,18 @@ int64_t PeakRssKiB() {
   struct rusage u {};
   getrusage(RUSAGE_SELF, &u);
   return u.ru_maxrss;
+}
+
+// What a client is told of `st` (its public message, else its message, and
+// the `detail` metadata) names no Redis key: the store's layout is the
+// deployment's.
+void ExpectNoKeyShown(const absl::Status& st, absl::string_view context) {
+  const std::string shown =
+      absl::StrCat(GetPublicMessage(st).value_or(std::string(st.message())),
+                   " | ", GetErrorMetadata(st, "detail").value_or(""));
+  EXPECT_FALSE(absl::StrContains(shown, "ss:{")) << context << ": " << shown;
+  EXPECT_FALSE(absl::StrContains(shown, "user_script"))
+      << context << ": " << shown;
 }
 
 // Every call that reads the session's versions, and what it must answer.
@@ -103,6 +116,7 @@ TEST(RedisStateStoreDamageTest, ADamagedCountIsCorruptOnEveryCall) {
           << what << ": " << call.name << ": " << st;
       EXPECT_EQ(GetReason(st), Reason::kStateCorrupt)
           << what << ": " << call.name << ": " << st;
+      ExpectNoKeyShown(st, absl::StrCat(what, ": ", call.name));
     }
     // Nothing was written: no new fence, no version 2, the head still
     // there.
@@ -231,6 +245,7 @@ TEST(RedisStateStoreDamageTest, KeysOfTheWrongTypeAreCorruptNotInternal) {
         EXPECT_TRUE(st.ok() || GetReason(st) == Reason::kStateCorrupt)
             << damage[i].what << ": " << call.name << ": " << st;
       }
+      ExpectNoKeyShown(st, absl::StrCat(damage[i].what, ": ", call.name));
     }
     if (damage[i].writes_refused) {
       const auto fence_after = server->Command({"GET", p + "fence"});
@@ -302,8 +317,10 @@ TEST(RedisStateStoreDamageTest, AHeadWithoutItsVersionHashIsCorrupt) {
   auto head = store->GetHead(key);
   EXPECT_EQ(head.status().code(), absl::StatusCode::kDataLoss) << head.status();
   EXPECT_EQ(GetReason(head.status()), Reason::kStateCorrupt);
-  EXPECT_EQ(GetReason(store->LoadVersion(key, 0).status()),
-            Reason::kStateCorrupt);
+  ExpectNoKeyShown(head.status(), "GetHead");
+  const absl::Status load = store->LoadVersion(key, 0).status();
+  EXPECT_EQ(GetReason(load), Reason::kStateCorrupt);
+  ExpectNoKeyShown(load, "LoadVersion");
   ListSessionsRequest list;
   list.tenant = "acme";
   auto page = store->ListSessions(list);

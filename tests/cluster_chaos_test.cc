@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
@@ -185,6 +186,10 @@ TEST_F(ClusterChaosTest, RedisRestartDuringTraffic) {
   // A call that must touch the store fails cleanly while it is away.
   absl::Status create = cluster_->Create("during-outage", 1);
   EXPECT_EQ(create.code(), absl::StatusCode::kUnavailable) << create;
+  // The store's address is the deployment's: the caller is not told it.
+  EXPECT_FALSE(
+      absl::StrContains(create.message(), cluster_->redis()->address()))
+      << create;
   for (auto& w : cluster_->workers()) EXPECT_GT(w->pid(), 0);
   // Every client needs Redis within 5 chunks (its next checkpoint), so
   // each still running meets the outage; then none can be acknowledged

@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "common/status.h"
 #include "state_store/internal/redis_wire.h"
@@ -100,6 +101,33 @@ bool SplitHostPort(const std::string& address, std::string* host, int* port) {
   if (colon == std::string::npos) return false;
   *host = address.substr(0, colon);
   return absl::SimpleAtoi(address.substr(colon + 1), port);
+}
+
+// `error` at the Redis node `address`: clients get "a Redis node" where its
+// message names the address (common/status.h WithPublicMessage). The
+// store's addresses are the deployment's, not the caller's; the message,
+// which logs show, keeps it.
+absl::Status AtNode(absl::Status error, absl::string_view address) {
+  if (error.ok() || address.empty()) return error;
+  const std::string shown = absl::StrReplaceAll(
+      GetPublicMessage(error).value_or(std::string(error.message())),
+      {{address, "a Redis node"}});
+  return WithPublicMessage(std::move(error), shown);
+}
+
+// The error of a call whose last answer was `redirect` (Attempt): Redis's
+// "try again" text (TRYAGAIN, CLUSTERDOWN, ...; without a script's
+// " script: <sha>, on @user_script:N." suffix), or a second ASK, to the
+// node it names.
+absl::Status RedirectError(absl::string_view redirect) {
+  if (absl::ConsumePrefix(&redirect, "RETRY ")) {
+    return Unavailable(absl::StrCat(
+        "Redis answered: ", redirect.substr(0, redirect.find(" script: "))));
+  }
+  absl::string_view to = redirect;
+  if (!absl::ConsumePrefix(&to, "ASK ")) to = {};
+  return AtNode(Unavailable(absl::StrCat("Redis redirected again: ", redirect)),
+                to);
 }
 
 }  // namespace
@@ -249,15 +277,25 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Attempt(
     std::string host;
     int port = 0;
     if (!SplitHostPort(address, &host, &port)) {
-      return InvalidArgumentError(Reason::kInvalidArgument,
-                                  absl::StrCat("bad Redis address ", address));
+      // A seed's is the operator's flag; one a Cluster named later (in
+      // CLUSTER SLOTS or a redirect) is the store's failure, not the
+      // caller's request.
+      const std::string what =
+          absl::StrCat("bad Redis node address \"", address, "\"");
+      return WithPublicMessage(
+          connected_ ? Unavailable(what)
+                     : InvalidArgumentError(Reason::kInvalidArgument, what),
+          connected_ ? "state store unavailable: bad Redis node address"
+                     : "bad Redis node address");
     }
     c = redisConnectWithTimeout(host.c_str(), port,
                                 absl::ToTimeval(options_.connect_timeout));
     if (c == nullptr || c->err) {
       const std::string err = c ? c->errstr : "out of memory";
       if (c) redisFree(c);
-      return Unavailable(absl::StrCat("connect ", address, ": ", err));
+      return AtNode(
+          Unavailable(absl::StrCat("connect to ", address, ": ", err)),
+          address);
     }
     redisSetTimeout(c, absl::ToTimeval(options_.command_timeout));
     redisEnableKeepAlive(c);
@@ -290,13 +328,16 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Attempt(
         const std::string err = c->errstr;
         drop();
         if (closed()) return ClosedError();
-        return Unavailable(absl::StrCat("AUTH on ", address, ": ", err));
+        return AtNode(Unavailable(absl::StrCat("AUTH on ", address, ": ", err)),
+                      address);
       }
       if (r->type == REDIS_REPLY_ERROR) {
         const std::string err(r->str, r->len);
         drop();
-        return AccessRefused(connected_, absl::StrCat("Redis AUTH failed on ",
-                                                      address, ": ", err));
+        return AtNode(
+            AccessRefused(connected_, absl::StrCat("Redis AUTH failed on ",
+                                                   address, ": ", err)),
+            address);
       }
     }
   }
@@ -318,7 +359,10 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Attempt(
       for (redisContext* s : stale) redisFree(s);
     }
     if (closed()) return ClosedError();
-    return Unavailable(absl::StrCat(address, ": ", io.message()));
+    // io's message has Unavailable's prefix already.
+    return AtNode(
+        WithMessage(io, absl::StrCat(io.message(), " (at ", address, ")")),
+        address);
   }
   MarkIdle(c->fd);
   {
@@ -393,9 +437,9 @@ absl::Status RedisClient::RefreshSlots() {
       const std::string what =
           absl::StrCat("CLUSTER SLOTS on ", address, " failed: ", text);
       if (IsAccessRefusal(slots)) {
-        refused = AccessRefused(connected_, what);
+        refused = AtNode(AccessRefused(connected_, what), address);
       } else {
-        last = Unavailable(what);
+        last = AtNode(Unavailable(what), address);
       }
       continue;
     }
@@ -466,7 +510,7 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Run(
       ++redirects;
       continue;
     }
-    last = r.ok() ? Unavailable(redirect) : r.status();
+    last = r.ok() ? RedirectError(redirect) : r.status();
     if (closed()) return ClosedError();
     if (!r.ok() && options_.cluster) RefreshSlots().IgnoreError();
     if (clock_->Now() + backoff > deadline) return last;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -202,6 +203,52 @@ TEST(RedisClientRestartTest, AFullPoolOfDeadConnectionsCostsOneRetry) {
   auto r = (*client)->Run("k", {{"PING"}});
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(Text((*r)[0].get()), "PONG");
+}
+
+// A Redis node's address is in an error's message, for the logs, and not in
+// its public message, which is all a client is told (ToGrpcStatus): the
+// refused connect, a connection that broke, a refused AUTH.
+TEST(RedisClientErrorTest, ClientsAreNotToldARedisNodesAddress) {
+  auto expect_withheld = [](const absl::Status& error,
+                            const std::string& address) {
+    EXPECT_EQ(GetReason(error), Reason::kStoreUnavailable) << error;
+    EXPECT_TRUE(absl::StrContains(error.message(), address)) << error;
+    const std::optional<std::string> shown = GetPublicMessage(error);
+    ASSERT_TRUE(shown.has_value()) << error;
+    EXPECT_FALSE(absl::StrContains(*shown, address)) << *shown;
+    EXPECT_FALSE(absl::StrContains(*shown, "127.0.0.1")) << *shown;
+    EXPECT_TRUE(absl::StrContains(*shown, "a Redis node")) << *shown;
+  };
+  {
+    auto server = testing::RedisServer::Start({});
+    ASSERT_TRUE(server.ok()) << server.status();
+    const std::string address = (*server)->address();
+    auto client = RedisClient::Connect(Options(address));
+    ASSERT_TRUE(client.ok()) << client.status();
+    (*server)->Kill();
+    auto r = (*client)->Run("k", {{"PING"}});
+    ASSERT_FALSE(r.ok());
+    expect_withheld(r.status(), address);
+  }
+  {
+    FakeRedis fake("$5\r\nab");
+    auto client = RedisClient::Connect(Options(fake.address()));
+    ASSERT_TRUE(client.ok()) << client.status();
+    auto r = (*client)->Run("k", {{"GET", "k"}});
+    ASSERT_FALSE(r.ok());
+    expect_withheld(r.status(), fake.address());
+  }
+  {
+    auto server = testing::RedisServer::Start({});
+    ASSERT_TRUE(server.ok()) << server.status();
+    ASSERT_TRUE(
+        (*server)->Command({"CONFIG", "SET", "requirepass", "right"}).ok());
+    RedisClientOptions o = Options((*server)->address());
+    o.password = "wrong";
+    auto client = RedisClient::Connect(o);
+    ASSERT_FALSE(client.ok());
+    expect_withheld(client.status(), (*server)->address());
+  }
 }
 
 // WAITAOF only when every primary has it (Redis 7.2+): a Cluster in the
