@@ -2,11 +2,15 @@
 #include "common/grpc_status.h"
 
 #include <algorithm>
+#include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
 
+#include "absl/base/attributes.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/status.h"
 #include "common/throttled_log.h"
 #include "google/protobuf/unknown_field_set.h"
@@ -85,8 +89,15 @@ bool IsReasonName(absl::string_view name) {
   return true;
 }
 
-ThrottledLog& WithheldLog() {
-  static ThrottledLog* log = new ThrottledLog("statestream: ");
+// The log of withheld messages, one per code and reason: a flood of one
+// kind (every call in a store outage) does not hide a rare other kind.
+ThrottledLog& WithheldLog(int code, const std::string& reason) {
+  ABSL_CONST_INIT static absl::Mutex mu(absl::kConstInit);
+  static auto* logs =
+      new std::map<std::pair<int, std::string>, std::unique_ptr<ThrottledLog>>;
+  absl::MutexLock lock(&mu);
+  std::unique_ptr<ThrottledLog>& log = (*logs)[{code, reason}];
+  if (log == nullptr) log = std::make_unique<ThrottledLog>("statestream: ");
   return *log;
 }
 
@@ -96,16 +107,9 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   int code = static_cast<int>(status.code());
   if (code < 1 || code > 16) code = static_cast<int>(grpc::StatusCode::UNKNOWN);
-  std::string message;
-  if (const std::optional<std::string> shown = GetPublicMessage(status)) {
-    // The whole text names the deployment's insides (WithPublicMessage):
-    // the caller gets the public one, the operator's log the whole.
-    WithheldLog().Say(absl::StrCat("a client was told \"", *shown,
-                                   "\"; the error: ", status.message()));
-    message = SanitizeUtf8(*shown, kMaxErrorMessageBytes);
-  } else {
-    message = SanitizeUtf8(status.message(), kMaxErrorMessageBytes);
-  }
+  const std::optional<std::string> shown = GetPublicMessage(status);
+  std::string message =
+      SanitizeUtf8(shown ? *shown : status.message(), kMaxErrorMessageBytes);
 
   google::rpc::ErrorInfo info;
   // By name, so a gateway relays a reason from a newer worker unchanged.
@@ -118,6 +122,15 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
       (status.code() == absl::StatusCode::kInternal ||
        status.code() == absl::StatusCode::kUnknown)) {
     reason = std::string(ReasonName(Reason::kInternal));
+  }
+  if (shown) {
+    // The whole text names the deployment's insides (WithPublicMessage):
+    // the caller gets the public one, the operator's log the whole.
+    WithheldLog(code, reason).Say([&] {
+      return absl::StrCat("a client was told \"", message, "\" (",
+                          absl::StatusCodeToString(status.code()), "/", reason,
+                          "); the error: ", status.message());
+    });
   }
   info.set_reason(std::move(reason));
   info.set_domain(kErrorDomain);

@@ -23,8 +23,10 @@ inline constexpr char kErrorDomain[] = "statestream.dev";
 // message truncated to kMaxErrorMessageBytes, and an ErrorInfo whose reason
 // is REASON_UNSPECIFIED when none was attached. An error with a public
 // message (common/status.h WithPublicMessage) sends that one and logs the
-// whole message to stderr (a line per 10 s at most). Strings are made valid
-// UTF-8 (invalid bytes become U+FFFD), since they may echo client input.
+// whole message to stderr (a line per 10 s at most for each code and
+// reason; common/throttled_log.h: the caller never waits on stderr). Strings
+// are made valid UTF-8 (invalid bytes become U+FFFD), since they may echo
+// client input.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // Client side, the inverse: code, message, and — if the details hold an

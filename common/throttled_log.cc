@@ -1,18 +1,137 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "common/throttled_log.h"
 
-#include <iostream>
-#include <utility>
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 namespace statestream {
+namespace {
 
-bool ThrottledLog::Say(absl::string_view line) {
+// The one writer of WriteLogLine's lines. Never destroyed: its thread may
+// be blocked in a write when the process exits.
+class LogWriter {
+ public:
+  static LogWriter& Get() {
+    static LogWriter* writer = [] {
+      auto* w = new LogWriter;
+      std::atexit([] { Get().Drain(absl::Milliseconds(200)); });
+      return w;
+    }();
+    return *writer;
+  }
+
+  void Queue(std::string line) {
+    bool start = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!no_thread_) {
+        if (queue_.size() >= kMaxQueuedLogLines) {
+          ++dropped_;
+          return;
+        }
+        queue_.push_back(std::move(line));
+        if (started_) return;
+        started_ = start = true;
+      }
+    }
+    if (start) {
+      try {
+        std::thread([this] { Run(); }).detach();
+        return;
+      } catch (...) {  // no thread: each caller writes its own line
+        absl::MutexLock lock(&mu_);
+        no_thread_ = true;
+        line.clear();
+        for (const std::string& queued : queue_) line += queued;
+        queue_.clear();
+      }
+    }
+    std::fwrite(line.data(), 1, line.size(), stderr);
+  }
+
+  // Waits up to `limit` for the queued lines to be written.
+  bool Drain(absl::Duration limit) {
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(absl::Condition(
+                                    +[](LogWriter* w) {
+                                      w->mu_.AssertHeld();
+                                      return w->queue_.empty() && !w->writing_;
+                                    },
+                                    this),
+                                limit);
+  }
+
+ private:
+  void Run() {
+    for (;;) {
+      std::string text;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(
+            +[](std::deque<std::string>* q) { return !q->empty(); }, &queue_));
+        text = std::move(queue_.front());
+        queue_.pop_front();
+        if (dropped_ > 0) {
+          absl::StrAppend(&text, "statestream: ", dropped_,
+                          " log lines dropped (stderr was not read)\n");
+          dropped_ = 0;
+        }
+        writing_ = true;
+      }
+      std::fwrite(text.data(), 1, text.size(), stderr);
+      std::fflush(stderr);
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+    }
+  }
+
+  absl::Mutex mu_;
+  std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);
+  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  bool no_thread_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace
+
+std::string CleanLogLine(absl::string_view line) {
+  std::string out;
+  out.reserve(std::min(line.size(), kMaxLogLineBytes));
+  for (const char c : line) {
+    if (out.size() >= kMaxLogLineBytes) {
+      out.append("...");
+      break;
+    }
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      absl::StrAppendFormat(&out, "\\x%02x", u);
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+bool FlushLogLines(absl::Duration limit) {
+  return LogWriter::Get().Drain(limit);
+}
+
+void WriteLogLine(absl::string_view line) {
+  LogWriter::Get().Queue(absl::StrCat(CleanLogLine(line), "\n"));
+}
+
+bool ThrottledLog::Say(absl::FunctionRef<std::string()> make_line) {
   uint64_t unsaid = 0;
   {
     absl::MutexLock lock(&mu_);
-    const absl::Time now = absl::Now();
+    const absl::Time now = clock_->Now();
     if (now - said_ < every_) {
       ++unsaid_;
       return false;
@@ -20,11 +139,11 @@ bool ThrottledLog::Say(absl::string_view line) {
     said_ = now;
     unsaid = std::exchange(unsaid_, 0);
   }
-  std::string text = absl::StrCat(prefix_, line);
+  std::string text = absl::StrCat(prefix_, make_line());
   if (unsaid > 0) {
     absl::StrAppend(&text, "; ", unsaid, " more since the last such line");
   }
-  std::cerr << text << "\n";
+  sink_(text);
   return true;
 }
 

@@ -2,24 +2,58 @@
 #include "common/throttled_log.h"
 
 #include <string>
+#include <vector>
 
-#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
 #include "gtest/gtest.h"
 
 namespace statestream {
 namespace {
 
 TEST(ThrottledLogTest, SaysALinePerIntervalAndCountsTheRest) {
-  ThrottledLog log("prefix: ", absl::Milliseconds(100));
-  ::testing::internal::CaptureStderr();
+  FakeClock clock;
+  std::vector<std::string> lines;
+  ThrottledLog log("prefix: ", absl::Seconds(10), &clock,
+                   [&](absl::string_view line) { lines.emplace_back(line); });
   EXPECT_TRUE(log.Say("first"));
+  clock.Advance(absl::Seconds(9));
   EXPECT_FALSE(log.Say("second"));
-  EXPECT_FALSE(log.Say("third"));
-  absl::SleepFor(absl::Milliseconds(150));
+  int made = 0;
+  EXPECT_FALSE(log.Say([&] {
+    ++made;
+    return std::string("third");
+  }));
+  EXPECT_EQ(made, 0);  // a line not said is not formatted
+  clock.Advance(absl::Seconds(1));
   EXPECT_TRUE(log.Say("fourth"));
-  EXPECT_EQ(::testing::internal::GetCapturedStderr(),
-            "prefix: first\n"
-            "prefix: fourth; 2 more since the last such line\n");
+  EXPECT_FALSE(log.Say("fifth"));
+  clock.Advance(absl::Seconds(10));
+  EXPECT_TRUE(log.Say("sixth"));
+  EXPECT_EQ(lines, (std::vector<std::string>{
+                       "prefix: first",
+                       "prefix: fourth; 2 more since the last such line",
+                       "prefix: sixth; 1 more since the last such line"}));
+}
+
+// A message may echo stored or client bytes: each stays one line, and a
+// newline cannot forge another.
+TEST(ThrottledLogTest, ALogLineIsOneLineOfBoundedLength) {
+  EXPECT_EQ(CleanLogLine("a\nstatestream: forged\r\x1b[0m\x7f caf\xc3\xa9"),
+            "a\\x0astatestream: forged\\x0d\\x1b[0m\\x7f caf\xc3\xa9");
+  const std::string cut = CleanLogLine(std::string(10000, 'x'));
+  EXPECT_EQ(cut.size(), kMaxLogLineBytes + 3);
+  EXPECT_EQ(cut.substr(cut.size() - 4), "x...");
+}
+
+// WriteLogLine returns before the line is written (a thread writes it) and
+// the line reaches stderr.
+TEST(ThrottledLogTest, WriteLogLineReachesStderr) {
+  ::testing::internal::CaptureStderr();
+  WriteLogLine("statestream: a line\nwith a newline");
+  EXPECT_TRUE(FlushLogLines(absl::Seconds(30)));
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(err, "statestream: a line\\x0awith a newline\n");
 }
 
 }  // namespace

@@ -434,13 +434,21 @@ absl::Status RedisClient::RefreshSlots() {
       const std::string text = slots->type == REDIS_REPLY_ERROR
                                    ? std::string(slots->str, slots->len)
                                    : std::string("not an array");
-      const std::string what =
-          absl::StrCat("CLUSTER SLOTS on ", address, " failed: ", text);
-      if (IsAccessRefusal(slots)) {
-        refused = AtNode(AccessRefused(connected_, what), address);
-      } else {
-        last = AtNode(Unavailable(what), address);
-      }
+      // Redis's text may name the store's ACL user (NOPERM): a client is
+      // told its code.
+      const bool refusal = IsAccessRefusal(slots);
+      auto failed = [&](absl::string_view said) {
+        const std::string what =
+            absl::StrCat("CLUSTER SLOTS on ", address, " failed: ", said);
+        return refusal ? AccessRefused(connected_, what) : Unavailable(what);
+      };
+      const std::string code = slots->type == REDIS_REPLY_ERROR
+                                   ? text.substr(0, text.find(' '))
+                                   : text;
+      const absl::Status error = WithPublicMessage(
+          failed(text),
+          GetPublicMessage(AtNode(failed(code), address)).value_or(""));
+      (refusal ? refused : last) = error;
       continue;
     }
     std::vector<std::string> map(kSlots);

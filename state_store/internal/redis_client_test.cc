@@ -251,6 +251,35 @@ TEST(RedisClientErrorTest, ClientsAreNotToldARedisNodesAddress) {
   }
 }
 
+// A Cluster node refusing CLUSTER SLOTS to the store's ACL user: the log
+// has Redis's text (which, from 7.2, names the user) and the node; a
+// client is told the refusal's code.
+TEST(RedisClientErrorTest, ARefusedSlotMapShowsOnlyTheRefusalsCode) {
+  auto cluster = testing::RedisCluster::Start();
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  for (int i = 0; i < (*cluster)->size(); ++i) {
+    ASSERT_TRUE((*cluster)
+                    ->node(i)
+                    ->Command({"ACL", "SETUSER", "noslots", "on", ">pw", "~*",
+                               "+@all", "-cluster|slots"})
+                    .ok());
+  }
+  RedisClientOptions o = Options((*cluster)->addresses()[0]);
+  o.seeds = (*cluster)->addresses();
+  o.cluster = true;
+  o.user = "noslots";
+  o.password = "pw";
+  auto client = RedisClient::Connect(o);
+  ASSERT_FALSE(client.ok());
+  const absl::Status& error = client.status();
+  EXPECT_EQ(GetReason(error), Reason::kStoreUnavailable) << error;
+  EXPECT_TRUE(absl::StrContains(error.message(), "cluster|slots")) << error;
+  const std::optional<std::string> shown = GetPublicMessage(error);
+  ASSERT_TRUE(shown.has_value()) << error;
+  EXPECT_TRUE(absl::EndsWith(*shown, "failed: NOPERM")) << *shown;
+  EXPECT_FALSE(absl::StrContains(*shown, "127.0.0.1")) << *shown;
+}
+
 // WAITAOF only when every primary has it (Redis 7.2+): a Cluster in the
 // middle of an upgrade from 7.0 reads the fsync settings instead.
 TEST(RedisReplyTest, WaitaofWhenEveryPrimaryIsAtLeast7Point2) {
