@@ -3,12 +3,14 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include <algorithm>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -120,6 +122,29 @@ absl::Status TlsFromFlags(client::ClientOptions* options) {
   return absl::OkStatus();
 }
 
+// A HOST:PORT target's port is a number in 1-65535: gRPC dials "99999" as
+// 34463 (mod 65536), "abc" as 0 and "-5" as 65531, so a typo reached
+// another port, or retried one that cannot answer until --timeout. A gRPC
+// target URI (a scheme first: dns:, unix:, ipv4:, ...) is gRPC's to parse.
+absl::Status CheckTargetPort(absl::string_view target) {
+  const absl::string_view scheme = target.substr(0, target.find(':'));
+  for (absl::string_view uri :
+       {"dns", "unix", "unix-abstract", "ipv4", "ipv6", "vsock", "xds"}) {
+    if (scheme == uri) return absl::OkStatus();
+  }
+  if (absl::StrContains(target, "://")) return absl::OkStatus();
+  const absl::string_view port = target.substr(target.rfind(':') + 1);
+  int number = 0;
+  if (port.size() > 5 ||
+      !std::all_of(port.begin(), port.end(),
+                   [](char c) { return c >= '0' && c <= '9'; }) ||
+      !absl::SimpleAtoi(port, &number) || number < 1 || number > 65535) {
+    return UsageError(absl::StrCat("--target ", target,
+                                   ": the port must be a number in 1-65535"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<client::Client>> ClientFromFlags() {
@@ -132,6 +157,7 @@ absl::StatusOr<std::unique_ptr<client::Client>> ClientFromFlags() {
       return UsageError(
           absl::StrCat("--target ", t, ": want HOST:PORT (no port given)"));
     }
+    SS_RETURN_IF_ERROR(CheckTargetPort(t));
     options.targets.emplace_back(t);
   }
   if (options.targets.empty()) return UsageError("--target is empty");

@@ -28,7 +28,7 @@ void Print(const v1::Model& m) {
     std::cout << " bf16_activations=" << m.bf16_activations();
   }
   std::cout << " fingerprint=" << m.fingerprint();
-  // What a `session create` without --model gets.
+  // What a `session create` without --model-id gets.
   if (m.is_default()) std::cout << " default=true";
   std::cout << "\n";
 }
@@ -69,7 +69,7 @@ const Command& ModelsCommand() {
       "List the models a server serves (ListModels), or show one (GetModel).",
       "[MODEL_ID] [--target HOST:PORT] [--json]\n\n"
       "One line per model (with --json one statestream.v1.Model object per\n"
-      "line); default=true marks the one a create without --model gets.\n"
+      "line); default=true marks the one a create without --model-id gets.\n"
       "Through a gateway: the models of every ready worker, merged (a\n"
       "default only when every worker has the same).\n"
       "With MODEL_ID only that model; one no server serves is\n"
