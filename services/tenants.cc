@@ -21,6 +21,7 @@
 #include "common/random.h"
 #include "common/session_ids.h"
 #include "common/status.h"
+#include "common/throttled_log.h"
 #include "state_store/state_store.h"
 
 namespace statestream {
@@ -561,13 +562,16 @@ void TenantLimits::SetStoreDown(const absl::Status& why,
   }
   if (down == store_down_ || stopping_) return;
   store_down_ = down;
+  // Said under mu_, which every stream's admission takes: queued, never
+  // waiting on stderr.
   if (down) {
-    std::cerr << "statestream: tenant stream slots: the store failed ("
-              << why.message()
-              << "); stream limits count per process until it answers\n";
+    WriteLogLine(absl::StrCat(
+        "statestream: tenant stream slots: the store failed (", why.message(),
+        "); stream limits count per process until it answers"));
   } else {
-    std::cerr << "statestream: tenant stream slots: the store answers "
-                 "again; stream limits hold across processes\n";
+    WriteLogLine(
+        "statestream: tenant stream slots: the store answers again; stream "
+        "limits hold across processes");
   }
 }
 

@@ -18,6 +18,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
+#include "common/throttled_log.h"
 #include "gtest/gtest.h"
 #include "state_store/memory_state_store.h"
 #include "state_store/redis_state_store.h"
@@ -450,6 +451,7 @@ TEST_F(StreamSlotsTest, AFailedCallStopsAskingTheStoreUntilItAnswers) {
     return store.acquires.load() > 1;
   }));
   // Each change is said once on stderr.
+  EXPECT_TRUE(FlushLogLines(absl::Seconds(30)));
   const std::string said = ::testing::internal::GetCapturedStderr();
   EXPECT_NE(said.find("stream limits count per process"), std::string::npos)
       << said;

@@ -2,11 +2,11 @@
 // SessionManager: commits and checkpoints of the live state, and the
 // writers' Append pipeline.
 #include <algorithm>
-#include <iostream>
 #include <memory>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "common/throttled_log.h"
 #include "common/utf8.h"
 #include "worker/metrics.h"
 #include "worker/session_manager_internal.h"
@@ -205,11 +205,13 @@ bool SessionManager::Impl::AdoptOlderHead(Session* s, const SessionHead& h,
   if (h.fence != s->fence || h.head.version >= s->head.head.version) {
     return false;
   }
-  std::cerr << "session " << s->key.tenant << "/" << s->key.session_id
-            << ": the store's head is version " << h.head.version
-            << ", below this worker's " << s->head.head.version
-            << " under its lease (the store lost writes); the resident state "
-               "is committed over it\n";
+  // Under the session's lock: queued, never waiting on stderr.
+  WriteLogLine(absl::StrCat(
+      "session ", s->key.tenant, "/", s->key.session_id,
+      ": the store's head is version ", h.head.version,
+      ", below this worker's ", s->head.head.version,
+      " under its lease (the store lost writes); the resident state is "
+      "committed over it"));
   if (!s->dirty) {
     s->dirty_since = clock_->Now();
     s->dirty_cause = cause;
