@@ -127,13 +127,33 @@ absl::Status TlsFromFlags(client::ClientOptions* options) {
 // another port, or retried one that cannot answer until --timeout. A gRPC
 // target URI (a scheme first: dns:, unix:, ipv4:, ...) is gRPC's to parse.
 absl::Status CheckTargetPort(absl::string_view target) {
-  const absl::string_view scheme = target.substr(0, target.find(':'));
-  for (absl::string_view uri :
-       {"dns", "unix", "unix-abstract", "ipv4", "ipv6", "vsock", "xds"}) {
-    if (scheme == uri) return absl::OkStatus();
+  absl::string_view host_port = target;
+  // dns:HOST:PORT and dns://AUTHORITY/HOST:PORT name a port as well.
+  if (absl::ConsumePrefix(&host_port, "dns:") &&
+      absl::ConsumePrefix(&host_port, "//")) {
+    const size_t slash = host_port.find('/');
+    host_port = slash == absl::string_view::npos ? absl::string_view()
+                                                 : host_port.substr(slash + 1);
   }
-  if (absl::StrContains(target, "://")) return absl::OkStatus();
-  const absl::string_view port = target.substr(target.rfind(':') + 1);
+  if (host_port.empty() || host_port == target) {
+    const absl::string_view scheme = target.substr(0, target.find(':'));
+    for (absl::string_view uri :
+         {"dns", "unix", "unix-abstract", "ipv4", "ipv6", "vsock", "xds"}) {
+      if (scheme == uri) return absl::OkStatus();
+    }
+    if (absl::StrContains(target, "://")) return absl::OkStatus();
+  }
+  const size_t colon = host_port.rfind(':');
+  if (colon == absl::string_view::npos) return absl::OkStatus();  // gRPC's
+  // gRPC reads a host of two colons or more, unbracketed, as an IPv6
+  // address alone, and dials it at 443.
+  const absl::string_view host = host_port.substr(0, colon);
+  if (absl::StrContains(host, ':') &&
+      !(absl::StartsWith(host, "[") && absl::EndsWith(host, "]"))) {
+    return UsageError(absl::StrCat(
+        "--target ", target, ": write an IPv6 address as [ADDRESS]:PORT"));
+  }
+  const absl::string_view port = host_port.substr(colon + 1);
   int number = 0;
   if (port.size() > 5 ||
       !std::all_of(port.begin(), port.end(),

@@ -19,6 +19,7 @@
 #include "cli/command.h"
 #include "cli/tls_flags.h"
 #include "common/status.h"
+#include "common/throttled_log.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7700",
           "Address to serve on, HOST:PORT; port 0 picks a free port. Once "
@@ -265,6 +266,7 @@ int RunServer(absl::string_view role, const ServerOptions& options,
     // closing terminal sends one from the shell and one from the kernel.
     int again = SIGHUP;
     while (again == SIGHUP) sigwait(&signals, &again);
+    FlushLogLines(absl::Milliseconds(200));  // _Exit runs no atexit
     std::_Exit(kExitFailure);
   }).detach();
   (*server)->StopServing();  // NOT_SERVING while the role drains

@@ -4,7 +4,9 @@
 #include <optional>
 #include <string>
 
+#include "absl/time/time.h"
 #include "common/status.h"
+#include "common/throttled_log.h"
 #include "gmock/gmock.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
@@ -63,15 +65,20 @@ TEST(GrpcStatusTest, CarriesReasonAndMetadataOnTheWire) {
 }
 
 // A message naming the deployment's insides reaches the caller as its
-// public form, reason and metadata unchanged (the whole goes to the log:
-// ThrottledLogTest).
+// public form, reason and metadata unchanged; the whole goes to the log.
 TEST(GrpcStatusTest, APublicMessageIsWhatTheCallerGets) {
   absl::Status error = WithPublicMessage(
       MakeError(absl::StatusCode::kUnavailable, Reason::kStoreUnavailable,
                 "state store unavailable: connect to 10.0.0.5:6379: refused",
                 {{"durability_reached", "MEMORY"}}),
       "state store unavailable: connect to a Redis node: refused");
+  ASSERT_TRUE(FlushLogLines(absl::Seconds(30)));
+  testing::internal::CaptureStderr();
   grpc::Status wire = ToGrpcStatus(error);
+  EXPECT_TRUE(FlushLogLines(absl::Seconds(30)));
+  const std::string log = testing::internal::GetCapturedStderr();
+  EXPECT_THAT(log, testing::HasSubstr("10.0.0.5:6379"));
+  EXPECT_THAT(log, testing::HasSubstr("(UNAVAILABLE/STORE_UNAVAILABLE)"));
   EXPECT_EQ(wire.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_EQ(wire.error_message(),
             "state store unavailable: connect to a Redis node: refused");

@@ -36,6 +36,7 @@ class LogWriter {
           return;
         }
         queue_.push_back(std::move(line));
+        ++queued_;
         if (started_) return;
         started_ = start = true;
       }
@@ -50,20 +51,26 @@ class LogWriter {
         line.clear();
         for (const std::string& queued : queue_) line += queued;
         queue_.clear();
+        written_ = queued_;
       }
     }
     std::fwrite(line.data(), 1, line.size(), stderr);
   }
 
-  // Waits up to `limit` for the queued lines to be written.
+  // Waits up to `limit` for the lines queued so far to be written (not
+  // for the queue to empty: lines may keep coming).
   bool Drain(absl::Duration limit) {
     absl::MutexLock lock(&mu_);
+    struct Due {
+      LogWriter* w;
+      uint64_t queued;
+    } due{this, queued_};
     return mu_.AwaitWithTimeout(absl::Condition(
-                                    +[](LogWriter* w) {
-                                      w->mu_.AssertHeld();
-                                      return w->queue_.empty() && !w->writing_;
+                                    +[](Due* d) {
+                                      d->w->mu_.AssertHeld();
+                                      return d->w->written_ >= d->queued;
                                     },
-                                    this),
+                                    &due),
                                 limit);
   }
 
@@ -82,12 +89,11 @@ class LogWriter {
                           " log lines dropped (stderr was not read)\n");
           dropped_ = 0;
         }
-        writing_ = true;
       }
       std::fwrite(text.data(), 1, text.size(), stderr);
       std::fflush(stderr);
       absl::MutexLock lock(&mu_);
-      writing_ = false;
+      ++written_;
     }
   }
 
@@ -96,21 +102,35 @@ class LogWriter {
   uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool no_thread_ ABSL_GUARDED_BY(mu_) = false;
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  // Lines queued and written since the start (Drain waits on these).
+  uint64_t queued_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t written_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace
 
 std::string CleanLogLine(absl::string_view line) {
+  // Room for "..." and the newline: a whole line is at most
+  // kMaxLogLineBytes (PIPE_BUF: one write to a pipe is not interleaved).
+  constexpr size_t kRoom = kMaxLogLineBytes - 4;
   std::string out;
   out.reserve(std::min(line.size(), kMaxLogLineBytes));
   for (const char c : line) {
-    if (out.size() >= kMaxLogLineBytes) {
+    const auto u = static_cast<unsigned char>(c);
+    const bool control = u < 0x20 || u == 0x7f;
+    if (out.size() + (control ? 4 : 1) > kRoom) {
+      // Cut inside a UTF-8 sequence (`c` continues one): drop its start.
+      if ((u & 0xc0) == 0x80) {
+        while (!out.empty() &&
+               (static_cast<unsigned char>(out.back()) & 0xc0) == 0x80) {
+          out.pop_back();
+        }
+        if (!out.empty()) out.pop_back();  // its first byte
+      }
       out.append("...");
       break;
     }
-    const auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f) {
+    if (control) {
       absl::StrAppendFormat(&out, "\\x%02x", u);
     } else {
       out.push_back(c);

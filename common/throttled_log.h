@@ -24,7 +24,9 @@ namespace statestream {
 // escaped (\xNN; a message may echo stored or client bytes) and lines over
 // kMaxLogLineBytes are cut. At most kMaxQueuedLogLines wait; more are
 // dropped and counted in the next line written. Lines still queued at exit
-// get up to 200 ms. Thread-safe.
+// get up to 200 ms (an exit by _Exit: FlushLogLines first). Thread-safe.
+// A process that forks without exec gets no writer in the child (none of
+// the servers does).
 void WriteLogLine(absl::string_view line);
 // Waits up to `limit` for the lines queued so far to be written; whether
 // they were.
@@ -32,7 +34,8 @@ bool FlushLogLines(absl::Duration limit);
 inline constexpr size_t kMaxLogLineBytes = 4096;
 inline constexpr size_t kMaxQueuedLogLines = 1024;
 
-// `line` as WriteLogLine writes it (without the newline).
+// `line` as WriteLogLine writes it, without the newline: with it, at most
+// kMaxLogLineBytes (a pipe takes a write of up to PIPE_BUF whole).
 std::string CleanLogLine(absl::string_view line);
 
 // A log line said at most once per interval, with the number not said

@@ -42,8 +42,18 @@ TEST(ThrottledLogTest, ALogLineIsOneLineOfBoundedLength) {
   EXPECT_EQ(CleanLogLine("a\nstatestream: forged\r\x1b[0m\x7f caf\xc3\xa9"),
             "a\\x0astatestream: forged\\x0d\\x1b[0m\\x7f caf\xc3\xa9");
   const std::string cut = CleanLogLine(std::string(10000, 'x'));
-  EXPECT_EQ(cut.size(), kMaxLogLineBytes + 3);
+  EXPECT_EQ(cut.size(), kMaxLogLineBytes - 1);  // with its newline: 4096
   EXPECT_EQ(cut.substr(cut.size() - 4), "x...");
+  // Cut at a character, never inside one (é is two bytes).
+  for (size_t pad = 0; pad < 4; ++pad) {
+    std::string text(pad, 'y');
+    while (text.size() < 10000) text += "\xc3\xa9";
+    const std::string cut_utf8 = CleanLogLine(text);
+    EXPECT_LE(cut_utf8.size(), kMaxLogLineBytes - 1);
+    const std::string body = cut_utf8.substr(pad, cut_utf8.size() - pad - 3);
+    EXPECT_EQ(body.size() % 2, 0u) << pad;
+    EXPECT_EQ(body.substr(body.size() - 2), "\xc3\xa9") << pad;
+  }
 }
 
 // WriteLogLine returns before the line is written (a thread writes it) and

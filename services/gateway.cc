@@ -521,9 +521,11 @@ ThrottledLog& GaveUpLog() {
 
 grpc::Status Gateway::FromWorker(const grpc::Status& status) {
   if (status.error_code() != grpc::StatusCode::UNAUTHENTICATED) return status;
-  RefusalLog().Say(
-      absl::StrCat("a worker refused this gateway: ", status.error_message(),
-                   " (check --internal-token-file and the worker TLS flags)"));
+  RefusalLog().Say([&] {
+    return absl::StrCat(
+        "a worker refused this gateway: ", status.error_message(),
+        " (check --internal-token-file and the worker TLS flags)");
+  });
   return ToGrpcStatus(MakeError(
       absl::StatusCode::kInternal, Reason::kInternal,
       "a worker refused this gateway's credentials (the cluster's internal "
@@ -539,9 +541,11 @@ grpc::Status Gateway::GaveUp(const grpc::Status& last) {
     // ipv4:10.0.3.7:50051: Connection refused"): the worker's address is
     // the cluster's, not the caller's to see. The log has it.
     said = absl::StrCat("the last one tried did not answer (", code, ")");
-    GaveUpLog().Say(absl::StrCat(
-        "gave up on a call: the last worker tried did not answer: ", code, ": ",
-        last.error_message()));
+    GaveUpLog().Say([&] {
+      return absl::StrCat(
+          "gave up on a call: the last worker tried did not answer: ", code,
+          ": ", last.error_message());
+    });
   } else {
     said = absl::StrCat("the last answered ", code, ": ", last.error_message());
   }

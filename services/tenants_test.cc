@@ -436,6 +436,7 @@ TEST_F(StreamSlotsTest, AFailedCallStopsAskingTheStoreUntilItAnswers) {
   FlakySlots store(store_a_.get());
   TenantLimits a(Options(5, absl::Seconds(3)), &store);
   store.down = true;
+  ASSERT_TRUE(FlushLogLines(absl::Seconds(30)));  // no earlier test's line
   ::testing::internal::CaptureStderr();
   auto s1 = a.AcquireStream("acme");
   auto s2 = a.AcquireStream("acme");
