@@ -249,17 +249,26 @@ class SessionManager::Impl {
   // one at a time, so two threads keep one ready behind the one loading.
   Executor loaders_{2};
   // Working copies of session states (Generate, Score): max_copy_bytes.
-  ByteBudget copies_{opt_.max_copy_bytes, "--max-copy-bytes"};
+  // Shared with each copy: a copy may outlive this manager (a finished
+  // task the scheduler has not retired yet still holds one).
+  const std::shared_ptr<ByteBudget> copies_ =
+      std::make_shared<ByteBudget>(opt_.max_copy_bytes, "--max-copy-bytes");
   // A working copy of `from` (a state with no hidden vector when null),
   // its bytes held in copies_ until the last reference to it is gone;
   // RESOURCE_EXHAUSTED/OVERLOADED past the budget (one always fits).
   absl::StatusOr<std::shared_ptr<EngineState>> WorkingCopy(
       const EngineState* from) {
-    SS_ASSIGN_OR_RETURN(ByteBudget::Hold hold, copies_.Acquire(session_bytes_));
+    SS_ASSIGN_OR_RETURN(ByteBudget::Hold hold,
+                        copies_->Acquire(session_bytes_));
     auto held = std::make_shared<ByteBudget::Hold>(std::move(hold));
     return std::shared_ptr<EngineState>(
         from != nullptr ? new EngineState(*from) : new EngineState(),
-        [held](EngineState* s) { delete s; });
+        [held, budget = copies_](EngineState* s) {
+          delete s;
+          // Here, while `budget` is surely alive: a lambda's captures are
+          // destroyed in no set order.
+          held->Release();
+        });
   }
 
   mutable absl::Mutex mu_;
