@@ -4,11 +4,13 @@
 // Cluster slot migrated (MOVED/ASK) while a writer commits, and a Cluster
 // primary killed and replaced by its replica.
 #include <atomic>
+#include <map>
 #include <string>
 #include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
@@ -316,6 +318,98 @@ TEST(StateStoreFaultTest, ScriptsWriteNoKeyAMigrationRefuses) {
   ASSERT_TRUE(head.ok()) << head.status();
   EXPECT_EQ(head->owner, "w2");
   EXPECT_EQ(head->fence, lease->fence);
+}
+
+// The keys named `prefix`* on the Cluster's primaries, each with its PTTL
+// (-1: none). A replica's copy answers MOVED to PTTL and is left out.
+std::map<std::string, int64_t> KeyTtls(RedisCluster* cluster,
+                                       const std::string& prefix) {
+  std::map<std::string, int64_t> out;
+  for (int i = 0; i < cluster->size(); ++i) {
+    auto keys = cluster->node(i)->Command({"KEYS", prefix + "*"});
+    if (!keys.ok()) continue;
+    for (absl::string_view k : absl::StrSplit(*keys, '\n', absl::SkipEmpty())) {
+      auto ttl = cluster->node(i)->Command({"PTTL", std::string(k)});
+      int64_t ms = 0;
+      if (ttl.ok() && absl::SimpleAtoi(*ttl, &ms)) out[std::string(k)] = ms;
+    }
+  }
+  return out;
+}
+
+// A node importing a slot serves an ASKING client's script once the keys
+// it declares (head, fence, lease) have arrived; the script's own reads of
+// one key that has not (a version's chunks, older than its hash) then
+// answer "no such key", not an error. Scripts run there must wait for the
+// move: a delete answered OK and left the session whole (its write of the
+// nonce done before its DEL of several keys failed), and a pin left the
+// chunks their TTL.
+TEST(StateStoreFaultTest, ScriptsAtAnImportingNodeWaitForKeysNotMovedYet) {
+  RedisStateStoreOptions o;
+  o.retry_deadline = absl::Seconds(15);
+  const SessionKey gone{"acme", "half-moved"};
+  auto c = StartClusterSession(gone, o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  StateStore* store = c->store.get();
+  const SessionKey pinned{"acme", "pinned"};
+  CreateSessionRequest cr;
+  cr.key = pinned;
+  cr.initial_state = TestSnapshot(1);
+  ASSERT_TRUE(store->CreateSession(cr).ok());
+  for (const SessionKey& key : {gone, pinned}) {
+    auto held = store->AcquireLease(key, "w1", absl::Seconds(60), false);
+    ASSERT_TRUE(held.ok()) << held.status();
+    CommitRequest r;
+    r.key = key;
+    r.expected_version = 1;
+    r.fence = held->fence;
+    r.state = TestSnapshot(2, kFloats);
+    ASSERT_TRUE(store->Commit(r).ok());
+  }
+  // Every key but the chunks moves first.
+  const auto hashes = [](const SessionKey& key) {
+    const std::string p =
+        absl::StrCat("ss:{", key.tenant, "/", key.session_id, "}:");
+    return std::vector<std::string>{p + "head", p + "fence", p + "lease",
+                                    p + "v1", p + "v2"};
+  };
+  absl::Status deleted, pinning;
+  std::vector<std::thread> calls;
+  absl::Status moved = c->cluster->MoveSlot(
+      store_internal::KeySlot("ss:{acme/half-moved}:head"), hashes(gone), [&] {
+        calls.emplace_back([&] { deleted = store->DeleteSession(gone); });
+        absl::SleepFor(absl::Milliseconds(500));
+      });
+  ASSERT_TRUE(moved.ok()) << moved;
+  for (std::thread& t : calls) t.join();
+  EXPECT_TRUE(deleted.ok()) << deleted;
+  EXPECT_EQ(GetReason(store->GetHead(gone).status()), Reason::kSessionNotFound);
+  for (const auto& [k, ttl] :
+       KeyTtls(c->cluster.get(), "ss:{acme/half-moved}:")) {
+    EXPECT_TRUE(absl::EndsWith(k, ":fence") || absl::EndsWith(k, ":deleted"))
+        << k << " outlived its session's delete";
+  }
+
+  calls.clear();
+  moved = c->cluster->MoveSlot(
+      store_internal::KeySlot("ss:{acme/pinned}:head"), hashes(pinned), [&] {
+        calls.emplace_back([&] {
+          SessionUpdate u;
+          u.ttl = absl::InfiniteDuration();
+          pinning = store->UpdateSession(pinned, u).status();
+        });
+        absl::SleepFor(absl::Milliseconds(500));
+      });
+  ASSERT_TRUE(moved.ok()) << moved;
+  for (std::thread& t : calls) t.join();
+  ASSERT_TRUE(pinning.ok()) << pinning;
+  const auto ttls = KeyTtls(c->cluster.get(), "ss:{acme/pinned}:");
+  EXPECT_GT(ttls.size(), 6u);  // head, fence, lease, 2 versions, chunks
+  for (const auto& [k, ttl] : ttls) {
+    if (absl::EndsWith(k, ":lease")) continue;  // a lease keeps its own
+    EXPECT_EQ(ttl, -1) << k << " was not pinned with its session";
+  }
+  ExpectConsistent(store, pinned);
 }
 
 // Loads while the session's slot migrates: keys move one at a time, and a

@@ -57,13 +57,17 @@ local function version_keys(n)
 end
 -- Reads every key of the session's kept versions, before a script that
 -- touches them writes anything. The scripts declare only the head, the
--- fence and the lease (the versions are known once the head is read): in
--- a Cluster slot that is migrating, a version key already moved fails the
--- script ("non local key") here, with nothing written, and the client
--- runs it again until the slot has moved (then MOVED sends it there).
--- The same holds for any key the node does not have, so after the probe
--- the scripts write only keys they have read, declared or kept (a key
--- deleted mid-script is one the node no longer has).
+-- fence and the lease (the versions are known once the head is read), so
+-- in a Cluster slot that is moving a version key may be on the other
+-- node. Each is read together with the head, in a command of several
+-- keys, which a moving slot refuses when any of them is missing: at the
+-- source (a key already moved) and at the importing target (a key not
+-- moved yet: it answers a read of that key alone as "no such key", with
+-- no error). The script fails here ("non local key"), with nothing
+-- written, and the client runs it again until the slot has moved (then
+-- MOVED sends it there). After the probe the scripts write only keys they
+-- have read, declared or kept (a key deleted mid-script is one the node
+-- no longer has).
 -- The session's TTL in ms (-1: pinned) and fence, as the head and the
 -- fence key record them.
 local function ttl_of(v) return whole(v, -1, 2^53, 'TTL (ms)') end
@@ -74,8 +78,14 @@ local function probe_session()
   -- The values the writes that follow use: checked before any of them.
   ttl_of(h[3])
   fence_of(redis.call('GET', P .. 'fence'))
+  local head = P .. 'head'
   for n = oldest, version do
-    for _, k in ipairs(version_keys(n)) do redis.call('EXISTS', k) end
+    redis.call('EXISTS', head, P .. 'v' .. n)  -- before version_keys reads it
+    local keys = version_keys(n)
+    -- In slices: unpack takes at most ~8000 values.
+    for i = 2, #keys, 1000 do
+      redis.call('EXISTS', head, unpack(keys, i, math.min(#keys, i + 999)))
+    end
   end
 end
 local function touch_session()
@@ -282,17 +292,23 @@ end
 -- versions' hashes when their range is sound; keys its damaged counts
 -- cannot find are left to their TTLs. Damage is what the scripts raise on
 -- data not as the store wrote it: SSCORRUPT, WRONGTYPE, or a Lua error on
--- a value (a string). Any other error (a key a migrating slot moved) fails
--- the script before a write.
+-- a value ("user_script:<line>: attempt to ..."). Any other error (a key
+-- a moving slot has elsewhere: "ERR Script attempted to access a non
+-- local key") fails the script before a write. Under pcall, Redis's own
+-- errors arrive as strings, the scripts' as tables.
 local m, sound = {}, false
 if typed(P .. 'head', 'hash') then
   if redis.call('EXISTS', P .. 'head') == 0 then return {'NOTFOUND'} end
   m = redis.call('HMGET', P .. 'head', 'version', 'oldest')
   local e
   sound, e = pcall(probe_session)
-  if not sound and type(e) == 'table' then
-    local code = string.sub(e.err or '', 1, 9)
-    if code ~= 'SSCORRUPT' and code ~= 'WRONGTYPE' then error(e) end
+  if not sound then
+    local text = type(e) == 'table' and (e.err or '') or tostring(e)
+    if string.sub(text, 1, 9) ~= 'SSCORRUPT' and
+       string.sub(text, 1, 9) ~= 'WRONGTYPE' and
+       string.sub(text, 1, 12) ~= 'user_script:' then
+      error(type(e) == 'table' and e or {err = text})
+    end
   end
 end
 -- The nonce first: a new key, which a migrating slot may refuse, and then
