@@ -415,6 +415,26 @@ absl::StatusOr<std::unique_ptr<StateStore>> NewRedisStateStore(
   }
   SS_RETURN_IF_ERROR(
       store_internal::ValidateTtl(options.default_ttl, "default_ttl"));
+  // Each becomes a PEXPIRE or a wait: one that is not a positive, finite
+  // time failed a script mid-way (an infinite fence retention failed
+  // touch_session after the head had moved, and the new version's chunks
+  // kept their pending TTL), or a call that could never end.
+  const std::pair<const char*, absl::Duration> times[] = {
+      {"pending_chunk_ttl", options.pending_chunk_ttl},
+      {"dropped_version_grace", options.dropped_version_grace},
+      {"fence_retention", options.fence_retention},
+      {"connect_timeout", options.connect_timeout},
+      {"command_timeout", options.command_timeout},
+      {"retry_deadline", options.retry_deadline},
+      {"durability_timeout", options.durability_timeout}};
+  for (const auto& [name, d] : times) {
+    if (d <= absl::ZeroDuration() || d == absl::InfiniteDuration()) {
+      return InvalidArgumentError(
+          Reason::kInvalidArgument,
+          absl::StrCat(name, " must be positive and finite (got ",
+                       absl::FormatDuration(d), ")"));
+    }
+  }
   store_internal::RedisClientOptions c;
   c.seeds = options.addresses;
   c.cluster = options.cluster;

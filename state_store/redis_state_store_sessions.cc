@@ -148,9 +148,14 @@ absl::StatusOr<SessionHead> RedisStateStore::UpdateSession(
 absl::Status RedisStateStore::DeleteSession(const SessionKey& key) {
   SS_RETURN_IF_ERROR(ValidateKey(key));
   // The nonce makes the call idempotent across the client's own resends
-  // (a reply lost, the pipeline sent again): see kLuaDelete.
-  // (Kept a minute: far longer than the client retries one call.)
-  SS_ASSIGN_OR_RETURN(Reply r, Eval(key, kDelete, {NewNonce(), "60000"}));
+  // (a reply lost, the pipeline sent again): see kLuaDelete. It is kept
+  // longer than the client retries one call (and a first send can reach
+  // Redis late), at least a minute.
+  const absl::Duration kept =
+      std::max(absl::Minutes(1),
+               2 * (options_.retry_deadline + options_.command_timeout));
+  SS_ASSIGN_OR_RETURN(Reply r,
+                      Eval(key, kDelete, {NewNonce(), absl::StrCat(Ms(kept))}));
   if (Str(r->element[0]) == "NOTFOUND") {
     return SessionNotFound(key);
   }
@@ -428,10 +433,12 @@ bool RedisStateStore::PruneIndexSample(const std::string& tenant, int samples) {
 
 absl::Status RedisStateStore::DropFromIndex(const SessionKey& key) {
   const std::string index = IndexKey(key.tenant);
-  // A limited create in flight: its reservation stays (CreateSession).
-  const std::string creating = Prefix(key) + "creating";
+  // A limited create in flight: its reservation stays (CreateMark; an
+  // older build's counter, "creating", is gone at zero).
+  const std::string marks = Prefix(key) + "creates";
+  const std::string counter = Prefix(key) + "creating";
   SS_ASSIGN_OR_RETURN(std::vector<Reply> marked,
-                      client_->Run(creating, {{"GET", creating}}));
+                      client_->Run(marks, {{"EXISTS", marks, counter}}));
   int64_t in_flight = 0;
   if (absl::SimpleAtoi(Str(marked[0].get()), &in_flight) && in_flight > 0) {
     return absl::OkStatus();

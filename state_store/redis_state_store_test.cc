@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -660,6 +661,44 @@ TEST(RedisStateStoreTest, TenantSlotsHoldALimitAcrossStores) {
     EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument) << bad;
   }
   EXPECT_EQ(count(ga, "acme"), 2);  // nothing taken by the bad calls
+}
+
+// Options no store could run with are refused before it connects: an
+// infinite fence retention failed every TTL refresh after the head had
+// moved (PEXPIRE of an overflowing time), so a commit's chunks kept their
+// pending TTL and vanished with the version still named by the head.
+TEST(RedisStateStoreTest, OptionsNoStoreCouldRunWithAreRefused) {
+  using Set = void (*)(RedisStateStoreOptions&);
+  const std::pair<const char*, Set> bad[] = {
+      {"fence_retention",
+       [](RedisStateStoreOptions& o) {
+         o.fence_retention = absl::InfiniteDuration();
+       }},
+      {"pending_chunk_ttl",
+       [](RedisStateStoreOptions& o) {
+         o.pending_chunk_ttl = absl::ZeroDuration();
+       }},
+      {"dropped_version_grace",
+       [](RedisStateStoreOptions& o) {
+         o.dropped_version_grace = -absl::Seconds(1);
+       }},
+      {"retry_deadline",
+       [](RedisStateStoreOptions& o) {
+         o.retry_deadline = absl::InfiniteDuration();
+       }},
+      {"command_timeout", [](RedisStateStoreOptions& o) {
+         o.command_timeout = absl::ZeroDuration();
+       }}};
+  for (const auto& [name, set] : bad) {
+    RedisStateStoreOptions o;
+    o.addresses = {"127.0.0.1:1"};  // never dialled
+    set(o);
+    auto made = NewRedisStateStore(o);
+    EXPECT_EQ(made.status().code(), absl::StatusCode::kInvalidArgument)
+        << name << ": " << made.status();
+    EXPECT_TRUE(absl::StrContains(made.status().message(), name))
+        << made.status();
+  }
 }
 
 }  // namespace

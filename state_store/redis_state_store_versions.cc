@@ -36,22 +36,17 @@ absl::StatusOr<CommitResult> RedisStateStore::CreateSession(
   // flight until the create ends, so a listing that meets it before the
   // head (one at the limit, say) does not prune it and let another create
   // take its place (DropFromIndex).
-  // The mark counts the creates of this id in flight (a retry may overlap
-  // the first attempt): each adds one and takes it back when it ends.
-  const std::string creating = Prefix(r.key) + "creating";
+  // The mark holds the nonce of each create of this id in flight (a retry
+  // may overlap the first attempt): CreateMark.
+  const std::string marks = Prefix(r.key) + "creates";
   const std::string mark_ms = absl::StrCat(Ms(kCreateInFlight));
   bool marked = false;  // only a create that marked unmarks
   absl::Cleanup unmark = [&] {
-    if (marked) {
-      RunScript(creating, kUnmarkCreate, {creating}, {creating, "0", "0"}, {})
-          .IgnoreError();
-    }
+    if (marked) client_->Run(marks, {CreateUnmark(marks, nonce)}).IgnoreError();
   };
   if (r.max_tenant_sessions > 0) {
-    SS_RETURN_IF_ERROR(client_
-                           ->Run(creating, {{"INCR", creating},
-                                            {"PEXPIRE", creating, mark_ms}})
-                           .status());
+    SS_RETURN_IF_ERROR(
+        client_->Run(marks, CreateMark(marks, nonce, mark_ms)).status());
     marked = true;
     SS_RETURN_IF_ERROR(ReserveInIndex(r.key, r.max_tenant_sessions));
   } else {

@@ -52,8 +52,7 @@ std::string ScriptSource(Script s) {
                         kLuaReserveInIndex,
                         kLuaAcquireSlot,
                         kLuaRenewSlots,
-                        kLuaCountSlots,
-                        kLuaUnmarkCreate};
+                        kLuaCountSlots};
   static_assert(sizeof(body) / sizeof(body[0]) == kScriptCount);
   const bool slots = s == kAcquireSlot || s == kRenewSlots || s == kCountSlots;
   return absl::StrCat(kLuaPrelude, slots ? kLuaSlotsPrelude : "", body[s]);
@@ -121,6 +120,16 @@ Command PendingChunkWrite(absl::string_view key, absl::string_view chunk,
 Command PendingChunkRenewal(absl::string_view key,
                             absl::string_view pending_ms) {
   return {"PEXPIRE", key, pending_ms, "GT"};
+}
+
+std::vector<Command> CreateMark(absl::string_view marks,
+                                absl::string_view nonce,
+                                absl::string_view ttl_ms) {
+  return {{"SADD", marks, nonce}, {"PEXPIRE", marks, ttl_ms}};
+}
+
+Command CreateUnmark(absl::string_view marks, absl::string_view nonce) {
+  return {"SREM", marks, nonce};  // the set goes with its last member
 }
 
 std::string FenceSalt() { return absl::StrCat(ThreadRng()() & 1023); }

@@ -458,22 +458,6 @@ redis.call('ZADD', KEYS[1], 0, ARGV[4])
 return {'OK'}
 )lua";
 
-// KEYS[1]: a session's in-flight create mark (CreateSession counts the
-// creates of one id under way). One of them ended: one less, and the key
-// goes at zero. Never below zero: a mark already gone (expired under a
-// create slower than its TTL, or never set: the marking call failed) stays
-// gone, where a DECR would leave -1 without a TTL, and the next create's
-// mark would read 0, "none in flight". Reply: {'OK'}.
-inline constexpr char kLuaUnmarkCreate[] = R"lua(
-local n = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-if n <= 1 then
-  redis.call('DEL', KEYS[1])
-else
-  redis.call('DECR', KEYS[1])
-end
-return {'OK'}
-)lua";
-
 // Tenant slots (concurrent streams across gateways). KEYS[1]: the
 // tenant's slots, a sorted set of slot -> expiry (ms, Redis's clock), which
 // itself expires with its last slot. Each script first drops the expired.

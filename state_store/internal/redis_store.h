@@ -84,7 +84,6 @@ enum Script {
   kAcquireSlot,
   kRenewSlots,
   kCountSlots,
-  kUnmarkCreate,
   kScriptCount
 };
 
@@ -130,6 +129,16 @@ Command PendingChunkWrite(absl::string_view key, absl::string_view chunk,
 // TTL (GT; a key without one counts as infinite).
 Command PendingChunkRenewal(absl::string_view key,
                             absl::string_view pending_ms);
+// A limited create's in-flight mark (CreateSession): its nonce in the set
+// `marks` ("<prefix>creates"), which lasts ttl_ms from the latest mark,
+// and its removal. Each is the same if sent twice (a pipeline resent
+// after a lost reply): a count added twice kept a failed create's
+// reservation from being pruned, and one taken back twice unmarked
+// another create of the id, whose reservation a listing then pruned.
+std::vector<Command> CreateMark(absl::string_view marks,
+                                absl::string_view nonce,
+                                absl::string_view ttl_ms);
+Command CreateUnmark(absl::string_view marks, absl::string_view nonce);
 // 10 random bits added to the server's clock in a new fence (kLuaPrelude's
 // next_fence): two grants in one millisecond rarely collide even when the
 // counter went back.
@@ -325,8 +334,9 @@ class RedisStateStore final : public StateStore {
   // retrying creates at its limit so costs a sample each, not a read of
   // its every session.
   absl::Status ReserveInIndex(const SessionKey& key, int64_t max);
-  // How long a limited create's in-flight mark ("<prefix>creating") keeps
-  // its reservation from being pruned if the creator dies midway.
+  // How long a limited create's in-flight mark ("<prefix>creates":
+  // CreateMark) keeps its reservation from being pruned if the creator
+  // dies midway.
   static constexpr absl::Duration kCreateInFlight = absl::Seconds(60);
 
   // Removes a session without a head from the tenant's index. The index
