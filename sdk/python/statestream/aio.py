@@ -575,9 +575,11 @@ class AsyncAppendWriter(_AckTracker):
     closed"; after AsyncClient.close(), every call (one in progress
     included) raises CANCELLED "client closed", and keeps it. A call
     cancelled by the caller
-    (asyncio.CancelledError, e.g. from asyncio.wait_for) cancels the gRPC
-    call; what write() had taken stays in the writer (its offset counted)
-    and the next call resends it on a new call.
+    (asyncio.CancelledError, e.g. from asyncio.wait_for) while it sends or
+    reads acks cancels the gRPC call; what write() had taken stays in the
+    writer (its offset counted) and the next call resends it on a new call.
+    One cancelled while waiting for another task's turn cancels nothing
+    (what it queued is sent all the same).
 
     Several tasks may share a writer (e.g. one writing, one checkpointing
     on a timer): each call's requests take their offsets in the order the
@@ -601,10 +603,14 @@ class AsyncAppendWriter(_AckTracker):
         self._call = None
         self._stubs = None
         self._error: Optional[StatestreamError] = None
+        self._drop_after_pump = False  # __aexit__ on an exception, mid-pump
         self._closing = False  # close() queued its checkpoint
         self._close_interrupted = False  # cancelled after all was committed
         self._closed = False
         self.last_ack: Optional[AppendAck] = None
+        # The acks of the checkpoints in progress (by id of their retained
+        # entry): with tasks writing meanwhile, last_ack is a later one's.
+        self._own_acks: Dict[int, Optional[AppendAck]] = {}
         self.reconnects = 0
 
     @property
@@ -619,6 +625,11 @@ class AsyncAppendWriter(_AckTracker):
         if exc_type is None:
             if not self._closed:
                 await self.close()
+        elif self._pump_lock.locked():
+            # Another task is sending or reading acks on the call: cancelled
+            # under it, its call would raise asyncio.CancelledError though
+            # nobody cancelled it. It ends the call once done.
+            self._drop_after_pump = True
         else:
             self._drop_call()
 
@@ -663,11 +674,18 @@ class AsyncAppendWriter(_AckTracker):
         return self.last_ack
 
     async def checkpoint(self) -> AppendAck:
-        """Commits everything written; returns its ack."""
+        """Commits everything written; returns its ack (the checkpoint's
+        own, though other tasks wrote after it meanwhile)."""
         self._check()
-        self._queue(pb.AppendRequest(checkpoint=True))
-        await self._pump(0)
-        return self.last_ack
+        retained = self._queue(pb.AppendRequest(checkpoint=True))
+        # Keyed by identity: `retained` lives until this call returns.
+        self._own_acks[id(retained)] = None
+        try:
+            await self._pump(0)
+            # Set: _pump(0) returns once everything queued was acknowledged.
+            return self._own_acks[id(retained)]
+        finally:
+            del self._own_acks[id(retained)]
 
     async def close(self) -> AppendAck:
         """Commits everything written and ends the call. Again after a
@@ -722,12 +740,20 @@ class AsyncAppendWriter(_AckTracker):
             self._error = _closed_error()
             raise self._error
 
-    def _queue(self, req) -> None:
+    def _queue(self, req) -> _Retained:
         req.session_id = self._session_id
         req.expected_input_offset = self._next_offset
         req.durability = self._durability
         self._next_offset += _units(req)
-        self._retained.append(_Retained(req))
+        retained = _Retained(req)
+        self._retained.append(retained)
+        return retained
+
+    def _on_ack(self, ack) -> None:
+        acked = self._retained[self._acked]
+        super()._on_ack(ack)
+        if id(acked) in self._own_acks:
+            self._own_acks[id(acked)] = self.last_ack
 
     def _dropped_front(self) -> None:
         self._sent -= 1
@@ -743,19 +769,27 @@ class AsyncAppendWriter(_AckTracker):
 
     async def _pump(self, keep_unacked: int) -> None:
         """Sends what the window allows and reads acks until at most
-        `keep_unacked` requests are unacknowledged (one task at a time)."""
-        try:
-            async with self._pump_lock:
+        `keep_unacked` requests are unacknowledged (one task at a time).
+        A task cancelled while waiting for the lock leaves the call alone:
+        another task is using it, and its requests stay queued."""
+        async with self._pump_lock:
+            try:
                 await self._pump_inner(keep_unacked)
-        except asyncio.CancelledError:
-            # A cancelled gRPC call fails every later read and write: open a
-            # new one next time.
-            self._drop_call()
-            if self._client._closed_under():
-                # AsyncClient.close() cancelled the call.
-                self._error = _closed_error()
-                raise self._error from None
-            raise
+            except asyncio.CancelledError:
+                # A cancelled gRPC call fails every later read and write:
+                # open a new one next time.
+                self._drop_call()
+                if self._client._closed_under():
+                    # AsyncClient.close() cancelled the call.
+                    self._error = _closed_error()
+                    raise self._error from None
+                raise
+            finally:
+                if self._drop_after_pump:
+                    # __aexit__ left on an exception while this task used
+                    # the call: it ends now that this task is done with it.
+                    self._drop_after_pump = False
+                    self._drop_call()
 
     async def _pump_inner(self, keep_unacked: int) -> None:
         while True:
@@ -877,6 +911,9 @@ class AsyncGenerateStream(_NamesItsRequest):
                 self._pin_task.add_done_callback(_retrieve)
         self.done: Optional[GenerateDone] = None
         self.reconnects = 0
+        # Failed attempts since the last chunk delivered: kept across reads,
+        # so reads the caller cancels (wait_for) still run out of attempts.
+        self._attempts = 0
         self._finished = False
         self._cancelled = False
         self._wake: Optional[asyncio.Future] = None  # a backoff's, if any
@@ -986,7 +1023,6 @@ class AsyncGenerateStream(_NamesItsRequest):
         if not self._finished:
             # A retry must not apply a committed generation twice.
             await self._pin()
-        attempts = 0
         while not self._finished:
             if self._call is None:
                 self._open()
@@ -1016,6 +1052,7 @@ class AsyncGenerateStream(_NamesItsRequest):
                     raise
                 if chunk is None:
                     continue
+                self._attempts = 0
                 return chunk
             self._call = None
             moved = self._progress.moved(err)
@@ -1023,12 +1060,12 @@ class AsyncGenerateStream(_NamesItsRequest):
                 self._finished = True
                 raise moved
             self._client._rotate(self._stubs, err)
-            attempts += 1
+            self._attempts += 1
             # cancel() ends the backoff at once (AsyncClient.close() too,
             # raising CANCELLED "client closed").
             self._wake = asyncio.get_running_loop().create_future()
             try:
-                await self._client._retry_or_raise(err, attempts,
+                await self._client._retry_or_raise(err, self._attempts,
                                                    self._deadline, self._wake)
             except StatestreamError:
                 self._finished = True

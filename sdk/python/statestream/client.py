@@ -128,6 +128,40 @@ def _close_channels(channels) -> None:
         channel.close()
 
 
+def _retry_settings(client, timeout, max_attempts, initial_backoff,
+                    max_backoff) -> None:
+    """Sets the retry settings, refusing (as the C++ Client::Create) values
+    no call could run with rather than bending them into something:
+    ValueError for max_attempts below 1, a timeout of 0 or less (None or
+    inf: no bound), a NaN or negative backoff or an infinite
+    initial_backoff (an infinite max_backoff is no cap); TypeError for
+    anything but a number (max_attempts: an int)."""
+    client.timeout = _timeout(timeout)
+    if client.timeout is not None and client.timeout <= 0:
+        raise ValueError(f"timeout must be more than 0 seconds (inf or "
+                         f"None: no bound), not {timeout}")
+    if (isinstance(max_attempts, bool) or
+            not isinstance(max_attempts, numbers.Integral)):
+        raise TypeError(f"max_attempts must be an int, not "
+                        f"{type(max_attempts).__name__}")
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1 (got "
+                         f"{max_attempts})")
+    client.max_attempts = int(max_attempts)
+    for name, value in (("initial_backoff", initial_backoff),
+                        ("max_backoff", max_backoff)):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise TypeError(f"{name} must be a number of seconds, not "
+                            f"{type(value).__name__}")
+        if math.isnan(value) or value < 0 or (
+                name == "initial_backoff" and math.isinf(value)):
+            raise ValueError(
+                "initial_backoff must be 0 or more and finite, max_backoff "
+                f"0 or more (inf: no cap); {name} was {value}")
+    client.initial_backoff = float(initial_backoff)
+    client.max_backoff = float(max_backoff)
+
+
 def _setup(client, targets, api_key, tenant, tls, root_certificates,
            private_key, certificate_chain, tls_server_name, timeout,
            max_attempts, initial_backoff, max_backoff, options, grpc_module):
@@ -138,10 +172,8 @@ def _setup(client, targets, api_key, tenant, tls, root_certificates,
         targets = [t for t in targets.split(",") if t]
     if not targets:
         raise ValueError("targets is empty")
-    client.timeout = _timeout(timeout)
-    client.max_attempts = max(1, max_attempts)
-    client.initial_backoff = initial_backoff
-    client.max_backoff = max_backoff
+    _retry_settings(client, timeout, max_attempts, initial_backoff,
+                    max_backoff)
     # Header values: a byte gRPC refuses there fails every call with an
     # error that repeats the value (the key) in the sync client; told here,
     # naming the option only. A key read from a file keeps its newline.
@@ -255,7 +287,10 @@ class Client(_ClientBase):
     options=[("grpc.keepalive_time_ms", 60000)] to ping less often.
     `timeout` bounds each unary attempt (None or inf: no bound); an
     export or import attempt ends once it goes `timeout` without moving a
-    1 MiB chunk (an import also within `timeout` per chunk, plus two)."""
+    1 MiB chunk (an import also within `timeout` per chunk, plus two).
+    Settings no call could run with raise ValueError here (TypeError for
+    a non-number): max_attempts below 1, a timeout of 0 or less, a NaN or
+    negative backoff, an infinite initial_backoff."""
 
     def __init__(self, targets: Union[str, Sequence[str]], *,
                  api_key: Optional[str] = None, tenant: Optional[str] = None,

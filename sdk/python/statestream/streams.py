@@ -763,6 +763,7 @@ class GenerateStream(_NamesItsRequest):
         self._stubs = None
         self.done: Optional[GenerateDone] = None
         self.reconnects = 0
+        self._attempts = 0  # failed attempts since the last chunk delivered
         self._finished = False
         # cancel() may come from another thread: _lock orders it against
         # opening a call, and _cancelled wakes a backoff sleep.
@@ -820,7 +821,6 @@ class GenerateStream(_NamesItsRequest):
         return False
 
     def __next__(self) -> GenerateChunk:
-        attempts = 0
         while not self._finished:
             if self._responses is None and not self._open():
                 break
@@ -847,6 +847,7 @@ class GenerateStream(_NamesItsRequest):
                     raise
                 if chunk is None:
                     continue
+                self._attempts = 0
                 return chunk
             with self._lock:
                 self._responses = None
@@ -859,10 +860,11 @@ class GenerateStream(_NamesItsRequest):
                 self._finished = True
                 raise moved
             self._client._rotate(self._stubs, err)
-            attempts += 1
+            self._attempts += 1
             try:
                 # cancel() (or Client.close()) ends the backoff at once.
-                self._client._retry_or_raise(err, attempts, self._deadline,
+                self._client._retry_or_raise(err, self._attempts,
+                                             self._deadline,
                                              wake=self._cancelled)
             except StatestreamError:
                 self._finished = True

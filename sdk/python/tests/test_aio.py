@@ -208,3 +208,25 @@ def test_a_writer_is_an_async_context_manager_without_await(server):
                 await w.flush()
             assert (await s.get()).input_offset == 11
     run(main())
+
+
+def test_async_generate_reads_the_caller_cancels_still_run_out_of_attempts():
+    # No server, and each read's wait_for ends inside the backoff: the count
+    # of failed attempts started over at every read (and the next read
+    # opened a call at once), so the stream never gave up.
+    async def main():
+        async with AsyncClient("127.0.0.1:1", max_attempts=3,
+                               initial_backoff=1, max_backoff=1) as c:
+            stream = c.session("s").generate("p")
+            for reads in range(1, 11):
+                try:
+                    await asyncio.wait_for(stream.__anext__(), 0.3)
+                except asyncio.TimeoutError:
+                    continue
+                except StatestreamError as e:
+                    return reads, e
+            return reads, None
+    reads, e = run(main())
+    assert e is not None, "the stream never gave up"
+    assert e.code == grpc.StatusCode.UNAVAILABLE
+    assert reads <= 5

@@ -252,6 +252,43 @@ def test_a_negative_or_nan_timeout_is_refused_before_any_call(fake, aio):
                 make(fake.address, timeout=t)
 
 
+# -- client settings ---------------------------------------------------------
+#
+# max_attempts below 1 was bent into 1; a timeout of 0 failed every call, a
+# negative or NaN backoff failed the first retry (an infinite initial one
+# never retried). Refused up front, as C++ Client::Create does.
+
+def test_client_settings_no_call_could_run_with_are_refused(fake):
+    bad = [dict(max_attempts=0), dict(max_attempts=-1), dict(timeout=0),
+           dict(timeout=-1), dict(timeout=NAN), dict(initial_backoff=-0.1),
+           dict(initial_backoff=NAN), dict(initial_backoff=INF),
+           dict(initial_backoff=-INF), dict(max_backoff=-1),
+           dict(max_backoff=NAN), dict(max_backoff=-INF)]
+    wrong_type = [dict(max_attempts=2.5), dict(max_attempts=True),
+                  dict(max_attempts="3"), dict(max_attempts=None),
+                  dict(initial_backoff="1"), dict(initial_backoff=None),
+                  dict(max_backoff=None), dict(timeout="1")]
+    for make in (Client, AsyncClient):
+        for kw in bad:
+            with pytest.raises(ValueError):
+                make(fake.address, **kw)
+        for kw in wrong_type:
+            with pytest.raises(TypeError):
+                make(fake.address, **kw)
+    good = [{}, dict(timeout=None), dict(timeout=INF), dict(timeout=0.5),
+            dict(initial_backoff=0, max_backoff=0), dict(max_backoff=INF),
+            dict(max_attempts=1)]
+    for kw in good:
+        with Client(fake.address, **kw) as c:
+            assert c.session("s").get().input_offset == 0
+
+    async def run_async():
+        for kw in good:
+            async with AsyncClient(fake.address, **kw) as c:
+                assert (await c.session("s").get()).input_offset == 0
+    asyncio.run(run_async())
+
+
 # -- max_duration ------------------------------------------------------------
 #
 # max_duration=inf raised OverflowError; 1e12 s passed the SDK and the

@@ -862,3 +862,87 @@ def test_async_writer_shared_by_tasks_sends_each_request_once(server):
             assert (await s.score("z")).sum_logprob == \
                 (await ref.score("z")).sum_logprob
     asyncio.run(main())
+
+
+def test_async_a_task_cancelled_waiting_its_turn_leaves_the_call_alone(
+        server):
+    # A task's checkpoint times out (wait_for) while it waits for another
+    # task's sync to read its ack: the writer cancelled that task's gRPC
+    # call, and its sync raised asyncio.CancelledError, though nobody had
+    # cancelled it.
+    async def main():
+        async with AsyncClient(server.address) as c:
+            await c.create_session("turn")
+            w = await c.session("turn").writer()
+            await w.write("before ")
+            assert (await w.sync()).input_offset == 7
+            pause(server)
+            try:
+                await w.write("paused")  # in the window: does not wait
+                syncing = asyncio.ensure_future(w.sync())
+                await asyncio.sleep(0.1)  # it reads the ack (none yet)
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(w.checkpoint(), 0.2)
+                await asyncio.sleep(0.1)
+                assert not syncing.done()
+            finally:
+                resume(server)
+            await asyncio.wait({syncing}, timeout=30)
+            assert not syncing.cancelled()
+            # The checkpoint queued went out with the sync's requests.
+            ack = syncing.result()
+            assert ack.input_offset == ack.committed_input_offset == 13
+            assert w.reconnects == 0
+            assert (await w.close()).committed_input_offset == 13
+    asyncio.run(main())
+
+
+def test_async_leaving_a_with_block_on_an_error_waits_for_the_other_task(
+        server):
+    # One task leaves `async with writer` on an exception while another
+    # task's sync reads its ack: the call was cancelled under that sync,
+    # which raised asyncio.CancelledError. It now ends when the sync is
+    # done with it.
+    async def main():
+        async with AsyncClient(server.address) as c:
+            await c.create_session("exit")
+            w = await c.session("exit").writer()
+            await w.write("before ")
+            await w.sync()
+            pause(server)
+            try:
+                await w.write("paused")
+                syncing = asyncio.ensure_future(w.sync())
+                await asyncio.sleep(0.1)
+                with pytest.raises(RuntimeError):
+                    async with w:
+                        raise RuntimeError("this task gives up")
+                await asyncio.sleep(0.1)
+                assert not syncing.done()
+            finally:
+                resume(server)
+            await asyncio.wait({syncing}, timeout=30)
+            assert not syncing.cancelled()
+            assert syncing.result().input_offset == 13
+            assert w._call is None  # ended once the sync was done
+            assert (await w.close()).committed_input_offset == 13
+    asyncio.run(main())
+
+
+def test_async_checkpoint_returns_its_own_ack(server):
+    # Another task writes while the checkpoint waits for its ack: the
+    # checkpoint returned the ack of that later write (uncommitted).
+    async def main():
+        async with AsyncClient(server.address) as c:
+            await c.create_session("own")
+            w = await c.session("own").writer()
+            await w.write("checkpointed")
+            checkpointing = asyncio.ensure_future(w.checkpoint())
+            await asyncio.sleep(0)  # it queued its checkpoint and sends it
+            await w.write(" and more")  # after it; sent by the same task
+            ack = await checkpointing
+            assert ack.input_offset == ack.committed_input_offset == 12
+            assert (await w.sync()).input_offset == 21
+            assert w.last_ack.input_offset == 21
+            assert (await w.close()).committed_input_offset == 21
+    asyncio.run(main())
