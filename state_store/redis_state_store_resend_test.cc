@@ -57,6 +57,36 @@ TEST(RedisStateStoreTest, ADeleteResentAfterALostReplyIsOk) {
   EXPECT_TRUE(store->GetHead({"acme", "d"}).ok());
 }
 
+// A lease acquisition sent twice (a resent pipeline; or its first copy
+// reaching Redis after the second) grants one fence: the second send used
+// to bump it again, so the caller held a fence already stale and its
+// every commit was FENCED. Another call of the same owner still bumps it.
+TEST(RedisStateStoreTest, AnAcquireResentAfterALostReplyGrantsOneFence) {
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  ASSERT_TRUE(store->CreateSession(NewSession("a", Durability::kMemory)).ok());
+  const std::string p = "ss:{acme/a}:";
+  const std::string src =
+      absl::StrCat(store_internal::kLuaPrelude, store_internal::kLuaAcquire);
+  auto run = [&](const std::string& nonce) {
+    return server->Command({"EVAL", src, "3", p + "head", p + "fence",
+                            p + "lease", p, "60000", "0", "w1", "30000", "1",
+                            "7", nonce});
+  };
+  auto first = run("n1");
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto resent = run("n1");
+  ASSERT_TRUE(resent.ok()) << resent.status();
+  EXPECT_EQ(*resent, *first);
+  auto head = store->GetHead({"acme", "a"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(absl::StrCat("OK\n", head->fence), *first);
+  auto again = run("n2");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_NE(*again, *first);
+}
+
 // A chunk write that reaches Redis after its version was committed (the
 // first send of a pipeline the client resent after a timeout, held up in
 // the network) leaves the committed chunk as it is: it used to put the

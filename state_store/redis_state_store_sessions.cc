@@ -176,9 +176,10 @@ absl::StatusOr<Lease> RedisStateStore::AcquireLease(const SessionKey& key,
   SS_RETURN_IF_ERROR(ValidateTtl(ttl, "lease ttl"));
   if (ttl == absl::InfiniteDuration()) ttl = absl::Hours(24 * 365);
   const absl::Time start = clock_->Now();
-  SS_ASSIGN_OR_RETURN(Reply r, Eval(key, kAcquire,
-                                    {owner, absl::StrCat(TtlMs(ttl)),
-                                     takeover ? "1" : "0", FenceSalt()}));
+  SS_ASSIGN_OR_RETURN(
+      Reply r, Eval(key, kAcquire,
+                    {owner, absl::StrCat(TtlMs(ttl)), takeover ? "1" : "0",
+                     FenceSalt(), NewNonce()}));
   const std::string outcome = Str(r->element[0]);
   if (outcome == "NOTFOUND") return SessionNotFound(key);
   if (outcome == "BUSY") return LeaseBusy(Str(r->element[1]));

@@ -343,17 +343,24 @@ return {'OK'}
 )lua";
 
 // KEYS: head, fence, lease. ARGV[4] owner, [5] ttl ms, [6] takeover '0'/'1',
-// [7] the fence salt (next_fence).
+// [7] the fence salt (next_fence), [8] the call's nonce (the lease's
+// 'grant'): the same call sent twice (a pipeline resent after a lost
+// reply, or its first copy reaching Redis after the second) grants one
+// fence, and the caller holds the fence it was told.
 inline constexpr char kLuaAcquire[] = R"lua(
 if redis.call('EXISTS', P .. 'head') == 0 then return {'NOTFOUND'} end
 local lease = P .. 'lease'
 local cur = redis.call('HGET', lease, 'owner')
+if cur == ARGV[4] and redis.call('HGET', lease, 'grant') == ARGV[8] then
+  local granted = redis.call('HGET', lease, 'fence')
+  if granted == redis.call('GET', P .. 'fence') then return {'OK', granted} end
+end
 if cur and cur ~= ARGV[4] and ARGV[6] == '0' then return {'BUSY', cur} end
 probe_session()
 local f = next_fence(ARGV[7])
--- Both fields overwritten in place: a DEL first would make the lease a key
+-- The fields overwritten in place: a DEL first would make the lease a key
 -- this node no longer has, which a migrating slot refuses mid-script.
-redis.call('HSET', lease, 'owner', ARGV[4], 'fence', f)
+redis.call('HSET', lease, 'owner', ARGV[4], 'fence', f, 'grant', ARGV[8])
 redis.call('PEXPIRE', lease, ARGV[5])
 touch_session()
 return {'OK', f}
