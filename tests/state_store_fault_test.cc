@@ -3,6 +3,7 @@
 // Redis killed and restarted mid-commit (AOF, appendfsync always), a
 // Cluster slot migrated (MOVED/ASK) while a writer commits, and a Cluster
 // primary killed and replaced by its replica.
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <string>
@@ -342,8 +343,8 @@ std::map<std::string, int64_t> KeyTtls(RedisCluster* cluster,
 // one key that has not (a version's chunks, older than its hash) then
 // answer "no such key", not an error. Scripts run there must wait for the
 // move: a delete answered OK and left the session whole (its write of the
-// nonce done before its DEL of several keys failed), and a pin left the
-// chunks their TTL.
+// nonce done before its DEL of several keys failed), a pin left the
+// chunks their TTL, and a listing of versions left out a hash not moved.
 TEST(StateStoreFaultTest, ScriptsAtAnImportingNodeWaitForKeysNotMovedYet) {
   RedisStateStoreOptions o;
   o.retry_deadline = absl::Seconds(15);
@@ -374,6 +375,7 @@ TEST(StateStoreFaultTest, ScriptsAtAnImportingNodeWaitForKeysNotMovedYet) {
                                     p + "v1", p + "v2"};
   };
   absl::Status deleted, pinning;
+  absl::StatusOr<std::vector<VersionInfo>> listed;
   std::vector<std::thread> calls;
   absl::Status moved = c->cluster->MoveSlot(
       store_internal::KeySlot("ss:{acme/half-moved}:head"), hashes(gone), [&] {
@@ -391,18 +393,23 @@ TEST(StateStoreFaultTest, ScriptsAtAnImportingNodeWaitForKeysNotMovedYet) {
   }
 
   calls.clear();
+  std::vector<std::string> ahead = hashes(pinned);
+  ahead.erase(std::find(ahead.begin(), ahead.end(), "ss:{acme/pinned}:v1"));
   moved = c->cluster->MoveSlot(
-      store_internal::KeySlot("ss:{acme/pinned}:head"), hashes(pinned), [&] {
+      store_internal::KeySlot("ss:{acme/pinned}:head"), ahead, [&] {
         calls.emplace_back([&] {
           SessionUpdate u;
           u.ttl = absl::InfiniteDuration();
           pinning = store->UpdateSession(pinned, u).status();
         });
+        calls.emplace_back([&] { listed = store->ListVersions(pinned); });
         absl::SleepFor(absl::Milliseconds(500));
       });
   ASSERT_TRUE(moved.ok()) << moved;
   for (std::thread& t : calls) t.join();
   ASSERT_TRUE(pinning.ok()) << pinning;
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_EQ(listed->size(), 2u) << "a version not moved yet was left out";
   const auto ttls = KeyTtls(c->cluster.get(), "ss:{acme/pinned}:");
   EXPECT_GT(ttls.size(), 6u);  // head, fence, lease, 2 versions, chunks
   for (const auto& [k, ttl] : ttls) {
