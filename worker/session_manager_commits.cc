@@ -361,9 +361,11 @@ void SessionManager::Impl::AppendOp(
   };
   if (absl::Status g = GoneError(s.get()); !g.ok()) return fail(g);
   absl::Status ended;  // nothing of an ended writer's request applies
+  bool replaced;
   {
     absl::MutexLock lock(&s->mu);
     ended = s->WriterEnded(w->gen);
+    replaced = s->replaced != w->replaced;
   }
   if (!ended.ok()) return fail(ended);
   const uint64_t units =
@@ -379,7 +381,7 @@ void SessionManager::Impl::AppendOp(
       w->lease_checked = true;
       if (absl::Status st = StillOurs(s.get()); !st.ok()) return fail(st);
     }
-    if (in.expected_input_offset + units <= at &&
+    if (!replaced && in.expected_input_offset + units <= at &&
         in.expected_input_offset <= at) {
       AppendAck ack = Ack(s.get(), in.request_id);
       ack.duplicate = true;
@@ -600,6 +602,7 @@ SessionManager::OpenWriter(
       old = std::move(s->superseded);
       s->superseded = std::move(superseded);
       w->gen = ++s->writer_gen;
+      w->replaced = s->replaced;
       s->writer_attached = true;
       s->CancelIngest();  // the old writer's: its call ends
     }

@@ -122,6 +122,10 @@ struct Session {
   bool busy ABSL_GUARDED_BY(mu) = false;
   // Current writer call.
   uint64_t writer_gen ABSL_GUARDED_BY(mu) = 0;
+  // Rollbacks and imports applied to this copy: each replaced the input
+  // history, so a writer opened before it cannot take input below the
+  // session's offset for its own (Writer::replaced).
+  uint64_t replaced ABSL_GUARDED_BY(mu) = 0;
   bool writer_attached ABSL_GUARDED_BY(mu) = false;
   std::function<void(const absl::Status&)> superseded ABSL_GUARDED_BY(mu);
   enum class Gone { kNo, kEvicted, kFenced, kDeleted };
@@ -220,6 +224,12 @@ class SessionManager::Writer {
   // Set (on the strand) once a resent request made this call ask the store
   // whether the copy is still the session's (Impl::StillOurs).
   bool lease_checked = false;
+  // Session::replaced when the writer opened. Once a rollback or an import
+  // has replaced the state, a request below the session's input offset is
+  // POSITION_MISMATCH, not a duplicate: that offset names other input now.
+  // (An import that moved the offset past the writer's had its next
+  // requests acknowledged as duplicates and never applied.)
+  uint64_t replaced = 0;
 };
 
 class SessionManager::Impl {
@@ -438,6 +448,12 @@ class SessionManager::Impl {
   // `current_only` the ones opened so far (a delete that may still fail:
   // the next writer may go on).
   void EndWriter(Session* s, absl::Status why, bool current_only = false);
+  // A rollback or an import wrote the session's new head: writers open now
+  // take no input below its offset for theirs (Writer::replaced).
+  void Replaced(Session* s) {
+    absl::MutexLock lock(&s->mu);
+    ++s->replaced;
+  }
 
   absl::Status GoneError(Session* s);
 

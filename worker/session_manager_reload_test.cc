@@ -497,6 +497,40 @@ TEST_F(SessionManagerTest, ARollbackOrImportRetriedOnAnotherWorkerIsOnce) {
   other->Drain();
 }
 
+// A NEW_VERSION import (or a rollback) replaces the input history under a
+// live Append writer: the stream goes on from the new head, and a request
+// of it below the new offset is POSITION_MISMATCH. An import that moved
+// the offset past the writer's had its next requests acknowledged as
+// duplicates, never applied. A writer opened after takes resends below the
+// offset as duplicates again.
+TEST_F(SessionManagerTest, AnImportUnderALiveWriterIsNoDuplicateOfItsInput) {
+  Create("far");
+  auto wf = Open("far");
+  ASSERT_TRUE(Append(wf, 0, "a longer input than the other", true, true).ok());
+  ASSERT_TRUE(Close(wf).ok());
+  const std::string far = Blob("far");  // input offset 29
+  Create("s");
+  auto w = Open("s");
+  ASSERT_TRUE(Append(w, 0, "ab", true, true).ok());
+  CreateParams p;
+  p.request_id = "import-far";
+  p.session_id = "s";
+  auto imported = manager_->Import("t", far, true, p, std::nullopt);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  ASSERT_EQ(imported->input_offset, 29u);
+  auto next = Append(w, 2, "cd", true, true);
+  EXPECT_EQ(GetReason(next.status()), Reason::kPositionMismatch)
+      << (next.ok() ? "acknowledged" : next.status().ToString());
+  auto on = Append(w, 29, "x", true, true);  // from the new head
+  ASSERT_TRUE(on.ok()) << on.status();
+  ASSERT_TRUE(Close(w).ok());
+  w = Open("s");
+  auto resent = Append(w, 29, "x", true, true);
+  ASSERT_TRUE(resent.ok()) << resent.status();
+  EXPECT_TRUE(resent->duplicate);
+  ASSERT_TRUE(Close(w).ok());
+}
+
 // A head no load can read (STATE_CORRUPT) does not lock the session: a
 // rollback to an older version and an import as the next version need
 // nothing of it, as docs/errors.md's way out says; the session then goes

@@ -163,6 +163,7 @@ void SessionManager::RollbackAsync(
         }
         m->Remember(tenant, request_id, session_id, digest,
                     res->version.version);
+        m->Replaced(s.get());
         auto v = m->store_->LoadVersion(s->key, res->version.version);
         absl::Status loaded =
             v.ok() ? m->LoadInto(s.get(), *v, &res->session) : v.status();
@@ -450,6 +451,7 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
         }
         m.Remember(tenant, params.request_id, params.session_id, digest,
                    res->version.version);
+        m.Replaced(s.get());
         LoadedVersion v{res->version, std::move(r.state)};
         SS_RETURN_IF_ERROR(m.LoadInto(s.get(), v, &res->session));
         absl::MutexLock lock(&s->mu);
