@@ -508,12 +508,13 @@ class SqliteStateStore final : public StateStore {
   }
 
   // Deletes sessions whose TTL ran out (and their versions), on a create,
-  // in a transaction of its own, kSweepBatch at a time: an expired session
-  // nobody touches again would otherwise stay in the file forever. Once a
-  // minute, and on every create while a full batch shows more waiting, so
-  // the sweep keeps up with any rate of expiry below kSweepBatch a create.
-  // Their fences go too: the file's one counter keeps a re-created id
-  // from reusing one.
+  // in a transaction of its own, kSweepBatch at a time and no more than
+  // options_.sweep_bytes of state (the first session whatever its size):
+  // an expired session nobody touches again would otherwise stay in the
+  // file forever. Once a minute, and on every create while more are
+  // waiting, so the sweep keeps up with any rate of expiry below a batch a
+  // create. Their fences go too: the file's one counter keeps a re-created
+  // id from reusing one.
   static constexpr int kSweepBatch = 1000;
   absl::Status SweepExpired(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (now - last_sweep_ < absl::Minutes(1)) return absl::OkStatus();
@@ -525,12 +526,21 @@ class SqliteStateStore final : public StateStore {
     SS_RETURN_IF_ERROR(Exec(
         "CREATE TEMP TABLE IF NOT EXISTS expired (tenant TEXT, sid TEXT)"));
     SS_RETURN_IF_ERROR(Exec("DELETE FROM temp.expired"));
+    // Each candidate with the bytes of the candidates before it (state_bytes
+    // precedes the blob in a row: read without its pages).
     SS_RETURN_IF_ERROR(
         Stmt(db_,
-             "INSERT INTO temp.expired SELECT tenant, sid FROM sessions "
-             "WHERE expires_ms<=? LIMIT ?")
+             "INSERT INTO temp.expired SELECT tenant, sid FROM ("
+             " SELECT tenant, sid, SUM(bytes) OVER (ORDER BY rn ROWS BETWEEN"
+             "  UNBOUNDED PRECEDING AND 1 PRECEDING) AS before FROM ("
+             "  SELECT s.tenant, s.sid, s.rowid AS rn, (SELECT"
+             "   COALESCE(SUM(v.state_bytes), 0) FROM versions v"
+             "   WHERE v.tenant=s.tenant AND v.sid=s.sid) AS bytes"
+             "  FROM sessions s WHERE s.expires_ms<=? LIMIT ?))"
+             " WHERE COALESCE(before, 0) < ?")
             .Bind(Ms(now))
             .Bind(int64_t{kSweepBatch})
+            .Bind(options_.sweep_bytes)
             .Run());
     const int swept = sqlite3_changes(db_);
     SS_RETURN_IF_ERROR(
@@ -542,8 +552,14 @@ class SqliteStateStore final : public StateStore {
     SS_RETURN_IF_ERROR(
         Exec("DELETE FROM fences WHERE (tenant, sid) IN "
              "(SELECT tenant, sid FROM temp.expired)"));
+    bool more = false;
+    {
+      Stmt left(db_, "SELECT 1 FROM sessions WHERE expires_ms<=? LIMIT 1");
+      left.Bind(Ms(now));
+      more = left.Step();
+    }
     SS_RETURN_IF_ERROR(txn.Commit());
-    if (swept == kSweepBatch) last_sweep_ = absl::InfinitePast();  // more
+    if (more) last_sweep_ = absl::InfinitePast();
     if (swept > 0) ReleaseFreePages(si::kFreeSlackBytes);
     return absl::OkStatus();
   }
@@ -763,9 +779,11 @@ class SqliteStateStore final : public StateStore {
 
 absl::StatusOr<std::unique_ptr<StateStore>> NewSqliteStateStore(
     const SqliteStateStoreOptions& options) {
-  if (options.path.empty() || options.keep_versions < 1) {
-    return InvalidArgumentError(Reason::kInvalidArgument,
-                                "path is required and keep_versions >= 1");
+  if (options.path.empty() || options.keep_versions < 1 ||
+      options.sweep_bytes < 1) {
+    return InvalidArgumentError(
+        Reason::kInvalidArgument,
+        "path is required, and keep_versions and sweep_bytes >= 1");
   }
   SS_RETURN_IF_ERROR(si::ValidateTtl(options.default_ttl, "default_ttl"));
   SS_ASSIGN_OR_RETURN(sqlite3 * db,

@@ -83,6 +83,7 @@ class SqliteEnv : public StoreEnv {
     return ok;
   }
   std::string path() const { return dir_ + "/state.db"; }
+  FakeClock* clock() { return &clock_; }
   FakeClock clock_;
 
  private:
@@ -163,6 +164,40 @@ TEST(SqliteStateStoreTest, ExpiredSessionsAreSweptFromTheFile) {
   auto head = (*store)->GetHead({"acme", "short0"});
   ASSERT_TRUE(head.ok()) << head.status();
   EXPECT_EQ(head->fence, 53u);
+}
+
+// A sweep deletes at most sweep_bytes of state (one session at least) in
+// its transaction, and the creates after it sweep on at once while expired
+// sessions are left: 1000 at a time, whatever their size, wrote a log the
+// size of all their versions under the store's lock.
+TEST(SqliteStateStoreTest, ASweepIsBoundedByBytes) {
+  SqliteEnv env;
+  SqliteStateStoreOptions o;
+  o.path = env.path();
+  o.clock = env.clock();
+  o.sweep_bytes = 1;  // a session a sweep
+  auto store = NewSqliteStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(
+        CreateWithTtl(store->get(), absl::StrCat("short", i), absl::Seconds(1))
+            .ok());
+  }
+  ASSERT_TRUE(CreateWithTtl(store->get(), "long", absl::Hours(1)).ok());
+  env.Advance(absl::Minutes(2));
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(
+        CreateWithTtl(store->get(), absl::StrCat("next", i), absl::Hours(1))
+            .ok());
+    EXPECT_EQ(CountRows(env.path(), "sessions"), 4) << i;  // one in, one out
+  }
+  ASSERT_TRUE(CreateWithTtl(store->get(), "last", absl::Hours(1)).ok());
+  EXPECT_EQ(CountRows(env.path(), "sessions"), 5);  // none left to sweep
+  EXPECT_EQ(CountRows(env.path(), "versions"), 5);
+
+  o.sweep_bytes = 0;
+  EXPECT_EQ(NewSqliteStateStore(o).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // Runs `sql` on the file at `path` from a connection of its own.
