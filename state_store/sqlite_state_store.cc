@@ -188,7 +188,7 @@ class SqliteStateStore final : public StateStore {
       SS_RETURN_IF_ERROR(Stmt(db_,
                               "UPDATE versions SET durability=? WHERE "
                               "tenant=? AND sid=? AND version=?")
-                             .Bind(static_cast<int64_t>(level))
+                             .Bind(si::StoredDurability(level))
                              .Bind(key.tenant)
                              .Bind(key.session_id)
                              .Bind(static_cast<int64_t>(version))
@@ -717,7 +717,7 @@ class SqliteStateStore final : public StateStore {
                            .Bind(static_cast<int64_t>(v.state_bytes))
                            .Bind(static_cast<int64_t>(v.state_crc32c))
                            .Bind(static_cast<int64_t>(v.rolled_back_from))
-                           .Bind(static_cast<int64_t>(v.durability))
+                           .Bind(si::StoredDurability(v.durability))
                            .Bind(Ms(now))
                            .BindBlob(bytes)
                            .Bind(static_cast<int64_t>(v.cause))

@@ -216,6 +216,34 @@ absl::Status ExecSql(const std::string& path, const char* sql) {
   return rc == SQLITE_OK ? absl::OkStatus() : absl::InternalError(msg);
 }
 
+// Raising a version's durability writes a byte, not the row again: its
+// stored level keeps the row's size (sqlite_db.h StoredDurability). From
+// MEMORY (stored in no bytes) to FSYNC (one) the row grew, and SQLite
+// wrote it whole, state included, to the log.
+TEST(SqliteStateStoreTest, RaisingADurabilityRewritesNoState) {
+  SqliteEnv env;
+  auto store = env.NewStore(8);
+  ASSERT_TRUE(store.ok()) << store.status();
+  CreateSessionRequest r;
+  r.key = {"acme", "big"};
+  r.initial_state = TestSnapshot(1, 1'000'000);  // 4 MB
+  r.durability = Durability::kMemory;
+  auto made = (*store)->CreateSession(r);
+  ASSERT_TRUE(made.ok()) << made.status();
+  ASSERT_TRUE(ExecSql(env.path(), "PRAGMA wal_checkpoint(TRUNCATE)").ok());
+  auto raised = (*store)->AwaitDurability(r.key, made->version.version,
+                                          Durability::kFsync);
+  ASSERT_TRUE(raised.ok()) << raised.status();
+  EXPECT_EQ(raised->durability, Durability::kFsync);
+  std::error_code ec;
+  const auto wal = std::filesystem::file_size(env.path() + "-wal", ec);
+  ASSERT_FALSE(ec) << ec.message();
+  EXPECT_LT(wal, 1u << 20) << "the raise logged the state again";
+  auto versions = (*store)->ListVersions(r.key);
+  ASSERT_TRUE(versions.ok()) << versions.status();
+  EXPECT_EQ(versions->back().durability, Durability::kFsync);
+}
+
 // A deleted session leaves no row behind, fence included, however many
 // ids a tenant churns through; and a re-created id, in this process or
 // the next, never gets a fence it or any other id had.

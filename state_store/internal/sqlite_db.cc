@@ -229,7 +229,8 @@ VersionInfo ReadVersion(const Stmt& s, int at) {
   v.rolled_back_from = s.Int(at + 7);
   // An unknown value (a damaged or foreign row) claims the least, as the
   // Redis store's ParseVersion does.
-  const int64_t d = s.Int(at + 8);
+  int64_t d = s.Int(at + 8);
+  if (d > 10) d -= 10;  // StoredDurability
   v.durability =
       d >= 1 && d <= 3 ? static_cast<Durability>(d) : Durability::kMemory;
   v.committed_at = absl::FromUnixMillis(s.Int(at + 9));

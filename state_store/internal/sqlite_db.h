@@ -114,6 +114,16 @@ inline constexpr int64_t kJournalSizeLimitBytes = int64_t{16} << 20;
 inline constexpr int64_t kFreeSlackBytes = int64_t{16} << 20;
 inline constexpr int64_t kReleaseMaxBytes = int64_t{64} << 20;
 
+// versions.durability holds 10 + the level: 11..13 take one byte each in a
+// row, so raising a version's level (AwaitDurability) keeps the row's size
+// and SQLite overwrites that byte's page in place. 1 (MEMORY) is stored in
+// no bytes and 2 in one: the row grew, and SQLite wrote it again whole,
+// its state included (a 34 MB state's raise logged ~68 MB under the
+// store's lock). 1..3, an older build's, read as they are.
+inline constexpr int64_t StoredDurability(Durability d) {
+  return 10 + static_cast<int64_t>(d);
+}
+
 constexpr char kSessionColumns[] =
     "model_id, fingerprint, parent_sid, parent_ver, labels, ttl_ms, "
     "created_ms, updated_ms, expires_ms, head, oldest, lease_owner, "
