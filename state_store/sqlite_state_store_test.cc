@@ -216,6 +216,22 @@ absl::Status ExecSql(const std::string& path, const char* sql) {
   return rc == SQLITE_OK ? absl::OkStatus() : absl::InternalError(msg);
 }
 
+// In a new file no column follows a version's state: reading one walked
+// the state's overflow pages on every head read and listing.
+TEST(SqliteStateStoreTest, TheStateIsAVersionsLastColumn) {
+  SqliteEnv env;
+  auto store = env.NewStore(8);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ(CountRows(env.path(),
+                      "pragma_table_info('versions') WHERE cid > (SELECT cid "
+                      "FROM pragma_table_info('versions') WHERE name='data')"),
+            0);
+  EXPECT_EQ(CountRows(env.path(),
+                      "pragma_table_info('versions') WHERE name IN "
+                      "('cause', 'rid')"),
+            2);
+}
+
 // Raising a version's durability writes a byte, not the row again: its
 // stored level keeps the row's size (sqlite_db.h StoredDurability). From
 // MEMORY (stored in no bytes) to FSYNC (one) the row grew, and SQLite
