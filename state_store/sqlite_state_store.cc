@@ -416,10 +416,18 @@ class SqliteStateStore final : public StateStore {
     SS_RETURN_IF_ERROR(si::ValidateTtl(ttl, "worker ttl"));
     absl::MutexLock lock(&mu_);
     const absl::Time now = clock_->Now();
-    Stmt live(db_, "SELECT 1 FROM workers WHERE id=? AND expires_ms>?");
-    live.Bind(info.worker_id).Bind(Ms(now));
-    const bool listed = live.Step();
-    SS_RETURN_IF_ERROR(live.status());
+    // A write transaction first: a read that then writes cannot wait for
+    // another connection's write lock (SQLite answers SQLITE_BUSY at once,
+    // without the busy timeout, where a write started as one waits).
+    SS_RETURN_IF_ERROR(Begin(Durability::kMemory));
+    Txn txn(this);
+    bool listed = false;
+    {
+      Stmt live(db_, "SELECT 1 FROM workers WHERE id=? AND expires_ms>?");
+      live.Bind(info.worker_id).Bind(Ms(now));
+      listed = live.Step();
+      SS_RETURN_IF_ERROR(live.status());
+    }
     SS_RETURN_IF_ERROR(
         Stmt(db_, "INSERT OR REPLACE INTO workers VALUES (?,?,?,?,?)")
             .Bind(info.worker_id)
@@ -428,6 +436,7 @@ class SqliteStateStore final : public StateStore {
             .Bind(info.load)
             .Bind(ttl == absl::InfiniteDuration() ? kNever : Ms(now + ttl))
             .Run());
+    SS_RETURN_IF_ERROR(txn.Commit());
     return listed;
   }
 

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
@@ -214,6 +215,35 @@ absl::Status ExecSql(const std::string& path, const char* sql) {
   sqlite3_free(err);
   sqlite3_close(db);
   return rc == SQLITE_OK ? absl::OkStatus() : absl::InternalError(msg);
+}
+
+// A worker's registration waits for another process's write (the busy
+// timeout), as every other write does: it read first and then wrote, and
+// SQLite refuses such a write at once (SQLITE_BUSY, UNAVAILABLE) while
+// another connection holds the write lock.
+TEST(SqliteStateStoreTest, ARegistrationWaitsForAnotherWriter) {
+  SqliteEnv env;
+  auto store = env.NewStore(8);
+  ASSERT_TRUE(store.ok()) << store.status();
+  WorkerInfo w;
+  w.worker_id = "w1";
+  w.address = "127.0.0.1:1";
+  auto first = (*store)->RegisterWorker(w, absl::Seconds(30));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_FALSE(*first);
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(env.path().c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  std::thread ends([other] {
+    absl::SleepFor(absl::Milliseconds(300));
+    sqlite3_exec(other, "COMMIT", nullptr, nullptr, nullptr);
+  });
+  auto listed = (*store)->RegisterWorker(w, absl::Seconds(30));  // a renewal
+  ends.join();
+  sqlite3_close(other);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_TRUE(*listed);
 }
 
 // In a new file no column follows a version's state: reading one walked

@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <climits>
 #include <cstring>
 #include <set>
 #include <string>
@@ -110,8 +112,11 @@ absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,
     sqlite3_close(db);
     return Unavailable(absl::StrCat("cannot open ", path, ": ", err));
   }
+  // In ms, an int: a longer wait (past ~24 days) would overflow to a
+  // negative one, which turns the wait off.
   sqlite3_busy_timeout(
-      db, static_cast<int>(absl::ToInt64Milliseconds(busy_timeout)));
+      db, static_cast<int>(std::clamp<int64_t>(
+              absl::ToInt64Milliseconds(busy_timeout), 0, INT_MAX)));
   auto exec = [db](const char* sql) -> absl::Status {
     char* err = nullptr;
     const int rc = sqlite3_exec(db, sql, nullptr, nullptr, &err);
