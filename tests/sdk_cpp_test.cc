@@ -711,6 +711,9 @@ TEST_F(SdkTest, TypedErrorsCancellationDeadlinesAndTenants) {
   client::CallOptions past;
   past.deadline = absl::Now() - absl::Seconds(1);
   EXPECT_EQ(s.Get(past).status().code(), absl::StatusCode::kDeadlineExceeded);
+  // Before 1970 too (gRPC took it for no deadline, and the call ran).
+  past.deadline = absl::InfinitePast();
+  EXPECT_EQ(s.Get(past).status().code(), absl::StatusCode::kDeadlineExceeded);
 
   ClientOptions other_tenant;
   other_tenant.targets = {server_->address()};

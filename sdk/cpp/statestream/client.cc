@@ -244,7 +244,9 @@ void Client::Prepare(grpc::ClientContext* ctx, const CallOptions& call,
   if (!options_.tenant.empty()) {
     ctx->AddMetadata("x-statestream-tenant", options_.tenant);
   }
-  absl::Time deadline = call.deadline;
+  // gRPC reads a time before 1970 (absl::InfinitePast()) as no deadline
+  // at all: such a deadline, long past, is 1970's.
+  absl::Time deadline = std::max(call.deadline, absl::UnixEpoch());
   if (unary) deadline = std::min(deadline, absl::Now() + options_.timeout);
   if (deadline != absl::InfiniteFuture()) {
     ctx->set_deadline(absl::ToChronoTime(deadline));

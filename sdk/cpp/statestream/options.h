@@ -92,7 +92,10 @@ struct CallOptions {
   // InfiniteFuture: only the per-attempt ClientOptions::timeout of unary
   // calls.
   absl::Time deadline = absl::InfiniteFuture();
-  // Not owned; must outlive the operation. Null: not cancellable.
+  // Not owned. Null: not cancellable. Must outlive the operation, and for
+  // an AppendWriter or a GenerateStream opened with it, the writer or
+  // stream itself: their open call stays registered with it between
+  // operations (and their destructor unregisters it).
   Cancellation* cancellation = nullptr;
 };
 
