@@ -106,6 +106,10 @@ class AppendCall final
     uint64_t end = 0;            // expected_input_offset + units
     uint64_t units = 0;          // tokens or text bytes
     uint64_t acked_version = 0;  // the head version its latest ack reported
+    // Acknowledged having changed nothing a failover would have to redo: no
+    // payload and no token consumed (a no-op, a checkpoint, whose commit
+    // preceded its ack, or a flush of an empty tail).
+    bool inert = false;
     int64_t bytes = 0;
     absl::Time received;  // read from the client
   };
@@ -163,7 +167,11 @@ class AppendCall final
   // and a commit at that offset may predate it: it is only once the offset
   // moved past it or a version newer than its ack's covers it (the SDKs'
   // rule for their own resends).
+  // An inert one needs no commit: no commit would ever cover it, and a
+  // stream of them (no-ops asking for the current ack) filled the log past
+  // its bound, where the call stopped reading the client for good.
   bool Committed(const Entry& e) const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    if (e.inert) return true;
     if (e.units > 0) return e.end <= committed_;
     return e.end < committed_ ||
            (e.end == committed_ && committed_version_ > e.acked_version);
@@ -575,6 +583,7 @@ void AppendCall::UpstreamReadDone(bool ok) {
     Entry& e = log_[seq - log_.front().seq];
     if (deliver) received = e.received;
     e.acked_version = std::max(e.acked_version, ack.version());
+    if (e.units == 0 && ack.tokens_consumed() == 0) e.inert = true;
     // A new request applied (not a duplicate) below where this worker's
     // previous ack left the session: its input moved back in between (a
     // rollback, an import of a new version), which discarded every request

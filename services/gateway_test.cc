@@ -350,6 +350,39 @@ TEST_F(GatewayTest, AnAppendPastTheReplayBoundAsksForOneCheckpoint) {
   EXPECT_EQ(workers_[0]->checkpoints() + workers_[1]->checkpoints(), 1);
 }
 
+// Requests that change nothing (no payload: a no-op asking for the current
+// ack, or a checkpoint of nothing new) are dropped from the replay log once
+// acknowledged: no commit ever covers them, and a stream of them filled the
+// log past its bound, where the gateway stopped reading the client for
+// good while holding its share of the gateway's buffers.
+TEST_F(GatewayTest, RequestsThatChangeNothingLeaveTheReplayLog) {
+  GatewayOptions options;
+  options.append_buffer_bytes = 5000;
+  Start(options);
+  for (auto& w : workers_) w->ack_as_read = true;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  auto stream = v1::Streams::NewStub(channel_)->Append(&ctx);
+  v1::AppendResponse ack;
+  int acked = 0;
+  for (int i = 0; i < 300; ++i) {
+    v1::AppendRequest r = AppendAt(absl::StrCat("noop", i), 0);
+    r.set_checkpoint(i % 2 == 0);
+    ASSERT_TRUE(stream->Write(r)) << i;
+    ASSERT_TRUE(stream->Read(&ack)) << "no ack for request " << i;
+    ++acked;
+  }
+  ASSERT_TRUE(stream->Write(AppendAt("text", 0, "abc")));
+  ASSERT_TRUE(stream->Read(&ack));
+  EXPECT_EQ(ack.request_id(), "text");
+  stream->WritesDone();
+  const grpc::Status done = stream->Finish();
+  EXPECT_TRUE(done.ok()) << done.error_message();
+  EXPECT_EQ(acked, 300);
+  // Only the client's own checkpoints: the log never reached its bound.
+  EXPECT_EQ(workers_[0]->checkpoints() + workers_[1]->checkpoints(), 150);
+}
+
 // The bound counts what the log holds in memory: token ids below 128 are a
 // byte each on the wire and four in a request, so 15 requests of 200 such
 // ids (~3 KB on the wire, ~15 KB held) pass a 12 KB bound.
@@ -383,6 +416,9 @@ TEST_F(GatewayTest, AFailoverReplaysAFlushTheLastCommitDoesNotCover) {
         const bool first = call == 0 && r.request_id() == "text-ab";
         ack->set_committed_input_offset(first ? 0 : ack->input_offset());
         ack->set_version(call > 0 ? 3 : first ? 1 : 2);
+        // The flush tokenizes the tail "ab" left (a flush that consumed
+        // nothing changed nothing, and is not replayed).
+        if (r.flush()) ack->set_tokens_consumed(1);
       },
       &replayed);
   Start();

@@ -73,6 +73,10 @@ class ScriptedWorker final : public v1::Sessions::Service,
                              v1::Session*)>
       import_state;
 
+  // When set, Append acks each request as it reads it, at version 1 with
+  // everything committed (instead of reading the call whole first).
+  bool ack_as_read = false;
+
   int imports() const { return imports_.load(); }
   // Requests of the last Append that asked for a checkpoint.
   int checkpoints() const { return checkpoints_.load(); }
@@ -85,6 +89,20 @@ class ScriptedWorker final : public v1::Sessions::Service,
     const int call = calls_->fetch_add(1);
     std::vector<v1::AppendRequest> requests;
     v1::AppendRequest req;
+    if (ack_as_read) {
+      while (stream->Read(&req)) {
+        checkpoints_ += req.checkpoint();
+        v1::AppendResponse ack;
+        ack.set_request_id(req.request_id());
+        const uint64_t end =
+            req.expected_input_offset() + req.text_utf8().size();
+        ack.set_input_offset(end);
+        ack.set_committed_input_offset(end);
+        ack.set_version(1);
+        if (!stream->Write(ack)) break;
+      }
+      return grpc::Status::OK;
+    }
     while (stream->Read(&req)) requests.push_back(req);
     if (append) return append(call, requests, stream);
     checkpoints_ = 0;
