@@ -366,9 +366,20 @@ void AppendCall::OnReadDone(bool ok) {
       valid = gateway_->options().auth.Recheck(credentials_, tenant_,
                                                &auth_generation_);
     }
+    if (ok && valid.ok() && next_seq_ > 0 && !read_.session_id().empty() &&
+        read_.session_id() != session_id_) {
+      // One stream, one session (its first request's), as a worker holds
+      // it: after a failover a request naming another would be the new
+      // attempt's first, and bind it to that session (taking its lease).
+      valid = MakeError(absl::StatusCode::kInvalidArgument,
+                        Reason::kInvalidArgument,
+                        "session_id differs from the stream's first request's",
+                        {{"field", "session_id"}});
+    }
     if (!ok || !valid.ok()) {
-      // A message that did not parse, or one sent after the call's API
-      // key was revoked, ends the client's input: what came before it goes
+      // A message that did not parse, one sent after the call's API key
+      // was revoked, or one naming another session, ends the client's
+      // input: what came before it goes
       // through (and is committed, as at a half-close), but the call is no
       // success (End). That message is not applied.
       if (!ok && ReadUnparsable(read_)) unparsable_ = true;

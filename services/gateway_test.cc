@@ -350,6 +350,44 @@ TEST_F(GatewayTest, AnAppendPastTheReplayBoundAsksForOneCheckpoint) {
   EXPECT_EQ(workers_[0]->checkpoints() + workers_[1]->checkpoints(), 1);
 }
 
+// A request naming another session than the stream's first ends the
+// client's input with INVALID_ARGUMENT (field session_id), as a worker
+// ends it; it reaches no worker: after a failover it would have been the
+// new attempt's first request and bound it to that session.
+TEST_F(GatewayTest, AnAppendRequestForAnotherSessionIsRefused) {
+  std::vector<std::string> seen;
+  absl::Mutex seen_mu;
+  for (auto& w : workers_) {
+    w->append = [&](int, const std::vector<v1::AppendRequest>& requests,
+                    grpc::ServerReaderWriter<v1::AppendResponse,
+                                             v1::AppendRequest>* stream) {
+      for (const auto& r : requests) {
+        {
+          absl::MutexLock lock(&seen_mu);
+          seen.push_back(r.session_id() + "/" + r.request_id());
+        }
+        v1::AppendResponse ack;
+        ack.set_request_id(r.request_id());
+        const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
+        ack.set_input_offset(end);
+        ack.set_committed_input_offset(end);
+        if (!stream->Write(ack)) break;
+      }
+      return grpc::Status::OK;
+    };
+  }
+  Start();
+  v1::AppendRequest other = AppendAt("other", 2, "cd");
+  other.set_session_id("b");
+  const Appended out =
+      AppendThrough({AppendAt("ab", 0, "ab"), other, AppendAt("ef", 2, "ef")});
+  EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << out.status.error_message();
+  EXPECT_EQ(out.acked, std::vector<std::string>{"ab"});
+  absl::MutexLock lock(&seen_mu);
+  EXPECT_EQ(seen, std::vector<std::string>{"s/ab"});
+}
+
 // Requests that change nothing (no payload: a no-op asking for the current
 // ack, or a checkpoint of nothing new) are dropped from the replay log once
 // acknowledged: no commit ever covers them, and a stream of them filled the
