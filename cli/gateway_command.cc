@@ -43,7 +43,8 @@ ABSL_FLAG(absl::Duration, upstream_stall_timeout, absl::Seconds(10),
 ABSL_FLAG(absl::Duration, client_stall_timeout, absl::Seconds(60),
           "A client that holds the gateway's buffers and does not move this "
           "long is cut off (CANCELLED): an Append client that leaves an ack "
-          "unread, an import client that sends nothing more.");
+          "unread, an import client that sends nothing more, an export or "
+          "Generate client that leaves a message unread.");
 ABSL_FLAG(int, max_calls, 4096,
           "Calls served at once, streams included (a call holds a thread "
           "only while it routes or fails over, not while it waits); more "

@@ -85,6 +85,8 @@ struct GatewayOptions {
   // unread (its replay log cannot be trimmed meanwhile), an import whose
   // client sends nothing more. Otherwise a few idle streams would hold
   // max_buffered_bytes, and every other tenant's Append and import with it.
+  // An export or Generate client that leaves a message unread too (the
+  // worker's stream, and an export's blob in its transfer budget, wait).
   absl::Duration client_stall_timeout = absl::Seconds(60);
   // Calls served at once, streams included (a call holds a thread only
   // while it routes or fails over, not while it waits on a worker or its

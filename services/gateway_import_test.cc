@@ -5,6 +5,7 @@
 // and clients that hold it without moving cut off.
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <chrono>
 #include <string>
 
@@ -271,6 +272,52 @@ TEST_F(GatewayTest, AnImportWhoseClientStopsSendingIsCutOff) {
       "statestream_gateway_client_stalls_total{method=\"ImportState\"}");
   ASSERT_NE(it, samples.end());
   EXPECT_EQ(it->second, 1);
+}
+
+// An export whose client stops reading is cut off after
+// client_stall_timeout: the worker's stream waits behind it, holding the
+// whole blob in the worker's transfer budget (a few idle exports filled
+// it, and every tenant's imports and exports on that worker were refused).
+TEST_F(GatewayTest, AnExportWhoseClientStopsReadingIsCutOff) {
+  static GatewayMetrics* const metrics = new GatewayMetrics();
+  std::atomic<bool> worker_ended{false};
+  using W = grpc::ServerWriter<v1::ExportStateResponse>;
+  Script<grpc::Status(int, W*)>(
+      &ScriptedWorker::export_state, [&worker_ended](int, W* w) {
+        v1::ExportStateResponse header;
+        header.mutable_header()->set_version(2);
+        w->Write(header);
+        for (uint32_t i = 0; i < 64; ++i) {  // 64 MiB: more than any window
+          v1::ExportStateResponse chunk;
+          chunk.mutable_chunk()->set_index(i);
+          chunk.mutable_chunk()->set_data(std::string(1 << 20, 'x'));
+          if (!w->Write(chunk)) break;
+        }
+        worker_ended = true;
+        return grpc::Status::OK;
+      });
+  GatewayOptions options;
+  options.client_stall_timeout = absl::Milliseconds(300);
+  options.metrics = metrics;
+  Start(options);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  v1::ExportStateRequest req;
+  req.set_session_id("s");
+  auto idle = v1::Sessions::NewStub(channel_)->ExportState(&ctx, req);
+  v1::ExportStateResponse first;
+  ASSERT_TRUE(idle->Read(&first));  // then reads no more
+  for (int i = 0; i < 1000 && !worker_ended; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_TRUE(worker_ended) << "the worker's export still waits";
+  const auto samples = e2e::ParseMetrics(metrics->Render());
+  const auto it = samples.find(
+      "statestream_gateway_client_stalls_total{method=\"ExportState\"}");
+  ASSERT_NE(it, samples.end());
+  EXPECT_EQ(it->second, 1);
+  ctx.TryCancel();
+  idle->Finish().IgnoreError();
 }
 
 // An Append whose client leaves its acks unread (its replay log cannot be

@@ -118,7 +118,7 @@ std::string GatewayMetrics::Render() const {
       &out, "statestream_gateway_client_stalls_total", "counter",
       "Clients cut off for holding buffers without moving for "
       "--client-stall-timeout (an Append ack left unread, an import left "
-      "unsent), by rpc method.");
+      "unsent, an export or Generate message left unread), by rpc method.");
   for (const auto& [method, n] : client_stalls_) {
     absl::StrAppend(&out, "statestream_gateway_client_stalls_total{method=\"",
                     method, "\"} ", n, "\n");

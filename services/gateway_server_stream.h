@@ -39,9 +39,16 @@ namespace statestream::gateway {
 // may be resent. The *Locked hooks run under mu_, from gRPC's reactions:
 // they must not block.
 //
+// A client that leaves a message unread for client_stall_timeout is cut
+// off (CANCELLED, counted in client_stalls_total{method}): the worker's
+// stream waits behind it, and an export holds the whole blob in the
+// worker's transfer budget meanwhile (a few idle exports filled it, and
+// every tenant's imports and exports on that worker were refused).
+//
 // Lifetime: ReactorCall's references.
 template <class Response>
 class ServerStreamCall : public grpc::ServerWriteReactor<Response>,
+                         public Watched,
                          protected ReactorCall {
  public:
   // From the rpc handler, before the reactor is returned. The caller is
@@ -59,6 +66,7 @@ class ServerStreamCall : public grpc::ServerWriteReactor<Response>,
 
   void OnWriteDone(bool ok) override {
     absl::MutexLock lock(&mu_);
+    writing_ = false;
     // upstream_ is there: its read hold is (its next read waits for this).
     if (ok) {
       DeliveredLocked(write_);
@@ -70,6 +78,19 @@ class ServerStreamCall : public grpc::ServerWriteReactor<Response>,
   }
   void OnCancel() override { CancelWaits(); }
   void OnDone() override { Unref(); }
+
+  // Every 100 ms from Setup to End (the watchdog's lock, then mu_).
+  void Check(absl::Time now) override {
+    absl::MutexLock lock(&mu_);
+    if (!watched_ || !writing_ || client_stalled_ ||
+        now - write_started_ <= gateway_->options().client_stall_timeout) {
+      return;
+    }
+    // The write's end (not ok) ends the attempt as a client gone would.
+    client_stalled_ = true;
+    gateway_->metrics().CountClientStall(method_);
+    ctx_->TryCancel();
+  }
 
  protected:
   // One attempt: the stream from one worker. The call's BindLocked starts
@@ -157,9 +178,11 @@ class ServerStreamCall : public grpc::ServerWriteReactor<Response>,
       End(ToGrpcStatus(slot.status()));
       return;
     }
+    gateway_->Watch(this);
     {
       absl::MutexLock lock(&mu_);
       slot_ = *std::move(slot);
+      watched_ = true;
     }
     Route();
   }
@@ -221,13 +244,18 @@ class ServerStreamCall : public grpc::ServerWriteReactor<Response>,
   void End(grpc::Status status) override {
     std::shared_ptr<TenantLimits::StreamSlot> slot;
     int attempts;
+    bool watched;
     {
       absl::MutexLock lock(&mu_);
       if (finished_) return;
       finished_ = true;
       slot = std::move(slot_);
       attempts = attempts_;
+      watched = watched_;
+      watched_ = false;
     }
+    // Before Finish: Check uses ctx_ (and the call) under the watchdog.
+    if (watched) gateway_->Unwatch(this);
     Ending();
     gateway_->EndCall(method_, status, began_);
     ctx_->AddTrailingMetadata(kAttemptsTrailer, absl::StrCat(attempts));
@@ -250,6 +278,8 @@ class ServerStreamCall : public grpc::ServerWriteReactor<Response>,
     switch (RelayLocked(&upstream_->msg, &out)) {
       case Relay::kWrite:
         write_ = std::move(out);
+        writing_ = true;
+        write_started_ = absl::Now();
         this->StartWrite(&write_);
         return;
       case Relay::kSkip:
@@ -296,6 +326,10 @@ class ServerStreamCall : public grpc::ServerWriteReactor<Response>,
   Response write_ ABSL_GUARDED_BY(mu_);  // the write in flight's
   Placed placed_ ABSL_GUARDED_BY(mu_);
   bool read_hold_ ABSL_GUARDED_BY(mu_) = false;
+  bool watched_ ABSL_GUARDED_BY(mu_) = false;  // Gateway::Watch'ed, to End
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;  // a client write in flight
+  absl::Time write_started_ ABSL_GUARDED_BY(mu_);
+  bool client_stalled_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace statestream::gateway
