@@ -355,27 +355,6 @@ TEST_F(GatewayTest, AnAppendPastTheReplayBoundAsksForOneCheckpoint) {
 // ends it; it reaches no worker: after a failover it would have been the
 // new attempt's first request and bound it to that session.
 TEST_F(GatewayTest, AnAppendRequestForAnotherSessionIsRefused) {
-  std::vector<std::string> seen;
-  absl::Mutex seen_mu;
-  for (auto& w : workers_) {
-    w->append = [&](int, const std::vector<v1::AppendRequest>& requests,
-                    grpc::ServerReaderWriter<v1::AppendResponse,
-                                             v1::AppendRequest>* stream) {
-      for (const auto& r : requests) {
-        {
-          absl::MutexLock lock(&seen_mu);
-          seen.push_back(r.session_id() + "/" + r.request_id());
-        }
-        v1::AppendResponse ack;
-        ack.set_request_id(r.request_id());
-        const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
-        ack.set_input_offset(end);
-        ack.set_committed_input_offset(end);
-        if (!stream->Write(ack)) break;
-      }
-      return grpc::Status::OK;
-    };
-  }
   Start();
   v1::AppendRequest other = AppendAt("other", 2, "cd");
   other.set_session_id("b");
@@ -384,7 +363,8 @@ TEST_F(GatewayTest, AnAppendRequestForAnotherSessionIsRefused) {
   EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
       << out.status.error_message();
   EXPECT_EQ(out.acked, std::vector<std::string>{"ab"});
-  absl::MutexLock lock(&seen_mu);
+  std::vector<std::string> seen = workers_[0]->appended();
+  for (const std::string& r : workers_[1]->appended()) seen.push_back(r);
   EXPECT_EQ(seen, std::vector<std::string>{"s/ab"});
 }
 

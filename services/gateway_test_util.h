@@ -78,6 +78,20 @@ class ScriptedWorker final : public v1::Sessions::Service,
   bool ack_as_read = false;
 
   int imports() const { return imports_.load(); }
+  // "<session>/<request id>" of each Append request read, in order.
+  std::vector<std::string> appended() {
+    absl::MutexLock lock(&appended_mu_);
+    return appended_;
+  }
+  // The ack of `r` applied and committed up to its end.
+  static v1::AppendResponse CommittedAck(const v1::AppendRequest& r) {
+    v1::AppendResponse ack;
+    ack.set_request_id(r.request_id());
+    const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
+    ack.set_input_offset(end);
+    ack.set_committed_input_offset(end);
+    return ack;
+  }
   // Requests of the last Append that asked for a checkpoint.
   int checkpoints() const { return checkpoints_.load(); }
 
@@ -89,31 +103,29 @@ class ScriptedWorker final : public v1::Sessions::Service,
     const int call = calls_->fetch_add(1);
     std::vector<v1::AppendRequest> requests;
     v1::AppendRequest req;
+    auto seen = [this](const v1::AppendRequest& r) {
+      absl::MutexLock lock(&appended_mu_);
+      appended_.push_back(r.session_id() + "/" + r.request_id());
+    };
     if (ack_as_read) {
       while (stream->Read(&req)) {
+        seen(req);
         checkpoints_ += req.checkpoint();
-        v1::AppendResponse ack;
-        ack.set_request_id(req.request_id());
-        const uint64_t end =
-            req.expected_input_offset() + req.text_utf8().size();
-        ack.set_input_offset(end);
-        ack.set_committed_input_offset(end);
+        v1::AppendResponse ack = CommittedAck(req);
         ack.set_version(1);
         if (!stream->Write(ack)) break;
       }
       return grpc::Status::OK;
     }
-    while (stream->Read(&req)) requests.push_back(req);
+    while (stream->Read(&req)) {
+      seen(req);
+      requests.push_back(req);
+    }
     if (append) return append(call, requests, stream);
     checkpoints_ = 0;
     for (const auto& r : requests) {
       checkpoints_ += r.checkpoint();
-      v1::AppendResponse ack;
-      ack.set_request_id(r.request_id());
-      const uint64_t end = r.expected_input_offset() + r.text_utf8().size();
-      ack.set_input_offset(end);
-      ack.set_committed_input_offset(end);
-      if (!stream->Write(ack)) break;
+      if (!stream->Write(CommittedAck(r))) break;
     }
     return grpc::Status::OK;
   }
@@ -159,6 +171,8 @@ class ScriptedWorker final : public v1::Sessions::Service,
   std::atomic<int>* const calls_;
   std::atomic<int> imports_{0};
   std::atomic<int> checkpoints_{0};
+  absl::Mutex appended_mu_;
+  std::vector<std::string> appended_ ABSL_GUARDED_BY(appended_mu_);
   std::unique_ptr<grpc::Server> server_;
   std::string address_;
 };
