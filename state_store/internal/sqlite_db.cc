@@ -238,12 +238,7 @@ VersionInfo ReadVersion(const Stmt& s, int at) {
   v.chunk_count = 1;
   v.state_crc32c = static_cast<uint32_t>(s.Int(at + 6));
   v.rolled_back_from = s.Int(at + 7);
-  // An unknown value (a damaged or foreign row) claims the least, as the
-  // Redis store's ParseVersion does.
-  int64_t d = s.Int(at + 8);
-  if (d > 10) d -= 10;  // StoredDurability
-  v.durability =
-      d >= 1 && d <= 3 ? static_cast<Durability>(d) : Durability::kMemory;
+  v.durability = DurabilityFromStored(s.Int(at + 8));
   v.committed_at = absl::FromUnixMillis(s.Int(at + 9));
   v.cause = VersionCauseOf(s.Int(at + 10));
   v.request_id = s.Text(at + 11);
