@@ -256,6 +256,14 @@ for overlay in overlays:
                     errors.append(f"{where}: --listen port {port} is not a containerPort")
             if "grpc" not in c.get("readinessProbe", {}):
                 errors.append(f"{where}: readinessProbe is not a native grpc probe")
+            # Kubernetes' gRPC probes speak plaintext: with --tls-cert on
+            # --listen, each must use the --health-listen port.
+            if values.get("tls-cert"):
+                health = values.get("health-listen", "").rpartition(":")[2]
+                for pk in ("startupProbe", "readinessProbe", "livenessProbe"):
+                    g = c.get(pk, {}).get("grpc")
+                    if g is not None and str(names.get(g["port"], g["port"])) != health:
+                        errors.append(f"{where}: {pk} is a gRPC probe of a TLS port (use --health-listen's)")
             live = c.get("livenessProbe", {})
             if role in ("worker", "serve"):
                 # Their gRPC health is NOT_SERVING while the state store does
