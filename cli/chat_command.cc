@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/algorithm/container.h"
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "cli/cli_util.h"
@@ -44,7 +45,22 @@ absl::Status Chat(const std::vector<std::string>& args) {
   }
   SS_ASSIGN_OR_RETURN(const v1::GenerateRequest sampling,
                       GenerateRequestFromFlags());
-  SS_RETURN_IF_ERROR(CheckUtf8("--turn-end", absl::GetFlag(FLAGS_turn_end)));
+  const std::string turn_end = absl::GetFlag(FLAGS_turn_end);
+  SS_RETURN_IF_ERROR(CheckUtf8("--turn-end", turn_end));
+  // The turn end rides as one more stop string, within the API's bounds
+  // (1-256 bytes, at most 16), or every turn would be refused.
+  if (turn_end.size() > 256) {
+    return UsageError(
+        absl::StrCat("--turn-end: at most 256 bytes (a stop string; got ",
+                     turn_end.size(), ")"));
+  }
+  const bool turn_end_is_stop =
+      !turn_end.empty() && absl::c_find(sampling.stop_strings(), turn_end) ==
+                               sampling.stop_strings().end();
+  if (turn_end_is_stop && sampling.stop_strings_size() >= 16) {
+    return UsageError(
+        "--stop: at most 15 stop strings besides --turn-end (a reply's 16th)");
+  }
   SS_RETURN_IF_ERROR(
       CheckUtf8("--user-prefix", absl::GetFlag(FLAGS_user_prefix)));
   SS_RETURN_IF_ERROR(
@@ -59,7 +75,6 @@ absl::Status Chat(const std::vector<std::string>& args) {
   }
   const bool tty = isatty(STDIN_FILENO) && isatty(STDOUT_FILENO);
   const bool json = JsonOutputFlag();
-  const std::string turn_end = absl::GetFlag(FLAGS_turn_end);
   std::string line;
   for (;;) {
     if (tty) std::cout << "> " << std::flush;
@@ -77,7 +92,7 @@ absl::Status Chat(const std::vector<std::string>& args) {
     req.set_prompt_text_utf8(
         absl::StrCat(absl::GetFlag(FLAGS_user_prefix), line,
                      absl::GetFlag(FLAGS_assistant_prefix)));
-    if (!turn_end.empty()) req.add_stop_strings(turn_end);
+    if (turn_end_is_stop) req.add_stop_strings(turn_end);
     SS_ASSIGN_OR_RETURN(v1::GenerateDone done,
                         StreamGeneration(*session, req, json));
     // Unless the reply ended with the turn end itself (a --stop string

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/cli_util.h"
@@ -22,6 +23,7 @@
 #include "cli/tenant_flags.h"
 #include "common/malloc_tuning.h"
 #include "services/gateway.h"
+#include "services/server.h"
 #include "services/tenants.h"
 #include "state_store/internal/store_util.h"
 #include "state_store/redis_state_store.h"
@@ -89,6 +91,14 @@ int Run(const std::vector<std::string>& args) {
   RedisStateStoreOptions redis = *std::move(redis_flags);
   for (absl::string_view w :
        absl::StrSplit(absl::GetFlag(FLAGS_workers), ',', absl::SkipEmpty())) {
+    // Checked now: gRPC dials a worker without a port at 443, and port
+    // 99999 as 99999 mod 65536, so every call failed UNAVAILABLE.
+    auto address = ParseListenAddress(w);
+    if (!address.ok() || address->second == 0) {
+      return ReportUsageError(absl::StrCat(
+          "--workers: \"", absl::CHexEscape(w),
+          "\" is not HOST:PORT (port 1-65535, an IPv6 host in brackets)"));
+    }
     options.router.static_workers.emplace_back(w);
   }
   if (redis.addresses.empty() && options.router.static_workers.empty()) {

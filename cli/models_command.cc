@@ -35,6 +35,7 @@ void Print(const v1::Model& m) {
 
 // Every model (ListModels), or the one named (GetModel).
 absl::Status Models(const std::vector<std::string>& ids) {
+  if (!ids.empty()) SS_RETURN_IF_ERROR(CheckUtf8("the model id", ids[0]));
   SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
   if (ids.empty()) {
     SS_ASSIGN_OR_RETURN(v1::ListModelsResponse resp, client->ListModels());

@@ -24,6 +24,8 @@ absl::Status Score(const std::vector<std::string>& args) {
     }
     SS_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
                         ParseIntList(tokens, "--tokens"));
+    // " " parses as no ids: a request with no continuation.
+    if (ids.empty()) return UsageError("--tokens: no token ids");
     for (int32_t id : ids) {
       // uint32 on the wire: -1 would be sent as 4294967295.
       if (id < 0) {
@@ -31,16 +33,18 @@ absl::Status Score(const std::vector<std::string>& args) {
       }
       req.mutable_tokens()->add_ids(static_cast<uint32_t>(id));
     }
-  } else if (args.size() == 1) {
+  } else if (args.size() != 1) {
+    return UsageError("score takes one TEXT argument (or -)");
+  }
+  // Before stdin is read: a bad --target is said at once, not after EOF.
+  SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
+  if (tokens.empty()) {
     std::string text = args[0];
     if (text == "-") {
       SS_ASSIGN_OR_RETURN(text, ReadStdin());
     }
     req.set_text_utf8(text);
-  } else {
-    return UsageError("score takes one TEXT argument (or -)");
   }
-  SS_ASSIGN_OR_RETURN(auto client, ClientFromFlags());
   SS_ASSIGN_OR_RETURN(v1::ScoreResponse r,
                       client->OpenSession(session_id).Score(req));
   if (JsonOutputFlag()) {

@@ -137,6 +137,15 @@ absl::Status CheckArguments(const std::string& verb,
           absl::StrCat("the session id \"", absl::CHexEscape(rest[i]), "\""),
           rest[i]));
     }
+    // ID@VERSION: one '@' ("a@1@2" was read as a@1).
+    if (verb == "fork" && std::count(rest[0].begin(), rest[0].end(), '@') > 1) {
+      return UsageError(absl::StrCat("session fork: \"",
+                                     absl::CHexEscape(rest[0]),
+                                     "\" is not ID or ID@VERSION"));
+    }
+    // A proto string: invalid UTF-8 cannot be sent (the server could not
+    // parse the request).
+    SS_RETURN_IF_ERROR(CheckUtf8("--model-id", absl::GetFlag(FLAGS_model_id)));
     return absl::OkStatus();
   }
   return UsageError(

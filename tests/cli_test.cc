@@ -216,6 +216,11 @@ TEST(CliTest, BadFlagValuesAreUsageErrors) {
             "--model=m.pth", "--metrics-listen=host:port"},
            {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
             "--metrics-listen=:9090"},
+           // Dialled at 443, or at 99999 mod 65536: every call failed.
+           {"gateway", "--listen=127.0.0.1:0", "--workers=127.0.0.1"},
+           {"gateway", "--listen=127.0.0.1:0", "--workers=127.0.0.1:99999"},
+           {"gateway", "--listen=127.0.0.1:0",
+            "--workers=127.0.0.1:1,fd00::5:7700"},
            {"session", "list", "--target=127.0.0.1:1", "--timeout=0"}}) {
     e2e::RunResult r = Statestream(args);
     EXPECT_EQ(r.exit_code, 2) << args.back();
@@ -345,6 +350,7 @@ TEST(CliTest, ClientVerbsExitTwoOnBadUsage) {
       {{"score", "--session=s", "--tokens=1,-1"},
        2,
        "--tokens: -1 is not a token id"},
+      {{"score", "--session=s", "--tokens= "}, 2, "--tokens: no token ids"},
       {{"session", "create", "--labels==v"}, 2, "--labels: expected k=v"},
       {{"session", "get", "x", "--max-attempts", "0"},
        2,
@@ -400,6 +406,18 @@ TEST(CliTest, ClientVerbsExitTwoOnBadUsage) {
       {{"chat", "--session=s", "--stop=" + std::string(300, 'x')},
        2,
        "each stop string must be 1-256 bytes (one has 300)"},
+      // The turn end is a stop string too: every turn was refused.
+      {{"chat", "--session=s", "--turn-end=" + std::string(257, 'x')},
+       2,
+       "--turn-end: at most 256 bytes"},
+      {{"chat", "--session=s", "--stop=a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p"},
+       2,
+       "at most 15 stop strings besides --turn-end"},
+      // Sent as invalid UTF-8 in a proto string (a libprotobuf error).
+      {{"models", "\xff"}, 2, "is not valid UTF-8"},
+      {{"session", "list", "--model-id=\xff"}, 2, "is not valid UTF-8"},
+      // a@1@2 was forked as a@1.
+      {{"session", "fork", "a@1@2"}, 2, "is not ID or ID@VERSION"},
       // Not one of the values dropped without a word.
       {{"session", "create", "--labels=a=1,a=2"},
        2,
