@@ -596,6 +596,49 @@ TEST(SdkDeleteTest, AnInternalErrorMovesToTheNextTarget) {
   second->Shutdown();
 }
 
+// A Sessions server whose DeleteSession answers OK after `delay`, counting
+// its calls.
+class SlowDeletes final : public v1::Sessions::Service {
+ public:
+  explicit SlowDeletes(absl::Duration delay) : delay_(delay) {}
+  grpc::Status DeleteSession(grpc::ServerContext*,
+                             const v1::DeleteSessionRequest*,
+                             v1::DeleteSessionResponse*) override {
+    calls_.fetch_add(1);
+    absl::SleepFor(delay_);
+    return grpc::Status::OK;
+  }
+  int calls() const { return calls_.load(); }
+
+ private:
+  const absl::Duration delay_;
+  std::atomic<int> calls_{0};
+};
+
+// A call that runs out of its caller's own deadline says nothing against
+// the target: the next call goes to the same one. (The shared client
+// moved on, so one caller's short deadline sent every other caller to
+// the next target, here one that knows no session.)
+TEST(SdkDeleteTest, TheCallersOwnDeadlineKeepsTheTarget) {
+  ScriptedDeletes other({MakeError(absl::StatusCode::kNotFound,
+                                   Reason::kSessionNotFound, "no session")});
+  std::string other_address;
+  std::unique_ptr<grpc::Server> second = Listen(&other, &other_address);
+  ASSERT_NE(second, nullptr);
+  SlowDeletes slow(absl::Milliseconds(300));
+  FakeServer fake;
+  ASSERT_NO_FATAL_FAILURE(Serve(&slow, &fake, 0, {other_address}));
+  client::CallOptions hurried;
+  hurried.deadline = absl::Now() + absl::Milliseconds(50);
+  const absl::Status s = fake.client->OpenSession("s").Delete(false, hurried);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  const absl::Status next = fake.client->OpenSession("s").Delete();
+  EXPECT_TRUE(next.ok()) << next;
+  EXPECT_EQ(slow.calls(), 2);
+  fake.client.reset();
+  second->Shutdown();
+}
+
 class SdkRetryTest : public ::testing::Test {
  protected:
   // Serves an OverloadedSessions(retry_after_ms); a client of it with

@@ -231,6 +231,12 @@ void Client::Rotate(const Stubs* failed, const absl::Status& error,
                     const CallOptions& call) {
   if (call.cancellation != nullptr && call.cancellation->cancelled()) return;
   if (!BlamesTarget(error)) return;
+  // The caller's own deadline passing says nothing against the target (a
+  // short deadline on a long call); a per-attempt timeout still does.
+  if (error.code() == absl::StatusCode::kDeadlineExceeded &&
+      absl::Now() >= call.deadline) {
+    return;
+  }
   absl::MutexLock lock(&mu_);
   // Only the first caller to see a target fail moves on from it.
   if (&stubs_[current_] == failed) current_ = (current_ + 1) % stubs_.size();
@@ -279,7 +285,9 @@ absl::Status Client::RetryOrFail(const absl::Status& error, int attempt,
     return Prefixed(error, "deadline passed: ");
   }
   absl::Duration backoff = options_.initial_backoff;
-  for (int i = 1; i < attempt && backoff < options_.max_backoff; ++i) {
+  for (int i = 1; i < attempt && backoff > absl::ZeroDuration() &&
+                  backoff < options_.max_backoff;
+       ++i) {
     backoff *= 2;
   }
   backoff = std::min(backoff, options_.max_backoff);

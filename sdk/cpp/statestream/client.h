@@ -200,8 +200,9 @@ class Client {
   Stubs& Current();
   std::shared_ptr<grpc::Channel> CurrentChannel() const;
   // Moves to the next target after `error` on `failed` when it may be the
-  // target's fault (BlamesTarget), unless `call` was cancelled (the
-  // caller's cancel says nothing about the target).
+  // target's fault (BlamesTarget), unless `call` was cancelled or its
+  // deadline has passed (the caller's cancel or deadline says nothing
+  // about the target).
   void Rotate(const Stubs* failed, const absl::Status& error,
               const CallOptions& call);
   // Prepares a context: metadata, per-attempt deadline. `unary` sets
