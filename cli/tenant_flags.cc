@@ -46,6 +46,12 @@ absl::StatusOr<TenantSetup> TenantSetupFromFlags(const char* command) {
       return absl::InvalidArgumentError(
           absl::StrCat("--api-keys: ", auth.status().message()));
     }
+    if (auth->holds_placeholder()) {
+      std::cerr << "statestream " << command
+                << ": WARNING: --api-keys holds a placeholder key of the "
+                   "example manifests: anyone who has read them can act as "
+                   "its tenant; replace it\n";
+    }
     setup.auth = *std::move(auth);
   } else {
     std::cerr << "statestream " << command

@@ -196,6 +196,12 @@ SecretFileApply ApplyApiKeys(
       return replaced;
     }
     if (limits != nullptr) limits->SetOverrides(newer->limits());
+    if (newer->holds_placeholder()) {
+      std::cerr << "statestream: WARNING: " << name
+                << " holds a placeholder key of the example manifests: "
+                   "anyone who has read them can act as its tenant; replace "
+                   "it\n";
+    }
     return absl::StrCat(newer->key_count(), " API keys in use");
   };
 }

@@ -40,6 +40,13 @@ bool IsValidToken(absl::string_view token) {
   return true;
 }
 
+// A token of the example manifests (deploy/k8s/overlays/dev, the
+// placeholders in the others): public, so anyone can show it.
+bool IsPlaceholder(absl::string_view token) {
+  return absl::StartsWith(token, "CHANGE-ME") ||
+         absl::StartsWith(token, "dev-only-insecure");
+}
+
 constexpr int kMaxLimit = 1000000;
 
 // "max_sessions=N" or "max_streams=N" into `out`; false if malformed.
@@ -131,6 +138,7 @@ std::optional<TenantAuth::KeySet> TenantAuth::MakeKeySet(
   for (auto& [token, tenant] : api_keys) {
     std::optional<std::array<unsigned char, 32>> digest = Sha256(token);
     if (!digest) return std::nullopt;
+    set.placeholder = set.placeholder || IsPlaceholder(token);
     set.tenants.emplace(*digest, std::move(tenant));
   }
   return set;
@@ -316,8 +324,7 @@ absl::Status InternalToken::TokenSet::Add(absl::string_view token) {
     if (held == *digest) return absl::OkStatus();  // listed twice
   }
   digests.push_back(*digest);
-  placeholder = placeholder || absl::StartsWith(token, "CHANGE-ME") ||
-                absl::StartsWith(token, "dev-only-insecure");
+  placeholder = placeholder || IsPlaceholder(token);
   return absl::OkStatus();
 }
 
@@ -375,6 +382,11 @@ std::string InternalToken::value() const {
 size_t InternalToken::count() const {
   std::shared_ptr<const TokenSet> tokens = Current();
   return tokens == nullptr ? 0 : tokens->digests.size();
+}
+
+bool TenantAuth::holds_placeholder() const {
+  std::shared_ptr<const KeySet> keys = Current();
+  return keys != nullptr && keys->placeholder;
 }
 
 bool InternalToken::holds_placeholder() const {

@@ -37,9 +37,9 @@ struct TenantLimit {
   // created (CreateSession, fork, ImportState in create mode); calls that
   // race past the check together may overshoot by their number.
   int max_sessions = 0;
-  // Append, Generate and ImportState calls open at once: across every
-  // gateway when their store counts tenant slots (Redis), else by each
-  // process that enforces it (a serve process).
+  // Append, Generate, ImportState and ExportState calls open at once:
+  // across every gateway when their store counts tenant slots (Redis),
+  // else by each process that enforces it (a serve process).
   int max_streams = 0;
 };
 
@@ -101,7 +101,7 @@ class TenantLimits {
     std::string tenant_;
     std::string slot_;  // in the store; "" when counted here only
   };
-  // A slot for one Append, Generate or ImportState, or
+  // A slot for one Append, Generate, ImportState or ExportState, or
   // RESOURCE_EXHAUSTED/kTenantLimit (metadata limit=max_streams, max) when
   // the tenant already has max_streams open here or, where the store
   // counts tenant slots, across the processes sharing it (one store call).
@@ -236,6 +236,10 @@ class TenantAuth {
   std::map<std::string, TenantLimitOverride> limits() const;
   // Keys held now.
   size_t key_count() const;
+  // Whether any key is a public example's placeholder (the dev overlay's
+  // "dev-only-insecure-...", "CHANGE-ME..."): anyone who has read it can
+  // act as its tenant.
+  bool holds_placeholder() const;
 
   // From now on, this object and every copy of it hold `newer`'s keys and
   // limits (calls already authenticated are not affected until they
@@ -274,6 +278,7 @@ class TenantAuth {
   struct KeySet {
     absl::flat_hash_map<std::array<unsigned char, 32>, std::string> tenants;
     bool digests_failed = false;  // then every call is refused
+    bool placeholder = false;     // holds_placeholder()
     std::map<std::string, TenantLimitOverride> limits;
   };
   // What the copies share: the key set in use, swapped whole, and how

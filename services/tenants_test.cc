@@ -185,6 +185,23 @@ TEST(TenantAuthTest, EachOfManyKeysNamesItsOwnTenantAndARereadRevokes) {
   EXPECT_EQ(*kept, "tenant-8");
 }
 
+// The dev overlay's public key (or a CHANGE-ME placeholder), even beside
+// real keys, is reported, as the internal token's is.
+TEST(TenantAuthTest, APublicExamplesKeyIsReported) {
+  auto real = TenantAuth::FromText("keys", "real-key-0123456789abcdef acme\n");
+  ASSERT_TRUE(real.ok()) << real.status();
+  EXPECT_FALSE(real->holds_placeholder());
+  auto dev = TenantAuth::FromText(
+      "keys",
+      "real-key-0123456789abcdef acme\ndev-only-insecure-api-key default\n");
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  EXPECT_TRUE(dev->holds_placeholder());
+  // And after a reload brings one in.
+  ASSERT_TRUE(real->Replace(*dev).ok());
+  EXPECT_TRUE(real->holds_placeholder());
+  EXPECT_FALSE(TenantAuth().holds_placeholder());
+}
+
 TEST(TenantAuthTest, DevelopmentModeTakesTheTenantHeader) {
   const TenantAuth auth;
   EXPECT_TRUE(auth.development_mode());
