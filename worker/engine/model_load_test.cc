@@ -184,6 +184,28 @@ TEST(ModelDeathTest, OutOfMemoryIsAnErrorNotAnAbort) {
 #endif
 }
 
+// A tensor name from the file reaches the error escaped and cut short: a
+// long name of control bytes was copied into the message whole.
+TEST(ModelTest, ABadTensorNameIsQuotedInTheError) {
+  auto tensors = RandomRwkv7(
+      {.n_layer = 1, .n_embd = 64, .vocab_size = 50, .head_size = 32});
+  ASSERT_TRUE(tensors.ok());
+  NamedTensor odd = tensors->front();
+  odd.name = "blocks.\x1b[2J" + std::string(100000, 'x');
+  tensors->push_back(odd);
+  const std::string path = TempPath("names.safetensors");
+  ASSERT_TRUE(WriteCheckpoint(path, *tensors, DType::kF32).ok());
+  auto m = LoadModel(path);
+  std::remove(path.c_str());
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(GetReason(m.status()), Reason::kInvalidModelFile) << m.status();
+  EXPECT_LT(m.status().message().size(), 1024u);
+  EXPECT_EQ(m.status().message().find('\x1b'), absl::string_view::npos);
+  EXPECT_NE(m.status().message().find("bad block index"),
+            absl::string_view::npos)
+      << m.status();
+}
+
 TEST(ModelTest, MissingTensorIsAClearError) {
   auto tensors = RandomRwkv7(
       {.n_layer = 2, .n_embd = 64, .vocab_size = 50, .head_size = 32});

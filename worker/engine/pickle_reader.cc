@@ -230,6 +230,12 @@ absl::StatusOr<uint32_t> Vm::RebuildTensor(const std::vector<uint32_t>& a) {
   if (size.items.size() != stride.items.size()) {
     return Err("tensor size and stride differ in rank");
   }
+  // Bounded here, not only when the state_dict is read (Extract): a
+  // pickle that rebuilds one memoized tensor millions of times would hold
+  // ~60x its size in tensor records.
+  if (tensors_.size() >= kMaxTensors) {
+    return Err(absl::StrCat("more than ", kMaxTensors, " tensors"));
+  }
   Tensor t;
   t.storage = static_cast<size_t>(storage.i);
   t.offset = offset.i;

@@ -12,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "common/status.h"
 #include "worker/engine/thread_pool.h"
+#include "worker/engine/weight_file_internal.h"
 
 namespace statestream::engine::rwkv {
 
@@ -380,7 +381,9 @@ absl::Status ReadCommonConfig(const WeightFile& file, WeightLoader& ld,
     int idx;
     if (parts.size() < 2 || !absl::SimpleAtoi(parts[1], &idx) || idx < 0 ||
         idx > 4096) {
-      return BadModel(absl::StrCat("bad block index in tensor name ", name));
+      // The name is the file's: escaped and cut (internal::Quoted).
+      return BadModel(absl::StrCat("bad block index in tensor name ",
+                                   internal::Quoted(name)));
     }
     max_block = std::max(max_block, idx);
   }

@@ -384,6 +384,25 @@ TEST(WeightFileBadInput, PickleLimits) {
                               .status()
                               .message()),
               HasSubstr("too many container elements"));
+  // One memoized rebuild called past 2^17 times: refused as it happens
+  // (it was held, ~60x the pickle's size in tensor records, until the
+  // state_dict was read).
+  Pickle rebuilds;
+  rebuilds.Proto().Global("torch._utils", "_rebuild_tensor_v2").BinPut(0);
+  rebuilds.Mark().Mark().Str("storage").Global("torch", "FloatStorage");
+  rebuilds.Str("0").Str("cpu").Int(4).Tuple().Op('Q');
+  rebuilds.Int(0).IntTuple({4}).IntTuple({1});
+  rebuilds.Op(static_cast<unsigned char>(0x89));  // NEWFALSE
+  rebuilds.Global("collections", "OrderedDict").Op(')').Op('R');
+  rebuilds.Tuple().BinPut(1).Op('R').Op('0');
+  for (int i = 0; i < (1 << 17); ++i) {
+    rebuilds.BinGet(0).BinGet(1).Op('R').Op('0');
+  }
+  rebuilds.Op('}').Op('.');
+  EXPECT_THAT(
+      std::string(
+          internal::ParseTorchPickle(rebuilds.bytes()).status().message()),
+      HasSubstr("more than 131072 tensors"));
   // The default limits hold a deep but legal nesting.
   Pickle deep;
   deep.Proto();
