@@ -2,6 +2,7 @@
 #include "worker/scheduler.h"
 
 #include <algorithm>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -216,6 +217,8 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
   work = std::move(decodes);
   budget -= static_cast<int>(work.size());
   size_t fed = 0;
+  // The first score left without rows: the next iteration starts there.
+  std::optional<size_t> unserved;
   int score_rows = std::max(options_.max_score_rows, 1);
   const size_t first = prefills.empty() ? 0 : prefill_rr_ % prefills.size();
   for (size_t k = 0; k < prefills.size() && budget > 0; ++k) {
@@ -226,7 +229,10 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
     if (r.tokens.empty()) continue;
     int most = offer;
     if (r.want_logits && r.logits_at_every_token) {
-      if (score_rows == 0) continue;  // its turn comes next iteration
+      if (score_rows == 0) {  // its turn comes next iteration
+        if (!unserved) unserved = k;
+        continue;
+      }
       most = std::min(most, score_rows);
       score_rows -= std::min(most, static_cast<int>(r.tokens.size()));
     }
@@ -236,7 +242,7 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
     budget -= static_cast<int>(r.tokens.size());
     work.push_back({t, r});
   }
-  prefill_rr_ = first + fed;
+  prefill_rr_ = first + unserved.value_or(fed);
   if (work.empty() && hidden_only.empty()) return false;
   if (options_.on_first_step) {
     const absl::Time now = clock_->Now();

@@ -456,6 +456,49 @@ TEST(SchedulerTest, ScoresTogetherShareTheBoundOnLogitRows) {
   }
 }
 
+// Scores take turns with the rows: a short Score is not held until a long
+// one ends. (The rotation moved past a score skipped for want of rows, so
+// it came back to the long one every iteration: here the short one waited
+// ~250 iterations.)
+TEST(SchedulerTest, AShortScoreIsNotHeldBehindALongOne) {
+  auto model = SmallModel();
+  const int V = model->info().config.vocab_size;
+  SchedulerOptions o;
+  o.max_score_rows = 16;
+  Scheduler sched(model.get(), o);
+  EngineState long_state = Direct(*model, Tokens(10, 1));
+  EngineState short_state = Direct(*model, Tokens(10, 2));
+  std::atomic<bool> long_done{false};
+  std::atomic<bool> short_first{false};
+  absl::Notification both;
+  std::atomic<int> left{2};
+  auto finish = [&] {
+    if (left.fetch_sub(1) == 1) both.Notify();
+  };
+  ASSERT_TRUE(sched
+                  .Submit(std::make_shared<ScoreTask>(
+                      &long_state, V, Tokens(4000, 3),
+                      [&](const absl::Status& st, const std::vector<float>&,
+                          const std::vector<bool>&) {
+                        EXPECT_TRUE(st.ok()) << st;
+                        long_done = true;
+                        finish();
+                      }))
+                  .ok());
+  ASSERT_TRUE(sched
+                  .Submit(std::make_shared<ScoreTask>(
+                      &short_state, V, Tokens(40, 4),
+                      [&](const absl::Status& st, const std::vector<float>&,
+                          const std::vector<bool>&) {
+                        EXPECT_TRUE(st.ok()) << st;
+                        short_first = !long_done.load();
+                        finish();
+                      }))
+                  .ok());
+  both.WaitForNotification();
+  EXPECT_TRUE(short_first.load());
+}
+
 TEST(SchedulerTest, GenerationIsNotStalledByALongIngest) {
   auto model = SmallModel();
   SchedulerOptions opts;
