@@ -45,10 +45,12 @@ bool UploadGlobals(const Matrix& emb, const Matrix& head,
   return ok;
 }
 
+// FAILED_PRECONDITION: the file is good (the CPU engine runs it), this
+// backend cannot; --device auto keeps such a model on the CPU.
 absl::Status CheckHeadSize(int head_size) {
   if (cuda::HeadSizeSupported(head_size)) return absl::OkStatus();
-  return InvalidArgumentError(
-      Reason::kInvalidModelFile,
+  return FailedPreconditionError(
+      Reason::kInvalidArgument,
       absl::StrCat("head size ", head_size,
                    " is not supported by the CUDA backend (32, 64 or 128)"));
 }
@@ -138,6 +140,7 @@ absl::Status LoadHost(const ModelConfig& c, WeightLoader& ld, HostWeights* w) {
     SS_RETURN_IF_ERROR(lora("g2", c.d_gate, C, kG2));
     SS_RETURN_IF_ERROR(vec(a + "k_k", kKk));
     SS_RETURN_IF_ERROR(vec(a + "k_a", kKa));
+    SS_RETURN_IF_ERROR(rwkv::CheckHeadShape(ld, a + "r_k", c));
     SS_RETURN_IF_ERROR(vec(a + "r_k", kRk));
     SS_RETURN_IF_ERROR(ld.Mat(a + "receptance.weight", C, C, &L.mat[kRecept]));
     SS_RETURN_IF_ERROR(ld.Mat(a + "key.weight", C, C, &L.mat[kKey]));

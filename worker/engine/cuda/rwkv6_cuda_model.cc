@@ -119,6 +119,7 @@ absl::Status LoadRwkv6Host(const ModelConfig& c, WeightLoader& ld,
         ld.MatT(a + "time_decay_w1", C, c.d_decay, &L.m(Mat6::kDecayW1)));
     SS_RETURN_IF_ERROR(
         ld.MatT(a + "time_decay_w2", c.d_decay, C, &L.m(Mat6::kDecayW2)));
+    SS_RETURN_IF_ERROR(rwkv::CheckHeadShape(ld, a + "time_faaaa", c));
     SS_RETURN_IF_ERROR(vec(a + "time_faaaa", Vec6::kBonus));
     const std::pair<const char*, Mat6> att[] = {{"receptance", Mat6::kRecept},
                                                 {"key", Mat6::kKey},

@@ -15,8 +15,10 @@
 #include "worker/engine/cuda/cuda_test_util.h"
 #include "worker/engine/cuda/rwkv6_cuda_model.h"
 #include "worker/engine/golden.h"
+#include "worker/engine/random_model.h"
 #include "worker/engine/rwkv_common.h"
 #include "worker/engine/weight_loader.h"
+#include "worker/engine/weight_writer.h"
 
 namespace statestream::engine {
 namespace {
@@ -35,6 +37,7 @@ using testing::RandomFile;
 using testing::RandomTokens;
 using testing::SharedPath;
 using testing::StateFromGolden;
+using testing::TempPath;
 
 RandomModelSpec Spec(int layers, int embd, int head, int vocab, int seed) {
   return {.n_layer = layers,
@@ -85,8 +88,9 @@ TEST(Rwkv6CudaHostTest, LoadMatchesCpuEngine) {
       for (int m = 0; m < static_cast<int>(Mat6::kCount); ++m) {
         EXPECT_EQ(L.mat[m].rows, shapes[m][0]) << "matrix " << m;
         EXPECT_EQ(L.mat[m].cols, shapes[m][1]) << "matrix " << m;
-        // LoRA factors fp32; the large matrices as stored.
-        const bool bf16 = dtype == DType::kBF16 && m >= int(Mat6::kRecept);
+        // As stored (the runner widens the LoRA factors to fp32 at
+        // upload), but time_maa_w2, transposed per mix into fp32.
+        const bool bf16 = dtype == DType::kBF16 && m != int(Mat6::kMaaW2);
         EXPECT_EQ(L.mat[m].bf16 != nullptr, bf16) << "matrix " << m;
       }
     }
@@ -122,11 +126,43 @@ TEST(Rwkv6CudaHostTest, GoldenFileFingerprintMatchesCpuEngine) {
   EXPECT_EQ(rwkv::Fingerprint(c, ld), (*cpu)->info().fingerprint);
 }
 
-TEST(Rwkv6CudaTest, UnsupportedHeadSizeIsInvalidArgument) {
+// A layer's time_faaaa in another head layout than block 0's ([4, 16]
+// for [2, 32]: the same 64 values) is refused naming it, as the CPU
+// engine refuses it; the host loader read the bytes as block 0's heads.
+TEST(Rwkv6CudaHostTest, ALayerWithAnotherHeadLayoutIsRefused) {
+  auto tensors = RandomModel("x060", Spec(2, 64, 32, 50, 4));
+  ASSERT_TRUE(tensors.ok()) << tensors.status();
+  const std::string name = "blocks.1.att.time_faaaa";
+  bool found = false;
+  for (NamedTensor& x : *tensors) {
+    if (x.name != name) continue;
+    ASSERT_EQ(x.shape, (std::vector<int64_t>{2, 32}));
+    x.shape = {4, 16};
+    found = true;
+  }
+  ASSERT_TRUE(found);
+  const std::string path = TempPath("heads.safetensors");
+  ASSERT_TRUE(WriteCheckpoint(path, *tensors, DType::kF32).ok());
+  auto file = WeightFile::Open(path);
+  std::remove(path.c_str());
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::shared_ptr<const WeightFile> shared = std::move(*file);
+  WeightLoader ld(shared, WeightPrecision::kAsStored, MatrixLayout::kRowMajor);
+  ModelConfig c;
+  ASSERT_TRUE(cuda_internal::ReadRwkv6Config(*shared, ld, &c).ok());
+  cuda_internal::Rwkv6Host host;
+  const absl::Status s = cuda_internal::LoadRwkv6Host(c, ld, &host);
+  EXPECT_EQ(GetReason(s), Reason::kInvalidModelFile) << s;
+  EXPECT_THAT(s.message(), HasSubstr(name));
+}
+
+// The file is good (the CPU runs it): FAILED_PRECONDITION, which --device
+// auto answers by loading it on the CPU.
+TEST(Rwkv6CudaTest, UnsupportedHeadSizeIsFailedPrecondition) {
   auto file = RandomFile("x060", Spec(1, 96, 48, 32, 2), DType::kF32);
   auto m = LoadRwkv6Cuda(file, {});
   ASSERT_FALSE(m.ok());
-  EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(m.status().message(), HasSubstr("head size 48"));
 }
 
