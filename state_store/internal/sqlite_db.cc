@@ -82,7 +82,26 @@ absl::Status SqliteError(int rc, absl::string_view what) {
         absl::StrCat(what, " (the database file is damaged)"),
         {{"database", "damaged"}, {"detail", "the database file is damaged"}});
   }
-  return Unavailable(what);
+  switch (primary) {
+    // The store's own statement or value was wrong (a constraint it broke,
+    // a value past SQLite's limits, an API misuse): a bug, which a retry
+    // would only repeat.
+    case SQLITE_CONSTRAINT:
+    case SQLITE_ERROR:
+    case SQLITE_MISMATCH:
+    case SQLITE_MISUSE:
+    case SQLITE_RANGE:
+    case SQLITE_TOOBIG:
+      return WithPublicMessage(
+          MakeError(absl::StatusCode::kInternal, Reason::kInternal,
+                    absl::StrCat("state store failed: ", what)),
+          "the state store failed (logged on the server)");
+    default:
+      // Busy, locked, out of disk or memory, an I/O error, a file that
+      // cannot be opened or written: the store's condition, not the
+      // request's, and it may pass.
+      return Unavailable(what);
+  }
 }
 
 absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,

@@ -28,8 +28,10 @@ absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,
 
 // The status of a failed SQLite call that returned `rc`: DATA_LOSS/
 // kStateCorrupt with metadata database=damaged when the file is damaged
-// (SQLITE_CORRUPT, SQLITE_NOTADB: retrying cannot help), else
-// UNAVAILABLE/kStoreUnavailable.
+// (SQLITE_CORRUPT, SQLITE_NOTADB: retrying cannot help); INTERNAL/
+// kInternal when the store's own statement was wrong (CONSTRAINT, ERROR,
+// MISMATCH, MISUSE, RANGE, TOOBIG: a retry repeats it); else
+// UNAVAILABLE/kStoreUnavailable (busy, I/O, full, read-only: it may pass).
 absl::Status SqliteError(int rc, absl::string_view what);
 
 constexpr int64_t kNever = INT64_MAX;
