@@ -31,7 +31,12 @@ absl::Status OpenCharacterError(uint64_t input_offset, size_t open) {
 absl::StatusOr<GenerateOutcome> SessionManager::Impl::ReplayFinished(
     Session* s, const GenerationRecord& rec, Durability d,
     const std::function<void(const GeneratedPiece&)>& emit) {
-  SS_RETURN_IF_ERROR(RaiseHeadDurability(s, d));
+  // Answered committed only with nothing of the session left uncommitted:
+  // a final commit that adopted an older head (the store lost writes) and
+  // then failed keeps the generation's state, its record included, as
+  // uncommitted input; the head alone would not hold the output.
+  SS_RETURN_IF_ERROR(s->dirty ? Checkpoint(s, d, rec.request_id)
+                              : RaiseHeadDurability(s, d));
   GenerateOutcome o = Replay(rec, emit);
   o.committed = true;
   o.replayed = true;

@@ -399,6 +399,34 @@ TEST_F(SessionManagerTest, AQueuedRollbackOrImportWhoseClientWentAwayIsNotRun) {
 // reply is lost (and the store unreadable right after): the generation goes
 // on, its final commit adopts that version, and the session ends exactly
 // where an undisturbed run ends.
+// A replayed committing generation is answered committed only once
+// nothing of the session is left uncommitted: its answer's version holds
+// everything up to its position. (A final commit that adopted an older
+// head and then failed keeps the output as uncommitted input; a replay
+// answered committed=true on the older head, which does not hold it.)
+TEST_F(SessionManagerTest, AReplayCommitsWhatTheSessionHoldsUncommitted) {
+  Create("r");
+  auto w = Open("r");
+  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  GenerateOutcome first;
+  const std::vector<int32_t> tokens = Generate("r", true, "gen-1", &first);
+  // Input after it, not committed yet (the writer stays open).
+  auto live = Open("r");
+  ASSERT_TRUE(Append(live, first.input_offset, "a", true).ok());
+  ASSERT_EQ(store_->GetHead({"t", "r"})->head.version, first.version);
+  GenerateOutcome again;
+  EXPECT_EQ(Generate("r", true, "gen-1", &again), tokens);
+  EXPECT_TRUE(again.replayed);
+  EXPECT_TRUE(again.committed);
+  auto head = store_->GetHead({"t", "r"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->head.version, again.version);
+  EXPECT_EQ(head->head.input_offset, again.input_offset);
+  EXPECT_EQ(again.input_offset, first.input_offset + 1);
+  ASSERT_TRUE(Close(live).ok());
+}
+
 TEST_F(SessionManagerTest, ALostPeriodicCheckpointIsAdoptedByTheFinalCommit) {
   faulty_ = std::make_unique<LosingStore>(store_.get());
   SessionManagerOptions o;
