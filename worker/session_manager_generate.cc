@@ -349,7 +349,19 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
         // Scheduler thread, like emit: out_tokens is current here.
         spec.on_checkpoint = [&m, cps, s, gen, base, input_tokens, tmpl, d,
                               out_tokens](GenerateCheckpoint cp) {
-          PendingCheckpoint p{std::move(cp), *out_tokens};
+          // The state's copy (one in flight, one waiting) is held against
+          // --max-copy-bytes like the working copy; past it this one is
+          // skipped: the next, or the final commit, covers its tokens.
+          absl::StatusOr<ByteBudget::Hold> hold =
+              m.copies_->Acquire(m.session_bytes_);
+          if (!hold.ok()) return;
+          // The deleter keeps the budget alive: a task (and so a waiting
+          // checkpoint) may outlive the manager, as a working copy may.
+          PendingCheckpoint p{
+              std::move(cp), *out_tokens,
+              std::shared_ptr<ByteBudget::Hold>(
+                  new ByteBudget::Hold(*std::move(hold)),
+                  [budget = m.copies_](ByteBudget::Hold* h) { delete h; })};
           {
             absl::MutexLock lock(&cps->mu);
             if (cps->over) return;

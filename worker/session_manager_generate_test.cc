@@ -308,6 +308,36 @@ TEST_F(SessionManagerTest, WorkingCopiesAreBoundedByMaxCopyBytes) {
   EXPECT_TRUE(st.ok()) << st;
 }
 
+// A periodic checkpoint's copy of the state is held against
+// max_copy_bytes too (a committing generation could hold two, one in
+// flight and one waiting, beside its working copy, unbounded): with no
+// room beside the working copy, checkpoints are skipped and the final
+// commit alone writes the generation, which resumes and replays as ever.
+TEST_F(SessionManagerTest, CheckpointCopiesAreHeldAgainstMaxCopyBytes) {
+  for (const int64_t max_copy_bytes : {int64_t{1}, int64_t{1} << 30}) {
+    SessionManagerOptions o;
+    o.max_copy_bytes = max_copy_bytes;
+    o.generate_checkpoint_tokens = 4;
+    o.generate_checkpoint_interval = absl::ZeroDuration();
+    Start(o);
+    const std::string id = absl::StrCat("g", max_copy_bytes);
+    Create(id);
+    auto w = Open(id);
+    ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+    ASSERT_TRUE(Close(w).ok());
+    const uint64_t before = store_->GetHead({"t", id})->head.version;
+    GenerateOutcome out;
+    EXPECT_EQ(Generate(id, true, "gen", &out).size(), 12u);
+    EXPECT_TRUE(out.committed);
+    const uint64_t commits = out.version - before;
+    if (max_copy_bytes == 1) {
+      EXPECT_EQ(commits, 1u) << "checkpoints past the budget were written";
+    } else {
+      EXPECT_GT(commits, 1u) << "checkpoints within the budget were skipped";
+    }
+  }
+}
+
 // max_duration is generation time: a call queued behind a committing
 // generation longer than its max_duration still generates, instead of
 // sampling one token and stopping (CANCELLED) the moment its turn comes.

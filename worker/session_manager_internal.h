@@ -102,6 +102,9 @@ absl::StatusOr<std::string> StateCarry(
 struct PendingCheckpoint {
   GenerateCheckpoint cp;
   std::vector<int32_t> tokens;  // the whole output so far
+  // cp.state's bytes in --max-copy-bytes (shared: a PendingCheckpoint
+  // rides in a std::function, which must be copyable).
+  std::shared_ptr<ByteBudget::Hold> hold;
 };
 struct GenerationCheckpoints {
   absl::Mutex mu;
