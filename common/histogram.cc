@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 namespace statestream {
 
@@ -61,8 +62,11 @@ void Histogram::Render(const std::string& name, const std::string& labels,
   }
   const std::string braces =
       labels.empty() ? "" : absl::StrCat("{", labels, "}");
-  absl::StrAppend(out, name, "_sum", braces, " ", sum_, "\n", name, "_count",
-                  braces, " ", count_, "\n");
+  // Every digit (%.17g round-trips a double): absl::StrCat keeps six, so
+  // a sum past 1e5 moved in whole units and rate(_sum) read wrong.
+  absl::StrAppend(out, name, "_sum", braces, " ",
+                  absl::StrFormat("%.17g", sum_), "\n", name, "_count", braces,
+                  " ", count_, "\n");
 }
 
 }  // namespace statestream
