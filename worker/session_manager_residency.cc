@@ -744,46 +744,58 @@ void SessionManager::Impl::Drain() {
   }
   const absl::Time deadline = clock_->Now() + opt_.drain_commit_timeout;
   bool level_short = false;
-  // Once kDownAfter commits in a row found the store not answering (the
-  // first until the deadline, the others past it), the rest are reported
-  // without store calls (each would wait out the store client's timeouts:
-  // with a hung Redis and hundreds of dirty sessions, far past any
-  // termination grace period, and most never reported) and their leases
-  // left to expire. One failure is not enough: in a Redis Cluster it may
-  // be one shard failing over.
+  // Once kDownAfter commits or lease releases in a row found the store
+  // not answering (commits until the deadline, then past it; releases
+  // past it), the rest are reported without store calls (each would wait
+  // out the store client's timeouts: with a hung Redis and hundreds of
+  // sessions, clean ones each releasing its lease, far past any
+  // termination grace period, and dirty ones after them never reported)
+  // and their leases left to expire. One failure is not enough: in a
+  // Redis Cluster it may be one shard failing over.
   constexpr int kDownAfter = 3;
   int unanswered = 0;
   bool store_down = false;
   for (auto& s : all) {
-    RunSync<bool>(
-        s, [this, &s, deadline, &level_short, &store_down, &unanswered] {
-          if (GoneError(s.get()).ok()) {
-            if (store_down) {
-              if (s->dirty) {
-                ReportNotStored(s.get(),
-                                absl::UnavailableError(
-                                    "not tried: the store did not answer the "
-                                    "drain's commits past its deadline"));
-              }
-              Drop(s.get(), Session::Gone::kEvicted);
-              return true;
-            }
-            // (Each asks the store: not once the drain's time is up.)
-            if (clock_->Now() < deadline) AdoptIfStoreWentBack(s.get());
-            if (s->dirty) {
-              // (False: UNAVAILABLE until the deadline, or past it.)
-              if (CommitForDrain(s.get(), deadline, &level_short)) {
-                unanswered = 0;
-              } else if (++unanswered >= kDownAfter) {
-                store_down = true;
-                Drop(s.get(), Session::Gone::kEvicted);
-                return true;
-              }
-            }
-            DropAndRelease(s.get(), Session::Gone::kEvicted);
+    RunSync<bool>(s, [this, &s, deadline, &level_short, &store_down,
+                      &unanswered] {
+      if (GoneError(s.get()).ok()) {
+        if (store_down) {
+          if (s->dirty) {
+            ReportNotStored(s.get(),
+                            absl::UnavailableError(
+                                "not tried: the store did not answer the "
+                                "drain's commits past its deadline"));
           }
+          Drop(s.get(), Session::Gone::kEvicted);
           return true;
-        });
+        }
+        // (Each asks the store: not once the drain's time is up.)
+        if (clock_->Now() < deadline) AdoptIfStoreWentBack(s.get());
+        if (s->dirty) {
+          // (False: UNAVAILABLE until the deadline, or past it.)
+          if (CommitForDrain(s.get(), deadline, &level_short)) {
+            unanswered = 0;
+          } else if (++unanswered >= kDownAfter) {
+            store_down = true;
+            Drop(s.get(), Session::Gone::kEvicted);
+            return true;
+          }
+        }
+        Drop(s.get(), Session::Gone::kEvicted);
+        absl::Status released;
+        {
+          absl::MutexLock lease_lock(&s->lease_mu);
+          released = store_->ReleaseLease(s->key, opt_.owner, s->fence);
+        }
+        if (released.ok()) {
+          unanswered = 0;
+        } else if (released.code() == absl::StatusCode::kUnavailable &&
+                   clock_->Now() >= deadline && ++unanswered >= kDownAfter) {
+          store_down = true;
+        }
+      }
+      return true;
+    });
   }
   // Side-branch generations released their session at once; told to
   // stop after their next token above, they end now: wait for that, so

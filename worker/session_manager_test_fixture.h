@@ -64,7 +64,18 @@ class LosingStore final : public testing::ForwardingStore {
   std::atomic<absl::Notification*> hold_commits{nullptr};
   absl::Notification commit_started;
 
+  // While set, commits, head reads and lease releases wait 50 ms and fail
+  // UNAVAILABLE (a hung store past the client's timeout), counted here.
+  std::atomic<bool> hung{false};
+  std::atomic<int> hung_calls{0};
+  absl::Status ReleaseLease(const SessionKey& k, const std::string& owner,
+                            uint64_t fence) override {
+    if (hung.load()) return Hang();
+    return ForwardingStore::ReleaseLease(k, owner, fence);
+  }
+
   absl::StatusOr<CommitResult> Commit(const CommitRequest& r) override {
+    if (hung.load()) return Hang();
     if (absl::Notification* hold = hold_commits.load(); hold != nullptr) {
       if (!commit_notified_.exchange(true)) commit_started.Notify();
       hold->WaitForNotification();
@@ -109,6 +120,7 @@ class LosingStore final : public testing::ForwardingStore {
     return ForwardingStore::LoadVersion(k, version);
   }
   absl::StatusOr<SessionHead> GetHead(const SessionKey& k) override {
+    if (hung.load()) return Hang();
     if (fail_get_heads_ > 0) {
       --fail_get_heads_;
       return Unavailable();
@@ -120,6 +132,11 @@ class LosingStore final : public testing::ForwardingStore {
   static absl::Status Unavailable() {
     return MakeError(absl::StatusCode::kUnavailable, Reason::kStoreUnavailable,
                      "connection lost");
+  }
+  absl::Status Hang() {
+    ++hung_calls;
+    absl::SleepFor(absl::Milliseconds(50));
+    return Unavailable();
   }
   std::atomic<int> fail_get_heads_{0};
   std::atomic<bool> commit_notified_{false};
