@@ -318,6 +318,29 @@ TEST_F(SessionManagerTest, AWritersInputIsCommittedBeforeItsSessionExpires) {
   ASSERT_TRUE(Close(w).ok());
 }
 
+// A renewal asked for at once (RenewLeasesNow: a registry resync) sweeps
+// too: it skipped the sweep and waited its full period after, so input
+// due before a short TTL ran out was committed after the session expired.
+TEST_F(SessionManagerTest, ARenewalAskedForAtOnceStillCommitsInputDueSoon) {
+  SessionManagerOptions o;
+  o.checkpoint_interval = absl::Hours(1);
+  Start(o);
+  CreateParams p;
+  p.request_id = "create-short";
+  p.session_id = "short";
+  p.ttl = absl::Seconds(2);
+  ASSERT_TRUE(manager_->CreateSession("t", p).ok());
+  auto w = Open("short");
+  auto ack = Append(w, 0, "not yet committed");
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  manager_->RenewLeasesNow();
+  absl::SleepFor(absl::Milliseconds(1800));  // silence near the TTL
+  auto head = store_->GetHead({"t", "short"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->head.input_offset, ack->input_offset);
+  ASSERT_TRUE(Close(w).ok());
+}
+
 // A drain whose first commit falls short of its level (this store never
 // reaches FSYNC) commits the other sessions at the default level at once,
 // instead of waiting out the durability timeout session by session; all

@@ -634,13 +634,13 @@ void SessionManager::Impl::RenewLoop() {
       for (auto& [k, s] : resident_) all.push_back(s);
     }
     wait = every;
-    if (!now) {
-      absl::Time next_due = absl::InfiniteFuture();
-      for (auto& s : all) next_due = std::min(next_due, CommitIfWaited(s));
-      if (next_due != absl::InfiniteFuture()) {
-        wait =
-            std::clamp(next_due - clock_->Now(), absl::Milliseconds(10), every);
-      }
+    // A renewal asked for at once sweeps too: skipped, the next sweep came
+    // a whole period on, past a short TTL's due input.
+    absl::Time next_due = absl::InfiniteFuture();
+    for (auto& s : all) next_due = std::min(next_due, CommitIfWaited(s));
+    if (next_due != absl::InfiniteFuture()) {
+      wait =
+          std::clamp(next_due - clock_->Now(), absl::Milliseconds(10), every);
     }
     if (!now && absl::Now() + wait <= next_renewal) continue;
     next_renewal = absl::Now() + renew_every;
