@@ -448,11 +448,33 @@ TEST(WorkerLoadE2eTest, EveryServicesErrorsAreCounted) {
   ASSERT_EQ(GetReason(FromGrpcStatus(
                 server->sessions->GetSession(ctx.get(), get, &session))),
             Reason::kSessionNotFound);
+  // Exports and imports too (they were never counted).
+  v1::ExportStateRequest exp;
+  exp.set_session_id("no-such-session");
+  auto export_ctx = Ctx();
+  auto reader = server->sessions->ExportState(export_ctx.get(), exp);
+  v1::ExportStateResponse chunk;
+  while (reader->Read(&chunk)) {
+  }
+  ASSERT_EQ(GetReason(FromGrpcStatus(reader->Finish())),
+            Reason::kSessionNotFound);
+  v1::Session imported;
+  auto import_ctx = Ctx();
+  auto writer = server->sessions->ImportState(import_ctx.get(), &imported);
+  v1::ImportStateRequest headless;
+  headless.mutable_chunk()->set_index(0);
+  writer->Write(headless);
+  writer->WritesDone();
+  ASSERT_EQ(GetReason(FromGrpcStatus(writer->Finish())),
+            Reason::kInvalidArgument);
   EXPECT_EQ(
       server->Metric("statestream_errors_total{reason=\"MODEL_NOT_FOUND\"}"),
       2);
   EXPECT_EQ(
       server->Metric("statestream_errors_total{reason=\"SESSION_NOT_FOUND\"}"),
+      2);
+  EXPECT_EQ(
+      server->Metric("statestream_errors_total{reason=\"INVALID_ARGUMENT\"}"),
       1);
 }
 

@@ -52,7 +52,7 @@ class ExportReactor final
   ExportReactor(ModelSet* models, const CallerPolicy* policy, Executor* pool,
                 ByteBudget* budget, grpc::CallbackServerContext* ctx,
                 const v1::ExportStateRequest* req)
-      : budget_(budget) {
+      : counter_(models->default_manager()), budget_(budget) {
     absl::StatusOr<std::string> tenant = TenantOf(*ctx, *policy);
     absl::Status st = tenant.status();
     if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
@@ -63,6 +63,7 @@ class ExportReactor final
       if (slot.ok()) slot_ = *std::move(slot);
     }
     if (!st.ok()) {
+      CountError(counter_, st);
       Finish(ToGrpcStatus(st));
       return;
     }
@@ -75,9 +76,9 @@ class ExportReactor final
   void Load(SessionManager& m, const std::string& tenant,
             const std::string& session_id, uint64_t version) {
     absl::StatusOr<ExportedState> e = m.Export(tenant, session_id, version);
-    if (!e.ok()) return FinishAndRelease(ToGrpcStatus(e.status()));
+    if (!e.ok()) return Fail(e.status());
     absl::StatusOr<ByteBudget::Hold> hold = budget_->Acquire(e->blob.size());
-    if (!hold.ok()) return FinishAndRelease(ToGrpcStatus(hold.status()));
+    if (!hold.ok()) return Fail(hold.status());
     hold_ = *std::move(hold);
     blob_ = std::move(e->blob);
     auto* h = msg_.mutable_header();
@@ -125,7 +126,14 @@ class ExportReactor final
     slot_.reset();
     Finish(status);
   }
+  // An error answered: counted in statestream_errors_total, as every
+  // service's are.
+  void Fail(const absl::Status& status) {
+    CountError(counter_, status);
+    FinishAndRelease(ToGrpcStatus(status));
+  }
 
+  const SessionManager& counter_;  // its metrics count errors
   ByteBudget* const budget_;
   ByteBudget::Hold hold_;
   std::unique_ptr<TenantLimits::StreamSlot> slot_;
@@ -150,6 +158,7 @@ class ImportReactor final
         out_(out) {
     absl::StatusOr<std::string> tenant = TenantOf(*ctx, *policy);
     if (!tenant.ok()) {
+      CountError(models_->default_manager(), tenant.status());
       Finish(ToGrpcStatus(tenant.status()));
       return;
     }
@@ -158,6 +167,7 @@ class ImportReactor final
     // An import is a stream (its chunks), counted like Append.
     auto slot = HoldStream(*policy, tenant_);
     if (!slot.ok()) {
+      CountError(models_->default_manager(), slot.status());
       Finish(ToGrpcStatus(slot.status()));
       return;
     }
@@ -179,8 +189,10 @@ class ImportReactor final
   void OnDone() override { delete this; }
 
  private:
-  // The budget is free again before the client sees the call end.
+  // The budget is free again before the client sees the call end. An
+  // error is counted in statestream_errors_total.
   void FinishAndRelease(const absl::Status& status) {
+    CountError(models_->default_manager(), status);
     hold_.Release();
     slot_.reset();
     Finish(ToGrpcStatus(status));
