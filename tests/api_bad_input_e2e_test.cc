@@ -244,6 +244,7 @@ TEST_F(ApiBadInputE2eTest, UpdateSession) {
   v1::UpdateSessionRequest good = base;
   (*good.mutable_labels())["keep"] = "yes";
   good.mutable_ttl()->set_seconds(3600);
+  good.mutable_ttl()->set_nanos(250000000);
   good.mutable_update_mask()->add_paths("labels");
   good.mutable_update_mask()->add_paths("ttl");
   const absl::Status applied =
@@ -277,7 +278,9 @@ TEST_F(ApiBadInputE2eTest, UpdateSession) {
   ASSERT_TRUE(s.ok()) << s.status();
   ASSERT_EQ(s->labels().size(), 1u);
   EXPECT_EQ(s->labels().at("keep"), "yes");
+  // As set, to the millisecond (it was cut to whole seconds).
   EXPECT_EQ(s->ttl().seconds(), 3600);
+  EXPECT_EQ(s->ttl().nanos(), 250000000);
 }
 
 TEST_F(ApiBadInputE2eTest, ListRollbackAndExport) {

@@ -182,7 +182,13 @@ void SessionToProto(const SessionView& v, v1::Session* out) {
   out->set_durability(DurabilityToProto(v.durability));
   for (const auto& [k, val] : v.labels) (*out->mutable_labels())[k] = val;
   if (v.ttl != absl::InfiniteDuration()) {
-    out->mutable_ttl()->set_seconds(absl::ToInt64Seconds(v.ttl));
+    // As kept (to the millisecond), not cut to whole seconds: a client
+    // copying it into an UpdateSession would change it.
+    absl::Duration rest;
+    out->mutable_ttl()->set_seconds(
+        absl::IDivDuration(v.ttl, absl::Seconds(1), &rest));
+    out->mutable_ttl()->set_nanos(
+        static_cast<int32_t>(absl::ToInt64Nanoseconds(rest)));
     if (v.update_time != absl::Time()) {
       ToTimestamp(v.update_time + v.ttl, out->mutable_expire_time());
     }
