@@ -416,9 +416,10 @@ void SessionManager::Impl::AppendOp(
     if (bad != complete) {
       // The input offset of the first invalid byte: the carry is the tail
       // of earlier input, this request's text starts at `at`.
-      const uint64_t bad_at = bad < carry.size()
-                                  ? at - carry.size() + bad
-                                  : at + skip + (bad - carry.size());
+      const uint64_t carried = std::min<uint64_t>(carry.size(), at);
+      const uint64_t bad_at =
+          bad < carry.size() ? at - carried + std::min<uint64_t>(bad, carried)
+                             : at + skip + (bad - carry.size());
       // Said plainly when the session's text ends inside a character
       // this text does not continue: every text but its rest is refused.
       return fail(Invalid(
@@ -427,8 +428,7 @@ void SessionManager::Impl::AppendOp(
               ? absl::StrCat(
                     "text_utf8 does not continue the incomplete UTF-8 "
                     "character the session's text ends with (",
-                    carry.size(), " bytes from input_offset ",
-                    at - carry.size(),
+                    carry.size(), " bytes from input_offset ", at - carried,
                     "): send the rest of that character first, or roll "
                     "the session back")
               : std::string("text_utf8 is not valid UTF-8"),

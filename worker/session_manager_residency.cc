@@ -5,6 +5,7 @@
 #include <functional>
 #include <iostream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/utf8.h"
@@ -102,6 +103,18 @@ absl::StatusOr<std::string> StateCarry(const StateSnapshot& snap,
   // Recorded (not the tail's end), and for this very input: a worker that
   // predates the record may have written the value back after more input.
   if (carry.known && carry.input_offset == snap.input_offset) {
+    // The carry and the tail both end the input: the shorter is the end of
+    // the longer, and neither is longer than the input (a crafted import
+    // could name an open character no input left, and the text checked
+    // against it would not be the text the tokenizer gets).
+    const absl::string_view tail = snap.tokenizer_tail;
+    if (!carry.bytes.empty() && (carry.bytes.size() > snap.input_offset ||
+                                 !(absl::EndsWith(carry.bytes, tail) ||
+                                   absl::EndsWith(tail, carry.bytes)))) {
+      return DataLossError(Reason::kStateCorrupt,
+                           "the state's open UTF-8 character does not end "
+                           "its input");
+    }
     if (known != nullptr) *known = true;
     return carry.bytes.empty() ? TailCarry(snap.tokenizer_tail)
                                : std::move(carry.bytes);

@@ -20,6 +20,7 @@
 #include "absl/synchronization/notification.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
+#include "worker/generation_record.h"
 #include "worker/session_manager_test_fixture.h"
 
 namespace statestream::worker {
@@ -94,6 +95,24 @@ TEST_F(SessionManagerTest, AnImportNoWorkerCouldHaveWrittenIsRefused) {
       {"infinite last_hidden",
        [](StateSnapshot* s) {
          s->last_hidden.back() = std::numeric_limits<float>::infinity();
+       },
+       Reason::kStateCorrupt},
+      // The recorded open UTF-8 character must end the input, as the
+      // pending text does: it was taken as is (an Append's error then
+      // named offset 2^64-1, or checked text the tokenizer never got).
+      {"an open character longer than the input",
+       [](StateSnapshot* s) {
+         s->input_offset = 1;
+         s->tokenizer_tail.clear();
+         s->sampler_state =
+             EncodeSamplerSideData("", {}, Utf8Carry{"\xE2\x82", 1, true});
+       },
+       Reason::kStateCorrupt},
+      {"an open character the pending text does not end with",
+       [](StateSnapshot* s) {
+         s->tokenizer_tail = "ab\xE2\x82";
+         s->sampler_state = EncodeSamplerSideData(
+             "", {}, Utf8Carry{"\xF0", s->input_offset, true});
        },
        Reason::kStateCorrupt},
       {"another layer count", [](StateSnapshot* s) { s->n_layer += 1; },
