@@ -42,6 +42,8 @@ namespace statestream::worker {
 // valid in the version it was committed with: whatever changes the session
 // next drops it (DropInProgressRecords).
 inline constexpr uint8_t kGenerationInProgress = 0xFF;
+// The last finished `finish` (GenerateOutcome::Finish::kCancelled).
+inline constexpr uint8_t kLastFinish = 3;
 
 struct GenerationRecord {
   std::string request_id;

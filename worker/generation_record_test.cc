@@ -96,6 +96,42 @@ TEST(GenerationRecordTest, TheUtf8CarryRoundTripsWithOrWithoutRecords) {
   }
 }
 
+// A record no worker writes is refused when it is read (an import is
+// checked with it): a finish no replay can name, a stop string a client
+// could not parse in its replay, an in-progress record without the
+// sampler it continues with. (They were taken, and every retry of that
+// request failed or answered FINISH_REASON_UNSPECIFIED.)
+TEST(GenerationRecordTest, ARecordNoWorkerWritesIsCorrupt) {
+  GenerationRecord odd_finish = Rec("a", 1);
+  odd_finish.finish = 9;
+  GenerationRecord bad_stop = Rec("b", 1);
+  bad_stop.stop_string = "\xff";
+  GenerationRecord in_progress = Rec("c", 1);
+  in_progress.finish = kGenerationInProgress;
+  struct Case {
+    GenerationRecord record;
+    std::string sampler;
+  };
+  for (const Case& c :
+       {Case{odd_finish, "S"}, Case{bad_stop, "S"}, Case{in_progress, ""}}) {
+    std::string sampler;
+    std::deque<GenerationRecord> out;
+    EXPECT_EQ(
+        GetReason(DecodeSamplerSideData(
+            EncodeSamplerSideData(c.sampler, {c.record}), &sampler, &out)),
+        Reason::kStateCorrupt)
+        << c.record.request_id;
+  }
+  // Each is fine as a worker writes it.
+  std::string sampler;
+  std::deque<GenerationRecord> out;
+  EXPECT_TRUE(DecodeSamplerSideData(
+                  EncodeSamplerSideData("S", {Rec("a", 1), in_progress}),
+                  &sampler, &out)
+                  .ok());
+  EXPECT_EQ(out.size(), 2u);
+}
+
 // A carry known to be the tail's (no bytes of its own) is recorded too, so
 // a reader knows that no character was left open; one with bytes is
 // corrupt.

@@ -28,6 +28,10 @@ absl::Status OpenCharacterError(uint64_t input_offset, size_t open) {
 
 }  // namespace
 
+static_assert(static_cast<uint8_t>(GenerateOutcome::Finish::kCancelled) ==
+                  kLastFinish,
+              "a record's finish is a GenerateOutcome::Finish");
+
 absl::StatusOr<GenerateOutcome> SessionManager::Impl::ReplayFinished(
     Session* s, const GenerationRecord& rec, Durability d,
     const std::function<void(const GeneratedPiece&)>& emit) {
