@@ -216,7 +216,9 @@ TEST(ModelCliTest, EvalAppliesTokensAsATokenAppend) {
   checkpointed.request_id = "gen-1";
   checkpointed.finish = worker::kGenerationInProgress;
   checkpointed.tokens = {9, 9};
-  pending.sampler_state = worker::EncodeSamplerSideData("", {checkpointed}, {});
+  // (Beside the sampler it continues with, as a worker writes it.)
+  pending.sampler_state =
+      worker::EncodeSamplerSideData("SAMPLER", {checkpointed}, {});
   r = Cli({"model", "eval", "--model", model, "--tokens=8,9", "--state-in",
            write(pending, "pending.state"), "--state-out",
            dir.File("after.state"), "--positions=0,1"});
