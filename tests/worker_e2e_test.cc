@@ -10,6 +10,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "tests/worker_e2e_fixture.h"
 
 namespace statestream {
@@ -281,6 +283,37 @@ TEST_F(WorkerE2eTest, ExportImportRoundTripsAndRejectsBadBlobs) {
   auto got = Get("imported");
   ASSERT_TRUE(got.ok());
   EXPECT_EQ(got->input_offset(), 10u);
+
+  // A client that sent everything and then cancelled, never half-closing,
+  // gave the import up: nothing is created (gRPC ends the read as a
+  // half-close would, and the session was made for a call that failed).
+  {
+    v1::ImportHeader first;
+    first.set_request_id("import-cancelled");
+    first.set_session_id("cancelled");
+    first.set_mode(v1::IMPORT_MODE_CREATE);
+    *first.mutable_state() = header;
+    auto ctx = Ctx();
+    v1::Session out;
+    auto writer = sessions_->ImportState(ctx.get(), &out);
+    v1::ImportStateRequest msg;
+    *msg.mutable_header() = first;
+    ASSERT_TRUE(writer->Write(msg));
+    const uint32_t chunk = header.chunk_bytes();
+    for (uint32_t i = 0; size_t{i} * chunk < blob.size(); ++i) {
+      v1::ImportStateRequest c;
+      c.mutable_chunk()->set_index(i);
+      std::string piece = blob.substr(size_t{i} * chunk, chunk);
+      c.mutable_chunk()->set_crc32c(Crc32c(0, piece.data(), piece.size()));
+      c.mutable_chunk()->set_data(std::move(piece));
+      ASSERT_TRUE(writer->Write(c));
+    }
+    absl::SleepFor(absl::Milliseconds(300));  // the worker has read it all
+    ctx->TryCancel();
+    EXPECT_FALSE(writer->Finish().ok());
+    absl::SleepFor(absl::Milliseconds(500));  // the worker's pool is done
+    EXPECT_EQ(GetReason(Get("cancelled").status()), Reason::kSessionNotFound);
+  }
 
   v1::StateHeader foreign = header;
   foreign.set_model_fingerprint("x070-other");

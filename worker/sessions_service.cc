@@ -272,7 +272,12 @@ class ImportReactor final
   void Complete() {
     absl::Status st;
     const v1::StateHeader& s = header_.state();
-    if (!have_header_) {
+    // A client that cancelled (or whose gateway's call died) without
+    // half-closing ends the read as a half-close does: the call failed,
+    // so nothing is imported (a create was made, for nobody).
+    if (ctx_->IsCancelled()) {
+      st = absl::CancelledError("the client cancelled the import");
+    } else if (!have_header_) {
       st = BadField("header", "missing");
     } else if (next_ != s.chunk_count()) {
       st = Corrupt("missing chunks");
