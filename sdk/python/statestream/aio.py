@@ -20,8 +20,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import grpc
 import grpc.aio
 
-from statestream.client import (_ClientBase, _Collected, _assemble_export,
-                                _closed_error, _create_request,
+from statestream.client import (_blames_target_by, _ClientBase, _Collected,
+                                _assemble_export, _closed_error, _create_request,
                                 _crc32c_in_thread, _generate_request,
                                 _import_chunk,
                                 _import_chunks, _import_header, _list_request,
@@ -29,7 +29,7 @@ from statestream.client import (_ClientBase, _Collected, _assemble_export,
                                 _rollback_request, _score_request, _setup,
                                 _state_blob,
                                 _Stubs, _update_request, new_request_id)
-from statestream.errors import StatestreamError, blames_target
+from statestream.errors import StatestreamError
 from statestream.streams import (_AckTracker,
                                  _GenerateProgress, _NamesItsRequest, _Retained,
                                  _deadline,
@@ -102,9 +102,10 @@ class AsyncClient(_ClientBase):
         await self.close()
 
     def _rotate(self, failed: _Stubs,
-                error: Optional[StatestreamError] = None) -> None:
+                error: Optional[StatestreamError] = None,
+                deadline: Optional[float] = None) -> None:
         """As Client._rotate."""
-        if error is not None and not blames_target(error):
+        if error is not None and not _blames_target_by(error, deadline):
             return
         if self._stubs[self._current] is failed:
             self._current = (self._current + 1) % len(self._stubs)
@@ -185,12 +186,12 @@ class AsyncClient(_ClientBase):
                     raise
                 # The guard cancelled the gRPC call: a stall.
                 err = _stalled_error(idle)
-                self._rotate(stubs, err)
+                self._rotate(stubs, err, deadline)
                 await self._retry_or_raise(err, attempt, deadline)
             except grpc.RpcError as e:
                 err = (_stalled_error(idle) if guard.stalled else
                        StatestreamError.from_rpc_error(e))
-                self._rotate(stubs, err)
+                self._rotate(stubs, err, deadline)
                 await self._retry_or_raise(err, attempt, deadline)
             finally:
                 guard.close()
@@ -841,7 +842,7 @@ class AsyncAppendWriter(_AckTracker):
         try:
             if self._call is not None:
                 self._call.cancel()
-                self._client._rotate(self._stubs, cause)
+                self._client._rotate(self._stubs, cause, self._deadline)
                 self._call = None
                 self._attempts += 1
                 await self._client._retry_or_raise(cause, self._attempts,
@@ -1059,7 +1060,7 @@ class AsyncGenerateStream(_NamesItsRequest):
             if moved is not err:
                 self._finished = True
                 raise moved
-            self._client._rotate(self._stubs, err)
+            self._client._rotate(self._stubs, err, self._deadline)
             self._attempts += 1
             # cancel() ends the backoff at once (AsyncClient.close() too,
             # raising CANCELLED "client closed").

@@ -258,6 +258,17 @@ class _ClientBase:
         return t
 
 
+def _blames_target_by(error: StatestreamError,
+                      deadline: Optional[float]) -> bool:
+    """blames_target, except for the caller's own `deadline` (monotonic)
+    passing: a short deadline on a long call says nothing against the
+    target, and the shared client would send every caller elsewhere."""
+    if (error.code == grpc.StatusCode.DEADLINE_EXCEEDED and
+            deadline is not None and time.monotonic() >= deadline):
+        return False
+    return blames_target(error)
+
+
 def _outcome_unknown(error: StatestreamError) -> bool:
     """Whether a failed attempt may have been applied: a retried failure
     other than an admission refusal (RESOURCE_EXHAUSTED: never started)."""
@@ -355,10 +366,12 @@ class Client(_ClientBase):
             return self._stubs[self._current]
 
     def _rotate(self, failed: _Stubs,
-                error: Optional[StatestreamError] = None) -> None:
+                error: Optional[StatestreamError] = None,
+                deadline: Optional[float] = None) -> None:
         """Moves to the next target after `error` on `failed`, unless the
-        error says nothing against the target (blames_target)."""
-        if error is not None and not blames_target(error):
+        error says nothing against the target (blames_target) or is the
+        caller's own `deadline` (monotonic) passing, as C++'s Rotate."""
+        if error is not None and not _blames_target_by(error, deadline):
             return
         with self._lock:
             if self._stubs[self._current] is failed:
@@ -439,7 +452,7 @@ class Client(_ClientBase):
                     err = StatestreamError.from_rpc_error(e)
                 else:
                     raise
-                self._rotate(stubs, err)
+                self._rotate(stubs, err, deadline)
                 self._retry_or_raise(err, attempt, deadline)
             finally:
                 guard.close()

@@ -535,7 +535,8 @@ class AppendWriter(_AckTracker):
         try:
             if self._call is not None:
                 self._call.cancel()
-                self._client._rotate(self._call.stubs, cause)
+                self._client._rotate(self._call.stubs, cause,
+                                     self._deadline)
                 self._call = None
                 self._attempts += 1
                 self._client._retry_or_raise(cause, self._attempts,
@@ -859,7 +860,7 @@ class GenerateStream(_NamesItsRequest):
             if moved is not err:
                 self._finished = True
                 raise moved
-            self._client._rotate(self._stubs, err)
+            self._client._rotate(self._stubs, err, self._deadline)
             self._attempts += 1
             try:
                 # cancel() (or Client.close()) ends the backoff at once.

@@ -203,7 +203,8 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
         session deleted, the answer lost); later attempts find it gone.
         "overloaded-first": the first attempt is refused OVERLOADED
         (nothing done), later ones find no session. "internal": a typed
-        INTERNAL (a misconfigured gateway). Others: no session."""
+        INTERNAL (a misconfigured gateway). "slow": answered OK after
+        half a second. Others: no session."""
         attempt = sum(r.request_id == request.request_id
                       for r in self.delete_requests) + 1
         self.delete_requests.append(request)
@@ -212,6 +213,9 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
         if request.session_id == "internal":
             abort_with_reason(context, grpc.StatusCode.INTERNAL, "INTERNAL",
                               "misconfigured")
+        if request.session_id == "slow":
+            time.sleep(0.5)
+            return pb.DeleteSessionResponse()
         if request.session_id == "overloaded-first" and attempt == 1:
             abort_with_reason(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                               "OVERLOADED", "queue full")

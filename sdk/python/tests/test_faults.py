@@ -746,6 +746,29 @@ def test_an_internal_error_moves_to_the_next_target(fake, aio):
     assert (asyncio.run(run_async()) if aio else run()) == 1
 
 
+@pytest.mark.parametrize("aio", [False, True])
+def test_the_callers_own_deadline_keeps_the_target(fake, aio):
+    # A call that runs out of its caller's own deadline says nothing against
+    # the target: the shared client stays on it (it moved every caller on,
+    # here to a dead port), as C++'s does.
+    targets = [fake.address, "127.0.0.1:1"]
+
+    async def run_async():
+        async with AsyncClient(targets, **fast_retries()) as c:
+            with pytest.raises(StatestreamError) as e:
+                await c.session("slow").delete(timeout=0.1)
+            assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            return c._current
+
+    def run():
+        with Client(targets, **fast_retries()) as c:
+            with pytest.raises(StatestreamError) as e:
+                c.session("slow").delete(timeout=0.1)
+            assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            return c._current
+    assert (asyncio.run(run_async()) if aio else run()) == 0
+
+
 # -- a Generate stream dropped unfinished --------------------------------------
 #
 # The asyncio client kept every call it started in a set until the call
