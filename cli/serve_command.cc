@@ -27,6 +27,7 @@
 #include "cli/tenant_flags.h"
 #include "cli/worker_flags.h"
 #include "cli/worker_metrics.h"
+#include "common/files.h"
 #include "common/malloc_tuning.h"
 #include "state_store/memory_state_store.h"
 #include "state_store/sqlite_state_store.h"
@@ -184,11 +185,28 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
     std::error_code error;
     // A directory serve creates is private (0700): it holds every
     // tenant's state. One that exists is left as its owner set it.
-    if (!std::filesystem::exists(options.data_dir, error) &&
+    // The directories it creates are synced into their parents: the
+    // store's fsyncs make the file durable, not its path.
+    std::vector<std::filesystem::path> created;
+    for (std::filesystem::path p =
+             std::filesystem::absolute(options.data_dir, error);
+         !error && !p.empty() && !std::filesystem::exists(p, error);
+         p = p.parent_path()) {
+      created.push_back(p);
+    }
+    if (!error && !created.empty() &&
         std::filesystem::create_directories(options.data_dir, error)) {
       std::filesystem::permissions(
           options.data_dir, std::filesystem::perms::owner_all,
           std::filesystem::perm_options::replace, error);
+      for (const std::filesystem::path& p : created) {
+        if (absl::Status synced = SyncDirectory(p.parent_path().string());
+            !error && !synced.ok()) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("cannot create --data-dir ", options.data_dir, ": ",
+                           synced.message()));
+        }
+      }
     }
     if (error || !std::filesystem::is_directory(options.data_dir)) {
       return absl::FailedPreconditionError(

@@ -100,4 +100,16 @@ absl::StatusOr<std::string> ReadStdin() {
   return ReadAll(STDIN_FILENO, "stdin");
 }
 
+absl::Status SyncDirectory(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int error = fd < 0 ? errno : 0;
+  if (fd >= 0) {
+    if (::fsync(fd) != 0) error = errno;
+    ::close(fd);
+  }
+  if (error == 0) return absl::OkStatus();
+  return absl::ErrnoToStatus(error,
+                             absl::StrCat("cannot sync directory ", path));
+}
+
 }  // namespace statestream

@@ -31,6 +31,11 @@ absl::StatusOr<std::string> ReadRegularFile(const std::string& path,
 absl::StatusOr<std::string> ReadFileUpTo(const std::string& path,
                                          size_t max_bytes);
 
+// fsync of the directory `path`: the entries created, renamed or removed
+// in it survive a crash (a file's own fsync does not make its name
+// durable). errno's code "cannot sync directory PATH: WHY" otherwise.
+absl::Status SyncDirectory(const std::string& path);
+
 }  // namespace statestream
 
 #endif  // STATESTREAM_COMMON_FILES_H_

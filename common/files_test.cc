@@ -29,6 +29,16 @@ TEST_F(FilesTest, ReadsAWholeFile) {
   EXPECT_FALSE(ReadRegularFile(dir_, 8).ok());
 }
 
+// A directory syncs; a missing one, or a file, is an error naming it.
+TEST_F(FilesTest, SyncsADirectoryAndNothingElse) {
+  EXPECT_TRUE(SyncDirectory(dir_).ok());
+  const absl::Status missing = SyncDirectory(dir_ + "/missing");
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound) << missing;
+  EXPECT_NE(missing.message().find(dir_ + "/missing"), std::string::npos);
+  std::ofstream(dir_ + "/f") << "x";
+  EXPECT_FALSE(SyncDirectory(dir_ + "/f").ok());
+}
+
 // What a running server rereads must not hang it or fill its memory: a
 // FIFO with no writer, an endless device, a file over the bound.
 TEST_F(FilesTest, ARegularFileReadRefusesWhatCouldHangOrFillMemory) {

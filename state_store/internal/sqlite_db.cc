@@ -14,6 +14,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/files.h"
 #include "common/status.h"
 
 namespace statestream::store_internal {
@@ -114,7 +115,18 @@ absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,
   // drop the POSIX locks another connection of this process holds on it.
   const int created =
       open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (created >= 0) close(created);  // new: no connection can hold it yet
+  if (created >= 0) {
+    close(created);  // new: no connection can hold it yet
+    // Its name made durable: SQLite's fsyncs cover the file's contents
+    // (and its -wal's name), not the main file's entry in the directory.
+    const size_t slash = path.rfind('/');
+    const std::string dir = slash == std::string::npos ? "."
+                            : slash == 0               ? "/"
+                                                       : path.substr(0, slash);
+    if (absl::Status synced = SyncDirectory(dir); !synced.ok()) {
+      return Unavailable(synced.message());
+    }
+  }
   for (const std::string& p : {path, path + "-wal", path + "-shm"}) {
     struct stat st;
     if (lstat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
