@@ -155,20 +155,23 @@ absl::Status DecodeSamplerSideData(const std::string& value,
       if (carry != nullptr) *carry = Utf8Carry{"", r.digest, true};
       continue;
     }
-    // What a worker writes, as a replay answers with it: a finish it knows
-    // (a GenerateOutcome::Finish, or in progress), a stop string of valid
-    // UTF-8 (a proto string: a client could not parse its replay), and an
-    // in-progress record beside the sampler it continues with.
+    records->push_back(std::move(r));
+  }
+  if (in.left() != 0) return Corrupt("trailing bytes");
+  return absl::OkStatus();
+}
+
+absl::Status CheckGenerationRecords(
+    const std::string& sampler, const std::deque<GenerationRecord>& records) {
+  for (const GenerationRecord& r : records) {
     if (r.finish > kLastFinish && r.finish != kGenerationInProgress) {
       return Corrupt("record finish");
     }
     if (!IsValidUtf8(r.stop_string)) return Corrupt("record stop string");
-    if (r.finish == kGenerationInProgress && sampler->empty()) {
+    if (r.finish == kGenerationInProgress && sampler.empty()) {
       return Corrupt("in-progress record without a sampler state");
     }
-    records->push_back(std::move(r));
   }
-  if (in.left() != 0) return Corrupt("trailing bytes");
   return absl::OkStatus();
 }
 

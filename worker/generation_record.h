@@ -76,6 +76,15 @@ absl::Status DecodeSamplerSideData(const std::string& value,
                                    std::string* sampler,
                                    std::deque<GenerationRecord>* records,
                                    Utf8Carry* carry = nullptr);
+// For an import: DATA_LOSS / STATE_CORRUPT for records no worker writes,
+// as a replay answers with them: a finish outside GenerateOutcome::Finish
+// and kGenerationInProgress, a stop string that is not UTF-8 (a proto
+// string: a client could not parse its replay), an in-progress record
+// without the sampler state it continues with. (Not when a stored state is
+// loaded: a newer release's finish must not make a session unloadable
+// during a rollout.)
+absl::Status CheckGenerationRecords(
+    const std::string& sampler, const std::deque<GenerationRecord>& records);
 
 // Appends `record`, then drops the oldest records until at most
 // `max_records` remain, their output is at most `max_tokens` tokens in all

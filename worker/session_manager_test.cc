@@ -115,6 +115,16 @@ TEST_F(SessionManagerTest, AnImportNoWorkerCouldHaveWrittenIsRefused) {
              "", {}, Utf8Carry{"\xF0", s->input_offset, true});
        },
        Reason::kStateCorrupt},
+      // A generation record no worker writes (its replay would reach a
+      // client that cannot parse it).
+      {"a record whose stop string is not UTF-8",
+       [](StateSnapshot* s) {
+         GenerationRecord r;
+         r.request_id = "gen";
+         r.stop_string = "\xff";
+         s->sampler_state = EncodeSamplerSideData("S", {r});
+       },
+       Reason::kStateCorrupt},
       {"another layer count", [](StateSnapshot* s) { s->n_layer += 1; },
        Reason::kModelMismatch},
       {"another architecture", [](StateSnapshot* s) { s->architecture = "v4"; },

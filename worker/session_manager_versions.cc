@@ -320,7 +320,9 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
   // version no worker can load would leave the session unusable.
   {
     std::string sampler;
-    SS_RETURN_IF_ERROR(StateCarry(snap, &sampler).status());
+    std::deque<GenerationRecord> records;
+    SS_RETURN_IF_ERROR(StateCarry(snap, &sampler, &records).status());
+    SS_RETURN_IF_ERROR(CheckGenerationRecords(sampler, records));
     if (!sampler.empty()) {
       SS_RETURN_IF_ERROR(engine::SamplerState::Parse(sampler).status());
     }
