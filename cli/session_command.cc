@@ -16,6 +16,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "cli/cli_util.h"
@@ -211,7 +212,14 @@ void PrintSession(const v1::Session& s) {
               << absl::StrJoin(labels, ",", absl::PairFormatter("="));
   }
   if (s.has_ttl()) {
-    std::cout << " ttl=" << s.ttl().seconds() << "s expires="
+    // To the nanosecond the server gives (1.5 s is "1.5s", not "1s").
+    std::string ttl = absl::StrCat(s.ttl().seconds());
+    if (s.ttl().nanos() != 0) {
+      std::string fraction = absl::StrFormat("%09d", s.ttl().nanos());
+      fraction.erase(fraction.find_last_not_of('0') + 1);
+      absl::StrAppend(&ttl, ".", fraction);
+    }
+    std::cout << " ttl=" << ttl << "s expires="
               << google::protobuf::util::TimeUtil::ToString(s.expire_time());
   } else {
     std::cout << " ttl=pinned";

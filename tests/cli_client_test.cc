@@ -276,6 +276,10 @@ TEST_F(CliClientTest, SessionVerbsSendEveryFlagTheyTake) {
   e2e::RunResult r = Cli({"session", "create", "cli-f", "--ttl=2h", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr(R"("ttl":"7200s")"));
+  // The plain line says the TTL as the server keeps it (it said 1s).
+  r = Cli({"session", "create", "cli-h", "--ttl=1500ms"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(" ttl=1.5s "));
   const std::string text = TempFile("f.txt", "two versions");
   ASSERT_EQ(Cli({"feed", "--session=cli-f", text}).exit_code, 0);
 

@@ -189,8 +189,9 @@ TEST_F(SessionManagerTest, ADrainRetriesACommitTheStoreRefusesForNow) {
 
 // A store that does not answer during a drain costs the drain its deadline,
 // not a commit attempt (each waiting out the store client's timeouts) per
-// dirty session after it: once three commits in a row found the store
-// down, the other dirty sessions are reported at once without one.
+// dirty session after it: once three calls in a row (commits, lease
+// releases past the deadline) found the store down, the other dirty
+// sessions are reported at once without one.
 TEST_F(SessionManagerTest, ADrainPastItsDeadlineStopsCallingADownStore) {
   faulty_ = std::make_unique<LosingStore>(store_.get());
   SessionManagerOptions o;
@@ -334,8 +335,14 @@ TEST_F(SessionManagerTest, ARenewalAskedForAtOnceStillCommitsInputDueSoon) {
   auto ack = Append(w, 0, "not yet committed");
   ASSERT_TRUE(ack.ok()) << ack.status();
   manager_->RenewLeasesNow();
-  absl::SleepFor(absl::Milliseconds(1800));  // silence near the TTL
-  auto head = store_->GetHead({"t", "short"});
+  // Due at about 1 s (half the TTL); committed before the TTL runs out.
+  const absl::Time until = absl::Now() + absl::Milliseconds(1900);
+  absl::StatusOr<SessionHead> head = store_->GetHead({"t", "short"});
+  while (head.ok() && head->head.input_offset != ack->input_offset &&
+         absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(50));
+    head = store_->GetHead({"t", "short"});
+  }
   ASSERT_TRUE(head.ok()) << head.status();
   EXPECT_EQ(head->head.input_offset, ack->input_offset);
   ASSERT_TRUE(Close(w).ok());

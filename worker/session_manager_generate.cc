@@ -39,8 +39,7 @@ absl::StatusOr<GenerateOutcome> SessionManager::Impl::ReplayFinished(
   // a final commit that adopted an older head (the store lost writes) and
   // then failed keeps the generation's state, its record included, as
   // uncommitted input; the head alone would not hold the output.
-  SS_RETURN_IF_ERROR(s->dirty ? Checkpoint(s, d, rec.request_id)
-                              : RaiseHeadDurability(s, d));
+  SS_RETURN_IF_ERROR(Checkpoint(s, d, rec.request_id));
   GenerateOutcome o = Replay(rec, emit);
   o.committed = true;
   o.replayed = true;
@@ -353,22 +352,28 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
         // Scheduler thread, like emit: out_tokens is current here.
         spec.on_checkpoint = [&m, cps, s, gen, base, input_tokens, tmpl, d,
                               out_tokens](GenerateCheckpoint cp) {
-          // The state's copy (one in flight, one waiting) is held against
-          // --max-copy-bytes like the working copy; past it this one is
-          // skipped: the next, or the final commit, covers its tokens.
-          absl::StatusOr<ByteBudget::Hold> hold =
-              m.copies_->Acquire(m.session_bytes_);
-          if (!hold.ok()) return;
-          // The deleter keeps the budget alive: a task (and so a waiting
-          // checkpoint) may outlive the manager, as a working copy may.
-          PendingCheckpoint p{
-              std::move(cp), *out_tokens,
-              std::shared_ptr<ByteBudget::Hold>(
-                  new ByteBudget::Hold(*std::move(hold)),
-                  [budget = m.copies_](ByteBudget::Hold* h) { delete h; })};
+          PendingCheckpoint p{std::move(cp), *out_tokens, nullptr};
           {
             absl::MutexLock lock(&cps->mu);
             if (cps->over) return;
+            // The state's copy (one in flight, one waiting) is held
+            // against --max-copy-bytes like the working copy: a newer one
+            // takes the place, and the bytes, of one still waiting; else
+            // it needs room, or is skipped (the next checkpoint, or the
+            // final commit, covers its tokens).
+            if (cps->running && cps->waiting.has_value()) {
+              p.hold = std::move(cps->waiting->hold);
+            } else {
+              absl::StatusOr<ByteBudget::Hold> hold =
+                  m.copies_->Acquire(m.session_bytes_);
+              if (!hold.ok()) return;
+              // The deleter keeps the budget alive: a task (and so a
+              // waiting checkpoint) may outlive the manager, as a working
+              // copy may.
+              p.hold = std::shared_ptr<ByteBudget::Hold>(
+                  new ByteBudget::Hold(*std::move(hold)),
+                  [budget = m.copies_](ByteBudget::Hold* h) { delete h; });
+            }
             if (cps->running) {
               cps->waiting = std::move(p);
               return;

@@ -425,10 +425,6 @@ TEST_F(SessionManagerTest, AQueuedRollbackOrImportWhoseClientWentAwayIsNotRun) {
   EXPECT_EQ(again->input_offset, 6u);
 }
 
-// A periodic checkpoint of a committing generation is written but its
-// reply is lost (and the store unreadable right after): the generation goes
-// on, its final commit adopts that version, and the session ends exactly
-// where an undisturbed run ends.
 // A replayed committing generation is answered committed only once
 // nothing of the session is left uncommitted: its answer's version holds
 // everything up to its position. (A final commit that adopted an older
@@ -457,6 +453,10 @@ TEST_F(SessionManagerTest, AReplayCommitsWhatTheSessionHoldsUncommitted) {
   ASSERT_TRUE(Close(live).ok());
 }
 
+// A periodic checkpoint of a committing generation is written but its
+// reply is lost (and the store unreadable right after): the generation goes
+// on, its final commit adopts that version, and the session ends exactly
+// where an undisturbed run ends.
 TEST_F(SessionManagerTest, ALostPeriodicCheckpointIsAdoptedByTheFinalCommit) {
   faulty_ = std::make_unique<LosingStore>(store_.get());
   SessionManagerOptions o;

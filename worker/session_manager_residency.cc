@@ -777,7 +777,7 @@ void SessionManager::Impl::Drain() {
             ReportNotStored(s.get(),
                             absl::UnavailableError(
                                 "not tried: the store did not answer the "
-                                "drain's commits past its deadline"));
+                                "drain's calls past its deadline"));
           }
           Drop(s.get(), Session::Gone::kEvicted);
           return true;
@@ -800,10 +800,10 @@ void SessionManager::Impl::Drain() {
           absl::MutexLock lease_lock(&s->lease_mu);
           released = store_->ReleaseLease(s->key, opt_.owner, s->fence);
         }
-        if (released.ok()) {
+        // Any answer (FENCED, NOT_FOUND too) is the store answering.
+        if (released.code() != absl::StatusCode::kUnavailable) {
           unanswered = 0;
-        } else if (released.code() == absl::StatusCode::kUnavailable &&
-                   clock_->Now() >= deadline && ++unanswered >= kDownAfter) {
+        } else if (clock_->Now() >= deadline && ++unanswered >= kDownAfter) {
           store_down = true;
         }
       }
