@@ -293,15 +293,8 @@ TEST_F(SessionManagerTest, EveryCommitReachesTheDurabilityItsInputAskedFor) {
 // store's last write (Impl::CommitDue), and the sweep looks at sessions
 // with a short TTL often enough to.
 TEST_F(SessionManagerTest, AWritersInputIsCommittedBeforeItsSessionExpires) {
-  SessionManagerOptions o;
-  o.checkpoint_interval = absl::Hours(1);
-  Start(o);
-  CreateParams p;
-  p.request_id = "create-short";
-  p.session_id = "short";
-  p.ttl = absl::Seconds(2);
-  ASSERT_TRUE(manager_->CreateSession("t", p).ok());
-  auto w = Open("short");
+  std::shared_ptr<SessionManager::Writer> w;
+  ASSERT_NO_FATAL_FAILURE(OpenShortLived(&w));
   uint64_t at = 0;
   for (int i = 0; i < 8; ++i) {  // past the TTL
     auto ack = Append(w, at, "x");
@@ -323,15 +316,8 @@ TEST_F(SessionManagerTest, AWritersInputIsCommittedBeforeItsSessionExpires) {
 // too: it skipped the sweep and waited its full period after, so input
 // due before a short TTL ran out was committed after the session expired.
 TEST_F(SessionManagerTest, ARenewalAskedForAtOnceStillCommitsInputDueSoon) {
-  SessionManagerOptions o;
-  o.checkpoint_interval = absl::Hours(1);
-  Start(o);
-  CreateParams p;
-  p.request_id = "create-short";
-  p.session_id = "short";
-  p.ttl = absl::Seconds(2);
-  ASSERT_TRUE(manager_->CreateSession("t", p).ok());
-  auto w = Open("short");
+  std::shared_ptr<SessionManager::Writer> w;
+  ASSERT_NO_FATAL_FAILURE(OpenShortLived(&w));
   auto ack = Append(w, 0, "not yet committed");
   ASSERT_TRUE(ack.ok()) << ack.status();
   manager_->RenewLeasesNow();

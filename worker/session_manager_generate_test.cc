@@ -69,10 +69,7 @@ TEST_F(SessionManagerTest,
        AGenerationCommitWithAnUnknownOutcomeRereadsTheStore) {
   faulty_ = std::make_unique<LosingStore>(store_.get());
   Start(SessionManagerOptions{});
-  Create("g");
-  auto w = Open("g");
-  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
-  ASSERT_TRUE(Close(w).ok());
+  CreatePrompted("g");
   faulty_->lose_next_commit = true;
   GenerateInput in;
   in.request_id = "lost";
@@ -89,7 +86,7 @@ TEST_F(SessionManagerTest,
   ASSERT_TRUE(view.ok()) << view.status();
   EXPECT_EQ(view->input_offset, 11u);
   EXPECT_EQ(view->version, head->head.version);
-  w = Open("g");
+  auto w = Open("g");
   auto next = Append(w, 11, "more", true, true);
   ASSERT_TRUE(next.ok()) << next.status();
   EXPECT_EQ(next->version, head->head.version + 1);
@@ -99,10 +96,7 @@ TEST_F(SessionManagerTest,
 // committing request that fails its checks at once changes nothing: neither
 // takes the writer slot, so the session's live Append call goes on.
 TEST_F(SessionManagerTest, AReplayOrARefusedGenerateLeavesTheWriterAlone) {
-  Create("r");
-  auto w = Open("r");
-  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
-  ASSERT_TRUE(Close(w).ok());
+  CreatePrompted("r");
   GenerateOutcome first;
   const std::vector<int32_t> tokens = Generate("r", true, "gen-1", &first);
   ASSERT_EQ(tokens.size(), 12u);
@@ -191,10 +185,7 @@ TEST_F(SessionManagerTest, ADeleteEndsARunningGeneration) {
   SessionManagerOptions o;
   o.max_generate_tokens = 1 << 20;
   Start(o);
-  Create("g");
-  auto w = Open("g");
-  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
-  ASSERT_TRUE(Close(w).ok());
+  CreatePrompted("g");
   GenerateInput in;
   in.request_id = "long";
   in.commit = true;
@@ -273,10 +264,7 @@ TEST_F(SessionManagerTest, WorkingCopiesAreBoundedByMaxCopyBytes) {
   SessionManagerOptions o;
   o.max_copy_bytes = 1;  // one copy always fits alone; a second does not
   Start(o);
-  Create("g");
-  auto w = Open("g");
-  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
-  ASSERT_TRUE(Close(w).ok());
+  CreatePrompted("g");
   auto score = [&] {
     ScoreInput in;
     in.tokens = {1, 2};
@@ -321,10 +309,7 @@ TEST_F(SessionManagerTest, CheckpointCopiesAreHeldAgainstMaxCopyBytes) {
     o.generate_checkpoint_interval = absl::ZeroDuration();
     Start(o);
     const std::string id = absl::StrCat("g", max_copy_bytes);
-    Create(id);
-    auto w = Open(id);
-    ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
-    ASSERT_TRUE(Close(w).ok());
+    CreatePrompted(id);
     const uint64_t before = store_->GetHead({"t", id})->head.version;
     GenerateOutcome out;
     EXPECT_EQ(Generate(id, true, "gen", &out).size(), 12u);
@@ -342,10 +327,7 @@ TEST_F(SessionManagerTest, CheckpointCopiesAreHeldAgainstMaxCopyBytes) {
 // generation longer than its max_duration still generates, instead of
 // sampling one token and stopping (CANCELLED) the moment its turn comes.
 TEST_F(SessionManagerTest, MaxDurationCountsFromTheGenerationsTurn) {
-  Create("g");
-  auto w = Open("g");
-  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
-  ASSERT_TRUE(Close(w).ok());
+  CreatePrompted("g");
   HeldGeneration held(manager_.get(), "g");
   ASSERT_TRUE(held.Holding());
   GenerateInput in;
@@ -431,10 +413,7 @@ TEST_F(SessionManagerTest, AQueuedRollbackOrImportWhoseClientWentAwayIsNotRun) {
 // head and then failed keeps the output as uncommitted input; a replay
 // answered committed=true on the older head, which does not hold it.)
 TEST_F(SessionManagerTest, AReplayCommitsWhatTheSessionHoldsUncommitted) {
-  Create("r");
-  auto w = Open("r");
-  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
-  ASSERT_TRUE(Close(w).ok());
+  CreatePrompted("r");
   GenerateOutcome first;
   const std::vector<int32_t> tokens = Generate("r", true, "gen-1", &first);
   // Input after it, not committed yet (the writer stays open).
@@ -464,10 +443,7 @@ TEST_F(SessionManagerTest, ALostPeriodicCheckpointIsAdoptedByTheFinalCommit) {
   o.generate_checkpoint_interval = absl::ZeroDuration();
   Start(o);
   for (const char* id : {"lost", "ref"}) {
-    Create(id);
-    auto w = Open(id);
-    ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
-    ASSERT_TRUE(Close(w).ok());
+    CreatePrompted(id);
   }
   const std::vector<int32_t> ref = Generate("ref", true, "g");
   faulty_->lose_next_commit = true;
@@ -488,10 +464,7 @@ TEST_F(SessionManagerTest, ALostPeriodicCheckpointIsAdoptedByTheFinalCommit) {
 // answer, with the output they had, before the manager is gone (their
 // answer used to be posted to a stopped pool, or to a destroyed one).
 TEST_F(SessionManagerTest, ShutdownWaitsForSideBranchGenerations) {
-  Create("side");
-  auto w = Open("side");
-  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
-  ASSERT_TRUE(Close(w).ok());
+  CreatePrompted("side");
   GenerateInput in;
   in.request_id = "side";
   in.max_tokens = 8000;
@@ -517,10 +490,7 @@ TEST_F(SessionManagerTest, ShutdownWaitsForSideBranchGenerations) {
 // worker, with nothing committed, where the drain used to wait for the
 // whole prompt and commit one token.
 TEST_F(SessionManagerTest, ADrainStopsAGenerationStillFeedingItsPrompt) {
-  Create("p");
-  auto w = Open("p");
-  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
-  ASSERT_TRUE(Close(w).ok());
+  CreatePrompted("p");
   const uint64_t version = store_->GetHead({"t", "p"})->head.version;
   GenerateInput in;
   in.request_id = "big";
@@ -611,10 +581,7 @@ TEST_F(SessionManagerTest, APolicyCheckpointRecordsNoRequest) {
 
 TEST_F(SessionManagerTest,
        SeededGenerationIsReproducibleAndSideBranchesAreFree) {
-  Create("g");
-  auto w = Open("g");
-  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
-  ASSERT_TRUE(Close(w).ok());
+  CreatePrompted("g");
   const std::string before = Blob("g");
   auto side1 = Generate("g", false, "r1");
   auto side2 = Generate("g", false, "r2");
@@ -638,10 +605,7 @@ TEST_F(SessionManagerTest, GenerationsCheckpointAndResumeExactly) {
   o.generate_checkpoint_tokens = 4;
   o.generate_checkpoint_interval = absl::ZeroDuration();
   Start(o);
-  Create("c");
-  auto w = Open("c");
-  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
-  ASSERT_TRUE(Close(w).ok());
+  CreatePrompted("c");
   GenerateOutcome full;
   const std::vector<int32_t> tokens = Generate("c", true, "long", &full);
   ASSERT_EQ(tokens.size(), 12u);
@@ -687,10 +651,7 @@ TEST_F(SessionManagerTest, InputAfterACheckpointEndsItsResumability) {
   o.generate_checkpoint_tokens = 4;
   o.generate_checkpoint_interval = absl::ZeroDuration();
   Start(o);
-  Create("d");
-  auto w = Open("d");
-  ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
-  ASSERT_TRUE(Close(w).ok());
+  CreatePrompted("d");
   Generate("d", true, "long");
   auto versions = store_->ListVersions({"t", "d"});
   ASSERT_TRUE(versions.ok() && versions->size() >= 4u);

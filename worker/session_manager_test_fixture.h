@@ -197,6 +197,29 @@ class SessionManagerTest : public ::testing::Test {
     ASSERT_TRUE(manager_->CreateSession("t", p).ok());
   }
 
+  // A manager whose checkpoint interval (1 h) is far past the TTL of the
+  // session "short" it creates (2 s), and a writer of that session in `w`.
+  void OpenShortLived(std::shared_ptr<SessionManager::Writer>* w) {
+    SessionManagerOptions o;
+    o.checkpoint_interval = absl::Hours(1);
+    Start(o);
+    CreateParams p;
+    p.request_id = "create-short";
+    p.session_id = "short";
+    p.ttl = absl::Seconds(2);
+    ASSERT_TRUE(manager_->CreateSession("t", p).ok());
+    *w = Open("short");
+  }
+
+  // Create(id), then "prompt" appended, flushed and committed: a session
+  // to generate from.
+  void CreatePrompted(const std::string& id) {
+    Create(id);
+    auto w = Open(id);
+    ASSERT_TRUE(Append(w, 0, "prompt", true, true).ok());
+    ASSERT_TRUE(Close(w).ok());
+  }
+
   // `superseded` (shared: a drain at teardown notifies writers still
   // attached) is notified when the writer call is to end.
   std::shared_ptr<SessionManager::Writer> Open(
