@@ -753,6 +753,8 @@ def _assemble_export(parts, session_id: str) -> "ExportedState":
         if part.HasField("header"):
             header = part.header
             continue
+        if not part.HasField("chunk"):
+            continue  # a newer server's message: skipped, as C++ does
         c = part.chunk
         if c.index != len(blob):
             raise StatestreamError(

@@ -76,8 +76,11 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
         return pb.Session(session_id=header.session_id, version=2)
 
     def ExportState(self, request, context):
-        # Session "reordered": chunk 1 before 0; "corrupt": a wrong CRC.
+        # Session "reordered": chunk 1 before 0; "corrupt": a wrong CRC;
+        # "newer": a message of neither kind (a newer server's) first.
         yield pb.ExportStateResponse(header=pb.StateHeader(total_bytes=8))
+        if request.session_id == "newer":
+            yield pb.ExportStateResponse()
         for i in (1, 0) if request.session_id == "reordered" else (0, 1):
             crc = 0 if request.session_id == "corrupt" and i == 1 else None
             yield pb.ExportStateResponse(chunk=pb.StateChunk(

@@ -189,6 +189,22 @@ def test_a_corrupt_export_is_data_loss(fake, session):
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("aio", [False, True])
+def test_an_export_skips_messages_it_does_not_know(fake, aio):
+    # Neither header nor chunk (a newer server's message): skipped, as C++
+    # does. It was read as an empty chunk 0, and the real one then failed
+    # the export DATA_LOSS.
+    async def run_async():
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            return await c.session("newer").export()
+
+    def run():
+        with Client(fake.address, **fast_retries()) as c:
+            return c.session("newer").export()
+    state = asyncio.run(run_async()) if aio else run()
+    assert state.blob == b"abcdabcd"
+
+
 # -- stop strings --------------------------------------------------------------
 #
 # A str is one stop string: stop="\n\n" used to become ["\n", "\n"].
