@@ -642,6 +642,30 @@ TEST(SdkDeleteTest, TheCallersOwnDeadlineKeepsTheTarget) {
   second->Shutdown();
 }
 
+// A Sessions server whose every ListVersions page names itself as the
+// next.
+class LoopingVersions final : public v1::Sessions::Service {
+ public:
+  grpc::Status ListVersions(grpc::ServerContext*,
+                            const v1::ListVersionsRequest*,
+                            v1::ListVersionsResponse* out) override {
+    out->add_versions()->set_version(1);
+    out->set_next_page_token("again");
+    return grpc::Status::OK;
+  }
+};
+
+// A repeated page token ends the listing INTERNAL: it was read forever, the
+// list growing.
+TEST(SdkListTest, ARepeatedPageTokenEndsTheListing) {
+  LoopingVersions service;
+  FakeServer fake;
+  ASSERT_NO_FATAL_FAILURE(Serve(&service, &fake));
+  auto versions = fake.client->OpenSession("s").Versions();
+  EXPECT_EQ(versions.status().code(), absl::StatusCode::kInternal)
+      << versions.status();
+}
+
 class SdkRetryTest : public ::testing::Test {
  protected:
   // Serves an OverloadedSessions(retry_after_ms); a client of it with

@@ -550,6 +550,13 @@ absl::StatusOr<std::vector<v1::Version>> Session::Versions(
           return stubs.sessions->ListVersions(ctx, req, &page);
         });
     if (!s.ok()) return s;
+    // A server that names the page it just gave would be read forever,
+    // the list growing.
+    if (!page.next_page_token().empty() &&
+        page.next_page_token() == req.page_token()) {
+      return absl::InternalError(
+          "ListVersions: the server repeated its page token");
+    }
     all.insert(all.end(), page.versions().begin(), page.versions().end());
     req.set_page_token(page.next_page_token());
   } while (!req.page_token().empty());

@@ -20,8 +20,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import grpc
 import grpc.aio
 
-from statestream.client import (_blames_target_by, _ClientBase, _Collected,
-                                _assemble_export, _closed_error, _create_request,
+from statestream.client import (_blames_target_by, _check_next_page,
+                                _ClientBase, _Collected, _assemble_export,
+                                _closed_error, _create_request,
                                 _crc32c_in_thread, _generate_request,
                                 _import_chunk,
                                 _import_chunks, _import_header, _list_request,
@@ -230,6 +231,7 @@ class AsyncClient(_ClientBase):
             out += [SessionInfo.from_proto(s) for s in page.sessions]
             if not page.next_page_token:
                 return out
+            _check_next_page(req, page, "ListSessions")
             req.page_token = page.next_page_token
 
     async def _import(self, header, blob: bytes,
@@ -470,6 +472,7 @@ class AsyncSession:
             out += [VersionInfo.from_proto(v) for v in page.versions]
             if not page.next_page_token:
                 return out
+            _check_next_page(req, page, "ListVersions")
             req.page_token = page.next_page_token
 
     async def rollback(self, version: int,

@@ -269,6 +269,14 @@ def _blames_target_by(error: StatestreamError,
     return blames_target(error)
 
 
+def _check_next_page(req, page, rpc: str) -> None:
+    """INTERNAL when a server names the page it just gave as the next one:
+    the listing would be read forever."""
+    if page.next_page_token == req.page_token:
+        raise StatestreamError(grpc.StatusCode.INTERNAL,
+                               f"{rpc}: the server repeated its page token")
+
+
 def _outcome_unknown(error: StatestreamError) -> bool:
     """Whether a failed attempt may have been applied: a retried failure
     other than an admission refusal (RESOURCE_EXHAUSTED: never started)."""
@@ -502,6 +510,7 @@ class Client(_ClientBase):
                 yield SessionInfo.from_proto(s)
             if not page.next_page_token:
                 return
+            _check_next_page(req, page, "ListSessions")
             req.page_token = page.next_page_token
 
     def import_session(self, state: ExportedState, session_id: str = "", *,
@@ -1029,6 +1038,7 @@ class Session:
             out += [VersionInfo.from_proto(v) for v in page.versions]
             if not page.next_page_token:
                 return out
+            _check_next_page(req, page, "ListVersions")
             req.page_token = page.next_page_token
 
     def rollback(self, version: int,

@@ -75,6 +75,16 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
                 self.imported_chunks.append(r.chunk)
         return pb.Session(session_id=header.session_id, version=2)
 
+    def ListVersions(self, request, context):
+        """A misbehaving server: every page names itself as the next."""
+        return pb.ListVersionsResponse(versions=[pb.Version(version=1)],
+                                       next_page_token="again")
+
+    def ListSessions(self, request, context):
+        """As ListVersions."""
+        return pb.ListSessionsResponse(
+            sessions=[pb.Session(session_id="s")], next_page_token="again")
+
     def ExportState(self, request, context):
         # Session "reordered": chunk 1 before 0; "corrupt": a wrong CRC;
         # "newer": a message of neither kind (a newer server's) first.

@@ -205,6 +205,27 @@ def test_an_export_skips_messages_it_does_not_know(fake, aio):
     assert state.blob == b"abcdabcd"
 
 
+@pytest.mark.parametrize("aio", [False, True])
+def test_a_repeated_page_token_ends_a_listing(fake, aio):
+    # A server that names the page it just gave as the next one: INTERNAL,
+    # not a listing read (and held) forever.
+    async def run_async():
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            for listing in (c.session("s").versions(), c.list_sessions()):
+                with pytest.raises(StatestreamError) as e:
+                    await listing
+                assert e.value.code == grpc.StatusCode.INTERNAL
+
+    def run():
+        with Client(fake.address, **fast_retries()) as c:
+            for listing in (c.session("s").versions,
+                            lambda: list(c.list_sessions())):
+                with pytest.raises(StatestreamError) as e:
+                    listing()
+                assert e.value.code == grpc.StatusCode.INTERNAL
+    asyncio.run(run_async()) if aio else run()
+
+
 # -- stop strings --------------------------------------------------------------
 #
 # A str is one stop string: stop="\n\n" used to become ["\n", "\n"].
