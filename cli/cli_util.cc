@@ -199,12 +199,9 @@ absl::Status WriteFileAtomically(const std::string& path,
     ::unlink(tmp.c_str());  // the earlier file, if any, is untouched
     return written;
   }
-  // The rename itself survives a crash once the directory is synced.
-  if (const int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-      d >= 0) {
-    ::fsync(d);
-    ::close(d);
-  }
+  // The rename itself survives a crash once the directory is synced (the
+  // file is written either way: a failed sync is not reported).
+  SyncDirectory(dir.string()).IgnoreError();
   return absl::OkStatus();
 }
 

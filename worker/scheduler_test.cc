@@ -475,26 +475,23 @@ TEST(SchedulerTest, AShortScoreIsNotHeldBehindALongOne) {
   auto finish = [&] {
     if (left.fetch_sub(1) == 1) both.Notify();
   };
-  ASSERT_TRUE(sched
-                  .Submit(std::make_shared<ScoreTask>(
-                      &long_state, V, Tokens(4000, 3),
-                      [&](const absl::Status& st, const std::vector<float>&,
-                          const std::vector<bool>&) {
-                        EXPECT_TRUE(st.ok()) << st;
-                        long_done = true;
-                        finish();
-                      }))
-                  .ok());
-  ASSERT_TRUE(sched
-                  .Submit(std::make_shared<ScoreTask>(
-                      &short_state, V, Tokens(40, 4),
-                      [&](const absl::Status& st, const std::vector<float>&,
-                          const std::vector<bool>&) {
-                        EXPECT_TRUE(st.ok()) << st;
-                        short_first = !long_done.load();
-                        finish();
-                      }))
-                  .ok());
+  // Scores `tokens` on `state`, then runs `then`.
+  auto score = [&](EngineState* state, std::vector<int32_t> tokens,
+                   std::function<void()> then) {
+    return sched.Submit(std::make_shared<ScoreTask>(
+        state, V, std::move(tokens),
+        [&, then](const absl::Status& st, const std::vector<float>&,
+                  const std::vector<bool>&) {
+          EXPECT_TRUE(st.ok()) << st;
+          then();
+          finish();
+        }));
+  };
+  ASSERT_TRUE(
+      score(&long_state, Tokens(4000, 3), [&] { long_done = true; }).ok());
+  ASSERT_TRUE(score(&short_state, Tokens(40, 4), [&] {
+                short_first = !long_done.load();
+              }).ok());
   both.WaitForNotification();
   EXPECT_TRUE(short_first.load());
 }

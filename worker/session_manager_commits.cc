@@ -312,7 +312,7 @@ absl::Status SessionManager::Impl::CommitGeneration(
       absl::MutexLock lock(&s->mu);
       RefreshView(s);
     } else if (GoneError(s).ok()) {
-      DropAndRelease(s, Session::Gone::kEvicted);
+      DropAndRelease(s, Session::Gone::kEvicted).IgnoreError();
     }
   }
   return cs;

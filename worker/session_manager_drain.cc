@@ -111,12 +111,8 @@ void SessionManager::Impl::Drain() {
             return true;
           }
         }
-        Drop(s.get(), Session::Gone::kEvicted);
-        absl::Status released;
-        {
-          absl::MutexLock lease_lock(&s->lease_mu);
-          released = store_->ReleaseLease(s->key, opt_.owner, s->fence);
-        }
+        const absl::Status released =
+            DropAndRelease(s.get(), Session::Gone::kEvicted);
         // Any answer (FENCED, NOT_FOUND too) is the store answering.
         if (released.code() != absl::StatusCode::kUnavailable) {
           unanswered = 0;

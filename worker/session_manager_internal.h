@@ -434,8 +434,9 @@ class SessionManager::Impl {
   void Drop(Session* s, Session::Gone why);
 
   // Drop(s, why), then releases its lease: after any renewal in flight,
-  // and no renewal starts after it (RenewLoop skips sessions gone).
-  void DropAndRelease(Session* s, Session::Gone why);
+  // and no renewal starts after it (RenewLoop skips sessions gone). The
+  // release's answer (the drain counts unanswered ones).
+  absl::Status DropAndRelease(Session* s, Session::Gone why);
 
   // Renews the leases of those of `all` not gone (their leases are
   // released or being released), kRenewBatch at a time, each batch one

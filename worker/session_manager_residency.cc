@@ -433,7 +433,7 @@ void SessionManager::Impl::Evict(const std::shared_ptr<Session>& s) {
     Release(s);
     return;
   }
-  DropAndRelease(s.get(), Session::Gone::kEvicted);
+  DropAndRelease(s.get(), Session::Gone::kEvicted).IgnoreError();
   {
     absl::MutexLock lock(&mu_);
     ++stats_.evictions;
@@ -461,13 +461,14 @@ void SessionManager::Impl::FollowStoreHead(Session* s) {
     auto v = store_->LoadVersion(s->key, h->head.version);
     if (v.ok() && LoadInto(s, *v, &*h).ok()) return;
   }
-  DropAndRelease(s, Session::Gone::kEvicted);
+  DropAndRelease(s, Session::Gone::kEvicted).IgnoreError();
 }
 
-void SessionManager::Impl::DropAndRelease(Session* s, Session::Gone why) {
+absl::Status SessionManager::Impl::DropAndRelease(Session* s,
+                                                  Session::Gone why) {
   Drop(s, why);
   absl::MutexLock lease_lock(&s->lease_mu);
-  store_->ReleaseLease(s->key, opt_.owner, s->fence).IgnoreError();
+  return store_->ReleaseLease(s->key, opt_.owner, s->fence);
 }
 
 void SessionManager::Impl::RenewLeasesOf(

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <filesystem>
 #include <set>
 #include <string>
 #include <utility>
@@ -119,11 +120,9 @@ absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,
     close(created);  // new: no connection can hold it yet
     // Its name made durable: SQLite's fsyncs cover the file's contents
     // (and its -wal's name), not the main file's entry in the directory.
-    const size_t slash = path.rfind('/');
-    const std::string dir = slash == std::string::npos ? "."
-                            : slash == 0               ? "/"
-                                                       : path.substr(0, slash);
-    if (absl::Status synced = SyncDirectory(dir); !synced.ok()) {
+    std::filesystem::path dir = std::filesystem::path(path).parent_path();
+    if (dir.empty()) dir = ".";
+    if (absl::Status synced = SyncDirectory(dir.string()); !synced.ok()) {
       return Unavailable(synced.message());
     }
   }
