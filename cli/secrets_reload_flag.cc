@@ -17,7 +17,8 @@
 #include "common/files.h"
 
 ABSL_FLAG(absl::Duration, secrets_reload_interval, absl::Minutes(1),
-          "How often --api-keys and --internal-token-file are reread (1s to "
+          "How often the secrets files (--api-keys; --internal-token-file on "
+          "gateway and worker) are reread (1s to "
           "24h): keys and tokens added or removed there (a Kubernetes "
           "Secret update) take effect without a restart, once a second read "
           "a second later finds the same bytes; an Append open under a "
