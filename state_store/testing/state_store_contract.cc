@@ -286,11 +286,24 @@ TEST_P(StateStoreContractTest, TakeoverFencesOutTheOldOwner) {
   ASSERT_OK(b);
   EXPECT_GT(b->fence, a->fence);
   // The paused old owner wakes up and tries to commit, renew or release.
-  auto fenced = store_->Commit(Commit(kKey, 2, a->fence, 3));
+  // (Its states differ from the new owner's, so one that got in shows.)
+  auto fenced = store_->Commit(Commit(kKey, 2, a->fence, 30));
   EXPECT_ERROR(fenced, kAborted, kFenced);
   // FENCED too when its expected version is stale as well: the version
   // alone would not tell it to let the session go.
-  EXPECT_ERROR(store_->Commit(Commit(kKey, 1, a->fence, 3)), kAborted, kFenced);
+  EXPECT_ERROR(store_->Commit(Commit(kKey, 1, a->fence, 31)), kAborted,
+               kFenced);
+  // Neither wrote anything: the head is still the old owner's last commit.
+  auto head = store_->GetHead(kKey);
+  ASSERT_OK(head);
+  EXPECT_EQ(head->head.version, 2u);
+  EXPECT_EQ(head->head.fence, a->fence);
+  auto kept = store_->LoadVersion(kKey, 0);
+  ASSERT_OK(kept);
+  ExpectSameSnapshot(kept->state, TestSnapshot(2));
+  auto versions = store_->ListVersions(kKey);
+  ASSERT_OK(versions);
+  EXPECT_EQ(versions->size(), 2u);
   EXPECT_ERROR(
       store_->RenewLease(kKey, "worker-a", a->fence, absl::Seconds(60)),
       kAborted, kFenced);
