@@ -305,8 +305,14 @@ TEST_F(SessionManagerTest, AWritersInputIsCommittedBeforeItsSessionExpires) {
   auto last = Append(w, at, "y");  // not yet committed
   ASSERT_TRUE(last.ok()) << last.status();
   at = last->input_offset;
-  absl::SleepFor(absl::Milliseconds(1800));  // silence near the TTL
-  auto head = store_->GetHead({"t", "short"});
+  // Silence: the input is committed while the session lives (once the
+  // TTL ran out with it uncommitted, the store answers NOT_FOUND).
+  absl::StatusOr<SessionHead> head = store_->GetHead({"t", "short"});
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (head.ok() && head->head.input_offset < at && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+    head = store_->GetHead({"t", "short"});
+  }
   ASSERT_TRUE(head.ok()) << head.status();
   EXPECT_EQ(head->head.input_offset, at);
   ASSERT_TRUE(Close(w).ok());
@@ -321,8 +327,9 @@ TEST_F(SessionManagerTest, ARenewalAskedForAtOnceStillCommitsInputDueSoon) {
   auto ack = Append(w, 0, "not yet committed");
   ASSERT_TRUE(ack.ok()) << ack.status();
   manager_->RenewLeasesNow();
-  // Due at about 1 s (half the TTL); committed before the TTL runs out.
-  const absl::Time until = absl::Now() + absl::Milliseconds(1900);
+  // Due at about 1 s (half the TTL); committed before the TTL runs out
+  // (after, the store answers NOT_FOUND).
+  const absl::Time until = absl::Now() + absl::Seconds(30);
   absl::StatusOr<SessionHead> head = store_->GetHead({"t", "short"});
   while (head.ok() && head->head.input_offset != ack->input_offset &&
          absl::Now() < until) {
