@@ -15,10 +15,12 @@ if(STATESTREAM_SANITIZE)
   add_link_options("-fsanitize=${STATESTREAM_SANITIZE}")
 endif()
 
-# ss_add_test(NAME SOURCES a.cc b.cc LIBS x y [LABELS e2e]): one gtest binary,
-# registered with ctest. Tests are labelled "unit" unless LABELS says otherwise.
+# ss_add_test(NAME SOURCES a.cc b.cc LIBS x y [LABELS e2e] [PREFIX p.]): one
+# gtest binary, registered with ctest. Tests are labelled "unit" unless LABELS
+# says otherwise; PREFIX goes before each test's ctest name (two binaries
+# built from one source).
 function(ss_add_test name)
-  cmake_parse_arguments(T "" "" "SOURCES;LIBS;LABELS" ${ARGN})
+  cmake_parse_arguments(T "" "PREFIX" "SOURCES;LIBS;LABELS" ${ARGN})
   if(NOT T_LABELS)
     set(T_LABELS unit)
   endif()
@@ -27,5 +29,6 @@ function(ss_add_test name)
   target_compile_definitions(${name} PRIVATE
     STATESTREAM_SHARED_DIR="${STATESTREAM_SHARED_DIR}"
     STATESTREAM_BINARY_DIR="${CMAKE_BINARY_DIR}")
-  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES LABELS "${T_LABELS}")
+  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 TEST_PREFIX "${T_PREFIX}"
+                       PROPERTIES LABELS "${T_LABELS}")
 endfunction()

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Bad input to the public API of a real `statestream serve` process (demo
-// model) gets a typed error and changes nothing. Table-driven: each case is
+// model) gets a typed error and changes nothing; built a second time
+// (api_bad_input_gateway_e2e_test), the same through a gateway and a
+// worker over Redis (tests/serve_fixture.h). Table-driven: each case is
 // one malformed Sessions or Streams call and the gRPC code, ErrorInfo reason
 // and `field` (plus `limit`, `token`, `detail`, ...) metadata the server
 // code answers with; the targeted session is then checked unchanged.
@@ -34,8 +36,9 @@ namespace {
 // SessionManagerOptions::max_generate_tokens (worker/session_manager.h);
 // `serve` has no flag that changes it.
 constexpr uint32_t kMaxGenerateTokens = 8192;
-// kMaxAppendTokens (worker/session_manager_internal.h).
+// kMaxAppendTokens and kMaxTextBytes (worker/session_manager_internal.h).
 constexpr int kMaxAppendTokens = 262144;
+constexpr size_t kMaxTextBytes = 1 << 20;
 
 // The typed error a malformed request must get.
 struct Want {
@@ -524,6 +527,11 @@ TEST_F(ApiBadInputE2eTest, CreateAndGetSession) {
 // cannot help). It used to write the version at MEMORY and fail
 // UNAVAILABLE, which the SDKs retried for seconds.
 TEST_F(ApiBadInputE2eTest, DurabilityTheStoreNeverReaches) {
+  if (IsGateway()) {
+    // Redis is asked (WAIT, WAITAOF) and reports the level it reached
+    // (redis_state_store_test.cc); nothing is refused up front.
+    GTEST_SKIP() << "serve's memory store only";
+  }
   ASSERT_TRUE(CreateWithText("dur", "abc").ok());  // versions 1, 2
   const Want never = {absl::StatusCode::kFailedPrecondition,
                       Reason::kInvalidArgument,
@@ -646,6 +654,19 @@ TEST_F(ApiBadInputE2eTest, Generate) {
          g->set_top_logprobs(21);
        }),
        WantField("top_logprobs")},
+      {"prompt_tokens id = vocab_size",
+       gen([vocab](auto* g) { g->mutable_prompt_tokens()->add_ids(vocab); }),
+       WantField("prompt_tokens.ids", Reason::kInvalidToken,
+                 {{"token", absl::StrCat(vocab)},
+                  {"vocab_size", absl::StrCat(vocab)}})},
+      {"stop_tokens id = vocab_size",
+       gen([vocab](auto* g) { g->add_stop_tokens(vocab); }),
+       WantField("stop_tokens", Reason::kInvalidToken,
+                 {{"token", absl::StrCat(vocab)}})},
+      {"prompt_text_utf8 over the limit", gen([](auto* g) {
+         g->set_prompt_text_utf8(std::string(kMaxTextBytes + 1, 'a'));
+       }),
+       WantTooLarge("prompt_text_utf8", absl::StrCat(kMaxTextBytes))},
       {"durability 9 on a side branch", gen([](auto* g) {
          g->set_commit(false);
          g->set_durability(static_cast<v1::Durability>(9));
@@ -694,12 +715,43 @@ TEST_F(ApiBadInputE2eTest, Score) {
 
 TEST_F(ApiBadInputE2eTest, Append) {
   ASSERT_TRUE(CreateWithText("app", "").ok());
+  auto session = Get("app");
+  ASSERT_TRUE(session.ok()) << session.status();
+  const uint32_t vocab = VocabOf(session->model_id());
+  ASSERT_GT(vocab, 0u) << session->model_id();
+  v1::AppendRequest bad_token;
+  bad_token.set_session_id("app");
+  bad_token.mutable_tokens()->add_ids(65);
+  bad_token.mutable_tokens()->add_ids(vocab);
   v1::AppendRequest too_many;
   too_many.set_session_id("app");
   too_many.set_expected_input_offset(2);
   for (int i = 0; i <= kMaxAppendTokens; ++i) {
     too_many.mutable_tokens()->add_ids(97);
   }
+  ExpectCases({
+      {"token id = vocab_size", [&] { return Append({bad_token}).status; },
+       WantField("tokens.ids", Reason::kInvalidToken,
+                 {{"token", absl::StrCat(vocab)},
+                  {"vocab_size", absl::StrCat(vocab)}})},
+      {"text 'ok\\xff'",
+       [&] { return Append({Text("app", 0, "ok\xFF")}).status; },
+       WantField("text_utf8", Reason::kInvalidUtf8, {{"input_offset", "2"}})},
+      {"text incomplete at a flush",
+       [&] { return Append({Text("app", 0, "caf\xC3", true)}).status; },
+       WantField("text_utf8", Reason::kInvalidUtf8, {{"input_offset", "3"}})},
+      {"text over the limit",
+       [&] {
+         return Append({Text("app", 0, std::string(kMaxTextBytes + 1, 'a'))})
+             .status;
+       },
+       WantTooLarge("text_utf8", absl::StrCat(kMaxTextBytes))},
+      {"a gap: expected_input_offset 5 at 0",
+       [&] { return Append({Text("app", 5, "x")}).status; },
+       WantKey(absl::StatusCode::kFailedPrecondition, Reason::kPositionMismatch,
+               "actual_input_offset", "0")},
+  });
+  ExpectAt("app", session->version(), 0);  // none of them applied
   ExpectCases({
       // The first request is applied and acked; the second fails the call.
       {"second request names another session",

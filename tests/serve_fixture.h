@@ -3,6 +3,11 @@
 // store) started for the whole suite: stubs for its three services, and
 // client contexts with a deadline and an optional tenant. On a failure the
 // server's stderr is added to the report.
+//
+// Built with STATESTREAM_E2E_GATEWAY defined, the same suite runs against a
+// gateway in front of one worker over a real redis-server (a random
+// byte-level model `tiny`), so every case is checked through the gateway
+// too; IsGateway() tells the few whose answer differs.
 #ifndef STATESTREAM_TESTS_SERVE_FIXTURE_H_
 #define STATESTREAM_TESTS_SERVE_FIXTURE_H_
 
@@ -21,11 +26,37 @@
 #include "gtest/gtest.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 #include "tests/subprocess.h"
+#ifdef STATESTREAM_E2E_GATEWAY
+#include "tests/cluster_harness.h"
+#endif
 
 namespace statestream::e2e {
 
 class ServeTest : public ::testing::Test {
  protected:
+#ifdef STATESTREAM_E2E_GATEWAY
+  static constexpr bool IsGateway() { return true; }
+  static void SetUpTestSuite() {
+    ClusterOptions o;
+    o.workers = 1;
+    o.gateways = 1;
+    auto started = Cluster::Start(STATESTREAM_BIN, o);
+    ASSERT_TRUE(started.ok()) << started.status();
+    cluster_ = started->release();
+    address_ = new std::string(cluster_->gateways()[0]->address());
+  }
+  static void TearDownTestSuite() {
+    delete cluster_;
+    cluster_ = nullptr;
+    delete address_;
+    address_ = nullptr;
+  }
+  static std::string ServerLogs() {
+    return cluster_ == nullptr ? "" : cluster_->Logs();
+  }
+  static inline Cluster* cluster_ = nullptr;
+#else
+  static constexpr bool IsGateway() { return false; }
   static void SetUpTestSuite() {
     auto started = StartServer(
         {STATESTREAM_BIN, "serve", "--listen=127.0.0.1:0"}, absl::Seconds(60));
@@ -39,6 +70,17 @@ class ServeTest : public ::testing::Test {
     delete address_;
     address_ = nullptr;
   }
+  static std::string ServerLogs() {
+    if (server_ == nullptr) return "";
+    auto code = server_->Wait(absl::Milliseconds(100));
+    return absl::StrCat("server ",
+                        code.ok() ? absl::StrCat("exited with ", *code)
+                                  : std::string("running"),
+                        "; stderr:\n", server_->stderr_text());
+  }
+  // One per test binary (a suite per binary uses this fixture).
+  static inline Subprocess* server_ = nullptr;
+#endif
 
   void SetUp() override {
     ASSERT_NE(address_, nullptr);
@@ -50,14 +92,7 @@ class ServeTest : public ::testing::Test {
   }
 
   void TearDown() override {
-    if (HasFailure() && server_ != nullptr) {
-      auto code = server_->Wait(absl::Milliseconds(100));
-      ADD_FAILURE() << "server "
-                    << (code.ok() ? absl::StrCat("exited with ", *code)
-                                  : std::string("running"))
-                    << "; stderr:\n"
-                    << server_->stderr_text();
-    }
+    if (HasFailure()) ADD_FAILURE() << ServerLogs();
   }
 
   static std::unique_ptr<grpc::ClientContext> Ctx(
@@ -104,8 +139,6 @@ class ServeTest : public ::testing::Test {
     return r;
   }
 
-  // One per test binary (a suite per binary uses this fixture).
-  static inline Subprocess* server_ = nullptr;
   static inline std::string* address_ = nullptr;
   std::unique_ptr<v1::Sessions::Stub> sessions_;
   std::unique_ptr<v1::Streams::Stub> streams_;
