@@ -2,7 +2,10 @@
 // Operations through real gateways (tests/cluster_harness.h): model-aware
 // routing and the aggregated Models service over workers serving two
 // different models, the gateway's Prometheus `/metrics` after traffic
-// that includes a failover, and the bound on what a gateway buffers.
+// that includes a failover, the bound on what a gateway buffers, and a
+// state damaged in Redis.
+
+#include <signal.h>
 
 #include <algorithm>
 #include <atomic>
@@ -12,7 +15,9 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
@@ -327,6 +332,151 @@ TEST_F(ClusterOpsTest, WorkersServeTheirMetrics) {
     }
   }
   EXPECT_TRUE(committed) << "no state commit observed";
+}
+
+// A state damaged in Redis (a flipped byte in every chunk of the session's
+// versions), found by a worker loading it after its owner was killed:
+// Append, Generate, Score and ExportState through a gateway end DATA_LOSS
+// with STATE_CORRUPT and are not moved from worker to worker; GetSession
+// (which reads no state) still answers; no process exits, and another
+// session goes on as before.
+class ClusterDamageTest : public e2e::ClusterFixture {};
+
+TEST_F(ClusterDamageTest, ADamagedStoredStateIsCorruptAndHarmsNothingElse) {
+  e2e::ClusterOptions options;
+  options.workers = 2;
+  options.gateways = 1;
+  ASSERT_NO_FATAL_FAILURE(StartCluster(options));
+  const auto chunks = e2e::TextChunks(6, 32, 9);
+  for (const char* id : {"damaged", "healthy"}) {
+    ASSERT_TRUE(cluster_->Create(id).ok());
+    ASSERT_TRUE(e2e::AppendResumable(cluster_.get(), id, chunks, 2,
+                                     [](const grpc::Status&) { return false; })
+                    .ok());
+  }
+  auto before = cluster_->Get("damaged");
+  ASSERT_TRUE(before.ok()) << before.status();
+  ASSERT_EQ(before->committed_input_offset(), before->input_offset());
+  e2e::ClusterProcess* owner = cluster_->Owner("damaged");
+  ASSERT_NE(owner, nullptr);
+  owner->Kill();  // its copy in memory goes; the next worker loads it
+  auto keys = cluster_->redis()->Command({"KEYS", "ss:{default/damaged}:v*"});
+  ASSERT_TRUE(keys.ok()) << keys.status();
+  int damaged = 0;
+  for (absl::string_view key : absl::StrSplit(*keys, '\n', absl::SkipEmpty())) {
+    if (!absl::StrContains(key, ":c")) continue;  // a chunk
+    auto length = cluster_->redis()->Command({"STRLEN", std::string(key)});
+    int64_t n = 0;
+    ASSERT_TRUE(length.ok() && absl::SimpleAtoi(*length, &n) && n > 0) << key;
+    const std::string at = absl::StrCat(n / 2);
+    auto byte =
+        cluster_->redis()->Command({"GETRANGE", std::string(key), at, at});
+    ASSERT_TRUE(byte.ok() && byte->size() == 1) << key;
+    const std::string flipped(1, static_cast<char>((*byte)[0] ^ 0x01));
+    ASSERT_TRUE(cluster_->redis()
+                    ->Command({"SETRANGE", std::string(key), at, flipped})
+                    .ok());
+    ++damaged;
+  }
+  ASSERT_GT(damaged, 0) << *keys;
+
+  // Calls the gateway moved to another worker.
+  auto failovers = [&] {
+    auto m = e2e::ScrapeMetrics(cluster_->gateways()[0]->metrics_address());
+    EXPECT_TRUE(m.has_value());
+    double n = 0;
+    for (const auto& [name, value] :
+         m.value_or(std::map<std::string, double>{})) {
+      if (absl::StartsWith(name, "statestream_gateway_failovers_total")) {
+        n += value;
+      }
+    }
+    return n;
+  };
+  auto expect_corrupt = [](const grpc::Status& st, const char* call) {
+    const absl::Status s = FromGrpcStatus(st);
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << call << ": " << s;
+    EXPECT_EQ(GetReason(s), Reason::kStateCorrupt) << call << ": " << s;
+  };
+  {
+    auto ctx = e2e::ClientContext();
+    auto stream = cluster_->streams(0)->Append(ctx.get());
+    v1::AppendRequest r;
+    r.set_session_id("damaged");
+    r.set_expected_input_offset(before->input_offset());
+    r.set_text_utf8("more");
+    r.set_flush(true);
+    stream->Write(r);
+    v1::AppendResponse ack;
+    EXPECT_FALSE(stream->Read(&ack)) << "acked on a damaged state";
+    stream->WritesDone();
+    expect_corrupt(stream->Finish(), "Append");
+  }
+  // The Append found the killed owner gone (at most one move); a damaged
+  // state is no worker's failure: nothing after it is moved.
+  const double moved = failovers();
+  EXPECT_LE(moved, 1);
+  {
+    v1::GenerateRequest g;
+    g.set_session_id("damaged");
+    g.set_request_id("gen-damaged");
+    g.set_max_tokens(4);
+    g.set_commit(true);
+    auto ctx = e2e::ClientContext();
+    auto reader = cluster_->streams(0)->Generate(ctx.get(), g);
+    v1::GenerateResponse msg;
+    int messages = 0;
+    while (reader->Read(&msg)) ++messages;
+    EXPECT_EQ(messages, 0);
+    expect_corrupt(reader->Finish(), "Generate");
+  }
+  {
+    v1::ScoreRequest score;
+    score.set_session_id("damaged");
+    score.set_text_utf8("x");
+    v1::ScoreResponse out;
+    auto ctx = e2e::ClientContext();
+    expect_corrupt(cluster_->streams(0)->Score(ctx.get(), score, &out),
+                   "Score");
+  }
+  {
+    v1::ExportStateRequest req;
+    req.set_session_id("damaged");
+    auto ctx = e2e::ClientContext();
+    auto reader = cluster_->sessions(0)->ExportState(ctx.get(), req);
+    v1::ExportStateResponse msg;
+    while (reader->Read(&msg)) {
+    }
+    expect_corrupt(reader->Finish(), "ExportState");
+  }
+  EXPECT_EQ(failovers(), moved);
+  auto after = cluster_->Get("damaged");
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->version(), before->version());  // nothing was written
+  EXPECT_EQ(after->input_offset(), before->input_offset());
+
+  // Every other process is still up, and the other session works.
+  for (auto& w : cluster_->workers()) {
+    if (w.get() != owner) {
+      EXPECT_EQ(kill(w->pid(), 0), 0) << "worker " << w->address() << " exited";
+    }
+  }
+  EXPECT_EQ(kill(cluster_->gateways()[0]->pid(), 0), 0) << "the gateway exited";
+  auto healthy = cluster_->Get("healthy");
+  ASSERT_TRUE(healthy.ok()) << healthy.status();
+  EXPECT_TRUE(cluster_->Export("healthy").ok());
+  v1::GenerateRequest g;
+  g.set_session_id("healthy");
+  g.set_request_id("gen-healthy");
+  g.set_max_tokens(4);
+  g.set_commit(true);
+  auto ctx = e2e::ClientContext();
+  auto reader = cluster_->streams(0)->Generate(ctx.get(), g);
+  v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+  }
+  const grpc::Status generated = reader->Finish();
+  EXPECT_TRUE(generated.ok()) << FromGrpcStatus(generated);
 }
 
 // A gateway keeps at most --max-buffered-bytes of Append requests (plus two
