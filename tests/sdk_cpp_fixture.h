@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <regex>
@@ -186,8 +187,39 @@ class SdkTest : public ::testing::Test {
     return text;
   }
 
+  // A server with a random World-vocabulary model: its tokenizer holds a
+  // word's bytes back until the word ends (the built-in demo model is
+  // byte-level and holds nothing back).
+  void StartWorldServer() {
+    const std::string model = (dir_ / "world.safetensors").string();
+    auto made =
+        e2e::Run({STATESTREAM_BIN, "model", "random", "--layers=1", "--embd=64",
+                  "--vocab=65536", "--dtype=bf16", "--out=" + model});
+    ASSERT_TRUE(made.ok() && made->exit_code == 0)
+        << (made.ok() ? made->err : made.status().ToString());
+    const char* shared = std::getenv("STATESTREAM_SHARED_DIR");
+    ASSERT_NO_FATAL_FAILURE(StartServer(
+        {"--model=" + model,
+         absl::StrCat(
+             "--vocab=", shared != nullptr ? shared : STATESTREAM_SHARED_DIR,
+             "/testdata/rwkv_vocab_v20230424.txt")}));
+  }
+
   double ScoreOf(const client::Session& s) {
     return SumLogprob(s, "and then it continued.");
+  }
+
+  // `a` and `b` hold the same state: their exported blobs are the same
+  // bytes (and, through the model, they score a continuation alike).
+  void ExpectSameState(const client::Session& a, const client::Session& b) {
+    auto x = a.Export();
+    auto y = b.Export();
+    ASSERT_TRUE(x.ok()) << x.status();
+    ASSERT_TRUE(y.ok()) << y.status();
+    EXPECT_EQ(x->header.position(), y->header.position());
+    EXPECT_EQ(x->header.input_offset(), y->header.input_offset());
+    EXPECT_TRUE(x->blob == y->blob) << "the states differ";
+    EXPECT_EQ(ScoreOf(a), ScoreOf(b));
   }
 
   std::filesystem::path dir_;

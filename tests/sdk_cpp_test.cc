@@ -86,14 +86,14 @@ TEST_F(SdkTest, AppendSurvivesKill9OfTheServer) {
   EXPECT_EQ(a->input_offset(), b->input_offset());
   EXPECT_EQ(a->position(), b->position());
   EXPECT_EQ(a->pending_bytes(), 0u);
-  EXPECT_EQ(ScoreOf(live), ScoreOf(ref));  // bit-identical state
+  ExpectSameState(live, ref);  // bit-identical state
 
   // And after one more restart, from the store alone.
   server_->KillAndRestart();
   auto again = live.Get();
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->position(), b->position());
-  EXPECT_EQ(ScoreOf(live), ScoreOf(ref));
+  ExpectSameState(live, ref);
 }
 
 // A bare Flush at an offset that is already committed (with the tail still
@@ -101,20 +101,7 @@ TEST_F(SdkTest, AppendSurvivesKill9OfTheServer) {
 // writer resends it ahead of the next text, so that text is tokenized after
 // the flush exactly as in a run without the failure.
 TEST_F(SdkTest, AFlushAtACommittedOffsetSurvivesKill9) {
-  // The World tokenizer holds a word's bytes back until it ends (the
-  // built-in demo model is byte-level and holds nothing back).
-  const std::string model = (dir_ / "world.safetensors").string();
-  auto made =
-      e2e::Run({STATESTREAM_BIN, "model", "random", "--layers=1", "--embd=64",
-                "--vocab=65536", "--dtype=bf16", "--out=" + model});
-  ASSERT_TRUE(made.ok() && made->exit_code == 0)
-      << (made.ok() ? made->err : made.status().ToString());
-  const char* shared = std::getenv("STATESTREAM_SHARED_DIR");
-  ASSERT_NO_FATAL_FAILURE(StartServer(
-      {"--model=" + model,
-       absl::StrCat(
-           "--vocab=", shared != nullptr ? shared : STATESTREAM_SHARED_DIR,
-           "/testdata/rwkv_vocab_v20230424.txt")}));
+  ASSERT_NO_FATAL_FAILURE(StartWorldServer());
   client::Session live = Create("flushed");
   auto writer = live.OpenAppend();
   ASSERT_TRUE(writer.ok()) << writer.status();
@@ -144,7 +131,45 @@ TEST_F(SdkTest, AFlushAtACommittedOffsetSurvivesKill9) {
   auto ref_done = (*ref_writer)->Close();
   ASSERT_TRUE(ref_done.ok()) << ref_done.status();
   EXPECT_EQ(done->position(), ref_done->position());
-  EXPECT_EQ(ScoreOf(live), ScoreOf(ref));
+  ExpectSameState(live, ref);
+}
+
+// A word split by a kill -9: "inter" is held back (pending) in the
+// committed checkpoint, the server dies, and "national" written after the
+// restart joins it, so the words are tokenized as in one unbroken write
+// (held-back bytes are part of the stored state).
+TEST_F(SdkTest, AWordSplitByKill9IsTokenizedAsOne) {
+  ASSERT_NO_FATAL_FAILURE(StartWorldServer());
+  client::Session live = Create("split");
+  auto writer = live.OpenAppend();
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->Write("Hello, inter").ok());
+  auto ck = (*writer)->Checkpoint();
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  ASSERT_GT(ck->pending_bytes(), 0u);  // "inter" not yet a token
+
+  server_->KillAndRestart();
+
+  ASSERT_TRUE((*writer)->Write("national").ok());
+  ASSERT_TRUE((*writer)->Flush().ok());
+  auto done = (*writer)->Close();
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_GE((*writer)->reconnects(), 1);
+
+  client::Session ref = Create("whole");
+  auto ref_done = ref.AppendText("Hello, international");
+  ASSERT_TRUE(ref_done.ok()) << ref_done.status();
+  EXPECT_EQ(done->position(), ref_done->position());
+  EXPECT_EQ(done->input_offset(), ref_done->input_offset());
+  ExpectSameState(live, ref);
+  // Split without the flush in between, not "inter" + "national" as two
+  // words: a run that flushed "inter" would differ.
+  client::Session flushed = Create("flushed-early");
+  ASSERT_TRUE(flushed.AppendText("Hello, inter").ok());
+  ASSERT_TRUE(flushed.AppendText("national").ok());
+  auto early = flushed.Get();
+  ASSERT_TRUE(early.ok()) << early.status();
+  EXPECT_NE(early->position(), ref_done->position());
 }
 
 // Cancelled before its first request went out: the writer fails with
