@@ -405,6 +405,9 @@ TEST(WorkerLoadE2eTest, SigtermCommitsTheRunningGenerationAndExits) {
   ASSERT_TRUE(g.status.ok()) << g.status;
   EXPECT_TRUE(g.done.committed());
   EXPECT_EQ(g.done.usage().output_tokens(), g.tokens.size());
+  // Exactly what the client received is committed: the byte-level demo
+  // model's tokens are one input byte each, after "keep going".
+  EXPECT_EQ(g.done.input_offset(), 10 + g.tokens.size());
   if (g.done.finish_reason() == v1::FINISH_REASON_CANCELLED) {
     EXPECT_LT(g.tokens.size(), 8192u);
   } else {
