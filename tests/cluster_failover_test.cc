@@ -163,6 +163,21 @@ TEST_F(ClusterFailoverTest, PausedOwnerIsFencedOut) {
   ASSERT_TRUE(victim.ok()) << victim.status();
   EXPECT_EQ(victim->input_offset(), ref->input_offset());
   EXPECT_TRUE(Export("pause-ref") == Export("pause-victim"));
+  // No late write of the paused owner got in between the new owner's:
+  // versions, fences and offsets only grow, and the head is the new
+  // owner's.
+  auto versions = store_->ListVersions({"default", "pause-victim"});
+  ASSERT_TRUE(versions.ok()) << versions.status();
+  ASSERT_FALSE(versions->empty());
+  for (size_t k = 1; k < versions->size(); ++k) {
+    const VersionInfo& v = (*versions)[k];
+    EXPECT_GT(v.version, (*versions)[k - 1].version);
+    EXPECT_GE(v.fence, (*versions)[k - 1].fence) << v.version;
+    EXPECT_GE(v.input_offset, (*versions)[k - 1].input_offset) << v.version;
+  }
+  auto lease = store_->GetOwner({"default", "pause-victim"});
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_EQ(versions->back().fence, lease->fence);
 }
 
 // A paused owner (SIGSTOP: its kernel still accepts and acknowledges TCP,
@@ -191,13 +206,13 @@ TEST_F(ClusterFailoverTest, CallsToAPausedOwnerFailOver) {
   ctx->set_deadline(deadline());
   auto reader = streams_[0]->Generate(ctx.get(), g);
   v1::GenerateResponse msg;
-  int tokens = 0;
+  std::vector<uint32_t> tokens;
   while (reader->Read(&msg)) {
-    if (msg.has_chunk()) tokens += msg.chunk().tokens_size();
+    for (uint32_t t : msg.chunk().tokens()) tokens.push_back(t);
   }
   grpc::Status st = reader->Finish();
   EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
-  EXPECT_EQ(tokens, 16);
+  EXPECT_EQ(tokens.size(), 16u);
   const int used = std::atoi(Trailer(*ctx, "x-statestream-attempts").c_str());
   EXPECT_GE(used, 2) << "before:\n"
                      << before << "after:\n"
@@ -213,6 +228,17 @@ TEST_F(ClusterFailoverTest, CallsToAPausedOwnerFailOver) {
   e2e::ClusterProcess* now_owner = Owner(id);
   ASSERT_NE(now_owner, nullptr) << Diagnose(id, nullptr);
   EXPECT_NE(now_owner, paused) << Diagnose(id, nullptr);
+  // The tokens are those of the same request on a twin that saw no fault.
+  ASSERT_NO_FATAL_FAILURE(CreateWithPrompt(id + "-twin", Chunks(1, 64, 4)[0]));
+  g.set_session_id(id + "-twin");
+  auto twin_ctx = Ctx();
+  auto twin = streams_[0]->Generate(twin_ctx.get(), g);
+  std::vector<uint32_t> twin_tokens;
+  while (twin->Read(&msg)) {
+    for (uint32_t t : msg.chunk().tokens()) twin_tokens.push_back(t);
+  }
+  ASSERT_TRUE(twin->Finish().ok());
+  EXPECT_EQ(tokens, twin_tokens);
 }
 
 // A request the owner takes longer to apply than the stall timeout (512 KiB
@@ -235,6 +261,9 @@ TEST_F(ClusterFailoverTest, ASlowRequestIsNotAStall) {
   EXPECT_EQ(ack.input_offset(), small.size());
   ASSERT_TRUE(stream->Read(&ack));
   EXPECT_EQ(ack.input_offset(), small.size() + big.size());
+  // The premise: the request really was slower than the stall timeout
+  // (else the test proves nothing: make `big` bigger).
+  EXPECT_GT(absl::Now() - start, absl::Seconds(2));
   stream->WritesDone();
   grpc::Status st = stream->Finish();
   EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
@@ -326,6 +355,10 @@ TEST_F(ClusterFailoverTest, AppendSurvivesADrainedOwner) {
   auto s = Get(id);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->input_offset(), offset);
+  // The same state as the same chunks appended without the drain.
+  ASSERT_TRUE(Create(id + "-ref").ok());
+  AppendAll(id + "-ref", chunks, 2, {});
+  EXPECT_TRUE(Export(id) == Export(id + "-ref")) << "the states differ";
 }
 
 }  // namespace
