@@ -210,7 +210,9 @@ class SdkTest : public ::testing::Test {
   }
 
   // `a` and `b` hold the same state: their exported blobs are the same
-  // bytes (and, through the model, they score a continuation alike).
+  // bytes (and, through the model, they score a continuation alike). For
+  // sessions that are not forks and never generated: a blob also names a
+  // fork's parent and holds generation records (docs/state-format.md).
   void ExpectSameState(const client::Session& a, const client::Session& b) {
     auto x = a.Export();
     auto y = b.Export();

@@ -1,5 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The Python SDK against real `statestream serve` processes."""
+import struct
+
 import grpc
 import pytest
 
@@ -38,8 +40,23 @@ def test_append_survives_kill9(server, client):
     ref.append(text)
     a, b = live.get(), ref.get()
     assert (a.position, a.input_offset) == (b.position, b.input_offset)
+    assert _payload(live) == _payload(ref)  # bit-identical state
     assert live.score("next").sum_logprob == ref.score("next").sum_logprob
 
+
+
+def _payload(session):
+    """The recurrent state (and last hidden) of a session's export, as
+    bytes: docs/state-format.md. The rest of the blob also names the
+    session's parent and its generation records, which differ between
+    sessions whose states are equal."""
+    blob = session.export().blob
+    assert blob[:8] == b"SSSTATE2"
+    (header_len,) = struct.unpack_from("<I", blob, 8)
+    header = blob[12:12 + header_len]
+    floats, hidden = struct.unpack_from("<QQ", header, len(header) - 20)
+    start = 12 + header_len
+    return blob[start:start + 4 * (floats + hidden)]
 
 def test_generate_survives_kill9(server, client):
     client.create_session("gen")
@@ -180,6 +197,7 @@ def test_committing_generate_survives_kill9(server, client):
     assert stream.done.committed
     a, b = s.get(), twin.get()
     assert (a.input_offset, a.position) == (b.input_offset, b.position)
+    assert _payload(s) == _payload(twin)  # bit-identical state
     assert s.score("x").sum_logprob == twin.score("x").sum_logprob
 
 
