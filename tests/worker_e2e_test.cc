@@ -311,8 +311,13 @@ TEST_F(WorkerE2eTest, ExportImportRoundTripsAndRejectsBadBlobs) {
     absl::SleepFor(absl::Milliseconds(300));  // the worker has read it all
     ctx->TryCancel();
     EXPECT_FALSE(writer->Finish().ok());
-    absl::SleepFor(absl::Milliseconds(500));  // the worker's pool is done
-    EXPECT_EQ(GetReason(Get("cancelled").status()), Reason::kSessionNotFound);
+    // Never created, also not late (the worker's pool finishing the import
+    // after the call ended): absent for two seconds on.
+    for (int i = 0; i < 20; ++i) {
+      ASSERT_EQ(GetReason(Get("cancelled").status()), Reason::kSessionNotFound)
+          << "after " << i * 100 << " ms";
+      absl::SleepFor(absl::Milliseconds(100));
+    }
   }
 
   v1::StateHeader foreign = header;
