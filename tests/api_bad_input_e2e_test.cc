@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Bad input to the public API of a real `statestream serve` process (demo
 // model) gets a typed error and changes nothing; built a second time
-// (api_bad_input_gateway_e2e_test), the same through a gateway and a
+// (api_gateway_e2e_test), the same through a gateway and a
 // worker over Redis (tests/serve_fixture.h). Table-driven: each case is
 // one malformed Sessions or Streams call and the gRPC code, ErrorInfo reason
 // and `field` (plus `limit`, `token`, `detail`, ...) metadata the server

@@ -2,7 +2,8 @@
 // The public API of a real `statestream serve` process refusing what it
 // must: typed errors for bad input, another tenant's sessions out of reach
 // of every call, rollback and import checking the head and the kept
-// versions.
+// versions. Built a second time (api_gateway_e2e_test), the same through
+// a gateway and a worker over Redis (tests/serve_fixture.h).
 #include <string>
 #include <vector>
 
