@@ -2,8 +2,8 @@
 // Operations through real gateways (tests/cluster_harness.h): model-aware
 // routing and the aggregated Models service over workers serving two
 // different models, the gateway's Prometheus `/metrics` after traffic
-// that includes a failover, the bound on what a gateway buffers, and a
-// state damaged in Redis.
+// that includes a failover, the bound on what a gateway buffers, a state
+// damaged in Redis, and the durability levels Redis reaches.
 
 #include <signal.h>
 
@@ -477,6 +477,146 @@ TEST_F(ClusterDamageTest, ADamagedStoredStateIsCorruptAndHarmsNothingElse) {
   }
   const grpc::Status generated = reader->Finish();
   EXPECT_TRUE(generated.ok()) << FromGrpcStatus(generated);
+}
+
+// Durability through a gateway and a worker, as Redis reaches it: with
+// `appendfsync always` an Append, a committing Generate and a create that
+// ask FSYNC are acknowledged at FSYNC (and GetSession says so); REPLICATED
+// with no replica is STORE_UNAVAILABLE naming the level reached, the
+// version kept at it; with one, it is reached. Without AOF, FSYNC fails the
+// same way at MEMORY.
+class ClusterDurabilityTest : public e2e::ClusterFixture {
+ protected:
+  // One checkpointed Append of `text` at `offset` asking `durability`: the
+  // ack, or the call's error.
+  absl::StatusOr<v1::AppendResponse> Checkpoint(const std::string& id,
+                                                uint64_t offset,
+                                                const std::string& text,
+                                                v1::Durability durability) {
+    auto ctx = e2e::ClientContext();
+    auto stream = cluster_->streams(0)->Append(ctx.get());
+    v1::AppendRequest r;
+    r.set_session_id(id);
+    r.set_expected_input_offset(offset);
+    r.set_text_utf8(text);
+    r.set_flush(true);
+    r.set_checkpoint(true);
+    r.set_durability(durability);
+    stream->Write(r);
+    v1::AppendResponse ack;
+    const bool acked = stream->Read(&ack);
+    stream->WritesDone();
+    const absl::Status st = FromGrpcStatus(stream->Finish());
+    if (!st.ok()) return st;
+    if (!acked) return absl::InternalError("no ack");
+    return ack;
+  }
+  static void ExpectNotReached(const absl::Status& st, const char* reached) {
+    EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+    EXPECT_EQ(GetReason(st), Reason::kStoreUnavailable) << st;
+    EXPECT_EQ(GetErrorMetadata(st, "durability_reached"), reached) << st;
+  }
+};
+
+TEST_F(ClusterDurabilityTest, FsyncAndReplicatedAreWhatRedisReached) {
+  e2e::ClusterOptions options;
+  options.workers = 1;
+  options.gateways = 1;
+  options.redis_args = {"--appendonly",
+                        "yes",
+                        "--appendfsync",
+                        "always",
+                        "--no-appendfsync-on-rewrite",
+                        "no"};
+  ASSERT_NO_FATAL_FAILURE(StartCluster(options));
+  v1::CreateSessionRequest create;
+  create.set_request_id("create-durable");
+  create.set_session_id("durable");
+  create.set_durability(v1::DURABILITY_FSYNC);
+  v1::Session created;
+  {
+    auto ctx = e2e::ClientContext();
+    const grpc::Status st =
+        cluster_->sessions(0)->CreateSession(ctx.get(), create, &created);
+    ASSERT_TRUE(st.ok()) << FromGrpcStatus(st);
+  }
+  EXPECT_EQ(created.durability(), v1::DURABILITY_FSYNC);
+  auto ack = Checkpoint("durable", 0, "written down", v1::DURABILITY_FSYNC);
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->durability(), v1::DURABILITY_FSYNC);
+  EXPECT_EQ(ack->committed_input_offset(), 12u);
+  v1::GenerateRequest g;
+  g.set_session_id("durable");
+  g.set_request_id("gen-durable");
+  g.set_max_tokens(3);
+  g.set_commit(true);
+  g.set_durability(v1::DURABILITY_FSYNC);
+  {
+    auto ctx = e2e::ClientContext();
+    auto reader = cluster_->streams(0)->Generate(ctx.get(), g);
+    v1::GenerateResponse msg;
+    v1::GenerateDone done;
+    while (reader->Read(&msg)) {
+      if (msg.has_done()) done = msg.done();
+    }
+    const grpc::Status st = reader->Finish();
+    ASSERT_TRUE(st.ok()) << FromGrpcStatus(st);
+    EXPECT_TRUE(done.committed());
+    EXPECT_EQ(done.durability(), v1::DURABILITY_FSYNC);
+  }
+  auto head = cluster_->Get("durable");
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->durability(), v1::DURABILITY_FSYNC);
+  const uint64_t version = head->version();
+
+  // No replica: REPLICATED is not reached; the version is kept at FSYNC.
+  const absl::Status replicated = Checkpoint("durable", head->input_offset(),
+                                             "!", v1::DURABILITY_REPLICATED)
+                                      .status();
+  ExpectNotReached(replicated, "FSYNC");
+  head = cluster_->Get("durable");
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->version(), version + 1);
+  EXPECT_EQ(head->durability(), v1::DURABILITY_FSYNC);
+
+  // With a replica of the primary: REPLICATED is reached.
+  testing::RedisServerOptions replica_options;
+  replica_options.args = {"--replicaof", "127.0.0.1",
+                          absl::StrCat(cluster_->redis()->port())};
+  auto replica = testing::RedisServer::Start(replica_options);
+  ASSERT_TRUE(replica.ok()) << replica.status();
+  for (int i = 0; i < 200; ++i) {  // until the primary counts it
+    auto info = cluster_->redis()->Command({"INFO", "replication"});
+    if (info.ok() && absl::StrContains(*info, "connected_slaves:1") &&
+        absl::StrContains(*info, "state=online")) {
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ack = Checkpoint("durable", head->input_offset(), "?",
+                   v1::DURABILITY_REPLICATED);
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->durability(), v1::DURABILITY_REPLICATED);
+  head = cluster_->Get("durable");
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->durability(), v1::DURABILITY_REPLICATED);
+}
+
+TEST_F(ClusterDurabilityTest, WithoutAppendOnlyFsyncIsNotReached) {
+  e2e::ClusterOptions options;
+  options.workers = 1;
+  options.gateways = 1;
+  ASSERT_NO_FATAL_FAILURE(StartCluster(options));
+  ASSERT_TRUE(cluster_->Create("volatile").ok());
+  ExpectNotReached(
+      Checkpoint("volatile", 0, "gone with the power", v1::DURABILITY_FSYNC)
+          .status(),
+      "MEMORY");
+  auto head = cluster_->Get("volatile");
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->version(), 2u);  // committed, at the level reached
+  EXPECT_EQ(head->committed_input_offset(), 19u);
+  EXPECT_EQ(head->durability(), v1::DURABILITY_MEMORY);
 }
 
 // A gateway keeps at most --max-buffered-bytes of Append requests (plus two
