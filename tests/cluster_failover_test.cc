@@ -231,14 +231,9 @@ TEST_F(ClusterFailoverTest, CallsToAPausedOwnerFailOver) {
   // The tokens are those of the same request on a twin that saw no fault.
   ASSERT_NO_FATAL_FAILURE(CreateWithPrompt(id + "-twin", Chunks(1, 64, 4)[0]));
   g.set_session_id(id + "-twin");
-  auto twin_ctx = Ctx();
-  auto twin = streams_[0]->Generate(twin_ctx.get(), g);
-  std::vector<uint32_t> twin_tokens;
-  while (twin->Read(&msg)) {
-    for (uint32_t t : msg.chunk().tokens()) twin_tokens.push_back(t);
-  }
-  ASSERT_TRUE(twin->Finish().ok());
-  EXPECT_EQ(tokens, twin_tokens);
+  const e2e::Generated twin = e2e::GenerateAll(streams_[0].get(), g);
+  ASSERT_TRUE(twin.status.ok()) << twin.status;
+  EXPECT_EQ(tokens, twin.tokens);
 }
 
 // A request the owner takes longer to apply than the stall timeout (512 KiB

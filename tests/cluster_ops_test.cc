@@ -393,8 +393,7 @@ TEST_F(ClusterDamageTest, ADamagedStoredStateIsCorruptAndHarmsNothingElse) {
     }
     return n;
   };
-  auto expect_corrupt = [](const grpc::Status& st, const char* call) {
-    const absl::Status s = FromGrpcStatus(st);
+  auto expect_corrupt = [](const absl::Status& s, const char* call) {
     EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << call << ": " << s;
     EXPECT_EQ(GetReason(s), Reason::kStateCorrupt) << call << ": " << s;
   };
@@ -410,34 +409,29 @@ TEST_F(ClusterDamageTest, ADamagedStoredStateIsCorruptAndHarmsNothingElse) {
     v1::AppendResponse ack;
     EXPECT_FALSE(stream->Read(&ack)) << "acked on a damaged state";
     stream->WritesDone();
-    expect_corrupt(stream->Finish(), "Append");
+    expect_corrupt(FromGrpcStatus(stream->Finish()), "Append");
   }
   // The Append found the killed owner gone (at most one move); a damaged
   // state is no worker's failure: nothing after it is moved.
   const double moved = failovers();
   EXPECT_LE(moved, 1);
-  {
-    v1::GenerateRequest g;
-    g.set_session_id("damaged");
-    g.set_request_id("gen-damaged");
-    g.set_max_tokens(4);
-    g.set_commit(true);
-    auto ctx = e2e::ClientContext();
-    auto reader = cluster_->streams(0)->Generate(ctx.get(), g);
-    v1::GenerateResponse msg;
-    int messages = 0;
-    while (reader->Read(&msg)) ++messages;
-    EXPECT_EQ(messages, 0);
-    expect_corrupt(reader->Finish(), "Generate");
-  }
+  v1::GenerateRequest g;
+  g.set_session_id("damaged");
+  g.set_request_id("gen-damaged");
+  g.set_max_tokens(4);
+  g.set_commit(true);
+  e2e::Generated generated = e2e::GenerateAll(cluster_->streams(0), g);
+  EXPECT_EQ(generated.messages, 0);
+  expect_corrupt(generated.status, "Generate");
   {
     v1::ScoreRequest score;
     score.set_session_id("damaged");
     score.set_text_utf8("x");
     v1::ScoreResponse out;
     auto ctx = e2e::ClientContext();
-    expect_corrupt(cluster_->streams(0)->Score(ctx.get(), score, &out),
-                   "Score");
+    expect_corrupt(
+        FromGrpcStatus(cluster_->streams(0)->Score(ctx.get(), score, &out)),
+        "Score");
   }
   {
     v1::ExportStateRequest req;
@@ -447,7 +441,7 @@ TEST_F(ClusterDamageTest, ADamagedStoredStateIsCorruptAndHarmsNothingElse) {
     v1::ExportStateResponse msg;
     while (reader->Read(&msg)) {
     }
-    expect_corrupt(reader->Finish(), "ExportState");
+    expect_corrupt(FromGrpcStatus(reader->Finish()), "ExportState");
   }
   EXPECT_EQ(failovers(), moved);
   auto after = cluster_->Get("damaged");
@@ -465,18 +459,11 @@ TEST_F(ClusterDamageTest, ADamagedStoredStateIsCorruptAndHarmsNothingElse) {
   auto healthy = cluster_->Get("healthy");
   ASSERT_TRUE(healthy.ok()) << healthy.status();
   EXPECT_TRUE(cluster_->Export("healthy").ok());
-  v1::GenerateRequest g;
   g.set_session_id("healthy");
   g.set_request_id("gen-healthy");
-  g.set_max_tokens(4);
-  g.set_commit(true);
-  auto ctx = e2e::ClientContext();
-  auto reader = cluster_->streams(0)->Generate(ctx.get(), g);
-  v1::GenerateResponse msg;
-  while (reader->Read(&msg)) {
-  }
-  const grpc::Status generated = reader->Finish();
-  EXPECT_TRUE(generated.ok()) << FromGrpcStatus(generated);
+  generated = e2e::GenerateAll(cluster_->streams(0), g);
+  EXPECT_TRUE(generated.status.ok()) << generated.status;
+  EXPECT_EQ(generated.tokens.size(), 4u);
 }
 
 // Durability through a gateway and a worker, as Redis reaches it: with
@@ -551,19 +538,10 @@ TEST_F(ClusterDurabilityTest, FsyncAndReplicatedAreWhatRedisReached) {
   g.set_max_tokens(3);
   g.set_commit(true);
   g.set_durability(v1::DURABILITY_FSYNC);
-  {
-    auto ctx = e2e::ClientContext();
-    auto reader = cluster_->streams(0)->Generate(ctx.get(), g);
-    v1::GenerateResponse msg;
-    v1::GenerateDone done;
-    while (reader->Read(&msg)) {
-      if (msg.has_done()) done = msg.done();
-    }
-    const grpc::Status st = reader->Finish();
-    ASSERT_TRUE(st.ok()) << FromGrpcStatus(st);
-    EXPECT_TRUE(done.committed());
-    EXPECT_EQ(done.durability(), v1::DURABILITY_FSYNC);
-  }
+  const e2e::Generated generated = e2e::GenerateAll(cluster_->streams(0), g);
+  ASSERT_TRUE(generated.status.ok()) << generated.status;
+  EXPECT_TRUE(generated.done.committed());
+  EXPECT_EQ(generated.done.durability(), v1::DURABILITY_FSYNC);
   auto head = cluster_->Get("durable");
   ASSERT_TRUE(head.ok()) << head.status();
   EXPECT_EQ(head->durability(), v1::DURABILITY_FSYNC);

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Client calls the end-to-end tests of real servers share: a context with
-// a deadline and a tenant, one whole Append call, one export, and
-// deterministic text.
+// a deadline and a tenant, one whole Append or Generate call, one export,
+// and deterministic text.
 #ifndef STATESTREAM_TESTS_E2E_CALLS_H_
 #define STATESTREAM_TESTS_E2E_CALLS_H_
 
@@ -55,6 +55,32 @@ inline grpc::Status AppendText(v1::Streams::Stub* streams,
   while (stream->Read(ack)) {
   }
   return stream->Finish();
+}
+
+// What one Generate call streamed: its tokens, its GenerateDone (empty if
+// none came), how many messages, and how it ended.
+struct Generated {
+  std::vector<uint32_t> tokens;
+  v1::GenerateDone done;
+  int messages = 0;
+  absl::Status status;
+};
+
+// One Generate call of `request`, read to its end.
+inline Generated GenerateAll(v1::Streams::Stub* streams,
+                             const v1::GenerateRequest& request,
+                             const std::string& tenant = "") {
+  Generated out;
+  auto ctx = Ctx(tenant);
+  auto reader = streams->Generate(ctx.get(), request);
+  v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+    ++out.messages;
+    for (uint32_t t : msg.chunk().tokens()) out.tokens.push_back(t);
+    if (msg.has_done()) out.done = msg.done();
+  }
+  out.status = FromGrpcStatus(reader->Finish());
+  return out;
 }
 
 // `n` deterministic chunks of `size` printable ASCII bytes.
