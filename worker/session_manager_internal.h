@@ -426,8 +426,9 @@ class SessionManager::Impl {
   // the durability asked for, or its reply lost). A resident session left
   // on the head the store replaced could never commit again (every commit
   // VERSION_MISMATCH, so never evicted either), so it follows the store's
-  // head; if that cannot be read, it is dropped and the next call loads it
-  // afresh. Either way the live input was what the failed call replaced.
+  // head (a new history for open writers, as Replaced says); if that cannot
+  // be read, it is dropped and the next call loads it afresh. Either way
+  // the live input was what the failed call replaced.
   void FollowStoreHead(Session* s);
 
   // Unmaps `s` (if still mapped) and marks it gone.

@@ -531,6 +531,54 @@ TEST_F(SessionManagerTest, AnImportUnderALiveWriterIsNoDuplicateOfItsInput) {
   ASSERT_TRUE(Close(w).ok());
 }
 
+// The same when the store wrote the import or the rollback but its reply
+// was lost (or the version fell short of the durability asked for): the
+// session follows the store's new head, and the live writer's requests
+// below its offset are POSITION_MISMATCH. They were acknowledged as
+// duplicates and dropped.
+TEST_F(SessionManagerTest, AReplacementWhoseReplyWasLostIsNoDuplicateEither) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  Start(SessionManagerOptions{});
+  Create("far");
+  auto wf = Open("far");
+  ASSERT_TRUE(Append(wf, 0, "a longer input than the other", true, true).ok());
+  ASSERT_TRUE(Close(wf).ok());
+  const std::string far = Blob("far");  // input offset 29
+  Create("s");
+  auto w = Open("s");
+  ASSERT_TRUE(Append(w, 0, "ab", true, true).ok());  // version 2
+  CreateParams p;
+  p.request_id = "import-far";
+  p.session_id = "s";
+  faulty_->lose_next_reply = true;
+  auto imported = manager_->Import("t", far, true, p, std::nullopt);
+  ASSERT_FALSE(imported.ok());
+  ASSERT_EQ(store_->GetHead({"t", "s"})->head.input_offset, 29u);  // written
+  auto next = Append(w, 2, "cd", true, true);
+  EXPECT_EQ(GetReason(next.status()), Reason::kPositionMismatch)
+      << (next.ok() ? "acknowledged" : next.status().ToString());
+  auto on = Append(w, 29, "x", true, true);  // from the new head: version 4
+  ASSERT_TRUE(on.ok()) << on.status();
+  ASSERT_EQ(on->input_offset, 30u);
+
+  // A rollback to version 2 (offset 2), its reply lost: as after one that
+  // answered, the writer's old requests are no duplicates of the history
+  // it replaced, and it goes on from the new head.
+  faulty_->lose_next_reply = true;
+  auto rolled = manager_->Rollback("t", "s", 2, std::nullopt,
+                                   Durability::kMemory, "rb-1");
+  ASSERT_FALSE(rolled.ok());
+  ASSERT_EQ(store_->GetHead({"t", "s"})->head.input_offset, 2u);
+  auto resent = Append(w, 0, "ab", true, true);
+  EXPECT_EQ(GetReason(resent.status()), Reason::kPositionMismatch)
+      << (resent.ok() ? "acknowledged" : resent.status().ToString());
+  auto after = Append(w, 2, "y", true, true);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_FALSE(after->duplicate);
+  EXPECT_EQ(after->input_offset, 3u);
+  ASSERT_TRUE(Close(w).ok());
+}
+
 // A head no load can read (STATE_CORRUPT) does not lock the session: a
 // rollback to an older version and an import as the next version need
 // nothing of it, as docs/errors.md's way out says; the session then goes

@@ -459,7 +459,12 @@ void SessionManager::Impl::FollowStoreHead(Session* s) {
   }
   if (h.ok()) {
     auto v = store_->LoadVersion(s->key, h->head.version);
-    if (v.ok() && LoadInto(s, *v, &*h).ok()) return;
+    if (v.ok() && LoadInto(s, *v, &*h).ok()) {
+      // A new history, as after a replacement that answered: an open
+      // writer's requests below its offset are no duplicates of it.
+      Replaced(s);
+      return;
+    }
   }
   DropAndRelease(s, Session::Gone::kEvicted).IgnoreError();
 }

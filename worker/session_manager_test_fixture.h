@@ -43,6 +43,10 @@ class LosingStore final : public testing::ForwardingStore {
  public:
   using ForwardingStore::ForwardingStore;
   std::atomic<bool> lose_next_commit{false};
+  // The same for the next commit or rollback, head reads going on working
+  // (the store wrote it; only the reply was lost, or it fell short of the
+  // durability asked for).
+  std::atomic<bool> lose_next_reply{false};
   // Commits refused (UNAVAILABLE, nothing written) before they pass again.
   std::atomic<int> refuse_commits{0};
   // Commits that asked for more than MEMORY.
@@ -92,6 +96,14 @@ class LosingStore final : public testing::ForwardingStore {
       fail_get_heads_ = 1;
       return Unavailable();
     }
+    if (res.ok() && lose_next_reply.exchange(false)) return Unavailable();
+    return res;
+  }
+  absl::StatusOr<CommitResult> Rollback(const SessionKey& k, uint64_t e,
+                                        uint64_t f, uint64_t v, Durability d,
+                                        const std::string& rid) override {
+    auto res = ForwardingStore::Rollback(k, e, f, v, d, rid);
+    if (res.ok() && lose_next_reply.exchange(false)) return Unavailable();
     return res;
   }
   // When set, every LoadVersion waits for it (after notifying
