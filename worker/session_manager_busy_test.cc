@@ -3,6 +3,7 @@
 // with its call, Generate and Rollback meeting a live Append, commits by
 // policy at the input's durability, and what a drain commits, retries and
 // refuses. The fixture: session_manager_test_fixture.h.
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -237,6 +238,62 @@ TEST_F(SessionManagerTest, ADrainOfCleanSessionsStopsCallingAHungStore) {
   // Calls until the deadline (200 ms at 50 ms each) and three past it.
   EXPECT_LT(faulty_->hung_calls.load(), 15);
   EXPECT_EQ(manager_->stats().resident, 0);
+}
+
+// Copies the database at `from` over the one at `to` (SQLite's online
+// backup, so connections open on `to` see the copy): a store that lost its
+// writes since `from` was taken.
+bool CopyDatabase(const std::string& from, const std::string& to) {
+  sqlite3* src = nullptr;
+  sqlite3* dst = nullptr;
+  bool ok = sqlite3_open(from.c_str(), &src) == SQLITE_OK &&
+            sqlite3_open(to.c_str(), &dst) == SQLITE_OK;
+  if (ok) {
+    sqlite3_busy_timeout(dst, 10000);
+    sqlite3_backup* b = sqlite3_backup_init(dst, "main", src, "main");
+    ok = b != nullptr && sqlite3_backup_step(b, -1) == SQLITE_DONE;
+    ok = sqlite3_backup_finish(b) == SQLITE_OK && ok;
+  }
+  sqlite3_close(src);
+  sqlite3_close(dst);
+  return ok;
+}
+
+// A store that lost the FSYNC version of a session's input (restored from
+// a copy taken before it, under the same lease): the next commit finds it
+// gone and writes the resident state over the older head at once, at the
+// level clients were told of the lost one, not the level the new request
+// asks (the input it carries was acknowledged at FSYNC).
+TEST_F(SessionManagerTest, InputRecommittedAfterTheStoreLostItKeepsItsLevel) {
+  const testing::ScratchDir dir("ss-lost");
+  SqliteStateStoreOptions so;
+  so.path = dir.File("sessions.db");
+  auto sqlite = NewSqliteStateStore(so);
+  ASSERT_TRUE(sqlite.ok()) << sqlite.status();
+  faulty_ = std::make_unique<LosingStore>(sqlite->get());
+  Start(SessionManagerOptions{});
+  Create("s");
+  auto w = Open("s");
+  ASSERT_TRUE(Append(w, 0, "a", false, true).ok());  // v2 at MEMORY
+  const std::string saved = dir.File("saved.db");
+  ASSERT_TRUE(CopyDatabase(so.path, saved));
+  auto durable = Append(w, 1, "b", false, true, Durability::kFsync);  // v3
+  ASSERT_TRUE(durable.ok()) << durable.status();
+  ASSERT_EQ((*sqlite)->GetHead({"t", "s"})->head.durability,
+            Durability::kFsync);
+  ASSERT_TRUE(CopyDatabase(saved, so.path));  // v3 is lost
+  ASSERT_EQ((*sqlite)->GetHead({"t", "s"})->head.version, 2u);
+
+  auto next = Append(w, 2, "c", false, true);  // asks MEMORY
+  ASSERT_TRUE(next.ok()) << next.status();
+  auto head = (*sqlite)->GetHead({"t", "s"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->head.input_offset, 3u);
+  EXPECT_GE(head->head.durability, Durability::kFsync);
+  ASSERT_TRUE(Close(w).ok());
+  manager_.reset();
+  faulty_.reset();
+  sqlite->reset();
 }
 
 // Input whose requests asked for FSYNC is committed at FSYNC whatever

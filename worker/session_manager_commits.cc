@@ -182,7 +182,10 @@ absl::Status SessionManager::Impl::CommitNow(Session* s, Durability d,
         }
       } else if (retry && GetReason(res.status()) == Reason::kVersionMismatch &&
                  AdoptOlderHead(s, *h, d, cause)) {
-        return CommitNow(s, d, request_id, cause, /*retry=*/false);
+        // At the level clients were told of the lost head (AdoptOlderHead
+        // raised dirty_durability to it), not only this request's.
+        return CommitNow(s, std::max(d, s->dirty_durability), request_id, cause,
+                         /*retry=*/false);
       }
     }
     return res.status();
