@@ -130,8 +130,9 @@ class GenerateCall final : public ServerStreamCall<v1::GenerateResponse> {
     // get a second `done`).
     if (done_ && Gateway::ShouldFailover(status)) status = grpc::Status::OK;
     // The session moved on since the generation started: a re-run would be
-    // another generation.
-    if (!diverged_ && pinned_here_ &&
+    // another generation. (Pinned by the client, and nothing delivered
+    // yet, its offset is stale: that passes through.)
+    if (!diverged_ && (pinned_here_ || !tokens_.empty()) &&
         GetReason(FromGrpcStatus(status)) == Reason::kPositionMismatch) {
       diverged_ = tokens_.size();
     }

@@ -262,6 +262,42 @@ TEST_F(GatewayTest, ARerunAfterAFailoverRunsOnTheInputItStartedFrom) {
             (std::vector<std::optional<uint64_t>>{std::nullopt, std::nullopt}));
 }
 
+// The same when the client pinned the generation itself: once output was
+// delivered, a re-run the worker refuses because the session moved on is
+// diverged (UNAVAILABLE, delivered_tokens), not the client's stale offset;
+// before any output it is (POSITION_MISMATCH passes through).
+TEST_F(GatewayTest, AClientPinnedRerunRefusedAfterOutputIsDiverged) {
+  using W = grpc::ServerWriter<v1::GenerateResponse>;
+  std::atomic<bool> first_lost{true};
+  Script<grpc::Status(int, const v1::GenerateRequest&, W*)>(
+      &ScriptedWorker::generate, [&](int n, const v1::GenerateRequest&, W* w) {
+        if (n == 0 && first_lost.load()) {
+          v1::GenerateResponse chunk;
+          chunk.mutable_chunk()->set_start_input_offset(5);
+          chunk.mutable_chunk()->add_tokens(7);
+          chunk.mutable_chunk()->add_tokens(8);
+          w->Write(chunk);
+          return Lost();
+        }
+        return ToGrpcStatus(MakeError(absl::StatusCode::kFailedPrecondition,
+                                      Reason::kPositionMismatch, "moved",
+                                      {{"actual_input_offset", "9"}}));
+      });
+  Start();
+  const auto refused = GenerateS(/*commit=*/false, /*expected=*/5);
+  absl::Status st = FromGrpcStatus(refused.status);
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_EQ(GetReason(st), Reason::kResumeDiverged) << st;
+  EXPECT_EQ(GetErrorMetadata(st, "delivered_tokens"), "2");
+  // Nothing delivered yet: the client's offset is stale, and it is told so.
+  first_lost = false;
+  calls_ = 0;
+  const auto stale = GenerateS(/*commit=*/false, /*expected=*/5);
+  st = FromGrpcStatus(stale.status);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_EQ(GetReason(st), Reason::kPositionMismatch) << st;
+}
+
 // A committing re-run, re-sent unpinned, that samples from another input
 // offset than the output already delivered (the lost worker had applied
 // input it never committed) is another generation: UNAVAILABLE with

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -217,11 +218,17 @@ class GatewayTest : public ::testing::Test {
     req.set_session_id("s");
     return Drain(&ctx, v1::Sessions::NewStub(channel_)->ExportState(&ctx, req));
   }
-  Streamed<v1::GenerateResponse> GenerateS(bool commit = false) {
+  // A Generate of session "s" (pinned at `expected_input_offset` if set).
+  Streamed<v1::GenerateResponse> GenerateS(
+      bool commit = false,
+      std::optional<uint64_t> expected_input_offset = std::nullopt) {
     grpc::ClientContext ctx;
     v1::GenerateRequest req;
     req.set_session_id("s");
     req.set_commit(commit);
+    if (expected_input_offset) {
+      req.set_expected_input_offset(*expected_input_offset);
+    }
     return Drain(&ctx, v1::Streams::NewStub(channel_)->Generate(&ctx, req));
   }
   template <class Resp>
