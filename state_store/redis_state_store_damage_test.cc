@@ -300,6 +300,27 @@ TEST(RedisStateStoreDamageTest,
   EXPECT_EQ(page->sessions.size(), 2u);  // "xyz" left out
 }
 
+// A version hash whose durability is no level (written by hand or another
+// program) claims the least: a wait for REPLICATED on a server without
+// replicas is not reached. It was read as the number itself, 7 >= REPLICATED.
+TEST(RedisStateStoreDamageTest, AnUnknownDurabilityIsNoLevelReached) {
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  ASSERT_TRUE(
+      store->CreateSession(NewSession("odd", Durability::kMemory)).ok());
+  ASSERT_TRUE(
+      server->Command({"HSET", "ss:{acme/odd}:v1", "durability", "7"}).ok());
+  auto head = store->GetHead({"acme", "odd"});
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->head.durability, Durability::kMemory);
+  const absl::Status waited =
+      store->AwaitDurability({"acme", "odd"}, 1, Durability::kReplicated)
+          .status();
+  EXPECT_EQ(waited.code(), absl::StatusCode::kUnavailable) << waited;
+  EXPECT_EQ(GetReason(waited), Reason::kStoreUnavailable) << waited;
+}
+
 // A head whose own version hash is gone (evicted, or deleted by hand) is
 // damage: STATE_CORRUPT on a read, left out of the tenant's listing, and
 // deleted by id. It was NOT_FOUND/VERSION_MISMATCH for "version

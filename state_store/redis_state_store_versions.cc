@@ -283,7 +283,7 @@ absl::StatusOr<VersionInfo> RedisStateStore::AwaitDurability(
       !absl::SimpleAtoi(Str(r[0]->element[1]), &level)) {
     return Unexpected(outcome);
   }
-  const Durability recorded = static_cast<Durability>(std::max(level, 1));
+  const Durability recorded = RecordedDurability(level);
   Durability reached = std::max(recorded, BaseDurability());
   if (r.size() > 1) ReadWait(r[1].get(), &reached);
   if (reached > recorded) {

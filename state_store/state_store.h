@@ -69,6 +69,13 @@ enum class Durability {
 };
 // "MEMORY", "FSYNC", "REPLICATED".
 const char* DurabilityName(Durability d);
+// A level a store recorded as a number: kMemory (the least) when it is no
+// level this build knows, so damage never reports a level not reached.
+inline constexpr Durability RecordedDurability(int64_t value) {
+  return value >= 1 && value <= static_cast<int64_t>(Durability::kReplicated)
+             ? static_cast<Durability>(value)
+             : Durability::kMemory;
+}
 // The error of a write that exists at `reached` only, below the `wanted`
 // durability: UNAVAILABLE/STORE_UNAVAILABLE, metadata durability_reached
 // and version. Stores return it; callers may treat the write as done.

@@ -160,8 +160,8 @@ absl::StatusOr<VersionInfo> ParseVersion(const Fields& f) {
   v.cause = VersionCauseOf(cause);
   v.request_id = Get(f, "rid");
   SS_ASSIGN_OR_RETURN(const uint64_t d, U64(f, "durability", where));
-  v.durability =
-      d >= 1 && d <= 3 ? static_cast<Durability>(d) : Durability::kMemory;
+  v.durability = RecordedDurability(
+      static_cast<int64_t>(std::min<uint64_t>(d, INT64_MAX)));
   SS_ASSIGN_OR_RETURN(const int64_t committed, I64(f, "committed_ms", where));
   v.committed_at = absl::FromUnixMillis(committed);
   return v;

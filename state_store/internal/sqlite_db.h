@@ -126,10 +126,9 @@ inline constexpr int64_t StoredDurability(Durability d) {
   return 10 + static_cast<int64_t>(d);
 }
 // The level a stored value names. An unknown one (a damaged or foreign
-// row) claims the least, as the Redis store's ParseVersion does.
+// row) claims the least, as the Redis store's does.
 inline constexpr Durability DurabilityFromStored(int64_t stored) {
-  const int64_t d = stored > 10 ? stored - 10 : stored;
-  return d >= 1 && d <= 3 ? static_cast<Durability>(d) : Durability::kMemory;
+  return RecordedDurability(stored > 10 ? stored - 10 : stored);
 }
 
 constexpr char kSessionColumns[] =
