@@ -416,8 +416,13 @@ absl::Status Session(const std::vector<std::string>& args) {
       return UsageError(
           "rollback: VERSION is 1 or more (see 'session versions ID')");
     }
+    // Pinned to the head read now: a retry after a lost reply that reaches
+    // a worker knowing nothing of the first attempt, once the session moved
+    // on, is VERSION_MISMATCH instead of a second rollback over newer input.
+    client::Session session = client->OpenSession(rest[0]);
+    SS_ASSIGN_OR_RETURN(v1::Session head, session.Get());
     SS_ASSIGN_OR_RETURN(v1::Session s,
-                        client->OpenSession(rest[0]).Rollback(version));
+                        session.Rollback(version, head.version()));
     PrintSession(s);
     return absl::OkStatus();
   }

@@ -28,6 +28,7 @@
 #include "gtest/gtest.h"
 #include "statestream/client.h"
 #include "statestream/v1/statestream.grpc.pb.h"
+#include "tests/subprocess.h"
 
 namespace statestream {
 namespace {
@@ -508,6 +509,62 @@ class ScriptedDeletes final : public v1::Sessions::Service {
   absl::Mutex mu_;
   size_t calls_ ABSL_GUARDED_BY(mu_) = 0;
 };
+
+// A Sessions server at version 5 whose first RollbackSession is lost
+// (UNAVAILABLE after it was received); every request is recorded.
+class LostFirstRollback final : public v1::Sessions::Service {
+ public:
+  grpc::Status GetSession(grpc::ServerContext*, const v1::GetSessionRequest* r,
+                          v1::Session* out) override {
+    out->set_session_id(r->session_id());
+    out->set_version(5);
+    return grpc::Status::OK;
+  }
+  grpc::Status RollbackSession(grpc::ServerContext*,
+                               const v1::RollbackSessionRequest* r,
+                               v1::Session* out) override {
+    absl::MutexLock lock(&mu_);
+    requests_.push_back(*r);
+    if (requests_.size() == 1) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "reply lost");
+    }
+    out->set_session_id(r->session_id());
+    out->set_version(6);
+    return grpc::Status::OK;
+  }
+  std::vector<v1::RollbackSessionRequest> requests() {
+    absl::MutexLock lock(&mu_);
+    return requests_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<v1::RollbackSessionRequest> requests_ ABSL_GUARDED_BY(mu_);
+};
+
+// `statestream session rollback` pins the head it read: its retry after a
+// lost reply, reaching a worker that knows nothing of the first attempt
+// after the session moved on, is VERSION_MISMATCH, not a second rollback
+// over the newer input. It sent no expected_version.
+TEST(CliRollbackTest, ARetriedRollbackIsPinnedToTheHeadItRead) {
+  LostFirstRollback service;
+  std::string address;
+  std::unique_ptr<grpc::Server> server = Listen(&service, &address);
+  ASSERT_NE(server, nullptr);
+  auto ran = e2e::Run(
+      {STATESTREAM_BIN, "session", "rollback", "s", "2", "--target", address});
+  ASSERT_TRUE(ran.ok()) << ran.status();
+  EXPECT_EQ(ran->exit_code, 0) << ran->err;
+  const std::vector<v1::RollbackSessionRequest> sent = service.requests();
+  ASSERT_EQ(sent.size(), 2u);
+  for (const v1::RollbackSessionRequest& r : sent) {
+    EXPECT_EQ(r.version(), 2u);
+    EXPECT_TRUE(r.has_expected_version());
+    EXPECT_EQ(r.expected_version(), 5u);
+    EXPECT_EQ(r.request_id(), sent[0].request_id());
+  }
+  server->Shutdown();
+}
 
 // A retried delete that finds no session after an attempt whose outcome is
 // unknown (UNAVAILABLE: the reply was lost) is that attempt's delete: done.
