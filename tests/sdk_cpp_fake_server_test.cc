@@ -393,6 +393,54 @@ TEST(SdkAppendTest, AWriterKeepsInputCommittedBelowItsDurability) {
   EXPECT_EQ(resent.front(), 0u);  // "abc" again, not only "def"
 }
 
+// A Streams server that acknowledges its first Append request twice (as a
+// buggy proxy might), then every request once, nothing committed.
+class DoubleFirstAck final : public v1::Streams::Service {
+ public:
+  grpc::Status Append(
+      grpc::ServerContext*,
+      grpc::ServerReaderWriter<v1::AppendResponse, v1::AppendRequest>* stream)
+      override {
+    v1::AppendRequest req;
+    bool first = true;
+    while (stream->Read(&req)) {
+      v1::AppendResponse ack;
+      ack.set_input_offset(req.expected_input_offset() +
+                           req.text_utf8().size());
+      ack.set_version(1);
+      ack.set_durability(v1::DURABILITY_MEMORY);
+      if (!stream->Write(ack)) break;
+      if (first && !stream->Write(ack)) break;
+      first = false;
+    }
+    return grpc::Status::OK;
+  }
+};
+
+// An ack that cannot be its request's (below the end of the input it
+// names) is a server's error the writer reports (INTERNAL), not matched
+// to the next request: a checkpoint taking "abc"'s second ack would drop
+// "abc" from what it resends while nothing was committed.
+TEST(SdkAppendTest, AnAckThatIsNotItsRequestsFailsTheWriter) {
+  DoubleFirstAck service;
+  FakeServer fake;
+  ASSERT_NO_FATAL_FAILURE(Serve(&service, &fake));
+  client::AppendOptions options;
+  options.start_offset = 0;
+  auto writer = fake.client->OpenSession("s").OpenAppend(options);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->Write("abc").ok());
+  absl::Status st = (*writer)->Sync();
+  if (st.ok()) {
+    auto ck = (*writer)->Checkpoint();
+    st = ck.status();
+    if (ck.ok()) {
+      EXPECT_GE(ck->committed_input_offset(), 3u) << "abc was dropped";
+    }
+  }
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal) << st;
+}
+
 // A resumed Generate that ends before the output already delivered is
 // another generation: FAILED_PRECONDITION (not retried), not a `done`
 // after 2 delivered tokens that reports 1.

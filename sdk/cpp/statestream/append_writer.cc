@@ -296,13 +296,29 @@ absl::Status AppendWriter::ReadAcks(size_t keep_unacked) {
       if (absl::Status s = Reconnect(call_->Finish()); !s.ok()) return s;
       continue;
     }
-    Retained& acked = retained_[acked_++];
+    Retained& acked = retained_[acked_];
+    // Acks come one per request, in order. One that cannot be this
+    // request's (the session short of its end; a checkpoint's commit short
+    // of it) is the server's error: matched anyway, a stray ack would drop
+    // input nothing committed from what a reconnect resends.
+    const uint64_t end = EndOffset(acked.request);
+    if (ack.input_offset() < end ||
+        (acked.request.checkpoint() && ack.committed_input_offset() < end)) {
+      return Fail(MakeError(
+          absl::StatusCode::kInternal, Reason::kInternal,
+          absl::StrCat("the server acknowledged the request ending at input "
+                       "offset ",
+                       end, " with input_offset ", ack.input_offset(),
+                       " and committed_input_offset ",
+                       ack.committed_input_offset(),
+                       ": not its acknowledgement (an extra or missing one)")));
+    }
+    ++acked_;
     acked.acked_version = ack.version();
     // Progress, which resets the count of failed attempts, is input never
     // acknowledged before or a new commit: a resend acknowledged as a
     // duplicate is neither, so a request that fails at every attempt ends
     // the retries after max_attempts.
-    const uint64_t end = EndOffset(acked.request);
     if (end > acked_high_ || ack.version() > version_high_) attempts_ = 0;
     acked_high_ = std::max(acked_high_, end);
     version_high_ = std::max(version_high_, ack.version());
