@@ -822,7 +822,11 @@ class AsyncAppendWriter(_AckTracker):
                 await self._reconnect(StatestreamError(
                     grpc.StatusCode.UNAVAILABLE, "append stream ended early"))
                 continue
-            self._on_ack(ack)
+            try:
+                self._on_ack(ack)
+            except StatestreamError:
+                self._drop_call()  # the writer failed: nothing more of it
+                raise
 
     @staticmethod
     async def _error_of(call, e) -> StatestreamError:

@@ -343,13 +343,26 @@ class _AckTracker:
 
     def _on_ack(self, ack) -> None:
         acked = self._retained[self._acked]
+        # Acks come one per request, in order. One that cannot be this
+        # request's (the session short of its end; a checkpoint's commit
+        # short of it) is the server's error: matched anyway, a stray ack
+        # would drop input nothing committed from what a reconnect resends.
+        end = _end_offset(acked.request)
+        if ack.input_offset < end or (acked.request.checkpoint and
+                                      ack.committed_input_offset < end):
+            self._error = StatestreamError(
+                grpc.StatusCode.INTERNAL,
+                f"the server acknowledged the request ending at input "
+                f"offset {end} with input_offset {ack.input_offset} and "
+                f"committed_input_offset {ack.committed_input_offset}: not "
+                f"its acknowledgement (an extra or missing one)", "INTERNAL")
+            raise self._error
         self._acked += 1
         acked.acked_version = ack.version
         # Progress, which resets the count of failed attempts, is input
         # never acknowledged before or a new commit: a resend acknowledged
         # as a duplicate is neither, so a request that fails at every
         # attempt ends the retries after max_attempts.
-        end = _end_offset(acked.request)
         if end > self._acked_high or ack.version > self._version_high:
             self._attempts = 0
         self._acked_high = max(self._acked_high, end)
@@ -525,7 +538,12 @@ class AppendWriter(_AckTracker):
                 self._reconnect(StatestreamError(
                     grpc.StatusCode.UNAVAILABLE, "append stream ended early"))
                 continue
-            self._on_ack(ack)
+            try:
+                self._on_ack(ack)
+            except StatestreamError:
+                self._call.cancel()  # the writer failed: nothing more of it
+                self._call = None
+                raise
 
     def _reconnect(self, cause: Optional[StatestreamError]) -> None:
         """Opens a new call (after `cause` ended the current one, if any)

@@ -257,9 +257,13 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
                 continue
             duplicate = end <= self.applied and len(r.text_utf8) > 0
             self.applied = max(self.applied, end)
-            yield pb.AppendResponse(duplicate=duplicate,
-                                    input_offset=self.applied, version=1,
-                                    committed_input_offset=0)
+            # A checkpoint commits what was applied; nothing else does.
+            ack = pb.AppendResponse(
+                duplicate=duplicate, input_offset=self.applied, version=1,
+                committed_input_offset=self.applied if r.checkpoint else 0)
+            yield ack
+            if r.session_id == "double-ack" and not r.checkpoint:
+                yield ack  # a buggy proxy's extra copy
 
 
 def abort_with_reason(context, code, reason, message, metadata=None):

@@ -395,6 +395,32 @@ def test_a_writer_keeps_input_committed_below_its_durability(fake, aio):
     assert kept == 1
 
 
+@pytest.mark.parametrize("aio", [False, True])
+def test_an_ack_that_is_not_its_requests_fails_the_writer(fake, aio):
+    # The fake acknowledges each write of "double-ack" twice (a buggy
+    # proxy). The extra ack cannot be the next request's (a checkpoint's
+    # commit short of that request's end): INTERNAL, instead of taking it
+    # as the checkpoint's and dropping "abc", which nothing committed,
+    # from what a reconnect resends.
+    async def run_async():
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            w = await c.session("double-ack").writer(start_offset=0)
+            await w.write(b"abc")
+            await w.sync()
+            return await w.checkpoint()
+
+    def run_sync():
+        with Client(fake.address, **fast_retries()) as c:
+            w = c.session("double-ack").writer(start_offset=0)
+            w.write(b"abc")
+            w.sync()
+            return w.checkpoint()
+    with pytest.raises(StatestreamError) as e:
+        asyncio.run(run_async()) if aio else run_sync()
+    assert e.value.code == grpc.StatusCode.INTERNAL
+    assert "not its acknowledgement" in e.value.message
+
+
 # -- GenerateStream.cancel() ---------------------------------------------------
 #
 # The CANCELLED that the caller's own cancel() causes is not a failure: no
