@@ -57,6 +57,43 @@ TEST(RedisStateStoreTest, ADeleteResentAfterALostReplyIsOk) {
   EXPECT_TRUE(store->GetHead({"acme", "d"}).ok());
 }
 
+// A worker's registration sent twice (a resent pipeline whose reply was
+// lost) answers as its first copy did: the entry had expired, so both say
+// "not listed" and the worker resyncs. The resend answered "listed" (it
+// found the entry its first copy wrote). Another call after it does find
+// it.
+TEST(RedisStateStoreTest, ARegistrationResentAfterALostReplyAnswersAsItsFirst) {
+  std::unique_ptr<RedisServer> server;
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(StartStandalone(&server, &store));
+  const std::string src = absl::StrCat(store_internal::kLuaPrelude,
+                                       store_internal::kLuaRegisterWorker);
+  auto run = [&](const std::string& nonce) {
+    return server->Command({"EVAL", src, "1", "ss:{workers}:index",
+                            "ss:{workers}:w:", "0", "0", "w1", "", "60000",
+                            nonce});
+  };
+  for (const char* nonce : {"n1", "n1"}) {
+    auto r = run(nonce);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(*r, "OK\n0") << nonce;
+  }
+  auto next = run("n2");
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(*next, "OK\n1");
+  // Through the store: listed now; gone after an unregistration.
+  WorkerInfo info;
+  info.worker_id = "w1";
+  info.address = "127.0.0.1:1";
+  auto listed = store->RegisterWorker(info, absl::Seconds(60));
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_TRUE(*listed);
+  ASSERT_TRUE(store->UnregisterWorker("w1").ok());
+  listed = store->RegisterWorker(info, absl::Seconds(60));
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_FALSE(*listed);
+}
+
 // A lease acquisition sent twice (a resent pipeline; or its first copy
 // reaching Redis after the second) grants one fence: the second send used
 // to bump it again, so the caller held a fence already stale and its

@@ -276,9 +276,10 @@ absl::StatusOr<bool> RedisStateStore::RegisterWorker(const WorkerInfo& info,
       EncodeStringMap({{"address", info.address},
                        {"models", absl::StrJoin(info.model_fingerprints, "\n")},
                        {"load", absl::StrCat(info.load)}});
-  SS_ASSIGN_OR_RETURN(Reply r,
-                      EvalWorkers(kRegisterWorker, {info.worker_id, payload,
-                                                    absl::StrCat(TtlMs(ttl))}));
+  SS_ASSIGN_OR_RETURN(
+      Reply r,
+      EvalWorkers(kRegisterWorker, {info.worker_id, payload,
+                                    absl::StrCat(TtlMs(ttl)), NewNonce()}));
   return r->elements > 1 && r->element[1]->type == REDIS_REPLY_INTEGER &&
          r->element[1]->integer == 1;
 }

@@ -391,19 +391,28 @@ return {'OK'}
 )lua";
 
 // Worker registry; ARGV[1] is the worker key prefix. KEYS: the index.
-// ARGV[4] id, [5] payload, [6] ttl ms. Reply {'OK', 1 if the entry was
-// live before, else 0}.
+// ARGV[4] id, [5] payload, [6] ttl ms, [7] the call's nonce. Reply {'OK',
+// 1 if the entry was live before, else 0}. A resend of the call (its
+// nonce in the entry's '#call' key, beside it) gets its first copy's
+// answer: it found the entry the first copy wrote, and a worker told its
+// expired entry was live would skip its resync.
 inline constexpr char kLuaRegisterWorker[] = R"lua(
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local listed = redis.call('EXISTS', ARGV[1] .. ARGV[4])
-redis.call('SET', ARGV[1] .. ARGV[4], ARGV[5], 'PX', ARGV[6])
+local key = ARGV[1] .. ARGV[4]
+local listed = redis.call('EXISTS', key)
+local call = redis.call('GET', key .. '#call')
+if call and string.sub(call, 1, #ARGV[7] + 1) == ARGV[7] .. ' ' then
+  listed = tonumber(string.sub(call, #ARGV[7] + 2))
+end
+redis.call('SET', key, ARGV[5], 'PX', ARGV[6])
+redis.call('SET', key .. '#call', ARGV[7] .. ' ' .. listed, 'PX', ARGV[6])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[6]), ARGV[4])
 return {'OK', listed}
 )lua";
 
 inline constexpr char kLuaUnregisterWorker[] = R"lua(
-redis.call('DEL', ARGV[1] .. ARGV[4])
+redis.call('DEL', ARGV[1] .. ARGV[4], ARGV[1] .. ARGV[4] .. '#call')
 redis.call('ZREM', KEYS[1], ARGV[4])
 return {'OK'}
 )lua";
