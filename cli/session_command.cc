@@ -271,6 +271,12 @@ absl::Status Session(const std::vector<std::string>& args) {
       SS_ASSIGN_OR_RETURN(v1::ListSessionsResponse page,
                           client->ListSessions(req));
       for (const v1::Session& s : page.sessions()) PrintSession(s);
+      // A server that names the page it just gave would be read forever.
+      if (!page.next_page_token().empty() &&
+          page.next_page_token() == req.page_token()) {
+        return absl::InternalError(
+            "ListSessions: the server repeated its page token");
+      }
       req.set_page_token(page.next_page_token());
     } while (!req.page_token().empty());
     return absl::OkStatus();

@@ -614,6 +614,33 @@ TEST(CliRollbackTest, ARetriedRollbackIsPinnedToTheHeadItRead) {
   server->Shutdown();
 }
 
+// A Sessions server whose every ListSessions page names itself as the next.
+class RepeatingListing final : public v1::Sessions::Service {
+ public:
+  grpc::Status ListSessions(grpc::ServerContext*,
+                            const v1::ListSessionsRequest*,
+                            v1::ListSessionsResponse* out) override {
+    out->add_sessions()->set_session_id("again");
+    out->set_next_page_token("same");
+    return grpc::Status::OK;
+  }
+};
+
+// `statestream session list` against a server repeating its page token
+// ends (exit 1, the error said) instead of printing the same page forever.
+TEST(CliListTest, ARepeatedPageTokenEndsTheListing) {
+  RepeatingListing service;
+  std::string address;
+  std::unique_ptr<grpc::Server> server = Listen(&service, &address);
+  ASSERT_NE(server, nullptr);
+  auto ran = e2e::Run({STATESTREAM_BIN, "session", "list", "--target", address},
+                      absl::Seconds(5));  // (forever: killed)
+  ASSERT_TRUE(ran.ok()) << ran.status();
+  EXPECT_EQ(ran->exit_code, 1) << ran->err;
+  EXPECT_THAT(ran->err, ::testing::HasSubstr("repeated its page token"));
+  server->Shutdown();
+}
+
 // A retried delete that finds no session after an attempt whose outcome is
 // unknown (UNAVAILABLE: the reply was lost) is that attempt's delete: done.
 // NOT_FOUND at the first attempt, or after an OVERLOADED refusal (nothing
