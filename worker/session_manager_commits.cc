@@ -110,8 +110,9 @@ absl::Status SessionManager::Impl::RaiseHeadDurability(Session* s,
     // again on top of what it kept.
     auto h = store_->GetHead(s->key);
     if (h.ok() && AdoptOlderHead(s, *h, d, s->head.head.cause)) {
-      return CommitNow(s, d, /*request_id=*/"", s->dirty_cause,
-                       /*retry=*/false);
+      // As in CommitNow: at least the level the resident input asked.
+      return CommitNow(s, std::max(d, s->dirty_durability),
+                       /*request_id=*/"", s->dirty_cause, /*retry=*/false);
     }
   }
   const std::optional<Durability> reached =

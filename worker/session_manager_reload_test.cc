@@ -561,15 +561,19 @@ TEST_F(SessionManagerTest, AReplacementWhoseReplyWasLostIsNoDuplicateEither) {
   ASSERT_TRUE(on.ok()) << on.status();
   ASSERT_EQ(on->input_offset, 30u);
 
+  ASSERT_TRUE(Close(w).ok());
   // A rollback to version 2 (offset 2), its reply lost: as after one that
-  // answered, the writer's old requests are no duplicates of the history
-  // it replaced, and it goes on from the new head.
+  // answered, a writer's old requests are no duplicates of the history it
+  // replaced, and it goes on from the new head. (A writer opened after the
+  // import: the one before had seen a replacement already.)
+  w = Open("s");
+  ASSERT_TRUE(Append(w, 30, "zz", true, true).ok());
   faulty_->lose_next_reply = true;
   auto rolled = manager_->Rollback("t", "s", 2, std::nullopt,
                                    Durability::kMemory, "rb-1");
   ASSERT_FALSE(rolled.ok());
   ASSERT_EQ(store_->GetHead({"t", "s"})->head.input_offset, 2u);
-  auto resent = Append(w, 0, "ab", true, true);
+  auto resent = Append(w, 0, "ab", true, true);  // below the new head
   EXPECT_EQ(GetReason(resent.status()), Reason::kPositionMismatch)
       << (resent.ok() ? "acknowledged" : resent.status().ToString());
   auto after = Append(w, 2, "y", true, true);
