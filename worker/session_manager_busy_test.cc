@@ -266,34 +266,30 @@ bool CopyDatabase(const std::string& from, const std::string& to) {
 // asks (the input it carries was acknowledged at FSYNC).
 TEST_F(SessionManagerTest, InputRecommittedAfterTheStoreLostItKeepsItsLevel) {
   const testing::ScratchDir dir("ss-lost");
-  SqliteStateStoreOptions so;
-  so.path = dir.File("sessions.db");
-  auto sqlite = NewSqliteStateStore(so);
-  ASSERT_TRUE(sqlite.ok()) << sqlite.status();
-  faulty_ = std::make_unique<LosingStore>(sqlite->get());
-  Start(SessionManagerOptions{});
+  const std::string path = dir.File("sessions.db");
+  std::unique_ptr<StateStore> sqlite;
+  ASSERT_NO_FATAL_FAILURE(StartOnSqlite(path, &sqlite));
   Create("s");
   auto w = Open("s");
   ASSERT_TRUE(Append(w, 0, "a", false, true).ok());  // v2 at MEMORY
   const std::string saved = dir.File("saved.db");
-  ASSERT_TRUE(CopyDatabase(so.path, saved));
+  ASSERT_TRUE(CopyDatabase(path, saved));
   auto durable = Append(w, 1, "b", false, true, Durability::kFsync);  // v3
   ASSERT_TRUE(durable.ok()) << durable.status();
-  ASSERT_EQ((*sqlite)->GetHead({"t", "s"})->head.durability,
-            Durability::kFsync);
-  ASSERT_TRUE(CopyDatabase(saved, so.path));  // v3 is lost
-  ASSERT_EQ((*sqlite)->GetHead({"t", "s"})->head.version, 2u);
+  ASSERT_EQ(sqlite->GetHead({"t", "s"})->head.durability, Durability::kFsync);
+  ASSERT_TRUE(CopyDatabase(saved, path));  // v3 is lost
+  ASSERT_EQ(sqlite->GetHead({"t", "s"})->head.version, 2u);
 
   auto next = Append(w, 2, "c", false, true);  // asks MEMORY
   ASSERT_TRUE(next.ok()) << next.status();
-  auto head = (*sqlite)->GetHead({"t", "s"});
+  auto head = sqlite->GetHead({"t", "s"});
   ASSERT_TRUE(head.ok()) << head.status();
   EXPECT_EQ(head->head.input_offset, 3u);
   EXPECT_GE(head->head.durability, Durability::kFsync);
   ASSERT_TRUE(Close(w).ok());
   manager_.reset();
   faulty_.reset();
-  sqlite->reset();
+  sqlite.reset();
 }
 
 // Input whose requests asked for FSYNC is committed at FSYNC whatever
@@ -305,12 +301,9 @@ TEST_F(SessionManagerTest, EveryCommitReachesTheDurabilityItsInputAskedFor) {
   // Removed with everything SQLite put in it (the database and its -wal
   // and -shm files) when the test ends.
   const testing::ScratchDir dir("ss-policy");
-  SqliteStateStoreOptions so;
-  so.path = dir.File("sessions.db");
-  auto sqlite = NewSqliteStateStore(so);
-  ASSERT_TRUE(sqlite.ok()) << sqlite.status();
-  faulty_ = std::make_unique<LosingStore>(sqlite->get());
-  Start(SessionManagerOptions{});
+  const std::string path = dir.File("sessions.db");
+  std::unique_ptr<StateStore> sqlite;
+  ASSERT_NO_FATAL_FAILURE(StartOnSqlite(path, &sqlite));
   for (const std::string end : {"close", "generate", "duplicate", "drain"}) {
     SCOPED_TRACE(end);
     Create(end);
@@ -333,14 +326,14 @@ TEST_F(SessionManagerTest, EveryCommitReachesTheDurabilityItsInputAskedFor) {
       manager_->Drain();
       manager_->AbandonWriter(w);
     }
-    auto head = (*sqlite)->GetHead({"t", end});
+    auto head = sqlite->GetHead({"t", end});
     ASSERT_TRUE(head.ok()) << head.status();
     EXPECT_GE(head->head.input_offset, 7u);
     EXPECT_EQ(head->head.durability, Durability::kFsync);
   }
   manager_.reset();
   faulty_.reset();
-  sqlite->reset();
+  sqlite.reset();
 }
 
 // A session expires `ttl` after its last write, and input a worker holds

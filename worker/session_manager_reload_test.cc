@@ -504,11 +504,7 @@ TEST_F(SessionManagerTest, ARollbackOrImportRetriedOnAnotherWorkerIsOnce) {
 // duplicates, never applied. A writer opened after takes resends below the
 // offset as duplicates again.
 TEST_F(SessionManagerTest, AnImportUnderALiveWriterIsNoDuplicateOfItsInput) {
-  Create("far");
-  auto wf = Open("far");
-  ASSERT_TRUE(Append(wf, 0, "a longer input than the other", true, true).ok());
-  ASSERT_TRUE(Close(wf).ok());
-  const std::string far = Blob("far");  // input offset 29
+  const std::string far = FarBlob();  // input offset 29
   Create("s");
   auto w = Open("s");
   ASSERT_TRUE(Append(w, 0, "ab", true, true).ok());
@@ -539,11 +535,7 @@ TEST_F(SessionManagerTest, AnImportUnderALiveWriterIsNoDuplicateOfItsInput) {
 TEST_F(SessionManagerTest, AReplacementWhoseReplyWasLostIsNoDuplicateEither) {
   faulty_ = std::make_unique<LosingStore>(store_.get());
   Start(SessionManagerOptions{});
-  Create("far");
-  auto wf = Open("far");
-  ASSERT_TRUE(Append(wf, 0, "a longer input than the other", true, true).ok());
-  ASSERT_TRUE(Close(wf).ok());
-  const std::string far = Blob("far");  // input offset 29
+  const std::string far = FarBlob();  // input offset 29
   Create("s");
   auto w = Open("s");
   ASSERT_TRUE(Append(w, 0, "ab", true, true).ok());  // version 2

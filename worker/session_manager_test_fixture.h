@@ -6,6 +6,7 @@
 #define STATESTREAM_WORKER_SESSION_MANAGER_TEST_FIXTURE_H_
 
 #include <atomic>
+#include <memory>
 #include <set>
 #include <string>
 
@@ -318,6 +319,29 @@ class SessionManagerTest : public ::testing::Test {
     EXPECT_TRUE(Append(w, 0, "some input", true, true).ok());
     EXPECT_TRUE(Close(w).ok());
     return DecodeState(Blob(id));
+  }
+
+  // Starts a manager over a SQLite store of the file at `path` (behind a
+  // LosingStore, faulty_) into *sqlite; the caller resets it after
+  // manager_ and faulty_.
+  void StartOnSqlite(const std::string& path,
+                     std::unique_ptr<StateStore>* sqlite) {
+    SqliteStateStoreOptions so;
+    so.path = path;
+    auto made = NewSqliteStateStore(so);
+    ASSERT_TRUE(made.ok()) << made.status();
+    *sqlite = *std::move(made);
+    faulty_ = std::make_unique<LosingStore>(sqlite->get());
+    Start(SessionManagerOptions{});
+  }
+
+  // Session "far" with 29 bytes of input, committed: its exported state.
+  std::string FarBlob() {
+    Create("far");
+    auto w = Open("far");
+    EXPECT_TRUE(Append(w, 0, "a longer input than the other", true, true).ok());
+    EXPECT_TRUE(Close(w).ok());
+    return Blob("far");
   }
 
   std::string Blob(const std::string& id) {
