@@ -4,8 +4,6 @@
 #include <iostream>
 #include <utility>
 
-#include "absl/time/clock.h"
-
 namespace statestream {
 
 absl::StatusOr<std::unique_ptr<WorkerRegistration>> WorkerRegistration::Start(
@@ -13,13 +11,17 @@ absl::StatusOr<std::unique_ptr<WorkerRegistration>> WorkerRegistration::Start(
   if (options.heartbeat_interval <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("heartbeat_interval must be positive");
   }
+  if (options.clock == nullptr) {
+    return absl::InvalidArgumentError("clock must not be null");
+  }
   if (options.load_fn) options.info.load = options.load_fn();
+  const absl::Time sent = options.clock->Now();
   absl::StatusOr<bool> registered =
       store->RegisterWorker(options.info, 3 * options.heartbeat_interval);
   if (!registered.ok()) return registered.status();
   std::unique_ptr<WorkerRegistration> r(
       new WorkerRegistration(store, std::move(options)));
-  r->thread_ = std::thread([p = r.get()] { p->Loop(); });
+  r->thread_ = std::thread([p = r.get(), sent] { p->Loop(sent); });
   return r;
 }
 
@@ -29,7 +31,9 @@ WorkerRegistration::WorkerRegistration(StateStore* store,
 
 WorkerRegistration::~WorkerRegistration() { Stop(); }
 
-void WorkerRegistration::Loop() {
+void WorkerRegistration::Loop(absl::Time answered_sent) {
+  Clock* const clock = options_.clock;
+  const absl::Duration entry_ttl = 3 * options_.heartbeat_interval;
   bool failing = false;
   absl::Time failing_since = absl::InfinitePast();
   WorkerInfo info = options_.info;
@@ -42,24 +46,15 @@ void WorkerRegistration::Loop() {
     }
     mu_.Unlock();
     if (options_.load_fn) info.load = options_.load_fn();
-    absl::StatusOr<bool> listed =
-        store_->RegisterWorker(info, 3 * options_.heartbeat_interval);
+    const absl::Time sent = clock->Now();
+    absl::StatusOr<bool> listed = store_->RegisterWorker(info, entry_ttl);
     const absl::Status& st = listed.status();
     if (!st.ok() && !failing) {
-      failing_since = absl::Now();
+      failing_since = clock->Now();
       std::cerr << "worker " << info.worker_id
                 << ": registry heartbeat failed (retrying): " << st << "\n";
     } else if (st.ok() && failing) {
       std::cerr << "worker " << info.worker_id << ": registry heartbeat ok\n";
-    }
-    const bool long_failure =
-        st.ok() && failing &&
-        absl::Now() - failing_since >= options_.resync_after_failing;
-    if (st.ok() && (!*listed || long_failure)) {
-      std::cerr << "worker " << info.worker_id
-                << (!*listed ? ": registry entry had expired or was lost"
-                             : ": registry unreachable for a while")
-                << "; re-checking sessions\n";
     }
     // Only a lost entry says the worker was away long enough to have
     // missed something (three periods: other workers may have taken its
@@ -67,8 +62,26 @@ void WorkerRegistration::Loop() {
     // failed while the entry lived says nothing about the leases, and
     // renewing everything after each would multiply renewals exactly while
     // the store struggles.
-    if (st.ok() && (!*listed || long_failure) && options_.resync) {
-      options_.resync();
+    //
+    // `listed` alone misses one lapse: a failed heartbeat the store applied
+    // (its reply lost) may have re-created an expired entry, and the next
+    // one finds it listed. So after failures, an entry-lifetime since the
+    // last answered heartbeat was sent counts as lost too.
+    bool lost = false;
+    bool long_failure = false;
+    if (st.ok()) {
+      const absl::Time now = clock->Now();
+      lost = !*listed || (failing && now - answered_sent >= entry_ttl);
+      long_failure =
+          failing && now - failing_since >= options_.resync_after_failing;
+      answered_sent = sent;
+    }
+    if (lost || long_failure) {
+      std::cerr << "worker " << info.worker_id
+                << (lost ? ": registry entry had expired or was lost"
+                         : ": registry unreachable for a while")
+                << "; re-checking sessions\n";
+      if (options_.resync) options_.resync();
     }
     failing = !st.ok();
     mu_.Lock();

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/clock.h"
 #include "state_store/state_store.h"
 
 namespace statestream {
@@ -41,6 +42,9 @@ struct WorkerRegistrationOptions {
   // even if the entry lived (a heartbeat interval long against the lease
   // TTL keeps the entry past the leases): the worker passes lease_ttl / 3.
   absl::Duration resync_after_failing = absl::InfiniteDuration();
+  // Measures the failures above and the time since the last answered
+  // heartbeat; the heartbeat period itself is real time. Never null.
+  Clock* clock = Clock::Real();
 };
 
 // Thread-safe. Destruction unregisters (see Stop).
@@ -62,7 +66,8 @@ class WorkerRegistration {
 
  private:
   WorkerRegistration(StateStore* store, WorkerRegistrationOptions options);
-  void Loop();
+  // `answered_sent`: when the registration's answered call was sent.
+  void Loop(absl::Time answered_sent);
 
   StateStore* const store_;
   const WorkerRegistrationOptions options_;

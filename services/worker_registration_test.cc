@@ -16,17 +16,24 @@
 namespace statestream {
 namespace {
 
-// Fails every RegisterWorker with UNAVAILABLE while `down` is set.
+// Fails every RegisterWorker with UNAVAILABLE while `down` is set; with
+// `lose_next_reply`, applies the next one and fails it all the same (its
+// reply lost on the way back).
 class FlakyRegistry final : public testing::ForwardingStore {
  public:
   using ForwardingStore::ForwardingStore;
   std::atomic<bool> down{false};
+  std::atomic<bool> lose_next_reply{false};
   std::atomic<int> calls{0};
   absl::StatusOr<bool> RegisterWorker(const WorkerInfo& w,
                                       absl::Duration t) override {
     ++calls;
     if (down) return absl::UnavailableError("registry down");
-    return ForwardingStore::RegisterWorker(w, t);
+    absl::StatusOr<bool> listed = ForwardingStore::RegisterWorker(w, t);
+    if (lose_next_reply.exchange(false)) {
+      return absl::UnavailableError("reply lost");
+    }
+    return listed;
   }
 };
 
@@ -66,6 +73,7 @@ class WorkerRegistrationTest : public ::testing::Test {
     o.info.address = "127.0.0.1:1";
     o.heartbeat_interval = absl::Milliseconds(20);
     o.resync = [this] { ++resyncs_; };
+    o.clock = &clock_;
     auto r = WorkerRegistration::Start(flaky_.get(), o);
     ASSERT_TRUE(r.ok()) << r.status();
     registration_ = *std::move(r);
@@ -122,6 +130,25 @@ TEST_F(WorkerRegistrationTest, OnlyFailuresThatOutlastTheEntryResync) {
   EXPECT_TRUE(Listed(memory_.get(), "w1"));
 }
 
+// A heartbeat the store applied after the entry expired re-creates it; if
+// its reply is lost, the next heartbeat finds the entry listed. The worker
+// was away for longer than the entry lives all the same: resync.
+TEST_F(WorkerRegistrationTest, AnExpiryHiddenByALostReplyStillResyncs) {
+  ASSERT_TRUE(WaitFor([&] { return flaky_->calls >= 3; }));
+  flaky_->down = true;
+  int calls = flaky_->calls;
+  ASSERT_TRUE(WaitFor([&] { return flaky_->calls >= calls + 2; }));
+  clock_.Advance(absl::Seconds(1));  // past the entry's 3 periods
+  ASSERT_FALSE(Listed(memory_.get(), "w1"));
+  flaky_->lose_next_reply = true;
+  flaky_->down = false;
+  ASSERT_TRUE(WaitFor([&] { return !flaky_->lose_next_reply; }));
+  calls = flaky_->calls;
+  ASSERT_TRUE(WaitFor([&] { return flaky_->calls >= calls + 5; }));
+  EXPECT_EQ(resyncs_, 1);
+  EXPECT_TRUE(Listed(memory_.get(), "w1"));
+}
+
 // With resync_after_failing, failures that lasted that long resync once the
 // heartbeat works again, though the entry lived (a heartbeat interval long
 // against the leases' TTL).
@@ -132,12 +159,15 @@ TEST_F(WorkerRegistrationTest, LongFailuresResyncWhenAskedTo) {
   o.info.address = "127.0.0.1:2";
   o.heartbeat_interval = absl::Milliseconds(20);
   o.resync = [this] { ++resyncs_; };
-  o.resync_after_failing = absl::Milliseconds(200);
+  o.resync_after_failing = absl::Milliseconds(30);
+  o.clock = &clock_;
   auto r = WorkerRegistration::Start(flaky_.get(), o);
   ASSERT_TRUE(r.ok()) << r.status();
   flaky_->down = true;
-  absl::SleepFor(absl::Milliseconds(400));
-  EXPECT_TRUE(Listed(memory_.get(), "w2"));  // the fake clock never moved
+  const int calls = flaky_->calls;
+  ASSERT_TRUE(WaitFor([&] { return flaky_->calls >= calls + 2; }));
+  clock_.Advance(absl::Milliseconds(40));  // the entry lives 60 ms
+  EXPECT_TRUE(Listed(memory_.get(), "w2"));
   flaky_->down = false;
   ASSERT_TRUE(WaitFor([&] { return resyncs_ >= 1; }));
   const int after = flaky_->calls;
