@@ -14,12 +14,8 @@ std::optional<absl::string_view> ClientMetadata(
 }
 
 Credentials CredentialsOf(const grpc::CallbackServerContext& ctx) {
-  auto copy = [&ctx](const char* key) -> std::optional<std::string> {
-    std::optional<absl::string_view> value = ClientMetadata(ctx, key);
-    if (!value) return std::nullopt;
-    return std::string(*value);
-  };
-  return {copy("authorization"), copy("x-statestream-tenant")};
+  return Credentials::Of(ClientMetadata(ctx, "authorization"),
+                         ClientMetadata(ctx, "x-statestream-tenant"));
 }
 
 }  // namespace statestream

@@ -18,8 +18,9 @@ namespace statestream {
 std::optional<absl::string_view> ClientMetadata(
     const grpc::CallbackServerContext& ctx, const char* key);
 
-// The call's `authorization` and `x-statestream-tenant`, copied: what a
-// long call keeps to TenantAuth::Recheck them.
+// The call's `authorization` (as its token's digest) and
+// `x-statestream-tenant`: what a long call keeps to TenantAuth::Recheck
+// them.
 Credentials CredentialsOf(const grpc::CallbackServerContext& ctx);
 
 }  // namespace statestream

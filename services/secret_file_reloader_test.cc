@@ -287,10 +287,34 @@ TEST_F(SecretFileReloaderTest, MetricsSayWhetherTheFileIsInUse) {
   EXPECT_EQ(metrics.Render(), "");
 }
 
+// What a long call keeps of its credentials is the token's digest, not
+// the token; it authenticates as the token did.
+TEST(TenantAuthReplaceTest, KeptCredentialsHoldTheTokensDigestOnly) {
+  TenantAuth auth(std::map<std::string, std::string>{{kOld, "acme"}});
+  const Credentials kept =
+      Credentials::Of("bEaReR " + std::string(kOld), std::nullopt);
+  ASSERT_EQ(kept.key, Credentials::Key::kDigest);
+  EXPECT_EQ(std::string(kept.digest.begin(), kept.digest.end()),
+            Sha256Of(kOld));
+  auto named = auth.Authenticate(kept);
+  ASSERT_TRUE(named.ok()) << named.status();
+  EXPECT_EQ(*named, "acme");
+  for (const Credentials& bad :
+       {Credentials::Of(std::string(kOld), std::nullopt),
+        Credentials::Of(std::nullopt, std::nullopt),
+        Credentials::Of("Bearer " + std::string(kNew), std::nullopt),
+        Credentials::Of("Bearer " + std::string(kOld), "acme")}) {
+    uint64_t seen = 0;
+    EXPECT_EQ(GetReason(auth.Recheck(bad, "acme", &seen)),
+              Reason::kUnauthenticated);
+  }
+}
+
 // A long call rechecks its credentials: nothing to do while no Replace
 // happened; refused once its key is gone or names another tenant.
 TEST(TenantAuthReplaceTest, ARecheckRefusesARevokedOrMovedKey) {
-  const Credentials bearer{"Bearer " + std::string(kOld), std::nullopt};
+  const Credentials bearer =
+      Credentials::Of("Bearer " + std::string(kOld), std::nullopt);
   TenantAuth auth(std::map<std::string, std::string>{{kOld, "acme"}});
   uint64_t seen = auth.generation();
   EXPECT_NE(seen, 0u);
@@ -321,7 +345,9 @@ TEST(TenantAuthReplaceTest, ARecheckRefusesARevokedOrMovedKey) {
   // Development mode has nothing to revoke.
   TenantAuth development;
   uint64_t dev = 0;
-  EXPECT_TRUE(development.Recheck({std::nullopt, "acme"}, "acme", &dev).ok());
+  EXPECT_TRUE(
+      development.Recheck(Credentials::Of(std::nullopt, "acme"), "acme", &dev)
+          .ok());
 }
 
 TEST(TenantAuthReplaceTest, AuthenticationIsNeverTurnedOnOrOff) {

@@ -256,11 +256,7 @@ absl::Status TenantAuth::Recheck(const Credentials& credentials,
   // Read before the keys: a Replace in between is checked next time.
   const uint64_t now = generation();
   if (*seen == now) return absl::OkStatus();
-  auto view = [](const std::optional<std::string>& value) {
-    return value ? std::optional<absl::string_view>(*value) : std::nullopt;
-  };
-  absl::StatusOr<std::string> named = Authenticate(
-      view(credentials.authorization), view(credentials.tenant_header));
+  absl::StatusOr<std::string> named = Authenticate(credentials);
   if (!named.ok() && GetReason(named.status()) != Reason::kUnauthenticated) {
     return named.status();  // not the caller's doing (SHA-256 failed)
   }
@@ -273,37 +269,60 @@ absl::Status TenantAuth::Recheck(const Credentials& credentials,
   return absl::OkStatus();
 }
 
+Credentials Credentials::Of(std::optional<absl::string_view> authorization,
+                            std::optional<absl::string_view> tenant_header) {
+  Credentials kept;
+  if (tenant_header) kept.tenant_header = std::string(*tenant_header);
+  constexpr absl::string_view kBearer = "bearer ";
+  if (!authorization) return kept;
+  if (!absl::StartsWithIgnoreCase(*authorization, kBearer)) {
+    kept.key = Key::kNotBearer;
+    return kept;
+  }
+  const std::optional<std::array<unsigned char, 32>> digest =
+      Sha256(authorization->substr(kBearer.size()));
+  kept.key = digest ? Key::kDigest : Key::kFailed;
+  if (digest) kept.digest = *digest;
+  return kept;
+}
+
 absl::StatusOr<std::string> TenantAuth::Authenticate(
     std::optional<absl::string_view> authorization,
     std::optional<absl::string_view> tenant_header) const {
+  if (development_mode()) {  // the token is not looked at: not hashed
+    return Authenticate(Credentials::Of(std::nullopt, tenant_header));
+  }
+  return Authenticate(Credentials::Of(authorization, tenant_header));
+}
+
+absl::StatusOr<std::string> TenantAuth::Authenticate(
+    const Credentials& credentials) const {
+  const std::optional<std::string>& tenant_header = credentials.tenant_header;
   if (development_mode()) {
     if (!tenant_header.has_value()) return std::string("default");
     if (!IsValidTenant(*tenant_header)) {
       return Unauthenticated(
           "x-statestream-tenant must be 1-64 bytes of [a-z0-9_-]");
     }
-    return std::string(*tenant_header);
+    return *tenant_header;
   }
   if (tenant_header.has_value()) {
     return Unauthenticated(
         "x-statestream-tenant is not accepted: this server authenticates "
         "with API keys (authorization: Bearer <token>)");
   }
-  constexpr absl::string_view kBearer = "bearer ";
-  if (!authorization.has_value() ||
-      !absl::StartsWithIgnoreCase(*authorization, kBearer)) {
+  using Key = Credentials::Key;
+  if (credentials.key == Key::kAbsent || credentials.key == Key::kNotBearer) {
     return Unauthenticated("missing credentials (authorization: Bearer ...)");
   }
   const std::shared_ptr<const KeySet> set = Current();
-  const std::optional<std::array<unsigned char, 32>> digest =
-      Sha256(authorization->substr(kBearer.size()));
-  if (!digest || set->digests_failed) {
+  if (credentials.key == Key::kFailed || set->digests_failed) {
     // Not the caller's fault: INTERNAL, logged, not "fix credentials".
     std::cerr << "statestream: SHA-256 failed; an API key was not checked\n";
     return MakeError(absl::StatusCode::kInternal, Reason::kInternal,
                      "API keys cannot be checked (SHA-256 failed)");
   }
-  const auto found = set->tenants.find(*digest);
+  const auto found = set->tenants.find(credentials.digest);
   if (found == set->tenants.end()) return Unauthenticated("unknown API key");
   return found->second;
 }
@@ -549,9 +568,14 @@ void TenantLimits::Release(const std::string& tenant, const std::string& slot) {
     auto held = held_.find(tenant);
     if (held == held_.end() || held->second.erase(slot) == 0) return;
     if (held->second.empty()) held_.erase(held);
-    // Not answering: every stream's end does not wait on the store; the
-    // renewer removes the slot once it answers (else it expires).
-    if (stopping_) return;
+    // Stopping, or not answering: every stream's end does not wait on the
+    // store. The renewer's stopping pass removes the slot if it has not
+    // run yet (once it has, it removed every slot held then); else the
+    // renewer removes it once the store answers (else it expires).
+    if (stopping_) {
+      if (!stop_released_) Unreleased(tenant, slot);
+      return;
+    }
     if (store_down_) {
       Unreleased(tenant, slot);
       return;
@@ -614,16 +638,18 @@ void TenantLimits::RenewLoop() {
     const absl::Time began = absl::Now();
     next = began + every;
     if (stopping_) {
-      // Once: every slot held goes (the streams are being cancelled).
+      // Once: every slot held goes (the streams are being cancelled), and
+      // those of streams that ended without removing theirs.
       if (stop_released_) continue;
-      const std::map<std::string, std::set<std::string>> held = held_;
+      std::vector<std::pair<std::string, std::string>> slots =
+          std::move(unreleased_);
+      unreleased_.clear();
+      for (const auto& [tenant, held] : held_) {
+        for (const std::string& slot : held) slots.emplace_back(tenant, slot);
+      }
       mu_.Unlock();
-      bool ok = true;
-      for (auto it = held.begin(); ok && it != held.end(); ++it) {
-        for (const std::string& slot : it->second) {
-          ok = store_->ReleaseTenantSlot(it->first, slot).ok();
-          if (!ok) break;  // the rest expire
-        }
+      for (const auto& [tenant, slot] : slots) {
+        if (!store_->ReleaseTenantSlot(tenant, slot).ok()) break;  // expire
       }
       mu_.Lock();
       stop_released_ = true;

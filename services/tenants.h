@@ -192,11 +192,24 @@ class TenantLimits {
   std::thread renewer_ ABSL_GUARDED_BY(mu_);
 };
 
-// A call's credentials as it sent them (metadata values; nullopt =
-// absent), kept by a long call to Recheck them: the call's metadata may be
-// gone before its last read returns.
+// A call's credentials, kept by a long call to Recheck them (the call's
+// metadata may be gone before its last read returns). The token is kept
+// only as its SHA-256 digest, as the key sets keep theirs: a memory dump
+// of a gateway with open streams gives no token.
 struct Credentials {
-  std::optional<std::string> authorization;  // `authorization`
+  enum class Key {
+    kAbsent,     // no `authorization`
+    kNotBearer,  // `authorization` is not "Bearer <token>"
+    kDigest,     // `digest` is the token's SHA-256
+    kFailed,     // SHA-256 could not be computed
+  };
+  // `authorization` and `x-statestream-tenant` as the call sent them
+  // (nullopt = absent).
+  static Credentials Of(std::optional<absl::string_view> authorization,
+                        std::optional<absl::string_view> tenant_header);
+
+  Key key = Key::kAbsent;
+  std::array<unsigned char, 32> digest{};
   std::optional<std::string> tenant_header;  // `x-statestream-tenant`
 };
 
@@ -268,6 +281,9 @@ class TenantAuth {
   absl::StatusOr<std::string> Authenticate(
       std::optional<absl::string_view> authorization,
       std::optional<absl::string_view> tenant_header) const;
+  // The same from credentials kept.
+  absl::StatusOr<std::string> Authenticate(
+      const Credentials& credentials) const;
 
  private:
   // Tokens are kept only as SHA-256 digests, so a memory dump gives no

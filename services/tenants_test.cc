@@ -518,6 +518,31 @@ TEST_F(StreamSlotsTest, ReleaseStoreSlotsFreesTheSlotsOfAStoppingGateway) {
   EXPECT_EQ(store.acquires.load(), asked);
 }
 
+// A stream that ends after the gateway began to stop, but before the
+// renewer's stopping pass took the slots held, is removed by that pass
+// too: here the renewer is still removing a slot of its last renewal
+// when the gateway stops (so ReleaseStoreSlots gives up after its second).
+TEST_F(StreamSlotsTest, AStreamEndedAsTheGatewayStopsLeavesNoSlot) {
+  FlakySlots store(store_a_.get());
+  store.hold_renewals = true;
+  // Renewed every 3 s: the test is over before any slot could expire.
+  TenantLimits a(Options(5, absl::Seconds(9)), &store);
+  auto s1 = a.AcquireStream("acme");
+  auto s2 = a.AcquireStream("acme");
+  ASSERT_TRUE(s1.ok() && s2.ok());
+  store.renewing.WaitForNotification();
+  { auto ended = std::move(*s1); }  // removed from the store at once
+  ASSERT_EQ(store.releases.load(), 1);
+  store.hold_releases = true;
+  store.renewed.Notify();  // the renewal adds s1 back and removes it again
+  ASSERT_TRUE(Eventually([&] { return store.releases.load() == 2; }));
+  a.ReleaseStoreSlots();  // the renewer hangs in that removal
+  { auto ended = std::move(*s2); }
+  store.released.Notify();
+  EXPECT_TRUE(
+      Eventually([&] { return InStore("acme") == 0; }, absl::Seconds(5)));
+}
+
 // An embedded store counts no slots: each process counts its own streams.
 TEST(TenantLimitsTest, StreamsAreCountedInProcessOverAnEmbeddedStore) {
   auto memory = NewMemoryStateStore({});
