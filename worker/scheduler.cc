@@ -201,6 +201,20 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
       prefills.push_back(i);  // asked again with its real budget
     }
   }
+  // Each hidden vector's logits are a row of the kept buffer, like a
+  // Score's: at most max_score_rows of them, taking turns (a burst of
+  // 1,000 Scores was 1,000 rows, 256 MiB at a 65,536 vocabulary, in one
+  // product every other task waited for).
+  const size_t hidden_rows =
+      static_cast<size_t>(std::max(options_.max_score_rows, 1));
+  if (hidden_only.size() > hidden_rows) {
+    const size_t start = hidden_rr_ % hidden_only.size();
+    std::rotate(hidden_only.begin(),
+                hidden_only.begin() + static_cast<ptrdiff_t>(start),
+                hidden_only.end());
+    hidden_only.resize(hidden_rows);
+    hidden_rr_ = start + hidden_rows;
+  }
   const int reserve =
       prefills.empty() ? 0
                        : std::min(options_.prefill_chunk,
@@ -337,18 +351,24 @@ bool Scheduler::Iterate(std::vector<std::shared_ptr<Task>>& active) {
     // Generate without a prompt, a resumed generation): one head product
     // for all of them, which reads the head once (bit-identical to one
     // row at a time, like every batched product).
+    // The batch's tasks took their rows in OnStep above: the buffer is
+    // free again.
     const int C = info.config.n_embd;
     const int rows = static_cast<int>(hidden_only.size());
-    std::vector<float> hidden(static_cast<size_t>(rows) * C);
+    std::vector<float>& hidden = hidden_rows_;
+    hidden.resize(static_cast<size_t>(rows) * C);
     for (int r = 0; r < rows; ++r) {
       std::copy_n(hidden_only[r]->last_hidden(), C,
                   hidden.begin() + static_cast<ptrdiff_t>(r) * C);
     }
-    std::vector<float> out(static_cast<size_t>(rows) * V);
-    absl::Status s = model_->Logits(hidden.data(), rows, out.data());
+    if (logits.size() < static_cast<size_t>(rows) * V) {
+      logits.resize(static_cast<size_t>(rows) * V);
+    }
+    absl::Status s = model_->Logits(hidden.data(), rows, logits.data());
     for (int r = 0; r < rows; ++r) {
       if (s.ok()) {
-        hidden_only[r]->OnStep(0, out.data() + static_cast<ptrdiff_t>(r) * V);
+        hidden_only[r]->OnStep(0,
+                               logits.data() + static_cast<ptrdiff_t>(r) * V);
       } else {
         errors.emplace_back(hidden_only[r], s);
       }

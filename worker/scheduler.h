@@ -113,7 +113,9 @@ struct SchedulerOptions {
   int prefill_chunk = 64;
   // Rows of logits after every token (Score's chunks) per iteration, all
   // tasks together: each row is vocab floats (256 KiB at 65,536) in a
-  // buffer kept for the process's life.
+  // buffer kept for the process's life. Logits from saved hidden vectors
+  // (a Score's first token, a Generate without a prompt, a resumed
+  // generation) take at most as many rows an iteration, in turns.
   int max_score_rows = 64;
   // Tasks admitted (queued or running) before Submit answers OVERLOADED.
   int max_tasks = 1024;
@@ -199,6 +201,9 @@ class Scheduler {
   // whatever sits between them. Scheduler thread only.
   size_t decode_rr_ = 0;
   size_t prefill_rr_ = 0;
+  size_t hidden_rr_ = 0;  // the same for logits from hidden vectors
+  // Those hidden vectors' rows, reused (scheduler thread only).
+  std::vector<float> hidden_rows_;
   std::unique_ptr<engine::ThreadPool> step_pool_;  // null: one thread
   std::thread thread_;
 };

@@ -456,6 +456,86 @@ TEST(SchedulerTest, ScoresTogetherShareTheBoundOnLogitRows) {
   }
 }
 
+// The model, with the largest head product from hidden vectors seen; a
+// batch waits at `gate` while it is set (so tasks can pile up meanwhile).
+class WatchedModel final : public engine::Model {
+ public:
+  explicit WatchedModel(engine::Model* inner)
+      : engine::Model(inner->info()), inner_(inner) {}
+  absl::Status Forward(absl::Span<const engine::SequenceWork> b) override {
+    if (gate != nullptr) gate->WaitForNotification();
+    return inner_->Forward(b);
+  }
+  absl::Status Logits(const float* hidden, int rows, float* out) override {
+    int seen = most_rows.load();
+    while (rows > seen && !most_rows.compare_exchange_weak(seen, rows)) {
+    }
+    return inner_->Logits(hidden, rows, out);
+  }
+  void InitState(float* state) const override { inner_->InitState(state); }
+
+  absl::Notification* gate = nullptr;
+  std::atomic<int> most_rows{0};
+
+ private:
+  engine::Model* inner_;
+};
+
+// Logits from saved hidden vectors (every Score's first token) share the
+// bound on rows too: 100 Scores that arrive together take turns, 16 at a
+// time, and each still gives the bits it gives alone.
+TEST(SchedulerTest, FirstStepsFromHiddenVectorsTakeTurnsForRows) {
+  auto model = SmallModel();
+  const int V = model->info().config.vocab_size;
+  WatchedModel watched(model.get());
+  absl::Notification open;
+  watched.gate = &open;
+  SchedulerOptions o;
+  o.max_score_rows = 16;
+  Scheduler sched(&watched, o);
+  // An ingest holds the first batch while the scores arrive.
+  EngineState ingest = EngineState::Initial(*model);
+  Waiter ingested;
+  ASSERT_TRUE(
+      sched
+          .Submit(std::make_shared<IngestTask>(&ingest, Tokens(4, 9),
+                                               [&](const absl::Status& st) {
+                                                 ingested.status = st;
+                                                 ingested.done.Notify();
+                                               }))
+          .ok());
+  constexpr int kScores = 100;
+  std::vector<EngineState> states;
+  for (int i = 0; i < kScores; ++i) {
+    states.push_back(Direct(*model, Tokens(10, 100 + i)));
+  }
+  std::vector<std::vector<float>> got(kScores);
+  std::vector<absl::Notification> done(kScores);
+  for (int i = 0; i < kScores; ++i) {
+    ASSERT_TRUE(
+        sched
+            .Submit(std::make_shared<ScoreTask>(
+                &states[i], V, Tokens(2, 300 + i),
+                [&, i](const absl::Status& st, const std::vector<float>& lp,
+                       const std::vector<bool>&) {
+                  EXPECT_TRUE(st.ok()) << st;
+                  got[i] = lp;
+                  done[i].Notify();
+                }))
+            .ok());
+  }
+  open.Notify();
+  for (auto& d : done) d.WaitForNotification();
+  ingested.done.WaitForNotification();
+  EXPECT_TRUE(ingested.status.ok()) << ingested.status;
+  EXPECT_LE(watched.most_rows.load(), 16);
+  EXPECT_GT(watched.most_rows.load(), 1);
+  for (int i = 0; i < kScores; i += 9) {
+    EXPECT_EQ(got[i], ScoreAlone(*model, 100 + i, Tokens(2, 300 + i)))
+        << "score " << i;
+  }
+}
+
 // Scores take turns with the rows: a short Score is not held until a long
 // one ends. (The rotation moved past a score skipped for want of rows, so
 // it came back to the long one every iteration: here the short one waited
