@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
@@ -642,6 +643,47 @@ TEST_F(SessionManagerTest, GenerationsCheckpointAndResumeExactly) {
   EXPECT_EQ(Generate("c", true, "long", &replayed), tokens);
   EXPECT_TRUE(replayed.replayed);
   EXPECT_EQ(replayed.version, resumed.version);
+}
+
+// A state whose in-progress generation could not continue as a worker
+// left it (no hidden vector to draw from, or text pending) is refused at
+// import: its retry would have sampled from zeros. The checkpoint as
+// written imports and continues exactly.
+TEST_F(SessionManagerTest, AnImportedInProgressGenerationMustBeResumable) {
+  SessionManagerOptions o;
+  o.generate_checkpoint_tokens = 4;
+  o.generate_checkpoint_interval = absl::ZeroDuration();
+  Start(o);
+  CreatePrompted("c");
+  const std::vector<int32_t> tokens = Generate("c", true, "long");
+  auto versions = store_->ListVersions({"t", "c"});
+  ASSERT_TRUE(versions.ok()) << versions.status();
+  ASSERT_GE(versions->size(), 4u);
+  auto checkpoint = store_->LoadVersion({"t", "c"}, (*versions)[2].version);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  const StateSnapshot& good = checkpoint->state;
+  ASSERT_FALSE(good.last_hidden.empty());
+  StateSnapshot no_hidden = good;
+  no_hidden.last_hidden.clear();
+  StateSnapshot pending = good;
+  pending.tokenizer_tail = "x";
+  ++pending.input_offset;
+  int n = 0;
+  for (const StateSnapshot* bad : {&no_hidden, &pending}) {
+    CreateParams p;
+    p.session_id = absl::StrCat("bad", n++);
+    auto imported =
+        manager_->Import("t", EncodeState(*bad), false, p, std::nullopt);
+    EXPECT_EQ(GetReason(imported.status()), Reason::kStateCorrupt)
+        << p.session_id << ": " << imported.status();
+  }
+  CreateParams p;
+  p.session_id = "copy";
+  ASSERT_TRUE(
+      manager_->Import("t", EncodeState(good), false, p, std::nullopt).ok());
+  GenerateOutcome resumed;
+  EXPECT_EQ(Generate("copy", true, "long", &resumed), tokens);
+  EXPECT_FALSE(resumed.replayed);
 }
 
 // New input after a checkpoint makes the checkpointed generation

@@ -321,8 +321,24 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
   {
     std::string sampler;
     std::deque<GenerationRecord> records;
-    SS_RETURN_IF_ERROR(StateCarry(snap, &sampler, &records).status());
+    SS_ASSIGN_OR_RETURN(const std::string carry,
+                        StateCarry(snap, &sampler, &records));
     SS_RETURN_IF_ERROR(CheckGenerationRecords(sampler, records));
+    // A generation checkpoints right after it fed a sampled token: the
+    // hidden vector its next draw starts from is there, and no text is
+    // pending. A state claiming an in-progress generation without them
+    // would continue from zeros (its retry resumes, skipping the checks a
+    // new generation gets).
+    const bool in_progress = std::any_of(
+        records.begin(), records.end(),
+        [](const auto& r) { return r.finish == kGenerationInProgress; });
+    if (in_progress && (snap.last_hidden.empty() || snap.position == 0 ||
+                        !snap.tokenizer_tail.empty() || !carry.empty())) {
+      return DataLossError(Reason::kStateCorrupt,
+                           "an in-progress generation record in a state "
+                           "without the hidden vector it continues from, "
+                           "or with text pending");
+    }
     if (!sampler.empty()) {
       SS_RETURN_IF_ERROR(engine::SamplerState::Parse(sampler).status());
     }
