@@ -39,7 +39,13 @@ absl::StatusOr<GenerateOutcome> SessionManager::Impl::ReplayFinished(
   // a final commit that adopted an older head (the store lost writes) and
   // then failed keeps the generation's state, its record included, as
   // uncommitted input; the head alone would not hold the output.
-  SS_RETURN_IF_ERROR(Checkpoint(s, d, rec.request_id));
+  // That commit carries this request's id only if what it commits is this
+  // generation's (its final commit's copy); input appended since is a
+  // policy commit's, as a sweep would make it.
+  const bool own = s->dirty && s->dirty_cause == VersionCause::kGenerate &&
+                   !s->records.empty() &&
+                   s->records.back().request_id == rec.request_id;
+  SS_RETURN_IF_ERROR(Checkpoint(s, d, own ? rec.request_id : ""));
   GenerateOutcome o = Replay(rec, emit);
   o.committed = true;
   o.replayed = true;

@@ -430,6 +430,13 @@ TEST_F(SessionManagerTest, AReplayCommitsWhatTheSessionHoldsUncommitted) {
   EXPECT_EQ(head->head.version, again.version);
   EXPECT_EQ(head->head.input_offset, again.input_offset);
   EXPECT_EQ(again.input_offset, first.input_offset + 1);
+  // That version is the Append's input, committed as a policy commit is:
+  // not labelled with the generation's request id.
+  auto versions = manager_->ListVersions("t", "r");
+  ASSERT_TRUE(versions.ok()) << versions.status();
+  EXPECT_EQ(versions->front().version, again.version);
+  EXPECT_EQ(versions->front().cause, VersionCause::kAppend);
+  EXPECT_EQ(versions->front().request_id, "");
   ASSERT_TRUE(Close(live).ok());
 }
 
