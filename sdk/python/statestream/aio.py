@@ -477,11 +477,13 @@ class AsyncSession:
 
     async def rollback(self, version: int,
                        expected_version: Optional[int] = None, *,
+                       request_id: Optional[str] = None,
                        durability: int = pb.DURABILITY_UNSPECIFIED,
                        timeout: Optional[float] = None) -> SessionInfo:
-        """As Session.rollback (set expected_version to make it exact)."""
+        """As Session.rollback (set expected_version to make it exact;
+        request_id: one for every attempt, None a new one per call)."""
         req = _rollback_request(self.id, version, expected_version,
-                                durability)
+                                durability, request_id)
         return SessionInfo.from_proto(await self.client._unary(
             lambda st, md, t: st.sessions.RollbackSession(
                 req, metadata=md, timeout=t), timeout))
@@ -505,14 +507,16 @@ class AsyncSession:
 
     async def import_state(self, state: ExportedState, *,
                            expected_version: Optional[int] = None,
+                           request_id: Optional[str] = None,
                            durability: int = pb.DURABILITY_UNSPECIFIED,
                            timeout: Optional[float] = None) -> SessionInfo:
         """As Session.import_state (set expected_version to make it
-        exact)."""
+        exact; request_id as rollback's)."""
         blob = _state_blob(state)
         header = _import_header(self.id, pb.IMPORT_MODE_NEW_VERSION, state,
                                 durability=durability,
-                                expected_version=expected_version)
+                                expected_version=expected_version,
+                                request_id=request_id)
         return SessionInfo.from_proto(await self.client._import(
             header, blob, timeout))
 
@@ -886,11 +890,13 @@ class AsyncGenerateStream(_NamesItsRequest):
     """Async iterator of GenerateChunk with resume (a resumed call that
     diverges from what was delivered raises FAILED_PRECONDITION); `.done` at the end.
     `timeout` bounds the whole generation from its creation, the pin's
-    GetSession and every resume included. cancel() / aclose() end it, a
-    resume's backoff included (the read waiting it out ends with
-    StopAsyncIteration); after AsyncClient.close() a read raises CANCELLED
-    "client closed". As an async context manager, leaving the block ends
-    a generation not yet done (as Client's GenerateStream in `with`)."""
+    GetSession and every resume included. cancel() / aclose() end it: a
+    read in progress in another task, one on the call or out a resume's
+    backoff, ends with StopAsyncIteration (a cancelled reading task still
+    gets asyncio.CancelledError); after AsyncClient.close() a read raises
+    CANCELLED "client closed". As an async context manager, leaving the
+    block ends a generation not yet done (as Client's GenerateStream in
+    `with`)."""
 
     def __init__(self, session: AsyncSession, request, pin: bool = True,
                  timeout: Optional[float] = None):
@@ -936,8 +942,10 @@ class AsyncGenerateStream(_NamesItsRequest):
 
     def cancel(self) -> None:
         """Cancels the call (and the pin's read); the iteration ends
-        (StopAsyncIteration), a read waiting out a resume's backoff at
-        once. Not retried."""
+        (StopAsyncIteration), another task's read in progress at once,
+        one waiting on the call or out a resume's backoff (unless that
+        task is itself being cancelled: asyncio.CancelledError; Python
+        < 3.11 cannot tell, and ends it too). Not retried."""
         self._cancelled = True
         self._finished = True
         self._drop_call()
@@ -968,6 +976,10 @@ class AsyncGenerateStream(_NamesItsRequest):
         try:
             return await self._next()
         except asyncio.CancelledError:
+            if self._cancelled and not _task_cancelling():
+                # cancel() (from another task) cancelled the call this
+                # read awaited: the iteration ends, as cancel() says.
+                raise StopAsyncIteration from None
             # The caller gave up on this read (e.g. asyncio.wait_for): gRPC
             # has cancelled the call, which fails every later read. The next
             # read reissues the same request and skips what was delivered.

@@ -162,6 +162,20 @@ def _retry_settings(client, timeout, max_attempts, initial_backoff,
     client.max_backoff = float(max_backoff)
 
 
+def _tls_settings(tls, **settings) -> None:
+    """Refuses (ValueError) a TLS setting given (not None or empty)
+    without tls=True: the channel would be plaintext, the setting ignored
+    and the api_key sent in the clear. The message names the setting, not
+    its value (a private key)."""
+    if tls:
+        return
+    for name, value in settings.items():
+        if value:
+            raise ValueError(f"{name} needs tls=True (without it the "
+                             f"channel is plaintext and {name} is "
+                             f"ignored)")
+
+
 def _setup(client, targets, api_key, tenant, tls, root_certificates,
            private_key, certificate_chain, tls_server_name, timeout,
            max_attempts, initial_backoff, max_backoff, options, grpc_module):
@@ -172,6 +186,10 @@ def _setup(client, targets, api_key, tenant, tls, root_certificates,
         targets = [t for t in targets.split(",") if t]
     if not targets:
         raise ValueError("targets is empty")
+    _tls_settings(tls, root_certificates=root_certificates,
+                  private_key=private_key,
+                  certificate_chain=certificate_chain,
+                  tls_server_name=tls_server_name)
     _retry_settings(client, timeout, max_attempts, initial_backoff,
                     max_backoff)
     # Header values: a byte gRPC refuses there fails every call with an
@@ -309,7 +327,9 @@ class Client(_ClientBase):
     1 MiB chunk (an import also within `timeout` per chunk, plus two).
     Settings no call could run with raise ValueError here (TypeError for
     a non-number): max_attempts below 1, a timeout of 0 or less, a NaN or
-    negative backoff, an infinite initial_backoff."""
+    negative backoff, an infinite initial_backoff; and so do
+    root_certificates, private_key, certificate_chain or tls_server_name
+    without tls=True (they would be ignored on a plaintext channel)."""
 
     def __init__(self, targets: Union[str, Sequence[str]], *,
                  api_key: Optional[str] = None, tenant: Optional[str] = None,
@@ -638,8 +658,9 @@ def _list_request(labels, model_id):
         model_id=_str_field(model_id, "model_id", optional=True))
 
 
-def _rollback_request(session_id, version, expected_version, durability):
-    req = pb.RollbackSessionRequest(request_id=new_request_id(),
+def _rollback_request(session_id, version, expected_version, durability,
+                      request_id=None):
+    req = pb.RollbackSessionRequest(request_id=_request_id(request_id),
                                     session_id=session_id, version=version,
                                     durability=_durability(durability))
     if expected_version is not None:
@@ -1043,15 +1064,18 @@ class Session:
 
     def rollback(self, version: int,
                  expected_version: Optional[int] = None, *,
+                 request_id: Optional[str] = None,
                  durability: int = pb.DURABILITY_UNSPECIFIED,
                  timeout: Optional[float] = None) -> SessionInfo:
         """Commits version `version`'s state as the new head (at
         `durability`); with expected_version, only if that is the head.
         A retry that reaches another worker (or a restarted one) finds
         the version it committed while that is kept; set expected_version
-        to make the call exact beyond that."""
+        to make the call exact beyond that. Every attempt sends one
+        request_id (None: a new one per call); give your own to retry a
+        call that gave up under it."""
         req = _rollback_request(self.id, version, expected_version,
-                                durability)
+                                durability, request_id)
         return SessionInfo.from_proto(self.client._unary(
             lambda st, md, t: st.sessions.RollbackSession(
                 req, metadata=md, timeout=t), timeout))
@@ -1073,17 +1097,19 @@ class Session:
 
     def import_state(self, state: ExportedState, *,
                      expected_version: Optional[int] = None,
+                     request_id: Optional[str] = None,
                      durability: int = pb.DURABILITY_UNSPECIFIED,
                      timeout: Optional[float] = None) -> SessionInfo:
         """Commits `state` as the session's next version (at `durability`;
         with expected_version, only if that is the head). A retry that
         reaches another worker (or a restarted one) finds the version it
         committed while that is kept; set expected_version to make the
-        call exact beyond that."""
+        call exact beyond that. request_id: as rollback's."""
         blob = _state_blob(state)
         header = _import_header(self.id, pb.IMPORT_MODE_NEW_VERSION, state,
                                 durability=durability,
-                                expected_version=expected_version)
+                                expected_version=expected_version,
+                                request_id=request_id)
         return SessionInfo.from_proto(
             self.client._import(header, blob, timeout))
 

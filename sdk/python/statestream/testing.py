@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import random
 import re
+import select
 import signal
 import socket
 import subprocess
 import tempfile
-from typing import List, Optional
+import time
+from typing import List, Optional, Tuple
 
 
 def stable_port() -> int:
@@ -43,11 +45,19 @@ def stable_port() -> int:
 
 
 class ServeProcess:
+    """start() waits up to `start_timeout` seconds for the process's
+    `listening on HOST:PORT` line (the lines before it, such as
+    --metrics-listen's `metrics on HOST:PORT`, are skipped); a process
+    that exits or prints none by then is killed, and start() raises
+    RuntimeError with what it printed (stdout and stderr)."""
+
     def __init__(self, binary: Optional[str] = None,
-                 data_dir: Optional[str] = None, extra_args: List[str] = ()):
+                 data_dir: Optional[str] = None, extra_args: List[str] = (),
+                 start_timeout: float = 60.0):
         self.binary = binary or os.environ.get("STATESTREAM_BIN", "statestream")
         self.data_dir = data_dir
         self.extra_args = list(extra_args)
+        self.start_timeout = start_timeout
         self.port = 0
         self._proc: Optional[subprocess.Popen] = None
 
@@ -66,19 +76,45 @@ class ServeProcess:
             with tempfile.TemporaryFile(mode="w+") as stderr:
                 self._proc = subprocess.Popen(args + self.extra_args,
                                               stdout=subprocess.PIPE,
-                                              stderr=stderr, text=True)
-                line = self._proc.stdout.readline()
-                m = re.fullmatch(r"listening on (\S+):(\d+)\n?", line)
-                if m:
-                    self.port = int(m.group(2))
+                                              stderr=stderr)
+                printed, port = self._listening_port()
+                if port is not None:
+                    self.port = port
                     return self
                 self.kill()
                 stderr.seek(0)
                 err = stderr.read()
             # A picked port taken before serve bound it: pick another.
             if not (pick and attempt < 5 and "cannot listen" in err):
-                raise RuntimeError(f"serve did not start: {line!r} {err}")
+                raise RuntimeError(f"serve did not start: {printed!r} {err}")
         raise AssertionError("unreachable")
+
+    def _listening_port(self) -> Tuple[str, Optional[int]]:
+        """Reads the process's stdout up to its `listening on HOST:PORT`
+        line: (what it printed, the port); the port is None when the
+        process closed its stdout (exited) or start_timeout passed first.
+        Reads the pipe itself (select, os.read): a buffered readline
+        cannot time out."""
+        fd = self._proc.stdout.fileno()
+        give_up = time.monotonic() + self.start_timeout
+        printed = b""
+        while True:
+            for line in printed.split(b"\n")[:-1]:
+                m = re.fullmatch(rb"listening on (\S+):(\d+)", line)
+                if m:
+                    return printed.decode(errors="replace"), int(m.group(2))
+            left = give_up - time.monotonic()
+            if left <= 0:
+                return (printed.decode(errors="replace") +
+                        f"[no `listening on` within {self.start_timeout} s]",
+                        None)
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            data = os.read(fd, 4096)
+            if not data:
+                return printed.decode(errors="replace"), None
+            printed += data
 
     def kill(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

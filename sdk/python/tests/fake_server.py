@@ -22,7 +22,7 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
     (resends as duplicates, never committing) except a text "bad", which
     fails UNAVAILABLE at every attempt. Session "malformed" fails with
     an unparsable grpc-status-details-bin. GetSession, Generate,
-    DeleteSession, ImportState: see there."""
+    DeleteSession, ImportState, RollbackSession: see there."""
 
     def __init__(self):
         self.append_calls = 0
@@ -33,6 +33,8 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
         self.get_requests = []  # every GetSession request received
         self.imported_chunks = []  # every ImportState StateChunk received
         self.import_calls = 0  # ImportState calls received
+        self.import_headers = []  # every ImportState header received
+        self.rollback_requests = []  # every RollbackSession request received
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         rpc.add_SessionsServicer_to_server(self, self.server)
         rpc.add_StreamsServicer_to_server(self, self.server)
@@ -64,16 +66,33 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
         return pb.Session(session_id=request.session_id, input_offset=0)
 
     def ImportState(self, request_iterator, context):
-        """Keeps every chunk (in imported_chunks: the test checks them,
-        without loading the process meanwhile); the session, version 2."""
+        """Keeps every header and chunk (in import_headers and
+        imported_chunks: the test checks them, without loading the process
+        meanwhile); the session, version 2. Session "lost-ack": the first
+        attempt of each request_id fails UNAVAILABLE (as DeleteSession)."""
         self.import_calls += 1
         header = None
         for r in request_iterator:
             if r.HasField("header"):
                 header = r.header
+                self.import_headers.append(header)
             else:
                 self.imported_chunks.append(r.chunk)
+        if header.session_id == "lost-ack" and sum(
+                h.request_id == header.request_id
+                for h in self.import_headers) == 1:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
         return pb.Session(session_id=header.session_id, version=2)
+
+    def RollbackSession(self, request, context):
+        """The session at version 3. Session "lost-ack": the first attempt
+        of each request_id fails UNAVAILABLE (as DeleteSession)."""
+        attempt = sum(r.request_id == request.request_id
+                      for r in self.rollback_requests) + 1
+        self.rollback_requests.append(request)
+        if request.session_id == "lost-ack" and attempt == 1:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
+        return pb.Session(session_id=request.session_id, version=3)
 
     def ListVersions(self, request, context):
         """A misbehaving server: every page names itself as the next."""

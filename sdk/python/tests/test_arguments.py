@@ -69,6 +69,7 @@ def assert_nothing_sent(fake):
     assert fake.generate_requests == []
     assert fake.append_calls == 0
     assert fake.import_calls == 0
+    assert fake.rollback_requests == []
 
 
 # -- every str of a request must have a UTF-8 form ---------------------------
@@ -96,6 +97,8 @@ def string_calls(c, s, v):
         lambda: s.generate("p", commit=True, request_id=v),
         lambda: s.fork(request_id=v),
         lambda: s.fork(new_id=v),
+        lambda: s.rollback(1, request_id=v),
+        lambda: s.import_state(STATE, request_id=v),
     ]
 
 
@@ -287,6 +290,26 @@ def test_client_settings_no_call_could_run_with_are_refused(fake):
             async with AsyncClient(fake.address, **kw) as c:
                 assert (await c.session("s").get()).input_offset == 0
     asyncio.run(run_async())
+
+
+# TLS settings without tls=True were ignored: the channel was plaintext and
+# carried the api_key in the clear. Refused, naming the setting (never its
+# value: a private key).
+def test_tls_settings_without_tls_are_refused(fake):
+    settings = dict(root_certificates=b"-----BEGIN CERTIFICATE-----",
+                    private_key=b"secret key", certificate_chain=b"chain",
+                    tls_server_name="localhost")
+    for make in (Client, AsyncClient):
+        for name, value in settings.items():
+            for tls in ({}, dict(tls=False)):
+                with pytest.raises(ValueError) as e:
+                    make(fake.address, api_key="k", **tls, **{name: value})
+                assert name in str(e.value) and "tls=True" in str(e.value)
+                assert "secret" not in str(e.value)
+    # Unset (None or empty) is no setting.
+    with Client(fake.address, root_certificates=None, tls_server_name="",
+                private_key=b"") as c:
+        assert c.session("s").get().input_offset == 0
 
 
 # -- max_duration ------------------------------------------------------------

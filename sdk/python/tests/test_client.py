@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The Python SDK against real `statestream serve` processes."""
+import os
 import struct
+import time
 
 import grpc
 import pytest
@@ -601,3 +603,38 @@ def test_a_session_id_of_none_is_server_generated(server, client):
     state = client.session(info.session_id).export()
     copy = client.import_session(state, None)
     assert copy.session_id and copy.session_id != info.session_id
+
+
+# -- statestream.testing.ServeProcess -----------------------------------------
+#
+# start() took the first line of stdout for `listening on HOST:PORT`: with
+# --metrics-listen the server prints `metrics on HOST:PORT` first, and start()
+# killed it. A binary that printed nothing hung start() forever.
+
+@pytest.mark.skipif(not os.environ.get("STATESTREAM_BIN"),
+                    reason="needs STATESTREAM_BIN")
+def test_serve_process_skips_the_lines_before_listening_on(tmp_path):
+    from statestream.testing import ServeProcess
+    with ServeProcess(os.environ["STATESTREAM_BIN"],
+                      data_dir=str(tmp_path / "data"),
+                      extra_args=["--metrics-listen=127.0.0.1:0"]) as s:
+        with Client(s.address) as c:
+            c.create_session("m")
+            assert c.session("m").get().input_offset == 0
+
+
+@pytest.mark.parametrize("prints", ["", "metrics on 127.0.0.1:1"])
+def test_serve_process_gives_up_on_a_binary_that_never_listens(tmp_path,
+                                                              prints):
+    from statestream.testing import ServeProcess
+    binary = tmp_path / "hung"
+    binary.write_text(f"#!/bin/sh\necho '{prints}'\necho on stderr >&2\n"
+                      "exec sleep 60\n")
+    binary.chmod(0o755)
+    s = ServeProcess(str(binary), start_timeout=1)
+    began = time.monotonic()
+    with pytest.raises(RuntimeError) as e:
+        s.start()
+    assert time.monotonic() - began < 10
+    assert prints in str(e.value) and "on stderr" in str(e.value)
+    assert s._proc is None  # killed

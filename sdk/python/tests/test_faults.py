@@ -494,6 +494,55 @@ def test_async_cancel_during_the_backoff_opens_no_call(fake, how):
     assert reconnects == 0
 
 
+def test_async_cancel_during_a_read_ends_the_iteration(fake):
+    # cancel() from another task while the iterating task awaited the
+    # call's read raised asyncio.CancelledError in that task; the sync
+    # stream's read ends with StopIteration, and so must this one.
+    async def main():
+        async with AsyncClient([fake.address, fake.address],
+                               **slow_retries()) as c:
+            stream = c.session("s").generate("x")
+            assert (await stream.__anext__()).tokens == [1]
+            reader = asyncio.create_task(stream.__anext__())
+            await asyncio.sleep(0.3)  # the read waits on the call
+            began = time.monotonic()
+            stream.cancel()
+            with pytest.raises(StopAsyncIteration):
+                await reader
+            took = time.monotonic() - began
+            with pytest.raises(StopAsyncIteration):
+                await stream.__anext__()
+            return took, c._current, stream.reconnects
+    took, current, reconnects = asyncio.run(main())
+    assert took < 5  # no backoff slept
+    assert current == 0 and reconnects == 0
+    assert len(fake.generate_requests) == 1  # no new call
+
+
+def test_async_a_cancelled_reading_task_still_gets_cancelled_error(fake):
+    # The reading task's own cancellation propagates (asyncio requires
+    # it), and the next read resumes.
+    async def main():
+        async with AsyncClient(fake.address, **slow_retries()) as c:
+            stream = c.session("s").generate("x")
+            assert (await stream.__anext__()).tokens == [1]
+            reader = asyncio.create_task(stream.__anext__())
+            await asyncio.sleep(0.3)  # the read waits on the call
+            reader.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reader
+            assert reader.cancelled()
+            # A cancel() racing the task's cancellation: still the task's.
+            reader = asyncio.create_task(stream.__anext__())
+            await asyncio.sleep(0.3)
+            reader.cancel()
+            stream.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reader
+    asyncio.run(main())
+    assert len(fake.generate_requests) == 2  # the second read resumed
+
+
 def test_a_cancel_racing_a_resume_cancels_the_new_call(fake):
     # cancel() lands while the resumed call is being opened (here: from
     # inside the stub, just before the call starts): the new call must be
@@ -759,6 +808,48 @@ def test_a_delete_retried_after_an_unknown_outcome_succeeds(fake, aio):
             delete(session_id)
         assert e.value.code == grpc.StatusCode.NOT_FOUND
         assert e.value.reason == "SESSION_NOT_FOUND"
+
+
+# -- rollback and import_state take the caller's request_id ------------------
+#
+# Both always sent a new id, so a call that gave up could not be retried
+# under its own (docs/API.md asks for one on calls retried after they give
+# up). Session "lost-ack" fails the first attempt of each id: an id of the
+# caller's is sent by every attempt of every call; without one, each call
+# gets a new id that its retry keeps.
+
+@pytest.mark.parametrize("aio", [False, True])
+@pytest.mark.parametrize("method", ["rollback", "import_state"])
+def test_rollback_and_import_state_take_the_callers_request_id(fake, aio,
+                                                               method):
+    state = ExportedState(pb.StateHeader(total_bytes=4), b"abcd")
+
+    def call(s, **kw):
+        if method == "rollback":
+            return s.rollback(1, **kw)
+        return s.import_state(state, **kw)
+
+    async def run_async():
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            s = c.session("lost-ack")
+            for kw in (dict(request_id="r1"), dict(request_id="r1"), {}, {}):
+                await call(s, **kw)
+
+    def run_sync():
+        with Client(fake.address, **fast_retries()) as c:
+            s = c.session("lost-ack")
+            for kw in (dict(request_id="r1"), dict(request_id="r1"), {}, {}):
+                call(s, **kw)
+    run_either(aio, run_sync, run_async)
+    sent = [r.request_id for r in (fake.rollback_requests
+                                   if method == "rollback" else
+                                   fake.import_headers)]
+    # "r1": failed, retried, then the second call's at once; then two
+    # calls of the SDK's ids, each failed once and retried.
+    assert sent[:3] == ["r1", "r1", "r1"]
+    assert len(sent) == 7
+    assert sent[3] == sent[4] and sent[5] == sent[6]
+    assert len({sent[3], sent[5], "r1"}) == 3
 
 
 @pytest.mark.parametrize("aio", [False, True])
