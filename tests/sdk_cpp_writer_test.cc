@@ -168,6 +168,16 @@ TEST_F(SdkTest, OptionsThatCannotWorkAreRefused) {
               o.max_backoff = absl::InfiniteDuration();  // no cap
             }),
             absl::StatusCode::kOk);
+  // TLS material without tls: ignored on a plaintext channel, the api_key
+  // in the clear.
+  EXPECT_EQ(with([](ClientOptions& o) { o.tls_root_certs_pem = "x"; }),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(with([](ClientOptions& o) { o.tls_cert_chain_pem = "x"; }),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(with([](ClientOptions& o) { o.tls_private_key_pem = "x"; }),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(with([](ClientOptions& o) { o.tls_server_name = "gw"; }),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // A closed writer refuses every write, one with nothing to send too (an

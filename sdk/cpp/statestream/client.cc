@@ -162,6 +162,23 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
         "ClientOptions.initial_backoff must be 0 or more and finite, "
         "max_backoff 0 or more (InfiniteDuration: no cap)");
   }
+  // TLS material without tls would be ignored on a plaintext channel (and
+  // the api_key sent in the clear): refused, naming the field only.
+  if (!options.tls) {
+    const std::pair<const char*, const std::string*> tls_only[] = {
+        {"tls_root_certs_pem", &options.tls_root_certs_pem},
+        {"tls_cert_chain_pem", &options.tls_cert_chain_pem},
+        {"tls_private_key_pem", &options.tls_private_key_pem},
+        {"tls_server_name", &options.tls_server_name}};
+    for (const auto& [name, value] : tls_only) {
+      if (!value->empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "ClientOptions.", name,
+            " needs tls = true (without it the channel is plaintext and ", name,
+            " is ignored)"));
+      }
+    }
+  }
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (options.tls) {
     grpc::SslCredentialsOptions ssl;

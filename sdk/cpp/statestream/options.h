@@ -29,7 +29,8 @@ struct ClientOptions {
   // none.
   std::string tenant;
   // TLS: off by default (plaintext). With `tls`, PEM contents (not paths);
-  // empty root certs: the system roots.
+  // empty root certs: the system roots. Any of the four below set without
+  // `tls` is INVALID_ARGUMENT from Client::Create.
   bool tls = false;
   std::string tls_root_certs_pem;
   std::string tls_cert_chain_pem;   // client certificate (mTLS), optional
