@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // The gateway's Streams service: Append (gateway_append.cc) and Generate
 // (gateway_generate.cc), forwarded by reactors, and Score, forwarded like
-// any unary call (see gateway.h for the contracts).
+// any unary call but holding a stream slot, as it runs the model (see
+// gateway.h for the contracts).
 #include <grpcpp/grpcpp.h>
 
 #include <memory>
@@ -37,7 +38,8 @@ class StreamsService final : public v1::Streams::CallbackService {
         [](auto* async, grpc::ClientContext* client, const auto* request,
            auto* response, std::function<void(grpc::Status)> done) {
           async->Score(client, request, response, std::move(done));
-        });
+        },
+        /*prepare=*/nullptr, /*stream_slot=*/true);
   }
 
  private:

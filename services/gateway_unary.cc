@@ -28,12 +28,13 @@ namespace {
 class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
  public:
   UnaryCall(Gateway* gateway, grpc::CallbackServerContext* ctx, Target target,
-            UnaryAttempt attempt, UnaryPrepare prepare)
+            UnaryAttempt attempt, UnaryPrepare prepare, bool stream_slot)
       : ReactorCall(gateway),
         ctx_(ctx),
         target_(std::move(target)),
         attempt_(std::move(attempt)),
-        prepare_(std::move(prepare)) {}
+        prepare_(std::move(prepare)),
+        wants_slot_(stream_slot) {}
 
   // From the rpc handler, before the reactor is returned.
   void Start() {
@@ -47,8 +48,17 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
   void OnDone() override { Unref(); }
 
  private:
-  // Task: `prepare_`, then the first attempt.
+  // Task: the tenant's stream slot (if it takes one), `prepare_`, then the
+  // first attempt.
   void Setup() {
+    if (wants_slot_) {
+      auto slot = HoldStreamSlot(gateway_, tenant_);
+      if (!slot.ok()) {
+        End(ToGrpcStatus(slot.status()));
+        return;
+      }
+      slot_ = *std::move(slot);
+    }
     if (prepare_ != nullptr) {
       grpc::Status status = prepare_(tenant_, &target_);
       prepare_ = nullptr;
@@ -82,13 +92,13 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
   void AttemptDone(grpc::Status status) {
     last_ = status;
     if (!Gateway::ShouldFailover(status)) {
-      End(Gateway::FromWorker(status));
+      Conclude(Gateway::FromWorker(status));
     } else if (!RunAfterAttempt(
                    *ctx_, status.error_code() == grpc::StatusCode::CANCELLED,
                    [this, status](bool client_gone) {
                      AfterAttempt(status, client_gone);
                    })) {
-      End(Gateway::Refused());
+      Conclude(Gateway::Refused());
     }
     Unref();  // the attempt's
   }
@@ -106,21 +116,25 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
     Route();
   }
 
-  // Finishes the call (it never holds a slot: no step of End blocks).
+  // Frees the stream slot, if any (which may block: Conclude calls this
+  // on a task thread then), and finishes the call.
   void End(grpc::Status status) override {
     gateway_->EndCall(target_.method, status, began_);
+    slot_.reset();  // the client may make its next call at once
     Finish(status);
   }
-  bool HoldsSlot() override { return false; }
+  bool HoldsSlot() override { return slot_ != nullptr; }
 
   grpc::CallbackServerContext* const ctx_;  // valid until Finish
   Target target_;
   const UnaryAttempt attempt_;
   UnaryPrepare prepare_;  // Setup's
-  absl::Time began_;      // Start's
-  std::string tenant_;    // Start's
-  int attempts_ = 0;      // started
-  grpc::Status last_;     // the last attempt's
+  const bool wants_slot_;
+  std::shared_ptr<TenantLimits::StreamSlot> slot_;  // Setup's, until End
+  absl::Time began_;                                // Start's
+  std::string tenant_;                              // Start's
+  int attempts_ = 0;                                // started
+  grpc::Status last_;                               // the last attempt's
   // The attempt in progress (or the last): its worker and channel, and
   // its context, which gRPC uses until AttemptDone.
   Placed placed_;
@@ -132,9 +146,10 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
 grpc::ServerUnaryReactor* StartUnary(Gateway* gateway,
                                      grpc::CallbackServerContext* ctx,
                                      Target target, UnaryAttempt attempt,
-                                     UnaryPrepare prepare) {
-  auto* call = new UnaryCall(gateway, ctx, std::move(target),
-                             std::move(attempt), std::move(prepare));
+                                     UnaryPrepare prepare, bool stream_slot) {
+  auto* call =
+      new UnaryCall(gateway, ctx, std::move(target), std::move(attempt),
+                    std::move(prepare), stream_slot);
   call->Start();
   return call;
 }

@@ -33,10 +33,15 @@ using UnaryPrepare =
 // Gateway::SkipsAttempt). The call is admitted (Gateway::AdmitCall) for
 // its whole life, but holds a thread only while it routes, decides on a
 // failover or runs `prepare`: a worker's answer is awaited by gRPC.
+// With `stream_slot`, the call holds one of the tenant's stream slots
+// (TenantLimits::AcquireStream: max_streams) from before its first attempt
+// until it ends, as a streaming call does: for a unary call that runs the
+// model (Score).
 grpc::ServerUnaryReactor* StartUnary(Gateway* gateway,
                                      grpc::CallbackServerContext* ctx,
                                      Target target, UnaryAttempt attempt,
-                                     UnaryPrepare prepare = nullptr);
+                                     UnaryPrepare prepare = nullptr,
+                                     bool stream_slot = false);
 
 // StartUnary for a call whose attempts are one stub method:
 // `call(stub_async, context, request, response, done)`, e.g.
@@ -49,7 +54,8 @@ grpc::ServerUnaryReactor* ForwardUnary(Gateway* gateway,
                                        grpc::CallbackServerContext* ctx,
                                        const Req* req, Resp* resp,
                                        Target target, Call call,
-                                       UnaryPrepare prepare = nullptr) {
+                                       UnaryPrepare prepare = nullptr,
+                                       bool stream_slot = false) {
   return StartUnary(
       gateway, ctx, std::move(target),
       [req, resp, call](const std::shared_ptr<grpc::Channel>& channel,
@@ -61,7 +67,7 @@ grpc::ServerUnaryReactor* ForwardUnary(Gateway* gateway,
         auto stub = Service::NewStub(channel);
         call(stub->async(), context, req, resp, std::move(done));
       },
-      std::move(prepare));
+      std::move(prepare), stream_slot);
 }
 
 }  // namespace statestream::gateway

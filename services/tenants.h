@@ -37,9 +37,9 @@ struct TenantLimit {
   // created (CreateSession, fork, ImportState in create mode); calls that
   // race past the check together may overshoot by their number.
   int max_sessions = 0;
-  // Append, Generate, ImportState and ExportState calls open at once:
-  // across every gateway when their store counts tenant slots (Redis),
-  // else by each process that enforces it (a serve process).
+  // Append, Generate, ImportState, ExportState and Score calls open at
+  // once: across every gateway when their store counts tenant slots
+  // (Redis), else by each process that enforces it (a serve process).
   int max_streams = 0;
 };
 

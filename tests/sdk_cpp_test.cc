@@ -359,7 +359,7 @@ TEST_F(SdkTest, FailsOverToTheNextTarget) {
 // `serve --api-keys` authenticates every call itself (no gateway in front)
 // and enforces the tenants' limits: sessions counted in its store (a retry
 // of a create that succeeded still gets its session at the limit), and
-// Append/Generate/Export streams open at once.
+// Append/Generate/Export streams and Scores open at once.
 TEST_F(SdkTest, ServeWithApiKeysAuthenticatesAndLimitsTenants) {
   const std::string keys = (dir_ / "keys.txt").string();
   const std::string key_a = "key-a-0123456789abcdef";
@@ -457,6 +457,11 @@ TEST_F(SdkTest, ServeWithApiKeysAuthenticatesAndLimitsTenants) {
             Reason::kTenantLimit);
   EXPECT_EQ(GetReason(a->OpenSession("a1").Export().status()),
             Reason::kTenantLimit);
+  // A Score runs the model as a Generate does: it takes a slot too.
+  v1::ScoreRequest score;
+  score.set_text_utf8(" more");
+  EXPECT_EQ(GetReason(a->OpenSession("a1").Score(score).status()),
+            Reason::kTenantLimit);
   auto b_session = b->CreateSession({});
   ASSERT_TRUE(b_session.ok()) << b_session.status();
   EXPECT_TRUE(b->OpenSession(b_session->session_id()).AppendText("b").ok());
@@ -466,6 +471,10 @@ TEST_F(SdkTest, ServeWithApiKeysAuthenticatesAndLimitsTenants) {
   auto ack = a->OpenSession(a2).AppendText("now");
   EXPECT_TRUE(ack.ok()) << ack.status();
   EXPECT_TRUE(a->OpenSession(a2).Export().ok());
+  auto scored = a->OpenSession(a2).Score(score);
+  EXPECT_TRUE(scored.ok()) << scored.status();
+  // A Score's slot is free again once it answered.
+  EXPECT_TRUE(a->OpenSession(a2).Score(score).ok());
 }
 
 // `serve` rereads its keys file (--secrets-reload-interval): a key

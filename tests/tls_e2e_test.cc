@@ -529,6 +529,12 @@ TEST_F(TlsTest, TenantLimits) {
   auto exported = a->OpenSession(s4->session_id()).Export();
   EXPECT_EQ(GetReason(exported.status()), Reason::kTenantLimit)
       << exported.status();
+  // A Score runs the model as a Generate does: it takes a slot too.
+  v1::ScoreRequest score;
+  score.set_text_utf8(" more");
+  auto refused_score = a->OpenSession(s1->session_id()).Score(score);
+  EXPECT_EQ(GetReason(refused_score.status()), Reason::kTenantLimit)
+      << refused_score.status();
   // Another tenant streams meanwhile.
   auto b_session = b->CreateSession({});
   ASSERT_TRUE(b_session.ok());
@@ -541,6 +547,10 @@ TEST_F(TlsTest, TenantLimits) {
   auto now = a->OpenSession(s4->session_id()).AppendText("now");
   EXPECT_TRUE(now.ok()) << now.status();
   EXPECT_TRUE(a->OpenSession(s4->session_id()).Export().ok());
+  for (int i = 0; i < 2; ++i) {  // each frees its slot as it answers
+    auto scored = a->OpenSession(s4->session_id()).Score(score);
+    EXPECT_TRUE(scored.ok()) << scored.status();
+  }
 
   // tenant-b has no limit of its own: --tenant-max-sessions holds (it has
   // four sessions, a fifth fits, a sixth does not).

@@ -114,6 +114,16 @@ class ScoreReactor final : public grpc::ServerUnaryReactor {
     if (st.ok() && !req->has_text_utf8() && !req->has_tokens()) {
       st = BadField("continuation", "required");
     }
+    if (st.ok()) {
+      // It runs the model as a Generate does: one of the tenant's
+      // max_streams until it ends.
+      auto slot = HoldStream(*policy, *tenant);
+      st = slot.status();
+      if (slot.ok()) {
+        absl::MutexLock lock(&mu_);
+        slot_ = *std::move(slot);
+      }
+    }
     if (!st.ok()) {
       CountError(models_->default_manager(), st);
       Finish(ToGrpcStatus(st));
@@ -145,9 +155,13 @@ class ScoreReactor final : public grpc::ServerUnaryReactor {
   }
 
   void OnCancel() override {
-    absl::MutexLock lock(&mu_);
-    cancelled_ = true;
-    if (job_) job_->Cancel();
+    std::unique_ptr<TenantLimits::StreamSlot> slot;
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      if (job_) job_->Cancel();
+      slot = std::move(slot_);  // the client's call is over
+    }
   }
   void OnDone() override { delete this; }
 
@@ -164,23 +178,29 @@ class ScoreReactor final : public grpc::ServerUnaryReactor {
                          Done(ToGrpcStatus(o.status()));
                        });
     std::optional<grpc::Status> finish;
+    std::unique_ptr<TenantLimits::StreamSlot> slot;
     {
       absl::MutexLock lock(&mu_);
       job_ = std::move(job);
       if (cancelled_) job_->Cancel();
       finish = std::move(deferred_);
+      if (finish) slot = std::move(slot_);
     }
+    slot.reset();                 // before the client sees the end
     if (finish) Finish(*finish);  // the last use of `this`
   }
 
   void Done(const grpc::Status& status) {
+    std::unique_ptr<TenantLimits::StreamSlot> slot;
     {
       absl::MutexLock lock(&mu_);
       if (job_ == nullptr) {
         deferred_ = status;
         return;
       }
+      slot = std::move(slot_);
     }
+    slot.reset();  // before the client sees the end
     Finish(status);
   }
 
@@ -216,6 +236,8 @@ class ScoreReactor final : public grpc::ServerUnaryReactor {
   std::shared_ptr<SessionManager::Job> job_ ABSL_GUARDED_BY(mu_);
   std::optional<grpc::Status> deferred_ ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  // The tenant's stream slot (serve's limits; null without any).
+  std::unique_ptr<TenantLimits::StreamSlot> slot_ ABSL_GUARDED_BY(mu_);
 };
 
 class StreamsService final : public v1::Streams::CallbackService {
