@@ -1,8 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "worker/engine/weight_writer.h"
 
+#include <fcntl.h>
+#include <unistd.h>
 #include <zlib.h>
 
+#include <atomic>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -43,14 +47,41 @@ absl::Status CheckTensors(const std::vector<NamedTensor>& tensors) {
   return absl::OkStatus();
 }
 
+// The file whole or not at all: a temporary beside it, renamed over it
+// once written (a full disk or a kill leaves no truncated model behind,
+// and an earlier file at `path` stays as it was until then).
 absl::Status WriteFile(const std::string& path, const std::string& bytes) {
-  FILE* f = std::fopen(path.c_str(), "wb");
-  if (f == nullptr) {
-    return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
+  auto failed = [&](int error) {
+    return absl::ErrnoToStatus(error, absl::StrCat("cannot write ", path));
+  };
+  // O_EXCL under a name of this process's own: never a file or link that
+  // is already there; the mode a new file gets (0666 less the umask).
+  static std::atomic<uint64_t> serial{0};
+  std::string tmp;
+  int fd = -1;
+  for (int tries = 0; fd < 0 && tries < 100; ++tries) {
+    tmp = absl::StrCat(path, ".partial-", ::getpid(), "-", serial++);
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0 && errno != EEXIST) return failed(errno);
   }
-  const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-  if (std::fclose(f) != 0 || !ok) {
-    return absl::DataLossError(absl::StrCat("short write to ", path));
+  if (fd < 0) return failed(EEXIST);
+  int error = 0;
+  for (size_t done = 0; error == 0 && done < bytes.size();) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      error = n < 0 ? errno : EIO;
+      break;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::close(fd) != 0 && error == 0) error = errno;
+  if (error == 0 && std::rename(tmp.c_str(), path.c_str()) != 0) {
+    error = errno;
+  }
+  if (error != 0) {
+    ::unlink(tmp.c_str());
+    return failed(error);
   }
   return absl::OkStatus();
 }
