@@ -96,10 +96,15 @@ bool IsRetried(const redisReply* r) {
               absl::string_view::npos);
 }
 
+// "host:port", "[v6]:port" (as the flags take it) or "v6:port" (as a
+// cluster's MOVED and CLUSTER SLOTS name nodes): the host without brackets.
 bool SplitHostPort(const std::string& address, std::string* host, int* port) {
   const size_t colon = address.rfind(':');
   if (colon == std::string::npos) return false;
   *host = address.substr(0, colon);
+  if (host->size() >= 2 && host->front() == '[' && host->back() == ']') {
+    *host = host->substr(1, host->size() - 2);
+  }
   return absl::SimpleAtoi(address.substr(colon + 1), port);
 }
 

@@ -85,6 +85,31 @@ TEST_F(RealRedisTest, EveryReplyTypeInOnePipeline) {
   EXPECT_EQ((*r)[7]->len, 0u);
 }
 
+// An IPv6 address as the flags take it ("[::1]:PORT") reaches the node:
+// the brackets are not part of the host (getaddrinfo("[::1]") fails).
+TEST(RedisClientAddressTest, ABracketedIpv6AddressConnects) {
+  {
+    const int probe = ::socket(AF_INET6, SOCK_STREAM, 0);
+    sockaddr_in6 a{};
+    a.sin6_family = AF_INET6;
+    a.sin6_addr = in6addr_loopback;
+    const bool v6 = probe >= 0 && ::bind(probe, reinterpret_cast<sockaddr*>(&a),
+                                         sizeof(a)) == 0;
+    if (probe >= 0) ::close(probe);
+    if (!v6) GTEST_SKIP() << "no IPv6 loopback here";
+  }
+  testing::RedisServerOptions o;
+  o.args = {"--bind", "127.0.0.1", "::1"};
+  auto server = testing::RedisServer::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client =
+      RedisClient::Connect(Options(absl::StrCat("[::1]:", (*server)->port())));
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto r = (*client)->Run("k", {{"PING"}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(Text((*r)[0].get()), "PONG");
+}
+
 TEST_F(RealRedisTest, LargeValuesRoundTripWithAndWithoutASink) {
   auto client = RedisClient::Connect(Options(server_->address()));
   ASSERT_TRUE(client.ok()) << client.status();
