@@ -205,6 +205,16 @@ absl::Status WriteFileAtomically(const std::string& path,
   return absl::OkStatus();
 }
 
+bool WritesToStdout(const std::string& path) {
+  if (path == "-") return true;
+  const std::optional<int> fd = NamedDescriptor(path);
+  if (!fd) return false;
+  if (*fd == STDOUT_FILENO) return true;
+  struct stat named, out;
+  return ::fstat(*fd, &named) == 0 && ::fstat(STDOUT_FILENO, &out) == 0 &&
+         named.st_dev == out.st_dev && named.st_ino == out.st_ino;
+}
+
 absl::Status FlushStdout() {
   // std::cout is synchronised with stdio (nothing turns that off): what it
   // was given is in stdout's buffer, so flushing stdout first tells why a

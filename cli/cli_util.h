@@ -57,6 +57,11 @@ absl::StatusOr<std::vector<int32_t>> ParseIntList(absl::string_view text,
 // a FIFO) is written in place.
 absl::Status WriteFileAtomically(const std::string& path,
                                  absl::string_view bytes);
+// Whether WriteFileAtomically(path, ...) writes to this process's
+// standard output: "-", or a name for a descriptor (/dev/stdout,
+// /dev/fd/N, /proc/self/fd/N) open on the same file as descriptor 1.
+// Where a command prints something beside such a file, it goes to stderr.
+bool WritesToStdout(const std::string& path);
 // Flushes std::cout and stdout. An error if anything written to them did
 // not reach the file (a full disk, /dev/full, an I/O error): output a
 // command printed is then incomplete and it must not exit 0.

@@ -304,7 +304,9 @@ absl::Status Session(const std::vector<std::string>& args) {
   }
   if (verb == "export") {
     // The blob is binary: never onto a terminal.
-    if (absl::GetFlag(FLAGS_output) == "-" && isatty(STDOUT_FILENO)) {
+    const std::string out = absl::GetFlag(FLAGS_output);
+    const bool to_stdout = WritesToStdout(out);
+    if (to_stdout && isatty(STDOUT_FILENO)) {
       return UsageError(
           "session export writes the state as binary: give --output FILE "
           "or redirect stdout");
@@ -314,7 +316,6 @@ absl::Status Session(const std::vector<std::string>& args) {
     SS_ASSIGN_OR_RETURN(
         client::ExportedState state,
         client->OpenSession(rest[0]).Export(absl::GetFlag(FLAGS_version)));
-    const std::string out = absl::GetFlag(FLAGS_output);
     if (out == "-") {
       std::cout.write(state.blob.data(),
                       static_cast<std::streamsize>(state.blob.size()));
@@ -326,7 +327,7 @@ absl::Status Session(const std::vector<std::string>& args) {
     }
     if (JsonOutputFlag()) {
       // The header as JSON: on stdout, unless the blob is there.
-      (out == "-" ? std::cerr : std::cout) << ToJson(state.header) << "\n";
+      (to_stdout ? std::cerr : std::cout) << ToJson(state.header) << "\n";
       return absl::OkStatus();
     }
     std::cerr << "exported " << rest[0] << " version " << state.header.version()
@@ -461,7 +462,8 @@ const Command& SessionCommand() {
       "Prints one line per session (or version); with --json one JSON\n"
       "object per line (statestream.v1.Session / Version). export writes\n"
       "the state in the snapshot format (docs/state-format.md); with\n"
-      "--json its StateHeader (on stderr when the state goes to stdout);\n"
+      "--json its StateHeader (on stderr when the state goes to stdout,\n"
+      "as -, /dev/stdout or /dev/fd/1);\n"
       "import creates a session from such a file. A flag the verb does not\n"
       "read is a usage error.",
       {__FILE__, kClientFlagsFile, kTlsFlagsFile},

@@ -421,6 +421,15 @@ TEST_F(CliClientTest, AnExportReplacesTheFileWholeOrNotAtAll) {
                          " --output=/dev/stdout >> ", out));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(contents(out), "PREFIX" + state);
+  // With --json the header goes to stderr when the blob is on stdout by
+  // any name (it was appended to the blob under /dev/stdout).
+  for (const char* name : {"/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"}) {
+    r = Shell(absl::StrCat(Bin(), " session export cli-keep --json --target=",
+                           *target_, " --output=", name, " > ", out));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(contents(out), state) << name;
+    EXPECT_THAT(r.err, HasSubstr("\"version\"")) << name;
+  }
   // A new file gets 0666 less the umask.
   const std::string fresh = (dir / "fresh.state").string();
   r = Shell(absl::StrCat("umask 027; ", Bin(),
