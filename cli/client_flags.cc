@@ -128,17 +128,22 @@ absl::Status TlsFromFlags(client::ClientOptions* options) {
 // target URI (a scheme first: dns:, unix:, ipv4:, ...) is gRPC's to parse.
 absl::Status CheckTargetPort(absl::string_view target) {
   absl::string_view host_port = target;
-  // dns:HOST:PORT and dns://AUTHORITY/HOST:PORT name a port as well.
-  if (absl::ConsumePrefix(&host_port, "dns:") &&
-      absl::ConsumePrefix(&host_port, "//")) {
+  // dns:HOST:PORT and dns://AUTHORITY/HOST:PORT name a port as well, and
+  // without one gRPC dials 443, as for a host alone.
+  const bool dns = absl::ConsumePrefix(&host_port, "dns:");
+  if (dns && absl::ConsumePrefix(&host_port, "//")) {
     const size_t slash = host_port.find('/');
     host_port = slash == absl::string_view::npos ? absl::string_view()
                                                  : host_port.substr(slash + 1);
   }
-  if (host_port.empty() || host_port == target) {
+  if (dns && host_port.rfind(':') == absl::string_view::npos) {
+    return UsageError(absl::StrCat("--target ", target,
+                                   ": want dns:HOST:PORT (no port given)"));
+  }
+  if (!dns) {
     const absl::string_view scheme = target.substr(0, target.find(':'));
     for (absl::string_view uri :
-         {"dns", "unix", "unix-abstract", "ipv4", "ipv6", "vsock", "xds"}) {
+         {"unix", "unix-abstract", "ipv4", "ipv6", "vsock", "xds"}) {
       if (scheme == uri) return absl::OkStatus();
     }
     if (absl::StrContains(target, "://")) return absl::OkStatus();

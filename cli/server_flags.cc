@@ -40,7 +40,7 @@ ABSL_FLAG(std::string, health_listen, "",
 ABSL_FLAG(absl::Duration, readiness_interval, absl::Seconds(1),
           "How often the worker roles (serve, worker) probe their state "
           "store; while it does not answer, grpc.health.v1 reports "
-          "NOT_SERVING.");
+          "NOT_SERVING. At least 10ms.");
 ABSL_FLAG(absl::Duration, request_id_window, absl::Hours(1),
           "How long request ids are remembered for idempotent retries "
           "(CreateSession, committing Generate). Workers remember them; a "
@@ -184,8 +184,9 @@ int RunServer(absl::string_view role, const ServerOptions& options,
               const ServerHooks& hooks) {
   BlockShutdownSignals();
   const sigset_t signals = ShutdownSignals();
-  if (options.readiness_interval <= absl::ZeroDuration()) {
-    return ReportUsageError("--readiness-interval must be positive");
+  if (options.readiness_interval < absl::Milliseconds(10)) {
+    // Below it, the store's pings run back to back.
+    return ReportUsageError("--readiness-interval must be at least 10ms");
   }
   if (const absl::Duration window = RequestIdWindowFromFlag();
       window <= absl::ZeroDuration() || window == absl::InfiniteDuration()) {

@@ -23,7 +23,8 @@ ABSL_FLAG(int32_t, tenant_max_sessions, 0,
           "--redis for it.");
 ABSL_FLAG(int32_t, tenant_max_streams, 0,
           "Append, Generate, ImportState, ExportState and Score calls each "
-          "tenant may have open at once on this server; one more fails with RESOURCE_EXHAUSTED/"
+          "tenant may have open at once on this server; one more fails with "
+          "RESOURCE_EXHAUSTED/"
           "TENANT_LIMIT. 0: unlimited. --api-keys may set it per tenant.");
 
 namespace statestream::cli {

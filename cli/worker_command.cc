@@ -48,10 +48,12 @@ ABSL_FLAG(std::string, advertise, "",
           "one without them (as $(POD_IP):7700 gives on an IPv6 cluster) is "
           "bracketed at the last colon.");
 ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(1),
-          "Registry heartbeat period; the entry expires after three.");
+          "Registry heartbeat period; the entry expires after three. At "
+          "least 10ms.");
 ABSL_FLAG(absl::Duration, lease_ttl, absl::Seconds(30),
           "Session lease duration (renewed every third of it). Takeover by "
-          "another worker never waits for it: the fence makes it safe.");
+          "another worker never waits for it: the fence makes it safe. At "
+          "least 100ms.");
 
 // Defined by `serve` (cli/serve_command.cc) and shared with it.
 
@@ -166,10 +168,13 @@ int Run(const std::vector<std::string>& args) {
   options.device = *std::move(device);
   options.sessions.owner = options.worker_id;
   options.sessions.lease_ttl = absl::GetFlag(FLAGS_lease_ttl);
-  if (options.sessions.lease_ttl <= absl::ZeroDuration() ||
-      options.heartbeat_interval <= absl::ZeroDuration()) {
+  // Floors: Redis keeps TTLs in milliseconds (a nanosecond lease or entry
+  // lived a millisecond while its renewals ran back to back).
+  if (options.sessions.lease_ttl < absl::Milliseconds(100) ||
+      options.heartbeat_interval < absl::Milliseconds(10)) {
     return ReportUsageError(
-        "--lease-ttl and --heartbeat-interval must be positive");
+        "--lease-ttl must be at least 100ms and --heartbeat-interval at "
+        "least 10ms");
   }
   if (absl::Status s = ApplyWorkerFlags(&options.sessions, &options.scheduler);
       !s.ok()) {

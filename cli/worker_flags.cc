@@ -13,7 +13,8 @@
 ABSL_FLAG(int64_t, checkpoint_tokens, 4096,
           "Append streams commit after this many uncommitted tokens.");
 ABSL_FLAG(absl::Duration, checkpoint_interval, absl::Seconds(5),
-          "Append streams commit once input has been uncommitted this long.");
+          "Append streams commit once input has been uncommitted this long "
+          "(at least 1ms).");
 ABSL_FLAG(int32_t, generate_checkpoint_tokens, 1024,
           "Committing generations also commit (at the request's durability) "
           "every this many generated tokens, so a retry after a failure "
@@ -77,8 +78,9 @@ absl::Status ApplyWorkerFlags(worker::SessionManagerOptions* sessions,
           absl::StrCat(flag, " must be at least 1 (got ", value, ")"));
     }
   }
-  if (sessions->checkpoint_interval <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("--checkpoint-interval must be positive");
+  if (sessions->checkpoint_interval < absl::Milliseconds(1)) {
+    return absl::InvalidArgumentError(
+        "--checkpoint-interval must be at least 1ms");
   }
   if (sessions->generate_checkpoint_tokens < 0 ||
       sessions->generate_checkpoint_interval < absl::ZeroDuration()) {
