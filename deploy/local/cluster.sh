@@ -15,6 +15,9 @@
 # $STATESTREAM_CLUSTER_DIR, else /tmp/statestream-cluster-UID, and must
 # belong to the user running the script.
 set -euo pipefail
+# Everything it writes (the internal token, logs, Redis' files) is the
+# user's alone, in a --dir that already existed too.
+umask 077
 
 cmd="${1:-}"
 [ -n "$cmd" ] && shift || true
