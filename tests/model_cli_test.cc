@@ -332,6 +332,40 @@ TEST(ModelCliTest, EvalRejectsBadInput) {
            state});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("MODEL_MISMATCH"), std::string::npos) << r.err;
+  // The model's state under a header naming another shape (without
+  // last_hidden, which the decoder checks against n_embd) is refused, as an
+  // import refuses it: the file written after it never decoded. With the
+  // shape left unset, the file written names the model's.
+  {
+    std::ifstream f(state, std::ios::binary);
+    auto decoded = DecodeState(std::string(std::istreambuf_iterator<char>(f),
+                                           std::istreambuf_iterator<char>()));
+    ASSERT_TRUE(decoded.ok()) << decoded.status();
+    StateSnapshot odd = *decoded;
+    odd.last_hidden.clear();
+    odd.n_embd = 999;
+    const std::string odd_path = dir.File("odd_shape.bin");
+    std::ofstream(odd_path, std::ios::binary) << EncodeState(odd);
+    r = Cli({"model", "eval", "--model", world, "--tokens", "3", "--state-in",
+             odd_path, "--state-out", dir.File("odd_out.bin")});
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find("MODEL_MISMATCH"), std::string::npos) << r.err;
+    EXPECT_FALSE(std::filesystem::exists(dir.File("odd_out.bin")));
+    StateSnapshot unset = *decoded;
+    unset.last_hidden.clear();
+    unset.architecture.clear();
+    unset.n_layer = unset.n_embd = unset.n_head = unset.head_size = 0;
+    std::ofstream(odd_path, std::ios::binary) << EncodeState(unset);
+    r = Cli({"model", "eval", "--model", world, "--tokens", "3", "--state-in",
+             odd_path, "--state-out", dir.File("unset_out.bin")});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    std::ifstream written(dir.File("unset_out.bin"), std::ios::binary);
+    auto out = DecodeState(std::string(std::istreambuf_iterator<char>(written),
+                                       std::istreambuf_iterator<char>()));
+    ASSERT_TRUE(out.ok()) << out.status();
+    EXPECT_EQ(out->n_embd, decoded->n_embd);
+    EXPECT_EQ(out->architecture, decoded->architecture);
+  }
   {
     std::fstream f(state, std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(100);
