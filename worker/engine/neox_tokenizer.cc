@@ -580,6 +580,7 @@ absl::Status NeoxTokenizer::Init(const nlohmann::json& j) {
   };
   constexpr int64_t kMaxVocab = 1 << 22;
   absl::flat_hash_map<std::string, int32_t> vocab;  // alphabet string -> id
+  std::vector<bool> assigned;
   auto assign = [&](int64_t id, std::string bytes) -> absl::Status {
     if (id < 0 || id >= kMaxVocab) {
       return BadFile(absl::StrCat("token id ", id, " out of range"));
@@ -587,7 +588,15 @@ absl::Status NeoxTokenizer::Init(const nlohmann::json& j) {
     if (static_cast<size_t>(id) >= bytes_.size()) {
       bytes_.resize(id + 1);
       special_.resize(id + 1, false);
+      assigned.resize(id + 1, false);
     }
+    // One id, one token: two would encode as one and decode as the other
+    // (an added token may repeat its vocabulary entry, the same bytes).
+    if (assigned[id] && bytes_[id] != bytes) {
+      return BadFile(
+          absl::StrCat("token id ", id, " is given to two different tokens"));
+    }
+    assigned[id] = true;
     max_token_bytes_ = std::max(max_token_bytes_, bytes.size());
     bytes_[id] = std::move(bytes);
     return absl::OkStatus();

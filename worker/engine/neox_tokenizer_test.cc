@@ -541,6 +541,25 @@ TEST(NeoxTokenizerFileTest, MalformedFilesAreErrors) {
     ASSERT_FALSE(r.ok()) << bad.substr(0, 200);
     EXPECT_EQ(GetReason(r.status()), Reason::kInvalidModelFile) << r.status();
   }
+  // One id given to two tokens (two vocabulary entries, or an added token
+  // over an entry of other bytes) would encode as one and decode as the
+  // other: refused. An added token repeating its entry is fine.
+  std::string twice = file("cd", "", -1);
+  const std::string cd = R"("cd":257)";
+  ASSERT_NE(twice.find(cd), std::string::npos);
+  twice.replace(twice.find(cd), cd.size(), R"("cd":256)");
+  for (const std::string& bad :
+       {twice, file("", R"([{"id": 256, "content": "<x>"}])", -1)}) {
+    auto r = ParseNeoxTokenizer(bad);
+    ASSERT_FALSE(r.ok()) << bad.substr(0, 200);
+    EXPECT_EQ(GetReason(r.status()), Reason::kInvalidModelFile) << r.status();
+    EXPECT_NE(r.status().message().find("given to two different tokens"),
+              std::string::npos)
+        << r.status();
+  }
+  EXPECT_TRUE(
+      ParseNeoxTokenizer(file("", R"([{"id": 256, "content": "ab"}])", -1))
+          .ok());
 }
 
 // A normalized added token of letters and digits matches only in the NFC
