@@ -92,6 +92,21 @@ TEST_F(SessionManagerTest, AnImportNoWorkerCouldHaveWrittenIsRefused) {
        Reason::kStateCorrupt},
       {"NaN state", [](StateSnapshot* s) { s->state[3] = std::nanf(""); },
        Reason::kStateCorrupt},
+      // Finite, but no model produces it: the next step overflows (it was
+      // served as NaN logits, sampled as token 0).
+      {"a state at the float limit",
+       [](StateSnapshot* s) {
+         std::fill(s->state.begin(), s->state.end(), 3e38f);
+       },
+       Reason::kStateCorrupt},
+      // Longer than any tokenizer leaves (NeoX's next scan of 16 MiB took
+      // about a gigabyte).
+      {"pending text of 200 KiB",
+       [](StateSnapshot* s) {
+         s->tokenizer_tail = std::string(200 << 10, 'a');
+         s->input_offset += 200 << 10;
+       },
+       Reason::kStateCorrupt},
       {"infinite last_hidden",
        [](StateSnapshot* s) {
          s->last_hidden.back() = std::numeric_limits<float>::infinity();

@@ -298,6 +298,52 @@ absl::Status CheckImportedState(const StateSnapshot& snap,
   return absl::OkStatus();
 }
 
+// Pending text longer than this (or than four of the vocabulary's longest
+// tokens, if that is more) is none a tokenizer leaves: World's is shorter
+// than a token, NeoX's at most its 64 KiB cap. A crafted 16 MiB one cost
+// about a gigabyte and seconds of NeoX's next scan.
+constexpr size_t kMaxImportedTailBytes = size_t{128} << 10;
+
+// A state the model produced steps to finite values. One step of a copy
+// (and the logits of its hidden vector, if it has one) must give finite
+// state, hidden vector and logits: a finite but extreme crafted state
+// (3e38 everywhere overflows the next step's sums) was served as NaN
+// logits, sampled as token 0, committed, and its export then refused.
+absl::Status ProbeImportedState(engine::Model& model,
+                                const StateSnapshot& snap) {
+  const engine::ModelInfo& info = model.info();
+  const size_t C = static_cast<size_t>(info.config.n_embd);
+  const size_t V = static_cast<size_t>(info.config.vocab_size);
+  std::vector<float> state = snap.state;
+  std::vector<float> hidden(C), logits(V);
+  auto finite = [](const std::vector<float>& v) {
+    return std::all_of(v.begin(), v.end(),
+                       [](float f) { return std::isfinite(f); });
+  };
+  auto not_finite = [] {
+    return DataLossError(Reason::kStateCorrupt,
+                         "the state does not step to finite values (no "
+                         "model would produce it)");
+  };
+  if (!snap.last_hidden.empty()) {
+    SS_RETURN_IF_ERROR(model.Logits(snap.last_hidden.data(), 1, logits.data()));
+    if (!finite(logits)) return not_finite();
+  }
+  const int32_t token = 0;
+  const int32_t at = 0;
+  engine::SequenceWork w;
+  w.tokens = absl::MakeConstSpan(&token, 1);
+  w.state = state.data();
+  w.logit_positions = absl::MakeConstSpan(&at, 1);
+  w.logits = logits.data();
+  w.last_hidden = hidden.data();
+  SS_RETURN_IF_ERROR(model.Forward({&w, 1}));
+  if (!finite(state) || !finite(hidden) || !finite(logits)) {
+    return not_finite();
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
@@ -316,6 +362,14 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
   }
   SS_RETURN_IF_ERROR(
       CheckImportedState(snap, m.model_->info(), m.fingerprint_));
+  if (snap.tokenizer_tail.size() >
+      std::max(kMaxImportedTailBytes, 4 * m.tok_->max_token_bytes())) {
+    return DataLossError(
+        Reason::kStateCorrupt,
+        absl::StrCat("the state's pending text (", snap.tokenizer_tail.size(),
+                     " bytes) is longer than any tokenizer leaves"));
+  }
+  SS_RETURN_IF_ERROR(ProbeImportedState(*m.model_, snap));
   // The side data a load decodes, checked before anything is committed: a
   // version no worker can load would leave the session unusable.
   {
