@@ -409,11 +409,18 @@ absl::Status Session(const std::vector<std::string>& args) {
       }
       SS_ASSIGN_OR_RETURN(version, ParseVersion(src.second));
     }
-    SS_ASSIGN_OR_RETURN(client::CommitOptions commit, NewSessionOptions());
-    SS_ASSIGN_OR_RETURN(client::Session fork,
-                        client->OpenSession(src.first).ForkWith(
-                            version, rest.size() == 2 ? rest[1] : "", commit));
-    SS_ASSIGN_OR_RETURN(v1::Session s, fork.Get());
+    // The fork as CreateSession answers it: a read after it that failed
+    // (a failover, a deadline) lost the new session's id, and a rerun
+    // made a second fork.
+    v1::CreateSessionRequest req;
+    if (rest.size() == 2) req.set_session_id(rest[1]);
+    req.mutable_fork_from()->set_session_id(src.first);
+    req.mutable_fork_from()->set_version(version);
+    SS_ASSIGN_OR_RETURN(auto labels, Labels());
+    req.mutable_labels()->insert(labels.begin(), labels.end());
+    SS_ASSIGN_OR_RETURN(std::optional<absl::Duration> ttl, Ttl());
+    if (ttl.has_value()) SetDuration(*ttl, req.mutable_ttl());
+    SS_ASSIGN_OR_RETURN(v1::Session s, client->CreateSession(req));
     PrintSession(s);
     return absl::OkStatus();
   }

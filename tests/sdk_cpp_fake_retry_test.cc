@@ -138,6 +138,46 @@ TEST(CliRollbackTest, ARetriedRollbackIsPinnedToTheHeadItRead) {
   server->Shutdown();
 }
 
+// A Sessions server that creates every fork asked for and cannot read a
+// session (its GetSession is down).
+class ForksButCannotRead final : public v1::Sessions::Service {
+ public:
+  grpc::Status CreateSession(grpc::ServerContext*,
+                             const v1::CreateSessionRequest* r,
+                             v1::Session* out) override {
+    forks_++;
+    out->set_session_id(r->session_id().empty() ? "made-by-server"
+                                                : r->session_id());
+    out->set_version(1);
+    return grpc::Status::OK;
+  }
+  grpc::Status GetSession(grpc::ServerContext*, const v1::GetSessionRequest*,
+                          v1::Session*) override {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "down");
+  }
+  int forks() const { return forks_; }
+
+ private:
+  std::atomic<int> forks_{0};
+};
+
+// `statestream session fork` prints the fork CreateSession made: a read
+// after it that failed lost the server-chosen id (exit 1, nothing said)
+// and a rerun made a second fork.
+TEST(CliForkTest, AForkIsPrintedAsItWasMade) {
+  ForksButCannotRead service;
+  std::string address;
+  std::unique_ptr<grpc::Server> server = Listen(&service, &address);
+  ASSERT_NE(server, nullptr);
+  auto ran = e2e::Run({STATESTREAM_BIN, "session", "fork", "s", "--target",
+                       address, "--max-attempts=2"});
+  ASSERT_TRUE(ran.ok()) << ran.status();
+  EXPECT_EQ(ran->exit_code, 0) << ran->err;
+  EXPECT_THAT(ran->out, ::testing::HasSubstr("made-by-server"));
+  EXPECT_EQ(service.forks(), 1);
+  server->Shutdown();
+}
+
 // A Sessions server whose every ListSessions page names itself as the next.
 class RepeatingListing final : public v1::Sessions::Service {
  public:
