@@ -9,12 +9,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <thread>
 #include <utility>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "cli/cli_util.h"
 #include "cli/command.h"
 #include "cli/tls_flags.h"
@@ -237,12 +239,49 @@ int RunServer(absl::string_view role, const ServerOptions& options,
               << ReasonTag(status) << "\n";
     return kExitFailure;
   };
+  // One thread takes the stop signals from here on. Before the server
+  // serves (a model loading for minutes, Redis awaited), the first one
+  // exits at once: there is nothing to drain, and it used to wait for the
+  // start to finish (a second Ctrl-C did nothing). Once it serves, the
+  // first starts the drain below and a second SIGINT/SIGTERM ends it (not
+  // a second SIGHUP: a closing terminal sends one from the shell and one
+  // from the kernel).
+  struct Stop {
+    absl::Mutex mu;
+    bool serving ABSL_GUARDED_BY(mu) = false;
+    int signal ABSL_GUARDED_BY(mu) = 0;
+  };
+  auto stop = std::make_shared<Stop>();
+  std::thread([stop, signals, role = std::string(role)] {
+    int first = 0;
+    sigwait(&signals, &first);
+    {
+      absl::MutexLock lock(&stop->mu);
+      if (stop->serving) {
+        stop->signal = first;
+      } else {
+        std::cerr << "statestream " << role << ": " << strsignal(first)
+                  << " while starting; exiting\n";
+        FlushLogLines(absl::Milliseconds(200));  // _Exit runs no atexit
+        std::_Exit(kExitFailure);
+      }
+    }
+    int again = SIGHUP;
+    while (again == SIGHUP) sigwait(&signals, &again);
+    FlushLogLines(absl::Milliseconds(200));
+    std::_Exit(kExitFailure);
+  }).detach();
   absl::StatusOr<ServiceSet> services = build();
   if (!services.ok()) return fail(services.status());
   server_options.readiness = hooks.ready;
   absl::StatusOr<std::unique_ptr<Server>> server =
       Server::Start(server_options, *std::move(services));
   if (!server.ok()) return fail(server.status());
+  {
+    // From here a signal drains: the server may hold calls.
+    absl::MutexLock lock(&stop->mu);
+    stop->serving = true;
+  }
   if (hooks.started) {
     absl::Status started = hooks.started((*server)->address());
     if (!started.ok()) {
@@ -259,17 +298,14 @@ int RunServer(absl::string_view role, const ServerOptions& options,
   std::fflush(stdout);
 
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  {
+    absl::MutexLock lock(&stop->mu);
+    stop->mu.Await(absl::Condition(
+        +[](int* signal) { return *signal != 0; }, &stop->signal));
+    signal_number = stop->signal;
+  }
   std::cerr << "statestream " << role << ": " << strsignal(signal_number)
             << ", shutting down\n";
-  std::thread([signals] {
-    // A second SIGINT/SIGTERM ends the drain. Not a second SIGHUP: a
-    // closing terminal sends one from the shell and one from the kernel.
-    int again = SIGHUP;
-    while (again == SIGHUP) sigwait(&signals, &again);
-    FlushLogLines(absl::Milliseconds(200));  // _Exit runs no atexit
-    std::_Exit(kExitFailure);
-  }).detach();
   (*server)->StopServing();  // NOT_SERVING while the role drains
   if (hooks.draining) hooks.draining();
   (*server)->Shutdown(grace);

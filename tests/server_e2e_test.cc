@@ -2,12 +2,16 @@
 // Starts the real `statestream` binary in each server role and probes it
 // over gRPC: the `listening on` line, grpc.health.v1, server reflection, the
 // registered statestream.v1 services, message size limits and shutdown.
+#include <fcntl.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <regex>
@@ -408,6 +412,45 @@ TEST(ServeTest, SigintAlsoStopsCleanly) {
   auto exit_code = server.process->Wait(kExitTimeout);
   ASSERT_TRUE(exit_code.ok()) << exit_code.status();
   EXPECT_EQ(*exit_code, 0);
+}
+
+// A signal while the server starts (a model or vocabulary still loading:
+// here a vocabulary read from a FIFO nobody writes to) exits at once, as
+// there is nothing to drain. The signal used to wait, blocked, until the
+// start finished (a second Ctrl-C did nothing either).
+TEST(ServeTest, ASignalWhileStartingExitsAtOnce) {
+  // Of the World vocabulary's size: serve reads its --vocab.
+  const std::string model = ::testing::TempDir() + "/start_signal_" +
+                            std::to_string(getpid()) + ".safetensors";
+  auto made =
+      e2e::Run({STATESTREAM_BIN, "model", "random", "--layers=1", "--embd=32",
+                "--head-size=32", "--vocab=65536", "--out=" + model});
+  ASSERT_TRUE(made.ok() && made->exit_code == 0)
+      << (made.ok() ? made->err : made.status().ToString());
+  const std::string fifo = model + ".vocab.fifo";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
+  auto process =
+      e2e::Subprocess::Start({STATESTREAM_BIN, "serve", "--listen=127.0.0.1:0",
+                              "--model=" + model, "--vocab=" + fifo});
+  ASSERT_TRUE(process.ok()) << process.status();
+  // A writer's non-blocking open succeeds once the server has the FIFO
+  // open for reading; kept open (nothing written), the read waits.
+  int writer = -1;
+  const absl::Time deadline = absl::Now() + kStartTimeout;
+  while ((writer = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK)) < 0 &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_GE(writer, 0) << "serve never opened its --vocab";
+  (*process)->Signal(SIGINT);
+  auto exit_code = (*process)->Wait(kExitTimeout);
+  ::close(writer);
+  ASSERT_TRUE(exit_code.ok()) << exit_code.status();
+  EXPECT_EQ(*exit_code, 1);
+  EXPECT_THAT((*process)->stderr_text(), HasSubstr("while starting"));
+  EXPECT_EQ((*process)->stdout_text(), "");  // never listening
+  std::remove(fifo.c_str());
+  std::remove(model.c_str());
 }
 
 TEST(ServeTest, StopsAtOnceWhenIdleEvenWithClientsConnected) {
