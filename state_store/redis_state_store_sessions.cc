@@ -345,12 +345,19 @@ absl::Status RedisStateStore::ReserveInIndex(const SessionKey& key,
   }
   const std::string pruned =
       absl::StrCat(options_.key_prefix, ":{t:", key.tenant, "}:pruned");
+  // The mark holds this call's nonce, and GET returns what was there: the
+  // client resending the SET after a lost reply finds its own mark and
+  // lists, where another call's mark means a listing ran just now.
+  const std::string nonce = NewNonce();
   SS_ASSIGN_OR_RETURN(
       std::vector<Reply> mark,
-      client_->Run(pruned, {{"SET", pruned, "1", "NX", "PX",
+      client_->Run(pruned, {{"SET", pruned, nonce, "NX", "GET", "PX",
                              absl::StrCat(Ms(kFullIndexPruneInterval))}}));
-  if (mark[0]->type == REDIS_REPLY_NIL) return TenantSessionLimit(max);
-  if (mark[0]->type != REDIS_REPLY_STATUS) return BadReply(mark[0].get());
+  if (mark[0]->type == REDIS_REPLY_STRING) {
+    if (Str(mark[0].get()) != nonce) return TenantSessionLimit(max);
+  } else if (mark[0]->type != REDIS_REPLY_NIL) {
+    return BadReply(mark[0].get());
+  }
   ListSessionsRequest list;
   list.tenant = key.tenant;
   list.page_size = 1000;
