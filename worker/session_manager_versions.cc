@@ -309,6 +309,12 @@ constexpr size_t kMaxImportedTailBytes = size_t{128} << 10;
 // state, hidden vector and logits: a finite but extreme crafted state
 // (3e38 everywhere overflows the next step's sums) was served as NaN
 // logits, sampled as token 0, committed, and its export then refused.
+// The one engine call outside the scheduler (Model::Forward may be called
+// concurrently: model.h): through the scheduler, an import would wait on
+// its thread behind whatever holds the batch (a generation's callback),
+// where ImportAsync holds no thread while a session is busy. It costs the
+// batch about one step per import, and runs only for an import that is
+// not a retry of one committed.
 absl::Status ProbeImportedState(engine::Model& model,
                                 const StateSnapshot& snap) {
   const engine::ModelInfo& info = model.info();
@@ -369,7 +375,6 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
         absl::StrCat("the state's pending text (", snap.tokenizer_tail.size(),
                      " bytes) is longer than any tokenizer leaves"));
   }
-  SS_RETURN_IF_ERROR(ProbeImportedState(*m.model_, snap));
   // The side data a load decodes, checked before anything is committed: a
   // version no worker can load would leave the session unusable.
   {
@@ -419,6 +424,7 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
   if (seen) {
     return Retried(tenant, seen_id, committed, m.Dur(params.durability));
   }
+  SS_RETURN_IF_ERROR(ProbeImportedState(*m.model_, snap));
   if (!new_version) {
     // A generated id derives from the request id, as for CreateSession.
     const bool derived =
