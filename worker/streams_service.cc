@@ -114,16 +114,6 @@ class ScoreReactor final : public grpc::ServerUnaryReactor {
     if (st.ok() && !req->has_text_utf8() && !req->has_tokens()) {
       st = BadField("continuation", "required");
     }
-    if (st.ok()) {
-      // It runs the model as a Generate does: one of the tenant's
-      // max_streams until it ends.
-      auto slot = HoldStream(*policy, *tenant);
-      st = slot.status();
-      if (slot.ok()) {
-        absl::MutexLock lock(&mu_);
-        slot_ = *std::move(slot);
-      }
-    }
     if (!st.ok()) {
       CountError(models_->default_manager(), st);
       Finish(ToGrpcStatus(st));
@@ -146,6 +136,19 @@ class ScoreReactor final : public grpc::ServerUnaryReactor {
       in.tokens = *std::move(ids);
     }
     in.top_logprobs = static_cast<int>(req->top_logprobs());
+    {
+      // It runs the model as a Generate does: one of the tenant's
+      // max_streams until it ends (taken once the request is valid: no
+      // Finish above holds one).
+      auto slot = HoldStream(*policy, *tenant);
+      if (!slot.ok()) {
+        CountError(models_->default_manager(), slot.status());
+        Finish(ToGrpcStatus(slot.status()));
+        return;
+      }
+      absl::MutexLock lock(&mu_);
+      slot_ = *std::move(slot);
+    }
     models_->ForSessionAsync(
         *tenant, req->session_id(),
         [this, out, tenant = *tenant, session_id = req->session_id(),
