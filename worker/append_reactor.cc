@@ -309,7 +309,12 @@ class AppendReactor final
     Locked<ThisReactor> lock(this);
     op_pending_ = false;
     if (!ack.ok()) return SetFinishLocked(ack.status());
-    if (finish_) return MaybeFinishLocked();
+    // Applied while the call was ending (a newer writer superseded it, the
+    // session left): the ack still goes out before the error, since
+    // requests acknowledged before an error stay applied and later ones
+    // were not (dropped, an applied and maybe committed request looked
+    // refused). Not to a client that is gone.
+    if (finish_ && client_gone_) return MaybeFinishLocked();
     v1::AppendResponse resp;
     resp.set_request_id(ack->request_id);
     resp.set_duplicate(ack->duplicate);
@@ -325,6 +330,7 @@ class AppendReactor final
       writing_ = true;
       StartWrite(&writes_.front());
     }
+    if (finish_) return;  // the ack, then the error (OnWriteDone)
     // A client that does not read its acks gets no more requests read:
     // they wait in its flow-control window instead of in this queue.
     if (writes_.size() >= static_cast<size_t>(kMaxUnreadAcks)) {
@@ -365,6 +371,7 @@ class AppendReactor final
   // flight stops too (its ingest is cancelled: the call cannot finish
   // before it ends, and a delete or drain would wait for all its tokens).
   void ClientGoneLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    client_gone_ = true;
     slot_.reset();  // the client's stream is over: its reconnect may come
     SetFinishLocked(absl::CancelledError("the client went away"));
     if (writer_ != nullptr && !abandoned_) {
@@ -404,6 +411,7 @@ class AppendReactor final
   std::optional<Durability> durability_;
   bool closed_ = false;
   bool abandoned_ ABSL_GUARDED_BY(mu_) = false;
+  bool client_gone_ ABSL_GUARDED_BY(mu_) = false;  // ClientGoneLocked ran
 
   // Acks queued for a client that is not reading them, at most.
   static constexpr int kMaxUnreadAcks = 64;
