@@ -646,6 +646,12 @@ TEST_F(ApiBadInputE2eTest, Generate) {
          for (int i = 0; i < 17; ++i) g->add_stop_strings(absl::StrCat(i));
        }),
        WantTooLarge("stop_strings", "16")},
+      // A limit, as the count: it was INVALID_ARGUMENT without `limit`.
+      {"a stop string of 257 bytes",
+       gen([](auto* g) { g->add_stop_strings(std::string(257, 'a')); }),
+       WantTooLarge("stop_strings", "256")},
+      {"an empty stop string", gen([](auto* g) { g->add_stop_strings(""); }),
+       WantField("stop_strings")},
       {"temperature -1",
        gen([](auto* g) { g->mutable_sampling()->set_temperature(-1); }),
        WantField("sampling.temperature")},

@@ -138,7 +138,13 @@ class GenerateReactor final
                        {{"field", "stop_strings"}, {"limit", "16"}});
     }
     for (const std::string& s : r.stop_strings()) {
-      if (s.empty() || s.size() > 256) {
+      if (s.size() > 256) {  // a limit: MESSAGE_TOO_LARGE, as the count's
+        return MakeError(absl::StatusCode::kInvalidArgument,
+                         Reason::kMessageTooLarge,
+                         "a stop string is at most 256 bytes",
+                         {{"field", "stop_strings"}, {"limit", "256"}});
+      }
+      if (s.empty()) {
         return BadField("stop_strings", "each 1-256 bytes");
       }
       in.stop_strings.push_back(s);
