@@ -174,6 +174,11 @@ absl::Status Eval() {
   const engine::ModelInfo& info = model->info();
   const std::string in = absl::GetFlag(FLAGS_state_in);
   const std::string out = absl::GetFlag(FLAGS_state_out);
+  if (!out.empty() && WritesToStdout(out)) {
+    // The logits lines go there: the state would be mixed into them.
+    return UsageError(
+        "--state-out: stdout holds the logits lines; give a file");
+  }
   StateSnapshot snapshot;
   std::unique_ptr<engine::Tokenizer> tokenizer;
   if (!in.empty() || !out.empty()) {

@@ -101,7 +101,7 @@ class TenantLimits {
     std::string tenant_;
     std::string slot_;  // in the store; "" when counted here only
   };
-  // A slot for one Append, Generate, ImportState or ExportState, or
+  // A slot for one Append, Generate, ImportState, ExportState or Score, or
   // RESOURCE_EXHAUSTED/kTenantLimit (metadata limit=max_streams, max) when
   // the tenant already has max_streams open here or, where the store
   // counts tenant slots, across the processes sharing it (one store call).

@@ -317,6 +317,14 @@ TEST(ModelCliTest, EvalRejectsBadInput) {
         << r.err;
   }
   EXPECT_FALSE(std::filesystem::exists(dir.File("never.bin")));
+  // The logits lines are on stdout: a state there would be mixed in.
+  for (const char* name : {"-", "/dev/stdout", "/dev/fd/1"}) {
+    r = Cli({"model", "eval", "--model", model, "--tokens", "1", "--state-out",
+             name});
+    EXPECT_EQ(r.exit_code, 2) << name;
+    EXPECT_NE(r.err.find("stdout holds the logits lines"), std::string::npos)
+        << r.err;
+  }
 
   // A corrupt state file and a state of another model.
   const std::string world = WorldModel(dir, "a.safetensors", 1);

@@ -24,7 +24,8 @@ struct CallerPolicy {
   // Default: development mode (x-statestream-tenant, or "default").
   TenantAuth auth;
   // Null: no limits. Sessions (CreateSession, forks, creating
-  // ImportState) and open streams (Append, Generate, ImportState).
+  // ImportState) and open calls (Append, Generate, ImportState,
+  // ExportState, Score).
   std::shared_ptr<TenantLimits> limits;
   // A worker's: configured, every call must show it (the gateways send
   // it), before its tenant header is believed.
