@@ -32,6 +32,13 @@ absl::StatusOr<std::unique_ptr<ModelSet>> ModelSet::Create(
                        "another one served here"));
     }
   }
+  for (SessionManager* m : managers) {
+    std::vector<std::string> beside;
+    for (const SessionManager* other : managers) {
+      if (other != m) beside.push_back(other->fingerprint());
+    }
+    m->SetServedBeside(std::move(beside));
+  }
   return std::unique_ptr<ModelSet>(new ModelSet(std::move(managers), store));
 }
 

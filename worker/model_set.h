@@ -57,8 +57,10 @@ class ModelSet {
   // the session's head records (one store read, on the caller's thread).
   // When the head cannot be read (no such session, store down) or names a
   // model not served here, the default manager: its answer is then the
-  // call's error (SESSION_NOT_FOUND, UNAVAILABLE, MODEL_MISMATCH), as on a
-  // worker serving one model.
+  // call's error (SESSION_NOT_FOUND, UNAVAILABLE, MODEL_MISMATCH naming
+  // every model served), as on a worker serving one model. (A head read
+  // that failed here but not in the manager's own read makes a session of
+  // another model served here MODEL_MISMATCH: a known gap.)
   SessionManager& ForSession(const std::string& tenant,
                              const std::string& session_id) const;
 

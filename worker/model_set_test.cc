@@ -203,8 +203,8 @@ TEST_F(ModelSetTest, StatesOfOneModelAreMismatchedOnTheOther) {
   EXPECT_FALSE(a_.manager->IsResident("t", "on-b"));
   // Every one names the fingerprint it met as actual_fingerprint (the
   // state's, or the session's for a load) and the one it had to match as
-  // expected_fingerprint (the serving model's, or the session's for a
-  // state put into it).
+  // expected_fingerprint (every model served, this one first, or the
+  // session's for a state put into it).
   const std::string& fa = a_.manager->fingerprint();
   const std::string& fb = b_.manager->fingerprint();
   struct Want {
@@ -217,7 +217,7 @@ TEST_F(ModelSetTest, StatesOfOneModelAreMismatchedOnTheOther) {
         Want{"import into B's session", into_b.status(), fb, fa},
         Want{"A's import into B's session", a_into_b.status(), fb, fa},
         Want{"fork", b_.manager->CreateSession("t", fork).status(), fb, fa},
-        Want{"misrouted load", misrouted, fa, fb}}) {
+        Want{"misrouted load", misrouted, fa + "," + fb, fb}}) {
     EXPECT_EQ(GetErrorMetadata(w.status, "expected_fingerprint"), w.expected)
         << w.what << ": " << w.status;
     EXPECT_EQ(GetErrorMetadata(w.status, "actual_fingerprint"), w.actual)

@@ -130,6 +130,10 @@ std::string SessionStateFingerprint(const engine::Model& model,
 const std::string& SessionManager::fingerprint() const {
   return impl_->fingerprint_;
 }
+void SessionManager::SetServedBeside(std::vector<std::string> fingerprints) {
+  absl::MutexLock lock(&impl_->beside_mu_);
+  impl_->beside_ = std::move(fingerprints);
+}
 const engine::Model& SessionManager::model() const { return *impl_->model_; }
 const engine::Tokenizer& SessionManager::tokenizer() const {
   return *impl_->tok_;

@@ -272,6 +272,10 @@ class SessionManager {
   // Served model: its id, fingerprint (model + tokenizer) and details.
   const SessionManagerOptions& options() const;
   const std::string& fingerprint() const;
+  // The fingerprints of the other models served beside this one (set by
+  // ModelSet::Create): a session of another model is MODEL_MISMATCH whose
+  // expected_fingerprint names every model served (this one first).
+  void SetServedBeside(std::vector<std::string> fingerprints);
   const engine::Model& model() const;
   const engine::Tokenizer& tokenizer() const;
   // The most durable level the state store can ever reach

@@ -254,6 +254,9 @@ class SessionManager::Impl {
   StateStore* store_;
   const int vocab_;
   const std::string fingerprint_;
+  // SetServedBeside's.
+  mutable absl::Mutex beside_mu_;
+  std::vector<std::string> beside_ ABSL_GUARDED_BY(beside_mu_);
   const int64_t session_bytes_;
   Executor pool_;
   // Calls that must find their session first, when that may read the

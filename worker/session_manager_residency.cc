@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/utf8.h"
 #include "worker/metrics.h"
 #include "worker/session_manager_internal.h"
@@ -259,10 +260,17 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
 absl::Status SessionManager::Impl::CheckHeadModel(
     const SessionHead& head) const {
   if (head.model_fingerprint == fingerprint_) return absl::OkStatus();
+  // Every model served here (this one first), as the import's refusal
+  // names them: which the caller may pick.
+  std::vector<std::string> served = {fingerprint_};
+  {
+    absl::MutexLock lock(&beside_mu_);
+    served.insert(served.end(), beside_.begin(), beside_.end());
+  }
   return MakeError(absl::StatusCode::kFailedPrecondition,
                    Reason::kModelMismatch,
                    "the session belongs to a model this worker does not serve",
-                   {{"expected_fingerprint", fingerprint_},
+                   {{"expected_fingerprint", absl::StrJoin(served, ",")},
                     {"actual_fingerprint", head.model_fingerprint}});
 }
 
