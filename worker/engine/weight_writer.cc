@@ -10,9 +10,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/files.h"
 #include "common/status.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine/float16.h"
@@ -75,6 +77,9 @@ absl::Status WriteFile(const std::string& path, const std::string& bytes) {
     }
     done += static_cast<size_t>(n);
   }
+  // On disk before the rename, so a power loss leaves the earlier file or
+  // this one whole, never an empty one under the name.
+  if (error == 0 && ::fsync(fd) != 0) error = errno;
   if (::close(fd) != 0 && error == 0) error = errno;
   if (error == 0 && std::rename(tmp.c_str(), path.c_str()) != 0) {
     error = errno;
@@ -83,6 +88,9 @@ absl::Status WriteFile(const std::string& path, const std::string& bytes) {
     ::unlink(tmp.c_str());
     return failed(error);
   }
+  // The rename itself survives a crash once the directory is synced.
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  SyncDirectory(dir.empty() ? "." : dir).IgnoreError();
   return absl::OkStatus();
 }
 
