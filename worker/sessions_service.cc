@@ -102,8 +102,8 @@ class ExportReactor final
 
   void OnWriteDone(bool ok) override {
     if (!ok) {
-      return FinishAndRelease(
-          grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+      // The client went away: counted as the other calls count theirs.
+      return Fail(absl::CancelledError("the client went away"));
     }
     if (next_ == count_) return FinishAndRelease(grpc::Status::OK);
     msg_.Clear();
