@@ -46,22 +46,8 @@ absl::Status CheckHeaderValue(absl::string_view what, absl::string_view value);
 absl::StatusOr<std::vector<int32_t>> ParseIntList(absl::string_view text,
                                                   absl::string_view flag);
 
-// ReadFile and ReadStdin: common/files.h.
-// PATH whole or not at all: writes a temporary beside it (mkstemp, the
-// file's permission bits, or 0666 less the umask), fsyncs it, renames it
-// over PATH and syncs the directory; on failure the temporary goes and an
-// earlier PATH stays as it was. A link to a file is followed (its target is
-// replaced; a dangling link is replaced). A name for one of the process's
-// descriptors (/dev/stdout, /dev/fd/N, /proc/self/fd/N) is written through
-// that descriptor; a PATH that exists and is not a regular file (a device,
-// a FIFO) is written in place.
-absl::Status WriteFileAtomically(const std::string& path,
-                                 absl::string_view bytes);
-// Whether WriteFileAtomically(path, ...) writes to this process's
-// standard output: "-", or a name for a descriptor (/dev/stdout,
-// /dev/fd/N, /proc/self/fd/N) open on the same file as descriptor 1.
-// Where a command prints something beside such a file, it goes to stderr.
-bool WritesToStdout(const std::string& path);
+// ReadFile, ReadStdin, WriteFileAtomically, WritesToStdout:
+// common/files.h.
 // Flushes std::cout and stdout. An error if anything written to them did
 // not reach the file (a full disk, /dev/full, an I/O error): output a
 // command printed is then incomplete and it must not exit 0.

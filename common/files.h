@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace statestream {
 
@@ -30,6 +31,22 @@ absl::StatusOr<std::string> ReadRegularFile(const std::string& path,
 // larger one is FAILED_PRECONDITION. May wait for a FIFO's writer.
 absl::StatusOr<std::string> ReadFileUpTo(const std::string& path,
                                          size_t max_bytes);
+
+// PATH whole or not at all: writes a temporary beside it (mkstemp, the
+// file's permission bits, or 0666 less the umask), fsyncs it, renames it
+// over PATH and syncs the directory; on failure the temporary goes and an
+// earlier PATH stays as it was. A link to a file is followed (its target is
+// replaced; a dangling link is replaced). A name for one of the process's
+// descriptors (/dev/stdout, /dev/fd/N, /proc/self/fd/N) is written through
+// that descriptor; a PATH that exists and is not a regular file (a device,
+// a FIFO) is written in place.
+absl::Status WriteFileAtomically(const std::string& path,
+                                 absl::string_view bytes);
+// Whether WriteFileAtomically(path, ...) writes to this process's
+// standard output: "-", or a name for a descriptor (/dev/stdout,
+// /dev/fd/N, /proc/self/fd/N) open on the same file as descriptor 1.
+// Where a command prints something beside such a file, it goes to stderr.
+bool WritesToStdout(const std::string& path);
 
 // fsync of the directory `path`: the entries created, renamed or removed
 // in it survive a crash (a file's own fsync does not make its name

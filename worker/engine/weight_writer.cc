@@ -1,16 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "worker/engine/weight_writer.h"
 
-#include <fcntl.h>
-#include <unistd.h>
 #include <zlib.h>
 
-#include <atomic>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -46,51 +41,6 @@ absl::Status CheckTensors(const std::vector<NamedTensor>& tensors) {
           absl::StrCat("tensor ", t.name, ": shape and value count differ"));
     }
   }
-  return absl::OkStatus();
-}
-
-// The file whole or not at all: a temporary beside it, renamed over it
-// once written (a full disk or a kill leaves no truncated model behind,
-// and an earlier file at `path` stays as it was until then).
-absl::Status WriteFile(const std::string& path, const std::string& bytes) {
-  auto failed = [&](int error) {
-    return absl::ErrnoToStatus(error, absl::StrCat("cannot write ", path));
-  };
-  // O_EXCL under a name of this process's own: never a file or link that
-  // is already there; the mode a new file gets (0666 less the umask).
-  static std::atomic<uint64_t> serial{0};
-  std::string tmp;
-  int fd = -1;
-  for (int tries = 0; fd < 0 && tries < 100; ++tries) {
-    tmp = absl::StrCat(path, ".partial-", ::getpid(), "-", serial++);
-    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd < 0 && errno != EEXIST) return failed(errno);
-  }
-  if (fd < 0) return failed(EEXIST);
-  int error = 0;
-  for (size_t done = 0; error == 0 && done < bytes.size();) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      error = n < 0 ? errno : EIO;
-      break;
-    }
-    done += static_cast<size_t>(n);
-  }
-  // On disk before the rename, so a power loss leaves the earlier file or
-  // this one whole, never an empty one under the name.
-  if (error == 0 && ::fsync(fd) != 0) error = errno;
-  if (::close(fd) != 0 && error == 0) error = errno;
-  if (error == 0 && std::rename(tmp.c_str(), path.c_str()) != 0) {
-    error = errno;
-  }
-  if (error != 0) {
-    ::unlink(tmp.c_str());
-    return failed(error);
-  }
-  // The rename itself survives a crash once the directory is synced.
-  const std::string dir = std::filesystem::path(path).parent_path().string();
-  SyncDirectory(dir.empty() ? "." : dir).IgnoreError();
   return absl::OkStatus();
 }
 
@@ -232,7 +182,8 @@ absl::Status WriteSafetensors(const std::string& path,
   for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>(n >> (8 * i)));
   out += h;
   out += data;
-  return WriteFile(path, out);
+  // Whole or not at all: one cut short left a truncated model behind.
+  return WriteFileAtomically(path, out);
 }
 
 absl::Status WritePth(const std::string& path,
@@ -288,7 +239,7 @@ absl::Status WritePth(const std::string& path,
             Encode(tensors[i].values, dtype));
   }
   zip.Add(stem + "/version", "3\n");
-  return WriteFile(path, zip.Finish());
+  return WriteFileAtomically(path, zip.Finish());
 }
 
 absl::Status WriteCheckpoint(const std::string& path,
