@@ -210,32 +210,10 @@ absl::Status Eval() {
     }
     SS_RETURN_IF_ERROR(
         CheckStateMatchesModel(snapshot, fingerprint, info.state_floats));
-    // As an import checks them: shape fields that are set must be the
-    // model's (the file written after would carry them, and a wrong
-    // n_embd beside this model's last_hidden never decodes), and the
-    // counters must have room for more input.
-    const bool shape_differs =
-        (!snapshot.architecture.empty() &&
-         snapshot.architecture != engine::ArchName(info.config.arch)) ||
-        (snapshot.n_layer != 0 &&
-         snapshot.n_layer != static_cast<uint32_t>(info.config.n_layer)) ||
-        (snapshot.n_embd != 0 &&
-         snapshot.n_embd != static_cast<uint32_t>(info.config.n_embd)) ||
-        (snapshot.n_head != 0 &&
-         snapshot.n_head != static_cast<uint32_t>(info.config.n_head)) ||
-        (snapshot.head_size != 0 &&
-         snapshot.head_size != static_cast<uint32_t>(info.config.head_size));
-    if (shape_differs) {
-      return MakeError(absl::StatusCode::kFailedPrecondition,
-                       Reason::kModelMismatch,
-                       "the state's header names another model shape");
-    }
-    constexpr uint64_t kMaxCounter = uint64_t{1} << 63;
-    if (snapshot.position >= kMaxCounter ||
-        snapshot.input_offset >= kMaxCounter) {
-      return MakeError(absl::StatusCode::kDataLoss, Reason::kStateCorrupt,
-                       "the state's position or input_offset is past 2^63");
-    }
+    // As an import checks them: the file written after would carry the
+    // shape fields (a wrong n_embd beside this model's last_hidden never
+    // decodes), and the counters need room for more input.
+    SS_RETURN_IF_ERROR(worker::CheckStateShape(snapshot, info, fingerprint));
     snapshot.architecture = engine::ArchName(info.config.arch);
     snapshot.n_layer = info.config.n_layer;
     snapshot.n_embd = info.config.n_embd;

@@ -258,6 +258,15 @@ struct ExportedState {
 std::string SessionStateFingerprint(const engine::Model& model,
                                     const engine::Tokenizer& tokenizer);
 
+// What an imported state (and `model eval --state-in`) must hold beyond
+// the codec's checks, first part: header shape fields that are set name
+// the model's shape (FAILED_PRECONDITION/MODEL_MISMATCH, `fingerprint`
+// as expected_fingerprint), and position, input_offset and pending text
+// leave room for more input (DATA_LOSS/STATE_CORRUPT).
+absl::Status CheckStateShape(const StateSnapshot& snap,
+                             const engine::ModelInfo& info,
+                             const std::string& fingerprint);
+
 class SessionManager {
  public:
   // `model`, `tokenizer`, `scheduler` and `store` must outlive the manager.

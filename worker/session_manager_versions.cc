@@ -237,14 +237,9 @@ void SessionManager::ImportAsync(const std::string& tenant,
   if (done != nullptr) done(std::move(now));
 }
 
-namespace {
-
-// What the codec cannot know of an imported snapshot, checked before it
-// becomes a version: a state no worker wrote would otherwise be served as
-// a silent wrong answer.
-absl::Status CheckImportedState(const StateSnapshot& snap,
-                                const engine::ModelInfo& info,
-                                const std::string& fingerprint) {
+absl::Status CheckStateShape(const StateSnapshot& snap,
+                             const engine::ModelInfo& info,
+                             const std::string& fingerprint) {
   // The shape fields are informational, but one that is set must agree.
   const engine::ModelConfig& c = info.config;
   if ((!snap.architecture.empty() &&
@@ -275,6 +270,18 @@ absl::Status CheckImportedState(const StateSnapshot& snap,
                      snap.position, ", input_offset ", snap.input_offset, ", ",
                      snap.tokenizer_tail.size(), " pending bytes)"));
   }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// What the codec cannot know of an imported snapshot, checked before it
+// becomes a version: a state no worker wrote would otherwise be served as
+// a silent wrong answer.
+absl::Status CheckImportedState(const StateSnapshot& snap,
+                                const engine::ModelInfo& info,
+                                const std::string& fingerprint) {
+  SS_RETURN_IF_ERROR(CheckStateShape(snap, info, fingerprint));
   // Undecided text is text the service accepted: valid UTF-8, except a
   // character its end leaves open and the rest of one its start continues
   // (a World token may end inside a character, leaving the rest pending).
