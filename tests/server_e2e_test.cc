@@ -119,13 +119,15 @@ ServerReflectionResponse Reflect(const std::shared_ptr<grpc::Channel>& channel,
   return response;
 }
 
-// A tiny random RWKV-7 model file in the test's temp dir ("" on failure).
-std::string TinyModel(const std::string& name) {
+// A tiny random RWKV-7 model file in the test's temp dir ("" on failure);
+// byte-level unless given a vocabulary size (65536: serve reads a World
+// --vocab for it).
+std::string TinyModel(const std::string& name, int vocab = 256) {
   const std::string path = ::testing::TempDir() + "/" + name + "_" +
                            std::to_string(getpid()) + ".safetensors";
-  auto made =
-      e2e::Run({STATESTREAM_BIN, "model", "random", "--layers=1", "--embd=64",
-                "--head-size=32", "--vocab=256", "--out=" + path});
+  auto made = e2e::Run({STATESTREAM_BIN, "model", "random", "--layers=1",
+                        "--embd=64", "--head-size=32",
+                        absl::StrCat("--vocab=", vocab), "--out=" + path});
   EXPECT_TRUE(made.ok() && made->exit_code == 0)
       << (made.ok() ? made->err : made.status().ToString());
   return made.ok() && made->exit_code == 0 ? path : "";
@@ -419,14 +421,8 @@ TEST(ServeTest, SigintAlsoStopsCleanly) {
 // there is nothing to drain. The signal used to wait, blocked, until the
 // start finished (a second Ctrl-C did nothing either).
 TEST(ServeTest, ASignalWhileStartingExitsAtOnce) {
-  // Of the World vocabulary's size: serve reads its --vocab.
-  const std::string model = ::testing::TempDir() + "/start_signal_" +
-                            std::to_string(getpid()) + ".safetensors";
-  auto made =
-      e2e::Run({STATESTREAM_BIN, "model", "random", "--layers=1", "--embd=32",
-                "--head-size=32", "--vocab=65536", "--out=" + model});
-  ASSERT_TRUE(made.ok() && made->exit_code == 0)
-      << (made.ok() ? made->err : made.status().ToString());
+  const std::string model = TinyModel("start_signal", 65536);
+  ASSERT_FALSE(model.empty());
   const std::string fifo = model + ".vocab.fifo";
   ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
   auto process =
