@@ -283,7 +283,9 @@ class AppendReactor final
   // touched (it may run on the pool).
   absl::Status OpenWriter(const AppendInput& in, SessionManager** m,
                           std::shared_ptr<SessionManager::Writer>* writer) {
-    if (*m == nullptr) *m = &models_->ForSession(tenant_, session_id_);
+    if (*m == nullptr) {
+      SS_ASSIGN_OR_RETURN(*m, models_->ForSession(tenant_, session_id_));
+    }
     SS_RETURN_IF_ERROR((*m)->CheckAppend(in));
     std::weak_ptr<Link<AppendReactor>> weak = link_;
     SS_ASSIGN_OR_RETURN(

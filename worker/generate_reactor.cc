@@ -172,12 +172,21 @@ class GenerateReactor final
           absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
     }
     in.content_digest = ContentDigest(r);
-    models_->ForSessionAsync(tenant, r.session_id(),
-                             [this, tenant, session_id = r.session_id(),
-                              in = std::move(in)](SessionManager& m) mutable {
-                               Run(m, tenant, session_id, std::move(in));
-                             });
+    models_->ForSessionAsync(
+        tenant, r.session_id(),
+        [this, tenant, session_id = r.session_id(),
+         in = std::move(in)](absl::StatusOr<SessionManager*> m) mutable {
+          if (!m.ok()) return Unrouted(m.status());
+          Run(**m, tenant, session_id, std::move(in));
+        });
     return absl::OkStatus();
+  }
+
+  // The session's model could not be looked up: no job ever runs.
+  void Unrouted(const absl::Status& why) {
+    Locked<ThisReactor> lock(this);
+    routed_ = job_done_ = true;
+    SetFinishLocked(why);
   }
 
   // Once routed (maybe on another thread, after the constructor).

@@ -76,25 +76,27 @@ SessionManager* ModelSet::Resident(const std::string& tenant,
   return nullptr;
 }
 
-SessionManager& ModelSet::FromHead(const std::string& tenant,
-                                   const std::string& session_id) const {
+absl::StatusOr<SessionManager*> ModelSet::FromHead(
+    const std::string& tenant, const std::string& session_id) const {
   absl::StatusOr<SessionHead> head = store_->GetHead({tenant, session_id});
   if (head.ok()) {
-    if (SessionManager* m = ForFingerprint(head->model_fingerprint)) return *m;
+    if (SessionManager* m = ForFingerprint(head->model_fingerprint)) return m;
+  } else if (!absl::IsNotFound(head.status())) {
+    return head.status();
   }
-  return default_manager();
+  return &default_manager();
 }
 
-SessionManager& ModelSet::ForSession(const std::string& tenant,
-                                     const std::string& session_id) const {
-  if (SessionManager* m = Resident(tenant, session_id)) return *m;
+absl::StatusOr<SessionManager*> ModelSet::ForSession(
+    const std::string& tenant, const std::string& session_id) const {
+  if (SessionManager* m = Resident(tenant, session_id)) return m;
   return FromHead(tenant, session_id);
 }
 
 void ModelSet::ForSessionAsync(
     const std::string& tenant, const std::string& session_id,
-    std::function<void(SessionManager&)> then) const {
-  if (SessionManager* m = Resident(tenant, session_id)) return then(*m);
+    std::function<void(absl::StatusOr<SessionManager*>)> then) const {
+  if (SessionManager* m = Resident(tenant, session_id)) return then(m);
   lookups_->Post([this, tenant, session_id, then = std::move(then)] {
     then(FromHead(tenant, session_id));
   });

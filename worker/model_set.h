@@ -55,20 +55,22 @@ class ModelSet {
   // The manager of the session's model. With one model, that one. Else the
   // manager holding the session resident, else the one whose fingerprint
   // the session's head records (one store read, on the caller's thread).
-  // When the head cannot be read (no such session, store down) or names a
-  // model not served here, the default manager: its answer is then the
-  // call's error (SESSION_NOT_FOUND, UNAVAILABLE, MODEL_MISMATCH naming
-  // every model served), as on a worker serving one model. (A head read
-  // that failed here but not in the manager's own read makes a session of
-  // another model served here MODEL_MISMATCH: a known gap.)
-  SessionManager& ForSession(const std::string& tenant,
-                             const std::string& session_id) const;
+  // When there is no such session, or its head names a model not served
+  // here, the default manager: its answer is then the call's error
+  // (SESSION_NOT_FOUND, MODEL_MISMATCH naming every model served), as on a
+  // worker serving one model. A head read that fails otherwise (the store
+  // is down) is the call's error: guessing a manager would answer a
+  // session of another model served here MODEL_MISMATCH, which a client
+  // must not retry, once the store is back for that manager's own read.
+  absl::StatusOr<SessionManager*> ForSession(
+      const std::string& tenant, const std::string& session_id) const;
 
   // ForSession for callers that must not block (gRPC callback threads):
   // `then` runs on the caller's thread when no store read is needed, else
   // on a thread of the set's own after the read. `then` must not block.
-  void ForSessionAsync(const std::string& tenant, const std::string& session_id,
-                       std::function<void(SessionManager&)> then) const;
+  void ForSessionAsync(
+      const std::string& tenant, const std::string& session_id,
+      std::function<void(absl::StatusOr<SessionManager*>)> then) const;
 
   // The fingerprints of every model, in configuration order (the worker
   // registry advertises them to gateways).
@@ -85,8 +87,8 @@ class ModelSet {
   // The resident holder, or nullptr when a store read is needed.
   SessionManager* Resident(const std::string& tenant,
                            const std::string& session_id) const;
-  SessionManager& FromHead(const std::string& tenant,
-                           const std::string& session_id) const;
+  absl::StatusOr<SessionManager*> FromHead(const std::string& tenant,
+                                           const std::string& session_id) const;
 
   const std::vector<SessionManager*> managers_;
   StateStore* const store_;

@@ -4,12 +4,14 @@
 // and MODEL_MISMATCH wherever a state of one model meets the other.
 #include "worker/model_set.h"
 
+#include <atomic>
 #include <thread>
 
 #include "absl/synchronization/notification.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "state_store/memory_state_store.h"
+#include "state_store/testing/forwarding_store.h"
 #include "worker/engine/random_model.h"
 
 namespace statestream::worker {
@@ -137,18 +139,58 @@ TEST_F(ModelSetTest, ForSessionFindsTheSessionsModel) {
   Create(*b_.manager, "on-b");
   // Not resident anywhere: the head's fingerprint decides.
   EXPECT_FALSE(b_.manager->IsResident("t", "on-b"));
-  EXPECT_EQ(&set_->ForSession("t", "on-a"), a_.manager.get());
-  EXPECT_EQ(&set_->ForSession("t", "on-b"), b_.manager.get());
+  EXPECT_EQ(*set_->ForSession("t", "on-a"), a_.manager.get());
+  EXPECT_EQ(*set_->ForSession("t", "on-b"), b_.manager.get());
   // Resident: the holder, without reading the store.
   ASSERT_TRUE(Feed(*b_.manager, "on-b", "hello").ok());
   EXPECT_TRUE(b_.manager->IsResident("t", "on-b"));
   EXPECT_FALSE(a_.manager->IsResident("t", "on-b"));
-  EXPECT_EQ(&set_->ForSession("t", "on-b"), b_.manager.get());
+  EXPECT_EQ(*set_->ForSession("t", "on-b"), b_.manager.get());
   // Unknown session or tenant: the default manager answers NOT_FOUND.
-  EXPECT_EQ(&set_->ForSession("t", "missing"), a_.manager.get());
-  EXPECT_EQ(&set_->ForSession("u", "on-b"), a_.manager.get());
-  auto got = set_->ForSession("t", "missing").GetSession("t", "missing");
+  EXPECT_EQ(*set_->ForSession("t", "missing"), a_.manager.get());
+  EXPECT_EQ(*set_->ForSession("u", "on-b"), a_.manager.get());
+  auto got = (*set_->ForSession("t", "missing"))->GetSession("t", "missing");
   EXPECT_EQ(GetReason(got.status()), Reason::kSessionNotFound);
+}
+
+// Head reads that fail while the managers' own reads succeed (a store
+// that flaps between the two).
+class FlakyHeads : public testing::ForwardingStore {
+ public:
+  using ForwardingStore::ForwardingStore;
+  absl::StatusOr<SessionHead> GetHead(const SessionKey& k) override {
+    if (down_) {
+      return MakeError(absl::StatusCode::kUnavailable,
+                       Reason::kStoreUnavailable, "injected: store down");
+    }
+    return ForwardingStore::GetHead(k);
+  }
+  std::atomic<bool> down_{false};
+};
+
+TEST_F(ModelSetTest, AFailedHeadReadIsTheCallsErrorNotAGuess) {
+  Create(*b_.manager, "on-b");
+  FlakyHeads heads(store_.get());
+  auto set = ModelSet::Create({a_.manager.get(), b_.manager.get()}, &heads);
+  ASSERT_TRUE(set.ok()) << set.status();
+  heads.down_ = true;
+  // A guess (the default model's manager) would answer this session of
+  // the other model MODEL_MISMATCH from its own, successful read: a
+  // permanent error for a passing outage.
+  absl::StatusOr<SessionManager*> m = (*set)->ForSession("t", "on-b");
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(GetReason(m.status()), Reason::kStoreUnavailable);
+  absl::Notification done;
+  absl::Status async;
+  (*set)->ForSessionAsync("t", "on-b", [&](absl::StatusOr<SessionManager*> r) {
+    async = r.status();
+    done.Notify();
+  });
+  done.WaitForNotification();
+  EXPECT_EQ(GetReason(async), Reason::kStoreUnavailable);
+  // Once the store answers, the session's own model.
+  heads.down_ = false;
+  EXPECT_EQ(*(*set)->ForSession("t", "on-b"), b_.manager.get());
 }
 
 TEST_F(ModelSetTest, ForSessionAsyncReadsOffTheCallersThread) {
@@ -157,8 +199,8 @@ TEST_F(ModelSetTest, ForSessionAsyncReadsOffTheCallersThread) {
   absl::Notification done;
   SessionManager* got = nullptr;
   std::thread::id ran_on;
-  set_->ForSessionAsync("t", "on-b", [&](SessionManager& m) {
-    got = &m;
+  set_->ForSessionAsync("t", "on-b", [&](absl::StatusOr<SessionManager*> m) {
+    got = *m;
     ran_on = std::this_thread::get_id();
     done.Notify();
   });
@@ -168,7 +210,8 @@ TEST_F(ModelSetTest, ForSessionAsyncReadsOffTheCallersThread) {
   // Resident: answered inline.
   ASSERT_TRUE(Feed(*b_.manager, "on-b", "x").ok());
   got = nullptr;
-  set_->ForSessionAsync("t", "on-b", [&](SessionManager& m) { got = &m; });
+  set_->ForSessionAsync("t", "on-b",
+                        [&](absl::StatusOr<SessionManager*> m) { got = *m; });
   EXPECT_EQ(got, b_.manager.get());
 }
 

@@ -69,7 +69,10 @@ class ExportReactor final
     }
     pool->Post([this, models, tenant = *std::move(tenant),
                 session_id = req->session_id(), version = req->version()] {
-      Load(models->ForSession(tenant, session_id), tenant, session_id, version);
+      absl::StatusOr<SessionManager*> m =
+          models->ForSession(tenant, session_id);
+      if (!m.ok()) return Fail(m.status());
+      Load(**m, tenant, session_id, version);
     });
   }
 
@@ -394,7 +397,7 @@ class SessionsService final : public v1::Sessions::CallbackService {
       // The model: as named; else a fork's source's; else the default.
       SessionManager* m = nullptr;
       if (p.model_id.empty() && p.fork_from) {
-        m = &models_->ForSession(tenant, p.fork_from->first);
+        SS_ASSIGN_OR_RETURN(m, models_->ForSession(tenant, p.fork_from->first));
       } else {
         SS_ASSIGN_OR_RETURN(m, models_->ForModel(p.model_id));
       }
@@ -417,8 +420,9 @@ class SessionsService final : public v1::Sessions::CallbackService {
           !st.ok()) {
         return st;
       }
-      auto v = models_->ForSession(tenant, req->session_id())
-                   .GetSession(tenant, req->session_id());
+      SS_ASSIGN_OR_RETURN(SessionManager * m,
+                          models_->ForSession(tenant, req->session_id()));
+      auto v = m->GetSession(tenant, req->session_id());
       if (v.ok()) SessionToProto(*v, out);
       return v.status();
     });
@@ -476,8 +480,9 @@ class SessionsService final : public v1::Sessions::CallbackService {
         }
       }
       if (!st.ok()) return st;
-      auto v = models_->ForSession(tenant, req->session_id())
-                   .UpdateSession(tenant, req->session_id(), u);
+      SS_ASSIGN_OR_RETURN(SessionManager * m,
+                          models_->ForSession(tenant, req->session_id()));
+      auto v = m->UpdateSession(tenant, req->session_id(), u);
       if (v.ok()) SessionToProto(*v, out);
       return v.status();
     });
@@ -490,12 +495,11 @@ class SessionsService final : public v1::Sessions::CallbackService {
       SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx, *policy_));
       absl::Status st = CheckRequestId(req->request_id());
       if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
-      if (st.ok()) {
-        st = models_->ForSession(tenant, req->session_id())
-                 .DeleteSession(tenant, req->session_id(), req->allow_missing(),
-                                req->request_id());
-      }
-      return st;
+      if (!st.ok()) return st;
+      SS_ASSIGN_OR_RETURN(SessionManager * m,
+                          models_->ForSession(tenant, req->session_id()));
+      return m->DeleteSession(tenant, req->session_id(), req->allow_missing(),
+                              req->request_id());
     });
   }
 
@@ -508,10 +512,11 @@ class SessionsService final : public v1::Sessions::CallbackService {
           !st.ok()) {
         return st;
       }
-      SessionManager& m = models_->ForSession(tenant, req->session_id());
-      auto head = m.GetSession(tenant, req->session_id());
+      SS_ASSIGN_OR_RETURN(SessionManager * m,
+                          models_->ForSession(tenant, req->session_id()));
+      auto head = m->GetSession(tenant, req->session_id());
       if (!head.ok()) return head.status();
-      auto versions = m.ListVersions(tenant, req->session_id());
+      auto versions = m->ListVersions(tenant, req->session_id());
       if (!versions.ok()) return versions.status();
       // Page token: the version to start below (newest first).
       uint64_t below = UINT64_MAX;
@@ -551,16 +556,18 @@ class SessionsService final : public v1::Sessions::CallbackService {
       if (!st.ok()) return finish(st);
       std::optional<uint64_t> expected;
       if (req->has_expected_version()) expected = req->expected_version();
+      absl::StatusOr<SessionManager*> m =
+          models_->ForSession(*tenant, req->session_id());
+      if (!m.ok()) return finish(m.status());
       // Waits for the session's turn holding no thread of this pool.
-      models_->ForSession(*tenant, req->session_id())
-          .RollbackAsync(
-              *tenant, req->session_id(), req->version(), expected, *durability,
-              req->request_id(),
-              [out, finish](absl::StatusOr<SessionView> v) {
-                if (v.ok()) SessionToProto(*v, out);
-                finish(v.status());
-              },
-              [ctx] { return ctx->IsCancelled(); });
+      (*m)->RollbackAsync(
+          *tenant, req->session_id(), req->version(), expected, *durability,
+          req->request_id(),
+          [out, finish](absl::StatusOr<SessionView> v) {
+            if (v.ok()) SessionToProto(*v, out);
+            finish(v.status());
+          },
+          [ctx] { return ctx->IsCancelled(); });
     });
   }
 

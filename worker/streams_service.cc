@@ -152,8 +152,9 @@ class ScoreReactor final : public grpc::ServerUnaryReactor {
     models_->ForSessionAsync(
         *tenant, req->session_id(),
         [this, out, tenant = *tenant, session_id = req->session_id(),
-         in = std::move(in)](SessionManager& m) mutable {
-          Run(m, tenant, session_id, std::move(in), out);
+         in = std::move(in)](absl::StatusOr<SessionManager*> m) mutable {
+          if (!m.ok()) return Unrouted(m.status());
+          Run(**m, tenant, session_id, std::move(in), out);
         });
   }
 
@@ -191,6 +192,18 @@ class ScoreReactor final : public grpc::ServerUnaryReactor {
     }
     slot.reset();                 // before the client sees the end
     if (finish) Finish(*finish);  // the last use of `this`
+  }
+
+  // The session's model could not be looked up: no job ever runs.
+  void Unrouted(const absl::Status& why) {
+    CountError(models_->default_manager(), why);
+    std::unique_ptr<TenantLimits::StreamSlot> slot;
+    {
+      absl::MutexLock lock(&mu_);
+      slot = std::move(slot_);
+    }
+    slot.reset();  // before the client sees the end
+    Finish(ToGrpcStatus(why));
   }
 
   void Done(const grpc::Status& status) {
