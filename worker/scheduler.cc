@@ -76,9 +76,11 @@ absl::Status Scheduler::RoomFor(int64_t queued_tokens) const {
 void Scheduler::Stop() {
   {
     absl::MutexLock lock(&mu_);
-    if (stopping_ && !thread_.joinable()) return;
     stopping_ = true;
   }
+  // A second caller waits here for the first one's join, then finds the
+  // thread joined (two joins of one thread are undefined behaviour).
+  absl::MutexLock join(&join_mu_);
   if (thread_.joinable()) thread_.join();
 }
 

@@ -161,7 +161,9 @@ class Scheduler {
   // (a committing Generate, the session's writer slot). Submit decides.
   absl::Status CheckRoom(int64_t queued_tokens) const;
 
-  // Ends every task with UNAVAILABLE and joins the thread. Idempotent.
+  // Ends every task with UNAVAILABLE and joins the thread. Idempotent and
+  // safe to call from several threads at once: each returns once the
+  // thread is joined.
   void Stop();
 
   SchedulerStats stats() const;
@@ -205,7 +207,8 @@ class Scheduler {
   // Those hidden vectors' rows, reused (scheduler thread only).
   std::vector<float> hidden_rows_;
   std::unique_ptr<engine::ThreadPool> step_pool_;  // null: one thread
-  std::thread thread_;
+  absl::Mutex join_mu_;  // one joiner at a time (Stop)
+  std::thread thread_ ABSL_GUARDED_BY(join_mu_);
 };
 
 }  // namespace statestream::worker

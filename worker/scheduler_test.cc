@@ -7,6 +7,8 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <thread>
+#include <vector>
 
 #include "absl/synchronization/notification.h"
 #include "common/status.h"
@@ -871,6 +873,29 @@ TEST(SchedulerTest, StopEndsPendingTasks) {
                     &s, Tokens(1, 1), [](const absl::Status&) {}))
                 .code(),
             absl::StatusCode::kUnavailable);
+}
+
+TEST(SchedulerTest, StopFromSeveralThreadsAtOnceJoinsOnce) {
+  auto model = SmallModel();
+  Scheduler sched(model.get(), SchedulerOptions{});
+  EngineState s = EngineState::Initial(*model);
+  Waiter w;
+  ASSERT_TRUE(
+      sched
+          .Submit(std::make_shared<IngestTask>(&s, Tokens(500000, 1),
+                                               [&](const absl::Status& st) {
+                                                 w.status = st;
+                                                 w.done.Notify();
+                                               }))
+          .ok());
+  // A server's shutdown and a signal's may stop one scheduler together:
+  // every caller returns once the thread is joined, none joins it twice.
+  std::vector<std::thread> stoppers;
+  for (int i = 0; i < 4; ++i) stoppers.emplace_back([&] { sched.Stop(); });
+  for (std::thread& t : stoppers) t.join();
+  w.done.WaitForNotification();
+  EXPECT_EQ(w.status.code(), absl::StatusCode::kUnavailable);
+  sched.Stop();  // and once more, after
 }
 
 }  // namespace
