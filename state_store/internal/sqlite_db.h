@@ -54,22 +54,18 @@ class Stmt {
     rc_ = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr);
   }
   ~Stmt() { sqlite3_finalize(s_); }
-  Stmt& Bind(int64_t v) {
-    sqlite3_bind_int64(s_, ++n_, v);
-    return *this;
-  }
-  Stmt& Bind(double v) {
-    sqlite3_bind_double(s_, ++n_, v);
-    return *this;
-  }
+  // A bind that fails (a value over SQLite's length limit: SQLITE_TOOBIG;
+  // out of memory) fails the statement: SQLite would leave the parameter
+  // NULL and run it anyway, storing a row without the value.
+  Stmt& Bind(int64_t v) { return Keep(sqlite3_bind_int64(s_, ++n_, v)); }
+  Stmt& Bind(double v) { return Keep(sqlite3_bind_double(s_, ++n_, v)); }
   Stmt& Bind(const std::string& v) {
-    sqlite3_bind_text(s_, ++n_, v.data(), static_cast<int>(v.size()),
-                      SQLITE_TRANSIENT);
-    return *this;
+    return Keep(sqlite3_bind_text(
+        s_, ++n_, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
   }
   Stmt& BindBlob(const std::string& v) {
-    sqlite3_bind_blob64(s_, ++n_, v.data(), v.size(), SQLITE_STATIC);
-    return *this;
+    return Keep(
+        sqlite3_bind_blob64(s_, ++n_, v.data(), v.size(), SQLITE_STATIC));
   }
   // True when a row is available; errors end up in status().
   bool Step() {
@@ -90,6 +86,7 @@ class Stmt {
     return SqliteError(rc_, absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
   }
   int64_t Int(int i) const { return sqlite3_column_int64(s_, i); }
+  bool Null(int i) const { return sqlite3_column_type(s_, i) == SQLITE_NULL; }
   double Real(int i) const { return sqlite3_column_double(s_, i); }
   std::string Text(int i) const {
     const void* p = sqlite3_column_blob(s_, i);
@@ -99,6 +96,11 @@ class Stmt {
   }
 
  private:
+  Stmt& Keep(int bind_rc) {
+    if (bind_rc != SQLITE_OK && rc_ == SQLITE_OK) rc_ = bind_rc;
+    return *this;
+  }
+
   sqlite3* db_;
   sqlite3_stmt* s_ = nullptr;
   int rc_;

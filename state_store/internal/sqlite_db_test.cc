@@ -68,5 +68,30 @@ TEST_F(SqliteDbTest, AWriteLockHeldElsewhereIsUnavailable) {
   EXPECT_TRUE(Stmt(db_, "INSERT INTO t VALUES (2)").Run().ok());
 }
 
+// A value SQLite cannot bind (over its length limit, 1e9 bytes by default:
+// a state that large) fails the statement. SQLite leaves such a parameter
+// NULL, and the insert ran, storing a version without its state after an
+// OK reply.
+TEST_F(SqliteDbTest, AValueTooLongToBindFailsTheStatement) {
+  ASSERT_TRUE(
+      Stmt(db_, "CREATE TABLE b (k INTEGER PRIMARY KEY, v BLOB)").Run().ok());
+  sqlite3_limit(db_, SQLITE_LIMIT_LENGTH, 1000);
+  const std::string big(2000, 'x');
+  const absl::Status blob =
+      Stmt(db_, "INSERT INTO b VALUES (1, ?)").BindBlob(big).Run();
+  EXPECT_FALSE(blob.ok());
+  const absl::Status text =
+      Stmt(db_, "INSERT INTO b VALUES (2, ?)").Bind(big).Run();
+  EXPECT_FALSE(text.ok());
+  Stmt count(db_, "SELECT COUNT(*) FROM b");
+  ASSERT_TRUE(count.Step());
+  EXPECT_EQ(count.Int(0), 0);
+  // A value within the limit still binds.
+  EXPECT_TRUE(Stmt(db_, "INSERT INTO b VALUES (3, ?)")
+                  .BindBlob(std::string(10, 'y'))
+                  .Run()
+                  .ok());
+}
+
 }  // namespace
 }  // namespace statestream::store_internal
