@@ -312,6 +312,24 @@ TEST(SqliteStateStoreTest, ADamagedSessionIsLeftOutOfListings) {
   EXPECT_TRUE((*store)->DeleteSession({"acme", "b"}).ok());
 }
 
+// A session whose fence row is gone (written with it in one transaction)
+// is damaged: STATE_CORRUPT, as a missing head version is, not NOT_FOUND
+// for a session whose id a create is then refused as taken.
+TEST(SqliteStateStoreTest, ASessionWithoutItsFenceIsCorruptNotMissing) {
+  SqliteEnv env;
+  auto store = env.NewStore(8);
+  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_TRUE((*store)->CreateSession(Creating("nofence")).ok());
+  ASSERT_TRUE(
+      ExecSql(env.path(), "DELETE FROM fences WHERE sid='nofence'").ok());
+  const absl::Status st = (*store)->GetHead({"acme", "nofence"}).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_EQ(GetReason(st), Reason::kStateCorrupt);
+  EXPECT_TRUE((*store)->DeleteSession({"acme", "nofence"}).ok());
+  EXPECT_TRUE((*store)->CreateSession(Creating("nofence")).ok());
+  EXPECT_TRUE((*store)->GetHead({"acme", "nofence"}).ok());
+}
+
 // A version's record edited apart from its state (the position GetHead
 // reports) is STATE_CORRUPT at the load, not a session that reports one
 // place and resumes at another.

@@ -161,8 +161,8 @@ absl::Status SqliteStateStore::DropSession(const SessionKey& key) {
 absl::StatusOr<SessionHead> SqliteStateStore::Head(const SessionKey& key,
                                                    absl::Time now) {
   Stmt s(db_, absl::StrCat("SELECT ", kSessionColumns,
-                           ", f.fence FROM sessions JOIN fences f USING "
-                           "(tenant, sid) WHERE tenant=? AND sid=?")
+                           ", f.fence FROM sessions LEFT JOIN fences f "
+                           "USING (tenant, sid) WHERE tenant=? AND sid=?")
                   .c_str());
   s.Bind(key.tenant).Bind(key.session_id);
   if (!s.Step()) {
@@ -191,6 +191,12 @@ absl::StatusOr<SessionHead> SqliteStateStore::Head(const SessionKey& key,
   }
   h.create_request_id = s.Text(13);
   h.create_digest = static_cast<uint64_t>(s.Int(14));
+  // Every session row has its fence row (written together): a session
+  // without one is damaged, not missing (a create of its id would be
+  // refused as taken).
+  if (s.Null(15)) {
+    return DataLossError(Reason::kStateCorrupt, "session fence is missing");
+  }
   h.fence = s.Int(15);
   Stmt v(db_, absl::StrCat("SELECT ", kVersionColumns,
                            " FROM versions WHERE tenant=? AND sid=? AND "
