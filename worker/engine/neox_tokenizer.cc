@@ -517,7 +517,15 @@ size_t NeoxTokenizer::PreTokenCut(const std::string& text, size_t from,
       break;
     }
   }
-  if (cut > from || exact) return cut;
+  if (exact) return cut;
+  // Inexact, the cut must leave the tail within the cap: the last sure
+  // point or NFC boundary may lie far back ("ab" and then 70,000 combining
+  // marks: "b" starts the last segment), and holding nearly the whole text
+  // back would grow the tail by every chunk, past what an import accepts.
+  auto near_end = [&](size_t at) {
+    return text.size() - at <= kMaxStreamTailBytes;
+  };
+  if (cut > from && near_end(cut)) return cut;
   // Fallbacks, where no such point exists: the last NFC boundary, else the
   // last character boundary at all (text of combining marks only).
   size_t nfc_safe = from, any = from;
@@ -527,7 +535,8 @@ size_t NeoxTokenizer::PreTokenCut(const std::string& text, size_t from,
     any = ch.at;
     if (ch.c >= 0 && unorm2_hasBoundaryBefore(nfc, ch.c)) nfc_safe = ch.at;
   }
-  return nfc_safe > from ? nfc_safe : any;
+  if (nfc_safe > from && near_end(nfc_safe)) return nfc_safe;
+  return std::max(any, cut);
 }
 
 absl::Status NeoxTokenizer::Init(const nlohmann::json& j) {

@@ -361,6 +361,27 @@ TEST_F(NeoxTokenizerTest, TextWithoutWhitespaceKeepsTheTailBounded) {
   EXPECT_EQ(*tokenizer_->Decode(ids), word);
 }
 
+// A cut forced past the cap lies near the text's end, even where the last
+// point that keeps the ids exact (an NFC boundary, a class change) lies
+// far back: "ab" and then 70,000 combining marks in one append held back
+// all 140 KB but "a", and each such append grew the tail further (a state
+// whose tail an import refuses).
+TEST_F(NeoxTokenizerTest, AForcedCutKeepsTheTailWithinTheCap) {
+  std::string marks;
+  for (int i = 0; i < 70000; ++i) marks += "\xCC\x81";  // U+0301
+  for (const std::string& text :
+       {"ab" + marks, "ab1" + marks, "x y" + marks + "z" + marks}) {
+    StreamEncodeResult r = tokenizer_->EncodeStream("", text, false);
+    EXPECT_LE(r.tail.size(), size_t{64 << 10}) << text.size();
+    StreamEncodeResult rest = tokenizer_->EncodeStream(r.tail, "", true);
+    EXPECT_TRUE(rest.tail.empty());
+    std::vector<int32_t> ids = r.tokens;
+    ids.insert(ids.end(), rest.tokens.begin(), rest.tokens.end());
+    EXPECT_EQ(*tokenizer_->Decode(ids),
+              *tokenizer_->Decode(tokenizer_->Encode(text)));
+  }
+}
+
 // A long tail fed in small chunks is scanned only at steps of a geometric
 // grid (holding up to a quarter more than the last scan left), not on every
 // call: a byte at a time, a 64 KiB run took ~30 s. Holding back stays
