@@ -48,7 +48,7 @@ void WorkerMetrics::IncError(const std::string& reason) {
 
 std::string WorkerMetrics::Render() const {
   std::function<Gauges()> source;
-  uint64_t in, out_tokens, takeovers, fenced, replayed;
+  uint64_t in, out_tokens, takeovers, fenced, renewal_failures, replayed;
   std::map<std::string, uint64_t> errors;
   {
     absl::MutexLock lock(&mu_);
@@ -57,6 +57,7 @@ std::string WorkerMetrics::Render() const {
     out_tokens = tokens_out_;
     takeovers = takeovers_;
     fenced = fenced_;
+    renewal_failures = renewal_failures_;
     replayed = replayed_;
     errors = errors_;
   }
@@ -100,6 +101,10 @@ std::string WorkerMetrics::Render() const {
   AppendMetric(&out, "statestream_fenced_commits_total", "counter",
                "Commits or renewals refused because another worker took over.",
                fenced);
+  AppendMetric(&out, "statestream_lease_renewal_failures_total", "counter",
+               "Leases a renewal could not renew (store unreachable or "
+               "refusing writes; not a takeover or a delete).",
+               renewal_failures);
   AppendMetric(&out, "statestream_replayed_generations_total", "counter",
                "Retried committed Generate calls answered from the record.",
                replayed);

@@ -51,6 +51,9 @@ class WorkerMetrics {
   void AddTokensOut(int64_t n) { Add(&tokens_out_, n); }
   void IncLeaseTakeover() { Add(&takeovers_, 1); }
   void IncFencedCommit() { Add(&fenced_, 1); }
+  // Leases a renewal round could not renew for a reason other than a
+  // takeover or a delete (the store down or refusing writes).
+  void AddLeaseRenewalFailures(int64_t n) { Add(&renewal_failures_, n); }
   void IncReplayedGeneration() { Add(&replayed_, 1); }
   // A call that ended with an error; `reason` is the Reason name
   // ("OVERLOADED", ...) or the gRPC code name when it has none.
@@ -72,6 +75,7 @@ class WorkerMetrics {
   uint64_t tokens_out_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t takeovers_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t fenced_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t renewal_failures_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t replayed_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, uint64_t> errors_ ABSL_GUARDED_BY(mu_);
 };

@@ -321,13 +321,21 @@ absl::Status SessionManager::DeleteOnce(const std::string& tenant,
                                         bool allow_missing) {
   Impl& m = *impl_;
   const SessionKey key{tenant, session_id};
-  std::shared_ptr<Session> s;
-  {
+  auto resident = [&]() -> std::shared_ptr<Session> {
     absl::MutexLock lock(&m.mu_);
     auto it = m.resident_.find(Impl::MapKey(key));
-    if (it != m.resident_.end()) s = it->second;
-  }
+    return it != m.resident_.end() ? it->second : nullptr;
+  };
   absl::Status st;
+  std::shared_ptr<Session> s = resident();
+  if (s == nullptr) {
+    // Not resident: deleted with loads held off, so no load that read the
+    // session before the delete maps its copy after it (served, deleted,
+    // until the next renewal). One that finished first is deleted below.
+    absl::MutexLock load(&m.load_mu_);
+    s = resident();
+    if (s == nullptr) st = m.store_->DeleteSession(key);
+  }
   if (s != nullptr) {
     // The live writer (an Append, or a committing generation) ends first,
     // ABORTED: the delete may still fail, so not NOT_FOUND yet; its retry
@@ -347,8 +355,15 @@ absl::Status SessionManager::DeleteOnce(const std::string& tenant,
       }
       return deleted;
     });
-  } else {
-    st = m.store_->DeleteSession(key);
+    if (st.ok() || absl::IsNotFound(st)) {
+      // `s` may have been evicted before the delete ran on it, and the
+      // session loaded again as another copy: that one is gone too. (With
+      // loads held off: none is under way, and a later one finds nothing.)
+      absl::MutexLock load(&m.load_mu_);
+      if (std::shared_ptr<Session> again = resident()) {
+        m.Drop(again.get(), Session::Gone::kDeleted);
+      }
+    }
   }
   if (allow_missing && absl::IsNotFound(st)) return absl::OkStatus();
   return st;

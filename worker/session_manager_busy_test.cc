@@ -476,6 +476,70 @@ TEST_F(SessionManagerTest, ASessionLoadedDuringTheDrainIsNotKept) {
   EXPECT_EQ(head->owner, "");
 }
 
+// A load that waited for its turn while a drain began gives up before it
+// takes the lease over: the session may be another worker's by now, and a
+// takeover (a fence bump) would fence that worker's writer.
+TEST_F(SessionManagerTest, ALoadQueuedWhenTheDrainBeganTakesNoLease) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  Start(SessionManagerOptions{});
+  Create("first");
+  Create("queued");
+  Start(SessionManagerOptions{});  // a fresh manager: neither resident
+  auto before = store_->GetHead({"t", "queued"});
+  ASSERT_TRUE(before.ok()) << before.status();
+  absl::Notification release;
+  faulty_->hold_loads = &release;
+  absl::StatusOr<std::shared_ptr<SessionManager::Writer>> first, queued;
+  std::thread loading([&] {
+    first = manager_->OpenWriter("t", "first", [](const absl::Status&) {});
+  });
+  faulty_->load_started.WaitForNotification();
+  // Past the draining check, waiting for the load ahead of it.
+  std::thread waiting([&] {
+    queued = manager_->OpenWriter("t", "queued", [](const absl::Status&) {});
+  });
+  absl::SleepFor(absl::Milliseconds(200));
+  manager_->Drain();
+  release.Notify();
+  loading.join();
+  waiting.join();
+  EXPECT_EQ(GetReason(queued.status()), Reason::kOverloaded) << queued.status();
+  auto after = store_->GetHead({"t", "queued"});
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->fence, before->fence);
+  faulty_->hold_loads = nullptr;
+}
+
+// A delete that lands while a load of the session is between reading it
+// and making it resident leaves no copy behind: that copy, deleted in the
+// store, was served (appends acknowledged, scores of the old state) until
+// the next lease renewal.
+TEST_F(SessionManagerTest, ADeleteDuringALoadLeavesNoCopyResident) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  Start(SessionManagerOptions{});
+  Create("x");
+  Start(SessionManagerOptions{});  // a fresh manager: "x" not resident
+  absl::Notification release;
+  faulty_->hold_after_read = true;
+  faulty_->hold_loads = &release;
+  std::thread loader([&] {
+    manager_->OpenWriter("t", "x", [](const absl::Status&) {}).IgnoreError();
+  });
+  faulty_->load_started.WaitForNotification();
+  absl::Status deleted;
+  std::thread deleter(
+      [&] { deleted = manager_->DeleteSession("t", "x", false, "d-x"); });
+  absl::SleepFor(absl::Milliseconds(200));
+  release.Notify();
+  loader.join();
+  deleter.join();
+  EXPECT_TRUE(deleted.ok()) << deleted;
+  EXPECT_FALSE(manager_->IsResident("t", "x"));
+  EXPECT_EQ(GetReason(manager_->GetSession("t", "x").status()),
+            Reason::kSessionNotFound);
+  faulty_->hold_loads = nullptr;
+}
+
 // A refused delete's "being deleted" ends only the writers it ended: a
 // later writer of the same session whose ingest the drain cancels hears
 // the drain's OVERLOADED (which a gateway moves elsewhere), not

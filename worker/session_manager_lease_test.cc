@@ -11,6 +11,7 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "state_store/testing/forwarding_store.h"
+#include "worker/metrics.h"
 #include "worker/session_manager.h"
 #include "worker/session_manager_test_fixture.h"
 
@@ -191,6 +192,61 @@ TEST_F(SessionManagerLeaseTest, RenewLeasesNowDropsWhatTheStoreNoLongerHas) {
   EXPECT_TRUE(manager_->IsResident("t", "kept"));
   auto lost = manager_->GetSession("t", "lost");
   EXPECT_EQ(lost.status().code(), absl::StatusCode::kNotFound) << lost.status();
+}
+
+// Renews nothing while `refusing` (a store refusing writes: UNAVAILABLE
+// for each lease), counting the rounds.
+class RefusingRenewals final : public testing::ForwardingStore {
+ public:
+  using ForwardingStore::ForwardingStore;
+  std::atomic<bool> refusing{false};
+  std::atomic<int> refused_rounds{0};
+  std::vector<absl::StatusOr<Lease>> RenewLeases(
+      const std::string& owner, const std::vector<LeaseToRenew>& leases,
+      absl::Duration ttl) override {
+    if (!refusing.load()) {
+      return ForwardingStore::RenewLeases(owner, leases, ttl);
+    }
+    std::vector<absl::StatusOr<Lease>> out(
+        leases.size(), MakeError(absl::StatusCode::kUnavailable,
+                                 Reason::kStoreUnavailable, "READONLY"));
+    ++refused_rounds;
+    return out;
+  }
+};
+
+// Renewals the store refuses keep the sessions (a lapsed lease nobody took
+// lets this owner commit still) but are counted: operators see leases
+// lapsing before other workers take the sessions over.
+TEST_F(SessionManagerLeaseTest, RefusedRenewalsAreCounted) {
+  RefusingRenewals refusing(store_.get());
+  WorkerMetrics metrics("memory");
+  SessionManagerOptions o;
+  o.owner = "test-worker";
+  o.lease_ttl = absl::Hours(3);  // renewals only when asked
+  o.metrics = &metrics;
+  manager_.reset();
+  auto m = SessionManager::Create(o, model_.get(), tokenizer_.get(),
+                                  scheduler_.get(), &refusing);
+  ASSERT_TRUE(m.ok()) << m.status();
+  manager_ = *std::move(m);
+  for (const char* id : {"a", "b"}) {
+    Create(id);
+    auto w = Open(id);
+    ASSERT_TRUE(Append(w, 0, "x", true, true).ok());
+    ASSERT_TRUE(Close(w).ok());
+  }
+  refusing.refusing = true;
+  manager_->RenewLeasesNow();
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (refusing.refused_rounds.load() == 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  manager_.reset();  // the round is over (and before `refusing`)
+  EXPECT_NE(
+      metrics.Render().find("\nstatestream_lease_renewal_failures_total 2\n"),
+      std::string::npos)
+      << metrics.Render();
 }
 
 // A resident session deleted through another worker (a gateway sends a

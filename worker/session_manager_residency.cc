@@ -204,6 +204,9 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
   absl::MutexLock load(&load_mu_);
   {
     absl::MutexLock lock(&mu_);
+    // A drain that began while this load waited its turn: the session may
+    // be another worker's by now, and the takeover below would fence it.
+    if (draining_) return Draining();
     auto it = resident_.find(mk);
     if (it != resident_.end()) return it->second;
   }
@@ -519,6 +522,10 @@ void SessionManager::Impl::RenewLeasesOf(
         !r.empty() && std::all_of(r.begin(), r.end(), [](const auto& x) {
           return x.status().code() == absl::StatusCode::kUnavailable;
         });
+    // Any other failure keeps the copy (a lease that lapsed with nobody
+    // taking over still lets this owner commit), counted for operators: a
+    // store refusing renewals for a TTL lets other workers take over.
+    int64_t failed = batch.size() > r.size() ? batch.size() - r.size() : 0;
     for (size_t k = 0; k < batch.size() && k < r.size(); ++k) {
       const absl::Status& st = r[k].status();
       if (GetReason(st) == Reason::kFenced ||
@@ -526,7 +533,12 @@ void SessionManager::Impl::RenewLeasesOf(
         Drop(batch[k], st.code() == absl::StatusCode::kNotFound
                            ? Session::Gone::kDeleted
                            : Session::Gone::kFenced);
+      } else if (!st.ok()) {
+        ++failed;
       }
+    }
+    if (failed > 0 && opt_.metrics != nullptr) {
+      opt_.metrics->AddLeaseRenewalFailures(failed);
     }
     if (down) return;
   }

@@ -108,13 +108,21 @@ class LosingStore final : public testing::ForwardingStore {
     return res;
   }
   // When set, every LoadVersion waits for it (after notifying
-  // load_started).
+  // load_started): before reading the version, or after when
+  // hold_after_read (a load that read the session and is yet to map it).
   absl::Notification* hold_loads = nullptr;
+  bool hold_after_read = false;
   absl::Notification load_started;
   // A version whose state no load can read (as one whose chunk was lost).
   std::atomic<uint64_t> corrupt_version{0};
   absl::StatusOr<LoadedVersion> LoadVersion(const SessionKey& k,
                                             uint64_t version) override {
+    if (hold_loads != nullptr && hold_after_read) {
+      auto read = ForwardingStore::LoadVersion(k, version);
+      if (!load_started.HasBeenNotified()) load_started.Notify();
+      hold_loads->WaitForNotification();
+      return read;
+    }
     if (hold_loads != nullptr) {
       if (!load_started.HasBeenNotified()) load_started.Notify();
       hold_loads->WaitForNotification();
