@@ -84,5 +84,31 @@ TEST(BatchPlanTest, DecodeBatchIsOneRowPerSequence) {
   EXPECT_EQ(chunks[1].logits.back().seq, 299);
 }
 
+// The runners size their tables for max_rows rows: 7 ints a row at most
+// (3 per row, 3 per segment, 1 per logit row). With increasing positions
+// (CudaModel::Forward refuses others) a chunk never holds more logit rows
+// than rows, whatever the split: sequences spanning several chunks, ending
+// on a chunk's edge, every position requested, or max_rows of 1.
+TEST(BatchPlanTest, IncreasingPositionsFitTheRunnersTables) {
+  std::vector<int32_t> tok(1000, 3);
+  std::vector<int32_t> every(1000);
+  for (int i = 0; i < 1000; ++i) every[i] = i;
+  const int32_t last[] = {999};
+  for (int max_rows : {1, 7, 64, 100, 1024}) {
+    std::vector<PlanInput> in = {{tok.data(), 1000, every.data(), 1000},
+                                 {tok.data(), 100, every.data(), 100},
+                                 {tok.data(), 1000, last, 1},
+                                 {tok.data(), 37, nullptr, 0}};
+    size_t logit_rows = 0;
+    for (const Chunk& c : PlanChunks(in, max_rows)) {
+      ASSERT_LE(c.rows(), max_rows);
+      EXPECT_LE(static_cast<int>(c.logits.size()), c.rows());
+      EXPECT_LE(c.Pack().size(), 7u * static_cast<size_t>(max_rows));
+      logit_rows += c.logits.size();
+    }
+    EXPECT_EQ(logit_rows, 1000u + 100u + 1u) << max_rows;
+  }
+}
+
 }  // namespace
 }  // namespace statestream::engine::cuda

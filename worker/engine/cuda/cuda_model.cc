@@ -7,6 +7,7 @@
 #include "worker/engine/cuda/cuda_model.h"
 
 #include <algorithm>
+#include <functional>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -192,13 +193,18 @@ class CudaModel final : public Model {
     const int64_t sf = info().state_floats;
     std::vector<const SequenceWork*> work;
     for (const SequenceWork& w : batch) {
-      // The runners hold one logits row per token of a chunk; the CPU
-      // engine also serves repeated positions, these would overflow it.
-      if (w.logit_positions.size() > w.tokens.size()) {
+      // The runners hold one logits row per token of a chunk, and a
+      // position's row goes to the chunk of its token: positions must be
+      // increasing (the CPU engine also serves repeated ones; here many
+      // repeats of one position would overflow one chunk's rows).
+      if (w.logit_positions.size() > w.tokens.size() ||
+          std::adjacent_find(w.logit_positions.begin(), w.logit_positions.end(),
+                             std::greater_equal<int32_t>()) !=
+              w.logit_positions.end()) {
         return InvalidArgumentError(
             Reason::kInvalidArgument,
-            "the CUDA backend returns at most one logits row per token of a "
-            "sequence's chunk");
+            "the CUDA backend takes increasing logit positions, at most one "
+            "row per token of a sequence");
       }
       if (!w.tokens.empty()) work.push_back(&w);
     }

@@ -363,13 +363,21 @@ float* Rwkv6RunnerImpl::AllocFloats(int64_t floats, std::string* error) {
 
 bool Rwkv6RunnerImpl::Upload(float* dst, const float* src, int64_t floats,
                              std::string* error) {
-  SS_CUDA(cudaMemcpy(dst, src, 4 * floats, cudaMemcpyHostToDevice));
+  // On the runner's stream: a cudaMemcpy goes on the legacy default
+  // stream, which the runner's non-blocking stream does not wait for, and
+  // from pageable memory it may return before the data lands (a kernel
+  // could read the slot's previous session). Pageable memory is staged
+  // before this returns, so `src` may be reused at once.
+  SS_CUDA(
+      cudaMemcpyAsync(dst, src, 4 * floats, cudaMemcpyHostToDevice, stream_));
   return true;
 }
 
 bool Rwkv6RunnerImpl::Download(float* dst, const float* src, int64_t floats,
                                std::string* error) {
-  SS_CUDA(cudaMemcpy(dst, src, 4 * floats, cudaMemcpyDeviceToHost));
+  SS_CUDA(
+      cudaMemcpyAsync(dst, src, 4 * floats, cudaMemcpyDeviceToHost, stream_));
+  SS_CUDA(cudaStreamSynchronize(stream_));
   return true;
 }
 
