@@ -238,35 +238,43 @@ class AppendReactor final
       for (SessionManager* m : models_->managers()) {
         if (m->IsResident(tenant_, session_id_)) resident = m;
       }
-      auto open = [this, resident, in = std::move(in)]() mutable {
+      // False (nothing done) when the session, resident a moment ago, is
+      // not any more and may_load is false: evicted meanwhile, its load
+      // goes to the pool too.
+      auto open = [this, resident, in = std::move(in)](bool may_load) mutable {
         {
           // The call ended while this waited: it must not take the
           // session's writer slot (ending a live writer) for nobody.
           Locked<ThisReactor> lock(this);
           if (finish_) {
             op_pending_ = false;
-            return MaybeFinishLocked();
+            MaybeFinishLocked();
+            return true;
           }
         }
         SessionManager* m = resident;
         std::shared_ptr<SessionManager::Writer> writer;
-        absl::Status st = OpenWriter(in, &m, &writer);
+        absl::Status st = OpenWriter(in, may_load, &m, &writer);
+        if (st.ok() && writer == nullptr) return false;
         {
           Locked<ThisReactor> lock(this);
           m_ = m;
           writer_ = std::move(writer);
           if (!st.ok() || finish_) {  // failed, or the call ended meanwhile
             op_pending_ = false;      // (OnDone abandons the writer)
-            if (!st.ok()) return SetFinishLocked(st);
-            return MaybeFinishLocked();
+            if (!st.ok()) {
+              SetFinishLocked(st);
+            } else {
+              MaybeFinishLocked();
+            }
+            return true;
           }
         }
         AppendNow(std::move(in));
+        return true;
       };
-      if (resident != nullptr) {
-        open();
-      } else {
-        pool_->Post(std::move(open));
+      if (resident == nullptr || !open(/*may_load=*/false)) {
+        pool_->Post([open = std::move(open)]() mutable { open(true); });
       }
       return absl::OkStatus();
     }
@@ -280,22 +288,26 @@ class AppendReactor final
 
   // The first request's writer (and model, unless *m is given), once the
   // request is checked whole against that model. No reactor state is
-  // touched (it may run on the pool).
-  absl::Status OpenWriter(const AppendInput& in, SessionManager** m,
+  // touched (it may run on the pool). Without may_load, *writer stays null
+  // when the session is not resident (SessionManager::OpenWriter).
+  absl::Status OpenWriter(const AppendInput& in, bool may_load,
+                          SessionManager** m,
                           std::shared_ptr<SessionManager::Writer>* writer) {
     if (*m == nullptr) {
       SS_ASSIGN_OR_RETURN(*m, models_->ForSession(tenant_, session_id_));
     }
     SS_RETURN_IF_ERROR((*m)->CheckAppend(in));
     std::weak_ptr<Link<AppendReactor>> weak = link_;
-    SS_ASSIGN_OR_RETURN(
-        *writer,
-        (*m)->OpenWriter(tenant_, session_id_, [weak](const absl::Status& why) {
-          auto link = weak.lock();
-          if (link == nullptr) return;
-          absl::MutexLock lock(&link->mu);
-          if (link->reactor != nullptr) link->reactor->Superseded(why);
-        }));
+    SS_ASSIGN_OR_RETURN(*writer, (*m)->OpenWriter(
+                                     tenant_, session_id_,
+                                     [weak](const absl::Status& why) {
+                                       auto link = weak.lock();
+                                       if (link == nullptr) return;
+                                       absl::MutexLock lock(&link->mu);
+                                       if (link->reactor != nullptr)
+                                         link->reactor->Superseded(why);
+                                     },
+                                     may_load));
     return absl::OkStatus();
   }
 

@@ -356,10 +356,14 @@ class SessionManager {
   // way, or why the session left this worker (ABORTED/FENCED when another
   // took it over, UNAVAILABLE when evicted or draining). Close() commits
   // applied-but-uncommitted input.
+  // With `may_load` false nothing is read from the store: a session not
+  // resident is nullptr (and `superseded` unused), for a caller on a thread
+  // that must not block (gRPC's), which then opens on one that may.
   class Writer;
   absl::StatusOr<std::shared_ptr<Writer>> OpenWriter(
       const std::string& tenant, const std::string& session_id,
-      std::function<void(const absl::Status&)> superseded);
+      std::function<void(const absl::Status&)> superseded,
+      bool may_load = true);
   void Append(const std::shared_ptr<Writer>& writer, AppendInput input,
               std::function<void(absl::StatusOr<AppendAck>)> done);
   // What Append refuses whatever the session holds (INVALID_ARGUMENT): text

@@ -590,13 +590,23 @@ absl::Status SessionManager::CheckAppend(const AppendInput& in) const {
 }
 
 absl::StatusOr<std::shared_ptr<SessionManager::Writer>>
-SessionManager::OpenWriter(
-    const std::string& tenant, const std::string& session_id,
-    std::function<void(const absl::Status&)> superseded) {
+SessionManager::OpenWriter(const std::string& tenant,
+                           const std::string& session_id,
+                           std::function<void(const absl::Status&)> superseded,
+                           bool may_load) {
   Impl& m = *impl_;
   for (;;) {
-    SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
-                        m.Resident({tenant, session_id}));
+    std::shared_ptr<Session> s;
+    if (may_load) {
+      SS_ASSIGN_OR_RETURN(s, m.Resident({tenant, session_id}));
+    } else {
+      absl::MutexLock lock(&m.mu_);
+      if (m.draining_) return Draining();
+      auto it = m.resident_.find(Impl::MapKey({tenant, session_id}));
+      if (it == m.resident_.end()) return nullptr;
+      s = it->second;
+      s->last_use = ++m.tick_;
+    }
     std::function<void(const absl::Status&)> old;
     auto w = std::make_shared<Writer>();
     {

@@ -631,5 +631,34 @@ TEST_F(SessionManagerTest, ARollbackOrAnImportGetsPastAnUnreadableHead) {
   faulty_->corrupt_version = 0;
 }
 
+// A writer opened without loading (an Append's first request on gRPC's
+// thread) is nullptr for a session not resident, with nothing read from
+// the store and nothing loaded; a resident session's opens as usual.
+TEST_F(SessionManagerTest, AWriterOpenedWithoutLoadingNeedsTheSessionResident) {
+  faulty_ = std::make_unique<LosingStore>(store_.get());
+  Start(SessionManagerOptions{});
+  Create("cold");
+  Start(SessionManagerOptions{});  // a fresh manager: "cold" not resident
+  faulty_->hung = true;            // any store read would fail
+  auto none = manager_->OpenWriter(
+      "t", "cold", [](const absl::Status&) {}, /*may_load=*/false);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(*none, nullptr);
+  EXPECT_EQ(faulty_->hung_calls.load(), 0);
+  EXPECT_FALSE(manager_->IsResident("t", "cold"));
+  faulty_->hung = false;
+  auto w = Open("cold");  // loads it
+  ASSERT_NE(w, nullptr);
+  ASSERT_TRUE(Append(w, 0, "x").ok());
+  faulty_->hung = true;
+  auto next = manager_->OpenWriter(
+      "t", "cold", [](const absl::Status&) {}, /*may_load=*/false);
+  ASSERT_TRUE(next.ok()) << next.status();
+  ASSERT_NE(*next, nullptr);
+  EXPECT_EQ(faulty_->hung_calls.load(), 0);
+  faulty_->hung = false;
+  EXPECT_TRUE(Close(*next).ok());
+}
+
 }  // namespace
 }  // namespace statestream::worker
