@@ -2,11 +2,15 @@
 # SPDX-License-Identifier: Apache-2.0
 # Compiles the protos for Python and imports the generated modules.
 # Usage: check_python.sh PROTOC GRPC_PYTHON_PLUGIN PYTHON PROTO_DIR FILE...
-# Exit 77 (skipped) when PYTHON has no grpc module.
+# Exit 77 (skipped) when PYTHON has no grpc module, or 1 under CI (CI set).
 set -eu
 protoc=$1 plugin=$2 python=$3 dir=$4
 shift 4
 if ! "$python" -c 'import grpc' 2>/dev/null; then
+  if [ -n "${CI:-}" ]; then
+    echo "FAIL: $python cannot import grpc (CI is set; install python3-grpcio)"
+    exit 1
+  fi
   echo "skipped: $python cannot import grpc (install python3-grpcio)"
   exit 77
 fi
