@@ -362,6 +362,17 @@ TEST_F(StreamSlotsTest, ALimitSetWhileRunningHoldsAcrossGateways) {
   EXPECT_TRUE(again.ok()) << again.status();
 }
 
+// A refusal for the tenant's stream limit `max` (not a store error).
+void ExpectStreamLimit(const absl::StatusOr<TenantLimits::StreamSlot>& r,
+                       const std::string& max) {
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted)
+      << r.status();
+  EXPECT_EQ(GetReason(r.status()), Reason::kTenantLimit);
+  EXPECT_EQ(GetErrorMetadata(r.status(), "limit"), "max_streams");
+  EXPECT_EQ(GetErrorMetadata(r.status(), "max"), max);
+}
+
 // Renewed while open, a slot outlives its ttl; the slot of a gateway that
 // died (taken in the store, never renewed nor released) frees itself.
 TEST_F(StreamSlotsTest, OpenStreamsAreRenewedAndADeadGatewaysExpire) {
@@ -373,7 +384,7 @@ TEST_F(StreamSlotsTest, OpenStreamsAreRenewedAndADeadGatewaysExpire) {
   absl::StatusOr<bool> dead =
       store_b_->AcquireTenantSlot("acme", "dead:0", 2, absl::Seconds(1));
   ASSERT_TRUE(dead.ok() && *dead);
-  EXPECT_FALSE(a.AcquireStream("acme").ok());
+  ExpectStreamLimit(a.AcquireStream("acme"), "2");
   absl::SleepFor(absl::Seconds(5));  // past both ttls
   EXPECT_EQ(InStore("acme"), 1);     // renewed; the dead one gone
   auto next = a.AcquireStream("acme");
@@ -398,11 +409,11 @@ TEST_F(StreamSlotsTest, AnUnreachableStoreAdmitsOnTheLocalCount) {
   redis_->Kill();
   auto held = a.AcquireStream("acme");
   ASSERT_TRUE(held.ok()) << held.status();
-  EXPECT_FALSE(a.AcquireStream("acme").ok());  // the local count holds
+  ExpectStreamLimit(a.AcquireStream("acme"), "1");  // the local count holds
   ASSERT_TRUE(redis_->Restart().ok());
   EXPECT_TRUE(Eventually([&] { return InStore("acme") == 1; }));
   TenantLimits b(Options(1, absl::Seconds(3)), store_b_.get());
-  EXPECT_FALSE(b.AcquireStream("acme").ok());
+  ExpectStreamLimit(b.AcquireStream("acme"), "1");
 }
 
 // A store whose slot calls fail while `down`, or whose renewals wait at a
@@ -560,7 +571,7 @@ TEST(TenantLimitsTest, StreamsAreCountedInProcessOverAnEmbeddedStore) {
   auto a1 = a.AcquireStream("acme");
   auto b1 = b.AcquireStream("acme");
   EXPECT_TRUE(a1.ok() && b1.ok());
-  EXPECT_FALSE(a.AcquireStream("acme").ok());
+  ExpectStreamLimit(a.AcquireStream("acme"), "1");
 }
 
 // A stopping gateway's slot removal does not wait out a hung store: its

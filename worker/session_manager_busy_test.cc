@@ -522,8 +522,9 @@ TEST_F(SessionManagerTest, ADeleteDuringALoadLeavesNoCopyResident) {
   absl::Notification release;
   faulty_->hold_after_read = true;
   faulty_->hold_loads = &release;
+  absl::StatusOr<std::shared_ptr<SessionManager::Writer>> opened;
   std::thread loader([&] {
-    manager_->OpenWriter("t", "x", [](const absl::Status&) {}).IgnoreError();
+    opened = manager_->OpenWriter("t", "x", [](const absl::Status&) {});
   });
   faulty_->load_started.WaitForNotification();
   absl::Status deleted;
@@ -535,6 +536,14 @@ TEST_F(SessionManagerTest, ADeleteDuringALoadLeavesNoCopyResident) {
   deleter.join();
   EXPECT_TRUE(deleted.ok()) << deleted;
   EXPECT_FALSE(manager_->IsResident("t", "x"));
+  // The writer the load opened acknowledges nothing more: its session is
+  // gone (the delete ran after the load, or the load found it deleted).
+  if (opened.ok()) {
+    EXPECT_EQ(GetReason(Append(*opened, 0, "y").status()),
+              Reason::kSessionNotFound);
+  } else {
+    EXPECT_EQ(GetReason(opened.status()), Reason::kSessionNotFound);
+  }
   EXPECT_EQ(GetReason(manager_->GetSession("t", "x").status()),
             Reason::kSessionNotFound);
   faulty_->hold_loads = nullptr;
