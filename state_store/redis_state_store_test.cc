@@ -83,6 +83,7 @@ class RedisEnv : public StoreEnv {
   void Advance(absl::Duration d) override { absl::SleepFor(d); }
   // Flips a byte in the middle of the version's largest chunk (the state
   // payload; the header and the CRC table are chunks of their own).
+  bool CanCorrupt() const override { return true; }
   bool CorruptStoredVersion(const SessionKey& key, uint64_t version) override {
     const std::string pattern = absl::StrCat(
         "ss:{", key.tenant, "/", key.session_id, "}:v", version, ":*:c*");

@@ -44,6 +44,7 @@ class SqliteEnv : public StoreEnv {
     return NewSqliteStateStore(o);
   }
   void Advance(absl::Duration d) override { clock_.Advance(d); }
+  bool CanCorrupt() const override { return true; }
   bool CorruptStoredVersion(const SessionKey& key, uint64_t version) override {
     sqlite3* db = nullptr;
     if (sqlite3_open(path().c_str(), &db) != SQLITE_OK) return false;

@@ -28,8 +28,12 @@ class StoreEnv {
   // Moves the stores' time forward by `d` (a fake clock, or real sleeping
   // for servers with their own clock).
   virtual void Advance(absl::Duration d) = 0;
-  // Flips one byte of the stored bytes of `version`; false if this
-  // implementation offers no way to do so (the test is then skipped).
+  // Whether CorruptStoredVersion can damage this store's bytes (the test
+  // of damaged bytes is skipped only where it cannot; where it can, a
+  // corruption that finds nothing to flip fails the test).
+  virtual bool CanCorrupt() const { return false; }
+  // Flips one byte of the stored bytes of `version`; false if that failed
+  // (or this implementation offers no way to do so).
   virtual bool CorruptStoredVersion(const SessionKey& key, uint64_t version) {
     (void)key;
     (void)version;
