@@ -85,11 +85,13 @@ def resumed_after_the_session_moved(server, session_id, **generate):
     return run(main())
 
 
-def test_async_resumed_generate_that_diverges_is_not_joined(server):
+def test_async_resumed_sampled_generate_on_a_moved_session_is_not_joined(
+        server):
     e = resumed_after_the_session_moved(
         server, "diverge", temperature=1.0, logprobs=True, top_logprobs=5,
         request_id="diverging")
     assert e.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert e.reason == "POSITION_MISMATCH"
 
 
 def test_async_resumed_greedy_generate_on_a_moved_session_is_not_joined(

@@ -220,16 +220,20 @@ def resumed_after_the_session_moved(server, client, session_id, **generate):
     return e.value
 
 
-def test_a_resumed_generate_that_diverges_is_not_joined(server, client):
-    # The server's seed derives from the input_offset, which the append in
-    # between moves: the resumed call's tokens differ, and the stream raises
-    # FAILED_PRECONDITION (not retryable: the same call cannot continue the
-    # delivered output) instead of joining the two outputs.
+def test_a_resumed_sampled_generate_on_a_moved_session_is_not_joined(
+        server, client):
+    # A sampled generation is pinned to its start as a greedy one is (the
+    # server's seed derives from the input_offset, which the append in
+    # between moves): the stream raises the server's POSITION_MISMATCH (not
+    # retryable: the same call cannot continue the delivered output)
+    # instead of joining the two outputs. (Output that differs on the same
+    # input, RESUME_DIVERGED, is test_faults.py's, from a scripted server.)
     e = resumed_after_the_session_moved(
         server, client, "diverge", temperature=1.0, logprobs=True,
         top_logprobs=5, request_id="diverging")
     assert e.code == grpc.StatusCode.FAILED_PRECONDITION
     assert not is_retryable(e)
+    assert e.reason == "POSITION_MISMATCH"
 
 
 def test_a_resumed_greedy_generate_on_a_moved_session_is_not_joined(

@@ -152,6 +152,7 @@ def test_writer_errors_stick(server):
         with pytest.raises(StatestreamError) as first:
             w.sync()
         assert first.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert first.value.reason == "INVALID_TOKEN"
         for call in (lambda: w.write("more"), w.flush, w.sync, w.checkpoint,
                      w.close):
             with pytest.raises(StatestreamError) as again:
@@ -171,6 +172,7 @@ def test_async_writer_errors_stick(server):
             with pytest.raises(StatestreamError) as first:
                 await w.sync()
             assert first.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert first.value.reason == "INVALID_TOKEN"
             for call in (lambda: w.write("more"), w.flush, w.sync,
                          w.checkpoint, w.close):
                 with pytest.raises(StatestreamError) as again:
@@ -197,22 +199,23 @@ def test_text_is_checked_whole_before_any_of_it_is_sent(server, aio):
         assert e.value.reason == "INVALID_UTF8", e.value
         assert e.value.metadata["input_offset"] == str(offset)
 
+    async def aexpect(call, offset):
+        with pytest.raises(StatestreamError) as e:
+            await call()
+        assert e.value.reason == "INVALID_UTF8", e.value
+        assert e.value.metadata["input_offset"] == str(offset)
+
     async def run_async():
         async with AsyncClient(server.address) as c:
             s = c.session((await c.create_session()).session_id)
-            with pytest.raises(StatestreamError) as e:
-                await s.append(b"abc\xe2\x82")
-            assert e.value.metadata["input_offset"] == "3"
+            await aexpect(lambda: s.append(b"abc\xe2\x82"), 3)
             assert (await s.get()).input_offset == 0
             async with await s.writer(max_chunk_bytes=1000) as w:
-                with pytest.raises(StatestreamError):
-                    await w.write(bytes(bad))
+                await aexpect(lambda: w.write(bytes(bad)), 4000)
                 assert w.offset == 0
                 await w.write(b"ok \xe2")
-                with pytest.raises(StatestreamError):
-                    await w.flush()
-                with pytest.raises(StatestreamError):
-                    await w.write("x")
+                await aexpect(w.flush, 3)
+                await aexpect(lambda: w.write("x"), 3)
                 await w.write(b"\x82\xac")
                 await w.flush()
             async with await s.writer() as w:  # the session's open char
@@ -221,14 +224,14 @@ def test_text_is_checked_whole_before_any_of_it_is_sent(server, aio):
                 await w.write(b"\x82")
                 await w.write(b"\xac!")
                 await w.write(b"a\xe2")
-                with pytest.raises(StatestreamError):
-                    await w.write_tokens([65])  # tokens flush the text
-                with pytest.raises(StatestreamError):
-                    await w.write(b"\x82\xac\xed\xa0")  # a surrogate's start
+                # tokens flush the text
+                await aexpect(lambda: w.write_tokens([65]), 11)
+                # a surrogate's start
+                await aexpect(lambda: w.write(b"\x82\xac\xed\xa0"), 14)
                 await w.write(b"\x82\xac")
                 await w.write_tokens([65])
-            with pytest.raises(StatestreamError):
-                await s.append(b"caf\xc3", tokens=[65], flush=False)
+            await aexpect(
+                lambda: s.append(b"caf\xc3", tokens=[65], flush=False), 18)
             return (await s.get()).input_offset
 
     def run_sync():
