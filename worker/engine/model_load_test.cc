@@ -239,5 +239,55 @@ TEST(ModelTest, MissingTensorIsAClearError) {
             std::string::npos);
 }
 
+// Training code writes layer 0's value LoRA (v0, v1, v2) too, which the
+// model never uses (layer 0's value is v_first): such a file is the same
+// model, with the same fingerprint, state and logits, as one without them,
+// and a one-layer file carrying them loads.
+TEST(ModelTest, Layer0ValueLoraOfATrainingFileIsIgnored) {
+  for (int layers : {1, 2}) {
+    auto tensors = RandomRwkv7({.n_layer = layers,
+                                .n_embd = 64,
+                                .vocab_size = 50,
+                                .head_size = 32,
+                                .d_mv = 6});
+    ASSERT_TRUE(tensors.ok()) << tensors.status();
+    std::vector<NamedTensor> extra = *tensors;
+    const int64_t C = 64;
+    auto filled = [](std::string name, std::vector<int64_t> shape, float v) {
+      int64_t n = 1;
+      for (int64_t d : shape) n *= d;
+      return NamedTensor{std::move(name), std::move(shape),
+                         std::vector<float>(n, v)};
+    };
+    extra.push_back(filled("blocks.0.att.v0", {1, 1, C}, 0.3f));
+    extra.push_back(filled("blocks.0.att.v1", {C, 6}, 0.02f));
+    extra.push_back(filled("blocks.0.att.v2", {6, C}, -0.05f));
+    const std::string plain_path = TempPath("plain.safetensors");
+    const std::string extra_path = TempPath("extra.safetensors");
+    ASSERT_TRUE(WriteCheckpoint(plain_path, *tensors, DType::kF32).ok());
+    ASSERT_TRUE(WriteCheckpoint(extra_path, extra, DType::kF32).ok());
+    auto plain = LoadModel(plain_path);
+    auto with = LoadModel(extra_path);
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    ASSERT_TRUE(with.ok()) << layers << ": " << with.status();
+    EXPECT_EQ((*with)->info().fingerprint, (*plain)->info().fingerprint);
+    const std::vector<int32_t> tokens = {3, 14, 15, 9, 26, 5};
+    const int32_t last[] = {5};
+    auto run = [&](Model& m, std::vector<float>* logits) {
+      std::vector<float> state(m.info().state_floats);
+      m.InitState(state.data());
+      logits->assign(50, 0);
+      SequenceWork w{tokens, state.data(), last, logits->data()};
+      EXPECT_TRUE(m.Forward({&w, 1}).ok());
+      return state;
+    };
+    std::vector<float> a, b;
+    EXPECT_EQ(run(**with, &b), run(**plain, &a)) << layers;
+    EXPECT_EQ(b, a) << layers;
+    std::remove(plain_path.c_str());
+    std::remove(extra_path.c_str());
+  }
+}
+
 }  // namespace
 }  // namespace statestream::engine

@@ -119,6 +119,13 @@ std::vector<Case> Cases() {
         .vocab_size = 300,
         .head_size = 64,
         .seed = 14}},
+      // Head size 128: the state step's run-time-n path at its widest.
+      {"x070",
+       {.n_layer = 2,
+        .n_embd = 256,
+        .vocab_size = 517,
+        .head_size = 128,
+        .seed = 23}},
       {"x060",
        {.n_layer = 2,
         .n_embd = 96,
