@@ -342,6 +342,7 @@ TEST_F(GatewayTest, AnAppendWhoseFirstRequestNamesNoSessionIsRefused) {
     const Appended out = AppendThrough({first, AppendAt("r1", 2, "cd")});
     const absl::Status st = FromGrpcStatus(out.status);
     EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_EQ(GetReason(st), Reason::kInvalidArgument) << st;
     EXPECT_EQ(GetErrorMetadata(st, "field"), "session_id") << st;
     EXPECT_TRUE(out.acked.empty());
   }
@@ -398,6 +399,9 @@ TEST_F(GatewayTest, AnAppendRequestForAnotherSessionIsRefused) {
       AppendThrough({AppendAt("ab", 0, "ab"), other, AppendAt("ef", 2, "ef")});
   EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
       << out.status.error_message();
+  const absl::Status st = FromGrpcStatus(out.status);
+  EXPECT_EQ(GetReason(st), Reason::kInvalidArgument) << st;
+  EXPECT_EQ(GetErrorMetadata(st, "field"), "session_id") << st;
   EXPECT_EQ(out.acked, std::vector<std::string>{"ab"});
   std::vector<std::string> seen = workers_[0]->appended();
   for (const std::string& r : workers_[1]->appended()) seen.push_back(r);

@@ -398,6 +398,7 @@ TEST_F(ClusterChaosTest, RedisRestartedEmptyResurrectsNothing) {
     EXPECT_FALSE(stream->Read(&ack)) << ack.DebugString();
     const absl::Status st = FromGrpcStatus(stream->Finish());
     EXPECT_EQ(st.code(), absl::StatusCode::kNotFound) << st;
+    EXPECT_EQ(GetReason(st), Reason::kSessionNotFound) << st;
   }
   // No worker writes its stale copy back (its lease renewal, an idle
   // commit) over the next heartbeats.

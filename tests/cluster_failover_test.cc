@@ -316,6 +316,7 @@ TEST_F(ClusterFailoverTest, TenantsAreIsolatedThroughTheGateway) {
   EXPECT_TRUE(Create("shared-name", 1, "beta").ok());
   auto bad = Get("shared-name", 0, "Not A Tenant");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(GetReason(bad.status()), Reason::kUnauthenticated);
 }
 
 // The owner drained (SIGTERM) under an open Append: the sessions it evicts

@@ -47,11 +47,14 @@ TEST_F(WorkerE2eTest, BadInputGetsTypedErrors) {
   EXPECT_EQ(got->input_offset(), 0u);  // nothing applied
 
   v1::GenerateRequest g = GenRequest("bad", "nothing-yet", 4, false);
-  EXPECT_EQ(Generate(g).status.code(), absl::StatusCode::kFailedPrecondition);
+  st = Generate(g).status;
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_EQ(GetReason(st), Reason::kInvalidArgument) << st;
   g.mutable_sampling()->set_top_p(2);
   g.mutable_prompt_tokens()->add_ids(1);
   st = Generate(g).status;
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GetReason(st), Reason::kInvalidArgument) << st;
   EXPECT_EQ(GetErrorMetadata(st, "field"), "sampling.top_p") << st;
   g.mutable_sampling()->clear_top_p();
   g.add_stop_tokens(999);
@@ -79,6 +82,8 @@ TEST_F(WorkerE2eTest, BadInputGetsTypedErrors) {
   auto ctx2 = Ctx();
   st = FromGrpcStatus(sessions_->CreateSession(ctx2.get(), create, &s));
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GetReason(st), Reason::kInvalidArgument) << st;
+  EXPECT_EQ(GetErrorMetadata(st, "field"), "request_id") << st;
   // A durability level this version does not know is refused, not taken
   // for the default (a lower level than asked).
   create.set_request_id("future-durability");

@@ -231,6 +231,21 @@ TEST_P(WorkerRestartPrecisionTest, SessionsResumeAfterARestart) {
   EXPECT_EQ(s.version(), 2u);
   EXPECT_EQ(generate(streams.get(), false), before);
   EXPECT_EQ(generate(streams.get(), true), before);
+  // An FSYNC ack survives a SIGKILL too, when no drain commits anything.
+  const v1::AppendResponse killed_ack =
+      CreateWithText(sessions.get(), streams.get(), "killed",
+                     "kept across kill -9", v1::DURABILITY_FSYNC);
+  ASSERT_FALSE(HasFailure());
+  server->Signal(SIGKILL);
+  ASSERT_TRUE(server->Wait(absl::Seconds(60)).ok());
+  auto [again, sessions_again, streams_again] = start();
+  ASSERT_NE(again, nullptr);
+  get.set_session_id("killed");
+  grpc::ClientContext after_kill;
+  ASSERT_TRUE(sessions_again->GetSession(&after_kill, get, &s).ok());
+  EXPECT_EQ(s.input_offset(), 19u);
+  EXPECT_EQ(s.position(), killed_ack.position());
+  EXPECT_EQ(s.version(), killed_ack.version());
   std::filesystem::remove_all(dir);
 }
 
