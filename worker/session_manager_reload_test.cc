@@ -660,5 +660,42 @@ TEST_F(SessionManagerTest, AWriterOpenedWithoutLoadingNeedsTheSessionResident) {
   EXPECT_TRUE(Close(*next).ok());
 }
 
+// With the World tokenizer (which holds text back: runs of spaces, "==",
+// a character split across appends), text appended a byte at a time,
+// committed now and then and evicted and reloaded in between, ends in the
+// state the whole text appended at once gives: the held-back tail and the
+// open character travel through every commit and load.
+TEST_F(SessionManagerTest, AWorldTailSurvivesCommitsAndEvictionsExactly) {
+  SessionManagerOptions o;
+  o.residency_bytes = 1;  // one session resident: a load evicts the other
+  StartWorld(o);
+  const std::string text =
+      "Hello   world==  \xE2\x82\xAC x==y\n\n  caf\xC3\xA9 done";
+  Create("whole");
+  {
+    auto w = Open("whole");
+    ASSERT_TRUE(Append(w, 0, text, true, true).ok());
+    ASSERT_TRUE(Close(w).ok());
+  }
+  Create("split");
+  Create("other");
+  for (size_t i = 0; i < text.size(); ++i) {
+    auto v = Open("split");
+    ASSERT_NE(v, nullptr) << i;
+    ASSERT_TRUE(Append(v, i, text.substr(i, 1), false, i % 5 == 0).ok()) << i;
+    ASSERT_TRUE(Close(v).ok()) << i;
+    if (i % 7 == 3) {
+      auto other = Open("other");  // evicts "split"
+      ASSERT_NE(other, nullptr);
+      ASSERT_TRUE(Close(other).ok());
+      ASSERT_FALSE(manager_->IsResident("t", "split")) << i;
+    }
+  }
+  auto v = Open("split");
+  ASSERT_TRUE(Append(v, text.size(), "", true, true).ok());
+  ASSERT_TRUE(Close(v).ok());
+  EXPECT_EQ(Blob("split"), Blob("whole"));
+}
+
 }  // namespace
 }  // namespace statestream::worker
