@@ -18,6 +18,9 @@ constexpr char kCarryId[] = "\x01utf8-carry";
 // A carry known to be the tail's (no bytes): readers that predate it keep
 // it as an in-progress record no request id matches, like kCarryId.
 constexpr char kCarryKnownId[] = "\x01utf8-known";
+// The history base (EncodeSamplerSideData) as one more record, kept by
+// workers that predate it as an in-progress record, like kCarryId.
+constexpr char kHistoryBaseId[] = "\x01history-base";
 
 template <typename T>
 void Put(T v, std::string* out) {
@@ -79,13 +82,16 @@ absl::Status Corrupt(const char* what) {
 
 std::string EncodeSamplerSideData(const std::string& sampler,
                                   const std::deque<GenerationRecord>& records,
-                                  const Utf8Carry& carry) {
+                                  const Utf8Carry& carry,
+                                  uint64_t history_base) {
   const bool with_carry = !carry.bytes.empty() || carry.known;
-  if (records.empty() && !with_carry) return sampler;
+  const bool with_base = history_base > 0;
+  if (records.empty() && !with_carry && !with_base) return sampler;
   std::string out(kMagic, kMagicLen);
   Put<uint32_t>(static_cast<uint32_t>(sampler.size()), &out);
   out += sampler;
-  Put<uint32_t>(static_cast<uint32_t>(records.size() + (with_carry ? 1 : 0)),
+  Put<uint32_t>(static_cast<uint32_t>(records.size() + (with_carry ? 1 : 0) +
+                                      (with_base ? 1 : 0)),
                 &out);
   for (const GenerationRecord& r : records) PutRecord(r, &out);
   if (with_carry) {
@@ -100,15 +106,24 @@ std::string EncodeSamplerSideData(const std::string& sampler,
     for (unsigned char b : carry.bytes) c.tokens.push_back(b);
     PutRecord(c, &out);
   }
+  if (with_base) {
+    GenerationRecord b;
+    b.request_id = kHistoryBaseId;
+    b.digest = history_base;
+    b.committed_at = absl::UnixEpoch();
+    b.finish = kGenerationInProgress;
+    PutRecord(b, &out);
+  }
   return out;
 }
 
 absl::Status DecodeSamplerSideData(const std::string& value,
                                    std::string* sampler,
                                    std::deque<GenerationRecord>* records,
-                                   Utf8Carry* carry) {
+                                   Utf8Carry* carry, uint64_t* history_base) {
   records->clear();
   if (carry != nullptr) *carry = Utf8Carry();
+  if (history_base != nullptr) *history_base = 0;
   if (value.compare(0, kMagicLen, kMagic) != 0) {
     *sampler = value;
     return absl::OkStatus();
@@ -148,6 +163,11 @@ absl::Status DecodeSamplerSideData(const std::string& value,
       }
       c.known = true;
       if (carry != nullptr) *carry = std::move(c);
+      continue;
+    }
+    if (r.request_id == kHistoryBaseId) {
+      if (!r.tokens.empty()) return Corrupt("history base");
+      if (history_base != nullptr) *history_base = r.digest;
       continue;
     }
     if (r.request_id == kCarryKnownId) {

@@ -66,16 +66,23 @@ struct Utf8Carry {
   bool known = false;  // set by the decoder for either record
 };
 
-// `sampler` alone when `records` are empty and the carry is not known.
+// `history_base`: the input offset where the session's input history last
+// restarted (a rollback or an import: input below it is another history's,
+// so no request below it is a resend of its own), 0 for none.
+// `sampler` alone when `records` are empty, the carry is not known and
+// the base is 0.
 std::string EncodeSamplerSideData(const std::string& sampler,
                                   const std::deque<GenerationRecord>& records,
-                                  const Utf8Carry& carry = {});
+                                  const Utf8Carry& carry = {},
+                                  uint64_t history_base = 0);
 // DATA_LOSS / STATE_CORRUPT for a malformed value. `carry` (optional) is
-// empty unless the value holds one.
+// empty unless the value holds one; `history_base` (optional) 0 unless it
+// holds one.
 absl::Status DecodeSamplerSideData(const std::string& value,
                                    std::string* sampler,
                                    std::deque<GenerationRecord>* records,
-                                   Utf8Carry* carry = nullptr);
+                                   Utf8Carry* carry = nullptr,
+                                   uint64_t* history_base = nullptr);
 // For an import: DATA_LOSS / STATE_CORRUPT for records no worker writes,
 // as a replay answers with them: a finish outside GenerateOutcome::Finish
 // and kGenerationInProgress, a stop string that is not UTF-8 (a proto

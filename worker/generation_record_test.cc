@@ -42,6 +42,33 @@ TEST(GenerationRecordTest, RoundTripsThroughTheSamplerSideData) {
   EXPECT_TRUE(out[1].tokens.empty());
 }
 
+// The history base rides along as one more record, beside the carry and
+// the real records, and reads back apart from them; none is 0.
+TEST(GenerationRecordTest, TheHistoryBaseRoundTrips) {
+  std::deque<GenerationRecord> in = {Rec("a", 2)};
+  const std::string value =
+      EncodeSamplerSideData("S", in, Utf8Carry{"\xE2", 40, true}, 37);
+  std::string sampler;
+  std::deque<GenerationRecord> out;
+  Utf8Carry carry;
+  uint64_t base = 0;
+  ASSERT_TRUE(DecodeSamplerSideData(value, &sampler, &out, &carry, &base).ok());
+  EXPECT_EQ(base, 37u);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].request_id, "a");
+  EXPECT_EQ(carry.bytes, "\xE2");
+  // Alone, it still makes side data; without one, the bare sampler.
+  const std::string alone = EncodeSamplerSideData("S", {}, {}, 5);
+  EXPECT_NE(alone, "S");
+  ASSERT_TRUE(
+      DecodeSamplerSideData(alone, &sampler, &out, nullptr, &base).ok());
+  EXPECT_EQ(base, 5u);
+  EXPECT_TRUE(out.empty());
+  EXPECT_EQ(EncodeSamplerSideData("S", {}, {}, 0), "S");
+  ASSERT_TRUE(DecodeSamplerSideData("S", &sampler, &out, nullptr, &base).ok());
+  EXPECT_EQ(base, 0u);
+}
+
 TEST(GenerationRecordTest, NoRecordsIsTheBareSamplerState) {
   EXPECT_EQ(EncodeSamplerSideData("SAMPLER", {}), "SAMPLER");
   std::string sampler;

@@ -81,8 +81,8 @@ StateSnapshot SessionManager::Impl::Snapshot(const Session* s) const {
   } else if (s->carry_known && s->input_offset > 0) {
     carry = {"", s->input_offset, true};
   }
-  snap.sampler_state =
-      EncodeSamplerSideData(s->sampler_state, s->records, carry);
+  snap.sampler_state = EncodeSamplerSideData(s->sampler_state, s->records,
+                                             carry, s->history_base);
   snap.state.assign(s->live.state.begin(), s->live.state.end());
   if (s->live.position > 0 && s->live.position != s->no_hidden_at) {
     snap.last_hidden = s->live.last_hidden;
@@ -385,7 +385,8 @@ void SessionManager::Impl::AppendOp(
       w->lease_checked = true;
       if (absl::Status st = StillOurs(s.get()); !st.ok()) return fail(st);
     }
-    if (!replaced && in.expected_input_offset + units <= at &&
+    if (!replaced && in.expected_input_offset >= s->history_base &&
+        in.expected_input_offset + units <= at &&
         in.expected_input_offset <= at) {
       AppendAck ack = Ack(s.get(), in.request_id);
       ack.duplicate = true;

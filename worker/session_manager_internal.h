@@ -90,11 +90,14 @@ std::string TailCarry(const std::string& tail);
 
 // The UTF-8 carry a stored state says its input left open, as a load
 // rebuilds it: the recorded carry when it is for this very input, else the
-// tail's. `*known` (optional): whether the state says so for certain.
-// DATA_LOSS / STATE_CORRUPT for malformed side data.
+// tail's. `*known` (optional): whether the state says so for certain;
+// `*history_base` (optional): where its input history last restarted
+// (Session::history_base). DATA_LOSS / STATE_CORRUPT for malformed side
+// data.
 absl::StatusOr<std::string> StateCarry(
     const StateSnapshot& snap, std::string* sampler = nullptr,
-    std::deque<GenerationRecord>* records = nullptr, bool* known = nullptr);
+    std::deque<GenerationRecord>* records = nullptr, bool* known = nullptr,
+    uint64_t* history_base = nullptr);
 
 // Periodic checkpoints of one committing generation (see Generate): at
 // most one commit in flight; a newer checkpoint replaces one still waiting;
@@ -145,6 +148,12 @@ struct Session {
   std::string tail;        // tokenizer tail
   std::string utf8_carry;  // incomplete UTF-8 suffix of the text so far
   bool carry_known = true;
+  // The input offset where the last rollback or import (on any worker:
+  // stored with each version) restarted the input history. Input below it
+  // was another history's: a request below it is no resend of input this
+  // session holds, whichever writer sends it (Writer::replaced covers
+  // only the writers open at the replacement, and only on this copy).
+  uint64_t history_base = 0;
   // The position of a snapshot loaded without last_hidden (an import or a
   // `model eval --state-out` file): until a token is consumed there are no
   // logits for the last token, so Generate needs a prompt and Score input.

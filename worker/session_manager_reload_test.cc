@@ -697,5 +697,52 @@ TEST_F(SessionManagerTest, AWorldTailSurvivesCommitsAndEvictionsExactly) {
   EXPECT_EQ(Blob("split"), Blob("whole"));
 }
 
+// Rolled back to an earlier version and then forward again, a session's
+// offset is back where it was, but its input below that offset may be
+// another history's: a writer opened afterwards, here or on a worker that
+// loads the session (a failover), resending input below it is told
+// POSITION_MISMATCH. Acknowledged as a duplicate, the input was dropped
+// with a "committed" ack, and so was everything after it up to the offset.
+TEST_F(SessionManagerTest, NoRequestBelowARestartedHistoryIsADuplicate) {
+  Create("h");
+  auto w = Open("h");
+  ASSERT_TRUE(Append(w, 0, "0123456789", true, true).ok());  // v2 at 10
+  ASSERT_TRUE(Close(w).ok());
+  ASSERT_TRUE(manager_->Rollback("t", "h", 1, std::nullopt, std::nullopt,
+                                 "back")
+                  .ok());  // v3 at 0
+  ASSERT_TRUE(
+      manager_->Rollback("t", "h", 2, std::nullopt, std::nullopt,
+                         "forward")
+          .ok());  // v4 at 10
+  auto check = [&](const char* where) {
+    auto v = Open("h");
+    auto resent = Append(v, 2, "cd", true, true);
+    EXPECT_EQ(GetReason(resent.status()), Reason::kPositionMismatch)
+        << where << ": "
+        << (resent.ok() ? "acknowledged as a duplicate"
+                        : resent.status().ToString());
+    EXPECT_TRUE(Close(v).ok());
+  };
+  check("this worker");
+  Start(SessionManagerOptions{});  // another worker loads the session
+  check("after a failover");
+  // Input after the restart is this history's: its resend is a duplicate,
+  // and the base travels with the versions committed after it.
+  {
+    auto v = Open("h");
+    ASSERT_TRUE(Append(v, 10, "xy", true, true).ok());  // v5 at 12
+    ASSERT_TRUE(Close(v).ok());
+  }
+  Start(SessionManagerOptions{});
+  check("after a later commit and a failover");
+  auto v = Open("h");
+  auto again = Append(v, 10, "xy", true, true);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->duplicate);
+  EXPECT_EQ(again->input_offset, 12u);
+  ASSERT_TRUE(Close(v).ok());
+}
+
 }  // namespace
 }  // namespace statestream::worker

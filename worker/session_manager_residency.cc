@@ -94,13 +94,19 @@ std::string TailCarry(const std::string& tail) {
 absl::StatusOr<std::string> StateCarry(const StateSnapshot& snap,
                                        std::string* sampler,
                                        std::deque<GenerationRecord>* records,
-                                       bool* known) {
+                                       bool* known, uint64_t* history_base) {
   std::string sampler_unused;
   std::deque<GenerationRecord> records_unused;
   Utf8Carry carry;
+  uint64_t base = 0;
   SS_RETURN_IF_ERROR(DecodeSamplerSideData(
       snap.sampler_state, sampler != nullptr ? sampler : &sampler_unused,
-      records != nullptr ? records : &records_unused, &carry));
+      records != nullptr ? records : &records_unused, &carry, &base));
+  if (base > snap.input_offset) {
+    return DataLossError(Reason::kStateCorrupt,
+                         "the state's input history restarts past its input");
+  }
+  if (history_base != nullptr) *history_base = base;
   // Recorded (not the tail's end), and for this very input: a worker that
   // predates the record may have written the value back after more input.
   if (carry.known && carry.input_offset == snap.input_offset) {
@@ -338,8 +344,17 @@ absl::Status SessionManager::Impl::LoadInto(Session* s, const LoadedVersion& v,
   }
   s->tail = snap.tokenizer_tail;
   s->input_offset = snap.input_offset;
-  SS_ASSIGN_OR_RETURN(s->utf8_carry, StateCarry(snap, &s->sampler_state,
-                                                &s->records, &s->carry_known));
+  SS_ASSIGN_OR_RETURN(s->utf8_carry,
+                      StateCarry(snap, &s->sampler_state, &s->records,
+                                 &s->carry_known, &s->history_base));
+  // A rollback's or an import's version restarts the history where it
+  // is (the store wrote it from another version's state, or the
+  // client's, whose side data cannot say so); later versions carry the
+  // base in their side data.
+  if (v.version.cause == VersionCause::kRollback ||
+      v.version.cause == VersionCause::kImport) {
+    s->history_base = std::max(s->history_base, snap.input_offset);
+  }
   if (head != nullptr) s->head = *head;
   s->head.head = v.version;
   s->dirty = false;
@@ -474,6 +489,7 @@ void SessionManager::Impl::FollowStoreHead(Session* s) {
       // A new history, as after a replacement that answered: an open
       // writer's requests below its offset are no duplicates of it.
       Replaced(s);
+      s->history_base = s->input_offset;
       return;
     }
   }

@@ -167,6 +167,7 @@ void SessionManager::RollbackAsync(
         auto v = m->store_->LoadVersion(s->key, res->version.version);
         absl::Status loaded =
             v.ok() ? m->LoadInto(s.get(), *v, &res->session) : v.status();
+        if (loaded.ok()) s->history_base = s->input_offset;
         if (!loaded.ok()) {
           m->FollowStoreHead(s.get());
           return loaded;
@@ -539,6 +540,7 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
         m.Replaced(s.get());
         LoadedVersion v{res->version, std::move(r.state)};
         SS_RETURN_IF_ERROR(m.LoadInto(s.get(), v, &res->session));
+        s->history_base = s->input_offset;
         absl::MutexLock lock(&s->mu);
         return s->view;
       },
