@@ -81,9 +81,12 @@ absl::StatusOr<SessionManager*> ModelSet::FromHead(
   absl::StatusOr<SessionHead> head = store_->GetHead({tenant, session_id});
   if (head.ok()) {
     if (SessionManager* m = ForFingerprint(head->model_fingerprint)) return m;
-  } else if (!absl::IsNotFound(head.status())) {
-    return head.status();
+  } else if (!absl::IsNotFound(head.status()) &&
+             head.status().code() != absl::StatusCode::kDataLoss) {
+    return head.status();  // the store down: another read may answer
   }
+  // No such session, a damaged head (the default manager answers
+  // STATE_CORRUPT, and still deletes it) or a model not served here.
   return &default_manager();
 }
 

@@ -55,13 +55,15 @@ class ModelSet {
   // The manager of the session's model. With one model, that one. Else the
   // manager holding the session resident, else the one whose fingerprint
   // the session's head records (one store read, on the caller's thread).
-  // When there is no such session, or its head names a model not served
-  // here, the default manager: its answer is then the call's error
-  // (SESSION_NOT_FOUND, MODEL_MISMATCH naming every model served), as on a
-  // worker serving one model. A head read that fails otherwise (the store
-  // is down) is the call's error: guessing a manager would answer a
-  // session of another model served here MODEL_MISMATCH, which a client
-  // must not retry, once the store is back for that manager's own read.
+  // When there is no such session, its head is damaged (DATA_LOSS), or it
+  // names a model not served here, the default manager: its answer is then
+  // the call's error (SESSION_NOT_FOUND, STATE_CORRUPT, MODEL_MISMATCH
+  // naming every model served), as on a worker serving one model, and a
+  // damaged session can still be deleted. A head read that fails otherwise
+  // (the store is down) is the call's error: guessing a manager would
+  // answer a session of another model served here MODEL_MISMATCH, which a
+  // client must not retry, once the store is back for that manager's own
+  // read.
   absl::StatusOr<SessionManager*> ForSession(
       const std::string& tenant, const std::string& session_id) const;
 

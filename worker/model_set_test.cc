@@ -163,9 +163,13 @@ class FlakyHeads : public testing::ForwardingStore {
       return MakeError(absl::StatusCode::kUnavailable,
                        Reason::kStoreUnavailable, "injected: store down");
     }
+    if (damaged_) {
+      return DataLossError(Reason::kStateCorrupt, "injected: damaged head");
+    }
     return ForwardingStore::GetHead(k);
   }
   std::atomic<bool> down_{false};
+  std::atomic<bool> damaged_{false};
 };
 
 TEST_F(ModelSetTest, AFailedHeadReadIsTheCallsErrorNotAGuess) {
@@ -191,6 +195,10 @@ TEST_F(ModelSetTest, AFailedHeadReadIsTheCallsErrorNotAGuess) {
   // Once the store answers, the session's own model.
   heads.down_ = false;
   EXPECT_EQ(*(*set)->ForSession("t", "on-b"), b_.manager.get());
+  // A damaged head is no passing outage: the default manager answers
+  // (STATE_CORRUPT from its own read), and can still delete the session.
+  heads.damaged_ = true;
+  EXPECT_EQ(*(*set)->ForSession("t", "on-b"), a_.manager.get());
 }
 
 TEST_F(ModelSetTest, ForSessionAsyncReadsOffTheCallersThread) {
