@@ -357,11 +357,14 @@ absl::Status SessionManager::DeleteOnce(const std::string& tenant,
     });
     if (st.ok() || absl::IsNotFound(st)) {
       // `s` may have been evicted before the delete ran on it, and the
-      // session loaded again as another copy: that one is gone too. (With
-      // loads held off: none is under way, and a later one finds nothing.)
+      // session loaded again as another copy: that one is gone too, unless
+      // the id was created again meanwhile (then the copy is the new
+      // session's). With loads held off, none is under way.
       absl::MutexLock load(&m.load_mu_);
       if (std::shared_ptr<Session> again = resident()) {
-        m.Drop(again.get(), Session::Gone::kDeleted);
+        if (absl::IsNotFound(m.store_->GetHead(key).status())) {
+          m.Drop(again.get(), Session::Gone::kDeleted);
+        }
       }
     }
   }

@@ -489,7 +489,6 @@ void SessionManager::Impl::FollowStoreHead(Session* s) {
       // A new history, as after a replacement that answered: an open
       // writer's requests below its offset are no duplicates of it.
       Replaced(s);
-      s->history_base = s->input_offset;
       return;
     }
   }
@@ -553,6 +552,9 @@ void SessionManager::Impl::RenewLeasesOf(
         ++failed;
       }
     }
+    // A store down for this batch is not asked for the rest of the round:
+    // their leases are not renewed either.
+    if (down) failed += static_cast<int64_t>(all.size() - end);
     if (failed > 0 && opt_.metrics != nullptr) {
       opt_.metrics->AddLeaseRenewalFailures(failed);
     }
