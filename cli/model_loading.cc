@@ -176,8 +176,12 @@ absl::StatusOr<ServedModel> LoadServedModel(const ModelSpec& spec,
   options.device = device.device;
   options.cuda_verified_only = device.cpu_fallback;  // --device auto
   auto model = engine::LoadModel(spec.path, options);
+  // Under --device auto, a model the GPU cannot run (FAILED_PRECONDITION)
+  // or cannot hold (RESOURCE_EXHAUSTED: out of device memory) runs on the
+  // CPU.
   if (!model.ok() && device.cpu_fallback &&
-      model.status().code() == absl::StatusCode::kFailedPrecondition) {
+      (model.status().code() == absl::StatusCode::kFailedPrecondition ||
+       model.status().code() == absl::StatusCode::kResourceExhausted)) {
     out.device = "cpu";
     out.note = std::string(model.status().message());
     options.device = "cpu";

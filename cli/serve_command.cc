@@ -140,7 +140,8 @@ absl::StatusOr<std::unique_ptr<engine::Model>> DemoModel(
   *device_used = device.device;
   auto model = engine::LoadRandomModel("x070", spec, *options);
   if (!model.ok() && device.cpu_fallback &&
-      model.status().code() == absl::StatusCode::kFailedPrecondition) {
+      (model.status().code() == absl::StatusCode::kFailedPrecondition ||
+       model.status().code() == absl::StatusCode::kResourceExhausted)) {
     std::cerr << "statestream serve: the demo model runs on the CPU: "
               << model.status().message() << "\n";
     options->device = "cpu";

@@ -27,6 +27,13 @@ namespace statestream::engine {
 namespace cuda_internal {
 
 absl::Status CudaError(absl::string_view what, const std::string& detail) {
+  // Device memory running out (cudaErrorMemoryAllocation's text, as the
+  // runners report it) is RESOURCE_EXHAUSTED, as the header says: at load,
+  // `--device auto` then runs the model on the CPU; in a batch, retried.
+  if (absl::StrContains(detail, "out of memory")) {
+    return MakeError(absl::StatusCode::kResourceExhausted, Reason::kOverloaded,
+                     absl::StrCat("CUDA backend: ", what, ": ", detail));
+  }
   return MakeError(absl::StatusCode::kInternal, Reason::kInternal,
                    absl::StrCat("CUDA backend: ", what, ": ", detail));
 }

@@ -353,6 +353,9 @@ float* Rwkv6RunnerImpl::AllocFloats(int64_t floats, std::string* error) {
   const size_t bytes = sizeof(float) * floats;
   cudaError_t e = cudaMalloc(&p, bytes);
   if (e == cudaSuccess) e = cudaMemset(p, 0, bytes);
+  // The memset runs on the legacy default stream, which the runner's
+  // non-blocking stream (where the uploads go) does not wait for.
+  if (e == cudaSuccess) e = cudaDeviceSynchronize();
   if (e != cudaSuccess) {
     *error = std::string("state memory: ") + cudaGetErrorString(e);
     cudaFree(p);
