@@ -597,17 +597,9 @@ SessionManager::OpenWriter(const std::string& tenant,
                            bool may_load) {
   Impl& m = *impl_;
   for (;;) {
-    std::shared_ptr<Session> s;
-    if (may_load) {
-      SS_ASSIGN_OR_RETURN(s, m.Resident({tenant, session_id}));
-    } else {
-      absl::MutexLock lock(&m.mu_);
-      if (m.draining_) return Draining();
-      auto it = m.resident_.find(Impl::MapKey({tenant, session_id}));
-      if (it == m.resident_.end()) return nullptr;
-      s = it->second;
-      s->last_use = ++m.tick_;
-    }
+    SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
+                        m.Resident({tenant, session_id}, may_load));
+    if (s == nullptr) return nullptr;  // not resident, and not to be loaded
     std::function<void(const absl::Status&)> old;
     auto w = std::make_shared<Writer>();
     {

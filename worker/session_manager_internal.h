@@ -383,7 +383,10 @@ class SessionManager::Impl {
 
   // --- Residency ------------------------------------------------------------
 
-  absl::StatusOr<std::shared_ptr<Session>> Resident(const SessionKey& key);
+  // The session's resident copy, loaded first if need be; without
+  // `may_load`, nullptr when not resident (nothing read from the store).
+  absl::StatusOr<std::shared_ptr<Session>> Resident(const SessionKey& key,
+                                                    bool may_load = true);
   // Runs `fn` (which finds `key`'s session, or with `reads_store` reads
   // the store itself) on pool_ when the session is resident and nothing
   // else reads the store, else on loaders_.

@@ -193,7 +193,7 @@ void SessionManager::Impl::PostFinding(const SessionKey& key, bool reads_store,
 }
 
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
-    const SessionKey& key) {
+    const SessionKey& key, bool may_load) {
   const std::string mk = MapKey(key);
   {
     absl::MutexLock lock(&mu_);
@@ -204,6 +204,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
       return it->second;
     }
   }
+  if (!may_load) return nullptr;
   // Held through the victims' evictions too: a load that picked victims
   // while others were still being evicted (busy, so skipped, but still
   // counted) would evict one session too many, maybe the one just loaded.
