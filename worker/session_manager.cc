@@ -289,15 +289,26 @@ absl::StatusOr<SessionView> SessionManager::UpdateSession(
   Impl& m = *impl_;
   const SessionKey key{tenant, session_id};
   SS_ASSIGN_OR_RETURN(SessionHead h, m.store_->UpdateSession(key, update));
-  absl::MutexLock lock(&m.mu_);
-  auto it = m.resident_.find(Impl::MapKey(key));
-  if (it != m.resident_.end()) {
-    absl::MutexLock l2(&it->second->mu);
-    it->second->view.labels = h.labels;
-    it->second->view.ttl = h.ttl;
-    it->second->view.update_time = h.updated_at;
+  std::shared_ptr<Session> resident;
+  {
+    absl::MutexLock lock(&m.mu_);
+    auto it = m.resident_.find(Impl::MapKey(key));
+    if (it != m.resident_.end()) resident = it->second;
+  }
+  if (resident != nullptr && resident->fence != h.fence) {
+    // Taken over since our last renewal: the copy's position and version
+    // are older than the store's (as in GetSession).
+    m.Drop(resident.get(), Session::Gone::kFenced);
+    resident = nullptr;
+  }
+  if (resident != nullptr) {
+    absl::MutexLock lock(&m.mu_);
+    absl::MutexLock l2(&resident->mu);
+    resident->view.labels = h.labels;
+    resident->view.ttl = h.ttl;
+    resident->view.update_time = h.updated_at;
     m.SweepSoonFor(h.ttl);
-    return it->second->view;
+    return resident->view;
   }
   return m.ViewOfHead(h);
 }

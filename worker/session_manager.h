@@ -54,6 +54,12 @@ struct SessionManagerOptions {
   std::string owner = "worker";
   // Lease duration; renewed every lease_ttl / 3 while resident.
   absl::Duration lease_ttl = absl::Seconds(30);
+  // Score and side-branch Generate on a resident session first ask the
+  // store whether this worker still holds the session (another may have
+  // taken it over since the last renewal): one store read per call. An
+  // answer slower than this serves the resident copy, so that a hung
+  // store does not stall reads.
+  absl::Duration copy_check_wait = absl::Milliseconds(200);
   // Bytes of resident sessions (state + hidden, as held in memory) kept
   // before idle sessions are evicted (LRU).
   int64_t residency_bytes = int64_t{1} << 30;

@@ -241,6 +241,43 @@ absl::Status SessionManager::Impl::StillOurs(Session* s) {
   return GoneError(s);
 }
 
+absl::Status SessionManager::Impl::CheckCopy(Session* s) {
+  if (copy_checks_.fetch_add(1) >= kMaxCopyChecks) {
+    // The store is slow to answer the ones in flight: it would be too.
+    copy_checks_.fetch_sub(1);
+    return absl::OkStatus();
+  }
+  struct Check {
+    absl::Mutex mu;
+    bool done ABSL_GUARDED_BY(mu) = false;
+    absl::StatusOr<Lease> lease ABSL_GUARDED_BY(mu);
+  };
+  auto check = std::make_shared<Check>();
+  checkers_.Post([this, check, key = s->key] {
+    absl::StatusOr<Lease> lease = store_->GetOwner(key);
+    copy_checks_.fetch_sub(1);
+    absl::MutexLock lock(&check->mu);
+    check->lease = std::move(lease);
+    check->done = true;
+  });
+  absl::StatusOr<Lease> lease;
+  {
+    absl::MutexLock lock(&check->mu);
+    if (!check->mu.AwaitWithTimeout(absl::Condition(&check->done),
+                                    opt_.copy_check_wait)) {
+      return absl::OkStatus();
+    }
+    lease = std::move(check->lease);
+  }
+  if (absl::IsNotFound(lease.status())) {
+    Drop(s, Session::Gone::kDeleted);
+    return GoneError(s);
+  }
+  if (!lease.ok() || lease->fence == s->fence) return absl::OkStatus();
+  Drop(s, Session::Gone::kFenced);
+  return GoneError(s);
+}
+
 AppendAck SessionManager::Impl::Ack(Session* s, const std::string& request_id) {
   AppendAck a;
   a.request_id = request_id;

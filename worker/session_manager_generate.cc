@@ -241,6 +241,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       auto r = m.Resident({tenant, session_id});
       if (!r.ok()) return done(r.status());
       s = *r;
+      if (absl::Status st = m.CheckCopy(s.get()); !st.ok()) return done(st);
     }
     m.RunOp(s, [this, &m, job, timing, s, w, in = std::move(in), emit,
                 done]() mutable {
@@ -730,6 +731,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
     auto r = m.Resident(key);
     if (!r.ok()) return done(r.status());
     std::shared_ptr<Session> s = *r;
+    if (absl::Status st = m.CheckCopy(s.get()); !st.ok()) return done(st);
     m.RunOp(s, [&m, s, in, work, tail, out, hidden, run, done] {
       absl::Status g = m.GoneError(s.get());
       if (g.ok() && in.expected_input_offset &&

@@ -12,6 +12,7 @@
 #define STATESTREAM_WORKER_SESSION_MANAGER_INTERNAL_H_
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -273,6 +274,11 @@ class SessionManager::Impl {
   // the operations of the sessions already resident. Loads take load_mu_
   // one at a time, so two threads keep one ready behind the one loading.
   Executor loaders_{2};
+  // CheckCopy's store reads, so that a read on pool_ can stop waiting for
+  // one (a hung store holds these threads, never pool_'s).
+  static constexpr int kMaxCopyChecks = 64;
+  std::atomic<int> copy_checks_{0};
+  Executor checkers_{2};
   // Working copies of session states (Generate, Score): max_copy_bytes.
   // Shared with each copy: a copy may outlive this manager (a finished
   // task the scheduler has not retired yet still holds one).
@@ -567,6 +573,13 @@ class SessionManager::Impl {
   // dropped, and the error is SESSION_NOT_FOUND (deleted) or FENCED (taken
   // over). A store that cannot answer leaves the copy standing (OK).
   absl::Status StillOurs(Session* s);
+  // StillOurs for a read served from a resident copy (Score, a side-branch
+  // Generate): another worker may have taken the session over since the
+  // last renewal, and the copy would answer with an older state. The
+  // store's answer is awaited at most opt_.copy_check_wait on checkers_
+  // (at most kMaxCopyChecks at once); a store slower than that, or one
+  // that cannot answer, leaves the copy serving, as StillOurs does.
+  absl::Status CheckCopy(Session* s);
 
   absl::Status PositionMismatch(Session* s, uint64_t expected);
 

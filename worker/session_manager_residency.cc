@@ -176,6 +176,7 @@ void SessionManager::Impl::Shutdown() {
   // loaders' first: they queue operations on pool_).
   loaders_.Shutdown();
   pool_.Shutdown();
+  checkers_.Shutdown();
 }
 
 void SessionManager::Impl::PostFinding(const SessionKey& key, bool reads_store,

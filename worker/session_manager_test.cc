@@ -692,6 +692,89 @@ TEST_F(SessionManagerTest, GetSessionAfterATakeoverReadsTheStore) {
   EXPECT_EQ(now->committed_input_offset, 3u);
 }
 
+// Reads served from a resident copy (Score, a side-branch Generate,
+// UpdateSession's answer) check the store first: after another worker took
+// the session over and moved it on, this worker's copy is older. It is
+// dropped (FENCED: a gateway asks the owner instead), and the next read
+// loads what the store has.
+TEST_F(SessionManagerTest, ReadsAfterATakeoverAreNotAnsweredFromTheStaleCopy) {
+  CreatePrompted("s");  // resident here, at input offset 6
+  ASSERT_TRUE(manager_->IsResident("t", "s"));
+  auto score = [&](absl::StatusOr<ScoreOutcome>* out) {
+    ScoreInput in;
+    in.tokens = {1, 2, 3};
+    absl::Notification done;
+    manager_->Score("t", "s", in, [&](absl::StatusOr<ScoreOutcome> o) {
+      *out = std::move(o);
+      done.Notify();
+    });
+    done.WaitForNotification();
+  };
+  std::unique_ptr<SessionManager> mine = std::move(manager_);
+  manager_ = OtherWorker();
+  {
+    auto w = Open("s");  // takes the lease over
+    ASSERT_TRUE(Append(w, 6, " more", true, true).ok());
+    ASSERT_TRUE(Close(w).ok());
+  }
+  absl::StatusOr<ScoreOutcome> theirs;
+  score(&theirs);
+  ASSERT_TRUE(theirs.ok()) << theirs.status();
+  ASSERT_EQ(theirs->input_offset, 11u);
+  std::unique_ptr<SessionManager> other = std::move(manager_);
+  manager_ = std::move(mine);
+
+  absl::StatusOr<ScoreOutcome> stale;
+  score(&stale);
+  EXPECT_EQ(GetReason(stale.status()), Reason::kFenced) << stale.status();
+  EXPECT_FALSE(manager_->IsResident("t", "s"));
+  absl::StatusOr<ScoreOutcome> fresh;
+  score(&fresh);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_EQ(fresh->input_offset, 11u);
+  EXPECT_EQ(fresh->version, theirs->version);
+  EXPECT_EQ(fresh->logprobs, theirs->logprobs);
+
+  // The other worker moves the session on again (its own copy is stale by
+  // now: its first commit is fenced, and a second writer loads afresh).
+  auto move_on = [&](uint64_t offset, const std::string& text) {
+    std::swap(manager_, other);
+    absl::Status last;
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      auto w = Open("s");
+      auto a = Append(w, offset, text, true, true);
+      last = a.status();
+      if (a.ok()) {
+        last = Close(w);
+        break;
+      }
+      Close(w).IgnoreError();
+    }
+    std::swap(manager_, other);
+    return last;
+  };
+  ASSERT_TRUE(move_on(11, "!").ok());
+  ASSERT_TRUE(manager_->IsResident("t", "s"));
+  GenerateInput side;
+  side.max_tokens = 2;
+  side.commit = false;
+  EXPECT_EQ(GetReason(GenerateStatus("s", side)), Reason::kFenced);
+  EXPECT_FALSE(manager_->IsResident("t", "s"));
+
+  ScoreInput none;
+  none.tokens = {1};
+  ASSERT_TRUE(ScoreStatus("s", none).ok());  // loaded again, at 12
+  ASSERT_TRUE(move_on(12, "#").ok());
+  ASSERT_TRUE(manager_->IsResident("t", "s"));
+  SessionUpdate update;
+  update.labels = std::map<std::string, std::string>{{"k", "v"}};
+  auto updated = manager_->UpdateSession("t", "s", update);
+  ASSERT_TRUE(updated.ok()) << updated.status();
+  EXPECT_EQ(updated->input_offset, 13u);
+  EXPECT_EQ(updated->labels.at("k"), "v");
+  EXPECT_FALSE(manager_->IsResident("t", "s"));
+}
+
 TEST_F(SessionManagerTest, ANewWriterSupersedesTheOld) {
   Create("w");
   auto superseded = std::make_shared<absl::Notification>();
