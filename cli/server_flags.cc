@@ -242,7 +242,7 @@ int RunServer(absl::string_view role, const ServerOptions& options,
   // One thread takes the stop signals from here on. Before the server
   // serves (a model loading for minutes, Redis awaited), the first one
   // exits at once: there is nothing to drain, and it used to wait for the
-  // start to finish (a second Ctrl-C did nothing). Once it serves, the
+  // start to finish (a second Ctrl-C did nothing). Once it binds, the
   // first starts the drain below and a second SIGINT/SIGTERM ends it (not
   // a second SIGHUP: a closing terminal sends one from the shell and one
   // from the kernel).
@@ -274,15 +274,24 @@ int RunServer(absl::string_view role, const ServerOptions& options,
   absl::StatusOr<ServiceSet> services = build();
   if (!services.ok()) return fail(services.status());
   server_options.readiness = hooks.ready;
-  absl::StatusOr<std::unique_ptr<Server>> server =
-      Server::Start(server_options, *std::move(services));
-  if (!server.ok()) return fail(server.status());
   {
-    // From here a signal drains: the server may hold calls.
+    // From here a signal drains: Start binds the port, so the server may
+    // hold calls before it returns (its first readiness probe can wait on
+    // a hung store for seconds).
     absl::MutexLock lock(&stop->mu);
     stop->serving = true;
   }
-  if (hooks.started) {
+  absl::StatusOr<std::unique_ptr<Server>> server =
+      Server::Start(server_options, *std::move(services));
+  if (!server.ok()) return fail(server.status());
+  bool signalled = false;
+  {
+    absl::MutexLock lock(&stop->mu);
+    signalled = stop->signal != 0;
+  }
+  // Signalled while starting: straight to the drain (announcing the
+  // worker only to withdraw it would draw calls to a leaving worker).
+  if (hooks.started && !signalled) {
     absl::Status started = hooks.started((*server)->address());
     if (!started.ok()) {
       (*server)->Shutdown(absl::ZeroDuration());

@@ -96,12 +96,15 @@ class Server::ReadinessPoller {
   }
   ~ReadinessPoller() { Stop(); }
 
+  // No probe starts after this one; one in progress (a hung store's, up
+  // to its command timeout) is not waited for. Idempotent.
+  void RequestStop() {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
   // Waits for a probe in progress. Idempotent.
   void Stop() {
-    {
-      absl::MutexLock lock(&mu_);
-      stop_ = true;
-    }
+    RequestStop();
     if (thread_.joinable()) thread_.join();
   }
 
@@ -230,6 +233,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
         absl::StrCat("cannot listen on ", options.listen,
                      " (address in use or not local?)"));
   }
+  // gRPC's health service starts with "" SERVING: with a readiness probe,
+  // not until its first answer (a worker whose store is down or hung is
+  // not ready, even while that first probe waits).
+  if (options.readiness)
+    server->GetHealthCheckService()->SetServingStatus(false);
   std::string address = absl::StrCat(host_port->first, ":", port);
   const std::vector<std::string> names = services.names();
   std::unique_ptr<Server> out(new Server(std::move(address),
@@ -255,11 +263,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
           absl::StrCat("cannot listen on ", options.health_listen,
                        " (address in use or not local?)"));
     }
+    if (options.readiness) {
+      out->health_server_->GetHealthCheckService()->SetServingStatus(false);
+    }
     out->health_address_ = absl::StrCat(health_host->first, ":", health_port);
   }
   for (grpc::HealthCheckServiceInterface* health : out->Healths()) {
     for (const std::string& name : names) {
-      health->SetServingStatus(name, true);
+      health->SetServingStatus(name, !options.readiness);
     }
   }
   if (options.readiness) {
@@ -291,7 +302,9 @@ std::vector<grpc::HealthCheckServiceInterface*> Server::Healths() {
 void Server::StopServing() {
   // NOT_SERVING at once; the poller may still be in a probe.
   for (auto* health : Healths()) health->Shutdown();
-  if (readiness_ != nullptr) readiness_->Stop();
+  // Joined by Shutdown: a drain does not wait for a probe stuck on a hung
+  // store (what it sets now is ignored: the health services are shut down).
+  if (readiness_ != nullptr) readiness_->RequestStop();
 }
 
 void Server::Shutdown(absl::Duration grace) {
@@ -306,6 +319,7 @@ void Server::Shutdown(absl::Duration grace) {
     health_server_->Shutdown(absl::ToChronoTime(absl::Now()));
     health_server_->Wait();
   }
+  if (readiness_ != nullptr) readiness_->Stop();
 }
 
 }  // namespace statestream

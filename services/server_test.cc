@@ -3,12 +3,16 @@
 
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <memory>
 #include <thread>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -172,6 +176,62 @@ grpc::Status Check(const std::string& address, const std::string& service,
 
 // --health-listen: a plaintext port with only grpc.health.v1, whose
 // statuses follow the main port's (readiness, then the drain).
+// A port nothing listens on now (what the kernel hands out for port 0).
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  int port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
+    port = ntohs(a.sin_port);
+  }
+  close(fd);
+  return port;
+}
+
+// The port takes calls (and health checks) before the first readiness
+// probe answers, which may wait on a hung store for seconds: until then
+// both health ports say NOT_SERVING, for "" too (gRPC's default SERVING).
+TEST(ServerTest, NotServingUntilTheFirstProbeAnswers) {
+  const int port = FreePort(), health_port = FreePort();
+  ASSERT_GT(port, 0);
+  ASSERT_GT(health_port, 0);
+  absl::Notification probing, answer;
+  ServerOptions options;
+  options.listen = absl::StrCat("127.0.0.1:", port);
+  options.health_listen = absl::StrCat("127.0.0.1:", health_port);
+  options.readiness = [&] {
+    if (!probing.HasBeenNotified()) probing.Notify();
+    answer.WaitForNotification();
+    return true;
+  };
+  options.readiness_interval = absl::Milliseconds(20);
+  absl::StatusOr<std::unique_ptr<Server>> server;
+  std::thread start(
+      [&] { server = Server::Start(options, UnimplementedPublicApi()); });
+  probing.WaitForNotification();
+  for (const std::string& address : {options.listen, options.health_listen}) {
+    for (const std::string service : {"", "statestream.v1.Sessions"}) {
+      HealthCheckResponse r;
+      grpc::Status st = Check(address, service, &r);
+      EXPECT_TRUE(st.ok()) << address << " " << st.error_message();
+      EXPECT_EQ(r.status(), HealthCheckResponse::NOT_SERVING)
+          << address << " '" << service << "'";
+    }
+  }
+  answer.Notify();
+  start.join();
+  ASSERT_TRUE(server.ok()) << server.status();
+  for (const std::string& address : {options.listen, options.health_listen}) {
+    HealthCheckResponse r;
+    ASSERT_TRUE(Check(address, "", &r).ok());
+    EXPECT_EQ(r.status(), HealthCheckResponse::SERVING) << address;
+  }
+}
+
 TEST(ServerTest, HealthPortMirrorsTheMainPort) {
   std::atomic<bool> ready{true};
   ServerOptions options;

@@ -5,7 +5,9 @@
 #include <fcntl.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -420,6 +422,87 @@ TEST(ServeTest, SigintAlsoStopsCleanly) {
 // here a vocabulary read from a FIFO nobody writes to) exits at once, as
 // there is nothing to drain. The signal used to wait, blocked, until the
 // start finished (a second Ctrl-C did nothing either).
+// A port nothing listens on now (what the kernel hands out for port 0).
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  int port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
+    port = ntohs(a.sin_port);
+  }
+  close(fd);
+  return port;
+}
+
+// The port is bound before the first readiness probe answers, and that
+// probe waits on a hung Redis for its command timeout (5 s): meanwhile the
+// worker says NOT_SERVING, and a SIGTERM drains once the start is done
+// (exit 0), not the "while starting" exit 1 that would drop the calls the
+// bound port may already hold.
+TEST(WorkerTest, ASignalDuringTheFirstProbeDrains) {
+  auto redis = testing::RedisServer::Start({});
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  const std::string model = TinyModel("first_probe_test");
+  ASSERT_FALSE(model.empty());
+  // Redis is paused once the worker prints its metrics address, just
+  // before it binds; a first probe that still got in first is retried.
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    const int port = FreePort();
+    ASSERT_GT(port, 0);
+    std::vector<std::string> argv = {STATESTREAM_BIN, "worker",
+                                     absl::StrCat("--listen=127.0.0.1:", port),
+                                     "--metrics-listen=127.0.0.1:0"};
+    for (const std::string& f : RoleFlags("worker", redis->get(), model)) {
+      argv.push_back(f);
+    }
+    auto process = e2e::Subprocess::Start(argv);
+    ASSERT_TRUE(process.ok()) << process.status();
+    auto line = (*process)->ReadStdoutLine(kStartTimeout);
+    ASSERT_TRUE(line.ok()) << line.status() << (*process)->stderr_text();
+    ASSERT_THAT(*line, HasSubstr("metrics on"));
+    (*redis)->Pause();
+    // A channel per try: one that failed to connect (before the bind)
+    // would wait out gRPC's reconnect backoff.
+    HealthCheckResponse response;
+    grpc::Status status;
+    const absl::Time deadline = absl::Now() + absl::Seconds(3);
+    do {
+      HealthCheckRequest request;
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() +
+                           std::chrono::milliseconds(500));
+      status = Health::NewStub(Connect(absl::StrCat("127.0.0.1:", port)))
+                   ->Check(&context, request, &response);
+      if (!status.ok()) absl::SleepFor(absl::Milliseconds(20));
+    } while (!status.ok() && absl::Now() < deadline);
+    ASSERT_TRUE(status.ok()) << status.error_message() << "\n"
+                             << (*process)->stderr_text();
+    if (response.status() == HealthCheckResponse::SERVING) {
+      // The probe answered before the pause.
+      (*redis)->Resume();
+      (*process)->Signal(SIGKILL);
+      (*process)->Wait(kExitTimeout).status().IgnoreError();
+      continue;
+    }
+    EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
+    (*process)->Signal(SIGTERM);
+    absl::SleepFor(absl::Milliseconds(300));
+    (*redis)->Resume();
+    auto exit_code = (*process)->Wait(kExitTimeout);
+    ASSERT_TRUE(exit_code.ok()) << exit_code.status();
+    EXPECT_EQ(*exit_code, 0) << (*process)->stderr_text();
+    EXPECT_THAT((*process)->stderr_text(), HasSubstr("shutting down"));
+    EXPECT_THAT((*process)->stderr_text(), Not(HasSubstr("while starting")));
+    std::remove(model.c_str());
+    return;
+  }
+  FAIL() << "the first probe always answered before Redis was paused";
+}
+
 TEST(ServeTest, ASignalWhileStartingExitsAtOnce) {
   const std::string model = TinyModel("start_signal", 65536);
   ASSERT_FALSE(model.empty());
