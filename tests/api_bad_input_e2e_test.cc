@@ -402,6 +402,10 @@ TEST_F(ApiBadInputE2eTest, ImportState) {
       {"missing request_id",
        imp("imp-rid", [&](Messages* m) { head(m)->clear_request_id(); }),
        WantField("request_id")},
+      // The other mode's fields: a compare-and-set that never ran.
+      {"CREATE with expected_version",
+       imp("imp-cas", [&](Messages* m) { head(m)->set_expected_version(1); }),
+       WantField("expected_version")},
       {"header without its state",
        imp("imp-nostate", [&](Messages* m) { head(m)->clear_state(); }),
        WantField("state")},
@@ -437,12 +441,28 @@ TEST_F(ApiBadInputE2eTest, ImportState) {
              head(m)->set_mode(v1::IMPORT_MODE_NEW_VERSION);
            }),
        WantNoSession("imp-nowhere")},
+      // Labels that would never arrive (checked before the session).
+      {"NEW_VERSION with labels",
+       imp("imp-labels",
+           [&](Messages* m) {
+             head(m)->set_mode(v1::IMPORT_MODE_NEW_VERSION);
+             (*head(m)->mutable_labels())["k"] = "v";
+           }),
+       WantField("labels")},
+      {"NEW_VERSION with a ttl",
+       imp("imp-ttl",
+           [&](Messages* m) {
+             head(m)->set_mode(v1::IMPORT_MODE_NEW_VERSION);
+             head(m)->mutable_ttl()->set_seconds(60);
+           }),
+       WantField("ttl")},
       {"CREATE onto an existing id", imp("imp-src", [](Messages*) {}),
        WantKey(absl::StatusCode::kAlreadyExists, Reason::kSessionExists,
                "session_id", "imp-src")},
   });
   ExpectGone({"imp-mode", "imp-rid", "imp-nostate", "imp-nohead", "imp-crc",
-              "imp-short", "imp-gap", "imp-garbled", "imp-nowhere"});
+              "imp-short", "imp-gap", "imp-garbled", "imp-nowhere", "imp-cas",
+              "imp-labels", "imp-ttl"});
   ExpectAt("imp-src", 2, 10);
   // Control: the same messages under a free id import fine.
   const absl::Status ok = imp("imp-ok", [](Messages*) {})();
@@ -660,6 +680,9 @@ TEST_F(ApiBadInputE2eTest, Generate) {
          g->set_top_logprobs(21);
        }),
        WantField("top_logprobs")},
+      // Alternatives of log-probabilities not asked for were dropped.
+      {"top_logprobs without logprobs",
+       gen([](auto* g) { g->set_top_logprobs(2); }), WantField("top_logprobs")},
       {"prompt_tokens id = vocab_size",
        gen([vocab](auto* g) { g->mutable_prompt_tokens()->add_ids(vocab); }),
        WantField("prompt_tokens.ids", Reason::kInvalidToken,
@@ -716,6 +739,13 @@ TEST_F(ApiBadInputE2eTest, Score) {
        WantField("continuation")},
       {"version 99", score([](auto* r) { r->set_version(99); }),
        WantNoVersion("99")},
+      // Checked only against the applied state; with a version it was
+      // silently ignored.
+      {"expected_input_offset with a version", score([](auto* r) {
+         r->set_version(1);
+         r->set_expected_input_offset(0);
+       }),
+       WantField("expected_input_offset")},
   });
 }
 

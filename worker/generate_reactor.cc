@@ -161,6 +161,9 @@ class GenerateReactor final
                                                 : Durability::kReplicated));
     in.logprobs = r.logprobs();
     if (r.top_logprobs() > 20) return BadField("top_logprobs", "0-20");
+    if (r.top_logprobs() > 0 && !r.logprobs()) {
+      return BadField("top_logprobs", "needs logprobs");
+    }
     in.top_logprobs = static_cast<int>(r.top_logprobs());
     if (r.has_max_duration()) {
       const auto& d = r.max_duration();

@@ -216,6 +216,17 @@ class ImportReactor final
           !header_.session_id().empty()) {
         SS_RETURN_IF_ERROR(CheckSessionId(header_.session_id(), "session_id"));
       }
+      // Fields of the other mode are refused, not dropped: labels that
+      // never arrive, or a compare-and-set that never ran.
+      if (header_.mode() == v1::IMPORT_MODE_NEW_VERSION) {
+        if (!header_.labels().empty()) {
+          return BadField("labels", "IMPORT_MODE_CREATE only");
+        }
+        if (header_.has_ttl())
+          return BadField("ttl", "IMPORT_MODE_CREATE only");
+      } else if (header_.has_expected_version()) {
+        return BadField("expected_version", "IMPORT_MODE_NEW_VERSION only");
+      }
       SS_RETURN_IF_ERROR(CheckLabels(header_.labels()));
       SS_RETURN_IF_ERROR(
           DurabilityFromProto(header_.durability(), models_->max_durability())

@@ -114,6 +114,11 @@ class ScoreReactor final : public grpc::ServerUnaryReactor {
     if (st.ok() && !req->has_text_utf8() && !req->has_tokens()) {
       st = BadField("continuation", "required");
     }
+    if (st.ok() && req->version() != 0 && req->has_expected_input_offset()) {
+      // A committed version is named exactly already; silently ignoring
+      // the offset would let a client believe it was checked.
+      st = BadField("expected_input_offset", "only with version 0");
+    }
     if (!st.ok()) {
       CountError(models_->default_manager(), st);
       Finish(ToGrpcStatus(st));
