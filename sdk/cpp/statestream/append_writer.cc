@@ -26,6 +26,7 @@
 #include "common/utf8.h"
 #include "statestream/call_scope.h"
 #include "statestream/client.h"
+#include "statestream/local_error.h"
 
 namespace statestream::client {
 
@@ -72,12 +73,14 @@ absl::Status CheckAppendOptions(const AppendOptions& options) {
   // A size_t: a negative int assigned to it reads as a huge value.
   if (options.window < 1 || options.max_chunk_bytes < 1 ||
       options.max_chunk_bytes > (size_t{1} << 62)) {
-    return MakeError(
+    return LocalError(
         absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
         absl::StrCat("AppendOptions: window and max_chunk_bytes "
                      "must be at least 1 (got ",
                      options.window, " and ",
-                     static_cast<int64_t>(options.max_chunk_bytes), ")"));
+                     static_cast<int64_t>(options.max_chunk_bytes), ")"),
+        {{"field", options.window < 1 ? "AppendOptions.window"
+                                      : "AppendOptions.max_chunk_bytes"}});
   }
   return absl::OkStatus();
 }
@@ -114,7 +117,14 @@ absl::Status AppendWriter::Fail(absl::Status status) {
 
 absl::Status AppendWriter::Usable() const {
   if (!error_.ok()) return error_;
-  if (closed_) return absl::FailedPreconditionError("writer closed");
+  // The writer's state, not the session's or the request's: the
+  // FAILED_PRECONDITION of INVALID_ARGUMENT (docs/errors.md), field
+  // "writer". Not retried, not sticky.
+  if (closed_) {
+    return LocalError(absl::StatusCode::kFailedPrecondition,
+                      Reason::kInvalidArgument, "writer closed",
+                      {{"field", "writer"}});
+  }
   return absl::OkStatus();
 }
 
@@ -138,7 +148,7 @@ absl::StatusOr<std::string> AppendWriter::Utf8CarryAfter(std::string_view text,
     const uint64_t bad_at = bad < utf8_carry_.size()
                                 ? at - utf8_carry_.size() + bad
                                 : at + skip + (bad - utf8_carry_.size());
-    return MakeError(
+    return LocalError(
         absl::StatusCode::kInvalidArgument, Reason::kInvalidUtf8,
         bad < utf8_carry_.size()
             ? "text does not continue the incomplete UTF-8 "
@@ -148,7 +158,7 @@ absl::StatusOr<std::string> AppendWriter::Utf8CarryAfter(std::string_view text,
   }
   std::string carry(joined.substr(complete));
   if (flush && !carry.empty()) {
-    return MakeError(
+    return LocalError(
         absl::StatusCode::kInvalidArgument, Reason::kInvalidUtf8,
         "text ends inside a UTF-8 character at a flush; nothing was sent",
         {{"input_offset", absl::StrCat(at + text.size() - carry.size())},
@@ -166,7 +176,7 @@ size_t AppendWriter::SkippedLead(std::string_view text) const {
 
 absl::Status AppendWriter::Utf8Flushable() const {
   if (utf8_carry_.empty()) return absl::OkStatus();
-  return MakeError(
+  return LocalError(
       absl::StatusCode::kInvalidArgument, Reason::kInvalidUtf8,
       "the text written ends inside a UTF-8 character: write the rest of it "
       "before a flush or tokens (nothing was sent)",
@@ -304,7 +314,7 @@ absl::Status AppendWriter::ReadAcks(size_t keep_unacked) {
     const uint64_t end = EndOffset(acked.request);
     if (ack.input_offset() < end ||
         (acked.request.checkpoint() && ack.committed_input_offset() < end)) {
-      return Fail(MakeError(
+      return Fail(LocalError(
           absl::StatusCode::kInternal, Reason::kInternal,
           absl::StrCat("the server acknowledged the request ending at input "
                        "offset ",

@@ -93,7 +93,8 @@ class AppendWriter {
   struct Call;
   AppendWriter(Client* client, std::string session_id, uint64_t offset,
                AppendOptions options);
-  // The error a closed (FAILED_PRECONDITION) or failed writer keeps.
+  // The error a failed writer keeps; a closed one's (not kept):
+  // FAILED_PRECONDITION/INVALID_ARGUMENT "writer closed", field=writer.
   absl::Status Usable() const;
   // Write; with `final` (a flush follows: Session::AppendText) text ending
   // inside a character is refused before anything is sent.
@@ -140,8 +141,9 @@ class AppendWriter {
   size_t lead_skipped_ = 0;  // continuation bytes taken while not known
 };
 
-// INVALID_ARGUMENT for options no writer can run with (a window or a
-// max_chunk_bytes below 1), checked before anything is called.
+// INVALID_ARGUMENT/INVALID_ARGUMENT (metadata field, origin=sdk) for
+// options no writer can run with (a window or a max_chunk_bytes below 1),
+// checked before anything is called.
 absl::Status CheckAppendOptions(const AppendOptions& options);
 
 }  // namespace statestream::client

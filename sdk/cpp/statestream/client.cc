@@ -22,6 +22,7 @@
 #include "common/random.h"
 #include "common/status.h"
 #include "statestream/call_scope.h"
+#include "statestream/local_error.h"
 
 namespace statestream::client {
 
@@ -59,6 +60,15 @@ void Cancellation::Unregister(grpc::ClientContext* ctx) {
 // --- helpers -----------------------------------------------------------------
 
 namespace {
+
+// INVALID_ARGUMENT/INVALID_ARGUMENT for a ClientOptions field no client
+// could be made with (`field`: "targets", ...), made by the SDK.
+absl::Status BadOption(absl::string_view field, absl::string_view message) {
+  return LocalError(absl::StatusCode::kInvalidArgument,
+                    Reason::kInvalidArgument, message,
+                    {{"field", absl::StrCat("ClientOptions.", field)}});
+}
+
 // Marks the SDK's own CANCELLED for a caller's Cancel() (kept by
 // WithMessage, which keeps every payload).
 constexpr char kCallerCancelledUrl[] =
@@ -126,7 +136,7 @@ Client::~Client() = default;
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
   if (options.targets.empty()) {
-    return absl::InvalidArgumentError("ClientOptions.targets is empty");
+    return BadOption("targets", "ClientOptions.targets is empty");
   }
   // Metadata values go out as they are: a byte gRPC refuses in a header
   // (outside 0x20-0x7E) would abort the process on the first call.
@@ -135,30 +145,38 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
   for (const auto& [name, value] : headers) {
     for (char c : *value) {
       if (c < 0x20 || c > 0x7E) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "ClientOptions.", name,
-            " may hold only printable ASCII (a header value); "
-            "found byte 0x",
-            absl::Hex(static_cast<unsigned char>(c), absl::kZeroPad2)));
+        return BadOption(
+            name,
+            absl::StrCat(
+                "ClientOptions.", name,
+                " may hold only printable ASCII (a header value); "
+                "found byte 0x",
+                absl::Hex(static_cast<unsigned char>(c), absl::kZeroPad2)));
       }
     }
   }
   // Values no call could run with: refused, not bent into something.
   if (options.max_attempts < 1) {
-    return absl::InvalidArgumentError(
+    return BadOption(
+        "max_attempts",
         absl::StrCat("ClientOptions.max_attempts must be at least 1 (got ",
                      options.max_attempts, ")"));
   }
   if (options.timeout <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ClientOptions.timeout must be positive (InfiniteDuration: no "
-        "bound; got ",
-        absl::FormatDuration(options.timeout), ")"));
+    return BadOption(
+        "timeout",
+        absl::StrCat(
+            "ClientOptions.timeout must be positive (InfiniteDuration: no "
+            "bound; got ",
+            absl::FormatDuration(options.timeout), ")"));
   }
   if (options.initial_backoff < absl::ZeroDuration() ||
       options.initial_backoff == absl::InfiniteDuration() ||
       options.max_backoff < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
+    const bool initial = options.initial_backoff < absl::ZeroDuration() ||
+                         options.initial_backoff == absl::InfiniteDuration();
+    return BadOption(
+        initial ? "initial_backoff" : "max_backoff",
         "ClientOptions.initial_backoff must be 0 or more and finite, "
         "max_backoff 0 or more (InfiniteDuration: no cap)");
   }
@@ -172,10 +190,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
         {"tls_server_name", &options.tls_server_name}};
     for (const auto& [name, value] : tls_only) {
       if (!value->empty()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "ClientOptions.", name,
-            " needs tls = true (without it the channel is plaintext and ", name,
-            " is ignored)"));
+        return BadOption(
+            name,
+            absl::StrCat(
+                "ClientOptions.", name,
+                " needs tls = true (without it the channel is plaintext and ",
+                name, " is ignored)"));
       }
     }
   }
@@ -434,6 +454,13 @@ absl::Duration ImportBudget(const ClientOptions& options,
                                               : budget;
 }
 
+// An exported blob that fails the SDK's checks (order, CRC-32C, size):
+// DATA_LOSS/STATE_CORRUPT with `detail`, as the server reports its own.
+absl::Status CorruptExport(const std::string& detail) {
+  return LocalError(absl::StatusCode::kDataLoss, Reason::kStateCorrupt, detail,
+                    {{"detail", detail}});
+}
+
 // One ImportState call: header, then the blob in 1 MiB chunks, each
 // message sent a sign of progress to `guard`.
 grpc::Status ImportOnce(v1::Sessions::Stub& sessions, grpc::ClientContext* ctx,
@@ -568,11 +595,12 @@ absl::StatusOr<std::vector<v1::Version>> Session::Versions(
         });
     if (!s.ok()) return s;
     // A server that names the page it just gave would be read forever,
-    // the list growing.
+    // the list growing. INTERNAL with a reason: not retried (a caller's
+    // retry loop would list forever too).
     if (!page.next_page_token().empty() &&
         page.next_page_token() == req.page_token()) {
-      return absl::InternalError(
-          "ListVersions: the server repeated its page token");
+      return LocalError(absl::StatusCode::kInternal, Reason::kInternal,
+                        "ListVersions: the server repeated its page token");
     }
     all.insert(all.end(), page.versions().begin(), page.versions().end());
     req.set_page_token(page.next_page_token());
@@ -615,10 +643,14 @@ absl::StatusOr<ExportedState> Session::Export(uint64_t version,
   req.set_session_id(id_);
   req.set_version(version);
   ExportedState out;
+  // The attempt's corrupt blob, as the SDK tells it (DATA_LOSS/STATE_CORRUPT,
+  // as a server's own check would): the call ends DATA_LOSS, not retried.
+  absl::Status corrupt_error;
   absl::Status s = client_->Transfer(
       call, absl::InfiniteDuration(),
       [&](Client::Stubs& stubs, grpc::ClientContext* ctx, StallGuard& guard) {
         out = ExportedState();
+        corrupt_error = absl::OkStatus();
         auto reader = stubs.sessions->ExportState(ctx, req);
         v1::ExportStateResponse part;
         uint32_t next = 0;
@@ -653,15 +685,22 @@ absl::StatusOr<ExportedState> Session::Export(uint64_t version,
           corrupt = "export: the stream ended without a header";
         }
         if (!corrupt.empty()) {
+          corrupt_error = CorruptExport(corrupt);
           return grpc::Status(grpc::StatusCode::DATA_LOSS, corrupt);
         }
         return finished;
       });
-  if (!s.ok()) return s;
+  if (!s.ok()) {
+    // (Not after a cancel of the caller's: RetryOrFail's CANCELLED.)
+    if (!corrupt_error.ok() && s.code() == absl::StatusCode::kDataLoss) {
+      return corrupt_error;
+    }
+    return s;
+  }
   if (out.blob.size() != out.header.total_bytes()) {
-    return absl::DataLossError(
-        absl::StrCat("export: received ", out.blob.size(), " of ",
-                     out.header.total_bytes(), " bytes"));
+    return CorruptExport(absl::StrCat("export: received ", out.blob.size(),
+                                      " of ", out.header.total_bytes(),
+                                      " bytes"));
   }
   return out;
 }

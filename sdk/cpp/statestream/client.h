@@ -5,6 +5,9 @@
 // (proto/statestream/v1/statestream.proto); errors are absl::Status values
 // carrying the server's Reason and metadata (common/status.h GetReason,
 // GetErrorMetadata; GetReasonName also has reasons newer than this SDK).
+// Errors the SDK makes itself carry a Reason too, and metadata
+// origin=sdk (docs/errors.md), except those standing for a broken call
+// (UNAVAILABLE "append stream ended early", ...), retried as one.
 //
 // Resume protocol (docs/API.md): a call that fails with UNAVAILABLE,
 // DEADLINE_EXCEEDED of a single attempt, ABORTED/FENCED,
@@ -119,6 +122,8 @@ class Session {
   absl::StatusOr<Session> ForkWith(uint64_t version, const std::string& new_id,
                                    const CommitOptions& options,
                                    const CallOptions& call = {}) const;
+  // Every kept version (all pages). A server that repeats its page token:
+  // INTERNAL/INTERNAL (origin=sdk), not retried.
   absl::StatusOr<std::vector<v1::Version>> Versions(
       const CallOptions& call = {}) const;
   absl::StatusOr<v1::Session> Rollback(
@@ -127,6 +132,9 @@ class Session {
   absl::StatusOr<v1::Session> RollbackWith(uint64_t version,
                                            const CommitOptions& options,
                                            const CallOptions& call = {}) const;
+  // The state of `version` (0: the head). A blob that fails the SDK's
+  // checks (chunk order, CRC-32C, size): DATA_LOSS/STATE_CORRUPT with
+  // metadata detail (and origin=sdk), as the server reports its own.
   absl::StatusOr<ExportedState> Export(uint64_t version = 0,
                                        const CallOptions& call = {}) const;
   // Commits `state` as this session's next version (IMPORT_MODE_NEW_VERSION).

@@ -28,6 +28,7 @@
 #include "common/status.h"
 #include "statestream/call_scope.h"
 #include "statestream/client.h"
+#include "statestream/local_error.h"
 
 namespace statestream::client {
 
@@ -103,8 +104,8 @@ bool GenerateStream::Next(GenerateChunk* out) {
                       {"version", absl::StrCat(d.version())}};
         }
         status_ =
-            MakeError(absl::StatusCode::kFailedPrecondition,
-                      Reason::kResumeDiverged, message, std::move(metadata));
+            LocalError(absl::StatusCode::kFailedPrecondition,
+                       Reason::kResumeDiverged, message, std::move(metadata));
         finished_ = true;
         CloseCall(/*cancel=*/true);
         return false;
@@ -128,7 +129,7 @@ bool GenerateStream::Next(GenerateChunk* out) {
         same = delivered_ids_[c.index() + i] == c.tokens(static_cast<int>(i));
       }
       if (!same) {
-        status_ = MakeError(
+        status_ = LocalError(
             absl::StatusCode::kFailedPrecondition, Reason::kResumeDiverged,
             absl::StrCat("the resumed generation diverged from the ", delivered,
                          " tokens already delivered (the session changed in "

@@ -36,7 +36,7 @@ from statestream.streams import (_AckTracker,
                                  _deadline,
                                  _durability, _left, _str_field,
                                  _token_requests, _units, _utf8,
-                                 _writer_sizes)
+                                 _writer_closed, _writer_sizes)
 from statestream.transfer import (_AsyncStallGuard, _cap, _import_budget,
                                   _stalled_error)
 from statestream.types import (AppendAck, ExportedState, GenerateChunk,
@@ -706,8 +706,7 @@ class AsyncAppendWriter(_AckTracker):
                 # Everything was committed before the cancellation.
                 self._close_interrupted = False
                 return self.last_ack
-            raise StatestreamError(grpc.StatusCode.FAILED_PRECONDITION,
-                                   "writer closed")
+            raise _writer_closed()
         if self._client._closed:
             self._error = _closed_error()
             raise self._error
@@ -742,8 +741,7 @@ class AsyncAppendWriter(_AckTracker):
         if self._error is not None:
             raise self._error
         if self._closed or self._closing:
-            raise StatestreamError(grpc.StatusCode.FAILED_PRECONDITION,
-                                   "writer closed")
+            raise _writer_closed()
         if self._client._closed:
             self._error = _closed_error()
             raise self._error

@@ -25,7 +25,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import grpc
 
-from statestream.errors import (StatestreamError, blames_target,
+from statestream.errors import (StatestreamError, _local_error, blames_target,
                                 client_closed_error, is_retryable,
                                 retry_after)
 from statestream.types import (AppendAck, ExportedState, GenerateResult,
@@ -288,11 +288,13 @@ def _blames_target_by(error: StatestreamError,
 
 
 def _check_next_page(req, page, rpc: str) -> None:
-    """INTERNAL when a server names the page it just gave as the next one:
-    the listing would be read forever."""
+    """INTERNAL/INTERNAL (origin=sdk) when a server names the page it just
+    gave as the next one: the listing would be read forever. Its reason
+    makes it not retryable (a caller's retry loop would list forever
+    too)."""
     if page.next_page_token == req.page_token:
-        raise StatestreamError(grpc.StatusCode.INTERNAL,
-                               f"{rpc}: the server repeated its page token")
+        raise _local_error(grpc.StatusCode.INTERNAL, "INTERNAL",
+                           f"{rpc}: the server repeated its page token")
 
 
 def _outcome_unknown(error: StatestreamError) -> bool:
@@ -777,7 +779,8 @@ def _score_request(session_id, text, tokens, version, top_logprobs,
 def _assemble_export(parts, session_id: str) -> "ExportedState":
     """The blob of an ExportState stream: the header, then every chunk in
     index order, each as its CRC-32C says, up to header.total_bytes; else
-    DATA_LOSS (not retried)."""
+    DATA_LOSS/STATE_CORRUPT with metadata detail, as the server reports its
+    own (_corrupt_export; not retried)."""
     header, blob = None, []
     for part in parts:
         if part.HasField("header"):
@@ -787,18 +790,25 @@ def _assemble_export(parts, session_id: str) -> "ExportedState":
             continue  # a newer server's message: skipped, as C++ does
         c = part.chunk
         if c.index != len(blob):
-            raise StatestreamError(
-                grpc.StatusCode.DATA_LOSS,
+            raise _corrupt_export(
                 f"export: chunk {c.index} arrived in place of {len(blob)}")
         if _crc32c(c.data) != c.crc32c:
-            raise StatestreamError(grpc.StatusCode.DATA_LOSS,
-                                   f"export: chunk {c.index} fails its CRC-32C")
+            raise _corrupt_export(f"export: chunk {c.index} fails its CRC-32C")
         blob.append(c.data)
     data = b"".join(blob)
-    if header is None or len(data) != header.total_bytes:
-        raise StatestreamError(grpc.StatusCode.DATA_LOSS,
-                               "export: incomplete blob")
+    if header is None:
+        raise _corrupt_export("export: the stream ended without a header")
+    if len(data) != header.total_bytes:
+        raise _corrupt_export(f"export: received {len(data)} of "
+                              f"{header.total_bytes} bytes")
     return ExportedState(header, data, session_id)
+
+
+def _corrupt_export(detail: str) -> StatestreamError:
+    """DATA_LOSS/STATE_CORRUPT (origin=sdk) for an exported blob that fails
+    the SDK's checks, `detail` saying which (as the C++ SDK's words)."""
+    return _local_error(grpc.StatusCode.DATA_LOSS, "STATE_CORRUPT", detail,
+                        {"detail": detail})
 
 
 def _crc32c_table():

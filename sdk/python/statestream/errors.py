@@ -12,7 +12,9 @@ DOMAIN = "statestream.dev"
 class StatestreamError(Exception):
     """A failed call. `code` is a grpc.StatusCode; `reason` a Reason name
     (e.g. "POSITION_MISMATCH", "REASON_UNSPECIFIED" when the server gave
-    none); `metadata` the ErrorInfo metadata (strings)."""
+    none); `metadata` the ErrorInfo metadata (strings). An error the SDK
+    made itself has a reason too, and metadata origin="sdk"
+    (_local_error)."""
 
     def __init__(self, code: grpc.StatusCode, message: str,
                  reason: str = "REASON_UNSPECIFIED",
@@ -73,6 +75,32 @@ class StatestreamError(Exception):
             except (DecodeError, TypeError, ValueError):
                 pass  # malformed details: the code and message stand
         return cls(code, message or "", reason, metadata)
+
+
+# The metadata every error the SDK makes itself carries (_local_error): a
+# server's never does.
+ORIGIN_KEY, ORIGIN_SDK = "origin", "sdk"
+
+
+def _local_error(code: grpc.StatusCode, reason: str, message: str,
+                 metadata: Optional[Dict[str, str]] = None
+                 ) -> StatestreamError:
+    """An error the SDK makes itself, not a server's (docs/errors.md):
+    `code`, always a Reason of statestream.v1.Reason (REASON_UNSPECIFIED
+    becomes INTERNAL: with INTERNAL or UNKNOWN it would read as a transport
+    failure, which is_retryable retries; ValueError for a name the enum does
+    not have), `metadata` plus origin="sdk". The C++ SDK's twin is
+    LocalError (sdk/cpp/statestream/local_error.h). Errors that stand for a
+    broken call ("append stream ended early", "generate ended without
+    done") are not made with this: they are meant to read as a transport
+    failure, and be retried as one."""
+    from statestream.v1 import statestream_pb2 as pb
+    if not reason or reason == "REASON_UNSPECIFIED":
+        reason = "INTERNAL"
+    pb.Reason.Value(reason)  # ValueError for a name it does not have
+    metadata = dict(metadata or {})
+    metadata[ORIGIN_KEY] = ORIGIN_SDK
+    return StatestreamError(code, message, reason, metadata)
 
 
 CLIENT_CLOSED = "client closed"

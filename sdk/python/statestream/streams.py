@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Dict, Optional, Sequence, Union
 
 import grpc
 
-from statestream.errors import StatestreamError, client_closed_error
+from statestream.errors import (StatestreamError, _local_error,
+                               client_closed_error)
 from statestream.types import (AppendAck, GenerateChunk, GenerateDone,
                                TokenLogprob)
 from statestream.v1 import statestream_pb2 as pb
@@ -208,11 +209,20 @@ def _left(deadline: Optional[float]) -> Optional[float]:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
+def _writer_closed() -> StatestreamError:
+    """What a closed writer's calls raise: FAILED_PRECONDITION/
+    INVALID_ARGUMENT "writer closed", metadata field=writer (origin=sdk;
+    not retried, not kept as the writer's error). C++: the same."""
+    return _local_error(grpc.StatusCode.FAILED_PRECONDITION,
+                        "INVALID_ARGUMENT", "writer closed",
+                        {"field": "writer"})
+
+
 def _invalid_utf8(what: str, index: int) -> StatestreamError:
     """The INVALID_UTF8 error for text refused before any call."""
-    return StatestreamError(
+    return _local_error(
         grpc.StatusCode.INVALID_ARGUMENT,
-        f"{what} is not valid UTF-8 (at index {index})", "INVALID_UTF8")
+        "INVALID_UTF8", f"{what} is not valid UTF-8 (at index {index})")
 
 
 def _leading_continuation(data: bytes) -> int:
@@ -252,18 +262,17 @@ def _utf8_carry(carry: bytes, skippable: int, data: bytes, at: int,
     if bad is not None:
         bad_at = (at - len(carry) + bad if bad < len(carry)
                   else at + skip + bad - len(carry))
-        raise StatestreamError(
-            grpc.StatusCode.INVALID_ARGUMENT,
+        raise _local_error(
+            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_UTF8",
             "text does not continue the incomplete UTF-8 character the "
             "writer's text ends with" if bad < len(carry) else
             "text is not valid UTF-8; nothing of it was sent",
-            "INVALID_UTF8",
             {"input_offset": str(bad_at), "field": "text_utf8"})
     if flush and tail:
-        raise StatestreamError(
-            grpc.StatusCode.INVALID_ARGUMENT,
+        raise _local_error(
+            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_UTF8",
             "text ends inside a UTF-8 character at a flush or tokens; "
-            "write the rest of it first (nothing was sent)", "INVALID_UTF8",
+            "write the rest of it first (nothing was sent)",
             {"input_offset": str(at + len(data) - len(tail)),
              "field": "text_utf8"})
     return tail
@@ -350,12 +359,12 @@ class _AckTracker:
         end = _end_offset(acked.request)
         if ack.input_offset < end or (acked.request.checkpoint and
                                       ack.committed_input_offset < end):
-            self._error = StatestreamError(
-                grpc.StatusCode.INTERNAL,
+            self._error = _local_error(
+                grpc.StatusCode.INTERNAL, "INTERNAL",
                 f"the server acknowledged the request ending at input "
                 f"offset {end} with input_offset {ack.input_offset} and "
                 f"committed_input_offset {ack.committed_input_offset}: not "
-                f"its acknowledgement (an extra or missing one)", "INTERNAL")
+                f"its acknowledgement (an extra or missing one)")
             raise self._error
         self._acked += 1
         acked.acked_version = ack.version
@@ -499,13 +508,12 @@ class AppendWriter(_AckTracker):
 
     def _check(self) -> None:
         """Raises the writer's error; FAILED_PRECONDITION "writer closed"
-        after close(); else CANCELLED "client closed" (kept) after
-        Client.close()."""
+        (_writer_closed) after close(); else CANCELLED "client closed"
+        (kept) after Client.close()."""
         if self._error is not None:
             raise self._error
         if self._closed:
-            raise StatestreamError(grpc.StatusCode.FAILED_PRECONDITION,
-                                   "writer closed")
+            raise _writer_closed()
         if self._client._closed:
             self._error = client_closed_error()
             raise self._error
@@ -582,19 +590,18 @@ def _diverged(delivered_ids, chunk) -> Optional[StatestreamError]:
     the same call cannot continue what was delivered (a new call is a new
     generation)."""
     if chunk.index > len(delivered_ids):
-        return StatestreamError(grpc.StatusCode.FAILED_PRECONDITION,
-                                "the resumed generation skipped output",
-                                "RESUME_DIVERGED")
+        return _local_error(grpc.StatusCode.FAILED_PRECONDITION,
+                            "RESUME_DIVERGED",
+                            "the resumed generation skipped output")
     for i, t in enumerate(chunk.tokens):
         if chunk.index + i >= len(delivered_ids):
             break
         if delivered_ids[chunk.index + i] != t:
-            return StatestreamError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            return _local_error(
+                grpc.StatusCode.FAILED_PRECONDITION, "RESUME_DIVERGED",
                 f"the resumed generation diverged from the "
                 f"{len(delivered_ids)} tokens already delivered (the session "
-                "changed in between?); its output is not joined to them",
-                "RESUME_DIVERGED")
+                "changed in between?); its output is not joined to them")
     return None
 
 
@@ -620,8 +627,8 @@ def _ended_short(call_tokens: int, call_bytes: int, delivered_tokens: int,
                         "position": str(done.position),
                         "input_offset": str(done.input_offset),
                         "version": str(done.version)}
-        return StatestreamError(grpc.StatusCode.FAILED_PRECONDITION, message,
-                                "RESUME_DIVERGED", metadata)
+        return _local_error(grpc.StatusCode.FAILED_PRECONDITION,
+                            "RESUME_DIVERGED", message, metadata)
     return None
 
 

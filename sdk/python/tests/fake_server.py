@@ -35,6 +35,7 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
         self.import_calls = 0  # ImportState calls received
         self.import_headers = []  # every ImportState header received
         self.rollback_requests = []  # every RollbackSession request received
+        self.list_versions_requests = []  # every ListVersions request
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         rpc.add_SessionsServicer_to_server(self, self.server)
         rpc.add_StreamsServicer_to_server(self, self.server)
@@ -96,6 +97,7 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
 
     def ListVersions(self, request, context):
         """A misbehaving server: every page names itself as the next."""
+        self.list_versions_requests.append(request)
         return pb.ListVersionsResponse(versions=[pb.Version(version=1)],
                                        next_page_token="again")
 

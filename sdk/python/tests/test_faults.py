@@ -173,19 +173,29 @@ def test_keepalive_fails_a_call_to_a_paused_server(server):
 
 
 # -- a corrupt or reordered export is DATA_LOSS ------------------------------
+#
+# As the server reports its own corrupt state: STATE_CORRUPT with metadata
+# detail, and origin=sdk (the SDK's check, not the server's).
+
+def assert_corrupt_export(error: StatestreamError) -> None:
+    assert error.code == grpc.StatusCode.DATA_LOSS
+    assert error.reason == "STATE_CORRUPT"
+    assert error.metadata == {"detail": error.message, "origin": "sdk"}
+    assert not is_retryable(error)
+
 
 @pytest.mark.parametrize("session", ["corrupt", "reordered"])
 def test_a_corrupt_export_is_data_loss(fake, session):
     with Client(fake.address, **fast_retries()) as c:
         with pytest.raises(StatestreamError) as e:
             c.session(session).export()
-        assert e.value.code == grpc.StatusCode.DATA_LOSS
+        assert_corrupt_export(e.value)
 
     async def main():
         async with AsyncClient(fake.address, **fast_retries()) as c:
             with pytest.raises(StatestreamError) as e:
                 await c.session(session).export()
-            assert e.value.code == grpc.StatusCode.DATA_LOSS
+            assert_corrupt_export(e.value)
     asyncio.run(main())
 
 
@@ -205,6 +215,16 @@ def test_an_export_skips_messages_it_does_not_know(fake, aio):
     assert state.blob == b"abcdabcd"
 
 
+def assert_repeated_page_token(error: StatestreamError) -> None:
+    # INTERNAL with its reason: not a transport failure's (no reason),
+    # which is_retryable retries (a caller's retry loop listed forever).
+    assert error.code == grpc.StatusCode.INTERNAL
+    assert error.reason == "INTERNAL"
+    assert error.metadata == {"origin": "sdk"}
+    assert "repeated its page token" in error.message
+    assert not is_retryable(error)
+
+
 @pytest.mark.parametrize("aio", [False, True])
 def test_a_repeated_page_token_ends_a_listing(fake, aio):
     # A server that names the page it just gave as the next one: INTERNAL,
@@ -214,7 +234,7 @@ def test_a_repeated_page_token_ends_a_listing(fake, aio):
             for listing in (c.session("s").versions(), c.list_sessions()):
                 with pytest.raises(StatestreamError) as e:
                     await listing
-                assert e.value.code == grpc.StatusCode.INTERNAL
+                assert_repeated_page_token(e.value)
 
     def run():
         with Client(fake.address, **fast_retries()) as c:
@@ -222,8 +242,10 @@ def test_a_repeated_page_token_ends_a_listing(fake, aio):
                             lambda: list(c.list_sessions())):
                 with pytest.raises(StatestreamError) as e:
                     listing()
-                assert e.value.code == grpc.StatusCode.INTERNAL
+                assert_repeated_page_token(e.value)
     asyncio.run(run_async()) if aio else run()
+    # The first page, then the one it named again: nothing retried.
+    assert [r.page_token for r in fake.list_versions_requests] == ["", "again"]
 
 
 # -- stop strings --------------------------------------------------------------
@@ -367,7 +389,8 @@ def test_a_committed_resume_that_ends_short_says_where_the_session_is(
     assert not is_retryable(e.value)
     assert delivered == [1, 2]
     assert e.value.metadata == {"committed": "true", "position": "12",
-                                "input_offset": "8", "version": "5"}
+                                "input_offset": "8", "version": "5",
+                                "origin": "sdk"}
     assert "the session is at input_offset 8 (version 5)" in e.value.message
 
 
@@ -418,6 +441,9 @@ def test_an_ack_that_is_not_its_requests_fails_the_writer(fake, aio):
     with pytest.raises(StatestreamError) as e:
         asyncio.run(run_async()) if aio else run_sync()
     assert e.value.code == grpc.StatusCode.INTERNAL
+    assert e.value.reason == "INTERNAL"
+    assert e.value.metadata == {"origin": "sdk"}
+    assert not is_retryable(e.value)
     assert "not its acknowledgement" in e.value.message
 
 
