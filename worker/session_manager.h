@@ -54,7 +54,7 @@ struct SessionManagerOptions {
   std::string owner = "worker";
   // Lease duration; renewed every lease_ttl / 3 while resident.
   absl::Duration lease_ttl = absl::Seconds(30);
-  // Score and side-branch Generate on a resident session first ask the
+  // Score and Generate on a resident session first ask the
   // store whether this worker still holds the session (another may have
   // taken it over since the last renewal): one store read per call. An
   // answer slower than this serves the resident copy, so that a hung

@@ -561,6 +561,10 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
     auto r = m.Resident({tenant, session_id});
     if (!r.ok()) return done(r.status());
     std::shared_ptr<Session> s = *r;
+    // A copy another worker took over would stream output from an older
+    // state until its first commit was fenced (and answer refusals with
+    // its older offsets).
+    if (absl::Status st = m.CheckCopy(s.get()); !st.ok()) return done(st);
     // Something runs on the session (a committing generation holds it to
     // its end): a new writer call supersedes it at once, as always. (run
     // takes s->mu itself: not under the lock.)

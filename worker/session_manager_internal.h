@@ -573,8 +573,8 @@ class SessionManager::Impl {
   // dropped, and the error is SESSION_NOT_FOUND (deleted) or FENCED (taken
   // over). A store that cannot answer leaves the copy standing (OK).
   absl::Status StillOurs(Session* s);
-  // StillOurs for a read served from a resident copy (Score, a side-branch
-  // Generate): another worker may have taken the session over since the
+  // StillOurs for a call served from a resident copy (Score, Generate):
+  // another worker may have taken the session over since the
   // last renewal, and the copy would answer with an older state. The
   // store's answer is awaited at most opt_.copy_check_wait on checkers_
   // (at most kMaxCopyChecks at once); a store slower than that, or one

@@ -765,12 +765,34 @@ TEST_F(SessionManagerTest, ReadsAfterATakeoverAreNotAnsweredFromTheStaleCopy) {
   none.tokens = {1};
   ASSERT_TRUE(ScoreStatus("s", none).ok());  // loaded again, at 12
   ASSERT_TRUE(move_on(12, "#").ok());
+  // A committing generation: no token from the older state.
+  GenerateInput commit;
+  commit.request_id = "commit-after-takeover";
+  commit.max_tokens = 2;
+  commit.commit = true;
+  {
+    int pieces = 0;
+    absl::Notification done;
+    absl::Status ended;
+    manager_->Generate(
+        "t", "s", commit, [&](const GeneratedPiece&) { ++pieces; },
+        [&](absl::StatusOr<GenerateOutcome> o) {
+          ended = o.status();
+          done.Notify();
+        });
+    done.WaitForNotification();
+    EXPECT_EQ(GetReason(ended), Reason::kFenced) << ended;
+    EXPECT_EQ(pieces, 0);  // was the older state's output, then FENCED
+  }
+  EXPECT_FALSE(manager_->IsResident("t", "s"));
+  ASSERT_TRUE(ScoreStatus("s", none).ok());  // loaded again, at 13
+  ASSERT_TRUE(move_on(13, "+").ok());
   ASSERT_TRUE(manager_->IsResident("t", "s"));
   SessionUpdate update;
   update.labels = std::map<std::string, std::string>{{"k", "v"}};
   auto updated = manager_->UpdateSession("t", "s", update);
   ASSERT_TRUE(updated.ok()) << updated.status();
-  EXPECT_EQ(updated->input_offset, 13u);
+  EXPECT_EQ(updated->input_offset, 14u);
   EXPECT_EQ(updated->labels.at("k"), "v");
   EXPECT_FALSE(manager_->IsResident("t", "s"));
 }
