@@ -18,10 +18,18 @@ absl::StatusOr<std::unique_ptr<WorkerRegistration>> WorkerRegistration::Start(
   const absl::Time sent = options.clock->Now();
   absl::StatusOr<bool> registered =
       store->RegisterWorker(options.info, 3 * options.heartbeat_interval);
-  if (!registered.ok()) return registered.status();
+  const absl::Status& st = registered.status();
+  const bool unreachable =
+      absl::IsUnavailable(st) || absl::IsDeadlineExceeded(st);
+  if (!st.ok() && !unreachable) return st;
+  if (unreachable) {
+    std::cerr << "worker " << options.info.worker_id
+              << ": registry write failed (retrying): " << st << "\n";
+  }
   std::unique_ptr<WorkerRegistration> r(
       new WorkerRegistration(store, std::move(options)));
-  r->thread_ = std::thread([p = r.get(), sent] { p->Loop(sent); });
+  r->thread_ = std::thread(
+      [p = r.get(), sent, unreachable] { p->Loop(sent, unreachable); });
   return r;
 }
 
@@ -31,11 +39,10 @@ WorkerRegistration::WorkerRegistration(StateStore* store,
 
 WorkerRegistration::~WorkerRegistration() { Stop(); }
 
-void WorkerRegistration::Loop(absl::Time answered_sent) {
+void WorkerRegistration::Loop(absl::Time answered_sent, bool failing) {
   Clock* const clock = options_.clock;
   const absl::Duration entry_ttl = 3 * options_.heartbeat_interval;
-  bool failing = false;
-  absl::Time failing_since = absl::InfinitePast();
+  absl::Time failing_since = failing ? answered_sent : absl::InfinitePast();
   WorkerInfo info = options_.info;
   absl::MutexLock lock(&mu_);
   while (true) {

@@ -50,9 +50,12 @@ struct WorkerRegistrationOptions {
 // Thread-safe. Destruction unregisters (see Stop).
 class WorkerRegistration {
  public:
-  // Registers once (the error is returned: a worker that cannot reach the
-  // registry should not start), then heartbeats in the background. Later
-  // heartbeat failures are logged to stderr once per outage and retried.
+  // Registers, then heartbeats in the background. A store that refuses
+  // the entry (an invalid id) is the error returned; one that cannot be
+  // reached now (UNAVAILABLE, DEADLINE_EXCEEDED) is not: the heartbeat
+  // retries it, as it does later failures (logged to stderr once per
+  // outage), so a Redis blip while a worker starts does not cost it its
+  // model load (its readiness says NOT_SERVING meanwhile).
   // `store` must outlive the registration.
   static absl::StatusOr<std::unique_ptr<WorkerRegistration>> Start(
       StateStore* store, WorkerRegistrationOptions options);
@@ -66,8 +69,9 @@ class WorkerRegistration {
 
  private:
   WorkerRegistration(StateStore* store, WorkerRegistrationOptions options);
-  // `answered_sent`: when the registration's answered call was sent.
-  void Loop(absl::Time answered_sent);
+  // `answered_sent`: when the registration's answered call was sent;
+  // `failing`: it was not answered (then `answered_sent` is when it was).
+  void Loop(absl::Time answered_sent, bool failing);
 
   StateStore* const store_;
   const WorkerRegistrationOptions options_;

@@ -175,6 +175,30 @@ TEST_F(WorkerRegistrationTest, LongFailuresResyncWhenAskedTo) {
   EXPECT_EQ(resyncs_, 1);
 }
 
+// A registry that cannot be reached while the worker starts (a Redis blip
+// after a long model load) does not stop the start: the heartbeat writes
+// the entry once it can. An entry the store refuses does.
+TEST_F(WorkerRegistrationTest, AnUnreachableRegistryAtStartIsRetried) {
+  registration_.reset();
+  flaky_->down = true;
+  WorkerRegistrationOptions o;
+  o.info.worker_id = "w3";
+  o.info.address = "127.0.0.1:3";
+  o.heartbeat_interval = absl::Milliseconds(20);
+  o.clock = &clock_;
+  auto r = WorkerRegistration::Start(flaky_.get(), o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(Listed(memory_.get(), "w3"));
+  const int calls = flaky_->calls;
+  ASSERT_TRUE(WaitFor([&] { return flaky_->calls >= calls + 2; }));
+  flaky_->down = false;
+  EXPECT_TRUE(WaitFor([&] { return Listed(memory_.get(), "w3"); }));
+
+  o.info.worker_id = "not a valid id";
+  auto refused = WorkerRegistration::Start(flaky_.get(), o);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(WorkerRegistrationTest, StopUnregisters) {
   ASSERT_TRUE(Listed(memory_.get(), "w1"));
   registration_->Stop();
