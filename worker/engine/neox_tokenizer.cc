@@ -610,6 +610,26 @@ absl::Status NeoxTokenizer::Init(const nlohmann::json& j) {
     bytes_[id] = std::move(bytes);
     return absl::OkStatus();
   };
+  {
+    // Ids index a table: a few tokens at huge ids would allocate it whole
+    // (4M entries, ~130 MB) for nothing. Real vocabularies are dense.
+    int64_t count = 0, max_id = -1;
+    auto see = [&](const nlohmann::json& id) {
+      if (!id.is_number_integer()) return;
+      ++count;
+      max_id = std::max(max_id, id.get<int64_t>());
+    };
+    for (const auto& item : (*model)["vocab"].items()) see(item.value());
+    if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
+      for (const auto& a : j["added_tokens"]) {
+        if (a.is_object() && a.contains("id")) see(a["id"]);
+      }
+    }
+    if (max_id >= 2 * count + 1024 && max_id < kMaxVocab) {
+      return BadFile(absl::StrCat("token ids are sparse: id ", max_id,
+                                  " among ", count, " tokens"));
+    }
+  }
   for (const auto& [s, id] : (*model)["vocab"].items()) {
     if (!id.is_number_integer()) return BadFile("vocab id is not an integer");
     SS_RETURN_IF_ERROR(assign(id.get<int64_t>(), to_bytes(s)));

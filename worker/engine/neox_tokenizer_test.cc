@@ -581,6 +581,18 @@ TEST(NeoxTokenizerFileTest, MalformedFilesAreErrors) {
   EXPECT_TRUE(
       ParseNeoxTokenizer(file("", R"([{"id": 256, "content": "ab"}])", -1))
           .ok());
+  // A token at a huge id among a few hundred: refused before a table of
+  // millions of entries is allocated for it; a dense one past the end is
+  // fine.
+  auto sparse = ParseNeoxTokenizer(
+      file("", R"([{"id": 4000000, "content": "<x>"}])", -1));
+  EXPECT_EQ(GetReason(sparse.status()), Reason::kInvalidModelFile)
+      << sparse.status();
+  EXPECT_NE(sparse.status().message().find("sparse"), std::string::npos)
+      << sparse.status();
+  EXPECT_TRUE(
+      ParseNeoxTokenizer(file("", R"([{"id": 1000, "content": "<x>"}])", -1))
+          .ok());
 }
 
 // A normalized added token of letters and digits matches only in the NFC
