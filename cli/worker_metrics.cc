@@ -27,6 +27,9 @@ absl::StatusOr<std::unique_ptr<worker::MetricsHttpServer>> ServeWorkerMetrics(
     g.sessions_resident = s.resident;
     g.sessions_active = s.active;
     g.resident_bytes = s.resident_bytes;
+    g.loads = s.loads;
+    g.evictions = s.evictions;
+    g.commits = s.commits;
     for (worker::Scheduler* scheduler : schedulers) {
       g.scheduler_tasks += scheduler->stats().active_tasks;
     }

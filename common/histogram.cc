@@ -17,6 +17,9 @@ std::vector<double> Histogram::LatencyBounds() {
 }
 
 void Histogram::Observe(double value) {
+  // Durations come from the wall clock: one stepped back (NTP) would make
+  // _sum fall, which Prometheus reads as a counter reset.
+  if (!(value >= 0)) value = 0;
   size_t i = 0;
   while (i < bounds_.size() && value > bounds_[i]) ++i;
   absl::MutexLock lock(&mu_);

@@ -41,5 +41,18 @@ TEST(HistogramTest, TheSumKeepsItsPrecision) {
   EXPECT_NE(out.find("y_sum 1234567.125\n"), std::string::npos) << out;
 }
 
+// A duration from a wall clock stepped back counts as 0: a negative one
+// would lower _sum, which Prometheus reads as a counter reset.
+TEST(HistogramTest, ANegativeValueCountsAsZero) {
+  Histogram h({1});
+  h.Observe(2);
+  h.Observe(-5);
+  std::string out;
+  h.Render("x", "", &out);
+  EXPECT_NE(out.find("x_sum 2\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("x_bucket{le=\"1\"} 1\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("x_count 2\n"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace statestream

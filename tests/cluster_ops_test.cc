@@ -324,6 +324,12 @@ TEST_F(ClusterOpsTest, WorkersServeTheirMetrics) {
   EXPECT_GE(samples.count("statestream_tokens_in_total"), 1u);
   EXPECT_GE(samples.at("statestream_tokens_in_total"), 4 * 32);
   EXPECT_GE(samples.count("statestream_sessions_resident"), 1u);
+  // The session manager's counts: the session was loaded and committed.
+  ASSERT_EQ(samples.count("statestream_session_loads_total"), 1u);
+  EXPECT_GE(samples.at("statestream_session_loads_total"), 1);
+  ASSERT_EQ(samples.count("statestream_session_commits_total"), 1u);
+  EXPECT_GE(samples.at("statestream_session_commits_total"), 1);
+  EXPECT_EQ(samples.count("statestream_session_evictions_total"), 1u);
   bool committed = false;
   for (const auto& [name, value] : samples) {
     if (absl::StartsWith(name, "statestream_state_commit_seconds_count") &&

@@ -75,7 +75,8 @@ std::string WorkerMetrics::Render() const {
   inter_token_.Render("statestream_inter_token_seconds", "", &out);
   AppendMetricHeader(
       &out, "statestream_queue_seconds", "histogram",
-      "Scheduler: from admission of a task to its first engine step.");
+      "Scheduler: from admission of a task to its first engine step (or "
+      "its end, if it ended queued).");
   queue_.Render("statestream_queue_seconds", "", &out);
   AppendMetricHeader(&out, "statestream_batch_sequences", "histogram",
                      "Scheduler: sequences per engine batch.");
@@ -125,6 +126,13 @@ std::string WorkerMetrics::Render() const {
   AppendMetric(&out, "statestream_scheduler_tasks", "gauge",
                "Tasks admitted to the scheduler (running or queued).",
                g.scheduler_tasks);
+  AppendMetric(&out, "statestream_session_loads_total", "counter",
+               "Sessions loaded from the store.", g.loads);
+  AppendMetric(&out, "statestream_session_evictions_total", "counter",
+               "Idle sessions evicted to fit the residency budget.",
+               g.evictions);
+  AppendMetric(&out, "statestream_session_commits_total", "counter",
+               "Session states committed to the store.", g.commits);
   return out;
 }
 

@@ -30,6 +30,8 @@ class WorkerMetrics {
     int64_t sessions_active = 0;  // an operation running/queued or a writer
     int64_t resident_bytes = 0;
     int64_t scheduler_tasks = 0;
+    // Counts since the start (SessionManager::Stats, all models).
+    int64_t loads = 0, evictions = 0, commits = 0;
   };
 
   // `store` names the state store in the state load/commit latency labels

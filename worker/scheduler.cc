@@ -155,6 +155,13 @@ void Scheduler::Retire(std::vector<std::shared_ptr<Task>>& active) {
       ++i;
       continue;
     }
+    // One that waited its whole life counts its wait too: under overload
+    // the longest waits end this way, and leaving them out would make
+    // queue times look better exactly as they get worse.
+    if (!t.stepped && options_.on_first_step) {
+      t.stepped = true;
+      options_.on_first_step(now - t.admitted_at);
+    }
     ended.push_back(std::move(active[i]));
     outcome.push_back(std::move(why));
     active.erase(active.begin() + static_cast<ptrdiff_t>(i));

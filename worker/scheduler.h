@@ -130,7 +130,8 @@ struct SchedulerOptions {
   int step_threads = 0;
   // Observability hooks, called on the scheduler thread (must not block):
   // each engine batch (sequences, tokens), and each task's time from
-  // admission to its first step.
+  // admission to its first step (or, for one that ends before any, its
+  // end: cancelled or past its deadline while queued).
   std::function<void(int sequences, int tokens)> on_batch;
   std::function<void(absl::Duration queued)> on_first_step;
 };

@@ -120,6 +120,46 @@ TEST(SchedulerTest, OverloadCancelAndDeadline) {
   EXPECT_TRUE(w2.status.ok());
 }
 
+// The queue-time hook sees every task once, also one that ended before
+// its first step (here: past its deadline when the scheduler first looks
+// at it), with the time it waited: under overload those are the longest.
+TEST(SchedulerTest, ATaskEndingQueuedCountsItsWait) {
+  auto model = SmallModel();
+  FakeClock clock;
+  std::vector<absl::Duration> waits;
+  absl::Mutex mu;
+  SchedulerOptions opts;
+  opts.on_first_step = [&](absl::Duration d) {
+    absl::MutexLock lock(&mu);
+    waits.push_back(d);
+  };
+  Scheduler sched(model.get(), opts, &clock);
+  std::vector<EngineState> st(2, EngineState::Initial(*model));
+  Waiter expired, ran;
+  auto late = std::make_shared<IngestTask>(&st[0], Tokens(4, 1),
+                                           [&](const absl::Status& s) {
+                                             expired.status = s;
+                                             expired.done.Notify();
+                                           });
+  late->deadline = clock.Now() - absl::Seconds(1);
+  ASSERT_TRUE(sched.Submit(late).ok());
+  expired.done.WaitForNotification();
+  EXPECT_EQ(expired.status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(st[0].position, 0u);  // never stepped
+  ASSERT_TRUE(
+      sched
+          .Submit(std::make_shared<IngestTask>(&st[1], Tokens(4, 2),
+                                               [&](const absl::Status& s) {
+                                                 ran.status = s;
+                                                 ran.done.Notify();
+                                               }))
+          .ok());
+  ran.done.WaitForNotification();
+  EXPECT_TRUE(ran.status.ok());
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(waits.size(), 2u);
+}
+
 // A task leaves the admission counts before its call ends: whoever sees it
 // end (here its own callback, on the scheduler's thread) may submit again
 // at once, at full capacity, and is admitted — for finished, cancelled and

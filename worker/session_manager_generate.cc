@@ -318,12 +318,12 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
           h = Fnv1a(h, in.request_id);
           spec.params.seed = h;
         }
-        if (m.opt_.metrics != nullptr) {
-          m.opt_.metrics->AddTokensIn(prompt.size());
-        }
         input_tokens = static_cast<uint32_t>(prompt.size());
         spec.prompt = std::move(prompt);
       }
+      // What the engine consumes for this call (a resumed generation's
+      // prompt ran before).
+      const uint32_t prompt_tokens = resume ? 0 : input_tokens;
       spec.max_tokens = max_tokens;
       spec.stop_strings = in.stop_strings;
       spec.logprobs = in.logprobs;
@@ -542,6 +542,9 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
         }
         return done(st);
       }
+      // Counted once the engine has the prompt (a refused or cancelled
+      // call consumed nothing; a resumed one's prompt ran before).
+      if (m.opt_.metrics != nullptr) m.opt_.metrics->AddTokensIn(prompt_tokens);
     });
   };
   const SessionKey key{tenant, session_id};
@@ -678,7 +681,6 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
       out->tokens = cont;
       const int top_n = in.top_logprobs;
       auto score = [&m, job, work, out, cont, top_n, done]() {
-        if (m.opt_.metrics != nullptr) m.opt_.metrics->AddTokensIn(cont.size());
         auto holder = std::make_shared<ScoreTask*>(nullptr);
         auto task = std::make_shared<ScoreTask>(
             work.get(), m.vocab_, cont,
@@ -694,9 +696,11 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
         *holder = task.get();
         task->set_top_logprobs(top_n);
         if (!job->SetTask(task)) return done(CancelledError());
-        if (absl::Status st = m.sched_->Submit(task); !st.ok()) done(st);
+        if (absl::Status st = m.sched_->Submit(task); !st.ok()) return done(st);
+        if (m.opt_.metrics != nullptr) m.opt_.metrics->AddTokensIn(cont.size());
       };
       if (flushed.empty()) return score();
+      const size_t flushed_tokens = flushed.size();
       auto ingest = std::make_shared<IngestTask>(
           work.get(), std::move(flushed),
           [&m, score, done](const absl::Status& st) {
@@ -704,7 +708,9 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
             m.pool_.Post(score);
           });
       if (!job->SetTask(ingest)) return done(CancelledError());
-      if (absl::Status st = m.sched_->Submit(ingest); !st.ok()) done(st);
+      if (absl::Status st = m.sched_->Submit(ingest); !st.ok()) return done(st);
+      if (m.opt_.metrics != nullptr)
+        m.opt_.metrics->AddTokensIn(flushed_tokens);
     };
     const SessionKey key{tenant, session_id};
     if (in.version != 0) {

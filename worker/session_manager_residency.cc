@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <functional>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -219,6 +220,13 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
     if (it != resident_.end()) return it->second;
   }
   const absl::Time load_start = clock_->Now();
+  // Every attempt, failed ones too: a hung store's loads (each failing
+  // after the command timeout) are what an operator looks for here.
+  absl::Cleanup observe = [this, load_start] {
+    if (opt_.metrics != nullptr) {
+      opt_.metrics->ObserveStateLoad(clock_->Now() - load_start);
+    }
+  };
   SS_ASSIGN_OR_RETURN(SessionHead head, store_->GetHead(key));
   SS_RETURN_IF_ERROR(CheckHeadModel(head));
   SS_ASSIGN_OR_RETURN(Lease lease,
@@ -238,12 +246,10 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
     store_->ReleaseLease(key, opt_.owner, lease.fence).IgnoreError();
     return st;
   }
-  if (opt_.metrics != nullptr) {
-    opt_.metrics->ObserveStateLoad(clock_->Now() - load_start);
-    if (!head.owner.empty() && head.owner != opt_.owner &&
-        head.lease_expires_at > load_start) {
-      opt_.metrics->IncLeaseTakeover();
-    }
+  std::move(observe).Invoke();
+  if (opt_.metrics != nullptr && !head.owner.empty() &&
+      head.owner != opt_.owner && head.lease_expires_at > load_start) {
+    opt_.metrics->IncLeaseTakeover();
   }
   std::vector<std::shared_ptr<Session>> victims;
   bool draining;
