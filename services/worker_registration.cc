@@ -4,6 +4,8 @@
 #include <iostream>
 #include <utility>
 
+#include "common/status.h"
+
 namespace statestream {
 
 absl::StatusOr<std::unique_ptr<WorkerRegistration>> WorkerRegistration::Start(
@@ -19,8 +21,12 @@ absl::StatusOr<std::unique_ptr<WorkerRegistration>> WorkerRegistration::Start(
   absl::StatusOr<bool> registered =
       store->RegisterWorker(options.info, 3 * options.heartbeat_interval);
   const absl::Status& st = registered.status();
+  // Not a refusal: Redis answering an error (NOPERM, OOM, READONLY: a
+  // redis_error) would refuse every retry as well, the worker never
+  // listed while its health said SERVING.
   const bool unreachable =
-      absl::IsUnavailable(st) || absl::IsDeadlineExceeded(st);
+      (absl::IsUnavailable(st) || absl::IsDeadlineExceeded(st)) &&
+      !GetErrorMetadata(st, "redis_error").has_value();
   if (!st.ok() && !unreachable) return st;
   if (unreachable) {
     std::cerr << "worker " << options.info.worker_id

@@ -51,8 +51,9 @@ struct WorkerRegistrationOptions {
 class WorkerRegistration {
  public:
   // Registers, then heartbeats in the background. A store that refuses
-  // the entry (an invalid id) is the error returned; one that cannot be
-  // reached now (UNAVAILABLE, DEADLINE_EXCEEDED) is not: the heartbeat
+  // the entry (an invalid id, a Redis error such as NOPERM or READONLY) is
+  // the error returned; one that cannot be reached now (UNAVAILABLE or
+  // DEADLINE_EXCEEDED without a redis_error) is not: the heartbeat
   // retries it, as it does later failures (logged to stderr once per
   // outage), so a Redis blip while a worker starts does not cost it its
   // model load (its readiness says NOT_SERVING meanwhile).

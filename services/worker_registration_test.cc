@@ -9,6 +9,7 @@
 
 #include "absl/time/clock.h"
 #include "common/clock.h"
+#include "common/status.h"
 #include "gtest/gtest.h"
 #include "state_store/memory_state_store.h"
 #include "state_store/testing/forwarding_store.h"
@@ -24,11 +25,17 @@ class FlakyRegistry final : public testing::ForwardingStore {
   using ForwardingStore::ForwardingStore;
   std::atomic<bool> down{false};
   std::atomic<bool> lose_next_reply{false};
+  std::atomic<bool> refuse{false};  // as Redis does a user without rights
   std::atomic<int> calls{0};
   absl::StatusOr<bool> RegisterWorker(const WorkerInfo& w,
                                       absl::Duration t) override {
     ++calls;
     if (down) return absl::UnavailableError("registry down");
+    if (refuse) {
+      return MakeError(absl::StatusCode::kUnavailable,
+                       Reason::kStoreUnavailable, "NOPERM",
+                       {{"redis_error", "NOPERM"}});
+    }
     absl::StatusOr<bool> listed = ForwardingStore::RegisterWorker(w, t);
     if (lose_next_reply.exchange(false)) {
       return absl::UnavailableError("reply lost");
@@ -197,6 +204,12 @@ TEST_F(WorkerRegistrationTest, AnUnreachableRegistryAtStartIsRetried) {
   o.info.worker_id = "not a valid id";
   auto refused = WorkerRegistration::Start(flaky_.get(), o);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  // Redis answering with an error (here NOPERM) would refuse every retry.
+  o.info.worker_id = "w4";
+  flaky_->refuse = true;
+  auto denied = WorkerRegistration::Start(flaky_.get(), o);
+  EXPECT_EQ(denied.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(Listed(memory_.get(), "w4"));
 }
 
 TEST_F(WorkerRegistrationTest, StopUnregisters) {
