@@ -100,7 +100,8 @@ std::string WorkerMetrics::Render() const {
                "Sessions loaded while another owner still held the lease.",
                takeovers);
   AppendMetric(&out, "statestream_fenced_commits_total", "counter",
-               "Commits or renewals refused because another worker took over.",
+               "Commits or renewals refused, or resident copies found stale "
+               "by a read, because another worker took over.",
                fenced);
   AppendMetric(&out, "statestream_lease_renewal_failures_total", "counter",
                "Leases a renewal could not renew (store unreachable or "

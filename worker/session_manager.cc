@@ -295,7 +295,9 @@ absl::StatusOr<SessionView> SessionManager::UpdateSession(
     auto it = m.resident_.find(Impl::MapKey(key));
     if (it != m.resident_.end()) resident = it->second;
   }
-  if (resident != nullptr && resident->fence != h.fence) {
+  // Newer only: fences only grow, and a copy loaded after the store's write
+  // above (an Append meanwhile) holds a newer fence than `h` and is ours.
+  if (resident != nullptr && h.fence > resident->fence) {
     // Taken over since our last renewal: the copy's position and version
     // are older than the store's (as in GetSession).
     m.Drop(resident.get(), Session::Gone::kFenced);

@@ -250,11 +250,22 @@ absl::Status SessionManager::Impl::CheckCopy(Session* s) {
   struct Check {
     absl::Mutex mu;
     bool done ABSL_GUARDED_BY(mu) = false;
+    // Its reader stopped waiting: a read not yet sent is not sent (a hung
+    // store would otherwise work through every abandoned one, and new
+    // checks would queue behind them, and a shutdown run them all).
+    bool abandoned ABSL_GUARDED_BY(mu) = false;
     absl::StatusOr<Lease> lease ABSL_GUARDED_BY(mu);
   };
   auto check = std::make_shared<Check>();
   checkers_.Post([this, check, key = s->key] {
-    absl::StatusOr<Lease> lease = store_->GetOwner(key);
+    bool skip = checks_stopped_.load();
+    if (!skip) {
+      absl::MutexLock lock(&check->mu);
+      skip = check->abandoned;
+    }
+    absl::StatusOr<Lease> lease =
+        skip ? absl::StatusOr<Lease>(absl::CancelledError())
+             : store_->GetOwner(key);
     copy_checks_.fetch_sub(1);
     absl::MutexLock lock(&check->mu);
     check->lease = std::move(lease);
@@ -265,6 +276,7 @@ absl::Status SessionManager::Impl::CheckCopy(Session* s) {
     absl::MutexLock lock(&check->mu);
     if (!check->mu.AwaitWithTimeout(absl::Condition(&check->done),
                                     opt_.copy_check_wait)) {
+      check->abandoned = true;
       return absl::OkStatus();
     }
     lease = std::move(check->lease);

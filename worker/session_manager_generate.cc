@@ -238,10 +238,14 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       w = *wr;
       s = w->session;
     } else {
-      auto r = m.Resident({tenant, session_id});
+      bool loaded = false;
+      auto r = m.Resident({tenant, session_id}, true, &loaded);
       if (!r.ok()) return done(r.status());
       s = *r;
-      if (absl::Status st = m.CheckCopy(s.get()); !st.ok()) return done(st);
+      if (absl::Status st = loaded ? absl::OkStatus() : m.CheckCopy(s.get());
+          !st.ok()) {
+        return done(st);
+      }
     }
     m.RunOp(s, [this, &m, job, timing, s, w, in = std::move(in), emit,
                 done]() mutable {
@@ -561,13 +565,17 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
     // A call that went away while this waited (maybe on the loaders behind
     // a slow store) loads nothing.
     if (job->cancelled()) return done(CancelledError());
-    auto r = m.Resident({tenant, session_id});
+    bool loaded = false;
+    auto r = m.Resident({tenant, session_id}, true, &loaded);
     if (!r.ok()) return done(r.status());
     std::shared_ptr<Session> s = *r;
     // A copy another worker took over would stream output from an older
     // state until its first commit was fenced (and answer refusals with
     // its older offsets).
-    if (absl::Status st = m.CheckCopy(s.get()); !st.ok()) return done(st);
+    if (absl::Status st = loaded ? absl::OkStatus() : m.CheckCopy(s.get());
+        !st.ok()) {
+      return done(st);
+    }
     // Something runs on the session (a committing generation holds it to
     // its end): a new writer call supersedes it at once, as always. (run
     // takes s->mu itself: not under the lock.)
@@ -738,10 +746,14 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
       out->version = v->version.version;
       return run();
     }
-    auto r = m.Resident(key);
+    bool loaded = false;
+    auto r = m.Resident(key, true, &loaded);
     if (!r.ok()) return done(r.status());
     std::shared_ptr<Session> s = *r;
-    if (absl::Status st = m.CheckCopy(s.get()); !st.ok()) return done(st);
+    if (absl::Status st = loaded ? absl::OkStatus() : m.CheckCopy(s.get());
+        !st.ok()) {
+      return done(st);
+    }
     m.RunOp(s, [&m, s, in, work, tail, out, hidden, run, done] {
       absl::Status g = m.GoneError(s.get());
       if (g.ok() && in.expected_input_offset &&

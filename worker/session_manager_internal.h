@@ -278,6 +278,7 @@ class SessionManager::Impl {
   // one (a hung store holds these threads, never pool_'s).
   static constexpr int kMaxCopyChecks = 64;
   std::atomic<int> copy_checks_{0};
+  std::atomic<bool> checks_stopped_{false};  // Shutdown: none sent after
   Executor checkers_{2};
   // Working copies of session states (Generate, Score): max_copy_bytes.
   // Shared with each copy: a copy may outlive this manager (a finished
@@ -391,8 +392,11 @@ class SessionManager::Impl {
 
   // The session's resident copy, loaded first if need be; without
   // `may_load`, nullptr when not resident (nothing read from the store).
+  // `did_load` (when given): whether this call loaded it (so it is the
+  // store's current state, and CheckCopy would only repeat the read).
   absl::StatusOr<std::shared_ptr<Session>> Resident(const SessionKey& key,
-                                                    bool may_load = true);
+                                                    bool may_load = true,
+                                                    bool* did_load = nullptr);
   // Runs `fn` (which finds `key`'s session, or with `reads_store` reads
   // the store itself) on pool_ when the session is resident and nothing
   // else reads the store, else on loaders_.

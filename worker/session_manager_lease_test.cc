@@ -2,6 +2,7 @@
 // The session manager's leases against a store that lets the test stop a
 // renewal midway: a renewal racing a session's eviction never outlives the
 // release.
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -52,6 +53,19 @@ class HeldRenewalStore final : public testing::ForwardingStore {
  private:
   const std::string key_;
   const absl::Duration hold_;
+};
+
+// GetOwner hangs (a hung store) until `release`; counts the calls made.
+class HungOwnerStore final : public testing::ForwardingStore {
+ public:
+  using ForwardingStore::ForwardingStore;
+  absl::Notification release;
+  std::atomic<int> calls{0};
+  absl::StatusOr<Lease> GetOwner(const SessionKey& k) override {
+    ++calls;
+    release.WaitForNotification();
+    return ForwardingStore::GetOwner(k);
+  }
 };
 
 class SessionManagerLeaseTest : public SessionManagerTest {
@@ -252,6 +266,37 @@ TEST_F(SessionManagerLeaseTest, RefusedRenewalsAreCounted) {
 // A resident session deleted through another worker (a gateway sends a
 // delete anywhere when the session's model has no live worker) is gone
 // here at the next GetSession, not answered from the copy held.
+// Reads on a resident copy wait for a hung store's answer only
+// copy_check_wait, then serve the copy; the checks they gave up on are not
+// sent once a checker thread is free (a hung store would otherwise work
+// through every one, new checks queued behind them, and a shutdown too).
+TEST_F(SessionManagerLeaseTest, AbandonedCopyChecksAreNotSent) {
+  CreatePrompted("c");  // resident on manager_ (the test's own store)
+  ASSERT_TRUE(manager_->IsResident("t", "c"));
+  auto hung = std::make_unique<HungOwnerStore>(store_.get());
+  SessionManagerOptions o;
+  o.copy_check_wait = absl::Milliseconds(20);
+  o.owner = "hung-worker";
+  auto m = SessionManager::Create(o, model_.get(), tokenizer_.get(),
+                                  scheduler_.get(), hung.get());
+  ASSERT_TRUE(m.ok()) << m.status();
+  std::swap(manager_, *m);
+  ScoreInput in;
+  in.tokens = {1};
+  ASSERT_TRUE(ScoreStatus("c", in).ok());  // loads it (no check)
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_TRUE(ScoreStatus("c", in).ok()) << i;  // the copy, after 20 ms
+  }
+  // At most the two checker threads are in the store; the other checks
+  // were abandoned while queued.
+  const int sent = hung->calls.load();
+  EXPECT_LE(sent, 2);
+  hung->release.Notify();
+  manager_.reset();  // runs what is queued
+  EXPECT_EQ(hung->calls.load(), sent);
+  manager_ = std::move(*m);
+}
+
 TEST_F(SessionManagerLeaseTest, ASessionDeletedElsewhereIsNotShownAgain) {
   Create("gone");
   auto w = Open("gone");

@@ -171,6 +171,9 @@ void SessionManager::Impl::Shutdown() {
     absl::MutexLock lock(&mu_);
     stop_ = true;
   }
+  // Checks still queued answer at once (the copy serves, as when the store
+  // is slow): a hung store must not hold the exit for each of them.
+  checks_stopped_ = true;
   if (renewer_.joinable()) renewer_.join();
   Drain();
   // Queued operations run now, while the members they touch exist (the
@@ -195,7 +198,8 @@ void SessionManager::Impl::PostFinding(const SessionKey& key, bool reads_store,
 }
 
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
-    const SessionKey& key, bool may_load) {
+    const SessionKey& key, bool may_load, bool* did_load) {
+  if (did_load != nullptr) *did_load = false;
   const std::string mk = MapKey(key);
   {
     absl::MutexLock lock(&mu_);
@@ -227,8 +231,16 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
       opt_.metrics->ObserveStateLoad(clock_->Now() - load_start);
     }
   };
-  SS_ASSIGN_OR_RETURN(SessionHead head, store_->GetHead(key));
-  SS_RETURN_IF_ERROR(CheckHeadModel(head));
+  absl::StatusOr<SessionHead> found = store_->GetHead(key);
+  if (absl::IsNotFound(found.status())) {
+    std::move(observe).Cancel();  // no session, no load
+    return found.status();
+  }
+  SS_ASSIGN_OR_RETURN(SessionHead head, std::move(found));
+  if (absl::Status st = CheckHeadModel(head); !st.ok()) {
+    std::move(observe).Cancel();
+    return st;
+  }
   SS_ASSIGN_OR_RETURN(Lease lease,
                       store_->AcquireLease(key, opt_.owner, opt_.lease_ttl,
                                            /*takeover=*/true));
@@ -271,6 +283,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::Resident(
     return Draining();
   }
   for (auto& v : victims) Evict(v);
+  if (did_load != nullptr) *did_load = true;
   return s;
 }
 

@@ -698,6 +698,11 @@ TEST_F(SessionManagerTest, GetSessionAfterATakeoverReadsTheStore) {
 // dropped (FENCED: a gateway asks the owner instead), and the next read
 // loads what the store has.
 TEST_F(SessionManagerTest, ReadsAfterATakeoverAreNotAnsweredFromTheStaleCopy) {
+  // The store's answer always waited for (a loaded machine's checker thread
+  // could miss 200 ms, and the copy would serve, by design).
+  SessionManagerOptions patient;
+  patient.copy_check_wait = absl::Seconds(60);
+  Start(patient);
   CreatePrompted("s");  // resident here, at input offset 6
   ASSERT_TRUE(manager_->IsResident("t", "s"));
   auto score = [&](absl::StatusOr<ScoreOutcome>* out) {
