@@ -3,9 +3,6 @@
 
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <memory>
@@ -18,6 +15,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "services/service_set.h"
+#include "state_store/testing/redis_harness.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 
 namespace statestream {
@@ -176,29 +174,13 @@ grpc::Status Check(const std::string& address, const std::string& service,
 
 // --health-listen: a plaintext port with only grpc.health.v1, whose
 // statuses follow the main port's (readiness, then the drain).
-// A port nothing listens on now (what the kernel hands out for port 0).
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
-    port = ntohs(a.sin_port);
-  }
-  close(fd);
-  return port;
-}
-
 // The port takes calls (and health checks) before the first readiness
 // probe answers, which may wait on a hung store for seconds: until then
 // both health ports say NOT_SERVING, for "" too (gRPC's default SERVING).
 TEST(ServerTest, NotServingUntilTheFirstProbeAnswers) {
-  const int port = FreePort(), health_port = FreePort();
+  // Two neighbouring free ports.
+  const int port = testing::StablePort(1), health_port = port + 1;
   ASSERT_GT(port, 0);
-  ASSERT_GT(health_port, 0);
   absl::Notification probing, answer;
   ServerOptions options;
   options.listen = absl::StrCat("127.0.0.1:", port);

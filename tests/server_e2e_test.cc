@@ -5,9 +5,7 @@
 #include <fcntl.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -422,22 +420,6 @@ TEST(ServeTest, SigintAlsoStopsCleanly) {
 // here a vocabulary read from a FIFO nobody writes to) exits at once, as
 // there is nothing to drain. The signal used to wait, blocked, until the
 // start finished (a second Ctrl-C did nothing either).
-// A port nothing listens on now (what the kernel hands out for port 0).
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
-    port = ntohs(a.sin_port);
-  }
-  close(fd);
-  return port;
-}
-
 // The port is bound before the first readiness probe answers, and that
 // probe waits on a hung Redis for its command timeout (5 s): meanwhile the
 // worker says NOT_SERVING, and a SIGTERM drains once the start is done
@@ -451,7 +433,7 @@ TEST(WorkerTest, ASignalDuringTheFirstProbeDrains) {
   // Redis is paused once the worker prints its metrics address, just
   // before it binds; a first probe that still got in first is retried.
   for (int attempt = 0; attempt < 3; ++attempt) {
-    const int port = FreePort();
+    const int port = testing::StablePort();
     ASSERT_GT(port, 0);
     std::vector<std::string> argv = {STATESTREAM_BIN, "worker",
                                      absl::StrCat("--listen=127.0.0.1:", port),

@@ -230,8 +230,8 @@ bool SessionManager::Impl::AdoptOlderHead(Session* s, const SessionHead& h,
   return true;
 }
 
-absl::Status SessionManager::Impl::StillOurs(Session* s) {
-  auto lease = store_->GetOwner(s->key);
+absl::Status SessionManager::Impl::JudgeCopy(
+    Session* s, const absl::StatusOr<Lease>& lease) {
   if (absl::IsNotFound(lease.status())) {
     Drop(s, Session::Gone::kDeleted);
     return GoneError(s);
@@ -239,6 +239,10 @@ absl::Status SessionManager::Impl::StillOurs(Session* s) {
   if (!lease.ok() || lease->fence == s->fence) return absl::OkStatus();
   Drop(s, Session::Gone::kFenced);
   return GoneError(s);
+}
+
+absl::Status SessionManager::Impl::StillOurs(Session* s) {
+  return JudgeCopy(s, store_->GetOwner(s->key));
 }
 
 absl::Status SessionManager::Impl::CheckCopy(Session* s) {
@@ -281,13 +285,7 @@ absl::Status SessionManager::Impl::CheckCopy(Session* s) {
     }
     lease = std::move(check->lease);
   }
-  if (absl::IsNotFound(lease.status())) {
-    Drop(s, Session::Gone::kDeleted);
-    return GoneError(s);
-  }
-  if (!lease.ok() || lease->fence == s->fence) return absl::OkStatus();
-  Drop(s, Session::Gone::kFenced);
-  return GoneError(s);
+  return JudgeCopy(s, lease);
 }
 
 AppendAck SessionManager::Impl::Ack(Session* s, const std::string& request_id) {

@@ -577,6 +577,8 @@ class SessionManager::Impl {
   // dropped, and the error is SESSION_NOT_FOUND (deleted) or FENCED (taken
   // over). A store that cannot answer leaves the copy standing (OK).
   absl::Status StillOurs(Session* s);
+  // StillOurs's verdict on the store's answer `lease`.
+  absl::Status JudgeCopy(Session* s, const absl::StatusOr<Lease>& lease);
   // StillOurs for a call served from a resident copy (Score, Generate):
   // another worker may have taken the session over since the
   // last renewal, and the copy would answer with an older state. The
