@@ -288,6 +288,15 @@ absl::Status SessionManager::Impl::CheckCopy(Session* s) {
   return JudgeCopy(s, lease);
 }
 
+absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::CurrentResident(
+    const SessionKey& key) {
+  bool loaded = false;
+  SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
+                      Resident(key, /*may_load=*/true, &loaded));
+  if (!loaded) SS_RETURN_IF_ERROR(CheckCopy(s.get()));
+  return s;
+}
+
 AppendAck SessionManager::Impl::Ack(Session* s, const std::string& request_id) {
   AppendAck a;
   a.request_id = request_id;

@@ -238,14 +238,9 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       w = *wr;
       s = w->session;
     } else {
-      bool loaded = false;
-      auto r = m.Resident({tenant, session_id}, true, &loaded);
+      auto r = m.CurrentResident({tenant, session_id});
       if (!r.ok()) return done(r.status());
       s = *r;
-      if (absl::Status st = loaded ? absl::OkStatus() : m.CheckCopy(s.get());
-          !st.ok()) {
-        return done(st);
-      }
     }
     m.RunOp(s, [this, &m, job, timing, s, w, in = std::move(in), emit,
                 done]() mutable {
@@ -547,7 +542,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
         return done(st);
       }
       // Counted once the engine has the prompt (a refused or cancelled
-      // call consumed nothing; a resumed one's prompt ran before).
+      // call consumed nothing).
       if (m.opt_.metrics != nullptr) m.opt_.metrics->AddTokensIn(prompt_tokens);
     });
   };
@@ -565,17 +560,12 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
     // A call that went away while this waited (maybe on the loaders behind
     // a slow store) loads nothing.
     if (job->cancelled()) return done(CancelledError());
-    bool loaded = false;
-    auto r = m.Resident({tenant, session_id}, true, &loaded);
+    // Current: a copy another worker took over would stream output from an
+    // older state until its first commit was fenced (and answer refusals
+    // with its older offsets).
+    auto r = m.CurrentResident({tenant, session_id});
     if (!r.ok()) return done(r.status());
     std::shared_ptr<Session> s = *r;
-    // A copy another worker took over would stream output from an older
-    // state until its first commit was fenced (and answer refusals with
-    // its older offsets).
-    if (absl::Status st = loaded ? absl::OkStatus() : m.CheckCopy(s.get());
-        !st.ok()) {
-      return done(st);
-    }
     // Something runs on the session (a committing generation holds it to
     // its end): a new writer call supersedes it at once, as always. (run
     // takes s->mu itself: not under the lock.)
@@ -746,14 +736,9 @@ std::shared_ptr<SessionManager::Job> SessionManager::Score(
       out->version = v->version.version;
       return run();
     }
-    bool loaded = false;
-    auto r = m.Resident(key, true, &loaded);
+    auto r = m.CurrentResident(key);
     if (!r.ok()) return done(r.status());
     std::shared_ptr<Session> s = *r;
-    if (absl::Status st = loaded ? absl::OkStatus() : m.CheckCopy(s.get());
-        !st.ok()) {
-      return done(st);
-    }
     m.RunOp(s, [&m, s, in, work, tail, out, hidden, run, done] {
       absl::Status g = m.GoneError(s.get());
       if (g.ok() && in.expected_input_offset &&

@@ -402,6 +402,11 @@ class SessionManager::Impl {
   // else reads the store, else on loaders_.
   void PostFinding(const SessionKey& key, bool reads_store,
                    std::function<void()> fn);
+  // Resident, for a call answered from the copy (Score, Generate): a copy
+  // held from before is first checked against the store (CheckCopy); one
+  // this call loaded is the store's current state already.
+  absl::StatusOr<std::shared_ptr<Session>> CurrentResident(
+      const SessionKey& key);
 
   // Fills the strand-owned fields from a loaded version. Needs the strand
   // (or exclusive ownership).
