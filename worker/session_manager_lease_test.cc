@@ -1,15 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
 // The session manager's leases against a store that lets the test stop a
 // renewal midway: a renewal racing a session's eviction never outlives the
-// release.
+// release. And resident copies after a takeover: reads check the store's
+// fence before answering from one, waiting at most copy_check_wait.
 #include <atomic>
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/status.h"
 #include "gtest/gtest.h"
 #include "state_store/testing/forwarding_store.h"
 #include "worker/metrics.h"
@@ -266,6 +270,116 @@ TEST_F(SessionManagerLeaseTest, RefusedRenewalsAreCounted) {
 // A resident session deleted through another worker (a gateway sends a
 // delete anywhere when the session's model has no live worker) is gone
 // here at the next GetSession, not answered from the copy held.
+// Reads served from a resident copy (Score, a side-branch Generate,
+// UpdateSession's answer) check the store first: after another worker took
+// the session over and moved it on, this worker's copy is older. It is
+// dropped (FENCED: a gateway asks the owner instead), and the next read
+// loads what the store has.
+TEST_F(SessionManagerTest, ReadsAfterATakeoverAreNotAnsweredFromTheStaleCopy) {
+  // The store's answer always waited for (a loaded machine's checker thread
+  // could miss 200 ms, and the copy would serve, by design).
+  SessionManagerOptions patient;
+  patient.copy_check_wait = absl::Seconds(60);
+  Start(patient);
+  CreatePrompted("s");  // resident here, at input offset 6
+  ASSERT_TRUE(manager_->IsResident("t", "s"));
+  auto score = [&](absl::StatusOr<ScoreOutcome>* out) {
+    ScoreInput in;
+    in.tokens = {1, 2, 3};
+    absl::Notification done;
+    manager_->Score("t", "s", in, [&](absl::StatusOr<ScoreOutcome> o) {
+      *out = std::move(o);
+      done.Notify();
+    });
+    done.WaitForNotification();
+  };
+  std::unique_ptr<SessionManager> mine = std::move(manager_);
+  manager_ = OtherWorker();
+  {
+    auto w = Open("s");  // takes the lease over
+    ASSERT_TRUE(Append(w, 6, " more", true, true).ok());
+    ASSERT_TRUE(Close(w).ok());
+  }
+  absl::StatusOr<ScoreOutcome> theirs;
+  score(&theirs);
+  ASSERT_TRUE(theirs.ok()) << theirs.status();
+  ASSERT_EQ(theirs->input_offset, 11u);
+  std::unique_ptr<SessionManager> other = std::move(manager_);
+  manager_ = std::move(mine);
+
+  absl::StatusOr<ScoreOutcome> stale;
+  score(&stale);
+  EXPECT_EQ(GetReason(stale.status()), Reason::kFenced) << stale.status();
+  EXPECT_FALSE(manager_->IsResident("t", "s"));
+  absl::StatusOr<ScoreOutcome> fresh;
+  score(&fresh);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_EQ(fresh->input_offset, 11u);
+  EXPECT_EQ(fresh->version, theirs->version);
+  EXPECT_EQ(fresh->logprobs, theirs->logprobs);
+
+  // The other worker moves the session on again (its own copy is stale by
+  // now: its first commit is fenced, and a second writer loads afresh).
+  auto move_on = [&](uint64_t offset, const std::string& text) {
+    std::swap(manager_, other);
+    absl::Status last;
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      auto w = Open("s");
+      auto a = Append(w, offset, text, true, true);
+      last = a.status();
+      if (a.ok()) {
+        last = Close(w);
+        break;
+      }
+      Close(w).IgnoreError();
+    }
+    std::swap(manager_, other);
+    return last;
+  };
+  ASSERT_TRUE(move_on(11, "!").ok());
+  ASSERT_TRUE(manager_->IsResident("t", "s"));
+  GenerateInput side;
+  side.max_tokens = 2;
+  side.commit = false;
+  EXPECT_EQ(GetReason(GenerateStatus("s", side)), Reason::kFenced);
+  EXPECT_FALSE(manager_->IsResident("t", "s"));
+
+  ScoreInput none;
+  none.tokens = {1};
+  ASSERT_TRUE(ScoreStatus("s", none).ok());  // loaded again, at 12
+  ASSERT_TRUE(move_on(12, "#").ok());
+  // A committing generation: no token from the older state.
+  GenerateInput commit;
+  commit.request_id = "commit-after-takeover";
+  commit.max_tokens = 2;
+  commit.commit = true;
+  {
+    int pieces = 0;
+    absl::Notification done;
+    absl::Status ended;
+    manager_->Generate(
+        "t", "s", commit, [&](const GeneratedPiece&) { ++pieces; },
+        [&](absl::StatusOr<GenerateOutcome> o) {
+          ended = o.status();
+          done.Notify();
+        });
+    done.WaitForNotification();
+    EXPECT_EQ(GetReason(ended), Reason::kFenced) << ended;
+    EXPECT_EQ(pieces, 0);  // was the older state's output, then FENCED
+  }
+  EXPECT_FALSE(manager_->IsResident("t", "s"));
+  ASSERT_TRUE(ScoreStatus("s", none).ok());  // loaded again, at 13
+  ASSERT_TRUE(move_on(13, "+").ok());
+  ASSERT_TRUE(manager_->IsResident("t", "s"));
+  SessionUpdate update;
+  update.labels = std::map<std::string, std::string>{{"k", "v"}};
+  auto updated = manager_->UpdateSession("t", "s", update);
+  ASSERT_TRUE(updated.ok()) << updated.status();
+  EXPECT_EQ(updated->input_offset, 14u);
+  EXPECT_EQ(updated->labels.at("k"), "v");
+  EXPECT_FALSE(manager_->IsResident("t", "s"));
+}
+
 // Reads on a resident copy wait for a hung store's answer only
 // copy_check_wait, then serve the copy; the checks they gave up on are not
 // sent once a checker thread is free (a hung store would otherwise work
