@@ -210,13 +210,15 @@ class MemoryStateStore final : public StateStore {
   absl::StatusOr<SessionHead> UpdateSession(const SessionKey& key,
                                             const SessionUpdate& u) override {
     SS_RETURN_IF_ERROR(ValidateKey(key));
-    if (u.ttl) SS_RETURN_IF_ERROR(store_internal::ValidateTtl(*u.ttl, "ttl"));
+    const std::optional<absl::Duration> ttl =
+        store_internal::UpdatedTtl(u, options_.default_ttl);
+    if (ttl) SS_RETURN_IF_ERROR(store_internal::ValidateTtl(*ttl, "ttl"));
     absl::MutexLock lock(&mu_);
     const absl::Time now = clock_->Now();
     Session* s = Find(key, now);
     if (s == nullptr) return SessionNotFound(key);
     if (u.labels) s->head.labels = *u.labels;
-    if (u.ttl) s->head.ttl = *u.ttl;
+    if (ttl) s->head.ttl = *ttl;
     s->head.updated_at = now;
     s->expires_at = Expiry(now, s->head.ttl);
     return HeadOf(*s, now);

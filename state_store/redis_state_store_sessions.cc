@@ -133,12 +133,14 @@ absl::StatusOr<ListSessionsPage> RedisStateStore::ListSessions(
 absl::StatusOr<SessionHead> RedisStateStore::UpdateSession(
     const SessionKey& key, const SessionUpdate& u) {
   SS_RETURN_IF_ERROR(ValidateKey(key));
-  if (u.ttl) SS_RETURN_IF_ERROR(ValidateTtl(*u.ttl, "ttl"));
+  const std::optional<absl::Duration> ttl =
+      store_internal::UpdatedTtl(u, options_.default_ttl);
+  if (ttl) SS_RETURN_IF_ERROR(ValidateTtl(*ttl, "ttl"));
   SS_ASSIGN_OR_RETURN(
       Reply r,
       Eval(key, kUpdate,
            {u.labels ? "1" : "0", u.labels ? EncodeStringMap(*u.labels) : "",
-            u.ttl ? "1" : "0", u.ttl ? absl::StrCat(TtlMs(*u.ttl)) : ""}));
+            ttl ? "1" : "0", ttl ? absl::StrCat(TtlMs(*ttl)) : ""}));
   if (Str(r->element[0]) == "NOTFOUND") {
     return SessionNotFound(key);
   }

@@ -251,13 +251,15 @@ absl::StatusOr<ListSessionsPage> SqliteStateStore::ListSessions(
 absl::StatusOr<SessionHead> SqliteStateStore::UpdateSession(
     const SessionKey& key, const SessionUpdate& u) {
   SS_RETURN_IF_ERROR(ValidateKey(key));
-  if (u.ttl) SS_RETURN_IF_ERROR(ValidateTtl(*u.ttl, "ttl"));
+  const std::optional<absl::Duration> ttl =
+      store_internal::UpdatedTtl(u, options_.default_ttl);
+  if (ttl) SS_RETURN_IF_ERROR(ValidateTtl(*ttl, "ttl"));
   absl::MutexLock lock(&mu_);
   const absl::Time now = clock_->Now();
   SS_RETURN_IF_ERROR(Begin(Durability::kMemory));
   Txn txn(this);
   SS_ASSIGN_OR_RETURN(SessionHead h, Head(key, now));
-  const int64_t ttl_ms = TtlMs(u.ttl ? *u.ttl : h.ttl);
+  const int64_t ttl_ms = TtlMs(ttl ? *ttl : h.ttl);
   SS_RETURN_IF_ERROR(
       Stmt(db_,
            "UPDATE sessions SET labels=?, ttl_ms=?, updated_ms=?, "

@@ -238,7 +238,8 @@ struct ListSessionsPage {
 
 struct SessionUpdate {
   std::optional<std::map<std::string, std::string>> labels;  // replaces all
-  std::optional<absl::Duration> ttl;  // InfiniteDuration pins; > 0
+  // 0 = the store's Options::default_ttl; InfiniteDuration pins.
+  std::optional<absl::Duration> ttl;
 };
 
 struct Lease {

@@ -125,6 +125,12 @@ absl::Status ValidateTtl(absl::Duration ttl, absl::string_view what) {
   return absl::OkStatus();
 }
 
+std::optional<absl::Duration> UpdatedTtl(const SessionUpdate& u,
+                                         absl::Duration default_ttl) {
+  if (u.ttl && *u.ttl == absl::ZeroDuration()) return default_ttl;
+  return u.ttl;
+}
+
 absl::StatusOr<std::string> ParseListRequest(const ListSessionsRequest& r) {
   SS_RETURN_IF_ERROR(ValidateTenant(r.tenant));
   if (r.page_size < 1 || r.page_size > 1000) {

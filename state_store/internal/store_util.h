@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -29,6 +30,10 @@ inline constexpr absl::Duration kMaxFiniteTtl = absl::Hours(24 * 3650);
 // 1 ms <= ttl <= kMaxFiniteTtl, or InfiniteDuration; `what` names the
 // field.
 absl::Status ValidateTtl(absl::Duration ttl, absl::string_view what);
+// The TTL an UpdateSession sets: none, `u.ttl`, or `default_ttl` for a
+// `u.ttl` of 0 (as CreateSession reads 0).
+std::optional<absl::Duration> UpdatedTtl(const SessionUpdate& u,
+                                         absl::Duration default_ttl);
 // Checks page_size and returns the session id the page starts after ("" for
 // the first page).
 absl::StatusOr<std::string> ParseListRequest(const ListSessionsRequest& r);

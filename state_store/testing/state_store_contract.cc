@@ -191,6 +191,23 @@ TEST_P(StateStoreContractTest, ATtlPastTheBoundIsRefusedBeforeAnyWrite) {
   ASSERT_OK(store_->UpdateSession(kKey, u));
 }
 
+// An update's TTL of 0 is the store's default, as at creation (the API's
+// UpdateSession with "ttl" in the mask and no ttl); it once fell back to
+// the API's 7 days whatever the store's default.
+TEST_P(StateStoreContractTest, AnUpdateTtlOfZeroIsTheStoreDefault) {
+  CreateSessionRequest r = Create(kKey);
+  r.ttl = absl::Hours(1);
+  ASSERT_OK(store_->CreateSession(r));
+  SessionUpdate u;
+  u.ttl = absl::ZeroDuration();
+  auto updated = store_->UpdateSession(kKey, u);
+  ASSERT_OK(updated);
+  EXPECT_EQ(updated->ttl, kDefaultSessionTtl);  // the stores' default here
+  auto head = store_->GetHead(kKey);
+  ASSERT_OK(head);
+  EXPECT_EQ(head->ttl, kDefaultSessionTtl);
+}
+
 TEST_P(StateStoreContractTest, LargeStateRoundTrips) {
   CreateSessionRequest r = Create(kKey);
   r.initial_state = TestSnapshot(7, 900'000);  // 3.6 MB: several chunks
