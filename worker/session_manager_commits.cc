@@ -288,6 +288,14 @@ absl::Status SessionManager::Impl::CheckCopy(Session* s) {
   return JudgeCopy(s, lease);
 }
 
+absl::Status SessionManager::Impl::CheckExpectedVersion(
+    Session* s, std::optional<uint64_t> expected) {
+  absl::Status mismatch = CheckExpectedHead(expected, s->head.head.version);
+  if (mismatch.ok()) return mismatch;
+  SS_RETURN_IF_ERROR(StillOurs(s));
+  return mismatch;
+}
+
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Impl::CurrentResident(
     const SessionKey& key) {
   bool loaded = false;

@@ -12,6 +12,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "worker/session_manager.h"
@@ -262,6 +264,30 @@ TEST_F(SessionManagerTest, RollbackAndImportWaitForTheirTurnHoldingNoThread) {
   ASSERT_TRUE(import.ok()) << import.status();
   EXPECT_EQ(import->version, 5u);
   EXPECT_EQ(import->input_offset, 0u);
+}
+
+// A DeleteSession retried while its original still waits (here behind a
+// committing generation) succeeds as the original does: it waits for it
+// and finds it done. It once found the session gone, NOT_FOUND, for a
+// delete that succeeded. Another request id still gets NOT_FOUND.
+TEST_F(SessionManagerTest, ADeleteRetriedWhileItsOriginalRunsSucceedsToo) {
+  CreatePrompted("g");
+  HeldGeneration held(manager_.get(), "g");
+  ASSERT_TRUE(held.Holding());
+  absl::Status first, retry;
+  std::thread a(
+      [&] { first = manager_->DeleteSession("t", "g", false, "delete-g"); });
+  absl::SleepFor(absl::Milliseconds(100));  // queued behind the generation
+  std::thread b(
+      [&] { retry = manager_->DeleteSession("t", "g", false, "delete-g"); });
+  absl::SleepFor(absl::Milliseconds(100));
+  held.Release();
+  a.join();
+  b.join();
+  EXPECT_TRUE(first.ok()) << first;
+  EXPECT_TRUE(retry.ok()) << retry;
+  EXPECT_EQ(GetReason(manager_->DeleteSession("t", "g", false, "other")),
+            Reason::kSessionNotFound);
 }
 
 // Generate and Score run on working copies of the session's state, held

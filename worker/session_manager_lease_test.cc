@@ -380,6 +380,65 @@ TEST_F(SessionManagerTest, ReadsAfterATakeoverAreNotAnsweredFromTheStaleCopy) {
   EXPECT_FALSE(manager_->IsResident("t", "s"));
 }
 
+// A write's expected_version that the copy's head does not match is
+// judged against the store: after another worker took the session over and
+// moved it on, this worker's older copy answers FENCED (a gateway then asks
+// the owner), not VERSION_MISMATCH with the copy's older head, for a
+// Rollback and for an Import as a new version alike.
+TEST_F(SessionManagerTest, AnExpectedVersionOnAStaleCopyIsFencedNotAMismatch) {
+  CreatePrompted("s");  // resident here
+  ASSERT_TRUE(manager_->IsResident("t", "s"));
+  const std::string blob = Blob("s");
+  std::unique_ptr<SessionManager> mine = std::move(manager_);
+  std::unique_ptr<SessionManager> other = OtherWorker();
+  // The other worker takes the lease over and moves the session on (its
+  // own copy, once stale, is fenced at the first try: a second loads
+  // afresh).
+  auto move_on = [&](uint64_t offset, const std::string& text) -> uint64_t {
+    std::swap(manager_, other);
+    absl::Status last;
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      auto w = Open("s");
+      auto a = Append(w, offset, text, true, true);
+      last = a.status();
+      if (a.ok()) {
+        last = Close(w);
+        break;
+      }
+      Close(w).IgnoreError();
+    }
+    EXPECT_TRUE(last.ok()) << last;
+    auto got = manager_->GetSession("t", "s");
+    EXPECT_TRUE(got.ok()) << got.status();
+    std::swap(manager_, other);
+    return got.ok() ? got->version : 0;
+  };
+  manager_ = std::move(mine);
+  uint64_t head = move_on(6, " more");
+  ASSERT_GT(head, 2u);
+  auto rolled = manager_->Rollback("t", "s", 1, head, std::nullopt, "roll");
+  EXPECT_EQ(GetReason(rolled.status()), Reason::kFenced) << rolled.status();
+  EXPECT_FALSE(manager_->IsResident("t", "s"));
+  rolled = manager_->Rollback("t", "s", 1, head, std::nullopt, "roll");
+  ASSERT_TRUE(rolled.ok()) << rolled.status();  // loaded afresh: it matches
+  EXPECT_EQ(rolled->version, head + 1);
+  EXPECT_EQ(rolled->input_offset, 0u);
+
+  head = move_on(0, "again");
+  CreateParams p;
+  p.session_id = "s";
+  auto imported = manager_->Import("t", blob, /*new_version=*/true, p, head);
+  EXPECT_EQ(GetReason(imported.status()), Reason::kFenced) << imported.status();
+  imported = manager_->Import("t", blob, /*new_version=*/true, p, head);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  EXPECT_EQ(imported->version, head + 1);
+  EXPECT_EQ(imported->input_offset, 6u);
+  // A version that is truly not the head is still VERSION_MISMATCH.
+  rolled = manager_->Rollback("t", "s", 1, head, std::nullopt, "roll-2");
+  EXPECT_EQ(GetReason(rolled.status()), Reason::kVersionMismatch)
+      << rolled.status();
+}
+
 // Reads on a resident copy wait for a hung store's answer only
 // copy_check_wait, then serve the copy; the checks they gave up on are not
 // sent once a checker thread is free (a hung store would otherwise work

@@ -144,7 +144,7 @@ void SessionManager::RollbackAsync(
           return SessionView{};
         }
         const uint64_t head = s->head.head.version;
-        SS_RETURN_IF_ERROR(CheckExpectedHead(expected, head));
+        SS_RETURN_IF_ERROR(m->CheckExpectedVersion(s.get(), expected));
         auto res = m->store_->Rollback(s->key, head, s->fence, version,
                                        m->Dur(durability), request_id);
         if (!res.ok()) {
@@ -518,7 +518,7 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
           turn->committed = *found;
           return SessionView{};
         }
-        SS_RETURN_IF_ERROR(CheckExpectedHead(expected, s->head.head.version));
+        SS_RETURN_IF_ERROR(m.CheckExpectedVersion(s.get(), expected));
         CommitRequest r =
             ImportCommit(s->key, s->head, s->fence, snap,
                          m.Dur(params.durability), params.request_id);
