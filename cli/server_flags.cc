@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 
 #include "absl/flags/flag.h"
@@ -33,7 +34,8 @@ ABSL_FLAG(int32_t, max_receive_message_bytes, 8 << 20,
           "ones fail with RESOURCE_EXHAUSTED. A gateway uses the larger of "
           "this and --max-send-message-bytes towards its workers.");
 ABSL_FLAG(int32_t, max_send_message_bytes, 8 << 20,
-          "Largest gRPC message sent, in bytes (at least 2 MiB).");
+          "Largest gRPC message sent, in bytes (at least 8 MiB: a Score "
+          "response with top_logprobs reaches ~6 MB).");
 ABSL_FLAG(std::string, health_listen, "",
           "HOST:PORT of a second, plaintext port serving only "
           "grpc.health.v1 with the main port's statuses, for probes that "
@@ -219,13 +221,15 @@ int RunServer(absl::string_view role, const ServerOptions& options,
   }
   // gRPC reads -1 as unlimited and 0 as nothing; below the floor the API's
   // own messages (1 MiB state chunks) would not fit.
-  const std::pair<const char*, int> sizes[] = {
-      {"--max-receive-message-bytes", options.max_receive_message_bytes},
-      {"--max-send-message-bytes", options.max_send_message_bytes}};
-  for (const auto& [flag, bytes] : sizes) {
-    if (bytes < kMinMessageBytes) {
-      return ReportUsageError(absl::StrCat(
-          flag, " must be at least ", kMinMessageBytes, " (got ", bytes, ")"));
+  const std::tuple<const char*, int, int> sizes[] = {
+      {"--max-receive-message-bytes", options.max_receive_message_bytes,
+       kMinMessageBytes},
+      {"--max-send-message-bytes", options.max_send_message_bytes,
+       kMinSendMessageBytes}};
+  for (const auto& [flag, bytes, least] : sizes) {
+    if (bytes < least) {
+      return ReportUsageError(absl::StrCat(flag, " must be at least ", least,
+                                           " (got ", bytes, ")"));
     }
   }
   ServerOptions server_options = options;

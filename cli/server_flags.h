@@ -25,8 +25,11 @@ extern const char kServerFlagsFile[];
 
 // ServerOptions from --listen, --max-receive-message-bytes, ...
 ServerOptions ServerOptionsFromFlags();
-// The smallest message size limit a server role takes (RunServer checks).
+// The smallest message size limits a server role takes (RunServer checks):
+// received, and sent (a Score response with top_logprobs reaches ~6 MB; a
+// lower limit would fail it after the work, with gRPC's bare error).
 inline constexpr int kMinMessageBytes = 2 << 20;
+inline constexpr int kMinSendMessageBytes = 8 << 20;
 // --shutdown-grace.
 absl::Duration ShutdownGraceFromFlag();
 // --request-id-window: how long workers remember request ids (a gateway

@@ -158,6 +158,9 @@ TEST(CliTest, BadFlagValuesAreUsageErrors) {
            {"serve", "--listen=127.0.0.1:0", "--max-receive-message-bytes=-1"},
            {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
             "--max-send-message-bytes=0"},
+           // Below the ~6 MB a Score response reaches.
+           {"serve", "--listen=127.0.0.1:0",
+            "--max-send-message-bytes=4194304"},
            {"serve", "--listen=127.0.0.1:0", "--api-keys=/nonexistent/keys"},
            {"serve", "--listen=127.0.0.1:0", "--tenant-max-streams=-1"},
            {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",

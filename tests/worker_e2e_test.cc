@@ -6,6 +6,7 @@
 // and tenant isolation: worker_e2e_errors_test.cc. No assertion depends on
 // timing. Servers started with flags of their own:
 // worker_restart_e2e_test.cc.
+#include <algorithm>
 #include <string>
 #include <thread>
 #include <vector>
@@ -257,6 +258,41 @@ TEST_F(WorkerE2eTest, TheFirstChunkSaysWhereTheGenerationStarted) {
   ASSERT_TRUE(c.status.ok()) << c.status;
   EXPECT_EQ(c.starts, (Starts{{0, b.done.input_offset()}}));
   EXPECT_GT(b.done.input_offset(), 5u);
+}
+
+// A reader that falls behind gets its tokens grouped into chunks of at most
+// about 256 KiB: they once all went into one message, megabytes with
+// top_logprobs (past the 4 MiB a stock gRPC client receives).
+TEST_F(WorkerE2eTest, ASlowReadersChunksStaySmall) {
+  Create("slow-reader");
+  ASSERT_TRUE(Append({Text("slow-reader", 0, "abc", true)}).status.ok());
+  v1::GenerateRequest req = GenRequest("slow-reader", "slow", 8192, false);
+  req.set_logprobs(true);
+  req.set_top_logprobs(20);  // ~250 bytes a token: ~2 MB in all
+  // A client that takes messages in slowly: a 1 KiB receive window.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
+  args.SetMaxReceiveMessageSize(-1);  // to see how large chunks get
+  auto stub = v1::Streams::NewStub(grpc::CreateCustomChannel(
+      *address_, grpc::InsecureChannelCredentials(), args));
+  auto ctx = Ctx();
+  auto reader = stub->Generate(ctx.get(), req);
+  absl::SleepFor(absl::Seconds(3));  // the worker runs ahead meanwhile
+  v1::GenerateResponse msg;
+  size_t tokens = 0;
+  size_t largest = 0;
+  bool done = false;
+  while (reader->Read(&msg)) {
+    largest = std::max(largest, msg.ByteSizeLong());
+    tokens += msg.chunk().tokens_size();
+    EXPECT_EQ(msg.chunk().logprobs_size(), msg.chunk().tokens_size());
+    done = done || msg.has_done();
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_TRUE(done);
+  EXPECT_EQ(tokens, 8192u);
+  EXPECT_LE(largest, 256u << 10);
 }
 
 TEST_F(WorkerE2eTest, ExportImportRoundTripsAndRejectsBadBlobs) {

@@ -21,6 +21,18 @@
 namespace statestream::worker::streams_internal {
 namespace {
 
+// The most a chunk holds (PieceBytes): a fraction of the 4 MiB a stock
+// gRPC client receives.
+constexpr size_t kMaxChunkBytes = 256 << 10;
+
+// A bound on the encoded bytes one generated piece adds to a chunk: the
+// token, its text, and its logprob with the alternatives.
+size_t PieceBytes(const GeneratedPiece& p) {
+  size_t bytes = 6 + p.text.size();
+  if (p.has_logprob) bytes += 14 + 14 * p.top.size();
+  return bytes;
+}
+
 class GenerateReactor final
     : public grpc::ServerWriteReactor<v1::GenerateResponse> {
   using ThisReactor = GenerateReactor;
@@ -219,15 +231,21 @@ class GenerateReactor final
     if (finish_) return;
     // Group tokens into the last queued chunk unless it is being written,
     // or unless it differs in carrying logprobs: a chunk's logprobs are
-    // parallel to all its tokens or absent (replayed tokens have none).
+    // parallel to all its tokens or absent (replayed tokens have none), or
+    // it is full: a slow reader's tokens once all went into one message,
+    // megabytes with top_logprobs, past what a client receives.
+    const size_t bytes = PieceBytes(p);
     v1::GenerateChunk* chunk = nullptr;
     if ((writes_.size() > 1 || (!writes_.empty() && !writing_)) &&
-        (writes_.back().chunk().logprobs_size() > 0) == p.has_logprob) {
+        (writes_.back().chunk().logprobs_size() > 0) == p.has_logprob &&
+        last_chunk_bytes_ + bytes <= kMaxChunkBytes) {
       chunk = writes_.back().mutable_chunk();
+      last_chunk_bytes_ += bytes;
     } else {
       writes_.emplace_back();
       chunk = writes_.back().mutable_chunk();
       chunk->set_index(emitted_);
+      last_chunk_bytes_ = bytes;
     }
     if (p.start_input_offset) {
       chunk->set_start_input_offset(*p.start_input_offset);
@@ -322,6 +340,8 @@ class GenerateReactor final
   bool routed_ ABSL_GUARDED_BY(mu_) = false;
   std::shared_ptr<SessionManager::Job> job_ ABSL_GUARDED_BY(mu_);
   std::deque<v1::GenerateResponse> writes_ ABSL_GUARDED_BY(mu_);
+  // PieceBytes of what writes_.back()'s chunk holds.
+  size_t last_chunk_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool job_done_ ABSL_GUARDED_BY(mu_) = false;
   uint32_t emitted_ ABSL_GUARDED_BY(mu_) = 0;

@@ -180,6 +180,15 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
         "ClientOptions.initial_backoff must be 0 or more and finite, "
         "max_backoff 0 or more (InfiniteDuration: no cap)");
   }
+  // Below what the server sends (export chunks of 1 MiB, listing pages of
+  // up to 2 MiB), every such call would fail with gRPC's bare size error.
+  if (options.max_receive_message_bytes != -1 &&
+      options.max_receive_message_bytes < kMinReceiveMessageBytes) {
+    return BadOption("max_receive_message_bytes",
+                     absl::StrCat("ClientOptions.max_receive_message_bytes "
+                                  "must be -1 (unlimited) or at least ",
+                                  kMinReceiveMessageBytes));
+  }
   // TLS material without tls would be ignored on a plaintext channel (and
   // the api_key sent in the clear): refused, naming the field only.
   if (!options.tls) {

@@ -77,6 +77,11 @@ TEST(SdkLocalErrorTest, BadClientOptionsNameTheirField) {
        }},
       {"ClientOptions.max_backoff",
        [](client::ClientOptions& o) { o.max_backoff = -absl::Seconds(1); }},
+      // Below the 2 MiB a listing page or an export chunk takes.
+      {"ClientOptions.max_receive_message_bytes",
+       [](client::ClientOptions& o) { o.max_receive_message_bytes = 0; }},
+      {"ClientOptions.max_receive_message_bytes",
+       [](client::ClientOptions& o) { o.max_receive_message_bytes = 1 << 20; }},
       {"ClientOptions.tls_root_certs_pem",
        [](client::ClientOptions& o) { o.tls_root_certs_pem = "pem"; }},
       {"ClientOptions.tls_server_name",
@@ -95,6 +100,15 @@ TEST(SdkLocalErrorTest, BadClientOptionsNameTheirField) {
     EXPECT_EQ(GetErrorMetadata(s, "field"), c.field) << s;
     EXPECT_EQ(GetErrorMetadata(s, "origin"), "sdk") << s;
     EXPECT_FALSE(IsRetryable(s));
+  }
+}
+
+TEST(SdkLocalErrorTest, ReceiveLimitsFromTheLeastToUnlimitedAreTaken) {
+  for (int bytes : {client::kMinReceiveMessageBytes, 64 << 20, -1}) {
+    client::ClientOptions options;
+    options.targets = {"127.0.0.1:1"};
+    options.max_receive_message_bytes = bytes;
+    EXPECT_TRUE(client::Client::Create(options).ok()) << bytes;
   }
 }
 

@@ -18,6 +18,10 @@ class ClientContext;
 
 namespace statestream::client {
 
+// The least ClientOptions::max_receive_message_bytes (gRPC's own default):
+// below it, listings and exports, whose messages reach 2 MiB, would fail.
+inline constexpr int kMinReceiveMessageBytes = 4 << 20;
+
 struct ClientOptions {
   // Gateways (or `statestream serve` addresses), "host:port". Calls start on
   // the first and move to the next after a failure that may be the
@@ -58,7 +62,8 @@ struct ClientOptions {
   absl::Duration initial_backoff = absl::Milliseconds(50);
   absl::Duration max_backoff = absl::Seconds(2);
   // Largest message received, bytes (the server's default limit is 8 MiB;
-  // -1: unlimited). Messages sent may be up to the larger of this and
+  // -1: unlimited; less than kMinReceiveMessageBytes is INVALID_ARGUMENT at
+  // Client::Create). Messages sent may be up to the larger of this and
   // 8 MiB.
   int max_receive_message_bytes = 8 << 20;
   // Extra integer channel arguments (GRPC_ARG_*), e.g. HTTP/2 window tuning;
