@@ -26,6 +26,7 @@
 #include "common/status.h"
 #include "google/protobuf/util/time_util.h"
 #include "state_store/state_codec.h"
+#include "statestream/local_error.h"
 
 ABSL_FLAG(std::string, model_id, "",
           "session create: the model (default: the server's default); "
@@ -271,10 +272,12 @@ absl::Status Session(const std::vector<std::string>& args) {
       SS_ASSIGN_OR_RETURN(v1::ListSessionsResponse page,
                           client->ListSessions(req));
       for (const v1::Session& s : page.sessions()) PrintSession(s);
-      // A server that names the page it just gave would be read forever.
+      // A server that names the page it just gave would be read forever
+      // (INTERNAL/INTERNAL origin=sdk, as the SDKs' own listings say it).
       if (!page.next_page_token().empty() &&
           page.next_page_token() == req.page_token()) {
-        return absl::InternalError(
+        return client::LocalError(
+            absl::StatusCode::kInternal, Reason::kInternal,
             "ListSessions: the server repeated its page token");
       }
       req.set_page_token(page.next_page_token());

@@ -31,7 +31,8 @@ class Histogram {
   double Quantile(double q) const;
   uint64_t count() const;
 
-  // Seconds, 0.5 ms to 10 s: the bounds of every latency histogram.
+  // Seconds, 0.5 ms to 5 min: the bounds of every latency histogram (a
+  // stream's whole life, a load behind a slow store, run to minutes).
   static std::vector<double> LatencyBounds();
 
  private:

@@ -2,6 +2,7 @@
 #include "common/histogram.h"
 
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -22,6 +23,21 @@ TEST(HistogramTest, RendersCumulativeBucketsSumAndCount) {
             "x_bucket{m=\"a\",le=\"+Inf\"} 3\n"
             "x_sum{m=\"a\"} 6\n"
             "x_count{m=\"a\"} 3\n");
+}
+
+// Latencies reach minutes (a gateway's rpc histogram times a stream's whole
+// life; a load waits out store retries): past the last bound everything
+// reads +Inf, and quantiles say nothing. They once stopped at 10 s.
+TEST(HistogramTest, LatencyBoundsReachMinutes) {
+  const std::vector<double> b = Histogram::LatencyBounds();
+  ASSERT_FALSE(b.empty());
+  EXPECT_LE(b.front(), 0.001);
+  EXPECT_GE(b.back(), 300);
+  for (size_t i = 1; i < b.size(); ++i) EXPECT_LT(b[i - 1], b[i]) << i;
+  Histogram h(b);
+  for (int i = 0; i < 10; ++i) h.Observe(45);
+  EXPECT_LE(h.Quantile(0.5), 60);
+  EXPECT_GE(h.Quantile(0.5), 30);
 }
 
 // The sum keeps every digit: with six significant ones (absl::StrCat of a

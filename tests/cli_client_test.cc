@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -21,6 +22,8 @@
 #include "common/testing/scratch_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "statestream/v1/statestream.grpc.pb.h"
+#include "tests/sdk_cpp_fake_server.h"
 #include "tests/subprocess.h"
 
 namespace statestream {
@@ -802,6 +805,41 @@ TEST_F(CliClientTest, GenerateSamplingFlags) {
   }
   EXPECT_EQ(greedy, chunks) << json;
   EXPECT_EQ(greedy.size(), 16u);
+}
+
+// A server whose every ListSessions page names itself as the next: `session
+// list` stops after the second page with INTERNAL [INTERNAL] (as the SDKs'
+// listings do) instead of listing forever.
+class RepeatedPageToken final : public v1::Sessions::Service {
+ public:
+  grpc::Status ListSessions(grpc::ServerContext*,
+                            const v1::ListSessionsRequest* request,
+                            v1::ListSessionsResponse* out) override {
+    calls_.fetch_add(1);
+    out->add_sessions()->set_session_id(
+        request->page_token().empty() ? "first" : "again");
+    out->set_next_page_token("same");
+    return grpc::Status::OK;
+  }
+  int calls() const { return calls_.load(); }
+
+ private:
+  std::atomic<int> calls_{0};
+};
+
+TEST(CliFakeServerTest, SessionListStopsAtARepeatedPageToken) {
+  RepeatedPageToken service;
+  std::string address;
+  std::unique_ptr<grpc::Server> server = sdk_test::Listen(&service, &address);
+  ASSERT_NE(server, nullptr);
+  auto r = e2e::Run({STATESTREAM_BIN, "session", "list", "--target=" + address},
+                    absl::Seconds(60));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_NE(r->exit_code, 0);
+  EXPECT_THAT(r->out, HasSubstr("first"));
+  EXPECT_THAT(r->err, HasSubstr("repeated its page token [INTERNAL]"));
+  EXPECT_EQ(service.calls(), 2);
+  server->Shutdown();
 }
 
 }  // namespace
