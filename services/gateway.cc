@@ -481,6 +481,18 @@ bool Gateway::ClientGone(const grpc::CallbackServerContext& ctx) {
          std::chrono::system_clock::now() >= ctx.deadline();
 }
 
+grpc::Status Gateway::GoneBeforeStart(const grpc::CallbackServerContext& ctx) {
+  if (std::chrono::system_clock::now() >= ctx.deadline()) {
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                        "the deadline passed before the call started");
+  }
+  if (ctx.IsCancelled()) {
+    return grpc::Status(grpc::StatusCode::CANCELLED,
+                        "the client went away before the call started");
+  }
+  return grpc::Status::OK;
+}
+
 bool Gateway::ShouldFailover(const grpc::Status& status) {
   switch (status.error_code()) {
     case grpc::StatusCode::UNAVAILABLE: {

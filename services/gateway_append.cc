@@ -336,6 +336,10 @@ void AppendCall::RecheckKey() {
 }
 
 void AppendCall::Setup() {
+  if (grpc::Status gone = Gateway::GoneBeforeStart(*ctx_); !gone.ok()) {
+    End(gone);
+    return;
+  }
   auto slot = HoldStreamSlot(gateway_, tenant_);
   if (!slot.ok()) {
     End(ToGrpcStatus(slot.status()));

@@ -172,6 +172,10 @@ class ImportCall::Upstream final
 };
 
 void ImportCall::Setup() {
+  if (grpc::Status gone = Gateway::GoneBeforeStart(*ctx_); !gone.ok()) {
+    End(gone);
+    return;
+  }
   auto slot = HoldStreamSlot(gateway_, tenant_);
   if (!slot.ok()) {
     End(ToGrpcStatus(slot.status()));

@@ -149,6 +149,11 @@ class Gateway {
   // deadline passed. After an upstream CANCELLED, ctx may show that a
   // moment later: ReactorCall::RunAfterAttempt waits up to kCancelNotice.
   static bool ClientGone(const grpc::CallbackServerContext& ctx);
+  // For a call's first task (it may have waited for a task thread): OK, or
+  // the status to end with when the client is gone already (CANCELLED, or
+  // DEADLINE_EXCEEDED), before the call takes a stream slot or reads the
+  // store for nobody.
+  static grpc::Status GoneBeforeStart(const grpc::CallbackServerContext& ctx);
   static constexpr absl::Duration kCancelNotice = absl::Milliseconds(250);
 
   // Whether a worker's answer means "try another worker" (see gateway.h).

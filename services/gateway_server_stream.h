@@ -173,6 +173,10 @@ class ServerStreamCall : public grpc::ServerWriteReactor<Response>,
  private:
   // Task: the tenant's stream slot, then the first attempt.
   void Setup() {
+    if (grpc::Status gone = Gateway::GoneBeforeStart(*ctx_); !gone.ok()) {
+      End(gone);
+      return;
+    }
     auto slot = HoldStreamSlot(gateway_, tenant_);
     if (!slot.ok()) {
       End(ToGrpcStatus(slot.status()));

@@ -51,6 +51,10 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
   // Task: the tenant's stream slot (if it takes one), `prepare_`, then the
   // first attempt.
   void Setup() {
+    if (grpc::Status gone = Gateway::GoneBeforeStart(*ctx_); !gone.ok()) {
+      End(gone);
+      return;
+    }
     if (wants_slot_) {
       auto slot = HoldStreamSlot(gateway_, tenant_);
       if (!slot.ok()) {

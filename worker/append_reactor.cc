@@ -307,7 +307,12 @@ class AppendReactor final
                                        if (link->reactor != nullptr)
                                          link->reactor->Superseded(why);
                                      },
-                                     may_load));
+                                     may_load,
+                                     [this] {
+                                       // The op pending keeps the reactor.
+                                       absl::MutexLock lock(&mu_);
+                                       return finish_.has_value();
+                                     }));
     return absl::OkStatus();
   }
 

@@ -365,11 +365,14 @@ class SessionManager {
   // With `may_load` false nothing is read from the store: a session not
   // resident is nullptr (and `superseded` unused), for a caller on a thread
   // that must not block (gRPC's), which then opens on one that may.
+  // `cancelled` (optional) is asked once the session is resident (a load
+  // can take long): true (the client went away meanwhile) is CANCELLED,
+  // and the live writer, if any, goes on.
   class Writer;
   absl::StatusOr<std::shared_ptr<Writer>> OpenWriter(
       const std::string& tenant, const std::string& session_id,
-      std::function<void(const absl::Status&)> superseded,
-      bool may_load = true);
+      std::function<void(const absl::Status&)> superseded, bool may_load = true,
+      const std::function<bool()>& cancelled = nullptr);
   void Append(const std::shared_ptr<Writer>& writer, AppendInput input,
               std::function<void(absl::StatusOr<AppendAck>)> done);
   // What Append refuses whatever the session holds (INVALID_ARGUMENT): text

@@ -476,6 +476,31 @@ TEST_F(SessionManagerTest, ASessionLoadedDuringTheDrainIsNotKept) {
   EXPECT_EQ(head->owner, "");
 }
 
+// A writer whose call went away while its session loaded (a slow store)
+// takes no writer slot: the live writer (maybe the same client's
+// reconnect, which loaded first) goes on instead of being superseded by a
+// call nobody is waiting on.
+TEST_F(SessionManagerTest, AWriterWhoseCallWentAwayDoesNotSupersede) {
+  Create("live");
+  auto superseded = std::make_shared<absl::Notification>();
+  auto live = Open("live", superseded);
+  ASSERT_NE(live, nullptr);
+  int asked = 0;
+  auto gone = manager_->OpenWriter(
+      "t", "live", [](const absl::Status&) {}, /*may_load=*/true,
+      [&] {
+        ++asked;
+        return true;
+      });
+  EXPECT_EQ(gone.status().code(), absl::StatusCode::kCancelled)
+      << gone.status();
+  EXPECT_EQ(asked, 1);
+  // Still the session's writer (a superseded one's input is refused).
+  EXPECT_TRUE(Append(live, 0, "more", true, true).ok());
+  EXPECT_TRUE(Close(live).ok());
+  EXPECT_FALSE(superseded->HasBeenNotified());
+}
+
 // A load that waited for its turn while a drain began gives up before it
 // takes the lease over: the session may be another worker's by now, and a
 // takeover (a fence bump) would fence that worker's writer.

@@ -658,12 +658,19 @@ absl::StatusOr<std::shared_ptr<SessionManager::Writer>>
 SessionManager::OpenWriter(const std::string& tenant,
                            const std::string& session_id,
                            std::function<void(const absl::Status&)> superseded,
-                           bool may_load) {
+                           bool may_load,
+                           const std::function<bool()>& cancelled) {
   Impl& m = *impl_;
   for (;;) {
     SS_ASSIGN_OR_RETURN(std::shared_ptr<Session> s,
                         m.Resident({tenant, session_id}, may_load));
     if (s == nullptr) return nullptr;  // not resident, and not to be loaded
+    // A call that went away while the session loaded must not end the
+    // live writer (its own reconnect's, maybe) for nobody.
+    if (cancelled && cancelled()) {
+      return absl::CancelledError(
+          "the call went away while its session loaded");
+    }
     std::function<void(const absl::Status&)> old;
     auto w = std::make_shared<Writer>();
     {

@@ -67,8 +67,13 @@ class ExportReactor final
       Finish(ToGrpcStatus(st));
       return;
     }
-    pool->Post([this, models, tenant = *std::move(tenant),
+    pool->Post([this, ctx, models, tenant = *std::move(tenant),
                 session_id = req->session_id(), version = req->version()] {
+      // A queued call whose client went away is not run (a state loaded
+      // and encoded for nobody, on the pool every unary call shares).
+      if (ctx->IsCancelled()) {
+        return Fail(absl::CancelledError("the call went away before its turn"));
+      }
       absl::StatusOr<SessionManager*> m =
           models->ForSession(tenant, session_id);
       if (!m.ok()) return Fail(m.status());
