@@ -4,6 +4,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,7 +25,9 @@ ABSL_FLAG(std::string, target, "127.0.0.1:7700",
           "Server addresses HOST:PORT, comma-separated (gateways or "
           "`statestream serve`); calls fail over to the next one.");
 ABSL_FLAG(std::string, api_key, "",
-          "API key, sent as `authorization: Bearer KEY`.");
+          "API key, sent as `authorization: Bearer KEY`. Empty: the "
+          "STATESTREAM_API_KEY environment variable, if set (which, unlike "
+          "a flag, other users cannot read in the process list).");
 ABSL_FLAG(std::string, tenant, "",
           "Tenant for development-mode servers (x-statestream-tenant).");
 ABSL_FLAG(bool, json, false,
@@ -187,8 +190,15 @@ absl::StatusOr<std::unique_ptr<client::Client>> ClientFromFlags() {
   }
   if (options.targets.empty()) return UsageError("--target is empty");
   options.api_key = absl::GetFlag(FLAGS_api_key);
+  const char* api_key_from = "--api-key";
+  if (options.api_key.empty()) {
+    if (const char* env = std::getenv("STATESTREAM_API_KEY")) {
+      options.api_key = env;
+      api_key_from = "STATESTREAM_API_KEY";
+    }
+  }
   options.tenant = absl::GetFlag(FLAGS_tenant);
-  SS_RETURN_IF_ERROR(CheckHeaderValue("--api-key", options.api_key));
+  SS_RETURN_IF_ERROR(CheckHeaderValue(api_key_from, options.api_key));
   SS_RETURN_IF_ERROR(CheckHeaderValue("--tenant", options.tenant));
   options.timeout = absl::GetFlag(FLAGS_timeout);
   options.max_attempts = absl::GetFlag(FLAGS_max_attempts);

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <regex>
 #include <string>
 #include <vector>
@@ -840,6 +841,41 @@ TEST(CliFakeServerTest, SessionListStopsAtARepeatedPageToken) {
   EXPECT_THAT(r->err, HasSubstr("repeated its page token [INTERNAL]"));
   EXPECT_EQ(service.calls(), 2);
   server->Shutdown();
+}
+
+// The API key can come from STATESTREAM_API_KEY, which other users cannot
+// read in the process list as they can a flag; --api-key, when given, wins.
+TEST(CliApiKeyTest, TheApiKeyCanComeFromTheEnvironment) {
+  testing::ScratchDir dir("ss-cli-api-key");
+  const std::string keys = dir.File("keys.txt");
+  const std::string key = "env-key-0123456789abcdef";
+  std::ofstream(keys) << key << " tenant-a\n";
+  auto server = e2e::StartServer(
+      {STATESTREAM_BIN, "serve", "--listen=127.0.0.1:0", "--api-keys=" + keys},
+      absl::Seconds(60));
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string target = "--target=" + server->address;
+  auto run = [&](std::vector<std::string> args, e2e::EnvChanges env) {
+    args.insert(args.begin(), STATESTREAM_BIN);
+    args.push_back(target);
+    auto r = e2e::Run(args, absl::Seconds(60), env);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : e2e::RunResult{};
+  };
+  e2e::RunResult r =
+      run({"session", "create", "from-env"}, {{"STATESTREAM_API_KEY", key}});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = run({"session", "list"}, {{"STATESTREAM_API_KEY", std::nullopt}});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.err, HasSubstr("UNAUTHENTICATED"));
+  r = run({"session", "get", "from-env", "--api-key=" + key},
+          {{"STATESTREAM_API_KEY", "wrong-key"}});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("from-env"));
+  r = run({"session", "list"}, {{"STATESTREAM_API_KEY", "k\r"}});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err,
+              HasSubstr("STATESTREAM_API_KEY may hold only printable ASCII"));
 }
 
 }  // namespace
