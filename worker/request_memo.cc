@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "worker/request_memo.h"
 
+#include <iterator>
+#include <utility>
+
 #include "common/status.h"
 
 namespace statestream::worker {
@@ -40,21 +43,69 @@ void RequestMemo::Remember(const std::string& tenant,
   if (request_id.empty()) return;
   absl::MutexLock lock(&mu_);
   const absl::Time now = clock_->Now();
-  entries_[{tenant, request_id}] = {session_id, digest, version, now};
-  order_.push_back({{tenant, request_id}, now});
+  const Key key{tenant, request_id};
+  const bool fresh =
+      entries_.insert_or_assign(key, Entry{session_id, digest, version, now})
+          .second;
+  if (fresh) {
+    size_t& held = held_[tenant];
+    if (held > 0) by_held_.erase({held, tenant});
+    by_held_.insert({++held, tenant});
+  }
+  order_.push_back({key, now});
+  std::deque<Record>& mine = by_tenant_[tenant];
+  mine.push_back({key, now});
+  Compact(&mine, held_[tenant]);
   Prune(now);
 }
 
-void RequestMemo::Prune(absl::Time now) {
-  while (!order_.empty() &&
-         (order_.size() > max_ids_ || now - order_.front().second > window_)) {
-    auto it = entries_.find(order_.front().first);
-    // Only if not re-recorded since (a newer entry has a newer time).
-    if (it != entries_.end() && it->second.at == order_.front().second) {
-      entries_.erase(it);
-    }
-    order_.pop_front();
+bool RequestMemo::Live(const Record& r) const {
+  auto it = entries_.find(r.first);
+  // Not if remembered again since (a newer entry has a newer time).
+  return it != entries_.end() && it->second.at == r.second;
+}
+
+void RequestMemo::Drop(const Record& r) {
+  if (!Live(r)) return;
+  entries_.erase(r.first);
+  const std::string tenant = r.first.first;
+  auto held = held_.find(tenant);
+  by_held_.erase({held->second, tenant});
+  if (--held->second > 0) {
+    by_held_.insert({held->second, tenant});
+    return;
   }
+  held_.erase(held);
+  by_tenant_.erase(tenant);  // what it still holds is not live
+}
+
+void RequestMemo::Compact(std::deque<Record>* records, size_t live) {
+  // Amortized: after a compaction the next one is `live + 64` records away.
+  if (records->size() <= 2 * live + 64) return;
+  std::deque<Record> kept;
+  for (Record& r : *records) {
+    if (Live(r)) kept.push_back(std::move(r));
+  }
+  records->swap(kept);
+}
+
+void RequestMemo::Prune(absl::Time now) {
+  while (!order_.empty() && now - order_.front().second > window_) {
+    const Record r = std::move(order_.front());
+    order_.pop_front();
+    Drop(r);
+  }
+  while (entries_.size() > max_ids_ && !by_held_.empty()) {
+    // The oldest live id of the tenant that holds the most.
+    const std::string tenant = std::prev(by_held_.end())->second;
+    std::deque<Record>& records = by_tenant_[tenant];
+    while (!records.empty() && !Live(records.front())) records.pop_front();
+    if (records.empty()) break;  // held_ counts its live ones: not reached
+    const Record r = std::move(records.front());
+    records.pop_front();
+    Drop(r);  // may erase `records`
+  }
+  Compact(&order_, entries_.size());
 }
 
 }  // namespace statestream::worker

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <set>
 #include <string>
 #include <utility>
 
@@ -22,10 +23,13 @@ namespace statestream::worker {
 absl::Status DuplicateRequest(const std::string& request_id);
 
 // For each (tenant, request_id): the session the call touched and a digest
-// of the call's content, kept for `window`, at most `max_ids` (oldest
-// dropped first). One per process, shared by the session managers of its
-// models, so a retry finds its id whichever model's manager serves it (a
-// deleted session's retry lands on the default one). Thread-safe.
+// of the call's content, kept for `window`, at most `max_ids` in all. Past
+// that the oldest id of the tenant holding the most goes first, so one
+// tenant's burst of calls does not push out the ids of the others' calls
+// (their retries would be applied again). One per process, shared by the
+// session managers of its models, so a retry finds its id whichever
+// model's manager serves it (a deleted session's retry lands on the
+// default one). Thread-safe.
 class RequestMemo {
  public:
   RequestMemo(absl::Duration window, int max_ids, Clock* clock);
@@ -53,6 +57,15 @@ class RequestMemo {
     uint64_t version = 0;
     absl::Time at;
   };
+  // A record of Remember: the entry it made, while entries_ holds it with
+  // this time (an id remembered again has a newer one).
+  using Record = std::pair<Key, absl::Time>;
+  bool Live(const Record& r) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Erases `r`'s entry if live, keeping the counts.
+  void Drop(const Record& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Keeps only `records`' live ones once they are over twice `live` (+64).
+  void Compact(std::deque<Record>* records, size_t live)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Prune(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const absl::Duration window_;
@@ -60,7 +73,14 @@ class RequestMemo {
   Clock* const clock_;
   absl::Mutex mu_;
   std::map<Key, Entry> entries_ ABSL_GUARDED_BY(mu_);
-  std::deque<std::pair<Key, absl::Time>> order_ ABSL_GUARDED_BY(mu_);
+  // Every record by time (for the window), and each tenant's (for the
+  // count); records no longer live are skipped, and compacted away once
+  // they outnumber the live ones.
+  std::deque<Record> order_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::deque<Record>> by_tenant_ ABSL_GUARDED_BY(mu_);
+  // Live entries per tenant, and the tenants by that count (most last).
+  std::map<std::string, size_t> held_ ABSL_GUARDED_BY(mu_);
+  std::set<std::pair<size_t, std::string>> by_held_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace statestream::worker

@@ -53,5 +53,37 @@ TEST(RequestMemoTest, ForgetsPastTheWindowAndTheCount) {
   EXPECT_TRUE(*memo.Seen("t", "r1", 1));
 }
 
+// Past the count, the tenant holding the most ids loses its oldest: one
+// tenant's burst of calls does not push out another's ids (whose retries
+// would then be applied again). They once went oldest-first across all.
+TEST(RequestMemoTest, ABurstOfOneTenantKeepsTheOthersIds) {
+  FakeClock clock;
+  RequestMemo memo(absl::Hours(1), 4, &clock);
+  memo.Remember("quiet", "q0", "s", 1);
+  clock.Advance(absl::Seconds(1));
+  memo.Remember("quiet", "q1", "s", 2);
+  for (int i = 0; i < 1000; ++i) {
+    clock.Advance(absl::Milliseconds(1));
+    memo.Remember("loud", absl::StrCat("l", i), "s", i);
+  }
+  EXPECT_TRUE(*memo.Seen("quiet", "q0", 1));
+  EXPECT_TRUE(*memo.Seen("quiet", "q1", 2));
+  EXPECT_TRUE(*memo.Seen("loud", "l999", 999));
+  EXPECT_TRUE(*memo.Seen("loud", "l998", 998));
+  EXPECT_FALSE(*memo.Seen("loud", "l997", 997));  // its own oldest went
+  // Both at two: the next over the count takes the oldest of the one that
+  // holds the most after it (loud, three).
+  clock.Advance(absl::Seconds(1));
+  memo.Remember("loud", "l1000", "s", 1000);
+  EXPECT_FALSE(*memo.Seen("loud", "l998", 998));
+  EXPECT_TRUE(*memo.Seen("quiet", "q0", 1));
+  // The window still applies to every tenant.
+  clock.Advance(absl::Hours(2));
+  memo.Remember("loud", "l1001", "s", 1001);
+  EXPECT_FALSE(*memo.Seen("quiet", "q0", 1));
+  EXPECT_FALSE(*memo.Seen("loud", "l1000", 1000));
+  EXPECT_TRUE(*memo.Seen("loud", "l1001", 1001));
+}
+
 }  // namespace
 }  // namespace statestream::worker
