@@ -59,6 +59,24 @@ void RequestMemo::Remember(const std::string& tenant,
   Prune(now);
 }
 
+RequestMemo::InFlight::InFlight(RequestMemo* memo, const std::string& tenant,
+                                const std::string& request_id)
+    : memo_(request_id.empty() ? nullptr : memo), key_(tenant, request_id) {
+  if (memo_ == nullptr) return;
+  absl::MutexLock lock(&memo_->in_flight_mu_);
+  while (memo_->in_flight_.count(key_) != 0) {
+    memo_->call_ended_.Wait(&memo_->in_flight_mu_);
+  }
+  memo_->in_flight_.insert(key_);
+}
+
+RequestMemo::InFlight::~InFlight() {
+  if (memo_ == nullptr) return;
+  absl::MutexLock lock(&memo_->in_flight_mu_);
+  memo_->in_flight_.erase(key_);
+  memo_->call_ended_.SignalAll();
+}
+
 bool RequestMemo::Live(const Record& r) const {
   auto it = entries_.find(r.first);
   // Not if remembered again since (a newer entry has a newer time).

@@ -49,6 +49,24 @@ class RequestMemo {
                 const std::string& session_id, uint64_t digest,
                 uint64_t version = 0);
 
+  // A call under way with (tenant, request_id), from construction to
+  // destruction: a second one with the same id waits for the first to end
+  // (and then finds what it Remembered), instead of racing it. For calls
+  // whose retry could otherwise see the first's effect without its record
+  // (a retried delete finding the session gone). Nothing for an empty id.
+  class InFlight {
+   public:
+    InFlight(RequestMemo* memo, const std::string& tenant,
+             const std::string& request_id);
+    ~InFlight();
+    InFlight(const InFlight&) = delete;
+    InFlight& operator=(const InFlight&) = delete;
+
+   private:
+    RequestMemo* const memo_;
+    const std::pair<std::string, std::string> key_;
+  };
+
  private:
   using Key = std::pair<std::string, std::string>;  // tenant, request id
   struct Entry {
@@ -81,6 +99,10 @@ class RequestMemo {
   // Live entries per tenant, and the tenants by that count (most last).
   std::map<std::string, size_t> held_ ABSL_GUARDED_BY(mu_);
   std::set<std::pair<size_t, std::string>> by_held_ ABSL_GUARDED_BY(mu_);
+  // InFlight calls, and their ends.
+  absl::Mutex in_flight_mu_;
+  std::set<Key> in_flight_ ABSL_GUARDED_BY(in_flight_mu_);
+  absl::CondVar call_ended_;
 };
 
 }  // namespace statestream::worker

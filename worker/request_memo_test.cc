@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "worker/request_memo.h"
 
+#include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "common/clock.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
@@ -83,6 +86,30 @@ TEST(RequestMemoTest, ABurstOfOneTenantKeepsTheOthersIds) {
   EXPECT_FALSE(*memo.Seen("quiet", "q0", 1));
   EXPECT_FALSE(*memo.Seen("loud", "l1000", 1000));
   EXPECT_TRUE(*memo.Seen("loud", "l1001", 1001));
+}
+
+// A call with an id under way holds back a second with the same tenant and
+// id (which then finds what the first remembered), not others.
+TEST(RequestMemoTest, ASecondCallWithTheSameIdWaitsForTheFirst) {
+  FakeClock clock;
+  RequestMemo memo(absl::Hours(1), 100, &clock);
+  auto first = std::make_unique<RequestMemo::InFlight>(&memo, "t", "d1");
+  { RequestMemo::InFlight other_id(&memo, "t", "d2"); }
+  { RequestMemo::InFlight other_tenant(&memo, "u", "d1"); }
+  { RequestMemo::InFlight no_id(&memo, "t", ""); }
+  absl::Notification entered;
+  bool seen = false;
+  std::thread second([&] {
+    RequestMemo::InFlight call(&memo, "t", "d1");
+    entered.Notify();
+    seen = *memo.Seen("t", "d1", 7);
+  });
+  EXPECT_FALSE(entered.WaitForNotificationWithTimeout(absl::Milliseconds(200)));
+  memo.Remember("t", "d1", "s", 7);
+  first.reset();
+  second.join();
+  EXPECT_TRUE(entered.HasBeenNotified());
+  EXPECT_TRUE(seen);
 }
 
 }  // namespace

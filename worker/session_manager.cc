@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cmath>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "common/crc32c.h"
 #include "common/session_ids.h"
@@ -322,19 +321,11 @@ absl::Status SessionManager::DeleteSession(const std::string& tenant,
                                            const std::string& request_id) {
   // A retry of a delete that succeeded succeeds (proto: DeleteSession).
   const uint64_t digest = Fnv1a(kFnvBasis, absl::StrCat("delete:", session_id));
-  Impl& m = *impl_;
-  const std::pair<std::string, std::string> call{tenant, request_id};
-  if (!request_id.empty()) {
-    absl::MutexLock lock(&m.deletes_mu_);
-    while (m.deletes_.count(call) != 0) m.deletes_done_.Wait(&m.deletes_mu_);
-    m.deletes_.insert(call);
-  }
-  absl::Cleanup done = [&m, &call, &request_id] {
-    if (request_id.empty()) return;
-    absl::MutexLock lock(&m.deletes_mu_);
-    m.deletes_.erase(call);
-    m.deletes_done_.SignalAll();
-  };
+  // A retry that arrives while the original still runs (behind a busy
+  // session, a slow store) waits for it, then finds it done, instead of
+  // finding the session gone: NOT_FOUND for a delete that succeeded. The
+  // memo is the process's: the retry may reach another model's manager.
+  RequestMemo::InFlight call(impl_->memo_.get(), tenant, request_id);
   SS_ASSIGN_OR_RETURN(bool seen,
                       impl_->Seen(tenant, request_id, digest, nullptr));
   if (seen) return absl::OkStatus();

@@ -328,14 +328,6 @@ class SessionManager::Impl {
   std::set<std::shared_ptr<GenerateTask>> generating_ ABSL_GUARDED_BY(mu_);
   std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
   absl::Mutex load_mu_;  // one load at a time (a second would fence the first)
-  // DeleteSession calls under way, by tenant and request id: a retry that
-  // arrives while its original still runs (behind a busy session, a slow
-  // store) waits for it and then finds it done, instead of finding the
-  // session gone: NOT_FOUND for a delete that succeeded.
-  absl::Mutex deletes_mu_;
-  std::set<std::pair<std::string, std::string>> deletes_
-      ABSL_GUARDED_BY(deletes_mu_);
-  absl::CondVar deletes_done_;  // signalled as one leaves deletes_
   std::thread renewer_;
 
   // Request-id idempotency: the process's memo when the options share one
