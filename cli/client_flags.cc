@@ -25,9 +25,10 @@ ABSL_FLAG(std::string, target, "127.0.0.1:7700",
           "Server addresses HOST:PORT, comma-separated (gateways or "
           "`statestream serve`); calls fail over to the next one.");
 ABSL_FLAG(std::string, api_key, "",
-          "API key, sent as `authorization: Bearer KEY`. Empty: the "
-          "STATESTREAM_API_KEY environment variable, if set (which, unlike "
-          "a flag, other users cannot read in the process list).");
+          "API key, sent as `authorization: Bearer KEY` (in the clear "
+          "without --tls). Empty: the STATESTREAM_API_KEY environment "
+          "variable, if set (which, unlike a flag, other users cannot read "
+          "in the process list).");
 ABSL_FLAG(std::string, tenant, "",
           "Tenant for development-mode servers (x-statestream-tenant).");
 ABSL_FLAG(bool, json, false,

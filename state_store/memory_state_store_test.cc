@@ -43,6 +43,26 @@ std::unique_ptr<StoreEnv> NewMemoryEnv() {
 INSTANTIATE_TEST_SUITE_P(Memory, StateStoreContractTest,
                          ::testing::Values(&NewMemoryEnv));
 
+// An update's TTL of 0 is the store's own default_ttl (here not the API's 7
+// days), as at creation.
+TEST(MemoryStateStoreTest, AnUpdateTtlOfZeroIsThisStoresDefault) {
+  MemoryStateStoreOptions o;
+  o.default_ttl = absl::Hours(2);
+  auto store = NewMemoryStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  CreateSessionRequest r;
+  r.key = {"t", "s"};
+  r.model_id = "m";
+  r.ttl = absl::Hours(1);
+  r.initial_state = TestSnapshot(1);
+  ASSERT_TRUE((*store)->CreateSession(r).ok());
+  SessionUpdate u;
+  u.ttl = absl::ZeroDuration();
+  auto head = (*store)->UpdateSession(r.key, u);
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->ttl, absl::Hours(2));
+}
+
 // Nothing stays behind per id once a session is deleted: a `serve` that
 // gives each conversation a fresh id kept a fence for every id it ever
 // created (~150 bytes each, forever). An id created again still gets a

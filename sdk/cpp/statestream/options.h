@@ -63,7 +63,8 @@ struct ClientOptions {
   absl::Duration max_backoff = absl::Seconds(2);
   // Largest message received, bytes (the server's default limit is 8 MiB;
   // -1: unlimited; less than kMinReceiveMessageBytes is INVALID_ARGUMENT at
-  // Client::Create). Messages sent may be up to the larger of this and
+  // Client::Create; a Score with top_logprobs can answer up to ~6 MB, which
+  // needs the default). Messages sent may be up to the larger of this and
   // 8 MiB.
   int max_receive_message_bytes = 8 << 20;
   // Extra integer channel arguments (GRPC_ARG_*), e.g. HTTP/2 window tuning;
