@@ -19,6 +19,7 @@
 #include "common/status.h"
 #include "services/gateway_internal.h"
 #include "services/gateway_reactor_call.h"
+#include "services/request_checks.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 
 namespace statestream::gateway {
@@ -227,6 +228,11 @@ absl::Status ImportCall::Check() {
         absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
         "header: the first message must be the header, and only it",
         {{"field", "header"}});
+  }
+  // As the worker checks them (refused here before the quota or the
+  // model: same answer through a gateway as from serve).
+  if (msg.has_header()) {
+    SS_RETURN_IF_ERROR(CheckImportHeaderFields(msg.header()));
   }
   if (msg.has_header() && mode != v1::IMPORT_MODE_CREATE &&
       mode != v1::IMPORT_MODE_NEW_VERSION) {

@@ -13,6 +13,7 @@
 #include "common/grpc_status.h"
 #include "services/gateway_internal.h"
 #include "services/gateway_unary.h"
+#include "services/request_checks.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 
 namespace statestream::gateway {
@@ -55,6 +56,12 @@ class SessionsService final : public v1::Sessions::CallbackService {
                                    const std::string& tenant,
                                    const v1::CreateSessionRequest& req,
                                    Target* target) {
+    // A malformed request is refused as the worker would refuse it, before
+    // the quota or the model (an UNAVAILABLE while the model's workers
+    // restart would have it retried in vain).
+    if (absl::Status bad = CheckCreateSessionFields(req); !bad.ok()) {
+      return ToGrpcStatus(bad);
+    }
     grpc::Status quota =
         SessionQuota(gateway_, tenant, req.session_id(), req.request_id());
     if (!quota.ok()) return quota;

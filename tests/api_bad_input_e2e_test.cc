@@ -412,6 +412,15 @@ TEST_F(ApiBadInputE2eTest, ImportState) {
       {"header without its state",
        imp("imp-nostate", [&](Messages* m) { head(m)->clear_state(); }),
        WantField("state")},
+      // Malformed and of a model nobody serves: the malformed field, as
+      // from serve (a gateway once answered for the model first).
+      {"a bad label key and a foreign fingerprint",
+       imp("imp-foreign",
+           [&](Messages* m) {
+             head(m)->mutable_state()->set_model_fingerprint("x070-nobody");
+             (*head(m)->mutable_labels())["a b"] = "v";
+           }),
+       WantField("labels")},
       {"a chunk first",
        imp("imp-nohead", [](Messages* m) { m->erase(m->begin()); }),
        WantField("header")},
@@ -463,9 +472,9 @@ TEST_F(ApiBadInputE2eTest, ImportState) {
        WantKey(absl::StatusCode::kAlreadyExists, Reason::kSessionExists,
                "session_id", "imp-src")},
   });
-  ExpectGone({"imp-mode", "imp-rid", "imp-nostate", "imp-nohead", "imp-crc",
-              "imp-short", "imp-gap", "imp-garbled", "imp-nowhere", "imp-cas",
-              "imp-labels", "imp-ttl"});
+  ExpectGone({"imp-mode", "imp-foreign", "imp-rid", "imp-nostate", "imp-nohead",
+              "imp-crc", "imp-short", "imp-gap", "imp-garbled", "imp-nowhere",
+              "imp-cas", "imp-labels", "imp-ttl"});
   ExpectAt("imp-src", 2, 10);
   // Control: the same messages under a free id import fine.
   const absl::Status ok = imp("imp-ok", [](Messages*) {})();
@@ -517,6 +526,23 @@ TEST_F(ApiBadInputE2eTest, CreateAndGetSession) {
             r->mutable_labels()->insert({"", "v"});
           }),
        WantField("labels")},
+      // Malformed and for a model nobody serves: the malformed field, as
+      // from serve (a gateway once answered MODEL_NOT_FOUND first, or
+      // UNAVAILABLE while it waited on workers, retried in vain).
+      {"a bad label key and an unknown model",
+       cr("c-bad-model",
+          [](auto* r) {
+            r->set_model_id("no-such-model");
+            r->mutable_labels()->insert({"a b", "v"});
+          }),
+       WantField("labels")},
+      {"an unknown durability and an unknown model",
+       cr("c-bad-durability",
+          [](auto* r) {
+            r->set_model_id("no-such-model");
+            r->set_durability(static_cast<v1::Durability>(9));
+          }),
+       WantField("durability")},
       // NOTE: the proto (label values are "at most 255 bytes of UTF-8") and
       // CheckLabels (api_convert.cc: INVALID_ARGUMENT, field labels) never
       // see this request: `labels` is a proto3 map<string, string>, so the
@@ -538,7 +564,8 @@ TEST_F(ApiBadInputE2eTest, CreateAndGetSession) {
       {"GetSession with an empty session_id", get([](auto*) {}),
        WantField("session_id")},
   });
-  ExpectGone({"c-long-rid", "c-labels", "c-utf8", "c-fork"});
+  ExpectGone({"c-long-rid", "c-labels", "c-utf8", "c-fork", "c-bad-model",
+              "c-bad-durability"});
   // Control: the base request is valid.
   const absl::Status ok = cr("c-ok", [](auto*) {})();
   EXPECT_TRUE(ok.ok()) << ok;

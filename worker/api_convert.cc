@@ -109,29 +109,6 @@ int64_t SessionLimit(const grpc::CallbackServerContext& ctx,
   return limit;
 }
 
-absl::Status CheckRequestId(const std::string& id) {
-  bool ok = !id.empty() && id.size() <= 64;
-  for (char c : id) {
-    ok = ok && (absl::ascii_isalnum(c) || c == '.' || c == '_' || c == ':' ||
-                c == '-');
-  }
-  if (!ok)
-    return BadField("request_id", "required, 1-64 bytes of [A-Za-z0-9._:-]");
-  return absl::OkStatus();
-}
-
-absl::Status CheckSessionId(const std::string& id, const char* field) {
-  bool ok = !id.empty() && id.size() <= 128 && absl::ascii_isalnum(id[0]);
-  for (char c : id) {
-    ok = ok && (absl::ascii_isalnum(c) || c == '.' || c == '_' || c == '-');
-  }
-  if (!ok) {
-    return BadField(field,
-                    "1-128 bytes of [A-Za-z0-9._-], starting alphanumeric");
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<std::optional<Durability>> DurabilityFromProto(v1::Durability d,
                                                               Durability max) {
   Durability level;
@@ -249,53 +226,6 @@ void VersionToProto(const VersionInfo& info, uint64_t parent_version,
     // A fork's source version (a created or imported session has none).
     out->set_source_version(parent_version);
   }
-}
-
-absl::Status CheckLabels(
-    const google::protobuf::Map<std::string, std::string>& labels,
-    absl::string_view field) {
-  // Over a size limit: MESSAGE_TOO_LARGE with the limit (the proto's
-  // LIMITS); otherwise malformed: INVALID_ARGUMENT.
-  auto too_large = [field](size_t limit, const char* what) {
-    return MakeError(
-        absl::StatusCode::kInvalidArgument, Reason::kMessageTooLarge,
-        absl::StrCat(field, ": ", what),
-        {{"field", std::string(field)}, {"limit", absl::StrCat(limit)}});
-  };
-  if (labels.size() > 64) return too_large(64, "at most 64 labels");
-  for (const auto& [k, v] : labels) {
-    if (k.size() > 63) return too_large(63, "label keys are at most 63 bytes");
-    bool ok = !k.empty();
-    for (char c : k) {
-      ok = ok && (absl::ascii_isalnum(c) || c == '.' || c == '_' || c == '/' ||
-                  c == '-');
-    }
-    if (!ok) return BadField(field, "keys are 1-63 bytes of [A-Za-z0-9._/-]");
-    if (v.size() > 255) {
-      return too_large(255, "label values are at most 255 bytes");
-    }
-    if (!IsValidUtf8(v)) {
-      return BadField(field, "values are at most 255 bytes of UTF-8");
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<absl::Duration> TtlFromProto(
-    bool has_ttl, const google::protobuf::Duration& ttl) {
-  if (!has_ttl) return absl::ZeroDuration();
-  // google.protobuf.Duration: |nanos| < 1e9, with the sign of seconds.
-  if (ttl.nanos() <= -1000000000 || ttl.nanos() >= 1000000000 ||
-      (ttl.seconds() > 0 && ttl.nanos() < 0) ||
-      (ttl.seconds() < 0 && ttl.nanos() > 0)) {
-    return BadField("ttl", "not a valid Duration (nanos out of range)");
-  }
-  const absl::Duration d =
-      absl::Seconds(ttl.seconds()) + absl::Nanoseconds(ttl.nanos());
-  if (d < absl::Seconds(1) || d > absl::Hours(24 * 365)) {
-    return BadField("ttl", "must be between 1 s and 365 days");
-  }
-  return d;
 }
 
 }  // namespace statestream::worker

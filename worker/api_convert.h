@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "services/request_checks.h"  // CheckRequestId, CheckLabels, ...
 #include "state_store/state_store.h"
 #include "statestream/v1/statestream.pb.h"
 #include "worker/session_manager.h"
@@ -48,12 +49,6 @@ absl::Status CheckSessionQuota(const CallerPolicy& policy,
 int64_t SessionLimit(const grpc::CallbackServerContext& ctx,
                      const CallerPolicy& policy, const std::string& tenant);
 
-// 1-64 bytes of [A-Za-z0-9._:-]; INVALID_ARGUMENT (field=request_id).
-absl::Status CheckRequestId(const std::string& request_id);
-
-// Session ids as the API defines them; INVALID_ARGUMENT (field).
-absl::Status CheckSessionId(const std::string& id, const char* field);
-
 // The level asked for; nullopt for DURABILITY_UNSPECIFIED (the server's
 // default). A value this version does not know is INVALID_ARGUMENT
 // (field=durability), never silently a lower level. A level above `max`,
@@ -77,14 +72,6 @@ void CountError(const SessionManager& manager, const absl::Status& status);
 // FNV-1a 64 of the deterministic serialization of `message`: the content
 // digest of a request for request-id idempotency.
 uint64_t ContentDigest(const google::protobuf::Message& message);
-
-// Labels and TTL limits of CreateSessionRequest; INVALID_ARGUMENT naming
-// `field` (a ListSessionsRequest's label_selector: the same rules).
-absl::Status CheckLabels(
-    const google::protobuf::Map<std::string, std::string>& labels,
-    absl::string_view field = "labels");
-absl::StatusOr<absl::Duration> TtlFromProto(
-    bool has_ttl, const google::protobuf::Duration& ttl);
 
 }  // namespace statestream::worker
 

@@ -212,32 +212,11 @@ class ImportReactor final
         return BadField("header", "the first message must be the header");
       header_ = req_.header();
       have_header_ = true;
-      SS_RETURN_IF_ERROR(CheckRequestId(header_.request_id()));
-      if (header_.mode() != v1::IMPORT_MODE_CREATE &&
-          header_.mode() != v1::IMPORT_MODE_NEW_VERSION) {
-        return BadField("mode", "required");
-      }
-      if (header_.mode() == v1::IMPORT_MODE_NEW_VERSION ||
-          !header_.session_id().empty()) {
-        SS_RETURN_IF_ERROR(CheckSessionId(header_.session_id(), "session_id"));
-      }
-      // Fields of the other mode are refused, not dropped: labels that
-      // never arrive, or a compare-and-set that never ran.
-      if (header_.mode() == v1::IMPORT_MODE_NEW_VERSION) {
-        if (!header_.labels().empty()) {
-          return BadField("labels", "IMPORT_MODE_CREATE only");
-        }
-        if (header_.has_ttl())
-          return BadField("ttl", "IMPORT_MODE_CREATE only");
-      } else if (header_.has_expected_version()) {
-        return BadField("expected_version", "IMPORT_MODE_NEW_VERSION only");
-      }
-      SS_RETURN_IF_ERROR(CheckLabels(header_.labels()));
+      // As a gateway checks them first.
+      SS_RETURN_IF_ERROR(CheckImportHeaderFields(header_));
       SS_RETURN_IF_ERROR(
           DurabilityFromProto(header_.durability(), models_->max_durability())
               .status());
-      SS_RETURN_IF_ERROR(
-          TtlFromProto(header_.has_ttl(), header_.ttl()).status());
       if (!header_.has_state()) return BadField("state", "required");
       const v1::StateHeader& s = header_.state();
       // The state's model decides which manager imports it; into a session
@@ -386,14 +365,10 @@ class SessionsService final : public v1::Sessions::CallbackService {
                                           v1::Session* out) override {
     return Offload(ctx, [this, ctx, req, out]() -> absl::Status {
       SS_ASSIGN_OR_RETURN(std::string tenant, TenantOf(*ctx, *policy_));
-      absl::Status st = CheckRequestId(req->request_id());
-      if (st.ok() && !req->session_id().empty()) {
-        st = CheckSessionId(req->session_id(), "session_id");
-      }
-      if (st.ok()) st = CheckLabels(req->labels());
+      // As a gateway checks them first.
+      SS_RETURN_IF_ERROR(CheckCreateSessionFields(*req));
       auto ttl = TtlFromProto(req->has_ttl(), req->ttl());
-      if (st.ok()) st = ttl.status();
-      if (!st.ok()) return st;
+      SS_RETURN_IF_ERROR(ttl.status());
       CreateParams p;
       p.request_id = req->request_id();
       p.session_id = req->session_id();
@@ -404,9 +379,6 @@ class SessionsService final : public v1::Sessions::CallbackService {
           p.durability,
           DurabilityFromProto(req->durability(), models_->max_durability()));
       if (req->has_fork_from()) {
-        st = CheckSessionId(req->fork_from().session_id(),
-                            "fork_from.session_id");
-        if (!st.ok()) return st;
         p.fork_from.emplace(req->fork_from().session_id(),
                             req->fork_from().version());
       }
