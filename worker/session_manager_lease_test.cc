@@ -321,20 +321,7 @@ TEST_F(SessionManagerTest, ReadsAfterATakeoverAreNotAnsweredFromTheStaleCopy) {
   // The other worker moves the session on again (its own copy is stale by
   // now: its first commit is fenced, and a second writer loads afresh).
   auto move_on = [&](uint64_t offset, const std::string& text) {
-    std::swap(manager_, other);
-    absl::Status last;
-    for (int attempt = 0; attempt < 2; ++attempt) {
-      auto w = Open("s");
-      auto a = Append(w, offset, text, true, true);
-      last = a.status();
-      if (a.ok()) {
-        last = Close(w);
-        break;
-      }
-      Close(w).IgnoreError();
-    }
-    std::swap(manager_, other);
-    return last;
+    return AppendElsewhere(other, "s", offset, text);
   };
   ASSERT_TRUE(move_on(11, "!").ok());
   ASSERT_TRUE(manager_->IsResident("t", "s"));
@@ -395,22 +382,10 @@ TEST_F(SessionManagerTest, AnExpectedVersionOnAStaleCopyIsFencedNotAMismatch) {
   // own copy, once stale, is fenced at the first try: a second loads
   // afresh).
   auto move_on = [&](uint64_t offset, const std::string& text) -> uint64_t {
-    std::swap(manager_, other);
-    absl::Status last;
-    for (int attempt = 0; attempt < 2; ++attempt) {
-      auto w = Open("s");
-      auto a = Append(w, offset, text, true, true);
-      last = a.status();
-      if (a.ok()) {
-        last = Close(w);
-        break;
-      }
-      Close(w).IgnoreError();
-    }
-    EXPECT_TRUE(last.ok()) << last;
-    auto got = manager_->GetSession("t", "s");
+    const absl::Status moved = AppendElsewhere(other, "s", offset, text);
+    EXPECT_TRUE(moved.ok()) << moved;
+    auto got = other->GetSession("t", "s");
     EXPECT_TRUE(got.ok()) << got.status();
-    std::swap(manager_, other);
     return got.ok() ? got->version : 0;
   };
   manager_ = std::move(mine);

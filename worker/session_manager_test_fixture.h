@@ -211,6 +211,28 @@ class SessionManagerTest : public ::testing::Test {
     return m.ok() ? *std::move(m) : nullptr;
   }
 
+  // As the worker of `other` (OtherWorker's): one writer appends `text` at
+  // `offset` to session `id` and commits, taking the lease over. If the
+  // first try is fenced (other's copy went stale), a second loads afresh.
+  absl::Status AppendElsewhere(std::unique_ptr<SessionManager>& other,
+                               const std::string& id, uint64_t offset,
+                               const std::string& text) {
+    std::swap(manager_, other);
+    absl::Status last;
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      auto w = Open(id);
+      auto a = Append(w, offset, text, true, true);
+      last = a.status();
+      if (a.ok()) {
+        last = Close(w);
+        break;
+      }
+      Close(w).IgnoreError();
+    }
+    std::swap(manager_, other);
+    return last;
+  }
+
   void Create(const std::string& id) {
     CreateParams p;
     p.request_id = "create-" + id;
