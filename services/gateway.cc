@@ -477,8 +477,7 @@ void Gateway::SweepChannels(absl::Time now) {
 }
 
 bool Gateway::ClientGone(const grpc::CallbackServerContext& ctx) {
-  return ctx.IsCancelled() ||
-         std::chrono::system_clock::now() >= ctx.deadline();
+  return !GoneBeforeStart(ctx).ok();
 }
 
 grpc::Status Gateway::GoneBeforeStart(const grpc::CallbackServerContext& ctx) {

@@ -83,11 +83,11 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
     StartRead(&msg_);
   }
   static constexpr int64_t kStalled = -1;  // read_since_ns_: Check cut it
-  // Whether `msg_`, the next message read, may join the import: typed as
-  // the worker types them (worker/sessions_service.cc) — the header's mode
-  // and state, checked before the gateway buffers chunks or acts on the
-  // mode; the worker checks the rest (so a header wrong in several fields
-  // may name another one first) — and kept within the gateway's bounds.
+  // Whether `msg_`, the next message read, may join the import: the
+  // header's fields checked as the worker checks them
+  // (CheckImportHeaderFields) and its state present, before the gateway
+  // buffers chunks or acts on the mode; the chunks are the worker's to
+  // check; and all kept within the gateway's bounds.
   absl::Status Check();
   // Task: where the import goes, its quota, then the first attempt.
   void Forward();
@@ -222,7 +222,6 @@ absl::Status ImportCall::Check() {
   // an empty one included, and its place in `parts_` (whose capacity
   // doubles).
   kept_ += msg.SpaceUsedLong() + sizeof(msg);
-  const auto mode = msg.header().mode();
   if (parts_.empty() != msg.has_header()) {
     return MakeError(
         absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
@@ -233,12 +232,6 @@ absl::Status ImportCall::Check() {
   // model: same answer through a gateway as from serve).
   if (msg.has_header()) {
     SS_RETURN_IF_ERROR(CheckImportHeaderFields(msg.header()));
-  }
-  if (msg.has_header() && mode != v1::IMPORT_MODE_CREATE &&
-      mode != v1::IMPORT_MODE_NEW_VERSION) {
-    return MakeError(absl::StatusCode::kInvalidArgument,
-                     Reason::kInvalidArgument, "mode: required",
-                     {{"field", "mode"}});
   }
   if (msg.has_header() && !msg.header().has_state()) {
     return MakeError(absl::StatusCode::kInvalidArgument,

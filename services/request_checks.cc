@@ -7,15 +7,12 @@
 #include "common/utf8.h"
 
 namespace statestream {
-namespace {
 
 absl::Status BadField(absl::string_view field, absl::string_view why) {
   return MakeError(absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
                    absl::StrCat(field, ": ", why),
                    {{"field", std::string(field)}});
 }
-
-}  // namespace
 
 absl::Status CheckRequestId(const std::string& id) {
   bool ok = !id.empty() && id.size() <= 64;

@@ -18,6 +18,9 @@
 
 namespace statestream {
 
+// INVALID_ARGUMENT/INVALID_ARGUMENT naming `field` (metadata field).
+absl::Status BadField(absl::string_view field, absl::string_view why);
+
 // 1-64 bytes of [A-Za-z0-9._:-]; INVALID_ARGUMENT (field=request_id).
 absl::Status CheckRequestId(const std::string& request_id);
 

@@ -45,12 +45,6 @@ uint64_t ContentDigest(const google::protobuf::Message& message) {
 
 namespace {
 
-absl::Status BadField(absl::string_view field, absl::string_view why) {
-  return MakeError(absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
-                   absl::StrCat(field, ": ", why),
-                   {{"field", std::string(field)}});
-}
-
 void ToTimestamp(absl::Time t, google::protobuf::Timestamp* out) {
   if (t == absl::InfinitePast() || t == absl::InfiniteFuture()) return;
   const int64_t ns = absl::ToUnixNanos(t);
@@ -111,6 +105,7 @@ int64_t SessionLimit(const grpc::CallbackServerContext& ctx,
 
 absl::StatusOr<std::optional<Durability>> DurabilityFromProto(v1::Durability d,
                                                               Durability max) {
+  SS_RETURN_IF_ERROR(CheckDurabilityKnown(d));
   Durability level;
   switch (d) {
     case v1::DURABILITY_UNSPECIFIED:
@@ -121,13 +116,9 @@ absl::StatusOr<std::optional<Durability>> DurabilityFromProto(v1::Durability d,
     case v1::DURABILITY_FSYNC:
       level = Durability::kFsync;
       break;
-    case v1::DURABILITY_REPLICATED:
+    default:  // DURABILITY_REPLICATED (CheckDurabilityKnown)
       level = Durability::kReplicated;
       break;
-    default:
-      return BadField("durability",
-                      absl::StrCat("unknown level ", static_cast<int>(d),
-                                   " (MEMORY, FSYNC or REPLICATED)"));
   }
   if (level > max) {
     return MakeError(

@@ -19,6 +19,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "services/request_checks.h"  // BadField
 #include "services/tenants.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 #include "worker/executor.h"
@@ -26,9 +27,6 @@
 #include "worker/worker_service.h"
 
 namespace statestream::worker::streams_internal {
-
-// INVALID_ARGUMENT naming `field`.
-absl::Status BadField(absl::string_view field, absl::string_view why);
 
 // INVALID_TOKEN for an id beyond int32, which no vocabulary holds (smaller
 // ones are checked against the model's vocabulary downstream), reported as

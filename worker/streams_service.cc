@@ -30,12 +30,6 @@
 namespace statestream::worker {
 namespace streams_internal {
 
-absl::Status BadField(absl::string_view field, absl::string_view why) {
-  return MakeError(absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
-                   absl::StrCat(field, ": ", why),
-                   {{"field", std::string(field)}});
-}
-
 absl::Status WideToken(uint32_t id, absl::string_view field) {
   return MakeError(
       absl::StatusCode::kInvalidArgument, Reason::kInvalidToken,
