@@ -102,10 +102,13 @@ class AppendCall final
 
   struct Entry {
     v1::AppendRequest request;
-    uint64_t seq = 0;            // index among the client's requests
-    uint64_t end = 0;            // expected_input_offset + units
-    uint64_t units = 0;          // tokens or text bytes
-    uint64_t acked_version = 0;  // the head version its latest ack reported
+    uint64_t seq = 0;    // index among the client's requests
+    uint64_t end = 0;    // expected_input_offset + units
+    uint64_t units = 0;  // tokens or text bytes
+    // The head version its latest ack reported, and the attempt that ack
+    // came in (versions compare within one owner's history only).
+    uint64_t acked_version = 0;
+    int acked_attempt = 0;
     // Acknowledged having changed nothing a failover would have to redo: no
     // payload and no token consumed (a no-op, a checkpoint, whose commit
     // preceded its ack, or a flush of an empty tail).
@@ -165,8 +168,11 @@ class AppendCall final
   // Whether acknowledged `e` is known committed. A request with a payload
   // is once the commit covers its end. A bare flush ends where it starts,
   // and a commit at that offset may predate it: it is only once the offset
-  // moved past it or a version newer than its ack's covers it (the SDKs'
-  // rule for their own resends).
+  // moved past it or a version newer than its ack's covers it, both in
+  // this attempt (the SDKs' rule for their own resends, which drop only
+  // what their current call acked): a new owner replaying from an older
+  // commit may commit a newer version at the flush's offset before it has
+  // applied the flush again.
   // An inert one needs no commit: no commit would ever cover it, and a
   // stream of them (no-ops asking for the current ack) filled the log past
   // its bound, where the call stopped reading the client for good.
@@ -174,7 +180,8 @@ class AppendCall final
     if (e.inert) return true;
     if (e.units > 0) return e.end <= committed_;
     return e.end < committed_ ||
-           (e.end == committed_ && committed_version_ > e.acked_version);
+           (e.end == committed_ && e.acked_attempt == attempts_ &&
+            committed_version_ > e.acked_version);
   }
 
   // The oldest log entry, committed (or discarded by a rollback).
@@ -597,7 +604,8 @@ void AppendCall::UpstreamReadDone(bool ok) {
       seq - log_.front().seq < log_.size()) {
     Entry& e = log_[seq - log_.front().seq];
     if (deliver) received = e.received;
-    e.acked_version = std::max(e.acked_version, ack.version());
+    e.acked_version = ack.version();  // one ack per attempt
+    e.acked_attempt = attempts_;
     if (e.units == 0 && ack.tokens_consumed() == 0) e.inert = true;
     // A new request applied (not a duplicate) below where this worker's
     // previous ack left the session: its input moved back in between (a

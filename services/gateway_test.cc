@@ -496,6 +496,58 @@ TEST_F(GatewayTest, AFailoverReplaysAFlushTheLastCommitDoesNotCover) {
   EXPECT_EQ(std::count(replayed.ids.begin(), replayed.ids.end(), "text-ab"), 0);
 }
 
+// The rule above holds within one owner's history only: a second owner
+// replaying from an older commit may commit a newer version at the
+// flush's offset before it has applied the flush again. The flush, acked
+// with version 5 by the first worker, was dropped from the log when the
+// second committed version 6 at its offset on the text before it, then
+// failed before it committed the flush: the third never got it, and
+// tokenized "ab" and "c" as one. A version covers a bare flush only once
+// the same attempt acked the flush with an older one.
+TEST_F(GatewayTest, AFlushSurvivesAnOwnerThatCommittedBeforeReapplyingIt) {
+  Replayed replayed;
+  // A third worker: a call tries each worker once.
+  ScriptedWorker third(&calls_);
+  GatewayOptions options;
+  options.router.static_workers.push_back(third.address());
+  ScriptAppends([&](int call, const std::vector<v1::AppendRequest>& requests,
+                    AppendStream* stream) {
+    for (const auto& r : requests) {
+      if (call == 2) {
+        absl::MutexLock lock(&replayed.mu);
+        replayed.ids.push_back(r.request_id());
+      }
+      // First worker: "ab" and the flush applied at version 5, nothing
+      // committed; lost before "c". Second: the replayed "ab" makes it
+      // commit version 6 at 2 (a policy commit); lost before the flush.
+      // Third: everything committed, version 7.
+      if ((call == 0 && r.request_id() == "text-c") ||
+          (call == 1 && r.request_id() == "flush")) {
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker lost");
+      }
+      v1::AppendResponse ack;
+      ack.set_request_id(r.request_id());
+      ack.set_input_offset(r.expected_input_offset() + r.text_utf8().size());
+      ack.set_version(call == 0 ? 5 : call == 1 ? 6 : 7);
+      ack.set_committed_input_offset(call == 0 ? 0 : ack.input_offset());
+      if (r.flush()) ack.set_tokens_consumed(1);
+      if (!stream->Write(ack)) break;
+    }
+    return grpc::Status::OK;
+  });
+  third.append = workers_[0]->append;
+  Start(options);
+  v1::AppendRequest flush = AppendAt("flush", 2);
+  flush.set_flush(true);
+  const Appended out = AppendThrough(
+      {AppendAt("text-ab", 0, "ab"), flush, AppendAt("text-c", 2, "c")});
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_EQ(out.acked,
+            (std::vector<std::string>{"text-ab", "flush", "text-c"}));
+  absl::MutexLock lock(&replayed.mu);
+  EXPECT_EQ(replayed.ids, (std::vector<std::string>{"flush", "text-c"}));
+}
+
 // A rollback commits a newer version at an earlier offset, and an open
 // Append continues from there: what the stream sends after it is
 // uncommitted though the offsets committed before it cover them, so a
