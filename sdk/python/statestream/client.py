@@ -62,6 +62,11 @@ def new_request_id() -> str:
 # max_pings_without_data 0: else gRPC stops pinging after two pings on a
 # call that sends nothing (a Generate, a writer waiting for acks). The
 # servers accept a ping every 500 ms.
+# The least receive limit a client may set: what the server sends stays
+# below it but for ScoreResponse with many top_logprobs (see LIMITS in
+# statestream.proto).
+MIN_RECEIVE_MESSAGE_LENGTH = 4 << 20
+
 DEFAULT_CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", 8 << 20),
     ("grpc.max_send_message_length", 8 << 20),
@@ -77,9 +82,25 @@ DEFAULT_CHANNEL_OPTIONS = (
 
 def _channel_options(options: Sequence = (),
                      tls_server_name: Optional[str] = None) -> list:
-    """DEFAULT_CHANNEL_OPTIONS overridden by `options` (by name)."""
+    """DEFAULT_CHANNEL_OPTIONS overridden by `options` (by name).
+
+    A receive limit below MIN_RECEIVE_MESSAGE_LENGTH (other than -1,
+    unlimited) raises ValueError: every call whose answer is larger (an
+    export's 1 MiB chunks, a listing page of up to 2 MiB) would fail with
+    gRPC's bare RESOURCE_EXHAUSTED, as the C++ SDK's
+    ClientOptions.max_receive_message_bytes refuses it too."""
     options = list(options)
     given = {name for name, _ in options}
+    for name, value in options:
+        if name != "grpc.max_receive_message_length":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError("grpc.max_receive_message_length must be an int, "
+                            "not %s" % type(value).__name__)
+        if value != -1 and value < MIN_RECEIVE_MESSAGE_LENGTH:
+            raise ValueError(
+                "grpc.max_receive_message_length must be -1 (unlimited) or "
+                "at least %d (got %d)" % (MIN_RECEIVE_MESSAGE_LENGTH, value))
     opts = [o for o in DEFAULT_CHANNEL_OPTIONS if o[0] not in given] + options
     if tls_server_name:
         # The name checked against the server certificate.
@@ -323,7 +344,9 @@ class Client(_ClientBase):
     name; by default HTTP/2 keepalive pings an open call's connection every
     20 s and fails its calls (UNAVAILABLE, then resumed on the next target)
     when a ping goes unanswered for 10 s, e.g.
-    options=[("grpc.keepalive_time_ms", 60000)] to ping less often.
+    options=[("grpc.keepalive_time_ms", 60000)] to ping less often;
+    grpc.max_receive_message_length (8 MiB by default) may not go below
+    MIN_RECEIVE_MESSAGE_LENGTH (4 MiB) other than to -1 (unlimited).
     `timeout` bounds each unary attempt (None or inf: no bound); an
     export or import attempt ends once it goes `timeout` without moving a
     1 MiB chunk (an import also within `timeout` per chunk, plus two).

@@ -292,6 +292,24 @@ def test_client_settings_no_call_could_run_with_are_refused(fake):
     asyncio.run(run_async())
 
 
+# A receive limit below what the server sends (export chunks of 1 MiB,
+# listing pages of up to 2 MiB) made those calls fail with gRPC's bare
+# RESOURCE_EXHAUSTED; refused up front, as C++ Client::Create does.
+def test_a_receive_limit_below_what_the_server_sends_is_refused(fake):
+    name = "grpc.max_receive_message_length"
+    for make in (Client, AsyncClient):
+        for value in (0, 1 << 20, (4 << 20) - 1, -2):
+            with pytest.raises(ValueError) as e:
+                make(fake.address, options=[(name, value)])
+            assert name in str(e.value)
+        for value in ("8388608", 4.5e6, True):
+            with pytest.raises(TypeError):
+                make(fake.address, options=[(name, value)])
+    for value in (4 << 20, 64 << 20, -1):
+        with Client(fake.address, options=[(name, value)]) as c:
+            assert c.session("s").get().input_offset == 0
+
+
 # TLS settings without tls=True were ignored: the channel was plaintext and
 # carried the api_key in the clear. Refused, naming the setting (never its
 # value: a private key).

@@ -142,10 +142,10 @@ def test_keepalive_is_on_by_default_and_overridable(monkeypatch, aio):
     monkeypatch.undo()
     opts = channel_options(monkeypatch, lambda: asyncio.run(make(options=[
         ("grpc.keepalive_time_ms", 60000),
-        ("grpc.max_receive_message_length", 1 << 20)])), module)
+        ("grpc.max_receive_message_length", 16 << 20)])), module)
     assert opts["grpc.keepalive_time_ms"] == 60000
     assert opts["grpc.keepalive_timeout_ms"] == 10000
-    assert opts["grpc.max_receive_message_length"] == 1 << 20
+    assert opts["grpc.max_receive_message_length"] == 16 << 20
 
 
 def test_keepalive_fails_a_call_to_a_paused_server(server):
