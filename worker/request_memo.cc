@@ -60,12 +60,23 @@ void RequestMemo::Remember(const std::string& tenant,
 }
 
 RequestMemo::InFlight::InFlight(RequestMemo* memo, const std::string& tenant,
-                                const std::string& request_id)
+                                const std::string& request_id,
+                                const std::function<bool()>& cancelled)
     : memo_(request_id.empty() ? nullptr : memo), key_(tenant, request_id) {
   if (memo_ == nullptr) return;
   absl::MutexLock lock(&memo_->in_flight_mu_);
   while (memo_->in_flight_.count(key_) != 0) {
-    memo_->call_ended_.Wait(&memo_->in_flight_mu_);
+    if (cancelled == nullptr) {
+      memo_->call_ended_.Wait(&memo_->in_flight_mu_);
+      continue;
+    }
+    if (cancelled()) {
+      memo_ = nullptr;
+      gave_up_ = true;
+      return;
+    }
+    memo_->call_ended_.WaitWithTimeout(&memo_->in_flight_mu_,
+                                       absl::Milliseconds(50));
   }
   memo_->in_flight_.insert(key_);
 }

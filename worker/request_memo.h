@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -54,16 +55,25 @@ class RequestMemo {
   // (and then finds what it Remembered), instead of racing it. For calls
   // whose retry could otherwise see the first's effect without its record
   // (a retried delete finding the session gone). Nothing for an empty id.
+  // `cancelled` (optional), asked every 50 ms while it waits, gives up the
+  // wait: the caller went away (its client cancelled or its deadline
+  // passed), so a burst of retries does not hold threads for as long as
+  // the first call runs.
   class InFlight {
    public:
     InFlight(RequestMemo* memo, const std::string& tenant,
-             const std::string& request_id);
+             const std::string& request_id,
+             const std::function<bool()>& cancelled = nullptr);
     ~InFlight();
     InFlight(const InFlight&) = delete;
     InFlight& operator=(const InFlight&) = delete;
 
+    // False when `cancelled` ended the wait: the call must not run.
+    bool entered() const { return memo_ != nullptr || !gave_up_; }
+
    private:
-    RequestMemo* const memo_;
+    RequestMemo* memo_;  // null: no id, or gave up
+    bool gave_up_ = false;
     const std::pair<std::string, std::string> key_;
   };
 

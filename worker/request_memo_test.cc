@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "worker/request_memo.h"
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -110,6 +111,48 @@ TEST(RequestMemoTest, ASecondCallWithTheSameIdWaitsForTheFirst) {
   second.join();
   EXPECT_TRUE(entered.HasBeenNotified());
   EXPECT_TRUE(seen);
+}
+
+// A second call whose caller goes away while it waits gives up (entered()
+// false) instead of holding its thread until the first ends: the wait
+// ignored cancellation, so a burst of retried deletes behind a slow one
+// held the worker's request threads for as long as it ran. A call not
+// cancelled still waits, and one with nothing ahead of it enters at once
+// even with a `cancelled` that says so.
+TEST(RequestMemoTest, AWaitingCallWhoseCallerWentAwayGivesUp) {
+  FakeClock clock;
+  RequestMemo memo(absl::Hours(1), 100, &clock);
+  {
+    RequestMemo::InFlight alone(&memo, "t", "d0", [] { return true; });
+    EXPECT_TRUE(alone.entered());
+  }
+  auto first = std::make_unique<RequestMemo::InFlight>(&memo, "t", "d1");
+  std::atomic<bool> gone{false};
+  absl::Notification done;
+  bool entered = true;
+  std::thread second([&] {
+    RequestMemo::InFlight call(&memo, "t", "d1", [&] { return gone.load(); });
+    entered = call.entered();
+    done.Notify();
+  });
+  EXPECT_FALSE(done.WaitForNotificationWithTimeout(absl::Milliseconds(200)));
+  gone = true;
+  EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  second.join();
+  EXPECT_FALSE(entered);
+  // The one that gave up held nothing: a later call waits for the first
+  // only, and enters once it ends.
+  absl::Notification third_in;
+  std::thread third([&] {
+    RequestMemo::InFlight call(&memo, "t", "d1", [] { return false; });
+    EXPECT_TRUE(call.entered());
+    third_in.Notify();
+  });
+  EXPECT_FALSE(
+      third_in.WaitForNotificationWithTimeout(absl::Milliseconds(100)));
+  first.reset();
+  third.join();
+  EXPECT_TRUE(third_in.HasBeenNotified());
 }
 
 }  // namespace

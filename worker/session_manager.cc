@@ -315,17 +315,21 @@ absl::StatusOr<SessionView> SessionManager::UpdateSession(
   return m.ViewOfHead(h);
 }
 
-absl::Status SessionManager::DeleteSession(const std::string& tenant,
-                                           const std::string& session_id,
-                                           bool allow_missing,
-                                           const std::string& request_id) {
+absl::Status SessionManager::DeleteSession(
+    const std::string& tenant, const std::string& session_id,
+    bool allow_missing, const std::string& request_id,
+    const std::function<bool()>& cancelled) {
   // A retry of a delete that succeeded succeeds (proto: DeleteSession).
   const uint64_t digest = Fnv1a(kFnvBasis, absl::StrCat("delete:", session_id));
   // A retry that arrives while the original still runs (behind a busy
   // session, a slow store) waits for it, then finds it done, instead of
   // finding the session gone: NOT_FOUND for a delete that succeeded. The
   // memo is the process's: the retry may reach another model's manager.
-  RequestMemo::InFlight call(impl_->memo_.get(), tenant, request_id);
+  RequestMemo::InFlight call(impl_->memo_.get(), tenant, request_id, cancelled);
+  if (!call.entered()) {
+    return absl::CancelledError(
+        "the call went away while an earlier delete with its request_id ran");
+  }
   SS_ASSIGN_OR_RETURN(bool seen,
                       impl_->Seen(tenant, request_id, digest, nullptr));
   if (seen) return absl::OkStatus();

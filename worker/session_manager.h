@@ -312,10 +312,13 @@ class SessionManager {
   // Mutations with a `request_id` are idempotent on this worker within
   // request_id_window: a retry returns what the first call did (a delete
   // that succeeded succeeds again; a rollback is not repeated), reusing the
-  // id for other content is DUPLICATE_REQUEST.
+  // id for other content is DUPLICATE_REQUEST. A delete that arrives
+  // while one with its id still runs waits for it; `cancelled` (optional:
+  // the caller went away) ends that wait with CANCELLED, nothing done.
   absl::Status DeleteSession(const std::string& tenant,
                              const std::string& session_id, bool allow_missing,
-                             const std::string& request_id = "");
+                             const std::string& request_id = "",
+                             const std::function<bool()>& cancelled = nullptr);
   // Newest first.
   absl::StatusOr<std::vector<VersionInfo>> ListVersions(
       const std::string& tenant, const std::string& session_id);

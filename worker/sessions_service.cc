@@ -489,7 +489,8 @@ class SessionsService final : public v1::Sessions::CallbackService {
       SS_ASSIGN_OR_RETURN(SessionManager * m,
                           models_->ForSession(tenant, req->session_id()));
       return m->DeleteSession(tenant, req->session_id(), req->allow_missing(),
-                              req->request_id());
+                              req->request_id(),
+                              [ctx] { return ctx->IsCancelled(); });
     });
   }
 
