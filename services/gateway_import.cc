@@ -89,6 +89,16 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
   // buffers chunks or acts on the mode; the chunks are the worker's to
   // check; and all kept within the gateway's bounds.
   absl::Status Check();
+  // Task, after the header: its state's layout checked as the worker
+  // checks it (CheckImportStateLayout) where the gateway knows the
+  // fingerprint's model, so a header that announces more than such a
+  // state can be is refused before the gateway buffers a byte of it; then
+  // the next read.
+  void CheckLayout();
+  // The most one import may hold (max_import_bytes, within the gateway's
+  // max_buffered_bytes), and the refusal past it.
+  uint64_t MaxImport() const;
+  absl::Status TooLarge() const;
   // Task: where the import goes, its quota, then the first attempt.
   void Forward();
   // Task: picks the next worker and starts an attempt on it.
@@ -213,6 +223,37 @@ void ImportCall::OnReadDone(bool ok) {
     Conclude(ToGrpcStatus(bad));
     return;
   }
+  if (parts_.size() == 1) {
+    // The model may have to be asked for (a task: it may wait on a
+    // worker); the next read waits for it.
+    if (!RunTask([this] { CheckLayout(); })) Conclude(Gateway::Refused());
+    return;
+  }
+  Read();
+}
+
+void ImportCall::CheckLayout() {
+  const v1::StateHeader& state = parts_[0].header().state();
+  // Unknown here (no worker answered, or none serves it): the worker the
+  // import reaches answers for it, and the gateway's bounds hold meanwhile.
+  absl::Status st;
+  auto models = gateway_->Models(*ctx_, tenant_);
+  if (models.ok()) {
+    for (const Gateway::WorkerModels& w : *models) {
+      auto m = std::find_if(
+          w.models.begin(), w.models.end(), [&](const v1::Model& m) {
+            return m.fingerprint() == state.model_fingerprint();
+          });
+      if (m == w.models.end()) continue;
+      st = CheckImportStateLayout(state, m->state_bytes(), m->n_embd());
+      break;
+    }
+  }
+  if (st.ok() && state.total_bytes() > MaxImport()) st = TooLarge();
+  if (!st.ok()) {
+    End(ToGrpcStatus(st));
+    return;
+  }
   Read();
 }
 
@@ -258,26 +299,31 @@ absl::Status ImportCall::Check() {
                        {{"detail", detail}});
     }
   }
-  // Per call, within the gateway's whole budget too.
-  const uint64_t max_import =
-      static_cast<uint64_t>(std::min(gateway_->options().max_import_bytes,
-                                     gateway_->options().max_buffered_bytes));
-  if (msg.has_header() && total > max_import) {
-    kept_ = total;  // refused just below
-  }
+  // (A header announcing more than the gateway takes is refused by
+  // CheckLayout, after the layout check a worker would answer first.)
+  const uint64_t max_import = MaxImport();
   if (kept_ <= max_import && kept_ > static_cast<uint64_t>(room_.bytes())) {
     absl::Status grown = gateway_->buffers().Grow(
         &room_, static_cast<int64_t>(kept_) - room_.bytes());
     if (!grown.ok()) return grown;
   }
-  if (kept_ > max_import) {
-    return MakeError(
-        absl::StatusCode::kInvalidArgument, Reason::kMessageTooLarge,
-        absl::StrCat("the import is larger than the gateway takes (",
-                     max_import, " bytes)"),
-        {{"field", "chunk"}, {"limit", absl::StrCat(max_import)}});
-  }
+  if (kept_ > max_import) return TooLarge();
   return absl::OkStatus();
+}
+
+uint64_t ImportCall::MaxImport() const {
+  // Per call, within the gateway's whole budget too.
+  return static_cast<uint64_t>(
+      std::min(gateway_->options().max_import_bytes,
+               gateway_->options().max_buffered_bytes));
+}
+
+absl::Status ImportCall::TooLarge() const {
+  const uint64_t max_import = MaxImport();
+  return MakeError(absl::StatusCode::kInvalidArgument, Reason::kMessageTooLarge,
+                   absl::StrCat("the import is larger than the gateway takes (",
+                                max_import, " bytes)"),
+                   {{"field", "chunk"}, {"limit", absl::StrCat(max_import)}});
 }
 
 void ImportCall::Forward() {

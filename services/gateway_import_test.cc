@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -129,6 +130,87 @@ TEST_F(GatewayTest, AnImportPastTheGatewaysBoundIsMessageTooLarge) {
   EXPECT_EQ(GetReason(st), Reason::kMessageTooLarge);
   EXPECT_EQ(GetErrorMetadata(st, "limit"), "4096");
   EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
+}
+
+// A header whose state layout cannot be its model's (more bytes than
+// such a state encodes to, or chunks that disagree with the total) is
+// refused as the worker refuses it (DATA_LOSS/STATE_CORRUPT), right after
+// the header, where the gateway knows the fingerprint's model from its
+// workers: a ~100-byte header used to make the gateway read and buffer up
+// to max_import_bytes of chunks for the worker to refuse. A header of a
+// model the gateway does not know goes on to a worker.
+TEST_F(GatewayTest, AnImportHeaderNoStateOfItsModelFitsIsRefusedUnread) {
+  Start();
+  Script(&ScriptedWorker::list_models,
+         std::function<grpc::Status(v1::ListModelsResponse*)>(
+             [](v1::ListModelsResponse* resp) {
+               v1::Model* m = resp->add_models();
+               m->set_model_id("tiny");
+               m->set_fingerprint("fp-tiny");
+               m->set_state_bytes(4096);
+               m->set_n_embd(16);
+               return grpc::Status::OK;
+             }));
+  // The most a state of this model encodes to (CheckImportStateLayout).
+  const uint64_t most = 4096 + 16 * 4 + (uint64_t{4} << 20);
+  auto header = [](const std::string& fingerprint, uint64_t total,
+                   uint32_t chunk_bytes) {
+    v1::ImportStateRequest h = ImportHeader(total);
+    auto* state = h.mutable_header()->mutable_state();
+    state->set_model_fingerprint(fingerprint);
+    state->set_chunk_bytes(chunk_bytes);
+    state->set_chunk_count(
+        chunk_bytes == 0 ? 1 : (total + chunk_bytes - 1) / chunk_bytes);
+    return h;
+  };
+  const struct {
+    v1::ImportStateRequest header;
+    const char* detail;
+  } bad[] = {
+      {header("fp-tiny", most + 1, 1 << 20), "total_bytes out of range"},
+      {header("fp-tiny", 4096, 0),
+       "chunk_bytes/chunk_count disagree with total_bytes"},
+      {header("fp-tiny", 4096, (1 << 20) + 1),
+       "chunk_bytes/chunk_count disagree with total_bytes"},
+  };
+  for (const auto& c : bad) {
+    grpc::ClientContext ctx;
+    // Without the check the gateway would wait for the chunks.
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(20));
+    v1::Session resp;
+    auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+    ASSERT_TRUE(writer->Write(c.header));
+    // No WritesDone: the answer comes with the stream still open.
+    const absl::Status st = FromGrpcStatus(writer->Finish());
+    EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+    EXPECT_EQ(GetReason(st), Reason::kStateCorrupt) << st;
+    EXPECT_EQ(GetErrorMetadata(st, "detail"), c.detail) << st;
+  }
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 0);
+
+  // The largest state the model may send reaches a worker (which answers
+  // "scripted"); one of a model the gateway does not know is not refused
+  // for its layout (the gateway answers that no worker serves it).
+  {
+    grpc::ClientContext ctx;
+    v1::Session resp;
+    auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+    ASSERT_TRUE(writer->Write(header("fp-tiny", most, 1 << 20)));
+    writer->WritesDone();
+    EXPECT_EQ(writer->Finish().error_message(), "scripted");
+  }
+  EXPECT_EQ(workers_[0]->imports() + workers_[1]->imports(), 1);
+  {
+    grpc::ClientContext ctx;
+    v1::Session resp;
+    auto writer = v1::Sessions::NewStub(channel_)->ImportState(&ctx, &resp);
+    ASSERT_TRUE(writer->Write(header("fp-other", most + 1, 1 << 20)));
+    writer->WritesDone();
+    const absl::Status st = FromGrpcStatus(writer->Finish());
+    EXPECT_NE(GetReason(st), Reason::kStateCorrupt) << st;
+    EXPECT_NE(st.code(), absl::StatusCode::kDataLoss) << st;
+  }
 }
 
 // statestream_gateway_buffered_bytes as `metrics` shows it (-1: absent).

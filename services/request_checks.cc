@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "common/utf8.h"
+#include "state_store/state_codec.h"
 
 namespace statestream {
 
@@ -136,6 +137,28 @@ absl::Status CheckImportHeaderFields(const v1::ImportHeader& header) {
   SS_RETURN_IF_ERROR(CheckLabels(header.labels()));
   SS_RETURN_IF_ERROR(CheckDurabilityKnown(header.durability()));
   return TtlFromProto(header.has_ttl(), header.ttl()).status();
+}
+
+absl::Status StateBlobRejected(absl::string_view detail) {
+  return MakeError(absl::StatusCode::kDataLoss, Reason::kStateCorrupt,
+                   absl::StrCat("state blob rejected: ", detail),
+                   {{"detail", std::string(detail)}});
+}
+
+absl::Status CheckImportStateLayout(const v1::StateHeader& state,
+                                    uint64_t state_bytes, uint64_t n_embd) {
+  const uint64_t limit =
+      state_bytes + n_embd * sizeof(float) + (uint64_t{4} << 20);
+  if (state.total_bytes() == 0 || state.total_bytes() > limit) {
+    return StateBlobRejected("total_bytes out of range");
+  }
+  if (state.chunk_bytes() == 0 || state.chunk_bytes() > kStateChunkBytes ||
+      state.chunk_count() != (state.total_bytes() + state.chunk_bytes() - 1) /
+                                 state.chunk_bytes()) {
+    return StateBlobRejected(
+        "chunk_bytes/chunk_count disagree with total_bytes");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace statestream

@@ -49,6 +49,22 @@ absl::Status CheckCreateSessionFields(const v1::CreateSessionRequest& req);
 // durability, ttl.
 absl::Status CheckImportHeaderFields(const v1::ImportHeader& header);
 
+// DATA_LOSS/STATE_CORRUPT for a state blob an import sent: "state blob
+// rejected: <detail>" (metadata detail).
+absl::Status StateBlobRejected(absl::string_view detail);
+
+// An ImportState header's state layout against the model its fingerprint
+// names, whose recurrent state is `state_bytes` (Model.state_bytes) of
+// width `n_embd`: total_bytes more than 0 and within what an encoding of
+// such a state can take (the state, one more row, and 4 MiB for the
+// encoding's header and tokenizer tail), chunk_bytes at most
+// kStateChunkBytes (1 MiB) and chunk_count what the two make. DATA_LOSS/
+// STATE_CORRUPT otherwise, as for a blob that fails its checksum: the
+// worker runs it before it takes room for the blob, a gateway (which
+// knows the model from its workers' ListModels) before it buffers one.
+absl::Status CheckImportStateLayout(const v1::StateHeader& state,
+                                    uint64_t state_bytes, uint64_t n_embd);
+
 }  // namespace statestream
 
 #endif  // STATESTREAM_SERVICES_REQUEST_CHECKS_H_

@@ -19,6 +19,7 @@
 #include "common/crc32c.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
+#include "services/request_checks.h"
 #include "state_store/state_codec.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 #include "worker/api_convert.h"
@@ -28,20 +29,6 @@
 
 namespace statestream::worker {
 namespace {
-
-constexpr uint32_t kChunkBytes = 1 << 20;
-
-absl::Status BadField(absl::string_view field, absl::string_view why) {
-  return MakeError(absl::StatusCode::kInvalidArgument, Reason::kInvalidArgument,
-                   absl::StrCat(field, ": ", why),
-                   {{"field", std::string(field)}});
-}
-
-absl::Status Corrupt(absl::string_view detail) {
-  return MakeError(absl::StatusCode::kDataLoss, Reason::kStateCorrupt,
-                   absl::StrCat("state blob rejected: ", detail),
-                   {{"detail", std::string(detail)}});
-}
 
 // Loads the version on the pool, then streams the header and the chunks.
 // Until Finish, gRPC keeps the reactor alive (also after a cancel), so the
@@ -100,10 +87,10 @@ class ExportReactor final
     h->set_input_offset(e->input_offset);
     h->set_pending_bytes(e->pending_bytes);
     h->set_total_bytes(blob_.size());
-    count_ =
-        static_cast<uint32_t>((blob_.size() + kChunkBytes - 1) / kChunkBytes);
+    count_ = static_cast<uint32_t>((blob_.size() + kStateChunkBytes - 1) /
+                                   kStateChunkBytes);
     h->set_chunk_count(count_);
-    h->set_chunk_bytes(kChunkBytes);
+    h->set_chunk_bytes(kStateChunkBytes);
     h->set_crc32c(Crc32c(0, blob_.data(), blob_.size()));
     StartWrite(&msg_);
   }
@@ -116,8 +103,8 @@ class ExportReactor final
     if (next_ == count_) return FinishAndRelease(grpc::Status::OK);
     msg_.Clear();
     auto* c = msg_.mutable_chunk();
-    const size_t at = size_t{next_} * kChunkBytes;
-    const size_t n = std::min<size_t>(kChunkBytes, blob_.size() - at);
+    const size_t at = size_t{next_} * kStateChunkBytes;
+    const size_t n = std::min<size_t>(kStateChunkBytes, blob_.size() - at);
     c->set_index(next_++);
     c->set_data(blob_.data() + at, n);
     c->set_crc32c(Crc32c(0, blob_.data() + at, n));
@@ -231,17 +218,8 @@ class ImportReactor final
                           {"actual_fingerprint", s.model_fingerprint()}});
       }
       const engine::ModelInfo& info = m_->model().info();
-      const uint64_t limit =
-          (info.state_floats + info.config.n_embd) * sizeof(float) +
-          (uint64_t{4} << 20);
-      if (s.total_bytes() == 0 || s.total_bytes() > limit) {
-        return Corrupt("total_bytes out of range");
-      }
-      if (s.chunk_bytes() == 0 || s.chunk_bytes() > kChunkBytes ||
-          s.chunk_count() !=
-              (s.total_bytes() + s.chunk_bytes() - 1) / s.chunk_bytes()) {
-        return Corrupt("chunk_bytes/chunk_count disagree with total_bytes");
-      }
+      SS_RETURN_IF_ERROR(CheckImportStateLayout(
+          s, info.state_floats * sizeof(float), info.config.n_embd));
       SS_ASSIGN_OR_RETURN(hold_, budget_->Acquire(s.total_bytes()));
       blob_.reserve(s.total_bytes());
       return absl::OkStatus();
@@ -254,13 +232,16 @@ class ImportReactor final
     const v1::StateChunk& c = req_.chunk();
     const v1::StateHeader& s = header_.state();
     if (c.index() != next_ || next_ >= s.chunk_count()) {
-      return Corrupt(absl::StrCat("chunk ", c.index(), " out of order"));
+      return StateBlobRejected(
+          absl::StrCat("chunk ", c.index(), " out of order"));
     }
     const uint64_t want =
         std::min<uint64_t>(s.chunk_bytes(), s.total_bytes() - blob_.size());
-    if (c.data().size() != want) return Corrupt("chunk has the wrong size");
+    if (c.data().size() != want)
+      return StateBlobRejected("chunk has the wrong size");
     if (Crc32c(0, c.data().data(), c.data().size()) != c.crc32c()) {
-      return Corrupt(absl::StrCat("chunk ", c.index(), " checksum mismatch"));
+      return StateBlobRejected(
+          absl::StrCat("chunk ", c.index(), " checksum mismatch"));
     }
     blob_ += c.data();
     ++next_;
@@ -278,15 +259,15 @@ class ImportReactor final
     } else if (!have_header_) {
       st = BadField("header", "missing");
     } else if (next_ != s.chunk_count()) {
-      st = Corrupt("missing chunks");
+      st = StateBlobRejected("missing chunks");
     } else if (Crc32c(0, blob_.data(), blob_.size()) != s.crc32c()) {
-      st = Corrupt("blob checksum mismatch");
+      st = StateBlobRejected("blob checksum mismatch");
     } else if (auto snap = DecodeState(blob_); !snap.ok()) {
       st = snap.status();
     } else if (snap->position != s.position() ||
                snap->input_offset != s.input_offset() ||
                snap->tokenizer_tail.size() != s.pending_bytes()) {
-      st = Corrupt("the header disagrees with the blob");
+      st = StateBlobRejected("the header disagrees with the blob");
     }
     if (st.ok()) {
       CreateParams p;
