@@ -191,6 +191,16 @@ std::vector<std::string> Gateway::KnownFingerprints(const WorkerInfo& w) {
   return out;
 }
 
+std::optional<v1::Model> Gateway::CachedModel(const std::string& fingerprint) {
+  absl::MutexLock lock(&models_mu_);
+  for (const auto& [worker, models] : models_) {
+    for (const v1::Model& m : models) {
+      if (m.fingerprint() == fingerprint) return m;
+    }
+  }
+  return std::nullopt;
+}
+
 bool Gateway::AnsweredWithRefusal(const grpc::Status& status) {
   switch (status.error_code()) {
     // Not reached, too slow, or busy: it may serve any model.

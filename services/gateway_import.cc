@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -236,18 +237,17 @@ void ImportCall::CheckLayout() {
   const v1::StateHeader& state = parts_[0].header().state();
   // Unknown here (no worker answered, or none serves it): the worker the
   // import reaches answers for it, and the gateway's bounds hold meanwhile.
+  // The cache first: asking (Models) waits up to models_timeout on each
+  // worker not asked yet, or that did not answer. (A fingerprint names one
+  // model exactly, whichever worker answered it.)
+  std::optional<v1::Model> model =
+      gateway_->CachedModel(state.model_fingerprint());
+  if (!model.has_value() && gateway_->Models(*ctx_, tenant_).ok()) {
+    model = gateway_->CachedModel(state.model_fingerprint());
+  }
   absl::Status st;
-  auto models = gateway_->Models(*ctx_, tenant_);
-  if (models.ok()) {
-    for (const Gateway::WorkerModels& w : *models) {
-      auto m = std::find_if(
-          w.models.begin(), w.models.end(), [&](const v1::Model& m) {
-            return m.fingerprint() == state.model_fingerprint();
-          });
-      if (m == w.models.end()) continue;
-      st = CheckImportStateLayout(state, m->state_bytes(), m->n_embd());
-      break;
-    }
+  if (model.has_value()) {
+    st = CheckImportStateLayout(state, model->state_bytes(), model->n_embd());
   }
   if (st.ok() && state.total_bytes() > MaxImport()) st = TooLarge();
   if (!st.ok()) {

@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -169,6 +170,9 @@ class Gateway {
   // The model fingerprints `w` answered ListModels with, as cached (empty:
   // not asked yet). GatewayRouterOptions::fingerprints_of.
   std::vector<std::string> KnownFingerprints(const WorkerInfo& w);
+  // The model with `fingerprint` as some worker answered ListModels, from
+  // the cache only (nullopt: no cached answer has it).
+  std::optional<v1::Model> CachedModel(const std::string& fingerprint);
   // What a call ends with when its last worker's answer still meant "try
   // another" but no attempt is left: UNAVAILABLE/OVERLOADED with
   // retry_after_ms (retry later), never a worker's CANCELLED (a client
