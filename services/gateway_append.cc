@@ -168,11 +168,11 @@ class AppendCall final
   // Whether acknowledged `e` is known committed. A request with a payload
   // is once the commit covers its end. A bare flush ends where it starts,
   // and a commit at that offset may predate it: it is only once the offset
-  // moved past it or a version newer than its ack's covers it, both in
-  // this attempt (the SDKs' rule for their own resends, which drop only
-  // what their current call acked): a new owner replaying from an older
-  // commit may commit a newer version at the flush's offset before it has
-  // applied the flush again.
+  // moved past it (a commit past it includes it), or a version newer than
+  // that of its ack in this attempt covers it (the SDKs' rule for their
+  // own resends, which drop only what their current call acked): a new
+  // owner replaying from an older commit may commit a newer version at the
+  // flush's offset before it has applied the flush again.
   // An inert one needs no commit: no commit would ever cover it, and a
   // stream of them (no-ops asking for the current ack) filled the log past
   // its bound, where the call stopped reading the client for good.

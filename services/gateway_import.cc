@@ -28,7 +28,8 @@ namespace {
 
 // One client ImportState call. Its steps run one after another, each
 // started by the one before: Start (the rpc handler), Setup (a task: the
-// tenant's stream slot), the reads (OnReadDone, one at a time), Forward (a
+// tenant's stream slot), the reads (OnReadDone, one at a time; after the
+// header, CheckLayout, a task, starts the next), Forward (a
 // task: the session quota), Route (a task), the attempt's writes and its
 // end (gRPC's reactions), AfterAttempt (a task), then Route again or End.
 // So the fields below need no lock: no step touches them after it has

@@ -58,7 +58,8 @@ class RequestMemo {
   // `cancelled` (optional), asked every 50 ms while it waits, gives up the
   // wait: the caller went away (its client cancelled or its deadline
   // passed), so a burst of retries does not hold threads for as long as
-  // the first call runs.
+  // the first call runs. It is called under the memo's lock: it must be
+  // quick and must not call into the memo.
   class InFlight {
    public:
     InFlight(RequestMemo* memo, const std::string& tenant,

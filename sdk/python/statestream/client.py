@@ -47,6 +47,11 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+# The least receive limit a client may set: what the server sends stays
+# below it but for ScoreResponse with many top_logprobs (see LIMITS in
+# statestream.proto).
+MIN_RECEIVE_MESSAGE_LENGTH = 4 << 20
+
 # Channel options every client starts from; `options` passed to a client
 # replace the ones with the same name. Reconnects: 100 ms after a failed
 # attempt, backing off to 1 s, so a restarted server is found at once (the
@@ -62,11 +67,6 @@ def new_request_id() -> str:
 # max_pings_without_data 0: else gRPC stops pinging after two pings on a
 # call that sends nothing (a Generate, a writer waiting for acks). The
 # servers accept a ping every 500 ms.
-# The least receive limit a client may set: what the server sends stays
-# below it but for ScoreResponse with many top_logprobs (see LIMITS in
-# statestream.proto).
-MIN_RECEIVE_MESSAGE_LENGTH = 4 << 20
-
 DEFAULT_CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", 8 << 20),
     ("grpc.max_send_message_length", 8 << 20),
@@ -92,6 +92,8 @@ def _channel_options(options: Sequence = (),
     options = list(options)
     given = {name for name, _ in options}
     for name, value in options:
+        if isinstance(name, bytes):
+            name = name.decode("ascii", "replace")
         if name != "grpc.max_receive_message_length":
             continue
         if isinstance(value, bool) or not isinstance(value, int):

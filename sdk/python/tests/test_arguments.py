@@ -302,6 +302,8 @@ def test_a_receive_limit_below_what_the_server_sends_is_refused(fake):
             with pytest.raises(ValueError) as e:
                 make(fake.address, options=[(name, value)])
             assert name in str(e.value)
+        with pytest.raises(ValueError):  # gRPC takes a bytes key too
+            make(fake.address, options=[(name.encode(), 1 << 20)])
         for value in ("8388608", 4.5e6, True):
             with pytest.raises(TypeError):
                 make(fake.address, options=[(name, value)])
