@@ -236,11 +236,11 @@ void ImportCall::OnReadDone(bool ok) {
 
 void ImportCall::CheckLayout() {
   const v1::StateHeader& state = parts_[0].header().state();
-  // Unknown here (no worker answered, or none serves it): the worker the
-  // import reaches answers for it, and the gateway's bounds hold meanwhile.
-  // The cache first: asking (Models) waits up to models_timeout on each
-  // worker not asked yet, or that did not answer. (A fingerprint names one
-  // model exactly, whichever worker answered it.)
+  // The model from the ListModels cache first (a fingerprint names one
+  // model exactly, whichever worker answered it); asking (Models) waits up
+  // to models_timeout on each worker not asked yet. A model still unknown
+  // (no worker answered, or none serves it) is left to the worker the
+  // import reaches, the gateway's bounds holding meanwhile.
   std::optional<v1::Model> model =
       gateway_->CachedModel(state.model_fingerprint());
   if (!model.has_value() && gateway_->Models(*ctx_, tenant_).ok()) {

@@ -68,15 +68,14 @@ RequestMemo::InFlight::InFlight(RequestMemo* memo, const std::string& tenant,
   while (memo_->in_flight_.count(key_) != 0) {
     if (cancelled == nullptr) {
       memo_->call_ended_.Wait(&memo_->in_flight_mu_);
-      continue;
-    }
-    if (cancelled()) {
+    } else if (cancelled()) {
       memo_ = nullptr;
-      gave_up_ = true;
+      entered_ = false;
       return;
+    } else {
+      memo_->call_ended_.WaitWithTimeout(&memo_->in_flight_mu_,
+                                         absl::Milliseconds(50));
     }
-    memo_->call_ended_.WaitWithTimeout(&memo_->in_flight_mu_,
-                                       absl::Milliseconds(50));
   }
   memo_->in_flight_.insert(key_);
 }

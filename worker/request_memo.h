@@ -70,11 +70,11 @@ class RequestMemo {
     InFlight& operator=(const InFlight&) = delete;
 
     // False when `cancelled` ended the wait: the call must not run.
-    bool entered() const { return memo_ != nullptr || !gave_up_; }
+    bool entered() const { return entered_; }
 
    private:
     RequestMemo* memo_;  // null: no id, or gave up
-    bool gave_up_ = false;
+    bool entered_ = true;
     const std::pair<std::string, std::string> key_;
   };
 
