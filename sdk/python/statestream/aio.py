@@ -20,16 +20,17 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import grpc
 import grpc.aio
 
+from statestream.channel import _setup, _Stubs
+from statestream.checksum import _crc32c_in_thread
 from statestream.client import (_blames_target_by, _check_next_page,
-                                _ClientBase, _Collected, _assemble_export,
-                                _closed_error, _create_request,
-                                _crc32c_in_thread, _generate_request,
-                                _import_chunk,
-                                _import_chunks, _import_header, _list_request,
-                                _not_found_after_unknown, _outcome_unknown,
-                                _rollback_request, _score_request, _setup,
-                                _state_blob,
-                                _Stubs, _update_request, new_request_id)
+                                _ClientBase, _Collected, _closed_error,
+                                _not_found_after_unknown, _outcome_unknown)
+from statestream.messages import (_assemble_export, _create_request,
+                                  _generate_request, _import_chunk,
+                                  _import_chunks, _import_header,
+                                  _list_request, _rollback_request,
+                                  _score_request, _state_blob,
+                                  _update_request, new_request_id)
 from statestream.errors import StatestreamError
 from statestream.streams import (_AckTracker,
                                  _GenerateProgress, _NamesItsRequest, _Retained,

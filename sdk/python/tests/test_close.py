@@ -14,7 +14,7 @@ import pytest
 
 from statestream import Client, ExportedState, StatestreamError
 from statestream.aio import AsyncClient
-from statestream.client import _crc32c
+from statestream.checksum import _crc32c
 from statestream.errors import is_retryable
 from statestream.v1 import statestream_pb2 as pb
 from fake_server import fast_retries, slow_retries
@@ -343,13 +343,13 @@ def test_async_commit_pin_read_starts_at_generate(fake):
 # MiB) was computed on the event loop, which stood still meanwhile.
 
 def test_async_import_keeps_the_event_loop_running(fake, monkeypatch):
-    import statestream.client
+    import statestream.checksum
     blob = os.urandom(8 << 20)
     state = ExportedState(pb.StateHeader(total_bytes=len(blob),
                                          chunk_count=8,
                                          chunk_bytes=1 << 20), blob)
     crc_threads = set()  # where the CRCs were computed
-    python_crc = statestream.client._crc32c_python
+    python_crc = statestream.checksum._crc32c_python
 
     def crc(data):
         crc_threads.add(threading.current_thread())
@@ -358,10 +358,10 @@ def test_async_import_keeps_the_event_loop_running(fake, monkeypatch):
     def crc_python(data, crc=0):
         crc_threads.add(threading.current_thread())
         return python_crc(data, crc)
-    monkeypatch.setattr(statestream.client, "_crc32c", crc)
-    monkeypatch.setattr(statestream.client, "_crc32c_python", crc_python)
+    monkeypatch.setattr(statestream.checksum, "_crc32c", crc)
+    monkeypatch.setattr(statestream.checksum, "_crc32c_python", crc_python)
     # The pure-Python CRC, google-crc32c installed or not.
-    monkeypatch.setattr(statestream.client, "_C_CRC", False, raising=False)
+    monkeypatch.setattr(statestream.checksum, "_C_CRC", False, raising=False)
 
     async def main():
         async with AsyncClient(fake.address, **fast_retries()) as c:

@@ -11,7 +11,9 @@ import pytest
 
 from statestream import Client, StatestreamError
 from statestream.aio import AsyncClient
-from statestream.client import _assemble_export, _check_next_page, _crc32c
+from statestream.checksum import _crc32c
+from statestream.client import _check_next_page
+from statestream.messages import _assemble_export
 from statestream.errors import _local_error, is_retryable
 from statestream.streams import _writer_closed
 from statestream.v1 import statestream_pb2 as pb
