@@ -58,6 +58,7 @@ class ScriptedWorker final : public v1::Sessions::Service,
       generate;
   std::function<grpc::Status(int, v1::Session*)> create_session;
   std::function<grpc::Status(int)> get_session;
+  std::function<grpc::Status(int)> delete_session;
   // ListModels' answer instead of model "tiny" (its call number is not
   // counted: the gateway asks on its own).
   std::function<grpc::Status(v1::ListModelsResponse*)> list_models;
@@ -148,6 +149,11 @@ class ScriptedWorker final : public v1::Sessions::Service,
   grpc::Status GetSession(grpc::ServerContext*, const v1::GetSessionRequest*,
                           v1::Session*) override {
     return get_session(calls_->fetch_add(1));
+  }
+  grpc::Status DeleteSession(grpc::ServerContext*,
+                             const v1::DeleteSessionRequest*,
+                             v1::DeleteSessionResponse*) override {
+    return delete_session(calls_->fetch_add(1));
   }
   grpc::Status ImportState(grpc::ServerContext*,
                            grpc::ServerReader<v1::ImportStateRequest>* r,

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
+#include "common/status.h"
 #include "services/gateway_internal.h"
 #include "services/gateway_reactor_call.h"
 
@@ -95,7 +96,9 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
   // gRPC's reaction to the attempt's end: must not block.
   void AttemptDone(grpc::Status status) {
     last_ = status;
-    if (!Gateway::ShouldFailover(status)) {
+    if (DeletedByAnEarlierAttempt(status)) {
+      Conclude(grpc::Status::OK);
+    } else if (!Gateway::ShouldFailover(status)) {
       Conclude(Gateway::FromWorker(status));
     } else if (!RunAfterAttempt(
                    *ctx_, status.error_code() == grpc::StatusCode::CANCELLED,
@@ -117,7 +120,22 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
       End(Gateway::GaveUp(status));
       return;
     }
+    // A worker lost mid-call (not one that refused it: draining, fenced)
+    // may have applied it.
+    outcome_unknown_ |= status.error_code() == grpc::StatusCode::CANCELLED ||
+                        (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+                         status.error_details().empty());
     Route();
+  }
+
+  // A DeleteSession's SESSION_NOT_FOUND after an attempt whose outcome is
+  // unknown: that attempt deleted the session (the retry's worker cannot
+  // know its request id; the store keeps no record of a delete), so the
+  // call succeeded, as the SDKs conclude on their own retries.
+  bool DeletedByAnEarlierAttempt(const grpc::Status& status) const {
+    return outcome_unknown_ && target_.method == "DeleteSession" &&
+           status.error_code() == grpc::StatusCode::NOT_FOUND &&
+           GetReason(FromGrpcStatus(status)) == Reason::kSessionNotFound;
   }
 
   // Frees the stream slot, if any (which may block: Conclude calls this
@@ -138,7 +156,8 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
   absl::Time began_;                                // Start's
   std::string tenant_;                              // Start's
   int attempts_ = 0;                                // started
-  grpc::Status last_;                               // the last attempt's
+  bool outcome_unknown_ = false;  // an attempt failed over may have applied
+  grpc::Status last_;             // the last attempt's
   // The attempt in progress (or the last): its worker and channel, and
   // its context, which gRPC uses until AttemptDone.
   Placed placed_;
