@@ -81,6 +81,25 @@ absl::StatusOr<SessionView> SessionManager::Impl::CreateOnce(
   return ViewOfHead(res->session);
 }
 
+absl::StatusOr<std::optional<SessionView>> SessionManager::Impl::CreatedBefore(
+    const SessionKey& key, const std::string& request_id, uint64_t digest,
+    Durability asked) {
+  if (request_id.empty()) return std::nullopt;
+  absl::StatusOr<SessionHead> head = store_->GetHead(key);
+  if (!head.ok()) return std::nullopt;
+  SessionHead& h = *head;
+  if (h.create_request_id != request_id ||
+      clock_->Now() - h.created_at > opt_.request_id_window) {
+    return std::nullopt;
+  }
+  if (h.create_digest != digest) return DuplicateRequest(request_id);
+  Remember(key.tenant, request_id, key.session_id, digest, 1);
+  SS_ASSIGN_OR_RETURN(
+      h.head.durability,
+      CreatedDurability(key, h.head.version, h.head.durability, asked));
+  return ViewOfHead(h);
+}
+
 absl::StatusOr<bool> SessionManager::Impl::FirstVersionHolds(
     const SessionKey& key, const StateSnapshot& snap) {
   auto v = store_->LoadVersion(key, 1);
@@ -191,9 +210,22 @@ absl::StatusOr<SessionView> SessionManager::CreateSession(
   r.durability = m.Dur(p.durability);
   r.max_tenant_sessions = p.max_tenant_sessions;
   if (p.fork_from) {
-    SS_ASSIGN_OR_RETURN(LoadedVersion src,
-                        m.store_->LoadVersion({tenant, p.fork_from->first},
-                                              p.fork_from->second));
+    absl::StatusOr<LoadedVersion> loaded = m.store_->LoadVersion(
+        {tenant, p.fork_from->first}, p.fork_from->second);
+    if (!loaded.ok()) {
+      // A retry of a fork that an earlier attempt made (on another worker,
+      // or before a restart) whose source has moved on since (the version
+      // no longer kept, the source deleted) finds its fork all the same.
+      const bool known_id = !p.session_id.empty() || derived;
+      if (known_id) {
+        SS_ASSIGN_OR_RETURN(
+            std::optional<SessionView> made,
+            m.CreatedBefore(r.key, p.request_id, digest, r.durability));
+        if (made) return *std::move(made);
+      }
+      return loaded.status();
+    }
+    LoadedVersion& src = *loaded;
     if (src.state.model_fingerprint != m.fingerprint_) {
       return MakeError(absl::StatusCode::kFailedPrecondition,
                        Reason::kModelMismatch,

@@ -733,6 +733,15 @@ class SessionManager::Impl {
       const std::function<absl::StatusOr<bool>(
           const SessionHead&, const CreateSessionRequest&)>& same);
 
+  // The session an earlier attempt of create request `request_id` made at
+  // `key` within the window, found by the request id its head records (at
+  // the durability asked; DUPLICATE_REQUEST if `digest` differs); nullopt
+  // when there is none or it cannot be read. For a fork whose source can
+  // no longer be read, before giving that error.
+  absl::StatusOr<std::optional<SessionView>> CreatedBefore(
+      const SessionKey& key, const std::string& request_id, uint64_t digest,
+      Durability asked);
+
   // Whether `key`'s first version holds `snap`'s state (true when that
   // version is no longer kept: nothing is left to tell them apart).
   absl::StatusOr<bool> FirstVersionHolds(const SessionKey& key,
