@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
@@ -120,12 +121,24 @@ class UnaryCall final : public grpc::ServerUnaryReactor, private ReactorCall {
       End(Gateway::GaveUp(status));
       return;
     }
-    // A worker lost mid-call (not one that refused it: draining, fenced)
-    // may have applied it.
-    outcome_unknown_ |= status.error_code() == grpc::StatusCode::CANCELLED ||
-                        (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-                         status.error_details().empty());
+    outcome_unknown_ |= MayHaveApplied(status);
     Route();
+  }
+
+  // Whether an attempt that failed over may have been applied: its worker
+  // was lost mid-call (a transport failure other than a connection never
+  // made, or the worker's own CANCELLED as it shut down), not one that
+  // refused it (a draining worker's stopping=true, FENCED) or never got it.
+  static bool MayHaveApplied(const grpc::Status& status) {
+    if (status.error_code() == grpc::StatusCode::CANCELLED) return true;
+    // gRPC's words when no connection could be made ("failed to connect to
+    // all addresses; last error: ... Connection refused"). Should they
+    // change, such an attempt counts as maybe applied: a delete of a
+    // missing session then ends OK, as the SDKs' retries may end it too.
+    return status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+           status.error_details().empty() &&
+           !absl::StrContains(status.error_message(),
+                              "failed to connect to all addresses");
   }
 
   // A DeleteSession's SESSION_NOT_FOUND after an attempt whose outcome is
