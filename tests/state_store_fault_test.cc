@@ -344,7 +344,9 @@ std::map<std::string, int64_t> KeyTtls(RedisCluster* cluster,
 // answer "no such key", not an error. Scripts run there must wait for the
 // move: a delete answered OK and left the session whole (its write of the
 // nonce done before its DEL of several keys failed), a pin left the
-// chunks their TTL, and a listing of versions left out a hash not moved.
+// chunks their TTL, a listing of versions left out a hash not moved, and
+// a load or a durability wait of a kept version not moved called it not
+// kept (NOT_FOUND, final for a client).
 TEST(StateStoreFaultTest, ScriptsAtAnImportingNodeWaitForKeysNotMovedYet) {
   RedisStateStoreOptions o;
   o.retry_deadline = absl::Seconds(15);
@@ -376,6 +378,8 @@ TEST(StateStoreFaultTest, ScriptsAtAnImportingNodeWaitForKeysNotMovedYet) {
   };
   absl::Status deleted, pinning;
   absl::StatusOr<std::vector<VersionInfo>> listed;
+  absl::StatusOr<LoadedVersion> loaded;
+  absl::StatusOr<VersionInfo> awaited;
   std::vector<std::thread> calls;
   absl::Status moved = c->cluster->MoveSlot(
       store_internal::KeySlot("ss:{acme/half-moved}:head"), hashes(gone), [&] {
@@ -403,6 +407,11 @@ TEST(StateStoreFaultTest, ScriptsAtAnImportingNodeWaitForKeysNotMovedYet) {
           pinning = store->UpdateSession(pinned, u).status();
         });
         calls.emplace_back([&] { listed = store->ListVersions(pinned); });
+        // v1 is kept: read, and its durability asked, once it has moved.
+        calls.emplace_back([&] { loaded = store->LoadVersion(pinned, 1); });
+        calls.emplace_back([&] {
+          awaited = store->AwaitDurability(pinned, 1, Durability::kMemory);
+        });
         absl::SleepFor(absl::Milliseconds(500));
       });
   ASSERT_TRUE(moved.ok()) << moved;
@@ -410,6 +419,10 @@ TEST(StateStoreFaultTest, ScriptsAtAnImportingNodeWaitForKeysNotMovedYet) {
   ASSERT_TRUE(pinning.ok()) << pinning;
   ASSERT_TRUE(listed.ok()) << listed.status();
   EXPECT_EQ(listed->size(), 2u) << "a version not moved yet was left out";
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->version.version, 1u);
+  ASSERT_TRUE(awaited.ok()) << awaited.status();
+  EXPECT_EQ(awaited->version, 1u);
   const auto ttls = KeyTtls(c->cluster.get(), "ss:{acme/pinned}:");
   EXPECT_GT(ttls.size(), 6u);  // head, fence, lease, 2 versions, chunks
   for (const auto& [k, ttl] : ttls) {

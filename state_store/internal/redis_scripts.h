@@ -228,6 +228,9 @@ if want <= 0 then want = ver end
 if want < oldest or want > ver then
   return {'NOTKEPT', tostring(ver), tostring(oldest)}
 end
+-- With the head: a moving slot refuses a hash not moved yet (probe_session)
+-- rather than answer a kept version as not kept.
+redis.call('EXISTS', P .. 'head', P .. 'v' .. want, P .. 'v' .. ver)
 local vm = redis.call('HGETALL', P .. 'v' .. want)
 if #vm == 0 then
   -- The head's own hash is gone (evicted, or deleted by hand): damage,
@@ -441,6 +444,7 @@ return out
 // level recorded in the version if it is still that commit's.
 inline constexpr char kLuaRecordDurability[] = R"lua(
 local vk = P .. 'v' .. ARGV[4]
+redis.call('EXISTS', P .. 'head', vk)  -- a moving slot: as kLuaRead
 if redis.call('HGET', vk, 'nonce') ~= ARGV[5] then return {'GONE'} end
 local d = tonumber(redis.call('HGET', vk, 'durability') or '0')
 if tonumber(ARGV[6]) > d then redis.call('HSET', vk, 'durability', ARGV[6]) end
@@ -454,6 +458,7 @@ return {'OK'}
 inline constexpr char kLuaAwaitDurability[] = R"lua(
 if redis.call('EXISTS', P .. 'head') == 0 then return {'NOTFOUND'} end
 local vk = P .. 'v' .. ARGV[4]
+redis.call('EXISTS', P .. 'head', vk)  -- a moving slot: as kLuaRead
 local nonce = redis.call('HGET', vk, 'nonce')
 if not nonce then
   local m = redis.call('HMGET', P .. 'head', 'version', 'oldest')
