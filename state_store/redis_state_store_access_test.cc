@@ -4,11 +4,14 @@
 // (refusals are PERMISSION_DENIED at connect, UNAVAILABLE with
 // `redis_error` after), keys an ACL leaves out, and an evicting
 // maxmemory-policy reported at connect.
+#include <hiredis/hiredis.h>
+
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/time/time.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "state_store/redis_state_store.h"
@@ -176,6 +179,52 @@ TEST(RedisStateStoreTest, AnEvictingRedisIsReportedAtConnect) {
   ASSERT_TRUE(NewRedisStateStore(o).ok());
   ASSERT_EQ(warnings.size(), 1u);
   EXPECT_NE(warnings[0].find("volatile-lru"), std::string::npos);
+}
+
+// A Redis at its maxclients answers a new connection "ERR max number of
+// clients reached" and closes it: an outage (UNAVAILABLE, the store's
+// STORE_UNAVAILABLE), whether met at AUTH while connecting (it was
+// PERMISSION_DENIED, so a worker starting in a connection storm exited
+// instead of waiting) or by a running store's command on a new connection
+// (it was INTERNAL, which clients do not retry).
+TEST(RedisStateStoreTest, RedisAtItsClientLimitIsAnOutage) {
+  auto server = RedisServer::Start({});
+  ASSERT_TRUE(server.ok()) << server.status();
+  RedisStateStoreOptions o;
+  o.addresses = {(*server)->address()};
+  o.retry_deadline = absl::Milliseconds(300);
+  auto running = NewRedisStateStore(o);  // its connection is pooled
+  ASSERT_TRUE(running.ok()) << running.status();
+  ASSERT_TRUE(
+      (*running)->CreateSession(NewSession("a", Durability::kMemory)).ok());
+  // One connection held by the test, and no room for another.
+  redisContext* held = redisConnect("127.0.0.1", (*server)->port());
+  ASSERT_TRUE(held != nullptr && held->err == 0);
+  const auto command = [held](const char* text) {
+    auto* r = static_cast<redisReply*>(redisCommand(held, text));
+    const bool ok = r != nullptr && r->type != REDIS_REPLY_ERROR;
+    if (r != nullptr) freeReplyObject(r);
+    return ok;
+  };
+  ASSERT_TRUE(command("CONFIG SET maxclients 1"));
+  // The running store's pooled connection goes: its next command needs a
+  // new one.
+  ASSERT_TRUE(command("CLIENT KILL TYPE normal SKIPME yes"));
+  auto head = (*running)->GetHead({"acme", "a"});
+  EXPECT_EQ(head.status().code(), absl::StatusCode::kUnavailable)
+      << head.status();
+  EXPECT_EQ(GetReason(head.status()), Reason::kStoreUnavailable);
+  ASSERT_TRUE(command("CONFIG SET requirepass pw"));
+  o.password = "pw";
+  auto starting = NewRedisStateStore(o);
+  EXPECT_EQ(starting.status().code(), absl::StatusCode::kUnavailable)
+      << starting.status();
+  EXPECT_TRUE(
+      absl::StrContains(starting.status().message(), "max number of clients"))
+      << starting.status();
+  ASSERT_TRUE(command("CONFIG SET maxclients 100"));
+  redisFree(held);
+  ASSERT_TRUE(NewRedisStateStore(o).ok());
 }
 
 }  // namespace

@@ -137,6 +137,10 @@ absl::Status RedirectError(absl::string_view redirect) {
 
 }  // namespace
 
+bool IsClientLimit(absl::string_view error_text) {
+  return absl::StartsWith(error_text, "ERR max number of clients reached");
+}
+
 bool IsAccessRefusal(const redisReply* r) {
   if (r == nullptr || r->type != REDIS_REPLY_ERROR) return false;
   const absl::string_view text(r->str, r->len);
@@ -339,6 +343,11 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Attempt(
       if (r->type == REDIS_REPLY_ERROR) {
         const std::string err(r->str, r->len);
         drop();
+        if (IsClientLimit(err)) {
+          return AtNode(
+              Unavailable(absl::StrCat("AUTH on ", address, ": ", err)),
+              address);
+        }
         return AtNode(
             AccessRefused(connected_, absl::StrCat("Redis AUTH failed on ",
                                                    address, ": ", err)),

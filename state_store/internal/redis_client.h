@@ -58,6 +58,11 @@ struct RedisClientOptions {
   Clock* clock = nullptr;  // not owned
 };
 
+// Redis's answer to a connection past its maxclients ("ERR max number of
+// clients reached", then it closes the socket): an outage to wait out, not
+// a refusal of the user or a reply the store did not foresee.
+bool IsClientLimit(absl::string_view error_text);
+
 // An error reply refusing the connection's user: NOAUTH (no AUTH given),
 // NOPERM (the ACL forbids the command or key), WRONGPASS.
 bool IsAccessRefusal(const redisReply* r);
