@@ -516,6 +516,7 @@ void SessionManager::Impl::AppendOp(
           absl::StrCat(text_end - std::min<uint64_t>(carry.size(), text_end))},
          {"field", "text_utf8"}}));
   }
+  KeepForWrite(s.get());
   std::vector<int32_t> tokens;
   std::string new_tail = s->tail;
   if (in.kind == AppendInput::Kind::kText || flush) {
@@ -737,6 +738,21 @@ void SessionManager::AbandonWriter(const std::shared_ptr<Writer>& w) {
     s->superseded = nullptr;
     s->CancelIngest();
   }
+}
+
+void SessionManager::Impl::KeepForWrite(Session* s) {
+  {
+    absl::MutexLock lock(&s->mu);
+    if (!Expires(s->view.ttl) ||
+        clock_->Now() < s->view.update_time + s->view.ttl / 2) {
+      return;
+    }
+  }
+  absl::StatusOr<SessionHead> h = store_->UpdateSession(s->key, {});
+  if (!h.ok() || h->fence > s->fence) return;  // the commit will tell
+  s->head.updated_at = h->updated_at;
+  absl::MutexLock lock(&s->mu);
+  s->view.update_time = h->updated_at;
 }
 
 }  // namespace statestream::worker

@@ -334,6 +334,7 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
       // Only a drain stops a task mid-prompt: retry on another worker
       // (nothing was committed: checkpoints come after the prompt).
       spec.stopped_in_prompt = Draining();
+      if (in.commit) m.KeepForWrite(s.get());
       absl::StatusOr<std::shared_ptr<EngineState>> copy =
           m.WorkingCopy(&s->live);
       if (!copy.ok()) return fail(copy.status());

@@ -663,6 +663,16 @@ class SessionManager::Impl {
     return due;
   }
 
+  // Before an operation on `s` that writes it when it ends (an Append's
+  // ingest, a committing generation) and may take a while: once half the
+  // session's TTL has passed since the store's last write, the store's TTL
+  // is refreshed first (an empty UpdateSession), so an operation shorter
+  // than half the TTL never finds its session expired under it (CommitDue
+  // makes input due at that point, but the policy is checked only as the
+  // operation ends). Best effort: a failure is left to the operation's own
+  // commit to meet. Called by the operation's owner (s->busy).
+  void KeepForWrite(Session* s);
+
   void Drain();
   // Commits dirty `s` for a drain: a refusal for now (UNAVAILABLE) is
   // retried with backoff until `deadline`; a commit that never lands is
