@@ -11,6 +11,8 @@
 #include <chrono>
 #include <map>
 #include <optional>
+#include <set>
+#include <string>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -110,6 +112,25 @@ void Gateway::CountRoute(const absl::StatusOr<Route>& route, int attempt) {
   }
 }
 
+namespace {
+
+// Whether `models`, a worker's ListModels answer kept from before, are
+// still what its registry entry advertises. A worker that restarted with
+// other models under the same id and address (fixed ids: the local
+// cluster, Kubernetes) re-registers them, maybe without ever leaving the
+// registry; its old answer would route creates by models it no longer
+// serves. Workers that advertise none (static --workers) keep theirs.
+bool StillAdvertised(const WorkerInfo& w,
+                     const std::vector<v1::Model>& models) {
+  if (w.model_fingerprints.empty()) return true;
+  std::set<std::string> known;
+  for (const v1::Model& m : models) known.insert(m.fingerprint());
+  return known == std::set<std::string>(w.model_fingerprints.begin(),
+                                        w.model_fingerprints.end());
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<Gateway::WorkerModels>> Gateway::Models(
     const grpc::CallbackServerContext& ctx, const std::string& tenant,
     bool* all_known) {
@@ -124,7 +145,7 @@ absl::StatusOr<std::vector<Gateway::WorkerModels>> Gateway::Models(
     {
       absl::MutexLock lock(&models_mu_);
       auto it = models_.find(key);
-      if (it != models_.end()) {
+      if (it != models_.end() && StillAdvertised(w, it->second)) {
         // A suspect (one failed call) still serves its models: the router
         // falls back to suspects, so its models stay known, not NOT_FOUND.
         out.push_back({w, it->second});

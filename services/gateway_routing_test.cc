@@ -413,6 +413,50 @@ TEST_F(GatewayTest, AModelOfAWorkerThatJoinedWhileIdleIsFound) {
   EXPECT_EQ(GetReason(create("none")), Reason::kModelNotFound);
 }
 
+// A worker that restarted serving another model under the same id and
+// address re-registers with that model's fingerprint: the gateway asks it
+// again instead of routing by the models it answered before (it found no
+// worker for the new model: MODEL_NOT_FOUND).
+TEST_F(GatewayTest, AWorkerRestartedWithAnotherModelIsAskedAgain) {
+  std::atomic<bool> restarted{false};
+  workers_[0]->list_models = [&restarted](v1::ListModelsResponse* resp) {
+    v1::Model* m = resp->add_models();
+    m->set_model_id(restarted ? "other" : "tiny");
+    m->set_fingerprint(restarted ? "fp-other" : "fp-tiny");
+    return grpc::Status::OK;
+  };
+  workers_[0]->create_session = [](int, v1::Session*) {
+    return grpc::Status::OK;
+  };
+  std::shared_ptr<StateStore> store(*NewMemoryStateStore({}));
+  auto join = [&](const std::string& fingerprint) {
+    WorkerInfo w;
+    w.worker_id = "w0";
+    w.address = workers_[0]->address();
+    w.model_fingerprints = {fingerprint};
+    ASSERT_TRUE(store->RegisterWorker(w, absl::Minutes(5)).ok());
+  };
+  join("fp-tiny");
+  GatewayOptions options;
+  options.router.registry_refresh = absl::Milliseconds(100);
+  Start(options, store, /*static_workers=*/false);
+  auto create = [&](const std::string& model) {
+    grpc::ClientContext ctx;
+    v1::CreateSessionRequest req;
+    req.set_request_id(absl::StrCat("r-", model));
+    req.set_model_id(model);
+    v1::Session resp;
+    return FromGrpcStatus(
+        v1::Sessions::NewStub(channel_)->CreateSession(&ctx, req, &resp));
+  };
+  EXPECT_TRUE(create("tiny").ok());
+  restarted = true;
+  join("fp-other");
+  absl::SleepFor(absl::Milliseconds(300));  // the registry is read again
+  const absl::Status found = create("other");
+  EXPECT_TRUE(found.ok()) << found;
+}
+
 // When every worker's answer meant "try another" the call ends UNAVAILABLE
 // (retry later), never a worker's CANCELLED (a client would take it for its
 // own cancellation) or the internal ABORTED/FENCED.
