@@ -462,16 +462,15 @@ class SessionManager::Impl {
   void FollowStoreHead(Session* s);
 
   // Unmaps `s` (if still mapped) and marks it gone. A copy judged fenced
-  // that holds acknowledged input of a session the store no longer has
-  // (Recreated) is gone as deleted instead.
+  // whose session the store no longer has, or has as another one made
+  // under its id since (Recreated), is gone as deleted instead.
   void Drop(Session* s, Session::Gone why);
   // For a write of `s` the store refused as `fenced` (FENCED): drops the
-  // copy and returns what its call ends with: `fenced`, or SESSION_NOT_FOUND
-  // where Drop judged the copy deleted.
+  // copy and returns what its call ends with — `fenced` for a takeover,
+  // SESSION_NOT_FOUND for a session deleted (and maybe made again) since.
   absl::Status DropFenced(Session* s, const absl::Status& fenced);
-  // Whether `s`, not gone yet and holding uncommitted input, is no longer
-  // the store's session of its id: the store has none, or one created at
-  // another time (made again under the id; a store read).
+  // Whether `s`, not gone yet, is no longer the store's session of its id:
+  // the store has none, or one created at another time (a store read).
   bool Recreated(Session* s);
 
   // Drop(s, why), then releases its lease: after any renewal in flight,

@@ -585,10 +585,9 @@ void SessionManager::Impl::RenewLeasesOf(
 
 void SessionManager::Impl::Drop(Session* s, Session::Gone why) {
   if (why == Session::Gone::kFenced && Recreated(s)) {
-    // Not taken over: deleted (and maybe made again under its id) with
-    // input acknowledged here uncommitted. The copy's calls end
-    // SESSION_NOT_FOUND, as for a delete: FENCED would have a gateway
-    // replay that input into a new session.
+    // Not taken over: deleted, and a new session made under its id. The
+    // copy's calls end SESSION_NOT_FOUND, as for a delete: FENCED would
+    // have a gateway replay a writer's input into the new session.
     why = Session::Gone::kDeleted;
   }
   // The first reason stands: an eviction whose commit was fenced stays
@@ -627,10 +626,6 @@ bool SessionManager::Impl::Recreated(Session* s) {
   {
     absl::MutexLock lock(&s->mu);
     if (s->gone != Session::Gone::kNo) return false;  // the first reason stands
-    // Nothing acknowledged uncommitted: nothing a replay would carry over
-    // (and a new call that met the stale copy is retried, FENCED, into the
-    // new session).
-    if (s->dirty_hint == absl::InfiniteFuture()) return false;
     created = s->view.create_time;
   }
   absl::StatusOr<SessionHead> h = store_->GetHead(s->key);
