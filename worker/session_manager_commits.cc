@@ -150,7 +150,7 @@ absl::Status SessionManager::Impl::CommitNow(Session* s, Durability d,
   }
   if (!res.ok()) {
     if (GetReason(res.status()) == Reason::kFenced) {
-      return DropFenced(s, res.status());
+      Drop(s, Session::Gone::kFenced);
     } else if (GetReason(res.status()) == Reason::kSessionNotFound) {
       // Deleted meanwhile (through another worker, or expired): the copy
       // must not answer for a session of the same id created since.

@@ -461,17 +461,8 @@ class SessionManager::Impl {
   // the live input was what the failed call replaced.
   void FollowStoreHead(Session* s);
 
-  // Unmaps `s` (if still mapped) and marks it gone. A copy judged fenced
-  // whose session the store no longer has, or has as another one made
-  // under its id since (Recreated), is gone as deleted instead.
+  // Unmaps `s` (if still mapped) and marks it gone.
   void Drop(Session* s, Session::Gone why);
-  // For a write of `s` the store refused as `fenced` (FENCED): drops the
-  // copy and returns what its call ends with — `fenced` for a takeover,
-  // SESSION_NOT_FOUND for a session deleted (and maybe made again) since.
-  absl::Status DropFenced(Session* s, const absl::Status& fenced);
-  // Whether `s`, not gone yet, is no longer the store's session of its id:
-  // the store has none, or one created at another time (a store read).
-  bool Recreated(Session* s);
 
   // Drop(s, why), then releases its lease: after any renewal in flight,
   // and no renewal starts after it (RenewLoop skips sessions gone). The

@@ -584,12 +584,6 @@ void SessionManager::Impl::RenewLeasesOf(
 }
 
 void SessionManager::Impl::Drop(Session* s, Session::Gone why) {
-  if (why == Session::Gone::kFenced && Recreated(s)) {
-    // Not taken over: deleted, and a new session made under its id. The
-    // copy's calls end SESSION_NOT_FOUND, as for a delete: FENCED would
-    // have a gateway replay a writer's input into the new session.
-    why = Session::Gone::kDeleted;
-  }
   // The first reason stands: an eviction whose commit was fenced stays
   // fenced (its queued operations are told ABORTED/FENCED, not "evicted;
   // retry"), and a takeover seen by both a renewal and a commit, or by a
@@ -612,24 +606,6 @@ void SessionManager::Impl::Drop(Session* s, Session::Gone why) {
   // The attached writer's call ends now, with why, instead of at its next
   // request (a committing generation would run to its end first).
   if (first) EndWriter(s, GoneError(s));
-}
-
-absl::Status SessionManager::Impl::DropFenced(Session* s,
-                                              const absl::Status& fenced) {
-  Drop(s, Session::Gone::kFenced);
-  absl::Status gone = GoneError(s);
-  return GetReason(gone) == Reason::kFenced ? fenced : gone;
-}
-
-bool SessionManager::Impl::Recreated(Session* s) {
-  absl::Time created;
-  {
-    absl::MutexLock lock(&s->mu);
-    if (s->gone != Session::Gone::kNo) return false;  // the first reason stands
-    created = s->view.create_time;
-  }
-  absl::StatusOr<SessionHead> h = store_->GetHead(s->key);
-  return absl::IsNotFound(h.status()) || (h.ok() && h->created_at != created);
 }
 
 void SessionManager::Impl::EndWriter(Session* s, absl::Status why,

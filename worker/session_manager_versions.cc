@@ -149,7 +149,7 @@ void SessionManager::RollbackAsync(
                                        m->Dur(durability), request_id);
         if (!res.ok()) {
           if (GetReason(res.status()) == Reason::kFenced) {
-            return m->DropFenced(s.get(), res.status());
+            m->Drop(s.get(), Session::Gone::kFenced);
           } else {
             m->FollowStoreHead(s.get());
             // Only a rollback the store wrote (below the durability asked
@@ -525,7 +525,7 @@ absl::StatusOr<SessionView> SessionManager::ImportOrQueue(
         auto res = m.store_->Commit(r);
         if (!res.ok()) {
           if (GetReason(res.status()) == Reason::kFenced) {
-            return m.DropFenced(s.get(), res.status());
+            m.Drop(s.get(), Session::Gone::kFenced);
           } else {
             m.FollowStoreHead(s.get());
             if (WrittenBelowDurability(res.status())) {

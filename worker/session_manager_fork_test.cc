@@ -1,8 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// Sessions that change under a call, on the memory store and a real
-// (random-weight, byte-level) model: a fork retried on another worker (or
-// after a restart: the request-id memo is gone) once its source has moved
-// on, and a writer whose session was deleted and made again.
+// Forks retried on another worker (or after a restart: the request-id memo
+// is gone) once their source has moved on, on the memory store and a real
+// (random-weight, byte-level) model.
 #include <memory>
 #include <string>
 
@@ -57,31 +56,6 @@ TEST_F(SessionManagerTest, AForkRetriedAfterItsSourceWentAwayIsFoundOnce) {
   another.request_id = "fork-chosen-2";
   EXPECT_EQ(GetReason(other->CreateSession("t", another).status()),
             Reason::kSessionNotFound);
-}
-
-// A writer's session deleted through another worker and created again
-// under its id: the writer's next commit is refused (its fence is the old
-// session's), and the call ends SESSION_NOT_FOUND, as for a delete. It
-// ended FENCED, which a gateway takes for a takeover: it replayed the
-// writer's input from its last commit into the new session.
-TEST_F(SessionManagerTest, AWriterWhoseSessionWasMadeAgainIsNotFound) {
-  Create("again");
-  auto w = Open("again");
-  ASSERT_TRUE(Append(w, 0, "abc").ok());  // not committed
-  auto other = OtherWorker();
-  ASSERT_NE(other, nullptr);
-  ASSERT_TRUE(other->DeleteSession("t", "again", false, "delete-1").ok());
-  CreateParams p;
-  p.session_id = "again";
-  p.request_id = "create-again";
-  ASSERT_TRUE(other->CreateSession("t", p).ok());
-  auto ack = Append(w, 3, "def", false, /*checkpoint=*/true);
-  EXPECT_EQ(GetReason(ack.status()), Reason::kSessionNotFound) << ack.status();
-  Close(w).IgnoreError();
-  // The new session has none of it.
-  auto head = store_->GetHead({"t", "again"});
-  ASSERT_TRUE(head.ok()) << head.status();
-  EXPECT_EQ(head->head.input_offset, 0u);
 }
 
 }  // namespace
