@@ -262,6 +262,19 @@ absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::ReadWorkersSince(
   return ReadRegistry();
 }
 
+bool GatewayRouter::Serves(const WorkerInfo& w,
+                           const std::string& fingerprint) const {
+  if (fingerprint.empty()) return true;
+  const std::vector<std::string>* serves = &w.model_fingerprints;
+  std::vector<std::string> learned;
+  if (serves->empty() && options_.fingerprints_of) {
+    learned = options_.fingerprints_of(w);
+    serves = &learned;
+  }
+  return serves->empty() || std::find(serves->begin(), serves->end(),
+                                      fingerprint) != serves->end();
+}
+
 const WorkerInfo* GatewayRouter::Best(const std::vector<WorkerInfo>& workers,
                                       const std::string& hash_key,
                                       const std::string& fingerprint,
@@ -284,17 +297,7 @@ const WorkerInfo* GatewayRouter::Best(const std::vector<WorkerInfo>& workers,
   double best_score[2] = {-1, -1};
   for (const WorkerInfo& w : workers) {
     if (exclude.count(w.worker_id) != 0) continue;
-    const std::vector<std::string>* serves = &w.model_fingerprints;
-    std::vector<std::string> learned;
-    if (!fingerprint.empty() && serves->empty() && options_.fingerprints_of) {
-      learned = options_.fingerprints_of(w);
-      serves = &learned;
-    }
-    if (!fingerprint.empty() && !serves->empty() &&
-        std::find(serves->begin(), serves->end(), fingerprint) ==
-            serves->end()) {
-      continue;
-    }
+    if (!Serves(w, fingerprint)) continue;
     const int tier = suspects.count(w.worker_id) != 0 ? 1 : 0;
     const double score = RendezvousScore(hash_key, w.worker_id, w.load);
     if (score > best_score[tier]) {
@@ -508,7 +511,10 @@ absl::StatusOr<Route> GatewayRouter::RouteSession(
       auto workers = Workers();
       if (workers.ok() && !IsSuspect(owner)) {
         for (const WorkerInfo& w : *workers) {
-          if (w.worker_id == owner) {
+          // Not an owner that no longer serves the session's model (it
+          // restarted with others under its id, the lease still live): it
+          // would answer MODEL_MISMATCH, which moves no call.
+          if (w.worker_id == owner && Serves(w, fingerprint)) {
             return Route{w.worker_id, w.address, true, remembered};
           }
         }

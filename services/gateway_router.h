@@ -139,6 +139,10 @@ class GatewayRouter {
                              const std::string& fingerprint,
                              const std::set<std::string>& exclude,
                              bool unserved_is_mismatch);
+  // Whether `w` serves `fingerprint` as far as this gateway knows: the
+  // fingerprints it advertises, else those learned (fingerprints_of); true
+  // when either side is unknown (empty).
+  bool Serves(const WorkerInfo& w, const std::string& fingerprint) const;
   // The best of `workers` for `hash_key`: healthy before suspect; nullptr
   // when every one is excluded or serves another model.
   const WorkerInfo* Best(const std::vector<WorkerInfo>& workers,

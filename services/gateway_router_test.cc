@@ -142,6 +142,26 @@ TEST_F(GatewayRouterTest, LiveOwnerWinsUnlessExcludedOrSuspect) {
   EXPECT_EQ(router.RouteSession(key, {})->worker_id, owner);
 }
 
+// An owner that restarted under its id serving other models (its lease
+// still live) is not routed the session: it would answer MODEL_MISMATCH,
+// which moves no call. The session goes where hashing among the workers
+// serving its model says.
+TEST_F(GatewayRouterTest, AnOwnerThatNoLongerServesTheModelIsPassedOver) {
+  GatewayRouter router(store_.get(), Options());
+  SessionKey key = CreateSession("owned");
+  const std::string hashed = router.RouteSession(key, {})->worker_id;
+  const std::string owner = hashed == "w1" ? "w2" : "w1";
+  ASSERT_TRUE(store_->AcquireLease(key, owner, absl::Seconds(30), true).ok());
+  EXPECT_EQ(router.RouteSession(key, {})->worker_id, owner);
+  Register(owner, "fp-b", 0);  // restarted with another model
+  router.RouteSession(key, {}).IgnoreError();  // reads the registry again
+  router.AwaitBackgroundReads();
+  auto route = router.RouteSession(key, {});
+  ASSERT_TRUE(route.ok()) << route.status();
+  EXPECT_NE(route->worker_id, owner);
+  EXPECT_FALSE(route->owner);
+}
+
 TEST_F(GatewayRouterTest, FiltersByModelAndFailsWithoutWorkers) {
   Register("other", "fp-b", 0);
   GatewayRouter router(store_.get(), Options());
