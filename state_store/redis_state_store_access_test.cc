@@ -214,6 +214,11 @@ TEST(RedisStateStoreTest, RedisAtItsClientLimitIsAnOutage) {
   EXPECT_EQ(head.status().code(), absl::StatusCode::kUnavailable)
       << head.status();
   EXPECT_EQ(GetReason(head.status()), Reason::kStoreUnavailable);
+  // With room again, the running store connects afresh.
+  ASSERT_TRUE(command("CONFIG SET maxclients 100"));
+  head = (*running)->GetHead({"acme", "a"});
+  EXPECT_TRUE(head.ok()) << head.status();
+  ASSERT_TRUE(command("CONFIG SET maxclients 1"));
   ASSERT_TRUE(command("CONFIG SET requirepass pw"));
   o.password = "pw";
   auto starting = NewRedisStateStore(o);

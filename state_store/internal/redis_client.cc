@@ -378,6 +378,19 @@ absl::StatusOr<std::vector<Reply>> RedisClient::Attempt(
         WithMessage(io, absl::StrCat(io.message(), " (at ", address, ")")),
         address);
   }
+  for (const Reply& r : replies) {
+    if (r->type == REDIS_REPLY_ERROR &&
+        IsClientLimit(absl::string_view(r->str, r->len))) {
+      // Redis closed this connection after that reply: not pooled (its
+      // failure would close the node's sound idle ones), and an outage to
+      // retry like a connection refused.
+      const std::string err(r->str, r->len);
+      drop();
+      if (closed()) return ClosedError();
+      return AtNode(Unavailable(absl::StrCat("Redis at ", address, ": ", err)),
+                    address);
+    }
+  }
   MarkIdle(c->fd);
   {
     absl::MutexLock lock(&node->mu);
