@@ -407,7 +407,8 @@ TEST(StateStoreFaultTest, ScriptsAtAnImportingNodeWaitForKeysNotMovedYet) {
           pinning = store->UpdateSession(pinned, u).status();
         });
         calls.emplace_back([&] { listed = store->ListVersions(pinned); });
-        // v1 is kept: read, and its durability asked, once it has moved.
+        // v1 is kept: read, and its durability asked (at MEMORY, which
+        // v1 has: answered by the read script), once it has moved.
         calls.emplace_back([&] { loaded = store->LoadVersion(pinned, 1); });
         calls.emplace_back([&] {
           awaited = store->AwaitDurability(pinned, 1, Durability::kMemory);

@@ -86,6 +86,9 @@ absl::StatusOr<std::optional<SessionView>> SessionManager::Impl::CreatedBefore(
     Durability asked) {
   if (request_id.empty()) return std::nullopt;
   absl::StatusOr<SessionHead> head = store_->GetHead(key);
+  // The store not answering now: retry, rather than the fork source's
+  // error, which a client takes as final.
+  if (absl::IsUnavailable(head.status())) return head.status();
   if (!head.ok()) return std::nullopt;
   SessionHead& h = *head;
   if (h.create_request_id != request_id ||

@@ -748,6 +748,9 @@ void SessionManager::Impl::KeepForWrite(Session* s) {
       return;
     }
   }
+  // Unfenced: on a copy taken over (or a session made again under its id)
+  // it refreshes the store's session, harmlessly; the copy's commit is
+  // refused all the same.
   absl::StatusOr<SessionHead> h = store_->UpdateSession(s->key, {});
   if (!h.ok() || h->fence > s->fence) return;  // the commit will tell
   s->head.updated_at = h->updated_at;

@@ -746,8 +746,8 @@ class SessionManager::Impl {
   // The session an earlier attempt of create request `request_id` made at
   // `key` within the window, found by the request id its head records (at
   // the durability asked; DUPLICATE_REQUEST if `digest` differs); nullopt
-  // when there is none or it cannot be read. For a fork whose source can
-  // no longer be read, before giving that error.
+  // when there is none (UNAVAILABLE when the store does not answer). For a
+  // fork whose source can no longer be read, before giving that error.
   absl::StatusOr<std::optional<SessionView>> CreatedBefore(
       const SessionKey& key, const std::string& request_id, uint64_t digest,
       Durability asked);

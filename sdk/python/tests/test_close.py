@@ -344,6 +344,7 @@ def test_async_commit_pin_read_starts_at_generate(fake):
 
 def test_async_import_keeps_the_event_loop_running(fake, monkeypatch):
     import statestream.checksum
+    import statestream.messages
     blob = os.urandom(8 << 20)
     state = ExportedState(pb.StateHeader(total_bytes=len(blob),
                                          chunk_count=8,
@@ -359,6 +360,8 @@ def test_async_import_keeps_the_event_loop_running(fake, monkeypatch):
         crc_threads.add(threading.current_thread())
         return python_crc(data, crc)
     monkeypatch.setattr(statestream.checksum, "_crc32c", crc)
+    # messages binds it by import: its CRCs are caught too.
+    monkeypatch.setattr(statestream.messages, "_crc32c", crc)
     monkeypatch.setattr(statestream.checksum, "_crc32c_python", crc_python)
     # The pure-Python CRC, google-crc32c installed or not.
     monkeypatch.setattr(statestream.checksum, "_C_CRC", False, raising=False)
