@@ -252,7 +252,10 @@ class AppendReactor final
             return true;
           }
         }
-        SessionManager* m = resident;
+        // A load asks the store which model the session is of: evicted
+        // since it was seen resident, it may have been deleted and made
+        // again for another model served here.
+        SessionManager* m = may_load ? nullptr : resident;
         std::shared_ptr<SessionManager::Writer> writer;
         absl::Status st = OpenWriter(in, may_load, &m, &writer);
         if (st.ok() && writer == nullptr) return false;
