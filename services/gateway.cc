@@ -148,6 +148,8 @@ absl::StatusOr<std::vector<Gateway::WorkerModels>> Gateway::Models(
       if (it != models_.end() && StillAdvertised(w, it->second)) {
         // A suspect (one failed call) still serves its models: the router
         // falls back to suspects, so its models stay known, not NOT_FOUND.
+        // (An answer its registry entry no longer matches is not kept, and
+        // a suspect is not asked: its models are unknown for now.)
         out.push_back({w, it->second});
         continue;
       }

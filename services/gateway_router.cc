@@ -262,6 +262,11 @@ absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::ReadWorkersSince(
   return ReadRegistry();
 }
 
+bool GatewayRouter::WorkersFresh() {
+  absl::MutexLock lock(&mu_);
+  return clock_->Now() - workers_read_ <= options_.registry_refresh;
+}
+
 bool GatewayRouter::Serves(const WorkerInfo& w,
                            const std::string& fingerprint) const {
   if (fingerprint.empty()) return true;
@@ -513,8 +518,13 @@ absl::StatusOr<Route> GatewayRouter::RouteSession(
         for (const WorkerInfo& w : *workers) {
           // Not an owner that no longer serves the session's model (it
           // restarted with others under its id, the lease still live): it
-          // would answer MODEL_MISMATCH, which moves no call.
-          if (w.worker_id == owner && Serves(w, fingerprint)) {
+          // would answer MODEL_MISMATCH, which moves no call. Judged on a
+          // list read within a refresh only: an older one (an idle
+          // gateway's, being read again) may predate a restart that added
+          // the model, and passing a live owner over would have another
+          // worker take the session from it.
+          if (w.worker_id == owner &&
+              (Serves(w, fingerprint) || !WorkersFresh())) {
             return Route{w.worker_id, w.address, true, remembered};
           }
         }

@@ -139,6 +139,8 @@ class GatewayRouter {
                              const std::string& fingerprint,
                              const std::set<std::string>& exclude,
                              bool unserved_is_mismatch);
+  // Whether the worker list was read within a registry refresh.
+  bool WorkersFresh() ABSL_LOCKS_EXCLUDED(mu_);
   // Whether `w` serves `fingerprint` as far as this gateway knows: the
   // fingerprints it advertises, else those learned (fingerprints_of); true
   // when either side is unknown (empty).

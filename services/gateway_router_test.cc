@@ -153,13 +153,36 @@ TEST_F(GatewayRouterTest, AnOwnerThatNoLongerServesTheModelIsPassedOver) {
   const std::string owner = hashed == "w1" ? "w2" : "w1";
   ASSERT_TRUE(store_->AcquireLease(key, owner, absl::Seconds(30), true).ok());
   EXPECT_EQ(router.RouteSession(key, {})->worker_id, owner);
-  Register(owner, "fp-b", 0);  // restarted with another model
+  Register(owner, "fp-b", 0);                  // restarted with another model
   router.RouteSession(key, {}).IgnoreError();  // reads the registry again
   router.AwaitBackgroundReads();
   auto route = router.RouteSession(key, {});
   ASSERT_TRUE(route.ok()) << route.status();
   EXPECT_NE(route->worker_id, owner);
   EXPECT_FALSE(route->owner);
+}
+
+// An owner is passed over on a list read within a refresh only: an older
+// one (an idle gateway's, read again in the background) may predate the
+// restart that gave the owner the model, and passing it over would have
+// another worker take a live session from it.
+TEST_F(GatewayRouterTest, AnOwnerIsNotPassedOverOnAStaleList) {
+  GatewayRouter router(store_.get(), Options());
+  Register("w1", "fp-b", 0);  // w1 serves another model at first
+  SessionKey key = CreateSession("owned");
+  EXPECT_NE(router.RouteSession(key, {})->worker_id, "w1");  // list read
+  Register("w1", "fp-a", 0);  // restarted with the session's model
+  ASSERT_TRUE(store_->AcquireLease(key, "w1", absl::Seconds(30), true).ok());
+  clock_.Advance(absl::Seconds(1));  // the list is older than a refresh
+  auto route = router.RouteSession(key, {});
+  ASSERT_TRUE(route.ok()) << route.status();
+  EXPECT_EQ(route->worker_id, "w1");
+  EXPECT_TRUE(route->owner);
+  router.AwaitBackgroundReads();
+  route = router.RouteSession(key, {});
+  ASSERT_TRUE(route.ok()) << route.status();
+  EXPECT_EQ(route->worker_id, "w1");
+  EXPECT_TRUE(route->owner);
 }
 
 TEST_F(GatewayRouterTest, FiltersByModelAndFailsWithoutWorkers) {

@@ -219,9 +219,13 @@ TEST(RedisStateStoreTest, RedisAtItsClientLimitIsAnOutage) {
   head = (*running)->GetHead({"acme", "a"});
   EXPECT_TRUE(head.ok()) << head.status();
   ASSERT_TRUE(command("CONFIG SET maxclients 1"));
+  // A store starting then (no AUTH: its PING meets the refusal).
+  auto starting = NewRedisStateStore(o);
+  EXPECT_EQ(starting.status().code(), absl::StatusCode::kUnavailable)
+      << starting.status();
   ASSERT_TRUE(command("CONFIG SET requirepass pw"));
   o.password = "pw";
-  auto starting = NewRedisStateStore(o);
+  starting = NewRedisStateStore(o);
   EXPECT_EQ(starting.status().code(), absl::StatusCode::kUnavailable)
       << starting.status();
   EXPECT_TRUE(
