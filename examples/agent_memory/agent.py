@@ -25,7 +25,11 @@ With --pending-file PATH the command line pins its turns there: each is
 written (atomically) before it is sent and removed once its reply is
 printed. A run that finds a turn there (the last run died or lost its
 connection mid-turn) first retries that turn, which the server answers
-exactly once, then goes on; with no message it only does that.
+exactly once, then goes on; with no message it only does that. A turn
+pinned for another session is refused (exit 2, the file kept); one the
+server can no longer tell the outcome of (POSITION_MISMATCH: the session
+moved on, or its record expired) is moved aside to PATH.unknown, said so
+on stderr, and the run goes on.
 
 (With `statestream serve`'s built-in demo model the replies are noise; the
 mechanics are the point. Use --model with a real RWKV checkpoint for words.)
@@ -48,6 +52,7 @@ class Turn:
     message: str
     request_id: str
     input_offset: int  # the session's input_offset before the turn
+    session_id: str = ""  # the session it is for ("": a file from before)
 
 
 class Agent:
@@ -65,7 +70,7 @@ class Agent:
     def new_turn(self, message: str) -> Turn:
         """A Turn for `message` at the session's current input_offset."""
         return Turn(message, uuid.uuid4().hex,
-                    self.session.get().input_offset)
+                    self.session.get().input_offset, self.session.id)
 
     def tell(self, turn: Union[Turn, str], max_tokens: int = 48) -> str:
         """The reply to `turn` (a str: a new Turn for it). Retrying the same
@@ -102,15 +107,15 @@ def pin_turn(path: str, turn: Turn) -> None:
     os.replace(tmp, path)
 
 
-def tell_pinned(agent: Agent, turn: Turn, path: Optional[str]) -> str:
+def tell_pinned(agent: Agent, turn: Turn, path: Optional[str],
+                show) -> None:
     """tell(turn), with the turn pinned at `path` (if set) until its reply
-    is back."""
+    is shown (`show(reply)`): a run killed in between retries it."""
     if path:
         pin_turn(path, turn)
-    reply = agent.tell(turn)
+    show(agent.tell(turn))
     if path:
         os.remove(path)
-    return reply
 
 
 def main() -> int:
@@ -125,12 +130,29 @@ def main() -> int:
     with Client(args.target) as client:
         agent = Agent(client, args.session)
         pending = load_turn(args.pending_file) if args.pending_file else None
+        if pending is not None and pending.session_id not in ("", args.session):
+            print(f"{args.pending_file} holds a turn for session "
+                  f"{pending.session_id!r}, not {args.session!r}: run it "
+                  "with that session", file=sys.stderr)
+            return 2
         if pending is not None:
-            reply = tell_pinned(agent, pending, args.pending_file)
-            print(f"> {pending.message} (retried)\n{reply!r}")
+            try:
+                tell_pinned(agent, pending, args.pending_file,
+                            lambda r: print(f"> {pending.message} (retried)"
+                                            f"\n{r!r}", flush=True))
+            except StatestreamError as e:
+                if e.reason != "POSITION_MISMATCH":
+                    raise
+                # Applied or not, the server can no longer say: kept aside
+                # for a person to look at, not retried again and again.
+                os.replace(args.pending_file, args.pending_file + ".unknown")
+                print(f"the pinned turn {pending.message!r}: outcome "
+                      f"unknown (the session moved on: {e}); kept at "
+                      f"{args.pending_file}.unknown", file=sys.stderr)
         for m in args.message:
             turn = agent.new_turn(m)
-            print(f"> {m}\n{tell_pinned(agent, turn, args.pending_file)!r}")
+            tell_pinned(agent, turn, args.pending_file,
+                        lambda r: print(f"> {m}\n{r!r}", flush=True))
         info = agent.session.get()
         print(f"[session {info.session_id}: position {info.position}, "
               f"version {info.version}; sent {agent.bytes_sent} bytes]",

@@ -107,3 +107,46 @@ def test_cli_retries_its_pinned_turn_once(tmp_path):
         assert not os.path.exists(pending)
         with Client(server.address) as c:
             assert c.session("ada").get().input_offset > answered.input_offset
+
+
+def test_cli_refuses_a_turn_pinned_for_another_session(tmp_path):
+    """A pinned turn names its session: run with another --session it is
+    refused (exit 2), the file kept, and nothing sent, where it was
+    applied to that session when its offset matched."""
+    pending = str(tmp_path / "turn.json")
+    with ServeProcess(data_dir=str(tmp_path / "data")) as server:
+        with Client(server.address) as c:
+            pin_turn(pending, Agent(c, "a").new_turn(QUESTION))
+            Agent(c, "b")
+        out = subprocess.run(
+            [sys.executable, os.path.join(HERE, "agent.py"), "--target",
+             server.address, "--session", "b", "--pending-file", pending],
+            capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2, out.stderr
+        assert "'a'" in out.stderr
+        assert os.path.exists(pending)
+        with Client(server.address) as c:
+            assert c.session("b").get().input_offset == 0
+
+
+def test_cli_sets_aside_a_turn_whose_outcome_is_unknown(tmp_path):
+    """A pinned turn the server refuses with POSITION_MISMATCH (the
+    session moved on) is moved aside and said so, and the run goes on with
+    its new message; it failed every run before sending anything."""
+    pending = str(tmp_path / "turn.json")
+    with ServeProcess(data_dir=str(tmp_path / "data")) as server:
+        with Client(server.address) as c:
+            Agent(c, "moved")  # creates the session
+            pin_turn(pending, Turn(QUESTION, "r-stale", 999, "moved"))
+        out = subprocess.run(
+            [sys.executable, os.path.join(HERE, "agent.py"), "--target",
+             server.address, "--session", "moved", "--pending-file", pending,
+             "next"],
+            capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "outcome unknown" in out.stderr
+        assert out.stdout.startswith("> next\n")
+        assert not os.path.exists(pending)
+        assert os.path.exists(pending + ".unknown")
+        with Client(server.address) as c:
+            assert c.session("moved").get().input_offset > 0
