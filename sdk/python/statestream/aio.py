@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 import weakref
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
@@ -111,17 +112,35 @@ class AsyncClient(_ClientBase):
 
     async def _retry_or_raise(self, error: StatestreamError, attempt: int,
                               deadline: Optional[float] = None,
-                              wake: Optional[asyncio.Future] = None) -> None:
+                              wake: Optional[asyncio.Future] = None,
+                              hold=None) -> None:
         """Waits the backoff before attempt+1, or raises `error` (see
         _ClientBase._backoff). The wait ends early when `wake` gets a
         result (a stream's cancel()) or the client is closed, which raises
-        CANCELLED "client closed"."""
+        CANCELLED "client closed". `hold` (a stream's _Hold) keeps when the
+        wait ends: a task cancelled in it (wait_for) leaves the rest for
+        the stream's next call to wait out (_wait_out), so a caller polling
+        with short timeouts does not open an attempt a poll, inside a
+        server's retry_after_ms."""
         backoff = self._backoff(error, attempt, deadline)
+        if hold is not None:
+            hold.until = time.monotonic() + backoff
+        await self._wait(backoff, wake)
+
+    async def _wait_out(self, hold, wake: Optional[asyncio.Future] = None
+                        ) -> None:
+        """What is left of the backoff `hold` keeps (see _retry_or_raise)."""
+        left = hold.until - time.monotonic()
+        if left > 0:
+            await self._wait(left, wake)
+
+    async def _wait(self, seconds: float,
+                    wake: Optional[asyncio.Future]) -> None:
         if wake is None:
             wake = asyncio.get_running_loop().create_future()
         self._wakers.add(wake)
         try:
-            await asyncio.wait((wake,), timeout=backoff)
+            await asyncio.wait((wake,), timeout=seconds)
         finally:
             self._wakers.discard(wake)
         self._check_open()

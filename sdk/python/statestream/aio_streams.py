@@ -19,6 +19,11 @@ from statestream.streams import (_AckTracker, _GenerateProgress,
 from statestream.types import AppendAck, GenerateChunk, GenerateDone
 from statestream.v1 import statestream_pb2 as pb
 
+class _Hold:
+    """When a stream's backoff ends (AsyncClient._retry_or_raise)."""
+    until = 0.0
+
+
 if TYPE_CHECKING:  # annotations only: aio imports this module
     from statestream.aio import AsyncClient, AsyncSession
 
@@ -94,6 +99,7 @@ class AsyncAppendWriter(_AckTracker):
         # entry): with tasks writing meanwhile, last_ack is a later one's.
         self._own_acks: Dict[int, Optional[AppendAck]] = {}
         self.reconnects = 0
+        self._hold = _Hold()  # the backoff before the next call
 
     @property
     def offset(self) -> int:
@@ -329,8 +335,12 @@ class AsyncAppendWriter(_AckTracker):
                 self._call = None
                 self._attempts += 1
                 await self._client._retry_or_raise(cause, self._attempts,
-                                                   self._deadline)
+                                                   self._deadline,
+                                                   hold=self._hold)
                 self.reconnects += 1
+            else:
+                # A backoff cut short by a cancelled task: the rest first.
+                await self._client._wait_out(self._hold)
             self._stubs = self._client._stubs[self._client._current]
             self._call = self._client._invoke(
                 self._stubs.streams.Append, metadata=self._client._metadata,
@@ -403,6 +413,7 @@ class AsyncGenerateStream(_NamesItsRequest):
         self._finished = False
         self._cancelled = False
         self._wake: Optional[asyncio.Future] = None  # a backoff's, if any
+        self._hold = _Hold()  # when that backoff ends
 
     def __aiter__(self) -> "AsyncGenerateStream":
         return self
@@ -517,6 +528,15 @@ class AsyncGenerateStream(_NamesItsRequest):
             await self._pin()
         while not self._finished:
             if self._call is None:
+                # A backoff cut short by a cancelled read: the rest first
+                # (cancel() ends it, as the backoff itself).
+                self._wake = asyncio.get_running_loop().create_future()
+                try:
+                    await self._client._wait_out(self._hold, self._wake)
+                finally:
+                    self._wake = None
+                if self._finished:  # cancel() meanwhile
+                    break
                 self._open()
             try:
                 msg = await self._call.read()
@@ -558,7 +578,8 @@ class AsyncGenerateStream(_NamesItsRequest):
             self._wake = asyncio.get_running_loop().create_future()
             try:
                 await self._client._retry_or_raise(err, self._attempts,
-                                                   self._deadline, self._wake)
+                                                   self._deadline, self._wake,
+                                                   self._hold)
             except StatestreamError:
                 self._finished = True
                 raise

@@ -142,6 +142,10 @@ class FakeServer(rpc.SessionsServicer, rpc.StreamsServicer):
         if (request.session_id == "unavailable-first" and
                 len(self.generate_requests) == 1):
             context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
+        if request.session_id == "overloaded":
+            abort_with_reason(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              "OVERLOADED", "queue full",
+                              {"retry_after_ms": "2000"})
         # Counted when the call ends unfinished: a cancel that comes while
         # the chunk is sent ends the call without resuming this generator.
         ended = []

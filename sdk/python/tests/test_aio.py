@@ -214,11 +214,12 @@ def test_a_writer_is_an_async_context_manager_without_await(server):
 
 def test_async_generate_reads_the_caller_cancels_still_run_out_of_attempts():
     # No server, and each read's wait_for ends inside the backoff: the count
-    # of failed attempts started over at every read (and the next read
-    # opened a call at once), so the stream never gave up.
+    # of failed attempts started over at every read, so the stream never
+    # gave up. (The next read waits out the rest of the backoff: 2 x 0.5 s
+    # in all here.)
     async def main():
         async with AsyncClient("127.0.0.1:1", max_attempts=3,
-                               initial_backoff=1, max_backoff=1) as c:
+                               initial_backoff=0.5, max_backoff=0.5) as c:
             stream = c.session("s").generate("p")
             for reads in range(1, 11):
                 try:
@@ -231,4 +232,24 @@ def test_async_generate_reads_the_caller_cancels_still_run_out_of_attempts():
     reads, e = run(main())
     assert e is not None, "the stream never gave up"
     assert e.code == grpc.StatusCode.UNAVAILABLE
-    assert reads <= 5
+    assert reads <= 8
+
+
+def test_async_generate_polled_with_short_timeouts_waits_out_retry_after(fake):
+    # A read cancelled by its caller's wait_for inside
+    # the backoff cut it short, and the next one opened an attempt at
+    # once: one attempt a poll, inside the server's 2 s retry_after_ms.
+    async def main():
+        async with AsyncClient(fake.address, max_attempts=10,
+                               initial_backoff=0.01, max_backoff=5) as c:
+            stream = c.session("overloaded").generate("p")
+            for _ in range(5):
+                try:
+                    await asyncio.wait_for(stream.__anext__(), 0.2)
+                except asyncio.TimeoutError:
+                    pass
+            stream.cancel()
+    run(main())
+    tried = [r for r in fake.generate_requests
+             if r.session_id == "overloaded"]
+    assert len(tried) == 1
