@@ -189,13 +189,6 @@ absl::Status RedisStateStore::BadReply(const redisReply* r) {
           "a script failed on a stored value (the server's log has Lua's "
           "error)");
     }
-    if (IsClientLimit(text)) {
-      return WithPublicMessage(
-          MakeError(absl::StatusCode::kUnavailable, Reason::kStoreUnavailable,
-                    absl::StrCat("Redis refused the connection: ", text),
-                    {{"redis_error", "maxclients"}}),
-          "Redis refused the connection (max number of clients reached)");
-    }
     for (absl::string_view refusal : {"OOM", "MISCONF", "READONLY", "BUSY",
                                       "NOREPLICAS", "NOAUTH", "NOPERM"}) {
       if (code == refusal) {
