@@ -513,6 +513,9 @@ absl::StatusOr<Route> GatewayRouter::RouteSession(
       }
     }
     if (!owner.empty() && exclude.count(owner) == 0) {
+      // Fresh or not as Workers() hands the list out: its background read
+      // may finish before the owner is judged, on the old copy.
+      const bool fresh = WorkersFresh();
       auto workers = Workers();
       if (workers.ok() && !IsSuspect(owner)) {
         for (const WorkerInfo& w : *workers) {
@@ -523,8 +526,7 @@ absl::StatusOr<Route> GatewayRouter::RouteSession(
           // gateway's, being read again) may predate a restart that added
           // the model, and passing a live owner over would have another
           // worker take the session from it.
-          if (w.worker_id == owner &&
-              (Serves(w, fingerprint) || !WorkersFresh())) {
+          if (w.worker_id == owner && (Serves(w, fingerprint) || !fresh)) {
             return Route{w.worker_id, w.address, true, remembered};
           }
         }
