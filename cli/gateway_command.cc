@@ -42,11 +42,6 @@ ABSL_FLAG(absl::Duration, upstream_stall_timeout, absl::Seconds(10),
           "oldest request in flight), or whose connection leaves pings "
           "unanswered this long, "
           "is treated as failed and the call moves on.");
-ABSL_FLAG(absl::Duration, client_stall_timeout, absl::Seconds(60),
-          "A client that holds the gateway's buffers and does not move this "
-          "long is cut off (CANCELLED): an Append client that leaves an ack "
-          "unread, an import client that sends nothing more, an export or "
-          "Generate client that leaves a message unread.");
 ABSL_FLAG(int, max_calls, 4096,
           "Calls served at once, streams included (a call holds a thread "
           "only while it routes or fails over, not while it waits); more "
@@ -121,10 +116,11 @@ int Run(const std::vector<std::string>& args) {
   if (options.upstream_stall_timeout <= absl::ZeroDuration()) {
     return ReportUsageError("--upstream-stall-timeout must be positive");
   }
-  options.client_stall_timeout = absl::GetFlag(FLAGS_client_stall_timeout);
-  if (options.client_stall_timeout <= absl::ZeroDuration()) {
-    return ReportUsageError("--client-stall-timeout must be positive");
+  absl::StatusOr<absl::Duration> client_stall = ClientStallTimeoutFromFlag();
+  if (!client_stall.ok()) {
+    return ReportUsageError(client_stall.status().message());
   }
+  options.client_stall_timeout = *client_stall;
   options.request_id_window = RequestIdWindowFromFlag();
   // What clients may send is forwarded, and what workers answer is sent on.
   const ServerOptions server = ServerOptionsFromFlags();
@@ -251,9 +247,9 @@ const Command& GatewayCommand() {
       "holder), else to a live worker chosen by rendezvous hashing; moves\n"
       "Append and Generate streams to another worker when one fails.\n"
       "Stops cleanly (drains) on SIGINT, SIGTERM or SIGHUP.",
-      {__FILE__, kServerFlagsFile, kTlsFlagsFile, kGatewaySecurityFlagsFile,
-       kTenantFlagsFile, kInternalTokenFlagFile, kSecretsReloadFlagFile,
-       kMetricsFlagsFile, kRedisFlagsFile},
+      {__FILE__, kServerFlagsFile, kClientStallFlagFile, kTlsFlagsFile,
+       kGatewaySecurityFlagsFile, kTenantFlagsFile, kInternalTokenFlagFile,
+       kSecretsReloadFlagFile, kMetricsFlagsFile, kRedisFlagsFile},
       &Run};
   return kCommand;
 }

@@ -56,6 +56,7 @@ struct ServeOptions {
   worker::SchedulerOptions scheduler;
   std::string metrics_listen;  // empty: no /metrics
   TenantSetup tenants;         // API keys and limits
+  absl::Duration client_stall_timeout = absl::Seconds(60);
 };
 
 // Everything the services point into, destroyed in reverse order.
@@ -265,6 +266,8 @@ absl::StatusOr<ServiceSet> Build(const ServeOptions& options,
   w->metrics_http = *std::move(http);
   auto policy = std::make_shared<worker::CallerPolicy>();
   policy->auth = options.tenants.auth;
+  // No gateway in front cuts stalled clients off: the worker does.
+  policy->client_stall_timeout = options.client_stall_timeout;
   if (options.tenants.NeedsLimits()) {
     // Sessions are counted in the embedded store, which outlives the
     // services (ServiceSet::Own below).
@@ -314,6 +317,11 @@ int Run(const std::vector<std::string>& args) {
     return ReportUsageError(tenants.status().message());
   }
   options.tenants = *std::move(tenants);
+  absl::StatusOr<absl::Duration> client_stall = ClientStallTimeoutFromFlag();
+  if (!client_stall.ok()) {
+    return ReportUsageError(client_stall.status().message());
+  }
+  options.client_stall_timeout = *client_stall;
   TuneMallocForLargeBuffers();  // multi-MB states: docs/state-store.md
   // On SIGTERM, before gRPC drains: stop admitting (UNAVAILABLE with a
   // retry hint), end running generations gracefully (committed, finish
@@ -351,9 +359,10 @@ const Command& ServeCommand() {
       "`authorization: Bearer TOKEN` (else any caller picks its tenant);\n"
       "--tenant-max-sessions/--tenant-max-streams limit each tenant.\n"
       "Stops cleanly (drains) on SIGINT, SIGTERM or SIGHUP.",
-      {__FILE__, kServerFlagsFile, kTlsFlagsFile, kTenantFlagsFile,
-       kSecretsReloadFlagFile, kMetricsFlagsFile, kModelFlagFile,
-       kVocabFlagFile, kDeviceFlagFile, kEngineFlagsFile, kWorkerFlagsFile},
+      {__FILE__, kServerFlagsFile, kClientStallFlagFile, kTlsFlagsFile,
+       kTenantFlagsFile, kSecretsReloadFlagFile, kMetricsFlagsFile,
+       kModelFlagFile, kVocabFlagFile, kDeviceFlagFile, kEngineFlagsFile,
+       kWorkerFlagsFile},
       &Run};
   return kCommand;
 }

@@ -23,6 +23,11 @@ namespace statestream::cli {
 // __FILE__ of server_flags.cc, for Command::flag_files of the server roles.
 extern const char kServerFlagsFile[];
 
+// __FILE__ of client_stall_flag.cc (gateway and serve).
+extern const char kClientStallFlagFile[];
+// --client-stall-timeout: INVALID_ARGUMENT unless positive.
+absl::StatusOr<absl::Duration> ClientStallTimeoutFromFlag();
+
 // ServerOptions from --listen, --max-receive-message-bytes, ...
 ServerOptions ServerOptionsFromFlags();
 // The smallest message size limits a server role takes (RunServer checks):

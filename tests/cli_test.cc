@@ -188,6 +188,12 @@ TEST(CliTest, BadFlagValuesAreUsageErrors) {
            {"serve", "--listen=127.0.0.1:0", "--checkpoint-interval=1us"},
            {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
             "--upstream-stall-timeout=0"},
+           {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
+            "--client-stall-timeout=0"},
+           {"serve", "--listen=127.0.0.1:0", "--client-stall-timeout=-1s"},
+           // A worker's clients are gateways: it does not take the flag.
+           {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
+            "--model=m.pth", "--client-stall-timeout=60s"},
            {"gateway", "--redis=127.0.0.1:1", "--listen=127.0.0.1:0",
             "--redis-command-timeout=0"},
            {"gateway", "--redis=127.0.0.1:1", "--listen=127.0.0.1:0",

@@ -28,11 +28,13 @@ class AppendReactor final
 
  public:
   AppendReactor(ModelSet* models, const CallerPolicy* policy, Executor* pool,
-                KeyWatchers* keys, grpc::CallbackServerContext* ctx)
+                KeyWatchers* keys, ClientStalls* stalls,
+                grpc::CallbackServerContext* ctx)
       : models_(models),
         policy_(policy),
         pool_(pool),
         keys_(keys),
+        stall_(stalls->Watch(ctx, "Append")),
         link_(std::make_shared<Link<AppendReactor>>()) {
     {
       absl::MutexLock lock(&link_->mu);
@@ -116,6 +118,7 @@ class AppendReactor final
 
   void OnWriteDone(bool ok) override {
     Locked<ThisReactor> lock(this);
+    stall_->Moved();
     writes_.pop_front();
     if (!ok) {
       writes_.clear();  // the client is gone
@@ -123,6 +126,7 @@ class AppendReactor final
     }
     // Acks queued before an error still go out, then the error.
     if (!writes_.empty()) {
+      stall_->Waiting();
       StartWrite(&writes_.front());
     } else {
       writing_ = false;
@@ -350,6 +354,7 @@ class AppendReactor final
     writes_.push_back(std::move(resp));
     if (!writing_) {
       writing_ = true;
+      stall_->Waiting();
       StartWrite(&writes_.front());
     }
     if (finish_) return;  // the ack, then the error (OnWriteDone)
@@ -420,6 +425,10 @@ class AppendReactor final
   Executor* const pool_;
   KeyWatchers* const keys_;
   std::optional<uint64_t> keys_id_;  // in keys_ (the constructor's)
+  // Cuts the call off when its client leaves an ack unread too long (its
+  // requests wait unread meanwhile, and its slot stays taken). An idle
+  // client, reading its acks, is not cut off.
+  const std::unique_ptr<ClientStalls::Call> stall_;
   // The tenant's stream slot (null without limits) until the call ends.
   std::unique_ptr<TenantLimits::StreamSlot> slot_ ABSL_GUARDED_BY(mu_);
   // The session's model's manager; set with writer_.
@@ -462,8 +471,9 @@ class AppendReactor final
 
 grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>*
 NewAppendReactor(ModelSet* models, const CallerPolicy* policy, Executor* pool,
-                 KeyWatchers* keys, grpc::CallbackServerContext* ctx) {
-  return new AppendReactor(models, policy, pool, keys, ctx);
+                 KeyWatchers* keys, ClientStalls* stalls,
+                 grpc::CallbackServerContext* ctx) {
+  return new AppendReactor(models, policy, pool, keys, stalls, ctx);
 }
 
 }  // namespace statestream::worker::streams_internal

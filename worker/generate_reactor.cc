@@ -39,9 +39,11 @@ class GenerateReactor final
 
  public:
   GenerateReactor(ModelSet* models, const CallerPolicy* policy,
-                  grpc::CallbackServerContext* ctx,
+                  ClientStalls* stalls, grpc::CallbackServerContext* ctx,
                   const v1::GenerateRequest* req)
-      : models_(models), policy_(policy) {
+      : models_(models),
+        policy_(policy),
+        stall_(stalls->Watch(ctx, "Generate")) {
     absl::Status st = Start(ctx, *req);
     if (!st.ok()) {
       Locked<ThisReactor> lock(this);
@@ -53,6 +55,7 @@ class GenerateReactor final
 
   void OnWriteDone(bool ok) override {
     Locked<ThisReactor> lock(this);
+    stall_->Moved();
     writes_.pop_front();
     if (!ok) {
       if (job_) job_->Cancel();
@@ -61,6 +64,7 @@ class GenerateReactor final
     }
     // After an error the rest is dropped; after OK everything goes out.
     if (!writes_.empty() && (!finish_ || finish_->ok())) {
+      stall_->Waiting();
       StartWrite(&writes_.front());
     } else {
       writes_.clear();
@@ -314,6 +318,7 @@ class GenerateReactor final
   void KickLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (writing_ || writes_.empty()) return;
     writing_ = true;
+    stall_->Waiting();
     StartWrite(&writes_.front());
   }
   void SetFinishLocked(const absl::Status& st)
@@ -333,6 +338,9 @@ class GenerateReactor final
 
   ModelSet* const models_;
   const CallerPolicy* const policy_;
+  // Cuts the call off when its client leaves a message unread too long:
+  // the tokens it generates meanwhile pile up in writes_.
+  const std::unique_ptr<ClientStalls::Call> stall_;
   absl::Mutex mu_;
   // The tenant's stream slot (null without limits) until the call ends.
   std::unique_ptr<TenantLimits::StreamSlot> slot_ ABSL_GUARDED_BY(mu_);
@@ -356,9 +364,9 @@ class GenerateReactor final
 }  // namespace
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* NewGenerateReactor(
-    ModelSet* models, const CallerPolicy* policy,
+    ModelSet* models, const CallerPolicy* policy, ClientStalls* stalls,
     grpc::CallbackServerContext* ctx, const v1::GenerateRequest* req) {
-  return new GenerateReactor(models, policy, ctx, req);
+  return new GenerateReactor(models, policy, stalls, ctx, req);
 }
 
 }  // namespace statestream::worker::streams_internal

@@ -46,10 +46,15 @@ void WorkerMetrics::IncError(const std::string& reason) {
   ++errors_[reason];
 }
 
+void WorkerMetrics::IncClientStall(const std::string& method) {
+  absl::MutexLock lock(&mu_);
+  ++client_stalls_[method];
+}
+
 std::string WorkerMetrics::Render() const {
   std::function<Gauges()> source;
   uint64_t in, out_tokens, takeovers, fenced, renewal_failures, replayed;
-  std::map<std::string, uint64_t> errors;
+  std::map<std::string, uint64_t> errors, client_stalls;
   {
     absl::MutexLock lock(&mu_);
     source = gauges_;
@@ -60,6 +65,7 @@ std::string WorkerMetrics::Render() const {
     renewal_failures = renewal_failures_;
     replayed = replayed_;
     errors = errors_;
+    client_stalls = client_stalls_;
   }
   Gauges g;
   if (source) g = source();
@@ -115,6 +121,14 @@ std::string WorkerMetrics::Render() const {
   for (const auto& [reason, n] : errors) {
     absl::StrAppend(&out, "statestream_errors_total{reason=\"", reason, "\"} ",
                     n, "\n");
+  }
+  AppendMetricHeader(&out, "statestream_client_stalls_total", "counter",
+                     "Calls cut off for waiting on their client longer than "
+                     "--client-stall-timeout (a message or an ack left "
+                     "unread, an import left unsent), by method.");
+  for (const auto& [method, n] : client_stalls) {
+    absl::StrAppend(&out, "statestream_client_stalls_total{method=\"", method,
+                    "\"} ", n, "\n");
   }
   AppendMetric(&out, "statestream_sessions_resident", "gauge",
                "Sessions whose state is held in memory.", g.sessions_resident);

@@ -60,6 +60,9 @@ class WorkerMetrics {
   // A call that ended with an error; `reason` is the Reason name
   // ("OVERLOADED", ...) or the gRPC code name when it has none.
   void IncError(const std::string& reason);
+  // A call cut off for waiting on its client too long (ClientStalls);
+  // `method` is the rpc's name ("Generate").
+  void IncClientStall(const std::string& method);
 
   // The exposition text.
   std::string Render() const;
@@ -80,6 +83,7 @@ class WorkerMetrics {
   uint64_t renewal_failures_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t replayed_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, uint64_t> errors_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, uint64_t> client_stalls_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace statestream::worker

@@ -23,6 +23,7 @@
 #include "state_store/state_codec.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 #include "worker/api_convert.h"
+#include "worker/client_stalls.h"
 #include "worker/executor.h"
 #include "worker/model_set.h"
 #include "worker/worker_service.h"
@@ -37,9 +38,12 @@ class ExportReactor final
     : public grpc::ServerWriteReactor<v1::ExportStateResponse> {
  public:
   ExportReactor(ModelSet* models, const CallerPolicy* policy, Executor* pool,
-                ByteBudget* budget, grpc::CallbackServerContext* ctx,
+                ByteBudget* budget, ClientStalls* stalls,
+                grpc::CallbackServerContext* ctx,
                 const v1::ExportStateRequest* req)
-      : counter_(models->default_manager()), budget_(budget) {
+      : counter_(models->default_manager()),
+        budget_(budget),
+        stall_(stalls->Watch(ctx, "ExportState")) {
     absl::StatusOr<std::string> tenant = TenantOf(*ctx, *policy);
     absl::Status st = tenant.status();
     if (st.ok()) st = CheckSessionId(req->session_id(), "session_id");
@@ -92,10 +96,12 @@ class ExportReactor final
     h->set_chunk_count(count_);
     h->set_chunk_bytes(kStateChunkBytes);
     h->set_crc32c(Crc32c(0, blob_.data(), blob_.size()));
+    stall_->Waiting();
     StartWrite(&msg_);
   }
 
   void OnWriteDone(bool ok) override {
+    stall_->Moved();
     if (!ok) {
       // The client went away: counted as the other calls count theirs.
       return Fail(absl::CancelledError("the client went away"));
@@ -108,6 +114,7 @@ class ExportReactor final
     c->set_index(next_++);
     c->set_data(blob_.data() + at, n);
     c->set_crc32c(Crc32c(0, blob_.data() + at, n));
+    stall_->Waiting();
     StartWrite(&msg_);
   }
   void OnDone() override { delete this; }
@@ -130,6 +137,9 @@ class ExportReactor final
 
   const SessionManager& counter_;  // its metrics count errors
   ByteBudget* const budget_;
+  // Cuts the call off when its client leaves a chunk unread too long: the
+  // whole blob holds its share of the budget meanwhile.
+  const std::unique_ptr<ClientStalls::Call> stall_;
   ByteBudget::Hold hold_;
   std::unique_ptr<TenantLimits::StreamSlot> slot_;
   std::string blob_;
@@ -143,13 +153,14 @@ class ImportReactor final
     : public grpc::ServerReadReactor<v1::ImportStateRequest> {
  public:
   ImportReactor(ModelSet* models, const CallerPolicy* policy, Executor* pool,
-                ByteBudget* budget, grpc::CallbackServerContext* ctx,
-                v1::Session* out)
+                ByteBudget* budget, ClientStalls* stalls,
+                grpc::CallbackServerContext* ctx, v1::Session* out)
       : models_(models),
         policy_(policy),
         pool_(pool),
         budget_(budget),
         ctx_(ctx),
+        stall_(stalls->Watch(ctx, "ImportState")),
         out_(out) {
     absl::StatusOr<std::string> tenant = TenantOf(*ctx, *policy);
     if (!tenant.ok()) {
@@ -168,10 +179,12 @@ class ImportReactor final
     }
     slot_ = *std::move(slot);
     MarkUnread(&req_);
+    stall_->Waiting();
     StartRead(&req_);
   }
 
   void OnReadDone(bool ok) override {
+    stall_->Moved();
     if (!ok && ReadUnparsable(req_)) {
       return FinishAndRelease(UnparsableRequestError());
     }
@@ -179,6 +192,7 @@ class ImportReactor final
     absl::Status st = Take();
     if (!st.ok()) return FinishAndRelease(st);
     MarkUnread(&req_);
+    stall_->Waiting();
     StartRead(&req_);
   }
   void OnDone() override { delete this; }
@@ -319,7 +333,10 @@ class ImportReactor final
   Executor* pool_;
   ByteBudget* const budget_;
   grpc::CallbackServerContext* const ctx_;  // valid until OnDone
-  ByteBudget::Hold hold_;                   // once the header is read
+  // Cuts the call off when its client sends nothing more for too long:
+  // the chunks read so far hold the whole state's share of the budget.
+  const std::unique_ptr<ClientStalls::Call> stall_;
+  ByteBudget::Hold hold_;  // once the header is read
   // The tenant's stream slot (null without limits) until the call ends.
   std::unique_ptr<TenantLimits::StreamSlot> slot_;
   v1::Session* out_;
@@ -339,6 +356,8 @@ class SessionsService final : public v1::Sessions::CallbackService {
         policy_(std::move(policy)),
         budget_(models->default_manager().options().max_transfer_bytes,
                 "--max-transfer-bytes"),
+        stalls_(policy_->client_stall_timeout,
+                models->default_manager().options().metrics),
         pool_(4) {}
 
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* ctx,
@@ -546,14 +565,14 @@ class SessionsService final : public v1::Sessions::CallbackService {
   grpc::ServerWriteReactor<v1::ExportStateResponse>* ExportState(
       grpc::CallbackServerContext* ctx,
       const v1::ExportStateRequest* req) override {
-    return new ExportReactor(models_, policy_.get(), &pool_, &budget_, ctx,
-                             req);
+    return new ExportReactor(models_, policy_.get(), &pool_, &budget_, &stalls_,
+                             ctx, req);
   }
 
   grpc::ServerReadReactor<v1::ImportStateRequest>* ImportState(
       grpc::CallbackServerContext* ctx, v1::Session* out) override {
-    return new ImportReactor(models_, policy_.get(), &pool_, &budget_, ctx,
-                             out);
+    return new ImportReactor(models_, policy_.get(), &pool_, &budget_, &stalls_,
+                             ctx, out);
   }
 
  private:
@@ -593,7 +612,8 @@ class SessionsService final : public v1::Sessions::CallbackService {
 
   ModelSet* const models_;
   const std::shared_ptr<const CallerPolicy> policy_;  // outlives the reactors
-  ByteBudget budget_;  // outlives the reactors (the server stops first)
+  ByteBudget budget_;    // outlives the reactors (the server stops first)
+  ClientStalls stalls_;  // likewise
   Executor pool_;
 };
 

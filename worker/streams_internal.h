@@ -22,6 +22,7 @@
 #include "services/request_checks.h"  // BadField
 #include "services/tenants.h"
 #include "statestream/v1/statestream.grpc.pb.h"
+#include "worker/client_stalls.h"
 #include "worker/executor.h"
 #include "worker/model_set.h"
 #include "worker/worker_service.h"
@@ -103,9 +104,10 @@ class KeyWatchers {
 
 grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>*
 NewAppendReactor(ModelSet* models, const CallerPolicy* policy, Executor* pool,
-                 KeyWatchers* keys, grpc::CallbackServerContext* ctx);
+                 KeyWatchers* keys, ClientStalls* stalls,
+                 grpc::CallbackServerContext* ctx);
 grpc::ServerWriteReactor<v1::GenerateResponse>* NewGenerateReactor(
-    ModelSet* models, const CallerPolicy* policy,
+    ModelSet* models, const CallerPolicy* policy, ClientStalls* stalls,
     grpc::CallbackServerContext* ctx, const v1::GenerateRequest* req);
 
 }  // namespace statestream::worker::streams_internal

@@ -261,17 +261,20 @@ class StreamsService final : public v1::Streams::CallbackService {
       : models_(models),
         policy_(std::move(policy)),
         keys_(&policy_->auth),
+        stalls_(policy_->client_stall_timeout,
+                models->default_manager().options().metrics),
         pool_(8) {}
 
   grpc::ServerBidiReactor<v1::AppendRequest, v1::AppendResponse>* Append(
       grpc::CallbackServerContext* ctx) override {
-    return NewAppendReactor(models_, policy_.get(), &pool_, &keys_, ctx);
+    return NewAppendReactor(models_, policy_.get(), &pool_, &keys_, &stalls_,
+                            ctx);
   }
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* ctx,
       const v1::GenerateRequest* req) override {
-    return NewGenerateReactor(models_, policy_.get(), ctx, req);
+    return NewGenerateReactor(models_, policy_.get(), &stalls_, ctx, req);
   }
 
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx,
@@ -283,7 +286,8 @@ class StreamsService final : public v1::Streams::CallbackService {
  private:
   ModelSet* const models_;
   const std::shared_ptr<const CallerPolicy> policy_;  // outlives the reactors
-  KeyWatchers keys_;  // the open Append calls (they outlive it too)
+  KeyWatchers keys_;     // the open Append calls (they outlive it too)
+  ClientStalls stalls_;  // the open Append and Generate calls (likewise)
   // Opens Append calls' writers (session loads); outlives the reactors
   // (the server stops first).
   Executor pool_;

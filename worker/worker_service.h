@@ -9,6 +9,7 @@
 
 #include <memory>
 
+#include "absl/time/time.h"
 #include "services/service_set.h"
 #include "services/tenants.h"
 #include "worker/model_set.h"
@@ -30,6 +31,11 @@ struct CallerPolicy {
   // A worker's: configured, every call must show it (the gateways send
   // it), before its tenant header is believed.
   InternalToken internal_token;
+  // A streaming call that waits on its client this long (a Generate or
+  // export message or an Append ack left unread, an import left unsent) is
+  // cut off, CANCELLED (worker/client_stalls.h). `serve` sets it; a worker
+  // behind gateways keeps it infinite: they cut their own clients off.
+  absl::Duration client_stall_timeout = absl::InfiniteDuration();
 };
 
 // The three services over every model of `models`, which must outlive them
