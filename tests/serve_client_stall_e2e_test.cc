@@ -154,8 +154,11 @@ TEST(ServeClientStallTest, StalledTransfersGiveTheirBudgetBack) {
     EXPECT_TRUE(Eventually([&] { return !transfer_refused(); }));
     while (idle->Read(&first)) {
     }
-    EXPECT_EQ(FromGrpcStatus(idle->Finish()).code(),
-              absl::StatusCode::kCancelled);
+    // CANCELLED; OK only if the write got through just as it was cut off.
+    const absl::StatusCode code = FromGrpcStatus(idle->Finish()).code();
+    EXPECT_TRUE(code == absl::StatusCode::kCancelled ||
+                code == absl::StatusCode::kOk)
+        << code;
   }
 
   {  // An import that sends its header and nothing more.

@@ -39,7 +39,8 @@ namespace {
 class ClientStallsTest : public ::testing::Test {
  protected:
   void Start(absl::Duration stall) {
-    model_ = RandomModel(256, 2);
+    // A state (~100 KB) larger than any flow-control window.
+    model_ = RandomModel(256, 12);
     tokenizer_ = *engine::MakeByteTokenizer();
     store_ = *NewMemoryStateStore(MemoryStateStoreOptions{});
     scheduler_ = std::make_unique<Scheduler>(model_.get(), SchedulerOptions{});
@@ -94,20 +95,27 @@ class ClientStallsTest : public ::testing::Test {
     ASSERT_TRUE(v1::Sessions::NewStub(channel_)
                     ->CreateSession(ctx.get(), create, &session)
                     .ok());
-    auto append_ctx = Ctx();
-    auto stream = v1::Streams::NewStub(channel_)->Append(append_ctx.get());
     v1::AppendRequest r;
     r.set_session_id(id);
     r.set_request_id("text-" + id);
     r.set_expected_input_offset(0);
     r.set_text_utf8("some text to start from");
     r.set_checkpoint(true);
-    ASSERT_TRUE(stream->Write(r));
-    stream->WritesDone();
-    v1::AppendResponse ack;
-    while (stream->Read(&ack)) {
+    // Resent (applied once) if cut off: a timeout of a millisecond may cut
+    // this call off too on a busy machine.
+    grpc::Status status;
+    for (int attempt = 0; attempt < 50; ++attempt) {
+      auto append_ctx = Ctx();
+      auto stream = v1::Streams::NewStub(channel_)->Append(append_ctx.get());
+      stream->Write(r);
+      stream->WritesDone();
+      v1::AppendResponse ack;
+      while (stream->Read(&ack)) {
+      }
+      status = stream->Finish();
+      if (status.error_code() != grpc::StatusCode::CANCELLED) break;
     }
-    ASSERT_TRUE(stream->Finish().ok());
+    ASSERT_TRUE(status.ok()) << status.error_message();
   }
 
   double Stalls(const std::string& method) {
@@ -175,11 +183,15 @@ TEST_F(ClientStallsTest, AnExportLeftUnreadIsCutOff) {
   auto reader = v1::Sessions::NewStub(tiny_)->ExportState(ctx.get(), req);
   v1::ExportStateResponse msg;
   ASSERT_TRUE(reader->Read(&msg));
-  ASSERT_GT(msg.header().total_bytes(), 4096u);  // more than the window
+  ASSERT_GT(msg.header().total_bytes(), 65536u);  // more than a window
   EXPECT_TRUE(Eventually([&] { return Stalls("ExportState") == 1; }));
   while (reader->Read(&msg)) {
   }
-  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  // CANCELLED; OK only if the write got through just as it was cut off.
+  const grpc::StatusCode code = reader->Finish().error_code();
+  EXPECT_TRUE(code == grpc::StatusCode::CANCELLED ||
+              code == grpc::StatusCode::OK)
+      << code;
 }
 
 // Without a timeout nothing is watched: the same unread generation is not
