@@ -11,6 +11,7 @@ PKGS=(
   redis-server redis-tools python3 python3-grpcio python3-pytest python3-yaml grpc-proto
   libicu-dev  # NeoX tokenizer: NFC and Unicode categories
   libssl-dev openssl  # TLS: PEM checks (services/tls.cc); test certificates
+  libfaketime  # tests: the wall clock stepped (cmake/ClockStepTests.cmake)
 )
 missing=()
 for p in "${PKGS[@]}"; do

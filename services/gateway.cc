@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/clock.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "common/throttled_log.h"
@@ -80,12 +81,13 @@ Gateway::~Gateway() {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
+  watchdog_wake_.Notify();
   watchdog_.join();
 }
 
 absl::Time Gateway::BeginCall() {
   calls_active_.fetch_add(1);
-  return absl::Now();
+  return SteadyNow();
 }
 
 void Gateway::EndCall(const std::string& method, const grpc::Status& status,
@@ -96,7 +98,7 @@ void Gateway::EndCall(const std::string& method, const grpc::Status& status,
   metrics_->ObserveCall(
       method, absl::StatusCodeToString(st.code()),
       reason == Reason::kUnspecified ? "" : std::string(ReasonName(reason)),
-      absl::Now() - began);
+      SteadyNow() - began);
 }
 
 void Gateway::CountRoute(const absl::StatusOr<Route>& route, int attempt) {
@@ -253,7 +255,7 @@ absl::StatusOr<v1::Model> Gateway::ResolveModel(
     bool all_known = true;
     auto workers = Models(ctx, tenant, &all_known);
     if (!workers.ok()) return workers.status();
-    const absl::Time now = absl::Now();
+    const absl::Time now = SteadyNow();
     std::optional<v1::Model> best;
     bool seen_lately = false;
     {
@@ -308,7 +310,7 @@ absl::StatusOr<v1::Model> Gateway::ResolveModel(
 std::shared_ptr<grpc::Channel> Gateway::Channel(const std::string& address) {
   absl::MutexLock lock(&mu_);
   ChannelEntry& entry = channels_[address];
-  entry.used = absl::Now();
+  entry.used = SteadyNow();
   channel_count_.store(static_cast<int64_t>(channels_.size()));
   std::shared_ptr<grpc::Channel>& channel = entry.channel;
   if (channel == nullptr) {
@@ -483,11 +485,15 @@ void Gateway::Unwatch(Watched* call) {
   watched_.erase(call);
 }
 
+// On the steady clock throughout: a wall clock stepped forward would make
+// every call in flight look stalled (and move or cut it off), one stepped
+// back would stop the watch for as long.
 void Gateway::WatchdogLoop() {
   absl::MutexLock lock(&mu_);
-  while (!mu_.AwaitWithTimeout(absl::Condition(&stopping_),
-                               absl::Milliseconds(100))) {
-    const absl::Time now = absl::Now();
+  auto stopping = [this]()
+                      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
+  while (!watchdog_wake_.Await(&mu_, stopping, absl::Milliseconds(100))) {
+    const absl::Time now = SteadyNow();
     // Under mu_: a call unwatches itself before it goes away.
     for (Watched* call : watched_) call->Check(now);
     SweepChannels(now);

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/clock.h"
 #include "common/grpc_status.h"
 #include "common/random.h"
 #include "common/status.h"
@@ -401,7 +402,7 @@ void AppendCall::OnReadDone(bool ok) {
       const int64_t limit = gateway_->options().append_buffer_bytes;
       ByteBudget& buffers = gateway_->buffers();
       Entry e;
-      e.received = absl::Now();
+      e.received = SteadyNow();
       // What the entry holds in memory, not its size on the wire: a token
       // id below 128 is one byte there and four here, and an empty request
       // serialises to 0 bytes (a flood of them must still fill the bound).
@@ -509,7 +510,7 @@ void AppendCall::Route() {
   attempt_sent_ = attempt_acked_ = attempt_delivered_ = 0;
   attempt_acks_any_ = false;
   in_flight_units_.clear();
-  last_progress_ = absl::Now();
+  last_progress_ = SteadyNow();
   // Replay everything not known to be committed (and acked); not counted
   // for a worker the gateway could not connect to: it goes nowhere.
   send_seq_ = ack_seq_ = attempt_first_seq_ =
@@ -546,7 +547,7 @@ void AppendCall::MaybeWriteUpstream() {
     if (upstream_->request.session_id().empty()) {
       upstream_->request.set_session_id(session_id_);
     }
-    if (attempt_sent_ == attempt_acked_) last_progress_ = absl::Now();
+    if (attempt_sent_ == attempt_acked_) last_progress_ = SteadyNow();
     ++attempt_sent_;
     ++send_seq_;
     in_flight_units_.push_back(e.units);
@@ -592,7 +593,7 @@ void AppendCall::UpstreamReadDone(bool ok) {
   const v1::AppendResponse& ack = upstream_->ack;
   const uint64_t seq = ack_seq_++;
   ++attempt_acked_;
-  last_progress_ = absl::Now();
+  last_progress_ = SteadyNow();
   if (!in_flight_units_.empty()) in_flight_units_.pop_front();
   const bool deliver = seq >= acked_;  // else a replayed request's second ack
   absl::Time received;
@@ -657,7 +658,7 @@ void AppendCall::UpstreamReadDone(bool ok) {
     write_ = ack;
     write_received_ = received;
     writing_client_ = true;
-    write_started_ = absl::Now();
+    write_started_ = SteadyNow();
     StartWrite(&write_);
   } else {
     upstream_->StartRead(&upstream_->ack);
@@ -670,7 +671,7 @@ void AppendCall::OnWriteDone(bool ok) {
   {
     absl::MutexLock lock(&mu_);
     writing_client_ = false;
-    last_progress_ = absl::Now();
+    last_progress_ = SteadyNow();
     received = write_received_;
     // upstream_ is there: its read hold is (its acks wait for this write).
     if (ok) {
@@ -684,7 +685,7 @@ void AppendCall::OnWriteDone(bool ok) {
     }
   }
   if (ok && received != absl::Time()) {
-    gateway_->metrics().ObserveAppendAck(absl::Now() - received);
+    gateway_->metrics().ObserveAppendAck(SteadyNow() - received);
   }
 }
 

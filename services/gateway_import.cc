@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/byte_budget.h"
+#include "common/clock.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "services/gateway_internal.h"
@@ -81,7 +82,7 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportStateRequest>,
   void Setup();
   void Read() {
     MarkUnread(&msg_);
-    read_since_ns_ = absl::GetCurrentTimeNanos();
+    read_since_ns_ = absl::ToUnixNanos(SteadyNow());
     StartRead(&msg_);
   }
   static constexpr int64_t kStalled = -1;  // read_since_ns_: Check cut it

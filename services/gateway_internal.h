@@ -25,6 +25,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/byte_budget.h"
+#include "common/clock.h"
 #include "common/grpc_status.h"
 #include "services/gateway.h"
 #include "services/gateway_metrics.h"
@@ -217,6 +218,7 @@ class Gateway {
   absl::Time channels_swept_ ABSL_GUARDED_BY(mu_);
   std::atomic<int64_t> channel_count_{0};  // channels_.size(), for the gauge
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  SteadyWaiter watchdog_wake_;  // told when stopping_ is set
   // Apart from mu_, which the watchdog holds while it checks calls.
   absl::Mutex threads_mu_;
   int calls_ ABSL_GUARDED_BY(threads_mu_) = 0;  // admitted, not released

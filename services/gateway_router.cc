@@ -49,7 +49,7 @@ double RendezvousScore(const std::string& hash_key,
 GatewayRouter::GatewayRouter(StateStore* store, GatewayRouterOptions options)
     : store_(store),
       options_(std::move(options)),
-      clock_(options_.clock != nullptr ? options_.clock : Clock::Real()) {}
+      clock_(options_.clock != nullptr ? options_.clock : Clock::Steady()) {}
 
 absl::StatusOr<std::vector<WorkerInfo>> GatewayRouter::Workers() {
   const absl::Time now = clock_->Now();

@@ -51,7 +51,8 @@ struct GatewayRouterOptions {
   // be restarting: a call for it that finds none is UNAVAILABLE (retried),
   // while one never served (or not for this long) is MODEL_MISMATCH.
   absl::Duration served_memory = absl::Minutes(10);
-  // Time source. Not owned; nullptr = Clock::Real().
+  // Time source. Not owned; nullptr = Clock::Steady() (every time the
+  // router keeps is an interval within the process).
   Clock* clock = nullptr;
 };
 

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/clock.h"
 #include "common/grpc_status.h"
 #include "services/gateway_internal.h"
 #include "services/gateway_reactor_call.h"
@@ -283,7 +284,7 @@ class ServerStreamCall : public grpc::ServerWriteReactor<Response>,
       case Relay::kWrite:
         write_ = std::move(out);
         writing_ = true;
-        write_started_ = absl::Now();
+        write_started_ = SteadyNow();
         this->StartWrite(&write_);
         return;
       case Relay::kSkip:

@@ -38,6 +38,7 @@ SecretFileReloader::~SecretFileReloader() {
     absl::MutexLock lock(&mu_);
     stop_ = true;
   }
+  wake_.Notify();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -172,7 +173,10 @@ std::string SecretFileMetrics::Render() const {
 
 bool SecretFileReloader::Sleep(absl::Duration d) {
   absl::MutexLock lock(&mu_);
-  return !mu_.AwaitWithTimeout(absl::Condition(&stop_), d);
+  // On the steady clock: a wall clock stepped back must not hold rereads
+  // (a revoked key would keep working for as long).
+  return !wake_.Await(
+      &mu_, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_; }, d);
 }
 
 void SecretFileReloader::Loop() {

@@ -18,6 +18,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/clock.h"
 #include "services/tenants.h"
 
 namespace statestream {
@@ -106,6 +107,7 @@ class SecretFileReloader {
   const std::shared_ptr<StatsCell> stats_;
   absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  SteadyWaiter wake_;  // told when stop_ is set
   std::thread thread_;
 };
 

@@ -22,6 +22,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/clock.h"
 #include "statestream/v1/statestream.grpc.pb.h"
 
 namespace statestream {
@@ -31,12 +32,14 @@ namespace statestream {
 // any client keeps a connection open, even an idle one. Thread-safe.
 class Server::InFlightCalls {
  public:
-  // Waits until no call is in flight or `deadline` passes.
-  void AwaitIdle(absl::Time deadline) {
+  // Waits until no call is in flight or `grace` passes (on the steady
+  // clock: a wall clock stepped back must not stretch a shutdown).
+  void AwaitIdle(absl::Duration grace) {
     absl::MutexLock lock(&mu_);
-    mu_.AwaitWithDeadline(absl::Condition(
-                              +[](int* count) { return *count == 0; }, &count_),
-                          deadline);
+    idle_.Await(
+        &mu_,
+        [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return count_ == 0; },
+        grace);
   }
 
   // An interceptor factory for the server builder; `this` must outlive it.
@@ -75,10 +78,12 @@ class Server::InFlightCalls {
   void Add(int delta) {
     absl::MutexLock lock(&mu_);
     count_ += delta;
+    if (count_ == 0) idle_.Notify();
   }
 
   absl::Mutex mu_;
   int count_ ABSL_GUARDED_BY(mu_) = 0;
+  SteadyWaiter idle_;  // told when count_ reaches 0
 };
 
 // Polls the readiness probe on its own thread and mirrors it into the
@@ -99,8 +104,11 @@ class Server::ReadinessPoller {
   // No probe starts after this one; one in progress (a hung store's, up
   // to its command timeout) is not waited for. Idempotent.
   void RequestStop() {
-    absl::MutexLock lock(&mu_);
-    stop_ = true;
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    wake_.Notify();
   }
   // Waits for a probe in progress. Idempotent.
   void Stop() {
@@ -113,8 +121,11 @@ class Server::ReadinessPoller {
     for (;;) {
       {
         absl::MutexLock lock(&mu_);
-        mu_.AwaitWithTimeout(absl::Condition(&stop_), interval_);
-        if (stop_) return;
+        // On the steady clock: a wall clock stepped back must not freeze
+        // what readiness reports.
+        auto stop = [this]()
+                        ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_; };
+        if (wake_.Await(&mu_, stop, interval_)) return;
       }
       const bool serving = probe_();
       if (serving != serving_) {
@@ -131,6 +142,7 @@ class Server::ReadinessPoller {
   bool serving_;  // the poller thread's (the constructor's before it)
   absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  SteadyWaiter wake_;  // told when stop_ is set
   std::thread thread_;
 };
 
@@ -310,7 +322,7 @@ void Server::StopServing() {
 void Server::Shutdown(absl::Duration grace) {
   // Each step is idempotent and thread-safe.
   StopServing();
-  calls_->AwaitIdle(absl::Now() + grace);
+  calls_->AwaitIdle(grace);
   // The calls still running are cancelled; what they wait on fails now.
   services_.Interrupt();
   server_->Shutdown(absl::ToChronoTime(absl::Now()));

@@ -471,6 +471,7 @@ TenantLimits::~TenantLimits() {
     stop_ = true;
     renewer = std::move(renewer_);
   }
+  renew_wake_.Notify();
   if (renewer.joinable()) renewer.join();
 }
 
@@ -615,11 +616,16 @@ void TenantLimits::ReleaseStoreSlots() {
   absl::MutexLock lock(&mu_);
   if (stopping_) return;
   stopping_ = true;  // nothing is renewed from now on
+  // The renewer's stopping pass also releases what unreleased_ holds.
+  renew_wake_.Notify();
   if (!renewer_.joinable() || held_.empty()) return;
   // The renewer removes them once any pass of its own is over (which might
   // otherwise add them back); a store that hangs gets a second of it, then
   // the store is interrupted and the slots expire.
-  mu_.AwaitWithTimeout(absl::Condition(&stop_released_), absl::Seconds(1));
+  auto released = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stop_released_;
+  };
+  renew_wake_.Await(&mu_, released, absl::Seconds(1));
 }
 
 void TenantLimits::RenewLoop() {
@@ -630,12 +636,15 @@ void TenantLimits::RenewLoop() {
   auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return stop_ || (stopping_ && !stop_released_);
   };
+  // On the steady clock: a wall clock stepped back must not hold the
+  // renewals (the slots would expire in the store, and other gateways
+  // admit streams past the limit).
   absl::MutexLock lock(&mu_);
-  absl::Time next = absl::Now() + every;
+  absl::Time next = SteadyNow() + every;
   while (!stop_) {
-    mu_.AwaitWithDeadline(absl::Condition(&wake), next);
+    renew_wake_.Await(&mu_, wake, next - SteadyNow());
     if (stop_) break;
-    const absl::Time began = absl::Now();
+    const absl::Time began = SteadyNow();
     next = began + every;
     if (stopping_) {
       // Once: every slot held goes (the streams are being cancelled), and
@@ -653,6 +662,7 @@ void TenantLimits::RenewLoop() {
       }
       mu_.Lock();
       stop_released_ = true;
+      renew_wake_.Notify();
       continue;
     }
     const std::map<std::string, std::set<std::string>> renew = held_;
@@ -684,7 +694,7 @@ void TenantLimits::RenewLoop() {
         }
       }
     }
-    next = std::max(began + (ok ? every : retry), absl::Now());
+    next = std::max(began + (ok ? every : retry), SteadyNow());
     if (!ok) {
       for (auto& r : released)
         Unreleased(std::move(r.first), std::move(r.second));

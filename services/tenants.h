@@ -25,6 +25,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/clock.h"
 
 namespace statestream {
 
@@ -189,6 +190,9 @@ class TenantLimits {
   std::vector<std::pair<std::string, std::string>> unreleased_
       ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  // Told when stop_, stopping_ or stop_released_ is set (the renewer and
+  // ReleaseStoreSlots wait on it).
+  SteadyWaiter renew_wake_;
   std::thread renewer_ ABSL_GUARDED_BY(mu_);
 };
 

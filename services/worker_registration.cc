@@ -52,11 +52,11 @@ void WorkerRegistration::Loop(absl::Time answered_sent, bool failing) {
   WorkerInfo info = options_.info;
   absl::MutexLock lock(&mu_);
   while (true) {
-    auto stop = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
-    if (mu_.AwaitWithTimeout(absl::Condition(&stop),
-                             options_.heartbeat_interval)) {
-      return;
-    }
+    auto stop = [this]()
+                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
+    // On the steady clock: a wall clock stepped back must not hold the
+    // heartbeats (the entry would lapse, and gateways drop the worker).
+    if (wake_.Await(&mu_, stop, options_.heartbeat_interval)) return;
     mu_.Unlock();
     if (options_.load_fn) info.load = options_.load_fn();
     const absl::Time sent = clock->Now();
@@ -108,6 +108,7 @@ void WorkerRegistration::Stop() {
     stopped_ = true;
     stopping_ = true;
   }
+  wake_.Notify();
   if (thread_.joinable()) thread_.join();
   absl::Status st = store_->UnregisterWorker(options_.info.worker_id);
   if (!st.ok()) {

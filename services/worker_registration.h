@@ -43,8 +43,9 @@ struct WorkerRegistrationOptions {
   // TTL keeps the entry past the leases): the worker passes lease_ttl / 3.
   absl::Duration resync_after_failing = absl::InfiniteDuration();
   // Measures the failures above and the time since the last answered
-  // heartbeat; the heartbeat period itself is real time. Never null.
-  Clock* clock = Clock::Real();
+  // heartbeat; the heartbeat period itself is real (steady) time. Never
+  // null.
+  Clock* clock = Clock::Steady();
 };
 
 // Thread-safe. Destruction unregisters (see Stop).
@@ -78,6 +79,7 @@ class WorkerRegistration {
   const WorkerRegistrationOptions options_;
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  SteadyWaiter wake_;  // told when stopping_ is set
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };

@@ -64,27 +64,34 @@ RequestMemo::InFlight::InFlight(RequestMemo* memo, const std::string& tenant,
                                 const std::function<bool()>& cancelled)
     : memo_(request_id.empty() ? nullptr : memo), key_(tenant, request_id) {
   if (memo_ == nullptr) return;
-  absl::MutexLock lock(&memo_->in_flight_mu_);
-  while (memo_->in_flight_.count(key_) != 0) {
+  absl::MutexLock lock(&memo->in_flight_mu_);  // memo_ == memo here
+  const auto ended = [memo, this]()
+                         ABSL_EXCLUSIVE_LOCKS_REQUIRED(memo->in_flight_mu_) {
+                           return memo->in_flight_.count(key_) == 0;
+                         };
+  while (!ended()) {
     if (cancelled == nullptr) {
-      memo_->call_ended_.Wait(&memo_->in_flight_mu_);
+      memo->call_ended_.Await(&memo->in_flight_mu_, ended,
+                              absl::InfiniteDuration());
     } else if (cancelled()) {
       memo_ = nullptr;
       entered_ = false;
       return;
     } else {
-      memo_->call_ended_.WaitWithTimeout(&memo_->in_flight_mu_,
-                                         absl::Milliseconds(50));
+      // Polls `cancelled` on the steady clock: a wall clock stepped back
+      // must not hold a call its client left.
+      memo->call_ended_.Await(&memo->in_flight_mu_, ended,
+                              absl::Milliseconds(50));
     }
   }
-  memo_->in_flight_.insert(key_);
+  memo->in_flight_.insert(key_);
 }
 
 RequestMemo::InFlight::~InFlight() {
   if (memo_ == nullptr) return;
   absl::MutexLock lock(&memo_->in_flight_mu_);
   memo_->in_flight_.erase(key_);
-  memo_->call_ended_.SignalAll();
+  memo_->call_ended_.Notify();
 }
 
 bool RequestMemo::Live(const Record& r) const {

@@ -113,7 +113,7 @@ class RequestMemo {
   // InFlight calls, and their ends.
   absl::Mutex in_flight_mu_;
   std::set<Key> in_flight_ ABSL_GUARDED_BY(in_flight_mu_);
-  absl::CondVar call_ended_;
+  SteadyWaiter call_ended_;
 };
 
 }  // namespace statestream::worker

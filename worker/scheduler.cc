@@ -33,6 +33,7 @@ absl::Status Scheduler::Submit(std::shared_ptr<Task> task) {
   admitted_tokens_ += task->queued_tokens;
   task->admitted_at = clock_->Now();
   incoming_.push_back(std::move(task));
+  idle_wake_.Notify();
   return absl::OkStatus();
 }
 
@@ -108,12 +109,14 @@ void Scheduler::Loop() {
     }
     Retire(active);
     if (!Iterate(active)) {
-      // Every active task is idle (waiting on its owner): poll gently.
+      // Every active task is idle (waiting on its owner): poll gently, on
+      // the steady clock (a wall clock stepped back would stop the polls
+      // until new work came).
       absl::MutexLock lock(&mu_);
-      mu_.AwaitWithTimeout(
-          absl::Condition(
-              +[](std::deque<std::shared_ptr<Task>>* q) { return !q->empty(); },
-              &incoming_),
+      idle_wake_.Await(
+          &mu_,
+          [this]()
+              ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !incoming_.empty(); },
           absl::Milliseconds(1));
     }
   }

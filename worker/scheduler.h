@@ -193,6 +193,7 @@ class Scheduler {
 
   mutable absl::Mutex mu_;
   std::deque<std::shared_ptr<Task>> incoming_ ABSL_GUARDED_BY(mu_);
+  SteadyWaiter idle_wake_;  // told when incoming_ grows
   int admitted_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t admitted_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

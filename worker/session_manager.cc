@@ -458,8 +458,11 @@ absl::StatusOr<SessionView> SessionManager::Retried(
 void SessionManager::Drain() { impl_->Drain(); }
 
 void SessionManager::RenewLeasesNow() {
-  absl::MutexLock lock(&impl_->mu_);
-  impl_->renew_now_ = true;
+  {
+    absl::MutexLock lock(&impl_->mu_);
+    impl_->renew_now_ = true;
+  }
+  impl_->renew_wake_.Notify();
 }
 
 SessionManager::Stats SessionManager::stats() const {

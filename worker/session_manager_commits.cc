@@ -259,6 +259,7 @@ absl::Status SessionManager::Impl::CheckCopy(Session* s) {
     // checks would queue behind them, and a shutdown run them all).
     bool abandoned ABSL_GUARDED_BY(mu) = false;
     absl::StatusOr<Lease> lease ABSL_GUARDED_BY(mu);
+    SteadyWaiter answered;  // told when done is set
   };
   auto check = std::make_shared<Check>();
   checkers_.Post([this, check, key = s->key] {
@@ -271,15 +272,24 @@ absl::Status SessionManager::Impl::CheckCopy(Session* s) {
         skip ? absl::StatusOr<Lease>(absl::CancelledError())
              : store_->GetOwner(key);
     copy_checks_.fetch_sub(1);
-    absl::MutexLock lock(&check->mu);
-    check->lease = std::move(lease);
-    check->done = true;
+    {
+      absl::MutexLock lock(&check->mu);
+      check->lease = std::move(lease);
+      check->done = true;
+    }
+    check->answered.Notify();
   });
   absl::StatusOr<Lease> lease;
   {
     absl::MutexLock lock(&check->mu);
-    if (!check->mu.AwaitWithTimeout(absl::Condition(&check->done),
-                                    opt_.copy_check_wait)) {
+    // On the steady clock: a wall clock stepped back must not hold the
+    // call for as long.
+    if (!check->answered.Await(
+            &check->mu,
+            [&check]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(check->mu) {
+              return check->done;
+            },
+            opt_.copy_check_wait)) {
       check->abandoned = true;
       return absl::OkStatus();
     }

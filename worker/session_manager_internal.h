@@ -321,8 +321,12 @@ class SessionManager::Impl {
   void SweepSoonFor(absl::Duration ttl) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (Expires(ttl) && clock_->Now() + ttl / 4 < sweep_at_) {
       sweep_now_ = true;
+      renew_wake_.Notify();
     }
   }
+  // Wakes RenewLoop's wait (on the steady clock) after stop_, renew_now_
+  // or sweep_now_ is set.
+  SteadyWaiter renew_wake_;
   Stats stats_ ABSL_GUARDED_BY(mu_);
   // Running generations, stopped gracefully by Drain().
   std::set<std::shared_ptr<GenerateTask>> generating_ ABSL_GUARDED_BY(mu_);

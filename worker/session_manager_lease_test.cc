@@ -173,6 +173,31 @@ TEST_F(SessionManagerLeaseTest, LeasesAreRenewedInOneCallPerRound) {
   manager_.reset();  // before `counting`
 }
 
+// Unasked, a resident session's lease is renewed every third of its TTL,
+// and stays this worker's. Run again with the wall clock stepped
+// (clock_step.lease_renewals): the rounds are timed on the steady clock.
+TEST_F(SessionManagerLeaseTest, LeasesAreRenewedEveryThirdOfTheirTtl) {
+  CountingStore counting(store_.get());
+  SessionManagerOptions o;
+  o.owner = "test-worker";
+  o.lease_ttl = absl::Milliseconds(600);
+  manager_.reset();
+  auto m = SessionManager::Create(o, model_.get(), tokenizer_.get(),
+                                  scheduler_.get(), &counting);
+  ASSERT_TRUE(m.ok()) << m.status();
+  manager_ = *std::move(m);
+  Create("a");
+  auto w = Open("a");
+  ASSERT_TRUE(Append(w, 0, "x", true, true).ok());
+  ASSERT_TRUE(Close(w).ok());
+  for (int i = 0; i < 1000 && counting.sizes().size() < 3; ++i) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_GE(counting.sizes().size(), 3u);
+  EXPECT_TRUE(manager_->IsResident("t", "a"));
+  manager_.reset();  // before `counting`
+}
+
 // RenewLeasesNow renews at once, not at the next period (an hour away
 // here): sessions the store lost or another worker took over are dropped,
 // the rest stay.

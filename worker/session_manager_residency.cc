@@ -171,6 +171,7 @@ void SessionManager::Impl::Shutdown() {
     absl::MutexLock lock(&mu_);
     stop_ = true;
   }
+  renew_wake_.Notify();
   // Checks still queued answer at once (the copy serves, as when the store
   // is slow): a hung store must not hold the exit for each of them.
   checks_stopped_ = true;
@@ -693,7 +694,10 @@ void SessionManager::Impl::RenewLoop() {
       by_interval ? std::min(renew_every, std::max(opt_.checkpoint_interval / 2,
                                                    absl::Milliseconds(50)))
                   : renew_every;
-  absl::Time next_renewal = absl::Now() + renew_every;
+  // Renewals are scheduled on the steady clock, and the loop waits on it:
+  // a wall clock stepped back must not hold them (the leases would lapse
+  // and other workers take the sessions over).
+  absl::Time next_renewal = SteadyNow() + renew_every;
   absl::Duration wait = every;
   // Renewals run at the last tick before next_renewal, never after it.
   auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -705,7 +709,7 @@ void SessionManager::Impl::RenewLoop() {
     {
       absl::MutexLock lock(&mu_);
       sweep_at_ = clock_->Now() + wait;
-      mu_.AwaitWithTimeout(absl::Condition(&woken), wait);
+      renew_wake_.Await(&mu_, woken, wait);
       if (stop_) return;
       now = renew_now_;
       renew_now_ = sweep_now_ = false;
@@ -720,8 +724,8 @@ void SessionManager::Impl::RenewLoop() {
       wait =
           std::clamp(next_due - clock_->Now(), absl::Milliseconds(10), every);
     }
-    if (!now && absl::Now() + wait <= next_renewal) continue;
-    next_renewal = absl::Now() + renew_every;
+    if (!now && SteadyNow() + wait <= next_renewal) continue;
+    next_renewal = SteadyNow() + renew_every;
     RenewLeasesOf(all);
   }
 }

@@ -19,6 +19,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/clock.h"
 #include "services/request_checks.h"  // BadField
 #include "services/tenants.h"
 #include "statestream/v1/statestream.grpc.pb.h"
@@ -99,6 +100,7 @@ class KeyWatchers {
   std::map<uint64_t, std::function<void()>> watchers_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  SteadyWaiter wake_;  // told when stopping_ is set
   std::thread thread_;
 };
 

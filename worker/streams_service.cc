@@ -57,6 +57,7 @@ KeyWatchers::~KeyWatchers() {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
+  wake_.Notify();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -75,7 +76,11 @@ void KeyWatchers::Remove(uint64_t id) {
 void KeyWatchers::Loop() {
   uint64_t seen = auth_->generation();
   absl::MutexLock lock(&mu_);
-  while (!mu_.AwaitWithTimeout(absl::Condition(&stopping_), kInterval)) {
+  auto stopping = [this]()
+                      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
+  // On the steady clock: a wall clock stepped back must not leave revoked
+  // keys' streams open for as long.
+  while (!wake_.Await(&mu_, stopping, kInterval)) {
     const uint64_t now = auth_->generation();
     if (now == seen) continue;
     seen = now;

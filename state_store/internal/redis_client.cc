@@ -184,6 +184,7 @@ RedisClient::~RedisClient() = default;
 void RedisClient::Close() {
   absl::MutexLock lock(&close_mu_);
   closed_ = true;
+  closed_wake_.Notify();
   // The calls blocked in recv or send on these return at once.
   for (int fd : busy_fds_) shutdown(fd, SHUT_RDWR);
 }
@@ -215,7 +216,10 @@ void RedisClient::Backoff(absl::Duration d) {
     return;
   }
   absl::MutexLock lock(&close_mu_);
-  close_mu_.AwaitWithTimeout(absl::Condition(&closed_), d);
+  // On the steady clock: a wall clock stepped back must not hold a retry.
+  closed_wake_.Await(
+      &close_mu_,
+      [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(close_mu_) { return closed_; }, d);
 }
 
 absl::StatusOr<std::unique_ptr<RedisClient>> RedisClient::Connect(

@@ -158,6 +158,7 @@ class RedisClient {
   std::atomic<bool> connected_{false};
   absl::Mutex close_mu_;
   bool closed_ ABSL_GUARDED_BY(close_mu_) = false;
+  SteadyWaiter closed_wake_;  // told when closed_ is set
   std::set<int> busy_fds_ ABSL_GUARDED_BY(close_mu_);
 };
 

@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/clock.h"
 #include "common/grpc_status.h"
 #include "sdk/cpp/statestream/client.h"
 
@@ -78,6 +79,7 @@ class StallGuard {
   void Disarm() {
     absl::MutexLock lock(&mu_);
     done_ = true;
+    wake_.Notify();
   }
   // True once the call was cancelled for going idle.
   bool stalled() const {
@@ -99,8 +101,9 @@ class StallGuard {
         ctx_->TryCancel();
         return;
       }
-      mu_.AwaitWithTimeout(absl::Condition(&done_),
-                           absl::FromChrono(left) + absl::Microseconds(100));
+      wake_.Await(
+          &mu_, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_; },
+          absl::FromChrono(left) + absl::Microseconds(100));
     }
   }
 
@@ -111,6 +114,8 @@ class StallGuard {
   Clock::time_point due_ ABSL_GUARDED_BY(mu_);
   bool done_ ABSL_GUARDED_BY(mu_) = false;
   bool stalled_ ABSL_GUARDED_BY(mu_) = false;
+  // Told when done_ is set. Abseil's own timed waits follow the wall clock.
+  SteadyWaiter wake_;
 };
 
 // `fn(Client::Stubs&, grpc::ClientContext*) -> grpc::Status`, one attempt.

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
+#include "common/clock.h"
 #include "common/crc32c.h"
 #include "common/grpc_status.h"
 #include "common/random.h"
@@ -31,6 +32,7 @@ namespace statestream::client {
 void Cancellation::Cancel() {
   absl::MutexLock lock(&mu_);
   cancelled_ = true;
+  cancelled_cv_.notify_all();
   for (grpc::ClientContext* ctx : contexts_) ctx->TryCancel();
 }
 
@@ -41,7 +43,12 @@ bool Cancellation::cancelled() const {
 
 bool Cancellation::WaitForCancel(absl::Duration timeout) const {
   absl::MutexLock lock(&mu_);
-  return mu_.AwaitWithTimeout(absl::Condition(&cancelled_), timeout);
+  // On the steady clock: a wall clock stepped back must not hold a
+  // retry's backoff (Abseil's own timed waits follow the wall clock).
+  return SteadyWaiter::AwaitOn(
+      &cancelled_cv_, &mu_,
+      [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return cancelled_; },
+      timeout);
 }
 
 bool Cancellation::Register(grpc::ClientContext* ctx) {

@@ -4,6 +4,7 @@
 #ifndef STATESTREAM_SDK_CPP_STATESTREAM_OPTIONS_H_
 #define STATESTREAM_SDK_CPP_STATESTREAM_OPTIONS_H_
 
+#include <condition_variable>
 #include <string>
 #include <utility>
 #include <vector>
@@ -90,6 +91,8 @@ class Cancellation {
   void Unregister(grpc::ClientContext* ctx);
   mutable absl::Mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  // Told when cancelled_ is set: WaitForCancel waits on the steady clock.
+  mutable std::condition_variable_any cancelled_cv_;
   std::vector<grpc::ClientContext*> contexts_ ABSL_GUARDED_BY(mu_);
 };
 
