@@ -56,12 +56,8 @@ absl::StatusOr<SessionView> SessionManager::Impl::CreateOnce(
           SS_ASSIGN_OR_RETURN(alike, same(h, r));
         }
       }
-      if (!alike) return DuplicateRequest(request_id);
-      Remember(tenant, request_id, r.key.session_id, digest, 1);
-      SS_ASSIGN_OR_RETURN(h.head.durability,
-                          CreatedDurability(r.key, h.head.version,
-                                            h.head.durability, r.durability));
-      return ViewOfHead(h);
+      return EarlierCreate(r.key, std::move(h), alike, request_id, digest,
+                           r.durability);
     }
     if (derived) {  // another request's session under the derived id
       r.key.session_id = NewSessionId();
@@ -95,7 +91,14 @@ absl::StatusOr<std::optional<SessionView>> SessionManager::Impl::CreatedBefore(
       clock_->Now() - h.created_at > opt_.request_id_window) {
     return std::nullopt;
   }
-  if (h.create_digest != digest) return DuplicateRequest(request_id);
+  const bool alike = h.create_digest == digest;
+  return EarlierCreate(key, std::move(h), alike, request_id, digest, asked);
+}
+
+absl::StatusOr<SessionView> SessionManager::Impl::EarlierCreate(
+    const SessionKey& key, SessionHead h, bool alike,
+    const std::string& request_id, uint64_t digest, Durability asked) {
+  if (!alike) return DuplicateRequest(request_id);
   Remember(key.tenant, request_id, key.session_id, digest, 1);
   SS_ASSIGN_OR_RETURN(
       h.head.durability,

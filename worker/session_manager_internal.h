@@ -755,6 +755,14 @@ class SessionManager::Impl {
   absl::StatusOr<std::optional<SessionView>> CreatedBefore(
       const SessionKey& key, const std::string& request_id, uint64_t digest,
       Durability asked);
+  // What CreateOnce and CreatedBefore return for `h`, the session an
+  // earlier attempt of create `request_id` made at `key` (`alike`: for the
+  // same request): remembered, at the durability asked; DUPLICATE_REQUEST
+  // when not alike.
+  absl::StatusOr<SessionView> EarlierCreate(const SessionKey& key,
+                                            SessionHead h, bool alike,
+                                            const std::string& request_id,
+                                            uint64_t digest, Durability asked);
 
   // Whether `key`'s first version holds `snap`'s state (true when that
   // version is no longer kept: nothing is left to tell them apart).
