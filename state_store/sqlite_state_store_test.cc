@@ -6,6 +6,8 @@
 
 #include <sqlite3.h>
 
+#include <functional>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -142,6 +144,66 @@ TEST(SqliteStateStoreTest, DeletedSessionsLeaveNoFenceAndFencesNeverRepeat) {
     EXPECT_EQ(CountRows(env.path(), "fences"), 0);
     EXPECT_EQ(CountRows(env.path(), "versions"), 0);
   }
+}
+
+// Runs `action` after each commit (its write lock released) of the
+// connections opened while installed, until it returns true. The WAL hook
+// is set at the first commit: the open sets its own after extensions.
+struct AfterCommit {
+  static inline std::function<bool()> action;
+  static int Hook(void*, sqlite3*, const char*, int) {
+    if (action && action()) action = nullptr;
+    return SQLITE_OK;
+  }
+  static int OnCommit(void* db) {
+    sqlite3_wal_hook(static_cast<sqlite3*>(db), &Hook, nullptr);
+    return 0;  // the commit goes on
+  }
+  static int Install(sqlite3* db, char**, const sqlite3_api_routines*) {
+    sqlite3_commit_hook(db, &OnCommit, db);
+    return SQLITE_OK;
+  }
+};
+
+// Another connection on the file that takes the lease between a create's
+// commit and the create's answer does not hand the creator the new
+// holder's fence (two writers on one fence): the create returns the fence
+// it granted, and a commit under it is refused.
+TEST(SqliteStateStoreTest, ACreateReturnsTheFenceItGranted) {
+  SqliteEnv env;
+  // Only the creator's connection gets the hook.
+  sqlite3_auto_extension(reinterpret_cast<void (*)()>(&AfterCommit::Install));
+  auto creator = env.NewStore(8);
+  sqlite3_reset_auto_extension();
+  ASSERT_TRUE(creator.ok()) << creator.status();
+  auto thief = env.NewStore(8);
+  ASSERT_TRUE(thief.ok()) << thief.status();
+  const SessionKey key{"acme", "f"};
+  std::optional<absl::StatusOr<Lease>> taken;
+  AfterCommit::action = [&] {
+    if (!(*thief)->GetHead(key).ok()) return false;  // the sweep's commit
+    taken = (*thief)->AcquireLease(key, "thief", absl::Seconds(60), true);
+    return true;
+  };
+  CreateSessionRequest r;
+  r.key = key;
+  r.model_id = "tiny";
+  r.initial_state = TestSnapshot(1);
+  auto created = (*creator)->CreateSession(r);
+  AfterCommit::action = nullptr;
+  ASSERT_TRUE(created.ok()) << created.status();
+  ASSERT_TRUE(taken.has_value()) << "the hook never ran after the create";
+  ASSERT_TRUE(taken->ok()) << taken->status();
+  EXPECT_LT(created->session.fence, (*taken)->fence);
+  EXPECT_EQ(created->session.fence, created->version.fence);
+  CommitRequest commit;
+  commit.key = key;
+  commit.expected_version = 1;
+  commit.fence = created->session.fence;
+  commit.state = TestSnapshot(2);
+  EXPECT_EQ(GetReason((*creator)->Commit(commit).status()), Reason::kFenced);
+  commit.fence = (*taken)->fence;
+  EXPECT_TRUE((*thief)->Commit(commit).ok());
 }
 
 // The sweep is its own transaction: a create refused (the id taken) still
