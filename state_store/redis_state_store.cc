@@ -383,6 +383,15 @@ absl::StatusOr<std::pair<SessionHead, Fields>> RedisStateStore::ParseRead(
     return DataLossError(Reason::kStateCorrupt, "session labels are corrupt");
   }
   SS_ASSIGN_OR_RETURN(const int64_t ttl, I64(h, "ttl_ms", kHead));
+  // -1 (pinned) or at least 1 ms, as the store writes it (the scripts
+  // refuse other values alike: 0 would expire the session at its next
+  // write).
+  if (ttl == 0 || ttl < -1) {
+    return DataLossError(
+        Reason::kStateCorrupt,
+        absl::StrCat("state is corrupt: the session's head records a TTL of ",
+                     ttl, " ms"));
+  }
   s.ttl = ttl < 0 ? absl::InfiniteDuration() : absl::Milliseconds(ttl);
   SS_ASSIGN_OR_RETURN(const int64_t created, I64(h, "created_ms", kHead));
   SS_ASSIGN_OR_RETURN(const int64_t updated, I64(h, "updated_ms", kHead));

@@ -198,6 +198,9 @@ TEST(RedisStateStoreDamageTest, KeysOfTheWrongTypeAreCorruptNotInternal) {
        true},
       {"fence not a number", {{"SET", "fence", "abc"}}, false, true},
       {"ttl_ms not a number", {{"HSET", "head", "ttl_ms", "zz"}}, false, true},
+      // PEXPIRE 0 at the next write deleted the session.
+      {"ttl_ms zero", {{"HSET", "head", "ttl_ms", "0"}}, false, true},
+      {"ttl_ms below -1", {{"HSET", "head", "ttl_ms", "-5"}}, false, true},
       {"deletion mark a hash", {{"HSET", "deleted", "a", "b"}}, true, false},
   };
   int n = 0;

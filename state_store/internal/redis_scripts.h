@@ -70,7 +70,13 @@ end
 -- no longer has).
 -- The session's TTL in ms (-1: pinned) and fence, as the head and the
 -- fence key record them.
-local function ttl_of(v) return whole(v, -1, 2^53, 'TTL (ms)') end
+-- 0 is no TTL the store writes (at least 1 ms, or -1): PEXPIRE 0 would
+-- delete the session at its next write.
+local function ttl_of(v)
+  local n = whole(v, -1, 2^53, 'TTL (ms)')
+  if n == 0 then error({err = 'SSCORRUPT ' .. P .. ' records TTL (ms) 0'}) end
+  return n
+end
 local function fence_of(v) return whole(v or '0', 0, 2^53, 'fence') end
 local function probe_session()
   local h = redis.call('HMGET', P .. 'head', 'oldest', 'version', 'ttl_ms')
