@@ -421,6 +421,60 @@ TEST(RedisStateStoreTest, ACreateReturnsTheFenceItGranted) {
   EXPECT_TRUE((*store)->Commit(commit).ok());
 }
 
+// A load that reads a version whose session is deleted and created again
+// before its chunks are read (the chunks go with the delete) loads the
+// session as it is now; it reported the healthy session's state corrupt
+// (DATA_LOSS, which clients do not retry). The clock's hook deletes and
+// creates the session again at the load's n-th reading of the clock, for
+// each n from the first (before anything is read) past the chunks'.
+TEST(RedisStateStoreTest, ALoadRacingARecreateLoadsTheNewSession) {
+  auto server = RedisServer::Start({});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const SessionKey key{"acme", "r"};
+  std::unique_ptr<StateStore> other;  // set before the hook can run
+  std::atomic<int> countdown{0};
+  uint64_t seed = 1;
+  absl::Status recreated;
+  HookedClock clock([&] {
+    if (countdown.load() <= 0 || --countdown > 0) return;
+    CreateSessionRequest again = NewSession("r", Durability::kMemory);
+    again.initial_state = TestSnapshot(++seed);
+    recreated = other->DeleteSession(key);
+    if (recreated.ok()) recreated = other->CreateSession(again).status();
+    // A live lease: the load reads the clock between the version and
+    // its chunks.
+    if (recreated.ok()) {
+      recreated =
+          other->AcquireLease(key, "w", absl::Seconds(60), false).status();
+    }
+  });
+  RedisStateStoreOptions o;
+  o.addresses = {(*server)->address()};
+  o.clock = &clock;
+  auto store = NewRedisStateStore(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  o.clock = nullptr;
+  auto made = NewRedisStateStore(o);
+  ASSERT_TRUE(made.ok()) << made.status();
+  other = *std::move(made);
+  ASSERT_TRUE(other->CreateSession(NewSession("r", Durability::kMemory)).ok());
+  ASSERT_TRUE(other->AcquireLease(key, "w", absl::Seconds(60), false).ok());
+  for (int n = 1; n <= 6; ++n) {
+    for (uint64_t asked : {uint64_t{0}, uint64_t{1}}) {
+      SCOPED_TRACE(
+          absl::StrCat("at reading ", n, " of the clock, version ", asked));
+      recreated = absl::UnknownError("the hook did not run");
+      countdown = n;
+      auto loaded = (*store)->LoadVersion(key, asked);
+      countdown = 0;
+      ASSERT_TRUE(loaded.ok()) << loaded.status();
+      if (recreated.ok()) {
+        EXPECT_EQ(loaded->state.position, TestSnapshot(seed).position);
+      }
+    }
+  }
+}
+
 // A server that refuses writes (here: out of memory under noeviction) is
 // the store being unavailable, a retryable error naming the refusal; once
 // it has room again the same calls succeed.

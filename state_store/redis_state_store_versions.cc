@@ -5,6 +5,7 @@
 #include <limits>
 #include <memory>
 #include <new>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -106,12 +107,29 @@ absl::StatusOr<CommitResult> RedisStateStore::CreateSession(
 absl::StatusOr<LoadedVersion> RedisStateStore::LoadVersion(
     const SessionKey& key, uint64_t version) {
   SS_RETURN_IF_ERROR(ValidateKey(key));
+  // Each try reads the version again: a session deleted and created again
+  // mid-load is loaded as it is now (its head, or the version asked for),
+  // not reported corrupt.
+  constexpr int kTries = 3;
+  for (int i = 0; i < kTries; ++i) {
+    SS_ASSIGN_OR_RETURN(std::optional<LoadedVersion> loaded,
+                        LoadVersionOnce(key, version));
+    if (loaded.has_value()) return *std::move(loaded);
+  }
+  return MakeError(
+      absl::StatusCode::kUnavailable, Reason::kStoreUnavailable,
+      absl::StrCat("the session's version was replaced during each of ", kTries,
+                   " loads; retry"),
+      {{"retry_after_ms", "0"}});
+}
+
+absl::StatusOr<std::optional<LoadedVersion>> RedisStateStore::LoadVersionOnce(
+    const SessionKey& key, uint64_t version) {
   // The script reads 0 and below as the head: a version past int64's
   // range (no session gets there) must stay a version nobody has.
   constexpr uint64_t kMaxVersion = std::numeric_limits<int64_t>::max();
-  SS_ASSIGN_OR_RETURN(
-      auto read,
-      Read(key, static_cast<int64_t>(std::min(version, kMaxVersion))));
+  const int64_t asked = static_cast<int64_t>(std::min(version, kMaxVersion));
+  SS_ASSIGN_OR_RETURN(auto read, Read(key, asked));
   const auto& [head, vm] = read;
   SS_ASSIGN_OR_RETURN(const VersionInfo info, ParseVersion(vm));
   const std::string nonce = Get(vm, "nonce");
@@ -189,9 +207,13 @@ absl::StatusOr<LoadedVersion> RedisStateStore::LoadVersion(
       break;
     }
     if (missing == info.chunk_count) break;
-    // Expired since the read (dropped beyond keep_versions)?
-    auto again = Read(key, static_cast<int64_t>(info.version));
+    // Expired since the read (dropped beyond keep_versions: a version
+    // asked for by number is not kept; a head has moved on)? Or another
+    // record under the number (the session created again): its chunks
+    // have another nonce. Either way what was read is gone.
+    auto again = Read(key, asked);
     if (!again.ok()) return again.status();
+    if (Get(again->second, "nonce") != nonce) return std::nullopt;
     // In a Cluster, the session's slot may be migrating: the pipeline
     // was resent whole to the target (ASK), where the chunks not moved
     // yet read as nil. Read again once the move has gone on.

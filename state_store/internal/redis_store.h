@@ -16,6 +16,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -383,6 +384,11 @@ class RedisStateStore final : public StateStore {
   // `attempt` (25 ms doubling, ~1.6 s over six) and returns true, or false
   // when there is no Cluster or the tries are spent.
   bool WaitForSlotMove(int attempt);
+  // One try of LoadVersion: nullopt when the version it read was replaced
+  // before its chunks were (the session deleted and created again, or the
+  // number reused after Redis lost writes): its chunks are gone.
+  absl::StatusOr<std::optional<LoadedVersion>> LoadVersionOnce(
+      const SessionKey& key, uint64_t version);
 
   absl::StatusOr<Reply> EvalWorkers(Script script,
                                     std::vector<std::string> args);
