@@ -404,7 +404,12 @@ absl::Status Feed(const std::vector<std::string>& args) {
                    absl::Now() - begin);
     }
   }
-  if (absl::Status f = writer->Flush(); !f.ok()) return stopped(f);
+  // The session's own open character, never completed (the input ended,
+  // failed or was interrupted first), cannot be flushed: the server
+  // refuses that. Closing commits without a flush.
+  if (held == 0) {
+    if (absl::Status f = writer->Flush(); !f.ok()) return stopped(f);
+  }
   absl::StatusOr<v1::AppendResponse> closed = writer->Close();
   if (!closed.ok()) return stopped(closed.status());
   const v1::AppendResponse done = *std::move(closed);

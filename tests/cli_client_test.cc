@@ -5,6 +5,7 @@
 // pty), absent when stderr is a pipe. A repeated page token and the API
 // key from the environment: cli_client_edges_test.cc.
 #include <fcntl.h>
+#include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +23,7 @@
 #include "common/testing/scratch_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "statestream/v1/statestream.grpc.pb.h"
 #include "tests/subprocess.h"
 
 namespace statestream {
@@ -542,6 +544,55 @@ TEST_F(CliClientTest, FeedRerunWithStartOffsetSkipsWhatTheSessionHas) {
       Cli({"feed", "--session=cli-rerun", "--max-attempts=0", file});
   EXPECT_EQ(bad.exit_code, 2);  // bad usage
   EXPECT_THAT(bad.err, HasSubstr("--max-attempts must be at least 1"));
+}
+
+// A rerun that resumes inside a character the session holds open (an
+// earlier writer split the text there) reports the input's own fault when
+// the rest does not complete it: its end, or a byte that cannot continue
+// it. It flushed the open character first, which the server refuses, and
+// every rerun failed on that flush instead, with the same advice.
+TEST_F(CliClientTest, FeedRerunInsideAnOpenCharacterReportsTheInput) {
+  ASSERT_EQ(Cli({"session", "create", "cli-open-char"}).exit_code, 0);
+  auto channel =
+      grpc::CreateChannel(*target_, grpc::InsecureChannelCredentials());
+  auto streams = v1::Streams::NewStub(channel);
+  grpc::ClientContext ctx;
+  auto call = streams->Append(&ctx);
+  v1::AppendRequest req;
+  req.set_session_id("cli-open-char");
+  req.set_request_id("open-char-1");
+  req.set_text_utf8("ab\xE2\x82");  // committed with a character open
+  req.set_checkpoint(true);
+  ASSERT_TRUE(call->Write(req));
+  v1::AppendResponse ack;
+  ASSERT_TRUE(call->Read(&ack));
+  EXPECT_EQ(ack.input_offset(), 4u);
+  call->WritesDone();
+  ASSERT_TRUE(call->Finish().ok());
+  struct Case {
+    std::string input;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {"ab\xE2\x82", "the input ends inside a UTF-8 character at byte 2"},
+      {"ab\xE2\x82zz", "the input is not valid UTF-8 at byte 2"},
+  };
+  for (const Case& c : cases) {
+    const std::string file = TempFile("open-char.txt", c.input);
+    e2e::RunResult r =
+        Cli({"feed", "--session=cli-open-char", "--start-offset=0", file});
+    EXPECT_EQ(r.exit_code, 1) << c.says;
+    EXPECT_THAT(r.err, HasSubstr(c.says));
+    EXPECT_THAT(r.err, HasSubstr("[INVALID_UTF8]"));
+    EXPECT_THAT(r.err, Not(HasSubstr("at a flush"))) << c.says;
+  }
+  // Completed, the character and what follows go in.
+  const std::string file = TempFile("open-char.txt", "ab\xE2\x82\xAC!");
+  e2e::RunResult r = Cli(
+      {"feed", "--session=cli-open-char", "--start-offset=0", "--json", file});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(R"("bytes":"2")"));
+  EXPECT_THAT(r.out, HasSubstr(R"("input_offset":"6")"));
 }
 
 // An input that cannot be read is an error, never the end of the input:
