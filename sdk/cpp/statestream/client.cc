@@ -368,16 +368,20 @@ absl::Status Client::RetryOrFail(const absl::Status& error, int attempt,
   // channel), and the overloaded worker behind both is the same.
   const std::shared_ptr<grpc::Channel> channel = CurrentChannel();
   if (channel->GetState(/*try_to_connect=*/true) != GRPC_CHANNEL_READY) {
-    const absl::Time until = absl::Now() + backoff;
-    const absl::Time floor = absl::Now() + hinted;
-    for (absl::Time now = absl::Now(); now < until; now = absl::Now()) {
+    // On the steady clock: a wall clock stepped back must not hold the
+    // retry, nor the failover to the next target, for the step's length.
+    const absl::Time until = SteadyNow() + backoff;
+    const absl::Time floor = SteadyNow() + hinted;
+    for (absl::Time now = SteadyNow(); now < until; now = SteadyNow()) {
       if (call.cancellation != nullptr && call.cancellation->cancelled()) {
         return CallerCancelled();
       }
-      // In slices, to see a cancellation within 50 ms.
-      if (channel->WaitForConnected(absl::ToChronoTime(
-              std::min(until, now + absl::Milliseconds(50))))) {
-        return Pause(floor - absl::Now(), call);
+      // In slices, to see a cancellation within 50 ms. gRPC takes each
+      // slice's deadline as the time of day and measures it at once.
+      const absl::Duration slice =
+          std::min(until - now, absl::Milliseconds(50));
+      if (channel->WaitForConnected(absl::ToChronoTime(absl::Now() + slice))) {
+        return Pause(floor - SteadyNow(), call);
       }
     }
     return absl::OkStatus();
