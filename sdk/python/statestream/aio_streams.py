@@ -15,7 +15,7 @@ from statestream.errors import StatestreamError
 from statestream.streams import (_AckTracker, _GenerateProgress,
                                  _NamesItsRequest, _Retained, _deadline,
                                  _durability, _left, _token_requests, _units,
-                                 _utf8, _writer_closed, _writer_sizes)
+                                 _writer_closed, _writer_sizes)
 from statestream.types import AppendAck, GenerateChunk, GenerateDone
 from statestream.v1 import statestream_pb2 as pb
 
@@ -127,7 +127,7 @@ class AsyncAppendWriter(_AckTracker):
 
     async def _write_text(self, text, final: bool) -> None:
         """As AppendWriter._write_text."""
-        data = _utf8(text)
+        data = self._encode(text)
         self._check()
         if not data:
             return

@@ -326,6 +326,24 @@ class _AckTracker:
             out.append(pb.AppendRequest(text_utf8=data[i:i + self._chunk]))
         return out
 
+    def _encode(self, text) -> bytes:
+        """_utf8 for a write: a str without a UTF-8 form (a lone
+        surrogate) is refused as text that is not UTF-8 is (_utf8_carry),
+        with metadata input_offset (of its first bad character, in bytes)
+        and field."""
+        if isinstance(text, str):
+            try:
+                return text.encode()
+            except UnicodeEncodeError as e:
+                at = self._next_offset + len(text[:e.start].encode())
+                raise _local_error(
+                    grpc.StatusCode.INVALID_ARGUMENT, "INVALID_UTF8",
+                    f"text is not valid UTF-8 at input offset {at} (a lone "
+                    f"surrogate at index {e.start}); nothing of it was sent",
+                    {"input_offset": str(at),
+                     "field": "text_utf8"}) from None
+        return _utf8(text)
+
     def _check_flushable(self, tokens: bool = False) -> None:
         """INVALID_UTF8 (nothing sent, the writer still usable) when the
         text written ends inside a character: a flush, or tokens (which
@@ -451,7 +469,7 @@ class AppendWriter(_AckTracker):
     def _write_text(self, text, final: bool) -> None:
         """write(); with `final` (a flush follows: Session.append) text
         ending inside a character is refused before anything is sent."""
-        data = _utf8(text)
+        data = self._encode(text)
         self._check()
         if not data:
             return

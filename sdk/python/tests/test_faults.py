@@ -693,9 +693,13 @@ def test_bad_input_is_refused_before_any_call(fake, aio):
             for bad in (3, None, ["a"]):
                 with pytest.raises(TypeError):
                     await w.write(bad)
-            with pytest.raises(StatestreamError) as e:
-                await w.write("a\ud800b")
-            _assert_invalid_utf8(e)
+            for text, at in (("a\ud800b", 1), ("\u00e9a\udc80", 3)):
+                with pytest.raises(StatestreamError) as e:
+                    await w.write(text)
+                _assert_invalid_utf8(e)
+                # As the server's: the byte's input offset, the field.
+                assert e.value.metadata["input_offset"] == str(at)
+                assert e.value.metadata["field"] == "text_utf8"
             assert w.offset == 0
             with pytest.raises(ValueError):
                 s.generate("x", prompt_tokens=[1])
@@ -740,9 +744,13 @@ def test_bad_input_is_refused_before_any_call(fake, aio):
             for bad in (3, None, ["a"]):
                 with pytest.raises(TypeError):
                     w.write(bad)
-            with pytest.raises(StatestreamError) as e:
-                w.write("a\ud800b")
-            _assert_invalid_utf8(e)
+            for text, at in (("a\ud800b", 1), ("\u00e9a\udc80", 3)):
+                with pytest.raises(StatestreamError) as e:
+                    w.write(text)
+                _assert_invalid_utf8(e)
+                # As the server's: the byte's input offset, the field.
+                assert e.value.metadata["input_offset"] == str(at)
+                assert e.value.metadata["field"] == "text_utf8"
             assert w.offset == 0
             with pytest.raises(ValueError):
                 s.generate("x", prompt_tokens=[1])
