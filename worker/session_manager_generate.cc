@@ -561,6 +561,11 @@ std::shared_ptr<SessionManager::Job> SessionManager::Generate(
     // A call that went away while this waited (maybe on the loaders behind
     // a slow store) loads nothing.
     if (job->cancelled()) return done(CancelledError());
+    // The request's fields before anything of the session (the proto's
+    // order of checks: a malformed request with a stale offset is the
+    // field's refusal, not POSITION_MISMATCH), and before a load takes
+    // the session's lease for a request that is refused anyway.
+    if (absl::Status st = m.CheckRequest(in); !st.ok()) return done(st);
     // Current: a copy another worker took over would stream output from an
     // older state until its first commit was fenced (and answer refusals
     // with its older offsets).

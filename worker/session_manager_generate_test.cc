@@ -112,14 +112,17 @@ TEST_F(SessionManagerTest, AReplayOrARefusedGenerateLeavesTheWriterAlone) {
   EXPECT_TRUE(again.replayed);
   // Refused at once: a stale offset, too many tokens, a prompt token
   // outside the vocabulary, a prompt that is not UTF-8 (each with its own
-  // reason: never SESSION_BUSY for the live writer).
+  // reason: never SESSION_BUSY for the live writer). The request's fields
+  // are checked before its offset (the proto's order of checks): each
+  // malformed one comes with a stale offset too, and was POSITION_MISMATCH
+  // (retried after a read) instead of a refusal not to retry.
   const Reason want[] = {Reason::kPositionMismatch, Reason::kMessageTooLarge,
                          Reason::kInvalidToken, Reason::kInvalidUtf8};
   for (int variant = 0; variant < 4; ++variant) {
     GenerateInput in;
     in.request_id = absl::StrCat("refused-", variant);
     in.commit = true;
-    if (variant == 0) in.expected_input_offset = 1;
+    in.expected_input_offset = 1;
     if (variant == 1) in.max_tokens = 1 << 30;
     if (variant == 2) {
       in.prompt_kind = GenerateInput::Prompt::kTokens;
@@ -131,6 +134,8 @@ TEST_F(SessionManagerTest, AReplayOrARefusedGenerateLeavesTheWriterAlone) {
     }
     const absl::Status st = GenerateStatus("r", in);
     EXPECT_EQ(GetReason(st), want[variant]) << variant << ": " << st;
+    // The field's own check, not the scheduler's room.
+    if (variant == 1) EXPECT_EQ(GetErrorMetadata(st, "field"), "max_tokens");
   }
   EXPECT_FALSE(superseded->HasBeenNotified());
   auto next = Append(live, at + 1, "b", true, true);
