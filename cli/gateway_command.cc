@@ -42,6 +42,11 @@ ABSL_FLAG(absl::Duration, upstream_stall_timeout, absl::Seconds(10),
           "oldest request in flight), or whose connection leaves pings "
           "unanswered this long, "
           "is treated as failed and the call moves on.");
+ABSL_FLAG(absl::Duration, append_idle_probe, absl::Seconds(15),
+          "An Append stream idle this long whose kept requests are not known "
+          "committed asks its worker what the session has committed (the "
+          "worker commits idle input on its own) and drops what is, again "
+          "each this long; inf: never.");
 ABSL_FLAG(int, max_calls, 4096,
           "Calls served at once, streams included (a call holds a thread "
           "only while it routes or fails over, not while it waits); more "
@@ -121,6 +126,10 @@ int Run(const std::vector<std::string>& args) {
     return ReportUsageError(client_stall.status().message());
   }
   options.client_stall_timeout = *client_stall;
+  options.append_idle_probe = absl::GetFlag(FLAGS_append_idle_probe);
+  if (options.append_idle_probe <= absl::ZeroDuration()) {
+    return ReportUsageError("--append-idle-probe must be positive (or inf)");
+  }
   options.request_id_window = RequestIdWindowFromFlag();
   // What clients may send is forwarded, and what workers answer is sent on.
   const ServerOptions server = ServerOptionsFromFlags();

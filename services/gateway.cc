@@ -384,7 +384,18 @@ absl::StatusOr<std::string> Gateway::Tenant(
 std::unique_ptr<grpc::ClientContext> Gateway::UpstreamContext(
     const grpc::CallbackServerContext& ctx, const std::string& tenant,
     int attempt) {
-  auto client = grpc::ClientContext::FromCallbackServerContext(ctx);
+  return Forwarding(grpc::ClientContext::FromCallbackServerContext(ctx), tenant,
+                    attempt);
+}
+
+std::unique_ptr<grpc::ClientContext> Gateway::UpstreamContext(
+    const std::string& tenant, int attempt) {
+  return Forwarding(std::make_unique<grpc::ClientContext>(), tenant, attempt);
+}
+
+std::unique_ptr<grpc::ClientContext> Gateway::Forwarding(
+    std::unique_ptr<grpc::ClientContext> client, const std::string& tenant,
+    int attempt) {
   client->AddMetadata("x-statestream-tenant", tenant);
   // The workers hand the tenant's session limit to the store with each
   // create, which holds it atomically across gateways.

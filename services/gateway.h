@@ -88,6 +88,13 @@ struct GatewayOptions {
   // An export or Generate client that leaves a message unread too (the
   // worker's stream, and an export's blob in its transfer budget, wait).
   absl::Duration client_stall_timeout = absl::Seconds(60);
+  // An Append stream with nothing in flight whose log holds requests not
+  // known committed asks its worker (GetSession) after this long idle,
+  // and as often again, what the session has committed: a worker commits
+  // idle input on its own (its --checkpoint-interval) and acks only
+  // requests, so the log of a stream that went quiet was never trimmed.
+  // InfiniteDuration: never.
+  absl::Duration append_idle_probe = absl::Seconds(15);
   // Calls served at once, streams included (a call holds a thread only
   // while it routes or fails over, not while it waits on a worker or its
   // client); more are RESOURCE_EXHAUSTED/OVERLOADED with retry_after_ms, as

@@ -86,11 +86,18 @@ class AppendCall final
   // stream whose API key was revoked ends even while its client sends
   // nothing (one atomic read while the keys do not change). A client that
   // leaves an ack unread for client_stall_timeout is cut off: its log
-  // (up to two append_buffer_bytes) cannot be trimmed meanwhile.
+  // (up to two append_buffer_bytes) cannot be trimmed meanwhile. A stream
+  // idle for append_idle_probe with requests not known committed asks its
+  // worker what is (ProbeCommitted).
   void Check(absl::Time now) override;
   // Task, after the keys changed: ends the input if the call's key was
   // revoked (a hash lookup, not under the watchdog's lock).
   void RecheckKey();
+  // Task, for a stream idle with its log not known committed
+  // (GatewayOptions::append_idle_probe): asks attempt `attempt`'s worker
+  // what the session has committed, and trims the log to it.
+  void ProbeCommitted(int attempt, std::shared_ptr<grpc::Channel> channel,
+                      std::string session_id);
 
   // gRPC: the client's stream.
   void OnReadDone(bool ok) override;
@@ -185,6 +192,18 @@ class AppendCall final
             committed_version_ > e.acked_version);
   }
 
+  // Drops the log's entries from the oldest on that the client has the
+  // acks of and that are known committed. Entries this attempt has not
+  // re-sent yet stay, even when covered by what a new owner reports
+  // committed: the attempt replays the log in order, one ack per request.
+  void TrimCommitted() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    while (!log_.empty() && log_.front().seq < acked_ &&
+           log_.front().seq < attempt_first_seq_ + attempt_sent_ &&
+           Committed(log_.front())) {
+      DropOldest();
+    }
+  }
+
   // The oldest log entry, committed (or discarded by a rollback).
   void DropOldest() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     log_bytes_ -= log_.front().bytes;
@@ -264,6 +283,9 @@ class AppendCall final
   // Units (tokens or text bytes) of the requests sent and not acked yet.
   std::deque<uint64_t> in_flight_units_ ABSL_GUARDED_BY(mu_);
   absl::Time last_progress_ ABSL_GUARDED_BY(mu_);
+  // ProbeCommitted: one at a time, append_idle_probe apart.
+  bool probing_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time last_probe_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };
 
 // One attempt: the Append stream to one worker.
@@ -324,8 +346,55 @@ void AppendCall::Check(absl::Time now) {
     // slot) run on a task. If it cannot run, the next check tries again.
     revoking_ = RunTask([this] { RecheckKey(); });
   }
+  // Idle, every request sent acked and delivered, and the log not known
+  // committed: the worker commits idle input on its own, but says so only
+  // in the ack of a next request, which may never come.
+  if (upstream_ != nullptr && !probing_ && !stalled_ && !ending_ &&
+      !writing_client_ && !log_.empty() && send_seq_ == next_seq_ &&
+      attempt_acked_ == attempt_sent_ && acked_ == next_seq_ &&
+      now - std::max(last_progress_, last_probe_) > o.append_idle_probe) {
+    probing_ = true;
+    last_probe_ = now;
+    if (!RunTask([this, attempt = attempts_, channel = placed_.channel,
+                  session = session_id_]() mutable {
+          ProbeCommitted(attempt, std::move(channel), std::move(session));
+        })) {
+      probing_ = false;
+    }
+  }
   // A call waiting for room reads on once the gateway's buffers are below
   // their bound again, even if its own acks do not come.
+  MaybeReadClient();
+}
+
+void AppendCall::ProbeCommitted(int attempt,
+                                std::shared_ptr<grpc::Channel> channel,
+                                std::string session_id) {
+  auto context = gateway_->UpstreamContext(tenant_, attempt);
+  context->set_deadline(
+      std::chrono::system_clock::now() +
+      absl::ToChronoMilliseconds(gateway_->options().upstream_stall_timeout));
+  v1::GetSessionRequest request;
+  request.set_session_id(std::move(session_id));
+  v1::Session session;
+  const grpc::Status st = v1::Sessions::NewStub(channel)->GetSession(
+      context.get(), request, &session);
+  absl::MutexLock lock(&mu_);
+  probing_ = false;
+  // Versions compare within one owner's history only (UpstreamReadDone):
+  // an answer for an attempt since replaced says nothing.
+  if (!st.ok() || attempt != attempts_ || upstream_ == nullptr) return;
+  // As an ack's report is taken, but never lowering anything: a lower
+  // version (the store went back) is for the acks to tell.
+  if (session.version() > committed_version_) {
+    committed_version_ = session.version();
+    committed_ = session.committed_input_offset();
+    committed_unconfirmed_ = false;
+  } else if (session.version() == committed_version_ &&
+             !committed_unconfirmed_) {
+    committed_ = std::max(committed_, session.committed_input_offset());
+  }
+  TrimCommitted();
   MaybeReadClient();
 }
 
@@ -643,14 +712,7 @@ void AppendCall::UpstreamReadDone(bool ok) {
   } else if (!committed_unconfirmed_) {
     committed_ = std::max(committed_, ack.committed_input_offset());
   }
-  // Entries this attempt has not re-sent yet stay, even when covered by
-  // what the new owner reports committed: the attempt replays the log in
-  // order, one ack per request.
-  while (!log_.empty() && log_.front().seq < acked_ &&
-         log_.front().seq < attempt_first_seq_ + attempt_sent_ &&
-         Committed(log_.front())) {
-    DropOldest();
-  }
+  TrimCommitted();
   if (deliver && !client_gone_) {
     // The next ack is read once the client has this one (OnWriteDone): a
     // client slow to read its acks holds the worker's back. That time is

@@ -447,5 +447,71 @@ TEST_F(GatewayTest, AnAppendWhoseClientLeavesAcksUnreadIsCutOff) {
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
 }
 
+// An Append stream that goes quiet with its requests acked but not
+// committed (a worker commits idle input on its own, and acks only
+// requests) asks its worker what the session has committed once it has
+// been idle for append_idle_probe, and gives back what that covers. Its
+// log was kept until the client sent again: a few quiet streams held the
+// gateway's buffers, and every other tenant's Append and import with them.
+TEST_F(GatewayTest, AnIdleAppendGivesBackWhatItsWorkerCommitted) {
+  static GatewayMetrics* const metrics = new GatewayMetrics();
+  static std::atomic<uint64_t> committed{200};
+  for (auto& w : workers_) {
+    w->ack_as_read = true;
+    w->ack_uncommitted = true;
+    w->session_view = [](const v1::GetSessionRequest& r, v1::Session* s) {
+      s->set_session_id(r.session_id());
+      // A version a commit.
+      s->set_version(committed.load() / 100);
+      s->set_committed_input_offset(committed.load());
+      return grpc::Status::OK;
+    };
+  }
+  GatewayOptions options;
+  options.append_idle_probe = absl::Milliseconds(200);
+  options.metrics = metrics;
+  Start(options);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  auto stream = v1::Streams::NewStub(channel_)->Append(&ctx);
+  const std::string text(100, 'a');
+  v1::AppendResponse ack;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(stream->Write(
+        AppendAt(absl::StrCat("r", i), static_cast<uint64_t>(i) * 100, text)));
+    ASSERT_TRUE(stream->Read(&ack));
+    EXPECT_EQ(ack.committed_input_offset(), 0u);
+  }
+  const double all = BufferedBytes(*metrics);
+  ASSERT_GT(all, 300);
+  // Two of the three are committed: the third stays, however long.
+  for (int i = 0; i < 2000 && BufferedBytes(*metrics) == all; ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  const double one = BufferedBytes(*metrics);
+  EXPECT_LT(one, all);
+  EXPECT_GT(one, 100);
+  const auto probes = [this] {
+    return workers_[0]->session_views() + workers_[1]->session_views();
+  };
+  const int before = probes();
+  for (int i = 0; i < 500 && probes() < before + 2; ++i) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_GE(probes(), before + 2);  // asked again, every append_idle_probe
+  EXPECT_EQ(BufferedBytes(*metrics), one);
+  committed = 300;
+  for (int i = 0; i < 2000 && BufferedBytes(*metrics) > 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(BufferedBytes(*metrics), 0);
+  // The stream goes on as before.
+  ASSERT_TRUE(stream->Write(AppendAt("r3", 300, text)));
+  ASSERT_TRUE(stream->Read(&ack));
+  EXPECT_EQ(ack.input_offset(), 400u);
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
 }  // namespace
 }  // namespace statestream

@@ -124,6 +124,10 @@ class Gateway {
   std::unique_ptr<grpc::ClientContext> UpstreamContext(
       const grpc::CallbackServerContext& ctx, const std::string& tenant,
       int attempt);
+  // The same metadata on a context of its own (a call the gateway makes
+  // for a call of its client's, which may end meanwhile).
+  std::unique_ptr<grpc::ClientContext> UpstreamContext(
+      const std::string& tenant, int attempt);
 
   // Counts a call against options().max_calls until ReleaseCall. False
   // when that many are running: finish it with Refused().
@@ -188,6 +192,10 @@ class Gateway {
   static grpc::Status FromWorker(const grpc::Status& status);
 
  private:
+  // Adds the forwarding metadata to `client`.
+  std::unique_ptr<grpc::ClientContext> Forwarding(
+      std::unique_ptr<grpc::ClientContext> client, const std::string& tenant,
+      int attempt);
   void WatchdogLoop();
   // A task thread: runs tasks_ until none comes for kTaskIdle.
   void TaskLoop();

@@ -78,6 +78,13 @@ class ScriptedWorker final : public v1::Sessions::Service,
   // When set, Append acks each request as it reads it, at version 1 with
   // everything committed (instead of reading the call whole first).
   bool ack_as_read = false;
+  // With ack_as_read: the acks say nothing is committed.
+  bool ack_uncommitted = false;
+  // When set, answers GetSession with its session (instead of get_session).
+  std::function<grpc::Status(const v1::GetSessionRequest&, v1::Session*)>
+      session_view;
+  // GetSession calls answered by session_view.
+  int session_views() const { return session_views_.load(); }
 
   int imports() const { return imports_.load(); }
   // "<session>/<request id>" of each Append request read, in order.
@@ -115,6 +122,7 @@ class ScriptedWorker final : public v1::Sessions::Service,
         checkpoints_ += req.checkpoint();
         v1::AppendResponse ack = CommittedAck(req);
         ack.set_version(1);
+        if (ack_uncommitted) ack.set_committed_input_offset(0);
         if (!stream->Write(ack)) break;
       }
       return grpc::Status::OK;
@@ -146,8 +154,13 @@ class ScriptedWorker final : public v1::Sessions::Service,
                              v1::Session* resp) override {
     return create_session(calls_->fetch_add(1), resp);
   }
-  grpc::Status GetSession(grpc::ServerContext*, const v1::GetSessionRequest*,
-                          v1::Session*) override {
+  grpc::Status GetSession(grpc::ServerContext*,
+                          const v1::GetSessionRequest* req,
+                          v1::Session* resp) override {
+    if (session_view) {
+      ++session_views_;
+      return session_view(*req, resp);
+    }
     return get_session(calls_->fetch_add(1));
   }
   grpc::Status DeleteSession(grpc::ServerContext*,
@@ -178,6 +191,7 @@ class ScriptedWorker final : public v1::Sessions::Service,
   std::atomic<int>* const calls_;
   std::atomic<int> imports_{0};
   std::atomic<int> checkpoints_{0};
+  std::atomic<int> session_views_{0};
   absl::Mutex appended_mu_;
   std::vector<std::string> appended_ ABSL_GUARDED_BY(appended_mu_);
   std::unique_ptr<grpc::Server> server_;

@@ -190,6 +190,8 @@ TEST(CliTest, BadFlagValuesAreUsageErrors) {
             "--upstream-stall-timeout=0"},
            {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
             "--client-stall-timeout=0"},
+           {"gateway", "--workers=127.0.0.1:1", "--listen=127.0.0.1:0",
+            "--append-idle-probe=0"},
            {"serve", "--listen=127.0.0.1:0", "--client-stall-timeout=-1s"},
            // A worker's clients are gateways: it does not take the flag.
            {"worker", "--listen=127.0.0.1:0", "--redis=127.0.0.1:1",
