@@ -13,10 +13,12 @@
 // Failover. A worker that fails at the transport level (connection refused
 // or reset: UNAVAILABLE without ErrorInfo), cancels a call the client did
 // not cancel (it shut down), says it is draining, fences the call
-// (ABORTED/FENCED: another worker took the session), or stalls (no
-// response for upstream_stall_timeout while requests are outstanding) is
-// marked suspect (except for FENCED: the worker is fine, only that session
-// moved) and the call moves to the next worker:
+// (ABORTED/FENCED: another worker took the session), or stalls (Append:
+// no ack for upstream_stall_timeout while requests are outstanding; every
+// call: its connection leaves pings unanswered that long; a worker that
+// answers pings but never the call holds the other calls to their
+// deadlines) is marked suspect (except for FENCED: the worker is fine,
+// only that session moved) and the call moves to the next worker:
 //   * unary calls and ExportState (before its first message) are resent;
 //   * Append keeps every request not yet covered by a reported
 //     committed_input_offset (bounded: past append_buffer_bytes the next
