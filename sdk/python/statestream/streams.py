@@ -335,11 +335,19 @@ class _AckTracker:
             try:
                 return text.encode()
             except UnicodeEncodeError as e:
-                at = self._next_offset + len(text[:e.start].encode())
+                if self._carry:
+                    # A str never continues the character the writer's text
+                    # left open: that character is the first bad byte.
+                    at = self._next_offset - len(self._carry)
+                    what = ("text does not continue the incomplete UTF-8 "
+                            "character the writer's text ends with")
+                else:
+                    at = self._next_offset + len(text[:e.start].encode())
+                    what = (f"text is not valid UTF-8 at input offset {at} "
+                            f"(a lone surrogate at index {e.start})")
                 raise _local_error(
                     grpc.StatusCode.INVALID_ARGUMENT, "INVALID_UTF8",
-                    f"text is not valid UTF-8 at input offset {at} (a lone "
-                    f"surrogate at index {e.start}); nothing of it was sent",
+                    f"{what}; nothing of it was sent",
                     {"input_offset": str(at),
                      "field": "text_utf8"}) from None
         return _utf8(text)

@@ -592,7 +592,6 @@ def test_a_cancel_racing_a_resume_cancels_the_new_call(fake):
         assert opened[1].code() == grpc.StatusCode.CANCELLED
 
 
-
 # -- logprobs stay aligned with the tokens ------------------------------------
 #
 # A resumed call replays checkpointed tokens without logprobs. Their logprobs
@@ -680,6 +679,32 @@ def _assert_invalid_utf8(e):
 
 
 BAD_BLOBS = ("text", None, 3)
+
+
+# After text that left a character open, a str with a lone surrogate is
+# refused at that character (a str cannot continue it), as the server
+# would: it named the surrogate's offset, past where the session stands.
+@pytest.mark.parametrize("aio", [False, True])
+def test_a_bad_str_after_an_open_character_names_that_character(fake, aio):
+    async def run_async():
+        async with AsyncClient(fake.address, **fast_retries()) as c:
+            w = await c.session("s").writer()
+            await w.write(b"ab\xe2\x82")
+            with pytest.raises(StatestreamError) as e:
+                await w.write("a\udc80")
+            return e
+
+    def run_sync():
+        with Client(fake.address, **fast_retries()) as c:
+            w = c.session("s").writer()
+            w.write(b"ab\xe2\x82")
+            with pytest.raises(StatestreamError) as e:
+                w.write("a\udc80")
+            return e
+    e = asyncio.run(run_async()) if aio else run_sync()
+    _assert_invalid_utf8(e)
+    assert e.value.metadata["input_offset"] == "2"
+    assert e.value.metadata["field"] == "text_utf8"
 
 
 @pytest.mark.parametrize("aio", [False, True])
