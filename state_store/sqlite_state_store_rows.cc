@@ -273,10 +273,10 @@ absl::StatusOr<CommitResult> SqliteStateStore::Install(
           .Bind(key.tenant)
           .Bind(key.session_id)
           .Run());
-  // The head as this transaction wrote it: read back after the commit,
-  // another connection on the file (another store, another process) may
-  // have taken the lease meanwhile, and a create would hand its caller
-  // that holder's fence (two writers on one fence).
+  // The head as this transaction wrote it, so read before the commit:
+  // read after it, another connection on the file (another store, another
+  // process) could have taken the lease in between, and a create would
+  // hand its caller that holder's fence (two writers on one fence).
   SS_ASSIGN_OR_RETURN(SessionHead h, Head(key, now));
   SS_RETURN_IF_ERROR(txn->Commit());
   if (wanted == Durability::kReplicated) {
