@@ -45,8 +45,8 @@ ABSL_FLAG(absl::Duration, upstream_stall_timeout, absl::Seconds(10),
 ABSL_FLAG(absl::Duration, append_idle_probe, absl::Seconds(15),
           "An Append stream idle this long whose kept requests are not known "
           "committed asks its worker what the session has committed (the "
-          "worker commits idle input on its own) and drops what is, again "
-          "each this long; inf: never.");
+          "worker commits idle input on its own) and drops what is; again "
+          "after twice as long each time that drops nothing; inf: never.");
 ABSL_FLAG(int, max_calls, 4096,
           "Calls served at once, streams included (a call holds a thread "
           "only while it routes or fails over, not while it waits); more "

@@ -91,11 +91,12 @@ struct GatewayOptions {
   // worker's stream, and an export's blob in its transfer budget, wait).
   absl::Duration client_stall_timeout = absl::Seconds(60);
   // An Append stream with nothing in flight whose log holds requests not
-  // known committed asks its worker (GetSession) after this long idle,
-  // and as often again, what the session has committed: a worker commits
-  // idle input on its own (its --checkpoint-interval) and acks only
-  // requests, so the log of a stream that went quiet was never trimmed.
-  // InfiniteDuration: never.
+  // known committed asks its worker (GetSession) after this long idle
+  // what the session has committed (again after twice as long each time
+  // that trims nothing; not until the stream moves when asking cannot
+  // help): a worker commits idle input on its own (its
+  // --checkpoint-interval) and acks only requests, so the log of a stream
+  // that went quiet was never trimmed. InfiniteDuration: never.
   absl::Duration append_idle_probe = absl::Seconds(15);
   // Calls served at once, streams included (a call holds a thread only
   // while it routes or fails over, not while it waits on a worker or its

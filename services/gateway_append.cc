@@ -88,16 +88,25 @@ class AppendCall final
   // leaves an ack unread for client_stall_timeout is cut off: its log
   // (up to two append_buffer_bytes) cannot be trimmed meanwhile. A stream
   // idle for append_idle_probe with requests not known committed asks its
-  // worker what is (ProbeCommitted).
+  // worker what is (Probe).
   void Check(absl::Time now) override;
   // Task, after the keys changed: ends the input if the call's key was
   // revoked (a hash lookup, not under the watchdog's lock).
   void RecheckKey();
-  // Task, for a stream idle with its log not known committed
-  // (GatewayOptions::append_idle_probe): asks attempt `attempt`'s worker
-  // what the session has committed, and trims the log to it.
-  void ProbeCommitted(int attempt, std::shared_ptr<grpc::Channel> channel,
-                      std::string session_id);
+  // For a stream idle with its log not known committed
+  // (GatewayOptions::append_idle_probe), from Check: a GetSession to the
+  // attempt's worker, on gRPC's callback API (no thread waits on it).
+  struct Probe {
+    std::unique_ptr<v1::Sessions::Stub> stub;
+    std::unique_ptr<grpc::ClientContext> context;
+    v1::GetSessionRequest request;
+    v1::Session session;
+    int attempt = 0;
+    uint64_t acks = 0;  // the attempt's acks when it was sent
+  };
+  // Its answer: trims the log to what the session has committed, or says
+  // that asking again will not help until the stream moves.
+  void ProbeDone(Probe* probe, const grpc::Status& status);
 
   // gRPC: the client's stream.
   void OnReadDone(bool ok) override;
@@ -283,9 +292,14 @@ class AppendCall final
   // Units (tokens or text bytes) of the requests sent and not acked yet.
   std::deque<uint64_t> in_flight_units_ ABSL_GUARDED_BY(mu_);
   absl::Time last_progress_ ABSL_GUARDED_BY(mu_);
-  // ProbeCommitted: one at a time, append_idle_probe apart.
-  bool probing_ ABSL_GUARDED_BY(mu_) = false;
+  // The probe in flight (one at a time); when the last one ended; how long
+  // the stream must be idle before the next (append_idle_probe, doubled
+  // by each that trimmed nothing); and whether none would help until the
+  // stream moves (an ack or a new attempt resets both).
+  std::unique_ptr<Probe> probe_ ABSL_GUARDED_BY(mu_);
   absl::Time last_probe_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  absl::Duration probe_wait_ ABSL_GUARDED_BY(mu_) = absl::ZeroDuration();
+  bool probe_parked_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // One attempt: the Append stream to one worker.
@@ -318,7 +332,7 @@ class AppendCall::Upstream final
 };
 
 void AppendCall::Check(absl::Time now) {
-  absl::MutexLock lock(&mu_);
+  absl::ReleasableMutexLock lock(&mu_);
   // Not before Setup has said so (End unwatches only a call that says it
   // is watched), nor once End has.
   if (!watched_) return;
@@ -349,53 +363,89 @@ void AppendCall::Check(absl::Time now) {
   // Idle, every request sent acked and delivered, and the log not known
   // committed: the worker commits idle input on its own, but says so only
   // in the ack of a next request, which may never come.
-  if (upstream_ != nullptr && !probing_ && !stalled_ && !ending_ &&
-      !writing_client_ && !log_.empty() && send_seq_ == next_seq_ &&
-      attempt_acked_ == attempt_sent_ && acked_ == next_seq_ &&
-      now - std::max(last_progress_, last_probe_) > o.append_idle_probe) {
-    probing_ = true;
-    last_probe_ = now;
-    if (!RunTask([this, attempt = attempts_, channel = placed_.channel,
-                  session = session_id_]() mutable {
-          ProbeCommitted(attempt, std::move(channel), std::move(session));
-        })) {
-      probing_ = false;
-    }
+  if (probe_wait_ == absl::ZeroDuration()) probe_wait_ = o.append_idle_probe;
+  Probe* start = nullptr;
+  if (upstream_ != nullptr && probe_ == nullptr && !probe_parked_ &&
+      !stalled_ && !ending_ && !writing_client_ && !log_.empty() &&
+      send_seq_ == next_seq_ && attempt_acked_ == attempt_sent_ &&
+      acked_ == next_seq_ &&
+      now - std::max(last_progress_, last_probe_) > probe_wait_) {
+    probe_ = std::make_unique<Probe>();
+    Probe* probe = probe_.get();
+    probe->attempt = attempts_;
+    probe->acks = attempt_acked_;
+    probe->stub = v1::Sessions::NewStub(placed_.channel);
+    probe->context = gateway_->UpstreamContext(tenant_, attempts_);
+    probe->context->set_deadline(
+        std::chrono::system_clock::now() +
+        absl::ToChronoMilliseconds(o.upstream_stall_timeout));
+    probe->request.set_session_id(session_id_);
+    Ref();  // the probe's, dropped in ProbeDone
+    start = probe;
   }
   // A call waiting for room reads on once the gateway's buffers are below
   // their bound again, even if its own acks do not come.
   MaybeReadClient();
+  lock.Release();
+  // Started outside mu_: a request gRPC cannot send is answered inline.
+  // (The probe stays until ProbeDone; a cancel before the start holds.)
+  if (start != nullptr) {
+    start->stub->async()->GetSession(
+        start->context.get(), &start->request, &start->session,
+        [this, start](grpc::Status status) { ProbeDone(start, status); });
+  }
 }
 
-void AppendCall::ProbeCommitted(int attempt,
-                                std::shared_ptr<grpc::Channel> channel,
-                                std::string session_id) {
-  auto context = gateway_->UpstreamContext(tenant_, attempt);
-  context->set_deadline(
-      std::chrono::system_clock::now() +
-      absl::ToChronoMilliseconds(gateway_->options().upstream_stall_timeout));
-  v1::GetSessionRequest request;
-  request.set_session_id(std::move(session_id));
-  v1::Session session;
-  const grpc::Status st = v1::Sessions::NewStub(channel)->GetSession(
-      context.get(), request, &session);
-  absl::MutexLock lock(&mu_);
-  probing_ = false;
-  // Versions compare within one owner's history only (UpstreamReadDone):
-  // an answer for an attempt since replaced says nothing.
-  if (!st.ok() || attempt != attempts_ || upstream_ == nullptr) return;
-  // As an ack's report is taken, but never lowering anything: a lower
-  // version (the store went back) is for the acks to tell.
-  if (session.version() > committed_version_) {
-    committed_version_ = session.version();
-    committed_ = session.committed_input_offset();
-    committed_unconfirmed_ = false;
-  } else if (session.version() == committed_version_ &&
-             !committed_unconfirmed_) {
-    committed_ = std::max(committed_, session.committed_input_offset());
+void AppendCall::ProbeDone(Probe* probe, const grpc::Status& status) {
+  std::unique_ptr<Probe> done;
+  {
+    absl::MutexLock lock(&mu_);
+    done = std::move(probe_);
+    last_probe_ = SteadyNow();
+    const int64_t before = log_bytes_;
+    const v1::Session& session = probe->session;
+    // Only an answer about the history this attempt's acks describe: the
+    // same attempt, and the input offset its last ack reported (a worker
+    // whose copy was fenced answers from the store, another owner's
+    // history; a rollback or import moved the input). Versions compare
+    // within one owner's history only (UpstreamReadDone); and an ack
+    // that came meanwhile is newer than the answer.
+    const bool current = probe->attempt == attempts_ &&
+                         probe->acks == attempt_acked_ && upstream_ != nullptr;
+    if (status.ok() && current &&
+        session.input_offset() == attempt_input_offset_) {
+      if (session.version() > committed_version_) {
+        committed_version_ = session.version();
+        committed_ = std::max(committed_, session.committed_input_offset());
+        committed_unconfirmed_ = false;
+      } else if (session.version() == committed_version_ &&
+                 !committed_unconfirmed_) {
+        committed_ = std::max(committed_, session.committed_input_offset());
+      }
+      TrimCommitted();
+      MaybeReadClient();
+    }
+    if (!current) {
+      // Cancelled by the attempt's end (the next asks anew), or the
+      // stream moved meanwhile.
+    } else if (status.ok() &&
+               (session.input_offset() != attempt_input_offset_ ||
+                session.committed_input_offset() == session.input_offset())) {
+      // Nothing the worker holds uncommitted (its own commits will not
+      // cover the rest), or another history: asking again will not help
+      // until the stream moves.
+      probe_parked_ = !log_.empty();
+    } else if (!status.ok() &&
+               status.error_code() != grpc::StatusCode::UNAVAILABLE &&
+               status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
+      probe_parked_ = true;  // NOT_FOUND (deleted), a refusal
+    } else if (log_bytes_ == before) {
+      // A worker slow to commit, or not answering: less and less often.
+      probe_wait_ = std::min(2 * probe_wait_, absl::Minutes(10));
+    }
   }
-  TrimCommitted();
-  MaybeReadClient();
+  done.reset();  // the call's context, before the reference goes
+  Unref();
 }
 
 void AppendCall::RecheckKey() {
@@ -580,6 +630,8 @@ void AppendCall::Route() {
   attempt_acks_any_ = false;
   in_flight_units_.clear();
   last_progress_ = SteadyNow();
+  probe_wait_ = gateway_->options().append_idle_probe;
+  probe_parked_ = false;
   // Replay everything not known to be committed (and acked); not counted
   // for a worker the gateway could not connect to: it goes nowhere.
   send_seq_ = ack_seq_ = attempt_first_seq_ =
@@ -663,6 +715,8 @@ void AppendCall::UpstreamReadDone(bool ok) {
   const uint64_t seq = ack_seq_++;
   ++attempt_acked_;
   last_progress_ = SteadyNow();
+  probe_wait_ = gateway_->options().append_idle_probe;
+  probe_parked_ = false;
   if (!in_flight_units_.empty()) in_flight_units_.pop_front();
   const bool deliver = seq >= acked_;  // else a replayed request's second ack
   absl::Time received;
@@ -756,6 +810,7 @@ void AppendCall::UpstreamDone(Upstream* upstream, const grpc::Status& status) {
   {
     absl::MutexLock lock(&mu_);
     upstream_ = nullptr;
+    if (probe_ != nullptr) probe_->context->TryCancel();  // about it
     // Stalled only if the watchdog's cancel ended the call: a worker's own
     // answer that crossed it (a newer writer's SESSION_BUSY, say) stands.
     stalled = stalled_ && status.error_code() == grpc::StatusCode::CANCELLED;
@@ -828,6 +883,8 @@ void AppendCall::End(grpc::Status status) {
     absl::MutexLock lock(&mu_);
     if (finished_) return;
     finished_ = ending_ = true;
+    // Its answer no longer matters, and its reference holds the call.
+    if (probe_ != nullptr) probe_->context->TryCancel();
     // Input ended early: what came before went through, but the call is
     // no success.
     if (status.ok() && unparsable_) {

@@ -456,6 +456,7 @@ TEST_F(GatewayTest, AnAppendWhoseClientLeavesAcksUnreadIsCutOff) {
 TEST_F(GatewayTest, AnIdleAppendGivesBackWhatItsWorkerCommitted) {
   static GatewayMetrics* const metrics = new GatewayMetrics();
   static std::atomic<uint64_t> committed{200};
+  static std::atomic<uint64_t> input{300};
   for (auto& w : workers_) {
     w->ack_as_read = true;
     w->ack_uncommitted = true;
@@ -464,6 +465,7 @@ TEST_F(GatewayTest, AnIdleAppendGivesBackWhatItsWorkerCommitted) {
       // A version a commit.
       s->set_version(committed.load() / 100);
       s->set_committed_input_offset(committed.load());
+      s->set_input_offset(input.load());
       return grpc::Status::OK;
     };
   }
@@ -509,6 +511,18 @@ TEST_F(GatewayTest, AnIdleAppendGivesBackWhatItsWorkerCommitted) {
   ASSERT_TRUE(stream->Write(AppendAt("r3", 300, text)));
   ASSERT_TRUE(stream->Read(&ack));
   EXPECT_EQ(ack.input_offset(), 400u);
+  // An answer about another history (the copy fenced, the input moved
+  // back) trims nothing, and no further probe goes until the stream moves.
+  committed = 500;
+  input = 500;
+  const int asked = probes();
+  for (int i = 0; i < 500 && probes() == asked; ++i) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_EQ(probes(), asked + 1);
+  absl::SleepFor(absl::Seconds(1));  // five probe periods
+  EXPECT_EQ(probes(), asked + 1);
+  EXPECT_GT(BufferedBytes(*metrics), 0);
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
 }
