@@ -435,13 +435,16 @@ void AppendCall::ProbeDone(Probe* probe, const grpc::Status& status) {
       // cover the rest), or another history: asking again will not help
       // until the stream moves.
       probe_parked_ = !log_.empty();
-    } else if (!status.ok() &&
-               status.error_code() != grpc::StatusCode::UNAVAILABLE &&
-               status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
-      probe_parked_ = true;  // NOT_FOUND (deleted), a refusal
+    } else if (status.error_code() == grpc::StatusCode::NOT_FOUND ||
+               status.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
+               status.error_code() == grpc::StatusCode::PERMISSION_DENIED ||
+               status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+      probe_parked_ = true;  // deleted, or a refusal that will stand
     } else if (log_bytes_ == before) {
-      // A worker slow to commit, or not answering: less and less often.
-      probe_wait_ = std::min(2 * probe_wait_, absl::Minutes(10));
+      // A worker slow to commit, not answering, or refusing for now: less
+      // and less often (never more often than the flag says).
+      probe_wait_ = std::max(gateway_->options().append_idle_probe,
+                             std::min(2 * probe_wait_, absl::Minutes(10)));
     }
   }
   done.reset();  // the call's context, before the reference goes
