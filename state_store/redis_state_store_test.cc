@@ -367,6 +367,23 @@ class HookedClock : public Clock {
   const std::function<void()> hook_;
 };
 
+// A store on `server` that reads `clock` (whose hook acts), and one that
+// does not (for the hook to act through).
+void HookedAndPlain(const RedisServer& server, Clock* clock,
+                    std::unique_ptr<StateStore>* hooked,
+                    std::unique_ptr<StateStore>* plain) {
+  RedisStateStoreOptions o;
+  o.addresses = {server.address()};
+  o.clock = clock;
+  auto a = NewRedisStateStore(o);
+  ASSERT_TRUE(a.ok()) << a.status();
+  o.clock = nullptr;
+  auto b = NewRedisStateStore(o);
+  ASSERT_TRUE(b.ok()) << b.status();
+  *hooked = *std::move(a);
+  *plain = *std::move(b);
+}
+
 // The fence a create returns is the one it granted, usable until someone
 // acquires the lease: a takeover between the create's script and its
 // reading back of the head does not hand the creator the new holder's
@@ -387,16 +404,9 @@ TEST(RedisStateStoreTest, ACreateReturnsTheFenceItGranted) {
       taken = other->AcquireLease(key, "thief", absl::Seconds(60), true);
     }
   });
-  RedisStateStoreOptions o;
-  o.addresses = {(*server)->address()};
-  o.clock = &clock;
-  auto store = NewRedisStateStore(o);
-  ASSERT_TRUE(store.ok()) << store.status();
-  o.clock = nullptr;
-  auto made = NewRedisStateStore(o);
-  ASSERT_TRUE(made.ok()) << made.status();
-  other = *std::move(made);
-  auto created = (*store)->CreateSession(NewSession("f", Durability::kMemory));
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(HookedAndPlain(**server, &clock, &store, &other));
+  auto created = store->CreateSession(NewSession("f", Durability::kMemory));
   ASSERT_TRUE(created.ok()) << created.status();
   {
     absl::MutexLock lock(&mu);
@@ -416,9 +426,9 @@ TEST(RedisStateStoreTest, ACreateReturnsTheFenceItGranted) {
   commit.expected_version = 1;
   commit.fence = created->session.fence;
   commit.state = TestSnapshot(2);
-  EXPECT_EQ(GetReason((*store)->Commit(commit).status()), Reason::kFenced);
+  EXPECT_EQ(GetReason(store->Commit(commit).status()), Reason::kFenced);
   commit.fence = (*taken)->fence;
-  EXPECT_TRUE((*store)->Commit(commit).ok());
+  EXPECT_TRUE(store->Commit(commit).ok());
 }
 
 // A load that reads a version whose session is deleted and created again
@@ -448,15 +458,8 @@ TEST(RedisStateStoreTest, ALoadRacingARecreateLoadsTheNewSession) {
           other->AcquireLease(key, "w", absl::Seconds(60), false).status();
     }
   });
-  RedisStateStoreOptions o;
-  o.addresses = {(*server)->address()};
-  o.clock = &clock;
-  auto store = NewRedisStateStore(o);
-  ASSERT_TRUE(store.ok()) << store.status();
-  o.clock = nullptr;
-  auto made = NewRedisStateStore(o);
-  ASSERT_TRUE(made.ok()) << made.status();
-  other = *std::move(made);
+  std::unique_ptr<StateStore> store;
+  ASSERT_NO_FATAL_FAILURE(HookedAndPlain(**server, &clock, &store, &other));
   ASSERT_TRUE(other->CreateSession(NewSession("r", Durability::kMemory)).ok());
   ASSERT_TRUE(other->AcquireLease(key, "w", absl::Seconds(60), false).ok());
   for (int n = 1; n <= 6; ++n) {
@@ -465,7 +468,7 @@ TEST(RedisStateStoreTest, ALoadRacingARecreateLoadsTheNewSession) {
           absl::StrCat("at reading ", n, " of the clock, version ", asked));
       recreated = absl::UnknownError("the hook did not run");
       countdown = n;
-      auto loaded = (*store)->LoadVersion(key, asked);
+      auto loaded = store->LoadVersion(key, asked);
       countdown = 0;
       ASSERT_TRUE(loaded.ok()) << loaded.status();
       if (recreated.ok()) {
