@@ -75,6 +75,14 @@ class HungOwnerStore final : public testing::ForwardingStore {
 class SessionManagerLeaseTest : public SessionManagerTest {
  protected:
   void TearDown() override { manager_.reset(); }  // before held_
+  // manager_ anew, with `o`, on `store`.
+  void Remake(const SessionManagerOptions& o, StateStore* store) {
+    manager_.reset();
+    auto m = SessionManager::Create(o, model_.get(), tokenizer_.get(),
+                                    scheduler_.get(), store);
+    ASSERT_TRUE(m.ok()) << m.status();
+    manager_ = *std::move(m);
+  }
   std::unique_ptr<HeldRenewalStore> held_;
 };
 
@@ -88,11 +96,7 @@ TEST_F(SessionManagerLeaseTest, ARenewalRacingAnEvictionDoesNotReviveTheLease) {
   o.owner = "test-worker";
   o.residency_bytes = 1;  // the next session's load evicts the idle one
   o.lease_ttl = absl::Seconds(3);  // renewals every second
-  manager_.reset();
-  auto m = SessionManager::Create(o, model_.get(), tokenizer_.get(),
-                                  scheduler_.get(), held_.get());
-  ASSERT_TRUE(m.ok()) << m.status();
-  manager_ = *std::move(m);
+  ASSERT_NO_FATAL_FAILURE(Remake(o, held_.get()));
   Create("b");
   Create("a");  // resident; "b" evicted
   auto w = Open("a");
@@ -146,11 +150,7 @@ TEST_F(SessionManagerLeaseTest, LeasesAreRenewedInOneCallPerRound) {
   // Renewed when asked (no periodic round comes before all three load,
   // however slow the machine).
   o.lease_ttl = absl::Hours(1);
-  manager_.reset();
-  auto m = SessionManager::Create(o, model_.get(), tokenizer_.get(),
-                                  scheduler_.get(), &counting);
-  ASSERT_TRUE(m.ok()) << m.status();
-  manager_ = *std::move(m);
+  ASSERT_NO_FATAL_FAILURE(Remake(o, &counting));
   for (const char* id : {"a", "b", "c"}) {
     Create(id);
     auto w = Open(id);  // loads it: resident, holding the lease
@@ -181,11 +181,7 @@ TEST_F(SessionManagerLeaseTest, LeasesAreRenewedEveryThirdOfTheirTtl) {
   SessionManagerOptions o;
   o.owner = "test-worker";
   o.lease_ttl = absl::Milliseconds(600);
-  manager_.reset();
-  auto m = SessionManager::Create(o, model_.get(), tokenizer_.get(),
-                                  scheduler_.get(), &counting);
-  ASSERT_TRUE(m.ok()) << m.status();
-  manager_ = *std::move(m);
+  ASSERT_NO_FATAL_FAILURE(Remake(o, &counting));
   Create("a");
   auto w = Open("a");
   ASSERT_TRUE(Append(w, 0, "x", true, true).ok());
@@ -205,11 +201,7 @@ TEST_F(SessionManagerLeaseTest, RenewLeasesNowDropsWhatTheStoreNoLongerHas) {
   SessionManagerOptions o;
   o.owner = "test-worker";
   o.lease_ttl = absl::Hours(3);  // renewals every hour
-  manager_.reset();
-  auto m = SessionManager::Create(o, model_.get(), tokenizer_.get(),
-                                  scheduler_.get(), store_.get());
-  ASSERT_TRUE(m.ok()) << m.status();
-  manager_ = *std::move(m);
+  ASSERT_NO_FATAL_FAILURE(Remake(o, store_.get()));
   for (const char* id : {"kept", "lost", "taken"}) {
     Create(id);
     auto w = Open(id);
@@ -268,11 +260,7 @@ TEST_F(SessionManagerLeaseTest, RefusedRenewalsAreCounted) {
   o.owner = "test-worker";
   o.lease_ttl = absl::Hours(3);  // renewals only when asked
   o.metrics = &metrics;
-  manager_.reset();
-  auto m = SessionManager::Create(o, model_.get(), tokenizer_.get(),
-                                  scheduler_.get(), &refusing);
-  ASSERT_TRUE(m.ok()) << m.status();
-  manager_ = *std::move(m);
+  ASSERT_NO_FATAL_FAILURE(Remake(o, &refusing));
   for (const char* id : {"a", "b"}) {
     Create(id);
     auto w = Open(id);
