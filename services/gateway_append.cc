@@ -213,6 +213,13 @@ class AppendCall final
     }
   }
 
+  // The stream moved (an ack, a new attempt): the next probe after
+  // append_idle_probe, whatever the last ones found.
+  void ProbeAfresh() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    probe_wait_ = gateway_->options().append_idle_probe;
+    probe_parked_ = false;
+  }
+
   // The oldest log entry, committed (or discarded by a rollback).
   void DropOldest() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     log_bytes_ -= log_.front().bytes;
@@ -295,7 +302,8 @@ class AppendCall final
   // The probe in flight (one at a time); when the last one ended; how long
   // the stream must be idle before the next (append_idle_probe, doubled
   // by each that trimmed nothing); and whether none would help until the
-  // stream moves (an ack or a new attempt resets both).
+  // stream moves (an ack or a new attempt resets both: ProbeAfresh, which
+  // a stream runs before its first probe can be due).
   std::unique_ptr<Probe> probe_ ABSL_GUARDED_BY(mu_);
   absl::Time last_probe_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::Duration probe_wait_ ABSL_GUARDED_BY(mu_) = absl::ZeroDuration();
@@ -363,7 +371,6 @@ void AppendCall::Check(absl::Time now) {
   // Idle, every request sent acked and delivered, and the log not known
   // committed: the worker commits idle input on its own, but says so only
   // in the ack of a next request, which may never come.
-  if (probe_wait_ == absl::ZeroDuration()) probe_wait_ = o.append_idle_probe;
   Probe* start = nullptr;
   if (upstream_ != nullptr && probe_ == nullptr && !probe_parked_ &&
       !stalled_ && !ending_ && !writing_client_ && !log_.empty() &&
@@ -633,8 +640,7 @@ void AppendCall::Route() {
   attempt_acks_any_ = false;
   in_flight_units_.clear();
   last_progress_ = SteadyNow();
-  probe_wait_ = gateway_->options().append_idle_probe;
-  probe_parked_ = false;
+  ProbeAfresh();
   // Replay everything not known to be committed (and acked); not counted
   // for a worker the gateway could not connect to: it goes nowhere.
   send_seq_ = ack_seq_ = attempt_first_seq_ =
@@ -718,8 +724,7 @@ void AppendCall::UpstreamReadDone(bool ok) {
   const uint64_t seq = ack_seq_++;
   ++attempt_acked_;
   last_progress_ = SteadyNow();
-  probe_wait_ = gateway_->options().append_idle_probe;
-  probe_parked_ = false;
+  ProbeAfresh();
   if (!in_flight_units_.empty()) in_flight_units_.pop_front();
   const bool deliver = seq >= acked_;  // else a replayed request's second ack
   absl::Time received;
